@@ -1,0 +1,35 @@
+# podvisor — run `make help` for the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/podvisor
+# Every module of the workspace, as package patterns (events/..., shared/..., …).
+MODULES := $(shell $(GO) list -m -f '{{.Path}}/...')
+TEST_FLAGS ?= -count=1 -timeout 20m
+
+.DEFAULT_GOAL := help
+
+help: ## Show the targets
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## Build bin/podvisor
+	$(GO) build -o $(BIN) ./cmd/podvisor
+
+up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
+	./$(BIN) up $(UP_FLAGS)
+
+test: ## Run the unit and integration tests of every module (needs redis-server on PATH)
+	$(GO) test $(TEST_FLAGS) $(MODULES)
+
+test-e2e: build ## Run the end-to-end suite against the built binary
+	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e $(TEST_FLAGS) ./...
+
+bench: ## Run the Go benchmarks (ratios against in-run baselines)
+	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
+
+vet: ## go vet every module
+	$(GO) vet $(MODULES)
+
+tidy: ## go mod tidy every module
+	@for m in $$($(GO) list -m -f '{{.Dir}}'); do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
+
+.PHONY: help build up test test-e2e bench vet tidy
