@@ -171,7 +171,7 @@ func StartEmbedded(opts ...Option) (*Server, error) {
 	if err := m.StartAddr("127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("start embedded redis: %w", err)
 	}
-	o.logger.Warn("!!! no redis-server on PATH: using the EMBEDDED Redis-protocol server (miniredis) — " +
+	o.logger.Warn("!!! no redis-server on PATH: using the EMBEDDED Redis-protocol server (miniredis) — "+
 		"fine for trying podvisor, not for real use; install redis-server or pass --redis-url",
 		"addr", m.Addr())
 	return &Server{addr: m.Addr(), embedded: true, mini: m}, nil
