@@ -1,0 +1,269 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+)
+
+// Streams. Each domain has one JetStream stream whose subjects are the
+// domain's events; shared/bus declares them from these names.
+const (
+	StreamPods       = "PODS"
+	StreamImages     = "IMAGES"
+	StreamNetworks   = "NETWORKS"
+	StreamMigrations = "MIGRATIONS"
+	StreamHosts      = "HOSTS"
+
+	StreamPodsSubjects       = "pv.pod.>"
+	StreamImagesSubjects     = "pv.image.>"
+	StreamNetworksSubjects   = "pv.network.>"
+	StreamMigrationsSubjects = "pv.migration.>"
+	StreamHostsSubjects      = "pv.host.>"
+)
+
+// StreamSubjects maps every stream name to the subject filter it captures.
+func StreamSubjects() map[string]string {
+	return map[string]string{
+		StreamPods:       StreamPodsSubjects,
+		StreamImages:     StreamImagesSubjects,
+		StreamNetworks:   StreamNetworksSubjects,
+		StreamMigrations: StreamMigrationsSubjects,
+		StreamHosts:      StreamHostsSubjects,
+	}
+}
+
+// CloudEvent types. The version is the last element of the type and never
+// appears in the NATS subject: a breaking change adds a ".v2" type beside the
+// ".v1" one on the same subject, so consumers can move at their own pace.
+const (
+	TypePodRequested       = "io.podvisor.pod.requested.v1"
+	TypePodAccepted        = "io.podvisor.pod.accepted.v1"
+	TypePodRejected        = "io.podvisor.pod.rejected.v1"
+	TypePodScheduled       = "io.podvisor.pod.scheduled.v1"
+	TypePodUnschedulable   = "io.podvisor.pod.unschedulable.v1"
+	TypePodImagesReady     = "io.podvisor.pod.images.ready.v1"
+	TypePodImagesFailed    = "io.podvisor.pod.images.failed.v1"
+	TypePodNetworkAttached = "io.podvisor.pod.network.attached.v1"
+	TypePodNetworkFailed   = "io.podvisor.pod.network.failed.v1"
+	TypePodRunning         = "io.podvisor.pod.running.v1"
+	TypePodFailed          = "io.podvisor.pod.failed.v1"
+	TypePodDeleteRequested = "io.podvisor.pod.delete.requested.v1"
+	TypePodDeleted         = "io.podvisor.pod.deleted.v1"
+	TypePodEvicted         = "io.podvisor.pod.evicted.v1"
+
+	TypeImagePulled  = "io.podvisor.image.pulled.v1"
+	TypeImageEvicted = "io.podvisor.image.evicted.v1"
+
+	TypeNetworkDeclared         = "io.podvisor.network.declared.v1"
+	TypeNetworkRealized         = "io.podvisor.network.realized.v1"
+	TypeNetworkHostReady        = "io.podvisor.network.host.ready.v1"
+	TypeNetworkHostFailed       = "io.podvisor.network.host.failed.v1"
+	TypeNetworkRolledBack       = "io.podvisor.network.rolledback.v1"
+	TypeNetworkRestoreRequested = "io.podvisor.network.restore.requested.v1"
+	TypeNetworkDeleteRequested  = "io.podvisor.network.delete.requested.v1"
+	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
+	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
+
+	TypeMigrationRequested       = "io.podvisor.migration.requested.v1"
+	TypeMigrationTargetReserved  = "io.podvisor.migration.target.reserved.v1"
+	TypeMigrationRejected        = "io.podvisor.migration.rejected.v1"
+	TypeMigrationProgress        = "io.podvisor.migration.progress.v1"
+	TypeMigrationCompleted       = "io.podvisor.migration.completed.v1"
+	TypeMigrationFailed          = "io.podvisor.migration.failed.v1"
+	TypeMigrationCancelRequested = "io.podvisor.migration.cancel.requested.v1"
+	TypeMigrationCancelled       = "io.podvisor.migration.cancelled.v1"
+
+	TypeHostDiscovered     = "io.podvisor.host.discovered.v1"
+	TypeHostUpdated        = "io.podvisor.host.updated.v1"
+	TypeHostLost           = "io.podvisor.host.lost.v1"
+	TypeHostRecovered      = "io.podvisor.host.recovered.v1"
+	TypeHostCordoned       = "io.podvisor.host.cordoned.v1"
+	TypeHostUncordoned     = "io.podvisor.host.uncordoned.v1"
+	TypeHostDrainRequested = "io.podvisor.host.drain.requested.v1"
+	TypeHostDrained        = "io.podvisor.host.drained.v1"
+)
+
+// NATS subjects, one per event (all versions of an event share it).
+const (
+	SubjectPodRequested       = "pv.pod.requested"
+	SubjectPodAccepted        = "pv.pod.accepted"
+	SubjectPodRejected        = "pv.pod.rejected"
+	SubjectPodScheduled       = "pv.pod.scheduled"
+	SubjectPodUnschedulable   = "pv.pod.unschedulable"
+	SubjectPodImagesReady     = "pv.pod.images.ready"
+	SubjectPodImagesFailed    = "pv.pod.images.failed"
+	SubjectPodNetworkAttached = "pv.pod.network.attached"
+	SubjectPodNetworkFailed   = "pv.pod.network.failed"
+	SubjectPodRunning         = "pv.pod.running"
+	SubjectPodFailed          = "pv.pod.failed"
+	SubjectPodDeleteRequested = "pv.pod.delete.requested"
+	SubjectPodDeleted         = "pv.pod.deleted"
+	SubjectPodEvicted         = "pv.pod.evicted"
+
+	SubjectImagePulled  = "pv.image.pulled"
+	SubjectImageEvicted = "pv.image.evicted"
+
+	SubjectNetworkDeclared         = "pv.network.declared"
+	SubjectNetworkRealized         = "pv.network.realized"
+	SubjectNetworkHostReady        = "pv.network.host.ready"
+	SubjectNetworkHostFailed       = "pv.network.host.failed"
+	SubjectNetworkRolledBack       = "pv.network.rolledback"
+	SubjectNetworkRestoreRequested = "pv.network.restore.requested"
+	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
+	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
+	SubjectNetworkDeleted          = "pv.network.deleted"
+
+	SubjectMigrationRequested       = "pv.migration.requested"
+	SubjectMigrationTargetReserved  = "pv.migration.target.reserved"
+	SubjectMigrationRejected        = "pv.migration.rejected"
+	SubjectMigrationProgress        = "pv.migration.progress"
+	SubjectMigrationCompleted       = "pv.migration.completed"
+	SubjectMigrationFailed          = "pv.migration.failed"
+	SubjectMigrationCancelRequested = "pv.migration.cancel.requested"
+	SubjectMigrationCancelled       = "pv.migration.cancelled"
+
+	SubjectHostDiscovered     = "pv.host.discovered"
+	SubjectHostUpdated        = "pv.host.updated"
+	SubjectHostLost           = "pv.host.lost"
+	SubjectHostRecovered      = "pv.host.recovered"
+	SubjectHostCordoned       = "pv.host.cordoned"
+	SubjectHostUncordoned     = "pv.host.uncordoned"
+	SubjectHostDrainRequested = "pv.host.drain.requested"
+	SubjectHostDrained        = "pv.host.drained"
+)
+
+// MaxEventSize is the largest CloudEvent data payload the bus carries
+// (DESIGN: 64 KiB per event). Decode refuses anything larger so a runaway
+// producer is caught at the first consumer rather than deep in a handler.
+const MaxEventSize = 64 << 10
+
+// Payload is what every event data struct implements: Validate checks the
+// payload as a whole (field paths in the error) and ObjectKey names the object
+// the event is about, which producers use as the CloudEvent subject attribute
+// and consumers as their work-queue key.
+type Payload interface {
+	Validate() error
+	ObjectKey() string
+}
+
+// Kind describes one CloudEvent type of the catalog: its NATS subject, the
+// stream that stores it and a constructor for a zero payload to decode into.
+type Kind struct {
+	Type    string
+	Subject string
+	Stream  string
+	// New returns a pointer to a new zero payload struct (for example
+	// *PodRequested); it always implements Payload.
+	New func() any
+}
+
+func kind[T any, P interface {
+	*T
+	Payload
+}](ceType, subject, stream string) Kind {
+	return Kind{Type: ceType, Subject: subject, Stream: stream, New: func() any { return P(new(T)) }}
+}
+
+// catalog is the single list of events; everything else derives from it.
+var catalog = []Kind{
+	kind[PodRequested](TypePodRequested, SubjectPodRequested, StreamPods),
+	kind[PodAccepted](TypePodAccepted, SubjectPodAccepted, StreamPods),
+	kind[PodRejected](TypePodRejected, SubjectPodRejected, StreamPods),
+	kind[PodScheduled](TypePodScheduled, SubjectPodScheduled, StreamPods),
+	kind[PodUnschedulable](TypePodUnschedulable, SubjectPodUnschedulable, StreamPods),
+	kind[PodImagesReady](TypePodImagesReady, SubjectPodImagesReady, StreamPods),
+	kind[PodImagesFailed](TypePodImagesFailed, SubjectPodImagesFailed, StreamPods),
+	kind[PodNetworkAttached](TypePodNetworkAttached, SubjectPodNetworkAttached, StreamPods),
+	kind[PodNetworkFailed](TypePodNetworkFailed, SubjectPodNetworkFailed, StreamPods),
+	kind[PodRunning](TypePodRunning, SubjectPodRunning, StreamPods),
+	kind[PodFailed](TypePodFailed, SubjectPodFailed, StreamPods),
+	kind[PodDeleteRequested](TypePodDeleteRequested, SubjectPodDeleteRequested, StreamPods),
+	kind[PodDeleted](TypePodDeleted, SubjectPodDeleted, StreamPods),
+	kind[PodEvicted](TypePodEvicted, SubjectPodEvicted, StreamPods),
+
+	kind[ImagePulled](TypeImagePulled, SubjectImagePulled, StreamImages),
+	kind[ImageEvicted](TypeImageEvicted, SubjectImageEvicted, StreamImages),
+
+	kind[NetworkDeclared](TypeNetworkDeclared, SubjectNetworkDeclared, StreamNetworks),
+	kind[NetworkRealized](TypeNetworkRealized, SubjectNetworkRealized, StreamNetworks),
+	kind[NetworkHostReady](TypeNetworkHostReady, SubjectNetworkHostReady, StreamNetworks),
+	kind[NetworkHostFailed](TypeNetworkHostFailed, SubjectNetworkHostFailed, StreamNetworks),
+	kind[NetworkRolledBack](TypeNetworkRolledBack, SubjectNetworkRolledBack, StreamNetworks),
+	kind[NetworkRestoreRequested](TypeNetworkRestoreRequested, SubjectNetworkRestoreRequested, StreamNetworks),
+	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),
+	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
+	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
+
+	kind[MigrationRequested](TypeMigrationRequested, SubjectMigrationRequested, StreamMigrations),
+	kind[MigrationTargetReserved](TypeMigrationTargetReserved, SubjectMigrationTargetReserved, StreamMigrations),
+	kind[MigrationRejected](TypeMigrationRejected, SubjectMigrationRejected, StreamMigrations),
+	kind[MigrationProgress](TypeMigrationProgress, SubjectMigrationProgress, StreamMigrations),
+	kind[MigrationCompleted](TypeMigrationCompleted, SubjectMigrationCompleted, StreamMigrations),
+	kind[MigrationFailed](TypeMigrationFailed, SubjectMigrationFailed, StreamMigrations),
+	kind[MigrationCancelRequested](TypeMigrationCancelRequested, SubjectMigrationCancelRequested, StreamMigrations),
+	kind[MigrationCancelled](TypeMigrationCancelled, SubjectMigrationCancelled, StreamMigrations),
+
+	kind[HostDiscovered](TypeHostDiscovered, SubjectHostDiscovered, StreamHosts),
+	kind[HostUpdated](TypeHostUpdated, SubjectHostUpdated, StreamHosts),
+	kind[HostLost](TypeHostLost, SubjectHostLost, StreamHosts),
+	kind[HostRecovered](TypeHostRecovered, SubjectHostRecovered, StreamHosts),
+	kind[HostCordoned](TypeHostCordoned, SubjectHostCordoned, StreamHosts),
+	kind[HostUncordoned](TypeHostUncordoned, SubjectHostUncordoned, StreamHosts),
+	kind[HostDrainRequested](TypeHostDrainRequested, SubjectHostDrainRequested, StreamHosts),
+	kind[HostDrained](TypeHostDrained, SubjectHostDrained, StreamHosts),
+}
+
+var byType = func() map[string]Kind {
+	m := make(map[string]Kind, len(catalog))
+	for _, k := range catalog {
+		if _, dup := m[k.Type]; dup {
+			panic("events: duplicate type in catalog: " + k.Type)
+		}
+		m[k.Type] = k
+	}
+	return m
+}()
+
+// Kinds returns the whole catalog, sorted by type. The slice is a copy.
+func Kinds() []Kind {
+	out := append([]Kind(nil), catalog...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Type < out[j].Type })
+	return out
+}
+
+// Lookup returns the catalog entry of a CloudEvent type.
+func Lookup(ceType string) (Kind, bool) {
+	k, ok := byType[ceType]
+	return k, ok
+}
+
+// ErrUnknownType is returned (wrapped) by Decode for a type outside the catalog.
+var ErrUnknownType = errors.New("unknown event type")
+
+// ErrTooLarge is returned (wrapped) by Decode for data over MaxEventSize.
+var ErrTooLarge = errors.New("event data too large")
+
+// Decode turns the data of a CloudEvent into its payload struct and returns a
+// pointer to it (for example *PodAccepted). Decoding is strict: unknown or
+// duplicate JSON fields, field names in the wrong case and trailing data are
+// errors, also inside an embedded Kubernetes Pod, because a typo silently
+// dropped is a misconfiguration nobody sees. The payload is then validated;
+// both kinds of error name the offending field path.
+func Decode(ceType string, data []byte) (any, error) {
+	k, ok := Lookup(ceType)
+	if !ok {
+		return nil, fmt.Errorf("decode %q: %w", ceType, ErrUnknownType)
+	}
+	if len(data) > MaxEventSize {
+		return nil, fmt.Errorf("decode %s: %w: %d bytes, limit %d", ceType, ErrTooLarge, len(data), MaxEventSize)
+	}
+	v := k.New()
+	if err := unmarshalStrict(data, v); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", ceType, err)
+	}
+	if err := v.(Payload).Validate(); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", ceType, err)
+	}
+	return v, nil
+}

@@ -1,0 +1,537 @@
+package events
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Reasons of PodRejected. Other reasons are allowed (CamelCase words); these
+// are the ones the provisioner's admission produces.
+const (
+	// ReasonInvalid: the manifest failed validation; Field names the first
+	// offending field and Message lists all of them.
+	ReasonInvalid = "Invalid"
+	// ReasonAlreadyExists: a pod of that name exists with a different spec
+	// (pods are immutable: delete first).
+	ReasonAlreadyExists = "AlreadyExists"
+	// ReasonNotFound: a delete or migration named a pod that does not exist.
+	ReasonNotFound = "NotFound"
+	// ReasonUIDMismatch: a delete named a pod by uid and the current pod of
+	// that name has another uid (it was deleted and re-created meanwhile).
+	ReasonUIDMismatch = "UIDMismatch"
+)
+
+// PodRequested asks podvisor to run a pod. Any client may publish it.
+type PodRequested struct {
+	// Pod is the Kubernetes v1 Pod manifest, accepted as-is and checked with
+	// ValidatePod. An empty metadata.namespace means "default".
+	Pod corev1.Pod `json:"pod"`
+	// UID optionally fixes the pod's uid (and so its VM name pv-<uid>), which
+	// makes a retried request idempotent; the provisioner generates one when
+	// it is empty.
+	UID string `json:"uid,omitempty"`
+}
+
+// Validate checks the manifest and the uid.
+func (e *PodRequested) Validate() error {
+	errs := validatePod(&e.Pod, field.NewPath("pod"))
+	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
+	if e.UID != "" && e.Pod.UID != "" && string(e.Pod.UID) != e.UID {
+		errs = append(errs, field.Invalid(field.NewPath("pod", "metadata", "uid"), string(e.Pod.UID), "differs from uid "+e.UID))
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodRequested) ObjectKey() string { return PodKey(e.Pod.Namespace, e.Pod.Name) }
+
+// PodAccepted records that the provisioner admitted a pod: its record exists
+// and every other service may start working on it.
+type PodAccepted struct {
+	// Namespace of the pod (never empty: the pod was normalized).
+	Namespace string `json:"namespace"`
+	// Name of the pod.
+	Name string `json:"name"`
+	// UID assigned to the pod; the pod VM is named pv-<uid>.
+	UID string `json:"uid"`
+	// Pod is the normalized manifest (NormalizePod applied, status cleared).
+	Pod corev1.Pod `json:"pod"`
+	// Size is SizePodVM(Pod), computed once at admission so every service
+	// reserves and creates exactly the same thing.
+	Size PodVMSize `json:"size"`
+	// Networks is PodNetworks(Pod): the logical networks the pod attaches to,
+	// in NIC order.
+	Networks []string `json:"networks"`
+	// Images lists the container images in container order (one entry per
+	// container, duplicates kept so that index i is container i's image).
+	Images []string `json:"images"`
+}
+
+// Validate checks the identity, the manifest and that the derived fields are
+// consistent with it.
+func (e *PodAccepted) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, validatePod(&e.Pod, field.NewPath("pod"))...)
+	if e.Pod.Name != e.Name {
+		errs = append(errs, field.Invalid(field.NewPath("pod", "metadata", "name"), e.Pod.Name, "must equal name "+e.Name))
+	}
+	if e.Pod.Namespace != e.Namespace {
+		errs = append(errs, field.Invalid(field.NewPath("pod", "metadata", "namespace"), e.Pod.Namespace, "must equal namespace "+e.Namespace+" (normalize the pod)"))
+	}
+	errs = append(errs, e.Size.validate(field.NewPath("size"))...)
+	if len(e.Networks) == 0 {
+		errs = append(errs, field.Required(field.NewPath("networks"), "at least the default network"))
+	}
+	errs = append(errs, validateNames(field.NewPath("networks"), e.Networks, validateDNSLabel)...)
+	if len(e.Images) != len(e.Pod.Spec.Containers) {
+		errs = append(errs, field.Invalid(field.NewPath("images"), len(e.Images), "must have one image per container"))
+	} else {
+		for i, img := range e.Images {
+			if img != e.Pod.Spec.Containers[i].Image {
+				errs = append(errs, field.Invalid(field.NewPath("images").Index(i), img, "must equal pod.spec.containers["+itoa(i)+"].image"))
+			}
+		}
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodAccepted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodRejected says a request about a pod was refused and why. Nothing was
+// changed.
+type PodRejected struct {
+	// Namespace of the pod as requested ("default" when it was empty).
+	Namespace string `json:"namespace"`
+	// Name of the pod as requested; empty when the manifest had none.
+	Name string `json:"name,omitempty"`
+	// UID of the request, when it had one.
+	UID string `json:"uid,omitempty"`
+	// Reason is a CamelCase word: Invalid, AlreadyExists, NotFound, ...
+	Reason string `json:"reason"`
+	// Message explains the refusal for a person, naming every bad field.
+	Message string `json:"message"`
+	// Field is the path of the first offending field for Reason Invalid,
+	// for example "pod.spec.containers[1].resources.requests.memory".
+	Field string `json:"field,omitempty"`
+}
+
+// Validate checks the reason and message; the name may be missing because a
+// manifest without a name is itself a reason for rejection.
+func (e *PodRejected) Validate() error {
+	var errs field.ErrorList
+	errs = append(errs, validateDNSLabel(field.NewPath("namespace"), e.Namespace)...)
+	if e.Name != "" {
+		errs = append(errs, validateDNSSubdomain(field.NewPath("name"), e.Name)...)
+	}
+	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodRejected) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodScheduled binds a pod to a host: the scheduler has reserved the pod's
+// size in the host's ledger.
+type PodScheduled struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host is the vSphere host name the pod VM will run on.
+	Host string `json:"host"`
+	// Cluster is the compute cluster of Host.
+	Cluster string `json:"cluster"`
+	// ResourcePool is the inventory path of the resource pool to create the
+	// pod VM in (the cluster's pool unless configured otherwise).
+	ResourcePool string `json:"resourcePool,omitempty"`
+	// Datastores are the datastores of Host the scheduler considered, best
+	// first; the pod VM's files go on the first one.
+	Datastores []string `json:"datastores,omitempty"`
+}
+
+// Validate checks identity and placement.
+func (e *PodScheduled) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
+	errs = append(errs, validateNames(field.NewPath("datastores"), e.Datastores, validateObjectName)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodScheduled) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodUnschedulable says no host can take the pod now. The scheduler retries
+// by itself when inventory, ledger or networks change.
+type PodUnschedulable struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Message summarizes for a person, in the style of kube-scheduler:
+	// "0/16 hosts: 10 insufficient memory, 6 network backend not on host".
+	Message string `json:"message"`
+	// Reasons counts hosts per filter reason (CamelCase words such as
+	// InsufficientMemory); a host counts once, under its first failing filter.
+	Reasons map[string]int `json:"reasons,omitempty"`
+	// Hosts is the number of hosts considered.
+	Hosts int `json:"hosts"`
+}
+
+// Validate checks identity and that the counts add up.
+func (e *PodUnschedulable) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateNonNegative(field.NewPath("hosts"), int64(e.Hosts))...)
+	sum := 0
+	for _, r := range sortedKeys(e.Reasons) {
+		p := field.NewPath("reasons").Key(r)
+		errs = append(errs, validateReason(p, r)...)
+		if e.Reasons[r] <= 0 {
+			errs = append(errs, field.Invalid(p, e.Reasons[r], "must be greater than zero"))
+		}
+		sum += e.Reasons[r]
+	}
+	if sum > e.Hosts {
+		errs = append(errs, field.Invalid(field.NewPath("reasons"), sum, "counts more hosts than hosts ("+itoa(e.Hosts)+")"))
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodUnschedulable) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// ContainerImage is one container's prepared image.
+type ContainerImage struct {
+	// Container is the container name.
+	Container string `json:"container"`
+	// Image is the reference as written in the manifest.
+	Image string `json:"image"`
+	// Digest is the manifest digest the reference resolved to.
+	Digest string `json:"digest"`
+	// Datastore holds the image disk chain.
+	Datastore string `json:"datastore"`
+	// Disk is the datastore path of the top image disk (the last of Chain):
+	// the parent of the container's read/write ephemeral disk.
+	Disk string `json:"disk"`
+	// Chain lists the datastore paths of the image's disks, base layer first.
+	Chain []string `json:"chain"`
+}
+
+func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
+	errs := validateDNSLabel(p.Child("container"), c.Container)
+	errs = append(errs, validateImageRef(p.Child("image"), c.Image)...)
+	errs = append(errs, validateDigest(p.Child("digest"), c.Digest)...)
+	errs = append(errs, validateObjectName(p.Child("datastore"), c.Datastore)...)
+	errs = append(errs, validateDatastorePath(p.Child("disk"), c.Disk)...)
+	if len(c.Chain) == 0 {
+		errs = append(errs, field.Required(p.Child("chain"), "at least the top disk"))
+	} else if c.Chain[len(c.Chain)-1] != c.Disk {
+		errs = append(errs, field.Invalid(p.Child("chain").Index(len(c.Chain)-1), c.Chain[len(c.Chain)-1], "the last disk of the chain must be disk"))
+	}
+	errs = append(errs, validateNames(p.Child("chain"), c.Chain, validateDatastorePath)...)
+	return errs
+}
+
+// PodImagesReady says every container image of the pod is on a datastore as a
+// disk chain the provisioner can use as the parent of the containers' root
+// disks.
+type PodImagesReady struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Containers has one entry per container, in container order.
+	Containers []ContainerImage `json:"containers"`
+}
+
+// Validate checks identity and each container's image.
+func (e *PodImagesReady) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	if len(e.Containers) == 0 {
+		errs = append(errs, field.Required(field.NewPath("containers"), ""))
+	}
+	seen := map[string]bool{}
+	for i := range e.Containers {
+		p := field.NewPath("containers").Index(i)
+		errs = append(errs, e.Containers[i].validate(p)...)
+		if seen[e.Containers[i].Container] {
+			errs = append(errs, field.Duplicate(p.Child("container"), e.Containers[i].Container))
+		}
+		seen[e.Containers[i].Container] = true
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodImagesReady) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodImagesFailed says an image of the pod could not be prepared.
+type PodImagesFailed struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Container whose image failed.
+	Container string `json:"container"`
+	// Image is the reference as written in the manifest.
+	Image string `json:"image"`
+	// Reason is a CamelCase word: ImageNotFound, Unauthorized,
+	// RegistryUnavailable, DatastoreFull, ...
+	Reason string `json:"reason"`
+	// Message is the underlying error for a person.
+	Message string `json:"message"`
+}
+
+// Validate checks identity and the reason.
+func (e *PodImagesFailed) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, validateDNSLabel(field.NewPath("container"), e.Container)...)
+	errs = append(errs, required(field.NewPath("image"), e.Image)...)
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodImagesFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// NetworkAttachment is one NIC of a pod VM.
+type NetworkAttachment struct {
+	// Network is the logical network name.
+	Network string `json:"network"`
+	// PortGroup is the DVS port group the NIC connects to (pv-<network>).
+	PortGroup string `json:"portGroup"`
+	// IP is the IPv4 address allocated to the pod on this network.
+	IP string `json:"ip"`
+	// PrefixLength of the network's CIDR.
+	PrefixLength int `json:"prefixLength"`
+	// Gateway of the network, when it has one.
+	Gateway string `json:"gateway,omitempty"`
+	// MAC is the NIC's address, fixed by network-config so that a re-created
+	// VM keeps it.
+	MAC string `json:"mac"`
+}
+
+func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
+	errs := validateDNSLabel(p.Child("network"), a.Network)
+	errs = append(errs, validateObjectName(p.Child("portGroup"), a.PortGroup)...)
+	errs = append(errs, validateIPv4(p.Child("ip"), a.IP, true)...)
+	if a.PrefixLength < 1 || a.PrefixLength > 32 {
+		errs = append(errs, field.Invalid(p.Child("prefixLength"), a.PrefixLength, "must be between 1 and 32"))
+	}
+	errs = append(errs, validateIPv4(p.Child("gateway"), a.Gateway, false)...)
+	errs = append(errs, validateMAC(p.Child("mac"), a.MAC)...)
+	return errs
+}
+
+// PodNetworkAttached says every network of the pod is realized on the host it
+// was scheduled to and an address is allocated on each.
+type PodNetworkAttached struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the attachments were prepared on (the scheduled host).
+	Host string `json:"host"`
+	// Attachments has one entry per network, in PodNetworks order (NIC order).
+	Attachments []NetworkAttachment `json:"attachments"`
+}
+
+// Validate checks identity and each attachment.
+func (e *PodNetworkAttached) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	if len(e.Attachments) == 0 {
+		errs = append(errs, field.Required(field.NewPath("attachments"), ""))
+	}
+	seen := map[string]bool{}
+	for i := range e.Attachments {
+		p := field.NewPath("attachments").Index(i)
+		errs = append(errs, e.Attachments[i].validate(p)...)
+		if seen[e.Attachments[i].Network] {
+			errs = append(errs, field.Duplicate(p.Child("network"), e.Attachments[i].Network))
+		}
+		seen[e.Attachments[i].Network] = true
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodNetworkAttached) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodNetworkFailed says a network of the pod could not be attached.
+type PodNetworkFailed struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the pod was scheduled to.
+	Host string `json:"host,omitempty"`
+	// Network that failed.
+	Network string `json:"network"`
+	// Reason is a CamelCase word: NetworkNotFound, NotRealizedOnHost,
+	// AddressesExhausted, ...
+	Reason string `json:"reason"`
+	// Message explains for a person.
+	Message string `json:"message"`
+}
+
+// Validate checks identity and the reason.
+func (e *PodNetworkFailed) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	if e.Host != "" {
+		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	}
+	errs = append(errs, validateDNSLabel(field.NewPath("network"), e.Network)...)
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodNetworkFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodRunning says the pod VM exists and is powered on.
+type PodRunning struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// VM is the managed object reference of the pod VM (for example
+	// "vm-42"); its name is pv-<uid>.
+	VM string `json:"vm"`
+	// Host the VM runs on.
+	Host string `json:"host"`
+	// IP is the pod's address on its first network.
+	IP string `json:"ip,omitempty"`
+}
+
+// Validate checks identity and location.
+func (e *PodRunning) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, required(field.NewPath("vm"), e.VM)...)
+	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	errs = append(errs, validateIPv4(field.NewPath("ip"), e.IP, false)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodRunning) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodFailed says the pod cannot run; the owners release what they hold for it
+// when they see this event.
+type PodFailed struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the pod was on or bound to, if any.
+	Host string `json:"host,omitempty"`
+	// Reason is a CamelCase word: CreateVMFailed, PowerOnFailed,
+	// ImagesFailed, NetworkFailed, Timeout, ...
+	Reason string `json:"reason"`
+	// Message explains for a person.
+	Message string `json:"message"`
+}
+
+// Validate checks identity and the reason.
+func (e *PodFailed) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	if e.Host != "" {
+		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	}
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodDeleteRequested asks podvisor to delete a pod. Any client may publish it.
+type PodDeleteRequested struct {
+	// Namespace of the pod; empty means "default".
+	Namespace string `json:"namespace,omitempty"`
+	// Name of the pod.
+	Name string `json:"name"`
+	// UID, when set, is a precondition: the pod is deleted only if its uid
+	// matches, so a stale delete cannot remove a re-created pod.
+	UID string `json:"uid,omitempty"`
+}
+
+// Validate checks the pod reference.
+func (e *PodDeleteRequested) Validate() error {
+	var errs field.ErrorList
+	if e.Namespace != "" {
+		errs = append(errs, validateDNSLabel(field.NewPath("namespace"), e.Namespace)...)
+	}
+	errs = append(errs, validateDNSSubdomain(field.NewPath("name"), e.Name)...)
+	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodDeleteRequested) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// NetworkIP is an address a deleted pod held.
+type NetworkIP struct {
+	// Network is the logical network name.
+	Network string `json:"network"`
+	// IP is the IPv4 address to release.
+	IP string `json:"ip"`
+}
+
+// PodDeleted says the pod VM is gone and the pod record removed; owners
+// release the ledger entry, the addresses and the image references.
+type PodDeleted struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the pod was bound to; empty if it never was.
+	Host string `json:"host,omitempty"`
+	// Images are the image digests the pod referenced.
+	Images []string `json:"images,omitempty"`
+	// IPs are the addresses the pod held.
+	IPs []NetworkIP `json:"ips,omitempty"`
+}
+
+// Validate checks identity and what is to be released.
+func (e *PodDeleted) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	if e.Host != "" {
+		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	}
+	for i, img := range e.Images {
+		errs = append(errs, validateDigest(field.NewPath("images").Index(i), img)...)
+	}
+	for i, ip := range e.IPs {
+		p := field.NewPath("ips").Index(i)
+		errs = append(errs, validateDNSLabel(p.Child("network"), ip.Network)...)
+		errs = append(errs, validateIPv4(p.Child("ip"), ip.IP, true)...)
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodDeleted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodEvicted says a pod was taken off its host (host lost or drain without
+// a possible migration); the provisioner re-creates it elsewhere.
+type PodEvicted struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the pod was evicted from.
+	Host string `json:"host"`
+	// Reason is a CamelCase word: HostLost, HostDrained, ...
+	Reason string `json:"reason"`
+	// Message explains for a person.
+	Message string `json:"message,omitempty"`
+}
+
+// Validate checks identity, host and reason.
+func (e *PodEvicted) Validate() error {
+	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	return asError(errs)
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodEvicted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }

@@ -1,0 +1,301 @@
+package events
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+)
+
+// KV buckets network-config owns. Other services and the CLI read them as
+// read models; only network-config writes them.
+const (
+	// BucketNetworks holds one NetworkRecord per logical network, keyed by
+	// NetworkRecordKey. Every write is a compare-and-set on the key's revision.
+	BucketNetworks = "networks"
+	// BucketNetHosts holds one NetworkAvailability per network, keyed by
+	// NetworkRecordKey: the hosts where the network is realized now. The
+	// scheduler and the migration service read it to place pods.
+	BucketNetHosts = "net-hosts"
+	// BucketIPAM holds one IPAllocation per allocated address, keyed by
+	// IPAllocationKey, plus one IPPodBinding per (network, pod) keyed by
+	// IPPodBindingKey. Allocation is a KV Create on the address key, so two
+	// pods can never hold the same address.
+	BucketIPAM = "ipam"
+)
+
+// SubjectQueryNetworkAvailable is the core NATS request/reply subject that
+// answers "is network X available on host H" (request NetworkAvailabilityQuery,
+// reply NetworkAvailabilityAnswer, both JSON). It is outside every stream: a
+// query is a read, not a fact, and a caller that gets no reply asks again.
+const SubjectQueryNetworkAvailable = "pv.query.network.available"
+
+// Network statuses as `podvisor get networks` prints them (NetworkRecord.Status).
+const (
+	// NetworkStatusPending: a version is being pushed to the hosts in scope.
+	NetworkStatusPending = "Pending"
+	// NetworkStatusReady: every host in scope carries the current version.
+	NetworkStatusReady = "Ready"
+	// NetworkStatusDegraded: some hosts in scope failed (see Hosts).
+	NetworkStatusDegraded = "Degraded"
+	// NetworkStatusRolledBack: the latest version broke hosts and was undone;
+	// Reason and Message say why, Version is the restored good version (0
+	// when there was none and the port group was removed).
+	NetworkStatusRolledBack = "RolledBack"
+	// NetworkStatusRejected: the network was declared but never applied
+	// because the declaration is invalid here (overlapping CIDR, unknown
+	// cluster or host); Message says why.
+	NetworkStatusRejected = "Rejected"
+	// NetworkStatusDeleting: the port group is being removed.
+	NetworkStatusDeleting = "Deleting"
+)
+
+// Per-host states of a network (NetworkHostState.State).
+const (
+	NetworkHostStatePending = "Pending"
+	NetworkHostStateReady   = "Ready"
+	NetworkHostStateFailed  = "Failed"
+)
+
+// Version statuses in a network's history (NetworkVersion.Status).
+const (
+	// NetworkVersionApplied: the version was pushed (it may since have been
+	// superseded by a newer one).
+	NetworkVersionApplied = "Applied"
+	// NetworkVersionRolledBack: pushing the version broke hosts; it was undone.
+	NetworkVersionRolledBack = "RolledBack"
+	// NetworkVersionPending: the version is stored and being pushed.
+	NetworkVersionPending = "Pending"
+)
+
+// NetworkHistoryLimit bounds NetworkRecord.History: the newest versions are
+// kept, older ones can no longer be restored (export them to keep them).
+const NetworkHistoryLimit = 16
+
+// NetworkRecord is network-config's record of one logical network (KV
+// `networks`). It holds the desired state (Spec at Version), what each host
+// in scope carries, and the bounded history of versions that
+// network.restore.requested can re-apply.
+type NetworkRecord struct {
+	// Name of the network (a DNS-1123 label).
+	Name string `json:"name"`
+	// Version is the version whose Spec is the desired state now. Versions
+	// count from 1; 0 means nothing is applied (a rejected first declaration
+	// or a first version that was rolled back).
+	Version int64 `json:"version"`
+	// Spec is the desired state at Version (for a Rejected network, the
+	// refused declaration, so a person can see what was asked).
+	Spec NetworkSpec `json:"spec"`
+	// Status is one of the NetworkStatus* constants.
+	Status string `json:"status"`
+	// Reason is a CamelCase word for the latest notable outcome
+	// (ConnectivityLost, InvalidSpec, DeleteRefused, ...), empty when all is
+	// well.
+	Reason string `json:"reason,omitempty"`
+	// Message explains Reason for a person.
+	Message string `json:"message,omitempty"`
+	// PortGroup is the DVS port group realizing the network (pv-<name>).
+	PortGroup string `json:"portGroup"`
+	// Switch is the distributed switch carrying PortGroup; its members are
+	// exactly the hosts in scope.
+	Switch string `json:"switch,omitempty"`
+	// Scope is the sorted list of host names in scope when Version was last
+	// pushed (Spec.Scope resolved against the inventory).
+	Scope []string `json:"scope,omitempty"`
+	// Hosts is the state of each host in Scope.
+	Hosts map[string]NetworkHostState `json:"hosts,omitempty"`
+	// IPsUsed counts the addresses allocated on the network.
+	IPsUsed int `json:"ipsUsed"`
+	// LastGoodVersion is the newest version that was pushed without any host
+	// losing management connectivity: the rollback target.
+	LastGoodVersion int64 `json:"lastGoodVersion,omitempty"`
+	// History lists stored versions, oldest first, at most
+	// NetworkHistoryLimit of them.
+	History []NetworkVersion `json:"history,omitempty"`
+	// UpdatedAt is when the record was last written.
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// NetworkHostState is what one host carries of a network.
+type NetworkHostState struct {
+	// Version realized on the host (0: none yet).
+	Version int64 `json:"version"`
+	// State is one of the NetworkHostState* constants.
+	State string `json:"state"`
+	// Reason is a CamelCase word when State is Failed.
+	Reason string `json:"reason,omitempty"`
+	// Message explains Reason.
+	Message string `json:"message,omitempty"`
+	// UpdatedAt is when the host was last observed.
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// NetworkVersion is one stored version of a network: a snapshot that can be
+// restored.
+type NetworkVersion struct {
+	Version int64       `json:"version"`
+	Spec    NetworkSpec `json:"spec"`
+	// Status is one of the NetworkVersion* constants.
+	Status string `json:"status"`
+	// Origin says where the version came from: "declared", "restored from
+	// version N" or "imported".
+	Origin string `json:"origin,omitempty"`
+	// Reason and Message say why a version was rolled back.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// CreatedAt is when the version was stored.
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// NetworkRecordKey is the key of a network in the `networks` and `net-hosts`
+// buckets: the network name itself (a DNS-1123 label is a valid KV key).
+func NetworkRecordKey(name string) string { return name }
+
+// ReadyHosts counts the hosts in scope that carry the current version.
+func (r *NetworkRecord) ReadyHosts() int {
+	n := 0
+	for _, h := range r.Hosts {
+		if h.State == NetworkHostStateReady && h.Version == r.Version {
+			n++
+		}
+	}
+	return n
+}
+
+// RealizedHosts lists, sorted, the hosts that carry the current version.
+func (r *NetworkRecord) RealizedHosts() []string {
+	var out []string
+	for name, h := range r.Hosts {
+		if h.State == NetworkHostStateReady && h.Version == r.Version && r.Version > 0 {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// FindVersion returns a stored version from the history.
+func (r *NetworkRecord) FindVersion(v int64) (NetworkVersion, bool) {
+	for _, h := range r.History {
+		if h.Version == v {
+			return h, true
+		}
+	}
+	return NetworkVersion{}, false
+}
+
+// LatestVersion is the highest version number ever stored (the next version
+// is one more), or 0.
+func (r *NetworkRecord) LatestVersion() int64 {
+	var v int64
+	for _, h := range r.History {
+		v = max(v, h.Version)
+	}
+	return max(v, r.Version)
+}
+
+// NetworkAvailability is the `net-hosts` read model of one network: where it
+// is realized now and where it could be realized on demand. The scheduler
+// treats a host in Scope as feasible and prefers one in Hosts.
+type NetworkAvailability struct {
+	// Network name.
+	Network string `json:"network"`
+	// Version realized on Hosts.
+	Version int64 `json:"version"`
+	// Hosts where the network is realized, sorted.
+	Hosts []string `json:"hosts"`
+	// Scope is every host in the network's scope, sorted.
+	Scope []string `json:"scope"`
+}
+
+// Realized reports whether the network is realized on host.
+func (a *NetworkAvailability) Realized(host string) bool {
+	_, ok := slices.BinarySearch(a.Hosts, host)
+	return ok
+}
+
+// InScope reports whether host is in the network's scope.
+func (a *NetworkAvailability) InScope(host string) bool {
+	_, ok := slices.BinarySearch(a.Scope, host)
+	return ok
+}
+
+// NetworkAvailabilityQuery asks whether Network is available on Host
+// (request on SubjectQueryNetworkAvailable).
+type NetworkAvailabilityQuery struct {
+	Network string `json:"network"`
+	Host    string `json:"host"`
+}
+
+// NetworkAvailabilityAnswer is the reply to a NetworkAvailabilityQuery.
+type NetworkAvailabilityAnswer struct {
+	Network string `json:"network"`
+	Host    string `json:"host"`
+	// Available: the network's current version is realized on the host.
+	Available bool `json:"available"`
+	// InScope: the host is in the network's scope (network-config realizes
+	// it there on demand when a pod is scheduled).
+	InScope bool `json:"inScope"`
+	// Version of the network realized on the host (0 when not available).
+	Version int64 `json:"version,omitempty"`
+	// Reason explains a negative answer (NetworkNotFound, NotInScope,
+	// NotRealized, InvalidQuery).
+	Reason string `json:"reason,omitempty"`
+	// Message explains Reason for a person.
+	Message string `json:"message,omitempty"`
+}
+
+// IPAllocation is one allocated address (KV `ipam`, key IPAllocationKey).
+// The key is created with KV Create, which fails if it exists: that is what
+// keeps two pods from ever holding the same address.
+type IPAllocation struct {
+	Network string `json:"network"`
+	IP      string `json:"ip"`
+	// The pod holding the address.
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// Host the pod's port is bound on; moved on migration.completed.
+	Host string `json:"host,omitempty"`
+	// MAC of the pod's NIC on this network (deterministic per pod and
+	// network, in VMware's manually assigned range 00:50:56:00-3f:xx:xx).
+	MAC string `json:"mac"`
+	// AllocatedAt is when the address was taken.
+	AllocatedAt time.Time `json:"allocatedAt"`
+}
+
+// IPPodBinding points from a pod (by uid) to its address on a network
+// (KV `ipam`, key IPPodBindingKey). It is written before the address is
+// taken, so a crash between the two never leaks an address: the retry finds
+// the binding and either the address it names or nothing.
+type IPPodBinding struct {
+	IP string `json:"ip"`
+}
+
+// IPAllocationKey is the `ipam` key of an address: <network>.<a-b-c-d>.
+// The address's dots become dashes so the key has exactly two tokens and
+// `<network>.*` lists a network's addresses.
+func IPAllocationKey(network, ip string) string {
+	return network + "." + strings.ReplaceAll(ip, ".", "-")
+}
+
+// IPPodBindingKey is the `ipam` key of a pod's binding on a network:
+// <network>.pod.<uid>, with dots of the uid replaced by '=' (never part of a
+// uid) so the key keeps three tokens.
+func IPPodBindingKey(network, uid string) string {
+	return network + ".pod." + strings.ReplaceAll(uid, ".", "=")
+}
+
+// ParseIPAllocationKey is the inverse of IPAllocationKey.
+func ParseIPAllocationKey(key string) (network string, ip netip.Addr, err error) {
+	network, rest, ok := strings.Cut(key, ".")
+	if !ok || strings.Contains(rest, ".") {
+		return "", netip.Addr{}, fmt.Errorf("ipam key %q: want <network>.<a-b-c-d>", key)
+	}
+	ip, err = netip.ParseAddr(strings.ReplaceAll(rest, "-", "."))
+	if err != nil || !ip.Is4() {
+		return "", netip.Addr{}, fmt.Errorf("ipam key %q: %q is not an IPv4 address with dashes", key, rest)
+	}
+	return network, ip, nil
+}

@@ -1,0 +1,333 @@
+package events
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// BucketPods holds one PodRecord per pod, keyed by PodRecordKey. Only the
+// provisioner writes it, always by compare-and-set on the key's revision
+// (Create at admission, Update afterwards); the CLI and the other services
+// read it as the pods' read model.
+const BucketPods = "pods"
+
+// Pod phases as `podvisor get pods` prints them (PodRecord.Phase).
+const (
+	// PodPhasePending: admitted, waiting for a host (or back here after an
+	// eviction, waiting for a new one).
+	PodPhasePending = "Pending"
+	// PodPhaseScheduled: bound to a host, waiting for images and networks.
+	PodPhaseScheduled = "Scheduled"
+	// PodPhaseProvisioning: the pod VM is being created or powered on.
+	PodPhaseProvisioning = "Provisioning"
+	// PodPhaseRunning: the pod VM exists and is powered on.
+	PodPhaseRunning = "Running"
+	// PodPhaseFailed: the pod cannot run; Reason and Message say why. The
+	// record stays until the pod is deleted.
+	PodPhaseFailed = "Failed"
+	// PodPhaseTerminating: a delete was requested; the VM is being removed.
+	PodPhaseTerminating = "Terminating"
+	// PodPhaseMigrating: the pod VM is being moved to another host.
+	PodPhaseMigrating = "Migrating"
+)
+
+// Pod condition types (PodCondition.Type), in the order a pod gains them.
+const (
+	PodConditionAccepted        = "Accepted"
+	PodConditionScheduled       = "Scheduled"
+	PodConditionImagesReady     = "ImagesReady"
+	PodConditionNetworkAttached = "NetworkAttached"
+	PodConditionVMCreated       = "VMCreated"
+	PodConditionRunning         = "Running"
+)
+
+// Condition statuses, as in Kubernetes.
+const (
+	ConditionTrue    = "True"
+	ConditionFalse   = "False"
+	ConditionUnknown = "Unknown"
+)
+
+// PodCondition is one aspect of a pod's progress.
+type PodCondition struct {
+	// Type is one of the PodCondition* constants.
+	Type string `json:"type"`
+	// Status is True, False or Unknown.
+	Status string `json:"status"`
+	// Time is when Status last changed (Kubernetes' lastTransitionTime).
+	Time time.Time `json:"time"`
+	// Reason is a CamelCase word for machines (ImagesFailed, Unschedulable …).
+	Reason string `json:"reason,omitempty"`
+	// Message explains for a person.
+	Message string `json:"message,omitempty"`
+}
+
+// StaleVM is a VM of an earlier placement of the pod that could not be
+// removed when the pod left its host (the host was unreachable). Drift repair
+// removes it once the host answers again.
+type StaleVM struct {
+	// Ref is the managed object reference (for example "vm-42").
+	Ref string `json:"ref"`
+	// Name is the VM's name.
+	Name string `json:"name"`
+	// Host the VM was on.
+	Host string `json:"host,omitempty"`
+}
+
+// PodRecord is the provisioner's record of one pod (KV `pods`): the admitted
+// manifest, everything the other services reported about the pod, and what
+// the provisioner did in vCenter. `podvisor get pods` prints it as NAMESPACE
+// NAME PHASE HOST IP AGE REASON; `get pod -o json` prints KubernetesPod().
+type PodRecord struct {
+	// UID is the pod's uid: metadata.uid of the manifest when set, the
+	// request's uid, or one derived from the namespace, name and the
+	// requesting event's id (so a replayed request yields the same uid).
+	UID string `json:"uid"`
+	// Namespace and Name identify the pod.
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Pod is the admitted manifest (normalized, status cleared).
+	Pod corev1.Pod `json:"pod"`
+	// SpecHash fingerprints the admitted manifest (labels, annotations and
+	// spec): an identical re-request is a no-op, a different one is refused.
+	SpecHash string `json:"specHash"`
+	// RequestID is the CloudEvent id of the pod.requested that created the
+	// record; a redelivery of that very event re-announces pod.accepted.
+	RequestID string `json:"requestId"`
+	// TraceParent is the W3C traceparent of the request, so that every event
+	// the provisioner publishes about this pod joins the pod's one trace.
+	TraceParent string `json:"traceparent,omitempty"`
+
+	// Size is SizePodVM(Pod), fixed at admission.
+	Size PodVMSize `json:"size"`
+	// Networks is PodNetworks(Pod), in NIC order.
+	Networks []string `json:"networks"`
+
+	// Phase is one of the PodPhase* constants.
+	Phase string `json:"phase"`
+	// Reason and Message explain the phase when something is wrong or
+	// pending (Unschedulable, ImagesFailed, CreateVMFailed …).
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Conditions, one per type at most, in the order they were first set.
+	Conditions []PodCondition `json:"conditions,omitempty"`
+
+	// Host, Cluster, ResourcePool and Datastores are the placement the
+	// scheduler made (pod.scheduled), updated by migration.completed.
+	Host         string   `json:"host,omitempty"`
+	Cluster      string   `json:"cluster,omitempty"`
+	ResourcePool string   `json:"resourcePool,omitempty"`
+	Datastores   []string `json:"datastores,omitempty"`
+
+	// Images are the prepared container images (pod.images.ready), in
+	// container order.
+	Images []ContainerImage `json:"images,omitempty"`
+
+	// NetworkHost is the host the Attachments were prepared on; they count
+	// only while it equals Host.
+	NetworkHost string `json:"networkHost,omitempty"`
+	// Attachments are the pod's NICs (pod.network.attached), in NIC order.
+	Attachments []NetworkAttachment `json:"attachments,omitempty"`
+	// IP is the address on the first network.
+	IP string `json:"ip,omitempty"`
+
+	// VMName is the pod VM's name: pv-<uid>, or pv-<uid>-<n> after an
+	// eviction left an unreachable VM of that name behind.
+	VMName string `json:"vmName,omitempty"`
+	// VMRef is the pod VM's managed object reference once it exists.
+	VMRef string `json:"vmRef,omitempty"`
+	// CreateTask is the CreateVM task reference while creation is in flight:
+	// kept before the provisioner waits on the task, so that a restart waits
+	// for that task instead of creating a second VM.
+	CreateTask string `json:"createTask,omitempty"`
+	// StaleVMs are VMs of earlier placements still to be removed.
+	StaleVMs []StaleVM `json:"staleVMs,omitempty"`
+	// Generation counts the pod's placements: 0 for the first, +1 per
+	// eviction. Events the provisioner publishes derive their ids from it,
+	// so each placement announces itself once.
+	Generation int `json:"generation"`
+
+	// DeletionRequestedAt is set when a delete was requested.
+	DeletionRequestedAt time.Time `json:"deletionRequestedAt,omitzero"`
+	// CreatedAt is when the pod was admitted; UpdatedAt when the record was
+	// last written.
+	CreatedAt time.Time `json:"createdAt"`
+	UpdatedAt time.Time `json:"updatedAt"`
+
+	// ResourceVersion is the KV revision the record was read at. It is not
+	// meaningful inside the stored value; readers set it from the entry.
+	ResourceVersion uint64 `json:"resourceVersion,omitempty"`
+}
+
+// PodRecordKey is the KV key of a pod's record: <namespace>.<name>, since KV
+// keys cannot hold '/'. Namespaces are DNS labels (no dots), so the first
+// dot always separates the two.
+func PodRecordKey(namespace, name string) string {
+	if namespace == "" {
+		namespace = DefaultNamespace
+	}
+	return namespace + "." + name
+}
+
+// Key is the pod key <namespace>/<name>.
+func (r *PodRecord) Key() string { return PodKey(r.Namespace, r.Name) }
+
+// Condition returns the condition of type t, if set.
+func (r *PodRecord) Condition(t string) (PodCondition, bool) {
+	for _, c := range r.Conditions {
+		if c.Type == t {
+			return c, true
+		}
+	}
+	return PodCondition{}, false
+}
+
+// IsTrue says whether the condition of type t is set and True.
+func (r *PodRecord) IsTrue(t string) bool {
+	c, ok := r.Condition(t)
+	return ok && c.Status == ConditionTrue
+}
+
+// SetCondition sets a condition. Time moves only when the status changes
+// (like Kubernetes' lastTransitionTime); reason and message always take the
+// new values. It reports whether anything changed.
+func (r *PodRecord) SetCondition(t, status, reason, message string, now time.Time) bool {
+	for i := range r.Conditions {
+		c := &r.Conditions[i]
+		if c.Type != t {
+			continue
+		}
+		if c.Status == status && c.Reason == reason && c.Message == message {
+			return false
+		}
+		if c.Status != status {
+			c.Time = now
+		}
+		c.Status, c.Reason, c.Message = status, reason, message
+		return true
+	}
+	r.Conditions = append(r.Conditions, PodCondition{Type: t, Status: status, Time: now, Reason: reason, Message: message})
+	return true
+}
+
+// IPs lists the addresses the pod holds, one per attachment.
+func (r *PodRecord) IPs() []NetworkIP {
+	out := make([]NetworkIP, 0, len(r.Attachments))
+	for _, a := range r.Attachments {
+		out = append(out, NetworkIP{Network: a.Network, IP: a.IP})
+	}
+	return out
+}
+
+// ImageDigests lists the distinct image digests the pod references.
+func (r *PodRecord) ImageDigests() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, img := range r.Images {
+		if img.Digest != "" && !seen[img.Digest] {
+			seen[img.Digest] = true
+			out = append(out, img.Digest)
+		}
+	}
+	return out
+}
+
+// KubernetesPod renders the record as a Kubernetes v1 Pod, what `podvisor get
+// pod -o json` prints: the admitted manifest with uid, creation time and
+// resourceVersion filled in, spec.nodeName set to the host, and a status
+// whose phase maps podvisor's phases onto Kubernetes' five.
+func (r PodRecord) KubernetesPod() corev1.Pod {
+	p := *r.Pod.DeepCopy()
+	p.APIVersion, p.Kind = "v1", "Pod"
+	p.Namespace, p.Name = r.Namespace, r.Name
+	p.UID = types.UID(r.UID)
+	p.CreationTimestamp = metav1.NewTime(r.CreatedAt)
+	if r.ResourceVersion > 0 {
+		p.ResourceVersion = itoa(int(r.ResourceVersion))
+	}
+	if !r.DeletionRequestedAt.IsZero() {
+		t := metav1.NewTime(r.DeletionRequestedAt)
+		p.DeletionTimestamp = &t
+	}
+	p.Spec.NodeName = r.Host
+
+	st := corev1.PodStatus{
+		Phase:   kubernetesPhase(r.Phase),
+		Reason:  r.Reason,
+		Message: r.Message,
+		PodIP:   r.IP,
+	}
+	for _, a := range r.Attachments {
+		st.PodIPs = append(st.PodIPs, corev1.PodIP{IP: a.IP})
+	}
+	if c, ok := r.Condition(PodConditionAccepted); ok && c.Status == ConditionTrue {
+		t := metav1.NewTime(c.Time)
+		st.StartTime = &t
+	}
+	for _, c := range r.Conditions {
+		st.Conditions = append(st.Conditions, corev1.PodCondition{
+			Type:               corev1.PodConditionType(kubernetesCondition(c.Type)),
+			Status:             corev1.ConditionStatus(c.Status),
+			LastTransitionTime: metav1.NewTime(c.Time),
+			Reason:             c.Reason,
+			Message:            c.Message,
+		})
+	}
+	running := r.Phase == PodPhaseRunning || r.Phase == PodPhaseMigrating
+	for _, c := range r.Pod.Spec.Containers {
+		cs := corev1.ContainerStatus{Name: c.Name, Image: c.Image, Ready: running, Started: &running}
+		for _, img := range r.Images {
+			if img.Container == c.Name && img.Digest != "" {
+				cs.ImageID = img.Digest
+			}
+		}
+		if running {
+			cs.State.Running = &corev1.ContainerStateRunning{}
+			if rc, ok := r.Condition(PodConditionRunning); ok {
+				cs.State.Running.StartedAt = metav1.NewTime(rc.Time)
+			}
+		} else {
+			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: r.Phase, Message: r.Message}
+			if r.Reason != "" {
+				cs.State.Waiting.Reason = r.Reason
+			}
+		}
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+	}
+	p.Status = st
+	return p
+}
+
+// kubernetesPhase maps podvisor's phases onto Kubernetes' (Pending, Running,
+// Succeeded, Failed, Unknown): everything before the VM runs is Pending, a
+// migrating pod keeps running, a terminating pod is reported by its deletion
+// timestamp, as Kubernetes does, and keeps the Running phase.
+func kubernetesPhase(p string) corev1.PodPhase {
+	switch p {
+	case PodPhaseRunning, PodPhaseMigrating, PodPhaseTerminating:
+		return corev1.PodRunning
+	case PodPhaseFailed:
+		return corev1.PodFailed
+	case PodPhasePending, PodPhaseScheduled, PodPhaseProvisioning:
+		return corev1.PodPending
+	default:
+		return corev1.PodUnknown
+	}
+}
+
+// kubernetesCondition maps condition types onto Kubernetes' where one has
+// the same meaning (Scheduled → PodScheduled, Running → Ready); podvisor's
+// own conditions keep their names.
+func kubernetesCondition(t string) string {
+	switch t {
+	case PodConditionScheduled:
+		return string(corev1.PodScheduled)
+	case PodConditionRunning:
+		return string(corev1.PodReady)
+	default:
+		return t
+	}
+}

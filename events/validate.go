@@ -1,0 +1,219 @@
+package events
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"strings"
+	"unicode"
+
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// Small field validators shared by the payloads. Each returns a field.ErrorList
+// so that a payload's Validate can report every problem at once.
+
+// tokenRE is what an identifier that ends up in a KV key, a VM name
+// (pv-<uid>) or a NATS header may look like: UUIDs, ULIDs and generated
+// names all fit, spaces, slashes and wildcards do not.
+var tokenRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// reasonRE follows the Kubernetes convention for machine-readable reasons:
+// a short CamelCase word such as InsufficientMemory.
+var reasonRE = regexp.MustCompile(`^[A-Z][A-Za-z0-9]{0,63}$`)
+
+// digestRE accepts the OCI digests podvisor deals with.
+var digestRE = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
+
+// datastorePathRE is vSphere's datastore path syntax: "[datastore] dir/file".
+var datastorePathRE = regexp.MustCompile(`^\[[^\[\]]+\] \S.*$`)
+
+func required(p *field.Path, v string) field.ErrorList {
+	if strings.TrimSpace(v) == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	return nil
+}
+
+func validateToken(p *field.Path, v string, mandatory bool) field.ErrorList {
+	if v == "" {
+		if mandatory {
+			return field.ErrorList{field.Required(p, "")}
+		}
+		return nil
+	}
+	if !tokenRE.MatchString(v) {
+		return field.ErrorList{field.Invalid(p, v, "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")}
+	}
+	return nil
+}
+
+func validateDNSLabel(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	var errs field.ErrorList
+	for _, msg := range validation.IsDNS1123Label(v) {
+		errs = append(errs, field.Invalid(p, v, msg))
+	}
+	return errs
+}
+
+func validateDNSSubdomain(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	var errs field.ErrorList
+	for _, msg := range validation.IsDNS1123Subdomain(v) {
+		errs = append(errs, field.Invalid(p, v, msg))
+	}
+	return errs
+}
+
+func validateReason(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "a CamelCase reason such as InsufficientMemory")}
+	}
+	if !reasonRE.MatchString(v) {
+		return field.ErrorList{field.Invalid(p, v, "must be a CamelCase word such as InsufficientMemory")}
+	}
+	return nil
+}
+
+// validateHostName accepts what vCenter uses as a host's name: an FQDN, an IP
+// address, or the simulator's DC0_C0_H0 style. Only emptiness, length and
+// characters that would break subjects, keys or logs are refused.
+func validateHostName(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if len(v) > 255 {
+		return field.ErrorList{field.TooLong(p, v, 255)}
+	}
+	for _, r := range v {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == '*' || r == '>' || r == '/' {
+			return field.ErrorList{field.Invalid(p, v, "must not contain spaces, control characters, '*', '>' or '/'")}
+		}
+	}
+	return nil
+}
+
+// validateObjectName accepts a vSphere inventory name (cluster, resource
+// pool, datastore, port group): non-empty, at most 80 characters (vCenter's
+// limit for most entity names) and free of control characters.
+func validateObjectName(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if len(v) > 80 {
+		return field.ErrorList{field.TooLong(p, v, 80)}
+	}
+	for _, r := range v {
+		if unicode.IsControl(r) {
+			return field.ErrorList{field.Invalid(p, v, "must not contain control characters")}
+		}
+	}
+	return nil
+}
+
+func validateNames(p *field.Path, names []string, each func(*field.Path, string) field.ErrorList) field.ErrorList {
+	var errs field.ErrorList
+	seen := make(map[string]bool, len(names))
+	for i, n := range names {
+		errs = append(errs, each(p.Index(i), n)...)
+		if seen[n] {
+			errs = append(errs, field.Duplicate(p.Index(i), n))
+		}
+		seen[n] = true
+	}
+	return errs
+}
+
+func validateDigest(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if !digestRE.MatchString(v) {
+		return field.ErrorList{field.Invalid(p, v, "must be an OCI digest such as sha256:<64 hex digits>")}
+	}
+	return nil
+}
+
+func validateDatastorePath(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if !datastorePathRE.MatchString(v) {
+		return field.ErrorList{field.Invalid(p, v, `must be a datastore path such as "[datastore1] podvisor/images/abc.vmdk"`)}
+	}
+	return nil
+}
+
+func validateIPv4(p *field.Path, v string, mandatory bool) field.ErrorList {
+	if v == "" {
+		if mandatory {
+			return field.ErrorList{field.Required(p, "")}
+		}
+		return nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil || !a.Is4() {
+		return field.ErrorList{field.Invalid(p, v, "must be an IPv4 address")}
+	}
+	return nil
+}
+
+func validateMAC(p *field.Path, v string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	hw, err := net.ParseMAC(v)
+	if err != nil || len(hw) != 6 {
+		return field.ErrorList{field.Invalid(p, v, "must be a 48-bit MAC address such as 00:50:56:aa:bb:cc")}
+	}
+	return nil
+}
+
+func validateNonNegative(p *field.Path, v int64) field.ErrorList {
+	if v < 0 {
+		return field.ErrorList{field.Invalid(p, v, "must not be negative")}
+	}
+	return nil
+}
+
+func validatePositive(p *field.Path, v int64) field.ErrorList {
+	if v <= 0 {
+		return field.ErrorList{field.Invalid(p, v, "must be greater than zero")}
+	}
+	return nil
+}
+
+// validatePodRef checks the namespace/name/uid triple every pod event carries.
+// Namespace is required here: producers normalize pods before publishing.
+func validatePodRef(namespace, name, uid string, uidRequired bool) field.ErrorList {
+	var errs field.ErrorList
+	errs = append(errs, validateDNSLabel(field.NewPath("namespace"), namespace)...)
+	errs = append(errs, validateDNSSubdomain(field.NewPath("name"), name)...)
+	errs = append(errs, validateToken(field.NewPath("uid"), uid, uidRequired)...)
+	return errs
+}
+
+// PodKey is the key of a pod everywhere in podvisor: KV records, work queues
+// and the CloudEvent subject attribute. An empty namespace means "default".
+func PodKey(namespace, name string) string {
+	if namespace == "" {
+		namespace = DefaultNamespace
+	}
+	return namespace + "/" + name
+}
+
+// SplitPodKey is the inverse of PodKey.
+func SplitPodKey(key string) (namespace, name string, err error) {
+	ns, n, ok := strings.Cut(key, "/")
+	if !ok || ns == "" || n == "" || strings.Contains(n, "/") {
+		return "", "", fmt.Errorf("pod key %q: want <namespace>/<name>", key)
+	}
+	return ns, n, nil
+}
