@@ -444,7 +444,7 @@ func validateResources(rr *corev1.ResourceRequirements, p *field.Path) field.Err
 	}{{"requests", rr.Requests}, {"limits", rr.Limits}} {
 		for _, rn := range sortedKeys(toStringKeys(part.list)) {
 			q := part.list[corev1.ResourceName(rn)]
-			rp := p.Child(part.name).Key(rn)
+			rp := p.Child(part.name, rn)
 			if rn != string(corev1.ResourceCPU) && rn != string(corev1.ResourceMemory) {
 				errs = append(errs, field.NotSupported(rp, rn, supportedResources))
 				continue
@@ -458,7 +458,7 @@ func validateResources(rr *corev1.ResourceRequirements, p *field.Path) field.Err
 		req, hasReq := rr.Requests[rn]
 		lim, hasLim := rr.Limits[rn]
 		if hasReq && hasLim && req.Cmp(lim) > 0 {
-			errs = append(errs, field.Invalid(p.Child("requests").Key(string(rn)), req.String(), "must be less than or equal to "+string(rn)+" limit "+lim.String()))
+			errs = append(errs, field.Invalid(p.Child("requests", string(rn)), req.String(), "must be less than or equal to "+string(rn)+" limit "+lim.String()))
 		}
 	}
 	if len(rr.Claims) > 0 {
@@ -509,10 +509,10 @@ func quantityErrors(data []byte) field.ErrorList {
 				for _, k := range sortedKeys(t) {
 					if s, ok := t[k].(string); ok {
 						if _, err := resource.ParseQuantity(s); err != nil {
-							errs = append(errs, field.Invalid(p.Key(k), s, "invalid quantity: want a number with an optional suffix such as 500m, 2, 512Mi or 4Gi"))
+							errs = append(errs, field.Invalid(p.Child(k), s, "invalid quantity: want a number with an optional suffix such as 500m, 2, 512Mi or 4Gi"))
 						}
 					} else if _, isNum := t[k].(float64); !isNum {
-						errs = append(errs, field.Invalid(p.Key(k), t[k], "invalid quantity: want a string such as 512Mi"))
+						errs = append(errs, field.Invalid(p.Child(k), t[k], "invalid quantity: want a string such as 512Mi"))
 					}
 				}
 				return

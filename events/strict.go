@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"regexp"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -53,8 +54,16 @@ func decodeError(data []byte, err error) error {
 	if qerrs := quantityErrors(data); len(qerrs) > 0 {
 		return asError(qerrs)
 	}
+	if m := typeErrorRE.FindStringSubmatch(err.Error()); m != nil {
+		return &DecodeError{Field: m[2], Err: fmt.Errorf("wrong JSON type: got %s, want %s", m[1], m[3])}
+	}
 	return &DecodeError{Err: err}
 }
+
+// typeErrorRE picks apart the decoder's type error ("json: cannot unmarshal
+// string into Go struct field ContainerPort.pod.spec.containers.ports.containerPort
+// of type int32") so the message leads with the field path like all others.
+var typeErrorRE = regexp.MustCompile(`cannot unmarshal (\S+) into Go struct field [A-Za-z0-9_]+\.(\S+) of type (\S+)`)
 
 // pathOf wraps an already rendered field path (as sigs.k8s.io/json reports
 // it) so it can sit in a field.ErrorList.

@@ -1,0 +1,182 @@
+package events
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+)
+
+// Object is one document of a manifest stream: exactly one of Pod, Network
+// and Migration is set, as Kind says.
+type Object struct {
+	// Document is the object's position in the stream, 1 for the first
+	// non-empty document.
+	Document int
+	// Kind is Pod, Network or Migration.
+	Kind string
+	// Pod is set for Kind Pod (as written: not normalized).
+	Pod *corev1.Pod
+	// Network is set for Kind Network.
+	Network *Network
+	// Migration is set for Kind Migration.
+	Migration *Migration
+}
+
+// Name is the object's metadata.name.
+func (o Object) Name() string {
+	switch {
+	case o.Pod != nil:
+		return o.Pod.Name
+	case o.Network != nil:
+		return o.Network.Metadata.Name
+	case o.Migration != nil:
+		return o.Migration.Metadata.Name
+	}
+	return ""
+}
+
+// DocumentError is a problem with one document of a manifest stream.
+type DocumentError struct {
+	// Document is the 1-based position of the document (empty documents not
+	// counted).
+	Document int
+	// Kind and Name of the object, when they could be read.
+	Kind, Name string
+	// Err is the problem; a *ValidationError or *DecodeError names the field.
+	Err error
+}
+
+func (e *DocumentError) Error() string {
+	where := fmt.Sprintf("document %d", e.Document)
+	switch {
+	case e.Kind != "" && e.Name != "":
+		where += fmt.Sprintf(" (%s %s)", e.Kind, e.Name)
+	case e.Kind != "":
+		where += fmt.Sprintf(" (%s)", e.Kind)
+	}
+	return where + ": " + e.Err.Error()
+}
+
+func (e *DocumentError) Unwrap() error { return e.Err }
+
+// DecodeObjects reads a multi-document YAML (or JSON) stream such as the file
+// of "podvisor apply -f" and returns its objects in order: Kubernetes v1 Pods
+// and podvisor.io/v1alpha1 Networks and Migrations. Decoding is strict
+// (unknown or duplicate fields are errors) and every object is validated;
+// field paths in errors start at the document root (spec.containers[0].image).
+//
+// It is all or nothing: if any document is wrong, no objects are returned and
+// the error (an errors.Join of *DocumentError) lists every wrong document.
+func DecodeObjects(r io.Reader) ([]Object, error) {
+	reader := utilyaml.NewYAMLReader(bufio.NewReader(r))
+	var (
+		objs []Object
+		errs []error
+		n    int
+	)
+	for {
+		doc, err := reader.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read manifest after document %d: %w", n, err)
+		}
+		j, err := yaml.YAMLToJSONStrict(doc)
+		if err == nil && isEmptyDocument(j) {
+			continue
+		}
+		n++
+		if err != nil {
+			errs = append(errs, &DocumentError{Document: n, Err: fmt.Errorf("invalid YAML: %w", err)})
+			continue
+		}
+		obj, err := decodeObject(j)
+		if err != nil {
+			de := &DocumentError{Document: n, Err: err}
+			de.Kind, de.Name = peekKindName(j)
+			errs = append(errs, de)
+			continue
+		}
+		obj.Document = n
+		objs = append(objs, obj)
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return objs, nil
+}
+
+func isEmptyDocument(j []byte) bool {
+	j = bytes.TrimSpace(j)
+	return len(j) == 0 || bytes.Equal(j, []byte("null"))
+}
+
+type typeMeta struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name string `json:"name"`
+	} `json:"metadata"`
+}
+
+func peekKindName(j []byte) (kind, name string) {
+	var tm typeMeta
+	_ = json.Unmarshal(j, &tm)
+	return tm.Kind, tm.Metadata.Name
+}
+
+// supportedObjects is how the error for an unknown kind says what is known.
+const supportedObjects = "want v1 Pod, podvisor.io/v1alpha1 Network or podvisor.io/v1alpha1 Migration"
+
+func decodeObject(j []byte) (Object, error) {
+	var tm typeMeta
+	if err := json.Unmarshal(j, &tm); err != nil {
+		return Object{}, &DecodeError{Err: errors.New("a document must be an object with apiVersion and kind")}
+	}
+	var errs field.ErrorList
+	if tm.APIVersion == "" {
+		errs = append(errs, field.Required(field.NewPath("apiVersion"), supportedObjects))
+	}
+	if tm.Kind == "" {
+		errs = append(errs, field.Required(field.NewPath("kind"), supportedObjects))
+	}
+	if len(errs) > 0 {
+		return Object{}, asError(errs)
+	}
+	switch {
+	case tm.APIVersion == "v1" && tm.Kind == KindPod:
+		pod := &corev1.Pod{}
+		if err := unmarshalStrict(j, pod); err != nil {
+			return Object{}, err
+		}
+		errs = validatePod(pod, nil)
+		// The pod travels inside a PodRequested event, which is capped.
+		if len(j) > MaxEventSize-1024 {
+			errs = append(errs, &field.Error{Type: field.ErrorTypeTooLong, Field: "<document>", BadValue: field.OmitValueType{},
+				Detail: fmt.Sprintf("pod manifest is %d bytes as JSON; a pod must fit in one %d-byte event", len(j), MaxEventSize)})
+		}
+		return Object{Kind: KindPod, Pod: pod}, asError(errs)
+	case tm.APIVersion == APIVersion && tm.Kind == KindNetwork:
+		n := &Network{}
+		if err := unmarshalStrict(j, n); err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindNetwork, Network: n}, asError(n.validate(nil))
+	case tm.APIVersion == APIVersion && tm.Kind == KindMigration:
+		m := &Migration{}
+		if err := unmarshalStrict(j, m); err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindMigration, Migration: m}, asError(m.validate(nil))
+	}
+	return Object{}, &DecodeError{Field: "kind", Err: fmt.Errorf("%s %q is not supported; %s", tm.APIVersion, tm.Kind, supportedObjects)}
+}
