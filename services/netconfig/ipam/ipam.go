@@ -1,0 +1,365 @@
+package ipam
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// ErrExhausted is returned (wrapped) when every usable address of a pool is
+// allocated.
+var ErrExhausted = errors.New("addresses exhausted")
+
+// ErrInvalidPool is returned (wrapped) for a pool that cannot hand out
+// addresses.
+var ErrInvalidPool = errors.New("invalid address pool")
+
+// maxCreateRaces bounds how many times one allocation loses a race for an
+// address before it re-reads the pool; far more than a burst of concurrent
+// allocations on one network needs, small enough to stop a livelock.
+const maxCreateRaces = 256
+
+// Pool is the address range of one network.
+type Pool struct {
+	// Network name (the key prefix in the bucket).
+	Network string
+	// Prefix is the network's CIDR.
+	Prefix netip.Prefix
+	// Gateway, when valid, is reserved and never handed out.
+	Gateway netip.Addr
+}
+
+// PoolOf builds the pool of a network spec.
+func PoolOf(network string, spec events.NetworkSpec) (Pool, error) {
+	prefix, err := netip.ParsePrefix(spec.CIDR)
+	if err != nil || !prefix.Addr().Is4() || prefix.Masked() != prefix {
+		return Pool{}, fmt.Errorf("network %s: cidr %q: %w: want an IPv4 subnet without host bits", network, spec.CIDR, ErrInvalidPool)
+	}
+	p := Pool{Network: network, Prefix: prefix}
+	if spec.Gateway != "" {
+		gw, err := netip.ParseAddr(spec.Gateway)
+		if err != nil || !prefix.Contains(gw) {
+			return Pool{}, fmt.Errorf("network %s: gateway %q: %w: must be an address inside %s", network, spec.Gateway, ErrInvalidPool, prefix)
+		}
+		p.Gateway = gw
+	}
+	return p, nil
+}
+
+// first and last usable addresses as integers: the network and broadcast
+// addresses are excluded (the CIDRs events accept are /30 or larger).
+func (p Pool) bounds() (first, last uint32) {
+	base := toUint(p.Prefix.Addr())
+	size := uint32(1) << (32 - p.Prefix.Bits())
+	if size <= 2 {
+		return base, base + size - 1
+	}
+	return base + 1, base + size - 2
+}
+
+// Usable is the number of addresses the pool can hand out.
+func (p Pool) Usable() int {
+	first, last := p.bounds()
+	n := int(last-first) + 1
+	if p.Gateway.IsValid() {
+		if g := toUint(p.Gateway); g >= first && g <= last {
+			n--
+		}
+	}
+	return n
+}
+
+// Owner is the pod an address is allocated to.
+type Owner struct {
+	Namespace, Name, UID string
+	// Host the pod's port is bound on.
+	Host string
+}
+
+// Allocator hands out addresses from the `ipam` bucket. It keeps no state of
+// its own, so any number of allocators (goroutines or replicas) may work on
+// the same bucket at once.
+type Allocator struct {
+	kv  jetstream.KeyValue
+	now func() time.Time
+}
+
+// New returns an allocator over the `ipam` bucket.
+func New(kv jetstream.KeyValue) *Allocator {
+	return &Allocator{kv: kv, now: time.Now}
+}
+
+// Allocate returns the pod's address on the pool's network, allocating the
+// lowest free one if the pod holds none. It is idempotent per (network, pod
+// uid): a retried or replayed allocation returns the same address (with Host
+// updated). Concurrent allocations never return the same address because an
+// address is taken with a KV Create, which only one writer can win.
+func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (events.IPAllocation, error) {
+	if owner.UID == "" {
+		return events.IPAllocation{}, errors.New("allocate: owner uid is required")
+	}
+	if cur, ok, err := a.held(ctx, pool.Network, owner.UID); err != nil {
+		return events.IPAllocation{}, err
+	} else if ok {
+		if cur.alloc.Host != owner.Host && owner.Host != "" {
+			return a.rebind(ctx, cur, owner.Host)
+		}
+		return cur.alloc, nil
+	}
+
+	used, err := a.usedSet(ctx, pool.Network)
+	if err != nil {
+		return events.IPAllocation{}, err
+	}
+	first, last := pool.bounds()
+	races := 0
+	for v := first; ; v++ {
+		if v > last || v < first { // v < first: wrapped around 2^32
+			return events.IPAllocation{}, a.exhausted(pool, len(used))
+		}
+		if used[v] || (pool.Gateway.IsValid() && v == toUint(pool.Gateway)) {
+			continue
+		}
+		ip := fromUint(v).String()
+		alloc := events.IPAllocation{
+			Network: pool.Network, IP: ip,
+			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
+			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
+		}
+		// The binding goes first: an address key whose owner has no binding
+		// pointing at it would be a leak nobody can find by pod.
+		if err := a.putJSON(ctx, events.IPPodBindingKey(pool.Network, owner.UID), events.IPPodBinding{IP: ip}); err != nil {
+			return events.IPAllocation{}, err
+		}
+		data, _ := json.Marshal(alloc)
+		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
+		if err == nil {
+			return alloc, nil
+		}
+		if !conflict(err) {
+			return events.IPAllocation{}, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
+		}
+		// Another pod won this address between our listing and our create.
+		used[v] = true
+		if races++; races > maxCreateRaces {
+			return events.IPAllocation{}, fmt.Errorf("allocate on %s: lost %d races for addresses, giving up for now", pool.Network, races)
+		}
+	}
+}
+
+func (a *Allocator) exhausted(pool Pool, used int) error {
+	return fmt.Errorf("network %s: all %d usable addresses of %s are allocated (%d in use): %w",
+		pool.Network, pool.Usable(), pool.Prefix, used, ErrExhausted)
+}
+
+// held is a pod's current allocation found through its binding.
+type held struct {
+	alloc    events.IPAllocation
+	revision uint64
+}
+
+// held returns the allocation the pod's binding points to, if the pod really
+// holds it.
+func (a *Allocator) held(ctx context.Context, network, uid string) (held, bool, error) {
+	var b events.IPPodBinding
+	ok, _, err := a.getJSON(ctx, events.IPPodBindingKey(network, uid), &b)
+	if err != nil || !ok {
+		return held{}, false, err
+	}
+	var alloc events.IPAllocation
+	ok, rev, err := a.getJSON(ctx, events.IPAllocationKey(network, b.IP), &alloc)
+	if err != nil || !ok || alloc.UID != uid {
+		// A binding to an address never taken (crash between the two writes)
+		// or since taken by another pod: the pod holds nothing.
+		return held{}, false, err
+	}
+	return held{alloc: alloc, revision: rev}, true, nil
+}
+
+// rebind moves an allocation to another host with a compare-and-set.
+func (a *Allocator) rebind(ctx context.Context, cur held, host string) (events.IPAllocation, error) {
+	cur.alloc.Host = host
+	data, _ := json.Marshal(cur.alloc)
+	if _, err := a.kv.Update(ctx, events.IPAllocationKey(cur.alloc.Network, cur.alloc.IP), data, cur.revision); err != nil {
+		return events.IPAllocation{}, fmt.Errorf("move %s of %s to host %s: %w", cur.alloc.IP, cur.alloc.Network, host, err)
+	}
+	return cur.alloc, nil
+}
+
+// Lookup returns the pod's allocation on a network, if any.
+func (a *Allocator) Lookup(ctx context.Context, network, uid string) (events.IPAllocation, bool, error) {
+	h, ok, err := a.held(ctx, network, uid)
+	return h.alloc, ok, err
+}
+
+// Move rebinds the pod's address on a network to another host (after a
+// migration). It reports false when the pod holds no address there.
+func (a *Allocator) Move(ctx context.Context, network, uid, host string) (bool, error) {
+	for attempt := 0; ; attempt++ {
+		h, ok, err := a.held(ctx, network, uid)
+		if err != nil || !ok {
+			return false, err
+		}
+		if h.alloc.Host == host {
+			return true, nil
+		}
+		_, err = a.rebind(ctx, h, host)
+		if err == nil {
+			return true, nil
+		}
+		if !conflict(err) || attempt >= 5 {
+			return false, err
+		}
+	}
+}
+
+// Release frees the pod's address on a network. It is idempotent and
+// returns the address freed ("" when the pod held none). An address is
+// deleted only if it still belongs to the pod (compare-and-set on the
+// revision read), so a late release never frees a reused address.
+func (a *Allocator) Release(ctx context.Context, network, uid string) (string, error) {
+	for attempt := 0; ; attempt++ {
+		h, ok, err := a.held(ctx, network, uid)
+		if err != nil {
+			return "", err
+		}
+		ip := ""
+		if ok {
+			err := a.kv.Delete(ctx, events.IPAllocationKey(network, h.alloc.IP), jetstream.LastRevision(h.revision))
+			if conflict(err) && attempt < 5 {
+				continue // rebound to another host meanwhile: read it again
+			}
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return "", fmt.Errorf("release %s on %s: %w", h.alloc.IP, network, err)
+			}
+			ip = h.alloc.IP
+		}
+		if err := a.kv.Delete(ctx, events.IPPodBindingKey(network, uid)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return ip, fmt.Errorf("release binding of %s on %s: %w", uid, network, err)
+		}
+		return ip, nil
+	}
+}
+
+// Allocations lists the addresses allocated on a network.
+func (a *Allocator) Allocations(ctx context.Context, network string) ([]events.IPAllocation, error) {
+	keys, err := a.keys(ctx, network)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]events.IPAllocation, 0, len(keys))
+	for _, k := range keys {
+		var alloc events.IPAllocation
+		ok, _, err := a.getJSON(ctx, k, &alloc)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, alloc)
+		}
+	}
+	return out, nil
+}
+
+// Count is the number of addresses allocated on a network.
+func (a *Allocator) Count(ctx context.Context, network string) (int, error) {
+	keys, err := a.keys(ctx, network)
+	return len(keys), err
+}
+
+// keys lists the address keys of a network (<network>.* has exactly the
+// two-token address keys; bindings have three tokens).
+func (a *Allocator) keys(ctx context.Context, network string) ([]string, error) {
+	lister, err := a.kv.ListKeysFiltered(ctx, network+".*")
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list addresses of %s: %w", network, err)
+	}
+	var out []string
+	for k := range lister.Keys() {
+		out = append(out, k)
+	}
+	return out, nil
+}
+
+func (a *Allocator) usedSet(ctx context.Context, network string) (map[uint32]bool, error) {
+	keys, err := a.keys(ctx, network)
+	if err != nil {
+		return nil, err
+	}
+	used := make(map[uint32]bool, len(keys))
+	for _, k := range keys {
+		if _, ip, err := events.ParseIPAllocationKey(k); err == nil {
+			used[toUint(ip)] = true
+		}
+	}
+	return used, nil
+}
+
+func (a *Allocator) getJSON(ctx context.Context, key string, v any) (bool, uint64, error) {
+	e, err := a.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, 0, nil
+	}
+	if err != nil {
+		return false, 0, fmt.Errorf("read %s: %w", key, err)
+	}
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return false, 0, fmt.Errorf("decode %s: %w", key, err)
+	}
+	return true, e.Revision(), nil
+}
+
+func (a *Allocator) putJSON(ctx context.Context, key string, v any) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if _, err := a.kv.Put(ctx, key, data); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	return nil
+}
+
+// MAC is the deterministic MAC address of a pod's NIC on a network, in
+// VMware's range for manually assigned addresses (00:50:56:00:00:00 to
+// 00:50:56:3f:ff:ff), so a re-created pod VM keeps its address and vCenter
+// accepts it as a static MAC.
+func MAC(network, uid string) string {
+	sum := sha256.Sum256([]byte(network + "\x00" + uid))
+	return net.HardwareAddr{0x00, 0x50, 0x56, sum[0] & 0x3f, sum[1], sum[2]}.String()
+}
+
+// conflict reports a lost compare-and-set: the key exists (Create) or has a
+// newer revision (Update, Delete). Create on a key whose last entry is a
+// delete marker reports the raw "wrong last sequence" API error, so that is
+// checked too.
+func conflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+func toUint(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func fromUint(v uint32) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

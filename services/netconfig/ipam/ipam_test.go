@@ -1,0 +1,202 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/ipam"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+)
+
+func ipamKV(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	b := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := b.KV(ctx, bus.BucketIPAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+func pool(t *testing.T, name, cidr, gw string) ipam.Pool {
+	t.Helper()
+	p, err := ipam.PoolOf(name, events.NetworkSpec{CIDR: cidr, Gateway: gw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func owner(i int) ipam.Owner {
+	return ipam.Owner{Namespace: "default", Name: fmt.Sprintf("web-%d", i), UID: fmt.Sprintf("uid-%d", i), Host: "h1"}
+}
+
+func TestUsable(t *testing.T) {
+	tests := []struct {
+		name, cidr, gw string
+		want           int
+	}{
+		{"slash24 no gateway", "10.0.0.0/24", "", 254},
+		{"slash24 with gateway", "10.0.0.0/24", "10.0.0.1", 253},
+		{"slash30 with gateway", "10.0.0.0/30", "10.0.0.1", 1},
+		{"slash16", "10.88.0.0/16", "10.88.0.1", 65533},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pool(t, "n", tt.cidr, tt.gw).Usable(); got != tt.want {
+				t.Fatalf("Usable() = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPoolOfRejectsBadInput(t *testing.T) {
+	for _, spec := range []events.NetworkSpec{{CIDR: "10.0.0.1/24"}, {CIDR: "nope"}, {CIDR: "10.0.0.0/24", Gateway: "10.1.0.1"}} {
+		if _, err := ipam.PoolOf("n", spec); !errors.Is(err, ipam.ErrInvalidPool) {
+			t.Errorf("PoolOf(%+v) = %v, want ErrInvalidPool", spec, err)
+		}
+	}
+}
+
+func TestAllocateIsIdempotentAndSkipsGateway(t *testing.T) {
+	ctx := context.Background()
+	a := ipam.New(ipamKV(t))
+	p := pool(t, "frontend", "10.20.0.0/24", "10.20.0.1")
+
+	first, err := a.Allocate(ctx, p, owner(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.IP != "10.20.0.2" {
+		t.Fatalf("first address = %s, want 10.20.0.2 (network and gateway reserved)", first.IP)
+	}
+	again, err := a.Allocate(ctx, p, owner(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.IP != first.IP || again.MAC != first.MAC {
+		t.Fatalf("retried allocation = %s/%s, want the same %s/%s", again.IP, again.MAC, first.IP, first.MAC)
+	}
+	moved := owner(1)
+	moved.Host = "h2"
+	if got, err := a.Allocate(ctx, p, moved); err != nil || got.IP != first.IP || got.Host != "h2" {
+		t.Fatalf("allocation from another host = %+v, %v; want same IP bound to h2", got, err)
+	}
+	if n, _ := a.Count(ctx, "frontend"); n != 1 {
+		t.Fatalf("Count = %d, want 1", n)
+	}
+}
+
+func TestConcurrentAllocationsAreUnique(t *testing.T) {
+	ctx := context.Background()
+	kv := ipamKV(t)
+	p := pool(t, "frontend", "10.20.0.0/24", "10.20.0.1")
+	const pods = 60
+	var wg sync.WaitGroup
+	ips := make([]string, pods)
+	errs := make([]error, pods)
+	for i := range pods {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// One allocator per goroutine: as if every pod were handled by a
+			// different replica; only the bucket is shared.
+			got, err := ipam.New(kv).Allocate(ctx, p, owner(i))
+			ips[i], errs[i] = got.IP, err
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	for i := range pods {
+		if errs[i] != nil {
+			t.Fatalf("pod %d: %v", i, errs[i])
+		}
+		ip := netip.MustParseAddr(ips[i])
+		if !p.Prefix.Contains(ip) || ips[i] == "10.20.0.1" || ips[i] == "10.20.0.0" {
+			t.Fatalf("pod %d got %s, outside the usable range of %s", i, ips[i], p.Prefix)
+		}
+		if j, dup := seen[ips[i]]; dup {
+			t.Fatalf("pods %d and %d both got %s", j, i, ips[i])
+		}
+		seen[ips[i]] = i
+	}
+	if n, _ := ipam.New(kv).Count(ctx, "frontend"); n != pods {
+		t.Fatalf("Count = %d, want %d", n, pods)
+	}
+}
+
+func TestExhaustionAndReuse(t *testing.T) {
+	ctx := context.Background()
+	a := ipam.New(ipamKV(t))
+	p := pool(t, "tiny", "10.9.0.0/29", "10.9.0.1") // 6 host addresses, gateway reserved: 5 usable
+	for i := range 5 {
+		if _, err := a.Allocate(ctx, p, owner(i)); err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+	}
+	_, err := a.Allocate(ctx, p, owner(5))
+	if !errors.Is(err, ipam.ErrExhausted) {
+		t.Fatalf("sixth allocation: %v, want ErrExhausted", err)
+	}
+	t.Logf("exhaustion error: %v", err)
+
+	ip, err := a.Release(ctx, "tiny", owner(2).UID)
+	if err != nil || ip == "" {
+		t.Fatalf("Release = %q, %v", ip, err)
+	}
+	if again, err := a.Release(ctx, "tiny", owner(2).UID); err != nil || again != "" {
+		t.Fatalf("second Release = %q, %v; want nothing released", again, err)
+	}
+	got, err := a.Allocate(ctx, p, owner(5))
+	if err != nil {
+		t.Fatalf("allocation after release: %v", err)
+	}
+	if got.IP != ip {
+		t.Fatalf("allocation after release got %s, want the freed %s", got.IP, ip)
+	}
+}
+
+func TestMoveAndLookup(t *testing.T) {
+	ctx := context.Background()
+	a := ipam.New(ipamKV(t))
+	p := pool(t, "db", "10.30.0.0/24", "")
+	alloc, err := a.Allocate(ctx, p, owner(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.Move(ctx, "db", owner(1).UID, "h9"); !ok || err != nil {
+		t.Fatalf("Move = %v, %v", ok, err)
+	}
+	got, ok, err := a.Lookup(ctx, "db", owner(1).UID)
+	if err != nil || !ok || got.Host != "h9" || got.IP != alloc.IP {
+		t.Fatalf("Lookup after move = %+v, %v, %v", got, ok, err)
+	}
+	if ok, err := a.Move(ctx, "db", "nobody", "h9"); ok || err != nil {
+		t.Fatalf("Move of a pod without address = %v, %v; want false, nil", ok, err)
+	}
+}
+
+func TestMACIsStableAndInVMwareStaticRange(t *testing.T) {
+	a, b := ipam.MAC("net", "uid-1"), ipam.MAC("net", "uid-1")
+	if a != b {
+		t.Fatalf("MAC not deterministic: %s vs %s", a, b)
+	}
+	if a == ipam.MAC("net", "uid-2") {
+		t.Fatalf("two pods share MAC %s", a)
+	}
+	var x byte
+	if _, err := fmt.Sscanf(a, "00:50:56:%02x:", &x); err != nil || x > 0x3f {
+		t.Fatalf("MAC %s outside 00:50:56:00-3f:xx:xx (%v)", a, err)
+	}
+}
