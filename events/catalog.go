@@ -259,10 +259,11 @@ func Decode(ceType string, data []byte) (any, error) {
 		return nil, fmt.Errorf("decode %s: %w: %d bytes, limit %d", ceType, ErrTooLarge, len(data), MaxEventSize)
 	}
 	v := k.New()
-	if err := unmarshalStrict(data, v); err != nil {
+	strict, err := decodeStrict(data, v)
+	if err != nil {
 		return nil, fmt.Errorf("decode %s: %w", ceType, err)
 	}
-	if err := v.(Payload).Validate(); err != nil {
+	if err := withStrict(strict, v.(Payload).Validate()); err != nil {
 		return nil, fmt.Errorf("decode %s: %w", ceType, err)
 	}
 	return v, nil

@@ -155,10 +155,11 @@ func decodeObject(j []byte) (Object, error) {
 	switch {
 	case tm.APIVersion == "v1" && tm.Kind == KindPod:
 		pod := &corev1.Pod{}
-		if err := unmarshalStrict(j, pod); err != nil {
+		strict, err := decodeStrict(j, pod)
+		if err != nil {
 			return Object{}, err
 		}
-		errs = validatePod(pod, nil)
+		errs = append(strict, validatePod(pod, nil)...)
 		// The pod travels inside a PodRequested event, which is capped.
 		if len(j) > MaxEventSize-1024 {
 			errs = append(errs, &field.Error{Type: field.ErrorTypeTooLong, Field: "<document>", BadValue: field.OmitValueType{},
@@ -167,16 +168,18 @@ func decodeObject(j []byte) (Object, error) {
 		return Object{Kind: KindPod, Pod: pod}, asError(errs)
 	case tm.APIVersion == APIVersion && tm.Kind == KindNetwork:
 		n := &Network{}
-		if err := unmarshalStrict(j, n); err != nil {
+		strict, err := decodeStrict(j, n)
+		if err != nil {
 			return Object{}, err
 		}
-		return Object{Kind: KindNetwork, Network: n}, asError(n.validate(nil))
+		return Object{Kind: KindNetwork, Network: n}, asError(append(strict, n.validate(nil)...))
 	case tm.APIVersion == APIVersion && tm.Kind == KindMigration:
 		m := &Migration{}
-		if err := unmarshalStrict(j, m); err != nil {
+		strict, err := decodeStrict(j, m)
+		if err != nil {
 			return Object{}, err
 		}
-		return Object{Kind: KindMigration, Migration: m}, asError(m.validate(nil))
+		return Object{Kind: KindMigration, Migration: m}, asError(append(strict, m.validate(nil)...))
 	}
 	return Object{}, &DecodeError{Field: "kind", Err: fmt.Errorf("%s %q is not supported; %s", tm.APIVersion, tm.Kind, supportedObjects)}
 }

@@ -11,26 +11,25 @@ import (
 	kjson "sigs.k8s.io/json"
 )
 
-// unmarshalStrict decodes JSON the way the Kubernetes API server does in
+// decodeStrict decodes JSON the way the Kubernetes API server does in
 // strict mode: field names are case-sensitive, unknown and duplicate fields
 // are errors, and integers stay integers. encoding/json with
 // DisallowUnknownFields would still accept "Metadata" for "metadata" and let
 // the last of two duplicate keys win silently.
 //
-// Every strict problem is reported (not only the first) with its field path,
-// as a *ValidationError; a syntax or type error is a *DecodeError.
-func unmarshalStrict(data []byte, v any) error {
+// A syntax or type error stops decoding and is returned as err (a
+// *DecodeError, or a *ValidationError for bad quantities). Unknown and
+// duplicate fields do not stop it: they come back as strict, each with its
+// field path, so the caller can validate what was decoded and report
+// everything at once.
+func decodeStrict(data []byte, v any) (strict field.ErrorList, err error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return &DecodeError{Err: errors.New("empty data, want a JSON object")}
+		return nil, &DecodeError{Err: errors.New("empty data, want a JSON object")}
 	}
 	strictErrs, err := kjson.UnmarshalStrict(data, v)
 	if err != nil {
-		return decodeError(data, err)
+		return nil, decodeError(data, err)
 	}
-	if len(strictErrs) == 0 {
-		return nil
-	}
-	var list field.ErrorList
 	for _, se := range strictErrs {
 		path := ""
 		var fe kjson.FieldError
@@ -41,9 +40,35 @@ func unmarshalStrict(data []byte, v any) error {
 		if strings.HasPrefix(se.Error(), "duplicate") {
 			detail = "duplicate field"
 		}
-		list = append(list, field.Forbidden(pathOf(path), detail))
+		strict = append(strict, field.Forbidden(pathOf(path), detail))
 	}
-	return asError(list)
+	return strict, nil
+}
+
+// unmarshalStrict is decodeStrict for callers that want one error: strict
+// problems come back as a *ValidationError.
+func unmarshalStrict(data []byte, v any) error {
+	strict, err := decodeStrict(data, v)
+	if err != nil {
+		return err
+	}
+	return asError(strict)
+}
+
+// withStrict puts the strict decoding problems in front of a validation
+// result.
+func withStrict(strict field.ErrorList, validateErr error) error {
+	if validateErr == nil {
+		return asError(strict)
+	}
+	var ve *ValidationError
+	if errors.As(validateErr, &ve) {
+		return asError(append(strict, ve.Errors...))
+	}
+	if len(strict) > 0 {
+		return errors.Join(asError(strict), validateErr)
+	}
+	return validateErr
 }
 
 // decodeError gives a decode failure the best field path it can find.
