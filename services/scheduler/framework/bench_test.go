@@ -64,7 +64,9 @@ func benchPods(n int) []*framework.PodInfo {
 // staticLocality is the image read model with three hot datastores.
 type staticLocality map[string]float64
 
-func (s staticLocality) Locality(context.Context, []string) (map[string]float64, error) { return s, nil }
+func (s staticLocality) Locality(context.Context, []string) (map[string]float64, error) {
+	return s, nil
+}
 
 // schedulePods schedules pods one after the other, assuming each on its
 // host as the service does, and returns the number placed.
