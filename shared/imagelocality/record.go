@@ -29,9 +29,10 @@ const (
 )
 
 // EncodeChain flattens a record into hash field/value pairs for HSET.
-// State, Refs and LastUsed are left out: the image cache's scripts own them.
+// State, Refs and LastUsed are left out: the image cache's scripts own them;
+// a zero CreatedAt is left out so that rewriting a record keeps it.
 func EncodeChain(r events.ChainRecord) []any {
-	return []any{
+	out := []any{
 		FieldChainID, r.ChainID,
 		FieldDatastore, r.Datastore,
 		FieldDisk, r.Disk,
@@ -42,8 +43,11 @@ func EncodeChain(r events.ChainRecord) []any {
 		FieldBlob, r.Blob,
 		FieldDepth, r.Depth,
 		FieldSize, r.Size,
-		FieldCreatedAt, r.CreatedAt.UnixMilli(),
 	}
+	if !r.CreatedAt.IsZero() {
+		out = append(out, FieldCreatedAt, r.CreatedAt.UnixMilli())
+	}
+	return out
 }
 
 // DecodeChain reads a record hash (HGETALL). An empty hash is (zero, false, nil).

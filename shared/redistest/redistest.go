@@ -7,6 +7,7 @@ package redistest
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -31,7 +32,7 @@ func Start(t testing.TB) *redis.Client {
 // tests that need its URL or want to stop it themselves.
 func StartServer(t testing.TB) *redisserver.Server {
 	t.Helper()
-	srv, err := redisserver.Start(context.Background(), "")
+	srv, err := redisserver.Start(context.Background(), "", redisserver.WithLogger(slog.New(slog.DiscardHandler)))
 	if errors.Is(err, redisserver.ErrNotInstalled) {
 		t.Skip("redis-server is not on PATH: install it (apt-get install redis-server) to run this test")
 	}
