@@ -1,0 +1,165 @@
+package ledger_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/bustest"
+)
+
+const gib = int64(1) << 30
+
+// twoSchedulers returns two ledgers on separate NATS connections to one
+// server, as two scheduler processes would have.
+func twoSchedulers(t *testing.T) (*ledger.Ledger, *ledger.Ledger) {
+	t.Helper()
+	srv := bustest.StartServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []*ledger.Ledger
+	for i := 0; i < 2; i++ {
+		b := bustest.Connect(t, srv)
+		if err := b.EnsureTopology(ctx); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := b.KV(ctx, events.BucketLedger)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ledger.New(kv))
+	}
+	return out[0], out[1]
+}
+
+func pod(uid string, cpu, mem int64) events.Allocation {
+	return events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "p-" + uid, UID: uid, CPUMilli: cpu, MemoryBytes: mem}
+}
+
+// Two schedulers race for a host with room for exactly one pod, many
+// times over: exactly one must win every race.
+func TestRaceForTheLastRoom(t *testing.T) {
+	a, b := twoSchedulers(t)
+	ctx := context.Background()
+	capacity := ledger.Capacity{CPUMilli: 1000, MemoryBytes: gib}
+	const rounds = 150
+	doubleWins := 0
+	for i := 0; i < rounds; i++ {
+		host := fmt.Sprintf("esx-%03d", i)
+		var wg sync.WaitGroup
+		var ra, rb ledger.Result
+		var ea, eb error
+		start := make(chan struct{})
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; ra, ea = a.Reserve(ctx, host, capacity, []events.Allocation{pod("a", 1000, gib)}) }()
+		go func() { defer wg.Done(); <-start; rb, eb = b.Reserve(ctx, host, capacity, []events.Allocation{pod("b", 1000, gib)}) }()
+		close(start)
+		wg.Wait()
+		if ea != nil || eb != nil {
+			t.Fatalf("round %d: errors %v / %v", i, ea, eb)
+		}
+		wins := len(ra.Accepted) + len(rb.Accepted)
+		if wins != 1 {
+			doubleWins++
+			t.Errorf("round %d: %d winners (a %v, b %v)", i, wins, ra.Accepted, rb.Accepted)
+		}
+		e, err := a.Get(ctx, host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cpu, mem, n := e.Totals(); n != 1 || cpu > capacity.CPUMilli || mem > capacity.MemoryBytes {
+			t.Fatalf("round %d: ledger holds %d pods, %dm, %d bytes", i, n, cpu, mem)
+		}
+	}
+	if doubleWins > 0 {
+		t.Fatalf("%d of %d races had two winners", doubleWins, rounds)
+	}
+}
+
+// Many writers filling one host: the host ends exactly full, never over.
+func TestManyWritersFillExactly(t *testing.T) {
+	a, b := twoSchedulers(t)
+	ctx := context.Background()
+	capacity := ledger.Capacity{CPUMilli: 64000, MemoryBytes: 10 * gib, MaxPods: 100}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	accepted := 0
+	for i := 0; i < 24; i++ {
+		l := a
+		if i%2 == 1 {
+			l = b
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := l.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod(fmt.Sprintf("u%02d", i), 100, gib)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			accepted += len(r.Accepted)
+			mu.Unlock()
+			for k, rej := range r.Rejected {
+				if rej.Reason != "InsufficientMemory" {
+					t.Errorf("%s rejected for %s, want InsufficientMemory", k, rej.Reason)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if accepted != 10 {
+		t.Errorf("accepted %d pods of 1 GiB on a 10 GiB host, want 10", accepted)
+	}
+	e, _ := a.Get(ctx, "esx-1")
+	if _, mem, n := e.Totals(); n != 10 || mem != 10*gib {
+		t.Errorf("ledger: %d pods, %d bytes", n, mem)
+	}
+}
+
+func TestReplayReleasePromote(t *testing.T) {
+	l, _ := twoSchedulers(t)
+	ctx := context.Background()
+	capacity := ledger.Capacity{CPUMilli: 4000, MemoryBytes: 4 * gib}
+	r1, err := l.Reserve(ctx, "src", capacity, []events.Allocation{pod("u1", 1000, gib)})
+	if err != nil || len(r1.Accepted) != 1 {
+		t.Fatalf("reserve: %v %v", r1, err)
+	}
+	// A replay (same uid) succeeds without counting the pod twice.
+	r2, err := l.Reserve(ctx, "src", capacity, []events.Allocation{pod("u1", 1000, gib)})
+	if err != nil || len(r2.Accepted) != 1 || r2.Entry.Revision != r1.Entry.Revision {
+		t.Fatalf("replay: %+v %v (revision %d, first %d)", r2, err, r2.Entry.Revision, r1.Entry.Revision)
+	}
+	// A migration holds room on the target alongside the source.
+	mig := pod("u1", 1000, gib)
+	mig.Kind, mig.MigrationID = events.AllocationMigration, "m1"
+	if r, err := l.Reserve(ctx, "dst", capacity, []events.Allocation{mig}); err != nil || len(r.Accepted) != 1 {
+		t.Fatalf("migration reserve: %+v %v", r, err)
+	}
+	e, promoted, err := l.Promote(ctx, "dst", "u1", "m1")
+	if err != nil || !promoted {
+		t.Fatalf("promote: %v %v", promoted, err)
+	}
+	if a, ok := e.Allocations["u1"]; !ok || a.Kind != events.AllocationPod || len(e.Allocations) != 1 {
+		t.Fatalf("after promote: %+v", e.Allocations)
+	}
+	if _, promoted, _ := l.Promote(ctx, "dst", "u1", "m1"); promoted {
+		t.Error("second promote changed the entry")
+	}
+	e, removed, err := l.Release(ctx, "src", "u1")
+	if err != nil || len(removed) != 1 || len(e.Allocations) != 0 {
+		t.Fatalf("release: %v %v %v", e.Allocations, removed, err)
+	}
+	if _, removed, err := l.Release(ctx, "src", "u1"); err != nil || len(removed) != 0 {
+		t.Fatalf("second release: %v %v", removed, err)
+	}
+	entries, err := l.List(ctx)
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("list: %d entries, %v", len(entries), err)
+	}
+}
+
