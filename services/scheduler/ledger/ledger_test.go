@@ -55,8 +55,16 @@ func TestRaceForTheLastRoom(t *testing.T) {
 		var ea, eb error
 		start := make(chan struct{})
 		wg.Add(2)
-		go func() { defer wg.Done(); <-start; ra, ea = a.Reserve(ctx, host, capacity, []events.Allocation{pod("a", 1000, gib)}) }()
-		go func() { defer wg.Done(); <-start; rb, eb = b.Reserve(ctx, host, capacity, []events.Allocation{pod("b", 1000, gib)}) }()
+		go func() {
+			defer wg.Done()
+			<-start
+			ra, ea = a.Reserve(ctx, host, capacity, []events.Allocation{pod("a", 1000, gib)})
+		}()
+		go func() {
+			defer wg.Done()
+			<-start
+			rb, eb = b.Reserve(ctx, host, capacity, []events.Allocation{pod("b", 1000, gib)})
+		}()
 		close(start)
 		wg.Wait()
 		if ea != nil || eb != nil {
@@ -162,4 +170,3 @@ func TestReplayReleasePromote(t *testing.T) {
 		t.Fatalf("list: %d entries, %v", len(entries), err)
 	}
 }
-
