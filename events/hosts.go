@@ -35,8 +35,9 @@ type HostInfo struct {
 	Datastores []string `json:"datastores,omitempty"`
 	// Networks (port group names) the host is connected to.
 	Networks []string `json:"networks,omitempty"`
-	// Labels are matched by pod nodeSelectors (from vSphere tags
-	// category:value, plus podvisor.io/host and podvisor.io/cluster).
+	// Labels are the host's labels, which pod nodeSelectors are matched
+	// against (Kubernetes label syntax; the inventory decides where they
+	// come from, for example vSphere tags).
 	Labels map[string]string `json:"labels,omitempty"`
 }
 

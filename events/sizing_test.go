@@ -31,6 +31,14 @@ func TestSizePodVM(t *testing.T) {
 			reqs: []ContainerRequest{{Container: "nginx", CPUMilli: 1000, MemoryBytes: 1024 * mi}, {Container: "b", CPUMilli: 500, MemoryBytes: 512 * mi}},
 		},
 		{
+			name: "the example of the package documentation",
+			pod: newPod(addContainer("b", "nginx"),
+				resources(0, map[corev1.ResourceName]string{"cpu": "500m", "memory": "256Mi"}, nil),
+				resources(1, map[corev1.ResourceName]string{"cpu": "1", "memory": "512Mi"}, nil)),
+			want: PodVMSize{CPUMilli: 1750, MemoryBytes: 896 * mi, VCPUs: 2, MemoryMiB: 896},
+			reqs: []ContainerRequest{{Container: "nginx", CPUMilli: 500, MemoryBytes: 256 * mi}, {Container: "b", CPUMilli: 1000, MemoryBytes: 512 * mi}},
+		},
+		{
 			name: "limits only: request defaults to the limit",
 			pod:  newPod(resources(0, nil, map[corev1.ResourceName]string{"cpu": "2", "memory": "3Gi"})),
 			want: PodVMSize{CPUMilli: 2000 + over.cpu, MemoryBytes: 3072*mi + over.mem, VCPUs: 3, MemoryMiB: 3200},
