@@ -1,0 +1,134 @@
+package oci_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+)
+
+// corruptingWriter flips one byte in the middle of a blob response.
+type corruptingWriter struct {
+	http.ResponseWriter
+	done bool
+}
+
+func (w *corruptingWriter) Write(p []byte) (int, error) {
+	if !w.done && len(p) > 100 {
+		q := bytes.Clone(p)
+		q[len(q)/2] ^= 0xff
+		w.done = true
+		return w.ResponseWriter.Write(q)
+	}
+	return w.ResponseWriter.Write(p)
+}
+
+func startRegistry(t *testing.T, corrupt *string) *ociregistry.Registry {
+	t.Helper()
+	reg, err := ociregistry.Start(context.Background(), ociregistry.Config{Wrap: func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if *corrupt != "" && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+*corrupt) {
+				h.ServeHTTP(&corruptingWriter{ResponseWriter: w}, r)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Close)
+	if _, err := ociregistry.Seed(context.Background(), reg.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+func TestResolveSharesBaseChainIDs(t *testing.T) {
+	corrupt := ""
+	reg := startRegistry(t, &corrupt)
+	c := oci.New(oci.Config{})
+	ctx := context.Background()
+	web, err := c.Resolve(ctx, reg.Ref("podvisor/web:1.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	worker, err := c.Resolve(ctx, reg.Ref("podvisor/worker:1.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(web.Layers) != 3 || len(worker.Layers) != 2 {
+		t.Fatalf("layers web=%d worker=%d", len(web.Layers), len(worker.Layers))
+	}
+	if web.Layers[0].ChainID != worker.Layers[0].ChainID || web.Layers[0].ChainID != web.Layers[0].DiffID {
+		t.Fatal("base chainID must be shared and equal to the base diffID")
+	}
+	if web.Layers[1].ChainID == worker.Layers[1].ChainID {
+		t.Fatal("different second layers gave the same chainID")
+	}
+	if want := oci.ChainIDs([]string{web.Layers[0].DiffID, web.Layers[1].DiffID})[1]; web.Layers[1].ChainID != want {
+		t.Fatalf("chainID[1] = %s, want %s", web.Layers[1].ChainID, want)
+	}
+
+	var buf bytes.Buffer
+	got, err := c.Fetch(ctx, web, 1, func(r io.Reader, size int64) error {
+		_, err := io.Copy(&buf, r)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Bytes != web.Layers[1].Size || int64(buf.Len()) != got.Bytes || got.Uncompressed < 512<<10 {
+		t.Fatalf("fetched %+v, buffer %d, want %d compressed bytes", got, buf.Len(), web.Layers[1].Size)
+	}
+}
+
+func TestFetchCorruptBlob(t *testing.T) {
+	corrupt := ""
+	reg := startRegistry(t, &corrupt)
+	c := oci.New(oci.Config{})
+	ctx := context.Background()
+	img, err := c.Resolve(ctx, reg.Ref("podvisor/worker:1.0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt = img.Layers[1].Digest
+	_, err = c.Fetch(ctx, img, 1, func(r io.Reader, size int64) error {
+		_, err := io.Copy(io.Discard, r)
+		return err
+	})
+	if !errors.Is(err, oci.ErrDigestMismatch) {
+		t.Fatalf("err = %v, want ErrDigestMismatch", err)
+	}
+}
+
+func TestResolveErrors(t *testing.T) {
+	corrupt := ""
+	reg := startRegistry(t, &corrupt)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := l.Addr().String()
+	l.Close()
+	c := oci.New(oci.Config{Retries: 1, RetryDelay: 1})
+	tests := []struct {
+		ref  string
+		want error
+	}{
+		{ref: reg.Ref("podvisor/nope:1.0"), want: oci.ErrImageNotFound},
+		{ref: reg.Ref("podvisor/web:9.9"), want: oci.ErrImageNotFound},
+		{ref: dead + "/podvisor/web:1.0", want: oci.ErrRegistryUnavailable},
+		{ref: "UPPER/case::bad", want: oci.ErrInvalidReference},
+	}
+	for _, tt := range tests {
+		_, err := c.Resolve(context.Background(), tt.ref)
+		if !errors.Is(err, tt.want) {
+			t.Errorf("Resolve(%q) = %v, want %v", tt.ref, err, tt.want)
+		}
+	}
+}
