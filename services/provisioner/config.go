@@ -1,0 +1,161 @@
+package provisioner
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config tunes the provisioner. The zero value is not valid; start from
+// DefaultConfig (or ConfigFromEnv) and change what you need.
+type Config struct {
+	// Workers is how many pods are handled at once (different pods; one pod
+	// is always handled by one worker at a time).
+	Workers int
+	// AckWait is how long JetStream waits before it redelivers an event
+	// whose handler went silent (a crashed process). Running handlers are
+	// kept alive by the bus, so this is not a limit on vSphere tasks.
+	AckWait time.Duration
+	// MaxAttempts is how many deliveries a transient vSphere failure gets
+	// before the pod is declared Failed with the last error as the reason.
+	MaxAttempts int
+	// BackOff is the delay before each retry (the last entry repeats).
+	BackOff []time.Duration
+	// StepTimeout bounds one vSphere step (find, create, power on, destroy).
+	StepTimeout time.Duration
+	// ResyncInterval is the drift-repair period: records are compared with
+	// vCenter and orphan VMs, missing VMs and wrong power states repaired.
+	// Zero disables the periodic repair (Resync can still be called).
+	ResyncInterval time.Duration
+	// FolderRoot is the VM folder (below the datacenter's VM folder) that
+	// holds one folder per namespace.
+	FolderRoot string
+	// FolderShards, when above zero, spreads a namespace's VMs over that
+	// many sub-folders (<root>/<ns>/shard-N, N from a hash of the uid):
+	// vCenter serializes creates into one folder, shards let them overlap.
+	FolderShards int
+	// Datastore, when set, holds every pod VM's files instead of the
+	// datastore of the pod's image disks.
+	Datastore string
+	// GuestID is the vSphere guest OS identifier of pod VMs.
+	GuestID string
+}
+
+// DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff
+// from 1 s to 30 s, 5-minute steps, a resync every minute, folder podvisor.
+func DefaultConfig() Config {
+	return Config{
+		Workers:        8,
+		AckWait:        30 * time.Second,
+		MaxAttempts:    8,
+		BackOff:        []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+		StepTimeout:    5 * time.Minute,
+		ResyncInterval: time.Minute,
+		FolderRoot:     "podvisor",
+		GuestID:        "otherLinux64Guest",
+	}
+}
+
+// Environment variables read by ConfigFromEnv.
+const (
+	EnvWorkers        = "PODVISOR_PROVISIONER_WORKERS"
+	EnvMaxAttempts    = "PODVISOR_PROVISIONER_MAX_ATTEMPTS"
+	EnvStepTimeout    = "PODVISOR_PROVISIONER_STEP_TIMEOUT"
+	EnvResyncInterval = "PODVISOR_PROVISIONER_RESYNC_INTERVAL"
+	EnvFolderRoot     = "PODVISOR_PROVISIONER_FOLDER"
+	EnvFolderShards   = "PODVISOR_PROVISIONER_FOLDER_SHARDS"
+	EnvDatastore      = "PODVISOR_PROVISIONER_DATASTORE"
+)
+
+// ConfigFromEnv returns DefaultConfig with the PODVISOR_PROVISIONER_*
+// variables applied, and the configuration validated.
+func ConfigFromEnv() (Config, error) {
+	cfg := DefaultConfig()
+	var errs []error
+	intVar := func(name string, dst *int) {
+		if v := strings.TrimSpace(os.Getenv(name)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: want an integer", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	durVar := func(name string, dst *time.Duration) {
+		if v := strings.TrimSpace(os.Getenv(name)); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: want a duration such as 30s or 5m", name, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	intVar(EnvWorkers, &cfg.Workers)
+	intVar(EnvMaxAttempts, &cfg.MaxAttempts)
+	intVar(EnvFolderShards, &cfg.FolderShards)
+	durVar(EnvStepTimeout, &cfg.StepTimeout)
+	durVar(EnvResyncInterval, &cfg.ResyncInterval)
+	if v, ok := os.LookupEnv(EnvFolderRoot); ok {
+		cfg.FolderRoot = strings.TrimSpace(v)
+	}
+	if v, ok := os.LookupEnv(EnvDatastore); ok {
+		cfg.Datastore = strings.TrimSpace(v)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return cfg, fmt.Errorf("provisioner config: %w", err)
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate reports every problem, each naming its field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
+	}
+	if c.AckWait < 30*time.Millisecond {
+		errs = append(errs, fmt.Errorf("AckWait %s: must be at least 30ms", c.AckWait))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, fmt.Errorf("MaxAttempts %d: must be at least 1", c.MaxAttempts))
+	}
+	if c.MaxAttempts > 0 && len(c.BackOff) >= c.MaxAttempts {
+		errs = append(errs, fmt.Errorf("BackOff: %d entries, must be fewer than MaxAttempts (%d)", len(c.BackOff), c.MaxAttempts))
+	}
+	for i, d := range c.BackOff {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("BackOff[%d] %s: must be positive", i, d))
+		}
+	}
+	if c.StepTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("StepTimeout %s: must be positive", c.StepTimeout))
+	}
+	if c.ResyncInterval < 0 {
+		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables drift repair)", c.ResyncInterval))
+	}
+	root := strings.Trim(c.FolderRoot, "/")
+	if root == "" {
+		errs = append(errs, errors.New("FolderRoot: required (the VM folder that holds pod VMs, such as podvisor)"))
+	}
+	if strings.ContainsAny(c.FolderRoot, "*?\\") {
+		errs = append(errs, fmt.Errorf("FolderRoot %q: must not contain wildcards or backslashes", c.FolderRoot))
+	}
+	if c.FolderShards < 0 || c.FolderShards > 1024 {
+		errs = append(errs, fmt.Errorf("FolderShards %d: must be between 0 (no shards) and 1024", c.FolderShards))
+	}
+	if strings.ContainsAny(c.Datastore, "[]") {
+		errs = append(errs, fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
+	}
+	if strings.TrimSpace(c.GuestID) == "" {
+		errs = append(errs, errors.New("GuestID: required (for example otherLinux64Guest)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("provisioner config: %w", err)
+	}
+	return nil
+}

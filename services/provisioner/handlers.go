@@ -1,0 +1,460 @@
+package provisioner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
+)
+
+// maxCASAttempts bounds the read-modify-write loop on a record. Conflicts
+// only come from drift repair or a second replica, so a few tries suffice;
+// past that the event is retried by the bus.
+const maxCASAttempts = 5
+
+// handle is the bus handler of both consumers. Each event is a fact about a
+// pod: it is folded into the pod's record, then the record is reconciled —
+// whatever the event was, the provisioner converges vCenter towards the
+// record (level-triggered), so a lost or reordered event delays a pod but
+// never leaves it wrong.
+func (s *Service) handle(ctx context.Context, m *bus.Message) error {
+	ev := m.Event
+	log := s.log.With("ce_type", ev.Type(), "key", m.Key, "ce_id", ev.ID(), "delivery", m.Delivery)
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("podvisor.service", Name), attribute.String("pod", m.Key))
+
+	payload, err := events.Decode(ev.Type(), ev.Data())
+	if err != nil {
+		switch ev.Type() {
+		case events.TypePodRequested, events.TypePodDeleteRequested:
+			// A client's request: tell the client, then drop it.
+			if rerr := s.rejectInvalid(ctx, ev, err); rerr != nil {
+				return rerr
+			}
+			log.Info("request rejected", "err", err)
+			return nil
+		}
+		log.Warn("undecodable event", "err", err)
+		return bus.Permanent(err)
+	}
+
+	unlock := s.locks.lock(m.Key)
+	defer unlock()
+
+	h := handling{s: s, ev: ev, log: log, last: m.LastDelivery(), delivery: m.Delivery}
+	switch p := payload.(type) {
+	case *events.PodRequested:
+		return s.admit(ctx, ev, p, log)
+	case *events.PodDeleteRequested:
+		return h.deleteRequested(ctx, p)
+	case *events.PodScheduled:
+		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyScheduled(r, p) })
+	case *events.PodUnschedulable:
+		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyUnschedulable(r, p) })
+	case *events.PodImagesReady:
+		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyImagesReady(r, p) })
+	case *events.PodNetworkAttached:
+		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyNetworkAttached(r, p) })
+	case *events.PodImagesFailed:
+		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonImagesFailed,
+			fmt.Sprintf("image %s of container %s: %s: %s", p.Image, p.Container, p.Reason, p.Message), "")
+	case *events.PodNetworkFailed:
+		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonNetworkFailed,
+			fmt.Sprintf("network %s: %s: %s", p.Network, p.Reason, p.Message), p.Host)
+	case *events.PodEvicted:
+		return h.evicted(ctx, p)
+	case *events.MigrationProgress:
+		return h.fact(ctx, p.Namespace, p.Pod, "", func(r *events.PodRecord) bool { return s.applyMigrationProgress(r, p) })
+	case *events.MigrationCompleted:
+		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationCompleted(r, p) })
+	case *events.MigrationFailed:
+		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
+	case *events.MigrationCancelled:
+		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
+	default:
+		// The consumers' subject filters make this unreachable; a new event
+		// on those subjects is ignored rather than retried forever.
+		log.Warn("event type not handled by the provisioner")
+		return nil
+	}
+}
+
+// handling is one delivery being handled.
+type handling struct {
+	s        *Service
+	ev       event.Event
+	log      interface{ Info(string, ...any) }
+	last     bool
+	delivery uint64
+}
+
+// fact folds an event into the record of its pod and reconciles. Events
+// about a pod that does not exist (deleted meanwhile) or about an earlier
+// pod of the same name (another uid) are acknowledged and ignored.
+func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*events.PodRecord) bool) error {
+	r, err := h.s.mutate(ctx, events.PodRecordKey(ns, name), uid, apply)
+	if err != nil || r == nil {
+		return err
+	}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", r.UID))
+	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery)
+}
+
+// mutate is the read-modify-write loop on one record. It returns nil and
+// no error when the record does not exist or belongs to another uid.
+func (s *Service) mutate(ctx context.Context, key, uid string, apply func(*events.PodRecord) bool) (*events.PodRecord, error) {
+	for range maxCASAttempts {
+		r, err := s.recs.get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		if r == nil || (uid != "" && r.UID != uid) {
+			return nil, nil
+		}
+		if !apply(r) {
+			return r, nil
+		}
+		err = s.recs.update(ctx, r)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return r, nil
+	}
+	return nil, fmt.Errorf("record %s: %w %d times in a row", key, errConflict, maxCASAttempts)
+}
+
+// save writes r (already modified by the caller) by compare-and-set.
+func (s *Service) save(ctx context.Context, r *events.PodRecord) error {
+	return s.recs.update(ctx, r)
+}
+
+// admit handles pod.requested: validate (done by Decode), then create the
+// record with a KV Create so that two requests for one name cannot both win.
+func (s *Service) admit(ctx context.Context, ev event.Event, req *events.PodRequested, log interface{ Info(string, ...any) }) error {
+	pod := req.Pod.DeepCopy()
+	events.NormalizePod(pod)
+	uid := podUID(req, ev.ID())
+	pod.UID = types.UID(uid)
+	hash, err := specHash(pod)
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	key := events.PodRecordKey(pod.Namespace, pod.Name)
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", uid))
+
+	for range maxCASAttempts {
+		existing, err := s.recs.get(ctx, key)
+		if err != nil {
+			return err
+		}
+		if existing != nil {
+			explicitUID := string(req.Pod.UID)
+			if explicitUID == "" {
+				explicitUID = req.UID
+			}
+			switch {
+			case existing.RequestID == ev.ID():
+				// Our own earlier attempt got as far as the record: finish
+				// it. The accepted event gets the same id and JetStream
+				// keeps one copy.
+				return s.announceAccepted(ctx, ev, existing)
+			case !existing.DeletionRequestedAt.IsZero():
+				return s.reject(ctx, ev, pod.Namespace, pod.Name, explicitUID, events.ReasonAlreadyExists,
+					fmt.Sprintf("pod %s (uid %s) is being deleted; request it again once it is gone", existing.Key(), existing.UID), "")
+			case existing.SpecHash == hash && (explicitUID == "" || explicitUID == existing.UID):
+				log.Info("identical pod already admitted; nothing to do", "uid", existing.UID)
+				return nil
+			default:
+				msg := fmt.Sprintf("pod %s already exists (uid %s) with a different spec; pods are immutable: delete it first", existing.Key(), existing.UID)
+				if explicitUID != "" && explicitUID != existing.UID {
+					msg = fmt.Sprintf("pod %s already exists with uid %s, not %s; delete it first", existing.Key(), existing.UID, explicitUID)
+				}
+				return s.reject(ctx, ev, pod.Namespace, pod.Name, explicitUID, events.ReasonAlreadyExists, msg, "")
+			}
+		}
+
+		now := s.now().UTC()
+		r := &events.PodRecord{
+			UID:       uid,
+			Namespace: pod.Namespace,
+			Name:      pod.Name,
+			Pod:       *pod,
+			SpecHash:  hash,
+			RequestID: ev.ID(),
+			Size:      events.SizePodVM(pod),
+			Networks:  events.PodNetworks(pod),
+			Phase:     events.PodPhasePending,
+			VMName:    vmName(uid, 0),
+		}
+		if tp, ok := ev.Extensions()[bus.ExtTraceparent].(string); ok {
+			r.TraceParent = tp
+		}
+		r.SetCondition(events.PodConditionAccepted, events.ConditionTrue, "Admitted", "manifest valid, record created", now)
+		err = s.recs.create(ctx, r)
+		if errors.Is(err, errConflict) {
+			continue // someone created it meanwhile: compare with theirs
+		}
+		if err != nil {
+			return err
+		}
+		log.Info("pod admitted", "uid", uid, "cpuMilli", r.Size.CPUMilli, "memoryMiB", r.Size.MemoryMiB)
+		return s.announceAccepted(ctx, ev, r)
+	}
+	return fmt.Errorf("admit %s: %w", key, errConflict)
+}
+
+func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord) error {
+	return s.publish(ctx, cause, events.TypePodAccepted, r.Key(), &events.PodAccepted{
+		Namespace: r.Namespace,
+		Name:      r.Name,
+		UID:       r.UID,
+		Pod:       r.Pod,
+		Size:      r.Size,
+		Networks:  r.Networks,
+		Images:    events.PodImages(&r.Pod),
+	})
+}
+
+// reject publishes pod.rejected as the effect of a request.
+func (s *Service) reject(ctx context.Context, cause event.Event, ns, name, uid, reason, message, fieldPath string) error {
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	return s.publish(ctx, cause, events.TypePodRejected, events.PodKey(ns, name), &events.PodRejected{
+		Namespace: ns, Name: name, UID: uid, Reason: reason, Message: message, Field: fieldPath,
+	})
+}
+
+// rejectInvalid answers a request that failed decoding or validation. The
+// pod's namespace and name are read leniently from the payload, so the
+// client waiting for an answer about that pod gets one.
+func (s *Service) rejectInvalid(ctx context.Context, ev event.Event, cause error) error {
+	var loose struct {
+		Namespace string `json:"namespace"`
+		Name      string `json:"name"`
+		UID       string `json:"uid"`
+		Pod       struct {
+			Metadata struct {
+				Namespace string `json:"namespace"`
+				Name      string `json:"name"`
+			} `json:"metadata"`
+		} `json:"pod"`
+	}
+	_ = json.Unmarshal(ev.Data(), &loose)
+	ns, name := loose.Namespace, loose.Name
+	if ev.Type() == events.TypePodRequested {
+		ns, name = loose.Pod.Metadata.Namespace, loose.Pod.Metadata.Name
+	}
+	if ns == "" || len(validation.IsDNS1123Label(ns)) > 0 {
+		ns = events.DefaultNamespace
+	}
+	if len(validation.IsDNS1123Subdomain(name)) > 0 {
+		name = ""
+	}
+	uid := loose.UID
+	if len(uid) > 128 || strings.ContainsAny(uid, " /*>") {
+		uid = ""
+	}
+	fieldPath := ""
+	var ve *events.ValidationError
+	if errors.As(cause, &ve) {
+		fieldPath = ve.Field()
+	}
+	var de *events.DecodeError
+	if fieldPath == "" && errors.As(cause, &de) {
+		fieldPath = de.Field
+	}
+	msg := cause.Error()
+	if len(msg) > 4000 {
+		msg = msg[:4000] + "…"
+	}
+	err := s.reject(ctx, ev, ns, name, uid, events.ReasonInvalid, msg, fieldPath)
+	if err != nil && uid != "" {
+		// The uid itself may be what is wrong: answer without it.
+		err = s.reject(ctx, ev, ns, name, "", events.ReasonInvalid, msg, fieldPath)
+	}
+	return err
+}
+
+// publish builds the effect of cause and publishes it, after validating the
+// payload: the provisioner must never be the one that emits a bad event.
+func (s *Service) publish(ctx context.Context, cause event.Event, ceType, subject string, data events.Payload) error {
+	if err := data.Validate(); err != nil {
+		return bus.Permanent(fmt.Errorf("publish %s for %s: invalid payload: %w", ceType, subject, err))
+	}
+	ev, err := bus.Effect(cause, Source, ceType, subject, data)
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	if err := s.bus.Publish(ctx, ev); err != nil {
+		return err
+	}
+	return nil
+}
+
+// recordCause is the cause of events the provisioner publishes from a
+// record rather than in answer to one event (pod.running, pod.failed,
+// pod.deleted): its id is fixed per pod and placement, so whichever event
+// or repair triggers the announcement, and however often, JetStream stores
+// it once; its traceparent is the pod request's, so it joins the pod's trace.
+func recordCause(r *events.PodRecord) event.Event {
+	c := event.New()
+	c.SetID(fmt.Sprintf("pod/%s/g%d", r.UID, r.Generation))
+	if r.TraceParent != "" {
+		c.SetExtension(bus.ExtTraceparent, r.TraceParent)
+	}
+	return c
+}
+
+// applyScheduled binds the pod to a host. A binding for a pod that already
+// has a VM on another host is stale (an earlier placement) and ignored.
+func (s *Service) applyScheduled(r *events.PodRecord, p *events.PodScheduled) bool {
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
+		return false
+	}
+	if r.Host == p.Host && r.Cluster == p.Cluster && r.ResourcePool == p.ResourcePool && slices.Equal(r.Datastores, p.Datastores) {
+		return false
+	}
+	if r.Host != "" && (r.VMRef != "" || r.CreateTask != "") {
+		return false
+	}
+	r.Host, r.Cluster, r.ResourcePool = p.Host, p.Cluster, p.ResourcePool
+	r.Datastores = slices.Clone(p.Datastores)
+	if r.Phase == events.PodPhasePending {
+		r.Phase = events.PodPhaseScheduled
+	}
+	if r.Reason == ReasonUnschedulable {
+		r.Reason, r.Message = "", ""
+	}
+	r.SetCondition(events.PodConditionScheduled, events.ConditionTrue, "Bound", "bound to host "+p.Host+" in "+p.Cluster, s.now().UTC())
+	return true
+}
+
+func (s *Service) applyUnschedulable(r *events.PodRecord, p *events.PodUnschedulable) bool {
+	if r.Phase != events.PodPhasePending || !r.DeletionRequestedAt.IsZero() {
+		return false
+	}
+	changed := r.SetCondition(events.PodConditionScheduled, events.ConditionFalse, ReasonUnschedulable, p.Message, s.now().UTC())
+	if r.Reason != ReasonUnschedulable || r.Message != p.Message {
+		r.Reason, r.Message = ReasonUnschedulable, p.Message
+		changed = true
+	}
+	return changed
+}
+
+func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady) bool {
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
+		return false
+	}
+	// Keep the images in container order whatever order they came in.
+	byName := map[string]events.ContainerImage{}
+	for _, c := range p.Containers {
+		byName[c.Container] = c
+	}
+	imgs := make([]events.ContainerImage, 0, len(r.Pod.Spec.Containers))
+	for _, c := range r.Pod.Spec.Containers {
+		if img, ok := byName[c.Name]; ok {
+			imgs = append(imgs, img)
+		}
+	}
+	if imagesEqual(r.Images, imgs) {
+		return false
+	}
+	r.Images = imgs
+	status, reason, msg := events.ConditionTrue, "Prepared", fmt.Sprintf("%d image disk chains ready", len(imgs))
+	if len(imgs) != len(r.Pod.Spec.Containers) {
+		status, reason, msg = events.ConditionFalse, "Incomplete", fmt.Sprintf("%d of %d containers have an image", len(imgs), len(r.Pod.Spec.Containers))
+	}
+	r.SetCondition(events.PodConditionImagesReady, status, reason, msg, s.now().UTC())
+	return true
+}
+
+func imagesEqual(a, b []events.ContainerImage) bool {
+	return slices.EqualFunc(a, b, func(x, y events.ContainerImage) bool {
+		return x.Container == y.Container && x.Digest == y.Digest && x.Disk == y.Disk && slices.Equal(x.Chain, y.Chain)
+	})
+}
+
+func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetworkAttached) bool {
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
+		return false
+	}
+	if r.Host != "" && p.Host != r.Host {
+		return false // attachments for an earlier placement
+	}
+	if r.NetworkHost == p.Host && slices.Equal(r.Attachments, p.Attachments) {
+		return false
+	}
+	// Keep NIC order: the order of the pod's networks.
+	byName := map[string]events.NetworkAttachment{}
+	for _, a := range p.Attachments {
+		byName[a.Network] = a
+	}
+	var atts []events.NetworkAttachment
+	for _, n := range r.Networks {
+		if a, ok := byName[n]; ok {
+			atts = append(atts, a)
+		}
+	}
+	r.NetworkHost, r.Attachments = p.Host, atts
+	r.IP = ""
+	if len(atts) > 0 {
+		r.IP = atts[0].IP
+	}
+	status, reason, msg := events.ConditionTrue, "Attached", fmt.Sprintf("%d networks attached on %s", len(atts), p.Host)
+	if len(atts) != len(r.Networks) {
+		status, reason, msg = events.ConditionFalse, "Incomplete", fmt.Sprintf("%d of %d networks attached", len(atts), len(r.Networks))
+	}
+	r.SetCondition(events.PodConditionNetworkAttached, status, reason, msg, s.now().UTC())
+	return true
+}
+
+func (s *Service) applyMigrationProgress(r *events.PodRecord, p *events.MigrationProgress) bool {
+	if r.Phase != events.PodPhaseRunning || (p.Phase != events.PhaseRelocating && p.Phase != events.PhaseFinalizing) {
+		return false
+	}
+	r.Phase = events.PodPhaseMigrating
+	r.Message = fmt.Sprintf("migration %s: %s %d%%", p.ID, p.Phase, p.Percent)
+	return true
+}
+
+func (s *Service) applyMigrationCompleted(r *events.PodRecord, p *events.MigrationCompleted) bool {
+	if !r.DeletionRequestedAt.IsZero() || r.Host == p.TargetHost {
+		if r.Phase == events.PodPhaseMigrating {
+			r.Phase, r.Message = events.PodPhaseRunning, ""
+			return true
+		}
+		return false
+	}
+	r.Host, r.Cluster, r.ResourcePool = p.TargetHost, p.TargetCluster, p.TargetPool
+	// network-config moves the port binding with the VM: the attachments
+	// (addresses, MACs) stay what they were.
+	r.NetworkHost = p.TargetHost
+	if r.Phase == events.PodPhaseMigrating {
+		r.Phase = events.PodPhaseRunning
+	}
+	r.Message = ""
+	r.SetCondition(events.PodConditionScheduled, events.ConditionTrue, "Migrated",
+		fmt.Sprintf("moved from %s to %s by migration %s", p.SourceHost, p.TargetHost, p.ID), s.now().UTC())
+	return true
+}
+
+func (s *Service) applyMigrationEnded(r *events.PodRecord) bool {
+	if r.Phase != events.PodPhaseMigrating {
+		return false
+	}
+	r.Phase, r.Message = events.PodPhaseRunning, ""
+	return true
+}

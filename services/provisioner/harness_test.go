@@ -1,0 +1,367 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// env is one test's world: a JetStream server, a simulated datacenter with
+// the pv-default port group and image disks on the shared datastore, and a
+// recorder of every pod event on the bus.
+type env struct {
+	t   *testing.T
+	bus *bus.Bus
+	dc  *sim.Datacenter
+	vc  *govmomi.Client
+	dco *object.Datacenter
+	vms *podvm.Client
+	rec *recorder
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := bustest.Start(t)
+	dc, err := sim.Start(ctx, sim.Config{
+		Clusters: 1, HostsPerCluster: 2, Seed: 1, Dir: t.TempDir(),
+		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-backend"}},
+	})
+	if err != nil {
+		t.Fatalf("start simulator: %v", err)
+	}
+	t.Cleanup(dc.Close)
+	vc, err := dc.Client(ctx)
+	if err != nil {
+		t.Fatalf("vSphere client: %v", err)
+	}
+	t.Cleanup(func() { _ = vc.Logout(context.Background()) })
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatalf("datacenter: %v", err)
+	}
+	e := &env{t: t, bus: b, dc: dc, vc: vc, dco: dco, vms: podvm.New(vc.Client, dco), rec: record(t, b)}
+	e.makeImageDisks(ctx, "app", "sidecar", "logger", "base")
+	return e
+}
+
+// makeImageDisks creates what the image cache would have made: one disk
+// per name in [shared-ds] images/, standing in for image chains.
+func (e *env) makeImageDisks(ctx context.Context, names ...string) {
+	e.t.Helper()
+	fm := object.NewFileManager(e.vc.Client)
+	if err := fm.MakeDirectory(ctx, "[shared-ds] images", e.dco, true); err != nil {
+		e.t.Fatalf("mkdir images: %v", err)
+	}
+	vdm := object.NewVirtualDiskManager(e.vc.Client)
+	for _, n := range names {
+		task, err := vdm.CreateVirtualDisk(ctx, imageDisk(n), e.dco, &types.FileBackedVirtualDiskSpec{
+			VirtualDiskSpec: types.VirtualDiskSpec{DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
+			CapacityKb:      1024,
+		})
+		if err == nil {
+			err = task.Wait(ctx)
+		}
+		if err != nil {
+			e.t.Fatalf("create image disk %s: %v", n, err)
+		}
+	}
+}
+
+func imageDisk(name string) string { return "[shared-ds] images/" + name + ".vmdk" }
+
+// testConfig is fast: short backoff, no periodic resync (tests call Resync).
+func testConfig() Config {
+	cfg := DefaultConfig()
+	cfg.Workers = 4
+	cfg.AckWait = 2 * time.Second
+	cfg.MaxAttempts = 4
+	cfg.BackOff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
+	cfg.StepTimeout = 20 * time.Second
+	cfg.ResyncInterval = 0
+	return cfg
+}
+
+// start runs a provisioner until the test ends (or stop is called).
+func (e *env) start(cfg Config) (svc *Service, stop func()) {
+	e.t.Helper()
+	svc, err := newService(cfg, e.bus, e.vms, testLogger(e.t))
+	if err != nil {
+		e.t.Fatalf("new service: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					e.t.Errorf("Run: %v", err)
+				}
+			case <-time.After(40 * time.Second):
+				e.t.Errorf("Run did not return after cancel")
+			}
+		})
+	}
+	e.t.Cleanup(stop)
+	return svc, stop
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("PODVISOR_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// publish sends an event as a client or another service would.
+func (e *env) publish(source, ceType string, p events.Payload) event.Event {
+	e.t.Helper()
+	ev, err := bus.NewEvent(source, ceType, p.ObjectKey(), p)
+	if err != nil {
+		e.t.Fatalf("new event %s: %v", ceType, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.bus.Publish(ctx, ev); err != nil {
+		e.t.Fatalf("publish %s: %v", ceType, err)
+	}
+	return ev
+}
+
+// request publishes pod.requested and waits for the admission answer.
+func (e *env) request(pod *corev1.Pod) *events.PodAccepted {
+	e.t.Helper()
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *pod})
+	acc := waitFor[*events.PodAccepted](e, events.TypePodAccepted, func(a *events.PodAccepted) bool { return a.Name == pod.Name })
+	return acc
+}
+
+// facts publishes what scheduler, image cache and network-config would say
+// about an accepted pod, placing it on host.
+func (e *env) facts(acc *events.PodAccepted, host string) {
+	e.t.Helper()
+	hs, err := e.dc.Host(host)
+	if err != nil {
+		e.t.Fatalf("host %s: %v", host, err)
+	}
+	e.publish("test/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: hs.Cluster,
+		Datastores: []string{sim.SharedDatastore},
+	})
+	e.publish("test/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.publish("test/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+}
+
+func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {
+	ir := &events.PodImagesReady{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}
+	for i, c := range acc.Pod.Spec.Containers {
+		top := imageDisk(c.Name)
+		ir.Containers = append(ir.Containers, events.ContainerImage{
+			Container: c.Name, Image: c.Image,
+			Digest:    fmt.Sprintf("sha256:%064x", i+1),
+			Datastore: sim.SharedDatastore, Disk: top,
+			Chain: []string{imageDisk("base"), top},
+		})
+	}
+	return ir
+}
+
+func networkAttached(acc *events.PodAccepted, host string) *events.PodNetworkAttached {
+	na := &events.PodNetworkAttached{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host}
+	for i, n := range acc.Networks {
+		na.Attachments = append(na.Attachments, events.NetworkAttachment{
+			Network: n, PortGroup: "pv-" + n, IP: fmt.Sprintf("10.%d.0.%d", i, 10+len(acc.Name)),
+			PrefixLength: 24, Gateway: fmt.Sprintf("10.%d.0.1", i), MAC: fmt.Sprintf("00:50:56:0%d:00:%02x", i, len(acc.Name)),
+		})
+	}
+	return na
+}
+
+// testPod is the acceptance pod: three containers, one with limits only,
+// one with nothing (sized by the defaults).
+func testPod(name string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{
+				Name: "app", Image: "registry.local/app:1.0",
+				Command: []string{"/bin/app"}, Args: []string{"--port", "8080"},
+				Env:   []corev1.EnvVar{{Name: "MODE", Value: "prod"}},
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
+				}},
+			},
+			{
+				Name: "sidecar", Image: "registry.local/sidecar:1.0",
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("512Mi"),
+				}},
+			},
+			{Name: "logger", Image: "registry.local/logger:1.0"},
+		}},
+	}
+}
+
+// recorder keeps every pod and DLQ event seen on the bus (core NATS sees
+// what JetStream stores).
+type recorder struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	evs  []event.Event
+}
+
+func record(t *testing.T, b *bus.Bus) *recorder {
+	r := &recorder{}
+	r.cond = sync.NewCond(&r.mu)
+	sub, err := b.Conn().Subscribe("pv.pod.>", func(m *nats.Msg) {
+		ev, err := bus.DecodeMessage(m)
+		if err != nil {
+			return
+		}
+		r.mu.Lock()
+		r.evs = append(r.evs, ev)
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return r
+}
+
+// all returns the decoded payloads of every recorded event of ceType.
+func all[T any](e *env, ceType string) []T {
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	var out []T
+	for _, ev := range e.rec.evs {
+		if ev.Type() != ceType {
+			continue
+		}
+		p, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			e.t.Errorf("recorded %s does not decode: %v", ceType, err)
+			continue
+		}
+		out = append(out, p.(T))
+	}
+	return out
+}
+
+// countIDs counts distinct event ids of ceType matching pred: JetStream
+// de-duplicates by id, so this is what a consumer sees.
+func countIDs[T any](e *env, ceType string, pred func(T) bool) int {
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	ids := map[string]bool{}
+	for _, ev := range e.rec.evs {
+		if ev.Type() != ceType {
+			continue
+		}
+		p, err := events.Decode(ev.Type(), ev.Data())
+		if err == nil && pred(p.(T)) {
+			ids[ev.ID()] = true
+		}
+	}
+	return len(ids)
+}
+
+// waitFor waits for an event of ceType whose payload satisfies pred.
+func waitFor[T any](e *env, ceType string, pred func(T) bool) T {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		for _, p := range all[T](e, ceType) {
+			if pred(p) {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no %s within 15s; seen: %s", ceType, e.rec.summary())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (r *recorder) summary() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, ev := range r.evs {
+		fmt.Fprintf(&b, "\n  %s %s %s", ev.Type(), ev.Subject(), string(ev.Data()))
+	}
+	return b.String()
+}
+
+// record reads a pod record straight from KV.
+func (e *env) record(svc *Service, ns, name string) *events.PodRecord {
+	e.t.Helper()
+	r, err := svc.recordsReady().get(context.Background(), events.PodRecordKey(ns, name))
+	if err != nil {
+		e.t.Fatalf("read record: %v", err)
+	}
+	return r
+}
+
+// waitRecord waits until the pod's record satisfies pred.
+func (e *env) waitRecord(svc *Service, ns, name string, pred func(*events.PodRecord) bool) *events.PodRecord {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := e.record(svc, ns, name)
+		if pred(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("record %s/%s did not reach the expected state within 15s; last: %+v\nevents: %s", ns, name, r, e.rec.summary())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// vmsNamed lists the VMs with this name anywhere in the datacenter.
+func (e *env) vmsNamed(name string) []podvm.VM {
+	e.t.Helper()
+	vms, err := e.vms.List(context.Background(), "")
+	if err != nil {
+		e.t.Fatalf("list VMs: %v", err)
+	}
+	var out []podvm.VM
+	for _, v := range vms {
+		if v.Name == name {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,494 @@
+package podvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// NamePrefix starts the name of every pod VM; List uses it to tell pod VMs
+// from anything else a person put into the podvisor folders.
+const NamePrefix = "pv-"
+
+// UIDKey is the ExtraConfig key carrying the pod uid. List reads it so that
+// drift repair can match a VM to its record even if the VM was renamed.
+const UIDKey = "guestinfo.podvisor.uid"
+
+// NamespaceKey and PodKey are the ExtraConfig keys naming the pod.
+const (
+	NamespaceKey = "guestinfo.podvisor.namespace"
+	PodKey       = "guestinfo.podvisor.name"
+)
+
+// ErrTaskGone is returned by WaitCreate when vCenter no longer knows the task
+// (vCenter forgets finished tasks after a while, and entirely on restart).
+// The caller then looks the VM up by name.
+var ErrTaskGone = errors.New("create task no longer known to vCenter")
+
+// VM is what the provisioner needs to know about an existing pod VM.
+type VM struct {
+	Ref        types.ManagedObjectReference
+	Name       string
+	Host       string // inventory name of the host it runs on
+	PowerState types.VirtualMachinePowerState
+	UID        string // from guestinfo.podvisor.uid; empty if absent
+	// Namespace and Pod name the pod the VM was made for (from guestinfo),
+	// so drift repair can find the record of an apparently orphaned VM.
+	Namespace string
+	Pod       string
+}
+
+// Client performs pod VM operations in one datacenter.
+type Client struct {
+	vc     *vim25.Client
+	dc     *object.Datacenter
+	finder *find.Finder
+
+	mu      sync.Mutex
+	folders map[string]*object.Folder // ensured VM folders by relative path
+}
+
+// New returns a client for the datacenter dc.
+func New(vc *vim25.Client, dc *object.Datacenter) *Client {
+	f := find.NewFinder(vc, true)
+	f.SetDatacenter(dc)
+	return &Client{vc: vc, dc: dc, finder: f, folders: map[string]*object.Folder{}}
+}
+
+// Find returns the VM named name anywhere in the datacenter, or nil when
+// there is none. Two VMs with the name (made by someone else, since podvisor
+// looks before it creates) are reported as an error rather than guessed at.
+func (c *Client) Find(ctx context.Context, name string) (*VM, error) {
+	vms, err := c.retrieve(ctx, c.dc.Reference(), property.Match{"name": name})
+	if err != nil {
+		return nil, fmt.Errorf("find VM %s: %w", name, err)
+	}
+	switch len(vms) {
+	case 0:
+		return nil, nil
+	case 1:
+		return &vms[0], nil
+	default:
+		refs := make([]string, len(vms))
+		for i, v := range vms {
+			refs[i] = v.Ref.Value
+		}
+		return nil, fmt.Errorf("find VM %s: %d VMs carry this name (%s); remove the extra ones", name, len(vms), strings.Join(refs, ", "))
+	}
+}
+
+// Get returns the VM with the reference ref, or nil when it no longer exists.
+func (c *Client) Get(ctx context.Context, ref types.ManagedObjectReference) (*VM, error) {
+	var m mo.VirtualMachine
+	err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, vmProps, &m)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("get VM %s: %w", ref.Value, err)
+	}
+	vms, err := c.toVMs(ctx, []mo.VirtualMachine{m})
+	if err != nil {
+		return nil, err
+	}
+	return &vms[0], nil
+}
+
+// List returns every pod VM (name starting with pv-) below the VM folder
+// root (for example "podvisor"). A missing root folder means no pod VMs.
+func (c *Client) List(ctx context.Context, root string) ([]VM, error) {
+	folder, err := c.lookupFolder(ctx, root)
+	if err != nil {
+		return nil, err
+	}
+	if folder == nil {
+		return nil, nil
+	}
+	vms, err := c.retrieve(ctx, folder.Reference(), property.Match{"name": NamePrefix + "*"})
+	if err != nil {
+		return nil, fmt.Errorf("list pod VMs below %s: %w", root, err)
+	}
+	return vms, nil
+}
+
+var vmProps = []string{"name", "runtime.powerState", "runtime.host", "config.extraConfig"}
+
+func (c *Client) retrieve(ctx context.Context, root types.ManagedObjectReference, match property.Match) ([]VM, error) {
+	m := view.NewManager(c.vc)
+	v, err := m.CreateContainerView(ctx, root, []string{"VirtualMachine"}, true)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	refs, err := v.Find(ctx, []string{"VirtualMachine"}, match)
+	if err != nil || len(refs) == 0 {
+		return nil, err
+	}
+	var mos []mo.VirtualMachine
+	if err := property.DefaultCollector(c.vc).Retrieve(ctx, refs, vmProps, &mos); err != nil {
+		if isNotFound(err) {
+			// A VM went away between the two calls: look again.
+			return c.retrieve(ctx, root, match)
+		}
+		return nil, err
+	}
+	return c.toVMs(ctx, mos)
+}
+
+func (c *Client) toVMs(ctx context.Context, mos []mo.VirtualMachine) ([]VM, error) {
+	hostNames := map[types.ManagedObjectReference]string{}
+	var hostRefs []types.ManagedObjectReference
+	for _, m := range mos {
+		if h := m.Runtime.Host; h != nil {
+			if _, ok := hostNames[*h]; !ok {
+				hostNames[*h] = ""
+				hostRefs = append(hostRefs, *h)
+			}
+		}
+	}
+	if len(hostRefs) > 0 {
+		var hosts []mo.HostSystem
+		if err := property.DefaultCollector(c.vc).Retrieve(ctx, hostRefs, []string{"name"}, &hosts); err != nil {
+			return nil, fmt.Errorf("host names: %w", err)
+		}
+		for _, h := range hosts {
+			hostNames[h.Self] = h.Name
+		}
+	}
+	out := make([]VM, 0, len(mos))
+	for _, m := range mos {
+		vm := VM{Ref: m.Self, Name: m.Name, PowerState: m.Runtime.PowerState}
+		if h := m.Runtime.Host; h != nil {
+			vm.Host = hostNames[*h]
+		}
+		if m.Config != nil {
+			for _, o := range m.Config.ExtraConfig {
+				ov := o.GetOptionValue()
+				v, _ := ov.Value.(string)
+				switch ov.Key {
+				case UIDKey:
+					vm.UID = v
+				case NamespaceKey:
+					vm.Namespace = v
+				case PodKey:
+					vm.Pod = v
+				}
+			}
+		}
+		out = append(out, vm)
+	}
+	return out, nil
+}
+
+// StartCreate validates the placement against vCenter and submits
+// CreateVM_Task. It returns as soon as vCenter accepted the task, so the
+// caller can record the task reference before waiting on it.
+func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.ManagedObjectReference, error) {
+	if err := s.Validate(); err != nil {
+		return types.ManagedObjectReference{}, Permanent(err)
+	}
+	host, err := c.host(ctx, p.Host)
+	if err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	pool, err := c.pool(ctx, host, p.Pool)
+	if err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	ds := p.Datastore
+	if ds == "" {
+		dp, _ := parseDatastorePath(s.Disks[0].Parent) // validated above
+		ds = dp.Datastore
+	}
+	// A datastore name vcsim does not know crashes the simulator, and on a
+	// real vCenter it fails late with a vague fault: check it here.
+	if err := c.hostSeesDatastore(ctx, host, ds); err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	backings := make([]types.BaseVirtualDeviceBackingInfo, len(s.NICs))
+	for i, n := range s.NICs {
+		b, err := c.portGroupBacking(ctx, n.PortGroup)
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
+		backings[i] = b
+	}
+	cs, err := BuildConfigSpec(s, ds, backings)
+	if err != nil {
+		return types.ManagedObjectReference{}, Permanent(err)
+	}
+	folder, err := c.EnsureFolder(ctx, p.Folder)
+	if err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	task, err := folder.CreateVM(ctx, cs, pool, host)
+	if err != nil {
+		return types.ManagedObjectReference{}, fmt.Errorf("create VM %s on %s: %w", s.Name, p.Host, err)
+	}
+	return task.Reference(), nil
+}
+
+// WaitCreate waits for a CreateVM task and returns the new VM's reference.
+func (c *Client) WaitCreate(ctx context.Context, task types.ManagedObjectReference) (types.ManagedObjectReference, error) {
+	info, err := object.NewTask(c.vc, task).WaitForResultEx(ctx)
+	if err != nil {
+		if isNotFound(err) && (info == nil || info.Task == task) {
+			return types.ManagedObjectReference{}, ErrTaskGone
+		}
+		return types.ManagedObjectReference{}, fmt.Errorf("create task %s: %w", task.Value, err)
+	}
+	ref, ok := info.Result.(types.ManagedObjectReference)
+	if !ok {
+		return types.ManagedObjectReference{}, fmt.Errorf("create task %s: result is %T, not a VM reference", task.Value, info.Result)
+	}
+	return ref, nil
+}
+
+// PowerOn powers the VM on; a VM that is already on is fine.
+func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) error {
+	vm := object.NewVirtualMachine(c.vc, ref)
+	st, err := vm.PowerState(ctx)
+	if err != nil {
+		return fmt.Errorf("power state of %s: %w", ref.Value, err)
+	}
+	if st == types.VirtualMachinePowerStatePoweredOn {
+		return nil
+	}
+	task, err := vm.PowerOn(ctx)
+	if err == nil {
+		_, err = task.WaitForResultEx(ctx)
+	}
+	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
+		return fmt.Errorf("power on %s: %w", ref.Value, err)
+	}
+	return nil
+}
+
+// PowerOff powers the VM off; a VM that is already off is fine.
+func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference) error {
+	vm := object.NewVirtualMachine(c.vc, ref)
+	st, err := vm.PowerState(ctx)
+	if err != nil {
+		return fmt.Errorf("power state of %s: %w", ref.Value, err)
+	}
+	if st == types.VirtualMachinePowerStatePoweredOff {
+		return nil
+	}
+	task, err := vm.PowerOff(ctx)
+	if err == nil {
+		_, err = task.WaitForResultEx(ctx)
+	}
+	if err != nil && !fault.IsAlreadyPoweredOffError(err) {
+		return fmt.Errorf("power off %s: %w", ref.Value, err)
+	}
+	return nil
+}
+
+// Destroy powers the VM off, destroys it and confirms it is gone. A VM that
+// does not exist counts as destroyed: a delete counts only when the object
+// is gone, and gone is gone.
+func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) error {
+	if err := c.PowerOff(ctx, ref); err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	task, err := object.NewVirtualMachine(c.vc, ref).Destroy(ctx)
+	if err == nil {
+		_, err = task.WaitForResultEx(ctx)
+	}
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("destroy %s: %w", ref.Value, err)
+	}
+	vm, err := c.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if vm != nil {
+		return fmt.Errorf("destroy %s: VM still present after the destroy task", ref.Value)
+	}
+	return nil
+}
+
+// EnsureFolder returns the VM folder at rel (slash-separated, below the
+// datacenter's VM folder), creating missing elements. Concurrent creators of
+// the same folder are expected: DuplicateName means someone else won.
+func (c *Client) EnsureFolder(ctx context.Context, rel string) (*object.Folder, error) {
+	rel = strings.Trim(rel, "/")
+	c.mu.Lock()
+	f, ok := c.folders[rel]
+	c.mu.Unlock()
+	if ok {
+		return f, nil
+	}
+	dcFolders, err := c.dc.Folders(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("datacenter folders: %w", err)
+	}
+	cur := dcFolders.VmFolder
+	if rel != "" {
+		for elem := range strings.SplitSeq(rel, "/") {
+			next, err := c.child(ctx, cur, elem)
+			if err != nil {
+				return nil, err
+			}
+			if next == nil {
+				next, err = cur.CreateFolder(ctx, elem)
+				if err != nil && fault.Is(err, &types.DuplicateName{}) {
+					next, err = c.child(ctx, cur, elem)
+					if err == nil && next == nil {
+						err = fmt.Errorf("folder %s: reported as duplicate but not found", elem)
+					}
+				}
+				if err != nil {
+					return nil, fmt.Errorf("create folder %s: %w", path.Join(rel, elem), err)
+				}
+			}
+			cur = next
+		}
+	}
+	c.mu.Lock()
+	c.folders[rel] = cur
+	c.mu.Unlock()
+	return cur, nil
+}
+
+// lookupFolder is EnsureFolder without the creating: nil when absent.
+func (c *Client) lookupFolder(ctx context.Context, rel string) (*object.Folder, error) {
+	rel = strings.Trim(rel, "/")
+	dcFolders, err := c.dc.Folders(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("datacenter folders: %w", err)
+	}
+	cur := dcFolders.VmFolder
+	if rel == "" {
+		return cur, nil
+	}
+	for elem := range strings.SplitSeq(rel, "/") {
+		next, err := c.child(ctx, cur, elem)
+		if err != nil || next == nil {
+			return nil, err
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+func (c *Client) child(ctx context.Context, parent *object.Folder, name string) (*object.Folder, error) {
+	var pf mo.Folder
+	if err := parent.Properties(ctx, parent.Reference(), []string{"childEntity"}, &pf); err != nil {
+		return nil, fmt.Errorf("folder children: %w", err)
+	}
+	var refs []types.ManagedObjectReference
+	for _, r := range pf.ChildEntity {
+		if r.Type == "Folder" {
+			refs = append(refs, r)
+		}
+	}
+	if len(refs) == 0 {
+		return nil, nil
+	}
+	var kids []mo.Folder
+	if err := property.DefaultCollector(c.vc).Retrieve(ctx, refs, []string{"name"}, &kids); err != nil {
+		return nil, fmt.Errorf("folder names: %w", err)
+	}
+	for _, k := range kids {
+		if k.Name == name {
+			return object.NewFolder(c.vc, k.Self), nil
+		}
+	}
+	return nil, nil
+}
+
+func (c *Client) host(ctx context.Context, name string) (*object.HostSystem, error) {
+	m := view.NewManager(c.vc)
+	v, err := m.CreateContainerView(ctx, c.dc.Reference(), []string{"HostSystem"}, true)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	refs, err := v.Find(ctx, []string{"HostSystem"}, property.Match{"name": name})
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
+	}
+	if len(refs) != 1 {
+		return nil, Permanent(fmt.Errorf("host %s: not found in datacenter %s", name, c.dc.Name()))
+	}
+	return object.NewHostSystem(c.vc, refs[0]), nil
+}
+
+func (c *Client) pool(ctx context.Context, host *object.HostSystem, poolPath string) (*object.ResourcePool, error) {
+	if poolPath != "" {
+		p, err := c.finder.ResourcePool(ctx, poolPath)
+		if err == nil {
+			return p, nil
+		}
+		var nf *find.NotFoundError
+		if !errors.As(err, &nf) {
+			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
+		}
+		// A bare pool name the finder cannot place falls back to the
+		// host's cluster pool, which is what the scheduler means by it.
+	}
+	p, err := host.ResourcePool(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resource pool of host %s: %w", host.Reference().Value, err)
+	}
+	return p, nil
+}
+
+func (c *Client) hostSeesDatastore(ctx context.Context, host *object.HostSystem, name string) error {
+	var h mo.HostSystem
+	if err := host.Properties(ctx, host.Reference(), []string{"name", "datastore"}, &h); err != nil {
+		return fmt.Errorf("datastores of host: %w", err)
+	}
+	if len(h.Datastore) > 0 {
+		var dss []mo.Datastore
+		if err := property.DefaultCollector(c.vc).Retrieve(ctx, h.Datastore, []string{"name"}, &dss); err != nil {
+			return fmt.Errorf("datastores of host %s: %w", h.Name, err)
+		}
+		for _, d := range dss {
+			if d.Name == name {
+				return nil
+			}
+		}
+	}
+	return Permanent(fmt.Errorf("datastore %s is not mounted on host %s", name, h.Name))
+}
+
+func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
+	m := view.NewManager(c.vc)
+	v, err := m.CreateContainerView(ctx, c.dc.Reference(), []string{"DistributedVirtualPortgroup"}, true)
+	if err != nil {
+		return nil, fmt.Errorf("port group %s: %w", name, err)
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	refs, err := v.Find(ctx, []string{"DistributedVirtualPortgroup"}, property.Match{"name": name})
+	if err != nil {
+		return nil, fmt.Errorf("port group %s: %w", name, err)
+	}
+	if len(refs) != 1 {
+		// network-config realizes port groups before it reports the
+		// attachment, so a missing one is a real inconsistency.
+		return nil, Permanent(fmt.Errorf("port group %s: not found in datacenter %s", name, c.dc.Name()))
+	}
+	pg := object.NewDistributedVirtualPortgroup(c.vc, refs[0])
+	b, err := pg.EthernetCardBackingInfo(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("port group %s backing: %w", name, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,112 @@
+package podvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// permanentError marks a failure no retry can fix: a bad spec, a missing
+// port group, a datastore the host cannot see.
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
+
+// Permanent marks err as one that retrying cannot fix.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err: err}
+}
+
+// IsTransient reports whether trying again later can help: the vSphere
+// faults that mean "busy" or "not reachable right now", and transport
+// errors. Everything else (invalid arguments, missing objects, permissions)
+// needs a person and is permanent.
+func IsTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	var p *permanentError
+	if errors.As(err, &p) {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	if fault.IsTransientError(err) {
+		return true
+	}
+	for _, f := range transientFaults {
+		if fault.Is(err, f) {
+			return true
+		}
+	}
+	// A session that expired is re-established by the session keepalive;
+	// the call succeeds on the next attempt.
+	return strings.Contains(err.Error(), "NotAuthenticated")
+}
+
+// transientFaults are the vSphere faults that a later attempt can outlive:
+// resource pressure that drains, locks that are released, hosts that come
+// back, and the SystemError vCenter uses for internal timeouts.
+var transientFaults = []types.BaseMethodFault{
+	&types.InsufficientResourcesFault{},
+	&types.InsufficientHostCapacityFault{},
+	&types.InsufficientMemoryResourcesFault{},
+	&types.InsufficientCpuResourcesFault{},
+	&types.ResourceInUse{},
+	&types.SystemError{},
+	&types.SystemErrorFault{},
+	&types.HostNotConnected{},
+	&types.HostNotReachable{},
+	&types.NotAuthenticated{},
+	&types.InvalidState{},
+	&types.Timedout{},
+	&types.RequestCanceled{},
+}
+
+// isNotFound says whether err means the object no longer exists.
+func isNotFound(err error) bool {
+	return fault.Is(err, &types.ManagedObjectNotFound{})
+}
+
+// Reason is a short CamelCase name for a vSphere failure, for pod
+// conditions and pod.failed events: the fault's type name when the error
+// carries a vSphere fault (InvalidDeviceSpec, NoPermission …), else def.
+func Reason(err error, def string) string {
+	var name string
+	fault.In(err, func(f types.BaseMethodFault, _ string, _ []types.LocalizableMessage) bool {
+		name = faultName(f)
+		return true
+	})
+	if name == "" || name == "MethodFault" {
+		return def
+	}
+	return name
+}
+
+func faultName(f types.BaseMethodFault) string {
+	s := strings.TrimPrefix(strings.TrimPrefix(typeName(f), "*"), "types.")
+	if s == "SystemErrorFault" {
+		return "SystemError"
+	}
+	return s
+}
+
+func typeName(v any) string { return fmt.Sprintf("%T", v) }

@@ -1,0 +1,265 @@
+package podvm
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// Spec is the desired shape of one pod VM.
+type Spec struct {
+	// Name is the VM name, pv-<uid>.
+	Name string
+	// VCPUs and MemoryMiB come from the shared sizing (events.SizePodVM).
+	VCPUs     int32
+	MemoryMiB int64
+	// GuestID is the vSphere guest OS identifier; empty means
+	// otherLinux64Guest, what a minimal pod VM kernel reports.
+	GuestID string
+	// NICs are attached in order: the first is the pod's primary network.
+	NICs []NIC
+	// Disks are the containers' root filesystems, one per container, in the
+	// pod's container order.
+	Disks []Disk
+	// ExtraConfig is written verbatim (guestinfo.podvisor.* keys).
+	ExtraConfig map[string]string
+}
+
+// NIC is one network attachment of the pod.
+type NIC struct {
+	// Network is the logical network name (informational).
+	Network string
+	// PortGroup is the distributed port group, pv-<network>.
+	PortGroup string
+	// MAC is the address network-config allocated; empty lets vCenter
+	// generate one.
+	MAC string
+}
+
+// Disk is the read/write layer of one container's root filesystem.
+type Disk struct {
+	// Container is the container name; the disk file is rw-<container>.vmdk
+	// in the VM's directory.
+	Container string
+	// Parent is the datastore path of the top disk of the image chain, for
+	// example "[LocalDS_0] podvisor/images/<chainID>.vmdk".
+	Parent string
+}
+
+// Placement says where a pod VM goes.
+type Placement struct {
+	// Host is the ESXi host's inventory name.
+	Host string
+	// Pool is the inventory path of a resource pool; empty means the root
+	// pool of the host's cluster.
+	Pool string
+	// Folder is the VM folder path below the datacenter's VM folder, for
+	// example "podvisor/default" or "podvisor/default/shard-3".
+	Folder string
+	// Datastore holds the VM's files and its child disks; empty means the
+	// datastore of the first disk's parent, which keeps each child next to
+	// its parent.
+	Datastore string
+}
+
+// DefaultGuestID is what a pod VM declares when Spec.GuestID is empty.
+const DefaultGuestID = "otherLinux64Guest"
+
+// disksPerController is the number of disks a SCSI controller takes: units
+// 0-15 minus unit 7, which the controller itself occupies.
+const disksPerController = 15
+
+// maxControllers is the number of SCSI controllers a VM may have.
+const maxControllers = 4
+
+var containerNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
+
+// Validate checks a spec before anything is sent to vCenter: a malformed
+// spec is the caller's bug and must not become a half-created VM.
+func (s Spec) Validate() error {
+	var errs []error
+	if !strings.HasPrefix(s.Name, "pv-") || len(s.Name) > 80 {
+		errs = append(errs, fmt.Errorf("name %q: must start with pv- and be at most 80 characters", s.Name))
+	}
+	if s.VCPUs <= 0 {
+		errs = append(errs, fmt.Errorf("vcpus %d: must be greater than zero", s.VCPUs))
+	}
+	if s.MemoryMiB <= 0 {
+		errs = append(errs, fmt.Errorf("memoryMiB %d: must be greater than zero", s.MemoryMiB))
+	}
+	if len(s.Disks) == 0 {
+		errs = append(errs, errors.New("disks: a pod VM needs at least one container disk"))
+	}
+	if len(s.Disks) > disksPerController*maxControllers {
+		errs = append(errs, fmt.Errorf("disks: %d containers, a pod VM holds at most %d", len(s.Disks), disksPerController*maxControllers))
+	}
+	seen := map[string]bool{}
+	for i, d := range s.Disks {
+		if !containerNameRE.MatchString(d.Container) {
+			errs = append(errs, fmt.Errorf("disks[%d].container %q: must be a DNS label", i, d.Container))
+		}
+		if seen[d.Container] {
+			errs = append(errs, fmt.Errorf("disks[%d].container %q: duplicate", i, d.Container))
+		}
+		seen[d.Container] = true
+		if _, err := parseDatastorePath(d.Parent); err != nil {
+			errs = append(errs, fmt.Errorf("disks[%d].parent: %w", i, err))
+		}
+	}
+	for i, n := range s.NICs {
+		if n.PortGroup == "" {
+			errs = append(errs, fmt.Errorf("nics[%d].portGroup: required", i))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func parseDatastorePath(p string) (object.DatastorePath, error) {
+	var dp object.DatastorePath
+	if !dp.FromString(p) || dp.Datastore == "" || dp.Path == "" {
+		return dp, fmt.Errorf("%q is not a datastore path such as \"[datastore1] dir/disk.vmdk\"", p)
+	}
+	return dp, nil
+}
+
+// BuildConfigSpec turns a spec into the CreateVM config. datastore is where
+// the VM's files go; nics holds the backing of each Spec.NICs entry, resolved
+// from vCenter by the caller (only the port group key and switch UUID are
+// vCenter facts; everything else here is a pure function of the spec).
+func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBackingInfo) (types.VirtualMachineConfigSpec, error) {
+	if err := s.Validate(); err != nil {
+		return types.VirtualMachineConfigSpec{}, err
+	}
+	if len(nics) != len(s.NICs) {
+		return types.VirtualMachineConfigSpec{}, fmt.Errorf("nics: %d backings for %d attachments", len(nics), len(s.NICs))
+	}
+	guest := s.GuestID
+	if guest == "" {
+		guest = DefaultGuestID
+	}
+	cs := types.VirtualMachineConfigSpec{
+		Name:     s.Name,
+		GuestId:  guest,
+		NumCPUs:  s.VCPUs,
+		MemoryMB: s.MemoryMiB,
+		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", datastore)},
+		// The guest reads its spec from guestinfo; a pod VM has no use for
+		// the VM's UUID changing on copy, so none of the copy/move knobs.
+		ExtraConfig: extraConfig(s.ExtraConfig),
+	}
+
+	// Negative keys are how a config spec refers to devices it is adding.
+	key := int32(-100)
+	nextKey := func() int32 { key--; return key }
+
+	controllers := (len(s.Disks) + disksPerController - 1) / disksPerController
+	ctrlKeys := make([]int32, controllers)
+	for i := range controllers {
+		ctrlKeys[i] = nextKey()
+		ctrl := &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			SharedBus: types.VirtualSCSISharingNoSharing,
+			VirtualController: types.VirtualController{
+				BusNumber:     int32(i),
+				VirtualDevice: types.VirtualDevice{Key: ctrlKeys[i]},
+			},
+		}}
+		cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device:    ctrl,
+		})
+	}
+
+	for i, d := range s.Disks {
+		unit := int32(i % disksPerController)
+		if unit >= 7 {
+			unit++ // unit 7 is the controller's own
+		}
+		disk := &types.VirtualDisk{
+			VirtualDevice: types.VirtualDevice{
+				Key:           nextKey(),
+				ControllerKey: ctrlKeys[i/disksPerController],
+				UnitNumber:    types.NewInt32(unit),
+				Backing: &types.VirtualDiskFlatVer2BackingInfo{
+					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
+						FileName: ChildDiskPath(datastore, s.Name, d.Container),
+					},
+					DiskMode:        string(types.VirtualDiskModePersistent),
+					ThinProvisioned: types.NewBool(true),
+					// The parent chain is the image: the child holds only what
+					// the container writes, so image bytes are never copied.
+					Parent: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: d.Parent},
+						DiskMode:                     string(types.VirtualDiskModePersistent),
+					},
+				},
+			},
+		}
+		cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
+			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+			Device:        disk,
+		})
+	}
+
+	for i, n := range s.NICs {
+		card := &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
+			VirtualDevice: types.VirtualDevice{
+				Key:     nextKey(),
+				Backing: nics[i],
+				Connectable: &types.VirtualDeviceConnectInfo{
+					StartConnected:    true,
+					AllowGuestControl: true,
+					Connected:         true,
+				},
+			},
+		}}}
+		if n.MAC != "" {
+			card.AddressType = string(types.VirtualEthernetCardMacTypeManual)
+			card.MacAddress = n.MAC
+		} else {
+			card.AddressType = string(types.VirtualEthernetCardMacTypeGenerated)
+		}
+		cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device:    card,
+		})
+	}
+	return cs, nil
+}
+
+// ChildDiskPath is where the read/write layer of a container lives: in the
+// VM's own directory, named after the container, so a person browsing the
+// datastore can tell which disk belongs to which container.
+func ChildDiskPath(datastore, vmName, container string) string {
+	return fmt.Sprintf("[%s] %s/rw-%s.vmdk", datastore, vmName, container)
+}
+
+// extraConfig renders the map sorted by key, so that two builds of the same
+// spec are identical (useful in tests and when diffing a VM's config).
+func extraConfig(m map[string]string) []types.BaseOptionValue {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]types.BaseOptionValue, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, &types.OptionValue{Key: k, Value: m[k]})
+	}
+	return out
+}
+
+// DiskDevice is the guest-visible device of the i-th container disk, in the
+// layout BuildConfigSpec uses: 15 disks per SCSI controller, unit 7 skipped.
+func DiskDevice(i int) string {
+	unit := i % disksPerController
+	if unit >= 7 {
+		unit++
+	}
+	return fmt.Sprintf("scsi%d:%d", i/disksPerController, unit)
+}

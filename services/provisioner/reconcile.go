@@ -1,0 +1,457 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+)
+
+// ready says whether the pod has everything its VM needs: a host, a
+// prepared image per container, and every network attached on that host.
+func ready(r *events.PodRecord) bool {
+	return r.Host != "" &&
+		len(r.Pod.Spec.Containers) > 0 && len(r.Images) == len(r.Pod.Spec.Containers) &&
+		len(r.Networks) > 0 && len(r.Attachments) == len(r.Networks) &&
+		r.NetworkHost == r.Host
+}
+
+// reconcileOutcome reconciles and turns the result into the bus outcome:
+// a transient failure is retried with backoff until the last delivery,
+// when it becomes the pod's failure; a permanent one fails the pod at once.
+func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, last bool, delivery uint64) error {
+	err := s.reconcile(ctx, r)
+	if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
+		return err
+	}
+	if !r.DeletionRequestedAt.IsZero() {
+		return s.deleteStalled(ctx, r, err, last)
+	}
+	if podvm.IsTransient(err) && !last {
+		s.log.Info("pod not converged yet; will retry", "key", r.Key(), "err", err)
+		return err
+	}
+	reason, msg := failureOf(err, delivery, podvm.IsTransient(err))
+	return s.fail(ctx, r, reason, msg)
+}
+
+// reconcile converges vCenter towards the record.
+func (s *Service) reconcile(ctx context.Context, r *events.PodRecord) error {
+	switch {
+	case !r.DeletionRequestedAt.IsZero():
+		return s.teardown(ctx, r)
+	case r.Phase == events.PodPhaseFailed, r.Phase == events.PodPhaseRunning, r.Phase == events.PodPhaseMigrating:
+		return nil
+	case !ready(r):
+		return nil
+	}
+	return s.provision(ctx, r)
+}
+
+// provision creates the pod VM if it does not exist, powers it on and
+// announces pod.running. Every step is safe to repeat.
+func (s *Service) provision(ctx context.Context, r *events.PodRecord) error {
+	ctx, span := s.span(ctx, "provisioner.provision", r, attribute.String("host", r.Host), attribute.String("vm.name", r.VMName))
+	defer span.End()
+	err := s.provisionSteps(ctx, r)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
+}
+
+func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord) error {
+	if r.Phase != events.PodPhaseProvisioning {
+		r.Phase = events.PodPhaseProvisioning
+		r.Reason, r.Message = "", ""
+		if err := s.save(ctx, r); err != nil {
+			return err
+		}
+	}
+	vm, err := s.ensureVM(ctx, r)
+	if err != nil {
+		return err
+	}
+	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
+		return step(ReasonPowerOnFailed, err)
+	}
+	// Announce first, then record: a crash in between re-announces with the
+	// same event id (JetStream keeps one), whereas the other order could
+	// leave a Running record whose pod.running was never sent.
+	if err := s.publish(ctx, recordCause(r), events.TypePodRunning, r.Key(), &events.PodRunning{
+		Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: vm.Ref.Value, Host: r.Host, IP: r.IP,
+	}); err != nil {
+		return err
+	}
+	now := s.now().UTC()
+	r.Phase, r.Reason, r.Message = events.PodPhaseRunning, "", ""
+	r.SetCondition(events.PodConditionRunning, events.ConditionTrue, "PoweredOn", "pod VM "+r.VMName+" powered on", now)
+	if err := s.save(ctx, r); err != nil {
+		return err
+	}
+	s.log.Info("pod running", "key", r.Key(), "uid", r.UID, "vm", vm.Ref.Value, "host", r.Host, "ip", r.IP)
+	return nil
+}
+
+// ensureVM returns the pod's VM, creating it only when none exists: the
+// recorded reference, then the recorded create task, then a lookup by name
+// are all tried first, so neither a redelivery nor a crash between
+// CreateVM and the ack can produce a second VM.
+func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord) (*podvm.VM, error) {
+	vm, err := s.existingVM(ctx, r)
+	if err != nil || vm != nil {
+		if vm != nil && r.VMRef != vm.Ref.Value {
+			if err := s.recordVM(ctx, r, vm); err != nil {
+				return nil, err
+			}
+		}
+		return vm, err
+	}
+
+	spec, placement, err := s.vmSpec(r)
+	if err != nil {
+		return nil, step(ReasonCreateVMFailed, podvm.Permanent(err))
+	}
+	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
+	defer span.End()
+	var task types.ManagedObjectReference
+	err = s.stepCtx(cctx, func(ctx context.Context) error {
+		var err error
+		task, err = s.vms.StartCreate(ctx, spec, placement)
+		return err
+	})
+	if err != nil {
+		span.RecordError(err)
+		return nil, step(ReasonCreateVMFailed, err)
+	}
+	r.CreateTask = task.Value
+	if err := s.save(ctx, r); err != nil {
+		// The task runs anyway; the retry finds its VM by name.
+		return nil, err
+	}
+	if s.hooks.afterCreateTask != nil {
+		s.hooks.afterCreateTask(ctx, r)
+	}
+	ref, err := s.waitCreate(cctx, task)
+	if err != nil {
+		span.RecordError(err)
+		return nil, step(ReasonCreateVMFailed, err)
+	}
+	vm, err = s.getVM(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if vm == nil {
+		return nil, step(ReasonCreateVMFailed, fmt.Errorf("VM %s from task %s vanished right after creation", ref.Value, task.Value))
+	}
+	return vm, s.recordVM(ctx, r, vm)
+}
+
+// existingVM finds the pod's VM by what the record knows.
+func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.VM, error) {
+	if r.VMRef != "" {
+		vm, err := s.getVM(ctx, vmRef(r.VMRef))
+		if err != nil || vm != nil {
+			return vm, err
+		}
+	}
+	if r.CreateTask != "" {
+		ref, err := s.waitCreate(ctx, taskRef(r.CreateTask))
+		switch {
+		case err == nil:
+			vm, err := s.getVM(ctx, ref)
+			if err != nil || vm != nil {
+				return vm, err
+			}
+		case errors.Is(err, podvm.ErrTaskGone):
+			// vCenter forgot the task; the name lookup below decides.
+		default:
+			// The recorded attempt failed; forget it so the next attempt
+			// starts clean, and report its fault.
+			r.CreateTask = ""
+			if serr := s.save(ctx, r); serr != nil {
+				return nil, serr
+			}
+			return nil, step(ReasonCreateVMFailed, err)
+		}
+	}
+	var vm *podvm.VM
+	err := s.stepCtx(ctx, func(ctx context.Context) error {
+		var err error
+		vm, err = s.vms.Find(ctx, r.VMName)
+		return err
+	})
+	return vm, err
+}
+
+func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.VM) error {
+	r.VMRef, r.CreateTask = vm.Ref.Value, ""
+	r.SetCondition(events.PodConditionVMCreated, events.ConditionTrue, "Created", fmt.Sprintf("pod VM %s (%s) on %s", vm.Name, vm.Ref.Value, vm.Host), s.now().UTC())
+	return s.save(ctx, r)
+}
+
+// vmSpec derives the pod VM and its placement from the record.
+func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, error) {
+	ds := s.cfg.Datastore
+	if ds == "" && len(r.Images) > 0 {
+		// The child disks sit next to their parents: the image chain's
+		// datastore is the one the pod's disks must be on.
+		ds = r.Images[0].Datastore
+	}
+	if ds == "" && len(r.Datastores) > 0 {
+		ds = r.Datastores[0]
+	}
+	info, err := guestinfo(r, ds)
+	if err != nil {
+		return podvm.Spec{}, podvm.Placement{}, err
+	}
+	spec := podvm.Spec{
+		Name:        r.VMName,
+		VCPUs:       r.Size.VCPUs,
+		MemoryMiB:   r.Size.MemoryMiB,
+		GuestID:     s.cfg.GuestID,
+		ExtraConfig: info,
+	}
+	for _, a := range r.Attachments {
+		spec.NICs = append(spec.NICs, podvm.NIC{Network: a.Network, PortGroup: a.PortGroup, MAC: a.MAC})
+	}
+	images := imagesByContainer(r)
+	for _, c := range r.Pod.Spec.Containers {
+		spec.Disks = append(spec.Disks, podvm.Disk{Container: c.Name, Parent: images[c.Name].Disk})
+	}
+	return spec, podvm.Placement{
+		Host:      r.Host,
+		Pool:      r.ResourcePool,
+		Folder:    s.cfg.vmFolder(r.Namespace, r.UID),
+		Datastore: ds,
+	}, nil
+}
+
+// stepCtx runs one vSphere step under StepTimeout.
+func (s *Service) stepCtx(ctx context.Context, f func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.StepTimeout)
+	defer cancel()
+	return f(ctx)
+}
+
+func (s *Service) getVM(ctx context.Context, ref types.ManagedObjectReference) (*podvm.VM, error) {
+	var vm *podvm.VM
+	err := s.stepCtx(ctx, func(ctx context.Context) error {
+		var err error
+		vm, err = s.vms.Get(ctx, ref)
+		return err
+	})
+	return vm, err
+}
+
+func (s *Service) waitCreate(ctx context.Context, task types.ManagedObjectReference) (types.ManagedObjectReference, error) {
+	var ref types.ManagedObjectReference
+	err := s.stepCtx(ctx, func(ctx context.Context) error {
+		var err error
+		ref, err = s.vms.WaitCreate(ctx, task)
+		return err
+	})
+	return ref, err
+}
+
+func vmRef(v string) types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VirtualMachine", Value: v}
+}
+
+func taskRef(v string) types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "Task", Value: v}
+}
+
+// failed handles pod.images.failed and pod.network.failed: the pod cannot
+// run as requested.
+func (h handling) failed(ctx context.Context, ns, name, uid, reason, message, host string) error {
+	r, err := h.s.recs.get(ctx, events.PodRecordKey(ns, name))
+	if err != nil || r == nil || r.UID != uid {
+		return err
+	}
+	if host != "" && r.Host != "" && host != r.Host {
+		return nil // about an earlier placement
+	}
+	switch r.Phase {
+	case events.PodPhaseRunning, events.PodPhaseMigrating, events.PodPhaseFailed:
+		return nil
+	}
+	if !r.DeletionRequestedAt.IsZero() {
+		return nil
+	}
+	return h.s.fail(ctx, r, reason, message)
+}
+
+// fail removes whatever VM the pod has, announces pod.failed so that the
+// owners release what they hold, and records the failure. Like provision,
+// it announces before it records so that a crash re-announces (same id).
+func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message string) error {
+	ctx, span := s.span(ctx, "provisioner.fail", r, attribute.String("reason", reason))
+	defer span.End()
+	if err := s.removeVMs(ctx, r); err != nil {
+		// The failure is still announced; drift repair removes the VM
+		// (an orphan of a Failed record) once vCenter lets it.
+		s.log.Warn("could not remove the VM of a failed pod", "key", r.Key(), "err", err)
+	}
+	if err := s.publish(ctx, recordCause(r), events.TypePodFailed, r.Key(), &events.PodFailed{
+		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Reason: reason, Message: message,
+	}); err != nil {
+		return err
+	}
+	r.Phase, r.Reason, r.Message = events.PodPhaseFailed, reason, message
+	r.CreateTask = ""
+	if err := s.save(ctx, r); err != nil {
+		return err
+	}
+	s.log.Warn("pod failed", "key", r.Key(), "uid", r.UID, "reason", reason, "message", message)
+	return nil
+}
+
+// removeVMs destroys the pod's current VM, found by reference, create task
+// or name, and clears them from the record (in memory; the caller saves).
+func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
+	vm, err := s.existingVM(ctx, r)
+	if err != nil && !errors.As(err, new(*stepError)) {
+		return err
+	}
+	if vm != nil {
+		ctx, span := s.span(ctx, "provisioner.destroy_vm", r, attribute.String("vm", vm.Ref.Value), attribute.String("host", vm.Host))
+		defer span.End()
+		if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+			span.RecordError(err)
+			return fmt.Errorf("destroy pod VM %s (%s): %w", vm.Name, vm.Ref.Value, err)
+		}
+	}
+	r.VMRef, r.CreateTask = "", ""
+	if _, ok := r.Condition(events.PodConditionVMCreated); ok {
+		r.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
+	}
+	if _, ok := r.Condition(events.PodConditionRunning); ok {
+		r.SetCondition(events.PodConditionRunning, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
+	}
+	return nil
+}
+
+// deleteRequested handles pod.delete.requested.
+func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteRequested) error {
+	s := h.s
+	ns := p.Namespace
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	r, err := s.recs.get(ctx, events.PodRecordKey(ns, p.Name))
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound, fmt.Sprintf("pod %s does not exist", events.PodKey(ns, p.Name)), "")
+	}
+	if p.UID != "" && p.UID != r.UID {
+		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonUIDMismatch,
+			fmt.Sprintf("pod %s has uid %s, not %s (it was re-created); nothing deleted", r.Key(), r.UID, p.UID), "")
+	}
+	if r.DeletionRequestedAt.IsZero() {
+		r.DeletionRequestedAt = s.now().UTC()
+		r.Phase, r.Reason, r.Message = events.PodPhaseTerminating, "", ""
+		if err := s.save(ctx, r); err != nil {
+			return err
+		}
+	}
+	return s.reconcileOutcome(ctx, r, h.last, h.delivery)
+}
+
+// teardown removes the pod's VMs, announces pod.deleted with what the owners
+// must release, and removes the record. A delete counts only when the VM is
+// confirmed gone (Destroy checks).
+func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
+	ctx, span := s.span(ctx, "provisioner.delete", r)
+	defer span.End()
+	if r.Phase != events.PodPhaseTerminating {
+		r.Phase = events.PodPhaseTerminating
+	}
+	if err := s.removeVMs(ctx, r); err != nil {
+		return err
+	}
+	for _, st := range r.StaleVMs {
+		// Best effort: a stale VM on a host that is still unreachable is
+		// an orphan once the record is gone, and drift repair removes it.
+		if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vmRef(st.Ref)) }); err != nil {
+			s.log.Info("stale VM not removed yet; drift repair will", "key", r.Key(), "vm", st.Ref, "err", err)
+		}
+	}
+	if err := s.publish(ctx, recordCause(r), events.TypePodDeleted, r.Key(), &events.PodDeleted{
+		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Images: r.ImageDigests(), IPs: r.IPs(),
+	}); err != nil {
+		return err
+	}
+	if err := s.recs.remove(ctx, r); err != nil {
+		return err
+	}
+	s.log.Info("pod deleted", "key", r.Key(), "uid", r.UID, "host", r.Host)
+	return nil
+}
+
+// deleteStalled records why a delete is not finishing. Deletion is never
+// given up: the record stays Terminating and drift repair tries again.
+func (s *Service) deleteStalled(ctx context.Context, r *events.PodRecord, cause error, last bool) error {
+	if !last && podvm.IsTransient(cause) {
+		return cause
+	}
+	r.Reason, r.Message = ReasonDeleteFailed, cause.Error()
+	if err := s.save(ctx, r); err != nil && !errors.Is(err, errConflict) {
+		return err
+	}
+	s.log.Warn("pod delete stalled; drift repair will retry", "key", r.Key(), "err", cause)
+	return nil
+}
+
+// evicted handles pod.evicted: the pod goes back to Pending for a new
+// placement. The old VM is removed now if vCenter lets us; otherwise it is
+// remembered as stale, and the next VM gets a new name so that two VMs never
+// share one.
+func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
+	s := h.s
+	r, err := s.recs.get(ctx, events.PodRecordKey(p.Namespace, p.Name))
+	if err != nil || r == nil || r.UID != p.UID {
+		return err
+	}
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed || (r.Host != "" && r.Host != p.Host) {
+		return nil
+	}
+	ctx, span := s.span(ctx, "provisioner.evict", r, attribute.String("host", p.Host))
+	defer span.End()
+
+	oldName, oldRef := r.VMName, r.VMRef
+	rmCtx, cancel := context.WithTimeout(ctx, min(s.cfg.StepTimeout, 30*time.Second))
+	rmErr := s.removeVMs(rmCtx, r)
+	cancel()
+	if rmErr != nil {
+		s.log.Warn("evicted pod's VM not removable now; kept as stale", "key", r.Key(), "vm", oldRef, "err", rmErr)
+		if oldRef != "" {
+			r.StaleVMs = append(r.StaleVMs, events.StaleVM{Ref: oldRef, Name: oldName, Host: p.Host})
+		}
+		r.VMName = vmName(r.UID, r.Generation+1)
+		r.VMRef, r.CreateTask = "", ""
+	}
+	now := s.now().UTC()
+	r.Generation++
+	r.Host, r.Cluster, r.ResourcePool, r.Datastores = "", "", "", nil
+	r.NetworkHost, r.Attachments, r.IP = "", nil, ""
+	r.Phase, r.Reason, r.Message = events.PodPhasePending, p.Reason, fmt.Sprintf("evicted from %s: %s", p.Host, p.Message)
+	r.SetCondition(events.PodConditionScheduled, events.ConditionFalse, p.Reason, "evicted from "+p.Host, now)
+	if _, ok := r.Condition(events.PodConditionNetworkAttached); ok {
+		r.SetCondition(events.PodConditionNetworkAttached, events.ConditionFalse, p.Reason, "attachments on "+p.Host+" released", now)
+	}
+	if err := s.save(ctx, r); err != nil {
+		return err
+	}
+	s.log.Info("pod evicted; waiting for a new placement", "key", r.Key(), "from", p.Host, "generation", r.Generation)
+	return nil
+}

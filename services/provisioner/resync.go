@@ -1,0 +1,223 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// Kinds of drift repair (the kind label of podvisor_provisioner_repairs_total).
+const (
+	// RepairOrphanVM: a pod VM without a pod record was destroyed.
+	RepairOrphanVM = "orphan_vm"
+	// RepairStaleVM: a VM of an earlier placement of a pod was destroyed.
+	RepairStaleVM = "stale_vm"
+	// RepairMissingVM: a Running pod had no VM; it was created again.
+	RepairMissingVM = "missing_vm"
+	// RepairPowerState: a Running pod's VM was off; it was powered on.
+	RepairPowerState = "power_state"
+	// RepairStuck: a pod left half-way (provisioning or deleting) for longer
+	// than a resync interval was driven on.
+	RepairStuck = "stuck"
+)
+
+// RepairReport counts what one drift repair did, by repair kind.
+type RepairReport map[string]int
+
+// Resync compares every pod record with the pod VMs in vCenter and repairs
+// the difference: orphan VMs are destroyed, Running records without a VM are
+// provisioned again, powered-off VMs of Running pods are powered on, and
+// pods stuck half-way are driven on. Each repair is logged and counted in
+// podvisor_provisioner_repairs_total{kind}. Errors on single pods do not
+// stop the pass; they are joined into the returned error.
+func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
+	ctx, span := s.span(ctx, "provisioner.resync", nil)
+	defer span.End()
+
+	recs, err := s.recs.list(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+	var vms []podvm.VM
+	if err := s.stepCtx(ctx, func(ctx context.Context) error {
+		var err error
+		vms, err = s.vms.List(ctx, s.cfg.FolderRoot)
+		return err
+	}); err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
+
+	report := RepairReport{}
+	var errs []error
+	byUID := make(map[string]*events.PodRecord, len(recs))
+	for _, r := range recs {
+		byUID[r.UID] = r
+	}
+	vmOf := map[string]podvm.VM{} // uid → the VM the record points to
+	for _, vm := range vms {
+		r := byUID[vm.UID]
+		switch {
+		case vm.UID == "":
+			s.log.Warn("VM in the podvisor folder without a pod uid; left alone", "vm", vm.Ref.Value, "name", vm.Name)
+		case r == nil:
+			errs = append(errs, s.repairOrphan(ctx, vm, report))
+		case vm.Ref.Value == r.VMRef || (r.VMRef == "" && vm.Name == r.VMName):
+			vmOf[r.UID] = vm
+		default:
+			errs = append(errs, s.repairStale(ctx, r, vm, report))
+		}
+	}
+	for _, r := range recs {
+		vm, ok := vmOf[r.UID]
+		errs = append(errs, s.repairRecord(ctx, r, vm, ok, report))
+	}
+	for kind, n := range report {
+		span.SetAttributes(attribute.Int("repairs."+kind, n))
+	}
+	return report, errors.Join(errs...)
+}
+
+func (s *Service) count(ctx context.Context, report RepairReport, kind string) {
+	report[kind]++
+	s.repairs.Add(ctx, 1, metric.WithAttributes(attribute.String("kind", kind)))
+}
+
+// repairOrphan destroys a pod VM whose pod does not exist. The record is
+// read again under the pod's lock: the pod may have been admitted after the
+// records were listed.
+func (s *Service) repairOrphan(ctx context.Context, vm podvm.VM, report RepairReport) error {
+	if vm.Namespace != "" && vm.Pod != "" {
+		unlock := s.locks.lock(events.PodKey(vm.Namespace, vm.Pod))
+		defer unlock()
+		r, err := s.recs.get(ctx, events.PodRecordKey(vm.Namespace, vm.Pod))
+		if err != nil {
+			return err
+		}
+		if r != nil && r.UID == vm.UID {
+			return nil // admitted meanwhile: not an orphan
+		}
+	}
+	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+		return fmt.Errorf("remove orphan VM %s (%s): %w", vm.Name, vm.Ref.Value, err)
+	}
+	s.log.Warn("drift repair: orphan pod VM destroyed", "kind", RepairOrphanVM, "vm", vm.Ref.Value, "name", vm.Name, "uid", vm.UID, "host", vm.Host)
+	s.count(ctx, report, RepairOrphanVM)
+	return nil
+}
+
+// repairStale destroys a VM of a pod that is not the pod's current VM (left
+// behind by an eviction from an unreachable host).
+func (s *Service) repairStale(ctx context.Context, r *events.PodRecord, vm podvm.VM, report RepairReport) error {
+	unlock := s.locks.lock(r.Key())
+	defer unlock()
+	fresh, err := s.recs.get(ctx, events.PodRecordKey(r.Namespace, r.Name))
+	if err != nil {
+		return err
+	}
+	if fresh == nil || fresh.UID != r.UID || fresh.VMRef == vm.Ref.Value || fresh.VMName == vm.Name {
+		return nil
+	}
+	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+		return fmt.Errorf("remove stale VM %s (%s) of %s: %w", vm.Name, vm.Ref.Value, r.Key(), err)
+	}
+	s.log.Warn("drift repair: stale pod VM destroyed", "kind", RepairStaleVM, "key", r.Key(), "vm", vm.Ref.Value, "name", vm.Name, "host", vm.Host)
+	s.count(ctx, report, RepairStaleVM)
+	kept := fresh.StaleVMs[:0]
+	for _, st := range fresh.StaleVMs {
+		if st.Ref != vm.Ref.Value {
+			kept = append(kept, st)
+		}
+	}
+	if len(kept) != len(fresh.StaleVMs) {
+		fresh.StaleVMs = kept
+		return s.save(ctx, fresh)
+	}
+	return nil
+}
+
+// repairRecord checks one record against its VM (hasVM says whether the
+// listing found it) and repairs what differs.
+func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podvm.VM, hasVM bool, report RepairReport) error {
+	stuck := s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
+	switch {
+	case !r.DeletionRequestedAt.IsZero() && stuck,
+		(r.Phase == events.PodPhaseProvisioning || r.Phase == events.PodPhaseScheduled) && ready(r) && stuck:
+		return s.repairUnderLock(ctx, r, report, RepairStuck, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.ResourceVersion != r.ResourceVersion {
+				return false, nil // someone moved it on meanwhile
+			}
+			err := s.reconcile(ctx, fresh)
+			if err != nil && !fresh.DeletionRequestedAt.IsZero() {
+				return false, s.deleteStalled(ctx, fresh, err, true)
+			}
+			return err == nil, err
+		})
+	case r.Phase != events.PodPhaseRunning:
+		return nil
+	case hasVM && vm.PowerState != types.VirtualMachinePowerStatePoweredOn:
+		return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.Phase != events.PodPhaseRunning || fresh.VMRef != vm.Ref.Value {
+				return false, nil
+			}
+			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
+				return false, fmt.Errorf("power on %s of %s: %w", vm.Ref.Value, r.Key(), err)
+			}
+			return true, nil
+		})
+	case !hasVM:
+		return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.Phase != events.PodPhaseRunning {
+				return false, nil
+			}
+			// The listing covers the podvisor folders only: make sure the
+			// VM is not simply somewhere else before re-creating it.
+			if fresh.VMRef != "" {
+				if vm, err := s.getVM(ctx, vmRef(fresh.VMRef)); err != nil || vm != nil {
+					return false, err
+				}
+			}
+			now := s.now().UTC()
+			fresh.VMRef, fresh.CreateTask = "", ""
+			fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
+			fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+			fresh.SetCondition(events.PodConditionRunning, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+			if err := s.save(ctx, fresh); err != nil {
+				return false, err
+			}
+			if err := s.provision(ctx, fresh); err != nil {
+				return true, err
+			}
+			return true, nil
+		})
+	}
+	return nil
+}
+
+// repairUnderLock re-reads the record under the pod's lock and runs fix on
+// it; fix reports whether it repaired something.
+func (s *Service) repairUnderLock(ctx context.Context, r *events.PodRecord, report RepairReport, kind string, fix func(*events.PodRecord) (bool, error)) error {
+	unlock := s.locks.lock(r.Key())
+	defer unlock()
+	fresh, err := s.recs.get(ctx, events.PodRecordKey(r.Namespace, r.Name))
+	if err != nil || fresh == nil || fresh.UID != r.UID {
+		return err
+	}
+	ctx, span := s.span(ctx, "provisioner.repair", fresh, attribute.String("repair.kind", kind))
+	defer span.End()
+	repaired, err := fix(fresh)
+	if repaired {
+		s.log.Warn("drift repair", "kind", kind, "key", fresh.Key(), "uid", fresh.UID, "vm", fresh.VMName, "err", err)
+		s.count(ctx, report, kind)
+	}
+	if err != nil {
+		return fmt.Errorf("repair %s of %s: %w", kind, fresh.Key(), err)
+	}
+	return nil
+}

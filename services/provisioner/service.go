@@ -1,0 +1,175 @@
+package provisioner
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+)
+
+// Name is the service's name: its consumers are provisioner-<STREAM>, its
+// dead letters go to pv.dlq.provisioner, its events' source is
+// podvisor/provisioner.
+const Name = "provisioner"
+
+// Source is the CloudEvents source of everything the provisioner publishes.
+const Source = "podvisor/" + Name
+
+// instrumentation is the OpenTelemetry scope of the service's spans and
+// metrics.
+const instrumentation = "github.com/podvisor/podvisor/services/provisioner"
+
+// Service is the provisioner: pod admission, pod records and pod VMs.
+type Service struct {
+	cfg  Config
+	bus  *bus.Bus
+	vms  *podvm.Client
+	log  *slog.Logger
+	recs *records
+
+	locks   keyLocks
+	tracer  trace.Tracer
+	repairs metric.Int64Counter
+	now     func() time.Time
+
+	// hooks let tests stop the service at the exact points where a crash
+	// matters; nil in production.
+	hooks hooks
+}
+
+type hooks struct {
+	// afterCreateTask runs once the CreateVM task reference is in the
+	// record, before the service waits on the task.
+	afterCreateTask func(ctx context.Context, r *events.PodRecord)
+}
+
+func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, ErrNoBus
+	}
+	if vms == nil {
+		return nil, ErrNoVSphere
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	repairs, err := otel.GetMeterProvider().Meter(instrumentation).Int64Counter(
+		"podvisor_provisioner_repairs_total",
+		metric.WithDescription("Drift repairs by kind: orphan_vm, stale_vm, missing_vm, power_state, stuck."),
+		metric.WithUnit("{repair}"),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: repairs counter: %w", err)
+	}
+	// The bucket is opened here so that a missing topology fails the
+	// process at start, not on its first event.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: pods bucket (is the topology declared?): %w", err)
+	}
+	s := &Service{
+		cfg:     cfg,
+		bus:     b,
+		vms:     vms,
+		log:     log.With("service", Name),
+		tracer:  otel.Tracer(instrumentation),
+		repairs: repairs,
+		now:     time.Now,
+	}
+	s.recs = &records{kv: kv, now: func() time.Time { return s.now() }}
+	return s, nil
+}
+
+// recordsReady exposes the record store to tests.
+func (s *Service) recordsReady() *records { return s.recs }
+
+// Run consumes pod and migration events and runs drift repair every
+// ResyncInterval until ctx ends, then drains and returns nil.
+func (s *Service) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return s.bus.Consume(gctx, s.consumer(events.StreamPods, []string{
+			events.SubjectPodRequested,
+			events.SubjectPodScheduled,
+			events.SubjectPodUnschedulable,
+			events.SubjectPodImagesReady,
+			events.SubjectPodImagesFailed,
+			events.SubjectPodNetworkAttached,
+			events.SubjectPodNetworkFailed,
+			events.SubjectPodDeleteRequested,
+			events.SubjectPodEvicted,
+		}), s.handle)
+	})
+	g.Go(func() error {
+		return s.bus.Consume(gctx, s.consumer(events.StreamMigrations, []string{
+			events.SubjectMigrationProgress,
+			events.SubjectMigrationCompleted,
+			events.SubjectMigrationFailed,
+			events.SubjectMigrationCancelled,
+		}), s.handle)
+	})
+	if s.cfg.ResyncInterval > 0 {
+		g.Go(func() error {
+			s.resyncLoop(gctx)
+			return nil
+		})
+	}
+	s.log.Info("provisioner running", "workers", s.cfg.Workers, "resync", s.cfg.ResyncInterval, "folder", s.cfg.FolderRoot)
+	if err := g.Wait(); err != nil {
+		return fmt.Errorf("provisioner: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig {
+	return bus.ConsumerConfig{
+		Service:    Name,
+		Stream:     stream,
+		Subjects:   subjects,
+		Workers:    s.cfg.Workers,
+		AckWait:    s.cfg.AckWait,
+		MaxDeliver: s.cfg.MaxAttempts,
+		BackOff:    s.cfg.BackOff,
+		Logger:     s.log,
+	}
+}
+
+// resyncLoop runs drift repair every ResyncInterval.
+func (s *Service) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ResyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := s.Resync(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("drift repair incomplete", "err", err)
+			}
+		}
+	}
+}
+
+// span starts a span for one step of work on a pod, carrying the
+// attributes `podvisor trace pod` looks for.
+func (s *Service) span(ctx context.Context, name string, r *events.PodRecord, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
+	attrs = append(attrs, attribute.String("podvisor.service", Name))
+	if r != nil {
+		attrs = append(attrs, attribute.String("pod", r.Key()), attribute.String("pod.uid", r.UID))
+	}
+	return s.tracer.Start(ctx, name, trace.WithAttributes(attrs...))
+}

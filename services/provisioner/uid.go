@@ -1,0 +1,76 @@
+package provisioner
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"path"
+	"strings"
+
+	"github.com/google/uuid"
+	"github.com/podvisor/podvisor/events"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// uidNamespace seeds derived pod uids (RFC 4122 name-based, SHA-1), so they
+// cannot collide with another system's name-based UUIDs over the same names.
+var uidNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://podvisor.io/pods"))
+
+// podUID decides a pod's uid: metadata.uid from the manifest, else the
+// request's uid, else one derived from the pod key and the id of the
+// requesting event. Deriving it (rather than drawing a random one) makes a
+// redelivered pod.requested yield the same uid, hence the same VM name.
+func podUID(req *events.PodRequested, ceID string) string {
+	if req.Pod.UID != "" {
+		return string(req.Pod.UID)
+	}
+	if req.UID != "" {
+		return req.UID
+	}
+	ns := req.Pod.Namespace
+	if ns == "" {
+		ns = events.DefaultNamespace
+	}
+	return uuid.NewSHA1(uidNamespace, []byte(ns+"/"+req.Pod.Name+"\x00"+ceID)).String()
+}
+
+// specHash fingerprints what makes two requests "the same pod": labels,
+// annotations and spec of the normalized manifest. The uid is left out on
+// purpose: re-applying a manifest without a uid must be a no-op, not a
+// conflict with the uid derived the first time.
+func specHash(pod *corev1.Pod) (string, error) {
+	b, err := json.Marshal(struct {
+		Labels      map[string]string `json:"labels,omitempty"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+		Spec        corev1.PodSpec    `json:"spec"`
+	}{pod.Labels, pod.Annotations, pod.Spec})
+	if err != nil {
+		return "", fmt.Errorf("hash pod spec: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// vmName is the pod VM's name: pv-<uid> for the pod's first VM. After an
+// eviction that could not remove the old VM (its host is unreachable), the
+// next VM of the pod is pv-<uid>-<n>, because vCenter would otherwise hold
+// two VMs of one name and podvisor never creates duplicates.
+func vmName(uid string, suffix int) string {
+	if suffix == 0 {
+		return "pv-" + uid
+	}
+	return fmt.Sprintf("pv-%s-%d", uid, suffix)
+}
+
+// vmFolder is the folder of a pod VM below the datacenter's VM folder.
+func (c Config) vmFolder(namespace, uid string) string {
+	f := path.Join(strings.Trim(c.FolderRoot, "/"), namespace)
+	if c.FolderShards > 0 {
+		h := fnv.New32a()
+		_, _ = h.Write([]byte(uid))
+		f = path.Join(f, fmt.Sprintf("shard-%d", h.Sum32()%uint32(c.FolderShards)))
+	}
+	return f
+}
