@@ -1,0 +1,413 @@
+package provisioner
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"k8s.io/apimachinery/pkg/api/resource"
+	corev1 "k8s.io/api/core/v1"
+)
+
+func TestAdmission(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+
+	acc := e.request(testPod("api"))
+	r := e.record(svc, "default", "api")
+	if r.UID != acc.UID || r.SpecHash == "" || r.Phase != events.PodPhasePending || r.VMName != "pv-"+acc.UID {
+		t.Fatalf("record = uid %s hash %q phase %s vm %s", r.UID, r.SpecHash, r.Phase, r.VMName)
+	}
+
+	// The same manifest again is a no-op; a changed one under the same name
+	// is refused. Both go through the same key, in order, so once the
+	// refusal is seen the no-op has been handled too.
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *testPod("api")})
+	changed := testPod("api")
+	changed.Spec.Containers[0].Image = "registry.local/app:2.0"
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *changed})
+	rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "api" })
+	if rej.Reason != events.ReasonAlreadyExists || !strings.Contains(rej.Message, "delete it first") {
+		t.Errorf("rejection = %+v, want AlreadyExists", rej)
+	}
+	if n := countIDs(e, events.TypePodAccepted, func(p *events.PodAccepted) bool { return p.Name == "api" }); n != 1 {
+		t.Errorf("%d pod.accepted for api, want 1 (identical re-request is a no-op)", n)
+	}
+	if again := e.record(svc, "default", "api"); again.ResourceVersion != r.ResourceVersion {
+		t.Errorf("record rewritten by a no-op request: revision %d → %d", r.ResourceVersion, again.ResourceVersion)
+	}
+
+	// Invalid manifest: rejected naming the field; no record.
+	bad := testPod("broken")
+	bad.Spec.Containers[1].Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *bad})
+	rej = waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "broken" })
+	if rej.Reason != events.ReasonInvalid || !strings.Contains(rej.Field, "containers[1]") {
+		t.Errorf("rejection = %+v, want Invalid naming containers[1]", rej)
+	}
+	if got := e.record(svc, "default", "broken"); got != nil {
+		t.Errorf("invalid pod got a record: %+v", got)
+	}
+
+	// An explicit uid is kept.
+	withUID := testPod("fixed")
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID, UID: "fixed-uid-1"})
+	fixed := waitFor[*events.PodAccepted](e, events.TypePodAccepted, func(p *events.PodAccepted) bool { return p.Name == "fixed" })
+	if fixed.UID != "fixed-uid-1" {
+		t.Errorf("uid %s, want the requested fixed-uid-1", fixed.UID)
+	}
+}
+
+// TestCrashBetweenCreateAndAck kills the handler right after CreateVM was
+// submitted and its task recorded, before it waited or acked. The
+// redelivery must adopt that task's VM, not create a second one.
+func TestCrashBetweenCreateAndAck(t *testing.T) {
+	e := newEnv(t)
+	svc, err := newService(testConfig(), e.bus, e.vms, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var crashes atomic.Int32
+	var taskSeen atomic.Value
+	svc.hooks.afterCreateTask = func(_ context.Context, r *events.PodRecord) {
+		if crashes.Add(1) == 1 {
+			taskSeen.Store(r.CreateTask)
+			panic("simulated crash after CreateVM")
+		}
+	}
+	runService(t, svc)
+
+	acc := e.request(testPod("crashy"))
+	e.facts(acc, e.dc.Hosts()[0].Name)
+	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+
+	if crashes.Load() != 1 {
+		t.Fatalf("create hook ran %d times, want exactly 1 (the retry must reuse the recorded task)", crashes.Load())
+	}
+	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 || vms[0].Ref.Value != run.VM {
+		t.Fatalf("VMs named pv-%s: %+v, want exactly the one pod.running names (%s)", acc.UID, vms, run.VM)
+	}
+	if taskSeen.Load() == "" {
+		t.Error("task reference was not recorded before the crash")
+	}
+
+	// A VM left by a process that died before it could even record the task
+	// is found by name: pre-create the VM of the next pod, then provision.
+	acc2 := e.request(testPod("orphaned-create"))
+	r := e.record(svc, "default", "orphaned-create")
+	r.Host = e.dc.Hosts()[0].Name
+	r.Images = imagesReady(acc2).Containers
+	r.Attachments = networkAttached(acc2, r.Host).Attachments
+	spec, placement, err := svc.vmSpec(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := e.vms.StartCreate(context.Background(), spec, placement)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := e.vms.WaitCreate(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.facts(acc2, r.Host)
+	run2 := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc2.UID })
+	if run2.VM != pre.Value {
+		t.Errorf("pod.running names %s, want the pre-existing %s", run2.VM, pre.Value)
+	}
+	if n := len(e.vmsNamed("pv-" + acc2.UID)); n != 1 {
+		t.Errorf("%d VMs named pv-%s, want 1", n, acc2.UID)
+	}
+}
+
+func runService(t *testing.T, svc *Service) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(40 * time.Second):
+			t.Error("Run did not return")
+		}
+	})
+}
+
+func TestCreateVMFaults(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.dc.Hosts()[0].Name
+
+	t.Run("transient fault is retried", func(t *testing.T) {
+		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
+			FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.dc.ClearFaults)
+		acc := e.request(testPod("flaky"))
+		e.facts(acc, host)
+		waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 1 {
+			t.Errorf("%d VMs after a retried create, want 1", n)
+		}
+		if n := countIDs(e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID }); n != 0 {
+			t.Errorf("a transient fault failed the pod")
+		}
+	})
+
+	t.Run("permanent fault fails the pod", func(t *testing.T) {
+		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
+			FaultType: simulator.FaultTypeInvalidArgument,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.dc.ClearFaults)
+		acc := e.request(testPod("doomed"))
+		e.facts(acc, host)
+		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "InvalidArgument") || f.Host != host {
+			t.Errorf("pod.failed = %+v, want CreateVMFailed naming InvalidArgument on %s", f, host)
+		}
+		r := e.waitRecord(svc, "default", "doomed", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
+		if r.Reason != ReasonCreateVMFailed {
+			t.Errorf("record reason %q", r.Reason)
+		}
+		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
+			t.Errorf("%d VMs for a failed pod, want 0", n)
+		}
+	})
+
+	t.Run("transient fault that persists fails after MaxAttempts", func(t *testing.T) {
+		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
+			FaultType: simulator.FaultTypeInsufficientResourcesFault,
+		}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(e.dc.ClearFaults)
+		acc := e.request(testPod("starved"))
+		e.facts(acc, host)
+		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		if !strings.Contains(f.Message, "gave up after") || !strings.Contains(f.Message, "InsufficientResourcesFault") {
+			t.Errorf("pod.failed message %q, want the attempts and the fault", f.Message)
+		}
+	})
+}
+
+func TestDelete(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.dc.Hosts()[1].Name
+
+	acc := e.request(testPod("gone"))
+	e.facts(acc, host)
+	waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+
+	e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
+	del := waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+	if del.Host != host || len(del.Images) != 3 || len(del.IPs) != 1 || del.IPs[0].Network != "default" {
+		t.Errorf("pod.deleted = %+v, want host %s, 3 images, 1 IP", del, host)
+	}
+	if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
+		t.Errorf("%d VMs after delete, want 0", n)
+	}
+	if r := e.record(svc, "default", "gone"); r != nil {
+		t.Errorf("record still there: %+v", r)
+	}
+
+	t.Run("unknown pod", func(t *testing.T) {
+		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "never-was"})
+		rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "never-was" })
+		if rej.Reason != events.ReasonNotFound || !strings.Contains(rej.Message, "default/never-was") {
+			t.Errorf("rejection = %+v, want NotFound naming the pod", rej)
+		}
+	})
+
+	t.Run("uid precondition", func(t *testing.T) {
+		acc := e.request(testPod("guarded"))
+		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "guarded", UID: "someone-else"})
+		rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "guarded" })
+		if rej.Reason != events.ReasonUIDMismatch || e.record(svc, "default", "guarded").UID != acc.UID {
+			t.Errorf("rejection = %+v, want UIDMismatch and the pod kept", rej)
+		}
+	})
+
+	t.Run("while provisioning", func(t *testing.T) {
+		if err := e.dc.SetTaskDelay("CreateVm", 300*time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.dc.SetTaskDelay("CreateVm", 0) })
+		acc := e.request(testPod("hasty"))
+		e.facts(acc, host)
+		e.waitRecord(svc, "default", "hasty", func(r *events.PodRecord) bool { return r.CreateTask != "" || r.VMRef != "" })
+		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "hasty"})
+		waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
+			t.Errorf("%d VMs after delete during provisioning, want 0", n)
+		}
+		if r := e.record(svc, "default", "hasty"); r != nil {
+			t.Errorf("record still there: phase %s", r.Phase)
+		}
+	})
+}
+
+func TestDriftRepair(t *testing.T) {
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	prev := otel.GetMeterProvider()
+	otel.SetMeterProvider(mp)
+	t.Cleanup(func() { otel.SetMeterProvider(prev) })
+
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.dc.Hosts()[0].Name
+	ctx := context.Background()
+
+	var accs []*events.PodAccepted
+	for _, name := range []string{"vanishing", "sleepy", "steady"} {
+		acc := e.request(testPod(name))
+		e.facts(acc, host)
+		waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+		accs = append(accs, acc)
+	}
+	// Drift: one VM destroyed behind podvisor's back, one powered off, and
+	// an orphan pod VM whose pod does not exist.
+	gone := e.vmsNamed("pv-" + accs[0].UID)[0]
+	if err := e.vms.Destroy(ctx, gone.Ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.vms.PowerOff(ctx, e.vmsNamed("pv-"+accs[1].UID)[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	orphan := orphanVM(t, e, svc, host)
+
+	report, err := svc.Resync(ctx)
+	if err != nil {
+		t.Fatalf("Resync: %v", err)
+	}
+	want := RepairReport{RepairOrphanVM: 1, RepairMissingVM: 1, RepairPowerState: 1}
+	for k, n := range want {
+		if report[k] != n {
+			t.Errorf("report[%s] = %d, want %d (report %v)", k, report[k], n, report)
+		}
+	}
+	if vm, _ := e.vms.Get(ctx, orphan); vm != nil {
+		t.Errorf("orphan VM %s still exists", orphan.Value)
+	}
+	for _, acc := range accs {
+		vms := e.vmsNamed("pv-" + acc.UID)
+		if len(vms) != 1 || vms[0].PowerState != types.VirtualMachinePowerStatePoweredOn {
+			t.Errorf("pod %s: VMs %+v, want one powered on", acc.Name, vms)
+		}
+	}
+	r := e.record(svc, "default", "vanishing")
+	if r.Phase != events.PodPhaseRunning || r.VMRef == gone.Ref.Value {
+		t.Errorf("re-provisioned record: phase %s vm %s (old %s)", r.Phase, r.VMRef, gone.Ref.Value)
+	}
+
+	// A second pass finds nothing to do.
+	if again, err := svc.Resync(ctx); err != nil || len(again) != 0 {
+		t.Errorf("second Resync = %v, %v; want no repairs", again, err)
+	}
+
+	var rm metricdata.ResourceMetrics
+	if err := reader.Collect(ctx, &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != "podvisor_provisioner_repairs_total" {
+				continue
+			}
+			for _, dp := range m.Data.(metricdata.Sum[int64]).DataPoints {
+				kind, _ := dp.Attributes.Value(attribute.Key("kind"))
+				got[kind.AsString()] = dp.Value
+			}
+		}
+	}
+	for k, n := range want {
+		if got[k] != int64(n) {
+			t.Errorf("metric repairs_total{kind=%s} = %d, want %d (all %v)", k, got[k], n, got)
+		}
+	}
+}
+
+// orphanVM creates a pod VM for a pod that was never admitted.
+func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObjectReference {
+	t.Helper()
+	acc := &events.PodAccepted{Namespace: "default", Name: "ghost", UID: "ghost-uid", Pod: *testPod("ghost"), Networks: []string{"default"}}
+	acc.Pod.Namespace = "default"
+	r := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "ghost", Pod: acc.Pod, VMName: "pv-ghost-uid",
+		Size: events.SizeFor(1000, 512<<20), Host: host, Networks: acc.Networks}
+	r.Images = imagesReady(acc).Containers
+	r.Attachments = networkAttached(acc, host).Attachments
+	spec, placement, err := svc.vmSpec(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	task, err := e.vms.StartCreate(ctx, spec, placement)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := e.vms.WaitCreate(ctx, task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func TestEvictionAndMigration(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	hosts := e.dc.Hosts()
+
+	acc := e.request(testPod("mobile"))
+	e.facts(acc, hosts[0].Name)
+	first := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+
+	// Migration: Migrating while relocating, then Running on the target.
+	e.publish("test/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mobile", Phase: events.PhaseRelocating, Percent: 40})
+	e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
+	e.publish("test/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m1", Namespace: "default", Pod: "mobile", UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
+	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseRunning && r.Host == hosts[1].Name })
+	if r.VMRef != first.VM {
+		t.Errorf("migration changed the VM: %s → %s", first.VM, r.VMRef)
+	}
+
+	// Eviction: back to Pending, old VM removed, then re-provisioned on
+	// the new placement with the same name (the old one is gone).
+	e.publish("test/migration", events.TypePodEvicted, &events.PodEvicted{Namespace: "default", Name: "mobile", UID: acc.UID, Host: hosts[1].Name, Reason: "HostLost"})
+	r = e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
+	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" {
+		t.Errorf("after eviction: host %q vm %q generation %d reason %q", r.Host, r.VMRef, r.Generation, r.Reason)
+	}
+	if vm, _ := e.vms.Get(context.Background(), vmRef(first.VM)); vm != nil {
+		t.Errorf("evicted pod's old VM %s still exists", first.VM)
+	}
+	e.facts(acc, hosts[0].Name)
+	second := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID && p.VM != first.VM })
+	if second.Host != hosts[0].Name {
+		t.Errorf("re-provisioned on %s, want %s", second.Host, hosts[0].Name)
+	}
+	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 {
+		t.Errorf("%d VMs after re-provisioning, want 1", len(vms))
+	}
+	_ = podvm.NamePrefix
+}
