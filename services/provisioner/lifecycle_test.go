@@ -8,15 +8,14 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
-	"k8s.io/apimachinery/pkg/api/resource"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 func TestAdmission(t *testing.T) {
@@ -290,7 +289,7 @@ func TestDriftRepair(t *testing.T) {
 	if err := e.vms.Destroy(ctx, gone.Ref); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.vms.PowerOff(ctx, e.vmsNamed("pv-"+accs[1].UID)[0].Ref); err != nil {
+	if err := e.vms.PowerOff(ctx, e.vmsNamed("pv-" + accs[1].UID)[0].Ref); err != nil {
 		t.Fatal(err)
 	}
 	orphan := orphanVM(t, e, svc, host)
@@ -409,5 +408,4 @@ func TestEvictionAndMigration(t *testing.T) {
 	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 {
 		t.Errorf("%d VMs after re-provisioning, want 1", len(vms))
 	}
-	_ = podvm.NamePrefix
 }

@@ -1,0 +1,104 @@
+package events
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestPodRecordKey(t *testing.T) {
+	if got := PodRecordKey("", "web"); got != "default.web" {
+		t.Errorf("PodRecordKey(\"\", web) = %s", got)
+	}
+	if got := PodRecordKey("team-a", "web.v2"); got != "team-a.web.v2" {
+		t.Errorf("PodRecordKey = %s", got)
+	}
+}
+
+func TestPodRecordSetCondition(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var r PodRecord
+	if !r.SetCondition(PodConditionScheduled, ConditionFalse, "Unschedulable", "0/2 hosts", t0) {
+		t.Fatal("first set reported no change")
+	}
+	if r.SetCondition(PodConditionScheduled, ConditionFalse, "Unschedulable", "0/2 hosts", t0.Add(time.Minute)) {
+		t.Error("identical set reported a change")
+	}
+	r.SetCondition(PodConditionScheduled, ConditionFalse, "Unschedulable", "0/3 hosts", t0.Add(2*time.Minute))
+	if c, _ := r.Condition(PodConditionScheduled); !c.Time.Equal(t0) || c.Message != "0/3 hosts" {
+		t.Errorf("message change moved the transition time or lost the message: %+v", c)
+	}
+	r.SetCondition(PodConditionScheduled, ConditionTrue, "Bound", "on h1", t0.Add(3*time.Minute))
+	if c, _ := r.Condition(PodConditionScheduled); !c.Time.Equal(t0.Add(3*time.Minute)) || !r.IsTrue(PodConditionScheduled) {
+		t.Errorf("status change kept the old time: %+v", c)
+	}
+	if len(r.Conditions) != 1 {
+		t.Errorf("%d conditions, want 1 per type", len(r.Conditions))
+	}
+}
+
+func TestPodRecordKubernetesPod(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	r := PodRecord{
+		UID: "u1", Namespace: "default", Name: "web", Phase: PodPhaseRunning, Host: "esx-1-01", IP: "10.0.0.5",
+		Pod: corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "app:1"}}}},
+		Attachments:     []NetworkAttachment{{Network: "default", IP: "10.0.0.5"}},
+		Images:          []ContainerImage{{Container: "app", Digest: "sha256:abc"}},
+		CreatedAt:       t0,
+		ResourceVersion: 7,
+	}
+	r.SetCondition(PodConditionAccepted, ConditionTrue, "Admitted", "", t0)
+	r.SetCondition(PodConditionRunning, ConditionTrue, "PoweredOn", "", t0.Add(time.Second))
+	p := r.KubernetesPod()
+	if p.Kind != "Pod" || p.APIVersion != "v1" || string(p.UID) != "u1" || p.ResourceVersion != "7" {
+		t.Errorf("meta = %+v", p.ObjectMeta)
+	}
+	if p.Spec.NodeName != "esx-1-01" || p.Status.Phase != corev1.PodRunning || p.Status.PodIP != "10.0.0.5" {
+		t.Errorf("nodeName %q phase %q ip %q", p.Spec.NodeName, p.Status.Phase, p.Status.PodIP)
+	}
+	var ready bool
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+			ready = true
+		}
+	}
+	if !ready || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Running == nil {
+		t.Errorf("status = %+v", p.Status)
+	}
+	// What the CLI prints must be a Pod any Kubernetes client decodes.
+	b, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back corev1.Pod
+	if err := json.Unmarshal(b, &back); err != nil || back.Spec.NodeName != "esx-1-01" {
+		t.Errorf("round trip: %v %q", err, back.Spec.NodeName)
+	}
+
+	for phase, want := range map[string]corev1.PodPhase{
+		PodPhasePending: corev1.PodPending, PodPhaseProvisioning: corev1.PodPending, PodPhaseFailed: corev1.PodFailed,
+		PodPhaseMigrating: corev1.PodRunning, "Bogus": corev1.PodUnknown,
+	} {
+		r.Phase = phase
+		if got := r.KubernetesPod().Status.Phase; got != want {
+			t.Errorf("phase %s → %s, want %s", phase, got, want)
+		}
+	}
+}
+
+func TestPodRecordReleases(t *testing.T) {
+	r := PodRecord{
+		Attachments: []NetworkAttachment{{Network: "a", IP: "10.0.0.1"}, {Network: "b", IP: "10.1.0.1"}},
+		Images:      []ContainerImage{{Container: "x", Digest: "sha256:1"}, {Container: "y", Digest: "sha256:1"}, {Container: "z", Digest: "sha256:2"}},
+	}
+	if ips := r.IPs(); len(ips) != 2 || ips[1].Network != "b" {
+		t.Errorf("IPs = %+v", ips)
+	}
+	if d := r.ImageDigests(); len(d) != 2 {
+		t.Errorf("ImageDigests = %v, want the 2 distinct digests", d)
+	}
+}

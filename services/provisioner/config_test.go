@@ -1,0 +1,111 @@
+package provisioner
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	corev1 "k8s.io/api/core/v1"
+)
+
+func TestConfigValidate(t *testing.T) {
+	if err := DefaultConfig().Validate(); err != nil {
+		t.Fatalf("defaults invalid: %v", err)
+	}
+	tests := []struct {
+		name   string
+		mutate func(*Config)
+		want   string
+	}{
+		{"workers", func(c *Config) { c.Workers = 0 }, "Workers 0"},
+		{"attempts vs backoff", func(c *Config) { c.MaxAttempts = 2 }, "BackOff: 5 entries"},
+		{"negative resync", func(c *Config) { c.ResyncInterval = -time.Second }, "ResyncInterval"},
+		{"folder", func(c *Config) { c.FolderRoot = "/" }, "FolderRoot: required"},
+		{"shards", func(c *Config) { c.FolderShards = -1 }, "FolderShards -1"},
+		{"datastore brackets", func(c *Config) { c.Datastore = "[ds]" }, "Datastore \"[ds]\""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tt.mutate(&c)
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Validate() = %v, want it to name %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Setenv(EnvResyncInterval, "15s")
+	t.Setenv(EnvFolderShards, "4")
+	t.Setenv(EnvFolderRoot, "pods")
+	c, err := ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ResyncInterval != 15*time.Second || c.FolderShards != 4 || c.FolderRoot != "pods" {
+		t.Errorf("config = %+v", c)
+	}
+	t.Setenv(EnvWorkers, "many")
+	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), EnvWorkers) {
+		t.Errorf("bad %s accepted: %v", EnvWorkers, err)
+	}
+}
+
+func TestVMFolderSharding(t *testing.T) {
+	c := DefaultConfig()
+	if got := c.vmFolder("team-a", "u1"); got != "podvisor/team-a" {
+		t.Errorf("unsharded folder %s", got)
+	}
+	c.FolderShards = 8
+	seen := map[string]bool{}
+	for i := range 64 {
+		f := c.vmFolder("team-a", "uid-"+string(rune('a'+i%26))+string(rune('a'+i/26)))
+		if !strings.HasPrefix(f, "podvisor/team-a/shard-") {
+			t.Fatalf("sharded folder %s", f)
+		}
+		seen[f] = true
+	}
+	if len(seen) < 4 {
+		t.Errorf("64 uids landed in %d shards of 8; the hash does not spread", len(seen))
+	}
+	if c.vmFolder("team-a", "same") != c.vmFolder("team-a", "same") {
+		t.Error("shard of a uid is not stable")
+	}
+}
+
+func TestPodUID(t *testing.T) {
+	req := &events.PodRequested{Pod: corev1.Pod{}}
+	req.Pod.Name = "web"
+	a, b := podUID(req, "ce-1"), podUID(req, "ce-1")
+	if a != b {
+		t.Errorf("same request id gave %s and %s", a, b)
+	}
+	if podUID(req, "ce-2") == a {
+		t.Error("another request id gave the same uid")
+	}
+	req.UID = "explicit"
+	if got := podUID(req, "ce-1"); got != "explicit" {
+		t.Errorf("request uid ignored: %s", got)
+	}
+	req.Pod.UID = "from-manifest"
+	if got := podUID(req, "ce-1"); got != "from-manifest" {
+		t.Errorf("manifest uid ignored: %s", got)
+	}
+	if vmName("u", 0) != "pv-u" || vmName("u", 2) != "pv-u-2" {
+		t.Errorf("vm names %s %s", vmName("u", 0), vmName("u", 2))
+	}
+}
+
+func TestSpecHashIgnoresUID(t *testing.T) {
+	p := testPod("h")
+	h1, _ := specHash(p)
+	p.UID = "x"
+	h2, _ := specHash(p)
+	p.Spec.Containers[0].Image = "other:1"
+	h3, _ := specHash(p)
+	if h1 != h2 || h1 == h3 {
+		t.Errorf("hashes: plain %s, with uid %s, other image %s", h1, h2, h3)
+	}
+}

@@ -1,0 +1,82 @@
+// Package provisioner is the podvisor service that owns pods: it admits
+// them, keeps their records, and makes each one a pod VM in vCenter.
+//
+// # What it does
+//
+// Admission. pod.requested carries a Kubernetes v1 Pod. The manifest is
+// validated by the events module (a bad one is answered with pod.rejected
+// naming the field), normalized, and stored as an events.PodRecord in the
+// KV bucket `pods` under <namespace>.<name> with a KV Create, so two
+// requests for one name cannot both win. The same manifest again is a
+// no-op; a different one under an existing name is rejected with
+// AlreadyExists (pods are immutable). An admitted pod is announced with
+// pod.accepted, which carries the pod VM size every service uses.
+//
+// The uid is metadata.uid when the manifest has one, else the request's
+// uid, else derived from the pod key and the requesting event's id, so a
+// redelivered request produces the same uid and the same VM name pv-<uid>.
+//
+// Facts. The scheduler (pod.scheduled / pod.unschedulable), the image cache
+// (pod.images.ready / failed), network-config (pod.network.attached /
+// failed) and the migration service (pod.evicted, migration.*) report what
+// they did; each fact is folded into the record by compare-and-set and the
+// pod is then reconciled. Reconciling is level-triggered: whatever the
+// event, the provisioner compares the record with vCenter and does what is
+// missing. Facts about a pod that no longer exists, or about an earlier pod
+// of the same name (another uid), are ignored.
+//
+// Pod VMs. Once a pod has a host, an image disk chain per container and
+// every network attached on that host, the provisioner creates the VM in
+// folder podvisor/<namespace> (or podvisor/<namespace>/shard-N, see
+// Config.FolderShards), in the host's cluster pool, on the host, sized by
+// events.SizePodVM, with a NIC per network on its port group and per
+// container a read/write child disk whose parent is the image's top disk
+// (package podvm builds it). ExtraConfig guestinfo.podvisor.* tells the
+// guest agent what to run (see guestinfo.go). Then it powers the VM on and
+// announces pod.running.
+//
+// # Nothing twice, nothing lost
+//
+// Before creating, the VM is looked up: by the reference in the record, by
+// the CreateVM task reference in the record (written before the provisioner
+// waits on the task), and by name. A process that dies anywhere between
+// CreateVM and the ack therefore finds its VM after restart instead of
+// creating a second one. Events the provisioner derives from a record
+// (pod.running, pod.failed, pod.deleted) get ids fixed per pod and
+// placement, and are published before the record says so: a crash in
+// between republishes the same id, which JetStream stores once.
+//
+// # Failures
+//
+// vSphere faults that can pass (busy resources, lost connections, timeouts;
+// podvm.IsTransient) are retried with the consumer's backoff; on the last
+// attempt, or at once for anything else (invalid spec, missing port group or
+// parent disk, no permission), the pod fails: its VM is removed, pod.failed
+// names the step and the vSphere fault, and the owners release what they
+// held for it. A Failed pod stays visible until it is deleted.
+//
+// Deletion (pod.delete.requested) powers off and destroys the VM — waiting
+// for a create still in flight — confirms it is gone, announces pod.deleted
+// with the host, image digests and addresses to release, and removes the
+// record. An unknown pod is rejected with NotFound.
+//
+// Eviction (pod.evicted) returns the pod to Pending for a new placement and
+// removes the old VM if vCenter lets it; if the old host is unreachable the
+// VM is remembered as stale and the next VM is named pv-<uid>-<n>, because
+// two VMs never share a name.
+//
+// # Drift repair
+//
+// Every Config.ResyncInterval, Resync compares all records with the pod VMs
+// below the podvisor folder: orphan VMs (no record) and stale VMs are
+// destroyed, Running pods without a VM are provisioned again, powered-off VMs
+// of Running pods are powered on, and pods stuck half-way are driven on.
+// Every repair is logged and counted in podvisor_provisioner_repairs_total
+// {kind}.
+//
+// # Running it
+//
+//	cfg, err := provisioner.ConfigFromEnv()
+//	svc, err := provisioner.New(cfg, provisioner.Deps{Bus: b, VSphere: session, Logger: log})
+//	err = svc.Run(ctx) // blocks; nil when ctx ends
+package provisioner
