@@ -1,0 +1,216 @@
+package sim
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// FailHost makes a host stop responding, as when it loses power or its
+// management network: runtime.connectionState (and summary.runtime) becomes
+// notResponding, its status turns red, the virtual machines registered on it
+// become disconnected, and the cluster's effective capacity drops. Property
+// collector watchers observe every change.
+func (d *Datacenter) FailHost(ctx context.Context, name string) error {
+	return d.setConnection(ctx, name, types.HostSystemConnectionStateNotResponding)
+}
+
+// RecoverHost brings a failed (or disconnected) host back to connected.
+func (d *Datacenter) RecoverHost(ctx context.Context, name string) error {
+	return d.setConnection(ctx, name, types.HostSystemConnectionStateConnected)
+}
+
+// SetMaintenance puts a host in or out of maintenance mode without the checks
+// EnterMaintenanceMode_Task makes, so a test can reach any state directly.
+func (d *Datacenter) SetMaintenance(ctx context.Context, name string, on bool) error {
+	host, err := d.host(name)
+	if err != nil {
+		return err
+	}
+	c := d.context(ctx)
+	setMaintenance(c, host, on)
+	d.refreshClusterOf(c, host)
+	return nil
+}
+
+func (d *Datacenter) setConnection(ctx context.Context, name string, state types.HostSystemConnectionState) error {
+	host, err := d.host(name)
+	if err != nil {
+		return err
+	}
+	c := d.context(ctx)
+	setConnection(c, host, state)
+	d.refreshClusterOf(c, host)
+	return nil
+}
+
+func (d *Datacenter) host(name string) (*simulator.HostSystem, error) {
+	i, ok := d.hostIndex[name]
+	if !ok {
+		return nil, fmt.Errorf("sim: host %q: %w", name, ErrNotFound)
+	}
+	host, ok := d.model.Map().Get(d.hosts[i].Ref).(*simulator.HostSystem)
+	if !ok {
+		return nil, fmt.Errorf("sim: host %q (%s) is no longer in the inventory: %w", name, d.hosts[i].Ref.Value, ErrNotFound)
+	}
+	return host, nil
+}
+
+func (d *Datacenter) refreshClusterOf(c *simulator.Context, host *simulator.HostSystem) {
+	var parent types.ManagedObjectReference
+	c.WithLock(host, func() { parent = *host.Parent })
+	if cluster, ok := c.Map.Get(parent).(*simulator.ClusterComputeResource); ok {
+		refreshCluster(c, cluster)
+	}
+}
+
+func setConnection(c *simulator.Context, host *simulator.HostSystem, state types.HostSystemConnectionState) {
+	status := types.ManagedEntityStatusGreen
+	vmState := types.VirtualMachineConnectionStateConnected
+	switch state {
+	case types.HostSystemConnectionStateNotResponding:
+		status, vmState = types.ManagedEntityStatusRed, types.VirtualMachineConnectionStateDisconnected
+	case types.HostSystemConnectionStateDisconnected:
+		status, vmState = types.ManagedEntityStatusGray, types.VirtualMachineConnectionStateDisconnected
+	}
+	c.WithLock(host, func() {
+		c.Update(host, []types.PropertyChange{
+			{Name: "runtime.connectionState", Val: state},
+			{Name: "summary.runtime.connectionState", Val: state},
+			{Name: "overallStatus", Val: status},
+			{Name: "summary.overallStatus", Val: status},
+		})
+	})
+	for _, vm := range vmsOnHost(c, host.Self) {
+		c.WithLock(vm, func() {
+			c.Update(vm, []types.PropertyChange{
+				{Name: "runtime.connectionState", Val: vmState},
+				{Name: "summary.runtime.connectionState", Val: vmState},
+			})
+		})
+	}
+}
+
+func setMaintenance(c *simulator.Context, host *simulator.HostSystem, on bool) {
+	c.WithLock(host, func() {
+		c.Update(host, []types.PropertyChange{
+			{Name: "runtime.inMaintenanceMode", Val: on},
+			{Name: "summary.runtime.inMaintenanceMode", Val: on},
+		})
+	})
+}
+
+// vmsOnHost finds the VMs running on a host by runtime.host, not host.vm:
+// vcsim's Relocate moves runtime.host but leaves host.vm stale.
+func vmsOnHost(c *simulator.Context, host types.ManagedObjectReference) []*simulator.VirtualMachine {
+	var out []*simulator.VirtualMachine
+	for _, e := range c.Map.All("VirtualMachine") {
+		vm, ok := e.(*simulator.VirtualMachine)
+		if !ok {
+			continue
+		}
+		var on bool
+		c.WithLock(vm, func() { on = vm.Runtime.Host != nil && *vm.Runtime.Host == host })
+		if on {
+			out = append(out, vm)
+		}
+	}
+	return out
+}
+
+// hostStateBridge makes the vSphere API's host state tasks visible to
+// property-collector watchers. vcsim's EnterMaintenanceMode_Task,
+// ExitMaintenanceMode_Task, DisconnectHost_Task and ReconnectHost_Task write
+// the field directly and notify no one, so a scheduler watching hosts would
+// never see a drained host leave. The bridge is a registry observer: when one
+// of those tasks succeeds it republishes the host's state through the update
+// path, a few milliseconds after the task completes.
+type hostStateBridge struct {
+	d *Datacenter
+}
+
+var bridgeRef = types.ManagedObjectReference{Type: "PodvisorHostStateBridge", Value: "bridge"}
+
+func (b *hostStateBridge) Reference() types.ManagedObjectReference { return bridgeRef }
+
+func (b *hostStateBridge) PutObject(*simulator.Context, mo.Reference) {}
+
+func (b *hostStateBridge) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
+
+func (b *hostStateBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
+	// Registry observers get the embedded managed object, not vcsim's wrapper.
+	task, ok := obj.(*mo.Task)
+	if !ok {
+		return
+	}
+	succeeded := false
+	for _, ch := range changes {
+		if ch.Name == "info.state" && ch.Val == types.TaskInfoStateSuccess {
+			succeeded = true
+		}
+	}
+	if !succeeded {
+		return
+	}
+	// The task's own lock is held here; the host is updated from another
+	// goroutine so no lock is taken while holding it.
+	switch task.Info.DescriptionId {
+	case "HostSystem.enterMaintenanceMode", "HostSystem.exitMaintenanceMode",
+		"HostSystem.disconnectHost", "HostSystem.reconnectHost":
+		if task.Info.Entity != nil {
+			go b.republish(*task.Info.Entity)
+		}
+	}
+}
+
+// republish pushes a host's current connection and maintenance state.
+func (b *hostStateBridge) republish(ref types.ManagedObjectReference) {
+	c := b.d.context(context.Background())
+	host, ok := c.Map.Get(ref).(*simulator.HostSystem)
+	if !ok {
+		return
+	}
+	var state types.HostSystemConnectionState
+	var maintenance bool
+	c.WithLock(host, func() {
+		state, maintenance = host.Runtime.ConnectionState, host.Runtime.InMaintenanceMode
+	})
+	setConnection(c, host, state)
+	setMaintenance(c, host, maintenance)
+	b.d.refreshClusterOf(c, host)
+}
+
+// maintenanceRule makes EnterMaintenanceMode_Task refuse a host that still
+// runs powered-on VMs. vCenter would wait for DRS to evacuate them; there is
+// no DRS here (the migration service drains hosts), and vcsim alone would
+// enter maintenance with the VMs still running.
+func (d *Datacenter) maintenanceRule() *simulator.FaultInjectionRule {
+	return &simulator.FaultInjectionRule{
+		MethodName:  "EnterMaintenanceMode_Task",
+		ObjectType:  "HostSystem",
+		ObjectName:  "*",
+		Probability: 1,
+		Enabled:     true,
+		FaultType:   simulator.FaultTypeCustom,
+		Fault:       &types.InvalidState{},
+		Message:     "the host has powered-on virtual machines: migrate or power them off before entering maintenance mode",
+		InclusionPropertyFilter: func(obj mo.Reference) bool {
+			host, ok := obj.(*simulator.HostSystem)
+			if !ok {
+				return false
+			}
+			c := d.context(context.Background())
+			for _, vm := range vmsOnHost(c, host.Self) {
+				on := false
+				c.WithLock(vm, func() { on = vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn })
+				if on {
+					return true
+				}
+			}
+			return false
+		},
+	}
+}

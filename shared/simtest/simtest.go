@@ -1,0 +1,50 @@
+package simtest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi"
+
+	"github.com/podvisor/podvisor/shared/sim"
+)
+
+// startTimeout bounds the construction of a datacenter. 2x8 starts in well
+// under a second; the margin is for loaded CI machines and the race detector.
+const startTimeout = 30 * time.Second
+
+// Start builds a simulated datacenter for the test and closes it at cleanup.
+// The datastore directories go under the test's temp dir unless cfg.Dir is set.
+func Start(t testing.TB, cfg sim.Config) *sim.Datacenter {
+	t.Helper()
+	if cfg.Dir == "" {
+		cfg.Dir = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	d, err := sim.Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("simtest: start simulated datacenter: %v", err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+// Client returns a govmomi client logged in to d over HTTP, logged out at
+// cleanup (before the datacenter closes, as cleanups run last-in first-out).
+func Client(t testing.TB, d *sim.Datacenter) *govmomi.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	c, err := d.Client(ctx)
+	if err != nil {
+		t.Fatalf("simtest: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.Logout(ctx)
+	})
+	return c
+}
