@@ -1,0 +1,109 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedConfig configures an in-process NATS server with JetStream.
+type EmbeddedConfig struct {
+	// Dir holds the JetStream file store. Required: streams and KV buckets
+	// live here, and a later start on the same Dir resumes them.
+	Dir string
+	// Host to listen on; default 127.0.0.1 so that an all-in-one on a laptop
+	// is not reachable from the network unless asked.
+	Host string
+	// Port to listen on; 0 picks a free port.
+	Port int
+	// ServerName names the server in advisories and monitoring; default
+	// "podvisor-embedded". Keep it stable across restarts on the same Dir.
+	ServerName string
+	// SyncAlways fsyncs every JetStream write. The server default syncs every
+	// two minutes, which can lose acknowledged writes on power loss (not on a
+	// process crash); a single-node deployment that must survive power loss
+	// sets this.
+	SyncAlways bool
+}
+
+// Embedded is a running in-process NATS server.
+type Embedded struct {
+	srv *server.Server
+}
+
+// StartEmbedded runs nats-server in this process with JetStream file storage
+// in cfg.Dir and returns once it accepts client connections.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("bus: embedded server: Dir is required (JetStream file storage)")
+	}
+	if cfg.Port < 0 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("bus: embedded server: Port %d out of range 0-65535", cfg.Port)
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if net.ParseIP(cfg.Host) == nil && cfg.Host != "localhost" {
+		return nil, fmt.Errorf("bus: embedded server: Host %q is not an IP address", cfg.Host)
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = "podvisor-embedded"
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("bus: embedded server: Dir %s: %w", cfg.Dir, err)
+	}
+	port := cfg.Port
+	if port == 0 {
+		// nats-server reads 0 as "the default port 4222"; -1 is its "any free port".
+		port = server.RANDOM_PORT
+	}
+	opts := &server.Options{
+		ServerName: cfg.ServerName,
+		Host:       cfg.Host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   cfg.Dir,
+		SyncAlways: cfg.SyncAlways,
+		// The host process owns signals and logging.
+		NoSigs: true,
+		NoLog:  true,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("bus: embedded server: %w", err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("bus: embedded server on %s: not ready within 10s", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	}
+	if !srv.JetStreamEnabled() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		return nil, fmt.Errorf("bus: embedded server: JetStream did not start (store dir %s)", cfg.Dir)
+	}
+	return &Embedded{srv: srv}, nil
+}
+
+// URL is the nats:// URL clients connect to.
+func (e *Embedded) URL() string { return e.srv.ClientURL() }
+
+// Server is the underlying nats-server, for monitoring in tests and the
+// status page.
+func (e *Embedded) Server() *server.Server { return e.srv }
+
+// Shutdown stops the server and waits until it has flushed its store and
+// closed its listeners. Safe to call more than once.
+func (e *Embedded) Shutdown() {
+	if e == nil || e.srv == nil {
+		return
+	}
+	e.srv.Shutdown()
+	e.srv.WaitForShutdown()
+}

@@ -1,0 +1,92 @@
+package bus_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+)
+
+func TestRequestReply(t *testing.T) {
+	b := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- b.Serve(ctx, "pv.query.hosts", func(_ context.Context, data []byte) ([]byte, error) {
+			if string(data) == "bad" {
+				return nil, errors.New("cluster \"bad\" not found")
+			}
+			return bytes.ToUpper(data), nil
+		})
+	}()
+	rctx := testContext(t)
+	waitFor(t, 5*time.Second, "server subscribed", func() bool {
+		_, err := b.Request(rctx, "pv.query.hosts", []byte("ping"))
+		return err == nil
+	})
+
+	got, err := b.Request(rctx, "pv.query.hosts", []byte("cluster-1"))
+	if err != nil || string(got) != "CLUSTER-1" {
+		t.Errorf("Request = %q, %v; want CLUSTER-1", got, err)
+	}
+	_, err = b.Request(rctx, "pv.query.hosts", []byte("bad"))
+	if !errors.Is(err, bus.ErrRemote) || !strings.Contains(err.Error(), `cluster "bad" not found`) {
+		t.Errorf("remote failure: err = %v, want ErrRemote with the handler's message", err)
+	}
+	_, err = b.Request(rctx, "pv.query.nobody", nil)
+	if !errors.Is(err, nats.ErrNoResponders) {
+		t.Errorf("request to an unserved subject: err = %v, want ErrNoResponders", err)
+	}
+
+	cancel()
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Errorf("Serve returned %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after cancel")
+	}
+}
+
+// Replicas of a service share a queue group: one request, one answer.
+func TestServeReplicasAnswerOnce(t *testing.T) {
+	b := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	calls := make(chan int, 100)
+	for i := range 3 {
+		go func() {
+			_ = b.Serve(ctx, "pv.query.pods", func(context.Context, []byte) ([]byte, error) {
+				calls <- i
+				return []byte("ok"), nil
+			})
+		}()
+	}
+	rctx := testContext(t)
+	waitFor(t, 5*time.Second, "servers subscribed", func() bool {
+		_, err := b.Request(rctx, "pv.query.pods", nil)
+		return err == nil
+	})
+	time.Sleep(50 * time.Millisecond)
+	for len(calls) > 0 {
+		<-calls
+	}
+	const n = 20
+	for range n {
+		if _, err := b.Request(rctx, "pv.query.pods", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if got := len(calls); got != n {
+		t.Errorf("%d requests were answered %d times", n, got)
+	}
+}

@@ -1,0 +1,159 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Streams. The five domain streams carry the event catalog; DLQ keeps dead
+// letters; ADVISORIES keeps the server's MAX_DELIVERIES advisories, which are
+// core NATS messages and would be lost while no consumer process listens.
+const (
+	StreamPods       = "PODS"
+	StreamImages     = "IMAGES"
+	StreamNetworks   = "NETWORKS"
+	StreamMigrations = "MIGRATIONS"
+	StreamHosts      = "HOSTS"
+	StreamDLQ        = "DLQ"
+	StreamAdvisories = "ADVISORIES"
+)
+
+// DLQSubjectPrefix starts every dead-letter subject: pv.dlq.<service>.
+const DLQSubjectPrefix = "pv.dlq."
+
+// maxDeliveriesAdvisoryPrefix is the subject prefix of the server advisory
+// sent when a message runs out of deliveries: <prefix>.<stream>.<consumer>.
+const maxDeliveriesAdvisoryPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+// KV buckets, one per record type, each written by exactly one service
+// (DESIGN "Ownership").
+const (
+	BucketPods       = "pods"
+	BucketHosts      = "hosts"
+	BucketLedger     = "ledger"
+	BucketNetworks   = "networks"
+	BucketNetHosts   = "net-hosts"
+	BucketIPAM       = "ipam"
+	BucketMigrations = "migrations"
+)
+
+const (
+	// DuplicateWindow is how long a stream remembers Nats-Msg-Id values. It
+	// must outlast the longest retry horizon: a handler that publishes its
+	// effect and then fails before acking is redelivered after its backoff
+	// (DefaultBackOff over DefaultMaxDeliver deliveries sums to about four
+	// minutes, plus handler time), and its replay republishes the same
+	// deterministic id, which the stream drops only if it still remembers it.
+	// Ten minutes covers that with room; the cost is one small index entry
+	// per message for the window.
+	DuplicateWindow = 10 * time.Minute
+	// EventRetention bounds how long events stay in the domain streams. State
+	// lives in KV buckets, so old events are history, not truth; a week lets
+	// a person replay and trace recent flows.
+	EventRetention = 7 * 24 * time.Hour
+	// DLQRetention keeps dead letters long enough for a person to notice,
+	// fix the cause and republish.
+	DLQRetention = 30 * 24 * time.Hour
+)
+
+// StreamSubjects maps every stream of the topology to the subjects it captures.
+func StreamSubjects() map[string][]string {
+	return map[string][]string{
+		StreamPods:       {"pv.pod.>"},
+		StreamImages:     {"pv.image.>"},
+		StreamNetworks:   {"pv.network.>"},
+		StreamMigrations: {"pv.migration.>"},
+		StreamHosts:      {"pv.host.>"},
+		StreamDLQ:        {DLQSubjectPrefix + ">"},
+		StreamAdvisories: {maxDeliveriesAdvisoryPrefix + ".>"},
+	}
+}
+
+// bucketHistory is how many revisions each bucket keeps per key. Records
+// that are replaced wholesale keep a few revisions for debugging; the ledger
+// and IPAM are CAS counters where history is noise; networks keep the most
+// NATS allows because every applied version is a snapshot to restore.
+var bucketHistory = map[string]uint8{
+	BucketPods:       5,
+	BucketHosts:      1,
+	BucketLedger:     1,
+	BucketNetworks:   64,
+	BucketNetHosts:   5,
+	BucketIPAM:       1,
+	BucketMigrations: 5,
+}
+
+// Buckets lists the topology's KV buckets.
+func Buckets() []string {
+	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations}
+}
+
+// TopologyOption adjusts EnsureTopology.
+type TopologyOption func(*topology)
+
+type topology struct {
+	replicas int
+}
+
+// WithReplicas sets the replica count of every stream and bucket (1 on a
+// single server, 3 on a production cluster).
+func WithReplicas(n int) TopologyOption {
+	return func(t *topology) { t.replicas = n }
+}
+
+// EnsureTopology declares the streams and KV buckets every service relies on.
+// It is idempotent and safe to run from every process at start-up: existing
+// streams and buckets are updated in place to the declared configuration.
+func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error {
+	t := topology{replicas: 1}
+	for _, o := range opts {
+		o(&t)
+	}
+	if t.replicas < 1 || t.replicas > 5 {
+		return fmt.Errorf("bus: topology: replicas %d out of range 1-5", t.replicas)
+	}
+	var errs []error
+	for _, name := range []string{StreamPods, StreamImages, StreamNetworks, StreamMigrations, StreamHosts, StreamDLQ, StreamAdvisories} {
+		cfg := jetstream.StreamConfig{
+			Name:       name,
+			Subjects:   StreamSubjects()[name],
+			Retention:  jetstream.LimitsPolicy,
+			Storage:    jetstream.FileStorage,
+			Discard:    jetstream.DiscardOld,
+			MaxAge:     EventRetention,
+			Duplicates: DuplicateWindow,
+			Replicas:   t.replicas,
+		}
+		switch name {
+		case StreamDLQ:
+			cfg.Description = "dead letters: pv.dlq.<service>, original headers and body plus Pv-Dlq-* reason headers"
+			cfg.MaxAge = DLQRetention
+		case StreamAdvisories:
+			cfg.Description = "MAX_DELIVERIES advisories, turned into dead letters by each consumer"
+		default:
+			cfg.Description = "podvisor events"
+		}
+		if _, err := b.js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("stream %s: %w", name, err))
+		}
+	}
+	for _, bucket := range Buckets() {
+		cfg := jetstream.KeyValueConfig{
+			Bucket:   bucket,
+			History:  bucketHistory[bucket],
+			Storage:  jetstream.FileStorage,
+			Replicas: t.replicas,
+		}
+		if _, err := b.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
+			errs = append(errs, fmt.Errorf("kv bucket %s: %w", bucket, err))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bus: topology: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,10 @@
+// Package bustest starts a real NATS JetStream server for tests: in-process,
+// on a random loopback port, with its store in the test's temporary
+// directory, stopped by the test's cleanup.
+//
+//	b := bustest.Start(t) // connected, topology declared
+//	err := b.Publish(ctx, ev)
+//
+// Every service's tests use it, so that they all exercise the same streams,
+// consumers and KV buckets as production rather than a fake.
+package bustest
