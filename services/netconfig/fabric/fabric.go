@@ -275,6 +275,36 @@ func (f *Fabric) Leave(ctx context.Context, switchName string, host types.Manage
 	return f.membership(ctx, switchName, host, types.ConfigSpecOperationRemove)
 }
 
+// JoinAll makes every listed host a member of the switch in one
+// reconfiguration (one switch-wide change instead of one per host, which
+// vCenter would serialize anyway). It returns the hosts that joined.
+func (f *Fabric) JoinAll(ctx context.Context, switchName string, hosts []types.ManagedObjectReference) ([]types.ManagedObjectReference, error) {
+	defer f.lockSwitch(switchName)()
+	sw, ok, err := f.FindSwitch(ctx, switchName)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
+	}
+	spec := &types.VMwareDVSConfigSpec{}
+	var joined []types.ManagedObjectReference
+	for _, h := range hosts {
+		if sw.IsMember(h) || slices.Contains(joined, h) {
+			continue
+		}
+		joined = append(joined, h)
+		spec.Host = append(spec.Host, types.DistributedVirtualSwitchHostMemberConfigSpec{Operation: string(types.ConfigSpecOperationAdd), Host: h})
+	}
+	if len(joined) == 0 {
+		return nil, nil
+	}
+	if err := f.reconfigure(ctx, sw, spec); err != nil {
+		return nil, fmt.Errorf("add %d hosts to switch %s: %w", len(joined), switchName, err)
+	}
+	return joined, nil
+}
+
 func (f *Fabric) membership(ctx context.Context, switchName string, host types.ManagedObjectReference, op types.ConfigSpecOperation) (bool, error) {
 	defer f.lockSwitch(switchName)()
 	sw, ok, err := f.FindSwitch(ctx, switchName)

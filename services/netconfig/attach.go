@@ -1,0 +1,227 @@
+package netconfig
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/ipam"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Reasons of pod.network.failed.
+const (
+	ReasonNetworkNotFound     = "NetworkNotFound"
+	ReasonNotInScope          = "NotInScope"
+	ReasonNotRealizedOnHost   = "NotRealizedOnHost"
+	ReasonAddressesExhausted  = "AddressesExhausted"
+	ReasonAddressingFailed    = "AddressingFailed"
+	ReasonNetworkNotAvailable = "NetworkNotAvailable"
+)
+
+// handlePod handles the PODS stream, keyed by pod: it learns a pod's
+// networks on pod.accepted, attaches them on pod.scheduled and frees the
+// addresses on pod.deleted and pod.failed.
+func (s *Service) handlePod(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m)
+	if err != nil {
+		return err
+	}
+	switch p := v.(type) {
+	case *events.PodAccepted:
+		nets := p.Networks
+		if len(nets) == 0 {
+			nets = events.PodNetworks(&p.Pod)
+		}
+		s.podNets.Store(p.UID, nets)
+		return nil
+	case *events.PodScheduled:
+		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID), attribute.String("host", p.Host))
+		return outcome(s.attach(ctx, &m.Event, p))
+	case *events.PodDeleted:
+		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
+		var nets []string
+		for _, ip := range p.IPs {
+			nets = append(nets, ip.Network)
+		}
+		return s.release(ctx, p.UID, nets)
+	case *events.PodFailed:
+		// A failed pod releases everything through the facts its owners
+		// consume; a re-created pod gets a fresh allocation.
+		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
+		return s.release(ctx, p.UID, nil)
+	}
+	return nil
+}
+
+// attach makes sure each network of a scheduled pod is realized on its host
+// (realizing it on demand when the host is in scope) and allocates the pod
+// an address on each, then publishes pod.network.attached. A network that
+// cannot be attached gives pod.network.failed with the reason, and the
+// addresses taken for the pod's other networks are freed again.
+func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodScheduled) error {
+	nets, err := s.networksOf(ctx, p.Namespace, p.Name, p.UID)
+	if err != nil {
+		return err
+	}
+	subject := events.PodKey(p.Namespace, p.Name)
+	var atts []events.NetworkAttachment
+	for _, name := range nets {
+		att, reason, err := s.attachOne(ctx, cause, name, p)
+		if err == nil {
+			atts = append(atts, att)
+			continue
+		}
+		if reason == "" {
+			return err // transient: retry the whole attachment
+		}
+		s.log.Info("pod network attachment failed", "pod", subject, "network", name, "host", p.Host, "reason", reason, "err", err)
+		if rerr := s.release(ctx, p.UID, nets); rerr != nil {
+			return rerr
+		}
+		return s.emit(ctx, cause, "attach", events.TypePodNetworkFailed, subject, &events.PodNetworkFailed{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Network: name, Reason: reason, Message: err.Error(),
+		})
+	}
+	return s.emit(ctx, cause, "attach", events.TypePodNetworkAttached, subject, &events.PodNetworkAttached{
+		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Attachments: atts,
+	})
+}
+
+// attachOne attaches one network. A non-empty reason marks a failure no
+// retry will fix; an error without one is transient.
+func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string, p *events.PodScheduled) (events.NetworkAttachment, string, error) {
+	if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
+		switch {
+		case errors.Is(err, ErrNetworkNotFound):
+			return events.NetworkAttachment{}, ReasonNetworkNotFound, fmt.Errorf("network %s does not exist or has no applied version", name)
+		case errors.Is(err, ErrNotInScope):
+			return events.NetworkAttachment{}, ReasonNotInScope, fmt.Errorf("host %s is not in the scope of network %s", p.Host, name)
+		case errors.Is(err, ErrNotRealized):
+			return events.NetworkAttachment{}, ReasonNotRealizedOnHost, err
+		}
+		return events.NetworkAttachment{}, "", err
+	}
+	// Allocation runs under the network's lock so that a delete request
+	// either sees this pod's address or runs before the network is used.
+	defer s.locks.lock(name)()
+	rec, _, err := s.store.get(ctx, name)
+	if err != nil {
+		return events.NetworkAttachment{}, "", err
+	}
+	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
+		return events.NetworkAttachment{}, ReasonNetworkNotAvailable, fmt.Errorf("network %s is being deleted or rolled back", name)
+	}
+	pl, err := pool(rec)
+	if err != nil {
+		return events.NetworkAttachment{}, ReasonAddressingFailed, err
+	}
+	alloc, err := s.ipam.Allocate(ctx, pl, ipam.Owner{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host})
+	if errors.Is(err, ipam.ErrExhausted) {
+		return events.NetworkAttachment{}, ReasonAddressesExhausted, err
+	}
+	if err != nil {
+		return events.NetworkAttachment{}, "", err
+	}
+	if err := s.refreshIPsUsed(ctx, name); err != nil {
+		return events.NetworkAttachment{}, "", err
+	}
+	return events.NetworkAttachment{
+		Network:      name,
+		PortGroup:    events.PortGroupName(name),
+		IP:           alloc.IP,
+		PrefixLength: pl.Prefix.Bits(),
+		Gateway:      rec.Spec.Gateway,
+		MAC:          alloc.MAC,
+	}, "", nil
+}
+
+// release frees the pod's addresses on the given networks and on every
+// known network (a pod.deleted may not list them all), then refreshes the
+// counts.
+func (s *Service) release(ctx context.Context, uid string, nets []string) error {
+	recs, err := s.store.list(ctx)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	for _, r := range recs {
+		nets = append(nets, r.Name)
+	}
+	for _, n := range nets {
+		if seen[n] {
+			continue
+		}
+		seen[n] = true
+		ip, err := s.ipam.Release(ctx, n, uid)
+		if err != nil {
+			return err
+		}
+		if ip != "" {
+			if err := s.refreshIPsUsed(ctx, n); err != nil && !errors.Is(err, ErrNetworkNotFound) {
+				return err
+			}
+		}
+	}
+	s.podNets.Delete(uid)
+	return nil
+}
+
+// refreshIPsUsed recounts a network's addresses into its record. The count
+// is taken after reading the record's revision, so of two concurrent
+// refreshes the one that counted earlier loses the compare-and-set and
+// counts again: the stored number is never older than the write.
+func (s *Service) refreshIPsUsed(ctx context.Context, name string) error {
+	_, err := s.store.update(ctx, name, func(r *events.NetworkRecord) (bool, error) {
+		n, err := s.ipam.Count(ctx, name)
+		if err != nil || r.IPsUsed == n {
+			return false, err
+		}
+		r.IPsUsed = n
+		return true, nil
+	})
+	return err
+}
+
+// podRecord is the part of the provisioner's pod record (KV `pods`) that
+// network-config reads: decoded leniently, as a read model.
+type podRecord struct {
+	UID      string     `json:"uid"`
+	Networks []string   `json:"networks"`
+	Pod      corev1.Pod `json:"pod"`
+}
+
+// networksOf returns a pod's networks: remembered from pod.accepted, else
+// read from the provisioner's pod record. Neither yet is a transient error
+// (the record is written before pod.accepted is published).
+func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]string, error) {
+	if v, ok := s.podNets.Load(uid); ok {
+		return v.([]string), nil
+	}
+	e, err := s.pods.Get(ctx, ns+"."+name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("pod %s/%s: %w: no pod.accepted seen and no pod record", ns, name, ErrPodUnknown)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pod record %s/%s: %w", ns, name, err)
+	}
+	var rec podRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("decode pod record %s/%s: %w", ns, name, err)
+	}
+	if rec.UID != "" && rec.UID != uid {
+		return nil, fmt.Errorf("pod %s/%s: %w: record has uid %s, event has %s", ns, name, ErrPodUnknown, rec.UID, uid)
+	}
+	nets := rec.Networks
+	if len(nets) == 0 {
+		nets = events.PodNetworks(&rec.Pod)
+	}
+	return nets, nil
+}

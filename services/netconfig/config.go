@@ -1,0 +1,128 @@
+package netconfig
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// Config tunes the network-config service. The zero value is not valid;
+// start from DefaultConfig or ConfigFromEnv.
+type Config struct {
+	// PushParallelism bounds how many hosts a network version is pushed to
+	// at once (PODVISOR_NETCONFIG_PUSH_PARALLELISM, default 8).
+	PushParallelism int
+	// ProbeWindow is how long after a change the management connectivity of
+	// the changed hosts is watched before the version counts as good
+	// (PODVISOR_NETCONFIG_PROBE_WINDOW, default 5s). vSphere's own DVS
+	// rollback waits 30 s on a host; a few seconds suffices for vCenter to
+	// notice a host it can no longer reach.
+	ProbeWindow time.Duration
+	// ProbeInterval is how often the probe reads connection states within
+	// the window (default 100ms).
+	ProbeInterval time.Duration
+	// HistoryLimit is how many versions of a network are kept for restore
+	// (default events.NetworkHistoryLimit).
+	HistoryLimit int
+	// Workers is the number of events handled at once per stream (default 8).
+	Workers int
+	// AckWait is the consumers' ack wait (default 60s; handlers that push to
+	// many hosts report progress).
+	AckWait time.Duration
+	// ResyncInterval is how often every network is re-pushed to repair drift
+	// (hosts that left a switch, port groups edited by hand)
+	// (PODVISOR_NETCONFIG_RESYNC_INTERVAL, default 5m; 0 disables).
+	ResyncInterval time.Duration
+	// AllHostsSwitch is the distributed switch that carries networks scoped
+	// to every host (PODVISOR_NETCONFIG_SWITCH, default pv-dvs, the switch
+	// `podvisor up` creates with every host as a member). Networks with a
+	// narrower scope get a switch of their own scope, pv-dvs-<hash>.
+	AllHostsSwitch string
+	// SwitchMTU is the maximum MTU given to switches network-config creates;
+	// a network with a larger MTU raises it (default 1500).
+	SwitchMTU int
+}
+
+// DefaultConfig returns the defaults described on Config.
+func DefaultConfig() Config {
+	return Config{
+		PushParallelism: 8,
+		ProbeWindow:     5 * time.Second,
+		ProbeInterval:   100 * time.Millisecond,
+		HistoryLimit:    events.NetworkHistoryLimit,
+		Workers:         8,
+		AckWait:         60 * time.Second,
+		ResyncInterval:  5 * time.Minute,
+		AllHostsSwitch:  "pv-dvs",
+		SwitchMTU:       events.DefaultMTU,
+	}
+}
+
+// ConfigFromEnv reads the PODVISOR_NETCONFIG_* variables over the defaults.
+func ConfigFromEnv() (Config, error) {
+	c := DefaultConfig()
+	var errs []error
+	if v := os.Getenv("PODVISOR_NETCONFIG_PUSH_PARALLELISM"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("PODVISOR_NETCONFIG_PUSH_PARALLELISM=%q: want a whole number", v))
+		}
+		c.PushParallelism = n
+	}
+	for name, dst := range map[string]*time.Duration{
+		"PODVISOR_NETCONFIG_PROBE_WINDOW":    &c.ProbeWindow,
+		"PODVISOR_NETCONFIG_RESYNC_INTERVAL": &c.ResyncInterval,
+	} {
+		if v := os.Getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: want a duration such as 5s", name, v))
+			}
+			*dst = d
+		}
+	}
+	if v := os.Getenv("PODVISOR_NETCONFIG_SWITCH"); v != "" {
+		c.AllHostsSwitch = v
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// Validate checks every field and names each one that is wrong.
+func (c Config) Validate() error {
+	var errs []error
+	if c.PushParallelism < 1 || c.PushParallelism > 256 {
+		errs = append(errs, fmt.Errorf("PushParallelism %d: must be between 1 and 256", c.PushParallelism))
+	}
+	if c.ProbeWindow < 0 {
+		errs = append(errs, fmt.Errorf("ProbeWindow %s: must not be negative", c.ProbeWindow))
+	}
+	if c.ProbeInterval <= 0 {
+		errs = append(errs, fmt.Errorf("ProbeInterval %s: must be positive", c.ProbeInterval))
+	}
+	if c.HistoryLimit < 2 {
+		errs = append(errs, fmt.Errorf("HistoryLimit %d: must be at least 2 so a rollback target survives", c.HistoryLimit))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, fmt.Errorf("AckWait %s: must be at least 1s", c.AckWait))
+	}
+	if c.ResyncInterval < 0 {
+		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables)", c.ResyncInterval))
+	}
+	if c.AllHostsSwitch == "" {
+		errs = append(errs, errors.New("AllHostsSwitch: required (the switch of networks scoped to every host)"))
+	}
+	if c.SwitchMTU < events.MinMTU || c.SwitchMTU > events.MaxMTU {
+		errs = append(errs, fmt.Errorf("SwitchMTU %d: must be between %d and %d", c.SwitchMTU, events.MinMTU, events.MaxMTU))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,22 @@
+package netconfig
+
+import "errors"
+
+// Sentinel errors. Handlers wrap them with the network, host or pod they are
+// about; the bus outcome is decided in one place (outcome in handlers.go).
+var (
+	// ErrNetworkNotFound: no record of the network (never declared, or deleted).
+	ErrNetworkNotFound = errors.New("network not found")
+	// ErrInvalidSpec: a declaration that cannot be applied here (overlapping
+	// CIDR, unknown cluster or host). Refused, never retried.
+	ErrInvalidSpec = errors.New("invalid network spec")
+	// ErrNotInScope: a pod was scheduled to a host outside its network's scope.
+	ErrNotInScope = errors.New("host not in network scope")
+	// ErrNotRealized: the network could not be realized on the host.
+	ErrNotRealized = errors.New("network not realized on host")
+	// ErrPodUnknown: pod.scheduled arrived for a pod whose networks are not
+	// known yet (pod.accepted not seen, pod record not readable); retried.
+	ErrPodUnknown = errors.New("pod networks unknown")
+	// ErrConflict: a compare-and-set on a record kept losing; retried.
+	ErrConflict = errors.New("record changed concurrently")
+)

@@ -1,0 +1,471 @@
+package netconfig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/services/netconfig/ipam"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Reasons recorded on a network (NetworkRecord.Reason) or published.
+const (
+	ReasonInvalidSpec   = "InvalidSpec"
+	ReasonRestoreFailed = "RestoreFailed"
+	ReasonInUse         = "InUse"
+	ReasonNotFound      = "NotFound"
+)
+
+// decode turns a consumed event into its payload, refusing what no retry
+// can fix.
+func decode(m *bus.Message) (any, error) {
+	v, err := events.Decode(m.Event.Type(), m.Event.Data())
+	if err != nil {
+		return nil, bus.Permanent(err)
+	}
+	return v, nil
+}
+
+// outcome maps an error to the bus outcome: a refusal no retry can fix is
+// permanent (dead-lettered with its reason), everything else is retried
+// with the consumer's backoff.
+func outcome(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrInvalidSpec):
+		return bus.Permanent(err)
+	case errors.Is(err, ErrPodUnknown):
+		return bus.RetryAfter(err, 500*time.Millisecond)
+	}
+	return err
+}
+
+func annotate(ctx context.Context, kv ...attribute.KeyValue) {
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.String("podvisor.service", Name))
+	span.SetAttributes(kv...)
+}
+
+// emit publishes an event about subject. With a cause, the event is its
+// effect: the id derives from the cause, disc and the type, so a handler
+// that runs again for the same cause republishes the same ids and
+// JetStream keeps one copy. disc tells apart the several events of one type
+// a cause can have (one network.host.ready per host).
+func (s *Service) emit(ctx context.Context, cause *event.Event, disc, ceType, subject string, data any) error {
+	var ev event.Event
+	var err error
+	if cause == nil {
+		ev, err = bus.NewEvent(Source, ceType, subject, data)
+	} else {
+		c := cause.Clone()
+		c.SetID(cause.ID() + "\x00" + disc)
+		ev, err = bus.Effect(c, Source, ceType, subject, data)
+	}
+	if err != nil {
+		return err
+	}
+	if err := s.bus.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("publish %s for %s: %w", ceType, subject, err)
+	}
+	return nil
+}
+
+// handleNetwork handles the NETWORKS stream: declarations, restores and
+// deletions, keyed by network name.
+func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m)
+	if err != nil {
+		return err
+	}
+	cause := &m.Event
+	switch p := v.(type) {
+	case *events.NetworkDeclared:
+		annotate(ctx, attribute.String("network", p.Network.Metadata.Name))
+		return outcome(s.Declare(ctx, cause, p.Network, "declared"))
+	case *events.NetworkRestoreRequested:
+		annotate(ctx, attribute.String("network", p.Name), attribute.Int64("network.version", p.Version))
+		return outcome(s.restore(ctx, cause, p.Name, p.Version))
+	case *events.NetworkDeleteRequested:
+		annotate(ctx, attribute.String("network", p.Name))
+		return outcome(s.requestDelete(ctx, cause, p.Name))
+	}
+	return nil
+}
+
+// Declare stores a declaration as a new version (unless it equals the
+// current one) and pushes it. A declaration that cannot be applied here is
+// recorded with its reason and never retried. origin says where the version
+// came from ("declared", "imported").
+func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Network, origin string) error {
+	name := n.Metadata.Name
+	defer s.locks.lock(name)()
+	rec, rev, err := s.store.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if rec != nil && rec.Status == events.NetworkStatusDeleting {
+		return fmt.Errorf("network %s is being deleted; declare it again once network.deleted is published", name)
+	}
+	if err := s.checkSpec(ctx, name, n.Spec); err != nil {
+		s.log.Warn("network declaration refused", "network", name, "err", err)
+		return s.refuse(ctx, rec, rev, name, n.Spec, err)
+	}
+	if rec != nil && rec.Version > 0 && specEqual(rec.Spec, n.Spec) {
+		// Same spec as the current version: no new version, but converge.
+		return s.reconcileLocked(ctx, cause, name)
+	}
+	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin); err != nil {
+		return err
+	}
+	return s.reconcileLocked(ctx, cause, name)
+}
+
+// storeVersion appends a new version with spec and makes it current.
+func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin string) error {
+	if rec == nil {
+		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name)}
+	}
+	next := rec.LatestVersion() + 1
+	rec.History = append(rec.History, events.NetworkVersion{
+		Version: next, Spec: spec, Status: events.NetworkVersionPending, Origin: origin, CreatedAt: time.Now().UTC(),
+	})
+	if over := len(rec.History) - s.cfg.HistoryLimit; over > 0 {
+		rec.History = slices.Clone(rec.History[over:])
+	}
+	rec.Version, rec.Spec = next, spec
+	rec.Status, rec.Reason, rec.Message = events.NetworkStatusPending, "", ""
+	_, err := s.store.put(ctx, rec, rev)
+	return err
+}
+
+// refuse records why a declaration was not applied: a new network is stored
+// as Rejected (so `podvisor get networks` shows the reason), an existing one
+// keeps its current version and gets the reason.
+func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, why error) error {
+	msg := strings.TrimPrefix(why.Error(), ErrInvalidSpec.Error()+": ")
+	if rec == nil {
+		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name), Spec: spec, Status: events.NetworkStatusRejected}
+	} else {
+		msg = "new version not stored: " + msg
+	}
+	rec.Reason, rec.Message = ReasonInvalidSpec, msg
+	_, err := s.store.put(ctx, rec, rev)
+	return err
+}
+
+// specEqual compares specs by meaning: scope lists in any order are equal.
+func specEqual(a, b events.NetworkSpec) bool {
+	norm := func(s events.NetworkSpec) events.NetworkSpec {
+		s.Scope.Clusters = slices.Sorted(slices.Values(s.Scope.Clusters))
+		s.Scope.Hosts = slices.Sorted(slices.Values(s.Scope.Hosts))
+		if s.Properties.MTU == 0 {
+			s.Properties.MTU = events.DefaultMTU
+		}
+		return s
+	}
+	a, b = norm(a), norm(b)
+	return a.VLAN == b.VLAN && a.CIDR == b.CIDR && a.Gateway == b.Gateway &&
+		slices.Equal(a.Scope.Clusters, b.Scope.Clusters) && slices.Equal(a.Scope.Hosts, b.Scope.Hosts) &&
+		a.Properties == b.Properties
+}
+
+// checkSpec validates a declaration against what only network-config knows:
+// the inventory (clusters and hosts named in the scope must exist) and the
+// other networks (CIDRs must not overlap). The payload itself was validated
+// on decode.
+func (s *Service) checkSpec(ctx context.Context, name string, spec events.NetworkSpec) error {
+	var errs []string
+	if !spec.Scope.All() {
+		hosts, err := s.fab.Hosts(ctx)
+		if err != nil {
+			return err
+		}
+		clusters, names := map[string]bool{}, map[string]bool{}
+		for _, h := range hosts {
+			clusters[h.Cluster], names[h.Name] = true, true
+		}
+		for i, c := range spec.Scope.Clusters {
+			if !clusters[c] {
+				errs = append(errs, fmt.Sprintf("spec.scope.clusters[%d]: cluster %q not found (have %s)", i, c, strings.Join(sortedKeys(clusters), ", ")))
+			}
+		}
+		for i, h := range spec.Scope.Hosts {
+			if !names[h] {
+				errs = append(errs, fmt.Sprintf("spec.scope.hosts[%d]: host %q not found", i, h))
+			}
+		}
+		if len(inScope(spec.Scope, hosts)) == 0 && len(errs) == 0 {
+			errs = append(errs, "spec.scope: selects no host")
+		}
+	}
+	others, err := s.store.list(ctx)
+	if err != nil {
+		return err
+	}
+	for _, o := range others {
+		if o.Name == name || o.Version == 0 || o.Status == events.NetworkStatusDeleting {
+			continue
+		}
+		if overlaps(o.Spec.CIDR, spec.CIDR) {
+			errs = append(errs, fmt.Sprintf("spec.cidr: %s overlaps %s of network %s", spec.CIDR, o.Spec.CIDR, o.Name))
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %s", ErrInvalidSpec, strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]bool) []string {
+	var out []string
+	for k := range m {
+		if k != "" {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// restore stores an earlier version's spec as a new version and pushes it.
+func (s *Service) restore(ctx context.Context, cause *event.Event, name string, version int64) error {
+	defer s.locks.lock(name)()
+	rec, rev, err := s.store.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		s.log.Warn("restore of an unknown network", "network", name, "version", version)
+		return nil
+	}
+	v, ok := rec.FindVersion(version)
+	if !ok {
+		var kept []string
+		for _, h := range rec.History {
+			kept = append(kept, fmt.Sprint(h.Version))
+		}
+		rec.Reason = ReasonRestoreFailed
+		rec.Message = fmt.Sprintf("version %d is not in the history (kept: %s); export versions to keep them longer", version, strings.Join(kept, ", "))
+		_, err := s.store.put(ctx, rec, rev)
+		return err
+	}
+	if err := s.checkSpec(ctx, name, v.Spec); err != nil {
+		return s.refuse(ctx, rec, rev, name, v.Spec, err)
+	}
+	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version)); err != nil {
+		return err
+	}
+	return s.reconcileLocked(ctx, cause, name)
+}
+
+// requestDelete deletes a network unless pods use it.
+func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name string) error {
+	defer s.locks.lock(name)()
+	rec, rev, err := s.store.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return s.emit(ctx, cause, "delete", events.TypeNetworkDeleteRejected, name, &events.NetworkDeleteRejected{
+			Name: name, Reason: ReasonNotFound, Message: fmt.Sprintf("network %s does not exist", name),
+		})
+	}
+	allocs, err := s.ipam.Allocations(ctx, name)
+	if err != nil {
+		return err
+	}
+	if len(allocs) > 0 {
+		var pods []string
+		for _, a := range allocs {
+			pods = append(pods, events.PodKey(a.Namespace, a.Name))
+		}
+		slices.Sort(pods)
+		pods = slices.Compact(pods)
+		msg := fmt.Sprintf("%d pods use network %s (%s); delete them first", len(pods), name, abbreviate(pods, 5))
+		rec.Reason, rec.Message = ReasonInUse, "delete refused: "+msg
+		if _, err := s.store.put(ctx, rec, rev); err != nil {
+			return err
+		}
+		return s.emit(ctx, cause, "delete", events.TypeNetworkDeleteRejected, name, &events.NetworkDeleteRejected{
+			Name: name, Reason: ReasonInUse, Message: msg, Pods: pods,
+		})
+	}
+	rec.Status, rec.Reason, rec.Message = events.NetworkStatusDeleting, "", ""
+	if _, err := s.store.put(ctx, rec, rev); err != nil {
+		return err
+	}
+	return s.deleteLocked(ctx, cause, name)
+}
+
+func abbreviate(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return strings.Join(items[:n], ", ") + fmt.Sprintf(", and %d more", len(items)-n)
+}
+
+// deleteLocked removes the port group, cleans the hosts (they leave the
+// scope's switch once no podvisor port group is left on it) and removes the
+// records, then publishes network.deleted. It resumes where a crash left it.
+func (s *Service) deleteLocked(ctx context.Context, cause *event.Event, name string) error {
+	rec, _, err := s.store.get(ctx, name)
+	if err != nil || rec == nil {
+		return err
+	}
+	if _, err := s.fab.RemovePortGroup(ctx, events.PortGroupName(name)); err != nil {
+		return err
+	}
+	if sw := rec.Switch; sw != "" && sw != s.cfg.AllHostsSwitch {
+		if err := s.cleanSwitch(ctx, sw); err != nil {
+			return err
+		}
+	}
+	if err := s.store.remove(ctx, name); err != nil {
+		return err
+	}
+	return s.emit(ctx, cause, "delete", events.TypeNetworkDeleted, name, &events.NetworkDeleted{Name: name})
+}
+
+// cleanSwitch makes every host leave a scope switch that carries no
+// podvisor port group any more.
+func (s *Service) cleanSwitch(ctx context.Context, switchName string) error {
+	sw, ok, err := s.fab.FindSwitch(ctx, switchName)
+	if err != nil || !ok {
+		return err
+	}
+	pgs, err := s.fab.PortGroups(ctx)
+	if err != nil {
+		return err
+	}
+	for _, pg := range pgs {
+		if pg.Switch == sw.Ref && strings.HasPrefix(pg.Name, "pv-") {
+			return nil
+		}
+	}
+	for _, m := range sw.Members {
+		if _, err := s.fab.Leave(ctx, switchName, m); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleHost realizes, on a host that appeared or came back, every network
+// whose scope covers it.
+func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m)
+	if err != nil {
+		return err
+	}
+	var host, cluster string
+	switch p := v.(type) {
+	case *events.HostDiscovered:
+		host, cluster = p.Host.Name, p.Host.Cluster
+	case *events.HostUpdated:
+		host, cluster = p.Host.Name, p.Host.Cluster
+	case *events.HostRecovered:
+		host, cluster = p.Name, p.Cluster
+	default:
+		return nil
+	}
+	annotate(ctx, attribute.String("host", host))
+	recs, err := s.store.list(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if r.Version == 0 || !r.Spec.Scope.Includes(host, cluster) {
+			continue
+		}
+		if st, ok := r.Hosts[host]; ok && st.State == events.NetworkHostStateReady && st.Version == r.Version {
+			continue // already carries it: host.updated is frequent
+		}
+		if err := s.reconcile(ctx, &m.Event, r.Name); err != nil {
+			errs = append(errs, fmt.Errorf("network %s on host %s: %w", r.Name, host, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// handleMigration moves a migrated pod's port bindings to the target host.
+func (s *Service) handleMigration(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m)
+	if err != nil {
+		return err
+	}
+	p, ok := v.(*events.MigrationCompleted)
+	if !ok {
+		return nil
+	}
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Pod)), attribute.String("pod.uid", p.UID))
+	recs, err := s.store.list(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		moved, err := s.ipam.Move(ctx, r.Name, p.UID, p.TargetHost)
+		if err != nil {
+			return err
+		}
+		if moved {
+			// The scheduler only picks targets that carry the pod's networks;
+			// realize on demand anyway in case the target was only in scope.
+			if err := s.ensureOnHost(ctx, &m.Event, r.Name, p.TargetHost); err != nil && !errors.Is(err, ErrNotInScope) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// ensureOnHost realizes a network's current version on one host in its
+// scope, unless the host already carries it.
+func (s *Service) ensureOnHost(ctx context.Context, cause *event.Event, name, host string) error {
+	defer s.locks.lock(name)()
+	rec, _, err := s.store.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
+		return fmt.Errorf("network %s: %w", name, ErrNetworkNotFound)
+	}
+	if st, ok := rec.Hosts[host]; ok && st.State == events.NetworkHostStateReady && st.Version == rec.Version {
+		return nil
+	}
+	hosts, err := s.fab.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	i := slices.IndexFunc(hosts, func(h fabric.Host) bool { return h.Name == host })
+	if i < 0 || !rec.Spec.Scope.Includes(host, hosts[i].Cluster) {
+		return fmt.Errorf("network %s, host %s: %w", name, host, ErrNotInScope)
+	}
+	if err := s.reconcileLocked(ctx, cause, name); err != nil {
+		return err
+	}
+	rec, _, err = s.store.get(ctx, name)
+	if err != nil {
+		return err
+	}
+	if st := rec.Hosts[host]; st.State != events.NetworkHostStateReady || st.Version != rec.Version {
+		return fmt.Errorf("network %s on host %s: %w: %s", name, host, ErrNotRealized, st.Message)
+	}
+	return nil
+}
+
+// pool is the address pool of a network record.
+func pool(rec *events.NetworkRecord) (ipam.Pool, error) {
+	return ipam.PoolOf(rec.Name, rec.Spec)
+}

@@ -1,0 +1,386 @@
+package netconfig_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/shared/sim"
+)
+
+// TestParallelPushToSixteenHosts declares a network on every host of a 2×8
+// datacenter and checks, through the vSphere API, that all 16 carry its port
+// group, and that every host reported ready.
+func TestParallelPushToSixteenHosts(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 8}, nil)
+	start := time.Now()
+	e.declare("default", netconfig.DefaultNetwork().Spec)
+	r := wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "default" })
+	elapsed := time.Since(start)
+	if len(r.Ready) != 16 || len(r.Failed) != 0 {
+		t.Fatalf("realized on %d hosts (%d failed), want 16 ready", len(r.Ready), len(r.Failed))
+	}
+	t.Logf("pushed to 16 hosts in %s (declare → network.realized)", elapsed)
+	if got := e.portGroup("pv-default"); !got.exists || !slices.Equal(got.hosts, e.allHosts()) {
+		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.hosts, e.allHosts())
+	}
+	if n := len(waitN(e, events.TypeNetworkHostReady, 16, func(p *events.NetworkHostReady) bool { return p.Name == "default" })); n != 16 {
+		t.Fatalf("%d network.host.ready events, want 16", n)
+	}
+	rec := e.record("default")
+	if rec.Status != events.NetworkStatusReady || rec.Version != 1 || rec.ReadyHosts() != 16 || rec.Switch != "pv-dvs" {
+		t.Fatalf("record = status %s version %d ready %d switch %s", rec.Status, rec.Version, rec.ReadyHosts(), rec.Switch)
+	}
+
+	// The same declaration again (what `podvisor up` does at every start)
+	// stores no new version and publishes no new realization.
+	realized := e.count(events.TypeNetworkRealized)
+	e.declare("default", netconfig.DefaultNetwork().Spec)
+	time.Sleep(400 * time.Millisecond)
+	if rec := e.record("default"); rec.Version != 1 || len(rec.History) != 1 {
+		t.Fatalf("re-declaring the same spec gave version %d with %d history entries, want 1 and 1", rec.Version, len(rec.History))
+	}
+	if n := e.count(events.TypeNetworkRealized); n != realized {
+		t.Fatalf("re-declaring the same spec published %d more network.realized", n-realized)
+	}
+}
+
+// TestScopedNetworkAndAttach is the acceptance path: frontend scoped to the
+// first cluster appears on exactly that cluster's hosts; 12 pods scheduled
+// there concurrently get unique addresses in the CIDR; a pod scheduled
+// outside the scope is refused; deleting the network while pods use it is
+// refused, and works once they are gone.
+func TestScopedNetworkAndAttach(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 4}, nil)
+	cluster1 := e.clusterHosts("cluster-1")
+	cluster2 := e.clusterHosts("cluster-2")
+	spec := events.NetworkSpec{VLAN: 120, CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}}
+	e.declare("frontend", spec)
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+
+	pg := e.portGroup("pv-frontend")
+	if !pg.exists || pg.vlan != 120 || !slices.Equal(pg.hosts, cluster1) {
+		t.Fatalf("vSphere: pv-frontend vlan %d on %v, want vlan 120 on exactly %v", pg.vlan, pg.hosts, cluster1)
+	}
+	a := e.availability("frontend")
+	if !slices.Equal(a.Hosts, cluster1) || !slices.Equal(a.Scope, cluster1) || a.Version != 1 {
+		t.Fatalf("net-hosts = %+v, want hosts and scope %v at version 1", a, cluster1)
+	}
+
+	// 12 pods scheduled at once over the cluster's hosts.
+	const pods = 12
+	for i := range pods {
+		e.schedule(fmt.Sprintf("web-%d", i), fmt.Sprintf("uid-web-%d", i), cluster1[i%len(cluster1)], "frontend")
+	}
+	attached := waitN[events.PodNetworkAttached](e, events.TypePodNetworkAttached, pods, nil)
+	prefix := netip.MustParsePrefix(spec.CIDR)
+	ips := map[string]string{}
+	for _, p := range attached {
+		att := p.Attachments[0]
+		ip := netip.MustParseAddr(att.IP)
+		if !prefix.Contains(ip) || att.IP == spec.Gateway || att.PortGroup != "pv-frontend" || att.PrefixLength != 24 {
+			t.Fatalf("pod %s got %+v, want an address of %s other than the gateway on pv-frontend", p.Name, att, spec.CIDR)
+		}
+		if !slices.Contains(cluster1, p.Host) {
+			t.Fatalf("pod %s attached on %s, outside cluster-1", p.Name, p.Host)
+		}
+		if other, dup := ips[att.IP]; dup && other != p.Name {
+			t.Fatalf("pods %s and %s share %s", other, p.Name, att.IP)
+		}
+		ips[att.IP] = p.Name
+	}
+	if len(ips) != pods {
+		t.Fatalf("%d distinct addresses for %d pods", len(ips), pods)
+	}
+	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == pods })
+
+	// A pod scheduled on the other cluster is refused with the reason.
+	e.schedule("stray", "uid-stray", cluster2[0], "frontend")
+	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "stray" })
+	if f.Reason != netconfig.ReasonNotInScope {
+		t.Fatalf("stray pod failed with %s (%s), want NotInScope", f.Reason, f.Message)
+	}
+
+	// Delete while in use: refused, port group kept.
+	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
+	rej := wait(e, events.TypeNetworkDeleteRejected, func(p *events.NetworkDeleteRejected) bool { return p.Name == "frontend" })
+	if rej.Reason != netconfig.ReasonInUse || len(rej.Pods) != pods {
+		t.Fatalf("delete rejected with %s and %d pods, want InUse and %d", rej.Reason, len(rej.Pods), pods)
+	}
+	if rec := e.record("frontend"); rec.Reason != netconfig.ReasonInUse || !strings.Contains(rec.Message, "delete refused") {
+		t.Fatalf("record after refused delete: %s %q", rec.Reason, rec.Message)
+	}
+	if !e.portGroup("pv-frontend").exists {
+		t.Fatal("port group removed although the delete was refused")
+	}
+
+	// Pods go away: addresses are freed; then the delete goes through and
+	// the hosts are cleaned.
+	for _, p := range attached {
+		e.publish(events.TypePodDeleted, events.PodKey(p.Namespace, p.Name), &events.PodDeleted{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host,
+			IPs: []events.NetworkIP{{Network: "frontend", IP: p.Attachments[0].IP}},
+		})
+	}
+	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 0 })
+	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
+	wait(e, events.TypeNetworkDeleted, func(p *events.NetworkDeleted) bool { return p.Name == "frontend" })
+	if pg := e.portGroup("pv-frontend"); pg.exists {
+		t.Fatal("vSphere: pv-frontend still exists after network.deleted")
+	}
+}
+
+// TestAddressExhaustion: a /29 with a gateway has 5 addresses; the sixth
+// pod fails with AddressesExhausted, and a freed address is reused.
+func TestAddressExhaustion(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	hosts := e.allHosts()
+	e.declare("tiny", events.NetworkSpec{VLAN: 30, CIDR: "10.30.0.0/29", Gateway: "10.30.0.1"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "tiny" })
+	for i := range 5 {
+		e.schedule(fmt.Sprintf("p%d", i), fmt.Sprintf("uid-p%d", i), hosts[i%2], "tiny")
+	}
+	waitN[events.PodNetworkAttached](e, events.TypePodNetworkAttached, 5, nil)
+	e.schedule("p5", "uid-p5", hosts[0], "tiny")
+	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "p5" })
+	if f.Reason != netconfig.ReasonAddressesExhausted || !strings.Contains(f.Message, "10.30.0.0/29") {
+		t.Fatalf("sixth pod: %s %q, want AddressesExhausted naming the CIDR", f.Reason, f.Message)
+	}
+	t.Logf("exhaustion message: %s", f.Message)
+}
+
+// TestRollbackOnLostManagementConnectivity: the simulator treats VLAN 4000
+// as the management VLAN, so a version moving the network onto it cuts the
+// hosts off; network-config notices through vCenter, rolls back to the last
+// good version, and says why in the record.
+func TestRollbackOnLostManagementConnectivity(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
+	if err := e.dc.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	cluster1 := e.clusterHosts("cluster-1")
+	scope := events.NetworkScope{Clusters: []string{"cluster-1"}}
+	e.declare("backend", events.NetworkSpec{VLAN: 200, CIDR: "10.40.0.0/24", Scope: scope})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "backend" && p.Version == 1 })
+
+	e.declare("backend", events.NetworkSpec{VLAN: 4000, CIDR: "10.40.0.0/24", Scope: scope})
+	rb := wait(e, events.TypeNetworkRolledBack, func(p *events.NetworkRolledBack) bool { return p.Name == "backend" })
+	if rb.FromVersion != 2 || rb.ToVersion != 1 || !slices.Equal(rb.Hosts, cluster1) || rb.Reason != netconfig.ReasonConnectivityLost {
+		t.Fatalf("rolledback = %+v, want from 2 to 1 on %v with ConnectivityLost", rb, cluster1)
+	}
+	rec := e.waitRecord("backend", func(r *events.NetworkRecord) bool { return r.ReadyHosts() == len(cluster1) })
+	if rec.Status != events.NetworkStatusRolledBack || rec.Version != 1 || rec.Spec.VLAN != 200 || !strings.Contains(rec.Message, "rolled back to version 1") {
+		t.Fatalf("record = %s v%d vlan %d %q", rec.Status, rec.Version, rec.Spec.VLAN, rec.Message)
+	}
+	if v, _ := rec.FindVersion(2); v.Status != events.NetworkVersionRolledBack {
+		t.Fatalf("history of version 2 = %+v, want RolledBack", v)
+	}
+	if pg := e.portGroup("pv-backend"); pg.vlan != 200 {
+		t.Fatalf("vSphere: pv-backend vlan %d after rollback, want 200", pg.vlan)
+	}
+	t.Logf("get networks would show: %s %s", rec.Status, rec.Message)
+	// The hosts are reachable again.
+	hosts, err := e.dc.Client(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = hosts
+	a := e.availability("backend")
+	if !slices.Equal(a.Hosts, cluster1) || a.Version != 1 {
+		t.Fatalf("net-hosts after rollback = %+v", a)
+	}
+}
+
+// TestRollbackOfFirstVersionRemovesPortGroup: with no good version to go
+// back to, the port group is removed.
+func TestRollbackOfFirstVersionRemovesPortGroup(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	if err := e.dc.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	e.declare("oops", events.NetworkSpec{VLAN: 4000, CIDR: "10.50.0.0/24"})
+	rb := wait(e, events.TypeNetworkRolledBack, func(p *events.NetworkRolledBack) bool { return p.Name == "oops" })
+	if rb.FromVersion != 1 || rb.ToVersion != 0 {
+		t.Fatalf("rolledback = %+v, want 1 → 0", rb)
+	}
+	if pg := e.portGroup("pv-oops"); pg.exists {
+		t.Fatal("vSphere: pv-oops still exists after rolling back its only version")
+	}
+	rec := e.record("oops")
+	if rec.Status != events.NetworkStatusRolledBack || rec.Version != 0 {
+		t.Fatalf("record = %s v%d", rec.Status, rec.Version)
+	}
+}
+
+// TestRestoreReappliesAnEarlierVersion stores the old spec as a new version.
+func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
+	e.declare("db", events.NetworkSpec{VLAN: 300, CIDR: "10.60.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 1 })
+	e.declare("db", events.NetworkSpec{VLAN: 301, CIDR: "10.60.0.0/24", Properties: events.NetworkProperties{MTU: 9000, AllowPromiscuous: true}})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 2 })
+	if pg := e.portGroup("pv-db"); pg.vlan != 301 {
+		t.Fatalf("vlan %d after version 2, want 301", pg.vlan)
+	}
+	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 1})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 3 })
+	rec := e.record("db")
+	if rec.Version != 3 || rec.Spec.VLAN != 300 || rec.History[2].Origin != "restored from version 1" {
+		t.Fatalf("record after restore: v%d vlan %d history %+v", rec.Version, rec.Spec.VLAN, rec.History)
+	}
+	if pg := e.portGroup("pv-db"); pg.vlan != 300 || len(pg.hosts) != 3 {
+		t.Fatalf("vSphere after restore: vlan %d on %v", pg.vlan, pg.hosts)
+	}
+
+	// A version that is not stored is reported, not guessed.
+	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 42})
+	rec = e.waitRecord("db", func(r *events.NetworkRecord) bool { return r.Reason == netconfig.ReasonRestoreFailed })
+	if !strings.Contains(rec.Message, "version 42") {
+		t.Fatalf("restore of a missing version: %q", rec.Message)
+	}
+
+	// Export and import round-trip the current version as a file.
+	data, err := netconfig.Export(rec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decl, err := netconfig.Import(data)
+	if err != nil {
+		t.Fatalf("import of an export: %v\n%s", err, data)
+	}
+	if decl.Network.Metadata.Name != "db" || decl.Network.Spec.VLAN != 300 || decl.Network.Metadata.Annotations[netconfig.AnnotationExportedVersion] != "3" {
+		t.Fatalf("imported %+v", decl.Network)
+	}
+}
+
+// TestDeclarationsRefusedWithReasons: overlapping CIDRs and unknown
+// clusters are refused with the field and the reason in the record.
+func TestDeclarationsRefusedWithReasons(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	e.declare("a", events.NetworkSpec{VLAN: 10, CIDR: "10.70.0.0/16"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "a" })
+
+	e.declare("b", events.NetworkSpec{VLAN: 11, CIDR: "10.70.5.0/24"})
+	rec := e.waitRecord("b", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusRejected })
+	if !strings.Contains(rec.Message, "spec.cidr") || !strings.Contains(rec.Message, "overlaps 10.70.0.0/16 of network a") {
+		t.Fatalf("overlap refusal message: %q", rec.Message)
+	}
+
+	e.declare("c", events.NetworkSpec{VLAN: 12, CIDR: "10.71.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-9"}}})
+	rec = e.waitRecord("c", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusRejected })
+	if !strings.Contains(rec.Message, `spec.scope.clusters[0]: cluster "cluster-9" not found`) {
+		t.Fatalf("unknown cluster refusal message: %q", rec.Message)
+	}
+	if e.portGroup("pv-b").exists || e.portGroup("pv-c").exists {
+		t.Fatal("a refused network got a port group")
+	}
+}
+
+// TestHostThatComesBackGetsItsNetworks: a host down during the push fails
+// with HostDisconnected and is realized when host.recovered arrives.
+func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
+	hosts := e.allHosts()
+	down := hosts[2]
+	ctx := context.Background()
+	if err := e.dc.FailHost(ctx, down); err != nil {
+		t.Fatal(err)
+	}
+	e.declare("late", events.NetworkSpec{VLAN: 77, CIDR: "10.77.0.0/24"})
+	f := wait(e, events.TypeNetworkHostFailed, func(p *events.NetworkHostFailed) bool { return p.Name == "late" })
+	if f.Host != down || f.Reason != netconfig.ReasonHostDisconnected {
+		t.Fatalf("host.failed = %+v, want %s HostDisconnected", f, down)
+	}
+	if rec := e.record("late"); rec.Status != events.NetworkStatusDegraded {
+		t.Fatalf("status %s with a host down, want Degraded", rec.Status)
+	}
+	if err := e.dc.RecoverHost(ctx, down); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(events.TypeHostRecovered, down, &events.HostRecovered{Name: down, Cluster: "cluster-1"})
+	wait(e, events.TypeNetworkHostReady, func(p *events.NetworkHostReady) bool { return p.Name == "late" && p.Host == down })
+	rec := e.waitRecord("late", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })
+	if rec.ReadyHosts() != 3 {
+		t.Fatalf("ready hosts %d, want 3", rec.ReadyHosts())
+	}
+}
+
+// TestAvailabilityQuery answers "is network X available on host H" over
+// NATS request/reply.
+func TestAvailabilityQuery(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 1}, nil)
+	in, out := e.clusterHosts("cluster-1")[0], e.clusterHosts("cluster-2")[0]
+	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "q" })
+	ask := func(network, host string) events.NetworkAvailabilityAnswer {
+		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
+		m, err := e.bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var a events.NetworkAvailabilityAnswer
+		if err := json.Unmarshal(m.Data, &a); err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	tests := []struct {
+		network, host string
+		available, in bool
+		reason        string
+	}{
+		{"q", in, true, true, ""},
+		{"q", out, false, false, netconfig.ReasonNotInScope},
+		{"nope", in, false, false, netconfig.ReasonNetworkNotFound},
+		{"", in, false, false, "InvalidQuery"},
+	}
+	for _, tt := range tests {
+		a := ask(tt.network, tt.host)
+		if a.Available != tt.available || a.InScope != tt.in || a.Reason != tt.reason {
+			t.Errorf("ask(%q, %q) = %+v, want available=%v inScope=%v reason=%q", tt.network, tt.host, a, tt.available, tt.in, tt.reason)
+		}
+	}
+}
+
+// TestMigrationMovesTheBinding: migration.completed rebinds the address to
+// the target host without changing it.
+func TestMigrationMovesTheBinding(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	hosts := e.allHosts()
+	e.declare("m", events.NetworkSpec{VLAN: 8, CIDR: "10.8.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "m" })
+	e.schedule("mover", "uid-mover", hosts[0], "m")
+	att := wait(e, events.TypePodNetworkAttached, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
+	e.publish(events.TypeMigrationCompleted, events.PodKey("default", "mover"), &events.MigrationCompleted{
+		ID: "mig-1", Namespace: "default", Pod: "mover", UID: "uid-mover", SourceHost: hosts[0], TargetHost: hosts[1], TargetCluster: "cluster-1",
+	})
+	kv, err := e.bus.KV(context.Background(), events.BucketIPAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entry, err := kv.Get(context.Background(), events.IPAllocationKey("m", att.Attachments[0].IP))
+		if err == nil {
+			var a events.IPAllocation
+			_ = json.Unmarshal(entry.Value(), &a)
+			if a.Host == hosts[1] && a.UID == "uid-mover" {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("address %s never moved to %s", att.Attachments[0].IP, hosts[1])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var _ = sync.Mutex{}
