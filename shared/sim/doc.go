@@ -33,8 +33,11 @@
 //
 // Networking: the standard "VM Network" on every host and the distributed
 // switch pv-dvs with every host as a member. Config.PortGroups adds port groups
-// to pv-dvs at start; that is where the site's pre-existing networks (a
-// management port group, for one) are declared.
+// to pv-dvs at start; that is where the site's pre-existing networks are
+// declared. SetManagementVLAN models the hosts' management network: a host
+// that carries a port group on that VLAN stops responding until the port
+// group moves off it, which is what network-config's rollback is tested
+// against.
 //
 // # Host state
 //

@@ -15,12 +15,41 @@ import (
 // become disconnected, and the cluster's effective capacity drops. Property
 // collector watchers observe every change.
 func (d *Datacenter) FailHost(ctx context.Context, name string) error {
-	return d.setConnection(ctx, name, types.HostSystemConnectionStateNotResponding)
+	host, err := d.host(name)
+	if err != nil {
+		return err
+	}
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	d.failed[host.Self] = true
+	d.applyConnection(d.context(ctx), host)
+	return nil
 }
 
-// RecoverHost brings a failed (or disconnected) host back to connected.
+// RecoverHost undoes FailHost. A host still cut off by the management VLAN
+// rule (see SetManagementVLAN) keeps not responding until that is fixed.
 func (d *Datacenter) RecoverHost(ctx context.Context, name string) error {
-	return d.setConnection(ctx, name, types.HostSystemConnectionStateConnected)
+	host, err := d.host(name)
+	if err != nil {
+		return err
+	}
+	d.stateMu.Lock()
+	defer d.stateMu.Unlock()
+	delete(d.failed, host.Self)
+	d.applyConnection(d.context(ctx), host)
+	return nil
+}
+
+// applyConnection publishes the connection state a host should have: not
+// responding while it is failed or cut off, connected otherwise. The caller
+// holds stateMu.
+func (d *Datacenter) applyConnection(c *simulator.Context, host *simulator.HostSystem) {
+	state := types.HostSystemConnectionStateConnected
+	if d.failed[host.Self] || d.cut[host.Self] {
+		state = types.HostSystemConnectionStateNotResponding
+	}
+	setConnection(c, host, state)
+	d.refreshClusterOf(c, host)
 }
 
 // SetMaintenance puts a host in or out of maintenance mode without the checks
@@ -32,17 +61,6 @@ func (d *Datacenter) SetMaintenance(ctx context.Context, name string, on bool) e
 	}
 	c := d.context(ctx)
 	setMaintenance(c, host, on)
-	d.refreshClusterOf(c, host)
-	return nil
-}
-
-func (d *Datacenter) setConnection(ctx context.Context, name string, state types.HostSystemConnectionState) error {
-	host, err := d.host(name)
-	if err != nil {
-		return err
-	}
-	c := d.context(ctx)
-	setConnection(c, host, state)
 	d.refreshClusterOf(c, host)
 	return nil
 }
@@ -121,13 +139,17 @@ func vmsOnHost(c *simulator.Context, host types.ManagedObjectReference) []*simul
 	return out
 }
 
-// hostStateBridge makes the vSphere API's host state tasks visible to
-// property-collector watchers. vcsim's EnterMaintenanceMode_Task,
+// hostStateBridge is a registry observer that reacts to finished tasks.
+//
+// vCenter tasks that change host state: vcsim's EnterMaintenanceMode_Task,
 // ExitMaintenanceMode_Task, DisconnectHost_Task and ReconnectHost_Task write
 // the field directly and notify no one, so a scheduler watching hosts would
-// never see a drained host leave. The bridge is a registry observer: when one
-// of those tasks succeeds it republishes the host's state through the update
-// path, a few milliseconds after the task completes.
+// never see a drained host leave. When one of those tasks succeeds the bridge
+// republishes the host's state through the update path, a few milliseconds
+// after the task completes.
+//
+// Network tasks: after any port group or switch change it re-evaluates the
+// management VLAN rule (see SetManagementVLAN).
 type hostStateBridge struct {
 	d *Datacenter
 }
@@ -157,12 +179,19 @@ func (b *hostStateBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, c
 	}
 	// The task's own lock is held here; the host is updated from another
 	// goroutine so no lock is taken while holding it.
+	if task.Info.Entity == nil {
+		return
+	}
 	switch task.Info.DescriptionId {
 	case "HostSystem.enterMaintenanceMode", "HostSystem.exitMaintenanceMode",
 		"HostSystem.disconnectHost", "HostSystem.reconnectHost":
-		if task.Info.Entity != nil {
-			go b.republish(*task.Info.Entity)
-		}
+		go b.republish(*task.Info.Entity)
+	}
+	switch task.Info.Entity.Type {
+	case "DistributedVirtualPortgroup", "VmwareDistributedVirtualSwitch", "DistributedVirtualSwitch":
+		// A port group was added, changed or removed, or hosts joined or
+		// left a switch: the management VLAN rule may cut or restore hosts.
+		go b.d.reconcileManagement(context.Background())
 	}
 }
 

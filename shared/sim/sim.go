@@ -49,6 +49,13 @@ type Datacenter struct {
 	mu         sync.Mutex
 	closed     bool
 	taskDelays map[string]struct{}
+
+	// stateMu guards the reasons a host does not respond: failed by
+	// FailHost, cut off by the management VLAN rule.
+	stateMu  sync.Mutex
+	failed   map[types.ManagedObjectReference]bool
+	cut      map[types.ManagedObjectReference]bool
+	mgmtVLAN int32
 }
 
 // ClusterSpec describes a cluster of the simulated datacenter.
@@ -81,6 +88,8 @@ func Start(ctx context.Context, cfg Config) (*Datacenter, error) {
 		hostIndex:  map[string]int{},
 		hostByRef:  map[types.ManagedObjectReference]int{},
 		taskDelays: map[string]struct{}{},
+		failed:     map[types.ManagedObjectReference]bool{},
+		cut:        map[types.ManagedObjectReference]bool{},
 	}
 	if err := d.build(ctx); err != nil {
 		d.teardown()

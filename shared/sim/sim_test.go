@@ -745,3 +745,121 @@ func TestListenFailureIsAnError(t *testing.T) {
 }
 
 func wrongUser(u, p string) *url.Userinfo { return url.UserPassword(u, p) }
+
+func TestManagementVLANCutsOffHostsCarryingIt(t *testing.T) {
+	d := start(t, sim.Config{Clusters: 2, HostsPerCluster: 2})
+	c := client(t, d)
+	ctx := context.Background()
+	if err := d.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetManagementVLAN(5000); err == nil || !strings.Contains(err.Error(), "management VLAN") {
+		t.Errorf("SetManagementVLAN(5000) err = %v, want a range error", err)
+	}
+
+	// A switch spanning cluster-1 only, like network-config's scoped switches.
+	finder := find.NewFinder(c.Client, true)
+	dc, err := finder.Datacenter(ctx, sim.DatacenterName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finder.SetDatacenter(dc)
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := folders.NetworkFolder.CreateDVS(ctx, types.DVSCreateSpec{ConfigSpec: &types.VMwareDVSConfigSpec{
+		DVSConfigSpec: types.DVSConfigSpec{Name: "pv-dvs-c1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dvs := object.NewDistributedVirtualSwitch(c.Client, info.Result.(types.ManagedObjectReference))
+	spec := &types.VMwareDVSConfigSpec{}
+	for _, name := range d.Clusters()[0].Hosts {
+		h, _ := d.Host(name)
+		spec.Host = append(spec.Host, types.DistributedVirtualSwitchHostMemberConfigSpec{Operation: "add", Host: h.Ref})
+	}
+	if task, err = dvs.Reconfigure(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	c1, _ := d.Host(d.Clusters()[0].Hosts[0])
+	c2, _ := d.Host(d.Clusters()[1].Hosts[0])
+	lost := watch(t, c, c1.Ref, "runtime.connectionState", func(v any) bool { return v == types.HostSystemConnectionStateNotResponding })
+	vlan := func(id int32) *types.VMwareDVSPortSetting {
+		return &types.VMwareDVSPortSetting{Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: id}}
+	}
+	if task, err = dvs.AddPortgroup(ctx, []types.DVPortgroupConfigSpec{{Name: "pv-bad", Type: "earlyBinding", NumPorts: 8, DefaultPortConfig: vlan(4000)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, "port group on the management VLAN", lost)
+
+	state := func(ref types.ManagedObjectReference) types.HostSystemConnectionState {
+		var h mo.HostSystem
+		if err := c.RetrieveOne(ctx, ref, []string{"runtime.connectionState"}, &h); err != nil {
+			t.Fatal(err)
+		}
+		return h.Runtime.ConnectionState
+	}
+	if got := state(c2.Ref); got != types.HostSystemConnectionStateConnected {
+		t.Errorf("cluster-2 host not on the switch is %s, want connected", got)
+	}
+
+	// Rolling the port group back to another VLAN restores the hosts.
+	pgRef, err := finder.Network(ctx, "pv-bad")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pg := object.NewDistributedVirtualPortgroup(c.Client, pgRef.Reference())
+	back := watch(t, c, c1.Ref, "runtime.connectionState", func(v any) bool { return v == types.HostSystemConnectionStateConnected })
+	if task, err = pg.Reconfigure(ctx, types.DVPortgroupConfigSpec{Name: "pv-bad", Type: "earlyBinding", NumPorts: 8, DefaultPortConfig: vlan(200)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, "port group moved off the management VLAN", back)
+
+	// A failed host stays down while cut off, and comes back only when both
+	// causes are gone.
+	if err := d.FailHost(ctx, c1.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RecoverHost(ctx, c1.Name); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(c1.Ref); got != types.HostSystemConnectionStateConnected {
+		t.Errorf("after fail+recover with no cut: %s, want connected", got)
+	}
+
+	// Turning the rule off with a cut host reconnects it.
+	if task, err = pg.Reconfigure(ctx, types.DVPortgroupConfigSpec{Name: "pv-bad", Type: "earlyBinding", NumPorts: 8, DefaultPortConfig: vlan(4000)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for state(c1.Ref) != types.HostSystemConnectionStateNotResponding {
+		if time.Now().After(deadline) {
+			t.Fatal("host not cut off after moving the port group back onto the management VLAN")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := d.SetManagementVLAN(0); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(c1.Ref); got != types.HostSystemConnectionStateConnected {
+		t.Errorf("after SetManagementVLAN(0): %s, want connected", got)
+	}
+}
