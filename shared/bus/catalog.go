@@ -3,6 +3,8 @@ package bus
 import (
 	"fmt"
 	"strings"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // route is where an event type travels: its NATS subject and the stream
@@ -12,67 +14,54 @@ type route struct {
 	Stream  string
 }
 
-// streamOfDomain maps the domain part of a subject (pv.<domain>.…) to the
-// stream that captures it.
-var streamOfDomain = map[string]string{
-	"pod":       StreamPods,
-	"image":     StreamImages,
-	"network":   StreamNetworks,
-	"migration": StreamMigrations,
-	"host":      StreamHosts,
-}
-
-// routeOf derives the subject and stream of a CloudEvent type by the naming
-// rule of the catalog: io.podvisor.<domain>.<event>.v<N> travels on
-// pv.<domain>.<event>. The version stays out of the subject so that a .v2
-// type shares the stream and consumers of .v1 keep working.
+// routeOf looks the type up in the event catalog.
 func routeOf(ceType string) (route, error) {
-	const prefix = "io.podvisor."
-	rest, ok := strings.CutPrefix(ceType, prefix)
+	k, ok := events.Lookup(ceType)
 	if !ok {
-		return route{}, fmt.Errorf("type %q: not a podvisor event (want io.podvisor.<domain>.<event>.v<N>)", ceType)
+		return route{}, fmt.Errorf("type %q: %w (not in the podvisor event catalog)", ceType, events.ErrUnknownType)
 	}
-	dot := strings.LastIndexByte(rest, '.')
-	if dot < 0 || !isVersion(rest[dot+1:]) {
-		return route{}, fmt.Errorf("type %q: missing version suffix .v<N>", ceType)
-	}
-	name := rest[:dot]
-	domain, event, ok := strings.Cut(name, ".")
-	if !ok || event == "" {
-		return route{}, fmt.Errorf("type %q: want io.podvisor.<domain>.<event>.v<N>", ceType)
-	}
-	stream, ok := streamOfDomain[domain]
-	if !ok {
-		return route{}, fmt.Errorf("type %q: unknown domain %q", ceType, domain)
-	}
-	for _, tok := range strings.Split(name, ".") {
-		if !validToken(tok) {
-			return route{}, fmt.Errorf("type %q: element %q is not a lowercase word", ceType, tok)
-		}
-	}
-	return route{Subject: "pv." + name, Stream: stream}, nil
+	return route{Subject: k.Subject, Stream: k.Stream}, nil
 }
 
-func isVersion(s string) bool {
-	if len(s) < 2 || s[0] != 'v' {
-		return false
+// knownEvents holds the catalog's types without their version suffix
+// (io.podvisor.pod.accepted), to recognise a later version of a known event.
+var knownEvents = func() map[string]string {
+	m := map[string]string{}
+	for _, k := range events.Kinds() {
+		if base, ok := unversioned(k.Type); ok {
+			m[base] = k.Subject
+		}
 	}
-	for _, c := range s[1:] {
+	return m
+}()
+
+// unversioned strips the .v<N> suffix of a CloudEvent type.
+func unversioned(ceType string) (string, bool) {
+	dot := strings.LastIndexByte(ceType, '.')
+	if dot < 0 {
+		return "", false
+	}
+	v := ceType[dot+1:]
+	if len(v) < 2 || v[0] != 'v' {
+		return "", false
+	}
+	for _, c := range v[1:] {
 		if c < '0' || c > '9' {
-			return false
+			return "", false
 		}
 	}
-	return true
+	return ceType[:dot], true
 }
 
-func validToken(s string) bool {
-	if s == "" {
+// laterVersion reports whether ceType is another version of a catalog event
+// on the same subject (io.podvisor.pod.accepted.v2 beside .v1): during a
+// version migration producers publish both, and a consumer that does not
+// know the new one yet skips it rather than dead-letter it.
+func laterVersion(ceType, subject string) bool {
+	base, ok := unversioned(ceType)
+	if !ok {
 		return false
 	}
-	for _, c := range s {
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return false
-		}
-	}
-	return true
+	known, ok := knownEvents[base]
+	return ok && known == subject
 }

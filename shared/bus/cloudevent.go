@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // Header names of the CloudEvents NATS binding in binary mode. Attributes
@@ -96,6 +99,9 @@ func buildEvent(id, source, ceType, subject string, data any) (event.Event, erro
 	if err := errors.Join(errs...); err != nil {
 		return event.Event{}, fmt.Errorf("bus: new event: %w", err)
 	}
+	if err := checkPayloadType(ceType, data); err != nil {
+		return event.Event{}, fmt.Errorf("bus: new event: %w", err)
+	}
 	ev := event.New(event.CloudEventsVersionV1)
 	ev.SetID(id)
 	ev.SetSource(source)
@@ -116,6 +122,34 @@ func buildEvent(id, source, ceType, subject string, data any) (event.Event, erro
 		}
 	}
 	return ev, nil
+}
+
+// checkPayloadType catches a catalog payload struct given with the wrong
+// type (PodRequested data on a pod.accepted event), which every consumer
+// would otherwise reject one by one.
+func checkPayloadType(ceType string, data any) error {
+	if _, ok := data.(events.Payload); !ok {
+		if data == nil || reflect.TypeOf(data).Kind() == reflect.Pointer {
+			return nil
+		}
+		// A payload struct passed by value has its methods on the pointer.
+		if _, ok := reflect.New(reflect.TypeOf(data)).Interface().(events.Payload); !ok {
+			return nil
+		}
+	}
+	k, ok := events.Lookup(ceType)
+	if !ok {
+		return nil
+	}
+	want := reflect.TypeOf(k.New()).Elem()
+	got := reflect.TypeOf(data)
+	if got.Kind() == reflect.Pointer {
+		got = got.Elem()
+	}
+	if got != want {
+		return fmt.Errorf("data: %s is not the payload of %s (want %s)", got, ceType, want)
+	}
+	return nil
 }
 
 // natsSpecs maps CloudEvents attributes to NATS header names: lowercase ce-*

@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // Consumer defaults.
@@ -207,6 +209,33 @@ func (m *Message) InProgress() error { return m.msg.InProgress() }
 // carry. Do not ack it: the handler's return value does that.
 func (m *Message) Raw() jetstream.Msg { return m.msg }
 
+// Payload decodes the event's data into its catalog struct with
+// events.Decode (strict, then validated) and returns a pointer to it. A
+// failure is already Permanent: no retry turns bad input into good, so a
+// handler can return the error as is.
+func (m *Message) Payload() (any, error) {
+	v, err := events.Decode(m.Event.Type(), m.Event.Data())
+	if err != nil {
+		return nil, Permanent(err)
+	}
+	return v, nil
+}
+
+// PayloadAs is Payload for a handler that knows the struct it expects:
+//
+//	req, err := bus.PayloadAs[events.PodRequested](m)
+func PayloadAs[T any](m *Message) (*T, error) {
+	v, err := m.Payload()
+	if err != nil {
+		return nil, err
+	}
+	p, ok := v.(*T)
+	if !ok {
+		return nil, Permanent(fmt.Errorf("event %s carries %T, not %T", m.Event.Type(), v, p))
+	}
+	return p, nil
+}
+
 // LastDelivery reports whether this is the message's last delivery: if the
 // handler fails now, the message is dead-lettered. A handler can use it to
 // publish a failure event a person can act on before giving up.
@@ -392,8 +421,18 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 	}
 	ev, err := DecodeMessage(msg)
 	if err == nil {
-		if _, rerr := routeOf(ev.Type()); rerr != nil {
-			err = fmt.Errorf("unknown event type: %w", rerr)
+		rt, rerr := routeOf(ev.Type())
+		switch {
+		case rerr != nil && laterVersion(ev.Type(), msg.Subject()):
+			// A version this build does not know yet of an event it does:
+			// its producer also publishes the version this build reads.
+			c.log.Debug("skipping unknown version of a known event", "ce_type", ev.Type(), "seq", m.StreamSeq)
+			_ = msg.Ack()
+			return
+		case rerr != nil:
+			err = rerr
+		case rt.Subject != msg.Subject():
+			err = fmt.Errorf("type %s travels on subject %s, not %s", ev.Type(), rt.Subject, msg.Subject())
 		}
 	}
 	if err != nil {
@@ -508,6 +547,11 @@ func (c *consumer) settle(ctx context.Context, d *delivery, err error) string {
 	delay, ok := RetryDelay(err)
 	if !ok {
 		delay = c.cfg.backoff(m.Delivery)
+	}
+	if ctx.Err() != nil {
+		// Cut off by the drain timeout: the failure says nothing about the
+		// event, so let another process take it now.
+		delay = 0
 	}
 	log.Info("handler failed; will retry", "err", err, "delay", delay)
 	if nerr := m.msg.NakWithDelay(delay); nerr != nil {

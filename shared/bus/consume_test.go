@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -455,4 +456,97 @@ func TestHandlerPanicIsRetried(t *testing.T) {
 		})
 	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", nil))
 	waitFor(t, 5*time.Second, "redelivery after panic", func() bool { return rec.len() >= 2 })
+}
+
+// During a version migration producers publish .v1 and .v2 of an event; a
+// consumer built before .v2 existed skips it instead of dead-lettering it.
+// A type outside the catalog, or one on the wrong subject, is poison.
+func TestUnknownTypesAndVersions(t *testing.T) {
+	b := bustest.Start(t)
+	var rec recorder
+	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: bus.StreamPods},
+		func(_ context.Context, m *bus.Message) error { rec.add(m); return nil })
+	ctx := testContext(t)
+	publishRaw := func(subject, ceType, id string) {
+		t.Helper()
+		msg := nats.NewMsg(subject)
+		msg.Header.Set("ce-specversion", "1.0")
+		msg.Header.Set("ce-id", id)
+		msg.Header.Set("ce-source", "podvisor/future")
+		msg.Header.Set("ce-type", ceType)
+		msg.Header.Set("ce-subject", "default/web")
+		if _, err := b.JetStream().PublishMsg(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishRaw("pv.pod.accepted", "io.podvisor.pod.accepted.v2", "v2")
+	publishRaw("pv.pod.accepted", "io.podvisor.pod.exploded.v1", "unknown")
+	publishRaw("pv.pod.accepted", typePodRequested, "wrong-subject")
+	mustPublish(t, b, mustEvent(t, typePodAccepted, "default/web", nil))
+
+	waitFor(t, 5*time.Second, "the known event", func() bool { return rec.len() == 1 })
+	waitFor(t, 5*time.Second, "two dead letters", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 2 })
+	time.Sleep(200 * time.Millisecond)
+	if got := rec.all(); len(got) != 1 || got[0].Event.Type() != typePodAccepted {
+		t.Errorf("handler saw %d events, want only the catalog one", len(got))
+	}
+	reasons := map[string]string{}
+	for _, m := range streamMsgs(t, b, bus.StreamDLQ) {
+		dl, err := bus.ReadDeadLetter(m.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reasons[m.Header.Get("ce-id")] = dl.Reason
+	}
+	if !strings.Contains(reasons["unknown"], "unknown event type") {
+		t.Errorf("unknown type reason = %q", reasons["unknown"])
+	}
+	if !strings.Contains(reasons["wrong-subject"], "travels on subject pv.pod.requested, not pv.pod.accepted") {
+		t.Errorf("wrong subject reason = %q", reasons["wrong-subject"])
+	}
+	if _, dead := reasons["v2"]; dead {
+		t.Errorf("a later version of a known event was dead-lettered")
+	}
+}
+
+func TestPayloadDecodesOrFailsPermanently(t *testing.T) {
+	b := bustest.Start(t)
+	type result struct {
+		host string
+		err  error
+	}
+	got := make(chan result, 4)
+	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts},
+		func(_ context.Context, m *bus.Message) error {
+			p, err := bus.PayloadAs[events.HostLost](m)
+			if err != nil {
+				got <- result{err: err}
+				return err
+			}
+			got <- result{host: p.Name}
+			return nil
+		})
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", json.RawMessage(`{"name":"esx-1","cluster":"cluster-1","reason":"NotResponding"}`)))
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-2", json.RawMessage(`{"name":"esx-2","cluster":"cluster-1","reason":"NotResponding","colour":"red"}`)))
+
+	var ok, bad result
+	for range 2 {
+		select {
+		case r := <-got:
+			if r.err != nil {
+				bad = r
+			} else {
+				ok = r
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("handler not called twice")
+		}
+	}
+	if ok.host != "esx-1" {
+		t.Errorf("decoded host = %q, want esx-1", ok.host)
+	}
+	if !bus.IsPermanent(bad.err) || !strings.Contains(bad.err.Error(), "colour") {
+		t.Errorf("bad payload error = %v, want a Permanent error naming the unknown field", bad.err)
+	}
+	waitFor(t, 5*time.Second, "dead letter of the bad payload", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
 }

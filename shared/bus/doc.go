@@ -57,20 +57,28 @@
 //     would otherwise bring back work whose effects are already durable).
 //   - Permanent(err): copied to pv.dlq.<service> with err as the reason,
 //     then terminated; never redelivered. Messages that are not CloudEvents
-//     at all, or have a type outside the catalog, go the same way before any
-//     handler sees them. Decoding and validating the payload is the
-//     handler's job; a payload that fails validation is Permanent.
+//     at all, have a type outside the catalog, or travel on another subject
+//     than their type's go the same way before any handler sees them. A
+//     later version of a catalog event (pod.accepted.v2 on pv.pod.accepted,
+//     published beside .v1 during a migration) is acked and skipped by a
+//     build that does not know it yet, as the events versioning rule says.
 //   - RetryAfter(err, d): redelivered after d.
 //   - any other error, or a panic: redelivered after BackOff[delivery-1]
 //     (the last entry repeats).
+//
+// Handlers decode the data themselves: Message.Payload and PayloadAs run
+// events.Decode (strict, validated) and return its failures already marked
+// Permanent, since no retry turns bad input into good.
 //
 // On the last delivery (MaxDeliver) a failure dead-letters the message with
 // the reason "max deliveries exceeded: <last error>"; Message.LastDelivery
 // lets a handler publish a failure event first. Messages whose deliveries
 // ran out with no outcome at all (every process that took them crashed or
-// hung) are caught from the server's MAX_DELIVERIES advisory, which the
-// ADVISORIES stream keeps until the service's capture consumer turns it into
-// a dead letter with the original fetched by its stream sequence.
+// hung) are caught from the server's MAX_DELIVERIES advisory. The server
+// raises it when the consumer next pulls, that is from the next process of
+// the service; the ADVISORIES stream keeps it until that process's capture
+// consumer turns it into a dead letter, fetching the original by its stream
+// sequence.
 //
 // The backoff is applied by the consumer through NakWithDelay rather than
 // handed to the server as the consumer's BackOff: the server uses its

@@ -11,6 +11,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -128,9 +129,11 @@ func TestNewEventRejectsBadInput(t *testing.T) {
 	}{
 		{"no source", "", typePodRequested, nil, "source"},
 		{"no type", "podvisor/test", "", nil, "type"},
-		{"foreign type", "podvisor/test", "com.example.thing.v1", nil, "not a podvisor event"},
-		{"no version", "podvisor/test", "io.podvisor.pod.requested", nil, "version"},
-		{"unknown domain", "podvisor/test", "io.podvisor.cat.fed.v1", nil, "unknown domain"},
+		{"foreign type", "podvisor/test", "com.example.thing.v1", nil, "unknown event type"},
+		{"no version", "podvisor/test", "io.podvisor.pod.requested", nil, "unknown event type"},
+		{"unknown event", "podvisor/test", "io.podvisor.cat.fed.v1", nil, "unknown event type"},
+		{"payload of another type", "podvisor/test", typePodAccepted, events.PodRequested{}, "events.PodRequested is not the payload of io.podvisor.pod.accepted.v1"},
+		{"payload pointer of another type", "podvisor/test", typePodAccepted, &events.PodRejected{}, "events.PodRejected is not the payload"},
 		{"bad json bytes", "podvisor/test", typePodRequested, []byte("{nope"), "not valid JSON"},
 	}
 	for _, tt := range tests {

@@ -7,17 +7,19 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // Streams. The five domain streams carry the event catalog; DLQ keeps dead
 // letters; ADVISORIES keeps the server's MAX_DELIVERIES advisories, which are
 // core NATS messages and would be lost while no consumer process listens.
 const (
-	StreamPods       = "PODS"
-	StreamImages     = "IMAGES"
-	StreamNetworks   = "NETWORKS"
-	StreamMigrations = "MIGRATIONS"
-	StreamHosts      = "HOSTS"
+	StreamPods       = events.StreamPods
+	StreamImages     = events.StreamImages
+	StreamNetworks   = events.StreamNetworks
+	StreamMigrations = events.StreamMigrations
+	StreamHosts      = events.StreamHosts
 	StreamDLQ        = "DLQ"
 	StreamAdvisories = "ADVISORIES"
 )
@@ -62,15 +64,14 @@ const (
 
 // StreamSubjects maps every stream of the topology to the subjects it captures.
 func StreamSubjects() map[string][]string {
-	return map[string][]string{
-		StreamPods:       {"pv.pod.>"},
-		StreamImages:     {"pv.image.>"},
-		StreamNetworks:   {"pv.network.>"},
-		StreamMigrations: {"pv.migration.>"},
-		StreamHosts:      {"pv.host.>"},
+	out := map[string][]string{
 		StreamDLQ:        {DLQSubjectPrefix + ">"},
 		StreamAdvisories: {maxDeliveriesAdvisoryPrefix + ".>"},
 	}
+	for stream, subject := range events.StreamSubjects() {
+		out[stream] = []string{subject}
+	}
+	return out
 }
 
 // bucketHistory is how many revisions each bucket keeps per key. Records

@@ -5,6 +5,10 @@
 //	b := bustest.Start(t) // connected, topology declared
 //	err := b.Publish(ctx, ev)
 //
+// StartServer and StartServerIn give the bare server (StartServerIn on a
+// chosen directory, to restart on the same store); Connect opens one more
+// client on it, for a test that plays two processes.
+//
 // Every service's tests use it, so that they all exercise the same streams,
 // consumers and KV buckets as production rather than a fake.
 package bustest
