@@ -154,9 +154,12 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 // keeps its current version and gets the reason.
 func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, why error) error {
 	msg := strings.TrimPrefix(why.Error(), ErrInvalidSpec.Error()+": ")
-	if rec == nil {
+	switch {
+	case rec == nil:
 		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name), Spec: spec, Status: events.NetworkStatusRejected}
-	} else {
+	case rec.Version == 0 && rec.Status == events.NetworkStatusRejected:
+		rec.Spec = spec // still never applied: show what was asked last
+	default:
 		msg = "new version not stored: " + msg
 	}
 	rec.Reason, rec.Message = ReasonInvalidSpec, msg
@@ -372,8 +375,14 @@ func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
 	switch p := v.(type) {
 	case *events.HostDiscovered:
 		host, cluster = p.Host.Name, p.Host.Cluster
+		if p.Host.ConnectionState != fabric.Connected {
+			return nil // host.recovered follows when it connects
+		}
 	case *events.HostUpdated:
 		host, cluster = p.Host.Name, p.Host.Cluster
+		if p.Host.ConnectionState != fabric.Connected {
+			return nil
+		}
 	case *events.HostRecovered:
 		host, cluster = p.Name, p.Cluster
 	default:

@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -383,4 +382,27 @@ func TestMigrationMovesTheBinding(t *testing.T) {
 	}
 }
 
-var _ = sync.Mutex{}
+// TestScopeChangeMovesThePortGroup: narrowing a network from every host to
+// one cluster moves its port group to the scope's switch, so the other
+// cluster's hosts no longer carry it; widening it back returns it.
+func TestScopeChangeMovesThePortGroup(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
+	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 1 })
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
+		t.Fatalf("v1 on %v, want every host", pg.hosts)
+	}
+	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-2"}}})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 2 })
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.clusterHosts("cluster-2")) {
+		t.Fatalf("v2 on %v, want %v", pg.hosts, e.clusterHosts("cluster-2"))
+	}
+	if a := e.availability("wide"); !slices.Equal(a.Hosts, e.clusterHosts("cluster-2")) {
+		t.Fatalf("net-hosts after narrowing = %v", a.Hosts)
+	}
+	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
+		t.Fatalf("v3 on %v, want every host", pg.hosts)
+	}
+}

@@ -114,6 +114,15 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 		return nil, fmt.Errorf("port group %s: missing right after it was ensured", spec.Name)
 	}
 
+	// A scope change moved the port group to another switch: the old scope
+	// switch is cleaned once no podvisor port group is left on it.
+	if prev := rec.Switch; prev != "" && prev != ro.switchName && prev != s.cfg.AllHostsSwitch {
+		if err := s.cleanSwitch(ctx, prev); err != nil {
+			return nil, err
+		}
+		ro.changed = true
+	}
+
 	// Narrowed scope: hosts that are members but no longer in scope leave.
 	// Never on the all-hosts switch, which other things may rely on.
 	if ro.switchName != s.cfg.AllHostsSwitch {
