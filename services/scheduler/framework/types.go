@@ -215,6 +215,9 @@ type PodRef struct {
 	MemoryBytes int64
 	Labels      map[string]string
 	SpreadGroup string
+	// Assumed marks a pod placed by the running scheduling pass but not
+	// committed to the ledger yet; SetPods keeps it.
+	Assumed bool
 }
 
 // Host is one host as the framework evaluates it.
@@ -507,20 +510,44 @@ func (s *Snapshot) RemovePod(host, key string) bool {
 	return ok
 }
 
-// SetPods replaces a host's pods (from a ledger entry at revision rev).
+// ForgetAssumed removes a pod the caller assumed on a host (AddPod), but
+// only if the host still holds that very reference: when a ledger entry
+// replaced the host's pods meanwhile (SetPods), the pod in it is the
+// committed one and stays.
+func (s *Snapshot) ForgetAssumed(host string, p *PodRef) bool {
+	h, ok := s.byName[host]
+	if !ok || h.Pods[p.Key] != p {
+		return false
+	}
+	return s.RemovePod(host, p.Key)
+}
+
+// SetPods replaces a host's committed pods (from a ledger entry at
+// revision rev); assumed pods not in the entry are kept.
 func (s *Snapshot) SetPods(host string, pods []*PodRef, rev uint64) bool {
 	h, ok := s.byName[host]
 	if !ok {
 		return false
 	}
+	var assumed []*PodRef
 	for _, p := range h.Pods {
 		s.count(h.clusterID, p.SpreadGroup, -1)
+		if p.Assumed {
+			assumed = append(assumed, p)
+		}
 	}
-	h.Pods = make(map[string]*PodRef, len(pods))
+	h.Pods = make(map[string]*PodRef, len(pods)+len(assumed))
 	h.RequestedCPUMilli, h.RequestedMemoryBytes = 0, 0
 	for _, p := range pods {
 		h.AddPod(p)
 		s.count(h.clusterID, p.SpreadGroup, 1)
+	}
+	// Pods assumed by a pass in flight stay until their commit answers,
+	// unless the entry already holds them.
+	for _, p := range assumed {
+		if h.AddPod(p) {
+			s.count(h.clusterID, p.SpreadGroup, 1)
+		}
 	}
 	h.LedgerRevision = rev
 	return true

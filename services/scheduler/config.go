@@ -1,0 +1,181 @@
+package scheduler
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/services/scheduler/plugins"
+)
+
+// Config is the scheduler's configuration. The zero value is not valid;
+// start from DefaultConfig or ConfigFromEnv.
+type Config struct {
+	// Strategy is "spread" (default: LeastAllocated, headroom on every host)
+	// or "binpack" (MostAllocated, fill hosts before opening new ones).
+	Strategy string
+	// Profile, when set, replaces the default profile of Strategy entirely
+	// (plugins, weights, search bound, overcommit).
+	Profile *framework.Profile
+	// PercentageOfHostsToScore bounds the search (0 = adaptive, 100 =
+	// every host); see framework.Profile.
+	PercentageOfHostsToScore int
+	// CPUOvercommit is the CPU overcommit ratio (1.0 = none). Memory is
+	// never overcommitted.
+	CPUOvercommit float64
+	// MaxPodsPerHost caps pod VMs per host (0 = no cap).
+	MaxPodsPerHost int
+	// BatchSize is how many pods one scheduling pass places before their
+	// reservations are written (grouped per host).
+	BatchSize int
+	// Workers is how many pod events are handled at once; it must be large
+	// enough to fill batches.
+	Workers int
+	// ResyncInterval is how often the whole vCenter inventory is read again
+	// (a watch can lag or miss updates).
+	ResyncInterval time.Duration
+	// RetryInitial and RetryMax bound the backoff of an unschedulable pod's
+	// retries; relevant changes (pod deleted, host recovered or
+	// uncordoned, network ready) retry at once whatever the backoff.
+	RetryInitial time.Duration
+	RetryMax     time.Duration
+	// HostRecordInterval is how often changed host records (allocation
+	// totals) are written to KV `hosts`.
+	HostRecordInterval time.Duration
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	return Config{
+		Strategy:           framework.StrategySpread,
+		CPUOvercommit:      1.0,
+		BatchSize:          256,
+		Workers:            512,
+		ResyncInterval:     30 * time.Second,
+		RetryInitial:       time.Second,
+		RetryMax:           time.Minute,
+		HostRecordInterval: 500 * time.Millisecond,
+	}
+}
+
+// Environment variables read by ConfigFromEnv.
+const (
+	EnvStrategy       = "PODVISOR_SCHEDULER_STRATEGY"
+	EnvProfileFile    = "PODVISOR_SCHEDULER_PROFILE_FILE"
+	EnvPercentage     = "PODVISOR_SCHEDULER_PERCENTAGE_OF_HOSTS"
+	EnvCPUOvercommit  = "PODVISOR_SCHEDULER_CPU_OVERCOMMIT"
+	EnvMaxPodsPerHost = "PODVISOR_SCHEDULER_MAX_PODS_PER_HOST"
+	EnvBatchSize      = "PODVISOR_SCHEDULER_BATCH_SIZE"
+	EnvWorkers        = "PODVISOR_SCHEDULER_WORKERS"
+	EnvResync         = "PODVISOR_SCHEDULER_RESYNC_INTERVAL"
+	EnvRetryInitial   = "PODVISOR_SCHEDULER_RETRY_INITIAL"
+	EnvRetryMax       = "PODVISOR_SCHEDULER_RETRY_MAX"
+)
+
+// ConfigFromEnv reads the defaults overridden by the environment. The
+// profile file is JSON in the shape of framework.Profile.
+func ConfigFromEnv() (Config, error) {
+	c := DefaultConfig()
+	var errs []error
+	str := func(name string, dst *string) {
+		if v := os.Getenv(name); v != "" {
+			*dst = v
+		}
+	}
+	num := func(name string, dst *int) {
+		if v := os.Getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	dur := func(name string, dst *time.Duration) {
+		if v := os.Getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 30s", name, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	str(EnvStrategy, &c.Strategy)
+	num(EnvPercentage, &c.PercentageOfHostsToScore)
+	num(EnvMaxPodsPerHost, &c.MaxPodsPerHost)
+	num(EnvBatchSize, &c.BatchSize)
+	num(EnvWorkers, &c.Workers)
+	dur(EnvResync, &c.ResyncInterval)
+	dur(EnvRetryInitial, &c.RetryInitial)
+	dur(EnvRetryMax, &c.RetryMax)
+	if v := os.Getenv(EnvCPUOvercommit); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %q is not a number", EnvCPUOvercommit, v))
+		}
+		c.CPUOvercommit = f
+	}
+	if path := os.Getenv(EnvProfileFile); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", EnvProfileFile, err))
+		} else {
+			var p framework.Profile
+			if err := json.Unmarshal(data, &p); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %s: %w", EnvProfileFile, path, err))
+			} else {
+				c.Profile = &p
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}
+
+// Validate reports every problem, each naming its field.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Profile == nil && c.Strategy != framework.StrategySpread && c.Strategy != framework.StrategyBinpack {
+		errs = append(errs, fmt.Errorf("Strategy: %q is not supported, want %q or %q", c.Strategy, framework.StrategySpread, framework.StrategyBinpack))
+	}
+	p := c.profile()
+	if err := p.Validate(plugins.NewRegistry()); err != nil {
+		errs = append(errs, fmt.Errorf("Profile: %w", err))
+	}
+	if c.BatchSize < 1 {
+		errs = append(errs, fmt.Errorf("BatchSize: %d must be at least 1", c.BatchSize))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("Workers: %d must be at least 1", c.Workers))
+	}
+	if c.ResyncInterval < time.Second {
+		errs = append(errs, fmt.Errorf("ResyncInterval: %s must be at least 1s", c.ResyncInterval))
+	}
+	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
+		errs = append(errs, fmt.Errorf("RetryInitial/RetryMax: %s/%s: want 0 < initial <= max", c.RetryInitial, c.RetryMax))
+	}
+	if c.HostRecordInterval <= 0 {
+		errs = append(errs, fmt.Errorf("HostRecordInterval: %s must be positive", c.HostRecordInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// profile is the effective profile.
+func (c Config) profile() framework.Profile {
+	if c.Profile != nil {
+		return *c.Profile
+	}
+	p := plugins.DefaultProfile(c.Strategy)
+	p.PercentageOfHostsToScore = c.PercentageOfHostsToScore
+	p.CPUOvercommit = c.CPUOvercommit
+	p.MaxPodsPerHost = c.MaxPodsPerHost
+	return p
+}

@@ -1,0 +1,68 @@
+// Package scheduler is podvisor's scheduler service: it keeps the host
+// inventory, places pods on hosts, holds the placement ledger and reserves
+// migration targets.
+//
+// # What it consumes and publishes
+//
+//	PODS        pod.accepted → pod.scheduled {host, cluster, resourcePool, datastores}
+//	                           or pod.unschedulable {"0/16 hosts: 10 insufficient memory, …"}
+//	            pod.deleted, pod.failed → allocation released, waiting pods retried
+//	            pod.evicted → allocation released on the lost host, pod placed again
+//	HOSTS       host.cordoned / host.uncordoned → cordon kept in the host record
+//	            (publishes host.discovered, updated, lost, recovered from the vCenter watch)
+//	NETWORKS    network.host.ready, network.realized → waiting pods retried
+//	MIGRATIONS  migration.requested → migration.target.reserved or migration.rejected
+//	            migration.completed → allocation moved; failed/cancelled/rejected → released
+//
+// KV `hosts` (events.HostRecord, one per host) and KV `ledger`
+// (events.LedgerEntry, one per host) are the scheduler's; it reads KV
+// `net-hosts` (network-config), KV `pods` (provisioner) and, through Redis,
+// the image cache's locality model, never writing them.
+//
+// # How a pod is placed
+//
+// Handlers hand pods to a single scheduling loop (loop.go), which takes them
+// in batches: each pod runs through the framework's filters and scores
+// (package framework, plugins under plugins/) against an in-memory snapshot
+// of the hosts, and is assumed on the chosen host so that the next pod of
+// the batch sees it. The batch's reservations are then written to the
+// ledger with one compare-and-set per host, hosts in parallel (package
+// ledger). The ledger checks capacity inside its CAS loop, so two scheduler
+// instances can never both take the last room on a host; a pod that lost
+// such a race is placed again against the fresh entry. pod.scheduled is
+// published only after its reservation is durable, with an id derived from
+// the cause, and a replay finds the reservation and republishes the same
+// event.
+//
+// Capacity is the vSphere API's: a host offers cores × 1000 millicores
+// (times the profile's CPU overcommit ratio, 1.0 by default) and its
+// physical memory, never overcommitted. A pod takes its events.SizePodVM
+// size, which already includes the pod VM overhead; memory is counted as
+// the VM's configured memory (MemoryMiB, rounded to vSphere's 4 MiB).
+//
+// Networks are strict: every network of the pod must be realized on the
+// host or the host must be in the network's scope (network-config realizes
+// it there on demand); hosts where it is realized already score higher. No
+// network is assumed present, not even "default".
+//
+// # Unschedulable pods
+//
+// A pod that fits nowhere gets pod.unschedulable with the count of hosts per
+// reason (the provisioner puts it on the pod's conditions) and waits in
+// memory (pending.go). It is retried with exponential backoff and at once
+// when something relevant happens: a pod deleted or failed, a ledger entry
+// shrinking, a host recovered, uncordoned or grown, a network realized. A
+// scheduler that restarts finds waiting pods again in the provisioner's
+// records (phase Pending, no host).
+//
+// # Inventory
+//
+// Package inventory watches HostSystems with the property collector and
+// reads them in full on every change and periodically (ResyncInterval): a
+// watch can lag, repeat or miss. Transitions become host facts: a new host
+// is discovered, a connected host that stops responding is lost (migration
+// then evicts its pods, and the evictions free its ledger), a lost host that
+// reconnects is recovered, anything else that changed is updated. Host
+// labels for nodeSelector come from vSphere custom attributes, plus
+// podvisor.io/host and podvisor.io/cluster.
+package scheduler

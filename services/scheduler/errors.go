@@ -1,0 +1,23 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+var (
+	// ErrPodGone: the pod was deleted (or failed) while it waited for a host.
+	ErrPodGone = errors.New("pod deleted while waiting for a host")
+	// ErrNoInventory: the scheduler has not read the vCenter inventory yet.
+	ErrNoInventory = errors.New("host inventory not loaded yet")
+	// ErrStopped: the service is shutting down.
+	ErrStopped = errors.New("scheduler stopped")
+)
+
+// poison turns an event that can never be handled (undecodable, invalid)
+// into a permanent error: the bus dead-letters it with the reason.
+func poison(ceType string, err error) error {
+	return bus.Permanent(fmt.Errorf("%s: %w", ceType, err))
+}

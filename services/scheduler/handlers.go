@@ -1,0 +1,314 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+type consumer struct {
+	cfg     bus.ConsumerConfig
+	handler bus.Handler
+}
+
+// consumers are the scheduler's durable consumers, one per stream.
+func (s *Service) consumers() []consumer {
+	return []consumer{
+		{bus.ConsumerConfig{Service: Name, Stream: events.StreamPods, Workers: s.cfg.Workers, MaxPending: 2 * s.cfg.Workers,
+			Subjects: []string{events.SubjectPodAccepted, events.SubjectPodDeleted, events.SubjectPodEvicted, events.SubjectPodFailed},
+			Logger:   s.log}, s.handlePod},
+		{bus.ConsumerConfig{Service: Name, Stream: events.StreamHosts, Workers: 4,
+			Subjects: []string{events.SubjectHostCordoned, events.SubjectHostUncordoned, events.SubjectHostRecovered},
+			Logger:   s.log}, s.handleHost},
+		{bus.ConsumerConfig{Service: Name, Stream: events.StreamNetworks, Workers: 2,
+			Subjects: []string{events.SubjectNetworkHostReady, events.SubjectNetworkRealized},
+			Logger:   s.log}, s.handleNetwork},
+		{bus.ConsumerConfig{Service: Name, Stream: events.StreamMigrations, Workers: 16,
+			Subjects: []string{events.SubjectMigrationRequested, events.SubjectMigrationCompleted, events.SubjectMigrationFailed,
+				events.SubjectMigrationCancelled, events.SubjectMigrationRejected},
+			Logger: s.log}, s.handleMigration},
+	}
+}
+
+// decode turns an event into its payload; an event that cannot be decoded
+// is poison.
+func decode(ev event.Event) (any, error) {
+	v, err := events.Decode(ev.Type(), ev.Data())
+	if err != nil {
+		return nil, poison(ev.Type(), err)
+	}
+	return v, nil
+}
+
+func (s *Service) handlePod(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m.Event)
+	if err != nil {
+		return err
+	}
+	switch e := v.(type) {
+	case *events.PodAccepted:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.onPodAccepted(ctx, m.Event, e)
+	case *events.PodDeleted:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, true)
+	case *events.PodFailed:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, false)
+	case *events.PodEvicted:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.onPodEvicted(ctx, m.Event, e)
+	}
+	return nil
+}
+
+// podInfo compiles a pod for the framework. The memory reserved is the
+// VM's configured memory (MemoryMiB, rounded up to vSphere's 4 MiB
+// granularity), because that is what the host gives the VM; the CPU is the
+// request, overhead included.
+func podInfo(pod *corev1.Pod, uid string, size events.PodVMSize, networks []string) (*framework.PodInfo, error) {
+	mem := max(size.MemoryMiB<<20, size.MemoryBytes)
+	return framework.NewPodInfo(pod, uid, framework.PodSize{CPUMilli: size.CPUMilli, MemoryBytes: mem}, networks)
+}
+
+func (s *Service) onPodAccepted(ctx context.Context, cause event.Event, e *events.PodAccepted) error {
+	p, err := podInfo(&e.Pod, e.UID, e.Size, e.Networks)
+	if err != nil {
+		// The pod can never be placed as written: say so once, for a
+		// person to fix the manifest.
+		stub := &framework.PodInfo{Namespace: e.Namespace, Name: e.Name, UID: e.UID, Key: e.ObjectKey()}
+		return s.publishUnschedulableMessage(ctx, cause, stub, err.Error(), nil, 0)
+	}
+	return s.schedulePod(ctx, cause, p)
+}
+
+// schedulePod places a pod and publishes the result. An unschedulable pod
+// is kept for retries and its event acknowledged.
+func (s *Service) schedulePod(ctx context.Context, cause event.Event, p *framework.PodInfo) error {
+	o := s.submit(ctx, newRequest(p, allocationOf(p)))
+	switch {
+	case errors.Is(o.err, ErrPodGone):
+		return nil
+	case o.err != nil:
+		return fmt.Errorf("schedule %s: %w", p.Key, o.err)
+	case o.fit != nil:
+		if err := s.publishUnschedulable(ctx, cause, p, o.fit); err != nil {
+			return err
+		}
+		s.pending.add(p, cause, o.fit.Error())
+		s.log.Info("pod unschedulable", "pod", p.Key, "reason", o.fit.Error())
+		return nil
+	}
+	if err := s.publishScheduled(ctx, cause, p, o.placement); err != nil {
+		// The reservation stands; the redelivery finds it and publishes
+		// the same event again.
+		return err
+	}
+	s.pending.remove(p.Key, p.UID)
+	return nil
+}
+
+// onPodGone releases everything the pod holds: its allocation and any
+// migration reservation. A deleted pod's uid is remembered for a while so
+// that a placement racing with the delete is dropped.
+func (s *Service) onPodGone(ctx context.Context, key, uid, host string, deleted bool) error {
+	s.pending.remove(key, uid)
+	s.mu.Lock()
+	if deleted {
+		s.gone[uid] = time.Now()
+		for u, at := range s.gone {
+			if time.Since(at) > 10*time.Minute {
+				delete(s.gone, u)
+			}
+		}
+	}
+	hosts := s.allocationsOfLocked(uid)
+	s.mu.Unlock()
+	if host != "" {
+		if _, ok := hosts[host]; !ok {
+			hosts[host] = []string{uid}
+		}
+	}
+	if err := s.release(ctx, hosts); err != nil {
+		return err
+	}
+	s.pending.kickAll()
+	return nil
+}
+
+// allocationsOfLocked finds every allocation of a pod uid (its own and
+// migration reservations), per host.
+func (s *Service) allocationsOfLocked(uid string) map[string][]string {
+	out := map[string][]string{}
+	for k, h := range s.allocIndex {
+		if k == uid || strings.HasPrefix(k, uid+"@") {
+			out[h] = append(out[h], k)
+		}
+	}
+	return out
+}
+
+// release removes allocations (per host) from the ledger.
+func (s *Service) release(ctx context.Context, byHost map[string][]string) error {
+	for host, keys := range byHost {
+		entry, _, err := s.ledger.Release(ctx, host, keys...)
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.applyEntryLocked(entry)
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// onPodEvicted frees the pod's room on the host it was evicted from and
+// places it again (HA restart). The pod's manifest comes from the
+// provisioner's record.
+func (s *Service) onPodEvicted(ctx context.Context, cause event.Event, e *events.PodEvicted) error {
+	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
+		return err
+	}
+	rec, err := s.podRecord(ctx, e.Namespace, e.Name)
+	if err != nil {
+		return err
+	}
+	if rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() {
+		return nil // deleted meanwhile: nothing to place
+	}
+	p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+	if err != nil {
+		return poison(cause.Type(), err)
+	}
+	s.pending.kickAll()
+	return s.schedulePod(ctx, cause, p)
+}
+
+// podRecord reads the provisioner's record of a pod (nil if none).
+func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRecord, error) {
+	kve, err := s.podsKV.Get(ctx, events.PodRecordKey(ns, name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pod record %s/%s: %w", ns, name, err)
+	}
+	var rec events.PodRecord
+	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("decode pod record %s/%s: %w", ns, name, err)
+	}
+	rec.ResourceVersion = kve.Revision()
+	return &rec, nil
+}
+
+// recoverPending finds the pods that were waiting for a host when the
+// scheduler stopped: records in phase Pending without a host and without an
+// allocation.
+func (s *Service) recoverPending(ctx context.Context) error {
+	lister, err := s.podsKV.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil
+		}
+		return err
+	}
+	n := 0
+	for k := range lister.Keys() {
+		kve, err := s.podsKV.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var rec events.PodRecord
+		if json.Unmarshal(kve.Value(), &rec) != nil {
+			continue
+		}
+		if rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
+			continue
+		}
+		s.mu.Lock()
+		_, placed := s.allocIndex[rec.UID]
+		s.mu.Unlock()
+		if placed {
+			continue
+		}
+		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+		if err != nil {
+			continue
+		}
+		// The cause stands in for the pod.accepted that was acknowledged
+		// before the restart: its id is stable per placement generation
+		// and it carries the pod's trace.
+		cause := event.New()
+		cause.SetID(fmt.Sprintf("%s/recovered/%d", rec.RequestID, rec.Generation))
+		if rec.TraceParent != "" {
+			cause.SetExtension(bus.ExtTraceparent, rec.TraceParent)
+		}
+		s.pending.add(p, cause, rec.Message)
+		n++
+	}
+	if n > 0 {
+		s.log.Info("recovered pending pods", "count", n)
+		s.pending.kickAll()
+	}
+	return nil
+}
+
+func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m.Event)
+	if err != nil {
+		return err
+	}
+	switch e := v.(type) {
+	case *events.HostCordoned:
+		s.setCordon(e.Name, true)
+	case *events.HostUncordoned:
+		if s.setCordon(e.Name, false) {
+			s.pending.kickAll()
+		}
+	case *events.HostRecovered:
+		s.pending.kickAll()
+	}
+	return nil
+}
+
+// setCordon records a cordon; it reports whether anything changed.
+func (s *Service) setCordon(host string, on bool) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rec, ok := s.records[host]
+	if !ok {
+		s.log.Warn("cordon of an unknown host ignored", "host", host)
+		return false
+	}
+	if rec.Cordoned == on {
+		return false
+	}
+	rec.Cordoned = on
+	s.snap.SetHost(s.hostFromRecordLocked(rec))
+	s.dirty[host] = true
+	s.log.Info("host cordon", "host", host, "cordoned", on)
+	return true
+}
+
+func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
+	// The availability itself comes from KV net-hosts (watched); the event
+	// is the cue that waiting pods may fit now. The watch and the event
+	// race, so the kick is repeated shortly after.
+	s.pending.kickAll()
+	go func() {
+		sleep(ctx, 300*time.Millisecond)
+		s.pending.kickAll()
+	}()
+	return nil
+}

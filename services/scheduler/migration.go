@@ -1,0 +1,200 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// unlimited is the capacity used to record a pod that is already on a host
+// whatever the ledger says (a migration completed without a reservation).
+var unlimited = ledger.Capacity{CPUMilli: math.MaxInt64 / 4, MemoryBytes: math.MaxInt64 / 4}
+
+// Migration placement. On migration.requested the scheduler validates the
+// requested target (every filter, on that host only) or picks one with the
+// whole framework, the source host excluded; it reserves the pod's size on
+// the target as a migration allocation (uid@id) next to the pod's
+// allocation on the source, so that the room is held while the VM moves.
+// migration.completed turns the reservation into the pod's allocation and
+// frees the source; failed, cancelled or rejected release the reservation.
+
+func (s *Service) handleMigration(ctx context.Context, m *bus.Message) error {
+	v, err := decode(m.Event)
+	if err != nil {
+		return err
+	}
+	switch e := v.(type) {
+	case *events.MigrationRequested:
+		annotate(ctx, e.ObjectKey(), "")
+		return s.onMigrationRequested(ctx, m.Event, e)
+	case *events.MigrationCompleted:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.onMigrationCompleted(ctx, e)
+	case *events.MigrationFailed:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
+	case *events.MigrationCancelled:
+		annotate(ctx, e.ObjectKey(), e.UID)
+		return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
+	case *events.MigrationRejected:
+		if m.Event.Source() == Source {
+			return nil // our own refusal: nothing was reserved
+		}
+		annotate(ctx, e.ObjectKey(), "")
+		return s.releaseMigration(ctx, e.Namespace, e.Pod, "", e.ID, "")
+	}
+	return nil
+}
+
+// Reasons of migration.rejected produced here (besides the failing filter's
+// own reason when the request named its target).
+const (
+	ReasonPodNotFound  = "PodNotFound"
+	ReasonNotScheduled = "NotScheduled"
+	ReasonSameHost     = "SameHost"
+	ReasonNoTarget     = "NoTarget"
+)
+
+func (s *Service) onMigrationRequested(ctx context.Context, cause event.Event, e *events.MigrationRequested) error {
+	rec, err := s.podRecord(ctx, e.Namespace, e.Pod)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return s.rejectMigration(ctx, cause, e, ReasonPodNotFound, fmt.Sprintf("pod %s/%s not found", e.Namespace, e.Pod))
+	}
+	annotate(ctx, e.ObjectKey(), rec.UID)
+	s.mu.Lock()
+	source := s.allocIndex[rec.UID]
+	s.mu.Unlock()
+	if source == "" {
+		source = rec.Host
+	}
+	if source == "" {
+		return s.rejectMigration(ctx, cause, e, ReasonNotScheduled, fmt.Sprintf("pod %s/%s is not placed on a host yet (phase %s)", e.Namespace, e.Pod, rec.Phase))
+	}
+	if e.TargetHost == source {
+		return s.rejectMigration(ctx, cause, e, ReasonSameHost, fmt.Sprintf("pod %s/%s already runs on %s", e.Namespace, e.Pod, source))
+	}
+	p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+	if err != nil {
+		return s.rejectMigration(ctx, cause, e, ReasonNoTarget, err.Error())
+	}
+	p.Exclude = map[string]bool{source: true}
+	alloc := allocationOf(p)
+	alloc.Kind, alloc.MigrationID = events.AllocationMigration, e.ID
+	r := newRequest(p, alloc)
+	r.target = e.TargetHost
+	o := s.submit(ctx, r)
+	switch {
+	case o.err != nil:
+		return fmt.Errorf("place migration %s: %w", e.ID, o.err)
+	case o.fit != nil:
+		reason, msg := ReasonNoTarget, "no target host for pod "+p.Key+": "+o.fit.Error()
+		if e.TargetHost != "" {
+			for rr, m := range o.fit.Diagnosis.Messages {
+				reason, msg = rr, "target "+e.TargetHost+": "+m
+			}
+		}
+		return s.rejectMigration(ctx, cause, e, reason, msg)
+	}
+	ev, err := bus.Effect(cause, Source, events.TypeMigrationTargetReserved, e.ObjectKey(), &events.MigrationTargetReserved{
+		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, UID: rec.UID, SourceHost: source,
+		TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool,
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("migration target reserved", "migration", e.ID, "pod", p.Key, "from", source, "to", o.placement.Host)
+	return s.publish(ctx, ev)
+}
+
+func (s *Service) rejectMigration(ctx context.Context, cause event.Event, e *events.MigrationRequested, reason, msg string) error {
+	ev, err := bus.Effect(cause, Source, events.TypeMigrationRejected, e.ObjectKey(), &events.MigrationRejected{
+		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, Reason: reason, Message: msg,
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("migration rejected", "migration", e.ID, "reason", reason, "message", msg)
+	return s.publish(ctx, ev)
+}
+
+// onMigrationCompleted moves the allocation: the reservation on the target
+// becomes the pod's allocation, then the source is freed. Both steps are
+// idempotent, so a redelivery converges.
+func (s *Service) onMigrationCompleted(ctx context.Context, e *events.MigrationCompleted) error {
+	entry, promoted, err := s.ledger.Promote(ctx, e.TargetHost, e.UID, e.ID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.applyEntryLocked(entry)
+	_, onTarget := entry.Allocations[e.UID]
+	s.mu.Unlock()
+	if !promoted && !onTarget {
+		// The pod moved without a reservation here (another placer, or a
+		// lost reservation): account for it anyway, the VM is there.
+		rec, err := s.podRecord(ctx, e.Namespace, e.Pod)
+		if err != nil {
+			return err
+		}
+		if rec != nil && rec.UID == e.UID {
+			p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+			if err == nil {
+				s.mu.Lock()
+				h, _ := s.snap.Host(e.TargetHost)
+				s.mu.Unlock()
+				if h != nil {
+					// Capacity is not enforced here: the VM already runs on
+					// the target, and the ledger must say so.
+					res, err := s.ledger.Reserve(ctx, e.TargetHost, unlimited, []events.Allocation{allocationOf(p)})
+					if err != nil {
+						return err
+					}
+					s.mu.Lock()
+					s.applyEntryLocked(res.Entry)
+					s.mu.Unlock()
+				}
+			}
+		}
+	}
+	if e.SourceHost != "" && e.SourceHost != e.TargetHost {
+		if err := s.release(ctx, map[string][]string{e.SourceHost: {e.UID}}); err != nil {
+			return err
+		}
+	}
+	s.pending.kickAll()
+	return nil
+}
+
+// releaseMigration frees a migration's reservation on its target.
+func (s *Service) releaseMigration(ctx context.Context, ns, pod, uid, id, target string) error {
+	byHost := map[string][]string{}
+	s.mu.Lock()
+	for k, h := range s.allocIndex {
+		if len(k) > len(id)+1 && k[len(k)-len(id)-1:] == "@"+id && (uid == "" || k == uid+"@"+id) {
+			byHost[h] = append(byHost[h], k)
+		}
+	}
+	s.mu.Unlock()
+	if target != "" && uid != "" {
+		if _, ok := byHost[target]; !ok {
+			byHost[target] = []string{uid + "@" + id}
+		}
+	}
+	if len(byHost) == 0 {
+		return nil
+	}
+	if err := s.release(ctx, byHost); err != nil {
+		return err
+	}
+	s.pending.kickAll()
+	return nil
+}

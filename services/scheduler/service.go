@@ -1,0 +1,218 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+	"github.com/vmware/govmomi/vim25"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/services/scheduler/inventory"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/services/scheduler/plugins"
+	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
+	"github.com/podvisor/podvisor/shared/bus"
+	sharedlocality "github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+// Name is the service name: consumer durables are scheduler-<STREAM>.
+const Name = "scheduler"
+
+// Source is the CloudEvent source of everything the scheduler publishes.
+const Source = "podvisor/" + Name
+
+// Deps are the scheduler's connections.
+type Deps struct {
+	// Bus is required.
+	Bus *bus.Bus
+	// VIM is the vCenter client the inventory watches; required.
+	VIM *vim25.Client
+	// Redis, when set, is the image cache's metadata store, read (never
+	// written) for image locality. Without it ImageLocality scores zero.
+	Redis redis.UniversalClient
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+
+	// Locality overrides the image locality reader (tests, other caches).
+	Locality locality.Reader
+}
+
+// Service is the scheduler.
+type Service struct {
+	cfg     Config
+	profile framework.Profile
+	bus     *bus.Bus
+	source  *inventory.Source
+	log     *slog.Logger
+
+	hostsKV  jetstream.KeyValue
+	ledgerKV jetstream.KeyValue
+	netKV    jetstream.KeyValue
+	podsKV   jetstream.KeyValue
+	ledger   *ledger.Ledger
+
+	// mu guards everything below: the snapshot the framework reads, the
+	// inventory records and the read models folded into it.
+	mu       sync.Mutex
+	snap     *framework.Snapshot
+	fw       *framework.Framework
+	records  map[string]*events.HostRecord
+	netAvail map[string]*events.NetworkAvailability
+	// allocIndex maps a committed allocation key to its host.
+	allocIndex map[string]string
+	// gone holds uids of pods deleted or failed recently, so that a
+	// scheduling request racing with the delete is dropped.
+	gone map[string]time.Time
+	// dirty hosts whose record must be written.
+	dirty map[string]bool
+	ready bool
+
+	queue   chan *request
+	pending *pendingSet
+}
+
+// New builds the scheduler; it fails on a bad configuration or missing
+// dependencies rather than on the first event.
+func New(cfg Config, deps Deps) (*Service, error) {
+	var errs []error
+	if err := cfg.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if deps.Bus == nil {
+		errs = append(errs, errors.New("Deps.Bus: required"))
+	}
+	if deps.VIM == nil {
+		errs = append(errs, errors.New("Deps.VIM: required (the host inventory is read from vCenter)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		cfg:        cfg,
+		profile:    cfg.profile(),
+		bus:        deps.Bus,
+		source:     inventory.NewSource(deps.VIM),
+		log:        log.With("service", Name),
+		snap:       framework.NewSnapshot(),
+		records:    map[string]*events.HostRecord{},
+		netAvail:   map[string]*events.NetworkAvailability{},
+		allocIndex: map[string]string{},
+		gone:       map[string]time.Time{},
+		dirty:      map[string]bool{},
+		queue:      make(chan *request, cfg.BatchSize*4),
+	}
+	s.pending = newPendingSet(cfg.RetryInitial, cfg.RetryMax)
+	services := map[string]any{}
+	switch {
+	case deps.Locality != nil:
+		services[locality.ServiceName] = deps.Locality
+	case deps.Redis != nil:
+		services[locality.ServiceName] = sharedlocality.NewReader(deps.Redis)
+	}
+	fw, err := framework.New(s.profile, plugins.NewRegistry(), s.snap, services)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: %w", err)
+	}
+	s.fw = fw
+	return s, nil
+}
+
+// Run loads the inventory, the ledger and the read models, then schedules
+// until ctx ends. It returns nil when ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if err := s.open(ctx); err != nil {
+		return err
+	}
+	if err := s.load(ctx); err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.scheduleLoop(gctx); return nil })
+	g.Go(func() error { return s.watchLedger(gctx) })
+	g.Go(func() error { return s.watchNetworks(gctx) })
+	g.Go(func() error { s.watchInventory(gctx); return nil })
+	g.Go(func() error { s.resyncLoop(gctx); return nil })
+	g.Go(func() error { s.retryLoop(gctx); return nil })
+	g.Go(func() error { s.hostRecordLoop(gctx); return nil })
+	for _, c := range s.consumers() {
+		g.Go(func() error { return s.bus.Consume(gctx, c.cfg, c.handler) })
+	}
+	err := g.Wait()
+	if ctx.Err() != nil {
+		// Write what changed last so that `get hosts` is current.
+		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		s.flushHostRecords(flushCtx)
+		cancel()
+		return nil
+	}
+	return err
+}
+
+func (s *Service) open(ctx context.Context) error {
+	var err error
+	kv := func(bucket string) jetstream.KeyValue {
+		if err != nil {
+			return nil
+		}
+		var b jetstream.KeyValue
+		b, err = s.bus.KV(ctx, bucket)
+		if err != nil {
+			err = fmt.Errorf("scheduler: KV %s: %w", bucket, err)
+		}
+		return b
+	}
+	s.hostsKV = kv(events.BucketHosts)
+	s.ledgerKV = kv(events.BucketLedger)
+	s.netKV = kv(events.BucketNetHosts)
+	s.podsKV = kv(events.BucketPods)
+	if err != nil {
+		return err
+	}
+	s.ledger = ledger.New(s.ledgerKV)
+	return nil
+}
+
+// load builds the first snapshot: host records (they keep cordons), the
+// vCenter inventory, the ledger, network availability, then the pods that
+// were waiting for a host when the scheduler last stopped.
+func (s *Service) load(ctx context.Context) error {
+	if err := s.loadHostRecords(ctx); err != nil {
+		return err
+	}
+	obs, err := s.source.List(ctx)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.applyObservations(ctx, obs, true)
+	entries, err := s.ledger.List(ctx)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.mu.Lock()
+	for _, e := range entries {
+		s.applyEntryLocked(e)
+	}
+	s.mu.Unlock()
+	if err := s.loadNetworks(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ready = true
+	s.mu.Unlock()
+	if err := s.recoverPending(ctx); err != nil {
+		s.log.Warn("recover pending pods", "err", err)
+	}
+	return nil
+}

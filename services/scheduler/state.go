@@ -1,0 +1,451 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/services/scheduler/inventory"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+)
+
+// This file folds the scheduler's inputs into the snapshot the framework
+// reads: host records (inventory + cordons), ledger entries and network
+// availability. Every function ending in Locked expects s.mu held.
+
+// loadHostRecords reads KV `hosts`: the inventory of the previous run, so
+// that a restart neither forgets cordons nor re-announces every host.
+func (s *Service) loadHostRecords(ctx context.Context) error {
+	lister, err := s.hostsKV.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("scheduler: list hosts: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k := range lister.Keys() {
+		kve, err := s.hostsKV.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("scheduler: get host %s: %w", k, err)
+		}
+		var rec events.HostRecord
+		if err := json.Unmarshal(kve.Value(), &rec); err != nil {
+			s.log.Warn("skip undecodable host record", "key", k, "err", err)
+			continue
+		}
+		s.records[rec.Name] = &rec
+	}
+	return nil
+}
+
+// fact is a host event to publish once the state is updated.
+type fact struct {
+	ceType string
+	host   string
+	data   any
+}
+
+// applyObservations folds what vCenter reports into the host records and
+// the snapshot and publishes the host facts that follow. With full, hosts
+// missing from obs have left the inventory.
+func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observation, full bool) {
+	var facts []fact
+	kick := false
+	now := time.Now().UTC()
+	s.mu.Lock()
+	seen := map[string]bool{}
+	for _, o := range obs {
+		seen[o.Info.Name] = true
+		old := s.records[o.Info.Name]
+		rec := &events.HostRecord{HostInfo: o.Info, ResourcePool: o.ResourcePool, Ref: o.Ref,
+			CPUCapacityMilli: s.profile.CPUCapacityMilli(o.Info.CPUCores), MemoryCapacityBytes: o.Info.MemoryBytes,
+			MaxPods: s.profile.MaxPodsPerHost}
+		connected := rec.ConnectionState == events.HostConnected
+		switch {
+		case old == nil:
+			if !connected {
+				rec.LostAt = now
+			}
+			facts = append(facts, fact{events.TypeHostDiscovered, rec.Name, &events.HostDiscovered{Host: rec.HostInfo}})
+			kick = kick || rec.Schedulable()
+		default:
+			rec.Cordoned, rec.LostAt = old.Cordoned, old.LostAt
+			rec.HostInfo.Cordoned = old.Cordoned
+			wasConnected := old.ConnectionState == events.HostConnected
+			switch {
+			case wasConnected && !connected:
+				rec.LostAt = now
+				reason := "NotResponding"
+				if rec.ConnectionState == events.HostDisconnected {
+					reason = "Disconnected"
+				}
+				facts = append(facts, fact{events.TypeHostLost, rec.Name, &events.HostLost{Name: rec.Name, Cluster: rec.Cluster, Reason: reason}})
+			case !wasConnected && connected:
+				rec.LostAt = time.Time{}
+				facts = append(facts, fact{events.TypeHostRecovered, rec.Name, &events.HostRecovered{Name: rec.Name, Cluster: rec.Cluster}})
+				kick = true
+			case !reflect.DeepEqual(old.HostInfo, rec.HostInfo) || old.ResourcePool != rec.ResourcePool:
+				facts = append(facts, fact{events.TypeHostUpdated, rec.Name, &events.HostUpdated{Host: rec.HostInfo}})
+				kick = kick || rec.Schedulable() && (!old.Schedulable() || rec.MemoryBytes > old.MemoryBytes ||
+					rec.CPUCores > old.CPUCores || len(rec.Labels) != len(old.Labels))
+			}
+		}
+		s.records[rec.Name] = rec
+		s.snap.SetHost(s.hostFromRecordLocked(rec))
+		s.dirty[rec.Name] = true
+	}
+	if full {
+		for name, rec := range s.records {
+			if seen[name] {
+				continue
+			}
+			facts = append(facts, s.removeHostLocked(rec)...)
+		}
+	}
+	s.mu.Unlock()
+	s.publishFacts(ctx, facts)
+	if kick {
+		s.pending.kickAll()
+	}
+}
+
+// removeHostsByName handles hosts that left the inventory.
+func (s *Service) removeHostsByName(ctx context.Context, names []string) {
+	var facts []fact
+	s.mu.Lock()
+	for _, n := range names {
+		if rec, ok := s.records[n]; ok {
+			facts = append(facts, s.removeHostLocked(rec)...)
+		}
+	}
+	s.mu.Unlock()
+	s.publishFacts(ctx, facts)
+}
+
+func (s *Service) removeHostLocked(rec *events.HostRecord) []fact {
+	delete(s.records, rec.Name)
+	s.snap.RemoveHost(rec.Name)
+	s.dirty[rec.Name] = true // written as a delete
+	if rec.ConnectionState != events.HostConnected && !rec.LostAt.IsZero() {
+		return nil // already announced as lost
+	}
+	return []fact{{events.TypeHostLost, rec.Name, &events.HostLost{Name: rec.Name, Cluster: rec.Cluster, Reason: "Removed"}}}
+}
+
+// publishFacts publishes host facts. A fact that cannot be published is
+// logged: the record in KV `hosts` still tells the truth, and the next
+// change publishes the full state again.
+func (s *Service) publishFacts(ctx context.Context, facts []fact) {
+	for _, f := range facts {
+		ev, err := newEvent(f.ceType, f.host, f.data)
+		if err == nil {
+			err = s.publish(ctx, ev)
+		}
+		if err != nil {
+			s.log.Error("publish host fact", "ce_type", f.ceType, "host", f.host, "err", err)
+			continue
+		}
+		s.log.Info("host fact", "ce_type", f.ceType, "host", f.host)
+	}
+}
+
+// hostFromRecordLocked is the framework's view of a host record. Pods is
+// left nil so that SetHost keeps the host's allocations.
+func (s *Service) hostFromRecordLocked(rec *events.HostRecord) *framework.Host {
+	h := &framework.Host{
+		Name: rec.Name, Cluster: rec.Cluster, ResourcePool: rec.ResourcePool,
+		ConnectionState: rec.ConnectionState, Maintenance: rec.Maintenance, Cordoned: rec.Cordoned,
+		CPUCapacityMilli: rec.CPUCapacityMilli, MemoryCapacityBytes: rec.MemoryCapacityBytes, MaxPods: rec.MaxPods,
+		Datastores: rec.Datastores, Labels: rec.Labels,
+		Networks: map[string]framework.NetworkState{},
+	}
+	for n, a := range s.netAvail {
+		if st := networkState(a, rec.Name); st != framework.NetworkAbsent {
+			h.Networks[n] = st
+		}
+	}
+	return h
+}
+
+func networkState(a *events.NetworkAvailability, host string) framework.NetworkState {
+	switch {
+	case a.Realized(host):
+		return framework.NetworkRealized
+	case a.InScope(host):
+		return framework.NetworkInScope
+	}
+	return framework.NetworkAbsent
+}
+
+// applyEntryLocked folds a ledger entry into the snapshot and the
+// allocation index, unless the snapshot already has a newer one.
+func (s *Service) applyEntryLocked(e ledger.Entry) {
+	host := e.Host
+	if h, ok := s.snap.Host(host); ok && h.LedgerRevision >= e.Revision && e.Revision != 0 {
+		return
+	}
+	for k, hn := range s.allocIndex {
+		if hn == host {
+			if _, still := e.Allocations[k]; !still {
+				delete(s.allocIndex, k)
+			}
+		}
+	}
+	refs := make([]*framework.PodRef, 0, len(e.Allocations))
+	for k, a := range e.Allocations {
+		s.allocIndex[k] = host
+		refs = append(refs, refOf(a))
+	}
+	s.snap.SetPods(host, refs, e.Revision)
+	s.dirty[host] = true
+}
+
+// refOf is the framework's view of a ledger allocation.
+func refOf(a events.Allocation) *framework.PodRef {
+	return &framework.PodRef{Key: a.Key(), Namespace: a.Namespace, Name: a.Name, UID: a.UID,
+		CPUMilli: a.CPUMilli, MemoryBytes: a.MemoryBytes, Labels: a.Labels,
+		SpreadGroup: framework.SpreadGroup(a.Namespace, a.Labels)}
+}
+
+// watchLedger follows KV `ledger`, which other scheduler instances write
+// too, so that their reservations count here.
+func (s *Service) watchLedger(ctx context.Context) error {
+	return s.watchKV(ctx, s.ledgerKV, func(kve jetstream.KeyValueEntry) {
+		if kve.Operation() != jetstream.KeyValuePut {
+			return
+		}
+		e, err := ledger.Decode(kve)
+		if err != nil {
+			s.log.Warn("skip undecodable ledger entry", "key", kve.Key(), "err", err)
+			return
+		}
+		s.mu.Lock()
+		before := len(s.allocIndex)
+		s.applyEntryLocked(e)
+		freed := len(s.allocIndex) < before
+		s.mu.Unlock()
+		if freed {
+			s.pending.kickAll()
+		}
+	})
+}
+
+// loadNetworks reads KV `net-hosts`.
+func (s *Service) loadNetworks(ctx context.Context) error {
+	lister, err := s.netKV.ListKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("scheduler: list net-hosts: %w", err)
+	}
+	for k := range lister.Keys() {
+		kve, err := s.netKV.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("scheduler: get net-hosts %s: %w", k, err)
+		}
+		s.applyNetwork(kve)
+	}
+	return nil
+}
+
+// watchNetworks follows network-config's availability read model.
+func (s *Service) watchNetworks(ctx context.Context) error {
+	return s.watchKV(ctx, s.netKV, func(kve jetstream.KeyValueEntry) {
+		if s.applyNetwork(kve) {
+			s.pending.kickAll()
+		}
+	})
+}
+
+// applyNetwork folds one network's availability into every host; it
+// reports whether the network reaches more hosts than before.
+func (s *Service) applyNetwork(kve jetstream.KeyValueEntry) bool {
+	var a *events.NetworkAvailability
+	if kve.Operation() == jetstream.KeyValuePut {
+		a = &events.NetworkAvailability{}
+		if err := json.Unmarshal(kve.Value(), a); err != nil {
+			s.log.Warn("skip undecodable network availability", "key", kve.Key(), "err", err)
+			return false
+		}
+		slices.Sort(a.Hosts)
+		slices.Sort(a.Scope)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	name := kve.Key()
+	if a != nil && a.Network != "" {
+		name = a.Network
+	}
+	old := s.netAvail[name]
+	if a == nil {
+		delete(s.netAvail, name)
+	} else {
+		s.netAvail[name] = a
+	}
+	grew := false
+	for _, h := range s.snap.Hosts() {
+		st := framework.NetworkAbsent
+		if a != nil {
+			st = networkState(a, h.Name)
+		}
+		prev := framework.NetworkAbsent
+		if old != nil {
+			prev = networkState(old, h.Name)
+		}
+		if st != prev {
+			s.snap.SetNetwork(h.Name, name, st)
+			grew = grew || st > prev
+		}
+	}
+	return grew
+}
+
+// watchKV runs fn on every update of a bucket until ctx ends, restarting
+// the watch if it breaks.
+func (s *Service) watchKV(ctx context.Context, kv jetstream.KeyValue, fn func(jetstream.KeyValueEntry)) error {
+	for ctx.Err() == nil {
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			s.log.Warn("watch KV", "bucket", kv.Bucket(), "err", err)
+			sleep(ctx, time.Second)
+			continue
+		}
+		func() {
+			defer w.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case kve, ok := <-w.Updates():
+					if !ok {
+						return
+					}
+					if kve != nil {
+						fn(kve)
+					}
+				}
+			}
+		}()
+		sleep(ctx, 100*time.Millisecond)
+	}
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// watchInventory streams vCenter host changes into the snapshot.
+func (s *Service) watchInventory(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.source.Watch(ctx, func(u inventory.Update) {
+			if len(u.Changed) > 0 {
+				s.applyObservations(ctx, u.Changed, false)
+			}
+			if len(u.Removed) > 0 {
+				s.removeHostsByName(ctx, u.Removed)
+			}
+		})
+		if err != nil {
+			s.log.Warn("inventory watch broke; restarting", "err", err)
+		}
+		sleep(ctx, time.Second)
+	}
+}
+
+// resyncLoop reads the whole inventory periodically: a watch can lag or
+// miss an update, a full read cannot.
+func (s *Service) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ResyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			obs, err := s.source.List(ctx)
+			if err != nil {
+				s.log.Warn("inventory resync", "err", err)
+				continue
+			}
+			s.applyObservations(ctx, obs, true)
+		}
+	}
+}
+
+// hostRecordLoop writes changed host records (allocation totals change with
+// every placement; writing them at most every HostRecordInterval keeps KV
+// traffic bounded under load).
+func (s *Service) hostRecordLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.HostRecordInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.flushHostRecords(ctx)
+		}
+	}
+}
+
+func (s *Service) flushHostRecords(ctx context.Context) {
+	type write struct {
+		name string
+		data []byte
+	}
+	var writes []write
+	now := time.Now().UTC()
+	s.mu.Lock()
+	for name := range s.dirty {
+		rec, ok := s.records[name]
+		if !ok {
+			writes = append(writes, write{name: name})
+			continue
+		}
+		if h, ok := s.snap.Host(name); ok {
+			rec.AllocatedCPUMilli, rec.AllocatedMemoryBytes, rec.Pods = h.RequestedCPUMilli, h.RequestedMemoryBytes, h.PodCount()
+		}
+		rec.UpdatedAt = now
+		data, err := json.Marshal(rec)
+		if err != nil {
+			continue
+		}
+		writes = append(writes, write{name, data})
+	}
+	clear(s.dirty)
+	s.mu.Unlock()
+	for _, w := range writes {
+		var err error
+		if w.data == nil {
+			err = s.hostsKV.Delete(ctx, events.HostRecordKey(w.name))
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				err = nil
+			}
+		} else {
+			_, err = s.hostsKV.Put(ctx, events.HostRecordKey(w.name), w.data)
+		}
+		if err != nil {
+			s.log.Warn("write host record", "host", w.name, "err", err)
+			s.mu.Lock()
+			s.dirty[w.name] = true
+			s.mu.Unlock()
+		}
+	}
+}
