@@ -221,4 +221,3 @@ func (e *env) checkVMMemory(created map[string]string) {
 	}
 	e.t.Logf("%d pod VMs checked through the vSphere API; fullest host at %.1f%% of its memory", counted, 100*busiest)
 }
-

@@ -310,4 +310,3 @@ func (o *observer) facts(ceType, host string) int {
 }
 
 func podKey(name string) string { return events.PodKey("default", name) }
-
