@@ -13,11 +13,13 @@
 //
 //	pv:img:ref:{<image ref>}             string  manifest digest the reference resolved to
 //	pv:img:manifest:{<digest>}           string  JSON Manifest: layers with digest, diffID, chainID, size
+//	pv:img:manifest:{<digest>}:announced set     datastores image.pulled was published for
 //	pv:img:chain:{<chainID>}:<ds>        hash    events.ChainRecord of the chain's disk on datastore <ds>
 //	pv:img:chain:{<chainID>}:<ds>:refs   set     uids of the pods referencing it (its size is the record's refs)
 //	pv:img:chain:{<chainID>}:<ds>:lease  string  owner token of the pull in progress, with an expiry
 //	pv:img:chain:{<chainID>}:locs        hash    <ds> → state, for every datastore holding the chain
 //	pv:img:pod:{<uid>}                   set     "<chainID>@<ds>" the pod references (dropped on pod.deleted)
+//	pv:img:pod:{<uid>}:containers        string  JSON [{name, image}] of the pod, from pod.accepted
 //	pv:img:{index}:chains                set     "<chainID>@<ds>" of every chain record (listing, GC, rebuild)
 //	pv:img:{index}:images                set     manifest digests seen
 //	pv:img:{index}:epoch                 string  set when the metadata is complete; its absence means Redis

@@ -78,3 +78,11 @@ func (m Manifest) Size() int64 {
 	}
 	return n
 }
+
+// PodContainersKey holds the JSON list of a pod's containers and images,
+// kept from pod.accepted for pod.scheduled (which does not carry them).
+func PodContainersKey(uid string) string { return Prefix + "pod:{" + uid + "}:containers" }
+
+// AnnouncedKey is the set of datastores on which image.pulled was published
+// for a manifest digest (so it is published once per image and datastore).
+func AnnouncedKey(digest string) string { return Prefix + "manifest:{" + digest + "}:announced" }

@@ -410,3 +410,6 @@ func (s *Store) Scan(ctx context.Context, dsName string) (ready, partial []event
 	}
 	return ready, partial, manifests, nil
 }
+
+// Client is the vSphere client the store uses.
+func (s *Store) Client() *vim25.Client { return s.c }

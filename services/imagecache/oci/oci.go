@@ -197,7 +197,7 @@ func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(r io.Re
 	diffDone := make(chan diffResult, 1)
 	go func() { diffDone <- hashUncompressed(pr) }()
 
-	counter := &countingReader{r: rc, h: digestH, w: pw}
+	counter := &countingReader{r: rc, h: digestH, w: pw, size: want.Size}
 	sinkErr := sink(counter, want.Size)
 	// Drain what sink did not read, so the digest covers the whole blob.
 	if sinkErr == nil {
@@ -230,12 +230,18 @@ func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(r io.Re
 // countingReader hashes and counts what passes and feeds a copy to the
 // diffID hasher. The remote's own verifying reader may fail at EOF on a
 // mismatch; that error is kept in err and the classification above decides.
+//
+// Once the expected size has been read, a failure is reported to the sink as
+// a clean EOF: the sink (an upload to the datastore) then finishes its
+// request instead of aborting it half-way, so that no server-side write is
+// still running when the caller deletes the rejected file.
 type countingReader struct {
-	r   io.Reader
-	h   hash.Hash
-	w   *io.PipeWriter
-	n   int64
-	err error
+	r    io.Reader
+	h    hash.Hash
+	w    *io.PipeWriter
+	size int64
+	n    int64
+	err  error
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
@@ -247,6 +253,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 		_, _ = c.w.Write(p[:n])
 	}
 	if err != nil && err != io.EOF {
+		if c.n >= c.size {
+			return n, io.EOF // the digest check reports it
+		}
 		c.err = err
 	}
 	return n, err

@@ -1,0 +1,214 @@
+package imagecache
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config tunes the image cache. The zero value is valid: Validate fills the
+// defaults (call it, or let New do it).
+type Config struct {
+	// Workers is how many pods are prepared at once (default 8). Pods of the
+	// same image share one pull whatever the number.
+	Workers int
+	// Datastores restricts image disks to these datastores, in order of
+	// preference. Empty means every datastore, preferring those mounted on
+	// the most hosts (a shared datastore serves a pod wherever it lands).
+	Datastores []string
+	// InsecureRegistries are spoken to in plain HTTP (loopback registries
+	// always are).
+	InsecureRegistries []string
+	// LeaseTTL is how long a pull lease lives without renewal (default 30s):
+	// how long a crashed replica's pull blocks others.
+	LeaseTTL time.Duration
+	// PrepareTimeout bounds preparing one pod's images (default 10m).
+	PrepareTimeout time.Duration
+	// ReserveBytes is free space left untouched on every datastore (default
+	// 1 GiB); a pull that would eat into it fails with DatastoreFull.
+	ReserveBytes int64
+	// GCBudgetBytes is how much image data a datastore may hold before the
+	// garbage collector evicts unreferenced chains (default 20 GiB).
+	GCBudgetBytes int64
+	// GCGrace is how long a chain must be unreferenced before eviction
+	// (default 10m): a pod being deployed right now is not robbed.
+	GCGrace time.Duration
+	// GCInterval is how often the collector runs (default 1m).
+	GCInterval time.Duration
+	// CheckInterval is how often the service checks that Redis still holds
+	// its metadata and rebuilds it from the datastores if not (default 15s).
+	CheckInterval time.Duration
+}
+
+// Defaults.
+const (
+	DefaultWorkers        = 8
+	DefaultLeaseTTL       = 30 * time.Second
+	DefaultPrepareTimeout = 10 * time.Minute
+	DefaultReserveBytes   = 1 << 30
+	DefaultGCBudgetBytes  = 20 << 30
+	DefaultGCGrace        = 10 * time.Minute
+	DefaultGCInterval     = time.Minute
+	DefaultCheckInterval  = 15 * time.Second
+)
+
+func (c Config) withDefaults() Config {
+	if c.Workers == 0 {
+		c.Workers = DefaultWorkers
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = DefaultLeaseTTL
+	}
+	if c.PrepareTimeout == 0 {
+		c.PrepareTimeout = DefaultPrepareTimeout
+	}
+	if c.ReserveBytes == 0 {
+		c.ReserveBytes = DefaultReserveBytes
+	}
+	if c.GCBudgetBytes == 0 {
+		c.GCBudgetBytes = DefaultGCBudgetBytes
+	}
+	if c.GCGrace == 0 {
+		c.GCGrace = DefaultGCGrace
+	}
+	if c.GCInterval == 0 {
+		c.GCInterval = DefaultGCInterval
+	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = DefaultCheckInterval
+	}
+	return c
+}
+
+// Validate reports every invalid field (after defaults), each naming the
+// field and the reason.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	if c.Workers < 1 || c.Workers > 256 {
+		errs = append(errs, fmt.Errorf("imagecache config: Workers: %d is out of range 1..256", c.Workers))
+	}
+	seen := map[string]bool{}
+	for i, ds := range c.Datastores {
+		switch {
+		case strings.TrimSpace(ds) == "":
+			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: empty name", i))
+		case strings.ContainsAny(ds, "[]@\n"):
+			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: %q must not contain '[', ']', '@' or newlines", i, ds))
+		case seen[ds]:
+			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: %q listed twice", i, ds))
+		}
+		seen[ds] = true
+	}
+	if c.LeaseTTL < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("imagecache config: LeaseTTL: %s is below 100ms", c.LeaseTTL))
+	}
+	if c.PrepareTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("imagecache config: PrepareTimeout: %s is below 1s", c.PrepareTimeout))
+	}
+	if c.ReserveBytes < 0 {
+		errs = append(errs, fmt.Errorf("imagecache config: ReserveBytes: %d is negative", c.ReserveBytes))
+	}
+	if c.GCBudgetBytes < 0 {
+		errs = append(errs, fmt.Errorf("imagecache config: GCBudgetBytes: %d is negative", c.GCBudgetBytes))
+	}
+	if c.GCGrace < 0 {
+		errs = append(errs, fmt.Errorf("imagecache config: GCGrace: %s is negative", c.GCGrace))
+	}
+	if c.GCInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("imagecache config: GCInterval: %s is below 10ms", c.GCInterval))
+	}
+	if c.CheckInterval < 10*time.Millisecond {
+		errs = append(errs, fmt.Errorf("imagecache config: CheckInterval: %s is below 10ms", c.CheckInterval))
+	}
+	return errors.Join(errs...)
+}
+
+// ConfigFromEnv reads the configuration from the environment:
+//
+//	PODVISOR_IMAGECACHE_WORKERS     Workers
+//	PODVISOR_IMAGE_DATASTORES       Datastores, comma-separated
+//	PODVISOR_INSECURE_REGISTRIES    InsecureRegistries, comma-separated host[:port]
+//	PODVISOR_IMAGE_LEASE_TTL        LeaseTTL (Go duration)
+//	PODVISOR_IMAGE_RESERVE          ReserveBytes (bytes, or with Ki/Mi/Gi/Ti)
+//	PODVISOR_IMAGE_GC_BUDGET        GCBudgetBytes (bytes, or with Ki/Mi/Gi/Ti)
+//	PODVISOR_IMAGE_GC_GRACE         GCGrace (Go duration)
+//	PODVISOR_IMAGE_GC_INTERVAL      GCInterval (Go duration)
+//
+// Unset variables keep the defaults; the result is validated.
+func ConfigFromEnv() (Config, error) {
+	var c Config
+	var errs []error
+	intVar := func(name string, dst *int) {
+		if v := os.Getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
+			}
+			*dst = n
+		}
+	}
+	durVar := func(name string, dst *time.Duration) {
+		if v := os.Getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 30s or 10m", name, v))
+			}
+			*dst = d
+		}
+	}
+	sizeVar := func(name string, dst *int64) {
+		if v := os.Getenv(name); v != "" {
+			n, err := ParseBytes(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+			}
+			*dst = n
+		}
+	}
+	listVar := func(name string, dst *[]string) {
+		for _, s := range strings.Split(os.Getenv(name), ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				*dst = append(*dst, s)
+			}
+		}
+	}
+	intVar("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
+	listVar("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
+	listVar("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
+	durVar("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
+	sizeVar("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
+	sizeVar("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
+	durVar("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
+	durVar("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
+	if len(errs) == 0 {
+		if err := c.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return c.withDefaults(), errors.Join(errs...)
+}
+
+// ParseBytes reads a size: plain bytes or a number with a binary suffix
+// (Ki, Mi, Gi, Ti).
+func ParseBytes(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
+		if strings.HasSuffix(s, u.suffix) {
+			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size such as 20Gi or 1048576", s)
+	}
+	return n * mult, nil
+}

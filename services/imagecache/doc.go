@@ -1,0 +1,61 @@
+// Package imagecache is the image-cache service: it turns the container
+// images of pods into image disk chains on vSphere datastores, once per
+// layer prefix however many pods and images share it, and tells the other
+// services where they are.
+//
+// # Flow
+//
+// On pod.accepted (prefetch: before any host is chosen) every container
+// image is resolved to a digest in its registry (package oci; default
+// keychain for credentials), and its layers to OCI chainIDs. The image's
+// chain is made ready on one datastore, the one already holding the longest
+// prefix of it, else the first with room (configured order, or the datastore
+// mounted on the most hosts): each missing prefix gets a folder with the
+// verified layer blob and a virtual disk whose meta.json names its parent
+// disk (package imagedisk). The pod takes a reference on every chain of its
+// images, image.pulled announces an image newly complete on a datastore,
+// and pod.images.ready lists per container the digest, the top disk and the
+// chain. A failure publishes pod.images.failed with a reason:
+// InvalidImageName, ImageNotFound, Unauthorized, DigestMismatch,
+// DatastoreFull or NoImageDatastore at once; RegistryUnavailable and other
+// transient errors after the bus's redeliveries run out.
+//
+// pod.images.ready goes out on pod.accepted when the chain's datastore is
+// mounted on every host (the pod can land anywhere). Otherwise pod.scheduled
+// finishes: when the chosen host does not mount the datastore, the chain is
+// copied (vSphere disk and file copy, no registry traffic) to one it does,
+// the pod's references move with it, and pod.images.ready names the copy.
+//
+// On pod.deleted the pod's references are dropped. The chains stay: the
+// next pod of the image starts without a pull.
+//
+// # Pull once
+//
+// Twenty pods of one image cause one pull: in one process the pods' workers
+// share each chain's work (singleflight), and across replicas the Redis
+// pull lease (package chaindb) lets one replica pull while the others wait
+// for the record to turn ready. A replica that dies mid-pull loses its lease
+// when it expires; the next one clears the folder and pulls again, and a
+// record turns ready only after blob, disk and meta.json are complete, so a
+// ready record never covers partial data.
+//
+// # Garbage collection
+//
+// Every GCInterval, on each datastore whose image data exceeds
+// GCBudgetBytes, chains without references and unused for GCGrace are
+// evicted, deepest first and only once no chain names them as parent, until
+// the datastore fits; each eviction is announced with image.evicted.
+//
+// # Redis is a cache
+//
+// The service checks every CheckInterval that Redis still holds its
+// metadata (an epoch key). If not (FLUSHALL, a restart without persistence),
+// it rebuilds the chain records and manifests from the datastores'
+// meta.json files and the pods' references from the pod VMs' disk chains;
+// pods being deployed meanwhile keep going, at worst pulling a layer a
+// second time, never failing.
+//
+// The Redis keys are documented in shared/imagelocality, which also holds
+// the read side: image locality for the scheduler and the image listing of
+// `podvisor get images`.
+package imagecache

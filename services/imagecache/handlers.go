@@ -1,0 +1,359 @@
+package imagecache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/shared/bus"
+	il "github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+// container is one container of a pod and its image reference.
+type container struct {
+	Name  string `json:"name"`
+	Image string `json:"image"`
+}
+
+// handle dispatches one pod event. Events of one pod never run concurrently
+// (the bus keys them by pod), so accepted, scheduled and deleted of a pod are
+// handled in order.
+func (s *Service) handle(ctx context.Context, m *bus.Message) error {
+	payload, err := events.Decode(m.Event.Type(), m.Event.Data())
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	log := s.log.With("ce_type", m.Event.Type(), "key", m.Key)
+	switch e := payload.(type) {
+	case *events.PodAccepted:
+		s.annotate(ctx, e.Namespace, e.Name, e.UID)
+		cs := make([]container, len(e.Pod.Spec.Containers))
+		for i, c := range e.Pod.Spec.Containers {
+			cs[i] = container{Name: c.Name, Image: c.Image}
+			if i < len(e.Images) && e.Images[i] != "" {
+				cs[i].Image = e.Images[i]
+			}
+		}
+		return s.onAccepted(ctx, m, log, e, cs)
+	case *events.PodScheduled:
+		s.annotate(ctx, e.Namespace, e.Name, e.UID)
+		return s.onScheduled(ctx, m, log, e)
+	case *events.PodDeleted:
+		s.annotate(ctx, e.Namespace, e.Name, e.UID)
+		return s.onDeleted(ctx, e)
+	default:
+		return nil // another pod event on a shared subject filter: not ours
+	}
+}
+
+func (s *Service) annotate(ctx context.Context, ns, name, uid string) {
+	trace.SpanFromContext(ctx).SetAttributes(
+		attribute.String("podvisor.service", Name),
+		attribute.String("pod", events.PodKey(ns, name)),
+		attribute.String("pod.uid", uid),
+	)
+}
+
+// onAccepted prefetches the pod's images before any host is chosen. When
+// the chains land on a datastore every host mounts, the pod's images are
+// ready wherever it is scheduled and pod.images.ready goes out now;
+// otherwise pod.scheduled finishes the job.
+func (s *Service) onAccepted(ctx context.Context, m *bus.Message, log interface{ Info(string, ...any) }, e *events.PodAccepted, cs []container) error {
+	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
+		return err
+	}
+	cands, err := s.candidates(ctx, "", nil)
+	if err != nil {
+		return err
+	}
+	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands})
+	if err != nil || failed {
+		return err
+	}
+	for _, p := range preps {
+		if all, err := s.visibleToAll(ctx, p.datastore); err != nil || !all {
+			return err
+		}
+	}
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
+}
+
+// onScheduled makes sure the chosen host sees the pod's chains: a chain on
+// a datastore the host does not mount is copied to one it does.
+func (s *Service) onScheduled(ctx context.Context, m *bus.Message, log interface{ Info(string, ...any) }, e *events.PodScheduled) error {
+	cs, err := s.containersOf(ctx, e.Namespace, e.Name, e.UID)
+	if err != nil {
+		return err
+	}
+	if len(cs) == 0 {
+		return bus.Permanent(fmt.Errorf("pod %s (uid %s): no containers known (neither in Redis nor in the pods bucket)", events.PodKey(e.Namespace, e.Name), e.UID))
+	}
+	// If prefetch already published pod.images.ready, every chain is on a
+	// datastore all hosts mount, and there is nothing to do.
+	cands, err := s.candidates(ctx, e.Host, e.Datastores)
+	if err != nil {
+		return err
+	}
+	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands, copyFrom: true})
+	if err != nil || failed {
+		return err
+	}
+	allVisible := true
+	for _, p := range preps {
+		all, err := s.visibleToAll(ctx, p.datastore)
+		if err != nil {
+			return err
+		}
+		allVisible = allVisible && all
+	}
+	if allVisible {
+		return nil // published on pod.accepted
+	}
+	log.Info("images placed for host", "host", e.Host)
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
+}
+
+// prepareAll prepares every distinct image of the pod and references the
+// chains for the pod. On a failure that retrying cannot fix, or on the last
+// delivery, it publishes pod.images.failed and reports failed=true; a
+// retryable failure is returned as an error for the bus to redeliver.
+func (s *Service) prepareAll(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, pl placement) (map[string]prepared, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.PrepareTimeout)
+	defer cancel()
+	out := map[string]prepared{}
+	for _, c := range cs {
+		if _, done := out[c.Image]; done {
+			continue
+		}
+		p, err := s.prepareOne(ctx, m, uid, c.Image, pl)
+		if err != nil {
+			reason, retryable := reasonOf(err)
+			if retryable && !m.LastDelivery() && ctx.Err() == nil {
+				return nil, false, err
+			}
+			if errors.Is(err, context.Canceled) && context.Cause(ctx) == context.Canceled {
+				return nil, false, err // shutting down: someone else finishes
+			}
+			return nil, true, s.publishFailed(ctx, m, ns, name, uid, c, reason, err)
+		}
+		out[c.Image] = p
+	}
+	return out, false, nil
+}
+
+// prepareOne resolves, ensures and references one image for a pod, and
+// announces it with image.pulled.
+func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref string, pl placement) (prepared, error) {
+	img, err := s.resolve(ctx, ref)
+	if err != nil {
+		return prepared{}, err
+	}
+	var p prepared
+	// A chain may be evicted between ensure and the reference: then ensure
+	// again (the collector never evicts a referenced chain, so the second
+	// round sticks unless the datastore churns).
+	for attempt := 0; ; attempt++ {
+		p, err = s.ensure(ctx, img, pl)
+		if err != nil {
+			return prepared{}, err
+		}
+		err = s.reference(ctx, uid, p)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, chaindb.ErrNotReady) || attempt == 3 {
+			return prepared{}, err
+		}
+	}
+	if err := s.moveReferences(ctx, uid, p); err != nil {
+		return prepared{}, err
+	}
+	if err := s.store.WriteManifest(ctx, p.datastore, img.manifest); err != nil {
+		return prepared{}, err
+	}
+	// image.pulled announces an image on a datastore once (the first pod
+	// to find it complete there), not once per pod.
+	first, err := s.db.Client().SAdd(ctx, il.AnnouncedKey(img.manifest.Digest), p.datastore).Result()
+	if err != nil || first == 0 {
+		return p, err
+	}
+	pulled := events.ImagePulled{
+		Image:        ref,
+		Digest:       img.manifest.Digest,
+		Bytes:        img.manifest.Size(),
+		LayersPulled: p.layersPulled,
+		Datastore:    p.datastore,
+	}
+	for _, c := range p.chain {
+		pulled.Chain = append(pulled.Chain, events.ChainDisk{ChainID: c.ChainID, Disk: c.Disk, Parent: c.Parent, Size: c.Size})
+	}
+	// The subject names the datastore too, so that the same pod event
+	// preparing an image on two datastores yields two distinct events.
+	return p, s.publish(ctx, m.Event, events.TypeImagePulled, pulled.Digest+"@"+p.datastore, &pulled)
+}
+
+// reference adds the pod's reference to every chain of the image.
+func (s *Service) reference(ctx context.Context, uid string, p prepared) error {
+	for _, c := range p.chain {
+		if _, err := s.db.AddRef(ctx, c.ChainID, c.Datastore, uid); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveReferences drops the pod's references to the same chains on other
+// datastores (the chain was copied to the host's datastore).
+func (s *Service) moveReferences(ctx context.Context, uid string, p prepared) error {
+	refs, err := s.db.PodRefs(ctx, uid)
+	if err != nil {
+		return err
+	}
+	for _, member := range refs {
+		id, ds, ok := il.ParseIndexMember(member)
+		if !ok || ds == p.datastore {
+			continue
+		}
+		if slices.ContainsFunc(p.chain, func(c events.ChainRecord) bool { return c.ChainID == id }) {
+			if _, err := s.db.DropRef(ctx, id, ds, uid); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// onDeleted drops the pod's references. The chains stay until the garbage
+// collector needs the room.
+func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
+	members, err := s.db.PodRefs(ctx, e.UID)
+	if err != nil {
+		return err
+	}
+	// If Redis lost the pod's reference set, the event's digests still name
+	// the chains; the pod may reference them on any datastore.
+	for _, d := range e.Images {
+		man, ok, err := s.db.Reader().Manifest(ctx, d)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue
+		}
+		for _, l := range man.Layers {
+			locs, err := s.db.Locations(ctx, l.ChainID)
+			if err != nil {
+				return err
+			}
+			for ds := range locs {
+				members = append(members, il.IndexMember(l.ChainID, ds))
+			}
+		}
+	}
+	slices.Sort(members)
+	for _, member := range slices.Compact(members) {
+		id, ds, ok := il.ParseIndexMember(member)
+		if !ok {
+			continue
+		}
+		if _, err := s.db.DropRef(ctx, id, ds, e.UID); err != nil {
+			return err
+		}
+	}
+	if err := s.db.ForgetPod(ctx, e.UID); err != nil {
+		return err
+	}
+	return s.db.Client().Del(ctx, il.PodContainersKey(e.UID)).Err()
+}
+
+// rememberContainers keeps the pod's containers for pod.scheduled, which
+// does not carry them.
+func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) error {
+	b, err := json.Marshal(cs)
+	if err != nil {
+		return err
+	}
+	return s.db.Client().Set(ctx, il.PodContainersKey(uid), b, 0).Err()
+}
+
+// containersOf returns the pod's containers: from Redis, or, when Redis
+// lost them, from the provisioner's pod record (a read model).
+func (s *Service) containersOf(ctx context.Context, ns, name, uid string) ([]container, error) {
+	b, err := s.db.Client().Get(ctx, il.PodContainersKey(uid)).Bytes()
+	if err == nil {
+		var cs []container
+		if err := json.Unmarshal(b, &cs); err == nil && len(cs) > 0 {
+			return cs, nil
+		}
+	}
+	kv, err := s.bus.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, fmt.Errorf("read pods bucket: %w", err)
+	}
+	entry, err := kv.Get(ctx, events.PodRecordKey(ns, name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read pod record %s: %w", events.PodKey(ns, name), err)
+	}
+	var rec events.PodRecord
+	if err := json.Unmarshal(entry.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("pod record %s: %w", events.PodKey(ns, name), err)
+	}
+	if rec.UID != uid {
+		return nil, nil
+	}
+	var cs []container
+	for _, c := range rec.Pod.Spec.Containers {
+		cs = append(cs, container{Name: c.Name, Image: c.Image})
+	}
+	return cs, s.rememberContainers(ctx, uid, cs)
+}
+
+func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared) error {
+	ready := events.PodImagesReady{Namespace: ns, Name: name, UID: uid}
+	for _, c := range cs {
+		p := preps[c.Image]
+		ready.Containers = append(ready.Containers, events.ContainerImage{
+			Container: c.Name,
+			Image:     c.Image,
+			Digest:    p.image.manifest.Digest,
+			Datastore: p.datastore,
+			Disk:      p.topDisk(),
+			Chain:     p.chainPaths(),
+		})
+	}
+	return s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready)
+}
+
+func (s *Service) publishFailed(ctx context.Context, m *bus.Message, ns, name, uid string, c container, reason string, cause error) error {
+	failed := events.PodImagesFailed{Namespace: ns, Name: name, UID: uid, Container: c.Name, Image: c.Image,
+		Reason: reason, Message: cause.Error()}
+	return s.publish(ctx, m.Event, events.TypePodImagesFailed, events.PodKey(ns, name), &failed)
+}
+
+// publish sends an effect of cause; its id derives from the cause, so a
+// redelivered cause republishes the same id and JetStream drops the copy.
+func (s *Service) publish(ctx context.Context, cause event.Event, ceType, subject string, data events.Payload) error {
+	if err := data.Validate(); err != nil {
+		return bus.Permanent(fmt.Errorf("build %s: %w", ceType, err))
+	}
+	ev, err := bus.Effect(cause, Source, ceType, subject, data)
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	return s.bus.Publish(pctx, ev)
+}

@@ -1,0 +1,448 @@
+package imagecache
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/oci"
+	il "github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+var tracer = otel.Tracer("github.com/podvisor/podvisor/services/imagecache")
+
+// image is a resolved image: its manifest, and the registry handle to fetch
+// its layers (nil when resolved from the cache because the registry was
+// unreachable; then only chains already on a datastore can be used).
+type image struct {
+	manifest il.Manifest
+	remote   *oci.Image
+}
+
+// prepared is an image's chain on one datastore, complete and ready.
+type prepared struct {
+	image        image
+	datastore    string
+	chain        []events.ChainRecord // base first
+	layersPulled int
+}
+
+func (p prepared) topDisk() string { return p.chain[len(p.chain)-1].Disk }
+
+func (p prepared) chainPaths() []string {
+	out := make([]string, len(p.chain))
+	for i, c := range p.chain {
+		out[i] = c.Disk
+	}
+	return out
+}
+
+// resolve turns a reference into an image, once at a time per reference in
+// this process. When the registry is unreachable but the cache knows the
+// reference, the cached manifest is used (what a node does with an image
+// it already has): pods keep starting while the registry is down.
+func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
+	v, err, _ := s.resolves.Do(ref, func() (any, error) {
+		img, err := s.registry.Resolve(ctx, ref)
+		if err == nil {
+			m := img.Manifest()
+			if err := s.db.PutManifest(ctx, ref, m); err != nil {
+				return nil, err
+			}
+			return image{manifest: m, remote: img}, nil
+		}
+		if !errors.Is(err, oci.ErrRegistryUnavailable) {
+			return nil, err
+		}
+		digest, rerr := s.db.Reader().Digest(ctx, ref)
+		if rerr != nil || digest == "" {
+			return nil, err
+		}
+		m, ok, rerr := s.db.Reader().Manifest(ctx, digest)
+		if rerr != nil || !ok {
+			return nil, err
+		}
+		s.log.Warn("registry unreachable, using the cached manifest", "image", ref, "digest", digest, "err", err)
+		return image{manifest: m}, nil
+	})
+	if err != nil {
+		return image{}, err
+	}
+	return v.(image), nil
+}
+
+// placement says where an image may go.
+type placement struct {
+	// candidates are the datastores the chain may be on, best first.
+	candidates []string
+	// copyFrom allows copying ready chains from datastores outside
+	// candidates instead of pulling (on pod.scheduled).
+	copyFrom bool
+}
+
+// ensure makes img's chain ready on one of the candidate datastores and
+// returns it. It prefers the candidate holding the longest ready (or
+// in-progress) prefix, then copies what another datastore has, then pulls
+// what nobody has.
+func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared, error) {
+	layers := img.manifest.Layers
+	if len(layers) == 0 {
+		return prepared{}, fmt.Errorf("image %s: %w: the manifest has no layers", img.manifest.Image, oci.ErrImageNotFound)
+	}
+	if len(pl.candidates) == 0 {
+		return prepared{}, ErrNoDatastore
+	}
+	locs := make([]map[string]string, len(layers))
+	for i, l := range layers {
+		m, err := s.db.Locations(ctx, l.ChainID)
+		if err != nil {
+			return prepared{}, err
+		}
+		locs[i] = m
+	}
+	prefix := func(ds string, states ...string) int {
+		n := 0
+		for n < len(layers) && slices.Contains(states, locs[n][ds]) {
+			n++
+		}
+		return n
+	}
+	inv, err := s.datastores(ctx, false)
+	if err != nil {
+		return prepared{}, err
+	}
+	free := map[string]int64{}
+	for _, d := range inv {
+		free[d.Name] = d.FreeSpace - s.cfg.ReserveBytes
+	}
+	// Choose the datastore: longest prefix present, then preference order;
+	// skip those without room for the missing layers.
+	best, bestPrefix := "", -1
+	for _, ds := range pl.candidates {
+		p := prefix(ds, events.ChainStateReady, events.ChainStatePulling)
+		var missing int64
+		for _, l := range layers[p:] {
+			missing += l.Size
+		}
+		if missing > free[ds] {
+			continue
+		}
+		if p > bestPrefix {
+			best, bestPrefix = ds, p
+		}
+	}
+	if best == "" {
+		var need int64
+		for _, l := range layers {
+			need += l.Size
+		}
+		return prepared{}, fmt.Errorf("image %s (%d bytes): %w: no room on %v beyond the %d-byte reserve",
+			img.manifest.Image, need, ErrDatastoreFull, pl.candidates, s.cfg.ReserveBytes)
+	}
+
+	out := prepared{image: img, datastore: best}
+	var parent *events.ChainRecord
+	for i := range layers {
+		rec, pulled, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
+		if err != nil {
+			return prepared{}, err
+		}
+		if pulled {
+			out.layersPulled++
+		}
+		out.chain = append(out.chain, rec)
+		parent = &out.chain[len(out.chain)-1]
+	}
+	return out, nil
+}
+
+// ensureChain makes layer i's chain ready on ds, sharing the work with every
+// other caller in this process (singleflight) and in other replicas (the
+// Redis lease).
+func (s *Service) ensureChain(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, bool, error) {
+	l := img.manifest.Layers[i]
+	key := events.ChainRecordKey(l.ChainID, ds)
+	type result struct {
+		rec    events.ChainRecord
+		pulled bool
+	}
+	ran := false // only the caller whose function ran counts the pull
+	v, err, _ := s.chains.Do(key, func() (any, error) {
+		ran = true
+		rec, pulled, err := s.ensureChainOnce(ctx, img, i, ds, parent, locs, copyFrom)
+		return result{rec, pulled}, err
+	})
+	if err != nil {
+		return events.ChainRecord{}, false, err
+	}
+	r := v.(result)
+	return r.rec, r.pulled && ran, nil
+}
+
+func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, bool, error) {
+	l := img.manifest.Layers[i]
+	rec := events.ChainRecord{
+		ChainID:   l.ChainID,
+		Datastore: ds,
+		Disk:      imagedisk.DiskPath(ds, l.ChainID),
+		Blob:      imagedisk.BlobPath(ds, l.ChainID),
+		Layer:     l.Digest,
+		DiffID:    l.DiffID,
+		Depth:     i + 1,
+		Size:      l.Size,
+	}
+	if parent != nil {
+		rec.Parent, rec.ParentDisk = parent.ChainID, parent.Disk
+	}
+	token := newToken()
+	for {
+		outcome, err := s.db.Begin(ctx, rec, token, s.cfg.LeaseTTL)
+		if err != nil {
+			return rec, false, err
+		}
+		switch outcome {
+		case chaindb.Ready:
+			got, ok, err := s.db.Get(ctx, l.ChainID, ds)
+			if err != nil {
+				return rec, false, err
+			}
+			if ok && got.State == events.ChainStateReady {
+				return got, false, nil
+			}
+			// Evicted or flushed between the two reads: go round again.
+		case chaindb.Busy, chaindb.Evicting:
+			select {
+			case <-ctx.Done():
+				return rec, false, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		case chaindb.Acquired:
+			src := ""
+			if copyFrom {
+				for other, state := range locs {
+					if other != ds && state == events.ChainStateReady {
+						src = other
+						break
+					}
+				}
+			}
+			if src != "" {
+				return s.copyChain(ctx, rec, src, token)
+			}
+			err := s.pull(ctx, img, i, rec, token)
+			return s.finish(ctx, rec, token, err, true)
+		}
+	}
+}
+
+// finish completes or fails a chain this caller holds the lease of.
+func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token string, work error, pulled bool) (events.ChainRecord, bool, error) {
+	if work != nil {
+		reason, _ := reasonOf(work)
+		// Leave no partial data behind a failed pull: the folder goes,
+		// then the record says failed (and the next request pulls again).
+		cleanup := context.WithoutCancel(ctx)
+		if err := s.store.Delete(cleanup, rec.Datastore, rec.ChainID); err != nil {
+			s.log.Warn("remove failed chain folder", "chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
+		}
+		if err := s.db.Fail(cleanup, rec.ChainID, rec.Datastore, token, reason+": "+work.Error()); err != nil {
+			s.log.Warn("mark chain failed", "chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
+		}
+		return rec, false, work
+	}
+	rec.State = events.ChainStateReady
+	ok, err := s.db.Complete(ctx, rec, token)
+	if err != nil {
+		return rec, false, err
+	}
+	if !ok {
+		return rec, false, fmt.Errorf("chain %s: %w", events.ChainRecordKey(rec.ChainID, rec.Datastore), ErrLeaseLost)
+	}
+	got, _, err := s.db.Get(ctx, rec.ChainID, rec.Datastore)
+	if err != nil {
+		return rec, false, err
+	}
+	return got, pulled, nil
+}
+
+// pull fetches layer i into rec's folder and creates its disk. The lease is
+// renewed while it runs; meta.json says "ready" only once the blob is
+// verified and the disk exists.
+func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRecord, token string) (err error) {
+	ctx, span := tracer.Start(ctx, "imagecache.pull", trace.WithAttributes(
+		attribute.String("podvisor.service", Name),
+		attribute.String("image", img.manifest.Image),
+		attribute.String("image.chain", rec.ChainID),
+		attribute.String("datastore", rec.Datastore),
+		attribute.Int64("bytes", rec.Size),
+	))
+	defer func() {
+		if err != nil {
+			span.RecordError(err)
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
+	if img.remote == nil {
+		return fmt.Errorf("image %s layer %d: %w: not on any datastore and the registry cannot be reached", img.manifest.Image, i, oci.ErrRegistryUnavailable)
+	}
+	ctx, stop := s.keepLease(ctx, rec, token)
+	defer stop()
+
+	if err := s.store.Begin(ctx, rec); err != nil {
+		return err
+	}
+	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(r io.Reader, size int64) error {
+		return s.store.UploadBlob(ctx, rec.Datastore, rec.ChainID, r, size)
+	})
+	s.stats.bytesPulled.Add(fetched.Bytes)
+	if err != nil {
+		return err
+	}
+	s.stats.layersPulled.Add(1)
+	if err := s.store.CreateDisk(ctx, rec.Datastore, rec.ChainID, fetched.Uncompressed); err != nil {
+		return err
+	}
+	rec.State = events.ChainStateReady
+	rec.CreatedAt = s.now().UTC()
+	return s.store.WriteMeta(ctx, rec)
+}
+
+// copyChain copies a ready chain from datastore src to rec's datastore
+// (a disk and file copy inside vSphere, no registry traffic).
+func (s *Service) copyChain(ctx context.Context, rec events.ChainRecord, src, token string) (events.ChainRecord, bool, error) {
+	ctx, stop := s.keepLease(ctx, rec, token)
+	defer stop()
+	from, ok, err := s.db.Get(ctx, rec.ChainID, src)
+	if err == nil && (!ok || from.State != events.ChainStateReady) {
+		err = fmt.Errorf("chain %s vanished during copy", events.ChainRecordKey(rec.ChainID, src))
+	}
+	if err == nil {
+		_, err = s.store.Copy(ctx, from, rec.Datastore)
+	}
+	if err == nil {
+		s.stats.chainsCopied.Add(1)
+		s.stats.bytesCopied.Add(rec.Size)
+	}
+	return s.finish(ctx, rec, token, err, false)
+}
+
+// keepLease renews the pull lease every third of its TTL until stop. If the
+// lease is lost the returned context is cancelled, so the work stops
+// instead of racing its successor.
+func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token string) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(s.cfg.LeaseTTL / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				ok, err := s.db.Renew(ctx, rec.ChainID, rec.Datastore, token, s.cfg.LeaseTTL)
+				if err == nil && !ok {
+					cancel(ErrLeaseLost)
+					return
+				}
+			}
+		}
+	}()
+	return ctx, func() { close(done); cancel(nil) }
+}
+
+func newToken() string {
+	b := make([]byte, 12)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// candidates orders the datastores an image may go on: the configured list
+// in its order, or every datastore mounted on the most hosts first, then
+// with the most free space. restrict, when not nil, keeps only datastores
+// mounted on that host, with preferred ones first.
+func (s *Service) candidates(ctx context.Context, host string, preferred []string) ([]string, error) {
+	inv, err := s.datastores(ctx, false)
+	if err != nil {
+		return nil, err
+	}
+	if host != "" && !slices.ContainsFunc(inv, func(d imagedisk.Datastore) bool { return slices.Contains(d.Hosts, host) }) {
+		// A host we have not seen yet (added since the last refresh).
+		if inv, err = s.datastores(ctx, true); err != nil {
+			return nil, err
+		}
+	}
+	var list []imagedisk.Datastore
+	for _, d := range inv {
+		if len(s.cfg.Datastores) > 0 && !slices.Contains(s.cfg.Datastores, d.Name) {
+			continue
+		}
+		if host != "" && !slices.Contains(d.Hosts, host) {
+			continue
+		}
+		list = append(list, d)
+	}
+	rank := func(name string, list []string) int {
+		if i := slices.Index(list, name); i >= 0 {
+			return i
+		}
+		return len(list)
+	}
+	sort.SliceStable(list, func(i, j int) bool {
+		a, b := list[i], list[j]
+		if ra, rb := rank(a.Name, preferred), rank(b.Name, preferred); ra != rb {
+			return ra < rb
+		}
+		if ra, rb := rank(a.Name, s.cfg.Datastores), rank(b.Name, s.cfg.Datastores); ra != rb {
+			return ra < rb
+		}
+		if len(a.Hosts) != len(b.Hosts) {
+			return len(a.Hosts) > len(b.Hosts)
+		}
+		if a.FreeSpace != b.FreeSpace {
+			return a.FreeSpace > b.FreeSpace
+		}
+		return a.Name < b.Name
+	})
+	out := make([]string, len(list))
+	for i, d := range list {
+		out[i] = d.Name
+	}
+	return out, nil
+}
+
+// visibleToAll reports whether every host of the datacenter mounts ds.
+func (s *Service) visibleToAll(ctx context.Context, ds string) (bool, error) {
+	inv, err := s.datastores(ctx, false)
+	if err != nil {
+		return false, err
+	}
+	hosts := map[string]bool{}
+	var mounts []string
+	for _, d := range inv {
+		for _, h := range d.Hosts {
+			hosts[h] = true
+		}
+		if d.Name == ds {
+			mounts = d.Hosts
+		}
+	}
+	return len(mounts) > 0 && len(mounts) == len(hosts), nil
+}

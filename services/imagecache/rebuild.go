@@ -1,0 +1,135 @@
+package imagecache
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// EnsureMetadata rebuilds the Redis metadata from the datastores when Redis
+// lost it (flushed, restarted without persistence, replaced). Redis is a
+// cache: the datastore folders are the truth, and the pods' references are
+// found again in the pod VMs' disk chains.
+func (s *Service) EnsureMetadata(ctx context.Context) error {
+	ok, err := s.db.Intact(ctx)
+	if err != nil || ok {
+		return err
+	}
+	_, err = s.Rebuild(ctx)
+	return err
+}
+
+// RebuildReport says what a rebuild found.
+type RebuildReport struct {
+	Chains    int // ready chain folders restored
+	Partial   int // unfinished folders left for the next pull to clear
+	Manifests int
+	Refs      int // pod references found in pod VM disks
+}
+
+// Rebuild restores chain records and manifests from every datastore's image
+// folders and pod references from the pod VMs, then marks the metadata
+// intact. Records Redis still has are kept as they are.
+func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
+	s.rebuildMu.Lock()
+	defer s.rebuildMu.Unlock()
+	var rep RebuildReport
+	inv, err := s.datastores(ctx, true)
+	if err != nil {
+		return rep, err
+	}
+	restored := map[string]events.ChainRecord{} // chainID@ds → record
+	for _, d := range inv {
+		ready, partial, manifests, err := s.store.Scan(ctx, d.Name)
+		if err != nil {
+			return rep, fmt.Errorf("rebuild: %w", err)
+		}
+		rep.Partial += len(partial)
+		for _, rec := range ready {
+			if _, err := s.db.Restore(ctx, rec); err != nil {
+				return rep, err
+			}
+			restored[events.ChainRecordKey(rec.ChainID, rec.Datastore)] = rec
+			rep.Chains++
+		}
+		for _, m := range manifests {
+			if err := s.db.PutManifest(ctx, m.Image, m); err != nil {
+				return rep, err
+			}
+			rep.Manifests++
+		}
+	}
+	n, err := s.restoreRefs(ctx, restored)
+	if err != nil {
+		return rep, err
+	}
+	rep.Refs = n
+	if err := s.db.MarkIntact(ctx); err != nil {
+		return rep, err
+	}
+	s.stats.rebuilds.Add(1)
+	if rep.Chains+rep.Manifests+rep.Partial == 0 {
+		s.log.Info("image metadata initialized (no image folders on the datastores)")
+	} else {
+		s.log.Warn("image metadata rebuilt from the datastores (Redis had lost it)",
+			"chains", rep.Chains, "partial", rep.Partial, "manifests", rep.Manifests, "refs", rep.Refs)
+	}
+	return rep, nil
+}
+
+// imageDiskRE matches an image disk path: "[ds] podvisor-images/<hex>/disk.vmdk".
+var imageDiskRE = regexp.MustCompile(`^\[([^\]]+)\] ` + regexp.QuoteMeta(events.ImageRoot) + `/([0-9a-f]{64})/disk\.vmdk$`)
+
+// restoreRefs finds pod VMs (named pv-<uid>) whose disks chain to image
+// disks and references those chains, and their parents, for the pod.
+func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.ChainRecord) (int, error) {
+	c := s.store.Client()
+	m := view.NewManager(c)
+	v, err := m.CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine"}, true)
+	if err != nil {
+		return 0, fmt.Errorf("list VMs: %w", err)
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	var vms []mo.VirtualMachine
+	if err := v.Retrieve(ctx, []string{"VirtualMachine"}, []string{"name", "config.hardware.device"}, &vms); err != nil {
+		return 0, fmt.Errorf("list VMs: %w", err)
+	}
+	n := 0
+	for _, vm := range vms {
+		uid, ok := strings.CutPrefix(vm.Name, "pv-")
+		if !ok || vm.Config == nil {
+			continue
+		}
+		for _, dev := range vm.Config.Hardware.Device {
+			disk, ok := dev.(*types.VirtualDisk)
+			if !ok {
+				continue
+			}
+			b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+			for ok && b != nil {
+				if mm := imageDiskRE.FindStringSubmatch(b.FileName); mm != nil {
+					rec, found := restored[events.ChainRecordKey("sha256:"+mm[2], mm[1])]
+					for found {
+						if _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); err == nil {
+							n++
+						}
+						if rec.Parent == "" {
+							break
+						}
+						rec, found = restored[events.ChainRecordKey(rec.Parent, rec.Datastore)]
+					}
+					break
+				}
+				b = b.Parent
+			}
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,227 @@
+package imagecache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Name is the service name: consumer names, the event source
+// (podvisor/imagecache) and the span attribute podvisor.service.
+const Name = "imagecache"
+
+// Source is the CloudEvent source of the events the service publishes.
+const Source = "podvisor/" + Name
+
+// Deps are the connections the service uses; all are required.
+type Deps struct {
+	Bus     *bus.Bus
+	VSphere *vsphereSession
+	Redis   redis.UniversalClient
+	Logger  *slog.Logger
+}
+
+// Stats counts what the service moved since it started; tests and the
+// benchmark read it to prove that shared layers are pulled once.
+type Stats struct {
+	// LayersPulled and BytesPulled count layer blobs fetched from registries.
+	LayersPulled int64
+	BytesPulled  int64
+	// ChainsCopied and BytesCopied count chains copied between datastores.
+	ChainsCopied int64
+	BytesCopied  int64
+	// ChainsEvicted and BytesEvicted count garbage-collected chains.
+	ChainsEvicted int64
+	BytesEvicted  int64
+	// Rebuilds counts metadata rebuilds after Redis lost its data.
+	Rebuilds int64
+}
+
+type counters struct {
+	layersPulled, bytesPulled, chainsCopied, bytesCopied, chainsEvicted, bytesEvicted, rebuilds atomic.Int64
+}
+
+// Service is the image cache.
+type Service struct {
+	cfg      Config
+	bus      *bus.Bus
+	db       *chaindb.DB
+	store    *imagedisk.Store
+	registry *oci.Client
+	log      *slog.Logger
+	now      func() time.Time
+
+	chains   singleflight.Group // one pull per chain and datastore in this process
+	resolves singleflight.Group // one manifest request per reference at a time
+	stats    counters
+
+	invMu     sync.Mutex
+	inventory []imagedisk.Datastore
+	invAt     time.Time
+
+	rebuildMu sync.Mutex
+}
+
+// New checks the configuration and the dependencies. It does not touch the
+// network: Run does.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	var errs []error
+	if deps.Bus == nil {
+		errs = append(errs, errors.New("imagecache deps: Bus is required"))
+	}
+	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Datacenter == nil {
+		errs = append(errs, errors.New("imagecache deps: VSphere session with a client and a datacenter is required"))
+	}
+	if deps.Redis == nil {
+		errs = append(errs, errors.New("imagecache deps: Redis is required"))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg:      cfg,
+		bus:      deps.Bus,
+		db:       chaindb.New(deps.Redis, nil),
+		store:    imagedisk.New(deps.VSphere.Client.Client, deps.VSphere.Datacenter),
+		registry: oci.New(oci.Config{Insecure: cfg.InsecureRegistries}),
+		log:      log.With("service", Name),
+		now:      time.Now,
+	}, nil
+}
+
+// Stats returns the counters.
+func (s *Service) Stats() Stats {
+	return Stats{
+		LayersPulled: s.stats.layersPulled.Load(), BytesPulled: s.stats.bytesPulled.Load(),
+		ChainsCopied: s.stats.chainsCopied.Load(), BytesCopied: s.stats.bytesCopied.Load(),
+		ChainsEvicted: s.stats.chainsEvicted.Load(), BytesEvicted: s.stats.bytesEvicted.Load(),
+		Rebuilds: s.stats.rebuilds.Load(),
+	}
+}
+
+// Run consumes pod events until ctx ends, collects garbage every
+// GCInterval and rebuilds the Redis metadata from the datastores whenever
+// it finds it gone. It returns nil when ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if err := s.checkDatastores(ctx); err != nil {
+		return err
+	}
+	if err := s.EnsureMetadata(ctx); err != nil {
+		return fmt.Errorf("imagecache: initial metadata check: %w", err)
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return s.bus.Consume(ctx, bus.ConsumerConfig{
+			Service: Name,
+			Stream:  events.StreamPods,
+			Subjects: []string{
+				events.SubjectPodAccepted,
+				events.SubjectPodScheduled,
+				events.SubjectPodDeleted,
+			},
+			Workers: s.cfg.Workers,
+			// Pulls can be long; the bus keeps the message alive with
+			// InProgress, AckWait only bounds a crashed replica's hold.
+			AckWait:    time.Minute,
+			MaxDeliver: 8,
+			BackOff:    []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+			Logger:     s.log,
+		}, s.handle)
+	})
+	g.Go(func() error { s.every(ctx, s.cfg.CheckInterval, "metadata check", s.EnsureMetadata); return nil })
+	g.Go(func() error {
+		s.every(ctx, s.cfg.GCInterval, "garbage collection", func(ctx context.Context) error {
+			_, err := s.CollectGarbage(ctx)
+			return err
+		})
+		return nil
+	})
+	err := g.Wait()
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (s *Service) every(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := fn(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn(what+" failed", "err", err)
+			}
+		}
+	}
+}
+
+// checkDatastores verifies that configured datastores exist, so that a typo
+// fails at start and not on the first pod.
+func (s *Service) checkDatastores(ctx context.Context) error {
+	inv, err := s.datastores(ctx, true)
+	if err != nil {
+		return fmt.Errorf("imagecache: %w", err)
+	}
+	known := map[string]bool{}
+	for _, d := range inv {
+		known[d.Name] = true
+	}
+	var errs []error
+	for i, ds := range s.cfg.Datastores {
+		if !known[ds] {
+			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: datastore %q does not exist in the datacenter", i, ds))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// inventoryTTL bounds how stale the datastore list (free space, mounts) may be.
+const inventoryTTL = 10 * time.Second
+
+// datastores returns the datastore inventory, refreshed when older than
+// inventoryTTL or when fresh is set.
+func (s *Service) datastores(ctx context.Context, fresh bool) ([]imagedisk.Datastore, error) {
+	s.invMu.Lock()
+	defer s.invMu.Unlock()
+	if !fresh && s.inventory != nil && s.now().Sub(s.invAt) < inventoryTTL {
+		return s.inventory, nil
+	}
+	inv, err := s.store.Datastores(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.inventory, s.invAt = inv, s.now()
+	return inv, nil
+}
+
+// RefreshInventory re-reads the datastores (free space, mounts) now instead
+// of within inventoryTTL.
+func (s *Service) RefreshInventory(ctx context.Context) error {
+	_, err := s.datastores(ctx, true)
+	return err
+}

@@ -1,0 +1,239 @@
+package imagecache_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+// Sizes of the sample layers as pushed by ociregistry.Seed.
+func layerSizes(t *testing.T, e *env, ref string) []imagelocality.Layer {
+	t.Helper()
+	d, err := imagelocality.NewReader(e.redis).Digest(context.Background(), ref)
+	if err != nil || d == "" {
+		t.Fatalf("digest of %s: %q, %v", ref, d, err)
+	}
+	m, ok, err := imagelocality.NewReader(e.redis).Manifest(context.Background(), d)
+	if err != nil || !ok {
+		t.Fatalf("manifest of %s: %v %v", ref, ok, err)
+	}
+	return m.Layers
+}
+
+func sum(ls []imagelocality.Layer) int64 {
+	var n int64
+	for _, l := range ls {
+		n += l.Size
+	}
+	return n
+}
+
+// TestManyPodsOnePullAndSharedBase is the main scenario: 20 pods of
+// one image cause one pull of its bytes; 5 pods of an image sharing its base
+// pull only their new layer, and that layer's disk names the shared base
+// disk as parent.
+func TestManyPodsOnePullAndSharedBase(t *testing.T) {
+	e := startEnv(t, nil)
+	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
+
+	for i := 0; i < 20; i++ {
+		e.accept(fmt.Sprintf("web-%02d", i), web)
+	}
+	evs := e.waitFor("20 web pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "web-") == 20 })
+	webLayers := layerSizes(t, e, web)
+	if got, want := e.svc.Stats().BytesPulled, sum(webLayers); got != want {
+		t.Fatalf("bytes pulled for 20 pods = %d, want the image size %d once", got, want)
+	}
+	if got := e.svc.Stats().LayersPulled; got != 3 {
+		t.Fatalf("layers pulled = %d, want 3", got)
+	}
+	if got, want := e.reg.blobBytes.Load(), sum(webLayers); got > want+4096 { // + the config blob
+		t.Fatalf("registry served %d blob bytes, want about %d", got, want)
+	}
+	first := readyFor(t, evs, "web-00")
+	for i := 0; i < 20; i++ {
+		r := readyFor(t, evs, fmt.Sprintf("web-%02d", i))
+		c := r.Containers[0]
+		if c.Disk != first.Containers[0].Disk || c.Datastore != sharedDS || len(c.Chain) != 3 || c.Chain[2] != c.Disk {
+			t.Fatalf("pod web-%02d images = %+v, want the shared chain %v on %s", i, c, first.Containers[0].Chain, sharedDS)
+		}
+	}
+	pulls := ofType[events.ImagePulled](t, evs, events.TypeImagePulled)
+	if len(pulls) != 1 || pulls[0].LayersPulled != 3 || pulls[0].Datastore != sharedDS {
+		t.Fatalf("image.pulled = %+v, want one with 3 layers pulled", pulls)
+	}
+
+	before := e.svc.Stats().BytesPulled
+	for i := 0; i < 5; i++ {
+		e.accept(fmt.Sprintf("worker-%d", i), worker)
+	}
+	evs = e.waitFor("5 worker pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "worker-") == 5 })
+	workerLayers := layerSizes(t, e, worker)
+	if workerLayers[0].ChainID != webLayers[0].ChainID {
+		t.Fatal("worker and web do not share the base chain")
+	}
+	if got, want := e.svc.Stats().BytesPulled-before, workerLayers[1].Size; got != want {
+		t.Fatalf("worker pulled %d bytes, want only its own layer's %d", got, want)
+	}
+	wr := readyFor(t, evs, "worker-0").Containers[0]
+	if len(wr.Chain) != 2 || wr.Chain[0] != first.Containers[0].Chain[0] {
+		t.Fatalf("worker chain %v must start with web's base disk %s", wr.Chain, first.Containers[0].Chain[0])
+	}
+	top, ok, err := e.reader().chain(workerLayers[1].ChainID, sharedDS)
+	if err != nil || !ok {
+		t.Fatalf("worker top chain record: %v %v", ok, err)
+	}
+	if top.ParentDisk != first.Containers[0].Chain[0] || top.Parent != webLayers[0].ChainID {
+		t.Fatalf("worker top disk parent = %s (%s), want the shared base disk %s", top.ParentDisk, top.Parent, first.Containers[0].Chain[0])
+	}
+
+	// The datastore holds the distinct layer bytes once.
+	ctx := context.Background()
+	var onDS int64
+	for _, l := range append(webLayers, workerLayers[1]) {
+		rc, n, err := imagedisk.New(e.vc.client.Client, e.vc.dc).ReadBlob(ctx, sharedDS, l.ChainID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+		onDS += n
+	}
+	if want := sum(webLayers) + workerLayers[1].Size; onDS != want {
+		t.Fatalf("layer bytes on the datastore = %d, want %d", onDS, want)
+	}
+
+	// The read models: references and locality.
+	imgs, err := imagelocality.NewReader(e.redis).Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := map[string]int{}
+	for _, r := range imgs {
+		if r.Datastore == sharedDS && r.State == events.ChainStateReady {
+			refs[r.Image] = r.Refs
+		}
+	}
+	if refs[web] != 20 || refs[worker] != 5 {
+		t.Fatalf("refs = %v, want web 20 and worker 5", refs)
+	}
+	loc, err := imagelocality.NewReader(e.redis).Locality(ctx, []string{worker})
+	if err != nil || loc[sharedDS] != 1 {
+		t.Fatalf("locality of worker = %v, %v; want %s: 1", loc, err, sharedDS)
+	}
+
+	// Deleting the pods drops their references.
+	for i := 0; i < 5; i++ {
+		name := fmt.Sprintf("worker-%d", i)
+		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{Namespace: "default", Name: name, UID: uidOf(name)})
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, _, _ := e.reader().chain(workerLayers[1].ChainID, sharedDS)
+		base, _, _ := e.reader().chain(workerLayers[0].ChainID, sharedDS)
+		if rec.Refs == 0 && base.Refs == 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after deleting workers: worker top refs %d, base refs %d; want 0 and 20", rec.Refs, base.Refs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func layerSizesFromRegistry(t *testing.T, ref string) []imagelocality.Layer {
+	t.Helper()
+	img, err := oci.New(oci.Config{}).Resolve(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img.Layers
+}
+
+type reader struct{ e *env }
+
+func (e *env) reader() reader { return reader{e} }
+
+func (r reader) chain(chainID, ds string) (events.ChainRecord, bool, error) {
+	chains, err := imagelocality.NewReader(r.e.redis).Chains(context.Background())
+	if err != nil {
+		return events.ChainRecord{}, false, err
+	}
+	for _, c := range chains {
+		if c.ChainID == chainID && c.Datastore == ds {
+			return c, true, nil
+		}
+	}
+	return events.ChainRecord{}, false, nil
+}
+
+func TestFailures(t *testing.T) {
+	e := startEnv(t, nil)
+	ctx := context.Background()
+
+	// A corrupted blob: the registry flips a byte of worker's own layer.
+	worker := e.reg.Ref("podvisor/worker:1.0")
+	resolved := layerSizesFromRegistry(t, worker)
+	e.reg.setCorrupt(resolved[1].Digest)
+	e.accept("corrupt", worker)
+	e.accept("missing", e.reg.Ref("podvisor/nope:1.0"))
+	evs := e.waitFor("two failures", 30*time.Second, func(evs []event.Event) bool {
+		return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 2
+	})
+	reasons := map[string]events.PodImagesFailed{}
+	for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+		reasons[f.Name] = *f
+	}
+	if f := reasons["corrupt"]; f.Reason != "DigestMismatch" || !strings.Contains(f.Message, resolved[1].Digest) || f.Container != "c0" {
+		t.Fatalf("corrupt blob: %+v, want DigestMismatch naming the layer digest", f)
+	}
+	if f := reasons["missing"]; f.Reason != "ImageNotFound" {
+		t.Fatalf("unknown image: %+v, want ImageNotFound", f)
+	}
+	// No ready record over bad data: the worker layer is failed, its folder gone.
+	rec, ok, _ := e.reader().chain(resolved[1].ChainID, sharedDS)
+	if !ok || rec.State != events.ChainStateFailed {
+		t.Fatalf("corrupt chain record = %+v (%v), want failed", rec, ok)
+	}
+	if _, _, err := imagedisk.New(e.vc.client.Client, e.vc.dc).ReadBlob(ctx, sharedDS, resolved[1].ChainID); err == nil {
+		t.Fatal("the corrupt layer's blob is still on the datastore")
+	}
+	// The base layer was fine and stays ready.
+	if base, ok, _ := e.reader().chain(resolved[0].ChainID, sharedDS); !ok || base.State != events.ChainStateReady {
+		t.Fatalf("base chain = %+v, want ready", base)
+	}
+
+	// Once the registry serves good bytes again, the next pod gets the image.
+	e.reg.setCorrupt("")
+	e.accept("healed", worker)
+	e.waitFor("healed pod ready", 30*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "healed") != nil })
+
+	// Datastore full: no room on any datastore for web's layers.
+	e.vc.setFreeSpace(t, sharedDS, 1<<20)
+	e.vc.setFreeSpace(t, localDS, 1<<20)
+	if err := e.svc.RefreshInventory(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.accept("full", e.reg.Ref("podvisor/web:1.0"))
+	evs = e.waitFor("datastore full", 30*time.Second, func(evs []event.Event) bool {
+		for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+			if f.Name == "full" {
+				return true
+			}
+		}
+		return false
+	})
+	for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+		if f.Name == "full" && f.Reason != "DatastoreFull" {
+			t.Fatalf("full datastore: %+v, want DatastoreFull", f)
+		}
+	}
+}
