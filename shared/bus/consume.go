@@ -266,7 +266,8 @@ type consumer struct {
 // keeps every held message alive with InProgress. When ctx ends it stops
 // fetching, returns queued messages to the server, waits up to DrainTimeout
 // for running handlers, and returns nil. It returns an error only when it
-// cannot start (bad configuration, missing stream).
+// cannot start (bad configuration, missing stream) or the connection was
+// closed under it.
 func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) error {
 	if handler == nil {
 		return errors.New("bus: consume: handler is nil")
@@ -285,9 +286,16 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 	}
 	cons, err := c.ensureConsumer(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // asked to stop before it started
+		}
 		return err
 	}
-	if err := b.captureMaxDeliveries(ctx, cfg.Service, cfg.Stream, c.durable, c.log); err != nil {
+	captured, err := b.captureMaxDeliveries(ctx, cfg.Service, cfg.Stream, c.durable, c.log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 
@@ -307,7 +315,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 		c.keepAlive(stopProgress)
 	}()
 
-	c.fetchLoop(ctx, cons)
+	fetchErr := c.fetchLoop(ctx, cons)
 
 	// Shutdown: queued messages go back to the server at once (another
 	// process of the service takes them); running ones get DrainTimeout.
@@ -329,7 +337,8 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 	}
 	close(stopProgress)
 	<-progressDone
-	return nil
+	<-captured
+	return fetchErr
 }
 
 func (c *consumer) ensureConsumer(ctx context.Context) (jetstream.Consumer, error) {
@@ -363,13 +372,14 @@ func (c *consumer) ensureConsumer(ctx context.Context) (jetstream.Consumer, erro
 	return cons, nil
 }
 
-// fetchLoop pulls messages while there is room for them, until ctx ends.
-func (c *consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer) {
+// fetchLoop pulls messages while there is room for them, until ctx ends or
+// the connection is closed for good.
+func (c *consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer) error {
 	retry := newRetryPause()
 	for {
 		room := c.queue.waitBelow(ctx, c.cfg.MaxPending)
 		if room == 0 {
-			return
+			return nil
 		}
 		fctx, cancel := context.WithTimeout(ctx, fetchWait)
 		batch, err := cons.Fetch(room, jetstream.FetchContext(fctx))
@@ -381,7 +391,10 @@ func (c *consumer) fetchLoop(ctx context.Context, cons jetstream.Consumer) {
 		}
 		cancel()
 		if ctx.Err() != nil {
-			return
+			return nil
+		}
+		if c.bus.nc.IsClosed() {
+			return fmt.Errorf("bus: consumer %s: connection closed", c.durable)
 		}
 		switch {
 		case err == nil, errors.Is(err, context.DeadlineExceeded), errors.Is(err, jetstream.ErrNoMessages):

@@ -550,3 +550,27 @@ func TestPayloadDecodesOrFailsPermanently(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "dead letter of the bad payload", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
 }
+
+// A consumer whose connection is closed stops with an error instead of
+// spinning on fetch failures.
+func TestConsumeReturnsWhenConnectionCloses(t *testing.T) {
+	b := bustest.Start(t)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- b.Consume(context.Background(), bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts},
+			func(context.Context, *bus.Message) error { return nil })
+	}()
+	waitFor(t, 5*time.Second, "consumer declared", func() bool {
+		_, err := b.JetStream().Consumer(context.Background(), bus.StreamHosts, "scheduler-HOSTS")
+		return err == nil
+	})
+	b.Close()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "connection closed") {
+			t.Errorf("Consume returned %v, want a connection-closed error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Consume kept running on a closed connection")
+	}
+}

@@ -145,7 +145,9 @@ type maxDeliveriesAdvisory struct {
 // with no outcome at all (a process that crashed or hung on every attempt);
 // a handler that returns an error on the last delivery is dead-lettered
 // directly with that error.
-func (b *Bus) captureMaxDeliveries(ctx context.Context, service, stream, durable string, log *slog.Logger) error {
+//
+// The returned channel closes when the capture loop has stopped.
+func (b *Bus) captureMaxDeliveries(ctx context.Context, service, stream, durable string, log *slog.Logger) (<-chan struct{}, error) {
 	cons, err := b.js.CreateOrUpdateConsumer(ctx, StreamAdvisories, jetstream.ConsumerConfig{
 		Durable:       durable + "-maxdeliveries",
 		Description:   "turns MAX_DELIVERIES advisories of " + durable + " into dead letters",
@@ -156,19 +158,24 @@ func (b *Bus) captureMaxDeliveries(ctx context.Context, service, stream, durable
 		MaxDeliver: -1,
 	})
 	if err != nil {
-		return fmt.Errorf("bus: consumer %s on %s (run EnsureTopology first): %w", durable+"-maxdeliveries", StreamAdvisories, err)
+		return nil, fmt.Errorf("bus: consumer %s on %s (run EnsureTopology first): %w", durable+"-maxdeliveries", StreamAdvisories, err)
 	}
 	src, err := b.js.Stream(ctx, stream)
 	if err != nil {
-		return fmt.Errorf("bus: stream %s: %w", stream, err)
+		return nil, fmt.Errorf("bus: stream %s: %w", stream, err)
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		retry := newRetryPause()
 		for ctx.Err() == nil {
 			fctx, cancel := context.WithTimeout(ctx, fetchWait)
 			batch, err := cons.Fetch(16, jetstream.FetchContext(fctx))
 			if err != nil {
 				cancel()
+				if b.nc.IsClosed() {
+					return
+				}
 				if ctx.Err() == nil {
 					log.Warn("fetch max-deliveries advisories", "err", err)
 					retry.wait(ctx)
@@ -179,10 +186,13 @@ func (b *Bus) captureMaxDeliveries(ctx context.Context, service, stream, durable
 				b.handleMaxDeliveries(ctx, service, src, m, log)
 			}
 			cancel()
+			if b.nc.IsClosed() {
+				return
+			}
 			retry.reset()
 		}
 	}()
-	return nil
+	return done, nil
 }
 
 func (b *Bus) handleMaxDeliveries(ctx context.Context, service string, src jetstream.Stream, m jetstream.Msg, log *slog.Logger) {

@@ -72,7 +72,7 @@ func (b *Bus) reply(ctx context.Context, subject string, req *nats.Msg, h func(c
 	ctx, span := tracer().Start(parent, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
 	defer span.End()
-	out, err := h(ctx, req.Data)
+	out, err := safeServe(ctx, h, req.Data)
 	resp := nats.NewMsg(req.Reply)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
@@ -84,6 +84,17 @@ func (b *Bus) reply(ctx context.Context, subject string, req *nats.Msg, h func(c
 		return
 	}
 	_ = b.nc.PublishMsg(resp)
+}
+
+// safeServe turns a panicking query handler into an error reply rather than
+// a dead process.
+func safeServe(ctx context.Context, h func(context.Context, []byte) ([]byte, error), data []byte) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("handler panic: %v", r)
+		}
+	}()
+	return h(ctx, data)
 }
 
 // Request sends data to subject and waits for one reply until ctx ends. An
