@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi/find"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/shared/sim"
 )
 
@@ -404,5 +407,31 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
 	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
 		t.Fatalf("v3 on %v, want every host", pg.hosts)
+	}
+}
+
+// TestResyncRepairsDrift: a port group deleted by hand in vCenter comes
+// back on the next resync, on every host in scope.
+func TestResyncRepairsDrift(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
+	e.declare("drift", events.NetworkSpec{VLAN: 44, CIDR: "10.44.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "drift" })
+
+	ctx := context.Background()
+	dc, err := find.NewFinder(e.vc.Client).Datacenter(ctx, "DC0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := fabric.New(e.vc.Client, dc).RemovePortGroup(ctx, "pv-drift"); err != nil || !removed {
+		t.Fatalf("removing the port group by hand: %v %v", removed, err)
+	}
+	if e.portGroup("pv-drift").exists {
+		t.Fatal("port group still there after removing it")
+	}
+	if err := e.svc.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if pg := e.portGroup("pv-drift"); !pg.exists || pg.vlan != 44 || !slices.Equal(pg.hosts, e.allHosts()) {
+		t.Fatalf("after resync: %+v, want vlan 44 on every host", pg)
 	}
 }
