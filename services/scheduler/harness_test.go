@@ -19,6 +19,8 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // env is a scheduler running against a real bus and a simulated vCenter;
@@ -48,11 +50,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := bustest.Start(t)
-	dc, err := sim.Start(ctx, sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dc.Close)
+	dc := simtest.Start(t, sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42})
 	e := &env{t: t, bus: b, dc: dc, obs: newObserver(t, b)}
 	if o.networks == nil {
 		o.networks = map[string][]string{"default": nil}
@@ -63,17 +61,18 @@ func startEnv(t testing.TB, o envOptions) *env {
 		}
 		e.setNetwork(n, hosts, hosts)
 	}
-	c, err := dc.Client(ctx)
+	session, err := vsphere.Connect(ctx, vsphere.Config{URL: dc.URL().String(), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { session.Close(context.Background()) })
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
 	cfg.HostRecordInterval = 50 * time.Millisecond
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
-	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: b, VIM: c.Client})
+	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: b, VSphere: session})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
-	"github.com/vmware/govmomi/vim25"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/events"
@@ -21,6 +20,7 @@ import (
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
 	"github.com/podvisor/podvisor/shared/bus"
 	sharedlocality "github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Name is the service name: consumer durables are scheduler-<STREAM>.
@@ -33,8 +33,8 @@ const Source = "podvisor/" + Name
 type Deps struct {
 	// Bus is required.
 	Bus *bus.Bus
-	// VIM is the vCenter client the inventory watches; required.
-	VIM *vim25.Client
+	// VSphere is the vCenter session the inventory watches; required.
+	VSphere *vsphere.Session
 	// Redis, when set, is the image cache's metadata store, read (never
 	// written) for image locality. Without it ImageLocality scores zero.
 	Redis redis.UniversalClient
@@ -89,8 +89,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Bus == nil {
 		errs = append(errs, errors.New("Deps.Bus: required"))
 	}
-	if deps.VIM == nil {
-		errs = append(errs, errors.New("Deps.VIM: required (the host inventory is read from vCenter)"))
+	if deps.VSphere == nil || deps.VSphere.Client == nil {
+		errs = append(errs, errors.New("Deps.VSphere: required (the host inventory is read from vCenter)"))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
@@ -103,7 +103,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		cfg:        cfg,
 		profile:    cfg.profile(),
 		bus:        deps.Bus,
-		source:     inventory.NewSource(deps.VIM),
+		source:     inventory.NewSource(deps.VSphere.Vim()),
 		log:        log.With("service", Name),
 		snap:       framework.NewSnapshot(),
 		records:    map[string]*events.HostRecord{},
