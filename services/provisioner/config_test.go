@@ -109,3 +109,21 @@ func TestSpecHashIgnoresUID(t *testing.T) {
 		t.Errorf("hashes: plain %s, with uid %s, other image %s", h1, h2, h3)
 	}
 }
+
+func TestNewChecksDependencies(t *testing.T) {
+	if _, err := New(DefaultConfig(), Deps{}); err != ErrNoVSphere {
+		t.Errorf("New without vSphere = %v, want ErrNoVSphere", err)
+	}
+	e := newEnv(t)
+	if _, err := New(DefaultConfig(), Deps{VSphere: e.sess}); err != ErrNoBus {
+		t.Errorf("New without bus = %v, want ErrNoBus", err)
+	}
+	bad := DefaultConfig()
+	bad.Workers = 0
+	if _, err := New(bad, Deps{Bus: e.bus, VSphere: e.sess}); err == nil || !strings.Contains(err.Error(), "Workers") {
+		t.Errorf("New with bad config = %v, want an error naming Workers", err)
+	}
+	if svc, err := New(DefaultConfig(), Deps{Bus: e.bus, VSphere: e.sess}); err != nil || svc == nil {
+		t.Errorf("New = %v, %v", svc, err)
+	}
+}

@@ -17,8 +17,9 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/vsphere"
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
@@ -30,13 +31,14 @@ import (
 // the pv-default port group and image disks on the shared datastore, and a
 // recorder of every pod event on the bus.
 type env struct {
-	t   *testing.T
-	bus *bus.Bus
-	dc  *sim.Datacenter
-	vc  *govmomi.Client
-	dco *object.Datacenter
-	vms *podvm.Client
-	rec *recorder
+	t    *testing.T
+	bus  *bus.Bus
+	dc   *sim.Datacenter
+	vc   *govmomi.Client
+	dco  *object.Datacenter
+	vms  *podvm.Client
+	sess *vsphere.Session
+	rec  *recorder
 }
 
 func newEnv(t *testing.T) *env {
@@ -44,24 +46,18 @@ func newEnv(t *testing.T) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := bustest.Start(t)
-	dc, err := sim.Start(ctx, sim.Config{
-		Clusters: 1, HostsPerCluster: 2, Seed: 1, Dir: t.TempDir(),
+	dc := simtest.Start(t, sim.Config{
+		Clusters: 1, HostsPerCluster: 2, Seed: 1,
 		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-backend"}},
 	})
+	// The production path: a vsphere.Session, as `podvisor serve` makes it.
+	sess, err := vsphere.Connect(ctx, vsphere.Config{URL: dc.URL().String(), Insecure: true})
 	if err != nil {
-		t.Fatalf("start simulator: %v", err)
+		t.Fatalf("vSphere session: %v", err)
 	}
-	t.Cleanup(dc.Close)
-	vc, err := dc.Client(ctx)
-	if err != nil {
-		t.Fatalf("vSphere client: %v", err)
-	}
-	t.Cleanup(func() { _ = vc.Logout(context.Background()) })
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
-	if err != nil {
-		t.Fatalf("datacenter: %v", err)
-	}
-	e := &env{t: t, bus: b, dc: dc, vc: vc, dco: dco, vms: podvm.New(vc.Client, dco), rec: record(t, b)}
+	t.Cleanup(func() { _ = sess.Close(context.Background()) })
+	e := &env{t: t, bus: b, dc: dc, vc: sess.Client, dco: sess.Datacenter, sess: sess,
+		vms: podvm.New(sess.Vim(), sess.Datacenter), rec: record(t, b)}
 	e.makeImageDisks(ctx, "app", "sidecar", "logger", "base")
 	return e
 }
@@ -106,7 +102,7 @@ func testConfig() Config {
 // start runs a provisioner until the test ends (or stop is called).
 func (e *env) start(cfg Config) (svc *Service, stop func()) {
 	e.t.Helper()
-	svc, err := newService(cfg, e.bus, e.vms, testLogger(e.t))
+	svc, err := New(cfg, Deps{Bus: e.bus, VSphere: e.sess, Logger: testLogger(e.t)})
 	if err != nil {
 		e.t.Fatalf("new service: %v", err)
 	}

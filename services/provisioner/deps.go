@@ -1,0 +1,33 @@
+package provisioner
+
+import (
+	"log/slog"
+
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+// Deps are the connections the provisioner works through. The process owns
+// them: the service neither opens nor closes them.
+type Deps struct {
+	// Bus carries the events and holds the `pods` bucket (topology declared).
+	Bus *bus.Bus
+	// VSphere is the vCenter session, scoped to the datacenter pod VMs live in.
+	VSphere *vsphere.Session
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// New checks the configuration and dependencies and opens the `pods`
+// bucket, so that a misconfigured process fails at start rather than on
+// its first event.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Datacenter == nil {
+		return nil, ErrNoVSphere
+	}
+	if deps.Bus == nil {
+		return nil, ErrNoBus
+	}
+	return newService(cfg, deps.Bus, podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter), deps.Logger)
+}
