@@ -187,11 +187,15 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	if err != nil || first == 0 {
 		return p, err
 	}
+	fresh, err := s.layersNotShared(ctx, img.manifest, p.datastore)
+	if err != nil {
+		return p, err
+	}
 	pulled := events.ImagePulled{
 		Image:        ref,
 		Digest:       img.manifest.Digest,
 		Bytes:        img.manifest.Size(),
-		LayersPulled: p.layersPulled,
+		LayersPulled: fresh,
 		Datastore:    p.datastore,
 	}
 	for _, c := range p.chain {
@@ -356,4 +360,41 @@ func (s *Service) publish(ctx context.Context, cause event.Event, ceType, subjec
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	return s.bus.Publish(pctx, ev)
+}
+
+// layersNotShared counts the layers of m that no other image announced on
+// ds has: the layers the datastore had to receive for this image. (Which
+// pod's worker fetched a layer is an accident of scheduling; this is not.)
+func (s *Service) layersNotShared(ctx context.Context, m il.Manifest, ds string) (int, error) {
+	digests, err := s.db.Client().SMembers(ctx, il.IndexImages).Result()
+	if err != nil {
+		return 0, err
+	}
+	shared := map[string]bool{}
+	for _, d := range digests {
+		if d == m.Digest {
+			continue
+		}
+		on, err := s.db.Client().SIsMember(ctx, il.AnnouncedKey(d), ds).Result()
+		if err != nil {
+			return 0, err
+		}
+		if !on {
+			continue
+		}
+		other, ok, err := s.db.Reader().Manifest(ctx, d)
+		if err != nil || !ok {
+			continue
+		}
+		for _, l := range other.Layers {
+			shared[l.ChainID] = true
+		}
+	}
+	n := 0
+	for _, l := range m.Layers {
+		if !shared[l.ChainID] {
+			n++
+		}
+	}
+	return n, nil
 }

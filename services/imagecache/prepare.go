@@ -35,10 +35,9 @@ type image struct {
 
 // prepared is an image's chain on one datastore, complete and ready.
 type prepared struct {
-	image        image
-	datastore    string
-	chain        []events.ChainRecord // base first
-	layersPulled int
+	image     image
+	datastore string
+	chain     []events.ChainRecord // base first
 }
 
 func (p prepared) topDisk() string { return p.chain[len(p.chain)-1].Disk }
@@ -157,12 +156,9 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 	out := prepared{image: img, datastore: best}
 	var parent *events.ChainRecord
 	for i := range layers {
-		rec, pulled, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
+		rec, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
 		if err != nil {
 			return prepared{}, err
-		}
-		if pulled {
-			out.layersPulled++
 		}
 		out.chain = append(out.chain, rec)
 		parent = &out.chain[len(out.chain)-1]
@@ -173,24 +169,16 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 // ensureChain makes layer i's chain ready on ds, sharing the work with every
 // other caller in this process (singleflight) and in other replicas (the
 // Redis lease).
-func (s *Service) ensureChain(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, bool, error) {
-	l := img.manifest.Layers[i]
-	key := events.ChainRecordKey(l.ChainID, ds)
-	type result struct {
-		rec    events.ChainRecord
-		pulled bool
-	}
-	ran := false // only the caller whose function ran counts the pull
+func (s *Service) ensureChain(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, error) {
+	key := events.ChainRecordKey(img.manifest.Layers[i].ChainID, ds)
 	v, err, _ := s.chains.Do(key, func() (any, error) {
-		ran = true
-		rec, pulled, err := s.ensureChainOnce(ctx, img, i, ds, parent, locs, copyFrom)
-		return result{rec, pulled}, err
+		rec, _, err := s.ensureChainOnce(ctx, img, i, ds, parent, locs, copyFrom)
+		return rec, err
 	})
 	if err != nil {
-		return events.ChainRecord{}, false, err
+		return events.ChainRecord{}, err
 	}
-	r := v.(result)
-	return r.rec, r.pulled && ran, nil
+	return v.(events.ChainRecord), nil
 }
 
 func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, bool, error) {

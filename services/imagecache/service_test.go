@@ -84,6 +84,14 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	if got, want := e.svc.Stats().BytesPulled-before, workerLayers[1].Size; got != want {
 		t.Fatalf("worker pulled %d bytes, want only its own layer's %d", got, want)
 	}
+	for _, p := range ofType[events.ImagePulled](t, evs, events.TypeImagePulled) {
+		if p.Image == worker && (p.LayersPulled != 1 || len(p.Chain) != 2 || p.Chain[1].Parent != p.Chain[0].ChainID) {
+			t.Fatalf("image.pulled of worker = %+v, want 1 new layer on top of the shared base", p)
+		}
+	}
+	if n := len(ofType[events.ImagePulled](t, evs, events.TypeImagePulled)); n != 2 {
+		t.Fatalf("%d image.pulled events, want 2 (one per image and datastore)", n)
+	}
 	wr := readyFor(t, evs, "worker-0").Containers[0]
 	if len(wr.Chain) != 2 || wr.Chain[0] != first.Containers[0].Chain[0] {
 		t.Fatalf("worker chain %v must start with web's base disk %s", wr.Chain, first.Containers[0].Chain[0])
