@@ -1,0 +1,224 @@
+package scheduler_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler"
+)
+
+func withNetworks(n string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) {
+		p.Annotations = map[string]string{events.AnnotationNetworks: n}
+	}
+}
+
+func onHost(h string) func(*corev1.Pod) {
+	return func(p *corev1.Pod) { p.Spec.NodeSelector = map[string]string{"podvisor.io/host": h} }
+}
+
+func (e *env) clusterHosts(cluster string) []string {
+	var out []string
+	for _, h := range e.dc.Hosts() {
+		if h.Cluster == cluster {
+			out = append(out, h.Name)
+		}
+	}
+	return out
+}
+
+func (e *env) waitScheduled(key string) *events.PodScheduled {
+	e.t.Helper()
+	var s *events.PodScheduled
+	e.eventually("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.obs.scheduledOf(key); return s != nil })
+	return s
+}
+
+func (e *env) waitUnschedulable(key string) *events.PodUnschedulable {
+	e.t.Helper()
+	var u *events.PodUnschedulable
+	e.eventually("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.obs.unschedulableOf(key); return u != nil })
+	return u
+}
+
+func (e *env) allocations(host string) map[string]events.Allocation {
+	e.t.Helper()
+	entry, err := e.led.Get(context.Background(), host)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return entry.Allocations
+}
+
+// Migration placement: a target without the pod's network is refused
+// naming the network; without a target one is chosen (never the source)
+// and reserved; completion moves the allocation; failure releases it.
+func TestMigrationPlacement(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 2})
+	c1, c2 := e.clusterHosts("cluster-1"), e.clusterHosts("cluster-2")
+	e.setNetwork("frontend", c1[:1], c1) // realized on one host, in scope on cluster-1
+	acc := e.accept(testPod("web", "1", "2Gi", withNetworks("default,frontend")))
+	s := e.waitScheduled(acc.ObjectKey())
+	if s.Cluster != "cluster-1" {
+		t.Fatalf("pod on frontend placed in %s, frontend is only in cluster-1", s.Cluster)
+	}
+	if s.Host != c1[0] {
+		t.Errorf("placed on %s, want %s where frontend is already realized", s.Host, c1[0])
+	}
+	source := s.Host
+	rec := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "web", Pod: acc.Pod, Size: acc.Size,
+		Networks: acc.Networks, Phase: events.PodPhaseRunning, Host: source, RequestID: "req-web"}
+	e.writePodRecord(rec)
+
+	request := func(id, target string) (string, any) {
+		t.Helper()
+		e.publish("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: id, Namespace: "default", Pod: "web", TargetHost: target})
+		var got any
+		var typ string
+		e.eventually("answer to migration "+id, 10*time.Second, func() bool {
+			ev, ok := e.obs.migration(id)
+			if ok {
+				typ = ev.Type()
+				got, _ = events.Decode(ev.Type(), ev.Data())
+			}
+			return ok
+		})
+		return typ, got
+	}
+
+	typ, got := request("m1", c2[0])
+	rej, ok := got.(*events.MigrationRejected)
+	if typ != events.TypeMigrationRejected || !ok || rej.Reason != "NetworkNotOnHost" || !strings.Contains(rej.Message, "frontend") {
+		t.Fatalf("to cluster-2: %s %+v, want a rejection naming frontend", typ, got)
+	}
+	if _, got = request("m0", source); got.(*events.MigrationRejected).Reason != scheduler.ReasonSameHost {
+		t.Errorf("to the source itself: %+v", got)
+	}
+
+	typ, got = request("m2", "")
+	res, ok := got.(*events.MigrationTargetReserved)
+	if !ok || res.TargetHost != c1[1] || res.SourceHost != source || res.UID != acc.UID || res.TargetPool == "" {
+		t.Fatalf("no target given: %s %+v, want reserved on %s", typ, got, c1[1])
+	}
+	if a, ok := e.allocations(c1[1])[acc.UID+"@m2"]; !ok || a.Kind != events.AllocationMigration {
+		t.Fatalf("target ledger: %v", e.allocations(c1[1]))
+	}
+	if _, ok := e.allocations(source)[acc.UID]; !ok {
+		t.Fatal("the source allocation went away before the migration completed")
+	}
+
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{ID: "m2", Namespace: "default",
+		Pod: "web", UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"})
+	e.eventually("allocation moved", 10*time.Second, func() bool {
+		a, onTarget := e.allocations(c1[1])[acc.UID]
+		_, onSource := e.allocations(source)[acc.UID]
+		return onTarget && a.Kind == events.AllocationPod && !onSource
+	})
+
+	rec.Host = c1[1]
+	e.writePodRecord(rec)
+	if _, got = request("m3", ""); got.(*events.MigrationTargetReserved).TargetHost != source {
+		t.Fatalf("m3: %+v", got)
+	}
+	e.publish("podvisor/migration", events.TypeMigrationFailed, acc.ObjectKey(), &events.MigrationFailed{ID: "m3", Namespace: "default",
+		Pod: "web", UID: acc.UID, SourceHost: c1[1], TargetHost: source, Reason: "RelocateFailed", Message: "injected"})
+	e.eventually("reservation released", 10*time.Second, func() bool { return len(e.allocations(source)) == 0 })
+}
+
+// A lost host is announced, excluded, and schedulable again once it
+// recovers; a cordon does the same for a healthy host. Pending pods are
+// placed again without further input.
+func TestHostLostCordonedRecovered(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	host := e.hostNames()[0]
+	ctx := context.Background()
+	if err := e.dc.FailHost(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, host) == 1 })
+	e.eventually("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
+
+	pinned := e.accept(testPod("pinned", "1", "1Gi", onHost(host)))
+	u := e.waitUnschedulable(pinned.ObjectKey())
+	if u.Reasons["HostNotConnected"] != 1 || !strings.Contains(u.Message, "1 host not connected") {
+		t.Fatalf("pinned to a lost host: %+v", u)
+	}
+	if err := e.dc.RecoverHost(ctx, host); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("host.recovered", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostRecovered, host) == 1 })
+	if s := e.waitScheduled(pinned.ObjectKey()); s.Host != host {
+		t.Fatalf("placed on %s", s.Host)
+	}
+
+	// Cordon: no new pods; uncordon: the waiting pod goes there.
+	e.publish("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
+	e.eventually("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateCordoned })
+	second := e.accept(testPod("pinned-2", "1", "1Gi", onHost(host)))
+	if u := e.waitUnschedulable(second.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
+		t.Fatalf("pinned to a cordoned host: %+v", u)
+	}
+	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	if s := e.waitScheduled(second.ObjectKey()); s.Host != host {
+		t.Fatalf("placed on %s", s.Host)
+	}
+	e.eventually("host record counts both pods", 5*time.Second, func() bool {
+		r := e.hostRecords()[host]
+		return r.Pods == 2 && r.AllocatedMemoryBytes == 2*int64(events.SizePodVM(second.Pod.DeepCopy()).MemoryMiB)<<20
+	})
+}
+
+// An evicted pod's allocation on the lost host is released and the pod is
+// placed again elsewhere.
+func TestEvictionPlacesAgain(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	acc := e.accept(testPod("ha", "2", "4Gi"))
+	first := e.waitScheduled(acc.ObjectKey())
+	if err := e.dc.FailHost(context.Background(), first.Host); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, first.Host) == 1 })
+	e.publish("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{Namespace: "default", Name: "ha",
+		UID: acc.UID, Host: first.Host, Reason: "HostLost"})
+	var again *events.PodScheduled
+	e.eventually("placed again", 10*time.Second, func() bool {
+		again = e.obs.scheduledOf(acc.ObjectKey())
+		return again.Host != first.Host
+	})
+	if _, still := e.allocations(first.Host)[acc.UID]; still {
+		t.Error("the lost host's ledger still holds the evicted pod")
+	}
+	if _, ok := e.allocations(again.Host)[acc.UID]; !ok {
+		t.Error("the new host's ledger does not hold the pod")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	c := scheduler.DefaultConfig()
+	c.Strategy, c.BatchSize, c.RetryMax = "pack", 0, time.Millisecond
+	err := c.Validate()
+	for _, want := range []string{"Strategy", "BatchSize", "RetryInitial/RetryMax"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v does not name %s", err, want)
+		}
+	}
+	t.Setenv(scheduler.EnvStrategy, "binpack")
+	t.Setenv(scheduler.EnvCPUOvercommit, "1.5")
+	t.Setenv(scheduler.EnvResync, "soon")
+	if _, err := scheduler.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), scheduler.EnvResync) {
+		t.Errorf("bad duration: %v", err)
+	}
+	t.Setenv(scheduler.EnvResync, "10s")
+	c, err = scheduler.ConfigFromEnv()
+	if err != nil || c.Strategy != "binpack" || c.CPUOvercommit != 1.5 || c.ResyncInterval != 10*time.Second {
+		t.Errorf("from env: %+v, %v", c, err)
+	}
+	if _, err := scheduler.New(scheduler.DefaultConfig(), scheduler.Deps{}); err == nil || !strings.Contains(err.Error(), "Deps.Bus") || !strings.Contains(err.Error(), "Deps.VSphere") {
+		t.Errorf("missing deps: %v", err)
+	}
+}
