@@ -89,6 +89,9 @@ type MigrationRecord struct {
 	// before waiting on the task, so that a restart finds the task rather
 	// than starting a second relocation.
 	RelocateTask string `json:"relocateTask,omitempty"`
+	// TraceParent is the W3C traceparent of the request, so that every
+	// event of the migration joins the request's trace.
+	TraceParent string `json:"traceparent,omitempty"`
 
 	// CreatedAt is when the request was recorded; StartedAt when it left
 	// the queue; EndedAt when it reached a final phase; UpdatedAt when the

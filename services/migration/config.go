@@ -1,0 +1,135 @@
+package migration
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+// Config tunes the migration service. DefaultConfig gives the values used
+// in production; ConfigFromEnv reads overrides from the environment.
+type Config struct {
+	// Limits bound the migrations that run at once (default 2 per source
+	// host, 5 per cluster); the rest wait in a queue.
+	Limits Limits
+	// RelocateTimeout bounds one vMotion task; a task still running then is
+	// cancelled and the migration fails with reason Timeout.
+	RelocateTimeout time.Duration
+	// PrecheckTimeout bounds the checks before relocating.
+	PrecheckTimeout time.Duration
+	// ReservationTimeout bounds how long a request waits for the scheduler
+	// to reserve a target; then it fails with reason NoReservation (a
+	// reservation that arrives later is released).
+	ReservationTimeout time.Duration
+	// DrainTimeout bounds one drain, from cordon to maintenance mode.
+	DrainTimeout time.Duration
+	// DrainRounds is how many passes a drain makes over the host's pods:
+	// pods still being provisioned there in one pass move in the next.
+	DrainRounds int
+	// Workers, AckWait, MaxAttempts and BackOff configure the consumers.
+	Workers     int
+	AckWait     time.Duration
+	MaxAttempts int
+	BackOff     []time.Duration
+	// SweepInterval is how often timeouts are checked.
+	SweepInterval time.Duration
+}
+
+// DefaultConfig returns the production defaults.
+func DefaultConfig() Config {
+	return Config{
+		Limits:             Limits{PerSourceHost: 2, PerCluster: 5},
+		RelocateTimeout:    10 * time.Minute,
+		PrecheckTimeout:    30 * time.Second,
+		ReservationTimeout: 2 * time.Minute,
+		DrainTimeout:       30 * time.Minute,
+		DrainRounds:        3,
+		Workers:            8,
+		AckWait:            30 * time.Second,
+		MaxAttempts:        10,
+		BackOff:            []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+		SweepInterval:      5 * time.Second,
+	}
+}
+
+// Environment variables ConfigFromEnv reads.
+const (
+	EnvMaxPerHost         = "PODVISOR_MIGRATION_MAX_PER_HOST"
+	EnvMaxPerCluster      = "PODVISOR_MIGRATION_MAX_PER_CLUSTER"
+	EnvRelocateTimeout    = "PODVISOR_MIGRATION_TIMEOUT"
+	EnvReservationTimeout = "PODVISOR_MIGRATION_RESERVATION_TIMEOUT"
+	EnvDrainTimeout       = "PODVISOR_DRAIN_TIMEOUT"
+	EnvWorkers            = "PODVISOR_MIGRATION_WORKERS"
+)
+
+// ConfigFromEnv returns DefaultConfig with the environment's overrides; a
+// value that does not parse is an error naming the variable.
+func ConfigFromEnv() (Config, error) {
+	cfg := DefaultConfig()
+	var errs []error
+	intVar := func(name string, dst *int) {
+		if v := os.Getenv(name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not an integer", name, v))
+				return
+			}
+			*dst = n
+		}
+	}
+	durVar := func(name string, dst *time.Duration) {
+		if v := os.Getenv(name); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 90s, 10m)", name, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	intVar(EnvMaxPerHost, &cfg.Limits.PerSourceHost)
+	intVar(EnvMaxPerCluster, &cfg.Limits.PerCluster)
+	intVar(EnvWorkers, &cfg.Workers)
+	durVar(EnvRelocateTimeout, &cfg.RelocateTimeout)
+	durVar(EnvReservationTimeout, &cfg.ReservationTimeout)
+	durVar(EnvDrainTimeout, &cfg.DrainTimeout)
+	if err := errors.Join(errs...); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate reports every invalid field, each naming the field and the
+// reason.
+func (c Config) Validate() error {
+	var errs []error
+	positive := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("%s: must be at least 1, got %d", name, v))
+		}
+	}
+	positiveDur := func(name string, d time.Duration) {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s: must be positive, got %s", name, d))
+		}
+	}
+	positive("Limits.PerSourceHost", c.Limits.PerSourceHost)
+	positive("Limits.PerCluster", c.Limits.PerCluster)
+	if c.Limits.PerCluster > 0 && c.Limits.PerSourceHost > c.Limits.PerCluster {
+		errs = append(errs, fmt.Errorf("Limits.PerSourceHost: %d exceeds Limits.PerCluster %d, which it can never reach", c.Limits.PerSourceHost, c.Limits.PerCluster))
+	}
+	positiveDur("RelocateTimeout", c.RelocateTimeout)
+	positiveDur("PrecheckTimeout", c.PrecheckTimeout)
+	positiveDur("ReservationTimeout", c.ReservationTimeout)
+	positiveDur("DrainTimeout", c.DrainTimeout)
+	positiveDur("AckWait", c.AckWait)
+	positiveDur("SweepInterval", c.SweepInterval)
+	positive("DrainRounds", c.DrainRounds)
+	positive("Workers", c.Workers)
+	if c.MaxAttempts != -1 && c.MaxAttempts <= len(c.BackOff) {
+		errs = append(errs, fmt.Errorf("MaxAttempts: %d must exceed the %d BackOff steps (or be -1 for unlimited)", c.MaxAttempts, len(c.BackOff)))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,62 @@
+package migration
+
+import "errors"
+
+// Reasons the migration service puts in migration.rejected,
+// migration.failed, pod.evicted and host.drained (CamelCase words a script
+// can match; the message beside each explains it for a person).
+const (
+	// ReasonAlreadyMigrating: the pod has another migration in flight.
+	ReasonAlreadyMigrating = "AlreadyMigrating"
+	// ReasonNoReservation: the scheduler did not reserve a target in time.
+	ReasonNoReservation = "NoReservation"
+	// ReasonPodNotFound, ReasonPodReplaced, ReasonNotRunning,
+	// ReasonPodMoved: the pod is not what the request moved.
+	ReasonPodNotFound = "PodNotFound"
+	ReasonPodReplaced = "PodReplaced"
+	ReasonNotRunning  = "NotRunning"
+	ReasonPodMoved    = "PodMoved"
+	// ReasonTargetNotFound, ReasonTargetNotConnected,
+	// ReasonTargetInMaintenance, ReasonTargetCordoned: the target host
+	// cannot take the pod now.
+	ReasonTargetNotFound      = "TargetNotFound"
+	ReasonTargetNotConnected  = "TargetNotConnected"
+	ReasonTargetInMaintenance = "TargetInMaintenance"
+	ReasonTargetCordoned      = "TargetCordoned"
+	// ReasonSourceNotConnected: the source host does not answer; a vMotion
+	// needs it (a lost host's pods are evicted instead).
+	ReasonSourceNotConnected = "SourceNotConnected"
+	// ReasonNetworkMissingOnTarget: a network of the pod is not realized on
+	// the target host; the message names it.
+	ReasonNetworkMissingOnTarget = "NetworkMissingOnTarget"
+	// ReasonDatastoreMissingOnTarget: the target host does not mount a
+	// datastore holding the pod VM's files.
+	ReasonDatastoreMissingOnTarget = "DatastoreMissingOnTarget"
+	// ReasonVMNotFound, ReasonVMNotOnSource: vCenter disagrees with the pod
+	// record about the pod VM.
+	ReasonVMNotFound    = "VMNotFound"
+	ReasonVMNotOnSource = "VMNotOnSource"
+	// ReasonRelocateFailed: vCenter's RelocateVM task failed.
+	ReasonRelocateFailed = "RelocateFailed"
+	// ReasonTimeout: the relocation took longer than RelocateTimeout.
+	ReasonTimeout = "Timeout"
+	// ReasonHostLost: the source or target host stopped responding.
+	ReasonHostLost = "HostLost"
+	// ReasonPrecheckFailed: the checks themselves could not run (vCenter or
+	// NATS did not answer).
+	ReasonPrecheckFailed = "PrecheckFailed"
+	// ReasonDrainStopped: the host was uncordoned while its drain ran.
+	ReasonDrainStopped = "DrainStopped"
+	// ReasonStillProvisioning: a drain found the pod still being placed or
+	// provisioned on the host after its last pass.
+	ReasonStillProvisioning = "StillProvisioning"
+)
+
+// Sentinel errors.
+var (
+	// ErrNoBus, ErrNoVSphere: a required dependency is missing.
+	ErrNoBus     = errors.New("migration: Deps.Bus is required")
+	ErrNoVSphere = errors.New("migration: Deps.VSphere is required (pod VMs are moved through vCenter)")
+	// errExists: a KV Create found the key taken.
+	errExists = errors.New("record exists")
+)

@@ -1,0 +1,333 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// handle decodes an event and hands it to its handler. A payload that does
+// not decode or validate is dead-lettered: no retry can fix it.
+func (s *Service) handle(ctx context.Context, m *bus.Message) error {
+	v, err := events.Decode(m.Event.Type(), m.Event.Data())
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.String("podvisor.service", Name))
+	switch p := v.(type) {
+	case *events.MigrationRequested:
+		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
+		return s.onRequested(ctx, m, p)
+	case *events.MigrationTargetReserved:
+		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("pod.uid", p.UID), attribute.String("migration.id", p.ID))
+		return s.onReserved(ctx, m, p)
+	case *events.MigrationRejected:
+		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
+		return s.onRejected(ctx, m, p)
+	case *events.MigrationCancelRequested:
+		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
+		return s.onCancel(ctx, p)
+	case *events.HostDrainRequested:
+		span.SetAttributes(attribute.String("host", p.Name))
+		return s.onDrainRequested(ctx, m, p)
+	case *events.HostUncordoned:
+		span.SetAttributes(attribute.String("host", p.Name))
+		return s.onUncordoned(ctx, p)
+	case *events.HostLost:
+		span.SetAttributes(attribute.String("host", p.Name))
+		return s.onHostLost(ctx, m, p)
+	case *events.HostRecovered:
+		span.SetAttributes(attribute.String("host", p.Name))
+		return s.onHostRecovered(ctx, p)
+	}
+	return nil
+}
+
+// claim makes id the pod's one active migration, unless another one is:
+// then it returns that one's ID.
+func (s *Service) claim(podKey, id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.podActive[podKey]; ok && cur != id {
+		return cur
+	}
+	s.podActive[podKey] = id
+	return ""
+}
+
+// onRequested records a request while the scheduler looks for a target, or
+// rejects it when the pod already has a migration in flight.
+func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.MigrationRequested) error {
+	r, err := s.store.migration(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	if r != nil {
+		return nil // a redelivery, or a drain recorded it before asking
+	}
+	rec := &events.MigrationRecord{
+		ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, RequestedTarget: p.TargetHost,
+		Phase: events.MigrationPhasePending, TraceParent: traceParent(m.Event),
+		Message: "waiting for the scheduler to reserve a target",
+	}
+	return s.admit(ctx, &m.Event, rec)
+}
+
+// admit records a new migration as Pending, or as Rejected (and says so on
+// the bus) when the pod already has an active one.
+func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.MigrationRecord) error {
+	if other := s.claim(rec.Key(), rec.ID); other != "" {
+		rec.Phase, rec.Reason = events.MigrationPhaseRejected, ReasonAlreadyMigrating
+		rec.Message = fmt.Sprintf("pod %s is already migrating (migration %s); one migration per pod at a time", rec.Key(), other)
+		rec.EndedAt = s.now().UTC()
+		if err := s.publishFor(ctx, cause, rec, "rejected", events.TypeMigrationRejected, &events.MigrationRejected{
+			ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Reason: rec.Reason, Message: rec.Message,
+		}); err != nil {
+			return err
+		}
+		if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+			return err
+		}
+		s.log.Info("migration rejected", "migration", rec.ID, "pod", rec.Key(), "reason", rec.Reason, "active", other)
+		return nil
+	}
+	if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+		s.release(rec)
+		return err
+	}
+	s.mu.Lock()
+	s.pending[rec.ID] = s.now()
+	s.mu.Unlock()
+	s.log.Info("migration requested", "migration", rec.ID, "pod", rec.Key(), "target", rec.RequestedTarget)
+	return nil
+}
+
+// release frees what the in-memory view holds for a migration.
+func (s *Service) release(r *events.MigrationRecord) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.podActive[r.Key()] == r.ID {
+		delete(s.podActive, r.Key())
+	}
+	delete(s.pending, r.ID)
+	delete(s.positions, r.ID)
+	s.lim.remove(r.ID)
+}
+
+// onReserved queues a migration once the scheduler holds room on its
+// target. A reservation for a migration that already ended is released
+// at once (migration.cancelled), so that refused or cancelled requests do
+// not keep room on a host.
+func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
+	r, err := s.store.migration(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		// The request itself was not seen (published before this service
+		// first started, or straight to the scheduler): adopt it.
+		rec := &events.MigrationRecord{ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, Phase: events.MigrationPhasePending, TraceParent: traceParent(m.Event)}
+		if err := s.admit(ctx, &m.Event, rec); err != nil {
+			return err
+		}
+		if r, err = s.store.migration(ctx, p.ID); err != nil || r == nil {
+			return fmt.Errorf("migration %s: record not readable after creation: %v", p.ID, err)
+		}
+	}
+	if !r.Active() {
+		if r.Phase == events.MigrationPhaseCompleted {
+			return nil
+		}
+		return s.publishFor(ctx, &m.Event, r, "release", events.TypeMigrationCancelled, &events.MigrationCancelled{
+			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, UID: p.UID, TargetHost: p.TargetHost,
+		})
+	}
+	if r.Phase != events.MigrationPhasePending {
+		return nil // redelivery: already queued
+	}
+	sourceCluster := ""
+	if h, err := s.store.host(ctx, p.SourceHost); err == nil && h != nil {
+		sourceCluster = h.Cluster
+	}
+	r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
+		if r.Phase != events.MigrationPhasePending {
+			return false
+		}
+		r.UID, r.SourceHost, r.SourceCluster = p.UID, p.SourceHost, sourceCluster
+		r.TargetHost, r.TargetCluster, r.TargetPool = p.TargetHost, p.TargetCluster, p.TargetPool
+		r.Phase, r.Reason, r.Message = events.PhaseQueued, "", "waiting for room"
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if r == nil || r.Phase != events.PhaseQueued {
+		return nil
+	}
+	// The Queued progress goes out before the migration enters the queue,
+	// so that it always precedes the runner's Prechecking.
+	sl := slotOf(r)
+	s.mu.Lock()
+	delete(s.pending, r.ID)
+	pos := len(s.lim.queue)
+	_, why := s.lim.fits(sl)
+	s.mu.Unlock()
+	if err := s.progress(ctx, r, events.PhaseQueued, 0, pos, why); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.lim.enqueue(sl)
+	s.positions[r.ID] = pos
+	s.mu.Unlock()
+	s.poke()
+	s.log.Info("migration queued", "migration", r.ID, "pod", r.Key(), "from", r.SourceHost, "to", r.TargetHost, "position", pos)
+	return nil
+}
+
+// onRejected records the scheduler's refusal.
+func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.MigrationRejected) error {
+	if m.Event.Source() == Source {
+		return nil // our own refusal, already recorded
+	}
+	r, err := s.store.migration(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		rec := &events.MigrationRecord{
+			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, Phase: events.MigrationPhaseRejected,
+			Reason: p.Reason, Message: p.Message, EndedAt: s.now().UTC(),
+		}
+		if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+			return err
+		}
+		return nil
+	}
+	if r.Phase != events.MigrationPhasePending {
+		return nil
+	}
+	r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
+		if r.Phase != events.MigrationPhasePending {
+			return false
+		}
+		r.Phase, r.Reason, r.Message, r.EndedAt = events.MigrationPhaseRejected, p.Reason, p.Message, s.now().UTC()
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if r != nil && r.Phase == events.MigrationPhaseRejected {
+		s.release(r)
+		s.log.Info("migration rejected by the scheduler", "migration", r.ID, "pod", r.Key(), "reason", p.Reason)
+	}
+	return nil
+}
+
+// onCancel cancels a migration that has not begun relocating. Once the
+// vMotion runs, stopping it half-way would leave the pod nowhere safe; the
+// cancel is then refused and the record says so.
+func (s *Service) onCancel(ctx context.Context, p *events.MigrationCancelRequested) error {
+	r, err := s.store.migration(ctx, p.ID)
+	if err != nil {
+		return err
+	}
+	if r == nil {
+		s.log.Info("cancel for an unknown migration", "migration", p.ID)
+		return nil
+	}
+	if !r.Active() {
+		return nil
+	}
+	s.mu.Lock()
+	if s.lim.remove(r.ID) {
+		s.mu.Unlock()
+		s.poke()
+		return s.finish(ctx, r, events.MigrationPhaseCancelled, "Cancelled", "cancelled while queued")
+	}
+	if f, ok := s.flights[r.ID]; ok {
+		relocating := f.relocating
+		if !relocating {
+			f.cancelled, f.cancelReason, f.cancelMsg = true, "Cancelled", "cancelled before relocating"
+		}
+		s.mu.Unlock()
+		_, err := s.store.updateMigration(ctx, r.ID, func(r *events.MigrationRecord) bool {
+			if !r.Active() {
+				return false
+			}
+			r.CancelRequested = true
+			if relocating {
+				r.Message = fmt.Sprintf("cancel refused: the relocation to %s already began", r.TargetHost)
+			}
+			return true
+		})
+		return err
+	}
+	s.mu.Unlock()
+	if r.Phase == events.MigrationPhasePending {
+		return s.finish(ctx, r, events.MigrationPhaseCancelled, "Cancelled", "cancelled before a target was reserved")
+	}
+	// Between queue and runner: the runner reads the flag when it starts.
+	_, err = s.store.updateMigration(ctx, r.ID, func(r *events.MigrationRecord) bool {
+		r.CancelRequested = true
+		return r.Active()
+	})
+	return err
+}
+
+// finish ends a migration: it announces the outcome, then writes the final
+// record and frees the pod. The event goes first so that a crash between
+// the two replays the announcement (same id, de-duplicated) rather than
+// leave the scheduler holding a reservation nobody will release.
+func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, reason, msg string) error {
+	var ceType string
+	var data any
+	switch phase {
+	case events.MigrationPhaseCompleted:
+		ceType, data = events.TypeMigrationCompleted, &events.MigrationCompleted{
+			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
+			TargetHost: r.TargetHost, TargetCluster: r.TargetCluster, TargetPool: r.TargetPool,
+		}
+	case events.MigrationPhaseCancelled:
+		ceType, data = events.TypeMigrationCancelled, &events.MigrationCancelled{
+			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, TargetHost: r.TargetHost,
+		}
+	case events.MigrationPhaseFailed:
+		ceType, data = events.TypeMigrationFailed, &events.MigrationFailed{
+			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
+			TargetHost: r.TargetHost, Reason: reason, Message: msg,
+		}
+	default:
+		return fmt.Errorf("finish migration %s: %q is not a final phase", r.ID, phase)
+	}
+	if err := s.publishFor(ctx, nil, r, "end", ceType, data); err != nil {
+		return err
+	}
+	updated, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+		if !rec.Active() {
+			return false
+		}
+		rec.Phase, rec.Reason, rec.Message = phase, reason, msg
+		if phase == events.MigrationPhaseCompleted {
+			rec.Reason, rec.Message, rec.Percent = "", "", 100
+		}
+		rec.QueuePosition, rec.RelocateTask, rec.EndedAt = 0, "", s.now().UTC()
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if updated == nil {
+		updated = r
+	}
+	s.release(updated)
+	s.log.Info("migration ended", "migration", r.ID, "pod", r.Key(), "phase", phase, "reason", reason, "message", msg)
+	return nil
+}

@@ -1,0 +1,148 @@
+package migration
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// TestMigrateToNamedHost: with --to, the pod VM lands on that host (vCenter
+// agrees), progress goes Queued → Prechecking → Relocating → Finalizing,
+// and the record ends Completed.
+func TestMigrateToNamedHost(t *testing.T) {
+	w := newWorld(t, 2, 3)
+	w.start(testConfig())
+	hosts := w.clusterHosts(0)
+	p := w.runPod("web", hosts[0])
+
+	w.migrate("m-to", p, hosts[2])
+	typ, payload := w.waitEnd("m-to")
+	if typ != events.TypeMigrationCompleted {
+		t.Fatalf("migration ended with %s %+v, want completed", typ, payload)
+	}
+	c := payload.(*events.MigrationCompleted)
+	if c.SourceHost != hosts[0] || c.TargetHost != hosts[2] || c.UID != p.uid {
+		t.Errorf("completed = %+v, want %s → %s for %s", c, hosts[0], hosts[2], p.uid)
+	}
+	if got, _ := w.vmHost(p.vm); got != hosts[2] {
+		t.Errorf("vCenter has the VM on %s, want %s", got, hosts[2])
+	}
+	var phases []string
+	for _, pr := range collect[*events.MigrationProgress](w.rec) {
+		// Relocating repeats with each progress step vCenter reports.
+		if pr.ID == "m-to" && (len(phases) == 0 || phases[len(phases)-1] != pr.Phase) {
+			phases = append(phases, pr.Phase)
+		}
+	}
+	want := []string{events.PhaseQueued, events.PhasePrechecking, events.PhaseRelocating, events.PhaseFinalizing}
+	if strings.Join(phases, ",") != strings.Join(want, ",") {
+		t.Errorf("progress phases %v, want %v", phases, want)
+	}
+	r := w.migration("m-to")
+	if r.Phase != events.MigrationPhaseCompleted || r.Percent != 100 || r.EndedAt.IsZero() || r.StartedAt.IsZero() {
+		t.Errorf("record = %+v, want Completed at 100%% with start and end times", r)
+	}
+	if r.SourceCluster != w.clusterOf(hosts[0]) || r.TargetCluster != w.clusterOf(hosts[2]) {
+		t.Errorf("record clusters %s → %s", r.SourceCluster, r.TargetCluster)
+	}
+}
+
+// TestMigrateWithoutTargetAndAcrossClusters: without --to the scheduler's
+// pick is used; a move to another cluster lands in that cluster's resource
+// pool.
+func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
+	w := newWorld(t, 2, 3)
+	w.start(testConfig())
+	a, b := w.clusterHosts(0), w.clusterHosts(1)
+	p := w.runPod("api", a[0])
+
+	w.migrate("m-pick", p, "")
+	if typ, payload := w.waitEnd("m-pick"); typ != events.TypeMigrationCompleted {
+		t.Fatalf("migration ended with %s %+v", typ, payload)
+	}
+	picked, _ := w.vmHost(p.vm)
+	if picked == a[0] || w.clusterOf(picked) != w.clusterOf(a[0]) {
+		t.Fatalf("VM on %s after a move without target, want another host of %s", picked, w.clusterOf(a[0]))
+	}
+
+	w.migrate("m-cross", p, b[1])
+	if typ, payload := w.waitEnd("m-cross"); typ != events.TypeMigrationCompleted {
+		t.Fatalf("cross-cluster migration ended with %s %+v", typ, payload)
+	}
+	host, pool := w.vmHost(p.vm)
+	if host != b[1] {
+		t.Errorf("VM on %s, want %s", host, b[1])
+	}
+	if want := w.dc.Clusters()[1].ResourcePool; pool != want {
+		t.Errorf("VM in pool %s, want %s (cluster-2's)", pool.Value, want.Value)
+	}
+	if r := w.podRecord("api"); r.Host != b[1] {
+		t.Errorf("pod record on %s, want %s", r.Host, b[1])
+	}
+}
+
+// TestTargetLackingNetworkIsRefused: a pod on "backend" (cluster-1 only)
+// cannot move to a cluster-2 host; the failure names the network and the VM
+// stays where it was.
+func TestTargetLackingNetworkIsRefused(t *testing.T) {
+	w := newWorld(t, 2, 2)
+	w.start(testConfig())
+	a, b := w.clusterHosts(0), w.clusterHosts(1)
+	p := w.runPod("db", a[0], "default", "backend")
+
+	w.migrate("m-net", p, b[0])
+	typ, payload := w.waitEnd("m-net")
+	f, ok := payload.(*events.MigrationFailed)
+	if typ != events.TypeMigrationFailed || !ok {
+		t.Fatalf("migration ended with %s %+v, want failed", typ, payload)
+	}
+	if f.Reason != ReasonNetworkMissingOnTarget || !strings.Contains(f.Message, "backend") || !strings.Contains(f.Message, b[0]) {
+		t.Errorf("failed = %s: %s; want %s naming backend and %s", f.Reason, f.Message, ReasonNetworkMissingOnTarget, b[0])
+	}
+	if f.TargetHost != b[0] {
+		t.Errorf("failed.targetHost = %q, want %s (so the scheduler releases it)", f.TargetHost, b[0])
+	}
+	if got, _ := w.vmHost(p.vm); got != a[0] {
+		t.Errorf("VM moved to %s despite the refusal", got)
+	}
+	r := w.migration("m-net")
+	if r.Phase != events.MigrationPhaseFailed || r.Reason != ReasonNetworkMissingOnTarget {
+		t.Errorf("record %s/%s, want Failed/%s", r.Phase, r.Reason, ReasonNetworkMissingOnTarget)
+	}
+	// The same pod moves within cluster-1, where backend exists.
+	w.migrate("m-net-ok", p, a[1])
+	if typ, payload := w.waitEnd("m-net-ok"); typ != events.TypeMigrationCompleted {
+		t.Fatalf("in-cluster migration ended with %s %+v", typ, payload)
+	}
+}
+
+// TestTargetNotConnectedOrInMaintenanceIsRefused: the simulator would
+// relocate onto a dead host; the service does not.
+func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("cache", h[0])
+	ctx := t.Context()
+	if err := w.dc.FailHost(ctx, h[1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.dc.SetMaintenance(ctx, h[2], true); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]struct{ host, reason string }{
+		"m-dead":  {h[1], ReasonTargetNotConnected},
+		"m-maint": {h[2], ReasonTargetInMaintenance},
+	} {
+		w.migrate(id, p, want.host)
+		typ, payload := w.waitEnd(id)
+		f, ok := payload.(*events.MigrationFailed)
+		if typ != events.TypeMigrationFailed || !ok || f.Reason != want.reason {
+			t.Errorf("%s: ended with %s %+v, want failed %s", id, typ, payload, want.reason)
+		}
+	}
+	if got, _ := w.vmHost(p.vm); got != h[0] {
+		t.Errorf("VM moved to %s", got)
+	}
+}

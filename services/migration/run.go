@@ -1,0 +1,380 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/migration/vmotion"
+)
+
+// refusal is a precheck that says no: the migration fails with its reason.
+type refusal struct {
+	reason, message string
+}
+
+func (r *refusal) Error() string { return r.reason + ": " + r.message }
+
+func refuse(reason, format string, args ...any) error {
+	return &refusal{reason: reason, message: fmt.Sprintf(format, args...)}
+}
+
+// precheckAttempts bounds the retries of prechecks that could not run
+// (vCenter or NATS not answering) before the migration fails.
+const precheckAttempts = 3
+
+// runMigration drives one migration that has room: prechecks, vMotion,
+// finalization. It owns the record from Prechecking on; handlers touch it
+// only to ask for a cancel.
+func (s *Service) runMigration(ctx context.Context, id string) {
+	defer func() {
+		s.mu.Lock()
+		s.lim.done(id)
+		delete(s.flights, id)
+		s.mu.Unlock()
+		s.poke()
+	}()
+	r, err := s.store.migration(ctx, id)
+	if err != nil || r == nil || !r.Active() {
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("read migration", "migration", id, "err", err)
+		}
+		return
+	}
+	ctx, span := s.tracer.Start(ctx, "migration.run")
+	defer span.End()
+	span.SetAttributes(attribute.String("podvisor.service", Name), attribute.String("pod", r.Key()),
+		attribute.String("pod.uid", r.UID), attribute.String("migration.id", r.ID),
+		attribute.String("migration.source", r.SourceHost), attribute.String("migration.target", r.TargetHost))
+
+	if err := s.drive(ctx, r); err != nil {
+		if ctx.Err() != nil {
+			// Stopping: the record keeps its phase (and task) and the next
+			// Run resumes it.
+			return
+		}
+		span.SetStatus(codes.Error, err.Error())
+		reason, msg := ReasonPrecheckFailed, err.Error()
+		var no *refusal
+		if errors.As(err, &no) {
+			reason, msg = no.reason, no.message
+		}
+		if err := s.finish(ctx, r, events.MigrationPhaseFailed, reason, msg); err != nil {
+			s.log.Error("record migration failure", "migration", id, "err", err)
+		}
+	}
+}
+
+// drive runs the steps; a returned error fails the migration (a *refusal
+// carries its reason).
+func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
+	if r.CancelRequested && !r.Started() {
+		return s.cancelled(ctx, r, "Cancelled", "cancelled before relocating")
+	}
+	resumedTask := r.RelocateTask
+	r, err := s.setPhase(ctx, r, events.PhasePrechecking, 0)
+	if err != nil {
+		return err
+	}
+	if resumedTask != "" {
+		// A vMotion started by an earlier run: wait for it to end before
+		// looking where the VM is.
+		wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
+		_ = s.vm.Wait(wctx, taskRef(resumedTask), nil)
+		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	if err := s.progress(ctx, r, events.PhasePrechecking, 0, 0, fmt.Sprintf("checking %s for %s", r.TargetHost, r.Key())); err != nil {
+		return err
+	}
+	var plan *plan
+	for attempt := 1; ; attempt++ {
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
+		plan, err = s.precheck(pctx, r)
+		cancel()
+		var no *refusal
+		if err == nil || errors.As(err, &no) || attempt == precheckAttempts || ctx.Err() != nil {
+			break
+		}
+		s.log.Warn("precheck could not run; retrying", "migration", r.ID, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * time.Second):
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if s.hooks.beforeRelocate != nil {
+		s.hooks.beforeRelocate(r.ID)
+	}
+	// The cancel checkpoint: past it the vMotion starts and a cancel is
+	// refused. A lost host cancels here too.
+	s.mu.Lock()
+	f := s.flights[r.ID]
+	if f != nil && f.cancelled {
+		reason, msg := f.cancelReason, f.cancelMsg
+		s.mu.Unlock()
+		return s.cancelled(ctx, r, reason, msg)
+	}
+	if f != nil {
+		f.relocating = true
+	}
+	s.mu.Unlock()
+
+	if !plan.alreadyThere {
+		if err := s.relocate(ctx, r, plan); err != nil {
+			return err
+		}
+	}
+	return s.finalize(ctx, r)
+}
+
+// cancelled ends the migration as cancelled (or failed, for a lost host).
+func (s *Service) cancelled(ctx context.Context, r *events.MigrationRecord, reason, msg string) error {
+	phase := events.MigrationPhaseCancelled
+	if reason == ReasonHostLost {
+		phase = events.MigrationPhaseFailed
+	}
+	if err := s.finish(ctx, r, phase, reason, msg); err != nil {
+		s.log.Error("record migration cancel", "migration", r.ID, "err", err)
+	}
+	return nil
+}
+
+func (s *Service) setPhase(ctx context.Context, r *events.MigrationRecord, phase string, percent int) (*events.MigrationRecord, error) {
+	updated, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+		if !rec.Active() {
+			return false
+		}
+		if rec.StartedAt.IsZero() {
+			rec.StartedAt = s.now().UTC()
+		}
+		rec.Phase, rec.Percent, rec.QueuePosition, rec.Reason = phase, percent, 0, ""
+		rec.Message = ""
+		return true
+	})
+	if err != nil {
+		return nil, err
+	}
+	if updated == nil || !updated.Active() {
+		return nil, fmt.Errorf("migration %s ended meanwhile", r.ID)
+	}
+	return updated, nil
+}
+
+// plan is what the prechecks found.
+type plan struct {
+	vmRef        string
+	target       *vmotion.Host
+	alreadyThere bool
+}
+
+// precheck checks what vCenter would check before a vMotion, and what the
+// simulator does not: the pod is running on the source, the target answers,
+// is not in maintenance or cordoned, mounts the VM's datastores and carries
+// every network of the pod.
+func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*plan, error) {
+	pod, err := s.store.pod(ctx, r.Namespace, r.Pod)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case pod == nil:
+		return nil, refuse(ReasonPodNotFound, "pod %s does not exist", r.Key())
+	case r.UID != "" && pod.UID != r.UID:
+		return nil, refuse(ReasonPodReplaced, "pod %s was replaced (uid %s, the migration was for %s)", r.Key(), pod.UID, r.UID)
+	case !pod.DeletionRequestedAt.IsZero():
+		return nil, refuse(ReasonNotRunning, "pod %s is being deleted", r.Key())
+	case pod.Host == r.TargetHost && pod.VMRef != "":
+		// An earlier run moved it and the provisioner already knows.
+		return &plan{vmRef: pod.VMRef, alreadyThere: true}, nil
+	case pod.Phase != events.PodPhaseRunning && pod.Phase != events.PodPhaseMigrating:
+		return nil, refuse(ReasonNotRunning, "pod %s is %s, not Running", r.Key(), pod.Phase)
+	case pod.VMRef == "":
+		return nil, refuse(ReasonNotRunning, "pod %s has no VM yet", r.Key())
+	case pod.Host != r.SourceHost:
+		return nil, refuse(ReasonPodMoved, "pod %s runs on %s, not on %s where the migration starts", r.Key(), pod.Host, r.SourceHost)
+	}
+
+	target, err := s.vm.Host(ctx, r.TargetHost)
+	if errors.Is(err, vmotion.ErrNotFound) {
+		return nil, refuse(ReasonTargetNotFound, "host %s does not exist", r.TargetHost)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !target.Connected() {
+		return nil, refuse(ReasonTargetNotConnected, "target host %s is %s", r.TargetHost, target.ConnectionState)
+	}
+	if target.Maintenance {
+		return nil, refuse(ReasonTargetInMaintenance, "target host %s is in maintenance mode", r.TargetHost)
+	}
+	if hr, err := s.store.host(ctx, r.TargetHost); err != nil {
+		return nil, err
+	} else if hr != nil && hr.Cordoned {
+		return nil, refuse(ReasonTargetCordoned, "target host %s is cordoned", r.TargetHost)
+	}
+	source, err := s.vm.Host(ctx, r.SourceHost)
+	if err != nil && !errors.Is(err, vmotion.ErrNotFound) {
+		return nil, err
+	}
+	if source == nil || !source.Connected() {
+		state := "gone"
+		if source != nil {
+			state = source.ConnectionState
+		}
+		return nil, refuse(ReasonSourceNotConnected, "source host %s is %s; a vMotion needs it answering", r.SourceHost, state)
+	}
+
+	for _, n := range pod.Networks {
+		a, err := s.store.network(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		if a == nil {
+			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s of pod %s does not exist", n, r.Key())
+		}
+		if !a.Realized(r.TargetHost) {
+			where := "no host"
+			if len(a.Hosts) > 0 {
+				where = summarizeHosts(a.Hosts)
+			}
+			why := "not in its scope"
+			if a.InScope(r.TargetHost) {
+				why = "in its scope but not realized there yet"
+			}
+			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s is not available on %s (%s); it is realized on %s", n, r.TargetHost, why, where)
+		}
+	}
+
+	vm, err := s.vm.VM(ctx, pod.VMRef)
+	if errors.Is(err, vmotion.ErrNotFound) {
+		return nil, refuse(ReasonVMNotFound, "pod VM %s of %s does not exist in vCenter", pod.VMRef, r.Key())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if vm.Host == r.TargetHost {
+		return &plan{vmRef: vm.Ref.Value, target: target, alreadyThere: true}, nil
+	}
+	if vm.Host != r.SourceHost {
+		return nil, refuse(ReasonVMNotOnSource, "pod VM %s runs on %s, not on %s", vm.Name, vm.Host, r.SourceHost)
+	}
+	for _, ds := range vm.Datastores {
+		if !slices.Contains(target.Datastores, ds) {
+			return nil, refuse(ReasonDatastoreMissingOnTarget, "target host %s does not mount datastore %s holding pod VM %s", r.TargetHost, ds, vm.Name)
+		}
+	}
+	return &plan{vmRef: vm.Ref.Value, target: target}, nil
+}
+
+// summarizeHosts names up to four hosts.
+func summarizeHosts(hosts []string) string {
+	if len(hosts) <= 4 {
+		return strings.Join(hosts, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(hosts[:4], ", "), len(hosts)-4)
+}
+
+func taskRef(v string) types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "Task", Value: v}
+}
+
+// progressStep is the smallest change in percent worth an event.
+const progressStep = 10
+
+// relocate runs the vMotion into the target cluster's resource pool,
+// reporting progress, within RelocateTimeout.
+func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *plan) error {
+	r, err := s.setPhase(ctx, r, events.PhaseRelocating, 0)
+	if err != nil {
+		return err
+	}
+	if err := s.progress(ctx, r, events.PhaseRelocating, 0, 0, fmt.Sprintf("moving to %s", r.TargetHost)); err != nil {
+		return err
+	}
+	ref, err := s.vm.StartRelocate(ctx, vmotion.Move{VM: p.vmRef, Host: p.target.Ref, Pool: p.target.Pool})
+	if err != nil {
+		return refuse(ReasonRelocateFailed, "%v", err)
+	}
+	if _, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+		rec.RelocateTask = ref.Value
+		return rec.Active()
+	}); err != nil {
+		return err
+	}
+
+	var mu sync.Mutex
+	last := 0
+	report := func(pct int) {
+		mu.Lock()
+		if pct < last+progressStep || pct >= 100 {
+			mu.Unlock()
+			return
+		}
+		last = pct
+		mu.Unlock()
+		_ = s.progress(ctx, r, events.PhaseRelocating, pct, 0, "")
+		_, _ = s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+			if rec.Phase != events.PhaseRelocating || rec.Percent >= pct {
+				return false
+			}
+			rec.Percent = pct
+			return true
+		})
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
+	defer cancel()
+	err = s.vm.Wait(wctx, ref, report)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case wctx.Err() != nil:
+		if cerr := s.vm.CancelTask(ctx, ref); cerr != nil {
+			s.log.Warn("cancel timed-out relocation", "migration", r.ID, "task", ref.Value, "err", cerr)
+		}
+		return refuse(ReasonTimeout, "the relocation to %s did not finish within %s", r.TargetHost, s.cfg.RelocateTimeout)
+	default:
+		return refuse(ReasonRelocateFailed, "vCenter: %v", err)
+	}
+}
+
+// finalize confirms where vCenter says the VM runs and announces the move.
+func (s *Service) finalize(ctx context.Context, r *events.MigrationRecord) error {
+	r, err := s.setPhase(ctx, r, events.PhaseFinalizing, 100)
+	if err != nil {
+		return err
+	}
+	if err := s.progress(ctx, r, events.PhaseFinalizing, 100, 0, ""); err != nil {
+		return err
+	}
+	pod, err := s.store.pod(ctx, r.Namespace, r.Pod)
+	if err != nil {
+		return err
+	}
+	if pod != nil && pod.VMRef != "" {
+		vm, err := s.vm.VM(ctx, pod.VMRef)
+		if err != nil {
+			return err
+		}
+		if vm.Host != r.TargetHost {
+			return refuse(ReasonRelocateFailed, "vCenter reports pod VM %s on %s after relocating to %s", vm.Name, vm.Host, r.TargetHost)
+		}
+	}
+	return s.finish(ctx, r, events.MigrationPhaseCompleted, "", "")
+}

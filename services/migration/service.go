@@ -1,0 +1,339 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/migration/vmotion"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Name is the service's name: its consumers are migration-<STREAM>, its
+// dead letters go to pv.dlq.migration.
+const Name = "migration"
+
+// Source is the CloudEvents source of everything the service publishes.
+const Source = "podvisor/" + Name
+
+const instrumentation = "github.com/podvisor/podvisor/services/migration"
+
+// Service is the migration service.
+type Service struct {
+	cfg    Config
+	bus    *bus.Bus
+	vm     *vmotion.Client
+	log    *slog.Logger
+	store  *store
+	tracer trace.Tracer
+	now    func() time.Time
+
+	// mu guards the in-memory view below. The records in KV are the truth;
+	// this view is rebuilt from them at start.
+	mu sync.Mutex
+	// lim is the admission queue.
+	lim *limiter
+	// podActive maps a pod key to its one active migration.
+	podActive map[string]string
+	// flights are the migrations whose runner is working.
+	flights map[string]*flight
+	// pending are the requests waiting for the scheduler, by ID, with the
+	// time they were recorded.
+	pending map[string]time.Time
+	// positions are the queue positions last written to the records.
+	positions map[string]int
+	// drains are the drains running in this process, by host.
+	drains map[string]*drainRun
+	// runCtx is Run's context, which background drains live in.
+	runCtx context.Context
+
+	kick    chan struct{}
+	runners sync.WaitGroup
+
+	hooks hooks
+}
+
+// flight is a migration its runner is working on.
+type flight struct {
+	// cancelled is set by migration.cancel.requested (or a lost host)
+	// before relocating began; the runner stops at its next checkpoint.
+	cancelled    bool
+	cancelReason string
+	cancelMsg    string
+	// relocating is set once the vMotion started: from then on a cancel
+	// is refused.
+	relocating bool
+}
+
+// hooks let tests act at exact points of a migration; nil in production.
+type hooks struct {
+	// beforeRelocate runs after the prechecks passed, before the cancel
+	// checkpoint that precedes the vMotion.
+	beforeRelocate func(id string)
+}
+
+func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("migration: %w", err)
+	}
+	if b == nil {
+		return nil, ErrNoBus
+	}
+	if vm == nil {
+		return nil, ErrNoVSphere
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{
+		cfg:       cfg,
+		bus:       b,
+		vm:        vm,
+		log:       log.With("service", Name),
+		tracer:    otel.Tracer(instrumentation),
+		now:       time.Now,
+		lim:       newLimiter(cfg.Limits),
+		podActive: map[string]string{},
+		flights:   map[string]*flight{},
+		pending:   map[string]time.Time{},
+		positions: map[string]int{},
+		drains:    map[string]*drainRun{},
+		kick:      make(chan struct{}, 1),
+	}
+	// The buckets are opened here so that a missing topology fails the
+	// process at start, not on its first event.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := openStore(ctx, b, func() time.Time { return s.now() })
+	if err != nil {
+		return nil, fmt.Errorf("migration: %w", err)
+	}
+	s.store = st
+	return s, nil
+}
+
+// Run resumes the migrations and drains the records say are unfinished,
+// then consumes migration and host events until ctx ends. Migrations that
+// are relocating when ctx ends keep their vMotion running in vCenter and are
+// picked up again by the next Run.
+func (s *Service) Run(ctx context.Context) error {
+	s.mu.Lock()
+	s.runCtx = ctx
+	s.mu.Unlock()
+	if err := s.recover(ctx); err != nil {
+		return fmt.Errorf("migration: %w", err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { s.dispatchLoop(gctx); return nil })
+	g.Go(func() error { s.sweepLoop(gctx); return nil })
+	g.Go(func() error {
+		return s.bus.Consume(gctx, s.consumer(events.StreamMigrations, []string{
+			events.SubjectMigrationRequested,
+			events.SubjectMigrationTargetReserved,
+			events.SubjectMigrationRejected,
+			events.SubjectMigrationCancelRequested,
+		}), s.handle)
+	})
+	g.Go(func() error {
+		return s.bus.Consume(gctx, s.consumer(events.StreamHosts, []string{
+			events.SubjectHostDrainRequested,
+			events.SubjectHostLost,
+			events.SubjectHostRecovered,
+			events.SubjectHostUncordoned,
+		}), s.handle)
+	})
+	s.log.Info("migration service running", "per_source_host", s.cfg.Limits.PerSourceHost, "per_cluster", s.cfg.Limits.PerCluster)
+	err := g.Wait()
+	// Runners and drains see ctx end and stop at their next step.
+	s.runners.Wait()
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("migration: %w", err)
+	}
+	return nil
+}
+
+func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig {
+	return bus.ConsumerConfig{
+		Service:    Name,
+		Stream:     stream,
+		Subjects:   subjects,
+		Workers:    s.cfg.Workers,
+		AckWait:    s.cfg.AckWait,
+		MaxDeliver: s.cfg.MaxAttempts,
+		BackOff:    s.cfg.BackOff,
+		Logger:     s.log,
+		Key:        objectKey,
+	}
+}
+
+// objectKey is the work-queue key of an event: the object it is about,
+// from the payload (the pod for migration events, the host for host
+// events), so that a request and the scheduler's answer about the same pod
+// are handled in order even if a client set another subject attribute.
+func objectKey(ev event.Event) string {
+	v, err := events.Decode(ev.Type(), ev.Data())
+	if err != nil {
+		return ev.Subject()
+	}
+	if p, ok := v.(events.Payload); ok {
+		return p.ObjectKey()
+	}
+	return ev.Subject()
+}
+
+// recover rebuilds the in-memory view from the records: the pod locks, the
+// queue (migrations that had started first, so they get their room back),
+// the requests waiting for the scheduler, and the drains that were running.
+func (s *Service) recover(ctx context.Context) error {
+	recs, err := s.store.migrations(ctx)
+	if err != nil {
+		return fmt.Errorf("load migrations: %w", err)
+	}
+	slices.SortFunc(recs, func(a, b *events.MigrationRecord) int {
+		if c := a.StartedAt.Compare(b.StartedAt); c != 0 && !a.StartedAt.IsZero() && !b.StartedAt.IsZero() {
+			return c
+		}
+		if a.StartedAt.IsZero() != b.StartedAt.IsZero() {
+			if a.StartedAt.IsZero() {
+				return 1
+			}
+			return -1
+		}
+		return a.CreatedAt.Compare(b.CreatedAt)
+	})
+	s.mu.Lock()
+	resumed := 0
+	for _, r := range recs {
+		if !r.Active() {
+			continue
+		}
+		s.podActive[r.Key()] = r.ID
+		if r.Phase == events.MigrationPhasePending {
+			s.pending[r.ID] = r.CreatedAt
+			continue
+		}
+		s.lim.enqueue(slotOf(r))
+		resumed++
+	}
+	s.mu.Unlock()
+	drains, err := s.store.drainRecords(ctx)
+	if err != nil {
+		return fmt.Errorf("load drains: %w", err)
+	}
+	for _, d := range drains {
+		if d.Phase == events.DrainPhaseDraining || d.Phase == events.DrainPhaseEnteringMaintenance {
+			s.startDrain(d.Host)
+		}
+	}
+	if resumed > 0 {
+		s.log.Info("resuming migrations", "count", resumed)
+		s.poke()
+	}
+	return nil
+}
+
+func slotOf(r *events.MigrationRecord) slot {
+	return slot{id: r.ID, sourceHost: r.SourceHost, sourceCluster: r.SourceCluster, targetCluster: r.TargetCluster}
+}
+
+// poke wakes the dispatcher.
+func (s *Service) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// dispatchLoop starts every queued migration that has room and writes the
+// queue positions of those still waiting.
+func (s *Service) dispatchLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		}
+		s.mu.Lock()
+		started := s.lim.next()
+		for _, sl := range started {
+			s.flights[sl.id] = &flight{}
+			delete(s.positions, sl.id)
+		}
+		waiting := s.lim.waiting()
+		var changed []string
+		for id, q := range waiting {
+			if p, ok := s.positions[id]; !ok || p != q.position {
+				s.positions[id] = q.position
+				changed = append(changed, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, sl := range started {
+			s.runners.Add(1)
+			go func() {
+				defer s.runners.Done()
+				s.runMigration(ctx, sl.id)
+			}()
+		}
+		for _, id := range changed {
+			q := waiting[id]
+			if _, err := s.store.updateMigration(ctx, id, func(r *events.MigrationRecord) bool {
+				if r.Phase != events.PhaseQueued || (r.QueuePosition == q.position && r.Message == q.why) {
+					return false
+				}
+				r.QueuePosition, r.Message = q.position, q.why
+				return true
+			}); err != nil && ctx.Err() == nil {
+				s.log.Warn("write queue position", "migration", id, "err", err)
+			}
+		}
+	}
+}
+
+// sweepLoop fails the requests the scheduler never answered, so that a pod
+// is not held by a migration that will not happen.
+func (s *Service) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		var expired []string
+		s.mu.Lock()
+		for id, since := range s.pending {
+			if now.Sub(since) > s.cfg.ReservationTimeout {
+				expired = append(expired, id)
+			}
+		}
+		s.mu.Unlock()
+		for _, id := range expired {
+			r, err := s.store.migration(ctx, id)
+			if err != nil || r == nil {
+				continue
+			}
+			if r.Phase != events.MigrationPhasePending {
+				s.mu.Lock()
+				delete(s.pending, id)
+				s.mu.Unlock()
+				continue
+			}
+			msg := fmt.Sprintf("the scheduler reserved no target within %s (is it running?)", s.cfg.ReservationTimeout)
+			if err := s.finish(ctx, r, events.MigrationPhaseFailed, ReasonNoReservation, msg); err != nil {
+				s.log.Warn("expire migration", "migration", id, "err", err)
+			}
+		}
+	}
+}
