@@ -63,3 +63,10 @@ func failureOf(err error, attempts uint64, exhausted bool) (reason, message stri
 	}
 	return reason, message
 }
+
+// createTaskFailed is the fault of a recorded CreateVM task found failed
+// when the provisioner came back to it: that attempt made no VM.
+type createTaskFailed struct{ err error }
+
+func (e *createTaskFailed) Error() string { return "earlier create attempt failed: " + e.err.Error() }
+func (e *createTaskFailed) Unwrap() error { return e.err }

@@ -291,12 +291,16 @@ func TestDriftRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphan := orphanVM(t, e, svc, host)
+	leftover := failedPodWithVM(t, e, svc, host)
 
 	report, err := svc.Resync(ctx)
 	if err != nil {
 		t.Fatalf("Resync: %v", err)
 	}
-	want := RepairReport{RepairOrphanVM: 1, RepairMissingVM: 1, RepairPowerState: 1}
+	want := RepairReport{RepairOrphanVM: 2, RepairMissingVM: 1, RepairPowerState: 1}
+	if vm, _ := e.vms.Get(ctx, leftover); vm != nil {
+		t.Errorf("VM %s of the failed pod still exists", leftover.Value)
+	}
 	for k, n := range want {
 		if report[k] != n {
 			t.Errorf("report[%s] = %d, want %d (report %v)", k, report[k], n, report)
@@ -406,4 +410,44 @@ func TestEvictionAndMigration(t *testing.T) {
 	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 {
 		t.Errorf("%d VMs after re-provisioning, want 1", len(vms))
 	}
+}
+
+// failedPodWithVM makes a Failed pod whose VM vCenter refused to destroy at
+// the time: the VM exists (as after a crash before the ack), the image
+// cache then reports a failure, and Destroy_Task faults meanwhile.
+func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObjectReference {
+	t.Helper()
+	ctx := context.Background()
+	acc := e.request(testPod("leftover"))
+	r := e.record(svc, "default", "leftover")
+	r.Host = host
+	r.Images = imagesReady(acc).Containers
+	r.Attachments = networkAttached(acc, host).Attachments
+	spec, placement, err := svc.vmSpec(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := e.vms.StartCreate(ctx, spec, placement)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := e.vms.WaitCreate(ctx, task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse}); err != nil {
+		t.Fatal(err)
+	}
+	e.publish("test/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{Namespace: "default", Name: "leftover", UID: acc.UID,
+		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
+	f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+	if f.Reason != ReasonImagesFailed || !strings.Contains(f.Message, "ImageNotFound") {
+		t.Errorf("pod.failed = %+v, want ImagesFailed naming the image cache's reason", f)
+	}
+	e.waitRecord(svc, "default", "leftover", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
+	e.dc.ClearFaults()
+	if vm, _ := e.vms.Get(ctx, ref); vm == nil {
+		t.Fatal("setup: the failed pod's VM should have survived the faulted destroy")
+	}
+	return ref
 }

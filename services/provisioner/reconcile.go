@@ -33,7 +33,10 @@ func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, las
 	if !r.DeletionRequestedAt.IsZero() {
 		return s.deleteStalled(ctx, r, err, last)
 	}
-	if podvm.IsTransient(err) && !last {
+	// Only a vSphere step can fail a pod. Anything else (the bus, the KV
+	// store) is podvisor's own trouble: retried, and past the last delivery
+	// dead-lettered, while drift repair drives the pod on later.
+	if !errors.As(err, new(*stepError)) || (podvm.IsTransient(err) && !last) {
 		s.log.Info("pod not converged yet; will retry", "key", r.Key(), "err", err)
 		return err
 	}
@@ -179,7 +182,7 @@ func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 			if serr := s.save(ctx, r); serr != nil {
 				return nil, serr
 			}
-			return nil, step(ReasonCreateVMFailed, err)
+			return nil, step(ReasonCreateVMFailed, &createTaskFailed{err: err})
 		}
 	}
 	var vm *podvm.VM
@@ -188,7 +191,7 @@ func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 		vm, err = s.vms.Find(ctx, r.VMName)
 		return err
 	})
-	return vm, err
+	return vm, step(ReasonCreateVMFailed, err)
 }
 
 func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.VM) error {
@@ -318,7 +321,12 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 // or name, and clears them from the record (in memory; the caller saves).
 func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 	vm, err := s.existingVM(ctx, r)
-	if err != nil && !errors.As(err, new(*stepError)) {
+	if errors.As(err, new(*createTaskFailed)) {
+		// The recorded create produced no VM; the task is now forgotten,
+		// so this second look goes by name.
+		vm, err = s.existingVM(ctx, r)
+	}
+	if err != nil {
 		return err
 	}
 	if vm != nil {
@@ -326,7 +334,7 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 		defer span.End()
 		if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
 			span.RecordError(err)
-			return fmt.Errorf("destroy pod VM %s (%s): %w", vm.Name, vm.Ref.Value, err)
+			return step(ReasonDeleteFailed, fmt.Errorf("destroy pod VM %s (%s): %w", vm.Name, vm.Ref.Value, err))
 		}
 	}
 	r.VMRef, r.CreateTask = "", ""
@@ -401,7 +409,7 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 // deleteStalled records why a delete is not finishing. Deletion is never
 // given up: the record stays Terminating and drift repair tries again.
 func (s *Service) deleteStalled(ctx context.Context, r *events.PodRecord, cause error, last bool) error {
-	if !last && podvm.IsTransient(cause) {
+	if !last && (podvm.IsTransient(cause) || !errors.As(cause, new(*stepError))) {
 		return cause
 	}
 	r.Reason, r.Message = ReasonDeleteFailed, cause.Error()

@@ -15,7 +15,8 @@ import (
 
 // Kinds of drift repair (the kind label of podvisor_provisioner_repairs_total).
 const (
-	// RepairOrphanVM: a pod VM without a pod record was destroyed.
+	// RepairOrphanVM: a pod VM without a pod record, or of a Failed pod,
+	// was destroyed.
 	RepairOrphanVM = "orphan_vm"
 	// RepairStaleVM: a VM of an earlier placement of a pod was destroyed.
 	RepairStaleVM = "stale_vm"
@@ -158,6 +159,18 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 				return false, s.deleteStalled(ctx, fresh, err, true)
 			}
 			return err == nil, err
+		})
+	case r.Phase == events.PodPhaseFailed && hasVM:
+		// fail() removes the VM; this catches a removal that vCenter
+		// refused at the time.
+		return s.repairUnderLock(ctx, r, report, RepairOrphanVM, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.Phase != events.PodPhaseFailed {
+				return false, nil
+			}
+			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+				return false, fmt.Errorf("remove VM %s of failed pod: %w", vm.Ref.Value, err)
+			}
+			return true, nil
 		})
 	case r.Phase != events.PodPhaseRunning:
 		return nil
