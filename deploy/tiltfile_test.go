@@ -1,0 +1,343 @@
+package deploy
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/deploy/internal/dockerfile"
+	"github.com/podvisor/podvisor/deploy/internal/manifests"
+	"github.com/podvisor/podvisor/deploy/internal/tiltfile"
+)
+
+// modules are the Go module folders of the five services.
+var modules = map[string]string{
+	"scheduler":   "services/scheduler",
+	"provisioner": "services/provisioner",
+	"imagecache":  "services/imagecache",
+	"netconfig":   "services/netconfig",
+	"migration":   "services/migration",
+}
+
+func executeTiltfile(t *testing.T, args []string) *tiltfile.Plan {
+	t.Helper()
+	plan, err := tiltfile.Execute(filepath.Join(repoRoot(t), "Tiltfile"), tiltfile.Options{
+		Args:      args,
+		Kustomize: manifests.BuildYAML,
+	})
+	if err != nil {
+		t.Fatalf("tilt up -- %s: %v", strings.Join(args, " "), err)
+	}
+	return plan
+}
+
+// builtBy collects the files the local_resources build (`go build -o X`):
+// they do not exist before Tilt runs, and that is fine.
+var goBuildOutput = regexp.MustCompile(`go build\b[^&;|]*?\s-o\s+(\S+)`)
+
+func buildOutputs(plan *tiltfile.Plan) map[string]bool {
+	out := map[string]bool{}
+	for _, lr := range plan.LocalResources {
+		for _, m := range goBuildOutput.FindAllStringSubmatch(lr.Cmd, -1) {
+			p := m[1]
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(lr.Dir, p)
+			}
+			out[p] = true
+		}
+	}
+	return out
+}
+
+// remoteLoad is a load() of anything with a scheme: ext://, https://, …
+var remoteLoad = regexp.MustCompile(`load\(\s*['"][a-z]+://`)
+
+// Besides the interpreter refusing such loads when they run, no file may
+// contain one, even on a branch the tests do not execute.
+func TestTiltfileHasNoRemoteLoads(t *testing.T) {
+	root := repoRoot(t)
+	files, _ := filepath.Glob(filepath.Join(root, "tilt", "*"))
+	for _, f := range append(files, filepath.Join(root, "Tiltfile")) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			if info, statErr := os.Stat(f); statErr == nil && info.IsDir() {
+				continue
+			}
+			t.Fatal(err)
+		}
+		if m := remoteLoad.FindString(string(data)); m != "" {
+			t.Errorf("%s: %s…: Tilt would download the extension; vendor it into tilt/", f, m)
+		}
+	}
+}
+
+func TestTiltfileBothModes(t *testing.T) {
+	root := repoRoot(t)
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{{"cluster", nil}, {"local", []string{"--local"}}} {
+		t.Run(mode.name, func(t *testing.T) {
+			plan := executeTiltfile(t, mode.args)
+			if plan.VersionConstraint == "" {
+				t.Error("no version_settings(constraint=…): serve_dir, labels and probes need a recent Tilt")
+			}
+			outputs := buildOutputs(plan)
+			for _, p := range plan.Paths {
+				if !strings.HasPrefix(p.Path, root+string(filepath.Separator)) && p.Path != root {
+					t.Errorf("%s(%s=%s) points outside the repository", p.Builtin, p.Arg, p.Path)
+					continue
+				}
+				if _, err := os.Stat(p.Path); err != nil && !outputs[p.Path] && !underAny(p.Path, outputs) {
+					t.Errorf("%s(%s=…): %s does not exist and no local_resource builds it", p.Builtin, p.Arg, p.Path)
+				}
+			}
+			if len(plan.Loaded) == 0 {
+				t.Error("the Tiltfile loads no helpers from tilt/")
+			}
+			for _, l := range plan.Loaded {
+				if filepath.Dir(l) != filepath.Join(root, "tilt") {
+					t.Errorf("loaded %s, want helpers from tilt/", l)
+				}
+			}
+			names := map[string]bool{}
+			for _, lr := range plan.LocalResources {
+				names[lr.Name] = true
+			}
+			for _, r := range plan.K8sResources {
+				names[r.Workload] = true
+			}
+			for _, lr := range plan.LocalResources {
+				for _, d := range lr.ResourceDeps {
+					if !names[d] {
+						t.Errorf("local_resource %s depends on %s, which is no resource", lr.Name, d)
+					}
+				}
+				if len(lr.Labels) == 0 {
+					t.Errorf("local_resource %s has no labels", lr.Name)
+				}
+			}
+			for _, r := range plan.K8sResources {
+				for _, d := range r.ResourceDeps {
+					if !names[d] {
+						t.Errorf("k8s_resource %s depends on %s, which is no resource", r.Workload, d)
+					}
+				}
+				if len(r.Labels) == 0 {
+					t.Errorf("k8s_resource %s has no labels", r.Workload)
+				}
+			}
+			if mode.name == "cluster" {
+				checkClusterMode(t, plan)
+			} else {
+				checkLocalMode(t, plan)
+			}
+		})
+	}
+}
+
+func underAny(p string, dirs map[string]bool) bool {
+	for d := range dirs {
+		if strings.HasPrefix(d, p+string(filepath.Separator)) {
+			return true // p is a folder that will hold a build output
+		}
+	}
+	return false
+}
+
+// tilt up: one image from the Dockerfile's dev stage, live-updated; the dev
+// overlay; a k8s_resource with a health port forward per service.
+func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
+	root := repoRoot(t)
+	if len(plan.LocalResources) != 1 || plan.LocalResources[0].Name != "podvisor-binary" {
+		t.Errorf("cluster mode local resources = %v, want only the binary build", plan.LocalResources)
+	}
+	if want := filepath.Join(root, "deploy", "k8s", "overlays", "dev"); !slices.Equal(plan.Kustomized, []string{want}) {
+		t.Errorf("kustomize() of %v, want the dev overlay", plan.Kustomized)
+	}
+	if len(plan.YAML) != 1 {
+		t.Fatalf("k8s_yaml called %d times, want once", len(plan.YAML))
+	}
+	objs, err := manifests.Decode([]byte(plan.YAML[0]))
+	if err != nil {
+		t.Fatalf("the YAML given to k8s_yaml: %v", err)
+	}
+	deployed := map[string]bool{}
+	usesImage := map[string]bool{}
+	for _, w := range workloads(objs) {
+		deployed[w.name] = true
+		for _, c := range w.template.Spec.Containers {
+			usesImage[imageRepo(c.Image)] = true
+		}
+	}
+
+	if len(plan.Images) != 1 {
+		t.Fatalf("%d docker_build calls, want 1 (one image for every process)", len(plan.Images))
+	}
+	img := plan.Images[0]
+	if img.Ref != podvisorImage || !usesImage[img.Ref] {
+		t.Errorf("docker_build(%q): the dev overlay runs no such image", img.Ref)
+	}
+	if img.Dockerfile != filepath.Join(root, "deploy", "docker", "Dockerfile") || img.Context != root {
+		t.Errorf("docker_build: Dockerfile %s, context %s; want deploy/docker/Dockerfile with the workspace as context", img.Dockerfile, img.Context)
+	}
+	df := parseDockerfile(t)
+	stage, ok := df.Stage(img.Target)
+	if !ok {
+		t.Fatalf("docker_build target %q is not a stage of the Dockerfile", img.Target)
+	}
+	// Whatever the stage copies from the context must be in `only`, or the
+	// build would not see it.
+	for _, cp := range stage.All("COPY") {
+		if _, fromStage := cp.Flag("from"); fromStage {
+			continue
+		}
+		fields := strings.Fields(cp.Args)
+		for _, src := range fields[:len(fields)-1] {
+			src = strings.TrimSuffix(src, "/")
+			if !slices.ContainsFunc(img.Only, func(o string) bool { return src == o || strings.HasPrefix(src, o+"/") }) {
+				t.Errorf("stage %s copies %s, which docker_build's only=%v leaves out of the context", img.Target, src, img.Only)
+			}
+		}
+	}
+	var synced, restarted bool
+	outputs := buildOutputs(plan)
+	for _, s := range img.LiveUpdate {
+		switch s.Kind {
+		case "sync":
+			if !outputs[s.Local] {
+				t.Errorf("live_update syncs %s, which no local_resource builds", s.Local)
+			}
+			if !strings.HasPrefix(s.Remote, "/tmp/") {
+				t.Errorf("live_update syncs to %s: the root filesystem is read-only, only /tmp (emptyDir) is writable", s.Remote)
+			}
+			synced = true
+		case "run":
+			script := filepath.Join(root, strings.TrimPrefix(s.Cmd, "/"))
+			if _, err := os.Stat(script); err != nil {
+				t.Errorf("live_update runs %s: %v", s.Cmd, err)
+			}
+			restarted = true
+		}
+	}
+	if !synced || !restarted {
+		t.Errorf("live_update = %+v, want a sync of the built binary and a run that restarts it", img.LiveUpdate)
+	}
+
+	byWorkload := map[string]tiltfile.K8sResource{}
+	for _, r := range plan.K8sResources {
+		if !deployed[r.Workload] {
+			t.Errorf("k8s_resource(%q): no such workload in the dev overlay", r.Workload)
+		}
+		byWorkload[r.Workload] = r
+	}
+	for _, s := range services {
+		r, ok := byWorkload[s]
+		if !ok {
+			t.Errorf("no k8s_resource for service %s", s)
+			continue
+		}
+		if !slices.ContainsFunc(r.PortForwards, func(pf tiltfile.PortForward) bool { return pf.Container == 8081 }) {
+			t.Errorf("k8s_resource %s forwards no port to the health port 8081: %+v", s, r.PortForwards)
+		}
+	}
+	checkUniqueLocalPorts(t, plan)
+}
+
+// tilt up -- --local: infra runs `podvisor up --services=none`, each service
+// `podvisor serve <name>` with its own health port, watching its module.
+func checkLocalMode(t *testing.T, plan *tiltfile.Plan) {
+	root := repoRoot(t)
+	if len(plan.Images) != 0 || len(plan.K8sResources) != 0 || len(plan.YAML) != 0 {
+		t.Errorf("local mode builds images or deploys to Kubernetes: %d images, %d k8s resources", len(plan.Images), len(plan.K8sResources))
+	}
+	byName := map[string]tiltfile.LocalResource{}
+	for _, lr := range plan.LocalResources {
+		byName[lr.Name] = lr
+		if lr.ServeCmd != "" {
+			args, ok := podvisorArgsIn(lr.ServeCmd)
+			if !ok {
+				t.Errorf("local_resource %s serves %q, which runs no podvisor command", lr.Name, lr.ServeCmd)
+			} else if err := checkPodvisorArgs(args); err != nil {
+				t.Errorf("local_resource %s: %v", lr.Name, err)
+			}
+		}
+	}
+	infra, ok := byName["infra"]
+	if !ok {
+		t.Fatal("no local_resource infra")
+	}
+	if args, _ := podvisorArgsIn(infra.ServeCmd); !slices.Equal(args, []string{"up", "--services=none"}) {
+		t.Errorf("infra serves %q, want `podvisor up --services=none`", infra.ServeCmd)
+	}
+	if infra.Readiness == nil {
+		t.Error("infra has no readiness probe: services would start before the bus")
+	}
+	ports := map[int]string{}
+	for _, s := range services {
+		lr, ok := byName[s]
+		if !ok {
+			t.Errorf("no local_resource for service %s", s)
+			continue
+		}
+		if args, _ := podvisorArgsIn(lr.ServeCmd); !slices.Equal(args, []string{"serve", s}) {
+			t.Errorf("%s serves %q, want `podvisor serve %s`", s, lr.ServeCmd, s)
+		}
+		for _, want := range []string{modules[s], "events", "shared"} {
+			if !slices.Contains(lr.Deps, filepath.Join(root, want)) {
+				t.Errorf("%s: deps %v lack %s", s, lr.Deps, want)
+			}
+		}
+		if !slices.Contains(lr.ResourceDeps, "infra") {
+			t.Errorf("%s: resource_deps %v lack infra", s, lr.ResourceDeps)
+		}
+		port := healthPort(t, s, lr.ServeEnv["PODVISOR_HEALTH_ADDR"])
+		if other, dup := ports[port]; dup {
+			t.Errorf("%s and %s both use health port %d", s, other, port)
+		}
+		ports[port] = s
+		if lr.Readiness == nil || lr.Readiness.HTTPGet == nil || lr.Readiness.HTTPGet.Port != port || lr.Readiness.HTTPGet.Path != "/readyz" {
+			t.Errorf("%s: readiness probe %+v, want GET /readyz on its health port %d", s, lr.Readiness, port)
+		}
+	}
+}
+
+func healthPort(t *testing.T, service, addr string) int {
+	t.Helper()
+	_, portText, ok := strings.Cut(addr, ":")
+	port, err := strconv.Atoi(portText)
+	if !ok || err != nil || port == 0 {
+		t.Errorf("%s: PODVISOR_HEALTH_ADDR %q has no fixed port", service, addr)
+	}
+	return port
+}
+
+func checkUniqueLocalPorts(t *testing.T, plan *tiltfile.Plan) {
+	seen := map[int]string{}
+	for _, r := range plan.K8sResources {
+		for _, pf := range r.PortForwards {
+			if other, dup := seen[pf.Local]; dup {
+				t.Errorf("local port %d forwarded for both %s and %s", pf.Local, other, r.Workload)
+			}
+			seen[pf.Local] = r.Workload
+		}
+	}
+}
+
+func parseDockerfile(t *testing.T) *dockerfile.File {
+	t.Helper()
+	f, err := os.Open(filepath.Join("docker", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	df, err := dockerfile.Parse(f)
+	if err != nil {
+		t.Fatalf("deploy/docker/Dockerfile: %v", err)
+	}
+	return df
+}
