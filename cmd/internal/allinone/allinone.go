@@ -1,0 +1,413 @@
+package allinone
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/redisserver"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/telemetry"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+// Config says what `podvisor up` starts and where.
+type Config struct {
+	StateDir        string
+	Clusters        int
+	HostsPerCluster int
+	// Services to run in-process (runner.Select of --services).
+	Services []runner.Spec
+	// Host is the address embedded servers listen on (127.0.0.1 unless the
+	// datacenter must be reachable from elsewhere, e.g. in a dev cluster).
+	Host string
+	// Preferred ports; a taken port falls back to a free one.
+	NATSPort, VCenterPort, RegistryPort, UIPort int
+	// External endpoints replace the embedded parts.
+	NATSURL, VCenterURL, RedisURL, Registry string
+	// Seed makes the simulated hardware reproducible.
+	Seed     int64
+	Logger   *slog.Logger
+	Recorder *telemetry.Recorder
+}
+
+// Endpoints are where the parts listen; they are what the env file exports.
+type Endpoints struct {
+	NATSURL    string
+	VCenterURL string // with credentials
+	RedisURL   string
+	Registry   string // host:port
+	UIURL      string
+}
+
+// System is a running all-in-one.
+type System struct {
+	Endpoints  Endpoints
+	Datacenter *sim.Datacenter // nil with an external vCenter
+
+	cfg     Config
+	log     *slog.Logger
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errs    chan error
+	closers []func()
+}
+
+// Start brings every part up. On error everything started so far is stopped.
+func Start(ctx context.Context, cfg Config) (_ *System, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("up: --state-dir is empty")
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
+		return nil, fmt.Errorf("up: state dir: %w", err)
+	}
+	s := &System{cfg: cfg, log: cfg.Logger, errs: make(chan error, 16)}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if err := s.startNATS(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startVCenter(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startRedis(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startRegistry(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startUI(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.startServices(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.declareDefaultNetwork(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// declareDefaultNetwork publishes the network pods attach to when they name
+// none. network-config stores no new version for an unchanged spec, so a
+// resumed `up` declares it again harmlessly; with --services=none it waits in
+// the stream for the network-config that `podvisor serve` starts later.
+func (s *System) declareDefaultNetwork(ctx context.Context) error {
+	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-up"))
+	if err != nil {
+		return fmt.Errorf("up: declare default network: %w", err)
+	}
+	defer b.Close()
+	ev, err := bus.NewEvent("podvisor/up", events.TypeNetworkDeclared, events.DefaultNetwork, &events.NetworkDeclared{Network: netconfig.DefaultNetwork()})
+	if err != nil {
+		return fmt.Errorf("up: declare default network: %w", err)
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("up: declare default network: %w", err)
+	}
+	return nil
+}
+
+func (s *System) onClose(f func()) { s.closers = append(s.closers, f) }
+
+func (s *System) startNATS(ctx context.Context) error {
+	if s.cfg.NATSURL == "" {
+		port, err := freePort(s.cfg.Host, s.cfg.NATSPort)
+		if err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
+		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port})
+		if err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
+		s.onClose(emb.Shutdown)
+		s.Endpoints.NATSURL = emb.URL()
+	} else {
+		s.Endpoints.NATSURL = s.cfg.NATSURL
+	}
+	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-up"))
+	if err != nil {
+		return fmt.Errorf("up: NATS: %w", err)
+	}
+	defer b.Close()
+	if err := b.EnsureTopology(ctx); err != nil {
+		return fmt.Errorf("up: NATS topology: %w", err)
+	}
+	return nil
+}
+
+func (s *System) startVCenter(ctx context.Context) error {
+	if s.cfg.VCenterURL != "" {
+		s.Endpoints.VCenterURL = s.cfg.VCenterURL
+		return nil
+	}
+	port, err := freePort(s.cfg.Host, s.cfg.VCenterPort)
+	if err != nil {
+		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
+	password, err := s.secret("vcenter-password")
+	if err != nil {
+		return err
+	}
+	dc, err := sim.Start(ctx, sim.Config{
+		Clusters:        s.cfg.Clusters,
+		HostsPerCluster: s.cfg.HostsPerCluster,
+		Username:        "podvisor",
+		Password:        password,
+		Addr:            net.JoinHostPort(s.cfg.Host, strconv.Itoa(port)),
+		Seed:            s.cfg.Seed,
+	})
+	if err != nil {
+		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
+	s.onClose(dc.Close)
+	s.Datacenter = dc
+	s.Endpoints.VCenterURL = dc.URL().String()
+	return nil
+}
+
+// secret returns a random value kept in the state dir, so that a resumed
+// `up` keeps the credentials a sourced env file already holds.
+func (s *System) secret(name string) (string, error) {
+	path := filepath.Join(s.cfg.StateDir, name)
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	buf := make([]byte, 12)
+	if _, err := rand.Read(buf); err != nil {
+		return "", err
+	}
+	v := hex.EncodeToString(buf)
+	if err := os.WriteFile(path, []byte(v+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("up: %s: %w", name, err)
+	}
+	return v, nil
+}
+
+func (s *System) startRedis(ctx context.Context) error {
+	if s.cfg.RedisURL != "" {
+		s.Endpoints.RedisURL = s.cfg.RedisURL
+		return nil
+	}
+	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"))
+	if err != nil {
+		s.log.Warn("!!! redis-server could not be started; using an EMBEDDED Redis-protocol server (miniredis): fine for a demo, not for load; install redis-server or pass --redis-url", "error", err)
+		srv, err = redisserver.StartEmbedded()
+		if err != nil {
+			return fmt.Errorf("up: Redis: %w", err)
+		}
+	}
+	s.onClose(srv.Close)
+	s.Endpoints.RedisURL = srv.URL()
+	return nil
+}
+
+func (s *System) startRegistry(ctx context.Context) error {
+	if s.cfg.Registry != "" {
+		s.Endpoints.Registry = s.cfg.Registry
+		return nil
+	}
+	// The registry has no authentication, so it stays on loopback even when
+	// the other servers listen more widely.
+	host := s.cfg.Host
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		host = "127.0.0.1"
+	}
+	port, err := freePort(host, s.cfg.RegistryPort)
+	if err != nil {
+		return fmt.Errorf("up: registry: %w", err)
+	}
+	reg, err := ociregistry.Start(ctx, ociregistry.Config{Addr: net.JoinHostPort(host, strconv.Itoa(port))})
+	if err != nil {
+		return fmt.Errorf("up: registry: %w", err)
+	}
+	s.onClose(reg.Close)
+	s.Endpoints.Registry = reg.Addr()
+	if _, err := ociregistry.Seed(ctx, reg.Addr()); err != nil {
+		return fmt.Errorf("up: seed registry: %w", err)
+	}
+	return nil
+}
+
+// run starts f in the background; its error (other than on shutdown) ends Wait.
+func (s *System) run(ctx context.Context, name string, f func(context.Context) error) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if err := f(ctx); err != nil && ctx.Err() == nil {
+			s.errs <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+func (s *System) startServices(ctx context.Context) error {
+	if len(s.cfg.Services) == 0 {
+		return nil
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
+	if err != nil {
+		return err
+	}
+	var rdb *redis.Client
+	for _, spec := range s.cfg.Services {
+		deps := runner.Deps{Logger: s.log.With("service", spec.Name)}
+		b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-"+spec.Name))
+		if err != nil {
+			return fmt.Errorf("up: %s: %w", spec.Name, err)
+		}
+		s.onClose(b.Close)
+		deps.Bus = b
+		if spec.NeedsVSphere {
+			sess, err := vsphere.Connect(ctx, vcCfg)
+			if err != nil {
+				return fmt.Errorf("up: %s: vCenter: %w", spec.Name, err)
+			}
+			s.onClose(func() { sess.Close(context.Background()) })
+			deps.VSphere = sess
+		}
+		if spec.NeedsRedis {
+			if rdb == nil {
+				opts, err := redis.ParseURL(s.Endpoints.RedisURL)
+				if err != nil {
+					return fmt.Errorf("up: Redis URL: %w", err)
+				}
+				rdb = redis.NewClient(opts)
+				s.onClose(func() { rdb.Close() })
+			}
+			deps.Redis = rdb
+		}
+		s.run(runCtx, spec.Name, func(ctx context.Context) error { return spec.Run(ctx, deps) })
+	}
+	return nil
+}
+
+func vsphereConfig(raw string) (vsphere.Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return vsphere.Config{}, fmt.Errorf("up: vCenter URL: %w", err)
+	}
+	cfg := vsphere.Config{URL: raw, Insecure: true}
+	if u.User != nil {
+		cfg.Username = u.User.Username()
+		cfg.Password, _ = u.User.Password()
+	}
+	return cfg, nil
+}
+
+// Wait blocks until ctx ends or a part fails.
+func (s *System) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-s.errs:
+		return err
+	}
+}
+
+// Close stops the services first (they drain their consumers), then the
+// infrastructure in reverse order of start.
+func (s *System) Close() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		s.log.Warn("services did not stop within 30s; stopping the infrastructure anyway")
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		s.closers[i]()
+	}
+	s.closers = nil
+}
+
+// EnvFile renders the shell exports of the endpoints.
+func (e Endpoints) EnvFile() string {
+	var b strings.Builder
+	b.WriteString("# Written by `podvisor up`: source it to point govc, nats and podvisor at this datacenter.\n")
+	line := func(k, v string) { fmt.Fprintf(&b, "export %s=%s\n", k, quote(v)) }
+	line("PODVISOR_NATS_URL", e.NATSURL)
+	line("NATS_URL", e.NATSURL)
+	line("GOVC_URL", e.VCenterURL)
+	line("GOVC_INSECURE", "1")
+	line("PODVISOR_REDIS_URL", e.RedisURL)
+	line("PODVISOR_REGISTRY", e.Registry)
+	line("PODVISOR_UI_URL", e.UIURL)
+	return b.String()
+}
+
+func quote(v string) string { return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'" }
+
+// WriteEnv writes the env file atomically into the state dir.
+func (s *System) WriteEnv() (string, error) {
+	path := filepath.Join(s.cfg.StateDir, "env")
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(s.Endpoints.EnvFile()), 0o600); err != nil {
+		return "", err
+	}
+	return path, os.Rename(tmp, path)
+}
+
+// PrintEndpoints writes the human summary of where everything listens.
+func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration) {
+	fmt.Fprintf(w, "podvisor is up (%s)\n", took.Round(time.Millisecond))
+	fmt.Fprintf(w, "  NATS      %s\n", s.Endpoints.NATSURL)
+	fmt.Fprintf(w, "  vCenter   %s\n", redact(s.Endpoints.VCenterURL))
+	fmt.Fprintf(w, "  Redis     %s\n", s.Endpoints.RedisURL)
+	fmt.Fprintf(w, "  registry  %s\n", s.Endpoints.Registry)
+	fmt.Fprintf(w, "  status    %s\n", s.Endpoints.UIURL)
+	if s.Datacenter != nil {
+		fmt.Fprintf(w, "  datacenter: %d clusters x %d hosts\n", s.cfg.Clusters, s.cfg.HostsPerCluster)
+	}
+	names := make([]string, 0, len(s.cfg.Services))
+	for _, sp := range s.cfg.Services {
+		names = append(names, sp.Name)
+	}
+	if len(names) == 0 {
+		names = []string{"none"}
+	}
+	fmt.Fprintf(w, "  services: %s\n", strings.Join(names, ", "))
+	fmt.Fprintf(w, "\n  source %s   # then: podvisor get hosts, govc find / -type h\n", envPath)
+}
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	return u.String()
+}

@@ -1,0 +1,21 @@
+// Package allinone is `podvisor up`: one process that starts a complete
+// simulated datacenter and every service, for a laptop or a CI job.
+//
+// Start brings the parts up in dependency order, each either embedded or
+// replaced by an external endpoint:
+//
+//	NATS JetStream  embedded nats-server, file storage in <state-dir>/nats   (--nats-url)
+//	vCenter         embedded vcsim datacenter, login required                (--vcenter-url)
+//	Redis           redis-server from PATH on a free port, else an embedded
+//	                Redis-protocol server (said loudly)                      (--redis-url)
+//	OCI registry    embedded registry seeded with sample images             (--registry)
+//	services        the five services in-process                            (--services)
+//
+// It then writes <state-dir>/env with shell exports of every endpoint, so that
+// `source ~/.podvisor/env` points govc, the nats CLI and podvisor at it.
+//
+// The vCenter simulator keeps its inventory in memory, so a second `up` on the
+// same state dir resumes from the durable parts (streams and KV records in
+// NATS) and the provisioner's drift repair recreates the pod VMs that the new
+// simulator lacks.
+package allinone

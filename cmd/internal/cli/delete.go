@@ -1,0 +1,72 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+func newDeleteCmd(g *globals) *cobra.Command {
+	var namespace string
+	cmd := &cobra.Command{
+		Use:   "delete pod|network NAME",
+		Short: "Request the deletion of a pod or a network",
+		Long: `delete publishes pod.delete.requested or network.delete.requested. It checks first that the
+object exists, so a typo fails here with a clear message; the services do the rest (a network still
+used by pods is refused by network-config: see 'podvisor get networks').`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			kind, name := args[0], args[1]
+			ctx := cmd.Context()
+			switch kind {
+			case "pod", "pods", "po":
+				return g.deleteObject(ctx, events.BucketPods, events.PodRecordKey(namespace, name), "pod "+namespace+"/"+name,
+					events.TypePodDeleteRequested, events.PodKey(namespace, name),
+					&events.PodDeleteRequested{Namespace: namespace, Name: name})
+			case "network", "networks", "net":
+				return g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+					events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name})
+			default:
+				return usageError("cannot delete %q: want pod or network", kind)
+			}
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")
+	return cmd
+}
+
+func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, subject string, payload events.Payload) error {
+	if err := payload.Validate(); err != nil {
+		return usageError("%v", err)
+	}
+	b, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	kv, err := b.KV(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Get(ctx, key); err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%s not found", what)
+		}
+		return err
+	}
+	ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
+	if err != nil {
+		return err
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
+	return nil
+}

@@ -1,0 +1,39 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func init() {
+	registerResource(&resource{
+		names:  []string{"hosts", "host", "hs"},
+		bucket: events.BucketHosts,
+		header: []string{"NAME", "CLUSTER", "STATE", "CPU(alloc/cap)", "MEMORY(alloc/cap)", "PODS", "NETWORKS"},
+		decode: func(v []byte) (record, error) {
+			var r hostRow
+			return &r, json.Unmarshal(v, &r.HostRecord)
+		},
+	})
+}
+
+type hostRow struct{ events.HostRecord }
+
+func (h *hostRow) Namespace() string { return "" }
+func (h *hostRow) Name() string      { return h.HostRecord.Name }
+func (h *hostRow) Object() any       { return h.HostRecord }
+func (h *hostRow) Row(time.Time) []string {
+	r := &h.HostRecord
+	return []string{
+		r.Name, dash(r.Cluster), r.State(),
+		fmt.Sprintf("%.1f/%.0f", float64(r.AllocatedCPUMilli)/1000, float64(r.CPUCapacityMilli)/1000),
+		bytesGiB(r.AllocatedMemoryBytes) + "/" + bytesGiB(r.MemoryCapacityBytes),
+		strconv.Itoa(r.Pods),
+		dash(strings.Join(r.Networks, ",")),
+	}
+}

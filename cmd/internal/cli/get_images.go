@@ -1,0 +1,62 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+func init() {
+	registerResource(&resource{
+		names:  []string{"images", "image", "img"},
+		header: []string{"IMAGE", "DIGEST", "LAYERS", "DATASTORE", "SIZE", "REFS", "STATE"},
+		list: func(ctx context.Context, g *globals) ([]record, error) {
+			url, err := g.endpoint("", "PODVISOR_REDIS_URL")
+			if err != nil {
+				return nil, err
+			}
+			imgs, err := imagelocality.ListImages(ctx, url)
+			if err != nil {
+				return nil, fmt.Errorf("images (Redis %s): %w", url, err)
+			}
+			out := make([]record, 0, len(imgs))
+			for _, im := range imgs {
+				out = append(out, &imageRow{im})
+			}
+			return out, nil
+		},
+	})
+}
+
+type imageRow struct{ events.ImageRecord }
+
+func (i *imageRow) Namespace() string { return "" }
+func (i *imageRow) Name() string      { return i.Image }
+func (i *imageRow) Object() any       { return i.ImageRecord }
+
+func (i *imageRow) Row(time.Time) []string {
+	r := &i.ImageRecord
+	digest := r.Digest
+	if len(digest) > 19 {
+		digest = digest[:19] // sha256: + 12 hex digits, as docker prints
+	}
+	return []string{r.Image, digest, strconv.Itoa(r.Layers), dash(r.Datastore), humanBytes(r.Size), strconv.Itoa(r.Refs), dash(r.State)}
+}
+
+// humanBytes renders a size in binary units.
+func humanBytes(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%dB", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ci", float64(b)/float64(div), "KMGTPE"[exp])
+}

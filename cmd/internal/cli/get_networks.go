@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func init() {
+	registerResource(&resource{
+		names:  []string{"networks", "network", "net"},
+		bucket: events.BucketNetworks,
+		header: []string{"NAME", "VLAN", "CIDR", "VERSION", "HOSTS", "IPS USED", "STATUS"},
+		decode: func(v []byte) (record, error) {
+			var r networkRow
+			return &r, json.Unmarshal(v, &r.NetworkRecord)
+		},
+	})
+}
+
+type networkRow struct{ events.NetworkRecord }
+
+func (n *networkRow) Namespace() string { return "" }
+func (n *networkRow) Name() string      { return n.NetworkRecord.Name }
+func (n *networkRow) Object() any       { return n.NetworkRecord }
+
+func (n *networkRow) Row(time.Time) []string {
+	r := &n.NetworkRecord
+	status := r.Status
+	if r.Reason != "" {
+		status += ": " + r.Reason
+		if r.Message != "" {
+			status += " (" + r.Message + ")"
+		}
+	}
+	return []string{
+		r.Name, strconv.Itoa(r.Spec.VLAN), r.Spec.CIDR, strconv.FormatInt(r.Version, 10),
+		fmt.Sprintf("%d/%d", r.ReadyHosts(), len(r.Scope)), strconv.Itoa(r.IPsUsed), dash(status),
+	}
+}

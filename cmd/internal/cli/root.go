@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// exitError carries a process exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// Main runs the CLI and returns the process exit code.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := NewRoot(stdin, stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(stderr, "error:", err)
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return 1
+}
+
+// globals are the flags every verb shares.
+type globals struct {
+	natsURL  string
+	stateDir string
+	stdin    io.Reader
+	stdout   io.Writer
+	stderr   io.Writer
+}
+
+// NewRoot builds the command tree.
+func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:           "podvisor",
+		Short:         "Run Kubernetes-style pods as pod VMs on vSphere",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.PersistentFlags().StringVar(&g.natsURL, "nats-url", "", "NATS server URL (default $PODVISOR_NATS_URL, else the env file of the state dir)")
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", defaultStateDir(), "state directory of `podvisor up` (holds the env file)")
+	root.AddCommand(
+		newUpCmd(g),
+		newServeCmd(g),
+		newApplyCmd(g),
+		newGetCmd(g),
+		newDeleteCmd(g),
+		newEventsCmd(g),
+	)
+	return root
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("PODVISOR_STATE_DIR"); d != "" {
+		return d
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".podvisor"
+	}
+	return filepath.Join(home, ".podvisor")
+}
+
+// endpoint resolves a setting: the flag, else the environment variable, else
+// the env file written by `podvisor up` in the state dir.
+func (g *globals) endpoint(flagValue, envVar string) (string, error) {
+	if flagValue != "" {
+		return flagValue, nil
+	}
+	if v := os.Getenv(envVar); v != "" {
+		return v, nil
+	}
+	file := filepath.Join(g.stateDir, "env")
+	vars, err := ReadEnvFile(file)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("%s is not set and %s does not exist: start `podvisor up` or pass the URL", envVar, file)
+		}
+		return "", err
+	}
+	if v := vars[envVar]; v != "" {
+		return v, nil
+	}
+	return "", fmt.Errorf("%s is not set and %s does not define it", envVar, file)
+}
+
+// ReadEnvFile parses the `export KEY='value'` lines that `podvisor up` writes.
+func ReadEnvFile(path string) (map[string]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	vars := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		line = strings.TrimPrefix(line, "export ")
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		vars[k] = unquoteShell(v)
+	}
+	return vars, sc.Err()
+}
+
+// QuoteShell quotes v for a POSIX shell with single quotes.
+func QuoteShell(v string) string {
+	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
+}
+
+func unquoteShell(v string) string {
+	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
+		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
+	}
+	return strings.Trim(v, `"`)
+}
+
+// usageError is a bad invocation: exit code 2, like most CLIs.
+func usageError(format string, args ...any) error {
+	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
+}

@@ -1,0 +1,158 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/health"
+	"github.com/podvisor/podvisor/shared/telemetry"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+func newServeCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "serve SERVICE",
+		Short: "Run one service (what a container runs): " + strings.Join(runner.Names(), ", "),
+		Long: `serve runs one podvisor service until SIGTERM or Ctrl-C, then drains its consumers.
+Configuration comes only from the environment (and mounted secret files):
+  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS          NATS endpoint and credentials file
+  GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
+  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE                       Redis
+  PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
+  PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
+Variables that are unset are taken from the env file of the state dir when it exists,
+so that 'podvisor serve NAME' works beside 'podvisor up --services=none'.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := runner.Lookup(args[0])
+			if err != nil {
+				return usageError("%v", err)
+			}
+			g.envFileDefaults()
+			return serve(cmd.Context(), g, spec)
+		},
+	}
+}
+
+// envFileDefaults copies the env file's variables into the environment where
+// they are unset.
+func (g *globals) envFileDefaults() {
+	vars, err := ReadEnvFile(g.stateDir + "/env")
+	if err != nil {
+		return
+	}
+	for k, v := range vars {
+		if _, set := os.LookupEnv(k); !set {
+			os.Setenv(k, v)
+		}
+	}
+}
+
+func serve(ctx context.Context, g *globals, spec runner.Spec) error {
+	logger, err := telemetry.LoggerFromEnv()
+	if err != nil {
+		return usageError("%v", err)
+	}
+	logger = logger.With("service", spec.Name)
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: "podvisor-" + spec.Name})
+	if err != nil {
+		return err
+	}
+	defer tel.Shutdown(context.Background())
+
+	natsURL, err := g.endpoint(g.natsURL, "PODVISOR_NATS_URL")
+	if err != nil {
+		return err
+	}
+	opts := []nats.Option{nats.Name("podvisor-" + spec.Name)}
+	if creds := os.Getenv("PODVISOR_NATS_CREDS"); creds != "" {
+		opts = append(opts, nats.UserCredentials(creds))
+	}
+	b, err := bus.Connect(ctx, natsURL, opts...)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if err := b.EnsureTopology(ctx); err != nil {
+		return err
+	}
+	deps := runner.Deps{Bus: b, Logger: logger}
+	checks := map[string]health.Check{
+		"nats": func(context.Context) error {
+			if st := b.Conn().Status(); st != nats.CONNECTED {
+				return fmt.Errorf("connection %s", st)
+			}
+			return nil
+		},
+	}
+	if spec.NeedsVSphere {
+		cfg, err := vsphere.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		sess, err := vsphere.Connect(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer sess.Close(context.Background())
+		deps.VSphere = sess
+		checks["vcenter"] = func(ctx context.Context) error {
+			_, err := sess.Client.SessionManager.UserSession(ctx)
+			return err
+		}
+	}
+	if spec.NeedsRedis {
+		rdb, err := redisFromEnv()
+		if err != nil {
+			return err
+		}
+		defer rdb.Close()
+		deps.Redis = rdb
+		checks["redis"] = func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
+	}
+	addr := os.Getenv("PODVISOR_HEALTH_ADDR")
+	if addr == "" {
+		addr = ":8081"
+	}
+	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
+
+	logger.Info("serving", "nats", natsURL, "health", addr)
+	grp, gctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return hs.Run(gctx) })
+	grp.Go(func() error { return spec.Run(gctx, deps) })
+	err = grp.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	logger.Info("stopped")
+	return err
+}
+
+func redisFromEnv() (*redis.Client, error) {
+	raw := os.Getenv("PODVISOR_REDIS_URL")
+	if raw == "" {
+		return nil, errors.New("PODVISOR_REDIS_URL is not set")
+	}
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("PODVISOR_REDIS_URL: %w", err)
+	}
+	if f := os.Getenv("PODVISOR_REDIS_PASSWORD_FILE"); f != "" {
+		pw, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("PODVISOR_REDIS_PASSWORD_FILE: %w", err)
+		}
+		opts.Password = strings.TrimSpace(string(pw))
+	}
+	return redis.NewClient(opts), nil
+}

@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/shared/telemetry"
+)
+
+func newUpCmd(g *globals) *cobra.Command {
+	var (
+		cfg      allinone.Config
+		services string
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Start a simulated datacenter, NATS, Redis, a registry and every service in this process",
+		Long: `up starts the all-in-one podvisor: an embedded NATS JetStream server (file storage in the
+state dir), a vCenter simulator with realistic hosts, Redis, an OCI registry seeded with sample images,
+the five services and a status page. It prints the endpoints and writes them to <state-dir>/env.
+Ctrl-C stops everything; a second up on the same state dir resumes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			start := time.Now()
+			if cfg.Clusters < 1 || cfg.HostsPerCluster < 1 {
+				return usageError("--clusters and --hosts-per-cluster must be at least 1 (got %d and %d)", cfg.Clusters, cfg.HostsPerCluster)
+			}
+			specs, err := runner.Select(services)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			logger, err := telemetry.LoggerFromEnv()
+			if err != nil {
+				return usageError("%v", err)
+			}
+			cfg.Services = specs
+			cfg.StateDir = g.stateDir
+			cfg.NATSURL = g.natsURL
+			cfg.Logger = logger
+			cfg.Recorder = telemetry.NewRecorder(0)
+			ctx := cmd.Context()
+			tel, err := telemetry.Setup(ctx, telemetry.Options{Service: "podvisor", Recorder: cfg.Recorder})
+			if err != nil {
+				return err
+			}
+			defer tel.Shutdown(context.Background())
+
+			sys, err := allinone.Start(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer sys.Close()
+			envPath, err := sys.WriteEnv()
+			if err != nil {
+				return fmt.Errorf("up: write env file: %w", err)
+			}
+			sys.PrintEndpoints(g.stdout, envPath, time.Since(start))
+			err = sys.Wait(ctx)
+			fmt.Fprintln(g.stdout, "stopping…")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Clusters, "clusters", 2, "clusters in the simulated datacenter")
+	f.IntVar(&cfg.HostsPerCluster, "hosts-per-cluster", 8, "hosts per cluster")
+	f.StringVar(&services, "services", "all", "services to run in this process: all, none, or a comma list of "+fmt.Sprint(runner.Names()))
+	f.StringVar(&cfg.Host, "listen", "127.0.0.1", "address the embedded servers listen on")
+	f.IntVar(&cfg.NATSPort, "nats-port", 4222, "preferred NATS port (a taken port falls back to a free one; 0 = any)")
+	f.IntVar(&cfg.VCenterPort, "vcenter-port", 8989, "preferred vCenter simulator port")
+	f.IntVar(&cfg.RegistryPort, "registry-port", 5000, "preferred OCI registry port")
+	f.IntVar(&cfg.UIPort, "ui-port", 8080, "preferred status page port")
+	f.StringVar(&cfg.VCenterURL, "vcenter-url", "", "use this vCenter (https://user:pass@host/sdk) instead of the simulator")
+	f.StringVar(&cfg.RedisURL, "redis-url", "", "use this Redis (redis://host:port/0) instead of starting one")
+	f.StringVar(&cfg.Registry, "registry", "", "use this OCI registry (host:port) instead of the embedded one")
+	f.Int64Var(&cfg.Seed, "seed", 1, "seed of the simulated host hardware")
+	return cmd
+}

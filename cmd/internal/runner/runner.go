@@ -1,0 +1,87 @@
+// Package runner knows how to run each podvisor service from its
+// configuration and connections. `podvisor serve NAME` runs one in its own
+// process; `podvisor up` runs several side by side in one process.
+package runner
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+// Deps are the connections a service may use. Each service takes the ones it
+// needs; Spec says which so that callers connect only to those.
+type Deps struct {
+	Bus     *bus.Bus
+	VSphere *vsphere.Session
+	Redis   *redis.Client
+	Logger  *slog.Logger
+}
+
+// Spec describes one runnable service.
+type Spec struct {
+	Name         string
+	NeedsVSphere bool
+	NeedsRedis   bool
+	// Run builds the service from its environment configuration and runs it
+	// until ctx ends.
+	Run func(ctx context.Context, deps Deps) error
+}
+
+var specs = map[string]Spec{}
+
+func register(s Spec) { specs[s.Name] = s }
+
+// Names lists the services in a stable order.
+func Names() []string {
+	names := make([]string, 0, len(specs))
+	for n := range specs {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Lookup returns a service by name.
+func Lookup(name string) (Spec, error) {
+	s, ok := specs[name]
+	if !ok {
+		return Spec{}, fmt.Errorf("unknown service %q: want one of %s", name, strings.Join(Names(), ", "))
+	}
+	return s, nil
+}
+
+// Select parses a --services value: "all", "none" or a comma list.
+func Select(value string) ([]Spec, error) {
+	switch strings.TrimSpace(value) {
+	case "all":
+		out := make([]Spec, 0, len(specs))
+		for _, n := range Names() {
+			out = append(out, specs[n])
+		}
+		return out, nil
+	case "none", "":
+		return nil, nil
+	}
+	var out []Spec
+	seen := map[string]bool{}
+	for _, n := range strings.Split(value, ",") {
+		n = strings.TrimSpace(n)
+		s, err := Lookup(n)
+		if err != nil {
+			return nil, fmt.Errorf("--services: %w", err)
+		}
+		if !seen[n] {
+			seen[n] = true
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

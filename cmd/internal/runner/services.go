@@ -1,0 +1,47 @@
+package runner
+
+import (
+	"context"
+
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/scheduler"
+)
+
+// Each service is built from its own ConfigFromEnv, so a container and an
+// in-process `up` configure it the same way.
+func init() {
+	register(Spec{Name: "scheduler", NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
+		cfg, err := scheduler.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		svc, err := scheduler.New(cfg, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
+		if err != nil {
+			return err
+		}
+		return svc.Run(ctx)
+	}})
+	register(Spec{Name: "provisioner", NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+		cfg, err := provisioner.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		svc, err := provisioner.New(cfg, provisioner.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+		if err != nil {
+			return err
+		}
+		return svc.Run(ctx)
+	}})
+	register(Spec{Name: "netconfig", NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+		cfg, err := netconfig.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		svc, err := netconfig.New(cfg, netconfig.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+		if err != nil {
+			return err
+		}
+		return svc.Run(ctx)
+	}})
+}
