@@ -24,22 +24,29 @@ import (
 	"github.com/podvisor/podvisor/shared/sim"
 )
 
+// seenEvent is an event on the bus, decoded once on receipt.
+type seenEvent struct {
+	ev      event.Event
+	payload any
+	err     error
+}
+
 // env is one service under test: a real JetStream server, a simulated
 // datacenter, the service running against both, and a recorder of every
 // event on the bus.
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	bus *bus.Bus
 	dc  *sim.Datacenter
 	vc  *govmomi.Client // an independent vSphere client for assertions
 	svc *netconfig.Service
 
 	mu     sync.Mutex
-	seen   []event.Event
+	seen   []seenEvent
 	notify chan struct{}
 }
 
-func newEnv(t *testing.T, simCfg sim.Config, tweak func(*netconfig.Config)) *env {
+func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	b := bustest.Start(t)
@@ -77,8 +84,13 @@ func newEnv(t *testing.T, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 		if err != nil {
 			return
 		}
+		var p any
+		var derr error
+		if _, known := events.Lookup(ev.Type()); known {
+			p, derr = events.Decode(ev.Type(), ev.Data())
+		}
 		e.mu.Lock()
-		e.seen = append(e.seen, ev)
+		e.seen = append(e.seen, seenEvent{ev: ev, payload: p, err: derr})
 		e.mu.Unlock()
 		select {
 		case e.notify <- struct{}{}:
@@ -141,16 +153,15 @@ func waitN[T any](e *env, ceType string, n int, match func(*T) bool) []*T {
 	for {
 		var out []*T
 		e.mu.Lock()
-		for _, ev := range e.seen {
-			if ev.Type() != ceType {
+		for _, se := range e.seen {
+			if se.ev.Type() != ceType {
 				continue
 			}
-			v, err := events.Decode(ceType, ev.Data())
-			if err != nil {
+			if se.err != nil {
 				e.mu.Unlock()
-				e.t.Fatalf("service published an invalid %s: %v", ceType, err)
+				e.t.Fatalf("service published an invalid %s: %v", ceType, se.err)
 			}
-			if p := v.(*T); match == nil || match(p) {
+			if p := se.payload.(*T); match == nil || match(p) {
 				out = append(out, p)
 			}
 		}
@@ -172,8 +183,8 @@ func (e *env) count(ceType string) int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := 0
-	for _, ev := range e.seen {
-		if ev.Type() == ceType {
+	for _, se := range e.seen {
+		if se.ev.Type() == ceType {
 			n++
 		}
 	}

@@ -148,10 +148,17 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 			missing = append(missing, h.Ref)
 		}
 	}
+	members := map[types.ManagedObjectReference]bool{}
+	for _, m := range sw.Members {
+		members[m] = true
+	}
 	if len(missing) > 0 {
 		joined, err := s.fab.JoinAll(ctx, ro.switchName, missing)
 		if err != nil {
 			s.log.Warn("batch join failed, joining hosts one by one", "switch", ro.switchName, "err", err)
+		}
+		for _, j := range joined {
+			members[j] = true
 		}
 		ro.changed = ro.changed || len(joined) > 0
 	}
@@ -161,7 +168,7 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 	g.SetLimit(s.cfg.PushParallelism)
 	for _, h := range ro.scope {
 		g.Go(func() error {
-			st, joined := s.pushHost(gctx, ro.switchName, pg, spec, rec.Version, h)
+			st, joined := s.pushHost(gctx, ro.switchName, pg, spec, rec.Version, h, members[h.Ref])
 			mu.Lock()
 			ro.hosts[h.Name] = st
 			ro.changed = ro.changed || joined
@@ -189,7 +196,7 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 // pushHost brings one host to the version and reads back what it carries:
 // the diff from what the host has is joining the switch (the port group's
 // settings are switch-wide and were set once before the hosts).
-func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.PortGroup, spec fabric.PortGroupSpec, version int64, h fabric.Host) (events.NetworkHostState, bool) {
+func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.PortGroup, spec fabric.PortGroupSpec, version int64, h fabric.Host, member bool) (events.NetworkHostState, bool) {
 	now := time.Now().UTC()
 	failed := func(reason, format string, args ...any) events.NetworkHostState {
 		return events.NetworkHostState{State: events.NetworkHostStateFailed, Reason: reason, Message: fmt.Sprintf(format, args...), UpdatedAt: now}
@@ -197,9 +204,12 @@ func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.Por
 	if h.ConnectionState != fabric.Connected {
 		return failed(ReasonHostDisconnected, "host %s is %s; it gets version %d when it reconnects", h.Name, h.ConnectionState, version), false
 	}
-	joined, err := s.fab.Join(ctx, switchName, h.Ref)
-	if err != nil {
-		return failed(ReasonDVSJoinFailed, "join switch %s: %v", switchName, err), false
+	joined := false
+	if !member {
+		var err error
+		if joined, err = s.fab.Join(ctx, switchName, h.Ref); err != nil {
+			return failed(ReasonDVSJoinFailed, "join switch %s: %v", switchName, err), false
+		}
 	}
 	view, err := s.fab.ObserveHost(ctx, h.Ref)
 	if err != nil {

@@ -189,7 +189,8 @@ type Switch struct {
 	Ref     types.ManagedObjectReference
 	Name    string
 	Members []types.ManagedObjectReference
-	MaxMTU  int32
+	// MaxMTU is filled in by EnsureSwitch (0 from FindSwitch).
+	MaxMTU int32
 }
 
 // IsMember reports whether a host is a member of the switch.
@@ -199,21 +200,30 @@ func (s *Switch) IsMember(host types.ManagedObjectReference) bool {
 
 // FindSwitch returns a distributed switch by name; ok is false when absent.
 func (f *Fabric) FindSwitch(ctx context.Context, name string) (Switch, bool, error) {
+	// Names and members only: a switch's config lists every member's
+	// settings and is large on a big site; MaxMTU is read when needed.
 	var all []mo.DistributedVirtualSwitch
-	if err := f.retrieve(ctx, "DistributedVirtualSwitch", []string{"name", "summary.hostMember", "config"}, &all); err != nil {
+	if err := f.retrieve(ctx, "DistributedVirtualSwitch", []string{"name", "summary.hostMember"}, &all); err != nil {
 		return Switch{}, false, err
 	}
 	for _, s := range all {
-		if s.Name != name {
-			continue
+		if s.Name == name {
+			return Switch{Ref: s.Self, Name: s.Name, Members: s.Summary.HostMember}, true, nil
 		}
-		sw := Switch{Ref: s.Self, Name: s.Name, Members: s.Summary.HostMember}
-		if cfg, ok := s.Config.(*types.VMwareDVSConfigInfo); ok {
-			sw.MaxMTU = cfg.MaxMtu
-		}
-		return sw, true, nil
 	}
 	return Switch{}, false, nil
+}
+
+// withMTU fills in the switch's maximum MTU.
+func (f *Fabric) withMTU(ctx context.Context, sw Switch) (Switch, error) {
+	var s mo.DistributedVirtualSwitch
+	if err := property.DefaultCollector(f.c).RetrieveOne(ctx, sw.Ref, []string{"config"}, &s); err != nil {
+		return sw, fmt.Errorf("read switch %s config: %w", sw.Name, err)
+	}
+	if cfg, ok := s.Config.(*types.VMwareDVSConfigInfo); ok {
+		sw.MaxMTU = cfg.MaxMtu
+	}
+	return sw, nil
 }
 
 // EnsureSwitch returns the named switch, creating it (with the given maximum
@@ -221,8 +231,11 @@ func (f *Fabric) FindSwitch(ctx context.Context, name string) (Switch, bool, err
 func (f *Fabric) EnsureSwitch(ctx context.Context, name string, mtu int32) (Switch, error) {
 	defer f.lockSwitch(name)()
 	sw, ok, err := f.FindSwitch(ctx, name)
-	if err != nil || ok {
+	if err != nil {
 		return sw, err
+	}
+	if ok {
+		return f.withMTU(ctx, sw)
 	}
 	folders, err := f.dc.Folders(ctx)
 	if err != nil {
@@ -244,7 +257,10 @@ func (f *Fabric) EnsureSwitch(ctx context.Context, name string, mtu int32) (Swit
 	if err == nil && !ok {
 		err = fmt.Errorf("switch %s: %w after creating it", name, ErrSwitchNotFound)
 	}
-	return sw, err
+	if err != nil {
+		return sw, err
+	}
+	return f.withMTU(ctx, sw)
 }
 
 // RaiseMTU sets the switch's maximum MTU to at least mtu.
@@ -256,6 +272,9 @@ func (f *Fabric) RaiseMTU(ctx context.Context, name string, mtu int32) error {
 	}
 	if !ok {
 		return fmt.Errorf("switch %s: %w", name, ErrSwitchNotFound)
+	}
+	if sw, err = f.withMTU(ctx, sw); err != nil {
+		return err
 	}
 	if sw.MaxMTU >= mtu {
 		return nil
