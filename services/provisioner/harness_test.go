@@ -31,7 +31,7 @@ import (
 // the pv-default port group and image disks on the shared datastore, and a
 // recorder of every pod event on the bus.
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	bus  *bus.Bus
 	dc   *sim.Datacenter
 	vc   *govmomi.Client
@@ -41,7 +41,7 @@ type env struct {
 	rec  *recorder
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -127,7 +127,7 @@ func (e *env) start(cfg Config) (svc *Service, stop func()) {
 	return svc, stop
 }
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("PODVISOR_TEST_LOG") != "" {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -233,7 +233,7 @@ type recorder struct {
 	evs  []event.Event
 }
 
-func record(t *testing.T, b *bus.Bus) *recorder {
+func record(t testing.TB, b *bus.Bus) *recorder {
 	r := &recorder{}
 	r.cond = sync.NewCond(&r.mu)
 	sub, err := b.Conn().Subscribe("pv.pod.>", func(m *nats.Msg) {
@@ -293,20 +293,38 @@ func countIDs[T any](e *env, ceType string, pred func(T) bool) int {
 	return len(ids)
 }
 
-// waitFor waits for an event of ceType whose payload satisfies pred.
+// waitFor waits for an event of ceType whose payload satisfies pred. It
+// looks at each recorded event once and sleeps on the recorder in between,
+// so that waiting costs nothing and latencies measured with it are exact.
 func waitFor[T any](e *env, ceType string, pred func(T) bool) T {
 	e.t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
-	for {
-		for _, p := range all[T](e, ceType) {
-			if pred(p) {
-				return p
+	timer := time.AfterFunc(15*time.Second, func() {
+		e.rec.mu.Lock()
+		e.rec.cond.Broadcast()
+		e.rec.mu.Unlock()
+	})
+	defer timer.Stop()
+	e.rec.mu.Lock()
+	defer e.rec.mu.Unlock()
+	for i := 0; ; {
+		for ; i < len(e.rec.evs); i++ {
+			ev := e.rec.evs[i]
+			if ev.Type() != ceType {
+				continue
+			}
+			p, err := events.Decode(ev.Type(), ev.Data())
+			if err == nil && pred(p.(T)) {
+				return p.(T)
 			}
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("no %s within 15s; seen: %s", ceType, e.rec.summary())
+			e.rec.mu.Unlock()
+			s := e.rec.summary()
+			e.rec.mu.Lock()
+			e.t.Fatalf("no %s within 15s; seen: %s", ceType, s)
 		}
-		time.Sleep(10 * time.Millisecond)
+		e.rec.cond.Wait()
 	}
 }
 
