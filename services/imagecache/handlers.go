@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -98,8 +99,6 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, log interface
 	if len(cs) == 0 {
 		return bus.Permanent(fmt.Errorf("pod %s (uid %s): no containers known (neither in Redis nor in the pods bucket)", events.PodKey(e.Namespace, e.Name), e.UID))
 	}
-	// If prefetch already published pod.images.ready, every chain is on a
-	// datastore all hosts mount, and there is nothing to do.
 	cands, err := s.candidates(ctx, e.Host, e.Datastores)
 	if err != nil {
 		return err
@@ -108,19 +107,22 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, log interface
 	if err != nil || failed {
 		return err
 	}
-	allVisible := true
-	for _, p := range preps {
-		all, err := s.visibleToAll(ctx, p.datastore)
-		if err != nil {
-			return err
-		}
-		allVisible = allVisible && all
-	}
-	if allVisible {
-		return nil // published on pod.accepted
+	published, err := s.db.Client().Get(ctx, il.PodReadyKey(e.UID)).Result()
+	if err == nil && published == readySignature(cs, preps) {
+		return nil // pod.accepted announced exactly these chains
 	}
 	log.Info("images placed for host", "host", e.Host)
 	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
+}
+
+// readySignature identifies what a pod.images.ready announced: each
+// container's top disk.
+func readySignature(cs []container, preps map[string]prepared) string {
+	var b strings.Builder
+	for _, c := range cs {
+		b.WriteString(c.Name + "=" + preps[c.Image].topDisk() + ";")
+	}
+	return b.String()
 }
 
 // prepareAll prepares every distinct image of the pod and references the
@@ -277,7 +279,7 @@ func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
 	if err := s.db.ForgetPod(ctx, e.UID); err != nil {
 		return err
 	}
-	return s.db.Client().Del(ctx, il.PodContainersKey(e.UID)).Err()
+	return s.db.Client().Del(ctx, il.PodContainersKey(e.UID), il.PodReadyKey(e.UID)).Err()
 }
 
 // rememberContainers keeps the pod's containers for pod.scheduled, which
@@ -338,7 +340,10 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 			Chain:     p.chainPaths(),
 		})
 	}
-	return s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready)
+	if err := s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready); err != nil {
+		return err
+	}
+	return s.db.Client().Set(ctx, il.PodReadyKey(uid), readySignature(cs, preps), 0).Err()
 }
 
 func (s *Service) publishFailed(ctx context.Context, m *bus.Message, ns, name, uid string, c container, reason string, cause error) error {

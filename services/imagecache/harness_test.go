@@ -356,3 +356,5 @@ func countReady(t *testing.T, evs []event.Event, prefix string) int {
 	}
 	return n
 }
+
+func bytesReader(s string) *strings.Reader { return strings.NewReader(s) }

@@ -20,6 +20,7 @@
 //	pv:img:chain:{<chainID>}:locs        hash    <ds> → state, for every datastore holding the chain
 //	pv:img:pod:{<uid>}                   set     "<chainID>@<ds>" the pod references (dropped on pod.deleted)
 //	pv:img:pod:{<uid>}:containers        string  JSON [{name, image}] of the pod, from pod.accepted
+//	pv:img:pod:{<uid>}:ready             string  the top disks the last pod.images.ready announced
 //	pv:img:{index}:chains                set     "<chainID>@<ds>" of every chain record (listing, GC, rebuild)
 //	pv:img:{index}:images                set     manifest digests seen
 //	pv:img:{index}:epoch                 string  set when the metadata is complete; its absence means Redis

@@ -86,3 +86,7 @@ func PodContainersKey(uid string) string { return Prefix + "pod:{" + uid + "}:co
 // AnnouncedKey is the set of datastores on which image.pulled was published
 // for a manifest digest (so it is published once per image and datastore).
 func AnnouncedKey(digest string) string { return Prefix + "manifest:{" + digest + "}:announced" }
+
+// PodReadyKey holds what the last pod.images.ready of a pod announced (each
+// container's top disk), so pod.scheduled does not announce it twice.
+func PodReadyKey(uid string) string { return Prefix + "pod:{" + uid + "}:ready" }

@@ -1,0 +1,332 @@
+package imagecache_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/shared/imagelocality"
+)
+
+// TestScheduledHostWithoutTheDatastoreGetsACopy: prefetch puts the chain on
+// a datastore only one host mounts; a pod scheduled elsewhere gets the chain
+// copied to a datastore its host mounts, without touching the registry.
+func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) { c.Datastores = []string{localDS, sharedDS} })
+	web := e.reg.Ref("podvisor/web:1.0")
+	e.accept("near", web)
+	e.accept("far", web)
+	// Prefetch lands on the local datastore; nothing is ready yet because
+	// not every host mounts it.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		loc, _ := imagelocality.NewReader(e.redis).Locality(context.Background(), []string{web})
+		if loc[localDS] == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch did not complete on %s: locality %v", localDS, loc)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := countReady(t, e.seen.snapshot(), ""); n != 0 {
+		t.Fatalf("%d pod.images.ready before scheduling, want 0 (the datastore is not on every host)", n)
+	}
+	pulledBefore := e.svc.Stats().BytesPulled
+
+	e.publish(events.TypePodScheduled, events.PodKey("default", "near"), &events.PodScheduled{Namespace: "default", Name: "near", UID: uidOf("near"), Host: hostLocal, Cluster: "DC0_C0"})
+	e.publish(events.TypePodScheduled, events.PodKey("default", "far"), &events.PodScheduled{Namespace: "default", Name: "far", UID: uidOf("far"), Host: "DC0_C0_H1", Cluster: "DC0_C0"})
+	evs := e.waitFor("both pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 2 })
+
+	near, far := readyFor(t, evs, "near").Containers[0], readyFor(t, evs, "far").Containers[0]
+	if near.Datastore != localDS {
+		t.Fatalf("pod on %s got its image on %s, want %s", hostLocal, near.Datastore, localDS)
+	}
+	if far.Datastore != sharedDS || len(far.Chain) != 3 {
+		t.Fatalf("pod on DC0_C0_H1 got %+v, want a 3-disk chain on %s", far, sharedDS)
+	}
+	st := e.svc.Stats()
+	if st.BytesPulled != pulledBefore || st.ChainsCopied != 3 {
+		t.Fatalf("stats %+v: want no new pull and 3 chains copied", st)
+	}
+	// The copy's disks chain to each other on the destination datastore.
+	top, ok, _ := e.reader().chain(layerSizes(t, e, web)[2].ChainID, sharedDS)
+	if !ok || top.ParentDisk != far.Chain[1] {
+		t.Fatalf("copied top record %+v, want parent disk %s", top, far.Chain[1])
+	}
+	// far's references moved to the copy; near's stayed.
+	local, _, _ := e.reader().chain(top.ChainID, localDS)
+	if local.Refs != 1 || top.Refs != 1 {
+		t.Fatalf("refs: %s=%d %s=%d, want 1 and 1", localDS, local.Refs, sharedDS, top.Refs)
+	}
+}
+
+// TestRedisFlushedMidRun: Redis loses everything while pods are being
+// prepared and again afterwards; every pod still gets its images, the
+// metadata comes back from the datastores and pod VMs, and later pods need
+// no pull.
+func TestRedisFlushedMidRun(t *testing.T) {
+	e := startEnv(t, nil)
+	ctx := context.Background()
+	web := e.reg.Ref("podvisor/web:1.0")
+	for i := 0; i < 8; i++ {
+		e.accept(fmt.Sprintf("a-%d", i), web)
+		if i == 3 {
+			if err := e.redis.FlushAll(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	evs := e.waitFor("8 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "a-") == 8 })
+	if n := len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)); n != 0 {
+		t.Fatalf("%d pods failed across the flush", n)
+	}
+	ready := readyFor(t, evs, "a-0").Containers[0]
+
+	// A pod VM chained to the image (what the provisioner creates).
+	createPodVM(t, e, "pv-"+uidOf("a-0"), ready.Disk)
+
+	if err := e.redis.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rebuilds := e.svc.Stats().Rebuilds
+	deadline := time.Now().Add(10 * time.Second)
+	for e.svc.Stats().Rebuilds == rebuilds {
+		if time.Now().After(deadline) {
+			t.Fatal("no rebuild after FLUSHALL")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	imgs, err := imagelocality.NewReader(e.redis).Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(imgs) != 1 || imgs[0].Image != web || imgs[0].State != events.ChainStateReady || imgs[0].Refs != 1 || imgs[0].Datastore != sharedDS {
+		t.Fatalf("images after rebuild = %+v, want web ready on %s with the pod VM's 1 reference", imgs, sharedDS)
+	}
+	base, _, _ := e.reader().chain(layerSizes(t, e, web)[0].ChainID, sharedDS)
+	if base.Refs != 1 {
+		t.Fatalf("base refs after rebuild = %d, want 1 (parents of the VM's image disk are referenced too)", base.Refs)
+	}
+
+	pulled := e.svc.Stats().BytesPulled
+	for i := 0; i < 4; i++ {
+		e.accept(fmt.Sprintf("b-%d", i), web)
+	}
+	evs = e.waitFor("4 more pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "b-") == 4 })
+	if got := e.svc.Stats().BytesPulled; got != pulled {
+		t.Fatalf("pods after the rebuild pulled %d bytes, want 0", got-pulled)
+	}
+	if readyFor(t, evs, "b-0").Containers[0].Disk != ready.Disk {
+		t.Fatal("pods after the rebuild got another disk")
+	}
+}
+
+// createPodVM creates a VM whose disk's parent is the image's top disk.
+func createPodVM(t *testing.T, e *env, name, parentDisk string) {
+	t.Helper()
+	ctx := context.Background()
+	f := find.NewFinder(e.vc.client.Client)
+	f.SetDatacenter(e.vc.dc)
+	folders, err := e.vc.dc.Folders(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := f.DefaultResourcePool(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devices object.VirtualDeviceList
+	ctrl, err := devices.CreateSCSIController("lsilogic")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices = append(devices, ctrl)
+	disk := &types.VirtualDisk{
+		VirtualDevice: types.VirtualDevice{
+			Key:           -100,
+			ControllerKey: ctrl.GetVirtualDevice().Key,
+			UnitNumber:    types.NewInt32(0),
+			Backing: &types.VirtualDiskFlatVer2BackingInfo{
+				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sharedDS + "] " + name + "/rootfs.vmdk"},
+				DiskMode:                     string(types.VirtualDiskModePersistent),
+				Parent: &types.VirtualDiskFlatVer2BackingInfo{
+					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: parentDisk},
+					DiskMode:                     string(types.VirtualDiskModePersistent),
+				},
+			},
+		},
+		CapacityInKB: 1024,
+	}
+	changes, err := object.VirtualDeviceList{ctrl}.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes = append(changes, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk})
+	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: "otherLinux64Guest",
+		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + sharedDS + "]"}, DeviceChange: changes}
+	task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		t.Fatalf("create pod VM %s: %v", name, err)
+	}
+}
+
+// TestGarbageCollectionOrder: over budget, unreferenced chains go, children
+// before parents; referenced chains and their parents stay.
+func TestGarbageCollectionOrder(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) { c.GCBudgetBytes = 1; c.GCGrace = time.Nanosecond })
+	ctx := context.Background()
+	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
+	e.accept("w1", web)
+	e.accept("k1", worker)
+	e.waitFor("pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 2 })
+	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
+
+	// With both pods alive nothing may go.
+	if ev, err := e.svc.CollectGarbage(ctx); err != nil || len(ev) != 0 {
+		t.Fatalf("GC with every chain referenced evicted %+v, %v", ev, err)
+	}
+	e.publish(events.TypePodDeleted, events.PodKey("default", "w1"), &events.PodDeleted{Namespace: "default", Name: "w1", UID: uidOf("w1"), Images: []string{webLayers[0].DiffID}})
+	waitRefs(t, e, webLayers[2].ChainID, 0)
+	time.Sleep(5 * time.Millisecond)
+
+	evicted, err := e.svc.CollectGarbage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, ev := range evicted {
+		order = append(order, ev.ChainID)
+	}
+	want := []string{webLayers[2].ChainID, webLayers[1].ChainID}
+	if !slices.Equal(order, want) {
+		t.Fatalf("evicted %v, want web's top then its middle layer %v (base is still used by the worker pod)", order, want)
+	}
+	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	for _, id := range want {
+		if _, _, err := store.ReadBlob(ctx, sharedDS, id); err == nil {
+			t.Fatalf("evicted chain %s still on the datastore", id)
+		}
+	}
+	e.waitFor("image.evicted events", 10*time.Second, func(evs []event.Event) bool {
+		return len(ofType[events.ImageEvicted](t, evs, events.TypeImageEvicted)) == 2
+	})
+
+	// The worker goes too: now its top layer, then the shared base.
+	e.publish(events.TypePodDeleted, events.PodKey("default", "k1"), &events.PodDeleted{Namespace: "default", Name: "k1", UID: uidOf("k1")})
+	waitRefs(t, e, workerLayers[0].ChainID, 0)
+	time.Sleep(5 * time.Millisecond)
+	evicted, err = e.svc.CollectGarbage(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	order = order[:0]
+	for _, ev := range evicted {
+		order = append(order, ev.ChainID)
+	}
+	if want := []string{workerLayers[1].ChainID, workerLayers[0].ChainID}; !slices.Equal(order, want) {
+		t.Fatalf("evicted %v, want the worker's top then the base %v", order, want)
+	}
+	chains, _ := imagelocality.NewReader(e.redis).Chains(ctx)
+	if len(chains) != 0 {
+		t.Fatalf("chain records left after full GC: %+v", chains)
+	}
+
+	// Pulling again after eviction works and is announced again.
+	e.accept("w2", web)
+	e.waitFor("web again", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "w2") != nil })
+}
+
+func waitRefs(t *testing.T, e *env, chainID string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rec, ok, _ := e.reader().chain(chainID, sharedDS)
+		if ok && rec.Refs == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("refs of %s = %d, want %d", chainID, rec.Refs, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestCrashedPullIsRedone: a replica took the lease of a chain, wrote part
+// of the folder and died. The service waits for the lease to expire, then
+// pulls the chain afresh; the record turns ready only with complete data.
+func TestCrashedPullIsRedone(t *testing.T) {
+	e := startEnv(t, nil)
+	ctx := context.Background()
+	worker := e.reg.Ref("podvisor/worker:1.0")
+	layers := layerSizesFromRegistry(t, worker)
+	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	dead := events.ChainRecord{ChainID: layers[0].ChainID, Datastore: sharedDS, Disk: imagedisk.DiskPath(sharedDS, layers[0].ChainID),
+		Blob: imagedisk.BlobPath(sharedDS, layers[0].ChainID), Layer: layers[0].Digest, DiffID: layers[0].DiffID, Depth: 1, Size: layers[0].Size}
+	if got, err := chaindb.New(e.redis, nil).Begin(ctx, dead, "dead-replica", 1500*time.Millisecond); err != nil || got != chaindb.Acquired {
+		t.Fatalf("fake replica lease: %v %v", got, err)
+	}
+	if err := store.Begin(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.UploadBlob(ctx, sharedDS, dead.ChainID, bytesReader("partial"), 7); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	e.accept("after-crash", worker)
+	evs := e.waitFor("pod ready after the dead lease expired", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "after-crash") != nil })
+	if time.Since(start) < time.Second {
+		t.Fatal("the chain was used before the crashed puller's lease expired")
+	}
+	rc, n, err := store.ReadBlob(ctx, sharedDS, dead.ChainID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if n != layers[0].Size {
+		t.Fatalf("base blob is %d bytes, want the full %d (the partial one was replaced)", n, layers[0].Size)
+	}
+	if c := readyFor(t, evs, "after-crash").Containers[0]; c.Chain[0] != dead.Disk {
+		t.Fatalf("chain %v does not start at %s", c.Chain, dead.Disk)
+	}
+}
+
+// TestTwoReplicasPullOnce: two image-cache processes on the same bus, Redis
+// and vCenter share the pods; the Redis lease makes the image's bytes come
+// from the registry once in total.
+func TestTwoReplicasPullOnce(t *testing.T) {
+	e := startEnv(t, nil)
+	second := e.newService(imagecache.Config{Workers: 8, LeaseTTL: 2 * time.Second, GCInterval: time.Hour, CheckInterval: time.Hour})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = second.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	web := e.reg.Ref("podvisor/web:1.0")
+	for i := 0; i < 20; i++ {
+		e.accept(fmt.Sprintf("r-%02d", i), web)
+	}
+	e.waitFor("20 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "r-") == 20 })
+	total := e.svc.Stats().BytesPulled + second.Stats().BytesPulled
+	if want := sum(layerSizes(t, e, web)); total != want {
+		t.Fatalf("two replicas pulled %d bytes in total (%d + %d), want the image size %d once",
+			total, e.svc.Stats().BytesPulled, second.Stats().BytesPulled, want)
+	}
+}
