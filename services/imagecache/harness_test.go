@@ -31,6 +31,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/redistest"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Datastores of the test datacenter: shared is mounted on every host, local
@@ -68,7 +69,7 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	return w.ResponseWriter.Write(p)
 }
 
-func startRegistry(t *testing.T) *registry {
+func startRegistry(t testing.TB) *registry {
 	t.Helper()
 	r := &registry{}
 	reg, err := ociregistry.Start(context.Background(), ociregistry.Config{Wrap: func(h http.Handler) http.Handler {
@@ -111,7 +112,7 @@ type vcenter struct {
 	dc     *object.Datacenter
 }
 
-func startVCenter(t *testing.T) *vcenter {
+func startVCenter(t testing.TB) *vcenter {
 	t.Helper()
 	m := simulator.VPX()
 	m.Datacenter = 1
@@ -155,7 +156,7 @@ func startVCenter(t *testing.T) *vcenter {
 }
 
 // setFreeSpace changes what the API reports as a datastore's free space.
-func (v *vcenter) setFreeSpace(t *testing.T, ds string, free int64) {
+func (v *vcenter) setFreeSpace(t testing.TB, ds string, free int64) {
 	t.Helper()
 	ctx := context.Background()
 	obj, err := find.NewFinder(v.client.Client).Datastore(ctx, ds)
@@ -175,7 +176,7 @@ func (v *vcenter) setFreeSpace(t *testing.T, ds string, free int64) {
 
 // env is a running image cache with everything it talks to.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	bus   *bus.Bus
 	vc    *vcenter
 	redis *redis.Client
@@ -207,7 +208,7 @@ func (c *collector) snapshot() []event.Event {
 	return append([]event.Event(nil), c.evs...)
 }
 
-func startEnv(t *testing.T, mutate func(*imagecache.Config)) *env {
+func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
 	t.Helper()
 	e := &env{t: t, bus: bustest.Start(t), vc: startVCenter(t), redis: redistest.Start(t), reg: startRegistry(t),
 		seen: &collector{ch: make(chan struct{}, 1)}}
@@ -252,7 +253,7 @@ func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	e.t.Helper()
 	svc, err := imagecache.New(cfg, imagecache.Deps{
 		Bus:     e.bus,
-		VSphere: imagecache.SessionForTest(e.vc.client, e.vc.dc),
+		VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc},
 		Redis:   e.redis,
 		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	})
@@ -321,7 +322,7 @@ func (e *env) waitFor(what string, timeout time.Duration, pred func([]event.Even
 }
 
 // ofType decodes the collected events of a type.
-func ofType[T any](t *testing.T, evs []event.Event, ceType string) []*T {
+func ofType[T any](t testing.TB, evs []event.Event, ceType string) []*T {
 	t.Helper()
 	var out []*T
 	for _, ev := range evs {
@@ -338,7 +339,7 @@ func ofType[T any](t *testing.T, evs []event.Event, ceType string) []*T {
 }
 
 // readyFor returns the pod.images.ready of a pod, if seen.
-func readyFor(t *testing.T, evs []event.Event, name string) *events.PodImagesReady {
+func readyFor(t testing.TB, evs []event.Event, name string) *events.PodImagesReady {
 	for _, r := range ofType[events.PodImagesReady](t, evs, events.TypePodImagesReady) {
 		if r.Name == name {
 			return r
@@ -347,7 +348,7 @@ func readyFor(t *testing.T, evs []event.Event, name string) *events.PodImagesRea
 	return nil
 }
 
-func countReady(t *testing.T, evs []event.Event, prefix string) int {
+func countReady(t testing.TB, evs []event.Event, prefix string) int {
 	n := 0
 	for _, r := range ofType[events.PodImagesReady](t, evs, events.TypePodImagesReady) {
 		if strings.HasPrefix(r.Name, prefix) {

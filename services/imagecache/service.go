@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Name is the service name: consumer names, the event source
@@ -30,7 +31,7 @@ const Source = "podvisor/" + Name
 // Deps are the connections the service uses; all are required.
 type Deps struct {
 	Bus     *bus.Bus
-	VSphere *vsphereSession
+	VSphere *vsphere.Session
 	Redis   redis.UniversalClient
 	Logger  *slog.Logger
 }

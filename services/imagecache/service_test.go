@@ -16,7 +16,7 @@ import (
 )
 
 // Sizes of the sample layers as pushed by ociregistry.Seed.
-func layerSizes(t *testing.T, e *env, ref string) []imagelocality.Layer {
+func layerSizes(t testing.TB, e *env, ref string) []imagelocality.Layer {
 	t.Helper()
 	d, err := imagelocality.NewReader(e.redis).Digest(context.Background(), ref)
 	if err != nil || d == "" {
