@@ -9,7 +9,6 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
@@ -97,7 +96,14 @@ func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodS
 
 // attachOne attaches one network. A non-empty reason marks a failure no
 // retry will fix; an error without one is transient.
-func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string, p *events.PodScheduled) (events.NetworkAttachment, string, error) {
+func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string, p *events.PodScheduled) (att events.NetworkAttachment, reason string, err error) {
+	ctx, sp := span(ctx, "netconfig attach",
+		attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID),
+		attribute.String("network", name), attribute.String("host", p.Host))
+	defer func() {
+		sp.SetAttributes(attribute.String("ip", att.IP), attribute.String("reason", reason))
+		end(sp, err)
+	}()
 	if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
 		switch {
 		case errors.Is(err, ErrNetworkNotFound):
@@ -190,14 +196,6 @@ func (s *Service) refreshIPsUsed(ctx context.Context, name string) error {
 	return err
 }
 
-// podRecord is the part of the provisioner's pod record (KV `pods`) that
-// network-config reads: decoded leniently, as a read model.
-type podRecord struct {
-	UID      string     `json:"uid"`
-	Networks []string   `json:"networks"`
-	Pod      corev1.Pod `json:"pod"`
-}
-
 // networksOf returns a pod's networks: remembered from pod.accepted, else
 // read from the provisioner's pod record. Neither yet is a transient error
 // (the record is written before pod.accepted is published).
@@ -205,14 +203,15 @@ func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]strin
 	if v, ok := s.podNets.Load(uid); ok {
 		return v.([]string), nil
 	}
-	e, err := s.pods.Get(ctx, ns+"."+name)
+	e, err := s.pods.Get(ctx, events.PodRecordKey(ns, name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, fmt.Errorf("pod %s/%s: %w: no pod.accepted seen and no pod record", ns, name, ErrPodUnknown)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read pod record %s/%s: %w", ns, name, err)
 	}
-	var rec podRecord
+	// Decoded leniently: it is the provisioner's record, read as a model.
+	var rec events.PodRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("decode pod record %s/%s: %w", ns, name, err)
 	}

@@ -435,3 +435,34 @@ func TestResyncRepairsDrift(t *testing.T) {
 		t.Fatalf("after resync: %+v, want vlan 44 on every host", pg)
 	}
 }
+
+// TestAttachReadsThePodRecordWhenAcceptedWasMissed: after a restart the
+// service has not seen pod.accepted; it reads the pod's networks from the
+// provisioner's pod record instead.
+func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
+	host := e.allHosts()[0]
+	e.declare("rec", events.NetworkSpec{VLAN: 3, CIDR: "10.3.0.0/24"})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
+
+	acc := podAccepted("late", "uid-late", []string{"rec"})
+	rec := events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks}
+	data, err := json.Marshal(rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.bus.KV(context.Background(), events.BucketPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pods.Put(context.Background(), events.PodRecordKey("default", "late"), data); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(events.TypePodScheduled, events.PodKey("default", "late"), &events.PodScheduled{
+		Namespace: "default", Name: "late", UID: "uid-late", Host: host, Cluster: "cluster-1",
+	})
+	att := wait(e, events.TypePodNetworkAttached, func(p *events.PodNetworkAttached) bool { return p.Name == "late" })
+	if len(att.Attachments) != 1 || att.Attachments[0].Network != "rec" {
+		t.Fatalf("attached %+v, want network rec", att.Attachments)
+	}
+}

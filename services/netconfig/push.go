@@ -10,6 +10,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel/attribute"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/events"
@@ -79,12 +80,14 @@ func (s *Service) reconcileLocked(ctx context.Context, cause *event.Event, name 
 // member (joined in parallel, bounded), hosts out of scope have left, and
 // each host's realized state is read back. With probe, the management
 // connectivity of the hosts is then watched for the probe window.
-func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bool) (*rollout, error) {
+func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bool) (ro *rollout, err error) {
+	ctx, sp := span(ctx, "netconfig push", attribute.String("network", rec.Name), attribute.Int64("network.version", rec.Version))
+	defer func() { end(sp, err) }()
 	hosts, err := s.fab.Hosts(ctx)
 	if err != nil {
 		return nil, err
 	}
-	ro := &rollout{
+	ro = &rollout{
 		name:       rec.Name,
 		switchName: s.switchFor(rec.Spec.Scope),
 		scope:      inScope(rec.Spec.Scope, hosts),
@@ -196,7 +199,12 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 // pushHost brings one host to the version and reads back what it carries:
 // the diff from what the host has is joining the switch (the port group's
 // settings are switch-wide and were set once before the hosts).
-func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.PortGroup, spec fabric.PortGroupSpec, version int64, h fabric.Host, member bool) (events.NetworkHostState, bool) {
+func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.PortGroup, spec fabric.PortGroupSpec, version int64, h fabric.Host, member bool) (st events.NetworkHostState, joined bool) {
+	ctx, sp := span(ctx, "netconfig push host", attribute.String("host", h.Name), attribute.Int64("network.version", version))
+	defer func() {
+		sp.SetAttributes(attribute.String("state", st.State), attribute.String("reason", st.Reason), attribute.Bool("joined", joined))
+		sp.End()
+	}()
 	now := time.Now().UTC()
 	failed := func(reason, format string, args ...any) events.NetworkHostState {
 		return events.NetworkHostState{State: events.NetworkHostStateFailed, Reason: reason, Message: fmt.Sprintf(format, args...), UpdatedAt: now}
@@ -204,7 +212,6 @@ func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.Por
 	if h.ConnectionState != fabric.Connected {
 		return failed(ReasonHostDisconnected, "host %s is %s; it gets version %d when it reconnects", h.Name, h.ConnectionState, version), false
 	}
-	joined := false
 	if !member {
 		var err error
 		if joined, err = s.fab.Join(ctx, switchName, h.Ref); err != nil {
@@ -228,10 +235,15 @@ func (s *Service) pushHost(ctx context.Context, switchName string, pg fabric.Por
 // the way an operator would: vCenter's view of each host's connection
 // state. A host that stops responding after a network change has lost its
 // management network to it.
-func (s *Service) probe(ctx context.Context, hosts []fabric.Host) ([]string, error) {
+func (s *Service) probe(ctx context.Context, hosts []fabric.Host) (lostHosts []string, err error) {
 	if len(hosts) == 0 {
 		return nil, nil
 	}
+	ctx, sp := span(ctx, "netconfig probe", attribute.Int("hosts", len(hosts)), attribute.String("window", s.cfg.ProbeWindow.String()))
+	defer func() {
+		sp.SetAttributes(attribute.StringSlice("lost", lostHosts))
+		end(sp, err)
+	}()
 	want := map[string]bool{}
 	for _, h := range hosts {
 		want[h.Name] = true
@@ -273,7 +285,10 @@ func (s *Service) probe(ctx context.Context, hosts []fabric.Host) ([]string, err
 // A DVS port group's settings are switch-wide, so the whole network returns
 // to the good version, not only the hosts that lost connectivity: the others
 // would be cut off by the same setting as soon as their uplinks saw it.
-func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.NetworkRecord, ro *rollout) error {
+func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.NetworkRecord, ro *rollout) (err error) {
+	ctx, sp := span(ctx, "netconfig rollback", attribute.String("network", bad.Name), attribute.Int64("network.version", bad.Version),
+		attribute.StringSlice("lost", ro.lost))
+	defer func() { end(sp, err) }()
 	from := bad.Version
 	target := bad.LastGoodVersion
 	if target >= from {
