@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/telemetry"
@@ -59,12 +60,17 @@ func TestTraceAndMetrics(t *testing.T) {
 			t.Errorf("%s is in trace %q, want the request's %q", typ, got, want)
 		}
 	}
-	spans := rec.Find(func(s telemetry.Span) bool {
-		return s.Attrs["podvisor.service"] == Name && s.Attrs["pod"] == "default/traced" && s.Attrs["pod.uid"] == acc.UID
-	})
+	// Spans are exported when they end, just after the event goes out.
 	names := map[string]bool{}
-	for _, s := range spans {
-		names[s.Name] = true
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, s := range rec.Find(func(s telemetry.Span) bool {
+			return s.Attrs["podvisor.service"] == Name && s.Attrs["pod"] == "default/traced" && s.Attrs["pod.uid"] == acc.UID
+		}) {
+			names[s.Name] = true
+		}
+		if names["provisioner.provision"] && names["provisioner.create_vm"] {
+			break
+		}
 	}
 	for _, n := range []string{"provisioner.provision", "provisioner.create_vm"} {
 		if !names[n] {
