@@ -1,0 +1,105 @@
+package imagecache_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/services/imagecache"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/redistest"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+func TestConfigValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     imagecache.Config
+		wantErr []string
+	}{
+		{name: "zero value is valid", cfg: imagecache.Config{}},
+		{name: "bad fields all named", cfg: imagecache.Config{Workers: -1, Datastores: []string{"ds", "", "ds", "[x]"}, LeaseTTL: time.Millisecond, ReserveBytes: -1, GCBudgetBytes: -5},
+			wantErr: []string{"Workers", "Datastores[1]: empty", "Datastores[2]: \"ds\" listed twice", "Datastores[3]", "LeaseTTL", "ReserveBytes", "GCBudgetBytes"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.cfg.Validate()
+			if len(tt.wantErr) == 0 {
+				if err != nil {
+					t.Fatalf("Validate = %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("Validate = nil")
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigFromEnv(t *testing.T) {
+	t.Setenv("PODVISOR_IMAGECACHE_WORKERS", "4")
+	t.Setenv("PODVISOR_IMAGE_DATASTORES", "shared-ds, cluster-1-ds")
+	t.Setenv("PODVISOR_IMAGE_GC_BUDGET", "2Gi")
+	t.Setenv("PODVISOR_IMAGE_GC_GRACE", "90s")
+	cfg, err := imagecache.ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workers != 4 || len(cfg.Datastores) != 2 || cfg.Datastores[1] != "cluster-1-ds" || cfg.GCBudgetBytes != 2<<30 || cfg.GCGrace != 90*time.Second {
+		t.Fatalf("ConfigFromEnv = %+v", cfg)
+	}
+	if cfg.LeaseTTL != imagecache.DefaultLeaseTTL {
+		t.Fatalf("unset LeaseTTL = %s, want the default", cfg.LeaseTTL)
+	}
+
+	t.Setenv("PODVISOR_IMAGE_GC_BUDGET", "lots")
+	t.Setenv("PODVISOR_IMAGE_GC_GRACE", "soon")
+	_, err = imagecache.ConfigFromEnv()
+	if err == nil || !strings.Contains(err.Error(), "PODVISOR_IMAGE_GC_BUDGET") || !strings.Contains(err.Error(), "PODVISOR_IMAGE_GC_GRACE") {
+		t.Fatalf("bad env: err = %v, want both variables named", err)
+	}
+}
+
+func TestNewRequiresDeps(t *testing.T) {
+	_, err := imagecache.New(imagecache.Config{}, imagecache.Deps{})
+	for _, w := range []string{"Bus", "VSphere", "Redis"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("New without deps: %v, want it to name %s", err, w)
+		}
+	}
+}
+
+func TestRunRejectsUnknownDatastore(t *testing.T) {
+	e := &env{t: t, vc: startVCenter(t), bus: bustest.Start(t), redis: redistest.Start(t)}
+	svc, err := imagecache.New(imagecache.Config{Datastores: []string{"no-such-ds"}}, imagecache.Deps{
+		Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc}, Redis: e.redis})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = svc.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), `Datastores[0]: datastore "no-such-ds" does not exist`) {
+		t.Fatalf("Run = %v, want the unknown datastore named", err)
+	}
+}
+
+func TestParseBytes(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "20Gi": 20 << 30, "512Ki": 512 << 10, " 3Ti ": 3 << 40} {
+		if got, err := imagecache.ParseBytes(in); err != nil || got != want {
+			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "-1", "1GB", "Gi"} {
+		if _, err := imagecache.ParseBytes(bad); err == nil {
+			t.Errorf("ParseBytes(%q) accepted", bad)
+		}
+	}
+}
