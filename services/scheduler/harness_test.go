@@ -3,6 +3,8 @@ package scheduler_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -68,11 +70,15 @@ func startEnv(t testing.TB, o envOptions) *env {
 	t.Cleanup(func() { session.Close(context.Background()) })
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
-	cfg.HostRecordInterval = 50 * time.Millisecond
+	cfg.HostRecordInterval = 100 * time.Millisecond
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
-	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: b, VSphere: session})
+	deps := scheduler.Deps{Bus: b, VSphere: session}
+	if os.Getenv("SCHEDULER_TEST_DEBUG") != "" {
+		deps.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	svc, err := scheduler.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

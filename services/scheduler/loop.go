@@ -28,8 +28,8 @@ import (
 // ledger refused its host.
 const maxReserveAttempts = 4
 
-// reserveParallelism bounds concurrent ledger writes of a pass.
-const reserveParallelism = 32
+// commitParallelism bounds concurrent ledger writes.
+const commitParallelism = 64
 
 // placement is where a pod goes.
 type placement struct {
@@ -79,18 +79,22 @@ func (s *Service) submit(ctx context.Context, r *request) outcome {
 }
 
 func (s *Service) scheduleLoop(ctx context.Context) {
-	var retry []*request
 	for {
-		var batch []*request
-		batch = append(batch, retry...)
-		retry = nil
+		batch := s.takeRetries()
 		if len(batch) == 0 {
 			select {
 			case <-ctx.Done():
-				return
 			case r := <-s.queue:
 				batch = append(batch, r)
+			case <-s.retryWake:
+				batch = s.takeRetries()
 			}
+		}
+		if ctx.Err() != nil {
+			for _, r := range append(append(batch, s.takeRetries()...), s.drainQueue()...) {
+				r.done <- outcome{err: ErrStopped}
+			}
+			return
 		}
 	fill:
 		for len(batch) < s.cfg.BatchSize {
@@ -101,14 +105,29 @@ func (s *Service) scheduleLoop(ctx context.Context) {
 				break fill
 			}
 		}
-		retry = s.scheduleBatch(ctx, batch)
-		if ctx.Err() != nil {
-			for _, r := range append(retry, s.drainQueue()...) {
-				r.done <- outcome{err: ErrStopped}
-			}
-			return
-		}
+		start := time.Now()
+		s.scheduleBatch(ctx, batch)
+		s.log.Debug("scheduling pass", "pods", len(batch), "took", time.Since(start))
 	}
+}
+
+// retryLater hands a request back to the loop for its next pass.
+func (s *Service) retryLater(rs ...*request) {
+	s.retryMu.Lock()
+	s.retries = append(s.retries, rs...)
+	s.retryMu.Unlock()
+	select {
+	case s.retryWake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Service) takeRetries() []*request {
+	s.retryMu.Lock()
+	defer s.retryMu.Unlock()
+	out := s.retries
+	s.retries = nil
+	return out
 }
 
 func (s *Service) drainQueue() []*request {
@@ -129,8 +148,9 @@ type tentative struct {
 	ref *framework.PodRef // the assumed reference in the snapshot
 }
 
-// scheduleBatch runs one pass and returns the requests to place again.
-func (s *Service) scheduleBatch(ctx context.Context, batch []*request) []*request {
+// scheduleBatch runs one pass: it places every request against the
+// snapshot and hands the placements to the hosts' committers.
+func (s *Service) scheduleBatch(ctx context.Context, batch []*request) {
 	var retry []*request
 	byHost := map[string][]tentative{}
 	inBatch := map[string]bool{}
@@ -140,7 +160,7 @@ func (s *Service) scheduleBatch(ctx context.Context, batch []*request) []*reques
 		for _, r := range batch {
 			r.done <- outcome{err: ErrNoInventory}
 		}
-		return nil
+		return
 	}
 	for _, r := range batch {
 		key := r.alloc.Key()
@@ -175,23 +195,60 @@ func (s *Service) scheduleBatch(ctx context.Context, batch []*request) []*reques
 		byHost[res.Host.Name] = append(byHost[res.Host.Name], tentative{r, s.placementLocked(res.Host.Name, res.State), ref})
 	}
 	s.mu.Unlock()
-
-	var wg sync.WaitGroup
-	var retryMu sync.Mutex
-	sem := make(chan struct{}, reserveParallelism)
-	for host, ts := range byHost {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			again := s.commit(ctx, host, ts)
-			retryMu.Lock()
-			retry = append(retry, again...)
-			retryMu.Unlock()
-		}()
+	if len(retry) > 0 {
+		s.retryLater(retry...)
 	}
-	wg.Wait()
-	return retry
+	for host, ts := range byHost {
+		s.enqueueCommit(ctx, host, ts)
+	}
+}
+
+// hostCommitter writes one host's reservations. While a write is in
+// flight, the reservations of later passes queue up and go out together in
+// the next write (a group commit): the loop never waits for the ledger, and
+// one host never has two writes of this process racing each other.
+type hostCommitter struct {
+	mu      sync.Mutex
+	queue   []tentative
+	running bool
+}
+
+func (s *Service) enqueueCommit(ctx context.Context, host string, ts []tentative) {
+	s.commitMu.Lock()
+	c := s.committers[host]
+	if c == nil {
+		c = &hostCommitter{}
+		s.committers[host] = c
+	}
+	s.commitMu.Unlock()
+	c.mu.Lock()
+	c.queue = append(c.queue, ts...)
+	start := !c.running
+	c.running = true
+	c.mu.Unlock()
+	if start {
+		go s.runCommitter(ctx, host, c)
+	}
+}
+
+func (s *Service) runCommitter(ctx context.Context, host string, c *hostCommitter) {
+	for {
+		c.mu.Lock()
+		ts := c.queue
+		c.queue = nil
+		if len(ts) == 0 {
+			c.running = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		s.commitSem <- struct{}{}
+		again := s.commit(ctx, host, ts)
+		<-s.commitSem
+		if len(again) > 0 {
+			s.retryLater(again...)
+		}
+	}
 }
 
 // placeLocked runs the framework for one request.
@@ -256,6 +313,10 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 	if ok {
 		capacity = ledger.Capacity{CPUMilli: h.CPUCapacityMilli, MemoryBytes: h.MemoryCapacityBytes, MaxPods: h.MaxPods}
 	}
+	var hint *ledger.Entry
+	if e, ok := s.entries[host]; ok {
+		hint = &e
+	}
 	s.mu.Unlock()
 	allocs := make([]events.Allocation, len(ts))
 	now := time.Now().UTC()
@@ -263,7 +324,7 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		allocs[i] = t.r.alloc
 		allocs[i].ReservedAt = now
 	}
-	res, err := s.ledger.Reserve(ctx, host, capacity, allocs)
+	res, err := s.ledger.ReserveFrom(ctx, hint, host, capacity, allocs)
 
 	s.mu.Lock()
 	for _, t := range ts {

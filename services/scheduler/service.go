@@ -75,7 +75,19 @@ type Service struct {
 	dirty map[string]bool
 	ready bool
 
-	queue   chan *request
+	// entries caches the last ledger entry applied per host (the hint of
+	// the next write to it).
+	entries map[string]ledger.Entry
+
+	queue     chan *request
+	retryMu   sync.Mutex
+	retries   []*request
+	retryWake chan struct{}
+
+	commitMu   sync.Mutex
+	committers map[string]*hostCommitter
+	commitSem  chan struct{}
+
 	pending *pendingSet
 }
 
@@ -111,7 +123,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		allocIndex: map[string]string{},
 		gone:       map[string]time.Time{},
 		dirty:      map[string]bool{},
+		entries:    map[string]ledger.Entry{},
 		queue:      make(chan *request, cfg.BatchSize*4),
+		retryWake:  make(chan struct{}, 1),
+		committers: map[string]*hostCommitter{},
+		commitSem:  make(chan struct{}, commitParallelism),
 	}
 	s.pending = newPendingSet(cfg.RetryInitial, cfg.RetryMax)
 	services := map[string]any{}

@@ -194,13 +194,17 @@ func (s *Service) applyEntryLocked(e ledger.Entry) {
 	if h, ok := s.snap.Host(host); ok && h.LedgerRevision >= e.Revision && e.Revision != 0 {
 		return
 	}
-	for k, hn := range s.allocIndex {
-		if hn == host {
-			if _, still := e.Allocations[k]; !still {
+	if old, ok := s.entries[host]; ok {
+		if old.Revision >= e.Revision && e.Revision != 0 {
+			return
+		}
+		for k := range old.Allocations {
+			if _, still := e.Allocations[k]; !still && s.allocIndex[k] == host {
 				delete(s.allocIndex, k)
 			}
 		}
 	}
+	s.entries[host] = e
 	refs := make([]*framework.PodRef, 0, len(e.Allocations))
 	for k, a := range e.Allocations {
 		s.allocIndex[k] = host

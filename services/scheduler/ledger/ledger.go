@@ -98,10 +98,21 @@ func Decode(kve jetstream.KeyValueEntry) (Entry, error) {
 // anything; when it did not, nothing is written. change may be called
 // several times and must compute its result from the entry it is given.
 func (l *Ledger) Mutate(ctx context.Context, host string, change func(e *events.LedgerEntry) (bool, error)) (Entry, error) {
+	return l.mutate(ctx, host, nil, change)
+}
+
+// mutate is Mutate starting from hint (the caller's cached copy of the
+// entry, as last written or watched) instead of reading it first: when the
+// cache is current, a change costs one round trip; when it is not, the
+// write fails like any conflict and the loop reads the entry.
+func (l *Ledger) mutate(ctx context.Context, host string, hint *Entry, change func(e *events.LedgerEntry) (bool, error)) (Entry, error) {
 	key := events.LedgerEntryKey(host)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		cur, err := l.Get(ctx, host)
-		if err != nil {
+		var cur Entry
+		var err error
+		if attempt == 0 && hint != nil {
+			cur = hint.clone()
+		} else if cur, err = l.Get(ctx, host); err != nil {
 			return Entry{}, err
 		}
 		cur.Host = host
@@ -148,6 +159,16 @@ func conflict(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
+// clone copies an entry so that a change never touches the caller's copy.
+func (e Entry) clone() Entry {
+	c := e
+	c.Allocations = make(map[string]events.Allocation, len(e.Allocations))
+	for k, a := range e.Allocations {
+		c.Allocations[k] = a
+	}
+	return c
+}
+
 // Rejection says why an allocation did not fit.
 type Rejection struct {
 	Reason  string // InsufficientMemory, InsufficientCPU, TooManyPods
@@ -170,8 +191,15 @@ type Result struct {
 // compare-and-set. Allocations already in the entry are accepted as they
 // are (a replay).
 func (l *Ledger) Reserve(ctx context.Context, host string, capacity Capacity, allocs []events.Allocation) (Result, error) {
+	return l.ReserveFrom(ctx, nil, host, capacity, allocs)
+}
+
+// ReserveFrom is Reserve starting from the caller's cached copy of the
+// host's entry (nil to read it): one round trip instead of two when the
+// cache is current, and exactly as safe when it is not.
+func (l *Ledger) ReserveFrom(ctx context.Context, hint *Entry, host string, capacity Capacity, allocs []events.Allocation) (Result, error) {
 	var res Result
-	entry, err := l.Mutate(ctx, host, func(e *events.LedgerEntry) (bool, error) {
+	entry, err := l.mutate(ctx, host, hint, func(e *events.LedgerEntry) (bool, error) {
 		res = Result{Rejected: map[string]Rejection{}}
 		cpu, mem, pods := e.Totals()
 		changed := false
