@@ -359,4 +359,3 @@ func countReady(t testing.TB, evs []event.Event, prefix string) int {
 }
 
 func bytesReader(s string) *strings.Reader { return strings.NewReader(s) }
-
