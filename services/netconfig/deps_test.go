@@ -8,6 +8,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -22,11 +23,7 @@ func TestNewChecksDepsAndAcceptsASession(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	d, err := sim.Start(ctx, sim.Config{Clusters: 1, HostsPerCluster: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1})
 	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Insecure: true})
 	if err != nil {
 		t.Fatal(err)

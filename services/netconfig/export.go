@@ -20,20 +20,23 @@ const (
 	AnnotationExportedAt      = "podvisor.io/exported-at"
 )
 
-// DefaultNetwork is the network `podvisor up` declares on every host: pods
-// without a podvisor.io/networks annotation attach to it. Declaring it again
-// with the same spec stores no new version.
-func DefaultNetwork() events.Network {
-	return events.Network{
+// DefaultNetwork is the spec of the network `podvisor up` declares on every
+// host at start (name events.DefaultNetwork): pods without a
+// podvisor.io/networks annotation attach to it. Declaring it again with the
+// same spec stores no new version, so every start may declare it.
+func DefaultNetwork() events.NetworkSpec {
+	return events.NetworkSpec{VLAN: 0, CIDR: "10.88.0.0/16", Gateway: "10.88.0.1"}
+}
+
+// DefaultNetworkDeclared is the network.declared payload of DefaultNetwork,
+// ready to publish (subject: events.DefaultNetwork).
+func DefaultNetworkDeclared() *events.NetworkDeclared {
+	return &events.NetworkDeclared{Network: events.Network{
 		APIVersion: events.APIVersion,
 		Kind:       events.KindNetwork,
 		Metadata:   events.Meta{Name: events.DefaultNetwork},
-		Spec: events.NetworkSpec{
-			VLAN:    0,
-			CIDR:    "10.88.0.0/16",
-			Gateway: "10.88.0.1",
-		},
-	}
+		Spec:       DefaultNetwork(),
+	}}
 }
 
 // Export renders one stored version of a network (0 = the current one) as

@@ -22,6 +22,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // seenEvent is an event on the bus, decoded once on receipt.
@@ -50,15 +51,8 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 	t.Helper()
 	ctx := context.Background()
 	b := bustest.Start(t)
-	d, err := sim.Start(ctx, simCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	c, err := d.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := simtest.Start(t, simCfg)
+	c := simtest.Client(t, d)
 	dc, err := find.NewFinder(c.Client).Datacenter(ctx, "DC0")
 	if err != nil {
 		t.Fatal(err)
@@ -74,10 +68,7 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 	if err != nil {
 		t.Fatal(err)
 	}
-	vc, err := d.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	vc := simtest.Client(t, d)
 	e := &env{t: t, bus: b, dc: d, vc: vc, svc: svc, notify: make(chan struct{}, 1)}
 	sub, err := b.Conn().Subscribe("pv.>", func(m *nats.Msg) {
 		ev, err := bus.DecodeMessage(m)

@@ -24,7 +24,7 @@ import (
 func TestParallelPushToSixteenHosts(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 8}, nil)
 	start := time.Now()
-	e.declare("default", netconfig.DefaultNetwork().Spec)
+	e.declare("default", netconfig.DefaultNetwork())
 	r := wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "default" })
 	elapsed := time.Since(start)
 	if len(r.Ready) != 16 || len(r.Failed) != 0 {
@@ -45,7 +45,7 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 	// The same declaration again (what `podvisor up` does at every start)
 	// stores no new version and publishes no new realization.
 	realized := e.count(events.TypeNetworkRealized)
-	e.declare("default", netconfig.DefaultNetwork().Spec)
+	e.declare("default", netconfig.DefaultNetwork())
 	time.Sleep(400 * time.Millisecond)
 	if rec := e.record("default"); rec.Version != 1 || len(rec.History) != 1 {
 		t.Fatalf("re-declaring the same spec gave version %d with %d history entries, want 1 and 1", rec.Version, len(rec.History))

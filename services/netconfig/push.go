@@ -94,7 +94,7 @@ func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bo
 		hosts:      map[string]events.NetworkHostState{},
 	}
 	spec := portGroupSpec(rec.Name, rec.Version, rec.Spec)
-	sw, err := s.fab.EnsureSwitch(ctx, ro.switchName, int32(s.cfg.SwitchMTU))
+	sw, err := s.fab.EnsureSwitch(ctx, ro.switchName, max(int32(s.cfg.SwitchMTU), spec.MTU))
 	if err != nil {
 		return nil, err
 	}

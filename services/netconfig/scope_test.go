@@ -82,11 +82,11 @@ func TestImportRejectsBadFiles(t *testing.T) {
 }
 
 func TestDefaultNetworkIsValid(t *testing.T) {
-	n := DefaultNetwork()
-	if err := n.Validate(); err != nil {
+	d := DefaultNetworkDeclared()
+	if err := d.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	if n.Metadata.Name != events.DefaultNetwork || !n.Spec.Scope.All() {
-		t.Fatalf("DefaultNetwork = %+v, want %s on every host", n, events.DefaultNetwork)
+	if d.ObjectKey() != events.DefaultNetwork || !DefaultNetwork().Scope.All() {
+		t.Fatalf("DefaultNetworkDeclared = %+v, want %s on every host", d, events.DefaultNetwork)
 	}
 }

@@ -9,20 +9,14 @@ import (
 
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 func newFabric(t *testing.T) (*fabric.Fabric, *sim.Datacenter) {
 	t.Helper()
 	ctx := context.Background()
-	d, err := sim.Start(ctx, sim.Config{Clusters: 2, HostsPerCluster: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	c, err := d.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2})
+	c := simtest.Client(t, d)
 	dc, err := find.NewFinder(c.Client).Datacenter(ctx, "DC0")
 	if err != nil {
 		t.Fatal(err)
