@@ -43,7 +43,7 @@ func triggerMode(fn, arg string, v starlark.Value) (TriggerMode, error) {
 	return m.v, nil
 }
 
-// strings accepts what Tilt accepts for a list of strings: None, one string,
+// stringList accepts what Tilt accepts for a list of strings: None, one string,
 // or a list or tuple of strings.
 func stringList(fn, arg string, v starlark.Value) ([]string, error) {
 	switch v := v.(type) {
