@@ -170,3 +170,33 @@ func TestReplayReleasePromote(t *testing.T) {
 		t.Fatalf("list: %d entries, %v", len(entries), err)
 	}
 }
+
+// A stale cached entry must not let a reservation through: the write fails
+// on the revision and the retry sees the room is gone.
+func TestStaleHintIsSafe(t *testing.T) {
+	a, b := twoSchedulers(t)
+	ctx := context.Background()
+	capacity := ledger.Capacity{CPUMilli: 1000, MemoryBytes: gib}
+	stale, err := a.Get(ctx, "esx-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := b.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("b", 1000, gib)}); err != nil || len(r.Accepted) != 1 {
+		t.Fatalf("b: %+v %v", r, err)
+	}
+	r, err := a.ReserveFrom(ctx, &stale, "esx-1", capacity, []events.Allocation{pod("a", 1000, gib)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Accepted) != 0 || r.Rejected["a"].Reason != "InsufficientMemory" {
+		t.Fatalf("reservation from a stale entry: %+v", r)
+	}
+	if len(stale.Allocations) != 0 {
+		t.Error("ReserveFrom changed the caller's cached entry")
+	}
+	// A current hint costs no read and succeeds.
+	cur, _ := a.Get(ctx, "esx-2")
+	if r, err := a.ReserveFrom(ctx, &cur, "esx-2", capacity, []events.Allocation{pod("c", 500, gib/2)}); err != nil || len(r.Accepted) != 1 {
+		t.Fatalf("current hint: %+v %v", r, err)
+	}
+}
