@@ -41,6 +41,13 @@ type Config struct {
 	// CheckInterval is how often the service checks that Redis still holds
 	// its metadata and rebuilds it from the datastores if not (default 15s).
 	CheckInterval time.Duration
+	// MaxDeliver is how many times a pod event is tried before a transient
+	// failure (registry unreachable) becomes pod.images.failed (default 8).
+	MaxDeliver int
+	// BackOff is the delay before each redelivery (the last entry repeats;
+	// default 1s 2s 5s 10s 30s): with the defaults a registry may be away
+	// for about two minutes before pods fail.
+	BackOff []time.Duration
 }
 
 // Defaults.
@@ -53,6 +60,7 @@ const (
 	DefaultGCGrace        = 10 * time.Minute
 	DefaultGCInterval     = time.Minute
 	DefaultCheckInterval  = 15 * time.Second
+	DefaultMaxDeliver     = 8
 )
 
 func (c Config) withDefaults() Config {
@@ -79,6 +87,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CheckInterval == 0 {
 		c.CheckInterval = DefaultCheckInterval
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = DefaultMaxDeliver
+	}
+	if c.BackOff == nil {
+		c.BackOff = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second}
 	}
 	return c
 }
@@ -123,6 +137,17 @@ func (c Config) Validate() error {
 	}
 	if c.CheckInterval < 10*time.Millisecond {
 		errs = append(errs, fmt.Errorf("imagecache config: CheckInterval: %s is below 10ms", c.CheckInterval))
+	}
+	if c.MaxDeliver < 2 {
+		errs = append(errs, fmt.Errorf("imagecache config: MaxDeliver: %d is below 2 (a transient failure needs a second try)", c.MaxDeliver))
+	}
+	if len(c.BackOff) >= c.MaxDeliver {
+		errs = append(errs, fmt.Errorf("imagecache config: BackOff: %d delays need MaxDeliver above %d", len(c.BackOff), len(c.BackOff)))
+	}
+	for i, d := range c.BackOff {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("imagecache config: BackOff[%d]: %s is not positive", i, d))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -210,7 +210,13 @@ func (c *collector) snapshot() []event.Event {
 
 func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
 	t.Helper()
-	e := &env{t: t, bus: bustest.Start(t), vc: startVCenter(t), redis: redistest.Start(t), reg: startRegistry(t),
+	return startEnvOn(t, startVCenter(t), mutate)
+}
+
+// startEnvOn runs the image cache against a given vCenter.
+func startEnvOn(t testing.TB, vc *vcenter, mutate func(*imagecache.Config)) *env {
+	t.Helper()
+	e := &env{t: t, bus: bustest.Start(t), vc: vc, redis: redistest.Start(t), reg: startRegistry(t),
 		seen: &collector{ch: make(chan struct{}, 1)}}
 	sub, err := e.bus.Conn().Subscribe("pv.>", func(m *nats.Msg) {
 		if !strings.HasPrefix(m.Subject, "pv.pod.images.") && !strings.HasPrefix(m.Subject, "pv.image.") {

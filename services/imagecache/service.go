@@ -146,8 +146,8 @@ func (s *Service) Run(ctx context.Context) error {
 			// Pulls can be long; the bus keeps the message alive with
 			// InProgress, AckWait only bounds a crashed replica's hold.
 			AckWait:    time.Minute,
-			MaxDeliver: 8,
-			BackOff:    []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
+			MaxDeliver: s.cfg.MaxDeliver,
+			BackOff:    s.cfg.BackOff,
 			Logger:     s.log,
 		}, s.handle)
 	})

@@ -10,6 +10,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	"github.com/podvisor/podvisor/shared/imagelocality"
@@ -243,5 +244,29 @@ func TestFailures(t *testing.T) {
 		if f.Name == "full" && f.Reason != "DatastoreFull" {
 			t.Fatalf("full datastore: %+v, want DatastoreFull", f)
 		}
+	}
+}
+
+// TestRegistryUnavailable: a registry that does not answer makes the pod
+// fail with RegistryUnavailable once the redeliveries are used up, not at
+// the first refusal.
+func TestRegistryUnavailable(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) {
+		c.MaxDeliver = 3
+		c.BackOff = []time.Duration{100 * time.Millisecond}
+	})
+	ref := e.reg.Ref("podvisor/web:1.0")
+	e.reg.Close()
+	start := time.Now()
+	e.accept("offline", ref)
+	evs := e.waitFor("failure", 30*time.Second, func(evs []event.Event) bool {
+		return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 1
+	})
+	f := ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)[0]
+	if f.Reason != "RegistryUnavailable" || f.Image != ref {
+		t.Fatalf("failure = %+v, want RegistryUnavailable for %s", f, ref)
+	}
+	if time.Since(start) < 200*time.Millisecond {
+		t.Fatalf("failed after %s, before two redeliveries", time.Since(start))
 	}
 }

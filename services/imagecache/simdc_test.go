@@ -1,0 +1,61 @@
+package imagecache_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/vmware/govmomi/find"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// TestOnSimulatedDatacenter runs the image cache on the datacenter `podvisor
+// up` simulates (an NFS datastore on every host, one datastore per cluster):
+// chains go to the shared datastore, pods of two images sharing a base are
+// ready at once, and a later pod.scheduled announces nothing new.
+func TestOnSimulatedDatacenter(t *testing.T) {
+	d := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2})
+	c := simtest.Client(t, d)
+	ctx := context.Background()
+	dc, err := find.NewFinder(c.Client).DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startEnvOn(t, &vcenter{model: d.Model(), client: c, dc: dc}, nil)
+	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
+	for i := 0; i < 5; i++ {
+		e.accept(fmt.Sprintf("web-%d", i), web)
+	}
+	for i := 0; i < 3; i++ {
+		e.accept(fmt.Sprintf("worker-%d", i), worker)
+	}
+	evs := e.waitFor("8 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 8 })
+	for _, r := range ofType[events.PodImagesReady](t, evs, events.TypePodImagesReady) {
+		if ds := r.Containers[0].Datastore; ds != sim.SharedDatastore {
+			t.Fatalf("pod %s images on %s, want %s", r.Name, ds, sim.SharedDatastore)
+		}
+	}
+	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
+	if got, want := e.svc.Stats().BytesPulled, sum(webLayers)+workerLayers[1].Size; got != want {
+		t.Fatalf("pulled %d bytes, want the distinct layers' %d", got, want)
+	}
+	store := imagedisk.New(c.Client, dc)
+	ready, _, _, err := store.Scan(ctx, sim.SharedDatastore)
+	if err != nil || len(ready) != 4 {
+		t.Fatalf("chains on %s: %d (%v), want 4 (base, web's two, worker's one)", sim.SharedDatastore, len(ready), err)
+	}
+
+	host := d.Hosts()[0].Name
+	e.publish(events.TypePodScheduled, events.PodKey("default", "web-0"), &events.PodScheduled{Namespace: "default", Name: "web-0",
+		UID: uidOf("web-0"), Host: host, Cluster: d.Hosts()[0].Cluster, Datastores: []string{sim.ClusterDatastore(d.Hosts()[0].Cluster), sim.SharedDatastore}})
+	time.Sleep(500 * time.Millisecond)
+	if n := countReady(t, e.seen.snapshot(), "web-0"); n != 1 {
+		t.Fatalf("web-0 announced %d times, want once (its chain is on a datastore every host mounts)", n)
+	}
+}
