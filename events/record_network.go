@@ -141,6 +141,10 @@ type NetworkVersion struct {
 	// Origin says where the version came from: "declared", "restored from
 	// version N" or "imported".
 	Origin string `json:"origin,omitempty"`
+	// Event is the id of the CloudEvent that created the version
+	// (network.declared or network.restore.requested): a redelivered event
+	// finds its version instead of storing another.
+	Event string `json:"event,omitempty"`
 	// Reason and Message say why a version was rolled back.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`
@@ -179,6 +183,16 @@ func (r *NetworkRecord) RealizedHosts() []string {
 func (r *NetworkRecord) FindVersion(v int64) (NetworkVersion, bool) {
 	for _, h := range r.History {
 		if h.Version == v {
+			return h, true
+		}
+	}
+	return NetworkVersion{}, false
+}
+
+// VersionByEvent returns the version a CloudEvent created, if any.
+func (r *NetworkRecord) VersionByEvent(id string) (NetworkVersion, bool) {
+	for _, h := range r.History {
+		if id != "" && h.Event == id {
 			return h, true
 		}
 	}

@@ -121,24 +121,31 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 		s.log.Warn("network declaration refused", "network", name, "err", err)
 		return s.refuse(ctx, rec, rev, name, n.Spec, err)
 	}
+	if rec != nil && cause != nil {
+		if _, done := rec.VersionByEvent(cause.ID()); done {
+			// A redelivery: the version exists (and may since have been
+			// rolled back, which must not be undone by storing it again).
+			return s.reconcileLocked(ctx, cause, name)
+		}
+	}
 	if rec != nil && rec.Version > 0 && specEqual(rec.Spec, n.Spec) {
 		// Same spec as the current version: no new version, but converge.
 		return s.reconcileLocked(ctx, cause, name)
 	}
-	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin); err != nil {
+	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); err != nil {
 		return err
 	}
 	return s.reconcileLocked(ctx, cause, name)
 }
 
 // storeVersion appends a new version with spec and makes it current.
-func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin string) error {
+func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin, eventID string) error {
 	if rec == nil {
 		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name)}
 	}
 	next := rec.LatestVersion() + 1
 	rec.History = append(rec.History, events.NetworkVersion{
-		Version: next, Spec: spec, Status: events.NetworkVersionPending, Origin: origin, CreatedAt: time.Now().UTC(),
+		Version: next, Spec: spec, Status: events.NetworkVersionPending, Origin: origin, Event: eventID, CreatedAt: time.Now().UTC(),
 	})
 	if over := len(rec.History) - s.cfg.HistoryLimit; over > 0 {
 		rec.History = slices.Clone(rec.History[over:])
@@ -165,6 +172,13 @@ func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uin
 	rec.Reason, rec.Message = ReasonInvalidSpec, msg
 	_, err := s.store.put(ctx, rec, rev)
 	return err
+}
+
+func eventID(ev *event.Event) string {
+	if ev == nil {
+		return ""
+	}
+	return ev.ID()
 }
 
 // specEqual compares specs by meaning: scope lists in any order are equal.
@@ -252,6 +266,9 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 		s.log.Warn("restore of an unknown network", "network", name, "version", version)
 		return nil
 	}
+	if _, done := rec.VersionByEvent(eventID(cause)); done {
+		return s.reconcileLocked(ctx, cause, name) // redelivered
+	}
 	v, ok := rec.FindVersion(version)
 	if !ok {
 		var kept []string
@@ -266,7 +283,7 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 	if err := s.checkSpec(ctx, name, v.Spec); err != nil {
 		return s.refuse(ctx, rec, rev, name, v.Spec, err)
 	}
-	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version)); err != nil {
+	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version), eventID(cause)); err != nil {
 		return err
 	}
 	return s.reconcileLocked(ctx, cause, name)
