@@ -11,6 +11,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -42,6 +43,8 @@ type envOptions struct {
 	cfg                       func(*scheduler.Config)
 	// networks maps a network to the hosts it is realized on (nil = all).
 	networks map[string][]string
+	// redis, when set, is the image cache's Redis the scheduler reads.
+	redis redis.UniversalClient
 }
 
 func startEnv(t testing.TB, o envOptions) *env {
@@ -74,7 +77,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}
-	deps := scheduler.Deps{Bus: b, VSphere: session}
+	deps := scheduler.Deps{Bus: b, VSphere: session, Redis: o.redis}
 	if os.Getenv("SCHEDULER_TEST_DEBUG") != "" {
 		deps.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
