@@ -190,6 +190,22 @@ func TestCreateVMFaults(t *testing.T) {
 		}
 	})
 
+	t.Run("image on a datastore the host does not mount", func(t *testing.T) {
+		acc := e.request(testPod("misplaced"))
+		hs, _ := e.dc.Host(host)
+		e.publish("test/scheduler", events.TypePodScheduled, &events.PodScheduled{Namespace: "default", Name: "misplaced", UID: acc.UID, Host: host, Cluster: hs.Cluster})
+		ir := imagesReady(acc)
+		ir.Containers[2].Datastore = "elsewhere-ds"
+		ir.Containers[2].Disk = "[elsewhere-ds] images/logger.vmdk"
+		ir.Containers[2].Chain = []string{ir.Containers[2].Disk}
+		e.publish("test/imagecache", events.TypePodImagesReady, ir)
+		e.publish("test/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "container logger is on datastore elsewhere-ds, which host "+host+" does not mount") {
+			t.Errorf("pod.failed = %+v", f)
+		}
+	})
+
 	t.Run("transient fault that persists fails after MaxAttempts", func(t *testing.T) {
 		if err := e.dc.AddFault(simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
@@ -246,6 +262,12 @@ func TestDelete(t *testing.T) {
 	})
 
 	t.Run("while provisioning", func(t *testing.T) {
+		if raceDetector {
+			// govmomi v0.56.0's simulator races with itself here: a delayed
+			// task's Run (simulator/task.go:134) updates the task while its
+			// property collector reads it for our WaitForUpdates.
+			t.Skip("vcsim's TaskDelay is racy under -race (simulator/task.go:134); covered without -race")
+		}
 		if err := e.dc.SetTaskDelay("CreateVm", 300*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}

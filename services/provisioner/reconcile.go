@@ -202,14 +202,15 @@ func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.V
 
 // vmSpec derives the pod VM and its placement from the record.
 func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, error) {
+	// The VM's files and its child disks go where the scheduler said (a
+	// delta disk may sit on another datastore than its parent, as linked
+	// clones do); the image chain's datastore is the fallback.
 	ds := s.cfg.Datastore
-	if ds == "" && len(r.Images) > 0 {
-		// The child disks sit next to their parents: the image chain's
-		// datastore is the one the pod's disks must be on.
-		ds = r.Images[0].Datastore
-	}
 	if ds == "" && len(r.Datastores) > 0 {
 		ds = r.Datastores[0]
+	}
+	if ds == "" && len(r.Images) > 0 {
+		ds = r.Images[0].Datastore
 	}
 	info, err := guestinfo(r, ds)
 	if err != nil {

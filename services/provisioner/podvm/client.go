@@ -213,9 +213,20 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 		ds = dp.Datastore
 	}
 	// A datastore name vcsim does not know crashes the simulator, and on a
-	// real vCenter it fails late with a vague fault: check it here.
-	if err := c.hostSeesDatastore(ctx, host, ds); err != nil {
+	// real vCenter it fails late with a vague fault: check the VM's
+	// datastore and every image disk's here.
+	mounted, hostName, err := c.hostDatastores(ctx, host)
+	if err != nil {
 		return types.ManagedObjectReference{}, err
+	}
+	if !mounted[ds] {
+		return types.ManagedObjectReference{}, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, hostName))
+	}
+	for _, d := range s.Disks {
+		dp, _ := parseDatastorePath(d.Parent)
+		if !mounted[dp.Datastore] {
+			return types.ManagedObjectReference{}, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, hostName))
+		}
 	}
 	backings := make([]types.BaseVirtualDeviceBackingInfo, len(s.NICs))
 	for i, n := range s.NICs {
@@ -450,23 +461,24 @@ func (c *Client) pool(ctx context.Context, host *object.HostSystem, poolPath str
 	return p, nil
 }
 
-func (c *Client) hostSeesDatastore(ctx context.Context, host *object.HostSystem, name string) error {
+// hostDatastores returns the names of the datastores the host mounts, and
+// the host's name for messages.
+func (c *Client) hostDatastores(ctx context.Context, host *object.HostSystem) (map[string]bool, string, error) {
 	var h mo.HostSystem
 	if err := host.Properties(ctx, host.Reference(), []string{"name", "datastore"}, &h); err != nil {
-		return fmt.Errorf("datastores of host: %w", err)
+		return nil, "", fmt.Errorf("datastores of host: %w", err)
 	}
+	out := map[string]bool{}
 	if len(h.Datastore) > 0 {
 		var dss []mo.Datastore
 		if err := property.DefaultCollector(c.vc).Retrieve(ctx, h.Datastore, []string{"name"}, &dss); err != nil {
-			return fmt.Errorf("datastores of host %s: %w", h.Name, err)
+			return nil, "", fmt.Errorf("datastores of host %s: %w", h.Name, err)
 		}
 		for _, d := range dss {
-			if d.Name == name {
-				return nil
-			}
+			out[d.Name] = true
 		}
 	}
-	return Permanent(fmt.Errorf("datastore %s is not mounted on host %s", name, h.Name))
+	return out, h.Name, nil
 }
 
 func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
