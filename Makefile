@@ -11,8 +11,8 @@ TEST_FLAGS ?= -count=1 -timeout 20m
 help: ## Show the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/podvisor
-	$(GO) build -o $(BIN) ./cmd/podvisor
+build: ## Build bin/podvisor (and bin/govc, an independent vSphere client for the tour and e2e)
+	$(GO) build -o bin/ ./cmd/podvisor ./cmd/govc
 
 up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
 	./$(BIN) up $(UP_FLAGS)
