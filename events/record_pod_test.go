@@ -2,6 +2,7 @@ package events
 
 import (
 	"encoding/json"
+	"os"
 	"testing"
 	"time"
 
@@ -100,5 +101,32 @@ func TestPodRecordReleases(t *testing.T) {
 	}
 	if d := r.ImageDigests(); len(d) != 2 {
 		t.Errorf("ImageDigests = %v, want the 2 distinct digests", d)
+	}
+}
+
+// TestPodRecordSample decodes the documented sample strictly: what the CLI
+// and other readers can rely on is exactly what the provisioner writes.
+func TestPodRecordSample(t *testing.T) {
+	data, err := os.ReadFile("testdata/records/pod.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r PodRecord
+	if err := unmarshalStrict(data, &r); err != nil {
+		t.Fatalf("testdata/records/pod.json: %v", err)
+	}
+	if r.Key() != "default/web" || PodRecordKey(r.Namespace, r.Name) != "default.web" || len(r.Conditions) != 6 || r.Phase != PodPhaseRunning {
+		t.Errorf("sample = key %s phase %s conditions %d", r.Key(), r.Phase, len(r.Conditions))
+	}
+	if r.Size != SizePodVM(&r.Pod) {
+		t.Errorf("sample size %+v, SizePodVM says %+v", r.Size, SizePodVM(&r.Pod))
+	}
+	again, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back PodRecord
+	if err := unmarshalStrict(again, &back); err != nil || back.VMRef != r.VMRef || back.Attachments[0].IP != r.IP {
+		t.Errorf("round trip: %v", err)
 	}
 }
