@@ -135,10 +135,20 @@ func testConfig() Config {
 // start runs the service until the test ends.
 func (w *world) start(cfg Config) *Service {
 	w.t.Helper()
-	svc, err := newService(cfg, w.bus, w.vm, testLogger(w.t))
+	return w.runService(newServiceForTest(w.t, w, cfg))
+}
+
+func newServiceForTest(t *testing.T, w *world, cfg Config) *Service {
+	t.Helper()
+	svc, err := newService(cfg, w.bus, w.vm, testLogger(t))
 	if err != nil {
-		w.t.Fatalf("new service: %v", err)
+		t.Fatalf("new service: %v", err)
 	}
+	return svc
+}
+
+// runService runs svc until the test ends.
+func (w *world) runService(svc *Service) *Service {
 	w.svc = svc
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -287,6 +297,17 @@ func (w *world) migration(id string) *events.MigrationRecord {
 	}
 	return r
 }
+
+// migrationPhase is a migration's phase, "" while it has no record.
+func (w *world) migrationPhase(id string) string {
+	r, err := w.svc.store.migration(context.Background(), id)
+	if err != nil || r == nil {
+		return ""
+	}
+	return r.Phase
+}
+
+type eventT = event.Event
 
 // publish sends an event as a client or another service would.
 func (w *world) publish(source, ceType string, p events.Payload) event.Event {

@@ -39,7 +39,12 @@ func TestMigrateToNamedHost(t *testing.T) {
 	if strings.Join(phases, ",") != strings.Join(want, ",") {
 		t.Errorf("progress phases %v, want %v", phases, want)
 	}
+	// The event goes out before the record is final.
+	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-to") == events.MigrationPhaseCompleted })
 	r := w.migration("m-to")
+	if r.VMRef != p.vm.Value {
+		t.Errorf("record vmRef %q, want %s", r.VMRef, p.vm.Value)
+	}
 	if r.Phase != events.MigrationPhaseCompleted || r.Percent != 100 || r.EndedAt.IsZero() || r.StartedAt.IsZero() {
 		t.Errorf("record = %+v, want Completed at 100%% with start and end times", r)
 	}
@@ -77,9 +82,7 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 	if want := w.dc.Clusters()[1].ResourcePool; pool != want {
 		t.Errorf("VM in pool %s, want %s (cluster-2's)", pool.Value, want.Value)
 	}
-	if r := w.podRecord("api"); r.Host != b[1] {
-		t.Errorf("pod record on %s, want %s", r.Host, b[1])
-	}
+	eventually(t, "the provisioner's record follows", func() bool { return w.podRecord("api").Host == b[1] })
 }
 
 // TestTargetLackingNetworkIsRefused: a pod on "backend" (cluster-1 only)
@@ -106,6 +109,7 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 	if got, _ := w.vmHost(p.vm); got != a[0] {
 		t.Errorf("VM moved to %s despite the refusal", got)
 	}
+	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-net") == events.MigrationPhaseFailed })
 	r := w.migration("m-net")
 	if r.Phase != events.MigrationPhaseFailed || r.Reason != ReasonNetworkMissingOnTarget {
 		t.Errorf("record %s/%s, want Failed/%s", r.Phase, r.Reason, ReasonNetworkMissingOnTarget)

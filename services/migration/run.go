@@ -80,6 +80,7 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	if r.CancelRequested && !r.Started() {
 		return s.cancelled(ctx, r, "Cancelled", "cancelled before relocating")
 	}
+	began := time.Now()
 	resumedTask := r.RelocateTask
 	r, err := s.setPhase(ctx, r, events.PhasePrechecking, 0)
 	if err != nil {
@@ -134,11 +135,13 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	}
 	s.mu.Unlock()
 
+	prechecked := time.Now()
 	if !plan.alreadyThere {
 		if err := s.relocate(ctx, r, plan); err != nil {
 			return err
 		}
 	}
+	s.log.Debug("relocated", "migration", r.ID, "precheck", prechecked.Sub(began), "relocate", time.Since(prechecked))
 	return s.finalize(ctx, r)
 }
 
@@ -311,7 +314,7 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 		return refuse(ReasonRelocateFailed, "%v", err)
 	}
 	if _, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
-		rec.RelocateTask = ref.Value
+		rec.RelocateTask, rec.VMRef = ref.Value, p.vmRef
 		return rec.Active()
 	}); err != nil {
 		return err

@@ -17,6 +17,10 @@ import (
 // out, so a vCenter that stopped answering cannot hold the caller.
 const defaultCancelTimeout = 10 * time.Second
 
+// waitAttempts bounds how often Wait resumes waiting on a task after the
+// connection to vCenter failed.
+const waitAttempts = 5
+
 func newViews(vc *vim25.Client) *view.Manager { return view.NewManager(vc) }
 
 // progressSink hands vCenter's task progress to report; the waiter closes

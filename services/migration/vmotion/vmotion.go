@@ -15,10 +15,12 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
@@ -40,17 +42,125 @@ const VMPrefix = "pv-"
 var ErrNotFound = errors.New("not found")
 
 // Client talks to one datacenter.
+//
+// Host and datastore names, and each cluster's resource pool, are cached:
+// prechecks look them up several times per migration, vCenter has no
+// cheap lookup by name (the finder walks the inventory), and they change
+// rarely. A name not in the cache refreshes it once.
 type Client struct {
-	vc     *vim25.Client
-	dc     *object.Datacenter
-	finder *find.Finder
+	vc *vim25.Client
+	dc *object.Datacenter
+
+	mu        sync.Mutex
+	hostRefs  map[string]types.ManagedObjectReference
+	nameByRef map[types.ManagedObjectReference]string
+	poolOf    map[types.ManagedObjectReference]types.ManagedObjectReference // host → its cluster's pool
+	refreshed time.Time
 }
 
 // New returns a client for the datacenter dc.
 func New(vc *vim25.Client, dc *object.Datacenter) *Client {
-	f := find.NewFinder(vc, false)
-	f.SetDatacenter(dc)
-	return &Client{vc: vc, dc: dc, finder: f}
+	return &Client{vc: vc, dc: dc}
+}
+
+// minRefresh bounds how often a miss re-reads the inventory.
+const minRefresh = time.Second
+
+// refresh re-reads hosts (name, cluster pool) and datastores (name).
+func (c *Client) refresh(ctx context.Context) error {
+	v, err := newViews(c.vc).CreateContainerView(ctx, c.dc.Reference(), []string{"HostSystem", "Datastore", "ComputeResource", "ClusterComputeResource"}, true)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	var hosts []mo.HostSystem
+	if err := v.Retrieve(ctx, []string{"HostSystem"}, []string{"name", "parent"}, &hosts); err != nil {
+		return fmt.Errorf("list hosts: %w", err)
+	}
+	var dss []mo.Datastore
+	if err := v.Retrieve(ctx, []string{"Datastore"}, []string{"name"}, &dss); err != nil {
+		return fmt.Errorf("list datastores: %w", err)
+	}
+	var crs []mo.ComputeResource
+	if err := v.Retrieve(ctx, []string{"ComputeResource", "ClusterComputeResource"}, []string{"resourcePool"}, &crs); err != nil {
+		return fmt.Errorf("list clusters: %w", err)
+	}
+	pools := map[types.ManagedObjectReference]types.ManagedObjectReference{}
+	for _, cr := range crs {
+		if cr.ResourcePool != nil {
+			pools[cr.Self] = *cr.ResourcePool
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hostRefs = map[string]types.ManagedObjectReference{}
+	c.nameByRef = map[types.ManagedObjectReference]string{}
+	c.poolOf = map[types.ManagedObjectReference]types.ManagedObjectReference{}
+	for _, h := range hosts {
+		c.hostRefs[h.Name] = h.Self
+		c.nameByRef[h.Self] = h.Name
+		if h.Parent != nil {
+			c.poolOf[h.Self] = pools[*h.Parent]
+		}
+	}
+	for _, d := range dss {
+		c.nameByRef[d.Self] = d.Name
+	}
+	c.refreshed = time.Now()
+	return nil
+}
+
+// hostRef finds a host by name, refreshing the cache on a miss.
+func (c *Client) hostRef(ctx context.Context, name string) (types.ManagedObjectReference, error) {
+	c.mu.Lock()
+	ref, ok := c.hostRefs[name]
+	stale := time.Since(c.refreshed) > minRefresh
+	c.mu.Unlock()
+	if ok {
+		return ref, nil
+	}
+	if stale {
+		if err := c.refresh(ctx); err != nil {
+			return ref, err
+		}
+		c.mu.Lock()
+		ref, ok = c.hostRefs[name]
+		c.mu.Unlock()
+		if ok {
+			return ref, nil
+		}
+	}
+	return ref, fmt.Errorf("host %s: %w", name, ErrNotFound)
+}
+
+// nameOf names hosts and datastores from the cache.
+func (c *Client) nameOf(ctx context.Context, refs []types.ManagedObjectReference) ([]string, error) {
+	out := make([]string, 0, len(refs))
+	for pass := 0; pass < 2; pass++ {
+		out = out[:0]
+		missing := false
+		c.mu.Lock()
+		for _, r := range refs {
+			n, ok := c.nameByRef[r]
+			if !ok {
+				missing = true
+				break
+			}
+			out = append(out, n)
+		}
+		c.mu.Unlock()
+		if !missing {
+			slices.Sort(out)
+			return out, nil
+		}
+		if pass == 0 {
+			if err := c.refresh(ctx); err != nil {
+				return nil, err
+			}
+		}
+	}
+	// Not a host or datastore of this datacenter: ask vCenter.
+	return c.retrieveNames(ctx, refs)
 }
 
 // Host is what a migration needs to know about a host.
@@ -71,39 +181,32 @@ func (h *Host) Connected() bool {
 	return h.ConnectionState == string(types.HostSystemConnectionStateConnected)
 }
 
-// Host looks a host up by name.
+// Host looks a host up by name and reads its current state.
 func (c *Client) Host(ctx context.Context, name string) (*Host, error) {
-	hs, err := c.finder.HostSystem(ctx, name)
+	ref, err := c.hostRef(ctx, name)
 	if err != nil {
-		var nf *find.NotFoundError
-		if errors.As(err, &nf) {
+		return nil, err
+	}
+	var m mo.HostSystem
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name", "runtime", "datastore"}, &m); err != nil {
+		if isNotFound(err) {
 			return nil, fmt.Errorf("host %s: %w", name, ErrNotFound)
 		}
 		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
-	var m mo.HostSystem
-	if err := hs.Properties(ctx, hs.Reference(), []string{"name", "parent", "runtime", "datastore"}, &m); err != nil {
-		return nil, fmt.Errorf("host %s: %w", name, err)
-	}
 	h := &Host{Name: m.Name, Ref: m.Self, ConnectionState: string(m.Runtime.ConnectionState), Maintenance: m.Runtime.InMaintenanceMode}
-	names, err := c.names(ctx, m.Datastore)
+	names, err := c.nameOf(ctx, m.Datastore)
 	if err != nil {
 		return nil, fmt.Errorf("host %s datastores: %w", name, err)
 	}
 	h.Datastores = names
-	if m.Parent != nil {
-		var cr mo.ComputeResource
-		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, *m.Parent, []string{"resourcePool"}, &cr); err != nil {
-			return nil, fmt.Errorf("host %s cluster: %w", name, err)
-		}
-		if cr.ResourcePool != nil {
-			h.Pool = *cr.ResourcePool
-		}
-	}
+	c.mu.Lock()
+	h.Pool = c.poolOf[ref]
+	c.mu.Unlock()
 	return h, nil
 }
 
-func (c *Client) names(ctx context.Context, refs []types.ManagedObjectReference) ([]string, error) {
+func (c *Client) retrieveNames(ctx context.Context, refs []types.ManagedObjectReference) ([]string, error) {
 	if len(refs) == 0 {
 		return nil, nil
 	}
@@ -185,7 +288,7 @@ func (c *Client) toVMs(ctx context.Context, ms []mo.VirtualMachine) ([]VM, error
 		if m.Runtime.Host != nil {
 			name, ok := hostNames[*m.Runtime.Host]
 			if !ok {
-				names, err := c.names(ctx, []types.ManagedObjectReference{*m.Runtime.Host})
+				names, err := c.nameOf(ctx, []types.ManagedObjectReference{*m.Runtime.Host})
 				if err != nil {
 					return nil, fmt.Errorf("VM %s host: %w", m.Name, err)
 				}
@@ -196,7 +299,7 @@ func (c *Client) toVMs(ctx context.Context, ms []mo.VirtualMachine) ([]VM, error
 			}
 			vm.Host = name
 		}
-		ds, err := c.names(ctx, m.Datastore)
+		ds, err := c.nameOf(ctx, m.Datastore)
 		if err != nil {
 			return nil, fmt.Errorf("VM %s datastores: %w", m.Name, err)
 		}
@@ -249,14 +352,30 @@ func (c *Client) StartRelocate(ctx context.Context, mv Move) (types.ManagedObjec
 // running: a process that stops keeps its vMotion going and waits for it
 // again after a restart; a caller that gave up on the task calls CancelTask.
 func (c *Client) Wait(ctx context.Context, ref types.ManagedObjectReference, report func(percent int)) error {
-	_, err := object.NewTask(c.vc, ref).WaitForResultEx(ctx, progressSink(report))
-	if err != nil && ctx.Err() != nil {
-		return ctx.Err()
+	var err error
+	for attempt := 1; ; attempt++ {
+		// WaitForResult makes a property collector per call: waits for
+		// several migrations run at once (WaitForResultEx shares one).
+		_, err = object.NewTask(c.vc, ref).WaitForResult(ctx, progressSink(report))
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var te task.Error
+		if errors.As(err, &te) || attempt == waitAttempts {
+			return faultMessage(err)
+		}
+		// The task's own outcome is a task.Error; anything else is the
+		// connection to vCenter failing while the task runs on, so wait
+		// for it again.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
+		}
 	}
-	if err != nil {
-		return faultMessage(err)
-	}
-	return nil
 }
 
 // CancelTask asks vCenter to cancel a task (best effort: vCenter refuses

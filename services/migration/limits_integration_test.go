@@ -1,0 +1,221 @@
+package migration
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// TestTenRequestsForOnePodRunOne: ten concurrent requests for one pod →
+// one migration runs, nine are rejected as AlreadyMigrating, and the
+// reservations the scheduler made for the nine are released.
+func TestTenRequestsForOnePodRunOne(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	if err := w.dc.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("single", h[0])
+
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.migrate(fmt.Sprintf("race-%d", i), p, h[1+i%3])
+		}()
+	}
+	wg.Wait()
+	completed, rejected := 0, 0
+	for i := range 10 {
+		typ, payload := w.waitEnd(fmt.Sprintf("race-%d", i))
+		switch typ {
+		case events.TypeMigrationCompleted:
+			completed++
+		case events.TypeMigrationRejected:
+			if r := payload.(*events.MigrationRejected); r.Reason != ReasonAlreadyMigrating || !strings.Contains(r.Message, "already migrating") {
+				t.Errorf("rejected = %+v, want %s", r, ReasonAlreadyMigrating)
+			}
+			rejected++
+		default:
+			t.Errorf("race-%d ended with %s %+v", i, typ, payload)
+		}
+	}
+	if completed != 1 || rejected != 9 {
+		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
+	}
+	// Every reservation made for a rejected request is released.
+	eventually(t, "nine reservations are released", func() bool {
+		released := map[string]bool{}
+		for _, c := range collect[*events.MigrationCancelled](w.rec) {
+			released[c.ID] = true
+		}
+		return len(released) == 9
+	})
+	var moved int
+	for _, pr := range collect[*events.MigrationProgress](w.rec) {
+		if pr.Phase == events.PhaseRelocating && pr.Percent == 0 {
+			moved++
+		}
+	}
+	if moved != 1 {
+		t.Errorf("%d relocations started, want 1", moved)
+	}
+}
+
+// TestFiftyRequestsRespectTheLimits: 50 migrations over 8 hosts in 2
+// clusters never run more than 2 from one host or 5 in one cluster, queue
+// with visible positions, and all complete.
+func TestFiftyRequestsRespectTheLimits(t *testing.T) {
+	w := newWorld(t, 2, 4)
+	if err := w.dc.SetTaskDelay("RelocateVm", 40*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	w.start(testConfig())
+	var hosts []string
+	for i := range 2 {
+		hosts = append(hosts, w.clusterHosts(i)...)
+	}
+	var pods []pod
+	for i := range 50 {
+		pods = append(pods, w.runPod(fmt.Sprintf("p%02d", i), hosts[i%len(hosts)]))
+	}
+	for i, p := range pods {
+		w.migrate(fmt.Sprintf("bulk-%02d", i), p, "")
+	}
+	for i := range pods {
+		if typ, payload := w.waitEnd(fmt.Sprintf("bulk-%02d", i)); typ != events.TypeMigrationCompleted {
+			t.Fatalf("bulk-%02d ended with %s %+v", i, typ, payload)
+		}
+	}
+
+	// Replay the stream of events: a migration holds room from its
+	// Prechecking to its end.
+	type move struct{ source, sourceCluster, targetCluster string }
+	moves := map[string]move{}
+	for _, r := range collect[*events.MigrationTargetReserved](w.rec) {
+		moves[r.ID] = move{r.SourceHost, w.clusterOf(r.SourceHost), r.TargetCluster}
+	}
+	active := map[string]move{}
+	maxHost, maxCluster, queuedBehind := 0, 0, 0
+	for _, e := range w.rec.events() {
+		switch v := e.p.(type) {
+		case *events.MigrationProgress:
+			if v.Phase == events.PhaseQueued && v.QueuePosition > 0 {
+				queuedBehind++
+			}
+			if v.Phase != events.PhasePrechecking {
+				continue
+			}
+			active[v.ID] = moves[v.ID]
+			byHost, byCluster := map[string]int{}, map[string]int{}
+			for _, m := range active {
+				byHost[m.source]++
+				byCluster[m.sourceCluster]++
+				if m.targetCluster != m.sourceCluster {
+					byCluster[m.targetCluster]++
+				}
+			}
+			for _, n := range byHost {
+				maxHost = max(maxHost, n)
+			}
+			for _, n := range byCluster {
+				maxCluster = max(maxCluster, n)
+			}
+		case *events.MigrationCompleted:
+			delete(active, v.ID)
+		case *events.MigrationFailed:
+			delete(active, v.ID)
+		}
+	}
+	if maxHost > 2 || maxCluster > 5 {
+		t.Errorf("at most %d migrations from one host and %d in one cluster ran at once, want ≤ 2 and ≤ 5", maxHost, maxCluster)
+	}
+	if maxCluster < 5 {
+		t.Errorf("at most %d migrations ran at once in a cluster: the limits were never reached, so the test proves nothing", maxCluster)
+	}
+	if queuedBehind == 0 {
+		t.Error("no migration was reported queued behind others")
+	}
+	for _, p := range pods {
+		if got, _ := w.vmHost(p.vm); got == p.host {
+			t.Errorf("%s still on %s", p.name, got)
+		}
+	}
+	t.Logf("peak concurrency: %d per host, %d per cluster; %d queued behind others", maxHost, maxCluster, queuedBehind)
+}
+
+// TestCancel: a queued migration is cancelled (its reservation released),
+// one still prechecking is cancelled at the checkpoint before the vMotion,
+// and a cancel that comes once relocating began is refused.
+func TestCancel(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	if err := w.dc.SetTaskDelay("RelocateVm", 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Limits.PerSourceHost = 1
+	svc := newServiceForTest(t, w, cfg)
+	gate := make(chan struct{})
+	held := make(chan struct{}, 1)
+	svc.hooks.beforeRelocate = func(id string) {
+		if id == "held" {
+			held <- struct{}{}
+			<-gate
+		}
+	}
+	w.runService(svc)
+	h := w.clusterHosts(0)
+	first, second := w.runPod("first", h[0]), w.runPod("second", h[0])
+	third := w.runPod("third", h[1])
+
+	// "moving" relocates (300 ms); "waiting" queues behind it on h[0].
+	w.migrate("moving", first, h[2])
+	w.rec.wait(t, 10*time.Second, func(_ eventT, p any) bool {
+		v, ok := p.(*events.MigrationProgress)
+		return ok && v.ID == "moving" && v.Phase == events.PhaseRelocating
+	})
+	w.migrate("waiting", second, h[3])
+	eventually(t, "waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "waiting", Namespace: "default", Pod: "second"})
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "moving", Namespace: "default", Pod: "first"})
+
+	typ, payload := w.waitEnd("waiting")
+	if c, ok := payload.(*events.MigrationCancelled); typ != events.TypeMigrationCancelled || !ok || c.TargetHost != h[3] {
+		t.Errorf("waiting ended with %s %+v, want cancelled releasing %s", typ, payload, h[3])
+	}
+	if typ, payload := w.waitEnd("moving"); typ != events.TypeMigrationCompleted {
+		t.Errorf("moving ended with %s %+v: a cancel after relocating began must be refused", typ, payload)
+	}
+	eventually(t, "moving's record is final", func() bool { return w.migrationPhase("moving") == events.MigrationPhaseCompleted })
+	if r := w.migration("moving"); !r.CancelRequested || r.Phase != events.MigrationPhaseCompleted {
+		t.Errorf("moving record %s, cancelRequested %v: want Completed with the refused cancel noted", r.Phase, r.CancelRequested)
+	}
+	if got, _ := w.vmHost(second.vm); got != h[0] {
+		t.Errorf("cancelled pod moved to %s", got)
+	}
+
+	// "held" passes its prechecks and waits at the hook; the cancel lands
+	// before the vMotion starts.
+	w.migrate("held", third, h[2])
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("held never reached the relocation checkpoint")
+	}
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "held", Namespace: "default", Pod: "third"})
+	eventually(t, "the cancel is recorded", func() bool { return w.migration("held").CancelRequested })
+	close(gate)
+	if typ, payload := w.waitEnd("held"); typ != events.TypeMigrationCancelled {
+		t.Errorf("held ended with %s %+v, want cancelled", typ, payload)
+	}
+	if got, _ := w.vmHost(third.vm); got != h[1] {
+		t.Errorf("cancelled pod moved to %s", got)
+	}
+	eventually(t, "held's record says Cancelled", func() bool { return w.migrationPhase("held") == events.MigrationPhaseCancelled })
+}
