@@ -77,9 +77,10 @@ func (s *Service) reconcileLocked(ctx context.Context, cause *event.Event, name 
 
 // apply pushes rec's current version: the switch of its scope exists, the
 // port group carries the version's settings, every host in scope is a
-// member (joined in parallel, bounded), hosts out of scope have left, and
-// each host's realized state is read back. With probe, the management
-// connectivity of the hosts is then watched for the probe window.
+// member (the missing ones join in one batch), hosts out of scope have left,
+// and each host's realized state is read back, in parallel and bounded by
+// Config.PushParallelism. With probe, the management connectivity of the
+// hosts is then watched for the probe window if anything changed.
 func (s *Service) apply(ctx context.Context, rec *events.NetworkRecord, probe bool) (ro *rollout, err error) {
 	ctx, sp := span(ctx, "netconfig push", attribute.String("network", rec.Name), attribute.Int64("network.version", rec.Version))
 	defer func() { end(sp, err) }()
