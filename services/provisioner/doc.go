@@ -68,8 +68,8 @@
 // # Drift repair
 //
 // Every Config.ResyncInterval, Resync compares all records with the pod VMs
-// below the podvisor folder: orphan VMs (no record) and stale VMs are
-// destroyed, Running pods without a VM are provisioned again, powered-off VMs
+// below the podvisor folder: orphan VMs (no record), stale VMs of earlier
+// placements and VMs a Failed pod still has are destroyed, Running pods without a VM are provisioned again, powered-off VMs
 // of Running pods are powered on, and pods stuck half-way are driven on.
 // Every repair is logged and counted in podvisor_provisioner_repairs_total
 // {kind}.
