@@ -616,3 +616,7 @@ func (w *world) publishAsync(source, ceType string, p events.Payload) {
 		}
 	}()
 }
+
+func vmRef(v string) types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VirtualMachine", Value: v}
+}

@@ -1,0 +1,196 @@
+package migration
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func (w *world) drainRecord(host string) *events.DrainRecord {
+	w.t.Helper()
+	d, _, err := w.svc.store.drain(context.Background(), host)
+	if err != nil {
+		w.t.Fatalf("drain record %s: %v", host, err)
+	}
+	return d
+}
+
+func (w *world) waitDrained(host string) *events.HostDrained {
+	w.t.Helper()
+	ev := w.rec.wait(w.t, 30*time.Second, func(_ eventT, p any) bool {
+		d, ok := p.(*events.HostDrained)
+		return ok && d.Name == host
+	})
+	p, _ := events.Decode(ev.Type(), ev.Data())
+	return p.(*events.HostDrained)
+}
+
+// TestDrainHostWithTenPods: the host is cordoned, its ten pods move to other
+// hosts within the per-host limit, it enters maintenance mode (vCenter says
+// so), host.drained counts ten; uncordon takes it out of maintenance.
+func TestDrainHostWithTenPods(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	if err := w.dc.SetTaskDelay("RelocateVm", 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	var pods []pod
+	for i := range 10 {
+		pods = append(pods, w.runPod(fmt.Sprintf("d%d", i), h[0]))
+	}
+	other := w.runPod("bystander", h[1])
+
+	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	d := w.waitDrained(h[0])
+	if d.Migrated != 10 || len(d.Unmovable) != 0 {
+		t.Fatalf("drained = %+v, want 10 migrated, none unmovable", d)
+	}
+	cordoned := collect[*events.HostCordoned](w.rec)
+	if len(cordoned) != 1 || cordoned[0].Name != h[0] || cordoned[0].Reason != "Drain" {
+		t.Errorf("cordoned = %+v, want one for %s with reason Drain", cordoned, h[0])
+	}
+	for _, p := range pods {
+		if got, _ := w.vmHost(p.vm); got == h[0] {
+			t.Errorf("%s still on the drained host", p.name)
+		}
+	}
+	if got, _ := w.vmHost(other.vm); got != h[1] {
+		t.Errorf("a pod of another host moved to %s", got)
+	}
+	host, err := w.vm.Host(t.Context(), h[0])
+	if err != nil || !host.Maintenance {
+		t.Fatalf("host %s maintenance = %v (%v), want true", h[0], host != nil && host.Maintenance, err)
+	}
+	rec := w.drainRecord(h[0])
+	if rec.Phase != events.DrainPhaseDrained || rec.Migrated != 10 || len(rec.Migrations) != 10 {
+		t.Errorf("drain record = %+v", rec)
+	}
+	for _, id := range rec.Migrations {
+		if m := w.migration(id); m.Drain != h[0] || m.SourceHost != h[0] {
+			t.Errorf("migration %s: drain %q from %q", id, m.Drain, m.SourceHost)
+		}
+	}
+	// One migration per pod, no more.
+	if n := len(collect[*events.MigrationRequested](w.rec)); n != 10 {
+		t.Errorf("%d migrations requested, want 10", n)
+	}
+
+	w.publish("podvisor/cli", events.TypeHostUncordoned, &events.HostUncordoned{Name: h[0]})
+	eventually(t, "the host leaves maintenance mode", func() bool {
+		host, err := w.vm.Host(t.Context(), h[0])
+		return err == nil && !host.Maintenance
+	})
+	eventually(t, "the drain record says Uncordoned", func() bool { return w.drainRecord(h[0]).Phase == events.DrainPhaseUncordoned })
+}
+
+// TestDrainListsUnmovablePods: a pod whose network exists only on the
+// drained host cannot move; the drain names it with the reason, and the
+// host stays out of maintenance.
+func TestDrainListsUnmovablePods(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	w.network("local", h[0])
+	movable := w.runPod("movable", h[0])
+	stuck := w.runPod("stuck", h[0], "local")
+
+	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	d := w.waitDrained(h[0])
+	if d.Migrated != 1 || len(d.Unmovable) != 1 {
+		t.Fatalf("drained = %+v, want 1 migrated and 1 unmovable", d)
+	}
+	u := d.Unmovable[0]
+	if u.Name != "stuck" || u.UID != stuck.uid || u.Reason != ReasonNetworkMissingOnTarget {
+		t.Errorf("unmovable = %+v, want stuck with %s", u, ReasonNetworkMissingOnTarget)
+	}
+	if got, _ := w.vmHost(movable.vm); got == h[0] {
+		t.Error("the movable pod stayed")
+	}
+	if host, err := w.vm.Host(t.Context(), h[0]); err != nil || host.Maintenance {
+		t.Errorf("host entered maintenance mode with a pod still on it (%v)", err)
+	}
+	if rec := w.drainRecord(h[0]); rec.Phase != events.DrainPhaseIncomplete || len(rec.Unmovable) != 1 {
+		t.Errorf("drain record = %+v, want Incomplete with the unmovable pod", rec)
+	}
+}
+
+// TestHostFailureRestartsPodsElsewhere: host.lost evicts the host's pods
+// (the stand-in provisioner restarts them on other hosts), a migration to
+// the lost host fails its prechecks; host.recovered removes the VMs left on the
+// host without touching the pods' current VMs.
+func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	var pods []pod
+	for i := range 3 {
+		pods = append(pods, w.runPod(fmt.Sprintf("ha%d", i), h[1]))
+	}
+	safe := w.runPod("safe", h[2])
+	ctx := t.Context()
+
+	if err := w.dc.FailHost(ctx, h[1]); err != nil {
+		t.Fatal(err)
+	}
+	// The scheduler's inventory watch would publish this.
+	w.publish("podvisor/scheduler", events.TypeHostLost, &events.HostLost{Name: h[1], Cluster: w.clusterOf(h[1]), Reason: "NotResponding"})
+	eventually(t, "every pod runs on another host", func() bool {
+		for _, p := range pods {
+			r := w.podRecord(p.name)
+			if r.Phase != events.PodPhaseRunning || r.Host == h[1] {
+				return false
+			}
+		}
+		return true
+	})
+	evicted := collect[*events.PodEvicted](w.rec)
+	if len(evicted) != 3 {
+		t.Fatalf("%d evictions, want 3: %+v", len(evicted), evicted)
+	}
+	for _, e := range evicted {
+		if e.Host != h[1] || e.Reason != ReasonHostLost {
+			t.Errorf("evicted = %+v", e)
+		}
+	}
+	if r := w.podRecord("safe"); r.Host != h[2] {
+		t.Errorf("a pod of a healthy host was evicted: %+v", r)
+	}
+	// The old VMs are still registered on the dead host.
+	for _, p := range pods {
+		if !w.vmExists(p.vm) {
+			t.Fatalf("%s's old VM vanished before the host came back", p.name)
+		}
+	}
+
+	// A migration towards the dead host fails in its prechecks.
+	w.migrate("to-dead", safe, h[1])
+	if typ, payload := w.waitEnd("to-dead"); typ != events.TypeMigrationFailed {
+		t.Errorf("migration to a lost host ended with %s %+v", typ, payload)
+	}
+
+	if err := w.dc.RecoverHost(ctx, h[1]); err != nil {
+		t.Fatal(err)
+	}
+	w.publish("podvisor/scheduler", events.TypeHostRecovered, &events.HostRecovered{Name: h[1], Cluster: w.clusterOf(h[1])})
+	eventually(t, "the leftover VMs are removed", func() bool {
+		for _, p := range pods {
+			if w.vmExists(p.vm) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, p := range pods {
+		r := w.podRecord(p.name)
+		if !w.vmExists(vmRef(r.VMRef)) {
+			t.Errorf("%s's current VM %s was removed", p.name, r.VMRef)
+		}
+	}
+	if !w.vmExists(safe.vm) {
+		t.Error("a healthy pod's VM was removed")
+	}
+}
