@@ -17,9 +17,6 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// ErrHostNotFound is returned (wrapped) for a host name vCenter does not know.
-var ErrHostNotFound = errors.New("host not found")
-
 // ErrSwitchNotFound is returned (wrapped) for a distributed switch that does
 // not exist.
 var ErrSwitchNotFound = errors.New("distributed switch not found")
