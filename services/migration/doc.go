@@ -1,0 +1,100 @@
+// Package migration is podvisor's migration service: it moves running pod
+// VMs between hosts with vMotion, empties hosts for maintenance (drain), and
+// restarts the pods of a host that stopped responding elsewhere (host loss).
+//
+// # A migration
+//
+// A client publishes migration.requested (`podvisor migrate pod web --to
+// esx-1-03`, or a Migration object through `podvisor apply`). Two services
+// take it from there:
+//
+//  1. The scheduler picks (or checks) a target that carries every network of
+//     the pod and has room, reserves that room in its ledger and answers
+//     migration.target.reserved, or migration.rejected with a reason.
+//  2. This service records the request (KV `migrations`, key = migration
+//     ID) and allows one active migration per pod: a second request for a
+//     pod that is already moving is rejected at once with reason
+//     AlreadyMigrating, and the reservation the scheduler may still make
+//     for it is released (migration.cancelled).
+//
+// Once reserved, the migration waits in a queue for room. vMotion saturates
+// the source host's vMotion network and a cluster's shared links, so at most
+// Limits.PerSourceHost migrations (default 2) leave one host and at most
+// Limits.PerCluster (default 5) touch one cluster at a time — a cross-cluster
+// move counts in both. Migrations start in arrival order, except that one
+// blocked by a busy host does not hold back one from an idle host. While
+// queued, the record and migration.progress say how many are ahead and what
+// the migration waits for.
+//
+// With room, the migration runs its prechecks. The simulator's RelocateVM
+// checks nothing — it moves a VM onto a disconnected host, a host in
+// maintenance, or one without the VM's datastore — so these checks are the
+// product: the pod is Running on the source host and its VM is there; the
+// source answers; the target exists, is connected, not in maintenance mode,
+// not cordoned, mounts every datastore of the VM, and carries every network
+// of the pod (network-config's `net-hosts` read model: realized on the
+// host, not merely in scope). A refusal fails the migration with a reason a
+// person can act on, e.g.
+//
+//	NetworkMissingOnTarget: network backend is not available on esx-2-01
+//	(not in its scope); it is realized on esx-1-01, esx-1-02, esx-1-03
+//
+// Then the vMotion: RelocateVM to the target host and into the resource
+// pool of the target's cluster (which is what makes a cross-cluster move
+// work), reporting vCenter's progress, bounded by RelocateTimeout (a task
+// still running then is cancelled and the migration fails with Timeout).
+// Finally the service confirms where vCenter says the VM runs and publishes
+// migration.completed; the scheduler moves the allocation, the provisioner
+// the pod record, network-config the port binding. Any failure ends in
+// migration.failed with a reason, and the scheduler releases the target.
+//
+// migration.cancel.requested cancels a migration that has not begun
+// relocating (pending, queued, or prechecking: the runner stops at the
+// checkpoint just before the vMotion). Once the vMotion runs a cancel is
+// refused — stopping it half-way would leave the pod nowhere safe — and the
+// record says so.
+//
+// # Drain
+//
+// host.drain.requested (`podvisor drain host esx-1-01`) cordons the host
+// (host.cordoned: the scheduler places nothing more there), requests one
+// migration per running pod — the scheduler picks each target, and the
+// migrations share the queue and limits with all others — waits for them,
+// and, if every pod left, puts the host in maintenance mode. host.drained
+// reports how many moved and lists the pods that could not, with reasons; a
+// host with such pods stays cordoned and out of maintenance. A drain makes up
+// to DrainRounds passes, so pods still being provisioned on the host when it
+// starts are moved once they run. The drain's state is in KV `drains`
+// (events.DrainRecord), so a drain under way resumes after a restart.
+// host.uncordoned (`podvisor uncordon host esx-1-01`) stops a drain and
+// takes the host out of maintenance mode.
+//
+// # Host loss
+//
+// A host that stops responding cannot be vMotioned from. On host.lost (from
+// the scheduler's inventory watch) the service evicts the host's pods
+// (pod.evicted, reason HostLost): the provisioner returns them to Pending
+// and they are scheduled and provisioned elsewhere, as vSphere HA would
+// restart them. Migrations to or from the host that had not begun
+// relocating fail with reason HostLost. When the host answers again
+// (host.recovered), the pod VMs left on it are destroyed — a VM is a
+// leftover when its pod no longer exists, was replaced, or now runs a
+// different VM — and the pods' current VMs are never touched.
+//
+// # State and restarts
+//
+// The records are the truth; the queue, the pod locks and the running
+// drains are rebuilt from them at start. The vMotion task reference is
+// written before the service waits on it, so a restart waits for that task
+// rather than start a second one. Events a migration's runner publishes
+// have ids derived from the migration ID, so a resumed runner's events are
+// de-duplicated by JetStream. The one-migration-per-pod rule and the limits
+// are enforced by one process: run the service as a single replica (a
+// second one would keep its own queue).
+//
+// # Running it
+//
+//	cfg, err := migration.ConfigFromEnv() // PODVISOR_MIGRATION_MAX_PER_HOST, …
+//	svc, err := migration.New(cfg, migration.Deps{Bus: b, VSphere: session, Logger: log})
+//	err = svc.Run(ctx) // blocks; nil when ctx ends
+package migration
