@@ -370,7 +370,7 @@ func TestDevOverlayWiring(t *testing.T) {
 	// The generated vCenter Secret points at the simulator, and the simulator
 	// takes its password from the same Secret.
 	vc := secretWithPrefix(t, objs, "podvisor-vcenter")
-	if want := fmt.Sprintf("https://%s:%d/sdk", simService.Name, servicePort(simService, "vcenter")); secretValue(vc, "url") != want {
+	if want := fmt.Sprintf("http://%s:%d/sdk", simService.Name, servicePort(simService, "vcenter")); secretValue(vc, "url") != want {
 		t.Errorf("dev vCenter url = %q, want %q", secretValue(vc, "url"), want)
 	}
 	if !slices.ContainsFunc(sim.template.Spec.Volumes, func(v corev1.Volume) bool { return v.Secret != nil && v.Secret.SecretName == vc.Name }) {
