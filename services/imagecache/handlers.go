@@ -34,7 +34,6 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	if err != nil {
 		return bus.Permanent(err)
 	}
-	log := s.log.With("ce_type", m.Event.Type(), "key", m.Key)
 	switch e := payload.(type) {
 	case *events.PodAccepted:
 		s.annotate(ctx, e.Namespace, e.Name, e.UID)
@@ -45,10 +44,10 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 				cs[i].Image = e.Images[i]
 			}
 		}
-		return s.onAccepted(ctx, m, log, e, cs)
+		return s.onAccepted(ctx, m, e, cs)
 	case *events.PodScheduled:
 		s.annotate(ctx, e.Namespace, e.Name, e.UID)
-		return s.onScheduled(ctx, m, log, e)
+		return s.onScheduled(ctx, m, e)
 	case *events.PodDeleted:
 		s.annotate(ctx, e.Namespace, e.Name, e.UID)
 		return s.onDeleted(ctx, e)
@@ -69,7 +68,7 @@ func (s *Service) annotate(ctx context.Context, ns, name, uid string) {
 // the chains land on a datastore every host mounts, the pod's images are
 // ready wherever it is scheduled and pod.images.ready goes out now;
 // otherwise pod.scheduled finishes the job.
-func (s *Service) onAccepted(ctx context.Context, m *bus.Message, log interface{ Info(string, ...any) }, e *events.PodAccepted, cs []container) error {
+func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodAccepted, cs []container) error {
 	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
 		return err
 	}
@@ -91,7 +90,7 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, log interface{
 
 // onScheduled makes sure the chosen host sees the pod's chains: a chain on
 // a datastore the host does not mount is copied to one it does.
-func (s *Service) onScheduled(ctx context.Context, m *bus.Message, log interface{ Info(string, ...any) }, e *events.PodScheduled) error {
+func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.PodScheduled) error {
 	cs, err := s.containersOf(ctx, e.Namespace, e.Name, e.UID)
 	if err != nil {
 		return err
@@ -107,11 +106,6 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, log interface
 	if err != nil || failed {
 		return err
 	}
-	published, err := s.db.Client().Get(ctx, il.PodReadyKey(e.UID)).Result()
-	if err == nil && published == readySignature(cs, preps) {
-		return nil // pod.accepted announced exactly these chains
-	}
-	log.Info("images placed for host", "host", e.Host)
 	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
 }
 
@@ -327,7 +321,13 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string) ([]con
 	return cs, s.rememberContainers(ctx, uid, cs)
 }
 
+// publishReady announces the pod's images unless the last announcement
+// named the same disks (pod.accepted already did, or this is a redelivery).
 func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared) error {
+	sig := readySignature(cs, preps)
+	if last, err := s.db.Client().Get(ctx, il.PodReadyKey(uid)).Result(); err == nil && last == sig {
+		return nil
+	}
 	ready := events.PodImagesReady{Namespace: ns, Name: name, UID: uid}
 	for _, c := range cs {
 		p := preps[c.Image]
@@ -343,10 +343,12 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 	if err := s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready); err != nil {
 		return err
 	}
-	return s.db.Client().Set(ctx, il.PodReadyKey(uid), readySignature(cs, preps), 0).Err()
+	return s.db.Client().Set(ctx, il.PodReadyKey(uid), sig, 0).Err()
 }
 
 func (s *Service) publishFailed(ctx context.Context, m *bus.Message, ns, name, uid string, c container, reason string, cause error) error {
+	s.log.Warn("pod images failed", "ce_type", m.Event.Type(), "key", m.Key, "container", c.Name, "image", c.Image,
+		"reason", reason, "err", cause)
 	failed := events.PodImagesFailed{Namespace: ns, Name: name, UID: uid, Container: c.Name, Image: c.Image,
 		Reason: reason, Message: cause.Error()}
 	return s.publish(ctx, m.Event, events.TypePodImagesFailed, events.PodKey(ns, name), &failed)
