@@ -82,8 +82,8 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 			if c.Parent != "" {
 				children[c.Parent]--
 			}
-			s.stats.chainsEvicted.Add(1)
-			s.stats.bytesEvicted.Add(c.Size)
+			s.stats.chainsEvicted.add(1)
+			s.stats.bytesEvicted.add(c.Size)
 			ev := events.ImageEvicted{ChainID: c.ChainID, Disk: c.Disk, Datastore: ds, Bytes: c.Size}
 			evicted = append(evicted, ev)
 			s.log.Info("chain evicted", "chain", events.ChainRecordKey(c.ChainID, ds), "bytes", c.Size)

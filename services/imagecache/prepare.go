@@ -297,11 +297,11 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(r io.Reader, size int64) error {
 		return s.store.UploadBlob(ctx, rec.Datastore, rec.ChainID, r, size)
 	})
-	s.stats.bytesPulled.Add(fetched.Bytes)
+	s.stats.bytesPulled.add(fetched.Bytes)
 	if err != nil {
 		return err
 	}
-	s.stats.layersPulled.Add(1)
+	s.stats.layersPulled.add(1)
 	if err := s.store.CreateDisk(ctx, rec.Datastore, rec.ChainID, fetched.Uncompressed); err != nil {
 		return err
 	}
@@ -323,8 +323,8 @@ func (s *Service) copyChain(ctx context.Context, rec events.ChainRecord, src, to
 		_, err = s.store.Copy(ctx, from, rec.Datastore)
 	}
 	if err == nil {
-		s.stats.chainsCopied.Add(1)
-		s.stats.bytesCopied.Add(rec.Size)
+		s.stats.chainsCopied.add(1)
+		s.stats.bytesCopied.add(rec.Size)
 	}
 	return s.finish(ctx, rec, token, err, false)
 }

@@ -74,7 +74,7 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 	if err := s.db.MarkIntact(ctx); err != nil {
 		return rep, err
 	}
-	s.stats.rebuilds.Add(1)
+	s.stats.rebuilds.add(1)
 	if rep.Chains+rep.Manifests+rep.Partial == 0 {
 		s.log.Info("image metadata initialized (no image folders on the datastores)")
 	} else {

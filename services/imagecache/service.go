@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,10 +49,6 @@ type Stats struct {
 	BytesEvicted  int64
 	// Rebuilds counts metadata rebuilds after Redis lost its data.
 	Rebuilds int64
-}
-
-type counters struct {
-	layersPulled, bytesPulled, chainsCopied, bytesCopied, chainsEvicted, bytesEvicted, rebuilds atomic.Int64
 }
 
 // Service is the image cache.
@@ -109,16 +104,17 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		registry: oci.New(oci.Config{Insecure: cfg.InsecureRegistries}),
 		log:      log.With("service", Name),
 		now:      time.Now,
+		stats:    newCounters(),
 	}, nil
 }
 
 // Stats returns the counters.
 func (s *Service) Stats() Stats {
 	return Stats{
-		LayersPulled: s.stats.layersPulled.Load(), BytesPulled: s.stats.bytesPulled.Load(),
-		ChainsCopied: s.stats.chainsCopied.Load(), BytesCopied: s.stats.bytesCopied.Load(),
-		ChainsEvicted: s.stats.chainsEvicted.Load(), BytesEvicted: s.stats.bytesEvicted.Load(),
-		Rebuilds: s.stats.rebuilds.Load(),
+		LayersPulled: s.stats.layersPulled.load(), BytesPulled: s.stats.bytesPulled.load(),
+		ChainsCopied: s.stats.chainsCopied.load(), BytesCopied: s.stats.bytesCopied.load(),
+		ChainsEvicted: s.stats.chainsEvicted.load(), BytesEvicted: s.stats.bytesEvicted.load(),
+		Rebuilds: s.stats.rebuilds.load(),
 	}
 }
 

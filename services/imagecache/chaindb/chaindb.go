@@ -49,9 +49,17 @@ redis.call('HSET', KEYS[3], ARGV[3], 'pulling')
 return 'acquired'
 `)
 
+// renewScript extends the holder's lease. A lease that is gone altogether
+// (expired with nobody taking over, or Redis lost its data) is taken again:
+// the holder is still working and nobody else started.
 var renewScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 `)
@@ -168,7 +176,8 @@ func (d *DB) Begin(ctx context.Context, rec events.ChainRecord, token string, tt
 	return Outcome(res), nil
 }
 
-// Renew extends the lease if token still holds it.
+// Renew extends the lease if token still holds it, or takes it again if
+// nobody holds it; false means another puller has it.
 func (d *DB) Renew(ctx context.Context, chainID, ds, token string, ttl time.Duration) (bool, error) {
 	n, err := renewScript.Run(ctx, d.c, []string{il.ChainLeaseKey(chainID, ds)}, token, ttl.Milliseconds()).Int()
 	if err != nil {

@@ -74,6 +74,14 @@ func TestExpiredLeaseIsTakenOver(t *testing.T) {
 	if ok, _ := db.Renew(ctx, r.ChainID, r.Datastore, "successor", time.Minute); !ok {
 		t.Fatal("holder could not renew")
 	}
+	// Redis lost the lease (FLUSHALL): the holder takes it back on renewal.
+	db.Client().Del(ctx, il.ChainLeaseKey(r.ChainID, r.Datastore))
+	if ok, _ := db.Renew(ctx, r.ChainID, r.Datastore, "successor", time.Minute); !ok {
+		t.Fatal("holder could not retake a vanished lease")
+	}
+	if got, _ := db.Begin(ctx, r, "intruder", time.Minute); got != chaindb.Busy {
+		t.Fatalf("Begin after the lease was retaken = %v, want busy", got)
+	}
 	if err := db.Fail(ctx, r.ChainID, r.Datastore, "successor", "DigestMismatch: boom"); err != nil {
 		t.Fatal(err)
 	}
