@@ -17,8 +17,8 @@ build: ## Build bin/podvisor (and bin/govc, an independent vSphere client for th
 up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
 	./$(BIN) up $(UP_FLAGS)
 
-test: ## Run the unit and integration tests of every module (needs redis-server on PATH)
-	$(GO) test $(TEST_FLAGS) $(MODULES)
+test: build ## Run the unit and integration tests of every module (needs redis-server on PATH)
+	PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test $(TEST_FLAGS) $(MODULES)
 
 test-e2e: build ## Run the end-to-end suite against the built binary
 	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e $(TEST_FLAGS) ./...

@@ -1,6 +1,10 @@
 package events
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -330,4 +334,21 @@ func kubernetesCondition(t string) string {
 	default:
 		return t
 	}
+}
+
+// PodSpecHash fingerprints what makes two requests "the same pod": labels,
+// annotations and spec of the normalized manifest (NormalizePod first). The
+// uid is left out on purpose: re-applying a manifest without a uid must be a
+// no-op, not a conflict with the uid derived the first time.
+func PodSpecHash(pod *corev1.Pod) (string, error) {
+	b, err := json.Marshal(struct {
+		Labels      map[string]string `json:"labels,omitempty"`
+		Annotations map[string]string `json:"annotations,omitempty"`
+		Spec        corev1.PodSpec    `json:"spec"`
+	}{pod.Labels, pod.Annotations, pod.Spec})
+	if err != nil {
+		return "", fmt.Errorf("hash pod spec: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
 }

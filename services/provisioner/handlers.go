@@ -41,7 +41,10 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 				return rerr
 			}
 			log.Info("request rejected", "err", err)
-			return nil
+			// Besides telling the client, keep the unusable event in the
+			// dead-letter stream with the reason, where a person can
+			// inspect it, fix it and republish it.
+			return bus.Permanent(err)
 		}
 		log.Warn("undecodable event", "err", err)
 		return bus.Permanent(err)

@@ -1,9 +1,6 @@
 package provisioner
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"path"
@@ -36,22 +33,9 @@ func podUID(req *events.PodRequested, ceID string) string {
 	return uuid.NewSHA1(uidNamespace, []byte(ns+"/"+req.Pod.Name+"\x00"+ceID)).String()
 }
 
-// specHash fingerprints what makes two requests "the same pod": labels,
-// annotations and spec of the normalized manifest. The uid is left out on
-// purpose: re-applying a manifest without a uid must be a no-op, not a
-// conflict with the uid derived the first time.
-func specHash(pod *corev1.Pod) (string, error) {
-	b, err := json.Marshal(struct {
-		Labels      map[string]string `json:"labels,omitempty"`
-		Annotations map[string]string `json:"annotations,omitempty"`
-		Spec        corev1.PodSpec    `json:"spec"`
-	}{pod.Labels, pod.Annotations, pod.Spec})
-	if err != nil {
-		return "", fmt.Errorf("hash pod spec: %w", err)
-	}
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
-}
+// specHash is events.PodSpecHash: the CLI computes the same fingerprint to
+// tell "unchanged" from "conflict" before publishing.
+func specHash(pod *corev1.Pod) (string, error) { return events.PodSpecHash(pod) }
 
 // vmName is the pod VM's name: pv-<uid> for the pod's first VM. After an
 // eviction that could not remove the old VM (its host is unreachable), the

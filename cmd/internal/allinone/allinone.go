@@ -31,6 +31,19 @@ import (
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
+// ManagementVLAN is the simulated datacenter's management VLAN: declaring a
+// network on it cuts the hosts in its scope off until network-config rolls
+// the change back.
+const ManagementVLAN = 4000
+
+// simulatorDefaults are service settings suited to the simulator, applied
+// when the environment does not set them: hosts answer in milliseconds, so
+// network-config need not wait the seconds a real vCenter takes to report a
+// host that stopped responding.
+var simulatorDefaults = map[string]string{
+	"PODVISOR_NETCONFIG_PROBE_WINDOW": "1s",
+}
+
 // Config says what `podvisor up` starts and where.
 type Config struct {
 	StateDir        string
@@ -127,7 +140,7 @@ func (s *System) declareDefaultNetwork(ctx context.Context) error {
 		return fmt.Errorf("up: declare default network: %w", err)
 	}
 	defer b.Close()
-	ev, err := bus.NewEvent("podvisor/up", events.TypeNetworkDeclared, events.DefaultNetwork, &events.NetworkDeclared{Network: netconfig.DefaultNetwork()})
+	ev, err := bus.NewEvent("podvisor/up", events.TypeNetworkDeclared, events.DefaultNetwork, netconfig.DefaultNetworkDeclared())
 	if err != nil {
 		return fmt.Errorf("up: declare default network: %w", err)
 	}
@@ -191,6 +204,12 @@ func (s *System) startVCenter(ctx context.Context) error {
 	}
 	s.onClose(dc.Close)
 	s.Datacenter = dc
+	// A port group on the management VLAN cuts its hosts off, as a bad
+	// change would on a real network, so network-config's probe and
+	// rollback can be seen at work.
+	if err := dc.SetManagementVLAN(ManagementVLAN); err != nil {
+		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
 	s.Endpoints.VCenterURL = dc.URL().String()
 	return nil
 }
@@ -275,6 +294,13 @@ func (s *System) startServices(ctx context.Context) error {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
+	if s.Datacenter != nil {
+		for k, v := range simulatorDefaults {
+			if _, set := os.LookupEnv(k); !set {
+				os.Setenv(k, v)
+			}
+		}
+	}
 	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
 	if err != nil {
 		return err

@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -81,6 +84,7 @@ type request struct {
 	what  string // pod/default/web, network/frontend
 	event event.Event
 	isPod bool
+	pod   *corev1.Pod // normalized, for pods
 }
 
 func requestsFor(objs []events.Object) ([]request, error) {
@@ -90,11 +94,13 @@ func requestsFor(objs []events.Object) ([]request, error) {
 			ceType, subject, what string
 			payload               events.Payload
 			isPod                 bool
+			normalized            *corev1.Pod
 		)
 		switch {
 		case o.Pod != nil:
 			pod := o.Pod.DeepCopy()
 			events.NormalizePod(pod)
+			normalized = pod
 			payload = &events.PodRequested{Pod: *pod}
 			ceType, subject, what, isPod = events.TypePodRequested, events.PodKey(pod.Namespace, pod.Name), "pod/"+events.PodKey(pod.Namespace, pod.Name), true
 		case o.Network != nil:
@@ -114,7 +120,7 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		if err != nil {
 			return nil, fmt.Errorf("document %d (%s): %w", o.Document, what, err)
 		}
-		out = append(out, request{what: what, event: ev, isPod: isPod})
+		out = append(out, request{what: what, event: ev, isPod: isPod, pod: normalized})
 	}
 	return out, nil
 }
@@ -150,7 +156,22 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 		defer answers.Stop()
 	}
+	pods, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return err
+	}
 	for _, r := range reqs {
+		if r.isPod {
+			// An identical pod that already exists is a no-op for the
+			// provisioner, which then has nothing to answer: say so here.
+			if same, err := unchangedPod(ctx, pods, r.pod); err != nil {
+				return fmt.Errorf("%s: %w", r.what, err)
+			} else if same {
+				delete(pending, r.event.Subject())
+				fmt.Fprintf(g.stdout, "%s unchanged\n", r.what)
+				continue
+			}
+		}
 		if err := b.Publish(ctx, r.event); err != nil {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
@@ -158,7 +179,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			fmt.Fprintf(g.stdout, "%s requested\n", r.what)
 		}
 	}
-	if answers == nil {
+	if answers == nil || len(pending) == 0 {
 		return nil
 	}
 	timer := time.NewTimer(wait)
@@ -196,4 +217,25 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		return &exitError{code: 1, err: fmt.Errorf("%d of the requested pods were rejected", rejected)}
 	}
 	return nil
+}
+
+// unchangedPod reports whether the pod exists with the same spec (and, when
+// the manifest fixes a uid, the same uid).
+func unchangedPod(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (bool, error) {
+	e, err := pods.Get(ctx, events.PodRecordKey(pod.Namespace, pod.Name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var rec events.PodRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return false, fmt.Errorf("pod record: %w", err)
+	}
+	hash, err := events.PodSpecHash(pod)
+	if err != nil {
+		return false, err
+	}
+	return rec.SpecHash == hash && rec.DeletionRequestedAt.IsZero() && (pod.UID == "" || string(pod.UID) == rec.UID), nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -29,6 +30,7 @@ Configuration comes only from the environment (and mounted secret files):
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE                       Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
+  PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
 Variables that are unset are taken from the env file of the state dir when it exists,
 so that 'podvisor serve NAME' works beside 'podvisor up --services=none'.`,
@@ -83,7 +85,15 @@ func serve(ctx context.Context, g *globals, spec runner.Spec) error {
 		return err
 	}
 	defer b.Close()
-	if err := b.EnsureTopology(ctx); err != nil {
+	var topo []bus.TopologyOption
+	if v := os.Getenv("PODVISOR_STREAM_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 5 {
+			return usageError("PODVISOR_STREAM_REPLICAS=%q: want a number of replicas from 1 to 5", v)
+		}
+		topo = append(topo, bus.WithReplicas(n))
+	}
+	if err := b.EnsureTopology(ctx, topo...); err != nil {
 		return err
 	}
 	deps := runner.Deps{Bus: b, Logger: logger}

@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+)
+
+// upForTest runs the all-in-one in this process on free ports, as
+// `podvisor up` would, and returns its state dir.
+func upForTest(t *testing.T, services string) (*allinone.System, string) {
+	t.Helper()
+	specs, err := runner.Select(services)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); sys.Close() })
+	if _, err := sys.WriteEnv(); err != nil {
+		t.Fatal(err)
+	}
+	return sys, dir
+}
+
+// run executes the CLI like a user with only the state dir to go on.
+func run(t *testing.T, stateDir string, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	t.Setenv("PODVISOR_NATS_URL", "")
+	t.Setenv("PODVISOR_REDIS_URL", "")
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	code = Main(ctx, append([]string{"--state-dir", stateDir}, args...), strings.NewReader(stdin), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+func eventually(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if f() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+func TestEnvFileNamesEveryEndpoint(t *testing.T) {
+	sys, dir := upForTest(t, "none")
+	vars, err := ReadEnvFile(filepath.Join(dir, "env"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"PODVISOR_NATS_URL", "GOVC_URL", "GOVC_INSECURE", "PODVISOR_REDIS_URL", "PODVISOR_REGISTRY", "PODVISOR_UI_URL"} {
+		if vars[k] == "" {
+			t.Errorf("env file lacks %s", k)
+		}
+	}
+	if vars["GOVC_URL"] != sys.Endpoints.VCenterURL || !strings.Contains(vars["GOVC_URL"], "podvisor:") {
+		t.Errorf("GOVC_URL = %q, want the simulator URL with credentials", vars["GOVC_URL"])
+	}
+}
+
+func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// What `nats pub pv.pod.requested '<json>'` sends: a bare structured CloudEvent.
+	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"ext-1",
+	  "subject":"default/hello","datacontenttype":"application/json",
+	  "data":{"pod":{"metadata":{"name":"hello"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}}`
+	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
+		t.Fatalf("publish to the stream: %v", err)
+	}
+	out, errOut, code := run(t, dir, "", "events", "-o", "json", "--type", "pod.requested")
+	if code != 0 {
+		t.Fatalf("events exit %d: %s", code, errOut)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 1 {
+		t.Fatalf("events printed %d lines, want 1:\n%s", len(lines), out)
+	}
+	var ce map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &ce); err != nil {
+		t.Fatalf("not JSON: %v: %s", err, lines[0])
+	}
+	if ce["id"] != "ext-1" || ce["type"] != "io.podvisor.pod.requested.v1" || ce["subject"] != "default/hello" || ce["specversion"] != "1.0" {
+		t.Fatalf("structured event = %v", ce)
+	}
+}
+
+func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"bad-1",
+	  "subject":"default/x","datacontenttype":"application/json","data":{"hello":"world"}}`
+	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	var out string
+	eventually(t, "a dead letter", func() bool {
+		out, _, _ = run(t, dir, "", "events", "--dlq", "-o", "json")
+		return strings.Contains(out, "bad-1") || strings.Contains(out, "hello")
+	})
+	var dl map[string]any
+	if err := json.Unmarshal([]byte(strings.Split(strings.TrimSpace(out), "\n")[0]), &dl); err != nil {
+		t.Fatal(err)
+	}
+	reason, _ := dl["reason"].(string)
+	if dl["service"] != "provisioner" || !strings.Contains(reason, "hello") {
+		t.Fatalf("dead letter = %v, want service provisioner and a reason naming the unknown field", dl)
+	}
+	table, _, _ := run(t, dir, "", "events", "--dlq")
+	if !strings.Contains(table, "REASON") || !strings.Contains(table, "provisioner") {
+		t.Fatalf("dlq table:\n%s", table)
+	}
+}
+
+func TestApplyRejectsBadManifestBeforePublishing(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	manifest := `apiVersion: v1
+kind: Pod
+metadata: {name: ok}
+spec: {containers: [{name: a, image: registry.local/a:1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: bad}
+spec:
+  containers:
+  - name: a
+    image: registry.local/a:1
+    resources: {requests: {memory: 12Gx}}
+`
+	_, errOut, code := run(t, dir, manifest, "apply", "-f", "-")
+	if code == 0 {
+		t.Fatal("apply of an invalid manifest exited 0")
+	}
+	if !strings.Contains(errOut, "document 2") || !strings.Contains(errOut, "resources.requests.memory") {
+		t.Fatalf("error does not name the document and field:\n%s", errOut)
+	}
+	out, _, _ := run(t, dir, "", "events", "-o", "json", "--type", "pod.*")
+	if strings.TrimSpace(out) != "" {
+		t.Fatalf("a rejected manifest published events:\n%s", out)
+	}
+}
+
+func TestApplyWaitsForAdmissionAndGetShowsKubernetesShape(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	out, errOut, code := run(t, dir, pod, "apply", "-f", "-")
+	if code != 0 || !strings.Contains(out, "pod/shop/web accepted") {
+		t.Fatalf("apply: exit %d, out %q, err %q", code, out, errOut)
+	}
+	out, _, code = run(t, dir, "", "get", "pods", "-n", "shop")
+	if code != 0 || !strings.Contains(out, "NAMESPACE") || !strings.Contains(out, "web") {
+		t.Fatalf("get pods: exit %d:\n%s", code, out)
+	}
+	out, _, code = run(t, dir, "", "get", "pod", "web", "-n", "shop", "-o", "json")
+	if code != 0 {
+		t.Fatalf("get pod -o json exit %d", code)
+	}
+	var k8s struct {
+		Kind     string `json:"kind"`
+		Metadata struct{ Name, Namespace, UID string }
+		Status   struct{ Phase string }
+	}
+	if err := json.Unmarshal([]byte(out), &k8s); err != nil {
+		t.Fatalf("get pod -o json: %v\n%s", err, out)
+	}
+	if k8s.Metadata.Name != "web" || k8s.Metadata.Namespace != "shop" || k8s.Metadata.UID == "" || k8s.Status.Phase == "" {
+		t.Fatalf("pod = %+v", k8s)
+	}
+	_, errOut, code = run(t, dir, "", "get", "pod", "nope", "-n", "shop")
+	if code == 0 || !strings.Contains(errOut, `"shop/nope" not found`) {
+		t.Fatalf("get of a missing pod: exit %d, %q", code, errOut)
+	}
+	_, errOut, code = run(t, dir, "", "delete", "pod", "nope", "-n", "shop")
+	if code == 0 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("delete of a missing pod: exit %d, %q", code, errOut)
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"get", "gizmos"}, `unknown kind "gizmos"`},
+		{[]string{"get", "pods", "-o", "xml"}, `-o "xml"`},
+		{[]string{"apply"}, "-f is required"},
+		{[]string{"serve", "nope"}, `unknown service "nope"`},
+		{[]string{"get", "pods"}, "start `podvisor up`"},
+	} {
+		_, errOut, code := run(t, dir, "", tt.args...)
+		if code == 0 || !strings.Contains(errOut, tt.want) {
+			t.Errorf("%v: exit %d, stderr %q, want non-zero and %q", tt.args, code, errOut, tt.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "env")); err == nil {
+		t.Error("a failed command wrote an env file")
+	}
+}

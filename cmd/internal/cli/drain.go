@@ -1,0 +1,192 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// hostKnown checks a host name against the scheduler's inventory, so that a
+// typo is an error here rather than a dead letter in the service. With no
+// inventory at all (no scheduler has run), it lets the request through.
+func hostKnown(ctx context.Context, b *bus.Bus, host string) error {
+	kv, err := b.KV(ctx, events.BucketHosts)
+	if err != nil {
+		return nil
+	}
+	if _, err := kv.Get(ctx, events.HostRecordKey(host)); err == nil {
+		return nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return err
+	}
+	lister, err := kv.ListKeys(ctx)
+	if err != nil {
+		return nil
+	}
+	n := 0
+	for range lister.Keys() {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	return &exitError{code: 1, err: fmt.Errorf("host %q not found (see podvisor get hosts)", host)}
+}
+
+func newDrainCmd(g *globals) *cobra.Command {
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "drain host NAME",
+		Short: "Empty a host: cordon it, migrate its pods away, enter maintenance mode",
+		Long: `drain publishes host.drain.requested. The migration service cordons the host (no new pods land
+there), migrates each of its pods to a host the scheduler picks (within the migration limits),
+and, once every pod has left, puts the host in maintenance mode. drain waits up to --wait and
+prints the outcome; pods that could not move are listed with their reasons and drain exits
+non-zero. 'podvisor uncordon host NAME' reverses it.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "host" && args[0] != "hosts" {
+				return usageError("drain %s: only hosts can be drained (podvisor drain host NAME)", args[0])
+			}
+			p := &events.HostDrainRequested{Name: args[1]}
+			if err := p.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			if err := hostKnown(ctx, b, p.Name); err != nil {
+				return err
+			}
+			return drainHost(ctx, b, p, wait, g)
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 10*time.Minute, "how long to wait for the drain to finish (0: do not wait)")
+	return cmd
+}
+
+func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wait time.Duration, g *globals) error {
+	ev, err := bus.NewEvent(CLISource, events.TypeHostDrainRequested, p.Name, p)
+	if err != nil {
+		return err
+	}
+	var hosts, migs <-chan event.Event
+	if wait > 0 {
+		ch, stop, err := followEvents(ctx, b, bus.StreamHosts, events.SubjectHostCordoned, events.SubjectHostDrained)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		hosts = ch
+		mch, mstop, err := followEvents(ctx, b, bus.StreamMigrations, events.SubjectMigrationCompleted, events.SubjectMigrationFailed, events.SubjectMigrationRejected)
+		if err != nil {
+			return err
+		}
+		defer mstop()
+		migs = mch
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("drain %s: %w", p.Name, err)
+	}
+	fmt.Fprintf(g.stdout, "drain of host %s requested\n", p.Name)
+	if wait <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			fmt.Fprintf(g.stdout, "the drain did not finish within %s; it goes on (see 'podvisor get migrations -A')\n", wait)
+			return nil
+		case ev := <-migs:
+			v, err := events.Decode(ev.Type(), ev.Data())
+			if err != nil {
+				continue
+			}
+			switch m := v.(type) {
+			case *events.MigrationCompleted:
+				if m.SourceHost == p.Name {
+					fmt.Fprintf(g.stdout, "  moved %s to %s\n", events.PodKey(m.Namespace, m.Pod), m.TargetHost)
+				}
+			case *events.MigrationFailed:
+				if m.SourceHost == p.Name {
+					fmt.Fprintf(g.stdout, "  %s stays: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.Reason, m.Message)
+				}
+			}
+		case ev := <-hosts:
+			v, err := events.Decode(ev.Type(), ev.Data())
+			if err != nil {
+				continue
+			}
+			switch h := v.(type) {
+			case *events.HostCordoned:
+				if h.Name == p.Name {
+					fmt.Fprintf(g.stdout, "host %s cordoned\n", h.Name)
+				}
+			case *events.HostDrained:
+				if h.Name != p.Name {
+					continue
+				}
+				if len(h.Unmovable) == 0 {
+					fmt.Fprintf(g.stdout, "host %s drained: %d pods moved; the host is in maintenance mode\n", h.Name, h.Migrated)
+					return nil
+				}
+				fmt.Fprintf(g.stdout, "host %s not drained: %d pods moved, %d could not:\n", h.Name, h.Migrated, len(h.Unmovable))
+				for _, u := range h.Unmovable {
+					fmt.Fprintf(g.stdout, "  %s: %s%s\n", events.PodKey(u.Namespace, u.Name), u.Reason, suffix(u.Message))
+				}
+				fmt.Fprintf(g.stdout, "the host stays cordoned and out of maintenance mode ('podvisor uncordon host %s' reverses the cordon)\n", h.Name)
+				return &exitError{code: 1, err: fmt.Errorf("%d pods could not leave %s", len(h.Unmovable), h.Name)}
+			}
+		}
+	}
+}
+
+func newUncordonCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "uncordon host NAME",
+		Short: "Make a cordoned or drained host schedulable again and take it out of maintenance mode",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "host" && args[0] != "hosts" {
+				return usageError("uncordon %s: only hosts can be uncordoned (podvisor uncordon host NAME)", args[0])
+			}
+			p := &events.HostUncordoned{Name: args[1]}
+			if err := p.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			if err := hostKnown(ctx, b, p.Name); err != nil {
+				return err
+			}
+			ev, err := bus.NewEvent(CLISource, events.TypeHostUncordoned, p.Name, p)
+			if err != nil {
+				return err
+			}
+			if err := b.Publish(ctx, ev); err != nil {
+				return fmt.Errorf("uncordon %s: %w", p.Name, err)
+			}
+			fmt.Fprintf(g.stdout, "host %s uncordoned\n", p.Name)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,65 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func init() {
+	registerResource(&resource{
+		names:      []string{"migrations", "migration", "mig"},
+		bucket:     events.BucketMigrations,
+		namespaced: true,
+		header:     []string{"POD", "FROM", "TO", "PHASE", "AGE", "REASON"},
+		decode: func(v []byte) (record, error) {
+			var r migrationRow
+			return &r, json.Unmarshal(v, &r.MigrationRecord)
+		},
+	})
+}
+
+// migrationRow is one migration; its name is the migration ID, so that
+// `get migration <id>` finds it and `-o json` shows the whole record.
+type migrationRow struct{ events.MigrationRecord }
+
+func (m *migrationRow) Namespace() string { return m.MigrationRecord.Namespace }
+func (m *migrationRow) Name() string      { return m.ID }
+func (m *migrationRow) Object() any       { return m.MigrationRecord }
+
+func (m *migrationRow) Row(now time.Time) []string {
+	r := &m.MigrationRecord
+	to := r.TargetHost
+	if to == "" && r.RequestedTarget != "" {
+		to = r.RequestedTarget + "?"
+	}
+	return []string{r.Pod, dash(r.SourceHost), dash(to), migrationPhase(r), age(r.CreatedAt, now), dash(migrationReason(r))}
+}
+
+// migrationPhase adds what a person wants to know next to the phase: the
+// queue position while queued, the percentage while relocating.
+func migrationPhase(r *events.MigrationRecord) string {
+	switch r.Phase {
+	case events.PhaseQueued:
+		return fmt.Sprintf("Queued(#%d)", r.QueuePosition+1)
+	case events.PhaseRelocating:
+		return fmt.Sprintf("Relocating(%d%%)", r.Percent)
+	}
+	return dash(r.Phase)
+}
+
+// migrationReason is the refusal or failure, with its message; for a
+// migration in flight, what it waits for.
+func migrationReason(r *events.MigrationRecord) string {
+	switch {
+	case r.Reason != "" && r.Message != "":
+		return r.Reason + ": " + r.Message
+	case r.Reason != "":
+		return r.Reason
+	case r.Active():
+		return r.Message
+	}
+	return ""
+}

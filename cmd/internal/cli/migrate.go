@@ -1,0 +1,242 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// followEvents delivers the events published on subjects of stream from now
+// on. It listens before the caller publishes, so a fast answer is not
+// missed.
+func followEvents(ctx context.Context, b *bus.Bus, stream string, subjects ...string) (<-chan event.Event, func(), error) {
+	c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: subjects,
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make(chan event.Event, 256)
+	cc, err := c.Consume(func(m jetstream.Msg) {
+		if ev, err := bus.DecodeMessage(m); err == nil {
+			select {
+			case out <- ev:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return out, cc.Stop, nil
+}
+
+func newMigrateCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "migrate pod NAME [--to HOST] | migrate cancel ID",
+		Short: "Move a running pod to another host (vMotion), or cancel a migration",
+		Long: `migrate pod publishes migration.requested. The scheduler reserves room on a target that carries
+every network of the pod (--to names one; otherwise it picks), then the migration service checks
+the target again, waits for a slot (at most 2 migrations leave a host and 5 touch a cluster at
+once), moves the pod VM and reports progress. migrate waits up to --wait and prints the outcome;
+a refusal or failure prints its reason and exits non-zero.
+
+migrate cancel ID cancels a migration that has not begun relocating (IDs: podvisor get migrations -o json).`,
+	}
+	cmd.AddCommand(newMigratePodCmd(g), newMigrateCancelCmd(g))
+	return cmd
+}
+
+func newMigratePodCmd(g *globals) *cobra.Command {
+	var (
+		namespace, to, id string
+		wait              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "pod NAME",
+		Short: "Move a running pod to another host",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if id == "" {
+				id = uuid.NewString()
+			}
+			req := &events.MigrationRequested{ID: id, Namespace: namespace, Pod: args[0], TargetHost: to}
+			if err := req.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			b, err := g.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			return migratePod(cmd.Context(), b, req, wait, g)
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", events.DefaultNamespace, "namespace of the pod")
+	cmd.Flags().StringVar(&to, "to", "", "target host (default: the scheduler picks)")
+	cmd.Flags().StringVar(&id, "id", "", "migration ID (default: a new UUID)")
+	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the outcome (0: do not wait)")
+	return cmd
+}
+
+// migratePod publishes the request and follows the migration to its end.
+func migratePod(ctx context.Context, b *bus.Bus, req *events.MigrationRequested, wait time.Duration, g *globals) error {
+	key := req.ObjectKey()
+	ev, err := bus.NewEvent(CLISource, events.TypeMigrationRequested, key, req)
+	if err != nil {
+		return err
+	}
+	var answers <-chan event.Event
+	if wait > 0 {
+		ch, stop, err := followEvents(ctx, b, bus.StreamMigrations, "pv.migration.>")
+		if err != nil {
+			return err
+		}
+		defer stop()
+		answers = ch
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return fmt.Errorf("migration of %s: %w", key, err)
+	}
+	dest := req.TargetHost
+	if dest == "" {
+		dest = "a host the scheduler picks"
+	}
+	fmt.Fprintf(g.stdout, "migration %s requested: %s → %s\n", req.ID, key, dest)
+	if wait <= 0 {
+		return nil
+	}
+	start := time.Now()
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	lastLine := ""
+	say := func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		if line != lastLine {
+			fmt.Fprintln(g.stdout, line)
+			lastLine = line
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			fmt.Fprintf(g.stdout, "no outcome within %s; the migration goes on (see 'podvisor get migration %s -n %s')\n", wait, req.ID, req.Namespace)
+			return nil
+		case ev := <-answers:
+			v, err := events.Decode(ev.Type(), ev.Data())
+			if err != nil {
+				continue
+			}
+			switch p := v.(type) {
+			case *events.MigrationTargetReserved:
+				if p.ID == req.ID {
+					say("target reserved: %s (%s), leaving %s", p.TargetHost, p.TargetCluster, p.SourceHost)
+				}
+			case *events.MigrationProgress:
+				if p.ID != req.ID {
+					continue
+				}
+				switch p.Phase {
+				case events.PhaseQueued:
+					if p.QueuePosition > 0 || p.Message != "" {
+						say("queued: %d ahead%s", p.QueuePosition, suffix(p.Message))
+					} else {
+						say("queued")
+					}
+				case events.PhaseRelocating:
+					say("relocating %d%%", p.Percent)
+				default:
+					say("%s", strings.ToLower(p.Phase))
+				}
+			case *events.MigrationCompleted:
+				if p.ID == req.ID {
+					fmt.Fprintf(g.stdout, "migrated %s: %s → %s (%s) in %s\n", key, p.SourceHost, p.TargetHost, p.TargetCluster, time.Since(start).Round(time.Millisecond))
+					return nil
+				}
+			case *events.MigrationRejected:
+				if p.ID == req.ID {
+					fmt.Fprintf(g.stdout, "migration of %s refused: %s: %s\n", key, p.Reason, p.Message)
+					return &exitError{code: 1, err: fmt.Errorf("migration %s refused (%s)", req.ID, p.Reason)}
+				}
+			case *events.MigrationFailed:
+				if p.ID == req.ID {
+					fmt.Fprintf(g.stdout, "migration of %s failed: %s: %s\n", key, p.Reason, p.Message)
+					return &exitError{code: 1, err: fmt.Errorf("migration %s failed (%s)", req.ID, p.Reason)}
+				}
+			case *events.MigrationCancelled:
+				if p.ID == req.ID && ev.Source() != CLISource {
+					fmt.Fprintf(g.stdout, "migration of %s cancelled\n", key)
+					return &exitError{code: 1, err: fmt.Errorf("migration %s cancelled", req.ID)}
+				}
+			}
+		}
+	}
+}
+
+func suffix(msg string) string {
+	if msg == "" {
+		return ""
+	}
+	return " (" + msg + ")"
+}
+
+func newMigrateCancelCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a migration that has not begun relocating",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			kv, err := b.KV(ctx, events.BucketMigrations)
+			if err != nil {
+				return err
+			}
+			e, err := kv.Get(ctx, events.MigrationRecordKey(args[0]))
+			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+				return &exitError{code: 1, err: fmt.Errorf("migration %q not found (see podvisor get migrations -A)", args[0])}
+			}
+			if err != nil {
+				return err
+			}
+			var r events.MigrationRecord
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				return fmt.Errorf("migration %s: %w", args[0], err)
+			}
+			if !r.Active() {
+				return &exitError{code: 1, err: fmt.Errorf("migration %s already ended (%s)", r.ID, r.Phase)}
+			}
+			if r.Started() {
+				return &exitError{code: 1, err: fmt.Errorf("migration %s is %s: a relocation that began cannot be cancelled", r.ID, r.Phase)}
+			}
+			p := &events.MigrationCancelRequested{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}
+			ev, err := bus.NewEvent(CLISource, events.TypeMigrationCancelRequested, p.ObjectKey(), p)
+			if err != nil {
+				return err
+			}
+			if err := b.Publish(ctx, ev); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "cancel of migration %s (%s) requested\n", r.ID, r.Key())
+			return nil
+		},
+	}
+}
