@@ -330,3 +330,37 @@ func TestTwoReplicasPullOnce(t *testing.T) {
 			total, e.svc.Stats().BytesPulled, second.Stats().BytesPulled, want)
 	}
 }
+
+// TestWipedDatastoreRecordsAreDropped: Redis says a chain is ready but its
+// folder is gone (the datastore was replaced); the sync with the datastores
+// drops the record and the next pod pulls the layer again instead of being
+// handed a missing disk.
+func TestWipedDatastoreRecordsAreDropped(t *testing.T) {
+	e := startEnv(t, nil)
+	ctx := context.Background()
+	worker := e.reg.Ref("podvisor/worker:1.0")
+	e.accept("first", worker)
+	e.waitFor("first ready", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "first") != nil })
+	layers := layerSizes(t, e, worker)
+	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	if err := store.Delete(ctx, sharedDS, layers[1].ChainID); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	rep, err := e.svc.Rebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Stale != 1 || rep.Chains != 0 {
+		t.Fatalf("rebuild = %+v, want 1 stale record dropped and nothing to restore", rep)
+	}
+	if _, ok, _ := e.reader().chain(layers[1].ChainID, sharedDS); ok {
+		t.Fatal("record of the wiped chain survived")
+	}
+	before := e.svc.Stats().BytesPulled
+	e.accept("second", worker)
+	e.waitFor("second ready", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "second") != nil })
+	if got := e.svc.Stats().BytesPulled - before; got != layers[1].Size {
+		t.Fatalf("second pod pulled %d bytes, want the wiped layer's %d again", got, layers[1].Size)
+	}
+}

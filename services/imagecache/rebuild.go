@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -28,10 +29,11 @@ func (s *Service) EnsureMetadata(ctx context.Context) error {
 
 // RebuildReport says what a rebuild found.
 type RebuildReport struct {
-	Chains    int // ready chain folders restored
+	Chains    int // ready chain folders whose record Redis had lost, restored
 	Partial   int // unfinished folders left for the next pull to clear
 	Manifests int
 	Refs      int // pod references found in pod VM disks
+	Stale     int // ready records without a ready folder, dropped
 }
 
 // Rebuild restores chain records and manifests from every datastore's image
@@ -46,18 +48,31 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 		return rep, err
 	}
 	restored := map[string]events.ChainRecord{} // chainID@ds → record
+	scanStart := s.now()
+	known, err := s.db.Reader().Chains(ctx)
+	if err != nil {
+		return rep, err
+	}
 	for _, d := range inv {
 		ready, partial, manifests, err := s.store.Scan(ctx, d.Name)
 		if err != nil {
 			return rep, fmt.Errorf("rebuild: %w", err)
 		}
+		n, err := s.dropStale(ctx, d.Name, known, ready, scanStart)
+		if err != nil {
+			return rep, err
+		}
+		rep.Stale += n
 		rep.Partial += len(partial)
 		for _, rec := range ready {
-			if _, err := s.db.Restore(ctx, rec); err != nil {
+			wrote, err := s.db.Restore(ctx, rec)
+			if err != nil {
 				return rep, err
 			}
 			restored[events.ChainRecordKey(rec.ChainID, rec.Datastore)] = rec
-			rep.Chains++
+			if wrote {
+				rep.Chains++
+			}
 		}
 		for _, m := range manifests {
 			if err := s.db.PutManifest(ctx, m.Image, m); err != nil {
@@ -75,11 +90,11 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 		return rep, err
 	}
 	s.stats.rebuilds.add(1)
-	if rep.Chains+rep.Manifests+rep.Partial == 0 {
-		s.log.Info("image metadata initialized (no image folders on the datastores)")
+	if rep.Chains+rep.Stale == 0 {
+		s.log.Info("image metadata in sync with the datastores", "partial", rep.Partial)
 	} else {
-		s.log.Warn("image metadata rebuilt from the datastores (Redis had lost it)",
-			"chains", rep.Chains, "partial", rep.Partial, "manifests", rep.Manifests, "refs", rep.Refs)
+		s.log.Warn("image metadata repaired from the datastores",
+			"restored", rep.Chains, "stale", rep.Stale, "partial", rep.Partial, "manifests", rep.Manifests, "refs", rep.Refs)
 	}
 	return rep, nil
 }
@@ -130,6 +145,33 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 				b = b.Parent
 			}
 		}
+	}
+	return n, nil
+}
+
+// dropStale forgets ready records of datastore ds whose folder is not ready
+// there: the datastore was wiped or replaced (a new simulated datacenter
+// under a Redis that kept its data) and a pod must never be handed a disk
+// that does not exist. Records that turned ready after the scan started
+// are left alone: their folder may have been completed behind the scan.
+func (s *Service) dropStale(ctx context.Context, ds string, known, onDisk []events.ChainRecord, scanStart time.Time) (int, error) {
+	present := map[string]bool{}
+	for _, r := range onDisk {
+		present[r.ChainID] = true
+	}
+	n := 0
+	for _, r := range known {
+		if r.Datastore != ds || r.State != events.ChainStateReady || present[r.ChainID] || !r.LastUsed.Before(scanStart) {
+			continue
+		}
+		if err := s.db.Forget(ctx, r.ChainID, ds); err != nil {
+			return n, err
+		}
+		if err := s.unannounce(ctx, r.ChainID, ds); err != nil {
+			return n, err
+		}
+		s.log.Warn("chain record without its datastore folder dropped", "chain", events.ChainRecordKey(r.ChainID, ds))
+		n++
 	}
 	return n, nil
 }

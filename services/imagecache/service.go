@@ -125,8 +125,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.checkDatastores(ctx); err != nil {
 		return err
 	}
-	if err := s.EnsureMetadata(ctx); err != nil {
-		return fmt.Errorf("imagecache: initial metadata check: %w", err)
+	// At start the datastores are compared with Redis whatever the epoch
+	// says: a Redis that outlived its datastores (or the other way round)
+	// must not hand out disks that are gone.
+	if _, err := s.Rebuild(ctx); err != nil {
+		return fmt.Errorf("imagecache: initial sync with the datastores: %w", err)
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
