@@ -3,6 +3,8 @@ package imagecache_test
 import (
 	"context"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,7 +20,8 @@ import (
 // TestOnSimulatedDatacenter runs the image cache on the datacenter `podvisor
 // up` simulates (an NFS datastore on every host, one datastore per cluster):
 // chains go to the shared datastore, pods of two images sharing a base are
-// ready at once, and a later pod.scheduled announces nothing new.
+// ready at once, the datastores hold each distinct layer's bytes once, and a
+// later pod.scheduled announces nothing new.
 func TestOnSimulatedDatacenter(t *testing.T) {
 	d := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2})
 	c := simtest.Client(t, d)
@@ -29,13 +32,13 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 	}
 	e := startEnvOn(t, &vcenter{model: d.Model(), client: c, dc: dc}, nil)
 	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("web-%d", i), web)
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < 5; i++ {
 		e.accept(fmt.Sprintf("worker-%d", i), worker)
 	}
-	evs := e.waitFor("8 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 8 })
+	evs := e.waitFor("25 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 25 })
 	for _, r := range ofType[events.PodImagesReady](t, evs, events.TypePodImagesReady) {
 		if ds := r.Containers[0].Datastore; ds != sim.SharedDatastore {
 			t.Fatalf("pod %s images on %s, want %s", r.Name, ds, sim.SharedDatastore)
@@ -44,6 +47,21 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
 	if got, want := e.svc.Stats().BytesPulled, sum(webLayers)+workerLayers[1].Size; got != want {
 		t.Fatalf("pulled %d bytes, want the distinct layers' %d", got, want)
+	}
+	// What is on the datastore's disk: the distinct layer bytes once.
+	var onDisk int64
+	for _, ds := range d.Datastores() {
+		root := filepath.Join(ds.Dir, events.ImageRoot)
+		_ = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
+			if err == nil && de.Name() == imagedisk.BlobFile {
+				info, _ := de.Info()
+				onDisk += info.Size()
+			}
+			return nil
+		})
+	}
+	if want := sum(webLayers) + workerLayers[1].Size; onDisk != want {
+		t.Fatalf("layer files on the datastores hold %d bytes, want the distinct layers' %d", onDisk, want)
 	}
 	store := imagedisk.New(c.Client, dc)
 	ready, _, _, err := store.Scan(ctx, sim.SharedDatastore)
