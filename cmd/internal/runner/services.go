@@ -3,6 +3,8 @@ package runner
 import (
 	"context"
 
+	"github.com/podvisor/podvisor/services/imagecache"
+	"github.com/podvisor/podvisor/services/migration"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/scheduler"
@@ -39,6 +41,28 @@ func init() {
 			return err
 		}
 		svc, err := netconfig.New(cfg, netconfig.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+		if err != nil {
+			return err
+		}
+		return svc.Run(ctx)
+	}})
+	register(Spec{Name: "imagecache", NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
+		cfg, err := imagecache.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		svc, err := imagecache.New(cfg, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
+		if err != nil {
+			return err
+		}
+		return svc.Run(ctx)
+	}})
+	register(Spec{Name: "migration", NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+		cfg, err := migration.ConfigFromEnv()
+		if err != nil {
+			return err
+		}
+		svc, err := migration.New(cfg, migration.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
 		if err != nil {
 			return err
 		}
