@@ -139,6 +139,37 @@ func kvKeyChar(c byte) bool {
 		c == '-' || c == '_' || c == '=' || c == '.'
 }
 
+// Pod bindings. Per-host compare-and-set keeps a host from being
+// overcommitted, but cannot stop two scheduler instances from placing the
+// same pod on two different hosts (a pod waiting in both after a restart,
+// say). So before a pod's allocation is written, its binding is created
+// (KV Create: only one writer wins) in the same bucket under
+// PodBindingKey(uid); the value is the host name as JSON. The binding
+// prefix cannot be produced by LedgerEntryKey ("=" is always followed by
+// two hex digits there), so readers listing ledger entries skip binding
+// keys with IsPodBindingKey.
+const podBindingPrefix = "==pod."
+
+// PodBindingKey is the ledger-bucket key of a pod's binding.
+func PodBindingKey(uid string) string { return podBindingPrefix + kvKey(uid) }
+
+// IsPodBindingKey reports whether a ledger-bucket key is a pod binding
+// rather than a host's LedgerEntry.
+func IsPodBindingKey(key string) bool { return strings.HasPrefix(key, podBindingPrefix) }
+
+// PodBinding is the value under PodBindingKey.
+type PodBinding struct {
+	// Host the pod is bound to.
+	Host string `json:"host"`
+	// UID of the pod.
+	UID string `json:"uid"`
+	// Confirmed is set once the pod's allocation is written on Host. An
+	// unconfirmed binding, or a confirmed one whose host does not hold the
+	// pod, may be taken over (compare-and-set on its revision) by another
+	// scheduler: its writer died, or lost, between binding and reserving.
+	Confirmed bool `json:"confirmed,omitempty"`
+}
+
 // Allocation kinds in a LedgerEntry.
 const (
 	// AllocationPod is a pod placed on (or running on) the host.

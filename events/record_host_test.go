@@ -103,3 +103,16 @@ func TestHostKeys(t *testing.T) {
 		seen[got] = in
 	}
 }
+
+// A pod binding key can never be read as a host's ledger entry key.
+func TestPodBindingKeys(t *testing.T) {
+	k := PodBindingKey("6b1d2c44-0d59-4e8e-9d3b-5a8d2f1e0a11")
+	if !IsPodBindingKey(k) {
+		t.Fatalf("%q not recognized as a binding key", k)
+	}
+	for _, host := range []string{"==pod.x", "=pod.x", "pod.x", "esx-1-01", "=3D=3Dpod"} {
+		if IsPodBindingKey(LedgerEntryKey(host)) {
+			t.Errorf("host %q has ledger key %q, taken for a binding", host, LedgerEntryKey(host))
+		}
+	}
+}

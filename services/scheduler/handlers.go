@@ -143,6 +143,9 @@ func (s *Service) onPodGone(ctx context.Context, key, uid, host string, deleted 
 	if err := s.release(ctx, hosts); err != nil {
 		return err
 	}
+	if err := s.ledger.Unbind(ctx, uid, 0); err != nil {
+		return err
+	}
 	s.pending.kickAll()
 	return nil
 }
@@ -179,6 +182,15 @@ func (s *Service) release(ctx context.Context, byHost map[string][]string) error
 func (s *Service) onPodEvicted(ctx context.Context, cause event.Event, e *events.PodEvicted) error {
 	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
 		return err
+	}
+	// The binding goes too, unless it already points elsewhere (a replay
+	// of this eviction after the pod was placed again).
+	if b, ok, err := s.ledger.GetBinding(ctx, e.UID); err != nil {
+		return err
+	} else if ok && b.Host == e.Host {
+		if err := s.ledger.Unbind(ctx, e.UID, b.Revision); err != nil {
+			return err
+		}
 	}
 	rec, err := s.podRecord(ctx, e.Namespace, e.Name)
 	if err != nil {

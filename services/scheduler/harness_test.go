@@ -36,6 +36,9 @@ type env struct {
 	obs *observer
 	svc *scheduler.Service
 	led *ledger.Ledger
+
+	opts envOptions
+	stop func()
 }
 
 type envOptions struct {
@@ -66,18 +69,37 @@ func startEnv(t testing.TB, o envOptions) *env {
 		}
 		e.setNetwork(n, hosts, hosts)
 	}
-	session, err := vsphere.Connect(ctx, vsphere.Config{URL: dc.URL().String(), Insecure: true})
+	kv, err := b.KV(ctx, events.BucketLedger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { session.Close(context.Background()) })
+	e.led = ledger.New(kv)
+	e.opts = o
+	e.stop = e.startScheduler()
+	// Wait for the inventory to be in KV hosts: the scheduler is serving.
+	e.eventually("host records written", 15*time.Second, func() bool { return len(e.hostRecords()) == o.clusters*o.hostsPerCluster })
+	return e
+}
+
+// startScheduler starts a scheduler instance on the env's bus and
+// datacenter (with its own vCenter session, as another process would) and
+// returns a function that stops it and waits (also run at cleanup).
+func (e *env) startScheduler() (stop func()) {
+	t := e.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	session, err := vsphere.Connect(ctx, vsphere.Config{URL: e.dc.URL().String(), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
 	cfg.HostRecordInterval = 100 * time.Millisecond
-	if o.cfg != nil {
-		o.cfg(&cfg)
+	if e.opts.cfg != nil {
+		e.opts.cfg(&cfg)
 	}
-	deps := scheduler.Deps{Bus: b, VSphere: session, Redis: o.redis}
+	deps := scheduler.Deps{Bus: e.bus, VSphere: session, Redis: e.opts.redis}
 	if os.Getenv("SCHEDULER_TEST_DEBUG") != "" {
 		deps.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -86,28 +108,26 @@ func startEnv(t testing.TB, o envOptions) *env {
 		t.Fatal(err)
 	}
 	e.svc = svc
-	kv, err := b.KV(ctx, events.BucketLedger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.led = ledger.New(kv)
-	runCtx, stop := context.WithCancel(context.Background())
+	runCtx, cancelRun := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("scheduler Run: %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancelRun()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("scheduler Run: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Errorf("scheduler did not stop")
 			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("scheduler did not stop")
-		}
-	})
-	// Wait for the inventory to be in KV hosts: the scheduler is serving.
-	e.eventually("host records written", 15*time.Second, func() bool { return len(e.hostRecords()) == o.clusters*o.hostsPerCluster })
-	return e
+			session.Close(context.Background())
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 func (e *env) hostNames() []string {

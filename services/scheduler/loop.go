@@ -304,8 +304,12 @@ func (s *Service) placementLocked(host string, state *framework.CycleState) plac
 	return p
 }
 
-// commit writes one host's reservations of a pass and answers the
-// requests; it returns those to place again.
+// commit writes one host's reservations and answers the requests; it
+// returns those to place again. Pod placements go through the binding
+// protocol of package ledger (bind, reserve, confirm) so that a pod is
+// never placed on two hosts by two schedulers; a migration's target
+// reservation is bound to nothing (the pod stays bound to its source until
+// the migration completes).
 func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*request {
 	s.mu.Lock()
 	h, ok := s.snap.Host(host)
@@ -318,41 +322,151 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		hint = &e
 	}
 	s.mu.Unlock()
-	allocs := make([]events.Allocation, len(ts))
+
+	// Step 1: bind the pods to this host.
+	binds := make([]ledger.Binding, len(ts))
+	bindErrs := make([]error, len(ts))
+	var wg sync.WaitGroup
+	for i, t := range ts {
+		if t.r.alloc.Kind != events.AllocationPod {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			binds[i], bindErrs[i] = s.ledger.Bind(ctx, t.r.alloc.UID, host)
+		}()
+	}
+	wg.Wait()
+	forget := func(t tentative) {
+		s.mu.Lock()
+		s.snap.ForgetAssumed(host, t.ref)
+		s.mu.Unlock()
+	}
+	var allocs []events.Allocation
+	var reserving []int
 	now := time.Now().UTC()
 	for i, t := range ts {
-		allocs[i] = t.r.alloc
-		allocs[i].ReservedAt = now
+		if t.r.alloc.Kind == events.AllocationPod {
+			if bindErrs[i] != nil {
+				forget(t)
+				t.r.done <- outcome{err: bindErrs[i]}
+				continue
+			}
+			if binds[i].Host != host {
+				// Placed elsewhere already, by another scheduler.
+				forget(t)
+				s.mu.Lock()
+				p := s.placementLocked(binds[i].Host, nil)
+				s.mu.Unlock()
+				t.r.done <- outcome{placement: p, already: true}
+				continue
+			}
+		}
+		a := t.r.alloc
+		a.ReservedAt = now
+		allocs = append(allocs, a)
+		reserving = append(reserving, i)
 	}
-	res, err := s.ledger.ReserveFrom(ctx, hint, host, capacity, allocs)
+	if len(reserving) == 0 {
+		return nil
+	}
 
+	// Step 2: reserve.
+	res, err := s.ledger.ReserveFrom(ctx, hint, host, capacity, allocs)
 	s.mu.Lock()
-	for _, t := range ts {
-		s.snap.ForgetAssumed(host, t.ref)
+	for _, i := range reserving {
+		s.snap.ForgetAssumed(host, ts[i].ref)
 	}
 	if err == nil {
 		s.applyEntryLocked(res.Entry)
 	}
 	s.mu.Unlock()
 
+	// Step 3: confirm the bindings of the reserved pods.
 	var again []*request
-	for _, t := range ts {
+	lost := make([]bool, len(ts))
+	for _, i := range reserving {
+		t := ts[i]
 		key := t.r.alloc.Key()
+		isPod := t.r.alloc.Kind == events.AllocationPod
 		if err != nil {
+			if isPod {
+				_ = s.ledger.Unbind(ctx, t.r.alloc.UID, binds[i].Revision)
+			}
 			t.r.done <- outcome{err: err}
 			continue
 		}
-		if rej, refused := res.Rejected[key]; refused {
+		if _, refused := res.Rejected[key]; refused {
+			if isPod {
+				_ = s.ledger.Unbind(ctx, t.r.alloc.UID, binds[i].Revision)
+			}
+			// Another scheduler took the room since our snapshot was
+			// taken: place the pod again against the fresh entry. Running
+			// out of attempts means heavy contention, not a full
+			// datacenter (the framework says that itself), so the request
+			// fails as retryable rather than as unschedulable.
 			t.r.attempts++
 			if t.r.attempts < maxReserveAttempts {
 				again = append(again, t.r)
 				continue
 			}
-			t.r.done <- outcome{fit: &framework.FitError{Pod: t.r.pod, Diagnosis: framework.Diagnosis{Hosts: 1,
-				Reasons: map[string]int{rej.Reason: 1}, Messages: map[string]string{rej.Reason: rej.Message}}}}
+			t.r.done <- outcome{err: fmt.Errorf("%w: host %s refused the pod %d times", ErrContention, host, t.r.attempts)}
 			continue
 		}
-		t.r.done <- outcome{placement: t.p}
+		if !isPod {
+			t.r.done <- outcome{placement: t.p}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, cerr := s.ledger.Confirm(ctx, binds[i]); cerr != nil {
+				lost[i] = true
+				bindErrs[i] = cerr
+			}
+		}()
+	}
+	wg.Wait()
+	var release []string
+	for _, i := range reserving {
+		t := ts[i]
+		if t.r.alloc.Kind != events.AllocationPod || err != nil {
+			continue
+		}
+		if _, refused := res.Rejected[t.r.alloc.Key()]; refused {
+			continue
+		}
+		if !lost[i] {
+			t.r.done <- outcome{placement: t.p}
+			continue
+		}
+		release = append(release, t.r.alloc.Key())
+	}
+	if len(release) > 0 {
+		// We lost the binding after reserving: free the room, then tell
+		// the requests where the pod went.
+		if rerr := s.release(ctx, map[string][]string{host: release}); rerr != nil {
+			s.log.Warn("release after a lost binding", "host", host, "err", rerr)
+		}
+		for _, i := range reserving {
+			if !lost[i] {
+				continue
+			}
+			t := ts[i]
+			b, ok, gerr := s.ledger.GetBinding(ctx, t.r.alloc.UID)
+			switch {
+			case gerr != nil:
+				t.r.done <- outcome{err: gerr}
+			case !ok || b.Host == host:
+				again = append(again, t.r)
+			default:
+				s.mu.Lock()
+				p := s.placementLocked(b.Host, nil)
+				s.mu.Unlock()
+				t.r.done <- outcome{placement: p, already: true}
+			}
+		}
 	}
 	return again
 }

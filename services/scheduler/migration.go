@@ -165,6 +165,9 @@ func (s *Service) onMigrationCompleted(ctx context.Context, e *events.MigrationC
 			}
 		}
 	}
+	if err := s.ledger.Rebind(ctx, e.UID, e.TargetHost); err != nil {
+		return err
+	}
 	if e.SourceHost != "" && e.SourceHost != e.TargetHost {
 		if err := s.release(ctx, map[string][]string{e.SourceHost: {e.UID}}); err != nil {
 			return err

@@ -225,7 +225,7 @@ func refOf(a events.Allocation) *framework.PodRef {
 // too, so that their reservations count here.
 func (s *Service) watchLedger(ctx context.Context) error {
 	return s.watchKV(ctx, s.ledgerKV, func(kve jetstream.KeyValueEntry) {
-		if kve.Operation() != jetstream.KeyValuePut {
+		if kve.Operation() != jetstream.KeyValuePut || events.IsPodBindingKey(kve.Key()) {
 			return
 		}
 		e, err := ledger.Decode(kve)

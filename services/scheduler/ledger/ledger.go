@@ -280,6 +280,9 @@ func (l *Ledger) List(ctx context.Context) ([]Entry, error) {
 	}
 	var out []Entry
 	for k := range lister.Keys() {
+		if events.IsPodBindingKey(k) {
+			continue
+		}
 		kve, err := l.kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue

@@ -1,0 +1,143 @@
+package ledger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// Pod bindings make a pod's placement unique across hosts (the per-host
+// compare-and-set only makes each host's entry consistent). The protocol,
+// for a scheduler placing pod uid on host:
+//
+//  1. Bind: create the binding uid → host, unconfirmed. If a binding to
+//     another host exists and is live (confirmed, and that host's entry
+//     holds the pod), the pod is placed there already: stop. A binding that
+//     is not live is taken over with compare-and-set on its revision.
+//  2. Reserve the allocation on host (the usual per-host CAS).
+//  3. Confirm: compare-and-set the binding, unchanged since step 1, to
+//     confirmed. If that fails another scheduler took the binding over
+//     between 1 and 3: release the allocation of step 2; the pod is the
+//     other scheduler's.
+//
+// Whoever confirms wins, and a confirmed binding can only be taken over
+// when its host no longer holds the pod, so one pod is never allocated on
+// two hosts for longer than a losing writer's steps 2-3.
+
+// ErrBindingLost is returned by Confirm when another scheduler took the
+// binding over.
+var ErrBindingLost = errors.New("ledger: pod binding taken over by another scheduler")
+
+// Binding is a pod's binding with its KV revision.
+type Binding struct {
+	events.PodBinding
+	Revision uint64
+}
+
+// GetBinding reads a pod's binding (ok false when there is none).
+func (l *Ledger) GetBinding(ctx context.Context, uid string) (Binding, bool, error) {
+	kve, err := l.kv.Get(ctx, events.PodBindingKey(uid))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Binding{}, false, nil
+	}
+	if err != nil {
+		return Binding{}, false, fmt.Errorf("ledger: binding of %s: %w", uid, err)
+	}
+	var b Binding
+	if err := json.Unmarshal(kve.Value(), &b.PodBinding); err != nil {
+		return Binding{}, false, fmt.Errorf("ledger: decode binding of %s: %w", uid, err)
+	}
+	b.Revision = kve.Revision()
+	return b, true, nil
+}
+
+// Bind binds uid to host (step 1). It returns the binding now in force:
+// Host == host means the caller holds it (at Revision) and goes on to
+// reserve; another Host means the pod is placed there.
+func (l *Ledger) Bind(ctx context.Context, uid, host string) (Binding, error) {
+	key := events.PodBindingKey(uid)
+	mine := events.PodBinding{Host: host, UID: uid}
+	data, _ := json.Marshal(mine)
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		rev, err := l.kv.Create(ctx, key, data)
+		if err == nil {
+			return Binding{PodBinding: mine, Revision: rev}, nil
+		}
+		if !conflict(err) {
+			return Binding{}, fmt.Errorf("ledger: bind %s: %w", uid, err)
+		}
+		cur, ok, err := l.GetBinding(ctx, uid)
+		if err != nil {
+			return Binding{}, err
+		}
+		if !ok {
+			continue // deleted meanwhile: create again
+		}
+		if cur.Host == host {
+			return cur, nil // ours already (a replay)
+		}
+		if cur.Confirmed {
+			e, err := l.Get(ctx, cur.Host)
+			if err != nil {
+				return Binding{}, err
+			}
+			if a, held := e.Allocations[uid]; held && a.Kind == events.AllocationPod {
+				return cur, nil // live elsewhere
+			}
+		}
+		rev, err = l.kv.Update(ctx, key, data, cur.Revision)
+		if err == nil {
+			return Binding{PodBinding: mine, Revision: rev}, nil
+		}
+		if !conflict(err) {
+			return Binding{}, fmt.Errorf("ledger: take over binding of %s: %w", uid, err)
+		}
+	}
+	return Binding{}, fmt.Errorf("%w: binding of %s", ErrContention, uid)
+}
+
+// Confirm marks the caller's binding confirmed once the allocation is
+// written (step 3); ErrBindingLost if it changed since Bind.
+func (l *Ledger) Confirm(ctx context.Context, b Binding) (Binding, error) {
+	b.Confirmed = true
+	data, _ := json.Marshal(b.PodBinding)
+	rev, err := l.kv.Update(ctx, events.PodBindingKey(b.UID), data, b.Revision)
+	if err != nil {
+		if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return Binding{}, ErrBindingLost
+		}
+		return Binding{}, fmt.Errorf("ledger: confirm binding of %s: %w", b.UID, err)
+	}
+	b.Revision = rev
+	return b, nil
+}
+
+// Rebind moves a confirmed binding to another host (a completed
+// migration).
+func (l *Ledger) Rebind(ctx context.Context, uid, host string) error {
+	data, _ := json.Marshal(events.PodBinding{Host: host, UID: uid, Confirmed: true})
+	if _, err := l.kv.Put(ctx, events.PodBindingKey(uid), data); err != nil {
+		return fmt.Errorf("ledger: rebind %s: %w", uid, err)
+	}
+	return nil
+}
+
+// Unbind removes a pod's binding (pod deleted, failed or evicted). With
+// rev > 0 only that revision is removed (a writer dropping a binding it
+// holds but could not use).
+func (l *Ledger) Unbind(ctx context.Context, uid string, rev uint64) error {
+	var opts []jetstream.KVDeleteOpt
+	if rev > 0 {
+		opts = append(opts, jetstream.LastRevision(rev))
+	}
+	err := l.kv.Delete(ctx, events.PodBindingKey(uid), opts...)
+	if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) || (rev > 0 && conflict(err)) {
+		return nil
+	}
+	return fmt.Errorf("ledger: unbind %s: %w", uid, err)
+}

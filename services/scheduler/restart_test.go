@@ -1,0 +1,102 @@
+package scheduler_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// A scheduler that restarts keeps the cordons it knew and finds the pods
+// that were waiting for a host in the provisioner's records: after the
+// restart, uncordoning the host places the waiting pod.
+func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
+	host := e.hostNames()[0]
+	e.publish("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
+	e.eventually("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.Cordoned })
+	acc := e.accept(testPod("waiting", "1", "1Gi", onHost(host)))
+	if u := e.waitUnschedulable(acc.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
+		t.Fatalf("%+v", u)
+	}
+
+	e.stop()
+	e.stop = e.startScheduler()
+	// Still cordoned after the restart: a new pod for that host waits too.
+	other := e.accept(testPod("waiting-2", "1", "1Gi", onHost(host)))
+	if u := e.waitUnschedulable(other.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
+		t.Fatalf("after restart: %+v", u)
+	}
+	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	for _, k := range []string{acc.ObjectKey(), other.ObjectKey()} {
+		if s := e.waitScheduled(k); s.Host != host {
+			t.Errorf("%s placed on %s", k, s.Host)
+		}
+	}
+	if facts := e.obs.facts(events.TypeHostDiscovered, host); facts != 1 {
+		t.Errorf("host.discovered published %d times over a restart, want 1", facts)
+	}
+}
+
+// Two scheduler instances share the durable consumer (as two replicas
+// would) and the ledger: an overfull burst of pods never overcommits a host,
+// and no pod is placed on two hosts (the second instance also finds every
+// pod still Pending in the records at start and retries them, racing the
+// first; the pod bindings keep one placement).
+func TestTwoSchedulersNeverOvercommit(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	e.startScheduler()
+	var keys []string
+	for i := 0; i < 150; i++ {
+		keys = append(keys, e.accept(testPod(fmt.Sprintf("burst-%03d", i), "2", "16Gi")).ObjectKey())
+	}
+	e.eventually("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	recs := e.hostRecords()
+	placed, ledgerPods := 0, 0
+	check := func() {
+		placed, ledgerPods = 0, 0
+		for _, k := range keys {
+			if e.obs.scheduledOf(k) != nil {
+				placed++
+			}
+		}
+		for name, r := range recs {
+			entry, err := e.led.Get(t.Context(), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cpu, mem, n := entry.Totals()
+			ledgerPods += n
+			if cpu > r.CPUCapacityMilli || mem > r.MemoryCapacityBytes {
+				t.Fatalf("%s overcommitted: %dm/%dm, %d/%d GiB", name, cpu, r.CPUCapacityMilli, mem>>30, r.MemoryCapacityBytes>>30)
+			}
+		}
+	}
+	// A pod that lost races may be announced unschedulable and placed by
+	// its retry shortly after: wait until every reservation is announced.
+	deadline := time.Now().Add(10 * time.Second)
+	for check(); placed != ledgerPods && time.Now().Before(deadline); check() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if placed != ledgerPods {
+		t.Errorf("%d pods announced, the ledger holds %d", placed, ledgerPods)
+	}
+	where := map[string][]string{}
+	for name := range recs {
+		entry, _ := e.led.Get(t.Context(), name)
+		for k, a := range entry.Allocations {
+			where[a.Name] = append(where[a.Name], name+":"+k+":"+a.ReservedAt.Format("15:04:05.000"))
+		}
+	}
+	for n, hs := range where {
+		if len(hs) > 1 {
+			t.Errorf("%s reserved on %d hosts: %v", n, len(hs), hs)
+		}
+	}
+
+	if placed == len(keys) {
+		t.Fatalf("all %d pods placed: the burst was not overfull", placed)
+	}
+	t.Logf("%d of %d pods placed by two schedulers", placed, len(keys))
+}
