@@ -26,13 +26,17 @@
 // (package framework, plugins under plugins/) against an in-memory snapshot
 // of the hosts, and is assumed on the chosen host so that the next pod of
 // the batch sees it. The batch's reservations are then written to the
-// ledger with one compare-and-set per host, hosts in parallel (package
-// ledger). The ledger checks capacity inside its CAS loop, so two scheduler
-// instances can never both take the last room on a host; a pod that lost
-// such a race is placed again against the fresh entry. pod.scheduled is
-// published only after its reservation is durable, with an id derived from
-// the cause, and a replay finds the reservation and republishes the same
-// event.
+// ledger by one committer per host (loop.go): while a write is in flight the
+// next passes' reservations for that host queue up and go out together, so
+// the loop never waits for the ledger. The ledger checks capacity inside its
+// CAS loop, so two scheduler instances can never both take the last room on
+// a host; a pod that lost such a race is placed again against the fresh
+// entry. A pod is bound to its host before its allocation is written and the
+// binding confirmed after (ledger/binding.go), so two instances that both
+// hold a pod (a restart recovering pending pods while another instance
+// retries them) never place it twice. pod.scheduled is published only after
+// its reservation is durable, with an id derived from the cause, and a
+// replay finds the reservation and republishes the same event.
 //
 // Capacity is the vSphere API's: a host offers cores × 1000 millicores
 // (times the profile's CPU overcommit ratio, 1.0 by default) and its

@@ -80,7 +80,6 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 			kick = kick || rec.Schedulable()
 		default:
 			rec.Cordoned, rec.LostAt = old.Cordoned, old.LostAt
-			rec.HostInfo.Cordoned = old.Cordoned
 			wasConnected := old.ConnectionState == events.HostConnected
 			switch {
 			case wasConnected && !connected:

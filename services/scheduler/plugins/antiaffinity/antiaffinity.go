@@ -7,6 +7,11 @@
 // placed), and only the per-host topology (kubernetes.io/hostname or
 // podvisor.io/host); other topology keys are refused when the pod is
 // compiled, with the field named.
+//
+// Note: events.ValidatePod currently refuses spec.affinity altogether
+// ("use nodeSelector with host labels"), so pods reaching the scheduler
+// through pod.accepted carry no anti-affinity yet; the plugin is ready for
+// when validation admits podAntiAffinity.
 package antiaffinity
 
 import (
