@@ -50,6 +50,11 @@ type HostRecord struct {
 	// MaxPods caps the number of pod VMs on the host (0 = no cap).
 	MaxPods int `json:"maxPods,omitempty"`
 
+	// PodNetworks are the logical networks realized on the host, from
+	// network-config's read model (KV net-hosts), sorted; Networks above are
+	// the vSphere networks (port groups) the host is connected to.
+	PodNetworks []string `json:"podNetworks,omitempty"`
+
 	// AllocatedCPUMilli, AllocatedMemoryBytes and Pods sum the host's ledger
 	// allocations (pods and incoming migrations).
 	AllocatedCPUMilli    int64 `json:"allocatedCpuMilli"`

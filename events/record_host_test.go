@@ -20,7 +20,7 @@ func TestHostRecordSample(t *testing.T) {
 	if err := r.Validate(); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
-	if r.Name != "esx-1-01" || r.CPUCapacityMilli != 48000 || r.Pods != 2 || r.Labels["gpu"] != "a100" || r.ResourcePool == "" {
+	if r.Name != "esx-1-01" || r.CPUCapacityMilli != 48000 || r.Pods != 2 || r.Labels["gpu"] != "a100" || r.ResourcePool == "" || len(r.PodNetworks) != 2 {
 		t.Errorf("decoded %+v", r)
 	}
 	if r.State() != HostStateReady || !r.Schedulable() {

@@ -71,6 +71,10 @@ func TestMigrationPlacement(t *testing.T) {
 		t.Errorf("placed on %s, want %s where frontend is already realized", s.Host, c1[0])
 	}
 	source := s.Host
+	e.eventually("host record lists realized networks", 5*time.Second, func() bool {
+		r := e.hostRecords()[c1[0]]
+		return strings.Join(r.PodNetworks, ",") == "default,frontend"
+	})
 	rec := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "web", Pod: acc.Pod, Size: acc.Size,
 		Networks: acc.Networks, Phase: events.PodPhaseRunning, Host: source, RequestID: "req-web"}
 	e.writePodRecord(rec)

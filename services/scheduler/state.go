@@ -308,6 +308,7 @@ func (s *Service) applyNetwork(kve jetstream.KeyValueEntry) bool {
 		}
 		if st != prev {
 			s.snap.SetNetwork(h.Name, name, st)
+			s.dirty[h.Name] = true
 			grew = grew || st > prev
 		}
 	}
@@ -424,6 +425,13 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 		}
 		if h, ok := s.snap.Host(name); ok {
 			rec.AllocatedCPUMilli, rec.AllocatedMemoryBytes, rec.Pods = h.RequestedCPUMilli, h.RequestedMemoryBytes, h.PodCount()
+			rec.PodNetworks = rec.PodNetworks[:0]
+			for n, st := range h.Networks {
+				if st == framework.NetworkRealized {
+					rec.PodNetworks = append(rec.PodNetworks, n)
+				}
+			}
+			slices.Sort(rec.PodNetworks)
 		}
 		rec.UpdatedAt = now
 		data, err := json.Marshal(rec)
