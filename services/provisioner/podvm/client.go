@@ -253,7 +253,11 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 
 // WaitCreate waits for a CreateVM task and returns the new VM's reference.
 func (c *Client) WaitCreate(ctx context.Context, task types.ManagedObjectReference) (types.ManagedObjectReference, error) {
-	info, err := object.NewTask(c.vc, task).WaitForResultEx(ctx)
+	// WaitForResult makes a property collector per call. WaitForResultEx
+	// shares the session's default collector, and concurrent waits on it
+	// consume each other's updates: a worker then waits for a task that has
+	// long finished (seen as every worker stuck with 8 pods Provisioning).
+	info, err := object.NewTask(c.vc, task).WaitForResult(ctx)
 	if err != nil {
 		if isNotFound(err) && (info == nil || info.Task == task) {
 			return types.ManagedObjectReference{}, ErrTaskGone
@@ -279,7 +283,7 @@ func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	task, err := vm.PowerOn(ctx)
 	if err == nil {
-		_, err = task.WaitForResultEx(ctx)
+		_, err = task.WaitForResult(ctx)
 	}
 	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
 		return fmt.Errorf("power on %s: %w", ref.Value, err)
@@ -299,7 +303,7 @@ func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference)
 	}
 	task, err := vm.PowerOff(ctx)
 	if err == nil {
-		_, err = task.WaitForResultEx(ctx)
+		_, err = task.WaitForResult(ctx)
 	}
 	if err != nil && !fault.IsAlreadyPoweredOffError(err) {
 		return fmt.Errorf("power off %s: %w", ref.Value, err)
@@ -319,7 +323,7 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	task, err := object.NewVirtualMachine(c.vc, ref).Destroy(ctx)
 	if err == nil {
-		_, err = task.WaitForResultEx(ctx)
+		_, err = task.WaitForResult(ctx)
 	}
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", ref.Value, err)
