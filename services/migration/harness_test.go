@@ -48,6 +48,8 @@ type world struct {
 	nets  jetstream.KeyValue
 	sched *scheduler
 	svc   *Service
+	// stop ends the running service and waits for Run to return.
+	stop func()
 }
 
 func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
@@ -147,23 +149,27 @@ func newServiceForTest(t *testing.T, w *world, cfg Config) *Service {
 	return svc
 }
 
-// runService runs svc until the test ends.
+// runService runs svc until the test ends or w.stop is called.
 func (w *world) runService(svc *Service) *Service {
 	w.svc = svc
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
-	w.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				w.t.Errorf("Run: %v", err)
+	var once sync.Once
+	w.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					w.t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				w.t.Errorf("Run did not return after cancel")
 			}
-		case <-time.After(30 * time.Second):
-			w.t.Errorf("Run did not return after cancel")
-		}
-	})
+		})
+	}
+	w.t.Cleanup(w.stop)
 	return svc
 }
 

@@ -348,10 +348,20 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case wctx.Err() != nil:
+		// Cancel the task, give the cancel time to take effect, and report
+		// what is true: vCenter may refuse a cancel once the switch-over
+		// began, and then the VM lands on the target after all.
 		if cerr := s.vm.CancelTask(ctx, ref); cerr != nil {
 			s.log.Warn("cancel timed-out relocation", "migration", r.ID, "task", ref.Value, "err", cerr)
 		}
-		return refuse(ReasonTimeout, "the relocation to %s did not finish within %s", r.TargetHost, s.cfg.RelocateTimeout)
+		gctx, gcancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
+		_ = s.vm.Wait(gctx, ref, nil)
+		gcancel()
+		if vm, err := s.vm.VM(ctx, p.vmRef); err == nil && vm.Host == r.TargetHost {
+			s.log.Warn("relocation outlived its timeout but completed", "migration", r.ID, "task", ref.Value)
+			return nil
+		}
+		return refuse(ReasonTimeout, "the relocation to %s did not finish within %s and was cancelled", r.TargetHost, s.cfg.RelocateTimeout)
 	default:
 		return refuse(ReasonRelocateFailed, "vCenter: %v", err)
 	}
