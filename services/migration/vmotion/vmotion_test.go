@@ -1,0 +1,127 @@
+package vmotion_test
+
+import (
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/services/migration/vmotion"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// TestAgainstTheSimulator walks a pod VM through what the migration
+// service asks of vCenter: host state with pool and datastores, the VM's
+// placement and guestinfo, a cross-cluster relocation, maintenance mode
+// (refused while the VM runs there), and removal.
+func TestAgainstTheSimulator(t *testing.T) {
+	ctx := t.Context()
+	dc := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2, Seed: 3})
+	vc := simtest.Client(t, dc)
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := vmotion.New(vc.Client, dco)
+	clusters := dc.Clusters()
+	src, dst := clusters[0].Hosts[0], clusters[1].Hosts[1]
+
+	h, err := c.Host(ctx, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !h.Connected() || h.Maintenance || h.Pool != clusters[1].ResourcePool || !slices.Contains(h.Datastores, sim.SharedDatastore) {
+		t.Fatalf("Host(%s) = %+v, want connected, cluster-2's pool, %s mounted", dst, h, sim.SharedDatastore)
+	}
+	if _, err := c.Host(ctx, "esx-9-09"); !errors.Is(err, vmotion.ErrNotFound) {
+		t.Fatalf("unknown host: %v, want ErrNotFound", err)
+	}
+
+	// A pod VM as the provisioner makes it.
+	folders, err := dco.Folders(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := types.VirtualMachineConfigSpec{
+		Name: "pv-u1", GuestId: "otherGuest64", NumCPUs: 1, MemoryMB: 128,
+		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + sim.SharedDatastore + "]"},
+		ExtraConfig: []types.BaseOptionValue{
+			&types.OptionValue{Key: vmotion.UIDKey, Value: "u1"},
+			&types.OptionValue{Key: vmotion.NamespaceKey, Value: "default"},
+			&types.OptionValue{Key: vmotion.PodKey, Value: "web"},
+		},
+	}
+	srcSpec, _ := dc.Host(src)
+	task, err := folders.VmFolder.CreateVM(ctx, spec, object.NewResourcePool(vc.Client, clusters[0].ResourcePool), object.NewHostSystem(vc.Client, srcSpec.Ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := info.Result.(types.ManagedObjectReference)
+	vmo := object.NewVirtualMachine(vc.Client, ref)
+	if pt, err := vmo.PowerOn(ctx); err != nil || pt.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+
+	vm, err := c.VM(ctx, ref.Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.Host != src || vm.UID != "u1" || vm.Namespace != "default" || vm.Pod != "web" || !slices.Contains(vm.Datastores, sim.SharedDatastore) {
+		t.Fatalf("VM = %+v", vm)
+	}
+	on, err := c.VMsOnHost(ctx, src)
+	if err != nil || len(on) != 1 || on[0].Ref != ref {
+		t.Fatalf("VMsOnHost(%s) = %+v, %v", src, on, err)
+	}
+	if err := c.EnterMaintenance(ctx, src); err == nil {
+		t.Fatal("maintenance mode entered with a powered-on VM on the host")
+	}
+
+	tref, err := c.StartRelocate(ctx, vmotion.Move{VM: ref.Value, Host: h.Ref, Pool: h.Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(ctx, tref, nil); err != nil {
+		t.Fatal(err)
+	}
+	if vm, err = c.VM(ctx, ref.Value); err != nil || vm.Host != dst {
+		t.Fatalf("after relocation: %+v, %v; want on %s", vm, err, dst)
+	}
+	var pool types.ManagedObjectReference
+	if p, err := vmo.ResourcePool(ctx); err == nil {
+		pool = p.Reference()
+	}
+	if pool != clusters[1].ResourcePool {
+		t.Errorf("VM in pool %v, want cluster-2's %v", pool, clusters[1].ResourcePool)
+	}
+	if on, _ := c.VMsOnHost(ctx, src); len(on) != 0 {
+		t.Errorf("VMsOnHost(%s) still lists %d VMs after the move", src, len(on))
+	}
+
+	if err := c.EnterMaintenance(ctx, src); err != nil {
+		t.Fatalf("maintenance mode on the emptied host: %v", err)
+	}
+	if h, _ := c.Host(ctx, src); !h.Maintenance {
+		t.Error("host not in maintenance mode")
+	}
+	if err := c.ExitMaintenance(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Destroy(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Destroy(ctx, ref); err != nil {
+		t.Errorf("second Destroy: %v, want nil (already gone)", err)
+	}
+	if _, err := c.VM(ctx, ref.Value); !errors.Is(err, vmotion.ErrNotFound) {
+		t.Errorf("VM after Destroy: %v, want ErrNotFound", err)
+	}
+}
