@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
@@ -133,6 +134,26 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	// A Finder is not safe for concurrent use: resolve hosts and pools
+	// first, then create the VMs in parallel.
+	hosts := map[string]*object.HostSystem{}
+	pools := map[string]*object.ResourcePool{}
+	for key := range accepted {
+		s := e.obs.scheduledOf(key)
+		if s == nil {
+			continue
+		}
+		if hosts[s.Host] == nil {
+			if hosts[s.Host], err = finder.HostSystem(ctx, s.Host); err != nil {
+				e.t.Fatal(err)
+			}
+		}
+		if pools[s.ResourcePool] == nil {
+			if pools[s.ResourcePool], err = finder.ResourcePool(ctx, s.ResourcePool); err != nil {
+				e.t.Fatalf("resource pool %q of pod.scheduled: %v", s.ResourcePool, err)
+			}
+		}
+	}
 	vms := map[string]string{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -146,16 +167,7 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			host, err := finder.HostSystem(ctx, s.Host)
-			if err != nil {
-				e.t.Error(err)
-				return
-			}
-			pool, err := finder.ResourcePool(ctx, s.ResourcePool)
-			if err != nil {
-				e.t.Errorf("resource pool %q of pod.scheduled: %v", s.ResourcePool, err)
-				return
-			}
+			host, pool := hosts[s.Host], pools[s.ResourcePool]
 			spec := types.VirtualMachineConfigSpec{Name: "pv-" + acc.UID, GuestId: "otherLinux64Guest",
 				NumCPUs: acc.Size.VCPUs, MemoryMB: acc.Size.MemoryMiB,
 				Files: &types.VirtualMachineFileInfo{VmPathName: "[" + s.Datastores[0] + "]"}}
