@@ -124,6 +124,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.startServices(ctx); err != nil {
 		return nil, err
 	}
+	s.startTraceQueries(ctx)
 	if err := s.declareDefaultNetwork(ctx); err != nil {
 		return nil, err
 	}

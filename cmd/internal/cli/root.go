@@ -68,6 +68,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newEventsCmd(g),
+		newTraceCmd(g),
 	)
 	return root
 }

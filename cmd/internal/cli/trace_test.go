@@ -1,0 +1,230 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/telemetry"
+)
+
+// upWithTracing is upForTest with every service and the span recorder that
+// `podvisor up` installs.
+func upWithTracing(t *testing.T) string {
+	t.Helper()
+	rec := telemetry.NewRecorder(0)
+	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "podvisor", Recorder: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	specs, err := runner.Select("all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); sys.Close() })
+	if _, err := sys.WriteEnv(); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func podRecord(t *testing.T, b *bus.Bus, ns, name string) *events.PodRecord {
+	t.Helper()
+	kv, err := b.KV(context.Background(), events.BucketPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), events.PodRecordKey(ns, name))
+	if err != nil {
+		return nil
+	}
+	var r events.PodRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		t.Fatal(err)
+	}
+	return &r
+}
+
+// One pod is deployed to Running and then migrated; its trace, read back
+// through `podvisor trace pod`, holds spans of all five services under the
+// one trace id its record keeps.
+func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
+	dir := upWithTracing(t)
+	vars, _ := ReadEnvFile(dir + "/env")
+	b, err := bus.Connect(context.Background(), vars["PODVISOR_NATS_URL"], nats.Name("trace-test"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: a, image: " +
+		vars["PODVISOR_REGISTRY"] + "/podvisor/web:1.0, resources: {requests: {cpu: 250m, memory: 128Mi}}}]}\n"
+	if out, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
+	}
+	var rec *events.PodRecord
+	eventually(t, "pod Running", func() bool {
+		rec = podRecord(t, b, "shop", "web")
+		return rec != nil && rec.Phase == events.PodPhaseRunning
+	})
+	if rec.TraceParent == "" {
+		t.Fatal("the pod record keeps no traceparent")
+	}
+	traceID, err := allinone.TraceIDFromTraceparent(rec.TraceParent)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Migrate within the pod's trace, as drain and host-loss do: the request
+	// is published under the span context the record's traceparent names.
+	podCtx := trace.SpanContextFromContext(propagation.TraceContext{}.Extract(context.Background(),
+		propagation.MapCarrier{"traceparent": rec.TraceParent}))
+	ctx := trace.ContextWithRemoteSpanContext(context.Background(), podCtx)
+	ev, err := bus.NewEvent(CLISource, events.TypeMigrationRequested, "shop/web",
+		&events.MigrationRequested{ID: "m-trace", Namespace: "shop", Pod: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	from := rec.Host
+	eventually(t, "pod migrated", func() bool {
+		rec = podRecord(t, b, "shop", "web")
+		return rec.Host != from && rec.Phase == events.PodPhaseRunning
+	})
+
+	// The trace the record names crosses all five services: the scheduler,
+	// image cache and network-config handle pod.accepted in it, and the
+	// migration was requested in it.
+	var flow traceJSON
+	eventually(t, "the pod's trace with all five services", func() bool {
+		flow = traceOf(t, dir, "--flow-only")
+		return len(flow.Services) >= 5
+	})
+	for _, svc := range runner.Names() {
+		found := false
+		for _, sp := range flow.Spans {
+			if sp.TraceID != traceID {
+				t.Fatalf("--flow-only: span %s %q belongs to trace %s, want only the pod's %s", sp.SpanID, sp.Name, sp.TraceID, traceID)
+			}
+			found = found || sp.Service == svc
+		}
+		if !found {
+			t.Errorf("no span of %s in the pod's trace (services: %v)", svc, flow.Services)
+		}
+	}
+	if flow.TraceID != traceID || flow.Spans[0].OffsetMS != 0 || flow.DurationMS <= 0 {
+		t.Errorf("trace header = %s, first offset %v, duration %v", flow.TraceID, flow.Spans[0].OffsetMS, flow.DurationMS)
+	}
+	// Events published outside a handler (the scheduler's retry of a pod
+	// that waited for its network, the end of a relocation) begin traces of
+	// their own; the default view joins them, so it reaches pod.running and
+	// migration.completed.
+	var joined traceJSON
+	eventually(t, "the joined traces up to migration.completed", func() bool {
+		joined = traceOf(t, dir)
+		names := map[string]bool{}
+		for _, sp := range joined.Spans {
+			names[spanLabel(sp.Name)] = true
+		}
+		return names["provisioner pod.network.attached"] && names["publish pv.pod.running"] && names["migration migration.target.reserved"] &&
+			names["publish pv.migration.completed"]
+	})
+	if len(joined.Spans) <= len(flow.Spans) {
+		t.Errorf("joined view has %d spans, the flow alone %d", len(joined.Spans), len(flow.Spans))
+	}
+	t.Logf("pod trace: %d spans; with linked traces: %d spans", len(flow.Spans), len(joined.Spans))
+
+	table, errOut, code := run(t, dir, "", "trace", "pod", "web", "-n", "shop", "--width", "140")
+	if code != 0 {
+		t.Fatalf("trace: exit %d: %s", code, errOut)
+	}
+	if testing.Verbose() {
+		t.Log("\n" + table)
+	}
+	for _, want := range []string{"SERVICE", "OFFSET", "DURATION", "█", "migration", "netconfig", "pod.running", "migration.completed", "TR"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("waterfall lacks %q:\n%s", want, table)
+		}
+	}
+	for i, line := range strings.Split(strings.TrimRight(table, "\n"), "\n") {
+		if n := len([]rune(line)); n > 142 {
+			t.Errorf("line %d is %d columns wide, want at most 140 (+ status mark):\n%s", i, n, line)
+		}
+	}
+
+	if _, errOut, code := run(t, dir, "", "trace", "pod", "nope", "-n", "shop"); code == 0 || !strings.Contains(errOut, `"shop/nope" not found`) {
+		t.Errorf("trace of a missing pod: exit %d, %q", code, errOut)
+	}
+}
+
+func traceOf(t *testing.T, dir string, flags ...string) traceJSON {
+	t.Helper()
+	out, errOut, code := run(t, dir, "", append([]string{"trace", "pod", "web", "-n", "shop", "-o", "json"}, flags...)...)
+	if code != 0 {
+		t.Logf("trace: exit %d: %s", code, errOut)
+		return traceJSON{}
+	}
+	var got traceJSON
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("trace -o json: %v\n%s", err, out)
+	}
+	return got
+}
+
+func TestWaterfallBarsAndNames(t *testing.T) {
+	for _, tt := range []struct {
+		offset, dur, total time.Duration
+		width              int
+		want               string
+	}{
+		{0, 10, 10, 10, "██████████"},
+		{5, 5, 10, 10, "     █████"},
+		{0, 0, 10, 10, "█         "}, // too short for a cell still shows
+		{10, 0, 10, 4, "   █"},
+	} {
+		if got := bar(tt.offset, tt.dur, tt.total, tt.width); got != tt.want {
+			t.Errorf("bar(%v, %v, %v, %d) = %q, want %q", tt.offset, tt.dur, tt.total, tt.width, got, tt.want)
+		}
+	}
+	if got := spanLabel("provisioner io.podvisor.pod.network.attached.v1"); got != "provisioner pod.network.attached" {
+		t.Errorf("spanLabel = %q", got)
+	}
+	t0 := time.Unix(100, 0)
+	spans := []allinone.TraceSpan{
+		{SpanID: "b", ParentID: "a", Name: "scheduler io.podvisor.pod.accepted.v1", Start: t0.Add(2 * time.Millisecond), End: t0.Add(3 * time.Millisecond)},
+		{SpanID: "a", Name: "publish pv.pod.requested", Service: "podvisor", Attrs: map[string]string{"ce.source": "podvisor/cli"}, Start: t0, End: t0.Add(time.Millisecond)},
+		{SpanID: "c", ParentID: "b", Name: "publish pv.pod.scheduled", Start: t0.Add(2500 * time.Microsecond), End: t0.Add(3 * time.Millisecond)},
+	}
+	attributeServices(spans)
+	rows := waterfallRows(spans, t0)
+	var order []string
+	for _, r := range rows {
+		order = append(order, r.span.SpanID+":"+r.span.Service)
+	}
+	if strings.Join(order, ",") != "a:cli,b:scheduler,c:scheduler" || rows[2].depth != 2 {
+		t.Errorf("rows = %v (depth of c %d), want parent before child and a publish inside a handler named after its service", order, rows[2].depth)
+	}
+	if err := (allinone.TraceQuery{TraceID: "xyz"}).Validate(); err == nil || !strings.Contains(err.Error(), "traceId") {
+		t.Errorf("bad trace id: %v", err)
+	}
+}
