@@ -72,6 +72,7 @@ func (s *Service) submit(ctx context.Context, r *request) outcome {
 	}
 	select {
 	case o := <-r.done:
+		s.metrics.outcome(ctx, o)
 		return o
 	case <-ctx.Done():
 		return outcome{err: ctx.Err()}
@@ -106,6 +107,7 @@ func (s *Service) scheduleLoop(ctx context.Context) {
 			}
 		}
 		start := time.Now()
+		s.metrics.passPods.Record(ctx, int64(len(batch)))
 		s.scheduleBatch(ctx, batch)
 		s.log.Debug("scheduling pass", "pods", len(batch), "took", time.Since(start))
 	}

@@ -89,6 +89,7 @@ type Service struct {
 	commitSem  chan struct{}
 
 	pending *pendingSet
+	metrics *metrics
 }
 
 // New builds the scheduler; it fails on a bad configuration or missing
@@ -130,6 +131,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		commitSem:  make(chan struct{}, commitParallelism),
 	}
 	s.pending = newPendingSet(cfg.RetryInitial, cfg.RetryMax)
+	m, err := newMetrics(s)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics = m
 	services := map[string]any{}
 	switch {
 	case deps.Locality != nil:
