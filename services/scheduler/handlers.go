@@ -319,7 +319,7 @@ func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
 	// race, so the kick is repeated shortly after.
 	s.pending.kickAll()
 	go func() {
-		sleep(ctx, 300*time.Millisecond)
+		sleep(s.runCtx, 300*time.Millisecond)
 		s.pending.kickAll()
 	}()
 	return nil

@@ -90,6 +90,9 @@ type Service struct {
 
 	pending *pendingSet
 	metrics *metrics
+	// runCtx is Run's context, for work a handler starts but does not
+	// wait for.
+	runCtx context.Context
 }
 
 // New builds the scheduler; it fails on a bad configuration or missing
@@ -154,6 +157,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 // Run loads the inventory, the ledger and the read models, then schedules
 // until ctx ends. It returns nil when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	s.runCtx = ctx
 	if err := s.open(ctx); err != nil {
 		return err
 	}
