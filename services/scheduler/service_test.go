@@ -226,3 +226,23 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("missing deps: %v", err)
 	}
 }
+
+// A pod whose network exists nowhere waits with that reason, and is placed
+// as soon as network-config realizes the network (its read model changes
+// and network.host.ready arrives), with no retry backoff in the way.
+func TestNetworkReadyRetriesAtOnce(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.RetryInitial, c.RetryMax = time.Minute, time.Minute // only a kick can place the pod in time
+	}})
+	acc := e.accept(testPod("db", "1", "1Gi", withNetworks("db")))
+	u := e.waitUnschedulable(acc.ObjectKey())
+	if u.Reasons["NetworkNotOnHost"] != 2 || u.Message != "0/2 hosts: 2 network backend not on host" {
+		t.Fatalf("%+v", u)
+	}
+	host := e.hostNames()[1]
+	e.setNetwork("db", []string{host}, []string{host})
+	e.publish("podvisor/netconfig", events.TypeNetworkHostReady, "db", &events.NetworkHostReady{Name: "db", Version: 1, Host: host, PortGroup: "pv-db"})
+	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
+		t.Fatalf("placed on %s, db is only on %s", s.Host, host)
+	}
+}

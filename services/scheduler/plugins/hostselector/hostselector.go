@@ -2,7 +2,9 @@
 // affinity against host labels. Host labels come from the inventory: vSphere
 // custom attributes and tags on the host, plus podvisor.io/host and
 // podvisor.io/cluster, so `nodeSelector: {podvisor.io/cluster: cluster-1}`
-// pins a pod to a cluster.
+// pins a pod to a cluster. (Required node affinity is matched too, but
+// events.ValidatePod does not admit spec.affinity yet, so today only
+// nodeSelector reaches the scheduler.)
 package hostselector
 
 import (
