@@ -121,7 +121,12 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.startUI(ctx); err != nil {
 		return nil, err
 	}
-	if err := s.startServices(ctx); err != nil {
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if s.Datacenter != nil {
+		s.run(runCtx, "simulator control", s.serveSimControl)
+	}
+	if err := s.startServices(ctx, runCtx); err != nil {
 		return nil, err
 	}
 	s.startTraceQueries(ctx)
@@ -289,12 +294,12 @@ func (s *System) run(ctx context.Context, name string, f func(context.Context) e
 	}()
 }
 
-func (s *System) startServices(ctx context.Context) error {
+// startServices connects each service (ctx bounds the connecting) and runs
+// it until runCtx ends.
+func (s *System) startServices(ctx, runCtx context.Context) error {
 	if len(s.cfg.Services) == 0 {
 		return nil
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
 	if s.Datacenter != nil {
 		for k, v := range simulatorDefaults {
 			if _, set := os.LookupEnv(k); !set {

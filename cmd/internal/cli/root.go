@@ -68,7 +68,11 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newEventsCmd(g),
+		newMigrateCmd(g),
+		newDrainCmd(g),
+		newUncordonCmd(g),
 		newTraceCmd(g),
+		newSimCmd(g),
 	)
 	return root
 }
