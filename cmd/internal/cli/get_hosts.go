@@ -34,6 +34,6 @@ func (h *hostRow) Row(time.Time) []string {
 		fmt.Sprintf("%.1f/%.0f", float64(r.AllocatedCPUMilli)/1000, float64(r.CPUCapacityMilli)/1000),
 		bytesGiB(r.AllocatedMemoryBytes) + "/" + bytesGiB(r.MemoryCapacityBytes),
 		strconv.Itoa(r.Pods),
-		dash(strings.Join(r.Networks, ",")),
+		dash(strings.Join(r.PodNetworks, ",")),
 	}
 }
