@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
@@ -202,10 +203,16 @@ func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.V
 
 // vmSpec derives the pod VM and its placement from the record.
 func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, error) {
-	// The VM's files and its child disks go where the scheduler said (a
-	// delta disk may sit on another datastore than its parent, as linked
-	// clones do); the image chain's datastore is the fallback.
+	// The VM's files and its child disks go beside the pod's image chain
+	// when the host mounts that datastore: the image cache puts chains on
+	// the most widely mounted datastore, so the VM can later move to any
+	// host that sees its images, across clusters too. Otherwise they go
+	// where the scheduler said (a delta disk may sit on another datastore
+	// than its parent, as linked clones do).
 	ds := s.cfg.Datastore
+	if ds == "" && len(r.Images) > 0 && slices.Contains(r.Datastores, r.Images[0].Datastore) {
+		ds = r.Images[0].Datastore
+	}
 	if ds == "" && len(r.Datastores) > 0 {
 		ds = r.Datastores[0]
 	}
