@@ -116,6 +116,7 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 		args = append(args, "--appendonly", "no")
 	}
 	cmd := exec.Command(bin, args...)
+	dieWithParent(cmd)
 	cmd.Stdout = o.output
 	cmd.Stderr = o.output
 	if dir != "" {
