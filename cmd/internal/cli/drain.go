@@ -113,20 +113,7 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 			fmt.Fprintf(g.stdout, "the drain did not finish within %s; it goes on (see 'podvisor get migrations -A')\n", wait)
 			return nil
 		case ev := <-migs:
-			v, err := events.Decode(ev.Type(), ev.Data())
-			if err != nil {
-				continue
-			}
-			switch m := v.(type) {
-			case *events.MigrationCompleted:
-				if m.SourceHost == p.Name {
-					fmt.Fprintf(g.stdout, "  moved %s to %s\n", events.PodKey(m.Namespace, m.Pod), m.TargetHost)
-				}
-			case *events.MigrationFailed:
-				if m.SourceHost == p.Name {
-					fmt.Fprintf(g.stdout, "  %s stays: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.Reason, m.Message)
-				}
-			}
+			printDrainMigration(g, p.Name, ev)
 		case ev := <-hosts:
 			v, err := events.Decode(ev.Type(), ev.Data())
 			if err != nil {
@@ -140,6 +127,18 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 			case *events.HostDrained:
 				if h.Name != p.Name {
 					continue
+				}
+				// The migrations' outcomes come from another stream: let
+				// those already published arrive before the summary.
+				flush := time.After(250 * time.Millisecond)
+			drainLoop:
+				for {
+					select {
+					case ev := <-migs:
+						printDrainMigration(g, p.Name, ev)
+					case <-flush:
+						break drainLoop
+					}
 				}
 				if len(h.Unmovable) == 0 {
 					fmt.Fprintf(g.stdout, "host %s drained: %d pods moved; the host is in maintenance mode\n", h.Name, h.Migrated)
@@ -188,5 +187,24 @@ func newUncordonCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(g.stdout, "host %s uncordoned\n", p.Name)
 			return nil
 		},
+	}
+}
+
+// printDrainMigration prints the outcome of one migration off the drained
+// host.
+func printDrainMigration(g *globals, host string, ev event.Event) {
+	v, err := events.Decode(ev.Type(), ev.Data())
+	if err != nil {
+		return
+	}
+	switch m := v.(type) {
+	case *events.MigrationCompleted:
+		if m.SourceHost == host {
+			fmt.Fprintf(g.stdout, "  moved %s to %s\n", events.PodKey(m.Namespace, m.Pod), m.TargetHost)
+		}
+	case *events.MigrationFailed:
+		if m.SourceHost == host {
+			fmt.Fprintf(g.stdout, "  %s stays: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.Reason, m.Message)
+		}
 	}
 }

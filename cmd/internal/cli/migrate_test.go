@@ -63,7 +63,7 @@ func runTool(t *testing.T, natsURL string, args ...string) (stdout, stderr strin
 	root := NewRoot(strings.NewReader(""), &out, &errb)
 	g := &globals{stateDir: t.TempDir(), stdin: strings.NewReader(""), stdout: &out, stderr: &errb}
 	for name, mk := range map[string]func(*globals) *cobra.Command{
-		"migrate": newMigrateCmd, "drain": newDrainCmd, "uncordon": newUncordonCmd, "sim": newSimCmd,
+		"migrate": newMigrateCmd, "drain": newDrainCmd, "uncordon": newUncordonCmd, "sim": newSimCmd, "rebalance": newRebalanceCmd,
 	} {
 		if c, _, err := root.Find([]string{name}); err != nil || c == root {
 			root.AddCommand(mk(g))
@@ -239,5 +239,54 @@ func TestSimCLIWithoutSimulator(t *testing.T) {
 	}
 	if _, errOut, code := runTool(t, b.Conn().ConnectedUrl(), "sim", "host", "explode", "esx-1-01"); code != 2 || !strings.Contains(errOut, "want fail, recover or maintenance") {
 		t.Errorf("sim host explode: %d %q", code, errOut)
+	}
+}
+
+func TestRebalanceCLI(t *testing.T) {
+	b := bustest.Start(t)
+	url := b.Conn().ConnectedUrl()
+	ctx := context.Background()
+	put := func(bucket, key string, v any) {
+		kv, err := b.KV(ctx, bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := json.Marshal(v)
+		if _, err := kv.Put(ctx, key, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range []string{"esx-1-01", "esx-1-02"} {
+		put(events.BucketHosts, events.HostRecordKey(h), &events.HostRecord{
+			HostInfo:         events.HostInfo{Name: h, Cluster: "cluster-1", ConnectionState: events.HostConnected, Datastores: []string{"shared-ds"}},
+			CPUCapacityMilli: 16000, MemoryCapacityBytes: 16 << 30,
+		})
+	}
+	put(events.BucketNetHosts, "default", &events.NetworkAvailability{Network: "default", Hosts: []string{"esx-1-01", "esx-1-02"}, Scope: []string{"esx-1-01", "esx-1-02"}})
+	for _, n := range []string{"a", "b", "c", "d"} {
+		put(events.BucketPods, events.PodRecordKey("default", n), &events.PodRecord{
+			UID: "uid-" + n, Namespace: "default", Name: n, Host: "esx-1-01", Phase: events.PodPhaseRunning, VMRef: "vm-" + n,
+			Networks: []string{"default"}, Datastores: []string{"shared-ds"},
+			Size: events.PodVMSize{CPUMilli: 500, MemoryBytes: 4 << 30, MemoryMiB: 4096},
+		})
+	}
+	out, errOut, code := runTool(t, url, "rebalance", "--dry-run")
+	if code != 0 || strings.Count(out, "plan: ") != 2 || !strings.Contains(out, "esx-1-01 (100%) → esx-1-02 (0%)") {
+		t.Fatalf("rebalance --dry-run: %d\n%s%s", code, out, errOut)
+	}
+	answer(t, b, events.SubjectMigrationRequested, func(p any) []events.Payload {
+		r := p.(*events.MigrationRequested)
+		if r.TargetHost != "esx-1-02" {
+			t.Errorf("move of %s to %q, want esx-1-02", r.Pod, r.TargetHost)
+		}
+		return []events.Payload{&events.MigrationCompleted{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: "uid-" + r.Pod,
+			SourceHost: "esx-1-01", TargetHost: r.TargetHost, TargetCluster: "cluster-1"}}
+	})
+	out, errOut, code = runTool(t, url, "rebalance", "--wait", "10s")
+	if code != 0 || strings.Count(out, "moved default/") != 2 {
+		t.Fatalf("rebalance: %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := runTool(t, url, "rebalance", "--threshold", "2"); code != 2 || !strings.Contains(errOut, "--threshold") {
+		t.Errorf("bad threshold: %d %s", code, errOut)
 	}
 }
