@@ -50,7 +50,7 @@ type host struct {
 	cpu, mem  int64
 	count     int                 // every pod on the host
 	pods      []*events.PodRecord // the ones that can move (Running)
-	available map[string]bool // datastores
+	available map[string]bool     // datastores
 }
 
 func (h *host) load() float64 { return h.loadWith(0, 0) }
