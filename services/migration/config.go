@@ -35,6 +35,9 @@ type Config struct {
 	BackOff     []time.Duration
 	// SweepInterval is how often timeouts are checked.
 	SweepInterval time.Duration
+	// RecordRetention is how long the record of a finished migration stays
+	// in KV `migrations` (and in `podvisor get migrations`).
+	RecordRetention time.Duration
 }
 
 // DefaultConfig returns the production defaults.
@@ -51,6 +54,7 @@ func DefaultConfig() Config {
 		MaxAttempts:        10,
 		BackOff:            []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
 		SweepInterval:      5 * time.Second,
+		RecordRetention:    24 * time.Hour,
 	}
 }
 
@@ -62,6 +66,7 @@ const (
 	EnvReservationTimeout = "PODVISOR_MIGRATION_RESERVATION_TIMEOUT"
 	EnvDrainTimeout       = "PODVISOR_DRAIN_TIMEOUT"
 	EnvWorkers            = "PODVISOR_MIGRATION_WORKERS"
+	EnvRecordRetention    = "PODVISOR_MIGRATION_RETENTION"
 )
 
 // ConfigFromEnv returns DefaultConfig with the environment's overrides; a
@@ -95,6 +100,7 @@ func ConfigFromEnv() (Config, error) {
 	durVar(EnvRelocateTimeout, &cfg.RelocateTimeout)
 	durVar(EnvReservationTimeout, &cfg.ReservationTimeout)
 	durVar(EnvDrainTimeout, &cfg.DrainTimeout)
+	durVar(EnvRecordRetention, &cfg.RecordRetention)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
@@ -126,6 +132,7 @@ func (c Config) Validate() error {
 	positiveDur("DrainTimeout", c.DrainTimeout)
 	positiveDur("AckWait", c.AckWait)
 	positiveDur("SweepInterval", c.SweepInterval)
+	positiveDur("RecordRetention", c.RecordRetention)
 	positive("DrainRounds", c.DrainRounds)
 	positive("Workers", c.Workers)
 	if c.MaxAttempts != -1 && c.MaxAttempts <= len(c.BackOff) {

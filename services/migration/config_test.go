@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -89,5 +90,32 @@ func TestNewWithSession(t *testing.T) {
 	}
 	if _, err := New(DefaultConfig(), Deps{VSphere: s}); err != ErrNoBus {
 		t.Errorf("without Bus: %v, want ErrNoBus", err)
+	}
+}
+
+// TestPruneRemovesOldFinishedRecords: finished records past the retention
+// go; recent ones and active ones stay.
+func TestPruneRemovesOldFinishedRecords(t *testing.T) {
+	w := newWorld(t, 1, 1)
+	cfg := testConfig()
+	cfg.RecordRetention = time.Hour
+	svc := newServiceForTest(t, w, cfg)
+	w.svc = svc
+	ctx := t.Context()
+	now := time.Now().UTC()
+	for _, r := range []*events.MigrationRecord{
+		{ID: "old", Namespace: "default", Pod: "a", Phase: events.MigrationPhaseCompleted, EndedAt: now.Add(-2 * time.Hour)},
+		{ID: "recent", Namespace: "default", Pod: "b", Phase: events.MigrationPhaseFailed, EndedAt: now.Add(-time.Minute)},
+		{ID: "active", Namespace: "default", Pod: "c", Phase: events.PhaseQueued, CreatedAt: now.Add(-3 * time.Hour)},
+	} {
+		if err := svc.store.createMigration(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	svc.prune(ctx)
+	for id, want := range map[string]bool{"old": false, "recent": true, "active": true} {
+		if got := w.migrationPhase(id) != ""; got != want {
+			t.Errorf("%s kept = %v, want %v", id, got, want)
+		}
 	}
 }

@@ -92,6 +92,23 @@
 // are enforced by one process: run the service as a single replica (a
 // second one would keep its own queue).
 //
+// # Observing it
+//
+// `podvisor get migrations` lists the records: POD FROM TO PHASE AGE
+// REASON, with the queue position or the percentage in PHASE. Records of
+// finished migrations are kept for RecordRetention (default 24h). Metrics:
+// podvisor_migrations_total{outcome,reason} and
+// podvisor_migration_duration_seconds (request to completion). Each
+// migration's run is a span (migration.run) with the pod key, uid, source
+// and target, in the trace of the request.
+//
+// # Rebalancing
+//
+// Package rebalance plans moves from the most to the least loaded hosts
+// within capacity and the network rules; `podvisor rebalance` turns the plan
+// into migrations with named targets, which this service runs like any
+// other.
+//
 // # Running it
 //
 //	cfg, err := migration.ConfigFromEnv() // PODVISOR_MIGRATION_MAX_PER_HOST, …

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/podvisor/podvisor/events"
@@ -96,6 +97,7 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 		if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
 			return err
 		}
+		s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", rec.Phase), attribute.String("reason", rec.Reason)))
 		s.log.Info("migration rejected", "migration", rec.ID, "pod", rec.Key(), "reason", rec.Reason, "active", other)
 		return nil
 	}
@@ -226,6 +228,7 @@ func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.Migr
 	}
 	if r != nil && r.Phase == events.MigrationPhaseRejected {
 		s.release(r)
+		s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", r.Phase), attribute.String("reason", p.Reason)))
 		s.log.Info("migration rejected by the scheduler", "migration", r.ID, "pod", r.Key(), "reason", p.Reason)
 	}
 	return nil
@@ -328,6 +331,10 @@ func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, 
 		updated = r
 	}
 	s.release(updated)
+	s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", phase), attribute.String("reason", reason)))
+	if phase == events.MigrationPhaseCompleted && !updated.CreatedAt.IsZero() && !updated.EndedAt.IsZero() {
+		s.took.Record(ctx, updated.EndedAt.Sub(updated.CreatedAt).Seconds())
+	}
 	s.log.Info("migration ended", "migration", r.ID, "pod", r.Key(), "phase", phase, "reason", reason, "message", msg)
 	return nil
 }

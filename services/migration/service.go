@@ -10,6 +10,7 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -36,6 +37,11 @@ type Service struct {
 	store  *store
 	tracer trace.Tracer
 	now    func() time.Time
+
+	// ended counts migrations by outcome and reason; took measures the
+	// ones that completed, from request to completion.
+	ended metric.Int64Counter
+	took  metric.Float64Histogram
 
 	// mu guards the in-memory view below. The records in KV are the truth;
 	// this view is rebuilt from them at start.
@@ -108,6 +114,18 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 		positions: map[string]int{},
 		drains:    map[string]*drainRun{},
 		kick:      make(chan struct{}, 1),
+	}
+	meter := otel.GetMeterProvider().Meter(instrumentation)
+	var err error
+	if s.ended, err = meter.Int64Counter("podvisor_migrations_total",
+		metric.WithDescription("Migrations that ended, by outcome (Completed, Failed, Cancelled, Rejected) and reason."),
+		metric.WithUnit("{migration}")); err != nil {
+		return nil, fmt.Errorf("migration: counter: %w", err)
+	}
+	if s.took, err = meter.Float64Histogram("podvisor_migration_duration_seconds",
+		metric.WithDescription("Time from request to completion of the migrations that completed (queue wait included)."),
+		metric.WithUnit("s")); err != nil {
+		return nil, fmt.Errorf("migration: histogram: %w", err)
 	}
 	// The buckets are opened here so that a missing topology fails the
 	// process at start, not on its first event.
@@ -299,11 +317,41 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 	}
 }
 
+// pruneInterval is how often finished records past their retention are
+// removed.
+const pruneInterval = time.Minute
+
+// prune removes the records of migrations that ended more than
+// RecordRetention ago.
+func (s *Service) prune(ctx context.Context) {
+	recs, err := s.store.migrations(ctx)
+	if err != nil {
+		s.log.Warn("list migrations to prune", "err", err)
+		return
+	}
+	cutoff := s.now().Add(-s.cfg.RecordRetention)
+	removed := 0
+	for _, r := range recs {
+		if r.Active() || r.EndedAt.IsZero() || r.EndedAt.After(cutoff) {
+			continue
+		}
+		if err := s.store.migs.Delete(ctx, events.MigrationRecordKey(r.ID)); err != nil {
+			s.log.Warn("prune migration record", "migration", r.ID, "err", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.log.Info("pruned finished migration records", "count", removed, "older_than", s.cfg.RecordRetention)
+	}
+}
+
 // sweepLoop fails the requests the scheduler never answered, so that a pod
 // is not held by a migration that will not happen.
 func (s *Service) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
+	lastPrune := s.now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -311,6 +359,10 @@ func (s *Service) sweepLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		now := s.now()
+		if now.Sub(lastPrune) >= pruneInterval {
+			lastPrune = now
+			s.prune(ctx)
+		}
 		var expired []string
 		s.mu.Lock()
 		for id, since := range s.pending {
