@@ -72,6 +72,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newDrainCmd(g),
 		newUncordonCmd(g),
 		newTraceCmd(g),
+		newBenchCmd(g),
 		newSimCmd(g),
 	)
 	return root

@@ -1,0 +1,323 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"time"
+)
+
+// Config says what to measure.
+type Config struct {
+	// Pods is N, the pods of the pipeline and the VMs of the raw baseline.
+	Pods int
+	// Hosts is the number of simulated hosts (clusters of up to 16).
+	Hosts int
+	// Rate, when above zero, applies pods at that many per second instead
+	// of as fast as the publishers go; latency is then measured under a
+	// steady load rather than a burst.
+	Rate float64
+	// Publishers publish pod.requested in parallel (default 32).
+	Publishers int
+	// RawWorkers are the worker counts the raw baseline tries (default 8,
+	// 16, 32); the best is reported.
+	RawWorkers []int
+	// SequentialVMs caps the sequential baseline (default min(Pods, 200)):
+	// its rate is steady, and a thousand VMs one at a time only cost time.
+	SequentialVMs int
+	// Timeout bounds the pipeline's wait for Running (default 60 s + 100 ms
+	// per pod).
+	Timeout time.Duration
+	// StateDir is a scratch directory (default: a new temporary one, removed
+	// at the end).
+	StateDir string
+	// Progress receives one line per phase (nil: silent).
+	Progress io.Writer
+	// Logger receives the services' logs (default: discarded).
+	Logger *slog.Logger
+}
+
+// Bench pod size: small enough that N pods fit the simulated hosts many
+// times over, so the run measures the pipeline and not packing.
+const (
+	podCPU    = "100m"
+	podMemory = "64Mi"
+)
+
+func (c Config) withDefaults() Config {
+	if c.Publishers == 0 {
+		c.Publishers = 32
+	}
+	if len(c.RawWorkers) == 0 {
+		c.RawWorkers = []int{8, 16, 32}
+	}
+	if c.SequentialVMs == 0 {
+		c.SequentialVMs = min(c.Pods, 200)
+	}
+	if c.Timeout == 0 {
+		c.Timeout = time.Minute + time.Duration(c.Pods)*100*time.Millisecond
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate names every field that is out of range.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Pods < 1 || c.Pods > 100_000 {
+		errs = append(errs, fmt.Errorf("pods %d: want 1..100000", c.Pods))
+	}
+	if c.Hosts < 1 || c.Hosts > 1024 {
+		errs = append(errs, fmt.Errorf("hosts %d: want 1..1024", c.Hosts))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("rate %v: want 0 (as fast as possible) or a positive pods/s", c.Rate))
+	}
+	if c.Publishers < 0 || c.Publishers > 1024 {
+		errs = append(errs, fmt.Errorf("publishers %d: want 1..1024", c.Publishers))
+	}
+	for _, w := range c.RawWorkers {
+		if w < 1 || w > 256 {
+			errs = append(errs, fmt.Errorf("raw workers %d: want 1..256", w))
+		}
+	}
+	if c.SequentialVMs < 0 {
+		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
+	}
+	return errors.Join(errs...)
+}
+
+// layout spreads hosts over clusters of at most 16, as a real site would.
+func layout(hosts int) (clusters, perCluster int) {
+	clusters = (hosts + 15) / 16
+	perCluster = (hosts + clusters - 1) / clusters
+	return clusters, perCluster
+}
+
+// Result is one run's figures. The JSON keys pipeline.pods_per_s,
+// pipeline.latency_ms.{p50,p95,p99}, raw.vms_per_s and
+// sequential.vms_per_s are the contract; the rest is extra detail.
+type Result struct {
+	Pipeline   Pipeline   `json:"pipeline"`
+	Raw        Raw        `json:"raw"`
+	Sequential Sequential `json:"sequential"`
+	Ratios     Ratios     `json:"ratios"`
+	Scheduling Scheduling `json:"scheduling_only"`
+	ImageCache ImageCache `json:"image_cache"`
+	Memory     Memory     `json:"memory"`
+	Setup      Setup      `json:"setup"`
+}
+
+// Latency percentiles in milliseconds.
+type Latency struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// Pipeline is the all-in-one's measurement.
+type Pipeline struct {
+	PodsPerS  float64 `json:"pods_per_s"`
+	LatencyMS Latency `json:"latency_ms"`
+	Pods      int     `json:"pods"`
+	Running   int     `json:"running"`
+	Failed    int     `json:"failed"`
+	Seconds   float64 `json:"seconds"`
+	// Rate is the applied rate in pods/s (0: as fast as possible).
+	Rate float64 `json:"rate"`
+	// StagesP50MS is the median time from request to each pod event (a
+	// stage no pod went through is absent): where the time goes.
+	StagesP50MS map[string]float64 `json:"stages_p50_ms"`
+}
+
+// Raw is the direct-govmomi baseline: the best of the tries.
+type Raw struct {
+	VMsPerS float64  `json:"vms_per_s"`
+	Workers int      `json:"workers"`
+	VMs     int      `json:"vms"`
+	Tries   []RawTry `json:"tries"`
+}
+
+// RawTry is one worker count.
+type RawTry struct {
+	Workers int     `json:"workers"`
+	VMsPerS float64 `json:"vms_per_s"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Sequential is one VM at a time.
+type Sequential struct {
+	VMsPerS float64 `json:"vms_per_s"`
+	VMs     int     `json:"vms"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Ratios compare the pipeline with the baselines.
+type Ratios struct {
+	PipelineToRaw        float64 `json:"pipeline_to_raw"`
+	PipelineToSequential float64 `json:"pipeline_to_sequential"`
+}
+
+// Scheduling is placement alone.
+type Scheduling struct {
+	PodsPerS float64 `json:"pods_per_s"`
+	Pods     int     `json:"pods"`
+	Placed   int     `json:"placed"`
+	Hosts    int     `json:"hosts"`
+}
+
+// ImageCache compares a cold and a warm preparation of one image.
+type ImageCache struct {
+	Image     string  `json:"image"`
+	ColdMS    float64 `json:"cold_ms"`
+	WarmMS    float64 `json:"warm_ms"`
+	ColdBytes int64   `json:"cold_bytes"`
+	WarmBytes int64   `json:"warm_bytes"`
+}
+
+// Memory is what the control plane took.
+type Memory struct {
+	// PeakRSSBytes is the process's VmHWM after the pipeline: the five
+	// services, NATS and the vCenter simulator together (redis-server is a
+	// process of its own).
+	PeakRSSBytes int64 `json:"peak_rss_bytes"`
+	// HeapBeforeBytes and HeapAfterBytes are the live Go heap (after a GC)
+	// before the pods were applied and once they ran.
+	HeapBeforeBytes int64 `json:"heap_before_bytes"`
+	HeapAfterBytes  int64 `json:"heap_after_bytes"`
+	// HeapPerPodBytes is (after − before) / pods: records, caches, stream
+	// state and the simulator's VM objects.
+	HeapPerPodBytes int64 `json:"heap_per_pod_bytes"`
+	// Est10kPodsBytes is HeapAfter + HeapPerPod × (10,000 − pods): an
+	// estimate, not a measurement (run with --pods 10000 to measure).
+	Est10kPodsBytes int64  `json:"est_10k_pods_heap_bytes"`
+	Estimated       bool   `json:"est_10k_is_estimate"`
+	Method          string `json:"method"`
+}
+
+// Setup records the conditions of the run.
+type Setup struct {
+	Pods            int               `json:"pods"`
+	Hosts           int               `json:"hosts"`
+	Clusters        int               `json:"clusters"`
+	HostsPerCluster int               `json:"hosts_per_cluster"`
+	CPUs            int               `json:"cpus"`
+	GoVersion       string            `json:"go_version"`
+	Publishers      int               `json:"publishers"`
+	PodCPU          string            `json:"pod_cpu"`
+	PodMemory       string            `json:"pod_memory"`
+	Image           string            `json:"image"`
+	Settings        map[string]string `json:"settings"`
+	Started         time.Time         `json:"started"`
+	Seconds         float64           `json:"seconds"`
+}
+
+// Run measures everything in turn: the pipeline first (so that the peak
+// RSS it reports is the all-in-one's, not the baselines'), then the
+// baselines on fresh simulators, then scheduling alone.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	clusters, per := layout(cfg.Hosts)
+	res := &Result{Setup: Setup{
+		Pods: cfg.Pods, Hosts: clusters * per, Clusters: clusters, HostsPerCluster: per,
+		CPUs: runtime.NumCPU(), GoVersion: runtime.Version(), Publishers: cfg.Publishers,
+		PodCPU: podCPU, PodMemory: podMemory, Started: time.Now().UTC(),
+	}}
+	if cfg.StateDir == "" {
+		dir, err := os.MkdirTemp("", "podvisor-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		cfg.StateDir = dir
+	}
+	p := progress{w: cfg.Progress}
+
+	p.say("pipeline: %d pods on %d hosts (%d clusters × %d)…", cfg.Pods, clusters*per, clusters, per)
+	hosts, err := runPipeline(ctx, cfg, clusters, per, res, p)
+	if err != nil {
+		return nil, fmt.Errorf("bench: pipeline: %w", err)
+	}
+	p.say("pipeline: %.1f pods/s, p99 %.0f ms", res.Pipeline.PodsPerS, res.Pipeline.LatencyMS.P99)
+
+	size := benchPodSize()
+	for _, w := range cfg.RawWorkers {
+		p.say("raw: %d VMs with %d workers…", cfg.Pods, w)
+		try, err := runRaw(ctx, clusters, per, cfg.Pods, w, size)
+		if err != nil {
+			return nil, fmt.Errorf("bench: raw with %d workers: %w", w, err)
+		}
+		res.Raw.Tries = append(res.Raw.Tries, try)
+		p.say("raw: %d workers: %.1f VMs/s", w, try.VMsPerS)
+	}
+	best := slices.MaxFunc(res.Raw.Tries, func(a, b RawTry) int { return cmpFloat(a.VMsPerS, b.VMsPerS) })
+	res.Raw.VMsPerS, res.Raw.Workers, res.Raw.VMs = best.VMsPerS, best.Workers, cfg.Pods
+
+	p.say("sequential: %d VMs one at a time…", cfg.SequentialVMs)
+	try, err := runRaw(ctx, clusters, per, cfg.SequentialVMs, 1, size)
+	if err != nil {
+		return nil, fmt.Errorf("bench: sequential: %w", err)
+	}
+	res.Sequential = Sequential{VMsPerS: try.VMsPerS, VMs: cfg.SequentialVMs, Seconds: try.Seconds}
+	p.say("sequential: %.1f VMs/s", try.VMsPerS)
+
+	res.Scheduling = runScheduling(hosts, cfg.Pods)
+	p.say("scheduling only: %.0f pods/s", res.Scheduling.PodsPerS)
+
+	res.Ratios = ratios(res)
+	res.Setup.Seconds = time.Since(res.Setup.Started).Seconds()
+	return res, nil
+}
+
+// ratios divides the pipeline's rate by the baselines' (0 when a baseline
+// measured nothing).
+func ratios(r *Result) Ratios {
+	div := func(a, b float64) float64 {
+		if b <= 0 {
+			return 0
+		}
+		return a / b
+	}
+	return Ratios{
+		PipelineToRaw:        div(r.Pipeline.PodsPerS, r.Raw.VMsPerS),
+		PipelineToSequential: div(r.Pipeline.PodsPerS, r.Sequential.VMsPerS),
+	}
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+type progress struct{ w io.Writer }
+
+func (p progress) say(format string, args ...any) {
+	if p.w != nil {
+		fmt.Fprintf(p.w, "bench: "+format+"\n", args...)
+	}
+}
+
+// percentile of sorted values (nearest rank).
+func percentile(sorted []float64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}

@@ -1,0 +1,59 @@
+package bench
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPercentileNearestRank(t *testing.T) {
+	v := []float64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for _, tt := range []struct {
+		q    float64
+		want float64
+	}{{0.5, 5}, {0.95, 10}, {0.99, 10}, {0.1, 1}, {0, 1}} {
+		if got := percentile(v, tt.q); got != tt.want {
+			t.Errorf("percentile(%v) = %v, want %v", tt.q, got, tt.want)
+		}
+	}
+	if percentile(nil, 0.5) != 0 {
+		t.Error("percentile of nothing is not 0")
+	}
+}
+
+func TestLayoutKeepsClustersAtSixteenHosts(t *testing.T) {
+	for _, tt := range []struct{ hosts, clusters, per int }{{4, 1, 4}, {16, 1, 16}, {64, 4, 16}, {17, 2, 9}, {100, 7, 15}} {
+		c, p := layout(tt.hosts)
+		if c != tt.clusters || p != tt.per || c*p < tt.hosts {
+			t.Errorf("layout(%d) = %d × %d, want %d × %d", tt.hosts, c, p, tt.clusters, tt.per)
+		}
+	}
+}
+
+func TestValidateNamesEveryBadField(t *testing.T) {
+	err := Config{Pods: 0, Hosts: 2000, Rate: -1, RawWorkers: []int{0}}.Validate()
+	for _, want := range []string{"pods 0", "hosts 2000", "rate -1", "raw workers 0"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate: %v, want it to name %q", err, want)
+		}
+	}
+	if err := (Config{Pods: 10, Hosts: 4}).withDefaults().Validate(); err != nil {
+		t.Errorf("defaults: %v", err)
+	}
+}
+
+func TestRatiosAndMemoryEstimate(t *testing.T) {
+	r := &Result{Pipeline: Pipeline{PodsPerS: 80}, Raw: Raw{VMsPerS: 100}, Sequential: Sequential{VMsPerS: 20}}
+	if got := ratios(r); got.PipelineToRaw != 0.8 || got.PipelineToSequential != 4 {
+		t.Errorf("ratios = %+v", got)
+	}
+	if got := ratios(&Result{Pipeline: Pipeline{PodsPerS: 5}}); got.PipelineToRaw != 0 {
+		t.Errorf("ratio against an unmeasured baseline = %v, want 0", got.PipelineToRaw)
+	}
+	m := memoryFigures(100<<20, 110<<20, 1000)
+	if m.HeapPerPodBytes != (10<<20)/1000 || m.Est10kPodsBytes != 110<<20+m.HeapPerPodBytes*9000 || !m.Estimated {
+		t.Errorf("memory = %+v", m)
+	}
+	if m := memoryFigures(1, 2, 10_000); m.Estimated || m.Est10kPodsBytes != 2 {
+		t.Errorf("at 10k pods the figure is measured: %+v", m)
+	}
+}

@@ -1,0 +1,529 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/sim"
+)
+
+// Namespace holds the bench's pods.
+const Namespace = "bench"
+
+// Source is the CloudEvent source of the bench's requests.
+const Source = "podvisor/bench"
+
+// tuning are service settings for a burst of pods on the simulator, applied
+// unless the environment sets them: more pods in flight per service than the
+// defaults (which suit a real vCenter's slower tasks), and VM folders
+// sharded because vCenter serializes creates in one folder.
+var tuning = map[string]string{
+	"PODVISOR_PROVISIONER_WORKERS":       "32",
+	"PODVISOR_PROVISIONER_FOLDER_SHARDS": "16",
+}
+
+// applyTuning sets the unset tuning variables and returns the settings in
+// force and a function that restores the environment.
+func applyTuning() (map[string]string, func()) {
+	settings := map[string]string{}
+	var set []string
+	for k, v := range tuning {
+		if cur, ok := os.LookupEnv(k); ok {
+			settings[k] = cur
+			continue
+		}
+		os.Setenv(k, v)
+		set = append(set, k)
+		settings[k] = v
+	}
+	return settings, func() {
+		for _, k := range set {
+			os.Unsetenv(k)
+		}
+	}
+}
+
+// benchPod is the manifest of pod name: one container of image with the
+// bench's small requests.
+func benchPod(name, image string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: Namespace},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "app", Image: image,
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse(podCPU),
+				corev1.ResourceMemory: resource.MustParse(podMemory),
+			}},
+		}}},
+	}
+}
+
+// benchPodSize is what the shared sizing gives a bench pod: the raw
+// baselines create VMs of exactly this size.
+func benchPodSize() events.PodVMSize { return events.SizePodVM(benchPod("size", "registry.local/x:1")) }
+
+// watcher follows the pod events of the run from before the first publish,
+// so no answer is missed, and keeps the first time each pod reached each
+// event type.
+type watcher struct {
+	mu      sync.Mutex
+	seen    map[string]map[string]time.Time // subject → ce type → event time
+	pulled  []events.ImagePulled
+	changed chan struct{}
+	stops   []func()
+}
+
+func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
+	w := &watcher{seen: map[string]map[string]time.Time{}, changed: make(chan struct{}, 1)}
+	for _, f := range []struct {
+		stream   string
+		subjects []string
+	}{
+		{bus.StreamPods, []string{events.SubjectPodRunning, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
+			events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodUnschedulable, events.SubjectPodNetworkAttached}},
+		{bus.StreamImages, []string{events.SubjectImagePulled}},
+	} {
+		c, err := b.JetStream().OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{
+			FilterSubjects: f.subjects, DeliverPolicy: jetstream.DeliverNewPolicy,
+		})
+		if err != nil {
+			w.stop()
+			return nil, err
+		}
+		cc, err := c.Consume(func(m jetstream.Msg) {
+			if ev, err := bus.DecodeMessage(m); err == nil {
+				w.add(ev)
+			}
+		})
+		if err != nil {
+			w.stop()
+			return nil, err
+		}
+		w.stops = append(w.stops, cc.Stop)
+	}
+	return w, nil
+}
+
+func (w *watcher) add(ev event.Event) {
+	at := ev.Time()
+	if at.IsZero() {
+		at = time.Now()
+	}
+	w.mu.Lock()
+	if ev.Type() == events.TypeImagePulled {
+		var p events.ImagePulled
+		if json.Unmarshal(ev.Data(), &p) == nil {
+			w.pulled = append(w.pulled, p)
+		}
+	} else {
+		m := w.seen[ev.Subject()]
+		if m == nil {
+			m = map[string]time.Time{}
+			w.seen[ev.Subject()] = m
+		}
+		if _, ok := m[ev.Type()]; !ok {
+			m[ev.Type()] = at
+		}
+	}
+	w.mu.Unlock()
+	select {
+	case w.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watcher) stop() {
+	for _, s := range w.stops {
+		s()
+	}
+}
+
+func (w *watcher) at(subject, ceType string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.seen[subject][ceType]
+	return t, ok
+}
+
+func (w *watcher) pulledBytes() (n int64, count int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.pulled {
+		n += p.Bytes
+	}
+	return n, len(w.pulled)
+}
+
+// waitFor blocks until done reports true, ctx ends or timeout passes.
+func (w *watcher) waitFor(ctx context.Context, timeout time.Duration, done func() bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for !done() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return done()
+		case <-w.changed:
+		case <-tick.C:
+		}
+	}
+	return true
+}
+
+// request publishes pod.requested for one bench pod.
+func request(ctx context.Context, b *bus.Bus, name, image string) error {
+	pod := benchPod(name, image)
+	ev, err := bus.NewEvent(Source, events.TypePodRequested, events.PodKey(Namespace, name), &events.PodRequested{Pod: *pod})
+	if err != nil {
+		return err
+	}
+	return b.Publish(ctx, ev)
+}
+
+// runPipeline starts the all-in-one, measures the image cache, then applies
+// the pods and measures them to Running. It returns the simulated hosts for
+// the scheduling-only run.
+func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result, p progress) ([]sim.HostSpec, error) {
+	settings, restore := applyTuning()
+	defer restore()
+	res.Setup.Settings = settings
+	specs, err := runner.Select("all")
+	if err != nil {
+		return nil, err
+	}
+	sys, err := allinone.Start(ctx, allinone.Config{
+		StateDir: cfg.StateDir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer sys.Close()
+	hosts := sys.Datacenter.Hosts()
+	b, err := bus.Connect(ctx, sys.Endpoints.NATSURL, nats.Name("podvisor-bench"))
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	if err := waitReady(ctx, b, len(hosts)); err != nil {
+		return nil, err
+	}
+	w, err := newWatcher(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	defer w.stop()
+
+	image := sys.Endpoints.Registry + "/podvisor/web:1.0"
+	res.Setup.Image = image
+	p.say("image cache: %s cold, then warm…", image)
+	if res.ImageCache, err = measureImageCache(ctx, b, w, image); err != nil {
+		return nil, err
+	}
+
+	heapBefore := liveHeap()
+	published := &sync.Map{} // pod key → time.Time
+	if err := applyPods(ctx, b, cfg, image, published); err != nil {
+		return nil, err
+	}
+	keys := make([]string, cfg.Pods)
+	for i := range keys {
+		keys[i] = events.PodKey(Namespace, podName(i))
+	}
+	settled := func() bool {
+		for _, k := range keys {
+			_, ok1 := w.at(k, events.TypePodRunning)
+			_, ok2 := w.at(k, events.TypePodFailed)
+			_, ok3 := w.at(k, events.TypePodRejected)
+			if !ok1 && !ok2 && !ok3 {
+				return false
+			}
+		}
+		return true
+	}
+	if !w.waitFor(ctx, cfg.Timeout, settled) && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	res.Pipeline = pipelineFigures(w, keys, cfg, published)
+	if res.Pipeline.Running == 0 {
+		return nil, fmt.Errorf("no pod reached Running within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)
+	}
+	heapAfter := liveHeap()
+	// Every applied pod holds state (records, queues, VMs) whether or not it
+	// reached Running in time, so the heap is divided by the pods applied.
+	res.Memory = memoryFigures(heapBefore, heapAfter, cfg.Pods)
+	return hosts, nil
+}
+
+func podName(i int) string { return fmt.Sprintf("p-%05d", i) }
+
+// applyPods publishes the N requests with cfg.Publishers in parallel, as
+// fast as they go or at cfg.Rate.
+// Each pod's request time (just before its publish) goes into published,
+// keyed by pod key.
+func applyPods(ctx context.Context, b *bus.Bus, cfg Config, image string, published *sync.Map) error {
+	jobs := make(chan int)
+	errs := make(chan error, cfg.Publishers)
+	var wg sync.WaitGroup
+	for range cfg.Publishers {
+		wg.Go(func() {
+			for i := range jobs {
+				name := podName(i)
+				published.Store(events.PodKey(Namespace, name), time.Now())
+				if err := request(ctx, b, name, image); err != nil {
+					select {
+					case errs <- fmt.Errorf("publish %s: %w", name, err):
+					default:
+					}
+				}
+			}
+		})
+	}
+	start := time.Now()
+	for i := range cfg.Pods {
+		if cfg.Rate > 0 {
+			due := start.Add(time.Duration(float64(i) / cfg.Rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+		return ctx.Err()
+	}
+}
+
+// pipelineFigures computes throughput and latency from the watcher's times.
+func pipelineFigures(w *watcher, keys []string, cfg Config, published *sync.Map) Pipeline {
+	out := Pipeline{Pods: len(keys), Rate: cfg.Rate}
+	var first, last time.Time
+	var lat []float64
+	for _, k := range keys {
+		v, ok := published.Load(k)
+		if !ok {
+			continue
+		}
+		pub := v.(time.Time)
+		if first.IsZero() || pub.Before(first) {
+			first = pub
+		}
+		if _, failed := w.at(k, events.TypePodFailed); failed {
+			out.Failed++
+			continue
+		}
+		if _, rejected := w.at(k, events.TypePodRejected); rejected {
+			out.Failed++
+			continue
+		}
+		run, ok := w.at(k, events.TypePodRunning)
+		if !ok {
+			continue
+		}
+		out.Running++
+		if run.After(last) {
+			last = run
+		}
+		lat = append(lat, float64(run.Sub(pub).Microseconds())/1000)
+	}
+	out.StagesP50MS = map[string]float64{}
+	for _, st := range stageTypes {
+		var d []float64
+		for _, k := range keys {
+			v, ok := published.Load(k)
+			if !ok {
+				continue
+			}
+			if at, ok := w.at(k, st.ceType); ok {
+				d = append(d, float64(at.Sub(v.(time.Time)).Microseconds())/1000)
+			}
+		}
+		if len(d) > 0 {
+			slices.Sort(d)
+			out.StagesP50MS[st.name] = percentile(d, 0.5)
+		}
+	}
+	slices.Sort(lat)
+	out.LatencyMS = Latency{P50: percentile(lat, 0.50), P95: percentile(lat, 0.95), P99: percentile(lat, 0.99)}
+	if len(lat) > 0 {
+		out.LatencyMS.Max = lat[len(lat)-1]
+	}
+	if out.Running > 0 && last.After(first) {
+		out.Seconds = last.Sub(first).Seconds()
+		out.PodsPerS = float64(out.Running) / out.Seconds
+	}
+	return out
+}
+
+// stageTypes are the events whose median time from the request the
+// pipeline reports: where the time to Running goes.
+var stageTypes = []struct{ name, ceType string }{
+	{"accepted", events.TypePodAccepted},
+	{"images_ready", events.TypePodImagesReady},
+	{"unschedulable", events.TypePodUnschedulable},
+	{"scheduled", events.TypePodScheduled},
+	{"network_attached", events.TypePodNetworkAttached},
+	{"running", events.TypePodRunning},
+}
+
+// measureImageCache prepares image for a first pod (nothing on the
+// datastore yet) and then for a second (everything there), timing each from
+// its request to its pod.images.ready and counting the registry bytes
+// pulled meanwhile.
+func measureImageCache(ctx context.Context, b *bus.Bus, w *watcher, image string) (ImageCache, error) {
+	out := ImageCache{Image: image}
+	for i, name := range []string{"image-cold", "image-warm"} {
+		key := events.PodKey(Namespace, name)
+		bytesBefore, _ := w.pulledBytes()
+		start := time.Now()
+		if err := request(ctx, b, name, image); err != nil {
+			return out, err
+		}
+		if !w.waitFor(ctx, time.Minute, func() bool { _, ok := w.at(key, events.TypePodImagesReady); return ok }) {
+			return out, fmt.Errorf("%s: no pod.images.ready within a minute", key)
+		}
+		ready, _ := w.at(key, events.TypePodImagesReady)
+		// The pull's announcement may trail the pod's readiness by a hop.
+		time.Sleep(100 * time.Millisecond)
+		bytesAfter, _ := w.pulledBytes()
+		ms := float64(ready.Sub(start).Microseconds()) / 1000
+		if i == 0 {
+			out.ColdMS, out.ColdBytes = ms, bytesAfter-bytesBefore
+		} else {
+			out.WarmMS, out.WarmBytes = ms, bytesAfter-bytesBefore
+		}
+	}
+	return out, nil
+}
+
+// waitReady waits until the scheduler's inventory holds every host and the
+// default network is realized on all of them, so that the first pods are
+// not parked as unschedulable while up is still settling.
+func waitReady(ctx context.Context, b *bus.Bus, hosts int) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	var why string
+	for time.Now().Before(deadline) {
+		why = readiness(ctx, b, hosts)
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("podvisor did not become ready within 2 minutes: %s", why)
+}
+
+func readiness(ctx context.Context, b *bus.Bus, hosts int) string {
+	kv, err := b.KV(ctx, events.BucketHosts)
+	if err != nil {
+		return err.Error()
+	}
+	keys, err := kv.Keys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return err.Error()
+	}
+	if len(keys) < hosts {
+		return fmt.Sprintf("scheduler inventory has %d of %d hosts", len(keys), hosts)
+	}
+	nkv, err := b.KV(ctx, events.BucketNetworks)
+	if err != nil {
+		return err.Error()
+	}
+	e, err := nkv.Get(ctx, events.NetworkRecordKey(events.DefaultNetwork))
+	if err != nil {
+		return "default network not declared yet"
+	}
+	var rec events.NetworkRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return err.Error()
+	}
+	if n := rec.ReadyHosts(); n < hosts {
+		return fmt.Sprintf("default network ready on %d of %d hosts", n, hosts)
+	}
+	return ""
+}
+
+// liveHeap is the Go heap in use after a full collection.
+func liveHeap() int64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return int64(m.HeapAlloc)
+}
+
+func memoryFigures(before, after int64, pods int) Memory {
+	m := Memory{
+		PeakRSSBytes: peakRSS(), HeapBeforeBytes: before, HeapAfterBytes: after,
+		Estimated: true,
+		Method:    "heap per pod = (live heap once the pods ran − live heap before) / pods applied, both after a GC, in the process that runs the services, NATS and the simulator; 10k = heap after + per pod × (10000 − pods)",
+	}
+	if pods > 0 {
+		m.HeapPerPodBytes = max(after-before, 0) / int64(pods)
+	}
+	m.Est10kPodsBytes = after + m.HeapPerPodBytes*int64(max(10_000-pods, 0))
+	if pods >= 10_000 {
+		m.Estimated = false
+		m.Est10kPodsBytes = after
+		m.Method = "measured: live heap with the pods running, after a GC"
+	}
+	return m
+}
+
+// peakRSS reads VmHWM (the resident set's high-water mark) from
+// /proc/self/status; 0 where there is no procfs.
+func peakRSS() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) >= 1 {
+				kb, _ := strconv.ParseInt(fields[0], 10, 64)
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}

@@ -1,0 +1,142 @@
+package bench
+
+import (
+	"fmt"
+	"html"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// Command is the command line that reproduces r (without --chart or -o).
+func (r *Result) Command() string {
+	s := fmt.Sprintf("podvisor bench --pods %d --hosts %d", r.Setup.Pods, r.Setup.Hosts)
+	if r.Pipeline.Rate > 0 {
+		s += fmt.Sprintf(" --rate %g", r.Pipeline.Rate)
+	}
+	return s
+}
+
+// Table prints the side-by-side figures and the ratios.
+func (r *Result) Table(w io.Writer) error {
+	fmt.Fprintf(w, "%s: %d pods on %d hosts (%d clusters × %d), %d CPUs, %s, %.0fs in all\n\n",
+		r.Command(), r.Setup.Pods, r.Setup.Hosts, r.Setup.Clusters, r.Setup.HostsPerCluster, r.Setup.CPUs, r.Setup.GoVersion, r.Setup.Seconds)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\tRATE\tLATENCY p50 / p95 / p99\tDONE")
+	applied := "burst"
+	if r.Pipeline.Rate > 0 {
+		applied = fmt.Sprintf("at %g pods/s", r.Pipeline.Rate)
+	}
+	fmt.Fprintf(tw, "pipeline (podvisor, %s)\t%.1f pods/s\t%.0f / %.0f / %.0f ms\t%d of %d Running in %.1fs\n", applied,
+		r.Pipeline.PodsPerS, r.Pipeline.LatencyMS.P50, r.Pipeline.LatencyMS.P95, r.Pipeline.LatencyMS.P99,
+		r.Pipeline.Running, r.Pipeline.Pods, r.Pipeline.Seconds)
+	fmt.Fprintf(tw, "raw govmomi (best: %d workers)\t%.1f VMs/s\t\t%d VMs\n", r.Raw.Workers, r.Raw.VMsPerS, r.Raw.VMs)
+	fmt.Fprintf(tw, "sequential (create, power on)\t%.1f VMs/s\t\t%d VMs in %.1fs\n", r.Sequential.VMsPerS, r.Sequential.VMs, r.Sequential.Seconds)
+	fmt.Fprintf(tw, "scheduling only (framework)\t%.0f pods/s\t\t%d of %d placed on %d hosts\n", r.Scheduling.PodsPerS, r.Scheduling.Placed, r.Scheduling.Pods, r.Scheduling.Hosts)
+	fmt.Fprintln(tw, "\t\t\t")
+	fmt.Fprintf(tw, "pipeline / raw\t%.2f×\t\t\n", r.Ratios.PipelineToRaw)
+	fmt.Fprintf(tw, "pipeline / sequential\t%.1f×\t\t\n", r.Ratios.PipelineToSequential)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	var tries []string
+	for _, t := range r.Raw.Tries {
+		tries = append(tries, fmt.Sprintf("%d workers %.1f/s", t.Workers, t.VMsPerS))
+	}
+	fmt.Fprintf(w, "\nraw tries: %s\n", strings.Join(tries, ", "))
+	var stages []string
+	for _, st := range stageTypes {
+		if v, ok := r.Pipeline.StagesP50MS[st.name]; ok {
+			stages = append(stages, fmt.Sprintf("%s %.0f", st.name, v))
+		}
+	}
+	fmt.Fprintf(w, "pipeline stages, median ms after the request: %s\n", strings.Join(stages, ", "))
+	ic := r.ImageCache
+	fmt.Fprintf(w, "image cache (%s): cold %.0f ms, %s pulled; warm %.0f ms, %s pulled\n",
+		ic.Image, ic.ColdMS, iec(ic.ColdBytes), ic.WarmMS, iec(ic.WarmBytes))
+	m := r.Memory
+	est := "measured"
+	if m.Estimated {
+		est = "estimate"
+	}
+	fmt.Fprintf(w, "memory: peak RSS %s (services + NATS + simulator in one process); live heap %s → %s, %s per pod; 10,000 pods ≈ %s heap (%s)\n",
+		iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes), iec(m.HeapPerPodBytes), iec(m.Est10kPodsBytes), est)
+	return nil
+}
+
+func iec(b int64) string {
+	const unit = 1024
+	if b < unit {
+		return fmt.Sprintf("%d B", b)
+	}
+	div, exp := int64(unit), 0
+	for n := b / unit; n >= unit; n /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
+}
+
+// SVG draws the run as two bar charts: throughput of the pipeline against
+// the two baselines, and the pipeline's latency percentiles.
+func (r *Result) SVG() string {
+	const (
+		width  = 760
+		left   = 250
+		right  = 110
+		barH   = 26
+		gap    = 12
+		plotW  = width - left - right
+		titleH = 70
+	)
+	var b strings.Builder
+	type bar struct {
+		label, value string
+		v            float64
+		colour       string
+	}
+	section := func(y int, title string, bars []bar) int {
+		fmt.Fprintf(&b, `<text x="20" y="%d" class="h">%s</text>`+"\n", y, html.EscapeString(title))
+		y += 14
+		top := 0.0
+		for _, br := range bars {
+			top = max(top, br.v)
+		}
+		if top <= 0 {
+			top = 1
+		}
+		for _, br := range bars {
+			w := int(br.v / top * plotW)
+			fmt.Fprintf(&b, `<text x="%d" y="%d" class="l" text-anchor="end">%s</text>`+"\n", left-10, y+barH*2/3, html.EscapeString(br.label))
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="%d" fill="%s"/>`+"\n", left, y, max(w, 1), barH, br.colour)
+			fmt.Fprintf(&b, `<text x="%d" y="%d" class="v">%s</text>`+"\n", left+max(w, 1)+8, y+barH*2/3, html.EscapeString(br.value))
+			y += barH + gap
+		}
+		return y + 16
+	}
+	lat := r.Pipeline.LatencyMS
+	y := titleH
+	y = section(y, "Throughput to Running (higher is better)", []bar{
+		{"podvisor pipeline", fmt.Sprintf("%.0f pods/s", r.Pipeline.PodsPerS), r.Pipeline.PodsPerS, "#2b7bb9"},
+		{fmt.Sprintf("raw govmomi, %d workers", r.Raw.Workers), fmt.Sprintf("%.0f VMs/s", r.Raw.VMsPerS), r.Raw.VMsPerS, "#7f7f7f"},
+		{"sequential, one at a time", fmt.Sprintf("%.0f VMs/s", r.Sequential.VMsPerS), r.Sequential.VMsPerS, "#bfbfbf"},
+	})
+	y = section(y, "Pipeline latency, request → Running (lower is better)", []bar{
+		{"p50", fmt.Sprintf("%.0f ms", lat.P50), lat.P50, "#59a14f"},
+		{"p95", fmt.Sprintf("%.0f ms", lat.P95), lat.P95, "#edc948"},
+		{"p99", fmt.Sprintf("%.0f ms", lat.P99), lat.P99, "#e15759"},
+	})
+	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %.2f×, pipeline/sequential %.1f×; scheduling only %.0f pods/s; image cold %.0f ms / warm %.0f ms; peak RSS %s</text>`+"\n",
+		y, r.Ratios.PipelineToRaw, r.Ratios.PipelineToSequential, r.Scheduling.PodsPerS, r.ImageCache.ColdMS, r.ImageCache.WarmMS, iec(r.Memory.PeakRSSBytes))
+	height := y + 20
+	var out strings.Builder
+	fmt.Fprintf(&out, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)
+	out.WriteString(`<style>.t{font-size:18px;font-weight:bold}.s{font-size:12px;fill:#555}.h{font-size:14px;font-weight:bold}.l{font-size:13px}.v{font-size:13px;fill:#333}.n{font-size:11px;fill:#555}</style>` + "\n")
+	fmt.Fprintf(&out, `<rect width="%d" height="%d" fill="white"/>`+"\n", width, height)
+	fmt.Fprintf(&out, `<text x="20" y="28" class="t">podvisor bench: %d pods, %d simulated hosts</text>`+"\n", r.Setup.Pods, r.Setup.Hosts)
+	fmt.Fprintf(&out, `<text x="20" y="48" class="s">%s · %d CPUs · %s · %s</text>`+"\n",
+		html.EscapeString(r.Command()), r.Setup.CPUs, html.EscapeString(r.Setup.GoVersion), r.Setup.Started.Format("2006-01-02"))
+	out.WriteString(b.String())
+	out.WriteString("</svg>\n")
+	return out.String()
+}

@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/cmd/internal/bench"
+	"github.com/podvisor/podvisor/shared/telemetry"
+)
+
+func newBenchCmd(g *globals) *cobra.Command {
+	var (
+		cfg      bench.Config
+		output   string
+		chart    string
+		quiet    bool
+		timeout  time.Duration
+		rawTries []int
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure podvisor against direct govmomi and a sequential client, on its own simulator",
+		Long: `bench starts its own all-in-one podvisor (temporary state dir, NATS, the vCenter simulator
+with --hosts hosts, Redis, the registry, all five services; nothing of a running podvisor up is
+used) and measures, in one run:
+
+  pipeline     --pods pod.requested events published in parallel (or at --rate pods/s);
+               pods/s to Running and request→Running latency p50/p95/p99
+  raw          the same VMs created and powered on directly with govmomi, on a fresh simulator
+               of the same size, at a few worker counts (--raw-workers); the best is reported
+  sequential   one VM at a time, create then power on
+  also         scheduling-only pods/s, image cache cold vs warm, peak RSS and heap per pod
+
+and prints the table with the ratios pipeline/raw and pipeline/sequential (-o json for the figures).
+--chart FILE.svg draws them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "json" {
+				return usageError(`-o %q: want table or json`, output)
+			}
+			cfg.RawWorkers = rawTries
+			cfg.Timeout = timeout
+			if err := cfg.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			if !quiet {
+				cfg.Progress = g.stderr
+			}
+			if os.Getenv("PODVISOR_LOG_LEVEL") != "" {
+				// The services' logs are off unless asked for: they would
+				// bury the progress lines.
+				logger, err := telemetry.LoggerFromEnv()
+				if err != nil {
+					return usageError("%v", err)
+				}
+				cfg.Logger = logger
+			}
+			res, err := bench.Run(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			if chart != "" {
+				if err := os.WriteFile(chart, []byte(res.SVG()), 0o644); err != nil {
+					return fmt.Errorf("--chart: %w", err)
+				}
+			}
+			if output == "json" {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(res)
+			}
+			return res.Table(g.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Pods, "pods", 1000, "pods to apply (and VMs for the raw baseline)")
+	f.IntVar(&cfg.Hosts, "hosts", 64, "simulated hosts (clusters of up to 16)")
+	f.Float64Var(&cfg.Rate, "rate", 0, "apply pods at this many per second (0: as fast as possible)")
+	f.IntVar(&cfg.Publishers, "publishers", 32, "parallel publishers of pod.requested")
+	f.IntSliceVar(&rawTries, "raw-workers", []int{8, 16, 32}, "worker counts the raw baseline tries")
+	f.IntVar(&cfg.SequentialVMs, "sequential-vms", 0, "VMs of the sequential baseline (default: min(pods, 200))")
+	f.DurationVar(&timeout, "timeout", 0, "how long to wait for the pods to run (default: 1m + 100ms per pod)")
+	f.StringVarP(&output, "output", "o", "table", "output format: table or json")
+	f.StringVar(&chart, "chart", "", "write an SVG bar chart of the run to this file")
+	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
+	return cmd
+}
