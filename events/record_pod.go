@@ -98,8 +98,10 @@ type PodRecord struct {
 	// SpecHash fingerprints the admitted manifest (labels, annotations and
 	// spec): an identical re-request is a no-op, a different one is refused.
 	SpecHash string `json:"specHash"`
-	// RequestID is the CloudEvent id of the pod.requested that created the
-	// record; a redelivery of that very event re-announces pod.accepted.
+	// RequestID identifies the pod.requested that created the record: its
+	// CloudEvent id and stream sequence, "<id>#<seq>". A redelivery of that
+	// very message re-announces pod.accepted; the same event published again
+	// later is a new request.
 	RequestID string `json:"requestId"`
 	// TraceParent is the W3C traceparent of the request, so that every event
 	// the provisioner publishes about this pod joins the pod's one trace.

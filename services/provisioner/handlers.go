@@ -56,7 +56,7 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	h := handling{s: s, ev: ev, log: log, last: m.LastDelivery(), delivery: m.Delivery}
 	switch p := payload.(type) {
 	case *events.PodRequested:
-		return s.admit(ctx, ev, p, log)
+		return s.admit(ctx, ev, m.StreamSeq, p, log)
 	case *events.PodDeleteRequested:
 		return h.deleteRequested(ctx, p)
 	case *events.PodScheduled:
@@ -145,10 +145,20 @@ func (s *Service) save(ctx context.Context, r *events.PodRecord) error {
 
 // admit handles pod.requested: validate (done by Decode), then create the
 // record with a KV Create so that two requests for one name cannot both win.
-func (s *Service) admit(ctx context.Context, ev event.Event, req *events.PodRequested, log interface{ Info(string, ...any) }) error {
+//
+// The request is identified by its CloudEvent id and its stream sequence:
+// a redelivery of the stored message (a crash before the ack) has both the
+// same and finishes the earlier admission, while the same event published
+// again later (a client re-sending it after the pod was deleted) is a new
+// message and so a new admission, with a new uid and new effect ids that
+// the stream's de-duplication window does not drop.
+func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *events.PodRequested, log interface{ Info(string, ...any) }) error {
 	pod := req.Pod.DeepCopy()
 	events.NormalizePod(pod)
-	uid := podUID(req, ev.ID())
+	requestID := fmt.Sprintf("%s#%d", ev.ID(), seq)
+	admission := ev.Clone()
+	admission.SetID(requestID)
+	uid := podUID(req, requestID)
 	pod.UID = types.UID(uid)
 	hash, err := specHash(pod)
 	if err != nil {
@@ -168,11 +178,11 @@ func (s *Service) admit(ctx context.Context, ev event.Event, req *events.PodRequ
 				explicitUID = req.UID
 			}
 			switch {
-			case existing.RequestID == ev.ID():
+			case existing.RequestID == requestID:
 				// Our own earlier attempt got as far as the record: finish
 				// it. The accepted event gets the same id and JetStream
 				// keeps one copy.
-				return s.announceAccepted(ctx, ev, existing)
+				return s.announceAccepted(ctx, admission, existing)
 			case !existing.DeletionRequestedAt.IsZero():
 				return s.reject(ctx, ev, pod.Namespace, pod.Name, explicitUID, events.ReasonAlreadyExists,
 					fmt.Sprintf("pod %s (uid %s) is being deleted; request it again once it is gone", existing.Key(), existing.UID), "")
@@ -195,7 +205,7 @@ func (s *Service) admit(ctx context.Context, ev event.Event, req *events.PodRequ
 			Name:      pod.Name,
 			Pod:       *pod,
 			SpecHash:  hash,
-			RequestID: ev.ID(),
+			RequestID: requestID,
 			Size:      events.SizePodVM(pod),
 			Networks:  events.PodNetworks(pod),
 			Phase:     events.PodPhasePending,
@@ -213,7 +223,7 @@ func (s *Service) admit(ctx context.Context, ev event.Event, req *events.PodRequ
 			return err
 		}
 		log.Info("pod admitted", "uid", uid, "cpuMilli", r.Size.CPUMilli, "memoryMiB", r.Size.MemoryMiB)
-		return s.announceAccepted(ctx, ev, r)
+		return s.announceAccepted(ctx, admission, r)
 	}
 	return fmt.Errorf("admit %s: %w", key, errConflict)
 }

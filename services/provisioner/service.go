@@ -148,14 +148,22 @@ func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig 
 	}
 }
 
-// resyncLoop runs drift repair every ResyncInterval.
+// resyncLoop runs drift repair soon after start, then every ResyncInterval.
+// The early pass matters after a restart: a vCenter that lost pod VMs
+// meanwhile (a restarted simulator, a restore) is repaired in seconds.
 func (s *Service) resyncLoop(ctx context.Context) {
+	first := time.NewTimer(min(s.cfg.ResyncInterval, 5*time.Second))
+	defer first.Stop()
 	t := time.NewTicker(s.cfg.ResyncInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-first.C:
+			if _, err := s.Resync(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("drift repair incomplete", "err", err)
+			}
 		case <-t.C:
 			if _, err := s.Resync(ctx); err != nil && ctx.Err() == nil {
 				s.log.Warn("drift repair incomplete", "err", err)

@@ -40,8 +40,14 @@ type Config struct {
 	// every run, so a failing scheduling test can be replayed.
 	Seed int64
 	// Dir is where the datastore backing directories are created (default: the
-	// system temp dir). A fresh subdirectory is made and removed by Close.
+	// system temp dir). A fresh subdirectory is made and removed by Close,
+	// unless KeepData is set.
 	Dir string
+	// KeepData puts the datastores directly in Dir (one directory each, reused
+	// when it exists) and leaves them on Close, so that what was stored on
+	// them (image disks, layer files) outlives the simulator: a restarted
+	// `podvisor up` finds its image chains where the records say they are.
+	KeepData bool
 	// PortGroups are created on the pv-dvs switch at start, before any caller
 	// can see the inventory. It is the extension point for networks the
 	// simulated site must already have, such as a management port group.

@@ -113,11 +113,18 @@ func (d *Datacenter) build(ctx context.Context) error {
 	m.Map().AddHandler(&hostStateBridge{d: d})
 	m.Service.AddFaultRule(d.maintenanceRule())
 
-	dir, err := os.MkdirTemp(d.cfg.Dir, "podvisor-sim-")
-	if err != nil {
-		return fmt.Errorf("sim: datastore directory: %w", err)
+	dir := d.cfg.Dir
+	if d.cfg.KeepData {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("sim: datastore directory: %w", err)
+		}
+	} else {
+		var err error
+		if dir, err = os.MkdirTemp(d.cfg.Dir, "podvisor-sim-"); err != nil {
+			return fmt.Errorf("sim: datastore directory: %w", err)
+		}
+		d.dir = dir // removed by Close
 	}
-	d.dir = dir
 
 	// Build the inventory in process, without HTTP: the API path is the same
 	// one clients use, minus the encoding.

@@ -49,7 +49,7 @@ func (d *Datacenter) createDatastores(ctx context.Context, hostObjs map[string]*
 	rng := rand.New(rand.NewPCG(uint64(d.cfg.Seed), 0x73746f72616765)) // "storage"
 
 	shared := DatastoreSpec{Name: SharedDatastore, Type: "NFS", Dir: filepath.Join(dir, SharedDatastore), CapacityBytes: 32 * tib}
-	if err := os.Mkdir(shared.Dir, 0o700); err != nil {
+	if err := os.MkdirAll(shared.Dir, 0o700); err != nil {
 		return fmt.Errorf("sim: datastore %s: %w", shared.Name, err)
 	}
 	for _, h := range d.hosts {
@@ -87,7 +87,7 @@ func (d *Datacenter) createDatastores(ctx context.Context, hostObjs map[string]*
 			CapacityBytes: 12 * tib,
 		}
 		spec.Dir = filepath.Join(dir, spec.Name)
-		if err := os.Mkdir(spec.Dir, 0o700); err != nil {
+		if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 			return fmt.Errorf("sim: datastore %s: %w", spec.Name, err)
 		}
 		for _, hn := range cl.Hosts {

@@ -197,7 +197,15 @@ func (s *System) startVCenter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Datastores live in the state dir so that image disks survive a
+	// restart of `up`, as the records in NATS and Redis do.
+	dsDir := filepath.Join(s.cfg.StateDir, "datastores")
+	if err := os.MkdirAll(dsDir, 0o750); err != nil {
+		return fmt.Errorf("up: datastores: %w", err)
+	}
 	dc, err := sim.Start(ctx, sim.Config{
+		Dir:             dsDir,
+		KeepData:        true,
 		Clusters:        s.cfg.Clusters,
 		HostsPerCluster: s.cfg.HostsPerCluster,
 		Username:        "podvisor",

@@ -228,3 +228,47 @@ func TestUsageErrors(t *testing.T) {
 		t.Error("a failed command wrote an env file")
 	}
 }
+
+// A client that re-sends the same event (same source and id) after the pod
+// was deleted gets a new pod, not silence from a de-duplicated answer.
+func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"me","id":"1",
+	  "subject":"default/again","datacontenttype":"application/json",
+	  "data":{"pod":{"metadata":{"name":"again"},"spec":{"containers":[{"name":"c","image":"registry.local/base:1.0"}]}}}}`
+	uidOf := func() string {
+		out, _, code := run(t, dir, "", "get", "pod", "again", "-o", "json")
+		if code != 0 {
+			return ""
+		}
+		var p struct{ Metadata struct{ UID string } }
+		json.Unmarshal([]byte(out), &p)
+		return p.Metadata.UID
+	}
+	accepted := func() int {
+		out, _, _ := run(t, dir, "", "events", "--type", "pod.accepted")
+		return strings.Count(out, "default/again")
+	}
+	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the first admission", func() bool { return uidOf() != "" && accepted() == 1 })
+	first := uidOf()
+	if _, _, code := run(t, dir, "", "delete", "pod", "again"); code != 0 {
+		t.Fatal("delete failed")
+	}
+	eventually(t, "the deletion", func() bool { return uidOf() == "" })
+	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the second admission", func() bool { return uidOf() != "" && accepted() == 2 })
+	if second := uidOf(); second == first {
+		t.Fatalf("the re-created pod kept uid %s of the deleted one", first)
+	}
+}

@@ -83,7 +83,7 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 	}
 	var hosts, migs <-chan event.Event
 	if wait > 0 {
-		ch, stop, err := followEvents(ctx, b, bus.StreamHosts, events.SubjectHostCordoned, events.SubjectHostDrained)
+		ch, stop, err := followEvents(ctx, b, bus.StreamHosts, events.SubjectHostCordoned, events.SubjectHostDrained, events.SubjectHostUncordoned)
 		if err != nil {
 			return err
 		}
@@ -123,6 +123,11 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 			case *events.HostCordoned:
 				if h.Name == p.Name {
 					fmt.Fprintf(g.stdout, "host %s cordoned\n", h.Name)
+				}
+			case *events.HostUncordoned:
+				if h.Name == p.Name {
+					fmt.Fprintf(g.stdout, "host %s was uncordoned: the drain stopped\n", h.Name)
+					return &exitError{code: 1, err: fmt.Errorf("drain of %s stopped by an uncordon", h.Name)}
 				}
 			case *events.HostDrained:
 				if h.Name != p.Name {

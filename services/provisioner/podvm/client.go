@@ -244,6 +244,9 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	if err != nil {
 		return types.ManagedObjectReference{}, err
 	}
+	if err := c.removeLeftovers(ctx, ds, s.Name); err != nil {
+		return types.ManagedObjectReference{}, err
+	}
 	task, err := folder.CreateVM(ctx, cs, pool, host)
 	if err != nil {
 		return types.ManagedObjectReference{}, fmt.Errorf("create VM %s on %s: %w", s.Name, p.Host, err)
@@ -507,4 +510,25 @@ func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseV
 		return nil, fmt.Errorf("port group %s backing: %w", name, err)
 	}
 	return b, nil
+}
+
+// removeLeftovers deletes the directory [ds] name/ when it exists. Callers
+// create a VM only after finding no registered VM of that name, so such files
+// belong to a pod VM vCenter no longer knows (unregistered by hand, or a
+// simulator restarted over kept datastores); CreateVM would otherwise fail
+// with FileAlreadyExists and the pod could never be re-created. pv-* names are
+// podvisor's own, so nothing else lives there.
+func (c *Client) removeLeftovers(ctx context.Context, ds, name string) error {
+	path := fmt.Sprintf("[%s] %s", ds, name)
+	task, err := object.NewFileManager(c.vc).DeleteDatastoreFile(ctx, path, c.dc)
+	if err != nil {
+		return fmt.Errorf("remove leftover files %s: %w", path, err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		if fault.Is(err, &types.FileNotFound{}) {
+			return nil
+		}
+		return fmt.Errorf("remove leftover files %s: %w", path, err)
+	}
+	return nil
 }

@@ -1,0 +1,33 @@
+package cli
+
+import (
+	"encoding/json"
+	"strconv"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func init() {
+	registerResource(&resource{
+		names:  []string{"drains", "drain"},
+		bucket: events.BucketDrains,
+		header: []string{"HOST", "PHASE", "MIGRATED", "UNMOVABLE", "AGE", "MESSAGE"},
+		decode: func(v []byte) (record, error) {
+			var r drainRow
+			return &r, json.Unmarshal(v, &r.DrainRecord)
+		},
+	})
+}
+
+// drainRow is the latest drain of one host (`podvisor get drains`).
+type drainRow struct{ events.DrainRecord }
+
+func (d *drainRow) Namespace() string { return "" }
+func (d *drainRow) Name() string      { return d.Host }
+func (d *drainRow) Object() any       { return d.DrainRecord }
+
+func (d *drainRow) Row(now time.Time) []string {
+	r := &d.DrainRecord
+	return []string{r.Host, dash(r.Phase), strconv.Itoa(r.Migrated), strconv.Itoa(len(r.Unmovable)), age(r.StartedAt, now), dash(r.Message)}
+}
