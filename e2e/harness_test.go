@@ -74,6 +74,10 @@ func startProcess(t *testing.T, name, logPath string, env []string, bin string, 
 		t.Fatal(err)
 	}
 	cmd := exec.Command(bin, args...)
+	// The process lists as podvisor-e2e (natsd-e2e), so that stopping
+	// one's own `podvisor up` by name on a shared machine
+	// (pkill -f 'podvisor up') does not stop the suite's.
+	cmd.Args[0] = filepath.Base(bin) + "-e2e"
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
