@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
@@ -209,6 +210,21 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 	out, errOut, code = runTool(t, url, "drain", "host", "esx-1-03", "--wait", "10s")
 	if code != 1 || !strings.Contains(out, "default/db: NetworkMissingOnTarget (network local exists on this host only)") {
 		t.Errorf("drain esx-1-03: %d\n%s%s", code, out, errOut)
+	}
+	// The drain record as the migration service writes it.
+	drains, err := b.JetStream().CreateOrUpdateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: events.BucketDrains})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(&events.DrainRecord{Host: "esx-1-03", Phase: events.DrainPhaseIncomplete, Migrated: 1,
+		Unmovable: []events.UnmovablePod{{Namespace: "default", Name: "db", Reason: "NetworkMissingOnTarget"}},
+		Message: "1 pods could not move", StartedAt: time.Now().Add(-time.Minute)})
+	if _, err := drains.Put(context.Background(), events.DrainRecordKey("esx-1-03"), data); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code = runTool(t, url, "get", "drains")
+	if code != 0 || !strings.Contains(out, "HOST") || !strings.Contains(out, "Incomplete") || !strings.Contains(out, "1 pods could not move") {
+		t.Errorf("get drains: %d\n%s%s", code, out, errOut)
 	}
 	if _, errOut, code := runTool(t, url, "drain", "pod", "web"); code != 2 || !strings.Contains(errOut, "only hosts") {
 		t.Errorf("drain pod: %d %s", code, errOut)
