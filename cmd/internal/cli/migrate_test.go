@@ -218,7 +218,7 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 	}
 	data, _ := json.Marshal(&events.DrainRecord{Host: "esx-1-03", Phase: events.DrainPhaseIncomplete, Migrated: 1,
 		Unmovable: []events.UnmovablePod{{Namespace: "default", Name: "db", Reason: "NetworkMissingOnTarget"}},
-		Message: "1 pods could not move", StartedAt: time.Now().Add(-time.Minute)})
+		Message:   "1 pods could not move", StartedAt: time.Now().Add(-time.Minute)})
 	if _, err := drains.Put(context.Background(), events.DrainRecordKey("esx-1-03"), data); err != nil {
 		t.Fatal(err)
 	}
