@@ -14,8 +14,8 @@
 //  2. This service records the request (KV `migrations`, key = migration
 //     ID) and allows one active migration per pod: a second request for a
 //     pod that is already moving is rejected at once with reason
-//     AlreadyMigrating, and the reservation the scheduler may still make
-//     for it is released (migration.cancelled).
+//     AlreadyMigrating (the scheduler releases what it reserved for it
+//     when it reads the rejection).
 //
 // Once reserved, the migration waits in a queue for room. vMotion saturates
 // the source host's vMotion network and a cluster's shared links, so at most

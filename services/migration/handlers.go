@@ -125,9 +125,9 @@ func (s *Service) release(r *events.MigrationRecord) {
 }
 
 // onReserved queues a migration once the scheduler holds room on its
-// target. A reservation for a migration that already ended is released
-// at once (migration.cancelled), so that refused or cancelled requests do
-// not keep room on a host.
+// target. A reservation for a migration that already ended (cancelled
+// while pending, or given up waiting) is released at once
+// (migration.cancelled), so that it does not keep room on a host.
 func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
 	r, err := s.store.migration(ctx, p.ID)
 	if err != nil {
@@ -145,7 +145,14 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 		}
 	}
 	if !r.Active() {
-		if r.Phase == events.MigrationPhaseCompleted {
+		switch {
+		case r.Phase == events.MigrationPhaseCompleted:
+			return nil
+		case r.Phase == events.MigrationPhaseRejected && r.Reason == ReasonAlreadyMigrating:
+			// The scheduler releases this reservation when it reads our
+			// migration.rejected, which follows the request in the pod's
+			// stream order; a cancel here would also tell the provisioner
+			// that the pod's other, running migration ended.
 			return nil
 		}
 		return s.publishFor(ctx, &m.Event, r, "release", events.TypeMigrationCancelled, &events.MigrationCancelled{

@@ -49,14 +49,13 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	if completed != 1 || rejected != 9 {
 		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
 	}
-	// Every reservation made for a rejected request is released.
-	eventually(t, "nine reservations are released", func() bool {
-		released := map[string]bool{}
-		for _, c := range collect[*events.MigrationCancelled](w.rec) {
-			released[c.ID] = true
-		}
-		return len(released) == 9
-	})
+	// The rejections alone release the scheduler's reservations (it reads
+	// migration.rejected after its own reservation, in the pod's order): no
+	// migration.cancelled may tell the provisioner that the running
+	// migration ended.
+	for _, c := range collect[*events.MigrationCancelled](w.rec) {
+		t.Errorf("migration.cancelled published for %s", c.ID)
+	}
 	var moved int
 	for _, pr := range collect[*events.MigrationProgress](w.rec) {
 		if pr.Phase == events.PhaseRelocating && pr.Percent == 0 {
