@@ -62,6 +62,9 @@ func (s *Service) runMigration(ctx context.Context, id string) {
 			// Run resumes it.
 			return
 		}
+		if cur, rerr := s.store.migration(ctx, id); rerr == nil && (cur == nil || !cur.Active()) {
+			return // ended meanwhile; its outcome is announced already
+		}
 		span.SetStatus(codes.Error, err.Error())
 		reason, msg := ReasonPrecheckFailed, err.Error()
 		var no *refusal
@@ -320,16 +323,22 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 		return err
 	}
 
+	// Progress is published under mu, and done is set under mu once the
+	// wait returns, so no late percentage follows the Finalizing progress.
 	var mu sync.Mutex
-	last := 0
+	last, done := 0, false
+	defer func() {
+		mu.Lock()
+		done = true
+		mu.Unlock()
+	}()
 	report := func(pct int) {
 		mu.Lock()
-		if pct < last+progressStep || pct >= 100 {
-			mu.Unlock()
+		defer mu.Unlock()
+		if done || pct < last+progressStep || pct >= 100 {
 			return
 		}
 		last = pct
-		mu.Unlock()
 		_ = s.progress(ctx, r, events.PhaseRelocating, pct, 0, "")
 		_, _ = s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
 			if rec.Phase != events.PhaseRelocating || rec.Percent >= pct {
