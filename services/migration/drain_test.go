@@ -194,3 +194,30 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 		t.Error("a healthy pod's VM was removed")
 	}
 }
+
+// TestDrainWaitsForPodsStillProvisioning: a pod being provisioned on the
+// host when the drain starts is migrated in the next pass, once it runs.
+func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	w.runPod("ready", h[0])
+	late := w.runPod("late", h[0])
+	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseProvisioning })
+
+	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	eventually(t, "the first pass moved the running pod", func() bool {
+		return len(collect[*events.MigrationCompleted](w.rec)) == 1
+	})
+	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseRunning })
+	d := w.waitDrained(h[0])
+	if d.Migrated != 2 || len(d.Unmovable) != 0 {
+		t.Fatalf("drained = %+v, want both pods moved", d)
+	}
+	if got, _ := w.vmHost(late.vm); got == h[0] {
+		t.Error("the late pod stayed on the drained host")
+	}
+	if r := w.drainRecord(h[0]); r.Round != 2 {
+		t.Errorf("drain took %d passes, want 2", r.Round)
+	}
+}

@@ -471,10 +471,13 @@ type scheduler struct {
 	// reservations by migration ID: source and target host.
 	reservations map[string][2]string
 	sub          *nats.Subscription
+	// silent lists migration IDs the stand-in does not answer, as a
+	// scheduler that is down would not.
+	silent map[string]bool
 }
 
 func newScheduler(w *world) *scheduler {
-	s := &scheduler{w: w, seen: map[string]bool{}, load: map[string]int{}, cordoned: map[string]bool{}, lost: map[string]bool{}, reservations: map[string][2]string{}}
+	s := &scheduler{w: w, seen: map[string]bool{}, load: map[string]int{}, cordoned: map[string]bool{}, lost: map[string]bool{}, reservations: map[string][2]string{}, silent: map[string]bool{}}
 	sub, err := w.bus.Conn().Subscribe("pv.>", s.on)
 	if err != nil {
 		w.t.Fatal(err)
@@ -524,6 +527,12 @@ func (s *scheduler) on(m *nats.Msg) {
 
 func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	w := s.w
+	s.mu.Lock()
+	silent := s.silent[v.ID]
+	s.mu.Unlock()
+	if silent {
+		return
+	}
 	e, err := w.pods.Get(ctx, events.PodRecordKey(v.Namespace, v.Pod))
 	if err != nil {
 		w.publishAsync("podvisor/scheduler", events.TypeMigrationRejected, &events.MigrationRejected{

@@ -3,6 +3,7 @@ package migration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/events"
 )
@@ -148,5 +149,39 @@ func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
 	}
 	if got, _ := w.vmHost(p.vm); got != h[0] {
 		t.Errorf("VM moved to %s", got)
+	}
+}
+
+// TestSchedulerRefusalAndSilence: the scheduler's refusal is recorded with
+// its reason; a request it never answers fails with NoReservation and frees
+// the pod for the next request.
+func TestSchedulerRefusalAndSilence(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	cfg := testConfig()
+	cfg.ReservationTimeout = 300 * time.Millisecond
+	w.start(cfg)
+	h := w.clusterHosts(0)
+	p := w.runPod("quiet", h[0])
+
+	w.migrate("ghost-1", pod{ns: "default", name: "ghost"}, "")
+	if typ, _ := w.waitEnd("ghost-1"); typ != events.TypeMigrationRejected {
+		t.Fatalf("ghost-1 ended with %s", typ)
+	}
+	eventually(t, "the refusal is recorded", func() bool { return w.migrationPhase("ghost-1") == events.MigrationPhaseRejected })
+	if r := w.migration("ghost-1"); r.Reason != "NotFound" || !strings.Contains(r.Message, "ghost") {
+		t.Errorf("record %s: %s, want the scheduler's NotFound", r.Reason, r.Message)
+	}
+
+	w.sched.mu.Lock()
+	w.sched.silent["unanswered"] = true
+	w.sched.mu.Unlock()
+	w.migrate("unanswered", p, h[1])
+	typ, payload := w.waitEnd("unanswered")
+	if f, ok := payload.(*events.MigrationFailed); typ != events.TypeMigrationFailed || !ok || f.Reason != ReasonNoReservation {
+		t.Fatalf("unanswered ended with %s %+v, want failed %s", typ, payload, ReasonNoReservation)
+	}
+	w.migrate("answered", p, h[1])
+	if typ, payload := w.waitEnd("answered"); typ != events.TypeMigrationCompleted {
+		t.Fatalf("the next request ended with %s %+v: the pod was not freed", typ, payload)
 	}
 }
