@@ -106,6 +106,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 			s.Close()
 		}
 	}()
+	if err := s.lockStateDir(); err != nil {
+		return nil, err
+	}
 	if err := s.startNATS(ctx); err != nil {
 		return nil, err
 	}
@@ -251,10 +254,11 @@ func (s *System) startRedis(ctx context.Context) error {
 		s.Endpoints.RedisURL = s.cfg.RedisURL
 		return nil
 	}
-	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"))
+	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), redisserver.WithLogger(s.log))
 	if err != nil {
-		s.log.Warn("!!! redis-server could not be started; using an EMBEDDED Redis-protocol server (miniredis): fine for a demo, not for load; install redis-server or pass --redis-url", "error", err)
-		srv, err = redisserver.StartEmbedded()
+		// StartEmbedded says loudly that it is a stand-in; add why.
+		s.log.Warn("redis-server could not be started", "error", err)
+		srv, err = redisserver.StartEmbedded(redisserver.WithLogger(s.log))
 		if err != nil {
 			return fmt.Errorf("up: Redis: %w", err)
 		}
@@ -296,9 +300,14 @@ func (s *System) run(ctx context.Context, name string, f func(context.Context) e
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		if err := f(ctx); err != nil && ctx.Err() == nil {
-			s.errs <- fmt.Errorf("%s: %w", name, err)
+		err := f(ctx)
+		if ctx.Err() != nil {
+			return // stopping
 		}
+		if err == nil {
+			err = errors.New("stopped on its own")
+		}
+		s.errs <- fmt.Errorf("%s: %w", name, err)
 	}()
 }
 
@@ -321,7 +330,7 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	}
 	var rdb *redis.Client
 	for _, spec := range s.cfg.Services {
-		deps := runner.Deps{Logger: s.log.With("service", spec.Name)}
+		deps := runner.Deps{Logger: s.log} // each service scopes it with its name
 		b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-"+spec.Name))
 		if err != nil {
 			return fmt.Errorf("up: %s: %w", spec.Name, err)

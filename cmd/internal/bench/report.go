@@ -34,8 +34,8 @@ func (r *Result) Table(w io.Writer) error {
 	fmt.Fprintf(tw, "sequential (create, power on)\t%.1f VMs/s\t\t%d VMs in %.1fs\n", r.Sequential.VMsPerS, r.Sequential.VMs, r.Sequential.Seconds)
 	fmt.Fprintf(tw, "scheduling only (framework)\t%.0f pods/s\t\t%d of %d placed on %d hosts\n", r.Scheduling.PodsPerS, r.Scheduling.Placed, r.Scheduling.Pods, r.Scheduling.Hosts)
 	fmt.Fprintln(tw, "\t\t\t")
-	fmt.Fprintf(tw, "pipeline / raw\t%.2f×\t\t\n", r.Ratios.PipelineToRaw)
-	fmt.Fprintf(tw, "pipeline / sequential\t%.1f×\t\t\n", r.Ratios.PipelineToSequential)
+	fmt.Fprintf(tw, "pipeline / raw\t%s\t\t\n", ratio(r.Ratios.PipelineToRaw))
+	fmt.Fprintf(tw, "pipeline / sequential\t%s\t\t\n", ratio(r.Ratios.PipelineToSequential))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -62,6 +62,15 @@ func (r *Result) Table(w io.Writer) error {
 	fmt.Fprintf(w, "memory: peak RSS %s (services + NATS + simulator in one process); live heap %s → %s, %s per pod; 10,000 pods ≈ %s heap (%s)\n",
 		iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes), iec(m.HeapPerPodBytes), iec(m.Est10kPodsBytes), est)
 	return nil
+}
+
+// ratio prints two significant digits (0.013×, 0.82×, 7.6×), whole numbers
+// from 10 on.
+func ratio(r float64) string {
+	if r >= 10 {
+		return fmt.Sprintf("%.0f×", r)
+	}
+	return fmt.Sprintf("%.2g×", r)
 }
 
 func iec(b int64) string {
@@ -126,8 +135,8 @@ func (r *Result) SVG() string {
 		{"p95", fmt.Sprintf("%.0f ms", lat.P95), lat.P95, "#edc948"},
 		{"p99", fmt.Sprintf("%.0f ms", lat.P99), lat.P99, "#e15759"},
 	})
-	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %.2f×, pipeline/sequential %.1f×; scheduling only %.0f pods/s; image cold %.0f ms / warm %.0f ms; peak RSS %s</text>`+"\n",
-		y, r.Ratios.PipelineToRaw, r.Ratios.PipelineToSequential, r.Scheduling.PodsPerS, r.ImageCache.ColdMS, r.ImageCache.WarmMS, iec(r.Memory.PeakRSSBytes))
+	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %s, pipeline/sequential %s; scheduling only %.0f pods/s; image cold %.0f ms / warm %.0f ms; peak RSS %s</text>`+"\n",
+		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Scheduling.PodsPerS, r.ImageCache.ColdMS, r.ImageCache.WarmMS, iec(r.Memory.PeakRSSBytes))
 	height := y + 20
 	var out strings.Builder
 	fmt.Fprintf(&out, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)

@@ -18,6 +18,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		output   string
 		chart    string
 		quiet    bool
+		from     string
 		timeout  time.Duration
 		rawTries []int
 	)
@@ -44,7 +45,8 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 			}
 			cfg.RawWorkers = rawTries
 			cfg.Timeout = timeout
-			if err := cfg.Validate(); err != nil {
+			err := cfg.Validate()
+			if err != nil && from == "" {
 				return usageError("%v", err)
 			}
 			if !quiet {
@@ -59,8 +61,18 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 				}
 				cfg.Logger = logger
 			}
-			res, err := bench.Run(cmd.Context(), cfg)
-			if err != nil {
+			var res *bench.Result
+			if from != "" {
+				// Re-render a saved run (its -o json) as a table or chart.
+				data, err := os.ReadFile(from)
+				if err != nil {
+					return usageError("--from: %v", err)
+				}
+				res = &bench.Result{}
+				if err := json.Unmarshal(data, res); err != nil {
+					return usageError("--from %s: not the -o json of a bench run: %v", from, err)
+				}
+			} else if res, err = bench.Run(cmd.Context(), cfg); err != nil {
 				return err
 			}
 			if chart != "" {
@@ -87,5 +99,6 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVarP(&output, "output", "o", "table", "output format: table or json")
 	f.StringVar(&chart, "chart", "", "write an SVG bar chart of the run to this file")
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
+	f.StringVar(&from, "from", "", "print (and chart) a saved `-o json` result instead of running")
 	return cmd
 }

@@ -93,8 +93,11 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
 		consumers[name] = c
+		var read uint64
 		for last > 0 {
-			batch, err := c.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+			// Ask for no more than what is left, so the last batch returns
+			// at once instead of waiting out FetchMaxWait.
+			batch, err := c.Fetch(int(min(500, max(1, last-read))), jetstream.FetchMaxWait(2*time.Second))
 			if err != nil {
 				return fmt.Errorf("read %s: %w", name, err)
 			}
@@ -107,6 +110,7 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 					continue
 				}
 				history = append(history, storedMsg{name, md.Sequence.Stream, md.Timestamp, m})
+				read = md.Sequence.Stream
 				if md.Sequence.Stream >= last {
 					done = true
 				}
@@ -188,7 +192,7 @@ func (p *eventPrinter) print(m storedMsg) {
 	}
 	ev, err := bus.DecodeMessage(m.msg)
 	if err != nil {
-		fmt.Fprintf(p.stderr, "warning: %s #%d on %s is not a CloudEvent: %v\n", m.stream, m.seq, m.msg.Subject(), err)
+		fmt.Fprintf(p.stderr, "warning: %s #%d on %s: %v\n", m.stream, m.seq, m.msg.Subject(), err)
 		return
 	}
 	if !p.matches(ev.Type()) {

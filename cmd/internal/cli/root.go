@@ -56,11 +56,12 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.natsURL, "nats-url", "", "NATS server URL (default $PODVISOR_NATS_URL, else the env file of the state dir)")
-	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", defaultStateDir(), "state directory of `podvisor up` (holds the env file)")
+	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", defaultStateDir(), "state directory of podvisor up (holds the env file)")
 	root.AddCommand(
 		newUpCmd(g),
 		newServeCmd(g),
@@ -74,6 +75,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newTraceCmd(g),
 		newBenchCmd(g),
 		newSimCmd(g),
+		newRebalanceCmd(g),
 	)
 	return root
 }

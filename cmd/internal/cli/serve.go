@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -40,32 +41,36 @@ so that 'podvisor serve NAME' works beside 'podvisor up --services=none'.`,
 			if err != nil {
 				return usageError("%v", err)
 			}
-			g.envFileDefaults()
-			return serve(cmd.Context(), g, spec)
+			local := g.envFileDefaults()
+			return serve(cmd.Context(), g, spec, local)
 		},
 	}
 }
 
 // envFileDefaults copies the env file's variables into the environment where
-// they are unset.
-func (g *globals) envFileDefaults() {
+// they are unset, and reports whether it supplied the NATS URL (the service
+// then runs beside a local `podvisor up`).
+func (g *globals) envFileDefaults() (local bool) {
 	vars, err := ReadEnvFile(g.stateDir + "/env")
 	if err != nil {
-		return
+		return false
 	}
 	for k, v := range vars {
 		if _, set := os.LookupEnv(k); !set {
 			os.Setenv(k, v)
+			if k == "PODVISOR_NATS_URL" && g.natsURL == "" {
+				local = true
+			}
 		}
 	}
+	return local
 }
 
-func serve(ctx context.Context, g *globals, spec runner.Spec) error {
+func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error {
 	logger, err := telemetry.LoggerFromEnv()
 	if err != nil {
 		return usageError("%v", err)
 	}
-	logger = logger.With("service", spec.Name)
 	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: "podvisor-" + spec.Name})
 	if err != nil {
 		return err
@@ -132,14 +137,32 @@ func serve(ctx context.Context, g *globals, spec runner.Spec) error {
 	}
 	addr := os.Getenv("PODVISOR_HEALTH_ADDR")
 	if addr == "" {
+		// In a container the probes expect the fixed port; beside a local
+		// `podvisor up` several services share the machine, so each takes a
+		// free loopback port (logged below).
 		addr = ":8081"
+		if local {
+			addr = "127.0.0.1:0"
+		}
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("health server on %s: %w", addr, err)
 	}
 	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
 
-	logger.Info("serving", "nats", natsURL, "health", addr)
+	logger.Info("serving", "service", spec.Name, "nats", natsURL, "health", ln.Addr().String())
 	grp, gctx := errgroup.WithContext(ctx)
-	grp.Go(func() error { return hs.Run(gctx) })
-	grp.Go(func() error { return spec.Run(gctx, deps) })
+	grp.Go(func() error { return hs.Serve(gctx, ln) })
+	grp.Go(func() error {
+		if err := spec.Run(gctx, deps); err != nil {
+			return err
+		}
+		if gctx.Err() == nil {
+			return fmt.Errorf("service %s stopped on its own", spec.Name)
+		}
+		return nil
+	})
 	err = grp.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -52,9 +53,15 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 
 			sys, err := allinone.Start(ctx, cfg)
 			if err != nil {
+				if errors.Is(err, allinone.ErrStateDirInUse) {
+					return &exitError{code: 2, err: err}
+				}
 				return err
 			}
 			defer sys.Close()
+			if ctx.Err() != nil {
+				return nil // interrupted while starting: nothing to announce
+			}
 			envPath, err := sys.WriteEnv()
 			if err != nil {
 				return fmt.Errorf("up: write env file: %w", err)
