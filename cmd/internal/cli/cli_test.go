@@ -133,7 +133,7 @@ func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 		t.Fatal(err)
 	}
 	reason, _ := dl["reason"].(string)
-	if dl["service"] != "provisioner" || !strings.Contains(reason, "hello") {
+	if dl["service"] != "provisioner" || !strings.Contains(reason, "hello") || dl["type"] != "io.podvisor.pod.requested.v1" {
 		t.Fatalf("dead letter = %v, want service provisioner and a reason naming the unknown field", dl)
 	}
 	table, _, _ := run(t, dir, "", "events", "--dlq")

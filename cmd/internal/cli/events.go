@@ -231,6 +231,16 @@ func (p *eventPrinter) printDeadLetter(m storedMsg) {
 		return
 	}
 	origType := h.Get(bus.HeaderPrefix + "type")
+	if origType == "" {
+		// A structured-mode original carries its type in the body.
+		var structured struct {
+			SpecVersion string `json:"specversion"`
+			Type        string `json:"type"`
+		}
+		if json.Unmarshal(m.msg.Data(), &structured) == nil && structured.SpecVersion != "" {
+			origType = structured.Type
+		}
+	}
 	if p.o.typ != "*" && !p.matches(origType) {
 		return
 	}
