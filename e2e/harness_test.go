@@ -268,11 +268,14 @@ func (s *system) mustCLI(stdin []byte, args ...string) string {
 	return r.stdout
 }
 
-// hasVerb reports whether the built CLI knows a verb (some verbs arrived
-// later than others).
-func (s *system) hasVerb(verb string) bool {
+// requireVerb fails the test at once, with a clear message, when the built
+// CLI lacks a verb (rather than failing later on a usage error).
+func (s *system) requireVerb(t *testing.T, verb string) {
+	t.Helper()
 	r := s.cli(nil, verb, "--help")
-	return r.code == 0 && !strings.Contains(r.stdout+r.stderr, "unknown command")
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "unknown command") {
+		t.Fatalf("this build of podvisor has no %q verb: %s", verb, r)
+	}
 }
 
 // cliPods is `podvisor get pods -n ns -o json`, decoded.

@@ -155,9 +155,7 @@ func TestPods(t *testing.T) {
 	checkPlacement(t, snap, ns, pods, cliPods)
 
 	t.Run("migrate", func(t *testing.T) {
-		if !s.hasVerb("migrate") {
-			t.Skip("this build has no `podvisor migrate`")
-		}
+		s.requireVerb(t, "migrate")
 		p := cliPods["p001"] // on the default network: any host will do
 		target := ""
 		for _, h := range sortedHosts(snap) {
@@ -184,9 +182,7 @@ func TestPods(t *testing.T) {
 	})
 
 	t.Run("drain", func(t *testing.T) {
-		if !s.hasVerb("drain") {
-			t.Skip("this build has no `podvisor drain`")
-		}
+		s.requireVerb(t, "drain")
 		host := busiestHost(vc.mustRead(t), ns, "cluster-2")
 		before := len(vmsOn(vc.mustRead(t), host))
 		s.mustCLI(nil, "drain", "host", host, "--wait", "5m")
@@ -202,9 +198,7 @@ func TestPods(t *testing.T) {
 	})
 
 	t.Run("host failure", func(t *testing.T) {
-		if !s.hasVerb("sim") {
-			t.Skip("this build has no `podvisor sim`")
-		}
+		s.requireVerb(t, "sim")
 		host := busiestHost(vc.mustRead(t), ns, "cluster-1")
 		var victims []string
 		for _, v := range vmsOn(vc.mustRead(t), host) {
