@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -184,7 +185,7 @@ func validateNetworksAnnotation(p *field.Path, raw string) field.ErrorList {
 var (
 	supportedPodSpecFields = fieldSet("containers", "restartPolicy", "terminationGracePeriodSeconds",
 		"dnsPolicy", "nodeSelector", "serviceAccountName", "serviceAccount", "automountServiceAccountToken",
-		"enableServiceLinks", "schedulerName", "os")
+		"enableServiceLinks", "schedulerName", "os", "affinity")
 	supportedContainerFields = fieldSet("name", "image", "command", "args", "workingDir", "ports", "env",
 		"resources", "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext")
 	supportedSecurityContextFields = fieldSet("privileged", "allowPrivilegeEscalation", "runAsUser",
@@ -203,7 +204,6 @@ var unsupportedWhy = map[string]string{
 	"hostIPC":             "a pod VM has its own kernel; the host's IPC namespace cannot be shared",
 	"hostUsers":           "a pod VM has its own kernel; the host's user namespace cannot be shared",
 	"nodeName":            "the scheduler picks the host; use nodeSelector with host labels, or a Migration with targetHost",
-	"affinity":            "use nodeSelector with host labels",
 	"tolerations":         "hosts carry no taints; cordoned hosts are skipped by the scheduler",
 	"imagePullSecrets":    "registry credentials are configured on the image cache, not per pod",
 	"overhead":            "podvisor computes the pod VM overhead itself",
@@ -288,6 +288,7 @@ func validatePodSpec(spec *corev1.PodSpec, p *field.Path) field.ErrorList {
 		errs = append(errs, field.NotSupported(p.Child("dnsPolicy"), spec.DNSPolicy, []corev1.DNSPolicy{corev1.DNSClusterFirst, corev1.DNSDefault}))
 	}
 	errs = append(errs, validateLabels(p.Child("nodeSelector"), spec.NodeSelector)...)
+	errs = append(errs, validateAffinity(spec.Affinity, p.Child("affinity"))...)
 	// kubectl writes the "default" service account into manifests it
 	// exports; podvisor has no service accounts, so only that one is accepted.
 	for _, sa := range []struct{ name, v string }{{"serviceAccountName", spec.ServiceAccountName}, {"serviceAccount", spec.DeprecatedServiceAccount}} {
@@ -536,4 +537,87 @@ func pathChild(p *field.Path, name string) *field.Path {
 		return field.NewPath(name)
 	}
 	return p.Child(name)
+}
+
+// Host-level topology keys a pod anti-affinity term may name: pod VMs are
+// spread per hypervisor host.
+const (
+	TopologyKeyHostname = "kubernetes.io/hostname"
+	TopologyKeyHost     = "podvisor.io/host"
+)
+
+// validateAffinity admits the part of Kubernetes affinity the scheduler
+// implements — required node affinity over host labels and required pod
+// anti-affinity per host — and refuses the rest by name, so that no rule is
+// silently ignored.
+func validateAffinity(a *corev1.Affinity, p *field.Path) field.ErrorList {
+	if a == nil {
+		return nil
+	}
+	var errs field.ErrorList
+	if a.PodAffinity != nil {
+		errs = append(errs, field.Forbidden(p.Child("podAffinity"), "not supported by podvisor: only required podAntiAffinity per host is"))
+	}
+	if na := a.NodeAffinity; na != nil {
+		np := p.Child("nodeAffinity")
+		if len(na.PreferredDuringSchedulingIgnoredDuringExecution) > 0 {
+			errs = append(errs, field.Forbidden(np.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only required node affinity is"))
+		}
+		if req := na.RequiredDuringSchedulingIgnoredDuringExecution; req != nil {
+			tp := np.Child("requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+			if len(req.NodeSelectorTerms) == 0 {
+				errs = append(errs, field.Required(tp, "at least one term"))
+			}
+			for i, t := range req.NodeSelectorTerms {
+				if len(t.MatchFields) > 0 {
+					errs = append(errs, field.Forbidden(tp.Index(i).Child("matchFields"), "not supported by podvisor: hosts have no fields, use matchExpressions on host labels"))
+				}
+				for j, e := range t.MatchExpressions {
+					ep := tp.Index(i).Child("matchExpressions").Index(j)
+					errs = append(errs, validateLabelKey(ep.Child("key"), e.Key)...)
+					switch e.Operator {
+					case corev1.NodeSelectorOpIn, corev1.NodeSelectorOpNotIn, corev1.NodeSelectorOpExists, corev1.NodeSelectorOpDoesNotExist:
+					default:
+						errs = append(errs, field.NotSupported(ep.Child("operator"), e.Operator, []corev1.NodeSelectorOperator{
+							corev1.NodeSelectorOpIn, corev1.NodeSelectorOpNotIn, corev1.NodeSelectorOpExists, corev1.NodeSelectorOpDoesNotExist}))
+					}
+				}
+			}
+		}
+	}
+	if pa := a.PodAntiAffinity; pa != nil {
+		pp := p.Child("podAntiAffinity")
+		if len(pa.PreferredDuringSchedulingIgnoredDuringExecution) > 0 {
+			errs = append(errs, field.Forbidden(pp.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only required anti-affinity is"))
+		}
+		for i, t := range pa.RequiredDuringSchedulingIgnoredDuringExecution {
+			tp := pp.Child("requiredDuringSchedulingIgnoredDuringExecution").Index(i)
+			if t.TopologyKey != TopologyKeyHostname && t.TopologyKey != TopologyKeyHost {
+				errs = append(errs, field.NotSupported(tp.Child("topologyKey"), t.TopologyKey, []string{TopologyKeyHostname, TopologyKeyHost}))
+			}
+			if t.LabelSelector == nil {
+				errs = append(errs, field.Required(tp.Child("labelSelector"), "a term without a selector matches no pod"))
+			} else if _, err := metav1.LabelSelectorAsSelector(t.LabelSelector); err != nil {
+				errs = append(errs, field.Invalid(tp.Child("labelSelector"), t.LabelSelector, err.Error()))
+			}
+			if t.NamespaceSelector != nil {
+				errs = append(errs, field.Forbidden(tp.Child("namespaceSelector"), "not supported by podvisor: list namespaces instead"))
+			}
+			if len(t.MatchLabelKeys) > 0 || len(t.MismatchLabelKeys) > 0 {
+				errs = append(errs, field.Forbidden(tp.Child("matchLabelKeys"), "not supported by podvisor"))
+			}
+			for j, ns := range t.Namespaces {
+				errs = append(errs, validateDNSLabel(tp.Child("namespaces").Index(j), ns)...)
+			}
+		}
+	}
+	return errs
+}
+
+func validateLabelKey(p *field.Path, k string) field.ErrorList {
+	var errs field.ErrorList
+	for _, msg := range validation.IsQualifiedName(k) {
+		errs = append(errs, field.Invalid(p, k, msg))
+	}
+	return errs
 }

@@ -8,10 +8,8 @@
 // podvisor.io/host); other topology keys are refused when the pod is
 // compiled, with the field named.
 //
-// Note: events.ValidatePod currently refuses spec.affinity altogether
-// ("use nodeSelector with host labels"), so pods reaching the scheduler
-// through pod.accepted carry no anti-affinity yet; the plugin is ready for
-// when validation admits podAntiAffinity.
+// events.ValidatePod admits exactly this subset (required terms, per-host
+// topology), so every rule that reaches the scheduler is enforced.
 package antiaffinity
 
 import (
