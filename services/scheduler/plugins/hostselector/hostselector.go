@@ -2,9 +2,8 @@
 // affinity against host labels. Host labels come from the inventory: vSphere
 // custom attributes and tags on the host, plus podvisor.io/host and
 // podvisor.io/cluster, so `nodeSelector: {podvisor.io/cluster: cluster-1}`
-// pins a pod to a cluster. (Required node affinity is matched too, but
-// events.ValidatePod does not admit spec.affinity yet, so today only
-// nodeSelector reaches the scheduler.)
+// pins a pod to a cluster. Required node affinity (matchExpressions over
+// host labels, the part events.ValidatePod admits) is matched too.
 package hostselector
 
 import (
