@@ -1,0 +1,294 @@
+package lease_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/lease"
+)
+
+const ttl = 1500 * time.Millisecond
+
+func bucket(t *testing.T) jetstream.KeyValue {
+	t.Helper()
+	b := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := b.JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "lease-test", History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
+// replica runs one Lease in the background and records when its function
+// starts and stops.
+type replica struct {
+	name    string
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when Run returned
+	err     error         // what Run returned
+	started chan time.Time
+	stopped chan error // the function context's cause
+}
+
+func startReplica(t *testing.T, kv jetstream.KeyValue, name string, active, maxActive *atomic.Int32) *replica {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &replica{name: name, cancel: cancel, done: make(chan struct{}), started: make(chan time.Time, 10), stopped: make(chan error, 10)}
+	l := &lease.Lease{KV: kv, Key: "leader", Holder: name, TTL: ttl}
+	go func() {
+		defer close(r.done)
+		r.err = l.Run(ctx, func(ctx context.Context) error {
+			n := active.Add(1)
+			for {
+				m := maxActive.Load()
+				if n <= m || maxActive.CompareAndSwap(m, n) {
+					break
+				}
+			}
+			r.started <- time.Now()
+			<-ctx.Done()
+			// Hold on a moment, as a service draining its work would: the
+			// other replica must not start before this returns.
+			time.Sleep(50 * time.Millisecond)
+			active.Add(-1)
+			r.stopped <- context.Cause(ctx)
+			return nil
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-r.done:
+		case <-time.After(5 * time.Second):
+			t.Errorf("%s: Run did not return after its context ended", name)
+		}
+	})
+	return r
+}
+
+func holderOf(t *testing.T, kv jetstream.KeyValue) string {
+	t.Helper()
+	e, err := kv.Get(context.Background(), "leader")
+	if err != nil {
+		t.Fatalf("get lease: %v", err)
+	}
+	var v struct{ Holder string }
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Holder
+}
+
+func TestOneLeaderAtATimeAndFastHandover(t *testing.T) {
+	kv := bucket(t)
+	var active, maxActive atomic.Int32
+	a := startReplica(t, kv, "a", &active, &maxActive)
+	b := startReplica(t, kv, "b", &active, &maxActive)
+
+	var leader, standby *replica
+	select {
+	case <-a.started:
+		leader, standby = a, b
+	case <-b.started:
+		leader, standby = b, a
+	case <-time.After(5 * time.Second):
+		t.Fatal("no replica started leading")
+	}
+	// Several renewals pass; the standby must stay idle all along.
+	time.Sleep(2 * ttl)
+	select {
+	case <-standby.started:
+		t.Fatalf("%s started while %s led", standby.name, leader.name)
+	default:
+	}
+	if got := holderOf(t, kv); got != leader.name {
+		t.Fatalf("lease holder = %q, want %q", got, leader.name)
+	}
+
+	stoppedAt := time.Now()
+	leader.cancel()
+	select {
+	case at := <-standby.started:
+		// The leader deleted the key on its way out, so the standby did not
+		// wait for the TTL.
+		if took := at.Sub(stoppedAt); took > ttl/2 {
+			t.Fatalf("handover took %s, want well under the TTL %s", took, ttl)
+		}
+	case <-time.After(2 * ttl):
+		t.Fatalf("%s did not take over after %s stopped", standby.name, leader.name)
+	}
+	<-leader.done
+	if leader.err != nil {
+		t.Fatalf("leader's Run after cancel = %v, want nil", leader.err)
+	}
+	if got := holderOf(t, kv); got != standby.name {
+		t.Fatalf("lease holder = %q, want %q", got, standby.name)
+	}
+	if m := maxActive.Load(); m != 1 {
+		t.Fatalf("at most %d functions ran at once, want 1", m)
+	}
+}
+
+func TestManyReplicasNeverOverlap(t *testing.T) {
+	kv := bucket(t)
+	var active, maxActive atomic.Int32
+	var reps []*replica
+	for _, n := range []string{"a", "b", "c", "d"} {
+		reps = append(reps, startReplica(t, kv, n, &active, &maxActive))
+	}
+	// Stop the leader three times; each time one other replica takes over.
+	var wg sync.WaitGroup
+	stopped := map[string]bool{}
+	for round := range 3 {
+		var leader *replica
+		deadline := time.After(3 * ttl)
+		for leader == nil {
+			for _, r := range reps {
+				if stopped[r.name] {
+					continue
+				}
+				select {
+				case <-r.started:
+					leader = r
+				default:
+				}
+			}
+			select {
+			case <-deadline:
+				t.Fatalf("round %d: no leader", round)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		stopped[leader.name] = true
+		wg.Add(1)
+		go func() { defer wg.Done(); leader.cancel(); <-leader.done }()
+	}
+	wg.Wait()
+	if m := maxActive.Load(); m != 1 {
+		t.Fatalf("at most %d functions ran at once, want 1", m)
+	}
+}
+
+func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
+	kv := bucket(t)
+	var active, maxActive atomic.Int32
+	a := startReplica(t, kv, "a", &active, &maxActive)
+	select {
+	case <-a.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a did not start leading")
+	}
+	// Another holder writes the key from outside, as a replica that took
+	// over an expired lease would.
+	other, _ := json.Marshal(map[string]any{"holder": "intruder", "expires": time.Now().Add(time.Hour)})
+	wrote := time.Now()
+	if _, err := kv.Put(context.Background(), "leader", other); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case cause := <-a.stopped:
+		if !errors.Is(cause, lease.ErrLost) {
+			t.Fatalf("function's context cause = %v, want ErrLost", cause)
+		}
+		// The next renewal (every TTL/3) notices.
+		if took := time.Since(wrote); took > ttl/3+ttl/2 {
+			t.Fatalf("leader stopped %s after losing the lease, want within one renewal", took)
+		}
+	case <-time.After(2 * ttl):
+		t.Fatal("leader kept running after its lease was overwritten")
+	}
+	// It stands by now: the intruder's lease is valid for an hour.
+	select {
+	case <-a.started:
+		t.Fatal("a led again while another holder's lease was valid")
+	case <-time.After(ttl):
+	}
+	if got := holderOf(t, kv); got != "intruder" {
+		t.Fatalf("lease holder = %q, want intruder (a must not delete a lease it lost)", got)
+	}
+	// Once the key goes, a leads again.
+	if err := kv.Delete(context.Background(), "leader"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-a.started:
+	case <-time.After(2 * ttl):
+		t.Fatal("a did not lead again after the other lease was removed")
+	}
+}
+
+func TestExpiredLeaseIsTakenOver(t *testing.T) {
+	kv := bucket(t)
+	dead, _ := json.Marshal(map[string]any{"holder": "crashed", "expires": time.Now().Add(-time.Second)})
+	if _, err := kv.Put(context.Background(), "leader", dead); err != nil {
+		t.Fatal(err)
+	}
+	var active, maxActive atomic.Int32
+	a := startReplica(t, kv, "a", &active, &maxActive)
+	select {
+	case <-a.started:
+	case <-time.After(ttl / 2):
+		t.Fatal("an expired lease was not taken over at once")
+	}
+	if got := holderOf(t, kv); got != "a" {
+		t.Fatalf("lease holder = %q, want a", got)
+	}
+}
+
+func TestLiveLeaseIsRespected(t *testing.T) {
+	kv := bucket(t)
+	live, _ := json.Marshal(map[string]any{"holder": "other", "expires": time.Now().Add(time.Hour)})
+	if _, err := kv.Put(context.Background(), "leader", live); err != nil {
+		t.Fatal(err)
+	}
+	var active, maxActive atomic.Int32
+	a := startReplica(t, kv, "a", &active, &maxActive)
+	select {
+	case <-a.started:
+		t.Fatal("took over a lease that had not expired")
+	case <-time.After(ttl):
+	}
+}
+
+func TestFunctionErrorReleasesAndReturns(t *testing.T) {
+	kv := bucket(t)
+	boom := errors.New("boom")
+	l := &lease.Lease{KV: kv, Key: "leader", TTL: ttl}
+	err := l.Run(context.Background(), func(context.Context) error { return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Run = %v, want the function's error", err)
+	}
+	if _, err := kv.Get(context.Background(), "leader"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("lease key after release: err = %v, want ErrKeyNotFound", err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	err := (&lease.Lease{TTL: -time.Second}).Run(context.Background(), func(context.Context) error { return nil })
+	if err == nil {
+		t.Fatal("Run accepted an empty lease")
+	}
+	for _, want := range []string{"KV: required", "Key: required", "TTL: must be positive"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestNewHolderIsUnique(t *testing.T) {
+	a, b := lease.NewHolder(), lease.NewHolder()
+	if a == b || a == "" {
+		t.Fatalf("NewHolder gave %q and %q, want two distinct names", a, b)
+	}
+}
