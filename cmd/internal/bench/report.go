@@ -64,6 +64,22 @@ func (r *Result) Table(w io.Writer) error {
 	return nil
 }
 
+// rate prints a rate with one decimal below 10, whole numbers above.
+func rate(v float64) string {
+	if v < 10 {
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// millis prints milliseconds, as seconds from 10 s on.
+func millis(ms float64) string {
+	if ms >= 10_000 {
+		return fmt.Sprintf("%.0f s", ms/1000)
+	}
+	return fmt.Sprintf("%.0f ms", ms)
+}
+
 // ratio prints two significant digits (0.013×, 0.82×, 7.6×), whole numbers
 // from 10 on.
 func ratio(r float64) string {
@@ -126,17 +142,20 @@ func (r *Result) SVG() string {
 	lat := r.Pipeline.LatencyMS
 	y := titleH
 	y = section(y, "Throughput to Running (higher is better)", []bar{
-		{"podvisor pipeline", fmt.Sprintf("%.0f pods/s", r.Pipeline.PodsPerS), r.Pipeline.PodsPerS, "#2b7bb9"},
-		{fmt.Sprintf("raw govmomi, %d workers", r.Raw.Workers), fmt.Sprintf("%.0f VMs/s", r.Raw.VMsPerS), r.Raw.VMsPerS, "#7f7f7f"},
-		{"sequential, one at a time", fmt.Sprintf("%.0f VMs/s", r.Sequential.VMsPerS), r.Sequential.VMsPerS, "#bfbfbf"},
+		{"podvisor pipeline", rate(r.Pipeline.PodsPerS) + " pods/s", r.Pipeline.PodsPerS, "#2b7bb9"},
+		{fmt.Sprintf("raw govmomi, %d workers", r.Raw.Workers), rate(r.Raw.VMsPerS) + " VMs/s", r.Raw.VMsPerS, "#7f7f7f"},
+		{"sequential, one at a time", rate(r.Sequential.VMsPerS) + " VMs/s", r.Sequential.VMsPerS, "#bfbfbf"},
 	})
 	y = section(y, "Pipeline latency, request → Running (lower is better)", []bar{
-		{"p50", fmt.Sprintf("%.0f ms", lat.P50), lat.P50, "#59a14f"},
-		{"p95", fmt.Sprintf("%.0f ms", lat.P95), lat.P95, "#edc948"},
-		{"p99", fmt.Sprintf("%.0f ms", lat.P99), lat.P99, "#e15759"},
+		{"p50", millis(lat.P50), lat.P50, "#59a14f"},
+		{"p95", millis(lat.P95), lat.P95, "#edc948"},
+		{"p99", millis(lat.P99), lat.P99, "#e15759"},
 	})
-	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %s, pipeline/sequential %s; scheduling only %.0f pods/s; image cold %.0f ms / warm %.0f ms; peak RSS %s</text>`+"\n",
-		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Scheduling.PodsPerS, r.ImageCache.ColdMS, r.ImageCache.WarmMS, iec(r.Memory.PeakRSSBytes))
+	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %s · pipeline/sequential %s · %d of %d pods Running · scheduling only %.0f pods/s</text>`+"\n",
+		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Pipeline.Running, r.Pipeline.Pods, r.Scheduling.PodsPerS)
+	y += 16
+	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">image cache cold %.0f ms (%s pulled) / warm %.0f ms (%s) · peak RSS %s · heap %s per pod</text>`+"\n",
+		y, r.ImageCache.ColdMS, iec(r.ImageCache.ColdBytes), r.ImageCache.WarmMS, iec(r.ImageCache.WarmBytes), iec(r.Memory.PeakRSSBytes), iec(r.Memory.HeapPerPodBytes))
 	height := y + 20
 	var out strings.Builder
 	fmt.Fprintf(&out, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)
