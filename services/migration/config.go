@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/lease"
 )
 
 // Config tunes the migration service. DefaultConfig gives the values used
@@ -38,6 +40,10 @@ type Config struct {
 	// RecordRetention is how long the record of a finished migration stays
 	// in KV `migrations` (and in `podvisor get migrations`).
 	RecordRetention time.Duration
+	// LeaseTTL is the lifetime of the leader lease (see Service.Run): a
+	// leader that dies without releasing it is replaced after at most this
+	// long. Replicas' clocks must differ by much less than this.
+	LeaseTTL time.Duration
 }
 
 // DefaultConfig returns the production defaults.
@@ -55,6 +61,7 @@ func DefaultConfig() Config {
 		BackOff:            []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
 		SweepInterval:      5 * time.Second,
 		RecordRetention:    24 * time.Hour,
+		LeaseTTL:           lease.DefaultTTL,
 	}
 }
 
@@ -67,6 +74,7 @@ const (
 	EnvDrainTimeout       = "PODVISOR_DRAIN_TIMEOUT"
 	EnvWorkers            = "PODVISOR_MIGRATION_WORKERS"
 	EnvRecordRetention    = "PODVISOR_MIGRATION_RETENTION"
+	EnvLeaseTTL           = "PODVISOR_MIGRATION_LEASE_TTL"
 )
 
 // ConfigFromEnv returns DefaultConfig with the environment's overrides; a
@@ -101,6 +109,7 @@ func ConfigFromEnv() (Config, error) {
 	durVar(EnvReservationTimeout, &cfg.ReservationTimeout)
 	durVar(EnvDrainTimeout, &cfg.DrainTimeout)
 	durVar(EnvRecordRetention, &cfg.RecordRetention)
+	durVar(EnvLeaseTTL, &cfg.LeaseTTL)
 	if err := errors.Join(errs...); err != nil {
 		return Config{}, err
 	}
@@ -133,6 +142,11 @@ func (c Config) Validate() error {
 	positiveDur("AckWait", c.AckWait)
 	positiveDur("SweepInterval", c.SweepInterval)
 	positiveDur("RecordRetention", c.RecordRetention)
+	// Renewals come every third of the TTL; below a second a renewal round
+	// trip or a pause could lose the lease while the leader is healthy.
+	if c.LeaseTTL < time.Second {
+		errs = append(errs, fmt.Errorf("LeaseTTL: must be at least 1s, got %s", c.LeaseTTL))
+	}
 	positive("DrainRounds", c.DrainRounds)
 	positive("Workers", c.Workers)
 	if c.MaxAttempts != -1 && c.MaxAttempts <= len(c.BackOff) {

@@ -88,9 +88,25 @@
 // written before the service waits on it, so a restart waits for that task
 // rather than start a second one. Events a migration's runner publishes
 // have ids derived from the migration ID, so a resumed runner's events are
-// de-duplicated by JetStream. The one-migration-per-pod rule and the limits
-// are enforced by one process: run the service as a single replica (a
-// second one would keep its own queue).
+// de-duplicated by JetStream.
+//
+// # Replicas: active and standby
+//
+// The one-migration-per-pod rule and the limits live in one process's
+// memory (the pod locks, the queue), so one replica at a time does the
+// work. Any number may run: they compete for a lease, key LeaderKey
+// (`_leader`) in KV `migrations` (package shared/lease). The holder
+// consumes the events, runs the queue and the drains; the others stand by,
+// consume nothing, and log once that they do. The leader renews the lease
+// every LeaseTTL/3 (default 10s) and stops all its work the moment a
+// renewal shows the lease lost (or about to expire unrenewed). A leader
+// that stops cleanly deletes the key, and a standby — woken by a watch on
+// it — takes over at once, rebuilding the view from the records as after a
+// restart; a leader that dies is replaced once its lease expires. Expiry is
+// compared with each replica's local clock, which assumes their clocks
+// differ by much less than the TTL. No migration ID can be `_leader` (IDs
+// begin with a letter or digit); the service and `podvisor get migrations`
+// skip that key when they list the bucket.
 //
 // # Observing it
 //
@@ -111,7 +127,7 @@
 //
 // # Running it
 //
-//	cfg, err := migration.ConfigFromEnv() // PODVISOR_MIGRATION_MAX_PER_HOST, …
+//	cfg, err := migration.ConfigFromEnv() // PODVISOR_MIGRATION_MAX_PER_HOST, PODVISOR_MIGRATION_LEASE_TTL, …
 //	svc, err := migration.New(cfg, migration.Deps{Bus: b, VSphere: session, Logger: log})
-//	err = svc.Run(ctx) // blocks; nil when ctx ends
+//	err = svc.Run(ctx) // leads or stands by; nil when ctx ends
 package migration

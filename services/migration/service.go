@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/lease"
 )
 
 // Name is the service's name: its consumers are migration-<STREAM>, its
@@ -37,6 +38,8 @@ type Service struct {
 	store  *store
 	tracer trace.Tracer
 	now    func() time.Time
+	// holder names this replica in the leader lease.
+	holder string
 
 	// ended counts migrations by outcome and reason; took measures the
 	// ones that completed, from request to completion.
@@ -107,6 +110,7 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 		log:       log.With("service", Name),
 		tracer:    otel.Tracer(instrumentation),
 		now:       time.Now,
+		holder:    lease.NewHolder(),
 		lim:       newLimiter(cfg.Limits),
 		podActive: map[string]string{},
 		flights:   map[string]*flight{},
@@ -139,14 +143,42 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	return s, nil
 }
 
-// Run resumes the migrations and drains the records say are unfinished,
-// then consumes migration and host events until ctx ends. Migrations that
-// are relocating when ctx ends keep their vMotion running in vCenter and are
-// picked up again by the next Run.
+// LeaderKey is the key of the service's leader lease in KV `migrations`.
+// Migration IDs begin with a letter or a digit, so no record can take it;
+// readers of the bucket skip it.
+const LeaderKey = "_leader"
+
+// Run leads or stands by until ctx ends. Several replicas may run: the one
+// holding the lease (KV `migrations`, key LeaderKey) does all the work —
+// it resumes the migrations and drains the records say are unfinished,
+// then consumes migration and host events — while the others wait for it
+// to stop or vanish. Migrations that are relocating when the leader stops
+// keep their vMotion running in vCenter and are picked up again by the
+// next leader. Run returns nil when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	l := &lease.Lease{KV: s.store.migs, Key: LeaderKey, Holder: s.holder, TTL: s.cfg.LeaseTTL, Logger: s.log}
+	return l.Run(ctx, s.lead)
+}
+
+// lead is one term as leader: it ends when ctx does, which is also when the
+// lease is lost.
+func (s *Service) lead(ctx context.Context) error {
+	// The in-memory view is rebuilt from the records for every term: a
+	// previous term's view may be stale, since another replica led since.
 	s.mu.Lock()
 	s.runCtx = ctx
+	s.lim = newLimiter(s.cfg.Limits)
+	s.podActive = map[string]string{}
+	s.flights = map[string]*flight{}
+	s.pending = map[string]time.Time{}
+	s.positions = map[string]int{}
+	s.drains = map[string]*drainRun{}
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.runCtx = nil
+		s.mu.Unlock()
+	}()
 	if err := s.recover(ctx); err != nil {
 		return fmt.Errorf("migration: %w", err)
 	}

@@ -96,8 +96,8 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue) ([]*T, error) {
 			if e == nil {
 				return out, nil
 			}
-			if e.Operation() != jetstream.KeyValuePut {
-				continue
+			if e.Operation() != jetstream.KeyValuePut || e.Key() == LeaderKey {
+				continue // the leader lease is no record
 			}
 			v := new(T)
 			if err := json.Unmarshal(e.Value(), v); err != nil {
