@@ -29,6 +29,9 @@ type resource struct {
 	// decode turns a KV value into the record; row renders it; object is
 	// what -o json/yaml prints (the record itself unless set).
 	decode func(value []byte) (record, error)
+	// skip, when set, names keys of the bucket that hold no record (the
+	// migration service's leader lease).
+	skip func(key string) bool
 	// list, when set, reads records from somewhere other than a KV bucket
 	// (images live in the Redis image cache); -w then polls.
 	list func(ctx context.Context, g *globals) ([]record, error)
@@ -148,7 +151,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 		if e == nil {
 			break
 		}
-		if e.Operation() != jetstream.KeyValuePut {
+		if e.Operation() != jetstream.KeyValuePut || (res.skip != nil && res.skip(e.Key())) {
 			continue
 		}
 		rec, err := res.decode(e.Value())
@@ -187,7 +190,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			if !ok {
 				return errors.New("watch closed by the server")
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
+			if e == nil || e.Operation() != jetstream.KeyValuePut || (res.skip != nil && res.skip(e.Key())) {
 				continue
 			}
 			rec, err := res.decode(e.Value())

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/migration"
 )
 
 func init() {
@@ -18,6 +19,8 @@ func init() {
 			var r migrationRow
 			return &r, json.Unmarshal(v, &r.MigrationRecord)
 		},
+		// The bucket also holds the service's leader lease.
+		skip: func(key string) bool { return key == migration.LeaderKey },
 	})
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/migration"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -211,6 +212,9 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 				return err
 			}
 			e, err := kv.Get(ctx, events.MigrationRecordKey(args[0]))
+			if args[0] == migration.LeaderKey { // the service's lease, no migration
+				err = jetstream.ErrKeyNotFound
+			}
 			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
 				return &exitError{code: 1, err: fmt.Errorf("migration %q not found (see podvisor get migrations -A)", args[0])}
 			}
