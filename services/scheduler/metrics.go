@@ -15,6 +15,9 @@ type metrics struct {
 	placements metric.Int64Counter
 	passPods   metric.Int64Histogram
 	pending    metric.Int64ObservableGauge
+
+	meter metric.Meter
+	svc   *Service
 }
 
 func newMetrics(s *Service) (*metrics, error) {
@@ -32,14 +35,25 @@ func newMetrics(s *Service) (*metrics, error) {
 		return nil, fmt.Errorf("scheduler: pass histogram: %w", err)
 	}
 	if out.pending, err = m.Int64ObservableGauge("podvisor_scheduler_pending_pods",
-		metric.WithDescription("Unschedulable pods waiting for a retry."), metric.WithUnit("{pod}"),
-		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
-			o.Observe(int64(s.pending.len()))
-			return nil
-		})); err != nil {
+		metric.WithDescription("Unschedulable pods waiting for a retry."), metric.WithUnit("{pod}")); err != nil {
 		return nil, fmt.Errorf("scheduler: pending gauge: %w", err)
 	}
+	out.meter, out.svc = m, s
 	return out, nil
+}
+
+// observe reports the pending gauge while the service runs; the returned
+// function unregisters it, so a stopped scheduler (in tests, or one of
+// several in a process) no longer reports its stale count.
+func (m *metrics) observe() (stop func(), err error) {
+	reg, err := m.meter.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(m.pending, int64(m.svc.pending.len()))
+		return nil
+	}, m.pending)
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: pending gauge: %w", err)
+	}
+	return func() { _ = reg.Unregister() }, nil
 }
 
 func (m *metrics) outcome(ctx context.Context, o outcome) {

@@ -164,6 +164,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if err := s.load(ctx); err != nil {
 		return err
 	}
+	stopGauge, err := s.metrics.observe()
+	if err != nil {
+		return err
+	}
+	defer stopGauge()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.scheduleLoop(gctx); return nil })
 	g.Go(func() error { return s.watchLedger(gctx) })
@@ -175,7 +180,7 @@ func (s *Service) Run(ctx context.Context) error {
 	for _, c := range s.consumers() {
 		g.Go(func() error { return s.bus.Consume(gctx, c.cfg, c.handler) })
 	}
-	err := g.Wait()
+	err = g.Wait()
 	if ctx.Err() != nil {
 		// Write what changed last so that `get hosts` is current.
 		flushCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
