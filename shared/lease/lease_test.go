@@ -292,3 +292,46 @@ func TestNewHolderIsUnique(t *testing.T) {
 		t.Fatalf("NewHolder gave %q and %q, want two distinct names", a, b)
 	}
 }
+
+// TestUnreachableServerStopsTheLeaderBeforeExpiry: when renewals fail
+// because the server is gone, the leader stops before its lease could
+// expire, so a standby that takes over at the expiry never overlaps it.
+func TestUnreachableServerStopsTheLeaderBeforeExpiry(t *testing.T) {
+	srv := bustest.StartServer(t)
+	b := bustest.Connect(t, srv)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := b.JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "lease-test", History: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var active, maxActive atomic.Int32
+	a := startReplica(t, kv, "a", &active, &maxActive)
+	select {
+	case <-a.started:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a did not start leading")
+	}
+	e, err := kv.Get(ctx, "leader")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct{ Expires time.Time }
+	if err := json.Unmarshal(e.Value(), &v); err != nil {
+		t.Fatal(err)
+	}
+	srv.Shutdown()
+	select {
+	case cause := <-a.stopped:
+		if !errors.Is(cause, lease.ErrLost) {
+			t.Fatalf("function's context cause = %v, want ErrLost", cause)
+		}
+	case <-time.After(2 * ttl):
+		t.Fatal("leader kept running with no server to renew its lease")
+	}
+	// v.Expires is the lease read before the shutdown; a renewal may have
+	// pushed it by at most one renewal period since.
+	if deadline := v.Expires.Add(ttl / 3); time.Now().After(deadline) {
+		t.Fatalf("leader stopped at %s, after its lease expired at %s", time.Now().Format(time.StampMilli), deadline.Format(time.StampMilli))
+	}
+}
