@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
@@ -136,9 +137,7 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 	if err != nil {
 		return events.NetworkAttachment{}, "", err
 	}
-	if err := s.refreshIPsUsed(ctx, name); err != nil {
-		return events.NetworkAttachment{}, "", err
-	}
+	s.recountSoon(name)
 	return events.NetworkAttachment{
 		Network:      name,
 		PortGroup:    events.PortGroupName(name),
@@ -171,9 +170,7 @@ func (s *Service) release(ctx context.Context, uid string, nets []string) error 
 			return err
 		}
 		if ip != "" {
-			if err := s.refreshIPsUsed(ctx, n); err != nil && !errors.Is(err, ErrNetworkNotFound) {
-				return err
-			}
+			s.recountSoon(n)
 		}
 	}
 	s.podNets.Delete(uid)
@@ -223,4 +220,44 @@ func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]strin
 		nets = events.PodNetworks(&rec.Pod)
 	}
 	return nets, nil
+}
+
+// recountInterval batches the recounts of IPsUsed: a listing of a network's
+// addresses per attach, under the network's lock, made every attach wait for
+// every other (measured: minutes for a few hundred pods); one recount per
+// interval for all the attaches in it keeps the count a moment behind at most.
+const recountInterval = 250 * time.Millisecond
+
+// recountSoon asks recountLoop to refresh the network's IPsUsed.
+func (s *Service) recountSoon(name string) {
+	select {
+	case s.countsDue <- name:
+	default:
+		// The queue is full of recounts already due; the periodic resync
+		// recounts every network anyway.
+	}
+}
+
+// recountLoop refreshes the IPsUsed of the networks named since its last
+// pass, once each, every recountInterval.
+func (s *Service) recountLoop(ctx context.Context) {
+	t := time.NewTicker(recountInterval)
+	defer t.Stop()
+	due := map[string]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-s.countsDue:
+			due[n] = true
+		case <-t.C:
+			for n := range due {
+				if err := s.refreshIPsUsed(ctx, n); err != nil && !errors.Is(err, ErrNetworkNotFound) && ctx.Err() == nil {
+					s.log.Warn("recount addresses", "network", n, "err", err)
+					continue // stays due
+				}
+				delete(due, n)
+			}
+		}
+	}
 }

@@ -41,6 +41,9 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
+	// countsDue names the networks whose IPsUsed must be recounted; a loop
+	// recounts them in batches (see recountLoop).
+	countsDue chan string
 }
 
 // newService builds the service over a bus and a vCenter client on one
@@ -80,6 +83,8 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		store: &store{networks: kvs[events.BucketNetworks], netHosts: kvs[events.BucketNetHosts]},
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
+
+		countsDue: make(chan string, 1024),
 	}, nil
 }
 
@@ -119,6 +124,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
+	g.Go(func() error { s.recountLoop(ctx); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil

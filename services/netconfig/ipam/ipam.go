@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -91,12 +92,24 @@ type Owner struct {
 type Allocator struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+
+	// next is, per network, the address after the last one this allocator
+	// took: a hint where a free address probably is, so that an allocation
+	// costs one Create instead of a listing of the network's addresses.
+	// Correctness never depends on it: the Create of the address key is the
+	// commit, and losing it to another allocator just moves on.
+	mu   sync.Mutex
+	next map[string]uint32
 }
 
 // New returns an allocator over the `ipam` bucket.
 func New(kv jetstream.KeyValue) *Allocator {
-	return &Allocator{kv: kv, now: time.Now}
+	return &Allocator{kv: kv, now: time.Now, next: map[string]uint32{}}
 }
+
+// hintTries bounds the addresses tried from the hint before falling back to
+// a listing (addresses taken by other allocators or before a restart).
+const hintTries = 8
 
 // Allocate returns the pod's address on the pool's network, allocating the
 // lowest free one if the pod holds none. It is idempotent per (network, pod
@@ -116,11 +129,14 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 		return cur.alloc, nil
 	}
 
+	first, last := pool.bounds()
+	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last); err != nil || ok {
+		return alloc, err
+	}
 	used, err := a.usedSet(ctx, pool.Network)
 	if err != nil {
 		return events.IPAllocation{}, err
 	}
-	first, last := pool.bounds()
 	races := 0
 	for v := first; ; v++ {
 		if v > last || v < first { // v < first: wrapped around 2^32
@@ -143,6 +159,7 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 		data, _ := json.Marshal(alloc)
 		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
+			a.setHint(pool.Network, v+1)
 			return alloc, nil
 		}
 		if !conflict(err) {
@@ -362,4 +379,47 @@ func toUint(a netip.Addr) uint32 {
 
 func fromUint(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// fromHint tries a few addresses from the network's hint on, in order, with
+// no listing. ok is false when none was free there (or the hint ran past the
+// end of the pool); the caller then scans from the first address.
+func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32) (events.IPAllocation, bool, error) {
+	a.mu.Lock()
+	v, known := a.next[pool.Network]
+	a.mu.Unlock()
+	if !known || v < first || v > last {
+		return events.IPAllocation{}, false, nil
+	}
+	for tries := 0; tries < hintTries && v <= last && v >= first; v, tries = v+1, tries+1 {
+		if pool.Gateway.IsValid() && v == toUint(pool.Gateway) {
+			continue
+		}
+		ip := fromUint(v).String()
+		alloc := events.IPAllocation{
+			Network: pool.Network, IP: ip,
+			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
+			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
+		}
+		if err := a.putJSON(ctx, events.IPPodBindingKey(pool.Network, owner.UID), events.IPPodBinding{IP: ip}); err != nil {
+			return events.IPAllocation{}, false, err
+		}
+		data, _ := json.Marshal(alloc)
+		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
+		if err == nil {
+			a.setHint(pool.Network, v+1)
+			return alloc, true, nil
+		}
+		if !conflict(err) {
+			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
+		}
+	}
+	a.setHint(pool.Network, v)
+	return events.IPAllocation{}, false, nil
+}
+
+func (a *Allocator) setHint(network string, v uint32) {
+	a.mu.Lock()
+	a.next[network] = v
+	a.mu.Unlock()
 }
