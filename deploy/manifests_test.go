@@ -612,16 +612,22 @@ func TestStorageIsBounded(t *testing.T) {
 // in memory), so the prod values times the replica count must stay within
 // the service's defaults: 2 migrations per source host, 5 per cluster.
 func TestProdMigrationLimitsHoldAcrossReplicas(t *testing.T) {
+	// The migration service runs active/standby under a lease (only the
+	// leader migrates), so its limits apply to the whole deployment whatever
+	// the replica count: a limit set in the overlay must not exceed the
+	// service's defaults.
 	w := findWorkload(t, build(t, "overlays/prod"), "migration")
-	for env, total := range map[string]int{"PODVISOR_MIGRATION_MAX_PER_HOST": 2, "PODVISOR_MIGRATION_MAX_PER_CLUSTER": 5} {
+	if w.replicas < 2 {
+		t.Errorf("migration: %d replicas, want a standby (>= 2)", w.replicas)
+	}
+	for env, max := range map[string]int{"PODVISOR_MIGRATION_MAX_PER_HOST": 2, "PODVISOR_MIGRATION_MAX_PER_CLUSTER": 5} {
 		e, ok := envValue(w.template.Spec.Containers[0], env)
-		n, err := strconv.Atoi(e.Value)
-		if !ok || err != nil || n < 1 {
-			t.Errorf("migration: %s = %q, want a positive per-replica limit", env, e.Value)
-			continue
+		if !ok {
+			continue // the service default applies
 		}
-		if int(w.replicas)*n > total {
-			t.Errorf("migration: %d replicas × %s=%d allow %d at once, above %d", w.replicas, env, n, int(w.replicas)*n, total)
+		n, err := strconv.Atoi(e.Value)
+		if err != nil || n < 1 || n > max {
+			t.Errorf("migration: %s = %q, want 1..%d", env, e.Value, max)
 		}
 	}
 }
