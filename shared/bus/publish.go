@@ -29,6 +29,14 @@ func (b *Bus) Publish(ctx context.Context, ev event.Event) error {
 	if err != nil {
 		return fmt.Errorf("bus: publish %s: %w", ev.ID(), err)
 	}
+	if !trace.SpanContextFromContext(ctx).IsValid() {
+		// Published outside any handler (a retry loop, a background task):
+		// continue the event's flow rather than start a trace of its own,
+		// so that one pod's story stays one trace.
+		if fc := flowContext(&ev); fc.IsValid() {
+			ctx = trace.ContextWithRemoteSpanContext(ctx, fc)
+		}
+	}
 	ctx, span := tracer().Start(ctx, "publish "+rt.Subject,
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(eventAttributes(&ev)...),

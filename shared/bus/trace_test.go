@@ -137,3 +137,35 @@ func names(spans tracetest.SpanStubs) []string {
 	}
 	return out
 }
+
+// An effect published outside any handler (a retry loop, a background task)
+// stays in the flow's trace instead of starting one of its own.
+func TestPublishWithoutSpanContinuesTheFlow(t *testing.T) {
+	exp := installTracing(t)
+	b := bustest.Start(t)
+
+	ctx, root := otel.Tracer("test").Start(context.Background(), "client apply")
+	cause := mustEvent(t, typePodRequested, "default/web", nil)
+	mustPublishCtx(t, b, ctx, cause)
+	root.End()
+	flow := root.SpanContext().TraceID()
+
+	// Later, from a context with no span at all, the effect of the request.
+	stored := cause.Clone()
+	stored.SetExtension(bus.ExtTraceparent, "00-"+flow.String()+"-"+root.SpanContext().SpanID().String()+"-01")
+	eff, err := bus.Effect(stored, "podvisor/scheduler", typePodAccepted, "default/web", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustPublishCtx(t, b, context.Background(), eff)
+
+	var pub tracetest.SpanStub
+	waitFor(t, 2*time.Second, "publish span exported", func() bool {
+		var ok bool
+		pub, ok = spanNamed(exp.GetSpans(), "publish pv.pod.accepted")
+		return ok
+	})
+	if got := pub.SpanContext.TraceID(); got != flow {
+		t.Fatalf("background publish started trace %s, want the flow's %s", got, flow)
+	}
+}
