@@ -272,3 +272,24 @@ func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 		t.Fatalf("the re-created pod kept uid %s of the deleted one", first)
 	}
 }
+
+// Deleting a network in use is refused, and the CLI says so with the reason.
+func TestDeleteNetworkInUseIsRefused(t *testing.T) {
+	_, dir := upForTest(t, "provisioner,scheduler,netconfig")
+	eventually(t, "the default network", func() bool {
+		out, _, _ := run(t, dir, "", "get", "networks")
+		return strings.Contains(out, "Ready")
+	})
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: user}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	if _, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %s", errOut)
+	}
+	eventually(t, "an address on the default network", func() bool {
+		out, _, _ := run(t, dir, "", "get", "pods")
+		return strings.Contains(out, "10.88.")
+	})
+	_, errOut, code := run(t, dir, "", "delete", "network", "default")
+	if code != 1 || !strings.Contains(errOut, "refused") || !strings.Contains(errOut, "default/user") {
+		t.Fatalf("delete network in use: exit %d, stderr %q; want exit 1 with the reason naming the pod", code, errOut)
+	}
+}

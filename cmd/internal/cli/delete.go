@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -13,7 +14,10 @@ import (
 )
 
 func newDeleteCmd(g *globals) *cobra.Command {
-	var namespace string
+	var (
+		namespace string
+		wait      time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "delete pod|network NAME",
 		Short: "Request the deletion of a pod or a network",
@@ -30,14 +34,14 @@ used by pods is refused by network-config: see 'podvisor get networks').`,
 					events.TypePodDeleteRequested, events.PodKey(namespace, name),
 					&events.PodDeleteRequested{Namespace: namespace, Name: name})
 			case "network", "networks", "net":
-				return g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
-					events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name})
+				return g.deleteNetwork(ctx, name, wait)
 			default:
 				return usageError("cannot delete %q: want pod or network", kind)
 			}
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "for a network: how long to wait for network-config's answer (0: do not wait)")
 	return cmd
 }
 
@@ -69,4 +73,53 @@ func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, s
 	}
 	fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
 	return nil
+}
+
+// deleteNetwork requests the deletion and, unless wait is 0, waits for
+// network-config's answer: deleted, or refused (for example while pods use
+// the network), which exits non-zero with the reason.
+func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Duration) error {
+	if wait <= 0 {
+		return g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name})
+	}
+	b, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	answers, stop, err := followEvents(ctx, b, bus.StreamNetworks, events.SubjectNetworkDeleted, events.SubjectNetworkDeleteRejected)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+		events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}); err != nil {
+		return err
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			fmt.Fprintf(g.stdout, "no answer from network-config within %s; see 'podvisor get networks'\n", wait)
+			return nil
+		case ev, ok := <-answers:
+			if !ok {
+				return errors.New("event stream closed while waiting for network-config")
+			}
+			if ev.Subject() != name {
+				continue
+			}
+			if ev.Type() == events.TypeNetworkDeleted {
+				fmt.Fprintf(g.stdout, "network %s deleted\n", name)
+				return nil
+			}
+			var rej events.NetworkDeleteRejected
+			_ = ev.DataAs(&rej)
+			return &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
+		}
+	}
 }

@@ -99,6 +99,7 @@ func migratePod(ctx context.Context, b *bus.Bus, req *events.MigrationRequested,
 	if err != nil {
 		return err
 	}
+	podFlow(ctx, b, req.Namespace, req.Pod, &ev)
 	var answers <-chan event.Event
 	if wait > 0 {
 		ch, stop, err := followEvents(ctx, b, bus.StreamMigrations, "pv.migration.>")
@@ -242,5 +243,23 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(g.stdout, "cancel of migration %s (%s) requested\n", r.ID, r.Key())
 			return nil
 		},
+	}
+}
+
+// podFlow puts the pod's flow trace context on ev, so that a migration shows
+// in the pod's trace (`podvisor trace pod`) as the drain and host-loss paths
+// do. A pod without a record or trace context leaves ev as it is.
+func podFlow(ctx context.Context, b *bus.Bus, namespace, name string, ev *event.Event) {
+	kv, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return
+	}
+	e, err := kv.Get(ctx, events.PodRecordKey(namespace, name))
+	if err != nil {
+		return
+	}
+	var rec events.PodRecord
+	if json.Unmarshal(e.Value(), &rec) == nil && rec.TraceParent != "" {
+		ev.SetExtension(bus.ExtTraceparent, rec.TraceParent)
 	}
 }
