@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -292,4 +293,50 @@ func TestDeleteNetworkInUseIsRefused(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "refused") || !strings.Contains(errOut, "default/user") {
 		t.Fatalf("delete network in use: exit %d, stderr %q; want exit 1 with the reason naming the pod", code, errOut)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a command writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestGetWatchFollowsChangesAndDeletion(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	t.Setenv("PODVISOR_NATS_URL", "")
+	var out, errb syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"--state-dir", dir, "get", "pods", "-w"}, strings.NewReader(""), &out, &errb)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("get -w exit %d: %s", code, errb.String())
+		}
+	}()
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: watched}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	if _, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %s", errOut)
+	}
+	eventually(t, "the watch to show the new pod", func() bool { return strings.Contains(out.String(), "watched") })
+	if _, errOut, code := run(t, dir, "", "delete", "pod", "watched"); code != 0 {
+		t.Fatalf("delete: %s", errOut)
+	}
+	eventually(t, "the watch to show the deletion", func() bool {
+		return strings.Contains(out.String(), "pod default/watched deleted")
+	})
 }

@@ -146,7 +146,9 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 	}
 	defer w.Stop()
 	// The watcher first replays the current value of every key, then a nil
-	// marks the end of the initial values.
+	// marks the end of the initial values. last keeps each key's record so
+	// that a deletion seen while watching can say what went away.
+	last := map[string]record{}
 	for e := range w.Updates() {
 		if e == nil {
 			break
@@ -158,6 +160,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", res.names[0], e.Key(), err)
 		}
+		last[e.Key()] = rec
 		if o.wants(res, rec, name) {
 			recs = append(recs, rec)
 		}
@@ -190,11 +193,26 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			if !ok {
 				return errors.New("watch closed by the server")
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut || (res.skip != nil && res.skip(e.Key())) {
+			if e == nil || (res.skip != nil && res.skip(e.Key())) {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				if rec, ok := last[e.Key()]; ok {
+					delete(last, e.Key())
+					if o.wants(res, rec, name) {
+						if err := p.deleted(rec); err != nil {
+							return err
+						}
+					}
+				}
 				continue
 			}
 			rec, err := res.decode(e.Value())
-			if err != nil || !o.wants(res, rec, name) {
+			if err != nil {
+				continue
+			}
+			last[e.Key()] = rec
+			if !o.wants(res, rec, name) {
 				continue
 			}
 			if err := p.one(rec); err != nil {
@@ -245,6 +263,20 @@ func (p *printer) one(r record) error {
 	}
 	p.row(r)
 	return p.tw.Flush()
+}
+
+// deleted reports, while watching, that a record went away.
+func (p *printer) deleted(r record) error {
+	what := r.Name()
+	if r.Namespace() != "" {
+		what = r.Namespace() + "/" + r.Name()
+	}
+	if p.o.output == "json" || p.o.output == "yaml" {
+		return p.encode(map[string]string{"event": "DELETED", "namespace": r.Namespace(), "name": r.Name()})
+	}
+	p.tw.Flush()
+	_, err := fmt.Fprintf(p.out, "%s %s deleted\n", strings.TrimSuffix(p.res.names[0], "s"), what)
+	return err
 }
 
 func (p *printer) row(r record) {
