@@ -123,6 +123,11 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord) (*podvm.VM,
 	if err != nil {
 		return nil, step(ReasonCreateVMFailed, podvm.Permanent(err))
 	}
+	// A pod that had a VM, or a create attempt, may have left files behind
+	// (a VM unregistered meanwhile, a simulator restarted over kept
+	// datastores); a first creation has none.
+	_, hadVM := r.Condition(events.PodConditionVMCreated)
+	placement.RemoveLeftovers = hadVM || r.CreateTask != ""
 	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
 	defer span.End()
 	var task types.ManagedObjectReference

@@ -138,11 +138,8 @@ func ReadEnvFile(path string) (map[string]string, error) {
 	return vars, sc.Err()
 }
 
-// QuoteShell quotes v for a POSIX shell with single quotes.
-func QuoteShell(v string) string {
-	return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'"
-}
-
+// unquoteShell reverses the quoting of allinone's env file (single quotes,
+// an embedded ' written as '\'').
 func unquoteShell(v string) string {
 	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
 		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")

@@ -244,8 +244,10 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	if err != nil {
 		return types.ManagedObjectReference{}, err
 	}
-	if err := c.removeLeftovers(ctx, ds, s.Name); err != nil {
-		return types.ManagedObjectReference{}, err
+	if p.RemoveLeftovers {
+		if err := c.removeLeftovers(ctx, ds, s.Name); err != nil {
+			return types.ManagedObjectReference{}, err
+		}
 	}
 	task, err := folder.CreateVM(ctx, cs, pool, host)
 	if err != nil {

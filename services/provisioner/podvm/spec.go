@@ -65,6 +65,10 @@ type Placement struct {
 	// datastore of the first disk's parent, which keeps each child next to
 	// its parent.
 	Datastore string
+	// RemoveLeftovers deletes files left under the VM's directory before
+	// creating it. Set when the pod had a VM (or a create attempt) before:
+	// a first creation has nothing to remove and skips the extra call.
+	RemoveLeftovers bool
 }
 
 // DefaultGuestID is what a pod VM declares when Spec.GuestID is empty.
