@@ -139,7 +139,7 @@ func ReadEnvFile(path string) (map[string]string, error) {
 }
 
 // unquoteShell reverses the quoting of allinone's env file (single quotes,
-// an embedded ' written as '\'').
+// an embedded ' written as '\”).
 func unquoteShell(v string) string {
 	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
 		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
