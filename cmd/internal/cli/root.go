@@ -138,8 +138,8 @@ func ReadEnvFile(path string) (map[string]string, error) {
 	return vars, sc.Err()
 }
 
-// unquoteShell reverses the quoting of allinone's env file (single quotes,
-// an embedded ' written as '\”).
+// unquoteShell reverses the single-quote quoting of the env file that
+// allinone writes (see allinone.Endpoints.EnvFile).
 func unquoteShell(v string) string {
 	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
 		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
