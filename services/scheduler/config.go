@@ -38,6 +38,14 @@ type Config struct {
 	// ResyncInterval is how often the whole vCenter inventory is read again
 	// (a watch can lag or miss updates).
 	ResyncInterval time.Duration
+	// InventoryPoll, when above zero, replaces the vCenter watch with a
+	// full read of the hosts at this interval. A real vCenter serves a
+	// property-collector watch incrementally and the watch is the better
+	// choice there (the default, 0); the vCenter simulator re-reads every
+	// watched host on every change anywhere in its inventory, so under a
+	// burst of pod VMs a watch of 64 hosts costs more than everything else
+	// together, and `podvisor up` polls it every second instead.
+	InventoryPoll time.Duration
 	// RetryInitial and RetryMax bound the backoff of an unschedulable pod's
 	// retries; relevant changes (pod deleted, host recovered or
 	// uncordoned, network ready) retry at once whatever the backoff.
@@ -72,6 +80,7 @@ const (
 	EnvBatchSize      = "PODVISOR_SCHEDULER_BATCH_SIZE"
 	EnvWorkers        = "PODVISOR_SCHEDULER_WORKERS"
 	EnvResync         = "PODVISOR_SCHEDULER_RESYNC_INTERVAL"
+	EnvInventoryPoll  = "PODVISOR_SCHEDULER_INVENTORY_POLL"
 	EnvRetryInitial   = "PODVISOR_SCHEDULER_RETRY_INITIAL"
 	EnvRetryMax       = "PODVISOR_SCHEDULER_RETRY_MAX"
 )
@@ -112,6 +121,7 @@ func ConfigFromEnv() (Config, error) {
 	num(EnvBatchSize, &c.BatchSize)
 	num(EnvWorkers, &c.Workers)
 	dur(EnvResync, &c.ResyncInterval)
+	dur(EnvInventoryPoll, &c.InventoryPoll)
 	dur(EnvRetryInitial, &c.RetryInitial)
 	dur(EnvRetryMax, &c.RetryMax)
 	if v := os.Getenv(EnvCPUOvercommit); v != "" {
@@ -158,6 +168,9 @@ func (c Config) Validate() error {
 	}
 	if c.ResyncInterval < time.Second {
 		errs = append(errs, fmt.Errorf("ResyncInterval: %s must be at least 1s", c.ResyncInterval))
+	}
+	if c.InventoryPoll != 0 && c.InventoryPoll < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("InventoryPoll: %s: want 0 (watch) or at least 100ms", c.InventoryPoll))
 	}
 	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
 		errs = append(errs, fmt.Errorf("RetryInitial/RetryMax: %s/%s: want 0 < initial <= max", c.RetryInitial, c.RetryMax))

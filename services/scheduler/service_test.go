@@ -137,8 +137,21 @@ func TestMigrationPlacement(t *testing.T) {
 // A lost host is announced, excluded, and schedulable again once it
 // recovers; a cordon does the same for a healthy host. Pending pods are
 // placed again without further input.
+// Host state is seen both through the vCenter watch (the default) and by
+// polling (InventoryPoll, what `podvisor up` uses on the simulator).
 func TestHostLostCordonedRecovered(t *testing.T) {
-	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	for _, mode := range []struct {
+		name string
+		poll time.Duration
+	}{{"watch", 0}, {"poll", 200 * time.Millisecond}} {
+		t.Run(mode.name, func(t *testing.T) {
+			testHostLostCordonedRecovered(t, func(c *scheduler.Config) { c.InventoryPoll = mode.poll })
+		})
+	}
+}
+
+func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: cfg})
 	host := e.hostNames()[0]
 	ctx := context.Background()
 	if err := e.dc.FailHost(ctx, host); err != nil {
@@ -204,9 +217,9 @@ func TestEvictionPlacesAgain(t *testing.T) {
 
 func TestConfigValidation(t *testing.T) {
 	c := scheduler.DefaultConfig()
-	c.Strategy, c.BatchSize, c.RetryMax = "pack", 0, time.Millisecond
+	c.Strategy, c.BatchSize, c.RetryMax, c.InventoryPoll = "pack", 0, time.Millisecond, time.Millisecond
 	err := c.Validate()
-	for _, want := range []string{"Strategy", "BatchSize", "RetryInitial/RetryMax"} {
+	for _, want := range []string{"Strategy", "BatchSize", "RetryInitial/RetryMax", "InventoryPoll"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}
@@ -218,8 +231,9 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("bad duration: %v", err)
 	}
 	t.Setenv(scheduler.EnvResync, "10s")
+	t.Setenv(scheduler.EnvInventoryPoll, "2s")
 	c, err = scheduler.ConfigFromEnv()
-	if err != nil || c.Strategy != "binpack" || c.CPUOvercommit != 1.5 || c.ResyncInterval != 10*time.Second {
+	if err != nil || c.Strategy != "binpack" || c.CPUOvercommit != 1.5 || c.ResyncInterval != 10*time.Second || c.InventoryPoll != 2*time.Second {
 		t.Errorf("from env: %+v, %v", c, err)
 	}
 	if _, err := scheduler.New(scheduler.DefaultConfig(), scheduler.Deps{}); err == nil || !strings.Contains(err.Error(), "Deps.Bus") || !strings.Contains(err.Error(), "Deps.VSphere") {

@@ -101,7 +101,11 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 		}
 		s.records[rec.Name] = rec
 		s.snap.SetHost(s.hostFromRecordLocked(rec))
-		s.dirty[rec.Name] = true
+		if old == nil || !reflect.DeepEqual(old, rec) || full && s.cfg.InventoryPoll == 0 {
+			// An unchanged host is not written again on every poll; a
+			// periodic resync (watch mode) still refreshes every record.
+			s.dirty[rec.Name] = true
+		}
 	}
 	if full {
 		for name, rec := range s.records {
@@ -355,8 +359,12 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// watchInventory streams vCenter host changes into the snapshot.
+// watchInventory streams vCenter host changes into the snapshot (unless
+// the inventory is polled instead).
 func (s *Service) watchInventory(ctx context.Context) {
+	if s.cfg.InventoryPoll > 0 {
+		return
+	}
 	for ctx.Err() == nil {
 		err := s.source.Watch(ctx, func(u inventory.Update) {
 			if len(u.Changed) > 0 {
@@ -374,9 +382,14 @@ func (s *Service) watchInventory(ctx context.Context) {
 }
 
 // resyncLoop reads the whole inventory periodically: a watch can lag or
-// miss an update, a full read cannot.
+// miss an update, a full read cannot. In poll mode (no watch) this is how
+// changes are seen, every InventoryPoll.
 func (s *Service) resyncLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.ResyncInterval)
+	every := s.cfg.ResyncInterval
+	if s.cfg.InventoryPoll > 0 {
+		every = min(every, s.cfg.InventoryPoll)
+	}
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {

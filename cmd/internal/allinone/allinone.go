@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,11 +39,17 @@ import (
 const ManagementVLAN = 4000
 
 // simulatorDefaults are service settings suited to the simulator, applied
-// when the environment does not set them: hosts answer in milliseconds, so
-// network-config need not wait the seconds a real vCenter takes to report a
-// host that stopped responding.
+// when the environment does not set them (and written to the env file, so
+// services run with `podvisor serve` beside `up` get them too): hosts answer
+// in milliseconds, so network-config need not wait the seconds a real
+// vCenter takes to report a host that stopped responding; and the
+// simulator's property collector re-reads every watched object on every
+// change anywhere, so the scheduler polls its hosts every second rather
+// than watching them (a watch of 64 hosts cost half the CPU of a burst of
+// pods).
 var simulatorDefaults = map[string]string{
-	"PODVISOR_NETCONFIG_PROBE_WINDOW": "1s",
+	"PODVISOR_NETCONFIG_PROBE_WINDOW":   "1s",
+	"PODVISOR_SCHEDULER_INVENTORY_POLL": "1s",
 }
 
 // Config says what `podvisor up` starts and where.
@@ -418,13 +426,31 @@ func (e Endpoints) EnvFile() string {
 	return b.String()
 }
 
+// simulatorEnv renders simulatorDefaults as exports, sorted, with the
+// value in force (up's environment wins over the default).
+func simulatorEnv() string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(simulatorDefaults)) {
+		v, ok := os.LookupEnv(k)
+		if !ok {
+			v = simulatorDefaults[k]
+		}
+		fmt.Fprintf(&b, "export %s=%s\n", k, quote(v))
+	}
+	return b.String()
+}
+
 func quote(v string) string { return "'" + strings.ReplaceAll(v, "'", `'\''`) + "'" }
 
 // WriteEnv writes the env file atomically into the state dir.
 func (s *System) WriteEnv() (string, error) {
 	path := filepath.Join(s.cfg.StateDir, "env")
 	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(s.Endpoints.EnvFile()), 0o600); err != nil {
+	env := s.Endpoints.EnvFile()
+	if s.Datacenter != nil {
+		env += simulatorEnv()
+	}
+	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
 		return "", err
 	}
 	return path, os.Rename(tmp, path)

@@ -40,6 +40,10 @@ type Config struct {
 	Progress io.Writer
 	// Logger receives the services' logs (default: discarded).
 	Logger *slog.Logger
+	// CPUProfile, when set, receives a pprof CPU profile of the pipeline
+	// phase (from the first request to the last pod settled): where the
+	// control plane spends its time.
+	CPUProfile io.Writer
 }
 
 // Bench pod size: small enough that N pods fit the simulated hosts many

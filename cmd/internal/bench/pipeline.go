@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,6 +247,12 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 
 	heapBefore := liveHeap()
+	if cfg.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
+			return nil, fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile() // a no-op once stopped below
+	}
 	published := &sync.Map{} // pod key → time.Time
 	if err := applyPods(ctx, b, cfg, image, published); err != nil {
 		return nil, err
@@ -268,6 +275,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	if !w.waitFor(ctx, cfg.Timeout, settled) && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
+	pprof.StopCPUProfile()
 	res.Pipeline = pipelineFigures(w, keys, cfg, published)
 	if res.Pipeline.Running == 0 {
 		return nil, fmt.Errorf("no pod reached Running within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)

@@ -21,6 +21,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		from     string
 		timeout  time.Duration
 		rawTries []int
+		cpuProf  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -61,6 +62,14 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 				}
 				cfg.Logger = logger
 			}
+			if cpuProf != "" && from == "" {
+				f, err := os.Create(cpuProf)
+				if err != nil {
+					return usageError("--cpuprofile: %v", err)
+				}
+				defer f.Close()
+				cfg.CPUProfile = f
+			}
 			var res *bench.Result
 			if from != "" {
 				// Re-render a saved run (its -o json) as a table or chart.
@@ -100,5 +109,6 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVar(&chart, "chart", "", "write an SVG bar chart of the run to this file")
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
 	f.StringVar(&from, "from", "", "print (and chart) a saved `-o json` result instead of running")
+	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	return cmd
 }

@@ -58,13 +58,14 @@ type Client struct {
 
 	mu      sync.Mutex
 	folders map[string]*object.Folder // ensured VM folders by relative path
+	cache   *lookups                  // hosts, pools and port groups of recent creates
 }
 
 // New returns a client for the datacenter dc.
 func New(vc *vim25.Client, dc *object.Datacenter) *Client {
 	f := find.NewFinder(vc, true)
 	f.SetDatacenter(dc)
-	return &Client{vc: vc, dc: dc, finder: f, folders: map[string]*object.Folder{}}
+	return &Client{vc: vc, dc: dc, finder: f, folders: map[string]*object.Folder{}, cache: newLookups()}
 }
 
 // Find returns the VM named name anywhere in the datacenter, or nil when
@@ -199,11 +200,29 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	if err := s.Validate(); err != nil {
 		return types.ManagedObjectReference{}, Permanent(err)
 	}
-	host, err := c.host(ctx, p.Host)
+	// Host, pool and port groups come from a short-lived cache; a create
+	// that fails forgets them, so a stale entry costs one retry.
+	portGroups := make([]string, len(s.NICs))
+	for i, n := range s.NICs {
+		portGroups[i] = n.PortGroup
+	}
+	task, err := c.startCreate(ctx, s, p, portGroups)
+	if err != nil {
+		c.cache.forget(p.Host, p.Pool, portGroups)
+		c.mu.Lock()
+		delete(c.folders, strings.Trim(p.Folder, "/")) // removed by a person?
+		c.mu.Unlock()
+		return types.ManagedObjectReference{}, err
+	}
+	return task, nil
+}
+
+func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroups []string) (types.ManagedObjectReference, error) {
+	h, err := c.hostInfo(ctx, p.Host, false)
 	if err != nil {
 		return types.ManagedObjectReference{}, err
 	}
-	pool, err := c.pool(ctx, host, p.Pool)
+	pool, err := c.pool(ctx, h, p.Pool)
 	if err != nil {
 		return types.ManagedObjectReference{}, err
 	}
@@ -214,23 +233,33 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	}
 	// A datastore name vcsim does not know crashes the simulator, and on a
 	// real vCenter it fails late with a vague fault: check the VM's
-	// datastore and every image disk's here.
-	mounted, hostName, err := c.hostDatastores(ctx, host)
-	if err != nil {
-		return types.ManagedObjectReference{}, err
+	// datastore and every image disk's here. A datastore missing from the
+	// cached list is looked up again before the create is refused.
+	need := []string{ds}
+	for _, d := range s.Disks {
+		dp, _ := parseDatastorePath(d.Parent)
+		need = append(need, dp.Datastore)
 	}
-	if !mounted[ds] {
-		return types.ManagedObjectReference{}, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, hostName))
+	for _, name := range need {
+		if !h.datastores[name] {
+			if h, err = c.hostInfo(ctx, p.Host, true); err != nil {
+				return types.ManagedObjectReference{}, err
+			}
+			break
+		}
+	}
+	if !h.datastores[ds] {
+		return types.ManagedObjectReference{}, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
 	}
 	for _, d := range s.Disks {
 		dp, _ := parseDatastorePath(d.Parent)
-		if !mounted[dp.Datastore] {
-			return types.ManagedObjectReference{}, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, hostName))
+		if !h.datastores[dp.Datastore] {
+			return types.ManagedObjectReference{}, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, h.name))
 		}
 	}
-	backings := make([]types.BaseVirtualDeviceBackingInfo, len(s.NICs))
-	for i, n := range s.NICs {
-		b, err := c.portGroupBacking(ctx, n.PortGroup)
+	backings := make([]types.BaseVirtualDeviceBackingInfo, len(portGroups))
+	for i, pg := range portGroups {
+		b, err := c.portGroupBacking(ctx, pg)
 		if err != nil {
 			return types.ManagedObjectReference{}, err
 		}
@@ -249,7 +278,7 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 			return types.ManagedObjectReference{}, err
 		}
 	}
-	task, err := folder.CreateVM(ctx, cs, pool, host)
+	task, err := folder.CreateVM(ctx, cs, pool, h.host)
 	if err != nil {
 		return types.ManagedObjectReference{}, fmt.Errorf("create VM %s on %s: %w", s.Name, p.Host, err)
 	}
@@ -450,47 +479,7 @@ func (c *Client) host(ctx context.Context, name string) (*object.HostSystem, err
 	return object.NewHostSystem(c.vc, refs[0]), nil
 }
 
-func (c *Client) pool(ctx context.Context, host *object.HostSystem, poolPath string) (*object.ResourcePool, error) {
-	if poolPath != "" {
-		p, err := c.finder.ResourcePool(ctx, poolPath)
-		if err == nil {
-			return p, nil
-		}
-		var nf *find.NotFoundError
-		if !errors.As(err, &nf) {
-			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
-		}
-		// A bare pool name the finder cannot place falls back to the
-		// host's cluster pool, which is what the scheduler means by it.
-	}
-	p, err := host.ResourcePool(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("resource pool of host %s: %w", host.Reference().Value, err)
-	}
-	return p, nil
-}
-
-// hostDatastores returns the names of the datastores the host mounts, and
-// the host's name for messages.
-func (c *Client) hostDatastores(ctx context.Context, host *object.HostSystem) (map[string]bool, string, error) {
-	var h mo.HostSystem
-	if err := host.Properties(ctx, host.Reference(), []string{"name", "datastore"}, &h); err != nil {
-		return nil, "", fmt.Errorf("datastores of host: %w", err)
-	}
-	out := map[string]bool{}
-	if len(h.Datastore) > 0 {
-		var dss []mo.Datastore
-		if err := property.DefaultCollector(c.vc).Retrieve(ctx, h.Datastore, []string{"name"}, &dss); err != nil {
-			return nil, "", fmt.Errorf("datastores of host %s: %w", h.Name, err)
-		}
-		for _, d := range dss {
-			out[d.Name] = true
-		}
-	}
-	return out, h.Name, nil
-}
-
-func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
+func (c *Client) lookupPortGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
 	m := view.NewManager(c.vc)
 	v, err := m.CreateContainerView(ctx, c.dc.Reference(), []string{"DistributedVirtualPortgroup"}, true)
 	if err != nil {

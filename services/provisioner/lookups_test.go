@@ -1,0 +1,93 @@
+package provisioner
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+)
+
+// countingRT counts the vSphere calls that go through it.
+type countingRT struct {
+	soap.RoundTripper
+	n atomic.Int64
+}
+
+func (c *countingRT) RoundTrip(ctx context.Context, req, res soap.HasFault) error {
+	c.n.Add(1)
+	return c.RoundTripper.RoundTrip(ctx, req, res)
+}
+
+// The placement lookups of a create (host, its datastores and pool, port
+// groups, folder) are made once and reused by the next creates on the host,
+// and a datastore the host mounted since is found by a fresh lookup rather
+// than refused from the cached list.
+func TestCreateReusesPlacementLookups(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	counter := &countingRT{RoundTripper: e.sess.Vim().RoundTripper}
+	vc := *e.sess.Vim()
+	vc.RoundTripper = counter
+	vms := podvm.New(&vc, object.NewDatacenter(&vc, e.sess.Datacenter.Reference()))
+	host := e.dc.Hosts()[0].Name
+	spec := func(name, parent string) podvm.Spec {
+		return podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,
+			NICs:  []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
+			Disks: []podvm.Disk{{Container: "app", Parent: parent}}}
+	}
+	create := func(s podvm.Spec, p podvm.Placement) int64 {
+		t.Helper()
+		before := counter.n.Load()
+		task, err := vms.StartCreate(ctx, s, p)
+		if err != nil {
+			t.Fatalf("create %s: %v", s.Name, err)
+		}
+		calls := counter.n.Load() - before
+		if _, err := vms.WaitCreate(ctx, task); err != nil {
+			t.Fatalf("create %s: %v", s.Name, err)
+		}
+		return calls
+	}
+	place := podvm.Placement{Host: host, Folder: "podvisor/lookups"}
+	first := create(spec("pv-lookups-1", imageDisk("app")), place)
+	second := create(spec("pv-lookups-2", imageDisk("app")), place)
+	t.Logf("vSphere calls to submit a create: first %d, second %d", first, second)
+	if second != 1 || first < 6 {
+		t.Fatalf("vSphere calls to submit a create: first %d, second %d; want the second to make only CreateVM", first, second)
+	}
+
+	// A datastore mounted after the first lookup.
+	hs, err := object.NewHostSystem(&vc, e.dc.Hosts()[0].Ref).ConfigManager().DatastoreSystem(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hs.CreateLocalDatastore(ctx, "late-ds", t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	parent := "[late-ds] app.vmdk"
+	vdm := object.NewVirtualDiskManager(&vc)
+	task, err := vdm.CreateVirtualDisk(ctx, parent, e.dco, &types.FileBackedVirtualDiskSpec{
+		VirtualDiskSpec: types.VirtualDiskSpec{DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
+		CapacityKb:      1024,
+	})
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	create(spec("pv-lookups-3", parent), place)
+
+	// A datastore the host does not mount is still refused, permanently.
+	_, err = vms.StartCreate(ctx, spec("pv-lookups-4", "[nowhere-ds] app.vmdk"), place)
+	if err == nil || podvm.IsTransient(err) {
+		t.Fatalf("create on an unmounted datastore: %v", err)
+	}
+}

@@ -1,0 +1,183 @@
+package podvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// lookupTTL bounds how long a looked-up host, pool or port group backing is
+// reused. These change rarely (a host added, a datastore mounted, a port
+// group re-created) and every create resolves them, so resolving them once
+// a minute instead of once a pod VM takes about eight vSphere calls off the
+// create path. A create that fails drops what it used, so a stale entry
+// costs one retry, never a wrong VM.
+const lookupTTL = time.Minute
+
+// hostInfo is what a create needs to know about its host.
+type hostInfo struct {
+	host       *object.HostSystem
+	name       string
+	datastores map[string]bool // names of the mounted datastores
+	pool       *object.ResourcePool
+}
+
+type cached[T any] struct {
+	val T
+	at  time.Time
+}
+
+// lookups caches the placement lookups of StartCreate, by host name, pool
+// path and port group name.
+type lookups struct {
+	mu    sync.Mutex
+	now   func() time.Time
+	hosts map[string]cached[*hostInfo]
+	pools map[string]cached[*object.ResourcePool]
+	pgs   map[string]cached[types.BaseVirtualDeviceBackingInfo]
+}
+
+func newLookups() *lookups {
+	return &lookups{
+		now:   time.Now,
+		hosts: map[string]cached[*hostInfo]{},
+		pools: map[string]cached[*object.ResourcePool]{},
+		pgs:   map[string]cached[types.BaseVirtualDeviceBackingInfo]{},
+	}
+}
+
+func get[T any](l *lookups, m map[string]cached[T], key string) (T, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := m[key]
+	if !ok || l.now().Sub(e.at) > lookupTTL {
+		var zero T
+		return zero, false
+	}
+	return e.val, true
+}
+
+func put[T any](l *lookups, m map[string]cached[T], key string, v T) {
+	l.mu.Lock()
+	m[key] = cached[T]{val: v, at: l.now()}
+	l.mu.Unlock()
+}
+
+// forget drops what a failed create used: host, pool and port groups are
+// looked up afresh by the next attempt.
+func (l *lookups) forget(host, pool string, portGroups []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.hosts, host)
+	delete(l.pools, pool)
+	for _, pg := range portGroups {
+		delete(l.pgs, pg)
+	}
+}
+
+// hostInfo returns the host named name with its datastores and its
+// cluster's root pool; fresh forces a lookup (used before reporting a
+// datastore as not mounted, which a cached answer must not decide).
+func (c *Client) hostInfo(ctx context.Context, name string, fresh bool) (*hostInfo, error) {
+	if !fresh {
+		if h, ok := get(c.cache, c.cache.hosts, name); ok {
+			return h, nil
+		}
+	}
+	host, err := c.host(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	mounted, hostName, err := c.hostDatastores(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := host.ResourcePool(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("resource pool of host %s: %w", name, err)
+	}
+	h := &hostInfo{host: host, name: hostName, datastores: mounted, pool: pool}
+	put(c.cache, c.cache.hosts, name, h)
+	return h, nil
+}
+
+// pool returns the resource pool at poolPath, or the host's cluster pool
+// when poolPath is empty or names no pool. An absolute inventory path is
+// resolved with one SearchIndex call; the finder (which lists every compute
+// resource of the datacenter) is only used for relative paths.
+func (c *Client) pool(ctx context.Context, h *hostInfo, poolPath string) (*object.ResourcePool, error) {
+	if poolPath == "" {
+		return h.pool, nil
+	}
+	if p, ok := get(c.cache, c.cache.pools, poolPath); ok {
+		return p, nil
+	}
+	var pool *object.ResourcePool
+	if poolPath[0] == '/' {
+		ref, err := object.NewSearchIndex(c.vc).FindByInventoryPath(ctx, poolPath)
+		if err != nil {
+			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
+		}
+		if rp, ok := ref.(*object.ResourcePool); ok {
+			pool = rp
+		}
+	} else {
+		p, err := c.finder.ResourcePool(ctx, poolPath)
+		var nf *find.NotFoundError
+		switch {
+		case err == nil:
+			pool = p
+		case !errors.As(err, &nf):
+			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
+		}
+	}
+	if pool == nil {
+		// A path that names no pool falls back to the host's cluster pool,
+		// which is what the scheduler means by it.
+		pool = h.pool
+	}
+	put(c.cache, c.cache.pools, poolPath, pool)
+	return pool, nil
+}
+
+// portGroupBacking returns the NIC backing of the distributed port group
+// named name.
+func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
+	if b, ok := get(c.cache, c.cache.pgs, name); ok {
+		return b, nil
+	}
+	b, err := c.lookupPortGroupBacking(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	put(c.cache, c.cache.pgs, name, b)
+	return b, nil
+}
+
+// hostDatastores returns the names of the datastores the host mounts, and
+// the host's name for messages.
+func (c *Client) hostDatastores(ctx context.Context, host *object.HostSystem) (map[string]bool, string, error) {
+	var h mo.HostSystem
+	if err := host.Properties(ctx, host.Reference(), []string{"name", "datastore"}, &h); err != nil {
+		return nil, "", fmt.Errorf("datastores of host: %w", err)
+	}
+	out := map[string]bool{}
+	if len(h.Datastore) > 0 {
+		var dss []mo.Datastore
+		if err := property.DefaultCollector(c.vc).Retrieve(ctx, h.Datastore, []string{"name"}, &dss); err != nil {
+			return nil, "", fmt.Errorf("datastores of host %s: %w", h.Name, err)
+		}
+		for _, d := range dss {
+			out[d.Name] = true
+		}
+	}
+	return out, h.Name, nil
+}
