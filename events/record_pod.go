@@ -149,6 +149,12 @@ type PodRecord struct {
 	// kept before the provisioner waits on the task, so that a restart waits
 	// for that task instead of creating a second VM.
 	CreateTask string `json:"createTask,omitempty"`
+	// CreateAttempts counts the CreateVM submissions made for this pod,
+	// each saved before it is submitted: while it is 0 no VM of the pod can
+	// exist, so the first create skips the lookup by name (a datacenter-wide
+	// search), and a crash between a submission and saving its task still
+	// leaves a count that sends the retry to look first.
+	CreateAttempts int `json:"createAttempts,omitempty"`
 	// StaleVMs are VMs of earlier placements still to be removed.
 	StaleVMs []StaleVM `json:"staleVMs,omitempty"`
 	// Generation counts the pod's placements: 0 for the first, +1 per

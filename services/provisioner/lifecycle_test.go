@@ -100,9 +100,16 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 		t.Error("task reference was not recorded before the crash")
 	}
 
-	// A VM left by a process that died before it could even record the task
-	// is found by name: pre-create the VM of the next pod, then provision.
+	// A VM left by a process that died after saving its create attempt but
+	// before it could record the task is found by name: record the attempt
+	// and pre-create the VM of the next pod, as that process would have,
+	// then provision.
 	acc2 := e.request(testPod("orphaned-create"))
+	attempted := e.record(svc, "default", "orphaned-create")
+	attempted.CreateAttempts = 1
+	if err := svc.save(context.Background(), attempted); err != nil {
+		t.Fatal(err)
+	}
 	r := e.record(svc, "default", "orphaned-create")
 	r.Host = e.dc.Hosts()[0].Name
 	r.Images = imagesReady(acc2).Containers

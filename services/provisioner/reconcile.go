@@ -72,14 +72,19 @@ func (s *Service) provision(ctx context.Context, r *events.PodRecord) error {
 }
 
 func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord) error {
+	reserved := false
 	if r.Phase != events.PodPhaseProvisioning {
 		r.Phase = events.PodPhaseProvisioning
 		r.Reason, r.Message = "", ""
+		if neverCreated(r) {
+			// This save also records the first create attempt.
+			r.CreateAttempts, reserved = 1, true
+		}
 		if err := s.save(ctx, r); err != nil {
 			return err
 		}
 	}
-	vm, err := s.ensureVM(ctx, r)
+	vm, err := s.ensureVM(ctx, r, reserved)
 	if err != nil {
 		return err
 	}
@@ -104,30 +109,46 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord) error
 	return nil
 }
 
+// neverCreated reports whether no VM can exist for the record: no create
+// was ever submitted for it and it never had a VM.
+func neverCreated(r *events.PodRecord) bool {
+	_, hadVM := r.Condition(events.PodConditionVMCreated)
+	return r.CreateAttempts == 0 && r.VMRef == "" && r.CreateTask == "" && !hadVM
+}
+
 // ensureVM returns the pod's VM, creating it only when none exists: the
 // recorded reference, then the recorded create task, then a lookup by name
 // are all tried first, so neither a redelivery nor a crash between
-// CreateVM and the ack can produce a second VM.
-func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord) (*podvm.VM, error) {
-	vm, err := s.existingVM(ctx, r)
-	if err != nil || vm != nil {
-		if vm != nil && r.VMRef != vm.Ref.Value {
-			if err := s.recordVM(ctx, r, vm); err != nil {
-				return nil, err
+// CreateVM and the ack can produce a second VM. reserved says the caller
+// has just saved the record's first create attempt: no VM of the pod can
+// exist, and nothing needs looking up.
+func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bool) (*podvm.VM, error) {
+	// A pod that had a VM, or a create attempt, may have left files behind
+	// (a VM unregistered meanwhile, a simulator restarted over kept
+	// datastores); a first creation has none.
+	removeLeftovers := !reserved
+	if !reserved {
+		vm, err := s.existingVM(ctx, r)
+		if err != nil || vm != nil {
+			if vm != nil && r.VMRef != vm.Ref.Value {
+				if err := s.recordVM(ctx, r, vm); err != nil {
+					return nil, err
+				}
 			}
+			return vm, err
 		}
-		return vm, err
+		removeLeftovers = !neverCreated(r)
+		r.CreateAttempts++
+		if err := s.save(ctx, r); err != nil {
+			return nil, err
+		}
 	}
 
 	spec, placement, err := s.vmSpec(r)
 	if err != nil {
 		return nil, step(ReasonCreateVMFailed, podvm.Permanent(err))
 	}
-	// A pod that had a VM, or a create attempt, may have left files behind
-	// (a VM unregistered meanwhile, a simulator restarted over kept
-	// datastores); a first creation has none.
-	_, hadVM := r.Condition(events.PodConditionVMCreated)
-	placement.RemoveLeftovers = hadVM || r.CreateTask != ""
+	placement.RemoveLeftovers = removeLeftovers
 	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
 	defer span.End()
 	var task types.ManagedObjectReference
@@ -153,7 +174,7 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord) (*podvm.VM,
 		span.RecordError(err)
 		return nil, step(ReasonCreateVMFailed, err)
 	}
-	vm, err = s.getVM(ctx, ref)
+	vm, err := s.getVM(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
