@@ -174,8 +174,16 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	if err := s.moveReferences(ctx, uid, p); err != nil {
 		return prepared{}, err
 	}
-	if err := s.store.WriteManifest(ctx, p.datastore, img.manifest); err != nil {
-		return prepared{}, err
+	// The manifest file is the same for every pod of the image: written
+	// once per chain (a chain made again, after its datastore lost it, gets
+	// it again), not once per pod.
+	top := p.chain[len(p.chain)-1]
+	written := manifestWritten{digest: img.manifest.Digest, datastore: p.datastore, chain: top.ChainID, created: top.CreatedAt.UnixNano()}
+	if _, ok := s.manifests.Load(written); !ok {
+		if err := s.store.WriteManifest(ctx, p.datastore, img.manifest); err != nil {
+			return prepared{}, err
+		}
+		s.manifests.Store(written, true)
 	}
 	// image.pulled announces an image on a datastore once (the first pod
 	// to find it complete there), not once per pod.

@@ -70,6 +70,14 @@ type Service struct {
 	invAt     time.Time
 
 	rebuildMu sync.Mutex
+
+	manifests sync.Map // manifestWritten → true: manifest files this process wrote
+}
+
+// manifestWritten identifies a manifest file written beside a chain.
+type manifestWritten struct {
+	digest, datastore, chain string
+	created                  int64 // the chain's CreatedAt in ns: a chain made again differs
 }
 
 // New checks the configuration and the dependencies. It does not touch the
