@@ -105,37 +105,61 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 		sp.SetAttributes(attribute.String("ip", att.IP), attribute.String("reason", reason))
 		end(sp, err)
 	}()
-	if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
+	// The common case, the network ready on the host, takes the network
+	// shared: one record read, then the allocation. Otherwise the network
+	// is realized on the host first, exclusively, and the attach tried again.
+	for realized := false; ; realized = true {
+		att, reason, retry, err := s.allocate(ctx, name, p)
 		switch {
-		case errors.Is(err, ErrNetworkNotFound):
-			return events.NetworkAttachment{}, ReasonNetworkNotFound, fmt.Errorf("network %s does not exist or has no applied version", name)
-		case errors.Is(err, ErrNotInScope):
-			return events.NetworkAttachment{}, ReasonNotInScope, fmt.Errorf("host %s is not in the scope of network %s", p.Host, name)
-		case errors.Is(err, ErrNotRealized):
-			return events.NetworkAttachment{}, ReasonNotRealizedOnHost, err
+		case !retry:
+			return att, reason, err
+		case realized:
+			// Realized a moment ago, and no longer: a delete or a
+			// rollback came in between.
+			return events.NetworkAttachment{}, ReasonNetworkNotAvailable, fmt.Errorf("network %s is being deleted or rolled back", name)
 		}
-		return events.NetworkAttachment{}, "", err
+		if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
+			switch {
+			case errors.Is(err, ErrNetworkNotFound):
+				return events.NetworkAttachment{}, ReasonNetworkNotFound, fmt.Errorf("network %s does not exist or has no applied version", name)
+			case errors.Is(err, ErrNotInScope):
+				return events.NetworkAttachment{}, ReasonNotInScope, fmt.Errorf("host %s is not in the scope of network %s", p.Host, name)
+			case errors.Is(err, ErrNotRealized):
+				return events.NetworkAttachment{}, ReasonNotRealizedOnHost, err
+			}
+			return events.NetworkAttachment{}, "", err
+		}
 	}
-	// Allocation runs under the network's lock so that a delete request
-	// either sees this pod's address or runs before the network is used.
-	defer s.locks.lock(name)()
+}
+
+// allocate gives the pod an address on the network if the network's
+// current version is ready on the pod's host; retry says it is not (yet),
+// and ensureOnHost should realize it first. It holds the network shared, so
+// that a delete either sees this pod's address or runs before the network
+// is used.
+func (s *Service) allocate(ctx context.Context, name string, p *events.PodScheduled) (att events.NetworkAttachment, reason string, retry bool, err error) {
+	defer s.locks.rlock(name)()
 	rec, _, err := s.store.get(ctx, name)
 	if err != nil {
-		return events.NetworkAttachment{}, "", err
+		return events.NetworkAttachment{}, "", false, err
 	}
 	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
-		return events.NetworkAttachment{}, ReasonNetworkNotAvailable, fmt.Errorf("network %s is being deleted or rolled back", name)
+		// Not found at all is decided by ensureOnHost, with its reason.
+		return events.NetworkAttachment{}, "", true, nil
+	}
+	if st, ok := rec.Hosts[p.Host]; !ok || st.State != events.NetworkHostStateReady || st.Version != rec.Version {
+		return events.NetworkAttachment{}, "", true, nil
 	}
 	pl, err := pool(rec)
 	if err != nil {
-		return events.NetworkAttachment{}, ReasonAddressingFailed, err
+		return events.NetworkAttachment{}, ReasonAddressingFailed, false, err
 	}
 	alloc, err := s.ipam.Allocate(ctx, pl, ipam.Owner{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host})
 	if errors.Is(err, ipam.ErrExhausted) {
-		return events.NetworkAttachment{}, ReasonAddressesExhausted, err
+		return events.NetworkAttachment{}, ReasonAddressesExhausted, false, err
 	}
 	if err != nil {
-		return events.NetworkAttachment{}, "", err
+		return events.NetworkAttachment{}, "", false, err
 	}
 	s.recountSoon(name)
 	return events.NetworkAttachment{
@@ -145,7 +169,7 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 		PrefixLength: pl.Prefix.Bits(),
 		Gateway:      rec.Spec.Gateway,
 		MAC:          alloc.MAC,
-	}, "", nil
+	}, "", false, nil
 }
 
 // release frees the pod's addresses on the given networks and on every

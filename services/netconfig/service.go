@@ -168,24 +168,41 @@ func (s *Service) Resync(ctx context.Context) error {
 
 // keyedMutex serializes work on one network within the process (the bus
 // already runs one handler per event key, but a network is also touched by
-// pod, host and migration events keyed differently). Across replicas the
+// pod, host and migration events keyed differently). Changes to a network
+// (declare, restore, reconcile, delete) hold it exclusively; attaching pods
+// holds it shared, so pods of one network get their addresses in parallel
+// (the allocator is safe for that) while a delete still sees every address
+// taken before it or runs before the next attach. Across replicas the
 // records' compare-and-set keeps writes consistent.
 type keyedMutex struct {
 	mu sync.Mutex
-	m  map[string]*sync.Mutex
+	m  map[string]*sync.RWMutex
 }
 
-func (k *keyedMutex) lock(key string) func() {
+func (k *keyedMutex) get(key string) *sync.RWMutex {
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	if k.m == nil {
-		k.m = map[string]*sync.Mutex{}
+		k.m = map[string]*sync.RWMutex{}
 	}
 	l, ok := k.m[key]
 	if !ok {
-		l = &sync.Mutex{}
+		l = &sync.RWMutex{}
 		k.m[key] = l
 	}
-	k.mu.Unlock()
+	return l
+}
+
+// lock takes the network exclusively and returns the unlock.
+func (k *keyedMutex) lock(key string) func() {
+	l := k.get(key)
 	l.Lock()
 	return l.Unlock
+}
+
+// rlock takes the network shared and returns the unlock.
+func (k *keyedMutex) rlock(key string) func() {
+	l := k.get(key)
+	l.RLock()
+	return l.RUnlock
 }

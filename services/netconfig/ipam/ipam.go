@@ -100,6 +100,10 @@ type Allocator struct {
 	// commit, and losing it to another allocator just moves on.
 	mu   sync.Mutex
 	next map[string]uint32
+
+	// scan serializes the fallback listings of one allocator: concurrent
+	// scanners would all pick the same lowest free address and race for it.
+	scan sync.Mutex
 }
 
 // New returns an allocator over the `ipam` bucket.
@@ -133,6 +137,8 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last); err != nil || ok {
 		return alloc, err
 	}
+	a.scan.Lock()
+	defer a.scan.Unlock()
 	used, err := a.usedSet(ctx, pool.Network)
 	if err != nil {
 		return events.IPAllocation{}, err
@@ -384,14 +390,21 @@ func fromUint(v uint32) netip.Addr {
 // fromHint tries a few addresses from the network's hint on, in order, with
 // no listing. ok is false when none was free there (or the hint ran past the
 // end of the pool); the caller then scans from the first address.
+//
+// Each candidate is taken from the hint under the allocator's mutex, so
+// concurrent allocations of one process try different addresses instead of
+// racing for the same one.
 func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32) (events.IPAllocation, bool, error) {
-	a.mu.Lock()
-	v, known := a.next[pool.Network]
-	a.mu.Unlock()
-	if !known || v < first || v > last {
-		return events.IPAllocation{}, false, nil
-	}
-	for tries := 0; tries < hintTries && v <= last && v >= first; v, tries = v+1, tries+1 {
+	for range hintTries {
+		a.mu.Lock()
+		v, known := a.next[pool.Network]
+		if known && v >= first && v <= last {
+			a.next[pool.Network] = v + 1
+		}
+		a.mu.Unlock()
+		if !known || v < first || v > last {
+			return events.IPAllocation{}, false, nil
+		}
 		if pool.Gateway.IsValid() && v == toUint(pool.Gateway) {
 			continue
 		}
@@ -407,14 +420,12 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 		data, _ := json.Marshal(alloc)
 		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
-			a.setHint(pool.Network, v+1)
 			return alloc, true, nil
 		}
 		if !conflict(err) {
 			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
 		}
 	}
-	a.setHint(pool.Network, v)
 	return events.IPAllocation{}, false, nil
 }
 
