@@ -42,6 +42,11 @@ type Session struct {
 	closeOnce sync.Once
 }
 
+// MaxIdleConns is how many idle connections to vCenter a session keeps for
+// reuse: enough for the concurrency of the busiest service (the
+// provisioner's workers, each with a task wait and a call in flight).
+const MaxIdleConns = 64
+
 // Connect logs in to vCenter and resolves the datacenter. The error names the
 // endpoint (without credentials) and what failed.
 func Connect(ctx context.Context, cfg Config) (*Session, error) {
@@ -56,6 +61,10 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	}
 
 	sc := soap.NewClient(u, cfg.Insecure)
+	// net/http keeps 2 idle connections per host by default: a service with
+	// more calls in flight than that closes and dials (and, against a real
+	// vCenter, TLS-handshakes) a connection for most calls under load.
+	sc.DefaultTransport().MaxIdleConnsPerHost = MaxIdleConns
 	vc, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("vsphere: connect to %s: %w", u, err)

@@ -91,7 +91,13 @@ func benchPodSize() events.PodVMSize { return events.SizePodVM(benchPod("size", 
 type watcher struct {
 	mu      sync.Mutex
 	seen    map[string]map[string]time.Time // subject → ce type → event time
-	pulled  []events.ImagePulled
+	// expected are the pods of the run, settled how many of them reached
+	// Running, Failed or Rejected: counted as events arrive, so that
+	// waiting for the run costs nothing per event (a scan of every pod on
+	// every event took CPU from the pipeline it measures).
+	expected map[string]bool
+	settled  int
+	pulled   []events.ImagePulled
 	changed chan struct{}
 	stops   []func()
 }
@@ -145,6 +151,9 @@ func (w *watcher) add(ev event.Event) {
 			w.seen[ev.Subject()] = m
 		}
 		if _, ok := m[ev.Type()]; !ok {
+			if terminal[ev.Type()] && w.expected[ev.Subject()] && !w.settledLocked(m) {
+				w.settled++
+			}
 			m[ev.Type()] = at
 		}
 	}
@@ -153,6 +162,39 @@ func (w *watcher) add(ev event.Event) {
 	case w.changed <- struct{}{}:
 	default:
 	}
+}
+
+// terminal are the event types that settle a pod for the run.
+var terminal = map[string]bool{events.TypePodRunning: true, events.TypePodFailed: true, events.TypePodRejected: true}
+
+func (w *watcher) settledLocked(m map[string]time.Time) bool {
+	for t := range terminal {
+		if _, ok := m[t]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// expect sets the pods of the run (before their requests go out).
+func (w *watcher) expect(keys []string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.expected = map[string]bool{}
+	w.settled = 0
+	for _, k := range keys {
+		w.expected[k] = true
+		if w.settledLocked(w.seen[k]) {
+			w.settled++
+		}
+	}
+}
+
+// allSettled reports whether every expected pod settled.
+func (w *watcher) allSettled() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.settled == len(w.expected)
 }
 
 func (w *watcher) stop() {
@@ -253,26 +295,16 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		}
 		defer pprof.StopCPUProfile() // a no-op once stopped below
 	}
-	published := &sync.Map{} // pod key → time.Time
-	if err := applyPods(ctx, b, cfg, image, published); err != nil {
-		return nil, err
-	}
 	keys := make([]string, cfg.Pods)
 	for i := range keys {
 		keys[i] = events.PodKey(Namespace, podName(i))
 	}
-	settled := func() bool {
-		for _, k := range keys {
-			_, ok1 := w.at(k, events.TypePodRunning)
-			_, ok2 := w.at(k, events.TypePodFailed)
-			_, ok3 := w.at(k, events.TypePodRejected)
-			if !ok1 && !ok2 && !ok3 {
-				return false
-			}
-		}
-		return true
+	w.expect(keys)
+	published := &sync.Map{} // pod key → time.Time
+	if err := applyPods(ctx, b, cfg, image, published); err != nil {
+		return nil, err
 	}
-	if !w.waitFor(ctx, cfg.Timeout, settled) && ctx.Err() != nil {
+	if !w.waitFor(ctx, cfg.Timeout, w.allSettled) && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
 	pprof.StopCPUProfile()

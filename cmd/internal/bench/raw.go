@@ -15,6 +15,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // rawPortGroup is the port group the baseline VMs attach to, as pods on the
@@ -42,6 +43,9 @@ func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodV
 		return RawTry{}, err
 	}
 	defer c.Logout(context.WithoutCancel(ctx))
+	// As many idle connections as the services' sessions keep: with
+	// net/http's default of 2 most calls of 8+ workers would dial anew.
+	c.Client.Client.DefaultTransport().MaxIdleConnsPerHost = vsphere.MaxIdleConns
 
 	finder := find.NewFinder(c.Client)
 	dco, err := finder.DefaultDatacenter(ctx)
