@@ -174,13 +174,11 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 		span.RecordError(err)
 		return nil, step(ReasonCreateVMFailed, err)
 	}
-	vm, err := s.getVM(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	if vm == nil {
-		return nil, step(ReasonCreateVMFailed, fmt.Errorf("VM %s from task %s vanished right after creation", ref.Value, task.Value))
-	}
+	// The task's result is the VM, made from our spec where we placed it:
+	// nothing to read back. (Were it gone already, powering it on fails and
+	// the retry starts from the recorded reference.)
+	vm := &podvm.VM{Ref: ref, Name: spec.Name, Host: placement.Host, PowerState: types.VirtualMachinePowerStatePoweredOff,
+		UID: r.UID, Namespace: r.Namespace, Pod: r.Name}
 	return vm, s.recordVM(ctx, r, vm)
 }
 

@@ -305,16 +305,10 @@ func (c *Client) WaitCreate(ctx context.Context, task types.ManagedObjectReferen
 	return ref, nil
 }
 
-// PowerOn powers the VM on; a VM that is already on is fine.
+// PowerOn powers the VM on; a VM that is already on is fine (vCenter
+// answers InvalidPowerState, so there is no need to read the state first).
 func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) error {
 	vm := object.NewVirtualMachine(c.vc, ref)
-	st, err := vm.PowerState(ctx)
-	if err != nil {
-		return fmt.Errorf("power state of %s: %w", ref.Value, err)
-	}
-	if st == types.VirtualMachinePowerStatePoweredOn {
-		return nil
-	}
 	task, err := vm.PowerOn(ctx)
 	if err == nil {
 		_, err = task.WaitForResult(ctx)
