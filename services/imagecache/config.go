@@ -44,6 +44,12 @@ type Config struct {
 	// MaxDeliver is how many times a pod event is tried before a transient
 	// failure (registry unreachable) becomes pod.images.failed (default 8).
 	MaxDeliver int
+	// ResolveTTL is how long a tag's resolution (tag → manifest) is reused
+	// before the registry is asked again (default 10s; negative: ask for
+	// every pod). A burst of pods of one image then costs one registry
+	// request, not one per pod; a tag moved in the registry is seen within
+	// the TTL.
+	ResolveTTL time.Duration
 	// BackOff is the delay before each redelivery (the last entry repeats;
 	// default 1s 2s 5s 10s 30s): with the defaults a registry may be away
 	// for about two minutes before pods fail.
@@ -61,6 +67,7 @@ const (
 	DefaultGCInterval     = time.Minute
 	DefaultCheckInterval  = 15 * time.Second
 	DefaultMaxDeliver     = 8
+	DefaultResolveTTL     = 10 * time.Second
 )
 
 func (c Config) withDefaults() Config {
@@ -90,6 +97,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxDeliver == 0 {
 		c.MaxDeliver = DefaultMaxDeliver
+	}
+	if c.ResolveTTL == 0 {
+		c.ResolveTTL = DefaultResolveTTL
 	}
 	if c.BackOff == nil {
 		c.BackOff = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second}
@@ -162,6 +172,7 @@ func (c Config) Validate() error {
 //	PODVISOR_IMAGE_GC_BUDGET        GCBudgetBytes (bytes, or with Ki/Mi/Gi/Ti)
 //	PODVISOR_IMAGE_GC_GRACE         GCGrace (Go duration)
 //	PODVISOR_IMAGE_GC_INTERVAL      GCInterval (Go duration)
+//	PODVISOR_IMAGE_RESOLVE_TTL      ResolveTTL (Go duration; negative: never reuse)
 //
 // Unset variables keep the defaults; the result is validated.
 func ConfigFromEnv() (Config, error) {
@@ -209,6 +220,7 @@ func ConfigFromEnv() (Config, error) {
 	sizeVar("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
 	durVar("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
 	durVar("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
+	durVar("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
 	if len(errs) == 0 {
 		if err := c.Validate(); err != nil {
 			errs = append(errs, err)

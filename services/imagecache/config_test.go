@@ -48,11 +48,12 @@ func TestConfigFromEnv(t *testing.T) {
 	t.Setenv("PODVISOR_IMAGE_DATASTORES", "shared-ds, cluster-1-ds")
 	t.Setenv("PODVISOR_IMAGE_GC_BUDGET", "2Gi")
 	t.Setenv("PODVISOR_IMAGE_GC_GRACE", "90s")
+	t.Setenv("PODVISOR_IMAGE_RESOLVE_TTL", "-1s")
 	cfg, err := imagecache.ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Workers != 4 || len(cfg.Datastores) != 2 || cfg.Datastores[1] != "cluster-1-ds" || cfg.GCBudgetBytes != 2<<30 || cfg.GCGrace != 90*time.Second {
+	if cfg.Workers != 4 || len(cfg.Datastores) != 2 || cfg.Datastores[1] != "cluster-1-ds" || cfg.GCBudgetBytes != 2<<30 || cfg.GCGrace != 90*time.Second || cfg.ResolveTTL != -time.Second {
 		t.Fatalf("ConfigFromEnv = %+v", cfg)
 	}
 	if cfg.LeaseTTL != imagecache.DefaultLeaseTTL {

@@ -102,6 +102,14 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	if err != nil {
 		return err
 	}
+	// Most pods' images were announced on pod.accepted on a datastore every
+	// host mounts: nothing to do then (the chains are referenced, and a
+	// second preparation would announce the same disks).
+	if last, err := s.db.Client().Get(ctx, il.PodReadyKey(e.UID)).Result(); err == nil && last != "" {
+		if dss := readyDatastores(last); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
+			return nil
+		}
+	}
 	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands, copyFrom: true})
 	if err != nil || failed {
 		return err
@@ -117,6 +125,24 @@ func readySignature(cs []container, preps map[string]prepared) string {
 		b.WriteString(c.Name + "=" + preps[c.Image].topDisk() + ";")
 	}
 	return b.String()
+}
+
+// readyDatastores returns the datastores of the disks a ready signature
+// names ("container=[ds] path;…"); nil when one cannot be read.
+func readyDatastores(sig string) []string {
+	var out []string
+	for entry := range strings.SplitSeq(strings.TrimSuffix(sig, ";"), ";") {
+		_, disk, ok := strings.Cut(entry, "=")
+		if !ok || !strings.HasPrefix(disk, "[") {
+			return nil
+		}
+		ds, _, ok := strings.Cut(disk[1:], "]")
+		if !ok || ds == "" {
+			return nil
+		}
+		out = append(out, ds)
+	}
+	return out
 }
 
 // prepareAll prepares every distinct image of the pod and references the

@@ -48,6 +48,7 @@ type registry struct {
 	*ociregistry.Registry
 	blobBytes atomic.Int64
 	blobGets  atomic.Int64
+	manifests atomic.Int64 // manifest requests (resolutions)
 	mu        sync.Mutex
 	corrupt   string // blob digest to corrupt
 }
@@ -74,6 +75,9 @@ func startRegistry(t testing.TB) *registry {
 	r := &registry{}
 	reg, err := ociregistry.Start(context.Background(), ociregistry.Config{Wrap: func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if strings.Contains(req.URL.Path, "/manifests/") {
+				r.manifests.Add(1)
+			}
 			if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") {
 				r.blobGets.Add(1)
 				r.mu.Lock()

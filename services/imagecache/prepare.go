@@ -55,6 +55,11 @@ func (p prepared) chainPaths() []string {
 // reference, the cached manifest is used (what a node does with an image
 // it already has): pods keep starting while the registry is down.
 func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
+	if v, ok := s.resolved.Load(ref); ok {
+		if r := v.(resolvedImage); s.now().Sub(r.at) < s.cfg.ResolveTTL {
+			return r.img, nil
+		}
+	}
 	v, err, _ := s.resolves.Do(ref, func() (any, error) {
 		img, err := s.registry.Resolve(ctx, ref)
 		if err == nil {
@@ -62,7 +67,9 @@ func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 			if err := s.db.PutManifest(ctx, ref, m); err != nil {
 				return nil, err
 			}
-			return image{manifest: m, remote: img}, nil
+			out := image{manifest: m, remote: img}
+			s.resolved.Store(ref, resolvedImage{img: out, at: s.now()})
+			return out, nil
 		}
 		if !errors.Is(err, oci.ErrRegistryUnavailable) {
 			return nil, err
@@ -82,6 +89,12 @@ func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 		return image{}, err
 	}
 	return v.(image), nil
+}
+
+// resolvedImage is a registry resolution kept for ResolveTTL.
+type resolvedImage struct {
+	img image
+	at  time.Time
 }
 
 // placement says where an image may go.

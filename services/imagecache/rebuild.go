@@ -42,6 +42,10 @@ type RebuildReport struct {
 func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 	s.rebuildMu.Lock()
 	defer s.rebuildMu.Unlock()
+	// Resolutions kept from before wrote manifests and references Redis may
+	// have lost: the next pods resolve again and write them back.
+	s.resolved.Clear()
+	s.manifests.Clear()
 	var rep RebuildReport
 	inv, err := s.datastores(ctx, true)
 	if err != nil {

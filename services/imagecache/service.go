@@ -72,6 +72,7 @@ type Service struct {
 	rebuildMu sync.Mutex
 
 	manifests sync.Map // manifestWritten → true: manifest files this process wrote
+	resolved  sync.Map // image reference → resolvedImage
 }
 
 // manifestWritten identifies a manifest file written beside a chain.

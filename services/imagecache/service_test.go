@@ -46,10 +46,16 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	e := startEnv(t, nil)
 	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
 
+	manifestsBefore := e.reg.manifests.Load()
 	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("web-%02d", i), web)
 	}
 	evs := e.waitFor("20 web pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "web-") == 20 })
+	// One resolution of the tag serves the burst (ResolveTTL).
+	if n := e.reg.manifests.Load() - manifestsBefore; n > 2 {
+		t.Fatalf("%d manifest requests for 20 pods of one image, want 1 resolution", n)
+	}
+	t.Logf("manifest requests for 20 pods: %d", e.reg.manifests.Load()-manifestsBefore)
 	webLayers := layerSizes(t, e, web)
 	if got, want := e.svc.Stats().BytesPulled, sum(webLayers); got != want {
 		t.Fatalf("bytes pulled for 20 pods = %d, want the image size %d once", got, want)

@@ -89,8 +89,8 @@ func benchPodSize() events.PodVMSize { return events.SizePodVM(benchPod("size", 
 // so no answer is missed, and keeps the first time each pod reached each
 // event type.
 type watcher struct {
-	mu      sync.Mutex
-	seen    map[string]map[string]time.Time // subject → ce type → event time
+	mu   sync.Mutex
+	seen map[string]map[string]time.Time // subject → ce type → event time
 	// expected are the pods of the run, settled how many of them reached
 	// Running, Failed or Rejected: counted as events arrive, so that
 	// waiting for the run costs nothing per event (a scan of every pod on
@@ -98,8 +98,8 @@ type watcher struct {
 	expected map[string]bool
 	settled  int
 	pulled   []events.ImagePulled
-	changed chan struct{}
-	stops   []func()
+	changed  chan struct{}
+	stops    []func()
 }
 
 func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
