@@ -104,12 +104,20 @@ type handling struct {
 // about a pod that does not exist (deleted meanwhile) or about an earlier
 // pod of the same name (another uid) are acknowledged and ignored.
 func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*events.PodRecord) bool) error {
-	r, err := h.s.mutate(ctx, events.PodRecordKey(ns, name), uid, apply)
+	reserved := false
+	r, err := h.s.mutate(ctx, events.PodRecordKey(ns, name), uid, func(r *events.PodRecord) bool {
+		if !apply(r) {
+			reserved = false
+			return false
+		}
+		reserved = beginProvisioning(r)
+		return true
+	})
 	if err != nil || r == nil {
 		return err
 	}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", r.UID))
-	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery)
+	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery, reserved)
 }
 
 // mutate is the read-modify-write loop on one record. It returns nil and

@@ -26,8 +26,8 @@ func ready(r *events.PodRecord) bool {
 // reconcileOutcome reconciles and turns the result into the bus outcome:
 // a transient failure is retried with backoff until the last delivery,
 // when it becomes the pod's failure; a permanent one fails the pod at once.
-func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, last bool, delivery uint64) error {
-	err := s.reconcile(ctx, r)
+func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, last bool, delivery uint64, reserved bool) error {
+	err := s.reconcile(ctx, r, reserved)
 	if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
 		return err
 	}
@@ -45,8 +45,9 @@ func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, las
 	return s.fail(ctx, r, reason, msg)
 }
 
-// reconcile converges vCenter towards the record.
-func (s *Service) reconcile(ctx context.Context, r *events.PodRecord) error {
+// reconcile converges vCenter towards the record. reserved says the record
+// was saved with its first create attempt reserved (see beginProvisioning).
+func (s *Service) reconcile(ctx context.Context, r *events.PodRecord, reserved bool) error {
 	switch {
 	case !r.DeletionRequestedAt.IsZero():
 		return s.teardown(ctx, r)
@@ -55,15 +56,15 @@ func (s *Service) reconcile(ctx context.Context, r *events.PodRecord) error {
 	case !ready(r):
 		return nil
 	}
-	return s.provision(ctx, r)
+	return s.provision(ctx, r, reserved)
 }
 
 // provision creates the pod VM if it does not exist, powers it on and
 // announces pod.running. Every step is safe to repeat.
-func (s *Service) provision(ctx context.Context, r *events.PodRecord) error {
+func (s *Service) provision(ctx context.Context, r *events.PodRecord, reserved bool) error {
 	ctx, span := s.span(ctx, "provisioner.provision", r, attribute.String("host", r.Host), attribute.String("vm.name", r.VMName))
 	defer span.End()
-	err := s.provisionSteps(ctx, r)
+	err := s.provisionSteps(ctx, r, reserved)
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -71,15 +72,9 @@ func (s *Service) provision(ctx context.Context, r *events.PodRecord) error {
 	return err
 }
 
-func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord) error {
-	reserved := false
+func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reserved bool) error {
 	if r.Phase != events.PodPhaseProvisioning {
-		r.Phase = events.PodPhaseProvisioning
-		r.Reason, r.Message = "", ""
-		if neverCreated(r) {
-			// This save also records the first create attempt.
-			r.CreateAttempts, reserved = 1, true
-		}
+		reserved = beginProvisioning(r)
 		if err := s.save(ctx, r); err != nil {
 			return err
 		}
@@ -107,6 +102,28 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord) error
 	}
 	s.log.Info("pod running", "key", r.Key(), "uid", r.UID, "vm", vm.Ref.Value, "host", r.Host, "ip", r.IP)
 	return nil
+}
+
+// beginProvisioning moves a ready record to Provisioning (in memory; the
+// caller saves it) and, when no VM of the pod can exist yet, records the
+// first create attempt in the same write: it then reports true, and the
+// create needs no lookup first. A fact that completes a pod's readiness is
+// saved together with this, one write instead of two.
+func beginProvisioning(r *events.PodRecord) (reserved bool) {
+	switch {
+	case !r.DeletionRequestedAt.IsZero() || !ready(r):
+		return false
+	case r.Phase == events.PodPhaseFailed, r.Phase == events.PodPhaseRunning, r.Phase == events.PodPhaseMigrating,
+		r.Phase == events.PodPhaseProvisioning:
+		return false
+	}
+	r.Phase = events.PodPhaseProvisioning
+	r.Reason, r.Message = "", ""
+	if neverCreated(r) {
+		r.CreateAttempts = 1
+		return true
+	}
+	return false
 }
 
 // neverCreated reports whether no VM can exist for the record: no create
@@ -404,7 +421,7 @@ func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteReques
 			return err
 		}
 	}
-	return s.reconcileOutcome(ctx, r, h.last, h.delivery)
+	return s.reconcileOutcome(ctx, r, h.last, h.delivery, false)
 }
 
 // teardown removes the pod's VMs, announces pod.deleted with what the owners

@@ -154,7 +154,7 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			if fresh.ResourceVersion != r.ResourceVersion {
 				return false, nil // someone moved it on meanwhile
 			}
-			err := s.reconcile(ctx, fresh)
+			err := s.reconcile(ctx, fresh, false)
 			if err != nil && !fresh.DeletionRequestedAt.IsZero() {
 				return false, s.deleteStalled(ctx, fresh, err, true)
 			}
@@ -204,7 +204,7 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			if err := s.save(ctx, fresh); err != nil {
 				return false, err
 			}
-			if err := s.provision(ctx, fresh); err != nil {
+			if err := s.provision(ctx, fresh, false); err != nil {
 				return true, err
 			}
 			return true, nil
