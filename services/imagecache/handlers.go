@@ -185,7 +185,7 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	// again (the collector never evicts a referenced chain, so the second
 	// round sticks unless the datastore churns).
 	for attempt := 0; ; attempt++ {
-		p, err = s.ensure(ctx, img, pl)
+		p, err = s.ensureRecent(ctx, img, pl, attempt == 0)
 		if err != nil {
 			return prepared{}, err
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -104,6 +105,44 @@ type placement struct {
 	// copyFrom allows copying ready chains from datastores outside
 	// candidates instead of pulling (on pod.scheduled).
 	copyFrom bool
+}
+
+// ensuredTTL is how long an ensured chain is handed to the next pods of the
+// image without asking Redis again. Referencing the chain is what commits a
+// pod to it, and that checks atomically that the chain is still ready; a
+// chain evicted meanwhile fails the reference and is ensured afresh.
+const ensuredTTL = 5 * time.Second
+
+// ensuredKey identifies an ensure: the image and where it may go.
+type ensuredKey struct {
+	digest, candidates string
+	copyFrom           bool
+}
+
+type ensuredChain struct {
+	p  prepared
+	at time.Time
+}
+
+// ensureRecent is ensure, reusing a result of the last ensuredTTL when
+// reuse is allowed: a burst of pods of one image then costs one round of
+// lookups (about three Redis round trips per layer), not one per pod.
+func (s *Service) ensureRecent(ctx context.Context, img image, pl placement, reuse bool) (prepared, error) {
+	key := ensuredKey{digest: img.manifest.Digest, candidates: strings.Join(pl.candidates, "\x00"), copyFrom: pl.copyFrom}
+	if reuse {
+		if v, ok := s.ensured.Load(key); ok {
+			if e := v.(ensuredChain); s.now().Sub(e.at) < ensuredTTL {
+				return e.p, nil
+			}
+		}
+	}
+	p, err := s.ensure(ctx, img, pl)
+	if err != nil {
+		s.ensured.Delete(key)
+		return prepared{}, err
+	}
+	s.ensured.Store(key, ensuredChain{p: p, at: s.now()})
+	return p, nil
 }
 
 // ensure makes img's chain ready on one of the candidate datastores and

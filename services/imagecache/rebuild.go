@@ -46,6 +46,7 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 	// have lost: the next pods resolve again and write them back.
 	s.resolved.Clear()
 	s.manifests.Clear()
+	s.ensured.Clear()
 	var rep RebuildReport
 	inv, err := s.datastores(ctx, true)
 	if err != nil {

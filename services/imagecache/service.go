@@ -73,6 +73,7 @@ type Service struct {
 
 	manifests sync.Map // manifestWritten → true: manifest files this process wrote
 	resolved  sync.Map // image reference → resolvedImage
+	ensured   sync.Map // ensuredKey → ensuredChain
 }
 
 // manifestWritten identifies a manifest file written beside a chain.
