@@ -77,6 +77,12 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 	if vars["GOVC_URL"] != sys.Endpoints.VCenterURL || !strings.Contains(vars["GOVC_URL"], "podvisor:") {
 		t.Errorf("GOVC_URL = %q, want the simulator URL with credentials", vars["GOVC_URL"])
 	}
+	// Services run with `podvisor serve` beside this up get the simulator's
+	// settings too (polling hosts, the short probe window).
+	if vars["PODVISOR_SCHEDULER_INVENTORY_POLL"] != "1s" || vars["PODVISOR_NETCONFIG_PROBE_WINDOW"] != "1s" {
+		t.Errorf("simulator settings in the env file: poll %q, probe window %q; want 1s each",
+			vars["PODVISOR_SCHEDULER_INVENTORY_POLL"], vars["PODVISOR_NETCONFIG_PROBE_WINDOW"])
+	}
 }
 
 func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
