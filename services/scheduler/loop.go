@@ -430,7 +430,17 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		}()
 	}
 	wg.Wait()
+	// A lost binding: another scheduler confirmed its own binding of the
+	// pod first. If that binding is on this host, the allocation in this
+	// host's entry is the winner's too (allocations are keyed by pod uid):
+	// it stays, and the pod is placed here. Otherwise our reservation is
+	// ours alone and is freed.
 	var release []string
+	type settled struct {
+		i   int
+		out outcome
+	}
+	var answers []settled
 	for _, i := range reserving {
 		t := ts[i]
 		if t.r.alloc.Kind != events.AllocationPod || err != nil {
@@ -443,32 +453,38 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			t.r.done <- outcome{placement: t.p}
 			continue
 		}
-		release = append(release, t.r.alloc.Key())
+		b, ok, gerr := s.ledger.GetBinding(ctx, t.r.alloc.UID)
+		switch {
+		case gerr != nil:
+			// Unknown winner: keep the room (a resync of the ledger
+			// settles it) rather than free the winner's allocation.
+			answers = append(answers, settled{i, outcome{err: gerr}})
+		case ok && b.Host == host && b.Confirmed:
+			s.mu.Lock()
+			p := s.placementLocked(host, nil)
+			s.mu.Unlock()
+			answers = append(answers, settled{i, outcome{placement: p, already: true}})
+		case ok && b.Host == host:
+			again = append(again, t.r) // the winner is still confirming
+		case !ok:
+			release = append(release, t.r.alloc.Key())
+			again = append(again, t.r)
+		default:
+			release = append(release, t.r.alloc.Key())
+			s.mu.Lock()
+			p := s.placementLocked(b.Host, nil)
+			s.mu.Unlock()
+			answers = append(answers, settled{i, outcome{placement: p, already: true}})
+		}
 	}
 	if len(release) > 0 {
-		// We lost the binding after reserving: free the room, then tell
-		// the requests where the pod went.
+		// Free the room first, then tell the requests where the pod went.
 		if rerr := s.release(ctx, map[string][]string{host: release}); rerr != nil {
 			s.log.Warn("release after a lost binding", "host", host, "err", rerr)
 		}
-		for _, i := range reserving {
-			if !lost[i] {
-				continue
-			}
-			t := ts[i]
-			b, ok, gerr := s.ledger.GetBinding(ctx, t.r.alloc.UID)
-			switch {
-			case gerr != nil:
-				t.r.done <- outcome{err: gerr}
-			case !ok || b.Host == host:
-				again = append(again, t.r)
-			default:
-				s.mu.Lock()
-				p := s.placementLocked(b.Host, nil)
-				s.mu.Unlock()
-				t.r.done <- outcome{placement: p, already: true}
-			}
-		}
+	}
+	for _, a := range answers {
+		ts[a.i].r.done <- a.out
 	}
 	return again
 }

@@ -15,7 +15,7 @@ import (
 
 // BenchmarkPublishConsume measures one event's full trip: binary encode,
 // JetStream publish with ack, fetch, decode, keyed dispatch, handler and
-// confirmed ack. Publishing is sequential (as a handler publishes its
+// ack. Publishing is sequential (as a handler publishes its
 // effect); consumption runs on 8 workers over 64 keys.
 //
 // Before the timed part it moves the same number of plain JetStream messages

@@ -53,8 +53,10 @@
 // <service>-<stream>, with explicit acks. The handler's return value decides
 // what happens to the message:
 //
-//   - nil: acked, with the server's confirmation (an ack lost in flight
-//     would otherwise bring back work whose effects are already durable).
+//   - nil: acked. The ack is not confirmed by the server: handlers are
+//     idempotent, so an ack lost in flight only brings the event back to a
+//     handler that finds its work done, and a confirmation per event cost
+//     a round trip each.
 //   - Permanent(err): copied to pv.dlq.<service> with err as the reason,
 //     then terminated; never redelivered. Messages that are not CloudEvents
 //     at all, have a type outside the catalog, or travel on another subject

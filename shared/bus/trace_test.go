@@ -70,10 +70,13 @@ func TestTraceContextCrossesHops(t *testing.T) {
 		t.Fatal("second hop never ran")
 	}
 	var spans tracetest.SpanStubs
+	// Each handler's span ends after its ack, so the first hop's may end
+	// after the second hop's: wait for both.
 	waitFor(t, 2*time.Second, "handler spans exported", func() bool {
 		spans = exp.GetSpans()
-		_, ok := spanNamed(spans, "scheduler "+typePodAccepted)
-		return ok
+		_, ok1 := spanNamed(spans, "scheduler "+typePodAccepted)
+		_, ok2 := spanNamed(spans, "provisioner "+typePodRequested)
+		return ok1 && ok2
 	})
 
 	clientPub, ok1 := spanNamed(spans, "publish pv.pod.requested")
