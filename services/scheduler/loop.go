@@ -63,12 +63,17 @@ func newRequest(pod *framework.PodInfo, alloc events.Allocation) *request {
 	return &request{pod: pod, alloc: alloc, done: make(chan outcome, 1)}
 }
 
-// submit queues a request and waits for its outcome.
+// submit queues a request and waits for its outcome. A request that
+// reaches the queue after the loop stopped (handlers outlive the loop
+// while the bus drains them) is answered ErrStopped rather than waited on
+// forever.
 func (s *Service) submit(ctx context.Context, r *request) outcome {
 	select {
 	case s.queue <- r:
 	case <-ctx.Done():
 		return outcome{err: ctx.Err()}
+	case <-s.loopDone:
+		return outcome{err: ErrStopped}
 	}
 	select {
 	case o := <-r.done:
@@ -76,10 +81,18 @@ func (s *Service) submit(ctx context.Context, r *request) outcome {
 		return o
 	case <-ctx.Done():
 		return outcome{err: ctx.Err()}
+	case <-s.loopDone:
+		select {
+		case o := <-r.done: // answered on the way out
+			return o
+		default:
+			return outcome{err: ErrStopped}
+		}
 	}
 }
 
 func (s *Service) scheduleLoop(ctx context.Context) {
+	defer close(s.loopDone)
 	for {
 		batch := s.takeRetries()
 		if len(batch) == 0 {

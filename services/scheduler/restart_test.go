@@ -100,3 +100,52 @@ func TestTwoSchedulersNeverOvercommit(t *testing.T) {
 	}
 	t.Logf("%d of %d pods placed by two schedulers", placed, len(keys))
 }
+
+// Two instances racing for the same pods on the same host (one host: every
+// placement lands there; every pod.accepted twice) share the pod's binding
+// and its allocation key: every announced pod stays in the ledger, and both
+// stop cleanly. (This reproduced a shutdown hang, about one run in eight: a
+// handler that queued its pod after the scheduling loop had stopped waited
+// for an answer until the bus's drain timeout.)
+func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 1})
+	e.stop()
+	var keys []string
+	for i := 0; i < 80; i++ {
+		acc := e.accept(testPod(fmt.Sprintf("same-%03d", i), "100m", "256Mi"))
+		// A second pod.accepted of the pod (a replay under another id),
+		// so that the two instances often hold the same pod at once.
+		e.publish("podvisor/provisioner", events.TypePodAccepted, acc.ObjectKey(), acc)
+		keys = append(keys, acc.ObjectKey())
+	}
+	// Both start on the same backlog: each retries every pod still Pending
+	// in the records and takes its share of the queued events.
+	e.startScheduler()
+	e.stop = e.startScheduler()
+	e.eventually("every pod placed", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	host := e.hostNames()[0]
+	missing := func() []string {
+		entry, err := e.led.Get(t.Context(), host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, k := range keys {
+			if s := e.obs.scheduledOf(k); s != nil {
+				if _, ok := entry.Allocations[s.UID]; !ok {
+					out = append(out, k)
+				}
+			}
+		}
+		return out
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	m := missing()
+	for len(m) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		m = missing()
+	}
+	if len(m) > 0 {
+		t.Fatalf("%d announced pods have no allocation in the ledger: %v", len(m), m)
+	}
+}

@@ -83,6 +83,7 @@ type Service struct {
 	retryMu   sync.Mutex
 	retries   []*request
 	retryWake chan struct{}
+	loopDone  chan struct{} // closed when scheduleLoop returns
 
 	commitMu   sync.Mutex
 	committers map[string]*hostCommitter
@@ -130,6 +131,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		entries:    map[string]ledger.Entry{},
 		queue:      make(chan *request, cfg.BatchSize*4),
 		retryWake:  make(chan struct{}, 1),
+		loopDone:   make(chan struct{}),
 		committers: map[string]*hostCommitter{},
 		commitSem:  make(chan struct{}, commitParallelism),
 	}
