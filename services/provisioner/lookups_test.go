@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -84,6 +85,20 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 		t.Fatal(err)
 	}
 	create(spec("pv-lookups-3", parent), place)
+
+	// A fault a retry would not fix, on a create that used cached lookups:
+	// they may have gone stale (a port group re-created, a host re-added),
+	// so the create is made again at once with fresh ones.
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{
+		MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
+		FaultType: simulator.FaultTypeInvalidArgument, MaxCount: 1,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if calls := create(spec("pv-lookups-5", imageDisk("app")), place); calls < 4 {
+		t.Errorf("a create whose cached lookups met a fault made %d calls, want a second try with fresh lookups", calls)
+	}
+	e.dc.ClearFaults()
 
 	// A datastore the host does not mount is still refused, permanently.
 	_, err = vms.StartCreate(ctx, spec("pv-lookups-4", "[nowhere-ds] app.vmdk"), place)

@@ -140,10 +140,12 @@ func neverCreated(r *events.PodRecord) bool {
 // has just saved the record's first create attempt: no VM of the pod can
 // exist, and nothing needs looking up.
 func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bool) (*podvm.VM, error) {
-	// A pod that had a VM, or a create attempt, may have left files behind
-	// (a VM unregistered meanwhile, a simulator restarted over kept
-	// datastores); a first creation has none.
-	removeLeftovers := !reserved
+	// A pod that had a VM, or a recorded create task, may have left files
+	// behind (a VM unregistered meanwhile, a simulator restarted over kept
+	// datastores); a first creation has none. An attempt without a recorded
+	// task is not reason enough: its create may still be running, and its
+	// files are not leftovers.
+	removeLeftovers := false
 	if !reserved {
 		vm, err := s.existingVM(ctx, r)
 		if err != nil || vm != nil {
@@ -154,7 +156,8 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 			}
 			return vm, err
 		}
-		removeLeftovers = !neverCreated(r)
+		_, hadVM := r.Condition(events.PodConditionVMCreated)
+		removeLeftovers = hadVM || r.CreateTask != ""
 		r.CreateAttempts++
 		if err := s.save(ctx, r); err != nil {
 			return nil, err
@@ -189,8 +192,19 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	ref, err := s.waitCreate(cctx, task)
 	if err != nil {
 		span.RecordError(err)
+		if s.vms.CreateFailed(spec.Name, placement, spec) && !podvm.IsTransient(err) && r.CreateAttempts <= 1 {
+			// The create used cached lookups (host, pool, port group) that
+			// may have gone stale: forget its task and try once more with
+			// fresh ones before calling the failure permanent.
+			r.CreateTask = ""
+			if serr := s.save(ctx, r); serr != nil {
+				return nil, serr
+			}
+			return nil, step(ReasonCreateVMFailed, podvm.Retry(err))
+		}
 		return nil, step(ReasonCreateVMFailed, err)
 	}
+	s.vms.CreateDone(spec.Name)
 	// The task's result is the VM, made from our spec where we placed it:
 	// nothing to read back. (Were it gone already, powering it on fails and
 	// the retry starts from the recorded reference.)

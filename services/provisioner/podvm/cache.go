@@ -84,47 +84,50 @@ func (l *lookups) forget(host, pool string, portGroups []string) {
 }
 
 // hostInfo returns the host named name with its datastores and its
-// cluster's root pool; fresh forces a lookup (used before reporting a
-// datastore as not mounted, which a cached answer must not decide).
-func (c *Client) hostInfo(ctx context.Context, name string, fresh bool) (*hostInfo, error) {
+// cluster's root pool, and whether it came from the cache; fresh forces a
+// lookup (used before reporting a datastore as not mounted, which a cached
+// answer must not decide).
+func (c *Client) hostInfo(ctx context.Context, name string, fresh bool) (*hostInfo, bool, error) {
 	if !fresh {
 		if h, ok := get(c.cache, c.cache.hosts, name); ok {
-			return h, nil
+			return h, true, nil
 		}
 	}
 	host, err := c.host(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	mounted, hostName, err := c.hostDatastores(ctx, host)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	pool, err := host.ResourcePool(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("resource pool of host %s: %w", name, err)
+		return nil, false, fmt.Errorf("resource pool of host %s: %w", name, err)
 	}
 	h := &hostInfo{host: host, name: hostName, datastores: mounted, pool: pool}
 	put(c.cache, c.cache.hosts, name, h)
-	return h, nil
+	return h, false, nil
 }
 
 // pool returns the resource pool at poolPath, or the host's cluster pool
 // when poolPath is empty or names no pool. An absolute inventory path is
 // resolved with one SearchIndex call; the finder (which lists every compute
-// resource of the datacenter) is only used for relative paths.
-func (c *Client) pool(ctx context.Context, h *hostInfo, poolPath string) (*object.ResourcePool, error) {
+// resource of the datacenter) is only used for relative paths. Only a
+// resolved pool is cached: the fallback depends on the host.
+func (c *Client) pool(ctx context.Context, h *hostInfo, poolPath string, fresh bool) (pool *object.ResourcePool, cached bool, err error) {
 	if poolPath == "" {
-		return h.pool, nil
+		return h.pool, false, nil
 	}
-	if p, ok := get(c.cache, c.cache.pools, poolPath); ok {
-		return p, nil
+	if !fresh {
+		if p, ok := get(c.cache, c.cache.pools, poolPath); ok {
+			return p, true, nil
+		}
 	}
-	var pool *object.ResourcePool
 	if poolPath[0] == '/' {
 		ref, err := object.NewSearchIndex(c.vc).FindByInventoryPath(ctx, poolPath)
 		if err != nil {
-			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
+			return nil, false, fmt.Errorf("resource pool %s: %w", poolPath, err)
 		}
 		if rp, ok := ref.(*object.ResourcePool); ok {
 			pool = rp
@@ -136,30 +139,32 @@ func (c *Client) pool(ctx context.Context, h *hostInfo, poolPath string) (*objec
 		case err == nil:
 			pool = p
 		case !errors.As(err, &nf):
-			return nil, fmt.Errorf("resource pool %s: %w", poolPath, err)
+			return nil, false, fmt.Errorf("resource pool %s: %w", poolPath, err)
 		}
 	}
 	if pool == nil {
 		// A path that names no pool falls back to the host's cluster pool,
 		// which is what the scheduler means by it.
-		pool = h.pool
+		return h.pool, false, nil
 	}
 	put(c.cache, c.cache.pools, poolPath, pool)
-	return pool, nil
+	return pool, false, nil
 }
 
 // portGroupBacking returns the NIC backing of the distributed port group
 // named name.
-func (c *Client) portGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
-	if b, ok := get(c.cache, c.cache.pgs, name); ok {
-		return b, nil
+func (c *Client) portGroupBacking(ctx context.Context, name string, fresh bool) (b types.BaseVirtualDeviceBackingInfo, cached bool, err error) {
+	if !fresh {
+		if b, ok := get(c.cache, c.cache.pgs, name); ok {
+			return b, true, nil
+		}
 	}
-	b, err := c.lookupPortGroupBacking(ctx, name)
+	b, err = c.lookupPortGroupBacking(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	put(c.cache, c.cache.pgs, name, b)
-	return b, nil
+	return b, false, nil
 }
 
 // hostDatastores returns the names of the datastores the host mounts, and

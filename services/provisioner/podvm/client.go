@@ -59,13 +59,16 @@ type Client struct {
 	mu      sync.Mutex
 	folders map[string]*object.Folder // ensured VM folders by relative path
 	cache   *lookups                  // hosts, pools and port groups of recent creates
+	// cachedCreates are the VMs whose create, still running, used cached
+	// lookups (see CreateFailed).
+	cachedCreates map[string]bool
 }
 
 // New returns a client for the datacenter dc.
 func New(vc *vim25.Client, dc *object.Datacenter) *Client {
 	f := find.NewFinder(vc, true)
 	f.SetDatacenter(dc)
-	return &Client{vc: vc, dc: dc, finder: f, folders: map[string]*object.Folder{}, cache: newLookups()}
+	return &Client{vc: vc, dc: dc, finder: f, folders: map[string]*object.Folder{}, cache: newLookups(), cachedCreates: map[string]bool{}}
 }
 
 // Find returns the VM named name anywhere in the datacenter, or nil when
@@ -200,32 +203,84 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	if err := s.Validate(); err != nil {
 		return types.ManagedObjectReference{}, Permanent(err)
 	}
-	// Host, pool and port groups come from a short-lived cache; a create
-	// that fails forgets them, so a stale entry costs one retry.
+	// Host, pool and port groups come from a short-lived cache. A create
+	// that fails forgets them, and one that used cached ones and failed
+	// for a reason a retry would not fix is tried once more with fresh
+	// lookups at once: a port group re-created or a host re-added since
+	// must not fail the pod.
 	portGroups := make([]string, len(s.NICs))
 	for i, n := range s.NICs {
 		portGroups[i] = n.PortGroup
 	}
-	task, err := c.startCreate(ctx, s, p, portGroups)
+	task, cached, err := c.startCreate(ctx, s, p, portGroups, false)
 	if err != nil {
-		c.cache.forget(p.Host, p.Pool, portGroups)
-		c.mu.Lock()
-		delete(c.folders, strings.Trim(p.Folder, "/")) // removed by a person?
-		c.mu.Unlock()
-		return types.ManagedObjectReference{}, err
+		c.forget(p, portGroups)
+		if cached && !IsTransient(err) {
+			task, _, err = c.startCreate(ctx, s, p, portGroups, true)
+			if err != nil {
+				c.forget(p, portGroups)
+			}
+			cached = false
+		}
+		if err != nil {
+			return types.ManagedObjectReference{}, err
+		}
 	}
+	c.mu.Lock()
+	if cached {
+		c.cachedCreates[s.Name] = true
+	} else {
+		delete(c.cachedCreates, s.Name)
+	}
+	c.mu.Unlock()
 	return task, nil
 }
 
-func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroups []string) (types.ManagedObjectReference, error) {
-	h, err := c.hostInfo(ctx, p.Host, false)
-	if err != nil {
-		return types.ManagedObjectReference{}, err
+// CreateFailed tells the client that the create of VM name with placement
+// p failed after its task was accepted: the lookups it used are forgotten.
+// It reports whether that create used cached lookups, which may be why it
+// failed (the caller may then try once more).
+func (c *Client) CreateFailed(name string, p Placement, s Spec) bool {
+	portGroups := make([]string, len(s.NICs))
+	for i, n := range s.NICs {
+		portGroups[i] = n.PortGroup
 	}
-	pool, err := c.pool(ctx, h, p.Pool)
+	c.forget(p, portGroups)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cached := c.cachedCreates[name]
+	delete(c.cachedCreates, name)
+	return cached
+}
+
+// CreateDone tells the client that the create of VM name succeeded.
+func (c *Client) CreateDone(name string) {
+	c.mu.Lock()
+	delete(c.cachedCreates, name)
+	c.mu.Unlock()
+}
+
+func (c *Client) forget(p Placement, portGroups []string) {
+	c.cache.forget(p.Host, p.Pool, portGroups)
+	c.mu.Lock()
+	delete(c.folders, strings.Trim(p.Folder, "/")) // removed by a person?
+	c.mu.Unlock()
+}
+
+// startCreate submits the create; cached says whether any lookup came from
+// the cache (fresh: none may).
+func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroups []string, fresh bool) (task types.ManagedObjectReference, cached bool, err error) {
+	var none types.ManagedObjectReference
+	h, fromCache, err := c.hostInfo(ctx, p.Host, fresh)
 	if err != nil {
-		return types.ManagedObjectReference{}, err
+		return none, false, err
 	}
+	cached = fromCache
+	pool, fromCache, err := c.pool(ctx, h, p.Pool, fresh)
+	if err != nil {
+		return none, cached, err
+	}
+	cached = cached || fromCache
 	ds := p.Datastore
 	if ds == "" {
 		dp, _ := parseDatastorePath(s.Disks[0].Parent) // validated above
@@ -242,47 +297,48 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 	}
 	for _, name := range need {
 		if !h.datastores[name] {
-			if h, err = c.hostInfo(ctx, p.Host, true); err != nil {
-				return types.ManagedObjectReference{}, err
+			if h, _, err = c.hostInfo(ctx, p.Host, true); err != nil {
+				return none, cached, err
 			}
 			break
 		}
 	}
 	if !h.datastores[ds] {
-		return types.ManagedObjectReference{}, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
+		return none, cached, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
 	}
 	for _, d := range s.Disks {
 		dp, _ := parseDatastorePath(d.Parent)
 		if !h.datastores[dp.Datastore] {
-			return types.ManagedObjectReference{}, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, h.name))
+			return none, cached, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, h.name))
 		}
 	}
 	backings := make([]types.BaseVirtualDeviceBackingInfo, len(portGroups))
 	for i, pg := range portGroups {
-		b, err := c.portGroupBacking(ctx, pg)
+		b, fromCache, err := c.portGroupBacking(ctx, pg, fresh)
 		if err != nil {
-			return types.ManagedObjectReference{}, err
+			return none, cached, err
 		}
+		cached = cached || fromCache
 		backings[i] = b
 	}
 	cs, err := BuildConfigSpec(s, ds, backings)
 	if err != nil {
-		return types.ManagedObjectReference{}, Permanent(err)
+		return none, cached, Permanent(err)
 	}
 	folder, err := c.EnsureFolder(ctx, p.Folder)
 	if err != nil {
-		return types.ManagedObjectReference{}, err
+		return none, cached, err
 	}
 	if p.RemoveLeftovers {
 		if err := c.removeLeftovers(ctx, ds, s.Name); err != nil {
-			return types.ManagedObjectReference{}, err
+			return none, cached, err
 		}
 	}
-	task, err := folder.CreateVM(ctx, cs, pool, h.host)
+	t, err := folder.CreateVM(ctx, cs, pool, h.host)
 	if err != nil {
-		return types.ManagedObjectReference{}, fmt.Errorf("create VM %s on %s: %w", s.Name, p.Host, err)
+		return none, cached, fmt.Errorf("create VM %s on %s: %w", s.Name, p.Host, err)
 	}
-	return task.Reference(), nil
+	return t.Reference(), cached, nil
 }
 
 // WaitCreate waits for a CreateVM task and returns the new VM's reference.

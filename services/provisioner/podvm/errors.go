@@ -28,6 +28,21 @@ func Permanent(err error) error {
 	return &permanentError{err: err}
 }
 
+// retryError marks a failure a later attempt is expected to outlive, whatever
+// its fault says (a create that used lookups which may have gone stale).
+type retryError struct{ err error }
+
+func (e *retryError) Error() string { return e.err.Error() }
+func (e *retryError) Unwrap() error { return e.err }
+
+// Retry marks err as one a later attempt can fix.
+func Retry(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &retryError{err: err}
+}
+
 // IsTransient reports whether trying again later can help: the vSphere
 // faults that mean "busy" or "not reachable right now", and transport
 // errors. Everything else (invalid arguments, missing objects, permissions)
@@ -39,6 +54,10 @@ func IsTransient(err error) bool {
 	var p *permanentError
 	if errors.As(err, &p) {
 		return false
+	}
+	var r *retryError
+	if errors.As(err, &r) {
+		return true
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) ||
