@@ -18,12 +18,11 @@ import (
 
 // Reasons of pod.network.failed.
 const (
-	ReasonNetworkNotFound     = "NetworkNotFound"
-	ReasonNotInScope          = "NotInScope"
-	ReasonNotRealizedOnHost   = "NotRealizedOnHost"
-	ReasonAddressesExhausted  = "AddressesExhausted"
-	ReasonAddressingFailed    = "AddressingFailed"
-	ReasonNetworkNotAvailable = "NetworkNotAvailable"
+	ReasonNetworkNotFound    = "NetworkNotFound"
+	ReasonNotInScope         = "NotInScope"
+	ReasonNotRealizedOnHost  = "NotRealizedOnHost"
+	ReasonAddressesExhausted = "AddressesExhausted"
+	ReasonAddressingFailed   = "AddressingFailed"
 )
 
 // handlePod handles the PODS stream, keyed by pod: it learns a pod's
@@ -108,15 +107,16 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 	// The common case, the network ready on the host, takes the network
 	// shared: one record read, then the allocation. Otherwise the network
 	// is realized on the host first, exclusively, and the attach tried again.
-	for realized := false; ; realized = true {
+	// A version declared (or a delete begun) between the two finds the host
+	// not ready again: realize again, a few times, then leave it to a retry.
+	const rounds = 3
+	for round := 0; ; round++ {
 		att, reason, retry, err := s.allocate(ctx, name, p)
 		switch {
 		case !retry:
 			return att, reason, err
-		case realized:
-			// Realized a moment ago, and no longer: a delete or a
-			// rollback came in between.
-			return events.NetworkAttachment{}, ReasonNetworkNotAvailable, fmt.Errorf("network %s is being deleted or rolled back", name)
+		case round == rounds:
+			return events.NetworkAttachment{}, "", fmt.Errorf("network %s on host %s: still changing after %d realizations; will retry", name, p.Host, rounds)
 		}
 		if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
 			switch {
