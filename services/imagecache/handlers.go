@@ -107,7 +107,13 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	// second preparation would announce the same disks).
 	if last, err := s.db.Client().Get(ctx, il.PodReadyKey(e.UID)).Result(); err == nil && last != "" {
 		if dss := readyDatastores(last); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
-			return nil
+			ok, err := s.referencedChainsReady(ctx, e.UID, dss)
+			if err != nil {
+				return err
+			}
+			if ok {
+				return nil
+			}
 		}
 	}
 	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands, copyFrom: true})
@@ -125,6 +131,32 @@ func readySignature(cs []container, preps map[string]prepared) string {
 		b.WriteString(c.Name + "=" + preps[c.Image].topDisk() + ";")
 	}
 	return b.String()
+}
+
+// referencedChainsReady reports whether the pod references chains on the
+// datastores dss and every one of them is still ready there (a chain lost
+// with its datastore since the announcement must be prepared again).
+func (s *Service) referencedChainsReady(ctx context.Context, uid string, dss []string) (bool, error) {
+	members, err := s.db.PodRefs(ctx, uid)
+	if err != nil {
+		return false, err
+	}
+	n := 0
+	for _, member := range members {
+		id, ds, ok := il.ParseIndexMember(member)
+		if !ok || !slices.Contains(dss, ds) {
+			continue
+		}
+		rec, found, err := s.db.Get(ctx, id, ds)
+		if err != nil {
+			return false, err
+		}
+		if !found || rec.State != events.ChainStateReady {
+			return false, nil
+		}
+		n++
+	}
+	return n > 0, nil
 }
 
 // readyDatastores returns the datastores of the disks a ready signature
