@@ -466,28 +466,15 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			t.r.done <- outcome{placement: t.p}
 			continue
 		}
-		b, ok, gerr := s.ledger.GetBinding(ctx, t.r.alloc.UID)
+		rel, out, retry := s.settleLostBinding(ctx, host, t.r.alloc.UID)
+		if rel {
+			release = append(release, t.r.alloc.Key())
+		}
 		switch {
-		case gerr != nil:
-			// Unknown winner: keep the room (a resync of the ledger
-			// settles it) rather than free the winner's allocation.
-			answers = append(answers, settled{i, outcome{err: gerr}})
-		case ok && b.Host == host && b.Confirmed:
-			s.mu.Lock()
-			p := s.placementLocked(host, nil)
-			s.mu.Unlock()
-			answers = append(answers, settled{i, outcome{placement: p, already: true}})
-		case ok && b.Host == host:
-			again = append(again, t.r) // the winner is still confirming
-		case !ok:
-			release = append(release, t.r.alloc.Key())
+		case retry:
 			again = append(again, t.r)
-		default:
-			release = append(release, t.r.alloc.Key())
-			s.mu.Lock()
-			p := s.placementLocked(b.Host, nil)
-			s.mu.Unlock()
-			answers = append(answers, settled{i, outcome{placement: p, already: true}})
+		case out != nil:
+			answers = append(answers, settled{i, *out})
 		}
 	}
 	if len(release) > 0 {
@@ -500,6 +487,49 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		ts[a.i].r.done <- a.out
 	}
 	return again
+}
+
+// settleLostBinding decides what becomes of a pod this scheduler reserved
+// on host but whose binding it could not confirm. release says our
+// reservation on host is ours alone and must go; out is the pod's answer,
+// or retry says to place it again on the next pass.
+func (s *Service) settleLostBinding(ctx context.Context, host, uid string) (release bool, out *outcome, retry bool) {
+	for range 3 {
+		b, ok, err := s.ledger.GetBinding(ctx, uid)
+		switch {
+		case err != nil:
+			// Unknown winner: keep the room (a resync of the ledger
+			// settles it) rather than free the winner's allocation.
+			return false, &outcome{err: err}, false
+		case !ok:
+			return true, nil, true
+		case b.Host != host:
+			s.mu.Lock()
+			p := s.placementLocked(b.Host, nil)
+			s.mu.Unlock()
+			return true, &outcome{placement: p, already: true}, false
+		case b.Confirmed:
+			// The winner is on this host: the allocation here (keyed by
+			// pod uid) is the winner's too and stays.
+			s.mu.Lock()
+			p := s.placementLocked(host, nil)
+			s.mu.Unlock()
+			return false, &outcome{placement: p, already: true}, false
+		}
+		// Bound to this host but unconfirmed: our own Confirm failed on a
+		// transient error, or the winner's is in flight. The allocation
+		// here is the pod's either way: confirm the binding to this host.
+		if _, err := s.ledger.Confirm(ctx, b); err == nil {
+			s.mu.Lock()
+			p := s.placementLocked(host, nil)
+			s.mu.Unlock()
+			return false, &outcome{placement: p}, false
+		} else if !errors.Is(err, ledger.ErrBindingLost) {
+			return false, &outcome{err: err}, false
+		}
+		// Changed under us: look again.
+	}
+	return false, &outcome{err: fmt.Errorf("%w: binding of %s keeps changing", ErrContention, uid)}, false
 }
 
 // allocationOf is the ledger allocation of a pod.

@@ -260,3 +260,21 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 		t.Fatalf("placed on %s, db is only on %s", s.Host, host)
 	}
 }
+
+// Polling the inventory does not rewrite host records that did not change:
+// a record's UpdatedAt stays put across many polls, and moves when the
+// host does.
+func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2,
+		cfg: func(c *scheduler.Config) { c.InventoryPoll = 100 * time.Millisecond }})
+	host := e.hostNames()[0]
+	first := e.hostRecords()[host].UpdatedAt
+	time.Sleep(800 * time.Millisecond) // eight polls
+	if now := e.hostRecords()[host].UpdatedAt; !now.Equal(first) {
+		t.Fatalf("an unchanged host's record was rewritten (updatedAt %s → %s)", first, now)
+	}
+	if err := e.dc.FailHost(context.Background(), host); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
+}

@@ -101,7 +101,7 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 		}
 		s.records[rec.Name] = rec
 		s.snap.SetHost(s.hostFromRecordLocked(rec))
-		if old == nil || !reflect.DeepEqual(old, rec) || full && s.cfg.InventoryPoll == 0 {
+		if old == nil || observedChanged(old, rec) || full && s.cfg.InventoryPoll == 0 {
 			// An unchanged host is not written again on every poll; a
 			// periodic resync (watch mode) still refreshes every record.
 			s.dirty[rec.Name] = true
@@ -120,6 +120,15 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 	if kick {
 		s.pending.kickAll()
 	}
+}
+
+// observedChanged reports whether what vCenter says of a host (and what
+// follows from it) differs between two records; the allocation fields and
+// UpdatedAt are the flush's, not the inventory's.
+func observedChanged(old, rec *events.HostRecord) bool {
+	return !reflect.DeepEqual(old.HostInfo, rec.HostInfo) || old.ResourcePool != rec.ResourcePool || old.Ref != rec.Ref ||
+		old.CPUCapacityMilli != rec.CPUCapacityMilli || old.MemoryCapacityBytes != rec.MemoryCapacityBytes ||
+		old.MaxPods != rec.MaxPods || !old.LostAt.Equal(rec.LostAt) || old.Cordoned != rec.Cordoned
 }
 
 // removeHostsByName handles hosts that left the inventory.
