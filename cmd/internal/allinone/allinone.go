@@ -52,6 +52,10 @@ var simulatorDefaults = map[string]string{
 	"PODVISOR_SCHEDULER_INVENTORY_POLL": "1s",
 }
 
+// ErrServiceConfig wraps the configuration errors of the services to run:
+// reported before anything starts.
+var ErrServiceConfig = errors.New("service configuration")
+
 // Config says what `podvisor up` starts and where.
 type Config struct {
 	StateDir        string
@@ -104,6 +108,20 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	}
 	if cfg.StateDir == "" {
 		return nil, errors.New("up: --state-dir is empty")
+	}
+	// A service whose configuration is invalid is reported before anything
+	// starts, not a moment after `up` said it was up.
+	var bad []error
+	for _, spec := range cfg.Services {
+		if spec.Check == nil {
+			continue
+		}
+		if err := spec.Check(); err != nil {
+			bad = append(bad, fmt.Errorf("%s: %w", spec.Name, err))
+		}
+	}
+	if err := errors.Join(bad...); err != nil {
+		return nil, fmt.Errorf("up: %w: %w", ErrServiceConfig, err)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("up: state dir: %w", err)

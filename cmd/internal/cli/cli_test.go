@@ -346,3 +346,16 @@ func TestGetWatchFollowsChangesAndDeletion(t *testing.T) {
 		return strings.Contains(out.String(), "pod default/watched deleted")
 	})
 }
+
+// A service whose configuration is invalid stops `up` before anything
+// starts: exit 2, the service and the setting named, and never "up".
+func TestUpRefusesBadServiceConfigBeforeStarting(t *testing.T) {
+	t.Setenv("PODVISOR_SCHEDULER_BATCH_SIZE", "0")
+	out, errOut, code := run(t, t.TempDir(), "", "up", "--nats-port", "0", "--vcenter-port", "0")
+	if code != 2 || !strings.Contains(errOut, "scheduler") || !strings.Contains(errOut, "BatchSize") {
+		t.Fatalf("up with a bad scheduler setting: exit %d, stderr %q; want 2 naming scheduler and BatchSize", code, errOut)
+	}
+	if strings.Contains(out, "podvisor is up") {
+		t.Fatalf("up announced itself despite the bad setting: %q", out)
+	}
+}

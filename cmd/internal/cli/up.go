@@ -53,7 +53,7 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 
 			sys, err := allinone.Start(ctx, cfg)
 			if err != nil {
-				if errors.Is(err, allinone.ErrStateDirInUse) {
+				if errors.Is(err, allinone.ErrStateDirInUse) || errors.Is(err, allinone.ErrServiceConfig) {
 					return &exitError{code: 2, err: err}
 				}
 				return err

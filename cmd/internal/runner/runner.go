@@ -30,6 +30,9 @@ type Spec struct {
 	Name         string
 	NeedsVSphere bool
 	NeedsRedis   bool
+	// Check reads and validates the service's environment configuration,
+	// so that a bad setting is reported before anything starts.
+	Check func() error
 	// Run builds the service from its environment configuration and runs it
 	// until ctx ends.
 	Run func(ctx context.Context, deps Deps) error
