@@ -359,3 +359,12 @@ func TestUpRefusesBadServiceConfigBeforeStarting(t *testing.T) {
 		t.Fatalf("up announced itself despite the bad setting: %q", out)
 	}
 }
+
+// A wrong number of arguments is a usage error, exit 2, like a bad flag.
+func TestWrongArgumentCountExitsTwo(t *testing.T) {
+	for _, args := range [][]string{{"get", "pods", "a", "b", "c"}, {"up", "extra"}, {"trace", "pod"}} {
+		if _, errOut, code := run(t, t.TempDir(), "", args...); code != 2 || errOut == "" {
+			t.Errorf("podvisor %s: exit %d, stderr %q; want 2 with a message", strings.Join(args, " "), code, errOut)
+		}
+	}
+}

@@ -77,7 +77,25 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newSimCmd(g),
 		newRebalanceCmd(g),
 	)
+	usageArgs(root)
 	return root
+}
+
+// usageArgs makes a wrong number or kind of arguments a usage error (exit
+// 2) on every command, as flag errors are: cobra reports them as plain
+// errors.
+func usageArgs(cmd *cobra.Command) {
+	if check := cmd.Args; check != nil {
+		cmd.Args = func(c *cobra.Command, args []string) error {
+			if err := check(c, args); err != nil {
+				return usageError("%v", err)
+			}
+			return nil
+		}
+	}
+	for _, sub := range cmd.Commands() {
+		usageArgs(sub)
+	}
 }
 
 func defaultStateDir() string {
