@@ -134,6 +134,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	}
 	var answers jetstream.ConsumeContext
 	results := make(chan event.Event, 64)
+	done := make(chan struct{}) // closed when apply returns: no one reads results then
 	if wait > 0 && len(pending) > 0 {
 		// Listen before publishing so that a fast answer is not missed.
 		c, err := b.JetStream().OrderedConsumer(ctx, bus.StreamPods, jetstream.OrderedConsumerConfig{
@@ -143,11 +144,17 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		if err != nil {
 			return err
 		}
+		// Only answers about the pods of this apply are passed on, and none
+		// is dropped: other clients' pods do not crowd out ours.
+		want := make(map[string]bool, len(pending))
+		for subject := range pending {
+			want[subject] = true
+		}
 		answers, err = c.Consume(func(m jetstream.Msg) {
-			if ev, err := bus.DecodeMessage(m); err == nil {
+			if ev, err := bus.DecodeMessage(m); err == nil && want[ev.Subject()] {
 				select {
 				case results <- ev:
-				default:
+				case <-done:
 				}
 			}
 		})
@@ -155,6 +162,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			return err
 		}
 		defer answers.Stop()
+		defer close(done) // before Stop: a callback blocked on results lets go
 	}
 	pods, err := b.KV(ctx, events.BucketPods)
 	if err != nil {
