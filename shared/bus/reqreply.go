@@ -30,6 +30,20 @@ const maxConcurrentRequests = 64
 // queries a caller needs answered now; anything that changes state is an
 // event.
 func (b *Bus) Serve(ctx context.Context, subject string, h func(ctx context.Context, data []byte) ([]byte, error)) error {
+	return b.ServeWithin(ctx, subject, DefaultServeTimeout, h)
+}
+
+// DefaultServeTimeout bounds each Serve handler: a requester has given up
+// long before, and a handler stuck on a hung call must not hold its slot
+// (and the shutdown) forever.
+const DefaultServeTimeout = 30 * time.Second
+
+// ServeWithin is Serve with each handler's context bounded by timeout; a
+// handler that overruns it answers with its error (the context's).
+func (b *Bus) ServeWithin(ctx context.Context, subject string, timeout time.Duration, h func(ctx context.Context, data []byte) ([]byte, error)) error {
+	if timeout <= 0 {
+		return fmt.Errorf("bus: serve %s: timeout %s must be positive", subject, timeout)
+	}
 	if subject == "" {
 		return errors.New("bus: serve: subject is empty")
 	}
@@ -45,7 +59,7 @@ func (b *Bus) Serve(ctx context.Context, subject string, h func(ctx context.Cont
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			b.reply(rctx, subject, req, h)
+			b.reply(rctx, subject, timeout, req, h)
 		})
 	})
 	if err != nil {
@@ -67,11 +81,13 @@ func (b *Bus) Serve(ctx context.Context, subject string, h func(ctx context.Cont
 	return nil
 }
 
-func (b *Bus) reply(ctx context.Context, subject string, req *nats.Msg, h func(context.Context, []byte) ([]byte, error)) {
+func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, req *nats.Msg, h func(context.Context, []byte) ([]byte, error)) {
 	parent := propagator().Extract(ctx, headerCarrier(req.Header))
 	ctx, span := tracer().Start(parent, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
 	defer span.End()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	out, err := safeServe(ctx, h, req.Data)
 	resp := nats.NewMsg(req.Reply)
 	if err != nil {

@@ -90,3 +90,33 @@ func TestServeReplicasAnswerOnce(t *testing.T) {
 		t.Errorf("%d requests were answered %d times", n, got)
 	}
 }
+
+// A handler that overruns its time is answered with the context's error and
+// frees its slot; the requester is not left waiting for its own deadline.
+func TestServeBoundsHandlers(t *testing.T) {
+	b := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = b.ServeWithin(ctx, "pv.query.slow", 200*time.Millisecond, func(hctx context.Context, data []byte) ([]byte, error) {
+			if string(data) == "ping" {
+				return data, nil
+			}
+			<-hctx.Done() // a call that never returns by itself
+			return nil, hctx.Err()
+		})
+	}()
+	rctx := testContext(t)
+	waitFor(t, 5*time.Second, "server subscribed", func() bool {
+		_, err := b.Request(rctx, "pv.query.slow", []byte("ping"))
+		return err == nil
+	})
+	start := time.Now()
+	_, err := b.Request(rctx, "pv.query.slow", []byte("hang"))
+	if !errors.Is(err, bus.ErrRemote) || !strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("overrunning handler: err = %v, want ErrRemote with the deadline", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("answer took %s, want about the 200ms bound", took)
+	}
+}
