@@ -57,8 +57,8 @@ func (p prepared) chainPaths() []string {
 // it already has): pods keep starting while the registry is down.
 func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 	if v, ok := s.resolved.Load(ref); ok {
-		if r := v.(resolvedImage); s.now().Sub(r.at) < s.cfg.ResolveTTL {
-			return r.img, nil
+		if r := v.(timed[image]); r.fresh(s.now(), s.cfg.ResolveTTL) {
+			return r.val, nil
 		}
 	}
 	v, err, _ := s.resolves.Do(ref, func() (any, error) {
@@ -69,7 +69,7 @@ func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 				return nil, err
 			}
 			out := image{manifest: m, remote: img}
-			s.resolved.Store(ref, resolvedImage{img: out, at: s.now()})
+			s.resolved.Store(ref, timed[image]{val: out, at: s.now()})
 			return out, nil
 		}
 		if !errors.Is(err, oci.ErrRegistryUnavailable) {
@@ -92,11 +92,14 @@ func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 	return v.(image), nil
 }
 
-// resolvedImage is a registry resolution kept for ResolveTTL.
-type resolvedImage struct {
-	img image
+// timed is a value with the time it was obtained: the short-lived memos of
+// resolutions and ensured chains.
+type timed[T any] struct {
+	val T
 	at  time.Time
 }
+
+func (t timed[T]) fresh(now time.Time, ttl time.Duration) bool { return now.Sub(t.at) < ttl }
 
 // placement says where an image may go.
 type placement struct {
@@ -119,11 +122,6 @@ type ensuredKey struct {
 	copyFrom           bool
 }
 
-type ensuredChain struct {
-	p  prepared
-	at time.Time
-}
-
 // ensureRecent is ensure, reusing a result of the last ensuredTTL when
 // reuse is allowed: a burst of pods of one image then costs one round of
 // lookups (about three Redis round trips per layer), not one per pod.
@@ -131,8 +129,8 @@ func (s *Service) ensureRecent(ctx context.Context, img image, pl placement, reu
 	key := ensuredKey{digest: img.manifest.Digest, candidates: strings.Join(pl.candidates, "\x00"), copyFrom: pl.copyFrom}
 	if reuse {
 		if v, ok := s.ensured.Load(key); ok {
-			if e := v.(ensuredChain); s.now().Sub(e.at) < ensuredTTL {
-				return e.p, nil
+			if e := v.(timed[prepared]); e.fresh(s.now(), ensuredTTL) {
+				return e.val, nil
 			}
 		}
 	}
@@ -141,7 +139,7 @@ func (s *Service) ensureRecent(ctx context.Context, img image, pl placement, reu
 		s.ensured.Delete(key)
 		return prepared{}, err
 	}
-	s.ensured.Store(key, ensuredChain{p: p, at: s.now()})
+	s.ensured.Store(key, timed[prepared]{val: p, at: s.now()})
 	return p, nil
 }
 

@@ -72,8 +72,8 @@ type Service struct {
 	rebuildMu sync.Mutex
 
 	manifests sync.Map // manifestWritten → true: manifest files this process wrote
-	resolved  sync.Map // image reference → resolvedImage
-	ensured   sync.Map // ensuredKey → ensuredChain
+	resolved  sync.Map // image reference → timed[image]
+	ensured   sync.Map // ensuredKey → timed[prepared]
 }
 
 // manifestWritten identifies a manifest file written beside a chain.

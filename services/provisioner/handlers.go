@@ -106,12 +106,9 @@ type handling struct {
 func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*events.PodRecord) bool) error {
 	reserved := false
 	r, err := h.s.mutate(ctx, events.PodRecordKey(ns, name), uid, func(r *events.PodRecord) bool {
-		if !apply(r) {
-			reserved = false
-			return false
-		}
-		reserved = beginProvisioning(r)
-		return true
+		changed := apply(r)
+		reserved = changed && beginProvisioning(r)
+		return changed
 	})
 	if err != nil || r == nil {
 		return err

@@ -51,12 +51,21 @@ func (s *Service) reconcile(ctx context.Context, r *events.PodRecord, reserved b
 	switch {
 	case !r.DeletionRequestedAt.IsZero():
 		return s.teardown(ctx, r)
-	case r.Phase == events.PodPhaseFailed, r.Phase == events.PodPhaseRunning, r.Phase == events.PodPhaseMigrating:
-		return nil
-	case !ready(r):
+	case !provisionable(r):
 		return nil
 	}
 	return s.provision(ctx, r, reserved)
+}
+
+// provisionable reports whether the record asks for its VM to be made and
+// run: not being deleted, not settled (Failed, Running) or moving, and with
+// everything the VM needs.
+func provisionable(r *events.PodRecord) bool {
+	switch r.Phase {
+	case events.PodPhaseFailed, events.PodPhaseRunning, events.PodPhaseMigrating:
+		return false
+	}
+	return r.DeletionRequestedAt.IsZero() && ready(r)
 }
 
 // provision creates the pod VM if it does not exist, powers it on and
@@ -110,11 +119,7 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 // create needs no lookup first. A fact that completes a pod's readiness is
 // saved together with this, one write instead of two.
 func beginProvisioning(r *events.PodRecord) (reserved bool) {
-	switch {
-	case !r.DeletionRequestedAt.IsZero() || !ready(r):
-		return false
-	case r.Phase == events.PodPhaseFailed, r.Phase == events.PodPhaseRunning, r.Phase == events.PodPhaseMigrating,
-		r.Phase == events.PodPhaseProvisioning:
+	if r.Phase == events.PodPhaseProvisioning || !provisionable(r) {
 		return false
 	}
 	r.Phase = events.PodPhaseProvisioning
@@ -192,7 +197,7 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	ref, err := s.waitCreate(cctx, task)
 	if err != nil {
 		span.RecordError(err)
-		if s.vms.CreateFailed(spec.Name, placement, spec) && !podvm.IsTransient(err) && r.CreateAttempts <= 1 {
+		if s.vms.CreateFailed(spec, placement) && !podvm.IsTransient(err) && r.CreateAttempts <= 1 {
 			// The create used cached lookups (host, pool, port group) that
 			// may have gone stale: forget its task and try once more with
 			// fresh ones before calling the failure permanent.

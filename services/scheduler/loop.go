@@ -310,6 +310,13 @@ func joinNames(names []string) string {
 }
 
 // placementLocked describes a host as pod.scheduled carries it.
+// placementOf is placementLocked for a caller that does not hold s.mu.
+func (s *Service) placementOf(host string) placement {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.placementLocked(host, nil)
+}
+
 func (s *Service) placementLocked(host string, state *framework.CycleState) placement {
 	p := placement{Host: host}
 	if h, ok := s.snap.Host(host); ok {
@@ -371,10 +378,7 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			if binds[i].Host != host {
 				// Placed elsewhere already, by another scheduler.
 				forget(t)
-				s.mu.Lock()
-				p := s.placementLocked(binds[i].Host, nil)
-				s.mu.Unlock()
-				t.r.done <- outcome{placement: p, already: true}
+				t.r.done <- outcome{placement: s.placementOf(binds[i].Host), already: true}
 				continue
 			}
 		}
@@ -504,26 +508,17 @@ func (s *Service) settleLostBinding(ctx context.Context, host, uid string) (rele
 		case !ok:
 			return true, nil, true
 		case b.Host != host:
-			s.mu.Lock()
-			p := s.placementLocked(b.Host, nil)
-			s.mu.Unlock()
-			return true, &outcome{placement: p, already: true}, false
+			return true, &outcome{placement: s.placementOf(b.Host), already: true}, false
 		case b.Confirmed:
 			// The winner is on this host: the allocation here (keyed by
 			// pod uid) is the winner's too and stays.
-			s.mu.Lock()
-			p := s.placementLocked(host, nil)
-			s.mu.Unlock()
-			return false, &outcome{placement: p, already: true}, false
+			return false, &outcome{placement: s.placementOf(host), already: true}, false
 		}
 		// Bound to this host but unconfirmed: our own Confirm failed on a
 		// transient error, or the winner's is in flight. The allocation
 		// here is the pod's either way: confirm the binding to this host.
 		if _, err := s.ledger.Confirm(ctx, b); err == nil {
-			s.mu.Lock()
-			p := s.placementLocked(host, nil)
-			s.mu.Unlock()
-			return false, &outcome{placement: p}, false
+			return false, &outcome{placement: s.placementOf(host)}, false
 		} else if !errors.Is(err, ledger.ErrBindingLost) {
 			return false, &outcome{err: err}, false
 		}

@@ -13,7 +13,7 @@ import (
 // Each service is built from its own ConfigFromEnv, so a container and an
 // in-process `up` configure it the same way.
 func init() {
-	register(Spec{Name: "scheduler", Check: func() error { _, err := scheduler.ConfigFromEnv(); return err }, NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
+	register(Spec{Name: "scheduler", Check: check(scheduler.ConfigFromEnv), NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
 		cfg, err := scheduler.ConfigFromEnv()
 		if err != nil {
 			return err
@@ -24,7 +24,7 @@ func init() {
 		}
 		return svc.Run(ctx)
 	}})
-	register(Spec{Name: "provisioner", Check: func() error { _, err := provisioner.ConfigFromEnv(); return err }, NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+	register(Spec{Name: "provisioner", Check: check(provisioner.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
 		cfg, err := provisioner.ConfigFromEnv()
 		if err != nil {
 			return err
@@ -35,7 +35,7 @@ func init() {
 		}
 		return svc.Run(ctx)
 	}})
-	register(Spec{Name: "netconfig", Check: func() error { _, err := netconfig.ConfigFromEnv(); return err }, NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+	register(Spec{Name: "netconfig", Check: check(netconfig.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
 		cfg, err := netconfig.ConfigFromEnv()
 		if err != nil {
 			return err
@@ -46,7 +46,7 @@ func init() {
 		}
 		return svc.Run(ctx)
 	}})
-	register(Spec{Name: "imagecache", Check: func() error { _, err := imagecache.ConfigFromEnv(); return err }, NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
+	register(Spec{Name: "imagecache", Check: check(imagecache.ConfigFromEnv), NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
 		cfg, err := imagecache.ConfigFromEnv()
 		if err != nil {
 			return err
@@ -57,7 +57,7 @@ func init() {
 		}
 		return svc.Run(ctx)
 	}})
-	register(Spec{Name: "migration", Check: func() error { _, err := migration.ConfigFromEnv(); return err }, NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
+	register(Spec{Name: "migration", Check: check(migration.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
 		cfg, err := migration.ConfigFromEnv()
 		if err != nil {
 			return err
@@ -68,4 +68,9 @@ func init() {
 		}
 		return svc.Run(ctx)
 	}})
+}
+
+// check turns a service's ConfigFromEnv into a Spec.Check.
+func check[C any](fromEnv func() (C, error)) func() error {
+	return func() error { _, err := fromEnv(); return err }
 }

@@ -18,8 +18,9 @@ import (
 // reused. These change rarely (a host added, a datastore mounted, a port
 // group re-created) and every create resolves them, so resolving them once
 // a minute instead of once a pod VM takes about eight vSphere calls off the
-// create path. A create that fails drops what it used, so a stale entry
-// costs one retry, never a wrong VM.
+// create path. A create that fails drops what it used and, when a cached
+// entry may be why, is made again with fresh lookups (see StartCreate and
+// CreateFailed): a stale entry costs a retry.
 const lookupTTL = time.Minute
 
 // hostInfo is what a create needs to know about its host.

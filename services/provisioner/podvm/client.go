@@ -208,10 +208,7 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	// for a reason a retry would not fix is tried once more with fresh
 	// lookups at once: a port group re-created or a host re-added since
 	// must not fail the pod.
-	portGroups := make([]string, len(s.NICs))
-	for i, n := range s.NICs {
-		portGroups[i] = n.PortGroup
-	}
+	portGroups := s.portGroups()
 	task, cached, err := c.startCreate(ctx, s, p, portGroups, false)
 	if err != nil {
 		c.forget(p, portGroups)
@@ -236,20 +233,16 @@ func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.Ma
 	return task, nil
 }
 
-// CreateFailed tells the client that the create of VM name with placement
-// p failed after its task was accepted: the lookups it used are forgotten.
+// CreateFailed tells the client that the create of s with placement p
+// failed after its task was accepted: the lookups it used are forgotten.
 // It reports whether that create used cached lookups, which may be why it
 // failed (the caller may then try once more).
-func (c *Client) CreateFailed(name string, p Placement, s Spec) bool {
-	portGroups := make([]string, len(s.NICs))
-	for i, n := range s.NICs {
-		portGroups[i] = n.PortGroup
-	}
-	c.forget(p, portGroups)
+func (c *Client) CreateFailed(s Spec, p Placement) bool {
+	c.forget(p, s.portGroups())
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cached := c.cachedCreates[name]
-	delete(c.cachedCreates, name)
+	cached := c.cachedCreates[s.Name]
+	delete(c.cachedCreates, s.Name)
 	return cached
 }
 

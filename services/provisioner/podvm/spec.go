@@ -30,6 +30,15 @@ type Spec struct {
 	ExtraConfig map[string]string
 }
 
+// portGroups are the port groups of the spec's NICs, in order.
+func (s Spec) portGroups() []string {
+	out := make([]string, len(s.NICs))
+	for i, n := range s.NICs {
+		out[i] = n.PortGroup
+	}
+	return out
+}
+
 // NIC is one network attachment of the pod.
 type NIC struct {
 	// Network is the logical network name (informational).
