@@ -37,20 +37,21 @@ func StreamSubjects() map[string]string {
 // appears in the NATS subject: a breaking change adds a ".v2" type beside the
 // ".v1" one on the same subject, so consumers can move at their own pace.
 const (
-	TypePodRequested       = "io.podvisor.pod.requested.v1"
-	TypePodAccepted        = "io.podvisor.pod.accepted.v1"
-	TypePodRejected        = "io.podvisor.pod.rejected.v1"
-	TypePodScheduled       = "io.podvisor.pod.scheduled.v1"
-	TypePodUnschedulable   = "io.podvisor.pod.unschedulable.v1"
-	TypePodImagesReady     = "io.podvisor.pod.images.ready.v1"
-	TypePodImagesFailed    = "io.podvisor.pod.images.failed.v1"
-	TypePodNetworkAttached = "io.podvisor.pod.network.attached.v1"
-	TypePodNetworkFailed   = "io.podvisor.pod.network.failed.v1"
-	TypePodRunning         = "io.podvisor.pod.running.v1"
-	TypePodFailed          = "io.podvisor.pod.failed.v1"
-	TypePodDeleteRequested = "io.podvisor.pod.delete.requested.v1"
-	TypePodDeleted         = "io.podvisor.pod.deleted.v1"
-	TypePodEvicted         = "io.podvisor.pod.evicted.v1"
+	TypePodRequested          = "io.podvisor.pod.requested.v1"
+	TypePodAccepted           = "io.podvisor.pod.accepted.v1"
+	TypePodRejected           = "io.podvisor.pod.rejected.v1"
+	TypePodScheduled          = "io.podvisor.pod.scheduled.v1"
+	TypePodUnschedulable      = "io.podvisor.pod.unschedulable.v1"
+	TypePodImagesReady        = "io.podvisor.pod.images.ready.v1"
+	TypePodImagesFailed       = "io.podvisor.pod.images.failed.v1"
+	TypePodNetworkAttached    = "io.podvisor.pod.network.attached.v1"
+	TypePodNetworkFailed      = "io.podvisor.pod.network.failed.v1"
+	TypePodRunning            = "io.podvisor.pod.running.v1"
+	TypePodFailed             = "io.podvisor.pod.failed.v1"
+	TypePodDeleteRequested    = "io.podvisor.pod.delete.requested.v1"
+	TypePodDeleted            = "io.podvisor.pod.deleted.v1"
+	TypePodEvicted            = "io.podvisor.pod.evicted.v1"
+	TypePodContainersReported = "io.podvisor.pod.containers.reported.v1"
 
 	TypeImagePulled  = "io.podvisor.image.pulled.v1"
 	TypeImageEvicted = "io.podvisor.image.evicted.v1"
@@ -86,20 +87,21 @@ const (
 
 // NATS subjects, one per event (all versions of an event share it).
 const (
-	SubjectPodRequested       = "pv.pod.requested"
-	SubjectPodAccepted        = "pv.pod.accepted"
-	SubjectPodRejected        = "pv.pod.rejected"
-	SubjectPodScheduled       = "pv.pod.scheduled"
-	SubjectPodUnschedulable   = "pv.pod.unschedulable"
-	SubjectPodImagesReady     = "pv.pod.images.ready"
-	SubjectPodImagesFailed    = "pv.pod.images.failed"
-	SubjectPodNetworkAttached = "pv.pod.network.attached"
-	SubjectPodNetworkFailed   = "pv.pod.network.failed"
-	SubjectPodRunning         = "pv.pod.running"
-	SubjectPodFailed          = "pv.pod.failed"
-	SubjectPodDeleteRequested = "pv.pod.delete.requested"
-	SubjectPodDeleted         = "pv.pod.deleted"
-	SubjectPodEvicted         = "pv.pod.evicted"
+	SubjectPodRequested          = "pv.pod.requested"
+	SubjectPodAccepted           = "pv.pod.accepted"
+	SubjectPodRejected           = "pv.pod.rejected"
+	SubjectPodScheduled          = "pv.pod.scheduled"
+	SubjectPodUnschedulable      = "pv.pod.unschedulable"
+	SubjectPodImagesReady        = "pv.pod.images.ready"
+	SubjectPodImagesFailed       = "pv.pod.images.failed"
+	SubjectPodNetworkAttached    = "pv.pod.network.attached"
+	SubjectPodNetworkFailed      = "pv.pod.network.failed"
+	SubjectPodRunning            = "pv.pod.running"
+	SubjectPodFailed             = "pv.pod.failed"
+	SubjectPodDeleteRequested    = "pv.pod.delete.requested"
+	SubjectPodDeleted            = "pv.pod.deleted"
+	SubjectPodEvicted            = "pv.pod.evicted"
+	SubjectPodContainersReported = "pv.pod.containers.reported"
 
 	SubjectImagePulled  = "pv.image.pulled"
 	SubjectImageEvicted = "pv.image.evicted"
@@ -181,6 +183,7 @@ var catalog = []Kind{
 	kind[PodDeleteRequested](TypePodDeleteRequested, SubjectPodDeleteRequested, StreamPods),
 	kind[PodDeleted](TypePodDeleted, SubjectPodDeleted, StreamPods),
 	kind[PodEvicted](TypePodEvicted, SubjectPodEvicted, StreamPods),
+	kind[PodContainersReported](TypePodContainersReported, SubjectPodContainersReported, StreamPods),
 
 	kind[ImagePulled](TypeImagePulled, SubjectImagePulled, StreamImages),
 	kind[ImageEvicted](TypeImageEvicted, SubjectImageEvicted, StreamImages),

@@ -61,6 +61,16 @@ func TestPayloadValidation(t *testing.T) {
 			e.Attachments[1].Network = e.Attachments[0].Network
 		}, "attachments[1].network", "Duplicate"},
 		{"network failed bad network", TypePodNetworkFailed, func(v any) { v.(*PodNetworkFailed).Network = "Back_End" }, "network", "RFC 1123"},
+		{"reported phase", TypePodContainersReported, func(v any) { v.(*PodContainersReported).Phase = "Sleeping" }, "phase", "supported values"},
+		{"reported duplicate container", TypePodContainersReported, func(v any) {
+			r := v.(*PodContainersReported)
+			r.ContainerStatuses[1].Name = "app"
+		}, "containerStatuses[1].name", "Duplicate"},
+		{"reported two states", TypePodContainersReported, func(v any) {
+			r := v.(*PodContainersReported)
+			r.ContainerStatuses[0].State.Waiting = r.ContainerStatuses[1].State.Waiting
+		}, "containerStatuses[0].state", "exactly one"},
+		{"reported without boot id", TypePodContainersReported, func(v any) { v.(*PodContainersReported).BootID = "" }, "bootID", "Required"},
 		{"running IPv6", TypePodRunning, func(v any) { v.(*PodRunning).IP = "fe80::1" }, "ip", "IPv4"},
 		{"failed without message", TypePodFailed, func(v any) { v.(*PodFailed).Message = " " }, "message", "Required"},
 		{"delete requested without name", TypePodDeleteRequested, func(v any) { v.(*PodDeleteRequested).Name = "" }, "name", "Required"},

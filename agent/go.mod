@@ -1,0 +1,3 @@
+module github.com/podvisor/podvisor/agent
+
+go 1.26.0

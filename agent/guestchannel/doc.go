@@ -1,0 +1,45 @@
+// Package guestchannel is the contract between a pod VM's agent (inside the
+// guest) and the host agent of the host the VM runs on: the pod spec the
+// agent receives, the boot configuration that tells it where its devices and
+// its channel are, and the messages both sides exchange.
+//
+// It is to the guest what package events is to the bus: plain types, no
+// transport policy, no dependencies beyond the standard library, so the
+// agent (a static binary that ships inside guests) and the control plane's
+// host agent both import it without pulling each other's dependencies.
+//
+// # Transport
+//
+// The channel is one byte stream: a unix socket for simulated guests, vsock
+// on vSphere (the guest connects to the host, CID 2), or a serial port where
+// neither exists. The agent always dials (or, on a serial line, speaks
+// first); the host side listens. The hypervisor routes the guest's
+// connection to the host the VM currently runs on, so after a migration the
+// agent finds its connection closed, dials again and lands on the new host.
+//
+// # Framing
+//
+// Newline-delimited JSON: every message is one Envelope on one line, at most
+// MaxFrame bytes. Binary data (log chunks, exec streams) is carried in
+// []byte fields, which encoding/json writes as base64.
+//
+// # Conversation
+//
+//	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id}
+//	agent → host   status  {full: true, every container's state}      (right after hello)
+//	host  → agent  logs    {container, follow, previous, tail}  → log chunks, then one with EOF
+//	host  → agent  exec    {container, command, stdin?}         → exec.output*, exec.exit
+//	host  → agent  exec.stdin {data, eof}                        (only when exec.stdin was true)
+//	host  → agent  stop    {grace period}                        → stopped (every container ended)
+//	host  → agent  cancel  {id of a logs/exec request}           ends a follow or an exec
+//	agent → host   status  {full: false, changed containers}     whenever a state changes
+//
+// Requests carry an ID chosen by the host; every answer repeats it. A side
+// that receives a message of a type it does not know answers with an error
+// message naming the type and otherwise ignores it, so both ends can grow
+// new messages without breaking old peers. Protocol is bumped only for a
+// change an old peer would misread.
+//
+// On every (re)connection the agent sends hello and a full status: the host
+// side keeps no state it cannot rebuild from that.
+package guestchannel

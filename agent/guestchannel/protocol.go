@@ -1,0 +1,302 @@
+package guestchannel
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// Protocol is the version of the message set in this package.
+const Protocol = 1
+
+// MaxFrame bounds one message line. Log and exec data are sent in chunks of
+// at most ChunkSize so that a frame never comes near it.
+const (
+	MaxFrame  = 1 << 20
+	ChunkSize = 32 << 10
+)
+
+// Message types.
+const (
+	TypeHello      = "hello"
+	TypeStatus     = "status"
+	TypeLogs       = "logs"
+	TypeLogChunk   = "log"
+	TypeExec       = "exec"
+	TypeExecStdin  = "exec.stdin"
+	TypeExecOutput = "exec.output"
+	TypeExecExit   = "exec.exit"
+	TypeStop       = "stop"
+	TypeStopped    = "stopped"
+	TypeCancel     = "cancel"
+	TypeError      = "error"
+)
+
+// Envelope is one framed message. Body holds the message of Type (Hello,
+// Status, LogsRequest, ...), decoded with Decode.
+type Envelope struct {
+	// V is the sender's Protocol.
+	V int `json:"v"`
+	// Type names the body's message.
+	Type string `json:"type"`
+	// ID ties an answer to its request; empty for unsolicited messages
+	// (hello, status).
+	ID string `json:"id,omitempty"`
+	// Body is the message itself.
+	Body json.RawMessage `json:"body,omitempty"`
+}
+
+// Decode unmarshals the envelope's body into v.
+func (e Envelope) Decode(v any) error {
+	if len(e.Body) == 0 {
+		return fmt.Errorf("%s message: empty body", e.Type)
+	}
+	if err := json.Unmarshal(e.Body, v); err != nil {
+		return fmt.Errorf("%s message: %w", e.Type, err)
+	}
+	return nil
+}
+
+// Hello is the agent's first message on every connection.
+type Hello struct {
+	// Protocol is the highest protocol the agent speaks.
+	Protocol int `json:"protocol"`
+	// AgentVersion is the agent's build (for reports; never compared).
+	AgentVersion string `json:"agentVersion"`
+	// PodUID is the uid of the pod the agent runs (from its spec).
+	PodUID string `json:"podUID"`
+	// VMUUID is the VM's instance uuid as the guest sees it; the host side
+	// checks it against the VM it expects on this channel.
+	VMUUID string `json:"vmUUID,omitempty"`
+	// BootID changes on every boot of the guest: a host that sees a new
+	// BootID knows the containers were started afresh.
+	BootID string `json:"bootID"`
+}
+
+// Status reports container states. Full is true on the report that follows
+// hello: containers absent from a full report do not exist (yet) in the
+// guest. Partial reports carry only containers whose state changed.
+type Status struct {
+	Full bool `json:"full"`
+	// Seq counts the agent's status reports since boot (Hello.BootID), so
+	// the control plane can drop a report older than one it already has.
+	Seq uint64 `json:"seq"`
+	// Phase is the agent's view of the pod: Pending while it prepares disks
+	// and init containers, Running, Succeeded or Failed once every container
+	// has terminated for good, Stopping after a stop request.
+	Phase string `json:"phase"`
+	// Reason and Message explain a Pending phase the agent cannot leave (for
+	// example a disk that does not mount).
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// InitContainers and Containers are in spec order.
+	InitContainers []ContainerStatus `json:"initContainers,omitempty"`
+	Containers     []ContainerStatus `json:"containers,omitempty"`
+}
+
+// Pod phases the agent reports.
+const (
+	PhasePending   = "Pending"
+	PhaseRunning   = "Running"
+	PhaseSucceeded = "Succeeded"
+	PhaseFailed    = "Failed"
+	PhaseStopping  = "Stopping"
+)
+
+// ContainerStatus mirrors Kubernetes' ContainerStatus for one container.
+type ContainerStatus struct {
+	Name string `json:"name"`
+	// State is the current state; LastState the previous instance's end
+	// (set once the container has restarted).
+	State     ContainerState  `json:"state"`
+	LastState *ContainerState `json:"lastState,omitempty"`
+	// RestartCount counts restarts of this container since boot.
+	RestartCount int32 `json:"restartCount"`
+	// Ready is the readiness probe's verdict (true for a running container
+	// without one).
+	Ready bool `json:"ready"`
+	// Started is the startup probe's verdict (true for a running container
+	// without one).
+	Started bool `json:"started"`
+}
+
+// ContainerState is one of waiting, running or terminated.
+type ContainerState struct {
+	// Kind is StateWaiting, StateRunning or StateTerminated.
+	Kind string `json:"kind"`
+	// Reason: for waiting, ContainerCreating, PodInitializing or
+	// CrashLoopBackOff; for terminated, Completed, Error or OOMKilled.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// ExitCode and Signal of a terminated container.
+	ExitCode int32 `json:"exitCode,omitempty"`
+	Signal   int32 `json:"signal,omitempty"`
+	// StartedAt is set for running and terminated; FinishedAt for
+	// terminated. Guest clock, UTC.
+	StartedAt  *time.Time `json:"startedAt,omitempty"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+}
+
+// Container state kinds.
+const (
+	StateWaiting    = "waiting"
+	StateRunning    = "running"
+	StateTerminated = "terminated"
+)
+
+// LogsRequest asks for a container's log. The answer is a sequence of
+// LogChunk messages with the request's ID, the last one with EOF set.
+type LogsRequest struct {
+	Container string `json:"container"`
+	// Follow keeps the stream open and sends new lines as they are written
+	// (across restarts of the container) until a cancel or the pod stops.
+	Follow bool `json:"follow,omitempty"`
+	// Previous reads the log of the previous instance of the container.
+	Previous bool `json:"previous,omitempty"`
+	// TailLines, when > 0, starts that many lines before the end.
+	TailLines int64 `json:"tailLines,omitempty"`
+}
+
+// LogChunk is a piece of a log stream: raw bytes as the container wrote them
+// (stdout and stderr interleaved in write order).
+type LogChunk struct {
+	Data []byte `json:"data,omitempty"`
+	EOF  bool   `json:"eof,omitempty"`
+	// Error ends the stream with a reason (unknown container, no previous
+	// instance, ...).
+	Error string `json:"error,omitempty"`
+}
+
+// ExecRequest runs a command in a running container's namespaces
+// (non-interactive: no terminal). The answer is ExecOutput chunks, then one
+// ExecExit.
+type ExecRequest struct {
+	Container string   `json:"container"`
+	Command   []string `json:"command"`
+	// Stdin is true when ExecStdin messages will follow (the last with EOF);
+	// otherwise the command's stdin is empty.
+	Stdin bool `json:"stdin,omitempty"`
+}
+
+// ExecStdin carries input for an exec started with Stdin.
+type ExecStdin struct {
+	Data []byte `json:"data,omitempty"`
+	EOF  bool   `json:"eof,omitempty"`
+}
+
+// ExecOutput is a piece of the command's output.
+type ExecOutput struct {
+	// Stream is "stdout" or "stderr".
+	Stream string `json:"stream"`
+	Data   []byte `json:"data"`
+}
+
+// ExecExit ends an exec: the command's exit code, or Error when it could not
+// be started (unknown container, container not running, no such command).
+type ExecExit struct {
+	ExitCode int32  `json:"exitCode"`
+	Error    string `json:"error,omitempty"`
+}
+
+// StopRequest asks the agent to stop every container: SIGTERM, then SIGKILL
+// after GracePeriodSeconds (the pod's terminationGracePeriodSeconds unless
+// the host asks for less). The agent answers Stopped once no container
+// process is left.
+type StopRequest struct {
+	GracePeriodSeconds int64 `json:"gracePeriodSeconds"`
+}
+
+// Stopped answers a StopRequest.
+type Stopped struct {
+	// Killed lists containers that had to be killed after the grace period.
+	Killed []string `json:"killed,omitempty"`
+}
+
+// Cancel ends the logs follow or exec whose request had ID Target.
+type Cancel struct {
+	Target string `json:"target"`
+}
+
+// Error answers a request that cannot be served, or a message of an unknown
+// type.
+type Error struct {
+	Message string `json:"message"`
+}
+
+// Conn frames envelopes over a byte stream. Send is safe for concurrent use;
+// Receive must be called from one goroutine.
+type Conn struct {
+	rw  io.ReadWriteCloser
+	r   *bufio.Reader
+	wmu sync.Mutex
+}
+
+// NewConn wraps a connected stream.
+func NewConn(rw io.ReadWriteCloser) *Conn {
+	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 64<<10)}
+}
+
+// ErrFrameTooLarge is returned by Receive for a line longer than MaxFrame.
+var ErrFrameTooLarge = errors.New("guestchannel: frame exceeds MaxFrame")
+
+// Send writes one message of type typ with request id (may be empty) and
+// body (may be nil).
+func (c *Conn) Send(typ, id string, body any) error {
+	env := Envelope{V: Protocol, Type: typ, ID: id}
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("guestchannel: encode %s: %w", typ, err)
+		}
+		env.Body = b
+	}
+	line, err := json.Marshal(env)
+	if err != nil {
+		return fmt.Errorf("guestchannel: encode %s: %w", typ, err)
+	}
+	if len(line)+1 > MaxFrame {
+		return ErrFrameTooLarge
+	}
+	line = append(line, '\n')
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err = c.rw.Write(line)
+	return err
+}
+
+// Receive reads the next message. It returns io.EOF when the peer closed the
+// stream cleanly.
+func (c *Conn) Receive() (Envelope, error) {
+	var line []byte
+	for {
+		chunk, isPrefix, err := c.r.ReadLine()
+		if err != nil {
+			if err == io.EOF && len(line) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return Envelope{}, err
+		}
+		line = append(line, chunk...)
+		if len(line) > MaxFrame {
+			return Envelope{}, ErrFrameTooLarge
+		}
+		if !isPrefix {
+			break
+		}
+	}
+	var env Envelope
+	if err := json.Unmarshal(line, &env); err != nil {
+		return Envelope{}, fmt.Errorf("guestchannel: malformed frame: %w", err)
+	}
+	if env.Type == "" {
+		return Envelope{}, errors.New("guestchannel: frame without type")
+	}
+	return env, nil
+}
+
+// Close closes the stream.
+func (c *Conn) Close() error { return c.rw.Close() }

@@ -1,0 +1,124 @@
+package guestchannel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+)
+
+func TestConnRoundTrip(t *testing.T) {
+	a, b := net.Pipe()
+	ca, cb := NewConn(a), NewConn(b)
+	defer ca.Close()
+	defer cb.Close()
+
+	big := []byte(strings.Repeat("x", ChunkSize))
+	go func() {
+		_ = ca.Send(TypeHello, "", Hello{Protocol: Protocol, PodUID: "u1", BootID: "b1"})
+		_ = ca.Send(TypeLogChunk, "r1", LogChunk{Data: big, EOF: true})
+	}()
+
+	env, err := cb.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h Hello
+	if env.Type != TypeHello || env.V != Protocol || env.Decode(&h) != nil || h.PodUID != "u1" {
+		t.Fatalf("hello = %+v (%+v)", env, h)
+	}
+	env, err = cb.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c LogChunk
+	if env.ID != "r1" || env.Decode(&c) != nil || len(c.Data) != ChunkSize || !c.EOF {
+		t.Fatalf("chunk = %s %d eof=%v", env.ID, len(c.Data), c.EOF)
+	}
+}
+
+func TestReceiveRefusesOversizedAndMalformedFrames(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        error
+	}{
+		{"too large", strings.Repeat("a", MaxFrame+10) + "\n", ErrFrameTooLarge},
+		{"not json", "hello\n", nil},
+		{"no type", `{"v":1}` + "\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewConn(nopCloser{strings.NewReader(tc.input)})
+			_, err := c.Receive()
+			if err == nil || err == io.EOF {
+				t.Fatalf("Receive = %v, want an error", err)
+			}
+			if tc.want != nil && !errors.Is(err, tc.want) {
+				t.Fatalf("Receive = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+type nopCloser struct{ io.Reader }
+
+func (nopCloser) Write(p []byte) (int, error) { return len(p), nil }
+func (nopCloser) Close() error                { return nil }
+
+func validSpec() *PodSpec {
+	return &PodSpec{
+		Version: SpecVersion, UID: "u1", Namespace: "default", Name: "web", RestartPolicy: "Always",
+		Disks: []Disk{
+			{Role: DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
+			{Role: DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: "sha256:base"},
+			{Role: DiskImage, Unit: "scsi0:2", FS: "erofs", ChainID: "sha256:top", Parent: "sha256:base"},
+		},
+		Containers: []Container{{Name: "app", Chain: []string{"sha256:top", "sha256:base"}}},
+	}
+}
+
+func TestSpecValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		edit  func(*PodSpec)
+		field string
+	}{
+		{"valid", func(*PodSpec) {}, ""},
+		{"unknown chain", func(s *PodSpec) { s.Containers[0].Chain = []string{"sha256:nope"} }, "containers[0].chain[0]"},
+		{"no ephemeral", func(s *PodSpec) { s.Disks = s.Disks[1:] }, "disks"},
+		{"restart policy", func(s *PodSpec) { s.RestartPolicy = "Sometimes" }, "restartPolicy"},
+		{"duplicate name", func(s *PodSpec) {
+			s.InitContainers = []Container{{Name: "app", Chain: []string{"sha256:base"}}}
+		}, "containers[0].name"},
+		{"volume", func(s *PodSpec) { s.Containers[0].VolumeMounts = []VolumeMount{{Name: "v", MountPath: "/v"}} }, "volumeMounts[0].name"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := validSpec()
+			tc.edit(s)
+			err := s.Validate()
+			if tc.field == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("Validate = %v, want an error naming %s", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestSpecRoundTripRefusesUnknownFields(t *testing.T) {
+	s, err := MarshalSpec(validSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := UnmarshalSpec([]byte(s)); err != nil {
+		t.Fatal(err)
+	}
+	newer := strings.Replace(s, `"version":1`, `"version":1,"sandbox":"gvisor"`, 1)
+	if _, err := UnmarshalSpec([]byte(newer)); err == nil || !strings.Contains(err.Error(), "sandbox") {
+		t.Fatalf("UnmarshalSpec(newer) = %v, want unknown field refused", err)
+	}
+}

@@ -1,0 +1,331 @@
+package guestchannel
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Guestinfo keys. On vSphere the agent reads them through the VMware
+// backdoor ("info-get guestinfo.podvisor.spec"); a simulated guest gets the
+// same values in its boot configuration; a guest without either finds them
+// on a configuration disk.
+const (
+	// GuestinfoSpec holds the PodSpec as JSON.
+	GuestinfoSpec = "guestinfo.podvisor.spec"
+)
+
+// SpecVersion is the version of PodSpec in this package.
+const SpecVersion = 1
+
+// PodSpec is everything the agent needs to run a pod: the provisioner
+// derives it from the pod record (manifest, image chains, network
+// attachments) and writes it to the VM's guestinfo.
+type PodSpec struct {
+	Version   int    `json:"version"`
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Hostname is the guest's UTS name (the pod name).
+	Hostname string `json:"hostname"`
+	// RestartPolicy is Always, OnFailure or Never.
+	RestartPolicy string `json:"restartPolicy"`
+	// TerminationGracePeriodSeconds bounds a stop: SIGTERM, then SIGKILL.
+	TerminationGracePeriodSeconds int64 `json:"terminationGracePeriodSeconds"`
+	// Disks are the VM's disks the agent uses: exactly one DiskEphemeral and
+	// one DiskImage per chain link referenced by a container.
+	Disks []Disk `json:"disks"`
+	// InitContainers run one at a time, in order, each to successful
+	// completion, before any of Containers starts.
+	InitContainers []Container `json:"initContainers,omitempty"`
+	Containers     []Container `json:"containers"`
+	// Volumes the containers mount (emptyDir only: a directory on the
+	// ephemeral disk).
+	Volumes []Volume `json:"volumes,omitempty"`
+	// NICs in VM order; the first is the primary network.
+	NICs []NIC `json:"nics,omitempty"`
+}
+
+// Disk roles.
+const (
+	// DiskEphemeral is disk 0: read/write, created with the VM and destroyed
+	// with it. It holds every container's upper and work directories, logs
+	// and emptyDir volumes. The agent formats it (ext4) when it holds no
+	// filesystem yet.
+	DiskEphemeral = "ephemeral"
+	// DiskImage is one link of an image chain: a read-only filesystem
+	// holding one layer's diff, attached independent-nonpersistent.
+	DiskImage = "image"
+)
+
+// Disk is one virtual disk as the guest finds it.
+type Disk struct {
+	// Role is DiskEphemeral or DiskImage.
+	Role string `json:"role"`
+	// Unit is the disk's address on the VM's virtual hardware, such as
+	// "scsi0:0" (controller bus 0, unit 0). The boot configuration maps it
+	// to a device path in the guest.
+	Unit string `json:"unit"`
+	// FS is the filesystem: "ext4" for the ephemeral disk, "erofs" for image
+	// disks.
+	FS string `json:"fs"`
+	// ChainID identifies an image disk (the OCI chainID of its layer
+	// prefix); Parent is the chainID of the disk below it, empty for a base
+	// layer.
+	ChainID string `json:"chainID,omitempty"`
+	Parent  string `json:"parent,omitempty"`
+	// Path is the disk's datastore path, for people reading the spec.
+	Path string `json:"path,omitempty"`
+}
+
+// Container is one container of the pod, in the subset of Kubernetes'
+// Container the agent acts on.
+type Container struct {
+	Name string `json:"name"`
+	// Image is the reference as written in the manifest; ImageDigest the
+	// resolved manifest digest (reported as the container's imageID).
+	Image       string `json:"image"`
+	ImageDigest string `json:"imageDigest"`
+	// Chain lists the chainIDs of the image's disks, top layer first: the
+	// overlay's lowerdir order.
+	Chain []string `json:"chain"`
+	// Entrypoint and Cmd come from the image config; Command and Args from
+	// the manifest override them as Kubernetes does.
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Command    []string `json:"command,omitempty"`
+	Args       []string `json:"args,omitempty"`
+	// Env is the image's environment overlaid with the manifest's (literal
+	// values only).
+	Env        []EnvVar `json:"env,omitempty"`
+	WorkingDir string   `json:"workingDir,omitempty"`
+	// User is the image config's user ("uid[:gid]"), used unless the
+	// manifest's securityContext sets RunAsUser/RunAsGroup.
+	User       string `json:"user,omitempty"`
+	RunAsUser  *int64 `json:"runAsUser,omitempty"`
+	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
+	Ports      []Port `json:"ports,omitempty"`
+	// Resources: requests and limits. CPU in millicores, memory in bytes; 0
+	// means unset. Limits become the container's cgroup limits.
+	Resources    Resources     `json:"resources"`
+	VolumeMounts []VolumeMount `json:"volumeMounts,omitempty"`
+	// Probes run by the agent.
+	LivenessProbe  *Probe `json:"livenessProbe,omitempty"`
+	ReadinessProbe *Probe `json:"readinessProbe,omitempty"`
+	StartupProbe   *Probe `json:"startupProbe,omitempty"`
+}
+
+// EnvVar is one environment variable.
+type EnvVar struct {
+	Name  string `json:"name"`
+	Value string `json:"value"`
+}
+
+// Port is a container port (informational in the guest: the pod shares the
+// VM's network namespace).
+type Port struct {
+	Name          string `json:"name,omitempty"`
+	ContainerPort int32  `json:"containerPort"`
+	Protocol      string `json:"protocol,omitempty"`
+}
+
+// Resources of a container.
+type Resources struct {
+	CPURequestMilli    int64 `json:"cpuRequestMilli,omitempty"`
+	CPULimitMilli      int64 `json:"cpuLimitMilli,omitempty"`
+	MemoryRequestBytes int64 `json:"memoryRequestBytes,omitempty"`
+	MemoryLimitBytes   int64 `json:"memoryLimitBytes,omitempty"`
+}
+
+// Volume is a pod volume; only emptyDir exists in a pod VM.
+type Volume struct {
+	Name string `json:"name"`
+	// EmptyDir is always set: a directory on the ephemeral disk, created
+	// empty at boot. Medium "Memory" makes it a tmpfs.
+	EmptyDir *EmptyDir `json:"emptyDir"`
+}
+
+// EmptyDir is an emptyDir volume.
+type EmptyDir struct {
+	Medium         string `json:"medium,omitempty"`
+	SizeLimitBytes int64  `json:"sizeLimitBytes,omitempty"`
+}
+
+// VolumeMount mounts a volume into a container.
+type VolumeMount struct {
+	Name      string `json:"name"`
+	MountPath string `json:"mountPath"`
+	ReadOnly  bool   `json:"readOnly,omitempty"`
+}
+
+// Probe is a Kubernetes probe: exactly one of Exec, HTTPGet, TCPSocket.
+type Probe struct {
+	Exec      *ExecAction      `json:"exec,omitempty"`
+	HTTPGet   *HTTPGetAction   `json:"httpGet,omitempty"`
+	TCPSocket *TCPSocketAction `json:"tcpSocket,omitempty"`
+	// Timing, with Kubernetes' defaults applied by the provisioner.
+	InitialDelaySeconds int32 `json:"initialDelaySeconds,omitempty"`
+	PeriodSeconds       int32 `json:"periodSeconds"`
+	TimeoutSeconds      int32 `json:"timeoutSeconds"`
+	SuccessThreshold    int32 `json:"successThreshold"`
+	FailureThreshold    int32 `json:"failureThreshold"`
+}
+
+// ExecAction runs a command in the container.
+type ExecAction struct {
+	Command []string `json:"command"`
+}
+
+// HTTPGetAction fetches a URL from the pod's network namespace; a status
+// from 200 to 399 passes.
+type HTTPGetAction struct {
+	Path   string `json:"path,omitempty"`
+	Port   int32  `json:"port"`
+	Host   string `json:"host,omitempty"`
+	Scheme string `json:"scheme,omitempty"`
+}
+
+// TCPSocketAction passes when a TCP connection opens.
+type TCPSocketAction struct {
+	Port int32  `json:"port"`
+	Host string `json:"host,omitempty"`
+}
+
+// NIC is one network interface of the VM, in VM order.
+type NIC struct {
+	Network string `json:"network"`
+	MAC     string `json:"mac,omitempty"`
+	IP      string `json:"ip,omitempty"`
+	Prefix  int    `json:"prefix,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+}
+
+// Validate checks what the agent relies on; the provisioner runs it before
+// writing a spec, the agent after reading one.
+func (s *PodSpec) Validate() error {
+	var errs []error
+	bad := func(field, why string) { errs = append(errs, fmt.Errorf("%s: %s", field, why)) }
+	if s.Version != SpecVersion {
+		bad("version", fmt.Sprintf("%d is not the supported version %d", s.Version, SpecVersion))
+	}
+	if s.UID == "" {
+		bad("uid", "required")
+	}
+	if len(s.Containers) == 0 {
+		bad("containers", "a pod needs at least one container")
+	}
+	switch s.RestartPolicy {
+	case "Always", "OnFailure", "Never":
+	default:
+		bad("restartPolicy", fmt.Sprintf("%q is not Always, OnFailure or Never", s.RestartPolicy))
+	}
+	chains := map[string]bool{}
+	ephemeral := 0
+	units := map[string]bool{}
+	for i, d := range s.Disks {
+		f := fmt.Sprintf("disks[%d]", i)
+		if d.Unit == "" || units[d.Unit] {
+			bad(f+".unit", fmt.Sprintf("%q is empty or used twice", d.Unit))
+		}
+		units[d.Unit] = true
+		switch d.Role {
+		case DiskEphemeral:
+			ephemeral++
+		case DiskImage:
+			if d.ChainID == "" {
+				bad(f+".chainID", "required for an image disk")
+			}
+			chains[d.ChainID] = true
+		default:
+			bad(f+".role", fmt.Sprintf("%q is not %s or %s", d.Role, DiskEphemeral, DiskImage))
+		}
+	}
+	if ephemeral != 1 {
+		bad("disks", fmt.Sprintf("%d ephemeral disks, want exactly one", ephemeral))
+	}
+	names := map[string]bool{}
+	volumes := map[string]bool{}
+	for _, v := range s.Volumes {
+		volumes[v.Name] = true
+	}
+	check := func(field string, cs []Container) {
+		for i, c := range cs {
+			f := fmt.Sprintf("%s[%d]", field, i)
+			if c.Name == "" || names[c.Name] {
+				bad(f+".name", fmt.Sprintf("%q is empty or used twice", c.Name))
+			}
+			names[c.Name] = true
+			if len(c.Chain) == 0 {
+				bad(f+".chain", "an image needs at least one disk")
+			}
+			for j, id := range c.Chain {
+				if !chains[id] {
+					bad(fmt.Sprintf("%s.chain[%d]", f, j), fmt.Sprintf("%s is not among the disks", id))
+				}
+			}
+			for j, m := range c.VolumeMounts {
+				if !volumes[m.Name] {
+					bad(fmt.Sprintf("%s.volumeMounts[%d].name", f, j), fmt.Sprintf("%q is not a volume of the pod", m.Name))
+				}
+			}
+		}
+	}
+	check("initContainers", s.InitContainers)
+	check("containers", s.Containers)
+	return errors.Join(errs...)
+}
+
+// MarshalSpec encodes a spec for guestinfo.
+func MarshalSpec(s *PodSpec) (string, error) {
+	if err := s.Validate(); err != nil {
+		return "", fmt.Errorf("pod spec: %w", err)
+	}
+	b, err := json.Marshal(s)
+	return string(b), err
+}
+
+// UnmarshalSpec decodes and validates a spec read from guestinfo; unknown
+// fields are refused so that a spec newer than the agent is not half-read.
+func UnmarshalSpec(data []byte) (*PodSpec, error) {
+	var s PodSpec
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		return nil, fmt.Errorf("pod spec: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("pod spec: %w", err)
+	}
+	return &s, nil
+}
+
+// BootConfig is what the environment tells the agent at start: where its
+// channel is and how its VM's disks appear as devices. A simulated guest
+// gets it as a file from the simulated hypervisor; a pod VM on vSphere
+// derives it from its hardware (vsock, /dev/disk/by-path).
+type BootConfig struct {
+	// Channel is "unix:<path>", "vsock:<cid>:<port>" or "serial:<device>".
+	Channel string `json:"channel"`
+	// Devices maps a disk's Unit ("scsi0:0") to the guest path of its
+	// block device or, in a simulated guest, of its flat extent file (the
+	// agent mounts a regular file through a loop device, or file-backed
+	// where the filesystem allows).
+	Devices map[string]string `json:"devices"`
+	// StateDir is where the agent mounts the disks and keeps the runtime's
+	// state: /run/podvisor in a real guest, a directory of the simulated
+	// guest otherwise.
+	StateDir string `json:"stateDir"`
+	// Runtime is the OCI runtime binary (runc or crun); empty means the
+	// first of the two on PATH.
+	Runtime string `json:"runtime,omitempty"`
+	// CgroupParent is the cgroup the containers' cgroups are made under:
+	// the VM's own cgroup in a simulated guest, so that a container can
+	// never get more than the VM. Empty means the root of the guest.
+	CgroupParent string `json:"cgroupParent,omitempty"`
+	// Spec is the pod spec, as a simulated guest receives its guestinfo.
+	// Empty on vSphere, where the agent reads GuestinfoSpec itself.
+	Spec json.RawMessage `json:"spec,omitempty"`
+	// VMUUID is the VM's instance uuid, reported in Hello.
+	VMUUID string `json:"vmUUID,omitempty"`
+}
