@@ -36,6 +36,11 @@ type Params struct {
 	Volumes map[string]string
 }
 
+// OCIVersion is the ociVersion the bundles declare: every field they use
+// exists in runtime-spec 1.0.2, and crun 1.8 (Debian 12) refuses a version
+// it does not know, such as the 1.3.0 of the types' module.
+const OCIVersion = "1.0.2"
+
 // DefaultPath is the PATH of a container whose image sets none (the value
 // container runtimes use).
 const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -93,7 +98,7 @@ func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 	}
 	caps := defaultCapabilities()
 	s := &specs.Spec{
-		Version: specs.Version,
+		Version: OCIVersion,
 		Process: &specs.Process{
 			Args: args,
 			Env:  env,

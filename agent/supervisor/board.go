@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -16,11 +17,12 @@ type Board struct {
 	index   map[string]*guestchannel.ContainerStatus
 	changed chan struct{}
 	seq     atomic.Uint64
+	policy  string
 }
 
 // NewBoard starts a pod's state: Pending, every container waiting.
 func NewBoard(spec *guestchannel.PodSpec) *Board {
-	b := &Board{index: map[string]*guestchannel.ContainerStatus{}, changed: make(chan struct{})}
+	b := &Board{index: map[string]*guestchannel.ContainerStatus{}, changed: make(chan struct{}), policy: spec.RestartPolicy}
 	b.status.Phase = guestchannel.PhasePending
 	mk := func(cs []guestchannel.Container, reason string) []guestchannel.ContainerStatus {
 		out := make([]guestchannel.ContainerStatus, len(cs))
@@ -87,7 +89,57 @@ func (b *Board) update(name string, fn func(*guestchannel.ContainerStatus)) {
 	if cs := b.index[name]; cs != nil {
 		fn(cs)
 	}
+	b.derivePhase()
 	b.wake()
+}
+
+// derivePhase sets the phase from the containers, in the same change as
+// the container states it follows from; b.mu held. Stopping and a Pending
+// with a reason (the pod could not start) stay until changed explicitly.
+func (b *Board) derivePhase() {
+	st := &b.status
+	if st.Phase == guestchannel.PhaseStopping || (st.Phase == guestchannel.PhasePending && st.Reason != "") {
+		return
+	}
+	for _, ic := range st.InitContainers {
+		if ic.State.Kind == guestchannel.StateTerminated && ic.State.ExitCode != 0 && b.policy == "Never" {
+			st.Phase, st.Reason, st.Message = guestchannel.PhaseFailed, "InitContainerFailed",
+				fmt.Sprintf("init container %s exited %d", ic.Name, ic.State.ExitCode)
+			return
+		}
+	}
+	allStarted, allDone, failed := true, true, false
+	for _, cs := range st.Containers {
+		switch cs.State.Kind {
+		case guestchannel.StateWaiting:
+			if cs.LastState == nil {
+				allStarted = false
+			}
+			allDone = false
+		case guestchannel.StateRunning:
+			allDone = false
+		case guestchannel.StateTerminated:
+			ex := cs.State.ExitCode
+			if ex != 0 {
+				failed = true
+			}
+			// Terminated for good only when the policy will not restart it.
+			if b.policy == "Always" || (b.policy == "OnFailure" && ex != 0) {
+				allDone = false
+			}
+		}
+	}
+	st.Reason, st.Message = "", ""
+	switch {
+	case allDone && failed:
+		st.Phase = guestchannel.PhaseFailed
+	case allDone:
+		st.Phase = guestchannel.PhaseSucceeded
+	case allStarted:
+		st.Phase = guestchannel.PhaseRunning
+	default:
+		st.Phase = guestchannel.PhasePending
+	}
 }
 
 // setPhase sets the pod's phase with a reason (empty to clear).
@@ -99,12 +151,6 @@ func (b *Board) setPhase(phase, reason, message string) {
 	}
 	b.status.Phase, b.status.Reason, b.status.Message = phase, reason, message
 	b.wake()
-}
-
-func (b *Board) phase() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.status.Phase
 }
 
 func (b *Board) wake() {

@@ -276,7 +276,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		<-pumped
 		return zero, err
 	}
-	startedAt := time.Now().UTC().Truncate(time.Second)
+	startedAt := time.Now().UTC()
 	inst := &instance{id: id, proc: proc, kill: make(chan killRequest, 4)}
 	p.mu.Lock()
 	p.running[c.Name] = inst
@@ -303,7 +303,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		p.cfg.Log.Warn("delete container", "container", c.Name, "err", err)
 	}
 	<-pumped
-	finishedAt := time.Now().UTC().Truncate(time.Second)
+	finishedAt := time.Now().UTC()
 	term := guestchannel.ContainerState{Kind: guestchannel.StateTerminated, ExitCode: int32(st.ExitCode()),
 		Signal: int32(st.Signal()), StartedAt: &startedAt, FinishedAt: &finishedAt}
 	switch {
@@ -412,54 +412,8 @@ func (p *Pod) cgroupParent() string {
 	return "/podvisor"
 }
 
-// updatePhase derives the pod's phase from its containers.
-func (p *Pod) updatePhase() {
-	if p.board.phase() == guestchannel.PhaseStopping {
-		return
-	}
-	snap, _ := p.board.Snapshot()
-	for _, ic := range snap.InitContainers {
-		if ic.State.Kind == guestchannel.StateTerminated && ic.State.ExitCode != 0 && p.cfg.Spec.RestartPolicy == "Never" {
-			p.board.setPhase(guestchannel.PhaseFailed, "InitContainerFailed", fmt.Sprintf("init container %s exited %d", ic.Name, ic.State.ExitCode))
-			return
-		}
-	}
-	allStarted, allDone, failed := true, true, false
-	for _, cs := range snap.Containers {
-		switch cs.State.Kind {
-		case guestchannel.StateWaiting:
-			if cs.LastState == nil {
-				allStarted = false
-			}
-			allDone = false
-		case guestchannel.StateRunning:
-			allDone = false
-		case guestchannel.StateTerminated:
-			if cs.State.ExitCode != 0 {
-				failed = true
-			}
-		}
-	}
-	// Terminated for good: the policy will not restart it.
-	if allDone {
-		for _, cs := range snap.Containers {
-			ex := cs.State.ExitCode
-			if p.cfg.Spec.RestartPolicy == "Always" || (p.cfg.Spec.RestartPolicy == "OnFailure" && ex != 0) {
-				allDone = false
-			}
-		}
-	}
-	switch {
-	case allDone && failed:
-		p.board.setPhase(guestchannel.PhaseFailed, "", "")
-	case allDone:
-		p.board.setPhase(guestchannel.PhaseSucceeded, "", "")
-	case allStarted:
-		p.board.setPhase(guestchannel.PhaseRunning, "", "")
-	default:
-		p.board.setPhase(guestchannel.PhasePending, "", "")
-	}
-}
+// updatePhase recomputes the phase (containers' updates do it already).
+func (p *Pod) updatePhase() { p.board.update("", func(*guestchannel.ContainerStatus) {}) }
 
 // oomKilled reports whether the kernel's OOM killer acted in the cgroup
 // (cgroup v1 memory.oom_control or v2 memory.events).

@@ -43,6 +43,9 @@ func initGuest(log *slog.Logger, hostname string) error {
 			return fmt.Errorf("mount /sys/fs/cgroup: %w", err)
 		}
 	}
+	if err := dropHybridUnified(log); err != nil {
+		return err
+	}
 	if err := loopbackUp(); err != nil {
 		return fmt.Errorf("bring lo up: %w", err)
 	}
@@ -51,6 +54,27 @@ func initGuest(log *slog.Logger, hostname string) error {
 			return fmt.Errorf("set hostname: %w", err)
 		}
 	}
+	return nil
+}
+
+// dropHybridUnified unmounts, in the guest's own mount namespace, the
+// cgroup2 hierarchy that a hybrid host mounts at /sys/fs/cgroup/unified
+// beside the v1 controllers. crun refuses hybrid mode ("cgroups in hybrid
+// mode not supported") as soon as that hierarchy offers a controller; the
+// guest's containers are limited through the v1 controllers anyway, and
+// the host's view is untouched.
+func dropHybridUnified(log *slog.Logger) error {
+	var root, unified unix.Statfs_t
+	if unix.Statfs("/sys/fs/cgroup", &root) != nil || root.Type != unix.TMPFS_MAGIC {
+		return nil
+	}
+	if unix.Statfs("/sys/fs/cgroup/unified", &unified) != nil || unified.Type != unix.CGROUP2_SUPER_MAGIC {
+		return nil
+	}
+	if err := unix.Unmount("/sys/fs/cgroup/unified", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount the hybrid cgroup2 hierarchy: %w", err)
+	}
+	log.Info("cgroup v1 hierarchy: dropped /sys/fs/cgroup/unified in the guest")
 	return nil
 }
 

@@ -96,6 +96,10 @@ func (h *Host) read(conn *guestchannel.Conn) {
 func (h *Host) fold(st guestchannel.Status) {
 	if st.Full {
 		h.view = st
+		// The view is changed in place by later reports; the report kept in
+		// Reports must not be.
+		h.view.InitContainers = append([]guestchannel.ContainerStatus(nil), st.InitContainers...)
+		h.view.Containers = append([]guestchannel.ContainerStatus(nil), st.Containers...)
 		return
 	}
 	h.view.Seq, h.view.Phase, h.view.Reason, h.view.Message = st.Seq, st.Phase, st.Reason, st.Message
