@@ -54,6 +54,7 @@ type Pod struct {
 	running  map[string]*instance // by container name
 	stopping chan struct{}        // closed by Stop
 	stopOnce sync.Once
+	grace    time.Duration // of the stop, set before stopping closes
 	stopped  chan struct{} // closed once every container loop returned
 	killed   []string
 	wg       sync.WaitGroup
@@ -281,6 +282,11 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 	p.mu.Lock()
 	p.running[c.Name] = inst
 	p.mu.Unlock()
+	if p.isStopping() {
+		// Stop came while this instance was being started: it did not see
+		// it, so the instance stops itself.
+		inst.kill <- killRequest{reason: "stop", grace: p.stopGrace()}
+	}
 	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 		if instanceNo > 0 {
 			s.RestartCount++
@@ -368,6 +374,9 @@ func (p *Pod) killInstance(name, reason string, grace time.Duration) {
 func (p *Pod) Stop(grace time.Duration) guestchannel.Stopped {
 	p.stopOnce.Do(func() {
 		p.board.setPhase(guestchannel.PhaseStopping, "", "")
+		p.mu.Lock()
+		p.grace = grace
+		p.mu.Unlock()
 		close(p.stopping)
 		p.mu.Lock()
 		names := make([]string, 0, len(p.running))
@@ -383,6 +392,12 @@ func (p *Pod) Stop(grace time.Duration) guestchannel.Stopped {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return guestchannel.Stopped{Killed: append([]string(nil), p.killed...)}
+}
+
+func (p *Pod) stopGrace() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.grace
 }
 
 // Close releases what New set up; call after Run returned.

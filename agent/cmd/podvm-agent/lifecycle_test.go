@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -150,7 +151,7 @@ func TestStopGracePeriod(t *testing.T) {
 	g := guest(t, spec, guesttest.Options{})
 	g.Host.Wait("both running", wait, func(v guesttest.View) bool { return running("polite")(v) && running("stubborn")(v) })
 	for _, name := range []string{"polite", "stubborn"} {
-		g.Host.Wait(name+" trapping", wait, func(guesttest.View) bool {
+		guesttest.Eventually(t, name+" trapping", wait, func() bool {
 			text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: name})
 			return text == "ready\n"
 		})
@@ -206,5 +207,30 @@ func TestOOMKilled(t *testing.T) {
 	}
 	if v.Phase != guestchannel.PhaseFailed {
 		t.Errorf("phase = %s, want Failed", v.Phase)
+	}
+}
+
+// An image disk that does not mount keeps the pod Pending with a reason the
+// host can show, and the agent still answers.
+func TestUnmountableDiskIsReported(t *testing.T) {
+	needGuest(t)
+	junk := t.TempDir() + "/junk-flat.vmdk"
+	if err := os.WriteFile(junk, []byte(strings.Repeat("not a filesystem ", 1000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := image.Spec("baddisk", "Always", 1, nil, []guestchannel.Container{sh("app", "sleep 3600")})
+	g := guest(t, spec, guesttest.Options{Devices: map[string]string{"scsi0:1": junk}})
+	v := g.Host.Wait("a reason", wait, func(v guesttest.View) bool { return v.Reason != "" })
+	if v.Phase != guestchannel.PhasePending || v.Reason != "ContainerCreating" || !strings.Contains(v.Message, "disks[1]") {
+		t.Errorf("status = %s %s %q, want Pending ContainerCreating naming disks[1]", v.Phase, v.Reason, v.Message)
+	}
+	if c := v.Container("app"); c.State.Kind != guestchannel.StateWaiting {
+		t.Errorf("app = %+v, want waiting", c.State)
+	}
+	if r := g.Host.Exec("app", nil, "true"); r.Error == "" {
+		t.Errorf("exec in a pod that never started: %+v, want an error", r)
+	}
+	if stopped := g.Host.Stop(1, wait); len(stopped.Killed) != 0 {
+		t.Errorf("stopped = %+v", stopped)
 	}
 }

@@ -100,7 +100,7 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 	}
 
 	// Logs: stdout and stderr in write order.
-	g.Host.Wait("first's output", wait, func(guesttest.View) bool {
+	guesttest.Eventually(t, "first's output", wait, func() bool {
 		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "first"})
 		return strings.Contains(text, "to-stderr")
 	})

@@ -14,8 +14,10 @@ import (
 func TestProbes(t *testing.T) {
 	needGuest(t)
 	live := sh("live", "touch /tmp/healthy; exec sleep 3600")
+	// The delay keeps the probe off a new instance until its shell has
+	// touched the file.
 	live.LivenessProbe = &guestchannel.Probe{Exec: &guestchannel.ExecAction{Command: []string{"test", "-f", "/tmp/healthy"}},
-		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
+		InitialDelaySeconds: 1, PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
 	web := sh("web", "mkdir -p /www; echo ok > /www/ready.html; sleep 1; exec httpd -f -p 8080 -h /www")
 	web.ReadinessProbe = &guestchannel.Probe{HTTPGet: &guestchannel.HTTPGetAction{Path: "/ready.html", Port: 8080},
 		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
@@ -58,10 +60,11 @@ func TestProbes(t *testing.T) {
 	if l := v.Container("live"); l.LastState == nil || l.LastState.Kind != guestchannel.StateTerminated {
 		t.Errorf("live's last state = %+v, want the killed instance", l.LastState)
 	}
-	// The new instance has a fresh root with /tmp/healthy again.
-	if r := g.Host.Exec("live", nil, "test", "-f", "/tmp/healthy"); r.ExitCode != 0 {
-		t.Errorf("new instance: /tmp/healthy missing: %+v", r)
-	}
+	// The new instance has a fresh root where its shell touched
+	// /tmp/healthy again, and the probe leaves it running.
+	guesttest.Eventually(t, "/tmp/healthy in the new instance", wait, func() bool {
+		return g.Host.Exec("live", nil, "test", "-f", "/tmp/healthy").ExitCode == 0
+	})
 }
 
 // The agent redials when the host side drops the connection and sends

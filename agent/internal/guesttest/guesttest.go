@@ -178,6 +178,8 @@ type Options struct {
 	// Backoff and MaxBackoff are the restart back-off (default 200 ms, 1 s).
 	Backoff, MaxBackoff time.Duration
 	LogMaxBytes         int64
+	// Devices replaces entries of the unit → file map.
+	Devices map[string]string
 }
 
 // Start boots a guest running spec with the agent at agentBin.
@@ -211,6 +213,9 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 		StateDir: g.StateDir, Runtime: opt.Runtime, CgroupParent: g.Cgroup, Spec: json.RawMessage(rawSpec),
 		VMUUID: "vm-" + spec.Name, RestartBackoffMillis: opt.Backoff.Milliseconds(),
 		MaxRestartBackoffMillis: opt.MaxBackoff.Milliseconds(), LogMaxBytes: opt.LogMaxBytes,
+	}
+	for unit, path := range opt.Devices {
+		boot.Devices[unit] = path
 	}
 	bootFile := filepath.Join(dir, "boot.json")
 	b, _ := json.Marshal(boot)
@@ -441,6 +446,15 @@ func Descendants(pid int) []int {
 		}
 	}
 	return out
+}
+
+// Eventually polls cond (a fact outside the status reports, such as a
+// log's content) until it holds, failing t after timeout.
+func Eventually(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !waitFor(timeout, cond) {
+		t.Fatalf("waiting for %s: not within %s", what, timeout)
+	}
 }
 
 // waitFor polls cond until it holds or timeout passes.
