@@ -432,7 +432,7 @@ func (p *Pod) cgroupParent() string {
 	if p.cfg.CgroupParent != "" {
 		return p.cfg.CgroupParent
 	}
-	return "/podvisor"
+	return "/" // BootConfig: empty means the root of the guest
 }
 
 // updatePhase recomputes the phase (containers' updates do it already).
