@@ -14,7 +14,7 @@ import (
 func TestPodRowReadyAndRestarts(t *testing.T) {
 	now := time.Now()
 	r := events.PodRecord{Name: "web", Phase: events.PodPhaseRunning, Host: "esx-1-01", IP: "10.0.0.5", CreatedAt: now,
-		Pod: corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b"}}}},
+		Pod:               corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b"}}}},
 		ContainerStatuses: []corev1.ContainerStatus{{Name: "a", Ready: true, RestartCount: 1}, {Name: "b", RestartCount: 3}}}
 	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 1/2 Running 4 esx-1-01 10.0.0.5") {
 		t.Errorf("row = %q", got)
