@@ -249,7 +249,7 @@ func TestCrashConvergence(t *testing.T) {
 		return nil
 	})
 	t.Logf("%s", c.String())
-	fmt.Printf("crash convergence: pods=%d running=%d lost=%d duplicate_vms_by_name=%d duplicate_vms_by_uid=%d orphan_vms=%d orphan_disks=%d leaked_ips=%d leaked_ledger=%d kills=%d nats_restarts=1\n",
+	fmt.Printf("crash convergence: pods=%d vm_running=%d lost=%d duplicate_vms_by_name=%d duplicate_vms_by_uid=%d orphan_vms=%d orphan_disks=%d leaked_ips=%d leaked_ledger=%d kills=%d nats_restarts=1\n",
 		total, c.running, c.lost, c.dupName, c.dupUID, c.orphanVMs, c.orphanDisks, c.leakedIPs, c.leakedLedger, kills)
 }
 
@@ -273,7 +273,7 @@ func (c convergence) String() string {
 	if len(d) > 8 {
 		d = append(d[:8], fmt.Sprintf("… %d more", len(c.details)-8))
 	}
-	return fmt.Sprintf("pods %d (running %d, lost %d); VMs %d (duplicates by name %d, by uid %d, orphans %d); pod disk folders %d (orphans %d); IPs %d (leaked %d); ledger allocations %d (leaked %d, missing %d)%s",
+	return fmt.Sprintf("pods %d (VM running %d, lost %d); VMs %d (duplicates by name %d, by uid %d, orphans %d); pod disk folders %d (orphans %d); IPs %d (leaked %d); ledger allocations %d (leaked %d, missing %d)%s",
 		c.pods, c.running, c.lost, c.vms, c.dupName, c.dupUID, c.orphanVMs, c.diskDirs, c.orphanDisks,
 		c.ips, c.leakedIPs, c.ledgerAllocs, c.leakedLedger, c.missingAllocs, strings.Join(append([]string{""}, d...), "\n  "))
 }

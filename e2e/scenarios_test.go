@@ -336,9 +336,9 @@ func checkPlacement(t *testing.T, snap *snapshot, ns string, pods []testPod, cli
 		if p.network == "frontend" && vm.Cluster != "cluster-1" {
 			t.Errorf("%s (frontend) runs on %s in %s, outside the network's scope cluster-1", p.name, vm.Host, vm.Cluster)
 		}
-		ip := vm.Guest["guestinfo.podvisor.network.0.ip"]
+		ip := vm.SpecIP()
 		if ip == "" || ip != cp.Status.PodIP {
-			t.Errorf("%s: guestinfo address %q, podvisor says %q", p.name, ip, cp.Status.PodIP)
+			t.Errorf("%s: guest spec address %q, podvisor says %q", p.name, ip, cp.Status.PodIP)
 		}
 		key := p.network + "/" + ip
 		if other, dup := ips[key]; dup {
