@@ -47,7 +47,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 func TestSCSIUnits(t *testing.T) {
 	sys, dev := sysfs(t,
 		map[int][2]string{
-			0: {"ata_piix", "pci0000:00/0000:00:07.1"},  // IDE: boot and config disks
+			0: {"ata_piix", "pci0000:00/0000:00:07.1"},   // IDE: boot and config disks
 			2: {"vmw_pvscsi", "pci0000:00/0000:00:16.0"}, // scsi1, probed first
 			3: {"vmw_pvscsi", "pci0000:00/0000:00:15.0"}, // scsi0
 		},
