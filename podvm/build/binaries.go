@@ -11,10 +11,8 @@ import (
 // Packages of the binaries the image carries.
 const (
 	InitPackage = "github.com/podvisor/podvisor/agent/cmd/podvm-init"
-	// AgentPackage is the agent the image runs. Until the pod VM agent
-	// (agent/cmd/podvm-agent) is built into the image, it is the stand-in
-	// agent of this module, which runs a pod once and serves its logs.
-	AgentPackage = "github.com/podvisor/podvisor/podvm/internal/standinagent"
+	// AgentPackage is the pod VM agent, PID 1 once the first stage is done.
+	AgentPackage = "github.com/podvisor/podvisor/agent/cmd/podvm-agent"
 )
 
 // GoBinaries builds the first stage and the agent, static, into dir and
