@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Modules a pod VM loads at boot (dependencies are added from modules.dep;
@@ -169,6 +170,14 @@ func (c *Config) BootDisk(out, initramfs string) error {
 		return err
 	}
 	defer os.Remove(cfg)
+	// mcopy -m keeps each file's time: give the files made by this build a
+	// fixed one.
+	fixed := time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, p := range []string{cfg, initramfs} {
+		if err := os.Chtimes(p, fixed, fixed); err != nil {
+			return err
+		}
+	}
 	img := fmt.Sprintf("%s@@%d", out, partStart)
 	sectors := (DiskSize - partStart) / 512
 	steps := [][]string{
@@ -181,7 +190,9 @@ func (c *Config) BootDisk(out, initramfs string) error {
 	}
 	for _, s := range steps {
 		cmd := exec.Command(s[0], s[1:]...)
-		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1")
+		// SOURCE_DATE_EPOCH: mtools stamps the FAT entries with it (1980-01-01,
+		// the first FAT date) instead of the time of the build.
+		cmd.Env = append(os.Environ(), "MTOOLS_SKIP_CHECK=1", "SOURCE_DATE_EPOCH=315532800")
 		var stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stderr, &stderr
 		if err := cmd.Run(); err != nil {

@@ -2,24 +2,33 @@ package build
 
 import "fmt"
 
+// VMDK formats an OVF names.
+const (
+	FormatFlat   = "monolithicflat"
+	FormatStream = "streamOptimized"
+)
+
 // OVF describes the pod VM template: 1 vCPU and 512 MiB to start with (the
 // provisioner sizes each pod VM), BIOS firmware, the boot disk on a SATA
 // controller (so that SCSI bus 0 is the pod's: its ephemeral disk at
 // scsi0:0, image disks after it) and a paravirtual SCSI controller, a
 // vmxnet3 NIC, a serial port and the guestinfo keys the agent reads.
-func OVF(vmdk string, size int64) string {
+//
+// format is FormatFlat (the OVF beside the monolithicFlat VMDK, for a
+// datastore) or FormatStream (the OVF inside the OVA).
+func OVF(vmdk, format string, fileSize, capacity int64) string {
 	return fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
 <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1"
   xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
   xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
   xmlns:vmw="http://www.vmware.com/schema/ovf">
   <References>
-    <File ovf:id="boot" ovf:href="%[1]s" ovf:size="%[2]d"/>
+    <File ovf:id="boot" ovf:href="%[1]s" ovf:size="%[3]d"/>
   </References>
   <DiskSection>
     <Info>The pod VM boot disk: kernel, initramfs (first stage, agent, OCI runtime)</Info>
     <Disk ovf:diskId="boot" ovf:fileRef="boot" ovf:capacity="%[2]d" ovf:capacityAllocationUnits="byte"
-      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#monolithicflat"/>
+      ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#%[4]s"/>
   </DiskSection>
   <NetworkSection>
     <Info>The pod network</Info>
@@ -57,5 +66,5 @@ func OVF(vmdk string, size int64) string {
     </VirtualHardwareSection>
   </VirtualSystem>
 </Envelope>
-`, vmdk, size)
+`, vmdk, capacity, fileSize, format)
 }

@@ -1,12 +1,14 @@
 package build
 
 import (
+	"archive/tar"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 )
 
 // File names of the image in the output directory.
@@ -16,13 +18,14 @@ const (
 	FlatFile      = "podvm-flat.vmdk"
 	VMDKFile      = "podvm.vmdk"
 	OVFFile       = "podvm.ovf"
-	ManifestFile  = "podvm.mf"
+	StreamFile    = "podvm-stream.vmdk"
+	OVAFile       = "podvm.ova"
 )
 
 // Result lists what Build wrote.
 type Result struct {
-	Dir                                string
-	Kernel, Initramfs, Flat, VMDK, OVF string
+	Dir                                     string
+	Kernel, Initramfs, Flat, VMDK, OVF, OVA string
 }
 
 // Build writes the whole image into dir.
@@ -34,7 +37,8 @@ func Build(c Config, dir string) (*Result, error) {
 		return nil, err
 	}
 	r := &Result{Dir: dir, Kernel: filepath.Join(dir, KernelFile), Initramfs: filepath.Join(dir, InitramfsFile),
-		Flat: filepath.Join(dir, FlatFile), VMDK: filepath.Join(dir, VMDKFile), OVF: filepath.Join(dir, OVFFile)}
+		Flat: filepath.Join(dir, FlatFile), VMDK: filepath.Join(dir, VMDKFile), OVF: filepath.Join(dir, OVFFile),
+		OVA: filepath.Join(dir, OVAFile)}
 	t, err := c.Tree()
 	if err != nil {
 		return nil, fmt.Errorf("pod VM image: %w", err)
@@ -51,10 +55,49 @@ func Build(c Config, dir string) (*Result, error) {
 	if err := os.WriteFile(r.VMDK, []byte(Descriptor(FlatFile, DiskSize)), 0o644); err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(r.OVF, []byte(OVF(VMDKFile, DiskSize)), 0o644); err != nil {
+	if err := os.WriteFile(r.OVF, []byte(OVF(VMDKFile, FormatFlat, DiskSize, DiskSize)), 0o644); err != nil {
 		return nil, err
 	}
+	if err := writeAtomic(r.OVA, func(w io.Writer) error { return OVA(w, r.Flat) }); err != nil {
+		return nil, fmt.Errorf("pod VM image: OVA: %w", err)
+	}
 	return r, nil
+}
+
+// OVA writes the OVA of the raw boot disk: a tar holding the OVF first (as
+// the format requires), the manifest of SHA-256 digests, and the disk as a
+// streamOptimized VMDK; headers carry no time or owner, so the bytes are
+// reproducible.
+func OVA(w io.Writer, flat string) error {
+	tmp, err := os.MkdirTemp("", "podvm-ova-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	stream := filepath.Join(tmp, StreamFile)
+	if err := WriteStreamOptimized(stream, flat); err != nil {
+		return err
+	}
+	disk, err := os.ReadFile(stream)
+	if err != nil {
+		return err
+	}
+	ovf := []byte(OVF(StreamFile, FormatStream, int64(len(disk)), DiskSize))
+	mf := []byte(fmt.Sprintf("SHA256(%s)= %x\nSHA256(%s)= %x\n", OVFFile, sha256.Sum256(ovf), StreamFile, sha256.Sum256(disk)))
+	tw := tar.NewWriter(w)
+	for _, f := range []struct {
+		name string
+		body []byte
+	}{{OVFFile, ovf}, {"podvm.mf", mf}, {StreamFile, disk}} {
+		hdr := &tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), Format: tar.FormatUSTAR, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.body); err != nil {
+			return err
+		}
+	}
+	return tw.Close()
 }
 
 // Descriptor is a monolithicFlat VMDK descriptor for a raw extent of size

@@ -49,7 +49,7 @@ func run(c build.Config, out string) error {
 	if err != nil {
 		return err
 	}
-	for _, p := range []string{r.Kernel, r.Initramfs, r.Flat, r.VMDK, r.OVF} {
+	for _, p := range []string{r.Kernel, r.Initramfs, r.Flat, r.VMDK, r.OVF, r.OVA} {
 		sum, err := build.Sum(p)
 		if err != nil {
 			return err
