@@ -77,6 +77,8 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newSimCmd(g),
 		newRebalanceCmd(g),
 		newInstallCmd(g),
+		newLogsCmd(g),
+		newExecCmd(g),
 	)
 	usageArgs(root)
 	return root
