@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	il "github.com/podvisor/podvisor/shared/imagelocality"
 )
@@ -237,11 +239,10 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 		ChainID:   l.ChainID,
 		Datastore: ds,
 		Disk:      imagedisk.DiskPath(ds, l.ChainID),
-		Blob:      imagedisk.BlobPath(ds, l.ChainID),
 		Layer:     l.Digest,
 		DiffID:    l.DiffID,
 		Depth:     i + 1,
-		Size:      l.Size,
+		Size:      l.Size, // until the disk is written: then the disk's size
 	}
 	if parent != nil {
 		rec.Parent, rec.ParentDisk = parent.ChainID, parent.Disk
@@ -281,7 +282,7 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 			if src != "" {
 				return s.copyChain(ctx, rec, src, token)
 			}
-			err := s.pull(ctx, img, i, rec, token)
+			rec, err := s.pull(ctx, img, i, rec, token)
 			return s.finish(ctx, rec, token, err, true)
 		}
 	}
@@ -317,10 +318,12 @@ func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token stri
 	return got, pulled, nil
 }
 
-// pull fetches layer i into rec's folder and creates its disk. The lease is
-// renewed while it runs; meta.json says "ready" only once the blob is
-// verified and the disk exists.
-func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRecord, token string) (err error) {
+// pull fetches layer i, writes it as a filesystem into rec's disk and
+// returns the record with the disk's size. The layer is staged while it
+// streams; its digests are checked at the end of the stream, and only a
+// verified layer becomes a filesystem image and reaches the datastore
+// (flat extent first, descriptor last). The lease is renewed meanwhile.
+func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRecord, token string) (_ events.ChainRecord, err error) {
 	ctx, span := tracer.Start(ctx, "imagecache.pull", trace.WithAttributes(
 		attribute.String("podvisor.service", Name),
 		attribute.String("image", img.manifest.Image),
@@ -335,29 +338,48 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 		}
 		span.End()
 	}()
+	if s.diskErr != nil {
+		return rec, s.diskErr
+	}
 	if img.remote == nil {
-		return fmt.Errorf("image %s layer %d: %w: not on any datastore and the registry cannot be reached", img.manifest.Image, i, oci.ErrRegistryUnavailable)
+		return rec, fmt.Errorf("image %s layer %d: %w: not on any datastore and the registry cannot be reached", img.manifest.Image, i, oci.ErrRegistryUnavailable)
 	}
 	ctx, stop := s.keepLease(ctx, rec, token)
 	defer stop()
 
 	if err := s.store.Begin(ctx, rec); err != nil {
-		return err
+		return rec, err
 	}
-	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(r io.Reader, size int64) error {
-		return s.store.UploadBlob(ctx, rec.Datastore, rec.ChainID, r, size)
+	var staged *layerfs.Staged
+	defer func() { _ = staged.Remove() }()
+	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
+		var err error
+		staged, err = layerfs.Stage(ctx, tar, layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries})
+		return err
 	})
 	s.stats.bytesPulled.add(fetched.Bytes)
 	if err != nil {
-		return err
+		return rec, err
 	}
 	s.stats.layersPulled.add(1)
-	if err := s.store.CreateDisk(ctx, rec.Datastore, rec.ChainID, fetched.Uncompressed); err != nil {
-		return err
+	fs, err := staged.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression)
+	if err != nil {
+		return rec, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
 	}
-	rec.State = events.ChainStateReady
+	defer func() { _ = fs.Remove() }()
+	_ = staged.Remove()
+	f, err := os.Open(fs.Path)
+	if err != nil {
+		return rec, err
+	}
+	defer f.Close()
+	rec.Size = fs.Size
 	rec.CreatedAt = s.now().UTC()
-	return s.store.WriteMeta(ctx, rec)
+	if err := s.store.WriteDisk(ctx, rec, imagedisk.FSErofs, f, fs.Size); err != nil {
+		return rec, err
+	}
+	s.stats.diskBytes.add(fs.Size)
+	return rec, nil
 }
 
 // copyChain copies a ready chain from datastore src to rec's datastore

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -219,5 +220,31 @@ func TestErofsImage(t *testing.T) {
 	}
 	if target, err := os.Readlink(filepath.Join(mnt, "abs")); err != nil || target != "/etc/passwd" {
 		t.Fatalf("symlink target %q %v, want /etc/passwd verbatim", target, err)
+	}
+}
+
+// TestSparseBombCapped: a sparse entry declares a huge file whose holes the
+// stream does not carry; the content cap refuses it before writing.
+func TestSparseBombCapped(t *testing.T) {
+	privtest.Require(t, "stages layers with owners")
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	// A GNU sparse header: 1 TiB of holes, no data.
+	h := &tar.Header{Name: "sparse", Typeflag: tar.TypeGNUSparse, Size: 0, Mode: 0o644, Format: tar.FormatGNU}
+	_ = tw.WriteHeader(h)
+	_ = tw.Close()
+	raw := buf.Bytes()
+	// Patch the real-size field of the old GNU header (offset 483, 12 octal
+	// bytes) to 1 TiB: the archive/tar writer does not write sparse maps.
+	copy(raw[483:495], []byte("20000000000\x00"))
+	sum := 0
+	copy(raw[148:156], []byte("        "))
+	for _, c := range raw[:512] {
+		sum += int(c)
+	}
+	copy(raw[148:156], fmt.Appendf(nil, "%06o\x00 ", sum))
+	_, err := layerfs.Stage(context.Background(), bytes.NewReader(raw), layerfs.Options{TempDir: t.TempDir(), MaxBytes: 1 << 20})
+	if err == nil || !strings.Contains(err.Error(), "past the cap") {
+		t.Fatalf("err = %v, want the content cap", err)
 	}
 }

@@ -38,10 +38,17 @@ type Options struct {
 	TempDir string
 	// MaxEntries caps the entries of one layer (default 1,000,000).
 	MaxEntries int
+	// MaxBytes caps the file contents of one layer (default 16 GiB). The
+	// caller caps the tar stream; this caps what it expands to (a sparse
+	// entry declares holes the stream does not carry).
+	MaxBytes int64
 }
 
-// DefaultMaxEntries is Options.MaxEntries when unset.
-const DefaultMaxEntries = 1_000_000
+// Defaults of Options.
+const (
+	DefaultMaxEntries = 1_000_000
+	DefaultMaxBytes   = 16 << 30
+)
 
 func (o Options) withDefaults() Options {
 	if o.TempDir == "" {
@@ -49,6 +56,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxEntries <= 0 {
 		o.MaxEntries = DefaultMaxEntries
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = DefaultMaxBytes
 	}
 	return o
 }
@@ -254,6 +264,9 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 		w.dirs = append(w.dirs, dirTime{name: name, mtime: hdr.ModTime})
 		return nil
 	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		if hdr.Size < 0 || hdr.Size > w.opts.MaxBytes-w.bytes {
+			return invalid(hdr.Name, "%d bytes, past the cap of %d bytes of file contents per layer", hdr.Size, w.opts.MaxBytes)
+		}
 		w.seen[name] = kindOther
 		fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 		if err != nil {
