@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -205,18 +207,31 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 			img.manifest.Image, need, ErrDatastoreFull, pl.candidates, s.cfg.ReserveBytes)
 	}
 
-	out := prepared{image: img, datastore: best}
-	var parent *events.ChainRecord
+	// Every link is its own filesystem whose descriptor names its parent by
+	// chainID, so the links are made side by side: one layer's download
+	// overlaps another's filesystem build and upload.
+	out := prepared{image: img, datastore: best, chain: make([]events.ChainRecord, len(layers))}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(layerParallelism)
 	for i := range layers {
-		rec, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
-		if err != nil {
-			return prepared{}, err
+		var parent *events.ChainRecord
+		if i > 0 {
+			parent = &events.ChainRecord{ChainID: layers[i-1].ChainID, Disk: imagedisk.DiskPath(best, layers[i-1].ChainID)}
 		}
-		out.chain = append(out.chain, rec)
-		parent = &out.chain[len(out.chain)-1]
+		g.Go(func() error {
+			rec, err := s.ensureChain(gctx, img, i, best, parent, locs[i], pl.copyFrom)
+			out.chain[i] = rec
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return prepared{}, err
 	}
 	return out, nil
 }
+
+// layerParallelism bounds the links of one image made at once.
+const layerParallelism = 4
 
 // ensureChain makes layer i's chain ready on ds, sharing the work with every
 // other caller in this process (singleflight) and in other replicas (the
