@@ -55,6 +55,14 @@ func (p prepared) chainPaths() []string {
 	return out
 }
 
+func (p prepared) chainIDs() []string {
+	out := make([]string, len(p.chain))
+	for i, c := range p.chain {
+		out[i] = c.ChainID
+	}
+	return out
+}
+
 // resolve turns a reference into an image, once at a time per reference in
 // this process. When the registry is unreachable but the cache knows the
 // reference, the cached manifest is used (what a node does with an image
@@ -369,7 +377,7 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	defer func() { _ = staged.Remove() }()
 	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
 		var err error
-		staged, err = layerfs.Stage(ctx, tar, layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries})
+		staged, err = layerfs.Stage(ctx, tar, layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries, MaxBytes: s.cfg.Limits.MaxUncompressedBytes})
 		return err
 	})
 	s.stats.bytesPulled.add(fetched.Bytes)

@@ -3,6 +3,7 @@ package imagecache_test
 import (
 	"context"
 	"fmt"
+	"path"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,8 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		r := readyFor(t, evs, fmt.Sprintf("web-%02d", i))
 		c := r.Containers[0]
-		if c.Disk != first.Containers[0].Disk || c.Datastore != sharedDS || len(c.Chain) != 3 || c.Chain[2] != c.Disk {
+		if c.Disk != first.Containers[0].Disk || c.Datastore != sharedDS || len(c.Chain) != 3 || c.Chain[2] != c.Disk ||
+			len(c.ChainIDs) != 3 || c.ChainIDs[2] != webLayersFromChain(c.Chain[2]) || c.FS != "erofs" {
 			t.Fatalf("pod web-%02d images = %+v, want the shared chain %v on %s", i, c, first.Containers[0].Chain, sharedDS)
 		}
 	}
@@ -280,4 +282,9 @@ func TestRegistryUnavailable(t *testing.T) {
 	if time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("failed after %s, before two redeliveries", time.Since(start))
 	}
+}
+
+// webLayersFromChain is the chainID a chain disk's folder is named after.
+func webLayersFromChain(disk string) string {
+	return "sha256:" + path.Base(path.Dir(disk))
 }

@@ -18,7 +18,7 @@ import (
 const SectorSize = vmdk.SectorSize
 
 // FSErofs is the filesystem of the image disks (ddb.podvisor.fs).
-const FSErofs = "erofs"
+const FSErofs = events.ImageDiskFS
 
 // Keys of the descriptor's disk database (written as ddb.<key>). They are
 // not vSphere's parentFileNameHint: an image disk is no block-level delta of

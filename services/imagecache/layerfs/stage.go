@@ -263,7 +263,14 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 		}
 		w.dirs = append(w.dirs, dirTime{name: name, mtime: hdr.ModTime})
 		return nil
-	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+	case tar.TypeGNUSparse:
+		return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
+	case tar.TypeReg, tar.TypeRegA:
+		for k := range hdr.PAXRecords {
+			if strings.HasPrefix(k, "GNU.sparse.") {
+				return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
+			}
+		}
 		if hdr.Size < 0 || hdr.Size > w.opts.MaxBytes-w.bytes {
 			return invalid(hdr.Name, "%d bytes, past the cap of %d bytes of file contents per layer", hdr.Size, w.opts.MaxBytes)
 		}
