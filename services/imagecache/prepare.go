@@ -219,7 +219,9 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 	// chainID, so the links are made side by side: one layer's download
 	// overlaps another's filesystem build and upload.
 	out := prepared{image: img, datastore: best, chain: make([]events.ChainRecord, len(layers))}
-	g, gctx := errgroup.WithContext(ctx)
+	// No shared cancellation: a link that fails leaves the others to
+	// finish, since other images may share them.
+	var g errgroup.Group
 	g.SetLimit(layerParallelism)
 	for i := range layers {
 		var parent *events.ChainRecord
@@ -227,7 +229,7 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 			parent = &events.ChainRecord{ChainID: layers[i-1].ChainID, Disk: imagedisk.DiskPath(best, layers[i-1].ChainID)}
 		}
 		g.Go(func() error {
-			rec, err := s.ensureChain(gctx, img, i, best, parent, locs[i], pl.copyFrom)
+			rec, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
 			out.chain[i] = rec
 			return err
 		})

@@ -12,6 +12,8 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // Fetched is what Fetch measured.
@@ -35,7 +37,7 @@ var (
 // ErrDigestMismatch naming the digest, a cap is ErrLimit naming the cap,
 // whatever sink returned: the caller must then discard what sink made.
 func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(tar io.Reader) error) (Fetched, error) {
-	if i < 0 || i >= len(img.layers) {
+	if i < 0 || i >= len(img.Layers) {
 		return Fetched{}, fmt.Errorf("image %s: layer %d out of range", img.Ref, i)
 	}
 	want := img.Layers[i]
@@ -43,7 +45,11 @@ func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(tar io.
 		return Fetched{}, fmt.Errorf("image %s layer %s: %w: %d compressed bytes, over the compressed layer size cap of %s",
 			img.Ref, want.Digest, ErrLimit, want.Size, human(lim))
 	}
-	rc, err := img.layers[i].Compressed()
+	layer, err := remote.Layer(img.repo.Digest(want.Digest), append([]remote.Option{remote.WithContext(ctx)}, c.opts...)...)
+	if err != nil {
+		return Fetched{}, classify(img.Ref, err)
+	}
+	rc, err := layer.Compressed()
 	if err != nil {
 		return Fetched{}, classify(img.Ref, err)
 	}

@@ -169,7 +169,10 @@ type Image struct {
 	// Layers are the layers base first, with chainIDs.
 	Layers []imagelocality.Layer
 
-	layers []v1.Layer // lazy remote layers, fetched by Fetch
+	// repo is where Fetch gets the layers: each fetch makes its own remote
+	// layer with the caller's context (an Image outlives the request that
+	// resolved it).
+	repo name.Repository
 }
 
 // Manifest is the image as the image cache stores it.
@@ -222,7 +225,7 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	if len(layers) != len(cf.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("image %s: %w: %d layers but %d diffIDs in its config", ref, ErrDigestMismatch, len(layers), len(cf.RootFS.DiffIDs))
 	}
-	out := &Image{Ref: ref, Digest: d.String(), layers: layers}
+	out := &Image{Ref: ref, Digest: d.String(), repo: r.Context()}
 	diffIDs := make([]string, len(layers))
 	for i, l := range layers {
 		ld, err := l.Digest()
