@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -507,48 +506,6 @@ func TestUnknownTypesAndVersions(t *testing.T) {
 	if _, dead := reasons["v2"]; dead {
 		t.Errorf("a later version of a known event was dead-lettered")
 	}
-}
-
-func TestPayloadDecodesOrFailsPermanently(t *testing.T) {
-	b := bustest.Start(t)
-	type result struct {
-		host string
-		err  error
-	}
-	got := make(chan result, 4)
-	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts},
-		func(_ context.Context, m *bus.Message) error {
-			p, err := bus.PayloadAs[events.HostLost](m)
-			if err != nil {
-				got <- result{err: err}
-				return err
-			}
-			got <- result{host: p.Name}
-			return nil
-		})
-	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", json.RawMessage(`{"name":"esx-1","cluster":"cluster-1","reason":"NotResponding"}`)))
-	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-2", json.RawMessage(`{"name":"esx-2","cluster":"cluster-1","reason":"NotResponding","colour":"red"}`)))
-
-	var ok, bad result
-	for range 2 {
-		select {
-		case r := <-got:
-			if r.err != nil {
-				bad = r
-			} else {
-				ok = r
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("handler not called twice")
-		}
-	}
-	if ok.host != "esx-1" {
-		t.Errorf("decoded host = %q, want esx-1", ok.host)
-	}
-	if !bus.IsPermanent(bad.err) || !strings.Contains(bad.err.Error(), "colour") {
-		t.Errorf("bad payload error = %v, want a Permanent error naming the unknown field", bad.err)
-	}
-	waitFor(t, 5*time.Second, "dead letter of the bad payload", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
 }
 
 // A consumer whose connection is closed stops with an error instead of
