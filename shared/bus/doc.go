@@ -57,6 +57,7 @@
 //     idempotent, so an ack lost in flight only brings the event back to a
 //     handler that finds its work done, and a confirmation per event cost
 //     a round trip each.
+//
 //   - Permanent(err): copied to pv.dlq.<service> with err as the reason,
 //     then terminated; never redelivered. Messages that are not CloudEvents
 //     at all, have a type outside the catalog, or travel on another subject
@@ -64,7 +65,9 @@
 //     later version of a catalog event (pod.accepted.v2 on pv.pod.accepted,
 //     published beside .v1 during a migration) is acked and skipped by a
 //     build that does not know it yet, as the events versioning rule says.
+//
 //   - RetryAfter(err, d): redelivered after d.
+//
 //   - any other error, or a panic: redelivered after BackOff[delivery-1]
 //     (the last entry repeats).
 //
