@@ -3,10 +3,11 @@ package imagecache
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config tunes the image cache. The zero value is valid: Validate fills the
@@ -175,58 +176,36 @@ func (c Config) Validate() error {
 //	PODVISOR_IMAGE_RESOLVE_TTL      ResolveTTL (Go duration; negative: never reuse)
 //
 // Unset variables keep the defaults; the result is validated.
-func ConfigFromEnv() (Config, error) {
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom is ConfigFromEnv over any source of settings.
+func ConfigFrom(src config.Source) (Config, error) {
 	var c Config
-	var errs []error
-	intVar := func(name string, dst *int) {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
-			}
-			*dst = n
-		}
-	}
-	durVar := func(name string, dst *time.Duration) {
-		if v := os.Getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 30s or 10m", name, v))
-			}
-			*dst = d
-		}
-	}
+	r := config.Read(src)
 	sizeVar := func(name string, dst *int64) {
-		if v := os.Getenv(name); v != "" {
+		if v, ok := r.Lookup(name); ok {
 			n, err := ParseBytes(v)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				r.Failf("%s: %w", name, err)
+				return
 			}
 			*dst = n
 		}
 	}
-	listVar := func(name string, dst *[]string) {
-		for _, s := range strings.Split(os.Getenv(name), ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				*dst = append(*dst, s)
-			}
-		}
-	}
-	intVar("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
-	listVar("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
-	listVar("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
-	durVar("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
+	r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
+	r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
+	r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
+	r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
 	sizeVar("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
 	sizeVar("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
-	durVar("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
-	durVar("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
-	durVar("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
-	if len(errs) == 0 {
-		if err := c.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+	r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
+	r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
+	r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
+	err := r.Err()
+	if err == nil {
+		err = c.Validate()
 	}
-	return c.withDefaults(), errors.Join(errs...)
+	return c.withDefaults(), err
 }
 
 // ParseBytes reads a size: plain bytes or a number with a binary suffix
