@@ -29,6 +29,11 @@ type Config struct {
 	HistoryLimit int
 	// Workers is the number of events handled at once per stream (default 8).
 	Workers int
+	// MaxDeliver and BackOff bound the retries of one event (0 and nil:
+	// the bus defaults); when they run out, a failed attach ends in
+	// pod.network.failed.
+	MaxDeliver int
+	BackOff    []time.Duration
 	// AckWait is the consumers' ack wait (default 60s; handlers that push to
 	// many hosts report progress).
 	AckWait time.Duration

@@ -19,7 +19,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
 	"github.com/podvisor/podvisor/shared/bus"
-	sharedlocality "github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -148,7 +148,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	case deps.Locality != nil:
 		services[locality.ServiceName] = deps.Locality
 	case deps.Redis != nil:
-		services[locality.ServiceName] = sharedlocality.NewReader(deps.Redis)
+		services[locality.ServiceName] = imagemeta.NewReader(deps.Redis)
 	}
 	fw, err := framework.New(s.profile, plugins.NewRegistry(), s.snap, services)
 	if err != nil {

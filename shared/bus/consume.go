@@ -16,6 +16,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // Consumer defaults.
@@ -134,7 +136,7 @@ func (c ConsumerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("Service %q: want lowercase letters, digits and dashes, starting with a letter (it names the durable and the DLQ subject)", c.Service))
 	}
 	if !streamName.MatchString(c.Stream) {
-		errs = append(errs, fmt.Errorf("Stream %q: want a stream name such as %s", c.Stream, StreamPods))
+		errs = append(errs, fmt.Errorf("Stream %q: want a stream name such as %s", c.Stream, events.StreamPods))
 	}
 	for i, s := range c.Subjects {
 		if s == "" || strings.ContainsAny(s, " \t\r\n") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {

@@ -44,7 +44,7 @@
 // # Consuming and the error model
 //
 //	err := b.Consume(ctx, bus.ConsumerConfig{
-//		Service: "scheduler", Stream: bus.StreamPods,
+//		Service: "scheduler", Stream: events.StreamPods,
 //		Subjects: []string{events.SubjectPodAccepted},
 //		Workers: 8, AckWait: time.Minute,
 //	}, func(ctx context.Context, m *bus.Message) error { … })

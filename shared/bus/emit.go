@@ -30,7 +30,13 @@ type EmitOption func(*emitOptions)
 type emitOptions struct {
 	disc    string
 	subject string
+	flow    string
 }
+
+// Flow sets the flow's start (the CloudEvents traceparent extension) when
+// it is not the cause's: an eviction caused by a host's loss continues the
+// evicted pod's trace.
+func Flow(traceparent string) EmitOption { return func(o *emitOptions) { o.flow = traceparent } }
 
 // Distinct tells apart the several events of one type and subject that one
 // cause has (a network.host.ready per host): disc joins the effect id, so
@@ -75,6 +81,9 @@ func (e *Emitter) Emit(ctx context.Context, cause *event.Event, payload events.P
 	}
 	if err != nil {
 		return Permanent(err)
+	}
+	if o.flow != "" {
+		ev.SetExtension(ExtTraceparent, o.flow)
 	}
 	if err := e.bus.Publish(ctx, ev); err != nil {
 		return fmt.Errorf("publish %s for %s: %w", k.Type, subject, err)

@@ -48,17 +48,10 @@ type codedError struct {
 	err   error
 }
 
-func (e *codedError) Error() string {
-	switch e.code {
-	case CodePermanent:
-		return "permanent: " + e.err.Error()
-	case CodeRetryAfter:
-		return fmt.Sprintf("retry after %s: %v", e.delay, e.err)
-	case CodeInProgress:
-		return fmt.Sprintf("in progress, look again in %s: %v", e.delay, e.err)
-	}
-	return e.err.Error()
-}
+// Error is the wrapped error's text: the code is how the message is
+// settled, which the consumer logs and records on the span, not part of
+// what went wrong (failure events quote this text to a person).
+func (e *codedError) Error() string { return e.err.Error() }
 func (e *codedError) Unwrap() error { return e.err }
 
 // Permanent marks err as not worth retrying: the consumer runs the handler's

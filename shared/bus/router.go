@@ -26,8 +26,10 @@ import (
 //     (Message.Log);
 //   - the failure hook: when a handler gives up (its error is Permanent, or
 //     this was the last delivery), the route's OnFailure publishes the
-//     domain's failure event before the message is dead-lettered, so that
-//     no handler can forget to tell the pod (or migration) why.
+//     domain's failure event, so that no handler can forget to tell the pod
+//     (or migration) why. A Permanent refusal so told is acked: it is the
+//     event's outcome. Deliveries that ran out are dead-lettered after the
+//     hook, since a later replay may succeed.
 //
 // Register routes before Run; a Router is not safe for registration while
 // running.
@@ -58,7 +60,8 @@ type Route[T any] struct {
 }
 
 // OnFailure sets the hook that publishes the domain's failure event when the
-// handler gives up: its error is Permanent, or this delivery was the last.
+// handler gives up: its error is Permanent (the message is then acked once
+// the hook succeeded), or this delivery was the last (dead-lettered).
 // err is the handler's error; bus.ReasonOf(err, def) gives its reason.
 // If the hook fails before the last delivery, the message is retried
 // (handler and hook run again: both are idempotent); on the last delivery
@@ -116,6 +119,12 @@ func Handle[T any, P interface {
 			// Neither error's code applies now: retried, so that the
 			// failure is told.
 			return fmt.Errorf("publish the failure event: %v (after: %v)", ferr, err)
+		}
+		if IsPermanent(err) {
+			// A refusal told to its owner is the event's outcome: the
+			// dead-letter stream keeps what nobody could handle.
+			m.Log.Info("handler refused; failure event published", "err", err)
+			return nil
 		}
 		return err
 	}}

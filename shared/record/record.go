@@ -120,6 +120,20 @@ func (s *Store[T]) Put(ctx context.Context, key string, v *T, rev uint64) (uint6
 	return rev, nil
 }
 
+// Set writes v at key whatever is there: for derived read models that
+// have a single writer and no history worth guarding.
+func (s *Store[T]) Set(ctx context.Context, key string, v *T) (uint64, error) {
+	data, err := s.encode(key, v)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Put(ctx, key, data)
+	if err != nil {
+		return 0, fmt.Errorf("write %s %s: %w", s.noun, key, err)
+	}
+	return rev, nil
+}
+
 // isConflict: a compare-and-set lost. JetStream reports an update at a
 // stale revision as ErrKeyExists (wrong last sequence) on some paths and
 // ErrKeyRevisionMismatch on others.

@@ -56,6 +56,12 @@ func TestCreateGetPut(t *testing.T) {
 	if _, err := s.Put(ctx, "a", &counter{N: 3}, rev); err != nil {
 		t.Errorf("Put at the read revision: %v", err)
 	}
+	if _, err := s.Set(ctx, "a", &counter{N: 4}); err != nil {
+		t.Errorf("Set: %v", err)
+	}
+	if v, _, _ := s.Get(ctx, "a"); v.N != 4 {
+		t.Errorf("after Set, N = %d, want 4", v.N)
+	}
 }
 
 // Concurrent Mutates of one record lose no change: each conflict re-reads

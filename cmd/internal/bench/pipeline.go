@@ -99,9 +99,9 @@ func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
 		stream   string
 		subjects []string
 	}{
-		{bus.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
+		{events.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
 			events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodUnschedulable, events.SubjectPodNetworkAttached}},
-		{bus.StreamImages, []string{events.SubjectImagePulled}},
+		{events.StreamImages, []string{events.SubjectImagePulled}},
 	} {
 		c, err := b.JetStream().OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{
 			FilterSubjects: f.subjects, DeliverPolicy: jetstream.DeliverNewPolicy,
