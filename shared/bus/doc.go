@@ -92,6 +92,10 @@
 //
 // The hook runs when the error is Permanent or the delivery was the last,
 // so a pod learns why its attach, pull or migration ended however it ended.
+// A Permanent refusal whose failure event was published is acked: that
+// event is its outcome. Deliveries that ran out are dead-lettered after the
+// hook. KeyLocks serializes a handler's work on an object that events with
+// other keys also touch.
 //
 // # Emit
 //
