@@ -3,6 +3,7 @@ package events
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"sort"
 )
 
@@ -230,6 +231,35 @@ var byType = func() map[string]Kind {
 	}
 	return m
 }()
+
+// byPayload indexes the catalog by payload struct. A struct that served two
+// versions of a type would be ambiguous, so the index keeps the first and
+// KindOf callers name the type explicitly in that case.
+var byPayload = func() map[reflect.Type]Kind {
+	m := make(map[reflect.Type]Kind, len(catalog))
+	for _, k := range catalog {
+		t := reflect.TypeOf(k.New()).Elem()
+		if _, dup := m[t]; !dup {
+			m[t] = k
+		}
+	}
+	return m
+}()
+
+// KindOf returns the catalog entry whose payload struct p is (a pointer to
+// one or the struct itself): how a producer finds the type and subject of
+// the event it publishes from the payload alone.
+func KindOf(p any) (Kind, bool) {
+	t := reflect.TypeOf(p)
+	if t == nil {
+		return Kind{}, false
+	}
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	k, ok := byPayload[t]
+	return k, ok
+}
 
 // Kinds returns the whole catalog, sorted by type. The slice is a copy.
 func Kinds() []Kind {

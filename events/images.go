@@ -2,6 +2,7 @@ package events
 
 import (
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"strconv"
 )
 
 // ChainDisk is one virtual disk of an image disk chain: the union of the
@@ -62,7 +63,7 @@ func (e *ImagePulled) Validate() error {
 		if d.Parent != want {
 			detail := "the base disk must have no parent"
 			if i > 0 {
-				detail = "must be the chainID of chain[" + itoa(i-1) + "]"
+				detail = "must be the chainID of chain[" + strconv.Itoa(i-1) + "]"
 			}
 			errs = append(errs, field.Invalid(p.Child("parent"), d.Parent, detail))
 		}

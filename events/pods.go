@@ -3,6 +3,7 @@ package events
 import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"strconv"
 )
 
 // Reasons of PodRejected. Other reasons are allowed (CamelCase words); these
@@ -195,7 +196,7 @@ func (e *PodUnschedulable) Validate() error {
 		sum += e.Reasons[r]
 	}
 	if sum > e.Hosts {
-		errs = append(errs, field.Invalid(field.NewPath("reasons"), sum, "counts more hosts than hosts ("+itoa(e.Hosts)+")"))
+		errs = append(errs, field.Invalid(field.NewPath("reasons"), sum, "counts more hosts than hosts ("+strconv.Itoa(e.Hosts)+")"))
 	}
 	return asError(errs)
 }

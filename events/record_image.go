@@ -32,7 +32,7 @@ const ImageRoot = "podvisor-images"
 // the union of an image's layers up to one layer, named by the OCI chainID
 // of that prefix. Images sharing base layers share the records (and disks) of
 // their common prefix. The image cache is its only writer; the record lives
-// in Redis (shared/imagelocality documents the keys) and is rebuilt from the
+// in Redis (shared/imagemeta documents the keys) and is rebuilt from the
 // datastore's disk descriptors when Redis loses it.
 type ChainRecord struct {
 	// ChainID is the OCI chainID of the layer prefix ("sha256:…").

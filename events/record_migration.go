@@ -7,6 +7,11 @@ import "time"
 // it; `podvisor get migrations` and `podvisor migrate` read it.
 const BucketMigrations = "migrations"
 
+// MigrationLeaderKey is the key of the migration service's leader lease in
+// bucket migrations. Migration IDs begin with a letter or a digit, so no
+// record can take it; readers of the bucket skip it.
+const MigrationLeaderKey = "_leader"
+
 // BucketDrains holds one DrainRecord per host that was drained, keyed by
 // DrainRecordKey. Only the migration service writes it (and declares it at
 // start, since it is the only reader that needs drains to outlive a

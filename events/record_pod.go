@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -313,7 +314,7 @@ func (r PodRecord) KubernetesPod() corev1.Pod {
 	p.UID = types.UID(r.UID)
 	p.CreationTimestamp = metav1.NewTime(r.CreatedAt)
 	if r.ResourceVersion > 0 {
-		p.ResourceVersion = itoa(int(r.ResourceVersion))
+		p.ResourceVersion = strconv.Itoa(int(r.ResourceVersion))
 	}
 	if !r.DeletionRequestedAt.IsZero() {
 		t := metav1.NewTime(r.DeletionRequestedAt)

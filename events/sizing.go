@@ -3,6 +3,7 @@ package events
 import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"strconv"
 )
 
 // Defaults for a container that states neither a request nor a limit for a
@@ -75,10 +76,10 @@ func (s PodVMSize) validate(p *field.Path) field.ErrorList {
 	}
 	want := SizeFor(s.CPUMilli, s.MemoryBytes)
 	if s.VCPUs != want.VCPUs {
-		errs = append(errs, field.Invalid(p.Child("vcpus"), s.VCPUs, "must be ceil(cpuMilli/1000) = "+itoa(int(want.VCPUs))))
+		errs = append(errs, field.Invalid(p.Child("vcpus"), s.VCPUs, "must be ceil(cpuMilli/1000) = "+strconv.Itoa(int(want.VCPUs))))
 	}
 	if s.MemoryMiB != want.MemoryMiB {
-		errs = append(errs, field.Invalid(p.Child("memoryMiB"), s.MemoryMiB, "must be memoryBytes in MiB rounded up to a multiple of 4 = "+itoa(int(want.MemoryMiB))))
+		errs = append(errs, field.Invalid(p.Child("memoryMiB"), s.MemoryMiB, "must be memoryBytes in MiB rounded up to a multiple of 4 = "+strconv.Itoa(int(want.MemoryMiB))))
 	}
 	return errs
 }

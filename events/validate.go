@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"sort"
 	"strings"
 	"unicode"
 
@@ -216,4 +217,15 @@ func SplitPodKey(key string) (namespace, name string, err error) {
 		return "", "", fmt.Errorf("pod key %q: want <namespace>/<name>", key)
 	}
 	return ns, n, nil
+}
+
+// sortedKeys makes map iteration deterministic so error lists come out in the
+// same order on every run.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }

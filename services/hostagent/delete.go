@@ -21,9 +21,13 @@ const defaultGracePeriod = 30
 // pod, a pod whose record is gone, or one whose guest has no channel here,
 // is not this agent's business: acknowledged at once.
 func (s *Service) handleDelete(ctx context.Context, m *bus.Message) error {
-	req, err := bus.PayloadAs[events.PodDeleteRequested](m)
+	v, err := events.Decode(m.Event.Type(), m.Event.Data())
 	if err != nil {
-		return err
+		return bus.Permanent(err)
+	}
+	req, ok := v.(*events.PodDeleteRequested)
+	if !ok {
+		return nil // another type on the subject: not a delete
 	}
 	ns := req.Namespace
 	if ns == "" {

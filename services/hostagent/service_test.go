@@ -65,7 +65,7 @@ func (e *env) putPod(name, uid, onHost string, grace int64, containers ...string
 func (e *env) reported(uid string) []reportMsg {
 	e.t.Helper()
 	ctx := context.Background()
-	stream, err := e.bus.JetStream().Stream(ctx, bus.StreamPods)
+	stream, err := e.bus.JetStream().Stream(ctx, events.StreamPods)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -264,7 +264,7 @@ func TestDeleteStopsTheGuestWithTheGracePeriod(t *testing.T) {
 		t.Errorf("report after the stop = %+v, want Stopping with the container terminated", last)
 	}
 	// The delete is acknowledged once the guest said stopped.
-	cons, err := e.bus.JetStream().Consumer(context.Background(), bus.StreamPods, "hostagent-"+host+"-"+bus.StreamPods)
+	cons, err := e.bus.JetStream().Consumer(context.Background(), events.StreamPods, "hostagent-"+host+"-"+events.StreamPods)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,12 +3,12 @@ package imagecache
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config tunes the image cache. The zero value is valid: Validate fills the
@@ -219,69 +219,47 @@ func (c Config) Validate() error {
 //	PODVISOR_IMAGE_DISK_COMPRESSION DiskCompression (none, lz4, lz4hc)
 //
 // Unset variables keep the defaults; the result is validated.
-func ConfigFromEnv() (Config, error) {
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom is ConfigFromEnv over any source of settings.
+func ConfigFrom(src config.Source) (Config, error) {
 	var c Config
-	var errs []error
-	intVar := func(name string, dst *int) {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
-			}
-			*dst = n
-		}
-	}
-	durVar := func(name string, dst *time.Duration) {
-		if v := os.Getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 30s or 10m", name, v))
-			}
-			*dst = d
-		}
-	}
+	r := config.Read(src)
 	sizeVar := func(name string, dst *int64) {
-		if v := os.Getenv(name); v != "" {
+		if v, ok := r.Lookup(name); ok {
 			n, err := ParseBytes(v)
 			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				r.Failf("%s: %w", name, err)
+				return
 			}
 			*dst = n
 		}
 	}
-	listVar := func(name string, dst *[]string) {
-		for _, s := range strings.Split(os.Getenv(name), ",") {
-			if s = strings.TrimSpace(s); s != "" {
-				*dst = append(*dst, s)
-			}
-		}
-	}
-	intVar("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
-	listVar("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
-	listVar("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
-	durVar("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
+	r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
+	r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
+	r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
+	r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
 	sizeVar("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
 	sizeVar("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
-	durVar("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
-	durVar("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
-	durVar("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
-	c.RegistryAuthFile = os.Getenv("PODVISOR_REGISTRY_AUTH_FILE")
-	listVar("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
-	c.Platform = os.Getenv("PODVISOR_IMAGE_PLATFORM")
+	r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
+	r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
+	r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
+	r.String("PODVISOR_REGISTRY_AUTH_FILE", &c.RegistryAuthFile)
+	r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
+	r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
 	sizeVar("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
-	intVar("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
+	r.Int("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
 	sizeVar("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
 	sizeVar("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
-	intVar("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
-	intVar("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
-	c.StagingDir = os.Getenv("PODVISOR_IMAGE_STAGING_DIR")
-	c.DiskCompression = os.Getenv("PODVISOR_IMAGE_DISK_COMPRESSION")
-	if len(errs) == 0 {
-		if err := c.Validate(); err != nil {
-			errs = append(errs, err)
-		}
+	r.Int("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
+	r.Int("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
+	r.String("PODVISOR_IMAGE_STAGING_DIR", &c.StagingDir)
+	r.String("PODVISOR_IMAGE_DISK_COMPRESSION", &c.DiskCompression)
+	err := r.Err()
+	if err == nil {
+		err = c.Validate()
 	}
-	return c.withDefaults(), errors.Join(errs...)
+	return c.withDefaults(), err
 }
 
 // ParseBytes reads a size: plain bytes or a number with a binary suffix

@@ -60,7 +60,7 @@
 // pods being deployed meanwhile keep going, at worst pulling a layer a
 // second time, never failing.
 //
-// The Redis keys are documented in shared/imagelocality, which also holds
+// The Redis keys are documented in shared/imagemeta, which also holds
 // the read side: image locality for the scheduler and the image listing of
 // `podvisor get images`.
 package imagecache

@@ -6,7 +6,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
-	il "github.com/podvisor/podvisor/shared/imagelocality"
+	il "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // CollectGarbage evicts unreferenced chains from every datastore whose image

@@ -17,7 +17,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/shared/bus"
-	il "github.com/podvisor/podvisor/shared/imagelocality"
+	il "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // container is one container of a pod and its image reference.

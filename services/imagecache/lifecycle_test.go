@@ -18,7 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // TestScheduledHostWithoutTheDatastoreGetsACopy: prefetch puts the chain on
@@ -33,7 +33,7 @@ func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
 	// not every host mounts it.
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		loc, _ := imagelocality.NewReader(e.redis).Locality(context.Background(), []string{web})
+		loc, _ := imagemeta.NewReader(e.redis).Locality(context.Background(), []string{web})
 		if loc[localDS] == 1 {
 			break
 		}
@@ -111,7 +111,7 @@ func TestRedisFlushedMidRun(t *testing.T) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var err error
-		imgs, err = imagelocality.NewReader(e.redis).Images(ctx)
+		imgs, err = imagemeta.NewReader(e.redis).Images(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -253,7 +253,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	if want := []string{workerLayers[1].ChainID, workerLayers[0].ChainID}; !slices.Equal(order, want) {
 		t.Fatalf("evicted %v, want the worker's top then the base %v", order, want)
 	}
-	chains, _ := imagelocality.NewReader(e.redis).Chains(ctx)
+	chains, _ := imagemeta.NewReader(e.redis).Chains(ctx)
 	if len(chains) != 0 {
 		t.Fatalf("chain records left after full GC: %+v", chains)
 	}

@@ -25,7 +25,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
-	il "github.com/podvisor/podvisor/shared/imagelocality"
+	il "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 var tracer = otel.Tracer("github.com/podvisor/podvisor/services/imagecache")

@@ -14,7 +14,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // Sizes of the sample layers as pushed by ociregistry.Seed.

@@ -3,10 +3,9 @@ package migration
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/lease"
 )
 
@@ -77,40 +76,23 @@ const (
 	EnvLeaseTTL           = "PODVISOR_MIGRATION_LEASE_TTL"
 )
 
-// ConfigFromEnv returns DefaultConfig with the environment's overrides; a
-// value that does not parse is an error naming the variable.
-func ConfigFromEnv() (Config, error) {
+// ConfigFromEnv is ConfigFrom the process environment.
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom returns DefaultConfig with src's overrides; a value that does
+// not parse is an error naming the variable.
+func ConfigFrom(src config.Source) (Config, error) {
 	cfg := DefaultConfig()
-	var errs []error
-	intVar := func(name string, dst *int) {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not an integer", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	durVar := func(name string, dst *time.Duration) {
-		if v := os.Getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: not a duration (e.g. 90s, 10m)", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	intVar(EnvMaxPerHost, &cfg.Limits.PerSourceHost)
-	intVar(EnvMaxPerCluster, &cfg.Limits.PerCluster)
-	intVar(EnvWorkers, &cfg.Workers)
-	durVar(EnvRelocateTimeout, &cfg.RelocateTimeout)
-	durVar(EnvReservationTimeout, &cfg.ReservationTimeout)
-	durVar(EnvDrainTimeout, &cfg.DrainTimeout)
-	durVar(EnvRecordRetention, &cfg.RecordRetention)
-	durVar(EnvLeaseTTL, &cfg.LeaseTTL)
-	if err := errors.Join(errs...); err != nil {
+	r := config.Read(src)
+	r.Int(EnvMaxPerHost, &cfg.Limits.PerSourceHost)
+	r.Int(EnvMaxPerCluster, &cfg.Limits.PerCluster)
+	r.Int(EnvWorkers, &cfg.Workers)
+	r.Duration(EnvRelocateTimeout, &cfg.RelocateTimeout)
+	r.Duration(EnvReservationTimeout, &cfg.ReservationTimeout)
+	r.Duration(EnvDrainTimeout, &cfg.DrainTimeout)
+	r.Duration(EnvRecordRetention, &cfg.RecordRetention)
+	r.Duration(EnvLeaseTTL, &cfg.LeaseTTL)
+	if err := r.Err(); err != nil {
 		return Config{}, err
 	}
 	return cfg, cfg.Validate()

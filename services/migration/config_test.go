@@ -36,8 +36,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		edit func(*Config)
 		want []string
 	}{
-		{name: "not a number", env: map[string]string{EnvMaxPerHost: "two"}, want: []string{EnvMaxPerHost, "not an integer"}},
-		{name: "not a duration", env: map[string]string{EnvRelocateTimeout: "10"}, want: []string{EnvRelocateTimeout, "not a duration"}},
+		{name: "not a number", env: map[string]string{EnvMaxPerHost: "two"}, want: []string{EnvMaxPerHost, "want a whole number"}},
+		{name: "not a duration", env: map[string]string{EnvRelocateTimeout: "10"}, want: []string{EnvRelocateTimeout, "want a duration"}},
 		{name: "zero limits", edit: func(c *Config) { c.Limits = Limits{} }, want: []string{"Limits.PerSourceHost", "Limits.PerCluster"}},
 		{name: "host above cluster", edit: func(c *Config) { c.Limits = Limits{PerSourceHost: 6, PerCluster: 5} }, want: []string{"exceeds Limits.PerCluster"}},
 		{name: "backoff too long", edit: func(c *Config) { c.MaxAttempts = 2 }, want: []string{"MaxAttempts"}},

@@ -94,7 +94,7 @@
 //
 // The one-migration-per-pod rule and the limits live in one process's
 // memory (the pod locks, the queue), so one replica at a time does the
-// work. Any number may run: they compete for a lease, key LeaderKey
+// work. Any number may run: they compete for a lease, key events.MigrationLeaderKey
 // (`_leader`) in KV `migrations` (package shared/lease). The holder
 // consumes the events, runs the queue and the drains; the others stand by,
 // consume nothing, and log once that they do. The leader renews the lease

@@ -37,6 +37,7 @@ const drainPoll = 50 * time.Millisecond
 const settleTimeout = 30 * time.Second
 
 func (s *Service) onDrainRequested(ctx context.Context, m *bus.Message, p *events.HostDrainRequested) error {
+	annotateHost(ctx, p.Name)
 	if _, err := s.vm.Host(ctx, p.Name); errors.Is(err, vmotion.ErrNotFound) {
 		return bus.Permanent(fmt.Errorf("drain host %s: %w", p.Name, err))
 	} else if err != nil {
@@ -60,11 +61,7 @@ func (s *Service) onDrainRequested(ctx context.Context, m *bus.Message, p *event
 	if _, err := s.store.putDrain(ctx, rec, rev); err != nil {
 		return err
 	}
-	ev, err := bus.Effect(m.Event, Source, events.TypeHostCordoned, p.Name, &events.HostCordoned{Name: p.Name, Reason: "Drain"})
-	if err != nil {
-		return err
-	}
-	if err := s.publish(ctx, ev); err != nil {
+	if err := s.emit(ctx, &m.Event, &events.HostCordoned{Name: p.Name, Reason: "Drain"}); err != nil {
 		return err
 	}
 	s.log.Info("drain started", "host", p.Name)
@@ -258,17 +255,9 @@ func (s *Service) requestDrainMigration(ctx context.Context, host, requestID str
 	s.mu.Lock()
 	s.pending[id] = s.now()
 	s.mu.Unlock()
-	ev, err := bus.NewEvent(Source, events.TypeMigrationRequested, rec.Key(), &events.MigrationRequested{
+	if err := s.emit(ctx, standIn(fmt.Sprintf("drain/%s/%s", host, requestID), p.TraceParent), &events.MigrationRequested{
 		ID: id, Namespace: p.Namespace, Pod: p.Name,
-	})
-	if err != nil {
-		return "", err
-	}
-	ev.SetID(fmt.Sprintf("drain/%s/%s/%s", host, requestID, id))
-	if p.TraceParent != "" {
-		ev.SetExtension(bus.ExtTraceparent, p.TraceParent)
-	}
-	if err := s.publish(ctx, ev); err != nil {
+	}, bus.Distinct(id)); err != nil {
 		return "", err
 	}
 	return id, nil
@@ -395,12 +384,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 	if d == nil || d.RequestID != requestID || d.Phase != phase {
 		return nil // uncordoned meanwhile
 	}
-	ev, err := bus.NewEvent(Source, events.TypeHostDrained, host, &events.HostDrained{Name: host, Migrated: migrated, Unmovable: unmovable})
-	if err != nil {
-		return err
-	}
-	ev.SetID(fmt.Sprintf("drain/%s/%s/drained", host, requestID))
-	if err := s.publish(ctx, ev); err != nil {
+	if err := s.emit(ctx, standIn(fmt.Sprintf("drain/%s/%s", host, requestID), ""), &events.HostDrained{Name: host, Migrated: migrated, Unmovable: unmovable}); err != nil {
 		return err
 	}
 	s.log.Info("drain ended", "host", host, "phase", phase, "migrated", migrated, "unmovable", len(unmovable))

@@ -45,6 +45,9 @@ const (
 	// ReasonPrecheckFailed: the checks themselves could not run (vCenter or
 	// NATS did not answer).
 	ReasonPrecheckFailed = "PrecheckFailed"
+	// ReasonReservationFailed: the reserved target could not be taken up
+	// (the record could not be written) before the deliveries ran out.
+	ReasonReservationFailed = "ReservationFailed"
 	// ReasonDrainStopped: the host was uncordoned while its drain ran.
 	ReasonDrainStopped = "DrainStopped"
 	// ReasonStillProvisioning: a drain found the pod still being placed or

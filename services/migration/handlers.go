@@ -14,42 +14,64 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// handle decodes an event and hands it to its handler. A payload that does
-// not decode or validate is dead-lettered: no retry can fix it.
-func (s *Service) handle(ctx context.Context, m *bus.Message) error {
-	v, err := events.Decode(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(attribute.String("podvisor.service", Name))
-	switch p := v.(type) {
-	case *events.MigrationRequested:
-		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
-		return s.onRequested(ctx, m, p)
-	case *events.MigrationTargetReserved:
-		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("pod.uid", p.UID), attribute.String("migration.id", p.ID))
-		return s.onReserved(ctx, m, p)
-	case *events.MigrationRejected:
-		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
-		return s.onRejected(ctx, m, p)
-	case *events.MigrationCancelRequested:
-		span.SetAttributes(attribute.String("pod", p.ObjectKey()), attribute.String("migration.id", p.ID))
+// routes are the service's handlers, one per event it consumes. A reserved
+// target whose handling keeps failing until the deliveries run out fails
+// the migration with the reason (reservedFailed), so it does not stay
+// Pending with room held on the target.
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, s.onRequested)
+	bus.Handle(r, s.onReserved).OnFailure(s.reservedFailed)
+	bus.Handle(r, s.onRejected)
+	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.MigrationCancelRequested) error {
+		annotateMigration(ctx, p.ObjectKey(), "", p.ID)
 		return s.onCancel(ctx, p)
-	case *events.HostDrainRequested:
-		span.SetAttributes(attribute.String("host", p.Name))
-		return s.onDrainRequested(ctx, m, p)
-	case *events.HostUncordoned:
-		span.SetAttributes(attribute.String("host", p.Name))
+	})
+	bus.Handle(r, s.onDrainRequested)
+	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostUncordoned) error {
+		annotateHost(ctx, p.Name)
 		return s.onUncordoned(ctx, p)
-	case *events.HostLost:
-		span.SetAttributes(attribute.String("host", p.Name))
-		return s.onHostLost(ctx, m, p)
-	case *events.HostRecovered:
-		span.SetAttributes(attribute.String("host", p.Name))
+	})
+	bus.Handle(r, s.onHostLost)
+	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostRecovered) error {
+		annotateHost(ctx, p.Name)
 		return s.onHostRecovered(ctx, p)
+	})
+	return r
+}
+
+func annotateMigration(ctx context.Context, pod, uid, id string) {
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.String("pod", pod), attribute.String("migration.id", id))
+	if uid != "" {
+		span.SetAttributes(attribute.String("pod.uid", uid))
 	}
-	return nil
+}
+
+func annotateHost(ctx context.Context, host string) {
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("host", host))
+}
+
+// reservedFailed fails a migration whose reserved target could not be
+// taken up: migration.failed with the reason, and the record ended.
+func (s *Service) reservedFailed(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved, err error) error {
+	r, rerr := s.store.migration(ctx, p.ID)
+	if rerr != nil {
+		return rerr
+	}
+	if r == nil {
+		r = &events.MigrationRecord{ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, TraceParent: traceParent(m.Event)}
+	}
+	if !r.Active() && r.Phase != "" {
+		return nil // ended meanwhile; its outcome is announced already
+	}
+	r.UID, r.SourceHost, r.TargetHost = p.UID, p.SourceHost, p.TargetHost
+	msg := err.Error()
+	if !bus.IsPermanent(err) {
+		msg = fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, msg)
+	}
+	defer s.release(r)
+	return s.finish(ctx, r, events.MigrationPhaseFailed, bus.ReasonOf(err, ReasonReservationFailed), msg)
 }
 
 // claim makes id the pod's one active migration, unless another one is:
@@ -67,6 +89,7 @@ func (s *Service) claim(podKey, id string) string {
 // onRequested records a request while the scheduler looks for a target, or
 // rejects it when the pod already has a migration in flight.
 func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.MigrationRequested) error {
+	annotateMigration(ctx, p.ObjectKey(), "", p.ID)
 	r, err := s.store.migration(ctx, p.ID)
 	if err != nil {
 		return err
@@ -89,7 +112,7 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 		rec.Phase, rec.Reason = events.MigrationPhaseRejected, ReasonAlreadyMigrating
 		rec.Message = fmt.Sprintf("pod %s is already migrating (migration %s); one migration per pod at a time", rec.Key(), other)
 		rec.EndedAt = s.now().UTC()
-		if err := s.publishFor(ctx, cause, rec, "rejected", events.TypeMigrationRejected, &events.MigrationRejected{
+		if err := s.publishFor(ctx, cause, rec, "rejected", &events.MigrationRejected{
 			ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Reason: rec.Reason, Message: rec.Message,
 		}); err != nil {
 			return err
@@ -129,6 +152,7 @@ func (s *Service) release(r *events.MigrationRecord) {
 // while pending, or given up waiting) is released at once
 // (migration.cancelled), so that it does not keep room on a host.
 func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
+	annotateMigration(ctx, p.ObjectKey(), p.UID, p.ID)
 	r, err := s.store.migration(ctx, p.ID)
 	if err != nil {
 		return err
@@ -155,7 +179,7 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 			// that the pod's other, running migration ended.
 			return nil
 		}
-		return s.publishFor(ctx, &m.Event, r, "release", events.TypeMigrationCancelled, &events.MigrationCancelled{
+		return s.publishFor(ctx, &m.Event, r, "release", &events.MigrationCancelled{
 			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, UID: p.UID, TargetHost: p.TargetHost,
 		})
 	}
@@ -203,6 +227,7 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 
 // onRejected records the scheduler's refusal.
 func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.MigrationRejected) error {
+	annotateMigration(ctx, p.ObjectKey(), "", p.ID)
 	if m.Event.Source() == Source {
 		return nil // our own refusal, already recorded
 	}
@@ -297,27 +322,26 @@ func (s *Service) onCancel(ctx context.Context, p *events.MigrationCancelRequest
 // the two replays the announcement (same id, de-duplicated) rather than
 // leave the scheduler holding a reservation nobody will release.
 func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, reason, msg string) error {
-	var ceType string
-	var data any
+	var data events.Payload
 	switch phase {
 	case events.MigrationPhaseCompleted:
-		ceType, data = events.TypeMigrationCompleted, &events.MigrationCompleted{
+		data = &events.MigrationCompleted{
 			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
 			TargetHost: r.TargetHost, TargetCluster: r.TargetCluster, TargetPool: r.TargetPool,
 		}
 	case events.MigrationPhaseCancelled:
-		ceType, data = events.TypeMigrationCancelled, &events.MigrationCancelled{
+		data = &events.MigrationCancelled{
 			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, TargetHost: r.TargetHost,
 		}
 	case events.MigrationPhaseFailed:
-		ceType, data = events.TypeMigrationFailed, &events.MigrationFailed{
+		data = &events.MigrationFailed{
 			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
 			TargetHost: r.TargetHost, Reason: reason, Message: msg,
 		}
 	default:
 		return fmt.Errorf("finish migration %s: %q is not a final phase", r.ID, phase)
 	}
-	if err := s.publishFor(ctx, nil, r, "end", ceType, data); err != nil {
+	if err := s.publishFor(ctx, nil, r, "end", data); err != nil {
 		return err
 	}
 	updated, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {

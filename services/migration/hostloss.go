@@ -18,6 +18,7 @@ import (
 // host by then.
 
 func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.HostLost) error {
+	annotateHost(ctx, p.Name)
 	if err := s.failMigrationsTouching(ctx, p.Name); err != nil {
 		return err
 	}
@@ -30,17 +31,10 @@ func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.Host
 		if gone(pod) || pod.Phase == events.PodPhasePending {
 			continue
 		}
-		ev, err := bus.Effect(m.Event, Source, events.TypePodEvicted, pod.Key(), &events.PodEvicted{
+		if err := s.emit(ctx, &m.Event, &events.PodEvicted{
 			Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, Host: p.Name, Reason: ReasonHostLost,
 			Message: fmt.Sprintf("host %s stopped responding (%s); the pod restarts on another host", p.Name, p.Reason),
-		})
-		if err != nil {
-			return err
-		}
-		if pod.TraceParent != "" {
-			ev.SetExtension(bus.ExtTraceparent, pod.TraceParent)
-		}
-		if err := s.publish(ctx, ev); err != nil {
+		}, bus.Flow(pod.TraceParent)); err != nil {
 			return err
 		}
 		evicted++

@@ -63,7 +63,7 @@ func (r *replica) leading() bool {
 
 func (w *world) leaseHolder() string {
 	w.t.Helper()
-	e, err := w.kv(events.BucketMigrations).Get(context.Background(), LeaderKey)
+	e, err := w.kv(events.BucketMigrations).Get(context.Background(), events.MigrationLeaderKey)
 	if err != nil {
 		return ""
 	}
@@ -184,9 +184,9 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 // TestLeaderKeyIsNoMigrationID: the lease key is one no migration request
 // can name, so it cannot collide with a record.
 func TestLeaderKeyIsNoMigrationID(t *testing.T) {
-	err := (&events.MigrationRequested{ID: LeaderKey, Namespace: "default", Pod: "web"}).Validate()
+	err := (&events.MigrationRequested{ID: events.MigrationLeaderKey, Namespace: "default", Pod: "web"}).Validate()
 	if err == nil {
-		t.Fatalf("a migration may be named %q, the leader lease's key", LeaderKey)
+		t.Fatalf("a migration may be named %q, the leader lease's key", events.MigrationLeaderKey)
 	}
 }
 

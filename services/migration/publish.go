@@ -16,49 +16,44 @@ import (
 const publishAttempts = 5
 
 // publishFor publishes an event about a migration. With a cause it is the
-// cause's effect (bus.Effect: id derived from the cause). Without one —
-// events from the runner, which acts on the record rather than on one
-// event — the id is derived from the migration ID and what, so a runner
-// resumed after a restart republishes the same ids and JetStream keeps one
-// copy. Either way the event carries the request's traceparent, so the
-// whole migration is one trace.
-func (s *Service) publishFor(ctx context.Context, cause *event.Event, r *events.MigrationRecord, what, ceType string, data any) error {
-	var ev event.Event
-	var err error
-	subject := events.PodKey(r.Namespace, r.Pod)
+// cause's effect. Without one (events from the runner, which acts on the
+// record rather than on one event) the migration itself stands in as the
+// cause and what tells its effects apart, so a runner resumed after a
+// restart republishes the same ids and JetStream keeps one copy. Either way
+// the event carries the request's traceparent, so the whole migration is
+// one trace.
+func (s *Service) publishFor(ctx context.Context, cause *event.Event, r *events.MigrationRecord, what string, data events.Payload) error {
 	if cause != nil {
-		ev, err = bus.Effect(*cause, Source, ceType, subject, data)
-	} else {
-		ev, err = bus.NewEvent(Source, ceType, subject, data)
-		if err == nil {
-			ev.SetID(fmt.Sprintf("migration/%s/%s/%s", r.ID, what, ceType))
-			if r.TraceParent != "" {
-				ev.SetExtension(bus.ExtTraceparent, r.TraceParent)
-			}
-		}
+		return s.emit(ctx, cause, data)
 	}
-	if err != nil {
-		return fmt.Errorf("build %s for migration %s: %w", ceType, r.ID, err)
-	}
-	return s.publish(ctx, ev)
+	return s.emit(ctx, standIn("migration/"+r.ID, r.TraceParent), data, bus.Distinct(what))
 }
 
-// publish sends an event, retrying briefly: NATS may be reconnecting.
-func (s *Service) publish(ctx context.Context, ev event.Event) error {
+// standIn is the cause of what a runner or a drain publishes on its own:
+// an id naming the work, and the flow it continues.
+func standIn(id, traceparent string) *event.Event {
+	ev := event.New()
+	ev.SetID(id)
+	if traceparent != "" {
+		ev.SetExtension(bus.ExtTraceparent, traceparent)
+	}
+	return &ev
+}
+
+// emit publishes p, retrying briefly: NATS may be reconnecting, and a runner
+// or drain has no redelivery behind it.
+func (s *Service) emit(ctx context.Context, cause *event.Event, p events.Payload, opts ...bus.EmitOption) error {
 	var err error
 	for i := range publishAttempts {
-		if err = s.bus.Publish(ctx, ev); err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			break
+		if err = s.out.Emit(ctx, cause, p, opts...); err == nil || bus.IsPermanent(err) || ctx.Err() != nil {
+			return err
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("publish %s %s: %w", ev.Type(), ev.Subject(), err)
+	return err
 }
 
 // progress publishes migration.progress.
@@ -67,7 +62,7 @@ func (s *Service) progress(ctx context.Context, r *events.MigrationRecord, phase
 	if phase == events.PhaseQueued {
 		what = fmt.Sprintf("%s-at-%d", phase, position)
 	}
-	return s.publishFor(ctx, nil, r, what, events.TypeMigrationProgress, &events.MigrationProgress{
+	return s.publishFor(ctx, nil, r, what, &events.MigrationProgress{
 		ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, Phase: phase, Percent: percent, QueuePosition: position, Message: msg,
 	})
 }

@@ -15,17 +15,13 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// refusal is a precheck that says no: the migration fails with its reason.
-type refusal struct {
-	reason, message string
-}
-
-func (r *refusal) Error() string { return r.reason + ": " + r.message }
-
+// refuse is a precheck (or a relocation) that says no: the migration fails
+// with the reason, and no retry can change the answer.
 func refuse(reason, format string, args ...any) error {
-	return &refusal{reason: reason, message: fmt.Sprintf(format, args...)}
+	return bus.Permanent(bus.WithReason(reason, fmt.Errorf(format, args...)))
 }
 
 // precheckAttempts bounds the retries of prechecks that could not run
@@ -66,19 +62,15 @@ func (s *Service) runMigration(ctx context.Context, id string) {
 			return // ended meanwhile; its outcome is announced already
 		}
 		span.SetStatus(codes.Error, err.Error())
-		reason, msg := ReasonPrecheckFailed, err.Error()
-		var no *refusal
-		if errors.As(err, &no) {
-			reason, msg = no.reason, no.message
-		}
+		reason, msg := bus.ReasonOf(err, ReasonPrecheckFailed), err.Error()
 		if err := s.finish(ctx, r, events.MigrationPhaseFailed, reason, msg); err != nil {
 			s.log.Error("record migration failure", "migration", id, "err", err)
 		}
 	}
 }
 
-// drive runs the steps; a returned error fails the migration (a *refusal
-// carries its reason).
+// drive runs the steps; a returned error fails the migration (with the
+// reason refuse attached, if any).
 func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	if r.CancelRequested && !r.Started() {
 		return s.cancelled(ctx, r, "Cancelled", "cancelled before relocating")
@@ -107,8 +99,7 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
 		plan, err = s.precheck(pctx, r)
 		cancel()
-		var no *refusal
-		if err == nil || errors.As(err, &no) || attempt == precheckAttempts || ctx.Err() != nil {
+		if err == nil || bus.IsPermanent(err) || attempt == precheckAttempts || ctx.Err() != nil {
 			break
 		}
 		s.log.Warn("precheck could not run; retrying", "migration", r.ID, "attempt", attempt, "err", err)

@@ -33,6 +33,7 @@ const instrumentation = "github.com/podvisor/podvisor/services/migration"
 type Service struct {
 	cfg    Config
 	bus    *bus.Bus
+	out    *bus.Emitter
 	vm     *vmotion.Client
 	log    *slog.Logger
 	store  *store
@@ -106,6 +107,7 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	s := &Service{
 		cfg:       cfg,
 		bus:       b,
+		out:       b.Emitter(Source),
 		vm:        vm,
 		log:       log.With("service", Name),
 		tracer:    otel.Tracer(instrumentation),
@@ -143,20 +145,15 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	return s, nil
 }
 
-// LeaderKey is the key of the service's leader lease in KV `migrations`.
-// Migration IDs begin with a letter or a digit, so no record can take it;
-// readers of the bucket skip it.
-const LeaderKey = "_leader"
-
 // Run leads or stands by until ctx ends. Several replicas may run: the one
-// holding the lease (KV `migrations`, key LeaderKey) does all the work —
+// holding the lease (KV `migrations`, key events.MigrationLeaderKey) does all the work —
 // it resumes the migrations and drains the records say are unfinished,
 // then consumes migration and host events — while the others wait for it
 // to stop or vanish. Migrations that are relocating when the leader stops
 // keep their vMotion running in vCenter and are picked up again by the
 // next leader. Run returns nil when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	l := &lease.Lease{KV: s.store.migs, Key: LeaderKey, Holder: s.holder, TTL: s.cfg.LeaseTTL, Logger: s.log}
+	l := &lease.Lease{KV: s.store.migs, Key: events.MigrationLeaderKey, Holder: s.holder, TTL: s.cfg.LeaseTTL, Logger: s.log}
 	return l.Run(ctx, s.lead)
 }
 
@@ -185,22 +182,8 @@ func (s *Service) lead(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { s.dispatchLoop(gctx); return nil })
 	g.Go(func() error { s.sweepLoop(gctx); return nil })
-	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamMigrations, []string{
-			events.SubjectMigrationRequested,
-			events.SubjectMigrationTargetReserved,
-			events.SubjectMigrationRejected,
-			events.SubjectMigrationCancelRequested,
-		}), s.handle)
-	})
-	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamHosts, []string{
-			events.SubjectHostDrainRequested,
-			events.SubjectHostLost,
-			events.SubjectHostRecovered,
-			events.SubjectHostUncordoned,
-		}), s.handle)
-	})
+	r := s.routes()
+	g.Go(func() error { return r.Run(gctx, s.bus, s.consumer(), nil) })
 	s.log.Info("migration service running", "per_source_host", s.cfg.Limits.PerSourceHost, "per_cluster", s.cfg.Limits.PerCluster)
 	err := g.Wait()
 	// Runners and drains see ctx end and stop at their next step.
@@ -211,11 +194,10 @@ func (s *Service) lead(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig {
+// consumer is the configuration of the service's consumers (the router
+// fills in the stream and subjects).
+func (s *Service) consumer() bus.ConsumerConfig {
 	return bus.ConsumerConfig{
-		Service:    Name,
-		Stream:     stream,
-		Subjects:   subjects,
 		Workers:    s.cfg.Workers,
 		AckWait:    s.cfg.AckWait,
 		MaxDeliver: s.cfg.MaxAttempts,

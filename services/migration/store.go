@@ -96,7 +96,7 @@ func listJSON[T any](ctx context.Context, kv jetstream.KeyValue) ([]*T, error) {
 			if e == nil {
 				return out, nil
 			}
-			if e.Operation() != jetstream.KeyValuePut || e.Key() == LeaderKey {
+			if e.Operation() != jetstream.KeyValuePut || e.Key() == events.MigrationLeaderKey {
 				continue // the leader lease is no record
 			}
 			v := new(T)

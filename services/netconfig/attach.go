@@ -25,83 +25,118 @@ const (
 	ReasonAddressingFailed   = "AddressingFailed"
 )
 
-// handlePod handles the PODS stream, keyed by pod: it learns a pod's
-// networks on pod.accepted, attaches them on pod.scheduled and frees the
-// addresses on pod.deleted and pod.failed.
-func (s *Service) handlePod(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m)
-	if err != nil {
-		return err
+// ReasonAttachFailed is the reason of a pod.network.failed published when
+// an attach kept failing for a reason a retry could have fixed, until the
+// deliveries ran out.
+const ReasonAttachFailed = "AttachFailed"
+
+// onPodAccepted learns a pod's networks, so that pod.scheduled need not read
+// the pod record.
+func (s *Service) onPodAccepted(_ context.Context, _ *bus.Message, p *events.PodAccepted) error {
+	nets := p.Networks
+	if len(nets) == 0 {
+		nets = events.PodNetworks(&p.Pod)
 	}
-	switch p := v.(type) {
-	case *events.PodAccepted:
-		nets := p.Networks
-		if len(nets) == 0 {
-			nets = events.PodNetworks(&p.Pod)
-		}
-		s.podNets.Store(p.UID, nets)
-		return nil
-	case *events.PodScheduled:
-		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID), attribute.String("host", p.Host))
-		return outcome(s.attach(ctx, &m.Event, p))
-	case *events.PodDeleted:
-		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
-		var nets []string
-		for _, ip := range p.IPs {
-			nets = append(nets, ip.Network)
-		}
-		return s.release(ctx, p.UID, nets)
-	case *events.PodFailed:
-		// A failed pod releases everything through the facts its owners
-		// consume; a re-created pod gets a fresh allocation.
-		annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
-		return s.release(ctx, p.UID, nil)
-	}
+	s.podNets.Store(p.UID, nets)
 	return nil
 }
+
+// onPodScheduled attaches the pod's networks on its host.
+func (s *Service) onPodScheduled(ctx context.Context, m *bus.Message, p *events.PodScheduled) error {
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID), attribute.String("host", p.Host))
+	return s.attach(ctx, &m.Event, p)
+}
+
+// onPodDeleted frees a deleted pod's addresses.
+func (s *Service) onPodDeleted(ctx context.Context, _ *bus.Message, p *events.PodDeleted) error {
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
+	var nets []string
+	for _, ip := range p.IPs {
+		nets = append(nets, ip.Network)
+	}
+	return s.release(ctx, p.UID, nets)
+}
+
+// onPodFailed frees a failed pod's addresses: a failed pod releases
+// everything through the facts its owners consume; a re-created pod gets a
+// fresh allocation.
+func (s *Service) onPodFailed(ctx context.Context, _ *bus.Message, p *events.PodFailed) error {
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID))
+	return s.release(ctx, p.UID, nil)
+}
+
+// attachError names the network an attach failed on, for pod.network.failed.
+type attachError struct {
+	network string
+	err     error
+}
+
+func (e *attachError) Error() string { return e.err.Error() }
+func (e *attachError) Unwrap() error { return e.err }
 
 // attach makes sure each network of a scheduled pod is realized on its host
 // (realizing it on demand when the host is in scope) and allocates the pod
 // an address on each, then publishes pod.network.attached. A network that
-// cannot be attached gives pod.network.failed with the reason, and the
-// addresses taken for the pod's other networks are freed again.
+// cannot be attached fails the attach with an error naming the network;
+// the route's failure hook (attachFailed) tells the pod why when no retry
+// can help or the retries ran out.
 func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodScheduled) error {
 	nets, err := s.networksOf(ctx, p.Namespace, p.Name, p.UID)
 	if err != nil {
 		return err
 	}
-	subject := events.PodKey(p.Namespace, p.Name)
 	var atts []events.NetworkAttachment
 	for _, name := range nets {
-		att, reason, err := s.attachOne(ctx, cause, name, p)
-		if err == nil {
-			atts = append(atts, att)
-			continue
+		att, err := s.attachOne(ctx, cause, name, p)
+		if err != nil {
+			return &attachError{network: name, err: err}
 		}
-		if reason == "" {
-			return err // transient: retry the whole attachment
-		}
-		s.log.Info("pod network attachment failed", "pod", subject, "network", name, "host", p.Host, "reason", reason, "err", err)
-		if rerr := s.release(ctx, p.UID, nets); rerr != nil {
-			return rerr
-		}
-		return s.emit(ctx, cause, "attach", events.TypePodNetworkFailed, subject, &events.PodNetworkFailed{
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Network: name, Reason: reason, Message: err.Error(),
-		})
+		atts = append(atts, att)
 	}
-	return s.emit(ctx, cause, "attach", events.TypePodNetworkAttached, subject, &events.PodNetworkAttached{
+	return s.out.Emit(ctx, cause, &events.PodNetworkAttached{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Attachments: atts,
-	})
+	}, bus.Distinct("attach"))
 }
 
-// attachOne attaches one network. A non-empty reason marks a failure no
-// retry will fix; an error without one is transient.
-func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string, p *events.PodScheduled) (att events.NetworkAttachment, reason string, err error) {
+// attachFailed is the failure hook of pod.scheduled: it frees the addresses
+// taken for the pod's other networks and publishes pod.network.failed with
+// the reason.
+func (s *Service) attachFailed(ctx context.Context, m *bus.Message, p *events.PodScheduled, err error) error {
+	subject := events.PodKey(p.Namespace, p.Name)
+	var ae *attachError
+	network := ""
+	if errors.As(err, &ae) {
+		network = ae.network
+	} else if nets, nerr := s.networksOf(ctx, p.Namespace, p.Name, p.UID); nerr == nil && len(nets) > 0 {
+		network = nets[0]
+	}
+	msg := err.Error()
+	if !bus.IsPermanent(err) {
+		msg = fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, msg)
+	}
+	reason := bus.ReasonOf(err, ReasonAttachFailed)
+	m.Log.Info("pod network attachment failed", "pod", subject, "network", network, "host", p.Host, "reason", reason, "err", err)
+	if rerr := s.release(ctx, p.UID, nil); rerr != nil {
+		return rerr
+	}
+	if network == "" {
+		network = "unknown"
+	}
+	return s.out.Emit(ctx, &m.Event, &events.PodNetworkFailed{
+		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Network: network, Reason: reason, Message: msg,
+	}, bus.Distinct("attach"))
+}
+
+// refused marks an attach failure no retry will fix, with its reason.
+func refused(reason string, err error) error { return bus.Permanent(bus.WithReason(reason, err)) }
+
+// attachOne attaches one network.
+func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string, p *events.PodScheduled) (att events.NetworkAttachment, err error) {
 	ctx, sp := span(ctx, "netconfig attach",
 		attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID),
 		attribute.String("network", name), attribute.String("host", p.Host))
 	defer func() {
-		sp.SetAttributes(attribute.String("ip", att.IP), attribute.String("reason", reason))
+		sp.SetAttributes(attribute.String("ip", att.IP), attribute.String("reason", bus.ReasonOf(err, "")))
 		end(sp, err)
 	}()
 	// The common case, the network ready on the host, takes the network
@@ -111,23 +146,23 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 	// not ready again: realize again, a few times, then leave it to a retry.
 	const rounds = 3
 	for round := 0; ; round++ {
-		att, reason, retry, err := s.allocate(ctx, name, p)
+		att, retry, err := s.allocate(ctx, name, p)
 		switch {
 		case !retry:
-			return att, reason, err
+			return att, err
 		case round == rounds:
-			return events.NetworkAttachment{}, "", fmt.Errorf("network %s on host %s: still changing after %d realizations; will retry", name, p.Host, rounds)
+			return events.NetworkAttachment{}, fmt.Errorf("network %s on host %s: still changing after %d realizations; will retry", name, p.Host, rounds)
 		}
 		if err := s.ensureOnHost(ctx, cause, name, p.Host); err != nil {
 			switch {
 			case errors.Is(err, ErrNetworkNotFound):
-				return events.NetworkAttachment{}, ReasonNetworkNotFound, fmt.Errorf("network %s does not exist or has no applied version", name)
+				return events.NetworkAttachment{}, refused(ReasonNetworkNotFound, fmt.Errorf("network %s does not exist or has no applied version", name))
 			case errors.Is(err, ErrNotInScope):
-				return events.NetworkAttachment{}, ReasonNotInScope, fmt.Errorf("host %s is not in the scope of network %s", p.Host, name)
+				return events.NetworkAttachment{}, refused(ReasonNotInScope, fmt.Errorf("host %s is not in the scope of network %s", p.Host, name))
 			case errors.Is(err, ErrNotRealized):
-				return events.NetworkAttachment{}, ReasonNotRealizedOnHost, err
+				return events.NetworkAttachment{}, refused(ReasonNotRealizedOnHost, err)
 			}
-			return events.NetworkAttachment{}, "", err
+			return events.NetworkAttachment{}, bus.WithReason(ReasonNotRealizedOnHost, err)
 		}
 	}
 }
@@ -137,29 +172,29 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 // and ensureOnHost should realize it first. It holds the network shared, so
 // that a delete either sees this pod's address or runs before the network
 // is used.
-func (s *Service) allocate(ctx context.Context, name string, p *events.PodScheduled) (att events.NetworkAttachment, reason string, retry bool, err error) {
-	defer s.locks.rlock(name)()
+func (s *Service) allocate(ctx context.Context, name string, p *events.PodScheduled) (att events.NetworkAttachment, retry bool, err error) {
+	defer s.locks.RLock(name)()
 	rec, _, err := s.store.get(ctx, name)
 	if err != nil {
-		return events.NetworkAttachment{}, "", false, err
+		return events.NetworkAttachment{}, false, err
 	}
 	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
 		// Not found at all is decided by ensureOnHost, with its reason.
-		return events.NetworkAttachment{}, "", true, nil
+		return events.NetworkAttachment{}, true, nil
 	}
 	if st, ok := rec.Hosts[p.Host]; !ok || st.State != events.NetworkHostStateReady || st.Version != rec.Version {
-		return events.NetworkAttachment{}, "", true, nil
+		return events.NetworkAttachment{}, true, nil
 	}
 	pl, err := pool(rec)
 	if err != nil {
-		return events.NetworkAttachment{}, ReasonAddressingFailed, false, err
+		return events.NetworkAttachment{}, false, refused(ReasonAddressingFailed, err)
 	}
 	alloc, err := s.ipam.Allocate(ctx, pl, ipam.Owner{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host})
 	if errors.Is(err, ipam.ErrExhausted) {
-		return events.NetworkAttachment{}, ReasonAddressesExhausted, false, err
+		return events.NetworkAttachment{}, false, refused(ReasonAddressesExhausted, err)
 	}
 	if err != nil {
-		return events.NetworkAttachment{}, "", false, err
+		return events.NetworkAttachment{}, false, bus.WithReason(ReasonAddressingFailed, err)
 	}
 	s.recountSoon(name)
 	return events.NetworkAttachment{
@@ -169,7 +204,7 @@ func (s *Service) allocate(ctx context.Context, name string, p *events.PodSchedu
 		PrefixLength: pl.Prefix.Bits(),
 		Gateway:      rec.Spec.Gateway,
 		MAC:          alloc.MAC,
-	}, "", false, nil
+	}, false, nil
 }
 
 // release frees the pod's addresses on the given networks and on every
@@ -217,6 +252,10 @@ func (s *Service) refreshIPsUsed(ctx context.Context, name string) error {
 	return err
 }
 
+// podUnknownRetry is how soon an attach for a pod not known yet is tried
+// again: the pod record is written before pod.accepted is published.
+const podUnknownRetry = 500 * time.Millisecond
+
 // networksOf returns a pod's networks: remembered from pod.accepted, else
 // read from the provisioner's pod record. Neither yet is a transient error
 // (the record is written before pod.accepted is published).
@@ -226,7 +265,7 @@ func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]strin
 	}
 	e, err := s.pods.Get(ctx, events.PodRecordKey(ns, name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, fmt.Errorf("pod %s/%s: %w: no pod.accepted seen and no pod record", ns, name, ErrPodUnknown)
+		return nil, bus.RetryAfter(fmt.Errorf("pod %s/%s: %w: no pod.accepted seen and no pod record", ns, name, ErrPodUnknown), podUnknownRetry)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read pod record %s/%s: %w", ns, name, err)
@@ -237,7 +276,7 @@ func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]strin
 		return nil, fmt.Errorf("decode pod record %s/%s: %w", ns, name, err)
 	}
 	if rec.UID != "" && rec.UID != uid {
-		return nil, fmt.Errorf("pod %s/%s: %w: record has uid %s, event has %s", ns, name, ErrPodUnknown, rec.UID, uid)
+		return nil, bus.RetryAfter(fmt.Errorf("pod %s/%s: %w: record has uid %s, event has %s", ns, name, ErrPodUnknown, rec.UID, uid), podUnknownRetry)
 	}
 	nets := rec.Networks
 	if len(nets) == 0 {

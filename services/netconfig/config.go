@@ -3,11 +3,10 @@ package netconfig
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config tunes the network-config service. The zero value is not valid;
@@ -30,6 +29,11 @@ type Config struct {
 	HistoryLimit int
 	// Workers is the number of events handled at once per stream (default 8).
 	Workers int
+	// MaxDeliver and BackOff bound the retries of one event (0 and nil:
+	// the bus defaults); when they run out, a failed attach ends in
+	// pod.network.failed.
+	MaxDeliver int
+	BackOff    []time.Duration
 	// AckWait is the consumers' ack wait (default 60s; handlers that push to
 	// many hosts report progress).
 	AckWait time.Duration
@@ -62,33 +66,19 @@ func DefaultConfig() Config {
 	}
 }
 
-// ConfigFromEnv reads the PODVISOR_NETCONFIG_* variables over the defaults.
-func ConfigFromEnv() (Config, error) {
+// ConfigFromEnv is ConfigFrom the process environment.
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom reads the PODVISOR_NETCONFIG_* settings of src over the
+// defaults.
+func ConfigFrom(src config.Source) (Config, error) {
 	c := DefaultConfig()
-	var errs []error
-	if v := os.Getenv("PODVISOR_NETCONFIG_PUSH_PARALLELISM"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("PODVISOR_NETCONFIG_PUSH_PARALLELISM=%q: want a whole number", v))
-		}
-		c.PushParallelism = n
-	}
-	for name, dst := range map[string]*time.Duration{
-		"PODVISOR_NETCONFIG_PROBE_WINDOW":    &c.ProbeWindow,
-		"PODVISOR_NETCONFIG_RESYNC_INTERVAL": &c.ResyncInterval,
-	} {
-		if v := os.Getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: want a duration such as 5s", name, v))
-			}
-			*dst = d
-		}
-	}
-	if v := os.Getenv("PODVISOR_NETCONFIG_SWITCH"); v != "" {
-		c.AllHostsSwitch = v
-	}
-	if err := errors.Join(errs...); err != nil {
+	r := config.Read(src)
+	r.Int("PODVISOR_NETCONFIG_PUSH_PARALLELISM", &c.PushParallelism)
+	r.Duration("PODVISOR_NETCONFIG_PROBE_WINDOW", &c.ProbeWindow)
+	r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
+	r.String("PODVISOR_NETCONFIG_SWITCH", &c.AllHostsSwitch)
+	if err := r.Err(); err != nil {
 		return c, err
 	}
 	return c, c.Validate()

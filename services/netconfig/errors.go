@@ -3,7 +3,8 @@ package netconfig
 import "errors"
 
 // Sentinel errors. Handlers wrap them with the network, host or pod they are
-// about; the bus outcome is decided in one place (outcome in handlers.go).
+// about; the bus outcome is decided where they arise, with bus.Permanent,
+// bus.RetryAfter and bus.WithReason.
 var (
 	// ErrNetworkNotFound: no record of the network (never declared, or deleted).
 	ErrNetworkNotFound = errors.New("network not found")
@@ -17,6 +18,4 @@ var (
 	// ErrPodUnknown: pod.scheduled arrived for a pod whose networks are not
 	// known yet (pod.accepted not seen, pod record not readable); retried.
 	ErrPodUnknown = errors.New("pod networks unknown")
-	// ErrConflict: a compare-and-set on a record kept losing; retried.
-	ErrConflict = errors.New("record changed concurrently")
 )

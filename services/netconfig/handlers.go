@@ -26,81 +26,28 @@ const (
 	ReasonNotFound      = "NotFound"
 )
 
-// decode turns a consumed event into its payload, refusing what no retry
-// can fix.
-func decode(m *bus.Message) (any, error) {
-	v, err := events.Decode(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return nil, bus.Permanent(err)
-	}
-	return v, nil
-}
-
-// outcome maps an error to the bus outcome: a refusal no retry can fix is
-// permanent (dead-lettered with its reason), everything else is retried
-// with the consumer's backoff.
-func outcome(err error) error {
-	switch {
-	case err == nil:
-		return nil
-	case errors.Is(err, ErrInvalidSpec):
-		return bus.Permanent(err)
-	case errors.Is(err, ErrPodUnknown):
-		return bus.RetryAfter(err, 500*time.Millisecond)
-	}
-	return err
-}
-
 func annotate(ctx context.Context, kv ...attribute.KeyValue) {
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.String("podvisor.service", Name))
 	span.SetAttributes(kv...)
 }
 
-// emit publishes an event about subject. With a cause, the event is its
-// effect: the id derives from the cause, disc and the type, so a handler
-// that runs again for the same cause republishes the same ids and
-// JetStream keeps one copy. disc tells apart the several events of one type
-// a cause can have (one network.host.ready per host).
-func (s *Service) emit(ctx context.Context, cause *event.Event, disc, ceType, subject string, data any) error {
-	var ev event.Event
-	var err error
-	if cause == nil {
-		ev, err = bus.NewEvent(Source, ceType, subject, data)
-	} else {
-		c := cause.Clone()
-		c.SetID(cause.ID() + "\x00" + disc)
-		ev, err = bus.Effect(c, Source, ceType, subject, data)
-	}
-	if err != nil {
-		return err
-	}
-	if err := s.bus.Publish(ctx, ev); err != nil {
-		return fmt.Errorf("publish %s for %s: %w", ceType, subject, err)
-	}
-	return nil
+// onDeclared stores and pushes a network declaration.
+func (s *Service) onDeclared(ctx context.Context, m *bus.Message, p *events.NetworkDeclared) error {
+	annotate(ctx, attribute.String("network", p.Network.Metadata.Name))
+	return s.Declare(ctx, &m.Event, p.Network, "declared")
 }
 
-// handleNetwork handles the NETWORKS stream: declarations, restores and
-// deletions, keyed by network name.
-func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m)
-	if err != nil {
-		return err
-	}
-	cause := &m.Event
-	switch p := v.(type) {
-	case *events.NetworkDeclared:
-		annotate(ctx, attribute.String("network", p.Network.Metadata.Name))
-		return outcome(s.Declare(ctx, cause, p.Network, "declared"))
-	case *events.NetworkRestoreRequested:
-		annotate(ctx, attribute.String("network", p.Name), attribute.Int64("network.version", p.Version))
-		return outcome(s.restore(ctx, cause, p.Name, p.Version))
-	case *events.NetworkDeleteRequested:
-		annotate(ctx, attribute.String("network", p.Name))
-		return outcome(s.requestDelete(ctx, cause, p.Name))
-	}
-	return nil
+// onRestoreRequested stores an earlier version as the current one.
+func (s *Service) onRestoreRequested(ctx context.Context, m *bus.Message, p *events.NetworkRestoreRequested) error {
+	annotate(ctx, attribute.String("network", p.Name), attribute.Int64("network.version", p.Version))
+	return s.restore(ctx, &m.Event, p.Name, p.Version)
+}
+
+// onDeleteRequested deletes a network unless pods use it.
+func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *events.NetworkDeleteRequested) error {
+	annotate(ctx, attribute.String("network", p.Name))
+	return s.requestDelete(ctx, &m.Event, p.Name)
 }
 
 // Declare stores a declaration as a new version (unless it equals the
@@ -109,7 +56,7 @@ func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
 // came from ("declared", "imported").
 func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Network, origin string) error {
 	name := n.Metadata.Name
-	defer s.locks.lock(name)()
+	defer s.locks.Lock(name)()
 	rec, rev, err := s.store.get(ctx, name)
 	if err != nil {
 		return err
@@ -257,7 +204,7 @@ func sortedKeys(m map[string]bool) []string {
 
 // restore stores an earlier version's spec as a new version and pushes it.
 func (s *Service) restore(ctx context.Context, cause *event.Event, name string, version int64) error {
-	defer s.locks.lock(name)()
+	defer s.locks.Lock(name)()
 	rec, rev, err := s.store.get(ctx, name)
 	if err != nil {
 		return err
@@ -291,15 +238,15 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 
 // requestDelete deletes a network unless pods use it.
 func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name string) error {
-	defer s.locks.lock(name)()
+	defer s.locks.Lock(name)()
 	rec, rev, err := s.store.get(ctx, name)
 	if err != nil {
 		return err
 	}
 	if rec == nil {
-		return s.emit(ctx, cause, "delete", events.TypeNetworkDeleteRejected, name, &events.NetworkDeleteRejected{
+		return s.out.Emit(ctx, cause, &events.NetworkDeleteRejected{
 			Name: name, Reason: ReasonNotFound, Message: fmt.Sprintf("network %s does not exist", name),
-		})
+		}, bus.Distinct("delete"))
 	}
 	allocs, err := s.ipam.Allocations(ctx, name)
 	if err != nil {
@@ -317,9 +264,9 @@ func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name st
 		if _, err := s.store.put(ctx, rec, rev); err != nil {
 			return err
 		}
-		return s.emit(ctx, cause, "delete", events.TypeNetworkDeleteRejected, name, &events.NetworkDeleteRejected{
+		return s.out.Emit(ctx, cause, &events.NetworkDeleteRejected{
 			Name: name, Reason: ReasonInUse, Message: msg, Pods: pods,
-		})
+		}, bus.Distinct("delete"))
 	}
 	rec.Status, rec.Reason, rec.Message = events.NetworkStatusDeleting, "", ""
 	if _, err := s.store.put(ctx, rec, rev); err != nil {
@@ -354,7 +301,7 @@ func (s *Service) deleteLocked(ctx context.Context, cause *event.Event, name str
 	if err := s.store.remove(ctx, name); err != nil {
 		return err
 	}
-	return s.emit(ctx, cause, "delete", events.TypeNetworkDeleted, name, &events.NetworkDeleted{Name: name})
+	return s.out.Emit(ctx, cause, &events.NetworkDeleted{Name: name}, bus.Distinct("delete"))
 }
 
 // cleanSwitch makes every host leave a scope switch that carries no
@@ -381,30 +328,30 @@ func (s *Service) cleanSwitch(ctx context.Context, switchName string) error {
 	return nil
 }
 
-// handleHost realizes, on a host that appeared or came back, every network
-// whose scope covers it.
-func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m)
-	if err != nil {
-		return err
+// onHostDiscovered realizes the networks of a connected new host.
+func (s *Service) onHostDiscovered(ctx context.Context, m *bus.Message, p *events.HostDiscovered) error {
+	if p.Host.ConnectionState != fabric.Connected {
+		return nil // host.recovered follows when it connects
 	}
-	var host, cluster string
-	switch p := v.(type) {
-	case *events.HostDiscovered:
-		host, cluster = p.Host.Name, p.Host.Cluster
-		if p.Host.ConnectionState != fabric.Connected {
-			return nil // host.recovered follows when it connects
-		}
-	case *events.HostUpdated:
-		host, cluster = p.Host.Name, p.Host.Cluster
-		if p.Host.ConnectionState != fabric.Connected {
-			return nil
-		}
-	case *events.HostRecovered:
-		host, cluster = p.Name, p.Cluster
-	default:
+	return s.realizeOnHost(ctx, &m.Event, p.Host.Name, p.Host.Cluster)
+}
+
+// onHostUpdated realizes what a connected host lacks.
+func (s *Service) onHostUpdated(ctx context.Context, m *bus.Message, p *events.HostUpdated) error {
+	if p.Host.ConnectionState != fabric.Connected {
 		return nil
 	}
+	return s.realizeOnHost(ctx, &m.Event, p.Host.Name, p.Host.Cluster)
+}
+
+// onHostRecovered realizes what a host that came back lacks.
+func (s *Service) onHostRecovered(ctx context.Context, m *bus.Message, p *events.HostRecovered) error {
+	return s.realizeOnHost(ctx, &m.Event, p.Name, p.Cluster)
+}
+
+// realizeOnHost realizes, on a host that appeared or came back, every
+// network whose scope covers it.
+func (s *Service) realizeOnHost(ctx context.Context, cause *event.Event, host, cluster string) error {
 	annotate(ctx, attribute.String("host", host))
 	recs, err := s.store.list(ctx)
 	if err != nil {
@@ -418,23 +365,16 @@ func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
 		if st, ok := r.Hosts[host]; ok && st.State == events.NetworkHostStateReady && st.Version == r.Version {
 			continue // already carries it: host.updated is frequent
 		}
-		if err := s.reconcile(ctx, &m.Event, r.Name); err != nil {
+		if err := s.reconcile(ctx, cause, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s on host %s: %w", r.Name, host, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// handleMigration moves a migrated pod's port bindings to the target host.
-func (s *Service) handleMigration(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m)
-	if err != nil {
-		return err
-	}
-	p, ok := v.(*events.MigrationCompleted)
-	if !ok {
-		return nil
-	}
+// onMigrationCompleted moves a migrated pod's port bindings to the target
+// host.
+func (s *Service) onMigrationCompleted(ctx context.Context, m *bus.Message, p *events.MigrationCompleted) error {
 	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Pod)), attribute.String("pod.uid", p.UID))
 	recs, err := s.store.list(ctx)
 	if err != nil {
@@ -459,7 +399,7 @@ func (s *Service) handleMigration(ctx context.Context, m *bus.Message) error {
 // ensureOnHost realizes a network's current version on one host in its
 // scope, unless the host already carries it.
 func (s *Service) ensureOnHost(ctx context.Context, cause *event.Event, name, host string) error {
-	defer s.locks.lock(name)()
+	defer s.locks.Lock(name)()
 	rec, _, err := s.store.get(ctx, name)
 	if err != nil {
 		return err

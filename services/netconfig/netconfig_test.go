@@ -10,11 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
 )
 
@@ -472,4 +475,57 @@ func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	if len(att.Attachments) != 1 || att.Attachments[0].Network != "rec" {
 		t.Fatalf("attached %+v, want network rec", att.Attachments)
 	}
+}
+
+// TestAttachFailingUntilDeliveriesRunOut: an attach that keeps failing for a
+// reason a retry could fix (vCenter not answering while the network is
+// realized on demand) ends, when the deliveries run out, with
+// pod.network.failed naming the reason, and the event is dead-lettered;
+// the pod is not left waiting for an answer that never comes.
+func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 1}, func(c *netconfig.Config) {
+		c.MaxDeliver = 3
+		c.BackOff = []time.Duration{20 * time.Millisecond}
+	})
+	hosts := e.allHosts()
+	e.declare("blue", events.NetworkSpec{VLAN: 40, CIDR: "10.40.0.0/24", Gateway: "10.40.0.1",
+		Scope: events.NetworkScope{Clusters: []string{e.clusterOf(hosts[0])}}})
+	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "blue" })
+	// The other cluster's host does not carry blue: the attach must ask
+	// vCenter about the host, and vCenter fails every such call.
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
+		Probability: 1, FaultType: simulator.FaultTypeTimeout}); err != nil {
+		t.Fatal(err)
+	}
+	e.schedule("stuck", "uid-stuck", hosts[1], "blue")
+	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "stuck" })
+	if f.Reason != netconfig.ReasonNotRealizedOnHost || f.Network != "blue" || f.Host != hosts[1] ||
+		!strings.Contains(f.Message, "gave up after 3 attempts") {
+		t.Fatalf("pod.network.failed = %+v; want NotRealizedOnHost for blue on %s, after 3 attempts", f, hosts[1])
+	}
+	waitDeadLetter(e, "max deliveries exceeded")
+	if n := e.count(events.TypePodNetworkAttached); n != 0 {
+		t.Errorf("%d pod.network.attached; want none", n)
+	}
+}
+
+// waitDeadLetter waits for a dead letter of the service whose reason
+// contains want.
+func waitDeadLetter(e *env, want string) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		st, err := e.bus.JetStream().Stream(context.Background(), bus.StreamDLQ)
+		var m *jetstream.RawStreamMsg
+		if err == nil {
+			m, err = st.GetLastMsgForSubject(context.Background(), "pv.dlq."+netconfig.Name)
+		}
+		if err == nil {
+			if dl, err := bus.ReadDeadLetter(m.Header); err == nil && strings.Contains(dl.Reason, want) {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.t.Fatalf("no dead letter with reason %q within 10s", want)
 }

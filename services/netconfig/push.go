@@ -15,6 +15,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Host failure reasons (NetworkHostState.Reason, network.host.failed).
@@ -45,7 +46,7 @@ type rollout struct {
 // every host in scope. It is what every trigger ends in (declaration,
 // restore, a host joining, resync) and is safe to repeat.
 func (s *Service) reconcile(ctx context.Context, cause *event.Event, name string) error {
-	defer s.locks.lock(name)()
+	defer s.locks.Lock(name)()
 	return s.reconcileLocked(ctx, cause, name)
 }
 
@@ -334,9 +335,9 @@ func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.
 	}
 	s.awaitReconnect(ctx, ro.lost)
 
-	if err := s.emit(ctx, cause, fmt.Sprintf("rollback/%d", from), events.TypeNetworkRolledBack, rec.Name, &events.NetworkRolledBack{
+	if err := s.out.Emit(ctx, cause, &events.NetworkRolledBack{
 		Name: rec.Name, FromVersion: from, ToVersion: rec.Version, Hosts: ro.lost, Reason: ReasonConnectivityLost, Message: msg,
-	}); err != nil {
+	}, bus.Distinct(fmt.Sprintf("rollback/%d", from))); err != nil {
 		return err
 	}
 	if rec.Version == 0 {
@@ -455,13 +456,13 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 		changed = true
 		disc := fmt.Sprintf("host/%s/%d", h, version)
 		if st.State == events.NetworkHostStateReady {
-			err = s.emit(ctx, cause, disc, events.TypeNetworkHostReady, name, &events.NetworkHostReady{
+			err = s.out.Emit(ctx, cause, &events.NetworkHostReady{
 				Name: name, Version: version, Host: h, PortGroup: rec.PortGroup,
-			})
+			}, bus.Distinct(disc))
 		} else {
-			err = s.emit(ctx, cause, disc, events.TypeNetworkHostFailed, name, &events.NetworkHostFailed{
+			err = s.out.Emit(ctx, cause, &events.NetworkHostFailed{
 				Name: name, Version: version, Host: h, Reason: st.Reason, Message: st.Message,
-			})
+			}, bus.Distinct(disc))
 		}
 		if err != nil {
 			return err
@@ -470,7 +471,7 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 	if !changed {
 		return nil
 	}
-	return s.emit(ctx, cause, fmt.Sprintf("realized/%d", version), events.TypeNetworkRealized, name, &events.NetworkRealized{
+	return s.out.Emit(ctx, cause, &events.NetworkRealized{
 		Name: name, Version: version, Ready: ready, Failed: failed,
-	})
+	}, bus.Distinct(fmt.Sprintf("realized/%d", version)))
 }

@@ -37,7 +37,14 @@ type Service struct {
 	ipam  *ipam.Allocator
 	pods  jetstream.KeyValue // provisioner's pod records, read-only
 
-	locks keyedMutex
+	out *bus.Emitter
+	// locks serializes work on one network within the process: changes to
+	// a network (declare, restore, reconcile, delete) hold it exclusively;
+	// attaching pods holds it shared, so pods of one network get their
+	// addresses in parallel (the allocator is safe for that) while a
+	// delete still sees every address taken before it or runs before the
+	// next attach.
+	locks bus.KeyLocks
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
@@ -78,14 +85,32 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 	return &Service{
 		cfg:   cfg,
 		bus:   b,
+		out:   b.Emitter(Source),
 		fab:   fabric.New(vc, dc),
 		log:   log.With("service", Name),
-		store: &store{networks: kvs[events.BucketNetworks], netHosts: kvs[events.BucketNetHosts]},
+		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts]),
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
 
 		countsDue: make(chan string, 1024),
 	}, nil
+}
+
+// routes are the service's handlers, one per event it consumes.
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, s.onDeclared)
+	bus.Handle(r, s.onRestoreRequested)
+	bus.Handle(r, s.onDeleteRequested)
+	bus.Handle(r, s.onPodAccepted)
+	bus.Handle(r, s.onPodScheduled).OnFailure(s.attachFailed)
+	bus.Handle(r, s.onPodDeleted)
+	bus.Handle(r, s.onPodFailed)
+	bus.Handle(r, s.onMigrationCompleted)
+	bus.Handle(r, s.onHostDiscovered)
+	bus.Handle(r, s.onHostUpdated)
+	bus.Handle(r, s.onHostRecovered)
+	return r
 }
 
 // Run consumes the NETWORKS, PODS, MIGRATIONS and HOSTS streams, answers
@@ -99,28 +124,12 @@ func (s *Service) Run(ctx context.Context) error {
 	defer sub.Unsubscribe()
 
 	g, ctx := errgroup.WithContext(ctx)
-	consumers := []struct {
-		stream   string
-		subjects []string
-		handler  bus.Handler
-	}{
-		{bus.StreamNetworks, []string{events.SubjectNetworkDeclared, events.SubjectNetworkRestoreRequested, events.SubjectNetworkDeleteRequested}, s.handleNetwork},
-		{bus.StreamPods, []string{events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodDeleted, events.SubjectPodFailed}, s.handlePod},
-		{bus.StreamMigrations, []string{events.SubjectMigrationCompleted}, s.handleMigration},
-		{bus.StreamHosts, []string{events.SubjectHostDiscovered, events.SubjectHostRecovered, events.SubjectHostUpdated}, s.handleHost},
-	}
-	for _, c := range consumers {
-		cc := bus.ConsumerConfig{
-			Service:  Name,
-			Stream:   c.stream,
-			Subjects: c.subjects,
-			Workers:  s.cfg.Workers,
-			AckWait:  s.cfg.AckWait,
-			Logger:   s.log,
-		}
-		h := c.handler
-		g.Go(func() error { return s.bus.Consume(ctx, cc, h) })
-	}
+	r := s.routes()
+	g.Go(func() error {
+		return r.Run(ctx, s.bus, bus.ConsumerConfig{
+			Workers: s.cfg.Workers, AckWait: s.cfg.AckWait, MaxDeliver: s.cfg.MaxDeliver, BackOff: s.cfg.BackOff, Logger: s.log,
+		}, nil)
+	})
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
@@ -164,45 +173,4 @@ func (s *Service) Resync(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// keyedMutex serializes work on one network within the process (the bus
-// already runs one handler per event key, but a network is also touched by
-// pod, host and migration events keyed differently). Changes to a network
-// (declare, restore, reconcile, delete) hold it exclusively; attaching pods
-// holds it shared, so pods of one network get their addresses in parallel
-// (the allocator is safe for that) while a delete still sees every address
-// taken before it or runs before the next attach. Across replicas the
-// records' compare-and-set keeps writes consistent.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*sync.RWMutex
-}
-
-func (k *keyedMutex) get(key string) *sync.RWMutex {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.m == nil {
-		k.m = map[string]*sync.RWMutex{}
-	}
-	l, ok := k.m[key]
-	if !ok {
-		l = &sync.RWMutex{}
-		k.m[key] = l
-	}
-	return l
-}
-
-// lock takes the network exclusively and returns the unlock.
-func (k *keyedMutex) lock(key string) func() {
-	l := k.get(key)
-	l.Lock()
-	return l.Unlock
-}
-
-// rlock takes the network shared and returns the unlock.
-func (k *keyedMutex) rlock(key string) func() {
-	l := k.get(key)
-	l.RLock()
-	return l.RUnlock
 }

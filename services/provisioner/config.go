@@ -3,10 +3,10 @@ package provisioner
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config tunes the provisioner. The zero value is not valid; start from
@@ -88,48 +88,32 @@ const (
 	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
 )
 
-// ConfigFromEnv returns DefaultConfig with the PODVISOR_PROVISIONER_*
-// variables applied, and the configuration validated.
-func ConfigFromEnv() (Config, error) {
+// ConfigFromEnv is ConfigFrom the process environment.
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom returns DefaultConfig with the PODVISOR_PROVISIONER_* settings
+// of src applied, and the configuration validated.
+func ConfigFrom(src config.Source) (Config, error) {
 	cfg := DefaultConfig()
-	var errs []error
-	intVar := func(name string, dst *int) {
-		if v := strings.TrimSpace(os.Getenv(name)); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: want an integer", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	durVar := func(name string, dst *time.Duration) {
-		if v := strings.TrimSpace(os.Getenv(name)); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s=%q: want a duration such as 30s or 5m", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	intVar(EnvWorkers, &cfg.Workers)
-	intVar(EnvMaxAttempts, &cfg.MaxAttempts)
-	intVar(EnvFolderShards, &cfg.FolderShards)
-	intVar(EnvGuestRepairs, &cfg.GuestRepairs)
+	r := config.Read(src)
+	r.Int(EnvWorkers, &cfg.Workers)
+	r.Int(EnvMaxAttempts, &cfg.MaxAttempts)
+	r.Int(EnvFolderShards, &cfg.FolderShards)
+	r.Int(EnvGuestRepairs, &cfg.GuestRepairs)
 	ephemeral := int(cfg.EphemeralDiskMiB)
-	intVar(EnvEphemeralDisk, &ephemeral)
+	r.Int(EnvEphemeralDisk, &ephemeral)
 	cfg.EphemeralDiskMiB = int64(ephemeral)
-	durVar(EnvGuestTimeout, &cfg.GuestTimeout)
-	durVar(EnvStepTimeout, &cfg.StepTimeout)
-	durVar(EnvResyncInterval, &cfg.ResyncInterval)
-	if v, ok := os.LookupEnv(EnvFolderRoot); ok {
+	r.Duration(EnvGuestTimeout, &cfg.GuestTimeout)
+	r.Duration(EnvStepTimeout, &cfg.StepTimeout)
+	r.Duration(EnvResyncInterval, &cfg.ResyncInterval)
+	// Set but empty means "none" for these two, unlike the others.
+	if v, ok := src(EnvFolderRoot); ok {
 		cfg.FolderRoot = strings.TrimSpace(v)
 	}
-	if v, ok := os.LookupEnv(EnvDatastore); ok {
+	if v, ok := src(EnvDatastore); ok {
 		cfg.Datastore = strings.TrimSpace(v)
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := r.Err(); err != nil {
 		return cfg, fmt.Errorf("provisioner config: %w", err)
 	}
 	return cfg, cfg.Validate()

@@ -99,19 +99,13 @@ func BenchmarkBusPath(b *testing.B) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		base.Consume(ctx, bus.ConsumerConfig{Service: "echo", Stream: events.StreamPods, Workers: 512, MaxPending: 1024,
-			Subjects: []string{events.SubjectPodAccepted}}, func(ctx context.Context, m *bus.Message) error {
-			acc, err := bus.PayloadAs[events.PodAccepted](m)
-			if err != nil {
-				return err
-			}
-			ev, err := bus.Effect(m.Event, "podvisor/echo", events.TypePodScheduled, acc.ObjectKey(), &events.PodScheduled{
+		echo := bus.NewRouter("echo", nil)
+		em := base.Emitter("podvisor/echo")
+		bus.Handle(echo, func(ctx context.Context, m *bus.Message, acc *events.PodAccepted) error {
+			return em.Emit(ctx, &m.Event, &events.PodScheduled{
 				Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: "esx-1-01", Cluster: "cluster-1"})
-			if err != nil {
-				return err
-			}
-			return base.Publish(ctx, ev)
 		})
+		echo.Run(ctx, base, bus.ConsumerConfig{Workers: 512, MaxPending: 1024}, nil)
 	}()
 	bd := pushAndWait(b, base, acceptedEvents(b, "base", b.N))
 	cancel()

@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"time"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config is the scheduler's configuration. The zero value is not valid;
@@ -85,66 +85,38 @@ const (
 	EnvRetryMax       = "PODVISOR_SCHEDULER_RETRY_MAX"
 )
 
-// ConfigFromEnv reads the defaults overridden by the environment. The
-// profile file is JSON in the shape of framework.Profile.
-func ConfigFromEnv() (Config, error) {
+// ConfigFromEnv is ConfigFrom the process environment.
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom reads the defaults overridden by src. The profile file is JSON
+// in the shape of framework.Profile.
+func ConfigFrom(src config.Source) (Config, error) {
 	c := DefaultConfig()
-	var errs []error
-	str := func(name string, dst *string) {
-		if v := os.Getenv(name); v != "" {
-			*dst = v
-		}
-	}
-	num := func(name string, dst *int) {
-		if v := os.Getenv(name); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not an integer", name, v))
-				return
-			}
-			*dst = n
-		}
-	}
-	dur := func(name string, dst *time.Duration) {
-		if v := os.Getenv(name); v != "" {
-			d, err := time.ParseDuration(v)
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q is not a duration such as 30s", name, v))
-				return
-			}
-			*dst = d
-		}
-	}
-	str(EnvStrategy, &c.Strategy)
-	num(EnvPercentage, &c.PercentageOfHostsToScore)
-	num(EnvMaxPodsPerHost, &c.MaxPodsPerHost)
-	num(EnvBatchSize, &c.BatchSize)
-	num(EnvWorkers, &c.Workers)
-	dur(EnvResync, &c.ResyncInterval)
-	dur(EnvInventoryPoll, &c.InventoryPoll)
-	dur(EnvRetryInitial, &c.RetryInitial)
-	dur(EnvRetryMax, &c.RetryMax)
-	if v := os.Getenv(EnvCPUOvercommit); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %q is not a number", EnvCPUOvercommit, v))
-		}
-		c.CPUOvercommit = f
-	}
-	if path := os.Getenv(EnvProfileFile); path != "" {
+	r := config.Read(src)
+	r.String(EnvStrategy, &c.Strategy)
+	r.Int(EnvPercentage, &c.PercentageOfHostsToScore)
+	r.Int(EnvMaxPodsPerHost, &c.MaxPodsPerHost)
+	r.Int(EnvBatchSize, &c.BatchSize)
+	r.Int(EnvWorkers, &c.Workers)
+	r.Duration(EnvResync, &c.ResyncInterval)
+	r.Duration(EnvInventoryPoll, &c.InventoryPoll)
+	r.Duration(EnvRetryInitial, &c.RetryInitial)
+	r.Duration(EnvRetryMax, &c.RetryMax)
+	r.Float(EnvCPUOvercommit, &c.CPUOvercommit)
+	if path, ok := r.Lookup(EnvProfileFile); ok {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", EnvProfileFile, err))
+			r.Failf("%s: %w", EnvProfileFile, err)
 		} else {
 			var p framework.Profile
 			if err := json.Unmarshal(data, &p); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %s: %w", EnvProfileFile, path, err))
+				r.Failf("%s: %s: %w", EnvProfileFile, path, err)
 			} else {
 				c.Profile = &p
 			}
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
+	if err := r.Err(); err != nil {
 		return c, err
 	}
 	return c, c.Validate()

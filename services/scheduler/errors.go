@@ -2,9 +2,6 @@ package scheduler
 
 import (
 	"errors"
-	"fmt"
-
-	"github.com/podvisor/podvisor/shared/bus"
 )
 
 var (
@@ -18,9 +15,3 @@ var (
 	// ErrStopped: the service is shutting down.
 	ErrStopped = errors.New("scheduler stopped")
 )
-
-// poison turns an event that can never be handled (undecodable, invalid)
-// into a permanent error: the bus dead-letters it with the reason.
-func poison(ceType string, err error) error {
-	return bus.Permanent(fmt.Errorf("%s: %w", ceType, err))
-}

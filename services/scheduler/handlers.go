@@ -17,60 +17,51 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-type consumer struct {
-	cfg     bus.ConsumerConfig
-	handler bus.Handler
+// routes are the scheduler's handlers, one per event it consumes.
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, s.onPodAccepted)
+	bus.Handle(r, s.onPodDeleted)
+	bus.Handle(r, s.onPodFailed)
+	bus.Handle(r, s.onPodEvicted)
+	bus.Handle(r, s.onHostCordoned)
+	bus.Handle(r, s.onHostUncordoned)
+	bus.Handle(r, s.onHostRecovered)
+	bus.Handle(r, s.onNetworkHostReady)
+	bus.Handle(r, s.onNetworkRealized)
+	bus.Handle(r, s.onMigrationRequested).OnFailure(s.migrationRequestFailed)
+	bus.Handle(r, s.onMigrationCompletedEvent)
+	bus.Handle(r, s.onMigrationFailed)
+	bus.Handle(r, s.onMigrationCancelled)
+	bus.Handle(r, s.onMigrationRejected)
+	return r
 }
 
-// consumers are the scheduler's durable consumers, one per stream.
-func (s *Service) consumers() []consumer {
-	return []consumer{
-		{bus.ConsumerConfig{Service: Name, Stream: events.StreamPods, Workers: s.cfg.Workers, MaxPending: 2 * s.cfg.Workers,
-			Subjects: []string{events.SubjectPodAccepted, events.SubjectPodDeleted, events.SubjectPodEvicted, events.SubjectPodFailed},
-			Logger:   s.log}, s.handlePod},
-		{bus.ConsumerConfig{Service: Name, Stream: events.StreamHosts, Workers: 4,
-			Subjects: []string{events.SubjectHostCordoned, events.SubjectHostUncordoned, events.SubjectHostRecovered},
-			Logger:   s.log}, s.handleHost},
-		{bus.ConsumerConfig{Service: Name, Stream: events.StreamNetworks, Workers: 2,
-			Subjects: []string{events.SubjectNetworkHostReady, events.SubjectNetworkRealized},
-			Logger:   s.log}, s.handleNetwork},
-		{bus.ConsumerConfig{Service: Name, Stream: events.StreamMigrations, Workers: 16,
-			Subjects: []string{events.SubjectMigrationRequested, events.SubjectMigrationCompleted, events.SubjectMigrationFailed,
-				events.SubjectMigrationCancelled, events.SubjectMigrationRejected},
-			Logger: s.log}, s.handleMigration},
+// tuneConsumer sizes each stream's consumer: pods get the configured
+// workers (and hold at most two messages each, so a burst spreads over
+// replicas); host and network events are few; migration requests wait on
+// the scheduling loop, so many run at once.
+func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
+	switch c.Stream {
+	case events.StreamPods:
+		c.Workers, c.MaxPending = s.cfg.Workers, 2*s.cfg.Workers
+	case events.StreamHosts:
+		c.Workers = 4
+	case events.StreamNetworks:
+		c.Workers = 2
+	case events.StreamMigrations:
+		c.Workers = 16
 	}
 }
 
-// decode turns an event into its payload; an event that cannot be decoded
-// is poison.
-func decode(ev event.Event) (any, error) {
-	v, err := events.Decode(ev.Type(), ev.Data())
-	if err != nil {
-		return nil, poison(ev.Type(), err)
-	}
-	return v, nil
+func (s *Service) onPodDeleted(ctx context.Context, _ *bus.Message, e *events.PodDeleted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, true)
 }
 
-func (s *Service) handlePod(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m.Event)
-	if err != nil {
-		return err
-	}
-	switch e := v.(type) {
-	case *events.PodAccepted:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.onPodAccepted(ctx, m.Event, e)
-	case *events.PodDeleted:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, true)
-	case *events.PodFailed:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, false)
-	case *events.PodEvicted:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.onPodEvicted(ctx, m.Event, e)
-	}
-	return nil
+func (s *Service) onPodFailed(ctx context.Context, _ *bus.Message, e *events.PodFailed) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	return s.onPodGone(ctx, e.ObjectKey(), e.UID, e.Host, false)
 }
 
 // podInfo compiles a pod for the framework. The memory reserved is the
@@ -82,7 +73,9 @@ func podInfo(pod *corev1.Pod, uid string, size events.PodVMSize, networks []stri
 	return framework.NewPodInfo(pod, uid, framework.PodSize{CPUMilli: size.CPUMilli, MemoryBytes: mem}, networks)
 }
 
-func (s *Service) onPodAccepted(ctx context.Context, cause event.Event, e *events.PodAccepted) error {
+func (s *Service) onPodAccepted(ctx context.Context, m *bus.Message, e *events.PodAccepted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	cause := m.Event
 	p, err := podInfo(&e.Pod, e.UID, e.Size, e.Networks)
 	if err != nil {
 		// The pod can never be placed as written: say so once, for a
@@ -179,7 +172,9 @@ func (s *Service) release(ctx context.Context, byHost map[string][]string) error
 // onPodEvicted frees the pod's room on the host it was evicted from and
 // places it again (HA restart). The pod's manifest comes from the
 // provisioner's record.
-func (s *Service) onPodEvicted(ctx context.Context, cause event.Event, e *events.PodEvicted) error {
+func (s *Service) onPodEvicted(ctx context.Context, m *bus.Message, e *events.PodEvicted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	cause := m.Event
 	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
 		return err
 	}
@@ -201,7 +196,7 @@ func (s *Service) onPodEvicted(ctx context.Context, cause event.Event, e *events
 	}
 	p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
 	if err != nil {
-		return poison(cause.Type(), err)
+		return bus.Permanent(fmt.Errorf("%s: %w", cause.Type(), err))
 	}
 	s.pending.kickAll()
 	return s.schedulePod(ctx, cause, p)
@@ -276,21 +271,20 @@ func (s *Service) recoverPending(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) handleHost(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m.Event)
-	if err != nil {
-		return err
-	}
-	switch e := v.(type) {
-	case *events.HostCordoned:
-		s.setCordon(e.Name, true)
-	case *events.HostUncordoned:
-		if s.setCordon(e.Name, false) {
-			s.pending.kickAll()
-		}
-	case *events.HostRecovered:
+func (s *Service) onHostCordoned(_ context.Context, _ *bus.Message, e *events.HostCordoned) error {
+	s.setCordon(e.Name, true)
+	return nil
+}
+
+func (s *Service) onHostUncordoned(_ context.Context, _ *bus.Message, e *events.HostUncordoned) error {
+	if s.setCordon(e.Name, false) {
 		s.pending.kickAll()
 	}
+	return nil
+}
+
+func (s *Service) onHostRecovered(context.Context, *bus.Message, *events.HostRecovered) error {
+	s.pending.kickAll()
 	return nil
 }
 
@@ -313,14 +307,23 @@ func (s *Service) setCordon(host string, on bool) bool {
 	return true
 }
 
-func (s *Service) handleNetwork(ctx context.Context, m *bus.Message) error {
-	// The availability itself comes from KV net-hosts (watched); the event
-	// is the cue that waiting pods may fit now. The watch and the event
-	// race, so the kick is repeated shortly after.
+func (s *Service) onNetworkHostReady(context.Context, *bus.Message, *events.NetworkHostReady) error {
+	s.networksChanged()
+	return nil
+}
+
+func (s *Service) onNetworkRealized(context.Context, *bus.Message, *events.NetworkRealized) error {
+	s.networksChanged()
+	return nil
+}
+
+// networksChanged wakes the waiting pods: they may fit now. The
+// availability itself comes from KV net-hosts (watched); the event is the
+// cue. The watch and the event race, so the kick is repeated shortly after.
+func (s *Service) networksChanged() {
 	s.pending.kickAll()
 	go func() {
 		sleep(s.runCtx, 300*time.Millisecond)
 		s.pending.kickAll()
 	}()
-	return nil
 }

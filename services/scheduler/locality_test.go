@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/redistest"
 )
 
@@ -21,7 +21,7 @@ func TestImageLocalityFromRedis(t *testing.T) {
 	ctx := context.Background()
 	digest := "sha256:" + strings.Repeat("d", 64)
 	base, top := "sha256:"+strings.Repeat("1", 64), "sha256:"+strings.Repeat("2", 64)
-	m := imagelocality.Manifest{Digest: digest, Image: "podvisor/web:1.0", Layers: []imagelocality.Layer{
+	m := imagemeta.Manifest{Digest: digest, Image: "podvisor/web:1.0", Layers: []imagemeta.Layer{
 		{Digest: "sha256:" + strings.Repeat("a", 64), ChainID: base, Size: 30 << 20},
 		{Digest: "sha256:" + strings.Repeat("b", 64), ChainID: top, Size: 10 << 20},
 	}}
@@ -32,20 +32,20 @@ func TestImageLocalityFromRedis(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	must(rdb.Set(ctx, imagelocality.RefKey("podvisor/web:1.0"), digest, 0).Err())
-	must(rdb.Set(ctx, imagelocality.ManifestKey(digest), data, 0).Err())
+	must(rdb.Set(ctx, imagemeta.RefKey("podvisor/web:1.0"), digest, 0).Err())
+	must(rdb.Set(ctx, imagemeta.ManifestKey(digest), data, 0).Err())
 	// Base layer ready and top layer still pulling on cluster-2-ds; only
 	// the base on the shared datastore.
-	must(rdb.HSet(ctx, imagelocality.ChainLocsKey(base), "cluster-2-ds", events.ChainStateReady, "shared-ds", events.ChainStateReady).Err())
-	must(rdb.HSet(ctx, imagelocality.ChainLocsKey(top), "cluster-2-ds", events.ChainStatePulling).Err())
+	must(rdb.HSet(ctx, imagemeta.ChainLocsKey(base), "cluster-2-ds", events.ChainStateReady, "shared-ds", events.ChainStateReady).Err())
+	must(rdb.HSet(ctx, imagemeta.ChainLocsKey(top), "cluster-2-ds", events.ChainStatePulling).Err())
 
 	digest2, only := "sha256:"+strings.Repeat("e", 64), "sha256:"+strings.Repeat("3", 64)
-	m2 := imagelocality.Manifest{Digest: digest2, Image: "podvisor/worker:1.0", Layers: []imagelocality.Layer{
+	m2 := imagemeta.Manifest{Digest: digest2, Image: "podvisor/worker:1.0", Layers: []imagemeta.Layer{
 		{Digest: "sha256:" + strings.Repeat("c", 64), ChainID: only, Size: 20 << 20}}}
 	data2, _ := json.Marshal(m2)
-	must(rdb.Set(ctx, imagelocality.RefKey("podvisor/worker:1.0"), digest2, 0).Err())
-	must(rdb.Set(ctx, imagelocality.ManifestKey(digest2), data2, 0).Err())
-	must(rdb.HSet(ctx, imagelocality.ChainLocsKey(only), "cluster-1-ds", events.ChainStateReady).Err())
+	must(rdb.Set(ctx, imagemeta.RefKey("podvisor/worker:1.0"), digest2, 0).Err())
+	must(rdb.Set(ctx, imagemeta.ManifestKey(digest2), data2, 0).Err())
+	must(rdb.HSet(ctx, imagemeta.ChainLocsKey(only), "cluster-1-ds", events.ChainStateReady).Err())
 
 	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 2, redis: rdb})
 	p := testPod("web", "1", "1Gi")

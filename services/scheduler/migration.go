@@ -24,32 +24,45 @@ var unlimited = ledger.Capacity{CPUMilli: math.MaxInt64 / 4, MemoryBytes: math.M
 // migration.completed turns the reservation into the pod's allocation and
 // frees the source; failed, cancelled or rejected release the reservation.
 
-func (s *Service) handleMigration(ctx context.Context, m *bus.Message) error {
-	v, err := decode(m.Event)
-	if err != nil {
-		return err
+// onMigrationRequested validates or picks the target and reserves it.
+func (s *Service) onMigrationRequested(ctx context.Context, m *bus.Message, e *events.MigrationRequested) error {
+	annotate(ctx, e.ObjectKey(), "")
+	return s.placeMigration(ctx, m.Event, e)
+}
+
+// migrationRequestFailed is the failure hook of migration.requested: a
+// request that cannot be placed before its deliveries run out is rejected
+// with the reason, so the migration service does not wait for a target.
+func (s *Service) migrationRequestFailed(ctx context.Context, m *bus.Message, e *events.MigrationRequested, err error) error {
+	return s.rejectMigration(ctx, m.Event, e, bus.ReasonOf(err, ReasonNoTarget), fmt.Sprintf("gave up after %d attempts: %v", m.Delivery, err))
+}
+
+// onMigrationCompletedEvent moves the allocation to the target.
+func (s *Service) onMigrationCompletedEvent(ctx context.Context, _ *bus.Message, e *events.MigrationCompleted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	return s.onMigrationCompleted(ctx, e)
+}
+
+// onMigrationFailed releases the target's reservation.
+func (s *Service) onMigrationFailed(ctx context.Context, _ *bus.Message, e *events.MigrationFailed) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
+}
+
+// onMigrationCancelled releases the target's reservation.
+func (s *Service) onMigrationCancelled(ctx context.Context, _ *bus.Message, e *events.MigrationCancelled) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
+}
+
+// onMigrationRejected releases what a rejection by another service leaves
+// reserved.
+func (s *Service) onMigrationRejected(ctx context.Context, m *bus.Message, e *events.MigrationRejected) error {
+	if m.Event.Source() == Source {
+		return nil // our own refusal: nothing was reserved
 	}
-	switch e := v.(type) {
-	case *events.MigrationRequested:
-		annotate(ctx, e.ObjectKey(), "")
-		return s.onMigrationRequested(ctx, m.Event, e)
-	case *events.MigrationCompleted:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.onMigrationCompleted(ctx, e)
-	case *events.MigrationFailed:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
-	case *events.MigrationCancelled:
-		annotate(ctx, e.ObjectKey(), e.UID)
-		return s.releaseMigration(ctx, e.Namespace, e.Pod, e.UID, e.ID, e.TargetHost)
-	case *events.MigrationRejected:
-		if m.Event.Source() == Source {
-			return nil // our own refusal: nothing was reserved
-		}
-		annotate(ctx, e.ObjectKey(), "")
-		return s.releaseMigration(ctx, e.Namespace, e.Pod, "", e.ID, "")
-	}
-	return nil
+	annotate(ctx, e.ObjectKey(), "")
+	return s.releaseMigration(ctx, e.Namespace, e.Pod, "", e.ID, "")
 }
 
 // Reasons of migration.rejected produced here (besides the failing filter's
@@ -61,7 +74,7 @@ const (
 	ReasonNoTarget     = "NoTarget"
 )
 
-func (s *Service) onMigrationRequested(ctx context.Context, cause event.Event, e *events.MigrationRequested) error {
+func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *events.MigrationRequested) error {
 	rec, err := s.podRecord(ctx, e.Namespace, e.Pod)
 	if err != nil {
 		return err
@@ -104,26 +117,18 @@ func (s *Service) onMigrationRequested(ctx context.Context, cause event.Event, e
 		}
 		return s.rejectMigration(ctx, cause, e, reason, msg)
 	}
-	ev, err := bus.Effect(cause, Source, events.TypeMigrationTargetReserved, e.ObjectKey(), &events.MigrationTargetReserved{
+	s.log.Info("migration target reserved", "migration", e.ID, "pod", p.Key, "from", source, "to", o.placement.Host)
+	return s.out.Emit(ctx, &cause, &events.MigrationTargetReserved{
 		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, UID: rec.UID, SourceHost: source,
 		TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool,
 	})
-	if err != nil {
-		return err
-	}
-	s.log.Info("migration target reserved", "migration", e.ID, "pod", p.Key, "from", source, "to", o.placement.Host)
-	return s.publish(ctx, ev)
 }
 
 func (s *Service) rejectMigration(ctx context.Context, cause event.Event, e *events.MigrationRequested, reason, msg string) error {
-	ev, err := bus.Effect(cause, Source, events.TypeMigrationRejected, e.ObjectKey(), &events.MigrationRejected{
+	s.log.Info("migration rejected", "migration", e.ID, "reason", reason, "message", msg)
+	return s.out.Emit(ctx, &cause, &events.MigrationRejected{
 		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, Reason: reason, Message: msg,
 	})
-	if err != nil {
-		return err
-	}
-	s.log.Info("migration rejected", "migration", e.ID, "reason", reason, "message", msg)
-	return s.publish(ctx, ev)
 }
 
 // onMigrationCompleted moves the allocation: the reservation on the target

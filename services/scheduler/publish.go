@@ -2,10 +2,8 @@ package scheduler
 
 import (
 	"context"
-	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/google/uuid"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -14,31 +12,14 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// publishTimeout bounds one publish (the JetStream ack included).
-const publishTimeout = 10 * time.Second
-
-func newEvent(ceType, subject string, data any) (event.Event, error) {
-	return bus.NewEvent(Source, ceType, subject, data)
-}
-
-func (s *Service) publish(ctx context.Context, ev event.Event) error {
-	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
-	defer cancel()
-	return s.bus.Publish(ctx, ev)
-}
-
 // publishScheduled announces a placement as the effect of cause (the
 // pod.accepted or pod.evicted that asked for it), so a replay publishes the
 // same id and the pod's trace continues.
 func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement) error {
-	ev, err := bus.Effect(cause, Source, events.TypePodScheduled, p.Key, &events.PodScheduled{
+	return s.out.Emit(ctx, &cause, &events.PodScheduled{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID,
 		Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
 	})
-	if err != nil {
-		return err
-	}
-	return s.publish(ctx, ev)
 }
 
 // publishUnschedulable says why no host fits. Its id derives from the cause
@@ -61,14 +42,9 @@ func (s *Service) publishUnschedulable(ctx context.Context, cause event.Event, p
 }
 
 func (s *Service) publishUnschedulableMessage(ctx context.Context, cause event.Event, p *framework.PodInfo, msg string, reasons map[string]int, hosts int) error {
-	ev, err := bus.Effect(cause, Source, events.TypePodUnschedulable, p.Key, &events.PodUnschedulable{
+	return s.out.Emit(ctx, &cause, &events.PodUnschedulable{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Message: msg, Reasons: reasons, Hosts: hosts,
-	})
-	if err != nil {
-		return err
-	}
-	ev.SetID(uuid.NewSHA1(uuid.NameSpaceOID, []byte(cause.ID()+"\x00unschedulable\x00"+msg)).String())
-	return s.publish(ctx, ev)
+	}, bus.Distinct(msg))
 }
 
 // annotate adds the attributes `podvisor trace pod` looks for to the

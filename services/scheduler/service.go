@@ -19,7 +19,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
 	"github.com/podvisor/podvisor/shared/bus"
-	sharedlocality "github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -50,6 +50,7 @@ type Service struct {
 	cfg     Config
 	profile framework.Profile
 	bus     *bus.Bus
+	out     *bus.Emitter
 	source  *inventory.Source
 	log     *slog.Logger
 
@@ -120,6 +121,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		cfg:        cfg,
 		profile:    cfg.profile(),
 		bus:        deps.Bus,
+		out:        deps.Bus.Emitter(Source),
 		source:     inventory.NewSource(deps.VSphere.Vim()),
 		log:        log.With("service", Name),
 		snap:       framework.NewSnapshot(),
@@ -146,7 +148,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	case deps.Locality != nil:
 		services[locality.ServiceName] = deps.Locality
 	case deps.Redis != nil:
-		services[locality.ServiceName] = sharedlocality.NewReader(deps.Redis)
+		services[locality.ServiceName] = imagemeta.NewReader(deps.Redis)
 	}
 	fw, err := framework.New(s.profile, plugins.NewRegistry(), s.snap, services)
 	if err != nil {
@@ -179,9 +181,8 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { s.resyncLoop(gctx); return nil })
 	g.Go(func() error { s.retryLoop(gctx); return nil })
 	g.Go(func() error { s.hostRecordLoop(gctx); return nil })
-	for _, c := range s.consumers() {
-		g.Go(func() error { return s.bus.Consume(gctx, c.cfg, c.handler) })
-	}
+	r := s.routes()
+	g.Go(func() error { return r.Run(gctx, s.bus, bus.ConsumerConfig{Logger: s.log}, s.tuneConsumer) })
 	err = g.Wait()
 	if ctx.Err() != nil {
 		// Write what changed last so that `get hosts` is current.

@@ -15,6 +15,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/inventory"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // This file folds the scheduler's inputs into the snapshot the framework
@@ -52,7 +53,7 @@ func (s *Service) loadHostRecords(ctx context.Context) error {
 type fact struct {
 	ceType string
 	host   string
-	data   any
+	data   events.Payload
 }
 
 // applyObservations folds what vCenter reports into the host records and
@@ -159,11 +160,7 @@ func (s *Service) removeHostLocked(rec *events.HostRecord) []fact {
 // change publishes the full state again.
 func (s *Service) publishFacts(ctx context.Context, facts []fact) {
 	for _, f := range facts {
-		ev, err := newEvent(f.ceType, f.host, f.data)
-		if err == nil {
-			err = s.publish(ctx, ev)
-		}
-		if err != nil {
+		if err := s.out.Emit(ctx, nil, f.data, bus.About(f.host)); err != nil {
 			s.log.Error("publish host fact", "ce_type", f.ceType, "host", f.host, "err", err)
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -35,7 +36,7 @@ func BenchmarkPublishConsume(b *testing.B) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = bs.Consume(ctx, bus.ConsumerConfig{Service: "bench", Stream: bus.StreamPods, Subjects: []string{"pv.pod.accepted"}, Workers: 8, MaxPending: 256},
+		_ = bs.Consume(ctx, bus.ConsumerConfig{Service: "bench", Stream: events.StreamPods, Subjects: []string{"pv.pod.accepted"}, Workers: 8, MaxPending: 256},
 			func(context.Context, *bus.Message) error { handled.Add(1); return nil })
 	}()
 	keys := make([]string, 64)
@@ -68,7 +69,7 @@ func BenchmarkPublishConsume(b *testing.B) {
 func rawJetStream(b *testing.B, bs *bus.Bus, data []byte) time.Duration {
 	ctx := context.Background()
 	js := bs.JetStream()
-	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamPods, jetstream.ConsumerConfig{
+	cons, err := js.CreateOrUpdateConsumer(ctx, events.StreamPods, jetstream.ConsumerConfig{
 		Durable: "bench-raw", FilterSubject: "pv.pod.requested", AckPolicy: jetstream.AckExplicitPolicy,
 	})
 	if err != nil {

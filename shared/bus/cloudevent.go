@@ -69,11 +69,21 @@ func NewEvent(source, ceType, subject string, data any) (event.Event, error) {
 // The cause's traceparent and tracestate extensions are carried over, so the
 // whole flow stays one trace.
 func Effect(cause event.Event, producer, ceType, subject string, data any) (event.Event, error) {
+	return effect(cause, producer, ceType, subject, "", data)
+}
+
+// effect is Effect with a discriminator for the several events of one type
+// and subject a cause can have (Emit's Distinct). This is the one effect-id
+// scheme: every derived id in podvisor comes from here.
+func effect(cause event.Event, producer, ceType, subject, disc string, data any) (event.Event, error) {
 	if cause.ID() == "" {
 		return event.Event{}, errors.New("bus: effect: cause has no id")
 	}
-	name := strings.Join([]string{cause.ID(), producer, ceType, subject}, "\x00")
-	id := uuid.NewSHA1(effectNamespace, []byte(name)).String()
+	parts := []string{cause.ID(), producer, ceType, subject}
+	if disc != "" {
+		parts = append(parts, disc)
+	}
+	id := uuid.NewSHA1(effectNamespace, []byte(strings.Join(parts, "\x00"))).String()
 	ev, err := buildEvent(id, producer, ceType, subject, data)
 	if err != nil {
 		return event.Event{}, err

@@ -74,6 +74,18 @@ type ConsumerConfig struct {
 	DrainTimeout time.Duration
 	// Logger receives the consumer's warnings; default discards.
 	Logger *slog.Logger
+	// OnSettled, if set, is told of every message the consumer settled
+	// (the place for metrics). It runs on the worker: keep it quick.
+	OnSettled func(Settled)
+}
+
+// Settled describes one handled message, for OnSettled.
+type Settled struct {
+	Durable  string
+	Type     string // CloudEvent type
+	Outcome  string // ack, retry, in-progress or dead-letter
+	Delivery uint64
+	Took     time.Duration // the handler's run
 }
 
 var (
@@ -124,7 +136,7 @@ func (c ConsumerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("Service %q: want lowercase letters, digits and dashes, starting with a letter (it names the durable and the DLQ subject)", c.Service))
 	}
 	if !streamName.MatchString(c.Stream) {
-		errs = append(errs, fmt.Errorf("Stream %q: want a stream name such as %s", c.Stream, StreamPods))
+		errs = append(errs, fmt.Errorf("Stream %q: want a stream name such as %s", c.Stream, events.StreamPods))
 	}
 	for i, s := range c.Subjects {
 		if s == "" || strings.ContainsAny(s, " \t\r\n") || strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
@@ -195,6 +207,9 @@ type Message struct {
 	Subject string
 	// Published is when JetStream stored it.
 	Published time.Time
+	// Log is the consumer's logger scoped with the event's type, key and
+	// delivery: what a handler logs with.
+	Log *slog.Logger
 
 	msg        jetstream.Msg
 	maxDeliver int
@@ -208,33 +223,6 @@ func (m *Message) InProgress() error { return m.msg.InProgress() }
 // Raw is the underlying JetStream message, for headers the event does not
 // carry. Do not ack it: the handler's return value does that.
 func (m *Message) Raw() jetstream.Msg { return m.msg }
-
-// Payload decodes the event's data into its catalog struct with
-// events.Decode (strict, then validated) and returns a pointer to it. A
-// failure is already Permanent: no retry turns bad input into good, so a
-// handler can return the error as is.
-func (m *Message) Payload() (any, error) {
-	v, err := events.Decode(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return nil, Permanent(err)
-	}
-	return v, nil
-}
-
-// PayloadAs is Payload for a handler that knows the struct it expects:
-//
-//	req, err := bus.PayloadAs[events.PodRequested](m)
-func PayloadAs[T any](m *Message) (*T, error) {
-	v, err := m.Payload()
-	if err != nil {
-		return nil, err
-	}
-	p, ok := v.(*T)
-	if !ok {
-		return nil, Permanent(fmt.Errorf("event %s carries %T, not %T", m.Event.Type(), v, p))
-	}
-	return p, nil
-}
 
 // LastDelivery reports whether this is the message's last delivery: if the
 // handler fails now, the message is dead-lettered. A handler can use it to
@@ -460,6 +448,7 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 	}
 	m.Event = ev
 	m.Key = c.cfg.Key(ev)
+	m.Log = c.log
 	if !c.queue.add(m.Key, &delivery{m: m, meta: meta}) {
 		_ = msg.Nak()
 	}
@@ -512,9 +501,13 @@ func (c *consumer) handle(ctx context.Context, d *delivery) {
 	hctx, span := tracer().Start(parent, c.cfg.Service+" "+ev.Type(), opts...)
 	defer span.End()
 
+	start := time.Now()
 	err := c.call(hctx, m)
 	outcome := c.settle(ctx, d, err)
 	span.SetAttributes(attribute.String("pv.outcome", outcome))
+	if c.cfg.OnSettled != nil {
+		c.cfg.OnSettled(Settled{Durable: c.durable, Type: ev.Type(), Outcome: outcome, Delivery: m.Delivery, Took: time.Since(start)})
+	}
 	if err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, err.Error())
@@ -536,6 +529,7 @@ func (c *consumer) call(ctx context.Context, m *Message) (err error) {
 const (
 	outcomeAck        = "ack"
 	outcomeRetry      = "retry"
+	outcomeInProgress = "in-progress"
 	outcomeDeadLetter = "dead-letter"
 )
 
@@ -573,11 +567,17 @@ func (c *consumer) settle(ctx context.Context, d *delivery, err error) string {
 		// event, so let another process take it now.
 		delay = 0
 	}
-	log.Info("handler failed; will retry", "err", err, "delay", delay)
+	outcome := outcomeRetry
+	if CodeOf(err) == CodeInProgress {
+		outcome = outcomeInProgress
+		log.Debug("work in progress; will look again", "err", err, "delay", delay)
+	} else {
+		log.Info("handler failed; will retry", "err", err, "delay", delay)
+	}
 	if nerr := m.msg.NakWithDelay(delay); nerr != nil {
 		log.Warn("nak", "err", nerr)
 	}
-	return outcomeRetry
+	return outcome
 }
 
 // deadLetter copies the message to pv.dlq.<service> and only then

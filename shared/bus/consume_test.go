@@ -25,7 +25,7 @@ func TestRetryableFailureIsRedeliveredThenAcked(t *testing.T) {
 	var rec recorder
 	start := time.Now()
 	startConsume(t, b, bus.ConsumerConfig{
-		Service: "scheduler", Stream: bus.StreamPods,
+		Service: "scheduler", Stream: events.StreamPods,
 		AckWait: 5 * time.Second, MaxDeliver: 5, BackOff: []time.Duration{150 * time.Millisecond},
 	}, func(_ context.Context, m *bus.Message) error {
 		rec.add(m)
@@ -46,7 +46,7 @@ func TestRetryableFailureIsRedeliveredThenAcked(t *testing.T) {
 		t.Errorf("redelivery took %s; the 150ms backoff was not applied", gap)
 	}
 	waitFor(t, 5*time.Second, "ack", func() bool {
-		info, err := b.JetStream().Consumer(context.Background(), bus.StreamPods, "scheduler-PODS")
+		info, err := b.JetStream().Consumer(context.Background(), events.StreamPods, "scheduler-PODS")
 		if err != nil {
 			return false
 		}
@@ -66,7 +66,7 @@ func TestPoisonMessagesAreDeadLetteredNotRedelivered(t *testing.T) {
 	b := bustest.Start(t)
 	var rec recorder
 	startConsume(t, b, bus.ConsumerConfig{
-		Service: "provisioner", Stream: bus.StreamPods,
+		Service: "provisioner", Stream: events.StreamPods,
 		AckWait: 200 * time.Millisecond, MaxDeliver: 5, BackOff: []time.Duration{20 * time.Millisecond},
 	}, func(_ context.Context, m *bus.Message) error {
 		rec.add(m)
@@ -106,7 +106,7 @@ func TestPoisonMessagesAreDeadLetteredNotRedelivered(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !strings.Contains(junkDL.Reason, "not a CloudEvent") || junkDL.Subject != "pv.pod.requested" ||
-		junkDL.StreamSeq != 1 || junkDL.Deliveries != 1 || junkDL.Stream != bus.StreamPods || junkDL.Consumer != "provisioner-PODS" {
+		junkDL.StreamSeq != 1 || junkDL.Deliveries != 1 || junkDL.Stream != events.StreamPods || junkDL.Consumer != "provisioner-PODS" {
 		t.Errorf("junk dead letter = %+v", junkDL)
 	}
 	if string(dl[0].Data) != "hello" || dl[0].Header.Get("X-Origin") != "a script" {
@@ -127,7 +127,7 @@ func TestPoisonMessagesAreDeadLetteredNotRedelivered(t *testing.T) {
 	}
 
 	// Both originals were terminated: nothing is pending on the consumer.
-	cons, err := b.JetStream().Consumer(ctx, bus.StreamPods, "provisioner-PODS")
+	cons, err := b.JetStream().Consumer(ctx, events.StreamPods, "provisioner-PODS")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +144,7 @@ func TestMaxDeliverExhaustionDeadLetters(t *testing.T) {
 	b := bustest.Start(t)
 	var calls atomic.Int32
 	startConsume(t, b, bus.ConsumerConfig{
-		Service: "netconfig", Stream: bus.StreamPods,
+		Service: "netconfig", Stream: events.StreamPods,
 		AckWait: time.Second, MaxDeliver: 3, BackOff: []time.Duration{20 * time.Millisecond, 40 * time.Millisecond},
 	}, func(_ context.Context, m *bus.Message) error {
 		calls.Add(1)
@@ -180,11 +180,11 @@ func TestMaxDeliverExhaustionDeadLetters(t *testing.T) {
 func TestMaxDeliveriesAdvisoryDeadLetters(t *testing.T) {
 	b := bustest.Start(t)
 	ctx := testContext(t)
-	cfg := bus.ConsumerConfig{Service: "migration", Stream: bus.StreamMigrations, AckWait: 100 * time.Millisecond, MaxDeliver: 2, BackOff: []time.Duration{10 * time.Millisecond}}
+	cfg := bus.ConsumerConfig{Service: "migration", Stream: events.StreamMigrations, AckWait: 100 * time.Millisecond, MaxDeliver: 2, BackOff: []time.Duration{10 * time.Millisecond}}
 
 	// Same durable as Consume declares; two fetches without an outcome
 	// stand in for two crashed processes.
-	cons, err := b.JetStream().CreateOrUpdateConsumer(ctx, bus.StreamMigrations, jetstream.ConsumerConfig{
+	cons, err := b.JetStream().CreateOrUpdateConsumer(ctx, events.StreamMigrations, jetstream.ConsumerConfig{
 		Durable: cfg.Durable(), AckPolicy: jetstream.AckExplicitPolicy, AckWait: cfg.AckWait, MaxDeliver: cfg.MaxDeliver,
 	})
 	if err != nil {
@@ -239,7 +239,7 @@ func TestSameKeyRunsOneAtATimeInOrder(t *testing.T) {
 		order      = map[string][]int{}
 		handled    atomic.Int32
 	)
-	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamPods, Workers: 4, AckWait: 2 * time.Second},
+	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: events.StreamPods, Workers: 4, AckWait: 2 * time.Second},
 		func(_ context.Context, m *bus.Message) error {
 			var n struct{ N int }
 			if err := json.Unmarshal(m.Event.Data(), &n); err != nil {
@@ -290,7 +290,7 @@ func TestSameKeyRunsOneAtATimeInOrder(t *testing.T) {
 func TestInProgressKeepsLongHandlersFromRedelivery(t *testing.T) {
 	b := bustest.Start(t)
 	var rec recorder
-	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: bus.StreamPods, Workers: 2, AckWait: 150 * time.Millisecond},
+	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: events.StreamPods, Workers: 2, AckWait: 150 * time.Millisecond},
 		func(_ context.Context, m *bus.Message) error {
 			rec.add(m)
 			time.Sleep(600 * time.Millisecond) // four AckWaits
@@ -317,7 +317,7 @@ func TestInProgressKeepsLongHandlersFromRedelivery(t *testing.T) {
 // cut off by the drain timeout leaves its message to the next process.
 func TestShutdownDrainsAndLosesNothing(t *testing.T) {
 	b := bustest.Start(t)
-	cfg := bus.ConsumerConfig{Service: "imagecache", Stream: bus.StreamPods, Workers: 2, AckWait: 500 * time.Millisecond, DrainTimeout: 400 * time.Millisecond}
+	cfg := bus.ConsumerConfig{Service: "imagecache", Stream: events.StreamPods, Workers: 2, AckWait: 500 * time.Millisecond, DrainTimeout: 400 * time.Millisecond}
 
 	var (
 		mu       sync.Mutex
@@ -392,15 +392,15 @@ func TestConsumeRefusesBadConfig(t *testing.T) {
 		cfg    bus.ConsumerConfig
 		wantIn string
 	}{
-		{"no service", bus.ConsumerConfig{Stream: bus.StreamPods}, "Service"},
-		{"service with dots", bus.ConsumerConfig{Service: "a.b", Stream: bus.StreamPods}, "Service"},
+		{"no service", bus.ConsumerConfig{Stream: events.StreamPods}, "Service"},
+		{"service with dots", bus.ConsumerConfig{Service: "a.b", Stream: events.StreamPods}, "Service"},
 		{"no stream", bus.ConsumerConfig{Service: "svc"}, "Stream"},
-		{"negative workers", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, Workers: -1}, "Workers"},
-		{"backoff as long as max deliver", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, MaxDeliver: 2, BackOff: []time.Duration{time.Second, time.Second}}, "MaxDeliver 2: must be greater than len(BackOff) 2"},
-		{"backoff longer than default max deliver", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, BackOff: make11s()}, "MaxDeliver 10"},
-		{"zero backoff", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, BackOff: []time.Duration{0}}, "BackOff[0]"},
-		{"tiny ack wait", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, AckWait: time.Millisecond}, "AckWait"},
-		{"bad subject", bus.ConsumerConfig{Service: "svc", Stream: bus.StreamPods, Subjects: []string{"pv..x"}}, "Subjects[0]"},
+		{"negative workers", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, Workers: -1}, "Workers"},
+		{"backoff as long as max deliver", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, MaxDeliver: 2, BackOff: []time.Duration{time.Second, time.Second}}, "MaxDeliver 2: must be greater than len(BackOff) 2"},
+		{"backoff longer than default max deliver", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, BackOff: make11s()}, "MaxDeliver 10"},
+		{"zero backoff", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, BackOff: []time.Duration{0}}, "BackOff[0]"},
+		{"tiny ack wait", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, AckWait: time.Millisecond}, "AckWait"},
+		{"bad subject", bus.ConsumerConfig{Service: "svc", Stream: events.StreamPods, Subjects: []string{"pv..x"}}, "Subjects[0]"},
 		{"missing stream", bus.ConsumerConfig{Service: "svc", Stream: "NOPE"}, "EnsureTopology"},
 	}
 	for _, tt := range tests {
@@ -425,7 +425,7 @@ func make11s() []time.Duration {
 func TestConsumeFiltersSubjects(t *testing.T) {
 	b := bustest.Start(t)
 	var rec recorder
-	startConsume(t, b, bus.ConsumerConfig{Service: "imagecache", Stream: bus.StreamPods, Subjects: []string{"pv.pod.accepted", "pv.pod.deleted"}},
+	startConsume(t, b, bus.ConsumerConfig{Service: "imagecache", Stream: events.StreamPods, Subjects: []string{"pv.pod.accepted", "pv.pod.deleted"}},
 		func(_ context.Context, m *bus.Message) error { rec.add(m); return nil })
 	mustPublish(t, b, mustEvent(t, typePodRequested, "default/a", nil))
 	mustPublish(t, b, mustEvent(t, typePodAccepted, "default/b", nil))
@@ -446,7 +446,7 @@ func TestConsumeFiltersSubjects(t *testing.T) {
 func TestHandlerPanicIsRetried(t *testing.T) {
 	b := bustest.Start(t)
 	var rec recorder
-	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts, BackOff: []time.Duration{10 * time.Millisecond}},
+	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: events.StreamHosts, BackOff: []time.Duration{10 * time.Millisecond}},
 		func(_ context.Context, m *bus.Message) error {
 			rec.add(m)
 			if m.Delivery == 1 {
@@ -464,7 +464,7 @@ func TestHandlerPanicIsRetried(t *testing.T) {
 func TestUnknownTypesAndVersions(t *testing.T) {
 	b := bustest.Start(t)
 	var rec recorder
-	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: bus.StreamPods},
+	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: events.StreamPods},
 		func(_ context.Context, m *bus.Message) error { rec.add(m); return nil })
 	ctx := testContext(t)
 	publishRaw := func(subject, ceType, id string) {
@@ -509,59 +509,17 @@ func TestUnknownTypesAndVersions(t *testing.T) {
 	}
 }
 
-func TestPayloadDecodesOrFailsPermanently(t *testing.T) {
-	b := bustest.Start(t)
-	type result struct {
-		host string
-		err  error
-	}
-	got := make(chan result, 4)
-	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts},
-		func(_ context.Context, m *bus.Message) error {
-			p, err := bus.PayloadAs[events.HostLost](m)
-			if err != nil {
-				got <- result{err: err}
-				return err
-			}
-			got <- result{host: p.Name}
-			return nil
-		})
-	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", json.RawMessage(`{"name":"esx-1","cluster":"cluster-1","reason":"NotResponding"}`)))
-	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-2", json.RawMessage(`{"name":"esx-2","cluster":"cluster-1","reason":"NotResponding","colour":"red"}`)))
-
-	var ok, bad result
-	for range 2 {
-		select {
-		case r := <-got:
-			if r.err != nil {
-				bad = r
-			} else {
-				ok = r
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("handler not called twice")
-		}
-	}
-	if ok.host != "esx-1" {
-		t.Errorf("decoded host = %q, want esx-1", ok.host)
-	}
-	if !bus.IsPermanent(bad.err) || !strings.Contains(bad.err.Error(), "colour") {
-		t.Errorf("bad payload error = %v, want a Permanent error naming the unknown field", bad.err)
-	}
-	waitFor(t, 5*time.Second, "dead letter of the bad payload", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
-}
-
 // A consumer whose connection is closed stops with an error instead of
 // spinning on fetch failures.
 func TestConsumeReturnsWhenConnectionCloses(t *testing.T) {
 	b := bustest.Start(t)
 	errc := make(chan error, 1)
 	go func() {
-		errc <- b.Consume(context.Background(), bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamHosts},
+		errc <- b.Consume(context.Background(), bus.ConsumerConfig{Service: "scheduler", Stream: events.StreamHosts},
 			func(context.Context, *bus.Message) error { return nil })
 	}()
 	waitFor(t, 5*time.Second, "consumer declared", func() bool {
-		_, err := b.JetStream().Consumer(context.Background(), bus.StreamHosts, "scheduler-HOSTS")
+		_, err := b.JetStream().Consumer(context.Background(), events.StreamHosts, "scheduler-HOSTS")
 		return err == nil
 	})
 	b.Close()

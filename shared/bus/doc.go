@@ -44,7 +44,7 @@
 // # Consuming and the error model
 //
 //	err := b.Consume(ctx, bus.ConsumerConfig{
-//		Service: "scheduler", Stream: bus.StreamPods,
+//		Service: "scheduler", Stream: events.StreamPods,
 //		Subjects: []string{events.SubjectPodAccepted},
 //		Workers: 8, AckWait: time.Minute,
 //	}, func(ctx context.Context, m *bus.Message) error { … })
@@ -57,6 +57,7 @@
 //     idempotent, so an ack lost in flight only brings the event back to a
 //     handler that finds its work done, and a confirmation per event cost
 //     a round trip each.
+//
 //   - Permanent(err): copied to pv.dlq.<service> with err as the reason,
 //     then terminated; never redelivered. Messages that are not CloudEvents
 //     at all, have a type outside the catalog, or travel on another subject
@@ -64,17 +65,49 @@
 //     later version of a catalog event (pod.accepted.v2 on pv.pod.accepted,
 //     published beside .v1 during a migration) is acked and skipped by a
 //     build that does not know it yet, as the events versioning rule says.
+//
 //   - RetryAfter(err, d): redelivered after d.
+//
 //   - any other error, or a panic: redelivered after BackOff[delivery-1]
 //     (the last entry repeats).
 //
-// Handlers decode the data themselves: Message.Payload and PayloadAs run
-// events.Decode (strict, validated) and return its failures already marked
-// Permanent, since no retry turns bad input into good.
+//   - InProgress(err, d): the work goes on elsewhere; looked at again after
+//     d, without being logged as a failure.
+//
+// Every error of every service carries one of these codes (CodeOf) and may
+// carry a reason a person can act on (WithReason, ReasonOf): the
+// CamelCase word failure events publish.
+//
+// # Typed handlers: the Router
+//
+// Services do not write Handlers by hand. They register one typed function
+// per event with a Router, which decodes and validates the data
+// (events.Decode; a failure is Permanent, so the message is dead-lettered
+// with the field and the reason), sets the span attributes, scopes
+// Message.Log, and runs the route's failure hook when the handler gives up:
+//
+//	r := bus.NewRouter("netconfig", log)
+//	bus.Handle(r, s.onScheduled).OnFailure(s.attachFailed) // publishes pod.network.failed
+//	err := r.Run(ctx, b, bus.ConsumerConfig{Workers: 8}, nil) // one durable per stream
+//
+// The hook runs when the error is Permanent or the delivery was the last,
+// so a pod learns why its attach, pull or migration ended however it ended.
+// A Permanent refusal whose failure event was published is acked: that
+// event is its outcome. Deliveries that ran out are dead-lettered after the
+// hook. KeyLocks serializes a handler's work on an object that events with
+// other keys also touch.
+//
+// # Emit
+//
+// A service publishes with one Emitter (b.Emitter("podvisor/netconfig")):
+// Emit(ctx, cause, payload) takes the type and subject from the catalog and
+// the payload, validates the payload, derives the effect id from the cause
+// in the one way Effect does (Distinct tells apart several events of one
+// type a cause has), and carries the cause's trace context.
 //
 // On the last delivery (MaxDeliver) a failure dead-letters the message with
-// the reason "max deliveries exceeded: <last error>"; Message.LastDelivery
-// lets a handler publish a failure event first. Messages whose deliveries
+// the reason "max deliveries exceeded: <last error>", after the route's
+// failure hook has run. Messages whose deliveries
 // ran out with no outcome at all (every process that took them crashed or
 // hung) are caught from the server's MAX_DELIVERIES advisory. The server
 // raises it when the consumer next pulls, that is from the next process of
@@ -123,7 +156,8 @@
 //	Pv-Dlq-Deliveries   how many times it was delivered
 //	Pv-Dlq-Time         when it was dead-lettered
 //
-// ReadDeadLetter parses them. The copy is published (and acknowledged by the
+// ReadDeadLetter parses them. ConsumerConfig.OnSettled is told of every
+// settled message (type, outcome, time taken), for metrics. The copy is published (and acknowledged by the
 // DLQ stream) before the original is terminated; if the copy fails, the
 // original is retried instead. Its Nats-Msg-Id names the consumer and
 // sequence, so the direct path and the advisory path never store it twice.

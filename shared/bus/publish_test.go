@@ -21,7 +21,7 @@ func TestPublishWritesBinaryModeHeaders(t *testing.T) {
 	ev := mustEvent(t, typePodRequested, "default/web", map[string]any{"uid": "u-1"})
 	mustPublish(t, b, ev)
 
-	msgs := streamMsgs(t, b, bus.StreamPods)
+	msgs := streamMsgs(t, b, events.StreamPods)
 	if len(msgs) != 1 {
 		t.Fatalf("PODS holds %d messages, want 1", len(msgs))
 	}
@@ -82,7 +82,7 @@ func TestPublishSameIDTwiceStoresOnce(t *testing.T) {
 	mustPublish(t, b, second)
 	mustPublish(t, b, cause)
 
-	if n := len(streamMsgs(t, b, bus.StreamPods)); n != 2 {
+	if n := len(streamMsgs(t, b, events.StreamPods)); n != 2 {
 		t.Errorf("PODS holds %d messages after publishing cause twice and its effect twice, want 2", n)
 	}
 }
@@ -162,7 +162,7 @@ func TestPublishRefusesEventsOver64KiB(t *testing.T) {
 	if !strings.Contains(err.Error(), "limit 65536") {
 		t.Errorf("error %q does not state the limit", err)
 	}
-	if n := len(streamMsgs(t, b, bus.StreamPods)); n != 1 {
+	if n := len(streamMsgs(t, b, events.StreamPods)); n != 1 {
 		t.Errorf("PODS holds %d messages, want only the one that fits", n)
 	}
 }
@@ -273,7 +273,7 @@ func mustJSON(v any) string {
 func TestConsumeStructuredModeEvent(t *testing.T) {
 	b := bustest.Start(t)
 	got := make(chan bus.Message, 1)
-	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: bus.StreamPods}, func(_ context.Context, m *bus.Message) error {
+	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: events.StreamPods}, func(_ context.Context, m *bus.Message) error {
 		got <- *m
 		return nil
 	})

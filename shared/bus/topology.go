@@ -11,15 +11,11 @@ import (
 	"github.com/podvisor/podvisor/events"
 )
 
-// Streams. The five domain streams carry the event catalog; DLQ keeps dead
-// letters; ADVISORIES keeps the server's MAX_DELIVERIES advisories, which are
-// core NATS messages and would be lost while no consumer process listens.
+// Streams besides the five domain streams of the event catalog
+// (events.StreamPods, …): DLQ keeps dead letters; ADVISORIES keeps the
+// server's MAX_DELIVERIES advisories, which are core NATS messages and
+// would be lost while no consumer process listens.
 const (
-	StreamPods       = events.StreamPods
-	StreamImages     = events.StreamImages
-	StreamNetworks   = events.StreamNetworks
-	StreamMigrations = events.StreamMigrations
-	StreamHosts      = events.StreamHosts
 	StreamDLQ        = "DLQ"
 	StreamAdvisories = "ADVISORIES"
 )
@@ -118,7 +114,7 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 		return fmt.Errorf("bus: topology: replicas %d out of range 1-5", t.replicas)
 	}
 	var errs []error
-	for _, name := range []string{StreamPods, StreamImages, StreamNetworks, StreamMigrations, StreamHosts, StreamDLQ, StreamAdvisories} {
+	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, StreamDLQ, StreamAdvisories} {
 		cfg := jetstream.StreamConfig{
 			Name:       name,
 			Subjects:   StreamSubjects()[name],

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -110,13 +111,13 @@ func TestEmbeddedServerResumesFromDir(t *testing.T) {
 	if _, err := kv2.Create(ctx, "default.web", []byte(`{}`)); !errors.Is(err, jetstream.ErrKeyExists) {
 		t.Errorf("Create of an existing key: err = %v, want ErrKeyExists", err)
 	}
-	msgs := streamMsgs(t, b2, bus.StreamPods)
+	msgs := streamMsgs(t, b2, events.StreamPods)
 	if len(msgs) != 1 || msgs[0].Header.Get("ce-id") != ev.ID() {
 		t.Errorf("PODS after restart holds %d messages", len(msgs))
 	}
 	// The de-duplication window survives too: republishing is still a no-op.
 	mustPublish(t, b2, ev)
-	if n := len(streamMsgs(t, b2, bus.StreamPods)); n != 1 {
+	if n := len(streamMsgs(t, b2, events.StreamPods)); n != 1 {
 		t.Errorf("republish after restart stored a duplicate: %d messages", n)
 	}
 }

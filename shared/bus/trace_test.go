@@ -13,6 +13,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
@@ -49,7 +50,7 @@ func TestTraceContextCrossesHops(t *testing.T) {
 	exp := installTracing(t)
 	b := bustest.Start(t)
 
-	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: bus.StreamPods, Subjects: []string{"pv.pod.requested"}},
+	startConsume(t, b, bus.ConsumerConfig{Service: "provisioner", Stream: events.StreamPods, Subjects: []string{"pv.pod.requested"}},
 		func(ctx context.Context, m *bus.Message) error {
 			eff, err := bus.Effect(m.Event, "podvisor/provisioner", typePodAccepted, m.Event.Subject(), nil)
 			if err != nil {
@@ -58,7 +59,7 @@ func TestTraceContextCrossesHops(t *testing.T) {
 			return b.Publish(ctx, eff)
 		})
 	done := make(chan struct{})
-	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: bus.StreamPods, Subjects: []string{"pv.pod.accepted"}},
+	startConsume(t, b, bus.ConsumerConfig{Service: "scheduler", Stream: events.StreamPods, Subjects: []string{"pv.pod.accepted"}},
 		func(context.Context, *bus.Message) error { close(done); return nil })
 
 	ctx, root := otel.Tracer("test").Start(context.Background(), "client apply")

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/vim25/soap"
+
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // DefaultKeepAlive is how often an idle session is checked and, if vCenter
@@ -40,10 +42,13 @@ type Config struct {
 // have a _FILE variant naming a file that holds the value, for secrets mounted
 // into a container; setting both forms of one variable is an error. The
 // result is validated.
-func ConfigFromEnv() (Config, error) {
+func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
+
+// ConfigFrom is ConfigFromEnv over any source of settings.
+func ConfigFrom(src config.Source) (Config, error) {
 	var errs []error
 	get := func(name string) string {
-		v, err := envOrFile(name)
+		v, err := envOrFile(src, name)
 		if err != nil {
 			errs = append(errs, err)
 		}
@@ -56,7 +61,8 @@ func ConfigFromEnv() (Config, error) {
 		return Config{}, errors.Join(errs...)
 	}
 
-	cfg := Config{Datacenter: os.Getenv("GOVC_DATACENTER")}
+	dc, _ := src("GOVC_DATACENTER")
+	cfg := Config{Datacenter: dc}
 	if raw == "" {
 		return cfg, errors.New("vsphere config: GOVC_URL: required (or GOVC_URL_FILE)")
 	}
@@ -76,7 +82,7 @@ func ConfigFromEnv() (Config, error) {
 	if pass != "" {
 		cfg.Password = pass
 	}
-	if v := os.Getenv("GOVC_INSECURE"); v != "" {
+	if v, _ := src("GOVC_INSECURE"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return cfg, fmt.Errorf("vsphere config: GOVC_INSECURE: %q is not a boolean (use 1, true, 0 or false)", v)
@@ -87,9 +93,9 @@ func ConfigFromEnv() (Config, error) {
 }
 
 // envOrFile reads NAME or the file named by NAME_FILE.
-func envOrFile(name string) (string, error) {
-	v, hasV := os.LookupEnv(name)
-	f, hasF := os.LookupEnv(name + "_FILE")
+func envOrFile(src config.Source, name string) (string, error) {
+	v, hasV := src(name)
+	f, hasF := src(name + "_FILE")
 	switch {
 	case hasV && v != "" && hasF && f != "":
 		return "", fmt.Errorf("vsphere config: %s and %s_FILE are both set; use one", name, name)

@@ -28,6 +28,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/sim"
@@ -80,6 +81,23 @@ type Config struct {
 	Guests, Agent string
 	Logger        *slog.Logger
 	Recorder      *telemetry.Recorder
+	// Settings is where the services read their configuration; nil means
+	// the process environment. With the embedded simulator its defaults
+	// (simulatorDefaults) are layered under it.
+	Settings config.Source
+}
+
+// settings is the services' configuration source: cfg.Settings or the
+// environment, over the simulator's defaults when the simulator is ours.
+func (c Config) settings(simulator bool) config.Source {
+	src := c.Settings
+	if src == nil {
+		src = config.Env()
+	}
+	if simulator {
+		return config.Layered(src, config.Map(simulatorDefaults))
+	}
+	return src
 }
 
 // Endpoints are where the parts listen; they are what the env file exports.
@@ -125,7 +143,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		if spec.Check == nil {
 			continue
 		}
-		if err := spec.Check(); err != nil {
+		if err := spec.Check(cfg.settings(cfg.VCenterURL == "")); err != nil {
 			bad = append(bad, fmt.Errorf("%s: %w", spec.Name, err))
 		}
 	}
@@ -368,20 +386,14 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	if len(s.cfg.Services) == 0 {
 		return nil
 	}
-	if s.Datacenter != nil {
-		for k, v := range simulatorDefaults {
-			if _, set := os.LookupEnv(k); !set {
-				os.Setenv(k, v)
-			}
-		}
-	}
+	settings := s.cfg.settings(s.Datacenter != nil)
 	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
 	if err != nil {
 		return err
 	}
 	var rdb *redis.Client
 	for _, spec := range s.cfg.Services {
-		deps := runner.Deps{Logger: s.log} // each service scopes it with its name
+		deps := runner.Deps{Logger: s.log, Settings: settings} // each service scopes the logger with its name
 		b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-"+spec.Name))
 		if err != nil {
 			return fmt.Errorf("up: %s: %w", spec.Name, err)
@@ -471,13 +483,11 @@ func (e Endpoints) EnvFile() string {
 
 // simulatorEnv renders simulatorDefaults as exports, sorted, with the
 // value in force (up's environment wins over the default).
-func simulatorEnv() string {
+func (s *System) simulatorEnv() string {
+	src := s.cfg.settings(true)
 	var b strings.Builder
 	for _, k := range slices.Sorted(maps.Keys(simulatorDefaults)) {
-		v, ok := os.LookupEnv(k)
-		if !ok {
-			v = simulatorDefaults[k]
-		}
+		v, _ := src(k)
 		fmt.Fprintf(&b, "export %s=%s\n", k, quote(v))
 	}
 	return b.String()
@@ -491,7 +501,7 @@ func (s *System) WriteEnv() (string, error) {
 	tmp := path + ".tmp"
 	env := s.Endpoints.EnvFile()
 	if s.Datacenter != nil {
-		env += simulatorEnv()
+		env += s.simulatorEnv()
 	}
 	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
 		return "", err

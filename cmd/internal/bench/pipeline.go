@@ -26,6 +26,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/sim"
 )
 
@@ -44,25 +45,15 @@ var tuning = map[string]string{
 	"PODVISOR_PROVISIONER_FOLDER_SHARDS": "16",
 }
 
-// applyTuning sets the unset tuning variables and returns the settings in
-// force and a function that restores the environment.
-func applyTuning() (map[string]string, func()) {
+// applyTuning returns the tuning in force (the environment wins over the
+// bench's values) and the settings source the services read it from.
+func applyTuning() (map[string]string, config.Source) {
+	src := config.Layered(config.Env(), config.Map(tuning))
 	settings := map[string]string{}
-	var set []string
-	for k, v := range tuning {
-		if cur, ok := os.LookupEnv(k); ok {
-			settings[k] = cur
-			continue
-		}
-		os.Setenv(k, v)
-		set = append(set, k)
-		settings[k] = v
+	for k := range tuning {
+		settings[k], _ = src(k)
 	}
-	return settings, func() {
-		for _, k := range set {
-			os.Unsetenv(k)
-		}
-	}
+	return settings, src
 }
 
 // benchPod is the manifest of pod name: one container of image with the
@@ -108,9 +99,9 @@ func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
 		stream   string
 		subjects []string
 	}{
-		{bus.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
+		{events.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
 			events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodUnschedulable, events.SubjectPodNetworkAttached}},
-		{bus.StreamImages, []string{events.SubjectImagePulled}},
+		{events.StreamImages, []string{events.SubjectImagePulled}},
 	} {
 		c, err := b.JetStream().OrderedConsumer(ctx, f.stream, jetstream.OrderedConsumerConfig{
 			FilterSubjects: f.subjects, DeliverPolicy: jetstream.DeliverNewPolicy,
@@ -252,8 +243,7 @@ func request(ctx context.Context, b *bus.Bus, name, image string) error {
 // the pods and measures them to VM running (pod.vm.ready). It returns the simulated hosts for
 // the scheduling-only run.
 func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result, p progress) ([]sim.HostSpec, error) {
-	settings, restore := applyTuning()
-	defer restore()
+	settings, src := applyTuning()
 	res.Setup.Settings = settings
 	specs, err := runner.Select("all")
 	if err != nil {
@@ -261,6 +251,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 	sys, err := allinone.Start(ctx, allinone.Config{
 		StateDir: cfg.StateDir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
+		Settings: src,
 	})
 	if err != nil {
 		return nil, err

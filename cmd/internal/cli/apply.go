@@ -137,7 +137,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	done := make(chan struct{}) // closed when apply returns: no one reads results then
 	if wait > 0 && len(pending) > 0 {
 		// Listen before publishing so that a fast answer is not missed.
-		c, err := b.JetStream().OrderedConsumer(ctx, bus.StreamPods, jetstream.OrderedConsumerConfig{
+		c, err := b.JetStream().OrderedConsumer(ctx, events.StreamPods, jetstream.OrderedConsumerConfig{
 			FilterSubjects: []string{events.SubjectPodAccepted, events.SubjectPodRejected},
 			DeliverPolicy:  jetstream.DeliverNewPolicy,
 		})

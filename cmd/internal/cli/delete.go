@@ -88,7 +88,7 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 		return err
 	}
 	defer b.Close()
-	answers, stop, err := followEvents(ctx, b, bus.StreamNetworks, events.SubjectNetworkDeleted, events.SubjectNetworkDeleteRejected)
+	answers, stop, err := followEvents(ctx, b, events.StreamNetworks, events.SubjectNetworkDeleted, events.SubjectNetworkDeleteRejected)
 	if err != nil {
 		return err
 	}

@@ -83,13 +83,13 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 	}
 	var hosts, migs <-chan event.Event
 	if wait > 0 {
-		ch, stop, err := followEvents(ctx, b, bus.StreamHosts, events.SubjectHostCordoned, events.SubjectHostDrained, events.SubjectHostUncordoned)
+		ch, stop, err := followEvents(ctx, b, events.StreamHosts, events.SubjectHostCordoned, events.SubjectHostDrained, events.SubjectHostUncordoned)
 		if err != nil {
 			return err
 		}
 		defer stop()
 		hosts = ch
-		mch, mstop, err := followEvents(ctx, b, bus.StreamMigrations, events.SubjectMigrationCompleted, events.SubjectMigrationFailed, events.SubjectMigrationRejected)
+		mch, mstop, err := followEvents(ctx, b, events.StreamMigrations, events.SubjectMigrationCompleted, events.SubjectMigrationFailed, events.SubjectMigrationRejected)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -71,7 +72,7 @@ type storedMsg struct {
 }
 
 func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr io.Writer) error {
-	streams := []string{bus.StreamPods, bus.StreamImages, bus.StreamNetworks, bus.StreamMigrations, bus.StreamHosts}
+	streams := []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts}
 	if o.dlq {
 		streams = []string{bus.StreamDLQ}
 	}

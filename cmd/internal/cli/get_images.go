@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 func init() {
@@ -19,7 +19,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			imgs, err := imagelocality.ListImages(ctx, url)
+			imgs, err := imagemeta.ListImages(ctx, url)
 			if err != nil {
 				return nil, fmt.Errorf("images (Redis %s): %w", url, err)
 			}

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/migration"
 )
 
 func init() {
@@ -20,7 +19,7 @@ func init() {
 			return &r, json.Unmarshal(v, &r.MigrationRecord)
 		},
 		// The bucket also holds the service's leader lease.
-		skip: func(key string) bool { return key == migration.LeaderKey },
+		skip: func(key string) bool { return key == events.MigrationLeaderKey },
 	})
 }
 

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/migration"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
 
@@ -23,7 +22,7 @@ func TestGetMigrationsSkipsTheLeaderLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	lease, _ := json.Marshal(map[string]any{"holder": "migration-0-1-abcd", "expires": time.Now().Add(time.Hour)})
-	if _, err := kv.Put(context.Background(), migration.LeaderKey, lease); err != nil {
+	if _, err := kv.Put(context.Background(), events.MigrationLeaderKey, lease); err != nil {
 		t.Fatal(err)
 	}
 	rec, _ := json.Marshal(events.MigrationRecord{ID: "m1", Namespace: "default", Pod: "web", Phase: events.MigrationPhasePending, CreatedAt: time.Now()})
@@ -37,7 +36,7 @@ func TestGetMigrationsSkipsTheLeaderLease(t *testing.T) {
 	if lines := strings.Split(strings.TrimSpace(out), "\n"); len(lines) != 2 || !strings.Contains(lines[1], "web") {
 		t.Fatalf("get migrations -A printed, want the header and m1 only:\n%s", out)
 	}
-	if _, errOut, code := runTool(t, url, "migrate", "cancel", migration.LeaderKey); code != 1 || !strings.Contains(errOut, "not found") {
+	if _, errOut, code := runTool(t, url, "migrate", "cancel", events.MigrationLeaderKey); code != 1 || !strings.Contains(errOut, "not found") {
 		t.Fatalf("cancel of the lease key: %d %s, want not found", code, errOut)
 	}
 }

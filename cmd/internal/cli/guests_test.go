@@ -235,7 +235,7 @@ func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool)
 func lastReport(t *testing.T, b *bus.Bus, uid string) *events.PodContainersReported {
 	t.Helper()
 	ctx := context.Background()
-	stream, err := b.JetStream().Stream(ctx, bus.StreamPods)
+	stream, err := b.JetStream().Stream(ctx, events.StreamPods)
 	if err != nil {
 		t.Fatal(err)
 	}

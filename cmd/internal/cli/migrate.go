@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/migration"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -102,7 +101,7 @@ func migratePod(ctx context.Context, b *bus.Bus, req *events.MigrationRequested,
 	podFlow(ctx, b, req.Namespace, req.Pod, &ev)
 	var answers <-chan event.Event
 	if wait > 0 {
-		ch, stop, err := followEvents(ctx, b, bus.StreamMigrations, "pv.migration.>")
+		ch, stop, err := followEvents(ctx, b, events.StreamMigrations, "pv.migration.>")
 		if err != nil {
 			return err
 		}
@@ -213,7 +212,7 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 				return err
 			}
 			e, err := kv.Get(ctx, events.MigrationRecordKey(args[0]))
-			if args[0] == migration.LeaderKey { // the service's lease, no migration
+			if args[0] == events.MigrationLeaderKey { // the service's lease, no migration
 				err = jetstream.ErrKeyNotFound
 			}
 			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {

@@ -111,7 +111,7 @@ its limits (2 per source host, 5 per cluster at once). --dry-run prints the plan
 func runRebalance(ctx context.Context, b *bus.Bus, plan []rebalance.Move, wait time.Duration, g *globals) error {
 	var results <-chan event.Event
 	if wait > 0 {
-		ch, stop, err := followEvents(ctx, b, bus.StreamMigrations, events.SubjectMigrationCompleted, events.SubjectMigrationFailed, events.SubjectMigrationRejected)
+		ch, stop, err := followEvents(ctx, b, events.StreamMigrations, events.SubjectMigrationCompleted, events.SubjectMigrationFailed, events.SubjectMigrationRejected)
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/health"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -41,32 +42,27 @@ so that 'podvisor serve NAME' works beside 'podvisor up --services=none'.`,
 			if err != nil {
 				return usageError("%v", err)
 			}
-			local := g.envFileDefaults()
-			return serve(cmd.Context(), g, spec, local)
+			settings, local := g.envFileDefaults()
+			return serve(cmd.Context(), g, spec, settings, local)
 		},
 	}
 }
 
-// envFileDefaults copies the env file's variables into the environment where
-// they are unset, and reports whether it supplied the NATS URL (the service
-// then runs beside a local `podvisor up`).
-func (g *globals) envFileDefaults() (local bool) {
+// envFileDefaults reads the env file of a local `podvisor up`: the settings
+// it supplies where the environment does not set them, and whether it
+// supplied the NATS URL (the service then runs beside that `up`).
+func (g *globals) envFileDefaults() (settings config.Source, local bool) {
 	vars, err := ReadEnvFile(g.stateDir + "/env")
 	if err != nil {
-		return false
+		return config.Env(), false
 	}
-	for k, v := range vars {
-		if _, set := os.LookupEnv(k); !set {
-			os.Setenv(k, v)
-			if k == "PODVISOR_NATS_URL" && g.natsURL == "" {
-				local = true
-			}
-		}
+	if _, set := os.LookupEnv("PODVISOR_NATS_URL"); !set && vars["PODVISOR_NATS_URL"] != "" && g.natsURL == "" {
+		local = true
 	}
-	return local
+	return config.Layered(config.Env(), config.Map(vars)), local
 }
 
-func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error {
+func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.Source, local bool) error {
 	logger, err := telemetry.LoggerFromEnv()
 	if err != nil {
 		return usageError("%v", err)
@@ -101,7 +97,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	if err := b.EnsureTopology(ctx, topo...); err != nil {
 		return err
 	}
-	deps := runner.Deps{Bus: b, Logger: logger}
+	deps := runner.Deps{Bus: b, Logger: logger, Settings: settings}
 	checks := map[string]health.Check{
 		"nats": func(context.Context) error {
 			if st := b.Conn().Status(); st != nats.CONNECTED {
@@ -111,7 +107,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		},
 	}
 	if spec.NeedsVSphere {
-		cfg, err := vsphere.ConfigFromEnv()
+		cfg, err := vsphere.ConfigFrom(settings)
 		if err != nil {
 			return err
 		}
@@ -127,7 +123,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		}
 	}
 	if spec.NeedsRedis {
-		rdb, err := redisFromEnv()
+		rdb, err := redisFrom(settings)
 		if err != nil {
 			return err
 		}
@@ -171,8 +167,8 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	return err
 }
 
-func redisFromEnv() (*redis.Client, error) {
-	raw := os.Getenv("PODVISOR_REDIS_URL")
+func redisFrom(settings config.Source) (*redis.Client, error) {
+	raw, _ := settings("PODVISOR_REDIS_URL")
 	if raw == "" {
 		return nil, errors.New("PODVISOR_REDIS_URL is not set")
 	}
@@ -180,7 +176,7 @@ func redisFromEnv() (*redis.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("PODVISOR_REDIS_URL: %w", err)
 	}
-	if f := os.Getenv("PODVISOR_REDIS_PASSWORD_FILE"); f != "" {
+	if f, _ := settings("PODVISOR_REDIS_PASSWORD_FILE"); f != "" {
 		pw, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("PODVISOR_REDIS_PASSWORD_FILE: %w", err)

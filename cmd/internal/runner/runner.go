@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -23,6 +24,9 @@ type Deps struct {
 	VSphere *vsphere.Session
 	Redis   *redis.Client
 	Logger  *slog.Logger
+	// Settings is where the service's configuration is read from; nil
+	// means the process environment.
+	Settings config.Source
 }
 
 // Spec describes one runnable service.
@@ -30,17 +34,22 @@ type Spec struct {
 	Name         string
 	NeedsVSphere bool
 	NeedsRedis   bool
-	// Check reads and validates the service's environment configuration,
-	// so that a bad setting is reported before anything starts.
-	Check func() error
-	// Run builds the service from its environment configuration and runs it
-	// until ctx ends.
+	// Check reads and validates the service's configuration from src, so
+	// that a bad setting is reported before anything starts.
+	Check func(src config.Source) error
+	// Run builds the service from its configuration (read from
+	// deps.Settings) and runs it until ctx ends.
 	Run func(ctx context.Context, deps Deps) error
 }
 
-var specs = map[string]Spec{}
-
-func register(s Spec) { specs[s.Name] = s }
+// specs indexes the table by name.
+var specs = func() map[string]Spec {
+	m := make(map[string]Spec, len(table))
+	for _, s := range table {
+		m[s.Name] = s
+	}
+	return m
+}()
 
 // Names lists the services in a stable order.
 func Names() []string {

@@ -8,69 +8,60 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/scheduler"
+	"github.com/podvisor/podvisor/shared/config"
 )
 
-// Each service is built from its own ConfigFromEnv, so a container and an
-// in-process `up` configure it the same way.
-func init() {
-	register(Spec{Name: "scheduler", Check: check(scheduler.ConfigFromEnv), NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
-		cfg, err := scheduler.ConfigFromEnv()
-		if err != nil {
-			return err
-		}
-		svc, err := scheduler.New(cfg, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
-		if err != nil {
-			return err
-		}
-		return svc.Run(ctx)
-	}})
-	register(Spec{Name: "provisioner", Check: check(provisioner.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
-		cfg, err := provisioner.ConfigFromEnv()
-		if err != nil {
-			return err
-		}
-		svc, err := provisioner.New(cfg, provisioner.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-		if err != nil {
-			return err
-		}
-		return svc.Run(ctx)
-	}})
-	register(Spec{Name: "netconfig", Check: check(netconfig.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
-		cfg, err := netconfig.ConfigFromEnv()
-		if err != nil {
-			return err
-		}
-		svc, err := netconfig.New(cfg, netconfig.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-		if err != nil {
-			return err
-		}
-		return svc.Run(ctx)
-	}})
-	register(Spec{Name: "imagecache", Check: check(imagecache.ConfigFromEnv), NeedsVSphere: true, NeedsRedis: true, Run: func(ctx context.Context, d Deps) error {
-		cfg, err := imagecache.ConfigFromEnv()
-		if err != nil {
-			return err
-		}
-		svc, err := imagecache.New(cfg, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
-		if err != nil {
-			return err
-		}
-		return svc.Run(ctx)
-	}})
-	register(Spec{Name: "migration", Check: check(migration.ConfigFromEnv), NeedsVSphere: true, Run: func(ctx context.Context, d Deps) error {
-		cfg, err := migration.ConfigFromEnv()
-		if err != nil {
-			return err
-		}
-		svc, err := migration.New(cfg, migration.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-		if err != nil {
-			return err
-		}
-		return svc.Run(ctx)
-	}})
+// table is every service: its name, the connections it needs, how its
+// Config is read from settings and how it is built from Config and Deps.
+// A container (`serve`) and an in-process `up` configure a service the
+// same way, from the settings source they are given.
+var table = []Spec{
+	service("imagecache", true, true, imagecache.ConfigFrom, func(c imagecache.Config, d Deps) (*imagecache.Service, error) {
+		return imagecache.New(c, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
+	}),
+	service("migration", true, false, migration.ConfigFrom, func(c migration.Config, d Deps) (*migration.Service, error) {
+		return migration.New(c, migration.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+	}),
+	service("netconfig", true, false, netconfig.ConfigFrom, func(c netconfig.Config, d Deps) (*netconfig.Service, error) {
+		return netconfig.New(c, netconfig.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+	}),
+	service("provisioner", true, false, provisioner.ConfigFrom, func(c provisioner.Config, d Deps) (*provisioner.Service, error) {
+		return provisioner.New(c, provisioner.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+	}),
+	service("scheduler", true, true, scheduler.ConfigFrom, func(c scheduler.Config, d Deps) (*scheduler.Service, error) {
+		return scheduler.New(c, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
+	}),
 }
 
-// check turns a service's ConfigFromEnv into a Spec.Check.
-func check[C any](fromEnv func() (C, error)) func() error {
-	return func() error { _, err := fromEnv(); return err }
+// service makes the Spec of a service from its ConfigFrom and constructor.
+func service[C any, S interface{ Run(context.Context) error }](name string, needsVSphere, needsRedis bool,
+	from func(config.Source) (C, error), build func(C, Deps) (S, error)) Spec {
+	return Spec{
+		Name:         name,
+		NeedsVSphere: needsVSphere,
+		NeedsRedis:   needsRedis,
+		Check: func(src config.Source) error {
+			_, err := from(orEnv(src))
+			return err
+		},
+		Run: func(ctx context.Context, d Deps) error {
+			cfg, err := from(orEnv(d.Settings))
+			if err != nil {
+				return err
+			}
+			svc, err := build(cfg, d)
+			if err != nil {
+				return err
+			}
+			return svc.Run(ctx)
+		},
+	}
+}
+
+// orEnv is src, or the process environment when src is nil.
+func orEnv(src config.Source) config.Source {
+	if src == nil {
+		return config.Env()
+	}
+	return src
 }

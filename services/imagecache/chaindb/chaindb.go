@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/events"
-	il "github.com/podvisor/podvisor/shared/imagelocality"
+	il "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // ErrNotReady is returned by AddRef for a chain that is not ready (missing,

@@ -10,7 +10,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
-	il "github.com/podvisor/podvisor/shared/imagelocality"
+	il "github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/redistest"
 )
 

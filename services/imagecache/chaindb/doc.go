@@ -1,5 +1,5 @@
 // Package chaindb is the write side of the image cache's Redis metadata (the
-// schema is documented in shared/imagelocality, whose Reader the scheduler
+// schema is documented in shared/imagemeta, whose Reader the scheduler
 // and the CLI use). Every state change of a chain record is one Lua script
 // over keys sharing the chain's hash tag, so it is atomic on a single Redis
 // and on Redis Cluster alike, and costs one round trip.

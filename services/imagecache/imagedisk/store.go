@@ -23,7 +23,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // Errors callers tell apart.

@@ -14,7 +14,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 func startStore(t *testing.T) *imagedisk.Store {

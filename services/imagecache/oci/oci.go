@@ -19,7 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // Error classes. Callers test with errors.Is and map them to reasons.

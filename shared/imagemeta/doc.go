@@ -1,4 +1,4 @@
-// Package imagelocality is the read side of the image cache's Redis
+// Package imagemeta is the read side of the image cache's Redis
 // metadata: which datastores hold which image disk chains. The scheduler
 // scores hosts with it (a host that sees a datastore already holding a pod's
 // images starts the pod without a pull) and `podvisor get images` lists the
@@ -41,4 +41,4 @@
 //
 // Redis is a cache: a reader that finds nothing gets an empty answer, never
 // an error, and the scheduler then places the pod as if no image were cached.
-package imagelocality
+package imagemeta

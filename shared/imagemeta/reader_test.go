@@ -1,4 +1,4 @@
-package imagelocality_test
+package imagemeta_test
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/imagelocality"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/redistest"
 )
 
@@ -20,27 +20,27 @@ func digest(c byte) string { return "sha256:" + strings.Repeat(string(c), 64) }
 //
 //	web    = base(100) + app(50)      on ds-a (ready), base also on ds-b (pulling)
 //	worker = base(100) + job(300)     job on ds-c only (ready), base not on ds-c
-func fixture(t *testing.T, c *redis.Client) (web, worker imagelocality.Manifest) {
+func fixture(t *testing.T, c *redis.Client) (web, worker imagemeta.Manifest) {
 	t.Helper()
 	ctx := context.Background()
-	base := imagelocality.Layer{Digest: digest('1'), DiffID: digest('2'), ChainID: digest('a'), Size: 100}
-	app := imagelocality.Layer{Digest: digest('3'), DiffID: digest('4'), ChainID: digest('b'), Size: 50}
-	job := imagelocality.Layer{Digest: digest('5'), DiffID: digest('6'), ChainID: digest('c'), Size: 300}
-	web = imagelocality.Manifest{Digest: digest('w'), Image: "reg/web:1", Layers: []imagelocality.Layer{base, app}}
-	worker = imagelocality.Manifest{Digest: digest('x'), Image: "reg/worker:1", Layers: []imagelocality.Layer{base, job}}
-	for ref, m := range map[string]imagelocality.Manifest{"reg/web:1": web, "reg/worker:1": worker} {
+	base := imagemeta.Layer{Digest: digest('1'), DiffID: digest('2'), ChainID: digest('a'), Size: 100}
+	app := imagemeta.Layer{Digest: digest('3'), DiffID: digest('4'), ChainID: digest('b'), Size: 50}
+	job := imagemeta.Layer{Digest: digest('5'), DiffID: digest('6'), ChainID: digest('c'), Size: 300}
+	web = imagemeta.Manifest{Digest: digest('w'), Image: "reg/web:1", Layers: []imagemeta.Layer{base, app}}
+	worker = imagemeta.Manifest{Digest: digest('x'), Image: "reg/worker:1", Layers: []imagemeta.Layer{base, job}}
+	for ref, m := range map[string]imagemeta.Manifest{"reg/web:1": web, "reg/worker:1": worker} {
 		b, _ := json.Marshal(m)
-		c.Set(ctx, imagelocality.RefKey(ref), m.Digest, 0)
-		c.Set(ctx, imagelocality.ManifestKey(m.Digest), b, 0)
-		c.SAdd(ctx, imagelocality.IndexImages, m.Digest)
+		c.Set(ctx, imagemeta.RefKey(ref), m.Digest, 0)
+		c.Set(ctx, imagemeta.ManifestKey(m.Digest), b, 0)
+		c.SAdd(ctx, imagemeta.IndexImages, m.Digest)
 	}
-	put := func(l imagelocality.Layer, depth int, ds, state string, refs int) {
+	put := func(l imagemeta.Layer, depth int, ds, state string, refs int) {
 		rec := events.ChainRecord{ChainID: l.ChainID, Datastore: ds, Disk: "[" + ds + "] podvisor-images/" + l.ChainID[7:15] + "/disk.vmdk",
 			Layer: l.Digest, DiffID: l.DiffID, Depth: depth, Size: l.Size}
-		c.HSet(ctx, imagelocality.ChainKey(l.ChainID, ds), imagelocality.EncodeChain(rec)...)
-		c.HSet(ctx, imagelocality.ChainKey(l.ChainID, ds), imagelocality.FieldState, state, imagelocality.FieldRefs, refs)
-		c.HSet(ctx, imagelocality.ChainLocsKey(l.ChainID), ds, state)
-		c.SAdd(ctx, imagelocality.IndexChains, imagelocality.IndexMember(l.ChainID, ds))
+		c.HSet(ctx, imagemeta.ChainKey(l.ChainID, ds), imagemeta.EncodeChain(rec)...)
+		c.HSet(ctx, imagemeta.ChainKey(l.ChainID, ds), imagemeta.FieldState, state, imagemeta.FieldRefs, refs)
+		c.HSet(ctx, imagemeta.ChainLocsKey(l.ChainID), ds, state)
+		c.SAdd(ctx, imagemeta.IndexChains, imagemeta.IndexMember(l.ChainID, ds))
 	}
 	put(base, 1, "ds-a", events.ChainStateReady, 3)
 	put(app, 2, "ds-a", events.ChainStateReady, 2)
@@ -55,7 +55,7 @@ func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 func TestLocality(t *testing.T) {
 	c := redistest.Start(t)
 	fixture(t, c)
-	r := imagelocality.NewReader(c)
+	r := imagemeta.NewReader(c)
 	ctx := context.Background()
 
 	tests := []struct {
@@ -92,7 +92,7 @@ func TestLocality(t *testing.T) {
 func TestImages(t *testing.T) {
 	c := redistest.Start(t)
 	web, _ := fixture(t, c)
-	got, err := imagelocality.NewReader(c).Images(context.Background())
+	got, err := imagemeta.NewReader(c).Images(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,8 +129,8 @@ func TestChainsDecodeRecords(t *testing.T) {
 	c := redistest.Start(t)
 	fixture(t, c)
 	// An index entry whose record is gone (a crash between the two writes) is skipped.
-	c.SAdd(context.Background(), imagelocality.IndexChains, imagelocality.IndexMember(digest('e'), "ds-z"))
-	chains, err := imagelocality.NewReader(c).Chains(context.Background())
+	c.SAdd(context.Background(), imagemeta.IndexChains, imagemeta.IndexMember(digest('e'), "ds-z"))
+	chains, err := imagemeta.NewReader(c).Chains(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,24 +143,24 @@ func TestChainsDecodeRecords(t *testing.T) {
 }
 
 func TestDecodeChainRejectsGarbage(t *testing.T) {
-	_, _, err := imagelocality.DecodeChain(map[string]string{imagelocality.FieldChainID: digest('a'), imagelocality.FieldSize: "big"})
+	_, _, err := imagemeta.DecodeChain(map[string]string{imagemeta.FieldChainID: digest('a'), imagemeta.FieldSize: "big"})
 	if err == nil || !strings.Contains(err.Error(), "size") {
 		t.Fatalf("err = %v, want it to name the size field", err)
 	}
 }
 
 func TestParseIndexMember(t *testing.T) {
-	id, ds, ok := imagelocality.ParseIndexMember(digest('a') + "@my ds")
+	id, ds, ok := imagemeta.ParseIndexMember(digest('a') + "@my ds")
 	if !ok || id != digest('a') || ds != "my ds" {
 		t.Fatalf("ParseIndexMember = %q %q %v", id, ds, ok)
 	}
-	if _, _, ok := imagelocality.ParseIndexMember("nods@"); ok {
+	if _, _, ok := imagemeta.ParseIndexMember("nods@"); ok {
 		t.Fatal("member without datastore accepted")
 	}
 }
 
 func TestListImagesBadURL(t *testing.T) {
-	if _, err := imagelocality.ListImages(context.Background(), "http://nope"); err == nil || !strings.Contains(err.Error(), "redis url") {
+	if _, err := imagemeta.ListImages(context.Background(), "http://nope"); err == nil || !strings.Contains(err.Error(), "redis url") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -1,9 +1,11 @@
 package events
 
 import (
+	"encoding/json"
 	"fmt"
 	"path"
 	"reflect"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -382,7 +384,7 @@ func validatePodSpec(spec *corev1.PodSpec, p *field.Path) field.ErrorList {
 			if proto == "" {
 				proto = corev1.ProtocolTCP
 			}
-			key := itoa(int(port.ContainerPort)) + "/" + string(proto)
+			key := strconv.Itoa(int(port.ContainerPort)) + "/" + string(proto)
 			if first, dup := ports[key]; dup && port.ContainerPort != 0 {
 				errs = append(errs, field.Duplicate(pp.Child("containerPort"), key+" is already used by "+first.String()))
 			} else {
@@ -660,7 +662,7 @@ func validateImageRef(p *field.Path, image string) field.ErrorList {
 // pod.spec.containers[1].resources.requests.memory rather than anonymously.
 func quantityErrors(data []byte) field.ErrorList {
 	var doc any
-	if err := jsonUnmarshalLoose(data, &doc); err != nil {
+	if err := json.Unmarshal(data, &doc); err != nil {
 		return nil
 	}
 	var errs field.ErrorList

@@ -1,4 +1,4 @@
-package imagelocality
+package imagemeta
 
 import (
 	"fmt"

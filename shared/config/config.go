@@ -1,0 +1,147 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Source looks a setting up by name.
+type Source func(name string) (string, bool)
+
+// Env is the process environment.
+func Env() Source { return os.LookupEnv }
+
+// Map serves the settings of m (nil: none).
+func Map(m map[string]string) Source {
+	return func(name string) (string, bool) {
+		v, ok := m[name]
+		return v, ok
+	}
+}
+
+// Layered looks a setting up in each source in turn; the first that has it
+// wins. Nil sources are skipped.
+func Layered(srcs ...Source) Source {
+	return func(name string) (string, bool) {
+		for _, s := range srcs {
+			if s == nil {
+				continue
+			}
+			if v, ok := s(name); ok {
+				return v, true
+			}
+		}
+		return "", false
+	}
+}
+
+// Reader reads settings from a Source into typed fields and collects
+// every problem.
+type Reader struct {
+	src  Source
+	errs []error
+}
+
+// Read returns a Reader of src (nil: the environment).
+func Read(src Source) *Reader {
+	if src == nil {
+		src = Env()
+	}
+	return &Reader{src: src}
+}
+
+// Lookup returns the trimmed value of name and whether it is set and not
+// empty.
+func (r *Reader) Lookup(name string) (string, bool) {
+	v, ok := r.src(name)
+	v = strings.TrimSpace(v)
+	return v, ok && v != ""
+}
+
+// Fail records a problem with name's value (for settings a caller parses
+// itself).
+func (r *Reader) Fail(name, value, want string) {
+	r.errs = append(r.errs, fmt.Errorf("%s=%q: want %s", name, value, want))
+}
+
+// Failf records a problem a caller found, such as an unreadable file the
+// setting names.
+func (r *Reader) Failf(format string, args ...any) {
+	r.errs = append(r.errs, fmt.Errorf(format, args...))
+}
+
+// String sets *dst to name's value when it is set.
+func (r *Reader) String(name string, dst *string) {
+	if v, ok := r.Lookup(name); ok {
+		*dst = v
+	}
+}
+
+// Int sets *dst to name's value, a whole number.
+func (r *Reader) Int(name string, dst *int) {
+	if v, ok := r.Lookup(name); ok {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			r.Fail(name, v, "a whole number")
+			return
+		}
+		*dst = n
+	}
+}
+
+// Float sets *dst to name's value, a number.
+func (r *Reader) Float(name string, dst *float64) {
+	if v, ok := r.Lookup(name); ok {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			r.Fail(name, v, "a number")
+			return
+		}
+		*dst = f
+	}
+}
+
+// Duration sets *dst to name's value, a Go duration such as 30s or 2m.
+func (r *Reader) Duration(name string, dst *time.Duration) {
+	if v, ok := r.Lookup(name); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			r.Fail(name, v, "a duration such as 30s")
+			return
+		}
+		*dst = d
+	}
+}
+
+// Bool sets *dst to name's value: 1, t, true, 0, f, false (any case).
+func (r *Reader) Bool(name string, dst *bool) {
+	if v, ok := r.Lookup(name); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			r.Fail(name, v, "true or false")
+			return
+		}
+		*dst = b
+	}
+}
+
+// List sets *dst to name's comma-separated values, trimmed, empty ones
+// dropped.
+func (r *Reader) List(name string, dst *[]string) {
+	if v, ok := r.Lookup(name); ok {
+		var out []string
+		for _, s := range strings.Split(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				out = append(out, s)
+			}
+		}
+		*dst = out
+	}
+}
+
+// Err is every problem found so far, joined; nil when there is none.
+func (r *Reader) Err() error { return errors.Join(r.errs...) }

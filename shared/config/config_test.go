@@ -1,0 +1,54 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/shared/config"
+)
+
+func TestReaderReadsAndReportsEveryBadValue(t *testing.T) {
+	src := config.Layered(
+		config.Map(map[string]string{"N": " 4 ", "D": "2s", "BAD_N": "four", "BAD_D": "soon", "L": "a, ,b", "EMPTY": ""}),
+		config.Map(map[string]string{"N": "9", "F": "1.5", "B": "true", "S": "x"}),
+	)
+	var (
+		n, badN, empty = 1, 1, 7
+		d, badD        = time.Second, time.Second
+		f              float64
+		b              bool
+		s              string
+		l              []string
+	)
+	r := config.Read(src)
+	r.Int("N", &n)
+	r.Int("BAD_N", &badN)
+	r.Int("EMPTY", &empty)
+	r.Duration("D", &d)
+	r.Duration("BAD_D", &badD)
+	r.Float("F", &f)
+	r.Bool("B", &b)
+	r.String("S", &s)
+	r.List("L", &l)
+	if n != 4 || d != 2*time.Second || f != 1.5 || !b || s != "x" || strings.Join(l, "|") != "a|b" || empty != 7 {
+		t.Errorf("read n=%d d=%s f=%v b=%v s=%q l=%q empty=%d", n, d, f, b, s, l, empty)
+	}
+	if badN != 1 || badD != time.Second {
+		t.Errorf("a bad value replaced the default: %d %s", badN, badD)
+	}
+	err := r.Err()
+	if err == nil || !strings.Contains(err.Error(), `BAD_N="four": want a whole number`) || !strings.Contains(err.Error(), `BAD_D="soon": want a duration`) {
+		t.Errorf("Err = %v, want both bad settings named", err)
+	}
+}
+
+func TestEnvIsTheProcessEnvironment(t *testing.T) {
+	t.Setenv("PODVISOR_CONFIG_TEST", "yes")
+	if v, ok := config.Env()("PODVISOR_CONFIG_TEST"); !ok || v != "yes" {
+		t.Errorf("Env() = %q %v", v, ok)
+	}
+	if err := config.Read(nil).Err(); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,23 @@
+// Package config reads a service's settings from where they come from (the
+// environment, the all-in-one's defaults, an env file) into its Config
+// struct, in one place and without writing the process environment.
+//
+// A Source answers "what is the value of this setting"; Env is the
+// process environment, Map a set of values, and Layered puts sources in
+// order (the first that has a setting wins), which is how `podvisor up`
+// gives the services its simulator defaults under whatever the user set:
+//
+//	src := config.Layered(config.Env(), config.Map(simulatorDefaults))
+//	cfg, err := netconfig.ConfigFrom(src)
+//
+// A service's ConfigFrom starts from its defaults and reads each setting
+// with a Reader, which collects every bad value with the variable's name
+// and what was wanted, so that one run reports them all:
+//
+//	r := config.Read(src)
+//	r.Int("PODVISOR_NETCONFIG_WORKERS", &c.Workers)
+//	r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
+//	if err := r.Err(); err != nil { … }
+//
+// An unset or empty variable leaves the default.
+package config

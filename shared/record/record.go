@@ -1,0 +1,298 @@
+package record
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+var (
+	// ErrNotFound: the record does not exist.
+	ErrNotFound = errors.New("record not found")
+	// ErrExists: Create found the key taken.
+	ErrExists = errors.New("record already exists")
+	// ErrConflict: another writer changed the record since it was read.
+	ErrConflict = errors.New("record changed concurrently")
+	// ErrUnchanged is returned by a Mutate or Upsert change function that
+	// has nothing to write; the call then returns the record as read and
+	// no error.
+	ErrUnchanged = errors.New("record unchanged")
+)
+
+// DefaultAttempts bounds Mutate's read-change-write rounds.
+const DefaultAttempts = 8
+
+// Store is a typed view of one KV bucket whose values are T as JSON.
+type Store[T any] struct {
+	kv   jetstream.KeyValue
+	noun string
+	// Attempts bounds Mutate's rounds on conflicts; default DefaultAttempts.
+	Attempts int
+	// BeforeWrite, if set, runs on every value just before it is written
+	// (to stamp an UpdatedAt field, for example).
+	BeforeWrite func(*T)
+}
+
+// New returns the store of bucket kv; noun names a record in errors
+// ("pod", "network").
+func New[T any](kv jetstream.KeyValue, noun string) *Store[T] {
+	return &Store[T]{kv: kv, noun: noun}
+}
+
+// KV is the underlying bucket.
+func (s *Store[T]) KV() jetstream.KeyValue { return s.kv }
+
+// Get returns the record at key and its revision, or nil, 0 and no error
+// when there is none.
+func (s *Store[T]) Get(ctx context.Context, key string) (*T, uint64, error) {
+	e, err := s.kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read %s %s: %w", s.noun, key, err)
+	}
+	v, err := s.decode(key, e.Value())
+	if err != nil {
+		return nil, 0, err
+	}
+	return v, e.Revision(), nil
+}
+
+func (s *Store[T]) decode(key string, data []byte) (*T, error) {
+	v := new(T)
+	if err := json.Unmarshal(data, v); err != nil {
+		return nil, fmt.Errorf("decode %s %s: %w", s.noun, key, err)
+	}
+	return v, nil
+}
+
+func (s *Store[T]) encode(key string, v *T) ([]byte, error) {
+	if s.BeforeWrite != nil {
+		s.BeforeWrite(v)
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s %s: %w", s.noun, key, err)
+	}
+	return data, nil
+}
+
+// Create writes v at key if the key is free (or deleted); ErrExists
+// otherwise.
+func (s *Store[T]) Create(ctx context.Context, key string, v *T) (uint64, error) {
+	data, err := s.encode(key, v)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Create(ctx, key, data)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return 0, fmt.Errorf("create %s %s: %w", s.noun, key, ErrExists)
+		}
+		return 0, fmt.Errorf("create %s %s: %w", s.noun, key, err)
+	}
+	return rev, nil
+}
+
+// Put writes v at key: Create when rev is 0, otherwise an update at rev.
+// Either losing to another writer is ErrConflict.
+func (s *Store[T]) Put(ctx context.Context, key string, v *T, rev uint64) (uint64, error) {
+	data, err := s.encode(key, v)
+	if err != nil {
+		return 0, err
+	}
+	if rev == 0 {
+		rev, err = s.kv.Create(ctx, key, data)
+	} else {
+		rev, err = s.kv.Update(ctx, key, data, rev)
+	}
+	if err != nil {
+		if isConflict(err) {
+			return 0, fmt.Errorf("write %s %s: %w", s.noun, key, ErrConflict)
+		}
+		return 0, fmt.Errorf("write %s %s: %w", s.noun, key, err)
+	}
+	return rev, nil
+}
+
+// Set writes v at key whatever is there: for derived read models that
+// have a single writer and no history worth guarding.
+func (s *Store[T]) Set(ctx context.Context, key string, v *T) (uint64, error) {
+	data, err := s.encode(key, v)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.kv.Put(ctx, key, data)
+	if err != nil {
+		return 0, fmt.Errorf("write %s %s: %w", s.noun, key, err)
+	}
+	return rev, nil
+}
+
+// isConflict: a compare-and-set lost. JetStream reports an update at a
+// stale revision as ErrKeyExists (wrong last sequence) on some paths and
+// ErrKeyRevisionMismatch on others.
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// Mutate applies change to the record at key and writes it at the revision
+// it read, re-reading and re-applying on a conflict. It returns the record
+// as written (or as read, when change returned ErrUnchanged). A missing
+// record is ErrNotFound; change's own error is returned as is.
+func (s *Store[T]) Mutate(ctx context.Context, key string, change func(*T) error) (*T, error) {
+	return s.upsert(ctx, key, false, func(v *T, _ bool) error { return change(v) })
+}
+
+// Upsert is Mutate that also creates: change gets a zero T and exists false
+// when there is no record yet.
+func (s *Store[T]) Upsert(ctx context.Context, key string, change func(v *T, exists bool) error) (*T, error) {
+	return s.upsert(ctx, key, true, change)
+}
+
+func (s *Store[T]) upsert(ctx context.Context, key string, create bool, change func(*T, bool) error) (*T, error) {
+	attempts := s.Attempts
+	if attempts <= 0 {
+		attempts = DefaultAttempts
+	}
+	for range attempts {
+		v, rev, err := s.Get(ctx, key)
+		if err != nil {
+			return nil, err
+		}
+		exists := v != nil
+		if !exists {
+			if !create {
+				return nil, fmt.Errorf("%s %s: %w", s.noun, key, ErrNotFound)
+			}
+			v = new(T)
+		}
+		if err := change(v, exists); err != nil {
+			if errors.Is(err, ErrUnchanged) {
+				if !exists {
+					return nil, nil
+				}
+				return v, nil
+			}
+			return nil, err
+		}
+		if _, err := s.Put(ctx, key, v, rev); err != nil {
+			if errors.Is(err, ErrConflict) {
+				continue
+			}
+			return nil, err
+		}
+		return v, nil
+	}
+	return nil, fmt.Errorf("%s %s: %d attempts: %w", s.noun, key, attempts, ErrConflict)
+}
+
+// Delete removes the record at key; a missing one is not an error.
+func (s *Store[T]) Delete(ctx context.Context, key string) error {
+	if err := s.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete %s %s: %w", s.noun, key, err)
+	}
+	return nil
+}
+
+// Keys lists the keys of the bucket's records, sorted.
+func (s *Store[T]) Keys(ctx context.Context) ([]string, error) {
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrNoKeysFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("list %s records: %w", s.noun, err)
+	}
+	var keys []string
+	for k := range lister.Keys() {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys, nil
+}
+
+// List returns every record, in key order. Records deleted between the
+// listing and their read are left out.
+func (s *Store[T]) List(ctx context.Context) ([]T, error) {
+	keys, err := s.Keys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		v, _, err := s.Get(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		if v != nil {
+			out = append(out, *v)
+		}
+	}
+	return out, nil
+}
+
+// Change is one observation of Watch.
+type Change[T any] struct {
+	Key string
+	// Value is the record; nil when it was deleted.
+	Value    *T
+	Revision uint64
+	// Initial is set on the values present when the watch started.
+	Initial bool
+}
+
+// Watch sends the current records matching pattern (a key or a NATS
+// wildcard such as ">"), then every change, until ctx ends; the channel is
+// closed then. A value that does not decode is reported on errs and
+// skipped (the channel carries only records).
+func (s *Store[T]) Watch(ctx context.Context, pattern string, errs func(error)) (<-chan Change[T], error) {
+	w, err := s.kv.Watch(ctx, pattern)
+	if err != nil {
+		return nil, fmt.Errorf("watch %s records %s: %w", s.noun, pattern, err)
+	}
+	out := make(chan Change[T])
+	go func() {
+		defer close(out)
+		defer w.Stop()
+		initial := true
+		for {
+			var e jetstream.KeyValueEntry
+			var ok bool
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok = <-w.Updates():
+				if !ok {
+					return
+				}
+			}
+			if e == nil { // end of the current values
+				initial = false
+				continue
+			}
+			c := Change[T]{Key: e.Key(), Revision: e.Revision(), Initial: initial}
+			if e.Operation() == jetstream.KeyValuePut {
+				v, err := s.decode(e.Key(), e.Value())
+				if err != nil {
+					if errs != nil {
+						errs(err)
+					}
+					continue
+				}
+				c.Value = v
+			}
+			select {
+			case out <- c:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}

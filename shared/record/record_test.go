@@ -1,0 +1,190 @@
+package record_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/record"
+)
+
+type counter struct {
+	N       int    `json:"n"`
+	Stamped string `json:"stamped,omitempty"`
+}
+
+func newStore(t *testing.T) (*record.Store[counter], context.Context) {
+	t.Helper()
+	b := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	kv, err := b.KV(ctx, bus.BucketPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := record.New[counter](kv, "counter")
+	s.BeforeWrite = func(c *counter) { c.Stamped = "yes" }
+	return s, ctx
+}
+
+func TestCreateGetPut(t *testing.T) {
+	s, ctx := newStore(t)
+	if v, rev, err := s.Get(ctx, "a"); v != nil || rev != 0 || err != nil {
+		t.Fatalf("Get of a missing record = %v %d %v, want nil 0 nil", v, rev, err)
+	}
+	rev, err := s.Create(ctx, "a", &counter{N: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Create(ctx, "a", &counter{N: 2}); !errors.Is(err, record.ErrExists) {
+		t.Errorf("second Create: %v, want ErrExists", err)
+	}
+	v, got, err := s.Get(ctx, "a")
+	if err != nil || v.N != 1 || v.Stamped != "yes" || got != rev {
+		t.Fatalf("Get = %+v %d %v, want N=1 stamped at rev %d", v, got, err, rev)
+	}
+	if _, err := s.Put(ctx, "a", &counter{N: 3}, rev+100); !errors.Is(err, record.ErrConflict) {
+		t.Errorf("Put at a stale revision: %v, want ErrConflict", err)
+	}
+	if _, err := s.Put(ctx, "a", &counter{N: 3}, 0); !errors.Is(err, record.ErrConflict) {
+		t.Errorf("Put creating a taken key: %v, want ErrConflict", err)
+	}
+	if _, err := s.Put(ctx, "a", &counter{N: 3}, rev); err != nil {
+		t.Errorf("Put at the read revision: %v", err)
+	}
+	if _, err := s.Set(ctx, "a", &counter{N: 4}); err != nil {
+		t.Errorf("Set: %v", err)
+	}
+	if v, _, _ := s.Get(ctx, "a"); v.N != 4 {
+		t.Errorf("after Set, N = %d, want 4", v.N)
+	}
+}
+
+// Concurrent Mutates of one record lose no change: each conflict re-reads
+// and re-applies.
+func TestMutateRetriesConflicts(t *testing.T) {
+	s, ctx := newStore(t)
+	s.Attempts = 50
+	if _, err := s.Create(ctx, "c", &counter{}); err != nil {
+		t.Fatal(err)
+	}
+	const writers = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for range writers {
+		wg.Go(func() {
+			_, err := s.Mutate(ctx, "c", func(c *counter) error { c.N++; return nil })
+			errs <- err
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	v, _, _ := s.Get(ctx, "c")
+	if v.N != writers {
+		t.Errorf("N = %d after %d concurrent increments", v.N, writers)
+	}
+}
+
+func TestMutateMissingUnchangedAndUpsert(t *testing.T) {
+	s, ctx := newStore(t)
+	if _, err := s.Mutate(ctx, "none", func(*counter) error { return nil }); !errors.Is(err, record.ErrNotFound) {
+		t.Errorf("Mutate of a missing record: %v, want ErrNotFound", err)
+	}
+	v, err := s.Upsert(ctx, "u", func(c *counter, exists bool) error {
+		if exists {
+			t.Error("Upsert of a new key says it exists")
+		}
+		c.N = 7
+		return nil
+	})
+	if err != nil || v.N != 7 {
+		t.Fatalf("Upsert = %+v %v", v, err)
+	}
+	_, rev, _ := s.Get(ctx, "u")
+	v, err = s.Mutate(ctx, "u", func(*counter) error { return record.ErrUnchanged })
+	if err != nil || v.N != 7 {
+		t.Errorf("unchanged Mutate = %+v %v", v, err)
+	}
+	if _, after, _ := s.Get(ctx, "u"); after != rev {
+		t.Errorf("ErrUnchanged wrote a revision (%d → %d)", rev, after)
+	}
+	boom := errors.New("boom")
+	if _, err := s.Mutate(ctx, "u", func(*counter) error { return boom }); !errors.Is(err, boom) {
+		t.Errorf("change error = %v, want it returned as is", err)
+	}
+}
+
+func TestListDeleteWatch(t *testing.T) {
+	s, ctx := newStore(t)
+	for _, k := range []string{"b", "a"} {
+		if _, err := s.Create(ctx, k, &counter{N: int(k[0])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := s.List(ctx)
+	if err != nil || len(all) != 2 || all[0].N != 'a' {
+		t.Fatalf("List = %+v %v, want a then b", all, err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	changes, err := s.Watch(wctx, ">", func(err error) { t.Error(err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := func() record.Change[counter] {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("no change within 5s")
+		}
+		return record.Change[counter]{}
+	}
+	seen := map[string]bool{}
+	for range 2 {
+		c := next()
+		if !c.Initial || c.Value == nil {
+			t.Errorf("first changes should be the initial values: %+v", c)
+		}
+		seen[c.Key] = true
+	}
+	if !seen["a"] || !seen["b"] {
+		t.Errorf("initial values %v, want a and b", seen)
+	}
+	if _, err := s.Mutate(ctx, "a", func(c *counter) error { c.N = 1; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Key != "a" || c.Initial || c.Value == nil || c.Value.N != 1 {
+		t.Errorf("update seen as %+v", c)
+	}
+	if err := s.Delete(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(); c.Key != "b" || c.Value != nil {
+		t.Errorf("delete seen as %+v", c)
+	}
+	if err := s.Delete(ctx, "missing"); err != nil {
+		t.Errorf("Delete of a missing record: %v", err)
+	}
+	cancel()
+	select {
+	case _, open := <-changes:
+		if open {
+			// A change in flight may still arrive; the channel closes next.
+			if _, open = <-changes; open {
+				t.Error("Watch channel not closed after its context ended")
+			}
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Watch channel not closed after its context ended")
+	}
+}
