@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -78,6 +79,9 @@ type Config struct {
 	Guests, Agent string
 	Logger        *slog.Logger
 	Recorder      *telemetry.Recorder
+	// Metrics, when set, is served on the status port's /metrics (the
+	// Prometheus exposition of every service in this process).
+	Metrics http.Handler
 }
 
 // Endpoints are where the parts listen; they are what the env file exports.
@@ -99,6 +103,7 @@ type System struct {
 
 	cfg     Config
 	log     *slog.Logger
+	logs    *ringBuffer // recent records of every service, for the status page
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errs    chan error
@@ -133,7 +138,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("up: state dir: %w", err)
 	}
-	s := &System{cfg: cfg, log: cfg.Logger, errs: make(chan error, 16)}
+	ring := newLogRing(cfg.Logger.Handler(), 5000)
+	cfg.Logger = slog.New(ring)
+	s := &System{cfg: cfg, log: cfg.Logger, logs: ring.ring, errs: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			s.Close()

@@ -49,15 +49,16 @@ func newTracePodCmd(g *globals) *cobra.Command {
 		width             int
 	)
 	cmd := &cobra.Command{
-		Use:   "pod NAME",
-		Short: "Print the trace of one pod",
-		Args:  cobra.ExactArgs(1),
+		Use:               "pod NAME",
+		Short:             "Print the trace of one pod",
+		ValidArgsFunction: completeName(g, "pods"),
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "json" {
 				return usageError(`-o %q: want table or json`, output)
 			}
 			if width == 0 {
-				width = terminalWidth()
+				width = waterfallWidth(g.stdout)
 			}
 			if width < 60 {
 				return usageError("--width %d: want at least 60 columns", width)
@@ -363,7 +364,11 @@ func fmtDur(d time.Duration) string {
 	}
 }
 
-func terminalWidth() int {
+// waterfallWidth is the terminal's width, else $COLUMNS, else 120.
+func waterfallWidth(out io.Writer) int {
+	if n := terminalWidth(out); n > 0 {
+		return max(n, 60)
+	}
 	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
 		return max(n, 60)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -18,23 +19,43 @@ import (
 	"github.com/podvisor/podvisor/shared/telemetry"
 )
 
-// upWithTracing is upForTest with every service and the span recorder that
-// `podvisor up` installs.
+// The package's tests share one telemetry setup, as a `podvisor up` process
+// has one: OTel's global providers bind instruments to the first provider
+// installed.
+var (
+	testTelemetryOnce sync.Once
+	testTelemetry     *telemetry.Telemetry
+	testRecorder      *telemetry.Recorder
+)
+
+func sharedTelemetry(t *testing.T) (*telemetry.Telemetry, *telemetry.Recorder) {
+	t.Helper()
+	testTelemetryOnce.Do(func() {
+		testRecorder = telemetry.NewRecorder(0)
+		tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "podvisor", Recorder: testRecorder})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testTelemetry = tel
+	})
+	if testTelemetry == nil {
+		t.Fatal("telemetry setup failed in an earlier test")
+	}
+	return testTelemetry, testRecorder
+}
+
+// upWithTracing is upForTest with every service, the span recorder and the
+// /metrics handler that `podvisor up` installs.
 func upWithTracing(t *testing.T) string {
 	t.Helper()
-	rec := telemetry.NewRecorder(0)
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "podvisor", Recorder: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	tel, rec := sharedTelemetry(t)
 	specs, err := runner.Select("all")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec})
+	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec, Metrics: tel.MetricsHandler()})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
