@@ -2,7 +2,6 @@ package bus
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,8 +31,9 @@ const (
 // assume milliseconds.
 var handlerBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}
 
-// busInstruments are created once per process from the global meter
-// provider (telemetry.Setup installs it before services start).
+// busInstruments are made for each Consume call from the global meter
+// provider of that moment (telemetry.Setup installs it before services
+// start); the SDK hands back the same instruments for the same names.
 type busInstruments struct {
 	deliveries, redeliveries, acks, naks, terms, deadLetters metric.Int64Counter
 	latency                                                  metric.Float64Histogram
@@ -41,33 +41,25 @@ type busInstruments struct {
 	meter                                                    metric.Meter
 }
 
-var (
-	instrumentsOnce sync.Once
-	instruments     *busInstruments
-)
-
 func loadInstruments() *busInstruments {
-	instrumentsOnce.Do(func() {
-		m := otel.GetMeterProvider().Meter("github.com/podvisor/podvisor/shared/bus")
-		counter := func(name, desc string) metric.Int64Counter {
-			c, _ := m.Int64Counter(name, metric.WithUnit("{message}"), metric.WithDescription(desc))
-			return c
-		}
-		in := &busInstruments{meter: m}
-		in.deliveries = counter(MetricDeliveries, "Messages delivered to a consumer (redeliveries included).")
-		in.redeliveries = counter(MetricRedeliveries, "Deliveries after the first of the same message.")
-		in.acks = counter(MetricAcks, "Messages acknowledged after their handler succeeded (or skipped as a later version).")
-		in.naks = counter(MetricNaks, "Messages handed back for redelivery: handler failures, shutdown, a full queue.")
-		in.terms = counter(MetricTerms, "Messages terminated (never redelivered), each after its dead letter was stored.")
-		in.deadLetters = counter(MetricDeadLetters, "Messages copied to pv.dlq.<service> with their reason.")
-		in.latency, _ = m.Float64Histogram(MetricHandlerLatency, metric.WithUnit("s"),
-			metric.WithDescription("Time a handler ran for one delivery, by outcome."),
-			metric.WithExplicitBucketBoundaries(handlerBuckets...))
-		in.pending, _ = m.Int64ObservableGauge(MetricPending, metric.WithUnit("{message}"),
-			metric.WithDescription("Messages of the stream the durable consumer has not yet been delivered (the backlog)."))
-		instruments = in
-	})
-	return instruments
+	m := otel.GetMeterProvider().Meter("github.com/podvisor/podvisor/shared/bus")
+	counter := func(name, desc string) metric.Int64Counter {
+		c, _ := m.Int64Counter(name, metric.WithUnit("{message}"), metric.WithDescription(desc))
+		return c
+	}
+	in := &busInstruments{meter: m}
+	in.deliveries = counter(MetricDeliveries, "Messages delivered to a consumer (redeliveries included).")
+	in.redeliveries = counter(MetricRedeliveries, "Deliveries after the first of the same message.")
+	in.acks = counter(MetricAcks, "Messages acknowledged after their handler succeeded (or skipped as a later version).")
+	in.naks = counter(MetricNaks, "Messages handed back for redelivery: handler failures, shutdown, a full queue.")
+	in.terms = counter(MetricTerms, "Messages terminated (never redelivered), each after its dead letter was stored.")
+	in.deadLetters = counter(MetricDeadLetters, "Messages copied to pv.dlq.<service> with their reason.")
+	in.latency, _ = m.Float64Histogram(MetricHandlerLatency, metric.WithUnit("s"),
+		metric.WithDescription("Time a handler ran for one delivery, by outcome."),
+		metric.WithExplicitBucketBoundaries(handlerBuckets...))
+	in.pending, _ = m.Int64ObservableGauge(MetricPending, metric.WithUnit("{message}"),
+		metric.WithDescription("Messages of the stream the durable consumer has not yet been delivered (the backlog)."))
+	return in
 }
 
 // consumerMetrics is the consume loop's observer: it only counts, so the

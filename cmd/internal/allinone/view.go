@@ -105,7 +105,11 @@ func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL string) error {
 			if err != nil {
 				return
 			}
-			v.addFeed(FeedEvent{Time: ev.Time(), Type: shortType(ev.Type()), Subject: ev.Subject(), Source: ev.Source()})
+			at := ev.Time() // optional in CloudEvents: else when it was stored
+			if md, err := m.Metadata(); at.IsZero() && err == nil {
+				at = md.Timestamp
+			}
+			v.addFeed(FeedEvent{Time: at, Type: shortType(ev.Type()), Subject: ev.Subject(), Source: ev.Source()})
 		})
 		if err != nil {
 			return err

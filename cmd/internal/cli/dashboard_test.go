@@ -34,13 +34,13 @@ func TestDashboardInChromium(t *testing.T) {
 	if out, errOut, code := run(t, dir, manifest.String(), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
 	}
-	// An event whose source is markup: the feed must show it as text.
+	// An event whose subject is markup: the feed must show it as text.
 	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	hostile := `{"specversion":"1.0","type":"io.podvisor.host.cordoned.v1","source":"<img id=pwned src=x>","id":"x-1","subject":"nowhere","datacontenttype":"application/json","data":{"host":"nowhere"}}`
+	hostile := `{"specversion":"1.0","type":"io.podvisor.host.cordoned.v1","source":"test","id":"x-1","subject":"<img id=pwned src=x>","datacontenttype":"application/json","data":{"host":"nowhere"}}`
 	if _, err := nc.Request("pv.host.cordoned", []byte(hostile), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -112,13 +112,13 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("hosts table: %d bars, %d pods in all; want bars and at least %d pods", meters, hostPods, len(want))
 	}
 	if pwned || !strings.Contains(feedText, "<img id=pwned src=x>") {
-		t.Errorf("hostile source: element created %v; feed text has it literally: %v", pwned, strings.Contains(feedText, "<img id=pwned"))
+		t.Errorf("hostile subject: element created %v; feed text has it literally: %v\n%s", pwned, strings.Contains(feedText, "<img id=pwned"), feedText)
 	}
 	if !strings.Contains(feedText, "pod.running") {
 		t.Errorf("the live feed lacks pod.running events: %q", feedText)
 	}
 
-	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // quality 100: PNG
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,11 +127,13 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("save screenshot: %v", err)
 	}
 
-	// Follow the pod's trace link to its waterfall.
-	if err := chromedp.Do(ctx,
-		chromedp.Click(chromedp.CSS(`#pods a[href="/trace/dash/web-1"]`)),
-		chromedp.WaitVisible(chromedp.CSS(`table.waterfall`)),
-	); err != nil {
+	// Follow the pod's trace link to its waterfall. The click is the
+	// element's own (the table re-renders every second, so a node looked up
+	// by the protocol can be gone by the time a mouse event reaches it).
+	if !evaluate[bool](t, ctx, `(() => { const a = document.querySelector('#pods a[href="/trace/dash/web-1"]'); if (!a) return false; a.click(); return true })()`) {
+		t.Fatal("no trace link for dash/web-1 on the page")
+	}
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(`table.waterfall`))); err != nil {
 		t.Fatalf("follow the trace link: %v", err)
 	}
 	title := evaluate[string](t, ctx, `document.title`)

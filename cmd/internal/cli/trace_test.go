@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -41,6 +42,10 @@ func sharedTelemetry(t *testing.T) (*telemetry.Telemetry, *telemetry.Recorder) {
 	if testTelemetry == nil {
 		t.Fatal("telemetry setup failed in an earlier test")
 	}
+	// Another test may have run `podvisor up` in this process since, which
+	// installs providers of its own: the services started next record here.
+	otel.SetTracerProvider(testTelemetry.Tracer)
+	otel.SetMeterProvider(testTelemetry.Meter)
 	return testTelemetry, testRecorder
 }
 

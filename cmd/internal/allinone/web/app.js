@@ -23,10 +23,19 @@ function meter(value, max, title) {
   m.min = 0; m.max = max > 0 ? max : 1; m.value = Math.min(value, m.max);
   m.high = m.max * 0.85; m.optimum = 0;
   m.title = title;
-  return m;
+  const span = el("span");
+  span.append(m, " ", el("span", title, "muted"));
+  return span;
 }
 
-function fill(id, rows, cells) {
+const shown = {};
+
+function fill(id, rows, cells, extra) {
+  // Unchanged data is not redrawn, so a row under the pointer stays put
+  // (extra is what else the cells depend on: the time, for ages).
+  const key = JSON.stringify(rows) + (extra || "");
+  if (shown[id] === key) return;
+  shown[id] = key;
   const body = document.querySelector("#" + id + " tbody");
   const out = [];
   for (const r of rows) {
@@ -70,7 +79,7 @@ function render(d) {
       link("/logs/" + encodeURIComponent(p.namespace) + "/" + encodeURIComponent(p.name), "logs"));
     const phase = el("span", p.phase + (p.reason ? " (" + p.reason + ")" : ""), "phase-" + p.phase);
     return [p.namespace, p.name, phase, p.host, p.ip, age(p.created, now), links];
-  });
+  }, d.pods.map(p => age(p.created, now)).join());
   fill("networks", d.networks, n => [n.name, n.vlan, n.cidr, n.status, n.hosts.length + "/" + n.scope + " " + n.hosts.join(", "), n.ipsUsed]);
   fill("images", d.images, i => [i.image, i.layers, size(i.size), i.refs, i.datastore, i.state]);
   fill("migrations", d.migrations, m => [m.pod, m.from, m.to, m.phase + (m.reason ? " (" + m.reason + ")" : ""),
