@@ -132,10 +132,14 @@ func objectPrinter(f outputFormat) (printers.ResourcePrinter, error) {
 }
 
 // nameObject is what -o name prints for a record: kind/name, the kind in
-// lowercase as kubectl does (pod/web).
+// lowercase and qualified by its API group as kubectl does (pod/web,
+// host.podvisor.io/esx-1-01).
 func nameObject(res *resource, rec record) runtime.Object {
 	u := &unstructured.Unstructured{Object: map[string]any{}}
 	u.SetAPIVersion("podvisor.io/v1alpha1")
+	if res.kind == "Pod" {
+		u.SetAPIVersion("v1")
+	}
 	u.SetKind(res.kind)
 	u.SetName(rec.Name())
 	return u
