@@ -254,3 +254,32 @@ func TestWaterfallBarsAndNames(t *testing.T) {
 		t.Errorf("bad trace id: %v", err)
 	}
 }
+
+// Two flows ten minutes apart (an apply, then a re-apply) each get their own
+// time axis: the first flow's spans are not squashed into one column.
+func TestWaterfallAxisPerTrace(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	span := func(trace, id, name string, from, to time.Duration) allinone.TraceSpan {
+		return allinone.TraceSpan{TraceID: trace, SpanID: id, Name: name, Service: "scheduler", Start: t0.Add(from), End: t0.Add(to)}
+	}
+	spans := []allinone.TraceSpan{
+		span("aaaa", "1", "first", 0, 100*time.Millisecond),
+		span("aaaa", "2", "second", 50*time.Millisecond, 100*time.Millisecond),
+		span("bbbb", "3", "later", 10*time.Minute, 10*time.Minute+100*time.Millisecond),
+	}
+	var out strings.Builder
+	renderWaterfall(&out, "default/web", "aaaa", spans, 120)
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.Contains(line, " second ") {
+			continue
+		}
+		bar := line[strings.Index(line, "|")+1 : strings.LastIndex(line, "|")]
+		filled := strings.Count(bar, "█")
+		// The span is the second half of its trace: about half the bar.
+		if filled < len([]rune(bar))/3 || !strings.HasSuffix(strings.TrimRight(bar, " "), "█") {
+			t.Errorf("span of the first trace drawn on a shared axis: %q", line)
+		}
+		return
+	}
+	t.Fatalf("no row for span 'second':\n%s", out.String())
+}
