@@ -61,9 +61,10 @@ func TestKubectlHabits(t *testing.T) {
 	if !strings.Contains(out, "pod/default/d1 accepted") || !strings.Contains(out, "pod/default/b1 unchanged") {
 		t.Errorf("apply -R -f dir/:\n%s", out)
 	}
-	eventually(t, "a1 Running", func() bool {
-		out, _, _ := run(t, dir, "", "get", "pod", "a1", "-o", "jsonpath={.status.phase}")
-		return out == "Running"
+	// `up` runs no guests: a pod's VM powered on (VMReady) is as far as it goes.
+	eventually(t, "a1's VM running", func() bool {
+		out, _, _ := run(t, dir, "", "get", "pod", "a1", "-o", `jsonpath={.status.conditions[?(@.type=="VMReady")].status}`)
+		return out == "True"
 	})
 
 	// An exported pod, and an exported List, apply as unchanged.
@@ -129,7 +130,7 @@ func TestKubectlHabits(t *testing.T) {
 
 	// describe shows the record and the pod's events.
 	out = mustRun(t, dir, "", "describe", "pod", "a1")
-	for _, want := range []string{"Name:", "a1", "Phase:", "Running", "Events:", "pod.requested", "pod.accepted", "pod.running", "podvisor/provisioner"} {
+	for _, want := range []string{"Name:", "a1", "Phase:", "Starting", "Events:", "pod.requested", "pod.accepted", "pod.vm.ready", "podvisor/provisioner"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("describe pod a1 lacks %q:\n%s", want, out)
 		}

@@ -16,9 +16,10 @@ import (
 
 // Both directions with the official CloudEvents Go SDK's NATS JetStream
 // binding (a client of podvisor that does not use its libraries): a
-// pod.requested sent with its sender in binary mode yields a Running pod,
-// and its consumer reads podvisor's pod.running with the data content type
-// set and the data decodable.
+// pod.requested sent with its sender in binary mode yields a pod whose VM
+// runs (the furthest a pod gets in `up`, which runs no guests), and its
+// consumer reads podvisor's pod.vm.ready with the data content type set and
+// the data decodable.
 func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	_, dir := upForTest(t, "all")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
@@ -31,8 +32,8 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	}
 	defer nc.Close()
 
-	// The SDK's consumer: a push subscription on pv.pod.running.
-	consumer, err := natsce.NewConsumerFromConn(nc, bus.StreamPods, events.SubjectPodRunning, nil, nil)
+	// The SDK's consumer: a push subscription on pv.pod.vm.ready.
+	consumer, err := natsce.NewConsumerFromConn(nc, bus.StreamPods, events.SubjectPodVMReady, nil, nil)
 	if err != nil {
 		t.Fatalf("SDK consumer: %v", err)
 	}
@@ -82,22 +83,22 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	select {
 	case got := <-running:
 		if got.DataContentType() != cloudevents.ApplicationJSON {
-			t.Errorf("pod.running as the SDK reads it: datacontenttype %q, want %s", got.DataContentType(), cloudevents.ApplicationJSON)
+			t.Errorf("pod.vm.ready as the SDK reads it: datacontenttype %q, want %s", got.DataContentType(), cloudevents.ApplicationJSON)
 		}
-		var r events.PodRunning
+		var r events.PodVMReady
 		if err := got.DataAs(&r); err != nil || r.Host == "" || r.VM == "" {
-			t.Errorf("pod.running data %s: %v (want host and vm)", got.Data(), err)
+			t.Errorf("pod.vm.ready data %s: %v (want host and vm)", got.Data(), err)
 		}
-		if got.Type() != events.TypePodRunning || got.Source() != "podvisor/provisioner" {
+		if got.Type() != events.TypePodVMReady || got.Source() != "podvisor/provisioner" {
 			t.Errorf("event %s from %s", got.Type(), got.Source())
 		}
 	case <-ctx.Done():
 		out, _, _ := run(t, dir, "", "events", "--dlq")
-		t.Fatalf("no pod.running for sdk/web reached the SDK consumer; dead letters:\n%s", out)
+		t.Fatalf("no pod.vm.ready for sdk/web reached the SDK consumer; dead letters:\n%s", out)
 	}
-	out, _, code := run(t, dir, "", "get", "pod", "web", "-n", "sdk", "-o", "jsonpath={.status.phase}")
-	if code != 0 || out != "Running" {
-		t.Errorf("podvisor get pod sdk/web: %q (exit %d), want Running", out, code)
+	out, _, code := run(t, dir, "", "get", "pod", "web", "-n", "sdk", "-o", `jsonpath={.status.conditions[?(@.type=="VMReady")].status}`)
+	if code != 0 || out != "True" {
+		t.Errorf("podvisor get pod sdk/web: VMReady %q (exit %d), want True", out, code)
 	}
 	if out, _, _ := run(t, dir, "", "events", "--dlq"); out != "" {
 		t.Errorf("dead letters after an SDK publish:\n%s", out)

@@ -18,9 +18,9 @@ func TestMetricsOnStatusPortCoverEveryService(t *testing.T) {
 	if out, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
 	}
-	eventually(t, "pod m1 Running", func() bool {
-		out, _, _ := run(t, dir, "", "get", "pod", "m1", "-n", "metrics", "-o", "jsonpath={.status.phase}")
-		return out == "Running"
+	eventually(t, "pod m1's VM running", func() bool {
+		out, _, _ := run(t, dir, "", "get", "pod", "m1", "-n", "metrics", "-o", `jsonpath={.status.conditions[?(@.type=="VMReady")].status}`)
+		return out == "True"
 	})
 	// The migration service handles migrations only: move the pod once.
 	if out, errOut, code := run(t, dir, "", "migrate", "pod", "m1", "-n", "metrics"); code != 0 {
