@@ -5,6 +5,13 @@ BIN := bin/podvisor
 # Every module of the workspace, as package patterns (events/..., shared/..., …).
 MODULES := $(shell $(GO) list -m -f '{{.Path}}/...')
 TEST_FLAGS ?= -count=1 -timeout 20m
+# Build information stamped into the binary (podvisor version, and the log
+# line and podvisor_build_info metric of every service).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+CLI_PKG := github.com/podvisor/podvisor/cmd/internal/cli
+LDFLAGS := -X $(CLI_PKG).version=$(VERSION) -X $(CLI_PKG).commit=$(COMMIT) -X $(CLI_PKG).buildDate=$(BUILD_DATE)
 
 .DEFAULT_GOAL := help
 
@@ -12,7 +19,7 @@ help: ## Show the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## Build bin/podvisor, bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
-	$(GO) build -o bin/ ./cmd/podvisor ./cmd/govc
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/podvisor ./cmd/govc
 	CGO_ENABLED=0 $(GO) build -o bin/podvm-agent ./agent/cmd/podvm-agent
 
 up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)

@@ -153,6 +153,20 @@ func underAny(p string, dirs map[string]bool) bool {
 // overlay; a k8s_resource with a health port forward per service.
 func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 	root := repoRoot(t)
+	// A Go change updates the services at once; the simulated datacenter
+	// (whose restart wipes its inventory) waits for its manual trigger.
+	for _, r := range plan.K8sResources {
+		want := tiltfile.TriggerAuto
+		if r.Workload == "simulator" {
+			want = tiltfile.TriggerManual
+		}
+		if r.TriggerMode != want {
+			t.Errorf("k8s_resource %s: trigger mode %v, want %v", r.Workload, r.TriggerMode, want)
+		}
+	}
+	if len(plan.AllowK8sContexts) == 0 {
+		t.Error("cluster mode calls no allow_k8s_contexts: Tilt would refuse every non-local context without saying why")
+	}
 	if len(plan.LocalResources) != 1 || plan.LocalResources[0].Name != "podvisor-binary" {
 		t.Errorf("cluster mode local resources = %v, want only the binary build", plan.LocalResources)
 	}
@@ -340,4 +354,23 @@ func parseDockerfile(t *testing.T) *dockerfile.File {
 		t.Fatalf("deploy/docker/Dockerfile: %v", err)
 	}
 	return df
+}
+
+// tilt-settings.json (here through $PODVISOR_TILT_SETTINGS) chooses the
+// allowed kube contexts and the default registry.
+func TestTiltfileSettingsFile(t *testing.T) {
+	settings := filepath.Join(t.TempDir(), "settings.json")
+	if err := os.WriteFile(settings, []byte(`{"allow_k8s_contexts": ["gke_team_dev"], "default_registry": "registry.example.com/team"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PODVISOR_TILT_SETTINGS", settings)
+	plan := executeTiltfile(t, nil)
+	if !slices.Equal(plan.AllowK8sContexts, []string{"gke_team_dev"}) || plan.DefaultRegistry != "registry.example.com/team" {
+		t.Errorf("allow_k8s_contexts %v, default_registry %q; want the settings file's", plan.AllowK8sContexts, plan.DefaultRegistry)
+	}
+	// The example in tilt/ is valid JSON with the same keys.
+	t.Setenv("PODVISOR_TILT_SETTINGS", filepath.Join(repoRoot(t), "tilt", "settings.example.json"))
+	if plan := executeTiltfile(t, nil); plan.DefaultRegistry == "" || len(plan.AllowK8sContexts) == 0 {
+		t.Errorf("tilt/settings.example.json sets no registry or contexts")
+	}
 }

@@ -39,13 +39,13 @@ type counters struct {
 func newCounters() counters {
 	m := otel.Meter("github.com/podvisor/podvisor/services/imagecache")
 	return counters{
-		layersPulled:  newCounter(m, "podvisor.imagecache.layers.pulled", "{layer}", "Layer blobs fetched from registries"),
-		bytesPulled:   newCounter(m, "podvisor.imagecache.pulled", "By", "Compressed layer bytes fetched from registries"),
-		chainsCopied:  newCounter(m, "podvisor.imagecache.chains.copied", "{chain}", "Image chains copied between datastores"),
-		bytesCopied:   newCounter(m, "podvisor.imagecache.copied", "By", "Layer bytes copied between datastores"),
-		chainsEvicted: newCounter(m, "podvisor.imagecache.chains.evicted", "{chain}", "Image chains removed by the garbage collector"),
-		bytesEvicted:  newCounter(m, "podvisor.imagecache.evicted", "By", "Layer bytes removed by the garbage collector"),
-		rebuilds:      newCounter(m, "podvisor.imagecache.rebuilds", "{rebuild}", "Metadata rebuilds after Redis lost its data"),
-		diskBytes:     newCounter(m, "podvisor.imagecache.disk.written", "By", "Image disk bytes (filesystem images) written to datastores"),
+		layersPulled:  newCounter(m, "podvisor_imagecache_layers_pulled_total", "{layer}", "Layer blobs fetched from registries"),
+		bytesPulled:   newCounter(m, "podvisor_imagecache_pulled_bytes_total", "By", "Compressed layer bytes fetched from registries"),
+		chainsCopied:  newCounter(m, "podvisor_imagecache_chains_copied_total", "{chain}", "Image chains copied between datastores"),
+		bytesCopied:   newCounter(m, "podvisor_imagecache_copied_bytes_total", "By", "Layer bytes copied between datastores"),
+		chainsEvicted: newCounter(m, "podvisor_imagecache_chains_evicted_total", "{chain}", "Image chains removed by the garbage collector"),
+		bytesEvicted:  newCounter(m, "podvisor_imagecache_evicted_bytes_total", "By", "Layer bytes removed by the garbage collector"),
+		rebuilds:      newCounter(m, "podvisor_imagecache_rebuilds_total", "{rebuild}", "Metadata rebuilds after Redis lost its data"),
+		diskBytes:     newCounter(m, "podvisor_imagecache_disk_written_bytes_total", "By", "Image disk bytes (filesystem images) written to datastores"),
 	}
 }

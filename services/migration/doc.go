@@ -113,7 +113,7 @@
 // `podvisor get migrations` lists the records: POD FROM TO PHASE AGE
 // REASON, with the queue position or the percentage in PHASE. Records of
 // finished migrations are kept for RecordRetention (default 24h). Metrics:
-// podvisor_migrations_total{outcome,reason} and
+// podvisor_migration_ended_total{outcome,reason} and
 // podvisor_migration_duration_seconds (request to completion). Each
 // migration's run is a span (migration.run) with the pod key, uid, source
 // and target, in the trace of the request.

@@ -123,7 +123,7 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	}
 	meter := otel.GetMeterProvider().Meter(instrumentation)
 	var err error
-	if s.ended, err = meter.Int64Counter("podvisor_migrations_total",
+	if s.ended, err = meter.Int64Counter("podvisor_migration_ended_total",
 		metric.WithDescription("Migrations that ended, by outcome (Completed, Failed, Cancelled, Rejected) and reason."),
 		metric.WithUnit("{migration}")); err != nil {
 		return nil, fmt.Errorf("migration: counter: %w", err)

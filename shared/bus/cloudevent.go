@@ -24,11 +24,16 @@ import (
 )
 
 // Header names of the CloudEvents NATS binding in binary mode. Attributes
-// and extensions travel as lowercase ce-<name> headers; datacontenttype is
-// the Content-Type header.
+// and extensions travel as lowercase ce-<name> headers. The data content
+// type is written twice, as ce-datacontenttype and as a lowercase
+// content-type header, because that is what the official SDKs' NATS
+// bindings write and read (sdk-go's nats_jetstream reads both, by exact,
+// case-sensitive name); on reading, either is accepted in any case.
 const (
 	HeaderPrefix      = "ce-"
-	HeaderContentType = "Content-Type"
+	HeaderContentType = "content-type"
+	// headerDataContentType is the attribute's ce- header.
+	headerDataContentType = HeaderPrefix + "datacontenttype"
 	// ExtTraceparent is the CloudEvents distributed-tracing extension that
 	// carries the W3C traceparent of the flow's start.
 	ExtTraceparent = "traceparent"
@@ -182,6 +187,7 @@ func encodeBinary(ctx context.Context, ev *event.Event, subject string) (*nats.M
 	}
 	if ev.DataContentType() == "" && len(msg.Data) > 0 {
 		msg.Header.Set(HeaderContentType, event.ApplicationJSON)
+		msg.Header.Set(headerDataContentType, event.ApplicationJSON)
 	}
 	return msg, nil
 }
@@ -204,19 +210,21 @@ func (w *binaryWriter) SetData(r io.Reader) error {
 }
 
 func (w *binaryWriter) SetAttribute(attr spec.Attribute, value any) error {
-	name := HeaderPrefix + attr.Name()
+	names := []string{HeaderPrefix + attr.Name()}
 	if attr.Kind() == spec.DataContentType {
-		name = HeaderContentType
+		names = append(names, HeaderContentType)
 	}
-	if value == nil {
-		w.Header.Del(name)
-		return nil
+	for _, name := range names {
+		if value == nil {
+			w.Header.Del(name)
+			continue
+		}
+		s, err := types.Format(value)
+		if err != nil {
+			return fmt.Errorf("attribute %s: %w", attr.Name(), err)
+		}
+		w.Header.Set(name, s)
 	}
-	s, err := types.Format(value)
-	if err != nil {
-		return fmt.Errorf("attribute %s: %w", attr.Name(), err)
-	}
-	w.Header.Set(name, s)
 	return nil
 }
 
@@ -349,6 +357,17 @@ func (m *natsMessage) ReadBinary(ctx context.Context, w binding.BinaryWriter) er
 		return binding.ErrNotBinary
 	}
 	for k, v := range m.headers {
+		if k == headerDataContentType {
+			// Binary mode as other SDKs write it: the attribute as a ce-
+			// header beside content-type. content-type wins when both
+			// are present, as the binding specifies.
+			if _, ok := m.headers["content-type"]; !ok {
+				if err := w.SetAttribute(m.version.AttributeFromKind(spec.DataContentType), v); err != nil {
+					return fmt.Errorf("header %s: %w", k, err)
+				}
+			}
+			continue
+		}
 		if attr := m.version.Attribute(k); attr != nil {
 			if err := w.SetAttribute(attr, v); err != nil {
 				return fmt.Errorf("header %s: %w", k, err)
@@ -386,10 +405,18 @@ func (m *natsMessage) GetAttribute(k spec.Kind) (spec.Attribute, any) {
 	if v, ok := m.headers[name]; ok {
 		return attr, v
 	}
+	if k == spec.DataContentType {
+		if v, ok := m.headers[headerDataContentType]; ok {
+			return attr, v
+		}
+	}
 	return attr, nil
 }
 
 func (m *natsMessage) GetExtension(name string) any {
+	if strings.EqualFold(name, "datacontenttype") {
+		return nil // an attribute, not an extension
+	}
 	if v, ok := m.headers[HeaderPrefix+strings.ToLower(name)]; ok {
 		return v
 	}

@@ -245,6 +245,7 @@ type consumer struct {
 	handler Handler
 	log     *slog.Logger
 	queue   *keyedQueue[delivery]
+	metrics *consumerMetrics
 }
 
 // Consume runs handler on the events of one stream for one service until ctx
@@ -271,6 +272,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 		handler: handler,
 		log:     cfg.Logger.With("consumer", cfg.Durable(), "stream", cfg.Stream),
 		queue:   newKeyedQueue[delivery](),
+		metrics: newConsumerMetrics(cfg.Service, cfg.Durable()),
 	}
 	cons, err := c.ensureConsumer(ctx)
 	if err != nil {
@@ -279,6 +281,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 		}
 		return err
 	}
+	defer c.metrics.observePending(cons)()
 	captured, err := b.captureMaxDeliveries(ctx, cfg.Service, cfg.Stream, c.durable, c.log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -309,6 +312,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 	// process of the service takes them); running ones get DrainTimeout.
 	for _, d := range c.queue.close() {
 		_ = d.m.msg.Nak()
+		c.metrics.naked(d.m.Event.Type())
 	}
 	finished := make(chan struct{})
 	go func() { workers.Wait(); close(finished) }()
@@ -427,6 +431,7 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 		maxDeliver: c.cfg.MaxDeliver,
 	}
 	ev, err := DecodeMessage(msg)
+	c.metrics.delivered(ev.Type(), m.Delivery)
 	if err == nil {
 		rt, rerr := routeOf(ev.Type())
 		switch {
@@ -435,6 +440,7 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 			// its producer also publishes the version this build reads.
 			c.log.Debug("skipping unknown version of a known event", "ce_type", ev.Type(), "seq", m.StreamSeq)
 			_ = msg.Ack()
+			c.metrics.acked(ev.Type())
 			return
 		case rerr != nil:
 			err = rerr
@@ -451,6 +457,7 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 	m.Log = c.log
 	if !c.queue.add(m.Key, &delivery{m: m, meta: meta}) {
 		_ = msg.Nak()
+		c.metrics.naked(ev.Type())
 	}
 }
 
@@ -501,12 +508,15 @@ func (c *consumer) handle(ctx context.Context, d *delivery) {
 	hctx, span := tracer().Start(parent, c.cfg.Service+" "+ev.Type(), opts...)
 	defer span.End()
 
-	start := time.Now()
+	started := time.Now()
 	err := c.call(hctx, m)
-	outcome := c.settle(ctx, d, err)
+	took := time.Since(started)
+	// settle logs under the handler's span, so its lines carry trace ids.
+	outcome := c.settle(trace.ContextWithSpan(ctx, span), d, err)
+	c.metrics.handled(ev.Type(), outcome, took)
 	span.SetAttributes(attribute.String("pv.outcome", outcome))
 	if c.cfg.OnSettled != nil {
-		c.cfg.OnSettled(Settled{Durable: c.durable, Type: ev.Type(), Outcome: outcome, Delivery: m.Delivery, Took: time.Since(start)})
+		c.cfg.OnSettled(Settled{Durable: c.durable, Type: ev.Type(), Outcome: outcome, Delivery: m.Delivery, Took: took})
 	}
 	if err != nil {
 		span.RecordError(err)
@@ -544,17 +554,18 @@ func (c *consumer) settle(ctx context.Context, d *delivery, err error) string {
 		// server's confirmation of every ack cost a round trip per event
 		// (a fifth of a burst's throughput in `podvisor bench`).
 		if aerr := m.msg.Ack(); aerr != nil && !errors.Is(aerr, jetstream.ErrMsgAlreadyAckd) {
-			log.Warn("ack failed; the message will be redelivered", "err", aerr)
+			log.WarnContext(ctx, "ack failed; the message will be redelivered", "err", aerr)
 		}
+		c.metrics.acked(m.Event.Type())
 		return outcomeAck
 	}
 	if IsPermanent(err) {
-		log.Warn("permanent failure", "err", err)
+		log.WarnContext(ctx, "permanent failure", "err", err)
 		c.deadLetter(ctx, d, err.Error())
 		return outcomeDeadLetter
 	}
 	if m.LastDelivery() {
-		log.Warn("last delivery failed", "err", err)
+		log.WarnContext(ctx, "last delivery failed", "err", err)
 		c.deadLetter(ctx, d, ReasonMaxDeliveries+": "+err.Error())
 		return outcomeDeadLetter
 	}
@@ -570,13 +581,14 @@ func (c *consumer) settle(ctx context.Context, d *delivery, err error) string {
 	outcome := outcomeRetry
 	if CodeOf(err) == CodeInProgress {
 		outcome = outcomeInProgress
-		log.Debug("work in progress; will look again", "err", err, "delay", delay)
+		log.DebugContext(ctx, "work in progress; will look again", "err", err, "delay", delay)
 	} else {
-		log.Info("handler failed; will retry", "err", err, "delay", delay)
+		log.InfoContext(ctx, "handler failed; will retry", "err", err, "delay", delay)
 	}
 	if nerr := m.msg.NakWithDelay(delay); nerr != nil {
-		log.Warn("nak", "err", nerr)
+		log.WarnContext(ctx, "nak", "err", nerr)
 	}
+	c.metrics.naked(m.Event.Type())
 	return outcome
 }
 
@@ -598,13 +610,17 @@ func (c *consumer) deadLetter(ctx context.Context, d *delivery, reason string) {
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	if err := c.bus.publishDeadLetter(pctx, dl, m.msg.Headers(), m.msg.Data()); err != nil {
-		c.log.Error("dead letter not stored; message will be redelivered", "seq", m.StreamSeq, "err", err)
+		c.log.ErrorContext(ctx, "dead letter not stored; message will be redelivered", "seq", m.StreamSeq, "err", err)
 		_ = m.msg.NakWithDelay(c.cfg.backoff(m.Delivery))
+		c.metrics.naked(m.Event.Type())
 		return
 	}
-	c.log.Warn("message dead-lettered", "seq", m.StreamSeq, "subject", m.Subject, "reason", cleanReason(reason))
+	c.metrics.deadLettered(m.Event.Type())
+	c.log.WarnContext(ctx, "message dead-lettered", "seq", m.StreamSeq, "subject", m.Subject, "reason", cleanReason(reason))
 	if err := m.msg.TermWithReason(shortReason(reason)); err != nil {
 		c.log.Warn("term", "seq", m.StreamSeq, "err", err)
+	} else {
+		c.metrics.termed(m.Event.Type())
 	}
 }
 

@@ -30,13 +30,14 @@ func TestPublishWritesBinaryModeHeaders(t *testing.T) {
 		t.Errorf("subject = %q, want pv.pod.requested", m.Subject)
 	}
 	want := map[string]string{
-		"ce-specversion": "1.0",
-		"ce-type":        typePodRequested,
-		"ce-source":      "podvisor/test",
-		"ce-id":          ev.ID(),
-		"ce-subject":     "default/web",
-		"Content-Type":   "application/json",
-		"Nats-Msg-Id":    ev.ID(),
+		"ce-specversion":     "1.0",
+		"ce-type":            typePodRequested,
+		"ce-source":          "podvisor/test",
+		"ce-id":              ev.ID(),
+		"ce-subject":         "default/web",
+		"content-type":       "application/json",
+		"ce-datacontenttype": "application/json",
+		"Nats-Msg-Id":        ev.ID(),
 	}
 	for k, v := range want {
 		if got := m.Header.Get(k); got != v {
@@ -198,6 +199,23 @@ func TestDecodeHeaders(t *testing.T) {
 			wantData: `{"uid":"u-1"}`,
 		},
 		{
+			// What sdk-go's protocol/nats_jetstream/v2 writes: every
+			// attribute as a ce- header, ce-datacontenttype included.
+			name: "binary as the CloudEvents SDK's NATS binding writes it",
+			header: nats.Header{"ce-specversion": {"1.0"}, "ce-id": {"b-3"}, "ce-source": {"sdk"}, "ce-type": {typePodRequested},
+				"ce-datacontenttype": {"application/json"}, "content-type": {"application/json"}},
+			data:     `{"uid":"u-3"}`,
+			wantID:   "b-3",
+			wantData: `{"uid":"u-3"}`,
+		},
+		{
+			name:     "binary with only ce-datacontenttype",
+			header:   nats.Header{"ce-specversion": {"1.0"}, "ce-id": {"b-4"}, "ce-source": {"sdk"}, "ce-type": {typePodRequested}, "ce-datacontenttype": {"application/json"}},
+			data:     `{"uid":"u-4"}`,
+			wantID:   "b-4",
+			wantData: `{"uid":"u-4"}`,
+		},
+		{
 			name:     "binary, canonical-case headers from another client",
 			header:   nats.Header{"Ce-Specversion": {"1.0"}, "Ce-Id": {"b-2"}, "Ce-Source": {"x"}, "Ce-Type": {typePodRequested}},
 			data:     `{}`,
@@ -250,6 +268,12 @@ func TestDecodeHeaders(t *testing.T) {
 			}
 			if ev.ID() != tt.wantID {
 				t.Errorf("id = %q, want %q", ev.ID(), tt.wantID)
+			}
+			if _, ok := ev.Extensions()["datacontenttype"]; ok {
+				t.Errorf("datacontenttype read as an extension: %v", ev.Extensions())
+			}
+			if tt.header.Get("ce-datacontenttype") != "" && ev.DataContentType() != "application/json" {
+				t.Errorf("datacontenttype = %q, want application/json", ev.DataContentType())
 			}
 			var got, want any
 			if err := json.Unmarshal(ev.Data(), &got); err != nil {

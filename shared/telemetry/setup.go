@@ -13,7 +13,9 @@ import (
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
 	otelprom "go.opentelemetry.io/otel/exporters/prometheus"
+	"go.opentelemetry.io/otel/log/global"
 	"go.opentelemetry.io/otel/propagation"
+	sdklog "go.opentelemetry.io/otel/sdk/log"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -30,8 +32,10 @@ type Options struct {
 
 // Telemetry is what Setup installed.
 type Telemetry struct {
-	Tracer   *sdktrace.TracerProvider
-	Meter    *sdkmetric.MeterProvider
+	Tracer *sdktrace.TracerProvider
+	Meter  *sdkmetric.MeterProvider
+	// Logs is set when an OTLP logs exporter is configured.
+	Logs     *sdklog.LoggerProvider
 	registry *prometheus.Registry
 }
 
@@ -42,7 +46,11 @@ func (t *Telemetry) MetricsHandler() http.Handler {
 
 // Shutdown flushes and stops the providers.
 func (t *Telemetry) Shutdown(ctx context.Context) error {
-	return errors.Join(t.Tracer.Shutdown(ctx), t.Meter.Shutdown(ctx))
+	errs := []error{t.Tracer.Shutdown(ctx), t.Meter.Shutdown(ctx)}
+	if t.Logs != nil {
+		errs = append(errs, t.Logs.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
 }
 
 // Setup installs the global tracer provider, meter provider and the W3C
@@ -78,10 +86,21 @@ func Setup(ctx context.Context, opts Options) (*Telemetry, error) {
 	}
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithResource(res), sdkmetric.WithReader(promExp))
 
+	var lp *sdklog.LoggerProvider
+	if logsExporterConfigured() {
+		exp, err := autoexport.NewLogExporter(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("log exporter from OTEL_* environment: %w", err)
+		}
+		lp = sdklog.NewLoggerProvider(sdklog.WithResource(res), sdklog.WithProcessor(sdklog.NewBatchProcessor(exp)))
+		// The slog bridge of NewLogger reads the global provider.
+		global.SetLoggerProvider(lp)
+	}
+
 	otel.SetTracerProvider(tp)
 	otel.SetMeterProvider(mp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
-	return &Telemetry{Tracer: tp, Meter: mp, registry: reg}, nil
+	return &Telemetry{Tracer: tp, Meter: mp, Logs: lp, registry: reg}, nil
 }
 
 // exporterConfigured reports whether the environment asks for a span
@@ -92,6 +111,21 @@ func exporterConfigured() bool {
 		return false
 	case "":
 		return os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != "" || os.Getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != ""
+	default:
+		return true
+	}
+}
+
+// logsExporterConfigured reports whether the environment asks for an OTLP
+// (or console) log exporter: OTEL_LOGS_EXPORTER, or an OTLP endpoint for
+// logs. A general OTLP endpoint alone does not turn logs on, since many
+// collectors accept traces only.
+func logsExporterConfigured() bool {
+	switch os.Getenv("OTEL_LOGS_EXPORTER") {
+	case "none":
+		return false
+	case "":
+		return os.Getenv("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT") != ""
 	default:
 		return true
 	}

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -85,6 +86,9 @@ type Config struct {
 	// the process environment. With the embedded simulator its defaults
 	// (simulatorDefaults) are layered under it.
 	Settings config.Source
+	// Metrics, when set, is served on the status port's /metrics (the
+	// Prometheus exposition of every service in this process).
+	Metrics http.Handler
 }
 
 // settings is the services' configuration source: cfg.Settings or the
@@ -119,6 +123,7 @@ type System struct {
 
 	cfg     Config
 	log     *slog.Logger
+	logs    *ringBuffer // recent records of every service, for the status page
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errs    chan error
@@ -153,7 +158,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o750); err != nil {
 		return nil, fmt.Errorf("up: state dir: %w", err)
 	}
-	s := &System{cfg: cfg, log: cfg.Logger, errs: make(chan error, 16)}
+	ring := newLogRing(cfg.Logger.Handler(), 5000)
+	cfg.Logger = slog.New(ring)
+	s := &System{cfg: cfg, log: cfg.Logger, logs: ring.ring, errs: make(chan error, 16)}
 	defer func() {
 		if err != nil {
 			s.Close()

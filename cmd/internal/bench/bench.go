@@ -38,6 +38,10 @@ type Config struct {
 	StateDir string
 	// Progress receives one line per phase (nil: silent).
 	Progress io.Writer
+	// Bar, when set, draws the progress of the long phases (the pipeline,
+	// the raw and sequential baselines): it is called once per phase with
+	// the phase's total and returns a func that advances it by n.
+	Bar func(phase string, total int) func(n int)
 	// Logger receives the services' logs (default: discarded).
 	Logger *slog.Logger
 	// ImageMiB, when above zero, adds the image-disk measurement: an image
@@ -270,7 +274,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	size := benchPodSize()
 	for _, w := range cfg.RawWorkers {
 		p.say("raw: %d VMs with %d workers…", cfg.Pods, w)
-		try, err := runRaw(ctx, clusters, per, cfg.Pods, w, size)
+		try, err := runRaw(ctx, clusters, per, cfg.Pods, w, size, cfg.bar(fmt.Sprintf("raw, %d workers", w), cfg.Pods))
 		if err != nil {
 			return nil, fmt.Errorf("bench: raw with %d workers: %w", w, err)
 		}
@@ -281,7 +285,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Raw.VMsPerS, res.Raw.Workers, res.Raw.VMs = best.VMsPerS, best.Workers, cfg.Pods
 
 	p.say("sequential: %d VMs one at a time…", cfg.SequentialVMs)
-	try, err := runRaw(ctx, clusters, per, cfg.SequentialVMs, 1, size)
+	try, err := runRaw(ctx, clusters, per, cfg.SequentialVMs, 1, size, cfg.bar("sequential", cfg.SequentialVMs))
 	if err != nil {
 		return nil, fmt.Errorf("bench: sequential: %w", err)
 	}
@@ -322,6 +326,14 @@ func cmpFloat(a, b float64) int {
 }
 
 type progress struct{ w io.Writer }
+
+// bar is Config.Bar, or a func that does nothing.
+func (c Config) bar(phase string, total int) func(n int) {
+	if c.Bar == nil {
+		return func(int) {}
+	}
+	return c.Bar(phase, total)
+}
 
 func (p progress) say(format string, args ...any) {
 	if p.w != nil {

@@ -181,11 +181,11 @@ func (w *watcher) expect(keys []string) {
 	}
 }
 
-// allSettled reports whether every expected pod settled.
-func (w *watcher) allSettled() bool {
+// settledCount is how many expected pods settled so far.
+func (w *watcher) settledCount() int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.settled == len(w.expected)
+	return w.settled
 }
 
 func (w *watcher) stop() {
@@ -301,7 +301,15 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	if err := applyPods(ctx, b, cfg, image, published); err != nil {
 		return nil, err
 	}
-	if !w.waitFor(ctx, cfg.Timeout, w.allSettled) && ctx.Err() != nil {
+	// The bar follows the settled count; waitFor wakes on each event.
+	advance, shown := cfg.bar("pipeline", cfg.Pods), 0
+	settled := func() bool {
+		n := w.settledCount()
+		advance(n - shown)
+		shown = n
+		return n == cfg.Pods
+	}
+	if !w.waitFor(ctx, cfg.Timeout, settled) && ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
 	pprof.StopCPUProfile()

@@ -29,7 +29,7 @@ const rawPortGroup = "pv-default"
 // vCPUs and memory, one container disk whose parent is an image disk, one
 // NIC on a distributed port group, guestinfo of the same volume. With one
 // worker this is the sequential baseline.
-func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodVMSize) (RawTry, error) {
+func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodVMSize, advance func(n int)) (RawTry, error) {
 	dc, err := sim.Start(ctx, sim.Config{
 		Clusters: clusters, HostsPerCluster: per, Seed: 1,
 		PortGroups: []sim.PortGroupSpec{{Name: rawPortGroup, Ports: int32(n + 64)}},
@@ -123,6 +123,7 @@ func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodV
 					}
 					mu.Unlock()
 				}
+				advance(1)
 			}
 		})
 	}

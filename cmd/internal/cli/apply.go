@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -21,55 +21,212 @@ import (
 
 func newApplyCmd(g *globals) *cobra.Command {
 	var (
-		file string
-		wait time.Duration
+		files     []string
+		recursive bool
+		wait      time.Duration
+		dryRun    string
 	)
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE|-",
-		Short: "Request the objects of a manifest: v1 Pods, podvisor.io/v1alpha1 Networks and Migrations",
-		Long: `apply reads a multi-document YAML (or JSON) manifest and publishes one event per object:
+		Use:   "apply -f FILE|DIR|URL|- [-f ...]",
+		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks and Migrations",
+		Long: `apply reads multi-document YAML (or JSON) manifests and publishes one event per object:
 pod.requested for a Kubernetes v1 Pod, network.declared for a Network, migration.requested for a
-Migration. Every document is checked first; one bad document means nothing is published, and the
-error names the document and the field.
+Migration. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
+for subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml'
+prints) contributes its items. Every document is checked first; one bad document means nothing is
+published, and the error names the source, the document and the field.
+
+An exported pod applies as it is: the fields podvisor set (spec.nodeName, status, uid,
+resourceVersion, creationTimestamp) are ignored when they match the pod's record, so
+'podvisor get pod web -o yaml | podvisor apply -f -' prints "unchanged".
+
+--dry-run=client checks the manifests and publishes nothing; --dry-run=server also compares them
+with the records (unchanged, or refused because the pod exists with another spec).
 
 For pods, apply then waits up to --wait for the provisioner's admission and prints whether each pod
 was accepted or rejected (and why); it exits non-zero when one was rejected.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if file == "" {
-				return usageError("-f is required (a file, or - for standard input)")
+			if len(files) == 0 {
+				return usageError("-f is required (a file, directory, URL, or - for standard input)")
 			}
-			var r io.Reader = g.stdin
-			if file != "-" {
-				f, err := os.Open(file)
-				if err != nil {
-					return err
-				}
-				defer f.Close()
-				r = f
-			}
-			objs, err := events.DecodeObjects(r)
-			if err != nil {
-				return fmt.Errorf("%s: %w", displayName(file), err)
-			}
-			if len(objs) == 0 {
-				return fmt.Errorf("%s: no objects", displayName(file))
-			}
-			reqs, err := requestsFor(objs)
-			if err != nil {
-				return fmt.Errorf("%s: %w", displayName(file), err)
-			}
-			b, err := g.connect(cmd.Context())
+			mode, err := parseDryRun(dryRun)
 			if err != nil {
 				return err
 			}
-			defer b.Close()
-			return apply(cmd.Context(), b, reqs, wait, g)
+			ctx := cmd.Context()
+			sources, err := readSources(ctx, files, recursive, g.stdin)
+			if err != nil {
+				return err
+			}
+			// The bus is dialled only when needed: to publish, for a
+			// server dry run, or to compare an exported pod's
+			// server-set fields with its record.
+			var b *bus.Bus
+			defer func() {
+				if b != nil {
+					b.Close()
+				}
+			}()
+			dial := func() (*bus.Bus, error) {
+				if b == nil {
+					var err error
+					if b, err = g.connect(ctx); err != nil {
+						return nil, err
+					}
+				}
+				return b, nil
+			}
+			var reqs []request
+			for _, src := range sources {
+				if err := dropServerFields(ctx, &src, dial); err != nil {
+					return err
+				}
+				objs, err := events.DecodeObjects(src.stream())
+				if err != nil {
+					return fmt.Errorf("%s: %w", src.name, err)
+				}
+				rs, err := requestsFor(objs)
+				if err != nil {
+					return fmt.Errorf("%s: %w", src.name, err)
+				}
+				reqs = append(reqs, rs...)
+			}
+			if len(reqs) == 0 {
+				return fmt.Errorf("%s: no objects", strings.Join(files, ", "))
+			}
+			if mode == dryRunClient {
+				for _, r := range reqs {
+					fmt.Fprintf(g.stdout, "%s valid (dry run)\n", r.what)
+				}
+				return nil
+			}
+			if _, err := dial(); err != nil {
+				return err
+			}
+			if mode == dryRunServer {
+				return applyServerDryRun(ctx, b, reqs, g)
+			}
+			return apply(ctx, b, reqs, wait, g)
 		},
 	}
-	cmd.Flags().StringVarP(&file, "filename", "f", "", "manifest file, or - for standard input")
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file, directory, http(s) URL, or - for standard input (repeatable)")
+	cmd.Flags().BoolVarP(&recursive, "recursive", "R", false, "read the directories of -f and their subdirectories")
 	cmd.Flags().DurationVar(&wait, "wait", 10*time.Second, "how long to wait for pod admission (0: do not wait)")
+	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: check and publish nothing; server: also compare with the records; none: apply")
+	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
 	return cmd
+}
+
+// dryRun modes, as kubectl's --dry-run.
+type dryRun int
+
+const (
+	dryRunNone dryRun = iota
+	dryRunClient
+	dryRunServer
+)
+
+func parseDryRun(s string) (dryRun, error) {
+	switch s {
+	case "", "none", "false":
+		return dryRunNone, nil
+	case "client", "true":
+		return dryRunClient, nil
+	case "server":
+		return dryRunServer, nil
+	}
+	return dryRunNone, usageError("--dry-run %q: want none, client or server", s)
+}
+
+// dropServerFields removes, from each exported v1 Pod, the fields podvisor
+// sets when they match the pod's record, so an exported pod re-applies as
+// unchanged. A nodeName that differs from the record (or names a pod that
+// does not exist) is kept, and validation refuses it as any user-set
+// nodeName. status is podvisor's to write and is always dropped.
+func dropServerFields(ctx context.Context, src *manifestSource, dial func() (*bus.Bus, error)) error {
+	var pods jetstream.KeyValue
+	for i, doc := range src.docs {
+		var obj map[string]any
+		if json.Unmarshal(doc, &obj) != nil || obj["apiVersion"] != "v1" || obj["kind"] != events.KindPod {
+			continue
+		}
+		changed := false
+		if _, ok := obj["status"]; ok {
+			delete(obj, "status")
+			changed = true
+		}
+		spec, _ := obj["spec"].(map[string]any)
+		node, _ := spec["nodeName"].(string)
+		if node != "" {
+			meta, _ := obj["metadata"].(map[string]any)
+			ns, _ := meta["namespace"].(string)
+			name, _ := meta["name"].(string)
+			if ns == "" {
+				ns = events.DefaultNamespace
+			}
+			if pods == nil {
+				b, err := dial()
+				if err != nil {
+					return fmt.Errorf("%s: pod %s/%s sets spec.nodeName; comparing it with the pod's record: %w", src.name, ns, name, err)
+				}
+				if pods, err = b.KV(ctx, events.BucketPods); err != nil {
+					return err
+				}
+			}
+			e, err := pods.Get(ctx, events.PodRecordKey(ns, name))
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return err
+			}
+			if err == nil {
+				var rec events.PodRecord
+				if json.Unmarshal(e.Value(), &rec) == nil && rec.Host == node {
+					delete(spec, "nodeName")
+					changed = true
+				}
+			}
+		}
+		if changed {
+			j, err := json.Marshal(obj)
+			if err != nil {
+				return err
+			}
+			src.docs[i] = j
+		}
+	}
+	return nil
+}
+
+// applyServerDryRun says what apply would do, from the records, and
+// publishes nothing.
+func applyServerDryRun(ctx context.Context, b *bus.Bus, reqs []request, g *globals) error {
+	pods, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return err
+	}
+	refused := 0
+	for _, r := range reqs {
+		if !r.isPod {
+			fmt.Fprintf(g.stdout, "%s requested (server dry run)\n", r.what)
+			continue
+		}
+		same, exists, err := podState(ctx, pods, r.pod)
+		switch {
+		case err != nil:
+			return fmt.Errorf("%s: %w", r.what, err)
+		case same:
+			fmt.Fprintf(g.stdout, "%s unchanged (server dry run)\n", r.what)
+		case exists:
+			refused++
+			fmt.Fprintf(g.stdout, "%s would be rejected: the pod exists with another spec (pods are immutable; delete it first) (server dry run)\n", r.what)
+		default:
+			fmt.Fprintf(g.stdout, "%s requested (server dry run)\n", r.what)
+		}
+	}
+	if refused > 0 {
+		return &exitError{code: 1, err: fmt.Errorf("%d of the pods would be rejected", refused)}
+	}
+	return nil
 }
 
 func displayName(file string) string {
@@ -168,6 +325,30 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	if err != nil {
 		return err
 	}
+	// Many objects on a terminal: bars instead of a line per object, then
+	// a summary (rejections are still listed one by one).
+	out := g.stdout
+	var bars *progressBars
+	published, admitted := func(int) {}, func(int) {}
+	if len(reqs) >= minBulk && isTerminal(g.stdout) {
+		bars = newProgressBars(g.stdout)
+		published = bars.bar("published", len(reqs))
+		admitted = bars.bar("admitted", len(pending))
+		out = io.Discard
+	}
+	summary := map[string]int{}
+	var rejections []string
+	defer func() {
+		if bars == nil {
+			return
+		}
+		bars.done()
+		for _, l := range rejections {
+			fmt.Fprintln(g.stdout, l)
+		}
+		fmt.Fprintf(g.stdout, "%d objects: %d requested, %d unchanged, %d accepted, %d rejected\n",
+			len(reqs), summary["requested"], summary["unchanged"], summary["accepted"], summary["rejected"])
+	}()
 	for _, r := range reqs {
 		if r.isPod {
 			// An identical pod that already exists is a no-op for the
@@ -176,15 +357,20 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				return fmt.Errorf("%s: %w", r.what, err)
 			} else if same {
 				delete(pending, r.event.Subject())
-				fmt.Fprintf(g.stdout, "%s unchanged\n", r.what)
+				fmt.Fprintf(out, "%s unchanged\n", r.what)
+				summary["unchanged"]++
+				published(1)
+				admitted(1)
 				continue
 			}
 		}
 		if err := b.Publish(ctx, r.event); err != nil {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
+		published(1)
 		if !r.isPod || wait <= 0 {
-			fmt.Fprintf(g.stdout, "%s requested\n", r.what)
+			fmt.Fprintf(out, "%s requested\n", r.what)
+			summary["requested"]++
 		}
 	}
 	if answers == nil || len(pending) == 0 {
@@ -199,7 +385,8 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			return ctx.Err()
 		case <-timer.C:
 			for _, what := range pending {
-				fmt.Fprintf(g.stdout, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
+				fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
+				summary["requested"]++
 			}
 			return nil
 		case ev := <-results:
@@ -208,16 +395,22 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				continue
 			}
 			delete(pending, ev.Subject())
+			admitted(1)
 			if ev.Type() == events.TypePodAccepted {
-				fmt.Fprintf(g.stdout, "%s accepted\n", what)
+				fmt.Fprintf(out, "%s accepted\n", what)
+				summary["accepted"]++
 				continue
 			}
+			line := what + " rejected"
 			var rej events.PodRejected
-			if err := ev.DataAs(&rej); err != nil {
-				fmt.Fprintf(g.stdout, "%s rejected\n", what)
-			} else {
-				fmt.Fprintf(g.stdout, "%s rejected: %s: %s\n", what, rej.Reason, rej.Message)
+			if err := ev.DataAs(&rej); err == nil {
+				line += ": " + rej.Reason + ": " + rej.Message
 			}
+			fmt.Fprintln(out, line)
+			if bars != nil {
+				rejections = append(rejections, line)
+			}
+			summary["rejected"]++
 			rejected++
 		}
 	}
@@ -230,20 +423,30 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 // unchangedPod reports whether the pod exists with the same spec (and, when
 // the manifest fixes a uid, the same uid).
 func unchangedPod(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (bool, error) {
+	same, _, err := podState(ctx, pods, pod)
+	return same, err
+}
+
+// podState compares a pod with its record: same spec (and uid, when the
+// manifest fixes one), or present with another.
+func podState(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (same, exists bool, err error) {
 	e, err := pods.Get(ctx, events.PodRecordKey(pod.Namespace, pod.Name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, nil
+		return false, false, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	var rec events.PodRecord
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return false, fmt.Errorf("pod record: %w", err)
+		return false, true, fmt.Errorf("pod record: %w", err)
+	}
+	if !rec.DeletionRequestedAt.IsZero() {
+		return false, false, nil // going away: a new request makes a new pod
 	}
 	hash, err := events.PodSpecHash(pod)
 	if err != nil {
-		return false, err
+		return false, true, err
 	}
-	return rec.SpecHash == hash && rec.DeletionRequestedAt.IsZero() && (pod.UID == "" || string(pod.UID) == rec.UID), nil
+	return rec.SpecHash == hash && (pod.UID == "" || string(pod.UID) == rec.UID), true, nil
 }

@@ -53,6 +53,9 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 			}
 			if !quiet {
 				cfg.Progress = g.stderr
+				bars := newProgressBars(g.stderr)
+				defer bars.done()
+				cfg.Bar = bars.bar
 			}
 			if os.Getenv("PODVISOR_LOG_LEVEL") != "" {
 				// The services' logs are off unless asked for: they would

@@ -2,12 +2,15 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -16,36 +19,127 @@ import (
 func newDeleteCmd(g *globals) *cobra.Command {
 	var (
 		namespace string
+		selector  string
+		dryRun    string
 		wait      time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "delete pod|network NAME",
-		Short: "Request the deletion of a pod or a network",
+		Use:   "delete pod|network NAME... | delete pod -l SELECTOR",
+		Short: "Request the deletion of pods or networks",
 		Long: `delete publishes pod.delete.requested or network.delete.requested. It checks first that the
 object exists, so a typo fails here with a clear message; the services do the rest (a network still
-used by pods is refused by network-config: see 'podvisor get networks').`,
-		Args: cobra.ExactArgs(2),
+used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
+namespace whose labels match; --dry-run=client|server prints what would be deleted and publishes
+nothing (server also checks that each object exists).`,
+		Args:              cobra.MinimumNArgs(1),
+		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			kind, name := args[0], args[1]
+			kind, names := args[0], args[1:]
 			ctx := cmd.Context()
+			mode, err := parseDryRun(dryRun)
+			if err != nil {
+				return err
+			}
+			sel, err := parseSelector(selector)
+			if err != nil {
+				return err
+			}
+			if len(names) == 0 && selector == "" {
+				return usageError("delete %s: name the objects, or select pods with -l", kind)
+			}
+			if len(names) > 0 && selector != "" {
+				return usageError("delete %s: give names or -l, not both", kind)
+			}
 			switch kind {
 			case "pod", "pods", "po":
-				return g.deleteObject(ctx, events.BucketPods, events.PodRecordKey(namespace, name), "pod "+namespace+"/"+name,
-					events.TypePodDeleteRequested, events.PodKey(namespace, name),
-					&events.PodDeleteRequested{Namespace: namespace, Name: name})
+				if selector != "" {
+					if names, err = g.selectPods(ctx, namespace, sel); err != nil {
+						return err
+					}
+					if len(names) == 0 {
+						fmt.Fprintf(g.stdout, "No pods in namespace %s match %q.\n", namespace, selector)
+						return nil
+					}
+				}
+				for _, name := range names {
+					if mode == dryRunClient {
+						fmt.Fprintf(g.stdout, "pod %s/%s deletion requested (dry run)\n", namespace, name)
+						continue
+					}
+					if err := g.deleteObject(ctx, events.BucketPods, events.PodRecordKey(namespace, name), "pod "+namespace+"/"+name,
+						events.TypePodDeleteRequested, events.PodKey(namespace, name),
+						&events.PodDeleteRequested{Namespace: namespace, Name: name}, mode == dryRunServer); err != nil {
+						return err
+					}
+				}
+				return nil
 			case "network", "networks", "net":
-				return g.deleteNetwork(ctx, name, wait)
+				if selector != "" {
+					return usageError("delete networks: -l selects pods only (networks carry no labels)")
+				}
+				for _, name := range names {
+					if mode == dryRunClient {
+						fmt.Fprintf(g.stdout, "network %s deletion requested (dry run)\n", name)
+						continue
+					}
+					if mode == dryRunServer {
+						if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+							events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, true); err != nil {
+							return err
+						}
+						continue
+					}
+					if err := g.deleteNetwork(ctx, name, wait); err != nil {
+						return err
+					}
+				}
+				return nil
 			default:
 				return usageError("cannot delete %q: want pod or network", kind)
 			}
 		},
 	}
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pods")
+	cmd.Flags().StringVarP(&selector, "selector", "l", "", "delete the pods whose labels match (app=web)")
+	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: print what would be deleted; server: also check each exists; none: delete")
+	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "for a network: how long to wait for network-config's answer (0: do not wait)")
 	return cmd
 }
 
-func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, subject string, payload events.Payload) error {
+// selectPods lists the names of a namespace's pods whose labels match.
+func (g *globals) selectPods(ctx context.Context, namespace string, sel labels.Selector) ([]string, error) {
+	b, err := g.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	kv, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var names []string
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		var r events.PodRecord
+		if json.Unmarshal(e.Value(), &r) == nil && r.Namespace == namespace && r.DeletionRequestedAt.IsZero() && sel.Matches(labels.Set(r.Pod.Labels)) {
+			names = append(names, r.Name)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// deleteObject checks that the object exists and publishes its deletion
+// request (with dryRun, only checks).
+func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, subject string, payload events.Payload, dryRun bool) error {
 	if err := payload.Validate(); err != nil {
 		return usageError("%v", err)
 	}
@@ -68,6 +162,10 @@ func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, s
 	if err != nil {
 		return err
 	}
+	if dryRun {
+		fmt.Fprintf(g.stdout, "%s deletion requested (server dry run)\n", what)
+		return nil
+	}
 	if err := b.Publish(ctx, ev); err != nil {
 		return err
 	}
@@ -81,7 +179,7 @@ func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, s
 func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Duration) error {
 	if wait <= 0 {
 		return g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
-			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name})
+			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false)
 	}
 	b, err := g.connect(ctx)
 	if err != nil {
@@ -94,7 +192,7 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 	}
 	defer stop()
 	if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
-		events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}); err != nil {
+		events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false); err != nil {
 		return err
 	}
 	timer := time.NewTimer(wait)

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -44,8 +45,9 @@ func hostKnown(ctx context.Context, b *bus.Bus, host string) error {
 func newDrainCmd(g *globals) *cobra.Command {
 	var wait time.Duration
 	cmd := &cobra.Command{
-		Use:   "drain host NAME",
-		Short: "Empty a host: cordon it, migrate its pods away, enter maintenance mode",
+		Use:               "drain host NAME",
+		ValidArgsFunction: completeNamesOf(g, "host"),
+		Short:             "Empty a host: cordon it, migrate its pods away, enter maintenance mode",
 		Long: `drain publishes host.drain.requested. The migration service cordons the host (no new pods land
 there), migrates each of its pods to a host the scheduler picks (within the migration limits),
 and, once every pod has left, puts the host in maintenance mode. drain waits up to --wait and
@@ -103,6 +105,11 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 	if wait <= 0 {
 		return nil
 	}
+	// On a terminal, a bar counts the pods that left (of those the
+	// inventory counted on the host when the drain began).
+	bars := newProgressBars(g.stderr)
+	defer bars.done()
+	moved := bars.bar("pods moved off "+p.Name, hostPods(ctx, b, p.Name))
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
@@ -113,6 +120,9 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 			fmt.Fprintf(g.stdout, "the drain did not finish within %s; it goes on (see 'podvisor get migrations -A')\n", wait)
 			return nil
 		case ev := <-migs:
+			if ev.Type() == events.TypeMigrationCompleted {
+				moved(1)
+			}
 			printDrainMigration(g, p.Name, ev)
 		case ev := <-hosts:
 			v, err := events.Decode(ev.Type(), ev.Data())
@@ -160,39 +170,21 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 	}
 }
 
-func newUncordonCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "uncordon host NAME",
-		Short: "Make a cordoned or drained host schedulable again and take it out of maintenance mode",
-		Args:  cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if args[0] != "host" && args[0] != "hosts" {
-				return usageError("uncordon %s: only hosts can be uncordoned (podvisor uncordon host NAME)", args[0])
-			}
-			p := &events.HostUncordoned{Name: args[1]}
-			if err := p.Validate(); err != nil {
-				return usageError("%v", err)
-			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			if err := hostKnown(ctx, b, p.Name); err != nil {
-				return err
-			}
-			ev, err := bus.NewEvent(CLISource, events.TypeHostUncordoned, p.Name, p)
-			if err != nil {
-				return err
-			}
-			if err := b.Publish(ctx, ev); err != nil {
-				return fmt.Errorf("uncordon %s: %w", p.Name, err)
-			}
-			fmt.Fprintf(g.stdout, "host %s uncordoned\n", p.Name)
-			return nil
-		},
+// hostPods is the inventory's pod count of a host, 0 when unknown.
+func hostPods(ctx context.Context, b *bus.Bus, host string) int {
+	kv, err := b.KV(ctx, events.BucketHosts)
+	if err != nil {
+		return 0
 	}
+	e, err := kv.Get(ctx, events.HostRecordKey(host))
+	if err != nil {
+		return 0
+	}
+	var rec events.HostRecord
+	if json.Unmarshal(e.Value(), &rec) != nil {
+		return 0
+	}
+	return rec.Pods
 }
 
 // printDrainMigration prints the outcome of one migration off the drained

@@ -34,12 +34,12 @@ func newEventsCmd(g *globals) *cobra.Command {
 	o := &eventsOptions{}
 	cmd := &cobra.Command{
 		Use:   "events",
-		Short: "Print the stored event history, oldest first (-f to follow)",
+		Short: "Print the stored event history, oldest first (-w to watch for more)",
 		Long: `events prints the events stored in the podvisor streams, oldest first, merged across streams.
 --type filters by CloudEvent type with a glob, matched against the full type
 (io.podvisor.pod.requested.v1) and the short one (pod.requested): --type 'pod.*'.
 -o json prints one structured CloudEvent per line. --dlq prints the dead letters instead,
-with the reason each was set aside.`,
+with the reason each was set aside. -w (or -f, --follow) keeps printing new events.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.output != "table" && o.output != "json" {
@@ -56,7 +56,9 @@ with the reason each was set aside.`,
 			return runEvents(cmd.Context(), b, o, g.stdout, g.stderr)
 		},
 	}
-	cmd.Flags().BoolVarP(&o.follow, "follow", "f", false, "keep printing new events")
+	cmd.Flags().BoolVarP(&o.follow, "watch", "w", false, "keep printing new events")
+	// -f/--follow is the older spelling, kept as an alias.
+	cmd.Flags().BoolVarP(&o.follow, "follow", "f", false, "keep printing new events (alias of -w)")
 	cmd.Flags().StringVar(&o.typ, "type", "*", "only events whose type matches this glob")
 	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	cmd.Flags().BoolVar(&o.dlq, "dlq", false, "print dead letters (DLQ stream) with their reasons")

@@ -2,18 +2,16 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
-	"sigs.k8s.io/yaml"
+	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/podvisor/podvisor/shared/bus"
 )
@@ -22,10 +20,15 @@ import (
 // holds its records and how to show one.
 type resource struct {
 	// names the kind answers to; the first is the canonical plural.
-	names      []string
+	names []string
+	// kind is the object kind (Pod, Host, ...): -o name prints kind/name.
+	kind       string
 	bucket     string
 	namespaced bool
 	header     []string
+	// wide, when set, adds wideHeader's columns for -o wide.
+	wideHeader []string
+	wide       func(record) []string
 	// decode turns a KV value into the record; row renders it; object is
 	// what -o json/yaml prints (the record itself unless set).
 	decode func(value []byte) (record, error)
@@ -77,6 +80,25 @@ type getOptions struct {
 	allNamespaces bool
 	output        string
 	watch         bool
+	selector      string
+	showLabels    bool
+	noHeaders     bool
+
+	format outputFormat
+	sel    labels.Selector
+}
+
+// complete parses the flags that need it.
+func (o *getOptions) complete(out io.Writer) (printOptions, error) {
+	f, err := parseOutput(o.output)
+	if err != nil {
+		return printOptions{}, err
+	}
+	o.format = f
+	if o.sel, err = parseSelector(o.selector); err != nil {
+		return printOptions{}, err
+	}
+	return printOptions{format: f, showLabels: o.showLabels, noHeaders: o.noHeaders, width: terminalWidth(out)}, nil
 }
 
 func newGetCmd(g *globals) *cobra.Command {
@@ -87,12 +109,12 @@ func newGetCmd(g *globals) *cobra.Command {
 		Long: `get prints objects from the records the services keep (JetStream KV buckets; images from the
 Redis image cache). Kinds: pods (pod, po), hosts (host), networks (network, net), images (image),
 migrations (migration). -o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
-		Args: cobra.RangeArgs(1, 2),
+		Args:              cobra.RangeArgs(1, 2),
+		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			switch o.output {
-			case "table", "json", "yaml", "wide":
-			default:
-				return usageError("-o %q: want table, json or yaml", o.output)
+			popts, err := o.complete(g.stdout)
+			if err != nil {
+				return err
 			}
 			res, ok := lookupResource(args[0])
 			if !ok {
@@ -103,20 +125,23 @@ migrations (migration). -o json prints a pod in Kubernetes shape (metadata, spec
 				name = args[1]
 			}
 			if res.list != nil {
-				return runGetList(cmd.Context(), g, res, name, o)
+				return runGetList(cmd.Context(), g, res, name, o, popts)
 			}
 			b, err := g.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			return runGet(cmd.Context(), b, res, name, o, g.stdout)
+			return runGet(cmd.Context(), b, res, name, o, popts, g.stdout)
 		},
 	}
 	cmd.Flags().StringVarP(&o.namespace, "namespace", "n", "default", "namespace of namespaced kinds")
 	cmd.Flags().BoolVarP(&o.allNamespaces, "all-namespaces", "A", false, "list every namespace")
-	cmd.Flags().StringVarP(&o.output, "output", "o", "table", "output format: table, json or yaml")
+	cmd.Flags().StringVarP(&o.output, "output", "o", "table", outputHelp)
 	cmd.Flags().BoolVarP(&o.watch, "watch", "w", false, "after listing, print changes as they happen")
+	cmd.Flags().StringVarP(&o.selector, "selector", "l", "", "label selector (app=web, tier in (a,b), !canary); pods and hosts carry labels")
+	cmd.Flags().BoolVar(&o.showLabels, "show-labels", false, "add a LABELS column")
+	cmd.Flags().BoolVar(&o.noHeaders, "no-headers", false, "print table rows without the header")
 	return cmd
 }
 
@@ -127,10 +152,13 @@ func (o *getOptions) wants(res *resource, rec record, name string) bool {
 	if res.namespaced && !o.allNamespaces && rec.Namespace() != o.namespace {
 		return false
 	}
+	if o.sel != nil && !o.sel.Empty() && !o.sel.Matches(labels.Set(recordLabels(rec))) {
+		return false
+	}
 	return true
 }
 
-func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getOptions, out io.Writer) error {
+func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getOptions, popts printOptions, out io.Writer) error {
 	kv, err := b.KV(ctx, res.bucket)
 	if err != nil {
 		return fmt.Errorf("%s: %w", res.names[0], err)
@@ -176,9 +204,16 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 		if res.namespaced {
 			what = o.namespace + "/" + name
 		}
-		return &exitError{code: 1, err: fmt.Errorf("%s %q not found", strings.TrimSuffix(res.names[0], "s"), what)}
+		return &exitError{code: 1, err: fmt.Errorf("%s %q not found", strings.ToLower(res.kind), what)}
 	}
-	p := &printer{res: res, o: o, out: out, tw: tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)}
+	p, err := newRecordPrinter(res, popts, out)
+	if err != nil {
+		return err
+	}
+	if len(recs) == 0 && !o.watch && popts.format.kind == "table" {
+		noneFound(out, res, o)
+		return nil
+	}
 	if err := p.list(recs, name != ""); err != nil {
 		return err
 	}
@@ -218,101 +253,20 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			if err := p.one(rec); err != nil {
 				return err
 			}
+			if err := p.flush(); err != nil {
+				return err
+			}
 		}
 	}
 }
 
-// printer writes records as a table, JSON or YAML.
-type printer struct {
-	res    *resource
-	o      *getOptions
-	out    io.Writer
-	tw     *tabwriter.Writer
-	header bool
-}
-
-func (p *printer) list(recs []record, single bool) error {
-	switch p.o.output {
-	case "json", "yaml":
-		if single && len(recs) == 1 {
-			return p.encode(recs[0].Object())
-		}
-		items := make([]any, 0, len(recs))
-		for _, r := range recs {
-			items = append(items, r.Object())
-		}
-		return p.encode(map[string]any{"apiVersion": "v1", "kind": "List", "items": items})
+// noneFound says, as kubectl does, that a table would be empty.
+func noneFound(out io.Writer, res *resource, o *getOptions) {
+	where := ""
+	if res.namespaced && !o.allNamespaces {
+		where = " in namespace " + o.namespace
 	}
-	if len(recs) == 0 && !p.o.watch {
-		where := ""
-		if p.res.namespaced && !p.o.allNamespaces {
-			where = " in namespace " + p.o.namespace
-		}
-		fmt.Fprintf(p.out, "No %s found%s.\n", p.res.names[0], where)
-		return nil
-	}
-	for _, r := range recs {
-		p.row(r)
-	}
-	return p.tw.Flush()
-}
-
-func (p *printer) one(r record) error {
-	if p.o.output == "json" || p.o.output == "yaml" {
-		return p.encode(r.Object())
-	}
-	p.row(r)
-	return p.tw.Flush()
-}
-
-// deleted reports, while watching, that a record went away.
-func (p *printer) deleted(r record) error {
-	what := r.Name()
-	if r.Namespace() != "" {
-		what = r.Namespace() + "/" + r.Name()
-	}
-	if p.o.output == "json" || p.o.output == "yaml" {
-		return p.encode(map[string]string{"event": "DELETED", "namespace": r.Namespace(), "name": r.Name()})
-	}
-	p.tw.Flush()
-	_, err := fmt.Fprintf(p.out, "%s %s deleted\n", strings.TrimSuffix(p.res.names[0], "s"), what)
-	return err
-}
-
-func (p *printer) row(r record) {
-	if !p.header {
-		h := p.res.header
-		if p.res.namespaced {
-			h = append([]string{"NAMESPACE"}, h...)
-		}
-		fmt.Fprintln(p.tw, strings.Join(h, "\t"))
-		p.header = true
-	}
-	cells := r.Row(time.Now())
-	if p.res.namespaced {
-		cells = append([]string{r.Namespace()}, cells...)
-	}
-	fmt.Fprintln(p.tw, strings.Join(cells, "\t"))
-}
-
-func (p *printer) encode(v any) error {
-	if p.o.output == "yaml" {
-		b, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		if p.o.watch {
-			fmt.Fprintln(p.out, "---")
-		}
-		_, err = p.out.Write(b)
-		return err
-	}
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintln(p.out, string(b))
-	return err
+	fmt.Fprintf(out, "No %s found%s.\n", res.names[0], where)
 }
 
 // age renders a duration the way kubectl does: 45s, 3m12s, 5h, 2d.
@@ -350,8 +304,11 @@ func bytesGiB(b int64) string { return fmt.Sprintf("%.1fGi", float64(b)/(1<<30))
 
 // runGetList prints a resource that is not in a KV bucket; -w re-reads it
 // every two seconds and prints the rows that changed.
-func runGetList(ctx context.Context, g *globals, res *resource, name string, o *getOptions) error {
-	p := &printer{res: res, o: o, out: g.stdout, tw: tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)}
+func runGetList(ctx context.Context, g *globals, res *resource, name string, o *getOptions, popts printOptions) error {
+	p, err := newRecordPrinter(res, popts, g.stdout)
+	if err != nil {
+		return err
+	}
 	seen := map[string]string{}
 	for first := true; ; first = false {
 		recs, err := res.list(ctx, g)
@@ -368,7 +325,9 @@ func runGetList(ctx context.Context, g *globals, res *resource, name string, o *
 			if name != "" && len(keep) == 0 && !o.watch {
 				return &exitError{code: 1, err: fmt.Errorf("%s %q not found", strings.TrimSuffix(res.names[0], "s"), name)}
 			}
-			if err := p.list(keep, name != ""); err != nil {
+			if len(keep) == 0 && !o.watch && popts.format.kind == "table" {
+				noneFound(g.stdout, res, o)
+			} else if err := p.list(keep, name != ""); err != nil {
 				return err
 			}
 		} else {
@@ -379,6 +338,9 @@ func runGetList(ctx context.Context, g *globals, res *resource, name string, o *
 						return err
 					}
 				}
+			}
+			if err := p.flush(); err != nil {
+				return err
 			}
 		}
 		for _, r := range keep {

@@ -11,6 +11,7 @@ import (
 func init() {
 	registerResource(&resource{
 		names:  []string{"drains", "drain"},
+		kind:   "Drain",
 		bucket: events.BucketDrains,
 		header: []string{"HOST", "PHASE", "MIGRATED", "UNMOVABLE", "AGE", "MESSAGE"},
 		decode: func(v []byte) (record, error) {

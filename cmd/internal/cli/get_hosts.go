@@ -12,9 +12,15 @@ import (
 
 func init() {
 	registerResource(&resource{
-		names:  []string{"hosts", "host", "hs"},
-		bucket: events.BucketHosts,
-		header: []string{"NAME", "CLUSTER", "STATE", "CPU(alloc/cap)", "MEMORY(alloc/cap)", "PODS", "NETWORKS"},
+		names:      []string{"hosts", "host", "hs"},
+		kind:       "Host",
+		bucket:     events.BucketHosts,
+		header:     []string{"NAME", "CLUSTER", "STATE", "CPU(alloc/cap)", "MEMORY(alloc/cap)", "PODS", "NETWORKS"},
+		wideHeader: []string{"CORES", "MAX PODS", "DATASTORES", "PORT GROUPS"},
+		wide: func(r record) []string {
+			h := &r.(*hostRow).HostRecord
+			return []string{strconv.Itoa(int(h.CPUCores)), strconv.Itoa(h.MaxPods), dash(strings.Join(h.Datastores, ",")), dash(strings.Join(h.Networks, ","))}
+		},
 		decode: func(v []byte) (record, error) {
 			var r hostRow
 			return &r, json.Unmarshal(v, &r.HostRecord)
@@ -24,9 +30,10 @@ func init() {
 
 type hostRow struct{ events.HostRecord }
 
-func (h *hostRow) Namespace() string { return "" }
-func (h *hostRow) Name() string      { return h.HostRecord.Name }
-func (h *hostRow) Object() any       { return h.HostRecord }
+func (h *hostRow) Namespace() string         { return "" }
+func (h *hostRow) Name() string              { return h.HostRecord.Name }
+func (h *hostRow) Labels() map[string]string { return h.HostRecord.Labels }
+func (h *hostRow) Object() any               { return h.HostRecord }
 func (h *hostRow) Row(time.Time) []string {
 	r := &h.HostRecord
 	return []string{

@@ -12,8 +12,11 @@ import (
 
 func init() {
 	registerResource(&resource{
-		names:  []string{"images", "image", "img"},
-		header: []string{"IMAGE", "DIGEST", "LAYERS", "DATASTORE", "SIZE", "REFS", "STATE"},
+		names:      []string{"images", "image", "img"},
+		kind:       "Image",
+		header:     []string{"IMAGE", "DIGEST", "LAYERS", "DATASTORE", "SIZE", "REFS", "STATE"},
+		wideHeader: []string{"TOP DISK"},
+		wide:       func(r record) []string { return []string{dash(r.(*imageRow).TopDisk)} },
 		list: func(ctx context.Context, g *globals) ([]record, error) {
 			url, err := g.endpoint("", "PODVISOR_REDIS_URL")
 			if err != nil {

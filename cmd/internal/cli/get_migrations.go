@@ -11,9 +11,15 @@ import (
 func init() {
 	registerResource(&resource{
 		names:      []string{"migrations", "migration", "mig"},
+		kind:       "Migration",
 		bucket:     events.BucketMigrations,
 		namespaced: true,
 		header:     []string{"POD", "FROM", "TO", "PHASE", "AGE", "REASON"},
+		wideHeader: []string{"ID", "TARGET CLUSTER"},
+		wide: func(r record) []string {
+			m := &r.(*migrationRow).MigrationRecord
+			return []string{m.ID, dash(m.TargetCluster)}
+		},
 		decode: func(v []byte) (record, error) {
 			var r migrationRow
 			return &r, json.Unmarshal(v, &r.MigrationRecord)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
@@ -11,9 +12,15 @@ import (
 
 func init() {
 	registerResource(&resource{
-		names:  []string{"networks", "network", "net"},
-		bucket: events.BucketNetworks,
-		header: []string{"NAME", "VLAN", "CIDR", "VERSION", "HOSTS", "IPS USED", "STATUS"},
+		names:      []string{"networks", "network", "net"},
+		kind:       "Network",
+		bucket:     events.BucketNetworks,
+		header:     []string{"NAME", "VLAN", "CIDR", "VERSION", "HOSTS", "IPS USED", "STATUS"},
+		wideHeader: []string{"PORT GROUP", "SWITCH", "REALIZED ON"},
+		wide: func(r record) []string {
+			n := &r.(*networkRow).NetworkRecord
+			return []string{dash(n.PortGroup), dash(n.Switch), dash(strings.Join(n.RealizedHosts(), ","))}
+		},
 		decode: func(v []byte) (record, error) {
 			var r networkRow
 			return &r, json.Unmarshal(v, &r.NetworkRecord)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
@@ -12,9 +13,15 @@ import (
 func init() {
 	registerResource(&resource{
 		names:      []string{"pods", "pod", "po"},
+		kind:       "Pod",
 		bucket:     events.BucketPods,
 		namespaced: true,
 		header:     []string{"NAME", "READY", "PHASE", "RESTARTS", "HOST", "IP", "AGE", "REASON"},
+		wideHeader: []string{"CLUSTER", "VM", "CPU", "MEMORY", "NETWORKS", "UID"},
+		wide: func(r record) []string {
+			p := &r.(*podRow).PodRecord
+			return []string{dash(p.Cluster), dash(p.VMName), fmt.Sprintf("%dm", p.Size.CPUMilli), humanBytes(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
+		},
 		decode: func(v []byte) (record, error) {
 			var r podRow
 			return &r, json.Unmarshal(v, &r.PodRecord)
@@ -24,8 +31,9 @@ func init() {
 
 type podRow struct{ events.PodRecord }
 
-func (p *podRow) Namespace() string { return p.PodRecord.Namespace }
-func (p *podRow) Name() string      { return p.PodRecord.Name }
+func (p *podRow) Namespace() string         { return p.PodRecord.Namespace }
+func (p *podRow) Name() string              { return p.PodRecord.Name }
+func (p *podRow) Labels() map[string]string { return p.Pod.Labels }
 
 // Object is the Kubernetes shape: metadata, spec.nodeName, status.
 func (p *podRow) Object() any {

@@ -65,9 +65,10 @@ func newMigratePodCmd(g *globals) *cobra.Command {
 		wait              time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "pod NAME",
-		Short: "Move a running pod to another host",
-		Args:  cobra.ExactArgs(1),
+		Use:               "pod NAME",
+		Short:             "Move a running pod to another host",
+		ValidArgsFunction: completeName(g, "pods"),
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if id == "" {
 				id = uuid.NewString()

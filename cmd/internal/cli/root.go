@@ -53,9 +53,11 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "podvisor",
 		Short:         "Run Kubernetes-style pods as pod VMs on vSphere",
+		Version:       Build().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError("%v", err) })
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -71,7 +73,10 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newEventsCmd(g),
 		newMigrateCmd(g),
 		newDrainCmd(g),
+		newCordonCmd(g),
 		newUncordonCmd(g),
+		newDescribeCmd(g),
+		newVersionCmd(g),
 		newTraceCmd(g),
 		newBenchCmd(g),
 		newSimCmd(g),

@@ -72,6 +72,9 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 		return err
 	}
 	defer tel.Shutdown(context.Background())
+	registerBuildInfo()
+	build := Build()
+	logger.Info("starting", "service", spec.Name, "version", build.Version, "commit", build.Commit, "built", build.BuildDate)
 
 	natsURL, err := g.endpoint(g.natsURL, "PODVISOR_NATS_URL")
 	if err != nil {

@@ -49,15 +49,16 @@ func newTracePodCmd(g *globals) *cobra.Command {
 		width             int
 	)
 	cmd := &cobra.Command{
-		Use:   "pod NAME",
-		Short: "Print the trace of one pod",
-		Args:  cobra.ExactArgs(1),
+		Use:               "pod NAME",
+		Short:             "Print the trace of one pod",
+		ValidArgsFunction: completeName(g, "pods"),
+		Args:              cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if output != "table" && output != "json" {
 				return usageError(`-o %q: want table or json`, output)
 			}
 			if width == 0 {
-				width = terminalWidth()
+				width = waterfallWidth(g.stdout)
 			}
 			if width < 60 {
 				return usageError("--width %d: want at least 60 columns", width)
@@ -295,18 +296,44 @@ func renderWaterfall(w io.Writer, key, traceID string, spans []allinone.TraceSpa
 	const fixed = 4 + 2*4 + 2 // TR column, four gaps, the bar's edges
 	nameW = min(nameW, max(20, width-svcW-offW-durW-fixed-20))
 	barW := max(20, width-svcW-nameW-offW-durW-fixed)
-	fmt.Fprintf(w, "%-4s%-*s  %-*s  %*s  %*s  %s\n", "TR", svcW, "SERVICE", nameW, "SPAN", offW, "OFFSET", durW, "DURATION", "|"+centre("0 → "+fmtDur(total), barW)+"|")
-	for _, r := range rows {
-		name := strings.Repeat("  ", r.depth) + spanLabel(r.span.Name)
-		if len(name) > nameW {
-			name = name[:nameW-1] + "…"
+	// Each trace has its own time axis (offsets from its own first span):
+	// a flow begun minutes later, such as a re-apply or a migration, does
+	// not squash the bars of the first into one column.
+	order := make([]string, len(trIndex))
+	for id, n := range trIndex {
+		order[n-1] = id
+	}
+	single := len(order) == 1
+	axis := "each trace on its own time axis"
+	if single {
+		_, end := traceBounds(spans)
+		axis = "0 → " + fmtDur(end.Sub(start))
+	}
+	fmt.Fprintf(w, "%-4s%-*s  %-*s  %*s  %*s  %s\n", "TR", svcW, "SERVICE", nameW, "SPAN", offW, "OFFSET", durW, "DURATION", "|"+centre(axis, barW)+"|")
+	for _, id := range order {
+		var own []allinone.TraceSpan
+		for _, sp := range spans {
+			if sp.TraceID == id {
+				own = append(own, sp)
+			}
 		}
-		dur := r.span.End.Sub(r.span.Start)
-		mark := ""
-		if r.span.Status == "Error" {
-			mark = " !"
+		tStart, tEnd := traceBounds(own)
+		tTotal := tEnd.Sub(tStart)
+		if !single {
+			fmt.Fprintf(w, "%-4d%-*s  %-*s  %*s  %*s  %s\n", trIndex[id], svcW, "trace", nameW, id, offW, tStart.Local().Format("15:04:05"), durW, fmtDur(tTotal), "|"+centre("0 → "+fmtDur(tTotal), barW)+"|")
 		}
-		fmt.Fprintf(w, "%-4d%-*s  %-*s  %*s  %*s  |%s|%s\n", trIndex[r.span.TraceID], svcW, r.span.Service, nameW, name, offW, fmtDur(r.offset), durW, fmtDur(dur), bar(r.offset, dur, total, barW), mark)
+		for _, r := range waterfallRows(own, tStart) {
+			name := strings.Repeat("  ", r.depth) + spanLabel(r.span.Name)
+			if len(name) > nameW {
+				name = name[:nameW-1] + "…"
+			}
+			dur := r.span.End.Sub(r.span.Start)
+			mark := ""
+			if r.span.Status == "Error" {
+				mark = " !"
+			}
+			fmt.Fprintf(w, "%-4d%-*s  %-*s  %*s  %*s  |%s|%s\n", trIndex[r.span.TraceID], svcW, r.span.Service, nameW, name, offW, fmtDur(r.offset), durW, fmtDur(dur), bar(r.offset, dur, tTotal, barW), mark)
+		}
 	}
 }
 
@@ -363,7 +390,11 @@ func fmtDur(d time.Duration) string {
 	}
 }
 
-func terminalWidth() int {
+// waterfallWidth is the terminal's width, else $COLUMNS, else 120.
+func waterfallWidth(out io.Writer) int {
+	if n := terminalWidth(out); n > 0 {
+		return max(n, 60)
+	}
 	if n, err := strconv.Atoi(os.Getenv("COLUMNS")); err == nil && n > 0 {
 		return max(n, 60)
 	}

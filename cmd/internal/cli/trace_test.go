@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
@@ -18,23 +20,47 @@ import (
 	"github.com/podvisor/podvisor/shared/telemetry"
 )
 
-// upWithTracing is upForTest with every service and the span recorder that
-// `podvisor up` installs.
+// The package's tests share one telemetry setup, as a `podvisor up` process
+// has one: OTel's global providers bind instruments to the first provider
+// installed.
+var (
+	testTelemetryOnce sync.Once
+	testTelemetry     *telemetry.Telemetry
+	testRecorder      *telemetry.Recorder
+)
+
+func sharedTelemetry(t *testing.T) (*telemetry.Telemetry, *telemetry.Recorder) {
+	t.Helper()
+	testTelemetryOnce.Do(func() {
+		testRecorder = telemetry.NewRecorder(0)
+		tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "podvisor", Recorder: testRecorder})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testTelemetry = tel
+	})
+	if testTelemetry == nil {
+		t.Fatal("telemetry setup failed in an earlier test")
+	}
+	// Another test may have run `podvisor up` in this process since, which
+	// installs providers of its own: the services started next record here.
+	otel.SetTracerProvider(testTelemetry.Tracer)
+	otel.SetMeterProvider(testTelemetry.Meter)
+	return testTelemetry, testRecorder
+}
+
+// upWithTracing is upForTest with every service, the span recorder and the
+// /metrics handler that `podvisor up` installs.
 func upWithTracing(t *testing.T) string {
 	t.Helper()
-	rec := telemetry.NewRecorder(0)
-	tel, err := telemetry.Setup(context.Background(), telemetry.Options{Service: "podvisor", Recorder: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tel.Shutdown(context.Background()) })
+	tel, rec := sharedTelemetry(t)
 	specs, err := runner.Select("all")
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec})
+	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec, Metrics: tel.MetricsHandler()})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -227,4 +253,33 @@ func TestWaterfallBarsAndNames(t *testing.T) {
 	if err := (allinone.TraceQuery{TraceID: "xyz"}).Validate(); err == nil || !strings.Contains(err.Error(), "traceId") {
 		t.Errorf("bad trace id: %v", err)
 	}
+}
+
+// Two flows ten minutes apart (an apply, then a re-apply) each get their own
+// time axis: the first flow's spans are not squashed into one column.
+func TestWaterfallAxisPerTrace(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	span := func(trace, id, name string, from, to time.Duration) allinone.TraceSpan {
+		return allinone.TraceSpan{TraceID: trace, SpanID: id, Name: name, Service: "scheduler", Start: t0.Add(from), End: t0.Add(to)}
+	}
+	spans := []allinone.TraceSpan{
+		span("aaaa", "1", "first", 0, 100*time.Millisecond),
+		span("aaaa", "2", "second", 50*time.Millisecond, 100*time.Millisecond),
+		span("bbbb", "3", "later", 10*time.Minute, 10*time.Minute+100*time.Millisecond),
+	}
+	var out strings.Builder
+	renderWaterfall(&out, "default/web", "aaaa", spans, 120)
+	for _, line := range strings.Split(out.String(), "\n") {
+		if !strings.Contains(line, " second ") {
+			continue
+		}
+		bar := line[strings.Index(line, "|")+1 : strings.LastIndex(line, "|")]
+		filled := strings.Count(bar, "█")
+		// The span is the second half of its trace: about half the bar.
+		if filled < len([]rune(bar))/3 || !strings.HasSuffix(strings.TrimRight(bar, " "), "█") {
+			t.Errorf("span of the first trace drawn on a shared axis: %q", line)
+		}
+		return
+	}
+	t.Fatalf("no row for span 'second':\n%s", out.String())
 }

@@ -50,6 +50,8 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 				return err
 			}
 			defer tel.Shutdown(context.Background())
+			cfg.Metrics = tel.MetricsHandler()
+			registerBuildInfo()
 
 			sys, err := allinone.Start(ctx, cfg)
 			if err != nil {

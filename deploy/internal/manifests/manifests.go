@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes/scheme"
 	"sigs.k8s.io/kustomize/api/krusty"
@@ -36,8 +38,16 @@ func (o Object) String() string {
 }
 
 // strict rejects unknown and duplicate fields; it knows every type of the
-// client-go scheme (the built-in API groups).
-var strict = serializer.NewCodecFactory(scheme.Scheme, serializer.EnableStrict).UniversalDeserializer()
+// client-go scheme (the built-in API groups) and the Prometheus operator's
+// monitoring.coreos.com/v1 (the base's ServiceMonitor).
+var strict = serializer.NewCodecFactory(strictScheme(), serializer.EnableStrict).UniversalDeserializer()
+
+func strictScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	utilruntime.Must(scheme.AddToScheme(s))
+	utilruntime.Must(monitoringv1.AddToScheme(s))
+	return s
+}
 
 // BuildYAML runs kustomize on dir with kubectl's defaults (files only from
 // inside the kustomization root, no plugins, legacy resource order) and

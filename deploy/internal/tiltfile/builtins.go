@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 
+	starlarkjson "go.starlark.net/lib/json"
 	"go.starlark.net/starlark"
 )
 
@@ -487,7 +488,77 @@ func (r *recorder) updateSettings(_ *starlark.Thread, b *starlark.Builtin, args 
 
 func (r *recorder) allowK8sContexts(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
 	var contexts starlark.Value
-	return starlark.None, starlark.UnpackArgs(b.Name(), args, kw, "contexts", &contexts)
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "contexts", &contexts); err != nil {
+		return nil, err
+	}
+	names, err := stringOrList(b.Name(), "contexts", contexts)
+	if err != nil {
+		return nil, err
+	}
+	r.plan.AllowK8sContexts = append(r.plan.AllowK8sContexts, names...)
+	return starlark.None, nil
+}
+
+func (r *recorder) defaultRegistry(_ *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var host, hostFromCluster, singleName string
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "host", &host, "host_from_cluster?", &hostFromCluster, "single_name?", &singleName); err != nil {
+		return nil, err
+	}
+	if host == "" {
+		return nil, fmt.Errorf("%s: host is empty", b.Name())
+	}
+	r.plan.DefaultRegistry = host
+	return starlark.None, nil
+}
+
+// readJSON is Tilt's read_json: the file decoded, or default when it does
+// not exist.
+func (r *recorder) readJSON(thread *starlark.Thread, b *starlark.Builtin, args starlark.Tuple, kw []starlark.Tuple) (starlark.Value, error) {
+	var p string
+	var def starlark.Value
+	if err := starlark.UnpackArgs(b.Name(), args, kw, "path", &p, "default?", &def); err != nil {
+		return nil, err
+	}
+	// An optional file (one with a default) that is absent is not a path
+	// the Tiltfile depends on.
+	abs := absPath(thread, p)
+	data, err := os.ReadFile(abs)
+	if err != nil {
+		if def != nil && os.IsNotExist(err) {
+			return def, nil
+		}
+		return nil, fmt.Errorf("%s: %w", b.Name(), err)
+	}
+	r.path(thread, b.Name(), "path", p)
+	decode := starlarkjson.Module.Members["decode"]
+	v, err := starlark.Call(thread, decode, starlark.Tuple{starlark.String(data)}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", b.Name(), p, err)
+	}
+	return v, nil
+}
+
+// stringOrList accepts a string or a list of strings.
+func stringOrList(fn, arg string, v starlark.Value) ([]string, error) {
+	if s, ok := v.(starlark.String); ok {
+		return []string{string(s)}, nil
+	}
+	it, ok := v.(starlark.Iterable)
+	if !ok {
+		return nil, fmt.Errorf("%s: %s: want a string or a list of strings, got %s", fn, arg, v.Type())
+	}
+	var out []string
+	iter := it.Iterate()
+	defer iter.Done()
+	var x starlark.Value
+	for iter.Next(&x) {
+		s, ok := x.(starlark.String)
+		if !ok {
+			return nil, fmt.Errorf("%s: %s: want strings, got %s", fn, arg, x.Type())
+		}
+		out = append(out, string(s))
+	}
+	return out, nil
 }
 
 // --- config ------------------------------------------------------------------

@@ -159,6 +159,8 @@ func (r *recorder) builtins() starlark.StringDict {
 		"version_settings":    b("version_settings", r.versionSettings),
 		"update_settings":     b("update_settings", r.updateSettings),
 		"allow_k8s_contexts":  b("allow_k8s_contexts", r.allowK8sContexts),
+		"default_registry":    b("default_registry", r.defaultRegistry),
+		"read_json":           b("read_json", r.readJSON),
 		"blob":                b("blob", r.blob),
 		"read_file":           b("read_file", r.readFile),
 		"watch_file":          b("watch_file", r.watchFile),

@@ -21,6 +21,10 @@ type Plan struct {
 	Config map[string]any
 	// VersionConstraint is version_settings(constraint=…).
 	VersionConstraint string
+	// AllowK8sContexts collects allow_k8s_contexts() arguments.
+	AllowK8sContexts []string
+	// DefaultRegistry is default_registry(host).
+	DefaultRegistry string
 	// Output collects print() lines.
 	Output []string
 }

@@ -1,0 +1,395 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+	"github.com/vmware/govmomi/vim25/mo"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+// describe prints one object for a person, as kubectl describe does: its
+// record laid out as fields, then the events about it, oldest first.
+
+func newDescribeCmd(g *globals) *cobra.Command {
+	var namespace string
+	cmd := &cobra.Command{
+		Use:   "describe pod|host|network|vm NAME",
+		Short: "Show one pod, host, network or pod VM in detail, with its events",
+		Long: `describe prints an object's record as fields and lists the events about it (the CloudEvents
+whose subject is the object), oldest first. describe vm NAME reads the pod VM from vCenter (GOVC_URL,
+or the env file of podvisor up) and shows the pod it runs; NAME is the VM's name (pv-<uid>) or the
+pod's name.`,
+		Args:              cobra.ExactArgs(2),
+		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			kind, name := args[0], args[1]
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			switch kind {
+			case "pod", "pods", "po":
+				return describePod(ctx, b, g.stdout, namespace, name)
+			case "host", "hosts", "hs":
+				return describeHost(ctx, b, g.stdout, name)
+			case "network", "networks", "net":
+				return describeNetwork(ctx, b, g.stdout, name)
+			case "vm", "vms":
+				return describeVM(ctx, b, g, namespace, name)
+			}
+			return usageError("cannot describe %q: want pod, host, network or vm", kind)
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")
+	return cmd
+}
+
+// getRecord reads one KV record into v; a missing key is a clear not-found
+// error (exit 1).
+func getRecord(ctx context.Context, b *bus.Bus, bucket, key, what string, v any) error {
+	kv, err := b.KV(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return &exitError{code: 1, err: fmt.Errorf("%s not found", what)}
+	}
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(e.Value(), v)
+}
+
+// fields writes aligned "Name:  value" lines.
+type fields struct{ tw *tabwriter.Writer }
+
+func newFields(w io.Writer) *fields { return &fields{tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)} }
+
+func (f *fields) add(name string, value any) {
+	s := fmt.Sprint(value)
+	if s == "" {
+		s = "<none>"
+	}
+	fmt.Fprintf(f.tw, "%s:\t%s\n", name, s)
+}
+
+func (f *fields) section(title string) { fmt.Fprintf(f.tw, "%s:\n", title) }
+
+func (f *fields) row(cells ...string) { fmt.Fprintf(f.tw, "  %s\n", strings.Join(cells, "\t")) }
+
+func (f *fields) flush() { f.tw.Flush() }
+
+func describePod(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string) error {
+	var r events.PodRecord
+	if err := getRecord(ctx, b, events.BucketPods, events.PodRecordKey(ns, name), "pod "+events.PodKey(ns, name), &r); err != nil {
+		return err
+	}
+	f := newFields(out)
+	f.add("Name", r.Name)
+	f.add("Namespace", r.Namespace)
+	f.add("UID", r.UID)
+	f.add("Labels", labelString(r.Pod.Labels))
+	f.add("Created", r.CreatedAt.Format(time.RFC3339))
+	status := r.Phase
+	if r.Reason != "" {
+		status += " (" + r.Reason + ")"
+	}
+	f.add("Phase", status)
+	if r.Message != "" {
+		f.add("Message", r.Message)
+	}
+	f.add("Host", r.Host)
+	f.add("Cluster", r.Cluster)
+	f.add("IP", r.IP)
+	f.add("VM", r.VMName)
+	f.add("Size", fmt.Sprintf("%d vCPU (%dm requested), %d MiB", r.Size.VCPUs, r.Size.CPUMilli, r.Size.MemoryMiB))
+	f.section("Containers")
+	for _, c := range r.Pod.Spec.Containers {
+		digest, chain := "", 0
+		for _, im := range r.Images {
+			if im.Container == c.Name {
+				digest, chain = im.Digest, len(im.Chain)
+			}
+		}
+		f.row(c.Name, c.Image, dash(digest), fmt.Sprintf("%d layer disks", chain))
+	}
+	f.section("Networks")
+	for _, a := range r.Attachments {
+		f.row(a.Network, a.PortGroup, fmt.Sprintf("%s/%d", a.IP, a.PrefixLength), dash(a.MAC))
+	}
+	f.section("Conditions")
+	for _, c := range r.Conditions {
+		f.row(c.Type, c.Status, c.Time.Format(time.TimeOnly), dash(c.Reason), c.Message)
+	}
+	f.flush()
+	evs, err := objectEvents(ctx, b, events.PodKey(ns, name), r.CreatedAt.Add(-time.Second), events.StreamPods, events.StreamMigrations)
+	if err != nil {
+		return err
+	}
+	printObjectEvents(out, evs)
+	return nil
+}
+
+func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) error {
+	var r events.HostRecord
+	if err := getRecord(ctx, b, events.BucketHosts, events.HostRecordKey(name), "host "+name, &r); err != nil {
+		return err
+	}
+	f := newFields(out)
+	f.add("Name", r.Name)
+	f.add("Cluster", r.Cluster)
+	f.add("State", r.State())
+	f.add("Connection", r.ConnectionState)
+	f.add("Labels", labelString(r.Labels))
+	f.add("CPU", fmt.Sprintf("%.1f of %.0f cores allocated (%d × %d MHz)", float64(r.AllocatedCPUMilli)/1000, float64(r.CPUCapacityMilli)/1000, r.CPUCores, r.CPUMHz))
+	f.add("Memory", fmt.Sprintf("%s of %s allocated", humanBytes(r.AllocatedMemoryBytes), humanBytes(r.MemoryCapacityBytes)))
+	f.add("Pods", r.Pods)
+	f.add("Datastores", strings.Join(r.Datastores, ", "))
+	f.add("Port groups", strings.Join(r.Networks, ", "))
+	f.add("Pod networks", strings.Join(r.PodNetworks, ", "))
+	f.section("Pods on the host")
+	pods, err := podsOn(ctx, b, name)
+	if err != nil {
+		return err
+	}
+	for _, p := range pods {
+		f.row(events.PodKey(p.Namespace, p.Name), p.Phase, dash(p.IP))
+	}
+	f.flush()
+	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamHosts)
+	if err != nil {
+		return err
+	}
+	printObjectEvents(out, evs)
+	return nil
+}
+
+// podsOn lists the pod records placed on a host.
+func podsOn(ctx context.Context, b *bus.Bus, host string) ([]events.PodRecord, error) {
+	kv, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer w.Stop()
+	var out []events.PodRecord
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		var r events.PodRecord
+		if json.Unmarshal(e.Value(), &r) == nil && r.Host == host {
+			out = append(out, r)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name })
+	return out, nil
+}
+
+func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string) error {
+	var r events.NetworkRecord
+	if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &r); err != nil {
+		return err
+	}
+	f := newFields(out)
+	f.add("Name", r.Name)
+	f.add("VLAN", r.Spec.VLAN)
+	f.add("CIDR", r.Spec.CIDR)
+	f.add("Version", r.Version)
+	status := r.Status
+	if r.Reason != "" {
+		status += " (" + r.Reason + ")"
+	}
+	f.add("Status", status)
+	if r.Message != "" {
+		f.add("Message", r.Message)
+	}
+	f.add("Port group", r.PortGroup)
+	f.add("Switch", r.Switch)
+	f.add("IPs used", r.IPsUsed)
+	f.section("Hosts")
+	hosts := make([]string, 0, len(r.Hosts))
+	for h := range r.Hosts {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	for _, h := range hosts {
+		st, _ := json.Marshal(r.Hosts[h])
+		f.row(h, string(st))
+	}
+	f.flush()
+	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamNetworks)
+	if err != nil {
+		return err
+	}
+	printObjectEvents(out, evs)
+	return nil
+}
+
+// describeVM shows a pod VM as vCenter has it, beside the pod it runs.
+func describeVM(ctx context.Context, b *bus.Bus, g *globals, ns, name string) error {
+	vmName := name
+	var pod *events.PodRecord
+	if !strings.HasPrefix(name, "pv-") {
+		var r events.PodRecord
+		if err := getRecord(ctx, b, events.BucketPods, events.PodRecordKey(ns, name), "pod "+events.PodKey(ns, name), &r); err != nil {
+			return err
+		}
+		if r.VMName == "" {
+			return &exitError{code: 1, err: fmt.Errorf("pod %s has no VM yet (phase %s)", events.PodKey(ns, name), r.Phase)}
+		}
+		vmName, pod = r.VMName, &r
+	}
+	url, err := g.endpoint("", "GOVC_URL")
+	if err != nil {
+		return err
+	}
+	cfg := vsphere.Config{URL: url, Insecure: os.Getenv("GOVC_INSECURE") != "0", Datacenter: os.Getenv("GOVC_DATACENTER")}
+	sess, err := vsphere.Connect(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("vCenter: %w", err)
+	}
+	defer sess.Close(context.WithoutCancel(ctx))
+	vm, err := sess.FindVM(ctx, vmName)
+	if err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("vm %s: %w", vmName, err)}
+	}
+	var m mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"name", "config.hardware", "config.extraConfig", "runtime.powerState", "runtime.host"}, &m); err != nil {
+		return fmt.Errorf("vm %s: %w", vmName, err)
+	}
+	host := ""
+	if m.Runtime.Host != nil {
+		var h mo.HostSystem
+		if err := vm.Properties(ctx, *m.Runtime.Host, []string{"name"}, &h); err == nil {
+			host = h.Name
+		}
+	}
+	f := newFields(g.stdout)
+	f.add("Name", m.Name)
+	f.add("Ref", vm.Reference().Value)
+	f.add("Power", m.Runtime.PowerState)
+	f.add("Host", host)
+	if m.Config != nil {
+		f.add("Hardware", fmt.Sprintf("%d vCPU, %d MiB", m.Config.Hardware.NumCPU, m.Config.Hardware.MemoryMB))
+		f.section("Guestinfo")
+		var keys []string
+		vals := map[string]string{}
+		for _, o := range m.Config.ExtraConfig {
+			if ov := o.GetOptionValue(); ov != nil && strings.HasPrefix(ov.Key, "guestinfo.podvisor.") {
+				keys = append(keys, ov.Key)
+				v := fmt.Sprint(ov.Value)
+				if len(v) > 80 {
+					v = v[:77] + "..."
+				}
+				vals[ov.Key] = v
+			}
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			f.row(k, vals[k])
+		}
+	}
+	if pod != nil {
+		f.add("Pod", events.PodKey(pod.Namespace, pod.Name)+" ("+pod.Phase+")")
+	}
+	f.flush()
+	return nil
+}
+
+// objectEvents reads the events whose CloudEvent subject is key from the
+// streams, oldest first, starting at since (zero: the whole stream).
+func objectEvents(ctx context.Context, b *bus.Bus, key string, since time.Time, streams ...string) ([]event.Event, error) {
+	var out []event.Event
+	for _, name := range streams {
+		s, err := b.JetStream().Stream(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		}
+		last := s.CachedInfo().State.LastSeq
+		if last == 0 {
+			continue
+		}
+		cfg := jetstream.OrderedConsumerConfig{}
+		if !since.IsZero() {
+			cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+		}
+		c, err := s.OrderedConsumer(ctx, cfg)
+		if err != nil {
+			return nil, fmt.Errorf("stream %s: %w", name, err)
+		}
+	read:
+		for {
+			batch, err := c.Fetch(500, jetstream.FetchMaxWait(500*time.Millisecond))
+			if err != nil {
+				return nil, fmt.Errorf("read %s: %w", name, err)
+			}
+			n := 0
+			for m := range batch.Messages() {
+				n++
+				if ev, err := bus.DecodeMessage(m); err == nil && ev.Subject() == key {
+					out = append(out, ev)
+				}
+				if md, err := m.Metadata(); err == nil && md.Sequence.Stream >= last {
+					break read
+				}
+			}
+			if n == 0 {
+				break
+			}
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Time().Before(out[j].Time()) })
+	return out, nil
+}
+
+// printObjectEvents prints kubectl describe's Events section.
+func printObjectEvents(out io.Writer, evs []event.Event) {
+	if len(evs) == 0 {
+		fmt.Fprintln(out, "Events:\t<none>")
+		return
+	}
+	fmt.Fprintln(out, "Events:")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  TIME\tTYPE\tFROM\tMESSAGE")
+	for _, ev := range evs {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", ev.Time().Local().Format("15:04:05.000"), shortType(ev.Type()), ev.Source(), eventSummary(ev))
+	}
+	tw.Flush()
+}
+
+// eventSummary picks what a person reads first from an event's data.
+func eventSummary(ev event.Event) string {
+	var d map[string]any
+	if json.Unmarshal(ev.Data(), &d) != nil {
+		return ""
+	}
+	var parts []string
+	for _, k := range []string{"host", "targetHost", "ip", "vm", "reason", "message", "percent"} {
+		if v, ok := d[k]; ok && fmt.Sprint(v) != "" {
+			parts = append(parts, k+"="+fmt.Sprint(v))
+		}
+	}
+	return strings.Join(parts, " ")
+}
