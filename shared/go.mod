@@ -94,3 +94,7 @@ require (
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 	sigs.k8s.io/yaml v1.6.0 // indirect
 )
+
+require github.com/podvisor/podvisor/agent v0.0.0
+
+replace github.com/podvisor/podvisor/agent => ../agent

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+
+	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
 // Defaults used when a Config field is left at its zero value.
@@ -48,6 +50,15 @@ type Config struct {
 	// them (image disks, layer files) outlives the simulator: a restarted
 	// `podvisor up` finds its image chains where the records say they are.
 	KeepData bool
+	// Guests, when set, runs a guest for every powered-on pod VM (package
+	// guest): its agent as PID 1 of its own namespaces, in a cgroup sized
+	// to the VM, with the VM's disk files as its devices. Guest.Dir
+	// defaults to a "guests" directory beside the datastores. When this
+	// machine cannot run guests (not root, no agent binary), the
+	// datacenter runs without them and GuestsOff says why, unless
+	// GuestsRequired, which makes Start fail instead.
+	Guests         *guest.Config
+	GuestsRequired bool
 	// PortGroups are created on the pv-dvs switch at start, before any caller
 	// can see the inventory. It is the extension point for networks the
 	// simulated site must already have, such as a management port group.

@@ -13,7 +13,8 @@ import (
 // management network: runtime.connectionState (and summary.runtime) becomes
 // notResponding, its status turns red, the virtual machines registered on it
 // become disconnected, and the cluster's effective capacity drops. Property
-// collector watchers observe every change.
+// collector watchers observe every change. With guests on, the host's
+// guests are frozen and their channels cut until RecoverHost.
 func (d *Datacenter) FailHost(ctx context.Context, name string) error {
 	host, err := d.host(name)
 	if err != nil {
@@ -23,6 +24,7 @@ func (d *Datacenter) FailHost(ctx context.Context, name string) error {
 	defer d.stateMu.Unlock()
 	d.failed[host.Self] = true
 	d.applyConnection(d.context(ctx), host)
+	d.freezeGuests(name, true)
 	return nil
 }
 
@@ -37,6 +39,7 @@ func (d *Datacenter) RecoverHost(ctx context.Context, name string) error {
 	defer d.stateMu.Unlock()
 	delete(d.failed, host.Self)
 	d.applyConnection(d.context(ctx), host)
+	d.freezeGuests(name, false)
 	return nil
 }
 

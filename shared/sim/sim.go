@@ -17,6 +17,8 @@ import (
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/shared/sim/guest"
+
 	// Endpoints beyond the SOAP API that services use: vAPI (tags, content
 	// library) and vslm (first class disks).
 	_ "github.com/vmware/govmomi/vapi/simulator"
@@ -45,6 +47,11 @@ type Datacenter struct {
 	clusters   []ClusterSpec
 	datastores []DatastoreSpec
 	dvs        types.ManagedObjectReference
+
+	// guests runs the guests of powered-on pod VMs; nil when off, and
+	// guestsOff says why.
+	guests    *guest.Manager
+	guestsOff string
 
 	mu         sync.Mutex
 	closed     bool
@@ -168,6 +175,9 @@ func (d *Datacenter) build(ctx context.Context) error {
 		return err
 	}
 	if err := d.createNetworking(ctx, folders.NetworkFolder, hostObjs); err != nil {
+		return err
+	}
+	if err := d.startGuests(dir); err != nil {
 		return err
 	}
 	return d.serve()
@@ -326,6 +336,11 @@ func (d *Datacenter) Close() {
 }
 
 func (d *Datacenter) teardown() {
+	if d.guests != nil {
+		// Before the model goes: the guests' power-off needs nothing from
+		// it, but a guest must never outlive its datacenter.
+		d.guests.Close()
+	}
 	if d.server != nil {
 		done := make(chan struct{})
 		go func() {

@@ -1,0 +1,469 @@
+package guest
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+)
+
+// Config says how guests run.
+type Config struct {
+	// Agent is the program a guest runs as PID 1 (podvm-agent), started
+	// with --boot-config <file>.
+	Agent string
+	// ChannelDir holds the host agents' sockets (<host>.sock); guests'
+	// channels are forwarded there.
+	ChannelDir string
+	// Dir holds one directory per guest (boot config, console log, the
+	// agent's state dir, the channel socket). The manager owns it: Close
+	// removes it. Unix socket paths are limited to 107 bytes: keep it short.
+	Dir string
+	// StopGrace is how long a powered-off guest has between SIGTERM and
+	// SIGKILL (default 5s).
+	StopGrace time.Duration
+	// Runtime is passed to the agent as BootConfig.Runtime (empty: the
+	// agent picks runc or crun from PATH).
+	Runtime string
+	// Logger receives the manager's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// DefaultStopGrace is Config.StopGrace's default.
+const DefaultStopGrace = 5 * time.Second
+
+// maxSocketPath is the longest unix socket path Linux accepts.
+const maxSocketPath = 107
+
+// shell runs the few steps between the hypervisor's clone and the agent's
+// exec that Go cannot run in a child: join the VM's cgroups (so that every
+// process of the guest is counted from its first instruction), and make
+// every mount private (a guest's mounts must never reach the host's
+// namespace, as a VM's never do). It then execs the agent, which stays
+// PID 1.
+const launcher = `agent=$0 boot=$1; shift
+for f do echo 0 > "$f" || exit 125; done
+mount --make-rprivate / || exit 125
+exec "$agent" --boot-config "$boot"`
+
+// Check says why guests cannot run here, or nil: root, the agent binary,
+// /bin/sh and mount for the launcher, and the cgroup v1 controllers.
+func Check(cfg Config) error {
+	if os.Geteuid() != 0 {
+		return errors.New("simulated guests need root (namespaces, cgroups, loop devices); run as root")
+	}
+	if cfg.Agent == "" {
+		return errors.New("no guest agent binary given (podvm-agent: build it with `make build`, or pass its path)")
+	}
+	if fi, err := os.Stat(cfg.Agent); err != nil {
+		return fmt.Errorf("guest agent %s: %w (build it with `make build`)", cfg.Agent, err)
+	} else if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return fmt.Errorf("guest agent %s is not an executable file", cfg.Agent)
+	}
+	if _, err := os.Stat("/bin/sh"); err != nil {
+		return fmt.Errorf("/bin/sh: %w", err)
+	}
+	if _, err := exec.LookPath("mount"); err != nil {
+		return fmt.Errorf("mount is not on PATH: %w", err)
+	}
+	if cfg.ChannelDir == "" {
+		return errors.New("no channel directory given (where host agents listen)")
+	}
+	if cfg.Dir == "" {
+		return errors.New("no guest directory given")
+	}
+	if _, err := discoverCgroups(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Disk is one virtual disk as the guest gets it.
+type Disk struct {
+	// Unit is the disk's address, "scsi0:0".
+	Unit string
+	// Path is the disk's flat extent file on the simulated datastore.
+	Path string
+	// CapacityBytes is the disk's configured size.
+	CapacityBytes int64
+	// ReadOnly disks (independent-nonpersistent image disks) are left as
+	// they are; a read/write disk's extent is extended (sparse) to its
+	// capacity, as a hypervisor presents a zero-filled device of that size.
+	ReadOnly bool
+}
+
+// VM is what the hypervisor knows of a VM when it powers it on.
+type VM struct {
+	// Key identifies the VM in the simulator (its managed object id,
+	// "vm-42"); it names the guest's directory and cgroup.
+	Key  string
+	Name string
+	UUID string
+	// Host is the host the VM runs on.
+	Host     string
+	NumCPU   int32
+	MemoryMB int64
+	Disks    []Disk
+	// Spec is the guestinfo.podvisor.spec value.
+	Spec string
+}
+
+// Manager runs the guests of one simulated datacenter.
+type Manager struct {
+	cfg Config
+	log *slog.Logger
+	cg  *cgroups
+
+	mu     sync.Mutex
+	guests map[string]*guest
+	frozen map[string]bool // hosts whose guests are frozen
+	closed bool
+}
+
+type guest struct {
+	vm      VM
+	dir     string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	cgroup  *vmCgroup
+	channel *channel
+	frozen  bool
+}
+
+var managers atomic.Int64
+
+// New checks the environment (see Check) and prepares the cgroup that
+// holds every guest of this manager.
+func New(cfg Config) (*Manager, error) {
+	if cfg.StopGrace <= 0 {
+		cfg.StopGrace = DefaultStopGrace
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := Check(cfg); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{cfg.Dir, cfg.ChannelDir} {
+		if err := os.MkdirAll(d, 0o750); err != nil {
+			return nil, fmt.Errorf("guests: %w", err)
+		}
+	}
+	if n := len(filepath.Join(cfg.Dir, "vm-00000", "channel.sock")); n > maxSocketPath {
+		return nil, fmt.Errorf("guests: directory %s is too long for unix sockets (%d bytes, limit %d)", cfg.Dir, n, maxSocketPath)
+	}
+	name := fmt.Sprintf("podvisor-guests-%d-%d", os.Getpid(), managers.Add(1))
+	cg, err := newCgroups(name)
+	if err != nil {
+		return nil, fmt.Errorf("guests: %w", err)
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{}}, nil
+}
+
+// CgroupBase is the cgroup (same path in every v1 hierarchy) under which
+// each guest gets its VM's cgroup, <base>/<vm key>.
+func (m *Manager) CgroupBase() string { return m.cg.base }
+
+// PowerOn starts a VM's guest: disks extended to their capacity, a boot
+// config, the VM's cgroup, the channel, and the agent as PID 1 of new
+// mount, pid, uts, ipc and net namespaces. A VM whose guest runs already
+// is left alone.
+func (m *Manager) PowerOn(vm VM) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("guests: closed")
+	}
+	if _, ok := m.guests[vm.Key]; ok {
+		return nil
+	}
+	g, err := m.start(vm)
+	if err != nil {
+		return fmt.Errorf("guest of %s: %w", vm.Name, err)
+	}
+	m.guests[vm.Key] = g
+	if m.frozen[vm.Host] {
+		// Powered on while its host is down: it does not run until the host
+		// comes back.
+		m.freezeLocked(g, true)
+	}
+	return nil
+}
+
+func (m *Manager) start(vm VM) (_ *guest, err error) {
+	dir := filepath.Join(m.cfg.Dir, vm.Key)
+	// A fresh boot: nothing of an earlier boot's state survives power-off.
+	if err := os.RemoveAll(dir); err != nil {
+		return nil, err
+	}
+	stateDir := filepath.Join(dir, "state")
+	if err := os.MkdirAll(stateDir, 0o750); err != nil {
+		return nil, err
+	}
+	devices := map[string]string{}
+	for _, d := range vm.Disks {
+		if !d.ReadOnly {
+			if err := extend(d.Path, d.CapacityBytes); err != nil {
+				return nil, fmt.Errorf("disk %s: %w", d.Unit, err)
+			}
+		}
+		devices[d.Unit] = d.Path
+	}
+	cg, err := m.cg.create(vm.Key, vm.NumCPU, vm.MemoryMB<<20)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			_ = cg.remove()
+		}
+	}()
+	boot := guestchannel.BootConfig{
+		Channel:      "unix:" + filepath.Join(dir, "channel.sock"),
+		Devices:      devices,
+		StateDir:     stateDir,
+		Runtime:      m.cfg.Runtime,
+		CgroupParent: cg.path,
+		VMUUID:       vm.UUID,
+	}
+	if vm.Spec != "" {
+		boot.Spec = json.RawMessage(vm.Spec)
+	}
+	data, err := json.MarshalIndent(boot, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	bootPath := filepath.Join(dir, "boot.json")
+	if err := os.WriteFile(bootPath, data, 0o600); err != nil {
+		return nil, err
+	}
+	ch, err := openChannel(filepath.Join(dir, "channel.sock"), m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			ch.close()
+		}
+	}()
+	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer console.Close() // the child has its own copy
+	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
+	cmd := exec.Command("/bin/sh", args...)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=/root"}
+	cmd.Stdout, cmd.Stderr = console, console
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
+		// The guest dies with the process that runs the simulator.
+		Pdeathsig: syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start agent: %w", err)
+	}
+	g := &guest{vm: vm, dir: dir, cmd: cmd, exited: make(chan struct{}), cgroup: cg, channel: ch}
+	go func() {
+		err := cmd.Wait()
+		m.log.Info("guest stopped", "vm", vm.Name, "result", fmt.Sprint(err))
+		close(g.exited)
+	}()
+	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path)
+	return g, nil
+}
+
+// extend makes a read/write disk's extent file its capacity, sparse; it
+// never shrinks one.
+func extend(path string, capacity int64) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() < capacity {
+		return f.Truncate(capacity)
+	}
+	return nil
+}
+
+// PowerOff stops a VM's guest as a hard power-off does, but gives the agent
+// a moment: SIGTERM, StopGrace, then SIGKILL of the whole guest. It returns
+// once no process of the guest is left and its cgroup and channel are
+// gone. The guest's directory stays until Destroy.
+func (m *Manager) PowerOff(key string) error {
+	m.mu.Lock()
+	g, ok := m.guests[key]
+	if ok {
+		delete(m.guests, key)
+	}
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	return m.stop(g)
+}
+
+func (m *Manager) stop(g *guest) error {
+	g.channel.close()
+	if g.frozen {
+		// A frozen process takes no signal, not even SIGKILL.
+		if err := g.cgroup.freeze(false); err != nil {
+			m.log.Warn("thaw before power-off", "vm", g.vm.Name, "err", err)
+		}
+	}
+	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-g.exited:
+	case <-time.After(m.cfg.StopGrace):
+		// PID 1 of a pid namespace takes down every process in it.
+		_ = g.cmd.Process.Kill()
+	}
+	errs := []error{g.cgroup.killAll(time.Now().Add(10 * time.Second))}
+	<-g.exited
+	errs = append(errs, g.cgroup.remove())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("power off guest of %s: %w", g.vm.Name, err)
+	}
+	return nil
+}
+
+// Destroy removes a VM's guest directory (after powering the guest off if
+// it still runs).
+func (m *Manager) Destroy(key string) error {
+	err := m.PowerOff(key)
+	if rmErr := os.RemoveAll(filepath.Join(m.cfg.Dir, key)); rmErr != nil {
+		err = errors.Join(err, rmErr)
+	}
+	return err
+}
+
+// Move routes a guest's channel to another host, as a relocation does; its
+// open connections end and the agent dials again.
+func (m *Manager) Move(key, host string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.guests[key]
+	if !ok {
+		return
+	}
+	g.vm.Host = host
+	g.channel.route(host)
+	if g.frozen != m.frozen[host] {
+		m.freezeLocked(g, m.frozen[host])
+	}
+}
+
+// FreezeHost freezes the guests of a failed host and cuts their channels;
+// ThawHost undoes it when the host recovers.
+func (m *Manager) FreezeHost(host string) { m.setHostFrozen(host, true) }
+
+// ThawHost resumes the guests FreezeHost froze.
+func (m *Manager) ThawHost(host string) { m.setHostFrozen(host, false) }
+
+func (m *Manager) setHostFrozen(host string, frozen bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if frozen {
+		m.frozen[host] = true
+	} else {
+		delete(m.frozen, host)
+	}
+	for _, g := range m.guests {
+		if g.vm.Host == host && g.frozen != frozen {
+			m.freezeLocked(g, frozen)
+		}
+	}
+}
+
+func (m *Manager) freezeLocked(g *guest, frozen bool) {
+	g.channel.setCut(frozen)
+	if err := g.cgroup.freeze(frozen); err != nil {
+		m.log.Warn("guest freezer", "vm", g.vm.Name, "frozen", frozen, "err", err)
+		return
+	}
+	g.frozen = frozen
+}
+
+// Info describes a running guest.
+type Info struct {
+	VM  VM
+	Dir string
+	// PID is the guest's PID 1 as this process sees it.
+	PID int
+	// Cgroup is the VM's cgroup path (the same in every hierarchy);
+	// CgroupDirs maps the controllers cpu, memory, pids and freezer to its
+	// directory.
+	Cgroup     string
+	CgroupDirs map[string]string
+	Frozen     bool
+	// Connections counts the channel connections forwarded now.
+	Connections int
+}
+
+// Guest describes the running guest of a VM.
+func (m *Manager) Guest(key string) (Info, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.guests[key]
+	if !ok {
+		return Info{}, false
+	}
+	dirs := map[string]string{}
+	for _, c := range requiredControllers {
+		dirs[c] = g.cgroup.Dir(c)
+	}
+	return Info{VM: g.vm, Dir: g.dir, PID: g.cmd.Process.Pid, Cgroup: g.cgroup.path, CgroupDirs: dirs,
+		Frozen: g.frozen, Connections: g.channel.connections()}, true
+}
+
+// Running lists the keys of the VMs whose guest runs.
+func (m *Manager) Running() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]string, 0, len(m.guests))
+	for k := range m.guests {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Close stops every guest, removes the guest directory (Config.Dir) and the
+// manager's cgroups. It is safe to call twice.
+func (m *Manager) Close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	guests := m.guests
+	m.guests = map[string]*guest{}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for key, g := range guests {
+		wg.Go(func() {
+			if err := m.stop(g); err != nil {
+				m.log.Warn("close guest", "vm", g.vm.Name, "err", err)
+			}
+			_ = os.RemoveAll(filepath.Join(m.cfg.Dir, key))
+		})
+	}
+	wg.Wait()
+	_ = os.RemoveAll(m.cfg.Dir)
+	m.cg.close()
+}

@@ -1,0 +1,248 @@
+package sim
+
+import (
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+	"github.com/vmware/govmomi/vmdk"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/sim/guest"
+)
+
+// startGuests turns simulated guests on when the configuration asks for
+// them and this machine can run them; otherwise it records why not (or,
+// with GuestsRequired, fails).
+func (d *Datacenter) startGuests(dir string) error {
+	if d.cfg.Guests == nil {
+		d.guestsOff = "simulated guests were not asked for"
+		return nil
+	}
+	gcfg := *d.cfg.Guests
+	if gcfg.Dir == "" {
+		gcfg.Dir = filepath.Join(dir, "guests")
+	}
+	m, err := guest.New(gcfg)
+	if err != nil {
+		if d.cfg.GuestsRequired {
+			return fmt.Errorf("sim: guests: %w", err)
+		}
+		d.guestsOff = err.Error()
+		return nil
+	}
+	d.guests = m
+	d.model.Map().AddHandler(&guestBridge{d: d})
+	return nil
+}
+
+// Guests is the manager of the simulated guests, nil when they are off
+// (GuestsOff says why).
+func (d *Datacenter) Guests() *guest.Manager { return d.guests }
+
+// GuestsOff says why powered-on VMs run no guest here, "" when they do.
+func (d *Datacenter) GuestsOff() string { return d.guestsOff }
+
+// guestBridge is a registry observer that does what a hypervisor does with
+// a VM's guest: power-on starts it, power-off stops it (the power-off task
+// ends once no process of the guest is left), a relocation re-routes its
+// channel, destroying the VM removes its directory.
+//
+// Only VMs carrying guestinfo.podvisor.spec (pod VMs) get a guest: other
+// VMs have nothing for an agent to run.
+type guestBridge struct{ d *Datacenter }
+
+var guestBridgeRef = types.ManagedObjectReference{Type: "PodvisorGuestBridge", Value: "guests"}
+
+func (b *guestBridge) Reference() types.ManagedObjectReference { return guestBridgeRef }
+
+func (b *guestBridge) PutObject(*simulator.Context, mo.Reference) {}
+
+func (b *guestBridge) RemoveObject(_ *simulator.Context, ref types.ManagedObjectReference) {
+	if ref.Type != "VirtualMachine" {
+		return
+	}
+	if err := b.d.guests.Destroy(ref.Value); err != nil {
+		b.d.guestLog("destroy guest", ref.Value, err)
+	}
+}
+
+// UpdateObject runs inside the task that changed the VM, with the VM's lock
+// held: it reads the VM directly and never takes another lock.
+func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
+	vm, ok := obj.(*mo.VirtualMachine)
+	if !ok {
+		return
+	}
+	for _, ch := range changes {
+		switch ch.Name {
+		case "runtime.powerState":
+			switch ch.Val {
+			case types.VirtualMachinePowerStatePoweredOn:
+				spec, ok := b.d.guestVM(vm)
+				if !ok {
+					continue
+				}
+				if err := b.d.guests.PowerOn(spec); err != nil {
+					b.d.guestLog("power on guest", vm.Name, err)
+				}
+			default:
+				if err := b.d.guests.PowerOff(vm.Self.Value); err != nil {
+					b.d.guestLog("power off guest", vm.Name, err)
+				}
+			}
+		case "runtime.host":
+			if ref, ok := ch.Val.(types.ManagedObjectReference); ok {
+				b.d.guests.Move(vm.Self.Value, b.d.hostName(ref))
+			} else if ref, ok := ch.Val.(*types.ManagedObjectReference); ok && ref != nil {
+				b.d.guests.Move(vm.Self.Value, b.d.hostName(*ref))
+			}
+		}
+	}
+}
+
+func (d *Datacenter) guestLog(what, vm string, err error) {
+	if d.cfg.Guests != nil && d.cfg.Guests.Logger != nil {
+		d.cfg.Guests.Logger.Warn(what, "vm", vm, "err", err)
+	}
+}
+
+func (d *Datacenter) hostName(ref types.ManagedObjectReference) string {
+	if i, ok := d.hostByRef[ref]; ok {
+		return d.hosts[i].Name
+	}
+	return ref.Value
+}
+
+// guestVM reads what the guest needs from a VM: its spec, size, host and
+// disks (unit → flat extent file on the datastore's directory).
+func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
+	if vm.Config == nil {
+		return guest.VM{}, false
+	}
+	var spec string
+	for _, o := range vm.Config.ExtraConfig {
+		if v := o.GetOptionValue(); v.Key == guestchannel.GuestinfoSpec {
+			spec, _ = v.Value.(string)
+		}
+	}
+	if spec == "" {
+		return guest.VM{}, false
+	}
+	out := guest.VM{
+		Key:      vm.Self.Value,
+		Name:     vm.Name,
+		UUID:     vm.Config.InstanceUuid,
+		NumCPU:   vm.Config.Hardware.NumCPU,
+		MemoryMB: int64(vm.Config.Hardware.MemoryMB),
+		Spec:     spec,
+	}
+	if vm.Runtime.Host != nil {
+		out.Host = d.hostName(*vm.Runtime.Host)
+	}
+	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	for _, dev := range devices {
+		disk, ok := dev.(*types.VirtualDisk)
+		if !ok {
+			continue
+		}
+		backing, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if !ok {
+			continue
+		}
+		unit, ok := diskUnit(devices, disk)
+		if !ok {
+			continue
+		}
+		file, err := d.flatExtent(backing.FileName)
+		if err != nil {
+			d.guestLog("guest disk "+unit, vm.Name, err)
+			continue
+		}
+		mode := types.VirtualDiskMode(backing.DiskMode)
+		out.Disks = append(out.Disks, guest.Disk{
+			Unit:          unit,
+			Path:          file,
+			CapacityBytes: disk.CapacityInBytes,
+			ReadOnly: mode == types.VirtualDiskModeIndependent_nonpersistent || mode == types.VirtualDiskModeNonpersistent ||
+				mode == types.VirtualDiskModeUndoable,
+		})
+	}
+	return out, true
+}
+
+// diskUnit is a disk's address, "<bus kind><bus number>:<unit>", such as
+// "scsi0:1".
+func diskUnit(devices object.VirtualDeviceList, disk *types.VirtualDisk) (string, bool) {
+	if disk.UnitNumber == nil {
+		return "", false
+	}
+	ctrl := devices.FindByKey(disk.ControllerKey)
+	c, ok := ctrl.(types.BaseVirtualController)
+	if !ok {
+		return "", false
+	}
+	var kind string
+	switch ctrl.(type) {
+	case types.BaseVirtualSCSIController:
+		kind = "scsi"
+	case *types.VirtualIDEController:
+		kind = "ide"
+	case types.BaseVirtualSATAController:
+		kind = "sata"
+	case *types.VirtualNVMEController:
+		kind = "nvme"
+	default:
+		return "", false
+	}
+	return fmt.Sprintf("%s%d:%d", kind, c.GetVirtualController().BusNumber, *disk.UnitNumber), true
+}
+
+// flatExtent maps a disk's datastore path ("[ds] dir/disk.vmdk") to the
+// file on this machine that holds its bytes: the extent its descriptor
+// names (disk-flat.vmdk).
+func (d *Datacenter) flatExtent(dsPath string) (string, error) {
+	var p object.DatastorePath
+	if !p.FromString(dsPath) {
+		return "", fmt.Errorf("disk path %q is not a datastore path", dsPath)
+	}
+	var dsDir string
+	for _, ds := range d.datastores {
+		if ds.Name == p.Datastore {
+			dsDir = ds.Dir
+		}
+	}
+	if dsDir == "" {
+		return "", fmt.Errorf("disk %s: datastore %q: %w", dsPath, p.Datastore, ErrNotFound)
+	}
+	desc := filepath.Join(dsDir, filepath.FromSlash(p.Path))
+	f, err := os.Open(desc)
+	if err != nil {
+		return "", fmt.Errorf("disk %s: %w", dsPath, err)
+	}
+	defer f.Close()
+	if parsed, err := vmdk.ParseDescriptor(f); err == nil && len(parsed.Extent) > 0 {
+		if name := strings.Trim(parsed.Extent[0].Info, `"`); name != "" {
+			return filepath.Join(filepath.Dir(desc), filepath.FromSlash(path.Clean(name))), nil
+		}
+	}
+	return filepath.Join(filepath.Dir(desc), strings.Replace(filepath.Base(desc), ".vmdk", "-flat.vmdk", 1)), nil
+}
+
+// freezeGuests and thawGuests follow a host's failure and recovery.
+func (d *Datacenter) freezeGuests(host string, frozen bool) {
+	if d.guests == nil {
+		return
+	}
+	if frozen {
+		d.guests.FreezeHost(host)
+	} else {
+		d.guests.ThawHost(host)
+	}
+}
