@@ -25,12 +25,24 @@ import (
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
+// probeDir holds the probe binary; TestMain removes it.
+var probeDir string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if probeDir != "" {
+		os.RemoveAll(probeDir)
+	}
+	os.Exit(code)
+}
+
 // probeBinary builds the guest probe (testdata/probe), once per test binary.
 var probeBinary = sync.OnceValues(func() (string, error) {
 	dir, err := os.MkdirTemp("", "podvisor-probe-")
 	if err != nil {
 		return "", err
 	}
+	probeDir = dir
 	out := filepath.Join(dir, "probe")
 	cmd := exec.Command("go", "build", "-o", out, "./guest/testdata/probe")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")

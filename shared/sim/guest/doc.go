@@ -1,0 +1,55 @@
+// Package guest runs the guests of a simulated datacenter's pod VMs: what a
+// hypervisor does with a VM's guest, done with Linux namespaces and cgroups
+// so that the pod VM agent runs for real while vCenter is simulated.
+//
+// # A guest
+//
+// Powering a pod VM on (a VM whose ExtraConfig carries
+// guestinfo.podvisor.spec) starts its guest:
+//
+//   - a directory <Dir>/<vm key> holding boot.json (the agent's
+//     guestchannel.BootConfig), console.log (the agent's output), state/
+//     (BootConfig.StateDir) and channel.sock;
+//   - devices: each virtual disk's unit ("scsi0:0") maps to the disk's flat
+//     extent file on the simulated datastore (a real directory); a
+//     read/write disk's extent is extended, sparse, to the disk's capacity
+//     (a hypervisor presents a zero-filled device of the configured size),
+//     independent-nonpersistent image disks are left untouched;
+//   - the VM's cgroup <base>/<vm key>, the same path in every cgroup v1
+//     hierarchy, below this process's own cgroup: cpu.cfs_quota_us is the
+//     VM's vCPUs, memory.limit_in_bytes its memory, so a container asking
+//     more than the VM cannot get it. It is BootConfig.CgroupParent;
+//   - the agent, started as PID 1 of new mount, pid, uts, ipc and net
+//     namespaces. A two-line /bin/sh launcher runs first in the new
+//     namespaces (Go cannot run code between clone and exec): it writes
+//     itself into the VM's cgroups, makes every mount private, and execs
+//     the agent, so the agent's first instruction already counts against
+//     the VM and none of its mounts can reach the host.
+//
+// # The channel (vsock, simulated)
+//
+// The agent dials BootConfig.Channel, unix:<guest dir>/channel.sock. The
+// manager listens there and forwards each connection to
+// <ChannelDir>/<host>.sock (HostSocket), the host agent of the host the VM
+// runs on now. No host agent listening: the connection is closed and the
+// agent dials again. A relocation (Move) re-routes the channel and closes
+// its connections, as a migrated VM's vsock connections end; a host
+// failure cuts it.
+//
+// # Power and host state
+//
+//   - PowerOff: SIGTERM to the agent, StopGrace, then SIGKILL (PID 1 of a
+//     pid namespace takes every process of it along), then SIGKILL of
+//     anything left in the VM's cgroup; it returns once the cgroup is empty
+//     and removed. The guest's directory stays until Destroy.
+//   - FreezeHost (host failure): the freezer cgroup stops every process of
+//     the host's guests and their channels are cut; ThawHost resumes them.
+//   - Close stops every guest and removes Dir and the manager's cgroups:
+//     nothing a guest made outlives the simulator. Guests also get
+//     SIGKILL if the simulator's process dies (Pdeathsig).
+//
+// Guests need root, the agent binary, /bin/sh, mount, and the cpu, memory,
+// pids and freezer v1 controllers; Check says which is missing. Package sim
+// wires the manager to vcsim's power, relocate and destroy operations and
+// to FailHost/RecoverHost.
+package guest
