@@ -1,0 +1,140 @@
+package events
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Pod logs and exec are read-only queries on core NATS, answered by the host
+// agent that holds the pod's guest channel. Each host agent serves its own
+// subjects, SubjectPodLogs(host) and SubjectPodExec(host): the client reads
+// the pod record (KV `pods`) for the host and asks that host's agent, so
+// exactly one process answers and a pod that just moved is asked where the
+// record says it runs now.
+//
+// The answer is a stream: the request's reply subject receives
+// PodStreamMessage values, numbered from 1, the last one with EOF set. The
+// first message names a Control subject on which the client sends
+// PodStreamControl: stdin for an exec started with Stdin, Cancel to end a
+// follow or an exec, and an empty keep-alive at least every
+// PodStreamKeepAlive while it wants the stream (a client that vanished
+// stops being served after PodStreamIdleTimeout). Core NATS delivers at most
+// once: a gap in Seq means a lost message and the client reports it.
+const (
+	// SubjectQueryPodLogs prefixes the per-host logs subject
+	// (pv.query.pod.logs.<host>; request PodLogsRequest).
+	SubjectQueryPodLogs = "pv.query.pod.logs"
+	// SubjectQueryPodExec prefixes the per-host exec subject
+	// (pv.query.pod.exec.<host>; request PodExecRequest).
+	SubjectQueryPodExec = "pv.query.pod.exec"
+)
+
+// PodStreamKeepAlive is how often a client sends an empty PodStreamControl
+// while it reads a stream; PodStreamIdleTimeout is how long the host agent
+// serves a stream without hearing from its client.
+const (
+	PodStreamKeepAlive   = 5 * time.Second
+	PodStreamIdleTimeout = 20 * time.Second
+)
+
+// SubjectPodLogs is the subject host's agent answers logs requests on.
+func SubjectPodLogs(host string) string { return SubjectQueryPodLogs + "." + host }
+
+// SubjectPodExec is the subject host's agent answers exec requests on.
+func SubjectPodExec(host string) string { return SubjectQueryPodExec + "." + host }
+
+// PodLogsRequest asks for a container's log.
+type PodLogsRequest struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// UID, when set, must be the pod's uid (a pod re-created under the same
+	// name is another pod).
+	UID string `json:"uid,omitempty"`
+	// Container defaults to the pod's only container; required when the pod
+	// has several.
+	Container string `json:"container,omitempty"`
+	// Follow streams new lines as they are written until cancelled.
+	Follow bool `json:"follow,omitempty"`
+	// Previous reads the log of the container's previous instance.
+	Previous bool `json:"previous,omitempty"`
+	// TailLines, when > 0, starts that many lines before the end.
+	TailLines int64 `json:"tailLines,omitempty"`
+}
+
+// Validate checks the pod reference and the numbers.
+func (r *PodLogsRequest) Validate() error {
+	errs := []error{validatePodQueryRef(r.Namespace, r.Name)}
+	if r.TailLines < 0 {
+		errs = append(errs, fmt.Errorf("tailLines: %d must not be negative", r.TailLines))
+	}
+	if r.Follow && r.Previous {
+		errs = append(errs, errors.New("follow: a previous instance's log does not grow; drop follow or previous"))
+	}
+	return errors.Join(errs...)
+}
+
+// PodExecRequest runs a command in a running container (no terminal).
+type PodExecRequest struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid,omitempty"`
+	Container string `json:"container,omitempty"`
+	// Command is the program and its arguments; required.
+	Command []string `json:"command"`
+	// Stdin is true when the client will send stdin through Control (the
+	// last chunk with StdinEOF); otherwise the command's stdin is empty.
+	Stdin bool `json:"stdin,omitempty"`
+}
+
+// Validate checks the pod reference and the command.
+func (r *PodExecRequest) Validate() error {
+	errs := []error{validatePodQueryRef(r.Namespace, r.Name)}
+	if len(r.Command) == 0 || r.Command[0] == "" {
+		errs = append(errs, errors.New("command: required (the program to run and its arguments)"))
+	}
+	return errors.Join(errs...)
+}
+
+func validatePodQueryRef(ns, name string) error {
+	var errs []error
+	if ns == "" {
+		errs = append(errs, errors.New("namespace: required"))
+	}
+	if name == "" {
+		errs = append(errs, errors.New("name: required"))
+	}
+	if strings.ContainsAny(ns+name, "./ *>") {
+		errs = append(errs, fmt.Errorf("namespace/name %q/%q: must be DNS labels", ns, name))
+	}
+	return errors.Join(errs...)
+}
+
+// PodStreamMessage is one message of a logs or exec answer.
+type PodStreamMessage struct {
+	// Seq numbers the messages of one answer from 1.
+	Seq uint64 `json:"seq"`
+	// Control, in the first message only, is where the client sends
+	// PodStreamControl.
+	Control string `json:"control,omitempty"`
+	// Stream is "stdout" or "stderr" for exec output, empty for logs.
+	Stream string `json:"stream,omitempty"`
+	// Data is log or output bytes as the container wrote them.
+	Data []byte `json:"data,omitempty"`
+	// EOF ends the answer.
+	EOF bool `json:"eof,omitempty"`
+	// ExitCode is the command's exit code, on an exec's last message.
+	ExitCode *int32 `json:"exitCode,omitempty"`
+	// Error, on the last message, says why the request failed (unknown
+	// container, the pod's agent is not connected, ...).
+	Error string `json:"error,omitempty"`
+}
+
+// PodStreamControl is what a client sends on an answer's Control subject.
+// An empty one is a keep-alive.
+type PodStreamControl struct {
+	Stdin    []byte `json:"stdin,omitempty"`
+	StdinEOF bool   `json:"stdinEOF,omitempty"`
+	Cancel   bool   `json:"cancel,omitempty"`
+}
