@@ -69,6 +69,10 @@ type Hello struct {
 	AgentVersion string `json:"agentVersion"`
 	// PodUID is the uid of the pod the agent runs (from its spec).
 	PodUID string `json:"podUID"`
+	// Namespace and Name are the pod's (from its spec), so the host side
+	// finds the pod's record without a search; optional.
+	Namespace string `json:"namespace,omitempty"`
+	Name      string `json:"name,omitempty"`
 	// VMUUID is the VM's instance uuid as the guest sees it; the host side
 	// checks it against the VM it expects on this channel.
 	VMUUID string `json:"vmUUID,omitempty"`

@@ -1,0 +1,74 @@
+package hostagent
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config tunes one host agent.
+type Config struct {
+	// Host is the name of the host this agent serves (as vCenter names it);
+	// required.
+	Host string
+	// ChannelDir is where the agent listens, on <ChannelDir>/<Host>.sock,
+	// for the guest channels the hypervisor routes to this host; required.
+	ChannelDir string
+	// StopSlack is how long past a pod's grace period a delete waits for
+	// the guest's "stopped" before it gives up and lets the power-off go
+	// ahead (default 10s).
+	StopSlack time.Duration
+	// HelloTimeout bounds the wait for a new connection's hello (default 10s).
+	HelloTimeout time.Duration
+	// Workers is how many deletes are handled at once (default 8).
+	Workers int
+}
+
+// Environment variables read by ConfigFromEnv.
+const (
+	EnvHost       = "PODVISOR_HOSTAGENT_HOST"
+	EnvChannelDir = "PODVISOR_HOSTAGENT_CHANNEL_DIR"
+)
+
+// DefaultConfig returns the defaults; Host and ChannelDir are still to set.
+func DefaultConfig() Config {
+	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8}
+}
+
+// ConfigFromEnv is DefaultConfig with PODVISOR_HOSTAGENT_HOST and
+// PODVISOR_HOSTAGENT_CHANNEL_DIR applied, validated.
+func ConfigFromEnv() (Config, error) {
+	cfg := DefaultConfig()
+	cfg.Host = strings.TrimSpace(os.Getenv(EnvHost))
+	cfg.ChannelDir = strings.TrimSpace(os.Getenv(EnvChannelDir))
+	return cfg, cfg.Validate()
+}
+
+// Validate reports every problem, each naming its field.
+func (c Config) Validate() error {
+	var errs []error
+	switch {
+	case c.Host == "":
+		errs = append(errs, fmt.Errorf("Host: required (the host this agent serves; %s)", EnvHost))
+	case strings.ContainsAny(c.Host, " /*>\t"):
+		errs = append(errs, fmt.Errorf("Host %q: must not contain spaces, '/', '*' or '>'", c.Host))
+	}
+	if c.ChannelDir == "" {
+		errs = append(errs, fmt.Errorf("ChannelDir: required (where guest channels arrive; %s)", EnvChannelDir))
+	}
+	if c.StopSlack <= 0 {
+		errs = append(errs, fmt.Errorf("StopSlack %s: must be positive", c.StopSlack))
+	}
+	if c.HelloTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("HelloTimeout %s: must be positive", c.HelloTimeout))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("hostagent config: %w", err)
+	}
+	return nil
+}

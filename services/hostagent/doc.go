@@ -1,0 +1,58 @@
+// Package hostagent is the host agent: one per hypervisor host, the
+// "pod VM controller in the virtualization layer, external to the VMs". It
+// owns the guest channels of its host's pod VMs and is the control plane's
+// only way into them.
+//
+// # Channels
+//
+// The agent listens on <ChannelDir>/<Host>.sock. The hypervisor (vsock on
+// vSphere, package shared/sim/guest in the simulator) routes every pod VM
+// agent's connection to the host agent of the host the VM runs on now. The
+// first message must be a hello (agent/guestchannel): its pod uid is
+// checked against the pod records (KV `pods`, read only): the pod must
+// exist with that uid and be placed on this host, or the channel is refused
+// with an error message and closed (the agent dials again later, by when a
+// migration's record update has usually landed). A newer channel of the
+// same pod replaces the older one.
+//
+// # Reports
+//
+// Every status the agent sends (a full one after hello, partial ones on
+// change) is merged into the channel's view and published as
+// pod.containers.reported: every container of the pod's spec in spec
+// order, in corev1.ContainerStatus shape, imageID = the image digest from
+// the pod record, containers the agent has not reported yet waiting
+// (ContainerCreating). The event id is ReportID(pod uid, boot id, seq): the
+// same report published twice (a reconnect, a restarted host agent) is
+// stored once. Reports coalesce: a burst of changes publishes the newest.
+//
+// # Logs and exec
+//
+// Core NATS request/reply on per-host subjects,
+// events.SubjectPodLogs(host) = pv.query.pod.logs.<host> and
+// events.SubjectPodExec(host) = pv.query.pod.exec.<host>, with
+// events.PodLogsRequest and events.PodExecRequest. Only the host agent
+// holding a pod's channel can answer, so clients read the pod record's host
+// and ask that agent; a request for a pod placed elsewhere, or whose guest
+// is not connected, is answered with an error. Answers are streamed to the
+// reply subject as events.PodStreamMessage (numbered; the first names a
+// control subject for stdin, cancel and keep-alives; the last has EOF, an
+// exec's exit code, or an error).
+//
+// # Deletes
+//
+// Each host agent consumes pod.delete.requested with its own durable
+// (hostagent-<host>). For a pod on this host with a connected guest it
+// sends stop with the pod's terminationGracePeriodSeconds (default 30) and
+// waits for stopped, at most the grace period plus StopSlack, before
+// acknowledging. The agent's status reports during the stop show the
+// containers terminating; the provisioner powers the VM off only once a
+// report shows every container terminated or the grace period (plus a
+// margin) has passed since the delete, so the power-off never cuts the
+// grace period short.
+//
+// # Identity
+//
+// The host agent publishes only pod.containers.reported, reads the `pods`
+// bucket, consumes pod.delete.requested and answers its two query subjects.
+package hostagent

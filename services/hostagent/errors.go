@@ -1,0 +1,14 @@
+package hostagent
+
+import "errors"
+
+var (
+	// ErrNoBus: Deps.Bus is nil.
+	ErrNoBus = errors.New("hostagent: no bus")
+	// ErrRefused: a guest's hello names a pod that is not on this host.
+	ErrRefused = errors.New("pod is not on this host")
+	// ErrNotConnected: the pod's agent has no channel to this host now.
+	ErrNotConnected = errors.New("pod agent not connected")
+	// ErrChannelClosed: the guest channel closed during a request.
+	ErrChannelClosed = errors.New("guest channel closed")
+)

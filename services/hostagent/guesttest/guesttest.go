@@ -1,0 +1,200 @@
+// Package guesttest is a scripted pod VM agent for the tests of the host
+// agent and its clients: it dials a host agent socket and speaks the guest
+// channel protocol (hello, status, logs, exec, stop) with canned answers.
+// Tests of the whole data plane run the real agent (agent/cmd/podvm-agent)
+// in simulated guests; this stands in where a test is about the host
+// agent's side of the channel alone.
+package guesttest
+
+import (
+	"bytes"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+)
+
+// Guest is a connected scripted agent.
+type Guest struct {
+	// Hello is what it said first.
+	Hello guestchannel.Hello
+
+	conn *guestchannel.Conn
+	seq  uint64
+
+	mu sync.Mutex
+	// logs maps a container to its log; execFn answers an exec.
+	logs     map[string]string
+	execFn   func(req guestchannel.ExecRequest, stdin []byte) (stdout string, exitCode int32)
+	stops    []guestchannel.StopRequest
+	errors   []string
+	closed   chan struct{}
+	statuses []guestchannel.ContainerStatus
+}
+
+// Dial connects to a host agent socket, says hello and sends a full status
+// of containers (all running). It returns once both are sent; the guest
+// then answers requests until the test ends or the host closes the channel.
+func Dial(t testing.TB, socket string, hello guestchannel.Hello, containers ...string) *Guest {
+	t.Helper()
+	var c net.Conn
+	var err error
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err = net.Dial("unix", socket); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("guesttest: dial %s: %v", socket, err)
+	}
+	hello.Protocol = guestchannel.Protocol
+	g := &Guest{Hello: hello, conn: guestchannel.NewConn(c), closed: make(chan struct{}), logs: map[string]string{}}
+	t.Cleanup(func() { g.conn.Close() })
+	now := time.Now().UTC().Truncate(time.Second)
+	for _, name := range containers {
+		g.statuses = append(g.statuses, guestchannel.ContainerStatus{Name: name, Ready: true, Started: true,
+			State: guestchannel.ContainerState{Kind: guestchannel.StateRunning, StartedAt: &now}})
+	}
+	if err := g.conn.Send(guestchannel.TypeHello, "", hello); err != nil {
+		t.Fatalf("guesttest: hello: %v", err)
+	}
+	if err := g.SendStatus(true, guestchannel.PhaseRunning, g.statuses...); err != nil {
+		t.Fatalf("guesttest: status: %v", err)
+	}
+	go g.serve()
+	return g
+}
+
+// SetLog sets the log a container answers with.
+func (g *Guest) SetLog(container, log string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.logs[container] = log
+}
+
+// SetExec sets how execs are answered: the command's stdout and exit code.
+func (g *Guest) SetExec(f func(req guestchannel.ExecRequest, stdin []byte) (stdout string, exitCode int32)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.execFn = f
+}
+
+// SendStatus sends a status report with the next Seq.
+func (g *Guest) SendStatus(full bool, phase string, cs ...guestchannel.ContainerStatus) error {
+	g.mu.Lock()
+	g.seq++
+	seq := g.seq
+	g.mu.Unlock()
+	return g.conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: full, Seq: seq, Phase: phase, Containers: cs})
+}
+
+// Seq is the Seq of the last status sent.
+func (g *Guest) Seq() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.seq
+}
+
+// Closed is closed when the host side ends the channel.
+func (g *Guest) Closed() <-chan struct{} { return g.closed }
+
+// Stops lists the stop requests received.
+func (g *Guest) Stops() []guestchannel.StopRequest {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]guestchannel.StopRequest(nil), g.stops...)
+}
+
+// Errors lists the error messages the host sent.
+func (g *Guest) Errors() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.errors...)
+}
+
+func (g *Guest) serve() {
+	defer close(g.closed)
+	stdin := map[string]*bytes.Buffer{}
+	execs := map[string]guestchannel.ExecRequest{}
+	for {
+		env, err := g.conn.Receive()
+		if err != nil {
+			return
+		}
+		switch env.Type {
+		case guestchannel.TypeError:
+			var e guestchannel.Error
+			_ = env.Decode(&e)
+			g.mu.Lock()
+			g.errors = append(g.errors, e.Message)
+			g.mu.Unlock()
+		case guestchannel.TypeLogs:
+			var req guestchannel.LogsRequest
+			_ = env.Decode(&req)
+			g.mu.Lock()
+			log, ok := g.logs[req.Container]
+			g.mu.Unlock()
+			if !ok {
+				_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{EOF: true, Error: "no container " + req.Container})
+				continue
+			}
+			_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: []byte(log), EOF: !req.Follow})
+		case guestchannel.TypeCancel:
+			var c guestchannel.Cancel
+			_ = env.Decode(&c)
+			_ = g.conn.Send(guestchannel.TypeLogChunk, c.Target, guestchannel.LogChunk{EOF: true})
+		case guestchannel.TypeExec:
+			var req guestchannel.ExecRequest
+			_ = env.Decode(&req)
+			if req.Stdin {
+				execs[env.ID], stdin[env.ID] = req, &bytes.Buffer{}
+				continue
+			}
+			g.exec(env.ID, req, nil)
+		case guestchannel.TypeExecStdin:
+			var in guestchannel.ExecStdin
+			_ = env.Decode(&in)
+			if buf, ok := stdin[env.ID]; ok {
+				buf.Write(in.Data)
+				if in.EOF {
+					g.exec(env.ID, execs[env.ID], buf.Bytes())
+					delete(stdin, env.ID)
+				}
+			}
+		case guestchannel.TypeStop:
+			var req guestchannel.StopRequest
+			_ = env.Decode(&req)
+			g.mu.Lock()
+			g.stops = append(g.stops, req)
+			g.mu.Unlock()
+			now := time.Now().UTC().Truncate(time.Second)
+			var cs []guestchannel.ContainerStatus
+			for _, s := range g.statuses {
+				s.Ready = false
+				s.State = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "Completed", StartedAt: s.State.StartedAt, FinishedAt: &now}
+				cs = append(cs, s)
+			}
+			_ = g.SendStatus(false, guestchannel.PhaseStopping, cs...)
+			_ = g.conn.Send(guestchannel.TypeStopped, env.ID, guestchannel.Stopped{})
+		}
+	}
+}
+
+func (g *Guest) exec(id string, req guestchannel.ExecRequest, stdin []byte) {
+	g.mu.Lock()
+	f := g.execFn
+	g.mu.Unlock()
+	if f == nil {
+		_ = g.conn.Send(guestchannel.TypeExecExit, id, guestchannel.ExecExit{Error: "exec not scripted"})
+		return
+	}
+	out, code := f(req, stdin)
+	if out != "" {
+		_ = g.conn.Send(guestchannel.TypeExecOutput, id, guestchannel.ExecOutput{Stream: "stdout", Data: []byte(out)})
+	}
+	_ = g.conn.Send(guestchannel.TypeExecExit, id, guestchannel.ExecExit{ExitCode: code})
+}

@@ -1,0 +1,268 @@
+package hostagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+)
+
+// maxStreams bounds the logs and exec answers one host agent streams at
+// once; more wait in NATS.
+const maxStreams = 64
+
+// serveQueries subscribes to this host's logs and exec subjects. They are
+// per host (events.SubjectPodLogs(host)): only the agent holding a pod's
+// channel can answer for it, and the client addresses it by the host in the
+// pod record.
+func (s *Service) serveQueries() ([]*nats.Subscription, error) {
+	sem := make(chan struct{}, maxStreams)
+	var subs []*nats.Subscription
+	for subject, serve := range map[string]func(*nats.Msg, *stream){
+		events.SubjectPodLogs(s.cfg.Host): s.serveLogs,
+		events.SubjectPodExec(s.cfg.Host): s.serveExec,
+	} {
+		sub, err := s.bus.Conn().Subscribe(subject, func(m *nats.Msg) {
+			if m.Reply == "" {
+				return
+			}
+			go func() {
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				st := &stream{nc: s.bus.Conn(), reply: m.Reply}
+				serve(m, st)
+			}()
+		})
+		if err != nil {
+			for _, sub := range subs {
+				_ = sub.Unsubscribe()
+			}
+			return nil, fmt.Errorf("hostagent: subscribe %s: %w", subject, err)
+		}
+		subs = append(subs, sub)
+	}
+	if err := s.bus.Conn().Flush(); err != nil {
+		return nil, fmt.Errorf("hostagent: subscribe: %w", err)
+	}
+	return subs, nil
+}
+
+// stream writes one answer's PodStreamMessages to the requester.
+type stream struct {
+	nc    *nats.Conn
+	reply string
+	seq   uint64
+}
+
+func (st *stream) send(m events.PodStreamMessage) {
+	st.seq++
+	m.Seq = st.seq
+	data, _ := json.Marshal(m)
+	_ = st.nc.Publish(st.reply, data)
+}
+
+func (st *stream) fail(err error) { st.send(events.PodStreamMessage{EOF: true, Error: err.Error()}) }
+
+// target resolves a request's pod and container to the pod's channel here.
+func (s *Service) target(ctx context.Context, ns, name, uid, container string) (*podConn, string, error) {
+	rec, err := s.record(ctx, ns, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || (err == nil && uid != "" && rec.UID != uid) {
+		return nil, "", fmt.Errorf("pod %s/%s not found", ns, name)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if rec.Host != s.cfg.Host {
+		return nil, "", fmt.Errorf("pod %s/%s runs on %q, not %s: ask that host's agent", ns, name, rec.Host, s.cfg.Host)
+	}
+	var names []string
+	for _, c := range append(rec.Pod.Spec.InitContainers, rec.Pod.Spec.Containers...) {
+		names = append(names, c.Name)
+	}
+	switch {
+	case container == "" && len(rec.Pod.Spec.Containers) == 1 && len(rec.Pod.Spec.InitContainers) == 0:
+		container = rec.Pod.Spec.Containers[0].Name
+	case container == "":
+		return nil, "", fmt.Errorf("pod %s/%s has several containers (%s): name one with -c", ns, name, strings.Join(names, ", "))
+	default:
+		found := false
+		for _, n := range names {
+			found = found || n == container
+		}
+		if !found {
+			return nil, "", fmt.Errorf("pod %s/%s has no container %q (it has %s)", ns, name, container, strings.Join(names, ", "))
+		}
+	}
+	pc := s.conn(rec.UID)
+	if pc == nil {
+		return nil, "", fmt.Errorf("pod %s/%s: its guest has no channel to host %s (not running, or not reporting): %w", ns, name, s.cfg.Host, ErrNotConnected)
+	}
+	return pc, container, nil
+}
+
+func (s *Service) serveLogs(m *nats.Msg, st *stream) {
+	var req events.PodLogsRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		st.fail(fmt.Errorf("logs request: %w", err))
+		return
+	}
+	if err := req.Validate(); err != nil {
+		st.fail(fmt.Errorf("logs request: %w", err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	pc, container, err := s.target(ctx, req.Namespace, req.Name, req.UID, req.Container)
+	cancel()
+	if err != nil {
+		st.fail(err)
+		return
+	}
+	s.relay(pc, st, guestchannel.TypeLogs, guestchannel.LogsRequest{
+		Container: container, Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines,
+	}, false)
+}
+
+func (s *Service) serveExec(m *nats.Msg, st *stream) {
+	var req events.PodExecRequest
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		st.fail(fmt.Errorf("exec request: %w", err))
+		return
+	}
+	if err := req.Validate(); err != nil {
+		st.fail(fmt.Errorf("exec request: %w", err))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	pc, container, err := s.target(ctx, req.Namespace, req.Name, req.UID, req.Container)
+	cancel()
+	if err != nil {
+		st.fail(err)
+		return
+	}
+	s.relay(pc, st, guestchannel.TypeExec, guestchannel.ExecRequest{Container: container, Command: req.Command, Stdin: req.Stdin}, req.Stdin)
+}
+
+// relay sends one request to the agent and streams its answers to the
+// client until the agent ends them, the client cancels or goes silent, or
+// the channel closes.
+func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin bool) {
+	id, answers, err := pc.request()
+	if err != nil {
+		st.fail(err)
+		return
+	}
+	defer pc.done(id)
+	control := make(chan *nats.Msg, 64)
+	inbox := s.bus.Conn().NewRespInbox()
+	sub, err := s.bus.Conn().ChanSubscribe(inbox, control)
+	if err != nil {
+		st.fail(fmt.Errorf("control subject: %w", err))
+		return
+	}
+	defer sub.Unsubscribe()
+	if err := s.bus.Conn().Flush(); err != nil {
+		st.fail(fmt.Errorf("control subject: %w", err))
+		return
+	}
+	if err := pc.conn.Send(typ, id, body); err != nil {
+		st.fail(fmt.Errorf("send to the guest: %w", err))
+		return
+	}
+	st.send(events.PodStreamMessage{Control: inbox})
+	idle := time.NewTimer(events.PodStreamIdleTimeout)
+	defer idle.Stop()
+	cancelled := false
+	cancelAgent := func() {
+		if !cancelled {
+			cancelled = true
+			_ = pc.conn.Send(guestchannel.TypeCancel, "", guestchannel.Cancel{Target: id})
+		}
+	}
+	for {
+		select {
+		case env := <-answers:
+			if done := forward(st, env); done {
+				return
+			}
+		case <-pc.gone:
+			st.fail(ErrChannelClosed)
+			return
+		case cm := <-control:
+			idle.Reset(events.PodStreamIdleTimeout)
+			var c events.PodStreamControl
+			if err := json.Unmarshal(cm.Data, &c); err != nil {
+				continue
+			}
+			if c.Cancel {
+				cancelAgent()
+				st.send(events.PodStreamMessage{EOF: true})
+				return
+			}
+			if stdin && (len(c.Stdin) > 0 || c.StdinEOF) {
+				_ = pc.conn.Send(guestchannel.TypeExecStdin, id, guestchannel.ExecStdin{Data: c.Stdin, EOF: c.StdinEOF})
+			}
+		case <-idle.C:
+			pc.log.Info("stream client went silent; cancelled", "id", id)
+			cancelAgent()
+			return
+		}
+	}
+}
+
+// forward passes one agent answer on; it reports whether it ended the
+// stream.
+func forward(st *stream, env guestchannel.Envelope) bool {
+	switch env.Type {
+	case guestchannel.TypeLogChunk:
+		var c guestchannel.LogChunk
+		if err := env.Decode(&c); err != nil {
+			st.fail(err)
+			return true
+		}
+		if len(c.Data) > 0 {
+			st.send(events.PodStreamMessage{Data: c.Data})
+		}
+		if c.Error != "" {
+			st.fail(errors.New(c.Error))
+			return true
+		}
+		if c.EOF {
+			st.send(events.PodStreamMessage{EOF: true})
+			return true
+		}
+	case guestchannel.TypeExecOutput:
+		var o guestchannel.ExecOutput
+		if err := env.Decode(&o); err != nil {
+			st.fail(err)
+			return true
+		}
+		st.send(events.PodStreamMessage{Stream: o.Stream, Data: o.Data})
+	case guestchannel.TypeExecExit:
+		var x guestchannel.ExecExit
+		if err := env.Decode(&x); err != nil {
+			st.fail(err)
+			return true
+		}
+		if x.Error != "" {
+			st.fail(errors.New(x.Error))
+			return true
+		}
+		code := x.ExitCode
+		st.send(events.PodStreamMessage{EOF: true, ExitCode: &code})
+		return true
+	case guestchannel.TypeError:
+		var e guestchannel.Error
+		_ = env.Decode(&e)
+		st.fail(errors.New("pod agent: " + e.Message))
+		return true
+	}
+	return false
+}

@@ -1,0 +1,185 @@
+package hostagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Name is the service's name; each host's agent consumes as
+// hostagent-<host> (see consumerName).
+const Name = "hostagent"
+
+// Source is the CloudEvents source of the reports.
+const Source = "podvisor/" + Name
+
+// Deps are the connections the host agent works through; the process owns
+// them.
+type Deps struct {
+	// Bus carries the reports, the deletes and the queries, and holds the
+	// `pods` bucket (read only).
+	Bus *bus.Bus
+	// Logger receives the service's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Service is one host's agent.
+type Service struct {
+	cfg  Config
+	bus  *bus.Bus
+	pods jetstream.KeyValue
+	log  *slog.Logger
+
+	mu    sync.Mutex
+	conns map[string]*podConn // by pod uid: the pod's current channel
+}
+
+// New checks the configuration and opens the `pods` bucket.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Bus == nil {
+		return nil, ErrNoBus
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kv, err := deps.Bus.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, fmt.Errorf("hostagent: pods bucket (is the topology declared?): %w", err)
+	}
+	return &Service{
+		cfg:   cfg,
+		bus:   deps.Bus,
+		pods:  kv,
+		log:   deps.Logger.With("service", Name, "host", cfg.Host),
+		conns: map[string]*podConn{},
+	}, nil
+}
+
+// Socket is where this host agent listens for guest channels.
+func (s *Service) Socket() string { return socketPath(s.cfg.ChannelDir, s.cfg.Host) }
+
+func socketPath(dir, host string) string { return strings.TrimSuffix(dir, "/") + "/" + host + ".sock" }
+
+// Run listens for guest channels, serves logs and exec for the pods whose
+// channel it holds, and stops pods' containers on delete, until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if err := os.MkdirAll(s.cfg.ChannelDir, 0o750); err != nil {
+		return fmt.Errorf("hostagent: channel dir: %w", err)
+	}
+	// A socket left by a process that died is in the way; a live one on the
+	// same path would be a second agent for the host, which the deployment
+	// must not do.
+	_ = os.Remove(s.Socket())
+	ln, err := net.Listen("unix", s.Socket())
+	if err != nil {
+		return fmt.Errorf("hostagent: listen on %s: %w", s.Socket(), err)
+	}
+	subs, err := s.serveQueries()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		<-gctx.Done()
+		ln.Close()
+		for _, sub := range subs {
+			_ = sub.Drain()
+		}
+		s.closeAll()
+		return nil
+	})
+	g.Go(func() error { return s.accept(gctx, ln) })
+	g.Go(func() error {
+		return s.bus.Consume(gctx, bus.ConsumerConfig{
+			Service:  consumerName(s.cfg.Host),
+			Stream:   events.StreamPods,
+			Subjects: []string{events.SubjectPodDeleteRequested},
+			Workers:  s.cfg.Workers,
+			Logger:   s.log,
+		}, s.handleDelete)
+	})
+	s.log.Info("host agent running", "socket", s.Socket())
+	err = g.Wait()
+	_ = os.Remove(s.Socket())
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("hostagent %s: %w", s.cfg.Host, err)
+	}
+	return nil
+}
+
+var notConsumerChar = regexp.MustCompile(`[^a-z0-9-]+`)
+
+// consumerName is the durable consumer's service name: every host agent
+// sees every delete, so each has its own durable, hostagent-<host>.
+func consumerName(host string) string {
+	n := Name + "-" + notConsumerChar.ReplaceAllString(strings.ToLower(host), "-")
+	return strings.TrimRight(n[:min(len(n), 63)], "-")
+}
+
+func (s *Service) accept(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		wg.Go(func() { s.serveConn(ctx, guestchannel.NewConn(c)) })
+	}
+}
+
+// conn returns the pod's current channel.
+func (s *Service) conn(uid string) *podConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[uid]
+}
+
+func (s *Service) closeAll() {
+	s.mu.Lock()
+	conns := make([]*podConn, 0, len(s.conns))
+	for _, c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.conn.Close()
+	}
+}
+
+// record reads a pod record.
+func (s *Service) record(ctx context.Context, namespace, name string) (*events.PodRecord, error) {
+	e, err := s.pods.Get(ctx, events.PodRecordKey(namespace, name))
+	if err != nil {
+		return nil, err
+	}
+	var r events.PodRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return nil, fmt.Errorf("pod record %s/%s: %w", namespace, name, err)
+	}
+	return &r, nil
+}
