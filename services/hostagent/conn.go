@@ -27,9 +27,9 @@ type podConn struct {
 	mu      sync.Mutex
 	status  guestchannel.Status                     // merged: Containers/InitContainers complete so far
 	byName  map[string]guestchannel.ContainerStatus // merged container states
-	pending map[string]*pendingRequest // by request id
+	pending map[string]*pendingRequest              // by request id
 	// gone is closed with the channel: every request waiting on it ends.
-	gone chan struct{}
+	gone   chan struct{}
 	closed bool
 
 	// latest is the newest report not yet published; wake signals it.
