@@ -9,6 +9,7 @@ require (
 	github.com/google/uuid v1.6.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/podvisor/podvisor/events v0.0.0
+	github.com/podvisor/podvisor/services/hostagent v0.0.0
 	github.com/podvisor/podvisor/services/imagecache v0.0.0
 	github.com/podvisor/podvisor/services/migration v0.0.0
 	github.com/podvisor/podvisor/services/netconfig v0.0.0
@@ -31,6 +32,10 @@ replace github.com/podvisor/podvisor/shared => ../shared
 replace github.com/podvisor/podvisor/services/scheduler => ../services/scheduler
 
 replace github.com/podvisor/podvisor/services/provisioner => ../services/provisioner
+
+replace github.com/podvisor/podvisor/services/hostagent => ../services/hostagent
+
+replace github.com/podvisor/podvisor/agent => ../agent
 
 replace github.com/podvisor/podvisor/services/imagecache => ../services/imagecache
 
@@ -68,6 +73,7 @@ require (
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/opencontainers/image-spec v1.1.1 // indirect
+	github.com/podvisor/podvisor/agent v0.0.0 // indirect
 	github.com/prometheus/client_golang v1.24.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect

@@ -71,7 +71,11 @@ type Config struct {
 	// External endpoints replace the embedded parts.
 	NATSURL, VCenterURL, RedisURL, Registry string
 	// Seed makes the simulated hardware reproducible.
-	Seed     int64
+	Seed int64
+	// Guests is auto, on or off: whether powered-on pod VMs of the
+	// simulator run a guest (their agent, their containers); Agent is the
+	// podvm-agent binary (default: beside this executable).
+	Guests, Agent string
 	Logger   *slog.Logger
 	Recorder *telemetry.Recorder
 }
@@ -89,6 +93,9 @@ type Endpoints struct {
 type System struct {
 	Endpoints  Endpoints
 	Datacenter *sim.Datacenter // nil with an external vCenter
+	// GuestsOff says why the simulator's pod VMs run no guest ("" when
+	// they do, or when the vCenter is external).
+	GuestsOff string
 
 	cfg     Config
 	log     *slog.Logger
@@ -154,6 +161,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	s.cancel = cancel
 	if s.Datacenter != nil {
 		s.run(runCtx, "simulator control", s.serveSimControl)
+	}
+	if err := s.startHostAgents(ctx, runCtx); err != nil {
+		return nil, err
 	}
 	if err := s.startServices(ctx, runCtx); err != nil {
 		return nil, err
@@ -232,7 +242,13 @@ func (s *System) startVCenter(ctx context.Context) error {
 	if err := os.MkdirAll(dsDir, 0o750); err != nil {
 		return fmt.Errorf("up: datastores: %w", err)
 	}
+	guests, guestsRequired, guestsOff, err := s.guestConfig()
+	if err != nil {
+		return err
+	}
 	dc, err := sim.Start(ctx, sim.Config{
+		Guests:          guests,
+		GuestsRequired:  guestsRequired,
 		Dir:             dsDir,
 		KeepData:        true,
 		Clusters:        s.cfg.Clusters,
@@ -247,6 +263,13 @@ func (s *System) startVCenter(ctx context.Context) error {
 	}
 	s.onClose(dc.Close)
 	s.Datacenter = dc
+	s.GuestsOff = guestsOff
+	if guestsOff == "" {
+		s.GuestsOff = dc.GuestsOff()
+	}
+	if s.GuestsOff != "" {
+		s.log.Warn("simulated guests are OFF: pod VMs run no containers, pods stay ContainerCreating", "reason", s.GuestsOff)
+	}
 	// A port group on the management VLAN cuts its hosts off, as a bad
 	// change would on a real network, so network-config's probe and
 	// rollback can be seen at work.
@@ -484,6 +507,11 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	fmt.Fprintf(w, "  status    %s\n", s.Endpoints.UIURL)
 	if s.Datacenter != nil {
 		fmt.Fprintf(w, "  datacenter: %d clusters x %d hosts\n", s.cfg.Clusters, s.cfg.HostsPerCluster)
+		if s.GuestsOff == "" {
+			fmt.Fprintf(w, "  guests: on (pod VM agents run as simulated guests; host agents listen in %s)\n", s.channelDir())
+		} else {
+			fmt.Fprintf(w, "\n  !!! GUESTS ARE OFF: %s.\n  !!! Pod VMs run no containers here: pods stay ContainerCreating, logs and exec have nothing to reach.\n\n", s.GuestsOff)
+		}
 	}
 	names := make([]string, 0, len(s.cfg.Services))
 	for _, sp := range s.cfg.Services {

@@ -76,6 +76,8 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newBenchCmd(g),
 		newSimCmd(g),
 		newRebalanceCmd(g),
+		newLogsCmd(g),
+		newExecCmd(g),
 	)
 	usageArgs(root)
 	return root

@@ -85,5 +85,7 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 	f.StringVar(&cfg.RedisURL, "redis-url", "", "use this Redis (redis://host:port/0) instead of starting one")
 	f.StringVar(&cfg.Registry, "registry", "", "use this OCI registry (host:port) instead of the embedded one")
 	f.Int64Var(&cfg.Seed, "seed", 1, "seed of the simulated host hardware")
+	f.StringVar(&cfg.Guests, "guests", allinone.GuestsAuto, "run pod VMs' guests (their agent and containers) in the simulator: auto (when root, an OCI runtime and the agent are here), on (fail otherwise) or off")
+	f.StringVar(&cfg.Agent, "agent", "", "podvm-agent binary for simulated guests (default: podvm-agent beside this executable)")
 	return cmd
 }

@@ -1,0 +1,92 @@
+package allinone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/sim/guest"
+)
+
+// Guest modes (--guests).
+const (
+	GuestsAuto = "auto" // on when this machine can run them, else off (said loudly)
+	GuestsOn   = "on"   // on, or `up` fails saying why
+	GuestsOff  = "off"
+)
+
+// DefaultAgentPath is podvm-agent beside the running executable (make
+// build puts both in bin/).
+func DefaultAgentPath() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "podvm-agent"
+	}
+	return filepath.Join(filepath.Dir(exe), "podvm-agent")
+}
+
+// guestConfig is the simulator's guest configuration for the mode, or nil
+// for off; reason says why guests are off (a mode of auto that finds no
+// OCI runtime is off before the simulator is asked).
+func (s *System) guestConfig() (cfg *guest.Config, required bool, reason string, err error) {
+	switch s.cfg.Guests {
+	case GuestsOff:
+		return nil, false, "turned off with --guests=off", nil
+	case GuestsOn, GuestsAuto, "":
+	default:
+		return nil, false, "", fmt.Errorf("up: --guests %q: want auto, on or off", s.cfg.Guests)
+	}
+	required = s.cfg.Guests == GuestsOn
+	if _, errRunc := exec.LookPath("runc"); errRunc != nil {
+		if _, errCrun := exec.LookPath("crun"); errCrun != nil {
+			const why = "no OCI runtime (runc or crun) on PATH: apt-get install runc"
+			if required {
+				return nil, false, "", errors.New("up: --guests=on: " + why)
+			}
+			return nil, false, why, nil
+		}
+	}
+	agent := s.cfg.Agent
+	if agent == "" {
+		agent = DefaultAgentPath()
+	}
+	return &guest.Config{
+		Agent:      agent,
+		ChannelDir: s.channelDir(),
+		Dir:        filepath.Join(s.cfg.StateDir, "guests"),
+		Logger:     s.log.With("component", "guests"),
+	}, required, "", nil
+}
+
+// channelDir is where the host agents listen and guest channels arrive.
+func (s *System) channelDir() string { return filepath.Join(s.cfg.StateDir, "channels") }
+
+// startHostAgents runs one host agent per simulated host, in this process,
+// when the simulated guests are on.
+func (s *System) startHostAgents(ctx, runCtx context.Context) error {
+	if s.Datacenter == nil || s.Datacenter.Guests() == nil {
+		return nil
+	}
+	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-hostagents"))
+	if err != nil {
+		return fmt.Errorf("up: host agents: %w", err)
+	}
+	s.onClose(b.Close)
+	for _, h := range s.Datacenter.Hosts() {
+		cfg := hostagent.DefaultConfig()
+		cfg.Host, cfg.ChannelDir = h.Name, s.channelDir()
+		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log})
+		if err != nil {
+			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)
+		}
+		s.run(runCtx, "host agent "+h.Name, svc.Run)
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func newExecCmd(g *globals) *cobra.Command {
+	var (
+		req         events.PodExecRequest
+		interactive bool
+	)
+	cmd := &cobra.Command{
+		Use:   "exec POD [-c CONTAINER] [-i] -- COMMAND [ARGS...]",
+		Short: "Run a command in a running container; its exit code is podvisor's",
+		Long: `exec runs COMMAND in a running container of the pod, through the host agent of the pod's
+host and the pod VM agent, and prints its output. -i sends this process's stdin to the command. There
+is no terminal. The command's exit code becomes podvisor's.`,
+		Args: cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cmd.ArgsLenAtDash() != 1 {
+				return usageError("usage: podvisor exec POD [-c CONTAINER] [-i] -- COMMAND [ARGS...] (one pod name, then -- before the command)")
+			}
+			req.Name, req.Command = args[0], args[1:]
+			req.Stdin = interactive
+			if err := req.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			uid, host, err := podHost(ctx, b, req.Namespace, req.Name)
+			if err != nil {
+				return err
+			}
+			req.UID = uid
+			var stdin io.Reader
+			if interactive {
+				stdin = g.stdin
+			}
+			code, err := podStream(ctx, b, events.SubjectPodExec(host), &req, stdin, g.stdout, g.stderr)
+			if err != nil {
+				return err
+			}
+			if code == nil {
+				return fmt.Errorf("the host agent ended the exec without an exit code")
+			}
+			if *code != 0 {
+				return &exitError{code: int(*code), err: fmt.Errorf("command exited with code %d", *code)}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&req.Namespace, "namespace", "n", "default", "namespace of the pod")
+	f.StringVarP(&req.Container, "container", "c", "", "container (default: the pod's only one)")
+	f.BoolVarP(&interactive, "stdin", "i", false, "send stdin to the command")
+	return cmd
+}
