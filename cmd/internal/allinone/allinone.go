@@ -76,8 +76,8 @@ type Config struct {
 	// simulator run a guest (their agent, their containers); Agent is the
 	// podvm-agent binary (default: beside this executable).
 	Guests, Agent string
-	Logger   *slog.Logger
-	Recorder *telemetry.Recorder
+	Logger        *slog.Logger
+	Recorder      *telemetry.Recorder
 }
 
 // Endpoints are where the parts listen; they are what the env file exports.
