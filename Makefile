@@ -11,8 +11,9 @@ TEST_FLAGS ?= -count=1 -timeout 20m
 help: ## Show the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/podvisor (and bin/govc, an independent vSphere client for the tour and e2e)
+build: ## Build bin/podvisor, bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
 	$(GO) build -o bin/ ./cmd/podvisor ./cmd/govc
+	CGO_ENABLED=0 $(GO) build -o bin/podvm-agent ./agent/cmd/podvm-agent
 
 up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
 	./$(BIN) up $(UP_FLAGS)

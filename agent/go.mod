@@ -1,3 +1,8 @@
 module github.com/podvisor/podvisor/agent
 
 go 1.26.0
+
+require (
+	github.com/opencontainers/runtime-spec v1.3.0
+	golang.org/x/sys v0.49.0
+)

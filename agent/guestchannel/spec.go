@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Guestinfo keys. On vSphere the agent reads them through the VMware
@@ -328,4 +329,36 @@ type BootConfig struct {
 	Spec json.RawMessage `json:"spec,omitempty"`
 	// VMUUID is the VM's instance uuid, reported in Hello.
 	VMUUID string `json:"vmUUID,omitempty"`
+	// RestartBackoffMillis is the first delay before a crashed container is
+	// restarted; it doubles on every restart up to MaxRestartBackoffMillis.
+	// 0 means Kubernetes' 10 s and 5 min. Tests set short ones.
+	RestartBackoffMillis    int64 `json:"restartBackoffMillis,omitempty"`
+	MaxRestartBackoffMillis int64 `json:"maxRestartBackoffMillis,omitempty"`
+	// LogMaxBytes is the size at which a container's log file is rotated
+	// (one rotated file is kept per instance); 0 means 10 MiB.
+	LogMaxBytes int64 `json:"logMaxBytes,omitempty"`
+}
+
+// Validate checks a boot configuration before the agent acts on it.
+func (b *BootConfig) Validate() error {
+	var errs []error
+	bad := func(field, why string) { errs = append(errs, fmt.Errorf("%s: %s", field, why)) }
+	if b.Channel == "" {
+		bad("channel", "required")
+	} else if scheme, _, ok := strings.Cut(b.Channel, ":"); !ok || (scheme != "unix" && scheme != "vsock" && scheme != "serial") {
+		bad("channel", fmt.Sprintf("%q is not unix:<path>, vsock:<cid>:<port> or serial:<device>", b.Channel))
+	}
+	if b.StateDir == "" || !strings.HasPrefix(b.StateDir, "/") {
+		bad("stateDir", fmt.Sprintf("%q is not an absolute path", b.StateDir))
+	}
+	if len(b.Devices) == 0 {
+		bad("devices", "no disk is mapped to a device")
+	}
+	if b.CgroupParent != "" && !strings.HasPrefix(b.CgroupParent, "/") {
+		bad("cgroupParent", fmt.Sprintf("%q is not an absolute cgroup path", b.CgroupParent))
+	}
+	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 {
+		bad("restartBackoffMillis/maxRestartBackoffMillis/logMaxBytes", "must not be negative")
+	}
+	return errors.Join(errs...)
 }

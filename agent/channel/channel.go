@@ -1,0 +1,367 @@
+// Package channel is the agent's side of the guest channel: it dials the
+// host (BootConfig.Channel), retrying with back-off for as long as the
+// agent lives, and on every connection sends hello and a full status, then
+// a partial status whenever the pod's state changes, while it serves the
+// host's requests (logs, exec, stop, cancel). The host keeps nothing it
+// cannot rebuild from a new connection's hello and full status.
+package channel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+)
+
+// Pod is what the channel serves.
+type Pod interface {
+	// Status returns the current state and a channel closed at its next
+	// change.
+	Status() (guestchannel.Status, <-chan struct{})
+	// NextSeq numbers a status report.
+	NextSeq() uint64
+	// Logs streams a container's log to send until done.
+	Logs(ctx context.Context, req guestchannel.LogsRequest, send func([]byte) error) error
+	// Exec runs a command in a container and returns its exit code.
+	Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(stream string, data []byte)) (int32, error)
+	// Stop stops every container within grace.
+	Stop(grace time.Duration) guestchannel.Stopped
+}
+
+// Server dials the host and serves it.
+type Server struct {
+	// Addr is BootConfig.Channel.
+	Addr  string
+	Hello guestchannel.Hello
+	Pod   Pod
+	Log   *slog.Logger
+	// MinRetry and MaxRetry bound the redial back-off (100 ms and 2 s when
+	// zero).
+	MinRetry, MaxRetry time.Duration
+}
+
+// Run dials and serves until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	minRetry, maxRetry := s.MinRetry, s.MaxRetry
+	if minRetry <= 0 {
+		minRetry = 100 * time.Millisecond
+	}
+	if maxRetry <= 0 {
+		maxRetry = 2 * time.Second
+	}
+	log := s.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	retry := minRetry
+	for ctx.Err() == nil {
+		rwc, err := Dial(s.Addr)
+		if err == nil {
+			retry = minRetry
+			log.Info("channel connected", "addr", s.Addr)
+			err = s.serve(ctx, rwc)
+			log.Info("channel closed", "err", err)
+		} else {
+			log.Debug("channel dial", "addr", s.Addr, "err", err)
+		}
+		select {
+		case <-time.After(retry):
+		case <-ctx.Done():
+		}
+		retry = min(retry*2, maxRetry)
+	}
+}
+
+// Dial connects to a channel address: unix:<path>, vsock:<cid>:<port> or
+// serial:<device>.
+func Dial(addr string) (io.ReadWriteCloser, error) {
+	scheme, rest, _ := strings.Cut(addr, ":")
+	switch scheme {
+	case "unix":
+		return net.Dial("unix", rest)
+	case "vsock":
+		cidS, portS, ok := strings.Cut(rest, ":")
+		cid, err1 := strconv.ParseUint(cidS, 10, 32)
+		port, err2 := strconv.ParseUint(portS, 10, 32)
+		if !ok || err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("channel %q: want vsock:<cid>:<port>", addr)
+		}
+		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("vsock: %w", err)
+		}
+		if err := unix.Connect(fd, &unix.SockaddrVM{CID: uint32(cid), Port: uint32(port)}); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("vsock connect %s: %w", rest, err)
+		}
+		return os.NewFile(uintptr(fd), "vsock:"+rest), nil
+	case "serial":
+		return os.OpenFile(rest, os.O_RDWR|unix.O_NOCTTY, 0)
+	}
+	return nil, fmt.Errorf("channel %q: unknown scheme %q", addr, scheme)
+}
+
+// session is one connection.
+type session struct {
+	s    *Server
+	conn *guestchannel.Conn
+	mu   sync.Mutex
+	reqs map[string]context.CancelFunc
+	ins  map[string]*io.PipeWriter
+	wg   sync.WaitGroup
+	// flush asks pushStatus to send what changed now and close the given
+	// channel once sent: a stopped answer follows the statuses it implies.
+	flush chan chan struct{}
+}
+
+func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
+	ctx, cancel := context.WithCancel(ctx)
+	conn := guestchannel.NewConn(rwc)
+	ss := &session{s: s, conn: conn, reqs: map[string]context.CancelFunc{}, ins: map[string]*io.PipeWriter{}, flush: make(chan chan struct{})}
+	defer func() {
+		cancel()
+		conn.Close()
+		ss.mu.Lock()
+		for _, w := range ss.ins {
+			w.CloseWithError(errors.New("channel closed"))
+		}
+		ss.mu.Unlock()
+		ss.wg.Wait()
+	}()
+	go func() {
+		<-ctx.Done()
+		conn.Close() // unblocks Receive
+	}()
+	if err := conn.Send(guestchannel.TypeHello, "", s.Hello); err != nil {
+		return err
+	}
+	status, changed := s.Pod.Status()
+	status.Full, status.Seq = true, s.Pod.NextSeq()
+	if err := conn.Send(guestchannel.TypeStatus, "", status); err != nil {
+		return err
+	}
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		defer cancel()
+		ss.pushStatus(ctx, status, changed)
+	}()
+	for {
+		env, err := conn.Receive()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		ss.handle(ctx, env)
+	}
+}
+
+// pushStatus sends a partial status for every change after last.
+func (ss *session) pushStatus(ctx context.Context, last guestchannel.Status, changed <-chan struct{}) {
+	for {
+		var ack chan struct{}
+		select {
+		case <-changed:
+		case ack = <-ss.flush:
+		case <-ctx.Done():
+			return
+		}
+		var cur guestchannel.Status
+		cur, changed = ss.s.Pod.Status()
+		partial := guestchannel.Status{Phase: cur.Phase, Reason: cur.Reason, Message: cur.Message}
+		partial.InitContainers = diff(last.InitContainers, cur.InitContainers)
+		partial.Containers = diff(last.Containers, cur.Containers)
+		if partial.Phase != last.Phase || partial.Reason != last.Reason || partial.Message != last.Message ||
+			len(partial.InitContainers) > 0 || len(partial.Containers) > 0 {
+			partial.Seq = ss.s.Pod.NextSeq()
+			if err := ss.conn.Send(guestchannel.TypeStatus, "", partial); err != nil {
+				if ack != nil {
+					close(ack)
+				}
+				return
+			}
+			last = cur
+		}
+		if ack != nil {
+			close(ack)
+		}
+	}
+}
+
+// diff lists the statuses of cur that differ from last (same order).
+func diff(last, cur []guestchannel.ContainerStatus) []guestchannel.ContainerStatus {
+	var out []guestchannel.ContainerStatus
+	for i, c := range cur {
+		if i >= len(last) || !equal(last[i], c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func equal(a, b guestchannel.ContainerStatus) bool {
+	if (a.LastState == nil) != (b.LastState == nil) {
+		return false
+	}
+	if a.LastState != nil && !stateEqual(*a.LastState, *b.LastState) {
+		return false
+	}
+	return a.Name == b.Name && a.RestartCount == b.RestartCount && a.Ready == b.Ready &&
+		a.Started == b.Started && stateEqual(a.State, b.State)
+}
+
+func stateEqual(a, b guestchannel.ContainerState) bool {
+	t := func(x, y *time.Time) bool { return (x == nil && y == nil) || (x != nil && y != nil && x.Equal(*y)) }
+	return a.Kind == b.Kind && a.Reason == b.Reason && a.Message == b.Message && a.ExitCode == b.ExitCode &&
+		a.Signal == b.Signal && t(a.StartedAt, b.StartedAt) && t(a.FinishedAt, b.FinishedAt)
+}
+
+func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
+	fail := func(err error) {
+		_ = ss.conn.Send(guestchannel.TypeError, env.ID, guestchannel.Error{Message: err.Error()})
+	}
+	switch env.Type {
+	case guestchannel.TypeLogs:
+		var req guestchannel.LogsRequest
+		if err := env.Decode(&req); err != nil {
+			fail(err)
+			return
+		}
+		rctx := ss.track(ctx, env.ID)
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			defer ss.untrack(env.ID)
+			err := ss.s.Pod.Logs(rctx, req, func(b []byte) error {
+				return ss.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: b})
+			})
+			end := guestchannel.LogChunk{EOF: true}
+			if err != nil {
+				end.Error = err.Error()
+			}
+			_ = ss.conn.Send(guestchannel.TypeLogChunk, env.ID, end)
+		}()
+	case guestchannel.TypeExec:
+		var req guestchannel.ExecRequest
+		if err := env.Decode(&req); err != nil {
+			fail(err)
+			return
+		}
+		rctx := ss.track(ctx, env.ID)
+		var stdin io.Reader
+		if req.Stdin {
+			r, w := io.Pipe()
+			ss.mu.Lock()
+			ss.ins[env.ID] = w
+			ss.mu.Unlock()
+			stdin = r
+		}
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			defer ss.untrack(env.ID)
+			code, err := ss.s.Pod.Exec(rctx, req, stdin, func(stream string, data []byte) {
+				_ = ss.conn.Send(guestchannel.TypeExecOutput, env.ID, guestchannel.ExecOutput{Stream: stream, Data: data})
+			})
+			exit := guestchannel.ExecExit{ExitCode: code}
+			if err != nil {
+				exit.Error = err.Error()
+			}
+			_ = ss.conn.Send(guestchannel.TypeExecExit, env.ID, exit)
+		}()
+	case guestchannel.TypeExecStdin:
+		var in guestchannel.ExecStdin
+		if err := env.Decode(&in); err != nil {
+			fail(err)
+			return
+		}
+		ss.mu.Lock()
+		w := ss.ins[env.ID]
+		ss.mu.Unlock()
+		if w == nil {
+			fail(fmt.Errorf("exec.stdin: no exec %q waiting for input", env.ID))
+			return
+		}
+		if len(in.Data) > 0 {
+			// An io.Pipe write returns once the command's side has read it;
+			// the command is expected to read its input.
+			_, _ = w.Write(in.Data)
+		}
+		if in.EOF {
+			w.Close()
+			ss.mu.Lock()
+			delete(ss.ins, env.ID)
+			ss.mu.Unlock()
+		}
+	case guestchannel.TypeStop:
+		var req guestchannel.StopRequest
+		if err := env.Decode(&req); err != nil {
+			fail(err)
+			return
+		}
+		ss.wg.Add(1)
+		go func() {
+			defer ss.wg.Done()
+			stopped := ss.s.Pod.Stop(time.Duration(req.GracePeriodSeconds) * time.Second)
+			ack := make(chan struct{})
+			select {
+			case ss.flush <- ack:
+				<-ack
+			case <-ctx.Done():
+				return
+			}
+			_ = ss.conn.Send(guestchannel.TypeStopped, env.ID, stopped)
+		}()
+	case guestchannel.TypeCancel:
+		var req guestchannel.Cancel
+		if err := env.Decode(&req); err != nil {
+			fail(err)
+			return
+		}
+		ss.mu.Lock()
+		if c := ss.reqs[req.Target]; c != nil {
+			c()
+		}
+		if w := ss.ins[req.Target]; w != nil {
+			w.CloseWithError(errors.New("cancelled"))
+			delete(ss.ins, req.Target)
+		}
+		ss.mu.Unlock()
+	default:
+		fail(fmt.Errorf("unknown message type %q", env.Type))
+	}
+}
+
+func (ss *session) track(ctx context.Context, id string) context.Context {
+	rctx, cancel := context.WithCancel(ctx)
+	ss.mu.Lock()
+	ss.reqs[id] = cancel
+	ss.mu.Unlock()
+	return rctx
+}
+
+func (ss *session) untrack(id string) {
+	ss.mu.Lock()
+	if c := ss.reqs[id]; c != nil {
+		c()
+	}
+	delete(ss.reqs, id)
+	if w := ss.ins[id]; w != nil {
+		w.Close()
+		delete(ss.ins, id)
+	}
+	ss.mu.Unlock()
+}

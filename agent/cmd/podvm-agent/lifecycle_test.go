@@ -1,0 +1,236 @@
+package main
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/internal/guesttest"
+)
+
+func withVolume(c guestchannel.Container) guestchannel.Container {
+	c.VolumeMounts = []guestchannel.VolumeMount{{Name: "shared", MountPath: "/v"}}
+	return c
+}
+
+func emptyDir(spec *guestchannel.PodSpec) *guestchannel.PodSpec {
+	spec.Volumes = []guestchannel.Volume{{Name: "shared", EmptyDir: &guestchannel.EmptyDir{}}}
+	return spec
+}
+
+// A crashing container with restartPolicy Always restarts with back-off,
+// its log follows across restarts, --previous reads the instance before,
+// and its emptyDir outlives each instance.
+func TestRestartBackoffAndLogsAcrossRestarts(t *testing.T) {
+	needGuest(t)
+	crash := withVolume(sh("crash", `n=$(cat /v/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /v/n; echo "instance $n"; sleep 0.3; exit 1`))
+	spec := emptyDir(image.Spec("crashy", "Always", 1, nil, []guestchannel.Container{crash}))
+	g := guest(t, spec, guesttest.Options{Backoff: 300 * time.Millisecond, MaxBackoff: 600 * time.Millisecond})
+
+	g.Host.Wait("crash running", wait, running("crash"))
+	follow := g.Host.Follow("crash")
+	follow.WaitText(t, wait, "instance 1", "instance 2", "instance 3")
+
+	v := g.Host.Wait("three restarts", wait, func(v guesttest.View) bool { return v.Container("crash").RestartCount >= 3 })
+	if c := v.Container("crash"); c.LastState == nil || c.LastState.ExitCode != 1 || c.LastState.Reason != "Error" {
+		t.Errorf("lastState = %+v, want terminated with exit code 1", c.LastState)
+	}
+	// Between instances the container waits in CrashLoopBackOff, its
+	// restart count going up one at a time.
+	_, reports, _ := g.Host.Snapshot()
+	backoffs := 0
+	lastCount := int32(0)
+	for _, r := range reports {
+		for _, c := range r.Containers {
+			if c.RestartCount < lastCount || c.RestartCount > lastCount+1 {
+				t.Errorf("restartCount went from %d to %d", lastCount, c.RestartCount)
+			}
+			lastCount = c.RestartCount
+			if c.State.Kind == guestchannel.StateWaiting && c.State.Reason == "CrashLoopBackOff" {
+				backoffs++
+				if c.LastState == nil || c.LastState.Kind != guestchannel.StateTerminated {
+					t.Errorf("CrashLoopBackOff without the terminated last state: %+v", c)
+				}
+			}
+		}
+	}
+	if backoffs < 3 {
+		t.Errorf("saw %d CrashLoopBackOff reports, want one before each of 3 restarts", backoffs)
+	}
+	// A restart waits the back-off (300 ms, then 600 ms) after the
+	// instance before ended.
+	if c := v.Container("crash"); c.State.StartedAt == nil || c.LastState == nil || c.LastState.FinishedAt == nil {
+		t.Errorf("crash = %+v, want startedAt and the last state's finishedAt", c)
+	} else if gap := c.State.StartedAt.Sub(*c.LastState.FinishedAt); gap < 300*time.Millisecond {
+		t.Errorf("restarted %s after the previous instance ended, want at least the 300 ms back-off", gap)
+	}
+
+	// --previous is the instance before the current one.
+	cur := v.Container("crash").RestartCount + 1 // instance numbers as the script counts them
+	prev, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "crash", Previous: true})
+	if errMsg != "" || !strings.HasPrefix(prev, "instance ") {
+		t.Fatalf("logs --previous = %q, %s", prev, errMsg)
+	}
+	now, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "crash"})
+	if now == prev {
+		t.Errorf("logs and logs --previous both %q", now)
+	}
+	if want := "instance " + strconv.Itoa(int(cur)-1) + "\n"; prev != want && prev != "instance "+strconv.Itoa(int(cur))+"\n" {
+		// The container may restart between the status and the request:
+		// previous is then one further on.
+		t.Errorf("logs --previous = %q, want %q", prev, want)
+	}
+
+	// Cancel ends the follow.
+	g.Host.Send(guestchannel.TypeCancel, "", guestchannel.Cancel{Target: follow.ID})
+	select {
+	case <-follow.Ended():
+	case <-time.After(5 * time.Second):
+		t.Error("follow did not end after cancel")
+	}
+}
+
+// Init containers run one at a time, in order, to completion, before the
+// containers; OnFailure does not restart a container that succeeded.
+func TestInitContainersInOrder(t *testing.T) {
+	needGuest(t)
+	init := []guestchannel.Container{
+		withVolume(sh("init-1", "sleep 0.2; echo one >> /v/order")),
+		withVolume(sh("init-2", "echo two >> /v/order")),
+	}
+	main := withVolume(sh("main", "cat /v/order; echo main >> /v/order"))
+	spec := emptyDir(image.Spec("inits", "OnFailure", 1, init, []guestchannel.Container{main}))
+	g := guest(t, spec, guesttest.Options{})
+
+	v := g.Host.Wait("pod succeeded", wait, func(v guesttest.View) bool { return v.Phase == guestchannel.PhaseSucceeded })
+	for _, name := range []string{"init-1", "init-2", "main"} {
+		c := v.Container(name)
+		if c.State.Kind != guestchannel.StateTerminated || c.State.ExitCode != 0 || c.State.Reason != "Completed" || c.RestartCount != 0 {
+			t.Errorf("%s = %+v restarts %d, want completed once", name, c.State, c.RestartCount)
+		}
+	}
+	i1, i2, m := v.Container("init-1").State, v.Container("init-2").State, v.Container("main").State
+	if i2.StartedAt.Before(*i1.FinishedAt) || m.StartedAt.Before(*i2.FinishedAt) {
+		t.Errorf("out of order: init-1 %v–%v, init-2 %v–%v, main from %v", i1.StartedAt, i1.FinishedAt, i2.StartedAt, i2.FinishedAt, m.StartedAt)
+	}
+	if text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "main"}); text != "one\ntwo\n" {
+		t.Errorf("main saw %q, want the init containers' lines in order", text)
+	}
+	// While init containers ran, the container waited for them.
+	_, reports, _ := g.Host.Snapshot()
+	if c := reports[0].Containers[0]; c.State.Kind != guestchannel.StateWaiting || c.State.Reason != "PodInitializing" {
+		t.Errorf("main in the first report = %+v, want waiting PodInitializing", c.State)
+	}
+}
+
+// A failing init container with restartPolicy Never fails the pod and its
+// containers never start.
+func TestInitContainerFailureFailsPod(t *testing.T) {
+	needGuest(t)
+	spec := image.Spec("initfail", "Never", 1, []guestchannel.Container{sh("init", "exit 2")}, []guestchannel.Container{sh("main", "sleep 3600")})
+	g := guest(t, spec, guesttest.Options{})
+	v := g.Host.Wait("pod failed", wait, func(v guesttest.View) bool { return v.Phase == guestchannel.PhaseFailed })
+	if c := v.Container("init"); c.State.ExitCode != 2 {
+		t.Errorf("init = %+v, want exit 2", c.State)
+	}
+	if c := v.Container("main"); c.State.Kind != guestchannel.StateWaiting {
+		t.Errorf("main = %+v, want never started", c.State)
+	}
+}
+
+// Stop honours the grace period: a container that traps SIGTERM ends on
+// it; one that ignores it is killed once the grace period is over.
+func TestStopGracePeriod(t *testing.T) {
+	needGuest(t)
+	polite := sh("polite", `trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.05; done`)
+	stubborn := sh("stubborn", `trap '' TERM; echo ready; while true; do sleep 0.05; done`)
+	spec := image.Spec("grace", "Always", 2, nil, []guestchannel.Container{polite, stubborn})
+	g := guest(t, spec, guesttest.Options{})
+	g.Host.Wait("both running", wait, func(v guesttest.View) bool { return running("polite")(v) && running("stubborn")(v) })
+	for _, name := range []string{"polite", "stubborn"} {
+		guesttest.Eventually(t, name+" trapping", wait, func() bool {
+			text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: name})
+			return text == "ready\n"
+		})
+	}
+
+	start := time.Now()
+	stopped := g.Host.Stop(1, wait)
+	took := time.Since(start)
+	if len(stopped.Killed) != 1 || stopped.Killed[0] != "stubborn" {
+		t.Errorf("killed = %v, want only stubborn", stopped.Killed)
+	}
+	if took < time.Second || took > 5*time.Second {
+		t.Errorf("stop took %s, want the 1 s grace period asked for (less than the pod's 2 s)", took)
+	}
+	v, _, _ := g.Host.Snapshot()
+	if c := v.Container("polite"); c.State.Kind != guestchannel.StateTerminated || c.State.ExitCode != 0 || c.State.Signal != 0 {
+		t.Errorf("polite = %+v, want exit 0 from its trap", c.State)
+	}
+	if c := v.Container("stubborn"); c.State.ExitCode != 137 || c.State.Signal != 9 {
+		t.Errorf("stubborn = %+v, want killed (137, signal 9)", c.State)
+	}
+	if v.Phase != guestchannel.PhaseStopping {
+		t.Errorf("phase = %s, want Stopping", v.Phase)
+	}
+	if text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "polite"}); text != "ready\ngot TERM\n" {
+		t.Errorf("polite's log = %q", text)
+	}
+	if procs := guesttest.Descendants(g.Pid()); len(procs) > 0 {
+		t.Errorf("processes left in the guest: %v", procs)
+	}
+	if procs := guesttest.CgroupProcs(g.Cgroup); len(procs) > 0 {
+		t.Errorf("processes left in the cgroups: %v", procs)
+	}
+	// No restart after a stop, even with Always.
+	if v, _, _ := g.Host.Snapshot(); v.Container("polite").RestartCount != 0 {
+		t.Errorf("restarted after stop")
+	}
+}
+
+// A container allocating past its memory limit is OOM-killed and reported
+// OOMKilled.
+func TestOOMKilled(t *testing.T) {
+	needGuest(t)
+	hog := guestchannel.Container{Name: "hog", Command: []string{"tail", "/dev/zero"},
+		Resources: guestchannel.Resources{MemoryLimitBytes: 16 << 20, CPULimitMilli: 500}}
+	spec := image.Spec("oom", "Never", 1, nil, []guestchannel.Container{hog})
+	g := guest(t, spec, guesttest.Options{})
+	v := g.Host.Wait("hog terminated", wait, func(v guesttest.View) bool {
+		return v.Container("hog").State.Kind == guestchannel.StateTerminated
+	})
+	if c := v.Container("hog").State; c.Reason != "OOMKilled" || c.ExitCode != 137 {
+		t.Errorf("hog = %+v, want OOMKilled with exit code 137", c)
+	}
+	if v.Phase != guestchannel.PhaseFailed {
+		t.Errorf("phase = %s, want Failed", v.Phase)
+	}
+}
+
+// An image disk that does not mount keeps the pod Pending with a reason the
+// host can show, and the agent still answers.
+func TestUnmountableDiskIsReported(t *testing.T) {
+	needGuest(t)
+	junk := t.TempDir() + "/junk-flat.vmdk"
+	if err := os.WriteFile(junk, []byte(strings.Repeat("not a filesystem ", 1000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	spec := image.Spec("baddisk", "Always", 1, nil, []guestchannel.Container{sh("app", "sleep 3600")})
+	g := guest(t, spec, guesttest.Options{Devices: map[string]string{"scsi0:1": junk}})
+	v := g.Host.Wait("a reason", wait, func(v guesttest.View) bool { return v.Reason != "" })
+	if v.Phase != guestchannel.PhasePending || v.Reason != "ContainerCreating" || !strings.Contains(v.Message, "disks[1]") {
+		t.Errorf("status = %s %s %q, want Pending ContainerCreating naming disks[1]", v.Phase, v.Reason, v.Message)
+	}
+	if c := v.Container("app"); c.State.Kind != guestchannel.StateWaiting {
+		t.Errorf("app = %+v, want waiting", c.State)
+	}
+	if r := g.Host.Exec("app", nil, "true"); r.Error == "" {
+		t.Errorf("exec in a pod that never started: %+v, want an error", r)
+	}
+	if stopped := g.Host.Stop(1, wait); len(stopped.Killed) != 0 {
+		t.Errorf("stopped = %+v", stopped)
+	}
+}

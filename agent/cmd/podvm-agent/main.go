@@ -1,0 +1,218 @@
+// Command podvm-agent is the pod VM agent: PID 1 of a pod VM's guest. It
+// mounts the VM's disks, runs the pod's containers with an OCI runtime and
+// reports them to the host over the guest channel. See package doc of
+// github.com/podvisor/podvisor/agent for the whole picture.
+//
+//	podvm-agent --boot-config /path/boot.json [--log-level debug]
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/bootconfig"
+	"github.com/podvisor/podvisor/agent/channel"
+	"github.com/podvisor/podvisor/agent/disks"
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/internal/reaper"
+	"github.com/podvisor/podvisor/agent/logs"
+	"github.com/podvisor/podvisor/agent/runtime"
+	"github.com/podvisor/podvisor/agent/supervisor"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	bootFile := flag.String("boot-config", "", "boot configuration JSON (BootConfig with the pod spec)")
+	level := flag.String("log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "podvm-agent: --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	if *bootFile == "" {
+		fmt.Fprintln(os.Stderr, "podvm-agent: --boot-config: required")
+		os.Exit(2)
+	}
+	if err := run(log, bootconfig.FileSource{Path: *bootFile}); err != nil {
+		log.Error("agent", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, src bootconfig.Source) error {
+	reaper.Run()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+
+	cfg, err := src.Load(ctx)
+	if err != nil {
+		return err
+	}
+	if err := initGuest(log, hostname(cfg.Spec)); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log}
+	srv := &channel.Server{
+		Addr: cfg.Boot.Channel,
+		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
+			PodUID: cfg.Spec.UID, VMUUID: cfg.Boot.VMUUID, BootID: newBootID()},
+		Pod: a, Log: log.With("part", "channel"),
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		srv.Run(ctx)
+	}()
+
+	mounted, err := a.start(cfg)
+	if err != nil {
+		log.Error("pod cannot start", "err", err)
+		a.board.SetPending("ContainerCreating", err.Error())
+	}
+	<-sigs
+	log.Info("shutting down")
+	grace := time.Duration(cfg.Spec.TerminationGracePeriodSeconds) * time.Second
+	a.Stop(grace)
+	var errs []error
+	if pod := a.currentPod(); pod != nil {
+		errs = append(errs, pod.Close())
+	}
+	if mounted != nil {
+		errs = append(errs, mounted.Unmount())
+	}
+	cancel()
+	<-served
+	return errors.Join(errs...)
+}
+
+// start mounts the disks and starts the pod's supervisor.
+func (a *agent) start(cfg *bootconfig.Config) (*disks.Mounted, error) {
+	state := cfg.Boot.StateDir
+	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
+	if err != nil {
+		return nil, err
+	}
+	mounted, err := disks.Mount(cfg.Spec, cfg.Boot.Devices, filepath.Join(state, "disks"))
+	if err != nil {
+		return nil, err
+	}
+	pod, err := supervisor.New(supervisor.Config{
+		Spec: cfg.Spec, Board: a.board, Runtime: rt, Disks: mounted, StateDir: state,
+		CgroupParent: cfg.Boot.CgroupParent, Backoff: cfg.RestartBackoff(), MaxBackoff: cfg.MaxRestartBackoff(),
+		LogMaxBytes: cfg.LogMaxBytes(), Log: a.log.With("part", "supervisor"),
+	})
+	if err != nil {
+		return mounted, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stopping {
+		_ = pod.Close()
+		return mounted, nil
+	}
+	a.pod = pod
+	go pod.Run()
+	return mounted, nil
+}
+
+// agent serves the channel from the supervisor, also before the pod exists
+// (disks still mounting) or when it could not start.
+type agent struct {
+	board    *supervisor.Board
+	spec     *guestchannel.PodSpec
+	log      *slog.Logger
+	mu       sync.Mutex
+	pod      *supervisor.Pod
+	stopping bool
+}
+
+var _ channel.Pod = (*agent)(nil)
+
+func (a *agent) currentPod() *supervisor.Pod {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.pod
+}
+
+func (a *agent) Status() (guestchannel.Status, <-chan struct{}) { return a.board.Snapshot() }
+func (a *agent) NextSeq() uint64                                { return a.board.NextSeq() }
+
+func (a *agent) Logs(ctx context.Context, req guestchannel.LogsRequest, send func([]byte) error) error {
+	pod := a.currentPod()
+	if pod == nil {
+		return errors.New("the pod's containers have not started")
+	}
+	if !a.known(req.Container) {
+		return fmt.Errorf("container %q is not in the pod", req.Container)
+	}
+	return pod.Logs().Read(ctx, req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines},
+		guestchannel.ChunkSize, send)
+}
+
+func (a *agent) Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(string, []byte)) (int32, error) {
+	pod := a.currentPod()
+	if pod == nil {
+		return 0, errors.New("the pod's containers have not started")
+	}
+	return pod.Exec(ctx, req.Container, req.Command, stdin, out)
+}
+
+// Stop stops the pod within grace, never longer than the pod's own
+// terminationGracePeriodSeconds (0: the pod's).
+func (a *agent) Stop(grace time.Duration) guestchannel.Stopped {
+	podGrace := time.Duration(a.spec.TerminationGracePeriodSeconds) * time.Second
+	if grace <= 0 || grace > podGrace {
+		grace = podGrace
+	}
+	a.mu.Lock()
+	a.stopping = true
+	pod := a.pod
+	a.mu.Unlock()
+	if pod == nil {
+		return guestchannel.Stopped{}
+	}
+	return pod.Stop(grace)
+}
+
+func (a *agent) known(name string) bool {
+	for _, cs := range [][]guestchannel.Container{a.spec.InitContainers, a.spec.Containers} {
+		for _, c := range cs {
+			if c.Name == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func hostname(s *guestchannel.PodSpec) string {
+	if s.Hostname != "" {
+		return s.Hostname
+	}
+	return s.Name
+}
+
+func newBootID() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

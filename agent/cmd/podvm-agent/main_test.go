@@ -1,0 +1,177 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/internal/guesttest"
+	"github.com/podvisor/podvisor/agent/internal/privtest"
+)
+
+// The agent binary and the test image, built once for the whole run.
+var (
+	agentBin string
+	image    *guesttest.Image
+	setupErr error
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "podvm-agent-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	agentBin, setupErr = guesttest.BuildAgent(dir)
+	if setupErr == nil && os.Geteuid() == 0 {
+		if _, err := exec.LookPath("mkfs.erofs"); err == nil {
+			image, setupErr = guesttest.BuildImage(dir)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// needGuest checks what a guest needs; every test that boots one calls it
+// first.
+func needGuest(t *testing.T) {
+	t.Helper()
+	privtest.Require(t, "the agent mounts disks, makes namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	if setupErr != nil {
+		t.Fatal(setupErr)
+	}
+}
+
+// guest boots a guest running spec.
+func guest(t *testing.T, spec *guestchannel.PodSpec, opt guesttest.Options) *guesttest.Guest {
+	t.Helper()
+	return guesttest.Start(t, agentBin, image, spec, opt)
+}
+
+func sh(name, script string) guestchannel.Container {
+	return guestchannel.Container{Name: name, Command: []string{"/bin/sh", "-c", script}}
+}
+
+func running(name string) func(guesttest.View) bool {
+	return func(v guesttest.View) bool { return v.Container(name).State.Kind == guestchannel.StateRunning }
+}
+
+const wait = 20 * time.Second
+
+// A pod as the acceptance tour runs it: one container that logs and writes a
+// file, one that exits 3 with restartPolicy Never.
+func TestContainersRunExitCodesLogsExec(t *testing.T) {
+	needGuest(t)
+	first := sh("first", "echo hello; echo data > /data.txt; echo to-stderr >&2; sleep 3600")
+	first.Env = []guestchannel.EnvVar{{Name: "GREETING", Value: "hi there"}}
+	spec := image.Spec("tour", "Never", 1, nil, []guestchannel.Container{first, sh("three", "exit 3")})
+	g := guest(t, spec, guesttest.Options{})
+
+	v := g.Host.Wait("first running, three terminated", wait, func(v guesttest.View) bool {
+		return running("first")(v) && v.Container("three").State.Kind == guestchannel.StateTerminated
+	})
+	three := v.Container("three")
+	if three.State.ExitCode != 3 || three.State.Reason != "Error" || three.RestartCount != 0 {
+		t.Errorf("three = %+v, want terminated exitCode 3 reason Error, no restart", three.State)
+	}
+	if v.Phase != guestchannel.PhaseRunning {
+		t.Errorf("phase = %s, want Running", v.Phase)
+	}
+	if f := v.Container("first"); !f.Ready || !f.Started || f.State.StartedAt == nil {
+		t.Errorf("first = %+v, want ready, started, with startedAt", f)
+	}
+	_, reports, hellos := g.Host.Snapshot()
+	if len(hellos) != 1 || hellos[0].PodUID != spec.UID || hellos[0].VMUUID != "vm-tour" || hellos[0].BootID == "" {
+		t.Errorf("hellos = %+v", hellos)
+	}
+	if !reports[0].Full {
+		t.Errorf("first report is not full: %+v", reports[0])
+	}
+	for i := 1; i < len(reports); i++ {
+		if reports[i].Seq <= reports[i-1].Seq || reports[i].Full {
+			t.Errorf("report %d: seq %d after %d, full=%v: want increasing partial reports", i, reports[i].Seq, reports[i-1].Seq, reports[i].Full)
+		}
+	}
+
+	// Logs: stdout and stderr in write order.
+	guesttest.Eventually(t, "first's output", wait, func() bool {
+		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "first"})
+		return strings.Contains(text, "to-stderr")
+	})
+	if text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first"}); text != "hello\nto-stderr\n" || errMsg != "" {
+		t.Errorf("logs first = %q (%s), want hello and to-stderr", text, errMsg)
+	}
+	if text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "first", TailLines: 1}); text != "to-stderr\n" {
+		t.Errorf("logs --tail 1 = %q", text)
+	}
+	if _, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first", Previous: true}); errMsg == "" {
+		t.Errorf("logs --previous of a container never restarted: no error")
+	}
+	if _, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "nope"}); !strings.Contains(errMsg, "nope") {
+		t.Errorf("logs of an unknown container: error %q", errMsg)
+	}
+
+	// Exec: output, exit code, stdin, the container's env, hostname and image.
+	for _, tc := range []struct {
+		name   string
+		stdin  []byte
+		cmd    []string
+		stdout string
+		stderr string
+		code   int32
+	}{
+		{"file written by the container", nil, []string{"cat", "/data.txt"}, "data\n", "", 0},
+		{"exit code and stderr", nil, []string{"sh", "-c", "echo oops >&2; exit 7"}, "", "oops\n", 7},
+		{"stdin", []byte("piped input\n"), []string{"cat"}, "piped input\n", "", 0},
+		{"environment", nil, []string{"sh", "-c", "echo $GREETING"}, "hi there\n", "", 0},
+		{"hostname is the pod's", nil, []string{"hostname"}, "tour\n", "", 0},
+		{"both layers", nil, []string{"cat", "/etc/base.txt", "/etc/top.txt"}, "base\ntop\n", "", 0},
+		{"whiteout hides the base's file", nil, []string{"sh", "-c", "test -e /etc/removed || echo gone"}, "gone\n", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := g.Host.Exec("first", tc.stdin, tc.cmd...)
+			if r.Stdout != tc.stdout || r.Stderr != tc.stderr || r.ExitCode != tc.code || r.Error != "" {
+				t.Errorf("exec %q = %+v, want stdout %q stderr %q exit %d", tc.cmd, r, tc.stdout, tc.stderr, tc.code)
+			}
+		})
+	}
+	if r := g.Host.Exec("three", nil, "true"); !strings.Contains(r.Error, "not running") {
+		t.Errorf("exec in a terminated container: %+v, want a not-running error", r)
+	}
+
+	// The container's write is in its upper directory on disk 0; the image
+	// disks did not change.
+	b, err := os.ReadFile(g.UpperDir("first") + "/data.txt")
+	if err != nil || string(b) != "data\n" {
+		t.Errorf("upper dir on disk 0: data.txt = %q, %v", b, err)
+	}
+	image.Unchanged(t)
+
+	// Stop: nothing of the pod is left.
+	stopped := g.Host.Stop(1, wait)
+	if len(stopped.Killed) != 1 || stopped.Killed[0] != "first" {
+		t.Errorf("stopped = %+v, want first killed (sh as PID 1 ignores SIGTERM)", stopped)
+	}
+	v, _, _ = g.Host.Snapshot()
+	if f := v.Container("first"); f.State.Kind != guestchannel.StateTerminated || f.State.Signal != 9 {
+		t.Errorf("first after stop = %+v, want terminated by SIGKILL", f.State)
+	}
+	if procs := guesttest.Descendants(g.Pid()); len(procs) > 0 {
+		t.Errorf("processes left in the guest after stop: %v", procs)
+	}
+	if procs := guesttest.CgroupProcs(g.Cgroup); len(procs) > 0 {
+		t.Errorf("processes left in the pod's cgroups after stop: %v", procs)
+	}
+	if dirs := guesttest.CgroupDirs(g.Cgroup); len(dirs) > 0 {
+		t.Errorf("container cgroups left after stop: %v", dirs)
+	}
+	if errs := g.Host.Errors(); len(errs) > 0 {
+		t.Errorf("protocol errors: %v", errs)
+	}
+}

@@ -1,0 +1,43 @@
+// Package agent is the pod VM agent's module: the program that runs inside
+// a pod VM's guest as its PID 1, runs the pod's containers and reports them
+// to the host. It depends on the standard library, the OCI runtime-spec
+// types and golang.org/x/sys only, so that it builds as one static binary
+// (CGO_ENABLED=0) and never pulls the control plane's dependencies into a
+// guest.
+//
+// # Packages
+//
+//	guestchannel   the contract with the host agent: pod spec, boot config, framed messages (stdlib only)
+//	bootconfig     where the boot config and the spec come from (Source: a file today; guestinfo or a
+//	               configuration disk on real VMs later)
+//	disks          loop devices (LOOP_CONFIGURE, autoclear), mkfs.ext4 of a blank disk 0, erofs and ext4 mounts
+//	bundle         one container instance's OCI bundle (runtime-spec types, Kubernetes command rules)
+//	runtime        the runc/crun driver (run --detach + pid file, exec, delete)
+//	supervisor     the pod: init containers, restarts with back-off, probes, OOM, stop; the reported Board
+//	logs           log files on disk 0 with rotation; tail, previous, follow across restarts
+//	channel        dial the host (retrying forever), hello + full status per connection, partial status per
+//	               change, serve logs/exec/stop/cancel
+//	cmd/podvm-agent  the binary: init duties, wiring, SIGTERM = power off
+//
+// # Boot
+//
+// As PID 1 the agent makes every mount private, mounts a /proc for its pid
+// namespace (and /sys, /dev, the cgroup filesystem where a real VM's kernel
+// left them out), reaps every orphan of the guest, brings lo up and sets the
+// hostname to the pod's. It reads BootConfig (--boot-config FILE), dials the
+// channel at once (the host sees Pending while disks mount), mounts disk 0
+// (formatting it ext4 if blank) and every image disk read-only, and starts
+// the supervisor. SIGTERM — the hypervisor's power-off — stops every
+// container within the pod's grace period, unmounts everything and exits.
+//
+// # A container's root
+//
+// lowerdir = the mountpoints of the container's Chain disks in order (top
+// layer first), upperdir and workdir = <disk 0>/containers/<name>/{upper,work}
+// (emptied for every new instance, as a restarted Kubernetes container
+// starts from its image); the overlay is mounted at
+// <stateDir>/rootfs/<name> and becomes the bundle's root. A container's
+// writes thus land on disk 0 only; the image disks are mounted read-only
+// and never change. emptyDir volumes are <disk 0>/volumes/<name> (a tmpfs
+// for medium Memory), bind-mounted into the containers that use them.
+package agent

@@ -1,0 +1,358 @@
+// Package logs keeps the containers' output on the ephemeral disk and reads
+// it back for the host: the last lines (tail), the previous instance of a
+// restarted container, and a follow that carries on across restarts.
+//
+// Each instance of a container (the first start is instance 0, every restart
+// the next) writes dir/<container>/<instance>.log, raw bytes as the
+// container wrote them, stdout and stderr in write order. A file that grows
+// past the size limit is renamed <instance>.log.1 (replacing an older one)
+// and a new one begun, so an instance keeps at most twice the limit.
+package logs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+)
+
+// ErrNoPrevious is returned for --previous on a container never restarted.
+var ErrNoPrevious = errors.New("previous terminated container not found")
+
+// Store is the log directory of a pod.
+type Store struct {
+	dir      string
+	maxBytes int64
+	mu       sync.Mutex
+	ctrs     map[string]*ctrLog
+	closed   chan struct{}
+	once     sync.Once
+}
+
+type ctrLog struct {
+	instance int  // current instance, -1 before the first start
+	ended    bool // the current instance's writer closed
+	final    bool // no instance will follow
+	changed  chan struct{}
+}
+
+// NewStore keeps logs under dir, rotating files past maxBytes.
+func NewStore(dir string, maxBytes int64) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	return &Store{dir: dir, maxBytes: maxBytes, ctrs: map[string]*ctrLog{}, closed: make(chan struct{})}, nil
+}
+
+// Close ends every follow.
+func (s *Store) Close() { s.once.Do(func() { close(s.closed) }) }
+
+func (s *Store) ctr(name string) *ctrLog {
+	c, ok := s.ctrs[name]
+	if !ok {
+		c = &ctrLog{instance: -1, changed: make(chan struct{})}
+		s.ctrs[name] = c
+	}
+	return c
+}
+
+// broadcast wakes followers; s.mu held.
+func (c *ctrLog) broadcast() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+func (s *Store) path(name string, instance int) string {
+	return filepath.Join(s.dir, name, fmt.Sprintf("%d.log", instance))
+}
+
+// Writer receives one instance's output.
+type Writer struct {
+	s        *Store
+	name     string
+	instance int
+	f        *os.File
+	size     int64
+}
+
+// Begin starts the log of instance of container name.
+func (s *Store) Begin(name string, instance int) (*Writer, error) {
+	if err := os.MkdirAll(filepath.Join(s.dir, name), 0o755); err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	p := s.path(name, instance)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	_ = os.Remove(p + ".1")
+	s.mu.Lock()
+	c := s.ctr(name)
+	c.instance, c.ended, c.final = instance, false, false
+	c.broadcast()
+	s.mu.Unlock()
+	return &Writer{s: s, name: name, instance: instance, f: f}, nil
+}
+
+// Write appends p, rotating first when the file is full.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.size > 0 && w.size+int64(len(p)) > w.s.maxBytes {
+		path := w.s.path(w.name, w.instance)
+		w.f.Close()
+		if err := os.Rename(path, path+".1"); err != nil {
+			return 0, fmt.Errorf("logs: rotate: %w", err)
+		}
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+		if err != nil {
+			return 0, fmt.Errorf("logs: rotate: %w", err)
+		}
+		w.f, w.size = f, 0
+	}
+	n, err := w.f.Write(p)
+	w.size += int64(n)
+	w.s.mu.Lock()
+	w.s.ctr(w.name).broadcast()
+	w.s.mu.Unlock()
+	return n, err
+}
+
+// Close ends the instance's log.
+func (w *Writer) Close() error {
+	err := w.f.Close()
+	w.s.mu.Lock()
+	c := w.s.ctr(w.name)
+	if c.instance == w.instance {
+		c.ended = true
+	}
+	c.broadcast()
+	w.s.mu.Unlock()
+	return err
+}
+
+// Copy writes everything read from r to a new log of the instance, then
+// closes it: the pump between a container's output pipe and its log.
+func (s *Store) Copy(name string, instance int, r io.Reader) error {
+	w, err := s.Begin(name, instance)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(w, r)
+	return errors.Join(err, w.Close())
+}
+
+// Final says that container name will not start again: a follow ends at
+// the end of its last log.
+func (s *Store) Final(name string) {
+	s.mu.Lock()
+	c := s.ctr(name)
+	c.final = true
+	c.broadcast()
+	s.mu.Unlock()
+}
+
+// Request is what to read.
+type Request struct {
+	Follow    bool
+	Previous  bool
+	TailLines int64
+}
+
+// Read sends the log of container name to send in chunks of at most
+// chunk bytes, following it when asked until ctx ends, the container will
+// not start again, or the store closes.
+func (s *Store) Read(ctx context.Context, name string, req Request, chunk int, send func([]byte) error) error {
+	s.mu.Lock()
+	c, ok := s.ctrs[name]
+	if !ok || c.instance < 0 {
+		s.mu.Unlock()
+		if req.Previous {
+			return ErrNoPrevious
+		}
+		if !req.Follow {
+			return nil
+		}
+		s.mu.Lock()
+		c = s.ctr(name)
+	}
+	instance := c.instance
+	s.mu.Unlock()
+	if req.Previous {
+		if instance < 1 {
+			return ErrNoPrevious
+		}
+		instance--
+		req.Follow = false
+	}
+	r := &reader{s: s, name: name, chunk: chunk, send: send}
+	if instance >= 0 {
+		if err := r.start(instance, req.TailLines); err != nil {
+			return err
+		}
+	}
+	defer r.close()
+	for {
+		s.mu.Lock()
+		c := s.ctr(name)
+		wake := c.changed
+		cur, ended, final := c.instance, c.ended, c.final
+		s.mu.Unlock()
+		if err := r.drain(); err != nil {
+			return err
+		}
+		if !req.Follow {
+			return nil
+		}
+		switch {
+		case r.f == nil && cur >= 0:
+			// the first instance began while we waited
+			if err := r.open(cur); err != nil {
+				return err
+			}
+			continue
+		case r.f != nil && r.rotated():
+			if err := r.drain(); err != nil {
+				return err
+			}
+			if err := r.reopen(); err != nil {
+				return err
+			}
+			continue
+		case r.f != nil && cur > r.instance:
+			// drained the ended instance; go on with the newest
+			if err := r.drain(); err != nil {
+				return err
+			}
+			r.close()
+			if err := r.open(cur); err != nil {
+				return err
+			}
+			continue
+		case ended && final:
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil
+		case <-s.closed:
+			return r.drain()
+		}
+	}
+}
+
+type reader struct {
+	s        *Store
+	name     string
+	instance int
+	chunk    int
+	send     func([]byte) error
+	f        *os.File
+}
+
+// start sends the instance's log from tail lines before its end.
+func (r *reader) start(instance int, tail int64) error {
+	r.instance = instance
+	path := r.s.path(r.name, instance)
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("logs: %w", err)
+	}
+	r.f = f
+	old, _ := os.ReadFile(path + ".1")
+	cur, err := io.ReadAll(f)
+	if err != nil {
+		return fmt.Errorf("logs: %w", err)
+	}
+	all := append(old, cur...)
+	if tail > 0 {
+		all = tailLines(all, tail)
+	}
+	return r.sendAll(all)
+}
+
+func (r *reader) open(instance int) error {
+	r.instance = instance
+	f, err := os.Open(r.s.path(r.name, instance))
+	if err != nil {
+		return fmt.Errorf("logs: %w", err)
+	}
+	r.f = f
+	return nil
+}
+
+func (r *reader) reopen() error {
+	r.close()
+	return r.open(r.instance)
+}
+
+func (r *reader) close() {
+	if r.f != nil {
+		r.f.Close()
+		r.f = nil
+	}
+}
+
+// rotated reports whether the path now names another file than r.f.
+func (r *reader) rotated() bool {
+	a, err1 := os.Stat(r.s.path(r.name, r.instance))
+	b, err2 := r.f.Stat()
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return a.Sys().(*syscall.Stat_t).Ino != b.Sys().(*syscall.Stat_t).Ino
+}
+
+// drain sends what r.f holds beyond what was sent.
+func (r *reader) drain() error {
+	if r.f == nil {
+		return nil
+	}
+	buf := make([]byte, r.chunk)
+	for {
+		n, err := r.f.Read(buf)
+		if n > 0 {
+			if err := r.send(append([]byte(nil), buf[:n]...)); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("logs: %w", err)
+		}
+	}
+}
+
+func (r *reader) sendAll(b []byte) error {
+	for len(b) > 0 {
+		n := min(len(b), r.chunk)
+		if err := r.send(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// tailLines keeps the last n lines of b (a final line without newline
+// counts as a line).
+func tailLines(b []byte, n int64) []byte {
+	end := len(b)
+	if end > 0 && b[end-1] == '\n' {
+		end--
+	}
+	for i := int64(0); i < n; i++ {
+		j := bytes.LastIndexByte(b[:end], '\n')
+		if j < 0 {
+			return b
+		}
+		end = j
+	}
+	return b[end+1:]
+}

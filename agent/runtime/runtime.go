@@ -1,0 +1,149 @@
+// Package runtime drives an OCI runtime binary (runc or crun: both take the
+// same command line) for the agent.
+//
+// A container is started with `run --detach --pid-file`: runc sets it up,
+// starts its process and exits, and the process is re-parented to the agent
+// (PID 1 of the guest, or a child subreaper), which reaps it with wait4 and
+// so learns its exact exit code or signal — a foreground `runc run` would
+// fold a signal into 128+n. The container's stdout and stderr are the file
+// given to Start (one pipe, so both streams keep their write order).
+package runtime
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/internal/reaper"
+)
+
+// Runtime is one OCI runtime with its state directory.
+type Runtime struct {
+	// Bin is the runtime's path.
+	Bin string
+	// Root is the runtime's state directory (--root).
+	Root string
+}
+
+// New finds bin (empty: runc, then crun, on PATH) and prepares root.
+func New(bin, root string) (*Runtime, error) {
+	candidates := []string{"runc", "crun"}
+	if bin != "" {
+		candidates = []string{bin}
+	}
+	var path string
+	for _, c := range candidates {
+		if p, err := exec.LookPath(c); err == nil {
+			path = p
+			break
+		}
+	}
+	if path == "" {
+		return nil, fmt.Errorf("runtime: none of %s found (the guest needs runc or crun)", strings.Join(candidates, ", "))
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("runtime: state dir: %w", err)
+	}
+	return &Runtime{Bin: path, Root: root}, nil
+}
+
+// Name is the runtime's base name (runc, crun).
+func (r *Runtime) Name() string { return filepath.Base(r.Bin) }
+
+func (r *Runtime) command(args ...string) *exec.Cmd {
+	return exec.Command(r.Bin, append([]string{"--root", r.Root}, args...)...)
+}
+
+func (r *Runtime) run(args ...string) error {
+	out, st, err := reaper.Output(r.command(args...))
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", r.Name(), args[0], err)
+	}
+	if st.ExitCode() != 0 {
+		return fmt.Errorf("%s %s: exit %d: %s", r.Name(), args[0], st.ExitCode(), strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Process is a started container's init process, or a runtime exec.
+type Process struct {
+	Pid int
+	// Done receives the process's status once.
+	Done <-chan reaper.Status
+}
+
+// Start creates and starts container id from bundle, its stdout and stderr
+// on out, stdin empty.
+func (r *Runtime) Start(id, bundle string, out *os.File) (*Process, error) {
+	pidFile := filepath.Join(bundle, "init.pid")
+	_ = os.Remove(pidFile)
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, err
+	}
+	defer devNull.Close()
+	logFile := filepath.Join(bundle, "runtime.log")
+	_ = os.Remove(logFile)
+	// runc hands its own stdio to the container; its complaints go to
+	// --log, read back when it fails.
+	cmd := exec.Command(r.Bin, "--root", r.Root, "--log", logFile,
+		"run", "--detach", "--pid-file", pidFile, "--bundle", bundle, id)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devNull, out, out
+	st, err := reaper.Wait(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%s run %s: %w", r.Name(), id, err)
+	}
+	if st.ExitCode() != 0 {
+		msg, _ := os.ReadFile(logFile)
+		_ = r.Delete(id)
+		return nil, fmt.Errorf("%s run %s: exit %d: %s", r.Name(), id, st.ExitCode(), lastLine(string(msg)))
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s run %s: pid file: %w", r.Name(), id, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("%s run %s: pid file: %w", r.Name(), id, err)
+	}
+	return &Process{Pid: pid, Done: reaper.Claim(pid)}, nil
+}
+
+// Signal sends sig to every process of the container (its init's death
+// ends the others with its pid namespace).
+func (p *Process) Signal(sig unix.Signal) error {
+	if err := unix.Kill(p.Pid, sig); err != nil && err != unix.ESRCH {
+		return err
+	}
+	return nil
+}
+
+// Delete removes the container's runtime state and cgroup; the container's
+// process must have ended.
+func (r *Runtime) Delete(id string) error {
+	return r.run("delete", "--force", id)
+}
+
+// Exec runs args in container id's namespaces and cgroup with the
+// container's environment, working directory and user; stdin, stdout and
+// stderr are the given files (nil: empty input, discarded output).
+func (r *Runtime) Exec(id string, args []string, stdin, stdout, stderr *os.File) (*Process, error) {
+	cmd := r.command(append([]string{"exec", id}, args...)...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdin, stdout, stderr
+	done, err := reaper.Start(cmd)
+	if err != nil {
+		return nil, fmt.Errorf("%s exec %s: %w", r.Name(), id, err)
+	}
+	return &Process{Pid: cmd.Process.Pid, Done: done}, nil
+}
+
+// lastLine keeps the runtime's final complaint, which names the cause.
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
+}

@@ -1,0 +1,13 @@
+// Package supervisor runs a pod's containers inside the guest as a kubelet
+// would: init containers one at a time in order, then every container; each
+// container instance on a fresh overlay root (lower = its image's chain
+// disks, top first; upper and work on the ephemeral disk); restarts by the
+// pod's restartPolicy with exponential back-off (CrashLoopBackOff while
+// waiting); liveness, readiness and startup probes; OOM kills recognised
+// from the container's memory cgroup; and a stop that sends SIGTERM, waits
+// the grace period and then SIGKILLs.
+//
+// The Board holds what is reported: container states in
+// guestchannel.ContainerStatus shape and the pod's phase. The channel
+// package reads it; nothing else writes it.
+package supervisor

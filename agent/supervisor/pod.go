@@ -1,0 +1,561 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/bundle"
+	"github.com/podvisor/podvisor/agent/disks"
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/internal/reaper"
+	"github.com/podvisor/podvisor/agent/logs"
+	"github.com/podvisor/podvisor/agent/runtime"
+)
+
+// Config is what a Pod needs.
+type Config struct {
+	Spec *guestchannel.PodSpec
+	// Board receives the pod's state (NewBoard(Spec)).
+	Board   *Board
+	Runtime *runtime.Runtime
+	// Disks are the mounted disks (the ephemeral disk and the image disks).
+	Disks *disks.Mounted
+	// StateDir holds the bundles and the overlay mountpoints.
+	StateDir string
+	// CgroupParent is the cgroup the containers' cgroups go under.
+	CgroupParent string
+	// Backoff and MaxBackoff bound the restart delay.
+	Backoff, MaxBackoff time.Duration
+	// LogMaxBytes is the log rotation size.
+	LogMaxBytes int64
+	Log         *slog.Logger
+}
+
+// Pod supervises the containers of one pod.
+type Pod struct {
+	cfg     Config
+	board   *Board
+	logs    *logs.Store
+	volumes map[string]string
+	tmpfs   []string
+
+	mu       sync.Mutex
+	running  map[string]*instance // by container name
+	stopping chan struct{}        // closed by Stop
+	stopOnce sync.Once
+	grace    time.Duration // of the stop, set before stopping closes
+	stopped  chan struct{} // closed once every container loop returned
+	killed   []string
+	wg       sync.WaitGroup
+}
+
+// instance is one running container process.
+type instance struct {
+	id   string
+	proc *runtime.Process
+	kill chan killRequest
+}
+
+type killRequest struct {
+	reason string
+	grace  time.Duration
+}
+
+// New prepares a pod: the log store and the emptyDir volumes on the
+// ephemeral disk.
+func New(cfg Config) (*Pod, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	eph := cfg.Disks.Ephemeral
+	store, err := logs.NewStore(filepath.Join(eph, "logs"), cfg.LogMaxBytes)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pod{
+		cfg: cfg, board: cfg.Board, logs: store, volumes: map[string]string{},
+		running: map[string]*instance{}, stopping: make(chan struct{}), stopped: make(chan struct{}),
+	}
+	for i, v := range cfg.Spec.Volumes {
+		dir := filepath.Join(eph, "volumes", v.Name)
+		// An emptyDir starts empty with the pod.
+		if err := os.RemoveAll(dir); err != nil {
+			return nil, fmt.Errorf("volumes[%d] (%s): %w", i, v.Name, err)
+		}
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return nil, fmt.Errorf("volumes[%d] (%s): %w", i, v.Name, err)
+		}
+		if v.EmptyDir != nil && v.EmptyDir.Medium == "Memory" {
+			opt := "mode=1777"
+			if v.EmptyDir.SizeLimitBytes > 0 {
+				opt += fmt.Sprintf(",size=%d", v.EmptyDir.SizeLimitBytes)
+			}
+			if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opt); err != nil {
+				return nil, fmt.Errorf("volumes[%d] (%s): tmpfs: %w", i, v.Name, err)
+			}
+			p.tmpfs = append(p.tmpfs, dir)
+		}
+		p.volumes[v.Name] = dir
+	}
+	return p, nil
+}
+
+// Board is the pod's reported state.
+func (p *Pod) Board() *Board { return p.board }
+
+// Logs is the pod's log store.
+func (p *Pod) Logs() *logs.Store { return p.logs }
+
+// Run runs the init containers, then the containers, and returns when every
+// container loop has ended (all terminated for good, or stopped).
+func (p *Pod) Run() {
+	defer close(p.stopped)
+	spec := p.cfg.Spec
+	for i := range spec.InitContainers {
+		c := &spec.InitContainers[i]
+		if !p.runLoop(c, true) {
+			for j := i + 1; j < len(spec.InitContainers); j++ {
+				p.logs.Final(spec.InitContainers[j].Name)
+			}
+			for j := range spec.Containers {
+				p.logs.Final(spec.Containers[j].Name)
+			}
+			p.updatePhase()
+			return
+		}
+	}
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) { s.State.Reason = "ContainerCreating" })
+	}
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.runLoop(c, false)
+		}()
+	}
+	p.wg.Wait()
+	p.updatePhase()
+}
+
+func (p *Pod) isStopping() bool {
+	select {
+	case <-p.stopping:
+		return true
+	default:
+		return false
+	}
+}
+
+// runLoop runs container c until it terminates for good. For an init
+// container it reports whether it completed successfully.
+func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
+	log := p.cfg.Log.With("container", c.Name)
+	policy := p.cfg.Spec.RestartPolicy
+	if isInit && policy == "Always" {
+		policy = "OnFailure" // an init container must complete; Always means retry it
+	}
+	backoff := p.cfg.Backoff
+	defer p.logs.Final(c.Name)
+	for instanceNo := 0; ; instanceNo++ {
+		if p.isStopping() {
+			return false
+		}
+		started := time.Now()
+		term, err := p.runInstance(c, instanceNo)
+		if err != nil {
+			log.Error("start container", "err", err)
+			now := time.Now().UTC()
+			term = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "StartError",
+				Message: err.Error(), ExitCode: 128, StartedAt: &now, FinishedAt: &now}
+			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+				s.State, s.Ready, s.Started = term, false, false
+			})
+		}
+		p.updatePhase()
+		if p.isStopping() {
+			return false
+		}
+		restart := policy == "Always" || (policy == "OnFailure" && term.ExitCode != 0)
+		if !restart {
+			return term.ExitCode == 0
+		}
+		if time.Since(started) > 2*p.cfg.MaxBackoff {
+			backoff = p.cfg.Backoff // it ran long enough: forgive earlier crashes
+		}
+		delay := backoff
+		backoff = min(backoff*2, p.cfg.MaxBackoff)
+		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+			last := s.State
+			s.LastState = &last
+			s.State = guestchannel.ContainerState{Kind: guestchannel.StateWaiting, Reason: "CrashLoopBackOff",
+				Message: fmt.Sprintf("back-off %s restarting failed container=%s", delay, c.Name)}
+		})
+		select {
+		case <-time.After(delay):
+		case <-p.stopping:
+			return false
+		}
+	}
+}
+
+// runInstance starts one instance of c and waits for it to end.
+func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchannel.ContainerState, error) {
+	id := c.Name
+	eph := p.cfg.Disks.Ephemeral
+	ctrDir := filepath.Join(eph, "containers", c.Name)
+	upper, work := filepath.Join(ctrDir, "upper"), filepath.Join(ctrDir, "work")
+	rootfs := filepath.Join(p.cfg.StateDir, "rootfs", c.Name)
+	bundleDir := filepath.Join(p.cfg.StateDir, "bundles", c.Name)
+	var zero guestchannel.ContainerState
+
+	// Every instance starts from the image, as a restarted Kubernetes
+	// container does.
+	if err := os.RemoveAll(ctrDir); err != nil {
+		return zero, fmt.Errorf("container dir: %w", err)
+	}
+	for _, d := range []string{upper, work, rootfs} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return zero, fmt.Errorf("container dir: %w", err)
+		}
+	}
+	lower := make([]string, len(c.Chain))
+	for i, chain := range c.Chain {
+		dir, ok := p.cfg.Disks.Images[chain]
+		if !ok {
+			return zero, fmt.Errorf("chain[%d]: image disk %s is not mounted", i, chain)
+		}
+		lower[i] = dir
+	}
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lower, ":"), upper, work)
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
+		return zero, fmt.Errorf("overlay root: %w", err)
+	}
+	defer func() {
+		if err := disks.Unmount(rootfs); err != nil {
+			p.cfg.Log.Warn("unmount container root", "container", c.Name, "err", err)
+		}
+	}()
+	cgroupsPath := path.Join(p.cgroupParent(), c.Name)
+	s, err := bundle.Spec(c, bundle.Params{Rootfs: rootfs, Hostname: p.hostname(), CgroupsPath: cgroupsPath, Volumes: p.volumes})
+	if err != nil {
+		return zero, err
+	}
+	if err := bundle.Write(bundleDir, s); err != nil {
+		return zero, fmt.Errorf("bundle: %w", err)
+	}
+	_ = p.cfg.Runtime.Delete(id) // a leftover of a crashed agent
+
+	r, w, err := os.Pipe()
+	if err != nil {
+		return zero, err
+	}
+	pumped := make(chan struct{})
+	go func() {
+		defer close(pumped)
+		if err := p.logs.Copy(c.Name, instanceNo, r); err != nil {
+			p.cfg.Log.Warn("container log", "container", c.Name, "err", err)
+		}
+		r.Close()
+	}()
+	proc, err := p.cfg.Runtime.Start(id, bundleDir, w)
+	w.Close()
+	if err != nil {
+		<-pumped
+		return zero, err
+	}
+	startedAt := time.Now().UTC()
+	inst := &instance{id: id, proc: proc, kill: make(chan killRequest, 4)}
+	p.mu.Lock()
+	p.running[c.Name] = inst
+	p.mu.Unlock()
+	if p.isStopping() {
+		// Stop came while this instance was being started: it did not see
+		// it, so the instance stops itself.
+		inst.kill <- killRequest{reason: "stop", grace: p.stopGrace()}
+	}
+	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+		if instanceNo > 0 {
+			s.RestartCount++
+		}
+		s.State = guestchannel.ContainerState{Kind: guestchannel.StateRunning, StartedAt: &startedAt}
+		s.Started = c.StartupProbe == nil
+		s.Ready = c.ReadinessProbe == nil && c.StartupProbe == nil
+	})
+	p.updatePhase()
+	probeCtx, stopProbes := context.WithCancel(context.Background())
+	go p.probe(probeCtx, c, inst)
+
+	st := p.wait(inst)
+	stopProbes()
+	oom := oomKilled(cgroupsPath)
+	p.mu.Lock()
+	delete(p.running, c.Name)
+	p.mu.Unlock()
+	if err := p.cfg.Runtime.Delete(id); err != nil {
+		p.cfg.Log.Warn("delete container", "container", c.Name, "err", err)
+	}
+	<-pumped
+	finishedAt := time.Now().UTC()
+	term := guestchannel.ContainerState{Kind: guestchannel.StateTerminated, ExitCode: int32(st.ExitCode()),
+		Signal: int32(st.Signal()), StartedAt: &startedAt, FinishedAt: &finishedAt}
+	switch {
+	case oom:
+		term.Reason = "OOMKilled"
+	case st.ExitCode() == 0:
+		term.Reason = "Completed"
+	default:
+		term.Reason = "Error"
+	}
+	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+		s.State, s.Ready = term, false
+	})
+	return term, nil
+}
+
+// wait waits for the instance's process, serving kill requests: SIGTERM,
+// then SIGKILL once the grace period is over.
+func (p *Pod) wait(inst *instance) reaper.Status {
+	var deadline <-chan time.Time
+	for {
+		select {
+		case st := <-inst.proc.Done:
+			return st
+		case k := <-inst.kill:
+			if deadline != nil {
+				continue // already terminating
+			}
+			p.cfg.Log.Info("stop container", "container", inst.id, "reason", k.reason, "grace", k.grace)
+			if k.grace <= 0 {
+				_ = inst.proc.Signal(unix.SIGKILL)
+			} else {
+				_ = inst.proc.Signal(unix.SIGTERM)
+			}
+			deadline = time.After(k.grace)
+		case <-deadline:
+			_ = inst.proc.Signal(unix.SIGKILL)
+			p.mu.Lock()
+			p.killed = append(p.killed, inst.id)
+			p.mu.Unlock()
+			deadline = nil
+		}
+	}
+}
+
+// killInstance asks the running instance of name to end.
+func (p *Pod) killInstance(name, reason string, grace time.Duration) {
+	p.mu.Lock()
+	inst := p.running[name]
+	p.mu.Unlock()
+	if inst != nil {
+		select {
+		case inst.kill <- killRequest{reason: reason, grace: grace}:
+		default:
+		}
+	}
+}
+
+// Stop stops every container (SIGTERM, grace, SIGKILL), keeps them from
+// restarting and returns the containers that had to be killed. Calling it
+// again waits for the first stop.
+func (p *Pod) Stop(grace time.Duration) guestchannel.Stopped {
+	p.stopOnce.Do(func() {
+		p.board.setPhase(guestchannel.PhaseStopping, "", "")
+		p.mu.Lock()
+		p.grace = grace
+		p.mu.Unlock()
+		close(p.stopping)
+		p.mu.Lock()
+		names := make([]string, 0, len(p.running))
+		for name := range p.running {
+			names = append(names, name)
+		}
+		p.mu.Unlock()
+		for _, name := range names {
+			p.killInstance(name, "stop", grace)
+		}
+	})
+	<-p.stopped
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return guestchannel.Stopped{Killed: append([]string(nil), p.killed...)}
+}
+
+func (p *Pod) stopGrace() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.grace
+}
+
+// Close releases what New set up; call after Run returned.
+func (p *Pod) Close() error {
+	p.logs.Close()
+	var errs []error
+	for _, d := range p.tmpfs {
+		errs = append(errs, disks.Unmount(d))
+	}
+	return errors.Join(errs...)
+}
+
+// Done is closed once Run returned.
+func (p *Pod) Done() <-chan struct{} { return p.stopped }
+
+func (p *Pod) hostname() string {
+	if p.cfg.Spec.Hostname != "" {
+		return p.cfg.Spec.Hostname
+	}
+	return p.cfg.Spec.Name
+}
+
+func (p *Pod) cgroupParent() string {
+	if p.cfg.CgroupParent != "" {
+		return p.cfg.CgroupParent
+	}
+	return "/podvisor"
+}
+
+// updatePhase recomputes the phase (containers' updates do it already).
+func (p *Pod) updatePhase() { p.board.update("", func(*guestchannel.ContainerStatus) {}) }
+
+// oomKilled reports whether the kernel's OOM killer acted in the cgroup
+// (cgroup v1 memory.oom_control or v2 memory.events).
+func oomKilled(cgroupsPath string) bool {
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control"),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events"),
+	} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, " "); ok && k == "oom_kill" && strings.TrimSpace(v) != "0" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ExecOutput receives an exec's output.
+type ExecOutput func(stream string, data []byte)
+
+// ErrNotRunning is returned by Exec for a container without a running
+// instance.
+var ErrNotRunning = errors.New("container is not running")
+
+// Exec runs cmd in container name's namespaces, stdin from stdin (nil:
+// none), output to out, and returns its exit code. Cancelling ctx ends the
+// command (SIGTERM, then SIGKILL).
+func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Reader, out ExecOutput) (int32, error) {
+	if len(cmd) == 0 {
+		return 0, errors.New("command: empty")
+	}
+	p.mu.Lock()
+	inst := p.running[name]
+	p.mu.Unlock()
+	if inst == nil {
+		if _, ok := p.board.index[name]; !ok {
+			return 0, fmt.Errorf("container %q is not in the pod", name)
+		}
+		return 0, fmt.Errorf("container %s: %w", name, ErrNotRunning)
+	}
+	st, err := p.exec(ctx, inst.id, cmd, stdin, out)
+	if err != nil {
+		return 0, err
+	}
+	return int32(st.ExitCode()), nil
+}
+
+func (p *Pod) exec(ctx context.Context, id string, cmd []string, stdin io.Reader, out ExecOutput) (reaper.Status, error) {
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	pipe := func() (*os.File, *os.File, error) {
+		r, w, err := os.Pipe()
+		if err == nil {
+			files = append(files, r, w)
+		}
+		return r, w, err
+	}
+	var inR *os.File
+	if stdin != nil {
+		r, w, err := pipe()
+		if err != nil {
+			return reaper.Status{}, err
+		}
+		inR = r
+		go func() {
+			_, _ = io.Copy(w, stdin)
+			w.Close()
+		}()
+	}
+	outR, outW, err := pipe()
+	if err != nil {
+		return reaper.Status{}, err
+	}
+	errR, errW, err := pipe()
+	if err != nil {
+		return reaper.Status{}, err
+	}
+	var readers sync.WaitGroup
+	for _, s := range []struct {
+		name string
+		f    *os.File
+	}{{"stdout", outR}, {"stderr", errR}} {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			buf := make([]byte, guestchannel.ChunkSize)
+			for {
+				n, err := s.f.Read(buf)
+				if n > 0 {
+					out(s.name, append([]byte(nil), buf[:n]...))
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	proc, err := p.cfg.Runtime.Exec(id, cmd, inR, outW, errW)
+	outW.Close()
+	errW.Close()
+	if inR != nil {
+		inR.Close()
+	}
+	if err != nil {
+		return reaper.Status{}, err
+	}
+	var st reaper.Status
+	select {
+	case st = <-proc.Done:
+	case <-ctx.Done():
+		// runc forwards SIGTERM to the command; SIGKILL ends runc itself.
+		_ = proc.Signal(unix.SIGTERM)
+		select {
+		case st = <-proc.Done:
+		case <-time.After(2 * time.Second):
+			_ = proc.Signal(unix.SIGKILL)
+			st = <-proc.Done
+		}
+	}
+	readers.Wait()
+	return st, nil
+}
