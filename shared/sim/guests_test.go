@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -23,6 +22,7 @@ import (
 	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // probeDir holds the probe binary; TestMain removes it.
@@ -139,76 +139,19 @@ const (
 // independent-nonpersistent, and the pod spec in guestinfo.
 func createPodVM(t *testing.T, c *govmomi.Client, d *sim.Datacenter, h sim.HostSpec, name string) *object.VirtualMachine {
 	t.Helper()
-	ctx := context.Background()
-	dc, err := find.NewFinder(c.Client, true).Datacenter(ctx, sim.DatacenterName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	folders, err := dc.Folders(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pool types.ManagedObjectReference
-	for _, cl := range d.Clusters() {
-		if cl.Name == h.Cluster {
-			pool = cl.ResourcePool
-		}
-	}
-	spec, err := guestchannel.MarshalSpec(&guestchannel.PodSpec{
-		Version: guestchannel.SpecVersion, UID: "uid-" + name, Namespace: "default", Name: name, RestartPolicy: "Always",
-		Disks: []guestchannel.Disk{
-			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: "sha256:base"},
+	vm, _ := simtest.CreatePodVM(t, c, d, simtest.PodVM{
+		Name: name, Host: h, NumCPUs: 2, MemoryMB: 256,
+		Spec: &guestchannel.PodSpec{
+			Version: guestchannel.SpecVersion, UID: "uid-" + name, Namespace: "default", Name: name, RestartPolicy: "Always",
+			Disks: []guestchannel.Disk{
+				{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
+				{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: "sha256:base"},
+			},
+			Containers: []guestchannel.Container{{Name: "app", Chain: []string{"sha256:base"}}},
 		},
-		Containers: []guestchannel.Container{{Name: "app", Chain: []string{"sha256:base"}}},
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: ephemeralBytes}, {File: "image.vmdk", CapacityBytes: imageBytes, ReadOnly: true}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	disk := func(file string, unit int32, kb int64, mode types.VirtualDiskMode) types.BaseVirtualDeviceConfigSpec {
-		return &types.VirtualDeviceConfigSpec{
-			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
-			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
-			Device: &types.VirtualDisk{
-				VirtualDevice: types.VirtualDevice{
-					Key: -200 - unit, ControllerKey: -100, UnitNumber: &unit,
-					Backing: &types.VirtualDiskFlatVer2BackingInfo{
-						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sim.SharedDatastore + "] " + name + "/" + file},
-						DiskMode:                     string(mode), ThinProvisioned: types.NewBool(true),
-					},
-				},
-				CapacityInKB: kb,
-			},
-		}
-	}
-	cfg := types.VirtualMachineConfigSpec{
-		Name:     name,
-		GuestId:  string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
-		NumCPUs:  2,
-		MemoryMB: 256,
-		Files:    &types.VirtualMachineFileInfo{VmPathName: "[" + sim.SharedDatastore + "] " + name},
-		DeviceChange: []types.BaseVirtualDeviceConfigSpec{
-			&types.VirtualDeviceConfigSpec{
-				Operation: types.VirtualDeviceConfigSpecOperationAdd,
-				Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
-					VirtualController: types.VirtualController{VirtualDevice: types.VirtualDevice{Key: -100}, BusNumber: 0},
-					SharedBus:         types.VirtualSCSISharingNoSharing,
-				}},
-			},
-			disk("ephemeral.vmdk", 0, ephemeralBytes>>10, types.VirtualDiskModePersistent),
-			disk("image.vmdk", 1, imageBytes>>10, types.VirtualDiskModeIndependent_nonpersistent),
-		},
-		ExtraConfig: []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec}},
-	}
-	task, err := folders.VmFolder.CreateVM(ctx, cfg, object.NewResourcePool(c.Client, pool), object.NewHostSystem(c.Client, h.Ref))
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := task.WaitForResult(ctx, nil)
-	if err != nil {
-		t.Fatalf("create VM %s: %v", name, err)
-	}
-	return object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference))
+	return vm
 }
 
 // probeReport waits for the probe in the guest to write what it sees.

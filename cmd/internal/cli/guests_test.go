@@ -1,0 +1,273 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// agentBinary builds podvm-agent once per test binary.
+var agentBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "podvisor-agent-")
+	if err != nil {
+		return "", err
+	}
+	builtDirs = append(builtDirs, dir)
+	out := filepath.Join(dir, "podvm-agent")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/podvisor/podvisor/agent/cmd/podvm-agent")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", errors.New(string(b))
+	}
+	return out, nil
+})
+
+// builtDirs are removed by TestMain.
+var builtDirs []string
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	for _, d := range builtDirs {
+		os.RemoveAll(d)
+	}
+	os.Exit(code)
+}
+
+// busyboxImage writes an erofs image holding busybox-static and a few
+// applets, the filesystem of a one-layer image disk.
+func busyboxImage(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	stage := filepath.Join(dir, "stage")
+	for _, d := range []string{"bin", "etc", "tmp"} {
+		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stage, "bin/busybox"), bb, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"sh", "echo", "sleep", "cat"} {
+		if err := os.Symlink("busybox", filepath.Join(stage, "bin", a)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(stage, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "base.erofs")
+	if out, err := exec.Command("mkfs.erofs", img, stage).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.erofs: %v: %s", err, out)
+	}
+	return img
+}
+
+// TestPodVMGuestServesLogsAndExec runs the real pod VM agent in a simulated
+// guest and reaches it as a user does: power on a pod VM, the host agent
+// reports its container running, `podvisor logs` and `podvisor exec` go
+// through NATS and the guest channel, a delete stops the containers, and
+// power-off leaves no process behind.
+func TestPodVMGuestServesLogsAndExec(t *testing.T) {
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	agent, err := agentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	image := busyboxImage(t)
+	ctx := context.Background()
+
+	b := bustest.Start(t)
+	base, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	channels := filepath.Join(base, "ch")
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1, Dir: base, GuestsRequired: true,
+		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 5 * time.Second}})
+	host := d.Hosts()[0]
+
+	cfg := hostagent.DefaultConfig()
+	cfg.Host, cfg.ChannelDir = host.Name, channels
+	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(rctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	// The pod record, as the provisioner keeps it.
+	const uid = "0b9f6a4e-guest-test"
+	grace := int64(5)
+	rec := events.PodRecord{UID: uid, Namespace: "default", Name: "web", Host: host.Name, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
+	rec.Pod.Spec.TerminationGracePeriodSeconds = &grace
+	rec.Pod.Spec.Containers = []corev1.Container{{Name: "first", Image: "busybox"}, {Name: "second", Image: "busybox"}}
+	kv, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(rec)
+	if _, err := kv.Put(ctx, events.PodRecordKey("default", "web"), data); err != nil {
+		t.Fatal(err)
+	}
+
+	chain := "sha256:" + strings.Repeat("b", 64)
+	vm, extents := simtest.CreatePodVM(t, simtest.Client(t, d), d, simtest.PodVM{
+		Name: "pv-" + uid, Host: host, NumCPUs: 1, MemoryMB: 512,
+		Spec: &guestchannel.PodSpec{
+			Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: "web", Hostname: "web",
+			RestartPolicy: "Never", TerminationGracePeriodSeconds: grace,
+			Disks: []guestchannel.Disk{
+				{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
+				{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
+			},
+			Containers: []guestchannel.Container{
+				{Name: "first", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "echo hello; echo data > /data.txt; sleep 3600"}},
+				{Name: "second", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "exit 3"}},
+			},
+		},
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 128 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
+	})
+	// The image disk holds the image's filesystem, as the image cache
+	// writes it.
+	img, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(extents[1], img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	task, err := vm.PowerOn(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	info, ok := d.Guests().Guest(vm.Reference().Value)
+	if !ok {
+		t.Fatal("the pod VM runs no guest")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			console, _ := os.ReadFile(filepath.Join(info.Dir, "console.log"))
+			t.Logf("guest console:\n%s", console)
+		}
+	})
+
+	// The CLI finds NATS through the state dir, as after `podvisor up`.
+	state := t.TempDir()
+	if err := os.WriteFile(filepath.Join(state, "env"), []byte("export PODVISOR_NATS_URL='"+b.Conn().ConnectedUrl()+"'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The host agent reports what really runs: first running, second
+	// terminated with exit code 3.
+	eventuallyWithin(t, 60*time.Second, "first running and second exited 3", func() bool {
+		r := lastReport(t, b, uid)
+		return r != nil && len(r.ContainerStatuses) == 2 && r.ContainerStatuses[0].State.Running != nil &&
+			r.ContainerStatuses[1].State.Terminated != nil && r.ContainerStatuses[1].State.Terminated.ExitCode == 3
+	})
+	eventuallyWithin(t, 10*time.Second, "podvisor logs web -c first", func() bool {
+		out, _, code := run(t, state, "", "logs", "web", "-c", "first")
+		return code == 0 && out == "hello\n"
+	})
+	if out, errOut, code := run(t, state, "", "exec", "web", "-c", "first", "--", "cat", "/data.txt"); code != 0 || out != "data\n" {
+		t.Errorf("exec cat /data.txt: exit %d, stdout %q, stderr %q; want data", code, out, errOut)
+	}
+	if _, errOut, code := run(t, state, "", "exec", "web", "-c", "first", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Errorf("exec sh -c 'exit 7': exit %d (%s), want 7", code, errOut)
+	}
+	if out, errOut, code := run(t, state, "piped\n", "exec", "-i", "web", "-c", "first", "--", "cat"); code != 0 || out != "piped\n" {
+		t.Errorf("exec -i cat: exit %d, stdout %q, stderr %q; want the input back", code, out, errOut)
+	}
+
+	// Delete: the host agent stops the containers within the grace period.
+	ev, err := bus.NewEvent("podvisor/cli", events.TypePodDeleteRequested, "default/web", &events.PodDeleteRequested{Namespace: "default", Name: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyWithin(t, 20*time.Second, "first terminated after the delete", func() bool {
+		r := lastReport(t, b, uid)
+		return r != nil && r.ContainerStatuses[0].State.Terminated != nil
+	})
+
+	// Power-off leaves no process of the guest.
+	procs, _ := os.ReadFile(filepath.Join(info.CgroupDirs["memory"], "cgroup.procs"))
+	task, err = vm.PowerOff(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	for _, p := range strings.Fields(string(procs)) {
+		if _, err := os.Stat("/proc/" + p); err == nil {
+			t.Errorf("process %s of the guest survived the power-off", p)
+		}
+	}
+	if _, err := os.Stat(info.CgroupDirs["memory"]); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the VM's cgroup survived the power-off (%v)", err)
+	}
+	if _, err := os.Stat("/proc/" + strconv.Itoa(info.PID)); err == nil {
+		t.Errorf("the agent (pid %d) survived the power-off", info.PID)
+	}
+}
+
+func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// lastReport is the newest pod.containers.reported of a pod in the stream.
+func lastReport(t *testing.T, b *bus.Bus, uid string) *events.PodContainersReported {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := b.JetStream().Stream(ctx, bus.StreamPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, events.SubjectPodContainersReported)
+	if err != nil {
+		return nil
+	}
+	ev, err := bus.DecodeHeaders(m.Header, m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r events.PodContainersReported
+	if err := json.Unmarshal(ev.Data(), &r); err != nil || r.UID != uid {
+		return nil
+	}
+	return &r
+}

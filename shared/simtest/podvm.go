@@ -1,0 +1,116 @@
+package simtest
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/sim"
+)
+
+// PodVMDisk is a disk of a PodVM, created with the VM on the shared
+// datastore as <vm name>/<File>, on SCSI controller 0 at the disk's index.
+type PodVMDisk struct {
+	File          string
+	CapacityBytes int64
+	// ReadOnly attaches it independent-nonpersistent, as image disks are.
+	ReadOnly bool
+}
+
+// PodVM describes a VM shaped like a pod VM: disks and the pod spec in
+// guestinfo.podvisor.spec.
+type PodVM struct {
+	Name     string
+	Host     sim.HostSpec
+	NumCPUs  int32
+	MemoryMB int64
+	Spec     *guestchannel.PodSpec
+	Disks    []PodVMDisk
+}
+
+// CreatePodVM creates the VM and returns it with the local paths of its
+// disks' flat extents (where a test writes an image disk's filesystem).
+func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*object.VirtualMachine, []string) {
+	t.Helper()
+	ctx := context.Background()
+	spec, err := guestchannel.MarshalSpec(p.Spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc, err := find.NewFinder(c.Client, true).Datacenter(ctx, sim.DatacenterName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	folders, err := dc.Folders(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pool types.ManagedObjectReference
+	for _, cl := range d.Clusters() {
+		if cl.Name == p.Host.Cluster {
+			pool = cl.ResourcePool
+		}
+	}
+	ds, err := d.Datastore(sim.SharedDatastore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
+		Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			VirtualController: types.VirtualController{VirtualDevice: types.VirtualDevice{Key: -100}},
+			SharedBus:         types.VirtualSCSISharingNoSharing,
+		}},
+	}}
+	var extents []string
+	for i, disk := range p.Disks {
+		unit := int32(i)
+		if unit >= 7 {
+			unit++ // unit 7 is the controller's own
+		}
+		mode := types.VirtualDiskModePersistent
+		if disk.ReadOnly {
+			mode = types.VirtualDiskModeIndependent_nonpersistent
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+			Device: &types.VirtualDisk{
+				VirtualDevice: types.VirtualDevice{
+					Key: -200 - unit, ControllerKey: -100, UnitNumber: &unit,
+					Backing: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sim.SharedDatastore + "] " + p.Name + "/" + disk.File},
+						DiskMode:                     string(mode), ThinProvisioned: types.NewBool(true),
+					},
+				},
+				CapacityInKB: disk.CapacityBytes >> 10,
+			},
+		})
+		flat := disk.File[:len(disk.File)-len(filepath.Ext(disk.File))] + "-flat" + filepath.Ext(disk.File)
+		extents = append(extents, filepath.Join(ds.Dir, p.Name, flat))
+	}
+	cfg := types.VirtualMachineConfigSpec{
+		Name:         p.Name,
+		GuestId:      string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
+		NumCPUs:      p.NumCPUs,
+		MemoryMB:     p.MemoryMB,
+		Files:        &types.VirtualMachineFileInfo{VmPathName: "[" + sim.SharedDatastore + "] " + p.Name},
+		DeviceChange: changes,
+		ExtraConfig:  []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec}},
+	}
+	task, err := folders.VmFolder.CreateVM(ctx, cfg, object.NewResourcePool(c.Client, pool), object.NewHostSystem(c.Client, p.Host.Ref))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		t.Fatalf("simtest: create VM %s: %v", p.Name, err)
+	}
+	return object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)), extents
+}
