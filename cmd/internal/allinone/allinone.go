@@ -508,7 +508,7 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	if s.Datacenter != nil {
 		fmt.Fprintf(w, "  datacenter: %d clusters x %d hosts\n", s.cfg.Clusters, s.cfg.HostsPerCluster)
 		if s.GuestsOff == "" {
-			fmt.Fprintf(w, "  guests: on (pod VM agents run as simulated guests; host agents listen in %s)\n", s.channelDir())
+			fmt.Fprintf(w, "  guests: on (pod VM agents run as simulated guests; host agents listen in %s)\n", s.ChannelDir())
 		} else {
 			fmt.Fprintf(w, "\n  !!! GUESTS ARE OFF: %s.\n  !!! Pod VMs run no containers here: pods stay ContainerCreating, logs and exec have nothing to reach.\n\n", s.GuestsOff)
 		}

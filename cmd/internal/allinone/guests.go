@@ -59,14 +59,14 @@ func (s *System) guestConfig() (cfg *guest.Config, required bool, reason string,
 	}
 	return &guest.Config{
 		Agent:      agent,
-		ChannelDir: s.channelDir(),
+		ChannelDir: s.ChannelDir(),
 		Dir:        filepath.Join(s.cfg.StateDir, "guests"),
 		Logger:     s.log.With("component", "guests"),
 	}, required, "", nil
 }
 
-// channelDir is where the host agents listen and guest channels arrive.
-func (s *System) channelDir() string { return filepath.Join(s.cfg.StateDir, "channels") }
+// ChannelDir is where the host agents listen and guest channels arrive.
+func (s *System) ChannelDir() string { return filepath.Join(s.cfg.StateDir, "channels") }
 
 // startHostAgents runs one host agent per simulated host, in this process,
 // when the simulated guests are on.
@@ -81,7 +81,7 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	s.onClose(b.Close)
 	for _, h := range s.Datacenter.Hosts() {
 		cfg := hostagent.DefaultConfig()
-		cfg.Host, cfg.ChannelDir = h.Name, s.channelDir()
+		cfg.Host, cfg.ChannelDir = h.Name, s.ChannelDir()
 		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log})
 		if err != nil {
 			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)

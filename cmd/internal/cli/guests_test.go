@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -270,4 +271,63 @@ func lastReport(t *testing.T, b *bus.Bus, uid string) *events.PodContainersRepor
 		return nil
 	}
 	return &r
+}
+
+func TestUpGuestModes(t *testing.T) {
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	start := func(t *testing.T, mode, agent string) (*allinone.System, error) {
+		t.Helper()
+		dir, err := os.MkdirTemp("", "pvup-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		ctx, cancel := context.WithCancel(context.Background())
+		sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Seed: 1, Guests: mode, Agent: agent})
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		t.Cleanup(func() { cancel(); sys.Close() })
+		return sys, nil
+	}
+	missing := filepath.Join(t.TempDir(), "no-agent-here")
+
+	t.Run("auto without the agent is off, said loudly", func(t *testing.T) {
+		sys, err := start(t, allinone.GuestsAuto, missing)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder
+		sys.PrintEndpoints(&out, "env", time.Second)
+		if !strings.Contains(sys.GuestsOff, "no-agent-here") || !strings.Contains(out.String(), "GUESTS ARE OFF") {
+			t.Errorf("GuestsOff %q, banner:\n%s\nwant off, naming the missing agent, in capitals", sys.GuestsOff, out.String())
+		}
+	})
+	t.Run("on without the agent fails", func(t *testing.T) {
+		if _, err := start(t, allinone.GuestsOn, missing); err == nil || !strings.Contains(err.Error(), "no-agent-here") {
+			t.Errorf("up --guests=on with no agent = %v, want an error naming it", err)
+		}
+	})
+	t.Run("on runs a host agent per host", func(t *testing.T) {
+		privtest.RequireTools(t, "runc")
+		agent, err := agentBinary()
+		if err != nil {
+			t.Fatalf("build podvm-agent: %v", err)
+		}
+		sys, err := start(t, allinone.GuestsOn, agent)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sys.GuestsOff != "" || sys.Datacenter.Guests() == nil {
+			t.Fatalf("guests off: %s", sys.GuestsOff)
+		}
+		for _, h := range sys.Datacenter.Hosts() {
+			sock := guest.HostSocket(sys.ChannelDir(), h.Name)
+			eventuallyWithin(t, 10*time.Second, "host agent socket "+sock, func() bool {
+				fi, err := os.Stat(sock)
+				return err == nil && fi.Mode()&os.ModeSocket != 0
+			})
+		}
+	})
 }
