@@ -110,19 +110,10 @@ func (s *Service) target(ctx context.Context, ns, name, uid, container string) (
 
 func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	var req events.PodLogsRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		st.fail(fmt.Errorf("logs request: %w", err))
-		return
-	}
-	if err := req.Validate(); err != nil {
-		st.fail(fmt.Errorf("logs request: %w", err))
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	pc, container, err := s.target(ctx, req.Namespace, req.Name, req.UID, req.Container)
-	cancel()
-	if err != nil {
-		st.fail(err)
+	pc, container := s.begin(st, m.Data, "logs", &req, func() (string, string, string, string) {
+		return req.Namespace, req.Name, req.UID, req.Container
+	})
+	if pc == nil {
 		return
 	}
 	s.relay(pc, st, guestchannel.TypeLogs, guestchannel.LogsRequest{
@@ -132,22 +123,36 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 
 func (s *Service) serveExec(m *nats.Msg, st *stream) {
 	var req events.PodExecRequest
-	if err := json.Unmarshal(m.Data, &req); err != nil {
-		st.fail(fmt.Errorf("exec request: %w", err))
-		return
-	}
-	if err := req.Validate(); err != nil {
-		st.fail(fmt.Errorf("exec request: %w", err))
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	pc, container, err := s.target(ctx, req.Namespace, req.Name, req.UID, req.Container)
-	cancel()
-	if err != nil {
-		st.fail(err)
+	pc, container := s.begin(st, m.Data, "exec", &req, func() (string, string, string, string) {
+		return req.Namespace, req.Name, req.UID, req.Container
+	})
+	if pc == nil {
 		return
 	}
 	s.relay(pc, st, guestchannel.TypeExec, guestchannel.ExecRequest{Container: container, Command: req.Command, Stdin: req.Stdin}, req.Stdin)
+}
+
+// begin decodes and validates a request into req and finds the channel of
+// the pod it names (ref reads namespace, name, uid and container from req
+// once decoded). On failure it answers with the error and returns nil.
+func (s *Service) begin(st *stream, data []byte, what string, req interface{ Validate() error }, ref func() (ns, name, uid, container string)) (*podConn, string) {
+	if err := json.Unmarshal(data, req); err != nil {
+		st.fail(fmt.Errorf("%s request: %w", what, err))
+		return nil, ""
+	}
+	if err := req.Validate(); err != nil {
+		st.fail(fmt.Errorf("%s request: %w", what, err))
+		return nil, ""
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ns, name, uid, c := ref()
+	pc, container, err := s.target(ctx, ns, name, uid, c)
+	if err != nil {
+		st.fail(err)
+		return nil, ""
+	}
+	return pc, container
 }
 
 // relay sends one request to the agent and streams its answers to the

@@ -41,21 +41,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := hostagent.DefaultConfig()
-	cfg.Host, cfg.ChannelDir, cfg.StopSlack = host, dir, 2*time.Second
-	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	svc := guesttest.StartHostAgent(t, b, host, dir)
 	return &env{t: t, bus: b, pods: kv, svc: svc}
 }
 

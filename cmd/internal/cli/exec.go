@@ -30,22 +30,14 @@ is no terminal. The command's exit code becomes podvisor's.`,
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			uid, host, err := podHost(ctx, b, req.Namespace, req.Name)
-			if err != nil {
-				return err
-			}
-			req.UID = uid
 			var stdin io.Reader
 			if interactive {
 				stdin = g.stdin
 			}
-			code, err := podStream(ctx, b, events.SubjectPodExec(host), &req, stdin, g.stdout, g.stderr)
+			code, err := g.podQuery(cmd.Context(), req.Namespace, req.Name, events.SubjectPodExec, func(uid string) any {
+				req.UID = uid
+				return &req
+			}, stdin)
 			if err != nil {
 				return err
 			}

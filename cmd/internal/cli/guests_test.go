@@ -18,7 +18,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/privtest"
@@ -113,16 +113,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 5 * time.Second}})
 	host := d.Hosts()[0]
 
-	cfg := hostagent.DefaultConfig()
-	cfg.Host, cfg.ChannelDir = host.Name, channels
-	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	guesttest.StartHostAgent(t, b, host.Name, channels)
 
 	// The pod record, as the provisioner keeps it.
 	const uid = "0b9f6a4e-guest-test"

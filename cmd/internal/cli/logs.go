@@ -30,17 +30,10 @@ previous instance's log after a restart, --tail N starts N lines before the end.
 				return usageError("%v", err)
 			}
 			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			uid, host, err := podHost(ctx, b, req.Namespace, req.Name)
-			if err != nil {
-				return err
-			}
-			req.UID = uid
-			_, err = podStream(ctx, b, events.SubjectPodLogs(host), &req, nil, g.stdout, g.stderr)
+			_, err := g.podQuery(ctx, req.Namespace, req.Name, events.SubjectPodLogs, func(uid string) any {
+				req.UID = uid
+				return &req
+			}, nil)
 			if err != nil && ctx.Err() != nil {
 				return nil // Ctrl-C ends a follow
 			}

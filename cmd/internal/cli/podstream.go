@@ -42,6 +42,22 @@ func podHost(ctx context.Context, b *bus.Bus, namespace, name string) (uid, host
 	return r.UID, r.Host, nil
 }
 
+// podQuery finds the pod's host in its record and streams the request
+// (withUID sets the pod's uid on it and returns it) to that host's agent on
+// subject(host).
+func (g *globals) podQuery(ctx context.Context, namespace, name string, subject func(host string) string, withUID func(uid string) any, stdin io.Reader) (*int32, error) {
+	b, err := g.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	uid, host, err := podHost(ctx, b, namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return podStream(ctx, b, subject(host), withUID(uid), stdin, g.stdout, g.stderr)
+}
+
 // podStream sends a logs or exec request to a host agent and copies the
 // streamed answer: data to stdout (exec's stderr stream to stderr). stdin,
 // when not nil, is sent as the exec's input. It returns the exec's exit

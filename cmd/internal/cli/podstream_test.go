@@ -12,7 +12,6 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
 )
@@ -51,16 +50,7 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(channels) })
-	cfg := hostagent.DefaultConfig()
-	cfg.Host, cfg.ChannelDir = host, channels
-	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	svc := guesttest.StartHostAgent(t, b, host, channels)
 
 	g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b1"}, "first", "second")
 	g.SetLog("first", "hello\n")

@@ -1,5 +1,5 @@
 // Package guesttest is a scripted pod VM agent for the tests of the host
-// agent and its clients: it dials a host agent socket and speaks the guest
+// agent and its clients (and StartHostAgent, a host agent for a test): it dials a host agent socket and speaks the guest
 // channel protocol (hello, status, logs, exec, stop) with canned answers.
 // Tests of the whole data plane run the real agent (agent/cmd/podvm-agent)
 // in simulated guests; this stands in where a test is about the host
@@ -8,12 +8,15 @@ package guesttest
 
 import (
 	"bytes"
+	"context"
 	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Guest is a connected scripted agent.
@@ -198,4 +201,26 @@ func (g *Guest) exec(id string, req guestchannel.ExecRequest, stdin []byte) {
 		_ = g.conn.Send(guestchannel.TypeExecOutput, id, guestchannel.ExecOutput{Stream: "stdout", Data: []byte(out)})
 	}
 	_ = g.conn.Send(guestchannel.TypeExecExit, id, guestchannel.ExecExit{ExitCode: code})
+}
+
+// StartHostAgent runs a host agent for host on b with its socket in
+// channelDir until the test ends.
+func StartHostAgent(t testing.TB, b *bus.Bus, host, channelDir string) *hostagent.Service {
+	t.Helper()
+	cfg := hostagent.DefaultConfig()
+	cfg.Host, cfg.ChannelDir, cfg.StopSlack = host, channelDir, 2*time.Second
+	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("host agent %s: %v", host, err)
+		}
+	})
+	return svc
 }
