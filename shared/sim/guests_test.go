@@ -6,11 +6,9 @@ import (
 	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,32 +23,14 @@ import (
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
-// probeDir holds the probe binary; TestMain removes it.
-var probeDir string
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if probeDir != "" {
-		os.RemoveAll(probeDir)
-	}
+	simtest.RemoveBinaries()
 	os.Exit(code)
 }
 
 // probeBinary builds the guest probe (testdata/probe), once per test binary.
-var probeBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "podvisor-probe-")
-	if err != nil {
-		return "", err
-	}
-	probeDir = dir
-	out := filepath.Join(dir, "probe")
-	cmd := exec.Command("go", "build", "-o", out, "./guest/testdata/probe")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", errors.New(string(b))
-	}
-	return out, nil
-})
+var probeBinary = simtest.Binary("./guest/testdata/probe")
 
 // hostAgents stands in for the host agents: it listens on every host's
 // socket in the channel dir and passes on each connection's hello.

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,30 +26,9 @@ import (
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
-// agentBinary builds podvm-agent once per test binary.
-var agentBinary = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "podvisor-agent-")
-	if err != nil {
-		return "", err
-	}
-	builtDirs = append(builtDirs, dir)
-	out := filepath.Join(dir, "podvm-agent")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/podvisor/podvisor/agent/cmd/podvm-agent")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", errors.New(string(b))
-	}
-	return out, nil
-})
-
-// builtDirs are removed by TestMain.
-var builtDirs []string
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, d := range builtDirs {
-		os.RemoveAll(d)
-	}
+	simtest.RemoveBinaries()
 	os.Exit(code)
 }
 
@@ -95,7 +73,7 @@ func busyboxImage(t *testing.T) string {
 func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	privtest.Require(t, "simulated guests run in namespaces and cgroups")
 	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := agentBinary()
+	agent, err := simtest.AgentBinary()
 	if err != nil {
 		t.Fatalf("build podvm-agent: %v", err)
 	}
@@ -302,7 +280,7 @@ func TestUpGuestModes(t *testing.T) {
 	})
 	t.Run("on runs a host agent per host", func(t *testing.T) {
 		privtest.RequireTools(t, "runc")
-		agent, err := agentBinary()
+		agent, err := simtest.AgentBinary()
 		if err != nil {
 			t.Fatalf("build podvm-agent: %v", err)
 		}
