@@ -233,18 +233,21 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 	fail := func(err error) {
 		_ = ss.conn.Send(guestchannel.TypeError, env.ID, guestchannel.Error{Message: err.Error()})
 	}
+	// decode reads the body, answering an error when it does not decode.
+	decode := func(v any) bool {
+		err := env.Decode(v)
+		if err != nil {
+			fail(err)
+		}
+		return err == nil
+	}
 	switch env.Type {
 	case guestchannel.TypeLogs:
 		var req guestchannel.LogsRequest
-		if err := env.Decode(&req); err != nil {
-			fail(err)
+		if !decode(&req) {
 			return
 		}
-		rctx := ss.track(ctx, env.ID)
-		ss.wg.Add(1)
-		go func() {
-			defer ss.wg.Done()
-			defer ss.untrack(env.ID)
+		ss.serve(ctx, env.ID, func(rctx context.Context) {
 			err := ss.s.Pod.Logs(rctx, req, func(b []byte) error {
 				return ss.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: b})
 			})
@@ -253,14 +256,12 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 				end.Error = err.Error()
 			}
 			_ = ss.conn.Send(guestchannel.TypeLogChunk, env.ID, end)
-		}()
+		})
 	case guestchannel.TypeExec:
 		var req guestchannel.ExecRequest
-		if err := env.Decode(&req); err != nil {
-			fail(err)
+		if !decode(&req) {
 			return
 		}
-		rctx := ss.track(ctx, env.ID)
 		var stdin io.Reader
 		if req.Stdin {
 			r, w := io.Pipe()
@@ -269,10 +270,7 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 			ss.mu.Unlock()
 			stdin = r
 		}
-		ss.wg.Add(1)
-		go func() {
-			defer ss.wg.Done()
-			defer ss.untrack(env.ID)
+		ss.serve(ctx, env.ID, func(rctx context.Context) {
 			code, err := ss.s.Pod.Exec(rctx, req, stdin, func(stream string, data []byte) {
 				_ = ss.conn.Send(guestchannel.TypeExecOutput, env.ID, guestchannel.ExecOutput{Stream: stream, Data: data})
 			})
@@ -281,11 +279,10 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 				exit.Error = err.Error()
 			}
 			_ = ss.conn.Send(guestchannel.TypeExecExit, env.ID, exit)
-		}()
+		})
 	case guestchannel.TypeExecStdin:
 		var in guestchannel.ExecStdin
-		if err := env.Decode(&in); err != nil {
-			fail(err)
+		if !decode(&in) {
 			return
 		}
 		ss.mu.Lock()
@@ -308,8 +305,7 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}
 	case guestchannel.TypeStop:
 		var req guestchannel.StopRequest
-		if err := env.Decode(&req); err != nil {
-			fail(err)
+		if !decode(&req) {
 			return
 		}
 		ss.wg.Add(1)
@@ -327,8 +323,7 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}()
 	case guestchannel.TypeCancel:
 		var req guestchannel.Cancel
-		if err := env.Decode(&req); err != nil {
-			fail(err)
+		if !decode(&req) {
 			return
 		}
 		ss.mu.Lock()
@@ -345,12 +340,18 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 	}
 }
 
-func (ss *session) track(ctx context.Context, id string) context.Context {
+// serve runs a cancellable request (logs, exec) in its own goroutine.
+func (ss *session) serve(ctx context.Context, id string, fn func(context.Context)) {
 	rctx, cancel := context.WithCancel(ctx)
 	ss.mu.Lock()
 	ss.reqs[id] = cancel
 	ss.mu.Unlock()
-	return rctx
+	ss.wg.Add(1)
+	go func() {
+		defer ss.wg.Done()
+		defer ss.untrack(id)
+		fn(rctx)
+	}()
 }
 
 func (ss *session) untrack(id string) {

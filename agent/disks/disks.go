@@ -77,17 +77,7 @@ func (m *Mounted) mountEphemeral(src, target string) error {
 			return err
 		}
 	}
-	dev := src
-	if st.Mode().IsRegular() {
-		loop, err := attachLoop(src, false)
-		if err != nil {
-			return err
-		}
-		// Held open until mounted: autoclear detaches on last close.
-		defer loop.Close()
-		dev = loop.Name()
-	}
-	return m.mount(dev, target, "ext4", 0, "")
+	return m.mountDevice(src, st.Mode().IsRegular(), target, "ext4", 0)
 }
 
 func (m *Mounted) mountImage(src, target, fs string) error {
@@ -101,16 +91,22 @@ func (m *Mounted) mountImage(src, target, fs string) error {
 			return nil
 		}
 	}
-	dev := src
-	if st.Mode().IsRegular() {
-		loop, err := attachLoop(src, true)
-		if err != nil {
-			return err
-		}
-		defer loop.Close()
-		dev = loop.Name()
+	return m.mountDevice(src, st.Mode().IsRegular(), target, fs, unix.MS_RDONLY)
+}
+
+// mountDevice mounts a block device, or a regular file through a loop
+// device of its own.
+func (m *Mounted) mountDevice(src string, regular bool, target, fs string, flags uintptr) error {
+	if !regular {
+		return m.mount(src, target, fs, flags, "")
 	}
-	return m.mount(dev, target, fs, unix.MS_RDONLY, "")
+	loop, err := attachLoop(src, flags&unix.MS_RDONLY != 0)
+	if err != nil {
+		return err
+	}
+	// Held open until mounted: autoclear detaches on last close.
+	defer loop.Close()
+	return m.mount(loop.Name(), target, fs, flags, "")
 }
 
 func (m *Mounted) mount(src, target, fs string, flags uintptr, data string) error {

@@ -18,7 +18,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"syscall"
 )
 
 // ErrNoPrevious is returned for --previous on a container never restarted.
@@ -218,7 +217,7 @@ func (s *Store) Read(ctx context.Context, name string, req Request, chunk int, s
 			if err := r.drain(); err != nil {
 				return err
 			}
-			if err := r.reopen(); err != nil {
+			if err := r.next(); err != nil {
 				return err
 			}
 			continue
@@ -285,9 +284,39 @@ func (r *reader) open(instance int) error {
 	return nil
 }
 
-func (r *reader) reopen() error {
+// next moves on from a drained, rotated file: to the rotated file that came
+// after it, if the writer rotated again meanwhile, and then to the current
+// file. (A follower more than one rotation behind loses the files in
+// between: the store keeps only one.)
+func (r *reader) next() error {
+	path := r.s.path(r.name, r.instance)
+	if old, err := os.Open(path + ".1"); err == nil {
+		if !sameFile(old, r.f) {
+			r.close()
+			r.f = old
+			if err := r.drain(); err != nil {
+				return err
+			}
+		} else {
+			old.Close()
+		}
+	}
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil // between the rename and the new file: the next write wakes us
+	}
+	if err != nil {
+		return fmt.Errorf("logs: %w", err)
+	}
 	r.close()
-	return r.open(r.instance)
+	r.f = f
+	return nil
+}
+
+func sameFile(a, b *os.File) bool {
+	x, err1 := a.Stat()
+	y, err2 := b.Stat()
+	return err1 == nil && err2 == nil && os.SameFile(x, y)
 }
 
 func (r *reader) close() {
@@ -304,7 +333,7 @@ func (r *reader) rotated() bool {
 	if err1 != nil || err2 != nil {
 		return false
 	}
-	return a.Sys().(*syscall.Stat_t).Ino != b.Sys().(*syscall.Stat_t).Ino
+	return !os.SameFile(a, b)
 }
 
 // drain sends what r.f holds beyond what was sent.

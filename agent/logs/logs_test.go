@@ -100,3 +100,46 @@ func TestFollowAcrossInstances(t *testing.T) {
 		t.Fatal("follow did not end after the container's last instance")
 	}
 }
+
+// A follow goes on through rotations: it finishes the renamed file and
+// carries on with the new one.
+func TestFollowAcrossRotation(t *testing.T) {
+	s, _ := NewStore(t.TempDir(), 10)
+	w, _ := s.Begin("c", 0)
+	var mu sync.Mutex
+	var got strings.Builder
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- s.Read(ctx, "c", Request{Follow: true}, 3, func(p []byte) error {
+			mu.Lock()
+			got.Write(p)
+			mu.Unlock()
+			return nil
+		})
+	}()
+	var want strings.Builder
+	for i := range 20 {
+		// Every line starts a new 10-byte file.
+		line := "line " + string(rune('a'+i)) + "\n"
+		want.WriteString(line)
+		w.Write([]byte(line))
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			text := got.String()
+			mu.Unlock()
+			if text == want.String() {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("follow = %q, want %q", text, want.String())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

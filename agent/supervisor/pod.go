@@ -330,14 +330,19 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 // then SIGKILL once the grace period is over.
 func (p *Pod) wait(inst *instance) reaper.Status {
 	var deadline <-chan time.Time
+	var reason string
 	for {
 		select {
 		case st := <-inst.proc.Done:
 			return st
 		case k := <-inst.kill:
 			if deadline != nil {
+				if k.reason == "stop" {
+					reason = k.reason // a stop that comes during a probe's kill owns it
+				}
 				continue // already terminating
 			}
+			reason = k.reason
 			p.cfg.Log.Info("stop container", "container", inst.id, "reason", k.reason, "grace", k.grace)
 			if k.grace <= 0 {
 				_ = inst.proc.Signal(unix.SIGKILL)
@@ -347,9 +352,12 @@ func (p *Pod) wait(inst *instance) reaper.Status {
 			deadline = time.After(k.grace)
 		case <-deadline:
 			_ = inst.proc.Signal(unix.SIGKILL)
-			p.mu.Lock()
-			p.killed = append(p.killed, inst.id)
-			p.mu.Unlock()
+			if reason == "stop" {
+				// Stopped.Killed: the containers a stop had to kill.
+				p.mu.Lock()
+				p.killed = append(p.killed, inst.id)
+				p.mu.Unlock()
+			}
 			deadline = nil
 		}
 	}
@@ -424,7 +432,7 @@ func (p *Pod) cgroupParent() string {
 	if p.cfg.CgroupParent != "" {
 		return p.cfg.CgroupParent
 	}
-	return "/podvisor"
+	return "/" // BootConfig: empty means the root of the guest
 }
 
 // updatePhase recomputes the phase (containers' updates do it already).

@@ -42,7 +42,9 @@ func BuildAgent(dir string) (string, error) {
 type Image struct {
 	Base, Top     string // erofs image files
 	BaseID, TopID string // chainIDs
-	sums          map[string]string
+	// BaseDir is the base layer's staged directory (a plain rootfs).
+	BaseDir string
+	sums    map[string]string
 }
 
 // Applets are the busybox applets the image links.
@@ -90,7 +92,7 @@ func BuildImage(dir string) (*Image, error) {
 		return nil, fmt.Errorf("whiteout: %w", err)
 	}
 	img := &Image{Base: filepath.Join(dir, "base.erofs"), Top: filepath.Join(dir, "top.erofs"),
-		BaseID: "sha256:" + strings.Repeat("b", 64), TopID: "sha256:" + strings.Repeat("7", 64), sums: map[string]string{}}
+		BaseID: "sha256:" + strings.Repeat("b", 64), TopID: "sha256:" + strings.Repeat("7", 64), BaseDir: base, sums: map[string]string{}}
 	for _, b := range [][2]string{{img.Base, base}, {img.Top, top}} {
 		if out, err := exec.Command("mkfs.erofs", "--quiet", "--all-root", b[0], b[1]).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("mkfs.erofs %s: %v: %s", b[0], err, out)

@@ -1,0 +1,174 @@
+package channel
+
+import (
+	"context"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+)
+
+// pod is a scripted Pod: the channel's session logic under the race
+// detector, which the static agent binary of the guest tests cannot run.
+type pod struct {
+	mu      sync.Mutex
+	status  guestchannel.Status
+	changed chan struct{}
+	seq     uint64
+	follow  chan []byte
+}
+
+func newPod() *pod {
+	return &pod{changed: make(chan struct{}), follow: make(chan []byte, 8), status: guestchannel.Status{
+		Phase:      guestchannel.PhasePending,
+		Containers: []guestchannel.ContainerStatus{{Name: "a"}, {Name: "b"}},
+	}}
+}
+
+func (p *pod) set(name, kind string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.status.Containers {
+		if p.status.Containers[i].Name == name {
+			p.status.Containers[i].State.Kind = kind
+		}
+	}
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+func (p *pod) Status() (guestchannel.Status, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.status
+	s.Containers = append([]guestchannel.ContainerStatus(nil), s.Containers...)
+	return s, p.changed
+}
+
+func (p *pod) NextSeq() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.seq++
+	return p.seq
+}
+
+func (p *pod) Logs(ctx context.Context, req guestchannel.LogsRequest, send func([]byte) error) error {
+	for {
+		select {
+		case b := <-p.follow:
+			if err := send(b); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (p *pod) Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(string, []byte)) (int32, error) {
+	in, _ := io.ReadAll(stdin)
+	out("stdout", in)
+	return 5, nil
+}
+
+func (p *pod) Stop(time.Duration) guestchannel.Stopped {
+	p.set("a", guestchannel.StateTerminated)
+	return guestchannel.Stopped{Killed: []string{"a"}}
+}
+
+func TestSession(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	p := newPod()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p,
+			MinRetry: 10 * time.Millisecond}).Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+
+	accept := func() *guestchannel.Conn {
+		t.Helper()
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return guestchannel.NewConn(c)
+	}
+	recv := func(c *guestchannel.Conn, typ string) guestchannel.Envelope {
+		t.Helper()
+		env, err := c.Receive()
+		if err != nil || env.Type != typ {
+			t.Fatalf("receive: %+v, %v; want %s", env, err, typ)
+		}
+		return env
+	}
+	var st guestchannel.Status
+	c := accept()
+	recv(c, guestchannel.TypeHello)
+	if recv(c, guestchannel.TypeStatus).Decode(&st); !st.Full || len(st.Containers) != 2 {
+		t.Fatalf("first status = %+v, want full", st)
+	}
+	firstSeq := st.Seq
+
+	p.set("b", guestchannel.StateRunning)
+	if recv(c, guestchannel.TypeStatus).Decode(&st); st.Full || len(st.Containers) != 1 || st.Containers[0].Name != "b" || st.Seq <= firstSeq {
+		t.Fatalf("partial = %+v, want only b with a higher seq", st)
+	}
+
+	// Logs stream until cancelled; exec takes stdin; unknown types get an error.
+	c.Send(guestchannel.TypeLogs, "l1", guestchannel.LogsRequest{Container: "a", Follow: true})
+	p.follow <- []byte("line\n")
+	var chunk guestchannel.LogChunk
+	if recv(c, guestchannel.TypeLogChunk).Decode(&chunk); string(chunk.Data) != "line\n" {
+		t.Fatalf("chunk = %+v", chunk)
+	}
+	c.Send(guestchannel.TypeCancel, "", guestchannel.Cancel{Target: "l1"})
+	env := recv(c, guestchannel.TypeLogChunk)
+	if env.Decode(&chunk); !chunk.EOF || env.ID != "l1" {
+		t.Fatalf("after cancel: %+v", chunk)
+	}
+	c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"cat"}, Stdin: true})
+	c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: []byte("in"), EOF: true})
+	var out guestchannel.ExecOutput
+	if recv(c, guestchannel.TypeExecOutput).Decode(&out); string(out.Data) != "in" {
+		t.Fatalf("exec output = %+v", out)
+	}
+	var exit guestchannel.ExecExit
+	if recv(c, guestchannel.TypeExecExit).Decode(&exit); exit.ExitCode != 5 {
+		t.Fatalf("exec exit = %+v", exit)
+	}
+	c.Send("reboot", "x1", nil)
+	if env := recv(c, guestchannel.TypeError); env.ID != "x1" {
+		t.Fatalf("error for unknown type: %+v", env)
+	}
+
+	// Stop: the statuses it led to come before stopped.
+	c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+	if recv(c, guestchannel.TypeStatus).Decode(&st); st.Containers[0].State.Kind != guestchannel.StateTerminated {
+		t.Fatalf("status before stopped = %+v", st)
+	}
+	var stopped guestchannel.Stopped
+	if recv(c, guestchannel.TypeStopped).Decode(&stopped); len(stopped.Killed) != 1 {
+		t.Fatalf("stopped = %+v", stopped)
+	}
+
+	// A dropped connection is redialled: hello and a full status again.
+	c.Close()
+	c = accept()
+	defer c.Close()
+	recv(c, guestchannel.TypeHello)
+	if recv(c, guestchannel.TypeStatus).Decode(&st); !st.Full || st.Containers[1].State.Kind != guestchannel.StateRunning {
+		t.Fatalf("status after redial = %+v, want full with b running", st)
+	}
+}
