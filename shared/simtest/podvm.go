@@ -32,6 +32,15 @@ type PodVM struct {
 	MemoryMB int64
 	Spec     *guestchannel.PodSpec
 	Disks    []PodVMDisk
+	// NICs are the VM's network cards, in order.
+	NICs []PodVMNIC
+}
+
+// PodVMNIC is a network card of a PodVM on a distributed port group, with a
+// manual MAC (as the provisioner gives the one IPAM allocated).
+type PodVMNIC struct {
+	PortGroup string
+	MAC       string
 }
 
 // CreatePodVM creates the VM and returns it with the local paths of its
@@ -94,6 +103,25 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 		})
 		flat := disk.File[:len(disk.File)-len(filepath.Ext(disk.File))] + "-flat" + filepath.Ext(disk.File)
 		extents = append(extents, filepath.Join(ds.Dir, p.Name, flat))
+	}
+	for i, n := range p.NICs {
+		pg, err := find.NewFinder(c.Client, true).SetDatacenter(dc).Network(ctx, n.PortGroup)
+		if err != nil {
+			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+		}
+		backing, err := pg.EthernetCardBackingInfo(ctx)
+		if err != nil {
+			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device: &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
+				VirtualDevice: types.VirtualDevice{Key: int32(-300 - i), Backing: backing,
+					Connectable: &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true}},
+				AddressType: string(types.VirtualEthernetCardMacTypeManual),
+				MacAddress:  n.MAC,
+			}}},
+		})
 	}
 	cfg := types.VirtualMachineConfigSpec{
 		Name:         p.Name,
