@@ -142,3 +142,35 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 	}
 	return object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)), extents
 }
+
+// AddPortGroup adds a port group to a distributed switch, as network-config
+// does, and returns its key (what a card's backing names).
+func AddPortGroup(t testing.TB, c *govmomi.Client, sw types.ManagedObjectReference, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	task, err := object.NewDistributedVirtualSwitch(c.Client, sw).AddPortgroup(ctx, []types.DVPortgroupConfigSpec{{Name: name, NumPorts: 8,
+		Type: string(types.DistributedVirtualPortgroupPortgroupTypeEarlyBinding)}})
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("simtest: add port group %s: %v", name, err)
+	}
+	pg, err := Finder(t, c).Network(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := pg.EthernetCardBackingInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo).Port.PortgroupKey
+}
+
+// Finder looks things up in the simulated datacenter.
+func Finder(t testing.TB, c *govmomi.Client) *find.Finder {
+	t.Helper()
+	f := find.NewFinder(c.Client, true)
+	dc, err := f.Datacenter(context.Background(), sim.DatacenterName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.SetDatacenter(dc)
+}
