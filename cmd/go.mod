@@ -44,6 +44,8 @@ replace github.com/podvisor/podvisor/services/netconfig => ../services/netconfig
 
 replace github.com/podvisor/podvisor/services/migration => ../services/migration
 
+replace github.com/podvisor/podvisor/agent => ../agent
+
 require (
 	github.com/a8m/tree v0.0.0-20240104212747-2c8764a5f17e // indirect
 	github.com/alicebob/miniredis/v2 v2.40.0 // indirect
@@ -74,6 +76,7 @@ require (
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/opencontainers/image-spec v1.1.1 // indirect
+	github.com/podvisor/podvisor/agent v0.0.0 // indirect
 	github.com/prometheus/client_golang v1.24.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect

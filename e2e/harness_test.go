@@ -22,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/podvisor/podvisor/events"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -293,10 +294,31 @@ func (s *system) cliPods(ns string) ([]corev1.Pod, error) {
 	return list.Items, nil
 }
 
-// running reports whether the CLI shows a pod running on a host with an
-// address (Kubernetes phase Running without a deletion timestamp).
-func running(p corev1.Pod) bool {
-	return p.Status.Phase == corev1.PodRunning && p.DeletionTimestamp == nil && p.Spec.NodeName != "" && p.Status.PodIP != ""
+// vmRunning reports whether the CLI shows a pod whose VM is powered on, on
+// a host, with an address, and not being deleted: condition VMReady True
+// (what pod.vm.ready announces). The datacenter `podvisor up` starts here
+// runs no guests, so no container starts and no pod reaches Kubernetes
+// phase Running: it stays Pending (ContainerCreating) with its VM on, and
+// these tests wait for that, never for Running.
+func vmRunning(p corev1.Pod) bool {
+	if p.DeletionTimestamp != nil || p.Spec.NodeName == "" || p.Status.PodIP == "" {
+		return false
+	}
+	if p.Status.Phase != corev1.PodPending && p.Status.Phase != corev1.PodRunning {
+		return false
+	}
+	for _, c := range p.Status.Conditions {
+		if string(c.Type) == events.PodConditionVMReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// vmOn reports whether a pod record has its VM powered on (Starting:
+// no guest reports here; Running if one did).
+func vmOn(r events.PodRecord) bool {
+	return r.Phase == events.PodPhaseStarting || r.Phase == events.PodPhaseRunning
 }
 
 // eventually polls cond every interval until it returns nil or timeout

@@ -89,11 +89,12 @@ func writeManifest(t *testing.T, dir, name, content string) string {
 	return p
 }
 
-// waitRunning waits until the CLI shows every named pod Running.
-func (s *system) waitRunning(t *testing.T, ns string, names []string, timeout time.Duration) map[string]corev1.Pod {
+// waitVMRunning waits until the CLI shows every named pod with its VM
+// powered on (see vmRunning: without guests, that is as far as a pod goes).
+func (s *system) waitVMRunning(t *testing.T, ns string, names []string, timeout time.Duration) map[string]corev1.Pod {
 	t.Helper()
 	var got map[string]corev1.Pod
-	eventually(t, timeout, 2*time.Second, fmt.Sprintf("%d pods of %s Running", len(names), ns), func() error {
+	eventually(t, timeout, 2*time.Second, fmt.Sprintf("%d pods of %s with their VM running", len(names), ns), func() error {
 		pods, err := s.cliPods(ns)
 		if err != nil {
 			return err
@@ -110,7 +111,7 @@ func (s *system) waitRunning(t *testing.T, ns string, names []string, timeout ti
 			case !ok:
 				phases["absent"]++
 				missing = append(missing, n)
-			case !running(p):
+			case !vmRunning(p):
 				phases[string(p.Status.Phase)+"/"+p.Status.Reason]++
 				missing = append(missing, n)
 			}
@@ -119,7 +120,7 @@ func (s *system) waitRunning(t *testing.T, ns string, names []string, timeout ti
 			if len(missing) > 5 {
 				missing = append(missing[:5], "…")
 			}
-			return fmt.Errorf("not running: %v (%s)", phases, strings.Join(missing, ", "))
+			return fmt.Errorf("VM not running: %v (%s)", phases, strings.Join(missing, ", "))
 		}
 		return nil
 	})
@@ -148,8 +149,16 @@ func TestPods(t *testing.T) {
 	// Admission answers may come after apply's wait on a busy machine; the
 	// outcome is judged by what runs, below.
 	s.mustCLI(nil, "apply", "--wait", "0", "-f", writeManifest(t, s.dir, "pods.yaml", manifest.String()))
-	cliPods := s.waitRunning(t, ns, names, 5*time.Minute)
-	t.Logf("100 pods Running after %s", time.Since(start).Round(time.Millisecond))
+	cliPods := s.waitVMRunning(t, ns, names, 5*time.Minute)
+	t.Logf("100 pods with their VM running after %s", time.Since(start).Round(time.Millisecond))
+	// No guests run here: a pod whose VM is on must not claim Running.
+	for name, p := range cliPods {
+		if p.Status.Phase == corev1.PodRunning || len(p.Status.ContainerStatuses) == 0 || p.Status.ContainerStatuses[0].State.Waiting == nil ||
+			p.Status.ContainerStatuses[0].State.Waiting.Reason != events.ReasonContainerCreating {
+			t.Errorf("pod %s without a guest shows phase %s, containers %+v; want Pending, ContainerCreating", name, p.Status.Phase, p.Status.ContainerStatuses)
+			break
+		}
+	}
 
 	snap := vc.mustRead(t)
 	checkPlacement(t, snap, ns, pods, cliPods)
@@ -175,7 +184,7 @@ func TestPods(t *testing.T) {
 			}
 			return nil
 		})
-		got := s.waitRunning(t, ns, []string{p.Name}, time.Minute)
+		got := s.waitVMRunning(t, ns, []string{p.Name}, time.Minute)
 		if got[p.Name].Spec.NodeName != target {
 			t.Errorf("CLI shows %s on %s after the migration, want %s", p.Name, got[p.Name].Spec.NodeName, target)
 		}
@@ -193,7 +202,7 @@ func TestPods(t *testing.T) {
 		if !snap.Hosts[host].Maintenance {
 			t.Errorf("vSphere does not show %s in maintenance mode after the drain", host)
 		}
-		s.waitRunning(t, ns, names, 2*time.Minute)
+		s.waitVMRunning(t, ns, names, 2*time.Minute)
 		t.Logf("drained %s: %d pod VMs moved", host, before)
 	})
 
@@ -209,7 +218,7 @@ func TestPods(t *testing.T) {
 		}
 		s.mustCLI(nil, "sim", "host", "fail", host)
 		start := time.Now()
-		eventually(t, 3*time.Minute, 2*time.Second, "pods of the failed host running elsewhere", func() error {
+		eventually(t, 3*time.Minute, 2*time.Second, "pods of the failed host with their VM running elsewhere", func() error {
 			pods, err := s.cliPods(ns)
 			if err != nil {
 				return err
@@ -219,7 +228,7 @@ func TestPods(t *testing.T) {
 				return err
 			}
 			for _, p := range pods {
-				if !running(p) || p.Spec.NodeName == host {
+				if !vmRunning(p) || p.Spec.NodeName == host {
 					return fmt.Errorf("%s is %s on %s", p.Name, p.Status.Phase, p.Spec.NodeName)
 				}
 			}
@@ -236,7 +245,7 @@ func TestPods(t *testing.T) {
 			}
 			return nil
 		})
-		t.Logf("%d pods of %s running elsewhere after %s", len(victims), host, time.Since(start).Round(time.Millisecond))
+		t.Logf("%d pods of %s with their VM running elsewhere after %s", len(victims), host, time.Since(start).Round(time.Millisecond))
 		s.mustCLI(nil, "sim", "host", "recover", host)
 		// The VMs left on the dead host go once it answers again.
 		eventually(t, 3*time.Minute, 3*time.Second, "leftover VMs removed from the recovered host", func() error {
@@ -327,9 +336,9 @@ func checkPlacement(t *testing.T, snap *snapshot, ns string, pods []testPod, cli
 		if p.network == "frontend" && vm.Cluster != "cluster-1" {
 			t.Errorf("%s (frontend) runs on %s in %s, outside the network's scope cluster-1", p.name, vm.Host, vm.Cluster)
 		}
-		ip := vm.Guest["guestinfo.podvisor.network.0.ip"]
+		ip := vm.SpecIP()
 		if ip == "" || ip != cp.Status.PodIP {
-			t.Errorf("%s: guestinfo address %q, podvisor says %q", p.name, ip, cp.Status.PodIP)
+			t.Errorf("%s: guest spec address %q, podvisor says %q", p.name, ip, cp.Status.PodIP)
 		}
 		key := p.network + "/" + ip
 		if other, dup := ips[key]; dup {
@@ -446,7 +455,7 @@ func TestRepeatedRequests(t *testing.T) {
 		publishBinary(t, js, subjectPodRequested, newEvent(t, fmt.Sprintf("other-id-%d", i), typePodRequested, key("other-ids"), pod("other-ids")))
 	}
 	names := []string{"same-id", "structured", "other-ids"}
-	cli := s.waitRunning(t, ns, names, 3*time.Minute)
+	cli := s.waitVMRunning(t, ns, names, 3*time.Minute)
 	// Let any late duplicate show itself before counting.
 	time.Sleep(3 * time.Second)
 	snap := vc.mustRead(t)

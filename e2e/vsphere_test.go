@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"path"
@@ -58,6 +59,20 @@ type podVM struct {
 func (v podVM) UID() string       { return v.Guest["guestinfo.podvisor.uid"] }
 func (v podVM) Namespace() string { return v.Guest["guestinfo.podvisor.namespace"] }
 func (v podVM) PodName() string   { return v.Guest["guestinfo.podvisor.name"] }
+
+// SpecIP is the address of the first NIC in the guest spec the pod VM
+// agent reads (guestinfo.podvisor.spec), "" if absent or unreadable.
+func (v podVM) SpecIP() string {
+	var spec struct {
+		NICs []struct {
+			IP string `json:"ip"`
+		} `json:"nics"`
+	}
+	if json.Unmarshal([]byte(v.Guest["guestinfo.podvisor.spec"]), &spec) != nil || len(spec.NICs) == 0 {
+		return ""
+	}
+	return spec.NICs[0].IP
+}
 
 // vhost is what vSphere says about a host.
 type vhost struct {

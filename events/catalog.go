@@ -46,6 +46,7 @@ const (
 	TypePodImagesFailed       = "io.podvisor.pod.images.failed.v1"
 	TypePodNetworkAttached    = "io.podvisor.pod.network.attached.v1"
 	TypePodNetworkFailed      = "io.podvisor.pod.network.failed.v1"
+	TypePodVMReady            = "io.podvisor.pod.vm.ready.v1"
 	TypePodRunning            = "io.podvisor.pod.running.v1"
 	TypePodFailed             = "io.podvisor.pod.failed.v1"
 	TypePodDeleteRequested    = "io.podvisor.pod.delete.requested.v1"
@@ -96,6 +97,7 @@ const (
 	SubjectPodImagesFailed       = "pv.pod.images.failed"
 	SubjectPodNetworkAttached    = "pv.pod.network.attached"
 	SubjectPodNetworkFailed      = "pv.pod.network.failed"
+	SubjectPodVMReady            = "pv.pod.vm.ready"
 	SubjectPodRunning            = "pv.pod.running"
 	SubjectPodFailed             = "pv.pod.failed"
 	SubjectPodDeleteRequested    = "pv.pod.delete.requested"
@@ -178,6 +180,7 @@ var catalog = []Kind{
 	kind[PodImagesFailed](TypePodImagesFailed, SubjectPodImagesFailed, StreamPods),
 	kind[PodNetworkAttached](TypePodNetworkAttached, SubjectPodNetworkAttached, StreamPods),
 	kind[PodNetworkFailed](TypePodNetworkFailed, SubjectPodNetworkFailed, StreamPods),
+	kind[PodVMReady](TypePodVMReady, SubjectPodVMReady, StreamPods),
 	kind[PodRunning](TypePodRunning, SubjectPodRunning, StreamPods),
 	kind[PodFailed](TypePodFailed, SubjectPodFailed, StreamPods),
 	kind[PodDeleteRequested](TypePodDeleteRequested, SubjectPodDeleteRequested, StreamPods),

@@ -58,16 +58,20 @@
 //
 // Pods are Kubernetes v1 Pod manifests (k8s.io/api/core/v1), accepted as
 // written and checked by ValidatePod. podvisor supports what a pod VM can
-// honour: containers with name, image, command, args, workingDir, ports, env
-// values, CPU and memory requests and limits, imagePullPolicy and a few
-// securityContext settings (runAsUser, runAsGroup, runAsNonRoot,
-// readOnlyRootFilesystem); the pod's restartPolicy,
+// honour: containers and init containers with name, image, command, args,
+// workingDir, ports, env values, CPU and memory requests and limits,
+// imagePullPolicy, volumeMounts and a few securityContext settings
+// (runAsUser, runAsGroup, runAsNonRoot, readOnlyRootFilesystem); liveness,
+// readiness and startup probes (exec, httpGet and tcpSocket on a port
+// number) on containers; emptyDir volumes (a directory of the pod VM's
+// ephemeral disk, or a tmpfs with medium Memory); the pod's restartPolicy,
 // terminationGracePeriodSeconds and nodeSelector (matched against host
 // labels). Fields Kubernetes itself writes into exported manifests are
 // accepted at their default values (dnsPolicy ClusterFirst, schedulerName
 // default-scheduler, serviceAccountName default, terminationMessagePath).
-// Everything else — volumes, init and ephemeral containers, host namespaces,
-// hostPort, privileged, probes, nodeName, affinity, tolerations, ... — is
+// Everything else — other volume types, env valueFrom, ephemeral containers,
+// sidecar (restartPolicy) init containers, grpc probes, host namespaces,
+// hostPort, privileged, nodeName, affinity, tolerations, ... — is
 // refused with a reason, never silently dropped. The list of supported
 // fields is an allow-list, so a field added by a newer k8s.io/api is refused
 // until someone decides what a pod VM does with it.

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"fmt"
 	"path"
 	"reflect"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 )
@@ -88,11 +90,21 @@ func PodNetworks(pod *corev1.Pod) []string {
 	return out
 }
 
-// PodImages returns the container images in container order.
+// PodContainers returns every container of a pod that needs an image: the
+// init containers, then the containers. This is the order of
+// PodAccepted.Images and of PodRecord.Images.
+func PodContainers(pod *corev1.Pod) []corev1.Container {
+	out := make([]corev1.Container, 0, len(pod.Spec.InitContainers)+len(pod.Spec.Containers))
+	out = append(out, pod.Spec.InitContainers...)
+	return append(out, pod.Spec.Containers...)
+}
+
+// PodImages returns the images of PodContainers, in that order.
 func PodImages(pod *corev1.Pod) []string {
-	out := make([]string, len(pod.Spec.Containers))
-	for i := range pod.Spec.Containers {
-		out[i] = pod.Spec.Containers[i].Image
+	cs := PodContainers(pod)
+	out := make([]string, len(cs))
+	for i := range cs {
+		out[i] = cs[i].Image
 	}
 	return out
 }
@@ -183,40 +195,56 @@ func validateNetworksAnnotation(p *field.Path, raw string) field.ErrorList {
 // field added by a newer k8s.io/api is refused until someone decides what a
 // pod VM does with it.
 var (
-	supportedPodSpecFields = fieldSet("containers", "restartPolicy", "terminationGracePeriodSeconds",
+	supportedPodSpecFields = fieldSet("containers", "initContainers", "volumes", "restartPolicy", "terminationGracePeriodSeconds",
 		"dnsPolicy", "nodeSelector", "serviceAccountName", "serviceAccount", "automountServiceAccountToken",
 		"enableServiceLinks", "schedulerName", "os", "affinity")
 	supportedContainerFields = fieldSet("name", "image", "command", "args", "workingDir", "ports", "env",
-		"resources", "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext")
+		"resources", "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext",
+		"volumeMounts", "livenessProbe", "readinessProbe", "startupProbe")
+	// Init containers run to completion before the others start: probes
+	// have nothing to watch there (Kubernetes refuses them too).
+	supportedInitContainerFields = fieldSet("name", "image", "command", "args", "workingDir", "ports", "env",
+		"resources", "terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "securityContext",
+		"volumeMounts")
+	supportedVolumeSources     = fieldSet("emptyDir")
+	supportedVolumeMountFields = fieldSet("name", "mountPath", "readOnly")
+	supportedProbeFields       = fieldSet("exec", "httpGet", "tcpSocket", "initialDelaySeconds", "timeoutSeconds",
+		"periodSeconds", "successThreshold", "failureThreshold")
+	supportedHTTPGetFields         = fieldSet("path", "port", "host", "scheme")
 	supportedSecurityContextFields = fieldSet("privileged", "allowPrivilegeEscalation", "runAsUser",
 		"runAsGroup", "runAsNonRoot", "readOnlyRootFilesystem")
 )
 
 // unsupportedWhy explains the refusals people are most likely to hit.
 var unsupportedWhy = map[string]string{
-	"volumes":             "pod VMs have no volumes; each container gets an ephemeral root disk",
-	"volumeMounts":        "pod VMs have no volumes; each container gets an ephemeral root disk",
-	"volumeDevices":       "pod VMs have no volumes; each container gets an ephemeral root disk",
-	"initContainers":      "pod VMs start app containers only; fold init steps into the container command",
-	"ephemeralContainers": "pod VMs cannot attach debug containers",
-	"hostNetwork":         "a pod VM has its own network stack; the hypervisor host's cannot be shared",
-	"hostPID":             "a pod VM has its own kernel; the host's process namespace cannot be shared",
-	"hostIPC":             "a pod VM has its own kernel; the host's IPC namespace cannot be shared",
-	"hostUsers":           "a pod VM has its own kernel; the host's user namespace cannot be shared",
-	"nodeName":            "the scheduler picks the host; use nodeSelector with host labels, or a Migration with targetHost",
-	"tolerations":         "hosts carry no taints; cordoned hosts are skipped by the scheduler",
-	"imagePullSecrets":    "registry credentials are configured on the image cache, not per pod",
-	"overhead":            "podvisor computes the pod VM overhead itself",
-	"resources":           "pod-level resources are not supported; set them per container",
-	"securityContext":     "pod-level securityContext is not supported; set it per container",
-	"livenessProbe":       "probes are not run in pod VMs",
-	"readinessProbe":      "probes are not run in pod VMs",
-	"startupProbe":        "probes are not run in pod VMs",
-	"lifecycle":           "lifecycle hooks are not run in pod VMs",
-	"envFrom":             "ConfigMaps and Secrets do not exist in podvisor; use env with value",
-	"stdin":               "containers in pod VMs cannot be attached to",
-	"stdinOnce":           "containers in pod VMs cannot be attached to",
-	"tty":                 "containers in pod VMs cannot be attached to",
+	"volumeDevices":                 "pod VMs have no block volumes; use an emptyDir volume",
+	"subPath":                       "volumes are mounted whole in pod VMs",
+	"subPathExpr":                   "volumes are mounted whole in pod VMs",
+	"mountPropagation":              "mounts in pod VMs are private",
+	"recursiveReadOnly":             "mounts in pod VMs are private; readOnly applies to the mount",
+	"grpc":                          "the pod VM agent runs exec, httpGet and tcpSocket probes",
+	"httpHeaders":                   "httpGet probes send no custom headers in pod VMs",
+	"terminationGracePeriodSeconds": "the pod's terminationGracePeriodSeconds applies",
+	"restartPolicy":                 "the pod's restartPolicy applies to every container (no sidecar containers)",
+	"ephemeralContainers":           "pod VMs cannot attach debug containers",
+	"hostNetwork":                   "a pod VM has its own network stack; the hypervisor host's cannot be shared",
+	"hostPID":                       "a pod VM has its own kernel; the host's process namespace cannot be shared",
+	"hostIPC":                       "a pod VM has its own kernel; the host's IPC namespace cannot be shared",
+	"hostUsers":                     "a pod VM has its own kernel; the host's user namespace cannot be shared",
+	"nodeName":                      "the scheduler picks the host; use nodeSelector with host labels, or a Migration with targetHost",
+	"tolerations":                   "hosts carry no taints; cordoned hosts are skipped by the scheduler",
+	"imagePullSecrets":              "registry credentials are configured on the image cache, not per pod",
+	"overhead":                      "podvisor computes the pod VM overhead itself",
+	"resources":                     "pod-level resources are not supported; set them per container",
+	"securityContext":               "pod-level securityContext is not supported; set it per container",
+	"livenessProbe":                 "init containers run to completion; probes apply to containers",
+	"readinessProbe":                "init containers run to completion; probes apply to containers",
+	"startupProbe":                  "init containers run to completion; probes apply to containers",
+	"lifecycle":                     "lifecycle hooks are not run in pod VMs",
+	"envFrom":                       "ConfigMaps and Secrets do not exist in podvisor; use env with value",
+	"stdin":                         "containers in pod VMs cannot be attached to",
+	"stdinOnce":                     "containers in pod VMs cannot be attached to",
+	"tty":                           "containers in pod VMs cannot be attached to",
 }
 
 func fieldSet(names ...string) map[string]bool {
@@ -308,6 +336,8 @@ func validatePodSpec(spec *corev1.PodSpec, p *field.Path) field.ErrorList {
 		errs = append(errs, field.NotSupported(p.Child("os", "name"), spec.OS.Name, []corev1.OSName{corev1.Linux}))
 	}
 
+	volumes, verrs := validateVolumes(spec.Volumes, p.Child("volumes"))
+	errs = append(errs, verrs...)
 	cp := p.Child("containers")
 	if len(spec.Containers) == 0 {
 		errs = append(errs, field.Required(cp, "at least one container"))
@@ -315,10 +345,29 @@ func validatePodSpec(spec *corev1.PodSpec, p *field.Path) field.ErrorList {
 	names := map[string]bool{}
 	ports := map[string]*field.Path{}     // "80/TCP" -> first path
 	portNames := map[string]*field.Path{} // name -> first path
+	for i := range spec.InitContainers {
+		c := &spec.InitContainers[i]
+		ip := p.Child("initContainers").Index(i)
+		errs = append(errs, forbidUnsupported(ip, c, supportedInitContainerFields)...)
+		errs = append(errs, validateContainer(c, ip, volumes)...)
+		if c.Name != "" {
+			if names[c.Name] {
+				errs = append(errs, field.Duplicate(ip.Child("name"), c.Name))
+			}
+			names[c.Name] = true
+		}
+	}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
 		ip := cp.Index(i)
-		errs = append(errs, validateContainer(c, ip)...)
+		errs = append(errs, forbidUnsupported(ip, c, supportedContainerFields)...)
+		errs = append(errs, validateContainer(c, ip, volumes)...)
+		for _, pr := range []struct {
+			name  string
+			probe *corev1.Probe
+		}{{"livenessProbe", c.LivenessProbe}, {"readinessProbe", c.ReadinessProbe}, {"startupProbe", c.StartupProbe}} {
+			errs = append(errs, validateProbe(pr.probe, ip.Child(pr.name))...)
+		}
 		if c.Name != "" {
 			if names[c.Name] {
 				errs = append(errs, field.Duplicate(ip.Child("name"), c.Name))
@@ -351,9 +400,122 @@ func validatePodSpec(spec *corev1.PodSpec, p *field.Path) field.ErrorList {
 	return errs
 }
 
-func validateContainer(c *corev1.Container, p *field.Path) field.ErrorList {
-	errs := forbidUnsupported(p, c, supportedContainerFields)
+// validateVolumes checks the pod's volumes: emptyDir only, a directory (or
+// with medium Memory a tmpfs) of the pod VM's ephemeral disk. It returns the
+// volume names for the mounts to refer to.
+func validateVolumes(vols []corev1.Volume, p *field.Path) (map[string]bool, field.ErrorList) {
+	var errs field.ErrorList
+	names := map[string]bool{}
+	for i := range vols {
+		v := &vols[i]
+		vp := p.Index(i)
+		errs = append(errs, validateDNSLabel(vp.Child("name"), v.Name)...)
+		if names[v.Name] {
+			errs = append(errs, field.Duplicate(vp.Child("name"), v.Name))
+		}
+		names[v.Name] = true
+		other := forbidUnsupported(vp, &v.VolumeSource, supportedVolumeSources)
+		for _, e := range other {
+			e.Detail = "not supported by podvisor: a pod VM has only emptyDir volumes (on its ephemeral disk)"
+			errs = append(errs, e)
+		}
+		if v.EmptyDir == nil {
+			if len(other) == 0 {
+				errs = append(errs, field.Required(vp.Child("emptyDir"), "the only volume type a pod VM has"))
+			}
+			continue
+		}
+		switch v.EmptyDir.Medium {
+		case corev1.StorageMediumDefault, corev1.StorageMediumMemory:
+		default:
+			errs = append(errs, field.NotSupported(vp.Child("emptyDir", "medium"), v.EmptyDir.Medium,
+				[]corev1.StorageMedium{corev1.StorageMediumDefault, corev1.StorageMediumMemory}))
+		}
+		if q := v.EmptyDir.SizeLimit; q != nil && q.Sign() < 0 {
+			errs = append(errs, field.Invalid(vp.Child("emptyDir", "sizeLimit"), q.String(), "must not be negative"))
+		}
+	}
+	return names, errs
+}
+
+// validateProbe checks a probe the pod VM agent runs: exactly one of exec,
+// httpGet (numeric port) and tcpSocket (numeric port), timings not negative.
+func validateProbe(pr *corev1.Probe, p *field.Path) field.ErrorList {
+	if pr == nil {
+		return nil
+	}
+	// The handler is inlined in Probe: its fields are checked on their own.
+	errs := forbidUnsupported(p, pr, supportedProbeFields)
+	errs = append(errs, forbidUnsupported(p, &pr.ProbeHandler, supportedProbeFields)...)
+	n := 0
+	if pr.Exec != nil {
+		n++
+		if len(pr.Exec.Command) == 0 {
+			errs = append(errs, field.Required(p.Child("exec", "command"), ""))
+		}
+	}
+	port := func(fp *field.Path, v intstr.IntOrString) {
+		if v.Type != intstr.Int {
+			errs = append(errs, field.Invalid(fp, v.String(), "a port number: named ports are not resolved in pod VMs"))
+			return
+		}
+		for _, msg := range validation.IsValidPortNum(v.IntValue()) {
+			errs = append(errs, field.Invalid(fp, v.IntValue(), msg))
+		}
+	}
+	if g := pr.HTTPGet; g != nil {
+		n++
+		gp := p.Child("httpGet")
+		errs = append(errs, forbidUnsupported(gp, g, supportedHTTPGetFields)...)
+		port(gp.Child("port"), g.Port)
+		switch g.Scheme {
+		case "", corev1.URISchemeHTTP, corev1.URISchemeHTTPS:
+		default:
+			errs = append(errs, field.NotSupported(gp.Child("scheme"), g.Scheme, []corev1.URIScheme{corev1.URISchemeHTTP, corev1.URISchemeHTTPS}))
+		}
+	}
+	if t := pr.TCPSocket; t != nil {
+		n++
+		port(p.Child("tcpSocket", "port"), t.Port)
+	}
+	if pr.GRPC != nil {
+		n++
+	}
+	if n != 1 {
+		errs = append(errs, field.Invalid(p, fmt.Sprintf("%d handlers", n), "exactly one of exec, httpGet, tcpSocket"))
+	}
+	for _, t := range []struct {
+		name string
+		v    int32
+	}{{"initialDelaySeconds", pr.InitialDelaySeconds}, {"timeoutSeconds", pr.TimeoutSeconds}, {"periodSeconds", pr.PeriodSeconds},
+		{"successThreshold", pr.SuccessThreshold}, {"failureThreshold", pr.FailureThreshold}} {
+		errs = append(errs, validateNonNegative(p.Child(t.name), int64(t.v))...)
+	}
+	return errs
+}
+
+// validateContainer checks one container or init container (the caller
+// applies the field allow-list, which differs between the two); volumes are
+// the pod's volume names.
+func validateContainer(c *corev1.Container, p *field.Path, volumes map[string]bool) field.ErrorList {
+	var errs field.ErrorList
 	errs = append(errs, validateDNSLabel(p.Child("name"), c.Name)...)
+	mounts := map[string]bool{}
+	for j := range c.VolumeMounts {
+		m := &c.VolumeMounts[j]
+		mp := p.Child("volumeMounts").Index(j)
+		errs = append(errs, forbidUnsupported(mp, m, supportedVolumeMountFields)...)
+		if !volumes[m.Name] {
+			errs = append(errs, field.NotFound(mp.Child("name"), m.Name))
+		}
+		switch {
+		case !path.IsAbs(m.MountPath):
+			errs = append(errs, field.Invalid(mp.Child("mountPath"), m.MountPath, "must be an absolute path"))
+		case mounts[path.Clean(m.MountPath)]:
+			errs = append(errs, field.Duplicate(mp.Child("mountPath"), m.MountPath))
+		}
+		mounts[path.Clean(m.MountPath)] = true
+	}
 	errs = append(errs, validateImageRef(p.Child("image"), c.Image)...)
 	if c.WorkingDir != "" && !path.IsAbs(c.WorkingDir) {
 		errs = append(errs, field.Invalid(p.Child("workingDir"), c.WorkingDir, "must be an absolute path"))

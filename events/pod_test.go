@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // newPod builds a valid one-container pod; tests mutate it.
@@ -121,23 +122,70 @@ func TestValidatePod(t *testing.T) {
 		{name: "negative request", pod: newPod(resources(0, map[corev1.ResourceName]string{"cpu": "-1"}, nil)),
 			fields: []string{"pod.spec.containers[0].resources.requests.cpu"}, reason: "negative"},
 		{name: "unsupported pod fields", pod: newPod(func(p *corev1.Pod) {
-			p.Spec.Volumes = []corev1.Volume{{Name: "data"}}
-			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox"}}
 			p.Spec.HostNetwork = true
 			p.Spec.HostPID = true
 			p.Spec.HostIPC = true
 			p.Spec.NodeName = "DC0_C0_H0"
-		}), fields: []string{"pod.spec.volumes", "pod.spec.initContainers", "pod.spec.nodeName", "pod.spec.hostNetwork", "pod.spec.hostPID", "pod.spec.hostIPC"},
+		}), fields: []string{"pod.spec.nodeName", "pod.spec.hostNetwork", "pod.spec.hostPID", "pod.spec.hostIPC"},
 			reason: "not supported by podvisor"},
 		{name: "unsupported container fields", pod: newPod(func(p *corev1.Pod) {
 			c := &p.Spec.Containers[0]
-			c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}
-			c.LivenessProbe = &corev1.Probe{}
+			c.Lifecycle = &corev1.Lifecycle{}
 			c.TTY = true
 			c.SecurityContext = &corev1.SecurityContext{Privileged: ptr(true), Capabilities: &corev1.Capabilities{Add: []corev1.Capability{"NET_ADMIN"}}}
-		}), fields: []string{"pod.spec.containers[0].volumeMounts", "pod.spec.containers[0].livenessProbe", "pod.spec.containers[0].tty",
+		}), fields: []string{"pod.spec.containers[0].lifecycle", "pod.spec.containers[0].tty",
 			"pod.spec.containers[0].securityContext.capabilities", "pod.spec.containers[0].securityContext.privileged"}},
+		// What a pod VM runs: init containers, emptyDir volumes and their
+		// mounts, probes the agent runs.
+		{name: "init containers, emptyDir, mounts, probes", pod: newPod(func(p *corev1.Pod) {
+			p.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+			p.Spec.TerminationGracePeriodSeconds = ptr(int64(5))
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "cache", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}}
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", Command: []string{"sh", "-c", "echo hi > /data/x"},
+				VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/data"}}}}
+			c := &p.Spec.Containers[0]
+			c.VolumeMounts = []corev1.VolumeMount{{Name: "data", MountPath: "/data", ReadOnly: true}, {Name: "cache", MountPath: "/cache"}}
+			c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}, PeriodSeconds: 5}
+			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(80)}}}
+			c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(80)}}, FailureThreshold: 30}
+		})},
+		{name: "volume types a pod VM cannot have", pod: newPod(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{
+				{Name: "host", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/etc"}}},
+				{Name: "claim", VolumeSource: corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "c"}}},
+				{Name: "none"},
+				{Name: "huge", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumHugePages}}},
+				{Name: "huge"},
+			}
+		}), fields: []string{"pod.spec.volumes[0].hostPath", "pod.spec.volumes[1].persistentVolumeClaim", "pod.spec.volumes[2].emptyDir",
+			"pod.spec.volumes[3].emptyDir.medium", "pod.spec.volumes[4].name", "pod.spec.volumes[4].emptyDir"}},
+		{name: "volume mounts", pod: newPod(func(p *corev1.Pod) {
+			p.Spec.Volumes = []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{{Name: "nope", MountPath: "/a"}, {Name: "data", MountPath: "rel"},
+				{Name: "data", MountPath: "/d", SubPath: "x"}, {Name: "data", MountPath: "/d/"}}
+		}), fields: []string{"pod.spec.containers[0].volumeMounts[0].name", "pod.spec.containers[0].volumeMounts[1].mountPath",
+			"pod.spec.containers[0].volumeMounts[2].subPath", "pod.spec.containers[0].volumeMounts[3].mountPath"}},
+		{name: "probes", pod: newPod(func(p *corev1.Pod) {
+			c := &p.Spec.Containers[0]
+			c.LivenessProbe = &corev1.Probe{}
+			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9000}}}
+			c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Port: intstr.FromString("http"),
+				HTTPHeaders: []corev1.HTTPHeader{{Name: "a", Value: "b"}}}}, PeriodSeconds: -1}
+		}), fields: []string{"pod.spec.containers[0].livenessProbe", "pod.spec.containers[0].readinessProbe.grpc",
+			"pod.spec.containers[0].startupProbe.httpGet.httpHeaders", "pod.spec.containers[0].startupProbe.httpGet.port",
+			"pod.spec.containers[0].startupProbe.periodSeconds"}},
+		{name: "init containers", pod: newPod(func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{
+				{Name: "nginx", Image: "busybox"},
+				{Name: "probed", Image: "busybox", ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}},
+				{Name: "sidecar", Image: "busybox", RestartPolicy: ptr(corev1.ContainerRestartPolicyAlways)},
+				{Name: "secret", Image: "busybox", Env: []corev1.EnvVar{{Name: "S", ValueFrom: &corev1.EnvVarSource{}}}},
+			}
+		}), fields: []string{"pod.spec.initContainers[1].readinessProbe",
+			"pod.spec.initContainers[2].restartPolicy", "pod.spec.initContainers[3].env[0].valueFrom", "pod.spec.containers[0].name"}},
 		{name: "empty slices count as unset", pod: newPod(func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{}
 			p.Spec.Volumes = []corev1.Volume{}
 			p.Spec.Containers[0].VolumeMounts = []corev1.VolumeMount{}
 		})},

@@ -62,8 +62,9 @@ type PodAccepted struct {
 	// Networks is PodNetworks(Pod): the logical networks the pod attaches to,
 	// in NIC order.
 	Networks []string `json:"networks"`
-	// Images lists the container images in container order (one entry per
-	// container, duplicates kept so that index i is container i's image).
+	// Images lists the container images in PodContainers order (init
+	// containers first; one entry per container, duplicates kept so that
+	// index i is container i's image).
 	Images []string `json:"images"`
 }
 
@@ -83,12 +84,12 @@ func (e *PodAccepted) Validate() error {
 		errs = append(errs, field.Required(field.NewPath("networks"), "at least the default network"))
 	}
 	errs = append(errs, validateNames(field.NewPath("networks"), e.Networks, validateDNSLabel)...)
-	if len(e.Images) != len(e.Pod.Spec.Containers) {
-		errs = append(errs, field.Invalid(field.NewPath("images"), len(e.Images), "must have one image per container"))
+	if cs := PodContainers(&e.Pod); len(e.Images) != len(cs) {
+		errs = append(errs, field.Invalid(field.NewPath("images"), len(e.Images), "must have one image per init container and container"))
 	} else {
 		for i, img := range e.Images {
-			if img != e.Pod.Spec.Containers[i].Image {
-				errs = append(errs, field.Invalid(field.NewPath("images").Index(i), img, "must equal pod.spec.containers["+itoa(i)+"].image"))
+			if img != cs[i].Image {
+				errs = append(errs, field.Invalid(field.NewPath("images").Index(i), img, "must equal the image of container "+cs[i].Name))
 			}
 		}
 	}
@@ -389,7 +390,31 @@ func (e *PodNetworkFailed) Validate() error {
 // ObjectKey is the pod key <namespace>/<name>.
 func (e *PodNetworkFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
-// PodRunning says the pod VM exists and is powered on.
+// PodVMReady says the pod VM exists and is powered on: its guest is
+// booting or its containers are starting. It is not Running: that needs every
+// container started, reported by the guest (pod.running follows then). A
+// datacenter without guests never gets further than this, so tools that
+// measure the control plane alone (bench, scale tests) wait for this fact.
+type PodVMReady struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// VM is the managed object reference of the pod VM.
+	VM string `json:"vm"`
+	// Host the VM runs on.
+	Host string `json:"host"`
+	// IP is the pod's address on its first network.
+	IP string `json:"ip,omitempty"`
+}
+
+// Validate checks identity and location.
+func (e *PodVMReady) Validate() error { return (*PodRunning)(e).Validate() }
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (e *PodVMReady) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
+
+// PodRunning says every container of the pod has started, as the pod VM's
+// guest reported it (pod.containers.reported); the VM exists and is on.
 type PodRunning struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`

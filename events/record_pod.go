@@ -27,10 +27,20 @@ const (
 	PodPhaseScheduled = "Scheduled"
 	// PodPhaseProvisioning: the pod VM is being created or powered on.
 	PodPhaseProvisioning = "Provisioning"
-	// PodPhaseRunning: the pod VM exists and is powered on.
+	// PodPhaseStarting: the pod VM exists and is powered on (pod.vm.ready);
+	// its guest has not yet reported every container started. Kubernetes
+	// sees Pending with reason ContainerCreating.
+	PodPhaseStarting = "Starting"
+	// PodPhaseRunning: every container has started, as the guest reported
+	// (pod.running); a container may have exited or crash-loop since, which
+	// ContainersReady tells.
 	PodPhaseRunning = "Running"
-	// PodPhaseFailed: the pod cannot run; Reason and Message say why. The
-	// record stays until the pod is deleted.
+	// PodPhaseSucceeded: every container terminated for good with exit code
+	// 0 (restartPolicy Never or OnFailure). The VM stays until the delete.
+	PodPhaseSucceeded = "Succeeded"
+	// PodPhaseFailed: the pod cannot run, or its containers terminated for
+	// good and one of them failed; Reason and Message say why. The record
+	// stays until the pod is deleted.
 	PodPhaseFailed = "Failed"
 	// PodPhaseTerminating: a delete was requested; the VM is being removed.
 	PodPhaseTerminating = "Terminating"
@@ -45,8 +55,42 @@ const (
 	PodConditionImagesReady     = "ImagesReady"
 	PodConditionNetworkAttached = "NetworkAttached"
 	PodConditionVMCreated       = "VMCreated"
-	PodConditionRunning         = "Running"
+	// PodConditionVMReady: the pod VM is powered on (what pod.vm.ready
+	// announces); False with reason GuestSilent when its guest never
+	// reported.
+	PodConditionVMReady = "VMReady"
+	// Kubernetes' own, from the guest's reports: every init container
+	// completed; every container ready; the pod ready.
+	PodConditionInitialized     = "Initialized"
+	PodConditionContainersReady = "ContainersReady"
+	PodConditionReady           = "Ready"
 )
+
+// PodHasVM reports whether a record's phase means the pod has a pod VM
+// powered on (or being moved): Starting, Running, Migrating, and pods whose
+// containers finished (the VM stays until the delete).
+func PodHasVM(phase string) bool {
+	switch phase {
+	case PodPhaseStarting, PodPhaseRunning, PodPhaseMigrating, PodPhaseSucceeded:
+		return true
+	}
+	return false
+}
+
+// GuestReport is what the provisioner folded from the guest's reports
+// (pod.containers.reported): which boot and report it was, so that older
+// reports are recognized and ignored.
+type GuestReport struct {
+	// VM is the pod VM the report came from (its name).
+	VM string `json:"vm"`
+	// BootID and Seq identify the last folded report.
+	BootID string `json:"bootID"`
+	Seq    uint64 `json:"seq"`
+	// Phase is the agent's own view (GuestPhase*).
+	Phase string `json:"phase"`
+	// At is when the provisioner folded it.
+	At time.Time `json:"at"`
+}
 
 // Condition statuses, as in Kubernetes.
 const (
@@ -157,6 +201,17 @@ type PodRecord struct {
 	CreateAttempts int `json:"createAttempts,omitempty"`
 	// StaleVMs are VMs of earlier placements still to be removed.
 	StaleVMs []StaleVM `json:"staleVMs,omitempty"`
+	// Guest is the last report folded from the pod VM's guest; nil until
+	// its guest first reports (and again after a new VM replaced it).
+	Guest *GuestReport `json:"guest,omitempty"`
+	// InitContainerStatuses and ContainerStatuses are the guest's last
+	// report, in Kubernetes' shape (imageID = manifest digest).
+	InitContainerStatuses []corev1.ContainerStatus `json:"initContainerStatuses,omitempty"`
+	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
+	// GuestRepairs counts the repairs of a silent guest on the current VM
+	// (power cycles); past the configured number the VM is re-created.
+	GuestRepairs int `json:"guestRepairs,omitempty"`
+
 	// Generation counts the pod's placements: 0 for the first, +1 per
 	// eviction. Events the provisioner publishes derive their ids from it,
 	// so each placement announces itself once.
@@ -288,42 +343,74 @@ func (r PodRecord) KubernetesPod() corev1.Pod {
 			Message:            c.Message,
 		})
 	}
-	running := r.Phase == PodPhaseRunning || r.Phase == PodPhaseMigrating
-	for _, c := range r.Pod.Spec.Containers {
-		cs := corev1.ContainerStatus{Name: c.Name, Image: c.Image, Ready: running, Started: &running}
-		for _, img := range r.Images {
-			if img.Container == c.Name && img.Digest != "" {
-				cs.ImageID = img.Digest
-			}
-		}
-		if running {
-			cs.State.Running = &corev1.ContainerStateRunning{}
-			if rc, ok := r.Condition(PodConditionRunning); ok {
-				cs.State.Running.StartedAt = metav1.NewTime(rc.Time)
-			}
-		} else {
-			cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: r.Phase, Message: r.Message}
-			if r.Reason != "" {
-				cs.State.Waiting.Reason = r.Reason
-			}
-		}
-		st.ContainerStatuses = append(st.ContainerStatuses, cs)
-	}
+	st.InitContainerStatuses = r.containerStatuses(r.Pod.Spec.InitContainers, r.InitContainerStatuses)
+	st.ContainerStatuses = r.containerStatuses(r.Pod.Spec.Containers, r.ContainerStatuses)
 	p.Status = st
 	return p
 }
 
+// containerStatuses renders the statuses of one list of containers: the
+// guest's report where there is one, otherwise each container waiting with
+// the reason the pod is not running yet (ContainerCreating once the VM is
+// on: nothing has claimed the container started). The image digest fills
+// imageID where the report lacks it.
+func (r *PodRecord) containerStatuses(spec []corev1.Container, reported []corev1.ContainerStatus) []corev1.ContainerStatus {
+	if len(spec) == 0 {
+		return nil
+	}
+	byName := make(map[string]corev1.ContainerStatus, len(reported))
+	for _, cs := range reported {
+		byName[cs.Name] = cs
+	}
+	out := make([]corev1.ContainerStatus, 0, len(spec))
+	for _, c := range spec {
+		cs, ok := byName[c.Name]
+		if ok {
+			cs = *cs.DeepCopy()
+		} else {
+			cs = corev1.ContainerStatus{Name: c.Name, Image: c.Image}
+			w := &corev1.ContainerStateWaiting{Reason: r.Phase, Message: r.Message}
+			switch {
+			case r.Phase == PodPhaseStarting:
+				w.Reason = ReasonContainerCreating
+			case r.Reason != "":
+				w.Reason = r.Reason
+			}
+			cs.State.Waiting = w
+		}
+		if cs.Image == "" {
+			cs.Image = c.Image
+		}
+		if cs.ImageID == "" {
+			for _, img := range r.Images {
+				if img.Container == c.Name && img.Digest != "" {
+					cs.ImageID = img.Digest
+				}
+			}
+		}
+		out = append(out, cs)
+	}
+	return out
+}
+
+// ReasonContainerCreating is the waiting reason of a container whose pod VM
+// is on but whose guest has not reported it started, as Kubernetes says.
+const ReasonContainerCreating = "ContainerCreating"
+
 // kubernetesPhase maps podvisor's phases onto Kubernetes' (Pending, Running,
-// Succeeded, Failed, Unknown): everything before the VM runs is Pending, a
+// Succeeded, Failed, Unknown): everything before every container started is
+// Pending (a Starting pod's VM is on, its containers are being created), a
 // migrating pod keeps running, a terminating pod is reported by its deletion
 // timestamp, as Kubernetes does, and keeps the Running phase.
 func kubernetesPhase(p string) corev1.PodPhase {
 	switch p {
 	case PodPhaseRunning, PodPhaseMigrating, PodPhaseTerminating:
 		return corev1.PodRunning
+	case PodPhaseSucceeded:
+		return corev1.PodSucceeded
 	case PodPhaseFailed:
 		return corev1.PodFailed
-	case PodPhasePending, PodPhaseScheduled, PodPhaseProvisioning:
+	case PodPhasePending, PodPhaseScheduled, PodPhaseProvisioning, PodPhaseStarting:
 		return corev1.PodPending
 	default:
 		return corev1.PodUnknown
@@ -331,14 +418,13 @@ func kubernetesPhase(p string) corev1.PodPhase {
 }
 
 // kubernetesCondition maps condition types onto Kubernetes' where one has
-// the same meaning (Scheduled → PodScheduled, Running → Ready); podvisor's
-// own conditions keep their names.
+// the same meaning (Scheduled → PodScheduled; Initialized, ContainersReady
+// and Ready are Kubernetes' names already); podvisor's own conditions keep
+// their names.
 func kubernetesCondition(t string) string {
 	switch t {
 	case PodConditionScheduled:
 		return string(corev1.PodScheduled)
-	case PodConditionRunning:
-		return string(corev1.PodReady)
 	default:
 		return t
 	}

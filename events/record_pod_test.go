@@ -53,7 +53,10 @@ func TestPodRecordKubernetesPod(t *testing.T) {
 		ResourceVersion: 7,
 	}
 	r.SetCondition(PodConditionAccepted, ConditionTrue, "Admitted", "", t0)
-	r.SetCondition(PodConditionRunning, ConditionTrue, "PoweredOn", "", t0.Add(time.Second))
+	r.SetCondition(PodConditionVMReady, ConditionTrue, "PoweredOn", "", t0.Add(time.Second))
+	r.SetCondition(PodConditionReady, ConditionTrue, "Reported", "", t0.Add(2*time.Second))
+	r.ContainerStatuses = []corev1.ContainerStatus{{Name: "app", Ready: true,
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.NewTime(t0.Add(2 * time.Second))}}}}
 	p := r.KubernetesPod()
 	if p.Kind != "Pod" || p.APIVersion != "v1" || string(p.UID) != "u1" || p.ResourceVersion != "7" {
 		t.Errorf("meta = %+v", p.ObjectMeta)
@@ -67,8 +70,18 @@ func TestPodRecordKubernetesPod(t *testing.T) {
 			ready = true
 		}
 	}
-	if !ready || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Running == nil {
+	if !ready || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Running == nil ||
+		p.Status.ContainerStatuses[0].ImageID != "sha256:abc" || p.Status.ContainerStatuses[0].Image != "app:1" {
 		t.Errorf("status = %+v", p.Status)
+	}
+	// A pod VM that is on, without any report from its guest, claims no
+	// container started.
+	starting := r
+	starting.Phase, starting.ContainerStatuses = PodPhaseStarting, nil
+	sp := starting.KubernetesPod()
+	if sp.Status.Phase != corev1.PodPending || sp.Status.ContainerStatuses[0].State.Waiting == nil ||
+		sp.Status.ContainerStatuses[0].State.Waiting.Reason != ReasonContainerCreating || sp.Status.ContainerStatuses[0].Ready {
+		t.Errorf("starting pod status = %+v", sp.Status)
 	}
 	// What the CLI prints must be a Pod any Kubernetes client decodes.
 	b, err := json.Marshal(p)
@@ -83,6 +96,7 @@ func TestPodRecordKubernetesPod(t *testing.T) {
 	for phase, want := range map[string]corev1.PodPhase{
 		PodPhasePending: corev1.PodPending, PodPhaseProvisioning: corev1.PodPending, PodPhaseFailed: corev1.PodFailed,
 		PodPhaseMigrating: corev1.PodRunning, "Bogus": corev1.PodUnknown,
+		PodPhaseStarting: corev1.PodPending, PodPhaseSucceeded: corev1.PodSucceeded,
 	} {
 		r.Phase = phase
 		if got := r.KubernetesPod().Status.Phase; got != want {
@@ -115,7 +129,7 @@ func TestPodRecordSample(t *testing.T) {
 	if err := unmarshalStrict(data, &r); err != nil {
 		t.Fatalf("testdata/records/pod.json: %v", err)
 	}
-	if r.Key() != "default/web" || PodRecordKey(r.Namespace, r.Name) != "default.web" || len(r.Conditions) != 6 || r.Phase != PodPhaseRunning {
+	if r.Key() != "default/web" || PodRecordKey(r.Namespace, r.Name) != "default.web" || len(r.Conditions) != 9 || len(r.ContainerStatuses) != 2 || r.Phase != PodPhaseRunning {
 		t.Errorf("sample = key %s phase %s conditions %d", r.Key(), r.Phase, len(r.Conditions))
 	}
 	if r.Size != SizePodVM(&r.Pod) {

@@ -141,11 +141,23 @@ func effective(rr corev1.ResourceRequirements, name corev1.ResourceName) (q inte
 // overhead, counted once. The scheduler reserves it, the provisioner creates
 // the VM with it; PodAccepted carries it so both use the same numbers even if
 // these constants change between releases.
+//
+// Init containers run one at a time before the containers, so, as in
+// Kubernetes, the pod needs the larger of the containers' sum and the
+// largest init container's explicit request.
 func SizePodVM(pod *corev1.Pod) PodVMSize {
-	cpu, mem := PodVMOverheadCPUMilli, PodVMOverheadMemoryBytes
+	var cpu, mem int64
 	for _, r := range ContainerRequests(pod) {
 		cpu += r.CPUMilli
 		mem += r.MemoryBytes
 	}
-	return SizeFor(cpu, mem)
+	for _, c := range pod.Spec.InitContainers {
+		if q, ok := effective(c.Resources, corev1.ResourceCPU); ok {
+			cpu = max(cpu, q.MilliValue())
+		}
+		if q, ok := effective(c.Resources, corev1.ResourceMemory); ok {
+			mem = max(mem, q.Value())
+		}
+	}
+	return SizeFor(PodVMOverheadCPUMilli+cpu, PodVMOverheadMemoryBytes+mem)
 }

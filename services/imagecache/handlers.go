@@ -37,8 +37,9 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	switch e := payload.(type) {
 	case *events.PodAccepted:
 		s.annotate(ctx, e.Namespace, e.Name, e.UID)
-		cs := make([]container, len(e.Pod.Spec.Containers))
-		for i, c := range e.Pod.Spec.Containers {
+		all := events.PodContainers(&e.Pod)
+		cs := make([]container, len(all))
+		for i, c := range all {
 			cs[i] = container{Name: c.Name, Image: c.Image}
 			if i < len(e.Images) && e.Images[i] != "" {
 				cs[i].Image = e.Images[i]
@@ -381,7 +382,7 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string) ([]con
 		return nil, nil
 	}
 	var cs []container
-	for _, c := range rec.Pod.Spec.Containers {
+	for _, c := range events.PodContainers(&rec.Pod) {
 		cs = append(cs, container{Name: c.Name, Image: c.Image})
 	}
 	return cs, s.rememberContainers(ctx, uid, cs)

@@ -183,7 +183,7 @@ func (s *Service) drainPass(ctx context.Context, host, requestID string, round i
 		if _, ok := st.unmovable[p.UID]; ok {
 			continue
 		}
-		if p.Phase != events.PodPhaseRunning && p.Phase != events.PodPhaseMigrating {
+		if !events.PodHasVM(p.Phase) {
 			inTransit++
 			continue
 		}
@@ -228,7 +228,7 @@ func (s *Service) drainPass(ctx context.Context, host, requestID string, round i
 		}
 		settled := true
 		for _, p := range pods {
-			if !st.moved[p.UID] && !gone(p) && p.Phase != events.PodPhaseRunning && p.Phase != events.PodPhaseMigrating {
+			if !st.moved[p.UID] && !gone(p) && !events.PodHasVM(p.Phase) {
 				settled = false
 			}
 		}

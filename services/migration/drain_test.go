@@ -196,7 +196,8 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 }
 
 // TestDrainWaitsForPodsStillProvisioning: a pod being provisioned on the
-// host when the drain starts is migrated in the next pass, once it runs.
+// host when the drain starts is migrated in the next pass, once its VM is
+// on (Starting: its containers need not have started).
 func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 	w := newWorld(t, 1, 3)
 	w.start(testConfig())
@@ -209,7 +210,7 @@ func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 	eventually(t, "the first pass moved the running pod", func() bool {
 		return len(collect[*events.MigrationCompleted](w.rec)) == 1
 	})
-	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseRunning })
+	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseStarting })
 	d := w.waitDrained(h[0])
 	if d.Migrated != 2 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want both pods moved", d)

@@ -207,8 +207,8 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 	case pod.Host == r.TargetHost && pod.VMRef != "":
 		// An earlier run moved it and the provisioner already knows.
 		return &plan{vmRef: pod.VMRef, alreadyThere: true}, nil
-	case pod.Phase != events.PodPhaseRunning && pod.Phase != events.PodPhaseMigrating:
-		return nil, refuse(ReasonNotRunning, "pod %s is %s, not Running", r.Key(), pod.Phase)
+	case !events.PodHasVM(pod.Phase):
+		return nil, refuse(ReasonNotRunning, "pod %s is %s: it has no powered-on VM to move", r.Key(), pod.Phase)
 	case pod.VMRef == "":
 		return nil, refuse(ReasonNotRunning, "pod %s has no VM yet", r.Key())
 	case pod.Host != r.SourceHost:

@@ -20,7 +20,7 @@ func TestShardedFolder(t *testing.T) {
 	e.start(cfg)
 	acc := e.request(testPod("sharded"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	ctx := context.Background()
 	var vm mo.VirtualMachine
 	if err := e.vc.RetrieveOne(ctx, vmRef(run.VM), []string{"parent"}, &vm); err != nil {
@@ -56,7 +56,7 @@ func runLatencies(e *env, n int, host string) []time.Duration {
 		start := time.Now()
 		acc := e.request(testPod(name))
 		e.facts(acc, host)
-		waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		out = append(out, time.Since(start))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })

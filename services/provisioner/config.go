@@ -42,6 +42,17 @@ type Config struct {
 	Datastore string
 	// GuestID is the vSphere guest OS identifier of pod VMs.
 	GuestID string
+	// EphemeralDiskMiB is the capacity of each pod VM's disk 0 (thin: the
+	// datastore holds only what the containers write).
+	EphemeralDiskMiB int64
+	// GuestTimeout is how long a powered-on pod VM's guest may stay silent
+	// (no pod.containers.reported) before drift repair reports it on the
+	// pod and power-cycles the VM. Zero disables the repair: what a
+	// datacenter without guests needs.
+	GuestTimeout time.Duration
+	// GuestRepairs is how many power cycles a silent guest gets before its
+	// VM is destroyed and created again.
+	GuestRepairs int
 }
 
 // DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff
@@ -56,6 +67,10 @@ func DefaultConfig() Config {
 		ResyncInterval: time.Minute,
 		FolderRoot:     "podvisor",
 		GuestID:        "otherLinux64Guest",
+		// 8 GiB like a small node's ephemeral storage.
+		EphemeralDiskMiB: 8 << 10,
+		GuestTimeout:     0,
+		GuestRepairs:     2,
 	}
 }
 
@@ -68,6 +83,9 @@ const (
 	EnvFolderRoot     = "PODVISOR_PROVISIONER_FOLDER"
 	EnvFolderShards   = "PODVISOR_PROVISIONER_FOLDER_SHARDS"
 	EnvDatastore      = "PODVISOR_PROVISIONER_DATASTORE"
+	EnvEphemeralDisk  = "PODVISOR_PROVISIONER_EPHEMERAL_DISK_MIB"
+	EnvGuestTimeout   = "PODVISOR_PROVISIONER_GUEST_TIMEOUT"
+	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
 )
 
 // ConfigFromEnv returns DefaultConfig with the PODVISOR_PROVISIONER_*
@@ -98,6 +116,11 @@ func ConfigFromEnv() (Config, error) {
 	intVar(EnvWorkers, &cfg.Workers)
 	intVar(EnvMaxAttempts, &cfg.MaxAttempts)
 	intVar(EnvFolderShards, &cfg.FolderShards)
+	intVar(EnvGuestRepairs, &cfg.GuestRepairs)
+	ephemeral := int(cfg.EphemeralDiskMiB)
+	intVar(EnvEphemeralDisk, &ephemeral)
+	cfg.EphemeralDiskMiB = int64(ephemeral)
+	durVar(EnvGuestTimeout, &cfg.GuestTimeout)
 	durVar(EnvStepTimeout, &cfg.StepTimeout)
 	durVar(EnvResyncInterval, &cfg.ResyncInterval)
 	if v, ok := os.LookupEnv(EnvFolderRoot); ok {
@@ -150,6 +173,15 @@ func (c Config) Validate() error {
 	}
 	if strings.ContainsAny(c.Datastore, "[]") {
 		errs = append(errs, fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
+	}
+	if c.EphemeralDiskMiB < 64 {
+		errs = append(errs, fmt.Errorf("EphemeralDiskMiB %d: must be at least 64 (disk 0 holds every container's writes and logs)", c.EphemeralDiskMiB))
+	}
+	if c.GuestTimeout < 0 {
+		errs = append(errs, fmt.Errorf("GuestTimeout %s: must not be negative (0 disables the repair of silent guests)", c.GuestTimeout))
+	}
+	if c.GuestRepairs < 0 {
+		errs = append(errs, fmt.Errorf("GuestRepairs %d: must not be negative", c.GuestRepairs))
 	}
 	if strings.TrimSpace(c.GuestID) == "" {
 		errs = append(errs, errors.New("GuestID: required (for example otherLinux64Guest)"))

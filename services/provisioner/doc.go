@@ -29,11 +29,24 @@
 // every network attached on that host, the provisioner creates the VM in
 // folder podvisor/<namespace> (or podvisor/<namespace>/shard-N, see
 // Config.FolderShards), in the host's cluster pool, on the host, sized by
-// events.SizePodVM, with a NIC per network on its port group and per
-// container a read/write child disk whose parent is the image's top disk
-// (package podvm builds it). ExtraConfig guestinfo.podvisor.* tells the
-// guest agent what to run (see guestinfo.go). Then it powers the VM on and
-// announces pod.running.
+// events.SizePodVM, with a NIC per network on its port group, disk 0 a thin
+// ephemeral disk and every image chain disk of the pod's containers attached
+// read-only, each once (package podvm builds it). guestinfo.podvisor.spec
+// tells the pod VM agent what to run (see guestinfo.go). Then it powers the
+// VM on and announces pod.vm.ready: the pod is Starting (Kubernetes phase
+// Pending, reason ContainerCreating) — powered on is not running.
+//
+// # Status from the guest
+//
+// The host agent publishes pod.containers.reported with what the pod VM
+// agent says runs. The provisioner folds each report into the record:
+// containerStatuses and initContainerStatuses as reported, conditions
+// Initialized, ContainersReady and Ready; a Starting pod becomes Running,
+// announcing pod.running, once every container has started; a pod whose
+// containers all terminated for good (restartPolicy Never, or OnFailure with
+// exit 0) becomes Succeeded or Failed and keeps its VM until deleted. Stale
+// reports are ignored: from a VM that is not the pod's current one, or of
+// the same boot with a Seq not above the last folded one.
 //
 // # Nothing twice, nothing lost
 //
@@ -42,7 +55,7 @@
 // waits on the task), and by name. A process that dies anywhere between
 // CreateVM and the ack therefore finds its VM after restart instead of
 // creating a second one. Events the provisioner derives from a record
-// (pod.running, pod.failed, pod.deleted) get ids fixed per pod and
+// (pod.vm.ready, pod.running, pod.failed, pod.deleted) get ids fixed per pod and
 // placement, and are published before the record says so: a crash in
 // between republishes the same id, which JetStream stores once.
 //
@@ -69,8 +82,12 @@
 //
 // Every Config.ResyncInterval, Resync compares all records with the pod VMs
 // below the podvisor folder: orphan VMs (no record), stale VMs of earlier
-// placements and VMs a Failed pod still has are destroyed, Running pods without a VM are provisioned again, powered-off VMs
-// of Running pods are powered on, and pods stuck half-way are driven on.
+// placements and VMs a Failed pod still has are destroyed, pods with a VM
+// (Starting, Running, Succeeded) whose VM is gone are provisioned again,
+// their powered-off VMs are powered on, and pods stuck half-way are driven
+// on. A Starting pod whose guest never reported within Config.GuestTimeout
+// is reported (VMReady False, reason GuestSilent), then power-cycled, up to
+// Config.GuestRepairs times, then its VM is created again.
 // Every repair is logged and counted in podvisor_provisioner_repairs_total
 // {kind}.
 //

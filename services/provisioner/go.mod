@@ -4,10 +4,13 @@ go 1.26.0
 
 replace github.com/podvisor/podvisor/events => ../../events
 
+replace github.com/podvisor/podvisor/agent => ../../agent
+
 require (
 	github.com/cloudevents/sdk-go/v2 v2.16.2
 	github.com/google/uuid v1.6.0
 	github.com/nats-io/nats.go v1.55.0
+	github.com/podvisor/podvisor/agent v0.0.0
 	github.com/podvisor/podvisor/events v0.0.0
 	github.com/podvisor/podvisor/shared v0.0.0
 	github.com/vmware/govmomi v0.56.0

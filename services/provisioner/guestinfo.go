@@ -1,113 +1,249 @@
 package provisioner
 
 import (
-	"encoding/json"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
-	"strconv"
-	"strings"
+	"regexp"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
-// Guestinfo keys. The in-guest agent reads them with vmware-rpctool
-// ("info-get guestinfo.podvisor.uid") and starts the containers from them;
-// `govc vm.info -e` shows them to a person.
+// Guestinfo keys of a pod VM. The pod VM agent reads only the spec; the
+// others are for people (`govc vm.info -e`) and for drift repair, which
+// matches VMs to records by uid.
 //
-//	guestinfo.podvisor.uid                       pod uid
-//	guestinfo.podvisor.namespace / .name         pod key
-//	guestinfo.podvisor.containers                container names, comma separated, in order
-//	guestinfo.podvisor.container.<i>.name        container i's name
-//	guestinfo.podvisor.container.<i>.image       image reference as written
-//	guestinfo.podvisor.container.<i>.digest      resolved manifest digest
-//	guestinfo.podvisor.container.<i>.command     JSON array
-//	guestinfo.podvisor.container.<i>.args        JSON array
-//	guestinfo.podvisor.container.<i>.env         JSON array of Kubernetes EnvVar
-//	guestinfo.podvisor.container.<i>.ports       JSON array of Kubernetes ContainerPort
-//	guestinfo.podvisor.container.<i>.workingdir  working directory, when set
-//	guestinfo.podvisor.container.<i>.rootfs      JSON RootFS: the disk layout of its root filesystem
-//	guestinfo.podvisor.networks                  number of NICs
-//	guestinfo.podvisor.network.<i>.{name,ip,prefix,gateway,mac}
+//	guestinfo.podvisor.uid                pod uid
+//	guestinfo.podvisor.namespace / .name  pod key
+//	guestinfo.podvisor.spec               guestchannel.PodSpec as JSON
 const (
-	guestinfoPrefix = "guestinfo.podvisor."
-	keyUID          = podvm.UIDKey
-	keyNamespace    = podvm.NamespaceKey
-	keyName         = podvm.PodKey
-	keyContainers   = guestinfoPrefix + "containers"
-	keyNetworks     = guestinfoPrefix + "networks"
+	keyUID       = podvm.UIDKey
+	keyNamespace = podvm.NamespaceKey
+	keyName      = podvm.PodKey
+	keySpec      = guestchannel.GuestinfoSpec
 )
 
-// RootFS is how a container's root filesystem is laid out on the pod VM's
-// disks: an overlay whose upper (writable) layer is the container's own
-// child disk and whose lower layers are the image disk chain that disk
-// inherits from. The guest agent mounts Device and finds the chain's layer
-// directories in it, base first.
-type RootFS struct {
-	// Device is the guest-visible disk, for example "scsi0:1".
-	Device string `json:"device"`
-	// Writable is the datastore path of the container's read/write disk.
-	Writable string `json:"writable"`
-	// Image is the image disk chain, base layer first; the last entry is the
-	// writable disk's parent.
-	Image []string `json:"image"`
-	// Mount is the filesystem assembly: always "overlay" here.
-	Mount string `json:"mount"`
+// Kubernetes' defaults for what a manifest may leave unset.
+const (
+	defaultGracePeriodSeconds = 30
+	defaultProbePeriod        = 10
+	defaultProbeTimeout       = 1
+	defaultProbeSuccess       = 1
+	defaultProbeFailure       = 3
+	// maxHostname is the longest UTS name Linux takes.
+	maxHostname = 64
+)
+
+// vmLayout is what the record says the pod VM looks like inside: the guest
+// spec, and the image disks to attach in unit order after disk 0.
+type vmLayout struct {
+	spec       *guestchannel.PodSpec
+	imageDisks []string
 }
 
-// guestinfo builds the ExtraConfig of a pod VM from its record.
-func guestinfo(r *events.PodRecord, datastore string) (map[string]string, error) {
-	m := map[string]string{
+// guestinfo builds the ExtraConfig of a pod VM from its layout.
+func guestinfo(r *events.PodRecord, l vmLayout) (map[string]string, error) {
+	spec, err := guestchannel.MarshalSpec(l.spec)
+	if err != nil {
+		return nil, fmt.Errorf("guest spec of %s: %w", r.Key(), err)
+	}
+	return map[string]string{
 		keyUID:       r.UID,
 		keyNamespace: r.Namespace,
 		keyName:      r.Name,
-	}
+		keySpec:      spec,
+	}, nil
+}
+
+// layout derives the pod VM's disks and the guest spec from the record:
+// disk 0 is the ephemeral disk; then every image chain disk any container
+// references, each once (two containers of one image, or two images sharing
+// base layers, share the disks), in the order first met walking the
+// containers' chains base first. datastore holds the VM's files.
+func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 	images := imagesByContainer(r)
-	names := make([]string, 0, len(r.Pod.Spec.Containers))
-	for i, c := range r.Pod.Spec.Containers {
-		names = append(names, c.Name)
+	s := &guestchannel.PodSpec{
+		Version:                       guestchannel.SpecVersion,
+		UID:                           r.UID,
+		Namespace:                     r.Namespace,
+		Name:                          r.Name,
+		Hostname:                      hostname(r.Name),
+		RestartPolicy:                 string(r.Pod.Spec.RestartPolicy),
+		TerminationGracePeriodSeconds: defaultGracePeriodSeconds,
+		Disks: []guestchannel.Disk{{
+			Role: guestchannel.DiskEphemeral, Unit: podvm.DiskDevice(0), FS: "ext4",
+			Path: podvm.EphemeralDiskPath(datastore, r.VMName),
+		}},
+	}
+	if s.RestartPolicy == "" {
+		s.RestartPolicy = string(corev1.RestartPolicyAlways)
+	}
+	if g := r.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		s.TerminationGracePeriodSeconds = *g
+	}
+	var l vmLayout
+	unitOf := map[string]bool{} // image disk path → attached
+	container := func(c corev1.Container) (guestchannel.Container, error) {
 		img, ok := images[c.Name]
 		if !ok {
-			return nil, fmt.Errorf("container %s: no prepared image", c.Name)
+			return guestchannel.Container{}, fmt.Errorf("container %s: no prepared image", c.Name)
 		}
-		p := guestinfoPrefix + "container." + strconv.Itoa(i) + "."
-		m[p+"name"] = c.Name
-		m[p+"image"] = c.Image
-		m[p+"digest"] = img.Digest
-		for k, v := range map[string]any{"command": nonNil(c.Command), "args": nonNil(c.Args), "env": envOf(c), "ports": portsOf(c)} {
-			b, err := json.Marshal(v)
-			if err != nil {
-				return nil, fmt.Errorf("container %s %s: %w", c.Name, k, err)
+		gc := containerSpec(c)
+		gc.ImageDigest = img.Digest
+		parent := ""
+		for _, path := range img.Chain {
+			id := chainID(path)
+			if !unitOf[path] {
+				unitOf[path] = true
+				l.imageDisks = append(l.imageDisks, path)
+				s.Disks = append(s.Disks, guestchannel.Disk{
+					Role: guestchannel.DiskImage, Unit: podvm.DiskDevice(len(l.imageDisks)), FS: "erofs",
+					ChainID: id, Parent: parent, Path: path,
+				})
 			}
-			m[p+k] = string(b)
+			parent = id
+			gc.Chain = append([]string{id}, gc.Chain...) // top first
 		}
-		if c.WorkingDir != "" {
-			m[p+"workingdir"] = c.WorkingDir
-		}
-		rootfs, err := json.Marshal(RootFS{
-			Device:   podvm.DiskDevice(i),
-			Writable: podvm.ChildDiskPath(datastore, r.VMName, c.Name),
-			Image:    img.Chain,
-			Mount:    "overlay",
-		})
+		return gc, nil
+	}
+	for _, c := range r.Pod.Spec.InitContainers {
+		gc, err := container(c)
 		if err != nil {
-			return nil, fmt.Errorf("container %s rootfs: %w", c.Name, err)
+			return vmLayout{}, err
 		}
-		m[p+"rootfs"] = string(rootfs)
+		s.InitContainers = append(s.InitContainers, gc)
 	}
-	m[keyContainers] = strings.Join(names, ",")
-	m[keyNetworks] = strconv.Itoa(len(r.Attachments))
-	for i, a := range r.Attachments {
-		p := guestinfoPrefix + "network." + strconv.Itoa(i) + "."
-		m[p+"name"] = a.Network
-		m[p+"ip"] = a.IP
-		m[p+"prefix"] = strconv.Itoa(a.PrefixLength)
-		if a.Gateway != "" {
-			m[p+"gateway"] = a.Gateway
+	for _, c := range r.Pod.Spec.Containers {
+		gc, err := container(c)
+		if err != nil {
+			return vmLayout{}, err
 		}
-		m[p+"mac"] = a.MAC
+		gc.LivenessProbe = probeSpec(c.LivenessProbe)
+		gc.ReadinessProbe = probeSpec(c.ReadinessProbe)
+		gc.StartupProbe = probeSpec(c.StartupProbe)
+		s.Containers = append(s.Containers, gc)
 	}
-	return m, nil
+	for _, v := range r.Pod.Spec.Volumes {
+		if v.EmptyDir == nil {
+			continue // admission admits emptyDir only
+		}
+		ed := &guestchannel.EmptyDir{Medium: string(v.EmptyDir.Medium)}
+		if q := v.EmptyDir.SizeLimit; q != nil {
+			ed.SizeLimitBytes = q.Value()
+		}
+		s.Volumes = append(s.Volumes, guestchannel.Volume{Name: v.Name, EmptyDir: ed})
+	}
+	for _, a := range r.Attachments {
+		s.NICs = append(s.NICs, guestchannel.NIC{Network: a.Network, MAC: a.MAC, IP: a.IP, Prefix: a.PrefixLength, Gateway: a.Gateway})
+	}
+	l.spec = s
+	return l, nil
+}
+
+// containerSpec is the part of a container's guest spec that comes from
+// the manifest. Entrypoint, Cmd, the image's Env, User and WorkingDir come
+// from the image config, which the image record does not carry yet: they
+// stay empty, and the manifest's command and args are what runs.
+func containerSpec(c corev1.Container) guestchannel.Container {
+	gc := guestchannel.Container{
+		Name:       c.Name,
+		Image:      c.Image,
+		Command:    c.Command,
+		Args:       c.Args,
+		WorkingDir: c.WorkingDir,
+	}
+	for _, e := range c.Env {
+		gc.Env = append(gc.Env, guestchannel.EnvVar{Name: e.Name, Value: e.Value}) // admission refuses valueFrom
+	}
+	for _, p := range c.Ports {
+		gc.Ports = append(gc.Ports, guestchannel.Port{Name: p.Name, ContainerPort: p.ContainerPort, Protocol: string(p.Protocol)})
+	}
+	if q, ok := c.Resources.Requests[corev1.ResourceCPU]; ok {
+		gc.Resources.CPURequestMilli = q.MilliValue()
+	}
+	if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+		gc.Resources.CPULimitMilli = q.MilliValue()
+	}
+	if q, ok := c.Resources.Requests[corev1.ResourceMemory]; ok {
+		gc.Resources.MemoryRequestBytes = q.Value()
+	}
+	if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+		gc.Resources.MemoryLimitBytes = q.Value()
+	}
+	for _, m := range c.VolumeMounts {
+		gc.VolumeMounts = append(gc.VolumeMounts, guestchannel.VolumeMount{Name: m.Name, MountPath: m.MountPath, ReadOnly: m.ReadOnly})
+	}
+	if sc := c.SecurityContext; sc != nil {
+		gc.RunAsUser, gc.RunAsGroup = sc.RunAsUser, sc.RunAsGroup
+	}
+	return gc
+}
+
+// probeSpec converts a probe, with Kubernetes' defaults for the timings a
+// manifest leaves at zero.
+func probeSpec(p *corev1.Probe) *guestchannel.Probe {
+	if p == nil {
+		return nil
+	}
+	or := func(v, def int32) int32 {
+		if v == 0 {
+			return def
+		}
+		return v
+	}
+	out := &guestchannel.Probe{
+		InitialDelaySeconds: p.InitialDelaySeconds,
+		PeriodSeconds:       or(p.PeriodSeconds, defaultProbePeriod),
+		TimeoutSeconds:      or(p.TimeoutSeconds, defaultProbeTimeout),
+		SuccessThreshold:    or(p.SuccessThreshold, defaultProbeSuccess),
+		FailureThreshold:    or(p.FailureThreshold, defaultProbeFailure),
+	}
+	switch {
+	case p.Exec != nil:
+		out.Exec = &guestchannel.ExecAction{Command: p.Exec.Command}
+	case p.HTTPGet != nil:
+		out.HTTPGet = &guestchannel.HTTPGetAction{Path: p.HTTPGet.Path, Port: portNumber(p.HTTPGet.Port),
+			Host: p.HTTPGet.Host, Scheme: string(p.HTTPGet.Scheme)}
+		if out.HTTPGet.Path == "" {
+			out.HTTPGet.Path = "/"
+		}
+		if out.HTTPGet.Scheme == "" {
+			out.HTTPGet.Scheme = string(corev1.URISchemeHTTP)
+		}
+	case p.TCPSocket != nil:
+		out.TCPSocket = &guestchannel.TCPSocketAction{Port: portNumber(p.TCPSocket.Port), Host: p.TCPSocket.Host}
+	}
+	return out
+}
+
+// portNumber is a probe's port: admission admits numbers only.
+func portNumber(v intstr.IntOrString) int32 { return int32(v.IntValue()) }
+
+// imageDiskRE matches an image disk's path as the image cache names it:
+// "[ds] podvisor-images/<chainID hex>/disk.vmdk".
+var imageDiskRE = regexp.MustCompile(regexp.QuoteMeta(events.ImageRoot) + `/([0-9a-f]{64})/disk\.vmdk$`)
+
+// chainID is the OCI chainID of the layer prefix an image disk holds, read
+// from its path. A disk named otherwise (a test's, an older layout) gets a
+// stable id from its path, so the guest can still stack the chain.
+func chainID(path string) string {
+	if m := imageDiskRE.FindStringSubmatch(path); m != nil {
+		return "sha256:" + m[1]
+	}
+	sum := sha256.Sum256([]byte(path))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// hostname is the guest's UTS name: the pod name, cut to what Linux takes.
+func hostname(name string) string {
+	if len(name) > maxHostname {
+		name = name[:maxHostname]
+	}
+	return name
 }
 
 func imagesByContainer(r *events.PodRecord) map[string]events.ContainerImage {
@@ -116,25 +252,4 @@ func imagesByContainer(r *events.PodRecord) map[string]events.ContainerImage {
 		out[img.Container] = img
 	}
 	return out
-}
-
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	return s
-}
-
-func envOf(c corev1.Container) []corev1.EnvVar {
-	if c.Env == nil {
-		return []corev1.EnvVar{}
-	}
-	return c.Env
-}
-
-func portsOf(c corev1.Container) []corev1.ContainerPort {
-	if c.Ports == nil {
-		return []corev1.ContainerPort{}
-	}
-	return c.Ports
 }

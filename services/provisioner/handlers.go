@@ -75,6 +75,8 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 			fmt.Sprintf("network %s: %s: %s", p.Network, p.Reason, p.Message), p.Host)
 	case *events.PodEvicted:
 		return h.evicted(ctx, p)
+	case *events.PodContainersReported:
+		return h.containersReported(ctx, p)
 	case *events.MigrationProgress:
 		return h.fact(ctx, p.Namespace, p.Pod, "", func(r *events.PodRecord) bool { return s.applyMigrationProgress(r, p) })
 	case *events.MigrationCompleted:
@@ -381,8 +383,9 @@ func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady
 	for _, c := range p.Containers {
 		byName[c.Container] = c
 	}
-	imgs := make([]events.ContainerImage, 0, len(r.Pod.Spec.Containers))
-	for _, c := range r.Pod.Spec.Containers {
+	all := events.PodContainers(&r.Pod)
+	imgs := make([]events.ContainerImage, 0, len(all))
+	for _, c := range all {
 		if img, ok := byName[c.Name]; ok {
 			imgs = append(imgs, img)
 		}
@@ -392,8 +395,8 @@ func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady
 	}
 	r.Images = imgs
 	status, reason, msg := events.ConditionTrue, "Prepared", fmt.Sprintf("%d image disk chains ready", len(imgs))
-	if len(imgs) != len(r.Pod.Spec.Containers) {
-		status, reason, msg = events.ConditionFalse, "Incomplete", fmt.Sprintf("%d of %d containers have an image", len(imgs), len(r.Pod.Spec.Containers))
+	if len(imgs) != len(all) {
+		status, reason, msg = events.ConditionFalse, "Incomplete", fmt.Sprintf("%d of %d containers have an image", len(imgs), len(all))
 	}
 	r.SetCondition(events.PodConditionImagesReady, status, reason, msg, s.now().UTC())
 	return true
@@ -440,7 +443,7 @@ func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetwork
 }
 
 func (s *Service) applyMigrationProgress(r *events.PodRecord, p *events.MigrationProgress) bool {
-	if r.Phase != events.PodPhaseRunning || (p.Phase != events.PhaseRelocating && p.Phase != events.PhaseFinalizing) {
+	if (r.Phase != events.PodPhaseRunning && r.Phase != events.PodPhaseStarting) || (p.Phase != events.PhaseRelocating && p.Phase != events.PhaseFinalizing) {
 		return false
 	}
 	r.Phase = events.PodPhaseMigrating
@@ -451,7 +454,7 @@ func (s *Service) applyMigrationProgress(r *events.PodRecord, p *events.Migratio
 func (s *Service) applyMigrationCompleted(r *events.PodRecord, p *events.MigrationCompleted) bool {
 	if !r.DeletionRequestedAt.IsZero() || r.Host == p.TargetHost {
 		if r.Phase == events.PodPhaseMigrating {
-			r.Phase, r.Message = events.PodPhaseRunning, ""
+			r.Phase, r.Message = afterMigration(r), ""
 			return true
 		}
 		return false
@@ -461,7 +464,7 @@ func (s *Service) applyMigrationCompleted(r *events.PodRecord, p *events.Migrati
 	// (addresses, MACs) stay what they were.
 	r.NetworkHost = p.TargetHost
 	if r.Phase == events.PodPhaseMigrating {
-		r.Phase = events.PodPhaseRunning
+		r.Phase = afterMigration(r)
 	}
 	r.Message = ""
 	r.SetCondition(events.PodConditionScheduled, events.ConditionTrue, "Migrated",
@@ -473,6 +476,16 @@ func (s *Service) applyMigrationEnded(r *events.PodRecord) bool {
 	if r.Phase != events.PodPhaseMigrating {
 		return false
 	}
-	r.Phase, r.Message = events.PodPhaseRunning, ""
+	r.Phase, r.Message = afterMigration(r), ""
 	return true
+}
+
+// afterMigration is the phase a pod returns to when its migration ends:
+// Running if its guest had reported every container started, Starting
+// otherwise (a pod is Migrating only from one of the two).
+func afterMigration(r *events.PodRecord) string {
+	if r.Guest != nil && allStarted(r) {
+		return events.PodPhaseRunning
+	}
+	return events.PodPhaseStarting
 }

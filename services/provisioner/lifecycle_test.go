@@ -88,7 +88,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 
 	acc := e.request(testPod("crashy"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	if crashes.Load() != 1 {
 		t.Fatalf("create hook ran %d times, want exactly 1 (the retry must reuse the recorded task)", crashes.Load())
@@ -127,7 +127,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.facts(acc2, r.Host)
-	run2 := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc2.UID })
+	run2 := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc2.UID })
 	if run2.VM != pre.Value {
 		t.Errorf("pod.running names %s, want the pre-existing %s", run2.VM, pre.Value)
 	}
@@ -165,7 +165,7 @@ func TestCreateVMFaults(t *testing.T) {
 		t.Cleanup(e.dc.ClearFaults)
 		acc := e.request(testPod("flaky"))
 		e.facts(acc, host)
-		waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 1 {
 			t.Errorf("%d VMs after a retried create, want 1", n)
 		}
@@ -208,7 +208,7 @@ func TestCreateVMFaults(t *testing.T) {
 		e.publish("test/imagecache", events.TypePodImagesReady, ir)
 		e.publish("test/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
-		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "container logger is on datastore elsewhere-ds, which host "+host+" does not mount") {
+		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
 			t.Errorf("pod.failed = %+v", f)
 		}
 	})
@@ -237,7 +237,7 @@ func TestDelete(t *testing.T) {
 
 	acc := e.request(testPod("gone"))
 	e.facts(acc, host)
-	waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
 	del := waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
@@ -307,7 +307,7 @@ func TestDriftRepair(t *testing.T) {
 	for _, name := range []string{"vanishing", "sleepy", "steady"} {
 		acc := e.request(testPod(name))
 		e.facts(acc, host)
-		waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		accs = append(accs, acc)
 	}
 	// Drift: one VM destroyed behind podvisor's back, one powered off, and
@@ -345,7 +345,7 @@ func TestDriftRepair(t *testing.T) {
 		}
 	}
 	r := e.record(svc, "default", "vanishing")
-	if r.Phase != events.PodPhaseRunning || r.VMRef == gone.Ref.Value {
+	if r.Phase != events.PodPhaseStarting || r.VMRef == gone.Ref.Value {
 		t.Errorf("re-provisioned record: phase %s vm %s (old %s)", r.Phase, r.VMRef, gone.Ref.Value)
 	}
 
@@ -409,14 +409,14 @@ func TestEvictionAndMigration(t *testing.T) {
 
 	acc := e.request(testPod("mobile"))
 	e.facts(acc, hosts[0].Name)
-	first := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	first := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	// Migration: Migrating while relocating, then Running on the target.
 	e.publish("test/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mobile", Phase: events.PhaseRelocating, Percent: 40})
 	e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
 	e.publish("test/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m1", Namespace: "default", Pod: "mobile", UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
-	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseRunning && r.Host == hosts[1].Name })
+	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting && r.Host == hosts[1].Name })
 	if r.VMRef != first.VM {
 		t.Errorf("migration changed the VM: %s → %s", first.VM, r.VMRef)
 	}
@@ -432,7 +432,7 @@ func TestEvictionAndMigration(t *testing.T) {
 		t.Errorf("evicted pod's old VM %s still exists", first.VM)
 	}
 	e.facts(acc, hosts[0].Name)
-	second := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID && p.VM != first.VM })
+	second := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
 	if second.Host != hosts[0].Name {
 		t.Errorf("re-provisioned on %s, want %s", second.Host, hosts[0].Name)
 	}

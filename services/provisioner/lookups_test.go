@@ -40,8 +40,8 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	host := e.dc.Hosts()[0].Name
 	spec := func(name, parent string) podvm.Spec {
 		return podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,
-			NICs:  []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
-			Disks: []podvm.Disk{{Container: "app", Parent: parent}}}
+			NICs:       []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
+			ImageDisks: []string{parent}}
 	}
 	create := func(s podvm.Spec, p podvm.Placement) int64 {
 		t.Helper()

@@ -36,7 +36,7 @@ func TestTraceAndMetrics(t *testing.T) {
 	svc, _ := e.start(testConfig())
 	acc := e.request(testPod("traced"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	traceOf := func(ceType string) string {
 		e.rec.mu.Lock()
@@ -55,7 +55,7 @@ func TestTraceAndMetrics(t *testing.T) {
 	if want == "" {
 		t.Fatal("pod.requested carries no traceparent")
 	}
-	for _, typ := range []string{events.TypePodAccepted, events.TypePodRunning} {
+	for _, typ := range []string{events.TypePodAccepted, events.TypePodVMReady} {
 		if got := traceOf(typ); got != want {
 			t.Errorf("%s is in trace %q, want the request's %q", typ, got, want)
 		}
@@ -114,7 +114,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 
 	acc := e.request(testPod("stranded"))
 	e.facts(acc, hosts[0].Name)
-	first := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	first := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
@@ -130,7 +130,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	e.dc.ClearFaults()
 
 	e.facts(acc, hosts[1].Name)
-	second := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID && p.VM != first.VM })
+	second := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
 	if n := len(e.vmsNamed("pv-" + acc.UID + "-1")); n != 1 || second.Host != hosts[1].Name {
 		t.Fatalf("%d VMs named pv-%s-1 on %s, want 1 on %s", n, acc.UID, second.Host, hosts[1].Name)
 	}
@@ -142,7 +142,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
 		t.Errorf("old VM still there")
 	}
-	if r := e.record(svc, "default", "stranded"); len(r.StaleVMs) != 0 || r.Phase != events.PodPhaseRunning {
+	if r := e.record(svc, "default", "stranded"); len(r.StaleVMs) != 0 || r.Phase != events.PodPhaseStarting {
 		t.Errorf("record after repair: stale %+v phase %s", r.StaleVMs, r.Phase)
 	}
 }

@@ -2,10 +2,11 @@ package provisioner
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -13,8 +14,9 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// TestProvisionFullFlow drives one pod from request to running VM and
-// checks the VM as any vSphere client would see it.
+// TestProvisionFullFlow drives one pod from request to powered-on VM
+// (Starting: no guest reports here) and checks the VM as any vSphere client
+// would see it.
 func TestProvisionFullFlow(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
@@ -31,14 +33,18 @@ func TestProvisionFullFlow(t *testing.T) {
 	}
 
 	e.facts(acc, host)
-	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	if run.Host != host || run.IP == "" || run.VM == "" {
-		t.Fatalf("pod.running = %+v, want host %s and an IP", run, host)
+		t.Fatalf("pod.vm.ready = %+v, want host %s and an IP", run, host)
 	}
 
-	r := e.waitRecord(svc, "default", "web", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseRunning })
+	r := e.waitRecord(svc, "default", "web", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	// Powered on is not running: no guest has said a container started.
+	if n := len(all[*events.PodRunning](e, events.TypePodRunning)); n != 0 || r.Reason != events.ReasonContainerCreating {
+		t.Errorf("%d pod.running at power-on, reason %q; want none and ContainerCreating", n, r.Reason)
+	}
 	for _, c := range []string{events.PodConditionAccepted, events.PodConditionScheduled, events.PodConditionImagesReady,
-		events.PodConditionNetworkAttached, events.PodConditionVMCreated, events.PodConditionRunning} {
+		events.PodConditionNetworkAttached, events.PodConditionVMCreated, events.PodConditionVMReady} {
 		if !r.IsTrue(c) {
 			t.Errorf("condition %s not True in %+v", c, r.Conditions)
 		}
@@ -47,7 +53,7 @@ func TestProvisionFullFlow(t *testing.T) {
 		t.Errorf("record = vm %s host %s ip %s task %q; want %s %s %s and no task", r.VMRef, r.Host, r.IP, r.CreateTask, run.VM, host, run.IP)
 	}
 	kp := r.KubernetesPod()
-	if kp.Spec.NodeName != host || kp.Status.Phase != "Running" || string(kp.UID) != acc.UID || kp.Status.PodIP != run.IP {
+	if kp.Spec.NodeName != host || kp.Status.Phase != "Pending" || string(kp.UID) != acc.UID || kp.Status.PodIP != run.IP {
 		t.Errorf("KubernetesPod: nodeName %q phase %q uid %q ip %q", kp.Spec.NodeName, kp.Status.Phase, kp.UID, kp.Status.PodIP)
 	}
 
@@ -72,9 +78,18 @@ func TestProvisionFullFlow(t *testing.T) {
 		t.Errorf("VM folder %q (%v), want …/vm/podvisor/default", folderPath, err)
 	}
 
-	// One NIC on pv-default with the MAC network-config chose; one child
-	// disk per container whose parent is that container's image disk.
-	var nics, disks int
+	// One NIC on pv-default with the MAC network-config chose; disk 0 the
+	// thin ephemeral disk in the VM's directory; every image disk the
+	// containers' chains reference once (base is shared by all three),
+	// attached read-only, independent-nonpersistent, without a child.
+	var nics int
+	units := map[string]*types.VirtualDisk{} // "scsi<bus>:<unit>" → disk
+	bus := map[int32]int32{}                 // controller key → bus number
+	for _, d := range vm.Config.Hardware.Device {
+		if c, ok := d.(types.BaseVirtualSCSIController); ok {
+			bus[c.GetVirtualSCSIController().Key] = c.GetVirtualSCSIController().BusNumber
+		}
+	}
 	for _, d := range vm.Config.Hardware.Device {
 		switch dev := d.(type) {
 		case types.BaseVirtualEthernetCard:
@@ -87,40 +102,67 @@ func TestProvisionFullFlow(t *testing.T) {
 				t.Errorf("NIC backing %T, want a distributed port group", card.Backing)
 			}
 		case *types.VirtualDisk:
-			disks++
-			b := dev.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-			if b.Parent == nil || !strings.HasPrefix(b.Parent.FileName, "[shared-ds] images/") {
-				t.Errorf("disk %s has parent %+v, want an image disk", b.FileName, b.Parent)
-			}
-			if !strings.Contains(b.FileName, "/rw-") {
-				t.Errorf("disk %s: want the container's rw- child disk", b.FileName)
-			}
+			units[fmt.Sprintf("scsi%d:%d", bus[dev.ControllerKey], *dev.UnitNumber)] = dev
 		}
 	}
-	if nics != 1 || disks != 3 {
-		t.Errorf("%d NICs and %d disks, want 1 and 3", nics, disks)
+	if nics != 1 || len(units) != 5 {
+		t.Errorf("%d NICs and %d disks, want 1 and 5 (ephemeral + base, app, sidecar, logger)", nics, len(units))
+	}
+	backing := func(d *types.VirtualDisk) *types.VirtualDiskFlatVer2BackingInfo {
+		return d.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	}
+	if d := units["scsi0:0"]; d == nil {
+		t.Errorf("no disk 0 on scsi0:0")
+	} else if b := backing(d); b.FileName != "[shared-ds] pv-"+acc.UID+"/ephemeral.vmdk" || b.Parent != nil ||
+		b.DiskMode != string(types.VirtualDiskModePersistent) || b.ThinProvisioned == nil || !*b.ThinProvisioned || d.CapacityInKB != 8<<20 {
+		t.Errorf("disk 0 = %s mode %s thin %v parent %v capacity %d KiB; want the thin 8 GiB ephemeral disk in the VM's directory",
+			b.FileName, b.DiskMode, b.ThinProvisioned, b.Parent, d.CapacityInKB)
+	}
+	for unit, d := range units {
+		if unit == "scsi0:0" {
+			continue
+		}
+		if b := backing(d); !strings.HasPrefix(b.FileName, "[shared-ds] images/") || b.Parent != nil ||
+			b.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
+			t.Errorf("disk %s = %s mode %s parent %v; want an image disk, independent-nonpersistent", unit, b.FileName, b.DiskMode, b.Parent)
+		}
 	}
 
+	// The guest spec in guestinfo names those very devices.
 	extra := map[string]string{}
 	for _, o := range vm.Config.ExtraConfig {
 		ov := o.GetOptionValue()
 		extra[ov.Key], _ = ov.Value.(string)
 	}
-	if extra["guestinfo.podvisor.uid"] != acc.UID || extra["guestinfo.podvisor.containers"] != "app,sidecar,logger" {
-		t.Errorf("guestinfo uid %q containers %q", extra["guestinfo.podvisor.uid"], extra["guestinfo.podvisor.containers"])
+	if extra["guestinfo.podvisor.uid"] != acc.UID || extra["guestinfo.podvisor.name"] != "web" || extra["guestinfo.podvisor.namespace"] != "default" {
+		t.Errorf("guestinfo uid %q pod %q/%q", extra["guestinfo.podvisor.uid"], extra["guestinfo.podvisor.namespace"], extra["guestinfo.podvisor.name"])
 	}
-	for i, c := range []string{"app", "sidecar", "logger"} {
-		p := "guestinfo.podvisor.container." + string(rune('0'+i)) + "."
-		if extra[p+"name"] != c || !strings.HasPrefix(extra[p+"digest"], "sha256:") || extra[p+"image"] == "" {
-			t.Errorf("guestinfo of container %d: name %q image %q digest %q", i, extra[p+"name"], extra[p+"image"], extra[p+"digest"])
-		}
-		var rootfs RootFS
-		if err := json.Unmarshal([]byte(extra[p+"rootfs"]), &rootfs); err != nil || len(rootfs.Image) != 2 || rootfs.Mount != "overlay" {
-			t.Errorf("rootfs of %s = %q (%v)", c, extra[p+"rootfs"], err)
-		}
+	spec, err := guestchannel.UnmarshalSpec([]byte(extra[guestchannel.GuestinfoSpec]))
+	if err != nil {
+		t.Fatalf("guestinfo spec: %v", err)
 	}
-	if extra["guestinfo.podvisor.container.0.command"] != `["/bin/app"]` || !strings.Contains(extra["guestinfo.podvisor.container.0.ports"], "8080") {
-		t.Errorf("container 0 command %q ports %q", extra["guestinfo.podvisor.container.0.command"], extra["guestinfo.podvisor.container.0.ports"])
+	chainOf := map[string]string{} // chainID → disk path
+	for _, d := range spec.Disks {
+		dev := units[d.Unit]
+		if dev == nil {
+			t.Errorf("spec disk %+v: no device at %s", d, d.Unit)
+			continue
+		}
+		if backing(dev).FileName != d.Path {
+			t.Errorf("spec disk at %s is %s, the device there is %s", d.Unit, d.Path, backing(dev).FileName)
+		}
+		chainOf[d.ChainID] = d.Path
+	}
+	if len(spec.Disks) != len(units) || len(spec.Containers) != 3 {
+		t.Fatalf("spec: %d disks for %d devices, %d containers", len(spec.Disks), len(units), len(spec.Containers))
+	}
+	app := spec.Containers[0]
+	if app.Name != "app" || len(app.Chain) != 2 || chainOf[app.Chain[0]] != imageDisk("app") || chainOf[app.Chain[1]] != imageDisk("base") ||
+		app.ImageDigest == "" || strings.Join(app.Command, " ") != "/bin/app" || len(app.Ports) != 1 || app.Ports[0].ContainerPort != 8080 {
+		t.Errorf("spec of app = %+v; want its chain top first (app, base), digest, command and port", app)
+	}
+	if spec.RestartPolicy != "Always" || spec.TerminationGracePeriodSeconds != 30 || len(spec.NICs) != 1 || spec.NICs[0].IP != run.IP {
+		t.Errorf("spec policy %s grace %d nics %+v", spec.RestartPolicy, spec.TerminationGracePeriodSeconds, spec.NICs)
 	}
 
 	// A duplicate of any fact changes nothing and creates no second VM.

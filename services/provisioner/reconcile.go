@@ -18,7 +18,7 @@ import (
 // prepared image per container, and every network attached on that host.
 func ready(r *events.PodRecord) bool {
 	return r.Host != "" &&
-		len(r.Pod.Spec.Containers) > 0 && len(r.Images) == len(r.Pod.Spec.Containers) &&
+		len(r.Pod.Spec.Containers) > 0 && len(r.Images) == len(r.Pod.Spec.InitContainers)+len(r.Pod.Spec.Containers) &&
 		len(r.Networks) > 0 && len(r.Attachments) == len(r.Networks) &&
 		r.NetworkHost == r.Host
 }
@@ -58,18 +58,18 @@ func (s *Service) reconcile(ctx context.Context, r *events.PodRecord, reserved b
 }
 
 // provisionable reports whether the record asks for its VM to be made and
-// run: not being deleted, not settled (Failed, Running) or moving, and with
-// everything the VM needs.
+// run: not being deleted, not failed, without a VM already on (Starting,
+// Running, Migrating, Succeeded), and with everything the VM needs.
 func provisionable(r *events.PodRecord) bool {
-	switch r.Phase {
-	case events.PodPhaseFailed, events.PodPhaseRunning, events.PodPhaseMigrating:
+	if r.Phase == events.PodPhaseFailed || events.PodHasVM(r.Phase) {
 		return false
 	}
 	return r.DeletionRequestedAt.IsZero() && ready(r)
 }
 
 // provision creates the pod VM if it does not exist, powers it on and
-// announces pod.running. Every step is safe to repeat.
+// announces pod.vm.ready; the pod is then Starting until its guest reports
+// every container started. Every step is safe to repeat.
 func (s *Service) provision(ctx context.Context, r *events.PodRecord, reserved bool) error {
 	ctx, span := s.span(ctx, "provisioner.provision", r, attribute.String("host", r.Host), attribute.String("vm.name", r.VMName))
 	defer span.End()
@@ -97,19 +97,25 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	}
 	// Announce first, then record: a crash in between re-announces with the
 	// same event id (JetStream keeps one), whereas the other order could
-	// leave a Running record whose pod.running was never sent.
-	if err := s.publish(ctx, recordCause(r), events.TypePodRunning, r.Key(), &events.PodRunning{
+	// leave a Starting record whose pod.vm.ready was never sent.
+	if err := s.publish(ctx, recordCause(r), events.TypePodVMReady, r.Key(), &events.PodVMReady{
 		Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: vm.Ref.Value, Host: r.Host, IP: r.IP,
 	}); err != nil {
 		return err
 	}
 	now := s.now().UTC()
-	r.Phase, r.Reason, r.Message = events.PodPhaseRunning, "", ""
-	r.SetCondition(events.PodConditionRunning, events.ConditionTrue, "PoweredOn", "pod VM "+r.VMName+" powered on", now)
+	// Powered on is not Running: nothing has said a container started.
+	r.Phase = events.PodPhaseStarting
+	r.Reason, r.Message = events.ReasonContainerCreating, "pod VM "+r.VMName+" powered on; waiting for its guest to report the containers started"
+	r.SetCondition(events.PodConditionVMReady, events.ConditionTrue, "PoweredOn", "pod VM "+r.VMName+" powered on", now)
+	// The guest may have reported already (a retry after the power-on).
+	if err := s.settle(ctx, r); err != nil {
+		return err
+	}
 	if err := s.save(ctx, r); err != nil {
 		return err
 	}
-	s.log.Info("pod running", "key", r.Key(), "uid", r.UID, "vm", vm.Ref.Value, "host", r.Host, "ip", r.IP)
+	s.log.Info("pod VM ready", "key", r.Key(), "uid", r.UID, "vm", vm.Ref.Value, "host", r.Host, "ip", r.IP, "phase", r.Phase)
 	return nil
 }
 
@@ -256,6 +262,9 @@ func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 }
 
 func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.VM) error {
+	if r.VMRef != vm.Ref.Value {
+		forgetGuest(r) // a new VM: its guest has said nothing yet
+	}
 	r.VMRef, r.CreateTask = vm.Ref.Value, ""
 	r.SetCondition(events.PodConditionVMCreated, events.ConditionTrue, "Created", fmt.Sprintf("pod VM %s (%s) on %s", vm.Name, vm.Ref.Value, vm.Host), s.now().UTC())
 	return s.save(ctx, r)
@@ -263,12 +272,11 @@ func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.V
 
 // vmSpec derives the pod VM and its placement from the record.
 func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, error) {
-	// The VM's files and its child disks go beside the pod's image chain
-	// when the host mounts that datastore: the image cache puts chains on
-	// the most widely mounted datastore, so the VM can later move to any
-	// host that sees its images, across clusters too. Otherwise they go
-	// where the scheduler said (a delta disk may sit on another datastore
-	// than its parent, as linked clones do).
+	// The VM's files and its ephemeral disk go beside the pod's image
+	// chain when the host mounts that datastore: the image cache puts
+	// chains on the most widely mounted datastore, so the VM can later move
+	// to any host that sees its images, across clusters too. Otherwise they
+	// go where the scheduler said.
 	ds := s.cfg.Datastore
 	if ds == "" && len(r.Images) > 0 && slices.Contains(r.Datastores, r.Images[0].Datastore) {
 		ds = r.Images[0].Datastore
@@ -279,23 +287,25 @@ func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, erro
 	if ds == "" && len(r.Images) > 0 {
 		ds = r.Images[0].Datastore
 	}
-	info, err := guestinfo(r, ds)
+	l, err := layout(r, ds)
+	if err != nil {
+		return podvm.Spec{}, podvm.Placement{}, err
+	}
+	info, err := guestinfo(r, l)
 	if err != nil {
 		return podvm.Spec{}, podvm.Placement{}, err
 	}
 	spec := podvm.Spec{
-		Name:        r.VMName,
-		VCPUs:       r.Size.VCPUs,
-		MemoryMiB:   r.Size.MemoryMiB,
-		GuestID:     s.cfg.GuestID,
-		ExtraConfig: info,
+		Name:             r.VMName,
+		VCPUs:            r.Size.VCPUs,
+		MemoryMiB:        r.Size.MemoryMiB,
+		GuestID:          s.cfg.GuestID,
+		EphemeralDiskMiB: s.cfg.EphemeralDiskMiB,
+		ImageDisks:       l.imageDisks,
+		ExtraConfig:      info,
 	}
 	for _, a := range r.Attachments {
 		spec.NICs = append(spec.NICs, podvm.NIC{Network: a.Network, PortGroup: a.PortGroup, MAC: a.MAC})
-	}
-	images := imagesByContainer(r)
-	for _, c := range r.Pod.Spec.Containers {
-		spec.Disks = append(spec.Disks, podvm.Disk{Container: c.Name, Parent: images[c.Name].Disk})
 	}
 	return spec, podvm.Placement{
 		Host:      r.Host,
@@ -350,11 +360,7 @@ func (h handling) failed(ctx context.Context, ns, name, uid, reason, message, ho
 	if host != "" && r.Host != "" && host != r.Host {
 		return nil // about an earlier placement
 	}
-	switch r.Phase {
-	case events.PodPhaseRunning, events.PodPhaseMigrating, events.PodPhaseFailed:
-		return nil
-	}
-	if !r.DeletionRequestedAt.IsZero() {
+	if events.PodHasVM(r.Phase) || r.Phase == events.PodPhaseFailed || !r.DeletionRequestedAt.IsZero() {
 		return nil
 	}
 	return h.s.fail(ctx, r, reason, message)
@@ -368,8 +374,10 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 	defer span.End()
 	if err := s.removeVMs(ctx, r); err != nil {
 		// The failure is still announced; drift repair removes the VM
-		// (an orphan of a Failed record) once vCenter lets it.
+		// (found by name: a Failed record without a VM reference owns no
+		// VM) once vCenter lets it.
 		s.log.Warn("could not remove the VM of a failed pod", "key", r.Key(), "err", err)
+		r.VMRef = ""
 	}
 	if err := s.publish(ctx, recordCause(r), events.TypePodFailed, r.Key(), &events.PodFailed{
 		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Reason: reason, Message: message,
@@ -409,10 +417,17 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 	if _, ok := r.Condition(events.PodConditionVMCreated); ok {
 		r.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
 	}
-	if _, ok := r.Condition(events.PodConditionRunning); ok {
-		r.SetCondition(events.PodConditionRunning, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
+	if _, ok := r.Condition(events.PodConditionVMReady); ok {
+		r.SetCondition(events.PodConditionVMReady, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
 	}
+	forgetGuest(r)
 	return nil
+}
+
+// forgetGuest drops what the record knows from the guest of a VM that is
+// gone or replaced: the next VM's guest starts from nothing.
+func forgetGuest(r *events.PodRecord) {
+	r.Guest, r.InitContainerStatuses, r.ContainerStatuses, r.GuestRepairs = nil, nil, nil, 0
 }
 
 // deleteRequested handles pod.delete.requested.

@@ -27,15 +27,23 @@ const (
 	// RepairStuck: a pod left half-way (provisioning or deleting) for longer
 	// than a resync interval was driven on.
 	RepairStuck = "stuck"
+	// RepairGuestSilent: a powered-on pod VM whose guest never reported
+	// past GuestTimeout was reported on the pod (VMReady False, reason
+	// GuestSilent), and on the next pass power-cycled.
+	RepairGuestSilent = "guest_silent"
+	// RepairGuestRecreate: a guest still silent after GuestRepairs power
+	// cycles had its VM destroyed and created again.
+	RepairGuestRecreate = "guest_recreate"
 )
 
 // RepairReport counts what one drift repair did, by repair kind.
 type RepairReport map[string]int
 
 // Resync compares every pod record with the pod VMs in vCenter and repairs
-// the difference: orphan VMs are destroyed, Running records without a VM are
-// provisioned again, powered-off VMs of Running pods are powered on, and
-// pods stuck half-way are driven on. Each repair is logged and counted in
+// the difference: orphan VMs are destroyed, records of pods with a VM
+// (Starting, Running, Succeeded) whose VM is gone are provisioned again,
+// their powered-off VMs are powered on, guests that never report are
+// reported and repaired, and pods stuck half-way are driven on. Each repair is logged and counted in
 // podvisor_provisioner_repairs_total{kind}. Errors on single pods do not
 // stop the pass; they are joined into the returned error.
 func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
@@ -160,11 +168,13 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			}
 			return err == nil, err
 		})
-	case r.Phase == events.PodPhaseFailed && hasVM:
+	case r.Phase == events.PodPhaseFailed && hasVM && r.VMRef == "":
 		// fail() removes the VM; this catches a removal that vCenter
-		// refused at the time.
+		// refused at the time. (A Failed pod that still names its VM
+		// failed in its containers: the VM stays, with their logs, until
+		// the pod is deleted.)
 		return s.repairUnderLock(ctx, r, report, RepairOrphanVM, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.Phase != events.PodPhaseFailed {
+			if fresh.Phase != events.PodPhaseFailed || fresh.VMRef != "" {
 				return false, nil
 			}
 			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
@@ -172,11 +182,11 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			}
 			return true, nil
 		})
-	case r.Phase != events.PodPhaseRunning:
+	case !vmOn(r):
 		return nil
 	case hasVM && vm.PowerState != types.VirtualMachinePowerStatePoweredOn:
 		return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.Phase != events.PodPhaseRunning || fresh.VMRef != vm.Ref.Value {
+			if !vmOn(fresh) || fresh.VMRef != vm.Ref.Value {
 				return false, nil
 			}
 			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
@@ -186,7 +196,7 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 		})
 	case !hasVM:
 		return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.Phase != events.PodPhaseRunning {
+			if !vmOn(fresh) {
 				return false, nil
 			}
 			// The listing covers the podvisor folders only: make sure the
@@ -200,7 +210,8 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			fresh.VMRef, fresh.CreateTask = "", ""
 			fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
 			fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
-			fresh.SetCondition(events.PodConditionRunning, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+			fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+			forgetGuest(fresh)
 			if err := s.save(ctx, fresh); err != nil {
 				return false, err
 			}
@@ -209,8 +220,91 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			}
 			return true, nil
 		})
+	case s.guestSilent(r):
+		return s.repairSilentGuest(ctx, r, vm, report)
 	}
 	return nil
+}
+
+// vmOn says whether the record's phase promises a powered-on VM that drift
+// repair keeps so (Migrating is left to the migration).
+func vmOn(r *events.PodRecord) bool {
+	return events.PodHasVM(r.Phase) && r.Phase != events.PodPhaseMigrating
+}
+
+// guestSilent says whether the pod's VM has been on for longer than
+// GuestTimeout (since power-on or the last power cycle) without its guest
+// ever reporting.
+func (s *Service) guestSilent(r *events.PodRecord) bool {
+	if s.cfg.GuestTimeout <= 0 || r.Phase != events.PodPhaseStarting || r.Guest != nil || !r.DeletionRequestedAt.IsZero() {
+		return false
+	}
+	c, ok := r.Condition(events.PodConditionVMReady)
+	return ok && s.now().Sub(c.Time) > s.cfg.GuestTimeout
+}
+
+// repairSilentGuest is one step of the repair of a guest that never
+// reported, each step decided by the record alone so that a repeated or
+// concurrent pass does the same: first the silence is reported on the pod
+// (VMReady False, reason GuestSilent); on a later pass the VM is
+// power-cycled (VMReady True again, its clock restarted), up to
+// GuestRepairs times; then the VM is destroyed and created again.
+func (s *Service) repairSilentGuest(ctx context.Context, r *events.PodRecord, vm podvm.VM, report RepairReport) error {
+	c, _ := r.Condition(events.PodConditionVMReady)
+	switch {
+	case c.Status == events.ConditionTrue:
+		return s.repairUnderLock(ctx, r, report, RepairGuestSilent, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.ResourceVersion != r.ResourceVersion {
+				return false, nil
+			}
+			msg := fmt.Sprintf("the guest of pod VM %s has not reported within %s of power-on", fresh.VMName, s.cfg.GuestTimeout)
+			fresh.Reason, fresh.Message = ReasonGuestSilent, msg
+			fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonGuestSilent, msg, s.now().UTC())
+			return false, s.save(ctx, fresh) // reported; the repair is the next step
+		})
+	case r.GuestRepairs < s.cfg.GuestRepairs:
+		return s.repairUnderLock(ctx, r, report, RepairGuestSilent, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.ResourceVersion != r.ResourceVersion || fresh.VMRef != vm.Ref.Value {
+				return false, nil
+			}
+			// Count the cycle before making it: a crash in between costs
+			// one cycle of the budget, never an endless loop.
+			fresh.GuestRepairs++
+			n := fresh.GuestRepairs
+			if err := s.save(ctx, fresh); err != nil {
+				return false, err
+			}
+			err := s.stepCtx(ctx, func(ctx context.Context) error {
+				if err := s.vms.PowerOff(ctx, vm.Ref); err != nil {
+					return err
+				}
+				return s.vms.PowerOn(ctx, vm.Ref)
+			})
+			if err != nil {
+				return false, fmt.Errorf("power-cycle %s: %w", vm.Ref.Value, err)
+			}
+			msg := fmt.Sprintf("the guest of pod VM %s never reported; power-cycled (%d of %d)", fresh.VMName, n, s.cfg.GuestRepairs)
+			fresh.Reason, fresh.Message = ReasonGuestSilent, msg
+			fresh.SetCondition(events.PodConditionVMReady, events.ConditionTrue, "PowerCycled", msg, s.now().UTC())
+			return true, s.save(ctx, fresh)
+		})
+	default:
+		return s.repairUnderLock(ctx, r, report, RepairGuestRecreate, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.ResourceVersion != r.ResourceVersion || fresh.VMRef != vm.Ref.Value {
+				return false, nil
+			}
+			if err := s.removeVMs(ctx, fresh); err != nil {
+				return false, err
+			}
+			fresh.Phase = events.PodPhaseProvisioning
+			fresh.Reason = ReasonGuestSilent
+			fresh.Message = fmt.Sprintf("the guest of pod VM %s stayed silent through %d power cycles; creating the VM again", fresh.VMName, s.cfg.GuestRepairs)
+			if err := s.save(ctx, fresh); err != nil {
+				return true, err
+			}
+			return true, s.provision(ctx, fresh, false)
+		})
+	}
 }
 
 // repairUnderLock re-reads the record under the pod's lock and runs fix on

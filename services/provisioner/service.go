@@ -67,7 +67,7 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	}
 	repairs, err := otel.GetMeterProvider().Meter(instrumentation).Int64Counter(
 		"podvisor_provisioner_repairs_total",
-		metric.WithDescription("Drift repairs by kind: orphan_vm, stale_vm, missing_vm, power_state, stuck."),
+		metric.WithDescription("Drift repairs by kind: orphan_vm, stale_vm, missing_vm, power_state, stuck, guest_silent, guest_recreate."),
 		metric.WithUnit("{repair}"),
 	)
 	if err != nil {
@@ -112,6 +112,7 @@ func (s *Service) Run(ctx context.Context) error {
 			events.SubjectPodNetworkFailed,
 			events.SubjectPodDeleteRequested,
 			events.SubjectPodEvicted,
+			events.SubjectPodContainersReported,
 		}), s.handle)
 	})
 	g.Go(func() error {

@@ -92,7 +92,7 @@ type watcher struct {
 	mu   sync.Mutex
 	seen map[string]map[string]time.Time // subject → ce type → event time
 	// expected are the pods of the run, settled how many of them reached
-	// Running, Failed or Rejected: counted as events arrive, so that
+	// VM running (pod.vm.ready), Failed or Rejected: counted as events arrive, so that
 	// waiting for the run costs nothing per event (a scan of every pod on
 	// every event took CPU from the pipeline it measures).
 	expected map[string]bool
@@ -108,7 +108,7 @@ func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
 		stream   string
 		subjects []string
 	}{
-		{bus.StreamPods, []string{events.SubjectPodRunning, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
+		{bus.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
 			events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodUnschedulable, events.SubjectPodNetworkAttached}},
 		{bus.StreamImages, []string{events.SubjectImagePulled}},
 	} {
@@ -165,7 +165,7 @@ func (w *watcher) add(ev event.Event) {
 }
 
 // terminal are the event types that settle a pod for the run.
-var terminal = map[string]bool{events.TypePodRunning: true, events.TypePodFailed: true, events.TypePodRejected: true}
+var terminal = map[string]bool{events.TypePodVMReady: true, events.TypePodFailed: true, events.TypePodRejected: true}
 
 func (w *watcher) settledLocked(m map[string]time.Time) bool {
 	for t := range terminal {
@@ -249,7 +249,7 @@ func request(ctx context.Context, b *bus.Bus, name, image string) error {
 }
 
 // runPipeline starts the all-in-one, measures the image cache, then applies
-// the pods and measures them to Running. It returns the simulated hosts for
+// the pods and measures them to VM running (pod.vm.ready). It returns the simulated hosts for
 // the scheduling-only run.
 func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result, p progress) ([]sim.HostSpec, error) {
 	settings, restore := applyTuning()
@@ -309,12 +309,12 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 	pprof.StopCPUProfile()
 	res.Pipeline = pipelineFigures(w, keys, cfg, published)
-	if res.Pipeline.Running == 0 {
-		return nil, fmt.Errorf("no pod reached Running within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)
+	if res.Pipeline.VMRunning == 0 {
+		return nil, fmt.Errorf("no pod VM reached running (pod.vm.ready) within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)
 	}
 	heapAfter := liveHeap()
 	// Every applied pod holds state (records, queues, VMs) whether or not it
-	// reached Running in time, so the heap is divided by the pods applied.
+	// reached VM running in time, so the heap is divided by the pods applied.
 	res.Memory = memoryFigures(heapBefore, heapAfter, cfg.Pods)
 	return hosts, nil
 }
@@ -391,11 +391,11 @@ func pipelineFigures(w *watcher, keys []string, cfg Config, published *sync.Map)
 			out.Failed++
 			continue
 		}
-		run, ok := w.at(k, events.TypePodRunning)
+		run, ok := w.at(k, events.TypePodVMReady)
 		if !ok {
 			continue
 		}
-		out.Running++
+		out.VMRunning++
 		if run.After(last) {
 			last = run
 		}
@@ -423,22 +423,22 @@ func pipelineFigures(w *watcher, keys []string, cfg Config, published *sync.Map)
 	if len(lat) > 0 {
 		out.LatencyMS.Max = lat[len(lat)-1]
 	}
-	if out.Running > 0 && last.After(first) {
+	if out.VMRunning > 0 && last.After(first) {
 		out.Seconds = last.Sub(first).Seconds()
-		out.PodsPerS = float64(out.Running) / out.Seconds
+		out.PodsPerS = float64(out.VMRunning) / out.Seconds
 	}
 	return out
 }
 
 // stageTypes are the events whose median time from the request the
-// pipeline reports: where the time to Running goes.
+// pipeline reports: where the time to VM running goes.
 var stageTypes = []struct{ name, ceType string }{
 	{"accepted", events.TypePodAccepted},
 	{"images_ready", events.TypePodImagesReady},
 	{"unschedulable", events.TypePodUnschedulable},
 	{"scheduled", events.TypePodScheduled},
 	{"network_attached", events.TypePodNetworkAttached},
-	{"running", events.TypePodRunning},
+	{"vm_running", events.TypePodVMReady},
 }
 
 // measureImageCache prepares image for a first pod (nothing on the

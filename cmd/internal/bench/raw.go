@@ -112,7 +112,7 @@ func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodV
 				spec := podvm.Spec{
 					Name: fmt.Sprintf("pv-raw-%05d", j.i), VCPUs: size.VCPUs, MemoryMiB: size.MemoryMiB,
 					NICs:        []podvm.NIC{{Network: events.DefaultNetwork, PortGroup: rawPortGroup}},
-					Disks:       []podvm.Disk{{Container: "app", Parent: parents[ds]}},
+					ImageDisks:  []string{parents[ds]},
 					ExtraConfig: rawGuestinfo(j.i),
 				}
 				err := createAndPowerOn(ctx, c.Client, workerFolders[w], pools[h.Cluster], object.NewHostSystem(c.Client, h.Ref), spec, ds, backing)
@@ -198,11 +198,18 @@ func createAndPowerOn(ctx context.Context, c *vim25.Client, folder *object.Folde
 }
 
 // rawGuestinfo is guestinfo of the volume the provisioner writes for a
-// one-container pod (uid, container spec, root filesystem layout).
+// one-container pod (uid, pod key, the guest spec with its disk map).
 func rawGuestinfo(i int) map[string]string {
+	uid := fmt.Sprintf("00000000-0000-4000-8000-%012d", i)
+	chain := "sha256:" + strings.Repeat("0", 64)
 	return map[string]string{
-		"guestinfo.podvisor.uid":        fmt.Sprintf("00000000-0000-4000-8000-%012d", i),
-		"guestinfo.podvisor.containers": `[{"name":"app","image":"registry.local/podvisor/web:1.0","resources":{"requests":{"cpu":"100m","memory":"64Mi"}}}]`,
-		"guestinfo.podvisor.rootfs":     `[{"container":"app","disk":"rw-app.vmdk","chain":["` + strings.Repeat("0", 64) + `"]}]`,
+		"guestinfo.podvisor.uid":       uid,
+		"guestinfo.podvisor.namespace": "bench",
+		"guestinfo.podvisor.name":      fmt.Sprintf("raw-%05d", i),
+		"guestinfo.podvisor.spec": `{"version":1,"uid":"` + uid + `","namespace":"bench","name":"raw","hostname":"raw","restartPolicy":"Always",` +
+			`"terminationGracePeriodSeconds":30,"disks":[{"role":"ephemeral","unit":"scsi0:0","fs":"ext4"},` +
+			`{"role":"image","unit":"scsi0:1","fs":"erofs","chainID":"` + chain + `"}],"containers":[{"name":"app",` +
+			`"image":"registry.local/podvisor/web:1.0","imageDigest":"` + chain + `","chain":["` + chain + `"],` +
+			`"resources":{"cpuRequestMilli":100,"memoryRequestBytes":67108864}}],"nics":[{"network":"default","ip":"10.0.0.2","prefix":16}]}`,
 	}
 }

@@ -27,9 +27,9 @@ func (r *Result) Table(w io.Writer) error {
 	if r.Pipeline.Rate > 0 {
 		applied = fmt.Sprintf("at %g pods/s", r.Pipeline.Rate)
 	}
-	fmt.Fprintf(tw, "pipeline (podvisor, %s)\t%.1f pods/s\t%.0f / %.0f / %.0f ms\t%d of %d Running in %.1fs\n", applied,
+	fmt.Fprintf(tw, "pipeline (podvisor, %s)\t%.1f pods/s\t%.0f / %.0f / %.0f ms\t%d of %d VM running in %.1fs\n", applied,
 		r.Pipeline.PodsPerS, r.Pipeline.LatencyMS.P50, r.Pipeline.LatencyMS.P95, r.Pipeline.LatencyMS.P99,
-		r.Pipeline.Running, r.Pipeline.Pods, r.Pipeline.Seconds)
+		r.Pipeline.VMRunning, r.Pipeline.Pods, r.Pipeline.Seconds)
 	fmt.Fprintf(tw, "raw govmomi (best: %d workers)\t%.1f VMs/s\t\t%d VMs\n", r.Raw.Workers, r.Raw.VMsPerS, r.Raw.VMs)
 	fmt.Fprintf(tw, "sequential (create, power on)\t%.1f VMs/s\t\t%d VMs in %.1fs\n", r.Sequential.VMsPerS, r.Sequential.VMs, r.Sequential.Seconds)
 	fmt.Fprintf(tw, "scheduling only (framework)\t%.0f pods/s\t\t%d of %d placed on %d hosts\n", r.Scheduling.PodsPerS, r.Scheduling.Placed, r.Scheduling.Pods, r.Scheduling.Hosts)
@@ -141,18 +141,18 @@ func (r *Result) SVG() string {
 	}
 	lat := r.Pipeline.LatencyMS
 	y := titleH
-	y = section(y, "Throughput to Running (higher is better)", []bar{
+	y = section(y, "Throughput to VM running (higher is better)", []bar{
 		{"podvisor pipeline", rate(r.Pipeline.PodsPerS) + " pods/s", r.Pipeline.PodsPerS, "#2b7bb9"},
 		{fmt.Sprintf("raw govmomi, %d workers", r.Raw.Workers), rate(r.Raw.VMsPerS) + " VMs/s", r.Raw.VMsPerS, "#7f7f7f"},
 		{"sequential, one at a time", rate(r.Sequential.VMsPerS) + " VMs/s", r.Sequential.VMsPerS, "#bfbfbf"},
 	})
-	y = section(y, "Pipeline latency, request → Running (lower is better)", []bar{
+	y = section(y, "Pipeline latency, request → VM running (lower is better)", []bar{
 		{"p50", millis(lat.P50), lat.P50, "#59a14f"},
 		{"p95", millis(lat.P95), lat.P95, "#edc948"},
 		{"p99", millis(lat.P99), lat.P99, "#e15759"},
 	})
-	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %s · pipeline/sequential %s · %d of %d pods Running · scheduling only %.0f pods/s</text>`+"\n",
-		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Pipeline.Running, r.Pipeline.Pods, r.Scheduling.PodsPerS)
+	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">pipeline/raw %s · pipeline/sequential %s · %d of %d pod VMs running · scheduling only %.0f pods/s</text>`+"\n",
+		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Pipeline.VMRunning, r.Pipeline.Pods, r.Scheduling.PodsPerS)
 	y += 16
 	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">image cache cold %.0f ms (%s pulled) / warm %.0f ms (%s) · peak RSS %s · heap %s per pod</text>`+"\n",
 		y, r.ImageCache.ColdMS, iec(r.ImageCache.ColdBytes), r.ImageCache.WarmMS, iec(r.ImageCache.WarmBytes), iec(r.Memory.PeakRSSBytes), iec(r.Memory.HeapPerPodBytes))

@@ -31,7 +31,8 @@ with --hosts hosts, Redis, the registry, all five services; nothing of a running
 used) and measures, in one run:
 
   pipeline     --pods pod.requested events published in parallel (or at --rate pods/s);
-               pods/s to Running and request→Running latency p50/p95/p99
+               pods/s to "VM running" (pod.vm.ready: created and powered on; the bench runs
+               no guests, so no container starts) and request→VM running latency p50/p95/p99
   raw          the same VMs created and powered on directly with govmomi, on a fresh simulator
                of the same size, at a few worker counts (--raw-workers); the best is reported
   sequential   one VM at a time, create then power on

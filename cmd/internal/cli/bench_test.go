@@ -101,7 +101,7 @@ func TestBenchTinyRunJSONShapeAndRatios(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"<svg", "pods/s", "VMs/s", "p99", "20 of 20 pods Running", fmt.Sprintf("%.0f pods/s", num("scheduling_only.pods_per_s"))} {
+	for _, want := range []string{"<svg", "pods/s", "VMs/s", "p99", "20 of 20 pod VMs running", fmt.Sprintf("%.0f pods/s", num("scheduling_only.pods_per_s"))} {
 		if !bytes.Contains(svg, []byte(want)) {
 			t.Errorf("chart lacks %q", want)
 		}

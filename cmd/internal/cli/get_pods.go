@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
@@ -12,7 +14,7 @@ func init() {
 		names:      []string{"pods", "pod", "po"},
 		bucket:     events.BucketPods,
 		namespaced: true,
-		header:     []string{"NAME", "PHASE", "HOST", "IP", "AGE", "REASON"},
+		header:     []string{"NAME", "READY", "PHASE", "RESTARTS", "HOST", "IP", "AGE", "REASON"},
 		decode: func(v []byte) (record, error) {
 			var r podRow
 			return &r, json.Unmarshal(v, &r.PodRecord)
@@ -31,7 +33,18 @@ func (p *podRow) Object() any {
 	return &pod
 }
 
+// Row shows, like kubectl, how many containers are ready and how often they
+// restarted, as the guest reported; PHASE is podvisor's own (Starting: the
+// VM is on, the containers are not all started yet).
 func (p *podRow) Row(now time.Time) []string {
 	r := &p.PodRecord
-	return []string{r.Name, dash(r.Phase), dash(r.Host), dash(r.IP), age(r.CreatedAt, now), dash(r.Reason)}
+	ready, restarts := 0, int32(0)
+	for _, cs := range r.ContainerStatuses {
+		if cs.Ready {
+			ready++
+		}
+		restarts += cs.RestartCount
+	}
+	return []string{r.Name, fmt.Sprintf("%d/%d", ready, len(r.Pod.Spec.Containers)), dash(r.Phase), strconv.Itoa(int(restarts)),
+		dash(r.Host), dash(r.IP), age(r.CreatedAt, now), dash(r.Reason)}
 }

@@ -63,9 +63,9 @@ func podRecord(t *testing.T, b *bus.Bus, ns, name string) *events.PodRecord {
 	return &r
 }
 
-// One pod is deployed to Running and then migrated; its trace, read back
-// through `podvisor trace pod`, holds spans of all five services under the
-// one trace id its record keeps.
+// One pod is deployed until its VM runs (no guests here: Starting) and then
+// migrated; its trace, read back through `podvisor trace pod`, holds spans
+// of all five services under the one trace id its record keeps.
 func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	dir := upWithTracing(t)
 	vars, _ := ReadEnvFile(dir + "/env")
@@ -81,9 +81,9 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 		t.Fatalf("apply: exit %d: %s %s", code, out, errOut)
 	}
 	var rec *events.PodRecord
-	eventually(t, "pod Running", func() bool {
+	eventually(t, "pod VM running", func() bool {
 		rec = podRecord(t, b, "shop", "web")
-		return rec != nil && rec.Phase == events.PodPhaseRunning
+		return rec != nil && rec.Phase == events.PodPhaseStarting
 	})
 	if rec.TraceParent == "" {
 		t.Fatal("the pod record keeps no traceparent")
@@ -109,7 +109,7 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	from := rec.Host
 	eventually(t, "pod migrated", func() bool {
 		rec = podRecord(t, b, "shop", "web")
-		return rec.Host != from && rec.Phase == events.PodPhaseRunning
+		return rec.Host != from && rec.Phase == events.PodPhaseStarting
 	})
 
 	// The trace the record names crosses all five services: the scheduler,
@@ -137,7 +137,7 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	}
 	// Events published outside a handler (the scheduler's retry of a pod
 	// that waited for its network, the end of a relocation) begin traces of
-	// their own; the default view joins them, so it reaches pod.running and
+	// their own; the default view joins them, so it reaches pod.vm.ready and
 	// migration.completed.
 	var joined traceJSON
 	eventually(t, "the joined traces up to migration.completed", func() bool {
@@ -146,7 +146,7 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 		for _, sp := range joined.Spans {
 			names[spanLabel(sp.Name)] = true
 		}
-		return names["provisioner pod.network.attached"] && names["publish pv.pod.running"] && names["migration migration.target.reserved"] &&
+		return names["provisioner pod.network.attached"] && names["publish pv.pod.vm.ready"] && names["migration migration.target.reserved"] &&
 			names["publish pv.migration.completed"]
 	})
 	if len(joined.Spans) <= len(flow.Spans) {
@@ -161,7 +161,7 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	if testing.Verbose() {
 		t.Log("\n" + table)
 	}
-	for _, want := range []string{"SERVICE", "OFFSET", "DURATION", "█", "migration", "netconfig", "pod.running", "migration.completed", "TR"} {
+	for _, want := range []string{"SERVICE", "OFFSET", "DURATION", "█", "migration", "netconfig", "pod.vm.ready", "migration.completed", "TR"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("waterfall lacks %q:\n%s", want, table)
 		}

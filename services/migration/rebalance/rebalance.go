@@ -87,7 +87,7 @@ func Plan(hosts []*events.HostRecord, pods []*events.PodRecord, nets map[string]
 		h.cpu += p.Size.CPUMilli
 		h.mem += podMemory(p)
 		h.count++
-		if p.Phase == events.PodPhaseRunning && p.DeletionRequestedAt.IsZero() && p.VMRef != "" {
+		if (p.Phase == events.PodPhaseRunning || p.Phase == events.PodPhaseStarting) && p.DeletionRequestedAt.IsZero() && p.VMRef != "" {
 			h.pods = append(h.pods, p)
 		}
 	}

@@ -276,7 +276,7 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 	cached = cached || fromCache
 	ds := p.Datastore
 	if ds == "" {
-		dp, _ := parseDatastorePath(s.Disks[0].Parent) // validated above
+		dp, _ := parseDatastorePath(s.ImageDisks[0]) // validated above
 		ds = dp.Datastore
 	}
 	// A datastore name vcsim does not know crashes the simulator, and on a
@@ -284,8 +284,8 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 	// datastore and every image disk's here. A datastore missing from the
 	// cached list is looked up again before the create is refused.
 	need := []string{ds}
-	for _, d := range s.Disks {
-		dp, _ := parseDatastorePath(d.Parent)
+	for _, d := range s.ImageDisks {
+		dp, _ := parseDatastorePath(d)
 		need = append(need, dp.Datastore)
 	}
 	for _, name := range need {
@@ -299,10 +299,10 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 	if !h.datastores[ds] {
 		return none, cached, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
 	}
-	for _, d := range s.Disks {
-		dp, _ := parseDatastorePath(d.Parent)
+	for _, d := range s.ImageDisks {
+		dp, _ := parseDatastorePath(d)
 		if !h.datastores[dp.Datastore] {
-			return none, cached, Permanent(fmt.Errorf("image disk %s of container %s is on datastore %s, which host %s does not mount", d.Parent, d.Container, dp.Datastore, h.name))
+			return none, cached, Permanent(fmt.Errorf("image disk %s is on datastore %s, which host %s does not mount", d, dp.Datastore, h.name))
 		}
 	}
 	backings := make([]types.BaseVirtualDeviceBackingInfo, len(portGroups))
@@ -388,11 +388,18 @@ func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference)
 	return nil
 }
 
-// Destroy powers the VM off, destroys it and confirms it is gone. A VM that
-// does not exist counts as destroyed: a delete counts only when the object
-// is gone, and gone is gone.
+// Destroy powers the VM off, detaches the image disks it shares with other
+// pod VMs, destroys it and confirms it is gone. A VM that does not exist
+// counts as destroyed: a delete counts only when the object is gone, and
+// gone is gone.
 func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) error {
 	if err := c.PowerOff(ctx, ref); err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	}
+	if err := c.detachImageDisks(ctx, ref); err != nil {
 		if isNotFound(err) {
 			return nil
 		}
@@ -411,6 +418,48 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	if vm != nil {
 		return fmt.Errorf("destroy %s: VM still present after the destroy task", ref.Value)
+	}
+	return nil
+}
+
+// detachImageDisks removes from the VM, without touching their files,
+// every disk that lives outside the VM's own directory: the image disks.
+// Destroying a VM deletes the files of every disk still attached to it, and
+// an image disk is shared by every pod VM of the image.
+func (c *Client) detachImageDisks(ctx context.Context, ref types.ManagedObjectReference) error {
+	vm := object.NewVirtualMachine(c.vc, ref)
+	var m mo.VirtualMachine
+	if err := vm.Properties(ctx, ref, []string{"config.hardware.device", "config.files.vmPathName"}, &m); err != nil {
+		return fmt.Errorf("devices of %s: %w", ref.Value, err)
+	}
+	if m.Config == nil {
+		return nil
+	}
+	var vmx object.DatastorePath
+	vmx.FromString(m.Config.Files.VmPathName)
+	own := fmt.Sprintf("[%s] %s/", vmx.Datastore, path.Dir(vmx.Path))
+	var change []types.BaseVirtualDeviceConfigSpec
+	for _, d := range m.Config.Hardware.Device {
+		disk, ok := d.(*types.VirtualDisk)
+		if !ok {
+			continue
+		}
+		b, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo)
+		if !ok || strings.HasPrefix(b.GetVirtualDeviceFileBackingInfo().FileName, own) {
+			continue
+		}
+		// No FileOperation: the device goes, the file stays.
+		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationRemove, Device: disk})
+	}
+	if len(change) == 0 {
+		return nil
+	}
+	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change})
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("detach image disks of %s: %w", ref.Value, err)
 	}
 	return nil
 }
@@ -548,10 +597,12 @@ func (c *Client) lookupPortGroupBacking(ctx context.Context, name string) (types
 
 // removeLeftovers deletes the directory [ds] name/ when it exists. Callers
 // create a VM only after finding no registered VM of that name, so such files
-// belong to a pod VM vCenter no longer knows (unregistered by hand, or a
-// simulator restarted over kept datastores); CreateVM would otherwise fail
-// with FileAlreadyExists and the pod could never be re-created. pv-* names are
-// podvisor's own, so nothing else lives there.
+// (the VM's configuration and its ephemeral disk) belong to a pod VM vCenter
+// no longer knows (unregistered by hand, or a simulator restarted over kept
+// datastores); CreateVM would otherwise fail with FileAlreadyExists on the
+// ephemeral disk and the pod could never be re-created. pv-* names are
+// podvisor's own, so nothing else lives there; image disks live under the
+// image root and are never touched.
 func (c *Client) removeLeftovers(ctx context.Context, ds, name string) error {
 	path := fmt.Sprintf("[%s] %s", ds, name)
 	task, err := object.NewFileManager(c.vc).DeleteDatastoreFile(ctx, path, c.dc)

@@ -12,11 +12,16 @@
 //
 // The VM itself is assembled by BuildConfigSpec, a pure function of Spec:
 // CPU and memory from the shared sizing, one vmxnet3 NIC per attached
-// network on its distributed port group, and per container one read/write
-// child disk whose parent is the top disk of the image's chain — the image
-// bytes stay where the image cache put them and are shared by every pod that
-// uses the image. ExtraConfig carries guestinfo.podvisor.* for the guest
-// agent (see the provisioner's guestinfo.go for the keys).
+// network on its distributed port group, disk 0 the pod's ephemeral disk
+// (thin, created in the VM's directory: every container's writable layer,
+// logs and emptyDir volumes), then every image chain disk the pod's
+// containers use, each once, attached read-only as independent-nonpersistent
+// — the image bytes stay where the image cache put them and are shared by
+// every pod VM of the image, and nothing a VM does reaches them. Destroy
+// detaches those shared disks first, since destroying a VM deletes the
+// files of every disk still attached. ExtraConfig carries
+// guestinfo.podvisor.spec, the guest agent's pod spec (see the
+// provisioner's guestinfo.go).
 //
 // Every call classifies vSphere faults for the caller: IsTransient says
 // whether trying again later can help (busy resources, lost connections,

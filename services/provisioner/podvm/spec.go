@@ -3,7 +3,6 @@ package podvm
 import (
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -23,12 +22,21 @@ type Spec struct {
 	GuestID string
 	// NICs are attached in order: the first is the pod's primary network.
 	NICs []NIC
-	// Disks are the containers' root filesystems, one per container, in the
-	// pod's container order.
-	Disks []Disk
+	// EphemeralDiskMiB is the capacity of disk 0, the pod's ephemeral disk
+	// (thin: it takes only what the containers write). 0 means
+	// DefaultEphemeralDiskMiB.
+	EphemeralDiskMiB int64
+	// ImageDisks are the datastore paths of the image chain disks the
+	// pod's containers use, each once, attached read-only after disk 0 in
+	// this order (DiskDevice(1), DiskDevice(2), ...).
+	ImageDisks []string
 	// ExtraConfig is written verbatim (guestinfo.podvisor.* keys).
 	ExtraConfig map[string]string
 }
+
+// DefaultEphemeralDiskMiB is disk 0's capacity when the spec names none:
+// 8 GiB, thin.
+const DefaultEphemeralDiskMiB = 8 << 10
 
 // portGroups are the port groups of the spec's NICs, in order.
 func (s Spec) portGroups() []string {
@@ -50,16 +58,6 @@ type NIC struct {
 	MAC string
 }
 
-// Disk is the read/write layer of one container's root filesystem.
-type Disk struct {
-	// Container is the container name; the disk file is rw-<container>.vmdk
-	// in the VM's directory.
-	Container string
-	// Parent is the datastore path of the top disk of the image chain, for
-	// example "[LocalDS_0] podvisor/images/<chainID>.vmdk".
-	Parent string
-}
-
 // Placement says where a pod VM goes.
 type Placement struct {
 	// Host is the ESXi host's inventory name.
@@ -70,9 +68,8 @@ type Placement struct {
 	// Folder is the VM folder path below the datacenter's VM folder, for
 	// example "podvisor/default" or "podvisor/default/shard-3".
 	Folder string
-	// Datastore holds the VM's files and its child disks; empty means the
-	// datastore of the first disk's parent, which keeps each child next to
-	// its parent.
+	// Datastore holds the VM's files and its ephemeral disk; empty means
+	// the datastore of the first image disk.
 	Datastore string
 	// RemoveLeftovers deletes files left under the VM's directory before
 	// creating it. Set when the pod had a VM (or a create attempt) before:
@@ -90,8 +87,6 @@ const disksPerController = 15
 // maxControllers is the number of SCSI controllers a VM may have.
 const maxControllers = 4
 
-var containerNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-
 // Validate checks a spec before anything is sent to vCenter: a malformed
 // spec is the caller's bug and must not become a half-created VM.
 func (s Spec) Validate() error {
@@ -105,24 +100,24 @@ func (s Spec) Validate() error {
 	if s.MemoryMiB <= 0 {
 		errs = append(errs, fmt.Errorf("memoryMiB %d: must be greater than zero", s.MemoryMiB))
 	}
-	if len(s.Disks) == 0 {
-		errs = append(errs, errors.New("disks: a pod VM needs at least one container disk"))
+	if s.EphemeralDiskMiB < 0 {
+		errs = append(errs, fmt.Errorf("ephemeralDiskMiB %d: must not be negative (0 means %d)", s.EphemeralDiskMiB, DefaultEphemeralDiskMiB))
 	}
-	if len(s.Disks) > disksPerController*maxControllers {
-		errs = append(errs, fmt.Errorf("disks: %d containers, a pod VM holds at most %d", len(s.Disks), disksPerController*maxControllers))
+	if len(s.ImageDisks) == 0 {
+		errs = append(errs, errors.New("imageDisks: a pod VM needs at least one image disk"))
+	}
+	if n := 1 + len(s.ImageDisks); n > disksPerController*maxControllers {
+		errs = append(errs, fmt.Errorf("imageDisks: %d disks with the ephemeral one, a pod VM holds at most %d", n, disksPerController*maxControllers))
 	}
 	seen := map[string]bool{}
-	for i, d := range s.Disks {
-		if !containerNameRE.MatchString(d.Container) {
-			errs = append(errs, fmt.Errorf("disks[%d].container %q: must be a DNS label", i, d.Container))
+	for i, d := range s.ImageDisks {
+		if _, err := parseDatastorePath(d); err != nil {
+			errs = append(errs, fmt.Errorf("imageDisks[%d]: %w", i, err))
 		}
-		if seen[d.Container] {
-			errs = append(errs, fmt.Errorf("disks[%d].container %q: duplicate", i, d.Container))
+		if seen[d] {
+			errs = append(errs, fmt.Errorf("imageDisks[%d] %q: attached twice (containers of one image share its disks)", i, d))
 		}
-		seen[d.Container] = true
-		if _, err := parseDatastorePath(d.Parent); err != nil {
-			errs = append(errs, fmt.Errorf("disks[%d].parent: %w", i, err))
-		}
+		seen[d] = true
 	}
 	for i, n := range s.NICs {
 		if n.PortGroup == "" {
@@ -170,7 +165,8 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	key := int32(-100)
 	nextKey := func() int32 { key--; return key }
 
-	controllers := (len(s.Disks) + disksPerController - 1) / disksPerController
+	disks := 1 + len(s.ImageDisks)
+	controllers := (disks + disksPerController - 1) / disksPerController
 	ctrlKeys := make([]int32, controllers)
 	for i := range controllers {
 		ctrlKeys[i] = nextKey()
@@ -186,36 +182,47 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 			Device:    ctrl,
 		})
 	}
-
-	for i, d := range s.Disks {
+	disk := func(i int, b *types.VirtualDiskFlatVer2BackingInfo, capacityKB int64) *types.VirtualDisk {
 		unit := int32(i % disksPerController)
 		if unit >= 7 {
 			unit++ // unit 7 is the controller's own
 		}
-		disk := &types.VirtualDisk{
+		return &types.VirtualDisk{
 			VirtualDevice: types.VirtualDevice{
 				Key:           nextKey(),
 				ControllerKey: ctrlKeys[i/disksPerController],
 				UnitNumber:    types.NewInt32(unit),
-				Backing: &types.VirtualDiskFlatVer2BackingInfo{
-					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
-						FileName: ChildDiskPath(datastore, s.Name, d.Container),
-					},
-					DiskMode:        string(types.VirtualDiskModePersistent),
-					ThinProvisioned: types.NewBool(true),
-					// The parent chain is the image: the child holds only what
-					// the container writes, so image bytes are never copied.
-					Parent: &types.VirtualDiskFlatVer2BackingInfo{
-						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: d.Parent},
-						DiskMode:                     string(types.VirtualDiskModePersistent),
-					},
-				},
+				Backing:       b,
 			},
+			CapacityInKB: capacityKB,
 		}
+	}
+
+	// Disk 0: the ephemeral disk, created with the VM in its directory and
+	// destroyed with it. Thin, so a pod pays only for what it writes.
+	ephemeral := s.EphemeralDiskMiB
+	if ephemeral == 0 {
+		ephemeral = DefaultEphemeralDiskMiB
+	}
+	cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
+		Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+		FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+		Device: disk(0, &types.VirtualDiskFlatVer2BackingInfo{
+			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: EphemeralDiskPath(datastore, s.Name)},
+			DiskMode:                     string(types.VirtualDiskModePersistent),
+			ThinProvisioned:              types.NewBool(true),
+		}, ephemeral*1024),
+	})
+	// The image disks: existing files, shared by every pod VM of the image,
+	// attached independent-nonpersistent so that no write of this VM ever
+	// reaches them (the guest mounts them read-only anyway).
+	for i, path := range s.ImageDisks {
 		cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
-			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
-			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
-			Device:        disk,
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device: disk(1+i, &types.VirtualDiskFlatVer2BackingInfo{
+				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: path},
+				DiskMode:                     string(types.VirtualDiskModeIndependent_nonpersistent),
+			}, 0),
 		})
 	}
 
@@ -245,11 +252,11 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	return cs, nil
 }
 
-// ChildDiskPath is where the read/write layer of a container lives: in the
-// VM's own directory, named after the container, so a person browsing the
-// datastore can tell which disk belongs to which container.
-func ChildDiskPath(datastore, vmName, container string) string {
-	return fmt.Sprintf("[%s] %s/rw-%s.vmdk", datastore, vmName, container)
+// EphemeralDiskPath is where a pod VM's disk 0 lives: in the VM's own
+// directory, so that destroying the VM (or removing leftovers of a VM
+// vCenter forgot) removes it.
+func EphemeralDiskPath(datastore, vmName string) string {
+	return fmt.Sprintf("[%s] %s/ephemeral.vmdk", datastore, vmName)
 }
 
 // extraConfig renders the map sorted by key, so that two builds of the same
@@ -267,8 +274,9 @@ func extraConfig(m map[string]string) []types.BaseOptionValue {
 	return out
 }
 
-// DiskDevice is the guest-visible device of the i-th container disk, in the
-// layout BuildConfigSpec uses: 15 disks per SCSI controller, unit 7 skipped.
+// DiskDevice is the unit of the VM's i-th disk (0 = the ephemeral disk, then
+// ImageDisks in order) in the layout BuildConfigSpec uses: 15 disks per SCSI
+// controller, unit 7 skipped. The guest spec names disks by it.
 func DiskDevice(i int) string {
 	unit := i % disksPerController
 	if unit >= 7 {

@@ -2,6 +2,7 @@ package podvm
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -11,7 +12,7 @@ import (
 func validSpec(disks int) Spec {
 	s := Spec{Name: "pv-abc", VCPUs: 2, MemoryMiB: 1024, ExtraConfig: map[string]string{"guestinfo.podvisor.uid": "abc", "a": "1"}}
 	for i := range disks {
-		s.Disks = append(s.Disks, Disk{Container: "c" + string(rune('a'+i)), Parent: "[ds] images/top.vmdk"})
+		s.ImageDisks = append(s.ImageDisks, fmt.Sprintf("[ds] images/%d/disk.vmdk", i))
 	}
 	s.NICs = []NIC{{Network: "default", PortGroup: "pv-default", MAC: "00:50:56:00:00:01"}, {Network: "b", PortGroup: "pv-b"}}
 	return s
@@ -27,10 +28,11 @@ func TestSpecValidate(t *testing.T) {
 		{"name without prefix", func(s *Spec) { s.Name = "web" }, "name \"web\""},
 		{"no cpu", func(s *Spec) { s.VCPUs = 0 }, "vcpus 0"},
 		{"no memory", func(s *Spec) { s.MemoryMiB = 0 }, "memoryMiB 0"},
-		{"no disks", func(s *Spec) { s.Disks = nil }, "at least one container disk"},
-		{"duplicate container", func(s *Spec) { s.Disks[1].Container = s.Disks[0].Container }, "disks[1].container \"ca\": duplicate"},
-		{"bad container name", func(s *Spec) { s.Disks[0].Container = "Web_1" }, "disks[0].container"},
-		{"parent not a datastore path", func(s *Spec) { s.Disks[0].Parent = "/images/top.vmdk" }, "disks[0].parent"},
+		{"no image disks", func(s *Spec) { s.ImageDisks = nil }, "at least one image disk"},
+		{"image disk twice", func(s *Spec) { s.ImageDisks[1] = s.ImageDisks[0] }, "imageDisks[1] \"[ds] images/0/disk.vmdk\": attached twice"},
+		{"image disk not a datastore path", func(s *Spec) { s.ImageDisks[0] = "/images/top.vmdk" }, "imageDisks[0]"},
+		{"too many disks", func(s *Spec) { *s = validSpec(60) }, "at most 60"},
+		{"negative ephemeral", func(s *Spec) { s.EphemeralDiskMiB = -1 }, "ephemeralDiskMiB -1"},
 		{"nic without port group", func(s *Spec) { s.NICs[1].PortGroup = "" }, "nics[1].portGroup: required"},
 	}
 	for _, tt := range tests {
@@ -52,7 +54,7 @@ func TestSpecValidate(t *testing.T) {
 }
 
 func TestBuildConfigSpecLayout(t *testing.T) {
-	s := validSpec(16) // needs a second controller
+	s := validSpec(15) // with disk 0, needs a second controller
 	backings := []types.BaseVirtualDeviceBackingInfo{&types.VirtualEthernetCardNetworkBackingInfo{}, &types.VirtualEthernetCardNetworkBackingInfo{}}
 	cs, err := BuildConfigSpec(s, "ds", backings)
 	if err != nil {
@@ -61,34 +63,19 @@ func TestBuildConfigSpecLayout(t *testing.T) {
 	if cs.NumCPUs != 2 || cs.MemoryMB != 1024 || cs.GuestId != DefaultGuestID || cs.Files.VmPathName != "[ds]" {
 		t.Errorf("config = cpus %d mem %d guest %s files %s", cs.NumCPUs, cs.MemoryMB, cs.GuestId, cs.Files.VmPathName)
 	}
-	var ctrls, disks int
-	units := map[int32]map[int32]bool{}
-	ctrlKeys := map[int32]bool{}
+	var ctrls int
+	ctrlBus := map[int32]int32{}
+	var disks []*types.VirtualDisk
+	var ops []types.VirtualDeviceConfigSpecFileOperation
 	for _, dc := range cs.DeviceChange {
 		spec := dc.GetVirtualDeviceConfigSpec()
 		switch d := spec.Device.(type) {
 		case *types.ParaVirtualSCSIController:
 			ctrls++
-			ctrlKeys[d.Key] = true
+			ctrlBus[d.Key] = d.BusNumber
 		case *types.VirtualDisk:
-			disks++
-			if spec.FileOperation != types.VirtualDeviceConfigSpecFileOperationCreate {
-				t.Errorf("disk without file create")
-			}
-			if *d.UnitNumber == 7 {
-				t.Errorf("disk on unit 7, the controller's own")
-			}
-			if units[d.ControllerKey] == nil {
-				units[d.ControllerKey] = map[int32]bool{}
-			}
-			if units[d.ControllerKey][*d.UnitNumber] {
-				t.Errorf("two disks on controller %d unit %d", d.ControllerKey, *d.UnitNumber)
-			}
-			units[d.ControllerKey][*d.UnitNumber] = true
-			b := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-			if b.Parent == nil || b.Parent.FileName != "[ds] images/top.vmdk" || !strings.HasPrefix(b.FileName, "[ds] pv-abc/rw-") {
-				t.Errorf("disk backing %s parent %+v", b.FileName, b.Parent)
-			}
+			disks = append(disks, d)
+			ops = append(ops, spec.FileOperation)
 		case *types.VirtualVmxnet3:
 			if d.MacAddress == "00:50:56:00:00:01" && d.AddressType != string(types.VirtualEthernetCardMacTypeManual) {
 				t.Errorf("fixed MAC not manual")
@@ -98,12 +85,30 @@ func TestBuildConfigSpecLayout(t *testing.T) {
 			}
 		}
 	}
-	if ctrls != 2 || disks != 16 {
-		t.Errorf("%d controllers, %d disks; want 2 and 16", ctrls, disks)
+	if ctrls != 2 || len(disks) != 16 {
+		t.Fatalf("%d controllers, %d disks; want 2 and 16", ctrls, len(disks))
 	}
-	for k := range units {
-		if !ctrlKeys[k] {
-			t.Errorf("disk on unknown controller key %d", k)
+	seen := map[string]bool{}
+	for i, d := range disks {
+		bus, ok := ctrlBus[d.ControllerKey]
+		unit := fmt.Sprintf("scsi%d:%d", bus, *d.UnitNumber)
+		if !ok || unit != DiskDevice(i) || seen[unit] || *d.UnitNumber == 7 {
+			t.Errorf("disk %d at %s (controller known: %v), want %s, once, never unit 7", i, unit, ok, DiskDevice(i))
+		}
+		seen[unit] = true
+		b := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+		if b.Parent != nil {
+			t.Errorf("disk %d has a parent: no child disks in a pod VM", i)
+		}
+		if i == 0 {
+			if b.FileName != "[ds] pv-abc/ephemeral.vmdk" || ops[0] != types.VirtualDeviceConfigSpecFileOperationCreate ||
+				b.DiskMode != string(types.VirtualDiskModePersistent) || !*b.ThinProvisioned || d.CapacityInKB != DefaultEphemeralDiskMiB*1024 {
+				t.Errorf("disk 0 = %s op %q mode %s capacity %d; want the thin ephemeral disk, created", b.FileName, ops[0], b.DiskMode, d.CapacityInKB)
+			}
+			continue
+		}
+		if b.FileName != s.ImageDisks[i-1] || ops[i] != "" || b.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
+			t.Errorf("disk %d = %s op %q mode %s; want image disk %s attached independent-nonpersistent, no file operation", i, b.FileName, ops[i], b.DiskMode, s.ImageDisks[i-1])
 		}
 	}
 	if got := DiskDevice(15); got != "scsi1:0" {
@@ -118,6 +123,16 @@ func TestBuildConfigSpecLayout(t *testing.T) {
 	}
 	if _, err := BuildConfigSpec(s, "ds", backings[:1]); err == nil {
 		t.Error("mismatched NIC backings accepted")
+	}
+	s.EphemeralDiskMiB = 512
+	cs, _ = BuildConfigSpec(s, "ds", backings)
+	for _, dc := range cs.DeviceChange {
+		if d, ok := dc.GetVirtualDeviceConfigSpec().Device.(*types.VirtualDisk); ok {
+			if d.CapacityInKB != 512*1024 {
+				t.Errorf("configured ephemeral capacity %d KiB, want 512 MiB", d.CapacityInKB)
+			}
+			break
+		}
 	}
 }
 

@@ -1,0 +1,26 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// The table shows what the guest reported: ready containers of all, and
+// their restarts; a pod whose VM is on but whose guest said nothing is 0/N.
+func TestPodRowReadyAndRestarts(t *testing.T) {
+	now := time.Now()
+	r := events.PodRecord{Name: "web", Phase: events.PodPhaseRunning, Host: "esx-1-01", IP: "10.0.0.5", CreatedAt: now,
+		Pod:               corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a"}, {Name: "b"}}}},
+		ContainerStatuses: []corev1.ContainerStatus{{Name: "a", Ready: true, RestartCount: 1}, {Name: "b", RestartCount: 3}}}
+	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 1/2 Running 4 esx-1-01 10.0.0.5") {
+		t.Errorf("row = %q", got)
+	}
+	r.Phase, r.Reason, r.ContainerStatuses = events.PodPhaseStarting, events.ReasonContainerCreating, nil
+	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 0/2 Starting 0 ") || !strings.HasSuffix(got, "ContainerCreating") {
+		t.Errorf("row of a starting pod = %q", got)
+	}
+}

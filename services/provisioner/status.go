@@ -1,0 +1,264 @@
+package provisioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Reasons of the guest-driven part of a pod's life.
+const (
+	// ReasonGuestSilent: the pod VM is on but its guest never reported
+	// (VMReady False, and the pod's reason while it waits for repair).
+	ReasonGuestSilent = "GuestSilent"
+	// ReasonContainersFailed: every container terminated for good and at
+	// least one failed (or an init container failed with no restart).
+	ReasonContainersFailed = "ContainersFailed"
+	// ReasonPodCompleted: the condition reason once every container has
+	// terminated for good.
+	ReasonPodCompleted = "PodCompleted"
+	// ReasonContainersNotReady, ReasonContainersNotInitialized: as in
+	// Kubernetes.
+	ReasonContainersNotReady       = "ContainersNotReady"
+	ReasonContainersNotInitialized = "ContainersNotInitialized"
+	// ReasonReported: a condition set from the guest's report.
+	ReasonReported = "Reported"
+)
+
+// containersReported handles pod.containers.reported: the guest's view of
+// the pod's containers, folded into the record by compare-and-set. A
+// report is ignored when it is stale: about another pod of the name,
+// another VM than the pod's current one, or an older report of the same
+// boot (BootID equal, Seq not higher). When the fold moves the pod to
+// Running, pod.running is announced before the record is saved (a crash in
+// between re-announces under the same id).
+func (h handling) containersReported(ctx context.Context, p *events.PodContainersReported) error {
+	s := h.s
+	key := events.PodRecordKey(p.Namespace, p.Name)
+	for range maxCASAttempts {
+		r, err := s.recs.get(ctx, key)
+		if err != nil || r == nil || r.UID != p.UID {
+			return err
+		}
+		if why := staleReport(r, p); why != "" {
+			h.log.Info("container report ignored", "why", why, "vm", p.VM, "bootID", p.BootID, "seq", p.Seq)
+			return nil
+		}
+		s.foldReport(r, p)
+		if err := s.settle(ctx, r); err != nil {
+			return err
+		}
+		err = s.save(ctx, r)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		return err
+	}
+	return fmt.Errorf("record %s: %w %d times in a row", key, errConflict, maxCASAttempts)
+}
+
+// staleReport says why a report must not be folded into r, or "".
+func staleReport(r *events.PodRecord, p *events.PodContainersReported) string {
+	switch {
+	case r.Phase == events.PodPhaseFailed && r.VMRef == "":
+		return "the pod failed and has no VM"
+	case p.VM != r.VMName:
+		return fmt.Sprintf("from VM %s, not the pod's current VM %s", p.VM, r.VMName)
+	case r.Guest != nil && r.Guest.BootID == p.BootID && p.Seq <= r.Guest.Seq:
+		return fmt.Sprintf("seq %d of boot %s already folded (last %d)", p.Seq, p.BootID, r.Guest.Seq)
+	}
+	return ""
+}
+
+// foldReport copies the report's statuses into the record (in memory) and
+// sets the conditions derived from them. The phase is settle's.
+func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReported) {
+	now := s.now().UTC()
+	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now}
+	r.InitContainerStatuses = p.InitContainerStatuses
+	r.ContainerStatuses = p.ContainerStatuses
+	r.GuestRepairs = 0
+	if c, ok := r.Condition(events.PodConditionVMReady); ok && c.Status != events.ConditionTrue {
+		r.SetCondition(events.PodConditionVMReady, events.ConditionTrue, "GuestReported", "the guest of pod VM "+r.VMName+" reports", now)
+	}
+	if r.Reason == ReasonGuestSilent {
+		r.Reason, r.Message = "", ""
+	}
+
+	initialized, initWhy := initialized(r)
+	setReported(r, events.PodConditionInitialized, initialized, ReasonContainersNotInitialized, initWhy, now)
+	ready, readyWhy := containersReady(r)
+	if _, done := finished(r); done {
+		ready, readyWhy = false, ReasonPodCompleted
+	}
+	setReported(r, events.PodConditionContainersReady, ready, ReasonContainersNotReady, readyWhy, now)
+	setReported(r, events.PodConditionReady, ready, ReasonContainersNotReady, readyWhy, now)
+}
+
+// setReported sets a condition from the report: True with reason Reported,
+// or False with the reason and a message naming the containers.
+func setReported(r *events.PodRecord, t string, ok bool, reason, why string, now time.Time) {
+	if ok {
+		r.SetCondition(t, events.ConditionTrue, ReasonReported, "", now)
+		return
+	}
+	if why == ReasonPodCompleted {
+		r.SetCondition(t, events.ConditionFalse, ReasonPodCompleted, "every container terminated", now)
+		return
+	}
+	r.SetCondition(t, events.ConditionFalse, reason, why, now)
+}
+
+// settle moves the phase where the guest's statuses say it is: a pod whose
+// VM is on (Starting) becomes Running once every container has started
+// (announcing pod.running first); a pod whose containers all terminated for
+// good becomes Succeeded or Failed (the VM stays, with the containers' logs,
+// until the pod is deleted). Nothing else moves: a deleting or migrating
+// pod keeps its phase, and a Running pod never goes back to Starting (a
+// crash-looping container shows in ContainersReady, as in Kubernetes).
+func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
+	if r.Guest == nil || !r.DeletionRequestedAt.IsZero() {
+		return nil
+	}
+	switch r.Phase {
+	case events.PodPhaseStarting, events.PodPhaseRunning:
+	default:
+		return nil
+	}
+	if phase, done := finished(r); done {
+		r.Phase = phase
+		r.Reason, r.Message = "", ""
+		if phase == events.PodPhaseFailed {
+			r.Reason, r.Message = ReasonContainersFailed, failedContainers(r)
+		}
+		s.log.Info("pod finished", "key", r.Key(), "phase", phase, "message", r.Message)
+		return nil
+	}
+	if r.Phase == events.PodPhaseStarting && allStarted(r) {
+		if err := s.publish(ctx, recordCause(r), events.TypePodRunning, r.Key(), &events.PodRunning{
+			Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: r.VMRef, Host: r.Host, IP: r.IP,
+		}); err != nil {
+			return err
+		}
+		r.Phase, r.Reason, r.Message = events.PodPhaseRunning, "", ""
+		s.log.Info("pod running", "key", r.Key(), "uid", r.UID, "vm", r.VMRef, "host", r.Host, "ip", r.IP)
+	}
+	return nil
+}
+
+// started says whether a container has ever started: running now,
+// terminated, or restarted since.
+func started(cs corev1.ContainerStatus) bool {
+	return cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil || cs.RestartCount > 0
+}
+
+// allStarted says whether every container of the pod has started.
+func allStarted(r *events.PodRecord) bool {
+	by := statusesByName(r.ContainerStatuses)
+	for _, c := range r.Pod.Spec.Containers {
+		cs, ok := by[c.Name]
+		if !ok || !started(cs) {
+			return false
+		}
+	}
+	return true
+}
+
+// finished reports whether every container terminated for good, and then
+// the phase: restartPolicy Never stops at any exit, OnFailure only at
+// exit 0, Always never. An init container that failed under Never fails the
+// pod at once, as in Kubernetes.
+func finished(r *events.PodRecord) (phase string, done bool) {
+	policy := r.Pod.Spec.RestartPolicy
+	if policy == "" || policy == corev1.RestartPolicyAlways {
+		return "", false
+	}
+	if policy == corev1.RestartPolicyNever {
+		for _, cs := range r.InitContainerStatuses {
+			if t := cs.State.Terminated; t != nil && t.ExitCode != 0 {
+				return events.PodPhaseFailed, true
+			}
+		}
+	}
+	by := statusesByName(r.ContainerStatuses)
+	failed := false
+	for _, c := range r.Pod.Spec.Containers {
+		cs, ok := by[c.Name]
+		if !ok || cs.State.Terminated == nil {
+			return "", false
+		}
+		if cs.State.Terminated.ExitCode != 0 {
+			if policy == corev1.RestartPolicyOnFailure {
+				return "", false // it will be restarted
+			}
+			failed = true
+		}
+	}
+	if failed {
+		return events.PodPhaseFailed, true
+	}
+	return events.PodPhaseSucceeded, true
+}
+
+// initialized says whether every init container completed, and if not
+// which did not.
+func initialized(r *events.PodRecord) (bool, string) {
+	by := statusesByName(r.InitContainerStatuses)
+	var pending []string
+	for _, c := range r.Pod.Spec.InitContainers {
+		cs, ok := by[c.Name]
+		if !ok || cs.State.Terminated == nil || cs.State.Terminated.ExitCode != 0 {
+			pending = append(pending, c.Name)
+		}
+	}
+	if len(pending) == 0 {
+		return true, ""
+	}
+	return false, "containers with incomplete status: [" + strings.Join(pending, " ") + "]"
+}
+
+// containersReady says whether every container is ready, and if not which
+// are not.
+func containersReady(r *events.PodRecord) (bool, string) {
+	by := statusesByName(r.ContainerStatuses)
+	var unready []string
+	for _, c := range r.Pod.Spec.Containers {
+		if cs, ok := by[c.Name]; !ok || !cs.Ready {
+			unready = append(unready, c.Name)
+		}
+	}
+	if len(unready) == 0 {
+		return true, ""
+	}
+	return false, "containers with unready status: [" + strings.Join(unready, " ") + "]"
+}
+
+// failedContainers names the containers that ended with a non-zero exit.
+func failedContainers(r *events.PodRecord) string {
+	var out []string
+	for _, list := range [][]corev1.ContainerStatus{r.InitContainerStatuses, r.ContainerStatuses} {
+		for _, cs := range list {
+			if t := cs.State.Terminated; t != nil && t.ExitCode != 0 {
+				reason := t.Reason
+				if reason == "" {
+					reason = "Error"
+				}
+				out = append(out, fmt.Sprintf("%s exited %d (%s)", cs.Name, t.ExitCode, reason))
+			}
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+func statusesByName(list []corev1.ContainerStatus) map[string]corev1.ContainerStatus {
+	out := make(map[string]corev1.ContainerStatus, len(list))
+	for _, cs := range list {
+		out[cs.Name] = cs
+	}
+	return out
+}

@@ -1,0 +1,232 @@
+package provisioner
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Container states as a guest reports them.
+func running(name string) corev1.ContainerStatus {
+	started := true
+	return corev1.ContainerStatus{Name: name, Ready: true, Started: &started,
+		State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}}
+}
+
+func waiting(name, reason string, restarts int32) corev1.ContainerStatus {
+	cs := corev1.ContainerStatus{Name: name, RestartCount: restarts,
+		State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: reason}}}
+	if restarts > 0 {
+		cs.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 1, Reason: "Error"}
+	}
+	return cs
+}
+
+func exited(name string, code int32) corev1.ContainerStatus {
+	reason := "Completed"
+	if code != 0 {
+		reason = "Error"
+	}
+	return corev1.ContainerStatus{Name: name,
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: code, Reason: reason}}}
+}
+
+// report is what the host agent publishes for a pod's VM.
+func report(acc *events.PodAccepted, vm, boot string, seq uint64, statuses ...corev1.ContainerStatus) *events.PodContainersReported {
+	return &events.PodContainersReported{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: "esx-1-01",
+		VM: vm, BootID: boot, Seq: seq, Phase: events.GuestPhaseRunning, ContainerStatuses: statuses}
+}
+
+// startPod runs a pod to Starting (its VM on, no guest report yet).
+func (e *env) startPod(svc *Service, pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
+	e.t.Helper()
+	acc := e.request(pod)
+	e.facts(acc, e.dc.Hosts()[0].Name)
+	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	return acc, e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+}
+
+// fold publishes a report and waits until the record holds it.
+func (e *env) fold(svc *Service, p *events.PodContainersReported) *events.PodRecord {
+	e.t.Helper()
+	e.publish("podvisor/hostagent", events.TypePodContainersReported, p)
+	return e.waitRecord(svc, p.Namespace, p.Name, func(r *events.PodRecord) bool {
+		return r.Guest != nil && r.Guest.BootID == p.BootID && r.Guest.Seq == p.Seq
+	})
+}
+
+func TestContainerReportsMakeTheStatus(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	ctx := context.Background()
+
+	acc, r := e.startPod(svc, testPod("alpha"))
+	vm := r.VMName
+	running3 := func(boot string, seq uint64) *events.PodContainersReported {
+		return report(acc, vm, boot, seq, running("app"), running("sidecar"), running("logger"))
+	}
+
+	// Some containers started: still Starting, no pod.running.
+	r = e.fold(svc, report(acc, vm, "boot-1", 1, running("app"), waiting("sidecar", "ContainerCreating", 0), waiting("logger", "ContainerCreating", 0)))
+	if r.Phase != events.PodPhaseStarting || r.IsTrue(events.PodConditionContainersReady) ||
+		len(all[*events.PodRunning](e, events.TypePodRunning)) != 0 {
+		t.Fatalf("after a partial report: phase %s conditions %+v", r.Phase, r.Conditions)
+	}
+
+	// Every container started: Running, announced once.
+	r = e.fold(svc, running3("boot-1", 2))
+	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	if r.Phase != events.PodPhaseRunning || r.Reason != "" || run.VM != r.VMRef ||
+		!r.IsTrue(events.PodConditionContainersReady) || !r.IsTrue(events.PodConditionReady) || !r.IsTrue(events.PodConditionInitialized) {
+		t.Fatalf("after all started: phase %s reason %q pod.running %+v conditions %+v", r.Phase, r.Reason, run, r.Conditions)
+	}
+	kp := r.KubernetesPod()
+	if kp.Status.Phase != corev1.PodRunning || len(kp.Status.ContainerStatuses) != 3 || kp.Status.ContainerStatuses[1].State.Running == nil ||
+		!strings.HasPrefix(kp.Status.ContainerStatuses[0].ImageID, "sha256:") {
+		t.Errorf("kubernetes status = %+v", kp.Status)
+	}
+
+	// Stale reports change nothing: an older seq of the same boot, and a
+	// report from a VM that is not the pod's (an earlier placement's).
+	h := handling{s: svc, log: svc.log}
+	for _, stale := range []*events.PodContainersReported{
+		report(acc, vm, "boot-1", 1, waiting("app", "ContainerCreating", 0), waiting("sidecar", "ContainerCreating", 0), waiting("logger", "ContainerCreating", 0)),
+		report(acc, vm, "boot-1", 2, exited("app", 1), exited("sidecar", 1), exited("logger", 1)),
+		report(acc, vm+"-1", "boot-9", 9, exited("app", 1), exited("sidecar", 1), exited("logger", 1)),
+	} {
+		before := e.record(svc, "default", "alpha")
+		if err := h.containersReported(ctx, stale); err != nil {
+			t.Fatalf("stale report: %v", err)
+		}
+		if after := e.record(svc, "default", "alpha"); after.ResourceVersion != before.ResourceVersion {
+			t.Errorf("stale report (vm %s boot %s seq %d) was folded: %+v", stale.VM, stale.BootID, stale.Seq, after.Guest)
+		}
+	}
+
+	// A crash-looping container: the pod stays Running, not ready.
+	r = e.fold(svc, report(acc, vm, "boot-1", 3, running("app"), waiting("sidecar", "CrashLoopBackOff", 2), running("logger")))
+	c, _ := r.Condition(events.PodConditionContainersReady)
+	if r.Phase != events.PodPhaseRunning || c.Status != events.ConditionFalse || c.Reason != ReasonContainersNotReady || !strings.Contains(c.Message, "sidecar") {
+		t.Errorf("crash loop: phase %s ContainersReady %+v", r.Phase, c)
+	}
+	if cs := r.KubernetesPod().Status.ContainerStatuses[1]; cs.RestartCount != 2 || cs.State.Waiting == nil || cs.State.Waiting.Reason != "CrashLoopBackOff" {
+		t.Errorf("crash-looping container status = %+v", cs)
+	}
+	// A new boot of the same VM starts its seq again: it is folded.
+	if r = e.fold(svc, running3("boot-2", 1)); r.Guest.Seq != 1 || !r.IsTrue(events.PodConditionContainersReady) {
+		t.Errorf("report of a new boot not folded: %+v", r.Guest)
+	}
+	if n := countIDs(e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID }); n != 1 {
+		t.Errorf("%d pod.running for one placement, want 1", n)
+	}
+
+	// restartPolicy Never: all exit 0 → Succeeded; one exit 3 → Failed,
+	// the VM kept with its containers' logs until the pod is deleted.
+	for _, tt := range []struct {
+		name        string
+		statuses    []corev1.ContainerStatus
+		wantPhase   string
+		wantMessage string
+	}{
+		{"done", []corev1.ContainerStatus{exited("app", 0), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseSucceeded, ""},
+		{"broken", []corev1.ContainerStatus{exited("app", 3), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseFailed, "app exited 3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := testPod(tt.name)
+			pod.Spec.RestartPolicy = corev1.RestartPolicyNever
+			acc, r := e.startPod(svc, pod)
+			r = e.fold(svc, report(acc, r.VMName, "b", 1, tt.statuses...))
+			if r.Phase != tt.wantPhase || !strings.Contains(r.Message, tt.wantMessage) || r.IsTrue(events.PodConditionReady) {
+				t.Errorf("phase %s reason %q message %q, want %s with %q", r.Phase, r.Reason, r.Message, tt.wantPhase, tt.wantMessage)
+			}
+			want := map[string]corev1.PodPhase{events.PodPhaseSucceeded: corev1.PodSucceeded, events.PodPhaseFailed: corev1.PodFailed}[tt.wantPhase]
+			if got := r.KubernetesPod().Status.Phase; got != want {
+				t.Errorf("kubernetes phase %s, want %s", got, want)
+			}
+			if len(e.vmsNamed(r.VMName)) != 1 || r.VMRef == "" {
+				t.Errorf("the VM of a finished pod is gone (ref %q)", r.VMRef)
+			}
+			// Drift repair leaves it alone.
+			if rep, err := svc.Resync(ctx); err != nil || len(rep) != 0 || len(e.vmsNamed(r.VMName)) != 1 {
+				t.Errorf("resync of a finished pod: %v %v", rep, err)
+			}
+		})
+	}
+}
+
+func TestSilentGuestIsReportedThenRepaired(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.GuestTimeout = 300 * time.Millisecond
+	cfg.GuestRepairs = 1
+	svc, _ := e.start(cfg)
+	ctx := context.Background()
+
+	_, quiet := e.startPod(svc, testPod("quiet"))
+	talkerAcc, talker := e.startPod(svc, testPod("talker"))
+	e.fold(svc, report(talkerAcc, talker.VMName, "b", 1, running("app"), running("sidecar"), running("logger")))
+
+	// resyncUntil runs drift repair until the quiet pod's record satisfies
+	// pred, and returns it with what the passes repaired.
+	resyncUntil := func(what string, pred func(*events.PodRecord) bool) (*events.PodRecord, RepairReport) {
+		t.Helper()
+		total := RepairReport{}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			rep, err := svc.Resync(ctx)
+			if err != nil {
+				t.Fatalf("Resync: %v", err)
+			}
+			for k, n := range rep {
+				total[k] += n
+			}
+			if r := e.record(svc, "default", "quiet"); pred(r) {
+				return r, total
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s; record %+v", what, e.record(svc, "default", "quiet"))
+			}
+		}
+	}
+
+	// Past the timeout the silence is reported on the pod, nothing else.
+	r, rep := resyncUntil("silence reported", func(r *events.PodRecord) bool { return !r.IsTrue(events.PodConditionVMReady) })
+	c, _ := r.Condition(events.PodConditionVMReady)
+	if c.Reason != ReasonGuestSilent || r.Reason != ReasonGuestSilent || r.Phase != events.PodPhaseStarting || len(rep) != 0 {
+		t.Fatalf("after the timeout: VMReady %+v reason %q phase %s repairs %v", c, r.Reason, r.Phase, rep)
+	}
+	if kp := r.KubernetesPod(); kp.Status.Phase != corev1.PodPending || kp.Status.ContainerStatuses[0].State.Waiting.Reason != events.ReasonContainerCreating {
+		t.Errorf("a silent pod shows %s / %+v", kp.Status.Phase, kp.Status.ContainerStatuses[0].State)
+	}
+	// Then repaired: a power cycle, VM kept, its clock restarted.
+	r, rep = resyncUntil("power cycle", func(r *events.PodRecord) bool { return r.GuestRepairs == 1 })
+	if rep[RepairGuestSilent] != 1 || r.VMRef != quiet.VMRef || !r.IsTrue(events.PodConditionVMReady) {
+		t.Fatalf("power cycle: repairs %v vm %s (was %s) conditions %+v", rep, r.VMRef, quiet.VMRef, r.Conditions)
+	}
+	if vms := e.vmsNamed(quiet.VMName); len(vms) != 1 || vms[0].PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Fatalf("after the power cycle: %+v", vms)
+	}
+	// Still silent past the budget of cycles: reported again, then the VM
+	// is created anew.
+	r, rep = resyncUntil("re-created", func(r *events.PodRecord) bool { return r.VMRef != quiet.VMRef && r.Phase == events.PodPhaseStarting })
+	if rep[RepairGuestRecreate] != 1 || r.GuestRepairs != 0 || !r.IsTrue(events.PodConditionVMReady) {
+		t.Errorf("recreate: repairs %v record %+v", rep, r)
+	}
+	if vm, _ := e.vms.Get(ctx, vmRef(quiet.VMRef)); vm != nil {
+		t.Errorf("the silent guest's old VM %s still exists", quiet.VMRef)
+	}
+	if vms := e.vmsNamed(quiet.VMName); len(vms) != 1 || vms[0].Ref.Value != r.VMRef {
+		t.Errorf("VMs named %s: %+v, want the new one only", quiet.VMName, vms)
+	}
+
+	// A guest that reported is never touched.
+	if tr := e.record(svc, "default", "talker"); tr.VMRef != talker.VMRef || tr.GuestRepairs != 0 || !tr.IsTrue(events.PodConditionVMReady) {
+		t.Errorf("the talking pod was repaired: %+v", tr)
+	}
+}
