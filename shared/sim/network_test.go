@@ -69,14 +69,7 @@ func TestPodNetworksCarryPacketsAndIsolate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, err := os.MkdirTemp("", "pvn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	channels := filepath.Join(base, "ch")
-	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Dir: base, GuestsRequired: true,
-		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
+	d, _ := simtest.StartWithGuests(t, 2, agent)
 	c := simtest.Client(t, d)
 	ctx := context.Background()
 	hosts := d.Hosts()

@@ -17,7 +17,6 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/sim"
-	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -42,14 +41,7 @@ func TestPodNetworkReachableByExec(t *testing.T) {
 	}
 	ctx := context.Background()
 	b := bustest.Start(t)
-	base, err := os.MkdirTemp("", "pvn-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	channels := filepath.Join(base, "ch")
-	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Dir: base, GuestsRequired: true,
-		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
+	d, channels := simtest.StartWithGuests(t, 2, agent)
 	hosts := d.Hosts()
 	for _, h := range hosts {
 		guesttest.StartHostAgent(t, b, h.Name, channels)
