@@ -31,18 +31,18 @@ func (d *Datacenter) startGuests(dir string) error {
 	if gcfg.Dir == "" {
 		gcfg.Dir = filepath.Join(dir, "guests")
 	}
+	var fabric *segment.Fabric
 	if gcfg.Fabric == nil && guest.Check(gcfg) == nil {
 		f, err := segment.New()
 		if err != nil {
 			return fmt.Errorf("sim: network segments: %w", err)
 		}
-		d.fabric, gcfg.Fabric = f, f
+		fabric, gcfg.Fabric = f, f
 	}
 	m, err := guest.New(gcfg)
 	if err != nil {
-		if d.fabric != nil {
-			_ = d.fabric.Close()
-			d.fabric = nil
+		if fabric != nil {
+			_ = fabric.Close()
 		}
 		if d.cfg.GuestsRequired {
 			return fmt.Errorf("sim: guests: %w", err)
@@ -50,7 +50,9 @@ func (d *Datacenter) startGuests(dir string) error {
 		d.guestsOff = err.Error()
 		return nil
 	}
-	d.guests = m
+	d.segMu.Lock()
+	d.guests, d.fabric = m, fabric
+	d.segMu.Unlock()
 	d.model.Map().AddHandler(&guestBridge{d: d})
 	if err := d.reconcileSegments(context.Background()); err != nil {
 		return err

@@ -32,11 +32,13 @@ func (d *Datacenter) reconcileSegmentsLogged() {
 }
 
 func (d *Datacenter) reconcileSegments(ctx context.Context) error {
+	// Network tasks of the datacenter's own construction start this before
+	// the guests exist: segMu orders it after startGuests.
+	d.segMu.Lock()
+	defer d.segMu.Unlock()
 	if d.fabric == nil || d.guests == nil {
 		return nil
 	}
-	d.segMu.Lock()
-	defer d.segMu.Unlock()
 	c := d.context(ctx)
 	members := map[types.ManagedObjectReference][]types.ManagedObjectReference{}
 	for _, kind := range []string{"VmwareDistributedVirtualSwitch", "DistributedVirtualSwitch"} {
@@ -114,7 +116,9 @@ func vmNICs(devices object.VirtualDeviceList) []guest.NIC {
 // Segment describes the layer 2 segment of a port group (by key): its
 // bridge ("" when it has none) and the hosts that carry it.
 func (d *Datacenter) Segment(portGroupKey string) (bridge string, hosts []string) {
-	if d.fabric == nil {
+	d.segMu.Lock()
+	defer d.segMu.Unlock()
+	if d.fabric == nil || d.guests == nil {
 		return "", nil
 	}
 	return d.fabric.Bridge(portGroupKey), d.guests.Carriers(portGroupKey)
