@@ -24,6 +24,9 @@ test: build ## Run the unit and integration tests of every module (needs redis-s
 test-e2e: build ## Run the end-to-end suite against the built binary
 	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e $(TEST_FLAGS) ./...
 
+podvm-image: ## Build the pod VM boot image into bin/podvm (kernel, initramfs, bootable VMDK, OVF; needs linux-image-amd64, runc, busybox-static, e2fsprogs, syslinux, mtools)
+	cd podvm && $(GO) run ./cmd/podvm-image -out $(CURDIR)/bin/podvm
+
 bench: ## Run the Go benchmarks (ratios against in-run baselines)
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
 
@@ -33,4 +36,4 @@ vet: ## go vet every module
 tidy: ## go mod tidy every module
 	@for m in $$($(GO) list -m -f '{{.Dir}}'); do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
-.PHONY: help build up test test-e2e bench vet tidy
+.PHONY: help build up test test-e2e podvm-image bench vet tidy

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 // newPod builds a valid one-container pod; tests mutate it.
@@ -350,5 +351,33 @@ func TestPodKey(t *testing.T) {
 		if _, _, err := SplitPodKey(bad); err == nil {
 			t.Errorf("SplitPodKey(%q) succeeded", bad)
 		}
+	}
+}
+
+func TestContainerImageChainIDsAndFS(t *testing.T) {
+	id := func(c string) string { return "sha256:" + strings.Repeat(c, 64) }
+	ok := ContainerImage{Container: "c", Image: "reg:5000/app:1", Digest: id("d"), Datastore: "ds",
+		Disk: "[ds] podvisor-images/b/disk.vmdk", Chain: []string{"[ds] podvisor-images/a/disk.vmdk", "[ds] podvisor-images/b/disk.vmdk"},
+		ChainIDs: []string{id("a"), id("b")}, FS: ImageDiskFS}
+	for _, tc := range []struct {
+		name   string
+		mutate func(*ContainerImage)
+		want   string
+	}{
+		{"valid", func(*ContainerImage) {}, ""},
+		{"without the new fields", func(c *ContainerImage) { c.ChainIDs, c.FS = nil, "" }, ""},
+		{"one chainID short", func(c *ContainerImage) { c.ChainIDs = c.ChainIDs[:1] }, "chainIDs"},
+		{"bad chainID", func(c *ContainerImage) { c.ChainIDs[0] = "nope" }, "chainIDs[0]"},
+		{"unknown fs", func(c *ContainerImage) { c.FS = "ext4" }, "fs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := ok
+			c.ChainIDs = append([]string(nil), ok.ChainIDs...)
+			tc.mutate(&c)
+			errs := c.validate(field.NewPath("containers").Index(0))
+			if tc.want == "" && len(errs) > 0 || tc.want != "" && (len(errs) == 0 || !strings.Contains(errs.ToAggregate().Error(), tc.want)) {
+				t.Fatalf("errors %v, want %q", errs, tc.want)
+			}
+		})
 	}
 }

@@ -217,8 +217,20 @@ type ContainerImage struct {
 	// the parent of the container's read/write ephemeral disk.
 	Disk string `json:"disk"`
 	// Chain lists the datastore paths of the image's disks, base layer first.
+	// Each disk holds one layer as a read-only filesystem (FS); the guest
+	// mounts them all and stacks them as overlayfs lowers, the last of Chain
+	// uppermost.
 	Chain []string `json:"chain"`
+	// ChainIDs are the OCI chainIDs of Chain's disks, in the same order
+	// (absent in events from versions that did not send them).
+	ChainIDs []string `json:"chainIDs,omitempty"`
+	// FS is the filesystem on each disk of Chain ("erofs"; absent in events
+	// from versions whose disks held no filesystem).
+	FS string `json:"fs,omitempty"`
 }
+
+// ImageDiskFS is ContainerImage.FS of image disks holding erofs filesystems.
+const ImageDiskFS = "erofs"
 
 func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 	errs := validateDNSLabel(p.Child("container"), c.Container)
@@ -232,6 +244,15 @@ func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 		errs = append(errs, field.Invalid(p.Child("chain").Index(len(c.Chain)-1), c.Chain[len(c.Chain)-1], "the last disk of the chain must be disk"))
 	}
 	errs = append(errs, validateNames(p.Child("chain"), c.Chain, validateDatastorePath)...)
+	if c.ChainIDs != nil && len(c.ChainIDs) != len(c.Chain) {
+		errs = append(errs, field.Invalid(p.Child("chainIDs"), len(c.ChainIDs), "must list one chainID per disk of chain"))
+	}
+	for i, id := range c.ChainIDs {
+		errs = append(errs, validateDigest(p.Child("chainIDs").Index(i), id)...)
+	}
+	if c.FS != "" && c.FS != ImageDiskFS {
+		errs = append(errs, field.NotSupported(p.Child("fs"), c.FS, []string{ImageDiskFS}))
+	}
 	return errs
 }
 

@@ -8,10 +8,10 @@ import (
 // Image chain states (ChainRecord.State and ImageRecord.State).
 const (
 	// ChainStatePulling: a puller holds the chain's lease and is writing the
-	// disk and the layer blob; the data on the datastore is incomplete.
+	// disk; the data on the datastore is incomplete.
 	ChainStatePulling = "pulling"
-	// ChainStateReady: disk, layer blob and meta.json are complete and
-	// verified; pods may chain their disks to it.
+	// ChainStateReady: the disk is complete and its layer verified; pods may
+	// attach it.
 	ChainStateReady = "ready"
 	// ChainStateFailed: the last pull failed (Reason says why); the next
 	// request for the chain pulls again.
@@ -22,8 +22,10 @@ const (
 )
 
 // ImageRoot is the folder on every datastore that holds image disk chains:
-// "[ds] podvisor-images/<chain>/disk.vmdk" with layer.tar.gz and meta.json
-// beside it, and "[ds] podvisor-images/manifests/<digest>.json".
+// "[ds] podvisor-images/<chain>/disk.vmdk" (the descriptor, whose
+// ddb.podvisor.* keys name the chain and its parent) with its flat extent
+// disk-flat.vmdk (the layer as an erofs filesystem) beside it, and
+// "[ds] podvisor-images/manifests/<digest>.json".
 const ImageRoot = "podvisor-images"
 
 // ChainRecord is the image cache's record of one image disk on one datastore:
@@ -31,7 +33,7 @@ const ImageRoot = "podvisor-images"
 // of that prefix. Images sharing base layers share the records (and disks) of
 // their common prefix. The image cache is its only writer; the record lives
 // in Redis (shared/imagelocality documents the keys) and is rebuilt from the
-// datastore's meta.json files when Redis loses it.
+// datastore's disk descriptors when Redis loses it.
 type ChainRecord struct {
 	// ChainID is the OCI chainID of the layer prefix ("sha256:…").
 	ChainID string `json:"chainID"`
@@ -47,13 +49,14 @@ type ChainRecord struct {
 	Layer string `json:"layer"`
 	// DiffID is the digest of the uncompressed layer.
 	DiffID string `json:"diffID"`
-	// Blob is the datastore path of the layer blob file beside the disk.
+	// Blob is unused since the disk holds the layer (always empty; kept so
+	// that records written by earlier versions still decode).
 	Blob string `json:"blob"`
 	// Depth is the number of layers in the prefix (1 for a base layer); the
 	// garbage collector removes deeper chains before shallower ones.
 	Depth int `json:"depth"`
-	// Size is the layer blob's size in bytes (what this disk adds to the
-	// datastore on top of its parent).
+	// Size is the disk's size in bytes: its flat extent, the layer's
+	// filesystem (what this disk adds to the datastore on top of its parent).
 	Size int64 `json:"size"`
 	// State is one of the ChainState constants.
 	State string `json:"state"`

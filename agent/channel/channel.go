@@ -12,16 +12,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/transport"
 )
 
 // Pod is what the channel serves.
@@ -84,32 +79,10 @@ func (s *Server) Run(ctx context.Context) {
 }
 
 // Dial connects to a channel address: unix:<path>, vsock:<cid>:<port> or
-// serial:<device>.
+// serial:<device> (opened in raw mode, so the frames pass unchanged). See
+// package transport.
 func Dial(addr string) (io.ReadWriteCloser, error) {
-	scheme, rest, _ := strings.Cut(addr, ":")
-	switch scheme {
-	case "unix":
-		return net.Dial("unix", rest)
-	case "vsock":
-		cidS, portS, ok := strings.Cut(rest, ":")
-		cid, err1 := strconv.ParseUint(cidS, 10, 32)
-		port, err2 := strconv.ParseUint(portS, 10, 32)
-		if !ok || err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("channel %q: want vsock:<cid>:<port>", addr)
-		}
-		fd, err := unix.Socket(unix.AF_VSOCK, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return nil, fmt.Errorf("vsock: %w", err)
-		}
-		if err := unix.Connect(fd, &unix.SockaddrVM{CID: uint32(cid), Port: uint32(port)}); err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("vsock connect %s: %w", rest, err)
-		}
-		return os.NewFile(uintptr(fd), "vsock:"+rest), nil
-	case "serial":
-		return os.OpenFile(rest, os.O_RDWR|unix.O_NOCTTY, 0)
-	}
-	return nil, fmt.Errorf("channel %q: unknown scheme %q", addr, scheme)
+	return transport.Dial(context.Background(), addr)
 }
 
 // session is one connection.

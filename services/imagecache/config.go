@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/services/imagecache/oci"
 )
 
 // Config tunes the image cache. The zero value is valid: Validate fills the
@@ -50,6 +52,26 @@ type Config struct {
 	// request, not one per pod; a tag moved in the registry is seen within
 	// the TTL.
 	ResolveTTL time.Duration
+	// RegistryAuthFile is a docker config file (config.json) with the
+	// credentials of private registries.
+	RegistryAuthFile string
+	// RedirectHosts are the hosts registries may redirect to (blob stores,
+	// CDNs; "*" for any). Redirects within a registry's host always work.
+	RedirectHosts []string
+	// Platform selects the image of an index (default linux/amd64).
+	Platform string
+	// Limits cap manifests, layer counts, layer sizes and compression
+	// ratios (zero fields: oci's defaults).
+	Limits oci.Limits
+	// MaxLayerEntries caps the tar entries of one layer (default 1,000,000).
+	MaxLayerEntries int
+	// StagingDir holds layers while they become filesystem images (default
+	// the system's temporary directory). It needs room for the largest layer
+	// uncompressed, twice.
+	StagingDir string
+	// DiskCompression compresses the data of the image disks' filesystems:
+	// "none" (default), "lz4" or "lz4hc".
+	DiskCompression string
 	// BackOff is the delay before each redelivery (the last entry repeats;
 	// default 1s 2s 5s 10s 30s): with the defaults a registry may be away
 	// for about two minutes before pods fail.
@@ -100,6 +122,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ResolveTTL == 0 {
 		c.ResolveTTL = DefaultResolveTTL
+	}
+	if c.DiskCompression == "none" {
+		c.DiskCompression = ""
 	}
 	if c.BackOff == nil {
 		c.BackOff = []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second}
@@ -154,6 +179,14 @@ func (c Config) Validate() error {
 	if len(c.BackOff) >= c.MaxDeliver {
 		errs = append(errs, fmt.Errorf("imagecache config: BackOff: %d delays need MaxDeliver above %d", len(c.BackOff), len(c.BackOff)))
 	}
+	switch c.DiskCompression {
+	case "", "lz4", "lz4hc":
+	default:
+		errs = append(errs, fmt.Errorf("imagecache config: DiskCompression: %q is not none, lz4 or lz4hc", c.DiskCompression))
+	}
+	if c.Limits.MaxLayers < 0 || c.Limits.MaxRatio < 0 || c.Limits.MaxManifestBytes < 0 || c.Limits.MaxLayerBytes < 0 || c.Limits.MaxUncompressedBytes < 0 || c.MaxLayerEntries < 0 {
+		errs = append(errs, errors.New("imagecache config: Limits: caps must not be negative"))
+	}
 	for i, d := range c.BackOff {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("imagecache config: BackOff[%d]: %s is not positive", i, d))
@@ -173,6 +206,17 @@ func (c Config) Validate() error {
 //	PODVISOR_IMAGE_GC_GRACE         GCGrace (Go duration)
 //	PODVISOR_IMAGE_GC_INTERVAL      GCInterval (Go duration)
 //	PODVISOR_IMAGE_RESOLVE_TTL      ResolveTTL (Go duration; negative: never reuse)
+//	PODVISOR_REGISTRY_AUTH_FILE     RegistryAuthFile (a docker config.json)
+//	PODVISOR_REGISTRY_REDIRECT_HOSTS RedirectHosts, comma-separated ("*": any)
+//	PODVISOR_IMAGE_PLATFORM         Platform (os/arch[/variant])
+//	PODVISOR_IMAGE_MAX_MANIFEST     Limits.MaxManifestBytes (bytes, or with Ki/Mi/Gi/Ti)
+//	PODVISOR_IMAGE_MAX_LAYERS       Limits.MaxLayers
+//	PODVISOR_IMAGE_MAX_LAYER_SIZE   Limits.MaxLayerBytes (compressed)
+//	PODVISOR_IMAGE_MAX_UNCOMPRESSED Limits.MaxUncompressedBytes (per layer)
+//	PODVISOR_IMAGE_MAX_RATIO        Limits.MaxRatio
+//	PODVISOR_IMAGE_MAX_ENTRIES      MaxLayerEntries
+//	PODVISOR_IMAGE_STAGING_DIR      StagingDir
+//	PODVISOR_IMAGE_DISK_COMPRESSION DiskCompression (none, lz4, lz4hc)
 //
 // Unset variables keep the defaults; the result is validated.
 func ConfigFromEnv() (Config, error) {
@@ -221,6 +265,17 @@ func ConfigFromEnv() (Config, error) {
 	durVar("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
 	durVar("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
 	durVar("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
+	c.RegistryAuthFile = os.Getenv("PODVISOR_REGISTRY_AUTH_FILE")
+	listVar("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
+	c.Platform = os.Getenv("PODVISOR_IMAGE_PLATFORM")
+	sizeVar("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
+	intVar("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
+	sizeVar("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
+	sizeVar("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
+	intVar("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
+	intVar("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
+	c.StagingDir = os.Getenv("PODVISOR_IMAGE_STAGING_DIR")
+	c.DiskCompression = os.Getenv("PODVISOR_IMAGE_DISK_COMPRESSION")
 	if len(errs) == 0 {
 		if err := c.Validate(); err != nil {
 			errs = append(errs, err)

@@ -10,13 +10,17 @@
 // keychain for credentials), and its layers to OCI chainIDs. The image's
 // chain is made ready on one datastore, the one already holding the longest
 // prefix of it, else the first with room (configured order, or the datastore
-// mounted on the most hosts): each missing prefix gets a folder with the
-// verified layer blob and a virtual disk whose meta.json names its parent
-// disk (package imagedisk). The pod takes a reference on every chain of its
+// mounted on the most hosts): each missing prefix gets a virtual disk whose
+// flat extent is the layer as an erofs filesystem (package layerfs) and
+// whose descriptor names its parent chain (package imagedisk). A layer is
+// streamed through the registry caps, staged, verified (compressed digest
+// and diffID) and only then made into a filesystem and uploaded; the links
+// of one image are made side by side. The pod takes a reference on every chain of its
 // images, image.pulled announces an image newly complete on a datastore,
 // and pod.images.ready lists per container the digest, the top disk and the
 // chain. A failure publishes pod.images.failed with a reason:
 // InvalidImageName, ImageNotFound, Unauthorized, DigestMismatch,
+// ImageLimitExceeded, InvalidLayer, RegistryRefused, ImageDisksUnavailable,
 // DatastoreFull or NoImageDatastore at once; RegistryUnavailable and other
 // transient errors after the bus's redeliveries run out.
 //
@@ -36,8 +40,8 @@
 // pull lease (package chaindb) lets one replica pull while the others wait
 // for the record to turn ready. A replica that dies mid-pull loses its lease
 // when it expires; the next one clears the folder and pulls again, and a
-// record turns ready only after blob, disk and meta.json are complete, so a
-// ready record never covers partial data.
+// record turns ready only after the disk's descriptor is written (after its
+// flat extent), so a ready record never covers partial data.
 //
 // # Garbage collection
 //
@@ -50,8 +54,9 @@
 //
 // The service checks every CheckInterval that Redis still holds its
 // metadata (an epoch key). If not (FLUSHALL, a restart without persistence),
-// it rebuilds the chain records and manifests from the datastores'
-// meta.json files and the pods' references from the pod VMs' disk chains;
+// it rebuilds the chain records and manifests from the datastores' disk
+// descriptors (their ddb.podvisor.* keys) and the pods' references from the
+// pod VMs' disks;
 // pods being deployed meanwhile keep going, at worst pulling a layer a
 // second time, never failing.
 //

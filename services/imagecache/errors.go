@@ -4,6 +4,7 @@ import (
 	"errors"
 
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 )
 
@@ -18,6 +19,9 @@ var (
 	// ErrLeaseLost: another replica took over a pull this one was doing
 	// (this one was too slow to renew its lease); the pull is retried.
 	ErrLeaseLost = errors.New("pull lease lost")
+	// ErrDisksUnavailable: this process cannot write image disks (not root,
+	// or no mkfs.erofs); every pull fails with the reason.
+	ErrDisksUnavailable = errors.New("image disks cannot be written here")
 )
 
 // Reasons of pod.images.failed, as a person reads them in `podvisor get pods`.
@@ -30,6 +34,10 @@ const (
 	ReasonDatastoreFull       = "DatastoreFull"
 	ReasonNoImageDatastore    = "NoImageDatastore"
 	ReasonImagePrepareFailed  = "ImagePrepareFailed"
+	ReasonImageLimitExceeded  = "ImageLimitExceeded"
+	ReasonInvalidLayer        = "InvalidLayer"
+	ReasonRegistryRefused     = "RegistryRefused"
+	ReasonDisksUnavailable    = "ImageDisksUnavailable"
 )
 
 // reasonOf maps an error to its reason and whether retrying can help.
@@ -45,6 +53,14 @@ func reasonOf(err error) (reason string, retryable bool) {
 		// A registry serving bytes that do not match its own manifest is
 		// broken, not busy: retrying only pulls the same bad bytes again.
 		return ReasonDigestMismatch, false
+	case errors.Is(err, oci.ErrLimit):
+		return ReasonImageLimitExceeded, false
+	case errors.Is(err, layerfs.ErrInvalidLayer):
+		return ReasonInvalidLayer, false
+	case errors.Is(err, oci.ErrRefused):
+		return ReasonRegistryRefused, false
+	case errors.Is(err, ErrDisksUnavailable):
+		return ReasonDisksUnavailable, false
 	case errors.Is(err, ErrDatastoreFull):
 		return ReasonDatastoreFull, false
 	case errors.Is(err, ErrNoDatastore), errors.Is(err, imagedisk.ErrUnknownDatastore):

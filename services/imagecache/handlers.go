@@ -405,6 +405,8 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 			Datastore: p.datastore,
 			Disk:      p.topDisk(),
 			Chain:     p.chainPaths(),
+			ChainIDs:  p.chainIDs(),
+			FS:        events.ImageDiskFS,
 		})
 	}
 	if err := s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready); err != nil {

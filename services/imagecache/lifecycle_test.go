@@ -4,12 +4,14 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -228,7 +230,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	}
 	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
 	for _, id := range want {
-		if _, _, err := store.ReadBlob(ctx, sharedDS, id); err == nil {
+		if _, err := store.ReadDisk(ctx, sharedDS, id); err == nil {
 			t.Fatalf("evicted chain %s still on the datastore", id)
 		}
 	}
@@ -286,14 +288,22 @@ func TestCrashedPullIsRedone(t *testing.T) {
 	layers := layerSizesFromRegistry(t, worker)
 	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
 	dead := events.ChainRecord{ChainID: layers[0].ChainID, Datastore: sharedDS, Disk: imagedisk.DiskPath(sharedDS, layers[0].ChainID),
-		Blob: imagedisk.BlobPath(sharedDS, layers[0].ChainID), Layer: layers[0].Digest, DiffID: layers[0].DiffID, Depth: 1, Size: layers[0].Size}
+		Layer: layers[0].Digest, DiffID: layers[0].DiffID, Depth: 1, Size: layers[0].Size}
 	if got, err := chaindb.New(e.redis, nil).Begin(ctx, dead, "dead-replica", 1500*time.Millisecond); err != nil || got != chaindb.Acquired {
 		t.Fatalf("fake replica lease: %v %v", got, err)
 	}
 	if err := store.Begin(ctx, dead); err != nil {
 		t.Fatal(err)
 	}
-	if err := store.UploadBlob(ctx, sharedDS, dead.ChainID, bytesReader("partial"), 7); err != nil {
+	// Half a flat extent, no descriptor: what a puller that died mid-upload leaves.
+	ds, err := find.NewFinder(e.vc.client.Client).Datastore(ctx, sharedDS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := soap.DefaultUpload
+	p.ContentLength = 7
+	hex := strings.TrimPrefix(dead.ChainID, "sha256:")
+	if err := ds.Upload(ctx, bytesReader("partial"), events.ImageRoot+"/"+hex+"/"+imagedisk.FlatFile, &p); err != nil {
 		t.Fatal(err)
 	}
 
@@ -303,13 +313,17 @@ func TestCrashedPullIsRedone(t *testing.T) {
 	if time.Since(start) < time.Second {
 		t.Fatal("the chain was used before the crashed puller's lease expired")
 	}
-	rc, n, err := store.ReadBlob(ctx, sharedDS, dead.ChainID)
+	disk, err := store.ReadDisk(ctx, sharedDS, dead.ChainID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, n, err := store.ReadFlat(ctx, sharedDS, dead.ChainID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rc.Close()
-	if n != layers[0].Size {
-		t.Fatalf("base blob is %d bytes, want the full %d (the partial one was replaced)", n, layers[0].Size)
+	if n != disk.Size || n < layers[0].Size {
+		t.Fatalf("base flat extent is %d bytes, want the disk's %d (the partial one was replaced)", n, disk.Size)
 	}
 	if c := readyFor(t, evs, "after-crash").Containers[0]; c.Chain[0] != dead.Disk {
 		t.Fatalf("chain %v does not start at %s", c.Chain, dead.Disk)

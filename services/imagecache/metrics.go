@@ -33,7 +33,7 @@ func (c *counter) add(n int64) {
 func (c *counter) load() int64 { return c.n.Load() }
 
 type counters struct {
-	layersPulled, bytesPulled, chainsCopied, bytesCopied, chainsEvicted, bytesEvicted, rebuilds *counter
+	layersPulled, bytesPulled, chainsCopied, bytesCopied, chainsEvicted, bytesEvicted, rebuilds, diskBytes *counter
 }
 
 func newCounters() counters {
@@ -46,5 +46,6 @@ func newCounters() counters {
 		chainsEvicted: newCounter(m, "podvisor.imagecache.chains.evicted", "{chain}", "Image chains removed by the garbage collector"),
 		bytesEvicted:  newCounter(m, "podvisor.imagecache.evicted", "By", "Layer bytes removed by the garbage collector"),
 		rebuilds:      newCounter(m, "podvisor.imagecache.rebuilds", "{rebuild}", "Metadata rebuilds after Redis lost its data"),
+		diskBytes:     newCounter(m, "podvisor.imagecache.disk.written", "By", "Image disk bytes (filesystem images) written to datastores"),
 	}
 }

@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -20,6 +23,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	il "github.com/podvisor/podvisor/shared/imagelocality"
 )
@@ -47,6 +51,14 @@ func (p prepared) chainPaths() []string {
 	out := make([]string, len(p.chain))
 	for i, c := range p.chain {
 		out[i] = c.Disk
+	}
+	return out
+}
+
+func (p prepared) chainIDs() []string {
+	out := make([]string, len(p.chain))
+	for i, c := range p.chain {
+		out[i] = c.ChainID
 	}
 	return out
 }
@@ -203,18 +215,33 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 			img.manifest.Image, need, ErrDatastoreFull, pl.candidates, s.cfg.ReserveBytes)
 	}
 
-	out := prepared{image: img, datastore: best}
-	var parent *events.ChainRecord
+	// Every link is its own filesystem whose descriptor names its parent by
+	// chainID, so the links are made side by side: one layer's download
+	// overlaps another's filesystem build and upload.
+	out := prepared{image: img, datastore: best, chain: make([]events.ChainRecord, len(layers))}
+	// No shared cancellation: a link that fails leaves the others to
+	// finish, since other images may share them.
+	var g errgroup.Group
+	g.SetLimit(layerParallelism)
 	for i := range layers {
-		rec, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
-		if err != nil {
-			return prepared{}, err
+		var parent *events.ChainRecord
+		if i > 0 {
+			parent = &events.ChainRecord{ChainID: layers[i-1].ChainID, Disk: imagedisk.DiskPath(best, layers[i-1].ChainID)}
 		}
-		out.chain = append(out.chain, rec)
-		parent = &out.chain[len(out.chain)-1]
+		g.Go(func() error {
+			rec, err := s.ensureChain(ctx, img, i, best, parent, locs[i], pl.copyFrom)
+			out.chain[i] = rec
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return prepared{}, err
 	}
 	return out, nil
 }
+
+// layerParallelism bounds the links of one image made at once.
+const layerParallelism = 4
 
 // ensureChain makes layer i's chain ready on ds, sharing the work with every
 // other caller in this process (singleflight) and in other replicas (the
@@ -237,11 +264,10 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 		ChainID:   l.ChainID,
 		Datastore: ds,
 		Disk:      imagedisk.DiskPath(ds, l.ChainID),
-		Blob:      imagedisk.BlobPath(ds, l.ChainID),
 		Layer:     l.Digest,
 		DiffID:    l.DiffID,
 		Depth:     i + 1,
-		Size:      l.Size,
+		Size:      l.Size, // until the disk is written: then the disk's size
 	}
 	if parent != nil {
 		rec.Parent, rec.ParentDisk = parent.ChainID, parent.Disk
@@ -281,7 +307,7 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 			if src != "" {
 				return s.copyChain(ctx, rec, src, token)
 			}
-			err := s.pull(ctx, img, i, rec, token)
+			rec, err := s.pull(ctx, img, i, rec, token)
 			return s.finish(ctx, rec, token, err, true)
 		}
 	}
@@ -317,10 +343,12 @@ func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token stri
 	return got, pulled, nil
 }
 
-// pull fetches layer i into rec's folder and creates its disk. The lease is
-// renewed while it runs; meta.json says "ready" only once the blob is
-// verified and the disk exists.
-func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRecord, token string) (err error) {
+// pull fetches layer i, writes it as a filesystem into rec's disk and
+// returns the record with the disk's size. The layer is staged while it
+// streams; its digests are checked at the end of the stream, and only a
+// verified layer becomes a filesystem image and reaches the datastore
+// (flat extent first, descriptor last). The lease is renewed meanwhile.
+func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRecord, token string) (_ events.ChainRecord, err error) {
 	ctx, span := tracer.Start(ctx, "imagecache.pull", trace.WithAttributes(
 		attribute.String("podvisor.service", Name),
 		attribute.String("image", img.manifest.Image),
@@ -335,29 +363,48 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 		}
 		span.End()
 	}()
+	if s.diskErr != nil {
+		return rec, s.diskErr
+	}
 	if img.remote == nil {
-		return fmt.Errorf("image %s layer %d: %w: not on any datastore and the registry cannot be reached", img.manifest.Image, i, oci.ErrRegistryUnavailable)
+		return rec, fmt.Errorf("image %s layer %d: %w: not on any datastore and the registry cannot be reached", img.manifest.Image, i, oci.ErrRegistryUnavailable)
 	}
 	ctx, stop := s.keepLease(ctx, rec, token)
 	defer stop()
 
 	if err := s.store.Begin(ctx, rec); err != nil {
-		return err
+		return rec, err
 	}
-	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(r io.Reader, size int64) error {
-		return s.store.UploadBlob(ctx, rec.Datastore, rec.ChainID, r, size)
+	var staged *layerfs.Staged
+	defer func() { _ = staged.Remove() }()
+	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
+		var err error
+		staged, err = layerfs.Stage(ctx, tar, layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries, MaxBytes: s.cfg.Limits.MaxUncompressedBytes})
+		return err
 	})
 	s.stats.bytesPulled.add(fetched.Bytes)
 	if err != nil {
-		return err
+		return rec, err
 	}
 	s.stats.layersPulled.add(1)
-	if err := s.store.CreateDisk(ctx, rec.Datastore, rec.ChainID, fetched.Uncompressed); err != nil {
-		return err
+	fs, err := staged.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression)
+	if err != nil {
+		return rec, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
 	}
-	rec.State = events.ChainStateReady
+	defer func() { _ = fs.Remove() }()
+	_ = staged.Remove()
+	f, err := os.Open(fs.Path)
+	if err != nil {
+		return rec, err
+	}
+	defer f.Close()
+	rec.Size = fs.Size
 	rec.CreatedAt = s.now().UTC()
-	return s.store.WriteMeta(ctx, rec)
+	if err := s.store.WriteDisk(ctx, rec, imagedisk.FSErofs, f, fs.Size); err != nil {
+		return rec, err
+	}
+	s.stats.diskBytes.add(fs.Size)
+	return rec, nil
 }
 
 // copyChain copies a ready chain from datastore src to rec's datastore

@@ -15,6 +15,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -49,6 +50,8 @@ type Stats struct {
 	BytesEvicted  int64
 	// Rebuilds counts metadata rebuilds after Redis lost its data.
 	Rebuilds int64
+	// DiskBytes counts the bytes of image disks written (flat extents).
+	DiskBytes int64
 }
 
 // Service is the image cache.
@@ -60,6 +63,8 @@ type Service struct {
 	registry *oci.Client
 	log      *slog.Logger
 	now      func() time.Time
+	// diskErr says why image disks cannot be written here (nil: they can).
+	diskErr error
 
 	chains   singleflight.Group // one pull per chain and datastore in this process
 	resolves singleflight.Group // one manifest request per reference at a time
@@ -106,17 +111,30 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{
+	registry, err := oci.New(oci.Config{Insecure: cfg.InsecureRegistries, AuthFile: cfg.RegistryAuthFile,
+		RedirectHosts: cfg.RedirectHosts, Platform: cfg.Platform, Limits: cfg.Limits})
+	if err != nil {
+		return nil, fmt.Errorf("imagecache config: %w", err)
+	}
+	svc := &Service{
 		cfg:      cfg,
 		bus:      deps.Bus,
 		db:       chaindb.New(deps.Redis, nil),
 		store:    imagedisk.New(deps.VSphere.Client.Client, deps.VSphere.Datacenter),
-		registry: oci.New(oci.Config{Insecure: cfg.InsecureRegistries}),
+		registry: registry,
 		log:      log.With("service", Name),
 		now:      time.Now,
 		stats:    newCounters(),
-	}, nil
+	}
+	if err := layerfs.Check(); err != nil {
+		svc.diskErr = fmt.Errorf("%w: %v", ErrDisksUnavailable, err)
+	}
+	return svc, nil
 }
+
+// DisksUnavailable says why this process cannot write image disks (every
+// pull then fails with reason ImageDisksUnavailable), or nil.
+func (s *Service) DisksUnavailable() error { return s.diskErr }
 
 // Stats returns the counters.
 func (s *Service) Stats() Stats {
@@ -124,7 +142,7 @@ func (s *Service) Stats() Stats {
 		LayersPulled: s.stats.layersPulled.load(), BytesPulled: s.stats.bytesPulled.load(),
 		ChainsCopied: s.stats.chainsCopied.load(), BytesCopied: s.stats.bytesCopied.load(),
 		ChainsEvicted: s.stats.chainsEvicted.load(), BytesEvicted: s.stats.bytesEvicted.load(),
-		Rebuilds: s.stats.rebuilds.load(),
+		Rebuilds: s.stats.rebuilds.load(), DiskBytes: s.stats.diskBytes.load(),
 	}
 }
 
@@ -134,6 +152,9 @@ func (s *Service) Stats() Stats {
 func (s *Service) Run(ctx context.Context) error {
 	if err := s.checkDatastores(ctx); err != nil {
 		return err
+	}
+	if s.diskErr != nil {
+		s.log.Error("IMAGE DISKS CANNOT BE WRITTEN: every image pull will fail with "+ReasonDisksUnavailable, "err", s.diskErr)
 	}
 	// At start the datastores are compared with Redis whatever the epoch
 	// says: a Redis that outlived its datastores (or the other way round)

@@ -110,6 +110,9 @@ func Start(ctx context.Context, cfg Config) (*Datacenter, error) {
 	return d, nil
 }
 
+// SimulatedVersion is the vCenter version the simulated datacenter reports.
+const SimulatedVersion = "8.0.3"
+
 func (d *Datacenter) build(ctx context.Context) error {
 	m := simulator.VPX()
 	// Only the datacenter comes from the model: clusters, hosts, datastores and
@@ -118,6 +121,10 @@ func (d *Datacenter) build(ctx context.Context) error {
 	m.Cluster, m.ClusterHost, m.Host = 0, 0, 0
 	m.Machine, m.Datastore, m.Portgroup = 0, 0, 0
 	m.Autostart = false
+	// vcsim calls itself 6.5; the datacenter stands for the vCenter podvisor
+	// targets, so that version checks (podvisor install) see a supported one.
+	m.ServiceContent.About.Version = SimulatedVersion
+	m.ServiceContent.About.FullName = "VMware vCenter Server " + SimulatedVersion + " (podvisor simulated datacenter)"
 	if err := m.Create(); err != nil {
 		return fmt.Errorf("sim: create model: %w", err)
 	}

@@ -24,6 +24,8 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache"
+	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/ociregistry"
@@ -521,6 +523,12 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 		names = []string{"none"}
 	}
 	fmt.Fprintf(w, "  services: %s\n", strings.Join(names, ", "))
+	if slices.Contains(names, imagecache.Name) {
+		if err := layerfs.Check(); err != nil {
+			fmt.Fprintf(w, "\n  WARNING: image disks cannot be written here: %v.\n  Every image pull fails with reason %s; run podvisor up as root with erofs-utils installed.\n",
+				err, imagecache.ReasonDisksUnavailable)
+		}
+	}
 	fmt.Fprintf(w, "\n  source %s   # then: podvisor get hosts, govc find / -type h\n", envPath)
 }
 

@@ -40,6 +40,10 @@ type Config struct {
 	Progress io.Writer
 	// Logger receives the services' logs (default: discarded).
 	Logger *slog.Logger
+	// ImageMiB, when above zero, adds the image-disk measurement: an image
+	// of that many MiB written cold into its disks against a plain
+	// go-containerregistry pull and extract, then warm.
+	ImageMiB int
 	// CPUProfile, when set, receives a pprof CPU profile of the pipeline
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
@@ -92,6 +96,9 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("raw workers %d: want 1..256", w))
 		}
 	}
+	if c.ImageMiB < 0 || c.ImageMiB > 4096 {
+		errs = append(errs, fmt.Errorf("image MiB %d: want 0 (skip) to 4096", c.ImageMiB))
+	}
 	if c.SequentialVMs < 0 {
 		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
 	}
@@ -109,14 +116,15 @@ func layout(hosts int) (clusters, perCluster int) {
 // pipeline.latency_ms.{p50,p95,p99}, raw.vms_per_s and
 // sequential.vms_per_s are the contract; the rest is extra detail.
 type Result struct {
-	Pipeline   Pipeline   `json:"pipeline"`
-	Raw        Raw        `json:"raw"`
-	Sequential Sequential `json:"sequential"`
-	Ratios     Ratios     `json:"ratios"`
-	Scheduling Scheduling `json:"scheduling_only"`
-	ImageCache ImageCache `json:"image_cache"`
-	Memory     Memory     `json:"memory"`
-	Setup      Setup      `json:"setup"`
+	Pipeline   Pipeline    `json:"pipeline"`
+	Raw        Raw         `json:"raw"`
+	Sequential Sequential  `json:"sequential"`
+	Ratios     Ratios      `json:"ratios"`
+	Scheduling Scheduling  `json:"scheduling_only"`
+	ImageCache ImageCache  `json:"image_cache"`
+	ImageDisks *ImageDisks `json:"image_disks,omitempty"`
+	Memory     Memory      `json:"memory"`
+	Setup      Setup       `json:"setup"`
 }
 
 // Latency percentiles in milliseconds.

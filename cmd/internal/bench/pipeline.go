@@ -287,6 +287,12 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	if res.ImageCache, err = measureImageCache(ctx, b, w, image); err != nil {
 		return nil, err
 	}
+	if cfg.ImageMiB > 0 {
+		p.say("image disks: a %d MiB image cold against go-containerregistry pull+extract, then warm…", cfg.ImageMiB)
+		if res.ImageDisks, err = measureImageDisks(ctx, b, w, sys.Endpoints.Registry, cfg.ImageMiB); err != nil {
+			return nil, fmt.Errorf("image disks: %w", err)
+		}
+	}
 
 	heapBefore := liveHeap()
 	if cfg.CPUProfile != nil {

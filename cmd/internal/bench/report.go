@@ -54,6 +54,10 @@ func (r *Result) Table(w io.Writer) error {
 	ic := r.ImageCache
 	fmt.Fprintf(w, "image cache (%s): cold %.0f ms, %s pulled; warm %.0f ms, %s pulled\n",
 		ic.Image, ic.ColdMS, iec(ic.ColdBytes), ic.WarmMS, iec(ic.WarmBytes))
+	if d := r.ImageDisks; d != nil {
+		fmt.Fprintf(w, "image disks (%s, %d layers, %s, %s compressed): cold pull+write %.1f MB/s (%.0f ms) vs go-containerregistry pull+extract %.1f MB/s (%.0f ms): %.2f× (medians of %d images); warm %.0f ms = %.1f%% of cold\n",
+			d.Image, d.Layers, iec(d.Bytes), iec(d.Compressed), d.ColdMBps, d.ColdMS, d.BaselineMBps, d.BaselineMS, d.Ratio, len(d.ColdRoundsMS), d.WarmMS, 100*d.WarmToCold)
+	}
 	m := r.Memory
 	est := "measured"
 	if m.Estimated {

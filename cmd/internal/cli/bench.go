@@ -110,6 +110,7 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVar(&chart, "chart", "", "write an SVG bar chart of the run to this file")
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
 	f.StringVar(&from, "from", "", "print (and chart) a saved `-o json` result instead of running")
+	f.IntVar(&cfg.ImageMiB, "image-mib", 100, "size of the image for the image-disk measurement in MiB (0: skip it)")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	return cmd
 }

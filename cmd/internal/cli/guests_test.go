@@ -100,6 +100,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	if err := os.WriteFile(extents[1], img, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	poweredOn := time.Now()
 	task, err := vm.PowerOn(ctx)
 	if err != nil || task.Wait(ctx) != nil {
 		t.Fatalf("power on: %v", err)
@@ -128,6 +129,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 		return r != nil && len(r.ContainerStatuses) == 2 && r.ContainerStatuses[0].State.Running != nil &&
 			r.ContainerStatuses[1].State.Terminated != nil && r.ContainerStatuses[1].State.Terminated.ExitCode == 3
 	})
+	t.Logf("power-on to both containers reported: %s", time.Since(poweredOn).Round(time.Millisecond))
 	eventuallyWithin(t, 10*time.Second, "podvisor logs web -c first", func() bool {
 		out, _, code := run(t, state, "", "logs", "web", "-c", "first")
 		return code == 0 && out == "hello\n"
@@ -150,17 +152,27 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	if err := b.Publish(ctx, ev); err != nil {
 		t.Fatal(err)
 	}
+	deleted := time.Now()
 	eventuallyWithin(t, 20*time.Second, "first terminated after the delete", func() bool {
 		r := lastReport(t, b, uid)
 		return r != nil && r.ContainerStatuses[0].State.Terminated != nil
 	})
+	// sh, PID 1 of its container, ignores SIGTERM: it ends when the grace
+	// period runs out, not before.
+	if took := time.Since(deleted); took < time.Duration(grace)*time.Second {
+		t.Errorf("first terminated %s after the delete, before its grace period of %ds", took, grace)
+	} else {
+		t.Logf("delete to first terminated (grace %ds): %s", grace, took.Round(time.Millisecond))
+	}
 
 	// Power-off leaves no process of the guest.
 	procs, _ := os.ReadFile(filepath.Join(info.CgroupDirs["memory"], "cgroup.procs"))
+	poweringOff := time.Now()
 	task, err = vm.PowerOff(ctx)
 	if err != nil || task.Wait(ctx) != nil {
 		t.Fatalf("power off: %v", err)
 	}
+	t.Logf("power-off task, guest gone: %s", time.Since(poweringOff).Round(time.Millisecond))
 	for _, p := range strings.Fields(string(procs)) {
 		if _, err := os.Stat("/proc/" + p); err == nil {
 			t.Errorf("process %s of the guest survived the power-off", p)

@@ -76,6 +76,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newBenchCmd(g),
 		newSimCmd(g),
 		newRebalanceCmd(g),
+		newInstallCmd(g),
 		newLogsCmd(g),
 		newExecCmd(g),
 	)

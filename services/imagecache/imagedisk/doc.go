@@ -6,23 +6,23 @@
 //
 // One folder per chain prefix (OCI chainID), named by the chainID's hex:
 //
-//	[ds] podvisor-images/<hex>/disk.vmdk     the image disk of the prefix
-//	[ds] podvisor-images/<hex>/layer.tar.gz  the layer blob, real bytes as pulled and verified
-//	[ds] podvisor-images/<hex>/meta.json     events.ChainRecord: parent chain and disk, layer digests, state
-//	[ds] podvisor-images/manifests/<hex>.json  imagelocality.Manifest of every image prepared there
+//	[ds] podvisor-images/<hex>/disk-flat.vmdk   the flat extent: the layer as an erofs filesystem
+//	[ds] podvisor-images/<hex>/disk.vmdk        the descriptor, written last
+//	[ds] podvisor-images/manifests/<hex>.json   imagelocality.Manifest of every image prepared there
 //
-// meta.json is written twice: with state "pulling" before anything else and
-// with state "ready" after the blob is verified and the disk exists. A folder
-// whose meta.json is not "ready" is the debris of a crashed pull; Scan skips
-// it and the next pull of the chain starts the folder afresh.
+// Both disk files reach the datastore through the datastore file API
+// (Datastore.Upload), which vcsim and vCenter share. A folder without a
+// readable descriptor is a pull that crashed (or still runs elsewhere); Scan
+// returns it as partial and the next pull of the chain starts it afresh.
 //
 // # The parent reference
 //
-// vSphere records a delta disk's parent in the disk descriptor, which
-// CreateChildDisk writes; vcsim does not implement it. The parent of an
-// image disk is therefore named in meta.json (Parent, ParentDisk), and the
-// pod's own child disk is created by the provisioner with Backing.Parent set
-// to the top image disk, which vcsim accepts and shows in the VM's layoutEx.
+// The descriptor's disk database carries the chain: ddb.podvisor.chainID,
+// .parent (the parent's chainID), .diffID, .digest, .fs ("erofs"), .depth,
+// .created. It names no parentFileNameHint: an image disk is no block-level
+// delta of its parent but a filesystem of its own, which the guest stacks on
+// its parent's with overlayfs. The rebuild after a Redis loss reads these
+// keys back (ParseDescriptor).
 //
 // # Datastore names
 //

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -33,9 +34,11 @@ var (
 
 // File names inside a chain folder.
 const (
-	DiskFile     = "disk.vmdk"
-	BlobFile     = "layer.tar.gz"
-	MetaFile     = "meta.json"
+	// DiskFile is the disk's descriptor; written last, it marks the chain
+	// complete.
+	DiskFile = "disk.vmdk"
+	// FlatFile is the disk's flat extent: the layer's erofs image.
+	FlatFile     = "disk-flat.vmdk"
 	manifestsDir = "manifests"
 )
 
@@ -84,8 +87,8 @@ func ChainDir(ds, chainID string) string {
 // DiskPath is the datastore path of a chain's disk.
 func DiskPath(ds, chainID string) string { return ChainDir(ds, chainID) + "/" + DiskFile }
 
-// BlobPath is the datastore path of a chain's layer blob.
-func BlobPath(ds, chainID string) string { return ChainDir(ds, chainID) + "/" + BlobFile }
+// FlatPath is the datastore path of a chain's flat extent (the filesystem).
+func FlatPath(ds, chainID string) string { return ChainDir(ds, chainID) + "/" + FlatFile }
 
 func relPath(chainID, file string) string { return path.Join(events.ImageRoot, hexOf(chainID), file) }
 
@@ -156,7 +159,8 @@ func (s *Store) datastore(ctx context.Context, name string) (*object.Datastore, 
 }
 
 // Begin starts (or restarts) a chain folder: whatever a crashed pull left is
-// removed, the folder is made and meta.json says "pulling".
+// removed and the folder is made. Until WriteDisk writes its descriptor the
+// folder is partial.
 func (s *Store) Begin(ctx context.Context, rec events.ChainRecord) error {
 	if _, err := s.datastore(ctx, rec.Datastore); err != nil {
 		return err
@@ -168,57 +172,31 @@ func (s *Store) Begin(ctx context.Context, rec events.ChainRecord) error {
 	if err := s.fm.MakeDirectory(ctx, dir, s.dc, true); err != nil {
 		return fmt.Errorf("make %s: %w", dir, err)
 	}
-	rec.State = events.ChainStatePulling
-	return s.WriteMeta(ctx, rec)
+	return nil
 }
 
-// UploadBlob stores a layer blob of size bytes read from r beside the disk.
-func (s *Store) UploadBlob(ctx context.Context, dsName, chainID string, r io.Reader, size int64) error {
-	ds, err := s.datastore(ctx, dsName)
+// WriteDisk stores the chain's disk: the flat extent (size bytes read from
+// flat, a multiple of the sector size: the layer's filesystem image), then
+// the descriptor naming it, whose ddb.podvisor.* keys carry the chain's
+// identity and parent. Both go through the datastore file API.
+func (s *Store) WriteDisk(ctx context.Context, rec events.ChainRecord, fs string, flat io.Reader, size int64) error {
+	ds, err := s.datastore(ctx, rec.Datastore)
 	if err != nil {
 		return err
+	}
+	if size <= 0 || size%SectorSize != 0 {
+		return fmt.Errorf("disk %s: extent of %d bytes is not a positive multiple of %d", rec.Disk, size, SectorSize)
 	}
 	p := soap.DefaultUpload
 	p.ContentLength = size
-	if err := ds.Upload(ctx, r, relPath(chainID, BlobFile), &p); err != nil {
-		return fmt.Errorf("upload %s: %w", BlobPath(dsName, chainID), err)
+	if err := ds.Upload(ctx, flat, relPath(rec.ChainID, FlatFile), &p); err != nil {
+		return fmt.Errorf("upload %s: %w", FlatPath(rec.Datastore, rec.ChainID), err)
 	}
-	return nil
-}
-
-// CreateDisk creates the chain's virtual disk with room for the layer's
-// uncompressed bytes (at least 1 MiB).
-func (s *Store) CreateDisk(ctx context.Context, dsName, chainID string, uncompressed int64) error {
-	if _, err := s.datastore(ctx, dsName); err != nil {
-		return err
-	}
-	kb := max((uncompressed+(1<<20)-1)/(1<<20), 1) * 1024
-	spec := &types.FileBackedVirtualDiskSpec{
-		VirtualDiskSpec: types.VirtualDiskSpec{
-			DiskType:    string(types.VirtualDiskTypeThin),
-			AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic),
-		},
-		CapacityKb: kb,
-	}
-	name := DiskPath(dsName, chainID)
-	task, err := s.vdm.CreateVirtualDisk(ctx, name, s.dc, spec)
-	if err != nil {
-		return fmt.Errorf("create disk %s: %w", name, err)
-	}
-	if err := task.Wait(ctx); err != nil {
-		return fmt.Errorf("create disk %s: %w", name, err)
-	}
-	return nil
-}
-
-// WriteMeta writes meta.json of a chain folder.
-func (s *Store) WriteMeta(ctx context.Context, rec events.ChainRecord) error {
-	rec.Refs = 0 // references live in Redis and are rebuilt from pods, not from the datastore
-	b, err := json.MarshalIndent(rec, "", "  ")
+	desc, err := Descriptor(rec, fs, size)
 	if err != nil {
 		return err
 	}
-	return s.putFile(ctx, rec.Datastore, relPath(rec.ChainID, MetaFile), b)
+	return s.putFile(ctx, rec.Datastore, relPath(rec.ChainID, DiskFile), desc)
 }
 
 // WriteManifest records an image's manifest on the datastore, so that a
@@ -257,22 +235,35 @@ func (s *Store) getFile(ctx context.Context, ds *object.Datastore, rel string) (
 	return b, nil
 }
 
-// ReadBlob opens a chain's layer blob (tests and repair read it back).
-func (s *Store) ReadBlob(ctx context.Context, dsName, chainID string) (io.ReadCloser, int64, error) {
+// ReadFlat opens a chain's flat extent (tests and checks read it back).
+func (s *Store) ReadFlat(ctx context.Context, dsName, chainID string) (io.ReadCloser, int64, error) {
 	ds, err := s.datastore(ctx, dsName)
 	if err != nil {
 		return nil, 0, err
 	}
-	rc, n, err := ds.Download(ctx, relPath(chainID, BlobFile), &soap.DefaultDownload)
+	rc, n, err := ds.Download(ctx, relPath(chainID, FlatFile), &soap.DefaultDownload)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s: %w", BlobPath(dsName, chainID), err)
+		return nil, 0, fmt.Errorf("read %s: %w", FlatPath(dsName, chainID), err)
 	}
 	return rc, n, nil
 }
 
-// Copy copies a ready chain folder (disk, blob, meta.json) from one datastore
-// to another with vSphere's own file copy: no registry is involved. The copy's
-// meta.json names the parent disk on the destination datastore.
+// ReadDisk reads a chain's descriptor back as a record (state ready).
+func (s *Store) ReadDisk(ctx context.Context, dsName, chainID string) (events.ChainRecord, error) {
+	ds, err := s.datastore(ctx, dsName)
+	if err != nil {
+		return events.ChainRecord{}, err
+	}
+	b, err := s.getFile(ctx, ds, relPath(chainID, DiskFile))
+	if err != nil {
+		return events.ChainRecord{}, err
+	}
+	return ParseDescriptor(b, dsName)
+}
+
+// Copy copies a ready chain's disk from one datastore to another with
+// vSphere's own disk copy: no registry is involved. The descriptor names
+// the parent by chainID, so it holds on the destination as it is.
 func (s *Store) Copy(ctx context.Context, rec events.ChainRecord, dst string) (events.ChainRecord, error) {
 	if _, err := s.datastore(ctx, rec.Datastore); err != nil {
 		return rec, err
@@ -283,7 +274,7 @@ func (s *Store) Copy(ctx context.Context, rec events.ChainRecord, dst string) (e
 	out := rec
 	out.Datastore = dst
 	out.Disk = DiskPath(dst, rec.ChainID)
-	out.Blob = BlobPath(dst, rec.ChainID)
+	out.Blob = ""
 	if rec.Parent != "" {
 		out.ParentDisk = DiskPath(dst, rec.Parent)
 	}
@@ -297,17 +288,7 @@ func (s *Store) Copy(ctx context.Context, rec events.ChainRecord, dst string) (e
 	if err != nil {
 		return rec, fmt.Errorf("copy disk %s to %s: %w", rec.Disk, out.Disk, err)
 	}
-	task, err = s.fm.CopyDatastoreFile(ctx, rec.Blob, s.dc, out.Blob, s.dc, true)
-	if err == nil {
-		err = task.Wait(ctx)
-	}
-	if err != nil {
-		return rec, fmt.Errorf("copy blob %s to %s: %w", rec.Blob, out.Blob, err)
-	}
 	out.State = events.ChainStateReady
-	if err := s.WriteMeta(ctx, out); err != nil {
-		return rec, err
-	}
 	return out, nil
 }
 
@@ -341,8 +322,10 @@ func isNotFound(err error) bool {
 	return fault.Is(err, &types.FileNotFound{}) || fault.Is(err, &types.CannotDeleteFile{}) && strings.Contains(err.Error(), "no such file")
 }
 
-// Scan reads the chain folders and manifests of a datastore. Chains whose
-// meta.json is not "ready" are returned in partial, for the caller to clean up.
+// Scan reads the chain folders and manifests of a datastore. A chain
+// folder with a valid descriptor is ready; one without (a pull that
+// crashed, or is still running elsewhere) is returned in partial, for the
+// caller to leave to the next pull.
 func (s *Store) Scan(ctx context.Context, dsName string) (ready, partial []events.ChainRecord, manifests []imagelocality.Manifest, err error) {
 	ds, err := s.datastore(ctx, dsName)
 	if err != nil {
@@ -352,7 +335,7 @@ func (s *Store) Scan(ctx context.Context, dsName string) (ready, partial []event
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("browse %s: %w", dsName, err)
 	}
-	spec := &types.HostDatastoreBrowserSearchSpec{MatchPattern: []string{MetaFile, "*.json"}}
+	spec := &types.HostDatastoreBrowserSearchSpec{MatchPattern: []string{DiskFile, "*.json"}}
 	task, err := browser.SearchDatastoreSubFolders(ctx, ds.Path(events.ImageRoot), spec)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("search %s: %w", ds.Path(events.ImageRoot), err)
@@ -372,44 +355,47 @@ func (s *Store) Scan(ctx context.Context, dsName string) (ready, partial []event
 			continue
 		}
 		rel := strings.TrimSuffix(dp.Path, "/")
-		for _, f := range r.File {
-			name := f.GetFileInfo().Path
-			b, err := s.getFile(ctx, ds, path.Join(rel, name))
-			if err != nil {
-				return nil, nil, nil, err
-			}
-			if path.Base(rel) == manifestsDir {
+		if path.Base(rel) == manifestsDir {
+			for _, f := range r.File {
+				b, err := s.getFile(ctx, ds, path.Join(rel, f.GetFileInfo().Path))
+				if err != nil {
+					return nil, nil, nil, err
+				}
 				var m imagelocality.Manifest
 				if json.Unmarshal(b, &m) == nil && m.Digest != "" {
 					manifests = append(manifests, m)
 				}
+			}
+			continue
+		}
+		if path.Dir(rel) != events.ImageRoot || !chainDirRE.MatchString(path.Base(rel)) {
+			continue
+		}
+		id := "sha256:" + path.Base(rel)
+		var rec events.ChainRecord
+		found := false
+		for _, f := range r.File {
+			if f.GetFileInfo().Path != DiskFile {
 				continue
 			}
-			if name != MetaFile {
-				continue
+			b, err := s.getFile(ctx, ds, path.Join(rel, DiskFile))
+			if err != nil {
+				return nil, nil, nil, err
 			}
-			var rec events.ChainRecord
-			if err := json.Unmarshal(b, &rec); err != nil || rec.ChainID == "" || hexOf(rec.ChainID) != path.Base(rel) {
-				// Not ours or unreadable: treat as debris of the folder it is in.
-				partial = append(partial, events.ChainRecord{ChainID: "sha256:" + path.Base(rel), Datastore: dsName})
-				continue
-			}
-			// The folder is authoritative for where the chain is.
-			rec.Datastore = dsName
-			rec.Disk = DiskPath(dsName, rec.ChainID)
-			rec.Blob = BlobPath(dsName, rec.ChainID)
-			if rec.Parent != "" {
-				rec.ParentDisk = DiskPath(dsName, rec.Parent)
-			}
-			if rec.State == events.ChainStateReady {
-				ready = append(ready, rec)
-			} else {
-				partial = append(partial, rec)
+			if rec, err = ParseDescriptor(b, dsName); err == nil && rec.ChainID == id {
+				found = true
 			}
 		}
+		if !found {
+			partial = append(partial, events.ChainRecord{ChainID: id, Datastore: dsName, Disk: DiskPath(dsName, id)})
+			continue
+		}
+		ready = append(ready, rec)
 	}
 	return ready, partial, manifests, nil
 }
+
+var chainDirRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // Client is the vSphere client the store uses.
 func (s *Store) Client() *vim25.Client { return s.c }

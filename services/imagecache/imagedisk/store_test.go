@@ -53,26 +53,21 @@ func TestChainLifecycle(t *testing.T) {
 	src, dst := dss[0].Name, dss[1].Name
 
 	base := events.ChainRecord{ChainID: chainID('a'), Datastore: src, Disk: imagedisk.DiskPath(src, chainID('a')),
-		Blob: imagedisk.BlobPath(src, chainID('a')), Layer: chainID('1'), DiffID: chainID('a'), Depth: 1, Size: 5}
+		Layer: chainID('1'), DiffID: chainID('a'), Depth: 1, Size: 1024}
 	child := events.ChainRecord{ChainID: chainID('b'), Datastore: src, Disk: imagedisk.DiskPath(src, chainID('b')),
-		Blob: imagedisk.BlobPath(src, chainID('b')), Parent: base.ChainID, ParentDisk: base.Disk, Layer: chainID('2'),
-		DiffID: chainID('c'), Depth: 2, Size: 3}
+		Parent: base.ChainID, ParentDisk: base.Disk, Layer: chainID('2'), DiffID: chainID('c'), Depth: 2, Size: 512}
 	for _, rec := range []events.ChainRecord{base, child} {
 		if err := st.Begin(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
-		data := bytes.Repeat([]byte{byte(rec.Depth)}, int(rec.Size))
-		if err := st.UploadBlob(ctx, src, rec.ChainID, bytes.NewReader(data), rec.Size); err != nil {
-			t.Fatal(err)
-		}
-		if err := st.CreateDisk(ctx, src, rec.ChainID, 10<<20); err != nil {
-			t.Fatal(err)
-		}
 	}
-	// Only base is finished; child stays "pulling" as if its puller crashed.
-	base.State = events.ChainStateReady
-	if err := st.WriteMeta(ctx, base); err != nil {
+	// Only base is finished; child has no disk, as if its puller crashed.
+	flat := bytes.Repeat([]byte{1}, int(base.Size))
+	if err := st.WriteDisk(ctx, base, imagedisk.FSErofs, bytes.NewReader(flat), base.Size); err != nil {
 		t.Fatal(err)
+	}
+	if err := st.WriteDisk(ctx, child, imagedisk.FSErofs, bytes.NewReader(flat[:100]), 100); err == nil {
+		t.Fatal("a flat extent of 100 bytes (not whole sectors) was accepted")
 	}
 	man := imagelocality.Manifest{Digest: chainID('f'), Image: "reg/img:1", Layers: []imagelocality.Layer{{ChainID: base.ChainID, Size: 5}}}
 	if err := st.WriteManifest(ctx, src, man); err != nil {
@@ -83,8 +78,10 @@ func TestChainLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ready) != 1 || ready[0].ChainID != base.ChainID || ready[0].Disk != base.Disk {
-		t.Fatalf("ready = %+v, want only base", ready)
+	want := base
+	want.State = events.ChainStateReady
+	if len(ready) != 1 || ready[0] != want {
+		t.Fatalf("ready = %+v, want only base as written: %+v", ready, want)
 	}
 	if len(partial) != 1 || partial[0].ChainID != child.ChainID {
 		t.Fatalf("partial = %+v, want the unfinished child", partial)
@@ -97,8 +94,8 @@ func TestChainLifecycle(t *testing.T) {
 	if err := st.Begin(ctx, child); err != nil {
 		t.Fatalf("Begin over a partial folder: %v", err)
 	}
-	if _, _, err := st.ReadBlob(ctx, src, child.ChainID); err == nil {
-		t.Fatal("blob of the crashed pull survived Begin")
+	if _, err := st.ReadDisk(ctx, src, child.ChainID); err == nil {
+		t.Fatal("the crashed pull's folder has a disk")
 	}
 
 	copied, err := st.Copy(ctx, ready[0], dst)
@@ -108,14 +105,17 @@ func TestChainLifecycle(t *testing.T) {
 	if copied.Datastore != dst || !strings.HasPrefix(copied.Disk, "["+dst+"] ") {
 		t.Fatalf("copy = %+v, want it on %s", copied, dst)
 	}
-	rc, n, err := st.ReadBlob(ctx, dst, base.ChainID)
+	rc, n, err := st.ReadFlat(ctx, dst, base.ChainID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, _ := io.ReadAll(rc)
 	rc.Close()
-	if n != 5 || !bytes.Equal(got, bytes.Repeat([]byte{1}, 5)) {
-		t.Fatalf("copied blob = %v (%d bytes), want the source bytes", got, n)
+	if n != base.Size || !bytes.Equal(got, flat) {
+		t.Fatalf("copied flat extent = %d bytes, want the source's %d", n, base.Size)
+	}
+	if rec, err := st.ReadDisk(ctx, dst, base.ChainID); err != nil || rec.Parent != "" || rec.Datastore != dst || rec.Size != base.Size {
+		t.Fatalf("copied descriptor = %+v, %v", rec, err)
 	}
 	dready, _, _, err := st.Scan(ctx, dst)
 	if err != nil || len(dready) != 1 {
@@ -131,6 +131,35 @@ func TestChainLifecycle(t *testing.T) {
 	ready, _, _, _ = st.Scan(ctx, src)
 	if len(ready) != 0 {
 		t.Fatalf("after delete ready = %+v", ready)
+	}
+}
+
+// TestDescriptor: the descriptor names one flat extent of the disk's
+// sectors and carries the chain's identity and parent in its ddb keys.
+func TestDescriptor(t *testing.T) {
+	rec := events.ChainRecord{ChainID: chainID('b'), Datastore: "ds", Disk: imagedisk.DiskPath("ds", chainID('b')),
+		Parent: chainID('a'), ParentDisk: imagedisk.DiskPath("ds", chainID('a')), Layer: chainID('2'), DiffID: chainID('c'),
+		Depth: 2, Size: 8192, State: events.ChainStateReady}
+	b, err := imagedisk.Descriptor(rec, imagedisk.FSErofs, rec.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`RW 16 VMFS "disk-flat.vmdk"`, `ddb.podvisor.parent = "` + chainID('a') + `"`,
+		`ddb.podvisor.chainID = "` + chainID('b') + `"`, `ddb.podvisor.fs = "erofs"`, `ddb.podvisor.diffID = "` + chainID('c') + `"`,
+		`ddb.podvisor.digest = "` + chainID('2') + `"`} {
+		if !strings.Contains(string(b), want) {
+			t.Fatalf("descriptor lacks %q:\n%s", want, b)
+		}
+	}
+	if strings.Contains(string(b), "parentFileNameHint") {
+		t.Fatalf("descriptor names a block-level parent:\n%s", b)
+	}
+	got, err := imagedisk.ParseDescriptor(b, "ds")
+	if err != nil || got != rec {
+		t.Fatalf("parsed %+v, %v; want %+v", got, err, rec)
+	}
+	if _, err := imagedisk.Descriptor(rec, imagedisk.FSErofs, 100); err == nil {
+		t.Fatal("a disk of 100 bytes (not whole sectors) got a descriptor")
 	}
 }
 

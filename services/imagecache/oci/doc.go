@@ -10,11 +10,20 @@
 // prefix, so two images built on the same base share the chainIDs of the
 // base's layers and, in the image cache, its disks.
 //
-// Fetch streams one compressed layer to a writer while hashing it, and
-// checks both the compressed digest and the uncompressed diffID; bytes
-// that do not match are ErrDigestMismatch, never a stored layer.
+// Fetch streams one layer, decompressed (gzip, zstd or none), to a reader
+// of its tar while hashing both forms, and checks the compressed digest and
+// the diffID at the end; bytes that do not match are ErrDigestMismatch
+// naming the digest, never a stored layer.
+//
+// Hostile registries: Limits cap manifests, layer counts, compressed and
+// uncompressed layer sizes and the compression ratio as the stream inflates
+// (ErrLimit naming the cap); the transport refuses redirects to hosts not
+// allowed (ErrRefused) and sends plain HTTP only to loopback registries and
+// those listed as insecure; credentials come from a docker config file
+// (AuthFile) or the default keychain; an index resolves to the configured
+// platform's image.
 //
 // Errors are classified for the pod.images.failed reasons: ErrInvalidReference,
 // ErrImageNotFound, ErrUnauthorized, ErrRegistryUnavailable (worth retrying),
-// ErrDigestMismatch.
+// ErrDigestMismatch, ErrLimit, ErrRefused.
 package oci

@@ -1,13 +1,11 @@
 package oci
 
 import (
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"net"
 	"net/http"
@@ -31,15 +29,83 @@ var (
 	ErrUnauthorized        = errors.New("registry refused access")
 	ErrRegistryUnavailable = errors.New("registry unavailable")
 	ErrDigestMismatch      = errors.New("layer digest mismatch")
+	// ErrLimit: the image is over one of the Limits (the message names it).
+	ErrLimit = errors.New("image over a limit")
+	// ErrRefused: the registry asked for something the policy forbids
+	// (a redirect to another host).
+	ErrRefused = errors.New("registry request refused")
 )
+
+// Limits protect the image cache from hostile or broken registries and
+// images. Zero fields take the defaults.
+type Limits struct {
+	// MaxManifestBytes caps a manifest or index (default 4 MiB).
+	MaxManifestBytes int64
+	// MaxLayers caps an image's layer count (default 128).
+	MaxLayers int
+	// MaxLayerBytes caps one layer's compressed size (default 8 GiB).
+	MaxLayerBytes int64
+	// MaxUncompressedBytes caps one layer's uncompressed size (default 16 GiB).
+	MaxUncompressedBytes int64
+	// MaxRatio caps the uncompressed/compressed ratio (default 200): the
+	// stream stops once it has produced more than MaxRatio times the
+	// compressed bytes read so far plus RatioFloor (default 16 MiB).
+	MaxRatio   int
+	RatioFloor int64
+}
+
+// Defaults of Limits.
+const (
+	DefaultMaxManifestBytes     = 4 << 20
+	DefaultMaxLayers            = 128
+	DefaultMaxLayerBytes        = 8 << 30
+	DefaultMaxUncompressedBytes = 16 << 30
+	DefaultMaxRatio             = 200
+	DefaultRatioFloor           = 16 << 20
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxManifestBytes <= 0 {
+		l.MaxManifestBytes = DefaultMaxManifestBytes
+	}
+	if l.MaxLayers <= 0 {
+		l.MaxLayers = DefaultMaxLayers
+	}
+	if l.MaxLayerBytes <= 0 {
+		l.MaxLayerBytes = DefaultMaxLayerBytes
+	}
+	if l.MaxUncompressedBytes <= 0 {
+		l.MaxUncompressedBytes = DefaultMaxUncompressedBytes
+	}
+	if l.MaxRatio <= 0 {
+		l.MaxRatio = DefaultMaxRatio
+	}
+	if l.RatioFloor <= 0 {
+		l.RatioFloor = DefaultRatioFloor
+	}
+	return l
+}
 
 // Config tunes the registry client.
 type Config struct {
 	// Insecure lists registries (host[:port]) spoken to in plain HTTP.
 	// Loopback registries always are.
 	Insecure []string
-	// Keychain finds credentials; nil means authn.DefaultKeychain.
+	// Keychain finds credentials; nil means AuthFile (when set), then
+	// authn.DefaultKeychain.
 	Keychain authn.Keychain
+	// AuthFile is a docker config file (config.json: auths, credential
+	// helpers) with the credentials of private registries.
+	AuthFile string
+	// RedirectHosts are the hosts a registry may redirect to (blob storage,
+	// CDNs); "*" allows any. Redirects within the registry's host are always
+	// followed.
+	RedirectHosts []string
+	// Platform picks the image of an index: "os/arch[/variant]"
+	// (default linux/amd64).
+	Platform string
+	// Limits cap what a registry may make the cache read and write.
+	Limits Limits
 	// Transport, when set, carries the registry traffic.
 	Transport http.RoundTripper
 	// Retries of a temporary registry failure inside one call (0 = 2), with
@@ -56,9 +122,24 @@ type Client struct {
 }
 
 // New returns a registry client.
-func New(cfg Config) *Client {
+func New(cfg Config) (*Client, error) {
+	cfg.Limits = cfg.Limits.withDefaults()
+	if cfg.Platform == "" {
+		cfg.Platform = "linux/amd64"
+	}
+	platform, err := v1.ParsePlatform(cfg.Platform)
+	if err != nil || platform.OS == "" || platform.Architecture == "" {
+		return nil, fmt.Errorf("registry platform %q: want os/arch[/variant] such as linux/amd64", cfg.Platform)
+	}
 	if cfg.Keychain == nil {
 		cfg.Keychain = authn.DefaultKeychain
+		if cfg.AuthFile != "" {
+			fk, err := fileKeychain(cfg.AuthFile)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Keychain = authn.NewMultiKeychain(fk, authn.DefaultKeychain)
+		}
 	}
 	if cfg.Retries == 0 {
 		cfg.Retries = 2
@@ -66,14 +147,17 @@ func New(cfg Config) *Client {
 	if cfg.RetryDelay == 0 {
 		cfg.RetryDelay = 200 * time.Millisecond
 	}
+	base := cfg.Transport
+	if base == nil {
+		base = remote.DefaultTransport
+	}
 	opts := []remote.Option{
 		remote.WithAuthFromKeychain(cfg.Keychain),
 		remote.WithRetryBackoff(remote.Backoff{Duration: cfg.RetryDelay, Factor: 2, Steps: cfg.Retries + 1}),
+		remote.WithTransport(&policy{base: base, insecure: cfg.Insecure, redirects: cfg.RedirectHosts, maxManifest: cfg.Limits.MaxManifestBytes}),
+		remote.WithPlatform(*platform),
 	}
-	if cfg.Transport != nil {
-		opts = append(opts, remote.WithTransport(cfg.Transport))
-	}
-	return &Client{cfg: cfg, opts: opts}
+	return &Client{cfg: cfg, opts: opts}, nil
 }
 
 // Image is a resolved image.
@@ -85,7 +169,10 @@ type Image struct {
 	// Layers are the layers base first, with chainIDs.
 	Layers []imagelocality.Layer
 
-	layers []v1.Layer // lazy remote layers, fetched by Fetch
+	// repo is where Fetch gets the layers: each fetch makes its own remote
+	// layer with the caller's context (an Image outlives the request that
+	// resolved it).
+	repo name.Repository
 }
 
 // Manifest is the image as the image cache stores it.
@@ -132,10 +219,13 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	if err != nil {
 		return nil, classify(ref, err)
 	}
+	if len(layers) > c.cfg.Limits.MaxLayers {
+		return nil, fmt.Errorf("image %s: %w: %d layers, over the layer count cap of %d", ref, ErrLimit, len(layers), c.cfg.Limits.MaxLayers)
+	}
 	if len(layers) != len(cf.RootFS.DiffIDs) {
 		return nil, fmt.Errorf("image %s: %w: %d layers but %d diffIDs in its config", ref, ErrDigestMismatch, len(layers), len(cf.RootFS.DiffIDs))
 	}
-	out := &Image{Ref: ref, Digest: d.String(), layers: layers}
+	out := &Image{Ref: ref, Digest: d.String(), repo: r.Context()}
 	diffIDs := make([]string, len(layers))
 	for i, l := range layers {
 		ld, err := l.Digest()
@@ -169,123 +259,13 @@ func ChainIDs(diffIDs []string) []string {
 	return out
 }
 
-// Fetched is what Fetch measured.
-type Fetched struct {
-	// Bytes read from the registry (compressed).
-	Bytes int64
-	// Uncompressed size of the layer's tar.
-	Uncompressed int64
-}
-
-// Fetch streams layer i (compressed, as the registry serves it) into sink,
-// which must consume the reader fully or fail. The digest, size and diffID
-// are checked; a mismatch is ErrDigestMismatch even when sink succeeded, and
-// the caller must then discard what sink stored.
-func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(r io.Reader, size int64) error) (Fetched, error) {
-	if i < 0 || i >= len(img.layers) {
-		return Fetched{}, fmt.Errorf("image %s: layer %d out of range", img.Ref, i)
-	}
-	want := img.Layers[i]
-	rc, err := img.layers[i].Compressed()
-	if err != nil {
-		return Fetched{}, classify(img.Ref, err)
-	}
-	defer rc.Close()
-
-	digestH := sha256.New()
-	pr, pw := io.Pipe()
-	diffDone := make(chan diffResult, 1)
-	go func() { diffDone <- hashUncompressed(pr) }()
-
-	counter := &countingReader{r: rc, h: digestH, w: pw, size: want.Size}
-	sinkErr := sink(counter, want.Size)
-	// Drain what sink did not read, so the digest covers the whole blob.
-	if sinkErr == nil {
-		_, _ = io.Copy(io.Discard, counter)
-	}
-	pw.CloseWithError(counter.err)
-	diff := <-diffDone
-
-	got := "sha256:" + hex.EncodeToString(digestH.Sum(nil))
-	res := Fetched{Bytes: counter.n, Uncompressed: diff.size}
-	switch {
-	case counter.n == want.Size && got != want.Digest:
-		return res, fmt.Errorf("image %s layer %d: %w: registry sent %s, manifest says %s", img.Ref, i, ErrDigestMismatch, got, want.Digest)
-	case counter.n > want.Size:
-		return res, fmt.Errorf("image %s layer %d: %w: registry sent more than the %d bytes the manifest says", img.Ref, i, ErrDigestMismatch, want.Size)
-	case counter.err != nil && counter.n < want.Size:
-		return res, fmt.Errorf("image %s layer %d after %d of %d bytes: %w", img.Ref, i, counter.n, want.Size, classify(img.Ref, counter.err))
-	case sinkErr != nil:
-		return res, sinkErr
-	case counter.n < want.Size:
-		return res, fmt.Errorf("image %s layer %d: %w: registry sent %d of %d bytes", img.Ref, i, ErrDigestMismatch, counter.n, want.Size)
-	case diff.err != nil:
-		return res, fmt.Errorf("image %s layer %d: %w: not a gzip tar: %v", img.Ref, i, ErrDigestMismatch, diff.err)
-	case diff.digest != want.DiffID:
-		return res, fmt.Errorf("image %s layer %d: %w: uncompressed digest %s, config says %s", img.Ref, i, ErrDigestMismatch, diff.digest, want.DiffID)
-	}
-	return res, nil
-}
-
-// countingReader hashes and counts what passes and feeds a copy to the
-// diffID hasher. The remote's own verifying reader may fail at EOF on a
-// mismatch; that error is kept in err and the classification above decides.
-//
-// Once the expected size has been read, a failure is reported to the sink as
-// a clean EOF: the sink (an upload to the datastore) then finishes its
-// request instead of aborting it half-way, so that no server-side write is
-// still running when the caller deletes the rejected file.
-type countingReader struct {
-	r    io.Reader
-	h    hash.Hash
-	w    *io.PipeWriter
-	size int64
-	n    int64
-	err  error
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if n > 0 {
-		c.n += int64(n)
-		c.h.Write(p[:n])
-		// The diff hasher may have given up on a corrupt stream; ignore.
-		_, _ = c.w.Write(p[:n])
-	}
-	if err != nil && err != io.EOF {
-		if c.n >= c.size {
-			return n, io.EOF // the digest check reports it
-		}
-		c.err = err
-	}
-	return n, err
-}
-
-type diffResult struct {
-	digest string
-	size   int64
-	err    error
-}
-
-func hashUncompressed(r *io.PipeReader) diffResult {
-	defer func() { _, _ = io.Copy(io.Discard, r) }()
-	zr, err := gzip.NewReader(r)
-	if err != nil {
-		r.CloseWithError(err)
-		return diffResult{err: err}
-	}
-	h := sha256.New()
-	n, err := io.Copy(h, zr)
-	if err != nil {
-		return diffResult{err: err}
-	}
-	return diffResult{digest: "sha256:" + hex.EncodeToString(h.Sum(nil)), size: n}
-}
-
 // classify maps registry and network errors to the package's classes.
 func classify(ref string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if errors.Is(err, ErrLimit) || errors.Is(err, ErrRefused) {
+		return fmt.Errorf("image %s: %w", ref, err)
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {

@@ -51,10 +51,19 @@ func startRegistry(t *testing.T, corrupt *string) *ociregistry.Registry {
 	return reg
 }
 
+func newClient(t testing.TB, cfg oci.Config) *oci.Client {
+	t.Helper()
+	c, err := oci.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestResolveSharesBaseChainIDs(t *testing.T) {
 	corrupt := ""
 	reg := startRegistry(t, &corrupt)
-	c := oci.New(oci.Config{})
+	c := newClient(t, oci.Config{})
 	ctx := context.Background()
 	web, err := c.Resolve(ctx, reg.Ref("podvisor/web:1.0"))
 	if err != nil {
@@ -78,34 +87,34 @@ func TestResolveSharesBaseChainIDs(t *testing.T) {
 	}
 
 	var buf bytes.Buffer
-	got, err := c.Fetch(ctx, web, 1, func(r io.Reader, size int64) error {
+	got, err := c.Fetch(ctx, web, 1, func(r io.Reader) error {
 		_, err := io.Copy(&buf, r)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Bytes != web.Layers[1].Size || int64(buf.Len()) != got.Bytes || got.Uncompressed < 512<<10 {
-		t.Fatalf("fetched %+v, buffer %d, want %d compressed bytes", got, buf.Len(), web.Layers[1].Size)
+	if got.Bytes != web.Layers[1].Size || int64(buf.Len()) != got.Uncompressed || got.Uncompressed < 512<<10 {
+		t.Fatalf("fetched %+v, buffer %d, want %d compressed bytes and the tar uncompressed", got, buf.Len(), web.Layers[1].Size)
 	}
 }
 
 func TestFetchCorruptBlob(t *testing.T) {
 	corrupt := ""
 	reg := startRegistry(t, &corrupt)
-	c := oci.New(oci.Config{})
+	c := newClient(t, oci.Config{})
 	ctx := context.Background()
 	img, err := c.Resolve(ctx, reg.Ref("podvisor/worker:1.0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	corrupt = img.Layers[1].Digest
-	_, err = c.Fetch(ctx, img, 1, func(r io.Reader, size int64) error {
+	_, err = c.Fetch(ctx, img, 1, func(r io.Reader) error {
 		_, err := io.Copy(io.Discard, r)
 		return err
 	})
-	if !errors.Is(err, oci.ErrDigestMismatch) {
-		t.Fatalf("err = %v, want ErrDigestMismatch", err)
+	if !errors.Is(err, oci.ErrDigestMismatch) || !strings.Contains(err.Error(), img.Layers[1].Digest) {
+		t.Fatalf("err = %v, want ErrDigestMismatch naming %s", err, img.Layers[1].Digest)
 	}
 }
 
@@ -115,7 +124,7 @@ func TestResolveErrors(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()
 	l.Close()
-	c := oci.New(oci.Config{Retries: 1, RetryDelay: 1})
+	c := newClient(t, oci.Config{Retries: 1, RetryDelay: 1})
 	tests := []struct {
 		ref  string
 		want error

@@ -1,0 +1,41 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// podvisor install on a fresh simulated vCenter creates the folder, the
+// boot image's files and the template; a second run changes nothing.
+func TestInstallCommand(t *testing.T) {
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2})
+	img := t.TempDir()
+	if err := os.WriteFile(filepath.Join(img, "podvm-flat.vmdk"), make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(img, "podvm.vmdk"), []byte("# Disk DescriptorFile\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"install", "--vcenter-url", d.URL().String(), "--image-dir", img}
+	out, errOut, code := run(t, t.TempDir(), "", args...)
+	if code != 0 || strings.Count(out, "created") != 4 {
+		t.Fatalf("first run: exit %d\n%s%s", code, out, errOut)
+	}
+	if !strings.Contains(out, "template /") || !strings.Contains(out, "/vm/podvisor/podvisor-podvm-") {
+		t.Fatalf("first run does not name the template:\n%s", out)
+	}
+	again, errOut, code := run(t, t.TempDir(), "", args...)
+	if code != 0 || strings.Contains(again, "created") || strings.Count(again, "exists") != 4 {
+		t.Fatalf("second run: exit %d\n%s%s", code, again, errOut)
+	}
+
+	_, errOut, code = run(t, t.TempDir(), "", append(args, "--datastore", "missing")...)
+	if code == 0 || !strings.Contains(errOut, `"missing" is not an accessible datastore`) {
+		t.Fatalf("missing datastore: exit %d, stderr %q", code, errOut)
+	}
+}

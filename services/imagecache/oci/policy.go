@@ -1,0 +1,123 @@
+package oci
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/docker/cli/cli/config/configfile"
+	"github.com/google/go-containerregistry/pkg/authn"
+)
+
+// policy is the transport under go-containerregistry's: every request and
+// every redirect it follows passes here, so the registry rules hold for
+// manifests, blobs and token requests alike.
+//
+//   - Plain HTTP only to loopback registries and those listed as insecure;
+//     any other http:// request (go-containerregistry picks http for
+//     private-range addresses on its own) is sent as https.
+//   - A redirect to another host only when that host is allowed.
+//   - Manifest responses are cut at the manifest size cap.
+type policy struct {
+	base        http.RoundTripper
+	insecure    []string
+	redirects   []string
+	maxManifest int64
+}
+
+func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme == "http" && !isLoopback(req.URL.Hostname()) && !slices.Contains(p.insecure, req.URL.Host) {
+		req = req.Clone(req.Context())
+		req.URL.Scheme = "https"
+	}
+	if prev := req.Response; prev != nil && prev.Request != nil {
+		from, to := prev.Request.URL.Host, req.URL.Host
+		if from != to && !slices.Contains(p.redirects, "*") && !slices.Contains(p.redirects, req.URL.Hostname()) && !slices.Contains(p.redirects, to) {
+			return nil, fmt.Errorf("%w: %s redirected to %s, a host not allowed (PODVISOR_REGISTRY_REDIRECT_HOSTS)", ErrRefused, from, to)
+		}
+	}
+	resp, err := p.base.RoundTrip(req)
+	if err != nil || !strings.Contains(req.URL.Path, "/manifests/") || req.Method != http.MethodGet {
+		return resp, err
+	}
+	if resp.ContentLength > p.maxManifest {
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: manifest %s of %d bytes, over the manifest size cap of %s", ErrLimit, req.URL.Path, resp.ContentLength, human(p.maxManifest))
+	}
+	resp.Body = &limitedBody{rc: resp.Body, left: p.maxManifest, path: req.URL.Path}
+	return resp, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// limitedBody fails a manifest body that runs past the cap (a server that
+// sends no Content-Length, or lies about it).
+type limitedBody struct {
+	rc   io.ReadCloser
+	left int64
+	path string
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("%w: manifest %s runs past the manifest size cap", ErrLimit, b.path)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	if b.left <= 0 && err == nil {
+		// One byte more tells a body of exactly the cap from a longer one.
+		var one [1]byte
+		if m, _ := b.rc.Read(one[:]); m > 0 {
+			return n, fmt.Errorf("%w: manifest %s runs past the manifest size cap", ErrLimit, b.path)
+		}
+	}
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }
+
+// fileKeychain reads credentials from a docker config file (auths and
+// credential helpers, as docker login writes them).
+func fileKeychain(path string) (authn.Keychain, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("registry auth file: %w", err)
+	}
+	defer f.Close()
+	cf := configfile.New(path)
+	if err := cf.LoadFromReader(f); err != nil {
+		return nil, fmt.Errorf("registry auth file %s: %w", path, err)
+	}
+	return &configKeychain{cf: cf}, nil
+}
+
+type configKeychain struct{ cf *configfile.ConfigFile }
+
+func (k *configKeychain) Resolve(target authn.Resource) (authn.Authenticator, error) {
+	key := target.RegistryStr()
+	if key == "index.docker.io" {
+		key = "https://index.docker.io/v1/"
+	}
+	ac, err := k.cf.GetAuthConfig(key)
+	if err != nil {
+		return nil, fmt.Errorf("registry auth file: credentials of %s: %w", key, err)
+	}
+	if ac.Username == "" && ac.Password == "" && ac.Auth == "" && ac.IdentityToken == "" && ac.RegistryToken == "" {
+		return authn.Anonymous, nil
+	}
+	return authn.FromConfig(authn.AuthConfig{Username: ac.Username, Password: ac.Password, Auth: ac.Auth,
+		IdentityToken: ac.IdentityToken, RegistryToken: ac.RegistryToken}), nil
+}
