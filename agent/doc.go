@@ -1,7 +1,8 @@
 // Package agent is the pod VM agent's module: the program that runs inside
 // a pod VM's guest as its PID 1, runs the pod's containers and reports them
 // to the host. It depends on the standard library, the OCI runtime-spec
-// types and golang.org/x/sys only, so that it builds as one static binary
+// types, golang.org/x/sys and vishvananda/netlink only (pure Go), so that it
+// builds as one static binary
 // (CGO_ENABLED=0) and never pulls the control plane's dependencies into a
 // guest.
 //
@@ -10,6 +11,7 @@
 //	guestchannel   the contract with the host agent: pod spec, boot config, framed messages (stdlib only)
 //	bootconfig     where the boot config and the spec come from (Source: a file today; guestinfo or a
 //	               configuration disk on real VMs later)
+//	nics           the spec's NICs: card found by MAC, address and prefix, default route via the gateway
 //	disks          loop devices (LOOP_CONFIGURE, autoclear), mkfs.ext4 of a blank disk 0, erofs and ext4 mounts
 //	bundle         one container instance's OCI bundle (runtime-spec types, Kubernetes command rules)
 //	runtime        the runc/crun driver (run --detach + pid file, exec, delete)
@@ -25,7 +27,9 @@
 // namespace (and /sys, /dev, the cgroup filesystem where a real VM's kernel
 // left them out), reaps every orphan of the guest, brings lo up and sets the
 // hostname to the pod's. It reads BootConfig (--boot-config FILE), dials the
-// channel at once (the host sees Pending while disks mount), mounts disk 0
+// channel at once (the host sees Pending while disks mount), configures the
+// spec's NICs (a network that cannot be configured keeps the pod Pending,
+// reason ContainerCreating, message naming the NIC), mounts disk 0
 // (formatting it ext4 if blank) and every image disk read-only, and starts
 // the supervisor. SIGTERM — the hypervisor's power-off — stops every
 // container within the pod's grace period, unmounts everything and exits.

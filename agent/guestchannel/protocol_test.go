@@ -91,6 +91,16 @@ func TestSpecValidate(t *testing.T) {
 			s.InitContainers = []Container{{Name: "app", Chain: []string{"sha256:base"}}}
 		}, "containers[0].name"},
 		{"volume", func(s *PodSpec) { s.Containers[0].VolumeMounts = []VolumeMount{{Name: "v", MountPath: "/v"}} }, "volumeMounts[0].name"},
+		{"nic", func(s *PodSpec) {
+			s.NICs = []NIC{{Network: "default", MAC: "02:50:56:00:00:01", IP: "10.0.0.2", Prefix: 24, Gateway: "10.0.0.1"}}
+		}, ""},
+		{"nic mac", func(s *PodSpec) { s.NICs = []NIC{{Network: "default", MAC: "zz"}} }, "nics[0].mac"},
+		{"nic ip", func(s *PodSpec) { s.NICs = []NIC{{Network: "default", IP: "10.0.0.300", Prefix: 24}} }, "nics[0].ip"},
+		{"nic prefix", func(s *PodSpec) { s.NICs = []NIC{{Network: "default", IP: "10.0.0.3"}} }, "nics[0].prefix"},
+		{"nic gateway", func(s *PodSpec) {
+			s.NICs = []NIC{{Network: "default", IP: "10.0.0.3", Prefix: 24, Gateway: "10.0.1.1"}}
+		}, "nics[0].gateway"},
+		{"nic network", func(s *PodSpec) { s.NICs = []NIC{{IP: "10.0.0.3", Prefix: 24}} }, "nics[0].network"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"strings"
 )
 
@@ -274,7 +276,47 @@ func (s *PodSpec) Validate() error {
 	}
 	check("initContainers", s.InitContainers)
 	check("containers", s.Containers)
+	for i, n := range s.NICs {
+		for _, e := range n.validate() {
+			bad(fmt.Sprintf("nics[%d].%s", i, e[0]), e[1])
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// validate returns the NIC's bad fields with their reasons.
+func (n NIC) validate() [][2]string {
+	var out [][2]string
+	if n.Network == "" {
+		out = append(out, [2]string{"network", "required"})
+	}
+	if n.MAC != "" {
+		if _, err := net.ParseMAC(n.MAC); err != nil {
+			out = append(out, [2]string{"mac", fmt.Sprintf("%q is not a MAC address", n.MAC)})
+		}
+	}
+	if n.IP == "" {
+		if n.Gateway != "" {
+			out = append(out, [2]string{"gateway", "needs ip"})
+		}
+		return out
+	}
+	ip, err := netip.ParseAddr(n.IP)
+	if err != nil {
+		return append(out, [2]string{"ip", fmt.Sprintf("%q is not an IP address", n.IP)})
+	}
+	if n.Prefix < 1 || n.Prefix > ip.BitLen() {
+		return append(out, [2]string{"prefix", fmt.Sprintf("%d is not between 1 and %d", n.Prefix, ip.BitLen())})
+	}
+	if n.Gateway != "" {
+		gw, err := netip.ParseAddr(n.Gateway)
+		if err != nil {
+			out = append(out, [2]string{"gateway", fmt.Sprintf("%q is not an IP address", n.Gateway)})
+		} else if p := netip.PrefixFrom(ip, n.Prefix); !p.Masked().Contains(gw) {
+			out = append(out, [2]string{"gateway", fmt.Sprintf("%s is outside %s", gw, p.Masked())})
+		}
+	}
+	return out
 }
 
 // MarshalSpec encodes a spec for guestinfo.

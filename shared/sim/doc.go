@@ -39,6 +39,15 @@
 // group moves off it, which is what network-config's rollback is tested
 // against.
 //
+// With guests on, networks carry packets (segments.go, package segment):
+// every distributed port group is a Linux bridge, created and removed with
+// the port group; a host carries it while it is a member of the port
+// group's switch; a powered-on pod VM's cards are veth pairs into its
+// guest, plugged into the bridge only while the VM's host carries the
+// port group. Pods on one port group reach each other by IP, pods on
+// different ones cannot; Segment tells a test which bridge and hosts a
+// port group has.
+//
 // # Host state
 //
 // FailHost, RecoverHost and SetMaintenance change host state the way a

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
 // startGuests turns simulated guests on when the configuration asks for
@@ -29,16 +31,32 @@ func (d *Datacenter) startGuests(dir string) error {
 	if gcfg.Dir == "" {
 		gcfg.Dir = filepath.Join(dir, "guests")
 	}
+	var fabric *segment.Fabric
+	if gcfg.Fabric == nil && guest.Check(gcfg) == nil {
+		f, err := segment.New()
+		if err != nil {
+			return fmt.Errorf("sim: network segments: %w", err)
+		}
+		fabric, gcfg.Fabric = f, f
+	}
 	m, err := guest.New(gcfg)
 	if err != nil {
+		if fabric != nil {
+			_ = fabric.Close()
+		}
 		if d.cfg.GuestsRequired {
 			return fmt.Errorf("sim: guests: %w", err)
 		}
 		d.guestsOff = err.Error()
 		return nil
 	}
-	d.guests = m
+	d.segMu.Lock()
+	d.guests, d.fabric = m, fabric
+	d.segMu.Unlock()
 	d.model.Map().AddHandler(&guestBridge{d: d})
+	if err := d.reconcileSegments(context.Background()); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -147,6 +165,7 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 		out.Host = d.hostName(*vm.Runtime.Host)
 	}
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	out.NICs = vmNICs(devices)
 	for _, dev := range devices {
 		disk, ok := dev.(*types.VirtualDisk)
 		if !ok {

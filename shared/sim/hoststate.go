@@ -195,6 +195,7 @@ func (b *hostStateBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, c
 		// A port group was added, changed or removed, or hosts joined or
 		// left a switch: the management VLAN rule may cut or restore hosts.
 		go b.d.reconcileManagement(context.Background())
+		go b.d.reconcileSegmentsLogged()
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/sim/segment"
 
 	// Endpoints beyond the SOAP API that services use: vAPI (tags, content
 	// library) and vslm (first class disks).
@@ -52,6 +53,10 @@ type Datacenter struct {
 	// guestsOff says why.
 	guests    *guest.Manager
 	guestsOff string
+	// fabric holds the network segments of the guests' NICs (see
+	// segments.go); nil when guests are off.
+	fabric *segment.Fabric
+	segMu  sync.Mutex
 
 	mu         sync.Mutex
 	closed     bool
@@ -347,6 +352,9 @@ func (d *Datacenter) teardown() {
 		// Before the model goes: the guests' power-off needs nothing from
 		// it, but a guest must never outlive its datacenter.
 		d.guests.Close()
+	}
+	if d.fabric != nil {
+		_ = d.fabric.Close()
 	}
 	if d.server != nil {
 		done := make(chan struct{})

@@ -32,6 +32,15 @@ type PodVM struct {
 	MemoryMB int64
 	Spec     *guestchannel.PodSpec
 	Disks    []PodVMDisk
+	// NICs are the VM's network cards, in order.
+	NICs []PodVMNIC
+}
+
+// PodVMNIC is a network card of a PodVM on a distributed port group, with a
+// manual MAC (as the provisioner gives the one IPAM allocated).
+type PodVMNIC struct {
+	PortGroup string
+	MAC       string
 }
 
 // CreatePodVM creates the VM and returns it with the local paths of its
@@ -95,6 +104,25 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 		flat := disk.File[:len(disk.File)-len(filepath.Ext(disk.File))] + "-flat" + filepath.Ext(disk.File)
 		extents = append(extents, filepath.Join(ds.Dir, p.Name, flat))
 	}
+	for i, n := range p.NICs {
+		pg, err := find.NewFinder(c.Client, true).SetDatacenter(dc).Network(ctx, n.PortGroup)
+		if err != nil {
+			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+		}
+		backing, err := pg.EthernetCardBackingInfo(ctx)
+		if err != nil {
+			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+		}
+		changes = append(changes, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device: &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
+				VirtualDevice: types.VirtualDevice{Key: int32(-300 - i), Backing: backing,
+					Connectable: &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true}},
+				AddressType: string(types.VirtualEthernetCardMacTypeManual),
+				MacAddress:  n.MAC,
+			}}},
+		})
+	}
 	cfg := types.VirtualMachineConfigSpec{
 		Name:         p.Name,
 		GuestId:      string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),
@@ -113,4 +141,36 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 		t.Fatalf("simtest: create VM %s: %v", p.Name, err)
 	}
 	return object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)), extents
+}
+
+// AddPortGroup adds a port group to a distributed switch, as network-config
+// does, and returns its key (what a card's backing names).
+func AddPortGroup(t testing.TB, c *govmomi.Client, sw types.ManagedObjectReference, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	task, err := object.NewDistributedVirtualSwitch(c.Client, sw).AddPortgroup(ctx, []types.DVPortgroupConfigSpec{{Name: name, NumPorts: 8,
+		Type: string(types.DistributedVirtualPortgroupPortgroupTypeEarlyBinding)}})
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("simtest: add port group %s: %v", name, err)
+	}
+	pg, err := Finder(t, c).Network(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := pg.EthernetCardBackingInfo(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo).Port.PortgroupKey
+}
+
+// Finder looks things up in the simulated datacenter.
+func Finder(t testing.TB, c *govmomi.Client) *find.Finder {
+	t.Helper()
+	f := find.NewFinder(c.Client, true)
+	dc, err := f.Datacenter(context.Background(), sim.DatacenterName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f.SetDatacenter(dc)
 }

@@ -2,12 +2,15 @@ package simtest
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/vmware/govmomi"
 
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
 // startTimeout bounds the construction of a datacenter. 2x8 starts in well
@@ -47,4 +50,22 @@ func Client(t testing.TB, d *sim.Datacenter) *govmomi.Client {
 		_ = c.Logout(ctx)
 	})
 	return c
+}
+
+// StartWithGuests starts a datacenter of one cluster with the given number
+// of hosts whose pod VMs run guests with the agent (guests required), in a
+// short temporary directory (unix socket paths are limited to 107 bytes).
+// It returns the datacenter and the channel directory where host agents
+// listen.
+func StartWithGuests(t testing.TB, hosts int, agent string) (*sim.Datacenter, string) {
+	t.Helper()
+	base, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	channels := filepath.Join(base, "ch")
+	d := Start(t, sim.Config{Clusters: 1, HostsPerCluster: hosts, Dir: base, GuestsRequired: true,
+		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
+	return d, channels
 }

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/bootconfig"
@@ -29,6 +30,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/reaper"
 	"github.com/podvisor/podvisor/agent/logs"
+	"github.com/podvisor/podvisor/agent/nics"
 	"github.com/podvisor/podvisor/agent/runtime"
 	"github.com/podvisor/podvisor/agent/supervisor"
 )
@@ -104,8 +106,12 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	return errors.Join(errs...)
 }
 
-// start mounts the disks and starts the pod's supervisor.
+// start configures the NICs, mounts the disks and starts the pod's
+// supervisor.
 func (a *agent) start(cfg *bootconfig.Config) (*disks.Mounted, error) {
+	if err := configureNICs(cfg.Spec.NICs); err != nil {
+		return nil, err
+	}
 	state := cfg.Boot.StateDir
 	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
 	if err != nil {
@@ -215,4 +221,25 @@ func newBootID() string {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// nicWait bounds the wait for a card the hypervisor has not presented yet.
+const nicWait = 10 * time.Second
+
+// configureNICs gives the guest's cards the addresses and default route
+// of the spec (package nics); a pod whose network cannot be configured
+// does not start, and its status says why.
+func configureNICs(list []guestchannel.NIC) error {
+	if len(list) == 0 {
+		return nil
+	}
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	defer h.Close()
+	if err := nics.Configure(h, list, nicWait); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	return nil
 }

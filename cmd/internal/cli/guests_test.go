@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,39 +31,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// busyboxImage writes an erofs image holding busybox-static and a few
-// applets, the filesystem of a one-layer image disk.
-func busyboxImage(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	stage := filepath.Join(dir, "stage")
-	for _, d := range []string{"bin", "etc", "tmp"} {
-		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bb, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(stage, "bin/busybox"), bb, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range []string{"sh", "echo", "sleep", "cat"} {
-		if err := os.Symlink("busybox", filepath.Join(stage, "bin", a)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(stage, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	img := filepath.Join(dir, "base.erofs")
-	if out, err := exec.Command("mkfs.erofs", img, stage).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.erofs: %v: %s", err, out)
-	}
-	return img
-}
-
 // TestPodVMGuestServesLogsAndExec runs the real pod VM agent in a simulated
 // guest and reaches it as a user does: power on a pod VM, the host agent
 // reports its container running, `podvisor logs` and `podvisor exec` go
@@ -77,7 +43,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	if err != nil {
 		t.Fatalf("build podvm-agent: %v", err)
 	}
-	image := busyboxImage(t)
+	image := simtest.BusyboxImage(t, []string{"sh", "echo", "sleep", "cat"}, nil)
 	ctx := context.Background()
 
 	b := bustest.Start(t)

@@ -22,9 +22,16 @@
 //   - the agent, started as PID 1 of new mount, pid, uts, ipc and net
 //     namespaces. A two-line /bin/sh launcher runs first in the new
 //     namespaces (Go cannot run code between clone and exec): it writes
-//     itself into the VM's cgroups, makes every mount private, and execs
-//     the agent, so the agent's first instruction already counts against
-//     the VM and none of its mounts can reach the host.
+//     itself into the VM's cgroups, makes every mount private, waits for
+//     the hypervisor's word on fd 3 and execs the agent, so the agent's
+//     first instruction already counts against the VM and none of its
+//     mounts can reach the host;
+//   - the VM's network cards (Config.Fabric, package segment): while the
+//     launcher waits, each card becomes a veth pair, the guest end eth<i>
+//     with the card's MAC in the guest's network namespace, the host end
+//     plugged into its port group's bridge while the VM's host carries the
+//     port group (SetSegments; Move re-plugs). The agent configures the
+//     addresses itself, as a guest does.
 //
 // # The channel (vsock, simulated)
 //

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
 // Config says how guests run.
@@ -36,6 +37,9 @@ type Config struct {
 	Runtime string
 	// Logger receives the manager's logs; nil discards them.
 	Logger *slog.Logger
+	// Fabric, when set, gives each VM's NICs a port (see package
+	// segment); nil leaves guests with only their loopback.
+	Fabric *segment.Fabric
 }
 
 // DefaultStopGrace is Config.StopGrace's default.
@@ -50,9 +54,15 @@ const maxSocketPath = 107
 // every mount private (a guest's mounts must never reach the host's
 // namespace, as a VM's never do). It then execs the agent, which stays
 // PID 1.
+//
+// Before the exec it waits for the hypervisor's word on fd 3: the VM's
+// NICs are created in the guest's network namespace once that namespace
+// exists, and a VM's devices are all there when its guest starts.
 const launcher = `agent=$0 boot=$1; shift
 for f do echo 0 > "$f" || exit 125; done
 mount --make-rprivate / || exit 125
+read -r go <&3 && [ "$go" = go ] || exit 125
+exec 3<&-
 exec "$agent" --boot-config "$boot"`
 
 // Check says why guests cannot run here, or nil: root, the agent binary,
@@ -101,6 +111,15 @@ type Disk struct {
 	ReadOnly bool
 }
 
+// NIC is one virtual network card as the guest gets it.
+type NIC struct {
+	// Segment is the port group the card is backed by (its key), "" for a
+	// card on no distributed port group (never plugged).
+	Segment string
+	// MAC is the card's address.
+	MAC string
+}
+
 // VM is what the hypervisor knows of a VM when it powers it on.
 type VM struct {
 	// Key identifies the VM in the simulator (its managed object id,
@@ -113,6 +132,8 @@ type VM struct {
 	NumCPU   int32
 	MemoryMB int64
 	Disks    []Disk
+	// NICs in device order: the guest sees them as eth0, eth1, ….
+	NICs []NIC
 	// Spec is the guestinfo.podvisor.spec value.
 	Spec string
 }
@@ -126,7 +147,11 @@ type Manager struct {
 	mu     sync.Mutex
 	guests map[string]*guest
 	frozen map[string]bool // hosts whose guests are frozen
-	closed bool
+	// carried is, per host, the segments (port group keys) the host
+	// carries: a NIC is plugged only while its VM's host carries its port
+	// group.
+	carried map[string]map[string]bool
+	closed  bool
 }
 
 type guest struct {
@@ -136,6 +161,7 @@ type guest struct {
 	exited  chan struct{}
 	cgroup  *vmCgroup
 	channel *channel
+	ports   []*segment.Port
 	frozen  bool
 }
 
@@ -166,7 +192,8 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guests: %w", err)
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{}}, nil
+	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{},
+		carried: map[string]map[string]bool{}}, nil
 }
 
 // CgroupBase is the cgroup (same path in every v1 hierarchy) under which
@@ -270,7 +297,15 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 		// The guest dies with the process that runs the simulator.
 		Pdeathsig: syscall.SIGKILL,
 	}
-	if err := cmd.Start(); err != nil {
+	gate, release, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer release.Close()
+	cmd.ExtraFiles = []*os.File{gate}
+	err = cmd.Start()
+	gate.Close()
+	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
 	}
 	g := &guest{vm: vm, dir: dir, cmd: cmd, exited: make(chan struct{}), cgroup: cg, channel: ch}
@@ -279,6 +314,18 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 		m.log.Info("guest stopped", "vm", vm.Name, "result", fmt.Sprint(err))
 		close(g.exited)
 	}()
+	if err := m.addPorts(g); err != nil {
+		_ = cmd.Process.Kill()
+		<-g.exited
+		m.removePorts(g)
+		return nil, err
+	}
+	if _, err := release.Write([]byte("go\n")); err != nil {
+		_ = cmd.Process.Kill()
+		<-g.exited
+		m.removePorts(g)
+		return nil, fmt.Errorf("release the guest's launcher: %w", err)
+	}
 	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path)
 	return g, nil
 }
@@ -335,6 +382,7 @@ func (m *Manager) stop(g *guest) error {
 	}
 	errs := []error{g.cgroup.killAll(time.Now().Add(10 * time.Second))}
 	<-g.exited
+	m.removePorts(g)
 	errs = append(errs, g.cgroup.remove())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("power off guest of %s: %w", g.vm.Name, err)
@@ -363,6 +411,7 @@ func (m *Manager) Move(key, host string) {
 	}
 	g.vm.Host = host
 	g.channel.route(host)
+	m.plugLocked(g)
 	if g.frozen != m.frozen[host] {
 		m.freezeLocked(g, m.frozen[host])
 	}
