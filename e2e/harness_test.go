@@ -155,8 +155,11 @@ type system struct {
 func startUp(t *testing.T, extra ...string) *system {
 	t.Helper()
 	s := &system{t: t, bin: podvisorBin(t), dir: t.TempDir()}
+	// These scenarios measure the control plane at scale on a datacenter
+	// without guests (see vmRunning); a scenario that runs containers passes
+	// --guests on after these, and the last flag wins.
 	args := append([]string{"up", "--state-dir", s.dir, "--nats-port", "0", "--vcenter-port", "0",
-		"--registry-port", "0", "--ui-port", "0"}, extra...)
+		"--registry-port", "0", "--ui-port", "0", "--guests", "off"}, extra...)
 	s.up = startProcess(t, "podvisor up", filepath.Join(s.dir, "up.log"), s.baseEnv(), s.bin, args...)
 	t.Cleanup(func() {
 		if err := s.up.stop(os.Interrupt, time.Minute); err != nil {
@@ -297,7 +300,7 @@ func (s *system) cliPods(ns string) ([]corev1.Pod, error) {
 // vmRunning reports whether the CLI shows a pod whose VM is powered on, on
 // a host, with an address, and not being deleted: condition VMReady True
 // (what pod.vm.ready announces). The datacenter `podvisor up` starts here
-// runs no guests, so no container starts and no pod reaches Kubernetes
+// runs no guests (--guests off), so no container starts and no pod reaches Kubernetes
 // phase Running: it stays Pending (ContainerCreating) with its VM on, and
 // these tests wait for that, never for Running.
 func vmRunning(p corev1.Pod) bool {
