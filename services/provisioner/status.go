@@ -151,11 +151,19 @@ func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
 	return nil
 }
 
-// started says whether a container has ever started: running now,
-// terminated, or restarted since.
+// started says whether a container's process has ever run: running now,
+// or an instance that ended after it ran. An instance the runtime could not
+// start at all (reason StartError: no such command, a bad working
+// directory) never ran, so a pod whose container only fails to start is not
+// Running, however often it is retried.
 func started(cs corev1.ContainerStatus) bool {
-	return cs.State.Running != nil || cs.State.Terminated != nil || cs.LastTerminationState.Terminated != nil || cs.RestartCount > 0
+	ran := func(t *corev1.ContainerStateTerminated) bool { return t != nil && t.Reason != reasonStartError }
+	return cs.State.Running != nil || ran(cs.State.Terminated) || ran(cs.LastTerminationState.Terminated)
 }
+
+// reasonStartError is the pod VM agent's termination reason for a
+// container whose process could not be started.
+const reasonStartError = "StartError"
 
 // allStarted says whether every container of the pod has started.
 func allStarted(r *events.PodRecord) bool {

@@ -79,8 +79,17 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 		t.Fatalf("after a partial report: phase %s conditions %+v", r.Phase, r.Conditions)
 	}
 
+	// A container the runtime cannot start (StartError), retried under
+	// Always, never ran: the pod is not Running.
+	neverRan := waiting("sidecar", "CrashLoopBackOff", 0)
+	neverRan.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 128, Reason: "StartError"}
+	r = e.fold(svc, report(acc, vm, "boot-1", 2, running("app"), neverRan, running("logger")))
+	if r.Phase != events.PodPhaseStarting || len(all[*events.PodRunning](e, events.TypePodRunning)) != 0 {
+		t.Fatalf("a container that never started: phase %s", r.Phase)
+	}
+
 	// Every container started: Running, announced once.
-	r = e.fold(svc, running3("boot-1", 2))
+	r = e.fold(svc, running3("boot-1", 3))
 	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
 	if r.Phase != events.PodPhaseRunning || r.Reason != "" || run.VM != r.VMRef ||
 		!r.IsTrue(events.PodConditionContainersReady) || !r.IsTrue(events.PodConditionReady) || !r.IsTrue(events.PodConditionInitialized) {
@@ -110,7 +119,7 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	}
 
 	// A crash-looping container: the pod stays Running, not ready.
-	r = e.fold(svc, report(acc, vm, "boot-1", 3, running("app"), waiting("sidecar", "CrashLoopBackOff", 2), running("logger")))
+	r = e.fold(svc, report(acc, vm, "boot-1", 4, running("app"), waiting("sidecar", "CrashLoopBackOff", 2), running("logger")))
 	c, _ := r.Condition(events.PodConditionContainersReady)
 	if r.Phase != events.PodPhaseRunning || c.Status != events.ConditionFalse || c.Reason != ReasonContainersNotReady || !strings.Contains(c.Message, "sidecar") {
 		t.Errorf("crash loop: phase %s ContainersReady %+v", r.Phase, c)
