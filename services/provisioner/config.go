@@ -53,6 +53,16 @@ type Config struct {
 	// GuestRepairs is how many power cycles a silent guest gets before its
 	// VM is destroyed and created again.
 	GuestRepairs int
+	// AwaitGuestStop makes a delete wait for the pod's containers to stop
+	// before the VM is powered off: until the guest reports every container
+	// terminated, or at most terminationGracePeriodSeconds + GuestStopSlack
+	// after the delete was requested. Off, the VM is powered off at once:
+	// what a datacenter without guests needs.
+	AwaitGuestStop bool
+	// GuestStopSlack is how long past the grace period a delete waits for a
+	// guest that does not report its containers stopped (silent, frozen or
+	// absent) before the VM is powered off anyway.
+	GuestStopSlack time.Duration
 }
 
 // DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff
@@ -71,6 +81,8 @@ func DefaultConfig() Config {
 		EphemeralDiskMiB: 8 << 10,
 		GuestTimeout:     0,
 		GuestRepairs:     2,
+		AwaitGuestStop:   true,
+		GuestStopSlack:   10 * time.Second,
 	}
 }
 
@@ -86,6 +98,8 @@ const (
 	EnvEphemeralDisk  = "PODVISOR_PROVISIONER_EPHEMERAL_DISK_MIB"
 	EnvGuestTimeout   = "PODVISOR_PROVISIONER_GUEST_TIMEOUT"
 	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
+	EnvAwaitGuestStop = "PODVISOR_PROVISIONER_AWAIT_GUEST_STOP"
+	EnvGuestStopSlack = "PODVISOR_PROVISIONER_GUEST_STOP_SLACK"
 )
 
 // ConfigFromEnv returns DefaultConfig with the PODVISOR_PROVISIONER_*
@@ -121,6 +135,15 @@ func ConfigFromEnv() (Config, error) {
 	intVar(EnvEphemeralDisk, &ephemeral)
 	cfg.EphemeralDiskMiB = int64(ephemeral)
 	durVar(EnvGuestTimeout, &cfg.GuestTimeout)
+	durVar(EnvGuestStopSlack, &cfg.GuestStopSlack)
+	if v := strings.TrimSpace(os.Getenv(EnvAwaitGuestStop)); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: want true or false", EnvAwaitGuestStop, v))
+		} else {
+			cfg.AwaitGuestStop = b
+		}
+	}
 	durVar(EnvStepTimeout, &cfg.StepTimeout)
 	durVar(EnvResyncInterval, &cfg.ResyncInterval)
 	if v, ok := os.LookupEnv(EnvFolderRoot); ok {
@@ -179,6 +202,9 @@ func (c Config) Validate() error {
 	}
 	if c.GuestTimeout < 0 {
 		errs = append(errs, fmt.Errorf("GuestTimeout %s: must not be negative (0 disables the repair of silent guests)", c.GuestTimeout))
+	}
+	if c.GuestStopSlack < 0 {
+		errs = append(errs, fmt.Errorf("GuestStopSlack %s: must not be negative", c.GuestStopSlack))
 	}
 	if c.GuestRepairs < 0 {
 		errs = append(errs, fmt.Errorf("GuestRepairs %d: must not be negative", c.GuestRepairs))
