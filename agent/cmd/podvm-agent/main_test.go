@@ -87,7 +87,8 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 		t.Errorf("first = %+v, want ready, started, with startedAt", f)
 	}
 	_, reports, hellos := g.Host.Snapshot()
-	if len(hellos) != 1 || hellos[0].PodUID != spec.UID || hellos[0].VMUUID != "vm-tour" || hellos[0].BootID == "" {
+	if len(hellos) != 1 || hellos[0].PodUID != spec.UID || hellos[0].VMUUID != "vm-tour" || hellos[0].BootID == "" ||
+		hellos[0].Namespace != spec.Namespace || hellos[0].Name != spec.Name || spec.Name == "" {
 		t.Errorf("hellos = %+v", hellos)
 	}
 	if !reports[0].Full {
