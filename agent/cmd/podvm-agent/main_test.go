@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +35,17 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Every guest and benchmark removes its cgroups; one left in any
+	// hierarchy fails the run (and is removed here).
+	if left := guesttest.Leftovers(os.Getpid()); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "cgroups left by the tests: %v\n", left)
+		for _, l := range left {
+			if err := guesttest.RemoveCgroup(strings.TrimPrefix(l, filepath.Dir(l))); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+		}
+		code = 1
+	}
 	os.Exit(code)
 }
 
