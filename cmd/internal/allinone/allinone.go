@@ -27,6 +27,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/redisserver"
@@ -369,7 +370,7 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 		return nil
 	}
 	if s.Datacenter != nil {
-		for k, v := range simulatorDefaults {
+		for k, v := range s.serviceDefaults() {
 			if _, set := os.LookupEnv(k); !set {
 				os.Setenv(k, v)
 			}
@@ -469,14 +470,35 @@ func (e Endpoints) EnvFile() string {
 	return b.String()
 }
 
-// simulatorEnv renders simulatorDefaults as exports, sorted, with the
-// value in force (up's environment wins over the default).
-func simulatorEnv() string {
+// guestTimeout is how long the provisioner lets a powered-on pod VM's guest
+// stay silent before drift repair power-cycles it, when guests run: a
+// simulated guest reports within seconds of power-on.
+const guestTimeout = "60s"
+
+// serviceDefaults are simulatorDefaults plus the settings that follow from
+// whether the simulated pod VMs run guests: with guests, the provisioner
+// repairs a silent guest after guestTimeout; without, it never expects a
+// guest (no repair of silence, and a delete powers off at once instead of
+// waiting out the grace period for a report that cannot come).
+func (s *System) serviceDefaults() map[string]string {
+	out := maps.Clone(simulatorDefaults)
+	if s.GuestsOff == "" {
+		out[provisioner.EnvGuestTimeout] = guestTimeout
+	} else {
+		out[provisioner.EnvAwaitGuestStop] = "false"
+	}
+	return out
+}
+
+// simulatorEnv renders serviceDefaults as exports, sorted, with the value
+// in force (up's environment wins over the default).
+func (s *System) simulatorEnv() string {
 	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(simulatorDefaults)) {
+	defaults := s.serviceDefaults()
+	for _, k := range slices.Sorted(maps.Keys(defaults)) {
 		v, ok := os.LookupEnv(k)
 		if !ok {
-			v = simulatorDefaults[k]
+			v = defaults[k]
 		}
 		fmt.Fprintf(&b, "export %s=%s\n", k, quote(v))
 	}
@@ -491,7 +513,7 @@ func (s *System) WriteEnv() (string, error) {
 	tmp := path + ".tmp"
 	env := s.Endpoints.EnvFile()
 	if s.Datacenter != nil {
-		env += simulatorEnv()
+		env += s.simulatorEnv()
 	}
 	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
 		return "", err
