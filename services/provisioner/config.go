@@ -53,6 +53,16 @@ type Config struct {
 	// GuestRepairs is how many power cycles a silent guest gets before its
 	// VM is destroyed and created again.
 	GuestRepairs int
+	// AwaitGuestStop makes a delete wait for the pod's containers to stop
+	// before the VM is powered off: until the guest reports every container
+	// terminated, or at most terminationGracePeriodSeconds + GuestStopSlack
+	// after the delete was requested. Off, the VM is powered off at once:
+	// what a datacenter without guests needs.
+	AwaitGuestStop bool
+	// GuestStopSlack is how long past the grace period a delete waits for a
+	// guest that does not report its containers stopped (silent, frozen or
+	// absent) before the VM is powered off anyway.
+	GuestStopSlack time.Duration
 }
 
 // DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff
@@ -71,6 +81,8 @@ func DefaultConfig() Config {
 		EphemeralDiskMiB: 8 << 10,
 		GuestTimeout:     0,
 		GuestRepairs:     2,
+		AwaitGuestStop:   true,
+		GuestStopSlack:   10 * time.Second,
 	}
 }
 
@@ -86,6 +98,8 @@ const (
 	EnvEphemeralDisk  = "PODVISOR_PROVISIONER_EPHEMERAL_DISK_MIB"
 	EnvGuestTimeout   = "PODVISOR_PROVISIONER_GUEST_TIMEOUT"
 	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
+	EnvAwaitGuestStop = "PODVISOR_PROVISIONER_AWAIT_GUEST_STOP"
+	EnvGuestStopSlack = "PODVISOR_PROVISIONER_GUEST_STOP_SLACK"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -104,6 +118,8 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Int(EnvEphemeralDisk, &ephemeral)
 	cfg.EphemeralDiskMiB = int64(ephemeral)
 	r.Duration(EnvGuestTimeout, &cfg.GuestTimeout)
+	r.Duration(EnvGuestStopSlack, &cfg.GuestStopSlack)
+	r.Bool(EnvAwaitGuestStop, &cfg.AwaitGuestStop)
 	r.Duration(EnvStepTimeout, &cfg.StepTimeout)
 	r.Duration(EnvResyncInterval, &cfg.ResyncInterval)
 	// Set but empty means "none" for these two, unlike the others.
@@ -163,6 +179,9 @@ func (c Config) Validate() error {
 	}
 	if c.GuestTimeout < 0 {
 		errs = append(errs, fmt.Errorf("GuestTimeout %s: must not be negative (0 disables the repair of silent guests)", c.GuestTimeout))
+	}
+	if c.GuestStopSlack < 0 {
+		errs = append(errs, fmt.Errorf("GuestStopSlack %s: must not be negative", c.GuestStopSlack))
 	}
 	if c.GuestRepairs < 0 {
 		errs = append(errs, fmt.Errorf("GuestRepairs %d: must not be negative", c.GuestRepairs))

@@ -24,6 +24,7 @@ func TestConfigValidate(t *testing.T) {
 		{"folder", func(c *Config) { c.FolderRoot = "/" }, "FolderRoot: required"},
 		{"shards", func(c *Config) { c.FolderShards = -1 }, "FolderShards -1"},
 		{"datastore brackets", func(c *Config) { c.Datastore = "[ds]" }, "Datastore \"[ds]\""},
+		{"negative stop slack", func(c *Config) { c.GuestStopSlack = -time.Second }, "GuestStopSlack"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -44,9 +45,19 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ResyncInterval != 15*time.Second || c.FolderShards != 4 || c.FolderRoot != "pods" {
+	if c.ResyncInterval != 15*time.Second || c.FolderShards != 4 || c.FolderRoot != "pods" || !c.AwaitGuestStop {
 		t.Errorf("config = %+v", c)
 	}
+	t.Setenv(EnvAwaitGuestStop, "false")
+	t.Setenv(EnvGuestStopSlack, "2s")
+	if c, err = ConfigFromEnv(); err != nil || c.AwaitGuestStop || c.GuestStopSlack != 2*time.Second {
+		t.Errorf("%s=false %s=2s: await %v slack %s err %v", EnvAwaitGuestStop, EnvGuestStopSlack, c.AwaitGuestStop, c.GuestStopSlack, err)
+	}
+	t.Setenv(EnvAwaitGuestStop, "maybe")
+	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), EnvAwaitGuestStop) {
+		t.Errorf("bad %s accepted: %v", EnvAwaitGuestStop, err)
+	}
+	t.Setenv(EnvAwaitGuestStop, "")
 	t.Setenv(EnvWorkers, "many")
 	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), EnvWorkers) {
 		t.Errorf("bad %s accepted: %v", EnvWorkers, err)

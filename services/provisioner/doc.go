@@ -68,8 +68,12 @@
 // names the step and the vSphere fault, and the owners release what they
 // held for it. A Failed pod stays visible until it is deleted.
 //
-// Deletion (pod.delete.requested) powers off and destroys the VM — waiting
-// for a create still in flight — confirms it is gone, announces pod.deleted
+// Deletion (pod.delete.requested) first gives the containers their grace
+// period: a powered-on VM stays on until the guest reports every container
+// terminated, or at most terminationGracePeriodSeconds + GuestStopSlack
+// (the delete is retried with bus.RetryAfter meanwhile; stopwait.go). It
+// then powers off and destroys the VM — waiting for a create still in
+// flight — confirms it is gone, announces pod.deleted
 // with the host, image digests and addresses to release, and removes the
 // record. An unknown pod is rejected with NotFound.
 //

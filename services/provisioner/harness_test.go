@@ -96,6 +96,9 @@ func testConfig() Config {
 	cfg.BackOff = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond}
 	cfg.StepTimeout = 20 * time.Second
 	cfg.ResyncInterval = 0
+	// Without guests a delete would wait out every grace period; the
+	// tests of the wait turn it on.
+	cfg.AwaitGuestStop = false
 	return cfg
 }
 

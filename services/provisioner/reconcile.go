@@ -9,6 +9,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -441,6 +442,11 @@ func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteReques
 	if err != nil {
 		return err
 	}
+	if r == nil && h.delivery > 1 {
+		// Redelivered while waiting for the containers to stop, and the
+		// guest's report finished the delete meanwhile.
+		return nil
+	}
 	if r == nil {
 		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound, fmt.Sprintf("pod %s does not exist", events.PodKey(ns, p.Name)), "")
 	}
@@ -467,6 +473,11 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 	if r.Phase != events.PodPhaseTerminating {
 		r.Phase = events.PodPhaseTerminating
 	}
+	// The containers get their grace period: the VM stays on until the
+	// guest reports them stopped, or the bound passes (stopWait).
+	if wait := s.stopWait(r); wait > 0 {
+		return bus.RetryAfter(awaitingStop(r, wait), wait)
+	}
 	if err := s.removeVMs(ctx, r); err != nil {
 		return err
 	}
@@ -492,6 +503,14 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 // deleteStalled records why a delete is not finishing. Deletion is never
 // given up: the record stays Terminating and drift repair tries again.
 func (s *Service) deleteStalled(ctx context.Context, r *events.PodRecord, cause error, last bool) error {
+	if errors.Is(cause, errAwaitingStop) {
+		// Not stalled: the wait is bounded. Past the last delivery the
+		// guest's report or drift repair finishes the delete.
+		if last {
+			return nil
+		}
+		return cause
+	}
 	if !last && (podvm.IsTransient(cause) || !errors.As(cause, new(*stepError))) {
 		return cause
 	}

@@ -47,7 +47,7 @@ func (h handling) containersReported(ctx context.Context, p *events.PodContainer
 		}
 		if why := staleReport(r, p); why != "" {
 			h.log.Info("container report ignored", "why", why, "vm", p.VM, "bootID", p.BootID, "seq", p.Seq)
-			return nil
+			return h.finishDelete(ctx, r)
 		}
 		s.foldReport(r, p)
 		if err := s.settle(ctx, r); err != nil {
@@ -57,9 +57,22 @@ func (h handling) containersReported(ctx context.Context, p *events.PodContainer
 		if errors.Is(err, errConflict) {
 			continue
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return h.finishDelete(ctx, r)
 	}
 	return fmt.Errorf("record %s: %w %d times in a row", key, errConflict, maxCASAttempts)
+}
+
+// finishDelete powers off and removes a pod being deleted as soon as the
+// guest's report shows its containers stopped, rather than when the
+// delete's retry comes round.
+func (h handling) finishDelete(ctx context.Context, r *events.PodRecord) error {
+	if r.DeletionRequestedAt.IsZero() || h.s.stopWait(r) > 0 {
+		return nil
+	}
+	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery, false)
 }
 
 // staleReport says why a report must not be folded into r, or "".

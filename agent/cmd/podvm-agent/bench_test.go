@@ -66,6 +66,14 @@ func directStart(b *testing.B, i int) time.Duration {
 	}
 	root := filepath.Join(dir, "runc")
 	id := fmt.Sprintf("agentbench-%d-%d", os.Getpid(), i)
+	// Whatever happens below, the container and its cgroup tree (in every
+	// hierarchy) go when the benchmark ends.
+	b.Cleanup(func() {
+		_ = exec.Command("runc", "--root", root, "delete", "--force", id).Run()
+		if err := guesttest.RemoveCgroup(cgroup); err != nil {
+			b.Error(err)
+		}
+	})
 	// The container inherits runc's stdio: a file, not a pipe that would
 	// stay open as long as the container runs.
 	logf, err := os.Create(filepath.Join(dir, "out"))
@@ -84,9 +92,6 @@ func directStart(b *testing.B, i int) time.Duration {
 	}
 	if out, err := exec.Command("runc", "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
 		b.Errorf("runc delete: %v: %s", err, out)
-	}
-	if err := guesttest.RemoveCgroup(cgroup); err != nil {
-		b.Error(err)
 	}
 	return took
 }

@@ -76,7 +76,8 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	srv := &channel.Server{
 		Addr: cfg.Boot.Channel,
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
-			PodUID: cfg.Spec.UID, VMUUID: cfg.Boot.VMUUID, BootID: newBootID()},
+			PodUID: cfg.Spec.UID, Namespace: cfg.Spec.Namespace, Name: cfg.Spec.Name,
+			VMUUID: cfg.Boot.VMUUID, BootID: newBootID()},
 		Pod: a, Log: log.With("part", "channel"),
 	}
 	served := make(chan struct{})

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -34,6 +35,17 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	// Every guest and benchmark removes its cgroups; one left in any
+	// hierarchy fails the run (and is removed here).
+	if left := guesttest.Leftovers(os.Getpid()); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "cgroups left by the tests: %v\n", left)
+		for _, l := range left {
+			if err := guesttest.RemoveCgroup(strings.TrimPrefix(l, filepath.Dir(l))); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+			}
+		}
+		code = 1
+	}
 	os.Exit(code)
 }
 
@@ -87,7 +99,8 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 		t.Errorf("first = %+v, want ready, started, with startedAt", f)
 	}
 	_, reports, hellos := g.Host.Snapshot()
-	if len(hellos) != 1 || hellos[0].PodUID != spec.UID || hellos[0].VMUUID != "vm-tour" || hellos[0].BootID == "" {
+	if len(hellos) != 1 || hellos[0].PodUID != spec.UID || hellos[0].VMUUID != "vm-tour" || hellos[0].BootID == "" ||
+		hellos[0].Namespace != spec.Namespace || hellos[0].Name != spec.Name || spec.Name == "" {
 		t.Errorf("hellos = %+v", hellos)
 	}
 	if !reports[0].Full {

@@ -191,6 +191,14 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 	g := &Guest{t: t, Dir: dir, StateDir: filepath.Join(dir, "state"), Ephemeral: filepath.Join(dir, "disk0-flat.vmdk"),
 		Cgroup: fmt.Sprintf("/podvisor-agenttest-%d-%d", os.Getpid(), guestSeq.Add(1)), exited: make(chan struct{}),
 		logFile: filepath.Join(dir, "agent.log")}
+	// Registered first, so it runs last (after cleanup has stopped the
+	// agent) and also when the test fails before the agent starts: the
+	// cgroup tree goes from every hierarchy.
+	t.Cleanup(func() {
+		if err := RemoveCgroup(g.Cgroup); err != nil {
+			t.Error(err)
+		}
+	})
 	// A hypervisor presents a zero-filled device of the disk's capacity.
 	f, err := os.Create(g.Ephemeral)
 	if err != nil {
@@ -298,9 +306,6 @@ func (g *Guest) cleanup() {
 	if procs := CgroupProcs(g.Cgroup); len(procs) > 0 {
 		t.Errorf("processes left in cgroup %s: %v", g.Cgroup, procs)
 	}
-	if err := RemoveCgroup(g.Cgroup); err != nil {
-		t.Error(err)
-	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		loops := LoopsBackedBy(g.Dir)
@@ -352,7 +357,10 @@ func CgroupDirs(path string) []string {
 	return dirs
 }
 
-// RemoveCgroup removes path's tree from every hierarchy, deepest first.
+// RemoveCgroup removes path's tree from every hierarchy (each v1 one,
+// name=systemd included, and the unified one), deepest first. A cgroup
+// whose last process is still exiting refuses rmdir with EBUSY for a
+// moment: that is retried for a few seconds.
 func RemoveCgroup(path string) error {
 	var errs []string
 	for _, root := range cgroupRoots() {
@@ -365,7 +373,7 @@ func RemoveCgroup(path string) error {
 			return nil
 		})
 		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := os.Remove(dirs[i]); err != nil && !os.IsNotExist(err) {
+			if err := rmdirCgroup(dirs[i]); err != nil {
 				errs = append(errs, err.Error())
 			}
 		}
@@ -376,6 +384,36 @@ func RemoveCgroup(path string) error {
 	return nil
 }
 
+// rmdirCgroup removes one cgroup directory, retrying EBUSY for up to 5 s.
+func rmdirCgroup(dir string) error {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := unix.Rmdir(dir)
+		switch {
+		case err == nil || err == unix.ENOENT:
+			return nil
+		case err != unix.EBUSY || time.Now().After(deadline):
+			return fmt.Errorf("rmdir %s: %w", dir, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Leftovers lists the cgroup directories of this process's guests and
+// benchmarks (podvisor-agent*-<pid>-*) still present in any hierarchy.
+func Leftovers(pid int) []string {
+	var out []string
+	for _, root := range cgroupRoots() {
+		for _, kind := range []string{"agenttest", "agentbench"} {
+			m, _ := filepath.Glob(filepath.Join(root, fmt.Sprintf("podvisor-%s-%d-*", kind, pid)))
+			out = append(out, m...)
+		}
+	}
+	return out
+}
+
+// cgroupRoots lists the mounted hierarchies under /sys/fs/cgroup; a
+// symlinked name (cpu -> cpu,cpuacct) is skipped: its target is listed.
 func cgroupRoots() []string {
 	entries, _ := os.ReadDir("/sys/fs/cgroup")
 	var roots []string

@@ -28,6 +28,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
@@ -393,7 +394,7 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	if len(s.cfg.Services) == 0 {
 		return nil
 	}
-	settings := s.cfg.settings(s.Datacenter != nil)
+	settings := s.settings()
 	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
 	if err != nil {
 		return err
@@ -488,12 +489,45 @@ func (e Endpoints) EnvFile() string {
 	return b.String()
 }
 
-// simulatorEnv renders simulatorDefaults as exports, sorted, with the
-// value in force (up's environment wins over the default).
+// guestTimeout is how long the provisioner lets a powered-on pod VM's guest
+// stay silent before drift repair power-cycles it, when guests run: a
+// simulated guest reports within seconds of power-on.
+const guestTimeout = "60s"
+
+// serviceDefaults are simulatorDefaults plus the settings that follow from
+// whether the simulated pod VMs run guests: with guests, the provisioner
+// repairs a silent guest after guestTimeout; without, it never expects a
+// guest (no repair of silence, and a delete powers off at once instead of
+// waiting out the grace period for a report that cannot come).
+func (s *System) serviceDefaults() map[string]string {
+	out := maps.Clone(simulatorDefaults)
+	if s.GuestsOff == "" {
+		out[provisioner.EnvGuestTimeout] = guestTimeout
+	} else {
+		out[provisioner.EnvAwaitGuestStop] = "false"
+	}
+	return out
+}
+
+// settings is the services' configuration source: cfg.Settings or the
+// environment, over serviceDefaults when the simulator is ours.
+func (s *System) settings() config.Source {
+	if s.Datacenter == nil {
+		return s.cfg.settings(false)
+	}
+	src := s.cfg.Settings
+	if src == nil {
+		src = config.Env()
+	}
+	return config.Layered(src, config.Map(s.serviceDefaults()))
+}
+
+// simulatorEnv renders serviceDefaults as exports, sorted, with the value
+// in force (up's environment wins over the default).
 func (s *System) simulatorEnv() string {
-	src := s.cfg.settings(true)
+	src := s.settings()
 	var b strings.Builder
-	for _, k := range slices.Sorted(maps.Keys(simulatorDefaults)) {
+	for _, k := range slices.Sorted(maps.Keys(s.serviceDefaults())) {
 		v, _ := src(k)
 		fmt.Fprintf(&b, "export %s=%s\n", k, quote(v))
 	}
