@@ -32,8 +32,12 @@ func TestExitCodesAndSignals(t *testing.T) {
 // a container's init started by `runc run --detach` does both.
 func TestClaimOrphan(t *testing.T) {
 	for _, script := range []string{
-		"( (exit 4) & echo $! ); sleep 0.2", // orphan ends before it is claimed
-		"(sleep 0.2; exit 4) & echo $!",     // orphan outlives its parent
+		// The orphan ends before it is claimed: its parent has exec'd sleep
+		// by then, which never reaps it (a shell might, and the orphan
+		// would never come back), so it returns to the reaper, already
+		// ended, when sleep ends.
+		"(sleep 0.1; exit 4) & echo $!; exec sleep 0.4",
+		"(sleep 0.2; exit 4) & echo $!", // orphan outlives its parent
 	} {
 		out, st, err := Output(exec.Command("/bin/sh", "-c", script))
 		if err != nil || st.ExitCode() != 0 {
