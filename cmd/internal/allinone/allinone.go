@@ -369,6 +369,11 @@ func (s *System) startRegistry(ctx context.Context) error {
 	if _, err := ociregistry.Seed(ctx, reg.Addr()); err != nil {
 		return fmt.Errorf("up: seed registry: %w", err)
 	}
+	// The sample images above hold data only; busybox is the one whose
+	// containers run, seeded when this machine has busybox-static.
+	if _, err := ociregistry.SeedBusybox(ctx, reg.Addr()); err != nil && !ociregistry.IsMissing(err) {
+		return fmt.Errorf("up: seed registry: %w", err)
+	}
 	return nil
 }
 
