@@ -95,7 +95,17 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 		out, _, _ := run(t, dir, "", "events", "--dlq")
 		t.Fatalf("no pod.vm.ready for sdk/web reached the SDK consumer; dead letters:\n%s", out)
 	}
-	out, _, code := run(t, dir, "", "get", "pod", "web", "-n", "sdk", "-o", `jsonpath={.status.conditions[?(@.type=="VMReady")].status}`)
+	// The record that shows the fact is saved by the provisioner beside
+	// the event: wait for it rather than race it.
+	var out string
+	var code int
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		out, _, code = run(t, dir, "", "get", "pod", "web", "-n", "sdk", "-o", `jsonpath={.status.conditions[?(@.type=="VMReady")].status}`)
+		if (code == 0 && out == "True") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // polling the record, the condition itself is what is awaited
+	}
 	if code != 0 || out != "True" {
 		t.Errorf("podvisor get pod sdk/web: VMReady %q (exit %d), want True", out, code)
 	}
