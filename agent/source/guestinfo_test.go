@@ -2,6 +2,7 @@ package source
 
 import (
 	"errors"
+	"github.com/podvisor/podvisor/agent/internal/privtest"
 	"os"
 	"strings"
 	"testing"
@@ -27,9 +28,7 @@ func TestParseInfoGet(t *testing.T) {
 // configuration disk. The QEMU boot test covers a hypervisor whose vmport
 // answers the version query but not the RPC channel.
 func TestGuestinfoUnavailableHere(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("I/O port access needs root")
-	}
+	privtest.Require(t, "I/O port access")
 	b, _ := os.ReadFile("/sys/class/dmi/id/sys_vendor")
 	if strings.Contains(string(b), "VMware") {
 		t.Skip("this machine is a VMware VM: the backdoor is really there")

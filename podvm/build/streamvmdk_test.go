@@ -7,14 +7,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // qemu-img, an independent reader of VMDK, converts the stream back to the
 // same raw bytes.
 func TestStreamOptimizedReadsBack(t *testing.T) {
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img (qemu-utils) is not installed")
-	}
+	privtest.RequireTools(t, "qemu-img")
 	dir := t.TempDir()
 	raw := make([]byte, 40<<20) // more than one grain table (32 MiB)
 	rnd := rand.New(rand.NewSource(1))
