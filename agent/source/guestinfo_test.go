@@ -2,10 +2,11 @@ package source
 
 import (
 	"errors"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/podvisor/podvisor/agent/internal/privtest"
 )
 
 func TestParseInfoGet(t *testing.T) {
