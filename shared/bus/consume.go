@@ -452,6 +452,10 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 			err = rerr
 		case rt.Subject != msg.Subject():
 			err = fmt.Errorf("type %s travels on subject %s, not %s", ev.Type(), rt.Subject, msg.Subject())
+		case !events.SourceAllowed(ev.Type(), ev.Source()):
+			// The server's permissions keep a service from publishing
+			// another's facts; this catches one that arrived some other way.
+			err = fmt.Errorf("%w: source %q may not publish %s (publishers: %s)", ErrForeignSource, ev.Source(), ev.Type(), strings.Join(events.Publishers(ev.Type()), ", "))
 		}
 	}
 	if err != nil {
