@@ -155,6 +155,12 @@ func (c ConsumerConfig) Validate() error {
 	if md > 0 && len(c.BackOff) >= md {
 		errs = append(errs, fmt.Errorf("MaxDeliver %d: must be greater than len(BackOff) %d (entries past delivery %d would never be used)", md, len(c.BackOff), md-1))
 	}
+	if h := c.retryHorizon(md); h > DuplicateWindow {
+		// A handler that published its effect and failed before acking
+		// republishes it on a later delivery; the stream drops the copy
+		// only while it remembers the id.
+		errs = append(errs, fmt.Errorf("MaxDeliver %d with BackOff %v: retries span %s, longer than the streams' de-duplication window %s (a replayed effect could be stored twice)", md, c.BackOff, h, DuplicateWindow))
+	}
 	if c.MaxPending < 0 || (c.MaxPending > 0 && c.MaxPending < c.Workers) {
 		errs = append(errs, fmt.Errorf("MaxPending %d: must be at least Workers (%d), or 0 for 4×Workers", c.MaxPending, c.Workers))
 	}
@@ -165,6 +171,25 @@ func (c ConsumerConfig) Validate() error {
 		return fmt.Errorf("bus: consumer config: %w", err)
 	}
 	return nil
+}
+
+// retryHorizon is how long after its first delivery a message can be
+// delivered again: the waits between md deliveries (0 when unlimited, which
+// has no horizon to check).
+func (c ConsumerConfig) retryHorizon(md int) time.Duration {
+	if md <= 0 {
+		return 0
+	}
+	bo := c.BackOff
+	if bo == nil {
+		bo = DefaultBackOff
+	}
+	cc := ConsumerConfig{BackOff: bo}
+	var h time.Duration
+	for n := 1; n < md; n++ {
+		h += cc.backoff(uint64(n))
+	}
+	return h
 }
 
 // backoff is the delay before redelivering after failed delivery n (1-based).
