@@ -212,3 +212,20 @@ func (a *Authority) configure(opts *server.Options) error {
 	opts.SystemAccount = a.systemPub
 	return nil
 }
+
+// CredsIdentity reads the identity name a creds file was minted for.
+func CredsIdentity(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds: %w", err)
+	}
+	tok, err := jwt.ParseDecoratedJWT(b)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+	}
+	return uc.Name, nil
+}

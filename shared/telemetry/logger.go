@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"github.com/podvisor/podvisor/shared/redact"
+
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,10 +13,13 @@ import (
 // NewLogger returns a logger writing text (or JSON when json is true) at level.
 func NewLogger(w io.Writer, level slog.Level, json bool) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
+	// Every line passes redact: a URL with credentials (GOVC_URL, a
+	// Redis URL) logged by any part, or inside a library's error, shows
+	// its password masked.
 	if json {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(redact.NewHandler(slog.NewJSONHandler(w, opts)))
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(redact.NewHandler(slog.NewTextHandler(w, opts)))
 }
 
 // ParseLevel reads a level name (debug, info, warn, error); empty means info.

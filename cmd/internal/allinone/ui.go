@@ -1,6 +1,8 @@
 package allinone
 
 import (
+	"github.com/podvisor/podvisor/shared/redact"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +12,6 @@ import (
 	"sort"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/shared/bus"
@@ -43,7 +44,7 @@ func (s *System) startUI(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: status page: %w", err)
 	}
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-status"))
+	b, err := s.Dial(ctx, "status")
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("up: status page: %w", err)
@@ -111,7 +112,7 @@ func (s *System) statusData(ctx context.Context, b *bus.Bus) (map[string]any, er
 	}
 	sort.Slice(phaseRows, func(i, j int) bool { return phaseRows[i].Name < phaseRows[j].Name })
 	return map[string]any{
-		"NATS": s.Endpoints.NATSURL, "Registry": s.Endpoints.Registry,
+		"NATS": redact.URL(s.Endpoints.NATSURL), "Registry": s.Endpoints.Registry,
 		"Now": time.Now().Format(time.TimeOnly), "Phases": phaseRows, "Buckets": buckets,
 	}, nil
 }

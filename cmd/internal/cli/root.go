@@ -79,6 +79,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newInstallCmd(g),
 		newLogsCmd(g),
 		newExecCmd(g),
+		newConfigCmd(g),
 	)
 	usageArgs(root)
 	return root

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/health"
+	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -27,9 +29,9 @@ func newServeCmd(g *globals) *cobra.Command {
 		Short: "Run one service (what a container runs): " + strings.Join(runner.Names(), ", "),
 		Long: `serve runs one podvisor service until SIGTERM or Ctrl-C, then drains its consumers.
 Configuration comes only from the environment (and mounted secret files):
-  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS          NATS endpoint and credentials file
+  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file, CA
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
-  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE                       Redis
+  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
@@ -77,15 +79,18 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	}
 	defer tel.Shutdown(context.Background())
 
-	natsURL, err := g.endpoint(g.natsURL, "PODVISOR_NATS_URL")
-	if err != nil {
-		return err
+	conf := bus.ConnConfigFromEnv("podvisor-" + spec.Name)
+	if g.natsURL != "" {
+		conf.URL = g.natsURL
 	}
-	opts := []nats.Option{nats.Name("podvisor-" + spec.Name)}
-	if creds := os.Getenv("PODVISOR_NATS_CREDS"); creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
+	if local {
+		// Beside a local `podvisor up`, the env file names the client's
+		// creds; the service runs as its own identity, minted by up.
+		if p := filepath.Join(g.stateDir, "nats-auth", spec.Name+".creds"); fileExists(p) {
+			conf.CredsFile = p
+		}
 	}
-	b, err := bus.Connect(ctx, natsURL, opts...)
+	b, err := bus.Dial(ctx, conf)
 	if err != nil {
 		return err
 	}
@@ -98,8 +103,13 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		}
 		topo = append(topo, bus.WithReplicas(n))
 	}
-	if err := b.EnsureTopology(ctx, topo...); err != nil {
-		return err
+	// Declaring streams takes the admin identity; a service that runs as
+	// its own relies on `podvisor up` (or the deployment's admin) having
+	// declared them, and fails on its first consumer if not.
+	if who, _ := bus.CredsIdentity(conf.CredsFile); conf.CredsFile == "" || who == bus.IdentityAdmin {
+		if err := b.EnsureTopology(ctx, topo...); err != nil {
+			return err
+		}
 	}
 	deps := runner.Deps{Bus: b, Logger: logger}
 	checks := map[string]health.Check{
@@ -151,7 +161,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	}
 	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
 
-	logger.Info("serving", "service", spec.Name, "nats", natsURL, "health", ln.Addr().String())
+	logger.Info("serving", "service", spec.Name, "nats", conf.URL, "health", ln.Addr().String())
 	grp, gctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return hs.Serve(gctx, ln) })
 	grp.Go(func() error {
@@ -176,7 +186,7 @@ func redisFromEnv() (*redis.Client, error) {
 	if raw == "" {
 		return nil, errors.New("PODVISOR_REDIS_URL is not set")
 	}
-	opts, err := redis.ParseURL(raw)
+	opts, err := redisserver.ClientOptions(raw, os.Getenv("PODVISOR_REDIS_CA"))
 	if err != nil {
 		return nil, fmt.Errorf("PODVISOR_REDIS_URL: %w", err)
 	}
@@ -188,4 +198,9 @@ func redisFromEnv() (*redis.Client, error) {
 		opts.Password = strings.TrimSpace(string(pw))
 	}
 	return redis.NewClient(opts), nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
