@@ -25,8 +25,16 @@ type Config struct {
 	// Username and Password log in; they override credentials in URL.
 	Username string
 	Password string
-	// Insecure skips TLS certificate verification (GOVC_INSECURE).
+	// Insecure skips TLS certificate verification (GOVC_INSECURE): only
+	// when asked for, never as a default.
 	Insecure bool
+	// CAFile lists PEM files of the CAs that sign vCenter's certificate
+	// (GOVC_TLS_CA_CERTS, colon-separated like govc's).
+	CAFile string
+	// Thumbprint pins vCenter's certificate by its SHA-1 thumbprint as
+	// vCenter shows it ("AB:CD:..."; PODVISOR_VCENTER_THUMBPRINT), for a
+	// vCenter with a self-signed certificate.
+	Thumbprint string
 	// Datacenter is the datacenter to work in; empty means the only one
 	// (an error when there are several).
 	Datacenter string
@@ -76,6 +84,8 @@ func ConfigFromEnv() (Config, error) {
 	if pass != "" {
 		cfg.Password = pass
 	}
+	cfg.CAFile = os.Getenv("GOVC_TLS_CA_CERTS")
+	cfg.Thumbprint = os.Getenv("PODVISOR_VCENTER_THUMBPRINT")
 	if v := os.Getenv("GOVC_INSECURE"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

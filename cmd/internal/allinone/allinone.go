@@ -95,6 +95,10 @@ type Endpoints struct {
 	// every listener up starts has a certificate it signed.
 	CAFile     string
 	VCenterURL string // with credentials
+	// VCenterCA verifies the vCenter's certificate (ours for the
+	// simulator); VCenterInsecure is set only when GOVC_INSECURE asked.
+	VCenterCA       string
+	VCenterInsecure bool
 	RedisURL   string // as the read-only user
 	RedisCA    string // CA of a TLS Redis
 	Registry   string // host:port
@@ -286,6 +290,8 @@ func (s *System) Dial(ctx context.Context, name string) (*bus.Bus, error) {
 func (s *System) startVCenter(ctx context.Context) error {
 	if s.cfg.VCenterURL != "" {
 		s.Endpoints.VCenterURL = s.cfg.VCenterURL
+		s.Endpoints.VCenterCA = os.Getenv("GOVC_TLS_CA_CERTS")
+		s.Endpoints.VCenterInsecure, _ = strconv.ParseBool(os.Getenv("GOVC_INSECURE"))
 		return nil
 	}
 	port, err := freePort(s.cfg.Host, s.cfg.VCenterPort)
@@ -306,7 +312,12 @@ func (s *System) startVCenter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	simTLS, err := s.ca.ServerTLS("vcenter", pki.Hosts(s.cfg.Host)...)
+	if err != nil {
+		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
 	dc, err := sim.Start(ctx, sim.Config{
+		TLS:             simTLS,
 		Guests:          guests,
 		GuestsRequired:  guestsRequired,
 		Dir:             dsDir,
@@ -337,6 +348,7 @@ func (s *System) startVCenter(ctx context.Context) error {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
 	}
 	s.Endpoints.VCenterURL = dc.URL().String()
+	s.Endpoints.VCenterCA = s.ca.CAFile()
 	return nil
 }
 
@@ -462,7 +474,7 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 			}
 		}
 	}
-	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
+	vcCfg, err := s.vsphereConfig()
 	if err != nil {
 		return err
 	}
@@ -496,15 +508,31 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	return nil
 }
 
-func vsphereConfig(raw string) (vsphere.Config, error) {
+// vsphereConfig is how the services reach vCenter: the simulator is
+// verified against our CA; an external vCenter against GOVC_TLS_CA_CERTS or
+// a pinned PODVISOR_VCENTER_THUMBPRINT, and without verification only when
+// GOVC_INSECURE asks for it.
+func (s *System) vsphereConfig() (vsphere.Config, error) {
+	raw := s.Endpoints.VCenterURL
 	u, err := url.Parse(raw)
 	if err != nil {
-		return vsphere.Config{}, fmt.Errorf("up: vCenter URL: %w", err)
+		return vsphere.Config{}, fmt.Errorf("up: vCenter URL: %s", redact.String(err.Error()))
 	}
-	cfg := vsphere.Config{URL: raw, Insecure: true}
+	cfg := vsphere.Config{URL: raw}
 	if u.User != nil {
 		cfg.Username = u.User.Username()
 		cfg.Password, _ = u.User.Password()
+	}
+	if s.Datacenter != nil {
+		cfg.CAFile = s.ca.CAFile()
+		return cfg, nil
+	}
+	cfg.CAFile = os.Getenv("GOVC_TLS_CA_CERTS")
+	cfg.Thumbprint = os.Getenv("PODVISOR_VCENTER_THUMBPRINT")
+	if v := os.Getenv("GOVC_INSECURE"); v != "" {
+		if cfg.Insecure, err = strconv.ParseBool(v); err != nil {
+			return cfg, fmt.Errorf("up: GOVC_INSECURE=%q: want 1, true, 0 or false", v)
+		}
 	}
 	return cfg, nil
 }
@@ -554,7 +582,12 @@ func (e Endpoints) EnvFile() string {
 		line("NATS_CA", e.CAFile)
 	}
 	line("GOVC_URL", e.VCenterURL)
-	line("GOVC_INSECURE", "1")
+	if e.VCenterCA != "" {
+		line("GOVC_TLS_CA_CERTS", e.VCenterCA)
+	}
+	if e.VCenterInsecure {
+		line("GOVC_INSECURE", "1")
+	}
 	line("PODVISOR_REDIS_URL", e.RedisURL)
 	if e.RedisCA != "" {
 		line("PODVISOR_REDIS_CA", e.RedisCA)

@@ -1,6 +1,8 @@
 package allinone
 
 import (
+	"crypto/tls"
+	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/redact"
 
 	"context"
@@ -44,6 +46,12 @@ func (s *System) startUI(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: status page: %w", err)
 	}
+	uiTLS, err := s.ca.ServerTLS("status", pki.Hosts(s.cfg.Host)...)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("up: status page: %w", err)
+	}
+	ln = tls.NewListener(ln, uiTLS)
 	b, err := s.Dial(ctx, "status")
 	if err != nil {
 		ln.Close()
@@ -68,7 +76,7 @@ func (s *System) startUI(ctx context.Context) error {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	s.Endpoints.UIURL = "http://" + ln.Addr().String()
+	s.Endpoints.UIURL = "https://" + ln.Addr().String()
 	return nil
 }
 
