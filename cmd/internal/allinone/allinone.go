@@ -99,10 +99,10 @@ type Endpoints struct {
 	// simulator); VCenterInsecure is set only when GOVC_INSECURE asked.
 	VCenterCA       string
 	VCenterInsecure bool
-	RedisURL   string // as the read-only user
-	RedisCA    string // CA of a TLS Redis
-	Registry   string // host:port
-	UIURL      string
+	RedisURL        string // as the read-only user
+	RedisCA         string // CA of a TLS Redis
+	Registry        string // host:port
+	UIURL           string
 }
 
 // System is a running all-in-one.
