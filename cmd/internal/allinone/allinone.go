@@ -91,9 +91,9 @@ type Endpoints struct {
 	// NATSCreds is the client identity's creds file: what the CLI and
 	// the nats CLI use (the env file exports it).
 	NATSCreds string
-	// CAFile is the installation's CA (empty with external parts only):
-	// every listener up starts has a certificate it signed.
-	CAFile     string
+	// NATSCA verifies the NATS server's certificate: the installation's CA
+	// for the embedded server, PODVISOR_NATS_CA for an external one.
+	NATSCA     string
 	VCenterURL string // with credentials
 	// VCenterCA verifies the vCenter's certificate (ours for the
 	// simulator); VCenterInsecure is set only when GOVC_INSECURE asked.
@@ -165,7 +165,6 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
 		return nil, fmt.Errorf("up: %w", err)
 	}
-	s.Endpoints.CAFile = s.ca.CAFile()
 	if err := s.startNATS(ctx); err != nil {
 		return nil, err
 	}
@@ -247,9 +246,11 @@ func (s *System) startNATS(ctx context.Context) error {
 		s.onClose(emb.Shutdown)
 		s.Endpoints.NATSURL = emb.URL()
 		s.Endpoints.NATSCreds = s.creds[bus.IdentityClient]
+		s.Endpoints.NATSCA = s.ca.CAFile()
 	} else {
 		s.Endpoints.NATSURL = s.cfg.NATSURL
 		s.Endpoints.NATSCreds = s.cfg.NATSCreds
+		s.Endpoints.NATSCA = s.cfg.NATSCA
 	}
 	b, err := s.Dial(ctx, "up")
 	if err != nil {
@@ -577,9 +578,9 @@ func (e Endpoints) EnvFile() string {
 		line("PODVISOR_NATS_CREDS", e.NATSCreds)
 		line("NATS_CREDS", e.NATSCreds)
 	}
-	if e.CAFile != "" {
-		line("PODVISOR_NATS_CA", e.CAFile)
-		line("NATS_CA", e.CAFile)
+	if e.NATSCA != "" {
+		line("PODVISOR_NATS_CA", e.NATSCA)
+		line("NATS_CA", e.NATSCA)
 	}
 	line("GOVC_URL", e.VCenterURL)
 	if e.VCenterCA != "" {

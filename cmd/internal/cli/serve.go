@@ -83,7 +83,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	if g.natsURL != "" {
 		conf.URL = g.natsURL
 	}
-	if local {
+	if local && conf.CredsFile != "" {
 		// Beside a local `podvisor up`, the env file names the client's
 		// creds; the service runs as its own identity, minted by up.
 		if p := filepath.Join(g.stateDir, "nats-auth", spec.Name+".creds"); fileExists(p) {
@@ -151,7 +151,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		// `podvisor up` several services share the machine, so each takes a
 		// free loopback port (logged below).
 		addr = ":8081"
-		if local {
+		if local && conf.CredsFile != "" {
 			addr = "127.0.0.1:0"
 		}
 	}
