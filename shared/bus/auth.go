@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -182,6 +183,45 @@ func (a *Authority) mint(id Identity) (string, error) {
 		return "", fmt.Errorf("bus: creds %s: %w", id.Name, err)
 	}
 	return path, nil
+}
+
+// MintAs writes the creds file of a new identity called name with the
+// permissions of the table's entry role (client, admin or a service): a
+// second client for another person or system, a service's replica with its
+// own key. It returns the file's path.
+func (a *Authority) MintAs(name, role string) (string, error) {
+	id, err := LookupIdentity(role)
+	if err != nil {
+		return "", err
+	}
+	if !validIdentityName.MatchString(name) {
+		return "", fmt.Errorf("bus: identity name %q: want lowercase letters, digits and dashes", name)
+	}
+	id.Name = name
+	return a.mint(id)
+}
+
+var validIdentityName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// ServerConfig is the nats-server configuration that trusts this authority
+// (operator, system account, and the accounts preloaded into a memory
+// resolver): what a NATS server outside `podvisor up` includes, for
+// example from a Kubernetes Secret.
+func (a *Authority) ServerConfig() (string, error) {
+	otok, err := a.operatorClaims.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`# podvisor NATS authority: include from nats.conf.
+operator: %s
+system_account: %s
+max_control_line: %d
+resolver: MEMORY
+resolver_preload: {
+  %s: %s
+  %s: %s
+}
+`, otok, a.systemPub, MaxControlLine, a.systemPub, a.systemAccountJWT, a.accountPub, a.accountJWT), nil
 }
 
 // MintAll writes the creds file of every identity of the table and

@@ -6,12 +6,14 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -250,5 +252,48 @@ func TestCredsFitTheControlLine(t *testing.T) {
 		if len(tok) > bus.MaxControlLine-1024 {
 			t.Errorf("%s: JWT of %d bytes, too close to the server's %d-byte control line", name, len(tok), bus.MaxControlLine)
 		}
+	}
+}
+
+// TestMintAsAnotherClient: a second client minted with the client's
+// permissions connects under its own name and may publish only requests.
+func TestMintAsAnotherClient(t *testing.T) {
+	s := startSecure(t)
+	path, err := s.auth.MintAs("ci-robot", bus.IdentityClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who, err := bus.CredsIdentity(path); err != nil || who != "ci-robot" {
+		t.Fatalf("creds name %q, %v", who, err)
+	}
+	b, err := bus.Dial(testContext(t), bus.ConnConfig{URL: s.srv.URL(), CredsFile: path, CAFile: s.caPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Publish(testContext(t), requestEvent(t, "robot")); err != nil {
+		t.Errorf("second client's request: %v", err)
+	}
+	if _, err := b.JetStream().Publish(shortContext(t), events.SubjectPodRunning, []byte("{}")); err == nil {
+		t.Error("second client published pod.running")
+	}
+	if _, err := s.auth.MintAs("Bad Name", bus.IdentityClient); err == nil {
+		t.Error("an identity name with spaces was minted")
+	}
+	cfg, err := s.auth.ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A nats-server reading it trusts the operator and knows both accounts.
+	conf := filepath.Join(t.TempDir(), "auth.conf")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("nats-server cannot read the config: %v\n%s", err, cfg)
+	}
+	if len(opts.TrustedOperators) != 1 || opts.SystemAccount == "" || opts.MaxControlLine != bus.MaxControlLine {
+		t.Errorf("server options: operators %d, system account %q, max control line %d", len(opts.TrustedOperators), opts.SystemAccount, opts.MaxControlLine)
 	}
 }

@@ -80,6 +80,8 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newLogsCmd(g),
 		newExecCmd(g),
 		newConfigCmd(g),
+		newIdentityCmd(g),
+		newTopologyCmd(g),
 	)
 	usageArgs(root)
 	return root

@@ -29,7 +29,8 @@ func newServeCmd(g *globals) *cobra.Command {
 		Short: "Run one service (what a container runs): " + strings.Join(runner.Names(), ", "),
 		Long: `serve runs one podvisor service until SIGTERM or Ctrl-C, then drains its consumers.
 Configuration comes only from the environment (and mounted secret files):
-  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file, CA
+  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file
+                                                  (or a directory holding <service>.creds), CA
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
@@ -89,6 +90,11 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		if p := filepath.Join(g.stateDir, "nats-auth", spec.Name+".creds"); fileExists(p) {
 			conf.CredsFile = p
 		}
+	}
+	// A directory of creds files (a mounted Secret holding every
+	// service's) gives each service its own: <dir>/<service>.creds.
+	if st, err := os.Stat(conf.CredsFile); err == nil && st.IsDir() {
+		conf.CredsFile = filepath.Join(conf.CredsFile, spec.Name+".creds")
 	}
 	b, err := bus.Dial(ctx, conf)
 	if err != nil {
