@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -84,6 +85,9 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	if g.natsURL != "" {
 		conf.URL = g.natsURL
 	}
+	if local {
+		localRedisUser(g.stateDir, spec.Name)
+	}
 	if local && conf.CredsFile != "" {
 		// Beside a local `podvisor up`, the env file names the client's
 		// creds; the service runs as its own identity, minted by up.
@@ -157,6 +161,9 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 		// `podvisor up` several services share the machine, so each takes a
 		// free loopback port (logged below).
 		addr = ":8081"
+		if local {
+			localRedisUser(g.stateDir, spec.Name)
+		}
 		if local && conf.CredsFile != "" {
 			addr = "127.0.0.1:0"
 		}
@@ -185,6 +192,23 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, local bool) error 
 	}
 	logger.Info("stopped")
 	return err
+}
+
+// localRedisUser gives a service beside a local `podvisor up` its own
+// Redis ACL user: the env file's URL is the read-only user's, and up keeps
+// each service user's password in the state dir.
+func localRedisUser(stateDir, service string) {
+	raw := os.Getenv("PODVISOR_REDIS_URL")
+	pw, err := os.ReadFile(filepath.Join(stateDir, "redis-"+service+"-password"))
+	if raw == "" || err != nil {
+		return
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return
+	}
+	u.User = url.UserPassword(service, strings.TrimSpace(string(pw)))
+	os.Setenv("PODVISOR_REDIS_URL", u.String())
 }
 
 func redisFromEnv() (*redis.Client, error) {
