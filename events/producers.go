@@ -21,6 +21,9 @@ const (
 	PublisherImageCache  = "imagecache"
 	PublisherNetConfig   = "netconfig"
 	PublisherMigration   = "migration"
+	// PublisherHostAgent is the per-host agent (one identity shared by
+	// every host's agent, or one minted per host with its permissions).
+	PublisherHostAgent = "hostagent"
 )
 
 // SourcePrefix starts the CloudEvent source of every podvisor service:
@@ -31,20 +34,21 @@ const SourcePrefix = "podvisor/"
 // is both a request and something a service asks for on a person's behalf
 // (migration asks for the migrations of a drain).
 var publishers = map[string][]string{
-	TypePodRequested:       {PublisherClient},
-	TypePodAccepted:        {PublisherProvisioner},
-	TypePodRejected:        {PublisherProvisioner},
-	TypePodScheduled:       {PublisherScheduler},
-	TypePodUnschedulable:   {PublisherScheduler},
-	TypePodImagesReady:     {PublisherImageCache},
-	TypePodImagesFailed:    {PublisherImageCache},
-	TypePodNetworkAttached: {PublisherNetConfig},
-	TypePodNetworkFailed:   {PublisherNetConfig},
-	TypePodRunning:         {PublisherProvisioner},
-	TypePodFailed:          {PublisherProvisioner},
-	TypePodDeleteRequested: {PublisherClient},
-	TypePodDeleted:         {PublisherProvisioner},
-	TypePodEvicted:         {PublisherMigration},
+	TypePodRequested:          {PublisherClient},
+	TypePodAccepted:           {PublisherProvisioner},
+	TypePodRejected:           {PublisherProvisioner},
+	TypePodScheduled:          {PublisherScheduler},
+	TypePodUnschedulable:      {PublisherScheduler},
+	TypePodImagesReady:        {PublisherImageCache},
+	TypePodImagesFailed:       {PublisherImageCache},
+	TypePodNetworkAttached:    {PublisherNetConfig},
+	TypePodNetworkFailed:      {PublisherNetConfig},
+	TypePodRunning:            {PublisherProvisioner},
+	TypePodFailed:             {PublisherProvisioner},
+	TypePodDeleteRequested:    {PublisherClient},
+	TypePodDeleted:            {PublisherProvisioner},
+	TypePodEvicted:            {PublisherMigration},
+	TypePodContainersReported: {PublisherHostAgent},
 
 	TypeImagePulled:  {PublisherImageCache},
 	TypeImageEvicted: {PublisherImageCache},

@@ -63,6 +63,10 @@ func Identities() []Identity {
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherMigration, Consumes: []string{StreamMigrations, StreamHosts},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
+		// The host agent reports what runs in its pod VMs and answers
+		// logs and exec of its pods by request/reply.
+		{Name: events.PublisherHostAgent, Consumes: []string{StreamPods}, Reads: []string{BucketPods},
+			Serves: []string{"pv.query.pod.>"}},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
 	}
