@@ -40,7 +40,15 @@ type Config struct {
 	Datacenter string
 	// KeepAlive is the interval of the idle-session check (default 5 min).
 	KeepAlive time.Duration
+	// CallTimeout bounds every vSphere API call, so that a vCenter that
+	// stops answering fails a call instead of hanging its handler (default
+	// DefaultCallTimeout; long waits use MaxWaitSeconds well below it).
+	CallTimeout time.Duration
 }
+
+// DefaultCallTimeout bounds one vSphere call: long enough for a datastore
+// upload of an image layer, far beyond any SOAP call's normal time.
+const DefaultCallTimeout = 5 * time.Minute
 
 // ConfigFromEnv reads govc's environment: GOVC_URL (may carry user:pass@),
 // GOVC_USERNAME and GOVC_PASSWORD (override the URL's), GOVC_INSECURE (1, true,

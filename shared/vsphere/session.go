@@ -61,6 +61,10 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	}
 
 	sc := soap.NewClient(u, cfg.Insecure)
+	sc.Timeout = cfg.CallTimeout
+	if sc.Timeout == 0 {
+		sc.Timeout = DefaultCallTimeout
+	}
 	if cfg.CAFile != "" {
 		if err := sc.SetRootCAs(cfg.CAFile); err != nil {
 			return nil, fmt.Errorf("vsphere: CA certificates %s (GOVC_TLS_CA_CERTS): %w", cfg.CAFile, err)
