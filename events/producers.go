@@ -121,3 +121,14 @@ func SourceAllowed(ceType, source string) bool {
 	svc, ok := strings.CutPrefix(source, SourcePrefix)
 	return ok && slices.Contains(pubs, svc)
 }
+
+// OwnerSource is the CloudEvent source of ceType's first publisher
+// (podvisor/<service>), or podvisor/client for a request: what a tool or a
+// test that stands in for the owner sets so that consumers accept it.
+func OwnerSource(ceType string) string {
+	pubs := publishers[ceType]
+	if len(pubs) == 0 {
+		return SourcePrefix + PublisherClient
+	}
+	return SourcePrefix + pubs[0]
+}

@@ -30,20 +30,13 @@ func testContext(t testing.TB) context.Context {
 
 func mustEvent(t testing.TB, ceType, subject string, data any) event.Event {
 	t.Helper()
-	ev, err := bus.NewEvent(sourceOf(ceType), ceType, subject, data)
+	ev, err := bus.NewEvent(events.OwnerSource(ceType), ceType, subject, data)
 	if err != nil {
 		t.Fatalf("NewEvent: %v", err)
 	}
 	return ev
 }
 
-// sourceOf is a source consumers accept for ceType: its first publisher's.
-func sourceOf(ceType string) string {
-	if pubs := events.Publishers(ceType); len(pubs) > 0 && pubs[0] != events.PublisherClient {
-		return events.SourcePrefix + pubs[0]
-	}
-	return "podvisor/test"
-}
 
 func mustPublish(t testing.TB, b *bus.Bus, ev event.Event) {
 	t.Helper()
