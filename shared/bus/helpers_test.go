@@ -37,7 +37,6 @@ func mustEvent(t testing.TB, ceType, subject string, data any) event.Event {
 	return ev
 }
 
-
 func mustPublish(t testing.TB, b *bus.Bus, ev event.Event) {
 	t.Helper()
 	if err := b.Publish(testContext(t), ev); err != nil {
