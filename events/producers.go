@@ -48,6 +48,7 @@ var publishers = map[string][]string{
 	TypePodDeleteRequested:    {PublisherClient},
 	TypePodDeleted:            {PublisherProvisioner},
 	TypePodEvicted:            {PublisherMigration},
+	TypePodVMReady:            {PublisherProvisioner},
 	TypePodContainersReported: {PublisherHostAgent},
 
 	TypeImagePulled:  {PublisherImageCache},
