@@ -422,7 +422,7 @@ var expectedSecrets = map[string][]string{
 	"podvisor-vcenter":    {"url", "username", "password"},
 	"podvisor-redis":      {"password"},
 	"podvisor-nats-auth":  {"auth.conf"},
-	"podvisor-nats-creds": {"podvisor.creds"},
+	"podvisor-nats-creds": {"scheduler.creds", "provisioner.creds", "imagecache.creds", "netconfig.creds", "migration.creds"},
 }
 
 // Every reference resolves: Secrets and their keys, ConfigMaps, service

@@ -147,6 +147,9 @@ type system struct {
 	dir string
 	env map[string]string
 	up  *process
+
+	mu      sync.Mutex
+	outputs []string // every CLI output, for the secret check
 }
 
 // startUp runs `podvisor up` with every port free-chosen, waits for the env
@@ -259,6 +262,9 @@ func (s *system) cli(stdin []byte, args ...string) cliResult {
 		code = -1
 		errb.WriteString(err.Error())
 	}
+	s.mu.Lock()
+	s.outputs = append(s.outputs, out.String(), errb.String())
+	s.mu.Unlock()
 	return cliResult{args: args, stdout: out.String(), stderr: errb.String(), code: code}
 }
 
@@ -342,9 +348,10 @@ func eventually(t *testing.T, timeout, interval time.Duration, what string, cond
 }
 
 // connectNATS is a raw NATS client of the system.
-func connectNATS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
+func connectNATS(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
-	nc, err := nats.Connect(url, nats.Name("podvisor-e2e"), nats.MaxReconnects(-1), nats.ReconnectWait(200*time.Millisecond))
+	opts = append([]nats.Option{nats.Name("podvisor-e2e"), nats.MaxReconnects(-1), nats.ReconnectWait(200 * time.Millisecond)}, opts...)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatalf("connect to NATS %s: %v", url, err)
 	}
@@ -354,6 +361,19 @@ func connectNATS(t *testing.T, url string) (*nats.Conn, jetstream.JetStream) {
 		t.Fatal(err)
 	}
 	return nc, js
+}
+
+// natsOpts are what the env file gives a NATS client: the client
+// identity's creds and the CA of the server's certificate.
+func (s *system) natsOpts() []nats.Option {
+	var opts []nats.Option
+	if c := s.env["PODVISOR_NATS_CREDS"]; c != "" {
+		opts = append(opts, nats.UserCredentials(c))
+	}
+	if ca := s.env["PODVISOR_NATS_CA"]; ca != "" {
+		opts = append(opts, nats.RootCAs(ca))
+	}
+	return opts
 }
 
 // freePort asks the kernel for a free loopback port.

@@ -300,6 +300,9 @@ func TestPods(t *testing.T) {
 			return nil
 		})
 	})
+	// The whole run above, read back: no generated password or key in any
+	// log, CLI output, event, KV value or the status page.
+	t.Run("no secret leaks", func(t *testing.T) { s.checkNoSecrets(t) })
 }
 
 // checkPlacement compares what vSphere shows with the manifests and with
@@ -432,7 +435,7 @@ func duplicatesByName(vms []podVM) map[string]int {
 func TestRepeatedRequests(t *testing.T) {
 	s := startUp(t)
 	vc := connectVCenter(t, s.env["GOVC_URL"])
-	nc, js := connectNATS(t, s.env["PODVISOR_NATS_URL"])
+	nc, js := connectNATS(t, s.env["PODVISOR_NATS_URL"], s.natsOpts()...)
 	const ns = "repeat"
 	reg := s.env["PODVISOR_REGISTRY"]
 	pod := func(name string) events.PodRequested {
@@ -478,7 +481,7 @@ func TestRepeatedRequests(t *testing.T) {
 func TestMalformedEvents(t *testing.T) {
 	s := startUp(t)
 	vc := connectVCenter(t, s.env["GOVC_URL"])
-	nc, js := connectNATS(t, s.env["PODVISOR_NATS_URL"])
+	nc, js := connectNATS(t, s.env["PODVISOR_NATS_URL"], s.natsOpts()...)
 	before := len(vc.mustRead(t).VMs)
 
 	type bad struct{ marker, what string }

@@ -283,7 +283,7 @@ func (e *NetworkHostReady) Validate() error {
 	errs := validateDNSLabel(field.NewPath("name"), e.Name)
 	errs = append(errs, validateVersion(field.NewPath("version"), e.Version)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	errs = append(errs, validateObjectName(field.NewPath("portGroup"), e.PortGroup)...)
+	errs = append(errs, validatePortGroupName(field.NewPath("portGroup"), e.PortGroup)...)
 	return asError(errs)
 }
 

@@ -30,8 +30,8 @@ func TestPayloadValidation(t *testing.T) {
 		field  string // the first field the error must name
 		reason string // substring of the message
 	}{
-		{"requested uid", TypePodRequested, func(v any) { v.(*PodRequested).UID = "a b" }, "uid", "letters, digits"},
-		{"requested uid differs from metadata.uid", TypePodRequested, func(v any) { v.(*PodRequested).Pod.UID = "other" }, "pod.metadata.uid", "differs from uid"},
+		{"requested uid", TypePodRequested, func(v any) { v.(*PodRequested).UID = "fixed" }, "uid", "podvisor assigns pod uids"},
+		{"requested metadata.uid", TypePodRequested, func(v any) { v.(*PodRequested).Pod.UID = "other" }, "pod.metadata.uid", "podvisor assigns pod uids"},
 		{"requested pod invalid", TypePodRequested, func(v any) { v.(*PodRequested).Pod.Spec.Containers[1].Image = "" }, "pod.spec.containers[1].image", "Required"},
 		{"accepted uid missing", TypePodAccepted, func(v any) { v.(*PodAccepted).UID = "" }, "uid", "Required"},
 		{"accepted pod not normalized", TypePodAccepted, func(v any) { v.(*PodAccepted).Pod.Namespace = "" }, "pod.metadata.namespace", "normalize"},
@@ -100,6 +100,18 @@ func TestPayloadValidation(t *testing.T) {
 			e.Failed = []string{e.Ready[0]}
 		}, "failed[0]", "Duplicate"},
 		{"realized version 0", TypeNetworkRealized, func(v any) { v.(*NetworkRealized).Version = 0 }, "version", "1 or more"},
+		{"images disk outside the image folder", TypePodImagesReady, func(v any) {
+			c := &v.(*PodImagesReady).Containers[1]
+			c.Disk = "[datastore1] pv-other/rw-0.vmdk"
+			c.Chain[len(c.Chain)-1] = c.Disk
+		}, "containers[1].disk", "below podvisor-images/"},
+		{"images chain escapes the image folder", TypePodImagesReady, func(v any) {
+			v.(*PodImagesReady).Containers[0].Chain[0] = "[datastore1] podvisor-images/../vm/disk.vmdk"
+		}, "containers[0].chain[0]", "below podvisor-images/"},
+		{"attached to a port group podvisor does not own", TypePodNetworkAttached, func(v any) {
+			v.(*PodNetworkAttached).Attachments[0].PortGroup = "Management Network"
+		}, "attachments[0].portGroup", "pv-<network>"},
+		{"host ready on a foreign port group", TypeNetworkHostReady, func(v any) { v.(*NetworkHostReady).PortGroup = "VM Network" }, "portGroup", "pv-<network>"},
 		{"host ready without port group", TypeNetworkHostReady, func(v any) { v.(*NetworkHostReady).PortGroup = "" }, "portGroup", "Required"},
 		{"host failed without host", TypeNetworkHostFailed, func(v any) { v.(*NetworkHostFailed).Host = "" }, "host", "Required"},
 		{"rolled back forward", TypeNetworkRolledBack, func(v any) { v.(*NetworkRolledBack).ToVersion = 4 }, "toVersion", "fromVersion-1"},

@@ -27,18 +27,24 @@ type PodRequested struct {
 	// Pod is the Kubernetes v1 Pod manifest, accepted as-is and checked with
 	// ValidatePod. An empty metadata.namespace means "default".
 	Pod corev1.Pod `json:"pod"`
-	// UID optionally fixes the pod's uid (and so its VM name pv-<uid>), which
-	// makes a retried request idempotent; the provisioner generates one when
-	// it is empty.
+	// UID must be empty: the provisioner assigns every pod its uid (derived
+	// from the request's event id, so a redelivered request gets the same
+	// one). A uid chosen by a client could name another pod's VM
+	// (pv-<uid>) and, on delete, free its address or destroy it.
 	UID string `json:"uid,omitempty"`
 }
 
-// Validate checks the manifest and the uid.
+// uidAssigned is why a client's uid is refused.
+const uidAssigned = "podvisor assigns pod uids; remove it"
+
+// Validate checks the manifest and refuses a uid chosen by the client.
 func (e *PodRequested) Validate() error {
 	errs := validatePod(&e.Pod, field.NewPath("pod"))
-	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
-	if e.UID != "" && e.Pod.UID != "" && string(e.Pod.UID) != e.UID {
-		errs = append(errs, field.Invalid(field.NewPath("pod", "metadata", "uid"), string(e.Pod.UID), "differs from uid "+e.UID))
+	if e.UID != "" {
+		errs = append(errs, field.Forbidden(field.NewPath("uid"), uidAssigned))
+	}
+	if e.Pod.UID != "" {
+		errs = append(errs, field.Forbidden(field.NewPath("pod", "metadata", "uid"), uidAssigned))
 	}
 	return asError(errs)
 }
@@ -238,13 +244,13 @@ func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 	errs = append(errs, validateImageRef(p.Child("image"), c.Image)...)
 	errs = append(errs, validateDigest(p.Child("digest"), c.Digest)...)
 	errs = append(errs, validateObjectName(p.Child("datastore"), c.Datastore)...)
-	errs = append(errs, validateDatastorePath(p.Child("disk"), c.Disk)...)
+	errs = append(errs, validateImageDiskPath(p.Child("disk"), c.Disk)...)
 	if len(c.Chain) == 0 {
 		errs = append(errs, field.Required(p.Child("chain"), "at least the top disk"))
 	} else if c.Chain[len(c.Chain)-1] != c.Disk {
 		errs = append(errs, field.Invalid(p.Child("chain").Index(len(c.Chain)-1), c.Chain[len(c.Chain)-1], "the last disk of the chain must be disk"))
 	}
-	errs = append(errs, validateNames(p.Child("chain"), c.Chain, validateDatastorePath)...)
+	errs = append(errs, validateNames(p.Child("chain"), c.Chain, validateImageDiskPath)...)
 	if c.ChainIDs != nil && len(c.ChainIDs) != len(c.Chain) {
 		errs = append(errs, field.Invalid(p.Child("chainIDs"), len(c.ChainIDs), "must list one chainID per disk of chain"))
 	}
@@ -337,7 +343,7 @@ type NetworkAttachment struct {
 
 func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
 	errs := validateDNSLabel(p.Child("network"), a.Network)
-	errs = append(errs, validateObjectName(p.Child("portGroup"), a.PortGroup)...)
+	errs = append(errs, validatePortGroupName(p.Child("portGroup"), a.PortGroup)...)
 	errs = append(errs, validateIPv4(p.Child("ip"), a.IP, true)...)
 	if a.PrefixLength < 1 || a.PrefixLength > 32 {
 		errs = append(errs, field.Invalid(p.Child("prefixLength"), a.PrefixLength, "must be between 1 and 32"))

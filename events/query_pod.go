@@ -42,6 +42,11 @@ const (
 // SubjectPodLogs is the subject host's agent answers logs requests on.
 func SubjectPodLogs(host string) string { return SubjectQueryPodLogs + "." + host }
 
+// SubjectPodControl is the control subject of one logs or exec session of
+// host's agent (stdin, cancel, keep-alives): below pv.query.pod, which
+// clients may publish to and the host agent subscribes to; id is random.
+func SubjectPodControl(host, id string) string { return "pv.query.pod.control." + host + "." + id }
+
 // SubjectPodExec is the subject host's agent answers exec requests on.
 func SubjectPodExec(host string) string { return SubjectQueryPodExec + "." + host }
 

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -147,7 +148,7 @@ func validateDatastorePath(p *field.Path, v string) field.ErrorList {
 		return field.ErrorList{field.Required(p, "")}
 	}
 	if !datastorePathRE.MatchString(v) {
-		return field.ErrorList{field.Invalid(p, v, `must be a datastore path such as "[datastore1] podvisor/images/abc.vmdk"`)}
+		return field.ErrorList{field.Invalid(p, v, `must be a datastore path such as "[datastore1] podvisor-images/abc/disk.vmdk"`)}
 	}
 	return nil
 }
@@ -228,4 +229,31 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// validateImageDiskPath accepts only a disk of the image cache's own folder
+// ("[ds] podvisor-images/<chain>/disk.vmdk"): a fact naming any other file
+// would make it a pod's read-only layer, whatever it holds.
+func validateImageDiskPath(p *field.Path, v string) field.ErrorList {
+	if errs := validateDatastorePath(p, v); len(errs) > 0 {
+		return errs
+	}
+	_, rel, _ := strings.Cut(v, "] ")
+	if !strings.HasPrefix(rel, ImageRoot+"/") || !strings.HasSuffix(rel, ".vmdk") || slices.Contains(strings.Split(rel, "/"), "..") {
+		return field.ErrorList{field.Invalid(p, v, "must be a .vmdk below "+ImageRoot+"/ on its datastore")}
+	}
+	return nil
+}
+
+// validatePortGroupName accepts only the port groups podvisor makes for its
+// networks (PortGroupName): a fact naming another (management, vMotion)
+// would connect a pod to it.
+func validatePortGroupName(p *field.Path, v string) field.ErrorList {
+	if errs := validateObjectName(p, v); len(errs) > 0 {
+		return errs
+	}
+	if !strings.HasPrefix(v, PortGroupName("")) || len(validateDNSLabel(p, strings.TrimPrefix(v, PortGroupName("")))) > 0 {
+		return field.ErrorList{field.Invalid(p, v, `must be a podvisor port group, "pv-<network>"`)}
+	}
+	return nil
 }

@@ -166,7 +166,9 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin boo
 	}
 	defer pc.done(id)
 	control := make(chan *nats.Msg, 64)
-	inbox := s.bus.Conn().NewRespInbox()
+	// The control subject sits below pv.query.pod (a client may publish
+	// queries, not to another connection's inbox) and is unguessable.
+	inbox := events.SubjectPodControl(s.cfg.Host, strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix))
 	sub, err := s.bus.Conn().ChanSubscribe(inbox, control)
 	if err != nil {
 		st.fail(fmt.Errorf("control subject: %w", err))

@@ -298,7 +298,7 @@ func (e *env) publish(ceType, subject string, data events.Payload) {
 	if err := data.Validate(); err != nil {
 		e.t.Fatalf("test event %s invalid: %v", ceType, err)
 	}
-	ev, err := bus.NewEvent("podvisor/test", ceType, subject, data)
+	ev, err := bus.NewEvent(events.OwnerSource(ceType), ceType, subject, data)
 	if err != nil {
 		e.t.Fatal(err)
 	}

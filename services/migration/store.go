@@ -49,6 +49,7 @@ func openStore(ctx context.Context, b *bus.Bus, now func() time.Time) (*store, e
 		Description: "podvisor drain records (written by the migration service)",
 		History:     1,
 		Storage:     jetstream.FileStorage,
+		MaxBytes:    bus.BucketMaxBytes,
 	})
 	if err != nil {
 		errs = append(errs, fmt.Errorf("KV %s: %w", events.BucketDrains, err))

@@ -113,7 +113,7 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 // publish sends an event as a client would.
 func (e *env) publish(ceType, subject string, data any) event.Event {
 	e.t.Helper()
-	ev, err := bus.NewEvent("podvisor/test", ceType, subject, data)
+	ev, err := bus.NewEvent(events.OwnerSource(ceType), ceType, subject, data)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -180,10 +180,6 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 			return err
 		}
 		if existing != nil {
-			explicitUID := string(req.Pod.UID)
-			if explicitUID == "" {
-				explicitUID = req.UID
-			}
 			switch {
 			case existing.RequestID == requestID:
 				// Our own earlier attempt got as far as the record: finish
@@ -191,17 +187,14 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 				// keeps one copy.
 				return s.announceAccepted(ctx, admission, existing)
 			case !existing.DeletionRequestedAt.IsZero():
-				return s.reject(ctx, ev, pod.Namespace, pod.Name, explicitUID, events.ReasonAlreadyExists,
+				return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists,
 					fmt.Sprintf("pod %s (uid %s) is being deleted; request it again once it is gone", existing.Key(), existing.UID), "")
-			case existing.SpecHash == hash && (explicitUID == "" || explicitUID == existing.UID):
+			case existing.SpecHash == hash:
 				log.Info("identical pod already admitted; nothing to do", "uid", existing.UID)
 				return nil
 			default:
 				msg := fmt.Sprintf("pod %s already exists (uid %s) with a different spec; pods are immutable: delete it first", existing.Key(), existing.UID)
-				if explicitUID != "" && explicitUID != existing.UID {
-					msg = fmt.Sprintf("pod %s already exists with uid %s, not %s; delete it first", existing.Key(), existing.UID, explicitUID)
-				}
-				return s.reject(ctx, ev, pod.Namespace, pod.Name, explicitUID, events.ReasonAlreadyExists, msg, "")
+				return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists, msg, "")
 			}
 		}
 

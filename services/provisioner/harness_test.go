@@ -63,11 +63,11 @@ func newEnv(t testing.TB) *env {
 }
 
 // makeImageDisks creates what the image cache would have made: one disk
-// per name in [shared-ds] images/, standing in for image chains.
+// per name in [shared-ds] podvisor-images/, standing in for image chains.
 func (e *env) makeImageDisks(ctx context.Context, names ...string) {
 	e.t.Helper()
 	fm := object.NewFileManager(e.vc.Client)
-	if err := fm.MakeDirectory(ctx, "[shared-ds] images", e.dco, true); err != nil {
+	if err := fm.MakeDirectory(ctx, "[shared-ds] podvisor-images", e.dco, true); err != nil {
 		e.t.Fatalf("mkdir images: %v", err)
 	}
 	vdm := object.NewVirtualDiskManager(e.vc.Client)
@@ -85,7 +85,7 @@ func (e *env) makeImageDisks(ctx context.Context, names ...string) {
 	}
 }
 
-func imageDisk(name string) string { return "[shared-ds] images/" + name + ".vmdk" }
+func imageDisk(name string) string { return "[shared-ds] podvisor-images/" + name + ".vmdk" }
 
 // testConfig is fast: short backoff, no periodic resync (tests call Resync).
 func testConfig() Config {
@@ -168,12 +168,12 @@ func (e *env) facts(acc *events.PodAccepted, host string) {
 	if err != nil {
 		e.t.Fatalf("host %s: %v", host, err)
 	}
-	e.publish("test/scheduler", events.TypePodScheduled, &events.PodScheduled{
+	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
 		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: hs.Cluster,
 		Datastores: []string{sim.SharedDatastore},
 	})
-	e.publish("test/imagecache", events.TypePodImagesReady, imagesReady(acc))
-	e.publish("test/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 }
 
 func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {

@@ -58,12 +58,17 @@ func TestAdmission(t *testing.T) {
 		t.Errorf("invalid pod got a record: %+v", got)
 	}
 
-	// An explicit uid is kept.
+	// A uid chosen by the client is refused, naming the field: two pods
+	// with one uid would share one VM name.
 	withUID := testPod("fixed")
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID, UID: "fixed-uid-1"})
-	fixed := waitFor[*events.PodAccepted](e, events.TypePodAccepted, func(p *events.PodAccepted) bool { return p.Name == "fixed" })
-	if fixed.UID != "fixed-uid-1" {
-		t.Errorf("uid %s, want the requested fixed-uid-1", fixed.UID)
+	withUID.UID = "5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60"
+	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID})
+	rej = waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "fixed" })
+	if rej.Reason != events.ReasonInvalid || rej.Field != "pod.metadata.uid" {
+		t.Errorf("rejection = %+v, want Invalid naming pod.metadata.uid", rej)
+	}
+	if got := e.record(svc, "default", "fixed"); got != nil {
+		t.Errorf("pod with a client uid got a record: %+v", got)
 	}
 }
 
@@ -200,13 +205,13 @@ func TestCreateVMFaults(t *testing.T) {
 	t.Run("image on a datastore the host does not mount", func(t *testing.T) {
 		acc := e.request(testPod("misplaced"))
 		hs, _ := e.dc.Host(host)
-		e.publish("test/scheduler", events.TypePodScheduled, &events.PodScheduled{Namespace: "default", Name: "misplaced", UID: acc.UID, Host: host, Cluster: hs.Cluster})
+		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{Namespace: "default", Name: "misplaced", UID: acc.UID, Host: host, Cluster: hs.Cluster})
 		ir := imagesReady(acc)
 		ir.Containers[2].Datastore = "elsewhere-ds"
-		ir.Containers[2].Disk = "[elsewhere-ds] images/logger.vmdk"
+		ir.Containers[2].Disk = "[elsewhere-ds] podvisor-images/logger.vmdk"
 		ir.Containers[2].Chain = []string{ir.Containers[2].Disk}
-		e.publish("test/imagecache", events.TypePodImagesReady, ir)
-		e.publish("test/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+		e.publish("podvisor/imagecache", events.TypePodImagesReady, ir)
+		e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
 			t.Errorf("pod.failed = %+v", f)
@@ -412,9 +417,9 @@ func TestEvictionAndMigration(t *testing.T) {
 	first := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	// Migration: Migrating while relocating, then Running on the target.
-	e.publish("test/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mobile", Phase: events.PhaseRelocating, Percent: 40})
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mobile", Phase: events.PhaseRelocating, Percent: 40})
 	e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
-	e.publish("test/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m1", Namespace: "default", Pod: "mobile", UID: acc.UID,
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m1", Namespace: "default", Pod: "mobile", UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
 	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting && r.Host == hosts[1].Name })
 	if r.VMRef != first.VM {
@@ -423,7 +428,7 @@ func TestEvictionAndMigration(t *testing.T) {
 
 	// Eviction: back to Pending, old VM removed, then re-provisioned on
 	// the new placement with the same name (the old one is gone).
-	e.publish("test/migration", events.TypePodEvicted, &events.PodEvicted{Namespace: "default", Name: "mobile", UID: acc.UID, Host: hosts[1].Name, Reason: "HostLost"})
+	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{Namespace: "default", Name: "mobile", UID: acc.UID, Host: hosts[1].Name, Reason: "HostLost"})
 	r = e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" {
 		t.Errorf("after eviction: host %q vm %q generation %d reason %q", r.Host, r.VMRef, r.Generation, r.Reason)
@@ -467,7 +472,7 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse}); err != nil {
 		t.Fatal(err)
 	}
-	e.publish("test/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{Namespace: "default", Name: "leftover", UID: acc.UID,
+	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{Namespace: "default", Name: "leftover", UID: acc.UID,
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
 	f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonImagesFailed || !strings.Contains(f.Message, "ImageNotFound") {

@@ -122,7 +122,7 @@ func TestProvisionFullFlow(t *testing.T) {
 		if unit == "scsi0:0" {
 			continue
 		}
-		if b := backing(d); !strings.HasPrefix(b.FileName, "[shared-ds] images/") || b.Parent != nil ||
+		if b := backing(d); !strings.HasPrefix(b.FileName, "[shared-ds] podvisor-images/") || b.Parent != nil ||
 			b.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
 			t.Errorf("disk %s = %s mode %s parent %v; want an image disk, independent-nonpersistent", unit, b.FileName, b.DiskMode, b.Parent)
 		}

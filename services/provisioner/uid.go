@@ -15,17 +15,11 @@ import (
 // cannot collide with another system's name-based UUIDs over the same names.
 var uidNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://podvisor.io/pods"))
 
-// podUID decides a pod's uid: metadata.uid from the manifest, else the
-// request's uid, else one derived from the pod key and the id of the
-// requesting event. Deriving it (rather than drawing a random one) makes a
-// redelivered pod.requested yield the same uid, hence the same VM name.
+// podUID derives a pod's uid from the pod key and the id of the requesting
+// event (a client cannot choose one: events.PodRequested.Validate refuses
+// it). Deriving it rather than drawing a random one makes a redelivered
+// pod.requested yield the same uid, hence the same VM name.
 func podUID(req *events.PodRequested, ceID string) string {
-	if req.Pod.UID != "" {
-		return string(req.Pod.UID)
-	}
-	if req.UID != "" {
-		return req.UID
-	}
 	ns := req.Pod.Namespace
 	if ns == "" {
 		ns = events.DefaultNamespace

@@ -53,6 +53,11 @@ var ErrNotCloudEvent = errors.New("not a CloudEvent")
 // ErrTooLarge is returned by Publish for an event over MaxEventSize.
 var ErrTooLarge = errors.New("event too large")
 
+// ErrForeignSource: a consumer received a fact whose CloudEvent source is
+// not one of the publishers the catalog allows for its type
+// (events.SourceAllowed); it is dead-lettered with this reason.
+var ErrForeignSource = errors.New("source not allowed for this type")
+
 // effectNamespace seeds the name-based UUIDs of Effect so that podvisor's
 // ids cannot collide with another system's SHA-1 UUIDs over the same names.
 var effectNamespace = uuid.NewSHA1(uuid.NameSpaceURL, []byte("https://podvisor.io/events"))

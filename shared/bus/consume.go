@@ -45,7 +45,7 @@ type ConsumerConfig struct {
 	// Service names the consumer: the durable is <Service>-<Stream> and dead
 	// letters go to pv.dlq.<Service>. Lowercase letters, digits and dashes.
 	Service string
-	// Stream to consume (StreamPods, …).
+	// Stream to consume (events.StreamPods, …).
 	Stream string
 	// Subjects filters the stream; empty means every subject of the stream.
 	Subjects []string
@@ -167,6 +167,12 @@ func (c ConsumerConfig) Validate() error {
 	if md > 0 && len(c.BackOff) >= md {
 		errs = append(errs, fmt.Errorf("MaxDeliver %d: must be greater than len(BackOff) %d (entries past delivery %d would never be used)", md, len(c.BackOff), md-1))
 	}
+	if h := c.retryHorizon(md); h > DuplicateWindow {
+		// A handler that published its effect and failed before acking
+		// republishes it on a later delivery; the stream drops the copy
+		// only while it remembers the id.
+		errs = append(errs, fmt.Errorf("MaxDeliver %d with BackOff %v: retries span %s, longer than the streams' de-duplication window %s (a replayed effect could be stored twice)", md, c.BackOff, h, DuplicateWindow))
+	}
 	if c.MaxPending < 0 || (c.MaxPending > 0 && c.MaxPending < c.Workers) {
 		errs = append(errs, fmt.Errorf("MaxPending %d: must be at least Workers (%d), or 0 for 4×Workers", c.MaxPending, c.Workers))
 	}
@@ -177,6 +183,25 @@ func (c ConsumerConfig) Validate() error {
 		return fmt.Errorf("bus: consumer config: %w", err)
 	}
 	return nil
+}
+
+// retryHorizon is how long after its first delivery a message can be
+// delivered again: the waits between md deliveries (0 when unlimited, which
+// has no horizon to check).
+func (c ConsumerConfig) retryHorizon(md int) time.Duration {
+	if md <= 0 {
+		return 0
+	}
+	bo := c.BackOff
+	if bo == nil {
+		bo = DefaultBackOff
+	}
+	cc := ConsumerConfig{BackOff: bo}
+	var h time.Duration
+	for n := 1; n < md; n++ {
+		h += cc.backoff(uint64(n))
+	}
+	return h
 }
 
 // backoff is the delay before redelivering after failed delivery n (1-based).
@@ -446,6 +471,10 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 			err = rerr
 		case rt.Subject != msg.Subject():
 			err = fmt.Errorf("type %s travels on subject %s, not %s", ev.Type(), rt.Subject, msg.Subject())
+		case !events.SourceAllowed(ev.Type(), ev.Source()):
+			// The server's permissions keep a service from publishing
+			// another's facts; this catches one that arrived some other way.
+			err = fmt.Errorf("%w: source %q may not publish %s (publishers: %s)", ErrForeignSource, ev.Source(), ev.Type(), strings.Join(events.Publishers(ev.Type()), ", "))
 		}
 	}
 	if err != nil {

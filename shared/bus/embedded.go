@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -29,7 +30,21 @@ type EmbeddedConfig struct {
 	// process crash); a single-node deployment that must survive power loss
 	// sets this.
 	SyncAlways bool
+	// Auth, when set, makes the server accept only the identities this
+	// authority mints (creds files), each with its permissions. Without it
+	// the server is open, which only tests want.
+	Auth *Authority
+	// TLS, when set, is the server's certificate configuration: every
+	// client connection must then use TLS (a plain-text one is refused).
+	TLS *tls.Config
 }
+
+// MaxControlLine is the longest protocol line the server accepts. A user's
+// JWT, with its permission lists, travels in the CONNECT line, and a
+// service's lists (the JetStream API subjects of each stream it reads) pass
+// the server's 4 KiB default; a NATS server for podvisor sets
+// max_control_line to this.
+const MaxControlLine = 16 << 10
 
 // Embedded is a running in-process NATS server.
 type Embedded struct {
@@ -72,6 +87,17 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		// The host process owns signals and logging.
 		NoSigs: true,
 		NoLog:  true,
+	}
+	if cfg.Auth != nil {
+		opts.MaxControlLine = MaxControlLine
+		if err := cfg.Auth.configure(opts); err != nil {
+			return nil, fmt.Errorf("bus: embedded server: auth: %w", err)
+		}
+	}
+	if cfg.TLS != nil {
+		opts.TLSConfig = cfg.TLS
+		opts.TLS = true
+		opts.TLSTimeout = 5
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -29,7 +30,7 @@ func testContext(t testing.TB) context.Context {
 
 func mustEvent(t testing.TB, ceType, subject string, data any) event.Event {
 	t.Helper()
-	ev, err := bus.NewEvent("podvisor/test", ceType, subject, data)
+	ev, err := bus.NewEvent(events.OwnerSource(ceType), ceType, subject, data)
 	if err != nil {
 		t.Fatalf("NewEvent: %v", err)
 	}

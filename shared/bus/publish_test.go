@@ -32,7 +32,7 @@ func TestPublishWritesBinaryModeHeaders(t *testing.T) {
 	want := map[string]string{
 		"ce-specversion":     "1.0",
 		"ce-type":            typePodRequested,
-		"ce-source":          "podvisor/test",
+		"ce-source":          "podvisor/client",
 		"ce-id":              ev.ID(),
 		"ce-subject":         "default/web",
 		"content-type":       "application/json",

@@ -58,6 +58,38 @@ const (
 	DLQRetention = 30 * 24 * time.Hour
 )
 
+// Limits of what the streams and buckets hold. Every stream and bucket has
+// a byte limit (the account requires one: see Authority), so a client that
+// publishes without pause can push old events out of a stream but cannot
+// fill the disk; and a maximum message size, so that one publish cannot
+// carry more than an event.
+const (
+	// MaxMessageSize is the largest message a domain stream accepts: an
+	// event's data (events.MaxEventSize, 64 KiB) and its CloudEvent
+	// headers, with room to spare.
+	MaxMessageSize = 70 << 10
+	// DeadLetterMaxMessageSize leaves room for the reason headers a dead
+	// letter adds to the original.
+	DeadLetterMaxMessageSize = MaxMessageSize + 16<<10
+	// BucketMaxBytes bounds each KV bucket.
+	BucketMaxBytes = 256 << 20
+	// BucketMaxValueSize bounds one record.
+	BucketMaxValueSize = 1 << 20
+)
+
+// StreamMaxBytes is the byte limit of each stream. Pods carry most events
+// (six or more per pod); old events go first when a stream is full
+// (DiscardOld), since state lives in the buckets.
+var StreamMaxBytes = map[string]int64{
+	events.StreamPods:       1 << 30,
+	events.StreamImages:     256 << 20,
+	events.StreamNetworks:   256 << 20,
+	events.StreamMigrations: 256 << 20,
+	events.StreamHosts:      256 << 20,
+	StreamDLQ:               256 << 20,
+	StreamAdvisories:        64 << 20,
+}
+
 // StreamSubjects maps every stream of the topology to the subjects it captures.
 func StreamSubjects() map[string][]string {
 	out := map[string][]string{
@@ -124,11 +156,14 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 			MaxAge:     EventRetention,
 			Duplicates: DuplicateWindow,
 			Replicas:   t.replicas,
+			MaxBytes:   StreamMaxBytes[name],
+			MaxMsgSize: MaxMessageSize,
 		}
 		switch name {
 		case StreamDLQ:
 			cfg.Description = "dead letters: pv.dlq.<service>, original headers and body plus Pv-Dlq-* reason headers"
 			cfg.MaxAge = DLQRetention
+			cfg.MaxMsgSize = DeadLetterMaxMessageSize
 		case StreamAdvisories:
 			cfg.Description = "MAX_DELIVERIES advisories, turned into dead letters by each consumer"
 		default:
@@ -140,10 +175,12 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 	}
 	for _, bucket := range Buckets() {
 		cfg := jetstream.KeyValueConfig{
-			Bucket:   bucket,
-			History:  bucketHistory[bucket],
-			Storage:  jetstream.FileStorage,
-			Replicas: t.replicas,
+			Bucket:       bucket,
+			History:      bucketHistory[bucket],
+			Storage:      jetstream.FileStorage,
+			Replicas:     t.replicas,
+			MaxBytes:     BucketMaxBytes,
+			MaxValueSize: BucketMaxValueSize,
 		}
 		if _, err := b.js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			errs = append(errs, fmt.Errorf("kv bucket %s: %w", bucket, err))

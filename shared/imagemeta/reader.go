@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/redisserver"
 )
 
 // Reader reads the image cache's metadata. It never writes.
@@ -241,12 +242,13 @@ func (r *Reader) Images(ctx context.Context) ([]events.ImageRecord, error) {
 	return out, nil
 }
 
-// ListImages connects to the Redis at url (redis://…, as PODVISOR_REDIS_URL),
-// lists the images and disconnects: what `podvisor get images` calls.
-func ListImages(ctx context.Context, url string) ([]events.ImageRecord, error) {
-	opts, err := redis.ParseURL(url)
+// ListImages connects to the Redis at url (redis:// or rediss://, as
+// PODVISOR_REDIS_URL; caFile as PODVISOR_REDIS_CA), lists the images and
+// disconnects: what `podvisor get images` calls.
+func ListImages(ctx context.Context, url, caFile string) ([]events.ImageRecord, error) {
+	opts, err := redisserver.ClientOptions(url, caFile)
 	if err != nil {
-		return nil, fmt.Errorf("redis url: %w", err)
+		return nil, err
 	}
 	c := redis.NewClient(opts)
 	defer c.Close()

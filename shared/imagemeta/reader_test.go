@@ -160,7 +160,7 @@ func TestParseIndexMember(t *testing.T) {
 }
 
 func TestListImagesBadURL(t *testing.T) {
-	if _, err := imagemeta.ListImages(context.Background(), "http://nope"); err == nil || !strings.Contains(err.Error(), "redis url") {
+	if _, err := imagemeta.ListImages(context.Background(), "http://nope", ""); err == nil || !strings.Contains(err.Error(), "redis url") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -2,13 +2,16 @@ package redisserver
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +20,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/podvisor/podvisor/shared/redact"
 )
 
 // ErrNotInstalled is returned by Start when no redis-server is on PATH.
@@ -30,6 +35,8 @@ type Server struct {
 	cmd    *exec.Cmd
 	exited chan struct{}
 	mini   *miniredis.Miniredis
+	tls    *TLSFiles
+	users  []User
 
 	closeOnce sync.Once
 }
@@ -41,7 +48,35 @@ type options struct {
 	logger *slog.Logger
 	binary string
 	output io.Writer
+	tls    *TLSFiles
+	users  []User
 }
+
+// TLSFiles are the server's certificate and key and the CA that signed
+// them (clients verify against it; the server asks clients for no
+// certificate).
+type TLSFiles struct{ CertFile, KeyFile, CAFile string }
+
+// User is one Redis ACL user: its password and its ACL rules (for example
+// "~* &* +@all", or "~* +@read +@connection" for a reader).
+type User struct {
+	Name, Password, Rules string
+}
+
+// Reader and Writer are the ACL rules of the two kinds of podvisor users:
+// the image cache writes its metadata; the scheduler only reads it.
+const (
+	RulesWriter = "~* &* +@all -@admin -@dangerous"
+	RulesReader = "~* -@all +@read +@connection -@dangerous"
+)
+
+// WithTLS serves TLS only (no plain-text port).
+func WithTLS(f TLSFiles) Option { return func(o *options) { o.tls = &f } }
+
+// WithUsers turns off the password-less default user and creates these
+// users from an ACL file (mode 0600 in the server's dir: passwords never
+// appear on a command line).
+func WithUsers(users ...User) Option { return func(o *options) { o.users = users } }
 
 // WithLogger sets the logger for start-up and fallback messages
 // (default: slog.Default()).
@@ -110,6 +145,26 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 		"--save", "",
 		"--daemonize", "no",
 	}
+	if o.tls != nil {
+		args = append(args, "--port", "0", "--tls-port", strconv.Itoa(port),
+			"--tls-cert-file", o.tls.CertFile, "--tls-key-file", o.tls.KeyFile, "--tls-ca-cert-file", o.tls.CAFile,
+			"--tls-auth-clients", "no")
+	}
+	if len(o.users) > 0 {
+		if dir == "" {
+			return nil, errors.New("redis users need a state dir for their ACL file")
+		}
+		acl := filepath.Join(dir, "users.acl")
+		var b strings.Builder
+		b.WriteString("user default off\n")
+		for _, u := range o.users {
+			fmt.Fprintf(&b, "user %s on >%s %s\n", u.Name, u.Password, u.Rules)
+		}
+		if err := os.WriteFile(acl, []byte(b.String()), 0o600); err != nil {
+			return nil, fmt.Errorf("redis ACL file: %w", err)
+		}
+		args = append(args, "--aclfile", acl)
+	}
 	if dir != "" {
 		args = append(args, "--dir", dir, "--appendonly", "yes", "--appendfsync", "everysec")
 	} else {
@@ -125,7 +180,7 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	srv := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, exited: make(chan struct{})}
+	srv := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, exited: make(chan struct{}), tls: o.tls, users: o.users}
 	go func() { _ = cmd.Wait(); close(srv.exited) }()
 
 	if err := srv.waitReady(ctx); err != nil {
@@ -138,7 +193,12 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 func (s *Server) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	c := redis.NewClient(&redis.Options{Addr: s.addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	opts, err := ClientOptions(s.URLFor(""), s.caFile())
+	if err != nil {
+		return err
+	}
+	opts.MaxRetries, opts.DialTimeout = -1, 200*time.Millisecond
+	c := redis.NewClient(opts)
 	defer c.Close()
 	for {
 		if err := c.Ping(ctx).Err(); err == nil {
@@ -181,8 +241,54 @@ func StartEmbedded(opts ...Option) (*Server, error) {
 // Addr is host:port of the server.
 func (s *Server) Addr() string { return s.addr }
 
-// URL is the redis:// URL of the server, ready for redis.ParseURL.
-func (s *Server) URL() string { return "redis://" + s.addr + "/0" }
+// URL is the URL of the server as its first user (see URLFor), ready for
+// ClientOptions.
+func (s *Server) URL() string { return s.URLFor("") }
+
+// URLFor is the URL of the server as user name ("" for the first user, or
+// no user when the server has none): rediss:// when it serves TLS.
+func (s *Server) URLFor(name string) string {
+	u := url.URL{Scheme: "redis", Host: s.addr, Path: "/0"}
+	if s.tls != nil {
+		u.Scheme = "rediss"
+	}
+	for _, x := range s.users {
+		if name == "" || x.Name == name {
+			u.User = url.UserPassword(x.Name, x.Password)
+			break
+		}
+	}
+	return u.String()
+}
+
+func (s *Server) caFile() string {
+	if s.tls == nil {
+		return ""
+	}
+	return s.tls.CAFile
+}
+
+// ClientOptions parses a redis:// or rediss:// URL and, for TLS, trusts the
+// CA in caFile (the system's roots when empty). go-redis's defaults bound
+// every call: 5 s to dial, 3 s to read or write.
+func ClientOptions(rawURL, caFile string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %s", redact.String(err.Error()))
+	}
+	if caFile != "" && opts.TLSConfig != nil {
+		pem, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("redis CA: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("redis CA %s: no certificate", caFile)
+		}
+		opts.TLSConfig.RootCAs = pool
+	}
+	return opts, nil
+}
 
 // Embedded reports whether this is the in-process fallback.
 func (s *Server) Embedded() bool { return s.embedded }

@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -38,6 +39,9 @@ type Config struct {
 	// Addr is the listen address of the SOAP endpoint (default 127.0.0.1:0, a
 	// random loopback port).
 	Addr string
+	// TLS, when set, serves the endpoint over HTTPS with this configuration's
+	// certificate (clients then verify it as they would vCenter's).
+	TLS *tls.Config
 	// Seed chooses the host hardware. The same seed gives the same hardware on
 	// every run, so a failing scheduling test can be replayed.
 	Seed int64

@@ -255,6 +255,9 @@ func (d *Datacenter) serve() (err error) {
 	}()
 	d.model.Service.RegisterEndpoints = true
 	d.model.Service.Listen = &url.URL{Host: d.cfg.Addr, User: url.UserPassword(d.cfg.Username, d.cfg.Password)}
+	if d.cfg.TLS != nil {
+		d.model.Service.TLS = d.cfg.TLS.Clone()
+	}
 	d.server = d.model.Service.NewServer()
 	u := *d.server.URL
 	u.User = url.UserPassword(d.cfg.Username, d.cfg.Password)
@@ -271,7 +274,8 @@ func (d *Datacenter) context(ctx context.Context) *simulator.Context {
 	return &c
 }
 
-// URL is the SOAP endpoint (http://host:port/sdk) with the credentials in it,
+// URL is the SOAP endpoint (http://host:port/sdk, https with Config.TLS)
+// with the credentials in it,
 // the form GOVC_URL takes. The caller gets its own copy.
 func (d *Datacenter) URL() *url.URL {
 	u := *d.url

@@ -11,6 +11,8 @@ import (
 
 	"go.opentelemetry.io/contrib/bridges/otelslog"
 	"go.opentelemetry.io/otel/trace"
+
+	"github.com/podvisor/podvisor/shared/redact"
 )
 
 // NewLogger returns a logger writing text (or JSON when json is true) at
@@ -31,7 +33,10 @@ func NewLogger(w io.Writer, level slog.Level, json bool) *slog.Logger {
 	if logsExporterConfigured() {
 		h = fanout{h, otelslog.NewHandler("podvisor")}
 	}
-	return slog.New(h)
+	// Every line passes redact, on the way to stderr and to the OTel
+	// pipeline alike: a URL with credentials (GOVC_URL, a Redis URL) logged
+	// by any part, or inside a library's error, shows its password masked.
+	return slog.New(redact.NewHandler(h))
 }
 
 // traceHandler adds trace_id and span_id to records whose context holds a

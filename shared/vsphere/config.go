@@ -27,14 +27,30 @@ type Config struct {
 	// Username and Password log in; they override credentials in URL.
 	Username string
 	Password string
-	// Insecure skips TLS certificate verification (GOVC_INSECURE).
+	// Insecure skips TLS certificate verification (GOVC_INSECURE): only
+	// when asked for, never as a default.
 	Insecure bool
+	// CAFile lists PEM files of the CAs that sign vCenter's certificate
+	// (GOVC_TLS_CA_CERTS, colon-separated like govc's).
+	CAFile string
+	// Thumbprint pins vCenter's certificate by its SHA-1 thumbprint as
+	// vCenter shows it ("AB:CD:..."; PODVISOR_VCENTER_THUMBPRINT), for a
+	// vCenter with a self-signed certificate.
+	Thumbprint string
 	// Datacenter is the datacenter to work in; empty means the only one
 	// (an error when there are several).
 	Datacenter string
 	// KeepAlive is the interval of the idle-session check (default 5 min).
 	KeepAlive time.Duration
+	// CallTimeout bounds every vSphere API call, so that a vCenter that
+	// stops answering fails a call instead of hanging its handler (default
+	// DefaultCallTimeout; long waits use MaxWaitSeconds well below it).
+	CallTimeout time.Duration
 }
+
+// DefaultCallTimeout bounds one vSphere call: long enough for a datastore
+// upload of an image layer, far beyond any SOAP call's normal time.
+const DefaultCallTimeout = 5 * time.Minute
 
 // ConfigFromEnv reads govc's environment: GOVC_URL (may carry user:pass@),
 // GOVC_USERNAME and GOVC_PASSWORD (override the URL's), GOVC_INSECURE (1, true,
@@ -82,6 +98,8 @@ func ConfigFrom(src config.Source) (Config, error) {
 	if pass != "" {
 		cfg.Password = pass
 	}
+	cfg.CAFile, _ = src("GOVC_TLS_CA_CERTS")
+	cfg.Thumbprint, _ = src("PODVISOR_VCENTER_THUMBPRINT")
 	if v, _ := src("GOVC_INSECURE"); v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {

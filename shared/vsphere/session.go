@@ -61,6 +61,18 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	}
 
 	sc := soap.NewClient(u, cfg.Insecure)
+	sc.Timeout = cfg.CallTimeout
+	if sc.Timeout == 0 {
+		sc.Timeout = DefaultCallTimeout
+	}
+	if cfg.CAFile != "" {
+		if err := sc.SetRootCAs(cfg.CAFile); err != nil {
+			return nil, fmt.Errorf("vsphere: CA certificates %s (GOVC_TLS_CA_CERTS): %w", cfg.CAFile, err)
+		}
+	}
+	if cfg.Thumbprint != "" {
+		sc.SetThumbprint(u.Host, cfg.Thumbprint)
+	}
 	// net/http keeps 2 idle connections per host by default: a service with
 	// more calls in flight than that closes and dials (and, against a real
 	// vCenter, TLS-handshakes) a connection for most calls under load.

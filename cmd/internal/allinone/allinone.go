@@ -20,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/cmd/internal/runner"
@@ -32,6 +31,8 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/redact"
 	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/telemetry"
@@ -75,6 +76,10 @@ type Config struct {
 	NATSPort, VCenterPort, RegistryPort, UIPort int
 	// External endpoints replace the embedded parts.
 	NATSURL, VCenterURL, RedisURL, Registry string
+	// NATSCreds and NATSCA are how to reach an external NATS
+	// (PODVISOR_NATS_CREDS, PODVISOR_NATS_CA); every part uses them. The
+	// embedded server has its own identities and CA instead.
+	NATSCreds, NATSCA string
 	// Seed makes the simulated hardware reproducible.
 	Seed int64
 	// Guests is auto, on or off: whether powered-on pod VMs of the
@@ -107,11 +112,22 @@ func (c Config) settings(simulator bool) config.Source {
 
 // Endpoints are where the parts listen; they are what the env file exports.
 type Endpoints struct {
-	NATSURL    string
+	NATSURL string
+	// NATSCreds is the client identity's creds file: what the CLI and
+	// the nats CLI use (the env file exports it).
+	NATSCreds string
+	// NATSCA verifies the NATS server's certificate: the installation's CA
+	// for the embedded server, PODVISOR_NATS_CA for an external one.
+	NATSCA     string
 	VCenterURL string // with credentials
-	RedisURL   string
-	Registry   string // host:port
-	UIURL      string
+	// VCenterCA verifies the vCenter's certificate (ours for the
+	// simulator); VCenterInsecure is set only when GOVC_INSECURE asked.
+	VCenterCA       string
+	VCenterInsecure bool
+	RedisURL        string // as the read-only user
+	RedisCA         string // CA of a TLS Redis
+	Registry        string // host:port
+	UIURL           string
 }
 
 // System is a running all-in-one.
@@ -122,9 +138,13 @@ type System struct {
 	// they do, or when the vCenter is external).
 	GuestsOff string
 
-	cfg     Config
-	log     *slog.Logger
-	logs    *ringBuffer // recent records of every service, for the status page
+	cfg   Config
+	log   *slog.Logger
+	logs  *ringBuffer // recent records of every service, for the status page
+	ca    *pki.CA
+	redis *redisserver.Server // nil with an external Redis
+	// creds maps identity names to creds files (embedded NATS only).
+	creds   map[string]string
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errs    chan error
@@ -170,6 +190,9 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.lockStateDir(); err != nil {
 		return nil, err
 	}
+	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
+		return nil, fmt.Errorf("up: %w", err)
+	}
 	if err := s.startNATS(ctx); err != nil {
 		return nil, err
 	}
@@ -208,7 +231,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 // resumed `up` declares it again harmlessly; with --services=none it waits in
 // the stream for the network-config that `podvisor serve` starts later.
 func (s *System) declareDefaultNetwork(ctx context.Context) error {
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-up"))
+	b, err := s.Dial(ctx, "up")
 	if err != nil {
 		return fmt.Errorf("up: declare default network: %w", err)
 	}
@@ -231,16 +254,33 @@ func (s *System) startNATS(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
-		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port})
+		// Every service, the CLI and up itself get their own identity;
+		// the server accepts nobody else, and only over TLS.
+		auth, err := bus.LoadAuthority(filepath.Join(s.cfg.StateDir, "nats-auth"))
+		if err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
+		if s.creds, err = auth.MintAll(); err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
+		srvTLS, err := s.ca.ServerTLS("nats", pki.Hosts(s.cfg.Host)...)
+		if err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
+		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS})
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
 		s.onClose(emb.Shutdown)
 		s.Endpoints.NATSURL = emb.URL()
+		s.Endpoints.NATSCreds = s.creds[bus.IdentityClient]
+		s.Endpoints.NATSCA = s.ca.CAFile()
 	} else {
 		s.Endpoints.NATSURL = s.cfg.NATSURL
+		s.Endpoints.NATSCreds = s.cfg.NATSCreds
+		s.Endpoints.NATSCA = s.cfg.NATSCA
 	}
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-up"))
+	b, err := s.Dial(ctx, "up")
 	if err != nil {
 		return fmt.Errorf("up: NATS: %w", err)
 	}
@@ -251,9 +291,36 @@ func (s *System) startNATS(ctx context.Context) error {
 	return nil
 }
 
+// NATSConn is how a part of the all-in-one named name reaches NATS: as
+// the identity of that name when the table has one (a service), as admin
+// otherwise (up's own parts: topology, status page, simulator control,
+// trace queries, bench). With an external NATS every part uses the
+// configured creds.
+func (s *System) NATSConn(name string) bus.ConnConfig {
+	c := bus.ConnConfig{URL: s.Endpoints.NATSURL, Name: "podvisor-" + name}
+	if s.creds == nil {
+		c.CredsFile, c.CAFile = s.cfg.NATSCreds, s.cfg.NATSCA
+		return c
+	}
+	c.CAFile = s.ca.CAFile()
+	if p, ok := s.creds[name]; ok {
+		c.CredsFile = p
+	} else {
+		c.CredsFile = s.creds[bus.IdentityAdmin]
+	}
+	return c
+}
+
+// Dial connects as NATSConn(name) says.
+func (s *System) Dial(ctx context.Context, name string) (*bus.Bus, error) {
+	return bus.Dial(ctx, s.NATSConn(name))
+}
+
 func (s *System) startVCenter(ctx context.Context) error {
 	if s.cfg.VCenterURL != "" {
 		s.Endpoints.VCenterURL = s.cfg.VCenterURL
+		s.Endpoints.VCenterCA = os.Getenv("GOVC_TLS_CA_CERTS")
+		s.Endpoints.VCenterInsecure, _ = strconv.ParseBool(os.Getenv("GOVC_INSECURE"))
 		return nil
 	}
 	port, err := freePort(s.cfg.Host, s.cfg.VCenterPort)
@@ -274,7 +341,12 @@ func (s *System) startVCenter(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	simTLS, err := s.ca.ServerTLS("vcenter", pki.Hosts(s.cfg.Host)...)
+	if err != nil {
+		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
 	dc, err := sim.Start(ctx, sim.Config{
+		TLS:             simTLS,
 		Guests:          guests,
 		GuestsRequired:  guestsRequired,
 		Dir:             dsDir,
@@ -305,6 +377,7 @@ func (s *System) startVCenter(ctx context.Context) error {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
 	}
 	s.Endpoints.VCenterURL = dc.URL().String()
+	s.Endpoints.VCenterCA = s.ca.CAFile()
 	return nil
 }
 
@@ -331,7 +404,23 @@ func (s *System) startRedis(ctx context.Context) error {
 		s.Endpoints.RedisURL = s.cfg.RedisURL
 		return nil
 	}
-	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), redisserver.WithLogger(s.log))
+	// TLS only, and one ACL user per service: the image cache writes its
+	// metadata, the scheduler (and the env file's user) only reads it.
+	cert, key, err := s.ca.Issue("redis", pki.Hosts("127.0.0.1")...)
+	if err != nil {
+		return fmt.Errorf("up: Redis: %w", err)
+	}
+	var users []redisserver.User
+	for _, u := range []struct{ name, rules string }{{"imagecache", redisserver.RulesWriter}, {"scheduler", redisserver.RulesReader}} {
+		pw, err := s.secret("redis-" + u.name + "-password")
+		if err != nil {
+			return err
+		}
+		users = append(users, redisserver.User{Name: u.name, Password: pw, Rules: u.rules})
+	}
+	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), redisserver.WithLogger(s.log),
+		redisserver.WithTLS(redisserver.TLSFiles{CertFile: cert, KeyFile: key, CAFile: s.ca.CAFile()}),
+		redisserver.WithUsers(users...))
 	if err != nil {
 		// StartEmbedded says loudly that it is a stand-in; add why.
 		s.log.Warn("redis-server could not be started", "error", err)
@@ -341,8 +430,21 @@ func (s *System) startRedis(ctx context.Context) error {
 		}
 	}
 	s.onClose(srv.Close)
-	s.Endpoints.RedisURL = srv.URL()
+	s.redis = srv
+	s.Endpoints.RedisURL = srv.URLFor("scheduler")
+	if !srv.Embedded() {
+		s.Endpoints.RedisCA = s.ca.CAFile()
+	}
 	return nil
+}
+
+// redisURL is the Redis URL service name uses: its own ACL user on the
+// embedded redis-server, else the one URL there is.
+func (s *System) redisURL(name string) string {
+	if s.redis != nil && !s.redis.Embedded() {
+		return s.redis.URLFor(name)
+	}
+	return s.Endpoints.RedisURL
 }
 
 func (s *System) startRegistry(ctx context.Context) error {
@@ -400,14 +502,13 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 		return nil
 	}
 	settings := s.settings()
-	vcCfg, err := vsphereConfig(s.Endpoints.VCenterURL)
+	vcCfg, err := s.vsphereConfig(settings)
 	if err != nil {
 		return err
 	}
-	var rdb *redis.Client
 	for _, spec := range s.cfg.Services {
 		deps := runner.Deps{Logger: s.log, Settings: settings} // each service scopes the logger with its name
-		b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-"+spec.Name))
+		b, err := s.Dial(ctx, spec.Name)
 		if err != nil {
 			return fmt.Errorf("up: %s: %w", spec.Name, err)
 		}
@@ -422,14 +523,12 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 			deps.VSphere = sess
 		}
 		if spec.NeedsRedis {
-			if rdb == nil {
-				opts, err := redis.ParseURL(s.Endpoints.RedisURL)
-				if err != nil {
-					return fmt.Errorf("up: Redis URL: %w", err)
-				}
-				rdb = redis.NewClient(opts)
-				s.onClose(func() { rdb.Close() })
+			opts, err := redisserver.ClientOptions(s.redisURL(spec.Name), s.redisCA())
+			if err != nil {
+				return fmt.Errorf("up: %s: %w", spec.Name, err)
 			}
+			rdb := redis.NewClient(opts)
+			s.onClose(func() { rdb.Close() })
 			deps.Redis = rdb
 		}
 		s.run(runCtx, spec.Name, func(ctx context.Context) error { return spec.Run(ctx, deps) })
@@ -437,15 +536,31 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	return nil
 }
 
-func vsphereConfig(raw string) (vsphere.Config, error) {
+// vsphereConfig is how the services reach vCenter: the simulator is
+// verified against our CA; an external vCenter against GOVC_TLS_CA_CERTS or
+// a pinned PODVISOR_VCENTER_THUMBPRINT, and without verification only when
+// GOVC_INSECURE asks for it.
+func (s *System) vsphereConfig(settings config.Source) (vsphere.Config, error) {
+	raw := s.Endpoints.VCenterURL
 	u, err := url.Parse(raw)
 	if err != nil {
-		return vsphere.Config{}, fmt.Errorf("up: vCenter URL: %w", err)
+		return vsphere.Config{}, fmt.Errorf("up: vCenter URL: %s", redact.String(err.Error()))
 	}
-	cfg := vsphere.Config{URL: raw, Insecure: true}
+	cfg := vsphere.Config{URL: raw}
 	if u.User != nil {
 		cfg.Username = u.User.Username()
 		cfg.Password, _ = u.User.Password()
+	}
+	if s.Datacenter != nil {
+		cfg.CAFile = s.ca.CAFile()
+		return cfg, nil
+	}
+	cfg.CAFile, _ = settings("GOVC_TLS_CA_CERTS")
+	cfg.Thumbprint, _ = settings("PODVISOR_VCENTER_THUMBPRINT")
+	if v, _ := settings("GOVC_INSECURE"); v != "" {
+		if cfg.Insecure, err = strconv.ParseBool(v); err != nil {
+			return cfg, fmt.Errorf("up: GOVC_INSECURE=%q: want 1, true, 0 or false", v)
+		}
 	}
 	return cfg, nil
 }
@@ -486,9 +601,25 @@ func (e Endpoints) EnvFile() string {
 	line := func(k, v string) { fmt.Fprintf(&b, "export %s=%s\n", k, quote(v)) }
 	line("PODVISOR_NATS_URL", e.NATSURL)
 	line("NATS_URL", e.NATSURL)
+	if e.NATSCreds != "" {
+		line("PODVISOR_NATS_CREDS", e.NATSCreds)
+		line("NATS_CREDS", e.NATSCreds)
+	}
+	if e.NATSCA != "" {
+		line("PODVISOR_NATS_CA", e.NATSCA)
+		line("NATS_CA", e.NATSCA)
+	}
 	line("GOVC_URL", e.VCenterURL)
-	line("GOVC_INSECURE", "1")
+	if e.VCenterCA != "" {
+		line("GOVC_TLS_CA_CERTS", e.VCenterCA)
+	}
+	if e.VCenterInsecure {
+		line("GOVC_INSECURE", "1")
+	}
 	line("PODVISOR_REDIS_URL", e.RedisURL)
+	if e.RedisCA != "" {
+		line("PODVISOR_REDIS_CA", e.RedisCA)
+	}
 	line("PODVISOR_REGISTRY", e.Registry)
 	line("PODVISOR_UI_URL", e.UIURL)
 	return b.String()
@@ -558,9 +689,9 @@ func (s *System) WriteEnv() (string, error) {
 // PrintEndpoints writes the human summary of where everything listens.
 func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration) {
 	fmt.Fprintf(w, "podvisor is up (%s)\n", took.Round(time.Millisecond))
-	fmt.Fprintf(w, "  NATS      %s\n", s.Endpoints.NATSURL)
-	fmt.Fprintf(w, "  vCenter   %s\n", redact(s.Endpoints.VCenterURL))
-	fmt.Fprintf(w, "  Redis     %s\n", s.Endpoints.RedisURL)
+	fmt.Fprintf(w, "  NATS      %s\n", redact.URL(s.Endpoints.NATSURL))
+	fmt.Fprintf(w, "  vCenter   %s\n", redact.URL(s.Endpoints.VCenterURL))
+	fmt.Fprintf(w, "  Redis     %s\n", redact.URL(s.Endpoints.RedisURL))
 	fmt.Fprintf(w, "  registry  %s\n", s.Endpoints.Registry)
 	fmt.Fprintf(w, "  status    %s\n", s.Endpoints.UIURL)
 	if s.Datacenter != nil {
@@ -588,11 +719,11 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	fmt.Fprintf(w, "\n  source %s   # then: podvisor get hosts, govc find / -type h\n", envPath)
 }
 
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+// redisCA is the CA a Redis client trusts: ours for the embedded server,
+// PODVISOR_REDIS_CA for an external one.
+func (s *System) redisCA() string {
+	if s.redis != nil && !s.redis.Embedded() {
+		return s.ca.CAFile()
 	}
-	u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	return u.String()
+	return os.Getenv("PODVISOR_REDIS_CA")
 }

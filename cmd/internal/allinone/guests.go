@@ -8,10 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/nats-io/nats.go"
-
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
@@ -74,7 +72,10 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	if s.Datacenter == nil || s.Datacenter.Guests() == nil {
 		return nil
 	}
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-hostagents"))
+	// The host agents run as their own identity: consume PODS with their
+	// durables, read the pods bucket, report containers, answer
+	// pv.query.pod.>.
+	b, err := s.Dial(ctx, events.PublisherHostAgent)
 	if err != nil {
 		return fmt.Errorf("up: host agents: %w", err)
 	}

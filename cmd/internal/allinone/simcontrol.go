@@ -7,10 +7,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
-
-	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Simulator control: `podvisor sim host fail|recover|maintenance NAME` runs
@@ -47,7 +44,7 @@ var ErrNoSimulator = errors.New("this podvisor up uses an external vCenter, not 
 
 // serveSimControl answers simulator-control requests until ctx ends.
 func (s *System) serveSimControl(ctx context.Context) error {
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-simcontrol"))
+	b, err := s.Dial(ctx, "simcontrol")
 	if err != nil {
 		return fmt.Errorf("sim control: %w", err)
 	}

@@ -9,10 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/telemetry"
 )
 
@@ -88,7 +86,7 @@ func (s *System) startTraceQueries(ctx context.Context) {
 	if s.cfg.Recorder == nil {
 		return
 	}
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-traces"))
+	b, err := s.Dial(ctx, "traces")
 	if err != nil {
 		s.log.Warn("trace queries are not served; podvisor trace will find no responder", "error", err)
 		return

@@ -2,6 +2,7 @@ package allinone
 
 import (
 	"context"
+	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"fmt"
@@ -12,10 +13,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/redact"
 )
 
 // The status page is an operator's view of the running system, read-only:
@@ -36,7 +36,13 @@ func (s *System) startUI(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: status page: %w", err)
 	}
-	b, err := bus.Connect(ctx, s.Endpoints.NATSURL, nats.Name("podvisor-status"))
+	uiTLS, err := s.ca.ServerTLS("status", pki.Hosts(s.cfg.Host)...)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("up: status page: %w", err)
+	}
+	ln = tls.NewListener(ln, uiTLS)
+	b, err := s.Dial(ctx, "status")
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("up: status page: %w", err)
@@ -45,7 +51,7 @@ func (s *System) startUI(ctx context.Context) error {
 	view := newLiveView()
 	vctx, stopView := context.WithCancel(context.WithoutCancel(ctx))
 	s.onClose(stopView)
-	if err := view.run(vctx, b, s.Endpoints.RedisURL); err != nil {
+	if err := view.run(vctx, b, s.Endpoints.RedisURL, s.redisCA()); err != nil {
 		ln.Close()
 		return fmt.Errorf("up: status page: %w", err)
 	}
@@ -55,7 +61,7 @@ func (s *System) startUI(ctx context.Context) error {
 	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
 	mux.HandleFunc("GET /api/state", func(w http.ResponseWriter, _ *http.Request) {
 		d, _ := view.snapshot()
-		d.NATS, d.Registry = s.Endpoints.NATSURL, s.Endpoints.Registry
+		d.NATS, d.Registry = redact.URL(s.Endpoints.NATSURL), s.Endpoints.Registry
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(d)
 	})
@@ -75,7 +81,7 @@ func (s *System) startUI(ctx context.Context) error {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	s.Endpoints.UIURL = "http://" + ln.Addr().String()
+	s.Endpoints.UIURL = "https://" + ln.Addr().String()
 	return nil
 }
 
@@ -121,7 +127,7 @@ func (s *System) streamView(w http.ResponseWriter, r *http.Request, view *liveVi
 	defer tick.Stop()
 	for {
 		if d, version := view.snapshot(); version != sent {
-			d.NATS, d.Registry = s.Endpoints.NATSURL, s.Endpoints.Registry
+			d.NATS, d.Registry = redact.URL(s.Endpoints.NATSURL), s.Endpoints.Registry
 			if !send("state", d) {
 				return
 			}

@@ -65,7 +65,7 @@ func newLiveView() *liveView {
 }
 
 // run keeps the view current until ctx ends.
-func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL string) error {
+func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL, redisCA string) error {
 	for _, name := range viewBuckets {
 		kv, err := b.KV(ctx, name)
 		if err != nil {
@@ -115,7 +115,7 @@ func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL string) error {
 		}
 		go func() { <-ctx.Done(); cc.Stop() }()
 	}
-	go v.sample(ctx, redisURL)
+	go v.sample(ctx, redisURL, redisCA)
 	return nil
 }
 
@@ -158,13 +158,13 @@ func (v *liveView) subscribe() ([]FeedEvent, chan FeedEvent, func()) {
 }
 
 // sample records pods per phase every two seconds and refreshes the images.
-func (v *liveView) sample(ctx context.Context, redisURL string) {
+func (v *liveView) sample(ctx context.Context, redisURL, redisCA string) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
 		if redisURL != "" {
 			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			imgs, err := imagelocality.ListImages(ictx, redisURL)
+			imgs, err := imagelocality.ListImages(ictx, redisURL, redisCA)
 			cancel()
 			if err == nil {
 				v.mu.Lock()

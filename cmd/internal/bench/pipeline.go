@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -258,7 +257,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 	defer sys.Close()
 	hosts := sys.Datacenter.Hosts()
-	b, err := bus.Connect(ctx, sys.Endpoints.NATSURL, nats.Name("podvisor-bench"))
+	b, err := sys.Dial(ctx, "bench")
 	if err != nil {
 		return nil, err
 	}

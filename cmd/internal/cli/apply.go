@@ -141,9 +141,10 @@ func parseDryRun(s string) (dryRun, error) {
 
 // dropServerFields removes, from each exported v1 Pod, the fields podvisor
 // sets when they match the pod's record, so an exported pod re-applies as
-// unchanged. A nodeName that differs from the record (or names a pod that
-// does not exist) is kept, and validation refuses it as any user-set
-// nodeName. status is podvisor's to write and is always dropped.
+// unchanged. A nodeName or metadata.uid that differs from the record (or
+// names a pod that does not exist) is kept, and validation refuses it as any
+// user-set nodeName or client-chosen uid. status is podvisor's to write and
+// is always dropped.
 func dropServerFields(ctx context.Context, src *manifestSource, dial func() (*bus.Bus, error)) error {
 	var pods jetstream.KeyValue
 	for i, doc := range src.docs {
@@ -157,9 +158,10 @@ func dropServerFields(ctx context.Context, src *manifestSource, dial func() (*bu
 			changed = true
 		}
 		spec, _ := obj["spec"].(map[string]any)
+		meta, _ := obj["metadata"].(map[string]any)
 		node, _ := spec["nodeName"].(string)
-		if node != "" {
-			meta, _ := obj["metadata"].(map[string]any)
+		uid, _ := meta["uid"].(string)
+		if node != "" || uid != "" {
 			ns, _ := meta["namespace"].(string)
 			name, _ := meta["name"].(string)
 			if ns == "" {
@@ -168,7 +170,7 @@ func dropServerFields(ctx context.Context, src *manifestSource, dial func() (*bu
 			if pods == nil {
 				b, err := dial()
 				if err != nil {
-					return fmt.Errorf("%s: pod %s/%s sets spec.nodeName; comparing it with the pod's record: %w", src.name, ns, name, err)
+					return fmt.Errorf("%s: pod %s/%s sets spec.nodeName or metadata.uid; comparing it with the pod's record: %w", src.name, ns, name, err)
 				}
 				if pods, err = b.KV(ctx, events.BucketPods); err != nil {
 					return err
@@ -178,10 +180,14 @@ func dropServerFields(ctx context.Context, src *manifestSource, dial func() (*bu
 			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return err
 			}
-			if err == nil {
-				var rec events.PodRecord
-				if json.Unmarshal(e.Value(), &rec) == nil && rec.Host == node {
+			var rec events.PodRecord
+			if err == nil && json.Unmarshal(e.Value(), &rec) == nil {
+				if node != "" && rec.Host == node {
 					delete(spec, "nodeName")
+					changed = true
+				}
+				if uid != "" && rec.UID == uid {
+					delete(meta, "uid")
 					changed = true
 				}
 			}

@@ -8,7 +8,6 @@ import (
 
 	natsce "github.com/cloudevents/sdk-go/protocol/nats_jetstream/v2"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
-	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/events"
 )
@@ -25,7 +24,7 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	nc, err := natsFromEnv(vars)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,8 +42,12 @@ func upForTest(t *testing.T, services string) (*allinone.System, string) {
 // run executes the CLI like a user with only the state dir to go on.
 func run(t *testing.T, stateDir string, stdin string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	t.Setenv("PODVISOR_NATS_URL", "")
-	t.Setenv("PODVISOR_REDIS_URL", "")
+	for _, k := range []string{"PODVISOR_NATS_URL", "PODVISOR_NATS_CREDS", "PODVISOR_NATS_CA", "PODVISOR_REDIS_URL", "PODVISOR_REDIS_CA"} {
+		t.Setenv(k, "")
+	}
+	if os.Getenv("PODVISOR_CONFIG") == "" {
+		t.Setenv("PODVISOR_CONFIG", filepath.Join(stateDir, "no-cli-config"))
+	}
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -69,9 +73,18 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"PODVISOR_NATS_URL", "GOVC_URL", "GOVC_INSECURE", "PODVISOR_REDIS_URL", "PODVISOR_REGISTRY", "PODVISOR_UI_URL"} {
+	for _, k := range []string{"PODVISOR_NATS_URL", "PODVISOR_NATS_CREDS", "PODVISOR_NATS_CA", "NATS_CREDS", "NATS_CA", "GOVC_URL", "GOVC_TLS_CA_CERTS",
+		"PODVISOR_REDIS_URL", "PODVISOR_REDIS_CA", "PODVISOR_REGISTRY", "PODVISOR_UI_URL"} {
 		if vars[k] == "" {
 			t.Errorf("env file lacks %s", k)
+		}
+	}
+	if _, set := vars["GOVC_INSECURE"]; set {
+		t.Error("env file turns off vCenter certificate checks (GOVC_INSECURE)")
+	}
+	for _, k := range []string{"PODVISOR_NATS_URL", "GOVC_URL", "PODVISOR_REDIS_URL", "PODVISOR_UI_URL"} {
+		if u := vars[k]; !strings.HasPrefix(u, "tls://") && !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "rediss://") {
+			t.Errorf("%s = %s: not a TLS endpoint", k, u)
 		}
 	}
 	if vars["GOVC_URL"] != sys.Endpoints.VCenterURL || !strings.Contains(vars["GOVC_URL"], "podvisor:") {
@@ -88,7 +101,7 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 	_, dir := upForTest(t, "none")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	nc, err := natsFromEnv(vars)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +133,7 @@ func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	nc, err := natsFromEnv(vars)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +254,7 @@ func TestUsageErrors(t *testing.T) {
 func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := nats.Connect(vars["PODVISOR_NATS_URL"])
+	nc, err := natsFromEnv(vars)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,5 +379,49 @@ func TestWrongArgumentCountExitsTwo(t *testing.T) {
 		if _, errOut, code := run(t, t.TempDir(), "", args...); code != 2 || errOut == "" {
 			t.Errorf("podvisor %s: exit %d, stderr %q; want 2 with a message", strings.Join(args, " "), code, errOut)
 		}
+	}
+}
+
+// natsFromEnv is a plain nats.go client with what the env file gives a
+// user: the client's creds and the CA.
+func natsFromEnv(vars map[string]string) (*nats.Conn, error) {
+	return nats.Connect(vars["PODVISOR_NATS_URL"], nats.UserCredentials(vars["PODVISOR_NATS_CREDS"]), nats.RootCAs(vars["PODVISOR_NATS_CA"]))
+}
+
+// TestContextsChooseTheInstallation: with no env file to go on, the current
+// context of the CLI config says where NATS is and with which creds and CA.
+func TestContextsChooseTheInstallation(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	t.Setenv("PODVISOR_CONFIG", filepath.Join(t.TempDir(), "config"))
+	empty := t.TempDir()
+	if _, errOut, code := run(t, empty, "", "get", "pods"); code == 0 {
+		t.Fatalf("get pods without env file or context succeeded: %s", errOut)
+	}
+	if out, errOut, code := run(t, dir, "", "config", "set-context", "lab", "--from-env"); code != 0 || !strings.Contains(out, "context lab set") {
+		t.Fatalf("set-context: exit %d %s %s", code, out, errOut)
+	}
+	if _, errOut, code := run(t, empty, "", "config", "use-context", "nope"); code == 0 || !strings.Contains(errOut, `no context "nope"`) {
+		t.Errorf("use-context of an unknown context: exit %d %s", code, errOut)
+	}
+	if _, errOut, code := run(t, empty, "", "config", "use-context", "lab"); code != 0 {
+		t.Fatalf("use-context: %s", errOut)
+	}
+	if _, errOut, code := run(t, empty, "", "get", "pods"); code != 0 {
+		t.Fatalf("get pods through the context: exit %d: %s", code, errOut)
+	}
+	out, _, _ := run(t, empty, "", "config", "get-contexts")
+	if !strings.Contains(out, "*  ") || !strings.Contains(out, "lab") || !strings.Contains(out, "client.creds") {
+		t.Errorf("get-contexts:\n%s", out)
+	}
+}
+
+// TestApplyRefusesAClientUID: a manifest carrying metadata.uid is refused
+// before anything is published, naming the field.
+func TestApplyRefusesAClientUID(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, uid: 5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60}\nspec: {containers: [{name: a, image: r/x:1}]}\n"
+	_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
+	if code == 0 || !strings.Contains(errOut, "metadata.uid") || !strings.Contains(errOut, "podvisor assigns pod uids") {
+		t.Errorf("apply with metadata.uid: exit %d: %s", code, errOut)
 	}
 }

@@ -22,9 +22,10 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			imgs, err := imagemeta.ListImages(ctx, url)
+			ca, _ := g.endpoint("", "PODVISOR_REDIS_CA")
+			imgs, err := imagemeta.ListImages(ctx, url, ca)
 			if err != nil {
-				return nil, fmt.Errorf("images (Redis %s): %w", url, err)
+				return nil, fmt.Errorf("images (Redis %s): %w", redactURL(url), err)
 			}
 			out := make([]record, 0, len(imgs))
 			for _, im := range imgs {

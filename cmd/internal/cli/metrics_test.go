@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,8 +41,19 @@ func TestMetricsOnStatusPortCoverEveryService(t *testing.T) {
 			}
 		}
 	})
+	// The status port speaks TLS with a certificate from up's CA, the one
+	// the env file names for NATS.
+	caPEM, err := os.ReadFile(vars["PODVISOR_NATS_CA"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("no certificate in %s", vars["PODVISOR_NATS_CA"])
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
 	eventually(t, "handler histograms of every service", func() bool {
-		resp, err := http.Get(vars["PODVISOR_UI_URL"] + "/metrics")
+		resp, err := client.Get(vars["PODVISOR_UI_URL"] + "/metrics")
 		if err != nil {
 			return false
 		}

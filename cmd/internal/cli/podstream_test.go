@@ -22,7 +22,7 @@ import (
 func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 	sys, dir := upForTest(t, "none")
 	ctx := context.Background()
-	b, err := bus.Connect(ctx, sys.Endpoints.NATSURL)
+	b, err := sys.Dial(ctx, bus.IdentityAdmin) // writes pod records, as the provisioner would
 	if err != nil {
 		t.Fatal(err)
 	}

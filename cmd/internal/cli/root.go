@@ -84,6 +84,9 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newInstallCmd(g),
 		newLogsCmd(g),
 		newExecCmd(g),
+		newConfigCmd(g),
+		newIdentityCmd(g),
+		newTopologyCmd(g),
 	)
 	usageArgs(root)
 	return root

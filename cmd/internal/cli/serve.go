@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/health"
+	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -28,9 +31,10 @@ func newServeCmd(g *globals) *cobra.Command {
 		Short: "Run one service (what a container runs): " + strings.Join(runner.Names(), ", "),
 		Long: `serve runs one podvisor service until SIGTERM or Ctrl-C, then drains its consumers.
 Configuration comes only from the environment (and mounted secret files):
-  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS          NATS endpoint and credentials file
+  PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file
+                                                  (or a directory holding <service>.creds), CA
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
-  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE                       Redis
+  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
@@ -76,15 +80,31 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	build := Build()
 	logger.Info("starting", "service", spec.Name, "version", build.Version, "commit", build.Commit, "built", build.BuildDate)
 
-	natsURL, err := g.endpoint(g.natsURL, "PODVISOR_NATS_URL")
-	if err != nil {
-		return err
+	if local {
+		settings = localRedisUser(settings, g.stateDir, spec.Name)
 	}
-	opts := []nats.Option{nats.Name("podvisor-" + spec.Name)}
-	if creds := os.Getenv("PODVISOR_NATS_CREDS"); creds != "" {
-		opts = append(opts, nats.UserCredentials(creds))
+	conf := bus.ConnConfigFrom(settings, "podvisor-"+spec.Name)
+	if g.natsURL != "" {
+		conf.URL = g.natsURL
 	}
-	b, err := bus.Connect(ctx, natsURL, opts...)
+	if conf.URL == "" {
+		if conf.URL, err = g.endpoint("", "PODVISOR_NATS_URL"); err != nil {
+			return err
+		}
+	}
+	if local && conf.CredsFile != "" {
+		// Beside a local `podvisor up`, the env file names the client's
+		// creds; the service runs as its own identity, minted by up.
+		if p := filepath.Join(g.stateDir, "nats-auth", spec.Name+".creds"); fileExists(p) {
+			conf.CredsFile = p
+		}
+	}
+	// A directory of creds files (a mounted Secret holding every
+	// service's) gives each service its own: <dir>/<service>.creds.
+	if st, err := os.Stat(conf.CredsFile); err == nil && st.IsDir() {
+		conf.CredsFile = filepath.Join(conf.CredsFile, spec.Name+".creds")
+	}
+	b, err := bus.Dial(ctx, conf)
 	if err != nil {
 		return err
 	}
@@ -97,8 +117,13 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 		}
 		topo = append(topo, bus.WithReplicas(n))
 	}
-	if err := b.EnsureTopology(ctx, topo...); err != nil {
-		return err
+	// Declaring streams takes the admin identity; a service that runs as
+	// its own relies on `podvisor up` (or the deployment's admin) having
+	// declared them, and fails on its first consumer if not.
+	if who, _ := bus.CredsIdentity(conf.CredsFile); conf.CredsFile == "" || who == bus.IdentityAdmin {
+		if err := b.EnsureTopology(ctx, topo...); err != nil {
+			return err
+		}
 	}
 	deps := runner.Deps{Bus: b, Logger: logger, Settings: settings}
 	checks := map[string]health.Check{
@@ -150,7 +175,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	}
 	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
 
-	logger.Info("serving", "service", spec.Name, "nats", natsURL, "health", ln.Addr().String())
+	logger.Info("serving", "service", spec.Name, "nats", conf.URL, "health", ln.Addr().String())
 	grp, gctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return hs.Serve(gctx, ln) })
 	grp.Go(func() error {
@@ -170,12 +195,30 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	return err
 }
 
+// localRedisUser gives a service beside a local `podvisor up` its own
+// Redis ACL user: the env file's URL is the read-only user's, and up keeps
+// each service user's password in the state dir. It returns the settings
+// with that URL layered on top.
+func localRedisUser(settings config.Source, stateDir, service string) config.Source {
+	raw, _ := settings("PODVISOR_REDIS_URL")
+	pw, err := os.ReadFile(filepath.Join(stateDir, "redis-"+service+"-password"))
+	if raw == "" || err != nil {
+		return settings
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return settings
+	}
+	u.User = url.UserPassword(service, strings.TrimSpace(string(pw)))
+	return config.Layered(config.Map(map[string]string{"PODVISOR_REDIS_URL": u.String()}), settings)
+}
+
 func redisFrom(settings config.Source) (*redis.Client, error) {
 	raw, _ := settings("PODVISOR_REDIS_URL")
 	if raw == "" {
 		return nil, errors.New("PODVISOR_REDIS_URL is not set")
 	}
-	opts, err := redis.ParseURL(raw)
+	opts, err := redisserver.ClientOptions(raw, caOf(settings))
 	if err != nil {
 		return nil, fmt.Errorf("PODVISOR_REDIS_URL: %w", err)
 	}
@@ -187,4 +230,14 @@ func redisFrom(settings config.Source) (*redis.Client, error) {
 		opts.Password = strings.TrimSpace(string(pw))
 	}
 	return redis.NewClient(opts), nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+func caOf(settings config.Source) string {
+	ca, _ := settings("PODVISOR_REDIS_CA")
+	return ca
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
@@ -95,7 +94,7 @@ func podRecord(t *testing.T, b *bus.Bus, ns, name string) *events.PodRecord {
 func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	dir := upWithTracing(t)
 	vars, _ := ReadEnvFile(dir + "/env")
-	b, err := bus.Connect(context.Background(), vars["PODVISOR_NATS_URL"], nats.Name("trace-test"))
+	b, err := bus.Dial(context.Background(), bus.ConnConfig{URL: vars["PODVISOR_NATS_URL"], CredsFile: vars["PODVISOR_NATS_CREDS"], CAFile: vars["PODVISOR_NATS_CA"], Name: "trace-test"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -42,6 +43,7 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 			cfg.Services = specs
 			cfg.StateDir = g.stateDir
 			cfg.NATSURL = g.natsURL
+			cfg.NATSCreds, cfg.NATSCA = os.Getenv("PODVISOR_NATS_CREDS"), os.Getenv("PODVISOR_NATS_CA")
 			cfg.Logger = logger
 			cfg.Recorder = telemetry.NewRecorder(0)
 			ctx := cmd.Context()

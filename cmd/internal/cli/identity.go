@@ -1,0 +1,127 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// newIdentityCmd mints NATS identities from an authority directory: the
+// one `podvisor up` keeps in its state dir, or one made for a cluster.
+func newIdentityCmd(g *globals) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "identity",
+		Short: "Mint NATS identities (creds files) and the NATS server's trust configuration",
+	}
+	authority := func() (*bus.Authority, error) {
+		if dir == "" {
+			dir = filepath.Join(g.stateDir, "nats-auth")
+		}
+		return bus.LoadAuthority(dir)
+	}
+	var role string
+	mint := &cobra.Command{
+		Use:   "mint NAME",
+		Short: "Write NAME.creds with the permissions of --as (client, admin or a service name); prints its path",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := authority()
+			if err != nil {
+				return err
+			}
+			if _, err := bus.LookupIdentity(role); err != nil {
+				return usageError("--as %q: want client, admin or a service (%s)", role, identityNames())
+			}
+			path, err := a.MintAs(args[0], role)
+			if err != nil {
+				return usageError("%v", err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), path)
+			return nil
+		},
+	}
+	mint.Flags().StringVar(&role, "as", bus.IdentityClient, "whose permissions the identity gets")
+	all := &cobra.Command{
+		Use:   "mint-all",
+		Short: "Write the creds file of every identity of the permission table (one per service, client, admin)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := authority()
+			if err != nil {
+				return err
+			}
+			paths, err := a.MintAll()
+			if err != nil {
+				return err
+			}
+			for _, id := range bus.Identities() {
+				fmt.Fprintf(cmd.OutOrStdout(), "%-12s %s\n", id.Name, paths[id.Name])
+			}
+			return nil
+		},
+	}
+	conf := &cobra.Command{
+		Use:   "server-config",
+		Short: "Print the nats-server configuration that trusts these identities (operator, accounts, resolver)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := authority()
+			if err != nil {
+				return err
+			}
+			c, err := a.ServerConfig()
+			if err != nil {
+				return err
+			}
+			fmt.Fprint(cmd.OutOrStdout(), c)
+			return nil
+		},
+	}
+	cmd.PersistentFlags().StringVar(&dir, "dir", "", "authority directory (default: nats-auth in the state dir)")
+	cmd.AddCommand(mint, all, conf)
+	return cmd
+}
+
+// newTopologyCmd declares the streams and buckets, as the admin identity
+// must (services running as their own identities may not).
+func newTopologyCmd(g *globals) *cobra.Command {
+	var replicas int
+	cmd := &cobra.Command{
+		Use:   "topology",
+		Short: "Declare (or update) the streams and KV buckets; needs the admin identity's creds",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b, err := g.connect(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			if err := b.EnsureTopology(ctx, bus.WithReplicas(replicas)); err != nil {
+				return fmt.Errorf("declare the topology (as the admin identity?): %w", err)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), "streams and buckets declared")
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&replicas, "replicas", 1, "replicas of every stream and bucket (3 on a three-node NATS)")
+	return cmd
+}
+
+func identityNames() string {
+	var s string
+	for i, id := range bus.Identities() {
+		if i > 0 {
+			s += ", "
+		}
+		s += id.Name
+	}
+	return s
+}

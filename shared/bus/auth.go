@@ -1,0 +1,276 @@
+package bus
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+)
+
+// Per-identity limits. A service holds a few subscriptions per consumer and
+// KV watch; a client a few per command; neither needs thousands, and a
+// runaway one is stopped by the server rather than by memory.
+const (
+	ServiceMaxSubscriptions = 1000
+	ClientMaxSubscriptions  = 256
+	// ClientMaxPayload bounds what a client may publish in one message,
+	// headers included: an event (events.MaxEventSize of data) and its
+	// CloudEvent headers fit; a megabyte does not.
+	ClientMaxPayload = MaxMessageSize
+	// AccountMaxConnections bounds the connections of the whole podvisor
+	// account (JWT user claims carry no per-user connection limit).
+	AccountMaxConnections = 1024
+)
+
+// AccountName names the NATS account every podvisor identity belongs to.
+const AccountName = "podvisor"
+
+// Authority mints the NATS identities of one podvisor installation. It is
+// an operator with two accounts: SYS (the server's own) and podvisor, whose
+// users are the identities of the permission table, each signed with its
+// permissions and limits into a .creds file (JWT and seed) that nats.go and
+// the nats CLI read. The keys live in a directory (mode 0700, files 0600),
+// so a restarted server accepts the creds files already handed out.
+type Authority struct {
+	dir                          string
+	operator, account, system    nkeys.KeyPair
+	operatorClaims               *jwt.OperatorClaims
+	accountPub, systemPub        string
+	accountJWT, systemAccountJWT string
+}
+
+// LoadAuthority reads the keys in dir, creating what is missing.
+func LoadAuthority(dir string) (*Authority, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("bus: authority: %w", err)
+	}
+	a := &Authority{dir: dir}
+	var err error
+	if a.operator, err = loadSeed(filepath.Join(dir, "operator.nk"), nkeys.CreateOperator); err != nil {
+		return nil, err
+	}
+	if a.account, err = loadSeed(filepath.Join(dir, "account.nk"), nkeys.CreateAccount); err != nil {
+		return nil, err
+	}
+	if a.system, err = loadSeed(filepath.Join(dir, "system.nk"), nkeys.CreateAccount); err != nil {
+		return nil, err
+	}
+	opub, _ := a.operator.PublicKey()
+	a.accountPub, _ = a.account.PublicKey()
+	a.systemPub, _ = a.system.PublicKey()
+
+	oc := jwt.NewOperatorClaims(opub)
+	oc.Name = "podvisor"
+	oc.SystemAccount = a.systemPub
+	otok, err := oc.Encode(a.operator)
+	if err != nil {
+		return nil, fmt.Errorf("bus: authority: operator: %w", err)
+	}
+	if a.operatorClaims, err = jwt.DecodeOperatorClaims(otok); err != nil {
+		return nil, fmt.Errorf("bus: authority: operator: %w", err)
+	}
+
+	ac := jwt.NewAccountClaims(a.accountPub)
+	ac.Name = AccountName
+	ac.Limits.Conn = AccountMaxConnections
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
+		// Every stream and bucket must say how many bytes it may hold:
+		// one client cannot fill the disk through a stream without a limit.
+		MaxBytesRequired: true,
+	}
+	if a.accountJWT, err = ac.Encode(a.operator); err != nil {
+		return nil, fmt.Errorf("bus: authority: account: %w", err)
+	}
+	sc := jwt.NewAccountClaims(a.systemPub)
+	sc.Name = "SYS"
+	if a.systemAccountJWT, err = sc.Encode(a.operator); err != nil {
+		return nil, fmt.Errorf("bus: authority: system account: %w", err)
+	}
+	return a, nil
+}
+
+// loadSeed reads an nkey seed file or creates one.
+func loadSeed(path string, create func() (nkeys.KeyPair, error)) (nkeys.KeyPair, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		kp, err := nkeys.FromSeed([]byte(strings.TrimSpace(string(b))))
+		if err != nil {
+			return nil, fmt.Errorf("bus: authority: %s: %w", path, err)
+		}
+		return kp, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("bus: authority: %w", err)
+	}
+	kp, err := create()
+	if err != nil {
+		return nil, fmt.Errorf("bus: authority: %w", err)
+	}
+	seed, _ := kp.Seed()
+	if err := writeFileAtomic(path, append(seed, '\n')); err != nil {
+		return nil, fmt.Errorf("bus: authority: %w", err)
+	}
+	return kp, nil
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// CredsPath is where Creds writes the creds file of an identity.
+func (a *Authority) CredsPath(name string) string { return filepath.Join(a.dir, name+".creds") }
+
+// Creds writes the creds file of the identity called name (an entry of
+// Identities) and returns its path. The user key is kept across calls so
+// that a creds file already handed out stays valid; the JWT is signed again
+// so that it carries the permissions of this build's table.
+func (a *Authority) Creds(name string) (string, error) {
+	id, err := LookupIdentity(name)
+	if err != nil {
+		return "", err
+	}
+	return a.mint(id)
+}
+
+func (a *Authority) mint(id Identity) (string, error) {
+	path := a.CredsPath(id.Name)
+	var user nkeys.KeyPair
+	if b, err := os.ReadFile(path); err == nil {
+		if user, err = jwt.ParseDecoratedNKey(b); err != nil {
+			return "", fmt.Errorf("bus: creds %s: %w", path, err)
+		}
+	} else if user, err = nkeys.CreateUser(); err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", id.Name, err)
+	}
+	upub, _ := user.PublicKey()
+	uc := jwt.NewUserClaims(upub)
+	uc.Name = id.Name
+	uc.IssuerAccount = ""
+	perms := id.Permissions()
+	uc.Pub.Allow.Add(perms.Publish...)
+	uc.Sub.Allow.Add(perms.Subscribe...)
+	if perms.Respond {
+		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+		if perms.StreamResponses {
+			// -1: no limit on the answers to one request (0 would mean
+			// the server's default of one).
+			uc.Resp = &jwt.ResponsePermission{MaxMsgs: -1, Expires: StreamedAnswerLifetime}
+		}
+	}
+	switch {
+	case id.Admin:
+	case id.Client:
+		uc.Limits.Subs = ClientMaxSubscriptions
+		uc.Limits.Payload = ClientMaxPayload
+	default:
+		uc.Limits.Subs = ServiceMaxSubscriptions
+	}
+	tok, err := uc.Encode(a.account)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", id.Name, err)
+	}
+	seed, _ := user.Seed()
+	creds, err := jwt.FormatUserConfig(tok, seed)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", id.Name, err)
+	}
+	if err := writeFileAtomic(path, creds); err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", id.Name, err)
+	}
+	return path, nil
+}
+
+// MintAs writes the creds file of a new identity called name with the
+// permissions of the table's entry role (client, admin or a service): a
+// second client for another person or system, a service's replica with its
+// own key. It returns the file's path.
+func (a *Authority) MintAs(name, role string) (string, error) {
+	id, err := LookupIdentity(role)
+	if err != nil {
+		return "", err
+	}
+	if !validIdentityName.MatchString(name) {
+		return "", fmt.Errorf("bus: identity name %q: want lowercase letters, digits and dashes", name)
+	}
+	id.Name = name
+	return a.mint(id)
+}
+
+var validIdentityName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
+
+// ServerConfig is the nats-server configuration that trusts this authority
+// (operator, system account, and the accounts preloaded into a memory
+// resolver): what a NATS server outside `podvisor up` includes, for
+// example from a Kubernetes Secret.
+func (a *Authority) ServerConfig() (string, error) {
+	otok, err := a.operatorClaims.Encode(a.operator)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf(`# podvisor NATS authority: include from nats.conf.
+operator: %s
+system_account: %s
+max_control_line: %d
+resolver: MEMORY
+resolver_preload: {
+  %s: %s
+  %s: %s
+}
+`, otok, a.systemPub, MaxControlLine, a.systemPub, a.systemAccountJWT, a.accountPub, a.accountJWT), nil
+}
+
+// MintAll writes the creds file of every identity of the table and
+// returns their paths by name.
+func (a *Authority) MintAll() (map[string]string, error) {
+	out := map[string]string{}
+	for _, id := range Identities() {
+		p, err := a.mint(id)
+		if err != nil {
+			return nil, err
+		}
+		out[id.Name] = p
+	}
+	return out, nil
+}
+
+// configure makes a server trust this authority only.
+func (a *Authority) configure(opts *server.Options) error {
+	res := &server.MemAccResolver{}
+	if err := res.Store(a.accountPub, a.accountJWT); err != nil {
+		return err
+	}
+	if err := res.Store(a.systemPub, a.systemAccountJWT); err != nil {
+		return err
+	}
+	opts.TrustedOperators = []*jwt.OperatorClaims{a.operatorClaims}
+	opts.AccountResolver = res
+	opts.SystemAccount = a.systemPub
+	return nil
+}
+
+// CredsIdentity reads the identity name a creds file was minted for.
+func CredsIdentity(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds: %w", err)
+	}
+	tok, err := jwt.ParseDecoratedJWT(b)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+	}
+	return uc.Name, nil
+}

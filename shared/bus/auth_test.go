@@ -1,0 +1,299 @@
+package bus_test
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/pki"
+)
+
+// secureServer is an embedded server with the identities and TLS of
+// `podvisor up`, and the topology declared by the admin.
+type secureServer struct {
+	srv   *bus.Embedded
+	auth  *bus.Authority
+	caPEM string
+}
+
+func startSecure(t *testing.T) *secureServer {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(dir + "/tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := ca.ServerTLS("nats", pki.Hosts("127.0.0.1")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := bus.LoadAuthority(dir + "/nats-auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir + "/js", Auth: auth, TLS: srvTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	s := &secureServer{srv: srv, auth: auth, caPEM: ca.CAFile()}
+	admin := s.dial(t, bus.IdentityAdmin)
+	if err := admin.EnsureTopology(testContext(t)); err != nil {
+		t.Fatalf("topology as admin: %v", err)
+	}
+	return s
+}
+
+func (s *secureServer) conf(t *testing.T, identity string) bus.ConnConfig {
+	t.Helper()
+	creds, err := s.auth.Creds(identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bus.ConnConfig{URL: s.srv.URL(), CredsFile: creds, CAFile: s.caPEM, Name: "test-" + identity}
+}
+
+func (s *secureServer) dial(t *testing.T, identity string) *bus.Bus {
+	t.Helper()
+	b, err := bus.Dial(testContext(t), s.conf(t, identity))
+	if err != nil {
+		t.Fatalf("dial as %s: %v", identity, err)
+	}
+	t.Cleanup(b.Close)
+	return b
+}
+
+func requestEvent(t *testing.T, name string) event.Event {
+	t.Helper()
+	return mustEvent(t, events.TypePodRequested, "default/"+name, map[string]any{
+		"pod": map[string]any{"metadata": map[string]any{"name": name}, "spec": map[string]any{"containers": []any{map[string]any{"name": "c", "image": "r/x:1"}}}},
+	})
+}
+
+// TestServerRefusesWhoItDoesNotKnow: no creds, no TLS or an unknown CA
+// get no connection.
+func TestServerRefusesWhoItDoesNotKnow(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	noCreds := s.conf(t, bus.IdentityClient)
+	noCreds.CredsFile = ""
+	if b, err := bus.Dial(ctx, noCreds); err == nil {
+		b.Close()
+		t.Error("connection without creds accepted")
+	} else if !strings.Contains(err.Error(), "uthorization") {
+		t.Errorf("without creds: %v, want an authorization error", err)
+	}
+	noCA := s.conf(t, bus.IdentityClient)
+	noCA.CAFile = ""
+	if b, err := bus.Dial(ctx, noCA); err == nil {
+		b.Close()
+		t.Error("connection that cannot verify the server's certificate accepted")
+	}
+	// A client speaking plain text after the server's INFO gets no PONG:
+	// the server wants a TLS handshake and drops the connection.
+	u, err := url.Parse(s.srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := u.Host
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	r := bufio.NewReader(c)
+	info, err := r.ReadString('\n')
+	if err != nil || !strings.Contains(info, `"tls_required":true`) {
+		t.Fatalf("server INFO %q (%v), want tls_required", info, err)
+	}
+	if _, err := c.Write([]byte("CONNECT {\"verbose\":false}\r\nPING\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := r.ReadString('\n'); err == nil && strings.HasPrefix(line, "PONG") {
+		t.Error("plain-text connection accepted")
+	}
+}
+
+// TestClientPublishesOnlyRequests: the client identity's facts are refused
+// by the server (a permissions violation), its requests stored.
+func TestClientPublishesOnlyRequests(t *testing.T) {
+	s := startSecure(t)
+	client := s.dial(t, bus.IdentityClient)
+	ctx := testContext(t)
+	if err := client.Publish(ctx, requestEvent(t, "web")); err != nil {
+		t.Fatalf("client pod.requested: %v", err)
+	}
+	for _, subject := range []string{events.SubjectPodRunning, events.SubjectPodImagesReady, events.SubjectPodNetworkAttached, "$KV.pods.default.web"} {
+		// The server drops a denied publish and says so on the
+		// connection; the publisher waits for a stream ack in vain.
+		if _, err := client.JetStream().Publish(shortContext(t), subject, []byte("{}")); err == nil {
+			t.Errorf("client published %s", subject)
+		}
+	}
+	if err := client.Conn().LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		t.Errorf("server reported %v, want a permissions violation", err)
+	}
+	// Reading is allowed: the request is in the stream.
+	info, err := client.JetStream().Stream(ctx, events.StreamPods)
+	if err != nil {
+		t.Fatalf("client stream info: %v", err)
+	}
+	if st := info.CachedInfo().State; st.Msgs != 1 {
+		t.Errorf("PODS holds %d messages, want the one request", st.Msgs)
+	}
+}
+
+// TestServicePublishesWhatItOwns: the image cache may publish
+// pod.images.ready and write no bucket; the provisioner writes pods but may
+// not claim images are ready.
+func TestServicePublishesWhatItOwns(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	ic := s.dial(t, events.PublisherImageCache)
+	ready := mustEvent(t, events.TypePodImagesReady, "default/web", &events.PodImagesReady{Namespace: "default", Name: "web", UID: "u1",
+		Containers: []events.ContainerImage{{Container: "c", Image: "r/x:1", Digest: "sha256:" + strings.Repeat("a", 64), Datastore: "ds",
+			Disk: "[ds] podvisor-images/a/disk.vmdk", Chain: []string{"[ds] podvisor-images/a/disk.vmdk"}}}})
+	if err := ic.Publish(ctx, ready); err != nil {
+		t.Fatalf("imagecache pod.images.ready: %v", err)
+	}
+	prov := s.dial(t, events.PublisherProvisioner)
+	if err := prov.Publish(shortContext(t), ready); err == nil {
+		t.Error("provisioner published pod.images.ready")
+	}
+	kv, err := prov.KV(ctx, bus.BucketPods)
+	if err != nil {
+		t.Fatalf("provisioner opens its bucket: %v", err)
+	}
+	if _, err := kv.Create(ctx, "default.web", []byte("{}")); err != nil {
+		t.Fatalf("provisioner writes its bucket: %v", err)
+	}
+	icKV, err := ic.KV(ctx, bus.BucketPods)
+	if err != nil {
+		t.Fatalf("imagecache opens pods to read: %v", err)
+	}
+	if _, err := icKV.Get(ctx, "default.web"); err != nil {
+		t.Errorf("imagecache reads pods: %v", err)
+	}
+	if _, err := icKV.Put(shortContext(t), "default.other", []byte("{}")); err == nil {
+		t.Error("imagecache wrote the provisioner's bucket")
+	}
+}
+
+// TestLimits: every stream reports a byte limit and a maximum message
+// size, and a 1 MiB event is refused at publish.
+func TestLimits(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	admin := s.dial(t, bus.IdentityAdmin)
+	for name := range bus.StreamSubjects() {
+		st, err := admin.JetStream().Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := st.CachedInfo().Config
+		if cfg.MaxBytes <= 0 || cfg.MaxMsgSize <= 0 || cfg.Duplicates < bus.DuplicateWindow {
+			t.Errorf("stream %s: MaxBytes %d MaxMsgSize %d Duplicates %s", name, cfg.MaxBytes, cfg.MaxMsgSize, cfg.Duplicates)
+		}
+	}
+	big := make([]byte, 1<<20)
+	for _, who := range []string{bus.IdentityClient, bus.IdentityAdmin} {
+		b := s.dial(t, who)
+		if _, err := b.JetStream().Publish(ctx, events.SubjectPodRequested, big); err == nil {
+			t.Errorf("%s published a 1 MiB message", who)
+		}
+		// Just over the stream's limit, under the server's: the stream refuses.
+		if who == bus.IdentityAdmin {
+			if _, err := b.JetStream().Publish(ctx, events.SubjectPodRequested, make([]byte, bus.MaxMessageSize+1)); err == nil {
+				t.Error("stream stored a message over MaxMessageSize")
+			}
+		}
+	}
+}
+
+func shortContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// TestCredsFitTheControlLine: a JWT travels in the CONNECT line, which the
+// server bounds; every identity's must fit.
+func TestCredsFitTheControlLine(t *testing.T) {
+	auth, err := bus.LoadAuthority(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := auth.MintAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := jwt.ParseDecoratedJWT(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tok) > bus.MaxControlLine-1024 {
+			t.Errorf("%s: JWT of %d bytes, too close to the server's %d-byte control line", name, len(tok), bus.MaxControlLine)
+		}
+	}
+}
+
+// TestMintAsAnotherClient: a second client minted with the client's
+// permissions connects under its own name and may publish only requests.
+func TestMintAsAnotherClient(t *testing.T) {
+	s := startSecure(t)
+	path, err := s.auth.MintAs("ci-robot", bus.IdentityClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if who, err := bus.CredsIdentity(path); err != nil || who != "ci-robot" {
+		t.Fatalf("creds name %q, %v", who, err)
+	}
+	b, err := bus.Dial(testContext(t), bus.ConnConfig{URL: s.srv.URL(), CredsFile: path, CAFile: s.caPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Publish(testContext(t), requestEvent(t, "robot")); err != nil {
+		t.Errorf("second client's request: %v", err)
+	}
+	if _, err := b.JetStream().Publish(shortContext(t), events.SubjectPodRunning, []byte("{}")); err == nil {
+		t.Error("second client published pod.running")
+	}
+	if _, err := s.auth.MintAs("Bad Name", bus.IdentityClient); err == nil {
+		t.Error("an identity name with spaces was minted")
+	}
+	cfg, err := s.auth.ServerConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A nats-server reading it trusts the operator and knows both accounts.
+	conf := filepath.Join(t.TempDir(), "auth.conf")
+	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("nats-server cannot read the config: %v\n%s", err, cfg)
+	}
+	if len(opts.TrustedOperators) != 1 || opts.SystemAccount == "" || opts.MaxControlLine != bus.MaxControlLine {
+		t.Errorf("server options: operators %d, system account %q, max control line %d", len(opts.TrustedOperators), opts.SystemAccount, opts.MaxControlLine)
+	}
+}

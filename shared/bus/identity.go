@@ -1,0 +1,169 @@
+package bus
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// Identity is one NATS user of podvisor and what it may do. The table below
+// is data: the subjects a service may publish come from the event catalog
+// (events.SubjectsPublishedBy), and the rest from what the service reads,
+// writes and answers. Adding a service is one entry here (and its types'
+// publishers in events).
+type Identity struct {
+	// Name is the service name: its CloudEvent source is podvisor/<Name>,
+	// its events publisher name is Name and its dead letters go to
+	// pv.dlq.<Name>.
+	Name string
+	// Consumes lists the streams it reads with consumers (its dead letters
+	// need ADVISORIES, which every consumer reads, so it is implied).
+	Consumes []string
+	// Owns lists the KV buckets it writes (DESIGN "Ownership": one writer
+	// per bucket). It may read them too.
+	Owns []string
+	// Reads lists the KV buckets of others it reads as read models.
+	Reads []string
+	// Serves lists the request/reply subjects it answers.
+	Serves []string
+	// Asks lists the request/reply subjects it calls.
+	Asks []string
+	// StreamsAnswers lets it send many answers to one request (a pod's log
+	// or exec session streams numbered messages to the reply subject) for
+	// up to StreamedAnswerLifetime; others answer once.
+	StreamsAnswers bool
+	// Client marks the identity of people and other systems: it may
+	// publish only requests (events.IsRequest), read every stream and
+	// bucket and ask every query; it consumes nothing durably.
+	Client bool
+	// Admin may do anything: `podvisor up` declares the topology with it,
+	// and an operator repairs with it.
+	Admin bool
+}
+
+// Identity names besides the services'.
+const (
+	IdentityClient = "client"
+	IdentityAdmin  = "admin"
+)
+
+// QuerySubjects matches every request/reply query (pv.query.<domain>.<what>)
+// and the simulator's controls (pv.sim.>, only where a simulator runs).
+const (
+	QuerySubjects = "pv.query.>"
+	SimSubjects   = "pv.sim.>"
+)
+
+// Identities is the permission table of every identity podvisor mints.
+func Identities() []Identity {
+	return []Identity{
+		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations}, Owns: []string{BucketPods}},
+		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
+			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts}},
+		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
+		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
+			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM}, Reads: []string{BucketPods},
+			Serves: []string{events.SubjectQueryNetworkAvailable}},
+		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts},
+			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
+		// The host agent reports what runs in its pod VMs and answers
+		// logs and exec of its pods by request/reply.
+		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods},
+			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
+		{Name: IdentityClient, Client: true},
+		{Name: IdentityAdmin, Admin: true},
+	}
+}
+
+// LookupIdentity returns the table entry of name.
+func LookupIdentity(name string) (Identity, error) {
+	for _, id := range Identities() {
+		if id.Name == name {
+			return id, nil
+		}
+	}
+	return Identity{}, fmt.Errorf("bus: no identity %q in the permission table", name)
+}
+
+func kvStream(bucket string) string { return "KV_" + bucket }
+
+// readAPI is what reading stream s takes: its info, consumers on it, their
+// next messages, acks and flow control, and single-message gets (dead
+// letters, KV Get).
+func readAPI(s string) []string {
+	return []string{
+		"$JS.API.STREAM.INFO." + s,
+		"$JS.API.STREAM.MSG.GET." + s,
+		"$JS.API.DIRECT.GET." + s,
+		"$JS.API.DIRECT.GET." + s + ".>",
+		"$JS.API.CONSUMER.CREATE." + s,
+		"$JS.API.CONSUMER.CREATE." + s + ".>",
+		"$JS.API.CONSUMER.DURABLE.CREATE." + s + ".*",
+		"$JS.API.CONSUMER.INFO." + s + ".*",
+		"$JS.API.CONSUMER.DELETE." + s + ".*",
+		"$JS.API.CONSUMER.MSG.NEXT." + s + ".*",
+		"$JS.ACK." + s + ".>",
+		"$JS.FC." + s + ".>",
+	}
+}
+
+// accountAPI is what every JetStream user asks of the account as a whole.
+var accountAPI = []string{"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"}
+
+// Permissions are the publish and subscribe allow lists of an identity;
+// an empty list for an admin means "everything".
+type Permissions struct {
+	Publish, Subscribe []string
+	// Respond lets it answer requests on the reply subjects it received
+	// (the server allows one answer per request).
+	Respond bool
+	// StreamResponses lifts the one-answer limit (for StreamedAnswerLifetime).
+	StreamResponses bool
+}
+
+// StreamedAnswerLifetime bounds how long an identity that streams answers
+// may keep answering one request: a `podvisor logs -f` or exec session
+// longer than this loses its answers and has to be started again.
+const StreamedAnswerLifetime = 24 * time.Hour
+
+// Permissions derives the identity's NATS permissions.
+func (id Identity) Permissions() Permissions {
+	if id.Admin {
+		return Permissions{Publish: []string{">"}, Subscribe: []string{">"}, Respond: true}
+	}
+	var pub []string
+	add := func(s ...string) {
+		for _, x := range s {
+			if !slices.Contains(pub, x) {
+				pub = append(pub, x)
+			}
+		}
+	}
+	add(accountAPI...)
+	if id.Client {
+		add(events.SubjectsPublishedBy(events.PublisherClient)...)
+		// Every stream and bucket: "*" stands for any stream name.
+		add(readAPI("*")...)
+		add(QuerySubjects, SimSubjects)
+		return Permissions{Publish: pub, Subscribe: []string{"_INBOX.>"}}
+	}
+	add(events.SubjectsPublishedBy(id.Name)...)
+	add(DLQSubjectPrefix + id.Name)
+	for _, s := range append(slices.Clone(id.Consumes), StreamAdvisories) {
+		add(readAPI(s)...)
+	}
+	for _, b := range id.Owns {
+		// Its own bucket: write keys, and (re)declare the bucket, which
+		// some services do at start for buckets only they use.
+		add(readAPI(kvStream(b))...)
+		add("$KV."+b+".>", "$JS.API.STREAM.CREATE."+kvStream(b), "$JS.API.STREAM.UPDATE."+kvStream(b))
+	}
+	for _, b := range id.Reads {
+		add(readAPI(kvStream(b))...)
+	}
+	add(id.Asks...)
+	sub := append([]string{"_INBOX.>"}, id.Serves...)
+	return Permissions{Publish: pub, Subscribe: sub, Respond: len(id.Serves) > 0, StreamResponses: id.StreamsAnswers}
+}
