@@ -213,7 +213,7 @@ func TestCreateVMFaults(t *testing.T) {
 		e.publish("podvisor/imagecache", events.TypePodImagesReady, ir)
 		e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
-		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
+		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] podvisor-images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
 			t.Errorf("pod.failed = %+v", f)
 		}
 	})
