@@ -3,7 +3,6 @@ package redisserver_test
 import (
 	"context"
 	"net/url"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -11,15 +10,14 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/redisserver"
 )
 
 // TestTLSAndUsers: the server speaks TLS only, knows no password-less
 // user, lets the writer write and the reader only read.
 func TestTLSAndUsers(t *testing.T) {
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Skip("redis-server not on PATH (apt-get install redis-server)")
-	}
+	privtest.RequireTools(t, "redis-server")
 	dir := t.TempDir()
 	ca, err := pki.LoadOrCreateCA(dir + "/tls")
 	if err != nil {
