@@ -15,12 +15,16 @@ const (
 	StreamNetworks   = "NETWORKS"
 	StreamMigrations = "MIGRATIONS"
 	StreamHosts      = "HOSTS"
+	// StreamGuestClusters holds the guest cluster domain.
+	StreamGuestClusters = "GUESTCLUSTERS"
 
 	StreamPodsSubjects       = "pv.pod.>"
 	StreamImagesSubjects     = "pv.image.>"
 	StreamNetworksSubjects   = "pv.network.>"
 	StreamMigrationsSubjects = "pv.migration.>"
 	StreamHostsSubjects      = "pv.host.>"
+	// StreamGuestClustersSubjects captures the guest cluster events.
+	StreamGuestClustersSubjects = "pv.guestcluster.>"
 )
 
 // StreamSubjects maps every stream name to the subject filter it captures.
@@ -31,6 +35,8 @@ func StreamSubjects() map[string]string {
 		StreamNetworks:   StreamNetworksSubjects,
 		StreamMigrations: StreamMigrationsSubjects,
 		StreamHosts:      StreamHostsSubjects,
+
+		StreamGuestClusters: StreamGuestClustersSubjects,
 	}
 }
 
@@ -85,6 +91,12 @@ const (
 	TypeHostUncordoned     = "io.podvisor.host.uncordoned.v1"
 	TypeHostDrainRequested = "io.podvisor.host.drain.requested.v1"
 	TypeHostDrained        = "io.podvisor.host.drained.v1"
+
+	TypeGuestClusterRequested       = "io.podvisor.guestcluster.requested.v1"
+	TypeGuestClusterReady           = "io.podvisor.guestcluster.ready.v1"
+	TypeGuestClusterFailed          = "io.podvisor.guestcluster.failed.v1"
+	TypeGuestClusterDeleteRequested = "io.podvisor.guestcluster.delete.requested.v1"
+	TypeGuestClusterDeleted         = "io.podvisor.guestcluster.deleted.v1"
 )
 
 // NATS subjects, one per event (all versions of an event share it).
@@ -136,6 +148,12 @@ const (
 	SubjectHostUncordoned     = "pv.host.uncordoned"
 	SubjectHostDrainRequested = "pv.host.drain.requested"
 	SubjectHostDrained        = "pv.host.drained"
+
+	SubjectGuestClusterRequested       = "pv.guestcluster.requested"
+	SubjectGuestClusterReady           = "pv.guestcluster.ready"
+	SubjectGuestClusterFailed          = "pv.guestcluster.failed"
+	SubjectGuestClusterDeleteRequested = "pv.guestcluster.delete.requested"
+	SubjectGuestClusterDeleted         = "pv.guestcluster.deleted"
 )
 
 // MaxEventSize is the largest CloudEvent data payload the bus carries
@@ -219,6 +237,12 @@ var catalog = []Kind{
 	kind[HostUncordoned](TypeHostUncordoned, SubjectHostUncordoned, StreamHosts),
 	kind[HostDrainRequested](TypeHostDrainRequested, SubjectHostDrainRequested, StreamHosts),
 	kind[HostDrained](TypeHostDrained, SubjectHostDrained, StreamHosts),
+
+	kind[GuestClusterRequested](TypeGuestClusterRequested, SubjectGuestClusterRequested, StreamGuestClusters),
+	kind[GuestClusterReady](TypeGuestClusterReady, SubjectGuestClusterReady, StreamGuestClusters),
+	kind[GuestClusterFailed](TypeGuestClusterFailed, SubjectGuestClusterFailed, StreamGuestClusters),
+	kind[GuestClusterDeleteRequested](TypeGuestClusterDeleteRequested, SubjectGuestClusterDeleteRequested, StreamGuestClusters),
+	kind[GuestClusterDeleted](TypeGuestClusterDeleted, SubjectGuestClusterDeleted, StreamGuestClusters),
 }
 
 var byType = func() map[string]Kind {

@@ -140,6 +140,14 @@ func TestPayloadValidation(t *testing.T) {
 		{"uncordoned name", TypeHostUncordoned, func(v any) { v.(*HostUncordoned).Name = "" }, "name", "Required"},
 		{"drain name", TypeHostDrainRequested, func(v any) { v.(*HostDrainRequested).Name = "" }, "name", "Required"},
 		{"drained unmovable reason", TypeHostDrained, func(v any) { v.(*HostDrained).Unmovable[0].Reason = "" }, "unmovable[0].reason", "Required"},
+		{"guest cluster without version", TypeGuestClusterRequested, func(v any) { v.(*GuestClusterRequested).GuestCluster.Spec.Version = "" }, "guestCluster.spec.version", "Required"},
+		{"guest cluster bad version", TypeGuestClusterRequested, func(v any) { v.(*GuestClusterRequested).GuestCluster.Spec.Version = "1.37" }, "guestCluster.spec.version", "v1.37.2"},
+		{"guest cluster without control plane", TypeGuestClusterRequested, func(v any) { v.(*GuestClusterRequested).GuestCluster.Spec.ControlPlane.Replicas = 0 }, "guestCluster.spec.controlPlane.replicas", "1 to 16"},
+		{"guest cluster bad namespace", TypeGuestClusterRequested, func(v any) { v.(*GuestClusterRequested).GuestCluster.Spec.Namespaces = []string{"Team_B"} }, "guestCluster.spec.namespaces[0]", "Invalid"},
+		{"guest cluster ready without endpoint", TypeGuestClusterReady, func(v any) { v.(*GuestClusterReady).Endpoint = "" }, "endpoint", "Required"},
+		{"guest cluster failed reason", TypeGuestClusterFailed, func(v any) { v.(*GuestClusterFailed).Reason = "not camel" }, "reason", "CamelCase"},
+		{"guest cluster delete without name", TypeGuestClusterDeleteRequested, func(v any) { v.(*GuestClusterDeleteRequested).Name = "" }, "name", "Required"},
+		{"guest cluster deleted negative pods", TypeGuestClusterDeleted, func(v any) { v.(*GuestClusterDeleted).Pods = -1 }, "pods", "negative"},
 	}
 	covered := map[string]bool{}
 	for _, tt := range tests {

@@ -24,6 +24,9 @@ const (
 	// PublisherHostAgent is the per-host agent (one identity shared by
 	// every host's agent, or one minted per host with its permissions).
 	PublisherHostAgent = "hostagent"
+	// PublisherGuestCluster is the guest cluster controller; it also asks
+	// for pods (and their deletion) on behalf of a guest cluster.
+	PublisherGuestCluster = "guestcluster"
 )
 
 // SourcePrefix starts the CloudEvent source of every podvisor service:
@@ -34,7 +37,7 @@ const SourcePrefix = "podvisor/"
 // is both a request and something a service asks for on a person's behalf
 // (migration asks for the migrations of a drain).
 var publishers = map[string][]string{
-	TypePodRequested:          {PublisherClient},
+	TypePodRequested:          {PublisherClient, PublisherGuestCluster},
 	TypePodAccepted:           {PublisherProvisioner},
 	TypePodRejected:           {PublisherProvisioner},
 	TypePodScheduled:          {PublisherScheduler},
@@ -45,7 +48,7 @@ var publishers = map[string][]string{
 	TypePodNetworkFailed:      {PublisherNetConfig},
 	TypePodRunning:            {PublisherProvisioner},
 	TypePodFailed:             {PublisherProvisioner},
-	TypePodDeleteRequested:    {PublisherClient},
+	TypePodDeleteRequested:    {PublisherClient, PublisherGuestCluster},
 	TypePodDeleted:            {PublisherProvisioner},
 	TypePodEvicted:            {PublisherMigration},
 	TypePodVMReady:            {PublisherProvisioner},
@@ -81,6 +84,12 @@ var publishers = map[string][]string{
 	TypeHostUncordoned:     {PublisherClient},
 	TypeHostDrainRequested: {PublisherClient},
 	TypeHostDrained:        {PublisherMigration},
+
+	TypeGuestClusterRequested:       {PublisherClient},
+	TypeGuestClusterReady:           {PublisherGuestCluster},
+	TypeGuestClusterFailed:          {PublisherGuestCluster},
+	TypeGuestClusterDeleteRequested: {PublisherClient},
+	TypeGuestClusterDeleted:         {PublisherGuestCluster},
 }
 
 // Publishers returns who may publish a CloudEvent type: service names and/or

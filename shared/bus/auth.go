@@ -206,6 +206,26 @@ func (a *Authority) MintAs(name, role string) (string, error) {
 	return a.mint(id)
 }
 
+// MintGuest writes the creds file of a guest cluster's node identity
+// (GuestClusterIdentity) and returns its path.
+func (a *Authority) MintGuest(namespace, name string) (string, error) {
+	id := GuestClusterIdentity(namespace, name)
+	if !validIdentityName.MatchString(id.Name) {
+		return "", fmt.Errorf("bus: identity name %q: want lowercase letters, digits and dashes", id.Name)
+	}
+	return a.mint(id)
+}
+
+// Forget removes the creds file of identity name. Its JWT stays valid
+// until the account revokes it; the guest cluster controller calls it when a
+// guest cluster is deleted, and the node that held it is gone by then.
+func (a *Authority) Forget(name string) error {
+	if err := os.Remove(a.CredsPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 var validIdentityName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 
 // ServerConfig is the nats-server configuration that trusts this authority

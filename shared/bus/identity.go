@@ -41,6 +41,21 @@ type Identity struct {
 	// Admin may do anything: `podvisor up` declares the topology with it,
 	// and an operator repairs with it.
 	Admin bool
+	// Guest marks a guest cluster's node: it may ask its Asks and nothing
+	// else (no stream, no bucket, no event).
+	Guest bool
+}
+
+// GuestClusterIdentity is the identity of guest cluster namespace/name's
+// node: it asks its own guest cluster's queries, and sends keep-alives,
+// stdin and cancels on the control subjects of the logs and exec answers it
+// receives (their ids are random and reach only the asker's inbox).
+func GuestClusterIdentity(namespace, name string) Identity {
+	return Identity{
+		Name:  "gc-" + namespace + "-" + name,
+		Guest: true,
+		Asks:  []string{events.SubjectGuestClusterQueries(namespace, name), "pv.query.pod.control.>"},
+	}
 }
 
 // Identity names besides the services'.
@@ -72,6 +87,12 @@ func Identities() []Identity {
 		// logs and exec of its pods by request/reply.
 		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods},
 			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
+		// The guest cluster controller asks for the pods of guest
+		// clusters, answers their nodes' queries and hands their logs and
+		// exec requests to the host agents.
+		{Name: events.PublisherGuestCluster, Consumes: []string{events.StreamGuestClusters},
+			Owns: []string{events.BucketGuestClusters}, Reads: []string{BucketPods},
+			Serves: []string{events.SubjectGuestClusterQueryAll}, Asks: []string{events.SubjectQueryPodLogs + ".*", events.SubjectQueryPodExec + ".*"}},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
 	}
@@ -140,6 +161,9 @@ func (id Identity) Permissions() Permissions {
 				pub = append(pub, x)
 			}
 		}
+	}
+	if id.Guest {
+		return Permissions{Publish: slices.Clone(id.Asks), Subscribe: []string{"_INBOX.>"}}
 	}
 	add(accountAPI...)
 	if id.Client {

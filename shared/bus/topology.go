@@ -81,13 +81,14 @@ const (
 // (six or more per pod); old events go first when a stream is full
 // (DiscardOld), since state lives in the buckets.
 var StreamMaxBytes = map[string]int64{
-	events.StreamPods:       1 << 30,
-	events.StreamImages:     256 << 20,
-	events.StreamNetworks:   256 << 20,
-	events.StreamMigrations: 256 << 20,
-	events.StreamHosts:      256 << 20,
-	StreamDLQ:               256 << 20,
-	StreamAdvisories:        64 << 20,
+	events.StreamPods:          1 << 30,
+	events.StreamImages:        256 << 20,
+	events.StreamNetworks:      256 << 20,
+	events.StreamMigrations:    256 << 20,
+	events.StreamHosts:         256 << 20,
+	events.StreamGuestClusters: 64 << 20,
+	StreamDLQ:                  256 << 20,
+	StreamAdvisories:           64 << 20,
 }
 
 // StreamSubjects maps every stream of the topology to the subjects it captures.
@@ -107,18 +108,19 @@ func StreamSubjects() map[string][]string {
 // and IPAM are CAS counters where history is noise; networks keep the most
 // NATS allows because every applied version is a snapshot to restore.
 var bucketHistory = map[string]uint8{
-	BucketPods:       5,
-	BucketHosts:      1,
-	BucketLedger:     1,
-	BucketNetworks:   64,
-	BucketNetHosts:   5,
-	BucketIPAM:       1,
-	BucketMigrations: 5,
+	BucketPods:                 5,
+	BucketHosts:                1,
+	BucketLedger:               1,
+	BucketNetworks:             64,
+	BucketNetHosts:             5,
+	BucketIPAM:                 1,
+	BucketMigrations:           5,
+	events.BucketGuestClusters: 5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
-	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations}
+	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations, events.BucketGuestClusters}
 }
 
 // TopologyOption adjusts EnsureTopology.
@@ -146,7 +148,7 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 		return fmt.Errorf("bus: topology: replicas %d out of range 1-5", t.replicas)
 	}
 	var errs []error
-	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, StreamDLQ, StreamAdvisories} {
+	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamGuestClusters, StreamDLQ, StreamAdvisories} {
 		cfg := jetstream.StreamConfig{
 			Name:       name,
 			Subjects:   StreamSubjects()[name],

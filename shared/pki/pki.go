@@ -93,9 +93,16 @@ func (ca *CA) ClientTLS() *tls.Config {
 // Issue returns the certificate and key files of server name, valid for
 // hosts (IP addresses or DNS names), issuing them when needed.
 func (ca *CA) Issue(name string, hosts ...string) (certFile, keyFile string, err error) {
+	return ca.IssueAs(name, []string{"podvisor"}, hosts...)
+}
+
+// IssueAs is Issue with the subject's organizations given: a Kubernetes API
+// server reads a client certificate's common name as the user and its
+// organizations as the user's groups (system:masters, system:nodes).
+func (ca *CA) IssueAs(name string, orgs []string, hosts ...string) (certFile, keyFile string, err error) {
 	certFile = filepath.Join(ca.dir, name+".pem")
 	keyFile = filepath.Join(ca.dir, name+"-key.pem")
-	if cert, _, err := readPair(certFile, keyFile); err == nil && ca.current(cert, hosts) {
+	if cert, _, err := readPair(certFile, keyFile); err == nil && ca.current(cert, hosts) && slices.Equal(cert.Subject.Organization, orgs) {
 		return certFile, keyFile, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -104,7 +111,7 @@ func (ca *CA) Issue(name string, hosts ...string) (certFile, keyFile string, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: name, Organization: []string{"podvisor"}},
+		Subject:      pkix.Name{CommonName: name, Organization: orgs},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(certLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,

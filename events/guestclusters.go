@@ -1,0 +1,217 @@
+package events
+
+import (
+	"fmt"
+	"regexp"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+)
+
+// KindGuestCluster is the kind of a guest cluster manifest.
+const KindGuestCluster = "GuestCluster"
+
+// GuestCluster is a tenant Kubernetes cluster whose own control plane
+// deploys its pods into pod VMs through the supervisor:
+//
+//	apiVersion: podvisor.io/v1alpha1
+//	kind: GuestCluster
+//	metadata: {name: gc1, namespace: team-a}
+//	spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: 1, className: small}}
+//
+// The guest cluster's pods run in its own namespace of the supervisor
+// (metadata.namespace) unless spec.namespaces lets it use others.
+type GuestCluster struct {
+	APIVersion string           `json:"apiVersion,omitempty"`
+	Kind       string           `json:"kind,omitempty"`
+	Metadata   NamespacedMeta   `json:"metadata"`
+	Spec       GuestClusterSpec `json:"spec"`
+}
+
+// NamespacedMeta is the metadata of podvisor's namespaced objects.
+type NamespacedMeta struct {
+	Name string `json:"name"`
+	// Namespace defaults to "default".
+	Namespace   string            `json:"namespace,omitempty"`
+	Labels      map[string]string `json:"labels,omitempty"`
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// GuestClusterSpec is the desired guest cluster.
+type GuestClusterSpec struct {
+	// Version is the Kubernetes version of the guest control plane, as
+	// vMAJOR.MINOR.PATCH; podvisor builds v1.37.2 (GuestClusterVersions).
+	Version string `json:"version"`
+	// ControlPlane and Workers are the guest cluster's VMs: how many, of
+	// which VirtualMachineClass.
+	ControlPlane GuestClusterNodes `json:"controlPlane"`
+	Workers      GuestClusterNodes `json:"workers"`
+	// Network is the logical network its VMs attach to; "default" when
+	// empty.
+	Network string `json:"network,omitempty"`
+	// Namespaces are the supervisor namespaces, besides its own, the guest
+	// cluster may run pods in: a guest pod of namespace N runs in
+	// supervisor namespace N when N is listed, in the guest cluster's own
+	// namespace otherwise.
+	Namespaces []string `json:"namespaces,omitempty"`
+}
+
+// GuestClusterNodes is a group of the guest cluster's VMs.
+type GuestClusterNodes struct {
+	Replicas  int32  `json:"replicas"`
+	ClassName string `json:"className"`
+}
+
+// GuestClusterVersions are the Kubernetes versions a guest control plane
+// can run: the kube-apiserver the guest image is built from.
+var GuestClusterVersions = []string{"v1.37.2"}
+
+var semverRE = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+$`)
+
+// Normalize fills the defaults: namespace "default", network "default".
+func (g *GuestCluster) Normalize() {
+	if g.Metadata.Namespace == "" {
+		g.Metadata.Namespace = "default"
+	}
+	if g.Spec.Network == "" {
+		g.Spec.Network = DefaultNetwork
+	}
+}
+
+// AllowedNamespaces are the supervisor namespaces the guest cluster's pods
+// may run in: its own first, then spec.namespaces.
+func (g *GuestCluster) AllowedNamespaces() []string {
+	ns := g.Metadata.Namespace
+	if ns == "" {
+		ns = "default"
+	}
+	out := []string{ns}
+	for _, n := range g.Spec.Namespaces {
+		if n != ns {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	errs = append(errs, validateTypeMeta(p, g.APIVersion, g.Kind, APIVersion, KindGuestCluster)...)
+	errs = append(errs, validateDNSLabel(p.Child("metadata", "name"), g.Metadata.Name)...)
+	if g.Metadata.Namespace != "" {
+		errs = append(errs, validateDNSLabel(p.Child("metadata", "namespace"), g.Metadata.Namespace)...)
+	}
+	errs = append(errs, validateLabels(p.Child("metadata", "labels"), g.Metadata.Labels)...)
+	sp := p.Child("spec")
+	switch {
+	case g.Spec.Version == "":
+		errs = append(errs, field.Required(sp.Child("version"), fmt.Sprintf("one of %v", GuestClusterVersions)))
+	case !semverRE.MatchString(g.Spec.Version):
+		errs = append(errs, field.Invalid(sp.Child("version"), g.Spec.Version, "must look like v1.37.2"))
+	}
+	errs = append(errs, g.Spec.ControlPlane.validate(sp.Child("controlPlane"), 1)...)
+	errs = append(errs, g.Spec.Workers.validate(sp.Child("workers"), 0)...)
+	if g.Spec.Network != "" {
+		errs = append(errs, validateDNSLabel(sp.Child("network"), g.Spec.Network)...)
+	}
+	errs = append(errs, validateNames(sp.Child("namespaces"), g.Spec.Namespaces, validateDNSLabel)...)
+	return errs
+}
+
+func (n GuestClusterNodes) validate(p *field.Path, min int32) field.ErrorList {
+	var errs field.ErrorList
+	if n.Replicas < min || n.Replicas > 16 {
+		errs = append(errs, field.Invalid(p.Child("replicas"), n.Replicas, fmt.Sprintf("must be %d to 16", min)))
+	}
+	if n.Replicas > 0 || n.ClassName != "" {
+		errs = append(errs, validateDNSLabel(p.Child("className"), n.ClassName)...)
+	}
+	return errs
+}
+
+// GuestClusterKey is the key of a guest cluster: <namespace>/<name>.
+func GuestClusterKey(namespace, name string) string { return namespace + "/" + name }
+
+// GuestClusterRequested asks podvisor to create (or converge) a guest
+// cluster. Any client may publish it.
+type GuestClusterRequested struct {
+	GuestCluster GuestCluster `json:"guestCluster"`
+}
+
+// Validate checks the manifest.
+func (e *GuestClusterRequested) Validate() error {
+	return asError(e.GuestCluster.validate(field.NewPath("guestCluster")))
+}
+
+// ObjectKey is <namespace>/<name>.
+func (e *GuestClusterRequested) ObjectKey() string {
+	g := e.GuestCluster
+	g.Normalize()
+	return GuestClusterKey(g.Metadata.Namespace, g.Metadata.Name)
+}
+
+// GuestClusterRef names a guest cluster in the events about it.
+type GuestClusterRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+}
+
+func (r GuestClusterRef) validate() field.ErrorList {
+	errs := validateDNSLabel(field.NewPath("namespace"), r.Namespace)
+	return append(errs, validateDNSLabel(field.NewPath("name"), r.Name)...)
+}
+
+// ObjectKey is <namespace>/<name>.
+func (r GuestClusterRef) ObjectKey() string { return GuestClusterKey(r.Namespace, r.Name) }
+
+// GuestClusterDeleteRequested asks podvisor to delete a guest cluster: its
+// pods, its VMs, its control plane and its identity.
+type GuestClusterDeleteRequested struct {
+	GuestClusterRef
+}
+
+// Validate checks the reference.
+func (e *GuestClusterDeleteRequested) Validate() error { return asError(e.validate()) }
+
+// GuestClusterReady says the guest cluster's API server answers and its
+// podvisor node is registered.
+type GuestClusterReady struct {
+	GuestClusterRef
+	// Endpoint is the API server's URL.
+	Endpoint string `json:"endpoint"`
+}
+
+// Validate checks the reference and the endpoint.
+func (e *GuestClusterReady) Validate() error {
+	errs := e.validate()
+	errs = append(errs, required(field.NewPath("endpoint"), e.Endpoint)...)
+	return asError(errs)
+}
+
+// GuestClusterFailed says a guest cluster could not be created or kept.
+type GuestClusterFailed struct {
+	GuestClusterRef
+	// Reason is a CamelCase word (ControlPlaneFailed, Invalid, ...).
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// Validate checks the reference, reason and message.
+func (e *GuestClusterFailed) Validate() error {
+	errs := e.validate()
+	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	return asError(errs)
+}
+
+// GuestClusterDeleted says the guest cluster and everything it had are gone.
+type GuestClusterDeleted struct {
+	GuestClusterRef
+	// Pods is how many of its pods were deleted with it.
+	Pods int `json:"pods"`
+}
+
+// Validate checks the reference.
+func (e *GuestClusterDeleted) Validate() error {
+	errs := e.validate()
+	return asError(append(errs, validateNonNegative(field.NewPath("pods"), int64(e.Pods))...))
+}

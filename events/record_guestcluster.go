@@ -1,0 +1,62 @@
+package events
+
+import "time"
+
+// BucketGuestClusters holds one GuestClusterRecord per guest cluster, keyed
+// by GuestClusterRecordKey. Only the guest cluster controller writes it.
+const BucketGuestClusters = "guestclusters"
+
+// Guest cluster phases (GuestClusterRecord.Phase).
+const (
+	// GuestClusterPhaseProvisioning: its control plane is starting.
+	GuestClusterPhaseProvisioning = "Provisioning"
+	// GuestClusterPhaseReady: its API server answers and its podvisor
+	// node is registered.
+	GuestClusterPhaseReady = "Ready"
+	// GuestClusterPhaseDeleting: its pods, VMs and control plane are being
+	// removed.
+	GuestClusterPhaseDeleting = "Deleting"
+	// GuestClusterPhaseFailed: see Reason and Message.
+	GuestClusterPhaseFailed = "Failed"
+)
+
+// GuestClusterRecordKey is the KV key of a guest cluster: <namespace>.<name>
+// (KV keys cannot hold "/").
+func GuestClusterRecordKey(namespace, name string) string { return namespace + "." + name }
+
+// GuestClusterRecord is the guest cluster controller's record of one guest
+// cluster.
+type GuestClusterRecord struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// Spec is the last requested spec (normalized).
+	Spec  GuestClusterSpec `json:"spec"`
+	Phase string           `json:"phase"`
+	// Endpoint is the guest API server's URL once it answered.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Kubeconfig is the guest cluster admin's kubeconfig (API server CA
+	// and client certificate inline): what `podvisor get guestcluster NAME
+	// --kubeconfig` prints. Whoever may read this bucket administers the
+	// guest cluster.
+	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// Identity is the NATS identity the guest cluster's node uses: it may
+	// ask only this guest cluster's queries (SubjectGuestClusterQueries).
+	Identity string `json:"identity,omitempty"`
+	// Reason (CamelCase) and Message explain a failure.
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+	// Pods counts the guest cluster's pods on the supervisor, as last seen.
+	Pods                int        `json:"pods"`
+	CreatedAt           time.Time  `json:"createdAt"`
+	ReadyAt             *time.Time `json:"readyAt,omitempty"`
+	DeletionRequestedAt *time.Time `json:"deletionRequestedAt,omitempty"`
+}
+
+// Key is the record's KV key.
+func (r *GuestClusterRecord) Key() string { return GuestClusterRecordKey(r.Namespace, r.Name) }
+
+// AllowedNamespaces are the supervisor namespaces its pods may run in.
+func (r *GuestClusterRecord) AllowedNamespaces() []string {
+	g := GuestCluster{Metadata: NamespacedMeta{Name: r.Name, Namespace: r.Namespace}, Spec: r.Spec}
+	return g.AllowedNamespaces()
+}
