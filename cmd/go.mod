@@ -13,6 +13,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/podvisor/podvisor/agent v0.0.0
 	github.com/podvisor/podvisor/events v0.0.0
+	github.com/podvisor/podvisor/services/guestcluster v0.0.0
 	github.com/podvisor/podvisor/services/hostagent v0.0.0
 	github.com/podvisor/podvisor/services/imagecache v0.0.0
 	github.com/podvisor/podvisor/services/migration v0.0.0
@@ -145,3 +146,4 @@ require (
 	sigs.k8s.io/randfill v1.0.0 // indirect
 	sigs.k8s.io/structured-merge-diff/v6 v6.4.2 // indirect
 )
+replace github.com/podvisor/podvisor/services/guestcluster => ../services/guestcluster

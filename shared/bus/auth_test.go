@@ -14,6 +14,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -295,5 +296,62 @@ func TestMintAsAnotherClient(t *testing.T) {
 	}
 	if len(opts.TrustedOperators) != 1 || opts.SystemAccount == "" || opts.MaxControlLine != bus.MaxControlLine {
 		t.Errorf("server options: operators %d, system account %q, max control line %d", len(opts.TrustedOperators), opts.SystemAccount, opts.MaxControlLine)
+	}
+}
+
+// TestGuestClusterIdentityAsksOnlyItsQueries: a guest cluster's node
+// reaches its own cluster's queries through the guest cluster controller's
+// identity, and nothing else: not another guest cluster's queries, not a
+// pod request, not a stream.
+func TestGuestClusterIdentityAsksOnlyItsQueries(t *testing.T) {
+	s := startSecure(t)
+	ctrl := s.dial(t, events.PublisherGuestCluster)
+	sub, err := ctrl.Conn().Subscribe(events.SubjectGuestClusterQueryAll, func(m *nats.Msg) { _ = m.Respond([]byte(m.Subject)) })
+	if err != nil {
+		t.Fatalf("controller serves the guest queries: %v", err)
+	}
+	defer sub.Unsubscribe()
+	_ = ctrl.Conn().Flush()
+
+	creds, err := s.auth.MintGuest("team-a", "gc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := filepath.Base(creds), "gc-team-a-gc1.creds"; got != want {
+		t.Errorf("creds file %s, want %s", got, want)
+	}
+	nc, err := nats.Connect(s.srv.URL(), nats.UserCredentials(creds), nats.RootCAs(s.caPEM), nats.Name("test-guest"))
+	if err != nil {
+		t.Fatalf("connect as the guest: %v", err)
+	}
+	defer nc.Close()
+	own := events.SubjectGuestClusterQuery("team-a", "gc1", events.GuestOpPodList)
+	m, err := nc.Request(own, []byte("{}"), 5*time.Second)
+	if err != nil {
+		t.Fatalf("own query %s: %v", own, err)
+	}
+	if string(m.Data) != own {
+		t.Fatalf("own query %s answered %q", own, m.Data)
+	}
+	other := events.SubjectGuestClusterQuery("team-a", "gc2", events.GuestOpPodList)
+	if _, err := nc.Request(other, []byte("{}"), time.Second); err == nil {
+		t.Errorf("guest of gc1 asked %s", other)
+	}
+	if err := nc.Publish(events.SubjectPodRequested, []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && nc.LastError() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := nc.LastError(); err == nil || !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+		t.Errorf("server reported %v for the guest's pod.requested, want a permissions violation", err)
+	}
+	if err := s.auth.Forget(bus.GuestClusterIdentity("team-a", "gc1").Name); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(creds); !os.IsNotExist(err) {
+		t.Errorf("creds file after Forget: %v", err)
 	}
 }

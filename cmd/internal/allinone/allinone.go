@@ -642,6 +642,14 @@ func (s *System) serviceDefaults() map[string]string {
 	} else {
 		out[provisioner.EnvAwaitGuestStop] = "false"
 	}
+	// Guest clusters: their control planes live in the state dir, their
+	// nodes reach the embedded NATS with identities its authority signs.
+	if s.cfg.NATSURL == "" {
+		out["PODVISOR_GUESTCLUSTER_DIR"] = filepath.Join(s.cfg.StateDir, "guestclusters")
+		out["PODVISOR_GUESTCLUSTER_AUTHORITY"] = filepath.Join(s.cfg.StateDir, "nats-auth")
+		out["PODVISOR_GUESTCLUSTER_NATS_URL"] = s.Endpoints.NATSURL
+		out["PODVISOR_GUESTCLUSTER_NATS_CA"] = s.Endpoints.NATSCA
+	}
 	return out
 }
 

@@ -28,10 +28,10 @@ func newApplyCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|URL|- [-f ...]",
-		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks and Migrations",
+		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks, Migrations and GuestClusters",
 		Long: `apply reads multi-document YAML (or JSON) manifests and publishes one event per object:
 pod.requested for a Kubernetes v1 Pod, network.declared for a Network, migration.requested for a
-Migration. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
+Migration, guestcluster.requested for a GuestCluster. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
 for subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml'
 prints) contributes its items. Every document is checked first; one bad document means nothing is
 published, and the error names the source, the document and the field.
@@ -273,6 +273,11 @@ func requestsFor(objs []events.Object) ([]request, error) {
 			req := o.Migration.Request(uuid.NewString())
 			payload = &req
 			ceType, subject, what = events.TypeMigrationRequested, payload.ObjectKey(), "migration/"+req.ID
+		case o.GuestCluster != nil:
+			gc := *o.GuestCluster
+			gc.Normalize()
+			payload = &events.GuestClusterRequested{GuestCluster: gc}
+			ceType, subject, what = events.TypeGuestClusterRequested, payload.ObjectKey(), "guestcluster/"+payload.ObjectKey()
 		default:
 			return nil, fmt.Errorf("document %d: kind %q is not supported", o.Document, o.Kind)
 		}

@@ -24,13 +24,14 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		wait      time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "delete pod|network NAME... | delete pod -l SELECTOR",
-		Short: "Request the deletion of pods or networks",
+		Use:   "delete pod|network|guestcluster NAME... | delete pod -l SELECTOR",
+		Short: "Request the deletion of pods, networks or guest clusters",
 		Long: `delete publishes pod.delete.requested or network.delete.requested. It checks first that the
 object exists, so a typo fails here with a clear message; the services do the rest (a network still
 used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
 namespace whose labels match; --dry-run=client|server prints what would be deleted and publishes
-nothing (server also checks that each object exists).`,
+nothing (server also checks that each object exists). Deleting a guest cluster deletes its pods,
+its VMs and its control plane.`,
 		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -94,8 +95,25 @@ nothing (server also checks that each object exists).`,
 					}
 				}
 				return nil
+			case "guestcluster", "guestclusters", "gc":
+				if selector != "" {
+					return usageError("delete guestclusters: -l selects pods only")
+				}
+				for _, name := range names {
+					if mode == dryRunClient {
+						fmt.Fprintf(g.stdout, "guestcluster %s/%s deletion requested (dry run)\n", namespace, name)
+						continue
+					}
+					ref := events.GuestClusterRef{Namespace: namespace, Name: name}
+					if err := g.deleteObject(ctx, events.BucketGuestClusters, events.GuestClusterRecordKey(namespace, name), "guestcluster "+ref.ObjectKey(),
+						events.TypeGuestClusterDeleteRequested, ref.ObjectKey(),
+						&events.GuestClusterDeleteRequested{GuestClusterRef: ref}, mode == dryRunServer); err != nil {
+						return err
+					}
+				}
+				return nil
 			default:
-				return usageError("cannot delete %q: want pod or network", kind)
+				return usageError("cannot delete %q: want pod, network or guestcluster", kind)
 			}
 		},
 	}

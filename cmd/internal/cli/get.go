@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -103,12 +104,13 @@ func (o *getOptions) complete(out io.Writer) (printOptions, error) {
 
 func newGetCmd(g *globals) *cobra.Command {
 	o := &getOptions{}
+	var kubeconfig bool
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
 		Short: "Print pods, hosts, networks, images or migrations from the services' records",
 		Long: `get prints objects from the records the services keep (JetStream KV buckets; images from the
 Redis image cache). Kinds: pods (pod, po), hosts (host), networks (network, net), images (image),
-migrations (migration). -o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
+migrations (migration), guestclusters (guestcluster, gc). -o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
 		Args:              cobra.RangeArgs(1, 2),
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -123,6 +125,12 @@ migrations (migration). -o json prints a pod in Kubernetes shape (metadata, spec
 			name := ""
 			if len(args) == 2 {
 				name = args[1]
+			}
+			if kubeconfig {
+				if res.kind != events.KindGuestCluster || name == "" {
+					return usageError("--kubeconfig: only with get guestcluster NAME")
+				}
+				return g.printKubeconfig(cmd.Context(), o.namespace, name)
 			}
 			if res.list != nil {
 				return runGetList(cmd.Context(), g, res, name, o, popts)
@@ -142,6 +150,7 @@ migrations (migration). -o json prints a pod in Kubernetes shape (metadata, spec
 	cmd.Flags().StringVarP(&o.selector, "selector", "l", "", "label selector (app=web, tier in (a,b), !canary); pods and hosts carry labels")
 	cmd.Flags().BoolVar(&o.showLabels, "show-labels", false, "add a LABELS column")
 	cmd.Flags().BoolVar(&o.noHeaders, "no-headers", false, "print table rows without the header")
+	cmd.Flags().BoolVar(&kubeconfig, "kubeconfig", false, "with guestcluster NAME: print the guest cluster's admin kubeconfig")
 	return cmd
 }
 

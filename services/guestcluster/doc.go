@@ -1,0 +1,36 @@
+// Package guestcluster is the guest cluster controller: it turns a
+// GuestCluster (podvisor.io/v1alpha1) into a running tenant Kubernetes
+// cluster whose pods run as pod VMs of the supervisor, and deletes it with
+// everything it had.
+//
+// For guestcluster.requested it
+//
+//  1. records the guest cluster (bucket guestclusters, Phase Provisioning);
+//  2. mints the guest cluster's NATS identity (bus.GuestClusterIdentity):
+//     it may ask only pv.query.guestcluster.<namespace>.<name>.> and the
+//     control subjects of the log and exec streams it receives;
+//  3. starts its control plane (ControlPlanes): kube-apiserver with etcd and
+//     the podvisor node (virtual-kubelet), which registers node `podvisor`
+//     in the guest cluster and talks to this controller with that identity;
+//  4. records the endpoint and the admin kubeconfig (Phase Ready) and
+//     publishes guestcluster.ready.
+//
+// The controller answers the node's queries (gateway.go): pod.create asks
+// for the guest pod as pod.requested in a namespace the guest cluster may
+// use (its own, or one of spec.namespaces), named
+// <cluster>-<guest namespace>-<guest name> and labelled with the guest
+// cluster and the guest pod; pod.delete asks for its deletion; pod.list
+// returns the guest cluster's pods in the Kubernetes shape (status flows
+// back this way); pod.logs and pod.exec are checked and handed to the host
+// agent of the pod's VM, which streams its answer straight to the node.
+//
+// For guestcluster.delete.requested it marks the record Deleting, stops the
+// control plane (no new pods), asks for the deletion of every pod labelled
+// with the guest cluster, waits until their records are gone, forgets the
+// identity, removes the record and publishes guestcluster.deleted.
+//
+// ControlPlanes is where the guest cluster's control-plane VM runs. Processes
+// runs the podvisor-guest program (module guestcluster, which carries
+// k8s.io/kubernetes and virtual-kubelet so that no service builds them) as a
+// process of the supervisor's machine with its own directory.
+package guestcluster

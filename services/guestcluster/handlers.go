@@ -1,0 +1,142 @@
+package guestcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
+)
+
+// onRequested creates (or converges) a guest cluster: record, identity,
+// control plane, then Ready.
+func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterRequested) error {
+	g := p.GuestCluster
+	g.Normalize()
+	ns, name := g.Metadata.Namespace, g.Metadata.Name
+	key := events.GuestClusterRecordKey(ns, name)
+	if s.unavailable != nil {
+		return bus.Permanent(bus.WithReason("GuestClustersUnavailable", s.unavailable))
+	}
+	if !slices.Contains(events.GuestClusterVersions, g.Spec.Version) {
+		return bus.Permanent(bus.WithReason("UnsupportedVersion",
+			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
+	}
+	now := time.Now().UTC()
+	rec, err := s.clusters.Upsert(ctx, key, func(r *events.GuestClusterRecord, exists bool) error {
+		if exists && r.Phase == events.GuestClusterPhaseDeleting {
+			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s/%s is being deleted; apply it again once it is gone", ns, name)))
+		}
+		if exists && r.Spec.Version != g.Spec.Version && r.Phase == events.GuestClusterPhaseReady {
+			return bus.Permanent(bus.WithReason("UpgradeUnsupported", fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
+		}
+		if !exists {
+			*r = events.GuestClusterRecord{Namespace: ns, Name: name, CreatedAt: now, Phase: events.GuestClusterPhaseProvisioning}
+		}
+		if r.Phase == events.GuestClusterPhaseFailed {
+			r.Phase, r.Reason, r.Message = events.GuestClusterPhaseProvisioning, "", ""
+		}
+		r.Spec = g.Spec
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec.Version)
+	if err != nil {
+		return bus.WithReason("ControlPlaneFailed", err)
+	}
+	rec, err = s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+		if r.Phase == events.GuestClusterPhaseDeleting {
+			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
+		}
+		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.Kubeconfig == string(ep.Kubeconfig) {
+			return record.ErrUnchanged
+		}
+		r.Phase, r.Endpoint, r.Kubeconfig = events.GuestClusterPhaseReady, ep.URL, string(ep.Kubeconfig)
+		r.Identity = bus.GuestClusterIdentity(ns, name).Name
+		r.ReadyAt = &now
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	s.log.Info("guest cluster ready", "guestcluster", key, "endpoint", rec.Endpoint)
+	return s.out.Emit(ctx, &m.Event, &events.GuestClusterReady{
+		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
+}
+
+// ensureControlPlane mints the identity and starts the control plane.
+func (s *Service) ensureControlPlane(ctx context.Context, ns, name, version string) (Endpoint, error) {
+	creds, err := s.minter.MintGuest(ns, name)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("identity of %s/%s: %w", ns, name, err)
+	}
+	return s.cps.Ensure(ctx, ControlPlane{Namespace: ns, Name: name, Version: version, Creds: creds})
+}
+
+// requestFailed records the failure and publishes guestcluster.failed.
+func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.GuestClusterRequested, cause error) error {
+	g := p.GuestCluster
+	g.Normalize()
+	ns, name := g.Metadata.Namespace, g.Metadata.Name
+	reason := bus.ReasonOf(cause, "ControlPlaneFailed")
+	if reason != "Deleting" {
+		_, err := s.clusters.Mutate(ctx, events.GuestClusterRecordKey(ns, name), func(r *events.GuestClusterRecord) error {
+			if r.Phase == events.GuestClusterPhaseDeleting {
+				return record.ErrUnchanged
+			}
+			r.Phase, r.Reason, r.Message = events.GuestClusterPhaseFailed, reason, cause.Error()
+			return nil
+		})
+		if err != nil && !errors.Is(err, record.ErrNotFound) {
+			return err
+		}
+	}
+	return s.out.Emit(ctx, &m.Event, &events.GuestClusterFailed{
+		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Reason: reason, Message: cause.Error()})
+}
+
+// onDeleteRequested deletes the guest cluster: control plane first (so its
+// node asks for nothing more), then its pods, then its identity and record.
+func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterDeleteRequested) error {
+	key := events.GuestClusterRecordKey(p.Namespace, p.Name)
+	now := time.Now().UTC()
+	rec, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+		if r.Phase == events.GuestClusterPhaseDeleting {
+			return record.ErrUnchanged
+		}
+		r.Phase, r.DeletionRequestedAt = events.GuestClusterPhaseDeleting, &now
+		return nil
+	})
+	if errors.Is(err, record.ErrNotFound) {
+		s.log.Info("delete of a guest cluster that does not exist", "guestcluster", p.ObjectKey())
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if s.cps != nil {
+		if err := s.cps.Remove(ctx, p.Namespace, p.Name); err != nil {
+			return fmt.Errorf("remove the control plane of %s: %w", p.ObjectKey(), err)
+		}
+	}
+	n, err := s.deletePods(ctx, &m.Event, rec)
+	if err != nil {
+		return err
+	}
+	if s.minter != nil {
+		if err := s.minter.Forget(bus.GuestClusterIdentity(p.Namespace, p.Name).Name); err != nil {
+			return err
+		}
+	}
+	if err := s.clusters.Delete(ctx, key); err != nil {
+		return err
+	}
+	s.log.Info("guest cluster deleted", "guestcluster", p.ObjectKey(), "pods", n)
+	return s.out.Emit(ctx, &m.Event, &events.GuestClusterDeleted{GuestClusterRef: p.GuestClusterRef, Pods: n})
+}

@@ -1,0 +1,180 @@
+package guestcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
+)
+
+// Name is the service's name: consumers guestcluster-<STREAM>, dead letters
+// on pv.dlq.guestcluster.
+const Name = events.PublisherGuestCluster
+
+// Source is the CloudEvents source of what it publishes.
+const Source = "podvisor/" + Name
+
+// Minter signs guest cluster identities (bus.Authority).
+type Minter interface {
+	MintGuest(namespace, name string) (string, error)
+	Forget(name string) error
+}
+
+// Deps are what the service runs on.
+type Deps struct {
+	Bus *bus.Bus
+	// ControlPlanes runs the guest control planes; nil means Processes
+	// configured from Config.
+	ControlPlanes ControlPlanes
+	// Minter signs identities; nil means the authority in Config.Authority.
+	Minter Minter
+	Logger *slog.Logger
+}
+
+// Service is the guest cluster controller.
+type Service struct {
+	cfg      Config
+	bus      *bus.Bus
+	out      *bus.Emitter
+	log      *slog.Logger
+	clusters *record.Store[events.GuestClusterRecord]
+	pods     *record.Store[events.PodRecord]
+	cps      ControlPlanes
+	minter   Minter
+	// unavailable says why guest clusters cannot be made here (a setting
+	// is missing); nil when they can.
+	unavailable error
+	closeCPs    func()
+}
+
+// New checks the configuration and opens the buckets.
+func New(cfg Config, deps Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("guestcluster: config: %w", err)
+	}
+	if deps.Bus == nil {
+		return nil, errors.New("guestcluster: Deps.Bus: required")
+	}
+	log := deps.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	gkv, err := deps.Bus.KV(ctx, events.BucketGuestClusters)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s (is the topology declared?): %w", events.BucketGuestClusters, err)
+	}
+	pkv, err := deps.Bus.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketPods, err)
+	}
+	s := &Service{
+		cfg:      cfg,
+		bus:      deps.Bus,
+		out:      deps.Bus.Emitter(Source),
+		log:      log.With("service", Name),
+		clusters: record.New[events.GuestClusterRecord](gkv, "guest cluster"),
+		pods:     record.New[events.PodRecord](pkv, "pod"),
+		cps:      deps.ControlPlanes,
+		minter:   deps.Minter,
+	}
+	if s.cps == nil || s.minter == nil {
+		s.unavailable = cfg.missing()
+	}
+	if s.unavailable == nil && s.minter == nil {
+		a, err := bus.LoadAuthority(cfg.Authority)
+		if err != nil {
+			return nil, fmt.Errorf("guestcluster: PODVISOR_GUESTCLUSTER_AUTHORITY: %w", err)
+		}
+		s.minter = a
+	}
+	if s.unavailable == nil && s.cps == nil {
+		p := &Processes{Binary: cfg.Binary, Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout, Logger: s.log}
+		s.cps, s.closeCPs = p, p.Close
+	}
+	if s.unavailable != nil {
+		s.log.Warn("guest clusters are refused here", "why", s.unavailable)
+	}
+	return s, nil
+}
+
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, s.onRequested).OnFailure(s.requestFailed)
+	bus.Handle(r, s.onDeleteRequested)
+	return r
+}
+
+// Run consumes GUESTCLUSTERS, answers the guest nodes' queries and keeps the
+// control planes of Ready guest clusters running, until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if s.closeCPs != nil {
+		defer s.closeCPs()
+	}
+	sub, err := s.serveQueries(ctx)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	g, ctx := errgroup.WithContext(ctx)
+	r := s.routes()
+	g.Go(func() error {
+		return r.Run(ctx, s.bus, bus.ConsumerConfig{Workers: s.cfg.Workers, AckWait: s.cfg.AckWait, Logger: s.log}, nil)
+	})
+	if s.cfg.ResyncInterval > 0 && s.unavailable == nil {
+		g.Go(func() error { s.resyncLoop(ctx); return nil })
+	}
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// serveQueries subscribes to every guest cluster's queries, in a queue
+// group so that replicas share them.
+func (s *Service) serveQueries(ctx context.Context) (*nats.Subscription, error) {
+	sub, err := s.bus.Conn().QueueSubscribe(events.SubjectGuestClusterQueryAll, Name, func(m *nats.Msg) {
+		go s.onQuery(ctx, m)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: subscribe %s: %w", events.SubjectGuestClusterQueryAll, err)
+	}
+	return sub, nil
+}
+
+// resyncLoop restarts the control plane of every Ready guest cluster whose
+// process is gone (after a restart of the supervisor, say).
+func (s *Service) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(s.cfg.ResyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		recs, err := s.clusters.List(ctx)
+		if err != nil {
+			s.log.Warn("resync: list guest clusters", "err", err)
+			continue
+		}
+		for _, r := range recs {
+			if r.Phase != events.GuestClusterPhaseReady {
+				continue
+			}
+			if _, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec.Version); err != nil && ctx.Err() == nil {
+				s.log.Warn("resync: control plane", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
+			}
+		}
+	}
+}
