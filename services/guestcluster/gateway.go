@@ -15,6 +15,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // queryTimeout bounds the work of one query.
@@ -66,10 +67,28 @@ func (s *Service) onQuery(ctx context.Context, m *nats.Msg) {
 			out.Pods = append(out.Pods, p.KubernetesPod())
 		}
 		s.reply(m, out, log)
+		if rec.Pods != len(pods) {
+			s.countPods(ctx, rec, len(pods))
+		}
 	case events.GuestOpPodLogs, events.GuestOpPodExec:
 		s.forwardStream(ctx, rec, op, m)
 	default:
 		s.replyErr(m, fmt.Errorf("op %q: want one of pod.create, pod.delete, pod.list, pod.logs, pod.exec", op))
+	}
+}
+
+// countPods records how many pods the guest cluster has, as its node's
+// last list found (written only when the count changes).
+func (s *Service) countPods(ctx context.Context, rec *events.GuestClusterRecord, n int) {
+	_, err := s.clusters.Mutate(ctx, rec.Key(), func(r *events.GuestClusterRecord) error {
+		if r.Pods == n || r.Phase == events.GuestClusterPhaseDeleting {
+			return record.ErrUnchanged
+		}
+		r.Pods = n
+		return nil
+	})
+	if err != nil {
+		s.log.Warn("count pods", "guestcluster", rec.Key(), "err", err)
 	}
 }
 

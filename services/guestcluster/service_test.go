@@ -1,0 +1,303 @@
+package guestcluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+)
+
+// recordingControlPlanes stands for the control-plane VM: the real one
+// (podvisor-guest with kube-apiserver) is driven by the CLI's guest cluster
+// test; here the controller's side of the contract is what is checked.
+type recordingControlPlanes struct {
+	mu      sync.Mutex
+	ensured map[string]ControlPlane
+	removed []string
+	fail    error
+}
+
+func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (Endpoint, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail != nil {
+		return Endpoint{}, r.fail
+	}
+	r.ensured[cp.Namespace+"/"+cp.Name] = cp
+	return Endpoint{URL: "https://127.0.0.1:6443", Kubeconfig: []byte("apiVersion: v1\nkind: Config\n")}, nil
+}
+
+func (r *recordingControlPlanes) Remove(_ context.Context, ns, name string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.removed = append(r.removed, ns+"/"+name)
+	return nil
+}
+
+type harness struct {
+	b    *bus.Bus
+	cps  *recordingControlPlanes
+	auth *bus.Authority
+	evs  chan event.Event
+}
+
+func start(t *testing.T) *harness {
+	t.Helper()
+	b := bustest.Start(t)
+	auth, err := bus.LoadAuthority(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{b: b, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, evs: make(chan event.Event, 256)}
+	cfg := DefaultConfig()
+	cfg.ResyncInterval = 0
+	cfg.DeleteTimeout = 20 * time.Second
+	svc, err := New(cfg, Deps{Bus: b, ControlPlanes: h.cps, Minter: auth})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods} {
+		c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc, err := c.Consume(func(m jetstream.Msg) {
+			if ev, err := bus.DecodeMessage(m); err == nil {
+				h.evs <- ev
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cc.Stop)
+	}
+	return h
+}
+
+func (h *harness) publish(t *testing.T, ceType, subject string, p events.Payload) {
+	t.Helper()
+	ev, err := bus.NewEvent("podvisor/cli", ceType, subject, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// await returns the next event of ceType, skipping others.
+func (h *harness) await(t *testing.T, ceType string) event.Event {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case ev := <-h.evs:
+			if ev.Type() == ceType {
+				return ev
+			}
+		case <-deadline:
+			t.Fatalf("no %s within 20s", ceType)
+		}
+	}
+}
+
+func (h *harness) ask(t *testing.T, ns, name, op string, req any) events.GuestPodReply {
+	t.Helper()
+	data, _ := json.Marshal(req)
+	m, err := h.b.Conn().Request(events.SubjectGuestClusterQuery(ns, name, op), data, 10*time.Second)
+	if err != nil {
+		t.Fatalf("%s: %v", op, err)
+	}
+	var r events.GuestPodReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func guestCluster() *events.GuestClusterRequested {
+	return &events.GuestClusterRequested{GuestCluster: events.GuestCluster{
+		APIVersion: events.APIVersion, Kind: events.KindGuestCluster,
+		Metadata: events.NamespacedMeta{Name: "gc1", Namespace: "team-a"},
+		Spec: events.GuestClusterSpec{Version: "v1.37.2", Namespaces: []string{"team-a-apps"},
+			ControlPlane: events.GuestClusterNodes{Replicas: 1, ClassName: "small"},
+			Workers:      events.GuestClusterNodes{Replicas: 1, ClassName: "small"}},
+	}}
+}
+
+// TestGuestClusterLifecycle: a requested guest cluster gets an identity
+// and a control plane and becomes Ready; its node's pod requests become
+// pod.requested in the namespaces it may use and no other; its pods are
+// listed in the Kubernetes shape; deleting it deletes its pods, its
+// control plane, its identity and its record.
+func TestGuestClusterLifecycle(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	ready := h.await(t, events.TypeGuestClusterReady)
+	if ready.Subject() != "team-a/gc1" {
+		t.Errorf("ready subject %q", ready.Subject())
+	}
+	kv, _ := h.b.KV(ctx, events.BucketGuestClusters)
+	e, err := kv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec events.GuestClusterRecord
+	_ = json.Unmarshal(e.Value(), &rec)
+	if rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != "https://127.0.0.1:6443" || rec.Kubeconfig == "" || rec.Identity != "gc-team-a-gc1" {
+		t.Errorf("record = %+v", rec)
+	}
+	cp := h.cps.ensured["team-a/gc1"]
+	if cp.Creds != h.auth.CredsPath("gc-team-a-gc1") || cp.Version != "v1.37.2" {
+		t.Errorf("control plane started with %+v", cp)
+	}
+
+	// The node asks for a guest pod of namespace default: it runs in the
+	// guest cluster's own namespace, named after the guest pod.
+	grace := int64(1)
+	pod := &corev1.Pod{}
+	pod.Namespace, pod.Name = "default", "bb"
+	pod.Labels = map[string]string{"run": "bb"}
+	pod.Spec = corev1.PodSpec{NodeName: "podvisor", ServiceAccountName: "default", SchedulerName: "default-scheduler",
+		TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
+		Tolerations: []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists}},
+		Containers:  []corev1.Container{{Name: "bb", Image: "registry.local/podvisor/busybox:1.0", Command: []string{"echo", "hi"}}}}
+	r := h.ask(t, "team-a", "gc1", events.GuestOpPodCreate, events.GuestPodRequest{GuestNamespace: "default", GuestName: "bb", Pod: pod})
+	if r.Error != "" || r.Namespace != "team-a" || r.Name != "gc1-default-bb" {
+		t.Fatalf("pod.create = %+v", r)
+	}
+	ev := h.await(t, events.TypePodRequested)
+	var pr events.PodRequested
+	if err := json.Unmarshal(ev.Data(), &pr); err != nil {
+		t.Fatal(err)
+	}
+	sp := pr.Pod
+	if sp.Namespace != "team-a" || sp.Name != "gc1-default-bb" || sp.Spec.NodeName != "" || sp.Spec.ServiceAccountName != "" || len(sp.Spec.Tolerations) != 0 ||
+		sp.Labels[events.LabelGuestCluster] != "gc1" || sp.Labels[events.LabelGuestName] != "bb" || sp.Labels["run"] != "bb" {
+		t.Errorf("pod.requested carries %+v", sp)
+	}
+	if ev.Source() != Source {
+		t.Errorf("pod.requested source %q", ev.Source())
+	}
+	// A listed namespace is its own; any other is refused, naming what
+	// the guest cluster may use.
+	r = h.ask(t, "team-a", "gc1", events.GuestOpPodCreate, events.GuestPodRequest{GuestNamespace: "team-a-apps", GuestName: "x", Pod: pod})
+	if r.Error != "" || r.Namespace != "team-a-apps" {
+		t.Errorf("pod.create in a listed namespace = %+v", r)
+	}
+	r = h.ask(t, "team-a", "gc1", events.GuestOpPodCreate, events.GuestPodRequest{GuestNamespace: "default", GuestName: "y", Namespace: "kube-system", Pod: pod})
+	if !strings.Contains(r.Error, "namespace kube-system") || !strings.Contains(r.Error, "team-a, team-a-apps") {
+		t.Errorf("pod.create in kube-system = %+v, want a refusal naming the allowed namespaces", r)
+	}
+	r = h.ask(t, "team-a", "gc9", events.GuestOpPodList, struct{}{})
+	if !strings.Contains(r.Error, "does not exist") {
+		t.Errorf("a query of an unknown guest cluster = %+v", r)
+	}
+
+	// The provisioner's record of the pod: the list shows it in the
+	// Kubernetes shape, with the guest labels.
+	pods, _ := h.b.KV(ctx, events.BucketPods)
+	prec := events.PodRecord{UID: "u-1", Namespace: "team-a", Name: "gc1-default-bb", Pod: sp, Phase: events.PodPhaseRunning, Host: "esx-1"}
+	data, _ := json.Marshal(prec)
+	if _, err := pods.Put(ctx, events.PodRecordKey("team-a", "gc1-default-bb"), data); err != nil {
+		t.Fatal(err)
+	}
+	other := events.PodRecord{UID: "u-2", Namespace: "team-a", Name: "web", Phase: events.PodPhaseRunning}
+	data, _ = json.Marshal(other)
+	if _, err := pods.Put(ctx, events.PodRecordKey("team-a", "web"), data); err != nil {
+		t.Fatal(err)
+	}
+	r = h.ask(t, "team-a", "gc1", events.GuestOpPodList, struct{}{})
+	if r.Error != "" || len(r.Pods) != 1 || r.Pods[0].Labels[events.LabelGuestName] != "bb" || r.Pods[0].Status.Phase != corev1.PodRunning {
+		t.Errorf("pod.list = %+v, want the guest pod only, Running", r)
+	}
+	// The count is written after the answer.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		e, err := kv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1"))
+		if err == nil && json.Unmarshal(e.Value(), &rec) == nil && rec.Pods == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record counts %d pods (%v), want 1", rec.Pods, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Delete: the pod's deletion is asked for; once its record is gone
+	// (as the provisioner removes it), the guest cluster is.
+	h.publish(t, events.TypeGuestClusterDeleteRequested, "team-a/gc1", &events.GuestClusterDeleteRequested{GuestClusterRef: events.GuestClusterRef{Namespace: "team-a", Name: "gc1"}})
+	del := h.await(t, events.TypePodDeleteRequested)
+	var dr events.PodDeleteRequested
+	_ = json.Unmarshal(del.Data(), &dr)
+	if dr.Namespace != "team-a" || dr.Name != "gc1-default-bb" || dr.UID != "u-1" {
+		t.Errorf("pod.delete.requested = %+v", dr)
+	}
+	if err := pods.Delete(ctx, events.PodRecordKey("team-a", "gc1-default-bb")); err != nil {
+		t.Fatal(err)
+	}
+	gone := h.await(t, events.TypeGuestClusterDeleted)
+	var gd events.GuestClusterDeleted
+	_ = json.Unmarshal(gone.Data(), &gd)
+	if gd.Pods != 1 {
+		t.Errorf("guestcluster.deleted = %+v, want 1 pod", gd)
+	}
+	if _, err := kv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("record after delete: %v", err)
+	}
+	h.cps.mu.Lock()
+	removed := h.cps.removed
+	h.cps.mu.Unlock()
+	if len(removed) != 1 || removed[0] != "team-a/gc1" {
+		t.Errorf("control planes removed: %v", removed)
+	}
+	if _, err := pods.Get(ctx, events.PodRecordKey("team-a", "web")); err != nil {
+		t.Errorf("a pod of no guest cluster was touched: %v", err)
+	}
+}
+
+// TestControlPlaneFailureIsToldAndRecorded: a control plane that does not
+// start ends in guestcluster.failed and Phase Failed with the reason.
+func TestControlPlaneFailureIsToldAndRecorded(t *testing.T) {
+	h := start(t)
+	h.cps.fail = bus.Permanent(errors.New("kube-apiserver exited: etcd not reachable"))
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	ev := h.await(t, events.TypeGuestClusterFailed)
+	var f events.GuestClusterFailed
+	_ = json.Unmarshal(ev.Data(), &f)
+	if f.Reason != "ControlPlaneFailed" || !strings.Contains(f.Message, "etcd not reachable") {
+		t.Errorf("guestcluster.failed = %+v", f)
+	}
+	kv, _ := h.b.KV(context.Background(), events.BucketGuestClusters)
+	e, err := kv.Get(context.Background(), events.GuestClusterRecordKey("team-a", "gc1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec events.GuestClusterRecord
+	_ = json.Unmarshal(e.Value(), &rec)
+	if rec.Phase != events.GuestClusterPhaseFailed || rec.Reason != "ControlPlaneFailed" {
+		t.Errorf("record = %+v", rec)
+	}
+}
