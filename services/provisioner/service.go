@@ -102,26 +102,14 @@ func (s *Service) recordsReady() *records { return s.recs }
 func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamPods, []string{
-			events.SubjectPodRequested,
-			events.SubjectPodScheduled,
-			events.SubjectPodUnschedulable,
-			events.SubjectPodImagesReady,
-			events.SubjectPodImagesFailed,
-			events.SubjectPodNetworkAttached,
-			events.SubjectPodNetworkFailed,
-			events.SubjectPodDeleteRequested,
-			events.SubjectPodEvicted,
-			events.SubjectPodContainersReported,
-		}), s.handle)
-	})
-	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamMigrations, []string{
-			events.SubjectMigrationProgress,
-			events.SubjectMigrationCompleted,
-			events.SubjectMigrationFailed,
-			events.SubjectMigrationCancelled,
-		}), s.handle)
+		// One durable per stream: pod events, and the migrations'.
+		return s.routes().Run(gctx, s.bus, bus.ConsumerConfig{
+			Workers:    s.cfg.Workers,
+			AckWait:    s.cfg.AckWait,
+			MaxDeliver: s.cfg.MaxAttempts,
+			BackOff:    s.cfg.BackOff,
+			Logger:     s.log,
+		}, nil)
 	})
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error {
@@ -134,19 +122,6 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("provisioner: %w", err)
 	}
 	return nil
-}
-
-func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig {
-	return bus.ConsumerConfig{
-		Service:    Name,
-		Stream:     stream,
-		Subjects:   subjects,
-		Workers:    s.cfg.Workers,
-		AckWait:    s.cfg.AckWait,
-		MaxDeliver: s.cfg.MaxAttempts,
-		BackOff:    s.cfg.BackOff,
-		Logger:     s.log,
-	}
 }
 
 // resyncLoop runs drift repair soon after start, then every ResyncInterval.
