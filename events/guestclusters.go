@@ -27,15 +27,6 @@ type GuestCluster struct {
 	Spec       GuestClusterSpec `json:"spec"`
 }
 
-// NamespacedMeta is the metadata of podvisor's namespaced objects.
-type NamespacedMeta struct {
-	Name string `json:"name"`
-	// Namespace defaults to "default".
-	Namespace   string            `json:"namespace,omitempty"`
-	Labels      map[string]string `json:"labels,omitempty"`
-	Annotations map[string]string `json:"annotations,omitempty"`
-}
-
 // GuestClusterSpec is the desired guest cluster.
 type GuestClusterSpec struct {
 	// Version is the Kubernetes version of the guest control plane, as

@@ -6,6 +6,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Errors of image preparation beyond the registry's (package oci) and the
@@ -40,34 +41,37 @@ const (
 	ReasonDisksUnavailable    = "ImageDisksUnavailable"
 )
 
-// reasonOf maps an error to its reason and whether retrying can help.
-func reasonOf(err error) (reason string, retryable bool) {
+// classify gives an image preparation error its reason and its code (the
+// one error model, package bus): what no retry can fix is Permanent; a
+// registry that does not answer, and anything not known, is retried.
+func classify(err error) error {
+	refuse := func(reason string) error { return bus.Permanent(bus.WithReason(reason, err)) }
 	switch {
 	case errors.Is(err, oci.ErrInvalidReference):
-		return ReasonInvalidImageName, false
+		return refuse(ReasonInvalidImageName)
 	case errors.Is(err, oci.ErrImageNotFound):
-		return ReasonImageNotFound, false
+		return refuse(ReasonImageNotFound)
 	case errors.Is(err, oci.ErrUnauthorized):
-		return ReasonUnauthorized, false
+		return refuse(ReasonUnauthorized)
 	case errors.Is(err, oci.ErrDigestMismatch):
 		// A registry serving bytes that do not match its own manifest is
 		// broken, not busy: retrying only pulls the same bad bytes again.
-		return ReasonDigestMismatch, false
+		return refuse(ReasonDigestMismatch)
 	case errors.Is(err, oci.ErrLimit):
-		return ReasonImageLimitExceeded, false
+		return refuse(ReasonImageLimitExceeded)
 	case errors.Is(err, layerfs.ErrInvalidLayer):
-		return ReasonInvalidLayer, false
+		return refuse(ReasonInvalidLayer)
 	case errors.Is(err, oci.ErrRefused):
-		return ReasonRegistryRefused, false
+		return refuse(ReasonRegistryRefused)
 	case errors.Is(err, ErrDisksUnavailable):
-		return ReasonDisksUnavailable, false
+		return refuse(ReasonDisksUnavailable)
 	case errors.Is(err, ErrDatastoreFull):
-		return ReasonDatastoreFull, false
+		return refuse(ReasonDatastoreFull)
 	case errors.Is(err, ErrNoDatastore), errors.Is(err, imagedisk.ErrUnknownDatastore):
-		return ReasonNoImageDatastore, false
+		return refuse(ReasonNoImageDatastore)
 	case errors.Is(err, oci.ErrRegistryUnavailable):
-		return ReasonRegistryUnavailable, true
+		return bus.WithReason(ReasonRegistryUnavailable, err)
 	default:
-		return ReasonImagePrepareFailed, true
+		return bus.WithReason(ReasonImagePrepareFailed, err)
 	}
 }

@@ -26,35 +26,24 @@ type container struct {
 	Image string `json:"image"`
 }
 
-// handle dispatches one pod event. Events of one pod never run concurrently
-// (the bus keys them by pod), so accepted, scheduled and deleted of a pod are
-// handled in order.
-func (s *Service) handle(ctx context.Context, m *bus.Message) error {
-	payload, err := events.Decode(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	switch e := payload.(type) {
-	case *events.PodAccepted:
-		s.annotate(ctx, e.Namespace, e.Name, e.UID)
-		all := events.PodContainers(&e.Pod)
-		cs := make([]container, len(all))
-		for i, c := range all {
-			cs[i] = container{Name: c.Name, Image: c.Image}
-			if i < len(e.Images) && e.Images[i] != "" {
-				cs[i].Image = e.Images[i]
-			}
-		}
-		return s.onAccepted(ctx, m, e, cs)
-	case *events.PodScheduled:
-		s.annotate(ctx, e.Namespace, e.Name, e.UID)
-		return s.onScheduled(ctx, m, e)
-	case *events.PodDeleted:
-		s.annotate(ctx, e.Namespace, e.Name, e.UID)
-		return s.onDeleted(ctx, e)
-	default:
-		return nil // another pod event on a shared subject filter: not ours
-	}
+// routes are the service's handlers. Events of one pod never run
+// concurrently (the bus keys them by pod), so accepted, scheduled and
+// deleted of a pod are handled in order. An image that cannot be prepared
+// (no retry can help, or the deliveries ran out) fails the pod through the
+// failure hook: pod.images.failed with the reason.
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, s.onAccepted).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodAccepted, err error) error {
+		return s.imagesFailed(ctx, m, p.Namespace, p.Name, p.UID, err)
+	})
+	bus.Handle(r, s.onScheduled).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodScheduled, err error) error {
+		return s.imagesFailed(ctx, m, p.Namespace, p.Name, p.UID, err)
+	})
+	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.PodDeleted) error {
+		s.annotate(ctx, p.Namespace, p.Name, p.UID)
+		return s.onDeleted(ctx, p)
+	})
+	return r
 }
 
 func (s *Service) annotate(ctx context.Context, ns, name, uid string) {
@@ -69,7 +58,16 @@ func (s *Service) annotate(ctx context.Context, ns, name, uid string) {
 // the chains land on a datastore every host mounts, the pod's images are
 // ready wherever it is scheduled and pod.images.ready goes out now;
 // otherwise pod.scheduled finishes the job.
-func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodAccepted, cs []container) error {
+func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodAccepted) error {
+	s.annotate(ctx, e.Namespace, e.Name, e.UID)
+	all := events.PodContainers(&e.Pod)
+	cs := make([]container, len(all))
+	for i, c := range all {
+		cs[i] = container{Name: c.Name, Image: c.Image}
+		if i < len(e.Images) && e.Images[i] != "" {
+			cs[i].Image = e.Images[i]
+		}
+	}
 	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
 		return err
 	}
@@ -77,8 +75,8 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 	if err != nil {
 		return err
 	}
-	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands})
-	if err != nil || failed {
+	preps, err := s.prepareAll(ctx, m, e.UID, cs, placement{candidates: cands})
+	if err != nil {
 		return err
 	}
 	for _, p := range preps {
@@ -92,6 +90,7 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 // onScheduled makes sure the chosen host sees the pod's chains: a chain on
 // a datastore the host does not mount is copied to one it does.
 func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.PodScheduled) error {
+	s.annotate(ctx, e.Namespace, e.Name, e.UID)
 	cs, err := s.containersOf(ctx, e.Namespace, e.Name, e.UID)
 	if err != nil {
 		return err
@@ -117,8 +116,8 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 			}
 		}
 	}
-	preps, failed, err := s.prepareAll(ctx, m, e.Namespace, e.Name, e.UID, cs, placement{candidates: cands, copyFrom: true})
-	if err != nil || failed {
+	preps, err := s.prepareAll(ctx, m, e.UID, cs, placement{candidates: cands, copyFrom: true})
+	if err != nil {
 		return err
 	}
 	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
@@ -179,10 +178,10 @@ func readyDatastores(sig string) []string {
 }
 
 // prepareAll prepares every distinct image of the pod and references the
-// chains for the pod. On a failure that retrying cannot fix, or on the last
-// delivery, it publishes pod.images.failed and reports failed=true; a
-// retryable failure is returned as an error for the bus to redeliver.
-func (s *Service) prepareAll(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, pl placement) (map[string]prepared, bool, error) {
+// chains for the pod. An image that fails is returned as an imageError
+// naming its container, classified (classify): the failure hook tells the
+// pod when no retry can help or the deliveries ran out.
+func (s *Service) prepareAll(ctx context.Context, m *bus.Message, uid string, cs []container, pl placement) (map[string]prepared, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PrepareTimeout)
 	defer cancel()
 	out := map[string]prepared{}
@@ -191,19 +190,44 @@ func (s *Service) prepareAll(ctx context.Context, m *bus.Message, ns, name, uid 
 			continue
 		}
 		p, err := s.prepareOne(ctx, m, uid, c.Image, pl)
-		if err != nil {
-			reason, retryable := reasonOf(err)
-			if retryable && !m.LastDelivery() && ctx.Err() == nil {
-				return nil, false, err
-			}
-			if errors.Is(err, context.Canceled) && context.Cause(ctx) == context.Canceled {
-				return nil, false, err // shutting down: someone else finishes
-			}
-			return nil, true, s.publishFailed(ctx, m, ns, name, uid, c, reason, err)
+		switch {
+		case err == nil:
+			out[c.Image] = p
+		case errors.Is(err, context.Canceled) && context.Cause(ctx) == context.Canceled:
+			return nil, err // shutting down: someone else finishes
+		case ctx.Err() != nil:
+			// PrepareTimeout ran out: the pod has waited long enough.
+			return nil, &imageError{c: c, err: bus.Permanent(classify(err))}
+		default:
+			return nil, &imageError{c: c, err: classify(err)}
 		}
-		out[c.Image] = p
 	}
-	return out, false, nil
+	return out, nil
+}
+
+// imageError names the container whose image could not be prepared.
+type imageError struct {
+	c   container
+	err error
+}
+
+func (e *imageError) Error() string { return e.err.Error() }
+func (e *imageError) Unwrap() error { return e.err }
+
+// imagesFailed is the failure hook of pod.accepted and pod.scheduled: it
+// publishes pod.images.failed for the container whose image failed. Other
+// failures (Redis or the KV store not answering) are not the pod's: the
+// message is dead-lettered when its deliveries run out.
+func (s *Service) imagesFailed(ctx context.Context, m *bus.Message, ns, name, uid string, err error) error {
+	var ie *imageError
+	if !errors.As(err, &ie) {
+		return bus.ErrNoFailureEvent
+	}
+	reason := bus.ReasonOf(err, ReasonImagePrepareFailed)
+	m.Log.Warn("pod images failed", "container", ie.c.Name, "image", ie.c.Image, "reason", reason, "err", err)
+	return s.publish(ctx, m.Event, events.TypePodImagesFailed, events.PodKey(ns, name), &events.PodImagesFailed{
+		Namespace: ns, Name: name, UID: uid, Container: ie.c.Name, Image: ie.c.Image, Reason: reason, Message: m.FailureMessage(err),
+	})
 }
 
 // prepareOne resolves, ensures and references one image for a pod, and
@@ -413,14 +437,6 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 		return err
 	}
 	return s.db.Client().Set(ctx, il.PodReadyKey(uid), sig, 0).Err()
-}
-
-func (s *Service) publishFailed(ctx context.Context, m *bus.Message, ns, name, uid string, c container, reason string, cause error) error {
-	s.log.Warn("pod images failed", "ce_type", m.Event.Type(), "key", m.Key, "container", c.Name, "image", c.Image,
-		"reason", reason, "err", cause)
-	failed := events.PodImagesFailed{Namespace: ns, Name: name, UID: uid, Container: c.Name, Image: c.Image,
-		Reason: reason, Message: cause.Error()}
-	return s.publish(ctx, m.Event, events.TypePodImagesFailed, events.PodKey(ns, name), &failed)
 }
 
 // publish sends an effect of cause; its id derives from the cause, so a

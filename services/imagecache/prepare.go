@@ -25,6 +25,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/bus"
 	il "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
@@ -316,7 +317,7 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 // finish completes or fails a chain this caller holds the lease of.
 func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token string, work error, pulled bool) (events.ChainRecord, bool, error) {
 	if work != nil {
-		reason, _ := reasonOf(work)
+		reason := bus.ReasonOf(classify(work), ReasonImagePrepareFailed)
 		// Leave no partial data behind a failed pull: the folder goes,
 		// then the record says failed (and the next request pulls again).
 		cleanup := context.WithoutCancel(ctx)

@@ -12,7 +12,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
-	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
@@ -164,14 +163,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return s.bus.Consume(ctx, bus.ConsumerConfig{
-			Service: Name,
-			Stream:  events.StreamPods,
-			Subjects: []string{
-				events.SubjectPodAccepted,
-				events.SubjectPodScheduled,
-				events.SubjectPodDeleted,
-			},
+		return s.routes().Run(ctx, s.bus, bus.ConsumerConfig{
 			Workers: s.cfg.Workers,
 			// Pulls can be long; the bus keeps the message alive with
 			// InProgress, AckWait only bounds a crashed replica's hold.
@@ -179,7 +171,7 @@ func (s *Service) Run(ctx context.Context) error {
 			MaxDeliver: s.cfg.MaxDeliver,
 			BackOff:    s.cfg.BackOff,
 			Logger:     s.log,
-		}, s.handle)
+		}, nil)
 	})
 	g.Go(func() error { s.every(ctx, s.cfg.CheckInterval, "metadata check", s.EnsureMetadata); return nil })
 	g.Go(func() error {

@@ -397,20 +397,9 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 const maintenanceAttempts = 5
 
 func (s *Service) enterMaintenance(ctx context.Context, host string) error {
-	var err error
-	for i := range maintenanceAttempts {
-		if err = s.vm.EnterMaintenance(ctx, host); err == nil {
-			return nil
-		}
-		if i < maintenanceAttempts-1 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
-		}
-	}
-	return err
+	return bus.Retry(ctx, maintenanceAttempts, []time.Duration{time.Second}, func(ctx context.Context) error {
+		return s.vm.EnterMaintenance(ctx, host)
+	})
 }
 
 // onUncordoned stops a drain still running and takes the host out of

@@ -66,12 +66,8 @@ func (s *Service) reservedFailed(ctx context.Context, m *bus.Message, p *events.
 		return nil // ended meanwhile; its outcome is announced already
 	}
 	r.UID, r.SourceHost, r.TargetHost = p.UID, p.SourceHost, p.TargetHost
-	msg := err.Error()
-	if !bus.IsPermanent(err) {
-		msg = fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, msg)
-	}
 	defer s.release(r)
-	return s.finish(ctx, r, events.MigrationPhaseFailed, bus.ReasonOf(err, ReasonReservationFailed), msg)
+	return s.finish(ctx, r, events.MigrationPhaseFailed, bus.ReasonOf(err, ReasonReservationFailed), m.FailureMessage(err))
 }
 
 // claim makes id the pod's one active migration, unless another one is:

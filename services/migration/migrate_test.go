@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi/simulator"
+
 	"github.com/podvisor/podvisor/events"
 )
 
@@ -184,4 +186,31 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 	if typ, payload := w.waitEnd("answered"); typ != events.TypeMigrationCompleted {
 		t.Fatalf("the next request ended with %s %+v: the pod was not freed", typ, payload)
 	}
+}
+
+// TestPrecheckFailingUntilAttemptsRunOut: prechecks that cannot run
+// (vCenter not answering) are tried MaxAttempts times, as a delivery would
+// be, and then the migration fails with PrecheckFailed and a message that
+// says so.
+func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	cfg := testConfig()
+	cfg.MaxAttempts = 3
+	w.start(cfg)
+	hosts := w.clusterHosts(0)
+	p := w.runPod("stuck", hosts[0])
+	if err := w.dc.AddFault(simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
+		Probability: 1, FaultType: simulator.FaultTypeTimeout}); err != nil {
+		t.Fatal(err)
+	}
+	w.migrate("m-stuck", p, hosts[1])
+	typ, payload := w.waitEnd("m-stuck")
+	f, ok := payload.(*events.MigrationFailed)
+	if typ != events.TypeMigrationFailed || !ok || f.TargetHost != hosts[1] {
+		t.Fatalf("migration ended with %s %+v, want migration.failed", typ, payload)
+	}
+	if f.Reason != ReasonPrecheckFailed || !strings.Contains(f.Message, "gave up after 3 attempts") || !strings.Contains(f.Message, "Fault injected") {
+		t.Errorf("migration.failed = %+v; want PrecheckFailed naming vCenter's fault, after 3 attempts", f)
+	}
+	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-stuck") == events.MigrationPhaseFailed })
 }

@@ -11,9 +11,9 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// publishAttempts bounds the retries of one publish from a runner, which
-// has no consumer redelivery behind it.
-const publishAttempts = 5
+// publishRetry is how a publish from a runner or a drain, which has no
+// consumer redelivery behind it, is retried: NATS may be reconnecting.
+var publishRetry = []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 600 * time.Millisecond, 800 * time.Millisecond}
 
 // publishFor publishes an event about a migration. With a cause it is the
 // cause's effect. Without one (events from the runner, which acts on the
@@ -40,20 +40,11 @@ func standIn(id, traceparent string) *event.Event {
 	return &ev
 }
 
-// emit publishes p, retrying briefly: NATS may be reconnecting, and a runner
-// or drain has no redelivery behind it.
+// emit publishes p, retrying briefly (publishRetry).
 func (s *Service) emit(ctx context.Context, cause *event.Event, p events.Payload, opts ...bus.EmitOption) error {
-	var err error
-	for i := range publishAttempts {
-		if err = s.out.Emit(ctx, cause, p, opts...); err == nil || bus.IsPermanent(err) || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Duration(i+1) * 200 * time.Millisecond):
-		}
-	}
-	return err
+	return bus.Retry(ctx, len(publishRetry)+1, publishRetry, func(ctx context.Context) error {
+		return s.out.Emit(ctx, cause, p, opts...)
+	})
 }
 
 // progress publishes migration.progress.

@@ -24,10 +24,6 @@ func refuse(reason, format string, args ...any) error {
 	return bus.Permanent(bus.WithReason(reason, fmt.Errorf(format, args...)))
 }
 
-// precheckAttempts bounds the retries of prechecks that could not run
-// (vCenter or NATS not answering) before the migration fails.
-const precheckAttempts = 3
-
 // runMigration drives one migration that has room: prechecks, vMotion,
 // finalization. It owns the record from Prechecking on; handlers touch it
 // only to ask for a cancel.
@@ -94,21 +90,18 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	if err := s.progress(ctx, r, events.PhasePrechecking, 0, 0, fmt.Sprintf("checking %s for %s", r.TargetHost, r.Key())); err != nil {
 		return err
 	}
+	// Prechecks that could not run (vCenter or the KV store not answering)
+	// are tried as often as a delivery would be; a refusal ends them.
 	var plan *plan
-	for attempt := 1; ; attempt++ {
+	err = bus.Retry(ctx, s.cfg.MaxAttempts, s.cfg.BackOff, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
-		plan, err = s.precheck(pctx, r)
-		cancel()
-		if err == nil || bus.IsPermanent(err) || attempt == precheckAttempts || ctx.Err() != nil {
-			break
+		defer cancel()
+		var err error
+		if plan, err = s.precheck(pctx, r); err != nil && !bus.IsPermanent(err) {
+			s.log.Warn("precheck could not run", "migration", r.ID, "err", err)
 		}
-		s.log.Warn("precheck could not run; retrying", "migration", r.ID, "attempt", attempt, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Duration(attempt) * time.Second):
-		}
-	}
+		return err
+	})
 	if err != nil {
 		return err
 	}

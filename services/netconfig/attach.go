@@ -110,10 +110,7 @@ func (s *Service) attachFailed(ctx context.Context, m *bus.Message, p *events.Po
 	} else if nets, nerr := s.networksOf(ctx, p.Namespace, p.Name, p.UID); nerr == nil && len(nets) > 0 {
 		network = nets[0]
 	}
-	msg := err.Error()
-	if !bus.IsPermanent(err) {
-		msg = fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, msg)
-	}
+	msg := m.FailureMessage(err)
 	reason := bus.ReasonOf(err, ReasonAttachFailed)
 	m.Log.Info("pod network attachment failed", "pod", subject, "network", network, "host", p.Host, "reason", reason, "err", err)
 	if rerr := s.release(ctx, p.UID, nil); rerr != nil {

@@ -62,11 +62,15 @@
 // # Failures
 //
 // vSphere faults that can pass (busy resources, lost connections, timeouts;
-// podvm.IsTransient) are retried with the consumer's backoff; on the last
-// attempt, or at once for anything else (invalid spec, missing port group or
-// parent disk, no permission), the pod fails: its VM is removed, pod.failed
-// names the step and the vSphere fault, and the owners release what they
-// held for it. A Failed pod stays visible until it is deleted.
+// podvm.IsTransient) are retried with the consumer's backoff; anything else
+// (invalid spec, missing port group or parent disk, no permission) is
+// bus.Permanent. When a step is given up — at once, or when the deliveries
+// run out — the routes' failure hook (gaveUp) fails the pod: its VM is
+// removed, pod.failed names the step and the vSphere fault, and the owners
+// release what they held for it. A Failed pod stays visible until it is
+// deleted. Failures that are not a vSphere step's (the bus, the KV store)
+// fail no pod: they are retried and dead-lettered, and drift repair drives
+// the pod on.
 //
 // Deletion (pod.delete.requested) first gives the containers their grace
 // period: a powered-on VM stays on until the guest reports every container

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Sentinel errors of the service.
@@ -27,41 +28,21 @@ const (
 	ReasonVMMissing      = "VMMissing"
 )
 
-// stepError tags a vSphere failure with the step that failed, which decides
-// the pod's failure reason (CreateVMFailed, PowerOnFailed).
-type stepError struct {
-	reason string
-	err    error
-}
+// step tags a vSphere failure with the step that failed (bus.WithReason),
+// which decides the pod's failure reason (CreateVMFailed, PowerOnFailed);
+// only such a failure can fail a pod (gaveUp).
+func step(reason string, err error) error { return bus.WithReason(reason, err) }
 
-func (e *stepError) Error() string { return e.err.Error() }
-func (e *stepError) Unwrap() error { return e.err }
-
-func step(reason string, err error) error {
-	if err == nil {
-		return nil
-	}
-	return &stepError{reason: reason, err: err}
-}
-
-// failureOf turns a provisioning error into the reason and message of a
-// pod.failed event. The message names the step, the VM and the vSphere
-// fault, which is what a person needs to act (free capacity, fix a port
-// group, grant a permission).
-func failureOf(err error, attempts uint64, exhausted bool) (reason, message string) {
-	reason = ReasonCreateVMFailed
-	var se *stepError
-	if errors.As(err, &se) {
-		reason = se.reason
-	}
-	message = err.Error()
+// failureOf turns a provisioning error that ended m's handling into the
+// reason and message of a pod.failed event. The message names the step,
+// the VM and the vSphere fault, which is what a person needs to act (free
+// capacity, fix a port group, grant a permission).
+func failureOf(m *bus.Message, err error) (reason, message string) {
+	message = m.FailureMessage(err)
 	if fault := podvm.Reason(err, ""); fault != "" {
 		message = fmt.Sprintf("%s (vSphere fault %s)", message, fault)
 	}
-	if exhausted {
-		message = fmt.Sprintf("gave up after %d attempts: %s", attempts, message)
-	}
-	return reason, message
+	return bus.ReasonOf(err, ReasonCreateVMFailed), message
 }
 
 // createTaskFailed is the fault of a recorded CreateVM task found failed

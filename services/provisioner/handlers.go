@@ -22,75 +22,83 @@ import (
 // past that the event is retried by the bus.
 const maxCASAttempts = 5
 
-// handle is the bus handler of both consumers. Each event is a fact about a
-// pod: it is folded into the pod's record, then the record is reconciled —
+// routes are the provisioner's handlers. Each event is a fact about a pod:
+// it is folded into the pod's record, then the record is reconciled —
 // whatever the event was, the provisioner converges vCenter towards the
 // record (level-triggered), so a lost or reordered event delays a pod but
-// never leaves it wrong.
-func (s *Service) handle(ctx context.Context, m *bus.Message) error {
-	ev := m.Event
-	log := s.log.With("ce_type", ev.Type(), "key", m.Key, "ce_id", ev.ID(), "delivery", m.Delivery)
-	trace.SpanFromContext(ctx).SetAttributes(attribute.String("podvisor.service", Name), attribute.String("pod", m.Key))
-
-	payload, err := events.Decode(ev.Type(), ev.Data())
-	if err != nil {
-		switch ev.Type() {
-		case events.TypePodRequested, events.TypePodDeleteRequested:
-			// A client's request: tell the client, then drop it.
-			if rerr := s.rejectInvalid(ctx, ev, err); rerr != nil {
-				return rerr
-			}
-			log.Info("request rejected", "err", err)
-			// Besides telling the client, keep the unusable event in the
-			// dead-letter stream with the reason, where a person can
-			// inspect it, fix it and republish it.
-			return bus.Permanent(err)
-		}
-		log.Warn("undecodable event", "err", err)
-		return bus.Permanent(err)
-	}
-
-	unlock := s.locks.lock(m.Key)
-	defer unlock()
-
-	h := handling{s: s, ev: ev, log: log, last: m.LastDelivery(), delivery: m.Delivery}
-	switch p := payload.(type) {
-	case *events.PodRequested:
-		return s.admit(ctx, ev, m.StreamSeq, p, log)
-	case *events.PodDeleteRequested:
-		return h.deleteRequested(ctx, p)
-	case *events.PodScheduled:
+// never leaves it wrong. A request that fails decoding or validation is
+// answered with pod.rejected (OnInvalid); a vSphere step that fails for
+// good, or until the deliveries run out, fails the pod through the failure
+// hook (gaveUp).
+func (s *Service) routes() *bus.Router {
+	r := bus.NewRouter(Name, s.log)
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.PodRequested) error {
+		s.annotate(ctx, m)
+		unlock := s.locks.lock(m.Key)
+		defer unlock()
+		return s.admit(ctx, m.Event, m.StreamSeq, p, m.Log)
+	}).OnInvalid(s.rejectInvalid)
+	podRoute(s, r, handling.deleteRequested).OnInvalid(s.rejectInvalid)
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodScheduled) error {
 		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyScheduled(r, p) })
-	case *events.PodUnschedulable:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodUnschedulable) error {
 		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyUnschedulable(r, p) })
-	case *events.PodImagesReady:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodImagesReady) error {
 		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyImagesReady(r, p) })
-	case *events.PodNetworkAttached:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodNetworkAttached) error {
 		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyNetworkAttached(r, p) })
-	case *events.PodImagesFailed:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodImagesFailed) error {
 		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonImagesFailed,
 			fmt.Sprintf("image %s of container %s: %s: %s", p.Image, p.Container, p.Reason, p.Message), "")
-	case *events.PodNetworkFailed:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodNetworkFailed) error {
 		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonNetworkFailed,
 			fmt.Sprintf("network %s: %s: %s", p.Network, p.Reason, p.Message), p.Host)
-	case *events.PodEvicted:
-		return h.evicted(ctx, p)
-	case *events.PodContainersReported:
-		return h.containersReported(ctx, p)
-	case *events.MigrationProgress:
+	})
+	podRoute(s, r, handling.evicted)
+	podRoute(s, r, handling.containersReported)
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationProgress) error {
 		return h.fact(ctx, p.Namespace, p.Pod, "", func(r *events.PodRecord) bool { return s.applyMigrationProgress(r, p) })
-	case *events.MigrationCompleted:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationCompleted) error {
 		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationCompleted(r, p) })
-	case *events.MigrationFailed:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationFailed) error {
 		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
-	case *events.MigrationCancelled:
+	})
+	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationCancelled) error {
 		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
-	default:
-		// The consumers' subject filters make this unreachable; a new event
-		// on those subjects is ignored rather than retried forever.
-		log.Warn("event type not handled by the provisioner")
-		return nil
-	}
+	})
+	return r
+}
+
+// podRoute registers h for the events whose payload is T, run under the
+// pod's lock (drift repair touches records too), with the failure hook
+// that fails the pod the event is about (or records its delete stalled).
+func podRoute[T any, P interface {
+	*T
+	events.Payload
+}](s *Service, r *bus.Router, h func(handling, context.Context, *T) error) *bus.Route[T] {
+	return bus.Handle[T, P](r, func(ctx context.Context, m *bus.Message, p *T) error {
+		s.annotate(ctx, m)
+		unlock := s.locks.lock(m.Key)
+		defer unlock()
+		return h(handling{s: s, ev: m.Event, log: m.Log, delivery: m.Delivery}, ctx, p)
+	}).OnFailure(func(ctx context.Context, m *bus.Message, p *T, err error) error {
+		unlock := s.locks.lock(m.Key)
+		defer unlock()
+		return s.gaveUp(ctx, m, P(p).ObjectKey(), err)
+	})
+}
+
+// annotate puts the attributes `podvisor trace pod` looks for on the
+// consumer's span.
+func (s *Service) annotate(ctx context.Context, m *bus.Message) {
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String("podvisor.service", Name), attribute.String("pod", m.Key))
 }
 
 // handling is one delivery being handled.
@@ -98,7 +106,6 @@ type handling struct {
 	s        *Service
 	ev       event.Event
 	log      interface{ Info(string, ...any) }
-	last     bool
 	delivery uint64
 }
 
@@ -116,7 +123,7 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 		return err
 	}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", r.UID))
-	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery, reserved)
+	return h.s.reconcileOutcome(ctx, r, reserved)
 }
 
 // mutate is the read-modify-write loop on one record. It returns nil and
@@ -253,7 +260,8 @@ func (s *Service) reject(ctx context.Context, cause event.Event, ns, name, uid, 
 // rejectInvalid answers a request that failed decoding or validation. The
 // pod's namespace and name are read leniently from the payload, so the
 // client waiting for an answer about that pod gets one.
-func (s *Service) rejectInvalid(ctx context.Context, ev event.Event, cause error) error {
+func (s *Service) rejectInvalid(ctx context.Context, m *bus.Message, cause error) error {
+	ev := m.Event
 	var loose struct {
 		Namespace string `json:"namespace"`
 		Name      string `json:"name"`

@@ -24,25 +24,53 @@ func ready(r *events.PodRecord) bool {
 		r.NetworkHost == r.Host
 }
 
-// reconcileOutcome reconciles and turns the result into the bus outcome:
-// a transient failure is retried with backoff until the last delivery,
-// when it becomes the pod's failure; a permanent one fails the pod at once.
-func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, last bool, delivery uint64, reserved bool) error {
+// reconcileOutcome reconciles and classifies the failure (the one error
+// model, package bus): a vSphere step's fault that can pass is retried with
+// backoff, any other step failure is Permanent; either way the route's
+// failure hook (gaveUp) fails the pod when the step is given up. Anything
+// that is not a vSphere step (the bus, the KV store) is podvisor's own
+// trouble: retried, and past the last delivery dead-lettered, while drift
+// repair drives the pod on later.
+func (s *Service) reconcileOutcome(ctx context.Context, r *events.PodRecord, reserved bool) error {
 	err := s.reconcile(ctx, r, reserved)
-	if err == nil || errors.Is(err, errConflict) || ctx.Err() != nil {
+	switch {
+	case err == nil || errors.Is(err, errConflict):
+		return err
+	case ctx.Err() != nil:
+		// Cut off (shutting down): says nothing about the pod.
+		return fmt.Errorf("%w (interrupted: %v)", ctx.Err(), err)
+	case bus.ReasonOf(err, "") == "" || bus.CodeOf(err) != bus.CodeRetry || podvm.IsTransient(err):
+		s.log.Info("pod not converged yet", "key", r.Key(), "err", err)
 		return err
 	}
-	if !r.DeletionRequestedAt.IsZero() {
-		return s.deleteStalled(ctx, r, err, last)
+	return bus.Permanent(err)
+}
+
+// gaveUp is the failure hook of the pod routes: a vSphere step that failed
+// for good, or kept failing until the deliveries ran out, fails the pod
+// (pod.failed names the step and the fault, the owners release what they
+// hold); a delete that cannot finish is recorded as stalled, for drift
+// repair to retry. Errors without a step's reason fail no pod.
+func (s *Service) gaveUp(ctx context.Context, m *bus.Message, podKey string, err error) error {
+	if bus.ReasonOf(err, "") == "" {
+		return bus.ErrNoFailureEvent
 	}
-	// Only a vSphere step can fail a pod. Anything else (the bus, the KV
-	// store) is podvisor's own trouble: retried, and past the last delivery
-	// dead-lettered, while drift repair drives the pod on later.
-	if !errors.As(err, new(*stepError)) || (podvm.IsTransient(err) && !last) {
-		s.log.Info("pod not converged yet; will retry", "key", r.Key(), "err", err)
-		return err
+	ns, name, kerr := events.SplitPodKey(podKey)
+	if kerr != nil {
+		return bus.ErrNoFailureEvent
 	}
-	reason, msg := failureOf(err, delivery, podvm.IsTransient(err))
+	r, rerr := s.recs.get(ctx, events.PodRecordKey(ns, name))
+	switch {
+	case rerr != nil:
+		return rerr
+	case r == nil:
+		return bus.ErrNoFailureEvent // gone meanwhile: nobody to tell
+	case !r.DeletionRequestedAt.IsZero():
+		return s.deleteStalled(ctx, r, err)
+	case r.Phase == events.PodPhaseFailed:
+		return nil // told already
+	}
+	reason, msg := failureOf(m, err)
 	return s.fail(ctx, r, reason, msg)
 }
 
@@ -178,7 +206,7 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 
 	spec, placement, err := s.vmSpec(r)
 	if err != nil {
-		return nil, step(ReasonCreateVMFailed, podvm.Permanent(err))
+		return nil, step(ReasonCreateVMFailed, bus.Permanent(err))
 	}
 	placement.RemoveLeftovers = removeLeftovers
 	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
@@ -212,7 +240,7 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 			if serr := s.save(ctx, r); serr != nil {
 				return nil, serr
 			}
-			return nil, step(ReasonCreateVMFailed, podvm.Retry(err))
+			return nil, step(ReasonCreateVMFailed, bus.RetryAfter(err, 0))
 		}
 		return nil, step(ReasonCreateVMFailed, err)
 	}
@@ -461,7 +489,7 @@ func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteReques
 			return err
 		}
 	}
-	return s.reconcileOutcome(ctx, r, h.last, h.delivery, false)
+	return s.reconcileOutcome(ctx, r, false)
 }
 
 // teardown removes the pod's VMs, announces pod.deleted with what the owners
@@ -502,18 +530,7 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 
 // deleteStalled records why a delete is not finishing. Deletion is never
 // given up: the record stays Terminating and drift repair tries again.
-func (s *Service) deleteStalled(ctx context.Context, r *events.PodRecord, cause error, last bool) error {
-	if errors.Is(cause, errAwaitingStop) {
-		// Not stalled: the wait is bounded. Past the last delivery the
-		// guest's report or drift repair finishes the delete.
-		if last {
-			return nil
-		}
-		return cause
-	}
-	if !last && (podvm.IsTransient(cause) || !errors.As(cause, new(*stepError))) {
-		return cause
-	}
+func (s *Service) deleteStalled(ctx context.Context, r *events.PodRecord, cause error) error {
 	r.Reason, r.Message = ReasonDeleteFailed, cause.Error()
 	if err := s.save(ctx, r); err != nil && !errors.Is(err, errConflict) {
 		return err

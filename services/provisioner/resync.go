@@ -163,8 +163,13 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 				return false, nil // someone moved it on meanwhile
 			}
 			err := s.reconcile(ctx, fresh, false)
-			if err != nil && !fresh.DeletionRequestedAt.IsZero() {
-				return false, s.deleteStalled(ctx, fresh, err, true)
+			switch {
+			case errors.Is(err, errAwaitingStop):
+				// Not stalled: the wait is bounded, and the guest's report
+				// or the next pass finishes the delete.
+				return false, nil
+			case err != nil && !fresh.DeletionRequestedAt.IsZero():
+				return false, s.deleteStalled(ctx, fresh, err)
 			}
 			return err == nil, err
 		})

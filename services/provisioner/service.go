@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel"
@@ -30,11 +31,13 @@ const instrumentation = "github.com/podvisor/podvisor/services/provisioner"
 
 // Service is the provisioner: pod admission, pod records and pod VMs.
 type Service struct {
-	cfg  Config
-	bus  *bus.Bus
-	vms  *podvm.Client
-	log  *slog.Logger
-	recs *records
+	cfg Config
+	bus *bus.Bus
+	vms *podvm.Client
+	log *slog.Logger
+	// native is the native VM controller (nil in tests of pods alone).
+	native *nativevm.Controller
+	recs   *records
 
 	locks   keyLocks
 	tracer  trace.Tracer
@@ -102,27 +105,18 @@ func (s *Service) recordsReady() *records { return s.recs }
 func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamPods, []string{
-			events.SubjectPodRequested,
-			events.SubjectPodScheduled,
-			events.SubjectPodUnschedulable,
-			events.SubjectPodImagesReady,
-			events.SubjectPodImagesFailed,
-			events.SubjectPodNetworkAttached,
-			events.SubjectPodNetworkFailed,
-			events.SubjectPodDeleteRequested,
-			events.SubjectPodEvicted,
-			events.SubjectPodContainersReported,
-		}), s.handle)
+		// One durable per stream: pod events, and the migrations'.
+		return s.routes().Run(gctx, s.bus, bus.ConsumerConfig{
+			Workers:    s.cfg.Workers,
+			AckWait:    s.cfg.AckWait,
+			MaxDeliver: s.cfg.MaxAttempts,
+			BackOff:    s.cfg.BackOff,
+			Logger:     s.log,
+		}, nil)
 	})
-	g.Go(func() error {
-		return s.bus.Consume(gctx, s.consumer(events.StreamMigrations, []string{
-			events.SubjectMigrationProgress,
-			events.SubjectMigrationCompleted,
-			events.SubjectMigrationFailed,
-			events.SubjectMigrationCancelled,
-		}), s.handle)
-	})
+	if s.native != nil {
+		g.Go(func() error { return s.native.Run(gctx) })
+	}
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error {
 			s.resyncLoop(gctx)
@@ -134,19 +128,6 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("provisioner: %w", err)
 	}
 	return nil
-}
-
-func (s *Service) consumer(stream string, subjects []string) bus.ConsumerConfig {
-	return bus.ConsumerConfig{
-		Service:    Name,
-		Stream:     stream,
-		Subjects:   subjects,
-		Workers:    s.cfg.Workers,
-		AckWait:    s.cfg.AckWait,
-		MaxDeliver: s.cfg.MaxAttempts,
-		BackOff:    s.cfg.BackOff,
-		Logger:     s.log,
-	}
 }
 
 // resyncLoop runs drift repair soon after start, then every ResyncInterval.

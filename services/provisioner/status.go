@@ -72,7 +72,7 @@ func (h handling) finishDelete(ctx context.Context, r *events.PodRecord) error {
 	if r.DeletionRequestedAt.IsZero() || h.s.stopWait(r) > 0 {
 		return nil
 	}
-	return h.s.reconcileOutcome(ctx, r, h.last, h.delivery, false)
+	return h.s.reconcileOutcome(ctx, r, false)
 }
 
 // staleReport says why a report must not be folded into r, or "".

@@ -58,6 +58,7 @@ type Service struct {
 	ledgerKV jetstream.KeyValue
 	netKV    jetstream.KeyValue
 	podsKV   jetstream.KeyValue
+	vmsKV    jetstream.KeyValue
 	ledger   *ledger.Ledger
 
 	// mu guards everything below: the snapshot the framework reads, the
@@ -72,6 +73,9 @@ type Service struct {
 	// gone holds uids of pods deleted or failed recently, so that a
 	// scheduling request racing with the delete is dropped.
 	gone map[string]time.Time
+	// vmGen is the latest generation accepted per VM uid: what
+	// vm.scheduled confirms.
+	vmGen map[string]int64
 	// dirty hosts whose record must be written.
 	dirty map[string]bool
 	ready bool
@@ -129,6 +133,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		netAvail:   map[string]*events.NetworkAvailability{},
 		allocIndex: map[string]string{},
 		gone:       map[string]time.Time{},
+		vmGen:      map[string]int64{},
 		dirty:      map[string]bool{},
 		entries:    map[string]ledger.Entry{},
 		queue:      make(chan *request, cfg.BatchSize*4),
@@ -211,6 +216,7 @@ func (s *Service) open(ctx context.Context) error {
 	s.ledgerKV = kv(events.BucketLedger)
 	s.netKV = kv(events.BucketNetHosts)
 	s.podsKV = kv(events.BucketPods)
+	s.vmsKV = kv(events.BucketVMs)
 	if err != nil {
 		return err
 	}

@@ -94,7 +94,11 @@
 // so a pod learns why its attach, pull or migration ended however it ended.
 // A Permanent refusal whose failure event was published is acked: that
 // event is its outcome. Deliveries that ran out are dead-lettered after the
-// hook. KeyLocks serializes a handler's work on an object that events with
+// hook. A hook returns ErrNoFailureEvent for an error its domain does not
+// tell about (the message is then settled by the error alone). OnInvalid
+// answers an event that failed decoding (a request whose client waits)
+// before it is dead-lettered. Work outside a delivery (a runner, a drain)
+// retries with Retry, by the same codes. KeyLocks serializes a handler's work on an object that events with
 // other keys also touch.
 //
 // # Emit

@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -140,4 +141,45 @@ func ReasonOf(err error, def string) string {
 		return r.reason
 	}
 	return def
+}
+
+// FailureMessage is the message of the failure event for err, which ended
+// the handling of m: the error itself for a refusal, and for an error a
+// retry could have outlived, how many deliveries it was given.
+func (m *Message) FailureMessage(err error) string {
+	if IsPermanent(err) {
+		return err.Error()
+	}
+	return fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, err)
+}
+
+// Retry runs fn until it succeeds, fails with a Permanent error, ctx ends
+// or attempts have run out: for work that runs outside a delivery (a
+// migration's runner, a drain) and so has no redelivery behind it. Between
+// attempts it waits as the error asks (RetryAfter, InProgress) or by
+// backoff, as a consumer would (the last entry repeats). The error after
+// the last attempt keeps its code and reason and says how many attempts
+// were made, as FailureMessage does for a delivery.
+func Retry(ctx context.Context, attempts int, backoff []time.Duration, fn func(context.Context) error) error {
+	cc := ConsumerConfig{BackOff: backoff}
+	for n := 1; ; n++ {
+		err := fn(ctx)
+		if err == nil || IsPermanent(err) || ctx.Err() != nil {
+			return err
+		}
+		if n >= attempts {
+			return fmt.Errorf("gave up after %d attempts: %w", n, err)
+		}
+		delay, ok := RetryDelay(err)
+		if !ok {
+			delay = cc.backoff(uint64(n))
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }

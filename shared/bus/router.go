@@ -40,8 +40,9 @@ type Router struct {
 }
 
 type routeEntry struct {
-	kind events.Kind
-	run  func(ctx context.Context, m *Message, v any) error
+	kind    events.Kind
+	run     func(ctx context.Context, m *Message, v any) error
+	invalid func(ctx context.Context, m *Message, err error) error
 }
 
 // NewRouter returns an empty router for service (its consumers are
@@ -55,8 +56,27 @@ func NewRouter(service string, log *slog.Logger) *Router {
 
 // Route is one registered handler; its methods add per-route behaviour.
 type Route[T any] struct {
-	mu   sync.Mutex
-	fail func(ctx context.Context, m *Message, p *T, err error) error
+	mu    sync.Mutex
+	fail  func(ctx context.Context, m *Message, p *T, err error) error
+	entry *routeEntry
+}
+
+// ErrNoFailureEvent is what a failure hook returns when the handler's
+// error is not one its domain tells about (podvisor's own trouble, such as
+// a record store that did not answer, rather than the object's): the
+// message is then settled by the handler's error alone, as without a hook.
+var ErrNoFailureEvent = errors.New("bus: no failure event for this error")
+
+// OnInvalid sets the hook that answers an event of this route whose data
+// failed decoding or validation (there is no payload, so OnFailure cannot):
+// a request whose client waits for an answer is rejected to it. The event
+// is dead-lettered with the reason all the same, once the hook succeeded;
+// a hook that fails is retried with the message.
+func (r *Route[T]) OnInvalid(hook func(ctx context.Context, m *Message, err error) error) *Route[T] {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.entry.invalid = hook
+	return r
 }
 
 // OnFailure sets the hook that publishes the domain's failure event when the
@@ -98,7 +118,7 @@ func Handle[T any, P interface {
 		panic("bus: Handle: a second handler for " + k.Type)
 	}
 	rt := &Route[T]{}
-	r.routes[k.Type] = &routeEntry{kind: k, run: func(ctx context.Context, m *Message, v any) error {
+	rt.entry = &routeEntry{kind: k, run: func(ctx context.Context, m *Message, v any) error {
 		p, ok := v.(*T)
 		if !ok {
 			return Permanent(fmt.Errorf("event %s carries %T, not %T", m.Event.Type(), v, p))
@@ -112,6 +132,9 @@ func Handle[T any, P interface {
 			return err
 		}
 		if ferr := hook(ctx, m, p, err); ferr != nil {
+			if errors.Is(ferr, ErrNoFailureEvent) {
+				return err
+			}
 			if m.LastDelivery() {
 				m.Log.Error("failure event not published; giving up anyway", "err", err, "hook_err", ferr)
 				return err
@@ -128,6 +151,7 @@ func Handle[T any, P interface {
 		}
 		return err
 	}}
+	r.routes[k.Type] = rt.entry
 	return rt
 }
 
@@ -216,6 +240,12 @@ func (r *Router) dispatch(ctx context.Context, m *Message) error {
 	}
 	v, err := events.Decode(ceType, m.Event.Data())
 	if err != nil {
+		if e.invalid != nil {
+			if herr := e.invalid(ctx, m, err); herr != nil {
+				return fmt.Errorf("answer the invalid event: %v (invalid: %v)", herr, err)
+			}
+			m.Log.Info("invalid event answered", "err", err)
+		}
 		return Permanent(err)
 	}
 	attrs := []attribute.KeyValue{attribute.String("podvisor.service", r.service)}

@@ -272,3 +272,94 @@ func TestKeyLocks(t *testing.T) {
 		t.Fatal("Lock(a) not taken after the shared holders left")
 	}
 }
+
+// A hook that has nothing to tell about the error (ErrNoFailureEvent)
+// leaves the message to the error: a Permanent one is dead-lettered, not
+// acked as a refusal told.
+func TestRouterFailureHookWithNothingToTell(t *testing.T) {
+	b := bustest.Start(t)
+	hr := startHostRouter(t, b, bus.ConsumerConfig{}, func(uint64) error {
+		return bus.Permanent(errors.New("record store refused the write"))
+	}, func(int) error { return bus.ErrNoFailureEvent })
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", &events.HostLost{Name: "esx-1", Cluster: "c1", Reason: "Removed"}))
+	waitFor(t, 5*time.Second, "dead letter", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
+	if handled, hooks := hr.calls(); len(handled) != 1 || len(hooks) != 1 {
+		t.Errorf("handled %v, hooks %+v; want one handling and one hook", handled, hooks)
+	}
+}
+
+// OnInvalid answers an undecodable event before it is dead-lettered; a
+// failing answer is retried with the message.
+func TestRouterOnInvalid(t *testing.T) {
+	b := bustest.Start(t)
+	var mu sync.Mutex
+	var answered []string
+	r := bus.NewRouter("scheduler", nil)
+	bus.Handle(r, func(context.Context, *bus.Message, *events.HostLost) error { return nil }).
+		OnInvalid(func(_ context.Context, m *bus.Message, err error) error {
+			mu.Lock()
+			defer mu.Unlock()
+			answered = append(answered, fmt.Sprintf("%d:%v", m.Delivery, err))
+			if len(answered) == 1 {
+				return errors.New("nats: timeout")
+			}
+			return nil
+		})
+	cfg := r.Consumers(bus.ConsumerConfig{MaxDeliver: 3, BackOff: []time.Duration{10 * time.Millisecond}}, nil)[0]
+	startConsume(t, b, cfg, r.Handler())
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-2", json.RawMessage(`{"name":"esx-2","cluster":"cluster-1","reason":"NotResponding","colour":"red"}`)))
+	waitFor(t, 5*time.Second, "dead letter", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(answered) != 2 || !strings.HasPrefix(answered[1], "2:") || !strings.Contains(answered[1], "colour") {
+		t.Errorf("answers %q; want two (the first failed), the second on delivery 2 naming the field colour", answered)
+	}
+}
+
+func TestRetry(t *testing.T) {
+	ctx := context.Background()
+	transient := errors.New("vCenter not answering")
+	tests := []struct {
+		name     string
+		fail     func(n int) error
+		attempts int
+		wantRuns int
+		wantErr  string
+		wantCode bus.Code
+	}{
+		{"succeeds at once", func(int) error { return nil }, 3, 1, "", bus.CodeRetry},
+		{"outlives a failure", func(n int) error {
+			if n == 1 {
+				return transient
+			}
+			return nil
+		}, 3, 2, "", bus.CodeRetry},
+		{"runs out", func(int) error { return bus.WithReason("VCenterDown", transient) }, 3, 3, "gave up after 3 attempts: vCenter not answering", bus.CodeRetry},
+		{"permanent stops", func(int) error { return bus.Permanent(errors.New("no such host")) }, 3, 1, "no such host", bus.CodePermanent},
+		{"asked delay", func(n int) error {
+			if n == 1 {
+				return bus.RetryAfter(transient, time.Millisecond)
+			}
+			return nil
+		}, 2, 2, "", bus.CodeRetry},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			runs := 0
+			err := bus.Retry(ctx, tt.attempts, []time.Duration{time.Millisecond}, func(context.Context) error {
+				runs++
+				return tt.fail(runs)
+			})
+			got := ""
+			if err != nil {
+				got = err.Error()
+			}
+			if runs != tt.wantRuns || got != tt.wantErr || bus.CodeOf(err) != tt.wantCode {
+				t.Errorf("runs %d, err %q (%s); want %d, %q (%s)", runs, got, bus.CodeOf(err), tt.wantRuns, tt.wantErr, tt.wantCode)
+			}
+		})
+	}
+	if err := bus.Retry(ctx, 3, nil, func(context.Context) error { return bus.WithReason("VCenterDown", transient) }); bus.ReasonOf(err, "") != "VCenterDown" {
+		t.Errorf("reason after running out = %q, want VCenterDown", bus.ReasonOf(err, ""))
+	}
+}

@@ -16,6 +16,8 @@ import (
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // NamePrefix starts the name of every pod VM; List uses it to tell pod VMs
@@ -201,7 +203,7 @@ func (c *Client) toVMs(ctx context.Context, mos []mo.VirtualMachine) ([]VM, erro
 // caller can record the task reference before waiting on it.
 func (c *Client) StartCreate(ctx context.Context, s Spec, p Placement) (types.ManagedObjectReference, error) {
 	if err := s.Validate(); err != nil {
-		return types.ManagedObjectReference{}, Permanent(err)
+		return types.ManagedObjectReference{}, bus.Permanent(err)
 	}
 	// Host, pool and port groups come from a short-lived cache. A create
 	// that fails forgets them, and one that used cached ones and failed
@@ -297,12 +299,12 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 		}
 	}
 	if !h.datastores[ds] {
-		return none, cached, Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
+		return none, cached, bus.Permanent(fmt.Errorf("datastore %s is not mounted on host %s", ds, h.name))
 	}
 	for _, d := range s.ImageDisks {
 		dp, _ := parseDatastorePath(d)
 		if !h.datastores[dp.Datastore] {
-			return none, cached, Permanent(fmt.Errorf("image disk %s is on datastore %s, which host %s does not mount", d, dp.Datastore, h.name))
+			return none, cached, bus.Permanent(fmt.Errorf("image disk %s is on datastore %s, which host %s does not mount", d, dp.Datastore, h.name))
 		}
 	}
 	backings := make([]types.BaseVirtualDeviceBackingInfo, len(portGroups))
@@ -316,7 +318,7 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 	}
 	cs, err := BuildConfigSpec(s, ds, backings)
 	if err != nil {
-		return none, cached, Permanent(err)
+		return none, cached, bus.Permanent(err)
 	}
 	folder, err := c.EnsureFolder(ctx, p.Folder)
 	if err != nil {
@@ -566,7 +568,7 @@ func (c *Client) host(ctx context.Context, name string) (*object.HostSystem, err
 		return nil, fmt.Errorf("host %s: %w", name, err)
 	}
 	if len(refs) != 1 {
-		return nil, Permanent(fmt.Errorf("host %s: not found in datacenter %s", name, c.dc.Name()))
+		return nil, bus.Permanent(fmt.Errorf("host %s: not found in datacenter %s", name, c.dc.Name()))
 	}
 	return object.NewHostSystem(c.vc, refs[0]), nil
 }
@@ -585,7 +587,7 @@ func (c *Client) lookupPortGroupBacking(ctx context.Context, name string) (types
 	if len(refs) != 1 {
 		// network-config realizes port groups before it reports the
 		// attachment, so a missing one is a real inconsistency.
-		return nil, Permanent(fmt.Errorf("port group %s: not found in datacenter %s", name, c.dc.Name()))
+		return nil, bus.Permanent(fmt.Errorf("port group %s: not found in datacenter %s", name, c.dc.Name()))
 	}
 	pg := object.NewDistributedVirtualPortgroup(c.vc, refs[0])
 	b, err := pg.EthernetCardBackingInfo(ctx)

@@ -11,37 +11,9 @@ import (
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/bus"
 )
-
-// permanentError marks a failure no retry can fix: a bad spec, a missing
-// port group, a datastore the host cannot see.
-type permanentError struct{ err error }
-
-func (e *permanentError) Error() string { return e.err.Error() }
-func (e *permanentError) Unwrap() error { return e.err }
-
-// Permanent marks err as one that retrying cannot fix.
-func Permanent(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &permanentError{err: err}
-}
-
-// retryError marks a failure a later attempt is expected to outlive, whatever
-// its fault says (a create that used lookups which may have gone stale).
-type retryError struct{ err error }
-
-func (e *retryError) Error() string { return e.err.Error() }
-func (e *retryError) Unwrap() error { return e.err }
-
-// Retry marks err as one a later attempt can fix.
-func Retry(err error) error {
-	if err == nil {
-		return nil
-	}
-	return &retryError{err: err}
-}
 
 // IsTransient reports whether trying again later can help: the vSphere
 // faults that mean "busy" or "not reachable right now", and transport
@@ -51,12 +23,14 @@ func IsTransient(err error) bool {
 	if err == nil {
 		return false
 	}
-	var p *permanentError
-	if errors.As(err, &p) {
+	// A failure marked with the bus's error model (bus.Permanent for a bad
+	// spec, a missing port group, a datastore the host cannot see;
+	// bus.RetryAfter for one a later attempt is expected to outlive) says
+	// so itself.
+	switch bus.CodeOf(err) {
+	case bus.CodePermanent:
 		return false
-	}
-	var r *retryError
-	if errors.As(err, &r) {
+	case bus.CodeRetryAfter, bus.CodeInProgress:
 		return true
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, io.EOF) ||

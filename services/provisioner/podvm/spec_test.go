@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 func validSpec(disks int) Spec {
@@ -150,7 +152,8 @@ func TestIsTransient(t *testing.T) {
 		{"task in progress", soapFault(&types.TaskInProgress{}), true},
 		{"invalid argument", soapFault(&types.InvalidArgument{}), false},
 		{"no permission", soapFault(&types.NoPermission{}), false},
-		{"marked permanent", Permanent(errors.New("port group missing")), false},
+		{"marked permanent", bus.Permanent(errors.New("port group missing")), false},
+		{"marked to retry", bus.RetryAfter(errors.New("stale lookups"), 0), true},
 		{"plain error", errors.New("boom"), false},
 		{"nil", nil, false},
 	}

@@ -1,0 +1,169 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// guestBinary is bin/podvisor-guest: PODVISOR_GUEST_BIN (make test sets
+// it), else built from the guestcluster module (outside the workspace).
+var guestBinary = sync.OnceValues(func() (string, error) {
+	if p := os.Getenv("PODVISOR_GUEST_BIN"); p != "" {
+		return p, nil
+	}
+	dir, err := os.MkdirTemp("", "podvisor-guest-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "podvisor-guest")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/podvisor-guest")
+	cmd.Dir = filepath.Join("..", "..", "..", "guestcluster")
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", errors.New("go build podvisor-guest: " + string(b))
+	}
+	return out, nil
+})
+
+// TestGuestClusterRunsPodsAsPodVMs is the guest cluster as a user meets it
+// on `podvisor up` with guests: apply a GuestCluster, take its kubeconfig
+// from `get guestcluster --kubeconfig`, and with kubectl see the podvisor
+// node, run a busybox pod that becomes a Running pod VM in the guest
+// cluster's namespace of the supervisor, read its log; deleting the guest
+// cluster deletes the pod and its VM.
+func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox", "kubectl")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	guestBin, err := guestBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	specs, err := runner.Select("all")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "pvgc-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ctx, cancel := context.WithCancel(context.Background())
+	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
+	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Seed: 1,
+		Guests: allinone.GuestsOn, Agent: agent, Services: specs, Settings: settings})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); sys.Close() })
+	if _, err := sys.WriteEnv(); err != nil {
+		t.Fatal(err)
+	}
+
+	gc := `apiVersion: podvisor.io/v1alpha1
+kind: GuestCluster
+metadata: {name: gc1, namespace: team-a}
+spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: 1, className: small}}
+`
+	if out, errOut, code := run(t, dir, gc, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %d %s %s", code, out, errOut)
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	waitFor(t, "the guest cluster's kubeconfig", 3*time.Minute, func() bool {
+		out, _, code := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a", "--kubeconfig")
+		return code == 0 && os.WriteFile(kubeconfig, []byte(out), 0o600) == nil
+	})
+	kubectl := func(args ...string) (string, error) {
+		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+		defer ccancel()
+		b, err := exec.CommandContext(cctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		return string(b), err
+	}
+	if out, err := kubectl("get", "nodes", "-o", "name"); err != nil || !strings.Contains(out, "node/podvisor") {
+		t.Fatalf("kubectl get nodes: %v\n%s", err, out)
+	}
+	if out, err := kubectl("wait", "--for=condition=Ready", "node/podvisor", "--timeout=20s"); err != nil {
+		t.Fatalf("node podvisor not Ready: %v\n%s", err, out)
+	}
+
+	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+	if out, err := kubectl("run", "bb", "--image="+image, "--restart=Never", "--", "sh", "-c", "echo hello from the guest cluster; sleep 3600"); err != nil {
+		t.Fatalf("kubectl run: %v\n%s", err, out)
+	}
+	// The supervisor runs it as a pod VM in the guest cluster's namespace.
+	var uid string
+	waitFor(t, "pod team-a/gc1-default-bb Running on the supervisor", 2*time.Minute, func() bool {
+		out, _, code := run(t, dir, "", "get", "pod", "gc1-default-bb", "-n", "team-a", "-o", "json")
+		var p struct {
+			Metadata struct{ UID string }
+			Status   struct{ Phase string }
+		}
+		if code != 0 || json.Unmarshal([]byte(out), &p) != nil {
+			return false
+		}
+		uid = p.Metadata.UID
+		return p.Status.Phase == "Running"
+	})
+	waitFor(t, "guest pod bb Running", time.Minute, func() bool {
+		out, err := kubectl("get", "pod", "bb", "-o", "jsonpath={.status.phase}")
+		return err == nil && out == "Running"
+	})
+	waitFor(t, "kubectl logs bb", time.Minute, func() bool {
+		out, err := kubectl("logs", "bb")
+		return err == nil && strings.Contains(out, "hello from the guest cluster")
+	})
+
+	// Deleting the guest cluster deletes its pod and the pod's VM.
+	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "gc1", "-n", "team-a"); code != 0 {
+		t.Fatalf("delete guestcluster: %d %s %s", code, out, errOut)
+	}
+	waitFor(t, "the guest cluster and its pod gone", 2*time.Minute, func() bool {
+		_, _, podCode := run(t, dir, "", "get", "pod", "gc1-default-bb", "-n", "team-a")
+		_, _, gcCode := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a")
+		return podCode != 0 && gcCode != 0
+	})
+	finder := find.NewFinder(simtest.Client(t, sys.Datacenter).Client)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	finder.SetDatacenter(dc)
+	if _, err := finder.VirtualMachine(ctx, "pv-"+uid); !errors.As(err, new(*find.NotFoundError)) {
+		t.Errorf("pod VM pv-%s after the guest cluster was deleted: %v, want not found", uid, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "guestclusters", "team-a.gc1")); !os.IsNotExist(err) {
+		t.Errorf("control plane directory after delete: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
