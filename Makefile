@@ -18,22 +18,22 @@ LDFLAGS := -X $(CLI_PKG).version=$(VERSION) -X $(CLI_PKG).commit=$(COMMIT) -X $(
 help: ## Show the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/podvisor, bin/podvm-agent (static, runs inside guests), bin/podvisor-guest (guest cluster control plane) and bin/govc (an independent vSphere client for the tour and e2e)
+build: ## Build bin/podvisor, bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/podvisor ./cmd/govc
 	CGO_ENABLED=0 $(GO) build -o bin/podvm-agent ./agent/cmd/podvm-agent
-	$(MAKE) guest
 
 # The guest cluster module (kube-apiserver, etcd, virtual-kubelet) stays out
-# of the workspace so that its dependencies never reach the services'.
-guest: ## Build bin/podvisor-guest (module guestcluster, outside the workspace)
+# of the workspace so that its dependencies never reach the services'. Not
+# yet part of build/test: its first build (all of kube-apiserver) has not
+# been timed on an idle machine.
+guest: ## Build bin/podvisor-guest (module guestcluster, outside the workspace; `make test` then runs the guest cluster test with PODVISOR_GUEST_BIN)
 	cd guestcluster && GOWORK=off $(GO) build -o $(CURDIR)/bin/podvisor-guest ./cmd/podvisor-guest
 
 up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
 	./$(BIN) up $(UP_FLAGS)
 
 test: build ## Run the unit and integration tests of every module (needs redis-server on PATH)
-	PODVISOR_BIN=$(CURDIR)/$(BIN) PODVISOR_GUEST_BIN=$(CURDIR)/bin/podvisor-guest $(GO) test $(TEST_FLAGS) $(MODULES)
-	cd guestcluster && GOWORK=off $(GO) test $(TEST_FLAGS) ./...
+	PODVISOR_BIN=$(CURDIR)/$(BIN) PODVISOR_GUEST_BIN=$(wildcard $(CURDIR)/bin/podvisor-guest) $(GO) test $(TEST_FLAGS) $(MODULES)
 
 test-e2e: build ## Run the end-to-end suite against the built binary
 	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e $(TEST_FLAGS) ./...
@@ -46,7 +46,6 @@ bench: ## Run the Go benchmarks (ratios against in-run baselines)
 
 vet: ## go vet every module
 	$(GO) vet $(MODULES)
-	cd guestcluster && GOWORK=off $(GO) vet ./...
 
 tidy: ## go mod tidy every module
 	@for m in $$($(GO) list -m -f '{{.Dir}}') $(CURDIR)/guestcluster; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
