@@ -1,0 +1,123 @@
+// Command podvisor-guest is a guest cluster's control plane: etcd,
+// kube-apiserver and the `podvisor` node in one process, in the guest
+// cluster's control-plane VM. The guest cluster controller starts it:
+//
+//	podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --version v1.37.2 \
+//	    --nats-url tls://127.0.0.1:4222 --nats-creds gc.creds --nats-ca ca.pem
+//
+// Once the API server answers and the node is Ready it writes DIR/ready.json
+// (the endpoint and the admin kubeconfig). SIGTERM stops it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podvisor/podvisor/guestcluster/controlplane"
+	"github.com/podvisor/podvisor/guestcluster/node"
+)
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] != "run" {
+		fmt.Fprintln(os.Stderr, "usage: podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --nats-url URL --nats-creds FILE [--nats-ca FILE] [--version v1.37.2]")
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	dir := fs.String("dir", "", "the control plane's directory (etcd data, certificates, kubeconfig)")
+	cluster := fs.String("cluster", "", "the guest cluster, NAMESPACE/NAME on the supervisor")
+	version := fs.String("version", "v1.37.2", "the guest Kubernetes version the node reports")
+	natsURL := fs.String("nats-url", "", "the supervisor's NATS")
+	creds := fs.String("nats-creds", "", "the guest cluster's NATS identity")
+	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
+	_ = fs.Parse(os.Args[2:])
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca); err != nil {
+		log.Error("podvisor-guest", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string) error {
+	ns, name, ok := strings.Cut(cluster, "/")
+	var errs []error
+	if dir == "" {
+		errs = append(errs, errors.New("--dir: required"))
+	}
+	if !ok || ns == "" || name == "" {
+		errs = append(errs, fmt.Errorf("--cluster %q: want NAMESPACE/NAME", cluster))
+	}
+	if natsURL == "" || creds == "" {
+		errs = append(errs, errors.New("--nats-url and --nats-creds: required (how the node reaches the supervisor)"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	opts := []nats.Option{nats.Name("podvisor-guest-" + ns + "-" + name), nats.UserCredentials(creds), nats.MaxReconnects(-1)}
+	if ca != "" {
+		opts = append(opts, nats.RootCAs(ca))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
+	if err != nil {
+		return fmt.Errorf("NATS %s: %w", natsURL, err)
+	}
+	defer nc.Close()
+
+	start := time.Now()
+	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, ClusterName: name, Logger: log})
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cp.NodeConfig)
+	if err != nil {
+		return err
+	}
+	n, err := node.New(node.Config{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Version: version, Logger: log,
+		Supervisor: &node.Supervisor{NC: nc, Namespace: ns, Name: name}})
+	if err != nil {
+		return err
+	}
+	ready := make(chan struct{})
+	nodeErr := make(chan error, 1)
+	go func() { nodeErr <- n.Run(ctx, ready) }()
+	select {
+	case <-ready:
+	case err := <-nodeErr:
+		return err
+	case <-cp.Done():
+		return fmt.Errorf("control plane stopped: %v", cp.Err())
+	}
+	b, _ := json.Marshal(map[string]any{"endpoint": cp.Endpoint, "kubeconfig": cp.AdminKubeconfig})
+	if err := os.WriteFile(filepath.Join(dir, "ready.json.tmp"), b, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(dir, "ready.json.tmp"), filepath.Join(dir, "ready.json")); err != nil {
+		return err
+	}
+	log.Info("guest cluster ready", "cluster", cluster, "endpoint", cp.Endpoint, "took", time.Since(start).Round(time.Millisecond))
+	select {
+	case err := <-nodeErr:
+		stop := ctx.Err() != nil
+		<-cp.Done()
+		if stop {
+			return nil
+		}
+		return err
+	case <-cp.Done():
+		return cp.Err()
+	}
+}

@@ -1,0 +1,267 @@
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Config says where a control plane keeps its state and listens.
+type Config struct {
+	// Dir holds etcd's data, the certificates and admin.kubeconfig.
+	Dir string
+	// Host is the address the API server, etcd and the node's kubelet API
+	// listen on; 127.0.0.1 by default (a loopback address only).
+	Host string
+	// Port of the API server; 0 picks a free one.
+	Port int
+	// ClusterName names the cluster and its context in the kubeconfig.
+	ClusterName string
+	// Logger for the control plane's own messages (etcd's go to it at
+	// warning level and above; kube-apiserver logs through klog).
+	Logger *slog.Logger
+	// ReadyTimeout bounds the wait for /readyz; 2 minutes by default.
+	ReadyTimeout time.Duration
+}
+
+// ControlPlane is a running guest control plane.
+type ControlPlane struct {
+	// Endpoint is the API server's URL, https://HOST:PORT.
+	Endpoint string
+	// AdminKubeconfig is a self-contained kubeconfig (CA and client
+	// certificate inline) of the cluster's admin; also in
+	// Dir/admin.kubeconfig.
+	AdminKubeconfig []byte
+	// NodeConfig is the client of the podvisor node.
+	NodeConfig *rest.Config
+	// KubeletTLS serves the node's kubelet API: its certificate for Host,
+	// and client certificates required from the cluster's CA (the API
+	// server's, for logs and exec).
+	KubeletTLS *tls.Config
+	// Host is the loopback address everything listens on.
+	Host string
+
+	done chan struct{}
+	err  error
+}
+
+// Done is closed when the control plane has stopped; Err says why.
+func (cp *ControlPlane) Done() <-chan struct{} { return cp.done }
+
+// Err is why the control plane stopped (nil when its context ended).
+func (cp *ControlPlane) Err() error { return cp.err }
+
+// Start starts etcd and kube-apiserver and returns once the API server is
+// ready. Ending ctx stops both; Done is closed when they have.
+func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("controlplane: dir: required")
+	}
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if ip := net.ParseIP(cfg.Host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("controlplane: host %q: must be a loopback address", cfg.Host)
+	}
+	if cfg.ClusterName == "" {
+		cfg.ClusterName = "guest"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 2 * time.Minute
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	c, err := issueCerts(filepath.Join(cfg.Dir, "pki"), []string{cfg.Host, "localhost"})
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: certificates: %w", err)
+	}
+	port := cfg.Port
+	if port == 0 {
+		if port, err = freePort(cfg.Host); err != nil {
+			return nil, fmt.Errorf("controlplane: %w", err)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	etcd, etcdURL, err := startEtcd(filepath.Join(cfg.Dir, "etcd"), cfg.Host)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("controlplane: etcd: %w", err)
+	}
+	cp := &ControlPlane{
+		Endpoint: "https://" + net.JoinHostPort(cfg.Host, strconv.Itoa(port)),
+		Host:     cfg.Host,
+		done:     make(chan struct{}),
+	}
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- runAPIServer(ctx, apiServerArgs(c, cfg.Host, port, etcdURL)) }()
+	go func() {
+		var err error
+		select {
+		case err = <-apiDone:
+			cancel()
+		case <-ctx.Done():
+			err = <-apiDone
+		case err = <-etcd.Err():
+			cancel()
+			<-apiDone
+		}
+		etcd.Close()
+		if ctx.Err() == nil || !errors.Is(err, context.Canceled) {
+			cp.err = err
+		}
+		close(cp.done)
+	}()
+
+	if cp.AdminKubeconfig, err = kubeconfig(cfg.ClusterName, AdminUser, cp.Endpoint, c.ca.CAFile(), c.adminCert, c.adminKey); err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.Dir, "admin.kubeconfig"), cp.AdminKubeconfig, 0o600); err != nil {
+		cancel()
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	cp.NodeConfig = &rest.Config{
+		Host: cp.Endpoint,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAFile: c.ca.CAFile(), CertFile: c.nodeCert, KeyFile: c.nodeKey,
+		},
+	}
+	pair, err := tls.LoadX509KeyPair(c.kubeletSrvCert, c.kubeletSrv)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("controlplane: kubelet certificate: %w", err)
+	}
+	cp.KubeletTLS = &tls.Config{
+		Certificates: []tls.Certificate{pair},
+		ClientCAs:    c.ca.Pool(),
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}
+	if err := waitReady(ctx, cp, cfg.ReadyTimeout); err != nil {
+		cancel()
+		<-cp.done
+		if cp.err != nil {
+			err = fmt.Errorf("%w (kube-apiserver: %v)", err, cp.err)
+		}
+		return nil, fmt.Errorf("controlplane: %w", err)
+	}
+	cfg.Logger.Info("guest control plane ready", "endpoint", cp.Endpoint, "dir", cfg.Dir)
+	return cp, nil
+}
+
+// waitReady polls /readyz with the admin's client until it answers 200.
+func waitReady(ctx context.Context, cp *ControlPlane, timeout time.Duration) error {
+	rc, err := clientcmd.RESTConfigFromKubeConfig(cp.AdminKubeconfig)
+	if err != nil {
+		return err
+	}
+	hc, err := rest.HTTPClientFor(rc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	last := "no answer"
+	for time.Now().Before(deadline) {
+		select {
+		case <-cp.done:
+			return errors.New("stopped before it was ready")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		resp, err := hc.Get(cp.Endpoint + "/readyz")
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return nil
+		}
+		last = resp.Status
+	}
+	return fmt.Errorf("API server at %s not ready within %s: %s", cp.Endpoint, timeout, last)
+}
+
+// startEtcd starts a single-member etcd on loopback ports and waits until
+// it serves.
+func startEtcd(dir, host string) (*embed.Etcd, string, error) {
+	cport, err := freePort(host)
+	if err != nil {
+		return nil, "", err
+	}
+	pport, err := freePort(host)
+	if err != nil {
+		return nil, "", err
+	}
+	curl := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(cport))}
+	purl := url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(pport))}
+	ec := embed.NewConfig()
+	ec.Name = "guest"
+	ec.Dir = dir
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{curl}, []url.URL{curl}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{purl}, []url.URL{purl}
+	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
+	ec.LogLevel = "error"
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, "", err
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(time.Minute):
+		e.Close()
+		return nil, "", errors.New("not ready within a minute")
+	}
+	return e, curl.String(), nil
+}
+
+// kubeconfig is a self-contained kubeconfig for user.
+func kubeconfig(cluster, user, endpoint, caFile, certFile, keyFile string) ([]byte, error) {
+	var err error
+	read := func(p string) []byte {
+		b, rerr := os.ReadFile(p)
+		if rerr != nil && err == nil {
+			err = rerr
+		}
+		return b
+	}
+	ca, cert, key := read(caFile), read(certFile), read(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("controlplane: kubeconfig: %w", err)
+	}
+	kc := clientcmdapi.NewConfig()
+	kc.Clusters[cluster] = &clientcmdapi.Cluster{Server: endpoint, CertificateAuthorityData: ca}
+	kc.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificateData: cert, ClientKeyData: key}
+	kc.Contexts[cluster] = &clientcmdapi.Context{Cluster: cluster, AuthInfo: user, Namespace: "default"}
+	kc.CurrentContext = cluster
+	return clientcmd.Write(*kc)
+}
+
+// freePort asks the kernel for a free TCP port on host.
+func freePort(host string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

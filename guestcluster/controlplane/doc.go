@@ -1,0 +1,25 @@
+// Package controlplane runs a guest cluster's Kubernetes control plane in
+// one process: an embedded etcd (go.etcd.io/etcd/server/v3, the line
+// k8s.io/kubernetes pins) and the real kube-apiserver of k8s.io/kubernetes,
+// started through its own command (app.NewAPIServerCommand) with flags, as
+// a kube-apiserver binary would be.
+//
+//	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, Logger: log})
+//	// cp.AdminKubeconfig: what `podvisor get guestcluster NAME --kubeconfig` prints
+//	// cp.NodeConfig:      the client of the podvisor node (virtual-kubelet)
+//	<-cp.Done()
+//
+// Everything it keeps is in Dir: etcd's data (etcd/), the cluster's own CA
+// and certificates (pki/: API server serving certificate for the loopback
+// address, the admin's client certificate in system:masters, the node's,
+// the API server's client certificate for the kubelet API, the service
+// account signing key) and admin.kubeconfig. A restart on the same Dir finds
+// the same CA and data, so a kubeconfig handed out stays valid.
+//
+// The API server listens on the loopback address only (the guest's
+// control-plane VM and the supervisor share it on a simulated datacenter);
+// etcd listens on loopback too, on ports of its own. The ServiceAccount
+// admission plugin is off: no kube-controller-manager runs to create the
+// default service accounts, and pods of this cluster run as pod VMs of the
+// supervisor, which mounts no service account token.
+package controlplane
