@@ -37,6 +37,7 @@ const (
 	ReasonImageLimitExceeded  = "ImageLimitExceeded"
 	ReasonInvalidLayer        = "InvalidLayer"
 	ReasonRegistryRefused     = "RegistryRefused"
+	ReasonInvalidImageConfig  = "InvalidImageConfig"
 	ReasonDisksUnavailable    = "ImageDisksUnavailable"
 )
 
@@ -59,6 +60,8 @@ func reasonOf(err error) (reason string, retryable bool) {
 		return ReasonInvalidLayer, false
 	case errors.Is(err, oci.ErrRefused):
 		return ReasonRegistryRefused, false
+	case errors.Is(err, oci.ErrInvalidConfig):
+		return ReasonInvalidImageConfig, false
 	case errors.Is(err, ErrDisksUnavailable):
 		return ReasonDisksUnavailable, false
 	case errors.Is(err, ErrDatastoreFull):
