@@ -1,9 +1,12 @@
 package events
 
 import (
+	"path"
+	"strconv"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"strconv"
 )
 
 // Reasons of PodRejected. Other reasons are allowed (CamelCase words); these
@@ -234,6 +237,64 @@ type ContainerImage struct {
 	// FS is the filesystem on each disk of Chain ("erofs"; absent in events
 	// from versions whose disks held no filesystem).
 	FS string `json:"fs,omitempty"`
+	// Config is what the image's config says to run (absent in events from
+	// versions that did not send it; then a container needs a command).
+	Config *ImageConfig `json:"config,omitempty"`
+}
+
+// ImageConfig is the part of an OCI image config that decides how a
+// container of the image runs; the provisioner applies Kubernetes' rules to
+// it (command replaces Entrypoint, args replaces Cmd, the manifest's env
+// overrides the image's by name, workingDir defaults to the image's, User
+// unless the securityContext says otherwise).
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is "NAME=value" entries, in the image's order.
+	Env []string `json:"env,omitempty"`
+	// User is "user[:group]", names or numbers, resolved in the container's
+	// root.
+	User       string `json:"user,omitempty"`
+	WorkingDir string `json:"workingDir,omitempty"`
+	// ExposedPorts is "port/protocol" entries, sorted. Informational:
+	// Kubernetes, and so podvisor, publishes only the manifest's ports.
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
+}
+
+// MaxImageConfigBytes bounds an image config's strings together, so a pod's
+// images fit one event and the pod VM's guestinfo.
+const MaxImageConfigBytes = 8 << 10
+
+// Size is the bytes of the config's strings together, each list entry
+// counting one more (so a flood of empty entries counts too).
+func (c *ImageConfig) Size() int {
+	n := len(c.User) + len(c.WorkingDir)
+	for _, l := range [][]string{c.Entrypoint, c.Cmd, c.Env, c.ExposedPorts} {
+		for _, s := range l {
+			n += len(s) + 1
+		}
+	}
+	return n
+}
+
+// Validate checks the config as a consumer relies on it; the image cache
+// refuses an image whose config fails it (ImageLimitExceeded for the size).
+func (c *ImageConfig) Validate() error { return asError(c.validate(field.NewPath("config"))) }
+
+func (c *ImageConfig) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if n := c.Size(); n > MaxImageConfigBytes {
+		errs = append(errs, field.TooLong(p, n, MaxImageConfigBytes))
+	}
+	for i, e := range c.Env {
+		if name, _, ok := strings.Cut(e, "="); !ok || name == "" {
+			errs = append(errs, field.Invalid(p.Child("env").Index(i), e, "must be NAME=value"))
+		}
+	}
+	if c.WorkingDir != "" && !path.IsAbs(c.WorkingDir) {
+		errs = append(errs, field.Invalid(p.Child("workingDir"), c.WorkingDir, "must be an absolute path"))
+	}
+	return errs
 }
 
 // ImageDiskFS is ContainerImage.FS of image disks holding erofs filesystems.
@@ -259,6 +320,9 @@ func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 	}
 	if c.FS != "" && c.FS != ImageDiskFS {
 		errs = append(errs, field.NotSupported(p.Child("fs"), c.FS, []string{ImageDiskFS}))
+	}
+	if c.Config != nil {
+		errs = append(errs, c.Config.validate(p.Child("config"))...)
 	}
 	return errs
 }

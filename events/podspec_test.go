@@ -369,6 +369,16 @@ func TestContainerImageChainIDsAndFS(t *testing.T) {
 		{"one chainID short", func(c *ContainerImage) { c.ChainIDs = c.ChainIDs[:1] }, "chainIDs"},
 		{"bad chainID", func(c *ContainerImage) { c.ChainIDs[0] = "nope" }, "chainIDs[0]"},
 		{"unknown fs", func(c *ContainerImage) { c.FS = "ext4" }, "fs"},
+		{"image config", func(c *ContainerImage) {
+			c.Config = &ImageConfig{Entrypoint: []string{"/bin/app"}, Cmd: []string{"serve"}, Env: []string{"PATH=/bin", "EMPTY="},
+				User: "app:app", WorkingDir: "/srv", ExposedPorts: []string{"8080/tcp"}}
+		}, ""},
+		{"image env without a name", func(c *ContainerImage) { c.Config = &ImageConfig{Env: []string{"=x"}} }, "config.env[0]"},
+		{"image env without =", func(c *ContainerImage) { c.Config = &ImageConfig{Env: []string{"PATH"}} }, "config.env[0]"},
+		{"relative image workingDir", func(c *ContainerImage) { c.Config = &ImageConfig{WorkingDir: "srv"} }, "config.workingDir"},
+		{"image config too large", func(c *ContainerImage) {
+			c.Config = &ImageConfig{Cmd: make([]string, MaxImageConfigBytes+1)}
+		}, "config: Too long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

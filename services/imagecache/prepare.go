@@ -399,6 +399,9 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 		return rec, err
 	}
 	defer f.Close()
+	if err := s.checkRoom(ctx, img, rec, fs.Size); err != nil {
+		return rec, err
+	}
 	rec.Size = fs.Size
 	rec.CreatedAt = s.now().UTC()
 	if err := s.store.WriteDisk(ctx, rec, imagedisk.FSErofs, f, fs.Size); err != nil {
@@ -406,6 +409,24 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	}
 	s.stats.diskBytes.add(fs.Size)
 	return rec, nil
+}
+
+// checkRoom refuses to upload a layer's disk of size bytes to a datastore
+// whose free space beyond the reserve is smaller. Placement could only
+// count the layers' compressed sizes (all a manifest tells); the disk holds
+// the layer uncompressed, so the real check comes once it is built.
+func (s *Service) checkRoom(ctx context.Context, img image, rec events.ChainRecord, size int64) error {
+	inv, err := s.datastores(ctx, true)
+	if err != nil {
+		return err
+	}
+	for _, d := range inv {
+		if d.Name == rec.Datastore && d.FreeSpace-s.cfg.ReserveBytes < size {
+			return fmt.Errorf("image %s layer %s: its %d-byte disk: %w: %s has %d bytes free beyond the %d-byte reserve",
+				img.manifest.Image, rec.Layer, size, ErrDatastoreFull, d.Name, max(d.FreeSpace-s.cfg.ReserveBytes, 0), s.cfg.ReserveBytes)
+		}
+	}
+	return nil
 }
 
 // copyChain copies a ready chain from datastore src to rec's datastore

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"strings"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -93,6 +94,7 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 			return guestchannel.Container{}, fmt.Errorf("container %s: no prepared image", c.Name)
 		}
 		gc := containerSpec(c)
+		withImageConfig(&gc, img.Config)
 		gc.ImageDigest = img.Digest
 		parent := ""
 		for _, path := range img.Chain {
@@ -144,10 +146,50 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 	return l, nil
 }
 
+// withImageConfig completes a container's spec from its image's config with
+// Kubernetes' rules: Entrypoint and Cmd go to the agent, which runs command
+// (or else Entrypoint) followed by args (or, without command or args, Cmd);
+// the image's environment comes first, a manifest variable of the same name
+// replacing it in place (as containerd does); workingDir defaults to the
+// image's; the image's user applies unless the securityContext names one
+// (the agent resolves it in the container's root). An image without a
+// config (or an event from a version that did not send it) leaves the
+// manifest's fields alone.
+func withImageConfig(gc *guestchannel.Container, cfg *events.ImageConfig) {
+	if cfg == nil {
+		return
+	}
+	gc.Entrypoint, gc.Cmd, gc.User = cfg.Entrypoint, cfg.Cmd, cfg.User
+	if gc.WorkingDir == "" {
+		gc.WorkingDir = cfg.WorkingDir
+	}
+	if len(cfg.Env) == 0 {
+		return
+	}
+	env := make([]guestchannel.EnvVar, 0, len(cfg.Env)+len(gc.Env))
+	at := map[string]int{}
+	for _, kv := range cfg.Env {
+		name, value, _ := strings.Cut(kv, "=")
+		if i, ok := at[name]; ok {
+			env[i].Value = value
+			continue
+		}
+		at[name] = len(env)
+		env = append(env, guestchannel.EnvVar{Name: name, Value: value})
+	}
+	for _, e := range gc.Env {
+		if i, ok := at[e.Name]; ok {
+			env[i].Value = e.Value
+			continue
+		}
+		at[e.Name] = len(env)
+		env = append(env, e)
+	}
+	gc.Env = env
+}
+
 // containerSpec is the part of a container's guest spec that comes from
-// the manifest. Entrypoint, Cmd, the image's Env, User and WorkingDir come
-// from the image config, which the image record does not carry yet: they
-// stay empty, and the manifest's command and args are what runs.
+// the manifest; withImageConfig adds the image's.
 func containerSpec(c corev1.Container) guestchannel.Container {
 	gc := guestchannel.Container{
 		Name:       c.Name,
