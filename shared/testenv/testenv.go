@@ -165,6 +165,16 @@ func (e *Env) WaitHandled(stream, durable string, seq uint64) {
 	})
 }
 
+// PublishHandled publishes p as its owner would and waits until service's
+// consumer of p's stream (durable <service>-<stream>) has settled it.
+func (e *Env) PublishHandled(service string, p events.Payload) uint64 {
+	e.T.Helper()
+	seq := e.Publish(p)
+	k, _ := events.KindOf(p)
+	e.WaitHandled(k.Stream, service+"-"+k.Stream, seq)
+	return seq
+}
+
 // WaitDeadLetter waits for a dead letter of service whose reason contains
 // want, and returns it.
 func (e *Env) WaitDeadLetter(service, want string) bus.DeadLetter {

@@ -35,8 +35,7 @@ func TestEnvWaitsOnFacts(t *testing.T) {
 	}
 	// The refusal is handled (the ack floor passes it) before "nothing was
 	// cordoned" is asserted, and it is dead-lettered with its reason.
-	seq := e.Publish(&events.HostLost{Name: "bad", Cluster: "c1", Reason: "NotResponding"})
-	e.WaitHandled(events.StreamHosts, "cordoner-HOSTS", seq)
+	seq := e.PublishHandled("cordoner", &events.HostLost{Name: "bad", Cluster: "c1", Reason: "NotResponding"})
 	if n := len(testenv.All(e, func(p *events.HostCordoned) bool { return p.Name == "bad" })); n != 0 {
 		t.Errorf("%d host.cordoned for a refused host, want 0", n)
 	}
