@@ -139,10 +139,16 @@ func (e *Env) PublishAs(source, ceType, subject string, data any) uint64 {
 // Eventually polls cond until it holds, failing the test after Timeout.
 func (e *Env) Eventually(what string, cond func() bool) {
 	e.T.Helper()
-	deadline := time.Now().Add(Timeout)
+	e.EventuallyWithin(what, Timeout, cond)
+}
+
+// EventuallyWithin polls cond until it holds, failing the test after d.
+func (e *Env) EventuallyWithin(what string, d time.Duration, cond func() bool) {
+	e.T.Helper()
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			e.T.Fatalf("timed out after %s waiting for %s", Timeout, what)
+			e.T.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
