@@ -27,8 +27,7 @@ import (
 func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
 	e := startEnv(t, func(c *imagecache.Config) { c.Datastores = []string{localDS, sharedDS} })
 	web := e.reg.Ref("podvisor/web:1.0")
-	e.accept("near", web)
-	e.accept("far", web)
+	nearSeq, farSeq := e.accept("near", web), e.accept("far", web)
 	// Prefetch lands on the local datastore; nothing is ready yet because
 	// not every host mounts it.
 	deadline := time.Now().Add(20 * time.Second)
@@ -44,7 +43,8 @@ func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(200 * time.Millisecond)
+	e.handled(nearSeq)
+	e.handled(farSeq)
 	if n := countReady(t, e.seen.snapshot(), ""); n != 0 {
 		t.Fatalf("%d pod.images.ready before scheduling, want 0 (the datastore is not on every host)", n)
 	}

@@ -145,10 +145,17 @@ func (e *Env) Eventually(what string, cond func() bool) {
 // EventuallyWithin polls cond until it holds, failing the test after d.
 func (e *Env) EventuallyWithin(what string, d time.Duration, cond func() bool) {
 	e.T.Helper()
+	Eventually(e.T, what, d, cond)
+}
+
+// Eventually polls cond until it holds, failing t after d: for tests that
+// have no Env at hand.
+func Eventually(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			e.T.Fatalf("timed out after %s waiting for %s", d, what)
+			t.Fatalf("timed out after %s waiting for %s", d, what)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
