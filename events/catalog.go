@@ -77,14 +77,16 @@ const (
 	TypeMigrationCancelRequested = "io.podvisor.migration.cancel.requested.v1"
 	TypeMigrationCancelled       = "io.podvisor.migration.cancelled.v1"
 
-	TypeHostDiscovered     = "io.podvisor.host.discovered.v1"
-	TypeHostUpdated        = "io.podvisor.host.updated.v1"
-	TypeHostLost           = "io.podvisor.host.lost.v1"
-	TypeHostRecovered      = "io.podvisor.host.recovered.v1"
-	TypeHostCordoned       = "io.podvisor.host.cordoned.v1"
-	TypeHostUncordoned     = "io.podvisor.host.uncordoned.v1"
-	TypeHostDrainRequested = "io.podvisor.host.drain.requested.v1"
-	TypeHostDrained        = "io.podvisor.host.drained.v1"
+	TypeHostDiscovered        = "io.podvisor.host.discovered.v1"
+	TypeHostUpdated           = "io.podvisor.host.updated.v1"
+	TypeHostLost              = "io.podvisor.host.lost.v1"
+	TypeHostRecovered         = "io.podvisor.host.recovered.v1"
+	TypeHostCordoned          = "io.podvisor.host.cordoned.v1"
+	TypeHostUncordoned        = "io.podvisor.host.uncordoned.v1"
+	TypeHostCordonRequested   = "io.podvisor.host.cordon.requested.v1"
+	TypeHostUncordonRequested = "io.podvisor.host.uncordon.requested.v1"
+	TypeHostDrainRequested    = "io.podvisor.host.drain.requested.v1"
+	TypeHostDrained           = "io.podvisor.host.drained.v1"
 )
 
 // NATS subjects, one per event (all versions of an event share it).
@@ -128,14 +130,16 @@ const (
 	SubjectMigrationCancelRequested = "pv.migration.cancel.requested"
 	SubjectMigrationCancelled       = "pv.migration.cancelled"
 
-	SubjectHostDiscovered     = "pv.host.discovered"
-	SubjectHostUpdated        = "pv.host.updated"
-	SubjectHostLost           = "pv.host.lost"
-	SubjectHostRecovered      = "pv.host.recovered"
-	SubjectHostCordoned       = "pv.host.cordoned"
-	SubjectHostUncordoned     = "pv.host.uncordoned"
-	SubjectHostDrainRequested = "pv.host.drain.requested"
-	SubjectHostDrained        = "pv.host.drained"
+	SubjectHostDiscovered        = "pv.host.discovered"
+	SubjectHostUpdated           = "pv.host.updated"
+	SubjectHostLost              = "pv.host.lost"
+	SubjectHostRecovered         = "pv.host.recovered"
+	SubjectHostCordoned          = "pv.host.cordoned"
+	SubjectHostUncordoned        = "pv.host.uncordoned"
+	SubjectHostCordonRequested   = "pv.host.cordon.requested"
+	SubjectHostUncordonRequested = "pv.host.uncordon.requested"
+	SubjectHostDrainRequested    = "pv.host.drain.requested"
+	SubjectHostDrained           = "pv.host.drained"
 )
 
 // MaxEventSize is the largest CloudEvent data payload the bus carries
@@ -217,6 +221,8 @@ var catalog = []Kind{
 	kind[HostRecovered](TypeHostRecovered, SubjectHostRecovered, StreamHosts),
 	kind[HostCordoned](TypeHostCordoned, SubjectHostCordoned, StreamHosts),
 	kind[HostUncordoned](TypeHostUncordoned, SubjectHostUncordoned, StreamHosts),
+	kind[HostCordonRequested](TypeHostCordonRequested, SubjectHostCordonRequested, StreamHosts),
+	kind[HostUncordonRequested](TypeHostUncordonRequested, SubjectHostUncordonRequested, StreamHosts),
 	kind[HostDrainRequested](TypeHostDrainRequested, SubjectHostDrainRequested, StreamHosts),
 	kind[HostDrained](TypeHostDrained, SubjectHostDrained, StreamHosts),
 }

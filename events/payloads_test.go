@@ -138,6 +138,8 @@ func TestPayloadValidation(t *testing.T) {
 		{"recovered cluster", TypeHostRecovered, func(v any) { v.(*HostRecovered).Cluster = "" }, "cluster", "Required"},
 		{"cordoned name", TypeHostCordoned, func(v any) { v.(*HostCordoned).Name = "a b" }, "name", "spaces"},
 		{"uncordoned name", TypeHostUncordoned, func(v any) { v.(*HostUncordoned).Name = "" }, "name", "Required"},
+		{"cordon request reason", TypeHostCordonRequested, func(v any) { v.(*HostCordonRequested).Reason = "not camel" }, "reason", ""},
+		{"uncordon request name", TypeHostUncordonRequested, func(v any) { v.(*HostUncordonRequested).Name = "" }, "name", "Required"},
 		{"drain name", TypeHostDrainRequested, func(v any) { v.(*HostDrainRequested).Name = "" }, "name", "Required"},
 		{"drained unmovable reason", TypeHostDrained, func(v any) { v.(*HostDrained).Unmovable[0].Reason = "" }, "unmovable[0].reason", "Required"},
 	}

@@ -73,14 +73,16 @@ var publishers = map[string][]string{
 	TypeMigrationCancelRequested: {PublisherClient},
 	TypeMigrationCancelled:       {PublisherMigration},
 
-	TypeHostDiscovered:     {PublisherScheduler},
-	TypeHostUpdated:        {PublisherScheduler},
-	TypeHostLost:           {PublisherScheduler},
-	TypeHostRecovered:      {PublisherScheduler},
-	TypeHostCordoned:       {PublisherClient, PublisherMigration}, // `podvisor cordon`, and a drain
-	TypeHostUncordoned:     {PublisherClient},
-	TypeHostDrainRequested: {PublisherClient},
-	TypeHostDrained:        {PublisherMigration},
+	TypeHostDiscovered:        {PublisherScheduler},
+	TypeHostUpdated:           {PublisherScheduler},
+	TypeHostLost:              {PublisherScheduler},
+	TypeHostRecovered:         {PublisherScheduler},
+	TypeHostCordonRequested:   {PublisherClient},
+	TypeHostUncordonRequested: {PublisherClient},
+	TypeHostCordoned:          {PublisherMigration}, // on a cordon request, and a drain
+	TypeHostUncordoned:        {PublisherMigration},
+	TypeHostDrainRequested:    {PublisherClient},
+	TypeHostDrained:           {PublisherMigration},
 }
 
 // Publishers returns who may publish a CloudEvent type: service names and/or

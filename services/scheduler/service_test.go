@@ -180,7 +180,7 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if u := e.waitUnschedulable(second.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("pinned to a cordoned host: %+v", u)
 	}
-	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	if s := e.waitScheduled(second.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s", s.Host)
 	}

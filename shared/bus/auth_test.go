@@ -136,7 +136,8 @@ func TestClientPublishesOnlyRequests(t *testing.T) {
 	if err := client.Publish(ctx, requestEvent(t, "web")); err != nil {
 		t.Fatalf("client pod.requested: %v", err)
 	}
-	for _, subject := range []string{events.SubjectPodRunning, events.SubjectPodImagesReady, events.SubjectPodNetworkAttached, "$KV.pods.default.web"} {
+	for _, subject := range []string{events.SubjectPodRunning, events.SubjectPodImagesReady, events.SubjectPodNetworkAttached, "$KV.pods.default.web",
+		events.SubjectHostCordoned, events.SubjectHostUncordoned} {
 		// The server drops a denied publish and says so on the
 		// connection; the publisher waits for a stream ack in vain.
 		if _, err := client.JetStream().Publish(shortContext(t), subject, []byte("{}")); err == nil {
