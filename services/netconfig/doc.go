@@ -99,8 +99,17 @@
 // "Is network X available on host H" is a NATS request on
 // events.SubjectQueryNetworkAvailable ("pv.query.network.available") with
 // JSON events.NetworkAvailabilityQuery; the reply is
-// events.NetworkAvailabilityAnswer (available, in scope, version, reason).
-// Replicas answer in the queue group "netconfig".
+// events.NetworkAvailabilityAnswer (state, available, in scope, version,
+// reason). The `net-hosts` model says where the network should be; the
+// host is then read back from vCenter (connected, and carrying the port
+// group where the model says it is realized), since the scheduler asks
+// right before binding a pod there. A host that reads back without it is
+// Failed in the answer, and the network is reconciled at once, which
+// records the host Failed (network.host.failed; `net-hosts` lists it in
+// failed). Replicas answer in the queue group "netconfig".
+//
+// migration.target.reserved realizes the pod's networks on the target
+// before the vMotion; the migration precheck waits for it.
 //
 //	nats req pv.query.network.available '{"network":"frontend","host":"esx-1-01"}'
 //

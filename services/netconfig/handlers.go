@@ -372,6 +372,28 @@ func (s *Service) realizeOnHost(ctx context.Context, cause *event.Event, host, c
 	return errors.Join(errs...)
 }
 
+// onMigrationTargetReserved realizes the pod's networks on a migration's
+// target before the vMotion: the scheduler reserves targets where each
+// network is available (events.NetworkUsable: realized, or in scope), and
+// the migration precheck waits until it is realized there. A network that
+// cannot be realized there is recorded on the host (network.host.failed),
+// which the precheck reads.
+func (s *Service) onMigrationTargetReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Pod)), attribute.String("pod.uid", p.UID), attribute.String("host", p.TargetHost))
+	nets, err := s.networksOf(ctx, p.Namespace, p.Pod, p.UID)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range nets {
+		err := s.ensureOnHost(ctx, &m.Event, n, p.TargetHost)
+		if err != nil && !errors.Is(err, ErrNotInScope) && !errors.Is(err, ErrNetworkNotFound) && !errors.Is(err, ErrNotRealized) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // onMigrationCompleted moves a migrated pod's port bindings to the target
 // host.
 func (s *Service) onMigrationCompleted(ctx context.Context, m *bus.Message, p *events.MigrationCompleted) error {

@@ -48,6 +48,11 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
+	// hostRefs caches host references by name (availability queries).
+	hostRefs sync.Map
+	// repairing names the networks a query found missing on a host and
+	// being reconciled.
+	repairing sync.Map
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
@@ -106,6 +111,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onPodScheduled).OnFailure(s.attachFailed)
 	bus.Handle(r, s.onPodDeleted)
 	bus.Handle(r, s.onPodFailed)
+	bus.Handle(r, s.onMigrationTargetReserved)
 	bus.Handle(r, s.onMigrationCompleted)
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
@@ -117,13 +123,13 @@ func (s *Service) routes() *bus.Router {
 // availability queries and resyncs periodically, until ctx ends. It returns
 // nil when ctx ends and the consumers have drained.
 func (s *Service) Run(ctx context.Context) error {
-	sub, err := s.serveQueries()
+	g, ctx := errgroup.WithContext(ctx)
+	sub, err := s.serveQueries(ctx)
 	if err != nil {
 		return err
 	}
 	defer sub.Unsubscribe()
 
-	g, ctx := errgroup.WithContext(ctx)
 	r := s.routes()
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
