@@ -66,3 +66,11 @@ func TestPodScheduledRefusalsAreValidated(t *testing.T) {
 		}
 	}
 }
+
+func TestIsNetworkPortGroup(t *testing.T) {
+	for name, want := range map[string]bool{"pv-default": true, "pv-a-b": true, "pv-dvs-DVUplinks-33": false, "VM Network": false, "pv-": false} {
+		if got := IsNetworkPortGroup(name); got != want {
+			t.Errorf("IsNetworkPortGroup(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

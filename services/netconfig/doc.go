@@ -52,6 +52,14 @@
 //     network.host.ready / network.host.failed for each host whose state
 //     changed and network.realized.
 //
+// Then every host gets its final state (hoststate.go): after any change,
+// and at every resync, the service computes each connected host's whole
+// set of port groups (every network whose resolved scope holds it, with
+// key, VLAN, MTU and version) and sends each host whose set changed one
+// network.host.desired, in parallel (PushParallelism at a time). The host
+// agent diffs it against what the host really carries, applies only the
+// difference and reports network.host.applied.
+//
 // The push is computed from what vCenter has, so repeating it is harmless:
 // the same path serves redeliveries, host.discovered / host.updated /
 // host.recovered (a host that appears or comes back gets the networks of

@@ -301,6 +301,7 @@ func (s *Service) deleteLocked(ctx context.Context, cause *event.Event, name str
 	if err := s.store.remove(ctx, name); err != nil {
 		return err
 	}
+	s.hostStatesSoon()
 	return s.out.Emit(ctx, cause, &events.NetworkDeleted{Name: name}, bus.Distinct("delete"))
 }
 

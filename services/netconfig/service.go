@@ -53,6 +53,10 @@ type Service struct {
 	// repairing names the networks a query found missing on a host and
 	// being reconciled.
 	repairing sync.Map
+	// hostStatesDue asks for the hosts' final states to be pushed;
+	// hostDigests remembers the digest last pushed per host.
+	hostStatesDue chan struct{}
+	hostDigests   sync.Map
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
@@ -97,7 +101,8 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
 
-		countsDue: make(chan string, 1024),
+		countsDue:     make(chan string, 1024),
+		hostStatesDue: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -140,6 +145,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
 	g.Go(func() error { s.recountLoop(ctx); return nil })
+	g.Go(func() error { s.hostStateLoop(ctx); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -177,6 +183,9 @@ func (s *Service) Resync(ctx context.Context) error {
 		if err := s.reconcile(ctx, nil, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
+	}
+	if err := s.PushHostStates(ctx, true); err != nil {
+		errs = append(errs, fmt.Errorf("hosts' final states: %w", err))
 	}
 	return errors.Join(errs...)
 }

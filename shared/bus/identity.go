@@ -69,9 +69,10 @@ func Identities() []Identity {
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
-		// The host agent reports what runs in its pod VMs and answers
-		// logs and exec of its pods by request/reply.
-		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods},
+		// The host agent reports what runs in its pod VMs, answers logs
+		// and exec of its pods by request/reply, and applies its host's
+		// final network state.
+		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks}, Reads: []string{BucketPods},
 			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
