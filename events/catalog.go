@@ -63,6 +63,8 @@ const (
 	TypeNetworkHostReady        = "io.podvisor.network.host.ready.v1"
 	TypeNetworkHostFailed       = "io.podvisor.network.host.failed.v1"
 	TypeNetworkRolledBack       = "io.podvisor.network.rolledback.v1"
+	TypeNetworkHostDesired      = "io.podvisor.network.host.desired.v1"
+	TypeNetworkHostApplied      = "io.podvisor.network.host.applied.v1"
 	TypeNetworkRestoreRequested = "io.podvisor.network.restore.requested.v1"
 	TypeNetworkDeleteRequested  = "io.podvisor.network.delete.requested.v1"
 	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
@@ -116,6 +118,8 @@ const (
 	SubjectNetworkHostReady        = "pv.network.host.ready"
 	SubjectNetworkHostFailed       = "pv.network.host.failed"
 	SubjectNetworkRolledBack       = "pv.network.rolledback"
+	SubjectNetworkHostDesired      = "pv.network.host.desired"
+	SubjectNetworkHostApplied      = "pv.network.host.applied"
 	SubjectNetworkRestoreRequested = "pv.network.restore.requested"
 	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
 	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
@@ -201,6 +205,8 @@ var catalog = []Kind{
 	kind[NetworkHostReady](TypeNetworkHostReady, SubjectNetworkHostReady, StreamNetworks),
 	kind[NetworkHostFailed](TypeNetworkHostFailed, SubjectNetworkHostFailed, StreamNetworks),
 	kind[NetworkRolledBack](TypeNetworkRolledBack, SubjectNetworkRolledBack, StreamNetworks),
+	kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks),
+	kind[NetworkHostApplied](TypeNetworkHostApplied, SubjectNetworkHostApplied, StreamNetworks),
 	kind[NetworkRestoreRequested](TypeNetworkRestoreRequested, SubjectNetworkRestoreRequested, StreamNetworks),
 	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),

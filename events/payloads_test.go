@@ -114,6 +114,8 @@ func TestPayloadValidation(t *testing.T) {
 		{"host ready on a foreign port group", TypeNetworkHostReady, func(v any) { v.(*NetworkHostReady).PortGroup = "VM Network" }, "portGroup", "pv-<network>"},
 		{"host ready without port group", TypeNetworkHostReady, func(v any) { v.(*NetworkHostReady).PortGroup = "" }, "portGroup", "Required"},
 		{"host failed without host", TypeNetworkHostFailed, func(v any) { v.(*NetworkHostFailed).Host = "" }, "host", "Required"},
+		{"host desired digest stale", TypeNetworkHostDesired, func(v any) { v.(*NetworkHostDesired).PortGroups[0].VLAN = 7 }, "digest", "HostStateDigest"},
+		{"host applied failure without reason", TypeNetworkHostApplied, func(v any) { v.(*NetworkHostApplied).Failed[0].Reason = "" }, "failed[0].reason", "Required"},
 		{"rolled back forward", TypeNetworkRolledBack, func(v any) { v.(*NetworkRolledBack).ToVersion = 4 }, "toVersion", "fromVersion-1"},
 		{"restore version 0", TypeNetworkRestoreRequested, func(v any) { v.(*NetworkRestoreRequested).Version = 0 }, "version", "1 or more"},
 		{"network delete name", TypeNetworkDeleteRequested, func(v any) { v.(*NetworkDeleteRequested).Name = "Front End" }, "name", "RFC 1123"},

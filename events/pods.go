@@ -160,6 +160,10 @@ type PodScheduled struct {
 	// Datastores are the datastores of Host the scheduler considered, best
 	// first; the pod VM's files go on the first one.
 	Datastores []string `json:"datastores,omitempty"`
+	// Refusals are the candidate hosts that refused one of the pod's
+	// networks before this placement (network-config's availability query
+	// said it is not available there), in the order they were asked.
+	Refusals []HostRefusal `json:"refusals,omitempty"`
 }
 
 // Validate checks identity and placement.
@@ -168,6 +172,7 @@ func (e *PodScheduled) Validate() error {
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
 	errs = append(errs, validateNames(field.NewPath("datastores"), e.Datastores, validateObjectName)...)
+	errs = append(errs, validateRefusals(field.NewPath("refusals"), e.Refusals)...)
 	return asError(errs)
 }
 

@@ -59,6 +59,8 @@ var publishers = map[string][]string{
 	TypeNetworkHostReady:        {PublisherNetConfig},
 	TypeNetworkHostFailed:       {PublisherNetConfig},
 	TypeNetworkRolledBack:       {PublisherNetConfig},
+	TypeNetworkHostDesired:      {PublisherNetConfig},
+	TypeNetworkHostApplied:      {PublisherHostAgent},
 	TypeNetworkRestoreRequested: {PublisherClient},
 	TypeNetworkDeleteRequested:  {PublisherClient},
 	TypeNetworkDeleteRejected:   {PublisherNetConfig},

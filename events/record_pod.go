@@ -172,6 +172,10 @@ type PodRecord struct {
 	Cluster      string   `json:"cluster,omitempty"`
 	ResourcePool string   `json:"resourcePool,omitempty"`
 	Datastores   []string `json:"datastores,omitempty"`
+	// NetworkRefusals are the hosts that refused one of the pod's networks
+	// (before binding, or on attach), first first; the scheduler does not
+	// place the pod on them again.
+	NetworkRefusals []HostRefusal `json:"networkRefusals,omitempty"`
 
 	// Images are the prepared container images (pod.images.ready), in
 	// container order.

@@ -26,6 +26,18 @@
 // same report published twice (a reconnect, a restarted host agent) is
 // stored once. Reports coalesce: a burst of changes publishes the newest.
 //
+// # The host's network
+//
+// With Deps.Network (what the host really carries of the distributed port
+// groups: its switch proxy on vSphere, its Linux segments in the simulated
+// datacenter, sim.HostSegments), the agent applies the final desired state
+// network-config pushes to its host, network.host.desired (its own
+// durable on NETWORKS, hostagent-<host>, one state at a time): it carries
+// the listed port groups the host lacks, drops the network port groups
+// (pv-<network>) no longer listed, leaves everything else alone, and
+// reports the difference with network.host.applied (added, removed,
+// unchanged, failed). Another host's state is not its business.
+//
 // # Logs and exec
 //
 // Core NATS request/reply on per-host subjects,

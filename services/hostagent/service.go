@@ -36,6 +36,10 @@ type Deps struct {
 	Bus *bus.Bus
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
+	// Network is the host's own network state; with it the agent applies
+	// the final desired state network-config pushes to the host
+	// (network.host.desired). Nil leaves the host's network to others.
+	Network HostNetwork
 }
 
 // Service is one host's agent.
@@ -44,6 +48,8 @@ type Service struct {
 	bus  *bus.Bus
 	pods jetstream.KeyValue
 	log  *slog.Logger
+	// network is Deps.Network (nil: not this agent's).
+	network HostNetwork
 
 	mu    sync.Mutex
 	conns map[string]*podConn // by pod uid: the pod's current channel
@@ -67,11 +73,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("hostagent: pods bucket (is the topology declared?): %w", err)
 	}
 	return &Service{
-		cfg:   cfg,
-		bus:   deps.Bus,
-		pods:  kv,
-		log:   deps.Logger.With("service", Name, "host", cfg.Host),
-		conns: map[string]*podConn{},
+		cfg:     cfg,
+		bus:     deps.Bus,
+		pods:    kv,
+		log:     deps.Logger.With("service", Name, "host", cfg.Host),
+		conns:   map[string]*podConn{},
+		network: deps.Network,
 	}, nil
 }
 
@@ -119,6 +126,17 @@ func (s *Service) Run(ctx context.Context) error {
 			Logger:   s.log,
 		}, s.handleDelete)
 	})
+	if s.network != nil {
+		g.Go(func() error {
+			return s.bus.Consume(gctx, bus.ConsumerConfig{
+				Service:  consumerName(s.cfg.Host),
+				Stream:   events.StreamNetworks,
+				Subjects: []string{events.SubjectNetworkHostDesired},
+				Workers:  1, // states in order: the last one wins
+				Logger:   s.log,
+			}, s.handleDesired)
+		})
+	}
 	s.log.Info("host agent running", "socket", s.Socket())
 	err = g.Wait()
 	_ = os.Remove(s.Socket())

@@ -229,25 +229,8 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 		return nil, refuse(ReasonSourceNotConnected, "source host %s is %s; a vMotion needs it answering", r.SourceHost, state)
 	}
 
-	for _, n := range pod.Networks {
-		a, err := s.store.network(ctx, n)
-		if err != nil {
-			return nil, err
-		}
-		if a == nil {
-			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s of pod %s does not exist", n, r.Key())
-		}
-		if !a.Realized(r.TargetHost) {
-			where := "no host"
-			if len(a.Hosts) > 0 {
-				where = summarizeHosts(a.Hosts)
-			}
-			why := "not in its scope"
-			if a.InScope(r.TargetHost) {
-				why = "in its scope but not realized there yet"
-			}
-			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s is not available on %s (%s); it is realized on %s", n, r.TargetHost, why, where)
-		}
+	if err := s.checkNetworks(ctx, r, pod); err != nil {
+		return nil, err
 	}
 
 	vm, err := s.vm.VM(ctx, pod.VMRef)

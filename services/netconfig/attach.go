@@ -19,8 +19,8 @@ import (
 // Reasons of pod.network.failed.
 const (
 	ReasonNetworkNotFound    = "NetworkNotFound"
-	ReasonNotInScope         = "NotInScope"
-	ReasonNotRealizedOnHost  = "NotRealizedOnHost"
+	ReasonNotInScope         = events.ReasonNotInScope
+	ReasonNotRealizedOnHost  = events.ReasonNotRealizedOnHost
 	ReasonAddressesExhausted = "AddressesExhausted"
 	ReasonAddressingFailed   = "AddressingFailed"
 )

@@ -52,6 +52,14 @@
 //     network.host.ready / network.host.failed for each host whose state
 //     changed and network.realized.
 //
+// Then every host gets its final state (hoststate.go): after any change,
+// and at every resync, the service computes each connected host's whole
+// set of port groups (every network whose resolved scope holds it, with
+// key, VLAN, MTU and version) and sends each host whose set changed one
+// network.host.desired, in parallel (PushParallelism at a time). The host
+// agent diffs it against what the host really carries, applies only the
+// difference and reports network.host.applied.
+//
 // The push is computed from what vCenter has, so repeating it is harmless:
 // the same path serves redeliveries, host.discovered / host.updated /
 // host.recovered (a host that appears or comes back gets the networks of
@@ -99,8 +107,17 @@
 // "Is network X available on host H" is a NATS request on
 // events.SubjectQueryNetworkAvailable ("pv.query.network.available") with
 // JSON events.NetworkAvailabilityQuery; the reply is
-// events.NetworkAvailabilityAnswer (available, in scope, version, reason).
-// Replicas answer in the queue group "netconfig".
+// events.NetworkAvailabilityAnswer (state, available, in scope, version,
+// reason). The `net-hosts` model says where the network should be; the
+// host is then read back from vCenter (connected, and carrying the port
+// group where the model says it is realized), since the scheduler asks
+// right before binding a pod there. A host that reads back without it is
+// Failed in the answer, and the network is reconciled at once, which
+// records the host Failed (network.host.failed; `net-hosts` lists it in
+// failed). Replicas answer in the queue group "netconfig".
+//
+// migration.target.reserved realizes the pod's networks on the target
+// before the vMotion; the migration precheck waits for it.
 //
 //	nats req pv.query.network.available '{"network":"frontend","host":"esx-1-01"}'
 //

@@ -48,6 +48,15 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
+	// hostRefs caches host references by name (availability queries).
+	hostRefs sync.Map
+	// repairing names the networks a query found missing on a host and
+	// being reconciled.
+	repairing sync.Map
+	// hostStatesDue asks for the hosts' final states to be pushed;
+	// hostDigests remembers the digest last pushed per host.
+	hostStatesDue chan struct{}
+	hostDigests   sync.Map
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
@@ -92,7 +101,8 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
 
-		countsDue: make(chan string, 1024),
+		countsDue:     make(chan string, 1024),
+		hostStatesDue: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -106,6 +116,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onPodScheduled).OnFailure(s.attachFailed)
 	bus.Handle(r, s.onPodDeleted)
 	bus.Handle(r, s.onPodFailed)
+	bus.Handle(r, s.onMigrationTargetReserved)
 	bus.Handle(r, s.onMigrationCompleted)
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
@@ -117,13 +128,13 @@ func (s *Service) routes() *bus.Router {
 // availability queries and resyncs periodically, until ctx ends. It returns
 // nil when ctx ends and the consumers have drained.
 func (s *Service) Run(ctx context.Context) error {
-	sub, err := s.serveQueries()
+	g, ctx := errgroup.WithContext(ctx)
+	sub, err := s.serveQueries(ctx)
 	if err != nil {
 		return err
 	}
 	defer sub.Unsubscribe()
 
-	g, ctx := errgroup.WithContext(ctx)
 	r := s.routes()
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
@@ -134,6 +145,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
 	g.Go(func() error { s.recountLoop(ctx); return nil })
+	g.Go(func() error { s.hostStateLoop(ctx); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -171,6 +183,9 @@ func (s *Service) Resync(ctx context.Context) error {
 		if err := s.reconcile(ctx, nil, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
+	}
+	if err := s.PushHostStates(ctx, true); err != nil {
+		errs = append(errs, fmt.Errorf("hosts' final states: %w", err))
 	}
 	return errors.Join(errs...)
 }

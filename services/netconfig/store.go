@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,6 +74,12 @@ func (s *store) publishAvailability(ctx context.Context, rec *events.NetworkReco
 		Hosts:   rec.RealizedHosts(),
 		Scope:   rec.Scope,
 	}
+	for name, h := range rec.Hosts {
+		if h.State == events.NetworkHostStateFailed && rec.Version > 0 {
+			a.Failed = append(a.Failed, name)
+		}
+	}
+	slices.Sort(a.Failed)
 	if a.Hosts == nil {
 		a.Hosts = []string{}
 	}

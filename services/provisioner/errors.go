@@ -25,6 +25,9 @@ const (
 	ReasonNetworkFailed  = "NetworkFailed"
 	ReasonDeleteFailed   = "DeleteFailed"
 	ReasonUnschedulable  = "Unschedulable"
+	// ReasonNetworkRefused: the host the pod was scheduled to refused one
+	// of its networks; the pod is being placed on another host.
+	ReasonNetworkRefused = "NetworkRefused"
 	ReasonVMMissing      = "VMMissing"
 )
 

@@ -156,7 +156,7 @@ func (s *Service) retry(ctx context.Context, e *pendingPod) {
 			}
 		}
 	default:
-		if err := s.publishScheduled(ctx, e.cause, e.pod, o.placement); err != nil {
+		if err := s.publishScheduled(ctx, e.cause, e.pod, o.placement, o.refusals); err != nil {
 			// The reservation stands; the next try republishes it.
 			s.log.Warn("publish pod.scheduled", "pod", e.pod.Key, "err", err)
 			s.pending.failed(e.pod.Key, e.message)

@@ -186,11 +186,14 @@ func (s *Service) hostFromRecordLocked(rec *events.HostRecord) *framework.Host {
 	return h
 }
 
+// networkState is the framework's view of a network on a host; a host
+// where the network failed counts as absent (events.NetworkUsable, the
+// definition the migration precheck shares).
 func networkState(a *events.NetworkAvailability, host string) framework.NetworkState {
-	switch {
-	case a.Realized(host):
+	switch a.On(host) {
+	case events.NetworkOnHostRealized:
 		return framework.NetworkRealized
-	case a.InScope(host):
+	case events.NetworkOnHostInScope:
 		return framework.NetworkInScope
 	}
 	return framework.NetworkAbsent
@@ -293,6 +296,7 @@ func (s *Service) applyNetwork(kve jetstream.KeyValueEntry) bool {
 		}
 		slices.Sort(a.Hosts)
 		slices.Sort(a.Scope)
+		slices.Sort(a.Failed)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -61,16 +61,18 @@ func Identities() []Identity {
 	return []Identity{
 		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations}, Owns: []string{BucketPods}},
 		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
-			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts}},
+			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts},
+			Asks: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
 		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
 			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM}, Reads: []string{BucketPods},
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
-		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts},
+		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
-		// The host agent reports what runs in its pod VMs and answers
-		// logs and exec of its pods by request/reply.
-		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods},
+		// The host agent reports what runs in its pod VMs, answers logs
+		// and exec of its pods by request/reply, and applies its host's
+		// final network state.
+		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks}, Reads: []string{BucketPods},
 			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},

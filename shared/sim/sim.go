@@ -57,6 +57,13 @@ type Datacenter struct {
 	// segments.go); nil when guests are off.
 	fabric *segment.Fabric
 	segMu  sync.Mutex
+	// agentSegments holds, for hosts whose host agent owns their
+	// segments (HostSegments), the port group keys the agent made the
+	// host carry; reconcileSegments leaves those hosts to it.
+	agentSegments map[string]map[string]bool
+	// lastMembership is what switch membership made each host carry at
+	// the last reconcile: where an agent-owned host starts from.
+	lastMembership map[string]map[string]bool
 
 	mu         sync.Mutex
 	closed     bool

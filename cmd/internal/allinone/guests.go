@@ -83,7 +83,9 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	for _, h := range s.Datacenter.Hosts() {
 		cfg := hostagent.DefaultConfig()
 		cfg.Host, cfg.ChannelDir = h.Name, s.ChannelDir()
-		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log})
+		// The agent owns its host's segments: it applies the final state
+		// network-config pushes, as on a real host.
+		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log, Network: s.Datacenter.HostSegments(h.Name)})
 		if err != nil {
 			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)
 		}
