@@ -267,7 +267,10 @@ func (s *System) startNATS(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
-		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS})
+		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS,
+			// Acknowledged means on disk: what up keeps in its state dir
+			// survives a power loss, not only a crash.
+			SyncAlways: true})
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
