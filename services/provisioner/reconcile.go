@@ -326,9 +326,9 @@ func (s *Service) adopt(ctx context.Context, r *events.PodRecord, dup error) (*p
 	case err != nil:
 		return nil, step(ReasonCreateVMFailed, err)
 	case vm == nil:
-		return nil, step(ReasonCreateVMFailed, podvm.Retry(fmt.Errorf("pod VM %s: another create of it is in flight; adopting its VM once registered: %w", r.VMName, dup)))
+		return nil, step(ReasonCreateVMFailed, bus.RetryAfter(fmt.Errorf("pod VM %s: another create of it is in flight; adopting its VM once registered: %w", r.VMName, dup), 0))
 	case vm.UID != "" && vm.UID != r.UID:
-		return nil, step(ReasonCreateVMFailed, podvm.Permanent(fmt.Errorf("pod VM name %s is taken by a VM of pod uid %s (%s)", r.VMName, vm.UID, vm.Ref.Value)))
+		return nil, step(ReasonCreateVMFailed, bus.Permanent(fmt.Errorf("pod VM name %s is taken by a VM of pod uid %s (%s)", r.VMName, vm.UID, vm.Ref.Value)))
 	}
 	s.log.Info("adopted the pod VM another create made", "key", r.Key(), "vm", vm.Ref.Value, "host", vm.Host)
 	return vm, s.recordVM(ctx, r, vm)
