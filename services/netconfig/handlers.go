@@ -248,11 +248,20 @@ func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name st
 			Name: name, Reason: ReasonNotFound, Message: fmt.Sprintf("network %s does not exist", name),
 		}, bus.Distinct("delete"))
 	}
+	// Fence the network's allocations first (every replica's, see
+	// ipam.BeginDelete), then count: an address allocated concurrently is
+	// either counted here or given back by its allocator.
+	if err := s.ipam.BeginDelete(ctx, name); err != nil {
+		return err
+	}
 	allocs, err := s.ipam.Allocations(ctx, name)
 	if err != nil {
 		return err
 	}
 	if len(allocs) > 0 {
+		if err := s.ipam.AbortDelete(ctx, name); err != nil {
+			return err
+		}
 		var pods []string
 		for _, a := range allocs {
 			pods = append(pods, events.PodKey(a.Namespace, a.Name))
@@ -299,6 +308,9 @@ func (s *Service) deleteLocked(ctx context.Context, cause *event.Event, name str
 		}
 	}
 	if err := s.store.remove(ctx, name); err != nil {
+		return err
+	}
+	if err := s.ipam.ForgetNetwork(ctx, name); err != nil {
 		return err
 	}
 	s.hostStatesSoon()

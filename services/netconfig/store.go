@@ -86,7 +86,15 @@ func (s *store) publishAvailability(ctx context.Context, rec *events.NetworkReco
 	if a.Scope == nil {
 		a.Scope = []string{}
 	}
-	_, err := s.netHosts.Set(ctx, events.NetworkRecordKey(rec.Name), &a)
+	// Compare-and-set, and never back: a replica holding an older version
+	// of the record leaves a newer availability in place.
+	_, err := s.netHosts.Upsert(ctx, events.NetworkRecordKey(rec.Name), func(v *events.NetworkAvailability, exists bool) error {
+		if exists && v.Version > a.Version {
+			return record.ErrUnchanged
+		}
+		*v = a
+		return nil
+	})
 	return err
 }
 

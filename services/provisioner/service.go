@@ -47,6 +47,10 @@ type Service struct {
 }
 
 type hooks struct {
+	// afterCreateSubmit runs once vCenter accepted the CreateVM task,
+	// before its reference is saved in the record; an error it returns
+	// ends the attempt there, as a crash would.
+	afterCreateSubmit func(ctx context.Context, r *events.PodRecord) error
 	// afterCreateTask runs once the CreateVM task reference is in the
 	// record, before the service waits on the task.
 	afterCreateTask func(ctx context.Context, r *events.PodRecord)

@@ -9,7 +9,7 @@
 //	            pod.deleted, pod.failed → allocation released, waiting pods retried
 //	            pod.evicted → allocation released on the lost host, pod placed again
 //	            pod.network.failed (host-specific) → released there, placed on another host
-//	HOSTS       host.cordoned / host.uncordoned → cordon kept in the host record
+//	HOSTS       host.cordoned / host.uncordoned → cordon kept in the host's ledger entry
 //	            (publishes host.discovered, updated, lost, recovered from the vCenter watch)
 //	NETWORKS    network.host.ready, network.realized → waiting pods retried
 //	MIGRATIONS  migration.requested → migration.target.reserved or migration.rejected
@@ -67,7 +67,18 @@
 // when something relevant happens: a pod deleted or failed, a ledger entry
 // shrinking, a host recovered, uncordoned or grown, a network realized. A
 // scheduler that restarts finds waiting pods again in the provisioner's
-// records (phase Pending, no host).
+// records (phase Pending, no host), and every replica rescans them
+// (PendingRescan) for pods marked Unschedulable that it does not hold.
+//
+// # Replicas
+//
+// Any number of scheduler replicas may run: they share the durable
+// consumers, and nothing one decides lives only in its memory. Reservations,
+// pod bindings and cordons are compare-and-set writes to KV `ledger`, which
+// every replica watches; a cordon is a flag in the host's ledger entry, so
+// a reservation on a host another replica just cordoned fails its
+// compare-and-set and is placed again against the cordoned entry. Host
+// records are written with compare-and-set too.
 //
 // # Inventory
 //

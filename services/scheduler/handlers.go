@@ -266,10 +266,16 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 	return &rec, nil
 }
 
-// recoverPending finds the pods that were waiting for a host when the
-// scheduler stopped: records in phase Pending without a host and without an
-// allocation.
-func (s *Service) recoverPending(ctx context.Context) error {
+// recoverPending finds the pods waiting for a host in the provisioner's
+// records: phase Pending, no host, no allocation. At start-up (all) every
+// such pod is taken, since this replica may have acknowledged its
+// pod.accepted before it stopped; later rescans take those the provisioner
+// marked Unschedulable, which another replica may hold in memory or may
+// have held when it died. Holding a pod twice is safe: the pod bindings
+// place it once.
+func (s *Service) recoverPending(ctx context.Context, all bool) error {
+	// The provisioner's reason on a record after pod.unschedulable.
+	const reasonUnschedulable = "Unschedulable"
 	lister, err := s.podsKV.ListKeys(ctx)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -288,6 +294,9 @@ func (s *Service) recoverPending(ctx context.Context) error {
 			continue
 		}
 		if rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
+			continue
+		}
+		if !all && (rec.Reason != reasonUnschedulable || s.pending.has(events.PodKey(rec.Namespace, rec.Name), rec.UID)) {
 			continue
 		}
 		s.mu.Lock()
@@ -321,16 +330,12 @@ func (s *Service) recoverPending(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) onHostCordoned(_ context.Context, _ *bus.Message, e *events.HostCordoned) error {
-	s.setCordon(e.Name, true)
-	return nil
+func (s *Service) onHostCordoned(ctx context.Context, _ *bus.Message, e *events.HostCordoned) error {
+	return s.setCordon(ctx, e.Name, true)
 }
 
-func (s *Service) onHostUncordoned(_ context.Context, _ *bus.Message, e *events.HostUncordoned) error {
-	if s.setCordon(e.Name, false) {
-		s.pending.kickAll()
-	}
-	return nil
+func (s *Service) onHostUncordoned(ctx context.Context, _ *bus.Message, e *events.HostUncordoned) error {
+	return s.setCordon(ctx, e.Name, false)
 }
 
 func (s *Service) onHostRecovered(context.Context, *bus.Message, *events.HostRecovered) error {
@@ -338,23 +343,22 @@ func (s *Service) onHostRecovered(context.Context, *bus.Message, *events.HostRec
 	return nil
 }
 
-// setCordon records a cordon; it reports whether anything changed.
-func (s *Service) setCordon(host string, on bool) bool {
+// setCordon records a cordon in the host's ledger entry (compare-and-set),
+// where every scheduler replica sees it (watchLedger) and where a
+// reservation racing with it loses; applying the entry here updates the
+// snapshot, the host record and, on an uncordon, wakes the waiting pods.
+func (s *Service) setCordon(ctx context.Context, host string, on bool) error {
+	entry, changed, err := s.ledger.SetCordon(ctx, host, on)
+	if err != nil {
+		return fmt.Errorf("cordon %s: %w", host, err)
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	rec, ok := s.records[host]
-	if !ok {
-		s.log.Warn("cordon of an unknown host ignored", "host", host)
-		return false
+	s.applyEntryLocked(entry)
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("host cordon", "host", host, "cordoned", on)
 	}
-	if rec.Cordoned == on {
-		return false
-	}
-	rec.Cordoned = on
-	s.snap.SetHost(s.hostFromRecordLocked(rec))
-	s.dirty[host] = true
-	s.log.Info("host cordon", "host", host, "cordoned", on)
-	return true
+	return nil
 }
 
 func (s *Service) onNetworkHostReady(context.Context, *bus.Message, *events.NetworkHostReady) error {

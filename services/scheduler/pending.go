@@ -15,7 +15,9 @@ import (
 // event that brought one is acknowledged once pod.unschedulable is out (the
 // reason is on the pod's record, where a person looks); a restarted
 // scheduler finds the waiting pods again in the provisioner's records (phase
-// Pending, no host). Retries back off exponentially, and every change that
+// Pending, no host), and every replica rescans those records periodically
+// for pods marked Unschedulable that it does not hold, so that the pods a
+// dead replica held are not stranded. Retries back off exponentially, and every change that
 // can free room or open a host (a pod deleted, a host recovered or
 // uncordoned, a network realized, a ledger entry shrinking) retries every
 // waiting pod at once.
@@ -79,6 +81,32 @@ func (p *pendingSet) remove(key, uid string) {
 	defer p.mu.Unlock()
 	if e, ok := p.pods[key]; ok && (uid == "" || e.pod.UID == uid) {
 		delete(p.pods, key)
+	}
+}
+
+// has reports whether the pod (by key and uid) is waiting here.
+func (p *pendingSet) has(key, uid string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.pods[key]
+	return ok && e.pod.UID == uid
+}
+
+// rescanLoop takes up, every interval, the unschedulable pods recorded in
+// KV `pods` that this replica does not hold: a replica that died held its
+// waiting pods only in memory.
+func (s *Service) rescanLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.recoverPending(ctx, false); err != nil && ctx.Err() == nil {
+				s.log.Warn("rescan pending pods", "err", err)
+			}
+		}
 	}
 }
 

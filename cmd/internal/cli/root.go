@@ -67,6 +67,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newUpCmd(g),
 		newServeCmd(g),
+		newNATSNodeCmd(g),
 		newApplyCmd(g),
 		newGetCmd(g),
 		newDeleteCmd(g),
