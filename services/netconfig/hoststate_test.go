@@ -9,6 +9,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // Every host gets one final state with every port group it must carry: the
@@ -18,9 +19,9 @@ func TestEveryHostGetsItsFinalState(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
 	in := e.clusterHosts("cluster-1")
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "q" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
 	for _, h := range e.allHosts() {
-		d := wait(e, events.TypeNetworkHostDesired, func(p *events.NetworkHostDesired) bool {
+		d := testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {
 			return p.Host == h && slices.ContainsFunc(p.PortGroups, func(pg events.HostPortGroup) bool { return pg.PortGroup == "pv-q" }) == slices.Contains(in, h)
 		})
 		for _, pg := range d.PortGroups {
@@ -32,7 +33,7 @@ func TestEveryHostGetsItsFinalState(t *testing.T) {
 	// A change to the network sends each host in scope its new state.
 	e.declare("q", events.NetworkSpec{VLAN: 6, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
 	for _, h := range in {
-		wait(e, events.TypeNetworkHostDesired, func(p *events.NetworkHostDesired) bool {
+		testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {
 			return p.Host == h && len(p.PortGroups) > 0 && p.PortGroups[0].VLAN == 6
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // The availability query asks the host: a host that reads back without
@@ -22,7 +23,7 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	hosts := e.allHosts()
 	x, y := hosts[0], hosts[1]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "q" && len(p.Ready) == 2 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" && len(p.Ready) == 2 })
 	ask := func(host string) events.NetworkAvailabilityAnswer {
 		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: "q", Host: host})
 		m, err := e.bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
@@ -47,7 +48,7 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	if a := ask(y); a.State != events.NetworkOnHostRealized {
 		t.Errorf("%s, untouched: %+v, want realized", y, a)
 	}
-	wait(e, events.TypeNetworkHostFailed, func(p *events.NetworkHostFailed) bool {
+	testenv.Wait(e.Env, func(p *events.NetworkHostFailed) bool {
 		return p.Name == "q" && p.Host == x && p.Reason == netconfig.ReasonNotRealized
 	})
 	e.waitRecord("q", func(r *events.NetworkRecord) bool { return r.Hosts[x].State == events.NetworkHostStateFailed })

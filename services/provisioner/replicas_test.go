@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // A provisioner stops dead between vCenter accepting CreateVM and the save
@@ -52,7 +53,7 @@ func TestProvisionerKilledBeforeTaskSaveLeavesOneVM(t *testing.T) {
 	}
 
 	second, _ := e.start(cfg)
-	ready := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	ready := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	starting := e.waitRecord(second, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 	r := e.fold(second, report(acc, starting.VMName, "boot-1", 1, running("app"), running("sidecar"), running("logger")))
 	if r.Phase != events.PodPhaseRunning {
