@@ -33,6 +33,7 @@
 //	host  → agent  stop    {grace period}                        → stopped (every container ended)
 //	host  → agent  cancel  {id of a logs/exec request}           ends a follow or an exec
 //	agent → host   status  {full: false, changed containers}     whenever a state changes
+//	host  → agent  disk.key {wrapped key | error}                after a hello with a key request
 //
 // Requests carry an ID chosen by the host; every answer repeats it. A side
 // that receives a message of a type it does not know answers with an error
