@@ -7,7 +7,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // prepareEncryption gives a pod that asks for an encrypted ephemeral disk
@@ -19,7 +19,7 @@ func (s *Service) prepareEncryption(r *events.PodRecord) error {
 		return nil
 	}
 	if err := s.keys.Prepare(r); err != nil {
-		return step(ReasonEncryptionUnavailable, podvm.Permanent(err))
+		return step(ReasonEncryptionUnavailable, bus.Permanent(err))
 	}
 	return nil
 }
