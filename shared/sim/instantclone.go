@@ -118,7 +118,9 @@ func (c *instantCloner) InstantCloneTask(ctx *simulator.Context, req *types.Inst
 	task := simulator.CreateTask(vm, "instantClone", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
 		ref, err := c.d.runFork(context.Background(), plan)
 		if err != nil {
-			return nil, &types.SystemError{Reason: err.Error()}
+			c.d.guestLog("instant clone", plan.spec.Name, err)
+			return nil, &types.SystemError{RuntimeFault: types.RuntimeFault{MethodFault: types.MethodFault{
+				FaultMessage: []types.LocalizableMessage{{Key: "podvisor.sim.instantClone", Message: err.Error()}}}}, Reason: err.Error()}
 		}
 		return ref, nil
 	})

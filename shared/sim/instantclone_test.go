@@ -33,7 +33,7 @@ func forkSpec(uid, name, chain string) *guestchannel.PodSpec {
 }
 
 // running waits on a guest's channel until its container runs.
-func running(t *testing.T, h hello, what string) {
+func running(t testing.TB, h hello, what string) {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	got := make(chan bool, 1)
@@ -67,7 +67,7 @@ func running(t *testing.T, h hello, what string) {
 
 // ext4UUID reads the filesystem uuid of an ext4 image (superblock at 1024,
 // uuid at +104).
-func ext4UUID(t *testing.T, path string) []byte {
+func ext4UUID(t testing.TB, path string) []byte {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
