@@ -43,4 +43,12 @@
 //
 // On every (re)connection the agent sends hello and a full status: the host
 // side keeps no state it cannot rebuild from that.
+//
+// # Secure instantiation
+//
+// A spec with Encryption makes the agent wait for its disk key: every hello
+// carries a KeyRequest (an X25519 public key made at boot, and the spec's
+// nonce) until the host answers with a disk.key message holding the key
+// wrapped for that public key and the VM's identity (SealDiskKey,
+// OpenDiskKey: HPKE, RFC 9180). The host side never sees the key in clear.
 package guestchannel
