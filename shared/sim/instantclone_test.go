@@ -105,9 +105,12 @@ func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	c := simtest.Client(t, d)
 	chain := "sha256:" + strings.Repeat("f", 64)
 
+	pgKey := simtest.AddPortGroup(t, c, d.DVS(), "pv-fork")
+	const parentMAC = "00:50:56:aa:bb:01"
 	parent, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
 		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", chain),
 		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
+		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-fork", MAC: parentMAC}},
 	})
 	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
 		t.Fatal(err)
@@ -153,6 +156,19 @@ func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	}
 	if m.Name != "pv-child" || m.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || m.Config.Hardware.MemoryMB != 256 {
 		t.Fatalf("child: name %s, power %s, memory %d MiB; want pv-child, poweredOn, the parent's 256", m.Name, m.Runtime.PowerState, m.Config.Hardware.MemoryMB)
+	}
+	devices, err := child.Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(nics) != 1 {
+		t.Fatalf("child has %d NICs, want the parent's one", len(nics))
+	}
+	card := nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	port, ok := card.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
+	if !ok || port.Port.PortgroupKey != pgKey || card.MacAddress == "" || card.MacAddress == parentMAC {
+		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and a new MAC", card.Backing, card.MacAddress, pgKey)
 	}
 	if got := d.ForkedFrom(ref.Value); got != parent.Reference().Value {
 		t.Fatalf("ForkedFrom(child) = %q, want %s", got, parent.Reference().Value)
