@@ -121,3 +121,25 @@ func TestEncryptedPodWithoutKeyFileFails(t *testing.T) {
 		t.Fatalf("%d VMs made for a pod that cannot get its key", len(vms))
 	}
 }
+
+// While the guest waits for its key the pod's reason is WaitingForKey; once
+// the disk is open it is ContainerCreating again, then Running.
+func TestWaitingForKeyShowsOnThePod(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	acc, started := e.startPod(svc, testPod("web"))
+	vm := started.VMName
+	wait := report(acc, vm, "boot-1", 1, waiting("app", "ContainerCreating", 0), waiting("sidecar", "ContainerCreating", 0), waiting("logger", "ContainerCreating", 0))
+	wait.Phase, wait.Reason, wait.Message = events.GuestPhasePending, guestchannel.ReasonWaitingForKey, "waiting for its key"
+	if r := e.fold(svc, wait); r.Phase != events.PodPhaseStarting || r.Reason != guestchannel.ReasonWaitingForKey {
+		t.Fatalf("record while waiting: phase %s reason %q, want Starting / WaitingForKey", r.Phase, r.Reason)
+	}
+	open := report(acc, vm, "boot-1", 2, waiting("app", "ContainerCreating", 0), waiting("sidecar", "ContainerCreating", 0), waiting("logger", "ContainerCreating", 0))
+	open.Phase = events.GuestPhasePending
+	if r := e.fold(svc, open); r.Reason != events.ReasonContainerCreating {
+		t.Fatalf("record once the disk is open: reason %q, want ContainerCreating", r.Reason)
+	}
+	if r := e.fold(svc, report(acc, vm, "boot-1", 3, running("app"), running("sidecar"), running("logger"))); r.Phase != events.PodPhaseRunning || r.Reason != "" {
+		t.Fatalf("record once running: phase %s reason %q", r.Phase, r.Reason)
+	}
+}
