@@ -14,6 +14,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 )
@@ -34,7 +35,7 @@ func TestEncryptedPodKeyReleasedOnlyToItsVM(t *testing.T) {
 	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
 	acc := e.request(pod)
 	e.facts(acc, host)
-	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	r := e.record(svc, "default", "sealed")
 	if r.Encryption == nil || r.Encryption.Nonce == "" || len(r.Encryption.WrappedKey) == 0 {
 		t.Fatalf("record encryption = %+v, want a nonce and a sealed key", r.Encryption)
@@ -113,7 +114,7 @@ func TestEncryptedPodWithoutKeyFileFails(t *testing.T) {
 	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
 	acc := e.request(pod)
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonEncryptionUnavailable || !strings.Contains(f.Message, "PODVISOR_PROVISIONER_KEY_FILE") {
 		t.Fatalf("pod.failed = %+v, want EncryptionUnavailable naming the key file setting", f)
 	}
