@@ -95,6 +95,11 @@ func TestValidatePod(t *testing.T) {
 		{name: "finalizers", pod: newPod(func(p *corev1.Pod) { p.Finalizers = []string{"x/y"} }), fields: []string{"pod.metadata.finalizers"}},
 		{name: "unknown podvisor annotation", pod: newPod(func(p *corev1.Pod) { p.Annotations = map[string]string{"podvisor.io/netwroks": "a"} }),
 			fields: []string{"pod.metadata.annotations[podvisor.io/netwroks]"}, reason: "supported: podvisor.io/networks"},
+		{name: "encrypted ephemeral disk", pod: newPod(func(p *corev1.Pod) {
+			p.Annotations = map[string]string{AnnotationEphemeralEncryption: EphemeralEncryptionRequired}
+		})},
+		{name: "encryption annotation with another value", pod: newPod(func(p *corev1.Pod) { p.Annotations = map[string]string{AnnotationEphemeralEncryption: "yes"} }),
+			fields: []string{"pod.metadata.annotations[podvisor.io/ephemeral-encryption]"}, reason: `"required"`},
 		{name: "no containers", pod: newPod(func(p *corev1.Pod) { p.Spec.Containers = nil }), fields: []string{"pod.spec.containers"}, reason: "at least one container"},
 		{name: "bad and duplicate container names", pod: newPod(addContainer("nginx", "nginx"), addContainer("Side_Car", "nginx")),
 			fields: []string{"pod.spec.containers[1].name", "pod.spec.containers[2].name"}},

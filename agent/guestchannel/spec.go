@@ -48,6 +48,9 @@ type PodSpec struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 	// NICs in VM order; the first is the primary network.
 	NICs []NIC `json:"nics,omitempty"`
+	// Encryption, when set, keeps the ephemeral disk encrypted with a key
+	// the agent receives over the channel after boot (see Encryption).
+	Encryption *Encryption `json:"encryption,omitempty"`
 }
 
 // Disk roles.
@@ -273,6 +276,9 @@ func (s *PodSpec) Validate() error {
 				}
 			}
 		}
+	}
+	if s.Encryption != nil && s.Encryption.Nonce == "" {
+		bad("encryption.nonce", "required (set by the provisioner at create)")
 	}
 	check("initContainers", s.InitContainers)
 	check("containers", s.Containers)

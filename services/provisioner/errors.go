@@ -29,6 +29,9 @@ const (
 	// of its networks; the pod is being placed on another host.
 	ReasonNetworkRefused = "NetworkRefused"
 	ReasonVMMissing      = "VMMissing"
+	// ReasonEncryptionUnavailable: the pod asks for an encrypted ephemeral
+	// disk and the provisioner has no key-encryption key.
+	ReasonEncryptionUnavailable = "EncryptionUnavailable"
 )
 
 // step tags a vSphere failure with the step that failed (bus.WithReason),

@@ -83,6 +83,14 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 	if s.RestartPolicy == "" {
 		s.RestartPolicy = string(corev1.RestartPolicyAlways)
 	}
+	if events.PodEphemeralEncryption(&r.Pod) {
+		if r.Encryption == nil || r.Encryption.Nonce == "" {
+			// Never a VM without encryption for a pod that asked for it.
+			return vmLayout{}, fmt.Errorf("pod %s asks for an encrypted ephemeral disk and has no key yet", r.Key())
+		}
+		// The nonce only: the key never goes into the VM's configuration.
+		s.Encryption = &guestchannel.Encryption{Nonce: r.Encryption.Nonce}
+	}
 	if g := r.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		s.TerminationGracePeriodSeconds = *g
 	}

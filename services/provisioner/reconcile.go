@@ -202,6 +202,18 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 		_, hadVM := r.Condition(events.PodConditionVMCreated)
 		removeLeftovers = hadVM || r.CreateTask != ""
 		r.CreateAttempts++
+		if err := s.prepareEncryption(r); err != nil {
+			return nil, err
+		}
+		if err := s.save(ctx, r); err != nil {
+			return nil, err
+		}
+	} else if events.PodEphemeralEncryption(&r.Pod) && r.Encryption == nil {
+		// The first create of an encrypted pod: its nonce and sealed key
+		// are saved before the VM that carries the nonce exists.
+		if err := s.prepareEncryption(r); err != nil {
+			return nil, err
+		}
 		if err := s.save(ctx, r); err != nil {
 			return nil, err
 		}

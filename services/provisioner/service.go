@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel"
@@ -35,6 +36,9 @@ type Service struct {
 	vms  *podvm.Client
 	log  *slog.Logger
 	recs *records
+	// keys holds the key-encryption key of encrypted ephemeral disks; nil
+	// without a key file.
+	keys *diskkeys.Keeper
 
 	locks   keyLocks
 	tracer  trace.Tracer
@@ -95,6 +99,11 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 		now:     time.Now,
 	}
 	s.recs = &records{kv: kv, now: func() time.Time { return s.now() }}
+	if cfg.KeyFile != "" {
+		if s.keys, err = diskkeys.Load(cfg.KeyFile); err != nil {
+			return nil, fmt.Errorf("provisioner: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -114,6 +123,9 @@ func (s *Service) Run(ctx context.Context) error {
 			BackOff:    s.cfg.BackOff,
 			Logger:     s.log,
 		}, nil)
+	})
+	g.Go(func() error {
+		return s.bus.Serve(gctx, events.SubjectDiskKeyRelease, s.releaseDiskKey)
 	})
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error {

@@ -59,7 +59,10 @@ const (
 // Identities is the permission table of every identity podvisor mints.
 func Identities() []Identity {
 	return []Identity{
-		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations}, Owns: []string{BucketPods}},
+		// The provisioner releases the keys of encrypted ephemeral disks
+		// to the pod VMs it created, asked by their host agents only.
+		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations}, Owns: []string{BucketPods},
+			Serves: []string{events.SubjectDiskKeyRelease}},
 		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
 			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts},
 			Asks: []string{events.SubjectQueryNetworkAvailable}},
@@ -70,10 +73,11 @@ func Identities() []Identity {
 		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
 		// The host agent reports what runs in its pod VMs, answers logs
-		// and exec of its pods by request/reply, and applies its host's
-		// final network state.
+		// and exec of its pods by request/reply, applies its host's
+		// final network state, and asks the provisioner for the disk keys
+		// of its encrypted pod VMs.
 		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks}, Reads: []string{BucketPods},
-			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
+			Serves: []string{"pv.query.pod.>"}, Asks: []string{events.SubjectDiskKeyRelease}, StreamsAnswers: true},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
 	}

@@ -154,6 +154,7 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 		return guest.VM{}, false
 	}
 	out := guest.VM{
+		ForkOf:   d.ForkedFrom(vm.Self.Value),
 		Key:      vm.Self.Value,
 		Name:     vm.Name,
 		UUID:     vm.Config.InstanceUuid,

@@ -65,6 +65,10 @@ type Datacenter struct {
 	// the last reconcile: where an agent-owned host starts from.
 	lastMembership map[string]map[string]bool
 
+	// forks maps an instant clone's key to its parent's (instantclone.go).
+	forkMu sync.Mutex
+	forks  map[string]string
+
 	mu         sync.Mutex
 	closed     bool
 	taskDelays map[string]struct{}
@@ -137,6 +141,7 @@ func (d *Datacenter) build(ctx context.Context) error {
 	}
 	d.model = m
 	m.Map().AddHandler(&hostStateBridge{d: d})
+	m.Map().Handler = d.methodHandler
 	m.Service.AddFaultRule(d.maintenanceRule())
 
 	dir := d.cfg.Dir

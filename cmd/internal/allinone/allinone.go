@@ -28,6 +28,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
@@ -207,6 +208,11 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
+		return nil, fmt.Errorf("up: %w", err)
+	}
+	// The key-encryption key of encrypted ephemeral disks: a Secret file,
+	// kept with the state so that a resumed up still opens its pods' keys.
+	if err := diskkeys.WriteKeyFile(s.diskKeyFile()); err != nil {
 		return nil, fmt.Errorf("up: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -683,6 +689,7 @@ const guestTimeout = "60s"
 // waiting out the grace period for a report that cannot come).
 func (s *System) serviceDefaults() map[string]string {
 	out := maps.Clone(simulatorDefaults)
+	out[provisioner.EnvKeyFile] = s.diskKeyFile()
 	if s.GuestsOff == "" {
 		out[provisioner.EnvGuestTimeout] = guestTimeout
 	} else {
@@ -690,6 +697,10 @@ func (s *System) serviceDefaults() map[string]string {
 	}
 	return out
 }
+
+// diskKeyFile holds the provisioner's key-encryption key (package
+// diskkeys), hex, mode 0600.
+func (s *System) diskKeyFile() string { return filepath.Join(s.cfg.StateDir, "disk-kek") }
 
 // settings is the services' configuration source: cfg.Settings or the
 // environment, over serviceDefaults when the simulator is ours.

@@ -129,6 +129,22 @@ func (c *Client) List(ctx context.Context, root string) ([]VM, error) {
 	return vms, nil
 }
 
+// InstanceUUID is the VM's instance uuid as vCenter reports it (what the
+// guest sees as its identity), or "" for a VM that no longer exists.
+func (c *Client) InstanceUUID(ctx context.Context, ref types.ManagedObjectReference) (string, error) {
+	var m mo.VirtualMachine
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"config.instanceUuid"}, &m); err != nil {
+		if isNotFound(err) {
+			return "", nil
+		}
+		return "", fmt.Errorf("instance uuid of VM %s: %w", ref.Value, err)
+	}
+	if m.Config == nil {
+		return "", nil
+	}
+	return m.Config.InstanceUuid, nil
+}
+
 var vmProps = []string{"name", "runtime.powerState", "runtime.host", "config.extraConfig"}
 
 func (c *Client) retrieve(ctx context.Context, root types.ManagedObjectReference, match property.Match) ([]VM, error) {

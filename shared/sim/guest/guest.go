@@ -136,6 +136,10 @@ type VM struct {
 	NICs []NIC
 	// Spec is the guestinfo.podvisor.spec value.
 	Spec string
+	// ForkOf is the key of the VM this one was instant-cloned from: its
+	// read/write disks are copy-on-write clones of that VM's, made while
+	// its guest was paused, so this guest starts on a prepared filesystem.
+	ForkOf string
 }
 
 // Manager runs the guests of one simulated datacenter.
@@ -326,7 +330,7 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 		m.removePorts(g)
 		return nil, fmt.Errorf("release the guest's launcher: %w", err)
 	}
-	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path)
+	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path, "forkOf", vm.ForkOf)
 	return g, nil
 }
 
@@ -446,6 +450,31 @@ func (m *Manager) freezeLocked(g *guest, frozen bool) {
 		return
 	}
 	g.frozen = frozen
+}
+
+// Pause freezes a running guest (freezer cgroup) until the returned resume
+// is called: what a hypervisor does to a VM while it takes a consistent
+// copy of its disks (an instant clone's fork point). A guest that is not
+// running, or is frozen already (its host failed), is left as it is.
+func (m *Manager) Pause(key string) (resume func(), err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.guests[key]
+	if !ok || g.frozen {
+		return func() {}, nil
+	}
+	if err := g.cgroup.freeze(true); err != nil {
+		return nil, fmt.Errorf("pause guest of %s: %w", g.vm.Name, err)
+	}
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if !g.frozen {
+			if err := g.cgroup.freeze(false); err != nil {
+				m.log.Warn("resume guest", "vm", g.vm.Name, "err", err)
+			}
+		}
+	}, nil
 }
 
 // Info describes a running guest.
