@@ -58,7 +58,7 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 	// Replica A stops: whatever it held waiting is taken up by B.
 	stopA()
 	e.stop = stopB
-	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	for _, acc := range pods {
 		if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
 			t.Errorf("%s placed on %s, want %s", acc.ObjectKey(), s.Host, host)
