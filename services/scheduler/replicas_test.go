@@ -7,6 +7,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
 )
 
 // Two scheduler replicas share the durable consumers, so a host.cordoned is
@@ -64,4 +65,31 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 		}
 	}
 	e.eventually("uncordon on the host record", 5*time.Second, func() bool { return !e.hostRecords()[host].Cordoned })
+}
+
+// A pod deleted while another replica was placing it leaves an allocation
+// nobody releases (pod.deleted found nothing to free); the rescan frees the
+// allocations of pods that have no record once they are older than its
+// grace, and leaves those of live pods alone.
+func TestAllocationsOfPodsWithoutRecordsAreReleased(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	host := e.hostNames()[0]
+	live := e.accept(testPod("live", "100m", "256Mi", onHost(host)))
+	if s := e.waitScheduled(live.ObjectKey()); s.Host != host {
+		t.Fatalf("live pod on %s", s.Host)
+	}
+	ghost := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "ghost", UID: "uid-ghost",
+		CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: time.Now().Add(-time.Minute)}
+	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{ghost}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("the ghost's allocation released", 10*time.Second, func() bool {
+		_, held := e.allocations(host)["uid-ghost"]
+		return !held
+	})
+	if _, held := e.allocations(host)[live.UID]; !held {
+		t.Fatal("the live pod's allocation went too")
+	}
 }
