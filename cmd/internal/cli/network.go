@@ -32,7 +32,9 @@ func newNetworkCmd(g *globals) *cobra.Command {
   switch import -f FILE            apply such a file to a new or an existing switch
   data set|get|rm                  opaque pass-through data for management applications`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return usageError("network: name a subcommand (export, restore, switch, data)") },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError("network: name a subcommand (export, restore, switch, data)")
+		},
 	}
 	cmd.AddCommand(newNetworkExportCmd(g), newNetworkRestoreCmd(g), newNetworkSwitchCmd(g))
 	return cmd
