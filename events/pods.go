@@ -408,6 +408,10 @@ type NetworkAttachment struct {
 	// MAC is the NIC's address, fixed by network-config so that a re-created
 	// VM keeps it.
 	MAC string `json:"mac"`
+	// Nameservers are the addresses of the DNS services (NetworkService of
+	// type dns) configured on the network when the pod attached; the guest's
+	// resolv.conf names them. Empty when the network has none.
+	Nameservers []string `json:"nameservers,omitempty"`
 }
 
 func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
@@ -419,6 +423,9 @@ func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
 	}
 	errs = append(errs, validateIPv4(p.Child("gateway"), a.Gateway, false)...)
 	errs = append(errs, validateMAC(p.Child("mac"), a.MAC)...)
+	for i, ns := range a.Nameservers {
+		errs = append(errs, validateIPv4(p.Child("nameservers").Index(i), ns, true)...)
+	}
 	return errs
 }
 
