@@ -2,6 +2,7 @@ package events
 
 import (
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -412,6 +413,12 @@ type NetworkAttachment struct {
 	// type dns) configured on the network when the pod attached; the guest's
 	// resolv.conf names them. Empty when the network has none.
 	Nameservers []string `json:"nameservers,omitempty"`
+}
+
+// Equal compares attachments field by field.
+func (a NetworkAttachment) Equal(b NetworkAttachment) bool {
+	return a.Network == b.Network && a.PortGroup == b.PortGroup && a.IP == b.IP && a.PrefixLength == b.PrefixLength &&
+		a.Gateway == b.Gateway && a.MAC == b.MAC && slices.Equal(a.Nameservers, b.Nameservers)
 }
 
 func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
