@@ -1,8 +1,8 @@
 package provisioner
 
 import (
-	"slices"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
