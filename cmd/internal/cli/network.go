@@ -36,7 +36,7 @@ func newNetworkCmd(g *globals) *cobra.Command {
 			return usageError("network: name a subcommand (export, restore, switch, data)")
 		},
 	}
-	cmd.AddCommand(newNetworkExportCmd(g), newNetworkRestoreCmd(g), newNetworkSwitchCmd(g))
+	cmd.AddCommand(newNetworkExportCmd(g), newNetworkRestoreCmd(g), newNetworkSwitchCmd(g), newNetworkDataCmd(g))
 	return cmd
 }
 
