@@ -1,49 +1,16 @@
 package netconfig_test
 
 import (
-	"context"
-	"encoding/json"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
-
-// getKV reads one JSON record of a bucket; false when absent.
-func getKV(e *env, bucket, key string, v any) bool {
-	e.t.Helper()
-	kv, err := e.bus.KV(context.Background(), bucket)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	entry, err := kv.Get(context.Background(), key)
-	if err != nil {
-		return false
-	}
-	if err := json.Unmarshal(entry.Value(), v); err != nil {
-		e.t.Fatal(err)
-	}
-	return true
-}
-
-func eventuallyKV[T any](e *env, bucket, key string, ok func(*T) bool) *T {
-	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v := new(T)
-		if getKV(e, bucket, key, v) && ok(v) {
-			return v
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s %s: not as expected within 10s (last %+v)", bucket, key, v)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // A DNS NetworkService gets a profile with a reserved address on each
 // network it serves, a network that does not exist is named in the record,
@@ -53,13 +20,13 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	host := e.dc.Hosts()[0].Name
 	spec := events.NetworkSpec{CIDR: "10.40.0.0/24", Gateway: "10.40.0.1"}
 	e.declare("frontend", spec)
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
 
 	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
 		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "pod-dns"},
 		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend", "missing"}},
 	}})
-	rec := eventuallyKV(e, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return len(r.Profiles) == 1 })
+	rec := testenv.WaitRecord(e.Env, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return len(r.Profiles) == 1 })
 	prof := rec.Profiles[0]
 	if rec.Status != events.NetworkServicePartial || !strings.Contains(rec.Message, "spec.networks[1]") || !strings.Contains(rec.Message, "missing") {
 		t.Fatalf("record %s %q, want Partial naming spec.networks[1]", rec.Status, rec.Message)
@@ -74,14 +41,14 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
 		Metadata: events.Meta{Name: "pod-dns"}, Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend"}},
 	}})
-	rec = eventuallyKV(e, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return r.Status == events.NetworkServiceReady })
+	rec = testenv.WaitRecord(e.Env, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return r.Status == events.NetworkServiceReady })
 	if rec.Profiles[0].Address != prof.Address {
 		t.Fatalf("address moved from %s to %s on a repeated declaration", prof.Address, rec.Profiles[0].Address)
 	}
 	for _, name := range []string{"a", "b", "c"} {
 		e.schedule(name, "uid-"+name, host, "frontend")
 	}
-	attached := waitN[events.PodNetworkAttached](e, events.TypePodNetworkAttached, 3, nil)
+	attached := testenv.WaitN(e.Env, 3, func(*events.PodNetworkAttached) bool { return true })
 	for _, p := range attached {
 		att := p.Attachments[0]
 		if att.IP == prof.Address || !slices.Equal(att.Nameservers, []string{prof.Address}) {
@@ -98,18 +65,18 @@ func TestNetworkDataNeedsARegisteredNamespace(t *testing.T) {
 	scope := events.NetworkDataScope{Kind: events.NetworkDataSwitch, Name: "pv-dvs"}
 	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
-	waitDeadLetter(e, "namespace fw.acme.example: namespace not registered")
+	e.WaitDeadLetter(netconfig.Name, "namespace fw.acme.example: namespace not registered")
 
 	e.publish(events.TypeNetworkDataRegisterRequested, "fw.acme.example", &events.NetworkDataRegisterRequested{Namespace: "fw.acme.example", Owner: "acme"})
-	eventuallyKV(e, events.BucketNetData, events.NetworkDataNamespacesKey, func(r *events.NetworkDataNamespaces) bool {
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataNamespacesKey, func(r *events.NetworkDataNamespaces) bool {
 		return r.Namespaces["fw.acme.example"].Owner == "acme"
 	})
 	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
-	eventuallyKV(e, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool {
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool {
 		return r.Values["fw.acme.example/profile"] == "strict" && r.Scope == scope
 	})
 	e.publish(events.TypeNetworkDataRemoveRequested, "switch/pv-dvs", &events.NetworkDataRemoveRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile"})
-	eventuallyKV(e, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool { return len(r.Values) == 0 })
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool { return len(r.Values) == 0 })
 }
