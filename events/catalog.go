@@ -70,6 +70,11 @@ const (
 	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
 	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
 
+	TypeNetworkServiceDeclared       = "io.podvisor.network.service.declared.v1"
+	TypeNetworkDataRegisterRequested = "io.podvisor.network.data.register.requested.v1"
+	TypeNetworkDataSetRequested      = "io.podvisor.network.data.set.requested.v1"
+	TypeNetworkDataRemoveRequested   = "io.podvisor.network.data.remove.requested.v1"
+
 	TypeMigrationRequested       = "io.podvisor.migration.requested.v1"
 	TypeMigrationTargetReserved  = "io.podvisor.migration.target.reserved.v1"
 	TypeMigrationRejected        = "io.podvisor.migration.rejected.v1"
@@ -124,6 +129,11 @@ const (
 	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
 	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
 	SubjectNetworkDeleted          = "pv.network.deleted"
+
+	SubjectNetworkServiceDeclared       = "pv.network.service.declared"
+	SubjectNetworkDataRegisterRequested = "pv.network.data.register.requested"
+	SubjectNetworkDataSetRequested      = "pv.network.data.set.requested"
+	SubjectNetworkDataRemoveRequested   = "pv.network.data.remove.requested"
 
 	SubjectMigrationRequested       = "pv.migration.requested"
 	SubjectMigrationTargetReserved  = "pv.migration.target.reserved"
@@ -211,6 +221,10 @@ var catalog = []Kind{
 	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
 	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
+	kind[NetworkServiceDeclared](TypeNetworkServiceDeclared, SubjectNetworkServiceDeclared, StreamNetworks),
+	kind[NetworkDataRegisterRequested](TypeNetworkDataRegisterRequested, SubjectNetworkDataRegisterRequested, StreamNetworks),
+	kind[NetworkDataSetRequested](TypeNetworkDataSetRequested, SubjectNetworkDataSetRequested, StreamNetworks),
+	kind[NetworkDataRemoveRequested](TypeNetworkDataRemoveRequested, SubjectNetworkDataRemoveRequested, StreamNetworks),
 
 	kind[MigrationRequested](TypeMigrationRequested, SubjectMigrationRequested, StreamMigrations),
 	kind[MigrationTargetReserved](TypeMigrationTargetReserved, SubjectMigrationTargetReserved, StreamMigrations),

@@ -28,6 +28,8 @@ type Object struct {
 	Network *Network
 	// Migration is set for Kind Migration.
 	Migration *Migration
+	// NetworkService is set for Kind NetworkService.
+	NetworkService *NetworkService
 }
 
 // Name is the object's metadata.name.
@@ -39,6 +41,8 @@ func (o Object) Name() string {
 		return o.Network.Metadata.Name
 	case o.Migration != nil:
 		return o.Migration.Metadata.Name
+	case o.NetworkService != nil:
+		return o.NetworkService.Metadata.Name
 	}
 	return ""
 }
@@ -135,7 +139,7 @@ func peekKindName(j []byte) (kind, name string) {
 }
 
 // supportedObjects is how the error for an unknown kind says what is known.
-const supportedObjects = "want v1 Pod, podvisor.io/v1alpha1 Network or podvisor.io/v1alpha1 Migration"
+const supportedObjects = "want v1 Pod, podvisor.io/v1alpha1 Network, Migration or NetworkService"
 
 func decodeObject(j []byte) (Object, error) {
 	var tm typeMeta
@@ -180,6 +184,13 @@ func decodeObject(j []byte) (Object, error) {
 			return Object{}, err
 		}
 		return Object{Kind: KindMigration, Migration: m}, asError(append(strict, m.validate(nil)...))
+	case tm.APIVersion == APIVersion && tm.Kind == KindNetworkService:
+		s := &NetworkService{}
+		strict, err := decodeStrict(j, s)
+		if err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindNetworkService, NetworkService: s}, asError(append(strict, s.validate(nil)...))
 	}
 	return Object{}, &DecodeError{Field: "kind", Err: fmt.Errorf("%s %q is not supported; %s", tm.APIVersion, tm.Kind, supportedObjects)}
 }

@@ -2,6 +2,7 @@ package events
 
 import (
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -408,6 +409,16 @@ type NetworkAttachment struct {
 	// MAC is the NIC's address, fixed by network-config so that a re-created
 	// VM keeps it.
 	MAC string `json:"mac"`
+	// Nameservers are the addresses of the DNS services (NetworkService of
+	// type dns) configured on the network when the pod attached; the guest's
+	// resolv.conf names them. Empty when the network has none.
+	Nameservers []string `json:"nameservers,omitempty"`
+}
+
+// Equal compares attachments field by field.
+func (a NetworkAttachment) Equal(b NetworkAttachment) bool {
+	return a.Network == b.Network && a.PortGroup == b.PortGroup && a.IP == b.IP && a.PrefixLength == b.PrefixLength &&
+		a.Gateway == b.Gateway && a.MAC == b.MAC && slices.Equal(a.Nameservers, b.Nameservers)
 }
 
 func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
@@ -419,6 +430,9 @@ func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
 	}
 	errs = append(errs, validateIPv4(p.Child("gateway"), a.Gateway, false)...)
 	errs = append(errs, validateMAC(p.Child("mac"), a.MAC)...)
+	for i, ns := range a.Nameservers {
+		errs = append(errs, validateIPv4(p.Child("nameservers").Index(i), ns, true)...)
+	}
 	return errs
 }
 

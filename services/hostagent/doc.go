@@ -63,6 +63,16 @@
 // margin) has passed since the delete, so the power-off never cuts the
 // grace period short.
 //
+// # Network services and pass-through data
+//
+// With Deps.Endpoints the agent serves the DNS service profiles of the
+// networks realized on its host (KV net-services, net-hosts): it attaches
+// to the port group at the profile's address and answers
+// <pod>.<namespace>.pod.podvisor.local from IPAM's allocations on that
+// network (netservices.go). With Deps.Modules it hands each module the
+// pass-through data of its namespace as it applies on this host, after
+// inheritance switch → port group → port (netdata.go).
+//
 // # Identity
 //
 // The host agent publishes only pod.containers.reported, reads the `pods`

@@ -40,6 +40,12 @@ type Deps struct {
 	// the final desired state network-config pushes to the host
 	// (network.host.desired). Nil leaves the host's network to others.
 	Network HostNetwork
+	// Endpoints gives the host addresses on port groups, from which it
+	// serves the network services (DNS) of its networks; nil serves none.
+	Endpoints EndpointsFunc
+	// Modules receive the pass-through data of their namespace (the key)
+	// on this host.
+	Modules map[string]DataModule
 }
 
 // Service is one host's agent.
@@ -53,6 +59,13 @@ type Service struct {
 
 	mu    sync.Mutex
 	conns map[string]*podConn // by pod uid: the pod's current channel
+
+	// view, endpoints, modules and delivered serve the networks of the
+	// host (netservices.go, netdata.go); delivered is the runNetworks loop's.
+	view      *netView
+	endpoints EndpointsFunc
+	modules   map[string]DataModule
+	delivered map[string]HostData
 }
 
 // New checks the configuration and opens the `pods` bucket.
@@ -79,6 +92,11 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		log:     deps.Logger.With("service", Name, "host", cfg.Host),
 		conns:   map[string]*podConn{},
 		network: deps.Network,
+
+		view:      newNetView(),
+		endpoints: deps.Endpoints,
+		modules:   deps.Modules,
+		delivered: map[string]HostData{},
 	}, nil
 }
 
@@ -117,6 +135,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.accept(gctx, ln) })
+	if s.endpoints != nil || len(s.modules) > 0 {
+		g.Go(func() error { return s.runNetworks(gctx) })
+	}
 	g.Go(func() error {
 		return s.bus.Consume(gctx, bus.ConsumerConfig{
 			Service:  consumerName(s.cfg.Host),

@@ -84,7 +84,9 @@
 // network.restore.requested stores an earlier version's spec as a new
 // version and pushes it. Export renders any stored version as a Network
 // manifest and Import reads one back: a file that re-creates the network
-// with `podvisor apply -f` on any installation, independent of vCenter.
+// with `podvisor apply -f` on any installation, independent of vCenter
+// (`podvisor network export`, `podvisor network restore`). The fabric's
+// ExportSwitch/ImportSwitch back up a switch as vCenter realizes it.
 //
 // # Pods
 //
@@ -101,6 +103,16 @@
 // allocated; otherwise the port group is removed, hosts leave a scope
 // switch that carries no podvisor port group any more, the records go and
 // network.deleted is published.
+//
+// # Network services and pass-through data
+//
+// network.service.declared registers a NetworkService: a profile per
+// network it serves (an address reserved in IPAM, port, zone) in KV
+// net-services, which the host agents serve; pods attached afterwards get
+// the DNS addresses as nameservers (netservices.go). Pass-through data in
+// a registered namespace is kept per switch, port group, port or host in
+// KV net-data, for the host agents' modules; an unregistered namespace is
+// refused (netdata.go).
 //
 // # Queries
 //

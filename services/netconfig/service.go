@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Name is the service name: consumer names, the DLQ subject and the span
@@ -36,6 +37,11 @@ type Service struct {
 	store *store
 	ipam  *ipam.Allocator
 	pods  jetstream.KeyValue // provisioner's pod records, read-only
+	// services holds the network services (KV net-services), data the
+	// pass-through data (KV net-data).
+	services *record.Store[events.NetworkServiceRecord]
+	data     *record.Store[events.NetworkDataRecord]
+	spaces   *record.Store[events.NetworkDataNamespaces]
 
 	out *bus.Emitter
 	// locks serializes work on one network within the process: changes to
@@ -84,7 +90,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs := map[string]jetstream.KeyValue{}
-	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods} {
+	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods, events.BucketNetServices, events.BucketNetData} {
 		kv, err := b.KV(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("netconfig: open KV bucket %s (is the topology declared?): %w", name, err)
@@ -100,6 +106,10 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts]),
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
+
+		services: record.New[events.NetworkServiceRecord](kvs[events.BucketNetServices], "network service"),
+		data:     record.New[events.NetworkDataRecord](kvs[events.BucketNetData], "network data"),
+		spaces:   record.New[events.NetworkDataNamespaces](kvs[events.BucketNetData], "network data namespaces"),
 
 		countsDue:     make(chan string, 1024),
 		hostStatesDue: make(chan struct{}, 1),
@@ -121,6 +131,10 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
 	bus.Handle(r, s.onHostRecovered)
+	bus.Handle(r, s.onServiceDeclared)
+	bus.Handle(r, s.onDataRegister)
+	bus.Handle(r, s.onDataSet)
+	bus.Handle(r, s.onDataRemove)
 	return r
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
@@ -147,8 +148,20 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 		}
 		s.Volumes = append(s.Volumes, guestchannel.Volume{Name: v.Name, EmptyDir: ed})
 	}
+	var nameservers []string
 	for _, a := range r.Attachments {
 		s.NICs = append(s.NICs, guestchannel.NIC{Network: a.Network, MAC: a.MAC, IP: a.IP, Prefix: a.PrefixLength, Gateway: a.Gateway})
+		for _, ns := range a.Nameservers {
+			if !slices.Contains(nameservers, ns) && len(nameservers) < 3 {
+				nameservers = append(nameservers, ns)
+			}
+		}
+	}
+	if len(nameservers) > 0 {
+		// The networks' DNS services; a short name resolves in the pod's
+		// own namespace first, as a Kubernetes pod's does.
+		s.DNS = &guestchannel.DNSConfig{Nameservers: nameservers,
+			Searches: []string{r.Namespace + "." + events.DNSDomain, events.DNSDomain}}
 	}
 	l.spec = s
 	return l, nil

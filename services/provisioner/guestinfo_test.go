@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -232,5 +233,27 @@ func TestGuestSpecCarriesImageConfig(t *testing.T) {
 	}
 	if bare.Entrypoint != nil || bare.Cmd != nil || bare.WorkingDir != "" || bare.User != "" || len(bare.Env) != 0 {
 		t.Errorf("bare = %+v, want nothing from an image without a config", bare)
+	}
+}
+
+// The networks' DNS services become the guest's resolver; a pod on a
+// network without one keeps its image's resolv.conf.
+func TestGuestSpecDNSFromAttachments(t *testing.T) {
+	r := specRecord(nil, map[string][]int{"app": {1}})
+	r.Namespace = "shop"
+	r.Attachments[0].Nameservers = []string{"10.0.0.2"}
+	r.Attachments = append(r.Attachments, events.NetworkAttachment{Network: "b", PortGroup: "pv-b", IP: "10.1.0.5", PrefixLength: 24,
+		MAC: "00:50:56:00:00:06", Nameservers: []string{"10.1.0.2", "10.0.0.2"}})
+	l, err := layout(r, "shared-ds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := l.spec.DNS; d == nil || !slices.Equal(d.Nameservers, []string{"10.0.0.2", "10.1.0.2"}) ||
+		!slices.Equal(d.Searches, []string{"shop.pod.podvisor.local", "pod.podvisor.local"}) {
+		t.Fatalf("dns = %+v", l.spec.DNS)
+	}
+	r = specRecord(nil, map[string][]int{"app": {1}})
+	if l, _ := layout(r, "shared-ds"); l.spec.DNS != nil {
+		t.Fatalf("dns without a DNS service = %+v", l.spec.DNS)
 	}
 }

@@ -464,7 +464,7 @@ func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetwork
 	if r.Host != "" && p.Host != r.Host {
 		return false // attachments for an earlier placement
 	}
-	if r.NetworkHost == p.Host && slices.Equal(r.Attachments, p.Attachments) {
+	if r.NetworkHost == p.Host && slices.EqualFunc(r.Attachments, p.Attachments, events.NetworkAttachment.Equal) {
 		return false
 	}
 	// Keep NIC order: the order of the pod's networks.

@@ -68,15 +68,17 @@ func Identities() []Identity {
 			Asks: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
 		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts},
-			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM}, Reads: []string{BucketPods},
+			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData}, Reads: []string{BucketPods},
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts}},
 		// The host agent reports what runs in its pod VMs, answers logs
-		// and exec of its pods by request/reply, applies its host's
-		// final network state, and asks the provisioner for the disk keys
-		// of its encrypted pod VMs.
-		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks}, Reads: []string{BucketPods},
+		// and exec of its pods by request/reply, applies its host's final
+		// network state, serves the network services, delivers the
+		// pass-through data of its host's networks, and asks the
+		// provisioner for the disk keys of its encrypted pod VMs.
+		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks},
+			Reads:  []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData},
 			Serves: []string{"pv.query.pod.>"}, Asks: []string{events.SubjectDiskKeyRelease}, StreamsAnswers: true},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},

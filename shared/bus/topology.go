@@ -37,6 +37,11 @@ const (
 	BucketNetHosts   = "net-hosts"
 	BucketIPAM       = "ipam"
 	BucketMigrations = "migrations"
+	// BucketNetServices and BucketNetData are network-config's network
+	// services (events.BucketNetServices) and pass-through data
+	// (events.BucketNetData).
+	BucketNetServices = "net-services"
+	BucketNetData     = "net-data"
 )
 
 const (
@@ -107,18 +112,20 @@ func StreamSubjects() map[string][]string {
 // and IPAM are CAS counters where history is noise; networks keep the most
 // NATS allows because every applied version is a snapshot to restore.
 var bucketHistory = map[string]uint8{
-	BucketPods:       5,
-	BucketHosts:      1,
-	BucketLedger:     1,
-	BucketNetworks:   64,
-	BucketNetHosts:   5,
-	BucketIPAM:       1,
-	BucketMigrations: 5,
+	BucketPods:        5,
+	BucketHosts:       1,
+	BucketLedger:      1,
+	BucketNetworks:    64,
+	BucketNetHosts:    5,
+	BucketIPAM:        1,
+	BucketMigrations:  5,
+	BucketNetServices: 5,
+	BucketNetData:     5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
-	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations}
+	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations, BucketNetServices, BucketNetData}
 }
 
 // TopologyOption adjusts EnsureTopology.

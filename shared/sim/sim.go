@@ -64,6 +64,8 @@ type Datacenter struct {
 	// lastMembership is what switch membership made each host carry at
 	// the last reconcile: where an agent-owned host starts from.
 	lastMembership map[string]map[string]bool
+	// services are the hosts' service addresses on segments (services.go).
+	services map[serviceKey]*sharedService
 
 	// forks maps an instant clone's key to its parent's (instantclone.go).
 	forkMu sync.Mutex

@@ -88,6 +88,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newConfigCmd(g),
 		newIdentityCmd(g),
 		newTopologyCmd(g),
+		newNetworkCmd(g),
 	)
 	usageArgs(root)
 	return root
