@@ -147,8 +147,8 @@ func TestCatalogIsConsistent(t *testing.T) {
 			t.Errorf("%s: New returns the same value twice", k.Type)
 		}
 	}
-	if got := len(Kinds()); got != 45 {
-		t.Errorf("catalog has %d types, want 45 (update this test when adding one)", got)
+	if got := len(Kinds()); got != 67 {
+		t.Errorf("catalog has %d types, want 67 (update this test when adding one)", got)
 	}
 }
 

@@ -37,6 +37,11 @@ const (
 	BucketNetHosts   = "net-hosts"
 	BucketIPAM       = "ipam"
 	BucketMigrations = "migrations"
+	// Native VMs: records, classes and images (the provisioner's native
+	// VM controller writes them).
+	BucketVMs       = events.BucketVMs
+	BucketVMClasses = events.BucketVMClasses
+	BucketVMImages  = events.BucketVMImages
 )
 
 const (
@@ -81,13 +86,15 @@ const (
 // (six or more per pod); old events go first when a stream is full
 // (DiscardOld), since state lives in the buckets.
 var StreamMaxBytes = map[string]int64{
-	events.StreamPods:       1 << 30,
-	events.StreamImages:     256 << 20,
-	events.StreamNetworks:   256 << 20,
-	events.StreamMigrations: 256 << 20,
-	events.StreamHosts:      256 << 20,
-	StreamDLQ:               256 << 20,
-	StreamAdvisories:        64 << 20,
+	events.StreamPods:          1 << 30,
+	events.StreamImages:        256 << 20,
+	events.StreamNetworks:      256 << 20,
+	events.StreamMigrations:    256 << 20,
+	events.StreamHosts:         256 << 20,
+	events.StreamVMs:           256 << 20,
+	events.StreamGuestClusters: 256 << 20,
+	StreamDLQ:                  256 << 20,
+	StreamAdvisories:           64 << 20,
 }
 
 // StreamSubjects maps every stream of the topology to the subjects it captures.
@@ -114,11 +121,15 @@ var bucketHistory = map[string]uint8{
 	BucketNetHosts:   5,
 	BucketIPAM:       1,
 	BucketMigrations: 5,
+	BucketVMs:        5,
+	BucketVMClasses:  5,
+	BucketVMImages:   5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
-	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations}
+	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations,
+		BucketVMs, BucketVMClasses, BucketVMImages}
 }
 
 // TopologyOption adjusts EnsureTopology.
@@ -146,7 +157,8 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 		return fmt.Errorf("bus: topology: replicas %d out of range 1-5", t.replicas)
 	}
 	var errs []error
-	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, StreamDLQ, StreamAdvisories} {
+	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
+		events.StreamVMs, events.StreamGuestClusters, StreamDLQ, StreamAdvisories} {
 		cfg := jetstream.StreamConfig{
 			Name:       name,
 			Subjects:   StreamSubjects()[name],
