@@ -3,8 +3,8 @@ package simtest
 import (
 	"context"
 	"maps"
-	"slices"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/vmware/govmomi"
