@@ -54,6 +54,10 @@ type VMRecord struct {
 
 	// Migration is the id of a migration in progress, if any.
 	Migration string `json:"migration,omitempty"`
+	// StaleVM and StaleHost name the VM left on a host that was lost; it
+	// is destroyed once the VM runs again elsewhere.
+	StaleVM   string `json:"staleVm,omitempty"`
+	StaleHost string `json:"staleHost,omitempty"`
 
 	CreatedAt           time.Time `json:"createdAt"`
 	UpdatedAt           time.Time `json:"updatedAt"`

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/shared/config"
 )
 
@@ -63,6 +64,9 @@ type Config struct {
 	// guest that does not report its containers stopped (silent, frozen or
 	// absent) before the VM is powered off anyway.
 	GuestStopSlack time.Duration
+	// NativeVM configures the native VM controller (its defaults apply to
+	// the zero value).
+	NativeVM nativevm.Config
 }
 
 // DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel"
@@ -34,6 +35,8 @@ type Service struct {
 	bus  *bus.Bus
 	vms  *podvm.Client
 	log  *slog.Logger
+	// native is the native VM controller (nil in tests of pods alone).
+	native *nativevm.Controller
 	recs *records
 
 	locks   keyLocks
@@ -115,6 +118,9 @@ func (s *Service) Run(ctx context.Context) error {
 			Logger:     s.log,
 		}, nil)
 	})
+	if s.native != nil {
+		g.Go(func() error { return s.native.Run(gctx) })
+	}
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error {
 			s.resyncLoop(gctx)
