@@ -31,13 +31,13 @@ const instrumentation = "github.com/podvisor/podvisor/services/provisioner"
 
 // Service is the provisioner: pod admission, pod records and pod VMs.
 type Service struct {
-	cfg  Config
-	bus  *bus.Bus
-	vms  *podvm.Client
-	log  *slog.Logger
+	cfg Config
+	bus *bus.Bus
+	vms *podvm.Client
+	log *slog.Logger
 	// native is the native VM controller (nil in tests of pods alone).
 	native *nativevm.Controller
-	recs *records
+	recs   *records
 
 	locks   keyLocks
 	tracer  trace.Tracer
