@@ -116,4 +116,3 @@ func datacenterOf(ctx context.Context, vc *vim25.Client, ref types.ManagedObject
 	}
 	return ref, nil
 }
-
