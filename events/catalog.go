@@ -15,12 +15,18 @@ const (
 	StreamNetworks   = "NETWORKS"
 	StreamMigrations = "MIGRATIONS"
 	StreamHosts      = "HOSTS"
+	StreamVMs        = "VMS"
+	// StreamGuestClusters carries the guestcluster.* domain.
+	StreamGuestClusters = "GUESTCLUSTERS"
 
 	StreamPodsSubjects       = "pv.pod.>"
 	StreamImagesSubjects     = "pv.image.>"
 	StreamNetworksSubjects   = "pv.network.>"
 	StreamMigrationsSubjects = "pv.migration.>"
 	StreamHostsSubjects      = "pv.host.>"
+	StreamVMsSubjects        = "pv.vm.>"
+
+	StreamGuestClustersSubjects = "pv.guestcluster.>"
 )
 
 // StreamSubjects maps every stream name to the subject filter it captures.
@@ -31,6 +37,9 @@ func StreamSubjects() map[string]string {
 		StreamNetworks:   StreamNetworksSubjects,
 		StreamMigrations: StreamMigrationsSubjects,
 		StreamHosts:      StreamHostsSubjects,
+		StreamVMs:        StreamVMsSubjects,
+
+		StreamGuestClusters: StreamGuestClustersSubjects,
 	}
 }
 
@@ -94,6 +103,28 @@ const (
 	TypeHostUncordonRequested = "io.podvisor.host.uncordon.requested.v1"
 	TypeHostDrainRequested    = "io.podvisor.host.drain.requested.v1"
 	TypeHostDrained           = "io.podvisor.host.drained.v1"
+
+	TypeVMDeclared                = "io.podvisor.vm.declared.v1"
+	TypeVMDeleteRequested         = "io.podvisor.vm.delete.requested.v1"
+	TypeVMMigrateRequested        = "io.podvisor.vm.migrate.requested.v1"
+	TypeVMClassDeclared           = "io.podvisor.vm.class.declared.v1"
+	TypeVMClassDeleteRequested    = "io.podvisor.vm.class.delete.requested.v1"
+	TypeVMImageDeclared           = "io.podvisor.vm.image.declared.v1"
+	TypeVMImageDeleteRequested    = "io.podvisor.vm.image.delete.requested.v1"
+	TypeVMRejected                = "io.podvisor.vm.rejected.v1"
+	TypeVMAccepted                = "io.podvisor.vm.accepted.v1"
+	TypeVMScheduled               = "io.podvisor.vm.scheduled.v1"
+	TypeVMUnschedulable           = "io.podvisor.vm.unschedulable.v1"
+	TypeVMNetworkAttached         = "io.podvisor.vm.network.attached.v1"
+	TypeVMNetworkFailed           = "io.podvisor.vm.network.failed.v1"
+	TypeVMStatusChanged           = "io.podvisor.vm.status.v1"
+	TypeVMMigrationTargetReserved = "io.podvisor.vm.migration.target.reserved.v1"
+	TypeVMMigrated                = "io.podvisor.vm.migrated.v1"
+	TypeVMEvicted                 = "io.podvisor.vm.evicted.v1"
+	TypeVMDeleted                 = "io.podvisor.vm.deleted.v1"
+
+	TypeGuestClusterCheckRequested = "io.podvisor.guestcluster.check.requested.v1"
+	TypeGuestClusterCompatibility  = "io.podvisor.guestcluster.compatibility.v1"
 )
 
 // NATS subjects, one per event (all versions of an event share it).
@@ -154,6 +185,28 @@ const (
 	SubjectHostUncordonRequested = "pv.host.uncordon.requested"
 	SubjectHostDrainRequested    = "pv.host.drain.requested"
 	SubjectHostDrained           = "pv.host.drained"
+
+	SubjectVMDeclared                = "pv.vm.declared"
+	SubjectVMDeleteRequested         = "pv.vm.delete.requested"
+	SubjectVMMigrateRequested        = "pv.vm.migrate.requested"
+	SubjectVMClassDeclared           = "pv.vm.class.declared"
+	SubjectVMClassDeleteRequested    = "pv.vm.class.delete.requested"
+	SubjectVMImageDeclared           = "pv.vm.image.declared"
+	SubjectVMImageDeleteRequested    = "pv.vm.image.delete.requested"
+	SubjectVMRejected                = "pv.vm.rejected"
+	SubjectVMAccepted                = "pv.vm.accepted"
+	SubjectVMScheduled               = "pv.vm.scheduled"
+	SubjectVMUnschedulable           = "pv.vm.unschedulable"
+	SubjectVMNetworkAttached         = "pv.vm.network.attached"
+	SubjectVMNetworkFailed           = "pv.vm.network.failed"
+	SubjectVMStatusChanged           = "pv.vm.status"
+	SubjectVMMigrationTargetReserved = "pv.vm.migration.target.reserved"
+	SubjectVMMigrated                = "pv.vm.migrated"
+	SubjectVMEvicted                 = "pv.vm.evicted"
+	SubjectVMDeleted                 = "pv.vm.deleted"
+
+	SubjectGuestClusterCheckRequested = "pv.guestcluster.check.requested"
+	SubjectGuestClusterCompatibility  = "pv.guestcluster.compatibility"
 )
 
 // MaxEventSize is the largest CloudEvent data payload the bus carries
@@ -245,6 +298,28 @@ var catalog = []Kind{
 	kind[HostUncordonRequested](TypeHostUncordonRequested, SubjectHostUncordonRequested, StreamHosts),
 	kind[HostDrainRequested](TypeHostDrainRequested, SubjectHostDrainRequested, StreamHosts),
 	kind[HostDrained](TypeHostDrained, SubjectHostDrained, StreamHosts),
+
+	kind[VMDeclared](TypeVMDeclared, SubjectVMDeclared, StreamVMs),
+	kind[VMDeleteRequested](TypeVMDeleteRequested, SubjectVMDeleteRequested, StreamVMs),
+	kind[VMMigrateRequested](TypeVMMigrateRequested, SubjectVMMigrateRequested, StreamVMs),
+	kind[VMClassDeclared](TypeVMClassDeclared, SubjectVMClassDeclared, StreamVMs),
+	kind[VMClassDeleteRequested](TypeVMClassDeleteRequested, SubjectVMClassDeleteRequested, StreamVMs),
+	kind[VMImageDeclared](TypeVMImageDeclared, SubjectVMImageDeclared, StreamVMs),
+	kind[VMImageDeleteRequested](TypeVMImageDeleteRequested, SubjectVMImageDeleteRequested, StreamVMs),
+	kind[VMRejected](TypeVMRejected, SubjectVMRejected, StreamVMs),
+	kind[VMAccepted](TypeVMAccepted, SubjectVMAccepted, StreamVMs),
+	kind[VMScheduled](TypeVMScheduled, SubjectVMScheduled, StreamVMs),
+	kind[VMUnschedulable](TypeVMUnschedulable, SubjectVMUnschedulable, StreamVMs),
+	kind[VMNetworkAttached](TypeVMNetworkAttached, SubjectVMNetworkAttached, StreamVMs),
+	kind[VMNetworkFailed](TypeVMNetworkFailed, SubjectVMNetworkFailed, StreamVMs),
+	kind[VMStatusChanged](TypeVMStatusChanged, SubjectVMStatusChanged, StreamVMs),
+	kind[VMMigrationTargetReserved](TypeVMMigrationTargetReserved, SubjectVMMigrationTargetReserved, StreamVMs),
+	kind[VMMigrated](TypeVMMigrated, SubjectVMMigrated, StreamVMs),
+	kind[VMEvicted](TypeVMEvicted, SubjectVMEvicted, StreamVMs),
+	kind[VMDeleted](TypeVMDeleted, SubjectVMDeleted, StreamVMs),
+
+	kind[GuestClusterCheckRequested](TypeGuestClusterCheckRequested, SubjectGuestClusterCheckRequested, StreamGuestClusters),
+	kind[GuestClusterCompatibility](TypeGuestClusterCompatibility, SubjectGuestClusterCompatibility, StreamGuestClusters),
 }
 
 var byType = func() map[string]Kind {

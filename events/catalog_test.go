@@ -147,8 +147,8 @@ func TestCatalogIsConsistent(t *testing.T) {
 			t.Errorf("%s: New returns the same value twice", k.Type)
 		}
 	}
-	if got := len(Kinds()); got != 51 {
-		t.Errorf("catalog has %d types, want 51 (update this test when adding one)", got)
+	if got := len(Kinds()); got != 71 {
+		t.Errorf("catalog has %d types, want 71 (update this test when adding one)", got)
 	}
 }
 

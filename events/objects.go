@@ -20,7 +20,8 @@ type Object struct {
 	// Document is the object's position in the stream, 1 for the first
 	// non-empty document.
 	Document int
-	// Kind is Pod, Network or Migration.
+	// Kind is Pod, Network, Migration, VirtualMachine,
+	// VirtualMachineClass or VirtualMachineImage.
 	Kind string
 	// Pod is set for Kind Pod (as written: not normalized).
 	Pod *corev1.Pod
@@ -30,6 +31,10 @@ type Object struct {
 	Migration *Migration
 	// NetworkService is set for Kind NetworkService.
 	NetworkService *NetworkService
+	// VM, VMClass and VMImage are set for the native VM kinds.
+	VM      *VirtualMachine
+	VMClass *VirtualMachineClass
+	VMImage *VirtualMachineImage
 }
 
 // Name is the object's metadata.name.
@@ -43,6 +48,12 @@ func (o Object) Name() string {
 		return o.Migration.Metadata.Name
 	case o.NetworkService != nil:
 		return o.NetworkService.Metadata.Name
+	case o.VM != nil:
+		return o.VM.Metadata.Name
+	case o.VMClass != nil:
+		return o.VMClass.Metadata.Name
+	case o.VMImage != nil:
+		return o.VMImage.Metadata.Name
 	}
 	return ""
 }
@@ -139,7 +150,7 @@ func peekKindName(j []byte) (kind, name string) {
 }
 
 // supportedObjects is how the error for an unknown kind says what is known.
-const supportedObjects = "want v1 Pod, podvisor.io/v1alpha1 Network, Migration or NetworkService"
+const supportedObjects = "want v1 Pod or podvisor.io/v1alpha1 Network, Migration, NetworkService, VirtualMachine, VirtualMachineClass or VirtualMachineImage"
 
 func decodeObject(j []byte) (Object, error) {
 	var tm typeMeta
@@ -191,6 +202,35 @@ func decodeObject(j []byte) (Object, error) {
 			return Object{}, err
 		}
 		return Object{Kind: KindNetworkService, NetworkService: s}, asError(append(strict, s.validate(nil)...))
+	case tm.APIVersion == APIVersion && tm.Kind == KindVirtualMachine:
+		v := &VirtualMachine{}
+		strict, err := decodeStrict(j, v)
+		if err != nil {
+			return Object{}, err
+		}
+		// A VM printed by `get vm -o yaml` can be applied again: its status
+		// is what was observed, not part of the declaration.
+		v.Status = nil
+		errs = append(strict, v.validate(nil)...)
+		if len(j) > MaxEventSize-1024 {
+			errs = append(errs, &field.Error{Type: field.ErrorTypeTooLong, Field: "<document>", BadValue: field.OmitValueType{},
+				Detail: fmt.Sprintf("VM manifest is %d bytes as JSON; a VM must fit in one %d-byte event", len(j), MaxEventSize)})
+		}
+		return Object{Kind: KindVirtualMachine, VM: v}, asError(errs)
+	case tm.APIVersion == APIVersion && tm.Kind == KindVirtualMachineClass:
+		c := &VirtualMachineClass{}
+		strict, err := decodeStrict(j, c)
+		if err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindVirtualMachineClass, VMClass: c}, asError(append(strict, c.validate(nil)...))
+	case tm.APIVersion == APIVersion && tm.Kind == KindVirtualMachineImage:
+		m := &VirtualMachineImage{}
+		strict, err := decodeStrict(j, m)
+		if err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindVirtualMachineImage, VMImage: m}, asError(append(strict, m.validate(nil)...))
 	}
 	return Object{}, &DecodeError{Field: "kind", Err: fmt.Errorf("%s %q is not supported; %s", tm.APIVersion, tm.Kind, supportedObjects)}
 }

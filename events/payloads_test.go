@@ -151,6 +151,39 @@ func TestPayloadValidation(t *testing.T) {
 		{"uncordon request name", TypeHostUncordonRequested, func(v any) { v.(*HostUncordonRequested).Name = "" }, "name", "Required"},
 		{"drain name", TypeHostDrainRequested, func(v any) { v.(*HostDrainRequested).Name = "" }, "name", "Required"},
 		{"drained unmovable reason", TypeHostDrained, func(v any) { v.(*HostDrained).Unmovable[0].Reason = "" }, "unmovable[0].reason", "Required"},
+		{"vm declared without class", TypeVMDeclared, func(v any) { v.(*VMDeclared).VM.Spec.ClassName = "" }, "vm.spec.className", "Required"},
+		{"vm declared power state", TypeVMDeclared, func(v any) { v.(*VMDeclared).VM.Spec.PowerState = "On" }, "vm.spec.powerState", "PoweredOff"},
+		{"vm declared disk size", TypeVMDeclared, func(v any) { v.(*VMDeclared).VM.Spec.Disks[0].Size = "ten" }, "vm.spec.disks[0].size", "quantity"},
+		{"vm declared user data too long", TypeVMDeclared, func(v any) {
+			v.(*VMDeclared).VM.Spec.UserData = strings.Repeat("x", MaxVMUserData+1)
+		}, "vm.spec.userData", "Too long"},
+		{"vm declared name not a label", TypeVMDeclared, func(v any) { v.(*VMDeclared).VM.Metadata.Name = "vm.1" }, "vm.metadata.name", "must not contain dots"},
+		{"vm delete without name", TypeVMDeleteRequested, func(v any) { v.(*VMDeleteRequested).Name = "" }, "name", "Required"},
+		{"vm migrate without id", TypeVMMigrateRequested, func(v any) { v.(*VMMigrateRequested).ID = "" }, "id", "Required"},
+		{"class zero cpus", TypeVMClassDeclared, func(v any) { v.(*VMClassDeclared).Class.Spec.CPUs = 0 }, "class.spec.cpus", "between 1 and 768"},
+		{"class memory", TypeVMClassDeclared, func(v any) { v.(*VMClassDeclared).Class.Spec.Memory = "4 GB" }, "class.spec.memory", "quantity"},
+		{"class reservation over memory", TypeVMClassDeclared, func(v any) { v.(*VMClassDeclared).Class.Spec.Reservations.Memory = "8Gi" }, "class.spec.reservations.memory", "must not exceed spec.memory"},
+		{"class delete name", TypeVMClassDeleteRequested, func(v any) { v.(*VMClassDeleteRequested).Name = "" }, "name", "Required"},
+		{"image without source", TypeVMImageDeclared, func(v any) {
+			s := &v.(*VMImageDeclared).Image.Spec
+			s.ContentLibrary, s.OCI = nil, ""
+		}, "image.spec", "contentLibrary"},
+		{"image library item", TypeVMImageDeclared, func(v any) { v.(*VMImageDeclared).Image.Spec.ContentLibrary.Item = "" }, "image.spec.contentLibrary.item", "Required"},
+		{"image delete name", TypeVMImageDeleteRequested, func(v any) { v.(*VMImageDeleteRequested).Name = "" }, "name", "Required"},
+		{"vm rejected kind", TypeVMRejected, func(v any) { v.(*VMRejected).Kind = "Pod" }, "kind", "VirtualMachineClass"},
+		{"vm accepted defaults", TypeVMAccepted, func(v any) { v.(*VMAccepted).Spec.PowerState = "" }, "spec.powerState", "defaults"},
+		{"vm accepted size", TypeVMAccepted, func(v any) { v.(*VMAccepted).Size.MemoryMiB = 4097 }, "size.memoryMiB", "multiple of 4"},
+		{"vm scheduled host", TypeVMScheduled, func(v any) { v.(*VMScheduled).Host = "" }, "host", "Required"},
+		{"vm unschedulable message", TypeVMUnschedulable, func(v any) { v.(*VMUnschedulable).Message = "" }, "message", "Required"},
+		{"vm attached bad ip", TypeVMNetworkAttached, func(v any) { v.(*VMNetworkAttached).Attachments[0].IP = "x" }, "attachments[0].ip", "IPv4"},
+		{"vm network failed reason", TypeVMNetworkFailed, func(v any) { v.(*VMNetworkFailed).Reason = "no" }, "reason", "CamelCase"},
+		{"vm status phase", TypeVMStatusChanged, func(v any) { v.(*VMStatusChanged).Status.Phase = "Up" }, "status.phase", "Ready"},
+		{"vm target reserved host", TypeVMMigrationTargetReserved, func(v any) { v.(*VMMigrationTargetReserved).TargetHost = "" }, "targetHost", "Required"},
+		{"vm migrated failure without message", TypeVMMigrated, func(v any) { v.(*VMMigrated).Reason = "RelocateFailed" }, "message", "Required"},
+		{"vm evicted reason", TypeVMEvicted, func(v any) { v.(*VMEvicted).Reason = "" }, "reason", "Required"},
+		{"vm deleted ip", TypeVMDeleted, func(v any) { v.(*VMDeleted).IPs[0].IP = "1.2.3" }, "ips[0].ip", "IPv4"},
+		{"check without id", TypeGuestClusterCheckRequested, func(v any) { v.(*GuestClusterCheckRequested).ID = "" }, "id", "Required"},
+		{"compatibility verdict", TypeGuestClusterCompatibility, func(v any) { v.(*GuestClusterCompatibility).Compatible = true }, "compatible", "must be false"},
 	}
 	covered := map[string]bool{}
 	for _, tt := range tests {
@@ -192,6 +225,10 @@ func TestObjectKeys(t *testing.T) {
 		TypePodDeleteRequested:    "shop/web",
 		TypeMigrationProgress:     "shop/web",
 		TypeNetworkDeleteRejected: "frontend",
+		TypeVMDeclared:            "team-a/vm1",
+		TypeVMClassDeclared:       "small",
+		TypeVMImageDeclared:       "vmos",
+		TypeVMStatusChanged:       "team-a/vm1",
 	}
 	for ceType, key := range want {
 		if got := loadSample(t, ceType).(Payload).ObjectKey(); got != key {

@@ -24,6 +24,9 @@ const (
 	// PublisherHostAgent is the per-host agent (one identity shared by
 	// every host's agent, or one minted per host with its permissions).
 	PublisherHostAgent = "hostagent"
+	// PublisherGuestCluster is the guest cluster controller (supervisor
+	// side of guest clusters): it runs the compatibility checks.
+	PublisherGuestCluster = "guestcluster"
 )
 
 // SourcePrefix starts the CloudEvent source of every podvisor service:
@@ -89,6 +92,30 @@ var publishers = map[string][]string{
 	TypeHostUncordoned:        {PublisherMigration},
 	TypeHostDrainRequested:    {PublisherClient},
 	TypeHostDrained:           {PublisherMigration},
+
+	// Native VMs: a guest cluster's controller declares its VMs like any
+	// client.
+	TypeVMDeclared:                {PublisherClient},
+	TypeVMDeleteRequested:         {PublisherClient},
+	TypeVMMigrateRequested:        {PublisherClient, PublisherMigration}, // `podvisor migrate vm`, and a drain
+	TypeVMClassDeclared:           {PublisherClient},
+	TypeVMClassDeleteRequested:    {PublisherClient},
+	TypeVMImageDeclared:           {PublisherClient},
+	TypeVMImageDeleteRequested:    {PublisherClient},
+	TypeVMRejected:                {PublisherProvisioner},
+	TypeVMAccepted:                {PublisherProvisioner},
+	TypeVMScheduled:               {PublisherScheduler},
+	TypeVMUnschedulable:           {PublisherScheduler},
+	TypeVMNetworkAttached:         {PublisherNetConfig},
+	TypeVMNetworkFailed:           {PublisherNetConfig},
+	TypeVMStatusChanged:           {PublisherProvisioner},
+	TypeVMMigrationTargetReserved: {PublisherScheduler},
+	TypeVMMigrated:                {PublisherProvisioner, PublisherScheduler}, // relocated, or refused before relocating
+	TypeVMEvicted:                 {PublisherMigration},
+	TypeVMDeleted:                 {PublisherProvisioner},
+
+	TypeGuestClusterCheckRequested: {PublisherClient},
+	TypeGuestClusterCompatibility:  {PublisherGuestCluster},
 }
 
 // Publishers returns who may publish a CloudEvent type: service names and/or

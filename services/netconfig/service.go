@@ -42,6 +42,7 @@ type Service struct {
 	services *record.Store[events.NetworkServiceRecord]
 	data     *record.Store[events.NetworkDataRecord]
 	spaces   *record.Store[events.NetworkDataNamespaces]
+	vms      jetstream.KeyValue // provisioner's VM records, read-only
 
 	out *bus.Emitter
 	// locks serializes work on one network within the process: changes to
@@ -90,7 +91,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs := map[string]jetstream.KeyValue{}
-	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods, events.BucketNetServices, events.BucketNetData} {
+	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods, events.BucketNetServices, events.BucketNetData, events.BucketVMs} {
 		kv, err := b.KV(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("netconfig: open KV bucket %s (is the topology declared?): %w", name, err)
@@ -106,6 +107,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts]),
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
+		vms:   kvs[events.BucketVMs],
 
 		services: record.New[events.NetworkServiceRecord](kvs[events.BucketNetServices], "network service"),
 		data:     record.New[events.NetworkDataRecord](kvs[events.BucketNetData], "network data"),
@@ -128,6 +130,9 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onPodFailed)
 	bus.Handle(r, s.onMigrationTargetReserved)
 	bus.Handle(r, s.onMigrationCompleted)
+	bus.Handle(r, s.onVMScheduled).OnFailure(s.vmAttachFailed)
+	bus.Handle(r, s.onVMDeleted)
+	bus.Handle(r, s.onVMMigrated)
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
 	bus.Handle(r, s.onHostRecovered)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/shared/config"
 )
 
@@ -67,6 +68,9 @@ type Config struct {
 	// encrypted ephemeral disks (package diskkeys). Empty: pods asking for
 	// one fail with EncryptionUnavailable.
 	KeyFile string
+	// NativeVM configures the native VM controller (its defaults apply to
+	// the zero value).
+	NativeVM nativevm.Config
 }
 
 // DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff

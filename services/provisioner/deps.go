@@ -1,8 +1,12 @@
 package provisioner
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
+	"time"
 
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -29,5 +33,17 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Bus == nil {
 		return nil, ErrNoBus
 	}
-	return newService(cfg, deps.Bus, podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter), deps.Logger)
+	s, err := newService(cfg, deps.Bus, podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter), deps.Logger)
+	if err != nil {
+		return nil, err
+	}
+	// The native VM controller runs beside the pod VM controller, on the
+	// same connections.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s.native, err = nativevm.New(ctx, cfg.NativeVM, nativevm.Deps{Bus: deps.Bus, VSphere: deps.VSphere, Logger: deps.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
+	}
+	return s, nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel"
@@ -39,6 +40,8 @@ type Service struct {
 	// keys holds the key-encryption key of encrypted ephemeral disks; nil
 	// without a key file.
 	keys *diskkeys.Keeper
+	// native is the native VM controller (nil in tests of pods alone).
+	native *nativevm.Controller
 
 	locks   keyLocks
 	tracer  trace.Tracer
@@ -127,6 +130,9 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return s.bus.Serve(gctx, events.SubjectDiskKeyRelease, s.releaseDiskKey)
 	})
+	if s.native != nil {
+		g.Go(func() error { return s.native.Run(gctx) })
+	}
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error {
 			s.resyncLoop(gctx)

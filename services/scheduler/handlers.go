@@ -35,6 +35,11 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onMigrationFailed)
 	bus.Handle(r, s.onMigrationCancelled)
 	bus.Handle(r, s.onMigrationRejected)
+	bus.Handle(r, s.onVMAccepted)
+	bus.Handle(r, s.onVMDeleted)
+	bus.Handle(r, s.onVMEvicted)
+	bus.Handle(r, s.onVMMigrateRequested)
+	bus.Handle(r, s.onVMMigrated)
 	return r
 }
 
@@ -52,6 +57,8 @@ func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
 		c.Workers = 2
 	case events.StreamMigrations:
 		c.Workers = 16
+	case events.StreamVMs:
+		c.Workers = 8
 	}
 }
 

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"go.opentelemetry.io/otel/attribute"
@@ -17,6 +18,13 @@ import (
 // same id and the pod's trace continues.
 // Refusals are the hosts that refused the pod's networks on the way.
 func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement, refusals []events.HostRefusal) error {
+	if isVM(p) {
+		gen := s.vmGeneration(p.UID)
+		return s.out.Emit(ctx, &cause, &events.VMScheduled{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Generation: gen,
+			Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
+		}, bus.Distinct(fmt.Sprint(gen)))
+	}
 	return s.out.Emit(ctx, &cause, &events.PodScheduled{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID,
 		Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
@@ -44,6 +52,12 @@ func (s *Service) publishUnschedulable(ctx context.Context, cause event.Event, p
 }
 
 func (s *Service) publishUnschedulableMessage(ctx context.Context, cause event.Event, p *framework.PodInfo, msg string, reasons map[string]int, hosts int) error {
+	if isVM(p) {
+		return s.out.Emit(ctx, &cause, &events.VMUnschedulable{
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Generation: s.vmGeneration(p.UID),
+			Message: msg, Reasons: reasons, Hosts: hosts,
+		}, bus.Distinct(msg))
+	}
 	return s.out.Emit(ctx, &cause, &events.PodUnschedulable{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Message: msg, Reasons: reasons, Hosts: hosts,
 	}, bus.Distinct(msg))

@@ -59,6 +59,7 @@ type Service struct {
 	ledgerKV jetstream.KeyValue
 	netKV    jetstream.KeyValue
 	podsKV   jetstream.KeyValue
+	vmsKV    jetstream.KeyValue
 	ledger   *ledger.Ledger
 	// hostRecords is KV `hosts` as typed records (compare-and-set writes).
 	hostRecords *record.Store[events.HostRecord]
@@ -75,6 +76,9 @@ type Service struct {
 	// gone holds uids of pods deleted or failed recently, so that a
 	// scheduling request racing with the delete is dropped.
 	gone map[string]time.Time
+	// vmGen is the latest generation accepted per VM uid: what
+	// vm.scheduled confirms.
+	vmGen map[string]int64
 	// dirty hosts whose record must be written.
 	dirty map[string]bool
 	ready bool
@@ -132,6 +136,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		netAvail:   map[string]*events.NetworkAvailability{},
 		allocIndex: map[string]string{},
 		gone:       map[string]time.Time{},
+		vmGen:      map[string]int64{},
 		dirty:      map[string]bool{},
 		entries:    map[string]ledger.Entry{},
 		queue:      make(chan *request, cfg.BatchSize*4),
@@ -215,6 +220,7 @@ func (s *Service) open(ctx context.Context) error {
 	s.ledgerKV = kv(events.BucketLedger)
 	s.netKV = kv(events.BucketNetHosts)
 	s.podsKV = kv(events.BucketPods)
+	s.vmsKV = kv(events.BucketVMs)
 	if err != nil {
 		return err
 	}

@@ -42,6 +42,11 @@ const (
 	// (events.BucketNetData).
 	BucketNetServices = "net-services"
 	BucketNetData     = "net-data"
+	// Native VMs: records, classes and images (the provisioner's native
+	// VM controller writes them).
+	BucketVMs       = events.BucketVMs
+	BucketVMClasses = events.BucketVMClasses
+	BucketVMImages  = events.BucketVMImages
 )
 
 const (
@@ -86,13 +91,15 @@ const (
 // (six or more per pod); old events go first when a stream is full
 // (DiscardOld), since state lives in the buckets.
 var StreamMaxBytes = map[string]int64{
-	events.StreamPods:       1 << 30,
-	events.StreamImages:     256 << 20,
-	events.StreamNetworks:   256 << 20,
-	events.StreamMigrations: 256 << 20,
-	events.StreamHosts:      256 << 20,
-	StreamDLQ:               256 << 20,
-	StreamAdvisories:        64 << 20,
+	events.StreamPods:          1 << 30,
+	events.StreamImages:        256 << 20,
+	events.StreamNetworks:      256 << 20,
+	events.StreamMigrations:    256 << 20,
+	events.StreamHosts:         256 << 20,
+	events.StreamVMs:           256 << 20,
+	events.StreamGuestClusters: 256 << 20,
+	StreamDLQ:                  256 << 20,
+	StreamAdvisories:           64 << 20,
 }
 
 // StreamSubjects maps every stream of the topology to the subjects it captures.
@@ -121,11 +128,15 @@ var bucketHistory = map[string]uint8{
 	BucketMigrations:  5,
 	BucketNetServices: 5,
 	BucketNetData:     5,
+	BucketVMs:         5,
+	BucketVMClasses:   5,
+	BucketVMImages:    5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
-	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations, BucketNetServices, BucketNetData}
+	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations,
+		BucketNetServices, BucketNetData, BucketVMs, BucketVMClasses, BucketVMImages}
 }
 
 // TopologyOption adjusts EnsureTopology.
@@ -153,7 +164,8 @@ func (b *Bus) EnsureTopology(ctx context.Context, opts ...TopologyOption) error 
 		return fmt.Errorf("bus: topology: replicas %d out of range 1-5", t.replicas)
 	}
 	var errs []error
-	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, StreamDLQ, StreamAdvisories} {
+	for _, name := range []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
+		events.StreamVMs, events.StreamGuestClusters, StreamDLQ, StreamAdvisories} {
 		cfg := jetstream.StreamConfig{
 			Name:       name,
 			Subjects:   StreamSubjects()[name],

@@ -10,8 +10,11 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
+	"slices"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -30,9 +33,32 @@ var busyboxApplets = []string{"sh", "echo", "cat", "ls", "sleep", "env", "httpd"
 // only (they exercise pulls and disk chains); this one runs. It returns
 // fs.ErrNotExist when busybox is not installed.
 func SeedBusybox(ctx context.Context, addr string) (string, error) {
-	bin, err := os.ReadFile(BusyboxPath)
+	layer, err := BusyboxLayer(busyboxApplets, nil)
 	if err != nil {
 		return "", fmt.Errorf("busybox image: %w", err)
+	}
+	ref := addr + "/" + BusyboxRepoTag
+	if _, err := Push(ctx, ref, layer); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
+// File is a regular file an image built here holds.
+type File struct {
+	// Path inside the image, without a leading slash.
+	Path string
+	Mode int64
+	Body []byte
+}
+
+// BusyboxLayer builds one layer: busybox from BusyboxPath in /bin with the
+// applets linked to it, a minimal /etc/passwd and /etc/group, and files.
+// It returns fs.ErrNotExist (wrapped) when busybox is not installed.
+func BusyboxLayer(applets []string, files []File) (v1.Layer, error) {
+	bin, err := os.ReadFile(BusyboxPath)
+	if err != nil {
+		return nil, err
 	}
 	var tarBuf bytes.Buffer
 	tw := tar.NewWriter(&tarBuf)
@@ -59,39 +85,50 @@ func SeedBusybox(ctx context.Context, addr string) (string, error) {
 		{tar.Header{Name: "etc/passwd", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(passwd))}, passwd},
 		{tar.Header{Name: "etc/group", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(group))}, group},
 	}
+	dirs := map[string]bool{"bin": true, "etc": true, "tmp": true, "root": true}
+	for _, f := range files {
+		// Parent directories first, outermost first, each once.
+		var parents []string
+		for d := path.Dir(f.Path); d != "." && !dirs[d]; d = path.Dir(d) {
+			dirs[d] = true
+			parents = append(parents, d)
+		}
+		for _, d := range slices.Backward(parents) {
+			entries = append(entries, struct {
+				h    tar.Header
+				body []byte
+			}{tar.Header{Name: d + "/", Typeflag: tar.TypeDir, Mode: 0o755}, nil})
+		}
+		entries = append(entries, struct {
+			h    tar.Header
+			body []byte
+		}{tar.Header{Name: f.Path, Typeflag: tar.TypeReg, Mode: f.Mode, Size: int64(len(f.Body))}, f.Body})
+	}
 	for _, e := range entries {
 		if err := add(&e.h, e.body); err != nil {
-			return "", fmt.Errorf("busybox image: %w", err)
+			return nil, err
 		}
 	}
-	for _, a := range busyboxApplets {
+	for _, a := range applets {
 		if err := add(&tar.Header{Name: "bin/" + a, Typeflag: tar.TypeSymlink, Linkname: "busybox", Mode: 0o777}, nil); err != nil {
-			return "", fmt.Errorf("busybox image: %w", err)
+			return nil, err
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return "", fmt.Errorf("busybox image: %w", err)
+		return nil, err
 	}
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)
 	if _, err := io.Copy(zw, &tarBuf); err != nil {
-		return "", err
+		return nil, err
 	}
 	if err := zw.Close(); err != nil {
-		return "", err
+		return nil, err
 	}
 	compressed := gz.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(compressed)), nil
 	})
-	if err != nil {
-		return "", fmt.Errorf("busybox image: %w", err)
-	}
-	ref := addr + "/" + BusyboxRepoTag
-	if _, err := Push(ctx, ref, layer); err != nil {
-		return "", err
-	}
-	return ref, nil
 }
 
 // IsMissing reports whether SeedBusybox failed because busybox is not

@@ -145,13 +145,15 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 		return guest.VM{}, false
 	}
 	var spec string
+	guestinfo := map[string]string{}
 	for _, o := range vm.Config.ExtraConfig {
-		if v := o.GetOptionValue(); v.Key == guestchannel.GuestinfoSpec {
+		v := o.GetOptionValue()
+		if v.Key == guestchannel.GuestinfoSpec {
 			spec, _ = v.Value.(string)
 		}
-	}
-	if spec == "" {
-		return guest.VM{}, false
+		if s, ok := v.Value.(string); ok && strings.HasPrefix(v.Key, "guestinfo.") {
+			guestinfo[v.Key] = s
+		}
 	}
 	out := guest.VM{
 		ForkOf:   d.ForkedFrom(vm.Self.Value),
@@ -194,7 +196,34 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 				mode == types.VirtualDiskModeUndoable,
 		})
 	}
-	return out, true
+	if spec != "" {
+		return out, true
+	}
+	// Not a pod VM: a VM whose first disk holds a filesystem boots it (a
+	// native VM); any other VM has nothing to run.
+	for _, disk := range out.Disks {
+		if disk.Unit == "scsi0:0" && !disk.ReadOnly && bootable(disk.Path) {
+			out.Native = &guest.Native{BootDisk: disk.Path, Guestinfo: guestinfo}
+			return out, true
+		}
+	}
+	return guest.VM{}, false
+}
+
+// bootable reports whether a disk's extent starts with a filesystem a
+// kernel mounts as a root: ext2/3/4 (magic 0xEF53 at byte 1080) or erofs
+// (0xE0F5E1E2 at byte 1024).
+func bootable(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [60]byte
+	if _, err := f.ReadAt(b[:], 1024); err != nil {
+		return false
+	}
+	return b[56] == 0x53 && b[57] == 0xEF || b[0] == 0xE2 && b[1] == 0xE1 && b[2] == 0xF5 && b[3] == 0xE0
 }
 
 // diskUnit is a disk's address, "<bus kind><bus number>:<unit>", such as

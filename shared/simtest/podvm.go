@@ -2,7 +2,9 @@ package simtest
 
 import (
 	"context"
+	"maps"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/vmware/govmomi"
@@ -34,6 +36,9 @@ type PodVM struct {
 	Disks    []PodVMDisk
 	// NICs are the VM's network cards, in order.
 	NICs []PodVMNIC
+	// ExtraConfig adds guestinfo.* (or other) values; with Spec nil the
+	// VM is not a pod VM (a native VM boots its first disk).
+	ExtraConfig map[string]string
 }
 
 // PodVMNIC is a network card of a PodVM on a distributed port group, with a
@@ -48,9 +53,16 @@ type PodVMNIC struct {
 func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*object.VirtualMachine, []string) {
 	t.Helper()
 	ctx := context.Background()
-	spec, err := guestchannel.MarshalSpec(p.Spec)
-	if err != nil {
-		t.Fatal(err)
+	var extra []types.BaseOptionValue
+	if p.Spec != nil {
+		spec, err := guestchannel.MarshalSpec(p.Spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		extra = append(extra, &types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec})
+	}
+	for _, k := range slices.Sorted(maps.Keys(p.ExtraConfig)) {
+		extra = append(extra, &types.OptionValue{Key: k, Value: p.ExtraConfig[k]})
 	}
 	dc, err := find.NewFinder(c.Client, true).Datacenter(ctx, sim.DatacenterName)
 	if err != nil {
@@ -130,7 +142,7 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 		MemoryMB:     p.MemoryMB,
 		Files:        &types.VirtualMachineFileInfo{VmPathName: "[" + sim.SharedDatastore + "] " + p.Name},
 		DeviceChange: changes,
-		ExtraConfig:  []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec}},
+		ExtraConfig:  extra,
 	}
 	task, err := folders.VmFolder.CreateVM(ctx, cfg, object.NewResourcePool(c.Client, pool), object.NewHostSystem(c.Client, p.Host.Ref))
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/session"
 	"github.com/vmware/govmomi/session/keepalive"
+	"github.com/vmware/govmomi/vapi/rest"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/soap"
@@ -211,4 +212,14 @@ func (r *reloginRoundTripper) relogin(ctx context.Context, gen uint64) error {
 	r.generation.Add(1)
 	r.logins.Add(1)
 	return nil
+}
+
+// REST logs in to vCenter's vAPI endpoint (content libraries, tags) with
+// the session's credentials; the caller logs the returned client out.
+func (s *Session) REST(ctx context.Context) (*rest.Client, error) {
+	rc := rest.NewClient(s.Client.Client)
+	if err := rc.Login(ctx, s.cfg.credentials(s.url)); err != nil {
+		return nil, fmt.Errorf("vsphere: log in to the vAPI of %s: %w", s.url, err)
+	}
+	return rc, nil
 }

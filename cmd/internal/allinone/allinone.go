@@ -525,6 +525,11 @@ func (s *System) startRegistry(ctx context.Context) error {
 	if _, err := ociregistry.SeedBusybox(ctx, reg.Addr()); err != nil && !ociregistry.IsMissing(err) {
 		return fmt.Errorf("up: seed registry: %w", err)
 	}
+	// The operating system of native VMs: a root filesystem whose
+	// /sbin/init simulated guests boot.
+	if _, err := ociregistry.SeedVMOS(ctx, reg.Addr()); err != nil && !ociregistry.IsMissing(err) {
+		return fmt.Errorf("up: seed registry: %w", err)
+	}
 	return nil
 }
 

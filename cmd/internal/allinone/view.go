@@ -54,7 +54,8 @@ var viewBuckets = []string{events.BucketPods, events.BucketHosts, events.BucketN
 
 // feedStreams carry the events of the feed (dead letters and advisories are
 // for `podvisor events --dlq`).
-var feedStreams = []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts}
+var feedStreams = []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
+	events.StreamVMs, events.StreamGuestClusters}
 
 func newLiveView() *liveView {
 	v := &liveView{buckets: map[string]map[string][]byte{}, feedSubs: map[chan FeedEvent]struct{}{}}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"strings"
 	"time"
 
@@ -248,6 +249,9 @@ type request struct {
 	event event.Event
 	isPod bool
 	pod   *corev1.Pod // normalized, for pods
+	// vm is the declared VM (defaults applied), whose admission apply
+	// waits for as for pods.
+	vm *events.VirtualMachine
 }
 
 func requestsFor(objs []events.Object) ([]request, error) {
@@ -276,6 +280,17 @@ func requestsFor(objs []events.Object) ([]request, error) {
 			req := o.Migration.Request(uuid.NewString())
 			payload = &req
 			ceType, subject, what = events.TypeMigrationRequested, payload.ObjectKey(), "migration/"+req.ID
+		case o.VM != nil:
+			vm := *o.VM
+			vm.Metadata.Namespace = vm.Namespace()
+			payload = &events.VMDeclared{VM: vm}
+			ceType, subject, what = events.TypeVMDeclared, vm.Key(), "vm/"+vm.Key()
+		case o.VMClass != nil:
+			payload = &events.VMClassDeclared{Class: *o.VMClass}
+			ceType, subject, what = events.TypeVMClassDeclared, o.VMClass.Metadata.Name, "vmclass/"+o.VMClass.Metadata.Name
+		case o.VMImage != nil:
+			payload = &events.VMImageDeclared{Image: *o.VMImage}
+			ceType, subject, what = events.TypeVMImageDeclared, o.VMImage.Metadata.Name, "vmimage/"+o.VMImage.Metadata.Name
 		default:
 			return nil, fmt.Errorf("document %d: kind %q is not supported", o.Document, o.Kind)
 		}
@@ -286,16 +301,24 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		if err != nil {
 			return nil, fmt.Errorf("document %d (%s): %w", o.Document, what, err)
 		}
-		out = append(out, request{what: what, event: ev, isPod: isPod, pod: normalized})
+		r := request{what: what, event: ev, isPod: isPod, pod: normalized}
+		if d, ok := payload.(*events.VMDeclared); ok {
+			r.vm = &d.VM
+		}
+		out = append(out, r)
 	}
 	return out, nil
 }
 
 func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, g *globals) error {
 	pending := map[string]string{} // pod key → what
+	vmPending := 0
 	for _, r := range reqs {
-		if r.isPod {
+		if r.isPod || r.vm != nil {
 			pending[r.event.Subject()] = r.what
+		}
+		if r.vm != nil {
+			vmPending++
 		}
 	}
 	var answers jetstream.ConsumeContext
@@ -328,9 +351,34 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			return err
 		}
 		defer answers.Stop()
+		if vmPending > 0 {
+			vc, err := b.JetStream().OrderedConsumer(ctx, events.StreamVMs, jetstream.OrderedConsumerConfig{
+				FilterSubjects: []string{events.SubjectVMAccepted, events.SubjectVMRejected},
+				DeliverPolicy:  jetstream.DeliverNewPolicy,
+			})
+			if err != nil {
+				return err
+			}
+			vmAnswers, err := vc.Consume(func(m jetstream.Msg) {
+				if ev, err := bus.DecodeMessage(m); err == nil && want[ev.Subject()] {
+					select {
+					case results <- ev:
+					case <-done:
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			defer vmAnswers.Stop()
+		}
 		defer close(done) // before Stop: a callback blocked on results lets go
 	}
 	pods, err := b.KV(ctx, events.BucketPods)
+	if err != nil {
+		return err
+	}
+	vms, err := b.KV(ctx, events.BucketVMs)
 	if err != nil {
 		return err
 	}
@@ -373,11 +421,24 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				continue
 			}
 		}
+		if r.vm != nil {
+			// A VM declared as it is already produces no answer either.
+			if same, err := unchangedVM(ctx, vms, r.vm); err != nil {
+				return fmt.Errorf("%s: %w", r.what, err)
+			} else if same {
+				delete(pending, r.event.Subject())
+				fmt.Fprintf(out, "%s unchanged\n", r.what)
+				summary["unchanged"]++
+				published(1)
+				admitted(1)
+				continue
+			}
+		}
 		if err := b.Publish(ctx, r.event); err != nil {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
 		published(1)
-		if !r.isPod || wait <= 0 {
+		if !r.isPod && r.vm == nil || wait <= 0 {
 			fmt.Fprintf(out, "%s requested\n", r.what)
 			summary["requested"]++
 		}
@@ -405,15 +466,22 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			}
 			delete(pending, ev.Subject())
 			admitted(1)
-			if ev.Type() == events.TypePodAccepted {
+			if ev.Type() == events.TypePodAccepted || ev.Type() == events.TypeVMAccepted {
 				fmt.Fprintf(out, "%s accepted\n", what)
 				summary["accepted"]++
 				continue
 			}
 			line := what + " rejected"
-			var rej events.PodRejected
-			if err := ev.DataAs(&rej); err == nil {
-				line += ": " + rej.Reason + ": " + rej.Message
+			if ev.Type() == events.TypeVMRejected {
+				var rej events.VMRejected
+				if err := ev.DataAs(&rej); err == nil {
+					line += ": " + rej.Reason + ": " + rej.Message
+				}
+			} else {
+				var rej events.PodRejected
+				if err := ev.DataAs(&rej); err == nil {
+					line += ": " + rej.Reason + ": " + rej.Message
+				}
 			}
 			fmt.Fprintln(out, line)
 			if bars != nil {
@@ -424,7 +492,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 	}
 	if rejected > 0 {
-		return &exitError{code: 1, err: fmt.Errorf("%d of the requested pods were rejected", rejected)}
+		return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}
 	}
 	return nil
 }
@@ -458,4 +526,24 @@ func podState(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (sa
 		return false, true, err
 	}
 	return rec.SpecHash == hash && (pod.UID == "" || string(pod.UID) == rec.UID), true, nil
+}
+
+// unchangedVM reports whether the VM exists, not being deleted, with the
+// declared spec (defaults applied) and metadata.
+func unchangedVM(ctx context.Context, vms jetstream.KeyValue, vm *events.VirtualMachine) (bool, error) {
+	e, err := vms.Get(ctx, events.VMRecordKey(vm.Namespace(), vm.Metadata.Name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var rec events.VMRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return false, fmt.Errorf("vm record: %w", err)
+	}
+	spec := vm.Spec
+	spec.PowerState, spec.Networks = spec.EffectivePowerState(), spec.EffectiveNetworks()
+	return rec.DeletionRequestedAt.IsZero() && reflect.DeepEqual(rec.Spec, spec) &&
+		reflect.DeepEqual(rec.Labels, vm.Metadata.Labels) && reflect.DeepEqual(rec.Annotations, vm.Metadata.Annotations), nil
 }

@@ -24,8 +24,8 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		wait      time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "delete pod|network NAME... | delete pod -l SELECTOR",
-		Short: "Request the deletion of pods or networks",
+		Use:   "delete pod|network|vm|vmclass|vmimage NAME... | delete pod -l SELECTOR",
+		Short: "Request the deletion of pods, networks or native VMs and their classes and images",
 		Long: `delete publishes pod.delete.requested or network.delete.requested. It checks first that the
 object exists, so a typo fails here with a clear message; the services do the rest (a network still
 used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
@@ -94,8 +94,23 @@ nothing (server also checks that each object exists).`,
 					}
 				}
 				return nil
+			case "vm", "vms", "virtualmachine", "vmclass", "vmclasses", "vmimage", "vmimages":
+				if selector != "" {
+					return usageError("delete %s: give names (-l selects pods only)", kind)
+				}
+				for _, name := range names {
+					bucket, key, what, ceType, subject, payload := vmDeletion(kind, namespace, name)
+					if mode == dryRunClient {
+						fmt.Fprintf(g.stdout, "%s deletion requested (dry run)\n", what)
+						continue
+					}
+					if err := g.deleteObject(ctx, bucket, key, what, ceType, subject, payload, mode == dryRunServer); err != nil {
+						return err
+					}
+				}
+				return nil
 			default:
-				return usageError("cannot delete %q: want pod or network", kind)
+				return usageError("cannot delete %q: want pod, network, vm, vmclass or vmimage", kind)
 			}
 		},
 	}
@@ -220,4 +235,18 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 			return &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
 		}
 	}
+}
+
+// vmDeletion is the request that deletes a VM, a class or an image.
+func vmDeletion(kind, namespace, name string) (bucket, key, what, ceType, subject string, payload events.Payload) {
+	switch kind {
+	case "vmclass", "vmclasses":
+		return events.BucketVMClasses, name, "vmclass " + name, events.TypeVMClassDeleteRequested, name,
+			&events.VMClassDeleteRequested{Name: name}
+	case "vmimage", "vmimages":
+		return events.BucketVMImages, name, "vmimage " + name, events.TypeVMImageDeleteRequested, name,
+			&events.VMImageDeleteRequested{Name: name}
+	}
+	return events.BucketVMs, events.VMRecordKey(namespace, name), "vm " + namespace + "/" + name, events.TypeVMDeleteRequested,
+		events.PodKey(namespace, name), &events.VMDeleteRequested{Namespace: namespace, Name: name}
 }

@@ -52,6 +52,11 @@ pod's name.`,
 			case "network", "networks", "net":
 				return describeNetwork(ctx, b, g.stdout, name)
 			case "vm", "vms":
+				// A native VM of that name first; otherwise the pod VM of a
+				// pod (or pv-<uid>).
+				if found, err := describeNativeVM(ctx, b, g.stdout, namespace, name); found || err != nil {
+					return err
+				}
 				return describeVM(ctx, b, g, namespace, name)
 			}
 			return usageError("cannot describe %q: want pod, host, network or vm", kind)
@@ -245,6 +250,52 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 	}
 	printObjectEvents(out, evs)
 	return nil
+}
+
+// describeNativeVM shows a native VM's record and events; found is false
+// when there is no VirtualMachine of that name.
+func describeNativeVM(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string) (found bool, err error) {
+	kv, err := b.KV(ctx, events.BucketVMs)
+	if err != nil {
+		return false, err
+	}
+	e, err := kv.Get(ctx, events.VMRecordKey(ns, name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var r events.VMRecord
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return true, fmt.Errorf("vm record: %w", err)
+	}
+	f := newFields(out)
+	f.add("Name", r.Name)
+	f.add("Namespace", r.Namespace)
+	f.add("UID", r.UID)
+	f.add("Generation", r.Generation)
+	f.add("Class", fmt.Sprintf("%s (%d vCPU, %d MiB)", r.Spec.ClassName, r.Size.CPUs, r.Size.MemoryMiB))
+	f.add("Image", r.Spec.ImageName)
+	f.add("Power state", fmt.Sprintf("%s (declared %s)", dash(r.Status.PowerState), r.Spec.PowerState))
+	f.add("Phase", r.Status.Phase)
+	f.add("Host", dash(r.Status.Host))
+	f.add("vCenter VM", dash(r.Status.VM)+" "+events.NativeVMName(r.UID))
+	f.section("NICs")
+	for _, n := range r.Status.NICs {
+		f.row(n.Network, fmt.Sprintf("%s/%d mac %s port group %s", n.IP, n.PrefixLength, n.MAC, n.PortGroup))
+	}
+	f.section("Conditions")
+	for _, c := range r.Status.Conditions {
+		f.row(c.Type, strings.TrimSpace(c.Status+" "+c.Reason+" "+c.Message))
+	}
+	f.flush()
+	evs, err := objectEvents(ctx, b, events.PodKey(ns, name), time.Time{}, events.StreamVMs)
+	if err != nil {
+		return true, err
+	}
+	printObjectEvents(out, evs)
+	return true, nil
 }
 
 // describeVM shows a pod VM as vCenter has it, beside the pod it runs.

@@ -74,7 +74,8 @@ type storedMsg struct {
 }
 
 func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr io.Writer) error {
-	streams := []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts}
+	streams := []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
+		events.StreamVMs, events.StreamGuestClusters}
 	if o.dlq {
 		streams = []string{bus.StreamDLQ}
 	}

@@ -45,7 +45,7 @@ func followEvents(ctx context.Context, b *bus.Bus, stream string, subjects ...st
 
 func newMigrateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "migrate pod NAME [--to HOST] | migrate cancel ID",
+		Use:   "migrate pod|vm NAME [--to HOST] | migrate cancel ID",
 		Short: "Move a running pod to another host (vMotion), or cancel a migration",
 		Long: `migrate pod publishes migration.requested. The scheduler reserves room on a target that carries
 every network of the pod (--to names one; otherwise it picks), then the migration service checks
@@ -55,7 +55,7 @@ a refusal or failure prints its reason and exits non-zero.
 
 migrate cancel ID cancels a migration that has not begun relocating (IDs: podvisor get migrations -o json).`,
 	}
-	cmd.AddCommand(newMigratePodCmd(g), newMigrateCancelCmd(g))
+	cmd.AddCommand(newMigratePodCmd(g), newMigrateVMCmd(g), newMigrateCancelCmd(g))
 	return cmd
 }
 
@@ -262,4 +262,84 @@ func podFlow(ctx context.Context, b *bus.Bus, namespace, name string, ev *event.
 	if json.Unmarshal(e.Value(), &rec) == nil && rec.TraceParent != "" {
 		ev.SetExtension(bus.ExtTraceparent, rec.TraceParent)
 	}
+}
+
+func newMigrateVMCmd(g *globals) *cobra.Command {
+	var (
+		namespace, to, id string
+		wait              time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:               "vm NAME",
+		Short:             "Move a native VM to another host (vMotion)",
+		ValidArgsFunction: completeName(g, "vms"),
+		Args:              cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if id == "" {
+				id = uuid.NewString()
+			}
+			req := &events.VMMigrateRequested{ID: id, Namespace: namespace, Name: args[0], TargetHost: to}
+			if err := req.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			if e, err := b.KV(ctx, events.BucketVMs); err != nil {
+				return err
+			} else if _, err := e.Get(ctx, events.VMRecordKey(namespace, args[0])); errors.Is(err, jetstream.ErrKeyNotFound) {
+				return &exitError{code: 1, err: fmt.Errorf("vm %s/%s not found", namespace, args[0])}
+			} else if err != nil {
+				return err
+			}
+			var answers <-chan event.Event
+			if wait > 0 {
+				ch, stop, err := followEvents(ctx, b, events.StreamVMs, events.SubjectVMMigrated)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				answers = ch
+			}
+			ev, err := bus.NewEvent(CLISource, events.TypeVMMigrateRequested, req.ObjectKey(), req)
+			if err != nil {
+				return err
+			}
+			if err := b.Publish(ctx, ev); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "vm migration %s requested for %s/%s\n", id, namespace, args[0])
+			if wait <= 0 {
+				return nil
+			}
+			timer := time.NewTimer(wait)
+			defer timer.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-timer.C:
+					return &exitError{code: 1, err: fmt.Errorf("vm migration %s: no outcome within %s (see 'podvisor get vm %s -n %s')", id, wait, args[0], namespace)}
+				case ev := <-answers:
+					var m events.VMMigrated
+					if ev.DataAs(&m) != nil || m.ID != id {
+						continue
+					}
+					if m.Failed() {
+						return &exitError{code: 1, err: fmt.Errorf("vm migration %s failed: %s: %s", id, m.Reason, m.Message)}
+					}
+					fmt.Fprintf(g.stdout, "vm %s/%s moved from %s to %s\n", namespace, args[0], m.SourceHost, m.TargetHost)
+					return nil
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the VM")
+	cmd.Flags().StringVar(&to, "to", "", "target host (default: the scheduler picks)")
+	cmd.Flags().StringVar(&id, "id", "", "migration ID (default: a new UUID)")
+	cmd.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the outcome (0: do not wait)")
+	return cmd
 }

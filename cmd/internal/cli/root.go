@@ -73,6 +73,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newDeleteCmd(g),
 		newEventsCmd(g),
 		newMigrateCmd(g),
+		newCheckCmd(g),
 		newDrainCmd(g),
 		newCordonCmd(g),
 		newUncordonCmd(g),

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -64,6 +65,26 @@ mount --make-rprivate / || exit 125
 read -r go <&3 && [ "$go" = go ] || exit 125
 exec 3<&-
 exec "$agent" --boot-config "$boot"`
+
+// nativeLauncher boots a native VM's guest: the same first steps as
+// launcher, then the boot disk becomes the root (with /proc, a /run
+// holding the guestinfo files, and a /dev of the few devices a minimal
+// init uses) and its /sbin/init is exec'd, staying PID 1. chroot rather
+// than pivot_root: the guest's mount namespace is its own, and nothing
+// outside the root is reachable from it.
+const nativeLauncher = `root=$0 disk=$1 info=$2; shift 2
+for f do echo 0 > "$f" || exit 125; done
+mount --make-rprivate / || exit 125
+read -r go <&3 && [ "$go" = go ] || exit 125
+exec 3<&-
+mount -o loop "$disk" "$root" || exit 125
+mkdir -p "$root/proc" "$root/run" "$root/dev" "$root/tmp" || exit 125
+mount -t proc proc "$root/proc" || exit 125
+mount -t tmpfs -o mode=0755 run "$root/run" || exit 125
+mkdir -p "$root` + GuestinfoDir + `" && cp -R "$info/." "$root` + GuestinfoDir + `/" || exit 125
+mount -t tmpfs -o mode=0755 dev "$root/dev" || exit 125
+for d in null zero random urandom; do touch "$root/dev/$d" && mount --bind "/dev/$d" "$root/dev/$d" || exit 125; done
+cd "$root" && exec chroot . /sbin/init`
 
 // Check says why guests cannot run here, or nil: root, the agent binary,
 // /bin/sh and mount for the launcher, and the cgroup v1 controllers.
@@ -140,7 +161,29 @@ type VM struct {
 	// read/write disks are copy-on-write clones of that VM's, made while
 	// its guest was paused, so this guest starts on a prepared filesystem.
 	ForkOf string
+	// Native, when set, makes this a native VM's guest: it boots its
+	// operating system from a disk instead of running the pod VM agent.
+	Native *Native
 }
+
+// Native is how a native VM's guest boots: the launcher mounts the boot
+// disk's filesystem read/write as the guest's root and execs its
+// /sbin/init as PID 1, as a VM's bootloader and kernel would. The VM's
+// guestinfo.* values (cloud-init's VMware datasource reads
+// guestinfo.userdata and guestinfo.metadata) are files in the guest's
+// /run/vmware/guestinfo/<key>: what `vmware-rpctool "info-get <key>"`
+// answers over the backdoor of a real VM, where simulated guests have no
+// backdoor.
+type Native struct {
+	// BootDisk is the flat extent file of the boot disk (a filesystem a
+	// stock kernel mounts: ext4 or erofs).
+	BootDisk string
+	// Guestinfo maps guestinfo.* keys to their values.
+	Guestinfo map[string]string
+}
+
+// GuestinfoDir is where a native guest finds its guestinfo values.
+const GuestinfoDir = "/run/vmware/guestinfo"
 
 // Manager runs the guests of one simulated datacenter.
 type Manager struct {
@@ -258,6 +301,9 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 			_ = cg.remove()
 		}
 	}()
+	if vm.Native != nil {
+		return m.startNative(vm, dir, cg)
+	}
 	boot := guestchannel.BootConfig{
 		Channel:      "unix:" + filepath.Join(dir, "channel.sock"),
 		Devices:      devices,
@@ -286,12 +332,50 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 			ch.close()
 		}
 	}()
+	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
+	return m.launch(vm, dir, cg, ch, args)
+}
+
+// startNative boots a native VM's guest (see Native).
+func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup) (_ *guest, err error) {
+	info := filepath.Join(dir, "guestinfo")
+	root := filepath.Join(dir, "root")
+	for _, d := range []string{info, root} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	for k, v := range vm.Native.Guestinfo {
+		if strings.ContainsAny(k, "/\x00") || k == "." || k == ".." {
+			continue
+		}
+		if err := os.WriteFile(filepath.Join(info, k), []byte(v), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	// A native guest has no agent to dial it, but the channel is how
+	// Move, FreezeHost and power-off treat every guest alike.
+	ch, err := openChannel(filepath.Join(dir, "channel.sock"), m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			ch.close()
+		}
+	}()
+	args := append([]string{"-c", nativeLauncher, root, vm.Native.BootDisk, info}, cg.procsFiles()...)
+	return m.launch(vm, dir, cg, ch, args)
+}
+
+// launch runs the launcher with args in the guest's new namespaces, plugs
+// its NICs and lets it go on.
+func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []string) (*guest, error) {
 	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer console.Close() // the child has its own copy
-	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
 	cmd := exec.Command("/bin/sh", args...)
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=/root"}

@@ -1,0 +1,609 @@
+package nativevm
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/vmware/govmomi/fault"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
+)
+
+// Guestinfo keys cloud-init's VMware datasource reads.
+const (
+	GuestinfoUserData         = "guestinfo.userdata"
+	GuestinfoUserDataEncoding = "guestinfo.userdata.encoding"
+	GuestinfoMetadata         = "guestinfo.metadata"
+	GuestinfoMetadataEncoding = "guestinfo.metadata.encoding"
+)
+
+// ready reports whether the latest generation is placed and attached.
+func ready(r *events.VMRecord) bool {
+	return r.DeletionRequestedAt.IsZero() && r.Status.Host != "" &&
+		r.ScheduledGeneration == r.Generation && r.AttachedGeneration == r.Generation
+}
+
+// converge makes the vCenter VM match the record, then records and
+// announces the status. It does nothing until the latest generation is
+// placed and attached.
+func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *events.VMRecord) error {
+	if !ready(rec) {
+		c.publishStatus(ctx, cause, rec)
+		return nil
+	}
+	vm, err := c.findVM(ctx, events.NativeVMName(rec.UID))
+	if err != nil {
+		return err
+	}
+	phase := events.VMPhaseReady
+	if vm == nil {
+		if err := c.markPhase(ctx, cause, rec, events.VMPhaseCreating); err != nil {
+			return err
+		}
+		if vm, err = c.create(ctx, rec); err != nil {
+			return c.failed(ctx, cause, rec, events.VMConditionCreated, "CreateFailed", err)
+		}
+	} else if err := c.update(ctx, rec, vm); err != nil {
+		return c.failed(ctx, cause, rec, events.VMConditionHardwareSynced, "UpdateFailed", err)
+	}
+	if err := c.setPower(ctx, vm, rec.Spec.PowerState); err != nil {
+		return c.failed(ctx, cause, rec, events.VMConditionPowerStateSynced, "PowerFailed", err)
+	}
+	var mvm mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware"}, &mvm); err != nil {
+		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
+	}
+	power := powerStateName(mvm.Runtime.PowerState)
+	host, err := c.hostName(ctx, mvm.Runtime.Host)
+	if err != nil {
+		return err
+	}
+	if c.destroyStale(ctx, rec) {
+		rec.StaleVM, rec.StaleHost = "", ""
+	}
+	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		now := c.now().UTC()
+		r.StaleVM, r.StaleHost = rec.StaleVM, rec.StaleHost
+		r.Status.VM, r.Status.PowerState, r.Status.Phase = vm.Reference().Value, power, phase
+		if host != "" {
+			r.Status.Host = host
+		}
+		r.Status.Size = events.VMSize{CPUs: mvm.Config.Hardware.NumCPU, MemoryMiB: int64(mvm.Config.Hardware.MemoryMB),
+			CPUReservationMHz: r.Size.CPUReservationMHz, MemoryReservationMiB: r.Size.MemoryReservationMiB}
+		r.Status.IPs = []string{}
+		for _, n := range r.Status.NICs {
+			r.Status.IPs = append(r.Status.IPs, n.IP)
+		}
+		r.SetCondition(events.VMConditionCreated, events.ConditionTrue, "", vm.Reference().Value, now)
+		r.SetCondition(events.VMConditionHardwareSynced, events.ConditionTrue, "", "", now)
+		if power == r.Spec.PowerState {
+			r.SetCondition(events.VMConditionPowerStateSynced, events.ConditionTrue, "", power, now)
+		} else {
+			r.SetCondition(events.VMConditionPowerStateSynced, events.ConditionFalse, "PowerStateDiffers", "vCenter reports "+power, now)
+		}
+		return nil
+	})
+	if err != nil || out == nil {
+		return err
+	}
+	c.publishStatus(ctx, cause, out)
+	return nil
+}
+
+func (c *Controller) markPhase(ctx context.Context, cause *event.Event, rec *events.VMRecord, phase string) error {
+	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		if r.Status.Phase == phase {
+			return record.ErrUnchanged
+		}
+		r.Status.Phase = phase
+		return nil
+	})
+	if err == nil && out != nil {
+		c.publishStatus(ctx, cause, out)
+	}
+	return err
+}
+
+// failed records why converging failed. A permanent failure (bad input
+// the next delivery cannot fix) leaves the VM Failed until it is declared
+// again; anything else is retried.
+func (c *Controller) failed(ctx context.Context, cause *event.Event, rec *events.VMRecord, cond, reason string, err error) error {
+	out, merr := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		r.SetCondition(cond, events.ConditionFalse, reason, err.Error(), c.now().UTC())
+		if bus.IsPermanent(err) {
+			r.Status.Phase = events.VMPhaseFailed
+		}
+		return nil
+	})
+	if merr == nil && out != nil {
+		c.publishStatus(ctx, cause, out)
+	}
+	if bus.IsPermanent(err) {
+		c.log.Warn("VM cannot converge", "vm", rec.Key(), "err", err)
+		return nil
+	}
+	return err
+}
+
+func powerStateName(s types.VirtualMachinePowerState) string {
+	switch s {
+	case types.VirtualMachinePowerStatePoweredOn:
+		return events.PowerStatePoweredOn
+	case types.VirtualMachinePowerStateSuspended:
+		return events.PowerStateSuspended
+	}
+	return events.PowerStatePoweredOff
+}
+
+// findVM looks a VM up by name in the datacenter (names are unique by
+// construction: nv-<uid>; vCenter would accept a duplicate, so the
+// controller always looks before it creates).
+func (c *Controller) findVM(ctx context.Context, name string) (*object.VirtualMachine, error) {
+	refs, err := c.find(ctx, "VirtualMachine", name)
+	if err != nil || len(refs) == 0 {
+		return nil, err
+	}
+	return object.NewVirtualMachine(c.vc, refs[0]), nil
+}
+
+func (c *Controller) find(ctx context.Context, kind, name string) ([]types.ManagedObjectReference, error) {
+	v, err := view.NewManager(c.vc).CreateContainerView(ctx, c.dc.Reference(), []string{kind}, true)
+	if err != nil {
+		return nil, fmt.Errorf("find %s %s: %w", kind, name, err)
+	}
+	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
+	refs, err := v.Find(ctx, []string{kind}, property.Match{"name": name})
+	if err != nil {
+		return nil, fmt.Errorf("find %s %s: %w", kind, name, err)
+	}
+	return refs, nil
+}
+
+func (c *Controller) hostName(ctx context.Context, ref *types.ManagedObjectReference) (string, error) {
+	if ref == nil {
+		return "", nil
+	}
+	var h mo.HostSystem
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, *ref, []string{"name"}, &h); err != nil {
+		return "", fmt.Errorf("host %s: %w", ref.Value, err)
+	}
+	return h.Name, nil
+}
+
+func (c *Controller) host(ctx context.Context, name string) (*object.HostSystem, error) {
+	refs, err := c.find(ctx, "HostSystem", name)
+	if err != nil {
+		return nil, err
+	}
+	if len(refs) != 1 {
+		return nil, bus.Permanent(fmt.Errorf("host %s not found in datacenter %s", name, c.dc.Name()))
+	}
+	return object.NewHostSystem(c.vc, refs[0]), nil
+}
+
+// placement resolves the record's host, pool and datastore.
+func (c *Controller) placement(ctx context.Context, rec *events.VMRecord) (*object.HostSystem, *object.ResourcePool, string, error) {
+	h, err := c.host(ctx, rec.Status.Host)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	var pool *object.ResourcePool
+	if rec.ResourcePool != "" {
+		pool, err = find.NewFinder(c.vc).SetDatacenter(c.dc).ResourcePool(ctx, rec.ResourcePool)
+	}
+	if pool == nil || err != nil {
+		if pool, err = h.ResourcePool(ctx); err != nil {
+			return nil, nil, "", fmt.Errorf("resource pool of %s: %w", rec.Status.Host, err)
+		}
+	}
+	var mh mo.HostSystem
+	if err := h.Properties(ctx, h.Reference(), []string{"datastore"}, &mh); err != nil {
+		return nil, nil, "", fmt.Errorf("datastores of %s: %w", rec.Status.Host, err)
+	}
+	var mounted []string
+	for _, ref := range mh.Datastore {
+		var ds mo.Datastore
+		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name"}, &ds); err == nil {
+			mounted = append(mounted, ds.Name)
+		}
+	}
+	// A datastore the host does not mount crashes vcsim and fails late on
+	// vCenter: only a mounted one is used.
+	for _, want := range rec.Datastores {
+		if slices.Contains(mounted, want) {
+			return h, pool, want, nil
+		}
+	}
+	if len(mounted) == 0 {
+		return nil, nil, "", bus.Permanent(fmt.Errorf("host %s mounts no datastore", rec.Status.Host))
+	}
+	slices.Sort(mounted)
+	return h, pool, mounted[0], nil
+}
+
+// create makes the VM on its host: hardware from the class, the boot disk a
+// copy of the image's, extra disks, NICs, cloud-init data.
+func (c *Controller) create(ctx context.Context, rec *events.VMRecord) (*object.VirtualMachine, error) {
+	h, pool, ds, err := c.placement(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	name := events.NativeVMName(rec.UID)
+	devices, err := c.devices(ctx, rec, ds, name)
+	if err != nil {
+		return nil, err
+	}
+	folder, err := c.ensureFolder(ctx, path.Join(c.cfg.FolderRoot, rec.Namespace))
+	if err != nil {
+		return nil, err
+	}
+	spec := types.VirtualMachineConfigSpec{
+		Name:         name,
+		GuestId:      rec.Image.EffectiveGuestID(),
+		NumCPUs:      rec.Size.CPUs,
+		MemoryMB:     rec.Size.MemoryMiB,
+		Files:        &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s] %s", ds, name)},
+		DeviceChange: devices,
+		ExtraConfig:  extraConfig(rec),
+		Annotation:   fmt.Sprintf("podvisor native VM %s (uid %s)", rec.Key(), rec.UID),
+	}
+	allocation(&spec, rec.Size)
+	task, err := folder.CreateVM(ctx, spec, pool, h)
+	if err != nil {
+		return nil, fmt.Errorf("create VM %s on %s: %w", name, rec.Status.Host, err)
+	}
+	info, err := task.WaitForResult(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("create VM %s on %s: %w", name, rec.Status.Host, err)
+	}
+	ref, ok := info.Result.(types.ManagedObjectReference)
+	if !ok {
+		return nil, fmt.Errorf("create VM %s: task result is %T", name, info.Result)
+	}
+	c.log.Info("native VM created", "vm", rec.Key(), "name", name, "ref", ref.Value, "host", rec.Status.Host)
+	return object.NewVirtualMachine(c.vc, ref), nil
+}
+
+// allocation sets the class's reservations on a config spec.
+func allocation(spec *types.VirtualMachineConfigSpec, size events.VMSize) {
+	spec.CpuAllocation = &types.ResourceAllocationInfo{Reservation: types.NewInt64(size.CPUReservationMHz)}
+	spec.MemoryAllocation = &types.ResourceAllocationInfo{Reservation: types.NewInt64(size.MemoryReservationMiB)}
+}
+
+const (
+	scsiKey  int32 = -100
+	diskKey0 int32 = -200
+	nicKey0  int32 = -300
+)
+
+// devices is the device list of a new VM: a paravirtual SCSI controller,
+// the boot disk at scsi0:0, extra disks after it, one NIC per network.
+func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name string) ([]types.BaseVirtualDeviceConfigSpec, error) {
+	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
+		Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			VirtualController: types.VirtualController{VirtualDevice: types.VirtualDevice{Key: scsiKey}},
+			SharedBus:         types.VirtualSCSISharingNoSharing,
+		}},
+	}}
+	boot, capacity, err := c.bootDisk(ctx, rec, ds, name)
+	if err != nil {
+		return nil, err
+	}
+	unit := int32(0)
+	changes = append(changes, diskChange(boot, capacity, unit, ""))
+	for i, d := range rec.Spec.Disks {
+		unit = int32(i + 1)
+		if unit >= 7 {
+			unit++ // unit 7 is the controller's own
+		}
+		file := fmt.Sprintf("[%s] %s/%s.vmdk", ds, name, d.Name)
+		changes = append(changes, diskChange(file, d.SizeMiB()<<20, unit, types.VirtualDeviceConfigSpecFileOperationCreate))
+	}
+	nics, err := c.nicChanges(ctx, rec.Status.NICs, nicKey0)
+	if err != nil {
+		return nil, err
+	}
+	return append(changes, nics...), nil
+}
+
+func diskChange(file string, capacity int64, unit int32, op types.VirtualDeviceConfigSpecFileOperation) *types.VirtualDeviceConfigSpec {
+	return &types.VirtualDeviceConfigSpec{
+		Operation:     types.VirtualDeviceConfigSpecOperationAdd,
+		FileOperation: op,
+		Device: &types.VirtualDisk{
+			VirtualDevice: types.VirtualDevice{
+				Key: diskKey0 - unit, ControllerKey: scsiKey, UnitNumber: types.NewInt32(unit),
+				Backing: &types.VirtualDiskFlatVer2BackingInfo{
+					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
+					DiskMode:                     string(types.VirtualDiskModePersistent), ThinProvisioned: types.NewBool(true),
+				},
+			},
+			CapacityInKB:    capacity >> 10,
+			CapacityInBytes: capacity,
+		},
+	}
+}
+
+func (c *Controller) nicChanges(ctx context.Context, nics []events.NetworkAttachment, key int32) ([]types.BaseVirtualDeviceConfigSpec, error) {
+	var out []types.BaseVirtualDeviceConfigSpec
+	for i, n := range nics {
+		refs, err := c.find(ctx, "DistributedVirtualPortgroup", n.PortGroup)
+		if err != nil {
+			return nil, err
+		}
+		if len(refs) != 1 {
+			return nil, fmt.Errorf("port group %s of network %s: not found", n.PortGroup, n.Network)
+		}
+		backing, err := object.NewDistributedVirtualPortgroup(c.vc, refs[0]).EthernetCardBackingInfo(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("port group %s: %w", n.PortGroup, err)
+		}
+		out = append(out, &types.VirtualDeviceConfigSpec{
+			Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			Device: &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
+				VirtualDevice: types.VirtualDevice{Key: key - int32(i), Backing: backing,
+					Connectable: &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true}},
+				AddressType: string(types.VirtualEthernetCardMacTypeManual),
+				MacAddress:  n.MAC,
+			}}},
+		})
+	}
+	return out, nil
+}
+
+// extraConfig is the cloud-init data as the VMware datasource reads it.
+func extraConfig(rec *events.VMRecord) []types.BaseOptionValue {
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	return []types.BaseOptionValue{
+		&types.OptionValue{Key: GuestinfoMetadata, Value: b64(Metadata(rec))},
+		&types.OptionValue{Key: GuestinfoMetadataEncoding, Value: "base64"},
+		&types.OptionValue{Key: GuestinfoUserData, Value: b64(rec.Spec.UserData)},
+		&types.OptionValue{Key: GuestinfoUserDataEncoding, Value: "base64"},
+		&types.OptionValue{Key: "guestinfo.podvisor.vm", Value: rec.Key()},
+	}
+}
+
+// Metadata is the VM's cloud-init metadata: instance id, host name, and
+// the NICs' addresses as a netplan v2 network configuration (one
+// ethernets entry per NIC, matched by MAC, named eth<i>).
+func Metadata(rec *events.VMRecord) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "instance-id: %s\nlocal-hostname: %s\n", rec.UID, rec.Name)
+	if len(rec.Status.NICs) == 0 {
+		return b.String()
+	}
+	b.WriteString("network:\n  version: 2\n  ethernets:\n")
+	for i, n := range rec.Status.NICs {
+		fmt.Fprintf(&b, "    nic%d:\n      match: {macaddress: %q}\n      set-name: eth%d\n      addresses: [%s/%d]\n",
+			i, n.MAC, i, n.IP, n.PrefixLength)
+		if n.Gateway != "" && i == 0 {
+			fmt.Fprintf(&b, "      gateway4: %s\n", n.Gateway)
+		}
+	}
+	return b.String()
+}
+
+// update applies a changed declaration to an existing VM: hardware (only
+// powered off), NICs, cloud-init data.
+func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *object.VirtualMachine) error {
+	var m mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime.powerState"}, &m); err != nil {
+		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
+	}
+	if m.Config == nil {
+		return fmt.Errorf("VM %s has no configuration yet", vm.Reference().Value)
+	}
+	var spec types.VirtualMachineConfigSpec
+	changed := false
+	resize := m.Config.Hardware.NumCPU != rec.Size.CPUs || int64(m.Config.Hardware.MemoryMB) != rec.Size.MemoryMiB
+	if resize {
+		// vSphere resizes a powered-off VM (no hot-add here): power off,
+		// resize, and setPower restores the declared state.
+		if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil {
+			return err
+		}
+		spec.NumCPUs, spec.MemoryMB = rec.Size.CPUs, rec.Size.MemoryMiB
+		allocation(&spec, rec.Size)
+		changed = true
+	}
+	want := extraConfig(rec)
+	have := map[string]any{}
+	for _, o := range m.Config.ExtraConfig {
+		have[o.GetOptionValue().Key] = o.GetOptionValue().Value
+	}
+	for _, o := range want {
+		if have[o.GetOptionValue().Key] != o.GetOptionValue().Value {
+			spec.ExtraConfig = want
+			changed = true
+			break
+		}
+	}
+	// NICs: keep those whose MAC is still wanted, remove the others, add
+	// the missing ones.
+	devices := object.VirtualDeviceList(m.Config.Hardware.Device)
+	wantMAC := map[string]bool{}
+	for _, n := range rec.Status.NICs {
+		wantMAC[strings.ToLower(n.MAC)] = true
+	}
+	haveMAC := map[string]bool{}
+	for _, d := range devices.SelectByType((*types.VirtualEthernetCard)(nil)) {
+		card := d.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+		mac := strings.ToLower(card.MacAddress)
+		if wantMAC[mac] {
+			haveMAC[mac] = true
+			continue
+		}
+		spec.DeviceChange = append(spec.DeviceChange, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationRemove, Device: d})
+		changed = true
+	}
+	var missing []events.NetworkAttachment
+	for _, n := range rec.Status.NICs {
+		if !haveMAC[strings.ToLower(n.MAC)] {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		adds, err := c.nicChanges(ctx, missing, nicKey0)
+		if err != nil {
+			return err
+		}
+		spec.DeviceChange = append(spec.DeviceChange, adds...)
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	task, err := vm.Reconfigure(ctx, spec)
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("reconfigure %s: %w", vm.Reference().Value, err)
+	}
+	c.log.Info("native VM reconfigured", "vm", rec.Key(), "resize", resize, "nics", len(rec.Status.NICs))
+	return nil
+}
+
+// setPower puts the VM in a power state; being there already is fine.
+func (c *Controller) setPower(ctx context.Context, vm *object.VirtualMachine, want string) error {
+	st, err := vm.PowerState(ctx)
+	if err != nil {
+		return fmt.Errorf("power state of %s: %w", vm.Reference().Value, err)
+	}
+	if powerStateName(st) == want {
+		return nil
+	}
+	var task *object.Task
+	switch want {
+	case events.PowerStatePoweredOn:
+		task, err = vm.PowerOn(ctx)
+	case events.PowerStatePoweredOff:
+		task, err = vm.PowerOff(ctx)
+	case events.PowerStateSuspended:
+		if st != types.VirtualMachinePowerStatePoweredOn {
+			// Only a running VM suspends: power it on first.
+			if err := c.setPower(ctx, vm, events.PowerStatePoweredOn); err != nil {
+				return err
+			}
+		}
+		task, err = vm.Suspend(ctx)
+	}
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
+		return fmt.Errorf("set %s to %s: %w", vm.Reference().Value, want, err)
+	}
+	return nil
+}
+
+// destroy powers the VM off and destroys it (its boot disk copy and extra
+// disks go with it); a VM that is not there counts as destroyed.
+func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
+	vm, err := c.findVM(ctx, events.NativeVMName(rec.UID))
+	if err != nil || vm == nil {
+		return err
+	}
+	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) {
+		return err
+	}
+	task, err := vm.Destroy(ctx)
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("destroy %s: %w", vm.Reference().Value, err)
+	}
+	if again, err := c.findVM(ctx, events.NativeVMName(rec.UID)); err != nil {
+		return err
+	} else if again != nil {
+		return fmt.Errorf("destroy %s: VM still present", vm.Reference().Value)
+	}
+	c.log.Info("native VM destroyed", "vm", rec.Key())
+	return nil
+}
+
+// destroyStale removes the VM an eviction left on a lost host, once the
+// host answers; it reports whether nothing stale is left.
+func (c *Controller) destroyStale(ctx context.Context, rec *events.VMRecord) bool {
+	if rec.StaleVM == "" {
+		return true
+	}
+	vm := object.NewVirtualMachine(c.vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.StaleVM})
+	if rec.StaleVM == rec.Status.VM {
+		return true
+	}
+	task, err := vm.Destroy(ctx)
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	return err == nil || isNotFound(err)
+}
+
+func isNotFound(err error) bool {
+	return fault.Is(err, &types.ManagedObjectNotFound{}) || errors.Is(err, errNotFound)
+}
+
+var errNotFound = errors.New("not found")
+
+// ensureFolder returns the VM folder at rel below the datacenter's VM
+// folder, creating what is missing (DuplicateName means another worker won).
+func (c *Controller) ensureFolder(ctx context.Context, rel string) (*object.Folder, error) {
+	folders, err := c.dc.Folders(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("folders of %s: %w", c.dc.Name(), err)
+	}
+	cur := folders.VmFolder
+	for _, part := range strings.Split(strings.Trim(rel, "/"), "/") {
+		next, err := c.childFolder(ctx, cur, part)
+		if err != nil {
+			return nil, err
+		}
+		if next == nil {
+			next, err = cur.CreateFolder(ctx, part)
+			if fault.Is(err, &types.DuplicateName{}) {
+				next, err = c.childFolder(ctx, cur, part)
+			}
+			if err != nil || next == nil {
+				return nil, fmt.Errorf("create folder %s: %v", part, err)
+			}
+		}
+		cur = next
+	}
+	return cur, nil
+}
+
+func (c *Controller) childFolder(ctx context.Context, parent *object.Folder, name string) (*object.Folder, error) {
+	var f mo.Folder
+	if err := parent.Properties(ctx, parent.Reference(), []string{"childEntity"}, &f); err != nil {
+		return nil, fmt.Errorf("folder children: %w", err)
+	}
+	for _, ref := range f.ChildEntity {
+		if ref.Type != "Folder" {
+			continue
+		}
+		var child mo.Folder
+		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name"}, &child); err != nil {
+			continue
+		}
+		if child.Name == name {
+			return object.NewFolder(c.vc, ref), nil
+		}
+	}
+	return nil, nil
+}

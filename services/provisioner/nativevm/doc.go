@@ -1,0 +1,43 @@
+// Package nativevm is the provisioner's native VM controller, beside the
+// pod VM controller (the seed's "master server with a pod VM controller and
+// a native VM controller"). It owns the records of VirtualMachines,
+// VirtualMachineClasses and VirtualMachineImages (KV vms, vmclasses,
+// vmimages) and the vCenter VMs nv-<uid>.
+//
+// # Flow
+//
+// A VM is declarative and mutable. vm.declared is admitted against the
+// class and image records (a missing one is vm.rejected naming the field);
+// a declaration that changes the spec (or a class that changes size) is a
+// new generation, announced once as vm.accepted with the compiled VMSize.
+// The scheduler places each generation in the same ledger as pods
+// (vm.scheduled, vm.unschedulable) and network-config attaches its NICs
+// from the same IPAM (vm.network.attached). Once the latest generation is
+// placed and attached, converge makes vCenter match:
+//
+//   - a missing VM is created on its host: CPUs, memory and reservations
+//     from the class, the boot disk a copy of the image's disk, extra
+//     disks, one vmxnet3 NIC per network with the MAC IPAM chose, and the
+//     cloud-init data in ExtraConfig as the VMware datasource reads it
+//     (guestinfo.userdata, guestinfo.metadata, base64);
+//   - an existing VM gets its changes: a resize powers it off first
+//     (vSphere changes CPUs and memory of a powered-off VM), NICs are
+//     added or removed, changed user data is rewritten;
+//   - then its power state is set as declared (PoweredOn, PoweredOff,
+//     Suspended).
+//
+// The record's status (phase, powerState, host, ips, conditions) says only
+// what was done; every change is also published as vm.status.
+//
+// # Images
+//
+// An image's OCI source is turned into a boot disk once per digest: the
+// image's flattened root filesystem written as an ext4 filesystem
+// (mkfs.ext4 -d) into the flat extent of a virtual disk under
+// [datastore] podvisor-vmimages/, through vSphere's datastore file API.
+// Each VM boots from its own copy (CopyVirtualDisk), so what its guest
+// writes stays its own. Simulated guests boot that disk's /sbin/init.
+// A content library source names an OVF template; the controller resolves
+// the item when the image is declared (the image is not Ready while it is
+// missing).
+package nativevm

@@ -1,0 +1,102 @@
+package nativevm
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/vmware/govmomi/vapi/library"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// onTargetReserved relocates the VM (vMotion) to the host the scheduler
+// reserved, records where it now runs and announces vm.migrated; the
+// scheduler then frees the source's room and network-config moves the
+// port bindings.
+func (c *Controller) onTargetReserved(ctx context.Context, m *bus.Message, e *events.VMMigrationTargetReserved) error {
+	unlock := c.locks.Lock(e.ObjectKey())
+	defer unlock()
+	rec, _, err := c.vms.Get(ctx, events.VMRecordKey(e.Namespace, e.Name))
+	if err != nil {
+		return err
+	}
+	if rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() {
+		return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+			SourceHost: e.SourceHost, Reason: "NotFound", Message: "the VM was deleted"})
+	}
+	if rec.Status.Host != e.TargetHost {
+		vm, err := c.findVM(ctx, events.NativeVMName(rec.UID))
+		if err != nil {
+			return err
+		}
+		if vm == nil {
+			return bus.Permanent(fmt.Errorf("VM %s has no vCenter VM to move", rec.Key()))
+		}
+		h, err := c.host(ctx, e.TargetHost)
+		if err != nil {
+			return err
+		}
+		pool, err := h.ResourcePool(ctx)
+		if err != nil {
+			return fmt.Errorf("resource pool of %s: %w", e.TargetHost, err)
+		}
+		hr, pr := h.Reference(), pool.Reference()
+		task, err := vm.Relocate(ctx, types.VirtualMachineRelocateSpec{Host: &hr, Pool: &pr}, types.VirtualMachineMovePriorityDefaultPriority)
+		if err == nil {
+			_, err = task.WaitForResult(ctx)
+		}
+		if err != nil {
+			return bus.WithReason("RelocateFailed", fmt.Errorf("relocate %s to %s: %w", rec.Key(), e.TargetHost, err))
+		}
+	}
+	out, err := c.mutateVM(ctx, e.Namespace, e.Name, e.UID, func(r *events.VMRecord) error {
+		r.Status.Host, r.Cluster, r.Migration = e.TargetHost, e.Cluster, ""
+		if e.ResourcePool != "" {
+			r.ResourcePool = e.ResourcePool
+		}
+		if r.Status.Phase == events.VMPhaseMigrating {
+			r.Status.Phase = events.VMPhaseReady
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		c.publishStatus(ctx, &m.Event, out)
+	}
+	c.log.Info("native VM migrated", "vm", e.ObjectKey(), "from", e.SourceHost, "to", e.TargetHost)
+	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+		SourceHost: e.SourceHost, TargetHost: e.TargetHost})
+}
+
+// migrateFailed tells the scheduler the VM stayed, so it frees the target.
+func (c *Controller) migrateFailed(ctx context.Context, m *bus.Message, e *events.VMMigrationTargetReserved, err error) error {
+	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+		SourceHost: e.SourceHost, Reason: bus.ReasonOf(err, "MigrationFailed"), Message: err.Error()})
+}
+
+// findLibraryItem resolves a content library item by library and item
+// name through the vAPI (vCenter's REST endpoint; vcsim serves it).
+func (c *Controller) findLibraryItem(ctx context.Context, lib, item string) (string, error) {
+	rc, err := c.vs.REST(ctx)
+	if err != nil {
+		return "", fmt.Errorf("content library: %w", err)
+	}
+	defer func() { _ = rc.Logout(context.WithoutCancel(ctx)) }()
+	m := library.NewManager(rc)
+	l, err := m.GetLibraryByName(ctx, lib)
+	if err != nil {
+		return "", fmt.Errorf("content library %q: %w", lib, err)
+	}
+	items, err := m.FindLibraryItems(ctx, library.FindItem{LibraryID: l.ID, Name: item})
+	if err != nil {
+		return "", fmt.Errorf("content library %q item %q: %w", lib, item, err)
+	}
+	if len(items) == 0 {
+		return "", fmt.Errorf("content library %q has no item %q", lib, item)
+	}
+	return items[0], nil
+}

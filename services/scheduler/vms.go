@@ -1,0 +1,251 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Native VMs are placed by the same loop, framework and ledger as pods: a
+// VM is a PodInfo whose size is its class (a vCPU a core, its configured
+// memory), charged to the host's ledger entry under its uid like a pod VM.
+// So a host full of VMs leaves pods pending, and the reverse. What differs
+// is only what is published (vm.scheduled / vm.unschedulable, with the
+// generation placed) and that a VM may change size: a resize reserves the
+// new size on the VM's host as uid@resize-<generation> beside the old
+// allocation, then promotes it (so the host must hold both sizes while
+// the resize is decided).
+
+// vmKeyPrefix keeps VMs apart from pods of the same name in the pending
+// set and logs.
+const vmKeyPrefix = "vm:"
+
+func isVM(p *framework.PodInfo) bool { return strings.HasPrefix(p.Key, vmKeyPrefix) }
+
+// vmInfo compiles a VM for the framework.
+func vmInfo(ns, name, uid string, size events.VMSize, networks []string, labels map[string]string) (*framework.PodInfo, error) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels}}
+	p, err := framework.NewPodInfo(pod, uid, framework.PodSize{CPUMilli: size.CPUMilli(), MemoryBytes: size.MemoryBytes()}, networks)
+	if err != nil {
+		return nil, err
+	}
+	p.Key = vmKeyPrefix + events.PodKey(ns, name)
+	return p, nil
+}
+
+func (s *Service) vmGeneration(uid string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g := s.vmGen[uid]; g > 0 {
+		return g
+	}
+	return 1
+}
+
+func (s *Service) setVMGeneration(uid string, g int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g > s.vmGen[uid] {
+		s.vmGen[uid] = g
+	}
+}
+
+func (s *Service) onVMAccepted(ctx context.Context, m *bus.Message, e *events.VMAccepted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	s.setVMGeneration(e.UID, e.Generation)
+	p, err := vmInfo(e.Namespace, e.Name, e.UID, e.Size, e.Spec.Networks, e.Labels)
+	if err != nil {
+		return s.publishUnschedulableMessage(ctx, m.Event, p, err.Error(), nil, 0)
+	}
+	s.mu.Lock()
+	host, placed := s.allocIndex[e.UID]
+	var cur events.Allocation
+	if placed {
+		cur = s.entries[host].Allocations[e.UID]
+	}
+	s.mu.Unlock()
+	if placed && (cur.CPUMilli != p.CPUMilli || cur.MemoryBytes != p.MemoryBytes) {
+		return s.resizeVM(ctx, m.Event, p, host, e.Generation)
+	}
+	return s.schedulePod(ctx, m.Event, p)
+}
+
+// resizeVM reserves a VM's new size on its own host and promotes it.
+func (s *Service) resizeVM(ctx context.Context, cause event.Event, p *framework.PodInfo, host string, gen int64) error {
+	id := fmt.Sprintf("resize-%d", gen)
+	alloc := allocationOf(p)
+	alloc.Kind, alloc.MigrationID = events.AllocationMigration, id
+	r := newRequest(p, alloc)
+	r.target = host
+	o := s.submit(ctx, r)
+	switch {
+	case errors.Is(o.err, ErrPodGone):
+		return nil
+	case o.err != nil:
+		return fmt.Errorf("resize %s: %w", p.Key, o.err)
+	case o.fit != nil:
+		// The VM keeps its old size and host; the provisioner shows why.
+		return s.publishUnschedulableMessage(ctx, cause, p, "resize on "+host+": "+o.fit.Error(), nil, 1)
+	}
+	entry, _, err := s.ledger.Promote(ctx, host, p.UID, id)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.applyEntryLocked(entry)
+	s.mu.Unlock()
+	s.log.Info("vm resized", "vm", p.Key, "host", host, "cpuMilli", p.CPUMilli, "memoryBytes", p.MemoryBytes)
+	s.pending.kickAll()
+	return s.publishScheduled(ctx, cause, p, s.placementOf(host), nil)
+}
+
+func (s *Service) onVMDeleted(ctx context.Context, _ *bus.Message, e *events.VMDeleted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	s.mu.Lock()
+	delete(s.vmGen, e.UID)
+	s.mu.Unlock()
+	return s.onPodGone(ctx, vmKeyPrefix+e.ObjectKey(), e.UID, e.Host, true)
+}
+
+// onVMEvicted frees the VM's room on the host it lost and places it again.
+func (s *Service) onVMEvicted(ctx context.Context, m *bus.Message, e *events.VMEvicted) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
+		return err
+	}
+	if b, ok, err := s.ledger.GetBinding(ctx, e.UID); err != nil {
+		return err
+	} else if ok && b.Host == e.Host {
+		if err := s.ledger.Unbind(ctx, e.UID, b.Revision); err != nil {
+			return err
+		}
+	}
+	rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
+	if err != nil {
+		return err
+	}
+	if rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() {
+		return nil
+	}
+	s.setVMGeneration(rec.UID, rec.Generation)
+	p, err := vmInfo(rec.Namespace, rec.Name, rec.UID, rec.Size, rec.Spec.EffectiveNetworks(), rec.Labels)
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	p.Exclude = map[string]bool{e.Host: true}
+	return s.schedulePod(ctx, m.Event, p)
+}
+
+// vmRecord reads the provisioner's record of a VM (nil if none).
+func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMRecord, error) {
+	kve, err := s.vmsKV.Get(ctx, events.VMRecordKey(ns, name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read vm record %s/%s: %w", ns, name, err)
+	}
+	var rec events.VMRecord
+	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("decode vm record %s/%s: %w", ns, name, err)
+	}
+	return &rec, nil
+}
+
+// onVMMigrateRequested validates or picks a target for a VM and reserves
+// it, as for a pod's migration.
+func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *events.VMMigrateRequested) error {
+	annotate(ctx, e.ObjectKey(), "")
+	refuse := func(uid, reason, msg string) error {
+		s.log.Info("vm migration rejected", "migration", e.ID, "reason", reason, "message", msg)
+		if uid == "" {
+			uid = "unknown"
+		}
+		return s.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: uid,
+			SourceHost: "unknown", Reason: reason, Message: msg})
+	}
+	rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return refuse("", "NotFound", fmt.Sprintf("VM %s/%s not found", e.Namespace, e.Name))
+	}
+	s.mu.Lock()
+	source := s.allocIndex[rec.UID]
+	s.mu.Unlock()
+	if source == "" {
+		source = rec.Status.Host
+	}
+	if source == "" {
+		return refuse(rec.UID, ReasonNotScheduled, fmt.Sprintf("VM %s is not placed on a host yet (phase %s)", rec.Key(), rec.Status.Phase))
+	}
+	if e.TargetHost == source {
+		return refuse(rec.UID, ReasonSameHost, fmt.Sprintf("VM %s already runs on %s", rec.Key(), source))
+	}
+	p, err := vmInfo(rec.Namespace, rec.Name, rec.UID, rec.Size, rec.Spec.EffectiveNetworks(), rec.Labels)
+	if err != nil {
+		return refuse(rec.UID, ReasonNoTarget, err.Error())
+	}
+	p.Exclude = map[string]bool{source: true}
+	alloc := allocationOf(p)
+	alloc.Kind, alloc.MigrationID = events.AllocationMigration, e.ID
+	r := newRequest(p, alloc)
+	r.target = e.TargetHost
+	o := s.submit(ctx, r)
+	switch {
+	case o.err != nil:
+		return fmt.Errorf("place vm migration %s: %w", e.ID, o.err)
+	case o.fit != nil:
+		reason, msg := ReasonNoTarget, "no target host for VM "+rec.Key()+": "+o.fit.Error()
+		if e.TargetHost != "" {
+			for rr, mm := range o.fit.Diagnosis.Messages {
+				reason, msg = rr, "target "+e.TargetHost+": "+mm
+			}
+		}
+		return refuse(rec.UID, reason, msg)
+	}
+	s.log.Info("vm migration target reserved", "migration", e.ID, "vm", rec.Key(), "from", source, "to", o.placement.Host)
+	return s.out.Emit(ctx, &m.Event, &events.VMMigrationTargetReserved{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: rec.UID,
+		SourceHost: source, TargetHost: o.placement.Host, Cluster: o.placement.Cluster, ResourcePool: o.placement.ResourcePool})
+}
+
+// onVMMigrated moves the allocation to the target, or frees the target's
+// reservation when the VM stayed.
+func (s *Service) onVMMigrated(ctx context.Context, m *bus.Message, e *events.VMMigrated) error {
+	if m.Event.Source() == Source {
+		return nil // our own refusal: nothing was reserved
+	}
+	annotate(ctx, e.ObjectKey(), e.UID)
+	if e.Failed() {
+		return s.releaseMigration(ctx, e.Namespace, e.Name, e.UID, e.ID, e.TargetHost)
+	}
+	entry, _, err := s.ledger.Promote(ctx, e.TargetHost, e.UID, e.ID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.applyEntryLocked(entry)
+	s.mu.Unlock()
+	if err := s.ledger.Rebind(ctx, e.UID, e.TargetHost); err != nil {
+		return err
+	}
+	if e.SourceHost != e.TargetHost {
+		if err := s.release(ctx, map[string][]string{e.SourceHost: {e.UID}}); err != nil {
+			return err
+		}
+	}
+	s.pending.kickAll()
+	return nil
+}

@@ -1,0 +1,98 @@
+package ociregistry
+
+import (
+	"context"
+	"fmt"
+)
+
+// VMOSRepoTag is the sample image of a native VM's operating system: a
+// root filesystem whose /sbin/init a simulated guest boots (busybox, a
+// minimal init that does what cloud-init's VMware datasource does, and the
+// vmware-rpctool the datasource asks for guestinfo).
+const VMOSRepoTag = "podvisor/vmos:1.0"
+
+// vmosApplets are the busybox applets the init and a person at the
+// console use.
+var vmosApplets = []string{"sh", "echo", "cat", "ls", "sleep", "mkdir", "rm", "touch", "base64", "sed", "awk", "tr",
+	"head", "hostname", "ip", "dirname", "ps", "kill", "true", "false", "env", "date", "grep", "wc", "uname", "id"}
+
+// VMInit is the sample image's /sbin/init. Like cloud-init with the
+// VMware datasource it reads guestinfo.metadata and guestinfo.userdata
+// (base64 when their .encoding says so) with vmware-rpctool, keeps them in
+// /var/lib/cloud/instance, sets the host name, configures each NIC's
+// address from the metadata's network section (eth<i> is the i-th entry),
+// and runs the user data: a "#!" script is executed, a "#cloud-config"
+// document's write_files entries (path and one-line content) are written.
+// It then waits as PID 1 until the VM is powered off.
+const VMInit = `#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin
+trap 'echo "init: power off"; exit 0' TERM INT
+inst=/var/lib/cloud/instance
+get() { vmware-rpctool "info-get guestinfo.$1" 2>/dev/null; }
+decode() { if [ "$(get "$1.encoding")" = base64 ]; then get "$1" | base64 -d; else get "$1"; fi; }
+mkdir -p $inst
+decode metadata > $inst/meta-data
+decode userdata > $inst/user-data.txt
+ip link set lo up
+name=$(sed -n 's/^local-hostname: *//p' $inst/meta-data)
+[ -n "$name" ] && hostname "$name"
+i=0
+for a in $(sed -n 's/^ *addresses: *\[\([^],]*\).*/\1/p' $inst/meta-data | tr -d '"'); do
+  ip link set eth$i up && ip addr add "$a" dev eth$i && echo "init: eth$i $a"
+  i=$((i+1))
+done
+gw=$(sed -n 's/^ *gateway4: *//p' $inst/meta-data | head -n 1)
+[ -n "$gw" ] && ip route add default via "$gw"
+case "$(head -n 1 $inst/user-data.txt)" in
+'#!'*) sh $inst/user-data.txt > $inst/user-data.log 2>&1; echo "init: user data script exited $?" ;;
+'#cloud-config'*)
+  awk '/^ *- *path: */ { sub(/^ *- *path: */, ""); p = $0 }
+       /^ *content: */ { sub(/^ *content: */, ""); if (p != "") { d = p; sub(/\/[^\/]*$/, "", d); system("mkdir -p \"" d "\""); print > p; close(p); p = "" } }' $inst/user-data.txt
+  echo "init: cloud-config applied" ;;
+esac
+echo "init: ready $(hostname)"
+touch /run/ready
+while :; do sleep 3600 & wait $!; done
+`
+
+// VMRPCTool stands in for open-vm-tools' vmware-rpctool in simulated
+// guests, which have no VMware backdoor: the hypervisor serves each
+// guestinfo value as a file in /run/vmware/guestinfo. Stock cloud-init's
+// VMware datasource runs `vmware-rpctool "info-get guestinfo.userdata"`,
+// so with this in the image it reads its data unchanged; on vSphere the
+// real tool answers from the VM's ExtraConfig.
+const VMRPCTool = `#!/bin/sh
+case "$1" in
+"info-get "*)
+  k=${1#info-get }
+  [ -f "/run/vmware/guestinfo/$k" ] && exec cat "/run/vmware/guestinfo/$k"
+  echo "No value found" >&2; exit 1 ;;
+*) echo "vmware-rpctool: unsupported command: $1" >&2; exit 1 ;;
+esac
+`
+
+// VMOSFiles are the files of the sample VM image besides busybox.
+func VMOSFiles() []File {
+	return []File{
+		{Path: "sbin/init", Mode: 0o755, Body: []byte(VMInit)},
+		{Path: "usr/bin/vmware-rpctool", Mode: 0o755, Body: []byte(VMRPCTool)},
+		{Path: "etc/hostname", Mode: 0o644, Body: []byte("localhost\n")},
+	}
+}
+
+// VMOSApplets are the busybox applets of the sample VM image.
+func VMOSApplets() []string { return append([]string(nil), vmosApplets...) }
+
+// SeedVMOS pushes VMOSRepoTag and returns its reference; fs.ErrNotExist
+// (IsMissing) when busybox is not installed.
+func SeedVMOS(ctx context.Context, addr string) (string, error) {
+	layer, err := BusyboxLayer(vmosApplets, VMOSFiles())
+	if err != nil {
+		return "", fmt.Errorf("vm image: %w", err)
+	}
+	ref := addr + "/" + VMOSRepoTag
+	if _, err := Push(ctx, ref, layer); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
