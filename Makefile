@@ -38,6 +38,16 @@ test: build ## Run the unit and integration tests of every module (needs redis-s
 test-e2e: build ## Run the end-to-end suite against the built binary
 	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e $(TEST_FLAGS) ./...
 
+# The full fault-injection run (docs/fault-injection.md): 1,000 pod requests,
+# 100 migrations, 200 deletions and 2 drains on a 3-node NATS cluster with two
+# processes per service while processes, NATS nodes and vCenter fail.
+# FAULTS_FLAGS=PODVISOR_FAULTS_DURATION=30m for a soak.
+FAULTS_FLAGS ?=
+test-faults: build ## Run the full fault-injection run and write its table to bin/faults-report.txt
+	cd e2e && PODVISOR_BIN=$(CURDIR)/$(BIN) PODVISOR_FAULTS_PODS=1000 PODVISOR_FAULTS_MIGRATIONS=100 \
+		PODVISOR_FAULTS_DELETES=200 PODVISOR_FAULTS_DRAINS=2 PODVISOR_FAULTS_REPORT=$(CURDIR)/bin/faults-report.txt \
+		$(FAULTS_FLAGS) $(GO) test -tags e2e -count=1 -timeout 90m -run '^TestFaultInjection$$' -v ./...
+
 podvm-image: ## Build the pod VM boot image into bin/podvm (kernel, initramfs, bootable VMDK, OVF; needs linux-image-amd64, runc, busybox-static, e2fsprogs, syslinux, mtools)
 	cd podvm && $(GO) run ./cmd/podvm-image -out $(CURDIR)/bin/podvm
 
@@ -50,4 +60,4 @@ vet: ## go vet every module
 tidy: ## go mod tidy every module
 	@for m in $$($(GO) list -m -f '{{.Dir}}') $(CURDIR)/guestcluster; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
-.PHONY: help build guest up test test-e2e podvm-image bench vet tidy
+.PHONY: help build guest up test test-e2e test-faults podvm-image bench vet tidy

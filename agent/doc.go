@@ -13,6 +13,7 @@
 //	               configuration disk on real VMs later)
 //	nics           the spec's NICs: card found by MAC, address and prefix, default route via the gateway
 //	disks          loop devices (LOOP_CONFIGURE, autoclear), mkfs.ext4 of a blank disk 0, erofs and ext4 mounts
+//	diskcrypt      fscrypt (v2 policy) on disk 0 for a pod with an encrypted ephemeral disk, once its key came
 //	bundle         one container instance's OCI bundle (runtime-spec types, Kubernetes command rules)
 //	runtime        the runc/crun driver (run --detach + pid file, exec, delete)
 //	supervisor     the pod: init containers, restarts with back-off, probes, OOM, stop; the reported Board

@@ -72,10 +72,17 @@ const (
 	TypeNetworkHostReady        = "io.podvisor.network.host.ready.v1"
 	TypeNetworkHostFailed       = "io.podvisor.network.host.failed.v1"
 	TypeNetworkRolledBack       = "io.podvisor.network.rolledback.v1"
+	TypeNetworkHostDesired      = "io.podvisor.network.host.desired.v1"
+	TypeNetworkHostApplied      = "io.podvisor.network.host.applied.v1"
 	TypeNetworkRestoreRequested = "io.podvisor.network.restore.requested.v1"
 	TypeNetworkDeleteRequested  = "io.podvisor.network.delete.requested.v1"
 	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
 	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
+
+	TypeNetworkServiceDeclared       = "io.podvisor.network.service.declared.v1"
+	TypeNetworkDataRegisterRequested = "io.podvisor.network.data.register.requested.v1"
+	TypeNetworkDataSetRequested      = "io.podvisor.network.data.set.requested.v1"
+	TypeNetworkDataRemoveRequested   = "io.podvisor.network.data.remove.requested.v1"
 
 	TypeMigrationRequested       = "io.podvisor.migration.requested.v1"
 	TypeMigrationTargetReserved  = "io.podvisor.migration.target.reserved.v1"
@@ -86,41 +93,43 @@ const (
 	TypeMigrationCancelRequested = "io.podvisor.migration.cancel.requested.v1"
 	TypeMigrationCancelled       = "io.podvisor.migration.cancelled.v1"
 
-	TypeHostDiscovered     = "io.podvisor.host.discovered.v1"
-	TypeHostUpdated        = "io.podvisor.host.updated.v1"
-	TypeHostLost           = "io.podvisor.host.lost.v1"
-	TypeHostRecovered      = "io.podvisor.host.recovered.v1"
-	TypeHostCordoned       = "io.podvisor.host.cordoned.v1"
-	TypeHostUncordoned     = "io.podvisor.host.uncordoned.v1"
-	TypeHostDrainRequested = "io.podvisor.host.drain.requested.v1"
-	TypeHostDrained        = "io.podvisor.host.drained.v1"
+	TypeHostDiscovered        = "io.podvisor.host.discovered.v1"
+	TypeHostUpdated           = "io.podvisor.host.updated.v1"
+	TypeHostLost              = "io.podvisor.host.lost.v1"
+	TypeHostRecovered         = "io.podvisor.host.recovered.v1"
+	TypeHostCordoned          = "io.podvisor.host.cordoned.v1"
+	TypeHostUncordoned        = "io.podvisor.host.uncordoned.v1"
+	TypeHostCordonRequested   = "io.podvisor.host.cordon.requested.v1"
+	TypeHostUncordonRequested = "io.podvisor.host.uncordon.requested.v1"
+	TypeHostDrainRequested    = "io.podvisor.host.drain.requested.v1"
+	TypeHostDrained           = "io.podvisor.host.drained.v1"
+
+	TypeVMDeclared                = "io.podvisor.vm.declared.v1"
+	TypeVMDeleteRequested         = "io.podvisor.vm.delete.requested.v1"
+	TypeVMMigrateRequested        = "io.podvisor.vm.migrate.requested.v1"
+	TypeVMClassDeclared           = "io.podvisor.vm.class.declared.v1"
+	TypeVMClassDeleteRequested    = "io.podvisor.vm.class.delete.requested.v1"
+	TypeVMImageDeclared           = "io.podvisor.vm.image.declared.v1"
+	TypeVMImageDeleteRequested    = "io.podvisor.vm.image.delete.requested.v1"
+	TypeVMRejected                = "io.podvisor.vm.rejected.v1"
+	TypeVMAccepted                = "io.podvisor.vm.accepted.v1"
+	TypeVMScheduled               = "io.podvisor.vm.scheduled.v1"
+	TypeVMUnschedulable           = "io.podvisor.vm.unschedulable.v1"
+	TypeVMNetworkAttached         = "io.podvisor.vm.network.attached.v1"
+	TypeVMNetworkFailed           = "io.podvisor.vm.network.failed.v1"
+	TypeVMStatusChanged           = "io.podvisor.vm.status.v1"
+	TypeVMMigrationTargetReserved = "io.podvisor.vm.migration.target.reserved.v1"
+	TypeVMMigrated                = "io.podvisor.vm.migrated.v1"
+	TypeVMEvicted                 = "io.podvisor.vm.evicted.v1"
+	TypeVMDeleted                 = "io.podvisor.vm.deleted.v1"
 
 	TypeGuestClusterRequested       = "io.podvisor.guestcluster.requested.v1"
 	TypeGuestClusterReady           = "io.podvisor.guestcluster.ready.v1"
 	TypeGuestClusterFailed          = "io.podvisor.guestcluster.failed.v1"
 	TypeGuestClusterDeleteRequested = "io.podvisor.guestcluster.delete.requested.v1"
 	TypeGuestClusterDeleted         = "io.podvisor.guestcluster.deleted.v1"
-	TypeVMDeclared                  = "io.podvisor.vm.declared.v1"
-	TypeVMDeleteRequested           = "io.podvisor.vm.delete.requested.v1"
-	TypeVMMigrateRequested          = "io.podvisor.vm.migrate.requested.v1"
-	TypeVMClassDeclared             = "io.podvisor.vm.class.declared.v1"
-	TypeVMClassDeleteRequested      = "io.podvisor.vm.class.delete.requested.v1"
-	TypeVMImageDeclared             = "io.podvisor.vm.image.declared.v1"
-	TypeVMImageDeleteRequested      = "io.podvisor.vm.image.delete.requested.v1"
-	TypeVMRejected                  = "io.podvisor.vm.rejected.v1"
-	TypeVMAccepted                  = "io.podvisor.vm.accepted.v1"
-	TypeVMScheduled                 = "io.podvisor.vm.scheduled.v1"
-	TypeVMUnschedulable             = "io.podvisor.vm.unschedulable.v1"
-	TypeVMNetworkAttached           = "io.podvisor.vm.network.attached.v1"
-	TypeVMNetworkFailed             = "io.podvisor.vm.network.failed.v1"
-	TypeVMStatusChanged             = "io.podvisor.vm.status.v1"
-	TypeVMMigrationTargetReserved   = "io.podvisor.vm.migration.target.reserved.v1"
-	TypeVMMigrated                  = "io.podvisor.vm.migrated.v1"
-	TypeVMEvicted                   = "io.podvisor.vm.evicted.v1"
-	TypeVMDeleted                   = "io.podvisor.vm.deleted.v1"
-
-	TypeGuestClusterCheckRequested = "io.podvisor.guestcluster.check.requested.v1"
-	TypeGuestClusterCompatibility  = "io.podvisor.guestcluster.compatibility.v1"
+	TypeGuestClusterCheckRequested  = "io.podvisor.guestcluster.check.requested.v1"
+	TypeGuestClusterCompatibility   = "io.podvisor.guestcluster.compatibility.v1"
 )
 
 // NATS subjects, one per event (all versions of an event share it).
@@ -150,10 +159,17 @@ const (
 	SubjectNetworkHostReady        = "pv.network.host.ready"
 	SubjectNetworkHostFailed       = "pv.network.host.failed"
 	SubjectNetworkRolledBack       = "pv.network.rolledback"
+	SubjectNetworkHostDesired      = "pv.network.host.desired"
+	SubjectNetworkHostApplied      = "pv.network.host.applied"
 	SubjectNetworkRestoreRequested = "pv.network.restore.requested"
 	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
 	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
 	SubjectNetworkDeleted          = "pv.network.deleted"
+
+	SubjectNetworkServiceDeclared       = "pv.network.service.declared"
+	SubjectNetworkDataRegisterRequested = "pv.network.data.register.requested"
+	SubjectNetworkDataSetRequested      = "pv.network.data.set.requested"
+	SubjectNetworkDataRemoveRequested   = "pv.network.data.remove.requested"
 
 	SubjectMigrationRequested       = "pv.migration.requested"
 	SubjectMigrationTargetReserved  = "pv.migration.target.reserved"
@@ -164,41 +180,43 @@ const (
 	SubjectMigrationCancelRequested = "pv.migration.cancel.requested"
 	SubjectMigrationCancelled       = "pv.migration.cancelled"
 
-	SubjectHostDiscovered     = "pv.host.discovered"
-	SubjectHostUpdated        = "pv.host.updated"
-	SubjectHostLost           = "pv.host.lost"
-	SubjectHostRecovered      = "pv.host.recovered"
-	SubjectHostCordoned       = "pv.host.cordoned"
-	SubjectHostUncordoned     = "pv.host.uncordoned"
-	SubjectHostDrainRequested = "pv.host.drain.requested"
-	SubjectHostDrained        = "pv.host.drained"
+	SubjectHostDiscovered        = "pv.host.discovered"
+	SubjectHostUpdated           = "pv.host.updated"
+	SubjectHostLost              = "pv.host.lost"
+	SubjectHostRecovered         = "pv.host.recovered"
+	SubjectHostCordoned          = "pv.host.cordoned"
+	SubjectHostUncordoned        = "pv.host.uncordoned"
+	SubjectHostCordonRequested   = "pv.host.cordon.requested"
+	SubjectHostUncordonRequested = "pv.host.uncordon.requested"
+	SubjectHostDrainRequested    = "pv.host.drain.requested"
+	SubjectHostDrained           = "pv.host.drained"
+
+	SubjectVMDeclared                = "pv.vm.declared"
+	SubjectVMDeleteRequested         = "pv.vm.delete.requested"
+	SubjectVMMigrateRequested        = "pv.vm.migrate.requested"
+	SubjectVMClassDeclared           = "pv.vm.class.declared"
+	SubjectVMClassDeleteRequested    = "pv.vm.class.delete.requested"
+	SubjectVMImageDeclared           = "pv.vm.image.declared"
+	SubjectVMImageDeleteRequested    = "pv.vm.image.delete.requested"
+	SubjectVMRejected                = "pv.vm.rejected"
+	SubjectVMAccepted                = "pv.vm.accepted"
+	SubjectVMScheduled               = "pv.vm.scheduled"
+	SubjectVMUnschedulable           = "pv.vm.unschedulable"
+	SubjectVMNetworkAttached         = "pv.vm.network.attached"
+	SubjectVMNetworkFailed           = "pv.vm.network.failed"
+	SubjectVMStatusChanged           = "pv.vm.status"
+	SubjectVMMigrationTargetReserved = "pv.vm.migration.target.reserved"
+	SubjectVMMigrated                = "pv.vm.migrated"
+	SubjectVMEvicted                 = "pv.vm.evicted"
+	SubjectVMDeleted                 = "pv.vm.deleted"
 
 	SubjectGuestClusterRequested       = "pv.guestcluster.requested"
 	SubjectGuestClusterReady           = "pv.guestcluster.ready"
 	SubjectGuestClusterFailed          = "pv.guestcluster.failed"
 	SubjectGuestClusterDeleteRequested = "pv.guestcluster.delete.requested"
 	SubjectGuestClusterDeleted         = "pv.guestcluster.deleted"
-	SubjectVMDeclared                  = "pv.vm.declared"
-	SubjectVMDeleteRequested           = "pv.vm.delete.requested"
-	SubjectVMMigrateRequested          = "pv.vm.migrate.requested"
-	SubjectVMClassDeclared             = "pv.vm.class.declared"
-	SubjectVMClassDeleteRequested      = "pv.vm.class.delete.requested"
-	SubjectVMImageDeclared             = "pv.vm.image.declared"
-	SubjectVMImageDeleteRequested      = "pv.vm.image.delete.requested"
-	SubjectVMRejected                  = "pv.vm.rejected"
-	SubjectVMAccepted                  = "pv.vm.accepted"
-	SubjectVMScheduled                 = "pv.vm.scheduled"
-	SubjectVMUnschedulable             = "pv.vm.unschedulable"
-	SubjectVMNetworkAttached           = "pv.vm.network.attached"
-	SubjectVMNetworkFailed             = "pv.vm.network.failed"
-	SubjectVMStatusChanged             = "pv.vm.status"
-	SubjectVMMigrationTargetReserved   = "pv.vm.migration.target.reserved"
-	SubjectVMMigrated                  = "pv.vm.migrated"
-	SubjectVMEvicted                   = "pv.vm.evicted"
-	SubjectVMDeleted                   = "pv.vm.deleted"
-
-	SubjectGuestClusterCheckRequested = "pv.guestcluster.check.requested"
-	SubjectGuestClusterCompatibility  = "pv.guestcluster.compatibility"
+	SubjectGuestClusterCheckRequested  = "pv.guestcluster.check.requested"
+	SubjectGuestClusterCompatibility   = "pv.guestcluster.compatibility"
 )
 
 // MaxEventSize is the largest CloudEvent data payload the bus carries
@@ -260,10 +278,16 @@ var catalog = []Kind{
 	kind[NetworkHostReady](TypeNetworkHostReady, SubjectNetworkHostReady, StreamNetworks),
 	kind[NetworkHostFailed](TypeNetworkHostFailed, SubjectNetworkHostFailed, StreamNetworks),
 	kind[NetworkRolledBack](TypeNetworkRolledBack, SubjectNetworkRolledBack, StreamNetworks),
+	kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks),
+	kind[NetworkHostApplied](TypeNetworkHostApplied, SubjectNetworkHostApplied, StreamNetworks),
 	kind[NetworkRestoreRequested](TypeNetworkRestoreRequested, SubjectNetworkRestoreRequested, StreamNetworks),
 	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
 	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
+	kind[NetworkServiceDeclared](TypeNetworkServiceDeclared, SubjectNetworkServiceDeclared, StreamNetworks),
+	kind[NetworkDataRegisterRequested](TypeNetworkDataRegisterRequested, SubjectNetworkDataRegisterRequested, StreamNetworks),
+	kind[NetworkDataSetRequested](TypeNetworkDataSetRequested, SubjectNetworkDataSetRequested, StreamNetworks),
+	kind[NetworkDataRemoveRequested](TypeNetworkDataRemoveRequested, SubjectNetworkDataRemoveRequested, StreamNetworks),
 
 	kind[MigrationRequested](TypeMigrationRequested, SubjectMigrationRequested, StreamMigrations),
 	kind[MigrationTargetReserved](TypeMigrationTargetReserved, SubjectMigrationTargetReserved, StreamMigrations),
@@ -280,14 +304,11 @@ var catalog = []Kind{
 	kind[HostRecovered](TypeHostRecovered, SubjectHostRecovered, StreamHosts),
 	kind[HostCordoned](TypeHostCordoned, SubjectHostCordoned, StreamHosts),
 	kind[HostUncordoned](TypeHostUncordoned, SubjectHostUncordoned, StreamHosts),
+	kind[HostCordonRequested](TypeHostCordonRequested, SubjectHostCordonRequested, StreamHosts),
+	kind[HostUncordonRequested](TypeHostUncordonRequested, SubjectHostUncordonRequested, StreamHosts),
 	kind[HostDrainRequested](TypeHostDrainRequested, SubjectHostDrainRequested, StreamHosts),
 	kind[HostDrained](TypeHostDrained, SubjectHostDrained, StreamHosts),
 
-	kind[GuestClusterRequested](TypeGuestClusterRequested, SubjectGuestClusterRequested, StreamGuestClusters),
-	kind[GuestClusterReady](TypeGuestClusterReady, SubjectGuestClusterReady, StreamGuestClusters),
-	kind[GuestClusterFailed](TypeGuestClusterFailed, SubjectGuestClusterFailed, StreamGuestClusters),
-	kind[GuestClusterDeleteRequested](TypeGuestClusterDeleteRequested, SubjectGuestClusterDeleteRequested, StreamGuestClusters),
-	kind[GuestClusterDeleted](TypeGuestClusterDeleted, SubjectGuestClusterDeleted, StreamGuestClusters),
 	kind[VMDeclared](TypeVMDeclared, SubjectVMDeclared, StreamVMs),
 	kind[VMDeleteRequested](TypeVMDeleteRequested, SubjectVMDeleteRequested, StreamVMs),
 	kind[VMMigrateRequested](TypeVMMigrateRequested, SubjectVMMigrateRequested, StreamVMs),
@@ -307,6 +328,11 @@ var catalog = []Kind{
 	kind[VMEvicted](TypeVMEvicted, SubjectVMEvicted, StreamVMs),
 	kind[VMDeleted](TypeVMDeleted, SubjectVMDeleted, StreamVMs),
 
+	kind[GuestClusterRequested](TypeGuestClusterRequested, SubjectGuestClusterRequested, StreamGuestClusters),
+	kind[GuestClusterReady](TypeGuestClusterReady, SubjectGuestClusterReady, StreamGuestClusters),
+	kind[GuestClusterFailed](TypeGuestClusterFailed, SubjectGuestClusterFailed, StreamGuestClusters),
+	kind[GuestClusterDeleteRequested](TypeGuestClusterDeleteRequested, SubjectGuestClusterDeleteRequested, StreamGuestClusters),
+	kind[GuestClusterDeleted](TypeGuestClusterDeleted, SubjectGuestClusterDeleted, StreamGuestClusters),
 	kind[GuestClusterCheckRequested](TypeGuestClusterCheckRequested, SubjectGuestClusterCheckRequested, StreamGuestClusters),
 	kind[GuestClusterCompatibility](TypeGuestClusterCompatibility, SubjectGuestClusterCompatibility, StreamGuestClusters),
 }

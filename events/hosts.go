@@ -168,6 +168,43 @@ func (e *HostUncordoned) Validate() error {
 // ObjectKey is the host name.
 func (e *HostUncordoned) ObjectKey() string { return e.Name }
 
+// HostCordonRequested asks the migration service (which owns cordons, as
+// part of drains) to cordon a host: it answers host.cordoned. Clients
+// request; only podvisor says a host is cordoned.
+type HostCordonRequested struct {
+	Name string `json:"name"`
+	// Reason is a CamelCase word carried into host.cordoned (default
+	// Manual).
+	Reason string `json:"reason,omitempty"`
+}
+
+// Validate checks the host and reason.
+func (e *HostCordonRequested) Validate() error {
+	errs := validateHostName(field.NewPath("name"), e.Name)
+	if e.Reason != "" {
+		errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
+	}
+	return asError(errs)
+}
+
+// ObjectKey is the host name.
+func (e *HostCordonRequested) ObjectKey() string { return e.Name }
+
+// HostUncordonRequested asks the migration service to uncordon a host: stop
+// a drain still running, take the host out of maintenance mode, then
+// announce host.uncordoned.
+type HostUncordonRequested struct {
+	Name string `json:"name"`
+}
+
+// Validate checks the host.
+func (e *HostUncordonRequested) Validate() error {
+	return asError(validateHostName(field.NewPath("name"), e.Name))
+}
+
+// ObjectKey is the host name.
+func (e *HostUncordonRequested) ObjectKey() string { return e.Name }
+
 // HostDrainRequested asks the migration service to empty a host: cordon,
 // migrate every pod away, enter maintenance mode.
 type HostDrainRequested struct {

@@ -31,6 +31,8 @@ type Object struct {
 	Migration *Migration
 	// GuestCluster is set for Kind GuestCluster.
 	GuestCluster *GuestCluster
+	// NetworkService is set for Kind NetworkService.
+	NetworkService *NetworkService
 	// VM, VMClass and VMImage are set for the native VM kinds.
 	VM      *VirtualMachine
 	VMClass *VirtualMachineClass
@@ -44,10 +46,12 @@ func (o Object) Name() string {
 		return o.Pod.Name
 	case o.Network != nil:
 		return o.Network.Metadata.Name
-	case o.Migration != nil:
-		return o.Migration.Metadata.Name
 	case o.GuestCluster != nil:
 		return o.GuestCluster.Metadata.Name
+	case o.Migration != nil:
+		return o.Migration.Metadata.Name
+	case o.NetworkService != nil:
+		return o.NetworkService.Metadata.Name
 	case o.VM != nil:
 		return o.VM.Metadata.Name
 	case o.VMClass != nil:
@@ -150,7 +154,7 @@ func peekKindName(j []byte) (kind, name string) {
 }
 
 // supportedObjects is how the error for an unknown kind says what is known.
-const supportedObjects = "want v1 Pod or podvisor.io/v1alpha1 Network, Migration, VirtualMachine, VirtualMachineClass, VirtualMachineImage or GuestCluster"
+const supportedObjects = "want v1 Pod or podvisor.io/v1alpha1 Network, Migration, NetworkService, VirtualMachine, VirtualMachineClass, VirtualMachineImage or GuestCluster"
 
 func decodeObject(j []byte) (Object, error) {
 	var tm typeMeta
@@ -202,6 +206,13 @@ func decodeObject(j []byte) (Object, error) {
 			return Object{}, err
 		}
 		return Object{Kind: KindGuestCluster, GuestCluster: g}, asError(append(strict, g.validate(nil)...))
+	case tm.APIVersion == APIVersion && tm.Kind == KindNetworkService:
+		s := &NetworkService{}
+		strict, err := decodeStrict(j, s)
+		if err != nil {
+			return Object{}, err
+		}
+		return Object{Kind: KindNetworkService, NetworkService: s}, asError(append(strict, s.validate(nil)...))
 	case tm.APIVersion == APIVersion && tm.Kind == KindVirtualMachine:
 		v := &VirtualMachine{}
 		strict, err := decodeStrict(j, v)

@@ -1,9 +1,13 @@
 package events
 
 import (
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
-	"strconv"
 )
 
 // Reasons of PodRejected. Other reasons are allowed (CamelCase words); these
@@ -157,6 +161,10 @@ type PodScheduled struct {
 	// Datastores are the datastores of Host the scheduler considered, best
 	// first; the pod VM's files go on the first one.
 	Datastores []string `json:"datastores,omitempty"`
+	// Refusals are the candidate hosts that refused one of the pod's
+	// networks before this placement (network-config's availability query
+	// said it is not available there), in the order they were asked.
+	Refusals []HostRefusal `json:"refusals,omitempty"`
 }
 
 // Validate checks identity and placement.
@@ -165,6 +173,7 @@ func (e *PodScheduled) Validate() error {
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
 	errs = append(errs, validateNames(field.NewPath("datastores"), e.Datastores, validateObjectName)...)
+	errs = append(errs, validateRefusals(field.NewPath("refusals"), e.Refusals)...)
 	return asError(errs)
 }
 
@@ -234,6 +243,64 @@ type ContainerImage struct {
 	// FS is the filesystem on each disk of Chain ("erofs"; absent in events
 	// from versions whose disks held no filesystem).
 	FS string `json:"fs,omitempty"`
+	// Config is what the image's config says to run (absent in events from
+	// versions that did not send it; then a container needs a command).
+	Config *ImageConfig `json:"config,omitempty"`
+}
+
+// ImageConfig is the part of an OCI image config that decides how a
+// container of the image runs; the provisioner applies Kubernetes' rules to
+// it (command replaces Entrypoint, args replaces Cmd, the manifest's env
+// overrides the image's by name, workingDir defaults to the image's, User
+// unless the securityContext says otherwise).
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	// Env is "NAME=value" entries, in the image's order.
+	Env []string `json:"env,omitempty"`
+	// User is "user[:group]", names or numbers, resolved in the container's
+	// root.
+	User       string `json:"user,omitempty"`
+	WorkingDir string `json:"workingDir,omitempty"`
+	// ExposedPorts is "port/protocol" entries, sorted. Informational:
+	// Kubernetes, and so podvisor, publishes only the manifest's ports.
+	ExposedPorts []string `json:"exposedPorts,omitempty"`
+}
+
+// MaxImageConfigBytes bounds an image config's strings together, so a pod's
+// images fit one event and the pod VM's guestinfo.
+const MaxImageConfigBytes = 8 << 10
+
+// Size is the bytes of the config's strings together, each list entry
+// counting one more (so a flood of empty entries counts too).
+func (c *ImageConfig) Size() int {
+	n := len(c.User) + len(c.WorkingDir)
+	for _, l := range [][]string{c.Entrypoint, c.Cmd, c.Env, c.ExposedPorts} {
+		for _, s := range l {
+			n += len(s) + 1
+		}
+	}
+	return n
+}
+
+// Validate checks the config as a consumer relies on it; the image cache
+// refuses an image whose config fails it (ImageLimitExceeded for the size).
+func (c *ImageConfig) Validate() error { return asError(c.validate(field.NewPath("config"))) }
+
+func (c *ImageConfig) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if n := c.Size(); n > MaxImageConfigBytes {
+		errs = append(errs, field.TooLong(p, n, MaxImageConfigBytes))
+	}
+	for i, e := range c.Env {
+		if name, _, ok := strings.Cut(e, "="); !ok || name == "" {
+			errs = append(errs, field.Invalid(p.Child("env").Index(i), e, "must be NAME=value"))
+		}
+	}
+	if c.WorkingDir != "" && !path.IsAbs(c.WorkingDir) {
+		errs = append(errs, field.Invalid(p.Child("workingDir"), c.WorkingDir, "must be an absolute path"))
+	}
+	return errs
 }
 
 // ImageDiskFS is ContainerImage.FS of image disks holding erofs filesystems.
@@ -259,6 +326,9 @@ func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 	}
 	if c.FS != "" && c.FS != ImageDiskFS {
 		errs = append(errs, field.NotSupported(p.Child("fs"), c.FS, []string{ImageDiskFS}))
+	}
+	if c.Config != nil {
+		errs = append(errs, c.Config.validate(p.Child("config"))...)
 	}
 	return errs
 }
@@ -339,6 +409,16 @@ type NetworkAttachment struct {
 	// MAC is the NIC's address, fixed by network-config so that a re-created
 	// VM keeps it.
 	MAC string `json:"mac"`
+	// Nameservers are the addresses of the DNS services (NetworkService of
+	// type dns) configured on the network when the pod attached; the guest's
+	// resolv.conf names them. Empty when the network has none.
+	Nameservers []string `json:"nameservers,omitempty"`
+}
+
+// Equal compares attachments field by field.
+func (a NetworkAttachment) Equal(b NetworkAttachment) bool {
+	return a.Network == b.Network && a.PortGroup == b.PortGroup && a.IP == b.IP && a.PrefixLength == b.PrefixLength &&
+		a.Gateway == b.Gateway && a.MAC == b.MAC && slices.Equal(a.Nameservers, b.Nameservers)
 }
 
 func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
@@ -350,6 +430,9 @@ func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
 	}
 	errs = append(errs, validateIPv4(p.Child("gateway"), a.Gateway, false)...)
 	errs = append(errs, validateMAC(p.Child("mac"), a.MAC)...)
+	for i, ns := range a.Nameservers {
+		errs = append(errs, validateIPv4(p.Child("nameservers").Index(i), ns, true)...)
+	}
 	return errs
 }
 

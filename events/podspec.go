@@ -28,7 +28,22 @@ const (
 	// AnnotationNetworks lists the logical networks of a pod, comma
 	// separated, in NIC order: "podvisor.io/networks: frontend, backend".
 	AnnotationNetworks = AnnotationPrefix + "networks"
+	// AnnotationEphemeralEncryption, with the value "required", asks for
+	// an encrypted ephemeral disk: the pod VM starts without the key and
+	// its containers start only once the provisioner has sent the key to
+	// the VM it created (secure instantiation).
+	AnnotationEphemeralEncryption = AnnotationPrefix + "ephemeral-encryption"
 )
+
+// EphemeralEncryptionRequired is the one value
+// AnnotationEphemeralEncryption takes.
+const EphemeralEncryptionRequired = "required"
+
+// PodEphemeralEncryption says whether the pod asks for an encrypted
+// ephemeral disk.
+func PodEphemeralEncryption(pod *corev1.Pod) bool {
+	return pod.Annotations[AnnotationEphemeralEncryption] == EphemeralEncryptionRequired
+}
 
 // DefaultNetwork is the network of a pod without the networks annotation.
 const DefaultNetwork = "default"
@@ -37,7 +52,7 @@ const DefaultNetwork = "default"
 const MaxPodNetworks = 10
 
 // knownAnnotations are the podvisor.io/ annotations pods may carry.
-var knownAnnotations = []string{AnnotationNetworks}
+var knownAnnotations = []string{AnnotationNetworks, AnnotationEphemeralEncryption}
 
 // ValidatePod checks that a Kubernetes v1 Pod is something podvisor can run
 // as a pod VM. Every problem is reported, each with its field path rooted at
@@ -158,6 +173,10 @@ func validateAnnotations(p *field.Path, annotations map[string]string) field.Err
 		switch k {
 		case AnnotationNetworks:
 			errs = append(errs, validateNetworksAnnotation(p.Key(k), annotations[k])...)
+		case AnnotationEphemeralEncryption:
+			if annotations[k] != EphemeralEncryptionRequired {
+				errs = append(errs, field.NotSupported(p.Key(k), annotations[k], []string{EphemeralEncryptionRequired}))
+			}
 		default:
 			errs = append(errs, field.Invalid(p.Key(k), annotations[k], "unknown podvisor annotation; supported: "+strings.Join(knownAnnotations, ", ")))
 		}

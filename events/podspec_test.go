@@ -95,6 +95,11 @@ func TestValidatePod(t *testing.T) {
 		{name: "finalizers", pod: newPod(func(p *corev1.Pod) { p.Finalizers = []string{"x/y"} }), fields: []string{"pod.metadata.finalizers"}},
 		{name: "unknown podvisor annotation", pod: newPod(func(p *corev1.Pod) { p.Annotations = map[string]string{"podvisor.io/netwroks": "a"} }),
 			fields: []string{"pod.metadata.annotations[podvisor.io/netwroks]"}, reason: "supported: podvisor.io/networks"},
+		{name: "encrypted ephemeral disk", pod: newPod(func(p *corev1.Pod) {
+			p.Annotations = map[string]string{AnnotationEphemeralEncryption: EphemeralEncryptionRequired}
+		})},
+		{name: "encryption annotation with another value", pod: newPod(func(p *corev1.Pod) { p.Annotations = map[string]string{AnnotationEphemeralEncryption: "yes"} }),
+			fields: []string{"pod.metadata.annotations[podvisor.io/ephemeral-encryption]"}, reason: `"required"`},
 		{name: "no containers", pod: newPod(func(p *corev1.Pod) { p.Spec.Containers = nil }), fields: []string{"pod.spec.containers"}, reason: "at least one container"},
 		{name: "bad and duplicate container names", pod: newPod(addContainer("nginx", "nginx"), addContainer("Side_Car", "nginx")),
 			fields: []string{"pod.spec.containers[1].name", "pod.spec.containers[2].name"}},
@@ -369,6 +374,16 @@ func TestContainerImageChainIDsAndFS(t *testing.T) {
 		{"one chainID short", func(c *ContainerImage) { c.ChainIDs = c.ChainIDs[:1] }, "chainIDs"},
 		{"bad chainID", func(c *ContainerImage) { c.ChainIDs[0] = "nope" }, "chainIDs[0]"},
 		{"unknown fs", func(c *ContainerImage) { c.FS = "ext4" }, "fs"},
+		{"image config", func(c *ContainerImage) {
+			c.Config = &ImageConfig{Entrypoint: []string{"/bin/app"}, Cmd: []string{"serve"}, Env: []string{"PATH=/bin", "EMPTY="},
+				User: "app:app", WorkingDir: "/srv", ExposedPorts: []string{"8080/tcp"}}
+		}, ""},
+		{"image env without a name", func(c *ContainerImage) { c.Config = &ImageConfig{Env: []string{"=x"}} }, "config.env[0]"},
+		{"image env without =", func(c *ContainerImage) { c.Config = &ImageConfig{Env: []string{"PATH"}} }, "config.env[0]"},
+		{"relative image workingDir", func(c *ContainerImage) { c.Config = &ImageConfig{WorkingDir: "srv"} }, "config.workingDir"},
+		{"image config too large", func(c *ContainerImage) {
+			c.Config = &ImageConfig{Cmd: make([]string, MaxImageConfigBytes+1)}
+		}, "config: Too long"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := ok

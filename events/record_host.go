@@ -226,6 +226,12 @@ type LedgerEntry struct {
 	Host string `json:"host"`
 	// Allocations by Allocation.Key.
 	Allocations map[string]Allocation `json:"allocations"`
+	// Cordoned: no new allocation may be reserved on the host (a drain or
+	// an operator's cordon). It lives in the ledger entry, not in a
+	// scheduler's memory, so that every scheduler replica honours a cordon
+	// another one recorded, and a reservation racing with the cordon loses
+	// the compare-and-set on the entry.
+	Cordoned bool `json:"cordoned,omitempty"`
 	// UpdatedAt is when the entry was last written.
 	UpdatedAt time.Time `json:"updatedAt"`
 }

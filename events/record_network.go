@@ -221,6 +221,25 @@ type NetworkAvailability struct {
 	Hosts []string `json:"hosts"`
 	// Scope is every host in the network's scope, sorted.
 	Scope []string `json:"scope"`
+	// Failed are the hosts in scope that do not carry the current version
+	// (its push failed there), sorted: not available until repaired.
+	Failed []string `json:"failed,omitempty"`
+}
+
+// On says where the network stands on host (one of the NetworkOnHost*
+// constants); NetworkUsable of it is the shared definition of available.
+func (a *NetworkAvailability) On(host string) string {
+	switch {
+	case a == nil:
+		return NetworkOnHostNotInScope
+	case a.Realized(host):
+		return NetworkOnHostRealized
+	case !a.InScope(host):
+		return NetworkOnHostNotInScope
+	case slices.Contains(a.Failed, host):
+		return NetworkOnHostFailed
+	}
+	return NetworkOnHostInScope
 }
 
 // Realized reports whether the network is realized on host.
@@ -248,13 +267,17 @@ type NetworkAvailabilityAnswer struct {
 	Host    string `json:"host"`
 	// Available: the network's current version is realized on the host.
 	Available bool `json:"available"`
+	// State is where the network stands on the host, one of the
+	// NetworkOnHost* constants; NetworkUsable(State) is whether a pod may be
+	// placed there.
+	State string `json:"state,omitempty"`
 	// InScope: the host is in the network's scope (network-config realizes
 	// it there on demand when a pod is scheduled).
 	InScope bool `json:"inScope"`
 	// Version of the network realized on the host (0 when not available).
 	Version int64 `json:"version,omitempty"`
 	// Reason explains a negative answer (NetworkNotFound, NotInScope,
-	// NotRealized, InvalidQuery).
+	// NotRealized, HostDisconnected, InvalidQuery).
 	Reason string `json:"reason,omitempty"`
 	// Message explains Reason for a person.
 	Message string `json:"message,omitempty"`
@@ -313,3 +336,7 @@ func ParseIPAllocationKey(key string) (network string, ip netip.Addr, err error)
 	}
 	return network, ip, nil
 }
+
+// Usable reports whether a pod may be placed on the host for this network
+// (see NetworkUsable).
+func (a NetworkAvailabilityAnswer) Usable() bool { return NetworkUsable(a.State) }

@@ -172,6 +172,10 @@ type PodRecord struct {
 	Cluster      string   `json:"cluster,omitempty"`
 	ResourcePool string   `json:"resourcePool,omitempty"`
 	Datastores   []string `json:"datastores,omitempty"`
+	// NetworkRefusals are the hosts that refused one of the pod's networks
+	// (before binding, or on attach), first first; the scheduler does not
+	// place the pod on them again.
+	NetworkRefusals []HostRefusal `json:"networkRefusals,omitempty"`
 
 	// Images are the prepared container images (pod.images.ready), in
 	// container order.
@@ -200,6 +204,9 @@ type PodRecord struct {
 	// search), and a crash between a submission and saving its task still
 	// leaves a count that sends the retry to look first.
 	CreateAttempts int `json:"createAttempts,omitempty"`
+	// Encryption is set for a pod with an encrypted ephemeral disk
+	// (AnnotationEphemeralEncryption).
+	Encryption *PodEncryption `json:"encryption,omitempty"`
 	// StaleVMs are VMs of earlier placements still to be removed.
 	StaleVMs []StaleVM `json:"staleVMs,omitempty"`
 	// Guest is the last report folded from the pod VM's guest; nil until
@@ -446,4 +453,23 @@ func PodSpecHash(pod *corev1.Pod) (string, error) {
 	}
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:]), nil
+}
+
+// PodEncryption is what the provisioner keeps to hand a pod VM the key of
+// its encrypted ephemeral disk. The key itself is never stored: only
+// wrapped by the provisioner's key-encryption key, which comes from a
+// Secret file and never enters a record, an event or a log.
+type PodEncryption struct {
+	// Nonce is set at every create of the pod VM and given to the guest in
+	// its spec; the guest returns it with its key request, and the key is
+	// released only to a request that names the VM's instance uuid and
+	// this nonce.
+	Nonce string `json:"nonce"`
+	// WrappedKey is the disk key sealed with the key-encryption key
+	// (AES-256-GCM, the pod uid as additional data).
+	WrappedKey []byte `json:"wrappedKey"`
+	// KeyID names the key-encryption key that sealed it (a digest prefix),
+	// so a changed key file is reported as such rather than as a corrupt
+	// record.
+	KeyID string `json:"keyId"`
 }

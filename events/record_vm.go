@@ -111,6 +111,7 @@ func (r *VMRecord) IPs() []NetworkIP {
 // declaration with its status.
 func (r *VMRecord) Object() VirtualMachine {
 	st := r.Status
+	st.UID, st.Generation = r.UID, r.Generation
 	if st.IPs == nil {
 		st.IPs = []string{}
 	}

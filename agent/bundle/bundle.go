@@ -34,6 +34,9 @@ type Params struct {
 	CgroupsPath string
 	// Volumes maps a pod volume's name to its directory in the guest.
 	Volumes map[string]string
+	// ResolvConf, when set, is a file in the guest bind-mounted read-only
+	// as the container's /etc/resolv.conf (as the kubelet does).
+	ResolvConf string
 }
 
 // OCIVersion is the ociVersion the bundles declare: every field they use
@@ -148,6 +151,9 @@ func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 			opts = append(opts, "rw")
 		}
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: vm.MountPath, Type: "bind", Source: src, Options: opts})
+	}
+	if p.ResolvConf != "" {
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/resolv.conf", Type: "bind", Source: p.ResolvConf, Options: []string{"rbind", "rprivate", "ro"}})
 	}
 	return s, nil
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -95,5 +96,37 @@ func TestSpec(t *testing.T) {
 		if _, err := Spec(&c2, Params{Rootfs: rootfs, Volumes: map[string]string{"data": "/x"}}); err == nil || !strings.Contains(err.Error(), "container app") {
 			t.Errorf("bad container %+v: error %v, want one naming the container", c2, err)
 		}
+	}
+}
+
+// A pod with DNS gets its resolv.conf bind-mounted read-only; one without
+// keeps the image's.
+func TestSpecMountsResolvConf(t *testing.T) {
+	c := &guestchannel.Container{Name: "app", Cmd: []string{"/app"}}
+	for _, tc := range []struct {
+		resolv string
+		want   bool
+	}{{"/disk/etc/resolv.conf", true}, {"", false}} {
+		s, err := Spec(c, Params{Rootfs: t.TempDir(), Hostname: "pod", ResolvConf: tc.resolv})
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, m := range s.Mounts {
+			if m.Destination == "/etc/resolv.conf" {
+				found = m.Source == tc.resolv && slices.Contains(m.Options, "ro")
+			}
+		}
+		if found != tc.want {
+			t.Errorf("ResolvConf %q: mount of /etc/resolv.conf read-only from it = %v, want %v (%+v)", tc.resolv, found, tc.want, s.Mounts)
+		}
+	}
+	d := &guestchannel.DNSConfig{Nameservers: []string{"10.88.0.2"}, Searches: []string{"default.pod.podvisor.local"}}
+	if got := string(d.ResolvConf()); got != "nameserver 10.88.0.2\nsearch default.pod.podvisor.local\n" {
+		t.Errorf("resolv.conf = %q", got)
+	}
+	spec := guestchannel.PodSpec{DNS: &guestchannel.DNSConfig{Nameservers: []string{"x"}}}
+	if err := spec.Validate(); err == nil || !strings.Contains(err.Error(), "dns.nameservers[0]") {
+		t.Errorf("validate of a bad nameserver: %v", err)
 	}
 }

@@ -34,6 +34,14 @@ type Pod interface {
 	Stop(grace time.Duration) guestchannel.Stopped
 }
 
+// KeyWaiter is what a Pod implements when its ephemeral disk is encrypted
+// (PodSpec.Encryption): while KeyRequest returns one, every hello carries
+// it, and the host's disk.key answer goes to DiskKey.
+type KeyWaiter interface {
+	KeyRequest() *guestchannel.KeyRequest
+	DiskKey(guestchannel.DiskKey)
+}
+
 // Server dials the host and serves it.
 type Server struct {
 	// Addr is BootConfig.Channel.
@@ -116,7 +124,11 @@ func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 		<-ctx.Done()
 		conn.Close() // unblocks Receive
 	}()
-	if err := conn.Send(guestchannel.TypeHello, "", s.Hello); err != nil {
+	hello := s.Hello
+	if kw, ok := s.Pod.(KeyWaiter); ok {
+		hello.KeyRequest = kw.KeyRequest()
+	}
+	if err := conn.Send(guestchannel.TypeHello, "", hello); err != nil {
 		return err
 	}
 	status, changed := s.Pod.Status()
@@ -215,6 +227,14 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		return err == nil
 	}
 	switch env.Type {
+	case guestchannel.TypeDiskKey:
+		var k guestchannel.DiskKey
+		if !decode(&k) {
+			return
+		}
+		if kw, ok := ss.s.Pod.(KeyWaiter); ok {
+			kw.DiskKey(k)
+		}
 	case guestchannel.TypeLogs:
 		var req guestchannel.LogsRequest
 		if !decode(&req) {

@@ -17,7 +17,9 @@ import (
 
 // Mounted is the pod's disks as mounted by Mount.
 type Mounted struct {
-	// Ephemeral is the mountpoint of disk 0.
+	// Ephemeral is the mountpoint of disk 0, or, once an encrypted disk is
+	// unlocked, its encrypted directory (package diskcrypt): where the pod
+	// writes.
 	Ephemeral string
 	// Images maps an image disk's chainID to its mountpoint.
 	Images map[string]string
@@ -179,7 +181,10 @@ func mkfsExt4(path string) error {
 	if err != nil {
 		return fmt.Errorf("format the ephemeral disk: %w (the guest needs e2fsprogs)", err)
 	}
-	cmd := exec.Command(bin, "-q", "-F", "-L", "podvisor-eph",
+	// The "encrypt" feature lets a pod that asks for an encrypted
+	// ephemeral disk keep its files under an fscrypt policy (package
+	// diskcrypt); it costs nothing to a pod that does not.
+	cmd := exec.Command(bin, "-q", "-F", "-L", "podvisor-eph", "-O", "encrypt",
 		"-E", "lazy_itable_init=1,lazy_journal_init=1", path)
 	out, st, err := reaper.Output(cmd)
 	if err != nil {

@@ -33,6 +33,7 @@
 //	host  → agent  stop    {grace period}                        → stopped (every container ended)
 //	host  → agent  cancel  {id of a logs/exec request}           ends a follow or an exec
 //	agent → host   status  {full: false, changed containers}     whenever a state changes
+//	host  → agent  disk.key {wrapped key | error}                after a hello with a key request
 //
 // Requests carry an ID chosen by the host; every answer repeats it. A side
 // that receives a message of a type it does not know answers with an error
@@ -42,4 +43,12 @@
 //
 // On every (re)connection the agent sends hello and a full status: the host
 // side keeps no state it cannot rebuild from that.
+//
+// # Secure instantiation
+//
+// A spec with Encryption makes the agent wait for its disk key: every hello
+// carries a KeyRequest (an X25519 public key made at boot, and the spec's
+// nonce) until the host answers with a disk.key message holding the key
+// wrapped for that public key and the VM's identity (SealDiskKey,
+// OpenDiskKey: HPKE, RFC 9180). The host side never sees the key in clear.
 package guestchannel

@@ -79,6 +79,9 @@ type Hello struct {
 	// BootID changes on every boot of the guest: a host that sees a new
 	// BootID knows the containers were started afresh.
 	BootID string `json:"bootID"`
+	// KeyRequest is set while the agent waits for the key of an encrypted
+	// ephemeral disk (PodSpec.Encryption); the host answers with DiskKey.
+	KeyRequest *KeyRequest `json:"keyRequest,omitempty"`
 }
 
 // Status reports container states. Full is true on the report that follows

@@ -48,6 +48,33 @@ type PodSpec struct {
 	Volumes []Volume `json:"volumes,omitempty"`
 	// NICs in VM order; the first is the primary network.
 	NICs []NIC `json:"nics,omitempty"`
+	// Encryption, when set, keeps the ephemeral disk encrypted with a key
+	// the agent receives over the channel after boot (see Encryption).
+	Encryption *Encryption `json:"encryption,omitempty"`
+	// DNS is the resolver configuration of the containers
+	// (/etc/resolv.conf); absent leaves the image's own file.
+	DNS *DNSConfig `json:"dns,omitempty"`
+}
+
+// DNSConfig is what a container's /etc/resolv.conf says.
+type DNSConfig struct {
+	// Nameservers are IPv4 addresses, at most 3 (the resolver reads no
+	// more).
+	Nameservers []string `json:"nameservers"`
+	// Searches are search domains.
+	Searches []string `json:"searches,omitempty"`
+}
+
+// ResolvConf renders the configuration as /etc/resolv.conf.
+func (d *DNSConfig) ResolvConf() []byte {
+	var b strings.Builder
+	for _, ns := range d.Nameservers {
+		b.WriteString("nameserver " + ns + "\n")
+	}
+	if len(d.Searches) > 0 {
+		b.WriteString("search " + strings.Join(d.Searches, " ") + "\n")
+	}
+	return []byte(b.String())
 }
 
 // Disk roles.
@@ -274,11 +301,29 @@ func (s *PodSpec) Validate() error {
 			}
 		}
 	}
+	if s.Encryption != nil && s.Encryption.Nonce == "" {
+		bad("encryption.nonce", "required (set by the provisioner at create)")
+	}
 	check("initContainers", s.InitContainers)
 	check("containers", s.Containers)
 	for i, n := range s.NICs {
 		for _, e := range n.validate() {
 			bad(fmt.Sprintf("nics[%d].%s", i, e[0]), e[1])
+		}
+	}
+	if d := s.DNS; d != nil {
+		if len(d.Nameservers) == 0 || len(d.Nameservers) > 3 {
+			bad("dns.nameservers", fmt.Sprintf("%d addresses; want 1 to 3", len(d.Nameservers)))
+		}
+		for i, ns := range d.Nameservers {
+			if a, err := netip.ParseAddr(ns); err != nil || !a.Is4() {
+				bad(fmt.Sprintf("dns.nameservers[%d]", i), fmt.Sprintf("%q is not an IPv4 address", ns))
+			}
+		}
+		for i, sd := range d.Searches {
+			if sd == "" || strings.ContainsAny(sd, " \t\n") {
+				bad(fmt.Sprintf("dns.searches[%d]", i), fmt.Sprintf("%q is not a domain", sd))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -49,6 +49,9 @@ type Pod struct {
 	logs    *logs.Store
 	volumes map[string]string
 	tmpfs   []string
+	// resolvConf is the pod's /etc/resolv.conf on the ephemeral disk, ""
+	// when the spec has no DNS.
+	resolvConf string
 
 	mu       sync.Mutex
 	running  map[string]*instance // by container name
@@ -107,6 +110,15 @@ func New(cfg Config) (*Pod, error) {
 			p.tmpfs = append(p.tmpfs, dir)
 		}
 		p.volumes[v.Name] = dir
+	}
+	if d := cfg.Spec.DNS; d != nil {
+		p.resolvConf = filepath.Join(eph, "etc", "resolv.conf")
+		if err := os.MkdirAll(filepath.Dir(p.resolvConf), 0o755); err != nil {
+			return nil, fmt.Errorf("dns: %w", err)
+		}
+		if err := os.WriteFile(p.resolvConf, d.ResolvConf(), 0o644); err != nil {
+			return nil, fmt.Errorf("dns: %w", err)
+		}
 	}
 	return p, nil
 }
@@ -250,7 +262,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		}
 	}()
 	cgroupsPath := path.Join(p.cgroupParent(), c.Name)
-	s, err := bundle.Spec(c, bundle.Params{Rootfs: rootfs, Hostname: p.hostname(), CgroupsPath: cgroupsPath, Volumes: p.volumes})
+	s, err := bundle.Spec(c, bundle.Params{Rootfs: rootfs, Hostname: p.hostname(), CgroupsPath: cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf})
 	if err != nil {
 		return zero, err
 	}

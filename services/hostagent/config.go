@@ -3,9 +3,10 @@ package hostagent
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // Config tunes one host agent.
@@ -26,8 +27,10 @@ type Config struct {
 	Workers int
 }
 
-// Environment variables read by ConfigFromEnv.
+// Settings read by ConfigsFrom.
 const (
+	// EnvHost names the host this process serves, or several, comma
+	// separated (one agent each, in one process).
 	EnvHost       = "PODVISOR_HOSTAGENT_HOST"
 	EnvChannelDir = "PODVISOR_HOSTAGENT_CHANNEL_DIR"
 )
@@ -37,13 +40,31 @@ func DefaultConfig() Config {
 	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8}
 }
 
-// ConfigFromEnv is DefaultConfig with PODVISOR_HOSTAGENT_HOST and
-// PODVISOR_HOSTAGENT_CHANNEL_DIR applied, validated.
-func ConfigFromEnv() (Config, error) {
-	cfg := DefaultConfig()
-	cfg.Host = strings.TrimSpace(os.Getenv(EnvHost))
-	cfg.ChannelDir = strings.TrimSpace(os.Getenv(EnvChannelDir))
-	return cfg, cfg.Validate()
+// ConfigsFrom reads PODVISOR_HOSTAGENT_HOST (one host, or a comma-separated
+// list) and PODVISOR_HOSTAGENT_CHANNEL_DIR from src: one validated Config per
+// host, each DefaultConfig with its Host and the shared ChannelDir.
+func ConfigsFrom(src config.Source) ([]Config, error) {
+	hosts, _ := src(EnvHost)
+	dir, _ := src(EnvChannelDir)
+	var out []Config
+	seen := map[string]bool{}
+	for _, h := range strings.Split(hosts, ",") {
+		h = strings.TrimSpace(h)
+		if h == "" && strings.TrimSpace(hosts) != "" {
+			return nil, fmt.Errorf("hostagent config: %s %q: an empty host name in the list", EnvHost, hosts)
+		}
+		if seen[h] {
+			return nil, fmt.Errorf("hostagent config: %s %q: host %s listed twice", EnvHost, hosts, h)
+		}
+		seen[h] = true
+		cfg := DefaultConfig()
+		cfg.Host, cfg.ChannelDir = h, strings.TrimSpace(dir)
+		if err := cfg.Validate(); err != nil {
+			return nil, err
+		}
+		out = append(out, cfg)
+	}
+	return out, nil
 }
 
 // Validate reports every problem, each naming its field.

@@ -59,6 +59,9 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 
 	pubDone := make(chan struct{})
 	go func() { defer close(pubDone); s.publishLoop(ctx, pc) }()
+	if pc.hello.KeyRequest != nil {
+		go s.forwardKeyRequest(ctx, pc)
+	}
 	defer func() {
 		s.mu.Lock()
 		if s.conns[pc.hello.PodUID] == pc {

@@ -26,6 +26,18 @@
 // same report published twice (a reconnect, a restarted host agent) is
 // stored once. Reports coalesce: a burst of changes publishes the newest.
 //
+// # The host's network
+//
+// With Deps.Network (what the host really carries of the distributed port
+// groups: its switch proxy on vSphere, its Linux segments in the simulated
+// datacenter, sim.HostSegments), the agent applies the final desired state
+// network-config pushes to its host, network.host.desired (its own
+// durable on NETWORKS, hostagent-<host>, one state at a time): it carries
+// the listed port groups the host lacks, drops the network port groups
+// (pv-<network>) no longer listed, leaves everything else alone, and
+// reports the difference with network.host.applied (added, removed,
+// unchanged, failed). Another host's state is not its business.
+//
 // # Logs and exec
 //
 // Core NATS request/reply on per-host subjects,
@@ -50,6 +62,16 @@
 // report shows every container terminated or the grace period (plus a
 // margin) has passed since the delete, so the power-off never cuts the
 // grace period short.
+//
+// # Network services and pass-through data
+//
+// With Deps.Endpoints the agent serves the DNS service profiles of the
+// networks realized on its host (KV net-services, net-hosts): it attaches
+// to the port group at the profile's address and answers
+// <pod>.<namespace>.pod.podvisor.local from IPAM's allocations on that
+// network (netservices.go). With Deps.Modules it hands each module the
+// pass-through data of its namespace as it applies on this host, after
+// inheritance switch → port group → port (netdata.go).
 //
 // # Identity
 //

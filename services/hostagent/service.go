@@ -36,6 +36,16 @@ type Deps struct {
 	Bus *bus.Bus
 	// Logger receives the service's logs; nil discards them.
 	Logger *slog.Logger
+	// Network is the host's own network state; with it the agent applies
+	// the final desired state network-config pushes to the host
+	// (network.host.desired). Nil leaves the host's network to others.
+	Network HostNetwork
+	// Endpoints gives the host addresses on port groups, from which it
+	// serves the network services (DNS) of its networks; nil serves none.
+	Endpoints EndpointsFunc
+	// Modules receive the pass-through data of their namespace (the key)
+	// on this host.
+	Modules map[string]DataModule
 }
 
 // Service is one host's agent.
@@ -44,9 +54,18 @@ type Service struct {
 	bus  *bus.Bus
 	pods jetstream.KeyValue
 	log  *slog.Logger
+	// network is Deps.Network (nil: not this agent's).
+	network HostNetwork
 
 	mu    sync.Mutex
 	conns map[string]*podConn // by pod uid: the pod's current channel
+
+	// view, endpoints, modules and delivered serve the networks of the
+	// host (netservices.go, netdata.go); delivered is the runNetworks loop's.
+	view      *netView
+	endpoints EndpointsFunc
+	modules   map[string]DataModule
+	delivered map[string]HostData
 }
 
 // New checks the configuration and opens the `pods` bucket.
@@ -67,11 +86,17 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		return nil, fmt.Errorf("hostagent: pods bucket (is the topology declared?): %w", err)
 	}
 	return &Service{
-		cfg:   cfg,
-		bus:   deps.Bus,
-		pods:  kv,
-		log:   deps.Logger.With("service", Name, "host", cfg.Host),
-		conns: map[string]*podConn{},
+		cfg:     cfg,
+		bus:     deps.Bus,
+		pods:    kv,
+		log:     deps.Logger.With("service", Name, "host", cfg.Host),
+		conns:   map[string]*podConn{},
+		network: deps.Network,
+
+		view:      newNetView(),
+		endpoints: deps.Endpoints,
+		modules:   deps.Modules,
+		delivered: map[string]HostData{},
 	}, nil
 }
 
@@ -110,6 +135,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return s.accept(gctx, ln) })
+	if s.endpoints != nil || len(s.modules) > 0 {
+		g.Go(func() error { return s.runNetworks(gctx) })
+	}
 	g.Go(func() error {
 		return s.bus.Consume(gctx, bus.ConsumerConfig{
 			Service:  consumerName(s.cfg.Host),
@@ -119,6 +147,17 @@ func (s *Service) Run(ctx context.Context) error {
 			Logger:   s.log,
 		}, s.handleDelete)
 	})
+	if s.network != nil {
+		g.Go(func() error {
+			return s.bus.Consume(gctx, bus.ConsumerConfig{
+				Service:  consumerName(s.cfg.Host),
+				Stream:   events.StreamNetworks,
+				Subjects: []string{events.SubjectNetworkHostDesired},
+				Workers:  1, // states in order: the last one wins
+				Logger:   s.log,
+			}, s.handleDesired)
+		})
+	}
 	s.log.Info("host agent running", "socket", s.Socket())
 	err = g.Wait()
 	_ = os.Remove(s.Socket())

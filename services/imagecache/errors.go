@@ -38,6 +38,7 @@ const (
 	ReasonImageLimitExceeded  = "ImageLimitExceeded"
 	ReasonInvalidLayer        = "InvalidLayer"
 	ReasonRegistryRefused     = "RegistryRefused"
+	ReasonInvalidImageConfig  = "InvalidImageConfig"
 	ReasonDisksUnavailable    = "ImageDisksUnavailable"
 )
 
@@ -63,6 +64,8 @@ func classify(err error) error {
 		return refuse(ReasonInvalidLayer)
 	case errors.Is(err, oci.ErrRefused):
 		return refuse(ReasonRegistryRefused)
+	case errors.Is(err, oci.ErrInvalidConfig):
+		return refuse(ReasonInvalidImageConfig)
 	case errors.Is(err, ErrDisksUnavailable):
 		return refuse(ReasonDisksUnavailable)
 	case errors.Is(err, ErrDatastoreFull):

@@ -431,6 +431,7 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 			Chain:     p.chainPaths(),
 			ChainIDs:  p.chainIDs(),
 			FS:        events.ImageDiskFS,
+			Config:    p.image.manifest.Config,
 		})
 	}
 	if err := s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready); err != nil {

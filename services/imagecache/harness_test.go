@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
@@ -28,9 +27,8 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/ociregistry"
-	"github.com/podvisor/podvisor/shared/redistest"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -178,38 +176,32 @@ func (v *vcenter) setFreeSpace(t testing.TB, ds string, free int64) {
 	})
 }
 
-// env is a running image cache with everything it talks to.
+// env is the image cache running in the test environment (shared/testenv:
+// bus, redis-server, a recorder of every event) against its own vCenter and
+// registry.
 type env struct {
+	*testenv.Env
 	t     testing.TB
 	bus   *bus.Bus
 	vc    *vcenter
 	redis *redis.Client
 	reg   *registry
 	svc   *imagecache.Service
-	seen  *collector
+	seen  imageEvents
 }
 
-// collector keeps every pod image event and image event.
-type collector struct {
-	mu  sync.Mutex
-	evs []event.Event
-	ch  chan struct{}
-}
+// imageEvents are the recorded events the image cache publishes
+// (pv.pod.images.*, pv.image.*), in order.
+type imageEvents struct{ *testenv.Recorder }
 
-func (c *collector) add(ev event.Event) {
-	c.mu.Lock()
-	c.evs = append(c.evs, ev)
-	c.mu.Unlock()
-	select {
-	case c.ch <- struct{}{}:
-	default:
+func (r imageEvents) snapshot() []event.Event {
+	var out []event.Event
+	for _, s := range r.Seen() {
+		if t := s.Event.Type(); strings.HasPrefix(t, "io.podvisor.pod.images.") || strings.HasPrefix(t, "io.podvisor.image.") {
+			out = append(out, s.Event)
+		}
 	}
-}
-
-func (c *collector) snapshot() []event.Event {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]event.Event(nil), c.evs...)
+	return out
 }
 
 func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
@@ -217,56 +209,23 @@ func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
 	return startEnvOn(t, startVCenter(t), mutate)
 }
 
-// startEnvOn runs the image cache against a given vCenter.
 func startEnvOn(t testing.TB, vc *vcenter, mutate func(*imagecache.Config)) *env {
 	t.Helper()
-	e := &env{t: t, bus: bustest.Start(t), vc: vc, redis: redistest.Start(t), reg: startRegistry(t),
-		seen: &collector{ch: make(chan struct{}, 1)}}
-	sub, err := e.bus.Conn().Subscribe("pv.>", func(m *nats.Msg) {
-		if !strings.HasPrefix(m.Subject, "pv.pod.images.") && !strings.HasPrefix(m.Subject, "pv.image.") {
-			return
-		}
-		ev, err := bus.DecodeHeaders(m.Header, m.Data)
-		if err != nil {
-			t.Errorf("undecodable event on %s: %v", m.Subject, err)
-			return
-		}
-		e.seen.add(ev)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	te := testenv.Start(t, testenv.Redis())
+	e := &env{Env: te, t: t, bus: te.Bus, vc: vc, redis: te.Redis, reg: startRegistry(t), seen: imageEvents{te.Events}}
 	cfg := imagecache.Config{Workers: 8, LeaseTTL: 2 * time.Second, GCInterval: time.Hour, CheckInterval: 100 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
 	}
 	e.svc = e.newService(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run returned %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	})
+	e.Run(imagecache.Name, e.svc.Run)
 	return e
 }
 
 func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	e.t.Helper()
-	svc, err := imagecache.New(cfg, imagecache.Deps{
-		Bus:     e.bus,
-		VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc},
-		Redis:   e.redis,
-		Logger:  slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
+	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc},
+		Redis: e.redis, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -284,51 +243,36 @@ func newPod(ns, name string, images ...string) corev1.Pod {
 
 func uidOf(name string) string { return "uid-" + name }
 
-// accept publishes pod.accepted for a pod of the given images.
-func (e *env) accept(name string, images ...string) {
+// accept publishes pod.accepted for a pod of the images, as the provisioner
+// would, and returns its stream sequence.
+func (e *env) accept(name string, images ...string) uint64 {
 	e.t.Helper()
 	pod := newPod("default", name, images...)
-	data := &events.PodAccepted{Namespace: "default", Name: name, UID: uidOf(name), Pod: pod,
-		Size: events.SizePodVM(&pod), Networks: events.PodNetworks(&pod), Images: events.PodImages(&pod)}
-	e.publish(events.TypePodAccepted, events.PodKey("default", name), data)
+	return e.publish(events.TypePodAccepted, events.PodKey("default", name), &events.PodAccepted{Namespace: "default", Name: name,
+		UID: uidOf(name), Pod: pod, Size: events.SizePodVM(&pod), Networks: events.PodNetworks(&pod), Images: events.PodImages(&pod)})
 }
 
-func (e *env) publish(ceType, subject string, data events.Payload) {
+// publish sends a valid event as its owner would.
+func (e *env) publish(ceType, subject string, data events.Payload) uint64 {
 	e.t.Helper()
 	if err := data.Validate(); err != nil {
 		e.t.Fatalf("test event %s invalid: %v", ceType, err)
 	}
-	ev, err := bus.NewEvent(events.OwnerSource(ceType), ceType, subject, data)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := e.bus.Publish(ctx, ev); err != nil {
-		e.t.Fatal(err)
-	}
+	return e.PublishAs(events.OwnerSource(ceType), ceType, subject, data)
 }
 
-// waitFor waits until pred holds for the collected events.
+// handled waits until the image cache settled the pod event at seq.
+func (e *env) handled(seq uint64) {
+	e.t.Helper()
+	e.WaitHandled(events.StreamPods, imagecache.Name+"-"+events.StreamPods, seq)
+}
+
+// waitFor waits until pred holds for the image events seen so far.
 func (e *env) waitFor(what string, timeout time.Duration, pred func([]event.Event) bool) []event.Event {
 	e.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		evs := e.seen.snapshot()
-		if pred(evs) {
-			return evs
-		}
-		select {
-		case <-e.seen.ch:
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			var types []string
-			for _, ev := range evs {
-				types = append(types, ev.Type()+" "+ev.Subject())
-			}
-			e.t.Fatalf("timed out waiting for %s; events seen: %v", what, types)
-		}
-	}
+	var evs []event.Event
+	e.EventuallyWithin(what, timeout, func() bool { evs = e.seen.snapshot(); return pred(evs) })
+	return evs
 }
 
 // ofType decodes the collected events of a type.

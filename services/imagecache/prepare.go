@@ -316,6 +316,10 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 
 // finish completes or fails a chain this caller holds the lease of.
 func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token string, work error, pulled bool) (events.ChainRecord, bool, error) {
+	if errors.Is(work, ErrLeaseLost) {
+		// The folder is the successor's now: neither removed nor marked.
+		return rec, false, work
+	}
 	if work != nil {
 		reason := bus.ReasonOf(classify(work), ReasonImagePrepareFailed)
 		// Leave no partial data behind a failed pull: the folder goes,
@@ -372,6 +376,7 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	}
 	ctx, stop := s.keepLease(ctx, rec, token)
 	defer stop()
+	defer func() { err = leaseLost(ctx, err) }()
 
 	if err := s.store.Begin(ctx, rec); err != nil {
 		return rec, err
@@ -399,13 +404,37 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 		return rec, err
 	}
 	defer f.Close()
+	if err := s.checkRoom(ctx, img, rec, fs.Size); err != nil {
+		return rec, err
+	}
 	rec.Size = fs.Size
 	rec.CreatedAt = s.now().UTC()
+	if err := s.fenceLease(ctx, rec, token); err != nil {
+		return rec, err
+	}
 	if err := s.store.WriteDisk(ctx, rec, imagedisk.FSErofs, f, fs.Size); err != nil {
 		return rec, err
 	}
 	s.stats.diskBytes.add(fs.Size)
 	return rec, nil
+}
+
+// checkRoom refuses to upload a layer's disk of size bytes to a datastore
+// whose free space beyond the reserve is smaller. Placement could only
+// count the layers' compressed sizes (all a manifest tells); the disk holds
+// the layer uncompressed, so the real check comes once it is built.
+func (s *Service) checkRoom(ctx context.Context, img image, rec events.ChainRecord, size int64) error {
+	inv, err := s.datastores(ctx, true)
+	if err != nil {
+		return err
+	}
+	for _, d := range inv {
+		if d.Name == rec.Datastore && d.FreeSpace-s.cfg.ReserveBytes < size {
+			return fmt.Errorf("image %s layer %s: its %d-byte disk: %w: %s has %d bytes free beyond the %d-byte reserve",
+				img.manifest.Image, rec.Layer, size, ErrDatastoreFull, d.Name, max(d.FreeSpace-s.cfg.ReserveBytes, 0), s.cfg.ReserveBytes)
+		}
+	}
+	return nil
 }
 
 // copyChain copies a ready chain from datastore src to rec's datastore
@@ -414,6 +443,9 @@ func (s *Service) copyChain(ctx context.Context, rec events.ChainRecord, src, to
 	ctx, stop := s.keepLease(ctx, rec, token)
 	defer stop()
 	from, ok, err := s.db.Get(ctx, rec.ChainID, src)
+	if err == nil {
+		err = s.fenceLease(ctx, rec, token)
+	}
 	if err == nil && (!ok || from.State != events.ChainStateReady) {
 		err = fmt.Errorf("chain %s vanished during copy", events.ChainRecordKey(rec.ChainID, src))
 	}
@@ -424,18 +456,23 @@ func (s *Service) copyChain(ctx context.Context, rec events.ChainRecord, src, to
 		s.stats.chainsCopied.add(1)
 		s.stats.bytesCopied.add(rec.Size)
 	}
-	return s.finish(ctx, rec, token, err, false)
+	return s.finish(ctx, rec, token, leaseLost(ctx, err), false)
 }
 
-// keepLease renews the pull lease every third of its TTL until stop. If the
-// lease is lost the returned context is cancelled, so the work stops
-// instead of racing its successor.
+// keepLease renews the pull lease every third of its TTL until stop. The
+// returned context is cancelled with ErrLeaseLost when the lease is lost,
+// and also when renewals have failed (Redis unreachable) for long enough
+// that the lease may expire before the next one: a successor may take the
+// lease over then, and two pullers must never write one folder. The
+// puller's own clock measures that, never the lease's expiry in Redis.
 func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token string) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
+	ttl := s.cfg.LeaseTTL
 	go func() {
-		t := time.NewTicker(s.cfg.LeaseTTL / 3)
+		t := time.NewTicker(ttl / 3)
 		defer t.Stop()
+		renewed := time.Now()
 		for {
 			select {
 			case <-done:
@@ -443,8 +480,18 @@ func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token s
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				ok, err := s.db.Renew(ctx, rec.ChainID, rec.Datastore, token, s.cfg.LeaseTTL)
-				if err == nil && !ok {
+				rctx, rcancel := context.WithTimeout(ctx, ttl/3)
+				ok, err := s.db.Renew(rctx, rec.ChainID, rec.Datastore, token, ttl)
+				rcancel()
+				switch {
+				case err == nil && ok:
+					renewed = time.Now()
+				case err == nil:
+					cancel(ErrLeaseLost)
+					return
+				case time.Since(renewed)+ttl/3 >= ttl:
+					s.log.Warn("pull lease renewals failing; stopping the pull before the lease can expire",
+						"chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
 					cancel(ErrLeaseLost)
 					return
 				}
@@ -452,6 +499,29 @@ func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token s
 		}
 	}()
 	return ctx, func() { close(done); cancel(nil) }
+}
+
+// fenceLease renews the pull lease right before a write to the chain's
+// folder: a puller that lost it (paused past its TTL, its successor now
+// pulling) stops there instead of writing over the successor's files.
+func (s *Service) fenceLease(ctx context.Context, rec events.ChainRecord, token string) error {
+	ok, err := s.db.Renew(ctx, rec.ChainID, rec.Datastore, token, s.cfg.LeaseTTL)
+	if err != nil {
+		return fmt.Errorf("chain %s: renew the pull lease before writing: %w", events.ChainRecordKey(rec.ChainID, rec.Datastore), err)
+	}
+	if !ok {
+		return fmt.Errorf("chain %s: %w", events.ChainRecordKey(rec.ChainID, rec.Datastore), ErrLeaseLost)
+	}
+	return nil
+}
+
+// leaseLost turns the failure of work done under keepLease's context into
+// ErrLeaseLost when that is why the context ended.
+func leaseLost(ctx context.Context, err error) error {
+	if err != nil && !errors.Is(err, ErrLeaseLost) && errors.Is(context.Cause(ctx), ErrLeaseLost) {
+		return fmt.Errorf("%w (%v)", ErrLeaseLost, err)
+	}
+	return err
 }
 
 func newToken() string {

@@ -1,6 +1,7 @@
 // Package migration is podvisor's migration service: it moves running pod
 // VMs between hosts with vMotion, empties hosts for maintenance (drain), and
-// restarts the pods of a host that stopped responding elsewhere (host loss).
+// restarts the pods of a host that stopped responding elsewhere (host loss),
+// or of a host that lost one of their networks.
 //
 // # A migration
 //
@@ -31,10 +32,12 @@
 // maintenance, or one without the VM's datastore — so these checks are the
 // product: the pod is Running on the source host and its VM is there; the
 // source answers; the target exists, is connected, not in maintenance mode,
-// not cordoned, mounts every datastore of the VM, and carries every network
-// of the pod (network-config's `net-hosts` read model: realized on the
-// host, not merely in scope). A refusal fails the migration with a reason a
-// person can act on, e.g.
+// not cordoned, mounts every datastore of the VM, and every network of the
+// pod is available on both the source and the target (network-config's
+// `net-hosts` read model, judged by events.NetworkUsable, the definition the
+// scheduler reserved the target with; a target only in scope is realized by
+// network-config on migration.target.reserved and the precheck waits for
+// it). A refusal fails the migration with a reason a person can act on, e.g.
 //
 //	NetworkMissingOnTarget: network backend is not available on esx-2-01
 //	(not in its scope); it is realized on esx-1-01, esx-1-02, esx-1-03
@@ -80,6 +83,13 @@
 // (host.recovered), the pod VMs left on it are destroyed — a VM is a
 // leftover when its pod no longer exists, was replaced, or now runs a
 // different VM — and the pods' current VMs are never touched.
+//
+// A host that loses one network (network.host.failed with reason
+// NotRealized or DVSJoinFailed: the host itself does not carry it) has its
+// pods on that network evicted the same way (reason NetworkLost); its other
+// pods stay. A disconnected host is host.lost's to handle, and a port group
+// whose settings mismatch fails on every host of its switch at once, where
+// evicting would help nobody.
 //
 // # State and restarts
 //

@@ -402,9 +402,25 @@ func (s *Service) enterMaintenance(ctx context.Context, host string) error {
 	})
 }
 
-// onUncordoned stops a drain still running and takes the host out of
-// maintenance mode. (The scheduler clears the cordon from the same event.)
-func (s *Service) onUncordoned(ctx context.Context, p *events.HostUncordoned) error {
+// onCordonRequested cordons a host a client asked for: host.cordoned, which
+// the scheduler acts on. Only podvisor announces cordons; a client asks.
+func (s *Service) onCordonRequested(ctx context.Context, m *bus.Message, p *events.HostCordonRequested) error {
+	if _, err := s.vm.Host(ctx, p.Name); errors.Is(err, vmotion.ErrNotFound) {
+		return bus.Permanent(fmt.Errorf("cordon host %s: %w", p.Name, err))
+	} else if err != nil {
+		return err
+	}
+	reason := p.Reason
+	if reason == "" {
+		reason = "Manual"
+	}
+	return s.emit(ctx, &m.Event, &events.HostCordoned{Name: p.Name, Reason: reason})
+}
+
+// onUncordonRequested stops a drain still running, takes the host out of
+// maintenance mode, then announces host.uncordoned (the scheduler clears
+// the cordon from it).
+func (s *Service) onUncordonRequested(ctx context.Context, m *bus.Message, p *events.HostUncordonRequested) error {
 	s.mu.Lock()
 	run := s.drains[p.Name]
 	s.mu.Unlock()
@@ -434,6 +450,9 @@ func (s *Service) onUncordoned(ctx context.Context, p *events.HostUncordoned) er
 		return err
 	}
 	if err := s.vm.ExitMaintenance(ctx, p.Name); err != nil && !errors.Is(err, vmotion.ErrNotFound) {
+		return err
+	}
+	if err := s.emit(ctx, &m.Event, &events.HostUncordoned{Name: p.Name}); err != nil {
 		return err
 	}
 	s.log.Info("host uncordoned", "host", p.Name)

@@ -79,12 +79,27 @@ func TestDrainHostWithTenPods(t *testing.T) {
 		t.Errorf("%d migrations requested, want 10", n)
 	}
 
-	w.publish("podvisor/cli", events.TypeHostUncordoned, &events.HostUncordoned{Name: h[0]})
+	w.publish("podvisor/cli", events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: h[0]})
 	eventually(t, "the host leaves maintenance mode", func() bool {
 		host, err := w.vm.Host(t.Context(), h[0])
 		return err == nil && !host.Maintenance
 	})
 	eventually(t, "the drain record says Uncordoned", func() bool { return w.drainRecord(h[0]).Phase == events.DrainPhaseUncordoned })
+	eventually(t, "host.uncordoned announced", func() bool {
+		u := collect[*events.HostUncordoned](w.rec)
+		return len(u) == 1 && u[0].Name == h[0]
+	})
+
+	// A client asks for a cordon; migration announces it.
+	w.publish("podvisor/cli", events.TypeHostCordonRequested, &events.HostCordonRequested{Name: h[1]})
+	eventually(t, "host.cordoned for the request", func() bool {
+		for _, c := range collect[*events.HostCordoned](w.rec) {
+			if c.Name == h[1] && c.Reason == "Manual" {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // TestDrainListsUnmovablePods: a pod whose network exists only on the

@@ -29,6 +29,13 @@ const (
 	// ReasonNetworkMissingOnTarget: a network of the pod is not realized on
 	// the target host; the message names it.
 	ReasonNetworkMissingOnTarget = "NetworkMissingOnTarget"
+	// ReasonNetworkMissingOnSource: a network of the pod is no longer
+	// available on the source host; the pod's port there cannot be moved
+	// (network.host.failed evacuates such pods instead).
+	ReasonNetworkMissingOnSource = "NetworkMissingOnSource"
+	// ReasonNetworkLost: the host lost a network of the pod
+	// (network.host.failed); the pod restarts on another host.
+	ReasonNetworkLost = "NetworkLost"
 	// ReasonDatastoreMissingOnTarget: the target host does not mount a
 	// datastore holding the pod VM's files.
 	ReasonDatastoreMissingOnTarget = "DatastoreMissingOnTarget"

@@ -28,11 +28,16 @@ func (s *Service) routes() *bus.Router {
 		return s.onCancel(ctx, p)
 	})
 	bus.Handle(r, s.onDrainRequested)
-	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostUncordoned) error {
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.HostCordonRequested) error {
 		annotateHost(ctx, p.Name)
-		return s.onUncordoned(ctx, p)
+		return s.onCordonRequested(ctx, m, p)
+	})
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.HostUncordonRequested) error {
+		annotateHost(ctx, p.Name)
+		return s.onUncordonRequested(ctx, m, p)
 	})
 	bus.Handle(r, s.onHostLost)
+	bus.Handle(r, s.onNetworkHostFailed)
 	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostRecovered) error {
 		annotateHost(ctx, p.Name)
 		return s.onHostRecovered(ctx, p)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -24,9 +23,9 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // world is one test's system: a JetStream server, a simulated datacenter,
@@ -36,13 +35,14 @@ import (
 // availability, the inventory's host records). Every event on the bus is
 // recorded.
 type world struct {
+	*testenv.Env
 	t     *testing.T
 	bus   *bus.Bus
 	dc    *sim.Datacenter
 	vc    *govmomi.Client
 	dco   *object.Datacenter
 	vm    *vmotion.Client
-	rec   *recorder
+	rec   recorder
 	pods  jetstream.KeyValue
 	hosts jetstream.KeyValue
 	nets  jetstream.KeyValue
@@ -54,19 +54,15 @@ type world struct {
 
 func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	t.Helper()
-	ctx := context.Background()
-	b := bustest.Start(t)
-	dc := simtest.Start(t, sim.Config{Clusters: clusters, HostsPerCluster: hostsPerCluster, Seed: 7})
+	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: clusters, HostsPerCluster: hostsPerCluster, Seed: 7}))
+	dc := te.DC
 	vc := simtest.Client(t, dc)
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(context.Background())
 	if err != nil {
 		t.Fatalf("datacenter: %v", err)
 	}
-	w := &world{t: t, bus: b, dc: dc, vc: vc, dco: dco, vm: vmotion.New(vc.Client, dco)}
-	w.rec = record(t, b)
-	w.pods = w.kv(events.BucketPods)
-	w.hosts = w.kv(events.BucketHosts)
-	w.nets = w.kv(events.BucketNetHosts)
+	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: vc, dco: dco, vm: vmotion.New(vc.Client, dco), rec: recorder{te.Events}}
+	w.pods, w.hosts, w.nets = te.KV(events.BucketPods), te.KV(events.BucketHosts), te.KV(events.BucketNetHosts)
 	// The inventory's host records and network-config's availability:
 	// "default" on every host, "backend" on cluster-1 only.
 	var all, first []string
@@ -83,15 +79,6 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	w.network("backend", first...)
 	w.sched = newScheduler(w)
 	return w
-}
-
-func (w *world) kv(bucket string) jetstream.KeyValue {
-	w.t.Helper()
-	kv, err := w.bus.KV(context.Background(), bucket)
-	if err != nil {
-		w.t.Fatalf("KV %s: %v", bucket, err)
-	}
-	return kv
 }
 
 func (w *world) putJSON(kv jetstream.KeyValue, key string, v any) {
@@ -152,33 +139,11 @@ func newServiceForTest(t *testing.T, w *world, cfg Config) *Service {
 // runService runs svc until the test ends or w.stop is called.
 func (w *world) runService(svc *Service) *Service {
 	w.svc = svc
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	var once sync.Once
-	w.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					w.t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				w.t.Errorf("Run did not return after cancel")
-			}
-		})
-	}
-	w.t.Cleanup(w.stop)
+	w.stop = w.Run(Name, svc.Run)
 	return svc
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	if os.Getenv("PODVISOR_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("test", t.Name())
-	}
-	return slog.New(slog.DiscardHandler)
-}
+func testLogger(t *testing.T) *slog.Logger { return testenv.Logger().With("test", t.Name()) }
 
 // pod is a running pod the test placed: its VM in vCenter and the
 // provisioner's record.
@@ -316,16 +281,8 @@ func (w *world) migrationPhase(id string) string {
 type eventT = event.Event
 
 // publish sends an event as a client or another service would.
-func (w *world) publish(source, ceType string, p events.Payload) event.Event {
-	w.t.Helper()
-	ev, err := bus.NewEvent(source, ceType, p.ObjectKey(), p)
-	if err != nil {
-		w.t.Fatalf("new event %s: %v", ceType, err)
-	}
-	if err := w.bus.Publish(context.Background(), ev); err != nil {
-		w.t.Fatalf("publish %s: %v", ceType, err)
-	}
-	return ev
+func (w *world) publish(source, ceType string, p events.Payload) uint64 {
+	return w.PublishAs(source, ceType, p.ObjectKey(), p)
 }
 
 // migrate publishes migration.requested as the CLI does.
@@ -355,50 +312,19 @@ func (w *world) waitEnd(id string) (string, any) {
 	return ev.Type(), p
 }
 
-// recorder keeps every event seen on the bus, in delivery order.
-type recorder struct {
-	mu  sync.Mutex
-	evs []event.Event
-}
-
-func record(t *testing.T, b *bus.Bus) *recorder {
-	r := &recorder{}
-	sub, err := b.Conn().Subscribe("pv.>", func(m *nats.Msg) {
-		ev, err := bus.DecodeMessage(m)
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.evs = append(r.evs, ev)
-		r.mu.Unlock()
-	})
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	if err := b.Conn().Flush(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return r
-}
+// recorder reads the test environment's record of the bus.
+type recorder struct{ *testenv.Recorder }
 
 // events returns the decoded events in order, each id once (what a
 // JetStream consumer sees after de-duplication).
-func (r *recorder) events() []recorded {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+func (r recorder) events() []recorded {
 	seen := map[string]bool{}
 	var out []recorded
-	for _, ev := range r.evs {
-		if seen[ev.ID()] {
-			continue
+	for _, s := range r.Seen() {
+		if !seen[s.Event.ID()] && s.Err == nil && s.Payload != nil {
+			seen[s.Event.ID()] = true
+			out = append(out, recorded{s.Event, s.Payload})
 		}
-		seen[ev.ID()] = true
-		p, err := events.Decode(ev.Type(), ev.Data())
-		if err != nil {
-			continue
-		}
-		out = append(out, recorded{ev, p})
 	}
 	return out
 }
@@ -408,32 +334,21 @@ type recorded struct {
 	p  any
 }
 
-func (r *recorder) wait(t *testing.T, d time.Duration, pred func(event.Event, any) bool) event.Event {
+func (r recorder) wait(t *testing.T, d time.Duration, pred func(event.Event, any) bool) event.Event {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		for _, e := range r.events() {
-			if pred(e.ev, e.p) {
-				return e.ev
-			}
+	var found event.Event
+	testenv.Eventually(t, "a matching event", d, func() bool {
+		i := slices.IndexFunc(r.events(), func(e recorded) bool { return pred(e.ev, e.p) })
+		if i >= 0 {
+			found = r.events()[i].ev
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no matching event within %s; seen:%s", d, r.summary())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (r *recorder) summary() string {
-	var b strings.Builder
-	for _, e := range r.events() {
-		fmt.Fprintf(&b, "\n  %s %s %s", e.ev.Type(), e.ev.Subject(), e.ev.Data())
-	}
-	return b.String()
+		return i >= 0
+	})
+	return found
 }
 
 // collect returns the payloads of one type.
-func collect[T any](r *recorder) []T {
+func collect[T any](r recorder) []T {
 	var out []T
 	for _, e := range r.events() {
 		if v, ok := e.p.(T); ok {
@@ -445,13 +360,7 @@ func collect[T any](r *recorder) []T {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testenv.Eventually(t, what, 20*time.Second, cond)
 }
 
 // scheduler stands in for the scheduler and the provisioner: it answers

@@ -63,7 +63,7 @@ func (r *replica) leading() bool {
 
 func (w *world) leaseHolder() string {
 	w.t.Helper()
-	e, err := w.kv(events.BucketMigrations).Get(context.Background(), events.MigrationLeaderKey)
+	e, err := w.KV(events.BucketMigrations).Get(context.Background(), events.MigrationLeaderKey)
 	if err != nil {
 		return ""
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/lease"
 )
 
 // refuse is a precheck (or a relocation) that says no: the migration fails
@@ -49,9 +50,9 @@ func (s *Service) runMigration(ctx context.Context, id string) {
 		attribute.String("migration.source", r.SourceHost), attribute.String("migration.target", r.TargetHost))
 
 	if err := s.drive(ctx, r); err != nil {
-		if ctx.Err() != nil {
-			// Stopping: the record keeps its phase (and task) and the next
-			// Run resumes it.
+		if ctx.Err() != nil || errors.Is(err, lease.ErrLost) {
+			// Stopping, or no longer leading: the record keeps its phase
+			// (and task) and the next leader resumes it.
 			return
 		}
 		if cur, rerr := s.store.migration(ctx, id); rerr == nil && (cur == nil || !cur.Active()) {
@@ -229,25 +230,8 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 		return nil, refuse(ReasonSourceNotConnected, "source host %s is %s; a vMotion needs it answering", r.SourceHost, state)
 	}
 
-	for _, n := range pod.Networks {
-		a, err := s.store.network(ctx, n)
-		if err != nil {
-			return nil, err
-		}
-		if a == nil {
-			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s of pod %s does not exist", n, r.Key())
-		}
-		if !a.Realized(r.TargetHost) {
-			where := "no host"
-			if len(a.Hosts) > 0 {
-				where = summarizeHosts(a.Hosts)
-			}
-			why := "not in its scope"
-			if a.InScope(r.TargetHost) {
-				why = "in its scope but not realized there yet"
-			}
-			return nil, refuse(ReasonNetworkMissingOnTarget, "network %s is not available on %s (%s); it is realized on %s", n, r.TargetHost, why, where)
-		}
+	if err := s.checkNetworks(ctx, r, pod); err != nil {
+		return nil, err
 	}
 
 	vm, err := s.vm.VM(ctx, pod.VMRef)
@@ -295,6 +279,14 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 	}
 	if err := s.progress(ctx, r, events.PhaseRelocating, 0, 0, fmt.Sprintf("moving to %s", r.TargetHost)); err != nil {
 		return err
+	}
+	// Only the leader moves VMs: prove the lease is still ours right
+	// before the vMotion (a leader paused past its lease and replaced
+	// meanwhile stops here; the new leader resumes the migration).
+	if s.lease != nil {
+		if err := s.lease.Fence(ctx); err != nil {
+			return fmt.Errorf("migration %s: before the vMotion: %w", r.ID, err)
+		}
 	}
 	ref, err := s.vm.StartRelocate(ctx, vmotion.Move{VM: p.vmRef, Host: p.target.Ref, Pool: p.target.Pool})
 	if err != nil {

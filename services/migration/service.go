@@ -39,6 +39,9 @@ type Service struct {
 	store  *store
 	tracer trace.Tracer
 	now    func() time.Time
+	// lease is the leader lease while Run runs; relocate fences every
+	// vMotion with it.
+	lease *lease.Lease
 	// holder names this replica in the leader lease.
 	holder string
 
@@ -153,8 +156,8 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 // keep their vMotion running in vCenter and are picked up again by the
 // next leader. Run returns nil when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
-	l := &lease.Lease{KV: s.store.migs, Key: events.MigrationLeaderKey, Holder: s.holder, TTL: s.cfg.LeaseTTL, Logger: s.log}
-	return l.Run(ctx, s.lead)
+	s.lease = &lease.Lease{KV: s.store.migs, Key: events.MigrationLeaderKey, Holder: s.holder, TTL: s.cfg.LeaseTTL, Logger: s.log}
+	return s.lease.Run(ctx, s.lead)
 }
 
 // lead is one term as leader: it ends when ctx does, which is also when the

@@ -19,8 +19,8 @@ import (
 // Reasons of pod.network.failed.
 const (
 	ReasonNetworkNotFound    = "NetworkNotFound"
-	ReasonNotInScope         = "NotInScope"
-	ReasonNotRealizedOnHost  = "NotRealizedOnHost"
+	ReasonNotInScope         = events.ReasonNotInScope
+	ReasonNotRealizedOnHost  = events.ReasonNotRealizedOnHost
 	ReasonAddressesExhausted = "AddressesExhausted"
 	ReasonAddressingFailed   = "AddressingFailed"
 )
@@ -194,6 +194,10 @@ func (s *Service) allocate(ctx context.Context, name string, p *events.PodSchedu
 		return events.NetworkAttachment{}, false, bus.WithReason(ReasonAddressingFailed, err)
 	}
 	s.recountSoon(name)
+	dns, err := s.nameservers(ctx, name)
+	if err != nil {
+		return events.NetworkAttachment{}, false, bus.WithReason(ReasonAddressingFailed, err)
+	}
 	return events.NetworkAttachment{
 		Network:      name,
 		PortGroup:    events.PortGroupName(name),
@@ -201,6 +205,7 @@ func (s *Service) allocate(ctx context.Context, name string, p *events.PodSchedu
 		PrefixLength: pl.Prefix.Bits(),
 		Gateway:      rec.Spec.Gateway,
 		MAC:          alloc.MAC,
+		Nameservers:  dns,
 	}, false, nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // BenchmarkPush measures declare → network.realized for a new version on 64
@@ -31,13 +32,13 @@ func BenchmarkPush(b *testing.B) {
 				// Set before the first declaration, while the service is idle.
 				e.dc.Model().DelayConfig.Delay = delayMS
 				e.declare("bench", events.NetworkSpec{VLAN: 1, CIDR: "10.1.0.0/16"})
-				wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "bench" })
+				testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "bench" })
 				b.ResetTimer()
 				start := time.Now()
 				for i := range b.N {
 					v := int64(i + 2)
 					e.declare("bench", events.NetworkSpec{VLAN: int(v % 4000), CIDR: "10.1.0.0/16"})
-					wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "bench" && p.Version == v })
+					testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "bench" && p.Version == v })
 				}
 				per := float64(time.Since(start).Microseconds()) / float64(b.N) / 1000
 				b.ReportMetric(per, "ms/version")

@@ -52,6 +52,14 @@
 //     network.host.ready / network.host.failed for each host whose state
 //     changed and network.realized.
 //
+// Then every host gets its final state (hoststate.go): after any change,
+// and at every resync, the service computes each connected host's whole
+// set of port groups (every network whose resolved scope holds it, with
+// key, VLAN, MTU and version) and sends each host whose set changed one
+// network.host.desired, in parallel (PushParallelism at a time). The host
+// agent diffs it against what the host really carries, applies only the
+// difference and reports network.host.applied.
+//
 // The push is computed from what vCenter has, so repeating it is harmless:
 // the same path serves redeliveries, host.discovered / host.updated /
 // host.recovered (a host that appears or comes back gets the networks of
@@ -76,7 +84,9 @@
 // network.restore.requested stores an earlier version's spec as a new
 // version and pushes it. Export renders any stored version as a Network
 // manifest and Import reads one back: a file that re-creates the network
-// with `podvisor apply -f` on any installation, independent of vCenter.
+// with `podvisor apply -f` on any installation, independent of vCenter
+// (`podvisor network export`, `podvisor network restore`). The fabric's
+// ExportSwitch/ImportSwitch back up a switch as vCenter realizes it.
 //
 // # Pods
 //
@@ -94,13 +104,32 @@
 // switch that carries no podvisor port group any more, the records go and
 // network.deleted is published.
 //
+// # Network services and pass-through data
+//
+// network.service.declared registers a NetworkService: a profile per
+// network it serves (an address reserved in IPAM, port, zone) in KV
+// net-services, which the host agents serve; pods attached afterwards get
+// the DNS addresses as nameservers (netservices.go). Pass-through data in
+// a registered namespace is kept per switch, port group, port or host in
+// KV net-data, for the host agents' modules; an unregistered namespace is
+// refused (netdata.go).
+//
 // # Queries
 //
 // "Is network X available on host H" is a NATS request on
 // events.SubjectQueryNetworkAvailable ("pv.query.network.available") with
 // JSON events.NetworkAvailabilityQuery; the reply is
-// events.NetworkAvailabilityAnswer (available, in scope, version, reason).
-// Replicas answer in the queue group "netconfig".
+// events.NetworkAvailabilityAnswer (state, available, in scope, version,
+// reason). The `net-hosts` model says where the network should be; the
+// host is then read back from vCenter (connected, and carrying the port
+// group where the model says it is realized), since the scheduler asks
+// right before binding a pod there. A host that reads back without it is
+// Failed in the answer, and the network is reconciled at once, which
+// records the host Failed (network.host.failed; `net-hosts` lists it in
+// failed). Replicas answer in the queue group "netconfig".
+//
+// migration.target.reserved realizes the pod's networks on the target
+// before the vMotion; the migration precheck waits for it.
 //
 //	nats req pv.query.network.available '{"network":"frontend","host":"esx-1-01"}'
 //

@@ -248,11 +248,20 @@ func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name st
 			Name: name, Reason: ReasonNotFound, Message: fmt.Sprintf("network %s does not exist", name),
 		}, bus.Distinct("delete"))
 	}
+	// Fence the network's allocations first (every replica's, see
+	// ipam.BeginDelete), then count: an address allocated concurrently is
+	// either counted here or given back by its allocator.
+	if err := s.ipam.BeginDelete(ctx, name); err != nil {
+		return err
+	}
 	allocs, err := s.ipam.Allocations(ctx, name)
 	if err != nil {
 		return err
 	}
 	if len(allocs) > 0 {
+		if err := s.ipam.AbortDelete(ctx, name); err != nil {
+			return err
+		}
 		var pods []string
 		for _, a := range allocs {
 			pods = append(pods, events.PodKey(a.Namespace, a.Name))
@@ -301,6 +310,10 @@ func (s *Service) deleteLocked(ctx context.Context, cause *event.Event, name str
 	if err := s.store.remove(ctx, name); err != nil {
 		return err
 	}
+	if err := s.ipam.ForgetNetwork(ctx, name); err != nil {
+		return err
+	}
+	s.hostStatesSoon()
 	return s.out.Emit(ctx, cause, &events.NetworkDeleted{Name: name}, bus.Distinct("delete"))
 }
 
@@ -367,6 +380,28 @@ func (s *Service) realizeOnHost(ctx context.Context, cause *event.Event, host, c
 		}
 		if err := s.reconcile(ctx, cause, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s on host %s: %w", r.Name, host, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// onMigrationTargetReserved realizes the pod's networks on a migration's
+// target before the vMotion: the scheduler reserves targets where each
+// network is available (events.NetworkUsable: realized, or in scope), and
+// the migration precheck waits until it is realized there. A network that
+// cannot be realized there is recorded on the host (network.host.failed),
+// which the precheck reads.
+func (s *Service) onMigrationTargetReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
+	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Pod)), attribute.String("pod.uid", p.UID), attribute.String("host", p.TargetHost))
+	nets, err := s.networksOf(ctx, p.Namespace, p.Pod, p.UID)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, n := range nets {
+		err := s.ensureOnHost(ctx, &m.Event, n, p.TargetHost)
+		if err != nil && !errors.Is(err, ErrNotInScope) && !errors.Is(err, ErrNetworkNotFound) && !errors.Is(err, ErrNotRealized) {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

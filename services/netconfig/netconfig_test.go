@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/simulator"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestParallelPushToSixteenHosts declares a network on every host of a 2×8
@@ -28,7 +28,7 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 8}, nil)
 	start := time.Now()
 	e.declare("default", netconfig.DefaultNetwork())
-	r := wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "default" })
+	r := testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "default" })
 	elapsed := time.Since(start)
 	if len(r.Ready) != 16 || len(r.Failed) != 0 {
 		t.Fatalf("realized on %d hosts (%d failed), want 16 ready", len(r.Ready), len(r.Failed))
@@ -37,7 +37,7 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 	if got := e.portGroup("pv-default"); !got.exists || !slices.Equal(got.hosts, e.allHosts()) {
 		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.hosts, e.allHosts())
 	}
-	if n := len(waitN(e, events.TypeNetworkHostReady, 16, func(p *events.NetworkHostReady) bool { return p.Name == "default" })); n != 16 {
+	if n := len(testenv.WaitN(e.Env, 16, func(p *events.NetworkHostReady) bool { return p.Name == "default" })); n != 16 {
 		t.Fatalf("%d network.host.ready events, want 16", n)
 	}
 	rec := e.record("default")
@@ -47,13 +47,12 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 
 	// The same declaration again (what `podvisor up` does at every start)
 	// stores no new version and publishes no new realization.
-	realized := e.count(events.TypeNetworkRealized)
-	e.declare("default", netconfig.DefaultNetwork())
-	time.Sleep(400 * time.Millisecond)
+	realized := e.Events.Count(events.TypeNetworkRealized)
+	e.WaitHandled(events.StreamNetworks, netconfig.Name+"-"+events.StreamNetworks, e.declare("default", netconfig.DefaultNetwork()))
 	if rec := e.record("default"); rec.Version != 1 || len(rec.History) != 1 {
 		t.Fatalf("re-declaring the same spec gave version %d with %d history entries, want 1 and 1", rec.Version, len(rec.History))
 	}
-	if n := e.count(events.TypeNetworkRealized); n != realized {
+	if n := e.Events.Count(events.TypeNetworkRealized); n != realized {
 		t.Fatalf("re-declaring the same spec published %d more network.realized", n-realized)
 	}
 }
@@ -69,7 +68,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	cluster2 := e.clusterHosts("cluster-2")
 	spec := events.NetworkSpec{VLAN: 120, CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}}
 	e.declare("frontend", spec)
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
 
 	pg := e.portGroup("pv-frontend")
 	if !pg.exists || pg.vlan != 120 || !slices.Equal(pg.hosts, cluster1) {
@@ -85,7 +84,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	for i := range pods {
 		e.schedule(fmt.Sprintf("web-%d", i), fmt.Sprintf("uid-web-%d", i), cluster1[i%len(cluster1)], "frontend")
 	}
-	attached := waitN[events.PodNetworkAttached](e, events.TypePodNetworkAttached, pods, nil)
+	attached := testenv.WaitN[events.PodNetworkAttached](e.Env, pods, nil)
 	prefix := netip.MustParsePrefix(spec.CIDR)
 	ips := map[string]string{}
 	for _, p := range attached {
@@ -109,14 +108,14 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 
 	// A pod scheduled on the other cluster is refused with the reason.
 	e.schedule("stray", "uid-stray", cluster2[0], "frontend")
-	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "stray" })
+	f := testenv.Wait(e.Env, func(p *events.PodNetworkFailed) bool { return p.Name == "stray" })
 	if f.Reason != netconfig.ReasonNotInScope {
 		t.Fatalf("stray pod failed with %s (%s), want NotInScope", f.Reason, f.Message)
 	}
 
 	// Delete while in use: refused, port group kept.
 	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
-	rej := wait(e, events.TypeNetworkDeleteRejected, func(p *events.NetworkDeleteRejected) bool { return p.Name == "frontend" })
+	rej := testenv.Wait(e.Env, func(p *events.NetworkDeleteRejected) bool { return p.Name == "frontend" })
 	if rej.Reason != netconfig.ReasonInUse || len(rej.Pods) != pods {
 		t.Fatalf("delete rejected with %s and %d pods, want InUse and %d", rej.Reason, len(rej.Pods), pods)
 	}
@@ -137,7 +136,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	}
 	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 0 })
 	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
-	wait(e, events.TypeNetworkDeleted, func(p *events.NetworkDeleted) bool { return p.Name == "frontend" })
+	testenv.Wait(e.Env, func(p *events.NetworkDeleted) bool { return p.Name == "frontend" })
 	if pg := e.portGroup("pv-frontend"); pg.exists {
 		t.Fatal("vSphere: pv-frontend still exists after network.deleted")
 	}
@@ -149,13 +148,13 @@ func TestAddressExhaustion(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	hosts := e.allHosts()
 	e.declare("tiny", events.NetworkSpec{VLAN: 30, CIDR: "10.30.0.0/29", Gateway: "10.30.0.1"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "tiny" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "tiny" })
 	for i := range 5 {
 		e.schedule(fmt.Sprintf("p%d", i), fmt.Sprintf("uid-p%d", i), hosts[i%2], "tiny")
 	}
-	waitN[events.PodNetworkAttached](e, events.TypePodNetworkAttached, 5, nil)
+	testenv.WaitN[events.PodNetworkAttached](e.Env, 5, nil)
 	e.schedule("p5", "uid-p5", hosts[0], "tiny")
-	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "p5" })
+	f := testenv.Wait(e.Env, func(p *events.PodNetworkFailed) bool { return p.Name == "p5" })
 	if f.Reason != netconfig.ReasonAddressesExhausted || !strings.Contains(f.Message, "10.30.0.0/29") {
 		t.Fatalf("sixth pod: %s %q, want AddressesExhausted naming the CIDR", f.Reason, f.Message)
 	}
@@ -174,12 +173,18 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 	cluster1 := e.clusterHosts("cluster-1")
 	scope := events.NetworkScope{Clusters: []string{"cluster-1"}}
 	e.declare("backend", events.NetworkSpec{VLAN: 200, CIDR: "10.40.0.0/24", Scope: scope})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "backend" && p.Version == 1 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "backend" && p.Version == 1 })
 
 	bad := events.Network{APIVersion: events.APIVersion, Kind: events.KindNetwork, Metadata: events.Meta{Name: "backend"},
 		Spec: events.NetworkSpec{VLAN: 4000, CIDR: "10.40.0.0/24", Scope: scope}}
-	badEvent := e.publish(events.TypeNetworkDeclared, "backend", &events.NetworkDeclared{Network: bad})
-	rb := wait(e, events.TypeNetworkRolledBack, func(p *events.NetworkRolledBack) bool { return p.Name == "backend" })
+	badEvent, err := bus.NewEvent(events.OwnerSource(events.TypeNetworkDeclared), events.TypeNetworkDeclared, "backend", &events.NetworkDeclared{Network: bad})
+	if err == nil {
+		err = e.bus.Publish(context.Background(), badEvent)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb := testenv.Wait(e.Env, func(p *events.NetworkRolledBack) bool { return p.Name == "backend" })
 	if rb.FromVersion != 2 || rb.ToVersion != 1 || !slices.Equal(rb.Hosts, cluster1) || rb.Reason != netconfig.ReasonConnectivityLost {
 		t.Fatalf("rolledback = %+v, want from 2 to 1 on %v with ConnectivityLost", rb, cluster1)
 	}
@@ -197,13 +202,13 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 
 	// The bad declaration handled again (a redelivery: same event id) finds
 	// its version and does not re-apply it.
-	rolledBack := e.count(events.TypeNetworkRolledBack)
+	rolledBack := e.Events.Count(events.TypeNetworkRolledBack)
 	if err := e.svc.Declare(context.Background(), &badEvent, bad, "declared"); err != nil {
 		t.Fatal(err)
 	}
-	if rec := e.record("backend"); rec.Version != 1 || len(rec.History) != 2 || e.count(events.TypeNetworkRolledBack) != rolledBack {
+	if rec := e.record("backend"); rec.Version != 1 || len(rec.History) != 2 || e.Events.Count(events.TypeNetworkRolledBack) != rolledBack {
 		t.Fatalf("redelivered bad declaration: version %d, %d versions, %d rollbacks; want 1, 2, %d",
-			rec.Version, len(rec.History), e.count(events.TypeNetworkRolledBack), rolledBack)
+			rec.Version, len(rec.History), e.Events.Count(events.TypeNetworkRolledBack), rolledBack)
 	}
 	a := e.availability("backend")
 	if !slices.Equal(a.Hosts, cluster1) || a.Version != 1 {
@@ -219,7 +224,7 @@ func TestRollbackOfFirstVersionRemovesPortGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.declare("oops", events.NetworkSpec{VLAN: 4000, CIDR: "10.50.0.0/24"})
-	rb := wait(e, events.TypeNetworkRolledBack, func(p *events.NetworkRolledBack) bool { return p.Name == "oops" })
+	rb := testenv.Wait(e.Env, func(p *events.NetworkRolledBack) bool { return p.Name == "oops" })
 	if rb.FromVersion != 1 || rb.ToVersion != 0 {
 		t.Fatalf("rolledback = %+v, want 1 → 0", rb)
 	}
@@ -236,14 +241,14 @@ func TestRollbackOfFirstVersionRemovesPortGroup(t *testing.T) {
 func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
 	e.declare("db", events.NetworkSpec{VLAN: 300, CIDR: "10.60.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 1 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 1 })
 	e.declare("db", events.NetworkSpec{VLAN: 301, CIDR: "10.60.0.0/24", Properties: events.NetworkProperties{MTU: 9000, AllowPromiscuous: true}})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 2 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 2 })
 	if pg := e.portGroup("pv-db"); pg.vlan != 301 {
 		t.Fatalf("vlan %d after version 2, want 301", pg.vlan)
 	}
 	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 1})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 3 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 3 })
 	rec := e.record("db")
 	if rec.Version != 3 || rec.Spec.VLAN != 300 || rec.History[2].Origin != "restored from version 1" {
 		t.Fatalf("record after restore: v%d vlan %d history %+v", rec.Version, rec.Spec.VLAN, rec.History)
@@ -278,7 +283,7 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 func TestDeclarationsRefusedWithReasons(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	e.declare("a", events.NetworkSpec{VLAN: 10, CIDR: "10.70.0.0/16"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "a" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "a" })
 
 	e.declare("b", events.NetworkSpec{VLAN: 11, CIDR: "10.70.5.0/24"})
 	rec := e.waitRecord("b", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusRejected })
@@ -307,7 +312,7 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.declare("late", events.NetworkSpec{VLAN: 77, CIDR: "10.77.0.0/24"})
-	f := wait(e, events.TypeNetworkHostFailed, func(p *events.NetworkHostFailed) bool { return p.Name == "late" })
+	f := testenv.Wait(e.Env, func(p *events.NetworkHostFailed) bool { return p.Name == "late" })
 	if f.Host != down || f.Reason != netconfig.ReasonHostDisconnected {
 		t.Fatalf("host.failed = %+v, want %s HostDisconnected", f, down)
 	}
@@ -318,7 +323,7 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.publish(events.TypeHostRecovered, down, &events.HostRecovered{Name: down, Cluster: "cluster-1"})
-	wait(e, events.TypeNetworkHostReady, func(p *events.NetworkHostReady) bool { return p.Name == "late" && p.Host == down })
+	testenv.Wait(e.Env, func(p *events.NetworkHostReady) bool { return p.Name == "late" && p.Host == down })
 	rec := e.waitRecord("late", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })
 	if rec.ReadyHosts() != 3 {
 		t.Fatalf("ready hosts %d, want 3", rec.ReadyHosts())
@@ -331,7 +336,7 @@ func TestAvailabilityQuery(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 1}, nil)
 	in, out := e.clusterHosts("cluster-1")[0], e.clusterHosts("cluster-2")[0]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "q" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
 	ask := func(network, host string) events.NetworkAvailabilityAnswer {
 		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
 		m, err := e.bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
@@ -368,9 +373,9 @@ func TestMigrationMovesTheBinding(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	hosts := e.allHosts()
 	e.declare("m", events.NetworkSpec{VLAN: 8, CIDR: "10.8.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "m" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "m" })
 	e.schedule("mover", "uid-mover", hosts[0], "m")
-	att := wait(e, events.TypePodNetworkAttached, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
+	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
 	e.publish(events.TypeMigrationCompleted, events.PodKey("default", "mover"), &events.MigrationCompleted{
 		ID: "mig-1", Namespace: "default", Pod: "mover", UID: "uid-mover", SourceHost: hosts[0], TargetHost: hosts[1], TargetCluster: "cluster-1",
 	})
@@ -401,12 +406,12 @@ func TestMigrationMovesTheBinding(t *testing.T) {
 func TestScopeChangeMovesThePortGroup(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 1 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 1 })
 	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
 		t.Fatalf("v1 on %v, want every host", pg.hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-2"}}})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 2 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 2 })
 	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.clusterHosts("cluster-2")) {
 		t.Fatalf("v2 on %v, want %v", pg.hosts, e.clusterHosts("cluster-2"))
 	}
@@ -414,7 +419,7 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 		t.Fatalf("net-hosts after narrowing = %v", a.Hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
 	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
 		t.Fatalf("v3 on %v, want every host", pg.hosts)
 	}
@@ -425,7 +430,7 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 func TestResyncRepairsDrift(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
 	e.declare("drift", events.NetworkSpec{VLAN: 44, CIDR: "10.44.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "drift" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "drift" })
 
 	ctx := context.Background()
 	dc, err := find.NewFinder(e.vc.Client).Datacenter(ctx, "DC0")
@@ -453,7 +458,7 @@ func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
 	host := e.allHosts()[0]
 	e.declare("rec", events.NetworkSpec{VLAN: 3, CIDR: "10.3.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
 
 	acc := podAccepted("late", "uid-late", []string{"rec"})
 	rec := events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks}
@@ -471,7 +476,7 @@ func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	e.publish(events.TypePodScheduled, events.PodKey("default", "late"), &events.PodScheduled{
 		Namespace: "default", Name: "late", UID: "uid-late", Host: host, Cluster: "cluster-1",
 	})
-	att := wait(e, events.TypePodNetworkAttached, func(p *events.PodNetworkAttached) bool { return p.Name == "late" })
+	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "late" })
 	if len(att.Attachments) != 1 || att.Attachments[0].Network != "rec" {
 		t.Fatalf("attached %+v, want network rec", att.Attachments)
 	}
@@ -490,7 +495,7 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 	hosts := e.allHosts()
 	e.declare("blue", events.NetworkSpec{VLAN: 40, CIDR: "10.40.0.0/24", Gateway: "10.40.0.1",
 		Scope: events.NetworkScope{Clusters: []string{e.clusterOf(hosts[0])}}})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "blue" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "blue" })
 	// The other cluster's host does not carry blue: the attach must ask
 	// vCenter about the host, and vCenter fails every such call.
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
@@ -498,34 +503,13 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.schedule("stuck", "uid-stuck", hosts[1], "blue")
-	f := wait(e, events.TypePodNetworkFailed, func(p *events.PodNetworkFailed) bool { return p.Name == "stuck" })
+	f := testenv.Wait(e.Env, func(p *events.PodNetworkFailed) bool { return p.Name == "stuck" })
 	if f.Reason != netconfig.ReasonNotRealizedOnHost || f.Network != "blue" || f.Host != hosts[1] ||
 		!strings.Contains(f.Message, "gave up after 3 attempts") {
 		t.Fatalf("pod.network.failed = %+v; want NotRealizedOnHost for blue on %s, after 3 attempts", f, hosts[1])
 	}
-	waitDeadLetter(e, "max deliveries exceeded")
-	if n := e.count(events.TypePodNetworkAttached); n != 0 {
+	e.WaitDeadLetter(netconfig.Name, "max deliveries exceeded")
+	if n := e.Events.Count(events.TypePodNetworkAttached); n != 0 {
 		t.Errorf("%d pod.network.attached; want none", n)
 	}
-}
-
-// waitDeadLetter waits for a dead letter of the service whose reason
-// contains want.
-func waitDeadLetter(e *env, want string) {
-	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		st, err := e.bus.JetStream().Stream(context.Background(), bus.StreamDLQ)
-		var m *jetstream.RawStreamMsg
-		if err == nil {
-			m, err = st.GetLastMsgForSubject(context.Background(), "pv.dlq."+netconfig.Name)
-		}
-		if err == nil {
-			if dl, err := bus.ReadDeadLetter(m.Header); err == nil && strings.Contains(dl.Reason, want) {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	e.t.Fatalf("no dead letter with reason %q within 10s", want)
 }

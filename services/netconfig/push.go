@@ -348,6 +348,7 @@ func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.
 		if err == nil {
 			err = s.store.publishAvailability(ctx, rec)
 		}
+		s.hostStatesSoon()
 		return err
 	}
 	// Read the hosts back at the good version and record them as usual.
@@ -438,6 +439,7 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 	if err := s.store.publishAvailability(ctx, rec); err != nil {
 		return err
 	}
+	s.hostStatesSoon()
 
 	var ready, failed []string
 	changed := prevStatus != rec.Status

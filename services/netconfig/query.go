@@ -7,21 +7,27 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/fabric"
 )
 
-// queryTimeout bounds one availability answer (two KV reads).
+// queryTimeout bounds one availability answer (two KV reads and a look at
+// the host in vCenter).
 const queryTimeout = 2 * time.Second
 
 // serveQueries answers events.SubjectQueryNetworkAvailable requests in a
 // queue group, so any number of replicas share the load and each request
-// gets one answer.
-func (s *Service) serveQueries() (*nats.Subscription, error) {
+// gets one answer. ctx bounds the repairs an answer starts.
+func (s *Service) serveQueries(ctx context.Context) (*nats.Subscription, error) {
 	sub, err := s.bus.Conn().QueueSubscribe(events.SubjectQueryNetworkAvailable, Name, func(m *nats.Msg) {
-		ctx, cancel := context.WithTimeout(context.Background(), queryTimeout)
+		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
 		defer cancel()
-		ans := s.Available(ctx, m.Data)
+		ans := s.Available(qctx, m.Data)
+		if ans.State == events.NetworkOnHostFailed && ans.Reason == ReasonNotRealized {
+			s.repairSoon(ctx, ans.Network)
+		}
 		data, _ := json.Marshal(ans)
 		if err := m.Respond(data); err != nil {
 			s.log.Warn("answer availability query", "err", err)
@@ -34,31 +40,120 @@ func (s *Service) serveQueries() (*nats.Subscription, error) {
 }
 
 // Available answers one availability query (JSON of
-// events.NetworkAvailabilityQuery) from the `net-hosts` read model.
+// events.NetworkAvailabilityQuery): the `net-hosts` read model says where
+// the network should be, then the host itself is read back from vCenter,
+// since the model is only as fresh as the last push while the question is
+// asked right before a pod is bound there. A host that is not connected, or
+// that reads back without the port group the model says it carries, is
+// Failed for the network.
 func (s *Service) Available(ctx context.Context, request []byte) events.NetworkAvailabilityAnswer {
 	var q events.NetworkAvailabilityQuery
 	if err := json.Unmarshal(request, &q); err != nil || q.Network == "" || q.Host == "" {
 		return events.NetworkAvailabilityAnswer{Network: q.Network, Host: q.Host, Reason: "InvalidQuery",
+			State:   events.NetworkOnHostNotInScope,
 			Message: `want JSON {"network": "<name>", "host": "<host name>"}, both required`}
 	}
-	ans := events.NetworkAvailabilityAnswer{Network: q.Network, Host: q.Host}
+	ans := events.NetworkAvailabilityAnswer{Network: q.Network, Host: q.Host, State: events.NetworkOnHostNotInScope}
 	a, err := s.store.availability(ctx, q.Network)
 	switch {
 	case err != nil:
 		ans.Reason, ans.Message = "Unavailable", err.Error()
+		return ans
 	case a == nil:
 		ans.Reason, ans.Message = ReasonNetworkNotFound, fmt.Sprintf("network %s does not exist", q.Network)
-	default:
-		ans.InScope = a.InScope(q.Host)
-		ans.Available = a.Realized(q.Host)
-		switch {
-		case ans.Available:
-			ans.Version = a.Version
-		case ans.InScope:
-			ans.Reason, ans.Message = "NotRealized", fmt.Sprintf("host %s is in the scope of %s; the network is realized there when a pod needs it", q.Host, q.Network)
-		default:
-			ans.Reason, ans.Message = ReasonNotInScope, fmt.Sprintf("host %s is not in the scope of network %s", q.Host, q.Network)
+		return ans
+	}
+	ans.InScope = a.InScope(q.Host)
+	ans.State = a.On(q.Host)
+	switch ans.State {
+	case events.NetworkOnHostNotInScope:
+		ans.Reason, ans.Message = ReasonNotInScope, fmt.Sprintf("host %s is not in the scope of network %s", q.Host, q.Network)
+		return ans
+	case events.NetworkOnHostFailed:
+		ans.Reason, ans.Message = ReasonNotRealized, fmt.Sprintf("host %s is in the scope of %s but its last push failed there", q.Host, q.Network)
+		if rec, _, err := s.store.get(ctx, q.Network); err == nil && rec != nil {
+			if st, ok := rec.Hosts[q.Host]; ok && st.Reason != "" {
+				ans.Reason, ans.Message = st.Reason, st.Message
+			}
 		}
+		return ans
+	}
+	reason, msg, err := s.lookAtHost(ctx, q.Network, q.Host, ans.State == events.NetworkOnHostRealized)
+	switch {
+	case err != nil:
+		// vCenter did not answer: the model's word stands.
+		s.log.Warn("availability query: read the host back", "network", q.Network, "host", q.Host, "err", err)
+	case reason != "":
+		ans.State, ans.Reason, ans.Message = events.NetworkOnHostFailed, reason, msg
+		return ans
+	}
+	if ans.State == events.NetworkOnHostRealized {
+		ans.Available, ans.Version = true, a.Version
+	} else {
+		ans.Reason, ans.Message = ReasonNotRealized, fmt.Sprintf("host %s is in the scope of %s; the network is realized there when a pod needs it", q.Host, q.Network)
 	}
 	return ans
+}
+
+// lookAtHost reads one host back from vCenter: it must be connected and,
+// when the network is realized there, carry its port group. It returns the
+// reason and message of what is wrong, or "" when nothing is.
+func (s *Service) lookAtHost(ctx context.Context, network, host string, realized bool) (reason, msg string, err error) {
+	ref, err := s.hostRef(ctx, host)
+	if err != nil {
+		return "", "", err
+	}
+	view, err := s.fab.ObserveHost(ctx, ref)
+	if err != nil {
+		return "", "", err
+	}
+	if view.ConnectionState != fabric.Connected {
+		return ReasonHostDisconnected, fmt.Sprintf("host %s is %s", host, view.ConnectionState), nil
+	}
+	if !realized {
+		return "", "", nil
+	}
+	pgName := events.PortGroupName(network)
+	pg, ok, err := s.fab.FindPortGroup(ctx, pgName)
+	if err != nil {
+		return "", "", err
+	}
+	if !ok || !view.Carries(pg.Ref) {
+		return ReasonNotRealized, fmt.Sprintf("host %s reads back without port group %s", host, pgName), nil
+	}
+	return "", "", nil
+}
+
+// hostRef finds a host's reference by name, from a cache filled by the
+// inventory (host references do not change while a host exists).
+func (s *Service) hostRef(ctx context.Context, name string) (types.ManagedObjectReference, error) {
+	if v, ok := s.hostRefs.Load(name); ok {
+		return v.(types.ManagedObjectReference), nil
+	}
+	hosts, err := s.fab.Hosts(ctx)
+	if err != nil {
+		return types.ManagedObjectReference{}, err
+	}
+	for _, h := range hosts {
+		s.hostRefs.Store(h.Name, h.Ref)
+	}
+	if v, ok := s.hostRefs.Load(name); ok {
+		return v.(types.ManagedObjectReference), nil
+	}
+	return types.ManagedObjectReference{}, fmt.Errorf("host %s: not in the inventory", name)
+}
+
+// repairSoon reconciles a network whose host read back without it, once at
+// a time: the push reads every host back, records the host Failed (so the
+// model and the scheduler learn it) and repairs what it can.
+func (s *Service) repairSoon(ctx context.Context, network string) {
+	if _, busy := s.repairing.LoadOrStore(network, true); busy {
+		return
+	}
+	go func() {
+		defer s.repairing.Delete(network)
+		if err := s.reconcile(ctx, nil, network); err != nil && ctx.Err() == nil {
+			s.log.Warn("repair after an availability query", "network", network, "err", err)
+		}
+	}()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Name is the service name: consumer names, the DLQ subject and the span
@@ -36,7 +37,12 @@ type Service struct {
 	store *store
 	ipam  *ipam.Allocator
 	pods  jetstream.KeyValue // provisioner's pod records, read-only
-	vms   jetstream.KeyValue // provisioner's VM records, read-only
+	// services holds the network services (KV net-services), data the
+	// pass-through data (KV net-data).
+	services *record.Store[events.NetworkServiceRecord]
+	data     *record.Store[events.NetworkDataRecord]
+	spaces   *record.Store[events.NetworkDataNamespaces]
+	vms      jetstream.KeyValue // provisioner's VM records, read-only
 
 	out *bus.Emitter
 	// locks serializes work on one network within the process: changes to
@@ -49,6 +55,15 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
+	// hostRefs caches host references by name (availability queries).
+	hostRefs sync.Map
+	// repairing names the networks a query found missing on a host and
+	// being reconciled.
+	repairing sync.Map
+	// hostStatesDue asks for the hosts' final states to be pushed;
+	// hostDigests remembers the digest last pushed per host.
+	hostStatesDue chan struct{}
+	hostDigests   sync.Map
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
@@ -76,7 +91,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs := map[string]jetstream.KeyValue{}
-	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods, events.BucketVMs} {
+	for _, name := range []string{events.BucketNetworks, events.BucketNetHosts, events.BucketIPAM, bus.BucketPods, events.BucketNetServices, events.BucketNetData, events.BucketVMs} {
 		kv, err := b.KV(ctx, name)
 		if err != nil {
 			return nil, fmt.Errorf("netconfig: open KV bucket %s (is the topology declared?): %w", name, err)
@@ -94,7 +109,12 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		pods:  kvs[bus.BucketPods],
 		vms:   kvs[events.BucketVMs],
 
-		countsDue: make(chan string, 1024),
+		services: record.New[events.NetworkServiceRecord](kvs[events.BucketNetServices], "network service"),
+		data:     record.New[events.NetworkDataRecord](kvs[events.BucketNetData], "network data"),
+		spaces:   record.New[events.NetworkDataNamespaces](kvs[events.BucketNetData], "network data namespaces"),
+
+		countsDue:     make(chan string, 1024),
+		hostStatesDue: make(chan struct{}, 1),
 	}, nil
 }
 
@@ -108,6 +128,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onPodScheduled).OnFailure(s.attachFailed)
 	bus.Handle(r, s.onPodDeleted)
 	bus.Handle(r, s.onPodFailed)
+	bus.Handle(r, s.onMigrationTargetReserved)
 	bus.Handle(r, s.onMigrationCompleted)
 	bus.Handle(r, s.onVMScheduled).OnFailure(s.vmAttachFailed)
 	bus.Handle(r, s.onVMDeleted)
@@ -115,6 +136,10 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
 	bus.Handle(r, s.onHostRecovered)
+	bus.Handle(r, s.onServiceDeclared)
+	bus.Handle(r, s.onDataRegister)
+	bus.Handle(r, s.onDataSet)
+	bus.Handle(r, s.onDataRemove)
 	return r
 }
 
@@ -122,13 +147,13 @@ func (s *Service) routes() *bus.Router {
 // availability queries and resyncs periodically, until ctx ends. It returns
 // nil when ctx ends and the consumers have drained.
 func (s *Service) Run(ctx context.Context) error {
-	sub, err := s.serveQueries()
+	g, ctx := errgroup.WithContext(ctx)
+	sub, err := s.serveQueries(ctx)
 	if err != nil {
 		return err
 	}
 	defer sub.Unsubscribe()
 
-	g, ctx := errgroup.WithContext(ctx)
 	r := s.routes()
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
@@ -139,6 +164,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
 	g.Go(func() error { s.recountLoop(ctx); return nil })
+	g.Go(func() error { s.hostStateLoop(ctx); return nil })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -176,6 +202,9 @@ func (s *Service) Resync(ctx context.Context) error {
 		if err := s.reconcile(ctx, nil, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
+	}
+	if err := s.PushHostStates(ctx, true); err != nil {
+		errs = append(errs, fmt.Errorf("hosts' final states: %w", err))
 	}
 	return errors.Join(errs...)
 }

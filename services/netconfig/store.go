@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -73,13 +74,27 @@ func (s *store) publishAvailability(ctx context.Context, rec *events.NetworkReco
 		Hosts:   rec.RealizedHosts(),
 		Scope:   rec.Scope,
 	}
+	for name, h := range rec.Hosts {
+		if h.State == events.NetworkHostStateFailed && rec.Version > 0 {
+			a.Failed = append(a.Failed, name)
+		}
+	}
+	slices.Sort(a.Failed)
 	if a.Hosts == nil {
 		a.Hosts = []string{}
 	}
 	if a.Scope == nil {
 		a.Scope = []string{}
 	}
-	_, err := s.netHosts.Set(ctx, events.NetworkRecordKey(rec.Name), &a)
+	// Compare-and-set, and never back: a replica holding an older version
+	// of the record leaves a newer availability in place.
+	_, err := s.netHosts.Upsert(ctx, events.NetworkRecordKey(rec.Name), func(v *events.NetworkAvailability, exists bool) error {
+		if exists && v.Version > a.Version {
+			return record.ErrUnchanged
+		}
+		*v = a
+		return nil
+	})
 	return err
 }
 

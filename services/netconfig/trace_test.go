@@ -10,6 +10,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/telemetry"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestSpansNameServiceAndPod: the attach span carries podvisor.service,
@@ -24,9 +25,9 @@ func TestSpansNameServiceAndPod(t *testing.T) {
 
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
 	e.declare("traced", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
-	wait(e, events.TypeNetworkRealized, func(p *events.NetworkRealized) bool { return p.Name == "traced" })
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "traced" })
 	e.schedule("tp", "uid-tp", e.allHosts()[0], "traced")
-	wait(e, events.TypePodNetworkAttached, func(p *events.PodNetworkAttached) bool { return p.Name == "tp" })
+	testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "tp" })
 
 	var found []telemetry.Span
 	deadline := time.Now().Add(5 * time.Second)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/mo"
 )
 
@@ -20,7 +21,7 @@ func TestShardedFolder(t *testing.T) {
 	e.start(cfg)
 	acc := e.request(testPod("sharded"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	ctx := context.Background()
 	var vm mo.VirtualMachine
 	if err := e.vc.RetrieveOne(ctx, vmRef(run.VM), []string{"parent"}, &vm); err != nil {
@@ -56,7 +57,7 @@ func runLatencies(e *env, n int, host string) []time.Duration {
 		start := time.Now()
 		acc := e.request(testPod(name))
 		e.facts(acc, host)
-		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		out = append(out, time.Since(start))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })

@@ -64,6 +64,10 @@ type Config struct {
 	// guest that does not report its containers stopped (silent, frozen or
 	// absent) before the VM is powered off anyway.
 	GuestStopSlack time.Duration
+	// KeyFile is the Secret file holding the key-encryption key of pods'
+	// encrypted ephemeral disks (package diskkeys). Empty: pods asking for
+	// one fail with EncryptionUnavailable.
+	KeyFile string
 	// NativeVM configures the native VM controller (its defaults apply to
 	// the zero value).
 	NativeVM nativevm.Config
@@ -104,6 +108,7 @@ const (
 	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
 	EnvAwaitGuestStop = "PODVISOR_PROVISIONER_AWAIT_GUEST_STOP"
 	EnvGuestStopSlack = "PODVISOR_PROVISIONER_GUEST_STOP_SLACK"
+	EnvKeyFile        = "PODVISOR_PROVISIONER_KEY_FILE"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -132,6 +137,9 @@ func ConfigFrom(src config.Source) (Config, error) {
 	}
 	if v, ok := src(EnvDatastore); ok {
 		cfg.Datastore = strings.TrimSpace(v)
+	}
+	if v, ok := src(EnvKeyFile); ok {
+		cfg.KeyFile = strings.TrimSpace(v)
 	}
 	if err := r.Err(); err != nil {
 		return cfg, fmt.Errorf("provisioner config: %w", err)

@@ -99,6 +99,16 @@
 // Every repair is logged and counted in podvisor_provisioner_repairs_total
 // {kind}.
 //
+// # Encrypted ephemeral disks
+//
+// A pod annotated podvisor.io/ephemeral-encryption: required gets a disk
+// key kept sealed in its record (package diskkeys; the key-encryption key
+// comes from Config.KeyFile) and a fresh nonce in its VM's spec at every
+// create. The service answers pv.keys.release (asked by host agents for
+// their guests): the key, wrapped for the guest's public key, goes only to
+// a request naming the pod's host, the recorded VM's instance uuid as
+// vCenter reports it and the nonce of its create (diskkey.go).
+//
 // # Running it
 //
 //	cfg, err := provisioner.ConfigFromEnv()

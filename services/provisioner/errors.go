@@ -25,7 +25,13 @@ const (
 	ReasonNetworkFailed  = "NetworkFailed"
 	ReasonDeleteFailed   = "DeleteFailed"
 	ReasonUnschedulable  = "Unschedulable"
+	// ReasonNetworkRefused: the host the pod was scheduled to refused one
+	// of its networks; the pod is being placed on another host.
+	ReasonNetworkRefused = "NetworkRefused"
 	ReasonVMMissing      = "VMMissing"
+	// ReasonEncryptionUnavailable: the pod asks for an encrypted ephemeral
+	// disk and the provisioner has no key-encryption key.
+	ReasonEncryptionUnavailable = "EncryptionUnavailable"
 )
 
 // step tags a vSphere failure with the step that failed (bus.WithReason),

@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -82,6 +84,14 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 	if s.RestartPolicy == "" {
 		s.RestartPolicy = string(corev1.RestartPolicyAlways)
 	}
+	if events.PodEphemeralEncryption(&r.Pod) {
+		if r.Encryption == nil || r.Encryption.Nonce == "" {
+			// Never a VM without encryption for a pod that asked for it.
+			return vmLayout{}, fmt.Errorf("pod %s asks for an encrypted ephemeral disk and has no key yet", r.Key())
+		}
+		// The nonce only: the key never goes into the VM's configuration.
+		s.Encryption = &guestchannel.Encryption{Nonce: r.Encryption.Nonce}
+	}
 	if g := r.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
 		s.TerminationGracePeriodSeconds = *g
 	}
@@ -93,6 +103,7 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 			return guestchannel.Container{}, fmt.Errorf("container %s: no prepared image", c.Name)
 		}
 		gc := containerSpec(c)
+		withImageConfig(&gc, img.Config)
 		gc.ImageDigest = img.Digest
 		parent := ""
 		for _, path := range img.Chain {
@@ -137,17 +148,69 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 		}
 		s.Volumes = append(s.Volumes, guestchannel.Volume{Name: v.Name, EmptyDir: ed})
 	}
+	var nameservers []string
 	for _, a := range r.Attachments {
 		s.NICs = append(s.NICs, guestchannel.NIC{Network: a.Network, MAC: a.MAC, IP: a.IP, Prefix: a.PrefixLength, Gateway: a.Gateway})
+		for _, ns := range a.Nameservers {
+			if !slices.Contains(nameservers, ns) && len(nameservers) < 3 {
+				nameservers = append(nameservers, ns)
+			}
+		}
+	}
+	if len(nameservers) > 0 {
+		// The networks' DNS services; a short name resolves in the pod's
+		// own namespace first, as a Kubernetes pod's does.
+		s.DNS = &guestchannel.DNSConfig{Nameservers: nameservers,
+			Searches: []string{r.Namespace + "." + events.DNSDomain, events.DNSDomain}}
 	}
 	l.spec = s
 	return l, nil
 }
 
+// withImageConfig completes a container's spec from its image's config with
+// Kubernetes' rules: Entrypoint and Cmd go to the agent, which runs command
+// (or else Entrypoint) followed by args (or, without command or args, Cmd);
+// the image's environment comes first, a manifest variable of the same name
+// replacing it in place (as containerd does); workingDir defaults to the
+// image's; the image's user applies unless the securityContext names one
+// (the agent resolves it in the container's root). An image without a
+// config (or an event from a version that did not send it) leaves the
+// manifest's fields alone.
+func withImageConfig(gc *guestchannel.Container, cfg *events.ImageConfig) {
+	if cfg == nil {
+		return
+	}
+	gc.Entrypoint, gc.Cmd, gc.User = cfg.Entrypoint, cfg.Cmd, cfg.User
+	if gc.WorkingDir == "" {
+		gc.WorkingDir = cfg.WorkingDir
+	}
+	if len(cfg.Env) == 0 {
+		return
+	}
+	env := make([]guestchannel.EnvVar, 0, len(cfg.Env)+len(gc.Env))
+	at := map[string]int{}
+	for _, kv := range cfg.Env {
+		name, value, _ := strings.Cut(kv, "=")
+		if i, ok := at[name]; ok {
+			env[i].Value = value
+			continue
+		}
+		at[name] = len(env)
+		env = append(env, guestchannel.EnvVar{Name: name, Value: value})
+	}
+	for _, e := range gc.Env {
+		if i, ok := at[e.Name]; ok {
+			env[i].Value = e.Value
+			continue
+		}
+		at[e.Name] = len(env)
+		env = append(env, e)
+	}
+	gc.Env = env
+}
+
 // containerSpec is the part of a container's guest spec that comes from
-// the manifest. Entrypoint, Cmd, the image's Env, User and WorkingDir come
-// from the image config, which the image record does not carry yet: they
-// stay empty, and the manifest's command and args are what runs.
+// the manifest; withImageConfig adds the image's.
 func containerSpec(c corev1.Container) guestchannel.Container {
 	gc := guestchannel.Container{
 		Name:       c.Name,

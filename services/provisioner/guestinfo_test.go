@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -179,3 +180,80 @@ func TestGuestSpecFromRecord(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestGuestSpecCarriesImageConfig: the image's Entrypoint, Cmd, Env, User
+// and WorkingDir reach the guest spec beside the manifest's fields, the
+// manifest winning where Kubernetes says it does.
+func TestGuestSpecCarriesImageConfig(t *testing.T) {
+	uid := int64(1000)
+	r := specRecord(func(p *corev1.Pod) {
+		p.Spec.Containers = []corev1.Container{
+			{Name: "plain", Image: "app:1"},
+			{Name: "args", Image: "app:1", Args: []string{"--port", "81"}, WorkingDir: "/data",
+				Env: []corev1.EnvVar{{Name: "MODE", Value: "manifest"}, {Name: "EXTRA", Value: "x"}}},
+			{Name: "cmd", Image: "app:1", Command: []string{"/bin/other"}, SecurityContext: &corev1.SecurityContext{RunAsUser: &uid}},
+			{Name: "bare", Image: "bare:1", Command: []string{"/bin/true"}},
+		}
+	}, map[string][]int{"plain": {1}, "args": {1}, "cmd": {1}, "bare": {2}})
+	cfg := &events.ImageConfig{Entrypoint: []string{"/bin/app"}, Cmd: []string{"--port", "80"}, User: "app:app",
+		WorkingDir: "/srv", Env: []string{"PATH=/bin", "MODE=image", "LANG=C"}, ExposedPorts: []string{"80/tcp"}}
+	for i := range r.Images[:3] {
+		r.Images[i].Config = cfg
+	}
+	l, err := layout(r, "shared-ds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := guestinfo(r, l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := guestchannel.UnmarshalSpec([]byte(info[guestchannel.GuestinfoSpec]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := func(c guestchannel.Container) string {
+		var b strings.Builder
+		for _, e := range c.Env {
+			b.WriteString(e.Name + "=" + e.Value + " ")
+		}
+		return strings.TrimSpace(b.String())
+	}
+	plain, args, cmd, bare := s.Containers[0], s.Containers[1], s.Containers[2], s.Containers[3]
+	if strings.Join(plain.Entrypoint, " ") != "/bin/app" || strings.Join(plain.Cmd, " ") != "--port 80" || len(plain.Command)+len(plain.Args) != 0 ||
+		plain.WorkingDir != "/srv" || plain.User != "app:app" || env(plain) != "PATH=/bin MODE=image LANG=C" {
+		t.Errorf("plain = %+v, want the image's config as is", plain)
+	}
+	if strings.Join(args.Args, " ") != "--port 81" || strings.Join(args.Entrypoint, " ") != "/bin/app" || args.WorkingDir != "/data" ||
+		env(args) != "PATH=/bin MODE=manifest LANG=C EXTRA=x" {
+		t.Errorf("args = %+v, want the manifest's args, workingDir and env over the image's", args)
+	}
+	if strings.Join(cmd.Command, " ") != "/bin/other" || cmd.RunAsUser == nil || *cmd.RunAsUser != 1000 || cmd.User != "app:app" {
+		t.Errorf("cmd = %+v, want the command and runAsUser beside the image's user", cmd)
+	}
+	if bare.Entrypoint != nil || bare.Cmd != nil || bare.WorkingDir != "" || bare.User != "" || len(bare.Env) != 0 {
+		t.Errorf("bare = %+v, want nothing from an image without a config", bare)
+	}
+}
+
+// The networks' DNS services become the guest's resolver; a pod on a
+// network without one keeps its image's resolv.conf.
+func TestGuestSpecDNSFromAttachments(t *testing.T) {
+	r := specRecord(nil, map[string][]int{"app": {1}})
+	r.Namespace = "shop"
+	r.Attachments[0].Nameservers = []string{"10.0.0.2"}
+	r.Attachments = append(r.Attachments, events.NetworkAttachment{Network: "b", PortGroup: "pv-b", IP: "10.1.0.5", PrefixLength: 24,
+		MAC: "00:50:56:00:00:06", Nameservers: []string{"10.1.0.2", "10.0.0.2"}})
+	l, err := layout(r, "shared-ds")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := l.spec.DNS; d == nil || !slices.Equal(d.Nameservers, []string{"10.0.0.2", "10.1.0.2"}) ||
+		!slices.Equal(d.Searches, []string{"shop.pod.podvisor.local", "pod.podvisor.local"}) {
+		t.Fatalf("dns = %+v", l.spec.DNS)
+	}
+	r = specRecord(nil, map[string][]int{"app": {1}})
+	if l, _ := layout(r, "shared-ds"); l.spec.DNS != nil {
+		t.Fatalf("dns without a DNS service = %+v", l.spec.DNS)
+	}
+}

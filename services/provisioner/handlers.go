@@ -56,6 +56,9 @@ func (s *Service) routes() *bus.Router {
 			fmt.Sprintf("image %s of container %s: %s: %s", p.Image, p.Container, p.Reason, p.Message), "")
 	})
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodNetworkFailed) error {
+		if p.Host != "" && events.HostSpecificNetworkReason(p.Reason) {
+			return h.networkRefused(ctx, p)
+		}
 		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonNetworkFailed,
 			fmt.Sprintf("network %s: %s: %s", p.Network, p.Reason, p.Message), p.Host)
 	})
@@ -345,22 +348,67 @@ func (s *Service) applyScheduled(r *events.PodRecord, p *events.PodScheduled) bo
 	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
 		return false
 	}
+	refused := s.applyRefusals(r, p.Refusals)
 	if r.Host == p.Host && r.Cluster == p.Cluster && r.ResourcePool == p.ResourcePool && slices.Equal(r.Datastores, p.Datastores) {
-		return false
+		return refused
 	}
 	if r.Host != "" && (r.VMRef != "" || r.CreateTask != "") {
-		return false
+		return refused
 	}
 	r.Host, r.Cluster, r.ResourcePool = p.Host, p.Cluster, p.ResourcePool
 	r.Datastores = slices.Clone(p.Datastores)
 	if r.Phase == events.PodPhasePending {
 		r.Phase = events.PodPhaseScheduled
 	}
-	if r.Reason == ReasonUnschedulable {
+	if r.Reason == ReasonUnschedulable || r.Reason == ReasonNetworkRefused {
 		r.Reason, r.Message = "", ""
 	}
 	r.SetCondition(events.PodConditionScheduled, events.ConditionTrue, "Bound", "bound to host "+p.Host+" in "+p.Cluster, s.now().UTC())
 	return true
+}
+
+// applyRefusals keeps the hosts that refused the pod's networks on the
+// record and its NetworkRefused condition (reason: the first refusal's).
+func (s *Service) applyRefusals(r *events.PodRecord, rs []events.HostRefusal) bool {
+	if !r.AddNetworkRefusals(rs) {
+		return false
+	}
+	r.SetCondition(events.PodConditionNetworkRefused, events.ConditionTrue, r.NetworkRefusals[0].Reason, r.NetworkRefusalMessage(), s.now().UTC())
+	return true
+}
+
+// networkRefused handles a pod.network.failed whose reason is about the
+// host (events.HostSpecificNetworkReason): the refusal is kept, and the pod
+// goes back to Pending without a host so that the scheduler places it on
+// another one, until events.MaxNetworkRefusals hosts refused; then the pod
+// fails as for any other network failure.
+func (h handling) networkRefused(ctx context.Context, p *events.PodNetworkFailed) error {
+	s := h.s
+	r, err := s.recs.get(ctx, events.PodRecordKey(p.Namespace, p.Name))
+	if err != nil || r == nil || r.UID != p.UID {
+		return err
+	}
+	ref := events.HostRefusal{Host: p.Host, Network: p.Network, Reason: p.Reason, Message: p.Message, OnAttach: true}
+	if s.applyRefusals(r, []events.HostRefusal{ref}) && r.AttachRefusals() >= events.MaxNetworkRefusals {
+		if (r.Host != "" && r.Host != p.Host) || events.PodHasVM(r.Phase) || r.Phase == events.PodPhaseFailed || !r.DeletionRequestedAt.IsZero() {
+			return nil
+		}
+		return s.fail(ctx, r, ReasonNetworkFailed, fmt.Sprintf("network %s: %d hosts refused it, the bound: %s",
+			p.Network, r.AttachRefusals(), r.NetworkRefusalMessage()))
+	}
+	return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool {
+		changed := s.applyRefusals(r, []events.HostRefusal{ref})
+		if r.Host != p.Host || r.VMRef != "" || r.CreateTask != "" || !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
+			return changed // about an earlier placement, or too late to move
+		}
+		r.Host, r.Cluster, r.ResourcePool, r.Datastores = "", "", "", nil
+		r.NetworkHost, r.Attachments, r.IP = "", nil, ""
+		r.Phase = events.PodPhasePending
+		msg := fmt.Sprintf("host %s refused network %s (%s); placing the pod on another host", p.Host, p.Network, p.Reason)
+		r.Reason, r.Message = ReasonNetworkRefused, msg
+		r.SetCondition(events.PodConditionScheduled, events.ConditionFalse, ReasonNetworkRefused, msg, s.now().UTC())
+		return true
+	})
 }
 
 func (s *Service) applyUnschedulable(r *events.PodRecord, p *events.PodUnschedulable) bool {
@@ -416,7 +464,7 @@ func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetwork
 	if r.Host != "" && p.Host != r.Host {
 		return false // attachments for an earlier placement
 	}
-	if r.NetworkHost == p.Host && slices.Equal(r.Attachments, p.Attachments) {
+	if r.NetworkHost == p.Host && slices.EqualFunc(r.Attachments, p.Attachments, events.NetworkAttachment.Equal) {
 		return false
 	}
 	// Keep NIC order: the order of the pod's networks.

@@ -3,21 +3,14 @@ package provisioner
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"os"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
-	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
@@ -27,10 +20,11 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// env is one test's world: a JetStream server, a simulated datacenter with
-// the pv-default port group and image disks on the shared datastore, and a
-// recorder of every pod event on the bus.
+// env is one test's world (shared/testenv): a JetStream server, a
+// simulated datacenter with the pv-default port group and image disks on
+// the shared datastore, and a recorder of every event on the bus.
 type env struct {
+	*testenv.Env
 	t    testing.TB
 	bus  *bus.Bus
 	dc   *sim.Datacenter
@@ -38,26 +32,24 @@ type env struct {
 	dco  *object.Datacenter
 	vms  *podvm.Client
 	sess *vsphere.Session
-	rec  *recorder
 }
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b := bustest.Start(t)
-	dc := simtest.Start(t, sim.Config{
+	te := testenv.Start(t, testenv.Datacenter(sim.Config{
 		Clusters: 1, HostsPerCluster: 2, Seed: 1,
 		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-backend"}},
-	})
+	}))
 	// The production path: a vsphere.Session, as `podvisor serve` makes it.
-	sess, err := vsphere.Connect(ctx, vsphere.Config{URL: dc.URL().String(), Insecure: true})
+	sess, err := vsphere.Connect(ctx, vsphere.Config{URL: te.DC.URL().String(), Insecure: true})
 	if err != nil {
 		t.Fatalf("vSphere session: %v", err)
 	}
 	t.Cleanup(func() { _ = sess.Close(context.Background()) })
-	e := &env{t: t, bus: b, dc: dc, vc: sess.Client, dco: sess.Datacenter, sess: sess,
-		vms: podvm.New(sess.Vim(), sess.Datacenter), rec: record(t, b)}
+	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: sess.Client, dco: sess.Datacenter, sess: sess,
+		vms: podvm.New(sess.Vim(), sess.Datacenter)}
 	e.makeImageDisks(ctx, "app", "sidecar", "logger", "base")
 	return e
 }
@@ -105,59 +97,23 @@ func testConfig() Config {
 // start runs a provisioner until the test ends (or stop is called).
 func (e *env) start(cfg Config) (svc *Service, stop func()) {
 	e.t.Helper()
-	svc, err := New(cfg, Deps{Bus: e.bus, VSphere: e.sess, Logger: testLogger(e.t)})
+	svc, err := New(cfg, Deps{Bus: e.bus, VSphere: e.sess, Logger: testenv.Logger()})
 	if err != nil {
 		e.t.Fatalf("new service: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					e.t.Errorf("Run: %v", err)
-				}
-			case <-time.After(40 * time.Second):
-				e.t.Errorf("Run did not return after cancel")
-			}
-		})
-	}
-	e.t.Cleanup(stop)
-	return svc, stop
-}
-
-func testLogger(t testing.TB) *slog.Logger {
-	if os.Getenv("PODVISOR_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
+	return svc, e.Run(Name, svc.Run)
 }
 
 // publish sends an event as a client or another service would.
-func (e *env) publish(source, ceType string, p events.Payload) event.Event {
-	e.t.Helper()
-	ev, err := bus.NewEvent(source, ceType, p.ObjectKey(), p)
-	if err != nil {
-		e.t.Fatalf("new event %s: %v", ceType, err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := e.bus.Publish(ctx, ev); err != nil {
-		e.t.Fatalf("publish %s: %v", ceType, err)
-	}
-	return ev
+func (e *env) publish(source, ceType string, p events.Payload) uint64 {
+	return e.PublishAs(source, ceType, p.ObjectKey(), p)
 }
 
 // request publishes pod.requested and waits for the admission answer.
 func (e *env) request(pod *corev1.Pod) *events.PodAccepted {
 	e.t.Helper()
 	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *pod})
-	acc := waitFor[*events.PodAccepted](e, events.TypePodAccepted, func(a *events.PodAccepted) bool { return a.Name == pod.Name })
-	return acc
+	return testenv.Wait(e.Env, func(a *events.PodAccepted) bool { return a.Name == pod.Name })
 }
 
 // facts publishes what scheduler, image cache and network-config would say
@@ -228,120 +184,8 @@ func testPod(name string) *corev1.Pod {
 	}
 }
 
-// recorder keeps every pod and DLQ event seen on the bus (core NATS sees
-// what JetStream stores).
-type recorder struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	evs  []event.Event
-}
-
-func record(t testing.TB, b *bus.Bus) *recorder {
-	r := &recorder{}
-	r.cond = sync.NewCond(&r.mu)
-	sub, err := b.Conn().Subscribe("pv.pod.>", func(m *nats.Msg) {
-		ev, err := bus.DecodeMessage(m)
-		if err != nil {
-			return
-		}
-		r.mu.Lock()
-		r.evs = append(r.evs, ev)
-		r.cond.Broadcast()
-		r.mu.Unlock()
-	})
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	if err := b.Conn().Flush(); err != nil {
-		t.Fatalf("flush: %v", err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return r
-}
-
-// all returns the decoded payloads of every recorded event of ceType.
-func all[T any](e *env, ceType string) []T {
-	e.rec.mu.Lock()
-	defer e.rec.mu.Unlock()
-	var out []T
-	for _, ev := range e.rec.evs {
-		if ev.Type() != ceType {
-			continue
-		}
-		p, err := events.Decode(ev.Type(), ev.Data())
-		if err != nil {
-			e.t.Errorf("recorded %s does not decode: %v", ceType, err)
-			continue
-		}
-		out = append(out, p.(T))
-	}
-	return out
-}
-
-// countIDs counts distinct event ids of ceType matching pred: JetStream
-// de-duplicates by id, so this is what a consumer sees.
-func countIDs[T any](e *env, ceType string, pred func(T) bool) int {
-	e.rec.mu.Lock()
-	defer e.rec.mu.Unlock()
-	ids := map[string]bool{}
-	for _, ev := range e.rec.evs {
-		if ev.Type() != ceType {
-			continue
-		}
-		p, err := events.Decode(ev.Type(), ev.Data())
-		if err == nil && pred(p.(T)) {
-			ids[ev.ID()] = true
-		}
-	}
-	return len(ids)
-}
-
-// waitFor waits for an event of ceType whose payload satisfies pred. It
-// looks at each recorded event once and sleeps on the recorder in between,
-// so that waiting costs nothing and latencies measured with it are exact.
-func waitFor[T any](e *env, ceType string, pred func(T) bool) T {
-	e.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	timer := time.AfterFunc(15*time.Second, func() {
-		e.rec.mu.Lock()
-		e.rec.cond.Broadcast()
-		e.rec.mu.Unlock()
-	})
-	defer timer.Stop()
-	e.rec.mu.Lock()
-	defer e.rec.mu.Unlock()
-	for i := 0; ; {
-		for ; i < len(e.rec.evs); i++ {
-			ev := e.rec.evs[i]
-			if ev.Type() != ceType {
-				continue
-			}
-			p, err := events.Decode(ev.Type(), ev.Data())
-			if err == nil && pred(p.(T)) {
-				return p.(T)
-			}
-		}
-		if time.Now().After(deadline) {
-			e.rec.mu.Unlock()
-			s := e.rec.summary()
-			e.rec.mu.Lock()
-			e.t.Fatalf("no %s within 15s; seen: %s", ceType, s)
-		}
-		e.rec.cond.Wait()
-	}
-}
-
-func (r *recorder) summary() string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var b strings.Builder
-	for _, ev := range r.evs {
-		fmt.Fprintf(&b, "\n  %s %s %s", ev.Type(), ev.Subject(), string(ev.Data()))
-	}
-	return b.String()
-}
-
-// record reads a pod record straight from KV.
+// record reads a pod record straight from KV; waitRecord waits until it
+// satisfies pred.
 func (e *env) record(svc *Service, ns, name string) *events.PodRecord {
 	e.t.Helper()
 	r, err := svc.recordsReady().get(context.Background(), events.PodRecordKey(ns, name))
@@ -351,20 +195,14 @@ func (e *env) record(svc *Service, ns, name string) *events.PodRecord {
 	return r
 }
 
-// waitRecord waits until the pod's record satisfies pred.
 func (e *env) waitRecord(svc *Service, ns, name string, pred func(*events.PodRecord) bool) *events.PodRecord {
 	e.t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		r := e.record(svc, ns, name)
-		if pred(r) {
-			return r
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("record %s/%s did not reach the expected state within 15s; last: %+v\nevents: %s", ns, name, r, e.rec.summary())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	var r *events.PodRecord
+	e.Eventually(fmt.Sprintf("record %s/%s in the expected state", ns, name), func() bool {
+		r = e.record(svc, ns, name)
+		return pred(r)
+	})
+	return r
 }
 
 // vmsNamed lists the VMs with this name anywhere in the datacenter.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel"
@@ -35,11 +36,11 @@ func TestAdmission(t *testing.T) {
 	changed := testPod("api")
 	changed.Spec.Containers[0].Image = "registry.local/app:2.0"
 	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *changed})
-	rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "api" })
+	rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "api" })
 	if rej.Reason != events.ReasonAlreadyExists || !strings.Contains(rej.Message, "delete it first") {
 		t.Errorf("rejection = %+v, want AlreadyExists", rej)
 	}
-	if n := countIDs(e, events.TypePodAccepted, func(p *events.PodAccepted) bool { return p.Name == "api" }); n != 1 {
+	if n := testenv.CountIDs(e.Env, func(p *events.PodAccepted) bool { return p.Name == "api" }); n != 1 {
 		t.Errorf("%d pod.accepted for api, want 1 (identical re-request is a no-op)", n)
 	}
 	if again := e.record(svc, "default", "api"); again.ResourceVersion != r.ResourceVersion {
@@ -50,7 +51,7 @@ func TestAdmission(t *testing.T) {
 	bad := testPod("broken")
 	bad.Spec.Containers[1].Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}
 	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *bad})
-	rej = waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "broken" })
+	rej = testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "broken" })
 	if rej.Reason != events.ReasonInvalid || !strings.Contains(rej.Field, "containers[1]") {
 		t.Errorf("rejection = %+v, want Invalid naming containers[1]", rej)
 	}
@@ -63,7 +64,7 @@ func TestAdmission(t *testing.T) {
 	withUID := testPod("fixed")
 	withUID.UID = "5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60"
 	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID})
-	rej = waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "fixed" })
+	rej = testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "fixed" })
 	if rej.Reason != events.ReasonInvalid || rej.Field != "pod.metadata.uid" {
 		t.Errorf("rejection = %+v, want Invalid naming pod.metadata.uid", rej)
 	}
@@ -77,7 +78,7 @@ func TestAdmission(t *testing.T) {
 // redelivery must adopt that task's VM, not create a second one.
 func TestCrashBetweenCreateAndAck(t *testing.T) {
 	e := newEnv(t)
-	svc, err := newService(testConfig(), e.bus, e.vms, testLogger(t))
+	svc, err := newService(testConfig(), e.bus, e.vms, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 
 	acc := e.request(testPod("crashy"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	if crashes.Load() != 1 {
 		t.Fatalf("create hook ran %d times, want exactly 1 (the retry must reuse the recorded task)", crashes.Load())
@@ -132,7 +133,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.facts(acc2, r.Host)
-	run2 := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc2.UID })
+	run2 := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc2.UID })
 	if run2.VM != pre.Value {
 		t.Errorf("pod.running names %s, want the pre-existing %s", run2.VM, pre.Value)
 	}
@@ -170,11 +171,11 @@ func TestCreateVMFaults(t *testing.T) {
 		t.Cleanup(e.dc.ClearFaults)
 		acc := e.request(testPod("flaky"))
 		e.facts(acc, host)
-		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 1 {
 			t.Errorf("%d VMs after a retried create, want 1", n)
 		}
-		if n := countIDs(e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID }); n != 0 {
+		if n := testenv.CountIDs(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID }); n != 0 {
 			t.Errorf("a transient fault failed the pod")
 		}
 	})
@@ -189,7 +190,7 @@ func TestCreateVMFaults(t *testing.T) {
 		t.Cleanup(e.dc.ClearFaults)
 		acc := e.request(testPod("doomed"))
 		e.facts(acc, host)
-		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "InvalidArgument") || f.Host != host {
 			t.Errorf("pod.failed = %+v, want CreateVMFailed naming InvalidArgument on %s", f, host)
 		}
@@ -212,7 +213,7 @@ func TestCreateVMFaults(t *testing.T) {
 		ir.Containers[2].Chain = []string{ir.Containers[2].Disk}
 		e.publish("podvisor/imagecache", events.TypePodImagesReady, ir)
 		e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
-		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] podvisor-images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
 			t.Errorf("pod.failed = %+v", f)
 		}
@@ -228,7 +229,7 @@ func TestCreateVMFaults(t *testing.T) {
 		t.Cleanup(e.dc.ClearFaults)
 		acc := e.request(testPod("starved"))
 		e.facts(acc, host)
-		f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 		if !strings.Contains(f.Message, "gave up after") || !strings.Contains(f.Message, "InsufficientResourcesFault") {
 			t.Errorf("pod.failed message %q, want the attempts and the fault", f.Message)
 		}
@@ -242,10 +243,10 @@ func TestDelete(t *testing.T) {
 
 	acc := e.request(testPod("gone"))
 	e.facts(acc, host)
-	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
-	del := waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+	del := testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 	if del.Host != host || len(del.Images) != 3 || len(del.IPs) != 1 || del.IPs[0].Network != "default" {
 		t.Errorf("pod.deleted = %+v, want host %s, 3 images, 1 IP", del, host)
 	}
@@ -258,7 +259,7 @@ func TestDelete(t *testing.T) {
 
 	t.Run("unknown pod", func(t *testing.T) {
 		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "never-was"})
-		rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "never-was" })
+		rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "never-was" })
 		if rej.Reason != events.ReasonNotFound || !strings.Contains(rej.Message, "default/never-was") {
 			t.Errorf("rejection = %+v, want NotFound naming the pod", rej)
 		}
@@ -267,7 +268,7 @@ func TestDelete(t *testing.T) {
 	t.Run("uid precondition", func(t *testing.T) {
 		acc := e.request(testPod("guarded"))
 		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "guarded", UID: "someone-else"})
-		rej := waitFor[*events.PodRejected](e, events.TypePodRejected, func(p *events.PodRejected) bool { return p.Name == "guarded" })
+		rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "guarded" })
 		if rej.Reason != events.ReasonUIDMismatch || e.record(svc, "default", "guarded").UID != acc.UID {
 			t.Errorf("rejection = %+v, want UIDMismatch and the pod kept", rej)
 		}
@@ -288,7 +289,7 @@ func TestDelete(t *testing.T) {
 		e.facts(acc, host)
 		e.waitRecord(svc, "default", "hasty", func(r *events.PodRecord) bool { return r.CreateTask != "" || r.VMRef != "" })
 		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "hasty"})
-		waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
 			t.Errorf("%d VMs after delete during provisioning, want 0", n)
 		}
@@ -312,7 +313,7 @@ func TestDriftRepair(t *testing.T) {
 	for _, name := range []string{"vanishing", "sleepy", "steady"} {
 		acc := e.request(testPod(name))
 		e.facts(acc, host)
-		waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 		accs = append(accs, acc)
 	}
 	// Drift: one VM destroyed behind podvisor's back, one powered off, and
@@ -414,7 +415,7 @@ func TestEvictionAndMigration(t *testing.T) {
 
 	acc := e.request(testPod("mobile"))
 	e.facts(acc, hosts[0].Name)
-	first := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	// Migration: Migrating while relocating, then Running on the target.
 	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mobile", Phase: events.PhaseRelocating, Percent: 40})
@@ -437,7 +438,7 @@ func TestEvictionAndMigration(t *testing.T) {
 		t.Errorf("evicted pod's old VM %s still exists", first.VM)
 	}
 	e.facts(acc, hosts[0].Name)
-	second := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
+	second := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
 	if second.Host != hosts[0].Name {
 		t.Errorf("re-provisioned on %s, want %s", second.Host, hosts[0].Name)
 	}
@@ -474,7 +475,7 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	}
 	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{Namespace: "default", Name: "leftover", UID: acc.UID,
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
-	f := waitFor[*events.PodFailed](e, events.TypePodFailed, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonImagesFailed || !strings.Contains(f.Message, "ImageNotFound") {
 		t.Errorf("pod.failed = %+v, want ImagesFailed naming the image cache's reason", f)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/telemetry"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/simulator"
 	"go.opentelemetry.io/otel"
 )
@@ -36,13 +37,11 @@ func TestTraceAndMetrics(t *testing.T) {
 	svc, _ := e.start(testConfig())
 	acc := e.request(testPod("traced"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	traceOf := func(ceType string) string {
-		e.rec.mu.Lock()
-		defer e.rec.mu.Unlock()
-		for _, ev := range e.rec.evs {
-			if ev.Type() == ceType && ev.Subject() == "default/traced" {
+		for _, seen := range e.Events.Seen() {
+			if ev := seen.Event; ev.Type() == ceType && ev.Subject() == "default/traced" {
 				tp, _ := ev.Extensions()["traceparent"].(string)
 				if parts := strings.Split(tp, "-"); len(parts) == 4 {
 					return parts[1]
@@ -114,7 +113,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 
 	acc := e.request(testPod("stranded"))
 	e.facts(acc, hosts[0].Name)
-	first := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
@@ -130,7 +129,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	e.dc.ClearFaults()
 
 	e.facts(acc, hosts[1].Name)
-	second := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
+	second := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
 	if n := len(e.vmsNamed("pv-" + acc.UID + "-1")); n != 1 || second.Host != hosts[1].Name {
 		t.Fatalf("%d VMs named pv-%s-1 on %s, want 1 on %s", n, acc.UID, second.Host, hosts[1].Name)
 	}

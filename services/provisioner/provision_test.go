@@ -8,6 +8,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -33,14 +34,14 @@ func TestProvisionFullFlow(t *testing.T) {
 	}
 
 	e.facts(acc, host)
-	run := waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	if run.Host != host || run.IP == "" || run.VM == "" {
 		t.Fatalf("pod.vm.ready = %+v, want host %s and an IP", run, host)
 	}
 
 	r := e.waitRecord(svc, "default", "web", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 	// Powered on is not running: no guest has said a container started.
-	if n := len(all[*events.PodRunning](e, events.TypePodRunning)); n != 0 || r.Reason != events.ReasonContainerCreating {
+	if n := len(testenv.All[events.PodRunning](e.Env, nil)); n != 0 || r.Reason != events.ReasonContainerCreating {
 		t.Errorf("%d pod.running at power-on, reason %q; want none and ContainerCreating", n, r.Reason)
 	}
 	for _, c := range []string{events.PodConditionAccepted, events.PodConditionScheduled, events.PodConditionImagesReady,

@@ -121,6 +121,9 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	if err != nil {
 		return err
 	}
+	if err := s.fence(ctx, r); err != nil {
+		return err
+	}
 	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
 		return step(ReasonPowerOnFailed, err)
 	}
@@ -199,6 +202,18 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 		_, hadVM := r.Condition(events.PodConditionVMCreated)
 		removeLeftovers = hadVM || r.CreateTask != ""
 		r.CreateAttempts++
+		if err := s.prepareEncryption(r); err != nil {
+			return nil, err
+		}
+		if err := s.save(ctx, r); err != nil {
+			return nil, err
+		}
+	} else if events.PodEphemeralEncryption(&r.Pod) && r.Encryption == nil {
+		// The first create of an encrypted pod: its nonce and sealed key
+		// are saved before the VM that carries the nonce exists.
+		if err := s.prepareEncryption(r); err != nil {
+			return nil, err
+		}
 		if err := s.save(ctx, r); err != nil {
 			return nil, err
 		}
@@ -211,6 +226,9 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	placement.RemoveLeftovers = removeLeftovers
 	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
 	defer span.End()
+	if err := s.fence(ctx, r); err != nil {
+		return nil, err
+	}
 	var task types.ManagedObjectReference
 	err = s.stepCtx(cctx, func(ctx context.Context) error {
 		var err error
@@ -219,7 +237,15 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	})
 	if err != nil {
 		span.RecordError(err)
+		if podvm.IsDuplicate(err) {
+			return s.adopt(ctx, r, err)
+		}
 		return nil, step(ReasonCreateVMFailed, err)
+	}
+	if s.hooks.afterCreateSubmit != nil {
+		if err := s.hooks.afterCreateSubmit(ctx, r); err != nil {
+			return nil, err
+		}
 	}
 	r.CreateTask = task.Value
 	if err := s.save(ctx, r); err != nil {
@@ -232,6 +258,10 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	ref, err := s.waitCreate(cctx, task)
 	if err != nil {
 		span.RecordError(err)
+		if podvm.IsDuplicate(err) {
+			s.vms.CreateFailed(spec, placement)
+			return s.adopt(ctx, r, err)
+		}
 		if s.vms.CreateFailed(spec, placement) && !podvm.IsTransient(err) && r.CreateAttempts <= 1 {
 			// The create used cached lookups (host, pool, port group) that
 			// may have gone stale: forget its task and try once more with
@@ -269,8 +299,9 @@ func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 			if err != nil || vm != nil {
 				return vm, err
 			}
-		case errors.Is(err, podvm.ErrTaskGone):
-			// vCenter forgot the task; the name lookup below decides.
+		case errors.Is(err, podvm.ErrTaskGone) || podvm.IsDuplicate(err):
+			// vCenter forgot the task, or it lost to another create of
+			// this pod's VM: the name lookup below decides.
 		default:
 			// The recorded attempt failed; forget it so the next attempt
 			// starts clean, and report its fault.
@@ -288,6 +319,48 @@ func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 		return err
 	})
 	return vm, step(ReasonCreateVMFailed, err)
+}
+
+// adopt handles a create refused because the pod's VM name is taken:
+// another create of this pod won (a second replica holding the pod, or an
+// attempt whose task reference was never saved). The VM of that name is
+// the pod's when it carries the pod's uid, and is adopted; one still being
+// registered is retried (not a permanent failure), and one carrying
+// another uid is a conflict a person must resolve.
+func (s *Service) adopt(ctx context.Context, r *events.PodRecord, dup error) (*podvm.VM, error) {
+	var vm *podvm.VM
+	err := s.stepCtx(ctx, func(ctx context.Context) error {
+		var err error
+		vm, err = s.vms.Find(ctx, r.VMName)
+		return err
+	})
+	switch {
+	case err != nil:
+		return nil, step(ReasonCreateVMFailed, err)
+	case vm == nil:
+		return nil, step(ReasonCreateVMFailed, bus.RetryAfter(fmt.Errorf("pod VM %s: another create of it is in flight; adopting its VM once registered: %w", r.VMName, dup), 0))
+	case vm.UID != "" && vm.UID != r.UID:
+		return nil, step(ReasonCreateVMFailed, bus.Permanent(fmt.Errorf("pod VM name %s is taken by a VM of pod uid %s (%s)", r.VMName, vm.UID, vm.Ref.Value)))
+	}
+	s.log.Info("adopted the pod VM another create made", "key", r.Key(), "vm", vm.Ref.Value, "host", vm.Host)
+	return vm, s.recordVM(ctx, r, vm)
+}
+
+// fence checks, right before a vSphere task, that the record is still the
+// revision this handler last read or wrote. Another replica that took the
+// pod over has written it since (every attempt is recorded first), and
+// this handler then backs off rather than act on vCenter behind its back:
+// the record's revision is the fencing token, checked by the store, not
+// by clocks.
+func (s *Service) fence(ctx context.Context, r *events.PodRecord) error {
+	cur, err := s.recs.get(ctx, events.PodRecordKey(r.Namespace, r.Name))
+	if err != nil {
+		return err
+	}
+	if cur == nil || cur.ResourceVersion != r.ResourceVersion {
+		return fmt.Errorf("pod %s: record moved on before a vSphere task: %w", r.Key(), errConflict)
+	}
+	return nil
 }
 
 func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.VM) error {

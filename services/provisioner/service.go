@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -31,13 +32,16 @@ const instrumentation = "github.com/podvisor/podvisor/services/provisioner"
 
 // Service is the provisioner: pod admission, pod records and pod VMs.
 type Service struct {
-	cfg Config
-	bus *bus.Bus
-	vms *podvm.Client
-	log *slog.Logger
+	cfg  Config
+	bus  *bus.Bus
+	vms  *podvm.Client
+	log  *slog.Logger
+	recs *records
+	// keys holds the key-encryption key of encrypted ephemeral disks; nil
+	// without a key file.
+	keys *diskkeys.Keeper
 	// native is the native VM controller (nil in tests of pods alone).
 	native *nativevm.Controller
-	recs   *records
 
 	locks   keyLocks
 	tracer  trace.Tracer
@@ -50,6 +54,10 @@ type Service struct {
 }
 
 type hooks struct {
+	// afterCreateSubmit runs once vCenter accepted the CreateVM task,
+	// before its reference is saved in the record; an error it returns
+	// ends the attempt there, as a crash would.
+	afterCreateSubmit func(ctx context.Context, r *events.PodRecord) error
 	// afterCreateTask runs once the CreateVM task reference is in the
 	// record, before the service waits on the task.
 	afterCreateTask func(ctx context.Context, r *events.PodRecord)
@@ -94,6 +102,11 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 		now:     time.Now,
 	}
 	s.recs = &records{kv: kv, now: func() time.Time { return s.now() }}
+	if cfg.KeyFile != "" {
+		if s.keys, err = diskkeys.Load(cfg.KeyFile); err != nil {
+			return nil, fmt.Errorf("provisioner: %w", err)
+		}
+	}
 	return s, nil
 }
 
@@ -113,6 +126,9 @@ func (s *Service) Run(ctx context.Context) error {
 			BackOff:    s.cfg.BackOff,
 			Logger:     s.log,
 		}, nil)
+	})
+	g.Go(func() error {
+		return s.bus.Serve(gctx, events.SubjectDiskKeyRelease, s.releaseDiskKey)
 	})
 	if s.native != nil {
 		g.Go(func() error { return s.native.Run(gctx) })

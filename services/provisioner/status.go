@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -101,6 +102,16 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	}
 	if r.Reason == ReasonGuestSilent {
 		r.Reason, r.Message = "", ""
+	}
+	if r.Phase == events.PodPhaseStarting {
+		// An encrypted ephemeral disk waiting for its key says so on the
+		// pod, and only while it waits.
+		switch {
+		case p.Reason == guestchannel.ReasonWaitingForKey:
+			r.Reason, r.Message = p.Reason, p.Message
+		case r.Reason == guestchannel.ReasonWaitingForKey:
+			r.Reason, r.Message = events.ReasonContainerCreating, "the encrypted ephemeral disk is open; the containers are starting"
+		}
 	}
 
 	initialized, initWhy := initialized(r)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -48,7 +49,7 @@ func (e *env) startPod(svc *Service, pod *corev1.Pod) (*events.PodAccepted, *eve
 	e.t.Helper()
 	acc := e.request(pod)
 	e.facts(acc, e.dc.Hosts()[0].Name)
-	waitFor[*events.PodVMReady](e, events.TypePodVMReady, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	return acc, e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 }
 
@@ -75,7 +76,7 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	// Some containers started: still Starting, no pod.running.
 	r = e.fold(svc, report(acc, vm, "boot-1", 1, running("app"), waiting("sidecar", "ContainerCreating", 0), waiting("logger", "ContainerCreating", 0)))
 	if r.Phase != events.PodPhaseStarting || r.IsTrue(events.PodConditionContainersReady) ||
-		len(all[*events.PodRunning](e, events.TypePodRunning)) != 0 {
+		len(testenv.All[events.PodRunning](e.Env, nil)) != 0 {
 		t.Fatalf("after a partial report: phase %s conditions %+v", r.Phase, r.Conditions)
 	}
 
@@ -84,13 +85,13 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	neverRan := waiting("sidecar", "CrashLoopBackOff", 0)
 	neverRan.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 128, Reason: "StartError"}
 	r = e.fold(svc, report(acc, vm, "boot-1", 2, running("app"), neverRan, running("logger")))
-	if r.Phase != events.PodPhaseStarting || len(all[*events.PodRunning](e, events.TypePodRunning)) != 0 {
+	if r.Phase != events.PodPhaseStarting || len(testenv.All[events.PodRunning](e.Env, nil)) != 0 {
 		t.Fatalf("a container that never started: phase %s", r.Phase)
 	}
 
 	// Every container started: Running, announced once.
 	r = e.fold(svc, running3("boot-1", 3))
-	run := waitFor[*events.PodRunning](e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID })
+	run := testenv.Wait(e.Env, func(p *events.PodRunning) bool { return p.UID == acc.UID })
 	if r.Phase != events.PodPhaseRunning || r.Reason != "" || run.VM != r.VMRef ||
 		!r.IsTrue(events.PodConditionContainersReady) || !r.IsTrue(events.PodConditionReady) || !r.IsTrue(events.PodConditionInitialized) {
 		t.Fatalf("after all started: phase %s reason %q pod.running %+v conditions %+v", r.Phase, r.Reason, run, r.Conditions)
@@ -131,7 +132,7 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	if r = e.fold(svc, running3("boot-2", 1)); r.Guest.Seq != 1 || !r.IsTrue(events.PodConditionContainersReady) {
 		t.Errorf("report of a new boot not folded: %+v", r.Guest)
 	}
-	if n := countIDs(e, events.TypePodRunning, func(p *events.PodRunning) bool { return p.UID == acc.UID }); n != 1 {
+	if n := testenv.CountIDs(e.Env, func(p *events.PodRunning) bool { return p.UID == acc.UID }); n != 1 {
 		t.Errorf("%d pod.running for one placement, want 1", n)
 	}
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -44,12 +45,12 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 		// Every container terminated: off and gone right after the report.
 		e.publish("podvisor/hostagent", events.TypePodContainersReported,
 			report(acc, vm, "b", 3, exited("app", 0), exited("sidecar", 137), exited("logger", 0)))
-		waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed(vm)); n != 0 {
 			t.Errorf("%d VMs named %s after the delete, want 0", n, vm)
 		}
 		e.waitRecord(svc, "default", "graceful", func(r *events.PodRecord) bool { return r == nil })
-		if n := len(all[*events.PodRejected](e, events.TypePodRejected)); n != 0 {
+		if n := len(testenv.All[events.PodRejected](e.Env, nil)); n != 0 {
 			t.Errorf("%d pod.rejected after a delete that succeeded", n)
 		}
 	})
@@ -67,7 +68,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 			t.Fatalf("VM %s of a guest-less pod powered off at once", vm)
 		}
 		bound := r.DeletionRequestedAt.Add(time.Second + cfg.GuestStopSlack)
-		waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 		if now := time.Now(); now.Before(bound) {
 			t.Errorf("deleted %s before the bound %s", now.Format(time.StampMilli), bound.Format(time.StampMilli))
 		}
@@ -89,6 +90,6 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 			t.Fatalf("phase %s, want Succeeded", r.Phase)
 		}
 		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "done"})
-		waitFor[*events.PodDeleted](e, events.TypePodDeleted, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
+		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 	})
 }

@@ -79,13 +79,13 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 
 	// Delete a fifth of the placed pods: pending pods get placed with no
 	// further input.
-	deleted := 0
+	deleted, lastDelete := 0, uint64(0)
 	for _, k := range keys[:200] {
 		s := e.obs.scheduledOf(k)
 		if s == nil || deleted >= 40 {
 			continue
 		}
-		e.publish("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Host: s.Host})
+		lastDelete = e.publish("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Host: s.Host})
 		deleted++
 	}
 	e.eventually("pending pods placed after deletes", 20*time.Second, func() bool {
@@ -97,8 +97,9 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 		}
 		return n > 0
 	})
-	// The ledger stays within every host's capacity.
-	time.Sleep(500 * time.Millisecond)
+	// The ledger stays within every host's capacity, once every delete was
+	// handled.
+	e.WaitHandled(events.StreamPods, "scheduler-"+events.StreamPods, lastDelete)
 	recs := e.hostRecords()
 	for name, r := range recs {
 		entry, err := e.led.Get(context.Background(), name)

@@ -51,6 +51,10 @@ type Config struct {
 	// uncordoned, network ready) retry at once whatever the backoff.
 	RetryInitial time.Duration
 	RetryMax     time.Duration
+	// PendingRescan is how often the unschedulable pods recorded in KV
+	// `pods` are read again, to take up those another replica held when
+	// it stopped.
+	PendingRescan time.Duration
 	// HostRecordInterval is how often changed host records (allocation
 	// totals) are written to KV `hosts`.
 	HostRecordInterval time.Duration
@@ -66,6 +70,7 @@ func DefaultConfig() Config {
 		ResyncInterval:     30 * time.Second,
 		RetryInitial:       time.Second,
 		RetryMax:           time.Minute,
+		PendingRescan:      15 * time.Second,
 		HostRecordInterval: 500 * time.Millisecond,
 	}
 }
@@ -83,6 +88,7 @@ const (
 	EnvInventoryPoll  = "PODVISOR_SCHEDULER_INVENTORY_POLL"
 	EnvRetryInitial   = "PODVISOR_SCHEDULER_RETRY_INITIAL"
 	EnvRetryMax       = "PODVISOR_SCHEDULER_RETRY_MAX"
+	EnvPendingRescan  = "PODVISOR_SCHEDULER_PENDING_RESCAN"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -102,6 +108,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Duration(EnvInventoryPoll, &c.InventoryPoll)
 	r.Duration(EnvRetryInitial, &c.RetryInitial)
 	r.Duration(EnvRetryMax, &c.RetryMax)
+	r.Duration(EnvPendingRescan, &c.PendingRescan)
 	r.Float(EnvCPUOvercommit, &c.CPUOvercommit)
 	if path, ok := r.Lookup(EnvProfileFile); ok {
 		data, err := os.ReadFile(path)
@@ -146,6 +153,9 @@ func (c Config) Validate() error {
 	}
 	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
 		errs = append(errs, fmt.Errorf("RetryInitial/RetryMax: %s/%s: want 0 < initial <= max", c.RetryInitial, c.RetryMax))
+	}
+	if c.PendingRescan < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("PendingRescan: %s must be at least 100ms", c.PendingRescan))
 	}
 	if c.HostRecordInterval <= 0 {
 		errs = append(errs, fmt.Errorf("HostRecordInterval: %s must be positive", c.HostRecordInterval))

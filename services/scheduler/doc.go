@@ -8,7 +8,8 @@
 //	                           or pod.unschedulable {"0/16 hosts: 10 insufficient memory, …"}
 //	            pod.deleted, pod.failed → allocation released, waiting pods retried
 //	            pod.evicted → allocation released on the lost host, pod placed again
-//	HOSTS       host.cordoned / host.uncordoned → cordon kept in the host record
+//	            pod.network.failed (host-specific) → released there, placed on another host
+//	HOSTS       host.cordoned / host.uncordoned → cordon kept in the host's ledger entry
 //	            (publishes host.discovered, updated, lost, recovered from the vCenter watch)
 //	NETWORKS    network.host.ready, network.realized → waiting pods retried
 //	MIGRATIONS  migration.requested → migration.target.reserved or migration.rejected
@@ -44,10 +45,19 @@
 // size, which already includes the pod VM overhead; memory is counted as
 // the VM's configured memory (MemoryMiB, rounded to vSphere's 4 MiB).
 //
-// Networks are strict: every network of the pod must be realized on the
-// host or the host must be in the network's scope (network-config realizes
-// it there on demand); hosts where it is realized already score higher. No
-// network is assumed present, not even "default".
+// Networks are strict: every network of the pod must be available on the
+// host (events.NetworkUsable, shared with the migration precheck: realized
+// there, or in scope with nothing failed there — network-config realizes it
+// on demand); hosts where it is realized already score higher. No network
+// is assumed present, not even "default". Before a pod is bound to the
+// chosen host, network-config is asked whether each network is available
+// there (netcheck.go: the query reads the host back, the snapshot may lag);
+// a refusal excludes the host and the pod is placed again, and the
+// refusals ride on pod.scheduled to the pod's NetworkRefused condition. An
+// attach that fails on the host for a reason of the host
+// (pod.network.failed, events.HostSpecificNetworkReason) places the pod
+// again too, never on a host that refused it, until
+// events.MaxNetworkRefusals hosts refused and the provisioner fails it.
 //
 // # Unschedulable pods
 //
@@ -57,7 +67,18 @@
 // when something relevant happens: a pod deleted or failed, a ledger entry
 // shrinking, a host recovered, uncordoned or grown, a network realized. A
 // scheduler that restarts finds waiting pods again in the provisioner's
-// records (phase Pending, no host).
+// records (phase Pending, no host), and every replica rescans them
+// (PendingRescan) for pods marked Unschedulable that it does not hold.
+//
+// # Replicas
+//
+// Any number of scheduler replicas may run: they share the durable
+// consumers, and nothing one decides lives only in its memory. Reservations,
+// pod bindings and cordons are compare-and-set writes to KV `ledger`, which
+// every replica watches; a cordon is a flag in the host's ledger entry, so
+// a reservation on a host another replica just cordoned fails its
+// compare-and-set and is placed again against the cordoned entry. Host
+// records are written with compare-and-set too.
 //
 // # Inventory
 //

@@ -24,6 +24,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onPodDeleted)
 	bus.Handle(r, s.onPodFailed)
 	bus.Handle(r, s.onPodEvicted)
+	bus.Handle(r, s.onPodNetworkFailed)
 	bus.Handle(r, s.onHostCordoned)
 	bus.Handle(r, s.onHostUncordoned)
 	bus.Handle(r, s.onHostRecovered)
@@ -110,7 +111,7 @@ func (s *Service) schedulePod(ctx context.Context, cause event.Event, p *framewo
 		s.log.Info("pod unschedulable", "pod", p.Key, "reason", o.fit.Error())
 		return nil
 	}
-	if err := s.publishScheduled(ctx, cause, p, o.placement); err != nil {
+	if err := s.publishScheduled(ctx, cause, p, o.placement, o.refusals); err != nil {
 		// The reservation stands; the redelivery finds it and publishes
 		// the same event again.
 		return err
@@ -182,17 +183,8 @@ func (s *Service) release(ctx context.Context, byHost map[string][]string) error
 func (s *Service) onPodEvicted(ctx context.Context, m *bus.Message, e *events.PodEvicted) error {
 	annotate(ctx, e.ObjectKey(), e.UID)
 	cause := m.Event
-	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
+	if err := s.unplace(ctx, e.UID, e.Host); err != nil {
 		return err
-	}
-	// The binding goes too, unless it already points elsewhere (a replay
-	// of this eviction after the pod was placed again).
-	if b, ok, err := s.ledger.GetBinding(ctx, e.UID); err != nil {
-		return err
-	} else if ok && b.Host == e.Host {
-		if err := s.ledger.Unbind(ctx, e.UID, b.Revision); err != nil {
-			return err
-		}
 	}
 	rec, err := s.podRecord(ctx, e.Namespace, e.Name)
 	if err != nil {
@@ -207,6 +199,61 @@ func (s *Service) onPodEvicted(ctx context.Context, m *bus.Message, e *events.Po
 	}
 	s.pending.kickAll()
 	return s.schedulePod(ctx, cause, p)
+}
+
+// unplace frees a pod's room on host and its binding there, unless the
+// binding already points elsewhere (a replay after the pod was placed
+// again).
+func (s *Service) unplace(ctx context.Context, uid, host string) error {
+	if err := s.release(ctx, map[string][]string{host: {uid}}); err != nil {
+		return err
+	}
+	b, ok, err := s.ledger.GetBinding(ctx, uid)
+	if err != nil || !ok || b.Host != host {
+		return err
+	}
+	return s.ledger.Unbind(ctx, uid, b.Revision)
+}
+
+// refusalFoldWait is how soon a pod.network.failed whose refusal the pod
+// record does not show yet is looked at again: the provisioner folds it
+// in parallel.
+const refusalFoldWait = 200 * time.Millisecond
+
+// onPodNetworkFailed places a pod again when the host it was scheduled to
+// refused its network for a reason of that host (NotRealizedOnHost,
+// NotInScope): another host may carry the network. The provisioner's
+// record decides whether it goes on: folding the refusal sends the pod
+// back to Pending, or fails it once events.MaxNetworkRefusals hosts refused
+// (pod.failed then frees everything). The refused hosts are not tried
+// again.
+func (s *Service) onPodNetworkFailed(ctx context.Context, m *bus.Message, e *events.PodNetworkFailed) error {
+	annotate(ctx, e.ObjectKey(), e.UID)
+	if e.Host == "" || !events.HostSpecificNetworkReason(e.Reason) {
+		return nil // the pod fails: pod.failed frees its room
+	}
+	rec, err := s.podRecord(ctx, e.Namespace, e.Name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() || rec.Phase == events.PodPhaseFailed:
+		return nil
+	case !rec.RefusedHosts()[e.Host]:
+		return bus.RetryAfter(fmt.Errorf("pod %s: the record does not show host %s's refusal yet", e.ObjectKey(), e.Host), refusalFoldWait)
+	case rec.Host != "":
+		return nil // placed again already (a replay)
+	}
+	if err := s.unplace(ctx, e.UID, e.Host); err != nil {
+		return err
+	}
+	p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+	if err != nil {
+		return bus.Permanent(fmt.Errorf("%s: %w", m.Event.Type(), err))
+	}
+	p.Refused = rec.RefusedHosts()
+	s.log.Info("host refused the pod's network; placing it again", "pod", e.ObjectKey(), "host", e.Host, "network", e.Network, "reason", e.Reason)
+	return s.schedulePod(ctx, m.Event, p)
 }
 
 // podRecord reads the provisioner's record of a pod (nil if none).
@@ -226,10 +273,16 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 	return &rec, nil
 }
 
-// recoverPending finds the pods that were waiting for a host when the
-// scheduler stopped: records in phase Pending without a host and without an
-// allocation.
-func (s *Service) recoverPending(ctx context.Context) error {
+// recoverPending finds the pods waiting for a host in the provisioner's
+// records: phase Pending, no host, no allocation. At start-up (all) every
+// such pod is taken, since this replica may have acknowledged its
+// pod.accepted before it stopped; later rescans take those the provisioner
+// marked Unschedulable, which another replica may hold in memory or may
+// have held when it died. Holding a pod twice is safe: the pod bindings
+// place it once.
+func (s *Service) recoverPending(ctx context.Context, all bool) error {
+	// The provisioner's reason on a record after pod.unschedulable.
+	const reasonUnschedulable = "Unschedulable"
 	lister, err := s.podsKV.ListKeys(ctx)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -250,6 +303,9 @@ func (s *Service) recoverPending(ctx context.Context) error {
 		if rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
 			continue
 		}
+		if !all && (rec.Reason != reasonUnschedulable || s.pending.has(events.PodKey(rec.Namespace, rec.Name), rec.UID)) {
+			continue
+		}
 		s.mu.Lock()
 		_, placed := s.allocIndex[rec.UID]
 		s.mu.Unlock()
@@ -259,6 +315,9 @@ func (s *Service) recoverPending(ctx context.Context) error {
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
 		if err != nil {
 			continue
+		}
+		if len(rec.NetworkRefusals) > 0 {
+			p.Refused = rec.RefusedHosts()
 		}
 		// The cause stands in for the pod.accepted that was acknowledged
 		// before the restart: its id is stable per placement generation
@@ -278,16 +337,12 @@ func (s *Service) recoverPending(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) onHostCordoned(_ context.Context, _ *bus.Message, e *events.HostCordoned) error {
-	s.setCordon(e.Name, true)
-	return nil
+func (s *Service) onHostCordoned(ctx context.Context, _ *bus.Message, e *events.HostCordoned) error {
+	return s.setCordon(ctx, e.Name, true)
 }
 
-func (s *Service) onHostUncordoned(_ context.Context, _ *bus.Message, e *events.HostUncordoned) error {
-	if s.setCordon(e.Name, false) {
-		s.pending.kickAll()
-	}
-	return nil
+func (s *Service) onHostUncordoned(ctx context.Context, _ *bus.Message, e *events.HostUncordoned) error {
+	return s.setCordon(ctx, e.Name, false)
 }
 
 func (s *Service) onHostRecovered(context.Context, *bus.Message, *events.HostRecovered) error {
@@ -295,23 +350,22 @@ func (s *Service) onHostRecovered(context.Context, *bus.Message, *events.HostRec
 	return nil
 }
 
-// setCordon records a cordon; it reports whether anything changed.
-func (s *Service) setCordon(host string, on bool) bool {
+// setCordon records a cordon in the host's ledger entry (compare-and-set),
+// where every scheduler replica sees it (watchLedger) and where a
+// reservation racing with it loses; applying the entry here updates the
+// snapshot, the host record and, on an uncordon, wakes the waiting pods.
+func (s *Service) setCordon(ctx context.Context, host string, on bool) error {
+	entry, changed, err := s.ledger.SetCordon(ctx, host, on)
+	if err != nil {
+		return fmt.Errorf("cordon %s: %w", host, err)
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	rec, ok := s.records[host]
-	if !ok {
-		s.log.Warn("cordon of an unknown host ignored", "host", host)
-		return false
+	s.applyEntryLocked(entry)
+	s.mu.Unlock()
+	if changed {
+		s.log.Info("host cordon", "host", host, "cordoned", on)
 	}
-	if rec.Cordoned == on {
-		return false
-	}
-	rec.Cordoned = on
-	s.snap.SetHost(s.hostFromRecordLocked(rec))
-	s.dirty[host] = true
-	s.log.Info("host cordon", "host", host, "cordoned", on)
-	return true
+	return nil
 }
 
 func (s *Service) onNetworkHostReady(context.Context, *bus.Message, *events.NetworkHostReady) error {

@@ -2,15 +2,10 @@ package scheduler_test
 
 import (
 	"context"
-	"encoding/json"
-	"log/slog"
-	"os"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -20,16 +15,17 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
-	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
-// env is a scheduler running against a real bus and a simulated vCenter;
-// the test plays the other services (it publishes pod.accepted, writes the
-// net-hosts and pods read models) and watches what the scheduler says.
+// env is a scheduler running in the test environment (a real bus, a
+// simulated vCenter, a recorder of every event); the test plays the other
+// services (it publishes pod.accepted, writes the net-hosts and pods read
+// models) and watches what the scheduler says.
 type env struct {
+	*testenv.Env
 	t   testing.TB
 	bus *bus.Bus
 	dc  *sim.Datacenter
@@ -55,11 +51,8 @@ func startEnv(t testing.TB, o envOptions) *env {
 	if o.clusters == 0 {
 		o.clusters, o.hostsPerCluster = 2, 4
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	b := bustest.Start(t)
-	dc := simtest.Start(t, sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42})
-	e := &env{t: t, bus: b, dc: dc, obs: newObserver(t, b)}
+	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42}))
+	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, obs: &observer{te}, opts: o}
 	if o.networks == nil {
 		o.networks = map[string][]string{"default": nil}
 	}
@@ -69,12 +62,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 		}
 		e.setNetwork(n, hosts, hosts)
 	}
-	kv, err := b.KV(ctx, events.BucketLedger)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.led = ledger.New(kv)
-	e.opts = o
+	e.led = ledger.New(te.KV(events.BucketLedger))
 	e.stop = e.startScheduler()
 	// Wait for the inventory to be in KV hosts: the scheduler is serving.
 	e.eventually("host records written", 15*time.Second, func() bool { return len(e.hostRecords()) == o.clusters*o.hostsPerCluster })
@@ -93,41 +81,19 @@ func (e *env) startScheduler() (stop func()) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { session.Close(context.Background()) })
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
 	cfg.HostRecordInterval = 100 * time.Millisecond
 	if e.opts.cfg != nil {
 		e.opts.cfg(&cfg)
 	}
-	deps := scheduler.Deps{Bus: e.bus, VSphere: session, Redis: e.opts.redis}
-	if os.Getenv("SCHEDULER_TEST_DEBUG") != "" {
-		deps.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	svc, err := scheduler.New(cfg, deps)
+	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: e.bus, VSphere: session, Redis: e.opts.redis, Logger: testenv.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.svc = svc
-	runCtx, cancelRun := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(runCtx) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancelRun()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("scheduler Run: %v", err)
-				}
-			case <-time.After(20 * time.Second):
-				t.Errorf("scheduler did not stop")
-			}
-			session.Close(context.Background())
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return e.Run(scheduler.Name, svc.Run)
 }
 
 func (e *env) hostNames() []string {
@@ -140,63 +106,25 @@ func (e *env) hostNames() []string {
 
 // setNetwork writes network-config's availability read model.
 func (e *env) setNetwork(name string, realized, scope []string) {
-	e.t.Helper()
-	kv, err := e.bus.KV(context.Background(), events.BucketNetHosts)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	data, _ := json.Marshal(events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
-	if _, err := kv.Put(context.Background(), name, data); err != nil {
-		e.t.Fatal(err)
-	}
+	testenv.Put(e.Env, events.BucketNetHosts, name, events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
 }
 
 func (e *env) hostRecords() map[string]events.HostRecord {
-	kv, err := e.bus.KV(context.Background(), events.BucketHosts)
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	out := map[string]events.HostRecord{}
-	lister, err := kv.ListKeys(context.Background())
-	if err != nil {
-		return out
-	}
-	for k := range lister.Keys() {
-		kve, err := kv.Get(context.Background(), k)
-		if err != nil {
-			continue
-		}
-		var r events.HostRecord
-		if json.Unmarshal(kve.Value(), &r) == nil {
-			out[r.Name] = r
-		}
+	for _, r := range testenv.List[events.HostRecord](e.Env, events.BucketHosts) {
+		out[r.Name] = *r
 	}
 	return out
 }
 
 func (e *env) eventually(what string, d time.Duration, ok func() bool) {
 	e.t.Helper()
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if ok() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	e.t.Fatalf("timed out waiting for %s", what)
+	e.EventuallyWithin(what, d, ok)
 }
 
 // publish sends an event as a client or another service would.
-func (e *env) publish(source, ceType, subject string, data any) event.Event {
-	e.t.Helper()
-	ev, err := bus.NewEvent(source, ceType, subject, data)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := e.bus.Publish(context.Background(), ev); err != nil {
-		e.t.Fatal(err)
-	}
-	return ev
+func (e *env) publish(source, ceType, subject string, data any) uint64 {
+	return e.PublishAs(source, ceType, subject, data)
 }
 
 // testPod is a pod manifest with one container of the given requests.
@@ -227,110 +155,76 @@ func (e *env) accept(p *corev1.Pod) *events.PodAccepted {
 	}
 	e.writePodRecord(&events.PodRecord{UID: uid, Namespace: p.Namespace, Name: p.Name, Pod: *p, Size: acc.Size,
 		Networks: acc.Networks, Phase: events.PodPhasePending, RequestID: "req-" + p.Name})
-	e.publish("podvisor/provisioner", events.TypePodAccepted, acc.ObjectKey(), acc)
+	e.Publish(acc)
 	return acc
 }
 
 func (e *env) writePodRecord(r *events.PodRecord) {
-	e.t.Helper()
-	kv, err := e.bus.KV(context.Background(), events.BucketPods)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	data, _ := json.Marshal(r)
-	if _, err := kv.Put(context.Background(), events.PodRecordKey(r.Namespace, r.Name), data); err != nil {
-		e.t.Fatal(err)
-	}
+	testenv.Put(e.Env, events.BucketPods, events.PodRecordKey(r.Namespace, r.Name), r)
 }
 
-// observer records what the scheduler publishes, latest per key.
-type observer struct {
-	mu            sync.Mutex
-	scheduled     map[string]*events.PodScheduled
-	unschedulable map[string]*events.PodUnschedulable
-	counts        map[string]int
-	hostFacts     []event.Event
-	migrations    map[string]event.Event // by migration id, latest
-}
+// observer reads what the scheduler said from the recorder: the latest
+// decision per pod, migration answers, host facts.
+type observer struct{ e *testenv.Env }
 
-func newObserver(t testing.TB, b *bus.Bus) *observer {
-	o := &observer{scheduled: map[string]*events.PodScheduled{}, unschedulable: map[string]*events.PodUnschedulable{},
-		counts: map[string]int{}, migrations: map[string]event.Event{}}
-	for _, subj := range []string{"pv.pod.scheduled", "pv.pod.unschedulable", "pv.host.>", "pv.migration.target.reserved", "pv.migration.rejected"} {
-		sub, err := b.Conn().Subscribe(subj, func(m *nats.Msg) {
-			ev, err := bus.DecodeMessage(m)
-			if err != nil {
-				t.Errorf("undecodable event on %s: %v", m.Subject, err)
-				return
+// decision is the pod's latest pod.scheduled, and its pod.unschedulable
+// since then.
+func (o *observer) decision(key string) (s *events.PodScheduled, u *events.PodUnschedulable) {
+	for _, seen := range o.e.Events.Seen() {
+		switch p := seen.Payload.(type) {
+		case *events.PodScheduled:
+			if p.ObjectKey() == key {
+				s, u = p, nil
 			}
-			v, err := events.Decode(ev.Type(), ev.Data())
-			if err != nil {
-				t.Errorf("scheduler published an invalid %s: %v", ev.Type(), err)
-				return
+		case *events.PodUnschedulable:
+			if p.ObjectKey() == key {
+				u = p
 			}
-			o.mu.Lock()
-			defer o.mu.Unlock()
-			o.counts[ev.Type()]++
-			switch x := v.(type) {
-			case *events.PodScheduled:
-				o.scheduled[x.ObjectKey()] = x
-				delete(o.unschedulable, x.ObjectKey())
-			case *events.PodUnschedulable:
-				o.unschedulable[x.ObjectKey()] = x
-			case *events.MigrationTargetReserved:
-				o.migrations[x.ID] = ev
-			case *events.MigrationRejected:
-				o.migrations[x.ID] = ev
-			default:
-				o.hostFacts = append(o.hostFacts, ev)
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
 		}
-		t.Cleanup(func() { sub.Unsubscribe() })
 	}
-	b.Conn().Flush()
-	return o
+	return s, u
 }
 
 func (o *observer) decided(keys []string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	n := 0
 	for _, k := range keys {
-		if o.scheduled[k] != nil || o.unschedulable[k] != nil {
+		if s, u := o.decision(k); s != nil || u != nil {
 			n++
 		}
 	}
 	return n
 }
 
-func (o *observer) scheduledOf(key string) *events.PodScheduled {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.scheduled[key]
-}
+func (o *observer) scheduledOf(key string) *events.PodScheduled { s, _ := o.decision(key); return s }
 
 func (o *observer) unschedulableOf(key string) *events.PodUnschedulable {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.unschedulable[key]
+	_, u := o.decision(key)
+	return u
 }
 
-func (o *observer) migration(id string) (event.Event, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	ev, ok := o.migrations[id]
+// migration is the latest migration.target.reserved or migration.rejected
+// of migration id.
+func (o *observer) migration(id string) (ev event.Event, ok bool) {
+	for _, seen := range o.e.Events.Seen() {
+		switch p := seen.Payload.(type) {
+		case *events.MigrationTargetReserved:
+			if p.ID == id {
+				ev, ok = seen.Event, true
+			}
+		case *events.MigrationRejected:
+			if p.ID == id {
+				ev, ok = seen.Event, true
+			}
+		}
+	}
 	return ev, ok
 }
 
+// facts counts the host events of ceType about host.
 func (o *observer) facts(ceType, host string) int {
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	n := 0
-	for _, ev := range o.hostFacts {
-		if ev.Type() == ceType && ev.Subject() == host {
+	for _, seen := range o.e.Events.Seen() {
+		if seen.Event.Type() == ceType && seen.Event.Subject() == host {
 			n++
 		}
 	}

@@ -44,6 +44,9 @@ type outcome struct {
 	already bool
 	fit     *framework.FitError
 	err     error
+	// refusals are the hosts that refused the pod's networks before it
+	// was placed (see netcheck.go).
+	refusals []events.HostRefusal
 }
 
 // request asks the loop to place a pod (or a migration's target).
@@ -56,6 +59,10 @@ type request struct {
 	// its target).
 	target   string
 	attempts int
+	// refusals are the hosts network-config's availability query refused
+	// for this placement, in order (written by the host committers, read
+	// by the loop after the request comes back to it).
+	refusals []events.HostRefusal
 	done     chan outcome
 }
 
@@ -78,6 +85,7 @@ func (s *Service) submit(ctx context.Context, r *request) outcome {
 	select {
 	case o := <-r.done:
 		s.metrics.outcome(ctx, o)
+		o.refusals = r.refusals
 		return o
 	case <-ctx.Done():
 		return outcome{err: ctx.Err()}
@@ -268,6 +276,12 @@ func (s *Service) runCommitter(ctx context.Context, host string, c *hostCommitte
 
 // placeLocked runs the framework for one request.
 func (s *Service) placeLocked(ctx context.Context, r *request) (*framework.Result, error) {
+	for _, x := range r.refusals {
+		if r.pod.Refused == nil {
+			r.pod.Refused = map[string]bool{}
+		}
+		r.pod.Refused[x.Host] = true
+	}
 	if r.target == "" {
 		return s.fw.Schedule(ctx, r.pod)
 	}
@@ -344,6 +358,33 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		hint = &e
 	}
 	s.mu.Unlock()
+	forget := func(t tentative) {
+		s.mu.Lock()
+		s.snap.ForgetAssumed(host, t.ref)
+		s.mu.Unlock()
+	}
+
+	// Step 0: ask network-config whether the pods' networks are available
+	// on this host; a refused pod is placed again without it.
+	var again []*request
+	refusals := s.checkNetworks(ctx, host, ts)
+	kept := ts[:0:0]
+	for i, t := range ts {
+		ref := refusals[i]
+		if ref == nil {
+			kept = append(kept, t)
+			continue
+		}
+		forget(t)
+		t.r.refusals = append(t.r.refusals, *ref)
+		s.log.Info("host refused the pod's network", "pod", t.r.pod.Key, "host", host, "network", ref.Network, "message", ref.Message)
+		if t.r.target != "" || len(t.r.refusals) >= maxQueryRefusals {
+			t.r.done <- outcome{fit: refusedFit(t.r)}
+			continue
+		}
+		again = append(again, t.r)
+	}
+	ts = kept
 
 	// Step 1: bind the pods to this host.
 	binds := make([]ledger.Binding, len(ts))
@@ -360,11 +401,6 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		}()
 	}
 	wg.Wait()
-	forget := func(t tentative) {
-		s.mu.Lock()
-		s.snap.ForgetAssumed(host, t.ref)
-		s.mu.Unlock()
-	}
 	var allocs []events.Allocation
 	var reserving []int
 	now := time.Now().UTC()
@@ -388,7 +424,7 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		reserving = append(reserving, i)
 	}
 	if len(reserving) == 0 {
-		return nil
+		return again
 	}
 
 	// Step 2: reserve.
@@ -403,7 +439,6 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 	s.mu.Unlock()
 
 	// Step 3: confirm the bindings of the reserved pods.
-	var again []*request
 	lost := make([]bool, len(ts))
 	for _, i := range reserving {
 		t := ts[i]
@@ -525,6 +560,17 @@ func (s *Service) settleLostBinding(ctx context.Context, host, uid string) (rele
 		// Changed under us: look again.
 	}
 	return false, &outcome{err: fmt.Errorf("%w: binding of %s keeps changing", ErrContention, uid)}, false
+}
+
+// refusedFit is the answer to a request whose candidates kept refusing
+// its networks (or whose named target did).
+func refusedFit(r *request) *framework.FitError {
+	last := r.refusals[len(r.refusals)-1]
+	return &framework.FitError{Pod: r.pod, Diagnosis: framework.Diagnosis{
+		Hosts:    len(r.refusals),
+		Reasons:  map[string]int{"NetworkRefused": len(r.refusals)},
+		Messages: map[string]string{"NetworkRefused": "network not available (" + last.String() + ")"},
+	}}
 }
 
 // allocationOf is the ledger allocation of a pod.

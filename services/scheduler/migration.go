@@ -14,7 +14,7 @@ import (
 
 // unlimited is the capacity used to record a pod that is already on a host
 // whatever the ledger says (a migration completed without a reservation).
-var unlimited = ledger.Capacity{CPUMilli: math.MaxInt64 / 4, MemoryBytes: math.MaxInt64 / 4}
+var unlimited = ledger.Capacity{CPUMilli: math.MaxInt64 / 4, MemoryBytes: math.MaxInt64 / 4, IgnoreCordon: true}
 
 // Migration placement. On migration.requested the scheduler validates the
 // requested target (every filter, on that host only) or picks one with the

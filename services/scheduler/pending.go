@@ -2,9 +2,15 @@ package scheduler
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
@@ -15,7 +21,9 @@ import (
 // event that brought one is acknowledged once pod.unschedulable is out (the
 // reason is on the pod's record, where a person looks); a restarted
 // scheduler finds the waiting pods again in the provisioner's records (phase
-// Pending, no host). Retries back off exponentially, and every change that
+// Pending, no host), and every replica rescans those records periodically
+// for pods marked Unschedulable that it does not hold, so that the pods a
+// dead replica held are not stranded. Retries back off exponentially, and every change that
 // can free room or open a host (a pod deleted, a host recovered or
 // uncordoned, a network realized, a ledger entry shrinking) retries every
 // waiting pod at once.
@@ -80,6 +88,93 @@ func (p *pendingSet) remove(key, uid string) {
 	if e, ok := p.pods[key]; ok && (uid == "" || e.pod.UID == uid) {
 		delete(p.pods, key)
 	}
+}
+
+// has reports whether the pod (by key and uid) is waiting here.
+func (p *pendingSet) has(key, uid string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e, ok := p.pods[key]
+	return ok && e.pod.UID == uid
+}
+
+// rescanLoop takes up, every interval, the unschedulable pods recorded in
+// KV `pods` that this replica does not hold: a replica that died held its
+// waiting pods only in memory.
+func (s *Service) rescanLoop(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := s.recoverPending(ctx, false); err != nil && ctx.Err() == nil {
+				s.log.Warn("rescan pending pods", "err", err)
+			}
+			if err := s.releaseOrphans(ctx, every*2); err != nil && ctx.Err() == nil {
+				s.log.Warn("release allocations of deleted pods", "err", err)
+			}
+		}
+	}
+}
+
+// releaseOrphans frees the allocations (and bindings) of pods that no
+// longer have a record in KV `pods` and were reserved more than grace ago.
+// A pod's record exists before pod.accepted is published and goes only
+// once its VM is destroyed, so such an allocation belongs to a pod that is
+// gone: one whose pod.deleted was handled by a replica that had nothing to
+// release yet while another replica was placing it (the "recently gone"
+// set that drops such a placement lives in one replica's memory).
+func (s *Service) releaseOrphans(ctx context.Context, grace time.Duration) error {
+	live := map[string]bool{}
+	lister, err := s.podsKV.ListKeys(ctx)
+	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
+		return err
+	}
+	if err == nil {
+		for k := range lister.Keys() {
+			kve, err := s.podsKV.Get(ctx, k)
+			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var rec events.PodRecord
+			if json.Unmarshal(kve.Value(), &rec) != nil {
+				return fmt.Errorf("pod record %s does not decode: not releasing anything", k)
+			}
+			live[rec.UID] = true
+		}
+	}
+	entries, err := s.ledger.List(ctx)
+	if err != nil {
+		return err
+	}
+	cutoff := time.Now().Add(-grace)
+	for _, e := range entries {
+		var gone []string
+		for k, a := range e.Allocations {
+			if a.UID != "" && !live[a.UID] && a.ReservedAt.Before(cutoff) {
+				gone = append(gone, k)
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		s.log.Info("releasing allocations of pods that no longer exist", "host", e.Host, "allocations", gone)
+		if err := s.release(ctx, map[string][]string{e.Host: gone}); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			uid := e.Allocations[k].UID
+			if b, ok, err := s.ledger.GetBinding(ctx, uid); err == nil && ok && b.Host == e.Host {
+				_ = s.ledger.Unbind(ctx, uid, b.Revision)
+			}
+		}
+	}
+	return nil
 }
 
 // len is the number of waiting pods.
@@ -156,7 +251,7 @@ func (s *Service) retry(ctx context.Context, e *pendingPod) {
 			}
 		}
 	default:
-		if err := s.publishScheduled(ctx, e.cause, e.pod, o.placement); err != nil {
+		if err := s.publishScheduled(ctx, e.cause, e.pod, o.placement, o.refusals); err != nil {
 			// The reservation stands; the next try republishes it.
 			s.log.Warn("publish pod.scheduled", "pod", e.pod.Key, "err", err)
 			s.pending.failed(e.pod.Key, e.message)

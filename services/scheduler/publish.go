@@ -16,7 +16,8 @@ import (
 // publishScheduled announces a placement as the effect of cause (the
 // pod.accepted or pod.evicted that asked for it), so a replay publishes the
 // same id and the pod's trace continues.
-func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement) error {
+// Refusals are the hosts that refused the pod's networks on the way.
+func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement, refusals []events.HostRefusal) error {
 	if isVM(p) {
 		gen := s.vmGeneration(p.UID)
 		return s.out.Emit(ctx, &cause, &events.VMScheduled{
@@ -27,6 +28,7 @@ func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *fr
 	return s.out.Emit(ctx, &cause, &events.PodScheduled{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID,
 		Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
+		Refusals: refusals,
 	})
 }
 

@@ -28,7 +28,7 @@ func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
 	if u := e.waitUnschedulable(other.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("after restart: %+v", u)
 	}
-	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	for _, k := range []string{acc.ObjectKey(), other.ObjectKey()} {
 		if s := e.waitScheduled(k); s.Host != host {
 			t.Errorf("%s placed on %s", k, s.Host)

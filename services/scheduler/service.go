@@ -20,6 +20,7 @@ import (
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/imagemeta"
+	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -60,6 +61,8 @@ type Service struct {
 	podsKV   jetstream.KeyValue
 	vmsKV    jetstream.KeyValue
 	ledger   *ledger.Ledger
+	// hostRecords is KV `hosts` as typed records (compare-and-set writes).
+	hostRecords *record.Store[events.HostRecord]
 
 	// mu guards everything below: the snapshot the framework reads, the
 	// inventory records and the read models folded into it.
@@ -185,6 +188,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { s.watchInventory(gctx); return nil })
 	g.Go(func() error { s.resyncLoop(gctx); return nil })
 	g.Go(func() error { s.retryLoop(gctx); return nil })
+	g.Go(func() error { s.rescanLoop(gctx, s.cfg.PendingRescan); return nil })
 	g.Go(func() error { s.hostRecordLoop(gctx); return nil })
 	r := s.routes()
 	g.Go(func() error { return r.Run(gctx, s.bus, bus.ConsumerConfig{Logger: s.log}, s.tuneConsumer) })
@@ -221,6 +225,7 @@ func (s *Service) open(ctx context.Context) error {
 		return err
 	}
 	s.ledger = ledger.New(s.ledgerKV)
+	s.hostRecords = record.New[events.HostRecord](s.hostsKV, "host")
 	return nil
 }
 
@@ -241,8 +246,19 @@ func (s *Service) load(ctx context.Context) error {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	s.mu.Lock()
+	inLedger := map[string]bool{}
 	for _, e := range entries {
+		inLedger[e.Host] = true
 		s.applyEntryLocked(e)
+	}
+	for name, rec := range s.records {
+		// The ledger holds the cordons; a host without an entry has none
+		// (a record may still say otherwise from an older writer).
+		if !inLedger[name] && rec.Cordoned {
+			rec.Cordoned = false
+			s.snap.SetHost(s.hostFromRecordLocked(rec))
+			s.dirty[name] = true
+		}
 	}
 	s.mu.Unlock()
 	if err := s.loadNetworks(ctx); err != nil {
@@ -251,7 +267,7 @@ func (s *Service) load(ctx context.Context) error {
 	s.mu.Lock()
 	s.ready = true
 	s.mu.Unlock()
-	if err := s.recoverPending(ctx); err != nil {
+	if err := s.recoverPending(ctx, true); err != nil {
 		s.log.Warn("recover pending pods", "err", err)
 	}
 	return nil

@@ -180,7 +180,7 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if u := e.waitUnschedulable(second.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("pinned to a cordoned host: %+v", u)
 	}
-	e.publish("podvisor/cli", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	if s := e.waitScheduled(second.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s", s.Host)
 	}
@@ -262,14 +262,18 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 }
 
 // Polling the inventory does not rewrite host records that did not change:
-// a record's UpdatedAt stays put across many polls, and moves when the
-// host does.
+// a record's UpdatedAt stays put across polls (the one that recorded the
+// other host's loss is the fact that a poll ran), and moves when the host
+// does.
 func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2,
 		cfg: func(c *scheduler.Config) { c.InventoryPoll = 100 * time.Millisecond }})
-	host := e.hostNames()[0]
+	host, other := e.hostNames()[0], e.hostNames()[1]
 	first := e.hostRecords()[host].UpdatedAt
-	time.Sleep(800 * time.Millisecond) // eight polls
+	if err := e.dc.FailHost(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("the other host's record Lost", 5*time.Second, func() bool { r := e.hostRecords()[other]; return r.State() == events.HostStateLost })
 	if now := e.hostRecords()[host].UpdatedAt; !now.Equal(first) {
 		t.Fatalf("an unchanged host's record was rewritten (updatedAt %s → %s)", first, now)
 	}

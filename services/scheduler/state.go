@@ -186,11 +186,14 @@ func (s *Service) hostFromRecordLocked(rec *events.HostRecord) *framework.Host {
 	return h
 }
 
+// networkState is the framework's view of a network on a host; a host
+// where the network failed counts as absent (events.NetworkUsable, the
+// definition the migration precheck shares).
 func networkState(a *events.NetworkAvailability, host string) framework.NetworkState {
-	switch {
-	case a.Realized(host):
+	switch a.On(host) {
+	case events.NetworkOnHostRealized:
 		return framework.NetworkRealized
-	case a.InScope(host):
+	case events.NetworkOnHostInScope:
 		return framework.NetworkInScope
 	}
 	return framework.NetworkAbsent
@@ -214,6 +217,15 @@ func (s *Service) applyEntryLocked(e ledger.Entry) {
 		}
 	}
 	s.entries[host] = e
+	if rec, ok := s.records[host]; ok && rec.Cordoned != e.Cordoned {
+		// The cordon is the ledger's (any replica may have set it); the
+		// host record shows it.
+		rec.Cordoned = e.Cordoned
+		s.snap.SetHost(s.hostFromRecordLocked(rec))
+		if !e.Cordoned {
+			s.pending.kickAll()
+		}
+	}
 	refs := make([]*framework.PodRef, 0, len(e.Allocations))
 	for k, a := range e.Allocations {
 		s.allocIndex[k] = host
@@ -293,6 +305,7 @@ func (s *Service) applyNetwork(kve jetstream.KeyValueEntry) bool {
 		}
 		slices.Sort(a.Hosts)
 		slices.Sort(a.Scope)
+		slices.Sort(a.Failed)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -431,7 +444,7 @@ func (s *Service) hostRecordLoop(ctx context.Context) {
 func (s *Service) flushHostRecords(ctx context.Context) {
 	type write struct {
 		name string
-		data []byte
+		rec  *events.HostRecord // nil: the host left the inventory
 	}
 	var writes []write
 	now := time.Now().UTC()
@@ -453,23 +466,26 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 			slices.Sort(rec.PodNetworks)
 		}
 		rec.UpdatedAt = now
-		data, err := json.Marshal(rec)
-		if err != nil {
-			continue
-		}
-		writes = append(writes, write{name, data})
+		c := *rec
+		c.PodNetworks = slices.Clone(rec.PodNetworks)
+		writes = append(writes, write{name, &c})
 	}
 	clear(s.dirty)
 	s.mu.Unlock()
 	for _, w := range writes {
 		var err error
-		if w.data == nil {
-			err = s.hostsKV.Delete(ctx, events.HostRecordKey(w.name))
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				err = nil
-			}
+		if w.rec == nil {
+			err = s.hostRecords.Delete(ctx, events.HostRecordKey(w.name))
 		} else {
-			_, err = s.hostsKV.Put(ctx, events.HostRecordKey(w.name), w.data)
+			// Every replica writes the records it sees change, so the
+			// write is a compare-and-set on the record as read: the
+			// last writer wins whole, never a mix of two. The cordon is
+			// the ledger's, and replicas follow the ledger, so a replica
+			// that has not yet seen a cordon cannot undo it for long.
+			_, err = s.hostRecords.Upsert(ctx, events.HostRecordKey(w.name), func(v *events.HostRecord, _ bool) error {
+				*v = *w.rec
+				return nil
+			})
 		}
 		if err != nil {
 			s.log.Warn("write host record", "host", w.name, "err", err)

@@ -107,7 +107,7 @@ func (s *Service) resizeVM(ctx context.Context, cause event.Event, p *framework.
 	s.mu.Unlock()
 	s.log.Info("vm resized", "vm", p.Key, "host", host, "cpuMilli", p.CPUMilli, "memoryBytes", p.MemoryBytes)
 	s.pending.kickAll()
-	return s.publishScheduled(ctx, cause, p, s.placementOf(host))
+	return s.publishScheduled(ctx, cause, p, s.placementOf(host), nil)
 }
 
 func (s *Service) onVMDeleted(ctx context.Context, _ *bus.Message, e *events.VMDeleted) error {

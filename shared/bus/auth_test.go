@@ -137,7 +137,8 @@ func TestClientPublishesOnlyRequests(t *testing.T) {
 	if err := client.Publish(ctx, requestEvent(t, "web")); err != nil {
 		t.Fatalf("client pod.requested: %v", err)
 	}
-	for _, subject := range []string{events.SubjectPodRunning, events.SubjectPodImagesReady, events.SubjectPodNetworkAttached, "$KV.pods.default.web"} {
+	for _, subject := range []string{events.SubjectPodRunning, events.SubjectPodImagesReady, events.SubjectPodNetworkAttached, "$KV.pods.default.web",
+		events.SubjectHostCordoned, events.SubjectHostUncordoned} {
 		// The server drops a denied publish and says so on the
 		// connection; the publisher waits for a stream ack in vain.
 		if _, err := client.JetStream().Publish(shortContext(t), subject, []byte("{}")); err == nil {
@@ -296,6 +297,38 @@ func TestMintAsAnotherClient(t *testing.T) {
 	}
 	if len(opts.TrustedOperators) != 1 || opts.SystemAccount == "" || opts.MaxControlLine != bus.MaxControlLine {
 		t.Errorf("server options: operators %d, system account %q, max control line %d", len(opts.TrustedOperators), opts.SystemAccount, opts.MaxControlLine)
+	}
+}
+
+// TestOnlyHostAgentsAskForDiskKeys: the provisioner answers key requests
+// for encrypted ephemeral disks; a host agent may ask, a client (which may
+// ask every query) may not.
+func TestOnlyHostAgentsAskForDiskKeys(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	prov := s.dial(t, events.PublisherProvisioner)
+	serveCtx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() {
+		served <- prov.Serve(serveCtx, events.SubjectDiskKeyRelease, func(context.Context, []byte) ([]byte, error) { return []byte("wrapped"), nil })
+	}()
+	t.Cleanup(func() { stop(); <-served })
+	ha := s.dial(t, events.PublisherHostAgent)
+	var got []byte
+	var err error
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if got, err = ha.Request(shortContext(t), events.SubjectDiskKeyRelease, []byte("{}")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond) // the server has not subscribed yet
+	}
+	if err != nil || string(got) != "wrapped" {
+		t.Fatalf("host agent asks: %q, %v", got, err)
+	}
+	client := s.dial(t, bus.IdentityClient)
+	if got, err := client.Request(shortContext(t), events.SubjectDiskKeyRelease, []byte("{}")); err == nil {
+		t.Fatalf("a client got a disk key answer: %q", got)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -37,6 +38,21 @@ type EmbeddedConfig struct {
 	// TLS, when set, is the server's certificate configuration: every
 	// client connection must then use TLS (a plain-text one is refused).
 	TLS *tls.Config
+	// Cluster, when set, makes the server one node of a NATS cluster
+	// (JetStream clustered: streams and buckets with replicas).
+	Cluster *ClusterConfig
+}
+
+// ClusterConfig is an embedded server's part in a cluster.
+type ClusterConfig struct {
+	// Name is the cluster's name, the same on every node.
+	Name string
+	// Port is where this node listens for routes from the others (on
+	// EmbeddedConfig.Host).
+	Port int
+	// Routes are the route URLs of every node (nats-route://host:port);
+	// a node ignores its own.
+	Routes []string
 }
 
 // MaxControlLine is the longest protocol line the server accepts. A user's
@@ -98,6 +114,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		opts.TLSConfig = cfg.TLS
 		opts.TLS = true
 		opts.TLSTimeout = 5
+	}
+	if c := cfg.Cluster; c != nil {
+		if c.Name == "" || c.Port <= 0 || len(c.Routes) == 0 {
+			return nil, fmt.Errorf("bus: embedded server: Cluster: Name, Port and Routes are required (got %q, %d, %d routes)", c.Name, c.Port, len(c.Routes))
+		}
+		opts.Cluster = server.ClusterOpts{Name: c.Name, Host: cfg.Host, Port: c.Port}
+		opts.Routes = server.RoutesFromStr(strings.Join(c.Routes, ","))
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

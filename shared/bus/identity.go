@@ -74,20 +74,27 @@ const (
 // Identities is the permission table of every identity podvisor mints.
 func Identities() []Identity {
 	return []Identity{
+		// The provisioner releases the keys of encrypted ephemeral disks
+		// to the pod VMs it created, asked by their host agents only.
 		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations, events.StreamVMs},
-			Owns: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages}},
+			Owns: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages}, Serves: []string{events.SubjectDiskKeyRelease}},
 		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
-			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts, BucketVMs}},
+			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts, BucketVMs},
+			Asks: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
 		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
-			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM}, Reads: []string{BucketPods, BucketVMs},
+			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData}, Reads: []string{BucketPods, BucketVMs},
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
-		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamVMs},
+		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks, events.StreamVMs},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts, BucketVMs}},
-		// The host agent reports what runs in its pod VMs and answers
-		// logs and exec of its pods by request/reply.
-		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods},
-			Serves: []string{"pv.query.pod.>"}, StreamsAnswers: true},
+		// The host agent reports what runs in its pod VMs, answers logs
+		// and exec of its pods by request/reply, applies its host's final
+		// network state, serves the network services, delivers the
+		// pass-through data of its host's networks, and asks the
+		// provisioner for the disk keys of its encrypted pod VMs.
+		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks},
+			Reads:  []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData},
+			Serves: []string{"pv.query.pod.>"}, Asks: []string{events.SubjectDiskKeyRelease}, StreamsAnswers: true},
 		// The guest cluster controller declares its clusters' VMs (as a
 		// client would), runs their compatibility checks, asks for the
 		// pods of guest clusters, answers their nodes' queries and hands

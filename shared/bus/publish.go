@@ -21,13 +21,21 @@ import (
 // extension yet gets one from the current span, which makes this publish the
 // start of the flow.
 func (b *Bus) Publish(ctx context.Context, ev event.Event) error {
+	_, err := b.PublishSeq(ctx, ev)
+	return err
+}
+
+// PublishSeq is Publish that also returns the event's stream sequence (the
+// stored copy's, for a duplicate): what a test waits for a consumer to have
+// acknowledged.
+func (b *Bus) PublishSeq(ctx context.Context, ev event.Event) (uint64, error) {
 	ev = ev.Clone()
 	if err := ev.Validate(); err != nil {
-		return fmt.Errorf("bus: publish: invalid event: %w", err)
+		return 0, fmt.Errorf("bus: publish: invalid event: %w", err)
 	}
 	rt, err := routeOf(ev.Type())
 	if err != nil {
-		return fmt.Errorf("bus: publish %s: %w", ev.ID(), err)
+		return 0, fmt.Errorf("bus: publish %s: %w", ev.ID(), err)
 	}
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		// Published outside any handler (a retry loop, a background task):
@@ -55,26 +63,26 @@ func (b *Bus) Publish(ctx context.Context, ev event.Event) error {
 	if err != nil {
 		err = fmt.Errorf("bus: publish %s %s: encode: %w", ev.Type(), ev.ID(), err)
 		span.SetStatus(codes.Error, err.Error())
-		return err
+		return 0, err
 	}
 	propagator().Inject(ctx, headerCarrier(msg.Header))
 	if n := encodedSize(msg); n > MaxEventSize {
 		err := fmt.Errorf("bus: publish %s %s: %w: %d bytes encoded, limit %d (keep large content in a KV bucket or datastore and reference it)",
 			ev.Type(), ev.ID(), ErrTooLarge, n, MaxEventSize)
 		span.SetStatus(codes.Error, err.Error())
-		return err
+		return 0, err
 	}
 	ack, err := b.js.PublishMsg(ctx, msg, jetstream.WithMsgID(ev.ID()))
 	if err != nil {
 		err = fmt.Errorf("bus: publish %s %s to %s: %w", ev.Type(), ev.ID(), rt.Subject, err)
 		span.SetStatus(codes.Error, err.Error())
-		return err
+		return 0, err
 	}
 	span.SetAttributes(
 		attribute.Int64("messaging.nats.stream.sequence", int64(ack.Sequence)),
 		attribute.Bool("messaging.nats.duplicate", ack.Duplicate),
 	)
-	return nil
+	return ack.Sequence, nil
 }
 
 func eventAttributes(ev *event.Event) []attribute.KeyValue {

@@ -37,6 +37,11 @@ const (
 	BucketNetHosts   = "net-hosts"
 	BucketIPAM       = "ipam"
 	BucketMigrations = "migrations"
+	// BucketNetServices and BucketNetData are network-config's network
+	// services (events.BucketNetServices) and pass-through data
+	// (events.BucketNetData).
+	BucketNetServices = "net-services"
+	BucketNetData     = "net-data"
 	// Native VMs: records, classes and images (the provisioner's native
 	// VM controller writes them).
 	BucketVMs       = events.BucketVMs
@@ -121,6 +126,8 @@ var bucketHistory = map[string]uint8{
 	BucketNetHosts:             5,
 	BucketIPAM:                 1,
 	BucketMigrations:           5,
+	BucketNetServices:          5,
+	BucketNetData:              5,
 	events.BucketGuestClusters: 5,
 	BucketVMs:                  5,
 	BucketVMClasses:            5,
@@ -130,7 +137,7 @@ var bucketHistory = map[string]uint8{
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
 	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations,
-		BucketVMs, BucketVMClasses, BucketVMImages, events.BucketGuestClusters}
+		BucketNetServices, BucketNetData, BucketVMs, BucketVMClasses, BucketVMImages, events.BucketGuestClusters}
 }
 
 // TopologyOption adjusts EnsureTopology.

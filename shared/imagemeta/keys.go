@@ -2,6 +2,8 @@ package imagemeta
 
 import (
 	"strings"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // Key prefix and index keys (see the package doc for the schema).
@@ -56,6 +58,9 @@ type Manifest struct {
 	Image string `json:"image"`
 	// Layers are the image's layers, base first.
 	Layers []Layer `json:"layers"`
+	// Config is how the image's containers run (Entrypoint, Cmd, Env, …);
+	// absent in manifests stored by versions that did not keep it.
+	Config *events.ImageConfig `json:"config,omitempty"`
 }
 
 // Layer is one layer of a Manifest.

@@ -5,16 +5,19 @@
 //
 // # How it works
 //
-// The lease is one key whose value names its holder and when it expires:
+// The lease is one key whose value names its holder (and, for people
+// reading it, when the holder expects it to expire):
 //
 //	{"holder":"migration-7d9f-2xk4q-1-5f3a9c1e","expires":"2026-01-02T15:04:05.123Z"}
 //
 // Run loops over three steps:
 //
 //  1. Acquire. Create the key (only one replica's Create succeeds); if the
-//     key exists and its expiry has passed, take it over with Update at the
-//     revision that was read (compare-and-set: of several replicas that
-//     see the same expired lease, one wins). Otherwise stand by, trying
+//     key exists and its revision has not changed for a whole TTL, as
+//     measured by this replica's own clock since it first saw that
+//     revision, take it over with Update at that revision (compare-and-set:
+//     of several replicas that see the same stale lease, one wins, and a
+//     holder renewing meanwhile beats them all). Otherwise stand by, trying
 //     again every TTL/3 and at once when the key changes (a watcher), and
 //     log once that this replica is standing by and for whom.
 //  2. Lead. Run the function with a context that ends as soon as the lease
@@ -37,19 +40,24 @@
 //
 // # Clocks
 //
-// Expiry is an absolute time written by the holder and compared with the
-// reader's local clock. This assumes the replicas' clocks differ by much
-// less than the TTL (NTP keeps them within milliseconds; the default TTL is
-// 10s). A standby whose clock runs ahead by d takes over d early; the
-// leader stops when the lease is within TTL/3 of expiring by its own clock,
-// so skew up to about TTL/3 still leaves no overlap.
+// No replica compares its clock with another's. A standby measures, with
+// its own monotonic clock, how long the lease key has kept one revision;
+// the leader measures, with its own, how long ago its last renewal
+// succeeded, and stops leading TTL/3 before a standby could decide the
+// lease is stale. Only clock rates need to agree, not clock readings.
+//
+// # Fencing
+//
+// Fence renews the lease with compare-and-set at the revision the leader
+// last wrote, right before an action the lease guards: a leader that was
+// paused (a stopped process, a long GC pause) and replaced meanwhile fails
+// there with ErrLost instead of acting. The migration service fences every
+// vMotion this way.
 //
 // # What it does not do
 //
-// A lease bounds how long two replicas can both believe they lead; it does
-// not fence their writes. A leader paused longer than the TTL (a stopped
-// process, a long GC pause) may write once more after a standby took over.
-// Work done under a lease should therefore also be safe to repeat or be
-// compare-and-set on its own records, as the migration service's records
-// are.
+// Between a Fence and the action it guards there is still a window (the
+// call to vCenter is in flight); work done under a lease should therefore
+// also be safe to repeat or be compare-and-set on its own records, as the
+// migration service's records are.
 package lease

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -31,9 +32,17 @@ type Lease struct {
 	TTL time.Duration
 	// Logger defaults to discarding.
 	Logger *slog.Logger
+
+	// mu serializes the leader's writes of the key (renewals and fences)
+	// and guards rev, the revision it last wrote (0 while not leading).
+	mu     sync.Mutex
+	rev    uint64
+	holder string
 }
 
-// record is the lease key's value.
+// record is the lease key's value. Expires is for people reading the key;
+// no replica compares it with its own clock (see "Clocks" in the package
+// documentation).
 type record struct {
 	Holder  string    `json:"holder"`
 	Expires time.Time `json:"expires"`
@@ -137,8 +146,9 @@ func (l *Lease) acquire(ctx context.Context, holder string, log *slog.Logger) (u
 		changed = w.Updates()
 	}
 	standingBy := ""
+	var seen observed
 	for {
-		rev, current, err := l.try(ctx, holder)
+		rev, current, err := l.try(ctx, holder, &seen)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return 0, ctx.Err()
@@ -162,9 +172,19 @@ func (l *Lease) acquire(ctx context.Context, holder string, log *slog.Logger) (u
 	}
 }
 
+// observed is what a standby last saw of the lease key: its revision and
+// when (by this process's monotonic clock) that revision was first seen.
+type observed struct {
+	rev   uint64
+	since time.Time
+}
+
 // try makes one attempt: the revision written on success, else the
-// current holder.
-func (l *Lease) try(ctx context.Context, holder string) (uint64, string, error) {
+// current holder. A lease whose revision seen has not changed for a whole
+// TTL (by this replica's own clock) was not renewed: its holder is gone or
+// cut off, and it is taken over with compare-and-set at that revision, so
+// that a holder renewing meanwhile wins instead.
+func (l *Lease) try(ctx context.Context, holder string, seen *observed) (uint64, string, error) {
 	data, _ := l.value(holder)
 	e, err := l.KV.Get(ctx, l.Key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -184,7 +204,11 @@ func (l *Lease) try(ctx context.Context, holder string) (uint64, string, error) 
 		// be, which it cannot be shown to be; refuse to guess.
 		return 0, "", fmt.Errorf("key %s holds %q, not a lease", l.Key, e.Value())
 	}
-	if time.Now().Before(cur.Expires) {
+	now := time.Now()
+	if e.Revision() != seen.rev {
+		*seen = observed{rev: e.Revision(), since: now}
+	}
+	if now.Sub(seen.since) < l.ttl() {
 		return 0, cur.Holder, nil
 	}
 	rev, err := l.KV.Update(ctx, l.Key, data, e.Revision())
@@ -194,11 +218,49 @@ func (l *Lease) try(ctx context.Context, holder string) (uint64, string, error) 
 	return rev, "", err
 }
 
+// Fence proves, right before an action the lease guards (a vMotion), that
+// this replica still holds the lease: it renews the lease now with
+// compare-and-set at the revision it last wrote. A replica that lost the
+// lease (a standby took it over while this one was paused) fails here with
+// ErrLost instead of acting, whatever the clocks say. The revision is the
+// fencing token; the store, not a clock, decides.
+func (l *Lease) Fence(ctx context.Context) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.rev == 0 {
+		return fmt.Errorf("lease %s: not leading: %w", l.Key, ErrLost)
+	}
+	data, _ := l.value(l.holder)
+	next, err := l.KV.Update(ctx, l.Key, data, l.rev)
+	if err != nil {
+		if lostKey(err) {
+			l.rev = 0
+			return fmt.Errorf("lease %s: %w", l.Key, ErrLost)
+		}
+		return fmt.Errorf("lease %s: fence: %w", l.Key, err)
+	}
+	l.rev = next
+	return nil
+}
+
+func lostKey(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
+		errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+}
+
 // lead runs fn under the lease written at rev, renewing it until fn
 // returns; lost reports whether the lease was lost before that.
 func (l *Lease) lead(ctx context.Context, holder string, rev uint64, fn func(context.Context) error, log *slog.Logger) (lost bool, err error) {
 	ttl := l.ttl()
 	expires := time.Now().Add(ttl)
+	l.mu.Lock()
+	l.rev, l.holder = rev, holder
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		l.rev = 0
+		l.mu.Unlock()
+	}()
 	fctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan error, 1)
@@ -209,6 +271,9 @@ func (l *Lease) lead(ctx context.Context, holder string, rev uint64, fn func(con
 	for {
 		select {
 		case err := <-done:
+			l.mu.Lock()
+			rev, held = l.rev, held && l.rev != 0
+			l.mu.Unlock()
 			if held {
 				l.release(rev, log)
 			}
@@ -219,14 +284,25 @@ func (l *Lease) lead(ctx context.Context, holder string, rev uint64, fn func(con
 			}
 			data, exp := l.value(holder)
 			rctx, rcancel := context.WithTimeout(ctx, ttl/3)
-			next, err := l.KV.Update(rctx, l.Key, data, rev)
+			l.mu.Lock()
+			var next uint64
+			var err error
+			if l.rev == 0 {
+				err = jetstream.ErrKeyRevisionMismatch // a fence found it lost
+			} else {
+				next, err = l.KV.Update(rctx, l.Key, data, l.rev)
+				if err == nil {
+					l.rev = next
+				}
+			}
+			l.mu.Unlock()
 			rcancel()
 			switch {
 			case err == nil:
-				rev, expires = next, exp
+				expires = exp
 			case ctx.Err() != nil:
 				// Shutting down: fn sees ctx end; release after it returns.
-			case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+			case lostKey(err):
 				log.Warn("lease: renewal lost the key to another writer", "err", err)
 				held = false
 				cancel(ErrLost)

@@ -228,36 +228,104 @@ func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
 	}
 }
 
-func TestExpiredLeaseIsTakenOver(t *testing.T) {
+// A lease nobody renews is taken over once its revision has stood still
+// for a TTL, whatever expiry its value claims: the standby's own clock
+// decides, never the holder's.
+func TestUnrenewedLeaseIsTakenOverAfterTTL(t *testing.T) {
 	kv := bucket(t)
-	dead, _ := json.Marshal(map[string]any{"holder": "crashed", "expires": time.Now().Add(-time.Second)})
+	dead, _ := json.Marshal(map[string]any{"holder": "crashed", "expires": time.Now().Add(time.Hour)})
 	if _, err := kv.Put(context.Background(), "leader", dead); err != nil {
 		t.Fatal(err)
 	}
+	begun := time.Now()
 	var active, maxActive atomic.Int32
 	a := startReplica(t, kv, "a", &active, &maxActive)
 	select {
 	case <-a.started:
-	case <-time.After(ttl / 2):
-		t.Fatal("an expired lease was not taken over at once")
+		if took := time.Since(begun); took < ttl {
+			t.Fatalf("took over after %s, before a whole TTL (%s) without renewal", took, ttl)
+		}
+	case <-time.After(3 * ttl):
+		t.Fatal("a lease nobody renews was not taken over")
 	}
 	if got := holderOf(t, kv); got != "a" {
 		t.Fatalf("lease holder = %q, want a", got)
 	}
 }
 
-func TestLiveLeaseIsRespected(t *testing.T) {
+// A lease that keeps being renewed is respected however old the expiry its
+// value claims.
+func TestRenewedLeaseIsRespected(t *testing.T) {
 	kv := bucket(t)
-	live, _ := json.Marshal(map[string]any{"holder": "other", "expires": time.Now().Add(time.Hour)})
-	if _, err := kv.Put(context.Background(), "leader", live); err != nil {
+	stale, _ := json.Marshal(map[string]any{"holder": "other", "expires": time.Now().Add(-time.Hour)})
+	rev, err := kv.Put(context.Background(), "leader", stale)
+	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		tick := time.NewTicker(ttl / 4)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if next, err := kv.Update(ctx, "leader", stale, rev); err == nil {
+					rev = next
+				}
+			}
+		}
+	}()
 	var active, maxActive atomic.Int32
 	a := startReplica(t, kv, "a", &active, &maxActive)
 	select {
 	case <-a.started:
-		t.Fatal("took over a lease that had not expired")
-	case <-time.After(ttl):
+		t.Fatal("took over a lease its holder keeps renewing")
+	case <-time.After(2 * ttl):
+	}
+}
+
+// Fence renews the lease at the revision the leader wrote; once another
+// holder has written the key, Fence fails with ErrLost (the guarded action
+// is not taken) and the leader stops.
+func TestFenceFailsOnceTheLeaseIsTaken(t *testing.T) {
+	kv := bucket(t)
+	l := &lease.Lease{KV: kv, Key: "leader", Holder: "a", TTL: ttl}
+	if err := l.Fence(context.Background()); !errors.Is(err, lease.ErrLost) {
+		t.Fatalf("Fence before leading = %v, want ErrLost", err)
+	}
+	fenced := make(chan error, 2)
+	done := make(chan error, 1)
+	runCtx, stop := context.WithCancel(context.Background())
+	t.Cleanup(func() { stop(); <-done })
+	go func() {
+		done <- l.Run(runCtx, func(ctx context.Context) error {
+			fenced <- l.Fence(ctx)
+			other, _ := json.Marshal(map[string]any{"holder": "intruder", "expires": time.Now()})
+			if _, err := kv.Put(ctx, "leader", other); err != nil {
+				return err
+			}
+			fenced <- l.Fence(ctx)
+			<-ctx.Done()
+			return errors.New("stopped")
+		})
+	}()
+	if err := <-fenced; err != nil {
+		t.Fatalf("Fence while leading = %v", err)
+	}
+	if err := <-fenced; !errors.Is(err, lease.ErrLost) {
+		t.Fatalf("Fence after the key was taken = %v, want ErrLost", err)
+	}
+	select {
+	case err := <-done:
+		done <- err
+		t.Fatal("Run returned; it should stand by after a lost lease")
+	case <-time.After(ttl / 2):
+	}
+	if got := holderOf(t, kv); got != "intruder" {
+		t.Fatalf("holder %q, want intruder (a lost lease is not released)", got)
 	}
 }
 

@@ -26,7 +26,7 @@ const BusyboxPath = "/bin/busybox"
 const BusyboxRepoTag = "podvisor/busybox:1.0"
 
 // busyboxApplets are linked to busybox in the image's /bin.
-var busyboxApplets = []string{"sh", "echo", "cat", "ls", "sleep", "env", "httpd", "wget", "nc", "ps", "kill", "true", "false", "tail", "head", "date", "hostname", "id", "mkdir", "rm", "touch"}
+var busyboxApplets = []string{"sh", "echo", "cat", "ls", "sleep", "env", "httpd", "wget", "nc", "ps", "kill", "true", "false", "tail", "head", "date", "hostname", "id", "mkdir", "rm", "touch", "timeout", "nslookup"}
 
 // SeedBusybox pushes BusyboxRepoTag, built from the busybox binary at
 // BusyboxPath, and returns its reference. The other sample images hold data

@@ -36,6 +36,25 @@ func (d *Datacenter) AddFault(rule simulator.FaultInjectionRule) error {
 	return nil
 }
 
+// FaultCounts reports how many faults each SOAP method has been given by
+// the rules added with AddFault (method name → count), e.g. to show what a
+// fault-injection run injected.
+func (d *Datacenter) FaultCounts() map[string]int64 {
+	rules := d.model.Service.GetFaultRules()
+	stats := d.model.Service.GetFaultStats()
+	out := map[string]int64{}
+	maint := d.maintenanceRule()
+	for i, r := range rules {
+		if r.MethodName == maint.MethodName && r.ObjectType == maint.ObjectType && r.Probability == maint.Probability && r.FaultType == maint.FaultType {
+			continue // the simulator's own rule, not an injected fault
+		}
+		if n, ok := stats[fmt.Sprintf("rule_%d_count", i)].(int64); ok {
+			out[r.MethodName] += n
+		}
+	}
+	return out
+}
+
 // ClearFaults removes every fault added with AddFault. The built-in rule that
 // keeps a host with running VMs out of maintenance mode stays.
 func (d *Datacenter) ClearFaults() {

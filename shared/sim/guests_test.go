@@ -44,7 +44,7 @@ type hello struct {
 	conn *guestchannel.Conn
 }
 
-func listenHostAgents(t *testing.T, dir string, hosts ...string) *hostAgents {
+func listenHostAgents(t testing.TB, dir string, hosts ...string) *hostAgents {
 	t.Helper()
 	h := &hostAgents{hellos: make(chan hello, 16)}
 	for _, host := range hosts {
@@ -76,7 +76,7 @@ func listenHostAgents(t *testing.T, dir string, hosts ...string) *hostAgents {
 	return h
 }
 
-func (h *hostAgents) next(t *testing.T, what string) hello {
+func (h *hostAgents) next(t testing.TB, what string) hello {
 	t.Helper()
 	select {
 	case m := <-h.hellos:

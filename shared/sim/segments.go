@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 
 	"github.com/vmware/govmomi/object"
@@ -51,6 +52,7 @@ func (d *Datacenter) reconcileSegments(ctx context.Context) error {
 		}
 	}
 	carried := map[string]map[string]bool{}
+	membership := map[string]map[string]bool{}
 	want := map[string]bool{}
 	for _, e := range c.Map.All("DistributedVirtualPortgroup") {
 		pg, ok := e.(*simulator.DistributedVirtualPortgroup)
@@ -72,12 +74,25 @@ func (d *Datacenter) reconcileSegments(ctx context.Context) error {
 		want[key] = true
 		for _, h := range members[*sw] {
 			name := d.hostName(h)
+			if membership[name] == nil {
+				membership[name] = map[string]bool{}
+			}
+			membership[name][key] = true
 			if carried[name] == nil {
 				carried[name] = map[string]bool{}
 			}
 			carried[name][key] = true
 		}
 	}
+	for host, keys := range d.agentSegments {
+		carried[host] = map[string]bool{}
+		for key := range keys {
+			if want[key] {
+				carried[host][key] = true
+			}
+		}
+	}
+	d.lastMembership = membership
 	for _, key := range d.fabric.Segments() {
 		if !want[key] {
 			if err := d.fabric.Remove(key); err != nil {
@@ -122,4 +137,90 @@ func (d *Datacenter) Segment(portGroupKey string) (bridge string, hosts []string
 		return "", nil
 	}
 	return d.fabric.Bridge(portGroupKey), d.guests.Carriers(portGroupKey)
+}
+
+// HostSegments hands one host's segments to its host agent: from now on
+// the host carries the segments the agent says (starting from what switch
+// membership gave it), not what membership says, as a real host applies
+// the state its agent pushes. The bridges still follow the port groups.
+func (d *Datacenter) HostSegments(host string) *HostSegments {
+	d.segMu.Lock()
+	defer d.segMu.Unlock()
+	if d.agentSegments == nil {
+		d.agentSegments = map[string]map[string]bool{}
+	}
+	if _, ok := d.agentSegments[host]; !ok {
+		d.agentSegments[host] = maps.Clone(d.lastMembership[host])
+		if d.agentSegments[host] == nil {
+			d.agentSegments[host] = map[string]bool{}
+		}
+	}
+	return &HostSegments{d: d, host: host}
+}
+
+// HostSegments is one host's layer 2 segments as its host agent sees and
+// changes them (see Datacenter.HostSegments).
+type HostSegments struct {
+	d    *Datacenter
+	host string
+}
+
+// Carried lists the port groups whose segment the host carries, key →
+// port group name.
+func (h *HostSegments) Carried(ctx context.Context) (map[string]string, error) {
+	names, err := h.d.portGroupNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	h.d.segMu.Lock()
+	defer h.d.segMu.Unlock()
+	out := map[string]string{}
+	for key := range h.d.agentSegments[h.host] {
+		if name, ok := names[key]; ok {
+			out[key] = name
+		}
+	}
+	return out, nil
+}
+
+// Carry makes the host carry the segment of a port group (by key): its
+// VMs' cards on it are plugged into the bridge.
+func (h *HostSegments) Carry(ctx context.Context, key string) error {
+	names, err := h.d.portGroupNames(ctx)
+	if err != nil {
+		return err
+	}
+	if _, ok := names[key]; !ok {
+		return fmt.Errorf("sim: host %s: no port group with key %s", h.host, key)
+	}
+	return h.set(ctx, key, true)
+}
+
+// Drop makes the host stop carrying a segment: its VMs' cards on it are
+// unplugged.
+func (h *HostSegments) Drop(ctx context.Context, key string) error { return h.set(ctx, key, false) }
+
+func (h *HostSegments) set(ctx context.Context, key string, on bool) error {
+	h.d.segMu.Lock()
+	if on {
+		h.d.agentSegments[h.host][key] = true
+	} else {
+		delete(h.d.agentSegments[h.host], key)
+	}
+	h.d.segMu.Unlock()
+	return h.d.reconcileSegments(ctx)
+}
+
+// portGroupNames maps every distributed port group's key to its name.
+func (d *Datacenter) portGroupNames(ctx context.Context) (map[string]string, error) {
+	c := d.context(ctx)
+	out := map[string]string{}
+	for _, e := range c.Map.All("DistributedVirtualPortgroup") {
+		pg, ok := e.(*simulator.DistributedVirtualPortgroup)
+		if !ok {
+			continue
+		}
+		c.WithLock(pg, func() { out[pg.Key] = pg.Name })
+	}
+	return out, nil
 }

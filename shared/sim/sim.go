@@ -57,6 +57,19 @@ type Datacenter struct {
 	// segments.go); nil when guests are off.
 	fabric *segment.Fabric
 	segMu  sync.Mutex
+	// agentSegments holds, for hosts whose host agent owns their
+	// segments (HostSegments), the port group keys the agent made the
+	// host carry; reconcileSegments leaves those hosts to it.
+	agentSegments map[string]map[string]bool
+	// lastMembership is what switch membership made each host carry at
+	// the last reconcile: where an agent-owned host starts from.
+	lastMembership map[string]map[string]bool
+	// services are the hosts' service addresses on segments (services.go).
+	services map[serviceKey]*sharedService
+
+	// forks maps an instant clone's key to its parent's (instantclone.go).
+	forkMu sync.Mutex
+	forks  map[string]string
 
 	mu         sync.Mutex
 	closed     bool
@@ -130,6 +143,7 @@ func (d *Datacenter) build(ctx context.Context) error {
 	}
 	d.model = m
 	m.Map().AddHandler(&hostStateBridge{d: d})
+	m.Map().Handler = d.methodHandler
 	m.Service.AddFaultRule(d.maintenanceRule())
 
 	dir := d.cfg.Dir

@@ -26,6 +26,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/bootconfig"
 	"github.com/podvisor/podvisor/agent/channel"
+	"github.com/podvisor/podvisor/agent/diskcrypt"
 	"github.com/podvisor/podvisor/agent/disks"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/reaper"
@@ -62,8 +63,9 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	reaper.Run()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT)
+	// Power-off: also what ends a wait for the disk key.
+	stopCtx, stopSignals := signal.NotifyContext(ctx, unix.SIGTERM, unix.SIGINT)
+	defer stopSignals()
 
 	cfg, err := src.Load(ctx)
 	if err != nil {
@@ -73,6 +75,11 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 		return fmt.Errorf("init: %w", err)
 	}
 	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log}
+	if cfg.Spec.Encryption != nil {
+		if a.keys, err = newKeyWait(cfg.Boot.VMUUID, cfg.Spec.Encryption.Nonce, log.With("part", "diskkey")); err != nil {
+			return err
+		}
+	}
 	srv := &channel.Server{
 		Addr: cfg.Boot.Channel,
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
@@ -86,18 +93,21 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 		srv.Run(ctx)
 	}()
 
-	mounted, err := a.start(cfg)
+	mounted, unlocked, err := a.start(stopCtx, cfg)
 	if err != nil {
 		log.Error("pod cannot start", "err", err)
 		a.board.SetPending("ContainerCreating", err.Error())
 	}
-	<-sigs
+	<-stopCtx.Done()
 	log.Info("shutting down")
 	grace := time.Duration(cfg.Spec.TerminationGracePeriodSeconds) * time.Second
 	a.Stop(grace)
 	var errs []error
 	if pod := a.currentPod(); pod != nil {
 		errs = append(errs, pod.Close())
+	}
+	if unlocked != nil {
+		errs = append(errs, unlocked.Lock())
 	}
 	if mounted != nil {
 		errs = append(errs, mounted.Unmount())
@@ -107,20 +117,27 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	return errors.Join(errs...)
 }
 
-// start configures the NICs, mounts the disks and starts the pod's
-// supervisor.
-func (a *agent) start(cfg *bootconfig.Config) (*disks.Mounted, error) {
+// start configures the NICs, mounts the disks (an encrypted ephemeral disk
+// is opened once its key has come, or start gives up when ctx ends) and
+// starts the pod's supervisor.
+func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mounted, *diskcrypt.Unlocked, error) {
 	if err := configureNICs(cfg.Spec.NICs); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	state := cfg.Boot.StateDir
 	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	mounted, err := disks.Mount(cfg.Spec, cfg.Boot.Devices, filepath.Join(state, "disks"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
+	}
+	var unlocked *diskcrypt.Unlocked
+	if a.keys != nil {
+		if unlocked, err = a.unlockEphemeral(ctx, mounted); err != nil {
+			return mounted, nil, err
+		}
 	}
 	pod, err := supervisor.New(supervisor.Config{
 		Spec: cfg.Spec, Board: a.board, Runtime: rt, Disks: mounted, StateDir: state,
@@ -128,17 +145,17 @@ func (a *agent) start(cfg *bootconfig.Config) (*disks.Mounted, error) {
 		LogMaxBytes: cfg.LogMaxBytes(), Log: a.log.With("part", "supervisor"),
 	})
 	if err != nil {
-		return mounted, err
+		return mounted, unlocked, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.stopping {
 		_ = pod.Close()
-		return mounted, nil
+		return mounted, unlocked, nil
 	}
 	a.pod = pod
 	go pod.Run()
-	return mounted, nil
+	return mounted, unlocked, nil
 }
 
 // agent serves the channel from the supervisor, also before the pod exists
@@ -147,6 +164,7 @@ type agent struct {
 	board    *supervisor.Board
 	spec     *guestchannel.PodSpec
 	log      *slog.Logger
+	keys     *keyWait // nil unless the ephemeral disk is encrypted
 	mu       sync.Mutex
 	pod      *supervisor.Pod
 	stopping bool

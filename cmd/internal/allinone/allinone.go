@@ -28,6 +28,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
@@ -95,6 +96,19 @@ type Config struct {
 	// Metrics, when set, is served on the status port's /metrics (the
 	// Prometheus exposition of every service in this process).
 	Metrics http.Handler
+	// NATSNodes above 1 runs the embedded NATS as a cluster of that many
+	// nodes (processes of their own, streams and buckets replicated on
+	// each, at most 5); 0 or 1 is the one in-process server.
+	NATSNodes int
+	// Replicas above 0 runs each of Services as that many `podvisor
+	// serve` processes instead of in this process.
+	Replicas int
+	// VCenterFaults, when above 0, makes the simulator fail that share of
+	// CreateVM, PowerOn and Relocate calls with a fault a retry outlives.
+	VCenterFaults float64
+	// Executable runs the processes of NATSNodes and Replicas (default:
+	// this executable).
+	Executable string
 }
 
 // settings is the services' configuration source: cfg.Settings or the
@@ -124,10 +138,13 @@ type Endpoints struct {
 	// simulator); VCenterInsecure is set only when GOVC_INSECURE asked.
 	VCenterCA       string
 	VCenterInsecure bool
-	RedisURL        string // as the read-only user
-	RedisCA         string // CA of a TLS Redis
-	Registry        string // host:port
-	UIURL           string
+	// StreamReplicas is the replica count of streams and buckets on a
+	// NATS cluster (0: one server).
+	StreamReplicas int
+	RedisURL       string // as the read-only user
+	RedisCA        string // CA of a TLS Redis
+	Registry       string // host:port
+	UIURL          string
 }
 
 // System is a running all-in-one.
@@ -193,7 +210,14 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
 		return nil, fmt.Errorf("up: %w", err)
 	}
-	if err := s.startNATS(ctx); err != nil {
+	// The key-encryption key of encrypted ephemeral disks: a Secret file,
+	// kept with the state so that a resumed up still opens its pods' keys.
+	if err := diskkeys.WriteKeyFile(s.diskKeyFile()); err != nil {
+		return nil, fmt.Errorf("up: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.cancel = cancel
+	if err := s.startNATS(ctx, runCtx); err != nil {
 		return nil, err
 	}
 	if err := s.startVCenter(ctx); err != nil {
@@ -208,15 +232,17 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.startUI(ctx); err != nil {
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.cancel = cancel
 	if s.Datacenter != nil {
 		s.run(runCtx, "simulator control", s.serveSimControl)
 	}
 	if err := s.startHostAgents(ctx, runCtx); err != nil {
 		return nil, err
 	}
-	if err := s.startServices(ctx, runCtx); err != nil {
+	if cfg.Replicas > 0 {
+		if err := s.startReplicas(runCtx); err != nil {
+			return nil, err
+		}
+	} else if err := s.startServices(ctx, runCtx); err != nil {
 		return nil, err
 	}
 	s.startTraceQueries(ctx)
@@ -248,7 +274,13 @@ func (s *System) declareDefaultNetwork(ctx context.Context) error {
 
 func (s *System) onClose(f func()) { s.closers = append(s.closers, f) }
 
-func (s *System) startNATS(ctx context.Context) error {
+func (s *System) startNATS(ctx, runCtx context.Context) error {
+	if s.cfg.NATSNodes > 5 {
+		return fmt.Errorf("up: --nats-nodes %d: at most 5 (JetStream replicates to at most 5 nodes)", s.cfg.NATSNodes)
+	}
+	if s.cfg.NATSNodes > 1 && s.cfg.NATSURL != "" {
+		return ErrNoCluster
+	}
 	if s.cfg.NATSURL == "" {
 		port, err := freePort(s.cfg.Host, s.cfg.NATSPort)
 		if err != nil {
@@ -267,7 +299,21 @@ func (s *System) startNATS(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
-		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS})
+		if n := s.cfg.NATSNodes; n > 1 {
+			urls, err := s.startNATSCluster(ctx, runCtx, n)
+			if err != nil {
+				return err
+			}
+			s.Endpoints.NATSURL = strings.Join(urls, ",")
+			s.Endpoints.NATSCreds = s.creds[bus.IdentityClient]
+			s.Endpoints.NATSCA = s.ca.CAFile()
+			s.Endpoints.StreamReplicas = n
+			return s.waitTopology(ctx, n)
+		}
+		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS,
+			// Acknowledged means on disk: what up keeps in its state dir
+			// survives a power loss, not only a crash.
+			SyncAlways: true})
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
@@ -375,6 +421,9 @@ func (s *System) startVCenter(ctx context.Context) error {
 	// rollback can be seen at work.
 	if err := dc.SetManagementVLAN(ManagementVLAN); err != nil {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
+	}
+	if err := s.injectVCenterFaults(dc); err != nil {
+		return err
 	}
 	s.Endpoints.VCenterURL = dc.URL().String()
 	s.Endpoints.VCenterCA = s.ca.CAFile()
@@ -614,6 +663,9 @@ func (e Endpoints) EnvFile() string {
 		line("PODVISOR_NATS_CA", e.NATSCA)
 		line("NATS_CA", e.NATSCA)
 	}
+	if e.StreamReplicas > 1 {
+		line("PODVISOR_STREAM_REPLICAS", strconv.Itoa(e.StreamReplicas))
+	}
 	line("GOVC_URL", e.VCenterURL)
 	if e.VCenterCA != "" {
 		line("GOVC_TLS_CA_CERTS", e.VCenterCA)
@@ -642,6 +694,7 @@ const guestTimeout = "60s"
 // waiting out the grace period for a report that cannot come).
 func (s *System) serviceDefaults() map[string]string {
 	out := maps.Clone(simulatorDefaults)
+	out[provisioner.EnvKeyFile] = s.diskKeyFile()
 	if s.GuestsOff == "" {
 		out[provisioner.EnvGuestTimeout] = guestTimeout
 	} else {
@@ -657,6 +710,10 @@ func (s *System) serviceDefaults() map[string]string {
 	}
 	return out
 }
+
+// diskKeyFile holds the provisioner's key-encryption key (package
+// diskkeys), hex, mode 0600.
+func (s *System) diskKeyFile() string { return filepath.Join(s.cfg.StateDir, "disk-kek") }
 
 // settings is the services' configuration source: cfg.Settings or the
 // environment, over serviceDefaults when the simulator is ours.

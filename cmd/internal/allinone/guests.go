@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
@@ -83,11 +85,24 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	for _, h := range s.Datacenter.Hosts() {
 		cfg := hostagent.DefaultConfig()
 		cfg.Host, cfg.ChannelDir = h.Name, s.ChannelDir()
-		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log})
+		// The agent owns its host's segments: it applies the final state
+		// network-config pushes, as on a real host; it serves the network
+		// services from its addresses on them.
+		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log, Network: s.Datacenter.HostSegments(h.Name),
+			Endpoints: SimEndpoints(s.Datacenter)})
 		if err != nil {
 			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)
 		}
 		s.run(runCtx, "host agent "+h.Name, svc.Run)
 	}
 	return nil
+}
+
+// SimEndpoints gives host agents their service addresses on the simulated
+// datacenter's segments (what a VMkernel NIC on the port group is on
+// vSphere).
+func SimEndpoints(d *sim.Datacenter) hostagent.EndpointsFunc {
+	return func(ctx context.Context, host, portGroup string, addr netip.Prefix) (hostagent.ServiceEndpoint, error) {
+		return d.AttachService(ctx, host, portGroup, addr)
+	}
 }

@@ -48,6 +48,13 @@ type Config struct {
 	// of that many MiB written cold into its disks against a plain
 	// go-containerregistry pull and extract, then warm.
 	ImageMiB int
+	// DataPlanePods, when above zero, adds the data-plane section: that
+	// many pods with guests on, request → every container running, against
+	// the same containers started directly with runc (needs root; skipped,
+	// saying why, elsewhere). Agent is the pod VM agent binary (default:
+	// beside this executable).
+	DataPlanePods int
+	Agent         string
 	// CPUProfile, when set, receives a pprof CPU profile of the pipeline
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
@@ -103,6 +110,9 @@ func (c Config) Validate() error {
 	if c.ImageMiB < 0 || c.ImageMiB > 4096 {
 		errs = append(errs, fmt.Errorf("image MiB %d: want 0 (skip) to 4096", c.ImageMiB))
 	}
+	if c.DataPlanePods < 0 || c.DataPlanePods > 1000 {
+		errs = append(errs, fmt.Errorf("data-plane pods %d: want 0 (skip) to 1000", c.DataPlanePods))
+	}
 	if c.SequentialVMs < 0 {
 		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
 	}
@@ -127,6 +137,7 @@ type Result struct {
 	Scheduling Scheduling  `json:"scheduling_only"`
 	ImageCache ImageCache  `json:"image_cache"`
 	ImageDisks *ImageDisks `json:"image_disks,omitempty"`
+	DataPlane  *DataPlane  `json:"data_plane,omitempty"`
 	Memory     Memory      `json:"memory"`
 	Setup      Setup       `json:"setup"`
 }
@@ -294,6 +305,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	res.Scheduling = runScheduling(hosts, cfg.Pods)
 	p.say("scheduling only: %.0f pods/s", res.Scheduling.PodsPerS)
+
+	if cfg.DataPlanePods > 0 {
+		if res.DataPlane, err = runDataPlane(ctx, cfg, p); err != nil {
+			return nil, fmt.Errorf("bench: data plane: %w", err)
+		}
+		if res.DataPlane.Skipped != "" {
+			p.say("data plane: skipped: %s", res.DataPlane.Skipped)
+		}
+	}
 
 	res.Ratios = ratios(res)
 	res.Setup.Seconds = time.Since(res.Setup.Started).Seconds()

@@ -57,3 +57,23 @@ func TestRatiosAndMemoryEstimate(t *testing.T) {
 		t.Errorf("at 10k pods the figure is measured: %+v", m)
 	}
 }
+
+func TestDataPlaneSectionInTheTable(t *testing.T) {
+	if err := (Config{Pods: 1, Hosts: 1, DataPlanePods: -1}).Validate(); err == nil || !strings.Contains(err.Error(), "data-plane pods -1") {
+		t.Errorf("Validate: %v, want it to name the data-plane pods", err)
+	}
+	var out strings.Builder
+	r := &Result{DataPlane: &DataPlane{Pods: 100, Skipped: "needs root: simulated guests run in namespaces and cgroups"}}
+	if err := r.Table(&out); err != nil || !strings.Contains(out.String(), "data plane: skipped: needs root") {
+		t.Errorf("a skipped section prints %q (%v), want the reason", out.String(), err)
+	}
+	out.Reset()
+	r.DataPlane = &DataPlane{Pods: 100, Running: 100, LatencyMS: Latency{P50: 900, P95: 1500, P99: 1800}, Seconds: 1.9,
+		Direct: DirectRuntime{Runtime: "runc", Workers: 16, LatencyMS: Latency{P99: 900}, Seconds: 0.95}, P99ToDirect: 2, SecondsToDirect: 2}
+	if err := r.Table(&out); err != nil || !strings.Contains(out.String(), "p99 2.00×") || !strings.Contains(out.String(), "runc run") {
+		t.Errorf("the section prints %q (%v), want the p99 ratio against runc run", out.String(), err)
+	}
+	if why := dataPlaneReady("/nonexistent/podvm-agent"); why == "" {
+		t.Error("dataPlaneReady with no agent binary said ready")
+	}
+}

@@ -98,7 +98,7 @@ func newWatcher(ctx context.Context, b *bus.Bus) (*watcher, error) {
 		stream   string
 		subjects []string
 	}{
-		{events.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
+		{events.StreamPods, []string{events.SubjectPodVMReady, events.SubjectPodRunning, events.SubjectPodFailed, events.SubjectPodImagesReady, events.SubjectPodRejected,
 			events.SubjectPodAccepted, events.SubjectPodScheduled, events.SubjectPodUnschedulable, events.SubjectPodNetworkAttached}},
 		{events.StreamImages, []string{events.SubjectImagePulled}},
 	} {

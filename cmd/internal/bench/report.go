@@ -58,6 +58,15 @@ func (r *Result) Table(w io.Writer) error {
 		fmt.Fprintf(w, "image disks (%s, %d layers, %s, %s compressed): cold pull+write %.1f MB/s (%.0f ms) vs go-containerregistry pull+extract %.1f MB/s (%.0f ms): %.2f× (medians of %d images); warm %.0f ms = %.1f%% of cold\n",
 			d.Image, d.Layers, iec(d.Bytes), iec(d.Compressed), d.ColdMBps, d.ColdMS, d.BaselineMBps, d.BaselineMS, d.Ratio, len(d.ColdRoundsMS), d.WarmMS, 100*d.WarmToCold)
 	}
+	if d := r.DataPlane; d != nil {
+		if d.Skipped != "" {
+			fmt.Fprintf(w, "data plane: skipped: %s\n", d.Skipped)
+		} else {
+			fmt.Fprintf(w, "data plane (%d pods of %s with guests on %d hosts): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms, all in %.1fs; direct %s run of the same bundles (%d workers): %.0f / %.0f / %.0f ms, all in %.1fs; p99 %.2f×, all %.2f× (target p99 ≤ 2 s and ≤ 3×)\n",
+				d.Pods, d.Image, d.Hosts, d.Running, d.LatencyMS.P50, d.LatencyMS.P95, d.LatencyMS.P99, d.Seconds, d.Direct.Runtime, d.Direct.Workers,
+				d.Direct.LatencyMS.P50, d.Direct.LatencyMS.P95, d.Direct.LatencyMS.P99, d.Direct.Seconds, d.P99ToDirect, d.SecondsToDirect)
+		}
+	}
 	m := r.Memory
 	est := "measured"
 	if m.Estimated {

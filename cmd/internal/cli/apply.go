@@ -29,10 +29,10 @@ func newApplyCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|URL|- [-f ...]",
-		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks, Migrations and GuestClusters",
+		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks, NetworkServices, Migrations and GuestClusters",
 		Long: `apply reads multi-document YAML (or JSON) manifests and publishes one event per object:
-pod.requested for a Kubernetes v1 Pod, network.declared for a Network, migration.requested for a
-Migration, guestcluster.requested for a GuestCluster. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
+pod.requested for a Kubernetes v1 Pod, network.declared for a Network, network.service.declared for
+a NetworkService, migration.requested for a Migration, guestcluster.requested for a GuestCluster. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
 for subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml'
 prints) contributes its items. Every document is checked first; one bad document means nothing is
 published, and the error names the source, the document and the field.
@@ -273,6 +273,9 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		case o.Network != nil:
 			payload = &events.NetworkDeclared{Network: *o.Network}
 			ceType, subject, what = events.TypeNetworkDeclared, o.Network.Metadata.Name, "network/"+o.Network.Metadata.Name
+		case o.NetworkService != nil:
+			payload = &events.NetworkServiceDeclared{Service: *o.NetworkService}
+			ceType, subject, what = events.TypeNetworkServiceDeclared, o.NetworkService.Metadata.Name, "networkservice/"+o.NetworkService.Metadata.Name
 		case o.Migration != nil:
 			req := o.Migration.Request(uuid.NewString())
 			payload = &req

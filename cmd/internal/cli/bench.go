@@ -37,6 +37,9 @@ used) and measures, in one run:
                of the same size, at a few worker counts (--raw-workers); the best is reported
   sequential   one VM at a time, create then power on
   also         scheduling-only pods/s, image cache cold vs warm, peak RSS and heap per pod
+  data plane   --data-plane-pods pods with simulated guests on (root only; skipped, saying why,
+               elsewhere): request → every container running p50/p99, against the same bundles
+               started directly with runc run in the same run
 
 and prints the table with the ratios pipeline/raw and pipeline/sequential (-o json for the figures).
 --chart FILE.svg draws them.`,
@@ -114,6 +117,8 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
 	f.StringVar(&from, "from", "", "print (and chart) a saved `-o json` result instead of running")
 	f.IntVar(&cfg.ImageMiB, "image-mib", 100, "size of the image for the image-disk measurement in MiB (0: skip it)")
+	f.IntVar(&cfg.DataPlanePods, "data-plane-pods", 100, "pods of the data-plane section, guests on, against runc run of the same bundles (needs root; 0: skip it)")
+	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	return cmd
 }

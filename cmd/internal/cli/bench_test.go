@@ -25,7 +25,7 @@ func TestBenchTinyRunJSONShapeAndRatios(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	code := Main(ctx, []string{"--state-dir", t.TempDir(), "bench", "--pods", "20", "--hosts", "4", "-o", "json",
-		"--raw-workers", "4,8", "--sequential-vms", "10", "--chart", chart, "--cpuprofile", prof, "-q"}, strings.NewReader(""), &out, &errb)
+		"--raw-workers", "4,8", "--sequential-vms", "10", "--data-plane-pods", "0", "--chart", chart, "--cpuprofile", prof, "-q"}, strings.NewReader(""), &out, &errb)
 	if code != 0 {
 		t.Fatalf("bench: exit %d: %s", code, errb.String())
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -9,25 +10,30 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// cordon and uncordon publish host.cordoned / host.uncordoned as a client:
-// the scheduler stops (or resumes) placing pods on the host; uncordon also
-// takes a drained host out of maintenance mode.
+// cordon and uncordon ask the migration service (host.cordon.requested,
+// host.uncordon.requested), which owns cordons with drains and announces
+// host.cordoned / host.uncordoned; the scheduler stops (or resumes) placing
+// pods on the host from those. uncordon also takes a drained host out of
+// maintenance mode. The command waits for the announcement.
+
+// cordonWait bounds the wait for migration's announcement.
+const cordonWait = 15 * time.Second
 
 func newCordonCmd(g *globals) *cobra.Command {
 	return hostToggleCmd(g, "cordon", "Stop placing new pods (and migrations) on a host; its pods stay",
-		func(host string) (string, events.Payload) {
-			return events.TypeHostCordoned, &events.HostCordoned{Name: host, Reason: "Manual"}
+		func(host string) (string, events.Payload, string) {
+			return events.TypeHostCordonRequested, &events.HostCordonRequested{Name: host, Reason: "Manual"}, events.SubjectHostCordoned
 		})
 }
 
 func newUncordonCmd(g *globals) *cobra.Command {
 	return hostToggleCmd(g, "uncordon", "Make a cordoned or drained host schedulable again and take it out of maintenance mode",
-		func(host string) (string, events.Payload) {
-			return events.TypeHostUncordoned, &events.HostUncordoned{Name: host}
+		func(host string) (string, events.Payload, string) {
+			return events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: host}, events.SubjectHostUncordoned
 		})
 }
 
-func hostToggleCmd(g *globals, verb, short string, payload func(host string) (string, events.Payload)) *cobra.Command {
+func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ceType string, p events.Payload, answer string)) *cobra.Command {
 	return &cobra.Command{
 		Use:               verb + " host NAME",
 		Short:             short,
@@ -37,7 +43,7 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (st
 			if args[0] != "host" && args[0] != "hosts" {
 				return usageError("%s %s: only hosts can be %sed (podvisor %s host NAME)", verb, args[0], verb, verb)
 			}
-			ceType, p := payload(args[1])
+			ceType, p, answer := payload(args[1])
 			if err := p.Validate(); err != nil {
 				return usageError("%v", err)
 			}
@@ -50,6 +56,11 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (st
 			if err := hostKnown(ctx, b, args[1]); err != nil {
 				return err
 			}
+			answers, stop, err := followEvents(ctx, b, events.StreamHosts, answer)
+			if err != nil {
+				return err
+			}
+			defer stop()
 			ev, err := bus.NewEvent(CLISource, ceType, args[1], p)
 			if err != nil {
 				return err
@@ -57,8 +68,21 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (st
 			if err := b.Publish(ctx, ev); err != nil {
 				return fmt.Errorf("%s %s: %w", verb, args[1], err)
 			}
-			fmt.Fprintf(g.stdout, "host %s %sed\n", args[1], verb)
-			return nil
+			timeout := time.After(cordonWait)
+			for {
+				select {
+				case a := <-answers:
+					if a.Subject() != args[1] {
+						continue
+					}
+					fmt.Fprintf(g.stdout, "host %s %sed\n", args[1], verb)
+					return nil
+				case <-timeout:
+					return fmt.Errorf("%s %s: requested, but no answer from the migration service within %s (is it running?)", verb, args[1], cordonWait)
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
 		},
 	}
 }

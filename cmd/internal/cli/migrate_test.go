@@ -229,10 +229,13 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 	if _, errOut, code := runTool(t, url, "drain", "pod", "web"); code != 2 || !strings.Contains(errOut, "only hosts") {
 		t.Errorf("drain pod: %d %s", code, errOut)
 	}
+	// The CLI asks; migration (played by the test) answers host.uncordoned,
+	// which the CLI waits for.
 	uncordoned := make(chan string, 1)
-	answer(t, b, events.SubjectHostUncordoned, func(p any) []events.Payload {
-		uncordoned <- p.(*events.HostUncordoned).Name
-		return nil
+	answer(t, b, events.SubjectHostUncordonRequested, func(p any) []events.Payload {
+		name := p.(*events.HostUncordonRequested).Name
+		uncordoned <- name
+		return []events.Payload{&events.HostUncordoned{Name: name}}
 	})
 	if out, errOut, code := runTool(t, url, "uncordon", "host", "esx-1-01"); code != 0 || !strings.Contains(out, "host esx-1-01 uncordoned") {
 		t.Errorf("uncordon: %d %s%s", code, out, errOut)
@@ -243,7 +246,7 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 			t.Errorf("uncordoned %s", h)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("no host.uncordoned published")
+		t.Fatal("no host.uncordon.requested published")
 	}
 }
 

@@ -67,11 +67,13 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		newUpCmd(g),
 		newServeCmd(g),
+		newNATSNodeCmd(g),
 		newApplyCmd(g),
 		newGetCmd(g),
 		newDeleteCmd(g),
 		newEventsCmd(g),
 		newMigrateCmd(g),
+		newCheckCmd(g),
 		newDrainCmd(g),
 		newCordonCmd(g),
 		newUncordonCmd(g),
@@ -87,6 +89,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newConfigCmd(g),
 		newIdentityCmd(g),
 		newTopologyCmd(g),
+		newNetworkCmd(g),
 	)
 	usageArgs(root)
 	return root

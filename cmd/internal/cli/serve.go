@@ -38,6 +38,8 @@ Configuration comes only from the environment (and mounted secret files):
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
+  hostagent only: PODVISOR_HOSTAGENT_HOST (a host, or a comma list served by this one process),
+                  PODVISOR_HOSTAGENT_CHANNEL_DIR (where the hosts' guest channels arrive)
 Variables that are unset are taken from the env file of the state dir when it exists,
 so that 'podvisor serve NAME' works beside 'podvisor up --services=none'.`,
 		Args: cobra.ExactArgs(1),
@@ -80,6 +82,12 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	build := Build()
 	logger.Info("starting", "service", spec.Name, "version", build.Version, "commit", build.Commit, "built", build.BuildDate)
 
+	// A bad setting is reported before any connection is made.
+	if spec.Check != nil {
+		if err := spec.Check(settings); err != nil {
+			return fmt.Errorf("%s: %w", spec.Name, err)
+		}
+	}
 	if local {
 		settings = localRedisUser(settings, g.stateDir, spec.Name)
 	}

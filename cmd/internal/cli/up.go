@@ -90,6 +90,9 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 	f.StringVar(&cfg.Registry, "registry", "", "use this OCI registry (host:port) instead of the embedded one")
 	f.Int64Var(&cfg.Seed, "seed", 1, "seed of the simulated host hardware")
 	f.StringVar(&cfg.Guests, "guests", allinone.GuestsAuto, "run pod VMs' guests (their agent and containers) in the simulator: auto (when root, an OCI runtime and the agent are here), on (fail otherwise) or off")
+	f.IntVar(&cfg.NATSNodes, "nats-nodes", 1, "NATS nodes: above 1, an embedded cluster of that many nodes on loopback (each a process of its own; streams and KV buckets replicated on every node; at most 5)")
+	f.IntVar(&cfg.Replicas, "replicas", 0, "run each service as this many 'podvisor serve' processes (restarted when they die) instead of in this process; 0 = in this process")
+	f.Float64Var(&cfg.VCenterFaults, "vcenter-faults", 0, "probability (0-1) that the vCenter simulator fails a CreateVM, PowerOn or Relocate call with a fault a retry outlives (fault-injection runs)")
 	f.StringVar(&cfg.Agent, "agent", "", "podvm-agent binary for simulated guests (default: podvm-agent beside this executable)")
 	return cmd
 }

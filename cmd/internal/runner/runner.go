@@ -34,6 +34,10 @@ type Spec struct {
 	Name         string
 	NeedsVSphere bool
 	NeedsRedis   bool
+	// PerHost services run beside the hypervisor hosts they serve (the
+	// host agent): `podvisor serve` runs them, `podvisor up` starts its
+	// own per simulated host, so --services never selects them.
+	PerHost bool
 	// Check reads and validates the service's configuration from src, so
 	// that a bad setting is reported before anything starts.
 	Check func(src config.Source) error
@@ -76,7 +80,9 @@ func Select(value string) ([]Spec, error) {
 	case "all":
 		out := make([]Spec, 0, len(specs))
 		for _, n := range Names() {
-			out = append(out, specs[n])
+			if !specs[n].PerHost {
+				out = append(out, specs[n])
+			}
 		}
 		return out, nil
 	case "none", "":
@@ -89,6 +95,9 @@ func Select(value string) ([]Spec, error) {
 		s, err := Lookup(n)
 		if err != nil {
 			return nil, fmt.Errorf("--services: %w", err)
+		}
+		if s.PerHost {
+			return nil, fmt.Errorf("--services: %s runs per host: up starts one for each simulated host when guests are on, and 'podvisor serve %s' runs it elsewhere", n, n)
 		}
 		if !seen[n] {
 			seen[n] = true

@@ -3,6 +3,10 @@ package runner
 import (
 	"context"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podvisor/podvisor/services/hostagent"
+
 	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/migration"
@@ -35,6 +39,37 @@ var table = []Spec{
 	service("scheduler", true, true, scheduler.ConfigFrom, func(c scheduler.Config, d Deps) (*scheduler.Service, error) {
 		return scheduler.New(c, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
 	}),
+	hostAgents,
+}
+
+// hostAgents runs the host agent of every host PODVISOR_HOSTAGENT_HOST
+// names (one, or a comma-separated list), side by side in this process, on
+// guest channels arriving in PODVISOR_HOSTAGENT_CHANNEL_DIR. All of them
+// stop when one fails: a host whose agent is gone must not look served.
+var hostAgents = Spec{
+	Name:    "hostagent",
+	PerHost: true,
+	Check: func(src config.Source) error {
+		_, err := hostagent.ConfigsFrom(orEnv(src))
+		return err
+	},
+	Run: func(ctx context.Context, d Deps) error {
+		cfgs, err := hostagent.ConfigsFrom(orEnv(d.Settings))
+		if err != nil {
+			return err
+		}
+		svcs := make([]*hostagent.Service, len(cfgs))
+		for i, c := range cfgs {
+			if svcs[i], err = hostagent.New(c, hostagent.Deps{Bus: d.Bus, Logger: d.Logger}); err != nil {
+				return err
+			}
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		for _, svc := range svcs {
+			g.Go(func() error { return svc.Run(gctx) })
+		}
+		return g.Wait()
+	},
 }
 
 // service makes the Spec of a service from its ConfigFrom and constructor.

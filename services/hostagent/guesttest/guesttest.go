@@ -207,9 +207,16 @@ func (g *Guest) exec(id string, req guestchannel.ExecRequest, stdin []byte) {
 // channelDir until the test ends.
 func StartHostAgent(t testing.TB, b *bus.Bus, host, channelDir string) *hostagent.Service {
 	t.Helper()
+	return StartHostAgentWith(t, host, channelDir, hostagent.Deps{Bus: b})
+}
+
+// StartHostAgentWith is StartHostAgent with the agent's dependencies
+// (service endpoints, data modules).
+func StartHostAgentWith(t testing.TB, host, channelDir string, deps hostagent.Deps) *hostagent.Service {
+	t.Helper()
 	cfg := hostagent.DefaultConfig()
 	cfg.Host, cfg.ChannelDir, cfg.StopSlack = host, channelDir, 2*time.Second
-	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b})
+	svc, err := hostagent.New(cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -320,3 +320,44 @@ func TestAuthFile(t *testing.T) {
 		t.Fatal("a missing auth file was accepted")
 	}
 }
+
+// TestResolveKeepsRunConfig: the image config's Entrypoint, Cmd, Env, User,
+// WorkingDir and ExposedPorts come with the resolved image (and its stored
+// manifest); a config too large for an event or one no container could run
+// with fails the resolve, naming why.
+func TestResolveKeepsRunConfig(t *testing.T) {
+	none := ""
+	reg := startRegistry(t, &none)
+	withConfig := func(ref string, cfg v1.Config) {
+		img, err := mutate.Config(imageOf(t, zerosLayer(t, 1024)), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		push(t, ref, img)
+	}
+	good := reg.Ref("cfg/good:1")
+	withConfig(good, v1.Config{Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo hi"}, Env: []string{"PATH=/bin", "A=b=c"},
+		User: "nobody", WorkingDir: "/tmp", ExposedPorts: map[string]struct{}{"8080/tcp": {}, "53/udp": {}}})
+	big := reg.Ref("cfg/big:1")
+	withConfig(big, v1.Config{Env: []string{"BLOB=" + strings.Repeat("x", 9<<10)}})
+	bad := reg.Ref("cfg/bad:1")
+	withConfig(bad, v1.Config{Env: []string{"=nameless"}})
+
+	c := newClient(t, oci.Config{})
+	img, err := c.Resolve(context.Background(), good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, m := img.Config, img.Manifest()
+	if got == nil || strings.Join(got.Entrypoint, "|") != "/bin/sh|-c" || strings.Join(got.Cmd, "|") != "echo hi" ||
+		strings.Join(got.Env, "|") != "PATH=/bin|A=b=c" || got.User != "nobody" || got.WorkingDir != "/tmp" ||
+		strings.Join(got.ExposedPorts, "|") != "53/udp|8080/tcp" || m.Config != got {
+		t.Fatalf("config = %+v (manifest %+v), want the image's", got, m.Config)
+	}
+	if _, err := c.Resolve(context.Background(), big); !errors.Is(err, oci.ErrLimit) || !strings.Contains(err.Error(), "config") {
+		t.Errorf("a 9 KiB environment: %v, want ErrLimit naming the config", err)
+	}
+	if _, err := c.Resolve(context.Background(), bad); !errors.Is(err, oci.ErrInvalidConfig) || !strings.Contains(err.Error(), "config.env[0]") {
+		t.Errorf("a nameless env entry: %v, want ErrInvalidConfig naming config.env[0]", err)
+	}
+}

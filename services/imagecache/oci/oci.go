@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
+	"github.com/podvisor/podvisor/events"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
@@ -34,6 +35,10 @@ var (
 	// ErrRefused: the registry asked for something the policy forbids
 	// (a redirect to another host).
 	ErrRefused = errors.New("registry request refused")
+	// ErrInvalidConfig: the image's config says to run something no
+	// container can (an env entry without a name, a relative working
+	// directory).
+	ErrInvalidConfig = errors.New("invalid image config")
 )
 
 // Limits protect the image cache from hostile or broken registries and
@@ -168,6 +173,9 @@ type Image struct {
 	Digest string
 	// Layers are the layers base first, with chainIDs.
 	Layers []imagelocality.Layer
+	// Config is how the image's containers run; nil when the image's
+	// config says nothing about it.
+	Config *events.ImageConfig
 
 	// repo is where Fetch gets the layers: each fetch makes its own remote
 	// layer with the caller's context (an Image outlives the request that
@@ -177,7 +185,7 @@ type Image struct {
 
 // Manifest is the image as the image cache stores it.
 func (i *Image) Manifest() imagelocality.Manifest {
-	return imagelocality.Manifest{Digest: i.Digest, Image: i.Ref, Layers: slices.Clone(i.Layers)}
+	return imagelocality.Manifest{Digest: i.Digest, Image: i.Ref, Layers: slices.Clone(i.Layers), Config: i.Config}
 }
 
 // Size is the sum of the compressed layer sizes.
@@ -226,6 +234,9 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 		return nil, fmt.Errorf("image %s: %w: %d layers but %d diffIDs in its config", ref, ErrDigestMismatch, len(layers), len(cf.RootFS.DiffIDs))
 	}
 	out := &Image{Ref: ref, Digest: d.String(), repo: r.Context()}
+	if out.Config, err = runConfig(ref, cf.Config); err != nil {
+		return nil, err
+	}
 	diffIDs := make([]string, len(layers))
 	for i, l := range layers {
 		ld, err := l.Digest()
@@ -241,6 +252,30 @@ func (c *Client) Resolve(ctx context.Context, ref string) (*Image, error) {
 	}
 	for i, id := range ChainIDs(diffIDs) {
 		out.Layers[i].ChainID = id
+	}
+	return out, nil
+}
+
+// runConfig takes from an image config what decides how its containers run,
+// refusing a config over events.MaxImageConfigBytes (ErrLimit) or one no
+// container could run with (ErrInvalidConfig).
+func runConfig(ref string, c v1.Config) (*events.ImageConfig, error) {
+	out := &events.ImageConfig{
+		Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, User: c.User, WorkingDir: c.WorkingDir,
+	}
+	for p := range c.ExposedPorts {
+		out.ExposedPorts = append(out.ExposedPorts, p)
+	}
+	slices.Sort(out.ExposedPorts)
+	if out.Size() > events.MaxImageConfigBytes {
+		return nil, fmt.Errorf("image %s: %w: its config's command, environment and ports take %d bytes, over the cap of %d",
+			ref, ErrLimit, out.Size(), events.MaxImageConfigBytes)
+	}
+	if err := out.Validate(); err != nil {
+		return nil, fmt.Errorf("image %s: %w: %v", ref, ErrInvalidConfig, err)
+	}
+	if out.Size() == 0 {
+		return nil, nil
 	}
 	return out, nil
 }

@@ -15,14 +15,16 @@ import (
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Guestinfo keys the provisioner writes on every pod VM (see the
-// provisioner's guestinfo.go); they identify a VM's pod.
+// provisioner's guestinfo.go); they identify a VM's pod (vsphere.PodOf).
 const (
-	UIDKey       = "guestinfo.podvisor.uid"
-	NamespaceKey = "guestinfo.podvisor.namespace"
-	PodKey       = "guestinfo.podvisor.name"
+	UIDKey       = vsphere.GuestinfoUID
+	NamespaceKey = vsphere.GuestinfoNamespace
+	PodKey       = vsphere.GuestinfoPod
 )
 
 // VMPrefix starts the name of every pod VM (pv-<uid>).
@@ -295,20 +297,8 @@ func (c *Client) toVMs(ctx context.Context, ms []mo.VirtualMachine) ([]VM, error
 			return nil, fmt.Errorf("VM %s datastores: %w", m.Name, err)
 		}
 		vm.Datastores = ds
-		if m.Config != nil {
-			for _, o := range m.Config.ExtraConfig {
-				ov := o.GetOptionValue()
-				s, _ := ov.Value.(string)
-				switch ov.Key {
-				case UIDKey:
-					vm.UID = s
-				case NamespaceKey:
-					vm.Namespace = s
-				case PodKey:
-					vm.Pod = s
-				}
-			}
-		}
+		id := vsphere.PodOf(m.Config)
+		vm.UID, vm.Namespace, vm.Pod = id.UID, id.Namespace, id.Pod
 		out = append(out, vm)
 	}
 	return out, nil

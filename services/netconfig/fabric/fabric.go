@@ -56,8 +56,10 @@ type PortGroupSpec struct {
 
 // PortGroup is a port group as read back from vCenter.
 type PortGroup struct {
-	Ref         types.ManagedObjectReference
-	Name        string
+	Ref  types.ManagedObjectReference
+	Name string
+	// Key is the port group's key on its switch (what hosts know it by).
+	Key         string
 	Switch      types.ManagedObjectReference
 	VLAN        int32
 	Description string
@@ -384,7 +386,7 @@ func (f *Fabric) FindPortGroup(ctx context.Context, name string) (PortGroup, boo
 }
 
 func portGroupOf(p mo.DistributedVirtualPortgroup) PortGroup {
-	pg := PortGroup{Ref: p.Self, Name: p.Name, Description: p.Config.Description}
+	pg := PortGroup{Ref: p.Self, Name: p.Name, Key: p.Config.Key, Description: p.Config.Description}
 	if p.Config.DistributedVirtualSwitch != nil {
 		pg.Switch = *p.Config.DistributedVirtualSwitch
 	}

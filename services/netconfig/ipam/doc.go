@@ -17,6 +17,12 @@
 // deletes an address only if it still belongs to the pod (compare-and-set on
 // the revision it read), so a late release never frees a reused address.
 //
+// A third key per network, <network>.fence.allocations (fence.go), orders
+// allocations against a delete of the network across replicas: an
+// allocation commits by a compare-and-set on it, a delete marks it before
+// counting the addresses, so a delete never misses an address allocated
+// concurrently by another replica.
+//
 // The lowest free address is handed out first; the network address, the
 // broadcast address and the gateway are never handed out. MAC addresses are
 // derived from the network and pod uid in VMware's static range so a

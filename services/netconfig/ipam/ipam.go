@@ -159,14 +159,14 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 		}
 		// The binding goes first: an address key whose owner has no binding
 		// pointing at it would be a leak nobody can find by pod.
-		if err := a.putJSON(ctx, events.IPPodBindingKey(pool.Network, owner.UID), events.IPPodBinding{IP: ip}); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip); err != nil {
 			return events.IPAllocation{}, err
 		}
 		data, _ := json.Marshal(alloc)
-		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
+		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
 			a.setHint(pool.Network, v+1)
-			return alloc, nil
+			return alloc, a.commit(ctx, pool.Network, ip, rev)
 		}
 		if !conflict(err) {
 			return events.IPAllocation{}, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
@@ -344,17 +344,6 @@ func (a *Allocator) getJSON(ctx context.Context, key string, v any) (bool, uint6
 	return true, e.Revision(), nil
 }
 
-func (a *Allocator) putJSON(ctx context.Context, key string, v any) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if _, err := a.kv.Put(ctx, key, data); err != nil {
-		return fmt.Errorf("write %s: %w", key, err)
-	}
-	return nil
-}
-
 // MAC is the deterministic MAC address of a pod's NIC on a network, in
 // VMware's range for manually assigned addresses (00:50:56:00:00:00 to
 // 00:50:56:3f:ff:ff), so a re-created pod VM keeps its address and vCenter
@@ -414,13 +403,13 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
 			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
 		}
-		if err := a.putJSON(ctx, events.IPPodBindingKey(pool.Network, owner.UID), events.IPPodBinding{IP: ip}); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip); err != nil {
 			return events.IPAllocation{}, false, err
 		}
 		data, _ := json.Marshal(alloc)
-		_, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
+		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
-			return alloc, true, nil
+			return alloc, true, a.commit(ctx, pool.Network, ip, rev)
 		}
 		if !conflict(err) {
 			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)

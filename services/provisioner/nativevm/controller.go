@@ -37,7 +37,7 @@ type Config struct {
 	// before the upload (default os.TempDir()).
 	WorkDir string
 	// BootDiskSlackMiB is free room added to an image's size on its boot
-	// disk, for what the guest writes (default 256).
+	// disk, for what the guest writes (default 64).
 	BootDiskSlackMiB int64
 	// InsecureRegistries are registries reached over plain HTTP.
 	InsecureRegistries []string
@@ -65,7 +65,7 @@ func (c *Config) defaults() {
 		c.WorkDir = os.TempDir()
 	}
 	if c.BootDiskSlackMiB <= 0 {
-		c.BootDiskSlackMiB = 256
+		c.BootDiskSlackMiB = 64
 	}
 	if c.Workers <= 0 {
 		c.Workers = 4

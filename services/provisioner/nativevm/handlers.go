@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/uuid"
@@ -156,8 +157,20 @@ func (c *Controller) onDeclared(ctx context.Context, m *bus.Message, e *events.V
 	spec := vm.Spec
 	spec.PowerState = spec.EffectivePowerState()
 	spec.Networks = spec.EffectiveNetworks()
-	return c.admit(ctx, &m.Event, ns, vm.Metadata, spec)
+	err := c.admit(ctx, &m.Event, ns, vm.Metadata, spec)
+	var r *refusal
+	if errors.As(err, &r) && r.reason == ReasonNotFound && m.Delivery < notFoundDeliveries {
+		// A class or image applied in the same file may be a moment
+		// behind (events of other keys run in parallel): look again
+		// before refusing.
+		return bus.RetryAfter(r, time.Duration(m.Delivery)*300*time.Millisecond)
+	}
+	return err
 }
+
+// notFoundDeliveries is how many deliveries of a declaration wait for its
+// class and image to appear before it is refused.
+const notFoundDeliveries = 4
 
 func (c *Controller) admit(ctx context.Context, cause *event.Event, ns string, meta events.NamespacedMeta, spec events.VirtualMachineSpec) error {
 	class, _, err := c.classes.Get(ctx, spec.ClassName)

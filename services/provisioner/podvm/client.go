@@ -18,20 +18,20 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // NamePrefix starts the name of every pod VM; List uses it to tell pod VMs
 // from anything else a person put into the podvisor folders.
 const NamePrefix = "pv-"
 
-// UIDKey is the ExtraConfig key carrying the pod uid. List reads it so that
-// drift repair can match a VM to its record even if the VM was renamed.
-const UIDKey = "guestinfo.podvisor.uid"
-
-// NamespaceKey and PodKey are the ExtraConfig keys naming the pod.
+// UIDKey, NamespaceKey and PodKey are the ExtraConfig keys naming the pod
+// (vsphere.PodOf reads them). List reads them so that drift repair can match
+// a VM to its record even if the VM was renamed.
 const (
-	NamespaceKey = "guestinfo.podvisor.namespace"
-	PodKey       = "guestinfo.podvisor.name"
+	UIDKey       = vsphere.GuestinfoUID
+	NamespaceKey = vsphere.GuestinfoNamespace
+	PodKey       = vsphere.GuestinfoPod
 )
 
 // ErrTaskGone is returned by WaitCreate when vCenter no longer knows the task
@@ -129,6 +129,22 @@ func (c *Client) List(ctx context.Context, root string) ([]VM, error) {
 	return vms, nil
 }
 
+// InstanceUUID is the VM's instance uuid as vCenter reports it (what the
+// guest sees as its identity), or "" for a VM that no longer exists.
+func (c *Client) InstanceUUID(ctx context.Context, ref types.ManagedObjectReference) (string, error) {
+	var m mo.VirtualMachine
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"config.instanceUuid"}, &m); err != nil {
+		if isNotFound(err) {
+			return "", nil
+		}
+		return "", fmt.Errorf("instance uuid of VM %s: %w", ref.Value, err)
+	}
+	if m.Config == nil {
+		return "", nil
+	}
+	return m.Config.InstanceUuid, nil
+}
+
 var vmProps = []string{"name", "runtime.powerState", "runtime.host", "config.extraConfig"}
 
 func (c *Client) retrieve(ctx context.Context, root types.ManagedObjectReference, match property.Match) ([]VM, error) {
@@ -179,20 +195,8 @@ func (c *Client) toVMs(ctx context.Context, mos []mo.VirtualMachine) ([]VM, erro
 		if h := m.Runtime.Host; h != nil {
 			vm.Host = hostNames[*h]
 		}
-		if m.Config != nil {
-			for _, o := range m.Config.ExtraConfig {
-				ov := o.GetOptionValue()
-				v, _ := ov.Value.(string)
-				switch ov.Key {
-				case UIDKey:
-					vm.UID = v
-				case NamespaceKey:
-					vm.Namespace = v
-				case PodKey:
-					vm.Pod = v
-				}
-			}
-		}
+		id := vsphere.PodOf(m.Config)
+		vm.UID, vm.Namespace, vm.Pod = id.UID, id.Namespace, id.Pod
 		out = append(out, vm)
 	}
 	return out, nil

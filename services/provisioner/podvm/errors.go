@@ -74,6 +74,17 @@ var transientFaults = []types.BaseMethodFault{
 	&types.RequestCanceled{},
 }
 
+// IsDuplicate says whether err means an object of the name exists already:
+// vCenter's DuplicateName for a VM name taken in its folder, or the
+// FileAlreadyExists (AlreadyExists) of a VM directory whose files are
+// there. For a pod VM, whose name is the pod's, that is another create of
+// the same pod (another replica's, or one whose task was never recorded):
+// the VM is to be adopted, not the pod failed.
+func IsDuplicate(err error) bool {
+	return fault.Is(err, &types.DuplicateName{}) || fault.Is(err, &types.FileAlreadyExists{}) ||
+		fault.Is(err, &types.AlreadyExists{})
+}
+
 // isNotFound says whether err means the object no longer exists.
 func isNotFound(err error) bool {
 	return fault.Is(err, &types.ManagedObjectNotFound{})

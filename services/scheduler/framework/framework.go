@@ -209,6 +209,10 @@ type Result struct {
 // statusExcluded is the reason of a host the pod must not go to.
 var statusExcluded = NewStatus(UnschedulableAndUnresolvable, "MigrationSource", "source host of the migration")
 
+// statusRefused is the reason of a host that refused one of the pod's
+// networks. Not unresolvable: the network can be repaired there.
+var statusRefused = NewStatus(Unschedulable, "NetworkRefused", "refused the pod's network")
+
 // numHostsToFind is how many feasible hosts the search looks for.
 func (f *Framework) numHostsToFind(n int) int {
 	if n < minFeasibleHostsToFind {
@@ -295,6 +299,9 @@ func (f *Framework) Schedule(ctx context.Context, pod *PodInfo) (*Result, error)
 func (f *Framework) filter(ctx context.Context, state *CycleState, pod *PodInfo, h *Host) *Status {
 	if pod.Exclude != nil && pod.Exclude[h.Name] {
 		return statusExcluded
+	}
+	if pod.Refused != nil && pod.Refused[h.Name] {
+		return statusRefused
 	}
 	for _, p := range f.filters {
 		if st := p.Filter(ctx, state, pod, h); !st.IsSuccess() {

@@ -61,6 +61,10 @@ type PodInfo struct {
 	SpreadGroup string
 	// Exclude lists hosts the pod must not go to (a migration's source).
 	Exclude map[string]bool
+	// Refused lists hosts that refused one of the pod's networks
+	// (network-config's availability query before binding, or the attach):
+	// the pod is placed on another host.
+	Refused map[string]bool
 
 	// netIDs are Networks interned by the snapshot being scheduled against
 	// (resolvedBy), so that filters compare small integers instead of

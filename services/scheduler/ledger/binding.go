@@ -119,12 +119,32 @@ func (l *Ledger) Confirm(ctx context.Context, b Binding) (Binding, error) {
 
 // Rebind moves a confirmed binding to another host (a completed
 // migration).
+// It is a compare-and-set on the binding as read, so that it never
+// overwrites a binding another scheduler changed in between unseen.
 func (l *Ledger) Rebind(ctx context.Context, uid, host string) error {
 	data, _ := json.Marshal(events.PodBinding{Host: host, UID: uid, Confirmed: true})
-	if _, err := l.kv.Put(ctx, events.PodBindingKey(uid), data); err != nil {
-		return fmt.Errorf("ledger: rebind %s: %w", uid, err)
+	key := events.PodBindingKey(uid)
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		cur, ok, err := l.GetBinding(ctx, uid)
+		if err != nil {
+			return err
+		}
+		switch {
+		case ok && cur.Host == host && cur.Confirmed:
+			return nil
+		case ok:
+			_, err = l.kv.Update(ctx, key, data, cur.Revision)
+		default:
+			_, err = l.kv.Create(ctx, key, data)
+		}
+		if err == nil {
+			return nil
+		}
+		if !conflict(err) {
+			return fmt.Errorf("ledger: rebind %s: %w", uid, err)
+		}
 	}
-	return nil
+	return fmt.Errorf("%w: rebind of %s", ErrContention, uid)
 }
 
 // Unbind removes a pod's binding (pod deleted, failed or evicted). With

@@ -44,6 +44,10 @@ type Capacity struct {
 	MemoryBytes int64
 	// MaxPods caps the allocations (0 = no cap).
 	MaxPods int
+	// IgnoreCordon records an allocation on a cordoned host: for a pod VM
+	// that is already there (a completed migration), which a cordon does
+	// not undo. New placements leave it false.
+	IgnoreCordon bool
 }
 
 // Entry is a host's ledger entry with its KV revision (0 = never written).
@@ -210,6 +214,9 @@ func (l *Ledger) ReserveFrom(ctx context.Context, hint *Entry, host string, capa
 				continue
 			}
 			switch {
+			case e.Cordoned && !capacity.IgnoreCordon:
+				res.Rejected[k] = Rejection{"HostCordoned", "host is cordoned"}
+				continue
 			case mem+a.MemoryBytes > capacity.MemoryBytes:
 				res.Rejected[k] = Rejection{"InsufficientMemory", "insufficient memory"}
 				continue
@@ -232,6 +239,17 @@ func (l *Ledger) ReserveFrom(ctx context.Context, hint *Entry, host string, capa
 	})
 	res.Entry = entry
 	return res, err
+}
+
+// SetCordon records (on) or lifts a host's cordon in its entry; changed
+// reports whether the entry said otherwise before.
+func (l *Ledger) SetCordon(ctx context.Context, host string, on bool) (entry Entry, changed bool, err error) {
+	entry, err = l.Mutate(ctx, host, func(e *events.LedgerEntry) (bool, error) {
+		changed = e.Cordoned != on
+		e.Cordoned = on
+		return changed, nil
+	})
+	return entry, changed, err
 }
 
 // Release removes allocations by key (absent keys are ignored) and returns

@@ -200,3 +200,42 @@ func TestStaleHintIsSafe(t *testing.T) {
 		t.Fatalf("current hint: %+v %v", r, err)
 	}
 }
+
+// A cordon set through one scheduler's ledger refuses the other's
+// reservations, even one made from a cached entry that predates the cordon
+// (it loses the compare-and-set and is recomputed on the cordoned entry);
+// a pod already on the host is still recorded with IgnoreCordon.
+func TestCordonRefusesOtherSchedulersReservations(t *testing.T) {
+	a, b := twoSchedulers(t)
+	ctx := context.Background()
+	capacity := ledger.Capacity{CPUMilli: 8000, MemoryBytes: 8 * gib}
+	before, err := b.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("u0", 100, gib)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, changed, err := a.SetCordon(ctx, "esx-1", true); err != nil || !changed {
+		t.Fatalf("SetCordon: changed %v, err %v", changed, err)
+	}
+	hint := before.Entry // b's cache, from before the cordon
+	res, err := b.ReserveFrom(ctx, &hint, "esx-1", capacity, []events.Allocation{pod("u1", 100, gib)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := res.Rejected["u1"]; !ok || r.Reason != "HostCordoned" {
+		t.Fatalf("reservation on a cordoned host: %+v", res)
+	}
+	if !res.Entry.Cordoned || len(res.Entry.Allocations) != 1 {
+		t.Fatalf("entry after refusal: %+v", res.Entry)
+	}
+	moved := capacity
+	moved.IgnoreCordon = true
+	if res, err := b.Reserve(ctx, "esx-1", moved, []events.Allocation{pod("u2", 100, gib)}); err != nil || len(res.Accepted) != 1 {
+		t.Fatalf("a pod already on the host is recorded: %+v, %v", res, err)
+	}
+	if _, changed, err := b.SetCordon(ctx, "esx-1", false); err != nil || !changed {
+		t.Fatalf("uncordon: changed %v, err %v", changed, err)
+	}
+	if res, err := a.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("u3", 100, gib)}); err != nil || len(res.Accepted) != 1 {
+		t.Fatalf("after the uncordon: %+v, %v", res, err)
+	}
+}

@@ -157,6 +157,10 @@ type VM struct {
 	NICs []NIC
 	// Spec is the guestinfo.podvisor.spec value.
 	Spec string
+	// ForkOf is the key of the VM this one was instant-cloned from: its
+	// read/write disks are copy-on-write clones of that VM's, made while
+	// its guest was paused, so this guest starts on a prepared filesystem.
+	ForkOf string
 	// Native, when set, makes this a native VM's guest: it boots its
 	// operating system from a disk instead of running the pod VM agent.
 	Native *Native
@@ -410,7 +414,7 @@ func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []st
 		m.removePorts(g)
 		return nil, fmt.Errorf("release the guest's launcher: %w", err)
 	}
-	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path)
+	m.log.Info("guest started", "vm", vm.Name, "host", vm.Host, "pid", cmd.Process.Pid, "cgroup", cg.path, "forkOf", vm.ForkOf)
 	return g, nil
 }
 
@@ -530,6 +534,31 @@ func (m *Manager) freezeLocked(g *guest, frozen bool) {
 		return
 	}
 	g.frozen = frozen
+}
+
+// Pause freezes a running guest (freezer cgroup) until the returned resume
+// is called: what a hypervisor does to a VM while it takes a consistent
+// copy of its disks (an instant clone's fork point). A guest that is not
+// running, or is frozen already (its host failed), is left as it is.
+func (m *Manager) Pause(key string) (resume func(), err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.guests[key]
+	if !ok || g.frozen {
+		return func() {}, nil
+	}
+	if err := g.cgroup.freeze(true); err != nil {
+		return nil, fmt.Errorf("pause guest of %s: %w", g.vm.Name, err)
+	}
+	return func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if !g.frozen {
+			if err := g.cgroup.freeze(false); err != nil {
+				m.log.Warn("resume guest", "vm", g.vm.Name, "err", err)
+			}
+		}
+	}, nil
 }
 
 // Info describes a running guest.

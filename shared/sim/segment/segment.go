@@ -28,7 +28,9 @@ type Fabric struct {
 	next    int64
 	bridges map[string]string // segment key → bridge name
 	ports   map[string]*Port  // host end name → port
-	closed  bool
+	// services are the service ports (AddServicePort).
+	services []*ServicePort
+	closed   bool
 }
 
 // Port is one virtual NIC: the host end of its veth pair and the segment it
@@ -237,6 +239,10 @@ func (f *Fabric) Close() error {
 	for name := range f.ports {
 		errs = append(errs, deleteLink(name))
 	}
+	for _, sp := range f.services {
+		errs = append(errs, sp.close())
+	}
+	f.services = nil
 	for _, name := range f.bridges {
 		errs = append(errs, deleteLink(name))
 	}

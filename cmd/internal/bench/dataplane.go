@@ -1,0 +1,412 @@
+package bench
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/podvisor/podvisor/agent/bundle"
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+)
+
+// DataPlane is request → every container running for N pods with the
+// simulated guests on (pod VM, agent as PID 1, overlay over the image disk,
+// runc), against the same bundles started directly with the OCI runtime
+// in the same run: what podvisor adds to a container start.
+type DataPlane struct {
+	// Skipped says why the section did not run (it needs root, runc,
+	// busybox, mkfs.erofs and the agent binary); the figures are then zero.
+	Skipped string `json:"skipped,omitempty"`
+	Pods    int    `json:"pods"`
+	Hosts   int    `json:"hosts"`
+	Image   string `json:"image"`
+	// Running counts the pods that reached Running (pod.running: every
+	// container started in its guest) within the timeout.
+	Running int     `json:"running"`
+	Seconds float64 `json:"seconds"`
+	// LatencyMS is from each pod's request (all sent at once) to its
+	// pod.running.
+	LatencyMS Latency       `json:"latency_ms"`
+	Direct    DirectRuntime `json:"direct"`
+	// P99ToDirect is LatencyMS.P99 / Direct.LatencyMS.P99 (target ≤ 3),
+	// SecondsToDirect the ratio of the times for all N.
+	P99ToDirect     float64 `json:"p99_to_direct"`
+	SecondsToDirect float64 `json:"seconds_to_direct"`
+}
+
+// DirectRuntime is the baseline: N containers of the same bundle (the
+// agent's runtime spec, the same command and resources, an overlay over the
+// same image's files) started with `runc run --detach`, Workers at a time,
+// from one moment.
+type DirectRuntime struct {
+	Runtime    string  `json:"runtime"`
+	Containers int     `json:"containers"`
+	Workers    int     `json:"workers"`
+	Seconds    float64 `json:"seconds"`
+	LatencyMS  Latency `json:"latency_ms"`
+}
+
+// dataPlaneCommand is what every container of the section runs.
+var dataPlaneCommand = []string{"sleep", "3600"}
+
+// dataPlaneReady says why the data-plane section cannot run here, or "".
+func dataPlaneReady(agent string) string {
+	if os.Geteuid() != 0 {
+		return "needs root: simulated guests run in namespaces and cgroups (run as root, or --data-plane-pods 0)"
+	}
+	for _, tool := range []string{"runc", "mkfs.erofs", "mkfs.ext4"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Sprintf("needs %s on PATH", tool)
+		}
+	}
+	if _, err := os.Stat(ociregistry.BusyboxPath); err != nil {
+		return "needs busybox-static (" + ociregistry.BusyboxPath + ") for the image"
+	}
+	if _, err := os.Stat(agent); err != nil {
+		return fmt.Sprintf("needs the pod VM agent at %s (make build, or --agent)", agent)
+	}
+	return ""
+}
+
+// runDataPlane starts an all-in-one with guests on, applies cfg.DataPlanePods
+// pods of the busybox image at once and waits for each pod.running; then
+// starts the same number of containers with runc directly.
+func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, error) {
+	agent := cfg.Agent
+	if agent == "" {
+		agent = allinone.DefaultAgentPath()
+	}
+	out := &DataPlane{Pods: cfg.DataPlanePods}
+	if why := dataPlaneReady(agent); why != "" {
+		out.Skipped = why
+		return out, nil
+	}
+	clusters, per := layout(min(cfg.Hosts, 16))
+	out.Hosts = clusters * per
+	// Guest channels are unix sockets under the state dir: keep it short.
+	dir, err := os.MkdirTemp("", "pvdp-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	_, src := applyTuning()
+	specs, err := runner.Select("all")
+	if err != nil {
+		return nil, err
+	}
+	sys, err := allinone.Start(ctx, allinone.Config{
+		StateDir: dir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
+		Settings: src, Guests: allinone.GuestsOn, Agent: agent,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer sys.Close()
+	b, err := sys.Dial(ctx, "bench")
+	if err != nil {
+		return nil, err
+	}
+	defer b.Close()
+	if err := waitReady(ctx, b, out.Hosts); err != nil {
+		return nil, err
+	}
+	w, err := newWatcher(ctx, b)
+	if err != nil {
+		return nil, err
+	}
+	defer w.stop()
+	out.Image = sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+
+	// One pod first, so the image is on the datastore: the section measures
+	// container starts, not the pull (the image section measures that).
+	if _, err := runPods(ctx, b, w, out.Image, []string{"dp-warm"}, 2*time.Minute); err != nil {
+		return nil, fmt.Errorf("first pod: %w", err)
+	}
+	names := make([]string, cfg.DataPlanePods)
+	for i := range names {
+		names[i] = fmt.Sprintf("dp-%04d", i)
+	}
+	p.say("data plane: %d pods with guests on %d hosts…", len(names), out.Hosts)
+	// Each guest formats its ephemeral disk and starts its agent and its
+	// runtime: far more work per pod than a VM alone.
+	timeout := max(cfg.Timeout, 2*time.Minute+time.Duration(len(names))*time.Second)
+	lat, err := runPods(ctx, b, w, out.Image, names, timeout)
+	if err != nil {
+		return nil, err
+	}
+	out.Running = len(lat.values)
+	out.LatencyMS, out.Seconds = lat.latency(), lat.max/1000
+	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
+
+	p.say("data plane: %d containers with runc directly…", len(names))
+	if out.Direct, err = runDirect(ctx, out.Image, len(names)); err != nil {
+		return nil, fmt.Errorf("direct runtime: %w", err)
+	}
+	if out.Direct.LatencyMS.P99 > 0 {
+		out.P99ToDirect = out.LatencyMS.P99 / out.Direct.LatencyMS.P99
+	}
+	if out.Direct.Seconds > 0 {
+		out.SecondsToDirect = out.Seconds / out.Direct.Seconds
+	}
+	return out, nil
+}
+
+// latencies are milliseconds from one start.
+type latencies struct {
+	values []float64
+	max    float64
+}
+
+func (l latencies) latency() Latency {
+	s := slices.Clone(l.values)
+	slices.Sort(s)
+	return Latency{P50: percentile(s, 0.5), P95: percentile(s, 0.95), P99: percentile(s, 0.99), Max: l.max}
+}
+
+// runPods requests the pods (all at once) and returns, for each that
+// reached pod.running within timeout, the milliseconds from its request.
+func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []string, timeout time.Duration) (latencies, error) {
+	sent := make([]time.Time, len(names))
+	var wg sync.WaitGroup
+	errs := make(chan error, len(names))
+	for i, n := range names {
+		sent[i] = time.Now()
+		wg.Go(func() {
+			pod := benchPod(n, image)
+			pod.Spec.Containers[0].Command = dataPlaneCommand
+			pod.Spec.TerminationGracePeriodSeconds = new(int64)
+			ev, err := bus.NewEvent(Source, events.TypePodRequested, events.PodKey(Namespace, n), &events.PodRequested{Pod: *pod})
+			if err == nil {
+				err = b.Publish(ctx, ev)
+			}
+			if err != nil {
+				errs <- fmt.Errorf("publish %s: %w", n, err)
+			}
+		})
+	}
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return latencies{}, err
+	default:
+	}
+	running := func() int {
+		n := 0
+		for _, name := range names {
+			if _, ok := w.at(events.PodKey(Namespace, name), events.TypePodRunning); ok {
+				n++
+			}
+		}
+		return n
+	}
+	w.waitFor(ctx, timeout, func() bool { return running() == len(names) })
+	var out latencies
+	for i, name := range names {
+		if at, ok := w.at(events.PodKey(Namespace, name), events.TypePodRunning); ok {
+			d := ms(at.Sub(sent[i]))
+			out.values = append(out.values, d)
+			out.max = max(out.max, d)
+		}
+	}
+	if len(out.values) == 0 {
+		return out, fmt.Errorf("no pod reached Running within %s", timeout)
+	}
+	return out, ctx.Err()
+}
+
+// runDirect starts n containers of the image with runc, each on its own
+// overlay (lower = the image's files, upper/work of its own, as the agent
+// builds a container's root) with the runtime spec the agent writes, from one
+// moment with a pool of workers; then removes them all.
+func runDirect(ctx context.Context, image string, n int) (DirectRuntime, error) {
+	out := DirectRuntime{Runtime: "runc", Containers: n, Workers: 16}
+	dir, err := os.MkdirTemp("", "pvdirect-")
+	if err != nil {
+		return out, err
+	}
+	defer os.RemoveAll(dir)
+	lower := filepath.Join(dir, "image")
+	if err := extractImage(ctx, image, lower); err != nil {
+		return out, err
+	}
+	root := filepath.Join(dir, "runc")
+	cgroup := fmt.Sprintf("/podvisor-bench-direct-%d", os.Getpid())
+	cpu, mem := resource.MustParse(podCPU), resource.MustParse(podMemory)
+	c := &guestchannel.Container{Name: "app", Command: dataPlaneCommand,
+		Resources: guestchannel.Resources{CPURequestMilli: cpu.MilliValue(), MemoryRequestBytes: mem.Value()}}
+	ids := make([]string, n)
+	bundles := make([]string, n)
+	for i := range n {
+		ids[i] = fmt.Sprintf("pvbench-%d-%d", os.Getpid(), i)
+		bundles[i] = filepath.Join(dir, fmt.Sprintf("c%04d", i))
+	}
+	var mounted sync.Map
+	defer func() {
+		for i, id := range ids {
+			_ = exec.Command("runc", "--root", root, "delete", "--force", id).Run()
+			if _, ok := mounted.Load(i); ok {
+				_ = unix.Unmount(filepath.Join(bundles[i], "rootfs"), unix.MNT_DETACH)
+			}
+		}
+		removeCgroup(cgroup)
+	}()
+	start := time.Now()
+	lat := make([]float64, n)
+	jobs := make(chan int)
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for range out.Workers {
+		wg.Go(func() {
+			for i := range jobs {
+				if err := startDirect(c, lower, bundles[i], root, ids[i], cgroup); err != nil {
+					errs <- err
+					continue
+				}
+				mounted.Store(i, true)
+				lat[i] = ms(time.Since(start))
+			}
+		})
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	out.Seconds = time.Since(start).Seconds()
+	select {
+	case err := <-errs:
+		return out, err
+	default:
+	}
+	l := latencies{values: lat}
+	for _, v := range lat {
+		l.max = max(l.max, v)
+	}
+	out.LatencyMS = l.latency()
+	return out, nil
+}
+
+// startDirect mounts one container's overlay, writes its bundle with the
+// agent's bundle package and runs it detached, as the agent does.
+func startDirect(c *guestchannel.Container, lower, dir, root, id, cgroup string) error {
+	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
+	for _, d := range []string{rootfs, upper, work} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	if err := unix.Mount("overlay", rootfs, "overlay", 0, fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", lower, upper, work)); err != nil {
+		return fmt.Errorf("overlay for %s: %w", id, err)
+	}
+	s, err := bundle.Spec(c, bundle.Params{Rootfs: rootfs, Hostname: "bench", CgroupsPath: cgroup + "/" + id})
+	if err != nil {
+		return err
+	}
+	if err := bundle.Write(dir, s); err != nil {
+		return err
+	}
+	// The container inherits runc's stdio: a file, not a pipe that would
+	// stay open as long as the container runs.
+	logf, err := os.Create(filepath.Join(dir, "out"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command("runc", "--root", root, "run", "--detach", "--bundle", dir, id)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Run(); err != nil {
+		b, _ := os.ReadFile(logf.Name())
+		return fmt.Errorf("runc run %s: %v: %s", id, err, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// extractImage writes the flattened image's directories, files and links
+// under dir (the busybox image: a binary and its applet links).
+func extractImage(ctx context.Context, image, dir string) error {
+	r, err := name.ParseReference(image)
+	if err != nil {
+		return err
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	rc := mutate.Extract(img)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			err = os.MkdirAll(p, os.FileMode(h.Mode)&0o7777)
+		case tar.TypeSymlink:
+			err = os.Symlink(h.Linkname, p)
+		case tar.TypeReg:
+			var f *os.File
+			if f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode)&0o777); err == nil {
+				_, err = io.Copy(f, tr)
+				if cerr := f.Close(); err == nil {
+					err = cerr
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// removeCgroup removes a cgroup tree the direct containers were made in,
+// from every hierarchy (runc removes the containers' own; their parent
+// stays).
+func removeCgroup(path string) {
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
+	roots = append(roots, "/sys/fs/cgroup")
+	for _, r := range roots {
+		top := filepath.Join(r, path)
+		var dirs []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+		for i := len(dirs) - 1; i >= 0; i-- {
+			deadline := time.Now().Add(5 * time.Second)
+			for unix.Rmdir(dirs[i]) == unix.EBUSY && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+}

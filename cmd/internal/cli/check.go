@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/spf13/cobra"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+func newCheckCmd(g *globals) *cobra.Command {
+	var (
+		namespace string
+		wait      time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "check guestcluster NAME",
+		Short: "Check a guest cluster's compatibility with the infrastructure and the vCenter",
+		Long: `check guestcluster publishes guestcluster.check.requested; the guest cluster controller checks the
+cluster's version (its requires document) against the offers of podvisor's services and of the
+vCenter (version, build, API features), posts the result as a vCenter event on the cluster
+(govc events) and answers guestcluster.compatibility. check prints the verdict and each unmet
+requirement, and exits 1 when the cluster is incompatible.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if args[0] != "guestcluster" && args[0] != "guestclusters" && args[0] != "gc" {
+				return usageError("cannot check %q: want guestcluster", args[0])
+			}
+			req := &events.GuestClusterCheckRequested{ID: uuid.NewString(), Namespace: namespace, Name: args[1]}
+			if err := req.Validate(); err != nil {
+				return usageError("%v", err)
+			}
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			answers, stop, err := followEvents(ctx, b, events.StreamGuestClusters, events.SubjectGuestClusterCompatibility)
+			if err != nil {
+				return err
+			}
+			defer stop()
+			ev, err := bus.NewEvent(CLISource, events.TypeGuestClusterCheckRequested, req.ObjectKey(), req)
+			if err != nil {
+				return err
+			}
+			if err := b.Publish(ctx, ev); err != nil {
+				return err
+			}
+			timer := time.NewTimer(wait)
+			defer timer.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-timer.C:
+					return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s: no compatibility answer within %s (is the guest cluster controller running?)", namespace, args[1], wait)}
+				case ev := <-answers:
+					var r events.GuestClusterCompatibility
+					if ev.DataAs(&r) != nil || r.CheckID != req.ID {
+						continue
+					}
+					fmt.Fprintln(g.stdout, r.Message)
+					for _, u := range r.Unmet {
+						have := u.Have
+						if have == "" {
+							have = "not offered"
+						}
+						fmt.Fprintf(g.stdout, "  unmet: %s %s %s (%s)\n", u.Provider, u.Name, u.Want, have)
+					}
+					if r.VCenterEventKey != 0 {
+						fmt.Fprintf(g.stdout, "vCenter event %d posted on the cluster\n", r.VCenterEventKey)
+					}
+					if !r.Compatible {
+						return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s is incompatible", namespace, args[1])}
+					}
+					return nil
+				}
+			}
+		},
+	}
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the guest cluster")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the answer")
+	return cmd
+}

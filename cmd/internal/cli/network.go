@@ -1,0 +1,282 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+func newNetworkCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "network export|restore|switch|data",
+		Aliases: []string{"net"},
+		Short:   "Export, restore and back up networks; read and write their pass-through data",
+		Long: `network works on logical networks and the switches that realize them:
+
+  export NAME [--version N]        print a Network manifest that 'podvisor apply -f' re-creates
+  restore NAME --version N         re-apply an earlier version (stored as a new version)
+  switch export SWITCH [-o FILE]   the switch's configuration as vCenter has it now
+  switch import -f FILE            apply such a file to a new or an existing switch
+  data set|get|rm                  opaque pass-through data for management applications`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError("network: name a subcommand (export, restore, switch, data)")
+		},
+	}
+	cmd.AddCommand(newNetworkExportCmd(g), newNetworkRestoreCmd(g), newNetworkSwitchCmd(g), newNetworkDataCmd(g))
+	return cmd
+}
+
+func newNetworkExportCmd(g *globals) *cobra.Command {
+	var version int64
+	cmd := &cobra.Command{
+		Use:   "export NAME [--version N]",
+		Short: "Print a network as a manifest that 'podvisor apply -f' re-creates",
+		Long: `export prints one stored version of a network (the current one by default) as a Network
+manifest: 'podvisor network export web > web.yaml', later 'podvisor apply -f web.yaml' on this or
+another installation declares it again. The file outlives the network's bounded history.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			b, err := g.connect(ctx)
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			kv, err := b.KV(ctx, events.BucketNetworks)
+			if err != nil {
+				return err
+			}
+			data, err := netconfig.ExportFromKV(ctx, kv, args[0], version)
+			if err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			_, err = g.stdout.Write(data)
+			return err
+		},
+	}
+	cmd.Flags().Int64Var(&version, "version", 0, "the stored version to export (default: the current one)")
+	return cmd
+}
+
+func newNetworkRestoreCmd(g *globals) *cobra.Command {
+	var (
+		version int64
+		wait    time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "restore NAME --version N",
+		Short: "Re-apply an earlier version of a network",
+		Long: `restore publishes network.restore.requested: network-config stores version N's spec as a new
+version and pushes it to the hosts. restore waits up to --wait for the new version to be applied and
+exits non-zero when network-config refuses (the version is no longer in the history, or its spec
+no longer fits, say).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if version <= 0 {
+				return usageError("restore: --version N is required (a version from 'podvisor describe network %s')", args[0])
+			}
+			return g.restoreNetwork(cmd.Context(), args[0], version, wait)
+		},
+	}
+	cmd.Flags().Int64Var(&version, "version", 0, "the version to restore")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for network-config (0: do not wait)")
+	return cmd
+}
+
+// restoreNetwork publishes the restore and follows the network record
+// until the version it created is applied, or the restore is refused.
+func (g *globals) restoreNetwork(ctx context.Context, name string, version int64, wait time.Duration) error {
+	p := &events.NetworkRestoreRequested{Name: name, Version: version}
+	if err := p.Validate(); err != nil {
+		return usageError("%v", err)
+	}
+	b, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	var before events.NetworkRecord
+	if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &before); err != nil {
+		return err
+	}
+	if _, ok := before.FindVersion(version); !ok {
+		return &exitError{code: 1, err: fmt.Errorf("network %s has no version %d in its history (latest %d)", name, version, before.LatestVersion())}
+	}
+	ev, err := bus.NewEvent(CLISource, events.TypeNetworkRestoreRequested, name, p)
+	if err != nil {
+		return err
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "network %s restore of version %d requested\n", name, version)
+	if wait <= 0 {
+		return nil
+	}
+	deadline := time.Now().Add(wait)
+	for time.Now().Before(deadline) {
+		var r events.NetworkRecord
+		if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &r); err != nil {
+			return err
+		}
+		if nv, ok := r.VersionByEvent(ev.ID()); ok {
+			v := nv.Version
+			switch {
+			case r.Version == v && r.Status != events.NetworkStatusPending:
+				fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) %s\n", name, v, version, strings.ToLower(r.Status))
+				return nil
+			case r.Version != v && r.Status == events.NetworkStatusRolledBack:
+				return &exitError{code: 1, err: fmt.Errorf("restore of network %s version %d rolled back: %s", name, version, r.Message)}
+			}
+		} else if r.Reason == netconfig.ReasonRestoreFailed || r.Reason == netconfig.ReasonInvalidSpec && r.UpdatedAt.After(before.UpdatedAt) {
+			return &exitError{code: 1, err: fmt.Errorf("restore of network %s refused: %s: %s", name, r.Reason, r.Message)}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	fmt.Fprintf(g.stdout, "not applied within %s; see 'podvisor describe network %s'\n", wait, name)
+	return nil
+}
+
+func newNetworkSwitchCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "switch export|import",
+		Short: "Back up a distributed switch's realized configuration and apply it again",
+		Long: `switch export reads a distributed switch back from vCenter (GOVC_URL, as 'describe vm'): its
+maximum MTU, member hosts and port groups with their VLAN, security policy and description, as they
+are now, not as podvisor's records want them. switch import applies such a file to the switch it
+came from (repairing drift) or, with --switch, to another or a new one, and joins the file's hosts
+that exist with --join-hosts. Nothing the file does not name is removed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return usageError("network switch: export or import") },
+	}
+	var out string
+	export := &cobra.Command{
+		Use:   "export SWITCH [-o FILE]",
+		Short: "Write a switch's configuration as vCenter has it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			f, done, err := g.fabric(ctx)
+			if err != nil {
+				return err
+			}
+			defer done()
+			cfg, err := f.ExportSwitch(ctx, args[0])
+			if err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			data, err := yaml.Marshal(cfg)
+			if err != nil {
+				return err
+			}
+			if out == "" || out == "-" {
+				_, err = g.stdout.Write(data)
+				return err
+			}
+			if err := os.WriteFile(out, data, 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "switch %s: %d port groups, %d hosts written to %s\n", cfg.Name, len(cfg.PortGroups), len(cfg.Hosts), out)
+			return nil
+		},
+	}
+	export.Flags().StringVarP(&out, "output", "o", "", "file to write (default: standard output)")
+
+	var (
+		file, target string
+		join         bool
+	)
+	imp := &cobra.Command{
+		Use:   "import -f FILE [--switch NAME] [--join-hosts]",
+		Short: "Apply an exported switch configuration to a new or an existing switch",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file == "" {
+				return usageError("switch import: -f FILE is required (- for standard input)")
+			}
+			var data []byte
+			var err error
+			if file == "-" {
+				data, err = io.ReadAll(g.stdin)
+			} else {
+				data, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			var cfg fabric.SwitchConfig
+			if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+				return usageError("%s: %v", displayName(file), err)
+			}
+			if err := cfg.Validate(); err != nil {
+				return usageError("%s: %v", displayName(file), err)
+			}
+			ctx := cmd.Context()
+			f, done, err := g.fabric(ctx)
+			if err != nil {
+				return err
+			}
+			defer done()
+			res, err := f.ImportSwitch(ctx, &cfg, target, join)
+			if err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			name := target
+			if name == "" {
+				name = cfg.Name
+			}
+			verb := "updated"
+			if res.Created {
+				verb = "created"
+			}
+			fmt.Fprintf(g.stdout, "switch %s %s: %d port groups changed (%s), %d hosts joined\n", name, verb,
+				len(res.PortGroups), strings.Join(res.PortGroups, ", "), len(res.Joined))
+			if len(res.MissingHosts) > 0 {
+				fmt.Fprintf(g.stdout, "hosts of the file not in this datacenter: %s\n", strings.Join(res.MissingHosts, ", "))
+			}
+			return nil
+		},
+	}
+	imp.Flags().StringVarP(&file, "filename", "f", "", "the exported file, - for standard input")
+	imp.Flags().StringVar(&target, "switch", "", "switch to apply it to (default: the one it was exported from); created when absent")
+	imp.Flags().BoolVar(&join, "join-hosts", false, "make the file's member hosts that exist here join the switch")
+	cmd.AddCommand(export, imp)
+	return cmd
+}
+
+// fabric connects to vCenter as the env file says and returns the switch
+// layer network-config uses.
+func (g *globals) fabric(ctx context.Context) (*fabric.Fabric, func(), error) {
+	url, err := g.endpoint("", "GOVC_URL")
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg := vsphere.Config{URL: url, Insecure: os.Getenv("GOVC_INSECURE") != "0", Datacenter: os.Getenv("GOVC_DATACENTER")}
+	sess, err := vsphere.Connect(ctx, cfg)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vCenter: %w", err)
+	}
+	if sess.Datacenter == nil {
+		sess.Close(context.WithoutCancel(ctx))
+		return nil, nil, errors.New("vCenter: no datacenter (set GOVC_DATACENTER)")
+	}
+	return fabric.New(sess.Client.Client, sess.Datacenter), func() { sess.Close(context.WithoutCancel(ctx)) }, nil
+}

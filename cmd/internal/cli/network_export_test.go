@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/fabric"
+)
+
+// The snapshot entry points as a user runs them: export → delete → apply -f
+// re-creates the network; restore of version N re-applies it; the switch's
+// realized configuration goes to a file and back onto a new switch.
+func TestNetworkExportDeleteApplyAndRestore(t *testing.T) {
+	_, dir := upForTest(t, "netconfig")
+	v1 := "apiVersion: podvisor.io/v1alpha1\nkind: Network\nmetadata: {name: web}\nspec: {vlan: 120, cidr: 10.30.0.0/24, gateway: 10.30.0.1}\n"
+	v2 := strings.Replace(v1, "vlan: 120", "vlan: 121", 1)
+	mustRun(t, dir, v1, "apply", "-f", "-")
+	eventually(t, "web version 1 ready", func() bool { return networkState(t, dir, "web") == "1 120 Ready" })
+	mustRun(t, dir, v2, "apply", "-f", "-")
+	eventually(t, "web version 2 ready", func() bool { return networkState(t, dir, "web") == "2 121 Ready" })
+
+	exported := mustRun(t, dir, "", "network", "export", "web")
+	var n events.Network
+	if err := yaml.UnmarshalStrict([]byte(exported), &n); err != nil || n.Kind != events.KindNetwork || n.Spec.VLAN != 121 ||
+		n.Metadata.Annotations["podvisor.io/exported-version"] != "2" {
+		t.Fatalf("export: %v\n%s", err, exported)
+	}
+	if old := mustRun(t, dir, "", "network", "export", "web", "--version", "1"); !strings.Contains(old, "vlan: 120") {
+		t.Fatalf("export --version 1:\n%s", old)
+	}
+	if _, errOut, code := run(t, dir, "", "network", "export", "nosuch"); code != 1 || !strings.Contains(errOut, "nosuch") {
+		t.Fatalf("export of an unknown network: exit %d, %q", code, errOut)
+	}
+
+	mustRun(t, dir, "", "delete", "network", "web")
+	if out, _, _ := run(t, dir, "", "get", "networks"); strings.Contains(out, "web") {
+		t.Fatalf("web still listed after delete:\n%s", out)
+	}
+	mustRun(t, dir, exported, "apply", "-f", "-")
+	eventually(t, "web re-created from the file", func() bool { return networkState(t, dir, "web") == "1 121 Ready" })
+
+	// Restore: the re-created network's history holds version 1 (vlan 121);
+	// declare another, then restore version 1.
+	mustRun(t, dir, v1, "apply", "-f", "-")
+	eventually(t, "web version 2 (vlan 120)", func() bool { return networkState(t, dir, "web") == "2 120 Ready" })
+	out := mustRun(t, dir, "", "network", "restore", "web", "--version", "1")
+	if !strings.Contains(out, "version 3 (restored from version 1) ready") {
+		t.Fatalf("restore printed %q", out)
+	}
+	if got := networkState(t, dir, "web"); got != "3 121 Ready" {
+		t.Fatalf("after restore: %s, want version 3 with vlan 121", got)
+	}
+	if _, errOut, code := run(t, dir, "", "network", "restore", "web", "--version", "9"); code != 1 || !strings.Contains(errOut, "no version 9") {
+		t.Fatalf("restore of a missing version: exit %d, %q", code, errOut)
+	}
+	if _, _, code := run(t, dir, "", "network", "restore", "web"); code != 2 {
+		t.Fatalf("restore without --version: exit %d, want 2", code)
+	}
+
+	// The realized switch configuration, read back from vCenter.
+	file := filepath.Join(t.TempDir(), "dvs.yaml")
+	mustRun(t, dir, "", "network", "switch", "export", "pv-dvs", "-o", file)
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg fabric.SwitchConfig
+	if err := yaml.UnmarshalStrict(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var web *fabric.PortGroupConfig
+	for i := range cfg.PortGroups {
+		if cfg.PortGroups[i].Name == "pv-web" {
+			web = &cfg.PortGroups[i]
+		}
+	}
+	if web == nil || web.VLAN != 121 || len(cfg.Hosts) != 2 {
+		t.Fatalf("exported switch:\n%s", data)
+	}
+	// Onto a new switch: the port groups move there (names are unique per
+	// datacenter), and the file's hosts join.
+	out = mustRun(t, dir, "", "network", "switch", "import", "-f", file, "--switch", "pv-dvs-copy", "--join-hosts")
+	if !strings.Contains(out, "switch pv-dvs-copy created") || !strings.Contains(out, "2 hosts joined") {
+		t.Fatalf("import printed %q", out)
+	}
+	copied := mustRun(t, dir, "", "network", "switch", "export", "pv-dvs-copy")
+	if !strings.Contains(copied, "name: pv-web") || !strings.Contains(copied, "vlan: 121") {
+		t.Fatalf("new switch reads back as:\n%s", copied)
+	}
+	if _, errOut, code := run(t, dir, "kind: Nope\n", "network", "switch", "import", "-f", "-"); code != 2 || !strings.Contains(errOut, "kind") {
+		t.Fatalf("import of a bad file: exit %d, %q", code, errOut)
+	}
+}
+
+// networkState is "version vlan status" of a network record.
+func networkState(t *testing.T, dir, name string) string {
+	t.Helper()
+	out, _, code := run(t, dir, "", "get", "network", name, "-o", "json")
+	if code != 0 {
+		return ""
+	}
+	var r events.NetworkRecord
+	if err := yaml.Unmarshal([]byte(out), &r); err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%d %d %s", r.Version, r.Spec.VLAN, r.Status)
+}

@@ -1,0 +1,47 @@
+package hostagent
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/shared/config"
+)
+
+func TestConfigsFrom(t *testing.T) {
+	for _, tc := range []struct {
+		name, hosts, dir string
+		want             []string // hosts, or nil with wantErr
+		wantErr          string
+	}{
+		{"one host", "esx-1", "/run/pv", []string{"esx-1"}, ""},
+		{"several hosts", "esx-1, esx-2,esx-3", "/run/pv", []string{"esx-1", "esx-2", "esx-3"}, ""},
+		{"no host", "", "/run/pv", nil, EnvHost},
+		{"no channel dir", "esx-1", "", nil, EnvChannelDir},
+		{"empty entry", "esx-1,,esx-2", "/run/pv", nil, "empty host name"},
+		{"twice", "esx-1,esx-1", "/run/pv", nil, "listed twice"},
+		{"bad name", "esx 1", "/run/pv", nil, "must not contain"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfgs, err := ConfigsFrom(config.Map(map[string]string{EnvHost: tc.hosts, EnvChannelDir: tc.dir}))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, c := range cfgs {
+				if c.ChannelDir != tc.dir || c.Workers != DefaultConfig().Workers {
+					t.Errorf("config %+v: want the channel dir and the defaults", c)
+				}
+				got = append(got, c.Host)
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Errorf("hosts %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

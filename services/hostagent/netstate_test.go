@@ -1,0 +1,145 @@
+package hostagent_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// A host whose segments drifted from its desired state converges with only
+// the differing port groups changed: network-config's final state lists
+// pv-a and pv-b; the host carries pv-a and pv-c (pv-b dropped, pv-c left
+// over). The host agent carries pv-b, drops pv-c, leaves pv-a and the
+// switch's own uplink port group alone, and reports exactly that; the other
+// host, whose segments follow its switch membership, is untouched.
+func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
+	privtest.Require(t, "simulated hosts' segments are Linux bridges")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	ctx := context.Background()
+	b := bustest.Start(t)
+	d, channels := simtest.StartWithGuests(t, 2, agent)
+	hosts := d.Hosts()
+	x, other := hosts[0].Name, hosts[1].Name
+	c := simtest.Client(t, d)
+	key := map[string]string{}
+	for _, n := range []string{"pv-a", "pv-b", "pv-c"} {
+		key[n] = simtest.AddPortGroup(t, c, d.DVS(), n)
+	}
+	segs := d.HostSegments(x)
+	if err := segs.Drop(ctx, key["pv-b"]); err != nil { // the drift
+		t.Fatal(err)
+	}
+	before, err := segs.Carried(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := hostagent.DefaultConfig()
+	cfg.Host, cfg.ChannelDir = x, channels
+	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Network: segs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	reports := make(chan *events.NetworkHostApplied, 4)
+	sub, err := b.Conn().Subscribe(events.SubjectNetworkHostApplied, func(m *nats.Msg) {
+		ev, err := bus.DecodeMessage(m)
+		if err != nil {
+			t.Errorf("undecodable report: %v", err)
+			return
+		}
+		p, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			t.Errorf("invalid report: %v", err)
+			return
+		}
+		reports <- p.(*events.NetworkHostApplied)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+
+	pgs := []events.HostPortGroup{
+		{Network: "a", PortGroup: "pv-a", Key: key["pv-a"], VLAN: 10, Version: 1},
+		{Network: "b", PortGroup: "pv-b", Key: key["pv-b"], VLAN: 11, Version: 1},
+	}
+	desired := &events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(pgs), PortGroups: pgs}
+	// Another host's state goes by unnoticed.
+	publish := func(p events.Payload) {
+		ev, err := bus.NewEvent("podvisor/netconfig", events.TypeNetworkHostDesired, p.ObjectKey(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Publish(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(&events.NetworkHostDesired{Host: other, Digest: events.HostStateDigest(nil), PortGroups: nil})
+	publish(desired)
+
+	var r *events.NetworkHostApplied
+	select {
+	case r = <-reports:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no network.host.applied within 20s")
+	}
+	if r.Host != x || r.Digest != desired.Digest || !slices.Equal(r.Added, []string{"pv-b"}) || !slices.Equal(r.Removed, []string{"pv-c"}) ||
+		r.Unchanged != 1 || len(r.Failed) != 0 {
+		t.Errorf("applied %+v; want pv-b added, pv-c removed, 1 unchanged, for %s at %s", r, x, desired.Digest)
+	}
+	after, err := segs.Carried(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, name := range before {
+		if name == "pv-c" {
+			continue
+		}
+		if after[k] != name {
+			t.Errorf("%s (%s) was carried before and is not after: only the difference may change", name, k)
+		}
+	}
+	if _, ok := after[key["pv-b"]]; !ok {
+		t.Error("pv-b not carried after the state was applied")
+	}
+	if _, ok := after[key["pv-c"]]; ok {
+		t.Error("pv-c still carried after the state was applied")
+	}
+	for n, k := range key {
+		_, carriers := d.Segment(k)
+		if !slices.Contains(carriers, other) {
+			t.Errorf("%s: the other host %s no longer carries it (carriers %v)", n, other, carriers)
+		}
+		if want := n != "pv-c"; slices.Contains(carriers, x) != want {
+			t.Errorf("%s: carried by %s = %v, want %v (carriers %v)", n, x, !want, want, carriers)
+		}
+	}
+	// The same state again changes nothing.
+	publish(&events.NetworkHostDesired{Host: x, Digest: desired.Digest, PortGroups: pgs})
+	select {
+	case r = <-reports:
+		if len(r.Added)+len(r.Removed) != 0 || r.Unchanged != 2 {
+			t.Errorf("the same state again: %+v, want nothing changed, 2 unchanged", r)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no report of the repeated state")
+	}
+}

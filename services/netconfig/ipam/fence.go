@@ -1,0 +1,163 @@
+package ipam
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// A network's allocation fence orders its address allocations against its
+// deletion across replicas, with compare-and-set writes only (a read may be
+// served by a lagging replica of a clustered bucket; a compare-and-set is
+// decided by the leader). An allocation creates its address key, then
+// advances the fence's revision unless the fence says the network is being
+// deleted; a delete first marks the fence (compare-and-set), then lists the
+// network's addresses. Of an allocation and a delete racing, either the
+// allocation's fence write comes first, and then its address was written
+// before the delete listed the addresses, or the delete's mark comes first,
+// and then the allocation's write fails on the revision, sees the mark and
+// gives its address back. So a network is never deleted while an address
+// on it is held.
+
+// ErrNetworkDeleting is returned (wrapped) by Allocate while the network is
+// being deleted.
+var ErrNetworkDeleting = errors.New("network is being deleted")
+
+// fence is the value of a network's fence key.
+type fence struct {
+	// Deleting is set while a delete counts the network's addresses.
+	Deleting bool `json:"deleting,omitempty"`
+	// Since is when Deleting was set (shown to a person; never compared).
+	Since time.Time `json:"since,omitzero"`
+}
+
+// fenceKey has three tokens, like a pod binding, so that neither the
+// listing of a network's addresses (<network>.*) nor of its bindings
+// (<network>.pod.*) sees it.
+func fenceKey(network string) string { return network + ".fence.allocations" }
+
+// commit advances the network's fence after the address key at addrRev was
+// created for an allocation; a network being deleted makes it give the
+// address back.
+func (a *Allocator) commit(ctx context.Context, network, ip string, addrRev uint64) error {
+	for range maxCreateRaces {
+		f, rev, err := a.readFence(ctx, network)
+		if err != nil {
+			return err
+		}
+		if f.Deleting {
+			err := a.kv.Delete(ctx, events.IPAllocationKey(network, ip), jetstream.LastRevision(addrRev))
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !conflict(err) {
+				return fmt.Errorf("give back %s on %s: %w", ip, network, err)
+			}
+			return fmt.Errorf("allocate %s on %s: %w", ip, network, ErrNetworkDeleting)
+		}
+		if err := a.writeFence(ctx, network, f, rev); err == nil {
+			return nil
+		} else if !conflict(err) {
+			return fmt.Errorf("allocate %s on %s: fence: %w", ip, network, err)
+		}
+	}
+	return fmt.Errorf("allocate %s on %s: fence: lost %d races, giving up for now", ip, network, maxCreateRaces)
+}
+
+// BeginDelete marks the network as being deleted: from then on no
+// allocation on it succeeds until AbortDelete. The caller lists the
+// network's addresses after this returns.
+func (a *Allocator) BeginDelete(ctx context.Context, network string) error {
+	for range maxCreateRaces {
+		f, rev, err := a.readFence(ctx, network)
+		if err != nil {
+			return err
+		}
+		if f.Deleting {
+			return nil
+		}
+		if err := a.writeFence(ctx, network, fence{Deleting: true, Since: a.now().UTC()}, rev); err == nil {
+			return nil
+		} else if !conflict(err) {
+			return fmt.Errorf("begin delete of %s: %w", network, err)
+		}
+	}
+	return fmt.Errorf("begin delete of %s: lost %d races for the fence", network, maxCreateRaces)
+}
+
+// AbortDelete lifts the mark of BeginDelete (the delete was refused).
+func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
+	for range maxCreateRaces {
+		f, rev, err := a.readFence(ctx, network)
+		if err != nil {
+			return err
+		}
+		if !f.Deleting {
+			return nil
+		}
+		if err := a.writeFence(ctx, network, fence{}, rev); err == nil {
+			return nil
+		} else if !conflict(err) {
+			return fmt.Errorf("abort delete of %s: %w", network, err)
+		}
+	}
+	return fmt.Errorf("abort delete of %s: lost %d races for the fence", network, maxCreateRaces)
+}
+
+// ForgetNetwork removes the fence of a deleted network, so that a network
+// declared again under the name starts clean.
+func (a *Allocator) ForgetNetwork(ctx context.Context, network string) error {
+	if err := a.kv.Delete(ctx, fenceKey(network)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("forget fence of %s: %w", network, err)
+	}
+	return nil
+}
+
+func (a *Allocator) readFence(ctx context.Context, network string) (fence, uint64, error) {
+	var f fence
+	_, rev, err := a.getJSON(ctx, fenceKey(network), &f)
+	return f, rev, err
+}
+
+// writeFence writes f at rev (0: the key must not exist).
+func (a *Allocator) writeFence(ctx context.Context, network string, f fence, rev uint64) error {
+	data, _ := json.Marshal(f)
+	var err error
+	if rev == 0 {
+		_, err = a.kv.Create(ctx, fenceKey(network), data)
+	} else {
+		_, err = a.kv.Update(ctx, fenceKey(network), data, rev)
+	}
+	return err
+}
+
+// bind points the pod's binding on network at ip, with compare-and-set:
+// another allocator binding the same pod at the same time makes this one
+// fail rather than silently overwrite it.
+func (a *Allocator) bind(ctx context.Context, network, uid, ip string) error {
+	key := events.IPPodBindingKey(network, uid)
+	var b events.IPPodBinding
+	ok, rev, err := a.getJSON(ctx, key, &b)
+	if err != nil {
+		return err
+	}
+	if ok && b.IP == ip {
+		return nil
+	}
+	data, _ := json.Marshal(events.IPPodBinding{IP: ip})
+	if ok {
+		_, err = a.kv.Update(ctx, key, data, rev)
+	} else {
+		_, err = a.kv.Create(ctx, key, data)
+	}
+	if err != nil {
+		if conflict(err) {
+			return fmt.Errorf("bind %s on %s: another allocation for the pod is under way: %w", uid, network, err)
+		}
+		return fmt.Errorf("bind %s on %s: %w", uid, network, err)
+	}
+	return nil
+}

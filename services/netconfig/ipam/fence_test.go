@@ -1,0 +1,71 @@
+package ipam_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/podvisor/podvisor/services/netconfig/ipam"
+)
+
+// Two replicas race: one allocates addresses on a network while the other
+// begins its delete and counts the addresses. Whatever the interleaving, no
+// allocation that succeeded is missed by the count, and after the delete
+// began no allocation succeeds; after AbortDelete allocations work again.
+func TestDeleteNeverMissesAConcurrentAllocation(t *testing.T) {
+	kv := ipamKV(t)
+	allocator, deleter := ipam.New(kv), ipam.New(kv)
+	ctx := context.Background()
+	for round := range 20 {
+		p := pool(t, "race", "10.9.0.0/24", "10.9.0.1")
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var won []string
+		for i := range 8 {
+			wg.Go(func() {
+				a, err := allocator.Allocate(ctx, p, owner(round*100+i))
+				switch {
+				case err == nil:
+					mu.Lock()
+					won = append(won, a.IP)
+					mu.Unlock()
+				case !errors.Is(err, ipam.ErrNetworkDeleting):
+					t.Errorf("allocate: %v", err)
+				}
+			})
+		}
+		var counted int
+		wg.Go(func() {
+			if err := deleter.BeginDelete(ctx, "race"); err != nil {
+				t.Errorf("begin delete: %v", err)
+				return
+			}
+			n, err := deleter.Count(ctx, "race")
+			if err != nil {
+				t.Errorf("count: %v", err)
+			}
+			counted = n
+		})
+		wg.Wait()
+		// The count may include addresses given back after it (the delete
+		// is then refused needlessly, never wrongly).
+		if n, _ := deleter.Count(ctx, "race"); n != len(won) || counted < len(won) {
+			t.Fatalf("round %d: %d allocations succeeded, the delete counted %d, %d addresses held now", round, len(won), counted, n)
+		}
+		if _, err := allocator.Allocate(ctx, p, owner(round*100+99)); !errors.Is(err, ipam.ErrNetworkDeleting) {
+			t.Fatalf("round %d: allocation during a delete: %v, want ErrNetworkDeleting", round, err)
+		}
+		if err := deleter.AbortDelete(ctx, "race"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := allocator.Allocate(ctx, p, owner(round*100+98)); err != nil {
+			t.Fatalf("round %d: allocation after the delete was refused: %v", round, err)
+		}
+		for i := range 100 {
+			if _, err := allocator.Release(ctx, "race", owner(round*100+i).UID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package netconfig
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig/ipam"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// ServiceNamespace owns the addresses network services hold in IPAM, so
+// they show as podvisor-system/<service> beside the pods and no pod gets
+// them.
+const ServiceNamespace = "podvisor-system"
+
+// Reasons recorded on a network service.
+const (
+	ReasonServiceNetworkMissing = "NetworkMissing"
+	ReasonServiceNoAddress      = "NoAddress"
+)
+
+// dnsPort is where the DNS service answers.
+const dnsPort = 53
+
+// serviceOwner is the IPAM owner of a service's addresses.
+func serviceOwner(service string) ipam.Owner {
+	return ipam.Owner{Namespace: ServiceNamespace, Name: service, UID: "service-" + service}
+}
+
+// onServiceDeclared registers a network service: a profile per network it
+// serves, each with an address reserved in the network's pool. The host
+// agents read the profiles (KV net-services) and serve the service on the
+// hosts where the network is realized; pods attached afterwards get the
+// address as their nameserver. A network that does not exist (yet) is
+// recorded as such and picked up when the service is declared again.
+func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeclared) error {
+	svc := p.Service
+	annotate(ctx, attribute.String("network.service", svc.Metadata.Name))
+	var (
+		profiles []events.ServiceProfile
+		problems []string
+	)
+	for i, name := range svc.Spec.Networks {
+		prof, err := s.profile(ctx, svc, name)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("spec.networks[%d]: %v", i, err))
+			continue
+		}
+		profiles = append(profiles, prof)
+	}
+	slices.SortFunc(profiles, func(a, b events.ServiceProfile) int { return strings.Compare(a.Network, b.Network) })
+
+	var dropped []string
+	_, err := s.services.Upsert(ctx, svc.Metadata.Name, func(r *events.NetworkServiceRecord, _ bool) error {
+		for _, old := range r.Profiles {
+			if _, kept := slices.BinarySearchFunc(profiles, old.Network, func(p events.ServiceProfile, n string) int { return strings.Compare(p.Network, n) }); !kept {
+				dropped = append(dropped, old.Network)
+			}
+		}
+		*r = events.NetworkServiceRecord{Name: svc.Metadata.Name, Spec: svc.Spec, Profiles: profiles, Status: events.NetworkServiceReady, UpdatedAt: time.Now().UTC()}
+		if len(problems) > 0 {
+			r.Status, r.Reason, r.Message = events.NetworkServicePartial, ReasonServiceNetworkMissing, strings.Join(problems, "; ")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	// Networks no longer served give their service address back.
+	for _, n := range dropped {
+		if _, err := s.ipam.Release(ctx, n, serviceOwner(svc.Metadata.Name).UID); err != nil {
+			return err
+		}
+		s.recountSoon(n)
+	}
+	if len(problems) > 0 {
+		s.log.Warn("network service partly configured", "service", svc.Metadata.Name, "problems", problems)
+	}
+	return nil
+}
+
+// profile configures a service on one network: the address it answers on,
+// taken from the network's pool once (a repeated declaration keeps it).
+func (s *Service) profile(ctx context.Context, svc events.NetworkService, network string) (events.ServiceProfile, error) {
+	defer s.locks.RLock(network)()
+	rec, _, err := s.store.get(ctx, network)
+	if err != nil {
+		return events.ServiceProfile{}, err
+	}
+	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
+		return events.ServiceProfile{}, fmt.Errorf("network %q does not exist or has no applied version", network)
+	}
+	pl, err := pool(rec)
+	if err != nil {
+		return events.ServiceProfile{}, err
+	}
+	alloc, err := s.ipam.Allocate(ctx, pl, serviceOwner(svc.Metadata.Name))
+	if err != nil {
+		return events.ServiceProfile{}, fmt.Errorf("%s: %w", ReasonServiceNoAddress, err)
+	}
+	s.recountSoon(network)
+	return events.ServiceProfile{
+		Service: svc.Metadata.Name, Type: svc.Spec.Type, Network: network, PortGroup: events.PortGroupName(network),
+		Address: alloc.IP, PrefixLength: pl.Prefix.Bits(), Port: dnsPort, Domain: events.DNSDomain,
+	}, nil
+}
+
+// nameservers are the DNS service addresses configured on a network, for
+// the pods that attach to it.
+func (s *Service) nameservers(ctx context.Context, network string) ([]string, error) {
+	recs, err := s.services.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, r := range recs {
+		if r.Spec.Type != events.NetworkServiceDNS {
+			continue
+		}
+		if p, ok := r.Profile(network); ok {
+			out = append(out, p.Address)
+		}
+	}
+	return out, nil
+}

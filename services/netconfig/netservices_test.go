@@ -1,0 +1,82 @@
+package netconfig_test
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
+)
+
+// A DNS NetworkService gets a profile with a reserved address on each
+// network it serves, a network that does not exist is named in the record,
+// and pods attached afterwards are told the address.
+func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	host := e.dc.Hosts()[0].Name
+	spec := events.NetworkSpec{CIDR: "10.40.0.0/24", Gateway: "10.40.0.1"}
+	e.declare("frontend", spec)
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+
+	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "pod-dns"},
+		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend", "missing"}},
+	}})
+	rec := testenv.WaitRecord(e.Env, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return len(r.Profiles) == 1 })
+	prof := rec.Profiles[0]
+	if rec.Status != events.NetworkServicePartial || !strings.Contains(rec.Message, "spec.networks[1]") || !strings.Contains(rec.Message, "missing") {
+		t.Fatalf("record %s %q, want Partial naming spec.networks[1]", rec.Status, rec.Message)
+	}
+	if !netip.MustParsePrefix(spec.CIDR).Contains(netip.MustParseAddr(prof.Address)) || prof.Address == spec.Gateway ||
+		prof.Port != 53 || prof.Domain != events.DNSDomain || prof.PortGroup != "pv-frontend" || prof.PrefixLength != 24 {
+		t.Fatalf("profile %+v", prof)
+	}
+
+	// Declared again: the same address (idempotent), and the address is
+	// never a pod's.
+	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+		Metadata: events.Meta{Name: "pod-dns"}, Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend"}},
+	}})
+	rec = testenv.WaitRecord(e.Env, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return r.Status == events.NetworkServiceReady })
+	if rec.Profiles[0].Address != prof.Address {
+		t.Fatalf("address moved from %s to %s on a repeated declaration", prof.Address, rec.Profiles[0].Address)
+	}
+	for _, name := range []string{"a", "b", "c"} {
+		e.schedule(name, "uid-"+name, host, "frontend")
+	}
+	attached := testenv.WaitN(e.Env, 3, func(*events.PodNetworkAttached) bool { return true })
+	for _, p := range attached {
+		att := p.Attachments[0]
+		if att.IP == prof.Address || !slices.Equal(att.Nameservers, []string{prof.Address}) {
+			t.Fatalf("pod %s attached %+v, want nameserver %s and another address", p.Name, att, prof.Address)
+		}
+	}
+	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 4 })
+}
+
+// Pass-through data: a namespace must be registered first; values are
+// stored per object and removed again.
+func TestNetworkDataNeedsARegisteredNamespace(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
+	scope := events.NetworkDataScope{Kind: events.NetworkDataSwitch, Name: "pv-dvs"}
+	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
+		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
+	e.WaitDeadLetter(netconfig.Name, "namespace fw.acme.example: namespace not registered")
+
+	e.publish(events.TypeNetworkDataRegisterRequested, "fw.acme.example", &events.NetworkDataRegisterRequested{Namespace: "fw.acme.example", Owner: "acme"})
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataNamespacesKey, func(r *events.NetworkDataNamespaces) bool {
+		return r.Namespaces["fw.acme.example"].Owner == "acme"
+	})
+	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
+		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool {
+		return r.Values["fw.acme.example/profile"] == "strict" && r.Scope == scope
+	})
+	e.publish(events.TypeNetworkDataRemoveRequested, "switch/pv-dvs", &events.NetworkDataRemoveRequested{
+		Scope: scope, Namespace: "fw.acme.example", Key: "profile"})
+	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool { return len(r.Values) == 0 })
+}

@@ -1,0 +1,240 @@
+package nativevm_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/record"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/vsphere"
+)
+
+type tlog struct{ t *testing.T }
+
+func (w tlog) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+
+// env runs the controller against a bus, a simulated datacenter with
+// guests and a registry holding the sample VM image. The test stands in
+// for the scheduler and network-config.
+type env struct {
+	t   *testing.T
+	bus *bus.Bus
+	dc  *sim.Datacenter
+	s   *vsphere.Session
+	img string
+	vms *record.Store[events.VMRecord]
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	privtest.Require(t, "native VMs boot in simulated guests (namespaces, loop mounts)")
+	privtest.RequireTools(t, "mkfs.ext4", "busybox")
+	ctx := context.Background()
+	b := bustest.Start(t)
+	base, err := os.MkdirTemp("", "pvn-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	// Native guests boot their disk, not the pod VM agent; the manager
+	// still wants a program for pod VMs, which this test makes none of.
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 1, Dir: base, GuestsRequired: true,
+		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}},
+		Guests:     &guest.Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
+	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	reg, err := ociregistry.Start(ctx, ociregistry.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	img, err := ociregistry.SeedVMOS(ctx, reg.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
+	c, err := nativevm.New(ctx, nativevm.Config{WorkDir: base}, nativevm.Deps{Bus: b, VSphere: s, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	kv, err := b.KV(ctx, events.BucketVMs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &env{t: t, bus: b, dc: d, s: s, img: img, vms: record.New[events.VMRecord](kv, "vm")}
+}
+
+func (e *env) publish(source string, p events.Payload) {
+	e.t.Helper()
+	k, _ := events.KindOf(p)
+	ev, err := bus.NewEvent(source, k.Type, p.ObjectKey(), p)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.bus.Publish(context.Background(), ev); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) waitRecord(what string, ok func(*events.VMRecord) bool) *events.VMRecord {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		r, _, err := e.vms.Get(context.Background(), events.VMRecordKey("team-a", "vm1"))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if r != nil && ok(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s: record %+v", what, r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// place stands in for the scheduler and network-config for a generation.
+func (e *env) place(r *events.VMRecord, host sim.HostSpec) {
+	e.publish(events.OwnerSource(events.TypeVMScheduled), &events.VMScheduled{Namespace: r.Namespace, Name: r.Name, UID: r.UID,
+		Generation: r.Generation, Host: host.Name, Cluster: host.Cluster})
+	e.publish(events.OwnerSource(events.TypeVMNetworkAttached), &events.VMNetworkAttached{Namespace: r.Namespace, Name: r.Name, UID: r.UID,
+		Generation: r.Generation, Host: host.Name, Attachments: []events.NetworkAttachment{{Network: "default", PortGroup: "pv-default",
+			IP: "10.244.0.7", PrefixLength: 16, Gateway: "10.244.0.1", MAC: "00:50:56:3f:00:07"}}})
+}
+
+func vmDecl(class, power string) *events.VMDeclared {
+	return &events.VMDeclared{VM: events.VirtualMachine{
+		Metadata: events.NamespacedMeta{Name: "vm1", Namespace: "team-a"},
+		Spec: events.VirtualMachineSpec{ClassName: class, ImageName: "vmos", PowerState: power,
+			UserData: "#cloud-config\nwrite_files:\n- path: /var/lib/hello\n  content: hello from cloud-config\n"},
+	}}
+}
+
+func TestVMLifecycle(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	client := "podvisor/cli"
+	// A VM whose class does not exist is refused, naming the field.
+	e.publish(client, vmDecl("small", ""))
+	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
+		Spec: events.VirtualMachineClassSpec{CPUs: 2, Memory: "4Gi", Reservations: events.VMReservations{CPUMHz: 500}}}})
+	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "big"},
+		Spec: events.VirtualMachineClassSpec{CPUs: 4, Memory: "8Gi"}}})
+	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
+		Spec: events.VirtualMachineImageSpec{OCI: e.img}}})
+	time.Sleep(0) // the declarations above are ordered on the stream
+	e.publish(client, vmDecl("small", ""))
+	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	if r.Size.CPUs != 2 || r.Size.MemoryMiB != 4096 || r.Spec.PowerState != events.PowerStatePoweredOn || r.Spec.Networks[0] != "default" {
+		t.Fatalf("record %+v: want class small compiled and defaults applied", r)
+	}
+	hosts := e.dc.Hosts()
+	e.place(r, hosts[0])
+	r = e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
+		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
+	})
+	if r.Status.Host != hosts[0].Name || len(r.Status.IPs) != 1 || r.Status.IPs[0] != "10.244.0.7" {
+		t.Errorf("status %+v: want host %s and the attached IP", r.Status, hosts[0].Name)
+	}
+	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func() mo.VirtualMachine {
+		var m mo.VirtualMachine
+		if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	m := read()
+	if m.Config.Hardware.NumCPU != 2 || m.Config.Hardware.MemoryMB != 4096 || *m.Config.CpuAllocation.Reservation != 500 {
+		t.Errorf("vCenter: %d vCPU, %d MB, cpu reservation %d; want 2, 4096, 500", m.Config.Hardware.NumCPU, m.Config.Hardware.MemoryMB, *m.Config.CpuAllocation.Reservation)
+	}
+	info := map[string]string{}
+	for _, o := range m.Config.ExtraConfig {
+		v := o.GetOptionValue()
+		info[v.Key], _ = v.Value.(string)
+	}
+	if info[nativevm.GuestinfoUserDataEncoding] != "base64" || info[nativevm.GuestinfoMetadataEncoding] != "base64" || info[nativevm.GuestinfoUserData] == "" {
+		t.Errorf("guestinfo %v: want base64 user data and metadata (VMware datasource encoding)", info)
+	}
+	g, ok := e.dc.Guests().Guest(vm.Reference().Value)
+	if !ok || g.VM.Native == nil {
+		t.Fatal("no native guest runs")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(g.Dir, "console.log"))
+		if strings.Contains(string(b), "cloud-config applied") && strings.Contains(string(b), "init: eth0 10.244.0.7/16") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("guest console:\n%s", b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Resize: a new generation; placed again, the VM is powered off,
+	// resized and powered on.
+	e.publish(client, vmDecl("big", ""))
+	r = e.waitRecord("generation 2", func(r *events.VMRecord) bool { return r.Generation == 2 })
+	e.place(r, hosts[0])
+	e.waitRecord("resized", func(r *events.VMRecord) bool {
+		return r.Status.Size.CPUs == 4 && r.Status.PowerState == events.PowerStatePoweredOn && r.Status.Phase == events.VMPhaseReady
+	})
+	if m := read(); m.Config.Hardware.NumCPU != 4 || m.Config.Hardware.MemoryMB != 8192 {
+		t.Errorf("vCenter after resize: %d vCPU, %d MB", m.Config.Hardware.NumCPU, m.Config.Hardware.MemoryMB)
+	}
+
+	// Power off by declaration.
+	e.publish(client, vmDecl("big", events.PowerStatePoweredOff))
+	r = e.waitRecord("generation 3", func(r *events.VMRecord) bool { return r.Generation == 3 })
+	e.place(r, hosts[0])
+	e.waitRecord("powered off", func(r *events.VMRecord) bool { return r.Status.PowerState == events.PowerStatePoweredOff })
+	if read().Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		t.Error("vCenter does not report the VM powered off")
+	}
+
+	// Delete: the VM is gone from vCenter and the record removed.
+	e.publish(client, &events.VMDeleteRequested{Namespace: "team-a", Name: "vm1"})
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		rec, _, _ := e.vms.Get(ctx, events.VMRecordKey("team-a", "vm1"))
+		if rec == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record still there: %+v", rec.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID)); err == nil {
+		t.Error("the VM is still in vCenter after the delete")
+	}
+}

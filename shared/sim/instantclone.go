@@ -1,0 +1,397 @@
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
+	"github.com/vmware/govmomi/vim25/types"
+	"golang.org/x/sys/unix"
+)
+
+// InstantClone_Task (vCenter's VMFork) is not implemented by vcsim. The
+// simulated datacenter implements it, with the same request and result:
+// the child is a new VM made from a powered-on parent, with the parent's
+// hardware, its ExtraConfig overlaid with InstantCloneSpec.Config, placed
+// by InstantCloneSpec.Location (host, pool, folder, datastore; the
+// parent's by default), and powered on when the task ends.
+//
+// What the child shares with its parent, and how:
+//
+//   - Read/write disks (the pod's ephemeral disk) are cloned copy-on-write
+//     while the parent's guest is frozen (freezer cgroup), so the copy is
+//     what the parent had written at one instant: a reflink of the flat
+//     extent where the datastore's filesystem has one (FICLONE: XFS,
+//     Btrfs), else a copy of its allocated ranges only (SEEK_DATA), which
+//     for a freshly prepared disk is a few MiB. A template's disk is
+//     formatted and prepared once; its children never format theirs.
+//   - Read-only disks (image disks, independent-nonpersistent) are the
+//     same files: every child's page cache of them is the parent's.
+//   - The guest: with simulated guests on, the child's guest starts from
+//     the cloned disks without a boot of its own beyond the agent's start
+//     (its filesystem is already made and mounted once, its image disks'
+//     pages already cached). Process memory is not shared: this kernel has
+//     no working checkpoint/restore (NOTES: CRIU fails), and a Go agent
+//     cannot fork itself, so the child's agent is a new process of the
+//     same executable (its text pages shared, as every guest's are).
+//   - NICs: the child's cards are on the parent's port groups with new
+//     generated MACs, as vSphere gives an instant clone (the guest
+//     re-reads its network configuration from guestinfo).
+//
+// Routing: vcsim dispatches a method by name on the object its registry
+// holds for the call's target, preferring the calling session's registry.
+// The registry's Handler hook (called for every method) puts, for
+// InstantClone_Task only, an instantCloner into the session's registry
+// under the VM's reference; it embeds the VM, so every other method of the
+// VM still resolves on it, and InstantCloneTask takes it out again first
+// thing. Every other call goes to vcsim unchanged.
+
+// instantCloneMethod is the SOAP method name.
+const instantCloneMethod = "InstantClone_Task"
+
+// methodHandler is the simulator registry's Handler: it routes the methods
+// vcsim does not implement to the datacenter.
+func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	if m.Name != instantCloneMethod || m.This.Type != "VirtualMachine" {
+		return nil, nil
+	}
+	vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
+	if !ok {
+		return nil, nil // vcsim answers ManagedObjectNotFound
+	}
+	h := &instantCloner{VirtualMachine: vm, d: d}
+	if ctx.Session != nil {
+		ctx.Session.Registry.Put(h)
+	}
+	return h, nil
+}
+
+// instantCloner serves InstantClone_Task of one VM. It is the VM (its
+// reference, its lock, its methods) plus that one method.
+type instantCloner struct {
+	*simulator.VirtualMachine
+	d *Datacenter
+}
+
+// forkPlan is what the task needs from the parent, read while its lock is
+// held.
+type forkPlan struct {
+	parentKey, parentName string
+	spec                  types.VirtualMachineConfigSpec
+	// copies are the read/write disks to clone: parent path → child path.
+	copies   [][2]string
+	folder   types.ManagedObjectReference
+	pool     types.ManagedObjectReference
+	host     types.ManagedObjectReference
+	powerOn  bool
+	childDir string // "[ds] name" of the child's files
+}
+
+// InstantCloneTask is the method (vcsim's naming: Foo_Task → FooTask).
+func (c *instantCloner) InstantCloneTask(ctx *simulator.Context, req *types.InstantClone_Task) soap.HasFault {
+	fail := func(msg string, f types.BaseMethodFault) soap.HasFault {
+		return &methods.InstantClone_TaskBody{Fault_: simulator.Fault(msg, f)}
+	}
+	if ctx.Session != nil {
+		ctx.Session.Registry.Remove(ctx, req.This)
+	}
+	vm := c.VirtualMachine
+	if vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		return fail("the source of an instant clone must be powered on", &types.InvalidPowerState{
+			RequestedState: types.VirtualMachinePowerStatePoweredOn, ExistingState: vm.Runtime.PowerState})
+	}
+	plan, err := c.d.planFork(ctx, &vm.VirtualMachine, req.Spec)
+	if err != nil {
+		return fail(err.Error(), &types.InvalidArgument{InvalidProperty: "spec"})
+	}
+	task := simulator.CreateTask(vm, "instantClone", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		ref, err := c.d.runFork(context.Background(), plan)
+		if err != nil {
+			c.d.guestLog("instant clone", plan.spec.Name, err)
+			return nil, &types.SystemError{RuntimeFault: types.RuntimeFault{MethodFault: types.MethodFault{
+				FaultMessage: []types.LocalizableMessage{{Key: "podvisor.sim.instantClone", Message: err.Error()}}}}, Reason: err.Error()}
+		}
+		return ref, nil
+	})
+	return &methods.InstantClone_TaskBody{Res: &types.InstantClone_TaskResponse{Returnval: task.Run(ctx)}}
+}
+
+// planFork derives the child's configuration from the parent.
+func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spec types.VirtualMachineInstantCloneSpec) (*forkPlan, error) {
+	if strings.TrimSpace(spec.Name) == "" {
+		return nil, errors.New("spec.name: required")
+	}
+	if vm.Config == nil || vm.Runtime.Host == nil || vm.ResourcePool == nil || vm.Parent == nil {
+		return nil, errors.New("the source VM has no configuration, host, pool or folder")
+	}
+	p := &forkPlan{parentKey: vm.Self.Value, parentName: vm.Name, folder: *vm.Parent, pool: *vm.ResourcePool,
+		host: *vm.Runtime.Host, powerOn: true}
+	loc := spec.Location
+	if loc.Folder != nil {
+		p.folder = *loc.Folder
+	}
+	if loc.Pool != nil {
+		p.pool = *loc.Pool
+	}
+	if loc.Host != nil {
+		p.host = *loc.Host
+	}
+	var parentPath object.DatastorePath
+	if !parentPath.FromString(vm.Config.Files.VmPathName) {
+		return nil, fmt.Errorf("source VM path %q is not a datastore path", vm.Config.Files.VmPathName)
+	}
+	dsName := parentPath.Datastore
+	if loc.Datastore != nil {
+		ds, ok := ctx.Map.Get(*loc.Datastore).(*simulator.Datastore)
+		if !ok {
+			return nil, fmt.Errorf("spec.location.datastore %s: %w", loc.Datastore.Value, ErrNotFound)
+		}
+		dsName = ds.Name
+	}
+	if _, err := d.Datastore(dsName); err != nil {
+		return nil, fmt.Errorf("spec.location.datastore: %w", err)
+	}
+	p.childDir = fmt.Sprintf("[%s] %s", dsName, spec.Name)
+
+	extra := map[string]types.BaseOptionValue{}
+	var order []string
+	for _, list := range [][]types.BaseOptionValue{vm.Config.ExtraConfig, spec.Config} {
+		for _, o := range list {
+			k := o.GetOptionValue().Key
+			if _, seen := extra[k]; !seen {
+				order = append(order, k)
+			}
+			extra[k] = &types.OptionValue{Key: k, Value: o.GetOptionValue().Value}
+		}
+	}
+	cs := types.VirtualMachineConfigSpec{
+		Name: spec.Name, GuestId: vm.Config.GuestId, NumCPUs: vm.Config.Hardware.NumCPU,
+		MemoryMB: int64(vm.Config.Hardware.MemoryMB), Files: &types.VirtualMachineFileInfo{VmPathName: p.childDir},
+	}
+	for _, k := range order {
+		cs.ExtraConfig = append(cs.ExtraConfig, extra[k])
+	}
+	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	keys := map[int32]int32{}
+	next := int32(-1000)
+	newKey := func(old int32) int32 {
+		next--
+		keys[old] = next
+		return next
+	}
+	add := func(dev types.BaseVirtualDevice) {
+		cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: dev})
+	}
+	// Controllers first, so disks can name them by their new keys.
+	for _, dev := range devices {
+		switch c := dev.(type) {
+		case *types.ParaVirtualSCSIController:
+			cp := *c
+			cp.Key, cp.Device = newKey(c.Key), nil
+			add(&cp)
+		case *types.VirtualLsiLogicSASController:
+			cp := *c
+			cp.Key, cp.Device = newKey(c.Key), nil
+			add(&cp)
+		case *types.VirtualAHCIController:
+			cp := *c
+			cp.Key, cp.Device = newKey(c.Key), nil
+			add(&cp)
+		}
+	}
+	for _, dev := range devices {
+		switch dv := dev.(type) {
+		case *types.VirtualDisk:
+			ctrl, ok := keys[dv.ControllerKey]
+			if !ok {
+				continue // on a controller vcsim adds by itself (IDE)
+			}
+			backing, ok := dv.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+			if !ok {
+				return nil, fmt.Errorf("disk %d: backing %T cannot be cloned", dv.Key, dv.Backing)
+			}
+			disk := *dv
+			b := *backing
+			disk.Key, disk.ControllerKey, disk.Backing = newKey(dv.Key), ctrl, &b
+			mode := types.VirtualDiskMode(b.DiskMode)
+			if mode != types.VirtualDiskModeIndependent_nonpersistent && mode != types.VirtualDiskModeNonpersistent {
+				var src object.DatastorePath
+				src.FromString(b.FileName)
+				dst := fmt.Sprintf("%s/%s", p.childDir, path.Base(src.Path))
+				p.copies = append(p.copies, [2]string{b.FileName, dst})
+				b.FileName = dst
+			}
+			b.Uuid, b.Parent = "", nil
+			add(&disk)
+		case types.BaseVirtualEthernetCard:
+			card := *dv.GetVirtualEthernetCard()
+			card.Key = newKey(card.Key)
+			card.MacAddress, card.AddressType = "", string(types.VirtualEthernetCardMacTypeGenerated)
+			var nic types.BaseVirtualDevice
+			switch dv.(type) {
+			case *types.VirtualVmxnet3:
+				nic = &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: card}}
+			default:
+				nic = &types.VirtualE1000{VirtualEthernetCard: card}
+			}
+			add(nic)
+		}
+	}
+	p.spec = cs
+	return p, nil
+}
+
+// runFork does the clone: freeze the parent's guest, clone its read/write
+// disks, thaw; create the child with the cloned and shared disks; power it
+// on (its guest starts from the cloned disks).
+func (d *Datacenter) runFork(ctx context.Context, p *forkPlan) (types.ManagedObjectReference, error) {
+	var none types.ManagedObjectReference
+	if err := d.cloneDisks(p); err != nil {
+		return none, fmt.Errorf("instant clone of %s: %w", p.parentName, err)
+	}
+	vc, err := vim25.NewClient(ctx, d.model.Service)
+	if err != nil {
+		return none, err
+	}
+	folder := object.NewFolder(vc, p.folder)
+	task, err := folder.CreateVM(ctx, p.spec, object.NewResourcePool(vc, p.pool), object.NewHostSystem(vc, p.host))
+	if err != nil {
+		return none, fmt.Errorf("instant clone of %s: create %s: %w", p.parentName, p.spec.Name, err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		return none, fmt.Errorf("instant clone of %s: create %s: %w", p.parentName, p.spec.Name, err)
+	}
+	ref := info.Result.(types.ManagedObjectReference)
+	d.forkMu.Lock()
+	if d.forks == nil {
+		d.forks = map[string]string{}
+	}
+	d.forks[ref.Value] = p.parentKey
+	d.forkMu.Unlock()
+	ptask, err := object.NewVirtualMachine(vc, ref).PowerOn(ctx)
+	if err == nil {
+		err = ptask.Wait(ctx)
+	}
+	if err != nil {
+		return ref, fmt.Errorf("instant clone of %s: power on %s: %w", p.parentName, p.spec.Name, err)
+	}
+	return ref, nil
+}
+
+// ForkedFrom names the VM (key) a VM was instant-cloned from, "" for a VM
+// that was not.
+func (d *Datacenter) ForkedFrom(key string) string {
+	d.forkMu.Lock()
+	defer d.forkMu.Unlock()
+	return d.forks[key]
+}
+
+// cloneDisks clones the parent's read/write disks into the child's
+// directory while the parent's guest is frozen.
+func (d *Datacenter) cloneDisks(p *forkPlan) error {
+	if len(p.copies) == 0 {
+		return nil
+	}
+	if d.guests != nil {
+		resume, err := d.guests.Pause(p.parentKey)
+		if err != nil {
+			return err
+		}
+		defer resume()
+	}
+	for _, c := range p.copies {
+		src, err := d.localPath(c[0])
+		if err != nil {
+			return err
+		}
+		dst, err := d.localPath(c[1])
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			return err
+		}
+		// The descriptor names its extent relative to itself: copying
+		// both side by side keeps that true.
+		if err := cowCopy(src, dst); err != nil {
+			return err
+		}
+		srcFlat, err := d.flatExtent(c[0])
+		if err != nil {
+			return err
+		}
+		if srcFlat != src {
+			if err := cowCopy(srcFlat, filepath.Join(filepath.Dir(dst), filepath.Base(srcFlat))); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// localPath maps a datastore path to the file on this machine.
+func (d *Datacenter) localPath(dsPath string) (string, error) {
+	var p object.DatastorePath
+	if !p.FromString(dsPath) {
+		return "", fmt.Errorf("%q is not a datastore path", dsPath)
+	}
+	ds, err := d.Datastore(p.Datastore)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(ds.Dir, filepath.FromSlash(p.Path)), nil
+}
+
+// cowCopy copies src to dst sharing blocks where the filesystem can
+// (FICLONE), and otherwise copying only the ranges that hold data, so a
+// sparse disk stays sparse and costs what it holds.
+func cowCopy(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return nil
+	}
+	size := st.Size()
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) {
+				break // only a hole is left
+			}
+			return fmt.Errorf("seek data in %s: %w", src, err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("seek hole in %s: %w", src, err)
+		}
+		if _, err := io.Copy(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data)); err != nil {
+			return fmt.Errorf("copy %s: %w", src, err)
+		}
+		off = hole
+	}
+	return out.Truncate(size)
+}

@@ -1,0 +1,203 @@
+package sim_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// forkSpec is a pod spec whose one container echoes who it is and stays.
+func forkSpec(uid, name, chain string) *guestchannel.PodSpec {
+	return &guestchannel.PodSpec{
+		Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: name, Hostname: name,
+		RestartPolicy: "Never", TerminationGracePeriodSeconds: 1,
+		Disks: []guestchannel.Disk{
+			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
+			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
+		},
+		Containers: []guestchannel.Container{{Name: "app", Image: "busybox", Chain: []string{chain},
+			Command: []string{"sh", "-c", "echo " + name + " > /who; sleep 3600"}}},
+	}
+}
+
+// running waits on a guest's channel until its container runs.
+func running(t testing.TB, h hello, what string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	got := make(chan bool, 1)
+	go func() {
+		for {
+			env, err := h.conn.Receive()
+			if err != nil {
+				got <- false
+				return
+			}
+			var st guestchannel.Status
+			if env.Type == guestchannel.TypeStatus && env.Decode(&st) == nil {
+				for _, c := range st.Containers {
+					if c.State.Kind == guestchannel.StateRunning {
+						got <- true
+						return
+					}
+				}
+			}
+		}
+	}()
+	select {
+	case ok := <-got:
+		if !ok {
+			t.Fatalf("%s: channel closed before the container ran", what)
+		}
+	case <-deadline:
+		t.Fatalf("%s: container not running within 30s", what)
+	}
+}
+
+// ext4UUID reads the filesystem uuid of an ext4 image (superblock at 1024,
+// uuid at +104).
+func ext4UUID(t testing.TB, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 16)
+	if _, err := f.ReadAt(b, 1024+104); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// InstantClone_Task forks a running pod VM: the child gets the parent's
+// hardware and its own guestinfo, its ephemeral disk is a copy-on-write
+// clone of the parent's (the same filesystem, never formatted again), its
+// image disk is the parent's very file, and its guest runs the child's
+// spec on them without disturbing the parent. A powered-off VM cannot be
+// forked.
+func TestInstantCloneForksARunningPodVM(t *testing.T) {
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	d, channels := simtest.StartWithGuests(t, 1, agent)
+	host := d.Hosts()[0]
+	agents := listenHostAgents(t, channels, host.Name)
+	c := simtest.Client(t, d)
+	chain := "sha256:" + strings.Repeat("f", 64)
+
+	pgKey := simtest.AddPortGroup(t, c, d.DVS(), "pv-fork")
+	const parentMAC = "00:50:56:aa:bb:01"
+	parent, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
+		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", chain),
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
+		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-fork", MAC: parentMAC}},
+	})
+	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{Name: "pv-too-early"}); err == nil ||
+		!strings.Contains(err.Error(), "powered on") {
+		t.Fatalf("instant clone of a powered-off VM: %v, want refused", err)
+	}
+	task, err := parent.PowerOn(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	running(t, agents.next(t, "template"), "template")
+
+	childSpec, err := guestchannel.MarshalSpec(forkSpec("uid-child", "child", chain))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forked := time.Now()
+	task, err = parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
+		Name:   "pv-child",
+		Config: []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: childSpec}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		t.Fatalf("instant clone: %v", err)
+	}
+	ref := info.Result.(types.ManagedObjectReference)
+	h := agents.next(t, "child")
+	if h.msg.PodUID != "uid-child" {
+		t.Fatalf("the child's guest runs pod %q, want uid-child (the clone's own guestinfo)", h.msg.PodUID)
+	}
+	running(t, h, "child")
+	t.Logf("instant clone to the child's container running: %s", time.Since(forked).Round(time.Millisecond))
+
+	child := object.NewVirtualMachine(c.Client, ref)
+	var m mo.VirtualMachine
+	if err := child.Properties(ctx, ref, []string{"name", "runtime.powerState", "config.hardware"}, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Name != "pv-child" || m.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || m.Config.Hardware.MemoryMB != 256 {
+		t.Fatalf("child: name %s, power %s, memory %d MiB; want pv-child, poweredOn, the parent's 256", m.Name, m.Runtime.PowerState, m.Config.Hardware.MemoryMB)
+	}
+	devices, err := child.Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(nics) != 1 {
+		t.Fatalf("child has %d NICs, want the parent's one", len(nics))
+	}
+	card := nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	port, ok := card.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
+	if !ok || port.Port.PortgroupKey != pgKey || card.MacAddress == "" || card.MacAddress == parentMAC {
+		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and a new MAC", card.Backing, card.MacAddress, pgKey)
+	}
+	if got := d.ForkedFrom(ref.Value); got != parent.Reference().Value {
+		t.Fatalf("ForkedFrom(child) = %q, want %s", got, parent.Reference().Value)
+	}
+	pg, ok := d.Guests().Guest(parent.Reference().Value)
+	cg, ok2 := d.Guests().Guest(ref.Value)
+	if !ok || !ok2 {
+		t.Fatal("parent and child must both run a guest")
+	}
+	path := func(g []guest.Disk, unit string) string {
+		for _, dk := range g {
+			if dk.Unit == unit {
+				return dk.Path
+			}
+		}
+		return ""
+	}
+	pEph, cEph := path(pg.VM.Disks, "scsi0:0"), path(cg.VM.Disks, "scsi0:0")
+	if pEph == "" || cEph == "" || pEph == cEph {
+		t.Fatalf("ephemeral disks: parent %q, child %q; want two files", pEph, cEph)
+	}
+	if !bytes.Equal(ext4UUID(t, pEph), ext4UUID(t, cEph)) {
+		t.Fatal("the child's ephemeral disk holds another filesystem: it was formatted, not cloned")
+	}
+	if p, c := path(pg.VM.Disks, "scsi0:1"), path(cg.VM.Disks, "scsi0:1"); p == "" || p != c {
+		t.Fatalf("image disks: parent %q, child %q; want the one shared file", p, c)
+	}
+	// The parent runs on, unaffected.
+	if _, ok := d.Guests().Guest(parent.Reference().Value); !ok {
+		t.Fatal("the parent's guest stopped")
+	}
+}

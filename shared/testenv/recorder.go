@@ -1,0 +1,185 @@
+package testenv
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+)
+
+// Seen is one recorded event: the CloudEvent and its decoded payload (nil,
+// with Err, when it does not decode).
+type Seen struct {
+	Event   event.Event
+	Payload any
+	Err     error
+}
+
+// Recorder keeps every event published on pv.> in the order the bus
+// carried it (core NATS sees what JetStream stores, duplicates included).
+type Recorder struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	seen []Seen
+}
+
+func record(t testing.TB, b *bus.Bus) *Recorder {
+	r := &Recorder{}
+	r.cond = sync.NewCond(&r.mu)
+	sub, err := b.Conn().Subscribe("pv.>", func(m *nats.Msg) {
+		ev, err := bus.DecodeMessage(m)
+		if err != nil {
+			return // dead letters and other traffic that is not an event
+		}
+		s := Seen{Event: ev}
+		if _, known := events.Lookup(ev.Type()); known {
+			s.Payload, s.Err = events.Decode(ev.Type(), ev.Data())
+		}
+		r.mu.Lock()
+		r.seen = append(r.seen, s)
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	if err != nil {
+		t.Fatalf("subscribe: %v", err)
+	}
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return r
+}
+
+// Seen returns what was recorded so far.
+func (r *Recorder) Seen() []Seen {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Seen(nil), r.seen...)
+}
+
+// Count counts the recorded events of ceType.
+func (r *Recorder) Count(ceType string) int {
+	n := 0
+	for _, s := range r.Seen() {
+		if s.Event.Type() == ceType {
+			n++
+		}
+	}
+	return n
+}
+
+// Summary lists what was recorded, for a failure message.
+func (r *Recorder) Summary() string {
+	var b strings.Builder
+	for _, s := range r.Seen() {
+		fmt.Fprintf(&b, "\n  %s %s %s", s.Event.Type(), s.Event.Subject(), string(s.Event.Data()))
+	}
+	return b.String()
+}
+
+// typeOf is the CloudEvent type of payload T.
+func typeOf[T any, P interface {
+	*T
+	events.Payload
+}]() string {
+	k, ok := events.KindOf(P(new(T)))
+	if !ok {
+		panic(fmt.Sprintf("testenv: %T is not a payload of the event catalog", new(T)))
+	}
+	return k.Type
+}
+
+// matching returns the recorded payloads of type T that satisfy pred (nil:
+// all), failing the test on one that does not decode: a service published
+// an invalid event.
+func matching[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, seen []Seen, pred func(*T) bool) (out []*T, ids map[string]bool) {
+	ceType := typeOf[T, P]()
+	ids = map[string]bool{}
+	for _, s := range seen {
+		if s.Event.Type() != ceType {
+			continue
+		}
+		if s.Err != nil {
+			e.T.Errorf("%s published an invalid %s: %v", s.Event.Source(), ceType, s.Err)
+			continue
+		}
+		if p := s.Payload.(*T); pred == nil || pred(p) {
+			out = append(out, p)
+			ids[s.Event.ID()] = true
+		}
+	}
+	return out, ids
+}
+
+// All returns every recorded payload of type T that satisfies pred (nil:
+// all), in order.
+func All[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, pred func(*T) bool) []*T {
+	out, _ := matching[T, P](e, e.Events.Seen(), pred)
+	return out
+}
+
+// CountIDs counts the distinct event ids of type T satisfying pred:
+// JetStream de-duplicates by id, so this is what a consumer sees.
+func CountIDs[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, pred func(*T) bool) int {
+	_, ids := matching[T, P](e, e.Events.Seen(), pred)
+	return len(ids)
+}
+
+// Wait waits for an event of type T satisfying pred and returns its
+// payload.
+func Wait[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, pred func(*T) bool) *T {
+	e.T.Helper()
+	return WaitN[T, P](e, 1, pred)[0]
+}
+
+// WaitN waits for n events of type T satisfying pred. It sleeps on the
+// recorder between looks, so a wait costs nothing and latencies measured
+// with it are exact.
+func WaitN[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, n int, pred func(*T) bool) []*T {
+	e.T.Helper()
+	r := e.Events
+	timer := time.AfterFunc(Timeout, func() {
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+	})
+	defer timer.Stop()
+	deadline := time.Now().Add(Timeout)
+	for {
+		r.mu.Lock()
+		seen := append([]Seen(nil), r.seen...)
+		out, _ := matching[T, P](e, seen, pred)
+		if len(out) >= n {
+			r.mu.Unlock()
+			return out
+		}
+		if time.Now().After(deadline) {
+			r.mu.Unlock()
+			e.T.Fatalf("timed out after %s waiting for %d %s (have %d); the bus carried:%s", Timeout, n, typeOf[T, P](), len(out), r.Summary())
+		}
+		r.cond.Wait()
+		r.mu.Unlock()
+	}
+}

@@ -1,0 +1,69 @@
+package testenv_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
+)
+
+// cordoner is a small service on the bus: a lost host is cordoned; a host
+// named "bad" is refused.
+func cordoner(e *testenv.Env) func(context.Context) error {
+	out := e.Bus.Emitter("podvisor/scheduler")
+	r := bus.NewRouter("cordoner", testenv.Logger())
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.HostLost) error {
+		if p.Name == "bad" {
+			return bus.Permanent(errors.New("host bad is refused"))
+		}
+		return out.Emit(ctx, &m.Event, &events.HostCordoned{Name: p.Name, Reason: "Lost"})
+	})
+	return func(ctx context.Context) error { return r.Run(ctx, e.Bus, bus.ConsumerConfig{}, nil) }
+}
+
+func TestEnvWaitsOnFacts(t *testing.T) {
+	e := testenv.Start(t)
+	e.Run("cordoner", cordoner(e))
+	e.Publish(&events.HostLost{Name: "esx-1", Cluster: "c1", Reason: "NotResponding"})
+	c := testenv.Wait(e, func(p *events.HostCordoned) bool { return p.Name == "esx-1" })
+	if c.Reason != "Lost" {
+		t.Errorf("cordoned %+v, want reason Lost", c)
+	}
+	// The refusal is handled (the ack floor passes it) before "nothing was
+	// cordoned" is asserted, and it is dead-lettered with its reason.
+	seq := e.PublishHandled("cordoner", &events.HostLost{Name: "bad", Cluster: "c1", Reason: "NotResponding"})
+	if n := len(testenv.All(e, func(p *events.HostCordoned) bool { return p.Name == "bad" })); n != 0 {
+		t.Errorf("%d host.cordoned for a refused host, want 0", n)
+	}
+	if dl := e.WaitDeadLetter("cordoner", "refused"); dl.StreamSeq != seq {
+		t.Errorf("dead letter of sequence %d, want %d", dl.StreamSeq, seq)
+	}
+	if n := testenv.CountIDs(e, func(*events.HostCordoned) bool { return true }); n != 1 {
+		t.Errorf("%d distinct host.cordoned, want 1", n)
+	}
+}
+
+func TestEnvRecordsAndParts(t *testing.T) {
+	e := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: 1, HostsPerCluster: 2}), testenv.Redis())
+	if len(e.DC.Hosts()) != 2 {
+		t.Errorf("datacenter has %d hosts, want 2", len(e.DC.Hosts()))
+	}
+	if err := e.Redis.Ping(context.Background()).Err(); err != nil {
+		t.Errorf("redis: %v", err)
+	}
+	rec := &events.HostRecord{HostInfo: events.HostInfo{Name: "esx-1", Cluster: "c1"}}
+	testenv.Put(e, events.BucketHosts, events.HostRecordKey("esx-1"), rec)
+	if got := testenv.Get[events.HostRecord](e, events.BucketHosts, events.HostRecordKey("esx-1")); got == nil || got.Name != "esx-1" {
+		t.Errorf("Get = %+v, want esx-1's record", got)
+	}
+	if got := testenv.Get[events.HostRecord](e, events.BucketHosts, "nope"); got != nil {
+		t.Errorf("Get of a missing key = %+v, want nil", got)
+	}
+	if all := testenv.List[events.HostRecord](e, events.BucketHosts); len(all) != 1 {
+		t.Errorf("List = %v, want one record", all)
+	}
+}
