@@ -383,6 +383,9 @@ func measure(ctx context.Context, vc *vcenter, js jetstream.JetStream, records m
 			}
 			return nil
 		}
+		if strings.Contains(key, ".fence.") {
+			return nil // the allocation fence of a network, not an address
+		}
 		network, ip, err := events.ParseIPAllocationKey(key)
 		if err != nil {
 			return err
