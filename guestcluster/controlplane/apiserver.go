@@ -20,6 +20,10 @@ func apiServerArgs(c *certs, host string, port int, etcdURL string) []string {
 		"--etcd-servers=" + etcdURL,
 		"--bind-address=" + host,
 		"--advertise-address=" + host,
+		// The guest's API server listens on loopback, which the endpoint
+		// reconciler refuses to publish as the kubernetes Service's
+		// endpoint; nothing in a guest cluster dials that Service.
+		"--endpoint-reconciler-type=none",
 		"--secure-port=" + strconv.Itoa(port),
 		"--tls-cert-file=" + c.serverCert,
 		"--tls-private-key-file=" + c.serverKey,
