@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -173,6 +174,12 @@ func supervisorPod(rec *events.GuestClusterRecord, req *events.GuestPodRequest, 
 	sp.AutomountServiceAccountToken, sp.Tolerations, sp.Priority, sp.PriorityClassName = nil, nil, nil, ""
 	sp.PreemptionPolicy, sp.EnableServiceLinks, sp.NodeSelector, sp.Affinity = nil, nil, nil, nil
 	sp.DNSPolicy = ""
+	// The guest's API server defaults an empty pod-level securityContext,
+	// which podvisor refuses as a pod-level setting it does not support;
+	// an empty one asks for nothing.
+	if sp.SecurityContext != nil && reflect.DeepEqual(*sp.SecurityContext, corev1.PodSecurityContext{}) {
+		sp.SecurityContext = nil
+	}
 	pod.Spec = *sp
 	return pod
 }

@@ -182,8 +182,9 @@ func TestGuestClusterLifecycle(t *testing.T) {
 	pod.Labels = map[string]string{"run": "bb"}
 	pod.Spec = corev1.PodSpec{NodeName: "podvisor", ServiceAccountName: "default", SchedulerName: "default-scheduler",
 		TerminationGracePeriodSeconds: &grace, RestartPolicy: corev1.RestartPolicyNever,
-		Tolerations: []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists}},
-		Containers:  []corev1.Container{{Name: "bb", Image: "registry.local/podvisor/busybox:1.0", Command: []string{"echo", "hi"}}}}
+		Tolerations:     []corev1.Toleration{{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists}},
+		SecurityContext: &corev1.PodSecurityContext{}, // as the API server defaults it
+		Containers:      []corev1.Container{{Name: "bb", Image: "registry.local/podvisor/busybox:1.0", Command: []string{"echo", "hi"}}}}
 	r := h.ask(t, "team-a", "gc1", events.GuestOpPodCreate, events.GuestPodRequest{GuestNamespace: "default", GuestName: "bb", Pod: pod})
 	if r.Error != "" || r.Namespace != "team-a" || r.Name != "gc1-default-bb" {
 		t.Fatalf("pod.create = %+v", r)
@@ -194,7 +195,7 @@ func TestGuestClusterLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	sp := pr.Pod
-	if sp.Namespace != "team-a" || sp.Name != "gc1-default-bb" || sp.Spec.NodeName != "" || sp.Spec.ServiceAccountName != "" || len(sp.Spec.Tolerations) != 0 ||
+	if sp.Namespace != "team-a" || sp.Name != "gc1-default-bb" || sp.Spec.NodeName != "" || sp.Spec.ServiceAccountName != "" || len(sp.Spec.Tolerations) != 0 || sp.Spec.SecurityContext != nil ||
 		sp.Labels[events.LabelGuestCluster] != "gc1" || sp.Labels[events.LabelGuestName] != "bb" || sp.Labels["run"] != "bb" {
 		t.Errorf("pod.requested carries %+v", sp)
 	}
