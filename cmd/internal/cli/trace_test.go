@@ -151,6 +151,9 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	}
 	for _, spec := range all {
 		svc := spec.Name
+		if svc == "guestcluster" {
+			continue // only a guest cluster's pods pass through it
+		}
 		found := false
 		for _, sp := range flow.Spans {
 			if sp.TraceID != traceID {
