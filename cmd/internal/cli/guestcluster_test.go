@@ -38,6 +38,9 @@ func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 	// outside the workspace, and its first build compiles kube-apiserver.
 	guestBin := os.Getenv("PODVISOR_GUEST_BIN")
 	if guestBin == "" {
+		if privtest.Required() {
+			t.Fatal("PODVISOR_GUEST_BIN is not set: CI builds bin/podvisor-guest with `make guest` before `make test`")
+		}
 		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
 	}
 	specs, err := runner.Select("all")
