@@ -10,7 +10,9 @@
 //	                           cluster that the prod overlay adds
 //	k8s/overlays/dev/          one replica each, the simulated datacenter
 //	                           (`podvisor up --services=none`) as bus and vCenter,
-//	                           Jaeger for traces; what `tilt up` deploys
+//	                           Jaeger for traces
+//	k8s/overlays/tilt/         what `tilt up` deploys: dev with an image per
+//	                           service, so a change restarts only that service
 //	k8s/overlays/prod/         two replicas per service spread over nodes, a
 //	                           three-node NATS with R3 fsync'd streams, Redis on a
 //	                           volume, a real vCenter from the Secret podvisor-vcenter

@@ -82,14 +82,15 @@ func TestDockerfile(t *testing.T) {
 	// What the dev stage copies from the context exists in the repository or
 	// is built by the Tiltfile; what it runs is executable.
 	dev, _ := df.Stage("dev")
+	defaults := stageArgs(dev)
 	for _, c := range dev.All("COPY") {
 		if _, fromStage := c.Flag("from"); fromStage {
 			continue
 		}
-		fields := strings.Fields(c.Args)
+		fields := strings.Fields(os.Expand(c.Args, func(k string) string { return defaults[k] }))
 		for _, src := range fields[:len(fields)-1] {
 			if strings.HasPrefix(src, "bin/") {
-				continue // the Tiltfile's podvisor-binary resource builds it
+				continue // a local_resource of the Tiltfile builds it
 			}
 			if _, err := os.Stat(filepath.Join(root, src)); err != nil {
 				t.Errorf("dev stage copies %s: %v", src, err)

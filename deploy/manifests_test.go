@@ -21,7 +21,7 @@ import (
 // Every kustomization builds and every object in it decodes strictly with
 // the Kubernetes API types (build fails otherwise).
 func TestKustomizationsBuildStrictly(t *testing.T) {
-	for _, dir := range []string{"base", "base/nats", "overlays/dev", "overlays/prod"} {
+	for _, dir := range []string{"base", "base/nats", "overlays/dev", "overlays/tilt", "overlays/prod"} {
 		t.Run(dir, func(t *testing.T) {
 			objs := build(t, dir)
 			if len(objs) == 0 {

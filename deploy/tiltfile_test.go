@@ -149,8 +149,10 @@ func underAny(p string, dirs map[string]bool) bool {
 	return false
 }
 
-// tilt up: one image from the Dockerfile's dev stage, live-updated; the dev
-// overlay; a k8s_resource with a health port forward per service.
+// tilt up: an image per service and one for the simulator, each from the
+// Dockerfile's dev stage with a binary of its own, live-updated; the tilt
+// overlay (dev with per-service images); a k8s_resource with a health port
+// forward per service.
 func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 	root := repoRoot(t)
 	// A Go change updates the services at once; the simulated datacenter
@@ -167,11 +169,8 @@ func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 	if len(plan.AllowK8sContexts) == 0 {
 		t.Error("cluster mode calls no allow_k8s_contexts: Tilt would refuse every non-local context without saying why")
 	}
-	if len(plan.LocalResources) != 1 || plan.LocalResources[0].Name != "podvisor-binary" {
-		t.Errorf("cluster mode local resources = %v, want only the binary build", plan.LocalResources)
-	}
-	if want := filepath.Join(root, "deploy", "k8s", "overlays", "dev"); !slices.Equal(plan.Kustomized, []string{want}) {
-		t.Errorf("kustomize() of %v, want the dev overlay", plan.Kustomized)
+	if want := filepath.Join(root, "deploy", "k8s", "overlays", "tilt"); !slices.Equal(plan.Kustomized, []string{want}) {
+		t.Errorf("kustomize() of %v, want the tilt overlay", plan.Kustomized)
 	}
 	if len(plan.YAML) != 1 {
 		t.Fatalf("k8s_yaml called %d times, want once", len(plan.YAML))
@@ -181,65 +180,61 @@ func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 		t.Fatalf("the YAML given to k8s_yaml: %v", err)
 	}
 	deployed := map[string]bool{}
-	usesImage := map[string]bool{}
+	imageOf := map[string]string{} // workload → image repository
 	for _, w := range workloads(objs) {
 		deployed[w.name] = true
 		for _, c := range w.template.Spec.Containers {
-			usesImage[imageRepo(c.Image)] = true
+			if strings.HasPrefix(imageRepo(c.Image), podvisorImage) {
+				imageOf[w.name] = imageRepo(c.Image)
+			}
 		}
 	}
 
-	if len(plan.Images) != 1 {
-		t.Fatalf("%d docker_build calls, want 1 (one image for every process)", len(plan.Images))
+	// Which local_resource builds which binary, with which deps.
+	builder := map[string]tiltfile.LocalResource{}
+	for _, lr := range plan.LocalResources {
+		for out := range buildOutputs(&tiltfile.Plan{LocalResources: []tiltfile.LocalResource{lr}}) {
+			builder[out] = lr
+		}
 	}
-	img := plan.Images[0]
-	if img.Ref != podvisorImage || !usesImage[img.Ref] {
-		t.Errorf("docker_build(%q): the dev overlay runs no such image", img.Ref)
+	images := map[string]tiltfile.Image{}
+	for _, img := range plan.Images {
+		images[img.Ref] = img
+		checkDevImage(t, img, builder)
 	}
-	if img.Dockerfile != filepath.Join(root, "deploy", "docker", "Dockerfile") || img.Context != root {
-		t.Errorf("docker_build: Dockerfile %s, context %s; want deploy/docker/Dockerfile with the workspace as context", img.Dockerfile, img.Context)
+	// Each service runs an image of its own whose binary is rebuilt from its
+	// module and the shared code, never from another service's module: a
+	// change to one service restarts that service alone. The simulator's
+	// binary depends on no service.
+	want := map[string]string{"simulator": ""}
+	for _, s := range services {
+		want[s] = s
 	}
-	df := parseDockerfile(t)
-	stage, ok := df.Stage(img.Target)
-	if !ok {
-		t.Fatalf("docker_build target %q is not a stage of the Dockerfile", img.Target)
-	}
-	// Whatever the stage copies from the context must be in `only`, or the
-	// build would not see it.
-	for _, cp := range stage.All("COPY") {
-		if _, fromStage := cp.Flag("from"); fromStage {
+	for workload, service := range want {
+		ref := imageOf[workload]
+		img, ok := images[ref]
+		if !ok {
+			t.Errorf("workload %s runs %q, which no docker_build builds", workload, ref)
 			continue
 		}
-		fields := strings.Fields(cp.Args)
-		for _, src := range fields[:len(fields)-1] {
-			src = strings.TrimSuffix(src, "/")
-			if !slices.ContainsFunc(img.Only, func(o string) bool { return src == o || strings.HasPrefix(src, o+"/") }) {
-				t.Errorf("stage %s copies %s, which docker_build's only=%v leaves out of the context", img.Target, src, img.Only)
+		if service != "" && ref == podvisorImage {
+			t.Errorf("service %s runs the shared image %s: every Go change would restart it", service, ref)
+		}
+		for _, step := range img.LiveUpdate {
+			lr, ok := builder[step.Local]
+			if step.Kind != "sync" || !ok {
+				continue
+			}
+			for other, module := range modules {
+				has := slices.Contains(lr.Deps, filepath.Join(root, module))
+				if other == service && !has {
+					t.Errorf("%s's binary (%s) does not watch its module %s", workload, lr.Name, module)
+				}
+				if other != service && has {
+					t.Errorf("%s's binary (%s) is rebuilt when %s changes", workload, lr.Name, module)
+				}
 			}
 		}
-	}
-	var synced, restarted bool
-	outputs := buildOutputs(plan)
-	for _, s := range img.LiveUpdate {
-		switch s.Kind {
-		case "sync":
-			if !outputs[s.Local] {
-				t.Errorf("live_update syncs %s, which no local_resource builds", s.Local)
-			}
-			if !strings.HasPrefix(s.Remote, "/tmp/") {
-				t.Errorf("live_update syncs to %s: the root filesystem is read-only, only /tmp (emptyDir) is writable", s.Remote)
-			}
-			synced = true
-		case "run":
-			script := filepath.Join(root, strings.TrimPrefix(s.Cmd, "/"))
-			if _, err := os.Stat(script); err != nil {
-				t.Errorf("live_update runs %s: %v", s.Cmd, err)
-			}
-			restarted = true
-		}
-	}
-	if !synced || !restarted {
-		t.Errorf("live_update = %+v, want a sync of the built binary and a run that restarts it", img.LiveUpdate)
 	}
 
 	byWorkload := map[string]tiltfile.K8sResource{}
@@ -373,4 +368,69 @@ func TestTiltfileSettingsFile(t *testing.T) {
 	if plan := executeTiltfile(t, nil); plan.DefaultRegistry == "" || len(plan.AllowK8sContexts) == 0 {
 		t.Errorf("tilt/settings.example.json sets no registry or contexts")
 	}
+}
+
+// checkDevImage: an image from the Dockerfile's dev stage, whose context holds
+// what the stage copies, live-updated with a binary a local_resource builds.
+func checkDevImage(t *testing.T, img tiltfile.Image, builder map[string]tiltfile.LocalResource) {
+	t.Helper()
+	root := repoRoot(t)
+	if img.Dockerfile != filepath.Join(root, "deploy", "docker", "Dockerfile") || img.Context != root {
+		t.Errorf("docker_build(%s): Dockerfile %s, context %s; want deploy/docker/Dockerfile with the workspace as context", img.Ref, img.Dockerfile, img.Context)
+	}
+	df := parseDockerfile(t)
+	stage, ok := df.Stage(img.Target)
+	if !ok {
+		t.Fatalf("docker_build(%s) target %q is not a stage of the Dockerfile", img.Ref, img.Target)
+	}
+	// Whatever the stage copies from the context must be in `only`, or the
+	// build would not see it.
+	args := stageArgs(stage)
+	for k, v := range img.BuildArgs {
+		args[k] = v
+	}
+	for _, cp := range stage.All("COPY") {
+		if _, fromStage := cp.Flag("from"); fromStage {
+			continue
+		}
+		fields := strings.Fields(os.Expand(cp.Args, func(k string) string { return args[k] }))
+		for _, src := range fields[:len(fields)-1] {
+			src = strings.TrimSuffix(src, "/")
+			if !slices.ContainsFunc(img.Only, func(o string) bool { return src == o || strings.HasPrefix(src, o+"/") }) {
+				t.Errorf("docker_build(%s): stage %s copies %s, which only=%v leaves out of the context", img.Ref, img.Target, src, img.Only)
+			}
+		}
+	}
+	var synced, restarted bool
+	for _, s := range img.LiveUpdate {
+		switch s.Kind {
+		case "sync":
+			if _, ok := builder[s.Local]; !ok {
+				t.Errorf("docker_build(%s): live_update syncs %s, which no local_resource builds", img.Ref, s.Local)
+			}
+			if !strings.HasPrefix(s.Remote, "/tmp/") {
+				t.Errorf("docker_build(%s): live_update syncs to %s: the root filesystem is read-only, only /tmp (emptyDir) is writable", img.Ref, s.Remote)
+			}
+			synced = true
+		case "run":
+			script := filepath.Join(root, strings.TrimPrefix(s.Cmd, "/"))
+			if _, err := os.Stat(script); err != nil {
+				t.Errorf("docker_build(%s): live_update runs %s: %v", img.Ref, s.Cmd, err)
+			}
+			restarted = true
+		}
+	}
+	if !synced || !restarted {
+		t.Errorf("docker_build(%s): live_update = %+v, want a sync of the built binary and a run that restarts it", img.Ref, img.LiveUpdate)
+	}
+}
+
+// stageArgs are the defaults of a stage's ARG instructions.
+func stageArgs(stage dockerfile.Stage) map[string]string {
+	args := map[string]string{}
+	for _, a := range stage.All("ARG") {
+		name, def, _ := strings.Cut(a.Args, "=")
+		args[name] = def
+	}
+	return args
 }
