@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -20,14 +19,12 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -86,35 +83,11 @@ spec:
 // (events, dead letters, every revision of every KV value) and no log
 // line of the run.
 func TestEncryptedEphemeralDiskAcceptance(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Short: the guests' unix sockets live below it.
-	dir, err := os.MkdirTemp("", "pve-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	logs := &lockedBuffer{}
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 1, Services: specs, Seed: 1,
-		Guests: allinone.GuestsOn, Agent: agent, Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
+		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128"})})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	ctx := t.Context()
 	admin, err := sys.Dial(ctx, bus.IdentityAdmin)
 	if err != nil {
 		t.Fatal(err)

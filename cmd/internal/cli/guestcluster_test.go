@@ -14,7 +14,6 @@ import (
 	"github.com/vmware/govmomi/find"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/privtest"
@@ -28,12 +27,6 @@ import (
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox", "kubectl")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
 	// bin/podvisor-guest (`make guest`): the guestcluster module is built
 	// outside the workspace, and its first build compiles kube-apiserver.
 	guestBin := os.Getenv("PODVISOR_GUEST_BIN")
@@ -43,27 +36,9 @@ func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 		}
 		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
 	}
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pvgc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ctx, cancel := context.WithCancel(context.Background())
 	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Seed: 1,
-		Guests: allinone.GuestsOn, Agent: agent, Services: specs, Settings: settings})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
+	ctx := t.Context()
 
 	gc := `apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster

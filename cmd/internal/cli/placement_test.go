@@ -1,17 +1,13 @@
 package cli
 
 import (
-	"context"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -22,32 +18,7 @@ import (
 // requested, and it runs on the other host, with X's refusal on its
 // NetworkRefused condition in `get -o yaml` and `describe`.
 func TestPodPlacedOnAnotherHostWhenItsNetworkIsNotAvailable(t *testing.T) {
-	privtest.Require(t, "pods run their containers in simulated guests")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pvnet-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1,
-		Guests: allinone.GuestsOn, Agent: agent})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := guestsUp(t, "pods run their containers in simulated guests", allinone.Config{HostsPerCluster: 2})
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
 	reg := vars["PODVISOR_REGISTRY"]
 	pod := func(name string) string {

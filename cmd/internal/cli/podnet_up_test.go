@@ -1,18 +1,13 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
-	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // TestPodNetworkingOnUp is issue 16's acceptance as a new user tries it on
@@ -22,32 +17,8 @@ import (
 // dns); pod c on another network can neither reach it (the connection
 // fails within 5 s) nor resolve its name; when b goes, so does its name.
 func TestPodNetworkingOnUp(t *testing.T) {
-	privtest.Require(t, "simulated guests and their network segments need root")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "pvnet-") // short: guest channel sockets live below it
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Seed: 1, Services: specs,
-		Guests: allinone.GuestsOn, Agent: agent})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := guestsUp(t, "simulated guests and their network segments need root", allinone.Config{HostsPerCluster: 2})
+	ctx := t.Context()
 	image := sys.Endpoints.Registry + "/podvisor/busybox:1.0"
 	pod := func(name, network, cmd string) string {
 		ann := ""

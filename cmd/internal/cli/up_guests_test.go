@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -15,10 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/ociregistry"
-	"github.com/podvisor/podvisor/shared/privtest"
-	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // TestUpGuestsRunImageConfigAndSurviveHostLoss is the data plane as a user
@@ -32,34 +28,7 @@ import (
 //     host lost, migration evicts the pod, and its containers run again on
 //     the other host (a new pod VM, a new guest), Running only once they do.
 func TestUpGuestsRunImageConfigAndSurviveHostLoss(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	// Guest channels are unix sockets under the state dir: keep its path
-	// short (t.TempDir's can pass the 108-byte limit).
-	dir, err := os.MkdirTemp("", "pvup-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1,
-		Guests: allinone.GuestsOn, Agent: agent})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2})
 
 	// An image that says how to run: the seeded busybox with a config.
 	ref := pushWithConfig(t, sys.Endpoints.Registry+"/"+ociregistry.BusyboxRepoTag, sys.Endpoints.Registry+"/podvisor/entry:1.0", v1.Config{

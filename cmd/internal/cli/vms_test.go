@@ -1,16 +1,13 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,9 +16,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -33,41 +28,15 @@ import (
 // PoweredOff powers it off; VMs filling the hosts leave a pod Pending until
 // one is deleted.
 func TestNativeVMThroughTheCLI(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.ext4", "debugfs", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	dir, err := os.MkdirTemp("", "pvvm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ctx, cancel := context.WithCancel(context.Background())
-	var logs strings.Builder
-	var logMu sync.Mutex
+	logs := &lockedBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
-			logMu.Lock()
-			t.Logf("system log:\n%s", logs.String())
-			logMu.Unlock()
+			t.Logf("system log:\n%s", logs.Bytes())
 		}
 	})
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(lockedWriter{&logMu, &logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Seed: 1, Guests: allinone.GuestsOn, Agent: agent, Logger: logger, Services: specs})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Logger: logger}, "debugfs")
+	ctx := t.Context()
 	t.Cleanup(func() {
 		if t.Failed() {
 			evs, errs, _ := run(t, dir, "", "events")
@@ -243,17 +212,6 @@ spec:
 	eventuallyWithin(t, 30*time.Second, "the pod placed once a VM left", func() bool {
 		return !strings.HasSuffix(podPhase(), "/")
 	})
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(p)
 }
 
 // hostRecord reads the scheduler's record of a host through the CLI.
