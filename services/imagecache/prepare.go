@@ -381,24 +381,13 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	if err := s.store.Begin(ctx, rec); err != nil {
 		return rec, err
 	}
-	var staged *layerfs.Staged
-	defer func() { _ = staged.Remove() }()
-	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
-		var err error
-		staged, err = layerfs.Stage(ctx, tar, layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries, MaxBytes: s.cfg.Limits.MaxUncompressedBytes})
-		return err
-	})
+	fs, fetched, err := s.writeLayer(ctx, img, i, rec)
 	s.stats.bytesPulled.add(fetched.Bytes)
 	if err != nil {
 		return rec, err
 	}
-	s.stats.layersPulled.add(1)
-	fs, err := staged.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression)
-	if err != nil {
-		return rec, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
-	}
 	defer func() { _ = fs.Remove() }()
-	_ = staged.Remove()
+	s.stats.layersPulled.add(1)
 	f, err := os.Open(fs.Path)
 	if err != nil {
 		return rec, err
@@ -417,6 +406,47 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 	}
 	s.stats.diskBytes.add(fs.Size)
 	return rec, nil
+}
+
+// writeLayer streams layer i into an erofs image. Uncompressed images are
+// written straight from the tar stream (layerfs.Read: the file data goes
+// to the image as it arrives); compressed ones are staged and built with
+// mkfs.erofs. Either way the image is completed only once Fetch has
+// checked both digests.
+func (s *Service) writeLayer(ctx context.Context, img image, i int, rec events.ChainRecord) (*layerfs.Image, oci.Fetched, error) {
+	opts := layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries, MaxBytes: s.cfg.Limits.MaxUncompressedBytes}
+	if s.cfg.DiskCompression == layerfs.CompressionNone {
+		var l *layerfs.Layer
+		defer func() { _ = l.Remove() }()
+		fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
+			var err error
+			l, err = layerfs.Read(ctx, tar, opts)
+			return err
+		})
+		if err != nil {
+			return nil, fetched, err
+		}
+		fs, err := l.Erofs(rec.DiffID)
+		if err != nil {
+			return nil, fetched, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
+		}
+		return fs, fetched, nil
+	}
+	var staged *layerfs.Staged
+	defer func() { _ = staged.Remove() }()
+	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
+		var err error
+		staged, err = layerfs.Stage(ctx, tar, opts)
+		return err
+	})
+	if err != nil {
+		return nil, fetched, err
+	}
+	fs, err := staged.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression)
+	if err != nil {
+		return nil, fetched, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
+	}
+	return fs, fetched, nil
 }
 
 // checkRoom refuses to upload a layer's disk of size bytes to a datastore

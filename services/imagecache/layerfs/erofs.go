@@ -99,11 +99,19 @@ func build(ctx context.Context, root string, img *Image, seed, compression strin
 
 // uuidOf derives a filesystem UUID (version 4 layout) from seed.
 func uuidOf(seed string) string {
+	h := uuidBytes(seed)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
+// uuidBytes is uuidOf's 16 bytes.
+func uuidBytes(seed string) []byte {
 	h := sha256.Sum256([]byte("podvisor-layer:" + seed))
 	h[6] = h[6]&0x0f | 0x40
 	h[8] = h[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+	return h[:16]
 }
+
+var le = binary.LittleEndian
 
 // erofs on-disk superblock (linux/fs/erofs/erofs_fs.h).
 const (
@@ -140,13 +148,18 @@ func zeroBuildTime(f *os.File) error {
 	binary.LittleEndian.PutUint64(block[offBuildTime:], 0)
 	binary.LittleEndian.PutUint32(block[offBuildNsec:], 0)
 	if binary.LittleEndian.Uint32(block[offFeatCompat:])&featSBChksum != 0 {
-		binary.LittleEndian.PutUint32(block[offChecksum:], 0)
-		// The kernel checks crc32c(~0, block) without the final inversion.
-		crc := ^crc32.Checksum(block, crc32.MakeTable(crc32.Castagnoli))
-		binary.LittleEndian.PutUint32(block[offChecksum:], crc)
+		putChecksum(block)
 	}
 	_, err := f.WriteAt(block, superOffset)
 	return err
+}
+
+// putChecksum sets the checksum of the superblock's block (from the
+// superblock to the block's end).
+func putChecksum(block []byte) {
+	le.PutUint32(block[offChecksum:], 0)
+	// The kernel checks crc32c(~0, block) without the final inversion.
+	le.PutUint32(block[offChecksum:], ^crc32.Checksum(block, crc32.MakeTable(crc32.Castagnoli)))
 }
 
 // Check reports why this process cannot write image disks, or nil: staging

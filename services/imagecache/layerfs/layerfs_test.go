@@ -98,9 +98,19 @@ func TestHostileLayersRefused(t *testing.T) {
 			}
 			err := layerfs.StageInto(context.Background(), bytes.NewReader(data), root, layerfs.Options{}, nil)
 			if err == nil || !errors.Is(err, layerfs.ErrInvalidLayer) || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("err = %v, want ErrInvalidLayer mentioning %q", err, tc.want)
+				t.Fatalf("Stage: err = %v, want ErrInvalidLayer mentioning %q", err, tc.want)
 			}
 			assertOnlyRoot(t, outer)
+			// Read refuses the same entries for the same reasons, and
+			// leaves nothing behind.
+			tmp := t.TempDir()
+			_, err = layerfs.Read(context.Background(), bytes.NewReader(data), layerfs.Options{TempDir: tmp})
+			if err == nil || !errors.Is(err, layerfs.ErrInvalidLayer) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Read: err = %v, want ErrInvalidLayer mentioning %q", err, tc.want)
+			}
+			if des, _ := os.ReadDir(tmp); len(des) != 0 {
+				t.Fatalf("Read left %d files behind", len(des))
+			}
 		})
 	}
 }
@@ -114,7 +124,11 @@ func TestEntryCap(t *testing.T) {
 	}
 	_, err := layerfs.Stage(context.Background(), bytes.NewReader(tarOf(t, es...)), layerfs.Options{TempDir: t.TempDir(), MaxEntries: 10})
 	if err == nil || !strings.Contains(err.Error(), "more than 10 entries") {
-		t.Fatalf("err = %v, want the entry cap", err)
+		t.Fatalf("Stage: err = %v, want the entry cap", err)
+	}
+	_, err = layerfs.Read(context.Background(), bytes.NewReader(tarOf(t, es...)), layerfs.Options{TempDir: t.TempDir(), MaxEntries: 10})
+	if err == nil || !strings.Contains(err.Error(), "more than 10 entries") {
+		t.Fatalf("Read: err = %v, want the entry cap", err)
 	}
 }
 
@@ -245,6 +259,10 @@ func TestSparseBombRefused(t *testing.T) {
 	copy(raw[148:156], fmt.Appendf(nil, "%06o\x00 ", sum))
 	_, err := layerfs.Stage(context.Background(), bytes.NewReader(raw), layerfs.Options{TempDir: t.TempDir(), MaxBytes: 1 << 20})
 	if err == nil || !strings.Contains(err.Error(), "sparse files are not supported") {
-		t.Fatalf("err = %v, want sparse files refused", err)
+		t.Fatalf("Stage: err = %v, want sparse files refused", err)
+	}
+	_, err = layerfs.Read(context.Background(), bytes.NewReader(raw), layerfs.Options{TempDir: t.TempDir(), MaxBytes: 1 << 20})
+	if err == nil || !strings.Contains(err.Error(), "sparse files are not supported") {
+		t.Fatalf("Read: err = %v, want sparse files refused", err)
 	}
 }
