@@ -263,6 +263,7 @@ func (l *Layer) openDir(entry, rel string, create bool) (*node, error) {
 		switch {
 		case next == nil && create:
 			next = l.add(d, walked, c, &node{mode: unix.S_IFDIR | 0o755, kind: kindImplicitDir, children: map[string]*node{}})
+			inheritGroup(next, d)
 		case next == nil:
 			return nil, invalid(entry, "its directory %q is not in the layer", walked)
 		case !next.isDir():
@@ -271,6 +272,21 @@ func (l *Layer) openDir(entry, rel string, create bool) (*node, error) {
 		d = next
 	}
 	return d, nil
+}
+
+// inheritGroup gives n, made by the layer's writer rather than described
+// by an entry (a parent directory the layer does not list, a whiteout),
+// what Linux gives a new inode in a setgid directory: the directory's
+// group, and for a directory the setgid bit. Stage gets this from the
+// kernel, and so does a runtime extracting the layer to a directory.
+func inheritGroup(n, dir *node) {
+	if dir.mode&unix.S_ISGID == 0 {
+		return
+	}
+	n.gid = dir.gid
+	if n.isDir() {
+		n.mode |= unix.S_ISGID
+	}
 }
 
 // attrs sets type, owner, mode, mtime and xattrs of n from hdr.
@@ -395,6 +411,7 @@ func (l *Layer) whiteout(hdr *tar.Header, rel string) error {
 		return err
 	}
 	n := l.add(parent, rel, base, &node{mode: unix.S_IFCHR, kind: kindOther, whiteout: true})
+	inheritGroup(n, parent)
 	n.mtime, n.nsec = mtimeOf(hdr.ModTime)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,9 +24,9 @@ import (
 )
 
 // trickyLayer has every kind of entry a layer carries, sizes around the
-// block size, a directory of several dirent blocks, names sorting before
-// "." and nanosecond mtimes.
-func trickyLayer(t testing.TB) []byte {
+// block size, a directory of several dirent blocks (of many entries), names
+// sorting before "." and nanosecond mtimes.
+func trickyLayer(t testing.TB, sizes []int, many int) []byte {
 	es := []entry{
 		{name: "./", typ: tar.TypeDir, mode: 0o755},
 		{name: "./etc/", typ: tar.TypeDir, mode: 0o755},
@@ -47,14 +48,14 @@ func trickyLayer(t testing.TB) []byte {
 		{name: "./ space", body: "sorts first"},
 		{name: "./empty", body: ""},
 	}
-	for _, size := range []int{1, 4095, 4096, 4097, 8192 + 100, 1<<20 + 3, 3 << 20} {
+	for _, size := range sizes {
 		b := make([]byte, size)
 		for i := range b {
 			b[i] = byte(i*7 + size)
 		}
 		es = append(es, entry{name: fmt.Sprintf("./sizes/%d", size), body: string(b)})
 	}
-	for i := range 400 {
+	for i := range many {
 		es = append(es, entry{name: fmt.Sprintf("./many/%s-%03d", strings.Repeat("n", i%40), i), body: fmt.Sprint(i)})
 	}
 	var buf bytes.Buffer
@@ -120,7 +121,7 @@ func buildImage(t testing.TB, layer []byte) *layerfs.Image {
 func TestBuildMatchesMkfs(t *testing.T) {
 	privtest.Require(t, "stages layers and mounts erofs")
 	privtest.RequireTools(t, "mkfs.erofs", "fsck.erofs")
-	layer := trickyLayer(t)
+	layer := trickyLayer(t, []int{1, 4095, 4096, 4097, 8192 + 100, 1<<20 + 3, 3 << 20}, 400)
 	img := buildImage(t, layer)
 	if img.Size%layerfs.SectorSize != 0 {
 		t.Fatalf("image size %d, want a multiple of %d", img.Size, layerfs.SectorSize)
@@ -263,6 +264,84 @@ func TestReadRefusals(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRandomLayers: random layers made of the entries hostile and tricky
+// layers are made of (names with "..", whiteouts, opaque markers, links to
+// each other, devices, xattrs, sizes around the block size; a fixed seed,
+// so a failure repeats). Read and Stage accept or refuse the same layers;
+// an accepted layer passes fsck.erofs, and for the first ones the kernel
+// mounts the same tree from both writers' images.
+func TestRandomLayers(t *testing.T) {
+	privtest.Require(t, "stages layers and mounts erofs")
+	privtest.RequireTools(t, "mkfs.erofs", "fsck.erofs")
+	rng := rand.New(rand.NewPCG(14, 14))
+	parts := []string{"a", "b", "c d", "-x", ".wh.a", ".wh.b", ".wh..wh..opq", "..", "."}
+	pick := func() string {
+		var cs []string
+		for range 1 + rng.IntN(3) {
+			cs = append(cs, parts[rng.IntN(len(parts))])
+		}
+		return strings.Join(cs, "/")
+	}
+	types := []byte{tar.TypeReg, tar.TypeReg, tar.TypeDir, tar.TypeDir, tar.TypeSymlink, tar.TypeLink, tar.TypeChar, tar.TypeFifo}
+	accepted, compared := 0, 0
+	for i := range 200 {
+		var es []entry
+		for range 1 + rng.IntN(10) {
+			e := entry{name: pick(), typ: types[rng.IntN(len(types))], mode: int64(rng.IntN(0o7777) + 1), uid: rng.IntN(3), gid: rng.IntN(3)}
+			switch e.typ {
+			case tar.TypeReg:
+				e.body = strings.Repeat("z", []int{0, 1, 4095, 4096, 4097, 9000}[rng.IntN(6)])
+			case tar.TypeSymlink, tar.TypeLink:
+				e.link = pick()
+			}
+			if rng.IntN(4) == 0 {
+				// trusted.*: user.* xattrs are for files and directories only.
+				e.xattrs = map[string]string{"trusted.k": strings.Repeat("v", rng.IntN(100))}
+			}
+			es = append(es, e)
+		}
+		layer := tarOf(t, es...)
+		l, rerr := layerfs.Read(context.Background(), bytes.NewReader(layer), layerfs.Options{TempDir: t.TempDir()})
+		st, serr := layerfs.Stage(context.Background(), bytes.NewReader(layer), layerfs.Options{TempDir: t.TempDir()})
+		if (rerr == nil) != (serr == nil) {
+			t.Fatalf("layer %d %+v: Read: %v, Stage: %v", i, es, rerr, serr)
+		}
+		if rerr != nil {
+			continue
+		}
+		accepted++
+		img, err := l.Erofs("sha256:random")
+		if err != nil {
+			t.Fatalf("layer %d: an accepted layer gave no image: %v", i, err)
+		}
+		if out, err := exec.Command("fsck.erofs", "--extract", img.Path).CombinedOutput(); err != nil {
+			t.Fatalf("layer %d %+v: fsck.erofs: %v: %s", i, es, err, out)
+		}
+		if compared < 15 {
+			compared++
+			ref, err := st.Erofs(context.Background(), "sha256:random", layerfs.CompressionNone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, want := treeOf(t, mountErofs(t, img.Path)), treeOf(t, mountErofs(t, ref.Path))
+			for p, w := range want {
+				if got[p] != w {
+					t.Errorf("layer %d %+v: %s:\n got %s\nwant %s", i, es, p, got[p], w)
+				}
+			}
+			if len(got) != len(want) {
+				t.Errorf("layer %d: %d entries, want %d", i, len(got), len(want))
+			}
+		}
+		_ = st.Remove()
+		_ = img.Remove()
+	}
+	if accepted < 20 {
+		t.Fatalf("only %d of 200 random layers accepted: the test checks too few images", accepted)
+	}
+	t.Logf("%d of 200 random layers accepted, fsck-checked; %d compared with mkfs.erofs", accepted, compared)
 }
 
 // FuzzRead feeds arbitrary bytes to Read as a layer: it must never panic,
