@@ -125,7 +125,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		now:      time.Now,
 		stats:    newCounters(),
 	}
-	if err := layerfs.Check(); err != nil {
+	if err := layerfs.Check(cfg.DiskCompression); err != nil {
 		svc.diskErr = fmt.Errorf("%w: %v", ErrDisksUnavailable, err)
 	}
 	return svc, nil

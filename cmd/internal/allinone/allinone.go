@@ -781,8 +781,9 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	}
 	fmt.Fprintf(w, "  services: %s\n", strings.Join(names, ", "))
 	if slices.Contains(names, imagecache.Name) {
-		if err := layerfs.Check(); err != nil {
-			fmt.Fprintf(w, "\n  WARNING: image disks cannot be written here: %v.\n  Every image pull fails with reason %s; run podvisor up as root with erofs-utils installed.\n",
+		ic, _ := imagecache.ConfigFrom(s.settings())
+		if err := layerfs.Check(ic.DiskCompression); err != nil {
+			fmt.Fprintf(w, "\n  WARNING: image disks cannot be written here: %v.\n  Every image pull fails with reason %s; run podvisor up as root with erofs-utils installed, or with uncompressed image disks.\n",
 				err, imagecache.ReasonDisksUnavailable)
 		}
 	}

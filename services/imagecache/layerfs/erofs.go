@@ -162,15 +162,20 @@ func putChecksum(block []byte) {
 	le.PutUint32(block[offChecksum:], ^crc32.Checksum(block, crc32.MakeTable(crc32.Castagnoli)))
 }
 
-// Check reports why this process cannot write image disks, or nil: staging
-// a layer needs root (device nodes, owners, trusted.* xattrs) and mkfs.erofs.
-func Check() error {
+// Check reports why this process cannot write image disks of the given
+// compression, or nil. Uncompressed disks (the default) are written by
+// Read, which needs no privilege and no tool; compressed ones are staged
+// (device nodes, owners, trusted.* xattrs: root) and built by mkfs.erofs.
+func Check(compression string) error {
+	if compression == CompressionNone {
+		return nil
+	}
 	var errs []error
 	if os.Geteuid() != 0 {
-		errs = append(errs, errors.New("not running as root (layers carry device nodes, owners and trusted.* xattrs)"))
+		errs = append(errs, fmt.Errorf("not running as root (%s disks are staged first, and layers carry device nodes, owners and trusted.* xattrs)", compression))
 	}
 	if _, err := exec.LookPath(mkfsTool); err != nil {
-		errs = append(errs, fmt.Errorf("%s is not on PATH (Debian: apt-get install erofs-utils)", mkfsTool))
+		errs = append(errs, fmt.Errorf("%s is not on PATH (%s disks need it; Debian: apt-get install erofs-utils)", mkfsTool, compression))
 	}
 	return errors.Join(errs...)
 }
