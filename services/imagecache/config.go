@@ -67,7 +67,9 @@ type Config struct {
 	MaxLayerEntries int
 	// StagingDir holds layers while they become filesystem images (default
 	// the system's temporary directory). It needs room for the largest layer
-	// uncompressed, twice.
+	// uncompressed: once for uncompressed disks (the image is written
+	// there straight from the stream), twice for compressed ones (staged
+	// tree, then the image).
 	StagingDir string
 	// DiskCompression compresses the data of the image disks' filesystems:
 	// "none" (default), "lz4" or "lz4hc".
