@@ -415,34 +415,27 @@ func (s *Service) pull(ctx context.Context, img image, i int, rec events.ChainRe
 // checked both digests.
 func (s *Service) writeLayer(ctx context.Context, img image, i int, rec events.ChainRecord) (*layerfs.Image, oci.Fetched, error) {
 	opts := layerfs.Options{TempDir: s.cfg.StagingDir, MaxEntries: s.cfg.MaxLayerEntries, MaxBytes: s.cfg.Limits.MaxUncompressedBytes}
-	if s.cfg.DiskCompression == layerfs.CompressionNone {
-		var l *layerfs.Layer
-		defer func() { _ = l.Remove() }()
-		fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
-			var err error
-			l, err = layerfs.Read(ctx, tar, opts)
-			return err
-		})
-		if err != nil {
-			return nil, fetched, err
-		}
-		fs, err := l.Erofs(rec.DiffID)
-		if err != nil {
-			return nil, fetched, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
-		}
-		return fs, fetched, nil
-	}
-	var staged *layerfs.Staged
-	defer func() { _ = staged.Remove() }()
+	var build func() (*layerfs.Image, error)
+	remove := func() error { return nil }
+	defer func() { _ = remove() }()
 	fetched, err := s.registry.Fetch(ctx, img.remote, i, func(tar io.Reader) error {
-		var err error
-		staged, err = layerfs.Stage(ctx, tar, opts)
+		if s.cfg.DiskCompression == layerfs.CompressionNone {
+			l, err := layerfs.Read(ctx, tar, opts)
+			if err == nil {
+				remove, build = l.Remove, func() (*layerfs.Image, error) { return l.Erofs(rec.DiffID) }
+			}
+			return err
+		}
+		st, err := layerfs.Stage(ctx, tar, opts)
+		if err == nil {
+			remove, build = st.Remove, func() (*layerfs.Image, error) { return st.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression) }
+		}
 		return err
 	})
 	if err != nil {
 		return nil, fetched, err
 	}
-	fs, err := staged.Erofs(ctx, rec.DiffID, s.cfg.DiskCompression)
+	fs, err := build()
 	if err != nil {
 		return nil, fetched, fmt.Errorf("image %s layer %s: %w", img.manifest.Image, rec.Layer, err)
 	}

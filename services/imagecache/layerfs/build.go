@@ -89,7 +89,7 @@ func Read(ctx context.Context, r io.Reader, opts Options) (*Layer, error) {
 	root.parent = root
 	l := &Layer{tmp: dir, f: f, buf: make([]byte, 1<<20), next: 1, root: root,
 		nodes: map[string]*node{"": root}, opts: opts}
-	if err := l.read(ctx, r); err != nil {
+	if err := eachEntry(ctx, r, opts.MaxEntries, &l.Entries, l.apply); err != nil {
 		_ = l.Remove()
 		return nil, err
 	}
@@ -105,69 +105,31 @@ func (l *Layer) Remove() error {
 	return os.RemoveAll(l.tmp)
 }
 
-func (l *Layer) read(ctx context.Context, r io.Reader) error {
-	tr := tar.NewReader(r)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%w: read tar: %v", ErrInvalidLayer, err)
-		}
-		l.Entries++
-		if l.Entries > l.opts.MaxEntries {
-			return fmt.Errorf("%w: more than %d entries (the entry cap)", ErrInvalidLayer, l.opts.MaxEntries)
-		}
-		if err := l.apply(hdr, tr); err != nil {
-			return err
-		}
-	}
-}
-
 func (l *Layer) apply(hdr *tar.Header, body io.Reader) error {
-	name, err := cleanName(hdr.Name)
-	if err != nil {
-		return invalid(hdr.Name, "%v", err)
-	}
-	if hdr.Typeflag == tar.TypeXGlobalHeader {
+	e, err := parseEntry(hdr)
+	switch {
+	case err != nil:
+		return err
+	case e.skip:
 		return nil
-	}
-	dirName, base := path.Split(name)
-	dirName = strings.TrimSuffix(dirName, "/")
-	if len(base) > maxNameLen {
+	case len(e.base) > maxNameLen && e.whiteout == "", len(path.Base(e.whiteout)) > maxNameLen:
 		return invalid(hdr.Name, "a name of more than %d bytes", maxNameLen)
-	}
-	if name == "" {
-		if hdr.Typeflag != tar.TypeDir {
-			return invalid(hdr.Name, "the root must be a directory")
-		}
+	case e.root:
 		return l.attrs(hdr, l.root, unix.S_IFDIR)
+	case e.opaque:
+		d, err := l.openDir(hdr.Name, e.dir, true)
+		if err != nil {
+			return err
+		}
+		if d.xattrs == nil {
+			d.xattrs = map[string]string{}
+		}
+		d.xattrs[opaqueXattr] = "y"
+		return nil
+	case e.whiteout != "":
+		return l.whiteout(hdr, e.whiteout)
 	}
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		if base == opaqueMarker {
-			d, err := l.openDir(hdr.Name, dirName, true)
-			if err != nil {
-				return err
-			}
-			if d.xattrs == nil {
-				d.xattrs = map[string]string{}
-			}
-			d.xattrs[opaqueXattr] = "y"
-			return nil
-		}
-		if strings.HasPrefix(base, whiteoutMeta) {
-			return nil // other AUFS metadata (.wh..wh.plnk…): not part of the tree
-		}
-		target := strings.TrimPrefix(base, whiteoutPrefix)
-		if target == "" || target == "." || target == ".." {
-			return invalid(hdr.Name, "whiteout of no name")
-		}
-		return l.whiteout(hdr, path.Join(dirName, target))
-	}
+	name, dirName, base := e.name, e.dir, e.base
 	if n, dup := l.nodes[name]; dup && !(n.kind == kindImplicitDir && hdr.Typeflag == tar.TypeDir) {
 		return invalid(hdr.Name, "duplicate entry (or a whiteout of an entry of the same layer)")
 	}
@@ -218,15 +180,9 @@ func (l *Layer) apply(hdr *tar.Header, body io.Reader) error {
 	case tar.TypeLink:
 		return l.hardlink(hdr, parent, name, base)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		typ := uint32(unix.S_IFIFO)
-		switch hdr.Typeflag {
-		case tar.TypeChar:
-			typ = unix.S_IFCHR
-		case tar.TypeBlock:
-			typ = unix.S_IFBLK
-		}
-		if hdr.Devmajor < 0 || hdr.Devminor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor > 0xfffff {
-			return invalid(hdr.Name, "device number %d:%d out of range", hdr.Devmajor, hdr.Devminor)
+		typ, err := deviceType(hdr)
+		if err != nil {
+			return err
 		}
 		n := l.add(parent, name, base, &node{kind: kindOther})
 		if typ != unix.S_IFIFO {

@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -58,43 +57,16 @@ func trickyLayer(t testing.TB, sizes []int, many int) []byte {
 	for i := range many {
 		es = append(es, entry{name: fmt.Sprintf("./many/%s-%03d", strings.Repeat("n", i%40), i), body: fmt.Sprint(i)})
 	}
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for i, e := range es {
-		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			Size: int64(len(e.body)), ModTime: time.Unix(1_600_000_000, int64(i)*1001), Format: tar.FormatPAX}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-		}
-		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-		}
-		if h.Typeflag == tar.TypeBlock {
-			h.Devmajor, h.Devminor = 8, 300
-		}
-		if h.Typeflag == tar.TypeChar {
-			h.Devmajor, h.Devminor = 1, 3
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(e.body)); err != nil {
-			t.Fatal(err)
+	for i := range es {
+		es[i].nsec = int64(i) * 1001
+		switch es[i].typ {
+		case tar.TypeBlock:
+			es[i].major, es[i].minor = 8, 300
+		case tar.TypeChar:
+			es[i].major, es[i].minor = 1, 3
 		}
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tarOf(t, es...)
 }
 
 // buildImage writes layer with Read and Erofs.

@@ -26,6 +26,8 @@ type entry struct {
 	mode             int64
 	uid, gid         int
 	xattrs           map[string]string
+	major, minor     int64
+	nsec             int64 // of the mtime, 1600000000 s
 }
 
 func tarOf(t testing.TB, es ...entry) []byte {
@@ -34,7 +36,7 @@ func tarOf(t testing.TB, es ...entry) []byte {
 	tw := tar.NewWriter(&buf)
 	for _, e := range es {
 		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			Size: int64(len(e.body)), ModTime: time.Unix(1_600_000_000, 0), Format: tar.FormatPAX}
+			Devmajor: e.major, Devminor: e.minor, Size: int64(len(e.body)), ModTime: time.Unix(1_600_000_000, e.nsec), Format: tar.FormatPAX}
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
 		}

@@ -115,25 +115,8 @@ func StageInto(ctx context.Context, r io.Reader, root string, opts Options, coun
 	}
 	w := &writer{root: fd, opts: opts, seen: map[string]kind{}, dirIndex: map[string]int{}, buf: make([]byte, 1<<20)}
 	defer unix.Close(fd)
-	tr := tar.NewReader(r)
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%w: read tar: %v", ErrInvalidLayer, err)
-		}
-		w.entries++
-		if w.entries > opts.MaxEntries {
-			return fmt.Errorf("%w: more than %d entries (the entry cap)", ErrInvalidLayer, opts.MaxEntries)
-		}
-		if err := w.apply(hdr, tr); err != nil {
-			return err
-		}
+	if err := eachEntry(ctx, r, opts.MaxEntries, &w.entries, w.apply); err != nil {
+		return err
 	}
 	if err := w.finishDirs(); err != nil {
 		return err
@@ -204,38 +187,89 @@ func cleanName(name string) (string, error) {
 	return strings.TrimPrefix(p, "/"), nil
 }
 
-func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
+// eachEntry reads the layer's tar entries up to its end marker and hands
+// each to apply, counting them in *entries and refusing more than max.
+func eachEntry(ctx context.Context, r io.Reader, max int, entries *int, apply func(*tar.Header, io.Reader) error) error {
+	tr := tar.NewReader(r)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read tar: %v", ErrInvalidLayer, err)
+		}
+		*entries++
+		if *entries > max {
+			return fmt.Errorf("%w: more than %d entries (the entry cap)", ErrInvalidLayer, max)
+		}
+		if err := apply(hdr, tr); err != nil {
+			return err
+		}
+	}
+}
+
+// entryPath is what an entry's name says, before its type is looked at.
+type entryPath struct {
+	name, dir, base string // cleaned, relative to the root ("" for the root)
+	skip            bool   // a global header or other AUFS metadata: not part of the tree
+	root            bool   // the layer's root directory
+	opaque          bool   // dir's opaque marker
+	whiteout        string // the path a whiteout deletes
+}
+
+// parseEntry cleans an entry's name and tells whiteouts, opaque markers
+// and the root apart from ordinary entries.
+func parseEntry(hdr *tar.Header) (entryPath, error) {
 	name, err := cleanName(hdr.Name)
 	if err != nil {
-		return invalid(hdr.Name, "%v", err)
+		return entryPath{}, invalid(hdr.Name, "%v", err)
 	}
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
-		return nil
+		return entryPath{skip: true}, nil
 	}
-	dirName, base := path.Split(name)
-	dirName = strings.TrimSuffix(dirName, "/")
-	if name == "" {
-		// The layer's root: its attributes apply to the staging root.
+	dir, base := path.Split(name)
+	e := entryPath{name: name, dir: strings.TrimSuffix(dir, "/"), base: base}
+	switch {
+	case name == "":
 		if hdr.Typeflag != tar.TypeDir {
-			return invalid(hdr.Name, "the root must be a directory")
+			return e, invalid(hdr.Name, "the root must be a directory")
 		}
-		w.rootTime = hdr.ModTime
-		return w.attrs(hdr, w.root, ".", false)
-	}
-	// Whiteouts.
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		if base == opaqueMarker {
-			return w.opaque(hdr.Name, dirName)
-		}
-		if strings.HasPrefix(base, whiteoutMeta) {
-			return nil // other AUFS metadata (.wh..wh.plnk…): not part of the tree
-		}
+		e.root = true
+	case base == opaqueMarker:
+		e.opaque = true
+	case strings.HasPrefix(base, whiteoutMeta):
+		e.skip = true // other AUFS metadata (.wh..wh.plnk…)
+	case strings.HasPrefix(base, whiteoutPrefix):
 		target := strings.TrimPrefix(base, whiteoutPrefix)
 		if target == "" || target == "." || target == ".." {
-			return invalid(hdr.Name, "whiteout of no name")
+			return e, invalid(hdr.Name, "whiteout of no name")
 		}
-		return w.whiteout(hdr.Name, path.Join(dirName, target), hdr.ModTime)
+		e.whiteout = path.Join(e.dir, target)
 	}
+	return e, nil
+}
+
+func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
+	e, err := parseEntry(hdr)
+	switch {
+	case err != nil:
+		return err
+	case e.skip:
+		return nil
+	case e.root:
+		// The layer's root: its attributes apply to the staging root.
+		w.rootTime = hdr.ModTime
+		return w.attrs(hdr, w.root, ".", false)
+	case e.opaque:
+		return w.opaque(hdr.Name, e.dir)
+	case e.whiteout != "":
+		return w.whiteout(hdr.Name, e.whiteout, hdr.ModTime)
+	}
+	name, dirName, base := e.name, e.dir, e.base
 	if k, dup := w.seen[name]; dup && !(k == kindImplicitDir && hdr.Typeflag == tar.TypeDir) {
 		return invalid(hdr.Name, "duplicate entry (or a whiteout of an entry of the same layer)")
 	}
@@ -302,15 +336,9 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 	case tar.TypeLink:
 		return w.hardlink(hdr, parent, name, base)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		mode := uint32(unix.S_IFIFO)
-		switch hdr.Typeflag {
-		case tar.TypeChar:
-			mode = unix.S_IFCHR
-		case tar.TypeBlock:
-			mode = unix.S_IFBLK
-		}
-		if hdr.Devmajor < 0 || hdr.Devminor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor > 0xfffff {
-			return invalid(hdr.Name, "device number %d:%d out of range", hdr.Devmajor, hdr.Devminor)
+		mode, err := deviceType(hdr)
+		if err != nil {
+			return err
 		}
 		w.seen[name] = kindOther
 		if err := unix.Mknodat(parent, base, mode|0o600, int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))); err != nil {
@@ -323,6 +351,21 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 		return err
 	}
 	return w.mtime(hdr.Name, parent, base, hdr.ModTime)
+}
+
+// deviceType is the file type of a device or fifo entry, whose device
+// numbers must fit Linux's (12 bits major, 20 bits minor).
+func deviceType(hdr *tar.Header) (uint32, error) {
+	if hdr.Devmajor < 0 || hdr.Devminor < 0 || hdr.Devmajor > 0xfff || hdr.Devminor > 0xfffff {
+		return 0, invalid(hdr.Name, "device number %d:%d out of range", hdr.Devmajor, hdr.Devminor)
+	}
+	switch hdr.Typeflag {
+	case tar.TypeChar:
+		return unix.S_IFCHR, nil
+	case tar.TypeBlock:
+		return unix.S_IFBLK, nil
+	}
+	return unix.S_IFIFO, nil
 }
 
 // openDir opens the directory rel below the root without following any
