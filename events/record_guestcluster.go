@@ -45,11 +45,26 @@ type GuestClusterRecord struct {
 	// Reason (CamelCase) and Message explain a failure.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`
+	// Conditions say what was checked and done: Compatible (the
+	// compatibility check of its version; False names each unmet
+	// requirement), as on pods.
+	Conditions []PodCondition `json:"conditions,omitempty"`
 	// Pods counts the guest cluster's pods on the supervisor, as last seen.
 	Pods                int        `json:"pods"`
 	CreatedAt           time.Time  `json:"createdAt"`
 	ReadyAt             *time.Time `json:"readyAt,omitempty"`
 	DeletionRequestedAt *time.Time `json:"deletionRequestedAt,omitempty"`
+}
+
+// GuestClusterConditionCompatible is the condition of the compatibility
+// check of a guest cluster's version against the infrastructure's and the
+// vCenter's offers.
+const GuestClusterConditionCompatible = "Compatible"
+
+// SetCondition sets a condition, keeping its time when the status is
+// unchanged; it reports whether anything changed.
+func (r *GuestClusterRecord) SetCondition(t, status, reason, message string, now time.Time) bool {
+	return setCondition(&r.Conditions, t, status, reason, message, now)
 }
 
 // Key is the record's KV key.

@@ -270,8 +270,14 @@ func (r *PodRecord) IsTrue(t string) bool {
 // (like Kubernetes' lastTransitionTime); reason and message always take the
 // new values. It reports whether anything changed.
 func (r *PodRecord) SetCondition(t, status, reason, message string, now time.Time) bool {
-	for i := range r.Conditions {
-		c := &r.Conditions[i]
+	return setCondition(&r.Conditions, t, status, reason, message, now)
+}
+
+// setCondition is SetCondition on a list of conditions (pods, VMs and
+// guest clusters keep the same kind).
+func setCondition(conds *[]PodCondition, t, status, reason, message string, now time.Time) bool {
+	for i := range *conds {
+		c := &(*conds)[i]
 		if c.Type != t {
 			continue
 		}
@@ -284,7 +290,7 @@ func (r *PodRecord) SetCondition(t, status, reason, message string, now time.Tim
 		c.Status, c.Reason, c.Message = status, reason, message
 		return true
 	}
-	r.Conditions = append(r.Conditions, PodCondition{Type: t, Status: status, Time: now, Reason: reason, Message: message})
+	*conds = append(*conds, PodCondition{Type: t, Status: status, Time: now, Reason: reason, Message: message})
 	return true
 }
 

@@ -70,22 +70,7 @@ func (r *VMRecord) Key() string { return PodKey(r.Namespace, r.Name) }
 // SetCondition sets a condition, keeping its time when the status is
 // unchanged; it reports whether anything changed.
 func (r *VMRecord) SetCondition(t, status, reason, message string, now time.Time) bool {
-	for i := range r.Status.Conditions {
-		c := &r.Status.Conditions[i]
-		if c.Type != t {
-			continue
-		}
-		if c.Status == status && c.Reason == reason && c.Message == message {
-			return false
-		}
-		if c.Status != status {
-			c.Time = now
-		}
-		c.Status, c.Reason, c.Message = status, reason, message
-		return true
-	}
-	r.Status.Conditions = append(r.Status.Conditions, PodCondition{Type: t, Status: status, Time: now, Reason: reason, Message: message})
-	return true
+	return setCondition(&r.Status.Conditions, t, status, reason, message, now)
 }
 
 // Condition returns the condition of type t.

@@ -6,13 +6,19 @@
 // For guestcluster.requested it
 //
 //  1. records the guest cluster (bucket guestclusters, Phase Provisioning);
-//  2. mints the guest cluster's NATS identity (bus.GuestClusterIdentity):
+//  2. checks its version's requires document against the offers of
+//     podvisor's services and of the vCenter (shared/compat), posts the
+//     result as a vCenter event on the compute cluster and publishes
+//     guestcluster.compatibility; an incompatible one is refused before
+//     anything is built (Phase Failed, reason Incompatible, condition
+//     Compatible=False naming each unmet requirement);
+//  3. mints the guest cluster's NATS identity (bus.GuestClusterIdentity):
 //     it may ask only pv.query.guestcluster.<namespace>.<name>.> and the
 //     control subjects of the log and exec streams it receives;
-//  3. starts its control plane (ControlPlanes): kube-apiserver with etcd and
+//  4. starts its control plane (ControlPlanes): kube-apiserver with etcd and
 //     the podvisor node (virtual-kubelet), which registers node `podvisor`
 //     in the guest cluster and talks to this controller with that identity;
-//  4. records the endpoint and the admin kubeconfig (Phase Ready) and
+//  5. records the endpoint and the admin kubeconfig (Phase Ready) and
 //     publishes guestcluster.ready.
 //
 // The controller answers the node's queries (gateway.go): pod.create asks
@@ -23,6 +29,10 @@
 // returns the guest cluster's pods in the Kubernetes shape (status flows
 // back this way); pod.logs and pod.exec are checked and handed to the host
 // agent of the pod's VM, which streams its answer straight to the node.
+//
+// For guestcluster.check.requested (`podvisor check guestcluster NAME`) it
+// runs the same check of the recorded version and answers with the
+// request's id.
 //
 // For guestcluster.delete.requested it marks the record Deleting, stops the
 // control plane (no new pods), asks for the deletion of every pod labelled

@@ -7,6 +7,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/podvisor/podvisor/events v0.0.0
 	github.com/podvisor/podvisor/shared v0.0.0
+	github.com/vmware/govmomi v0.56.0
 	golang.org/x/sync v0.24.0
 	k8s.io/api v0.37.2
 )
@@ -30,6 +31,9 @@ require (
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
 	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/podvisor/podvisor/agent v0.0.0 // indirect
+	github.com/vishvananda/netlink v1.3.1 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	github.com/x448/float16 v0.8.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -43,6 +47,7 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	gopkg.in/inf.v0 v0.9.1 // indirect
+	gopkg.in/yaml.v3 v3.0.1 // indirect
 	k8s.io/apimachinery v0.37.2 // indirect
 	k8s.io/klog/v2 v2.140.0 // indirect
 	k8s.io/kube-openapi v0.0.0-20260721132016-d427ff9ee9ad // indirect
@@ -54,6 +59,7 @@ require (
 )
 
 replace (
+	github.com/podvisor/podvisor/agent => ../../agent
 	github.com/podvisor/podvisor/events => ../../events
 	github.com/podvisor/podvisor/shared => ../../shared
 )

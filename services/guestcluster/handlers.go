@@ -12,8 +12,8 @@ import (
 	"github.com/podvisor/podvisor/shared/record"
 )
 
-// onRequested creates (or converges) a guest cluster: record, identity,
-// control plane, then Ready.
+// onRequested creates (or converges) a guest cluster: record,
+// compatibility check, identity, control plane, then Ready.
 func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterRequested) error {
 	g := p.GuestCluster
 	g.Normalize()
@@ -21,10 +21,6 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	key := events.GuestClusterRecordKey(ns, name)
 	if s.unavailable != nil {
 		return bus.Permanent(bus.WithReason("GuestClustersUnavailable", s.unavailable))
-	}
-	if !slices.Contains(events.GuestClusterVersions, g.Spec.Version) {
-		return bus.Permanent(bus.WithReason("UnsupportedVersion",
-			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
 	}
 	now := time.Now().UTC()
 	rec, err := s.clusters.Upsert(ctx, key, func(r *events.GuestClusterRecord, exists bool) error {
@@ -45,6 +41,15 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	})
 	if err != nil {
 		return err
+	}
+	// Nothing is built before the version is found compatible with what
+	// the infrastructure and the vCenter offer.
+	if err := s.admitCompatible(ctx, &m.Event, key, ns, name, g.Spec.Version); err != nil {
+		return err
+	}
+	if !slices.Contains(events.GuestClusterVersions, g.Spec.Version) {
+		return bus.Permanent(bus.WithReason("UnsupportedVersion",
+			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
 	}
 	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec.Version)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/record"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Name is the service's name: consumers guestcluster-<STREAM>, dead letters
@@ -36,7 +37,10 @@ type Deps struct {
 	ControlPlanes ControlPlanes
 	// Minter signs identities; nil means the authority in Config.Authority.
 	Minter Minter
-	Logger *slog.Logger
+	// VSphere is the vCenter session the compatibility checks read the
+	// SDDC's offers from and post their results to; required.
+	VSphere *vsphere.Session
+	Logger  *slog.Logger
 }
 
 // Service is the guest cluster controller.
@@ -49,6 +53,7 @@ type Service struct {
 	pods     *record.Store[events.PodRecord]
 	cps      ControlPlanes
 	minter   Minter
+	vs       *vsphere.Session
 	// unavailable says why guest clusters cannot be made here (a setting
 	// is missing); nil when they can.
 	unavailable error
@@ -62,6 +67,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	if deps.Bus == nil {
 		return nil, errors.New("guestcluster: Deps.Bus: required")
+	}
+	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Finder == nil {
+		return nil, errors.New("guestcluster: Deps.VSphere: required (compatibility checks read and report to vCenter)")
 	}
 	log := deps.Logger
 	if log == nil {
@@ -86,6 +94,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		pods:     record.New[events.PodRecord](pkv, "pod"),
 		cps:      deps.ControlPlanes,
 		minter:   deps.Minter,
+		vs:       deps.VSphere,
 	}
 	if s.cps == nil || s.minter == nil {
 		s.unavailable = cfg.missing()
@@ -111,6 +120,7 @@ func (s *Service) routes() *bus.Router {
 	r := bus.NewRouter(Name, s.log)
 	bus.Handle(r, s.onRequested).OnFailure(s.requestFailed)
 	bus.Handle(r, s.onDeleteRequested)
+	bus.Handle(r, s.onCheckRequested)
 	return r
 }
 

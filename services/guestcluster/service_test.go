@@ -16,6 +16,9 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // recordingControlPlanes stands for the control-plane VM: the real one
@@ -47,6 +50,8 @@ func (r *recordingControlPlanes) Remove(_ context.Context, ns, name string) erro
 
 type harness struct {
 	b    *bus.Bus
+	dc   *sim.Datacenter
+	vs   *vsphere.Session
 	cps  *recordingControlPlanes
 	auth *bus.Authority
 	evs  chan event.Event
@@ -59,11 +64,17 @@ func start(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{b: b, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, evs: make(chan event.Event, 256)}
+	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1})
+	vs, err := vsphere.Connect(context.Background(), vsphere.Config{URL: dc.URL().String(), Insecure: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = vs.Close(context.Background()) })
+	h := &harness{b: b, dc: dc, vs: vs, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, evs: make(chan event.Event, 256)}
 	cfg := DefaultConfig()
 	cfg.ResyncInterval = 0
 	cfg.DeleteTimeout = 20 * time.Second
-	svc, err := New(cfg, Deps{Bus: b, ControlPlanes: h.cps, Minter: auth})
+	svc, err := New(cfg, Deps{Bus: b, ControlPlanes: h.cps, Minter: auth, VSphere: vs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
@@ -39,6 +41,17 @@ requirement, and exits 1 when the cluster is incompatible.`,
 				return err
 			}
 			defer b.Close()
+			// Only a guest cluster podvisor knows can be checked: its
+			// record holds the version the check is about.
+			kv, err := b.KV(ctx, events.BucketGuestClusters)
+			if err != nil {
+				return err
+			}
+			if _, err := kv.Get(ctx, events.GuestClusterRecordKey(namespace, args[1])); errors.Is(err, jetstream.ErrKeyNotFound) {
+				return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s not found", namespace, args[1])}
+			} else if err != nil {
+				return fmt.Errorf("read guestcluster %s/%s: %w", namespace, args[1], err)
+			}
 			answers, stop, err := followEvents(ctx, b, events.StreamGuestClusters, events.SubjectGuestClusterCompatibility)
 			if err != nil {
 				return err

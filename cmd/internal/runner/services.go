@@ -21,8 +21,8 @@ import (
 // A container (`serve`) and an in-process `up` configure a service the
 // same way, from the settings source they are given.
 var table = []Spec{
-	service("guestcluster", false, false, guestcluster.ConfigFrom, func(c guestcluster.Config, d Deps) (*guestcluster.Service, error) {
-		return guestcluster.New(c, guestcluster.Deps{Bus: d.Bus, Logger: d.Logger})
+	service("guestcluster", true, false, guestcluster.ConfigFrom, func(c guestcluster.Config, d Deps) (*guestcluster.Service, error) {
+		return guestcluster.New(c, guestcluster.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
 	}),
 	service("imagecache", true, true, imagecache.ConfigFrom, func(c imagecache.Config, d Deps) (*imagecache.Service, error) {
 		return imagecache.New(c, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})

@@ -1,0 +1,152 @@
+package guestcluster
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+func (h *harness) record(t *testing.T, ns, name string) events.GuestClusterRecord {
+	t.Helper()
+	ctx := context.Background()
+	kv, _ := h.b.KV(ctx, events.BucketGuestClusters)
+	e, err := kv.Get(ctx, events.GuestClusterRecordKey(ns, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec events.GuestClusterRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// vcenterEvents are the messages of the compatibility events vCenter holds
+// on the datacenter's cluster (what `govc events` lists).
+func (h *harness) vcenterEvents(t *testing.T) []string {
+	t.Helper()
+	ctx := context.Background()
+	cluster := h.dc.Clusters()[0].Ref
+	evs, err := event.NewManager(h.vs.Vim()).QueryEvents(ctx, types.EventFilterSpec{
+		Entity:      &types.EventFilterSpecByEntity{Entity: cluster, Recursion: types.EventFilterSpecRecursionOptionSelf},
+		EventTypeId: []string{"io.podvisor.guestcluster.compatibility"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range evs {
+		out = append(out, e.GetEvent().FullFormattedMessage)
+	}
+	return out
+}
+
+func compatibility(t *testing.T, h *harness) events.GuestClusterCompatibility {
+	t.Helper()
+	ev := h.await(t, events.TypeGuestClusterCompatibility)
+	var c events.GuestClusterCompatibility
+	if err := json.Unmarshal(ev.Data(), &c); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestIncompatibleGuestClusterIsRefusedBeforeAnythingIsBuilt: a version
+// whose requirements the vCenter does not meet (v1.38 needs a site
+// information manager, which vcsim does not offer) is refused with each unmet requirement
+// named: in the record's Compatible condition, in guestcluster.failed, in
+// guestcluster.compatibility and in the vCenter event on the cluster; no
+// control plane is started.
+func TestIncompatibleGuestClusterIsRefusedBeforeAnythingIsBuilt(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Version = "v1.38.0"
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	c := compatibility(t, h)
+	if c.Compatible || c.Trigger != events.CompatTriggerCreate || c.Version != "v1.38.0" || c.VCenterEventKey == 0 {
+		t.Fatalf("guestcluster.compatibility = %+v, want an incompatible create check posted to vCenter", c)
+	}
+	var named bool
+	for _, u := range c.Unmet {
+		named = named || (u.Provider == "sddc" && u.Name == "vsphere.api.feature/siteInfoManager")
+	}
+	if !named {
+		t.Errorf("unmet %+v does not name the site information manager", c.Unmet)
+	}
+	ev := h.await(t, events.TypeGuestClusterFailed)
+	var f events.GuestClusterFailed
+	_ = json.Unmarshal(ev.Data(), &f)
+	if f.Reason != ReasonIncompatible || !strings.Contains(f.Message, "siteInfoManager") {
+		t.Errorf("guestcluster.failed = %+v, want Incompatible naming siteInfoManager", f)
+	}
+	rec := h.record(t, "team-a", "gc1")
+	cond, ok := conditionOf(rec, events.GuestClusterConditionCompatible)
+	if rec.Phase != events.GuestClusterPhaseFailed || rec.Reason != ReasonIncompatible || !ok ||
+		cond.Status != events.ConditionFalse || !strings.Contains(cond.Message, "vsphere.api.feature/siteInfoManager") {
+		t.Errorf("record = %+v, want Failed with Compatible=False naming the site information manager", rec)
+	}
+	h.cps.mu.Lock()
+	n := len(h.cps.ensured)
+	h.cps.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d control planes started for an incompatible guest cluster", n)
+	}
+	found := 0
+	for _, m := range h.vcenterEvents(t) {
+		if strings.Contains(m, "team-a/gc1 v1.38.0 is incompatible") && strings.Contains(m, "siteInfoManager") {
+			found++
+		}
+	}
+	if found != 1 {
+		t.Errorf("vCenter events naming gc1's unmet requirements: %d, want 1 (%q)", found, h.vcenterEvents(t))
+	}
+
+	// On request the same check answers with the request's id.
+	h.publish(t, events.TypeGuestClusterCheckRequested, "team-a/gc1", &events.GuestClusterCheckRequested{ID: "chk-1", Namespace: "team-a", Name: "gc1"})
+	c = compatibility(t, h)
+	if c.CheckID != "chk-1" || c.Trigger != events.CompatTriggerRequest || c.Compatible || len(c.Unmet) == 0 {
+		t.Errorf("answer to the check request = %+v", c)
+	}
+}
+
+// TestCompatibleGuestClusterRecordsTheCheck: a compatible version is
+// checked first (condition True, a vCenter info event), then built.
+func TestCompatibleGuestClusterRecordsTheCheck(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	c := compatibility(t, h)
+	if !c.Compatible || c.Trigger != events.CompatTriggerCreate || c.VCenterEventKey == 0 {
+		t.Fatalf("guestcluster.compatibility = %+v", c)
+	}
+	h.await(t, events.TypeGuestClusterReady)
+	rec := h.record(t, "team-a", "gc1")
+	if cond, ok := conditionOf(rec, events.GuestClusterConditionCompatible); !ok || cond.Status != events.ConditionTrue {
+		t.Errorf("conditions %+v, want Compatible=True", rec.Conditions)
+	}
+	// A version without known requirements is refused naming the known
+	// ones, before any check is posted.
+	req.GuestCluster.Metadata.Name = "gc2"
+	req.GuestCluster.Spec.Version = "v1.20.0"
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	ev := h.await(t, events.TypeGuestClusterFailed)
+	var f events.GuestClusterFailed
+	_ = json.Unmarshal(ev.Data(), &f)
+	if f.Name != "gc2" || f.Reason != "UnsupportedVersion" || !strings.Contains(f.Message, "v1.37") {
+		t.Errorf("guestcluster.failed = %+v", f)
+	}
+}
+
+func conditionOf(r events.GuestClusterRecord, t string) (events.PodCondition, bool) {
+	for _, c := range r.Conditions {
+		if c.Type == t {
+			return c, true
+		}
+	}
+	return events.PodCondition{}, false
+}
