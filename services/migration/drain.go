@@ -140,6 +140,10 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 				break
 			}
 		}
+		// Then its native VMs (vms.go).
+		if err := s.drainVMs(ctx, host, requestID, st); err != nil {
+			return s.drainEnded(ctx, host, requestID, st, err)
+		}
 		// What is still on the host after the last pass stays.
 		pods, err := s.store.podsOnHost(ctx, host)
 		if err != nil {

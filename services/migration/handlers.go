@@ -37,6 +37,7 @@ func (s *Service) routes() *bus.Router {
 		return s.onUncordonRequested(ctx, m, p)
 	})
 	bus.Handle(r, s.onHostLost)
+	bus.Handle(r, s.onVMMigrated)
 	bus.Handle(r, s.onNetworkHostFailed)
 	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostRecovered) error {
 		annotateHost(ctx, p.Name)

@@ -40,7 +40,7 @@ func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.Host
 		evicted++
 	}
 	s.log.Warn("host lost; pods evicted", "host", p.Name, "reason", p.Reason, "pods", evicted)
-	return nil
+	return s.evictVMs(ctx, m, p.Name, p.Reason)
 }
 
 // failMigrationsTouching ends the migrations to or from host that have not

@@ -68,6 +68,8 @@ type Service struct {
 	drains map[string]*drainRun
 	// runCtx is Run's context, which background drains live in.
 	runCtx context.Context
+	// nvm is what drains know of native VMs (vms.go).
+	nvm nativeVMs
 
 	kick    chan struct{}
 	runners sync.WaitGroup

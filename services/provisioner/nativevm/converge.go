@@ -45,6 +45,21 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		c.publishStatus(ctx, cause, rec)
 		return nil
 	}
+	if rec.StaleVM != "" {
+		// An evicted VM is made again from its spec on its new host: the
+		// one it left (same name, same files) goes first.
+		if err := c.removeStale(ctx, rec); err != nil {
+			return err
+		}
+		out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+			r.StaleVM, r.StaleHost = "", ""
+			return nil
+		})
+		if err != nil || out == nil {
+			return err
+		}
+		rec = out
+	}
 	vm, err := c.findVM(ctx, events.NativeVMName(rec.UID))
 	if err != nil {
 		return err
@@ -72,12 +87,8 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	if err != nil {
 		return err
 	}
-	if c.destroyStale(ctx, rec) {
-		rec.StaleVM, rec.StaleHost = "", ""
-	}
 	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
 		now := c.now().UTC()
-		r.StaleVM, r.StaleHost = rec.StaleVM, rec.StaleHost
 		r.Status.VM, r.Status.PowerState, r.Status.Phase = vm.Reference().Value, power, phase
 		if host != "" {
 			r.Status.Host = host
@@ -538,21 +549,28 @@ func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
 	return nil
 }
 
-// destroyStale removes the VM an eviction left on a lost host, once the
-// host answers; it reports whether nothing stale is left.
-func (c *Controller) destroyStale(ctx context.Context, rec *events.VMRecord) bool {
-	if rec.StaleVM == "" {
-		return true
-	}
+// removeStale removes the VM an eviction left behind (on a lost host, or
+// on a drained host it could not be moved from): destroyed when its host
+// lets it be, otherwise unregistered from vCenter so that the VM can be
+// made again under its name; a VM already gone counts as removed.
+func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) error {
 	vm := object.NewVirtualMachine(c.vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.StaleVM})
-	if rec.StaleVM == rec.Status.VM {
-		return true
+	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) {
+		c.log.Warn("stale VM does not power off; destroying it anyway", "vm", rec.Key(), "ref", rec.StaleVM, "err", err)
 	}
 	task, err := vm.Destroy(ctx)
 	if err == nil {
 		_, err = task.WaitForResult(ctx)
 	}
-	return err == nil || isNotFound(err)
+	if err == nil || isNotFound(err) {
+		c.log.Info("stale native VM destroyed", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost)
+		return nil
+	}
+	if uerr := vm.Unregister(ctx); uerr != nil && !isNotFound(uerr) {
+		return fmt.Errorf("remove the VM %s left on %s: destroy: %v; unregister: %w", rec.StaleVM, rec.StaleHost, err, uerr)
+	}
+	c.log.Warn("stale native VM unregistered (its host did not let it be destroyed)", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost, "err", err)
+	return nil
 }
 
 func isNotFound(err error) bool {

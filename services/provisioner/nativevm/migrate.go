@@ -2,9 +2,12 @@ package nativevm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vapi/library"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -48,7 +51,13 @@ func (c *Controller) onTargetReserved(ctx context.Context, m *bus.Message, e *ev
 			_, err = task.WaitForResult(ctx)
 		}
 		if err != nil {
-			return bus.WithReason("RelocateFailed", fmt.Errorf("relocate %s to %s: %w", rec.Key(), e.TargetHost, err))
+			err = bus.WithReason("RelocateFailed", fmt.Errorf("relocate %s to %s: %w", rec.Key(), e.TargetHost, err))
+			if refusedByVCenter(err) {
+				// vCenter answered and said no: trying the same move
+				// again says no again; the VM stays, the target is freed.
+				return bus.Permanent(err)
+			}
+			return err
 		}
 	}
 	out, err := c.mutateVM(ctx, e.Namespace, e.Name, e.UID, func(r *events.VMRecord) error {
@@ -99,4 +108,19 @@ func (c *Controller) findLibraryItem(ctx context.Context, lib, item string) (str
 		return "", fmt.Errorf("content library %q has no item %q", lib, item)
 	}
 	return items[0], nil
+}
+
+// refusedByVCenter reports whether err is vCenter's answer (a fault of the
+// call or of its task), not a failure to reach it.
+func refusedByVCenter(err error) bool {
+	var te task.Error
+	if errors.As(err, &te) {
+		return true
+	}
+	for ; err != nil; err = errors.Unwrap(err) {
+		if soap.IsSoapFault(err) || soap.IsVimFault(err) {
+			return true
+		}
+	}
+	return false
 }
