@@ -58,7 +58,7 @@ func newEnv(t *testing.T) *env {
 	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 1, Dir: base, GuestsRequired: true,
 		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}},
 		Guests:     &guest.Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
-	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Insecure: true})
+	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Username: d.Username(), Password: d.Password(), Insecure: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +113,31 @@ func (e *env) waitRecord(what string, ok func(*events.VMRecord) bool) *events.VM
 		}
 		if time.Now().After(deadline) {
 			e.t.Fatalf("%s: record %+v", what, r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitConsole waits until the native guest of VM ref has written every
+// line of want on its console.
+func (e *env) waitConsole(ref string, want ...string) string {
+	e.t.Helper()
+	g, ok := e.dc.Guests().Guest(ref)
+	if !ok || g.VM.Native == nil {
+		e.t.Fatal("no native guest runs")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(g.Dir, "console.log"))
+		all := true
+		for _, w := range want {
+			all = all && strings.Contains(string(b), w)
+		}
+		if all {
+			return string(b)
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("guest console:\n%s\nwant %q", b, want)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -184,21 +209,7 @@ func TestVMLifecycle(t *testing.T) {
 	if info[nativevm.GuestinfoUserDataEncoding] != "base64" || info[nativevm.GuestinfoMetadataEncoding] != "base64" || info[nativevm.GuestinfoUserData] == "" {
 		t.Errorf("guestinfo %v: want base64 user data and metadata (VMware datasource encoding)", info)
 	}
-	g, ok := e.dc.Guests().Guest(vm.Reference().Value)
-	if !ok || g.VM.Native == nil {
-		t.Fatal("no native guest runs")
-	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		b, _ := os.ReadFile(filepath.Join(g.Dir, "console.log"))
-		if strings.Contains(string(b), "cloud-config applied") && strings.Contains(string(b), "init: eth0 10.244.0.7/16") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("guest console:\n%s", b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.waitConsole(vm.Reference().Value, "cloud-config applied", "init: eth0 10.244.0.7/16")
 
 	// Resize: a new generation; placed again, the VM is powered off,
 	// resized and powered on.
@@ -223,7 +234,7 @@ func TestVMLifecycle(t *testing.T) {
 
 	// Delete: the VM is gone from vCenter and the record removed.
 	e.publish(client, &events.VMDeleteRequested{Namespace: "team-a", Name: "vm1"})
-	deadline = time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for {
 		rec, _, _ := e.vms.Get(ctx, events.VMRecordKey("team-a", "vm1"))
 		if rec == nil {

@@ -254,11 +254,14 @@ func (c *Controller) create(ctx context.Context, rec *events.VMRecord) (*object.
 		return nil, err
 	}
 	name := events.NativeVMName(rec.UID)
-	devices, err := c.devices(ctx, rec, ds, name)
+	folder, err := c.ensureFolder(ctx, path.Join(c.cfg.FolderRoot, rec.Namespace))
 	if err != nil {
 		return nil, err
 	}
-	folder, err := c.ensureFolder(ctx, path.Join(c.cfg.FolderRoot, rec.Namespace))
+	if rec.Image.ContentLibrary != nil {
+		return c.deploy(ctx, rec, h, pool, ds, folder, name)
+	}
+	devices, err := c.devices(ctx, rec, ds, name)
 	if err != nil {
 		return nil, err
 	}
@@ -304,26 +307,20 @@ const (
 // devices is the device list of a new VM: a paravirtual SCSI controller,
 // the boot disk at scsi0:0, extra disks after it, one NIC per network.
 func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name string) ([]types.BaseVirtualDeviceConfigSpec, error) {
-	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
-		Operation: types.VirtualDeviceConfigSpecOperationAdd,
-		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
-			VirtualController: types.VirtualController{VirtualDevice: types.VirtualDevice{Key: scsiKey}},
-			SharedBus:         types.VirtualSCSISharingNoSharing,
-		}},
-	}}
+	changes := []types.BaseVirtualDeviceConfigSpec{scsiControllerAdd()}
 	boot, capacity, err := c.bootDisk(ctx, rec, ds, name)
 	if err != nil {
 		return nil, err
 	}
 	unit := int32(0)
-	changes = append(changes, diskChange(boot, capacity, unit, ""))
+	changes = append(changes, diskChange(boot, capacity, scsiKey, unit, ""))
 	for i, d := range rec.Spec.Disks {
 		unit = int32(i + 1)
 		if unit >= 7 {
 			unit++ // unit 7 is the controller's own
 		}
 		file := fmt.Sprintf("[%s] %s/%s.vmdk", ds, name, d.Name)
-		changes = append(changes, diskChange(file, d.SizeMiB()<<20, unit, types.VirtualDeviceConfigSpecFileOperationCreate))
+		changes = append(changes, diskChange(file, d.SizeMiB()<<20, scsiKey, unit, types.VirtualDeviceConfigSpecFileOperationCreate))
 	}
 	nics, err := c.nicChanges(ctx, rec.Status.NICs, nicKey0)
 	if err != nil {
@@ -332,13 +329,24 @@ func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name
 	return append(changes, nics...), nil
 }
 
-func diskChange(file string, capacity int64, unit int32, op types.VirtualDeviceConfigSpecFileOperation) *types.VirtualDeviceConfigSpec {
+// scsiControllerAdd adds the paravirtual SCSI controller the disks hang on.
+func scsiControllerAdd() *types.VirtualDeviceConfigSpec {
+	return &types.VirtualDeviceConfigSpec{
+		Operation: types.VirtualDeviceConfigSpecOperationAdd,
+		Device: &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
+			VirtualController: types.VirtualController{VirtualDevice: types.VirtualDevice{Key: scsiKey}},
+			SharedBus:         types.VirtualSCSISharingNoSharing,
+		}},
+	}
+}
+
+func diskChange(file string, capacity int64, ctrl, unit int32, op types.VirtualDeviceConfigSpecFileOperation) *types.VirtualDeviceConfigSpec {
 	return &types.VirtualDeviceConfigSpec{
 		Operation:     types.VirtualDeviceConfigSpecOperationAdd,
 		FileOperation: op,
 		Device: &types.VirtualDisk{
 			VirtualDevice: types.VirtualDevice{
-				Key: diskKey0 - unit, ControllerKey: scsiKey, UnitNumber: types.NewInt32(unit),
+				Key: diskKey0 - unit, ControllerKey: ctrl, UnitNumber: types.NewInt32(unit),
 				Backing: &types.VirtualDiskFlatVer2BackingInfo{
 					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
 					DiskMode:                     string(types.VirtualDiskModePersistent), ThinProvisioned: types.NewBool(true),

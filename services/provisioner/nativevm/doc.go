@@ -39,5 +39,20 @@
 // writes stays its own. Simulated guests boot that disk's /sbin/init.
 // A content library source names an OVF template; the controller resolves
 // the item when the image is declared (the image is not Ready while it is
-// missing).
+// missing) and vCenter deploys it for each VM (the library's deploy API,
+// vcenter.Manager.DeployLibraryItem) on the VM's host, pool, datastore and
+// folder: the VM has the template's hardware and disks, then the class's
+// size, the cloud-init data, the NICs and the extra disks. An image with
+// both sources is deployed from the template with the OCI root's boot
+// disk in place of the template's first disk, so a simulated guest boots
+// it.
+//
+// # Drain and host loss
+//
+// A VM is moved by the same migration service as pods: a drain asks for
+// vm.migrate.requested (vMotion, onTargetReserved; a relocation vCenter
+// refuses fails at once, freeing the target); one that cannot move, or
+// one on a lost host, is evicted (vm.evicted): it is placed again and
+// made again there from its spec, in its declared power state, after the
+// VM it left is destroyed (or unregistered when its host is gone).
 package nativevm
