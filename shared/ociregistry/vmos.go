@@ -14,16 +14,21 @@ const VMOSRepoTag = "podvisor/vmos:1.0"
 // vmosApplets are the busybox applets the init and a person at the
 // console use.
 var vmosApplets = []string{"sh", "echo", "cat", "ls", "sleep", "mkdir", "rm", "touch", "base64", "sed", "awk", "tr",
-	"head", "hostname", "ip", "dirname", "ps", "kill", "true", "false", "env", "date", "grep", "wc", "uname", "id"}
+	"head", "hostname", "ip", "dirname", "ps", "kill", "true", "false", "env", "date", "grep", "wc", "uname", "id",
+	"mount", "umount", "mke2fs", "df"}
 
 // VMInit is the sample image's /sbin/init. Like cloud-init with the
 // VMware datasource it reads guestinfo.metadata and guestinfo.userdata
 // (base64 when their .encoding says so) with vmware-rpctool, keeps them in
 // /var/lib/cloud/instance, sets the host name, configures each NIC's
 // address from the metadata's network section (eth<i> is the i-th entry),
-// and runs the user data: a "#!" script is executed, a "#cloud-config"
-// document's write_files entries (path and one-line content) are written.
-// It then waits as PID 1 until the VM is powered off.
+// and runs the user data: a "#!" script is executed; of a "#cloud-config"
+// document, in cloud-init's order, the write_files entries (path and
+// one-line content) are written, each fs_setup device ("- {device:
+// /dev/sdb, filesystem: ext4}") that holds no filesystem yet is formatted
+// (ext2: what busybox makes), each mounts entry ("- [/dev/sdb, /data]")
+// is mounted, and each runcmd line ("- cmd") is run by sh. It then waits
+// as PID 1 until the VM is powered off.
 const VMInit = `#!/bin/sh
 export PATH=/bin:/sbin:/usr/bin
 trap 'echo "init: power off"; exit 0' TERM INT
@@ -48,6 +53,16 @@ case "$(head -n 1 $inst/user-data.txt)" in
 '#cloud-config'*)
   awk '/^ *- *path: */ { sub(/^ *- *path: */, ""); p = $0 }
        /^ *content: */ { sub(/^ *content: */, ""); if (p != "") { d = p; sub(/\/[^\/]*$/, "", d); system("mkdir -p \"" d "\""); print > p; close(p); p = "" } }' $inst/user-data.txt
+  for dev in $(sed -n 's/^ *- *{ *device: *\([^,} ]*\).*/\1/p' $inst/user-data.txt); do
+    mkdir -p /run/probe
+    if mount -o ro "$dev" /run/probe 2>/dev/null; then umount /run/probe
+    else mke2fs -F "$dev" >/dev/null 2>&1 && echo "init: formatted $dev"; fi
+  done
+  sed -n 's/^ *- *\[ *\([^], ]*\) *, *\([^], ]*\).*/\1 \2/p' $inst/user-data.txt | while read -r dev dir; do
+    mkdir -p "$dir" && mount "$dev" "$dir" && echo "init: $dev mounted on $dir"
+  done
+  awk '/^[^ -]/ { run = ($0 ~ /^runcmd:/) ; next } run && /^ *- / { sub(/^ *- */, ""); print }' $inst/user-data.txt > $inst/runcmd
+  sh $inst/runcmd > $inst/runcmd.log 2>&1 || echo "init: runcmd exited $?"
   echo "init: cloud-config applied" ;;
 esac
 echo "init: ready $(hostname)"

@@ -8,11 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/sim/segment"
@@ -69,10 +72,12 @@ exec "$agent" --boot-config "$boot"`
 // nativeLauncher boots a native VM's guest: the same first steps as
 // launcher, then the boot disk becomes the root (with /proc, a /run
 // holding the guestinfo files, and a /dev of the few devices a minimal
-// init uses) and its /sbin/init is exec'd, staying PID 1. chroot rather
+// init uses plus the VM's data disks as block devices sdb, sdc, ...; devs
+// lists them as name:major:minor) and its /sbin/init is exec'd, staying
+// PID 1. chroot rather
 // than pivot_root: the guest's mount namespace is its own, and nothing
 // outside the root is reachable from it.
-const nativeLauncher = `root=$0 disk=$1 info=$2; shift 2
+const nativeLauncher = `root=$0 disk=$1 info=$2 devs=$3; shift 3
 for f do echo 0 > "$f" || exit 125; done
 mount --make-rprivate / || exit 125
 read -r go <&3 && [ "$go" = go ] || exit 125
@@ -84,6 +89,7 @@ mount -t tmpfs -o mode=0755 run "$root/run" || exit 125
 mkdir -p "$root` + GuestinfoDir + `" && cp -R "$info/." "$root` + GuestinfoDir + `/" || exit 125
 mount -t tmpfs -o mode=0755 dev "$root/dev" || exit 125
 for d in null zero random urandom; do touch "$root/dev/$d" && mount --bind "/dev/$d" "$root/dev/$d" || exit 125; done
+for d in $devs; do n=${d%%:*} mm=${d#*:}; mknod "$root/dev/$n" b "${mm%:*}" "${mm#*:}" || exit 125; done
 cd "$root" && exec chroot . /sbin/init`
 
 // Check says why guests cannot run here, or nil: root, the agent binary,
@@ -364,8 +370,64 @@ func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup) (_ *guest, err er
 			ch.close()
 		}
 	}()
-	args := append([]string{"-c", nativeLauncher, root, vm.Native.BootDisk, info}, cg.procsFiles()...)
-	return m.launch(vm, dir, cg, ch, args)
+	loops, devs, err := attachDataDisks(vm)
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"-c", nativeLauncher, root, vm.Native.BootDisk, info, strings.Join(devs, " ")}, cg.procsFiles()...)
+	g, err := m.launch(vm, dir, cg, ch, args)
+	if err != nil {
+		detachLoops(loops, m.log)
+		return nil, err
+	}
+	go func() {
+		<-g.exited
+		detachLoops(loops, m.log)
+	}()
+	return g, nil
+}
+
+// attachDataDisks gives each read/write disk of a native VM other than
+// its boot disk a loop device, in unit order: the guest sees them as
+// block devices sdb, sdc, ... (the boot disk is sda), as a Linux guest
+// sees a VM's SCSI disks. It returns the loop devices and the guest's
+// name:major:minor of each.
+func attachDataDisks(vm VM) (loops, devs []string, err error) {
+	disks := slices.Clone(vm.Disks)
+	slices.SortFunc(disks, func(a, b Disk) int { return strings.Compare(a.Unit, b.Unit) })
+	for _, d := range disks {
+		if d.ReadOnly || d.Path == vm.Native.BootDisk {
+			continue
+		}
+		if len(devs) == 25 {
+			break // sdb..sdz
+		}
+		out, err := exec.Command("losetup", "--find", "--show", d.Path).Output()
+		if err != nil {
+			detachLoops(loops, nil)
+			return nil, nil, fmt.Errorf("disk %s: losetup: %w", d.Unit, err)
+		}
+		loop := strings.TrimSpace(string(out))
+		loops = append(loops, loop)
+		var st syscall.Stat_t
+		if err := syscall.Stat(loop, &st); err != nil {
+			detachLoops(loops, nil)
+			return nil, nil, fmt.Errorf("disk %s: %w", d.Unit, err)
+		}
+		rdev := uint64(st.Rdev)
+		devs = append(devs, fmt.Sprintf("sd%c:%d:%d", 'b'+len(devs), unix.Major(rdev), unix.Minor(rdev)))
+	}
+	return loops, devs, nil
+}
+
+// detachLoops lets the loop devices of a guest's data disks go (a device
+// still in use is detached by the kernel once its last user closes it).
+func detachLoops(loops []string, log *slog.Logger) {
+	for _, l := range loops {
+		if out, err := exec.Command("losetup", "--detach", l).CombinedOutput(); err != nil && log != nil {
+			log.Warn("detach a data disk's loop device", "loop", l, "err", err, "output", strings.TrimSpace(string(out)))
+		}
+	}
 }
 
 // launch runs the launcher with args in the guest's new namespaces, plugs

@@ -1,0 +1,95 @@
+package nativevm_test
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/privtest"
+)
+
+// TestDataDiskFormattedAndMountedByTheGuest is an extra disk as a VM
+// Operator user meets it: the VM gets it as its second SCSI disk, the
+// guest sees it as /dev/sdb, and cloud-init user data (fs_setup, mounts,
+// runcmd) formats it, mounts it on /data and writes there; what the guest
+// wrote is on the VM's disk file once it is powered off, and the guest's
+// block device is gone with it.
+func TestDataDiskFormattedAndMountedByTheGuest(t *testing.T) {
+	privtest.RequireTools(t, "debugfs", "losetup")
+	e := newEnv(t)
+	ctx := context.Background()
+	client := "podvisor/cli"
+	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
+		Spec: events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"}}})
+	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
+		Spec: events.VirtualMachineImageSpec{OCI: e.img}}})
+	decl := func(power string) *events.VMDeclared {
+		d := vmDecl("small", power)
+		d.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
+		d.VM.Spec.UserData = `#cloud-config
+fs_setup:
+- {device: /dev/sdb, filesystem: ext4}
+mounts:
+- [/dev/sdb, /data]
+runcmd:
+- echo kept on the data disk > /data/hello
+- df /data > /data/df
+`
+		return d
+	}
+	e.publish(client, decl(events.PowerStatePoweredOn))
+	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	e.place(r, e.dc.Hosts()[0])
+	r = e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
+		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
+	})
+	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	console := e.waitConsole(vm.Reference().Value, "init: formatted /dev/sdb", "init: /dev/sdb mounted on /data", "cloud-config applied")
+	if strings.Contains(console, "runcmd exited") {
+		t.Errorf("runcmd failed:\n%s", console)
+	}
+	g, _ := e.dc.Guests().Guest(vm.Reference().Value)
+	var data string
+	for _, d := range g.VM.Disks {
+		if strings.HasSuffix(d.Path, "data-flat.vmdk") {
+			data = d.Path
+		}
+	}
+	if data == "" {
+		t.Fatalf("the guest has no data disk: %+v", g.VM.Disks)
+	}
+
+	e.publish(client, decl(events.PowerStatePoweredOff))
+	r = e.waitRecord("generation 2", func(r *events.VMRecord) bool { return r.Generation == 2 })
+	e.place(r, e.dc.Hosts()[0])
+	e.waitRecord("powered off", func(r *events.VMRecord) bool { return r.Status.PowerState == events.PowerStatePoweredOff })
+	if got, err := exec.Command("debugfs", "-R", "cat /hello", data).Output(); err != nil || !strings.Contains(string(got), "kept on the data disk") {
+		t.Errorf("/hello on the data disk = %q (%v)", got, err)
+	}
+	if got, err := exec.Command("debugfs", "-R", "cat /df", data).Output(); err != nil || !strings.Contains(string(got), "/data") {
+		t.Errorf("df in the guest = %q (%v), want /data a mount of its own", got, err)
+	}
+	eventually(t, "the data disk's loop device detached", func() bool {
+		out, _ := exec.Command("losetup", "--associated", data).Output()
+		return strings.TrimSpace(string(out)) == ""
+	})
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 15s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
