@@ -11,7 +11,6 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
@@ -24,22 +23,8 @@ import (
 // it), and `podvisor check guestcluster` answers, exiting 1 with each
 // unmet requirement; a guest cluster podvisor does not know is an error.
 func TestGuestClusterCompatibilityThroughTheCLI(t *testing.T) {
-	specs, err := runner.Select("guestcluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 1, Seed: 1,
-		Guests: allinone.GuestsOff, Services: specs})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := startUp(t, "guestcluster", allinone.Config{HostsPerCluster: 1, Guests: allinone.GuestsOff})
+	ctx := context.Background()
 	gc := `apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: gc2, namespace: team-a}

@@ -29,7 +29,17 @@ func guestsUp(t *testing.T, why string, cfg allinone.Config, tools ...string) (*
 	if err != nil {
 		t.Fatalf("build podvm-agent: %v", err)
 	}
-	specs, err := runner.Select("all")
+	cfg.Guests, cfg.Agent = allinone.GuestsOn, agent
+	return startUp(t, "all", cfg)
+}
+
+// startUp starts what `podvisor up --services services` starts, in
+// process, in a short temporary state dir, with the env file the CLI
+// reads; cfg sets the datacenter and the guests (one cluster and seed 1
+// unless it says otherwise). Everything stops at cleanup.
+func startUp(t *testing.T, services string, cfg allinone.Config) (*allinone.System, string) {
+	t.Helper()
+	specs, err := runner.Select(services)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +48,7 @@ func guestsUp(t *testing.T, why string, cfg allinone.Config, tools ...string) (*
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg.StateDir, cfg.Services, cfg.Guests, cfg.Agent = dir, specs, allinone.GuestsOn, agent
+	cfg.StateDir, cfg.Services = dir, specs
 	if cfg.Clusters == 0 {
 		cfg.Clusters = 1
 	}

@@ -14,7 +14,6 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -27,26 +26,8 @@ import (
 // another host in their declared power state.
 func TestNativeVMsDrainAndHostLoss(t *testing.T) {
 	privtest.RequireTools(t, "mkfs.ext4")
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, err := os.MkdirTemp("", "pvvd-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 3, Seed: 1,
-		Guests: allinone.GuestsOff, Services: specs})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	sys, dir := startUp(t, "all", allinone.Config{HostsPerCluster: 3, Guests: allinone.GuestsOff})
+	ctx := context.Background()
 	t.Cleanup(func() {
 		if t.Failed() {
 			evs, errs, _ := run(t, dir, "", "events")
