@@ -56,7 +56,6 @@ type node struct {
 	xattrs   map[string]string
 	nlink    uint32
 	kind     kind
-	whiteout bool
 	parent   *node
 	children map[string]*node // directories only
 
@@ -96,7 +95,8 @@ func Read(ctx context.Context, r io.Reader, opts Options) (*Layer, error) {
 	return l, nil
 }
 
-// Remove deletes the image in the making (and the image, if Erofs made one).
+// Remove deletes the image in the making. Once Erofs has made the image,
+// the Image owns it and Remove does nothing.
 func (l *Layer) Remove() error {
 	if l == nil || l.tmp == "" {
 		return nil
@@ -366,7 +366,7 @@ func (l *Layer) whiteout(hdr *tar.Header, rel string) error {
 	if err != nil {
 		return err
 	}
-	n := l.add(parent, rel, base, &node{mode: unix.S_IFCHR, kind: kindOther, whiteout: true})
+	n := l.add(parent, rel, base, &node{mode: unix.S_IFCHR, kind: kindOther})
 	inheritGroup(n, parent)
 	n.mtime, n.nsec = mtimeOf(hdr.ModTime)
 	return nil
