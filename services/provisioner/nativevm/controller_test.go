@@ -119,14 +119,17 @@ func (e *env) waitRecord(what string, ok func(*events.VMRecord) bool) *events.VM
 }
 
 // waitConsole waits until the native guest of VM ref has written every
-// line of want on its console.
+// line of want on its console (the guest is looked up once: a VM that is
+// moved or made again has another guest).
 func (e *env) waitConsole(ref string, want ...string) string {
 	e.t.Helper()
 	g, ok := e.dc.Guests().Guest(ref)
 	if !ok || g.VM.Native == nil {
 		e.t.Fatal("no native guest runs")
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	// A loaded machine (the whole suite on two cores) can take a while
+	// to run a guest's first shell lines.
+	deadline := time.Now().Add(45 * time.Second)
 	for {
 		b, _ := os.ReadFile(filepath.Join(g.Dir, "console.log"))
 		all := true
