@@ -171,16 +171,15 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 		}
 	}
 	if !r.Active() {
-		switch {
-		case r.Phase == events.MigrationPhaseCompleted:
-			return nil
-		case r.Phase == events.MigrationPhaseRejected && r.Reason == ReasonAlreadyMigrating:
-			// The scheduler releases this reservation when it reads our
-			// migration.rejected, which follows the request in the pod's
-			// stream order; a cancel here would also tell the provisioner
-			// that the pod's other, running migration ended.
+		if r.Phase == events.MigrationPhaseCompleted {
 			return nil
 		}
+		// Released by uid and target, whichever scheduler replica reads it
+		// and in whatever order it reads our migration.rejected (which
+		// releases by what that replica knows): a rejected duplicate's
+		// reservation would otherwise stay on the target. The provisioner
+		// knows the cancel is not about the pod's running migration
+		// (PodRecord.Migration).
 		return s.publishFor(ctx, &m.Event, r, "release", &events.MigrationCancelled{
 			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, UID: p.UID, TargetHost: p.TargetHost,
 		})
@@ -342,6 +341,9 @@ func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, 
 		}
 	default:
 		return fmt.Errorf("finish migration %s: %q is not a final phase", r.ID, phase)
+	}
+	if err := s.hooks.at(ctx, r.ID, stepAnnounce); err != nil {
+		return err
 	}
 	if err := s.publishFor(ctx, nil, r, "end", data); err != nil {
 		return err

@@ -1,6 +1,9 @@
 package migration
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Limits bound how many migrations run at once. vMotion saturates the
 // source host's vMotion network and memory bandwidth, and a cluster's
@@ -59,6 +62,14 @@ func (l *limiter) enqueue(s slot) {
 		}
 	}
 	l.queue = append(l.queue, s)
+}
+
+// has reports whether the migration is queued or running.
+func (l *limiter) has(id string) bool {
+	if _, ok := l.running[id]; ok {
+		return true
+	}
+	return slices.ContainsFunc(l.queue, func(q slot) bool { return q.id == id })
 }
 
 // remove takes a migration out of the queue; it reports whether it was

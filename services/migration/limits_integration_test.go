@@ -32,11 +32,13 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	}
 	wg.Wait()
 	completed, rejected := 0, 0
+	done := ""
 	for i := range 10 {
 		typ, payload := w.waitEnd(fmt.Sprintf("race-%d", i))
 		switch typ {
 		case events.TypeMigrationCompleted:
 			completed++
+			done = fmt.Sprintf("race-%d", i)
 		case events.TypeMigrationRejected:
 			if r := payload.(*events.MigrationRejected); r.Reason != ReasonAlreadyMigrating || !strings.Contains(r.Message, "already migrating") {
 				t.Errorf("rejected = %+v, want %s", r, ReasonAlreadyMigrating)
@@ -49,12 +51,18 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	if completed != 1 || rejected != 9 {
 		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
 	}
-	// The rejections alone release the scheduler's reservations (it reads
-	// migration.rejected after its own reservation, in the pod's order): no
-	// migration.cancelled may tell the provisioner that the running
-	// migration ended.
+	// Each rejected duplicate's reservation is released by its own id, uid
+	// and target (migration.cancelled), whichever scheduler replica reads it
+	// and in whatever order; none names the migration that ran.
+	released := map[string]bool{}
 	for _, c := range collect[*events.MigrationCancelled](w.rec) {
-		t.Errorf("migration.cancelled published for %s", c.ID)
+		if c.ID == done || c.UID != p.uid || c.TargetHost == "" {
+			t.Errorf("migration.cancelled %+v; want one per rejected duplicate, with the uid and target", c)
+		}
+		released[c.ID] = true
+	}
+	if len(released) != 9 {
+		t.Errorf("%d reservations released, want the 9 duplicates'", len(released))
 	}
 	var moved int
 	for _, pr := range collect[*events.MigrationProgress](w.rec) {

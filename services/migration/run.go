@@ -28,6 +28,12 @@ func refuse(reason, format string, args ...any) error {
 // runMigration drives one migration that has room: prechecks, vMotion,
 // finalization. It owns the record from Prechecking on; handlers touch it
 // only to ask for a cancel.
+//
+// A refusal ends the migration (conclude). Any other error — the KV store
+// or the bus not answering for a moment, vCenter's answer lost — leaves the
+// record as it is, active: the leader's repair sweep queues it again, and
+// the next run picks up where vCenter says the VM is. So a migration is
+// never failed while its VM may be on the target, and never left behind.
 func (s *Service) runMigration(ctx context.Context, id string) {
 	defer func() {
 		s.mu.Lock()
@@ -39,7 +45,7 @@ func (s *Service) runMigration(ctx context.Context, id string) {
 	r, err := s.store.migration(ctx, id)
 	if err != nil || r == nil || !r.Active() {
 		if err != nil && ctx.Err() == nil {
-			s.log.Error("read migration", "migration", id, "err", err)
+			s.log.Warn("read migration; the repair sweep retries it", "migration", id, "err", err)
 		}
 		return
 	}
@@ -49,21 +55,76 @@ func (s *Service) runMigration(ctx context.Context, id string) {
 		attribute.String("pod.uid", r.UID), attribute.String("migration.id", r.ID),
 		attribute.String("migration.source", r.SourceHost), attribute.String("migration.target", r.TargetHost))
 
-	if err := s.drive(ctx, r); err != nil {
-		if ctx.Err() != nil || errors.Is(err, lease.ErrLost) {
-			// Stopping, or no longer leading: the record keeps its phase
-			// (and task) and the next leader resumes it.
-			return
+	err = s.drive(ctx, r)
+	switch {
+	case err == nil:
+		return
+	case ctx.Err() != nil || errors.Is(err, lease.ErrLost):
+		// Stopping, or no longer leading: the record keeps its phase
+		// (and task) and the next leader resumes it.
+		return
+	case !bus.IsPermanent(err):
+		s.log.Warn("migration step could not run; the repair sweep retries it", "migration", id, "err", err)
+		return
+	}
+	span.SetStatus(codes.Error, err.Error())
+	if err := s.conclude(ctx, id, err); err != nil && ctx.Err() == nil {
+		s.log.Warn("end refused migration; the repair sweep retries it", "migration", id, "err", err)
+	}
+}
+
+// conclude ends a migration the runner refused to go on with. One whose
+// vMotion may have run ends by where vCenter says the VM is: if it reached
+// the target after all (a task outliving an error, an answer lost on the
+// way), the migration completed; otherwise it failed and its target
+// reservation is released (migration.failed). An error leaves the record
+// active for the repair sweep.
+func (s *Service) conclude(ctx context.Context, id string, refusal error) error {
+	r, err := s.store.migration(ctx, id)
+	if err != nil || r == nil || !r.Active() {
+		return err // gone, or ended meanwhile: its outcome is announced already
+	}
+	if r.Started() || r.RelocateTask != "" {
+		if r.RelocateTask != "" {
+			// A task still running may yet move the VM: let it end first.
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
+			_ = s.vm.Wait(wctx, taskRef(r.RelocateTask), nil)
+			cancel()
 		}
-		if cur, rerr := s.store.migration(ctx, id); rerr == nil && (cur == nil || !cur.Active()) {
-			return // ended meanwhile; its outcome is announced already
+		on, err := s.vmLocation(ctx, r)
+		if err != nil {
+			return err
 		}
-		span.SetStatus(codes.Error, err.Error())
-		reason, msg := bus.ReasonOf(err, ReasonPrecheckFailed), err.Error()
-		if err := s.finish(ctx, r, events.MigrationPhaseFailed, reason, msg); err != nil {
-			s.log.Error("record migration failure", "migration", id, "err", err)
+		if on == r.TargetHost {
+			s.log.Warn("the pod VM reached the target despite the error: completing", "migration", id, "err", refusal)
+			return s.finish(ctx, r, events.MigrationPhaseCompleted, "", "")
 		}
 	}
+	return s.finish(ctx, r, events.MigrationPhaseFailed, bus.ReasonOf(refusal, ReasonPrecheckFailed), refusal.Error())
+}
+
+// vmLocation is the host vCenter says the migration's pod VM runs on, ""
+// when the VM is gone.
+func (s *Service) vmLocation(ctx context.Context, r *events.MigrationRecord) (string, error) {
+	ref := r.VMRef
+	if ref == "" {
+		pod, err := s.store.pod(ctx, r.Namespace, r.Pod)
+		if err != nil {
+			return "", err
+		}
+		if pod == nil || (r.UID != "" && pod.UID != r.UID) || pod.VMRef == "" {
+			return "", nil
+		}
+		ref = pod.VMRef
+	}
+	vm, err := s.vm.VM(ctx, ref)
+	if errors.Is(err, vmotion.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return vm.Host, nil
 }
 
 // drive runs the steps; a returned error fails the migration (with the
@@ -74,9 +135,20 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	}
 	began := time.Now()
 	resumedTask := r.RelocateTask
-	r, err := s.setPhase(ctx, r, events.PhasePrechecking, 0)
-	if err != nil {
-		return err
+	if resumedTask != "" || r.Started() {
+		// An earlier run began the vMotion: no cancel can stop it now.
+		s.markRelocating(r.ID)
+	}
+	if !r.Started() {
+		// A run that began the vMotion keeps its phase, so that whoever
+		// ends it knows the VM may have moved.
+		var err error
+		if r, err = s.setPhase(ctx, r, events.PhasePrechecking, 0); err != nil {
+			return err
+		}
+		if err := s.progress(ctx, r, events.PhasePrechecking, 0, 0, fmt.Sprintf("checking %s for %s", r.TargetHost, r.Key())); err != nil {
+			return err
+		}
 	}
 	if resumedTask != "" {
 		// A vMotion started by an earlier run: wait for it to end before
@@ -88,13 +160,10 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 			return ctx.Err()
 		}
 	}
-	if err := s.progress(ctx, r, events.PhasePrechecking, 0, 0, fmt.Sprintf("checking %s for %s", r.TargetHost, r.Key())); err != nil {
-		return err
-	}
 	// Prechecks that could not run (vCenter or the KV store not answering)
 	// are tried as often as a delivery would be; a refusal ends them.
 	var plan *plan
-	err = bus.Retry(ctx, s.cfg.MaxAttempts, s.cfg.BackOff, func(ctx context.Context) error {
+	err := bus.Retry(ctx, s.cfg.MaxAttempts, s.cfg.BackOff, func(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
 		defer cancel()
 		var err error
@@ -103,8 +172,17 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 		}
 		return err
 	})
+	if err != nil && !bus.IsPermanent(err) && ctx.Err() == nil {
+		// The prechecks never got an answer: give up (conclude looks
+		// where the VM is if an earlier run began moving it).
+		return bus.Permanent(bus.WithReason(ReasonPrecheckFailed, err))
+	}
 	if err != nil {
 		return err
+	}
+	if plan.alreadyThere {
+		// Moved by an earlier run: only the announcement is missing.
+		return s.finalize(ctx, r)
 	}
 	if s.hooks.beforeRelocate != nil {
 		s.hooks.beforeRelocate(r.ID)
@@ -124,13 +202,23 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 	s.mu.Unlock()
 
 	prechecked := time.Now()
-	if !plan.alreadyThere {
-		if err := s.relocate(ctx, r, plan); err != nil {
-			return err
-		}
+	if err := s.relocate(ctx, r, plan); err != nil {
+		return err
+	}
+	if err := s.hooks.at(ctx, r.ID, stepRelocated); err != nil {
+		return err
 	}
 	s.log.Debug("relocated", "migration", r.ID, "precheck", prechecked.Sub(began), "relocate", time.Since(prechecked))
 	return s.finalize(ctx, r)
+}
+
+// markRelocating refuses cancels of a migration from now on.
+func (s *Service) markRelocating(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.flights[id]; f != nil {
+		f.relocating = true
+	}
 }
 
 // cancelled ends the migration as cancelled (or failed, for a lost host).
@@ -200,6 +288,20 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 		return nil, refuse(ReasonPodMoved, "pod %s runs on %s, not on %s where the migration starts", r.Key(), pod.Host, r.SourceHost)
 	}
 
+	// Where the VM is comes first: one an earlier run already moved only
+	// needs announcing, whatever became of the target since (cordoned by
+	// a drain, say).
+	vm, err := s.vm.VM(ctx, pod.VMRef)
+	if errors.Is(err, vmotion.ErrNotFound) {
+		return nil, refuse(ReasonVMNotFound, "pod VM %s of %s does not exist in vCenter", pod.VMRef, r.Key())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if vm.Host == r.TargetHost {
+		return &plan{vmRef: vm.Ref.Value, alreadyThere: true}, nil
+	}
+
 	target, err := s.vm.Host(ctx, r.TargetHost)
 	if errors.Is(err, vmotion.ErrNotFound) {
 		return nil, refuse(ReasonTargetNotFound, "host %s does not exist", r.TargetHost)
@@ -234,16 +336,6 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 		return nil, err
 	}
 
-	vm, err := s.vm.VM(ctx, pod.VMRef)
-	if errors.Is(err, vmotion.ErrNotFound) {
-		return nil, refuse(ReasonVMNotFound, "pod VM %s of %s does not exist in vCenter", pod.VMRef, r.Key())
-	}
-	if err != nil {
-		return nil, err
-	}
-	if vm.Host == r.TargetHost {
-		return &plan{vmRef: vm.Ref.Value, target: target, alreadyThere: true}, nil
-	}
 	if vm.Host != r.SourceHost {
 		return nil, refuse(ReasonVMNotOnSource, "pod VM %s runs on %s, not on %s", vm.Name, vm.Host, r.SourceHost)
 	}
@@ -359,6 +451,9 @@ func (s *Service) finalize(ctx context.Context, r *events.MigrationRecord) error
 		return err
 	}
 	if err := s.progress(ctx, r, events.PhaseFinalizing, 100, 0, ""); err != nil {
+		return err
+	}
+	if err := s.hooks.at(ctx, r.ID, stepFinalizing); err != nil {
 		return err
 	}
 	pod, err := s.store.pod(ctx, r.Namespace, r.Pod)

@@ -94,6 +94,24 @@ type hooks struct {
 	// beforeRelocate runs after the prechecks passed, before the cancel
 	// checkpoint that precedes the vMotion.
 	beforeRelocate func(id string)
+	// step runs at the named points of a run (stepRelocated,
+	// stepFinalizing, stepAnnounce); an error it returns is that step's,
+	// as if the bus, the KV store or vCenter had failed there.
+	step func(ctx context.Context, id, at string) error
+}
+
+// The points of a run where hooks.step runs.
+const (
+	stepRelocated  = "relocated"  // the vMotion task ended, before finalizing
+	stepFinalizing = "finalizing" // Finalizing recorded and announced, before confirming with vCenter
+	stepAnnounce   = "announce"   // before the outcome's event is published
+)
+
+func (h hooks) at(ctx context.Context, id, point string) error {
+	if h.step == nil {
+		return nil
+	}
+	return h.step(ctx, id, point)
 }
 
 func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*Service, error) {
@@ -366,7 +384,8 @@ func (s *Service) prune(ctx context.Context) {
 }
 
 // sweepLoop fails the requests the scheduler never answered, so that a pod
-// is not held by a migration that will not happen.
+// is not held by a migration that will not happen, and repairs the
+// migrations no runner works on.
 func (s *Service) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.SweepInterval)
 	defer t.Stop()
@@ -382,6 +401,7 @@ func (s *Service) sweepLoop(ctx context.Context) {
 			lastPrune = now
 			s.prune(ctx)
 		}
+		s.repair(ctx)
 		var expired []string
 		s.mu.Lock()
 		for id, since := range s.pending {
@@ -406,5 +426,53 @@ func (s *Service) sweepLoop(ctx context.Context) {
 				s.log.Warn("expire migration", "migration", id, "err", err)
 			}
 		}
+	}
+}
+
+// repair queues again every active migration that this leader neither
+// queues nor runs, and waits again for the reservation of every pending
+// one it does not know: a runner that met an error it could not decide on
+// (the bus, the KV store or vCenter not answering for a moment) leaves the
+// record active and stops, and this is where the migration resumes — so
+// one left Finalizing is finished, or failed by where vCenter says its VM
+// is, by this leader rather than by the next. A record is left alone for
+// a few sweeps after its last write, while the handler that wrote it may
+// still be queueing it.
+func (s *Service) repair(ctx context.Context) {
+	recs, err := s.store.migrations(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("list migrations to repair", "err", err)
+		}
+		return
+	}
+	settled := s.now().Add(-3 * s.cfg.SweepInterval)
+	var queued []string
+	s.mu.Lock()
+	for _, r := range recs {
+		if !r.Active() || r.UpdatedAt.After(settled) {
+			continue
+		}
+		if cur, ok := s.podActive[r.Key()]; ok && cur != r.ID {
+			continue // another migration of the pod is the active one here
+		}
+		if r.Phase == events.MigrationPhasePending {
+			if _, ok := s.pending[r.ID]; !ok {
+				s.podActive[r.Key()] = r.ID
+				s.pending[r.ID] = r.CreatedAt
+			}
+			continue
+		}
+		if s.lim.has(r.ID) {
+			continue
+		}
+		s.podActive[r.Key()] = r.ID
+		s.lim.enqueue(slotOf(r))
+		queued = append(queued, r.ID)
+	}
+	s.mu.Unlock()
+	if len(queued) > 0 {
+		s.log.Info("resuming migrations no runner works on", "migrations", queued)
+		s.poke()
 	}
 }

@@ -1,0 +1,221 @@
+package migration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// stepFaults makes chosen steps of chosen migrations fail (as if NATS or
+// vCenter had not answered there) or stop the process (the step blocks
+// until the service stops, and nothing after it runs: a SIGKILL between
+// two steps).
+type stepFaults struct {
+	mu sync.Mutex
+	// fail counts down, per migration and step, the errors still to give.
+	fail map[[2]string]int
+	// kill names the migration and step where the process "dies".
+	kill    [2]string
+	reached chan struct{}
+	calls   map[[2]string]int
+}
+
+func newStepFaults() *stepFaults {
+	return &stepFaults{fail: map[[2]string]int{}, calls: map[[2]string]int{}, reached: make(chan struct{}, 1)}
+}
+
+func (f *stepFaults) step(ctx context.Context, id, at string) error {
+	k := [2]string{id, at}
+	f.mu.Lock()
+	f.calls[k]++
+	if f.kill == k {
+		f.mu.Unlock()
+		f.reached <- struct{}{}
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	if f.fail[k] > 0 {
+		f.fail[k]--
+		f.mu.Unlock()
+		return errors.New("nats: no responders available for request")
+	}
+	f.mu.Unlock()
+	return nil
+}
+
+func (f *stepFaults) count(id, at string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[[2]string{id, at}]
+}
+
+func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
+	w.t.Helper()
+	svc := newServiceForTest(w.t, w, cfg)
+	svc.hooks.step = f.step
+	return w.runService(svc)
+}
+
+// cordon marks a host cordoned in its record, as the scheduler does when a
+// drain of it begins.
+func (w *world) cordon(host string) {
+	w.t.Helper()
+	e, err := w.hosts.Get(context.Background(), events.HostRecordKey(host))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	var h events.HostRecord
+	if err := json.Unmarshal(e.Value(), &h); err != nil {
+		w.t.Fatal(err)
+	}
+	h.Cordoned = true
+	w.putJSON(w.hosts, events.HostRecordKey(host), &h)
+}
+
+// ended lists the final events published for a migration, by type.
+func (w *world) ended(id string) map[string]int {
+	out := map[string]int{}
+	for _, e := range w.rec.events() {
+		switch v := e.p.(type) {
+		case *events.MigrationCompleted:
+			if v.ID == id {
+				out[e.ev.Type()]++
+			}
+		case *events.MigrationFailed:
+			if v.ID == id {
+				out[e.ev.Type()]++
+			}
+		}
+	}
+	return out
+}
+
+// wantCompletedOnly checks that a migration ended completed, announced
+// once, never failed, with the VM on the target and the record final.
+func (w *world) wantCompletedOnly(id string, p pod, target string) {
+	w.t.Helper()
+	if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
+		w.t.Fatalf("%s ended with %s %+v, want completed", id, typ, payload)
+	}
+	eventually(w.t, "the record is Completed", func() bool { return w.migrationPhase(id) == events.MigrationPhaseCompleted })
+	if got, _ := w.vmHost(p.vm); got != target {
+		w.t.Errorf("VM on %s, want %s", got, target)
+	}
+	if got := w.ended(id); got[events.TypeMigrationCompleted] != 1 || got[events.TypeMigrationFailed] != 0 {
+		w.t.Errorf("final events of %s: %v; want one migration.completed and no migration.failed", id, got)
+	}
+}
+
+// TestKilledWhileFinalizingIsFinishedByTheNextLeader: the process dies
+// after recording Finalizing (the VM is on the target, nothing announced),
+// and a drain cordons the target meanwhile. The next leader completes the
+// migration: a cordon keeps new pods off a host, it does not undo a move
+// that already happened (before, the resumed prechecks refused the cordoned
+// target and failed the migration with its VM there).
+func TestKilledWhileFinalizingIsFinishedByTheNextLeader(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	cfg := testConfig()
+	f := newStepFaults()
+	f.kill = [2]string{"fin-1", stepFinalizing}
+	w.startWithFaults(cfg, f)
+	h := w.clusterHosts(0)
+	p := w.runPod("fin", h[0])
+	w.migrate("fin-1", p, h[1])
+	select {
+	case <-f.reached:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the migration never reached Finalizing")
+	}
+	w.stop()
+	if got := w.migrationPhase("fin-1"); got != events.PhaseFinalizing {
+		t.Fatalf("after the kill the record is %q, want Finalizing", got)
+	}
+	w.cordon(h[1])
+
+	w.start(cfg)
+	w.wantCompletedOnly("fin-1", p, h[1])
+}
+
+// TestTransientErrorsWhileFinishingAreRepaired: the bus does not take the
+// completion, then not the failure either; before, the runner gave up and
+// the record stayed Finalizing under the same leader until the next one
+// (the pod Migrating, the target's reservation held). The repair sweep
+// queues it again and it completes.
+func TestTransientErrorsWhileFinishingAreRepaired(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	f := newStepFaults()
+	f.fail[[2]string{"ann-1", stepAnnounce}] = 2
+	w.startWithFaults(testConfig(), f)
+	h := w.clusterHosts(0)
+	p := w.runPod("ann", h[0])
+	w.migrate("ann-1", p, h[1])
+	w.wantCompletedOnly("ann-1", p, h[1])
+	if n := f.count("ann-1", stepAnnounce); n != 3 {
+		t.Errorf("announced %d times, want 3 (two refused, then taken)", n)
+	}
+}
+
+// TestRelocationAnswerLostCompletes: the vMotion happened but its answer
+// was lost (an error once the task ended). Neither a transient error nor
+// a refusal may fail a migration whose VM is on the target.
+func TestRelocationAnswerLostCompletes(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	f := newStepFaults()
+	f.fail[[2]string{"lost-1", stepRelocated}] = 1
+	svc := w.startWithFaults(testConfig(), f)
+	h := w.clusterHosts(0)
+	p := w.runPod("lost", h[0])
+	w.migrate("lost-1", p, h[1])
+	w.wantCompletedOnly("lost-1", p, h[1])
+
+	// A refusal after the move: conclude looks where the VM is.
+	svc.hooks.step = func(ctx context.Context, id, at string) error {
+		if id == "lost-2" && at == stepRelocated {
+			return refuse(ReasonRelocateFailed, "vCenter: connection reset")
+		}
+		return nil
+	}
+	w.sched.update(p.name, func(r *events.PodRecord) { r.Host = h[1] })
+	w.migrate("lost-2", p, h[2])
+	w.wantCompletedOnly("lost-2", p, h[2])
+}
+
+// TestRelocateFaultFailsAndFreesThePod: vCenter refuses the vMotion
+// (InsufficientResourcesFault, as --vcenter-faults injects). The migration
+// fails once, naming the target and uid so the scheduler releases exactly
+// that reservation; the VM stays on the source, and the pod is free for the
+// next migration.
+func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("vfault", h[0])
+	if err := w.dc.AddFault(simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
+		FaultType: simulator.FaultTypeInsufficientResourcesFault}); err != nil {
+		t.Fatal(err)
+	}
+	w.migrate("vf-1", p, h[1])
+	typ, payload := w.waitEnd("vf-1")
+	fl, ok := payload.(*events.MigrationFailed)
+	if typ != events.TypeMigrationFailed || !ok {
+		t.Fatalf("ended with %s %+v, want migration.failed", typ, payload)
+	}
+	if fl.Reason != ReasonRelocateFailed || fl.UID != p.uid || fl.TargetHost != h[1] || fl.SourceHost != h[0] {
+		t.Errorf("migration.failed = %+v; want RelocateFailed for uid %s from %s to %s", fl, p.uid, h[0], h[1])
+	}
+	if got := w.ended("vf-1"); got[events.TypeMigrationFailed] != 1 || got[events.TypeMigrationCompleted] != 0 {
+		t.Errorf("final events: %v, want one migration.failed", got)
+	}
+	if got, _ := w.vmHost(p.vm); got != h[0] {
+		t.Errorf("VM on %s after a refused vMotion, want %s", got, h[0])
+	}
+	w.migrate("vf-2", p, h[1])
+	w.wantCompletedOnly("vf-2", p, h[1])
+}
