@@ -220,6 +220,13 @@ type PodRecord struct {
 	// (power cycles); past the configured number the VM is re-created.
 	GuestRepairs int `json:"guestRepairs,omitempty"`
 
+	// Migration is the migration the pod is Migrating for, and after it
+	// ended the last one that did: migration events are facts that may
+	// arrive out of order (two provisioner replicas, a redelivery), and a
+	// progress of a migration that already ended must not put the pod back
+	// in Migrating, nor the end of another migration take it out.
+	Migration string `json:"migration,omitempty"`
+
 	// Generation counts the pod's placements: 0 for the first, +1 per
 	// eviction. Events the provisioner publishes derive their ids from it,
 	// so each placement announces itself once.

@@ -71,10 +71,10 @@ func (s *Service) routes() *bus.Router {
 		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationCompleted(r, p) })
 	})
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationFailed) error {
-		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
+		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r, p.ID) })
 	})
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationCancelled) error {
-		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r) })
+		return h.fact(ctx, p.Namespace, p.Pod, p.UID, func(r *events.PodRecord) bool { return s.applyMigrationEnded(r, p.ID) })
 	})
 	return r
 }
@@ -491,23 +491,33 @@ func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetwork
 	return true
 }
 
+// The migration events are facts about one migration (PodRecord.Migration):
+// a progress of the migration that ended last is late and changes nothing,
+// and the failure or cancel of a migration other than the one the pod is
+// Migrating for leaves the pod to that one.
 func (s *Service) applyMigrationProgress(r *events.PodRecord, p *events.MigrationProgress) bool {
 	if (r.Phase != events.PodPhaseRunning && r.Phase != events.PodPhaseStarting) || (p.Phase != events.PhaseRelocating && p.Phase != events.PhaseFinalizing) {
 		return false
 	}
-	r.Phase = events.PodPhaseMigrating
+	if r.Migration == p.ID {
+		return false // it ended already
+	}
+	r.Phase, r.Migration = events.PodPhaseMigrating, p.ID
 	r.Message = fmt.Sprintf("migration %s: %s %d%%", p.ID, p.Phase, p.Percent)
 	return true
 }
 
 func (s *Service) applyMigrationCompleted(r *events.PodRecord, p *events.MigrationCompleted) bool {
 	if !r.DeletionRequestedAt.IsZero() || r.Host == p.TargetHost {
+		changed := r.Migration != p.ID
+		r.Migration = p.ID
 		if r.Phase == events.PodPhaseMigrating {
 			r.Phase, r.Message = afterMigration(r), ""
 			return true
 		}
-		return false
+		return changed
 	}
+	r.Migration = p.ID
 	r.Host, r.Cluster, r.ResourcePool = p.TargetHost, p.TargetCluster, p.TargetPool
 	// network-config moves the port binding with the VM: the attachments
 	// (addresses, MACs) stay what they were.
@@ -521,11 +531,18 @@ func (s *Service) applyMigrationCompleted(r *events.PodRecord, p *events.Migrati
 	return true
 }
 
-func (s *Service) applyMigrationEnded(r *events.PodRecord) bool {
-	if r.Phase != events.PodPhaseMigrating {
-		return false
+func (s *Service) applyMigrationEnded(r *events.PodRecord, id string) bool {
+	switch {
+	case r.Phase == events.PodPhaseMigrating && r.Migration != "" && r.Migration != id:
+		return false // another migration moves the pod
+	case r.Phase != events.PodPhaseMigrating:
+		if r.Migration == id {
+			return false
+		}
+		r.Migration = id // so that its late progress changes nothing
+		return true
 	}
-	r.Phase, r.Message = afterMigration(r), ""
+	r.Phase, r.Message, r.Migration = afterMigration(r), "", id
 	return true
 }
 

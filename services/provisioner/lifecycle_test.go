@@ -447,6 +447,41 @@ func TestEvictionAndMigration(t *testing.T) {
 	}
 }
 
+// TestLateMigrationProgressChangesNothing: migration events reach the
+// provisioner out of order (two replicas take one each; a redelivery). A
+// Finalizing progress handled after its migration's completion must not
+// put the pod back in Migrating, where nothing would take it out again.
+func TestLateMigrationProgressChangesNothing(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	hosts := e.dc.Hosts()
+	acc := e.request(testPod("mover"))
+	e.facts(acc, hosts[0].Name)
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m1", Namespace: "default", Pod: "mover", UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
+	e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[1].Name && r.Migration == "m1" })
+	// The late progress, then the next migration's: one pod's events are
+	// handled in order, so once m2 shows, m1's late progress was handled.
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m1", Namespace: "default", Pod: "mover", Phase: events.PhaseFinalizing, Percent: 100})
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m2", Namespace: "default", Pod: "mover", Phase: events.PhaseRelocating, Percent: 10})
+	e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating && r.Migration == "m2" })
+
+	// The failure of m1 arriving now is not m2's: the pod stays Migrating
+	// until m2 ends.
+	e.publish("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{ID: "m1", Namespace: "default", Pod: "mover", UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, Reason: "RelocateFailed", Message: "late"})
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{ID: "m2", Namespace: "default", Pod: "mover", Phase: events.PhaseFinalizing, Percent: 100})
+	e.publish("podvisor/migration", events.TypeMigrationCancelled, &events.MigrationCancelled{ID: "m3", Namespace: "default", Pod: "mover", UID: acc.UID, TargetHost: hosts[1].Name})
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{ID: "m2", Namespace: "default", Pod: "mover", UID: acc.UID,
+		SourceHost: hosts[1].Name, TargetHost: hosts[0].Name, TargetCluster: hosts[0].Cluster})
+	r := e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[0].Name })
+	if r.Phase == events.PodPhaseMigrating || r.Migration != "m2" {
+		t.Errorf("after m2 completed: phase %s, migration %q; want out of Migrating, m2", r.Phase, r.Migration)
+	}
+}
+
 // failedPodWithVM makes a Failed pod whose VM vCenter refused to destroy at
 // the time: the VM exists (as after a crash before the ack), the image
 // cache then reports a failure, and Destroy_Task faults meanwhile.
