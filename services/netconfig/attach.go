@@ -93,9 +93,47 @@ func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodS
 		}
 		atts = append(atts, att)
 	}
+	if stays, err := s.ownerStays(ctx, p, nets); err != nil || !stays {
+		return err
+	}
 	return s.out.Emit(ctx, cause, &events.PodNetworkAttached{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Attachments: atts,
 	}, bus.Distinct("attach"))
+}
+
+// podDeleting is how soon an attach for a pod being deleted looks again.
+const podDeleting = time.Second
+
+// ownerStays checks, after allocating, that the pod still exists: a
+// pod.scheduled handled late (by another replica, or redelivered) can
+// allocate after pod.deleted released the pod's addresses, and nothing
+// would free those. The provisioner announces pod.deleted before it
+// removes the record, so a pod whose deletion was requested is looked at
+// again until its record is gone (or the deliveries run out, and
+// attachFailed releases); a pod whose record is gone or belongs to a newer
+// pod of that name has its addresses freed here and nothing attached.
+func (s *Service) ownerStays(ctx context.Context, p *events.PodScheduled, nets []string) (bool, error) {
+	e, err := s.pods.Get(ctx, events.PodRecordKey(p.Namespace, p.Name))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, fmt.Errorf("read pod record %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if err == nil {
+		var rec events.PodRecord
+		if err := json.Unmarshal(e.Value(), &rec); err != nil {
+			return false, fmt.Errorf("decode pod record %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		if rec.UID == p.UID && rec.DeletionRequestedAt.IsZero() {
+			return true, nil
+		}
+		if rec.UID == p.UID {
+			return false, bus.RetryAfter(fmt.Errorf("pod %s/%s is being deleted: its addresses are freed once it is gone", p.Namespace, p.Name), podDeleting)
+		}
+	}
+	if err := s.release(ctx, p.UID, nets); err != nil {
+		return false, err
+	}
+	s.log.Info("pod gone before its attach finished: addresses freed", "pod", events.PodKey(p.Namespace, p.Name), "uid", p.UID)
+	return false, nil
 }
 
 // attachFailed is the failure hook of pod.scheduled: it frees the addresses

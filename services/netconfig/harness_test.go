@@ -163,8 +163,12 @@ func (e *env) hosts(keep func(sim.HostSpec) bool) []string {
 	return out
 }
 
+// schedule writes the pod's record (as the provisioner does before it
+// announces pod.accepted) and publishes pod.accepted and pod.scheduled.
 func (e *env) schedule(name, uid, host string, networks ...string) {
 	e.t.Helper()
+	acc := podAccepted(name, uid, networks)
+	e.putPodRecord(&events.PodRecord{UID: uid, Namespace: "default", Name: name, Pod: acc.Pod, Networks: networks})
 	e.publish(events.TypePodAccepted, events.PodKey("default", name), podAccepted(name, uid, networks))
 	e.publish(events.TypePodScheduled, events.PodKey("default", name), &events.PodScheduled{
 		Namespace: "default", Name: name, UID: uid, Host: host, Cluster: e.clusterOf(host),
@@ -192,4 +196,19 @@ func podAccepted(name, uid string, networks []string) *events.PodAccepted {
 	p.Networks = networks
 	p.Size = events.SizePodVM(&p.Pod)
 	return &p
+}
+
+func (e *env) putPodRecord(rec *events.PodRecord) {
+	e.t.Helper()
+	data, err := json.Marshal(rec)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	pods, err := e.bus.KV(context.Background(), events.BucketPods)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := pods.Put(context.Background(), events.PodRecordKey(rec.Namespace, rec.Name), data); err != nil {
+		e.t.Fatal(err)
+	}
 }

@@ -513,3 +513,45 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 		t.Errorf("%d pod.network.attached; want none", n)
 	}
 }
+
+// TestLateScheduleOfADeletedPodHoldsNoAddress: a pod is attached, then
+// deleted (its record removed, pod.deleted frees its address); then another
+// replica, which still knows the pod's networks from pod.accepted, handles
+// a late pod.scheduled for it. Before, that allocated an address nobody
+// would ever free; now the attach sees the pod gone and frees it.
+func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
+	host := e.allHosts()[0]
+	e.declare("brief", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "brief" })
+	e.schedule("short", "uid-short", host, "brief")
+	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.UID == "uid-short" })
+
+	ctx := context.Background()
+	if err := e.KV(events.BucketPods).Delete(ctx, events.PodRecordKey("default", "short")); err != nil {
+		t.Fatal(err)
+	}
+	seq := e.publish(events.TypePodDeleted, events.PodKey("default", "short"), &events.PodDeleted{
+		Namespace: "default", Name: "short", UID: "uid-short", Host: host,
+		IPs: []events.NetworkIP{{Network: "brief", IP: att.Attachments[0].IP}},
+	})
+	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
+	e.publish(events.TypePodAccepted, events.PodKey("default", "short"), podAccepted("short", "uid-short", []string{"brief"}))
+	seq = e.publish(events.TypePodScheduled, events.PodKey("default", "short"), &events.PodScheduled{
+		Namespace: "default", Name: "short", UID: "uid-short", Host: host, Cluster: e.clusterOf(host),
+	})
+	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
+
+	keys, err := e.KV(events.BucketIPAM).ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := range keys.Keys() {
+		if strings.HasPrefix(k, "brief.") && !strings.Contains(k, ".fence.") {
+			t.Errorf("ipam key %s left for a deleted pod", k)
+		}
+	}
+	if n := e.Events.Count(events.TypePodNetworkAttached); n != 1 {
+		t.Errorf("%d pod.network.attached, want 1 (none for the deleted pod)", n)
+	}
+}
