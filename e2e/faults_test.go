@@ -3,11 +3,13 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -48,6 +50,8 @@ import (
 //	PODVISOR_FAULTS_DURATION    soak: keep the faults and a steady churn going
 //	                            this long, sampling memory and goroutines
 //	PODVISOR_FAULTS_REPORT      file to write the result table to
+//	PODVISOR_FAULTS_LOGS        directory to copy up's log and every
+//	                            process's log to at the end
 func TestFaultInjection(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault-injection run takes minutes")
@@ -65,6 +69,11 @@ func TestFaultInjection(t *testing.T) {
 	}
 	s := startUp(t, "--nats-nodes", "3", "--replicas", "2", "--vcenter-faults", "0.05",
 		"--clusters", "2", "--hosts-per-cluster", "8")
+	if keep := os.Getenv("PODVISOR_FAULTS_LOGS"); keep != "" {
+		// Cleanups run last-in first-out: this one before up stops and its
+		// state dir goes.
+		t.Cleanup(func() { keepLogs(t, s.dir, keep) })
+	}
 	vc := connectVCenter(t, s.env["GOVC_URL"])
 	// The auditor reads every bucket: the admin identity up minted.
 	opts := append(s.natsOpts(), nats.UserCredentials(filepath.Join(s.dir, "nats-auth", "admin.creds")))
@@ -420,12 +429,17 @@ func (r *faultRun) continueAll() {
 }
 
 // natsBack reports whether the NATS node killed last has been started
-// again by up and every stream and bucket has its leader and all its
-// replicas current again: only then may another node go without the
-// quorum of some stream going with it.
+// again by up and every stream and bucket has its quorum back: a leader,
+// and every replica online and current (caught up with the leader's log
+// recently, as NATS judges it; a replica still trailing by the writes of
+// the last moments counts, since under load there always are some). Only
+// then may another node go without the quorum of some stream going with it.
 func (r *faultRun) natsBack(node string) bool {
 	if node == "" {
 		return true
+	}
+	if _, ok := r.pids()[node]; !ok {
+		return false // not started again yet
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -433,17 +447,26 @@ func (r *faultRun) natsBack(node string) bool {
 	n := 0
 	for info := range streams.Info() {
 		n++
-		c := info.Cluster
-		if c == nil || c.Leader == "" || len(c.Replicas) < 2 {
+		if !quorate(info) {
 			return false
-		}
-		for _, p := range c.Replicas {
-			if !p.Current || p.Offline || p.Lag > 0 {
-				return false
-			}
 		}
 	}
 	return streams.Err() == nil && n > 0
+}
+
+// quorate reports whether a replicated stream has its leader and every
+// replica online and current.
+func quorate(info *jetstream.StreamInfo) bool {
+	c := info.Cluster
+	if c == nil || c.Leader == "" || len(c.Replicas) < info.Config.Replicas-1 {
+		return false
+	}
+	for _, p := range c.Replicas {
+		if !p.Current || p.Offline {
+			return false
+		}
+	}
+	return true
 }
 
 func (r *faultRun) count(kind string) {
@@ -672,15 +695,21 @@ func (r *faultRun) check(ctx context.Context, vc *vcenter) (audit, error) {
 		holder[rec.IP] = rec.Name
 	}
 
-	err = eachKV(ctx, r.js, events.BucketMigrations, func(key string, v []byte) error {
+	err = eachKV(ctx, r.js, events.BucketDrains, func(key string, v []byte) error {
 		var d events.DrainRecord
-		if json.Unmarshal(v, &d) == nil && d.Host != "" {
-			if d.Phase == events.DrainPhaseDraining || d.Phase == events.DrainPhaseEnteringMaintenance {
-				a.activeMigrations++
-				detail("drain of %s still %s", d.Host, d.Phase)
-			}
-			return nil
+		if err := json.Unmarshal(v, &d); err != nil {
+			return fmt.Errorf("drain %s: %w", key, err)
 		}
+		if d.Phase == events.DrainPhaseDraining || d.Phase == events.DrainPhaseEnteringMaintenance {
+			a.activeMigrations++
+			detail("drain of %s still %s", d.Host, d.Phase)
+		}
+		return nil
+	})
+	if err != nil {
+		return a, err
+	}
+	err = eachKV(ctx, r.js, events.BucketMigrations, func(key string, v []byte) error {
 		var m events.MigrationRecord
 		if json.Unmarshal(v, &m) != nil || m.ID == "" {
 			return nil // the leader lease
@@ -706,9 +735,9 @@ func union[V any](a, b map[string]V) map[string]bool {
 }
 
 // sample records, every 10 s, the resident memory and thread count of
-// every process up supervises (and of up), for the soak report. Go
-// services export their goroutine count on /metrics too; the process view
-// needs no endpoint and covers the NATS nodes alike.
+// every process up supervises (and of up), and the goroutine count of
+// every service process (go_goroutines on its /metrics, whose address it
+// writes to <procs>/<name>.health), for the soak report.
 func (r *faultRun) sample(ctx context.Context) {
 	t := time.NewTicker(10 * time.Second)
 	defer t.Stop()
@@ -731,11 +760,38 @@ func (r *faultRun) sample(ctx context.Context) {
 		for _, n := range names {
 			rss, threads := procStat(pids[n])
 			fmt.Fprintf(&b, "  %s=%dMiB/%dt", n, rss>>20, threads)
+			if g, ok := goroutines(filepath.Join(r.procs, n+".health")); ok {
+				fmt.Fprintf(&b, "/%dg", g)
+			}
 		}
 		r.mu.Lock()
 		r.samples = append(r.samples, b.String())
 		r.mu.Unlock()
 	}
+}
+
+// goroutines reads go_goroutines from the /metrics of the process whose
+// health address is in addrFile.
+func goroutines(addrFile string) (int, bool) {
+	b, err := os.ReadFile(addrFile)
+	if err != nil {
+		return 0, false
+	}
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + strings.TrimSpace(string(b)) + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return int(f), err == nil
+		}
+	}
+	return 0, false
 }
 
 // procStat reads a process's resident memory and thread count from /proc.
@@ -814,13 +870,30 @@ func (r *faultRun) table(a audit, converged, faultTime time.Duration) string {
 	}
 	_ = w.Flush()
 	if len(r.samples) > 0 {
-		fmt.Fprintln(&b, "memory (RSS) and threads per process over time:")
+		fmt.Fprintln(&b, "per process over time: resident memory / threads (t) / goroutines (g, service processes):")
 		step := max(1, len(r.samples)/12)
 		for i := 0; i < len(r.samples); i += step {
 			fmt.Fprintln(&b, "  "+r.samples[i])
 		}
 	}
 	return b.String()
+}
+
+// keepLogs copies up's log and its processes' logs (<state>/logs) to dir.
+func keepLogs(t *testing.T, state, dir string) {
+	logs, _ := filepath.Glob(filepath.Join(state, "logs", "*.log"))
+	for _, f := range append(logs, filepath.Join(state, "up.log")) {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			err = os.MkdirAll(dir, 0o755)
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(dir, filepath.Base(f)), b, 0o644)
+		}
+		if err != nil {
+			t.Logf("keep log %s: %v", f, err)
+		}
+	}
 }
 
 func envInt(t *testing.T, name string, def int) int {

@@ -96,7 +96,18 @@
 // The records are the truth; the queue, the pod locks and the running
 // drains are rebuilt from them at start. The vMotion task reference is
 // written before the service waits on it, so a restart waits for that task
-// rather than start a second one. Events a migration's runner publishes
+// rather than start a second one. A resumed migration looks where vCenter
+// says the VM is before anything else: one already on the target is only
+// announced (completed), whatever became of the target since.
+//
+// A runner that meets an error it cannot decide on — the bus, the KV store
+// or vCenter not answering for a moment — leaves the record as it is and
+// stops; the leader's sweep queues again every active migration that no
+// runner works on (repair), so a migration left Finalizing is finished by
+// the leader of the moment, not only by the next one. A refusal after the
+// vMotion began ends by where the VM is: completed if it reached the
+// target after all, failed (the scheduler releases the reservation)
+// otherwise — never failed with its VM on the target. Events a migration's runner publishes
 // have ids derived from the migration ID, so a resumed runner's events are
 // de-duplicated by JetStream.
 //

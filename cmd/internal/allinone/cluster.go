@@ -83,7 +83,8 @@ type child struct {
 }
 
 // ProcsDir is where up writes the pid of each supervised process
-// (<name>.pid: nats-0, scheduler-1, …).
+// (<name>.pid: nats-0, scheduler-1, …) and, for a service process, the
+// address of its health and metrics server (<name>.health).
 func ProcsDir(stateDir string) string { return filepath.Join(stateDir, "procs") }
 
 // supervise runs c until runCtx ends, starting it again a second after it
@@ -241,11 +242,14 @@ func (s *System) startReplicas(runCtx context.Context) error {
 	}
 	for _, spec := range s.cfg.Services {
 		for i := range s.cfg.Replicas {
+			name := fmt.Sprintf("%s-%d", spec.Name, i)
 			s.supervise(runCtx, child{
-				name: fmt.Sprintf("%s-%d", spec.Name, i),
+				name: name,
 				args: []string{"serve", spec.Name, "--state-dir", s.cfg.StateDir},
-				// Health and metrics on a port of their own each.
-				env: []string{"PODVISOR_HEALTH_ADDR=" + net.JoinHostPort(s.cfg.Host, "0")},
+				// Health and metrics on a port of their own each, written to
+				// <procs>/<name>.health.
+				env: []string{"PODVISOR_HEALTH_ADDR=" + net.JoinHostPort(s.cfg.Host, "0"),
+					"PODVISOR_HEALTH_ADDR_FILE=" + filepath.Join(ProcsDir(s.cfg.StateDir), name+".health")},
 			})
 		}
 	}

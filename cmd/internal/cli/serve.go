@@ -36,6 +36,7 @@ Configuration comes only from the environment (and mounted secret files):
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
+  PODVISOR_HEALTH_ADDR_FILE                       file to write the health server's address to (for up)
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
   hostagent only: PODVISOR_HOSTAGENT_HOST (a host, or a comma list served by this one process),
@@ -180,6 +181,13 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("health server on %s: %w", addr, err)
+	}
+	if f := os.Getenv("PODVISOR_HEALTH_ADDR_FILE"); f != "" {
+		// A process on a port of its own tells where it listens (up's
+		// fault-injection run samples every process's /metrics).
+		if err := os.WriteFile(f, []byte(ln.Addr().String()+"\n"), 0o640); err != nil {
+			return fmt.Errorf("PODVISOR_HEALTH_ADDR_FILE: %w", err)
+		}
 	}
 	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
 
