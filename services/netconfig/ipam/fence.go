@@ -147,6 +147,31 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string) error {
 	if ok && b.IP == ip {
 		return nil
 	}
+	if ok {
+		// Another allocation for the pod (a second placement handled by
+		// another replica at the same moment): moving the binding away from
+		// an address the pod holds, or is about to (its key is created right
+		// after the binding), would leave that address with no binding, a
+		// leak no release finds. Only a binding left behind by an
+		// allocation that never created its address is taken over.
+		var cur events.IPAllocation
+		held, _, err := a.getJSON(ctx, events.IPAllocationKey(network, b.IP), &cur)
+		if err != nil {
+			return err
+		}
+		if held && cur.UID == uid {
+			return fmt.Errorf("bind %s on %s: the pod holds %s already: %w", uid, network, b.IP, ErrAllocationUnderWay)
+		}
+		if !held {
+			e, err := a.kv.Get(ctx, key)
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				return fmt.Errorf("bind %s on %s: %w", uid, network, err)
+			}
+			if err == nil && a.now().Sub(e.Created()) < abandonedAfter {
+				return fmt.Errorf("bind %s on %s: an allocation of %s is under way: %w", uid, network, b.IP, ErrAllocationUnderWay)
+			}
+		}
+	}
 	data, _ := json.Marshal(events.IPPodBinding{IP: ip})
 	if ok {
 		_, err = a.kv.Update(ctx, key, data, rev)

@@ -20,6 +20,16 @@ import (
 // allocated.
 var ErrExhausted = errors.New("addresses exhausted")
 
+// ErrAllocationUnderWay: another allocation for the same pod holds the
+// pod's binding (two placements handled at once); try again shortly, when
+// Allocate returns the address that one took.
+var ErrAllocationUnderWay = errors.New("another allocation for the pod is under way")
+
+// abandonedAfter is how old a pod binding whose address was never created
+// must be before another allocation takes it over: the allocation that
+// wrote it creates the address right after, unless it died in between.
+const abandonedAfter = 10 * time.Second
+
 // ErrInvalidPool is returned (wrapped) for a pool that cannot hand out
 // addresses.
 var ErrInvalidPool = errors.New("invalid address pool")
@@ -124,6 +134,18 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 	if owner.UID == "" {
 		return events.IPAllocation{}, errors.New("allocate: owner uid is required")
 	}
+	alloc, err := a.allocate(ctx, pool, owner)
+	if errors.Is(err, ErrAllocationUnderWay) {
+		// The other allocation may have finished meanwhile: its address
+		// is the pod's.
+		if cur, ok, herr := a.held(ctx, pool.Network, owner.UID); herr == nil && ok && (cur.alloc.Host == owner.Host || owner.Host == "") {
+			return cur.alloc, nil
+		}
+	}
+	return alloc, err
+}
+
+func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (events.IPAllocation, error) {
 	if cur, ok, err := a.held(ctx, pool.Network, owner.UID); err != nil {
 		return events.IPAllocation{}, err
 	} else if ok {

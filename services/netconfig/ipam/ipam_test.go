@@ -200,3 +200,40 @@ func TestMACIsStableAndInVMwareStaticRange(t *testing.T) {
 		t.Fatalf("MAC %s outside 00:50:56:00-3f:xx:xx (%v)", a, err)
 	}
 }
+
+// TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress: a pod placed twice
+// (two pod.scheduled, handled by two replicas at the same moment) asks
+// twice for an address. Before, the second allocation moved the pod's
+// binding to its own address, and the first address stayed behind with no
+// binding: a leak no release could find. Every attempt now ends with the
+// pod holding one address, the one its binding names, and the release
+// frees it all.
+func TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress(t *testing.T) {
+	ctx := context.Background()
+	kv := ipamKV(t)
+	p := pool(t, "twice", "10.21.0.0/24", "")
+	for i := range 20 {
+		o := owner(i)
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				// Each replica retries as a redelivery would, until it gets
+				// an answer.
+				for try := 0; try < 50; try++ {
+					if _, err := ipam.New(kv).Allocate(ctx, p, o); err == nil {
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				t.Errorf("pod %d: no address after 50 tries", i)
+			})
+		}
+		wg.Wait()
+		if _, err := ipam.New(kv).Release(ctx, "twice", o.UID); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := ipam.New(kv).Count(ctx, "twice"); err != nil || n != 0 {
+			t.Fatalf("attempt %d: %d addresses left after the pod's release (%v); want 0", i, n, err)
+		}
+	}
+}
