@@ -300,7 +300,13 @@ func (s *Service) awaitMigrations(ctx context.Context, ids []string, st *drainSt
 		for _, id := range left {
 			r, err := s.store.migration(ctx, id)
 			if err != nil {
-				return err
+				// The KV store not answering for a moment ends no drain:
+				// look again at the next poll.
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				still = append(still, id)
+				continue
 			}
 			if r == nil {
 				continue

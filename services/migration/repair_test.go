@@ -219,3 +219,29 @@ func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
 	w.migrate("vf-2", p, h[1])
 	w.wantCompletedOnly("vf-2", p, h[1])
 }
+
+// TestDrainWithoutARunnerIsResumed: a drain record says Draining but no
+// runner works on it (its runner stopped on an error the KV store gave).
+// Before, it stayed so until the next leader; the repair sweep resumes it
+// and the host is drained.
+func TestDrainWithoutARunnerIsResumed(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	svc := w.start(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("orphaned", h[0])
+	rec := &events.DrainRecord{Host: h[0], Phase: events.DrainPhaseDraining, RequestID: "lost-runner",
+		Message: "cordoned; moving pods away", StartedAt: time.Now().UTC()}
+	if _, err := svc.store.putDrain(context.Background(), rec, 0); err != nil {
+		t.Fatal(err)
+	}
+	d := w.waitDrained(h[0])
+	if d.Migrated != 1 || len(d.Unmovable) != 0 {
+		t.Fatalf("drained = %+v, want the one pod moved", d)
+	}
+	if got, _ := w.vmHost(p.vm); got == h[0] {
+		t.Errorf("the pod is still on the drained host")
+	}
+	if r := w.drainRecord(h[0]); r.Phase != events.DrainPhaseDrained {
+		t.Errorf("drain record %s, want Drained", r.Phase)
+	}
+}

@@ -430,8 +430,8 @@ func (s *Service) sweepLoop(ctx context.Context) {
 }
 
 // repair queues again every active migration that this leader neither
-// queues nor runs, and waits again for the reservation of every pending
-// one it does not know: a runner that met an error it could not decide on
+// queues nor runs, waits again for the reservation of every pending one
+// it does not know, and resumes every unfinished drain it does not run: a runner that met an error it could not decide on
 // (the bus, the KV store or vCenter not answering for a moment) leaves the
 // record active and stops, and this is where the migration resumes — so
 // one left Finalizing is finished, or failed by where vCenter says its VM
@@ -474,5 +474,19 @@ func (s *Service) repair(ctx context.Context) {
 	if len(queued) > 0 {
 		s.log.Info("resuming migrations no runner works on", "migrations", queued)
 		s.poke()
+	}
+	// A drain whose runner stopped on an error is resumed the same way
+	// (startDrain does nothing for one that runs).
+	drains, err := s.store.drainRecords(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("list drains to repair", "err", err)
+		}
+		return
+	}
+	for _, d := range drains {
+		if (d.Phase == events.DrainPhaseDraining || d.Phase == events.DrainPhaseEnteringMaintenance) && !d.UpdatedAt.After(settled) {
+			s.startDrain(d.Host)
+		}
 	}
 }
