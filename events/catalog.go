@@ -80,6 +80,9 @@ const (
 	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
 
 	TypeNetworkServiceDeclared       = "io.podvisor.network.service.declared.v1"
+	TypeNetworkManagementCloned      = "io.podvisor.network.management.cloned.v1"
+	TypeNetworkManagementRepaired    = "io.podvisor.network.management.repaired.v1"
+	TypeNetworkManagementFailed      = "io.podvisor.network.management.failed.v1"
 	TypeNetworkDataRegisterRequested = "io.podvisor.network.data.register.requested.v1"
 	TypeNetworkDataSetRequested      = "io.podvisor.network.data.set.requested.v1"
 	TypeNetworkDataRemoveRequested   = "io.podvisor.network.data.remove.requested.v1"
@@ -167,6 +170,9 @@ const (
 	SubjectNetworkDeleted          = "pv.network.deleted"
 
 	SubjectNetworkServiceDeclared       = "pv.network.service.declared"
+	SubjectNetworkManagementCloned      = "pv.network.management.cloned"
+	SubjectNetworkManagementRepaired    = "pv.network.management.repaired"
+	SubjectNetworkManagementFailed      = "pv.network.management.failed"
 	SubjectNetworkDataRegisterRequested = "pv.network.data.register.requested"
 	SubjectNetworkDataSetRequested      = "pv.network.data.set.requested"
 	SubjectNetworkDataRemoveRequested   = "pv.network.data.remove.requested"
@@ -285,6 +291,9 @@ var catalog = []Kind{
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
 	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
 	kind[NetworkServiceDeclared](TypeNetworkServiceDeclared, SubjectNetworkServiceDeclared, StreamNetworks),
+	kind[NetworkManagementCloned](TypeNetworkManagementCloned, SubjectNetworkManagementCloned, StreamNetworks),
+	kind[NetworkManagementRepaired](TypeNetworkManagementRepaired, SubjectNetworkManagementRepaired, StreamNetworks),
+	kind[NetworkManagementFailed](TypeNetworkManagementFailed, SubjectNetworkManagementFailed, StreamNetworks),
 	kind[NetworkDataRegisterRequested](TypeNetworkDataRegisterRequested, SubjectNetworkDataRegisterRequested, StreamNetworks),
 	kind[NetworkDataSetRequested](TypeNetworkDataSetRequested, SubjectNetworkDataSetRequested, StreamNetworks),
 	kind[NetworkDataRemoveRequested](TypeNetworkDataRemoveRequested, SubjectNetworkDataRemoveRequested, StreamNetworks),

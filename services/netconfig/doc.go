@@ -78,6 +78,17 @@
 // SetManagementVLAN cuts off every member host of a switch carrying that
 // VLAN, through the same update path vCenter clients watch.
 //
+// # Management port repair
+//
+// A host cut off by its own management port (its VLAN or block changed in
+// vCenter, a per-host mistake no network version made) is repaired alone:
+// the service clones the port with its last good configuration, scoped to
+// the host (an alternate management channel), waits for the host to
+// respond through the clone, gives the original port the last good
+// configuration and removes the clone: network.management.cloned, then
+// .repaired or .failed with the reason (mgmtrepair.go). The network-wide
+// rollback above is for versions of a network; this touches one port.
+//
 // # Snapshots
 //
 // Every version stays in the record's history (events.NetworkHistoryLimit).

@@ -67,6 +67,8 @@ type Service struct {
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
+	// mgmt is what the management port repair knows (mgmtrepair.go).
+	mgmt mgmtState
 }
 
 // newService builds the service over a bus and a vCenter client on one
@@ -165,6 +167,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { s.recountLoop(ctx); return nil })
 	g.Go(func() error { s.hostStateLoop(ctx); return nil })
+	if s.cfg.ManagementInterval > 0 {
+		g.Go(func() error { s.managementLoop(ctx); return nil })
+	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
