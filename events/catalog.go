@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strings"
 )
 
 // Streams. Each domain has one JetStream stream whose subjects are the
@@ -162,7 +163,7 @@ const (
 	SubjectNetworkHostReady        = "pv.network.host.ready"
 	SubjectNetworkHostFailed       = "pv.network.host.failed"
 	SubjectNetworkRolledBack       = "pv.network.rolledback"
-	SubjectNetworkHostDesired      = "pv.network.host.desired"
+	SubjectNetworkHostDesired      = "pv.network.host.desired" // .<host>: SubjectNetworkHostDesiredFor
 	SubjectNetworkHostApplied      = "pv.network.host.applied"
 	SubjectNetworkRestoreRequested = "pv.network.restore.requested"
 	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
@@ -248,7 +249,47 @@ type Kind struct {
 	// New returns a pointer to a new zero payload struct (for example
 	// *PodRequested); it always implements Payload.
 	New func() any
+	// PerObject: each event travels on Subject.<object key> (SubjectFor),
+	// so a consumer that wants one object's events filters on its subject
+	// and the server delivers it nothing else (network.host.desired: one
+	// subject per host).
+	PerObject bool
 }
+
+// SubjectFor is the NATS subject of the event about objectKey.
+func (k Kind) SubjectFor(objectKey string) string {
+	if k.PerObject {
+		return k.Subject + "." + objectKey
+	}
+	return k.Subject
+}
+
+// SubjectFilter matches every event of the kind: Subject, or Subject.> for
+// a per-object kind.
+func (k Kind) SubjectFilter() string {
+	if k.PerObject {
+		return k.Subject + ".>"
+	}
+	return k.Subject
+}
+
+// Carries reports whether subject is one the kind's events travel on.
+func (k Kind) Carries(subject string) bool {
+	if k.PerObject {
+		return len(subject) > len(k.Subject)+1 && strings.HasPrefix(subject, k.Subject+".")
+	}
+	return subject == k.Subject
+}
+
+// perObject marks a kind as travelling on one subject per object.
+func perObject(k Kind) Kind {
+	k.PerObject = true
+	return k
+}
+
+// SubjectNetworkHostDesiredFor is the subject of host's final network
+// state: its agent consumes that subject only.
+func SubjectNetworkHostDesiredFor(host string) string { return SubjectNetworkHostDesired + "." + host }
 
 func kind[T any, P interface {
 	*T
@@ -284,7 +325,7 @@ var catalog = []Kind{
 	kind[NetworkHostReady](TypeNetworkHostReady, SubjectNetworkHostReady, StreamNetworks),
 	kind[NetworkHostFailed](TypeNetworkHostFailed, SubjectNetworkHostFailed, StreamNetworks),
 	kind[NetworkRolledBack](TypeNetworkRolledBack, SubjectNetworkRolledBack, StreamNetworks),
-	kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks),
+	perObject(kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks)),
 	kind[NetworkHostApplied](TypeNetworkHostApplied, SubjectNetworkHostApplied, StreamNetworks),
 	kind[NetworkRestoreRequested](TypeNetworkRestoreRequested, SubjectNetworkRestoreRequested, StreamNetworks),
 	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),

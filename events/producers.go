@@ -144,8 +144,8 @@ func IsRequest(ceType string) bool {
 func SubjectsPublishedBy(publisher string) []string {
 	var out []string
 	for _, k := range catalog {
-		if slices.Contains(publishers[k.Type], publisher) && !slices.Contains(out, k.Subject) {
-			out = append(out, k.Subject)
+		if slices.Contains(publishers[k.Type], publisher) && !slices.Contains(out, k.SubjectFilter()) {
+			out = append(out, k.SubjectFilter())
 		}
 	}
 	slices.Sort(out)

@@ -208,7 +208,7 @@ func (s *Service) Resync(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
 	}
-	if err := s.PushHostStates(ctx, true); err != nil {
+	if err := s.PushHostStates(ctx, false); err != nil {
 		errs = append(errs, fmt.Errorf("hosts' final states: %w", err))
 	}
 	return errors.Join(errs...)
