@@ -58,7 +58,9 @@
 // key, VLAN, MTU and version) and sends each host whose set changed one
 // network.host.desired, in parallel (PushParallelism at a time). The host
 // agent diffs it against what the host really carries, applies only the
-// difference and reports network.host.applied.
+// difference and reports network.host.applied. A port group a host's
+// agent could not carry marks the network Failed on that host until the
+// agent reports it carried (applied.go).
 //
 // The push is computed from what vCenter has, so repeating it is harmless:
 // the same path serves redeliveries, host.discovered / host.updated /

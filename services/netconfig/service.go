@@ -138,6 +138,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
 	bus.Handle(r, s.onHostRecovered)
+	bus.Handle(r, s.onHostApplied)
 	bus.Handle(r, s.onServiceDeclared)
 	bus.Handle(r, s.onDataRegister)
 	bus.Handle(r, s.onDataSet)
