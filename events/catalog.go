@@ -80,13 +80,14 @@ const (
 	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
 	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
 
-	TypeNetworkServiceDeclared       = "io.podvisor.network.service.declared.v1"
-	TypeNetworkManagementCloned      = "io.podvisor.network.management.cloned.v1"
-	TypeNetworkManagementRepaired    = "io.podvisor.network.management.repaired.v1"
-	TypeNetworkManagementFailed      = "io.podvisor.network.management.failed.v1"
-	TypeNetworkDataRegisterRequested = "io.podvisor.network.data.register.requested.v1"
-	TypeNetworkDataSetRequested      = "io.podvisor.network.data.set.requested.v1"
-	TypeNetworkDataRemoveRequested   = "io.podvisor.network.data.remove.requested.v1"
+	TypeNetworkServiceDeclared        = "io.podvisor.network.service.declared.v1"
+	TypeNetworkServiceDeleteRequested = "io.podvisor.network.service.delete.requested.v1"
+	TypeNetworkManagementCloned       = "io.podvisor.network.management.cloned.v1"
+	TypeNetworkManagementRepaired     = "io.podvisor.network.management.repaired.v1"
+	TypeNetworkManagementFailed       = "io.podvisor.network.management.failed.v1"
+	TypeNetworkDataRegisterRequested  = "io.podvisor.network.data.register.requested.v1"
+	TypeNetworkDataSetRequested       = "io.podvisor.network.data.set.requested.v1"
+	TypeNetworkDataRemoveRequested    = "io.podvisor.network.data.remove.requested.v1"
 
 	TypeMigrationRequested       = "io.podvisor.migration.requested.v1"
 	TypeMigrationTargetReserved  = "io.podvisor.migration.target.reserved.v1"
@@ -170,13 +171,14 @@ const (
 	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
 	SubjectNetworkDeleted          = "pv.network.deleted"
 
-	SubjectNetworkServiceDeclared       = "pv.network.service.declared"
-	SubjectNetworkManagementCloned      = "pv.network.management.cloned"
-	SubjectNetworkManagementRepaired    = "pv.network.management.repaired"
-	SubjectNetworkManagementFailed      = "pv.network.management.failed"
-	SubjectNetworkDataRegisterRequested = "pv.network.data.register.requested"
-	SubjectNetworkDataSetRequested      = "pv.network.data.set.requested"
-	SubjectNetworkDataRemoveRequested   = "pv.network.data.remove.requested"
+	SubjectNetworkServiceDeclared        = "pv.network.service.declared"
+	SubjectNetworkServiceDeleteRequested = "pv.network.service.delete.requested"
+	SubjectNetworkManagementCloned       = "pv.network.management.cloned"
+	SubjectNetworkManagementRepaired     = "pv.network.management.repaired"
+	SubjectNetworkManagementFailed       = "pv.network.management.failed"
+	SubjectNetworkDataRegisterRequested  = "pv.network.data.register.requested"
+	SubjectNetworkDataSetRequested       = "pv.network.data.set.requested"
+	SubjectNetworkDataRemoveRequested    = "pv.network.data.remove.requested"
 
 	SubjectMigrationRequested       = "pv.migration.requested"
 	SubjectMigrationTargetReserved  = "pv.migration.target.reserved"
@@ -332,6 +334,7 @@ var catalog = []Kind{
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
 	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
 	kind[NetworkServiceDeclared](TypeNetworkServiceDeclared, SubjectNetworkServiceDeclared, StreamNetworks),
+	kind[NetworkServiceDeleteRequested](TypeNetworkServiceDeleteRequested, SubjectNetworkServiceDeleteRequested, StreamNetworks),
 	kind[NetworkManagementCloned](TypeNetworkManagementCloned, SubjectNetworkManagementCloned, StreamNetworks),
 	kind[NetworkManagementRepaired](TypeNetworkManagementRepaired, SubjectNetworkManagementRepaired, StreamNetworks),
 	kind[NetworkManagementFailed](TypeNetworkManagementFailed, SubjectNetworkManagementFailed, StreamNetworks),

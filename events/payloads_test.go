@@ -116,6 +116,7 @@ func TestPayloadValidation(t *testing.T) {
 		{"host failed without host", TypeNetworkHostFailed, func(v any) { v.(*NetworkHostFailed).Host = "" }, "host", "Required"},
 		{"host desired digest stale", TypeNetworkHostDesired, func(v any) { v.(*NetworkHostDesired).PortGroups[0].VLAN = 7 }, "digest", "HostStateDigest"},
 		{"host applied failure without reason", TypeNetworkHostApplied, func(v any) { v.(*NetworkHostApplied).Failed[0].Reason = "" }, "failed[0].reason", "Required"},
+		{"service delete without name", TypeNetworkServiceDeleteRequested, func(v any) { v.(*NetworkServiceDeleteRequested).Name = "" }, "name", "Required"},
 		{"clone without clone", TypeNetworkManagementCloned, func(v any) { v.(*NetworkManagementCloned).Clone = "" }, "clone", "Required"},
 		{"repaired to a VLAN out of range", TypeNetworkManagementRepaired, func(v any) { v.(*NetworkManagementRepaired).LastGood.VLAN = 5000 }, "lastGood.vlan", "4094"},
 		{"management failure without reason", TypeNetworkManagementFailed, func(v any) { v.(*NetworkManagementFailed).Reason = "" }, "reason", "Required"},

@@ -140,6 +140,7 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onHostRecovered)
 	bus.Handle(r, s.onHostApplied)
 	bus.Handle(r, s.onServiceDeclared)
+	bus.Handle(r, s.onServiceDeleteRequested)
 	bus.Handle(r, s.onDataRegister)
 	bus.Handle(r, s.onDataSet)
 	bus.Handle(r, s.onDataRemove)
