@@ -46,13 +46,7 @@ func (n *networkServiceRow) Row(time.Time) []string {
 	for _, p := range r.Profiles {
 		addrs = append(addrs, fmt.Sprintf("%s=%s:%d", p.Network, p.Address, p.Port))
 	}
-	status := r.Status
-	if r.Reason != "" {
-		status += ": " + r.Reason
-		if r.Message != "" {
-			status += " (" + r.Message + ")"
-		}
-	}
+	status := statusCell(r.Status, r.Reason, r.Message)
 	return []string{
 		r.Name, r.Spec.Type, fmt.Sprintf("%d/%d", len(r.Profiles), len(r.Spec.Networks)),
 		dash(strings.Join(addrs, ",")), dash(status),
