@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"sort"
+	"strings"
 )
 
 // Streams. Each domain has one JetStream stream whose subjects are the
@@ -79,10 +80,14 @@ const (
 	TypeNetworkDeleteRejected   = "io.podvisor.network.delete.rejected.v1"
 	TypeNetworkDeleted          = "io.podvisor.network.deleted.v1"
 
-	TypeNetworkServiceDeclared       = "io.podvisor.network.service.declared.v1"
-	TypeNetworkDataRegisterRequested = "io.podvisor.network.data.register.requested.v1"
-	TypeNetworkDataSetRequested      = "io.podvisor.network.data.set.requested.v1"
-	TypeNetworkDataRemoveRequested   = "io.podvisor.network.data.remove.requested.v1"
+	TypeNetworkServiceDeclared        = "io.podvisor.network.service.declared.v1"
+	TypeNetworkServiceDeleteRequested = "io.podvisor.network.service.delete.requested.v1"
+	TypeNetworkManagementCloned       = "io.podvisor.network.management.cloned.v1"
+	TypeNetworkManagementRepaired     = "io.podvisor.network.management.repaired.v1"
+	TypeNetworkManagementFailed       = "io.podvisor.network.management.failed.v1"
+	TypeNetworkDataRegisterRequested  = "io.podvisor.network.data.register.requested.v1"
+	TypeNetworkDataSetRequested       = "io.podvisor.network.data.set.requested.v1"
+	TypeNetworkDataRemoveRequested    = "io.podvisor.network.data.remove.requested.v1"
 
 	TypeMigrationRequested       = "io.podvisor.migration.requested.v1"
 	TypeMigrationTargetReserved  = "io.podvisor.migration.target.reserved.v1"
@@ -159,17 +164,21 @@ const (
 	SubjectNetworkHostReady        = "pv.network.host.ready"
 	SubjectNetworkHostFailed       = "pv.network.host.failed"
 	SubjectNetworkRolledBack       = "pv.network.rolledback"
-	SubjectNetworkHostDesired      = "pv.network.host.desired"
+	SubjectNetworkHostDesired      = "pv.network.host.desired" // .<host>: SubjectNetworkHostDesiredFor
 	SubjectNetworkHostApplied      = "pv.network.host.applied"
 	SubjectNetworkRestoreRequested = "pv.network.restore.requested"
 	SubjectNetworkDeleteRequested  = "pv.network.delete.requested"
 	SubjectNetworkDeleteRejected   = "pv.network.delete.rejected"
 	SubjectNetworkDeleted          = "pv.network.deleted"
 
-	SubjectNetworkServiceDeclared       = "pv.network.service.declared"
-	SubjectNetworkDataRegisterRequested = "pv.network.data.register.requested"
-	SubjectNetworkDataSetRequested      = "pv.network.data.set.requested"
-	SubjectNetworkDataRemoveRequested   = "pv.network.data.remove.requested"
+	SubjectNetworkServiceDeclared        = "pv.network.service.declared"
+	SubjectNetworkServiceDeleteRequested = "pv.network.service.delete.requested"
+	SubjectNetworkManagementCloned       = "pv.network.management.cloned"
+	SubjectNetworkManagementRepaired     = "pv.network.management.repaired"
+	SubjectNetworkManagementFailed       = "pv.network.management.failed"
+	SubjectNetworkDataRegisterRequested  = "pv.network.data.register.requested"
+	SubjectNetworkDataSetRequested       = "pv.network.data.set.requested"
+	SubjectNetworkDataRemoveRequested    = "pv.network.data.remove.requested"
 
 	SubjectMigrationRequested       = "pv.migration.requested"
 	SubjectMigrationTargetReserved  = "pv.migration.target.reserved"
@@ -242,7 +251,47 @@ type Kind struct {
 	// New returns a pointer to a new zero payload struct (for example
 	// *PodRequested); it always implements Payload.
 	New func() any
+	// PerObject: each event travels on Subject.<object key> (SubjectFor),
+	// so a consumer that wants one object's events filters on its subject
+	// and the server delivers it nothing else (network.host.desired: one
+	// subject per host).
+	PerObject bool
 }
+
+// SubjectFor is the NATS subject of the event about objectKey.
+func (k Kind) SubjectFor(objectKey string) string {
+	if k.PerObject {
+		return k.Subject + "." + objectKey
+	}
+	return k.Subject
+}
+
+// SubjectFilter matches every event of the kind: Subject, or Subject.> for
+// a per-object kind.
+func (k Kind) SubjectFilter() string {
+	if k.PerObject {
+		return k.Subject + ".>"
+	}
+	return k.Subject
+}
+
+// Carries reports whether subject is one the kind's events travel on.
+func (k Kind) Carries(subject string) bool {
+	if k.PerObject {
+		return len(subject) > len(k.Subject)+1 && strings.HasPrefix(subject, k.Subject+".")
+	}
+	return subject == k.Subject
+}
+
+// perObject marks a kind as travelling on one subject per object.
+func perObject(k Kind) Kind {
+	k.PerObject = true
+	return k
+}
+
+// SubjectNetworkHostDesiredFor is the subject of host's final network
+// state: its agent consumes that subject only.
+func SubjectNetworkHostDesiredFor(host string) string { return SubjectNetworkHostDesired + "." + host }
 
 func kind[T any, P interface {
 	*T
@@ -278,13 +327,17 @@ var catalog = []Kind{
 	kind[NetworkHostReady](TypeNetworkHostReady, SubjectNetworkHostReady, StreamNetworks),
 	kind[NetworkHostFailed](TypeNetworkHostFailed, SubjectNetworkHostFailed, StreamNetworks),
 	kind[NetworkRolledBack](TypeNetworkRolledBack, SubjectNetworkRolledBack, StreamNetworks),
-	kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks),
+	perObject(kind[NetworkHostDesired](TypeNetworkHostDesired, SubjectNetworkHostDesired, StreamNetworks)),
 	kind[NetworkHostApplied](TypeNetworkHostApplied, SubjectNetworkHostApplied, StreamNetworks),
 	kind[NetworkRestoreRequested](TypeNetworkRestoreRequested, SubjectNetworkRestoreRequested, StreamNetworks),
 	kind[NetworkDeleteRequested](TypeNetworkDeleteRequested, SubjectNetworkDeleteRequested, StreamNetworks),
 	kind[NetworkDeleteRejected](TypeNetworkDeleteRejected, SubjectNetworkDeleteRejected, StreamNetworks),
 	kind[NetworkDeleted](TypeNetworkDeleted, SubjectNetworkDeleted, StreamNetworks),
 	kind[NetworkServiceDeclared](TypeNetworkServiceDeclared, SubjectNetworkServiceDeclared, StreamNetworks),
+	kind[NetworkServiceDeleteRequested](TypeNetworkServiceDeleteRequested, SubjectNetworkServiceDeleteRequested, StreamNetworks),
+	kind[NetworkManagementCloned](TypeNetworkManagementCloned, SubjectNetworkManagementCloned, StreamNetworks),
+	kind[NetworkManagementRepaired](TypeNetworkManagementRepaired, SubjectNetworkManagementRepaired, StreamNetworks),
+	kind[NetworkManagementFailed](TypeNetworkManagementFailed, SubjectNetworkManagementFailed, StreamNetworks),
 	kind[NetworkDataRegisterRequested](TypeNetworkDataRegisterRequested, SubjectNetworkDataRegisterRequested, StreamNetworks),
 	kind[NetworkDataSetRequested](TypeNetworkDataSetRequested, SubjectNetworkDataSetRequested, StreamNetworks),
 	kind[NetworkDataRemoveRequested](TypeNetworkDataRemoveRequested, SubjectNetworkDataRemoveRequested, StreamNetworks),

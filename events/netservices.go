@@ -95,6 +95,21 @@ func (e *NetworkServiceDeclared) Validate() error {
 // ObjectKey is the service name.
 func (e *NetworkServiceDeclared) ObjectKey() string { return e.Service.Metadata.Name }
 
+// NetworkServiceDeleteRequested asks network-config to remove a network
+// service: its addresses go back to the networks' pools and the host
+// agents stop serving it.
+type NetworkServiceDeleteRequested struct {
+	Name string `json:"name"`
+}
+
+// Validate checks the name.
+func (e *NetworkServiceDeleteRequested) Validate() error {
+	return asError(validateDNSLabel(field.NewPath("name"), e.Name))
+}
+
+// ObjectKey is the service name.
+func (e *NetworkServiceDeleteRequested) ObjectKey() string { return e.Name }
+
 // Statuses of a network service (NetworkServiceRecord.Status).
 const (
 	// NetworkServiceReady: every network of the spec has a profile.

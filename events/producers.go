@@ -58,21 +58,25 @@ var publishers = map[string][]string{
 	TypeImagePulled:  {PublisherImageCache},
 	TypeImageEvicted: {PublisherImageCache},
 
-	TypeNetworkDeclared:              {PublisherClient},
-	TypeNetworkRealized:              {PublisherNetConfig},
-	TypeNetworkHostReady:             {PublisherNetConfig},
-	TypeNetworkHostFailed:            {PublisherNetConfig},
-	TypeNetworkRolledBack:            {PublisherNetConfig},
-	TypeNetworkHostDesired:           {PublisherNetConfig},
-	TypeNetworkHostApplied:           {PublisherHostAgent},
-	TypeNetworkRestoreRequested:      {PublisherClient},
-	TypeNetworkDeleteRequested:       {PublisherClient},
-	TypeNetworkDeleteRejected:        {PublisherNetConfig},
-	TypeNetworkDeleted:               {PublisherNetConfig},
-	TypeNetworkServiceDeclared:       {PublisherClient},
-	TypeNetworkDataRegisterRequested: {PublisherClient},
-	TypeNetworkDataSetRequested:      {PublisherClient},
-	TypeNetworkDataRemoveRequested:   {PublisherClient},
+	TypeNetworkDeclared:               {PublisherClient},
+	TypeNetworkRealized:               {PublisherNetConfig},
+	TypeNetworkHostReady:              {PublisherNetConfig},
+	TypeNetworkHostFailed:             {PublisherNetConfig},
+	TypeNetworkRolledBack:             {PublisherNetConfig},
+	TypeNetworkHostDesired:            {PublisherNetConfig},
+	TypeNetworkHostApplied:            {PublisherHostAgent},
+	TypeNetworkRestoreRequested:       {PublisherClient},
+	TypeNetworkDeleteRequested:        {PublisherClient},
+	TypeNetworkDeleteRejected:         {PublisherNetConfig},
+	TypeNetworkDeleted:                {PublisherNetConfig},
+	TypeNetworkServiceDeclared:        {PublisherClient},
+	TypeNetworkServiceDeleteRequested: {PublisherClient},
+	TypeNetworkManagementCloned:       {PublisherNetConfig},
+	TypeNetworkManagementRepaired:     {PublisherNetConfig},
+	TypeNetworkManagementFailed:       {PublisherNetConfig},
+	TypeNetworkDataRegisterRequested:  {PublisherClient},
+	TypeNetworkDataSetRequested:       {PublisherClient},
+	TypeNetworkDataRemoveRequested:    {PublisherClient},
 
 	TypeMigrationRequested:       {PublisherClient, PublisherMigration},
 	TypeMigrationTargetReserved:  {PublisherScheduler},
@@ -141,8 +145,8 @@ func IsRequest(ceType string) bool {
 func SubjectsPublishedBy(publisher string) []string {
 	var out []string
 	for _, k := range catalog {
-		if slices.Contains(publishers[k.Type], publisher) && !slices.Contains(out, k.Subject) {
-			out = append(out, k.Subject)
+		if slices.Contains(publishers[k.Type], publisher) && !slices.Contains(out, k.SubjectFilter()) {
+			out = append(out, k.SubjectFilter())
 		}
 	}
 	slices.Sort(out)

@@ -105,6 +105,11 @@ type NetworkRecord struct {
 	Scope []string `json:"scope,omitempty"`
 	// Hosts is the state of each host in Scope.
 	Hosts map[string]NetworkHostState `json:"hosts,omitempty"`
+	// ApplyFailed lists the hosts in Scope whose agent reported it could
+	// not carry the port group (network.host.applied), with the agent's
+	// reason: such a host is Failed in Hosts whatever vCenter reads back,
+	// until its agent reports the port group carried.
+	ApplyFailed map[string]NetworkHostState `json:"applyFailed,omitempty"`
 	// IPsUsed counts the addresses allocated on the network.
 	IPsUsed int `json:"ipsUsed"`
 	// LastGoodVersion is the newest version that was pushed without any host

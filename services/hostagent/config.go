@@ -25,6 +25,11 @@ type Config struct {
 	HelloTimeout time.Duration
 	// Workers is how many deletes are handled at once (default 8).
 	Workers int
+	// NetworkResync is how often the host's last desired network state is
+	// applied again, repairing drift on the host (default 1m);
+	// NetworkRetry is how soon after a state that could not be applied
+	// whole (default 10s).
+	NetworkResync, NetworkRetry time.Duration
 }
 
 // Settings read by ConfigsFrom.
@@ -37,7 +42,8 @@ const (
 
 // DefaultConfig returns the defaults; Host and ChannelDir are still to set.
 func DefaultConfig() Config {
-	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8}
+	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8,
+		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second}
 }
 
 // ConfigsFrom reads PODVISOR_HOSTAGENT_HOST (one host, or a comma-separated
@@ -84,6 +90,9 @@ func (c Config) Validate() error {
 	}
 	if c.HelloTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("HelloTimeout %s: must be positive", c.HelloTimeout))
+	}
+	if c.NetworkResync <= 0 || c.NetworkRetry <= 0 {
+		errs = append(errs, fmt.Errorf("NetworkResync %s, NetworkRetry %s: must be positive", c.NetworkResync, c.NetworkRetry))
 	}
 	if c.Workers < 1 {
 		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))

@@ -31,12 +31,16 @@
 // With Deps.Network (what the host really carries of the distributed port
 // groups: its switch proxy on vSphere, its Linux segments in the simulated
 // datacenter, sim.HostSegments), the agent applies the final desired state
-// network-config pushes to its host, network.host.desired (its own
-// durable on NETWORKS, hostagent-<host>, one state at a time): it carries
-// the listed port groups the host lacks, drops the network port groups
-// (pv-<network>) no longer listed, leaves everything else alone, and
-// reports the difference with network.host.applied (added, removed,
-// unchanged, failed). Another host's state is not its business.
+// network-config pushes to its host, network.host.desired, on the host's
+// own subject pv.network.host.desired.<host> (its own durable on NETWORKS,
+// hostagent-<host>, filtered on that subject, one state at a time): it
+// carries the listed port groups the host lacks, drops the network port
+// groups (pv-<network>) no longer listed, leaves everything else alone,
+// and reports the difference with network.host.applied (added, removed,
+// unchanged, failed). At start it applies the newest state on its subject,
+// and it applies the last state again every NetworkResync (NetworkRetry
+// after a partial failure), reporting only what that changed: drift on the
+// host is repaired there (netstate.go).
 //
 // # Logs and exec
 //

@@ -2,8 +2,13 @@ package hostagent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -28,24 +33,140 @@ const (
 	ReasonDropFailed  = "DropFailed"
 )
 
-// handleDesired applies this host's final desired network state
-// (network.host.desired): it compares the port groups the state lists with
-// those the host carries, carries the missing ones, drops the podvisor
-// network port groups (pv-<network>) no longer listed, leaves the rest untouched, and
-// reports what it changed with network.host.applied. Other hosts' states
-// are not its business.
-func (s *Service) handleDesired(ctx context.Context, m *bus.Message) error {
-	v, err := events.Decode(m.Event.Type(), m.Event.Data())
+// netState is the host's last desired network state and how applying it
+// went; mu serializes applying (a new state, a periodic re-apply).
+type netState struct {
+	mu      sync.Mutex
+	desired *events.NetworkHostDesired
+	failed  bool
+	applied time.Time
+}
+
+// runNetworkState applies this host's final desired network state: the
+// last one on its subject when the agent starts (a restarted agent does not
+// wait for the next change), every new one from its durable consumer, which
+// filters on the host's own subject (events.SubjectNetworkHostDesiredFor),
+// so no other host's state is ever delivered here; and the last one again
+// every NetworkResync (NetworkRetry after a partial failure), which repairs
+// drift on the host without network-config sending anything.
+func (s *Service) runNetworkState(ctx context.Context) error {
+	if d, err := s.lastDesired(ctx); err != nil {
+		s.log.Warn("read the host's last desired network state", "err", err)
+	} else if d != nil {
+		s.reapply(ctx, d)
+	}
+	go s.reapplyLoop(ctx)
+	return s.bus.Consume(ctx, bus.ConsumerConfig{
+		Service:  consumerName(s.cfg.Host),
+		Stream:   events.StreamNetworks,
+		Subjects: []string{events.SubjectNetworkHostDesiredFor(s.cfg.Host)},
+		Workers:  1, // states in order: the last one wins
+		Logger:   s.log,
+	}, s.handleDesired)
+}
+
+// lastDesired reads the newest state on the host's subject; nil when none.
+func (s *Service) lastDesired(ctx context.Context) (*events.NetworkHostDesired, error) {
+	st, err := s.bus.JetStream().Stream(ctx, events.StreamNetworks)
 	if err != nil {
-		return bus.Permanent(err)
+		return nil, err
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, events.SubjectNetworkHostDesiredFor(s.cfg.Host))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	ev, err := bus.DecodeMessage(raw)
+	if err != nil {
+		return nil, err
+	}
+	return s.decodeDesired(ev.Type(), ev.Data())
+}
+
+func (s *Service) decodeDesired(ceType string, data []byte) (*events.NetworkHostDesired, error) {
+	v, err := events.Decode(ceType, data)
+	if err != nil {
+		return nil, err
 	}
 	d, ok := v.(*events.NetworkHostDesired)
 	if !ok || d.Host != s.cfg.Host {
+		return nil, nil
+	}
+	return d, nil
+}
+
+// reapplyLoop applies the last state again when it is due.
+func (s *Service) reapplyLoop(ctx context.Context) {
+	t := time.NewTicker(min(s.cfg.NetworkRetry, s.cfg.NetworkResync) / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.netState.mu.Lock()
+		d, due := s.netState.desired, s.cfg.NetworkResync
+		if s.netState.failed {
+			due = s.cfg.NetworkRetry
+		}
+		due -= time.Since(s.netState.applied)
+		s.netState.mu.Unlock()
+		if d != nil && due <= 0 {
+			s.reapply(ctx, nil) // the newest, read under the lock
+		}
+	}
+}
+
+// reapply applies d (nil: the last state applied) again and reports only
+// when something changed or failed: an unchanged host is not news.
+func (s *Service) reapply(ctx context.Context, d *events.NetworkHostDesired) {
+	applied, err := s.applyDesired(ctx, d)
+	if err != nil {
+		s.log.Warn("apply the host's desired network state again", "err", err)
+		return
+	}
+	if len(applied.Added)+len(applied.Removed)+len(applied.Failed) == 0 {
+		return
+	}
+	if err := s.bus.Emitter(Source).Emit(ctx, nil, applied); err != nil {
+		s.log.Warn("report the host's network state", "err", err)
+	}
+}
+
+// handleDesired applies a new final desired state (network.host.desired)
+// and reports it with network.host.applied. Another host's state never
+// reaches this consumer; one that did anyway is not its business.
+func (s *Service) handleDesired(ctx context.Context, m *bus.Message) error {
+	d, err := s.decodeDesired(m.Event.Type(), m.Event.Data())
+	if err != nil {
+		return bus.Permanent(err)
+	}
+	if d == nil {
 		return nil
+	}
+	applied, err := s.applyDesired(ctx, d)
+	if err != nil {
+		return err
+	}
+	return s.bus.Emitter(Source).Emit(ctx, &m.Event, applied)
+}
+
+// applyDesired compares the port groups the state lists with those the
+// host carries, carries the missing ones, drops the podvisor network port
+// groups (pv-<network>) no longer listed, leaves the rest untouched, and
+// says what it changed. A nil d is the last state applied.
+func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired) (*events.NetworkHostApplied, error) {
+	s.netState.mu.Lock()
+	defer s.netState.mu.Unlock()
+	if d == nil {
+		d = s.netState.desired
 	}
 	have, err := s.network.Carried(ctx)
 	if err != nil {
-		return fmt.Errorf("read the host's port groups: %w", err)
+		return nil, fmt.Errorf("read the host's port groups: %w", err)
 	}
 	applied := &events.NetworkHostApplied{Host: s.cfg.Host, Digest: d.Digest}
 	want := map[string]bool{}
@@ -77,5 +198,6 @@ func (s *Service) handleDesired(ctx context.Context, m *bus.Message) error {
 		s.log.Info("network state applied", "digest", d.Digest, "added", applied.Added, "removed", applied.Removed,
 			"unchanged", applied.Unchanged, "failed", len(applied.Failed))
 	}
-	return s.bus.Emitter(Source).Emit(ctx, &m.Event, applied)
+	s.netState.desired, s.netState.failed, s.netState.applied = d, len(applied.Failed) > 0, time.Now()
+	return applied, nil
 }

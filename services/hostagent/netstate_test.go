@@ -2,11 +2,14 @@ package hostagent_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
@@ -49,6 +52,7 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 
 	cfg := hostagent.DefaultConfig()
 	cfg.Host, cfg.ChannelDir = x, channels
+	cfg.NetworkResync = 300 * time.Millisecond
 	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Network: segs})
 	if err != nil {
 		t.Fatal(err)
@@ -95,12 +99,23 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	publish(&events.NetworkHostDesired{Host: other, Digest: events.HostStateDigest(nil), PortGroups: nil})
 	publish(desired)
 
-	var r *events.NetworkHostApplied
-	select {
-	case r = <-reports:
-	case <-time.After(20 * time.Second):
-		t.Fatal("no network.host.applied within 20s")
+	// next skips reports that changed nothing: the agent may read the
+	// state from the stream at start and then get it from its consumer.
+	next := func(what string) *events.NetworkHostApplied {
+		t.Helper()
+		timeout := time.After(20 * time.Second)
+		for {
+			select {
+			case r := <-reports:
+				if len(r.Added)+len(r.Removed)+len(r.Failed) > 0 {
+					return r
+				}
+			case <-timeout:
+				t.Fatalf("no network.host.applied %s within 20s", what)
+			}
+		}
 	}
+	r := next("for the state")
 	if r.Host != x || r.Digest != desired.Digest || !slices.Equal(r.Added, []string{"pv-b"}) || !slices.Equal(r.Removed, []string{"pv-c"}) ||
 		r.Unchanged != 1 || len(r.Failed) != 0 {
 		t.Errorf("applied %+v; want pv-b added, pv-c removed, 1 unchanged, for %s at %s", r, x, desired.Digest)
@@ -142,4 +157,54 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no report of the repeated state")
 	}
+	waitConsumed(t, b, x, 2)
+
+	// The agent's consumer filters on the host's own subject: the server
+	// delivered it its two states and never the other host's.
+	info, err := consumerInfo(ctx, b, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer != 2 || info.Config.FilterSubject != events.SubjectNetworkHostDesiredFor(x) {
+		t.Errorf("consumer of %s: %d delivered with filter %q, want 2 on %s", x, info.Delivered.Consumer, info.Config.FilterSubject, events.SubjectNetworkHostDesiredFor(x))
+	}
+
+	// Drift on the host after the state was applied: the agent repairs it
+	// from the last state on its own, with no new message.
+	if err := segs.Drop(ctx, key["pv-a"]); err != nil {
+		t.Fatal(err)
+	}
+	if r = next("for the drift"); !slices.Equal(r.Added, []string{"pv-a"}) || len(r.Removed) != 0 || r.Digest != desired.Digest {
+		t.Errorf("re-applied: %+v, want pv-a added back at %s", r, desired.Digest)
+	}
+}
+
+// waitConsumed waits for the host's consumer to have acknowledged n
+// messages.
+func waitConsumed(t *testing.T, b *bus.Bus, host string, n uint64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := consumerInfo(context.Background(), b, host)
+		if err == nil && info.AckFloor.Consumer >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer of %s: %+v, %v; want %d acknowledged", host, info, err, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func consumerInfo(ctx context.Context, b *bus.Bus, host string) (*jetstream.ConsumerInfo, error) {
+	st, err := b.JetStream().Stream(ctx, events.StreamNetworks)
+	if err != nil {
+		return nil, err
+	}
+	for name := range st.ListConsumers(ctx).Info() {
+		if name.Config.FilterSubject == events.SubjectNetworkHostDesiredFor(host) || strings.Contains(name.Name, host) {
+			return name, nil
+		}
+	}
+	return nil, fmt.Errorf("no consumer of host %s on %s", host, events.StreamNetworks)
 }

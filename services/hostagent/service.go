@@ -66,6 +66,8 @@ type Service struct {
 	endpoints EndpointsFunc
 	modules   map[string]DataModule
 	delivered map[string]HostData
+	// netState is the host's last desired network state (netstate.go).
+	netState netState
 }
 
 // New checks the configuration and opens the `pods` bucket.
@@ -148,15 +150,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}, s.handleDelete)
 	})
 	if s.network != nil {
-		g.Go(func() error {
-			return s.bus.Consume(gctx, bus.ConsumerConfig{
-				Service:  consumerName(s.cfg.Host),
-				Stream:   events.StreamNetworks,
-				Subjects: []string{events.SubjectNetworkHostDesired},
-				Workers:  1, // states in order: the last one wins
-				Logger:   s.log,
-			}, s.handleDesired)
-		})
+		g.Go(func() error { return s.runNetworkState(gctx) })
 	}
 	s.log.Info("host agent running", "socket", s.Socket())
 	err = g.Wait()

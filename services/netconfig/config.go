@@ -49,6 +49,11 @@ type Config struct {
 	// SwitchMTU is the maximum MTU given to switches network-config creates;
 	// a network with a larger MTU raises it (default 1500).
 	SwitchMTU int
+	// ManagementInterval is how often the hosts' management ports are read
+	// to learn their last good configuration and repair a host cut off by
+	// its own port (mgmtrepair.go) (PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL,
+	// default 5s; 0 disables).
+	ManagementInterval time.Duration
 }
 
 // DefaultConfig returns the defaults described on Config.
@@ -63,6 +68,8 @@ func DefaultConfig() Config {
 		ResyncInterval:  5 * time.Minute,
 		AllHostsSwitch:  "pv-dvs",
 		SwitchMTU:       events.DefaultMTU,
+
+		ManagementInterval: 5 * time.Second,
 	}
 }
 
@@ -78,6 +85,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Duration("PODVISOR_NETCONFIG_PROBE_WINDOW", &c.ProbeWindow)
 	r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
 	r.String("PODVISOR_NETCONFIG_SWITCH", &c.AllHostsSwitch)
+	r.Duration("PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL", &c.ManagementInterval)
 	if err := r.Err(); err != nil {
 		return c, err
 	}
@@ -107,6 +115,9 @@ func (c Config) Validate() error {
 	}
 	if c.ResyncInterval < 0 {
 		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables)", c.ResyncInterval))
+	}
+	if c.ManagementInterval < 0 {
+		errs = append(errs, fmt.Errorf("ManagementInterval %s: must not be negative (0 disables)", c.ManagementInterval))
 	}
 	if c.AllHostsSwitch == "" {
 		errs = append(errs, errors.New("AllHostsSwitch: required (the switch of networks scoped to every host)"))

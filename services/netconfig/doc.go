@@ -58,7 +58,9 @@
 // key, VLAN, MTU and version) and sends each host whose set changed one
 // network.host.desired, in parallel (PushParallelism at a time). The host
 // agent diffs it against what the host really carries, applies only the
-// difference and reports network.host.applied.
+// difference and reports network.host.applied. A port group a host's
+// agent could not carry marks the network Failed on that host until the
+// agent reports it carried (applied.go).
 //
 // The push is computed from what vCenter has, so repeating it is harmless:
 // the same path serves redeliveries, host.discovered / host.updated /
@@ -77,6 +79,17 @@
 // port group is removed. The simulator makes this real: shared/sim's
 // SetManagementVLAN cuts off every member host of a switch carrying that
 // VLAN, through the same update path vCenter clients watch.
+//
+// # Management port repair
+//
+// A host cut off by its own management port (its VLAN or block changed in
+// vCenter, a per-host mistake no network version made) is repaired alone:
+// the service clones the port with its last good configuration, scoped to
+// the host (an alternate management channel), waits for the host to
+// respond through the clone, gives the original port the last good
+// configuration and removes the clone: network.management.cloned, then
+// .repaired or .failed with the reason (mgmtrepair.go). The network-wide
+// rollback above is for versions of a network; this touches one port.
 //
 // # Snapshots
 //

@@ -12,13 +12,15 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // Final state per host. After any change to the networks (a version
 // committed or rolled back, a network deleted) and at every resync, the
 // service computes, for every connected host, the whole set of port groups
 // it must carry — every network whose resolved scope holds the host — and
-// sends each host whose set changed one network.host.desired, all hosts in
+// sends each host whose set changed one network.host.desired, on the
+// host's own subject (pv.network.host.desired.<host>), all hosts in
 // parallel (Config.PushParallelism at a time). The host agent diffs it
 // against what the host really has and applies only the difference
 // (services/hostagent), reporting network.host.applied.
@@ -108,7 +110,10 @@ func (s *Service) DesiredHostStates(ctx context.Context) (map[string][]events.Ho
 }
 
 // PushHostStates sends every host whose final state changed since the last
-// push (every host, with all) its network.host.desired, in parallel.
+// push (every host, with all) its network.host.desired, in parallel. Each
+// state travels on its host's own subject, which only that host's agent
+// consumes; a host whose state is unchanged gets nothing (its agent
+// re-applies the last state itself to repair drift on the host).
 func (s *Service) PushHostStates(ctx context.Context, all bool) error {
 	states, err := s.DesiredHostStates(ctx)
 	if err != nil {
@@ -117,12 +122,43 @@ func (s *Service) PushHostStates(ctx context.Context, all bool) error {
 	msgs := make([]*events.NetworkHostDesired, 0, len(states))
 	for h, pgs := range states {
 		d := &events.NetworkHostDesired{Host: h, Digest: events.HostStateDigest(pgs), PortGroups: pgs}
-		if prev, ok := s.hostDigests.Load(h); ok && prev == d.Digest && !all {
+		if !all && s.lastPushed(ctx, h) == d.Digest {
 			continue
 		}
 		msgs = append(msgs, d)
 	}
 	return s.PublishHostStates(ctx, msgs, s.cfg.PushParallelism)
+}
+
+// lastPushed is the digest of the last state sent to host: remembered, or
+// read from the newest message on the host's subject (after a restart), so
+// a restarted service does not send every host its state again.
+func (s *Service) lastPushed(ctx context.Context, host string) string {
+	if v, ok := s.hostDigests.Load(host); ok {
+		return v.(string)
+	}
+	st, err := s.bus.JetStream().Stream(ctx, events.StreamNetworks)
+	if err != nil {
+		return ""
+	}
+	raw, err := st.GetLastMsgForSubject(ctx, events.SubjectNetworkHostDesiredFor(host))
+	if err != nil {
+		return "" // none yet (or unreadable): send it
+	}
+	ev, err := bus.DecodeMessage(raw)
+	if err != nil {
+		return ""
+	}
+	v, err := events.Decode(ev.Type(), ev.Data())
+	if err != nil {
+		return ""
+	}
+	d, ok := v.(*events.NetworkHostDesired)
+	if !ok {
+		return ""
+	}
+	s.hostDigests.Store(host, d.Digest)
+	return d.Digest
 }
 
 // PublishHostStates publishes one final state per host, parallelism at a

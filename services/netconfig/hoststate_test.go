@@ -3,11 +3,18 @@ package netconfig_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/vmware/govmomi/find"
+
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -70,5 +77,109 @@ func BenchmarkHostStateFanOut(b *testing.B) {
 				b.ReportMetric(base/per, "speedup")
 			}
 		})
+	}
+}
+
+// Each host's state travels on the host's own subject, and only hosts whose
+// state changed get one: a network scoped to one cluster sends nothing to
+// the other cluster's hosts, a resync with nothing changed sends nothing,
+// and neither does a restarted service (it reads the last state sent to
+// each host from the stream).
+func TestOnlyChangedHostsGetTheirStateOnTheirOwnSubject(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
+	ctx := context.Background()
+	var mu sync.Mutex
+	perSubject := map[string]int{}
+	sub, err := e.bus.Conn().Subscribe(events.SubjectNetworkHostDesired+".>", func(m *nats.Msg) {
+		ev, err := bus.DecodeMessage(m)
+		if err != nil {
+			t.Errorf("undecodable state: %v", err)
+			return
+		}
+		if want := events.SubjectNetworkHostDesiredFor(ev.Subject()); m.Subject != want {
+			t.Errorf("state of %s on subject %s, want %s", ev.Subject(), m.Subject, want)
+		}
+		mu.Lock()
+		perSubject[m.Subject]++
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+	counts := func() map[string]int {
+		mu.Lock()
+		defer mu.Unlock()
+		return maps.Clone(perSubject)
+	}
+	c1, c2 := e.clusterHosts("cluster-1"), e.clusterHosts("cluster-2")
+	has := func(p *events.NetworkHostDesired, pg string) bool {
+		return slices.ContainsFunc(p.PortGroups, func(x events.HostPortGroup) bool { return x.PortGroup == pg })
+	}
+
+	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
+	for _, h := range c1 {
+		testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool { return p.Host == h && has(p, "pv-q") })
+	}
+	for _, h := range c2 {
+		testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool { return p.Host == h })
+	}
+	waitFor(t, "every host's state on its own subject", func() bool { return len(counts()) == 4 })
+	before := counts()
+
+	// Nothing changed: a resync sends nothing.
+	if err := e.svc.Resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A network on cluster-2 changes cluster-2's states only.
+	e.declare("r", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-2"}}})
+	for _, h := range c2 {
+		testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool { return p.Host == h && has(p, "pv-r") })
+	}
+	waitFor(t, "cluster-2's new states", func() bool {
+		n := counts()
+		return n[events.SubjectNetworkHostDesiredFor(c2[0])] > before[events.SubjectNetworkHostDesiredFor(c2[0])] &&
+			n[events.SubjectNetworkHostDesiredFor(c2[1])] > before[events.SubjectNetworkHostDesiredFor(c2[1])]
+	})
+	after := counts()
+	for _, h := range c1 {
+		if s := events.SubjectNetworkHostDesiredFor(h); after[s] != before[s] {
+			t.Errorf("%s got %d states after the resync and a change elsewhere, want none", h, after[s]-before[s])
+		}
+	}
+	for _, h := range c2 {
+		if s := events.SubjectNetworkHostDesiredFor(h); after[s] != before[s]+1 {
+			t.Errorf("%s got %d states for one change, want 1", h, after[s]-before[s])
+		}
+	}
+
+	// A second instance (a restart) finds the last states on the stream.
+	cfg := netconfig.DefaultConfig()
+	cfg.ResyncInterval = 0
+	dc, err := find.NewFinder(e.vc.Client).Datacenter(ctx, "DC0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := netconfig.NewForTest(cfg, e.bus, e.vc.Client, dc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := e.Events.Count(events.TypeNetworkHostDesired)
+	if err := again.PushHostStates(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.Events.Count(events.TypeNetworkHostDesired); n != seq {
+		t.Errorf("a restarted service sent %d states with nothing changed, want 0", n-seq)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -401,6 +401,7 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 		name = r.Name
 		prev, prevStatus = r.Hosts, r.Status
 		r.Hosts = ro.hosts
+		withApplyFailures(r) // applied.go
 		r.Scope = hostNames(ro.scope)
 		r.Switch = ro.switchName
 		r.PortGroup = events.PortGroupName(r.Name)

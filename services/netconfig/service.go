@@ -67,6 +67,8 @@ type Service struct {
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
+	// mgmt is what the management port repair knows (mgmtrepair.go).
+	mgmt mgmtState
 }
 
 // newService builds the service over a bus and a vCenter client on one
@@ -136,7 +138,9 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onHostDiscovered)
 	bus.Handle(r, s.onHostUpdated)
 	bus.Handle(r, s.onHostRecovered)
+	bus.Handle(r, s.onHostApplied)
 	bus.Handle(r, s.onServiceDeclared)
+	bus.Handle(r, s.onServiceDeleteRequested)
 	bus.Handle(r, s.onDataRegister)
 	bus.Handle(r, s.onDataSet)
 	bus.Handle(r, s.onDataRemove)
@@ -165,6 +169,9 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { s.recountLoop(ctx); return nil })
 	g.Go(func() error { s.hostStateLoop(ctx); return nil })
+	if s.cfg.ManagementInterval > 0 {
+		g.Go(func() error { s.managementLoop(ctx); return nil })
+	}
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -203,7 +210,7 @@ func (s *Service) Resync(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
 	}
-	if err := s.PushHostStates(ctx, true); err != nil {
+	if err := s.PushHostStates(ctx, false); err != nil {
 		errs = append(errs, fmt.Errorf("hosts' final states: %w", err))
 	}
 	return errors.Join(errs...)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/cloudevents/sdk-go/v2/event"
+
 	"github.com/podvisor/podvisor/events"
 )
 
@@ -12,6 +14,7 @@ import (
 type route struct {
 	Subject string
 	Stream  string
+	kind    events.Kind
 }
 
 // routeOf looks the type up in the event catalog.
@@ -20,16 +23,38 @@ func routeOf(ceType string) (route, error) {
 	if !ok {
 		return route{}, fmt.Errorf("type %q: %w (not in the podvisor event catalog)", ceType, events.ErrUnknownType)
 	}
-	return route{Subject: k.Subject, Stream: k.Stream}, nil
+	return route{Subject: k.Subject, Stream: k.Stream, kind: k}, nil
+}
+
+// subjectOf is the NATS subject of one event: the type's, or for a
+// per-object type (events.Kind.PerObject) the type's followed by the
+// event's subject attribute, which must then make valid subject tokens.
+func (rt route) subjectOf(ev *event.Event) (string, error) {
+	if !rt.kind.PerObject {
+		return rt.Subject, nil
+	}
+	key := ev.Subject()
+	for _, tok := range strings.Split(key, ".") {
+		if tok == "" || strings.ContainsAny(tok, " \t\r\n*>") {
+			return "", fmt.Errorf("subject attribute %q: must be NATS subject tokens (no empty token, space, '*' or '>') to route %s", key, rt.kind.Type)
+		}
+	}
+	return rt.kind.SubjectFor(key), nil
+}
+
+// carries reports whether an event came on its own subject.
+func (rt route) carries(ev *event.Event, subject string) bool {
+	want, err := rt.subjectOf(ev)
+	return err == nil && want == subject
 }
 
 // knownEvents holds the catalog's types without their version suffix
 // (io.podvisor.pod.accepted), to recognise a later version of a known event.
-var knownEvents = func() map[string]string {
-	m := map[string]string{}
+var knownEvents = func() map[string]events.Kind {
+	m := map[string]events.Kind{}
 	for _, k := range events.Kinds() {
 		if base, ok := unversioned(k.Type); ok {
-			m[base] = k.Subject
+			m[base] = k
 		}
 	}
 	return m
@@ -63,5 +88,5 @@ func laterVersion(ceType, subject string) bool {
 		return false
 	}
 	known, ok := knownEvents[base]
-	return ok && known == subject
+	return ok && known.Carries(subject)
 }

@@ -469,8 +469,8 @@ func (c *consumer) dispatch(ctx context.Context, msg jetstream.Msg) {
 			return
 		case rerr != nil:
 			err = rerr
-		case rt.Subject != msg.Subject():
-			err = fmt.Errorf("type %s travels on subject %s, not %s", ev.Type(), rt.Subject, msg.Subject())
+		case !rt.carries(&ev, msg.Subject()):
+			err = fmt.Errorf("type %s travels on subject %s, not %s", ev.Type(), rt.kind.SubjectFor(ev.Subject()), msg.Subject())
 		case !events.SourceAllowed(ev.Type(), ev.Source()):
 			// The server's permissions keep a service from publishing
 			// another's facts; this catches one that arrived some other way.

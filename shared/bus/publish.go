@@ -37,6 +37,9 @@ func (b *Bus) PublishSeq(ctx context.Context, ev event.Event) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("bus: publish %s: %w", ev.ID(), err)
 	}
+	if rt.Subject, err = rt.subjectOf(&ev); err != nil {
+		return 0, fmt.Errorf("bus: publish %s: %w", ev.ID(), err)
+	}
 	if !trace.SpanContextFromContext(ctx).IsValid() {
 		// Published outside any handler (a retry loop, a background task):
 		// continue the event's flow rather than start a trace of its own,

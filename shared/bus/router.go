@@ -172,7 +172,7 @@ func (r *Router) Types() []string {
 func (r *Router) Consumers(base ConsumerConfig, tune func(*ConsumerConfig)) []ConsumerConfig {
 	byStream := map[string][]string{}
 	for _, e := range r.routes {
-		byStream[e.kind.Stream] = append(byStream[e.kind.Stream], e.kind.Subject)
+		byStream[e.kind.Stream] = append(byStream[e.kind.Stream], e.kind.SubjectFilter())
 	}
 	streams := make([]string, 0, len(byStream))
 	for s := range byStream {

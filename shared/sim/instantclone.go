@@ -63,6 +63,9 @@ const instantCloneMethod = "InstantClone_Task"
 // methodHandler is the simulator registry's Handler: it routes the methods
 // vcsim does not implement to the datacenter.
 func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	if h := d.portHandler(ctx, m); h != nil {
+		return h, nil // mgmtport.go
+	}
 	if m.Name != instantCloneMethod || m.This.Type != "VirtualMachine" {
 		return nil, nil
 	}

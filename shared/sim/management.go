@@ -17,12 +17,18 @@ import (
 //
 // The rule is evaluated now and after every port group or switch task. 0
 // turns it off and reconnects the hosts it had cut off.
+//
+// A management VLAN also gives every host a management port of its own
+// (mgmtport.go): a host whose port is edited off the VLAN stops responding
+// alone, until a port scoped to it carries the VLAN again.
 func (d *Datacenter) SetManagementVLAN(vlan int32) error {
 	if vlan < 0 || vlan > 4094 {
 		return fmt.Errorf("sim: management VLAN: %d is out of range 0..4094", vlan)
 	}
 	d.stateMu.Lock()
+	previous := d.mgmtVLAN
 	d.mgmtVLAN = vlan
+	d.ensureManagementPorts(d.context(context.Background()), previous)
 	d.stateMu.Unlock()
 	d.reconcileManagement(context.Background())
 	return nil
@@ -58,6 +64,11 @@ func (d *Datacenter) reconcileManagement(ctx context.Context) {
 					}
 				}
 			})
+		}
+	}
+	if d.mgmtVLAN != 0 {
+		for h := range d.managementCut() {
+			want[h] = true // its own management port is misconfigured (mgmtport.go)
 		}
 	}
 	for _, spec := range d.hosts {

@@ -81,6 +81,9 @@ type Datacenter struct {
 	failed   map[types.ManagedObjectReference]bool
 	cut      map[types.ManagedObjectReference]bool
 	mgmtVLAN int32
+	// ports are the standalone distributed ports by key (mgmtport.go).
+	ports   map[string]*standalonePort
+	portSeq int
 }
 
 // ClusterSpec describes a cluster of the simulated datacenter.

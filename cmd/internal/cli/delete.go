@@ -24,9 +24,10 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		wait      time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "delete pod|network|vm|vmclass|vmimage|guestcluster NAME... | delete pod -l SELECTOR",
-		Short: "Request the deletion of pods, networks, native VMs and their classes and images, or guest clusters",
-		Long: `delete publishes pod.delete.requested or network.delete.requested. It checks first that the
+		Use:   "delete pod|network|networkservice|vm|vmclass|vmimage|guestcluster NAME... | delete pod -l SELECTOR",
+		Short: "Request the deletion of pods, networks, network services, native VMs and their classes and images, or guest clusters",
+		Long: `delete publishes pod.delete.requested, network.delete.requested, network.service.delete.requested
+(a NetworkService: its addresses go back to the networks' pools), and so on. It checks first that the
 object exists, so a typo fails here with a clear message; the services do the rest (a network still
 used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
 namespace whose labels match; --dry-run=client|server prints what would be deleted and publishes
@@ -95,6 +96,21 @@ its VMs and its control plane.`,
 					}
 				}
 				return nil
+			case "networkservice", "networkservices", "netsvc":
+				if selector != "" {
+					return usageError("delete networkservices: -l selects pods only (network services carry no labels)")
+				}
+				for _, name := range names {
+					if mode == dryRunClient {
+						fmt.Fprintf(g.stdout, "networkservice %s deletion requested (dry run)\n", name)
+						continue
+					}
+					if err := g.deleteObject(ctx, events.BucketNetServices, name, "networkservice "+name,
+						events.TypeNetworkServiceDeleteRequested, name, &events.NetworkServiceDeleteRequested{Name: name}, mode == dryRunServer); err != nil {
+						return err
+					}
+				}
+				return nil
 			case "guestcluster", "guestclusters", "gc":
 				if selector != "" {
 					return usageError("delete guestclusters: -l selects pods only")
@@ -128,7 +144,7 @@ its VMs and its control plane.`,
 				}
 				return nil
 			default:
-				return usageError("cannot delete %q: want pod, network, vm, vmclass, vmimage or guestcluster", kind)
+				return usageError("cannot delete %q: want pod, network, networkservice, vm, vmclass, vmimage or guestcluster", kind)
 			}
 		},
 	}

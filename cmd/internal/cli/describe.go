@@ -28,14 +28,14 @@ import (
 func newDescribeCmd(g *globals) *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{
-		Use:   "describe pod|host|network|vm NAME",
-		Short: "Show one pod, host, network or pod VM in detail, with its events",
+		Use:   "describe pod|host|network|networkservice|vm NAME",
+		Short: "Show one pod, host, network, network service or pod VM in detail, with its events",
 		Long: `describe prints an object's record as fields and lists the events about it (the CloudEvents
 whose subject is the object), oldest first. describe vm NAME reads the pod VM from vCenter (GOVC_URL,
 or the env file of podvisor up) and shows the pod it runs; NAME is the VM's name (pv-<uid>) or the
 pod's name.`,
 		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network"),
+		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network", "networkservice"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			kind, name := args[0], args[1]
@@ -51,6 +51,8 @@ pod's name.`,
 				return describeHost(ctx, b, g.stdout, name)
 			case "network", "networks", "net":
 				return describeNetwork(ctx, b, g.stdout, name)
+			case "networkservice", "networkservices", "netsvc":
+				return describeNetworkService(ctx, b, g.stdout, name)
 			case "vm", "vms":
 				// A native VM of that name first; otherwise the pod VM of a
 				// pod (or pv-<uid>).
@@ -59,7 +61,7 @@ pod's name.`,
 				}
 				return describeVM(ctx, b, g, namespace, name)
 			}
-			return usageError("cannot describe %q: want pod, host, network or vm", kind)
+			return usageError("cannot describe %q: want pod, host, network, networkservice or vm", kind)
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")

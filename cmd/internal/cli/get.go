@@ -107,9 +107,10 @@ func newGetCmd(g *globals) *cobra.Command {
 	var kubeconfig bool
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "Print pods, hosts, networks, images or migrations from the services' records",
+		Short: "Print pods, hosts, networks, network services, images or migrations from the services' records",
 		Long: `get prints objects from the records the services keep (JetStream KV buckets; images from the
-Redis image cache). Kinds: pods (pod, po), hosts (host), networks (network, net), images (image),
+Redis image cache). Kinds: pods (pod, po), hosts (host), networks (network, net), networkservices
+(networkservice, netsvc), images (image),
 migrations (migration), guestclusters (guestcluster, gc). -o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
 		Args:              cobra.RangeArgs(1, 2),
 		ValidArgsFunction: completeKindAndName(g),

@@ -36,15 +36,20 @@ func (n *networkRow) Object() any       { return n.NetworkRecord }
 
 func (n *networkRow) Row(time.Time) []string {
 	r := &n.NetworkRecord
-	status := r.Status
-	if r.Reason != "" {
-		status += ": " + r.Reason
-		if r.Message != "" {
-			status += " (" + r.Message + ")"
-		}
-	}
+	status := statusCell(r.Status, r.Reason, r.Message)
 	return []string{
 		r.Name, strconv.Itoa(r.Spec.VLAN), r.Spec.CIDR, strconv.FormatInt(r.Version, 10),
 		fmt.Sprintf("%d/%d", r.ReadyHosts(), len(r.Scope)), strconv.Itoa(r.IPsUsed), dash(status),
 	}
+}
+
+// statusCell is a STATUS cell: the status, then the reason and its message.
+func statusCell(status, reason, message string) string {
+	if reason != "" {
+		status += ": " + reason
+		if message != "" {
+			status += " (" + message + ")"
+		}
+	}
+	return status
 }

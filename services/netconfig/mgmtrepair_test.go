@@ -1,0 +1,155 @@
+package netconfig_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/netconfig"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/testenv"
+)
+
+// An operator edits one host's management port onto the wrong VLAN through
+// vCenter: that host alone stops responding. network-config clones the port
+// with the last good configuration, reaches the host through the clone,
+// repairs the port and removes the clone — without touching any other host
+// or any network. While the host cannot respond at all (failed), the clone
+// does not reach it: the attempt fails with its reason, the clone goes, and
+// the repair succeeds once the host is back.
+func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, func(c *netconfig.Config) {
+		c.ManagementInterval = 50 * time.Millisecond
+	})
+	ctx := context.Background()
+	if err := e.dc.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	e.declare("web", events.NetworkSpec{VLAN: 100, CIDR: "10.60.0.0/24"})
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
+	hosts := e.allHosts()
+	victim, others := hosts[0], hosts[1:]
+	key := sim.ManagementPortKey(victim)
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	setVLAN := func(vlan int32) {
+		t.Helper()
+		task, err := dvs.ReconfigureDVPort(ctx, []types.DVPortConfigSpec{{Operation: "edit", Key: key,
+			Setting: &types.VMwareDVSPortSetting{Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: vlan}}}})
+		if err == nil {
+			err = task.Wait(ctx)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Phase 1: the host is down for another reason too; the clone cannot
+	// reach it.
+	if err := e.dc.FailHost(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	setVLAN(99)
+	failed := testenv.Wait(e.Env, func(p *events.NetworkManagementFailed) bool { return p.Host == victim })
+	if failed.Reason != netconfig.ReasonCloneUnreachable || failed.Found.VLAN != 99 || failed.LastGood.VLAN != 4000 {
+		t.Fatalf("failed = %+v, want CloneUnreachable, found vlan 99, last good 4000", failed)
+	}
+	if p := e.ports(dvs); p[failed.Clone] != nil {
+		t.Fatalf("clone %s left after the failed attempt", failed.Clone)
+	}
+
+	// Phase 2: the host is back, still cut off by its port; repaired.
+	if err := e.dc.RecoverHost(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	// Each attempt clones: the failed one, then this one.
+	cloned := testenv.WaitN(e.Env, 2, func(p *events.NetworkManagementCloned) bool { return p.Host == victim && p.Port == key })[1]
+	if cloned.Reason != netconfig.ReasonManagementPortMisconfigured || cloned.Found.VLAN != 99 || cloned.LastGood.VLAN != 4000 ||
+		cloned.Clone == "" || !strings.Contains(cloned.Message, "vlan 99") {
+		t.Fatalf("cloned = %+v", cloned)
+	}
+	repaired := testenv.Wait(e.Env, func(p *events.NetworkManagementRepaired) bool { return p.Host == victim })
+	if repaired.Reason != netconfig.ReasonManagementPortRepaired || repaired.Port != key || repaired.LastGood.VLAN != 4000 {
+		t.Fatalf("repaired = %+v", repaired)
+	}
+	t.Logf("cloned: %s", cloned.Message)
+	t.Logf("repaired: %s", repaired.Message)
+
+	// vCenter, read independently: the port is back on the management
+	// VLAN, the clone is gone, every host responds, the others' ports and
+	// the network were not touched.
+	ports := e.ports(dvs)
+	if p := ports[key]; p == nil || vlanOfPort(*p) != 4000 {
+		t.Fatalf("port %s after the repair: %+v, want vlan 4000", key, p)
+	}
+	if ports[cloned.Clone] != nil {
+		t.Errorf("clone %s still on the switch", cloned.Clone)
+	}
+	for _, h := range others {
+		if p := ports[sim.ManagementPortKey(h)]; p == nil || vlanOfPort(*p) != 4000 {
+			t.Errorf("port of %s: %+v, want untouched on vlan 4000", h, p)
+		}
+	}
+	for h, s := range e.connection() {
+		if s != types.HostSystemConnectionStateConnected {
+			t.Errorf("host %s is %s after the repair", h, s)
+		}
+	}
+	if n := e.Events.Count(events.TypeNetworkRolledBack); n != 0 {
+		t.Errorf("%d network rollbacks: the repair must not roll networks back", n)
+	}
+	for typ, want := range map[string]int{events.TypeNetworkManagementCloned: 2, events.TypeNetworkManagementFailed: 1, events.TypeNetworkManagementRepaired: 1} {
+		if n := e.Events.Count(typ); n != want {
+			t.Errorf("%d %s events, want %d (two attempts on %s only)", n, typ, want, victim)
+		}
+	}
+	if rec := e.record("web"); rec.Version != 1 || len(rec.History) != 1 {
+		t.Errorf("network web: version %d with %d versions, want untouched at 1", rec.Version, len(rec.History))
+	}
+}
+
+// ports reads the switch's ports by key with the independent client.
+func (e *env) ports(dvs *object.DistributedVirtualSwitch) map[string]*types.DistributedVirtualPort {
+	e.t.Helper()
+	all, err := dvs.FetchDVPorts(context.Background(), nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]*types.DistributedVirtualPort{}
+	for i := range all {
+		out[all[i].Key] = &all[i]
+	}
+	return out
+}
+
+// connection reads every host's connection state with the independent
+// client.
+func (e *env) connection() map[string]types.HostSystemConnectionState {
+	e.t.Helper()
+	out := map[string]types.HostSystemConnectionState{}
+	for _, h := range e.dc.Hosts() {
+		var hs mo.HostSystem
+		if err := e.vc.RetrieveOne(context.Background(), h.Ref, []string{"runtime.connectionState"}, &hs); err != nil {
+			e.t.Fatal(err)
+		}
+		out[h.Name] = hs.Runtime.ConnectionState
+	}
+	return out
+}
+
+func vlanOfPort(p types.DistributedVirtualPort) int32 {
+	s, ok := p.Config.Setting.(*types.VMwareDVSPortSetting)
+	if !ok || s.Vlan == nil {
+		return -1
+	}
+	id, ok := s.Vlan.(*types.VmwareDistributedVirtualSwitchVlanIdSpec)
+	if !ok {
+		return -1
+	}
+	return id.VlanId
+}
