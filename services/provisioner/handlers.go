@@ -131,7 +131,23 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 
 // mutate is the read-modify-write loop on one record. It returns nil and
 // no error when the record does not exist or belongs to another uid.
+//
+// It starts from the record as this process last wrote it, when it kept
+// it (records.written), without reading: a write at that revision succeeds
+// only if nobody changed the record since. Whatever does not end in such a
+// write (no change to make, another uid, a lost compare-and-set) is decided
+// again on a fresh read.
 func (s *Service) mutate(ctx context.Context, key, uid string, apply func(*events.PodRecord) bool) (*events.PodRecord, error) {
+	if r, _ := s.recs.lastWritten(key); r != nil && (uid == "" || r.UID == uid) && apply(r) {
+		err := s.recs.update(ctx, r)
+		if err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, errConflict) {
+			return nil, err
+		}
+		// Changed since: the fact is folded into a fresh read below.
+	}
 	for range maxCASAttempts {
 		r, err := s.recs.get(ctx, key)
 		if err != nil {
