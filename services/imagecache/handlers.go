@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
@@ -68,7 +68,8 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 			cs[i].Image = e.Images[i]
 		}
 	}
-	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
+	lastReady, err := s.rememberContainers(ctx, e.UID, cs)
+	if err != nil {
 		return err
 	}
 	cands, err := s.candidates(ctx, "", nil)
@@ -84,14 +85,18 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 			return err
 		}
 	}
-	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, lastReady)
 }
 
 // onScheduled makes sure the chosen host sees the pod's chains: a chain on
 // a datastore the host does not mount is copied to one it does.
 func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.PodScheduled) error {
 	s.annotate(ctx, e.Namespace, e.Name, e.UID)
-	cs, err := s.containersOf(ctx, e.Namespace, e.Name, e.UID)
+	known, err := s.podState(ctx, e.UID)
+	if err != nil {
+		return err
+	}
+	cs, err := s.containersOf(ctx, e.Namespace, e.Name, e.UID, known.containers)
 	if err != nil {
 		return err
 	}
@@ -105,9 +110,9 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	// Most pods' images were announced on pod.accepted on a datastore every
 	// host mounts: nothing to do then (the chains are referenced, and a
 	// second preparation would announce the same disks).
-	if last, err := s.db.Client().Get(ctx, il.PodReadyKey(e.UID)).Result(); err == nil && last != "" {
-		if dss := readyDatastores(last); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
-			ok, err := s.referencedChainsReady(ctx, e.UID, dss)
+	if known.ready != "" {
+		if dss := readyDatastores(known.ready); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
+			ok, err := s.referencedChainsReady(ctx, known.refs, dss)
 			if err != nil {
 				return err
 			}
@@ -120,7 +125,7 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	if err != nil {
 		return err
 	}
-	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps)
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, known.ready)
 }
 
 // readySignature identifies what a pod.images.ready announced: each
@@ -133,30 +138,51 @@ func readySignature(cs []container, preps map[string]prepared) string {
 	return b.String()
 }
 
-// referencedChainsReady reports whether the pod references chains on the
-// datastores dss and every one of them is still ready there (a chain lost
-// with its datastore since the announcement must be prepared again).
-func (s *Service) referencedChainsReady(ctx context.Context, uid string, dss []string) (bool, error) {
-	members, err := s.db.PodRefs(ctx, uid)
+// podKnown is what the image cache keeps about a pod in Redis.
+type podKnown struct {
+	containers []byte   // the containers as JSON (nil: not kept)
+	ready      string   // the last pod.images.ready's signature ("": none)
+	refs       []string // the chains it references, "<chainID>@<ds>"
+}
+
+// podState reads what the image cache keeps about a pod, in one round trip
+// (the keys share the pod's hash tag).
+func (s *Service) podState(ctx context.Context, uid string) (podKnown, error) {
+	pipe := s.db.Client().Pipeline()
+	cs := pipe.Get(ctx, il.PodContainersKey(uid))
+	ready := pipe.Get(ctx, il.PodReadyKey(uid))
+	refs := pipe.SMembers(ctx, il.PodKey(uid))
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	for _, err := range []error{cs.Err(), ready.Err(), refs.Err()} {
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return podKnown{}, fmt.Errorf("read what is known of pod %s: %w", uid, err)
+		}
+	}
+	b, _ := cs.Bytes()
+	return podKnown{containers: b, ready: ready.Val(), refs: refs.Val()}, nil
+}
+
+// referencedChainsReady reports whether the pod references (refs) chains
+// on the datastores dss and every one of them is still ready there (a chain
+// lost with its datastore since the announcement must be prepared again).
+func (s *Service) referencedChainsReady(ctx context.Context, refs []string, dss []string) (bool, error) {
+	var at []chaindb.ChainAt
+	for _, member := range refs {
+		id, ds, ok := il.ParseIndexMember(member)
+		if ok && slices.Contains(dss, ds) {
+			at = append(at, chaindb.ChainAt{ChainID: id, Datastore: ds})
+		}
+	}
+	recs, found, err := s.db.GetMany(ctx, at)
 	if err != nil {
 		return false, err
 	}
-	n := 0
-	for _, member := range members {
-		id, ds, ok := il.ParseIndexMember(member)
-		if !ok || !slices.Contains(dss, ds) {
-			continue
-		}
-		rec, found, err := s.db.Get(ctx, id, ds)
-		if err != nil {
-			return false, err
-		}
-		if !found || rec.State != events.ChainStateReady {
+	for i := range at {
+		if !found[i] || recs[i].State != events.ChainStateReady {
 			return false, nil
 		}
-		n++
 	}
-	return n > 0, nil
+	return len(at) > 0, nil
 }
 
 // readyDatastores returns the datastores of the disks a ready signature
@@ -225,7 +251,9 @@ func (s *Service) imagesFailed(ctx context.Context, m *bus.Message, ns, name, ui
 	}
 	reason := bus.ReasonOf(err, ReasonImagePrepareFailed)
 	m.Log.Warn("pod images failed", "container", ie.c.Name, "image", ie.c.Image, "reason", reason, "err", err)
-	return s.publish(ctx, m.Event, events.TypePodImagesFailed, events.PodKey(ns, name), &events.PodImagesFailed{
+	ctx, cancel := publishContext(ctx)
+	defer cancel()
+	return s.out.Emit(ctx, &m.Event, &events.PodImagesFailed{
 		Namespace: ns, Name: name, UID: uid, Container: ie.c.Name, Image: ie.c.Image, Reason: reason, Message: m.FailureMessage(err),
 	})
 }
@@ -238,6 +266,7 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 		return prepared{}, err
 	}
 	var p prepared
+	var refs []string
 	// A chain may be evicted between ensure and the reference: then ensure
 	// again (the collector never evicts a referenced chain, so the second
 	// round sticks unless the datastore churns).
@@ -246,7 +275,7 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 		if err != nil {
 			return prepared{}, err
 		}
-		err = s.reference(ctx, uid, p)
+		refs, err = s.db.AddRefs(ctx, uid, p.chain)
 		if err == nil {
 			break
 		}
@@ -254,7 +283,7 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 			return prepared{}, err
 		}
 	}
-	if err := s.moveReferences(ctx, uid, p); err != nil {
+	if err := s.moveReferences(ctx, uid, p, refs); err != nil {
 		return prepared{}, err
 	}
 	// The manifest file is the same for every pod of the image: written
@@ -290,26 +319,15 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	}
 	// The subject names the datastore too, so that the same pod event
 	// preparing an image on two datastores yields two distinct events.
-	return p, s.publish(ctx, m.Event, events.TypeImagePulled, pulled.Digest+"@"+p.datastore, &pulled)
+	ctx, cancel := publishContext(ctx)
+	defer cancel()
+	return p, s.out.Emit(ctx, &m.Event, &pulled, bus.About(pulled.Digest+"@"+p.datastore))
 }
 
-// reference adds the pod's reference to every chain of the image.
-func (s *Service) reference(ctx context.Context, uid string, p prepared) error {
-	for _, c := range p.chain {
-		if _, err := s.db.AddRef(ctx, c.ChainID, c.Datastore, uid); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// moveReferences drops the pod's references to the same chains on other
-// datastores (the chain was copied to the host's datastore).
-func (s *Service) moveReferences(ctx context.Context, uid string, p prepared) error {
-	refs, err := s.db.PodRefs(ctx, uid)
-	if err != nil {
-		return err
-	}
+// moveReferences drops the pod's references (refs: all it has) to the
+// same chains on other datastores (the chain was copied to the host's
+// datastore).
+func (s *Service) moveReferences(ctx context.Context, uid string, p prepared, refs []string) error {
 	for _, member := range refs {
 		id, ds, ok := il.ParseIndexMember(member)
 		if !ok || ds == p.datastore {
@@ -368,22 +386,33 @@ func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
 }
 
 // rememberContainers keeps the pod's containers for pod.scheduled, which
-// does not carry them.
-func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) error {
+// does not carry them, and returns what the pod's last pod.images.ready
+// announced ("": none), in one round trip.
+func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) (lastReady string, err error) {
 	b, err := json.Marshal(cs)
 	if err != nil {
-		return err
+		return "", err
 	}
-	return s.db.Client().Set(ctx, il.PodContainersKey(uid), b, 0).Err()
+	pipe := s.db.Client().Pipeline()
+	set := pipe.Set(ctx, il.PodContainersKey(uid), b, 0)
+	ready := pipe.Get(ctx, il.PodReadyKey(uid))
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	if err := set.Err(); err != nil {
+		return "", fmt.Errorf("keep the containers of pod %s: %w", uid, err)
+	}
+	if err := ready.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("read what was announced of pod %s: %w", uid, err)
+	}
+	return ready.Val(), nil
 }
 
-// containersOf returns the pod's containers: from Redis, or, when Redis
-// lost them, from the provisioner's pod record (a read model).
-func (s *Service) containersOf(ctx context.Context, ns, name, uid string) ([]container, error) {
-	b, err := s.db.Client().Get(ctx, il.PodContainersKey(uid)).Bytes()
-	if err == nil {
+// containersOf returns the pod's containers: from kept (their JSON as
+// Redis keeps it), or, when Redis lost them, from the provisioner's pod
+// record (a read model).
+func (s *Service) containersOf(ctx context.Context, ns, name, uid string, kept []byte) ([]container, error) {
+	if kept != nil {
 		var cs []container
-		if err := json.Unmarshal(b, &cs); err == nil && len(cs) > 0 {
+		if err := json.Unmarshal(kept, &cs); err == nil && len(cs) > 0 {
 			return cs, nil
 		}
 	}
@@ -409,14 +438,16 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string) ([]con
 	for _, c := range events.PodContainers(&rec.Pod) {
 		cs = append(cs, container{Name: c.Name, Image: c.Image})
 	}
-	return cs, s.rememberContainers(ctx, uid, cs)
+	_, err = s.rememberContainers(ctx, uid, cs)
+	return cs, err
 }
 
 // publishReady announces the pod's images unless the last announcement
-// named the same disks (pod.accepted already did, or this is a redelivery).
-func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared) error {
+// (last, read when the handler began) named the same disks (pod.accepted
+// already did, or this is a redelivery).
+func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared, last string) error {
 	sig := readySignature(cs, preps)
-	if last, err := s.db.Client().Get(ctx, il.PodReadyKey(uid)).Result(); err == nil && last == sig {
+	if last == sig {
 		return nil
 	}
 	ready := events.PodImagesReady{Namespace: ns, Name: name, UID: uid}
@@ -434,25 +465,19 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 			Config:    p.image.manifest.Config,
 		})
 	}
-	if err := s.publish(ctx, m.Event, events.TypePodImagesReady, events.PodKey(ns, name), &ready); err != nil {
+	pctx, cancel := publishContext(ctx)
+	defer cancel()
+	if err := s.out.Emit(pctx, &m.Event, &ready); err != nil {
 		return err
 	}
 	return s.db.Client().Set(ctx, il.PodReadyKey(uid), sig, 0).Err()
 }
 
-// publish sends an effect of cause; its id derives from the cause, so a
-// redelivered cause republishes the same id and JetStream drops the copy.
-func (s *Service) publish(ctx context.Context, cause event.Event, ceType, subject string, data events.Payload) error {
-	if err := data.Validate(); err != nil {
-		return bus.Permanent(fmt.Errorf("build %s: %w", ceType, err))
-	}
-	ev, err := bus.Effect(cause, Source, ceType, subject, data)
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	return s.bus.Publish(pctx, ev)
+// publishContext is the context of a publish: not cut short by the end of
+// the handler's context (a shutdown lets the announcement of work done go
+// out), bounded on its own.
+func publishContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 }
 
 // layersNotShared counts the layers of m that no other image announced on

@@ -57,6 +57,7 @@ type Stats struct {
 type Service struct {
 	cfg      Config
 	bus      *bus.Bus
+	out      *bus.Emitter // the one publish path: validated, deterministic effect ids
 	db       *chaindb.DB
 	store    *imagedisk.Store
 	registry *oci.Client
@@ -118,6 +119,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	svc := &Service{
 		cfg:      cfg,
 		bus:      deps.Bus,
+		out:      deps.Bus.Emitter(Source),
 		db:       chaindb.New(deps.Redis, nil),
 		store:    imagedisk.New(deps.VSphere.Client.Client, deps.VSphere.Datacenter),
 		registry: registry,

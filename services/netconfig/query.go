@@ -114,14 +114,56 @@ func (s *Service) lookAtHost(ctx context.Context, network, host string, realized
 		return "", "", nil
 	}
 	pgName := events.PortGroupName(network)
-	pg, ok, err := s.fab.FindPortGroup(ctx, pgName)
+	// The host is read back every time; the port group's reference comes
+	// from a short-lived cache (listing the port groups is three vCenter
+	// calls), and a host that does not carry the cached one is checked
+	// against a fresh listing before it is called not realized.
+	for _, fresh := range []bool{false, true} {
+		ref, ok, err := s.portGroupRef(ctx, pgName, fresh)
+		if err != nil {
+			return "", "", err
+		}
+		if ok && view.Carries(ref) {
+			return "", "", nil
+		}
+	}
+	return ReasonNotRealized, fmt.Sprintf("host %s reads back without port group %s", host, pgName), nil
+}
+
+// portGroupTTL is how long availability queries reuse a port group's
+// reference: a burst of placements asks about the same network on many
+// hosts, and a reference changes only when the port group is made again.
+const portGroupTTL = 5 * time.Second
+
+type cachedPortGroup struct {
+	ref types.ManagedObjectReference
+	at  time.Time
+}
+
+// portGroupRef returns the reference of the port group called name (ok
+// false: there is none), from the cache unless fresh or older than
+// portGroupTTL. One listing refreshes every port group.
+func (s *Service) portGroupRef(ctx context.Context, name string, fresh bool) (types.ManagedObjectReference, bool, error) {
+	if !fresh {
+		if v, ok := s.pgRefs.Load(name); ok {
+			if c := v.(cachedPortGroup); time.Since(c.at) < portGroupTTL {
+				return c.ref, true, nil
+			}
+		}
+	}
+	all, err := s.fab.PortGroups(ctx)
 	if err != nil {
-		return "", "", err
+		return types.ManagedObjectReference{}, false, err
 	}
-	if !ok || !view.Carries(pg.Ref) {
-		return ReasonNotRealized, fmt.Sprintf("host %s reads back without port group %s", host, pgName), nil
+	now := time.Now()
+	for n, pg := range all {
+		s.pgRefs.Store(n, cachedPortGroup{ref: pg.Ref, at: now})
 	}
-	return "", "", nil
+	pg, ok := all[name]
+	if !ok {
+		s.pgRefs.Delete(name)
+	}
+	return pg.Ref, ok, nil
 }
 
 // hostRef finds a host's reference by name, from a cache filled by the

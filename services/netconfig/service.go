@@ -57,6 +57,9 @@ type Service struct {
 	podNets sync.Map
 	// hostRefs caches host references by name (availability queries).
 	hostRefs sync.Map
+	// pgRefs caches port group references by name for availability
+	// queries (portGroupRef).
+	pgRefs sync.Map
 	// repairing names the networks a query found missing on a host and
 	// being reconciled.
 	repairing sync.Map

@@ -36,7 +36,8 @@ func TestEncryptedPodKeyReleasedOnlyToItsVM(t *testing.T) {
 	acc := e.request(pod)
 	e.facts(acc, host)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
-	r := e.record(svc, "default", "sealed")
+	// The record names the VM from the write after the announcement.
+	r := e.waitRecord(svc, "default", "sealed", func(r *events.PodRecord) bool { return r.VMRef != "" })
 	if r.Encryption == nil || r.Encryption.Nonce == "" || len(r.Encryption.WrappedKey) == 0 {
 		t.Fatalf("record encryption = %+v, want a nonce and a sealed key", r.Encryption)
 	}

@@ -23,7 +23,12 @@
 // pod is then reconciled. Reconciling is level-triggered: whatever the
 // event, the provisioner compares the record with vCenter and does what is
 // missing. Facts about a pod that no longer exists, or about an earlier pod
-// of the same name (another uid), are ignored.
+// of the same name (another uid), are ignored. While a pod is on its way to
+// a VM, a fact is folded into the record as this process last wrote it,
+// without reading it first: the compare-and-set at that revision fails if
+// anyone wrote since, and the fact is then folded into a fresh read. The
+// created VM's reference is saved with the power-on (one write), after
+// pod.vm.ready: until then the recorded create task leads a retry to it.
 //
 // Pod VMs. Once a pod has a host, an image disk chain per container and
 // every network attached on that host, the provisioner creates the VM in

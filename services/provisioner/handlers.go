@@ -34,7 +34,7 @@ func (s *Service) routes() *bus.Router {
 	r := bus.NewRouter(Name, s.log)
 	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.PodRequested) error {
 		s.annotate(ctx, m)
-		unlock := s.locks.lock(m.Key)
+		unlock := s.locks.Lock(m.Key)
 		defer unlock()
 		return s.admit(ctx, m.Event, m.StreamSeq, p, m.Log)
 	}).OnInvalid(s.rejectInvalid)
@@ -88,11 +88,11 @@ func podRoute[T any, P interface {
 }](s *Service, r *bus.Router, h func(handling, context.Context, *T) error) *bus.Route[T] {
 	return bus.Handle[T, P](r, func(ctx context.Context, m *bus.Message, p *T) error {
 		s.annotate(ctx, m)
-		unlock := s.locks.lock(m.Key)
+		unlock := s.locks.Lock(m.Key)
 		defer unlock()
 		return h(handling{s: s, ev: m.Event, log: m.Log, delivery: m.Delivery}, ctx, p)
 	}).OnFailure(func(ctx context.Context, m *bus.Message, p *T, err error) error {
-		unlock := s.locks.lock(m.Key)
+		unlock := s.locks.Lock(m.Key)
 		defer unlock()
 		return s.gaveUp(ctx, m, P(p).ObjectKey(), err)
 	})
@@ -131,7 +131,23 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 
 // mutate is the read-modify-write loop on one record. It returns nil and
 // no error when the record does not exist or belongs to another uid.
+//
+// It starts from the record as this process last wrote it, when it kept
+// it (records.written), without reading: a write at that revision succeeds
+// only if nobody changed the record since. Whatever does not end in such a
+// write (no change to make, another uid, a lost compare-and-set) is decided
+// again on a fresh read.
 func (s *Service) mutate(ctx context.Context, key, uid string, apply func(*events.PodRecord) bool) (*events.PodRecord, error) {
+	if r, _ := s.recs.lastWritten(key); r != nil && (uid == "" || r.UID == uid) && apply(r) {
+		err := s.recs.update(ctx, r)
+		if err == nil {
+			return r, nil
+		}
+		if !errors.Is(err, errConflict) {
+			return nil, err
+		}
+		// Changed since: the fact is folded into a fresh read below.
+	}
 	for range maxCASAttempts {
 		r, err := s.recs.get(ctx, key)
 		if err != nil {
@@ -239,7 +255,7 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 }
 
 func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord) error {
-	return s.publish(ctx, cause, events.TypePodAccepted, r.Key(), &events.PodAccepted{
+	return s.out.Emit(ctx, &cause, &events.PodAccepted{
 		Namespace: r.Namespace,
 		Name:      r.Name,
 		UID:       r.UID,
@@ -255,7 +271,7 @@ func (s *Service) reject(ctx context.Context, cause event.Event, ns, name, uid, 
 	if ns == "" {
 		ns = events.DefaultNamespace
 	}
-	return s.publish(ctx, cause, events.TypePodRejected, events.PodKey(ns, name), &events.PodRejected{
+	return s.out.Emit(ctx, &cause, &events.PodRejected{
 		Namespace: ns, Name: name, UID: uid, Reason: reason, Message: message, Field: fieldPath,
 	})
 }
@@ -312,34 +328,18 @@ func (s *Service) rejectInvalid(ctx context.Context, m *bus.Message, cause error
 	return err
 }
 
-// publish builds the effect of cause and publishes it, after validating the
-// payload: the provisioner must never be the one that emits a bad event.
-func (s *Service) publish(ctx context.Context, cause event.Event, ceType, subject string, data events.Payload) error {
-	if err := data.Validate(); err != nil {
-		return bus.Permanent(fmt.Errorf("publish %s for %s: invalid payload: %w", ceType, subject, err))
-	}
-	ev, err := bus.Effect(cause, Source, ceType, subject, data)
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	if err := s.bus.Publish(ctx, ev); err != nil {
-		return err
-	}
-	return nil
-}
-
 // recordCause is the cause of events the provisioner publishes from a
 // record rather than in answer to one event (pod.running, pod.failed,
 // pod.deleted): its id is fixed per pod and placement, so whichever event
 // or repair triggers the announcement, and however often, JetStream stores
 // it once; its traceparent is the pod request's, so it joins the pod's trace.
-func recordCause(r *events.PodRecord) event.Event {
+func recordCause(r *events.PodRecord) *event.Event {
 	c := event.New()
 	c.SetID(fmt.Sprintf("pod/%s/g%d", r.UID, r.Generation))
 	if r.TraceParent != "" {
 		c.SetExtension(bus.ExtTraceparent, r.TraceParent)
 	}
-	return c
+	return &c
 }
 
 // applyScheduled binds the pod to a host. A binding for a pod that already

@@ -130,7 +130,7 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	// Announce first, then record: a crash in between re-announces with the
 	// same event id (JetStream keeps one), whereas the other order could
 	// leave a Starting record whose pod.vm.ready was never sent.
-	if err := s.publish(ctx, recordCause(r), events.TypePodVMReady, r.Key(), &events.PodVMReady{
+	if err := s.out.Emit(ctx, recordCause(r), &events.PodVMReady{
 		Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: vm.Ref.Value, Host: r.Host, IP: r.IP,
 	}); err != nil {
 		return err
@@ -226,9 +226,11 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	placement.RemoveLeftovers = removeLeftovers
 	cctx, span := s.span(ctx, "provisioner.create_vm", r, attribute.String("vm.name", spec.Name), attribute.String("host", placement.Host), attribute.String("folder", placement.Folder))
 	defer span.End()
-	if err := s.fence(ctx, r); err != nil {
-		return nil, err
-	}
+	// No fence read here: on every path the record was just written by
+	// compare-and-set (the attempt reserved with the fact that completed
+	// the pod, or counted above), and that write is the fence. A replica
+	// that took the pod over since would have had to write it after, which
+	// the read could not rule out either; the name keeps the VM unique.
 	var task types.ManagedObjectReference
 	err = s.stepCtx(cctx, func(ctx context.Context) error {
 		var err error
@@ -280,7 +282,11 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	// the retry starts from the recorded reference.)
 	vm := &podvm.VM{Ref: ref, Name: spec.Name, Host: placement.Host, PowerState: types.VirtualMachinePowerStatePoweredOff,
 		UID: r.UID, Namespace: r.Namespace, Pod: r.Name}
-	return vm, s.recordVM(ctx, r, vm)
+	// Noted, not saved: the caller saves it with the power-on, one write
+	// instead of two. Until then the record holds the create task, which
+	// leads a retry to this VM.
+	noteVM(r, vm, s.now().UTC())
+	return vm, nil
 }
 
 // existingVM finds the pod's VM by what the record knows.
@@ -364,12 +370,17 @@ func (s *Service) fence(ctx context.Context, r *events.PodRecord) error {
 }
 
 func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.VM) error {
+	noteVM(r, vm, s.now().UTC())
+	return s.save(ctx, r)
+}
+
+// noteVM puts the pod's VM on the record (in memory; the caller saves).
+func noteVM(r *events.PodRecord, vm *podvm.VM, now time.Time) {
 	if r.VMRef != vm.Ref.Value {
 		forgetGuest(r) // a new VM: its guest has said nothing yet
 	}
 	r.VMRef, r.CreateTask = vm.Ref.Value, ""
-	r.SetCondition(events.PodConditionVMCreated, events.ConditionTrue, "Created", fmt.Sprintf("pod VM %s (%s) on %s", vm.Name, vm.Ref.Value, vm.Host), s.now().UTC())
-	return s.save(ctx, r)
+	r.SetCondition(events.PodConditionVMCreated, events.ConditionTrue, "Created", fmt.Sprintf("pod VM %s (%s) on %s", vm.Name, vm.Ref.Value, vm.Host), now)
 }
 
 // vmSpec derives the pod VM and its placement from the record.
@@ -481,7 +492,7 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 		s.log.Warn("could not remove the VM of a failed pod", "key", r.Key(), "err", err)
 		r.VMRef = ""
 	}
-	if err := s.publish(ctx, recordCause(r), events.TypePodFailed, r.Key(), &events.PodFailed{
+	if err := s.out.Emit(ctx, recordCause(r), &events.PodFailed{
 		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Reason: reason, Message: message,
 	}); err != nil {
 		return err
@@ -589,7 +600,7 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 			s.log.Info("stale VM not removed yet; drift repair will", "key", r.Key(), "vm", st.Ref, "err", err)
 		}
 	}
-	if err := s.publish(ctx, recordCause(r), events.TypePodDeleted, r.Key(), &events.PodDeleted{
+	if err := s.out.Emit(ctx, recordCause(r), &events.PodDeleted{
 		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Images: r.ImageDigests(), IPs: r.IPs(),
 	}); err != nil {
 		return err

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,6 +20,59 @@ var errConflict = errors.New("pod record changed concurrently")
 type records struct {
 	kv  jetstream.KeyValue
 	now func() time.Time
+
+	// written keeps, for the pods on their way to a VM, the value and
+	// revision this process last wrote: a fact about such a pod is folded
+	// into it and written at that revision without reading the record
+	// first. Compare-and-set makes that safe: a record anyone changed since
+	// fails the write, and the fact is folded into a fresh read.
+	mu      sync.Mutex
+	written map[string]writtenRecord
+}
+
+type writtenRecord struct {
+	rev  uint64
+	data []byte
+}
+
+// lastWritten returns the record as this process last wrote it, or nil
+// when it keeps none for key.
+func (s *records) lastWritten(key string) (*events.PodRecord, error) {
+	s.mu.Lock()
+	w, ok := s.written[key]
+	s.mu.Unlock()
+	if !ok {
+		return nil, nil
+	}
+	var r events.PodRecord
+	if err := json.Unmarshal(w.data, &r); err != nil {
+		return nil, fmt.Errorf("decode pod record %s (revision %d): %w", key, w.rev, err)
+	}
+	r.ResourceVersion = w.rev
+	return &r, nil
+}
+
+// keep remembers what was just written for key while the pod is on its way
+// to a VM (facts still arrive); afterwards, and once it is failed or being
+// deleted, the entry goes.
+func (s *records) keep(key string, r *events.PodRecord, data []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if events.PodHasVM(r.Phase) || r.Phase == events.PodPhaseFailed || !r.DeletionRequestedAt.IsZero() {
+		delete(s.written, key)
+		return
+	}
+	if s.written == nil {
+		s.written = map[string]writtenRecord{}
+	}
+	s.written[key] = writtenRecord{rev: r.ResourceVersion, data: data}
+}
+
+// forget drops what was kept for key (a lost compare-and-set, a delete).
+func (s *records) forget(key string) {
+	s.mu.Lock()
+	delete(s.written, key)
+	s.mu.Unlock()
 }
 
 // get returns the record of a pod, nil when there is none. ResourceVersion
@@ -51,7 +105,8 @@ func (s *records) create(ctx context.Context, r *events.PodRecord) error {
 	if err != nil {
 		return err
 	}
-	rev, err := s.kv.Create(ctx, events.PodRecordKey(r.Namespace, r.Name), b)
+	key := events.PodRecordKey(r.Namespace, r.Name)
+	rev, err := s.kv.Create(ctx, key, b)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		return errConflict
 	}
@@ -59,6 +114,7 @@ func (s *records) create(ctx context.Context, r *events.PodRecord) error {
 		return fmt.Errorf("create pod record %s: %w", r.Key(), err)
 	}
 	r.ResourceVersion = rev
+	s.keep(key, r, b)
 	return nil
 }
 
@@ -69,20 +125,25 @@ func (s *records) update(ctx context.Context, r *events.PodRecord) error {
 	if err != nil {
 		return err
 	}
-	rev, err := s.kv.Update(ctx, events.PodRecordKey(r.Namespace, r.Name), b, r.ResourceVersion)
+	key := events.PodRecordKey(r.Namespace, r.Name)
+	rev, err := s.kv.Update(ctx, key, b, r.ResourceVersion)
 	if err != nil {
+		s.forget(key)
 		if isWrongRevision(err) {
 			return errConflict
 		}
 		return fmt.Errorf("update pod record %s: %w", r.Key(), err)
 	}
 	r.ResourceVersion = rev
+	s.keep(key, r, b)
 	return nil
 }
 
 // remove deletes the record if it is still at r.ResourceVersion.
 func (s *records) remove(ctx context.Context, r *events.PodRecord) error {
-	err := s.kv.Delete(ctx, events.PodRecordKey(r.Namespace, r.Name), jetstream.LastRevision(r.ResourceVersion))
+	key := events.PodRecordKey(r.Namespace, r.Name)
+	s.forget(key)
+	err := s.kv.Delete(ctx, key, jetstream.LastRevision(r.ResourceVersion))
 	if err != nil {
 		if isWrongRevision(err) {
 			return errConflict

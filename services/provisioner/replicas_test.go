@@ -73,3 +73,41 @@ func TestProvisionerKilledBeforeTaskSaveLeavesOneVM(t *testing.T) {
 		t.Fatalf("VMs of the pod: %v; pod.vm.ready names %s, the record %s: want exactly that one", mine, ready.VM, r.VMRef)
 	}
 }
+
+// A provisioner folds a fact into the record as it last wrote it, without
+// reading it first. Another replica writes the record meanwhile (here: a
+// message it set): the fold loses its compare-and-set and is made again on
+// the stored record, so the pod keeps both the other writer's change and
+// the fact.
+func TestFactFoldedIntoWhatAnotherReplicaWrote(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	acc := e.request(testPod("two-writers"))
+	if kept, err := svc.recs.lastWritten(events.PodRecordKey(acc.Namespace, acc.Name)); err != nil || kept == nil || kept.UID != acc.UID {
+		t.Fatalf("admission's write kept: %+v, %v; want the record of uid %s", kept, err, acc.UID)
+	}
+	// The other replica's write, straight to the bucket at the current
+	// revision (this process keeps the revision before it).
+	other := e.record(svc, acc.Namespace, acc.Name)
+	other.Message = "written by the other replica"
+	b, err := encodeRecord(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svc.recs.kv.Update(context.Background(), events.PodRecordKey(acc.Namespace, acc.Name), b, other.ResourceVersion); err != nil {
+		t.Fatal(err)
+	}
+	host := e.dc.Hosts()[0].Name
+	hs, err := e.dc.Host(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: hs.Cluster,
+	})
+	r := e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Host == host })
+	if r.Message != other.Message || r.ResourceVersion <= other.ResourceVersion {
+		t.Fatalf("record after the fact: message %q at revision %d; want the other replica's %q kept and a later revision than %d",
+			r.Message, r.ResourceVersion, other.Message, other.ResourceVersion)
+	}
+}

@@ -103,7 +103,7 @@ func (s *Service) count(ctx context.Context, report RepairReport, kind string) {
 // records were listed.
 func (s *Service) repairOrphan(ctx context.Context, vm podvm.VM, report RepairReport) error {
 	if vm.Namespace != "" && vm.Pod != "" {
-		unlock := s.locks.lock(events.PodKey(vm.Namespace, vm.Pod))
+		unlock := s.locks.Lock(events.PodKey(vm.Namespace, vm.Pod))
 		defer unlock()
 		r, err := s.recs.get(ctx, events.PodRecordKey(vm.Namespace, vm.Pod))
 		if err != nil {
@@ -124,7 +124,7 @@ func (s *Service) repairOrphan(ctx context.Context, vm podvm.VM, report RepairRe
 // repairStale destroys a VM of a pod that is not the pod's current VM (left
 // behind by an eviction from an unreachable host).
 func (s *Service) repairStale(ctx context.Context, r *events.PodRecord, vm podvm.VM, report RepairReport) error {
-	unlock := s.locks.lock(r.Key())
+	unlock := s.locks.Lock(r.Key())
 	defer unlock()
 	fresh, err := s.recs.get(ctx, events.PodRecordKey(r.Namespace, r.Name))
 	if err != nil {
@@ -315,7 +315,7 @@ func (s *Service) repairSilentGuest(ctx context.Context, r *events.PodRecord, vm
 // repairUnderLock re-reads the record under the pod's lock and runs fix on
 // it; fix reports whether it repaired something.
 func (s *Service) repairUnderLock(ctx context.Context, r *events.PodRecord, report RepairReport, kind string, fix func(*events.PodRecord) (bool, error)) error {
-	unlock := s.locks.lock(r.Key())
+	unlock := s.locks.Lock(r.Key())
 	defer unlock()
 	fresh, err := s.recs.get(ctx, events.PodRecordKey(r.Namespace, r.Name))
 	if err != nil || fresh == nil || fresh.UID != r.UID {

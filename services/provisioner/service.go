@@ -34,6 +34,7 @@ const instrumentation = "github.com/podvisor/podvisor/services/provisioner"
 type Service struct {
 	cfg  Config
 	bus  *bus.Bus
+	out  *bus.Emitter // the one publish path: validated, deterministic effect ids
 	vms  *podvm.Client
 	log  *slog.Logger
 	recs *records
@@ -43,7 +44,11 @@ type Service struct {
 	// native is the native VM controller (nil in tests of pods alone).
 	native *nativevm.Controller
 
-	locks   keyLocks
+	// locks serializes work on one pod in this process: the consumer's
+	// keyed queue runs one handler per pod within one stream only, while a
+	// pod's events arrive on two (pods, migrations) and drift repair works
+	// on pods outside the bus.
+	locks   bus.KeyLocks
 	tracer  trace.Tracer
 	repairs metric.Int64Counter
 	now     func() time.Time
@@ -95,6 +100,7 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	s := &Service{
 		cfg:     cfg,
 		bus:     b,
+		out:     b.Emitter(Source),
 		vms:     vms,
 		log:     log.With("service", Name),
 		tracer:  otel.Tracer(instrumentation),

@@ -271,6 +271,15 @@ func TestKeyLocks(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Lock(a) not taken after the shared holders left")
 	}
+	// Nobody holds or waits for a key any more: no entry is kept (one per
+	// pod ever seen would grow without bound).
+	deadline := time.Now().Add(5 * time.Second)
+	for bus.KeyLocksHeld(&k) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d key entries kept after every holder left, want 0", bus.KeyLocksHeld(&k))
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // A hook that has nothing to tell about the error (ErrNoFailureEvent)

@@ -221,6 +221,31 @@ func (d *DB) Get(ctx context.Context, chainID, ds string) (events.ChainRecord, b
 	return il.DecodeChain(h)
 }
 
+// ChainAt names a chain on a datastore.
+type ChainAt struct{ ChainID, Datastore string }
+
+// GetMany reads several chain records in one round trip; found[i] says
+// whether at[i] has one.
+func (d *DB) GetMany(ctx context.Context, at []ChainAt) (recs []events.ChainRecord, found []bool, err error) {
+	pipe := d.c.Pipeline()
+	cmds := make([]*redis.MapStringStringCmd, len(at))
+	for i, a := range at {
+		cmds[i] = pipe.HGetAll(ctx, il.ChainKey(a.ChainID, a.Datastore))
+	}
+	if len(at) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, nil, fmt.Errorf("read %d chain records: %w", len(at), err)
+		}
+	}
+	recs, found = make([]events.ChainRecord, len(at)), make([]bool, len(at))
+	for i, cmd := range cmds {
+		if recs[i], found[i], err = il.DecodeChain(cmd.Val()); err != nil {
+			return nil, nil, err
+		}
+	}
+	return recs, found, nil
+}
+
 // Locations returns datastore → state for a chain.
 func (d *DB) Locations(ctx context.Context, chainID string) (map[string]string, error) {
 	m, err := d.c.HGetAll(ctx, il.ChainLocsKey(chainID)).Result()
@@ -245,6 +270,71 @@ func (d *DB) AddRef(ctx context.Context, chainID, ds, uid string) (int, error) {
 		return n, fmt.Errorf("record reference of pod %s: %w", uid, err)
 	}
 	return n, nil
+}
+
+// AddRefs references every chain of an image (base first, all on one
+// datastore) for pod uid, and returns every "<chainID>@<ds>" the pod then
+// references. It is AddRef for each chain in two round trips whatever the
+// number of layers: the checks-and-adds, then the pod's own set. A chain
+// that is not ready is ErrNotReady, and the pod's set is left alone.
+func (d *DB) AddRefs(ctx context.Context, uid string, chains []events.ChainRecord) ([]string, error) {
+	now := d.nowMillis()
+	res, err := runPipelined(ctx, d.c, addRefScript, len(chains), func(i int) ([]string, []any) {
+		k := chainKeys(chains[i].ChainID, chains[i].Datastore)
+		return []string{k[0], k[3]}, []any{uid, now}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reference the chains of pod %s: %w", uid, err)
+	}
+	members := make([]any, len(chains))
+	for i, c := range chains {
+		if n, _ := res[i].(int64); n < 0 {
+			return nil, fmt.Errorf("reference %s for pod %s: %w", events.ChainRecordKey(c.ChainID, c.Datastore), uid, ErrNotReady)
+		}
+		members[i] = il.IndexMember(c.ChainID, c.Datastore)
+	}
+	pipe := d.c.Pipeline()
+	if len(members) > 0 {
+		pipe.SAdd(ctx, il.PodKey(uid), members...)
+	}
+	refs := pipe.SMembers(ctx, il.PodKey(uid))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, fmt.Errorf("record references of pod %s: %w", uid, err)
+	}
+	return refs.Val(), nil
+}
+
+// runPipelined runs script n times in one round trip, the i-th with the
+// keys and arguments of args(i), and returns each run's result. Scripts go
+// by their hash; if Redis does not know it (restarted, flushed), the
+// round goes again with the scripts' text, which loads them.
+func runPipelined(ctx context.Context, c redis.UniversalClient, script *redis.Script, n int, args func(i int) ([]string, []any)) ([]any, error) {
+	run := func(byHash bool) ([]*redis.Cmd, error) {
+		pipe := c.Pipeline()
+		cmds := make([]*redis.Cmd, n)
+		for i := range n {
+			keys, argv := args(i)
+			if byHash {
+				cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+			} else {
+				cmds[i] = script.Eval(ctx, pipe, keys, argv...)
+			}
+		}
+		_, err := pipe.Exec(ctx)
+		return cmds, err
+	}
+	cmds, err := run(true)
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		cmds, err = run(false)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]any, n)
+	for i, cmd := range cmds {
+		out[i] = cmd.Val()
+	}
+	return out, nil
 }
 
 // DropRef removes pod uid's reference to the chain on ds and returns the

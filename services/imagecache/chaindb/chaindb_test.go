@@ -199,3 +199,61 @@ func TestRestoreOnlyFillsGaps(t *testing.T) {
 		t.Fatal("flushed Redis reported intact")
 	}
 }
+
+// AddRefs references a whole chain in two round trips, with AddRef's
+// guarantees: nothing of the pod's set is written when a chain is not
+// ready, the counts are right, and Redis forgetting its scripts (a restart,
+// SCRIPT FLUSH) costs a round, not an error. GetMany reads them back.
+func TestAddRefsAndGetMany(t *testing.T) {
+	db := chaindb.New(redistest.Start(t), nil)
+	ctx := context.Background()
+	chain := []events.ChainRecord{rec('c'), rec('d'), rec('e')}
+	for _, r := range chain[:2] {
+		if got, _ := db.Begin(ctx, r, "one", time.Minute); got != chaindb.Acquired {
+			t.Fatal("Begin not acquired")
+		}
+		if ok, err := db.Complete(ctx, r, "one"); !ok || err != nil {
+			t.Fatalf("Complete = %v, %v", ok, err)
+		}
+	}
+	// The top layer is not there: not ready, and the pod references nothing.
+	if _, err := db.AddRefs(ctx, "pod-1", chain); !errors.Is(err, chaindb.ErrNotReady) || !strings.Contains(err.Error(), chain[2].ChainID) {
+		t.Fatalf("AddRefs with a missing layer: %v, want ErrNotReady naming %s", err, chain[2].ChainID)
+	}
+	if refs, _ := db.PodRefs(ctx, "pod-1"); len(refs) != 0 {
+		t.Fatalf("pod references %v after a refused AddRefs, want none", refs)
+	}
+	if got, _ := db.Begin(ctx, chain[2], "one", time.Minute); got != chaindb.Acquired {
+		t.Fatal("Begin not acquired")
+	}
+	if ok, err := db.Complete(ctx, chain[2], "one"); !ok || err != nil {
+		t.Fatalf("Complete = %v, %v", ok, err)
+	}
+	if err := db.Client().ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	refs, err := db.AddRefs(ctx, "pod-1", chain)
+	if err != nil || len(refs) != 3 {
+		t.Fatalf("AddRefs = %v, %v; want the 3 chains", refs, err)
+	}
+	if _, err := db.AddRefs(ctx, "pod-2", chain); err != nil {
+		t.Fatal(err)
+	}
+	var at []chaindb.ChainAt
+	for _, r := range chain {
+		at = append(at, chaindb.ChainAt{ChainID: r.ChainID, Datastore: r.Datastore})
+	}
+	at = append(at, chaindb.ChainAt{ChainID: rec('f').ChainID, Datastore: "ds1"})
+	recs, found, err := db.GetMany(ctx, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range recs[:3] {
+		if !found[i] || r.State != events.ChainStateReady || r.Refs != 2 {
+			t.Errorf("chain %d: found %v, %+v; want ready with 2 references", i, found[i], r)
+		}
+	}
+	if found[3] {
+		t.Errorf("a chain never written was found: %+v", recs[3])
+	}
+}
