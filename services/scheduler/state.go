@@ -461,22 +461,28 @@ func (s *Service) resyncLoop(ctx context.Context) {
 	if s.cfg.InventoryPoll > 0 {
 		every = min(every, s.cfg.InventoryPoll)
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
+	wait := every
 	for {
-		select {
-		case <-ctx.Done():
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
-			obs, err := s.source.List(ctx)
-			if err != nil {
-				s.log.Warn("inventory resync", "err", err)
-				continue
-			}
-			s.applyObservations(ctx, obs, true)
 		}
+		start := time.Now()
+		obs, err := s.source.List(ctx)
+		if err != nil {
+			s.log.Warn("inventory resync", "err", err)
+			continue
+		}
+		s.applyObservations(ctx, obs, true)
+		// A full read costs the vCenter (and this process) in proportion
+		// to the hosts: with thousands of them a read every second would
+		// take a core. The reads stay at most a tenth of the time.
+		wait = max(every, resyncCostFactor*time.Since(start))
 	}
 }
+
+// resyncCostFactor bounds the share of time full inventory reads take.
+const resyncCostFactor = 10
 
 // hostRecordLoop writes changed host records (allocation totals change with
 // every placement; writing them at most every HostRecordInterval keeps KV
