@@ -32,10 +32,13 @@
 // the loop never waits for the ledger. The ledger checks capacity inside its
 // CAS loop, so two scheduler instances can never both take the last room on
 // a host; a pod that lost such a race is placed again against the fresh
-// entry. A pod is bound to its host before its allocation is written and the
-// binding confirmed after (ledger/binding.go), so two instances that both
-// hold a pod (a restart recovering pending pods while another instance
-// retries them) never place it twice. pod.scheduled is published only after
+// entry. Once its host's entry holds a pod's allocation, the pod's binding
+// is claimed (ledger/binding.go: one write per pod; a pod live on another
+// host already makes the loser free its reservation), so two instances that
+// both hold a pod (a restart recovering pending pods while another instance
+// retries them) never place it twice. The ledger watch folds updates every
+// few milliseconds and skips this instance's own writes before decoding
+// them. pod.scheduled is published only after
 // its reservation is durable, with an id derived from the cause, and a
 // replay finds the reservation and republishes the same event.
 //

@@ -44,6 +44,8 @@ type envOptions struct {
 	networks map[string][]string
 	// redis, when set, is the image cache's Redis the scheduler reads.
 	redis redis.UniversalClient
+	// noRecorder leaves the event recorder out (benchmarks).
+	noRecorder bool
 }
 
 func startEnv(t testing.TB, o envOptions) *env {
@@ -51,7 +53,11 @@ func startEnv(t testing.TB, o envOptions) *env {
 	if o.clusters == 0 {
 		o.clusters, o.hostsPerCluster = 2, 4
 	}
-	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42}))
+	opts := []testenv.Option{testenv.Datacenter(sim.Config{Clusters: o.clusters, HostsPerCluster: o.hostsPerCluster, Seed: 42})}
+	if o.noRecorder {
+		opts = append(opts, testenv.NoRecorder())
+	}
+	te := testenv.Start(t, opts...)
 	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, obs: &observer{te}, opts: o}
 	if o.networks == nil {
 		o.networks = map[string][]string{"default": nil}

@@ -342,10 +342,10 @@ func (s *Service) placementLocked(host string, state *framework.CycleState) plac
 
 // commit writes one host's reservations and answers the requests; it
 // returns those to place again. Pod placements go through the binding
-// protocol of package ledger (bind, reserve, confirm) so that a pod is
-// never placed on two hosts by two schedulers; a migration's target
-// reservation is bound to nothing (the pod stays bound to its source until
-// the migration completes).
+// protocol of package ledger (reserve, then claim) so that a pod is never
+// placed on two hosts by two schedulers; a migration's target reservation
+// is bound to nothing (the pod stays bound to its source until the
+// migration completes).
 func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*request {
 	s.mu.Lock()
 	h, ok := s.snap.Host(host)
@@ -358,11 +358,6 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		hint = &e
 	}
 	s.mu.Unlock()
-	forget := func(t tentative) {
-		s.mu.Lock()
-		s.snap.ForgetAssumed(host, t.ref)
-		s.mu.Unlock()
-	}
 
 	// Step 0: ask network-config whether the pods' networks are available
 	// on this host; a refused pod is placed again without it.
@@ -375,7 +370,9 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			kept = append(kept, t)
 			continue
 		}
-		forget(t)
+		s.mu.Lock()
+		s.snap.ForgetAssumed(host, t.ref)
+		s.mu.Unlock()
 		t.r.refusals = append(t.r.refusals, *ref)
 		s.log.Info("host refused the pod's network", "pod", t.r.pod.Key, "host", host, "network", ref.Network, "message", ref.Message)
 		if t.r.target != "" || len(t.r.refusals) >= maxQueryRefusals {
@@ -385,76 +382,61 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		again = append(again, t.r)
 	}
 	ts = kept
-
-	// Step 1: bind the pods to this host.
-	binds := make([]ledger.Binding, len(ts))
-	bindErrs := make([]error, len(ts))
-	var wg sync.WaitGroup
-	for i, t := range ts {
-		if t.r.alloc.Kind != events.AllocationPod {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			binds[i], bindErrs[i] = s.ledger.Bind(ctx, t.r.alloc.UID, host)
-		}()
-	}
-	wg.Wait()
-	var allocs []events.Allocation
-	var reserving []int
-	now := time.Now().UTC()
-	for i, t := range ts {
-		if t.r.alloc.Kind == events.AllocationPod {
-			if bindErrs[i] != nil {
-				forget(t)
-				t.r.done <- outcome{err: bindErrs[i]}
-				continue
-			}
-			if binds[i].Host != host {
-				// Placed elsewhere already, by another scheduler.
-				forget(t)
-				t.r.done <- outcome{placement: s.placementOf(binds[i].Host), already: true}
-				continue
-			}
-		}
-		a := t.r.alloc
-		a.ReservedAt = now
-		allocs = append(allocs, a)
-		reserving = append(reserving, i)
-	}
-	if len(reserving) == 0 {
+	if len(ts) == 0 {
 		return again
 	}
 
-	// Step 2: reserve.
+	// Step 1: reserve, all of this host's placements in one write.
+	allocs := make([]events.Allocation, len(ts))
+	now := time.Now().UTC()
+	for i, t := range ts {
+		allocs[i] = t.r.alloc
+		allocs[i].ReservedAt = now
+	}
 	res, err := s.ledger.ReserveFrom(ctx, hint, host, capacity, allocs)
 	s.mu.Lock()
-	for _, i := range reserving {
-		s.snap.ForgetAssumed(host, ts[i].ref)
+	for _, t := range ts {
+		s.snap.ForgetAssumed(host, t.ref)
 	}
 	if err == nil {
 		s.applyEntryLocked(res.Entry)
 	}
 	s.mu.Unlock()
-
-	// Step 3: confirm the bindings of the reserved pods.
-	lost := make([]bool, len(ts))
-	for _, i := range reserving {
-		t := ts[i]
-		key := t.r.alloc.Key()
-		isPod := t.r.alloc.Kind == events.AllocationPod
-		if err != nil {
-			if isPod {
-				_ = s.ledger.Unbind(ctx, t.r.alloc.UID, binds[i].Revision)
-			}
+	if err != nil {
+		for _, t := range ts {
 			t.r.done <- outcome{err: err}
+		}
+		return again
+	}
+
+	// Step 2: claim the reserved pods' bindings.
+	claims := make([]ledger.Binding, len(ts))
+	claimErrs := make([]error, len(ts))
+	var wg sync.WaitGroup
+	for i, t := range ts {
+		if _, refused := res.Rejected[t.r.alloc.Key()]; refused || t.r.alloc.Kind != events.AllocationPod {
 			continue
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			claims[i], claimErrs[i] = s.ledger.Claim(ctx, t.r.alloc.UID, host)
+		}()
+	}
+	wg.Wait()
+
+	// A pod live on another host already (another scheduler claimed it
+	// first): our reservation here is ours alone and is freed before the
+	// request hears where the pod went.
+	var release []string
+	type answer struct {
+		r   *request
+		out outcome
+	}
+	var answers []answer
+	for i, t := range ts {
+		key := t.r.alloc.Key()
 		if _, refused := res.Rejected[key]; refused {
-			if isPod {
-				_ = s.ledger.Unbind(ctx, t.r.alloc.UID, binds[i].Revision)
-			}
 			// Another scheduler took the room since our snapshot was
 			// taken: place the pod again against the fresh entry. Running
 			// out of attempts means heavy contention, not a full
@@ -468,98 +450,30 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			t.r.done <- outcome{err: fmt.Errorf("%w: host %s refused the pod %d times", ErrContention, host, t.r.attempts)}
 			continue
 		}
-		if !isPod {
-			t.r.done <- outcome{placement: t.p}
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, cerr := s.ledger.Confirm(ctx, binds[i]); cerr != nil {
-				lost[i] = true
-				bindErrs[i] = cerr
-			}
-		}()
-	}
-	wg.Wait()
-	// A lost binding: another scheduler confirmed its own binding of the
-	// pod first. If that binding is on this host, the allocation in this
-	// host's entry is the winner's too (allocations are keyed by pod uid):
-	// it stays, and the pod is placed here. Otherwise our reservation is
-	// ours alone and is freed.
-	var release []string
-	type settled struct {
-		i   int
-		out outcome
-	}
-	var answers []settled
-	for _, i := range reserving {
-		t := ts[i]
-		if t.r.alloc.Kind != events.AllocationPod || err != nil {
-			continue
-		}
-		if _, refused := res.Rejected[t.r.alloc.Key()]; refused {
-			continue
-		}
-		if !lost[i] {
-			t.r.done <- outcome{placement: t.p}
-			continue
-		}
-		rel, out, retry := s.settleLostBinding(ctx, host, t.r.alloc.UID)
-		if rel {
-			release = append(release, t.r.alloc.Key())
-		}
 		switch {
-		case retry:
-			again = append(again, t.r)
-		case out != nil:
-			answers = append(answers, settled{i, *out})
+		case t.r.alloc.Kind != events.AllocationPod:
+			t.r.done <- outcome{placement: t.p}
+		case claimErrs[i] != nil:
+			// Unknown winner: keep the room (the redelivery claims again,
+			// and the rescan frees what no pod holds) rather than free an
+			// allocation that may be the pod's.
+			t.r.done <- outcome{err: claimErrs[i]}
+		case claims[i].Host != host:
+			release = append(release, key)
+			answers = append(answers, answer{t.r, outcome{placement: s.placementOf(claims[i].Host), already: true}})
+		default:
+			t.r.done <- outcome{placement: t.p}
 		}
 	}
 	if len(release) > 0 {
-		// Free the room first, then tell the requests where the pod went.
 		if rerr := s.release(ctx, map[string][]string{host: release}); rerr != nil {
-			s.log.Warn("release after a lost binding", "host", host, "err", rerr)
+			s.log.Warn("release after a lost claim", "host", host, "err", rerr)
 		}
 	}
 	for _, a := range answers {
-		ts[a.i].r.done <- a.out
+		a.r.done <- a.out
 	}
 	return again
-}
-
-// settleLostBinding decides what becomes of a pod this scheduler reserved
-// on host but whose binding it could not confirm. release says our
-// reservation on host is ours alone and must go; out is the pod's answer,
-// or retry says to place it again on the next pass.
-func (s *Service) settleLostBinding(ctx context.Context, host, uid string) (release bool, out *outcome, retry bool) {
-	for range 3 {
-		b, ok, err := s.ledger.GetBinding(ctx, uid)
-		switch {
-		case err != nil:
-			// Unknown winner: keep the room (a resync of the ledger
-			// settles it) rather than free the winner's allocation.
-			return false, &outcome{err: err}, false
-		case !ok:
-			return true, nil, true
-		case b.Host != host:
-			return true, &outcome{placement: s.placementOf(b.Host), already: true}, false
-		case b.Confirmed:
-			// The winner is on this host: the allocation here (keyed by
-			// pod uid) is the winner's too and stays.
-			return false, &outcome{placement: s.placementOf(host), already: true}, false
-		}
-		// Bound to this host but unconfirmed: our own Confirm failed on a
-		// transient error, or the winner's is in flight. The allocation
-		// here is the pod's either way: confirm the binding to this host.
-		if _, err := s.ledger.Confirm(ctx, b); err == nil {
-			return false, &outcome{placement: s.placementOf(host)}, false
-		} else if !errors.Is(err, ledger.ErrBindingLost) {
-			return false, &outcome{err: err}, false
-		}
-		// Changed under us: look again.
-	}
-	return false, &outcome{err: fmt.Errorf("%w: binding of %s keeps changing", ErrContention, uid)}, false
 }
 
 // refusedFit is the answer to a request whose candidates kept refusing

@@ -86,6 +86,11 @@ type Service struct {
 	// entries caches the last ledger entry applied per host (the hint of
 	// the next write to it).
 	entries map[string]ledger.Entry
+	// ledgerKeys maps a ledger key to its host (keys may be escaped).
+	ledgerKeys map[string]string
+	// recordRevs is the revision of each host record as this replica last
+	// wrote it: the next write is a compare-and-set at it, without a read.
+	recordRevs map[string]uint64
 
 	queue     chan *request
 	retryMu   sync.Mutex
@@ -139,6 +144,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		vmGen:      map[string]int64{},
 		dirty:      map[string]bool{},
 		entries:    map[string]ledger.Entry{},
+		ledgerKeys: map[string]string{},
+		recordRevs: map[string]uint64{},
 		queue:      make(chan *request, cfg.BatchSize*4),
 		retryWake:  make(chan struct{}, 1),
 		loopDone:   make(chan struct{}),

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/inventory"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // This file folds the scheduler's inputs into the snapshot the framework
@@ -45,6 +47,7 @@ func (s *Service) loadHostRecords(ctx context.Context) error {
 			continue
 		}
 		s.records[rec.Name] = &rec
+		s.recordRevs[rec.Name] = kve.Revision()
 	}
 	return nil
 }
@@ -217,6 +220,7 @@ func (s *Service) applyEntryLocked(e ledger.Entry) {
 		}
 	}
 	s.entries[host] = e
+	s.ledgerKeys[events.LedgerEntryKey(host)] = host
 	if rec, ok := s.records[host]; ok && rec.Cordoned != e.Cordoned {
 		// The cordon is the ledger's (any replica may have set it); the
 		// host record shows it.
@@ -242,27 +246,76 @@ func refOf(a events.Allocation) *framework.PodRef {
 		SpreadGroup: framework.SpreadGroup(a.Namespace, a.Labels)}
 }
 
+// ledgerFoldDelay is how long a watched ledger update may wait before it
+// is folded into the snapshot. Updates of one host within it are folded
+// once (the latest), and by then this replica's own writes, which come back
+// through the watch as fast as their acknowledgement, are applied already
+// and skipped without decoding: under a burst that saves a decode of the
+// whole entry per write. Another replica's reservation is seen that much
+// later, which costs at most a failed compare-and-set.
+const ledgerFoldDelay = 20 * time.Millisecond
+
 // watchLedger follows KV `ledger`, which other scheduler instances write
 // too, so that their reservations count here.
 func (s *Service) watchLedger(ctx context.Context) error {
+	var mu sync.Mutex
+	latest := map[string]jetstream.KeyValueEntry{}
+	wake := make(chan struct{}, 1)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-wake:
+			}
+			sleep(ctx, ledgerFoldDelay)
+			mu.Lock()
+			batch := latest
+			latest = map[string]jetstream.KeyValueEntry{}
+			mu.Unlock()
+			s.foldLedger(batch)
+		}
+	}()
 	return s.watchKV(ctx, s.ledgerKV, func(kve jetstream.KeyValueEntry) {
 		if kve.Operation() != jetstream.KeyValuePut || events.IsPodBindingKey(kve.Key()) {
 			return
 		}
+		mu.Lock()
+		latest[kve.Key()] = kve
+		mu.Unlock()
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// foldLedger applies watched ledger entries (the latest per key) that are
+// newer than what this replica has.
+func (s *Service) foldLedger(batch map[string]jetstream.KeyValueEntry) {
+	freed := false
+	for key, kve := range batch {
+		s.mu.Lock()
+		host, known := s.ledgerKeys[key]
+		seen := known && s.entries[host].Revision >= kve.Revision()
+		s.mu.Unlock()
+		if seen {
+			continue
+		}
 		e, err := ledger.Decode(kve)
 		if err != nil {
-			s.log.Warn("skip undecodable ledger entry", "key", kve.Key(), "err", err)
-			return
+			s.log.Warn("skip undecodable ledger entry", "key", key, "err", err)
+			continue
 		}
 		s.mu.Lock()
 		before := len(s.allocIndex)
 		s.applyEntryLocked(e)
-		freed := len(s.allocIndex) < before
+		freed = freed || len(s.allocIndex) < before
 		s.mu.Unlock()
-		if freed {
-			s.pending.kickAll()
-		}
-	})
+	}
+	if freed {
+		s.pending.kickAll()
+	}
 }
 
 // loadNetworks reads KV `net-hosts`.
@@ -408,22 +461,28 @@ func (s *Service) resyncLoop(ctx context.Context) {
 	if s.cfg.InventoryPoll > 0 {
 		every = min(every, s.cfg.InventoryPoll)
 	}
-	t := time.NewTicker(every)
-	defer t.Stop()
+	wait := every
 	for {
-		select {
-		case <-ctx.Done():
+		sleep(ctx, wait)
+		if ctx.Err() != nil {
 			return
-		case <-t.C:
-			obs, err := s.source.List(ctx)
-			if err != nil {
-				s.log.Warn("inventory resync", "err", err)
-				continue
-			}
-			s.applyObservations(ctx, obs, true)
 		}
+		start := time.Now()
+		obs, err := s.source.List(ctx)
+		if err != nil {
+			s.log.Warn("inventory resync", "err", err)
+			continue
+		}
+		s.applyObservations(ctx, obs, true)
+		// A full read costs the vCenter (and this process) in proportion
+		// to the hosts: with thousands of them a read every second would
+		// take a core. The reads stay at most a tenth of the time.
+		wait = max(every, resyncCostFactor*time.Since(start))
 	}
 }
+
+// resyncCostFactor bounds the share of time full inventory reads take.
+const resyncCostFactor = 10
 
 // hostRecordLoop writes changed host records (allocation totals change with
 // every placement; writing them at most every HostRecordInterval keeps KV
@@ -476,16 +535,11 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 		var err error
 		if w.rec == nil {
 			err = s.hostRecords.Delete(ctx, events.HostRecordKey(w.name))
+			s.mu.Lock()
+			delete(s.recordRevs, w.name)
+			s.mu.Unlock()
 		} else {
-			// Every replica writes the records it sees change, so the
-			// write is a compare-and-set on the record as read: the
-			// last writer wins whole, never a mix of two. The cordon is
-			// the ledger's, and replicas follow the ledger, so a replica
-			// that has not yet seen a cordon cannot undo it for long.
-			_, err = s.hostRecords.Upsert(ctx, events.HostRecordKey(w.name), func(v *events.HostRecord, _ bool) error {
-				*v = *w.rec
-				return nil
-			})
+			err = s.writeHostRecord(ctx, w.rec)
 		}
 		if err != nil {
 			s.log.Warn("write host record", "host", w.name, "err", err)
@@ -494,4 +548,39 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 			s.mu.Unlock()
 		}
 	}
+}
+
+// writeHostRecord writes a host record whole. Every replica writes the
+// records it sees change, so the write is a compare-and-set: at the
+// revision this replica wrote last (no read), or, when another writer came
+// in between, at the revision read then. The last writer wins whole, never
+// a mix of two. The cordon is the ledger's, and replicas follow the
+// ledger, so a replica that has not yet seen a cordon cannot undo it for
+// long.
+func (s *Service) writeHostRecord(ctx context.Context, rec *events.HostRecord) error {
+	key := events.HostRecordKey(rec.Name)
+	s.mu.Lock()
+	rev, known := s.recordRevs[rec.Name]
+	s.mu.Unlock()
+	for range 8 {
+		if !known {
+			_, cur, err := s.hostRecords.Get(ctx, key)
+			if err != nil {
+				return err
+			}
+			rev = cur
+		}
+		next, err := s.hostRecords.Put(ctx, key, rec, rev)
+		if err == nil {
+			s.mu.Lock()
+			s.recordRevs[rec.Name] = next
+			s.mu.Unlock()
+			return nil
+		}
+		if !errors.Is(err, record.ErrConflict) {
+			return err
+		}
+		known = false
+	}
+	return fmt.Errorf("write host record %s: %w", rec.Name, record.ErrConflict)
 }

@@ -40,8 +40,9 @@ type Env struct {
 }
 
 type options struct {
-	dc    *sim.Config
-	redis bool
+	dc         *sim.Config
+	redis      bool
+	noRecorder bool
 }
 
 // Option adds a part to the environment.
@@ -53,6 +54,11 @@ func Datacenter(cfg sim.Config) Option { return func(o *options) { o.dc = &cfg }
 // Redis starts a redis-server.
 func Redis() Option { return func(o *options) { o.redis = true } }
 
+// NoRecorder leaves the recorder out (Events is nil): for benchmarks, where
+// decoding every event on the side would be measured with the code under
+// test.
+func NoRecorder() Option { return func(o *options) { o.noRecorder = true } }
+
 // Start starts the bus, the recorder and the parts the options ask for;
 // everything stops when the test ends.
 func Start(t testing.TB, opts ...Option) *Env {
@@ -62,7 +68,9 @@ func Start(t testing.TB, opts ...Option) *Env {
 		opt(&o)
 	}
 	e := &Env{T: t, Bus: bustest.Start(t)}
-	e.Events = record(t, e.Bus)
+	if !o.noRecorder {
+		e.Events = record(t, e.Bus)
+	}
 	if o.dc != nil {
 		e.DC = simtest.Start(t, *o.dc)
 	}

@@ -93,8 +93,8 @@ func (c Config) Validate() error {
 	if c.Pods < 1 || c.Pods > 100_000 {
 		errs = append(errs, fmt.Errorf("pods %d: want 1..100000", c.Pods))
 	}
-	if c.Hosts < 1 || c.Hosts > 1024 {
-		errs = append(errs, fmt.Errorf("hosts %d: want 1..1024", c.Hosts))
+	if c.Hosts < 1 || c.Hosts > 10_000 {
+		errs = append(errs, fmt.Errorf("hosts %d: want 1..10000", c.Hosts))
 	}
 	if c.Rate < 0 {
 		errs = append(errs, fmt.Errorf("rate %v: want 0 (as fast as possible) or a positive pods/s", c.Rate))

@@ -30,8 +30,8 @@ func TestLayoutKeepsClustersAtSixteenHosts(t *testing.T) {
 }
 
 func TestValidateNamesEveryBadField(t *testing.T) {
-	err := Config{Pods: 0, Hosts: 2000, Rate: -1, RawWorkers: []int{0}}.Validate()
-	for _, want := range []string{"pods 0", "hosts 2000", "rate -1", "raw workers 0"} {
+	err := Config{Pods: 0, Hosts: 20000, Rate: -1, RawWorkers: []int{0}}.Validate()
+	for _, want := range []string{"pods 0", "hosts 20000", "rate -1", "raw workers 0"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate: %v, want it to name %q", err, want)
 		}

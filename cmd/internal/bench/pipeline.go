@@ -483,7 +483,10 @@ func measureImageCache(ctx context.Context, b *bus.Bus, w *watcher, image string
 // default network is realized on all of them, so that the first pods are
 // not parked as unschedulable while up is still settling.
 func waitReady(ctx context.Context, b *bus.Bus, hosts int) error {
-	deadline := time.Now().Add(2 * time.Minute)
+	// Thousands of hosts take a while to announce and to carry the
+	// default network.
+	wait := max(2*time.Minute, time.Duration(hosts)*100*time.Millisecond)
+	deadline := time.Now().Add(wait)
 	var why string
 	for time.Now().Before(deadline) {
 		why = readiness(ctx, b, hosts)
@@ -496,7 +499,7 @@ func waitReady(ctx context.Context, b *bus.Bus, hosts int) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("podvisor did not become ready within 2 minutes: %s", why)
+	return fmt.Errorf("podvisor did not become ready within %s: %s", wait, why)
 }
 
 func readiness(ctx context.Context, b *bus.Bus, hosts int) string {

@@ -15,23 +15,23 @@ import (
 // compare-and-set only makes each host's entry consistent). The protocol,
 // for a scheduler placing pod uid on host:
 //
-//  1. Bind: create the binding uid → host, unconfirmed. If a binding to
-//     another host exists and is live (confirmed, and that host's entry
-//     holds the pod), the pod is placed there already: stop. A binding that
-//     is not live is taken over with compare-and-set on its revision.
-//  2. Reserve the allocation on host (the usual per-host CAS).
-//  3. Confirm: compare-and-set the binding, unchanged since step 1, to
-//     confirmed. If that fails another scheduler took the binding over
-//     between 1 and 3: release the allocation of step 2; the pod is the
-//     other scheduler's.
+//  1. Reserve the allocation on host (the usual per-host CAS).
+//  2. Claim: create the binding uid → host. If a binding to another host
+//     exists and is live (that host's entry holds the pod), the pod is
+//     placed there already: release the allocation of step 1. A binding
+//     that is not live (its host released the pod: deleted, evicted,
+//     moved) is taken over with compare-and-set on its revision.
 //
-// Whoever confirms wins, and a confirmed binding can only be taken over
-// when its host no longer holds the pod, so one pod is never allocated on
-// two hosts for longer than a losing writer's steps 2-3.
-
-// ErrBindingLost is returned by Confirm when another scheduler took the
-// binding over.
-var ErrBindingLost = errors.New("ledger: pod binding taken over by another scheduler")
+// Whoever claims first wins. A binding is written only after its host's
+// entry holds the pod, so the liveness check in step 2 reads a fact, never
+// an intention: a loser sees the winner's allocation and backs off, and one
+// pod is never allocated on two hosts for longer than a losing writer's
+// steps 1-2. A placement costs one write per pod (the claim) besides its
+// share of the host's reservation.
+//
+// Bindings written before this protocol may be unconfirmed (the older one
+// bound, reserved, then confirmed); an unconfirmed binding is live like a
+// confirmed one when its host holds the pod.
 
 // Binding is a pod's binding with its KV revision.
 type Binding struct {
@@ -56,12 +56,13 @@ func (l *Ledger) GetBinding(ctx context.Context, uid string) (Binding, bool, err
 	return b, true, nil
 }
 
-// Bind binds uid to host (step 1). It returns the binding now in force:
-// Host == host means the caller holds it (at Revision) and goes on to
-// reserve; another Host means the pod is placed there.
-func (l *Ledger) Bind(ctx context.Context, uid, host string) (Binding, error) {
+// Claim binds uid to host once host's entry holds the pod's allocation
+// (step 2). It returns the binding now in force: Host == host means the
+// pod is this host's; another Host means the pod is live there and the
+// caller's allocation on host must go.
+func (l *Ledger) Claim(ctx context.Context, uid, host string) (Binding, error) {
 	key := events.PodBindingKey(uid)
-	mine := events.PodBinding{Host: host, UID: uid}
+	mine := events.PodBinding{Host: host, UID: uid, Confirmed: true}
 	data, _ := json.Marshal(mine)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		rev, err := l.kv.Create(ctx, key, data)
@@ -69,7 +70,7 @@ func (l *Ledger) Bind(ctx context.Context, uid, host string) (Binding, error) {
 			return Binding{PodBinding: mine, Revision: rev}, nil
 		}
 		if !conflict(err) {
-			return Binding{}, fmt.Errorf("ledger: bind %s: %w", uid, err)
+			return Binding{}, fmt.Errorf("ledger: claim %s: %w", uid, err)
 		}
 		cur, ok, err := l.GetBinding(ctx, uid)
 		if err != nil {
@@ -78,10 +79,10 @@ func (l *Ledger) Bind(ctx context.Context, uid, host string) (Binding, error) {
 		if !ok {
 			continue // deleted meanwhile: create again
 		}
-		if cur.Host == host {
+		if cur.Host == host && cur.Confirmed {
 			return cur, nil // ours already (a replay)
 		}
-		if cur.Confirmed {
+		if cur.Host != host {
 			e, err := l.Get(ctx, cur.Host)
 			if err != nil {
 				return Binding{}, err
@@ -99,22 +100,6 @@ func (l *Ledger) Bind(ctx context.Context, uid, host string) (Binding, error) {
 		}
 	}
 	return Binding{}, fmt.Errorf("%w: binding of %s", ErrContention, uid)
-}
-
-// Confirm marks the caller's binding confirmed once the allocation is
-// written (step 3); ErrBindingLost if it changed since Bind.
-func (l *Ledger) Confirm(ctx context.Context, b Binding) (Binding, error) {
-	b.Confirmed = true
-	data, _ := json.Marshal(b.PodBinding)
-	rev, err := l.kv.Update(ctx, events.PodBindingKey(b.UID), data, b.Revision)
-	if err != nil {
-		if conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) {
-			return Binding{}, ErrBindingLost
-		}
-		return Binding{}, fmt.Errorf("ledger: confirm binding of %s: %w", b.UID, err)
-	}
-	b.Revision = rev
-	return b, nil
 }
 
 // Rebind moves a confirmed binding to another host (a completed

@@ -239,3 +239,95 @@ func TestCordonRefusesOtherSchedulersReservations(t *testing.T) {
 		t.Fatalf("after the uncordon: %+v, %v", res, err)
 	}
 }
+
+// place runs the binding protocol as the scheduler's commit does: reserve
+// on host, claim, and release the reservation when the pod turned out to
+// be live elsewhere. It returns the host the pod is bound to.
+func place(ctx context.Context, l *ledger.Ledger, uid, host string) (string, error) {
+	capacity := ledger.Capacity{CPUMilli: 64000, MemoryBytes: 64 * gib}
+	r, err := l.Reserve(ctx, host, capacity, []events.Allocation{pod(uid, 100, gib)})
+	if err != nil {
+		return "", err
+	}
+	if len(r.Rejected) > 0 {
+		return "", fmt.Errorf("reserve %s on %s: %v", uid, host, r.Rejected)
+	}
+	b, err := l.Claim(ctx, uid, host)
+	if err != nil {
+		return "", err
+	}
+	if b.Host != host {
+		if _, _, err := l.Release(ctx, host, uid); err != nil {
+			return "", err
+		}
+	}
+	return b.Host, nil
+}
+
+// Two schedulers place the same pod at once, each on a host of its own
+// choosing (a redelivery racing the first delivery), many times over:
+// both agree where the pod is, and only that host holds it.
+func TestRaceToPlaceOnePodOnTwoHosts(t *testing.T) {
+	a, b := twoSchedulers(t)
+	ctx := context.Background()
+	wins := map[string]int{}
+	for i := range 100 {
+		uid := fmt.Sprintf("race-%03d", i)
+		hostA, hostB := fmt.Sprintf("esx-a%03d", i), fmt.Sprintf("esx-b%03d", i)
+		var ha, hb string
+		var ea, eb error
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		wg.Add(2)
+		go func() { defer wg.Done(); <-start; ha, ea = place(ctx, a, uid, hostA) }()
+		go func() { defer wg.Done(); <-start; hb, eb = place(ctx, b, uid, hostB) }()
+		close(start)
+		wg.Wait()
+		if ea != nil || eb != nil {
+			t.Fatalf("round %d: errors %v / %v", i, ea, eb)
+		}
+		if ha != hb {
+			t.Fatalf("round %d: scheduler a says %s, b says %s", i, ha, hb)
+		}
+		wins[ha[:5]]++
+		for _, h := range []string{hostA, hostB} {
+			e, err := a.Get(ctx, h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, held := e.Allocations[uid]; held != (h == ha) {
+				t.Fatalf("round %d: pod bound to %s, host %s holds it: %v", i, ha, h, held)
+			}
+		}
+	}
+	t.Logf("winners: %v", wins)
+}
+
+// A binding whose host no longer holds the pod (evicted, deleted, moved)
+// is taken over; one whose host holds it is not.
+func TestClaimTakesOverOnlyADeadBinding(t *testing.T) {
+	l, _ := twoSchedulers(t)
+	ctx := context.Background()
+	if h, err := place(ctx, l, "u1", "esx-1"); err != nil || h != "esx-1" {
+		t.Fatalf("first placement: %s, %v", h, err)
+	}
+	if h, err := place(ctx, l, "u1", "esx-2"); err != nil || h != "esx-1" {
+		t.Fatalf("second placement while esx-1 holds the pod: %s, %v (want esx-1)", h, err)
+	}
+	if e, _ := l.Get(ctx, "esx-2"); len(e.Allocations) != 0 {
+		t.Fatalf("the loser's reservation stayed on esx-2: %v", e.Allocations)
+	}
+	if _, _, err := l.Release(ctx, "esx-1", "u1"); err != nil {
+		t.Fatal(err)
+	}
+	if h, err := place(ctx, l, "u1", "esx-2"); err != nil || h != "esx-2" {
+		t.Fatalf("placement after esx-1 released the pod: %s, %v (want esx-2)", h, err)
+	}
+	if b, ok, err := l.GetBinding(ctx, "u1"); err != nil || !ok || b.Host != "esx-2" || !b.Confirmed {
+		t.Fatalf("binding %+v %v %v", b, ok, err)
+	}
+	// A replay of the winning placement keeps it.
+	if h, err := place(ctx, l, "u1", "esx-2"); err != nil || h != "esx-2" {
+		t.Fatalf("replay: %s, %v", h, err)
+	}
+}
