@@ -284,18 +284,10 @@ func (a *Authority) Forget(name string) error {
 // cluster controller revokes a deleted guest cluster's identity before it
 // forgets it.
 func (a *Authority) Revoke(name string) error {
-	b, err := os.ReadFile(a.CredsPath(name))
+	uc, err := userClaims(a.CredsPath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("bus: revoke %s: %w", name, err)
-	}
-	tok, err := jwt.ParseDecoratedJWT(b)
-	if err != nil {
-		return fmt.Errorf("bus: revoke %s: %w", name, err)
-	}
-	uc, err := jwt.DecodeUserClaims(tok)
 	if err != nil {
 		return fmt.Errorf("bus: revoke %s: %w", name, err)
 	}
@@ -320,17 +312,9 @@ func (a *Authority) Revoke(name string) error {
 
 // Revoked reports whether the user key of a creds file is revoked.
 func (a *Authority) Revoked(credsFile string) (bool, error) {
-	b, err := os.ReadFile(credsFile)
+	uc, err := userClaims(credsFile)
 	if err != nil {
 		return false, fmt.Errorf("bus: creds: %w", err)
-	}
-	tok, err := jwt.ParseDecoratedJWT(b)
-	if err != nil {
-		return false, fmt.Errorf("bus: creds %s: %w", credsFile, err)
-	}
-	uc, err := jwt.DecodeUserClaims(tok)
-	if err != nil {
-		return false, fmt.Errorf("bus: creds %s: %w", credsFile, err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -452,17 +436,26 @@ func (a *Authority) configure(opts *server.Options) error {
 
 // CredsIdentity reads the identity name a creds file was minted for.
 func CredsIdentity(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	uc, err := userClaims(path)
 	if err != nil {
 		return "", fmt.Errorf("bus: creds: %w", err)
 	}
+	return uc.Name, nil
+}
+
+// userClaims reads the user JWT of a creds file.
+func userClaims(path string) (*jwt.UserClaims, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := jwt.ParseDecoratedJWT(b)
 	if err != nil {
-		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	uc, err := jwt.DecodeUserClaims(tok)
 	if err != nil {
-		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return uc.Name, nil
+	return uc, nil
 }
