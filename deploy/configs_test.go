@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"net/http"
@@ -53,7 +55,11 @@ func configMapFile(t *testing.T, objs []manifests.Object, w workload, path strin
 // natsConfig writes the NATS configuration a workload runs (with the auth
 // include it refers to, when given) the way the pod sees it, and parses it
 // with the real server's parser.
-func natsConfig(t *testing.T, objs []manifests.Object, w workload, auth string) (*server.Options, string) {
+//
+// A Secret mounted at /etc/nats/tls (the prod overlay's TLS) is made with
+// writeTLSSecret and the configuration's paths into it point at the copy;
+// caFile is its CA ("" without TLS).
+func natsConfig(t *testing.T, objs []manifests.Object, w workload, auth string) (opts *server.Options, path, caFile string) {
 	t.Helper()
 	c := w.template.Spec.Containers[0]
 	i := slices.Index(c.Command, "--config")
@@ -68,8 +74,13 @@ func natsConfig(t *testing.T, objs []manifests.Object, w workload, auth string) 
 	local := filepath.Join(root, confPath)
 	mustWrite(t, local, conf)
 	for _, m := range c.VolumeMounts {
-		if m.MountPath == "/etc/nats/auth" {
+		switch m.MountPath {
+		case "/etc/nats/auth":
 			mustWrite(t, filepath.Join(root, m.MountPath, "auth.conf"), auth)
+		case natsTLSDir:
+			caFile = writeTLSSecret(t, filepath.Join(root, m.MountPath))
+			conf = strings.ReplaceAll(conf, `"`+natsTLSDir+"/", `"`+filepath.Join(root, natsTLSDir)+"/")
+			mustWrite(t, local, conf)
 		}
 	}
 	t.Setenv("POD_NAME", w.name+"-0")
@@ -77,8 +88,11 @@ func natsConfig(t *testing.T, objs []manifests.Object, w workload, auth string) 
 	if err != nil {
 		t.Fatalf("%s: nats-server rejects %s: %v", w, confPath, err)
 	}
-	return opts, local
+	return opts, local, caFile
 }
+
+// natsTLSDir is where the prod NATS mounts the Secret podvisor-nats-tls.
+const natsTLSDir = "/etc/nats/tls"
 
 func mustWrite(t *testing.T, path, body string) {
 	t.Helper()
@@ -98,7 +112,7 @@ func TestNATSConfigMatchesItsStatefulSet(t *testing.T) {
 		t.Run(dir, func(t *testing.T) {
 			objs := build(t, dir)
 			w := findWorkload(t, objs, "nats")
-			opts, _ := natsConfig(t, objs, w, "")
+			opts, _, caFile := natsConfig(t, objs, w, "")
 			c := w.template.Spec.Containers[0]
 
 			if opts.ServerName != "nats-0" {
@@ -134,10 +148,21 @@ func TestNATSConfigMatchesItsStatefulSet(t *testing.T) {
 				t.Error("JetStream does not fsync every write (sync_interval: always)")
 			}
 			if dir == "base/nats" {
+				if caFile != "" {
+					t.Error("the base NATS mounts TLS: the dev overlay's clients speak plain text")
+				}
 				if len(opts.Routes) != 0 || opts.Cluster.Port != 0 {
 					t.Errorf("the single node has cluster settings: %d routes, port %d", len(opts.Routes), opts.Cluster.Port)
 				}
 				return
+			}
+			// Client and route ports speak TLS only, routes with
+			// certificates verified both ways.
+			if caFile == "" || opts.TLSConfig == nil || opts.TLSTimeout == 0 {
+				t.Error("the client port has no TLS (Secret podvisor-nats-tls at " + natsTLSDir + ")")
+			}
+			if opts.Cluster.TLSConfig == nil || opts.Cluster.TLSConfig.ClientAuth != tls.RequireAndVerifyClientCert {
+				t.Error("routes have no TLS with verified peers (cluster { tls { verify: true } })")
 			}
 			if p, ok := containerPort(w.template, "cluster"); !ok || int(p) != opts.Cluster.Port {
 				t.Errorf("cluster listens on %d, container port cluster is %d", opts.Cluster.Port, p)
@@ -179,7 +204,7 @@ func TestProdNATSAcceptsCredsUsers(t *testing.T) {
 	objs := build(t, "overlays/prod")
 	w := findWorkload(t, objs, "nats")
 	auth, creds := natsAccounts(t)
-	opts, _ := natsConfig(t, objs, w, auth)
+	opts, _, caFile := natsConfig(t, objs, w, auth)
 
 	// Loopback, random ports, temp store; no cluster (the peers' names only
 	// resolve inside Kubernetes).
@@ -209,10 +234,32 @@ func TestProdNATSAcceptsCredsUsers(t *testing.T) {
 		t.Errorf("GET %s = %s, want 200", probe, resp.Status)
 	}
 
-	if _, err := nats.Connect(s.ClientURL()); err == nil {
+	if _, err := nats.Connect(s.ClientURL(), nats.RootCAs(caFile)); err == nil {
 		t.Error("an anonymous client connected: the accounts from auth.conf are not in force")
 	}
-	nc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(creds))
+	if plain, err := net.DialTimeout("tcp", strings.TrimPrefix(s.ClientURL(), "nats://"), 5*time.Second); err == nil {
+		// The server greets with INFO and wants the TLS handshake; a
+		// CONNECT in plain text gets no +OK and the connection ends.
+		_ = plain.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = plain.Write([]byte("CONNECT {\"verbose\":true}\r\nPING\r\n"))
+		buf := make([]byte, 4096)
+		var got strings.Builder
+		for {
+			n, err := plain.Read(buf)
+			got.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		plain.Close()
+		if strings.Contains(got.String(), "PONG") {
+			t.Errorf("a plain-text client was answered: %q", got.String())
+		}
+	}
+	if _, err := nats.Connect(s.ClientURL(), nats.UserCredentials(creds)); err == nil {
+		t.Error("a client that does not know the CA connected")
+	}
+	nc, err := nats.Connect(s.ClientURL(), nats.UserCredentials(creds), nats.RootCAs(caFile))
 	if err != nil {
 		t.Fatalf("connect with the creds file: %v", err)
 	}
@@ -279,7 +326,7 @@ func natsAccounts(t *testing.T) (authConf, credsPath string) {
 func TestBaseNATSStartsAndAnswersItsProbe(t *testing.T) {
 	objs := build(t, "base/nats")
 	w := findWorkload(t, objs, "nats")
-	opts, _ := natsConfig(t, objs, w, "")
+	opts, _, _ := natsConfig(t, objs, w, "")
 	opts.Host, opts.Port, opts.HTTPHost, opts.HTTPPort = "127.0.0.1", -1, "127.0.0.1", -1
 	opts.StoreDir = t.TempDir()
 	opts.PidFile = filepath.Join(t.TempDir(), "nats.pid")
@@ -306,7 +353,11 @@ func TestBaseNATSStartsAndAnswersItsProbe(t *testing.T) {
 }
 
 // Each overlay's redis.conf runs in a real redis-server (bind, port and dir
-// overridden for the test), with the password the StatefulSet passes.
+// overridden for the test). Dev: the password the StatefulSet passes.
+// Prod: TLS only, with the Secrets' files (a test CA, an ACL file with the
+// users `podvisor identity redis-acl` writes): no plain text, no default
+// user, the image cache writes, the scheduler only reads, the probe only
+// PINGs.
 func TestRedisConfigRuns(t *testing.T) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -329,14 +380,33 @@ func TestRedisConfigRuns(t *testing.T) {
 			if !strings.Contains(text, "\ndir /data\n") || !mountedFrom(c, "/data", "data") {
 				t.Error("redis.conf must keep its data in dir /data, the data volume")
 			}
+			text = strings.Replace(text, "\ndir /data\n", "\ndir "+t.TempDir()+"\n", 1)
+			var caFile string
+			if tc.overlay == "prod" {
+				for _, dir := range []string{redisTLSDir, redisACLDir} {
+					if !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.MountPath == dir }) {
+						t.Fatalf("redis mounts nothing at %s", dir)
+					}
+				}
+				local := t.TempDir()
+				caFile = writeTLSSecret(t, filepath.Join(local, "tls"))
+				mustWrite(t, filepath.Join(local, "acl", "users.acl"), testRedisACL)
+				text = strings.ReplaceAll(text, redisTLSDir+"/", filepath.Join(local, "tls")+"/")
+				text = strings.ReplaceAll(text, redisACLDir+"/", filepath.Join(local, "acl")+"/")
+			}
 			conf := filepath.Join(t.TempDir(), "redis.conf")
-			mustWrite(t, conf, strings.Replace(text, "\ndir /data\n", "\ndir "+t.TempDir()+"\n", 1))
+			mustWrite(t, conf, text)
 			args := append([]string{conf}, c.Command[2:]...)
 			for i, a := range args {
 				args[i] = strings.ReplaceAll(a, "$(REDIS_PASSWORD)", "test-password")
 			}
 			port := freePort(t)
-			args = append(args, "--bind", "127.0.0.1", "--port", fmt.Sprint(port))
+			args = append(args, "--bind", "127.0.0.1")
+			if caFile != "" {
+				args = append(args, "--tls-port", fmt.Sprint(port))
+			} else {
+				args = append(args, "--port", fmt.Sprint(port))
+			}
 			cmd := exec.Command(bin, args...)
 			out := &strings.Builder{}
 			cmd.Stdout, cmd.Stderr = out, out
@@ -362,26 +432,90 @@ func TestRedisConfigRuns(t *testing.T) {
 					t.Fatalf("redis-server with the %s configuration did not listen:\n%s", tc.overlay, out)
 				}
 			}
-			rdb := redis.NewClient(&redis.Options{Addr: addr, Password: "test-password"})
-			t.Cleanup(func() { rdb.Close() })
 			ctx := context.Background()
-			if err := rdb.Ping(ctx).Err(); err != nil {
-				t.Fatalf("PING with the password: %v", err)
+			client := func(user, password string) *redis.Client {
+				o := &redis.Options{Addr: addr, Username: user, Password: password, MaxRetries: -1}
+				if caFile != "" {
+					pool := x509.NewCertPool()
+					b, err := os.ReadFile(caFile)
+					if err != nil || !pool.AppendCertsFromPEM(b) {
+						t.Fatalf("CA %s: %v", caFile, err)
+					}
+					o.TLSConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+				}
+				r := redis.NewClient(o)
+				t.Cleanup(func() { r.Close() })
+				return r
+			}
+			admin := client("", "test-password")
+			if caFile != "" {
+				admin = client("testadmin", "admin-pw")
+			}
+			if err := admin.Ping(ctx).Err(); err != nil {
+				t.Fatalf("PING: %v", err)
 			}
 			for key, want := range map[string]string{"appendonly": tc.appendonly, "maxmemory-policy": "noeviction"} {
-				got, err := rdb.ConfigGet(ctx, key).Result()
+				got, err := admin.ConfigGet(ctx, key).Result()
 				if err != nil || got[key] != want {
 					t.Errorf("CONFIG GET %s = %v (%v), want %s", key, got, err, want)
 				}
 			}
-			anon := redis.NewClient(&redis.Options{Addr: addr})
-			defer anon.Close()
-			if err := anon.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
-				t.Errorf("PING without the password: %v, want NOAUTH", err)
+			if caFile == "" {
+				anon := client("", "")
+				if err := anon.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "NOAUTH") {
+					t.Errorf("PING without the password: %v, want NOAUTH", err)
+				}
+				return
+			}
+			// Plain text reaches nothing; no user is no access.
+			plain := redis.NewClient(&redis.Options{Addr: addr, Username: "imagecache", Password: "ic-pw", MaxRetries: -1, DialTimeout: 2 * time.Second, ReadTimeout: 2 * time.Second})
+			defer plain.Close()
+			if err := plain.Ping(ctx).Err(); err == nil {
+				t.Error("a plain-text client was answered on the TLS port")
+			}
+			if err := client("", "").Ping(ctx).Err(); err == nil {
+				t.Error("PING without a user was answered")
+			}
+			if err := client("imagecache", "ic-pw").Set(ctx, "chain:x", "1", 0).Err(); err != nil {
+				t.Errorf("imagecache SET: %v", err)
+			}
+			sched := client("scheduler", "sc-pw")
+			if v, err := sched.Get(ctx, "chain:x").Result(); err != nil || v != "1" {
+				t.Errorf("scheduler GET = %q, %v", v, err)
+			}
+			if err := sched.Set(ctx, "chain:x", "2", 0).Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+				t.Errorf("scheduler SET: %v, want NOPERM", err)
+			}
+			probe := client("probe", "pr-pw")
+			if err := probe.Ping(ctx).Err(); err != nil {
+				t.Errorf("probe PING: %v", err)
+			}
+			if err := probe.Get(ctx, "chain:x").Err(); err == nil || !strings.Contains(err.Error(), "NOPERM") {
+				t.Errorf("probe GET: %v, want NOPERM", err)
+			}
+			if p := c.ReadinessProbe.Exec.Command; !strings.Contains(strings.Join(p, " "), "--user probe") || !strings.Contains(strings.Join(p, " "), "--tls") {
+				t.Errorf("readiness probe %q does not PING over TLS as the probe user", p)
 			}
 		})
 	}
 }
+
+// Where the prod Redis mounts the Secrets podvisor-redis-tls and
+// podvisor-redis-acl.
+const (
+	redisTLSDir = "/var/run/secrets/redis/tls"
+	redisACLDir = "/var/run/secrets/redis/acl"
+)
+
+// testRedisACL is what `podvisor identity redis-acl` writes (the rules of
+// shared/redisserver: RulesWriter, RulesReader, RulesProbe), with test
+// passwords and a test admin that reads the configuration back.
+const testRedisACL = `user default off
+user imagecache on >ic-pw ~* &* +@all -@admin -@dangerous
+user scheduler on >sc-pw ~* -@all +@read +@connection -@dangerous
+user probe on >pr-pw -@all +ping
+user testadmin on >admin-pw ~* &* +@all
+`
 
 func freePort(t *testing.T) int {
 	t.Helper()

@@ -6,6 +6,22 @@ import "time"
 // by GuestClusterRecordKey. Only the guest cluster controller writes it.
 const BucketGuestClusters = "guestclusters"
 
+// BucketGuestClusterKubeconfigs holds one GuestClusterKubeconfig per Ready
+// guest cluster, keyed by GuestClusterRecordKey. Only the guest cluster
+// controller writes it, and only it and the admin identity may read it:
+// whoever reads a kubeconfig administers that guest cluster, so it is kept
+// out of BucketGuestClusters, which every client reads.
+const BucketGuestClusterKubeconfigs = "guestcluster-kubeconfigs"
+
+// GuestClusterKubeconfig is the admin kubeconfig of a guest cluster (API
+// server CA and client certificate inline): what `podvisor get guestcluster
+// NAME --kubeconfig` prints to an admin.
+type GuestClusterKubeconfig struct {
+	Namespace  string `json:"namespace"`
+	Name       string `json:"name"`
+	Kubeconfig string `json:"kubeconfig"`
+}
+
 // Guest cluster phases (GuestClusterRecord.Phase).
 const (
 	// GuestClusterPhaseProvisioning: its control plane is starting.
@@ -34,11 +50,10 @@ type GuestClusterRecord struct {
 	Phase string           `json:"phase"`
 	// Endpoint is the guest API server's URL once it answered.
 	Endpoint string `json:"endpoint,omitempty"`
-	// Kubeconfig is the guest cluster admin's kubeconfig (API server CA
-	// and client certificate inline): what `podvisor get guestcluster NAME
-	// --kubeconfig` prints. Whoever may read this bucket administers the
-	// guest cluster.
-	Kubeconfig string `json:"kubeconfig,omitempty"`
+	// HasKubeconfig says the guest cluster's admin kubeconfig is in
+	// BucketGuestClusterKubeconfigs (this bucket is readable by every
+	// client; that one is not).
+	HasKubeconfig bool `json:"hasKubeconfig,omitempty"`
 	// Identity is the NATS identity the guest cluster's node uses: it may
 	// ask only this guest cluster's queries (SubjectGuestClusterQueries).
 	Identity string `json:"identity,omitempty"`

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/record"
@@ -55,14 +57,25 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
 	}
+	// The kubeconfig goes to the bucket clients cannot read, before the
+	// record says there is one.
+	if _, err := s.kubeconfigs.Upsert(ctx, key, func(k *events.GuestClusterKubeconfig, _ bool) error {
+		if k.Kubeconfig == string(ep.Kubeconfig) {
+			return record.ErrUnchanged
+		}
+		*k = events.GuestClusterKubeconfig{Namespace: ns, Name: name, Kubeconfig: string(ep.Kubeconfig)}
+		return nil
+	}); err != nil {
+		return err
+	}
 	rec, err = s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
 		if r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
 		}
-		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.Kubeconfig == string(ep.Kubeconfig) {
+		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.HasKubeconfig {
 			return record.ErrUnchanged
 		}
-		r.Phase, r.Endpoint, r.Kubeconfig = events.GuestClusterPhaseReady, ep.URL, string(ep.Kubeconfig)
+		r.Phase, r.Endpoint, r.HasKubeconfig = events.GuestClusterPhaseReady, ep.URL, true
 		r.Identity = bus.GuestClusterIdentity(ns, name).Name
 		r.ReadyAt = &now
 		return nil
@@ -107,7 +120,8 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 }
 
 // onDeleteRequested deletes the guest cluster: control plane first (so its
-// node asks for nothing more), then its pods, then its identity and record.
+// node asks for nothing more), then its pods, then its identity (revoked),
+// its kubeconfig and its record.
 func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterDeleteRequested) error {
 	key := events.GuestClusterRecordKey(p.Namespace, p.Name)
 	now := time.Now().UTC()
@@ -134,10 +148,19 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	if err != nil {
 		return err
 	}
+	// The identity is revoked, not only forgotten: a copy of its creds
+	// file kept anywhere stops working at once.
 	if s.minter != nil {
-		if err := s.minter.Forget(bus.GuestClusterIdentity(p.Namespace, p.Name).Name); err != nil {
+		id := bus.GuestClusterIdentity(p.Namespace, p.Name).Name
+		if err := s.minter.Revoke(ctx, id); err != nil {
+			return fmt.Errorf("revoke the identity %s of %s: %w", id, p.ObjectKey(), err)
+		}
+		if err := s.minter.Forget(id); err != nil {
 			return err
 		}
+	}
+	if err := s.kubeconfigs.KV().Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("remove the kubeconfig of %s: %w", p.ObjectKey(), err)
 	}
 	if err := s.clusters.Delete(ctx, key); err != nil {
 		return err

@@ -23,10 +23,30 @@ const Name = events.PublisherGuestCluster
 // Source is the CloudEvents source of what it publishes.
 const Source = "podvisor/" + Name
 
-// Minter signs guest cluster identities (bus.Authority).
+// Minter signs guest cluster identities and revokes them (AuthorityMinter).
 type Minter interface {
 	MintGuest(namespace, name string) (string, error)
+	// Revoke makes the identity's credentials stop working on the
+	// running NATS servers (its open connections are closed).
+	Revoke(ctx context.Context, name string) error
 	Forget(name string) error
+}
+
+// AuthorityMinter is the Minter of an installation's NATS authority: it
+// signs with the authority's keys and pushes revocations to the servers
+// at NATS (URL and CA; the push connects as the system account).
+type AuthorityMinter struct {
+	*bus.Authority
+	NATS bus.ConnConfig
+}
+
+// Revoke revokes name in the authority and pushes the account to the
+// servers.
+func (m AuthorityMinter) Revoke(ctx context.Context, name string) error {
+	if err := m.Authority.Revoke(name); err != nil {
+		return err
+	}
+	return m.PushAccount(ctx, m.NATS)
 }
 
 // Deps are what the service runs on.
@@ -50,10 +70,13 @@ type Service struct {
 	out      *bus.Emitter
 	log      *slog.Logger
 	clusters *record.Store[events.GuestClusterRecord]
-	pods     *record.Store[events.PodRecord]
-	cps      ControlPlanes
-	minter   Minter
-	vs       *vsphere.Session
+	// kubeconfigs are the admin kubeconfigs, in a bucket clients cannot
+	// read.
+	kubeconfigs *record.Store[events.GuestClusterKubeconfig]
+	pods        *record.Store[events.PodRecord]
+	cps         ControlPlanes
+	minter      Minter
+	vs          *vsphere.Session
 	// unavailable says why guest clusters cannot be made here (a setting
 	// is missing); nil when they can.
 	unavailable error
@@ -81,20 +104,25 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s (is the topology declared?): %w", events.BucketGuestClusters, err)
 	}
+	kkv, err := deps.Bus.KV(ctx, events.BucketGuestClusterKubeconfigs)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketGuestClusterKubeconfigs, err)
+	}
 	pkv, err := deps.Bus.KV(ctx, events.BucketPods)
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketPods, err)
 	}
 	s := &Service{
-		cfg:      cfg,
-		bus:      deps.Bus,
-		out:      deps.Bus.Emitter(Source),
-		log:      log.With("service", Name),
-		clusters: record.New[events.GuestClusterRecord](gkv, "guest cluster"),
-		pods:     record.New[events.PodRecord](pkv, "pod"),
-		cps:      deps.ControlPlanes,
-		minter:   deps.Minter,
-		vs:       deps.VSphere,
+		cfg:         cfg,
+		bus:         deps.Bus,
+		out:         deps.Bus.Emitter(Source),
+		log:         log.With("service", Name),
+		clusters:    record.New[events.GuestClusterRecord](gkv, "guest cluster"),
+		kubeconfigs: record.New[events.GuestClusterKubeconfig](kkv, "guest cluster kubeconfig"),
+		pods:        record.New[events.PodRecord](pkv, "pod"),
+		cps:         deps.ControlPlanes,
+		minter:      deps.Minter,
+		vs:          deps.VSphere,
 	}
 	if s.cps == nil || s.minter == nil {
 		s.unavailable = cfg.missing()
@@ -104,7 +132,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		if err != nil {
 			return nil, fmt.Errorf("guestcluster: PODVISOR_GUESTCLUSTER_AUTHORITY: %w", err)
 		}
-		s.minter = a
+		s.minter = AuthorityMinter{Authority: a, NATS: bus.ConnConfig{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "podvisor-guestcluster-authority"}}
 	}
 	if s.unavailable == nil && s.cps == nil {
 		p := &Processes{Binary: cfg.Binary, Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout, Logger: s.log}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -15,7 +17,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -49,19 +51,55 @@ func (r *recordingControlPlanes) Remove(_ context.Context, ns, name string) erro
 }
 
 type harness struct {
+	// b is the admin's connection: the test plays the CLI, the
+	// provisioner and the guest nodes with it.
 	b    *bus.Bus
 	dc   *sim.Datacenter
 	vs   *vsphere.Session
 	cps  *recordingControlPlanes
 	auth *bus.Authority
+	nats bus.ConnConfig // URL and CA of the server
 	evs  chan event.Event
 }
 
+// start runs the controller as its own identity on a server with the
+// identities and TLS of `podvisor up`.
 func start(t *testing.T) *harness {
 	t.Helper()
-	b := bustest.Start(t)
-	auth, err := bus.LoadAuthority(t.TempDir())
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "tls"))
 	if err != nil {
+		t.Fatal(err)
+	}
+	srvTLS, err := ca.ServerTLS("nats", pki.Hosts("127.0.0.1")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth, err := bus.LoadAuthority(filepath.Join(dir, "nats-auth"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	conn := bus.ConnConfig{URL: srv.URL(), CAFile: ca.CAFile()}
+	dial := func(identity string) *bus.Bus {
+		t.Helper()
+		c := conn
+		if c.CredsFile, err = auth.Creds(identity); err != nil {
+			t.Fatal(err)
+		}
+		b, err := bus.Dial(context.Background(), c)
+		if err != nil {
+			t.Fatalf("dial as %s: %v", identity, err)
+		}
+		t.Cleanup(b.Close)
+		return b
+	}
+	b := dial(bus.IdentityAdmin)
+	if err := b.EnsureTopology(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1})
@@ -70,11 +108,11 @@ func start(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = vs.Close(context.Background()) })
-	h := &harness{b: b, dc: dc, vs: vs, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, evs: make(chan event.Event, 256)}
+	h := &harness{b: b, dc: dc, vs: vs, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, nats: conn, evs: make(chan event.Event, 256)}
 	cfg := DefaultConfig()
 	cfg.ResyncInterval = 0
 	cfg.DeleteTimeout = 20 * time.Second
-	svc, err := New(cfg, Deps{Bus: b, ControlPlanes: h.cps, Minter: auth, VSphere: vs})
+	svc, err := New(cfg, Deps{Bus: dial(Name), ControlPlanes: h.cps, Minter: AuthorityMinter{Authority: auth, NATS: conn}, VSphere: vs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,13 +215,33 @@ func TestGuestClusterLifecycle(t *testing.T) {
 	}
 	var rec events.GuestClusterRecord
 	_ = json.Unmarshal(e.Value(), &rec)
-	if rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != "https://127.0.0.1:6443" || rec.Kubeconfig == "" || rec.Identity != "gc-team-a-gc1" {
+	if rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != "https://127.0.0.1:6443" || !rec.HasKubeconfig || rec.Identity != "gc-team-a-gc1" {
 		t.Errorf("record = %+v", rec)
+	}
+	if strings.Contains(string(e.Value()), "kind: Config") {
+		t.Errorf("the record clients read holds the kubeconfig: %s", e.Value())
+	}
+	kkv, _ := h.b.KV(ctx, events.BucketGuestClusterKubeconfigs)
+	if ke, err := kkv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1")); err != nil || !strings.Contains(string(ke.Value()), "kind: Config") {
+		t.Errorf("kubeconfig bucket: %v, want the guest cluster's kubeconfig", err)
 	}
 	cp := h.cps.ensured["team-a/gc1"]
 	if cp.Creds != h.auth.CredsPath("gc-team-a-gc1") || cp.Version != "v1.37.2" {
 		t.Errorf("control plane started with %+v", cp)
 	}
+	// The node's identity works while the guest cluster exists; a copy of
+	// its creds file is kept to try again after the delete.
+	kept := filepath.Join(t.TempDir(), "node.creds")
+	if b, err := os.ReadFile(cp.Creds); err != nil || os.WriteFile(kept, b, 0o600) != nil {
+		t.Fatalf("copy the node's creds: %v", err)
+	}
+	node := h.nats
+	node.CredsFile = kept
+	nb, err := bus.Dial(ctx, node)
+	if err != nil {
+		t.Fatalf("the node's identity before the delete: %v", err)
+	}
+	defer nb.Close()
 
 	// The node asks for a guest pod of namespace default: it runs in the
 	// guest cluster's own namespace, named after the guest pod.
@@ -286,6 +344,22 @@ func TestGuestClusterLifecycle(t *testing.T) {
 	}
 	if _, err := pods.Get(ctx, events.PodRecordKey("team-a", "web")); err != nil {
 		t.Errorf("a pod of no guest cluster was touched: %v", err)
+	}
+	// Its identity is revoked: the node's connection is closed, and the
+	// kept creds file is refused; its kubeconfig is gone.
+	for deadline := time.Now().Add(10 * time.Second); !nb.Conn().IsClosed(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the deleted guest cluster's node is still connected")
+		}
+	}
+	if b, err := bus.Dial(ctx, node); err == nil {
+		b.Close()
+		t.Error("the deleted guest cluster's creds still connect")
+	} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Errorf("the deleted guest cluster's creds refused with %v, want an authorization error", err)
+	}
+	if _, err := kkv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1")); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("kubeconfig after delete: %v", err)
 	}
 }
 

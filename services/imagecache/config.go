@@ -21,9 +21,15 @@ type Config struct {
 	// preference. Empty means every datastore, preferring those mounted on
 	// the most hosts (a shared datastore serves a pod wherever it lands).
 	Datastores []string
-	// InsecureRegistries are spoken to in plain HTTP (loopback registries
-	// always are).
+	// InsecureRegistries are spoken to in plain HTTP; every other registry
+	// in HTTPS with its certificate verified (a loopback registry that
+	// does not speak TLS at all is the one exception: a development
+	// registry on this machine).
 	InsecureRegistries []string
+	// RegistryCAFile is a PEM bundle of CAs trusted beside the system's
+	// roots for registry certificates (a private registry's CA; `podvisor
+	// up` sets its own).
+	RegistryCAFile string
 	// LeaseTTL is how long a pull lease lives without renewal (default 30s):
 	// how long a crashed replica's pull blocks others.
 	LeaseTTL time.Duration
@@ -209,6 +215,7 @@ func (c Config) Validate() error {
 //	PODVISOR_IMAGE_GC_INTERVAL      GCInterval (Go duration)
 //	PODVISOR_IMAGE_RESOLVE_TTL      ResolveTTL (Go duration; negative: never reuse)
 //	PODVISOR_REGISTRY_AUTH_FILE     RegistryAuthFile (a docker config.json)
+//	PODVISOR_REGISTRY_CA            RegistryCAFile (PEM CA bundle)
 //	PODVISOR_REGISTRY_REDIRECT_HOSTS RedirectHosts, comma-separated ("*": any)
 //	PODVISOR_IMAGE_PLATFORM         Platform (os/arch[/variant])
 //	PODVISOR_IMAGE_MAX_MANIFEST     Limits.MaxManifestBytes (bytes, or with Ki/Mi/Gi/Ti)
@@ -247,6 +254,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
 	r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
 	r.String("PODVISOR_REGISTRY_AUTH_FILE", &c.RegistryAuthFile)
+	r.String("PODVISOR_REGISTRY_CA", &c.RegistryCAFile)
 	r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
 	r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
 	sizeVar("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)

@@ -111,7 +111,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	registry, err := oci.New(oci.Config{Insecure: cfg.InsecureRegistries, AuthFile: cfg.RegistryAuthFile,
+	registry, err := oci.New(oci.Config{Insecure: cfg.InsecureRegistries, CAFile: cfg.RegistryCAFile, AuthFile: cfg.RegistryAuthFile,
 		RedirectHosts: cfg.RedirectHosts, Platform: cfg.Platform, Limits: cfg.Limits})
 	if err != nil {
 		return nil, fmt.Errorf("imagecache config: %w", err)

@@ -141,6 +141,10 @@ func ConfigFrom(src config.Source) (Config, error) {
 	if v, ok := src(EnvKeyFile); ok {
 		cfg.KeyFile = strings.TrimSpace(v)
 	}
+	// The registry settings the image cache reads too: native VM images
+	// come from the same registries.
+	r.List("PODVISOR_INSECURE_REGISTRIES", &cfg.NativeVM.InsecureRegistries)
+	r.String("PODVISOR_REGISTRY_CA", &cfg.NativeVM.RegistryCAFile)
 	if err := r.Err(); err != nil {
 		return cfg, fmt.Errorf("provisioner config: %w", err)
 	}

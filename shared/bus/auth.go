@@ -1,16 +1,21 @@
 package bus
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
 
@@ -44,6 +49,55 @@ type Authority struct {
 	operatorClaims               *jwt.OperatorClaims
 	accountPub, systemPub        string
 	accountJWT, systemAccountJWT string
+
+	mu sync.Mutex
+	// revoked are the user keys whose JWTs the account no longer accepts
+	// (user public key -> the time of the revocation, Unix seconds: JWTs
+	// issued until then are refused), kept in revoked.json.
+	revoked jwt.RevocationList
+}
+
+// encodeAccount signs the podvisor account's JWT with its limits and the
+// revocations.
+func (a *Authority) encodeAccount() error {
+	ac := jwt.NewAccountClaims(a.accountPub)
+	ac.Name = AccountName
+	ac.Limits.Conn = AccountMaxConnections
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
+		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
+		// Every stream and bucket must say how many bytes it may hold:
+		// one client cannot fill the disk through a stream without a limit.
+		MaxBytesRequired: true,
+	}
+	if len(a.revoked) > 0 {
+		ac.Revocations = maps.Clone(a.revoked)
+	}
+	tok, err := ac.Encode(a.operator)
+	if err != nil {
+		return fmt.Errorf("bus: authority: account: %w", err)
+	}
+	a.accountJWT = tok
+	return nil
+}
+
+func (a *Authority) revocationsPath() string { return filepath.Join(a.dir, "revoked.json") }
+
+func readRevocations(path string) (jwt.RevocationList, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return jwt.RevocationList{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bus: authority: %w", err)
+	}
+	var l jwt.RevocationList
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("bus: authority: %s: %w", path, err)
+	}
+	if l == nil {
+		l = jwt.RevocationList{}
+	}
+	return l, nil
 }
 
 // LoadAuthority reads the keys in dir, creating what is missing.
@@ -77,17 +131,11 @@ func LoadAuthority(dir string) (*Authority, error) {
 		return nil, fmt.Errorf("bus: authority: operator: %w", err)
 	}
 
-	ac := jwt.NewAccountClaims(a.accountPub)
-	ac.Name = AccountName
-	ac.Limits.Conn = AccountMaxConnections
-	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{
-		MemoryStorage: jwt.NoLimit, DiskStorage: jwt.NoLimit, Streams: jwt.NoLimit, Consumer: jwt.NoLimit,
-		// Every stream and bucket must say how many bytes it may hold:
-		// one client cannot fill the disk through a stream without a limit.
-		MaxBytesRequired: true,
+	if a.revoked, err = readRevocations(a.revocationsPath()); err != nil {
+		return nil, err
 	}
-	if a.accountJWT, err = ac.Encode(a.operator); err != nil {
-		return nil, fmt.Errorf("bus: authority: account: %w", err)
+	if err := a.encodeAccount(); err != nil {
+		return nil, err
 	}
 	sc := jwt.NewAccountClaims(a.systemPub)
 	sc.Name = "SYS"
@@ -158,6 +206,7 @@ func (a *Authority) mint(id Identity) (string, error) {
 	uc.IssuerAccount = ""
 	perms := id.Permissions()
 	uc.Pub.Allow.Add(perms.Publish...)
+	uc.Pub.Deny.Add(perms.PublishDeny...)
 	uc.Sub.Allow.Add(perms.Subscribe...)
 	if perms.Respond {
 		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
@@ -226,6 +275,113 @@ func (a *Authority) Forget(name string) error {
 	return nil
 }
 
+// Revoke revokes the user key of identity name's creds file in the
+// account: once the servers have the new account JWT (PushAccount; a server
+// started from this authority later reads it from revoked.json), every
+// connection made with that creds file is closed and new ones are refused,
+// even with a copy of the file kept elsewhere. A name without a creds file
+// (never minted, or already forgotten) has nothing to revoke. The guest
+// cluster controller revokes a deleted guest cluster's identity before it
+// forgets it.
+func (a *Authority) Revoke(name string) error {
+	uc, err := userClaims(a.CredsPath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("bus: revoke %s: %w", name, err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if _, done := a.revoked[uc.Subject]; done {
+		return nil
+	}
+	// The revocation covers JWTs issued up to now; a JWT re-signed for
+	// the same key later (Creds keeps keys) would pass, but a revoked
+	// identity's creds file is forgotten and a new one gets a new key.
+	a.revoked[uc.Subject] = time.Now().Unix()
+	data, err := json.MarshalIndent(a.revoked, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(a.revocationsPath(), data); err != nil {
+		return fmt.Errorf("bus: revoke %s: %w", name, err)
+	}
+	return a.encodeAccount()
+}
+
+// Revoked reports whether the user key of a creds file is revoked.
+func (a *Authority) Revoked(credsFile string) (bool, error) {
+	uc, err := userClaims(credsFile)
+	if err != nil {
+		return false, fmt.Errorf("bus: creds: %w", err)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, ok := a.revoked[uc.Subject]
+	return ok && uc.IssuedAt <= at, nil
+}
+
+// PushAccount sends the account's current JWT (its revocations included)
+// to the NATS servers at c.URL as a claims update of the system account,
+// and waits for a server to apply it: the running servers then drop the
+// connections of revoked users. It connects as a short-lived system user
+// this authority signs (c.CredsFile is ignored; c.CAFile verifies the
+// server). In a cluster the update reaches every server through the system
+// account.
+func (a *Authority) PushAccount(ctx context.Context, c ConnConfig) error {
+	user, err := nkeys.CreateUser()
+	if err != nil {
+		return fmt.Errorf("bus: push account: %w", err)
+	}
+	upub, _ := user.PublicKey()
+	uc := jwt.NewUserClaims(upub)
+	uc.Name = "podvisor-authority"
+	uc.Expires = time.Now().Add(5 * time.Minute).Unix()
+	utok, err := uc.Encode(a.system)
+	if err != nil {
+		return fmt.Errorf("bus: push account: %w", err)
+	}
+	seed, _ := user.Seed()
+	c.CredsFile = ""
+	if c.Name == "" {
+		c.Name = "podvisor-authority"
+	}
+	opts := append(c.Options(), nats.UserJWTAndSeed(utok, string(seed)))
+	if deadline, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(time.Until(deadline)))
+	}
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return fmt.Errorf("bus: push account: connect as the system account to %s: %w", c.URL, err)
+	}
+	defer nc.Close()
+	a.mu.Lock()
+	tok := a.accountJWT
+	a.mu.Unlock()
+	m, err := nc.RequestWithContext(ctx, fmt.Sprintf("$SYS.REQ.ACCOUNT.%s.CLAIMS.UPDATE", a.accountPub), []byte(tok))
+	if err != nil {
+		return fmt.Errorf("bus: push account: %w", err)
+	}
+	var resp struct {
+		Data *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"data"`
+		Error *struct {
+			Code        int    `json:"code"`
+			Description string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return fmt.Errorf("bus: push account: answer %q: %w", m.Data, err)
+	}
+	if resp.Error != nil {
+		return fmt.Errorf("bus: push account: server refused the account update: %s (%d)", resp.Error.Description, resp.Error.Code)
+	}
+	return nil
+}
+
 var validIdentityName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 
 // ServerConfig is the nats-server configuration that trusts this authority
@@ -280,17 +436,26 @@ func (a *Authority) configure(opts *server.Options) error {
 
 // CredsIdentity reads the identity name a creds file was minted for.
 func CredsIdentity(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	uc, err := userClaims(path)
 	if err != nil {
 		return "", fmt.Errorf("bus: creds: %w", err)
 	}
+	return uc.Name, nil
+}
+
+// userClaims reads the user JWT of a creds file.
+func userClaims(path string) (*jwt.UserClaims, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := jwt.ParseDecoratedJWT(b)
 	if err != nil {
-		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	uc, err := jwt.DecodeUserClaims(tok)
 	if err != nil {
-		return "", fmt.Errorf("bus: creds %s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return uc.Name, nil
+	return uc, nil
 }

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -386,5 +387,115 @@ func TestGuestClusterIdentityAsksOnlyItsQueries(t *testing.T) {
 	}
 	if _, err := os.Stat(creds); !os.IsNotExist(err) {
 		t.Errorf("creds file after Forget: %v", err)
+	}
+}
+
+// TestRevokedGuestIdentityIsRefused: once a guest cluster's identity is
+// revoked and the account pushed, its open connection is closed and a new
+// one with the same creds file is refused; other identities keep working,
+// and an authority loaded again from the directory still revokes it (a
+// restarted server trusts what it loads).
+func TestRevokedGuestIdentityIsRefused(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	creds, err := s.auth.MintGuest("team-a", "gc1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := filepath.Join(t.TempDir(), "copy.creds")
+	if b, err := os.ReadFile(creds); err != nil || os.WriteFile(kept, b, 0o600) != nil {
+		t.Fatalf("copy creds: %v", err)
+	}
+	connect := func() (*nats.Conn, error) {
+		return nats.Connect(s.srv.URL(), nats.UserCredentials(kept), nats.RootCAs(s.caPEM), nats.Name("test-guest"), nats.NoReconnect())
+	}
+	closed := make(chan struct{})
+	nc, err := nats.Connect(s.srv.URL(), nats.UserCredentials(kept), nats.RootCAs(s.caPEM), nats.NoReconnect(),
+		nats.ClosedHandler(func(*nats.Conn) { close(closed) }))
+	if err != nil {
+		t.Fatalf("connect as the guest before the revocation: %v", err)
+	}
+	defer nc.Close()
+
+	name := bus.GuestClusterIdentity("team-a", "gc1").Name
+	if err := s.auth.Revoke(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.auth.PushAccount(ctx, bus.ConnConfig{URL: s.srv.URL(), CAFile: s.caPEM}); err != nil {
+		t.Fatalf("push account: %v", err)
+	}
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the revoked identity's connection is still open 10s after the push")
+	}
+	if nc2, err := connect(); err == nil {
+		nc2.Close()
+		t.Fatal("a connection with the revoked creds was accepted")
+	} else if !strings.Contains(strings.ToLower(err.Error()), "authorization") {
+		t.Errorf("revoked creds refused with %v, want an authorization error", err)
+	}
+	// Another identity is untouched.
+	client := s.dial(t, bus.IdentityClient)
+	if err := client.Conn().Flush(); err != nil {
+		t.Errorf("client after the revocation: %v", err)
+	}
+	// Idempotent, and kept across a reload of the authority.
+	if err := s.auth.Revoke(name); err != nil {
+		t.Fatal(err)
+	}
+	again, err := bus.LoadAuthority(filepath.Dir(creds))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if revoked, err := again.Revoked(kept); err != nil || !revoked {
+		t.Errorf("reloaded authority: revoked = %v (%v), want true", revoked, err)
+	}
+	if fresh, err := again.MintGuest("team-a", "gc2"); err != nil {
+		t.Fatal(err)
+	} else if revoked, _ := again.Revoked(fresh); revoked {
+		t.Error("a new guest identity is revoked")
+	}
+}
+
+// TestClientCannotReadKubeconfigs: a client reads the guest cluster
+// records but not their kubeconfigs; the guest cluster controller and the
+// admin do.
+func TestClientCannotReadKubeconfigs(t *testing.T) {
+	s := startSecure(t)
+	ctx := testContext(t)
+	key := events.GuestClusterRecordKey("team-a", "gc1")
+	ctrl := s.dial(t, events.PublisherGuestCluster)
+	kv, err := ctrl.KV(ctx, events.BucketGuestClusterKubeconfigs)
+	if err != nil {
+		t.Fatalf("controller opens the kubeconfigs: %v", err)
+	}
+	if _, err := kv.Put(ctx, key, []byte(`{"kubeconfig":"secret"}`)); err != nil {
+		t.Fatalf("controller writes a kubeconfig: %v", err)
+	}
+	if _, err := kv.Get(ctx, key); err != nil {
+		t.Fatalf("controller reads a kubeconfig: %v", err)
+	}
+	admin := s.dial(t, bus.IdentityAdmin)
+	if akv, err := admin.KV(ctx, events.BucketGuestClusterKubeconfigs); err != nil {
+		t.Fatalf("admin opens the kubeconfigs: %v", err)
+	} else if _, err := akv.Get(ctx, key); err != nil {
+		t.Fatalf("admin reads a kubeconfig: %v", err)
+	}
+
+	client := s.dial(t, bus.IdentityClient)
+	if _, err := client.KV(ctx, events.BucketGuestClusters); err != nil {
+		t.Errorf("client opens the guest cluster records: %v", err)
+	}
+	short, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	ckv, err := client.KV(short, events.BucketGuestClusterKubeconfigs)
+	if err == nil {
+		if e, gerr := ckv.Get(short, key); gerr == nil {
+			t.Fatalf("client read a kubeconfig: %s", e.Value())
+		}
+	}
+	if p := (bus.Identity{Name: bus.IdentityClient, Client: true}).Permissions(); !slices.Contains(p.PublishDeny, "$JS.API.DIRECT.GET.KV_"+events.BucketGuestClusterKubeconfigs+".>") {
+		t.Errorf("client permissions deny %v, want the kubeconfigs' read API", p.PublishDeny)
 	}
 }

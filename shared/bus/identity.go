@@ -64,6 +64,11 @@ const (
 	IdentityAdmin  = "admin"
 )
 
+// ClientHiddenBuckets are the buckets a client may not read although it
+// reads every other stream and bucket: their values hand out more than a
+// client may do (a guest cluster's admin kubeconfig).
+var ClientHiddenBuckets = []string{events.BucketGuestClusterKubeconfigs}
+
 // QuerySubjects matches every request/reply query (pv.query.<domain>.<what>)
 // and the simulator's controls (pv.sim.>, only where a simulator runs).
 const (
@@ -100,7 +105,7 @@ func Identities() []Identity {
 		// pods of guest clusters, answers their nodes' queries and hands
 		// their logs and exec requests to the host agents.
 		{Name: events.PublisherGuestCluster, Consumes: []string{events.StreamGuestClusters, events.StreamVMs, events.StreamPods},
-			Owns: []string{events.BucketGuestClusters}, Reads: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages},
+			Owns: []string{events.BucketGuestClusters, events.BucketGuestClusterKubeconfigs}, Reads: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages},
 			Serves: []string{events.SubjectGuestClusterQueryAll}, Asks: []string{events.SubjectQueryPodLogs + ".*", events.SubjectQueryPodExec + ".*"}},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
@@ -146,6 +151,9 @@ var accountAPI = []string{"$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREA
 // an empty list for an admin means "everything".
 type Permissions struct {
 	Publish, Subscribe []string
+	// PublishDeny are refused even where Publish allows them (deny wins
+	// in NATS): the read API of ClientHiddenBuckets for a client.
+	PublishDeny []string
 	// Respond lets it answer requests on the reply subjects it received
 	// (the server allows one answer per request).
 	Respond bool
@@ -180,7 +188,12 @@ func (id Identity) Permissions() Permissions {
 		// Every stream and bucket: "*" stands for any stream name.
 		add(readAPI("*")...)
 		add(QuerySubjects, SimSubjects)
-		return Permissions{Publish: pub, Subscribe: []string{"_INBOX.>"}}
+		var deny []string
+		for _, b := range ClientHiddenBuckets {
+			deny = append(deny, readAPI(kvStream(b))...)
+			deny = append(deny, "$KV."+b+".>")
+		}
+		return Permissions{Publish: pub, Subscribe: []string{"_INBOX.>"}, PublishDeny: deny}
 	}
 	add(events.SubjectsPublishedBy(id.Name)...)
 	add(DLQSubjectPrefix + id.Name)

@@ -129,15 +129,18 @@ var bucketHistory = map[string]uint8{
 	BucketNetServices:          5,
 	BucketNetData:              5,
 	events.BucketGuestClusters: 5,
-	BucketVMs:                  5,
-	BucketVMClasses:            5,
-	BucketVMImages:             5,
+	// One revision: an old kubeconfig is no one's business.
+	events.BucketGuestClusterKubeconfigs: 1,
+	BucketVMs:                            5,
+	BucketVMClasses:                      5,
+	BucketVMImages:                       5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
 	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations,
-		BucketNetServices, BucketNetData, BucketVMs, BucketVMClasses, BucketVMImages, events.BucketGuestClusters}
+		BucketNetServices, BucketNetData, BucketVMs, BucketVMClasses, BucketVMImages, events.BucketGuestClusters,
+		events.BucketGuestClusterKubeconfigs}
 }
 
 // TopologyOption adjusts EnsureTopology.

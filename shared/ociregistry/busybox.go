@@ -15,6 +15,7 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
@@ -32,13 +33,13 @@ var busyboxApplets = []string{"sh", "echo", "cat", "ls", "sleep", "env", "httpd"
 // BusyboxPath, and returns its reference. The other sample images hold data
 // only (they exercise pulls and disk chains); this one runs. It returns
 // fs.ErrNotExist when busybox is not installed.
-func SeedBusybox(ctx context.Context, addr string) (string, error) {
+func SeedBusybox(ctx context.Context, addr string, opts ...remote.Option) (string, error) {
 	layer, err := BusyboxLayer(busyboxApplets, nil)
 	if err != nil {
 		return "", fmt.Errorf("busybox image: %w", err)
 	}
 	ref := addr + "/" + BusyboxRepoTag
-	if _, err := Push(ctx, ref, layer); err != nil {
+	if _, err := PushWith(ctx, ref, opts, layer); err != nil {
 		return "", err
 	}
 	return ref, nil

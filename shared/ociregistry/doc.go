@@ -1,13 +1,15 @@
 // Package ociregistry is the OCI registry that `podvisor up` embeds, so that
 // a new user can push images and deploy pods without any registry of their
 // own. It is go-containerregistry's in-memory registry (pushes and pulls of
-// the OCI distribution API, no authentication) served over plain HTTP on a
-// loopback address; go-containerregistry clients use HTTP for loopback
-// registries by themselves.
+// the OCI distribution API, no authentication) on a loopback address, over
+// HTTPS when Config.TLS carries a certificate (what `podvisor up` does, with
+// a certificate from the installation's CA that the image cache trusts
+// through PODVISOR_REGISTRY_CA) or plain HTTP for tests; go-containerregistry
+// clients try HTTPS first and fall back to HTTP for loopback registries only.
 //
 //	reg, err := ociregistry.Start(ctx, ociregistry.Config{Addr: "127.0.0.1:5000"})
 //	defer reg.Close()
-//	refs, err := ociregistry.Seed(ctx, reg.Addr())
+//	refs, err := ociregistry.Seed(ctx, reg.Addr(), reg.Options()...)
 //	// refs: 127.0.0.1:5000/podvisor/base:1.0, …/web:1.0, …/worker:1.0
 //
 // Seed pushes sample images that share base layers, the case image-disk

@@ -2,6 +2,8 @@ package ociregistry
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // Config says where the registry listens.
@@ -24,6 +27,13 @@ type Config struct {
 	// Wrap, when set, wraps the registry's HTTP handler (tests count or
 	// corrupt what it serves).
 	Wrap func(http.Handler) http.Handler
+	// TLS, when set, makes the registry serve HTTPS with its certificate
+	// (`podvisor up` issues one from the installation's CA); nil serves
+	// plain HTTP, which clients accept only from loopback registries.
+	TLS *tls.Config
+	// RootCAs verify the registry's certificate in Options (the CA that
+	// issued TLS's certificate); nil means the system's roots.
+	RootCAs *x509.CertPool
 }
 
 // Validate checks the listen address.
@@ -50,6 +60,7 @@ func (c Config) Validate() error {
 // Registry is a running in-memory OCI registry.
 type Registry struct {
 	addr   string
+	opts   []remote.Option
 	srv    *http.Server
 	done   chan struct{}
 	closed sync.Once
@@ -76,10 +87,24 @@ func Start(ctx context.Context, cfg Config) (*Registry, error) {
 	if cfg.Wrap != nil {
 		h = cfg.Wrap(h)
 	}
+	if cfg.TLS != nil {
+		tc := cfg.TLS.Clone()
+		if tc.MinVersion < tls.VersionTLS12 {
+			tc.MinVersion = tls.VersionTLS12
+		}
+		l = tls.NewListener(l, tc)
+	}
 	r := &Registry{
 		addr: l.Addr().String(),
-		srv:  &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second},
+		srv:  &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)},
 		done: make(chan struct{}),
+	}
+	if cfg.TLS != nil {
+		// A client refusing the certificate makes the server log a
+		// handshake error per attempt; the client says it better.
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12}
+		r.opts = []remote.Option{remote.WithTransport(t)}
 	}
 	go func() {
 		defer close(r.done)
@@ -93,6 +118,11 @@ func Start(ctx context.Context, cfg Config) (*Registry, error) {
 // Addr is the host:port the registry listens on; image references start with
 // it (Addr()+"/podvisor/web:1.0").
 func (r *Registry) Addr() string { return r.addr }
+
+// Options are the remote options that reach this registry: a transport
+// trusting Config.RootCAs when it serves TLS, none otherwise. Seed, PushWith
+// and the other pushes take them.
+func (r *Registry) Options() []remote.Option { return r.opts }
 
 // Ref returns the full reference of repo:tag in this registry.
 func (r *Registry) Ref(repoTag string) string {

@@ -49,8 +49,9 @@ func SampleImages() []SampleImage {
 }
 
 // Seed pushes the sample images to the registry at addr and returns their
-// references in the order of SampleImages.
-func Seed(ctx context.Context, addr string) ([]string, error) {
+// references in the order of SampleImages. opts carry how to reach it
+// (Registry.Options for a registry serving TLS).
+func Seed(ctx context.Context, addr string, opts ...remote.Option) ([]string, error) {
 	var refs []string
 	for _, img := range SampleImages() {
 		layers := make([]v1.Layer, 0, len(img.Layers))
@@ -62,7 +63,7 @@ func Seed(ctx context.Context, addr string) ([]string, error) {
 			layers = append(layers, l)
 		}
 		ref := addr + "/" + img.RepoTag
-		if _, err := Push(ctx, ref, layers...); err != nil {
+		if _, err := PushWith(ctx, ref, opts, layers...); err != nil {
 			return nil, err
 		}
 		refs = append(refs, ref)
@@ -121,6 +122,12 @@ func Layer(spec LayerSpec) (v1.Layer, error) {
 // Push writes an image made of layers (base first) to ref and returns its
 // manifest digest.
 func Push(ctx context.Context, ref string, layers ...v1.Layer) (v1.Hash, error) {
+	return PushWith(ctx, ref, nil, layers...)
+}
+
+// PushWith is Push with remote options (Registry.Options: the transport
+// that trusts a TLS registry's CA).
+func PushWith(ctx context.Context, ref string, opts []remote.Option, layers ...v1.Layer) (v1.Hash, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push %q: %w", ref, err)
@@ -129,7 +136,7 @@ func Push(ctx context.Context, ref string, layers ...v1.Layer) (v1.Hash, error) 
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
 	}
-	if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
+	if err := remote.Write(r, img, append([]remote.Option{remote.WithContext(ctx)}, opts...)...); err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)
 	}
 	d, err := img.Digest()

@@ -3,6 +3,8 @@ package ociregistry
 import (
 	"context"
 	"fmt"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // VMOSRepoTag is the sample image of a native VM's operating system: a
@@ -100,13 +102,13 @@ func VMOSApplets() []string { return append([]string(nil), vmosApplets...) }
 
 // SeedVMOS pushes VMOSRepoTag and returns its reference; fs.ErrNotExist
 // (IsMissing) when busybox is not installed.
-func SeedVMOS(ctx context.Context, addr string) (string, error) {
+func SeedVMOS(ctx context.Context, addr string, opts ...remote.Option) (string, error) {
 	layer, err := BusyboxLayer(vmosApplets, VMOSFiles())
 	if err != nil {
 		return "", fmt.Errorf("vm image: %w", err)
 	}
 	ref := addr + "/" + VMOSRepoTag
-	if _, err := Push(ctx, ref, layer); err != nil {
+	if _, err := PushWith(ctx, ref, opts, layer); err != nil {
 		return "", err
 	}
 	return ref, nil

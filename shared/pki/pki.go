@@ -240,3 +240,25 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// SystemPoolWith is the system's trusted roots plus the PEM certificates of
+// caFile (a private registry's or an installation's CA bundle); an empty
+// caFile gives the system's roots alone. A file with no certificate in it
+// is an error, not a silent fallback to the system's roots.
+func SystemPoolWith(caFile string) (*x509.CertPool, error) {
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	if caFile == "" {
+		return pool, nil
+	}
+	b, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("pki: CA bundle: %w", err)
+	}
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("pki: CA bundle %s: no PEM certificate in it", caFile)
+	}
+	return pool, nil
+}

@@ -2,9 +2,11 @@ package pki
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -101,4 +103,30 @@ func portOf(t *testing.T, ln net.Listener) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestSystemPoolWith: the bundle's CA is trusted beside the system roots;
+// a missing file or one without a certificate is an error naming it.
+func TestSystemPoolWith(t *testing.T) {
+	ca, err := LoadOrCreateCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := SystemPoolWith(ca.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.cert.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
+		t.Errorf("CA not trusted by the pool: %v", err)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.pem")
+	if err := os.WriteFile(bad, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := SystemPoolWith(bad); err == nil || !strings.Contains(err.Error(), "no PEM certificate") {
+		t.Errorf("bundle without a certificate: %v", err)
+	}
+	if _, err := SystemPoolWith(filepath.Join(t.TempDir(), "missing.pem")); err == nil {
+		t.Error("missing bundle accepted")
+	}
 }

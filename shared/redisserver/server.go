@@ -2,7 +2,9 @@ package redisserver
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -68,7 +70,48 @@ type User struct {
 const (
 	RulesWriter = "~* &* +@all -@admin -@dangerous"
 	RulesReader = "~* -@all +@read +@connection -@dangerous"
+	// RulesProbe may only PING: what a readiness probe needs.
+	RulesProbe = "-@all +ping"
 )
+
+// DeploymentUsers are the Redis users of a Kubernetes deployment, without
+// passwords (WriteACL makes them): the image cache reads and writes, the
+// scheduler only reads, the readiness probe only PINGs.
+func DeploymentUsers() []User {
+	return []User{
+		{Name: "imagecache", Rules: RulesWriter},
+		{Name: "scheduler", Rules: RulesReader},
+		{Name: "probe", Rules: RulesProbe},
+	}
+}
+
+// WriteACL writes dir/users.acl (mode 0600): the password-less default
+// user off, and each user on with its password and rules. A user without a
+// password gets a random one, written to dir/<name>-password (mode 0600),
+// which is what its client reads (PODVISOR_REDIS_PASSWORD_FILE). It
+// returns the ACL file's path.
+func WriteACL(dir string, users ...User) (string, error) {
+	var b strings.Builder
+	b.WriteString("user default off\n")
+	for _, u := range users {
+		if u.Password == "" {
+			raw := make([]byte, 24)
+			if _, err := rand.Read(raw); err != nil {
+				return "", fmt.Errorf("redis ACL: password of %s: %w", u.Name, err)
+			}
+			u.Password = hex.EncodeToString(raw)
+			if err := os.WriteFile(filepath.Join(dir, u.Name+"-password"), []byte(u.Password+"\n"), 0o600); err != nil {
+				return "", fmt.Errorf("redis ACL: password of %s: %w", u.Name, err)
+			}
+		}
+		fmt.Fprintf(&b, "user %s on >%s %s\n", u.Name, u.Password, u.Rules)
+	}
+	acl := filepath.Join(dir, "users.acl")
+	if err := os.WriteFile(acl, []byte(b.String()), 0o600); err != nil {
+		return "", fmt.Errorf("redis ACL file: %w", err)
+	}
+	return acl, nil
+}
 
 // WithTLS serves TLS only (no plain-text port).
 func WithTLS(f TLSFiles) Option { return func(o *options) { o.tls = &f } }
@@ -154,14 +197,9 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 		if dir == "" {
 			return nil, errors.New("redis users need a state dir for their ACL file")
 		}
-		acl := filepath.Join(dir, "users.acl")
-		var b strings.Builder
-		b.WriteString("user default off\n")
-		for _, u := range o.users {
-			fmt.Fprintf(&b, "user %s on >%s %s\n", u.Name, u.Password, u.Rules)
-		}
-		if err := os.WriteFile(acl, []byte(b.String()), 0o600); err != nil {
-			return nil, fmt.Errorf("redis ACL file: %w", err)
+		acl, err := WriteACL(dir, o.users...)
+		if err != nil {
+			return nil, err
 		}
 		args = append(args, "--aclfile", acl)
 	}

@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/cmd/internal/runner"
@@ -144,7 +145,10 @@ type Endpoints struct {
 	RedisURL       string // as the read-only user
 	RedisCA        string // CA of a TLS Redis
 	Registry       string // host:port
-	UIURL          string
+	// RegistryCA verifies the embedded registry's certificate (the
+	// installation's CA); empty for an external registry.
+	RegistryCA string
+	UIURL      string
 }
 
 // System is a running all-in-one.
@@ -160,6 +164,8 @@ type System struct {
 	logs  *ringBuffer // recent records of every service, for the status page
 	ca    *pki.CA
 	redis *redisserver.Server // nil with an external Redis
+	// registry is the embedded registry (nil with an external one).
+	registry *ociregistry.Registry
 	// creds maps identity names to creds files (embedded NATS only).
 	creds   map[string]string
 	cancel  context.CancelFunc
@@ -511,23 +517,31 @@ func (s *System) startRegistry(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: registry: %w", err)
 	}
-	reg, err := ociregistry.Start(ctx, ociregistry.Config{Addr: net.JoinHostPort(host, strconv.Itoa(port))})
+	// HTTPS with a certificate from the installation's CA, which the
+	// image cache and the provisioner trust (PODVISOR_REGISTRY_CA).
+	srvTLS, err := s.ca.ServerTLS("registry", pki.Hosts(host)...)
+	if err != nil {
+		return fmt.Errorf("up: registry: %w", err)
+	}
+	reg, err := ociregistry.Start(ctx, ociregistry.Config{Addr: net.JoinHostPort(host, strconv.Itoa(port)), TLS: srvTLS, RootCAs: s.ca.Pool()})
 	if err != nil {
 		return fmt.Errorf("up: registry: %w", err)
 	}
 	s.onClose(reg.Close)
+	s.registry = reg
 	s.Endpoints.Registry = reg.Addr()
-	if _, err := ociregistry.Seed(ctx, reg.Addr()); err != nil {
+	s.Endpoints.RegistryCA = s.ca.CAFile()
+	if _, err := ociregistry.Seed(ctx, reg.Addr(), reg.Options()...); err != nil {
 		return fmt.Errorf("up: seed registry: %w", err)
 	}
 	// The sample images above hold data only; busybox is the one whose
 	// containers run, seeded when this machine has busybox-static.
-	if _, err := ociregistry.SeedBusybox(ctx, reg.Addr()); err != nil && !ociregistry.IsMissing(err) {
+	if _, err := ociregistry.SeedBusybox(ctx, reg.Addr(), reg.Options()...); err != nil && !ociregistry.IsMissing(err) {
 		return fmt.Errorf("up: seed registry: %w", err)
 	}
 	// The operating system of native VMs: a root filesystem whose
 	// /sbin/init simulated guests boot.
-	if _, err := ociregistry.SeedVMOS(ctx, reg.Addr()); err != nil && !ociregistry.IsMissing(err) {
+	if _, err := ociregistry.SeedVMOS(ctx, reg.Addr(), reg.Options()...); err != nil && !ociregistry.IsMissing(err) {
 		return fmt.Errorf("up: seed registry: %w", err)
 	}
 	return nil
@@ -678,6 +692,9 @@ func (e Endpoints) EnvFile() string {
 		line("PODVISOR_REDIS_CA", e.RedisCA)
 	}
 	line("PODVISOR_REGISTRY", e.Registry)
+	if e.RegistryCA != "" {
+		line("PODVISOR_REGISTRY_CA", e.RegistryCA)
+	}
 	line("PODVISOR_UI_URL", e.UIURL)
 	return b.String()
 }
@@ -718,14 +735,30 @@ func (s *System) diskKeyFile() string { return filepath.Join(s.cfg.StateDir, "di
 // settings is the services' configuration source: cfg.Settings or the
 // environment, over serviceDefaults when the simulator is ours.
 func (s *System) settings() config.Source {
+	// The embedded registry's CA, under whatever PODVISOR_REGISTRY_CA
+	// the environment names.
+	reg := map[string]string{}
+	if s.Endpoints.RegistryCA != "" {
+		reg["PODVISOR_REGISTRY_CA"] = s.Endpoints.RegistryCA
+	}
 	if s.Datacenter == nil {
-		return s.cfg.settings(false)
+		return config.Layered(s.cfg.settings(false), config.Map(reg))
 	}
 	src := s.cfg.Settings
 	if src == nil {
 		src = config.Env()
 	}
-	return config.Layered(src, config.Map(s.serviceDefaults()))
+	return config.Layered(src, config.Map(s.serviceDefaults()), config.Map(reg))
+}
+
+// RegistryOptions reach the embedded registry (its transport trusts the
+// installation's CA): what a test or the bench pushes and pulls with. None
+// for an external registry.
+func (s *System) RegistryOptions() []remote.Option {
+	if s.registry == nil {
+		return nil
+	}
+	return s.registry.Options()
 }
 
 // simulatorEnv renders serviceDefaults as exports, sorted, with the value

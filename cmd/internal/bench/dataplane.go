@@ -159,7 +159,7 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
 
 	p.say("data plane: %d containers with runc directly…", len(names))
-	if out.Direct, err = runDirect(ctx, out.Image, len(names)); err != nil {
+	if out.Direct, err = runDirect(ctx, out.Image, sys.RegistryOptions(), len(names)); err != nil {
 		return nil, fmt.Errorf("direct runtime: %w", err)
 	}
 	if out.Direct.LatencyMS.P99 > 0 {
@@ -238,7 +238,7 @@ func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []
 // overlay (lower = the image's files, upper/work of its own, as the agent
 // builds a container's root) with the runtime spec the agent writes, from one
 // moment with a pool of workers; then removes them all.
-func runDirect(ctx context.Context, image string, n int) (DirectRuntime, error) {
+func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (DirectRuntime, error) {
 	out := DirectRuntime{Runtime: "runc", Containers: n, Workers: 16}
 	dir, err := os.MkdirTemp("", "pvdirect-")
 	if err != nil {
@@ -246,7 +246,7 @@ func runDirect(ctx context.Context, image string, n int) (DirectRuntime, error) 
 	}
 	defer os.RemoveAll(dir)
 	lower := filepath.Join(dir, "image")
-	if err := extractImage(ctx, image, lower); err != nil {
+	if err := extractImage(ctx, image, reg, lower); err != nil {
 		return out, err
 	}
 	root := filepath.Join(dir, "runc")
@@ -342,13 +342,14 @@ func startDirect(c *guestchannel.Container, lower, dir, root, id, cgroup string)
 }
 
 // extractImage writes the flattened image's directories, files and links
-// under dir (the busybox image: a binary and its applet links).
-func extractImage(ctx context.Context, image, dir string) error {
+// under dir (the busybox image: a binary and its applet links); reg reach
+// the registry.
+func extractImage(ctx context.Context, image string, reg []remote.Option, dir string) error {
 	r, err := name.ParseReference(image)
 	if err != nil {
 		return err
 	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
+	img, err := remote.Image(r, append([]remote.Option{remote.WithContext(ctx)}, reg...)...)
 	if err != nil {
 		return err
 	}

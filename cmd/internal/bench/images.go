@@ -106,8 +106,9 @@ const imageRounds = 3
 // measureImageDisks pushes mib-MiB images to the registry and, for each,
 // extracts it with go-containerregistry to a local directory (the
 // baseline), then has the image cache prepare it for a first pod (cold);
-// the last image is then prepared for a second pod (warm).
-func measureImageDisks(ctx context.Context, b *bus.Bus, w *watcher, registry string, mib int) (*ImageDisks, error) {
+// the last image is then prepared for a second pod (warm). reg reach the
+// registry.
+func measureImageDisks(ctx context.Context, b *bus.Bus, w *watcher, registry string, reg []remote.Option, mib int) (*ImageDisks, error) {
 	out := &ImageDisks{}
 	var colds, bases []float64
 	for round := range imageRounds {
@@ -120,7 +121,7 @@ func measureImageDisks(ctx context.Context, b *bus.Bus, w *watcher, registry str
 		if err != nil {
 			return nil, err
 		}
-		if err := remote.Write(r, img, remote.WithContext(ctx)); err != nil {
+		if err := remote.Write(r, img, append([]remote.Option{remote.WithContext(ctx)}, reg...)...); err != nil {
 			return nil, fmt.Errorf("push %s: %w", ref, err)
 		}
 		mf, err := img.Manifest()
@@ -132,7 +133,7 @@ func measureImageDisks(ctx context.Context, b *bus.Bus, w *watcher, registry str
 			out.Compressed += l.Size
 		}
 		start := time.Now()
-		if err := pullAndExtract(ctx, r); err != nil {
+		if err := pullAndExtract(ctx, r, reg); err != nil {
 			return nil, fmt.Errorf("baseline: %w", err)
 		}
 		bases = append(bases, ms(time.Since(start)))
@@ -189,8 +190,8 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 // pullAndExtract is the baseline: go-containerregistry pulls the image and
 // flattens it (mutate.Extract), and its files are written to a fresh
 // directory, as a plain image puller would.
-func pullAndExtract(ctx context.Context, r name.Reference) error {
-	img, err := remote.Image(r, remote.WithContext(ctx))
+func pullAndExtract(ctx context.Context, r name.Reference, reg []remote.Option) error {
+	img, err := remote.Image(r, append([]remote.Option{remote.WithContext(ctx)}, reg...)...)
 	if err != nil {
 		return err
 	}

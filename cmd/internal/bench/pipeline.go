@@ -283,7 +283,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 	if cfg.ImageMiB > 0 {
 		p.say("image disks: a %d MiB image cold against go-containerregistry pull+extract, then warm…", cfg.ImageMiB)
-		if res.ImageDisks, err = measureImageDisks(ctx, b, w, sys.Endpoints.Registry, cfg.ImageMiB); err != nil {
+		if res.ImageDisks, err = measureImageDisks(ctx, b, w, sys.Endpoints.Registry, sys.RegistryOptions(), cfg.ImageMiB); err != nil {
 			return nil, fmt.Errorf("image disks: %w", err)
 		}
 	}

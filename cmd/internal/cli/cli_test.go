@@ -3,7 +3,9 @@ package cli
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/shared/pki"
 )
 
 // upForTest runs the all-in-one in this process on free ports, as
@@ -74,7 +77,7 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"PODVISOR_NATS_URL", "PODVISOR_NATS_CREDS", "PODVISOR_NATS_CA", "NATS_CREDS", "NATS_CA", "GOVC_URL", "GOVC_TLS_CA_CERTS",
-		"PODVISOR_REDIS_URL", "PODVISOR_REDIS_CA", "PODVISOR_REGISTRY", "PODVISOR_UI_URL"} {
+		"PODVISOR_REDIS_URL", "PODVISOR_REDIS_CA", "PODVISOR_REGISTRY", "PODVISOR_REGISTRY_CA", "PODVISOR_UI_URL"} {
 		if vars[k] == "" {
 			t.Errorf("env file lacks %s", k)
 		}
@@ -87,6 +90,7 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 			t.Errorf("%s = %s: not a TLS endpoint", k, u)
 		}
 	}
+	checkRegistryTLS(t, vars["PODVISOR_REGISTRY"], vars["PODVISOR_REGISTRY_CA"])
 	if vars["GOVC_URL"] != sys.Endpoints.VCenterURL || !strings.Contains(vars["GOVC_URL"], "podvisor:") {
 		t.Errorf("GOVC_URL = %q, want the simulator URL with credentials", vars["GOVC_URL"])
 	}
@@ -423,5 +427,30 @@ func TestApplyRefusesAClientUID(t *testing.T) {
 	_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
 	if code == 0 || !strings.Contains(errOut, "metadata.uid") || !strings.Contains(errOut, "podvisor assigns pod uids") {
 		t.Errorf("apply with metadata.uid: exit %d: %s", code, errOut)
+	}
+}
+
+// checkRegistryTLS: the registry answers HTTPS verified against the CA the
+// env file names, and refuses plain HTTP.
+func checkRegistryTLS(t *testing.T, registry, caFile string) {
+	t.Helper()
+	pool, err := pki.SystemPoolWith(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := c.Get("https://" + registry + "/v2/")
+	if err != nil {
+		t.Fatalf("registry over HTTPS with PODVISOR_REGISTRY_CA: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("registry over HTTPS: %s", resp.Status)
+	}
+	if resp, err := c.Get("http://" + registry + "/v2/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the registry answers plain HTTP")
+		}
 	}
 }

@@ -18,8 +18,18 @@ const CLISource = "podvisor/cli"
 // only so that a URL of one installation never meets the creds of another:
 // --nats-url or $PODVISOR_NATS_URL (with $PODVISOR_NATS_CREDS and
 // $PODVISOR_NATS_CA), else the current context of ~/.podvisor/config, else
-// the env file `podvisor up` wrote in the state dir.
+// the env file `podvisor up` wrote in the state dir. --nats-creds replaces
+// the creds file of the source chosen (the same installation, another
+// identity).
 func (g *globals) natsConn() (bus.ConnConfig, error) {
+	c, err := g.natsSource()
+	if g.natsCreds != "" {
+		c.CredsFile = g.natsCreds
+	}
+	return c, err
+}
+
+func (g *globals) natsSource() (bus.ConnConfig, error) {
 	c := bus.ConnConfig{Name: "podvisor-cli"}
 	if url := firstOf(g.natsURL, os.Getenv("PODVISOR_NATS_URL")); url != "" {
 		c.URL, c.CredsFile, c.CAFile = url, os.Getenv("PODVISOR_NATS_CREDS"), os.Getenv("PODVISOR_NATS_CA")

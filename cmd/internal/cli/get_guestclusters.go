@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -32,19 +33,13 @@ func init() {
 	})
 }
 
-// guestClusterRow is one guest cluster; -o json hides the kubeconfig
-// (`get guestcluster NAME --kubeconfig` prints it).
+// guestClusterRow is one guest cluster; its kubeconfig is not in the record
+// (`get guestcluster NAME --kubeconfig` prints it to an admin).
 type guestClusterRow struct{ events.GuestClusterRecord }
 
 func (g *guestClusterRow) Namespace() string { return g.GuestClusterRecord.Namespace }
 func (g *guestClusterRow) Name() string      { return g.GuestClusterRecord.Name }
-func (g *guestClusterRow) Object() any {
-	r := g.GuestClusterRecord
-	if r.Kubeconfig != "" {
-		r.Kubeconfig = "(podvisor get guestcluster " + r.Name + " -n " + r.Namespace + " --kubeconfig)"
-	}
-	return r
-}
+func (g *guestClusterRow) Object() any       { return g.GuestClusterRecord }
 
 func (g *guestClusterRow) Row(now time.Time) []string {
 	r := &g.GuestClusterRecord
@@ -64,18 +59,22 @@ func joinReason(reason, msg string) string {
 	return reason + msg
 }
 
-// printKubeconfig prints the admin kubeconfig of a Ready guest cluster.
+// printKubeconfig prints the admin kubeconfig of a Ready guest cluster. It
+// is in a bucket only the admin identity (and the guest cluster controller)
+// may read: the server refuses a client, and the error says which identity
+// to use.
 func (g *globals) printKubeconfig(ctx context.Context, namespace, name string) error {
 	b, err := g.connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	kv, err := b.KV(ctx, events.BucketGuestClusters)
+	key := events.GuestClusterRecordKey(namespace, name)
+	rkv, err := b.KV(ctx, events.BucketGuestClusters)
 	if err != nil {
 		return err
 	}
-	e, err := kv.Get(ctx, events.GuestClusterRecordKey(namespace, name))
+	e, err := rkv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("guest cluster %s/%s not found", namespace, name)
 	}
@@ -86,10 +85,28 @@ func (g *globals) printKubeconfig(ctx context.Context, namespace, name string) e
 	if err := json.Unmarshal(e.Value(), &r); err != nil {
 		return fmt.Errorf("guest cluster %s/%s: %w", namespace, name, err)
 	}
-	if r.Kubeconfig == "" {
+	if !r.HasKubeconfig {
 		return fmt.Errorf("guest cluster %s/%s has no kubeconfig yet (phase %s%s)", namespace, name, r.Phase, prefixed(": ", joinReason(r.Reason, r.Message)))
 	}
-	_, err = fmt.Fprint(g.stdout, r.Kubeconfig)
+	// A refused request gets no answer, only the server's asynchronous
+	// permissions error: wait a few seconds, not the command's whole time.
+	short, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var k events.GuestClusterKubeconfig
+	kkv, err := b.KV(short, events.BucketGuestClusterKubeconfigs)
+	if err == nil {
+		if e, err = kkv.Get(short, key); err == nil {
+			err = json.Unmarshal(e.Value(), &k)
+		}
+	}
+	if err != nil {
+		if last := b.Conn().LastError(); last != nil && strings.Contains(strings.ToLower(last.Error()), "permissions violation") {
+			return fmt.Errorf("the kubeconfig of guest cluster %s/%s is for admins: this identity may not read it (%v); "+
+				"use an admin creds file, e.g. --nats-creds <state dir>/nats-auth/admin.creds", namespace, name, last)
+		}
+		return fmt.Errorf("read the kubeconfig of guest cluster %s/%s: %w", namespace, name, err)
+	}
+	_, err = fmt.Fprint(g.stdout, k.Kubeconfig)
 	return err
 }
 

@@ -22,7 +22,7 @@ import (
 
 // TestGuestClusterRunsPodsAsPodVMs is the guest cluster as a user meets it
 // on `podvisor up` with guests: apply a GuestCluster, take its kubeconfig
-// from `get guestcluster --kubeconfig`, and with kubectl see the podvisor
+// from `get guestcluster --kubeconfig` as the admin, and with kubectl see the podvisor
 // node, run a busybox pod that becomes a Running pod VM in the guest
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
@@ -50,7 +50,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	}
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
 	waitFor(t, "the guest cluster's kubeconfig", 3*time.Minute, func() bool {
-		out, _, code := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a", "--kubeconfig")
+		out, _, code := run(t, dir, "", "--nats-creds", filepath.Join(dir, "nats-auth", "admin.creds"), "get", "guestcluster", "gc1", "-n", "team-a", "--kubeconfig")
 		return code == 0 && os.WriteFile(kubeconfig, []byte(out), 0o600) == nil
 	})
 	kubectl := func(args ...string) (string, error) {

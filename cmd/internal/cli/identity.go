@@ -3,12 +3,15 @@ package cli
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/redisserver"
 )
 
 // newIdentityCmd mints NATS identities from an authority directory: the
@@ -84,7 +87,76 @@ func newIdentityCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "authority directory (default: nats-auth in the state dir)")
-	cmd.AddCommand(mint, all, conf)
+	cmd.AddCommand(mint, all, conf, newIdentityTLSCmd(), newIdentityRedisACLCmd())
+	return cmd
+}
+
+// newIdentityTLSCmd makes the certificates of a Kubernetes deployment: a
+// CA and the server certificates of NATS (client and route ports) and
+// Redis, named as the prod overlay's Services are.
+func newIdentityTLSCmd() *cobra.Command {
+	var out, namespace string
+	cmd := &cobra.Command{
+		Use:   "tls",
+		Short: "Write a CA and the NATS and Redis server certificates of a Kubernetes deployment (Secrets podvisor-nats-tls, podvisor-redis-tls)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageError("--out: required (a directory for ca.pem and the certificates)")
+			}
+			ca, err := pki.LoadOrCreateCA(out)
+			if err != nil {
+				return err
+			}
+			svc := func(name string) []string {
+				return []string{name, name + "." + namespace, name + "." + namespace + ".svc", name + "." + namespace + ".svc.cluster.local"}
+			}
+			// Routes dial the peers by their headless names.
+			natsHosts := append(svc("nats"), "*.nats-headless", "*.nats-headless."+namespace+".svc", "*.nats-headless."+namespace+".svc.cluster.local", "localhost")
+			for _, c := range []struct {
+				name  string
+				hosts []string
+			}{{"nats", natsHosts}, {"redis", append(svc("redis"), "localhost")}} {
+				cert, key, err := ca.Issue(c.name, c.hosts...)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%-6s cert %s key %s\n", c.name, cert, key)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ca     %s\n", ca.CAFile())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory for the CA and the certificates (the CA is reused when present)")
+	cmd.Flags().StringVar(&namespace, "namespace", "podvisor", "namespace of the deployment (the certificates name its Services)")
+	return cmd
+}
+
+// newIdentityRedisACLCmd writes the Redis ACL file of a Kubernetes
+// deployment: no default user, one user per service that uses Redis with
+// the least it needs, and a probe user that may only PING.
+func newIdentityRedisACLCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "redis-acl",
+		Short: "Write users.acl and a password file per Redis user (imagecache read-write, scheduler read-only, probe ping-only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usageError("--out: required (a directory for users.acl and the passwords)")
+			}
+			if err := os.MkdirAll(out, 0o700); err != nil {
+				return err
+			}
+			acl, err := redisserver.WriteACL(out, redisserver.DeploymentUsers()...)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), acl)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory for users.acl and <user>-password (mode 0600)")
 	return cmd
 }
 

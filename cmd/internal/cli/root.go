@@ -40,11 +40,14 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 
 // globals are the flags every verb shares.
 type globals struct {
-	natsURL  string
-	stateDir string
-	stdin    io.Reader
-	stdout   io.Writer
-	stderr   io.Writer
+	natsURL string
+	// natsCreds overrides the creds file of whichever source natsConn
+	// picks (`--nats-creds admin.creds` for what a client may not do).
+	natsCreds string
+	stateDir  string
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 // NewRoot builds the command tree.
@@ -63,6 +66,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.natsURL, "nats-url", "", "NATS server URL (default $PODVISOR_NATS_URL, else the env file of the state dir)")
+	root.PersistentFlags().StringVar(&g.natsCreds, "nats-creds", "", "creds file of the NATS identity to act as (default: that of $PODVISOR_NATS_CREDS, the context or the env file)")
 	root.PersistentFlags().StringVar(&g.stateDir, "state-dir", defaultStateDir(), "state directory of podvisor up (holds the env file)")
 	root.AddCommand(
 		newUpCmd(g),

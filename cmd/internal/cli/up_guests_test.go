@@ -31,7 +31,7 @@ func TestUpGuestsRunImageConfigAndSurviveHostLoss(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2})
 
 	// An image that says how to run: the seeded busybox with a config.
-	ref := pushWithConfig(t, sys.Endpoints.Registry+"/"+ociregistry.BusyboxRepoTag, sys.Endpoints.Registry+"/podvisor/entry:1.0", v1.Config{
+	ref := pushWithConfig(t, sys.RegistryOptions(), sys.Endpoints.Registry+"/"+ociregistry.BusyboxRepoTag, sys.Endpoints.Registry+"/podvisor/entry:1.0", v1.Config{
 		Entrypoint: []string{"/bin/sh", "-c"},
 		Cmd:        []string{`echo "cmd $GREETING $KEEP $(pwd) $(id -u)"; exec sleep 3600`},
 		Env:        []string{"PATH=/bin", "GREETING=image", "KEEP=kept"},
@@ -90,13 +90,13 @@ spec:
 
 // pushWithConfig copies the image at from to to with cfg as its config and
 // returns to.
-func pushWithConfig(t *testing.T, from, to string, cfg v1.Config) string {
+func pushWithConfig(t *testing.T, reg []remote.Option, from, to string, cfg v1.Config) string {
 	t.Helper()
 	src, err := name.ParseReference(from)
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := remote.Image(src)
+	img, err := remote.Image(src, reg...)
 	if err != nil {
 		t.Fatalf("read %s: %v", from, err)
 	}
@@ -107,7 +107,7 @@ func pushWithConfig(t *testing.T, from, to string, cfg v1.Config) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(dst, img); err != nil {
+	if err := remote.Write(dst, img, reg...); err != nil {
 		t.Fatalf("push %s: %v", to, err)
 	}
 	return to

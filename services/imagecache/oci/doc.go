@@ -1,8 +1,13 @@
 // Package oci resolves container images in OCI registries and streams their
 // layers with verification, for the image cache. It is a thin layer over
 // go-containerregistry: authentication comes from the default keychain
-// (docker config, credential helpers), loopback registries are spoken to in
-// plain HTTP, others in HTTPS unless listed as insecure.
+// (docker config, credential helpers); registries are spoken to in HTTPS
+// with their certificates verified against the system's roots plus a CA
+// bundle (Config.CAFile: a private registry's CA, or the CA of `podvisor
+// up`, whose registry serves TLS), in plain HTTP only when listed as
+// insecure or when a loopback registry speaks no TLS at all (a development
+// registry on this machine). A certificate that does not verify is
+// ErrUntrusted, with no plain-HTTP retry.
 //
 // Resolve turns a reference into a digest and the image's layers with their
 // OCI chainIDs (chainID(L1) = diffID(L1); chainID(L1..Ln) =
@@ -25,5 +30,5 @@
 //
 // Errors are classified for the pod.images.failed reasons: ErrInvalidReference,
 // ErrImageNotFound, ErrUnauthorized, ErrRegistryUnavailable (worth retrying),
-// ErrDigestMismatch, ErrLimit, ErrRefused.
+// ErrDigestMismatch, ErrLimit, ErrRefused (ErrUntrusted among them).
 package oci

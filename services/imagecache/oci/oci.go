@@ -3,6 +3,7 @@ package oci
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
+	"github.com/podvisor/podvisor/shared/pki"
 )
 
 // Error classes. Callers test with errors.Is and map them to reasons.
@@ -35,6 +37,10 @@ var (
 	// ErrRefused: the registry asked for something the policy forbids
 	// (a redirect to another host).
 	ErrRefused = errors.New("registry request refused")
+	// ErrUntrusted: the registry's TLS certificate does not verify against
+	// the system's roots and the CA bundle (Config.CAFile). It is an
+	// ErrRefused: no retry makes a certificate trusted.
+	ErrUntrusted = fmt.Errorf("%w: registry certificate not trusted", ErrRefused)
 	// ErrInvalidConfig: the image's config says to run something no
 	// container can (an env entry without a name, a relative working
 	// directory).
@@ -94,8 +100,17 @@ func (l Limits) withDefaults() Limits {
 // Config tunes the registry client.
 type Config struct {
 	// Insecure lists registries (host[:port]) spoken to in plain HTTP.
-	// Loopback registries always are.
+	// Every other registry is spoken to in HTTPS with its certificate
+	// verified, except a loopback registry that does not speak TLS at all
+	// (a development registry on this machine): go-containerregistry falls
+	// back to HTTP for those, and the policy allows the fallback only when
+	// HTTPS failed for another reason than a certificate that does not
+	// verify.
 	Insecure []string
+	// CAFile is a PEM bundle of CA certificates trusted beside the
+	// system's roots (a private registry's CA, the CA of `podvisor up`'s
+	// own registry).
+	CAFile string
 	// Keychain finds credentials; nil means AuthFile (when set), then
 	// authn.DefaultKeychain.
 	Keychain authn.Keychain
@@ -154,12 +169,18 @@ func New(cfg Config) (*Client, error) {
 	}
 	base := cfg.Transport
 	if base == nil {
-		base = remote.DefaultTransport
+		roots, err := pki.SystemPoolWith(cfg.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("registry CA: %w", err)
+		}
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		base = t
 	}
 	opts := []remote.Option{
 		remote.WithAuthFromKeychain(cfg.Keychain),
 		remote.WithRetryBackoff(remote.Backoff{Duration: cfg.RetryDelay, Factor: 2, Steps: cfg.Retries + 1}),
-		remote.WithTransport(&policy{base: base, insecure: cfg.Insecure, redirects: cfg.RedirectHosts, maxManifest: cfg.Limits.MaxManifestBytes}),
+		remote.WithTransport(&policy{base: base, insecure: cfg.Insecure, redirects: cfg.RedirectHosts, maxManifest: cfg.Limits.MaxManifestBytes, untrusted: map[string]error{}}),
 		remote.WithPlatform(*platform),
 	}
 	return &Client{cfg: cfg, opts: opts}, nil
@@ -298,6 +319,12 @@ func ChainIDs(diffIDs []string) []string {
 func classify(ref string, err error) error {
 	if err == nil {
 		return nil
+	}
+	// First: a certificate failure comes wrapped in a url.Error, which is a
+	// net.Error, and is no reason to retry; the plain-HTTP attempt the
+	// policy refused after it only repeats it.
+	if cerr := certificateError(err); cerr != nil {
+		return fmt.Errorf("image %s: %w: %v (trust its CA with PODVISOR_REGISTRY_CA)", ref, ErrUntrusted, cerr)
 	}
 	if errors.Is(err, ErrLimit) || errors.Is(err, ErrRefused) {
 		return fmt.Errorf("image %s: %w", ref, err)

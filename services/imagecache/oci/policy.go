@@ -1,6 +1,9 @@
 package oci
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -8,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -19,7 +23,11 @@ import (
 //
 //   - Plain HTTP only to loopback registries and those listed as insecure;
 //     any other http:// request (go-containerregistry picks http for
-//     private-range addresses on its own) is sent as https.
+//     private-range addresses on its own) is sent as https. A loopback
+//     registry whose HTTPS certificate did not verify gets no plain-HTTP
+//     retry either: go-containerregistry would try HTTP after the failed
+//     HTTPS ping, and the user would read "400 Bad Request" instead of the
+//     certificate error.
 //   - A redirect to another host only when that host is allowed.
 //   - Manifest responses are cut at the manifest size cap.
 type policy struct {
@@ -27,12 +35,21 @@ type policy struct {
 	insecure    []string
 	redirects   []string
 	maxManifest int64
+
+	mu sync.Mutex
+	// untrusted holds the certificate error of each host whose HTTPS
+	// certificate did not verify.
+	untrusted map[string]error
 }
 
 func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme == "http" && !isLoopback(req.URL.Hostname()) && !slices.Contains(p.insecure, req.URL.Host) {
-		req = req.Clone(req.Context())
-		req.URL.Scheme = "https"
+	if req.URL.Scheme == "http" && !slices.Contains(p.insecure, req.URL.Host) {
+		if !isLoopback(req.URL.Hostname()) {
+			req = req.Clone(req.Context())
+			req.URL.Scheme = "https"
+		} else if cerr := p.certFailure(req.URL.Host); cerr != nil {
+			return nil, fmt.Errorf("%w: %s: no plain-HTTP retry after its HTTPS certificate failed: %w", ErrUntrusted, req.URL.Host, cerr)
+		}
 	}
 	if prev := req.Response; prev != nil && prev.Request != nil {
 		from, to := prev.Request.URL.Host, req.URL.Host
@@ -41,6 +58,11 @@ func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	resp, err := p.base.RoundTrip(req)
+	if cerr := certificateError(err); cerr != nil {
+		p.mu.Lock()
+		p.untrusted[req.URL.Host] = cerr
+		p.mu.Unlock()
+	}
 	if err != nil || !strings.Contains(req.URL.Path, "/manifests/") || req.Method != http.MethodGet {
 		return resp, err
 	}
@@ -50,6 +72,34 @@ func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = &limitedBody{rc: resp.Body, left: p.maxManifest, path: req.URL.Path}
 	return resp, nil
+}
+
+func (p *policy) certFailure(host string) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.untrusted[host]
+}
+
+// certificateError finds why a TLS certificate was refused in err, or nil.
+func certificateError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var verr *tls.CertificateVerificationError
+	var uerr x509.UnknownAuthorityError
+	var herr x509.HostnameError
+	var ierr x509.CertificateInvalidError
+	switch {
+	case errors.As(err, &verr):
+		return verr
+	case errors.As(err, &uerr):
+		return uerr
+	case errors.As(err, &herr):
+		return herr
+	case errors.As(err, &ierr):
+		return ierr
+	}
+	return nil
 }
 
 func isLoopback(host string) bool {

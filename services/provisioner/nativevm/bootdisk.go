@@ -88,7 +88,7 @@ func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int
 	if err != nil {
 		return "", 0, bus.Permanent(fmt.Errorf("image %q: %w", ref, err))
 	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
+	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithTransport(c.pull))
 	if err != nil {
 		return "", 0, fmt.Errorf("pull %s: %w", ref, err)
 	}

@@ -2,18 +2,22 @@ package nativevm
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -39,8 +43,12 @@ type Config struct {
 	// BootDiskSlackMiB is free room added to an image's size on its boot
 	// disk, for what the guest writes (default 64).
 	BootDiskSlackMiB int64
-	// InsecureRegistries are registries reached over plain HTTP.
+	// InsecureRegistries are registries reached over plain HTTP
+	// (PODVISOR_INSECURE_REGISTRIES); others over HTTPS, verified.
 	InsecureRegistries []string
+	// RegistryCAFile is a PEM bundle of CAs trusted beside the system's
+	// roots for registry certificates (PODVISOR_REGISTRY_CA).
+	RegistryCAFile string
 	// Workers bounds concurrent handlers (default 4).
 	Workers int
 	// AckWait and MaxDeliver of the consumer (defaults 2m, 8).
@@ -104,6 +112,9 @@ type Controller struct {
 	images  *record.Store[events.VMImageRecord]
 	locks   bus.KeyLocks
 	now     func() time.Time
+	// pull carries registry requests, verifying certificates against
+	// the system's roots and Config.RegistryCAFile.
+	pull http.RoundTripper
 }
 
 // Deps are the connections the controller works through (the
@@ -128,8 +139,14 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Controller, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	roots, err := pki.SystemPoolWith(cfg.RegistryCAFile)
+	if err != nil {
+		return nil, fmt.Errorf("nativevm: RegistryCAFile: %w", err)
+	}
+	pull := remote.DefaultTransport.(*http.Transport).Clone()
+	pull.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	c := &Controller{cfg: cfg, bus: b, out: b.Emitter(Source), vs: vs, vc: vs.Vim(), dc: vs.Datacenter,
-		log: log.With("controller", "nativevm"), now: time.Now}
+		log: log.With("controller", "nativevm"), now: time.Now, pull: pull}
 	kv, err := b.KV(ctx, events.BucketVMs)
 	if err != nil {
 		return nil, fmt.Errorf("nativevm: bucket %s (is the topology declared?): %w", events.BucketVMs, err)
