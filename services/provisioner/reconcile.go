@@ -229,6 +229,9 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	if err := s.fence(ctx, r); err != nil {
 		return nil, err
 	}
+	if vm, err := s.forkVM(cctx, r, spec, placement); vm != nil || err != nil {
+		return vm, err
+	}
 	var task types.ManagedObjectReference
 	err = s.stepCtx(cctx, func(ctx context.Context) error {
 		var err error

@@ -65,7 +65,18 @@ const instantCloneMethod = "InstantClone_Task"
 // methodHandler is the simulator registry's Handler: it routes the methods
 // vcsim does not implement to the datacenter.
 func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
-	if m.Name != instantCloneMethod || m.This.Type != "VirtualMachine" {
+	if m.This.Type != "VirtualMachine" {
+		return nil, nil
+	}
+	if m.Name != instantCloneMethod {
+		// An InstantClone_Task that never reached the method (a fault
+		// injected on it) left its cloner in the session: take it out, so
+		// the VM's other methods (Destroy) act on the VM itself.
+		if ctx.Session != nil {
+			if _, stale := ctx.Session.Registry.Get(m.This).(*instantCloner); stale {
+				ctx.Session.Registry.Remove(ctx, m.This)
+			}
+		}
 		return nil, nil
 	}
 	vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
