@@ -53,7 +53,7 @@ func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Sp
 	if s.templates == nil {
 		return nil, nil
 	}
-	vm, out := s.templates.Fork(ctx, spec, p, events.PodEphemeralEncryption(&r.Pod))
+	vm, out := s.templates.Fork(ctx, spec, p, &r.Pod)
 	how := "created"
 	status := events.ConditionFalse
 	if out.Forked {

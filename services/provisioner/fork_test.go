@@ -101,6 +101,15 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		t.Fatalf("forked VM's NICs %d, want one with the pod's MAC %s", len(nics), second.Attachments[0].MAC)
 	}
 
+	// A pod that asks not to be forked is created.
+	optOut := imagePod("opted-out", "app")
+	optOut.Annotations = map[string]string{events.AnnotationInstantClone: "false"}
+	if r := deploy(optOut); e.dc.ForkedFrom(r.VMRef) != "" {
+		t.Fatal("the pod that opted out runs in a fork")
+	} else if st, reason, _ := forked(r); st != events.ConditionFalse || reason != templates.ReasonOptedOut {
+		t.Fatalf("opted-out pod: VMForked %s/%s, want False/OptedOut", st, reason)
+	}
+
 	// A failing InstantClone: the pod VM is created; the pod says why.
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
 		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {

@@ -40,5 +40,6 @@
 // counter: NoTemplate (the first pod of a shape starts the template's
 // build), TemplateBuilding, TemplateFailed, EncryptionRequested (an
 // encrypted ephemeral disk is keyed per VM and never cloned),
-// InstantCloneFailed (the fault is in the message).
+// InstantCloneFailed (the fault is in the message), OptedOut (the pod's
+// annotation podvisor.io/instant-clone: "false").
 package templates

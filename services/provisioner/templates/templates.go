@@ -20,6 +20,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // Namespace is the guestinfo namespace of template VMs: no pod has it.
@@ -42,7 +43,9 @@ const (
 	ReasonTemplateFailed      = "TemplateFailed"
 	ReasonEncryptionRequested = "EncryptionRequested"
 	ReasonInstantCloneFailed  = "InstantCloneFailed"
+	ReasonOptedOut            = "OptedOut"
 )
+
 
 // Config says whether and how pod VMs are forked.
 type Config struct {
@@ -169,8 +172,11 @@ func Name(sh Shape, agent string) string {
 // instant clone, returning the VM (powered on) and Forked. When it cannot
 // fork it returns no VM, no error and the reason; the caller creates the
 // VM. A pod VM of a shape without a template starts its build.
-func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, encrypted bool) (*podvm.VM, Outcome) {
-	if encrypted {
+func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod *corev1.Pod) (*podvm.VM, Outcome) {
+	if pod.Annotations[events.AnnotationInstantClone] == "false" {
+		return nil, Outcome{Reason: ReasonOptedOut, Message: "the pod asks not to be forked (" + events.AnnotationInstantClone + ": \"false\")"}
+	}
+	if events.PodEphemeralEncryption(pod) {
 		return nil, Outcome{Reason: ReasonEncryptionRequested, Message: "an encrypted ephemeral disk is keyed per VM and never cloned from a template"}
 	}
 	sh := ShapeOf(s, p)
