@@ -46,7 +46,6 @@ const (
 	ReasonOptedOut            = "OptedOut"
 )
 
-
 // Config says whether and how pod VMs are forked.
 type Config struct {
 	// Warm is how many templates a host keeps; 0 turns forking off.
