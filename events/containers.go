@@ -17,6 +17,13 @@ const (
 	GuestPhaseStopping  = "Stopping"
 )
 
+// TemplateNamespace is the namespace the guests of pod VM templates (the
+// running VMs the provisioner forks pod VMs from) give in their hello: no
+// pod record has it. A host agent accepts such a guest on its host and
+// reports it like a pod's, with the containers the guest names; the
+// provisioner learns from that report that the template is prepared.
+const TemplateNamespace = "podvisor-templates"
+
 // PodContainersReported is the host agent's report of what really runs in a
 // pod VM: the state of every container as the pod VM agent sees it. The host
 // agent publishes one whenever the agent reports a change (and a full report

@@ -33,6 +33,10 @@ const (
 	// its containers start only once the provisioner has sent the key to
 	// the VM it created (secure instantiation).
 	AnnotationEphemeralEncryption = AnnotationPrefix + "ephemeral-encryption"
+	// AnnotationInstantClone, with the value "false", has the pod's VM
+	// created even where the provisioner forks pod VMs from warm
+	// templates (to compare the two, or for a pod that must boot alone).
+	AnnotationInstantClone = AnnotationPrefix + "instant-clone"
 )
 
 // EphemeralEncryptionRequired is the one value
@@ -52,7 +56,7 @@ const DefaultNetwork = "default"
 const MaxPodNetworks = 10
 
 // knownAnnotations are the podvisor.io/ annotations pods may carry.
-var knownAnnotations = []string{AnnotationNetworks, AnnotationEphemeralEncryption}
+var knownAnnotations = []string{AnnotationNetworks, AnnotationEphemeralEncryption, AnnotationInstantClone}
 
 // ValidatePod checks that a Kubernetes v1 Pod is something podvisor can run
 // as a pod VM. Every problem is reported, each with its field path rooted at
@@ -176,6 +180,10 @@ func validateAnnotations(p *field.Path, annotations map[string]string) field.Err
 		case AnnotationEphemeralEncryption:
 			if annotations[k] != EphemeralEncryptionRequired {
 				errs = append(errs, field.NotSupported(p.Key(k), annotations[k], []string{EphemeralEncryptionRequired}))
+			}
+		case AnnotationInstantClone:
+			if annotations[k] != "true" && annotations[k] != "false" {
+				errs = append(errs, field.NotSupported(p.Key(k), annotations[k], []string{"true", "false"}))
 			}
 		default:
 			errs = append(errs, field.Invalid(p.Key(k), annotations[k], "unknown podvisor annotation; supported: "+strings.Join(knownAnnotations, ", ")))

@@ -56,6 +56,11 @@ const (
 	PodConditionImagesReady     = "ImagesReady"
 	PodConditionNetworkAttached = "NetworkAttached"
 	PodConditionVMCreated       = "VMCreated"
+	// PodConditionVMForked (only where the provisioner forks pod VMs from
+	// templates): True when the pod VM is an instant clone of a template,
+	// False with the reason it was created instead (NoTemplate,
+	// TemplateBuilding, InstantCloneFailed, EncryptionRequested, …).
+	PodConditionVMForked = "VMForked"
 	// PodConditionVMReady: the pod VM is powered on (what pod.vm.ready
 	// announces); False with reason GuestSilent when its guest never
 	// reported.

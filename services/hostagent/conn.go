@@ -158,6 +158,11 @@ func (s *Service) greet(ctx context.Context, conn *guestchannel.Conn) (*podConn,
 // findPod finds the record of the hello's pod: directly when the agent
 // named it, else by a search of the bucket for the uid.
 func (s *Service) findPod(ctx context.Context, h guestchannel.Hello) (*events.PodRecord, error) {
+	if h.Namespace == events.TemplateNamespace && h.Name != "" {
+		// A template's guest: no record, on whichever host it runs; its
+		// containers are the ones it reports.
+		return &events.PodRecord{Namespace: h.Namespace, Name: h.Name, UID: h.PodUID, Host: s.cfg.Host, VMName: h.Name}, nil
+	}
 	if h.Namespace != "" && h.Name != "" {
 		rec, err := s.record(ctx, h.Namespace, h.Name)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -205,7 +210,11 @@ func (pc *podConn) apply(st guestchannel.Status) {
 		pc.byName[c.Name] = c
 	}
 	pc.status.Seq, pc.status.Phase, pc.status.Reason, pc.status.Message = st.Seq, st.Phase, st.Reason, st.Message
-	pc.latest = report(pc.pod, pc.hello, pc.status, pc.byName)
+	r := report(pc.pod, pc.hello, pc.status, pc.byName)
+	if len(r.ContainerStatuses) == 0 {
+		return // a template's guest that has named no container yet
+	}
+	pc.latest = r
 	select {
 	case pc.wake <- struct{}{}:
 	default:

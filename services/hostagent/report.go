@@ -2,6 +2,8 @@ package hostagent
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strconv"
 	"time"
 
@@ -54,6 +56,13 @@ func report(pod *events.PodRecord, h guestchannel.Hello, st guestchannel.Status,
 	}
 	for _, c := range pod.Pod.Spec.Containers {
 		r.ContainerStatuses = append(r.ContainerStatuses, conv(c))
+	}
+	if pod.Namespace == events.TemplateNamespace {
+		// A template's guest has no record: its containers are the ones
+		// it has reported, in name order.
+		for _, name := range slices.Sorted(maps.Keys(byName)) {
+			r.ContainerStatuses = append(r.ContainerStatuses, containerStatus(byName[name], "", ""))
+		}
 	}
 	return r
 }

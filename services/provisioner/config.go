@@ -68,6 +68,13 @@ type Config struct {
 	// encrypted ephemeral disks (package diskkeys). Empty: pods asking for
 	// one fail with EncryptionUnavailable.
 	KeyFile string
+	// TemplatesWarm is how many pod VM templates each host keeps warm for
+	// forking pod VMs (InstantClone, package templates); 0, the default,
+	// creates every pod VM.
+	TemplatesWarm int
+	// TemplateAgent identifies the pod VM agent build; templates of
+	// another agent are replaced.
+	TemplateAgent string
 	// NativeVM configures the native VM controller (its defaults apply to
 	// the zero value).
 	NativeVM nativevm.Config
@@ -109,6 +116,8 @@ const (
 	EnvAwaitGuestStop = "PODVISOR_PROVISIONER_AWAIT_GUEST_STOP"
 	EnvGuestStopSlack = "PODVISOR_PROVISIONER_GUEST_STOP_SLACK"
 	EnvKeyFile        = "PODVISOR_PROVISIONER_KEY_FILE"
+	EnvTemplatesWarm  = "PODVISOR_PROVISIONER_TEMPLATES_WARM"
+	EnvTemplateAgent  = "PODVISOR_PROVISIONER_TEMPLATE_AGENT"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -123,6 +132,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Int(EnvMaxAttempts, &cfg.MaxAttempts)
 	r.Int(EnvFolderShards, &cfg.FolderShards)
 	r.Int(EnvGuestRepairs, &cfg.GuestRepairs)
+	r.Int(EnvTemplatesWarm, &cfg.TemplatesWarm)
 	ephemeral := int(cfg.EphemeralDiskMiB)
 	r.Int(EnvEphemeralDisk, &ephemeral)
 	cfg.EphemeralDiskMiB = int64(ephemeral)
@@ -137,6 +147,9 @@ func ConfigFrom(src config.Source) (Config, error) {
 	}
 	if v, ok := src(EnvDatastore); ok {
 		cfg.Datastore = strings.TrimSpace(v)
+	}
+	if v, ok := src(EnvTemplateAgent); ok {
+		cfg.TemplateAgent = strings.TrimSpace(v)
 	}
 	if v, ok := src(EnvKeyFile); ok {
 		cfg.KeyFile = strings.TrimSpace(v)
@@ -198,6 +211,9 @@ func (c Config) Validate() error {
 	}
 	if c.GuestStopSlack < 0 {
 		errs = append(errs, fmt.Errorf("GuestStopSlack %s: must not be negative", c.GuestStopSlack))
+	}
+	if c.TemplatesWarm < 0 || c.TemplatesWarm > 64 {
+		errs = append(errs, fmt.Errorf("TemplatesWarm %d: must be between 0 (no forking) and 64 templates per host", c.TemplatesWarm))
 	}
 	if c.GuestRepairs < 0 {
 		errs = append(errs, fmt.Errorf("GuestRepairs %d: must not be negative", c.GuestRepairs))

@@ -231,6 +231,9 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 	// the pod, or counted above), and that write is the fence. A replica
 	// that took the pod over since would have had to write it after, which
 	// the read could not rule out either; the name keeps the VM unique.
+	if vm, err := s.forkVM(cctx, r, spec, placement); vm != nil || err != nil {
+		return vm, err
+	}
 	var task types.ManagedObjectReference
 	err = s.stepCtx(cctx, func(ctx context.Context) error {
 		var err error

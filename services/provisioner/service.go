@@ -10,6 +10,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -41,6 +42,9 @@ type Service struct {
 	// keys holds the key-encryption key of encrypted ephemeral disks; nil
 	// without a key file.
 	keys *diskkeys.Keeper
+	// templates forks pod VMs from warm templates (nil: forking off).
+	templates *templates.Keeper
+	starts    metric.Int64Counter
 	// native is the native VM controller (nil in tests of pods alone).
 	native *nativevm.Controller
 
@@ -113,6 +117,9 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 			return nil, fmt.Errorf("provisioner: %w", err)
 		}
 	}
+	if err := s.initTemplates(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -122,6 +129,7 @@ func (s *Service) recordsReady() *records { return s.recs }
 // Run consumes pod and migration events and runs drift repair every
 // ResyncInterval until ctx ends, then drains and returns nil.
 func (s *Service) Run(ctx context.Context) error {
+	defer s.templates.Close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		// One durable per stream: pod events, and the migrations'.

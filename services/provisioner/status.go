@@ -40,6 +40,9 @@ const (
 // between re-announces under the same id).
 func (h handling) containersReported(ctx context.Context, p *events.PodContainersReported) error {
 	s := h.s
+	if p.Namespace == events.TemplateNamespace {
+		return s.templateReported(ctx, p)
+	}
 	key := events.PodRecordKey(p.Namespace, p.Name)
 	for range maxCASAttempts {
 		r, err := s.recs.get(ctx, key)

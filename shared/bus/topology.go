@@ -47,6 +47,9 @@ const (
 	BucketVMs       = events.BucketVMs
 	BucketVMClasses = events.BucketVMClasses
 	BucketVMImages  = events.BucketVMImages
+	// BucketPodTemplates holds the provisioner's pod VM templates (the
+	// parents pod VMs are instant-cloned from), one record per template.
+	BucketPodTemplates = "pod-templates"
 )
 
 const (
@@ -134,13 +137,14 @@ var bucketHistory = map[string]uint8{
 	BucketVMs:                            5,
 	BucketVMClasses:                      5,
 	BucketVMImages:                       5,
+	BucketPodTemplates:                   5,
 }
 
 // Buckets lists the topology's KV buckets.
 func Buckets() []string {
 	return []string{BucketPods, BucketHosts, BucketLedger, BucketNetworks, BucketNetHosts, BucketIPAM, BucketMigrations,
 		BucketNetServices, BucketNetData, BucketVMs, BucketVMClasses, BucketVMImages, events.BucketGuestClusters,
-		events.BucketGuestClusterKubeconfigs}
+		events.BucketGuestClusterKubeconfigs, BucketPodTemplates}
 }
 
 // TopologyOption adjusts EnsureTopology.

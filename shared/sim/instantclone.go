@@ -47,7 +47,9 @@ import (
 //     same executable (its text pages shared, as every guest's are).
 //   - NICs: the child's cards are on the parent's port groups with new
 //     generated MACs, as vSphere gives an instant clone (the guest
-//     re-reads its network configuration from guestinfo).
+//     re-reads its network configuration from guestinfo), unless
+//     InstantCloneSpec.Location.DeviceChange edits a card: then it gets
+//     that card's backing (another port group) and MAC.
 //
 // Routing: vcsim dispatches a method by name on the object its registry
 // holds for the call's target, preferring the calling session's registry.
@@ -66,7 +68,18 @@ func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) 
 	if h := d.portHandler(ctx, m); h != nil {
 		return h, nil // mgmtport.go
 	}
-	if m.Name != instantCloneMethod || m.This.Type != "VirtualMachine" {
+	if m.This.Type != "VirtualMachine" {
+		return nil, nil
+	}
+	if m.Name != instantCloneMethod {
+		// An InstantClone_Task that never reached the method (a fault
+		// injected on it) left its cloner in the session: take it out, so
+		// the VM's other methods (Destroy) act on the VM itself.
+		if ctx.Session != nil {
+			if _, stale := ctx.Session.Registry.Get(m.This).(*instantCloner); stale {
+				ctx.Session.Registry.Remove(ctx, m.This)
+			}
+		}
 		return nil, nil
 	}
 	vm, ok := ctx.Map.Get(m.This).(*simulator.VirtualMachine)
@@ -186,6 +199,10 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 		cs.ExtraConfig = append(cs.ExtraConfig, extra[k])
 	}
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	nicEdits, err := nicEditsOf(devices, loc.DeviceChange)
+	if err != nil {
+		return nil, err
+	}
 	keys := map[int32]int32{}
 	next := int32(-1000)
 	newKey := func(old int32) int32 {
@@ -239,8 +256,19 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 			add(&disk)
 		case types.BaseVirtualEthernetCard:
 			card := *dv.GetVirtualEthernetCard()
+			parentKey := card.Key
 			card.Key = newKey(card.Key)
 			card.MacAddress, card.AddressType = "", string(types.VirtualEthernetCardMacTypeGenerated)
+			if edit, ok := nicEdits[parentKey]; ok {
+				// vSphere lets an instant clone move a card to another
+				// network and give it an address of its own.
+				if edit.Backing != nil {
+					card.Backing = edit.Backing
+				}
+				if edit.MacAddress != "" {
+					card.MacAddress, card.AddressType = edit.MacAddress, string(types.VirtualEthernetCardMacTypeManual)
+				}
+			}
 			var nic types.BaseVirtualDevice
 			switch dv.(type) {
 			case *types.VirtualVmxnet3:
@@ -253,6 +281,27 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 	}
 	p.spec = cs
 	return p, nil
+}
+
+// nicEditsOf reads InstantCloneSpec.Location.DeviceChange: what vSphere
+// accepts there is an edit of a network card of the parent (by its key)
+// with a new backing and, optionally, a MAC address; anything else is
+// refused, naming the entry.
+func nicEditsOf(devices object.VirtualDeviceList, change []types.BaseVirtualDeviceConfigSpec) (map[int32]*types.VirtualEthernetCard, error) {
+	edits := map[int32]*types.VirtualEthernetCard{}
+	for i, c := range change {
+		spec := c.GetVirtualDeviceConfigSpec()
+		card, ok := spec.Device.(types.BaseVirtualEthernetCard)
+		if spec.Operation != types.VirtualDeviceConfigSpecOperationEdit || !ok {
+			return nil, fmt.Errorf("spec.location.deviceChange[%d]: an instant clone may only edit network cards", i)
+		}
+		e := card.GetVirtualEthernetCard()
+		if _, ok := devices.FindByKey(e.Key).(types.BaseVirtualEthernetCard); !ok {
+			return nil, fmt.Errorf("spec.location.deviceChange[%d]: the source VM has no network card with key %d", i, e.Key)
+		}
+		edits[e.Key] = e
+	}
+	return edits, nil
 }
 
 // runFork does the clone: freeze the parent's guest, clone its read/write

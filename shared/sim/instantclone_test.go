@@ -14,6 +14,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
@@ -199,5 +200,71 @@ func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	// The parent runs on, unaffected.
 	if _, ok := d.Guests().Guest(parent.Reference().Value); !ok {
 		t.Fatal("the parent's guest stopped")
+	}
+}
+
+// TestInstantCloneMovesNICs: a card edited in InstantCloneSpec.Location
+// goes to the named port group with the given MAC (what a pod forked from
+// a template needs: its own network attachment); other edits are refused.
+func TestInstantCloneMovesNICs(t *testing.T) {
+	ctx := context.Background()
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1, Seed: 1})
+	c := simtest.Client(t, d)
+	simtest.AddPortGroup(t, c, d.DVS(), "pv-a")
+	pgB := simtest.AddPortGroup(t, c, d.DVS(), "pv-b")
+	parent, _ := simtest.CreatePodVM(t, c, d, simtest.PodVM{
+		Name: "pv-template", Host: d.Hosts()[0], NumCPUs: 1, MemoryMB: 128, Spec: forkSpec("uid-t", "t", "sha256:"+strings.Repeat("a", 64)),
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 1 << 20}},
+		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-a", MAC: "00:50:56:aa:00:01"}},
+	})
+	powerOn(t, parent)
+	devices, err := parent.Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	card := *devices.SelectByType((*types.VirtualEthernetCard)(nil))[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	var pg mo.DistributedVirtualPortgroup
+	if err := object.NewCommon(c.Client, types.ManagedObjectReference{Type: "DistributedVirtualPortgroup", Value: pgB}).Properties(ctx,
+		types.ManagedObjectReference{Type: "DistributedVirtualPortgroup", Value: pgB}, []string{"config"}, &pg); err != nil {
+		t.Fatal(err)
+	}
+	var sw mo.DistributedVirtualSwitch
+	if err := object.NewCommon(c.Client, *pg.Config.DistributedVirtualSwitch).Properties(ctx, *pg.Config.DistributedVirtualSwitch, []string{"uuid"}, &sw); err != nil {
+		t.Fatal(err)
+	}
+	card.Backing = &types.VirtualEthernetCardDistributedVirtualPortBackingInfo{Port: types.DistributedVirtualSwitchPortConnection{
+		PortgroupKey: pgB, SwitchUuid: sw.Uuid}}
+	card.MacAddress = "00:50:56:bb:00:02"
+	edit := &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: &types.VirtualVmxnet3{
+		VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: card}}}
+
+	bad := *edit
+	bad.Operation = types.VirtualDeviceConfigSpecOperationAdd
+	if _, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{Name: "pv-bad",
+		Location: types.VirtualMachineRelocateSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{&bad}}}); err == nil ||
+		!strings.Contains(err.Error(), "deviceChange[0]") {
+		t.Fatalf("an added device: %v, want refused naming deviceChange[0]", err)
+	}
+	task, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{Name: "pv-moved",
+		Location: types.VirtualMachineRelocateSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{edit}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		t.Fatalf("instant clone: %v", err)
+	}
+	got, err := object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)).Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := got.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(nics) != 1 {
+		t.Fatalf("child has %d NICs, want 1", len(nics))
+	}
+	cc := nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	port, ok := cc.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
+	if !ok || port.Port.PortgroupKey != pgB || cc.MacAddress != "00:50:56:bb:00:02" {
+		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and 00:50:56:bb:00:02", cc.Backing, cc.MacAddress, pgB)
 	}
 }

@@ -714,6 +714,7 @@ func (s *System) serviceDefaults() map[string]string {
 	out[provisioner.EnvKeyFile] = s.diskKeyFile()
 	if s.GuestsOff == "" {
 		out[provisioner.EnvGuestTimeout] = guestTimeout
+		out[provisioner.EnvTemplateAgent] = agentID(s.cfg.Agent)
 	} else {
 		out[provisioner.EnvAwaitGuestStop] = "false"
 	}

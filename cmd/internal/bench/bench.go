@@ -55,6 +55,9 @@ type Config struct {
 	// beside this executable).
 	DataPlanePods int
 	Agent         string
+	// ForkPairs, when above zero, adds the fork section (fork.go): that
+	// many created and as many forked pod VMs, guests on (needs root).
+	ForkPairs int
 	// CPUProfile, when set, receives a pprof CPU profile of the pipeline
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
@@ -113,6 +116,9 @@ func (c Config) Validate() error {
 	if c.DataPlanePods < 0 || c.DataPlanePods > 1000 {
 		errs = append(errs, fmt.Errorf("data-plane pods %d: want 0 (skip) to 1000", c.DataPlanePods))
 	}
+	if c.ForkPairs < 0 || c.ForkPairs > 100 {
+		errs = append(errs, fmt.Errorf("fork pairs %d: want 0 (skip) to 100", c.ForkPairs))
+	}
 	if c.SequentialVMs < 0 {
 		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
 	}
@@ -138,6 +144,7 @@ type Result struct {
 	ImageCache ImageCache  `json:"image_cache"`
 	ImageDisks *ImageDisks `json:"image_disks,omitempty"`
 	DataPlane  *DataPlane  `json:"data_plane,omitempty"`
+	Fork       *Fork       `json:"fork,omitempty"`
 	Memory     Memory      `json:"memory"`
 	Setup      Setup       `json:"setup"`
 }
@@ -312,6 +319,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		if res.DataPlane.Skipped != "" {
 			p.say("data plane: skipped: %s", res.DataPlane.Skipped)
+		}
+	}
+
+	if cfg.ForkPairs > 0 {
+		if res.Fork, err = runFork(ctx, cfg, p); err != nil {
+			return nil, fmt.Errorf("bench: fork: %w", err)
+		}
+		if res.Fork.Skipped != "" {
+			p.say("fork: skipped: %s", res.Fork.Skipped)
 		}
 	}
 

@@ -1,0 +1,193 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/vmware/govmomi/simulator"
+
+	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+)
+
+// Forked pod VMs as a user meets them: `podvisor up --guests on` with one
+// warm template per host. The first pod of an image is created (VMForked
+// False, NoTemplate) and its host's template is built; once the template's
+// guest has run the image, the next pod of the image is an instant clone
+// of it (VMForked True; the simulator says whose fork its VM is) and its
+// container runs and logs; a pod of a new image (another layer) gets a
+// template of its own, which replaces the first; an InstantClone that
+// fails falls back to a create, the reason on the pod.
+func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
+		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128", provisioner.EnvTemplatesWarm: "1"})})
+	ctx := t.Context()
+	admin, err := sys.Dial(ctx, bus.IdentityAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	pods, err := admin.KV(ctx, events.BucketPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmplKV, err := admin.KV(ctx, bus.BucketPodTemplates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(name string) *events.PodRecord {
+		e, err := pods.Get(ctx, events.PodRecordKey("default", name))
+		if err != nil {
+			return nil
+		}
+		var r events.PodRecord
+		if json.Unmarshal(e.Value(), &r) != nil {
+			return nil
+		}
+		return &r
+	}
+	templatesNow := func() []templates.Record {
+		lister, err := tmplKV.ListKeys(ctx)
+		if err != nil {
+			return nil
+		}
+		var out []templates.Record
+		for k := range lister.Keys() {
+			if e, err := tmplKV.Get(ctx, k); err == nil {
+				var r templates.Record
+				if json.Unmarshal(e.Value(), &r) == nil {
+					out = append(out, r)
+				}
+			}
+		}
+		return out
+	}
+	preparedTemplate := func(not string) templates.Record {
+		t.Helper()
+		var got templates.Record
+		eventuallyWithin(t, 90*time.Second, "a prepared template", func() bool {
+			for _, r := range templatesNow() {
+				if r.Name != not && r.State == templates.StateReady && r.GuestReady {
+					got = r
+					return true
+				}
+			}
+			return false
+		})
+		return got
+	}
+	deploy := func(pod, image string) *events.PodRecord {
+		t.Helper()
+		mustRun(t, dir, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: %s
+    command: ["/bin/sh", "-c", "echo I am %s; exec sleep 3600"]
+`, pod, image, pod), "apply", "-f", "-")
+		waitRunning(t, dir, pod, "", 90*time.Second)
+		eventuallyWithin(t, 20*time.Second, pod+" logs who it is", func() bool {
+			out, _, code := run(t, dir, "", "logs", pod)
+			return code == 0 && out == "I am "+pod+"\n"
+		})
+		return record(pod)
+	}
+	forked := func(r *events.PodRecord) (string, string) {
+		for _, c := range r.Conditions {
+			if c.Type == events.PodConditionVMForked {
+				return c.Status, c.Reason
+			}
+		}
+		return "", ""
+	}
+
+	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+	first := deploy("first", image)
+	if st, reason := forked(first); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+		t.Fatalf("first pod: VMForked %s/%s, want False/NoTemplate", st, reason)
+	}
+	tmpl := preparedTemplate("")
+
+	second := deploy("second", image)
+	if st, reason := forked(second); st != events.ConditionTrue {
+		t.Fatalf("second pod: VMForked %s/%s, want True", st, reason)
+	}
+	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
+		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
+	}
+
+	// A new image (one more layer): a new template replaces the old one.
+	extra, err := ociregistry.Layer(ociregistry.LayerSpec{Path: "etc/podvisor-release", Size: 64, Seed: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := name.ParseReference(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := remote.Image(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(base, extra)
+	if err != nil {
+		t.Fatal(err)
+	}
+	image2 := sys.Endpoints.Registry + "/podvisor/busybox:2"
+	dst, err := name.ParseReference(image2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(dst, img); err != nil {
+		t.Fatal(err)
+	}
+	if st, reason := forked(deploy("third", image2)); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+		t.Fatalf("first pod of the new image: VMForked %s/%s, want False/NoTemplate", st, reason)
+	}
+	newer := preparedTemplate(tmpl.Name)
+	eventuallyWithin(t, 30*time.Second, "the old image's template removed", func() bool {
+		all := templatesNow()
+		return len(all) == 1 && all[0].Name == newer.Name && !guestRuns(sys, tmpl.VMRef)
+	})
+
+	// InstantClone fails once: the pod VM is created, the pod says why.
+	if err := sys.Datacenter.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
+		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	fourth := deploy("fourth", image2)
+	if st, reason := forked(fourth); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed {
+		t.Fatalf("pod with InstantClone failing: VMForked %s/%s, want False/InstantCloneFailed", st, reason)
+	}
+	if sys.Datacenter.ForkedFrom(fourth.VMRef) != "" {
+		t.Fatal("the pod whose fork failed runs in a fork")
+	}
+	out, _, code := run(t, dir, "", "describe", "pod", "fourth")
+	if code != 0 || !strings.Contains(out, templates.ReasonInstantCloneFailed) {
+		t.Errorf("describe pod fourth does not show why it was not forked:\n%s", out)
+	}
+	fifth := deploy("fifth", image2)
+	if got := sys.Datacenter.ForkedFrom(fifth.VMRef); got != newer.VMRef {
+		t.Fatalf("fifth pod's VM is a fork of %q, want the new template %s", got, newer.VMRef)
+	}
+}
+
+func guestRuns(sys *allinone.System, vm string) bool {
+	_, ok := sys.Datacenter.Guests().Guest(vm)
+	return ok
+}

@@ -1,0 +1,79 @@
+package provisioner
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/bus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+)
+
+// initTemplates sets up forking from templates when Config.TemplatesWarm
+// asks for it (package templates).
+func (s *Service) initTemplates(ctx context.Context) error {
+	if s.cfg.TemplatesWarm == 0 {
+		return nil
+	}
+	kv, err := s.bus.KV(ctx, bus.BucketPodTemplates)
+	if err != nil {
+		return fmt.Errorf("provisioner: pod-templates bucket (is the topology declared?): %w", err)
+	}
+	s.starts, err = otel.GetMeterProvider().Meter(instrumentation).Int64Counter(
+		"podvisor_provisioner_vm_starts_total",
+		metric.WithDescription("Pod VMs started, by how (forked, created) and why a pod VM was created rather than forked."),
+		metric.WithUnit("{vm}"),
+	)
+	if err != nil {
+		return fmt.Errorf("provisioner: starts counter: %w", err)
+	}
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	s.templates = templates.New(templates.Config{
+		Warm: s.cfg.TemplatesWarm, Agent: s.cfg.TemplateAgent,
+		// With guests a fork waits for the template's guest to be prepared.
+		AwaitGuest: s.cfg.AwaitGuestStop,
+	}, kv, s.vms, fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:])), s.log)
+	return nil
+}
+
+// forkVM starts the pod VM as an instant clone of its shape's template
+// when it can; otherwise it returns no VM and the caller creates it. Either
+// way the pod's VMForked condition says which and why (saved with the
+// record's next write), and the reason is logged and counted.
+func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Spec, p podvm.Placement) (*podvm.VM, error) {
+	if s.templates == nil {
+		return nil, nil
+	}
+	vm, out := s.templates.Fork(ctx, spec, p, &r.Pod)
+	how := "created"
+	status := events.ConditionFalse
+	if out.Forked {
+		how, status = "forked", events.ConditionTrue
+	}
+	s.starts.Add(ctx, 1, metric.WithAttributes(attribute.String("how", how), attribute.String("reason", out.Reason)))
+	r.SetCondition(events.PodConditionVMForked, status, out.Reason, out.Message, s.now().UTC())
+	if !out.Forked {
+		s.log.Info("pod VM created, not forked", "key", r.Key(), "reason", out.Reason, "message", out.Message)
+		return nil, nil
+	}
+	vm.UID, vm.Namespace, vm.Pod = r.UID, r.Namespace, r.Name
+	s.log.Info("pod VM forked", "key", r.Key(), "vm", vm.Ref.Value, "template", out.Template)
+	return vm, s.recordVM(ctx, r, vm)
+}
+
+// templateReported takes the report of a template's guest.
+func (s *Service) templateReported(ctx context.Context, p *events.PodContainersReported) error {
+	if s.templates == nil {
+		return nil
+	}
+	return s.templates.Observe(ctx, p)
+}

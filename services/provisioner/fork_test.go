@@ -1,0 +1,145 @@
+package provisioner
+
+import (
+	"context"
+	"testing"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// imagePod is a pod of one container whose image is the image disk named
+// container (imagesReady derives the chain from the container's name).
+func imagePod(name, container string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: container, Image: "registry.local/" + container + ":1.0", Command: []string{"/bin/" + container},
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi")}},
+		}}},
+	}
+}
+
+// TestPodVMsForkFromTemplates: with templates on, the first pod of an
+// image is created (VMForked False, NoTemplate) and builds its host's
+// template; the next pod of the image is an instant clone of it, with its
+// own NIC MAC; a failing InstantClone falls back to a create with the
+// reason on the pod; a pod of another image gets a template of its own,
+// which replaces the first one (one warm template per host).
+func TestPodVMsForkFromTemplates(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.TemplatesWarm = 1
+	svc, _ := e.start(cfg)
+	host := e.dc.Hosts()[0].Name
+	ctx := context.Background()
+
+	deploy := func(pod *corev1.Pod) *events.PodRecord {
+		t.Helper()
+		acc := e.request(pod)
+		e.facts(acc, host)
+		return e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	}
+	forked := func(r *events.PodRecord) (status, reason, message string) {
+		for _, c := range r.Conditions {
+			if c.Type == events.PodConditionVMForked {
+				return c.Status, c.Reason, c.Message
+			}
+		}
+		return "", "", ""
+	}
+	readyTemplate := func(chain string) templates.Record {
+		t.Helper()
+		var got templates.Record
+		e.Eventually("a ready template of "+chain, func() bool {
+			recs, err := svc.templates.List(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range recs {
+				if r.State == templates.StateReady && len(r.Shape.ImageDisks) > 0 && r.Shape.ImageDisks[len(r.Shape.ImageDisks)-1] == imageDisk(chain) {
+					got = r
+					return true
+				}
+			}
+			return false
+		})
+		return got
+	}
+
+	first := deploy(imagePod("first", "app"))
+	if st, reason, _ := forked(first); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+		t.Fatalf("first pod of the image: VMForked %s/%s, want False/NoTemplate", st, reason)
+	}
+	tmpl := readyTemplate("app")
+	if e.dc.ForkedFrom(first.VMRef) != "" {
+		t.Fatal("the first pod's VM is a clone; it was to be created")
+	}
+
+	second := deploy(imagePod("second", "app"))
+	if st, reason, msg := forked(second); st != events.ConditionTrue || reason != templates.ReasonForked {
+		t.Fatalf("second pod: VMForked %s/%s (%s), want True/InstantClone", st, reason, msg)
+	}
+	if got := e.dc.ForkedFrom(second.VMRef); got != tmpl.VMRef {
+		t.Fatalf("second pod's VM %s is forked from %q, want the template %s", second.VMRef, got, tmpl.VMRef)
+	}
+	devices, err := object.NewVirtualMachine(e.vc.Client, vmRef(second.VMRef)).Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(nics) != 1 || nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard().MacAddress != second.Attachments[0].MAC {
+		t.Fatalf("forked VM's NICs %d, want one with the pod's MAC %s", len(nics), second.Attachments[0].MAC)
+	}
+
+	// A pod that asks not to be forked is created.
+	optOut := imagePod("opted-out", "app")
+	optOut.Annotations = map[string]string{events.AnnotationInstantClone: "false"}
+	if r := deploy(optOut); e.dc.ForkedFrom(r.VMRef) != "" {
+		t.Fatal("the pod that opted out runs in a fork")
+	} else if st, reason, _ := forked(r); st != events.ConditionFalse || reason != templates.ReasonOptedOut {
+		t.Fatalf("opted-out pod: VMForked %s/%s, want False/OptedOut", st, reason)
+	}
+
+	// A failing InstantClone: the pod VM is created; the pod says why.
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
+		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	third := deploy(imagePod("third", "app"))
+	if st, reason, _ := forked(third); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed {
+		t.Fatalf("third pod with InstantClone failing: VMForked %s/%s, want False/InstantCloneFailed", st, reason)
+	}
+	if e.dc.ForkedFrom(third.VMRef) != "" || !third.IsTrue(events.PodConditionVMCreated) {
+		t.Fatal("the third pod's VM was to be created after the failed fork")
+	}
+
+	// Another image: its own template, which replaces the first.
+	deploy(imagePod("fourth", "logger"))
+	newer := readyTemplate("logger")
+	e.Eventually("the first image's template removed", func() bool {
+		recs, err := svc.templates.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(recs) == 1 && recs[0].Name == newer.Name && len(e.vmsNamed(tmpl.Name)) == 0
+	})
+	fifth := deploy(imagePod("fifth", "logger"))
+	if got := e.dc.ForkedFrom(fifth.VMRef); got != newer.VMRef {
+		t.Fatalf("fifth pod forked from %q, want the new template %s", got, newer.VMRef)
+	}
+	// Forked pods outlive their template: the second pod's VM still runs.
+	if vm, err := e.vms.Get(ctx, vmRef(second.VMRef)); err != nil || vm == nil || vm.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Fatalf("the second pod's VM after its template went: %+v, %v", vm, err)
+	}
+	_ = testenv.Logger
+}

@@ -1,0 +1,462 @@
+package templates
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/record"
+	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
+)
+
+// Namespace is the guestinfo namespace of template VMs: no pod has it.
+const Namespace = "podvisor-templates"
+
+// States of a template record.
+const (
+	StateBuilding = "Building"
+	StateReady    = "Ready"
+	StateFailed   = "Failed"
+)
+
+// Reasons a pod VM was created rather than forked (Outcome.Reason), and
+// the one it was forked.
+const (
+	ReasonForked              = "InstantClone"
+	ReasonNoTemplate          = "NoTemplate"
+	ReasonTemplateBuilding    = "TemplateBuilding"
+	ReasonTemplateStarting    = "TemplateStarting"
+	ReasonTemplateFailed      = "TemplateFailed"
+	ReasonEncryptionRequested = "EncryptionRequested"
+	ReasonInstantCloneFailed  = "InstantCloneFailed"
+	ReasonOptedOut            = "OptedOut"
+)
+
+// Config says whether and how pod VMs are forked.
+type Config struct {
+	// Warm is how many templates a host keeps; 0 turns forking off.
+	Warm int
+	// Folder is the VM folder (below the datacenter's) of the templates:
+	// outside the pods' folder, so drift repair never takes them for
+	// orphan pod VMs.
+	Folder string
+	// Agent identifies the pod VM agent build; it is part of a template's
+	// name, so a new agent gets new templates and the old ones go.
+	Agent string
+	// AwaitGuest makes a template usable only once its guest has reported
+	// its containers started (Observe): what a datacenter with guests
+	// needs, since a fork copies the template's disk as it is at that
+	// instant. Off, a powered-on template is usable at once.
+	AwaitGuest bool
+	// BuildTimeout is how long a template may stay Building before
+	// another replica takes its build over, and how long a Failed one is
+	// kept before it is tried again.
+	BuildTimeout time.Duration
+}
+
+// Shape is what a template shares with every pod VM forked from it.
+type Shape struct {
+	Host             string   `json:"host"`
+	Pool             string   `json:"pool,omitempty"`
+	Datastore        string   `json:"datastore"`
+	VCPUs            int32    `json:"vcpus"`
+	MemoryMiB        int64    `json:"memoryMiB"`
+	EphemeralDiskMiB int64    `json:"ephemeralDiskMiB"`
+	GuestID          string   `json:"guestID"`
+	ImageDisks       []string `json:"imageDisks"`
+	NICs             int      `json:"nics"`
+}
+
+// Record is one template in KV.
+type Record struct {
+	Name  string `json:"name"`
+	Shape Shape  `json:"shape"`
+	Agent string `json:"agent"`
+	State string `json:"state"`
+	// VMRef is the template VM once created.
+	VMRef string `json:"vmRef,omitempty"`
+	// GuestReady says the template's guest reported its containers
+	// started: its disks are prepared.
+	GuestReady bool `json:"guestReady,omitempty"`
+	// Reason says why a build failed.
+	Reason    string    `json:"reason,omitempty"`
+	Builder   string    `json:"builder"`
+	UpdatedAt time.Time `json:"updatedAt"`
+	LastUsed  time.Time `json:"lastUsed"`
+}
+
+// Outcome says how a pod VM was started.
+type Outcome struct {
+	Forked   bool
+	Template string
+	Reason   string
+	Message  string
+}
+
+// Keeper forks pod VMs from templates and keeps the templates.
+type Keeper struct {
+	cfg   Config
+	vms   *podvm.Client
+	store *record.Store[Record]
+	log   *slog.Logger
+	id    string
+	now   func() time.Time
+	// ctx bounds the background builds; Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	building map[string]bool
+	wg       sync.WaitGroup
+}
+
+// New returns a keeper over the pod-templates bucket; id names this
+// replica in the records it writes.
+func New(cfg Config, kv jetstream.KeyValue, vms *podvm.Client, id string, log *slog.Logger) *Keeper {
+	if cfg.Folder == "" {
+		cfg.Folder = "podvisor-templates"
+	}
+	if cfg.BuildTimeout <= 0 {
+		cfg.BuildTimeout = 2 * time.Minute
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Keeper{cfg: cfg, vms: vms, store: record.New[Record](kv, "pod template"), log: log.With("part", "templates"),
+		id: id, now: time.Now, ctx: ctx, cancel: cancel, building: map[string]bool{}}
+}
+
+// Close stops the builds in flight and waits for them.
+func (k *Keeper) Close() {
+	if k == nil {
+		return
+	}
+	k.cancel()
+	k.wg.Wait()
+}
+
+// ShapeOf is the shape of a pod VM.
+func ShapeOf(s podvm.Spec, p podvm.Placement) Shape {
+	return Shape{Host: p.Host, Pool: p.Pool, Datastore: p.Datastore, VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB,
+		EphemeralDiskMiB: s.EphemeralDiskMiB, GuestID: s.GuestID, ImageDisks: slices.Clone(s.ImageDisks), NICs: len(s.NICs)}
+}
+
+// Name is the template's deterministic name: every replica derives the
+// same one for a shape and agent.
+func Name(sh Shape, agent string) string {
+	b, _ := json.Marshal(struct {
+		Shape Shape  `json:"shape"`
+		Agent string `json:"agent"`
+	}{sh, agent})
+	sum := sha256.Sum256(b)
+	return "pv-template-" + hex.EncodeToString(sum[:8])
+}
+
+// Fork starts the pod VM s from its shape's template and waits for the
+// instant clone, returning the VM (powered on) and Forked. When it cannot
+// fork it returns no VM, no error and the reason; the caller creates the
+// VM. A pod VM of a shape without a template starts its build.
+func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod *corev1.Pod) (*podvm.VM, Outcome) {
+	if pod.Annotations[events.AnnotationInstantClone] == "false" {
+		return nil, Outcome{Reason: ReasonOptedOut, Message: "the pod asks not to be forked (" + events.AnnotationInstantClone + ": \"false\")"}
+	}
+	if events.PodEphemeralEncryption(pod) {
+		return nil, Outcome{Reason: ReasonEncryptionRequested, Message: "an encrypted ephemeral disk is keyed per VM and never cloned from a template"}
+	}
+	sh := ShapeOf(s, p)
+	name := Name(sh, k.cfg.Agent)
+	rec, _, err := k.store.Get(ctx, name)
+	if err != nil {
+		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: err.Error()}
+	}
+	switch {
+	case rec == nil:
+		k.build(name, sh, s)
+		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: "template " + name + " is being built for this shape; pod VMs of it are forked once it is ready"}
+	case rec.State == StateBuilding:
+		if k.now().Sub(rec.UpdatedAt) > k.cfg.BuildTimeout {
+			k.build(name, sh, s)
+		}
+		return nil, Outcome{Template: name, Reason: ReasonTemplateBuilding, Message: "template " + name + " is still being built"}
+	case rec.State == StateFailed:
+		if k.now().Sub(rec.UpdatedAt) > k.cfg.BuildTimeout {
+			k.build(name, sh, s)
+		}
+		return nil, Outcome{Template: name, Reason: ReasonTemplateFailed, Message: "template " + name + ": " + rec.Reason}
+	case k.cfg.AwaitGuest && !rec.GuestReady:
+		return nil, Outcome{Template: name, Reason: ReasonTemplateStarting, Message: "template " + name + " is built; its guest has not reported its containers started yet"}
+	}
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef}
+	task, err := k.vms.StartInstantClone(ctx, ref, s, p)
+	var vmRef types.ManagedObjectReference
+	if err == nil {
+		vmRef, err = k.vms.WaitCreate(ctx, task)
+	}
+	if err != nil {
+		if vm, gerr := k.vms.Get(ctx, ref); gerr == nil && vm == nil {
+			// The template VM is gone (removed by a person, a restarted
+			// simulator): its record goes, and the next pod rebuilds it.
+			k.forget(ctx, name)
+		}
+		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err)}
+	}
+	k.touch(ctx, name, rec)
+	return &podvm.VM{Ref: vmRef, Name: s.Name, Host: p.Host, PowerState: types.VirtualMachinePowerStatePoweredOn},
+		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name}
+}
+
+// touch marks the template used, at most every few seconds (a write per
+// fork would cost the hot path a KV round trip).
+func (k *Keeper) touch(ctx context.Context, name string, rec *Record) {
+	if k.now().Sub(rec.LastUsed) < 10*time.Second {
+		return
+	}
+	_, err := k.store.Mutate(ctx, name, func(r *Record) error {
+		r.LastUsed = k.now().UTC()
+		return nil
+	})
+	if err != nil {
+		k.log.Info("template use not recorded", "template", name, "err", err)
+	}
+}
+
+// forget removes a template's record whose VM is gone.
+func (k *Keeper) forget(ctx context.Context, name string) {
+	if err := k.store.Delete(ctx, name); err != nil {
+		k.log.Warn("forget template", "template", name, "err", err)
+	}
+}
+
+// build builds the template in the background, once per process at a
+// time; the record decides between replicas.
+func (k *Keeper) build(name string, sh Shape, s podvm.Spec) {
+	k.mu.Lock()
+	if k.building[name] {
+		k.mu.Unlock()
+		return
+	}
+	k.building[name] = true
+	k.mu.Unlock()
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		defer func() {
+			k.mu.Lock()
+			delete(k.building, name)
+			k.mu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(k.ctx, k.cfg.BuildTimeout)
+		defer cancel()
+		if err := k.buildOnce(ctx, name, sh, s); err != nil {
+			k.log.Warn("template not built", "template", name, "host", sh.Host, "err", err)
+		}
+	}()
+}
+
+// errTaken: another replica builds the template.
+var errTaken = errors.New("another replica builds it")
+
+func (k *Keeper) buildOnce(ctx context.Context, name string, sh Shape, s podvm.Spec) error {
+	now := k.now().UTC()
+	// Claim the build: create the record, or take over one that stayed
+	// Building (or Failed) too long, by CAS on its revision.
+	_, err := k.store.Upsert(ctx, name, func(r *Record, exists bool) error {
+		if exists && (r.State == StateReady || k.now().Sub(r.UpdatedAt) <= k.cfg.BuildTimeout) {
+			return errTaken
+		}
+		*r = Record{Name: name, Shape: sh, Agent: k.cfg.Agent, State: StateBuilding, Builder: k.id, UpdatedAt: now, LastUsed: now, VMRef: r.VMRef}
+		return nil
+	})
+	if errors.Is(err, errTaken) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	ref, err := k.makeVM(ctx, name, sh, s)
+	_, serr := k.store.Mutate(ctx, name, func(r *Record) error {
+		if r.Builder != k.id {
+			return errTaken // taken over meanwhile: the other build records
+		}
+		r.UpdatedAt = k.now().UTC()
+		if err != nil {
+			r.State, r.Reason = StateFailed, err.Error()
+			return nil
+		}
+		r.State, r.VMRef, r.Reason = StateReady, ref.Value, ""
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil && !errors.Is(serr, errTaken) {
+		return serr
+	}
+	k.log.Info("template ready", "template", name, "vm", ref.Value, "host", sh.Host, "images", len(sh.ImageDisks))
+	return k.evict(ctx, name, sh.Host)
+}
+
+// makeVM creates and powers on the template VM (or finds the one an
+// earlier attempt made).
+func (k *Keeper) makeVM(ctx context.Context, name string, sh Shape, s podvm.Spec) (types.ManagedObjectReference, error) {
+	var none types.ManagedObjectReference
+	vm, err := k.vms.Find(ctx, name)
+	if err != nil {
+		return none, err
+	}
+	if vm != nil && vm.PowerState == types.VirtualMachinePowerStatePoweredOn {
+		return vm.Ref, nil
+	}
+	if vm != nil {
+		// Half made by an attempt that did not finish: start again.
+		if err := k.vms.Destroy(ctx, vm.Ref); err != nil {
+			return none, err
+		}
+	}
+	spec, err := templateSpec(name, s)
+	if err != nil {
+		return none, err
+	}
+	task, err := k.vms.StartCreate(ctx, spec, podvm.Placement{Host: sh.Host, Pool: sh.Pool, Folder: k.cfg.Folder, Datastore: sh.Datastore, RemoveLeftovers: true})
+	if err != nil {
+		return none, fmt.Errorf("create template VM: %w", err)
+	}
+	ref, err := k.vms.WaitCreate(ctx, task)
+	if err != nil {
+		return none, fmt.Errorf("create template VM: %w", err)
+	}
+	k.vms.CreateDone(spec.Name)
+	if err := k.vms.PowerOn(ctx, ref); err != nil {
+		return none, fmt.Errorf("power on template VM: %w", err)
+	}
+	return ref, nil
+}
+
+// templateSpec is the template VM of a pod VM's shape: the same hardware,
+// cards on the same port groups with generated MACs, and a guest spec
+// that runs the pod's containers once, with no network configured (the
+// template never talks to a pod network; its children do, each with its
+// own address from its own spec).
+func templateSpec(name string, s podvm.Spec) (podvm.Spec, error) {
+	t := s
+	t.Name = name
+	t.NICs = nil
+	for _, n := range s.NICs {
+		t.NICs = append(t.NICs, podvm.NIC{Network: n.Network, PortGroup: n.PortGroup})
+	}
+	pod, err := guestchannel.UnmarshalSpec([]byte(s.ExtraConfig[guestchannel.GuestinfoSpec]))
+	if err != nil {
+		return t, fmt.Errorf("template %s: the pod's guest spec: %w", name, err)
+	}
+	pod.UID, pod.Namespace, pod.Name, pod.Hostname = name, Namespace, name, name
+	pod.NICs, pod.DNS, pod.Encryption, pod.InitContainers = nil, nil, nil, nil
+	pod.RestartPolicy = "Never"
+	pod.TerminationGracePeriodSeconds = 1
+	for i := range pod.Containers {
+		// Names of their own: what the template writes under a
+		// container's name (its logs) never shows in a child's.
+		pod.Containers[i].Name = fmt.Sprintf("template-%d", i)
+		pod.Containers[i].LivenessProbe, pod.Containers[i].ReadinessProbe, pod.Containers[i].StartupProbe = nil, nil, nil
+	}
+	for i, d := range pod.Disks {
+		if d.Role == guestchannel.DiskEphemeral {
+			pod.Disks[i].Path = podvm.EphemeralDiskPath(strings.Trim(strings.SplitN(d.Path, "]", 2)[0], "["), name)
+		}
+	}
+	spec, err := guestchannel.MarshalSpec(pod)
+	if err != nil {
+		return t, fmt.Errorf("template %s: %w", name, err)
+	}
+	t.ExtraConfig = map[string]string{}
+	for k, v := range s.ExtraConfig {
+		t.ExtraConfig[k] = v
+	}
+	t.ExtraConfig[podvm.UIDKey], t.ExtraConfig[podvm.NamespaceKey], t.ExtraConfig[podvm.PodKey] = name, Namespace, name
+	t.ExtraConfig[guestchannel.GuestinfoSpec] = spec
+	return t, nil
+}
+
+// evict removes the least recently used templates of the host beyond
+// Config.Warm, and those of another agent, keeping the one just built.
+func (k *Keeper) evict(ctx context.Context, keep, host string) error {
+	recs, err := k.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	var onHost []Record
+	for _, r := range recs {
+		if r.Shape.Host == host && r.Name != keep && r.State != StateBuilding {
+			onHost = append(onHost, r)
+		}
+	}
+	sort.Slice(onHost, func(i, j int) bool { return onHost[i].LastUsed.After(onHost[j].LastUsed) })
+	kept := 1 // the new one
+	var errs []error
+	for _, r := range onHost {
+		if r.Agent == k.cfg.Agent && r.State == StateReady && kept < k.cfg.Warm {
+			kept++
+			continue
+		}
+		errs = append(errs, k.remove(ctx, r))
+	}
+	return errors.Join(errs...)
+}
+
+// remove destroys a template VM and deletes its record. Pod VMs forked
+// from it keep running: their disks are their own clones, the image disks
+// are the image cache's.
+func (k *Keeper) remove(ctx context.Context, r Record) error {
+	if r.VMRef != "" {
+		if err := k.vms.Destroy(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: r.VMRef}); err != nil {
+			return fmt.Errorf("remove template %s: %w", r.Name, err)
+		}
+	}
+	k.log.Info("template removed", "template", r.Name, "host", r.Shape.Host, "agent", r.Agent)
+	return k.store.Delete(ctx, r.Name)
+}
+
+// List returns every template record.
+func (k *Keeper) List(ctx context.Context) ([]Record, error) { return k.store.List(ctx) }
+
+// Observe takes a template guest's report (pod.containers.reported in
+// events.TemplateNamespace): once every container it names has started,
+// the template is prepared and pod VMs are forked from it.
+func (k *Keeper) Observe(ctx context.Context, p *events.PodContainersReported) error {
+	if p.Phase == events.GuestPhasePending || p.Phase == events.GuestPhaseStopping {
+		return nil
+	}
+	for _, c := range p.ContainerStatuses {
+		if c.State.Running == nil && c.State.Terminated == nil {
+			return nil
+		}
+	}
+	_, err := k.store.Mutate(ctx, p.Name, func(r *Record) error {
+		if r.GuestReady {
+			return record.ErrUnchanged
+		}
+		r.GuestReady = true
+		return nil
+	})
+	if errors.Is(err, record.ErrNotFound) {
+		return nil // a template removed meanwhile
+	}
+	if err == nil {
+		k.log.Info("template guest prepared", "template", p.Name, "host", p.Host)
+	}
+	return err
+}
