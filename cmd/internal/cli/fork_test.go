@@ -140,7 +140,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	base, err := remote.Image(src)
+	base, err := remote.Image(src, sys.RegistryOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(dst, img); err != nil {
+	if err := remote.Write(dst, img, sys.RegistryOptions()...); err != nil {
 		t.Fatal(err)
 	}
 	if st, reason := forked(deploy("third", image2)); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
