@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -84,7 +85,10 @@ func (s *system) checkNoSecrets(t *testing.T) {
 	}
 	s.mu.Unlock()
 
-	_, js := connectNATS(t, s.env["PODVISOR_NATS_URL"], s.natsOpts()...)
+	// As admin: a client identity may not read every bucket (guest cluster
+	// kubeconfigs), and a refused read would only time out.
+	admin := append(s.natsOpts(), nats.UserCredentials(filepath.Join(s.dir, "nats-auth", "admin.creds")))
+	_, js := connectNATS(t, s.env["PODVISOR_NATS_URL"], admin...)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	streams := js.StreamNames(ctx)

@@ -11,6 +11,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // The scheduling loop is the only goroutine that runs the framework and
@@ -466,7 +467,15 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		}
 	}
 	if len(release) > 0 {
-		if rerr := s.release(ctx, map[string][]string{host: release}); rerr != nil {
+		// Left in place, the pod would hold room on two hosts, and its
+		// deletion frees only the host its binding names: the release is
+		// tried again across a moment without the store (a NATS node
+		// restarting). The answers cannot fail instead: a redelivery would
+		// find the pod in the allocation index, possibly on this host.
+		rerr := bus.Retry(ctx, releaseAttempts, releaseBackoff, func(ctx context.Context) error {
+			return s.release(ctx, map[string][]string{host: release})
+		})
+		if rerr != nil {
 			s.log.Warn("release after a lost claim", "host", host, "err", rerr)
 		}
 	}
@@ -475,6 +484,13 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 	}
 	return again
 }
+
+// releaseAttempts and releaseBackoff bound how long a lost claim's release
+// is retried: past a NATS leader election (a few seconds), not forever.
+var (
+	releaseAttempts = 6
+	releaseBackoff  = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second}
+)
 
 // refusedFit is the answer to a request whose candidates kept refusing
 // its networks (or whose named target did).
