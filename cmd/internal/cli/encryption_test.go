@@ -93,21 +93,7 @@ func TestEncryptedEphemeralDiskAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(admin.Close)
-	pods, err := admin.KV(ctx, events.BucketPods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	record := func(name string) *events.PodRecord {
-		e, err := pods.Get(ctx, events.PodRecordKey("default", name))
-		if err != nil {
-			return nil
-		}
-		var r events.PodRecord
-		if json.Unmarshal(e.Value(), &r) != nil {
-			return nil
-		}
-		return &r
-	}
+	record := func(name string) *events.PodRecord { return podRecord(t, admin, "default", name) }
 
 	t.Cleanup(func() {
 		if !t.Failed() {
