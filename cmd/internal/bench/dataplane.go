@@ -26,6 +26,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 )
 
@@ -88,6 +89,41 @@ func dataPlaneReady(agent string) string {
 	return ""
 }
 
+// startGuests starts a private all-in-one with simulated guests running the
+// agent, on a short state dir of its own (guest channels are unix sockets
+// under it), with the bench's tuning and the settings of extra on top, and
+// dials it as identity. stop closes both and removes the state dir.
+func startGuests(ctx context.Context, cfg Config, agent string, clusters, per int, extra map[string]string, identity string) (*allinone.System, *bus.Bus, func(), error) {
+	dir, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	_, settings := applyTuning()
+	if extra != nil {
+		settings = config.Layered(config.Map(extra), settings)
+	}
+	specs, err := runner.Select("all")
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	sys, err := allinone.Start(ctx, allinone.Config{
+		StateDir: dir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
+		Settings: settings, Guests: allinone.GuestsOn, Agent: agent,
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	b, err := sys.Dial(ctx, identity)
+	if err != nil {
+		sys.Close()
+		os.RemoveAll(dir)
+		return nil, nil, nil, err
+	}
+	return sys, b, func() { b.Close(); sys.Close(); os.RemoveAll(dir) }, nil
+}
+
 // runDataPlane starts an all-in-one with guests on, applies cfg.DataPlanePods
 // pods of the busybox image at once and waits for each pod.running; then
 // starts the same number of containers with runc directly.
@@ -103,30 +139,11 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	}
 	clusters, per := layout(min(cfg.Hosts, 16))
 	out.Hosts = clusters * per
-	// Guest channels are unix sockets under the state dir: keep it short.
-	dir, err := os.MkdirTemp("", "pvdp-")
+	sys, b, stop, err := startGuests(ctx, cfg, agent, clusters, per, nil, "bench")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	_, src := applyTuning()
-	specs, err := runner.Select("all")
-	if err != nil {
-		return nil, err
-	}
-	sys, err := allinone.Start(ctx, allinone.Config{
-		StateDir: dir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
-		Settings: src, Guests: allinone.GuestsOn, Agent: agent,
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer sys.Close()
-	b, err := sys.Dial(ctx, "bench")
-	if err != nil {
-		return nil, err
-	}
-	defer b.Close()
+	defer stop()
 	if err := waitReady(ctx, b, out.Hosts); err != nil {
 		return nil, err
 	}

@@ -4,16 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/provisioner/templates"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 )
 
@@ -46,30 +43,11 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 		out.Skipped = why
 		return out, nil
 	}
-	dir, err := os.MkdirTemp("", "pvfk-")
+	sys, b, stop, err := startGuests(ctx, cfg, agent, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(dir)
-	_, src := applyTuning()
-	specs, err := runner.Select("all")
-	if err != nil {
-		return nil, err
-	}
-	sys, err := allinone.Start(ctx, allinone.Config{
-		StateDir: dir, Clusters: 1, HostsPerCluster: 1, Services: specs, Seed: 1, Logger: cfg.Logger,
-		Settings: config.Layered(config.Map(map[string]string{provisioner.EnvTemplatesWarm: "1"}), src),
-		Guests:   allinone.GuestsOn, Agent: agent,
-	})
-	if err != nil {
-		return nil, err
-	}
-	defer sys.Close()
-	b, err := sys.Dial(ctx, bus.IdentityAdmin)
-	if err != nil {
-		return nil, err
-	}
-	defer b.Close()
+	defer stop()
 	if err := waitReady(ctx, b, 1); err != nil {
 		return nil, err
 	}
