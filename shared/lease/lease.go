@@ -275,12 +275,15 @@ func (l *Lease) lead(ctx context.Context, holder string, rev uint64, fn func(con
 			rev, held = l.rev, held && l.rev != 0
 			l.mu.Unlock()
 			if held {
-				l.release(rev, log)
+				l.release(holder, rev, log)
 			}
 			return !held, err
 		case <-renew.C:
-			if !held {
-				continue // waiting for fn to return
+			if !held || ctx.Err() != nil {
+				// Waiting for fn to return. A renewal sent now could still
+				// reach the store after its context ends, leaving a revision
+				// this replica never learns, so none is sent.
+				continue
 			}
 			data, exp := l.value(holder)
 			rctx, rcancel := context.WithTimeout(ctx, ttl/3)
@@ -320,11 +323,27 @@ func (l *Lease) lead(ctx context.Context, holder string, rev uint64, fn func(con
 }
 
 // release deletes the lease key if it is still the one this replica wrote,
-// so a standby takes over at once.
-func (l *Lease) release(rev uint64, log *slog.Logger) {
+// so a standby takes over at once. A renewal whose reply was lost (its
+// context ended after the request left) may have moved the key past rev; the
+// key is then still this replica's when its value names this holder, and it
+// is deleted at the revision read.
+func (l *Lease) release(holder string, rev uint64, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.ttl()/3)
 	defer cancel()
-	if err := l.KV.Delete(ctx, l.Key, jetstream.LastRevision(rev)); err != nil {
+	err := l.KV.Delete(ctx, l.Key, jetstream.LastRevision(rev))
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		var e jetstream.KeyValueEntry
+		if e, err = l.KV.Get(ctx, l.Key); err == nil {
+			var cur record
+			if json.Unmarshal(e.Value(), &cur) == nil && cur.Holder == holder {
+				err = l.KV.Delete(ctx, l.Key, jetstream.LastRevision(e.Revision()))
+			} else {
+				log.Info("lease: not released: another replica holds it", "holder", cur.Holder)
+				return
+			}
+		}
+	}
+	if err != nil {
 		log.Warn("lease: release", "err", err)
 		return
 	}
