@@ -121,9 +121,11 @@ func TestOneLeaderAtATimeAndFastHandover(t *testing.T) {
 	select {
 	case at := <-standby.started:
 		// The leader deleted the key on its way out, so the standby did not
-		// wait for the TTL.
-		if took := at.Sub(stoppedAt); took > ttl/2 {
-			t.Fatalf("handover took %s, want well under the TTL %s", took, ttl)
+		// wait for the TTL: a standby that has to take over an unreleased
+		// lease waits at least a whole TTL by construction, so anything
+		// shorter shows the release worked (the margin is for busy machines).
+		if took := at.Sub(stoppedAt); took >= ttl {
+			t.Fatalf("handover took %s, want under the TTL %s (the lease was not released)", took, ttl)
 		}
 	case <-time.After(2 * ttl):
 		t.Fatalf("%s did not take over after %s stopped", standby.name, leader.name)
