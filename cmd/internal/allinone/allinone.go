@@ -104,6 +104,10 @@ type Config struct {
 	// Replicas above 0 runs each of Services as that many `podvisor
 	// serve` processes instead of in this process.
 	Replicas int
+	// ServiceEnv is added to the environment of those processes: what
+	// Settings gives services run in this process (a Source cannot be
+	// listed, so a caller that tunes them says it here too).
+	ServiceEnv map[string]string
 	// VCenterFaults, when above 0, makes the simulator fail that share of
 	// CreateVM, PowerOn and Relocate calls with a fault a retry outlives.
 	VCenterFaults float64

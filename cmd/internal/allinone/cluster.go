@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -240,6 +241,10 @@ func (s *System) startReplicas(runCtx context.Context) error {
 			return fmt.Errorf("up: %w", err)
 		}
 	}
+	var extra []string
+	for _, k := range slices.Sorted(maps.Keys(s.cfg.ServiceEnv)) {
+		extra = append(extra, k+"="+s.cfg.ServiceEnv[k])
+	}
 	for _, spec := range s.cfg.Services {
 		for i := range s.cfg.Replicas {
 			name := fmt.Sprintf("%s-%d", spec.Name, i)
@@ -248,8 +253,8 @@ func (s *System) startReplicas(runCtx context.Context) error {
 				args: []string{"serve", spec.Name, "--state-dir", s.cfg.StateDir},
 				// Health and metrics on a port of their own each, written to
 				// <procs>/<name>.health.
-				env: []string{"PODVISOR_HEALTH_ADDR=" + net.JoinHostPort(s.cfg.Host, "0"),
-					"PODVISOR_HEALTH_ADDR_FILE=" + filepath.Join(ProcsDir(s.cfg.StateDir), name+".health")},
+				env: append([]string{"PODVISOR_HEALTH_ADDR=" + net.JoinHostPort(s.cfg.Host, "0"),
+					"PODVISOR_HEALTH_ADDR_FILE=" + filepath.Join(ProcsDir(s.cfg.StateDir), name+".health")}, extra...),
 			})
 		}
 	}

@@ -58,6 +58,11 @@ type Config struct {
 	// ForkPairs, when above zero, adds the fork section (fork.go): that
 	// many created and as many forked pod VMs, guests on (needs root).
 	ForkPairs int
+	// ServicesApart runs each service of the pipeline as a `podvisor serve`
+	// process of its own (the executable is this one), so that the memory
+	// of the control plane is measured apart from NATS and the simulator,
+	// which stay in this process (Memory.Services).
+	ServicesApart bool
 	// CPUProfile, when set, receives a pprof CPU profile of the pipeline
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
@@ -239,6 +244,31 @@ type Memory struct {
 	Est10kPodsBytes int64  `json:"est_10k_pods_heap_bytes"`
 	Estimated       bool   `json:"est_10k_is_estimate"`
 	Method          string `json:"method"`
+	// Services, with ServicesApart, is each service process's memory once
+	// the pods ran; the figures above are then this process's alone (NATS,
+	// the simulator and the bench). The control plane is the services
+	// without NATS, the simulator and Redis:
+	//   - ControlPlaneRSSBytes and ControlPlanePeakBytes sum their VmRSS
+	//     and VmHWM, as if no page were shared;
+	//   - ControlPlaneResidentBytes counts what is resident once: their
+	//     private (anonymous) pages, plus the largest file-backed share,
+	//     the executable's pages they all map from the page cache.
+	Services                  []ProcessMemory `json:"services,omitempty"`
+	ControlPlaneRSSBytes      int64           `json:"control_plane_rss_bytes,omitempty"`
+	ControlPlanePeakBytes     int64           `json:"control_plane_peak_rss_bytes,omitempty"`
+	ControlPlaneResidentBytes int64           `json:"control_plane_resident_bytes,omitempty"`
+}
+
+// ProcessMemory is one service process's memory, read from
+// /proc/<pid>/status: resident set (VmRSS) and its high-water mark
+// (VmHWM), and the resident set's anonymous (private heap and stacks) and
+// file-backed (the mapped executable) parts.
+type ProcessMemory struct {
+	Name      string `json:"name"`
+	RSSBytes  int64  `json:"rss_bytes"`
+	PeakBytes int64  `json:"peak_rss_bytes"`
+	AnonBytes int64  `json:"rss_anon_bytes"`
+	FileBytes int64  `json:"rss_file_bytes"`
 }
 
 // Setup records the conditions of the run.

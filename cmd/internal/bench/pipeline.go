@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -248,14 +249,18 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	if err != nil {
 		return nil, err
 	}
-	sys, err := allinone.Start(ctx, allinone.Config{
+	aio := allinone.Config{
 		StateDir: cfg.StateDir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
 		Settings: src,
 		// The pipeline measures the control plane to VM running: no guests,
 		// even where an agent sits beside the binary (make build puts one
 		// there), or every pod VM would boot one on the same cores.
 		Guests: allinone.GuestsOff,
-	})
+	}
+	if cfg.ServicesApart {
+		aio.Replicas, aio.ServiceEnv = 1, settings
+	}
+	sys, err := allinone.Start(ctx, aio)
 	if err != nil {
 		return nil, err
 	}
@@ -324,6 +329,20 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	// Every applied pod holds state (records, queues, VMs) whether or not it
 	// reached VM running in time, so the heap is divided by the pods applied.
 	res.Memory = memoryFigures(heapBefore, heapAfter, cfg.Pods)
+	if cfg.ServicesApart {
+		if res.Memory.Services, err = serviceMemory(allinone.ProcsDir(cfg.StateDir)); err != nil {
+			return nil, fmt.Errorf("memory of the service processes: %w", err)
+		}
+		var file int64
+		for _, m := range res.Memory.Services {
+			res.Memory.ControlPlaneRSSBytes += m.RSSBytes
+			res.Memory.ControlPlanePeakBytes += m.PeakBytes
+			res.Memory.ControlPlaneResidentBytes += m.AnonBytes
+			file = max(file, m.FileBytes)
+		}
+		res.Memory.ControlPlaneResidentBytes += file
+		res.Memory.Method += "; services in processes of their own, measured apart from this process (NATS, the simulator, the bench)"
+	}
 	return hosts, nil
 }
 
@@ -561,20 +580,57 @@ func memoryFigures(before, after int64, pods int) Memory {
 // peakRSS reads VmHWM (the resident set's high-water mark) from
 // /proc/self/status; 0 where there is no procfs.
 func peakRSS() int64 {
-	f, err := os.Open("/proc/self/status")
+	m, _ := procMemory("self")
+	return m.PeakBytes
+}
+
+// serviceMemory reads the memory of every service process whose pid file
+// is in procs (<name>.pid, written by the all-in-one's supervisor).
+func serviceMemory(procs string) ([]ProcessMemory, error) {
+	files, err := filepath.Glob(filepath.Join(procs, "*.pid"))
 	if err != nil {
-		return 0
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no service process in %s", procs)
+	}
+	var out []ProcessMemory
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		pid := strings.TrimSpace(string(data))
+		m, err := procMemory(pid)
+		if err != nil {
+			return nil, fmt.Errorf("%s (pid %s): %w", filepath.Base(f), pid, err)
+		}
+		m.Name = strings.TrimSuffix(filepath.Base(f), ".pid")
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// procMemory reads the memory figures of /proc/<pid>/status.
+func procMemory(pid string) (ProcessMemory, error) {
+	var m ProcessMemory
+	f, err := os.Open(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		return m, err
 	}
 	defer f.Close()
+	fields := map[string]*int64{"VmRSS": &m.RSSBytes, "VmHWM": &m.PeakBytes, "RssAnon": &m.AnonBytes, "RssFile": &m.FileBytes}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			fields := strings.Fields(rest)
-			if len(fields) >= 1 {
-				kb, _ := strconv.ParseInt(fields[0], 10, 64)
-				return kb << 10
-			}
+		key, rest, _ := strings.Cut(sc.Text(), ":")
+		dst, ok := fields[key]
+		if !ok {
+			continue
+		}
+		if v := strings.Fields(rest); len(v) > 0 {
+			kb, _ := strconv.ParseInt(v[0], 10, 64)
+			*dst = kb << 10 // the kernel prints kB
 		}
 	}
-	return 0
+	return m, sc.Err()
 }

@@ -72,8 +72,19 @@ func (r *Result) Table(w io.Writer) error {
 	if m.Estimated {
 		est = "estimate"
 	}
-	fmt.Fprintf(w, "memory: peak RSS %s (services + NATS + simulator in one process); live heap %s → %s, %s per pod; 10,000 pods ≈ %s heap (%s)\n",
-		iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes), iec(m.HeapPerPodBytes), iec(m.Est10kPodsBytes), est)
+	if len(m.Services) == 0 {
+		fmt.Fprintf(w, "memory: peak RSS %s (services + NATS + simulator in one process); live heap %s → %s, %s per pod; 10,000 pods ≈ %s heap (%s)\n",
+			iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes), iec(m.HeapPerPodBytes), iec(m.Est10kPodsBytes), est)
+		return nil
+	}
+	var parts []string
+	for _, s := range m.Services {
+		parts = append(parts, fmt.Sprintf("%s %s (%s private)", s.Name, iec(s.RSSBytes), iec(s.AnonBytes)))
+	}
+	fmt.Fprintf(w, "memory: control plane (%d service processes): %s resident counting the shared executable once; RSS summed %s, peak %s (target ≤ 500 MB at 10,000 pods): %s\n",
+		len(m.Services), iec(m.ControlPlaneResidentBytes), iec(m.ControlPlaneRSSBytes), iec(m.ControlPlanePeakBytes), strings.Join(parts, ", "))
+	fmt.Fprintf(w, "memory: NATS + simulator + bench in this process: peak RSS %s; live heap %s → %s\n",
+		iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes))
 	return nil
 }
 

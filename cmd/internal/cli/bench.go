@@ -120,6 +120,7 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.IntVar(&cfg.DataPlanePods, "data-plane-pods", 100, "pods of the data-plane section, guests on, against runc run of the same bundles (needs root; 0: skip it)")
 	f.IntVar(&cfg.ForkPairs, "fork-pairs", 5, "created and forked pod VMs of the fork section, guests on, one at a time (needs root; 0: skip it)")
 	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
+	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	return cmd
 }
