@@ -11,9 +11,11 @@
 //	e.WaitHandled(events.StreamPods, "netconfig-PODS", seq) // the event was handled …
 //	if n := e.Events.Count(events.TypePodNetworkAttached); n != 0 { … } // … so "nothing" means something
 //
-// Every event published on pv.> is recorded (Env.Events) with its decoded
-// payload; Wait, WaitN, All and CountIDs read the recorder by payload type,
-// the catalog giving the CloudEvent type. Record helpers (Put, Get, List)
+// Every event published on a stream's subject is recorded (Env.Events)
+// with its decoded payload (request/reply subjects, pv.query.>, are left
+// alone: a request nobody serves gets "no responders" at once); Wait,
+// WaitN, All and CountIDs read the recorder by payload type, the catalog
+// giving the CloudEvent type. Record helpers (Put, Get, List)
 // read and write a KV bucket as the record owners do. A wait that times out
 // fails the test with what it was waiting for and what the bus carried.
 //

@@ -22,39 +22,75 @@ type Seen struct {
 	Err     error
 }
 
-// Recorder keeps every event published on pv.> in the order the bus
-// carried it (core NATS sees what JetStream stores, duplicates included).
+// Recorder keeps every event published on the streams' subjects in the
+// order the bus carried it (core NATS sees what JetStream stores, duplicates included).
 type Recorder struct {
 	mu   sync.Mutex
 	cond *sync.Cond
 	seen []Seen
 }
 
+// recorded are the subjects the recorder listens on: every stream's
+// (events) and the dead letters', not pv.query.>, where a listener that
+// never answers would make a request wait its whole timeout (a scheduler
+// asking a network-config that is not running is answered at once by "no
+// responders", as in a deployment without it).
+func recorded() []string {
+	subjects := []string{bus.DLQSubjectPrefix + ">"}
+	for _, s := range events.StreamSubjects() {
+		subjects = append(subjects, s)
+	}
+	return subjects
+}
+
+// recorderBuffer is how many messages may wait for the recorder, as many as
+// a NATS subscription holds by default.
+const recorderBuffer = 1 << 16
+
 func record(t testing.TB, b *bus.Bus) *Recorder {
 	r := &Recorder{}
 	r.cond = sync.NewCond(&r.mu)
-	sub, err := b.Conn().Subscribe("pv.>", func(m *nats.Msg) {
-		ev, err := bus.DecodeMessage(m)
+	// One channel for every subject keeps the order the connection read
+	// them in across streams.
+	ch := make(chan *nats.Msg, recorderBuffer)
+	for _, subject := range recorded() {
+		sub, err := b.Conn().ChanSubscribe(subject, ch)
 		if err != nil {
-			return // dead letters and other traffic that is not an event
+			t.Fatalf("subscribe %s: %v", subject, err)
 		}
-		s := Seen{Event: ev}
-		if _, known := events.Lookup(ev.Type()); known {
-			s.Payload, s.Err = events.Decode(ev.Type(), ev.Data())
-		}
-		r.mu.Lock()
-		r.seen = append(r.seen, s)
-		r.cond.Broadcast()
-		r.mu.Unlock()
-	})
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
+		t.Cleanup(func() { _ = sub.Unsubscribe() })
 	}
 	if err := b.Conn().Flush(); err != nil {
 		t.Fatalf("flush: %v", err)
 	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case m := <-ch:
+				r.add(m)
+			case <-done:
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { close(done) })
 	return r
+}
+
+func (r *Recorder) add(m *nats.Msg) {
+	ev, err := bus.DecodeMessage(m)
+	if err != nil {
+		return // dead letters and other traffic that is not an event
+	}
+	s := Seen{Event: ev}
+	if _, known := events.Lookup(ev.Type()); known {
+		s.Payload, s.Err = events.Decode(ev.Type(), ev.Data())
+	}
+	r.mu.Lock()
+	r.seen = append(r.seen, s)
+	r.cond.Broadcast()
+	r.mu.Unlock()
 }
 
 // Seen returns what was recorded so far.

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -65,5 +68,24 @@ func TestEnvRecordsAndParts(t *testing.T) {
 	}
 	if all := testenv.List[events.HostRecord](e, events.BucketHosts); len(all) != 1 {
 		t.Errorf("List = %v, want one record", all)
+	}
+}
+
+// The recorder does not listen on request subjects: a request nobody
+// serves is told so at once, as in a deployment, rather than waiting for a
+// listener that never answers.
+func TestRecorderLeavesRequestsAlone(t *testing.T) {
+	e := testenv.Start(t)
+	_, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, []byte(`{}`), 5*time.Second)
+	if !errors.Is(err, nats.ErrNoResponders) {
+		t.Fatalf("request with only the recorder listening: %v, want %v", err, nats.ErrNoResponders)
+	}
+	// Events of every stream are still recorded, in the order published.
+	e.Publish(&events.HostLost{Name: "esx-1", Cluster: "c1", Reason: "NotResponding"})
+	e.Publish(&events.HostCordoned{Name: "esx-1", Reason: "Lost"})
+	testenv.Wait(e, func(p *events.HostCordoned) bool { return p.Name == "esx-1" })
+	seen := e.Events.Seen()
+	if len(seen) != 2 || seen[0].Event.Type() != events.TypeHostLost || seen[1].Event.Type() != events.TypeHostCordoned {
+		t.Errorf("recorded %s, want host.lost then host.cordoned", e.Events.Summary())
 	}
 }
