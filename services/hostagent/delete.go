@@ -20,15 +20,7 @@ const defaultGracePeriod = 30
 // StopSlack) for the agent's "stopped" before acknowledging. Another host's
 // pod, a pod whose record is gone, or one whose guest has no channel here,
 // is not this agent's business: acknowledged at once.
-func (s *Service) handleDelete(ctx context.Context, m *bus.Message) error {
-	v, err := events.Decode(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	req, ok := v.(*events.PodDeleteRequested)
-	if !ok {
-		return nil // another type on the subject: not a delete
-	}
+func (s *Service) handleDelete(ctx context.Context, _ *bus.Message, req *events.PodDeleteRequested) error {
 	ns := req.Namespace
 	if ns == "" {
 		ns = events.DefaultNamespace

@@ -58,7 +58,9 @@
 // # Deletes
 //
 // Each host agent consumes pod.delete.requested with its own durable
-// (hostagent-<host>). For a pod on this host with a connected guest it
+// (hostagent-<host>), through the bus Router like every service (typed
+// handlers; an event that does not decode is dead-lettered with its
+// reason). For a pod on this host with a connected guest it
 // sends stop with the pod's terminationGracePeriodSeconds (default 30) and
 // waits for stopped, at most the grace period plus StopSlack, before
 // acknowledging. The agent's status reports during the stop show the

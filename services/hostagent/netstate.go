@@ -56,13 +56,12 @@ func (s *Service) runNetworkState(ctx context.Context) error {
 		s.reapply(ctx, d)
 	}
 	go s.reapplyLoop(ctx)
-	return s.bus.Consume(ctx, bus.ConsumerConfig{
-		Service:  consumerName(s.cfg.Host),
-		Stream:   events.StreamNetworks,
-		Subjects: []string{events.SubjectNetworkHostDesiredFor(s.cfg.Host)},
-		Workers:  1, // states in order: the last one wins
-		Logger:   s.log,
-	}, s.handleDesired)
+	r := bus.NewRouter(consumerName(s.cfg.Host), s.log)
+	bus.Handle(r, s.handleDesired)
+	// States in order (one worker): the last one wins.
+	return r.Run(ctx, s.bus, bus.ConsumerConfig{Workers: 1}, func(c *bus.ConsumerConfig) {
+		c.Subjects = []string{events.SubjectNetworkHostDesiredFor(s.cfg.Host)}
+	})
 }
 
 // lastDesired reads the newest state on the host's subject; nil when none.
@@ -139,12 +138,8 @@ func (s *Service) reapply(ctx context.Context, d *events.NetworkHostDesired) {
 // handleDesired applies a new final desired state (network.host.desired)
 // and reports it with network.host.applied. Another host's state never
 // reaches this consumer; one that did anyway is not its business.
-func (s *Service) handleDesired(ctx context.Context, m *bus.Message) error {
-	d, err := s.decodeDesired(m.Event.Type(), m.Event.Data())
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	if d == nil {
+func (s *Service) handleDesired(ctx context.Context, m *bus.Message, d *events.NetworkHostDesired) error {
+	if d.Host != s.cfg.Host {
 		return nil
 	}
 	applied, err := s.applyDesired(ctx, d)

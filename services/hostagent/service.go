@@ -141,13 +141,7 @@ func (s *Service) Run(ctx context.Context) error {
 		g.Go(func() error { return s.runNetworks(gctx) })
 	}
 	g.Go(func() error {
-		return s.bus.Consume(gctx, bus.ConsumerConfig{
-			Service:  consumerName(s.cfg.Host),
-			Stream:   events.StreamPods,
-			Subjects: []string{events.SubjectPodDeleteRequested},
-			Workers:  s.cfg.Workers,
-			Logger:   s.log,
-		}, s.handleDelete)
+		return s.router().Run(gctx, s.bus, bus.ConsumerConfig{Workers: s.cfg.Workers}, nil)
 	})
 	if s.network != nil {
 		g.Go(func() error { return s.runNetworkState(gctx) })
@@ -159,6 +153,14 @@ func (s *Service) Run(ctx context.Context) error {
 		return fmt.Errorf("hostagent %s: %w", s.cfg.Host, err)
 	}
 	return nil
+}
+
+// router is the agent's handlers of the pods stream (deletes) on its own
+// durable, hostagent-<host>-PODS.
+func (s *Service) router() *bus.Router {
+	r := bus.NewRouter(consumerName(s.cfg.Host), s.log)
+	bus.Handle(r, s.handleDelete)
+	return r
 }
 
 var notConsumerChar = regexp.MustCompile(`[^a-z0-9-]+`)
