@@ -80,7 +80,7 @@ func TestNewRequiresDeps(t *testing.T) {
 func TestRunRejectsUnknownDatastore(t *testing.T) {
 	e := &env{t: t, vc: startVCenter(t), bus: bustest.Start(t), redis: redistest.Start(t)}
 	svc, err := imagecache.New(imagecache.Config{Datastores: []string{"no-such-ds"}}, imagecache.Deps{
-		Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc}, Redis: e.redis})
+		Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC}, Redis: e.redis})
 	if err != nil {
 		t.Fatal(err)
 	}

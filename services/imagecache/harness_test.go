@@ -1,33 +1,24 @@
 package imagecache_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
-	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
-	"github.com/vmware/govmomi/object"
-	"github.com/vmware/govmomi/simulator"
-	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/ociregistry/registrytest"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -40,140 +31,13 @@ const (
 	hostLocal = "DC0_C0_H0"
 )
 
-// registry is the in-process registry with counters of what it served and
-// a switch to corrupt one blob.
-type registry struct {
-	*ociregistry.Registry
-	blobBytes atomic.Int64
-	blobGets  atomic.Int64
-	manifests atomic.Int64 // manifest requests (resolutions)
-	mu        sync.Mutex
-	corrupt   string // blob digest to corrupt
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	reg     *registry
-	corrupt bool
-}
-
-func (w *countingWriter) Write(p []byte) (int, error) {
-	w.reg.blobBytes.Add(int64(len(p)))
-	if w.corrupt && len(p) > 0 {
-		q := append([]byte(nil), p...)
-		q[len(q)/2] ^= 0x5a
-		w.corrupt = false
-		return w.ResponseWriter.Write(q)
-	}
-	return w.ResponseWriter.Write(p)
-}
-
-func startRegistry(t testing.TB) *registry {
+// startVCenter starts a vcsim of one cluster of three hosts, a datastore
+// on all of them and one mounted only on hostLocal.
+func startVCenter(t testing.TB) *simtest.VCenter {
 	t.Helper()
-	r := &registry{}
-	reg, err := ociregistry.Start(context.Background(), ociregistry.Config{Wrap: func(h http.Handler) http.Handler {
-		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-			if strings.Contains(req.URL.Path, "/manifests/") {
-				r.manifests.Add(1)
-			}
-			if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") {
-				r.blobGets.Add(1)
-				r.mu.Lock()
-				bad := r.corrupt != "" && strings.HasSuffix(req.URL.Path, r.corrupt)
-				r.mu.Unlock()
-				h.ServeHTTP(&countingWriter{ResponseWriter: w, reg: r, corrupt: bad}, req)
-				return
-			}
-			h.ServeHTTP(w, req)
-		})
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
-	if _, err := ociregistry.Seed(context.Background(), reg.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	r.Registry = reg
-	r.blobBytes.Store(0)
-	r.blobGets.Store(0)
-	return r
-}
-
-func (r *registry) setCorrupt(digest string) {
-	r.mu.Lock()
-	r.corrupt = digest
-	r.mu.Unlock()
-}
-
-// vcenter is an in-process vcsim with one cluster of three hosts, a
-// datastore on all of them and one mounted only on hostLocal.
-type vcenter struct {
-	model  *simulator.Model
-	client *govmomi.Client
-	dc     *object.Datacenter
-}
-
-func startVCenter(t testing.TB) *vcenter {
-	t.Helper()
-	m := simulator.VPX()
-	m.Datacenter = 1
-	m.Cluster = 1
-	m.ClusterHost = 3
-	m.Host = 0
-	m.Machine = 0
-	m.Datastore = 1
-	if err := m.Create(); err != nil {
-		t.Fatal(err)
-	}
-	srv := m.Service.NewServer()
-	t.Cleanup(func() { srv.Close(); m.Remove() })
-	ctx := context.Background()
-	c, err := govmomi.NewClient(ctx, srv.URL, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := find.NewFinder(c.Client)
-	dc, err := f.DefaultDatacenter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.SetDatacenter(dc)
-	host, err := f.HostSystem(ctx, hostLocal)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dss, err := host.ConfigManager().DatastoreSystem(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), localDS)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := dss.CreateLocalDatastore(ctx, localDS, dir); err != nil {
-		t.Fatal(err)
-	}
-	return &vcenter{model: m, client: c, dc: dc}
-}
-
-// setFreeSpace changes what the API reports as a datastore's free space.
-func (v *vcenter) setFreeSpace(t testing.TB, ds string, free int64) {
-	t.Helper()
-	ctx := context.Background()
-	obj, err := find.NewFinder(v.client.Client).Datastore(ctx, ds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := v.model.Map()
-	sds := m.Get(obj.Reference()).(*simulator.Datastore)
-	sctx := *v.model.Service.Context
-	sctx.Context = ctx
-	m.WithLock(&sctx, sds, func() {
-		s := sds.Summary
-		s.FreeSpace = free
-		m.Update(&sctx, sds, []types.PropertyChange{{Name: "summary", Val: s}})
-	})
+	vc := simtest.StartVPX(t, 3)
+	vc.AddLocalDatastore(t, hostLocal, localDS)
+	return vc
 }
 
 // env is the image cache running in the test environment (shared/testenv:
@@ -183,9 +47,9 @@ type env struct {
 	*testenv.Env
 	t     testing.TB
 	bus   *bus.Bus
-	vc    *vcenter
+	vc    *simtest.VCenter
 	redis *redis.Client
-	reg   *registry
+	reg   *registrytest.Registry
 	svc   *imagecache.Service
 	seen  imageEvents
 }
@@ -209,10 +73,10 @@ func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
 	return startEnvOn(t, startVCenter(t), mutate)
 }
 
-func startEnvOn(t testing.TB, vc *vcenter, mutate func(*imagecache.Config)) *env {
+func startEnvOn(t testing.TB, vc *simtest.VCenter, mutate func(*imagecache.Config)) *env {
 	t.Helper()
 	te := testenv.Start(t, testenv.Redis())
-	e := &env{Env: te, t: t, bus: te.Bus, vc: vc, redis: te.Redis, reg: startRegistry(t), seen: imageEvents{te.Events}}
+	e := &env{Env: te, t: t, bus: te.Bus, vc: vc, redis: te.Redis, reg: registrytest.Start(t), seen: imageEvents{te.Events}}
 	cfg := imagecache.Config{Workers: 8, LeaseTTL: 2 * time.Second, GCInterval: time.Hour, CheckInterval: 100 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
@@ -224,7 +88,7 @@ func startEnvOn(t testing.TB, vc *vcenter, mutate func(*imagecache.Config)) *env
 
 func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	e.t.Helper()
-	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.client, Datacenter: e.vc.dc},
+	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC},
 		Redis: e.redis, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		e.t.Fatal(err)

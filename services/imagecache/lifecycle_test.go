@@ -150,9 +150,9 @@ func TestRedisFlushedMidRun(t *testing.T) {
 func createPodVM(t *testing.T, e *env, name, parentDisk string) {
 	t.Helper()
 	ctx := context.Background()
-	f := find.NewFinder(e.vc.client.Client)
-	f.SetDatacenter(e.vc.dc)
-	folders, err := e.vc.dc.Folders(ctx)
+	f := find.NewFinder(e.vc.Client.Client)
+	f.SetDatacenter(e.vc.DC)
+	folders, err := e.vc.DC.Folders(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	if !slices.Equal(order, want) {
 		t.Fatalf("evicted %v, want web's top then its middle layer %v (base is still used by the worker pod)", order, want)
 	}
-	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
 	for _, id := range want {
 		if _, err := store.ReadDisk(ctx, sharedDS, id); err == nil {
 			t.Fatalf("evicted chain %s still on the datastore", id)
@@ -288,7 +288,7 @@ func TestCrashedPullIsRedone(t *testing.T) {
 	ctx := context.Background()
 	worker := e.reg.Ref("podvisor/worker:1.0")
 	layers := layerSizesFromRegistry(t, worker)
-	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
 	dead := events.ChainRecord{ChainID: layers[0].ChainID, Datastore: sharedDS, Disk: imagedisk.DiskPath(sharedDS, layers[0].ChainID),
 		Layer: layers[0].Digest, DiffID: layers[0].DiffID, Depth: 1, Size: layers[0].Size}
 	if got, err := chaindb.New(e.redis, nil).Begin(ctx, dead, "dead-replica", 1500*time.Millisecond); err != nil || got != chaindb.Acquired {
@@ -298,7 +298,7 @@ func TestCrashedPullIsRedone(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Half a flat extent, no descriptor: what a puller that died mid-upload leaves.
-	ds, err := find.NewFinder(e.vc.client.Client).Datastore(ctx, sharedDS)
+	ds, err := find.NewFinder(e.vc.Client.Client).Datastore(ctx, sharedDS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,7 +366,7 @@ func TestWipedDatastoreRecordsAreDropped(t *testing.T) {
 	e.accept("first", worker)
 	e.waitFor("first ready", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "first") != nil })
 	layers := layerSizes(t, e, worker)
-	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
 	if err := store.Delete(ctx, sharedDS, layers[1].ChainID); err != nil {
 		t.Fatal(err)
 	}

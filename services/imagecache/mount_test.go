@@ -353,8 +353,8 @@ func (e *env) localPath(t testing.TB, dsPath string) string {
 		t.Fatalf("not a datastore path: %s", dsPath)
 	}
 	ctx := context.Background()
-	f := find.NewFinder(e.vc.client.Client, false)
-	f.SetDatacenter(e.vc.dc)
+	f := find.NewFinder(e.vc.Client.Client, false)
+	f.SetDatacenter(e.vc.DC)
 	ds, err := f.Datastore(ctx, p.Datastore)
 	if err != nil {
 		t.Fatal(err)

@@ -46,7 +46,7 @@ func TestRoomIsCheckedWithTheDiskSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ds := range []string{sharedDS, localDS} {
-		e.vc.setFreeSpace(t, ds, 1<<20+4<<20)
+		e.vc.SetFreeSpace(t, ds, 1<<20+4<<20)
 	}
 	if err := e.svc.RefreshInventory(ctx); err != nil {
 		t.Fatal(err)

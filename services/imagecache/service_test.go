@@ -47,16 +47,16 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	e := startEnv(t, nil)
 	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
 
-	manifestsBefore := e.reg.manifests.Load()
+	manifestsBefore := e.reg.Manifests.Load()
 	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("web-%02d", i), web)
 	}
 	evs := e.waitFor("20 web pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "web-") == 20 })
 	// One resolution of the tag serves the burst (ResolveTTL).
-	if n := e.reg.manifests.Load() - manifestsBefore; n > 2 {
+	if n := e.reg.Manifests.Load() - manifestsBefore; n > 2 {
 		t.Fatalf("%d manifest requests for 20 pods of one image, want 1 resolution", n)
 	}
-	t.Logf("manifest requests for 20 pods: %d", e.reg.manifests.Load()-manifestsBefore)
+	t.Logf("manifest requests for 20 pods: %d", e.reg.Manifests.Load()-manifestsBefore)
 	webLayers := layerSizes(t, e, web)
 	if got, want := e.svc.Stats().BytesPulled, sum(webLayers); got != want {
 		t.Fatalf("bytes pulled for 20 pods = %d, want the image size %d once", got, want)
@@ -64,7 +64,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	if got := e.svc.Stats().LayersPulled; got != 3 {
 		t.Fatalf("layers pulled = %d, want 3", got)
 	}
-	if got, want := e.reg.blobBytes.Load(), sum(webLayers); got > want+4096 { // + the config blob
+	if got, want := e.reg.BlobBytes.Load(), sum(webLayers); got > want+4096 { // + the config blob
 		t.Fatalf("registry served %d blob bytes, want about %d", got, want)
 	}
 	first := readyFor(t, evs, "web-00")
@@ -116,7 +116,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	// The datastore holds each distinct layer once, as a disk whose
 	// descriptor names its parent and whose extent is the layer's filesystem.
 	ctx := context.Background()
-	store := imagedisk.New(e.vc.client.Client, e.vc.dc)
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
 	var onDS int64
 	for _, l := range append(webLayers, workerLayers[1]) {
 		rec, err := store.ReadDisk(ctx, sharedDS, l.ChainID)
@@ -204,7 +204,7 @@ func TestFailures(t *testing.T) {
 	// A corrupted blob: the registry flips a byte of worker's own layer.
 	worker := e.reg.Ref("podvisor/worker:1.0")
 	resolved := layerSizesFromRegistry(t, worker)
-	e.reg.setCorrupt(resolved[1].Digest)
+	e.reg.Corrupt(resolved[1].Digest)
 	e.accept("corrupt", worker)
 	e.accept("missing", e.reg.Ref("podvisor/nope:1.0"))
 	evs := e.waitFor("two failures", 30*time.Second, func(evs []event.Event) bool {
@@ -225,7 +225,7 @@ func TestFailures(t *testing.T) {
 	if !ok || rec.State != events.ChainStateFailed {
 		t.Fatalf("corrupt chain record = %+v (%v), want failed", rec, ok)
 	}
-	if _, _, err := imagedisk.New(e.vc.client.Client, e.vc.dc).ReadFlat(ctx, sharedDS, resolved[1].ChainID); err == nil {
+	if _, _, err := imagedisk.New(e.vc.Client.Client, e.vc.DC).ReadFlat(ctx, sharedDS, resolved[1].ChainID); err == nil {
 		t.Fatal("the corrupt layer's disk is on the datastore")
 	}
 	// The base layer was fine and stays ready.
@@ -234,13 +234,13 @@ func TestFailures(t *testing.T) {
 	}
 
 	// Once the registry serves good bytes again, the next pod gets the image.
-	e.reg.setCorrupt("")
+	e.reg.Corrupt("")
 	e.accept("healed", worker)
 	e.waitFor("healed pod ready", 30*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "healed") != nil })
 
 	// Datastore full: no room on any datastore for web's layers.
-	e.vc.setFreeSpace(t, sharedDS, 1<<20)
-	e.vc.setFreeSpace(t, localDS, 1<<20)
+	e.vc.SetFreeSpace(t, sharedDS, 1<<20)
+	e.vc.SetFreeSpace(t, localDS, 1<<20)
 	if err := e.svc.RefreshInventory(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startEnvOn(t, &vcenter{model: d.Model(), client: c, dc: dc}, nil)
+	e := startEnvOn(t, &simtest.VCenter{Model: d.Model(), Client: c, DC: dc}, nil)
 	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
 	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("web-%d", i), web)

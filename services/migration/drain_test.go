@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 func (w *world) drainRecord(host string) *events.DrainRecord {
@@ -20,12 +21,11 @@ func (w *world) drainRecord(host string) *events.DrainRecord {
 
 func (w *world) waitDrained(host string) *events.HostDrained {
 	w.t.Helper()
-	ev := w.rec.wait(w.t, 30*time.Second, func(_ eventT, p any) bool {
-		d, ok := p.(*events.HostDrained)
+	s := w.WaitSeen(30*time.Second, "host.drained of "+host, func(s testenv.Seen) bool {
+		d, ok := s.Payload.(*events.HostDrained)
 		return ok && d.Name == host
 	})
-	p, _ := events.Decode(ev.Type(), ev.Data())
-	return p.(*events.HostDrained)
+	return s.Payload.(*events.HostDrained)
 }
 
 // TestDrainHostWithTenPods: the host is cordoned, its ten pods move to other
@@ -49,7 +49,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	if d.Migrated != 10 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want 10 migrated, none unmovable", d)
 	}
-	cordoned := collect[*events.HostCordoned](w.rec)
+	cordoned := testenv.Distinct[events.HostCordoned](w.Env, nil)
 	if len(cordoned) != 1 || cordoned[0].Name != h[0] || cordoned[0].Reason != "Drain" {
 		t.Errorf("cordoned = %+v, want one for %s with reason Drain", cordoned, h[0])
 	}
@@ -75,7 +75,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 		}
 	}
 	// One migration per pod, no more.
-	if n := len(collect[*events.MigrationRequested](w.rec)); n != 10 {
+	if n := len(testenv.Distinct[events.MigrationRequested](w.Env, nil)); n != 10 {
 		t.Errorf("%d migrations requested, want 10", n)
 	}
 
@@ -86,14 +86,14 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	})
 	eventually(t, "the drain record says Uncordoned", func() bool { return w.drainRecord(h[0]).Phase == events.DrainPhaseUncordoned })
 	eventually(t, "host.uncordoned announced", func() bool {
-		u := collect[*events.HostUncordoned](w.rec)
+		u := testenv.Distinct[events.HostUncordoned](w.Env, nil)
 		return len(u) == 1 && u[0].Name == h[0]
 	})
 
 	// A client asks for a cordon; migration announces it.
 	w.publish("podvisor/cli", events.TypeHostCordonRequested, &events.HostCordonRequested{Name: h[1]})
 	eventually(t, "host.cordoned for the request", func() bool {
-		for _, c := range collect[*events.HostCordoned](w.rec) {
+		for _, c := range testenv.Distinct[events.HostCordoned](w.Env, nil) {
 			if c.Name == h[1] && c.Reason == "Manual" {
 				return true
 			}
@@ -162,7 +162,7 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 		}
 		return true
 	})
-	evicted := collect[*events.PodEvicted](w.rec)
+	evicted := testenv.Distinct[events.PodEvicted](w.Env, nil)
 	if len(evicted) != 3 {
 		t.Fatalf("%d evictions, want 3: %+v", len(evicted), evicted)
 	}
@@ -223,7 +223,7 @@ func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 
 	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	eventually(t, "the first pass moved the running pod", func() bool {
-		return len(collect[*events.MigrationCompleted](w.rec)) == 1
+		return len(testenv.Distinct[events.MigrationCompleted](w.Env, nil)) == 1
 	})
 	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseStarting })
 	d := w.waitDrained(h[0])

@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -11,18 +10,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -42,10 +38,7 @@ type world struct {
 	vc    *govmomi.Client
 	dco   *object.Datacenter
 	vm    *vmotion.Client
-	rec   recorder
-	pods  jetstream.KeyValue
-	hosts jetstream.KeyValue
-	nets  jetstream.KeyValue
+	pods  *record.Store[events.PodRecord]
 	sched *scheduler
 	svc   *Service
 	// stop ends the running service and waits for Run to return.
@@ -61,8 +54,9 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	if err != nil {
 		t.Fatalf("datacenter: %v", err)
 	}
-	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: vc, dco: dco, vm: vmotion.New(vc.Client, dco), rec: recorder{te.Events}}
-	w.pods, w.hosts, w.nets = te.KV(events.BucketPods), te.KV(events.BucketHosts), te.KV(events.BucketNetHosts)
+	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: vc, dco: dco, vm: vmotion.New(vc.Client, dco)}
+	w.pods = record.New[events.PodRecord](te.KV(events.BucketPods), "pod")
+	w.pods.Attempts = 20
 	// The inventory's host records and network-config's availability:
 	// "default" on every host, "backend" on cluster-1 only.
 	var all, first []string
@@ -71,7 +65,7 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 		if h.Cluster == dc.Clusters()[0].Name {
 			first = append(first, h.Name)
 		}
-		w.putJSON(w.hosts, events.HostRecordKey(h.Name), &events.HostRecord{HostInfo: events.HostInfo{
+		testenv.Put(te, events.BucketHosts, events.HostRecordKey(h.Name), &events.HostRecord{HostInfo: events.HostInfo{
 			Name: h.Name, Cluster: h.Cluster, ConnectionState: events.HostConnected, CPUCores: int32(h.Cores), MemoryBytes: h.MemoryBytes,
 		}})
 	}
@@ -81,32 +75,15 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	return w
 }
 
-func (w *world) putJSON(kv jetstream.KeyValue, key string, v any) {
-	w.t.Helper()
-	data, err := json.Marshal(v)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	if _, err := kv.Put(context.Background(), key, data); err != nil {
-		w.t.Fatalf("put %s: %v", key, err)
-	}
-}
-
 // network writes network-config's availability of a network.
 func (w *world) network(name string, hosts ...string) {
 	hosts = slices.Sorted(slices.Values(hosts))
-	w.putJSON(w.nets, events.NetworkRecordKey(name), &events.NetworkAvailability{Network: name, Version: 1, Hosts: hosts, Scope: hosts})
+	testenv.Put(w.Env, events.BucketNetHosts, events.NetworkRecordKey(name), &events.NetworkAvailability{Network: name, Version: 1, Hosts: hosts, Scope: hosts})
 }
 
 func (w *world) clusterHosts(i int) []string { return w.dc.Clusters()[i].Hosts }
 
-func (w *world) clusterOf(host string) string {
-	h, err := w.dc.Host(host)
-	if err != nil {
-		w.t.Fatalf("host %s: %v", host, err)
-	}
-	return h.Cluster
-}
+func (w *world) clusterOf(host string) string { return simtest.ClusterOf(w.t, w.dc, host) }
 
 func testConfig() Config {
 	cfg := DefaultConfig()
@@ -163,7 +140,7 @@ func (w *world) runPod(name, host string, networks ...string) pod {
 	}
 	uid := fmt.Sprintf("uid-%s", name)
 	ref := w.createVM(host, "pv-"+uid, uid, "default", name)
-	w.putJSON(w.pods, events.PodRecordKey("default", name), &events.PodRecord{
+	w.PutPodRecord(&events.PodRecord{
 		UID: uid, Namespace: "default", Name: name, Phase: events.PodPhaseRunning, Networks: networks,
 		Host: host, Cluster: w.clusterOf(host), Datastores: []string{sim.SharedDatastore},
 		VMName: "pv-" + uid, VMRef: ref.Value, CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC(),
@@ -182,82 +159,33 @@ func (w *world) createVM(host, name, uid, ns, podName string) types.ManagedObjec
 }
 
 func (w *world) tryCreateVM(host, name, uid, ns, podName string) (types.ManagedObjectReference, error) {
-	ctx := context.Background()
-	var none types.ManagedObjectReference
 	hs, err := w.dc.Host(host)
 	if err != nil {
-		return none, err
+		return types.ManagedObjectReference{}, err
 	}
-	var pool types.ManagedObjectReference
-	for _, c := range w.dc.Clusters() {
-		if c.Name == hs.Cluster {
-			pool = c.ResourcePool
-		}
-	}
-	folders, err := w.dco.Folders(ctx)
+	vm, _, err := simtest.NewPodVM(context.Background(), w.vc, w.dc, simtest.PodVM{Name: name, Host: hs, NumCPUs: 1, MemoryMB: 128,
+		ExtraConfig: map[string]string{vmotion.UIDKey: uid, vmotion.NamespaceKey: ns, vmotion.PodKey: podName}, PowerOn: true})
 	if err != nil {
-		return none, err
+		return types.ManagedObjectReference{}, err
 	}
-	spec := types.VirtualMachineConfigSpec{
-		Name: name, GuestId: string(types.VirtualMachineGuestOsIdentifierOtherGuest64), NumCPUs: 1, MemoryMB: 128,
-		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + sim.SharedDatastore + "]"},
-		ExtraConfig: []types.BaseOptionValue{
-			&types.OptionValue{Key: vmotion.UIDKey, Value: uid},
-			&types.OptionValue{Key: vmotion.NamespaceKey, Value: ns},
-			&types.OptionValue{Key: vmotion.PodKey, Value: podName},
-		},
-	}
-	h := object.NewHostSystem(w.vc.Client, hs.Ref)
-	task, err := folders.VmFolder.CreateVM(ctx, spec, object.NewResourcePool(w.vc.Client, pool), h)
-	if err != nil {
-		return none, fmt.Errorf("create VM %s: %w", name, err)
-	}
-	info, err := task.WaitForResult(ctx)
-	if err != nil {
-		return none, fmt.Errorf("create VM %s: %w", name, err)
-	}
-	ref := info.Result.(types.ManagedObjectReference)
-	ptask, err := object.NewVirtualMachine(w.vc.Client, ref).PowerOn(ctx)
-	if err == nil {
-		err = ptask.Wait(ctx)
-	}
-	if err != nil {
-		return none, fmt.Errorf("power on %s: %w", name, err)
-	}
-	return ref, nil
+	return vm.Reference(), nil
 }
 
 // vmHost is where vCenter says a VM runs, and its resource pool.
 func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool types.ManagedObjectReference) {
 	w.t.Helper()
-	var m mo.VirtualMachine
-	if err := w.vc.RetrieveOne(context.Background(), ref, []string{"runtime.host", "resourcePool"}, &m); err != nil {
-		w.t.Fatalf("VM %s: %v", ref.Value, err)
-	}
-	var h mo.HostSystem
-	if err := w.vc.RetrieveOne(context.Background(), *m.Runtime.Host, []string{"name"}, &h); err != nil {
-		w.t.Fatal(err)
-	}
-	return h.Name, *m.ResourcePool
+	return simtest.VMHost(w.t, w.vc, ref)
 }
 
-func (w *world) vmExists(ref types.ManagedObjectReference) bool {
-	var m mo.VirtualMachine
-	err := w.vc.RetrieveOne(context.Background(), ref, []string{"name"}, &m)
-	return err == nil
-}
+func (w *world) vmExists(ref types.ManagedObjectReference) bool { return simtest.VMExists(w.vc, ref) }
 
 func (w *world) podRecord(name string) *events.PodRecord {
 	w.t.Helper()
-	e, err := w.pods.Get(context.Background(), events.PodRecordKey("default", name))
-	if err != nil {
-		w.t.Fatalf("pod %s: %v", name, err)
+	r, _, err := w.pods.Get(context.Background(), events.PodRecordKey("default", name))
+	if err != nil || r == nil {
+		w.t.Fatalf("pod %s: %v %v", name, r, err)
 	}
-	var r events.PodRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		w.t.Fatal(err)
-	}
-	return &r
+	return r
 }
 
 func (w *world) migration(id string) *events.MigrationRecord {
@@ -278,8 +206,6 @@ func (w *world) migrationPhase(id string) string {
 	return r.Phase
 }
 
-type eventT = event.Event
-
 // publish sends an event as a client or another service would.
 func (w *world) publish(source, ceType string, p events.Payload) uint64 {
 	return w.PublishAs(source, ceType, p.ObjectKey(), p)
@@ -295,67 +221,20 @@ func (w *world) migrate(id string, p pod, to string) {
 // payload.
 func (w *world) waitEnd(id string) (string, any) {
 	w.t.Helper()
-	ev := w.rec.wait(w.t, 20*time.Second, func(ev event.Event, p any) bool {
-		switch v := p.(type) {
+	s := w.WaitSeen(20*time.Second, "the end of migration "+id, func(s testenv.Seen) bool {
+		switch v := s.Payload.(type) {
 		case *events.MigrationCompleted:
 			return v.ID == id
 		case *events.MigrationFailed:
 			return v.ID == id
 		case *events.MigrationCancelled:
-			return v.ID == id && ev.Source() == Source && !strings.Contains(ev.ID(), "release")
+			return v.ID == id && s.Event.Source() == Source && !strings.Contains(s.Event.ID(), "release")
 		case *events.MigrationRejected:
 			return v.ID == id
 		}
 		return false
 	})
-	p, _ := events.Decode(ev.Type(), ev.Data())
-	return ev.Type(), p
-}
-
-// recorder reads the test environment's record of the bus.
-type recorder struct{ *testenv.Recorder }
-
-// events returns the decoded events in order, each id once (what a
-// JetStream consumer sees after de-duplication).
-func (r recorder) events() []recorded {
-	seen := map[string]bool{}
-	var out []recorded
-	for _, s := range r.Seen() {
-		if !seen[s.Event.ID()] && s.Err == nil && s.Payload != nil {
-			seen[s.Event.ID()] = true
-			out = append(out, recorded{s.Event, s.Payload})
-		}
-	}
-	return out
-}
-
-type recorded struct {
-	ev event.Event
-	p  any
-}
-
-func (r recorder) wait(t *testing.T, d time.Duration, pred func(event.Event, any) bool) event.Event {
-	t.Helper()
-	var found event.Event
-	testenv.Eventually(t, "a matching event", d, func() bool {
-		i := slices.IndexFunc(r.events(), func(e recorded) bool { return pred(e.ev, e.p) })
-		if i >= 0 {
-			found = r.events()[i].ev
-		}
-		return i >= 0
-	})
-	return found
-}
-
-// collect returns the payloads of one type.
-func collect[T any](r recorder) []T {
-	var out []T
-	for _, e := range r.events() {
-		if v, ok := e.p.(T); ok {
-			out = append(out, v)
-		}
-	}
-	return out
+	return s.Event.Type(), s.Payload
 }
 
 func eventually(t *testing.T, what string, cond func() bool) {
@@ -373,52 +252,26 @@ func eventually(t *testing.T, what string, cond func() bool) {
 type scheduler struct {
 	w        *world
 	mu       sync.Mutex
-	seen     map[string]bool
 	load     map[string]int
 	cordoned map[string]bool
 	lost     map[string]bool
 	// reservations by migration ID: source and target host.
 	reservations map[string][2]string
-	sub          *nats.Subscription
 	// silent lists migration IDs the stand-in does not answer, as a
 	// scheduler that is down would not.
 	silent map[string]bool
 }
 
 func newScheduler(w *world) *scheduler {
-	s := &scheduler{w: w, seen: map[string]bool{}, load: map[string]int{}, cordoned: map[string]bool{}, lost: map[string]bool{}, reservations: map[string][2]string{}, silent: map[string]bool{}}
-	sub, err := w.bus.Conn().Subscribe("pv.>", s.on)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	if err := w.bus.Conn().Flush(); err != nil {
-		w.t.Fatal(err)
-	}
-	s.sub = sub
-	w.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	s := &scheduler{w: w, load: map[string]int{}, cordoned: map[string]bool{}, lost: map[string]bool{}, reservations: map[string][2]string{}, silent: map[string]bool{}}
+	w.Follow(s.on)
 	return s
 }
 
-func (s *scheduler) on(m *nats.Msg) {
-	ev, err := bus.DecodeMessage(m)
-	if err != nil {
-		return
-	}
-	s.mu.Lock()
-	if s.seen[ev.ID()] {
-		s.mu.Unlock()
-		return
-	}
-	s.seen[ev.ID()] = true
-	s.mu.Unlock()
-	p, err := events.Decode(ev.Type(), ev.Data())
-	if err != nil {
-		return
-	}
-	ctx := context.Background()
-	switch v := p.(type) {
+func (s *scheduler) on(seen testenv.Seen) {
+	switch v := seen.Payload.(type) {
 	case *events.MigrationRequested:
-		s.reserve(ctx, v)
+		s.reserve(context.Background(), v)
 	case *events.HostCordoned:
 		s.mu.Lock()
 		s.cordoned[v.Name] = true
@@ -442,14 +295,12 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	if silent {
 		return
 	}
-	e, err := w.pods.Get(ctx, events.PodRecordKey(v.Namespace, v.Pod))
-	if err != nil {
+	r, _, err := w.pods.Get(ctx, events.PodRecordKey(v.Namespace, v.Pod))
+	if err != nil || r == nil {
 		w.publishAsync("podvisor/scheduler", events.TypeMigrationRejected, &events.MigrationRejected{
 			ID: v.ID, Namespace: v.Namespace, Pod: v.Pod, Reason: "NotFound", Message: "pod " + v.Pod + " does not exist"})
 		return
 	}
-	var r events.PodRecord
-	_ = json.Unmarshal(e.Value(), &r)
 	target := v.TargetHost
 	if target == "" {
 		target = s.pick(r.Host, r.Cluster)
@@ -494,20 +345,10 @@ func (s *scheduler) pick(source, cluster string) string {
 }
 
 func (s *scheduler) update(name string, mutate func(r *events.PodRecord)) {
-	w := s.w
-	for range 20 {
-		e, err := w.pods.Get(context.Background(), events.PodRecordKey("default", name))
-		if err != nil {
-			return
-		}
-		var r events.PodRecord
-		_ = json.Unmarshal(e.Value(), &r)
-		mutate(&r)
-		data, _ := json.Marshal(&r)
-		if _, err := w.pods.Update(context.Background(), e.Key(), data, e.Revision()); err == nil {
-			return
-		}
-	}
+	_, _ = s.w.pods.Mutate(context.Background(), events.PodRecordKey("default", name), func(r *events.PodRecord) error {
+		mutate(r)
+		return nil
+	})
 }
 
 // restart places an evicted pod on another host in a new VM.
@@ -527,18 +368,11 @@ func (s *scheduler) restart(v *events.PodEvicted) {
 	})
 }
 
-// publishAsync publishes from a NATS callback, where a synchronous
-// JetStream publish would wait on the callback's own connection.
+// publishAsync publishes as the stand-in, off the test's goroutine.
 func (w *world) publishAsync(source, ceType string, p events.Payload) {
-	go func() {
-		ev, err := bus.NewEvent(source, ceType, p.ObjectKey(), p)
-		if err == nil {
-			err = w.bus.Publish(context.Background(), ev)
-		}
-		if err != nil {
-			w.t.Errorf("publish %s: %v", ceType, err)
-		}
-	}()
+	if _, err := w.TryPublish(source, ceType, p.ObjectKey(), p); err != nil {
+		w.t.Errorf("publish %s: %v", ceType, err)
+	}
 }
 
 func vmRef(v string) types.ManagedObjectReference {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestTenRequestsForOnePodRunOne: ten concurrent requests for one pod →
@@ -55,7 +56,7 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	// and target (migration.cancelled), whichever scheduler replica reads it
 	// and in whatever order; none names the migration that ran.
 	released := map[string]bool{}
-	for _, c := range collect[*events.MigrationCancelled](w.rec) {
+	for _, c := range testenv.Distinct[events.MigrationCancelled](w.Env, nil) {
 		if c.ID == done || c.UID != p.uid || c.TargetHost == "" {
 			t.Errorf("migration.cancelled %+v; want one per rejected duplicate, with the uid and target", c)
 		}
@@ -65,7 +66,7 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 		t.Errorf("%d reservations released, want the 9 duplicates'", len(released))
 	}
 	var moved int
-	for _, pr := range collect[*events.MigrationProgress](w.rec) {
+	for _, pr := range testenv.Distinct[events.MigrationProgress](w.Env, nil) {
 		if pr.Phase == events.PhaseRelocating && pr.Percent == 0 {
 			moved++
 		}
@@ -105,13 +106,13 @@ func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 	// Prechecking to its end.
 	type move struct{ source, sourceCluster, targetCluster string }
 	moves := map[string]move{}
-	for _, r := range collect[*events.MigrationTargetReserved](w.rec) {
+	for _, r := range testenv.Distinct[events.MigrationTargetReserved](w.Env, nil) {
 		moves[r.ID] = move{r.SourceHost, w.clusterOf(r.SourceHost), r.TargetCluster}
 	}
 	active := map[string]move{}
 	maxHost, maxCluster, queuedBehind := 0, 0, 0
-	for _, e := range w.rec.events() {
-		switch v := e.p.(type) {
+	for _, e := range w.Events.Distinct() {
+		switch v := e.Payload.(type) {
 		case *events.MigrationProgress:
 			if v.Phase == events.PhaseQueued && v.QueuePosition > 0 {
 				queuedBehind++
@@ -183,10 +184,7 @@ func TestCancel(t *testing.T) {
 
 	// "moving" relocates (300 ms); "waiting" queues behind it on h[0].
 	w.migrate("moving", first, h[2])
-	w.rec.wait(t, 10*time.Second, func(_ eventT, p any) bool {
-		v, ok := p.(*events.MigrationProgress)
-		return ok && v.ID == "moving" && v.Phase == events.PhaseRelocating
-	})
+	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "moving" && v.Phase == events.PhaseRelocating })
 	w.migrate("waiting", second, h[3])
 	eventually(t, "waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
 	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "waiting", Namespace: "default", Pod: "second"})

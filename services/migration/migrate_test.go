@@ -8,6 +8,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestMigrateToNamedHost: with --to, the pod VM lands on that host (vCenter
@@ -32,7 +33,7 @@ func TestMigrateToNamedHost(t *testing.T) {
 		t.Errorf("vCenter has the VM on %s, want %s", got, hosts[2])
 	}
 	var phases []string
-	for _, pr := range collect[*events.MigrationProgress](w.rec) {
+	for _, pr := range testenv.Distinct[events.MigrationProgress](w.Env, nil) {
 		// Relocating repeats with each progress step vCenter reports.
 		if pr.ID == "m-to" && (len(phases) == 0 || phases[len(phases)-1] != pr.Phase) {
 			phases = append(phases, pr.Phase)

@@ -3,11 +3,9 @@ package migration
 import (
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestSourceLackingNetworkIsRefused: the precheck checks the pod's networks
@@ -18,7 +16,7 @@ func TestSourceLackingNetworkIsRefused(t *testing.T) {
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("db", h[0], "edge")
-	w.putJSON(w.nets, "edge", &events.NetworkAvailability{Network: "edge", Version: 1,
+	testenv.Put(w.Env, events.BucketNetHosts, "edge", &events.NetworkAvailability{Network: "edge", Version: 1,
 		Hosts: []string{h[1], h[2]}, Scope: []string{h[0], h[1], h[2]}, Failed: []string{h[0]}})
 
 	w.migrate("m-src", p, h[1])
@@ -48,9 +46,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 
 	w.publish("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
 		Name: "edge", Version: 2, Host: h[0], Reason: "NotRealized", Message: "port group pv-edge is not among the host's networks"})
-	ev := w.rec.wait(t, 10*time.Second, func(_ event.Event, p any) bool { _, ok := p.(*events.PodEvicted); return ok })
-	e, _ := events.Decode(ev.Type(), ev.Data())
-	got := e.(*events.PodEvicted)
+	got := testenv.Wait(w.Env, func(*events.PodEvicted) bool { return true })
 	if got.Name != on.name || got.Host != h[0] || got.Reason != ReasonNetworkLost || !strings.Contains(got.Message, "edge") {
 		t.Errorf("evicted %+v, want %s from %s with %s naming edge", got, on.name, h[0], ReasonNetworkLost)
 	}
@@ -68,7 +64,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 		info, err := c.Info(t.Context())
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 	})
-	for _, v := range collect[*events.PodEvicted](w.rec) {
+	for _, v := range testenv.Distinct[events.PodEvicted](w.Env, nil) {
 		if v.Name == "off-edge" {
 			t.Errorf("off-edge, not on edge, was evicted: %+v", v)
 		}

@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // stepFaults makes chosen steps of chosen migrations fail (as if NATS or
@@ -67,30 +67,26 @@ func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
 // drain of it begins.
 func (w *world) cordon(host string) {
 	w.t.Helper()
-	e, err := w.hosts.Get(context.Background(), events.HostRecordKey(host))
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	var h events.HostRecord
-	if err := json.Unmarshal(e.Value(), &h); err != nil {
-		w.t.Fatal(err)
+	h := testenv.Get[events.HostRecord](w.Env, events.BucketHosts, events.HostRecordKey(host))
+	if h == nil {
+		w.t.Fatalf("no host record of %s", host)
 	}
 	h.Cordoned = true
-	w.putJSON(w.hosts, events.HostRecordKey(host), &h)
+	testenv.Put(w.Env, events.BucketHosts, events.HostRecordKey(host), h)
 }
 
 // ended lists the final events published for a migration, by type.
 func (w *world) ended(id string) map[string]int {
 	out := map[string]int{}
-	for _, e := range w.rec.events() {
-		switch v := e.p.(type) {
+	for _, e := range w.Events.Distinct() {
+		switch v := e.Payload.(type) {
 		case *events.MigrationCompleted:
 			if v.ID == id {
-				out[e.ev.Type()]++
+				out[e.Event.Type()]++
 			}
 		case *events.MigrationFailed:
 			if v.ID == id {
-				out[e.ev.Type()]++
+				out[e.Event.Type()]++
 			}
 		}
 	}

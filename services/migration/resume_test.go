@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestRestartResumesMigrations: a service stopped with one migration
@@ -52,7 +53,7 @@ func TestRestartResumesMigrations(t *testing.T) {
 		}
 	}
 	completed := map[string]int{}
-	for _, c := range collect[*events.MigrationCompleted](w.rec) {
+	for _, c := range testenv.Distinct[events.MigrationCompleted](w.Env, nil) {
 		completed[c.ID]++
 	}
 	for id, n := range completed {

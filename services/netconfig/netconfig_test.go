@@ -34,8 +34,8 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 		t.Fatalf("realized on %d hosts (%d failed), want 16 ready", len(r.Ready), len(r.Failed))
 	}
 	t.Logf("pushed to 16 hosts in %s (declare → network.realized)", elapsed)
-	if got := e.portGroup("pv-default"); !got.exists || !slices.Equal(got.hosts, e.allHosts()) {
-		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.hosts, e.allHosts())
+	if got := e.portGroup("pv-default"); !got.Exists || !slices.Equal(got.Hosts, e.allHosts()) {
+		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.Hosts, e.allHosts())
 	}
 	if n := len(testenv.WaitN(e.Env, 16, func(p *events.NetworkHostReady) bool { return p.Name == "default" })); n != 16 {
 		t.Fatalf("%d network.host.ready events, want 16", n)
@@ -71,8 +71,8 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
 
 	pg := e.portGroup("pv-frontend")
-	if !pg.exists || pg.vlan != 120 || !slices.Equal(pg.hosts, cluster1) {
-		t.Fatalf("vSphere: pv-frontend vlan %d on %v, want vlan 120 on exactly %v", pg.vlan, pg.hosts, cluster1)
+	if !pg.Exists || pg.VLAN != 120 || !slices.Equal(pg.Hosts, cluster1) {
+		t.Fatalf("vSphere: pv-frontend vlan %d on %v, want vlan 120 on exactly %v", pg.VLAN, pg.Hosts, cluster1)
 	}
 	a := e.availability("frontend")
 	if !slices.Equal(a.Hosts, cluster1) || !slices.Equal(a.Scope, cluster1) || a.Version != 1 {
@@ -122,7 +122,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	if rec := e.record("frontend"); rec.Reason != netconfig.ReasonInUse || !strings.Contains(rec.Message, "delete refused") {
 		t.Fatalf("record after refused delete: %s %q", rec.Reason, rec.Message)
 	}
-	if !e.portGroup("pv-frontend").exists {
+	if !e.portGroup("pv-frontend").Exists {
 		t.Fatal("port group removed although the delete was refused")
 	}
 
@@ -137,7 +137,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 0 })
 	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
 	testenv.Wait(e.Env, func(p *events.NetworkDeleted) bool { return p.Name == "frontend" })
-	if pg := e.portGroup("pv-frontend"); pg.exists {
+	if pg := e.portGroup("pv-frontend"); pg.Exists {
 		t.Fatal("vSphere: pv-frontend still exists after network.deleted")
 	}
 }
@@ -195,8 +195,8 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 	if v, _ := rec.FindVersion(2); v.Status != events.NetworkVersionRolledBack {
 		t.Fatalf("history of version 2 = %+v, want RolledBack", v)
 	}
-	if pg := e.portGroup("pv-backend"); pg.vlan != 200 {
-		t.Fatalf("vSphere: pv-backend vlan %d after rollback, want 200", pg.vlan)
+	if pg := e.portGroup("pv-backend"); pg.VLAN != 200 {
+		t.Fatalf("vSphere: pv-backend vlan %d after rollback, want 200", pg.VLAN)
 	}
 	t.Logf("get networks would show: %s %s", rec.Status, rec.Message)
 
@@ -228,7 +228,7 @@ func TestRollbackOfFirstVersionRemovesPortGroup(t *testing.T) {
 	if rb.FromVersion != 1 || rb.ToVersion != 0 {
 		t.Fatalf("rolledback = %+v, want 1 → 0", rb)
 	}
-	if pg := e.portGroup("pv-oops"); pg.exists {
+	if pg := e.portGroup("pv-oops"); pg.Exists {
 		t.Fatal("vSphere: pv-oops still exists after rolling back its only version")
 	}
 	rec := e.record("oops")
@@ -244,8 +244,8 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 1 })
 	e.declare("db", events.NetworkSpec{VLAN: 301, CIDR: "10.60.0.0/24", Properties: events.NetworkProperties{MTU: 9000, AllowPromiscuous: true}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 2 })
-	if pg := e.portGroup("pv-db"); pg.vlan != 301 {
-		t.Fatalf("vlan %d after version 2, want 301", pg.vlan)
+	if pg := e.portGroup("pv-db"); pg.VLAN != 301 {
+		t.Fatalf("vlan %d after version 2, want 301", pg.VLAN)
 	}
 	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 1})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 3 })
@@ -253,8 +253,8 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 	if rec.Version != 3 || rec.Spec.VLAN != 300 || rec.History[2].Origin != "restored from version 1" {
 		t.Fatalf("record after restore: v%d vlan %d history %+v", rec.Version, rec.Spec.VLAN, rec.History)
 	}
-	if pg := e.portGroup("pv-db"); pg.vlan != 300 || len(pg.hosts) != 3 {
-		t.Fatalf("vSphere after restore: vlan %d on %v", pg.vlan, pg.hosts)
+	if pg := e.portGroup("pv-db"); pg.VLAN != 300 || len(pg.Hosts) != 3 {
+		t.Fatalf("vSphere after restore: vlan %d on %v", pg.VLAN, pg.Hosts)
 	}
 
 	// A version that is not stored is reported, not guessed.
@@ -296,7 +296,7 @@ func TestDeclarationsRefusedWithReasons(t *testing.T) {
 	if !strings.Contains(rec.Message, `spec.scope.clusters[0]: cluster "cluster-9" not found`) {
 		t.Fatalf("unknown cluster refusal message: %q", rec.Message)
 	}
-	if e.portGroup("pv-b").exists || e.portGroup("pv-c").exists {
+	if e.portGroup("pv-b").Exists || e.portGroup("pv-c").Exists {
 		t.Fatal("a refused network got a port group")
 	}
 }
@@ -407,21 +407,21 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 1 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
-		t.Fatalf("v1 on %v, want every host", pg.hosts)
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.allHosts()) {
+		t.Fatalf("v1 on %v, want every host", pg.Hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-2"}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 2 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.clusterHosts("cluster-2")) {
-		t.Fatalf("v2 on %v, want %v", pg.hosts, e.clusterHosts("cluster-2"))
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.clusterHosts("cluster-2")) {
+		t.Fatalf("v2 on %v, want %v", pg.Hosts, e.clusterHosts("cluster-2"))
 	}
 	if a := e.availability("wide"); !slices.Equal(a.Hosts, e.clusterHosts("cluster-2")) {
 		t.Fatalf("net-hosts after narrowing = %v", a.Hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.hosts, e.allHosts()) {
-		t.Fatalf("v3 on %v, want every host", pg.hosts)
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.allHosts()) {
+		t.Fatalf("v3 on %v, want every host", pg.Hosts)
 	}
 }
 
@@ -440,13 +440,13 @@ func TestResyncRepairsDrift(t *testing.T) {
 	if removed, err := fabric.New(e.vc.Client, dc).RemovePortGroup(ctx, "pv-drift"); err != nil || !removed {
 		t.Fatalf("removing the port group by hand: %v %v", removed, err)
 	}
-	if e.portGroup("pv-drift").exists {
+	if e.portGroup("pv-drift").Exists {
 		t.Fatal("port group still there after removing it")
 	}
 	if err := e.svc.Resync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if pg := e.portGroup("pv-drift"); !pg.exists || pg.vlan != 44 || !slices.Equal(pg.hosts, e.allHosts()) {
+	if pg := e.portGroup("pv-drift"); !pg.Exists || pg.VLAN != 44 || !slices.Equal(pg.Hosts, e.allHosts()) {
 		t.Fatalf("after resync: %+v, want vlan 44 on every host", pg)
 	}
 }
@@ -461,18 +461,7 @@ func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
 
 	acc := podAccepted("late", "uid-late", []string{"rec"})
-	rec := events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks}
-	data, err := json.Marshal(rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pods, err := e.bus.KV(context.Background(), events.BucketPods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := pods.Put(context.Background(), events.PodRecordKey("default", "late"), data); err != nil {
-		t.Fatal(err)
-	}
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks})
 	e.publish(events.TypePodScheduled, events.PodKey("default", "late"), &events.PodScheduled{
 		Namespace: "default", Name: "late", UID: "uid-late", Host: host, Cluster: "cluster-1",
 	})

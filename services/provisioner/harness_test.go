@@ -6,18 +6,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/object"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
-	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/object"
-	"github.com/vmware/govmomi/vim25/types"
-	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // env is one test's world (shared/testenv): a JetStream server, a
@@ -36,45 +37,21 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	te := testenv.Start(t, testenv.Datacenter(sim.Config{
 		Clusters: 1, HostsPerCluster: 2, Seed: 1,
 		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-backend"}},
 	}))
-	// The production path: a vsphere.Session, as `podvisor serve` makes it.
-	sess, err := vsphere.Connect(ctx, vsphere.Config{URL: te.DC.URL().String(), Insecure: true})
-	if err != nil {
-		t.Fatalf("vSphere session: %v", err)
-	}
-	t.Cleanup(func() { _ = sess.Close(context.Background()) })
+	sess := simtest.Session(t, te.DC)
 	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: sess.Client, dco: sess.Datacenter, sess: sess,
 		vms: podvm.New(sess.Vim(), sess.Datacenter)}
-	e.makeImageDisks(ctx, "app", "sidecar", "logger", "base")
+	// What the image cache would have made: one disk per name in
+	// [shared-ds] podvisor-images/, standing in for image chains.
+	var disks []string
+	for _, n := range []string{"app", "sidecar", "logger", "base"} {
+		disks = append(disks, imageDisk(n))
+	}
+	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor-images", disks...)
 	return e
-}
-
-// makeImageDisks creates what the image cache would have made: one disk
-// per name in [shared-ds] podvisor-images/, standing in for image chains.
-func (e *env) makeImageDisks(ctx context.Context, names ...string) {
-	e.t.Helper()
-	fm := object.NewFileManager(e.vc.Client)
-	if err := fm.MakeDirectory(ctx, "[shared-ds] podvisor-images", e.dco, true); err != nil {
-		e.t.Fatalf("mkdir images: %v", err)
-	}
-	vdm := object.NewVirtualDiskManager(e.vc.Client)
-	for _, n := range names {
-		task, err := vdm.CreateVirtualDisk(ctx, imageDisk(n), e.dco, &types.FileBackedVirtualDiskSpec{
-			VirtualDiskSpec: types.VirtualDiskSpec{DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
-			CapacityKb:      1024,
-		})
-		if err == nil {
-			err = task.Wait(ctx)
-		}
-		if err != nil {
-			e.t.Fatalf("create image disk %s: %v", n, err)
-		}
-	}
 }
 
 func imageDisk(name string) string { return "[shared-ds] podvisor-images/" + name + ".vmdk" }
@@ -120,12 +97,8 @@ func (e *env) request(pod *corev1.Pod) *events.PodAccepted {
 // about an accepted pod, placing it on host.
 func (e *env) facts(acc *events.PodAccepted, host string) {
 	e.t.Helper()
-	hs, err := e.dc.Host(host)
-	if err != nil {
-		e.t.Fatalf("host %s: %v", host, err)
-	}
 	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: hs.Cluster,
+		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: simtest.ClusterOf(e.t, e.dc, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
 	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
@@ -184,7 +157,8 @@ func testPod(name string) *corev1.Pod {
 	}
 }
 
-// record reads a pod record straight from KV; waitRecord waits until it
+// record reads a pod record straight from KV, as the provisioner does
+// (ResourceVersion is the entry's revision); waitRecord waits until it
 // satisfies pred.
 func (e *env) record(svc *Service, ns, name string) *events.PodRecord {
 	e.t.Helper()

@@ -50,7 +50,7 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 	}
 	huge := e.accept(testPod("impossible", "1", "4Ti"))
 	keys = append(keys, huge.ObjectKey())
-	e.eventually("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
 
 	// The impossible pod names the resource.
 	u := e.obs.unschedulableOf(huge.ObjectKey())
@@ -85,10 +85,10 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 		if s == nil || deleted >= 40 {
 			continue
 		}
-		lastDelete = e.publish("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Host: s.Host})
+		lastDelete = e.PublishAs("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Host: s.Host})
 		deleted++
 	}
-	e.eventually("pending pods placed after deletes", 20*time.Second, func() bool {
+	e.EventuallyWithin("pending pods placed after deletes", 20*time.Second, func() bool {
 		n := 0
 		for _, k := range pending {
 			if e.obs.scheduledOf(k) != nil {

@@ -1,7 +1,6 @@
 package scheduler_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -16,8 +15,8 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
-	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // env is a scheduler running in the test environment (a real bus, a
@@ -71,7 +70,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 	e.led = ledger.New(te.KV(events.BucketLedger))
 	e.stop = e.startScheduler()
 	// Wait for the inventory to be in KV hosts: the scheduler is serving.
-	e.eventually("host records written", 15*time.Second, func() bool { return len(e.hostRecords()) == o.clusters*o.hostsPerCluster })
+	e.EventuallyWithin("host records written", 15*time.Second, func() bool { return len(e.hostRecords()) == o.clusters*o.hostsPerCluster })
 	return e
 }
 
@@ -81,13 +80,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 func (e *env) startScheduler() (stop func()) {
 	t := e.t
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	session, err := vsphere.Connect(ctx, vsphere.Config{URL: e.dc.URL().String(), Insecure: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { session.Close(context.Background()) })
+	session := simtest.Session(t, e.dc)
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
 	cfg.HostRecordInterval = 100 * time.Millisecond
@@ -102,13 +95,7 @@ func (e *env) startScheduler() (stop func()) {
 	return e.Run(scheduler.Name, svc.Run)
 }
 
-func (e *env) hostNames() []string {
-	var out []string
-	for _, h := range e.dc.Hosts() {
-		out = append(out, h.Name)
-	}
-	return out
-}
+func (e *env) hostNames() []string { return simtest.HostNames(e.dc, "") }
 
 // setNetwork writes network-config's availability read model.
 func (e *env) setNetwork(name string, realized, scope []string) {
@@ -121,16 +108,6 @@ func (e *env) hostRecords() map[string]events.HostRecord {
 		out[r.Name] = *r
 	}
 	return out
-}
-
-func (e *env) eventually(what string, d time.Duration, ok func() bool) {
-	e.t.Helper()
-	e.EventuallyWithin(what, d, ok)
-}
-
-// publish sends an event as a client or another service would.
-func (e *env) publish(source, ceType, subject string, data any) uint64 {
-	return e.PublishAs(source, ceType, subject, data)
 }
 
 // testPod is a pod manifest with one container of the given requests.
@@ -149,24 +126,12 @@ func testPod(name string, cpu, mem string, mutate ...func(*corev1.Pod)) *corev1.
 	return p
 }
 
-// accept publishes pod.accepted as the provisioner would, and writes the
-// pod's record (the scheduler reads it for evictions and migrations).
+// accept plays the provisioner admitting p: its record, then pod.accepted.
 func (e *env) accept(p *corev1.Pod) *events.PodAccepted {
 	e.t.Helper()
-	uid := "uid-" + p.Name
-	acc := &events.PodAccepted{Namespace: p.Namespace, Name: p.Name, UID: uid, Pod: *p,
-		Size: events.SizePodVM(p), Networks: events.PodNetworks(p)}
-	for _, c := range p.Spec.Containers {
-		acc.Images = append(acc.Images, c.Image)
-	}
-	e.writePodRecord(&events.PodRecord{UID: uid, Namespace: p.Namespace, Name: p.Name, Pod: *p, Size: acc.Size,
-		Networks: acc.Networks, Phase: events.PodPhasePending, RequestID: "req-" + p.Name})
-	e.Publish(acc)
+	acc := testenv.Accepted(p)
+	e.Accept(acc)
 	return acc
-}
-
-func (e *env) writePodRecord(r *events.PodRecord) {
-	testenv.Put(e.Env, events.BucketPods, events.PodRecordKey(r.Namespace, r.Name), r)
 }
 
 // observer reads what the scheduler said from the recorder: the latest

@@ -106,15 +106,15 @@ func TestAttachRefusalPlacesThePodAgain(t *testing.T) {
 	rec := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "web", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
 		Phase: events.PodPhasePending, RequestID: "req-web",
 		NetworkRefusals: []events.HostRefusal{{Host: first, Network: "default", Reason: events.ReasonNotRealizedOnHost, OnAttach: true}}}
-	e.writePodRecord(rec)
-	e.publish("podvisor/netconfig", events.TypePodNetworkFailed, podKey("web"), &events.PodNetworkFailed{
+	e.PutPodRecord(rec)
+	e.PublishAs("podvisor/netconfig", events.TypePodNetworkFailed, podKey("web"), &events.PodNetworkFailed{
 		Namespace: "default", Name: "web", UID: acc.UID, Host: first, Network: "default",
 		Reason: events.ReasonNotRealizedOnHost, Message: "port group pv-default is not among the host's networks"})
 	var again *events.PodScheduled
-	e.eventually("pod placed again", 10*time.Second, func() bool {
+	e.EventuallyWithin("pod placed again", 10*time.Second, func() bool {
 		again = e.obs.scheduledOf(podKey("web"))
 		return again.Host != first
 	})
-	e.eventually("room freed on "+first, 5*time.Second, func() bool { _, ok := e.allocations(first)["uid-web"]; return !ok })
+	e.EventuallyWithin("room freed on "+first, 5*time.Second, func() bool { _, ok := e.allocations(first)["uid-web"]; return !ok })
 
 }

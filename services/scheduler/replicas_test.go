@@ -25,12 +25,12 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 	stopA := e.stop
 	stopB := e.startScheduler()
 	host := e.hostNames()[0]
-	e.publish("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
-	e.eventually("cordon in the ledger", 5*time.Second, func() bool {
+	e.PublishAs("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
+	e.EventuallyWithin("cordon in the ledger", 5*time.Second, func() bool {
 		entry, err := e.led.Get(t.Context(), host)
 		return err == nil && entry.Cordoned
 	})
-	e.eventually("cordon on the host record", 5*time.Second, func() bool { return e.hostRecords()[host].Cordoned })
+	e.EventuallyWithin("cordon on the host record", 5*time.Second, func() bool { return e.hostRecords()[host].Cordoned })
 
 	var pods []*events.PodAccepted
 	for i := range 16 {
@@ -43,7 +43,7 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 			t.Fatalf("%s on a host cordoned through another replica: %+v", acc.ObjectKey(), u)
 		}
 		// As the provisioner does on pod.unschedulable.
-		e.writePodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod,
+		e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod,
 			Size: acc.Size, Networks: acc.Networks, Phase: events.PodPhasePending, RequestID: "req-" + acc.Name,
 			Reason: "Unschedulable", Message: u.Message})
 	}
@@ -58,13 +58,13 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 	// Replica A stops: whatever it held waiting is taken up by B.
 	stopA()
 	e.stop = stopB
-	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.PublishAs("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	for _, acc := range pods {
 		if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
 			t.Errorf("%s placed on %s, want %s", acc.ObjectKey(), s.Host, host)
 		}
 	}
-	e.eventually("uncordon on the host record", 5*time.Second, func() bool { return !e.hostRecords()[host].Cordoned })
+	e.EventuallyWithin("uncordon on the host record", 5*time.Second, func() bool { return !e.hostRecords()[host].Cordoned })
 }
 
 // A pod deleted while another replica was placing it leaves an allocation
@@ -85,7 +85,7 @@ func TestAllocationsOfPodsWithoutRecordsAreReleased(t *testing.T) {
 	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{ghost}); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("the ghost's allocation released", 10*time.Second, func() bool {
+	e.EventuallyWithin("the ghost's allocation released", 10*time.Second, func() bool {
 		_, held := e.allocations(host)["uid-ghost"]
 		return !held
 	})

@@ -14,8 +14,8 @@ import (
 func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
 	host := e.hostNames()[0]
-	e.publish("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
-	e.eventually("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.Cordoned })
+	e.PublishAs("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
+	e.EventuallyWithin("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.Cordoned })
 	acc := e.accept(testPod("waiting", "1", "1Gi", onHost(host)))
 	if u := e.waitUnschedulable(acc.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("%+v", u)
@@ -28,7 +28,7 @@ func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
 	if u := e.waitUnschedulable(other.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("after restart: %+v", u)
 	}
-	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.PublishAs("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	for _, k := range []string{acc.ObjectKey(), other.ObjectKey()} {
 		if s := e.waitScheduled(k); s.Host != host {
 			t.Errorf("%s placed on %s", k, s.Host)
@@ -51,7 +51,7 @@ func TestTwoSchedulersNeverOvercommit(t *testing.T) {
 	for i := 0; i < 150; i++ {
 		keys = append(keys, e.accept(testPod(fmt.Sprintf("burst-%03d", i), "2", "16Gi")).ObjectKey())
 	}
-	e.eventually("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
 	recs := e.hostRecords()
 	placed, ledgerPods := 0, 0
 	check := func() {
@@ -115,14 +115,14 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 		acc := e.accept(testPod(fmt.Sprintf("same-%03d", i), "100m", "256Mi"))
 		// A second pod.accepted of the pod (a replay under another id),
 		// so that the two instances often hold the same pod at once.
-		e.publish("podvisor/provisioner", events.TypePodAccepted, acc.ObjectKey(), acc)
+		e.PublishAs("podvisor/provisioner", events.TypePodAccepted, acc.ObjectKey(), acc)
 		keys = append(keys, acc.ObjectKey())
 	}
 	// Both start on the same backlog: each retries every pod still Pending
 	// in the records and takes its share of the queued events.
 	e.startScheduler()
 	e.stop = e.startScheduler()
-	e.eventually("every pod placed", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
 	host := e.hostNames()[0]
 	missing := func() []string {
 		entry, err := e.led.Get(t.Context(), host)

@@ -35,14 +35,14 @@ func (e *env) clusterHosts(cluster string) []string {
 func (e *env) waitScheduled(key string) *events.PodScheduled {
 	e.t.Helper()
 	var s *events.PodScheduled
-	e.eventually("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.obs.scheduledOf(key); return s != nil })
+	e.EventuallyWithin("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.obs.scheduledOf(key); return s != nil })
 	return s
 }
 
 func (e *env) waitUnschedulable(key string) *events.PodUnschedulable {
 	e.t.Helper()
 	var u *events.PodUnschedulable
-	e.eventually("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.obs.unschedulableOf(key); return u != nil })
+	e.EventuallyWithin("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.obs.unschedulableOf(key); return u != nil })
 	return u
 }
 
@@ -71,20 +71,20 @@ func TestMigrationPlacement(t *testing.T) {
 		t.Errorf("placed on %s, want %s where frontend is already realized", s.Host, c1[0])
 	}
 	source := s.Host
-	e.eventually("host record lists realized networks", 5*time.Second, func() bool {
+	e.EventuallyWithin("host record lists realized networks", 5*time.Second, func() bool {
 		r := e.hostRecords()[c1[0]]
 		return strings.Join(r.PodNetworks, ",") == "default,frontend"
 	})
 	rec := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "web", Pod: acc.Pod, Size: acc.Size,
 		Networks: acc.Networks, Phase: events.PodPhaseRunning, Host: source, RequestID: "req-web"}
-	e.writePodRecord(rec)
+	e.PutPodRecord(rec)
 
 	request := func(id, target string) (string, any) {
 		t.Helper()
-		e.publish("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: id, Namespace: "default", Pod: "web", TargetHost: target})
+		e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: id, Namespace: "default", Pod: "web", TargetHost: target})
 		var got any
 		var typ string
-		e.eventually("answer to migration "+id, 10*time.Second, func() bool {
+		e.EventuallyWithin("answer to migration "+id, 10*time.Second, func() bool {
 			ev, ok := e.obs.migration(id)
 			if ok {
 				typ = ev.Type()
@@ -116,22 +116,22 @@ func TestMigrationPlacement(t *testing.T) {
 		t.Fatal("the source allocation went away before the migration completed")
 	}
 
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{ID: "m2", Namespace: "default",
+	e.PublishAs("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{ID: "m2", Namespace: "default",
 		Pod: "web", UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"})
-	e.eventually("allocation moved", 10*time.Second, func() bool {
+	e.EventuallyWithin("allocation moved", 10*time.Second, func() bool {
 		a, onTarget := e.allocations(c1[1])[acc.UID]
 		_, onSource := e.allocations(source)[acc.UID]
 		return onTarget && a.Kind == events.AllocationPod && !onSource
 	})
 
 	rec.Host = c1[1]
-	e.writePodRecord(rec)
+	e.PutPodRecord(rec)
 	if _, got = request("m3", ""); got.(*events.MigrationTargetReserved).TargetHost != source {
 		t.Fatalf("m3: %+v", got)
 	}
-	e.publish("podvisor/migration", events.TypeMigrationFailed, acc.ObjectKey(), &events.MigrationFailed{ID: "m3", Namespace: "default",
+	e.PublishAs("podvisor/migration", events.TypeMigrationFailed, acc.ObjectKey(), &events.MigrationFailed{ID: "m3", Namespace: "default",
 		Pod: "web", UID: acc.UID, SourceHost: c1[1], TargetHost: source, Reason: "RelocateFailed", Message: "injected"})
-	e.eventually("reservation released", 10*time.Second, func() bool { return len(e.allocations(source)) == 0 })
+	e.EventuallyWithin("reservation released", 10*time.Second, func() bool { return len(e.allocations(source)) == 0 })
 }
 
 // A lost host is announced, excluded, and schedulable again once it
@@ -157,8 +157,8 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if err := e.dc.FailHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, host) == 1 })
-	e.eventually("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
+	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, host) == 1 })
+	e.EventuallyWithin("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
 
 	pinned := e.accept(testPod("pinned", "1", "1Gi", onHost(host)))
 	u := e.waitUnschedulable(pinned.ObjectKey())
@@ -168,23 +168,23 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if err := e.dc.RecoverHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("host.recovered", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostRecovered, host) == 1 })
+	e.EventuallyWithin("host.recovered", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostRecovered, host) == 1 })
 	if s := e.waitScheduled(pinned.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s", s.Host)
 	}
 
 	// Cordon: no new pods; uncordon: the waiting pod goes there.
-	e.publish("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
-	e.eventually("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateCordoned })
+	e.PublishAs("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
+	e.EventuallyWithin("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateCordoned })
 	second := e.accept(testPod("pinned-2", "1", "1Gi", onHost(host)))
 	if u := e.waitUnschedulable(second.ObjectKey()); u.Reasons["HostCordoned"] != 1 {
 		t.Fatalf("pinned to a cordoned host: %+v", u)
 	}
-	e.publish("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
+	e.PublishAs("podvisor/migration", events.TypeHostUncordoned, host, &events.HostUncordoned{Name: host})
 	if s := e.waitScheduled(second.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s", s.Host)
 	}
-	e.eventually("host record counts both pods", 5*time.Second, func() bool {
+	e.EventuallyWithin("host record counts both pods", 5*time.Second, func() bool {
 		r := e.hostRecords()[host]
 		return r.Pods == 2 && r.AllocatedMemoryBytes == 2*int64(events.SizePodVM(second.Pod.DeepCopy()).MemoryMiB)<<20
 	})
@@ -199,11 +199,11 @@ func TestEvictionPlacesAgain(t *testing.T) {
 	if err := e.dc.FailHost(context.Background(), first.Host); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, first.Host) == 1 })
-	e.publish("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{Namespace: "default", Name: "ha",
+	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, first.Host) == 1 })
+	e.PublishAs("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{Namespace: "default", Name: "ha",
 		UID: acc.UID, Host: first.Host, Reason: "HostLost"})
 	var again *events.PodScheduled
-	e.eventually("placed again", 10*time.Second, func() bool {
+	e.EventuallyWithin("placed again", 10*time.Second, func() bool {
 		again = e.obs.scheduledOf(acc.ObjectKey())
 		return again.Host != first.Host
 	})
@@ -255,7 +255,7 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 	}
 	host := e.hostNames()[1]
 	e.setNetwork("db", []string{host}, []string{host})
-	e.publish("podvisor/netconfig", events.TypeNetworkHostReady, "db", &events.NetworkHostReady{Name: "db", Version: 1, Host: host, PortGroup: "pv-db"})
+	e.PublishAs("podvisor/netconfig", events.TypeNetworkHostReady, "db", &events.NetworkHostReady{Name: "db", Version: 1, Host: host, PortGroup: "pv-db"})
 	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s, db is only on %s", s.Host, host)
 	}
@@ -273,12 +273,12 @@ func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
 	if err := e.dc.FailHost(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("the other host's record Lost", 5*time.Second, func() bool { r := e.hostRecords()[other]; return r.State() == events.HostStateLost })
+	e.EventuallyWithin("the other host's record Lost", 5*time.Second, func() bool { r := e.hostRecords()[other]; return r.State() == events.HostStateLost })
 	if now := e.hostRecords()[host].UpdatedAt; !now.Equal(first) {
 		t.Fatalf("an unchanged host's record was rewritten (updatedAt %s → %s)", first, now)
 	}
 	if err := e.dc.FailHost(context.Background(), host); err != nil {
 		t.Fatal(err)
 	}
-	e.eventually("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
+	e.EventuallyWithin("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
 }

@@ -2,6 +2,7 @@ package simtest
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
@@ -39,6 +40,8 @@ type PodVM struct {
 	// ExtraConfig adds guestinfo.* (or other) values; with Spec nil the
 	// VM is not a pod VM (a native VM boots its first disk).
 	ExtraConfig map[string]string
+	// PowerOn powers the VM on once it is created.
+	PowerOn bool
 }
 
 // PodVMNIC is a network card of a PodVM on a distributed port group, with a
@@ -52,12 +55,21 @@ type PodVMNIC struct {
 // disks' flat extents (where a test writes an image disk's filesystem).
 func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*object.VirtualMachine, []string) {
 	t.Helper()
-	ctx := context.Background()
+	vm, extents, err := NewPodVM(context.Background(), c, d, p)
+	if err != nil {
+		t.Fatalf("simtest: %v", err)
+	}
+	return vm, extents
+}
+
+// NewPodVM is CreatePodVM returning its error, for goroutines other than
+// the test's (a stand-in service that places VMs).
+func NewPodVM(ctx context.Context, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*object.VirtualMachine, []string, error) {
 	var extra []types.BaseOptionValue
 	if p.Spec != nil {
 		spec, err := guestchannel.MarshalSpec(p.Spec)
 		if err != nil {
-			t.Fatal(err)
+			return nil, nil, err
 		}
 		extra = append(extra, &types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec})
 	}
@@ -66,11 +78,11 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 	}
 	dc, err := find.NewFinder(c.Client, true).Datacenter(ctx, sim.DatacenterName)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	folders, err := dc.Folders(ctx)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	var pool types.ManagedObjectReference
 	for _, cl := range d.Clusters() {
@@ -80,7 +92,7 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 	}
 	ds, err := d.Datastore(sim.SharedDatastore)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	changes := []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{
 		Operation: types.VirtualDeviceConfigSpecOperationAdd,
@@ -119,11 +131,11 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 	for i, n := range p.NICs {
 		pg, err := find.NewFinder(c.Client, true).SetDatacenter(dc).Network(ctx, n.PortGroup)
 		if err != nil {
-			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+			return nil, nil, fmt.Errorf("port group %s: %w", n.PortGroup, err)
 		}
 		backing, err := pg.EthernetCardBackingInfo(ctx)
 		if err != nil {
-			t.Fatalf("simtest: port group %s: %v", n.PortGroup, err)
+			return nil, nil, fmt.Errorf("port group %s: %w", n.PortGroup, err)
 		}
 		changes = append(changes, &types.VirtualDeviceConfigSpec{
 			Operation: types.VirtualDeviceConfigSpecOperationAdd,
@@ -146,13 +158,23 @@ func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*
 	}
 	task, err := folders.VmFolder.CreateVM(ctx, cfg, object.NewResourcePool(c.Client, pool), object.NewHostSystem(c.Client, p.Host.Ref))
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, fmt.Errorf("create VM %s: %w", p.Name, err)
 	}
 	info, err := task.WaitForResult(ctx, nil)
 	if err != nil {
-		t.Fatalf("simtest: create VM %s: %v", p.Name, err)
+		return nil, nil, fmt.Errorf("create VM %s: %w", p.Name, err)
 	}
-	return object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)), extents
+	vm := object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference))
+	if p.PowerOn {
+		task, err := vm.PowerOn(ctx)
+		if err == nil {
+			err = task.Wait(ctx)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("power on %s: %w", p.Name, err)
+		}
+	}
+	return vm, extents, nil
 }
 
 // AddPortGroup adds a port group to a distributed switch, as network-config

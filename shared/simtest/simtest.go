@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // startTimeout bounds the construction of a datacenter. 2x8 starts in well
@@ -68,4 +70,42 @@ func StartWithGuests(t testing.TB, hosts int, agent string) (*sim.Datacenter, st
 	d := Start(t, sim.Config{Clusters: 1, HostsPerCluster: hosts, Dir: base, GuestsRequired: true,
 		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
 	return d, channels
+}
+
+// HostNames lists the names of the hosts of cluster ("": of every
+// cluster), sorted.
+func HostNames(d *sim.Datacenter, cluster string) []string {
+	var out []string
+	for _, h := range d.Hosts() {
+		if cluster == "" || h.Cluster == cluster {
+			out = append(out, h.Name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// ClusterOf is the cluster of host.
+func ClusterOf(t testing.TB, d *sim.Datacenter, host string) string {
+	t.Helper()
+	h, err := d.Host(host)
+	if err != nil {
+		t.Fatalf("simtest: host %s: %v", host, err)
+	}
+	return h.Cluster
+}
+
+// Session connects to d the way `podvisor serve` does (a vsphere.Session),
+// closed at cleanup: a service under test gets its own, as another process
+// would.
+func Session(t testing.TB, d *sim.Datacenter) *vsphere.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+	defer cancel()
+	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Insecure: true})
+	if err != nil {
+		t.Fatalf("simtest: vSphere session: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	return s
 }

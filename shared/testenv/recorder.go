@@ -219,3 +219,94 @@ func WaitN[T any, P interface {
 		r.mu.Unlock()
 	}
 }
+
+// Distinct returns the recorded events that decoded, each id once, in
+// order: what a JetStream consumer sees after de-duplication.
+func (r *Recorder) Distinct() []Seen {
+	ids := map[string]bool{}
+	var out []Seen
+	for _, s := range r.Seen() {
+		if !ids[s.Event.ID()] && s.Err == nil && s.Payload != nil {
+			ids[s.Event.ID()] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Distinct returns the payloads of type T that satisfy pred (nil: all),
+// each event id once, in order.
+func Distinct[T any, P interface {
+	*T
+	events.Payload
+}](e *Env, pred func(*T) bool) []*T {
+	var out []*T
+	for _, s := range e.Events.Distinct() {
+		if p, ok := s.Payload.(*T); ok && (pred == nil || pred(p)) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// WaitSeen waits up to d for a recorded event (each id once) that
+// satisfies pred, and returns the first.
+func (e *Env) WaitSeen(d time.Duration, what string, pred func(Seen) bool) Seen {
+	e.T.Helper()
+	var found Seen
+	e.EventuallyWithin(what, d, func() bool {
+		for _, s := range e.Events.Distinct() {
+			if pred(s) {
+				found = s
+				return true
+			}
+		}
+		return false
+	})
+	return found
+}
+
+// Follow calls fn with every event recorded from now on that decoded, each
+// id once, in order, on a goroutine of its own (so fn may publish and wait),
+// until the test ends: how a test plays a service that is not under test.
+func (e *Env) Follow(fn func(Seen)) {
+	r := e.Events
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	r.mu.Lock()
+	next := len(r.seen)
+	r.mu.Unlock()
+	go func() {
+		defer close(stopped)
+		ids := map[string]bool{}
+		for {
+			r.mu.Lock()
+			for next == len(r.seen) {
+				select {
+				case <-done:
+					r.mu.Unlock()
+					return
+				default:
+				}
+				r.cond.Wait()
+			}
+			batch := append([]Seen(nil), r.seen[next:]...)
+			next = len(r.seen)
+			r.mu.Unlock()
+			for _, s := range batch {
+				if ids[s.Event.ID()] || s.Err != nil || s.Payload == nil {
+					continue
+				}
+				ids[s.Event.ID()] = true
+				fn(s)
+			}
+		}
+	}()
+	e.T.Cleanup(func() {
+		close(done)
+		r.mu.Lock()
+		r.cond.Broadcast()
+		r.mu.Unlock()
+		<-stopped
+	})
+}

@@ -131,17 +131,27 @@ func (e *Env) Publish(p events.Payload) uint64 {
 // subject.
 func (e *Env) PublishAs(source, ceType, subject string, data any) uint64 {
 	e.T.Helper()
+	seq, err := e.TryPublish(source, ceType, subject, data)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	return seq
+}
+
+// TryPublish is PublishAs returning its error: for goroutines other than
+// the test's (a stand-in service), which must not stop the test.
+func (e *Env) TryPublish(source, ceType, subject string, data any) (uint64, error) {
 	ev, err := bus.NewEvent(source, ceType, subject, data)
 	if err != nil {
-		e.T.Fatalf("new event %s: %v", ceType, err)
+		return 0, fmt.Errorf("new event %s: %w", ceType, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	seq, err := e.Bus.PublishSeq(ctx, ev)
 	if err != nil {
-		e.T.Fatalf("publish %s: %v", ceType, err)
+		return 0, fmt.Errorf("publish %s: %w", ceType, err)
 	}
-	return seq
+	return seq, nil
 }
 
 // Eventually polls cond until it holds, failing the test after Timeout.

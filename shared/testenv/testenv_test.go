@@ -3,6 +3,7 @@ package testenv_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,5 +88,61 @@ func TestRecorderLeavesRequestsAlone(t *testing.T) {
 	seen := e.Events.Seen()
 	if len(seen) != 2 || seen[0].Event.Type() != events.TypeHostLost || seen[1].Event.Type() != events.TypeHostCordoned {
 		t.Errorf("recorded %s, want host.lost then host.cordoned", e.Events.Summary())
+	}
+}
+
+// A stand-in follows the bus once per event id, even when an event is
+// published twice; Distinct and WaitSeen read it the same way; Accept
+// writes the record before it announces the pod.
+func TestFollowDistinctAndAccept(t *testing.T) {
+	e := testenv.Start(t)
+	var mu sync.Mutex
+	var followed []string
+	e.Follow(func(s testenv.Seen) {
+		mu.Lock()
+		followed = append(followed, s.Event.Type())
+		mu.Unlock()
+		if _, ok := s.Payload.(*events.HostLost); ok {
+			if _, err := e.TryPublish("podvisor/scheduler", events.TypeHostCordoned, "esx-1", &events.HostCordoned{Name: "esx-1", Reason: "Lost"}); err != nil {
+				t.Errorf("publish from the stand-in: %v", err)
+			}
+		}
+	})
+	ev, err := bus.NewEvent("podvisor/inventory", events.TypeHostLost, "esx-1", &events.HostLost{Name: "esx-1", Cluster: "c1", Reason: "NotResponding"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := e.Bus.Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := e.WaitSeen(5*time.Second, "host.cordoned", func(s testenv.Seen) bool { return s.Event.Type() == events.TypeHostCordoned })
+	if p := s.Payload.(*events.HostCordoned); p.Name != "esx-1" {
+		t.Errorf("cordoned %+v", p)
+	}
+	e.Eventually("both followed", func() bool { mu.Lock(); defer mu.Unlock(); return len(followed) == 2 })
+	if n := e.Events.Count(events.TypeHostLost); n != 2 {
+		t.Errorf("recorded host.lost %d times, want 2 (published twice)", n)
+	}
+	if n := len(testenv.Distinct(e, func(*events.HostLost) bool { return true })); n != 1 {
+		t.Errorf("Distinct host.lost = %d, want 1", n)
+	}
+
+	pod := testenv.Pod("web", "registry.local/web:1")
+	acc := testenv.Accepted(pod)
+	if err := acc.Validate(); err != nil {
+		t.Fatalf("Accepted is not a valid pod.accepted: %v", err)
+	}
+	e.Accept(acc)
+	got := testenv.Wait(e, func(p *events.PodAccepted) bool { return p.Name == "web" })
+	rec := testenv.Get[events.PodRecord](e, events.BucketPods, events.PodRecordKey("default", "web"))
+	if rec == nil || rec.UID != got.UID || rec.Phase != events.PodPhasePending || got.UID != testenv.UID("web") {
+		t.Errorf("record %+v for accepted %+v, want a Pending record of uid-web", rec, got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{events.TypeHostLost, events.TypeHostCordoned}; len(followed) < 2 || followed[0] != want[0] || followed[1] != want[1] {
+		t.Errorf("followed %v, want %v first", followed, want)
 	}
 }
