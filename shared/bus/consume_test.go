@@ -45,15 +45,11 @@ func TestRetryableFailureIsRedeliveredThenAcked(t *testing.T) {
 	if gap := time.Since(start); gap > 3*time.Second {
 		t.Errorf("redelivery took %s; the 150ms backoff was not applied", gap)
 	}
-	waitFor(t, 5*time.Second, "ack", func() bool {
-		info, err := b.JetStream().Consumer(context.Background(), events.StreamPods, "scheduler-PODS")
-		if err != nil {
-			return false
-		}
-		ci, err := info.Info(context.Background())
-		return err == nil && ci.NumAckPending == 0 && ci.AckFloor.Stream == 1
-	})
-	time.Sleep(300 * time.Millisecond)
+	// Acked: the server will not deliver it again, and it says how often it
+	// did.
+	if ci := settled(t, b, "scheduler-PODS", 1); ci.Delivered.Consumer != 2 {
+		t.Errorf("the server delivered %d times, want 2", ci.Delivered.Consumer)
+	}
 	if n := rec.len(); n != 2 {
 		t.Errorf("handler ran %d times, want 2 (a success must not be redelivered)", n)
 	}
@@ -86,8 +82,11 @@ func TestPoisonMessagesAreDeadLetteredNotRedelivered(t *testing.T) {
 	mustPublish(t, b, bad)
 
 	waitFor(t, 5*time.Second, "two dead letters", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) >= 2 })
-	// Several AckWaits later nothing came back.
-	time.Sleep(700 * time.Millisecond)
+	// Both were terminated: the server delivered each once and will not
+	// again.
+	if ci := settled(t, b, "provisioner-PODS", 2); ci.Delivered.Consumer != 2 {
+		t.Errorf("the server delivered %d times, want 2 (each message once)", ci.Delivered.Consumer)
+	}
 	if n := rec.len(); n != 1 {
 		t.Errorf("handler ran %d times, want 1 (the junk never reaches it; the rejected event is not redelivered)", n)
 	}
@@ -156,7 +155,9 @@ func TestMaxDeliverExhaustionDeadLetters(t *testing.T) {
 	mustPublish(t, b, mustEvent(t, typePodAccepted, "default/web", nil))
 
 	waitFor(t, 5*time.Second, "dead letter", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
-	time.Sleep(300 * time.Millisecond)
+	if ci := settled(t, b, "netconfig-PODS", 1); ci.Delivered.Consumer != 3 {
+		t.Errorf("the server delivered %d times, want MaxDeliver=3", ci.Delivered.Consumer)
+	}
 	if n := calls.Load(); n != 3 {
 		t.Errorf("handler ran %d times, want MaxDeliver=3", n)
 	}
@@ -531,4 +532,22 @@ func TestConsumeReturnsWhenConnectionCloses(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Consume kept running on a closed connection")
 	}
+}
+
+// settled waits until durable (on PODS) has settled every message up to
+// stream sequence seq (acked or terminated, none pending) and returns its
+// info: after that the server delivers none of them again, so what the
+// handler saw is final.
+func settled(t *testing.T, b *bus.Bus, durable string, seq uint64) *jetstream.ConsumerInfo {
+	t.Helper()
+	var ci *jetstream.ConsumerInfo
+	waitFor(t, 5*time.Second, durable+" settled", func() bool {
+		c, err := b.JetStream().Consumer(context.Background(), events.StreamPods, durable)
+		if err != nil {
+			return false
+		}
+		ci, err = c.Info(context.Background())
+		return err == nil && ci.NumAckPending == 0 && ci.AckFloor.Stream >= seq
+	})
+	return ci
 }
