@@ -189,8 +189,7 @@ type GuestClusterFailed struct {
 // Validate checks the reference, reason and message.
 func (e *GuestClusterFailed) Validate() error {
 	errs := e.validate()
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 

@@ -55,8 +55,7 @@ func (e *ManagementPortRepair) validate() field.ErrorList {
 			errs = append(errs, field.Invalid(c.p, c.vlan, "must be between 0 and 4094"))
 		}
 	}
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return errs
 }
 

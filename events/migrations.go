@@ -140,8 +140,7 @@ type MigrationTargetReserved struct {
 func (e *MigrationTargetReserved) Validate() error {
 	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
-	errs = append(errs, validateHostName(field.NewPath("sourceHost"), e.SourceHost)...)
-	errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
+	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	if e.SourceHost != "" && e.SourceHost == e.TargetHost {
 		errs = append(errs, field.Invalid(field.NewPath("targetHost"), e.TargetHost, "must differ from sourceHost"))
 	}
@@ -167,8 +166,7 @@ type MigrationRejected struct {
 // Validate checks the fields.
 func (e *MigrationRejected) Validate() error {
 	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -230,8 +228,7 @@ type MigrationCompleted struct {
 func (e *MigrationCompleted) Validate() error {
 	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
-	errs = append(errs, validateHostName(field.NewPath("sourceHost"), e.SourceHost)...)
-	errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
+	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	errs = append(errs, validateObjectName(field.NewPath("targetCluster"), e.TargetCluster)...)
 	return asError(errs)
 }
@@ -267,8 +264,7 @@ func (e *MigrationFailed) Validate() error {
 	if e.TargetHost != "" {
 		errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
 	}
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 

@@ -307,8 +307,7 @@ func (e *NetworkHostFailed) Validate() error {
 	errs := validateDNSLabel(field.NewPath("name"), e.Name)
 	errs = append(errs, validateVersion(field.NewPath("version"), e.Version)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -397,8 +396,7 @@ type NetworkDeleteRejected struct {
 // Validate checks the fields.
 func (e *NetworkDeleteRejected) Validate() error {
 	errs := validateDNSLabel(field.NewPath("name"), e.Name)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	for i, k := range e.Pods {
 		if _, _, err := SplitPodKey(k); err != nil {
 			errs = append(errs, field.Invalid(field.NewPath("pods").Index(i), k, "must be <namespace>/<name>"))

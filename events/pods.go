@@ -137,8 +137,7 @@ func (e *PodRejected) Validate() error {
 		errs = append(errs, validateDNSSubdomain(field.NewPath("name"), e.Name)...)
 	}
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -386,8 +385,7 @@ func (e *PodImagesFailed) Validate() error {
 	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
 	errs = append(errs, validateDNSLabel(field.NewPath("container"), e.Container)...)
 	errs = append(errs, required(field.NewPath("image"), e.Image)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -452,18 +450,7 @@ type PodNetworkAttached struct {
 func (e *PodNetworkAttached) Validate() error {
 	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	if len(e.Attachments) == 0 {
-		errs = append(errs, field.Required(field.NewPath("attachments"), ""))
-	}
-	seen := map[string]bool{}
-	for i := range e.Attachments {
-		p := field.NewPath("attachments").Index(i)
-		errs = append(errs, e.Attachments[i].validate(p)...)
-		if seen[e.Attachments[i].Network] {
-			errs = append(errs, field.Duplicate(p.Child("network"), e.Attachments[i].Network))
-		}
-		seen[e.Attachments[i].Network] = true
-	}
+	errs = append(errs, validateAttachments(e.Attachments)...)
 	return asError(errs)
 }
 
@@ -489,12 +476,9 @@ type PodNetworkFailed struct {
 // Validate checks identity and the reason.
 func (e *PodNetworkFailed) Validate() error {
 	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
-	if e.Host != "" {
-		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	}
+	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateDNSLabel(field.NewPath("network"), e.Network)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -569,11 +553,8 @@ type PodFailed struct {
 // Validate checks identity and the reason.
 func (e *PodFailed) Validate() error {
 	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
-	if e.Host != "" {
-		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	}
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -630,9 +611,7 @@ type PodDeleted struct {
 // Validate checks identity and what is to be released.
 func (e *PodDeleted) Validate() error {
 	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
-	if e.Host != "" {
-		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	}
+	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	for i, img := range e.Images {
 		errs = append(errs, validateDigest(field.NewPath("images").Index(i), img)...)
 	}

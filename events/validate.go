@@ -257,3 +257,43 @@ func validatePortGroupName(p *field.Path, v string) field.ErrorList {
 	}
 	return nil
 }
+
+// validateOptionalHost checks a host name that may be empty.
+func validateOptionalHost(p *field.Path, host string) field.ErrorList {
+	if host == "" {
+		return nil
+	}
+	return validateHostName(p, host)
+}
+
+// validateFailure checks what every failure carries: a CamelCase reason
+// and a message for a person.
+func validateFailure(reason, message string) field.ErrorList {
+	errs := validateReason(field.NewPath("reason"), reason)
+	return append(errs, required(field.NewPath("message"), message)...)
+}
+
+// validateHostMove checks the hosts of a move: sourceHost, then targetHost.
+func validateHostMove(source, target string) field.ErrorList {
+	errs := validateHostName(field.NewPath("sourceHost"), source)
+	return append(errs, validateHostName(field.NewPath("targetHost"), target)...)
+}
+
+// validateAttachments checks the attachments of a pod or VM: at least one,
+// each valid, no network twice.
+func validateAttachments(atts []NetworkAttachment) field.ErrorList {
+	var errs field.ErrorList
+	if len(atts) == 0 {
+		errs = append(errs, field.Required(field.NewPath("attachments"), ""))
+	}
+	seen := map[string]bool{}
+	for i := range atts {
+		p := field.NewPath("attachments").Index(i)
+		errs = append(errs, atts[i].validate(p)...)
+		if seen[atts[i].Network] {
+			errs = append(errs, field.Duplicate(p.Child("network"), atts[i].Network))
+		}
+		seen[atts[i].Network] = true
+	}
+	return errs
+}

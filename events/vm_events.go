@@ -148,8 +148,7 @@ func (e *VMRejected) Validate() error {
 			[]string{KindVirtualMachine, KindVirtualMachineClass, KindVirtualMachineImage}))
 	}
 	errs = append(errs, required(field.NewPath("name"), e.Name)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -268,18 +267,7 @@ func (e *VMNetworkAttached) Validate() error {
 	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
 	errs = append(errs, validatePositive(field.NewPath("generation"), e.Generation)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	if len(e.Attachments) == 0 {
-		errs = append(errs, field.Required(field.NewPath("attachments"), ""))
-	}
-	seen := map[string]bool{}
-	for i := range e.Attachments {
-		p := field.NewPath("attachments").Index(i)
-		errs = append(errs, e.Attachments[i].validate(p)...)
-		if seen[e.Attachments[i].Network] {
-			errs = append(errs, field.Duplicate(p.Child("network"), e.Attachments[i].Network))
-		}
-		seen[e.Attachments[i].Network] = true
-	}
+	errs = append(errs, validateAttachments(e.Attachments)...)
 	return asError(errs)
 }
 
@@ -301,12 +289,9 @@ type VMNetworkFailed struct {
 // Validate checks identity and the reason.
 func (e *VMNetworkFailed) Validate() error {
 	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
-	if e.Host != "" {
-		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	}
+	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateDNSLabel(field.NewPath("network"), e.Network)...)
-	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-	errs = append(errs, required(field.NewPath("message"), e.Message)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
@@ -366,8 +351,7 @@ type VMMigrationTargetReserved struct {
 func (e *VMMigrationTargetReserved) Validate() error {
 	errs := validateToken(field.NewPath("id"), e.ID, true)
 	errs = append(errs, validateVMRef(e.Namespace, e.Name, e.UID, true)...)
-	errs = append(errs, validateHostName(field.NewPath("sourceHost"), e.SourceHost)...)
-	errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
+	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
 	return asError(errs)
 }
@@ -403,8 +387,7 @@ func (e *VMMigrated) Validate() error {
 		errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
 	}
 	if e.Reason != "" {
-		errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
-		errs = append(errs, required(field.NewPath("message"), e.Message)...)
+		errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	}
 	return asError(errs)
 }
@@ -449,9 +432,7 @@ type VMDeleted struct {
 // Validate checks identity and what is to be released.
 func (e *VMDeleted) Validate() error {
 	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
-	if e.Host != "" {
-		errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
-	}
+	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	for i, ip := range e.IPs {
 		p := field.NewPath("ips").Index(i)
 		errs = append(errs, validateDNSLabel(p.Child("network"), ip.Network)...)
