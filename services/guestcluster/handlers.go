@@ -59,6 +59,10 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		return bus.Permanent(bus.WithReason("UnsupportedVersion",
 			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
 	}
+	// The worker VMs are made while the control plane starts.
+	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec); err != nil {
+		return err
+	}
 	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec.Version)
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
@@ -152,6 +156,9 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	}
 	n, err := s.deletePods(ctx, &m.Event, rec)
 	if err != nil {
+		return err
+	}
+	if _, err := s.deleteWorkers(ctx, &m.Event, rec); err != nil {
 		return err
 	}
 	// The identity is revoked, not only forgotten: a copy of its creds

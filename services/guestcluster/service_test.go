@@ -126,7 +126,7 @@ func start(t *testing.T) *harness {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods} {
+	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods, events.StreamVMs} {
 		c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
 		if err != nil {
 			t.Fatal(err)
