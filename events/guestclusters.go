@@ -1,6 +1,8 @@
 package events
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 
@@ -50,6 +52,34 @@ type GuestClusterSpec struct {
 type GuestClusterNodes struct {
 	Replicas  int32  `json:"replicas"`
 	ClassName string `json:"className"`
+	// ImageName is the VirtualMachineImage the group's VMs boot;
+	// DefaultGuestClusterNodeImage when empty.
+	ImageName string `json:"imageName,omitempty"`
+}
+
+// DefaultGuestClusterNodeImage is the VirtualMachineImage a guest
+// cluster's VMs boot when spec.workers.imageName is empty.
+const DefaultGuestClusterNodeImage = "guestcluster-node"
+
+// Image is ImageName with its default.
+func (n GuestClusterNodes) Image() string {
+	if n.ImageName == "" {
+		return DefaultGuestClusterNodeImage
+	}
+	return n.ImageName
+}
+
+// GuestClusterWorkerName is the name of worker i of guest cluster cluster:
+// its VM's name in the guest cluster's namespace and its node's name in
+// the guest cluster, <cluster>-worker-<i> (shortened with a hash to 63
+// characters).
+func GuestClusterWorkerName(cluster string, i int) string {
+	suffix := fmt.Sprintf("-worker-%d", i)
+	if len(cluster)+len(suffix) <= 63 {
+		return cluster + suffix
+	}
+	h := sha256.Sum256([]byte(cluster))
+	return cluster[:63-len(suffix)-9] + "-" + hex.EncodeToString(h[:4]) + suffix
 }
 
 // GuestClusterVersions are the Kubernetes versions a guest control plane
@@ -115,6 +145,9 @@ func (n GuestClusterNodes) validate(p *field.Path, min int32) field.ErrorList {
 	}
 	if n.Replicas > 0 || n.ClassName != "" {
 		errs = append(errs, validateDNSLabel(p.Child("className"), n.ClassName)...)
+	}
+	if n.ImageName != "" {
+		errs = append(errs, validateDNSLabel(p.Child("imageName"), n.ImageName)...)
 	}
 	return errs
 }

@@ -105,8 +105,8 @@ var publishers = map[string][]string{
 	TypeGuestClusterDeleted:         {PublisherGuestCluster},
 	// Native VMs: a guest cluster's controller declares its VMs like any
 	// client.
-	TypeVMDeclared:                {PublisherClient},
-	TypeVMDeleteRequested:         {PublisherClient},
+	TypeVMDeclared:                {PublisherClient, PublisherGuestCluster},
+	TypeVMDeleteRequested:         {PublisherClient, PublisherGuestCluster},
 	TypeVMMigrateRequested:        {PublisherClient, PublisherMigration}, // `podvisor migrate vm`, and a drain
 	TypeVMClassDeclared:           {PublisherClient},
 	TypeVMClassDeleteRequested:    {PublisherClient},

@@ -29,6 +29,10 @@ const (
 	// pod's VM, which streams the answer to the asker's reply subject.
 	GuestOpPodLogs = "pod.logs"
 	GuestOpPodExec = "pod.exec"
+	// GuestOpNodeList lists the guest cluster's worker nodes as the
+	// supervisor runs them (GuestPodReply.Nodes): one per worker VM of
+	// spec.workers, Ready while that VM runs.
+	GuestOpNodeList = "node.list"
 
 	subjectQueryGuestCluster = "pv.query.guestcluster"
 	// SubjectGuestClusterQueryAll is what the controller serves.
@@ -53,6 +57,8 @@ const (
 	LabelGuestClusterNamespace = "podvisor.io/guestcluster-namespace"
 	LabelGuestNamespace        = "podvisor.io/guest-namespace"
 	LabelGuestName             = "podvisor.io/guest-name"
+	// LabelGuestClusterRole is on a guest cluster's VMs: worker.
+	LabelGuestClusterRole = "podvisor.io/guestcluster-role"
 )
 
 // GuestPodRequest is a guest cluster node's request about one of its pods.
@@ -77,6 +83,27 @@ type GuestPodReply struct {
 	// Pods are the guest cluster's pods (list), Kubernetes shape, with the
 	// guest labels naming their guest namespace and name.
 	Pods []corev1.Pod `json:"pods,omitempty"`
+	// Nodes are the guest cluster's worker nodes (node.list).
+	Nodes []GuestNode `json:"nodes,omitempty"`
+}
+
+// GuestNode is one worker node of a guest cluster: its worker VM, a native
+// VM of the supervisor (GuestClusterWorkerName), and whether it runs.
+type GuestNode struct {
+	// Name is the node's name in the guest cluster: its VM's name.
+	Name string `json:"name"`
+	// Ready says the worker VM runs (Running and PoweredOn on a host);
+	// Message says why not otherwise.
+	Ready   bool   `json:"ready"`
+	Message string `json:"message,omitempty"`
+	// Host and IPs are where the VM runs and its addresses.
+	Host string   `json:"host,omitempty"`
+	IPs  []string `json:"ips,omitempty"`
+	// ClassName, CPUs and MemoryBytes are the VM's size, the node's
+	// capacity.
+	ClassName   string `json:"className,omitempty"`
+	CPUs        int32  `json:"cpus,omitempty"`
+	MemoryBytes int64  `json:"memoryBytes,omitempty"`
 }
 
 // GuestPodNamespace is the supervisor namespace of a guest pod of guest

@@ -64,6 +64,10 @@ type GuestClusterRecord struct {
 	// compatibility check of its version; False names each unmet
 	// requirement), as on pods.
 	Conditions []PodCondition `json:"conditions,omitempty"`
+	// Workers are the worker nodes (one per worker VM of spec.workers) as
+	// last seen, and ReadyWorkers counts those whose VM runs.
+	Workers      []GuestNode `json:"workers,omitempty"`
+	ReadyWorkers int         `json:"readyWorkers"`
 	// Pods counts the guest cluster's pods on the supervisor, as last seen.
 	Pods                int        `json:"pods"`
 	CreatedAt           time.Time  `json:"createdAt"`

@@ -160,6 +160,10 @@ type DrainRecord struct {
 	// Round counts passes over the host's pods: pods that were still being
 	// provisioned on the host in one pass are migrated in the next.
 	Round int `json:"round,omitempty"`
+	// VMs are the drain's moves of the host's native VMs, each decided
+	// here by CAS (so a drain resumed by another process or leader goes on
+	// from what was decided, and knows every outcome it was told).
+	VMs []DrainVM `json:"vms,omitempty"`
 	// Message explains the phase for a person.
 	Message string `json:"message,omitempty"`
 	// StartedAt and UpdatedAt bound the drain; EndedAt is set once it ends.
@@ -167,6 +171,35 @@ type DrainRecord struct {
 	EndedAt   time.Time `json:"endedAt,omitzero"`
 	UpdatedAt time.Time `json:"updatedAt"`
 }
+
+// DrainVM is a drain's move of one native VM off its host.
+type DrainVM struct {
+	// ID is the id of its vm.migrate.requested.
+	ID        string `json:"id"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+	// RequestedAt is when the move was asked for (zero while it waits for
+	// room under the migration limits).
+	RequestedAt time.Time `json:"requestedAt,omitzero"`
+	// MigratedAt is when vm.migrated answered; Reason and Message are its
+	// failure (empty when the VM moved).
+	MigratedAt time.Time `json:"migratedAt,omitzero"`
+	Reason     string    `json:"reason,omitempty"`
+	Message    string    `json:"message,omitempty"`
+	// EvictedAt is when a VM that could not move was evicted (vm.evicted,
+	// made again on another host).
+	EvictedAt time.Time `json:"evictedAt,omitzero"`
+	// Result is set once the drain stopped waiting for the VM: DrainVMMoved,
+	// DrainVMGone, or the reason it is unmovable.
+	Result string `json:"result,omitempty"`
+}
+
+// Results of a DrainVM besides an unmovable VM's reason.
+const (
+	DrainVMMoved = "Moved"
+	DrainVMGone  = "Gone"
+)
 
 // DrainRecordKey is the KV key of a host's drain record (the host name,
 // escaped like HostRecordKey).

@@ -22,6 +22,8 @@ import (
 
 // Provider runs the pods of the podvisor node as supervisor pods.
 type Provider struct {
+	// node is the node's name (NodeName unless a worker node).
+	node         string
 	sup          *Supervisor
 	log          *slog.Logger
 	pollInterval time.Duration
@@ -38,7 +40,7 @@ func NewProvider(sup *Supervisor, pollInterval time.Duration, log *slog.Logger) 
 	if pollInterval <= 0 {
 		pollInterval = time.Second
 	}
-	return &Provider{sup: sup, log: log, pollInterval: pollInterval, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {}}
+	return &Provider{node: NodeName, sup: sup, log: log, pollInterval: pollInterval, pods: map[string]*corev1.Pod{}, notify: func(*corev1.Pod) {}}
 }
 
 func key(ns, name string) string { return ns + "/" + name }
@@ -270,7 +272,7 @@ func (p *Provider) AttachToContainer(ctx context.Context, namespace, podName, co
 // GetStatsSummary reports the node with no usage figures (none are
 // collected from pod VMs yet).
 func (p *Provider) GetStatsSummary(ctx context.Context) (*statsv1alpha1.Summary, error) {
-	return &statsv1alpha1.Summary{Node: statsv1alpha1.NodeStats{NodeName: NodeName}}, nil
+	return &statsv1alpha1.Summary{Node: statsv1alpha1.NodeStats{NodeName: p.node}}, nil
 }
 
 // GetMetricsResource reports no metrics.

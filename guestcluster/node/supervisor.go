@@ -74,3 +74,13 @@ func (s *Supervisor) Logs(ctx context.Context, req events.PodLogsRequest, w io.W
 func (s *Supervisor) Exec(ctx context.Context, req events.PodExecRequest, stdin io.Reader, stdout, stderr io.Writer) (*int32, error) {
 	return podstream.Run(ctx, s.NC, s.subject(events.GuestOpPodExec), req, stdin, stdout, stderr)
 }
+
+// ListNodes returns the guest cluster's worker nodes as the supervisor runs
+// them.
+func (s *Supervisor) ListNodes(ctx context.Context) ([]events.GuestNode, error) {
+	r, err := s.ask(ctx, events.GuestOpNodeList, struct{}{})
+	if err != nil {
+		return nil, err
+	}
+	return r.Nodes, nil
+}

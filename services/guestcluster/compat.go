@@ -101,6 +101,17 @@ func (s *Service) admitCompatible(ctx context.Context, cause *event.Event, key, 
 	return nil
 }
 
+// compatibleRecorded says the record holds a passed check of its version
+// (condition Compatible=True).
+func compatibleRecorded(r *events.GuestClusterRecord) bool {
+	for _, c := range r.Conditions {
+		if c.Type == events.GuestClusterConditionCompatible {
+			return c.Status == events.ConditionTrue
+		}
+	}
+	return false
+}
+
 // onCheckRequested answers `podvisor check guestcluster NAME`: the check of
 // the guest cluster's recorded version, with the request's id.
 func (s *Service) onCheckRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterCheckRequested) error {

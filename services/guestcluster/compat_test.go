@@ -129,6 +129,18 @@ func TestCompatibleGuestClusterRecordsTheCheck(t *testing.T) {
 	if cond, ok := conditionOf(rec, events.GuestClusterConditionCompatible); !ok || cond.Status != events.ConditionTrue {
 		t.Errorf("conditions %+v, want Compatible=True", rec.Conditions)
 	}
+	if got := h.vcenterEvents(t); len(got) != 1 {
+		t.Fatalf("vCenter events after the create: %q, want one", got)
+	}
+	// Applying the same spec again (a new request) is not checked, posted
+	// or published again: the guest cluster is already Ready.
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	if ev := h.await(t, events.TypeGuestClusterReady, events.TypeGuestClusterCompatibility); ev.Type() != events.TypeGuestClusterReady {
+		t.Fatalf("the re-apply of an unchanged guest cluster published %s", ev.Type())
+	}
+	if got := h.vcenterEvents(t); len(got) != 1 {
+		t.Errorf("vCenter events after an unchanged re-apply: %q, want still one", got)
+	}
 	// A version without known requirements is refused naming the known
 	// ones, before any check is posted.
 	req.GuestCluster.Metadata.Name = "gc2"

@@ -15,9 +15,12 @@
 //  3. mints the guest cluster's NATS identity (bus.GuestClusterIdentity):
 //     it may ask only pv.query.guestcluster.<namespace>.<name>.> and the
 //     control subjects of the log and exec streams it receives;
-//  4. starts its control plane (ControlPlanes): kube-apiserver with etcd and
-//     the podvisor node (virtual-kubelet), which registers node `podvisor`
-//     in the guest cluster and talks to this controller with that identity;
+//  4. declares its worker VMs (workers.go: spec.workers.replicas native
+//     VMs <cluster>-worker-<i>, deleting those past the count) and starts
+//     its control plane (ControlPlanes): kube-apiserver with etcd, the
+//     podvisor node (virtual-kubelet), which registers node `podvisor` in
+//     the guest cluster and talks to this controller with that identity,
+//     and one worker node per worker VM, Ready while the VM runs (node.list);
 //  5. records the endpoint and the admin kubeconfig (Phase Ready) and
 //     publishes guestcluster.ready.
 //
@@ -36,8 +39,9 @@
 //
 // For guestcluster.delete.requested it marks the record Deleting, stops the
 // control plane (no new pods), asks for the deletion of every pod labelled
-// with the guest cluster, waits until their records are gone, forgets the
-// identity, removes the record and publishes guestcluster.deleted.
+// with the guest cluster and of its worker VMs, waits until their records
+// are gone, forgets the identity, removes the record and publishes
+// guestcluster.deleted.
 //
 // ControlPlanes is where the guest cluster's control-plane VM runs. Processes
 // runs the podvisor-guest program (module guestcluster, which carries

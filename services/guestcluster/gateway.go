@@ -73,8 +73,15 @@ func (s *Service) onQuery(ctx context.Context, m *nats.Msg) {
 		}
 	case events.GuestOpPodLogs, events.GuestOpPodExec:
 		s.forwardStream(ctx, rec, op, m)
+	case events.GuestOpNodeList:
+		nodes, err := s.refreshWorkers(ctx, rec)
+		if err != nil {
+			s.replyErr(m, err)
+			return
+		}
+		s.reply(m, events.GuestPodReply{Nodes: nodes}, log)
 	default:
-		s.replyErr(m, fmt.Errorf("op %q: want one of pod.create, pod.delete, pod.list, pod.logs, pod.exec", op))
+		s.replyErr(m, fmt.Errorf("op %q: want one of pod.create, pod.delete, pod.list, pod.logs, pod.exec, node.list", op))
 	}
 }
 

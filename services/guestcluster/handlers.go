@@ -25,7 +25,11 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		return bus.Permanent(bus.WithReason("GuestClustersUnavailable", s.unavailable))
 	}
 	now := time.Now().UTC()
+	// checked: this version was found compatible before (an unchanged
+	// re-apply), so it is not checked, posted and published again.
+	var checked bool
 	rec, err := s.clusters.Upsert(ctx, key, func(r *events.GuestClusterRecord, exists bool) error {
+		checked = exists && r.Spec.Version == g.Spec.Version && r.Phase != events.GuestClusterPhaseFailed && compatibleRecorded(r)
 		if exists && r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s/%s is being deleted; apply it again once it is gone", ns, name)))
 		}
@@ -46,12 +50,18 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	}
 	// Nothing is built before the version is found compatible with what
 	// the infrastructure and the vCenter offer.
-	if err := s.admitCompatible(ctx, &m.Event, key, ns, name, g.Spec.Version); err != nil {
-		return err
+	if !checked {
+		if err := s.admitCompatible(ctx, &m.Event, key, ns, name, g.Spec.Version); err != nil {
+			return err
+		}
 	}
 	if !slices.Contains(events.GuestClusterVersions, g.Spec.Version) {
 		return bus.Permanent(bus.WithReason("UnsupportedVersion",
 			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
+	}
+	// The worker VMs are made while the control plane starts.
+	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec); err != nil {
+		return err
 	}
 	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec.Version)
 	if err != nil {
@@ -146,6 +156,9 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	}
 	n, err := s.deletePods(ctx, &m.Event, rec)
 	if err != nil {
+		return err
+	}
+	if _, err := s.deleteWorkers(ctx, &m.Event, rec); err != nil {
 		return err
 	}
 	// The identity is revoked, not only forgotten: a copy of its creds

@@ -74,9 +74,11 @@ type Service struct {
 	// read.
 	kubeconfigs *record.Store[events.GuestClusterKubeconfig]
 	pods        *record.Store[events.PodRecord]
-	cps         ControlPlanes
-	minter      Minter
-	vs          *vsphere.Session
+	// vms are the native VM controller's records (its worker VMs).
+	vms    *record.Store[events.VMRecord]
+	cps    ControlPlanes
+	minter Minter
+	vs     *vsphere.Session
 	// unavailable says why guest clusters cannot be made here (a setting
 	// is missing); nil when they can.
 	unavailable error
@@ -112,6 +114,10 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketPods, err)
 	}
+	vkv, err := deps.Bus.KV(ctx, events.BucketVMs)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMs, err)
+	}
 	s := &Service{
 		cfg:         cfg,
 		bus:         deps.Bus,
@@ -120,6 +126,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		clusters:    record.New[events.GuestClusterRecord](gkv, "guest cluster"),
 		kubeconfigs: record.New[events.GuestClusterKubeconfig](kkv, "guest cluster kubeconfig"),
 		pods:        record.New[events.PodRecord](pkv, "pod"),
+		vms:         record.New[events.VMRecord](vkv, "VM"),
 		cps:         deps.ControlPlanes,
 		minter:      deps.Minter,
 		vs:          deps.VSphere,
@@ -212,6 +219,9 @@ func (s *Service) resyncLoop(ctx context.Context) {
 			}
 			if _, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec.Version); err != nil && ctx.Err() == nil {
 				s.log.Warn("resync: control plane", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
+			}
+			if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {
+				s.log.Warn("resync: worker nodes", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,7 +126,7 @@ func start(t *testing.T) *harness {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods} {
+	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods, events.StreamVMs} {
 		c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
 		if err != nil {
 			t.Fatal(err)
@@ -154,18 +155,18 @@ func (h *harness) publish(t *testing.T, ceType, subject string, p events.Payload
 	}
 }
 
-// await returns the next event of ceType, skipping others.
-func (h *harness) await(t *testing.T, ceType string) event.Event {
+// await returns the next event of one of ceTypes, skipping others.
+func (h *harness) await(t *testing.T, ceTypes ...string) event.Event {
 	t.Helper()
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
 		case ev := <-h.evs:
-			if ev.Type() == ceType {
+			if slices.Contains(ceTypes, ev.Type()) {
 				return ev
 			}
 		case <-deadline:
-			t.Fatalf("no %s within 20s", ceType)
+			t.Fatalf("no %v within 20s", ceTypes)
 		}
 	}
 }

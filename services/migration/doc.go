@@ -67,7 +67,11 @@
 // reports how many moved and lists the pods that could not, with reasons; a
 // host with such pods stays cordoned and out of maintenance. A drain makes up
 // to DrainRounds passes, so pods still being provisioned on the host when it
-// starts are moved once they run. The drain's state is in KV `drains`
+// starts are moved once they run. Then the host's native VMs are moved
+// (vms.go): each move is recorded in the drain record, asked for as the
+// limits give it room (it counts against its source host and cluster like
+// a pod's migration until vm.migrated), and evicted when it cannot move.
+// The drain's state is in KV `drains`
 // (events.DrainRecord), so a drain under way resumes after a restart.
 // host.uncordoned (`podvisor uncordon host esx-1-01`) stops a drain and
 // takes the host out of maintenance mode.

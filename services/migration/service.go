@@ -318,7 +318,7 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 		case <-s.kick:
 		}
 		s.mu.Lock()
-		started := s.lim.next()
+		started := slices.DeleteFunc(s.lim.next(), func(sl slot) bool { return sl.vm }) // a drain's VM move is run by the native VM controller
 		for _, sl := range started {
 			s.flights[sl.id] = &flight{}
 			delete(s.positions, sl.id)

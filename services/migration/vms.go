@@ -2,9 +2,13 @@ package migration
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -17,19 +21,28 @@ import (
 // service's own migration runner (a VM's vMotion is the provisioner's
 // native VM controller's, see services/provisioner/nativevm):
 //
-//   - a drain, once its pods are handled, asks for a migration of every VM
-//     on the host (vm.migrate.requested: the scheduler reserves a target,
-//     the controller relocates the VM, powered on or off, and announces
-//     vm.migrated). A VM that cannot move (no target, the relocation
-//     failed) is evicted (vm.evicted, reason DrainUnmovable): the
-//     scheduler places it again away from the host and the controller
-//     makes it again there from its spec, removing the one it left. The
-//     drain waits until no VM is on the host; a VM still there when the
-//     wait ends is listed as unmovable and the host stays out of
+//   - a drain, once its pods are handled, records a move for every VM on
+//     the host in its drain record and asks for each (vm.migrate.requested:
+//     the scheduler reserves a target, the controller relocates the VM,
+//     powered on or off, and announces vm.migrated) as the migration
+//     limits give it room: a VM move counts against its source host and
+//     cluster like a pod's migration, from its request until vm.migrated.
+//     A VM that cannot move (no target, the relocation failed) is evicted
+//     (vm.evicted, reason DrainUnmovable): the scheduler places it again
+//     away from the host and the controller makes it again there from its
+//     spec, removing the one it left. The drain waits until no VM is on
+//     the host; a VM still there vmLeaveTimeout after its request (or its
+//     eviction) is listed as unmovable and the host stays out of
 //     maintenance mode.
 //   - a lost host's VMs are evicted (vm.evicted, reason HostLost): they are
 //     placed elsewhere and made again from their spec, in their declared
 //     power state, as vSphere HA restarts them.
+//
+// What a drain decided about its VM moves (asked, the outcome, evicted,
+// the result) lives in its drain record, written by CAS, and vm.migrated
+// is written there by whichever process consumes it: a drain resumed by a
+// restarted service or a new leader goes on from the record, so no
+// outcome is known only to a process that is gone.
 
 // ReasonDrainUnmovable is the reason of vm.evicted for a VM a drain could
 // not move.
@@ -39,12 +52,10 @@ const ReasonDrainUnmovable = "DrainUnmovable"
 // host (moved, or made again elsewhere after its eviction).
 const vmLeaveTimeout = 2 * time.Minute
 
-// nativeVMs is this service's view of the native VMs a drain moves.
+// nativeVMs is this service's handle on the provisioner's VM records.
 type nativeVMs struct {
 	mu sync.Mutex
 	kv jetstream.KeyValue
-	// outcomes are the vm.migrated seen of the drains' migrations, by ID.
-	outcomes map[string]*events.VMMigrated
 }
 
 // vmsKV opens the provisioner's VM records (a read model here).
@@ -90,101 +101,95 @@ func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMReco
 	return r, err
 }
 
-// onVMMigrated keeps the outcome of a drain's VM migration for the drain
-// that waits for it.
-func (s *Service) onVMMigrated(_ context.Context, _ *bus.Message, e *events.VMMigrated) error {
-	s.nvm.mu.Lock()
-	defer s.nvm.mu.Unlock()
-	if s.nvm.outcomes == nil {
-		s.nvm.outcomes = map[string]*events.VMMigrated{}
+// onVMMigrated writes the outcome of a drain's VM move into the drain
+// record of its source host and frees the move's room. A vm.migrated of a
+// move no drain asked for (podvisor migrate vm) changes nothing.
+func (s *Service) onVMMigrated(ctx context.Context, _ *bus.Message, e *events.VMMigrated) error {
+	if _, err := s.store.updateDrain(ctx, e.SourceHost, func(d *events.DrainRecord) bool {
+		i := slices.IndexFunc(d.VMs, func(v events.DrainVM) bool { return v.ID == e.ID })
+		if i < 0 || !d.VMs[i].MigratedAt.IsZero() {
+			return false
+		}
+		v := &d.VMs[i]
+		v.MigratedAt, v.Reason, v.Message = s.now().UTC(), e.Reason, e.Message
+		return true
+	}); err != nil {
+		return err
 	}
-	s.nvm.outcomes[e.ID] = e
+	s.vmMoveEnded(e.ID)
 	return nil
 }
 
-func (s *Service) vmOutcome(id string) *events.VMMigrated {
-	s.nvm.mu.Lock()
-	defer s.nvm.mu.Unlock()
-	return s.nvm.outcomes[id]
-}
-
-func (s *Service) forgetVMOutcome(id string) {
-	s.nvm.mu.Lock()
-	defer s.nvm.mu.Unlock()
-	delete(s.nvm.outcomes, id)
-}
-
-// drainVMID names a drain's migration of one VM.
-func drainVMID(host, uid string) string {
-	id := "vm" + drainMigrationID(host, 0, uid)
+// drainVMID names a drain's move of one VM: the same for a resumed drain,
+// another for a later drain of the host.
+func drainVMID(host, requestID, uid string) string {
+	sum := sha256.Sum256([]byte(requestID))
+	id := fmt.Sprintf("vm%s-%x", drainMigrationID(host, 0, uid), sum[:4])
 	if len(id) > 128 {
-		id = id[:128]
+		id = id[len(id)-128:]
 	}
 	return id
 }
 
 // drainVMs moves every VM off host (see above) and tallies them in st.
 func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drainState) error {
-	vms, err := s.vmsOnHost(ctx, host)
-	if err != nil || len(vms) == 0 {
+	on, err := s.vmsOnHost(ctx, host)
+	if err != nil {
 		return err
 	}
+	// The moves are recorded before any is asked for.
+	d, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+		if d.RequestID != requestID {
+			return false
+		}
+		changed := false
+		for _, v := range on {
+			if !slices.ContainsFunc(d.VMs, func(m events.DrainVM) bool { return m.UID == v.UID }) {
+				d.VMs = append(d.VMs, events.DrainVM{ID: drainVMID(host, requestID, v.UID), Namespace: v.Namespace, Name: v.Name, UID: v.UID})
+				changed = true
+			}
+		}
+		return changed
+	})
+	if err != nil || d == nil || d.RequestID != requestID || len(d.VMs) == 0 {
+		return err
+	}
+	// Whatever ends this wait, the moves give their room back.
+	defer func() {
+		for _, v := range d.VMs {
+			s.vmMoveEnded(v.ID)
+		}
+	}()
+	cluster := ""
+	if h, err := s.store.host(ctx, host); err == nil && h != nil {
+		cluster = h.Cluster
+	}
 	cause := standIn(fmt.Sprintf("drain/%s/%s", host, requestID), "")
-	ids := map[string]string{}
-	for _, v := range vms {
-		id := drainVMID(host, v.UID)
-		s.forgetVMOutcome(id)
-		ids[v.UID] = id
-		if err := s.emit(ctx, cause, &events.VMMigrateRequested{ID: id, Namespace: v.Namespace, Name: v.Name}, bus.Distinct(id)); err != nil {
+	logged := false
+	for {
+		d, _, err = s.store.drain(ctx, host)
+		if err != nil {
 			return err
 		}
-	}
-	s.log.Info("drain: VM migrations requested", "host", host, "vms", len(vms))
-	type waiting struct {
-		rec     *events.VMRecord
-		evicted bool
-		since   time.Time
-	}
-	left := map[string]*waiting{}
-	for _, v := range vms {
-		left[v.UID] = &waiting{rec: v, since: time.Now()}
-	}
-	for len(left) > 0 {
-		for uid, w := range left {
-			cur, err := s.vmRecord(ctx, w.rec.Namespace, w.rec.Name)
-			if err != nil {
+		if d == nil || d.RequestID != requestID {
+			return nil // uncordoned meanwhile
+		}
+		open := 0
+		for _, v := range d.VMs {
+			if v.Result != "" {
+				continue
+			}
+			open++
+			if err := s.stepVMMove(ctx, cause, host, cluster, requestID, v); err != nil {
 				return err
 			}
-			switch {
-			case cur == nil || cur.UID != uid || !cur.DeletionRequestedAt.IsZero():
-				delete(left, uid) // deleted meanwhile: nothing to move
-				continue
-			case cur.Status.Host != "" && cur.Status.Host != host && cur.StaleVM == "":
-				st.moved[uid] = true
-				delete(left, uid)
-				continue
-			}
-			if o := s.vmOutcome(ids[uid]); o != nil && o.Failed() && !w.evicted {
-				msg := fmt.Sprintf("drain of %s: the VM could not move (%s: %s); it is made again on another host from its spec", host, o.Reason, o.Message)
-				if err := s.emit(ctx, cause, &events.VMEvicted{Namespace: cur.Namespace, Name: cur.Name, UID: uid, Host: host,
-					Reason: ReasonDrainUnmovable, Message: msg}, bus.Distinct("evict/"+uid)); err != nil {
-					return err
-				}
-				s.log.Warn("drain: VM evicted", "host", host, "vm", cur.Key(), "reason", o.Reason)
-				w.evicted, w.since = true, time.Now()
-			}
-			if time.Since(w.since) > vmLeaveTimeout {
-				reason := "VMStillOnHost"
-				if o := s.vmOutcome(ids[uid]); o != nil && o.Failed() {
-					reason = o.Reason
-				}
-				st.stuck(events.UnmovablePod{Namespace: cur.Namespace, Name: cur.Name, UID: uid, Reason: reason,
-					Message: fmt.Sprintf("VM %s is still on %s after %s (phase %s)", cur.Key(), host, vmLeaveTimeout, cur.Status.Phase)})
-				delete(left, uid)
-			}
 		}
-		if len(left) == 0 {
+		if open == 0 {
 			break
+		}
+		if !logged {
+			s.log.Info("drain: moving VMs", "host", host, "vms", open)
+			logged = true
 		}
 		select {
 		case <-ctx.Done():
@@ -192,7 +197,129 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 		case <-time.After(drainPoll):
 		}
 	}
+	for _, v := range d.VMs {
+		switch v.Result {
+		case events.DrainVMMoved:
+			st.moved[v.UID] = true
+		case events.DrainVMGone:
+		default:
+			st.stuck(events.UnmovablePod{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Reason: v.Result, Message: v.Message})
+		}
+	}
 	return nil
+}
+
+// stepVMMove takes one VM move a step further: ended when the VM left
+// the host (or is gone), asked for once it has room, evicted once
+// vm.migrated says it could not move, given up vmLeaveTimeout later. What
+// is decided lives in the drain record; a request or an eviction is sent
+// before it is recorded and sent again (same id, kept once by the bus) by a
+// drain resumed in between.
+func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, cluster, requestID string, v events.DrainVM) error {
+	set := func(mutate func(m *events.DrainVM)) error {
+		_, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+			i := slices.IndexFunc(d.VMs, func(m events.DrainVM) bool { return m.ID == v.ID })
+			if d.RequestID != requestID || i < 0 || d.VMs[i].Result != "" {
+				return false
+			}
+			mutate(&d.VMs[i])
+			return true
+		})
+		return err
+	}
+	end := func(result, msg string) error {
+		s.vmMoveEnded(v.ID)
+		return set(func(m *events.DrainVM) {
+			m.Result = result
+			if msg != "" {
+				m.Message = msg
+			}
+		})
+	}
+	cur, err := s.vmRecord(ctx, v.Namespace, v.Name)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cur == nil || cur.UID != v.UID || !cur.DeletionRequestedAt.IsZero():
+		return end(events.DrainVMGone, "") // deleted meanwhile: nothing to move
+	case cur.Status.Host != "" && cur.Status.Host != host && cur.StaleVM == "":
+		return end(events.DrainVMMoved, "")
+	}
+	now := s.now().UTC()
+	sl := slot{id: v.ID, sourceHost: host, sourceCluster: cluster, vm: true}
+	if v.RequestedAt.IsZero() {
+		if !s.admitVMMove(sl, false) {
+			return nil // waits for room
+		}
+		if err := s.emit(ctx, cause, &events.VMMigrateRequested{ID: v.ID, Namespace: v.Namespace, Name: v.Name}, bus.Distinct(v.ID)); err != nil {
+			return err
+		}
+		return set(func(m *events.DrainVM) { m.RequestedAt = now })
+	}
+	if v.MigratedAt.IsZero() {
+		// Asked by a previous run (another leader): it holds its room
+		// until vm.migrated.
+		s.admitVMMove(sl, true)
+	}
+	if !v.MigratedAt.IsZero() && v.Reason != "" && v.EvictedAt.IsZero() {
+		msg := fmt.Sprintf("drain of %s: the VM could not move (%s: %s); it is made again on another host from its spec", host, v.Reason, v.Message)
+		if err := s.emit(ctx, cause, &events.VMEvicted{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Host: host,
+			Reason: ReasonDrainUnmovable, Message: msg}, bus.Distinct("evict/"+v.ID)); err != nil {
+			return err
+		}
+		s.log.Warn("drain: VM evicted", "host", host, "vm", cur.Key(), "reason", v.Reason)
+		return set(func(m *events.DrainVM) { m.EvictedAt = now })
+	}
+	since := v.RequestedAt
+	if !v.EvictedAt.IsZero() {
+		since = v.EvictedAt
+	}
+	if now.Sub(since) <= vmLeaveTimeout {
+		return nil
+	}
+	reason := "VMStillOnHost"
+	if v.Reason != "" {
+		reason = v.Reason
+	}
+	return end(reason, fmt.Sprintf("VM %s is still on %s after %s (phase %s)", cur.Key(), host, vmLeaveTimeout, cur.Status.Phase))
+}
+
+// admitVMMove asks room under the migration limits for a drain's VM move
+// and reports whether it has it. A move asked for before (inFlight) takes
+// its room at once: its vMotion runs whether or not there is room.
+func (s *Service) admitVMMove(sl slot, inFlight bool) bool {
+	s.mu.Lock()
+	if s.lim == nil {
+		s.mu.Unlock()
+		return true
+	}
+	if _, ok := s.lim.running[sl.id]; ok {
+		s.mu.Unlock()
+		return true
+	}
+	if inFlight {
+		s.lim.remove(sl.id)
+		s.lim.start(sl)
+		s.mu.Unlock()
+		return true
+	}
+	s.lim.enqueue(sl)
+	s.mu.Unlock()
+	s.poke()
+	return false
+}
+
+// vmMoveEnded gives a VM move's room back (or takes it out of the queue).
+func (s *Service) vmMoveEnded(id string) {
+	s.mu.Lock()
+	if s.lim == nil || (!s.lim.remove(id) && !s.lim.has(id)) {
+		s.mu.Unlock()
+		return
+	}
+	s.lim.done(id)
+	s.mu.Unlock()
+	s.poke()
 }
 
 // evictVMs evicts the VMs of a lost host: each is placed elsewhere and

@@ -49,7 +49,9 @@ func (g *guestClusterRow) Row(now time.Time) []string {
 		}
 		return fmt.Sprintf("%d×%s", n.Replicas, n.ClassName)
 	}
-	return []string{r.Spec.Version, nodes(r.Spec.ControlPlane), nodes(r.Spec.Workers), r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
+	// WORKERS: ready of wanted (a worker is ready while its VM runs).
+	workers := fmt.Sprintf("%d/%s", r.ReadyWorkers, nodes(r.Spec.Workers))
+	return []string{r.Spec.Version, nodes(r.Spec.ControlPlane), workers, r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
 }
 
 func joinReason(reason, msg string) string {

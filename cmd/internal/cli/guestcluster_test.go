@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/vmware/govmomi/find"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/privtest"
@@ -23,7 +26,8 @@ import (
 // TestGuestClusterRunsPodsAsPodVMs is the guest cluster as a user meets it
 // on `podvisor up` with guests: apply a GuestCluster, take its kubeconfig
 // from `get guestcluster --kubeconfig` as the admin, and with kubectl see the podvisor
-// node, run a busybox pod that becomes a Running pod VM in the guest
+// node and one Ready worker node per worker VM (scaled to two and back to
+// one by re-applying, the removed worker's VM deleted), run a busybox pod that becomes a Running pod VM in the guest
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
@@ -40,12 +44,29 @@ func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
 	ctx := t.Context()
 
-	gc := `apiVersion: podvisor.io/v1alpha1
+	// The worker VMs' class and image (the sample OS image of the seeded
+	// registry).
+	catalog := `apiVersion: podvisor.io/v1alpha1
+kind: VirtualMachineClass
+metadata: {name: small}
+spec: {cpus: 2, memory: 4Gi}
+---
+apiVersion: podvisor.io/v1alpha1
+kind: VirtualMachineImage
+metadata: {name: vmos}
+spec: {oci: ` + sys.Endpoints.Registry + `/` + ociregistry.VMOSRepoTag + `}
+`
+	if out, errOut, code := run(t, dir, catalog, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply the class and image: %d %s %s", code, out, errOut)
+	}
+	gc := func(workers int) string {
+		return fmt.Sprintf(`apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: gc1, namespace: team-a}
-spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: 1, className: small}}
-`
-	if out, errOut, code := run(t, dir, gc, "apply", "-f", "-"); code != 0 {
+spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: %d, className: small, imageName: vmos}}
+`, workers)
+	}
+	if out, errOut, code := run(t, dir, gc(1), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: %d %s %s", code, out, errOut)
 	}
 	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
@@ -65,6 +86,60 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if out, err := kubectl("wait", "--for=condition=Ready", "node/podvisor", "--timeout=20s"); err != nil {
 		t.Fatalf("node podvisor not Ready: %v\n%s", err, out)
 	}
+
+	// Worker nodes: one per worker VM, Ready while it runs; re-applying
+	// with another count adds or removes VMs and nodes.
+	readyWorkers := func() int {
+		out, _, code := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a", "-o", "json")
+		var r struct{ ReadyWorkers int }
+		if code != 0 || json.Unmarshal([]byte(out), &r) != nil {
+			return -1
+		}
+		return r.ReadyWorkers
+	}
+	workerNodes := func(want ...string) {
+		t.Helper()
+		waitFor(t, fmt.Sprintf("worker nodes %v Ready, and no other", want), 3*time.Minute, func() bool {
+			out, err := kubectl("get", "nodes", "-l", "podvisor.io/worker",
+				"-o", `jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}`)
+			if err != nil {
+				return false
+			}
+			var got []string
+			for _, f := range strings.Fields(out) {
+				name, status, _ := strings.Cut(f, "=")
+				if status != "True" {
+					return false
+				}
+				got = append(got, name)
+			}
+			return slices.Equal(got, want) && readyWorkers() == len(want)
+		})
+	}
+	workerNodes("gc1-worker-0")
+	vmPowerState := func(name string) string {
+		out, _, code := run(t, dir, "", "get", "vm", name, "-n", "team-a", "-o", "json")
+		var vm events.VirtualMachine
+		if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Status == nil {
+			return ""
+		}
+		return vm.Status.PowerState
+	}
+	if ps := vmPowerState("gc1-worker-0"); ps != events.PowerStatePoweredOn {
+		t.Errorf("worker VM gc1-worker-0: power state %q, want PoweredOn", ps)
+	}
+	if out, errOut, code := run(t, dir, gc(2), "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply 2 workers: %d %s %s", code, out, errOut)
+	}
+	workerNodes("gc1-worker-0", "gc1-worker-1")
+	if out, errOut, code := run(t, dir, gc(1), "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply 1 worker: %d %s %s", code, out, errOut)
+	}
+	workerNodes("gc1-worker-0")
+	waitFor(t, "worker VM gc1-worker-1 deleted", 2*time.Minute, func() bool {
+		_, _, code := run(t, dir, "", "get", "vm", "gc1-worker-1", "-n", "team-a")
+		return code != 0
+	})
 
 	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
 	if out, err := kubectl("run", "bb", "--image="+image, "--restart=Never", "--", "sh", "-c", "echo hello from the guest cluster; sleep 3600"); err != nil {
@@ -97,10 +172,11 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "gc1", "-n", "team-a"); code != 0 {
 		t.Fatalf("delete guestcluster: %d %s %s", code, out, errOut)
 	}
-	waitFor(t, "the guest cluster and its pod gone", 2*time.Minute, func() bool {
+	waitFor(t, "the guest cluster, its pod and its worker VM gone", 2*time.Minute, func() bool {
 		_, _, podCode := run(t, dir, "", "get", "pod", "gc1-default-bb", "-n", "team-a")
 		_, _, gcCode := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a")
-		return podCode != 0 && gcCode != 0
+		_, _, vmCode := run(t, dir, "", "get", "vm", "gc1-worker-0", "-n", "team-a")
+		return podCode != 0 && gcCode != 0 && vmCode != 0
 	})
 	finder := find.NewFinder(simtest.Client(t, sys.Datacenter).Client)
 	dc, err := finder.DefaultDatacenter(ctx)

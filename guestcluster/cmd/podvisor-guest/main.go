@@ -1,6 +1,6 @@
 // Command podvisor-guest is a guest cluster's control plane: etcd,
-// kube-apiserver and the `podvisor` node in one process, in the guest
-// cluster's control-plane VM. The guest cluster controller starts it:
+// kube-apiserver, the `podvisor` node and the worker nodes (one per worker
+// VM the supervisor runs for it) in one process. The guest cluster controller starts it:
 //
 //	podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --version v1.37.2 \
 //	    --nats-url tls://127.0.0.1:4222 --nats-creds gc.creds --nats-ca ca.pem
@@ -86,8 +86,8 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	if err != nil {
 		return err
 	}
-	n, err := node.New(node.Config{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Version: version, Logger: log,
-		Supervisor: &node.Supervisor{NC: nc, Namespace: ns, Name: name}})
+	sup := &node.Supervisor{NC: nc, Namespace: ns, Name: name}
+	n, err := node.New(node.Config{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Version: version, Logger: log, Supervisor: sup})
 	if err != nil {
 		return err
 	}
@@ -101,6 +101,9 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	case <-cp.Done():
 		return fmt.Errorf("control plane stopped: %v", cp.Err())
 	}
+	// The worker nodes (one per worker VM) follow the supervisor's list.
+	workers := &node.Workers{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Supervisor: sup, Version: version, Logger: log}
+	go workers.Run(ctx)
 	b, _ := json.Marshal(map[string]any{"endpoint": cp.Endpoint, "kubeconfig": cp.AdminKubeconfig})
 	if err := os.WriteFile(filepath.Join(dir, "ready.json.tmp"), b, 0o600); err != nil {
 		return err

@@ -1,0 +1,200 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// Workers keeps the guest cluster's worker nodes what the supervisor says
+// they are (node.list): one node per worker VM of spec.workers, Ready while
+// that VM runs. A worker the supervisor no longer lists (scaled down) has
+// its pods deleted, on the supervisor and in the guest cluster, and its
+// Node object removed.
+type Workers struct {
+	Client     kubernetes.Interface
+	Host       string
+	KubeletTLS *tls.Config
+	Supervisor *Supervisor
+	Version    string
+	// PollInterval is how often the list is read (default 2s); the pods'
+	// statuses are polled at the nodes' own interval.
+	PollInterval time.Duration
+	Logger       *slog.Logger
+
+	running map[string]*worker
+}
+
+type worker struct {
+	node   *Node
+	state  chan events.GuestNode // the latest state, for the node's goroutine
+	last   events.GuestNode
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Run keeps the worker nodes until ctx ends.
+func (w *Workers) Run(ctx context.Context) {
+	every := w.PollInterval
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	w.running = map[string]*worker{}
+	defer func() {
+		for _, r := range w.running {
+			r.cancel()
+			<-r.done
+		}
+	}()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := w.sync(ctx); err != nil && ctx.Err() == nil {
+			w.Logger.Warn("worker nodes", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *Workers) sync(ctx context.Context) error {
+	list, err := w.Supervisor.ListNodes(ctx)
+	if err != nil {
+		return err
+	}
+	want := map[string]events.GuestNode{}
+	for _, n := range list {
+		want[n.Name] = n
+	}
+	for name, r := range w.running {
+		select {
+		case <-r.done: // stopped on an error: started again below
+			delete(w.running, name)
+		default:
+		}
+	}
+	for name, n := range want {
+		r := w.running[name]
+		if r == nil {
+			if r, err = w.start(ctx, n); err != nil {
+				w.Logger.Warn("start worker node", "node", name, "err", err)
+				continue
+			}
+			w.running[name] = r
+		}
+		if !reflect.DeepEqual(r.last, n) {
+			r.last = n
+			select { // keep only the latest state
+			case <-r.state:
+			default:
+			}
+			r.state <- n
+		}
+	}
+	// Worker nodes no longer listed go, with their pods; so do those left
+	// from before a restart of the control plane.
+	nodes, err := w.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: LabelWorker})
+	if err != nil {
+		return err
+	}
+	gone := map[string]bool{}
+	for name := range w.running {
+		if _, ok := want[name]; !ok {
+			gone[name] = true
+		}
+	}
+	for _, n := range nodes.Items {
+		if _, ok := want[n.Name]; !ok {
+			gone[n.Name] = true
+		}
+	}
+	for name := range gone {
+		if err := w.remove(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// start runs a worker node; its goroutine sends each state it is given.
+func (w *Workers) start(ctx context.Context, n events.GuestNode) (*worker, error) {
+	node, err := New(Config{Name: n.Name, Worker: &n, Client: w.Client, Host: w.Host, KubeletTLS: w.KubeletTLS,
+		Supervisor: w.Supervisor, Version: w.Version, Logger: w.Logger})
+	if err != nil {
+		return nil, err
+	}
+	nctx, cancel := context.WithCancel(ctx)
+	r := &worker{node: node, state: make(chan events.GuestNode, 1), cancel: cancel, done: make(chan struct{})}
+	ready := make(chan struct{})
+	go func() {
+		defer close(r.done)
+		if err := node.Run(nctx, ready); err != nil && nctx.Err() == nil {
+			w.Logger.Warn("worker node stopped", "node", n.Name, "err", err)
+		}
+	}()
+	go func() {
+		select {
+		case <-ready:
+		case <-r.done:
+			return
+		}
+		for {
+			select {
+			case <-nctx.Done():
+				return
+			case s := <-r.state:
+				if err := node.SetWorker(nctx, s); err != nil && nctx.Err() == nil {
+					w.Logger.Warn("worker node status", "node", n.Name, "err", err)
+				}
+			}
+		}
+	}()
+	w.Logger.Info("worker node started", "node", n.Name, "ready", n.Ready)
+	return r, nil
+}
+
+// remove stops a worker node, deletes its pods (on the supervisor, then in
+// the guest cluster: no controller manager here collects a gone node's
+// pods) and its Node object.
+func (w *Workers) remove(ctx context.Context, name string) error {
+	if r := w.running[name]; r != nil {
+		r.cancel()
+		<-r.done
+		delete(w.running, name)
+	}
+	pods, err := w.Client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", name).String()})
+	if err != nil {
+		return fmt.Errorf("pods of worker node %s: %w", name, err)
+	}
+	for _, p := range pods.Items {
+		if err := w.Supervisor.DeletePod(ctx, p.Namespace, p.Name); err != nil {
+			return fmt.Errorf("delete pod %s/%s of worker node %s: %w", p.Namespace, p.Name, name, err)
+		}
+		zero := int64(0)
+		if err := w.Client.CoreV1().Pods(p.Namespace).Delete(ctx, p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil && !apierrors.IsNotFound(err) {
+			return err
+		}
+	}
+	err = w.Client.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete worker node %s: %w", name, err)
+	}
+	if err == nil {
+		w.Logger.Info("worker node removed", "node", name, "pods", len(pods.Items))
+	}
+	return nil
+}
