@@ -154,6 +154,9 @@ func validatePodMeta(pod *corev1.Pod, p *field.Path) field.ErrorList {
 	if pod.Namespace != "" {
 		errs = append(errs, validateDNSLabel(p.Child("namespace"), pod.Namespace)...)
 	}
+	if pod.Namespace == TemplateNamespace {
+		errs = append(errs, field.Forbidden(p.Child("namespace"), TemplateNamespace+" is reserved for the provisioner's pod VM templates; use another namespace"))
+	}
 	if len(pod.Finalizers) > 0 {
 		errs = append(errs, field.Forbidden(p.Child("finalizers"), "not supported by podvisor: a pod is deleted as soon as its VM is gone"))
 	}

@@ -90,6 +90,7 @@ func TestValidatePod(t *testing.T) {
 		{name: "missing name", pod: newPod(func(p *corev1.Pod) { p.Name = "" }), fields: []string{"pod.metadata.name"}, reason: "Required"},
 		{name: "generateName", pod: newPod(func(p *corev1.Pod) { p.Name, p.GenerateName = "", "web-" }), fields: []string{"pod.metadata.name"}, reason: "generateName"},
 		{name: "name not DNS-1123", pod: newPod(func(p *corev1.Pod) { p.Name = "Web_1" }), fields: []string{"pod.metadata.name"}, reason: "RFC 1123"},
+		{name: "templates' namespace", pod: newPod(func(p *corev1.Pod) { p.Namespace = TemplateNamespace }), fields: []string{"pod.metadata.namespace"}, reason: "reserved for the provisioner's pod VM templates"},
 		{name: "namespace not a label", pod: newPod(func(p *corev1.Pod) { p.Namespace = "team.a" }), fields: []string{"pod.metadata.namespace"}, reason: "must not contain dots"},
 		{name: "bad label", pod: newPod(func(p *corev1.Pod) { p.Labels = map[string]string{"app": "a b"} }), fields: []string{"pod.metadata.labels[app]"}},
 		{name: "finalizers", pod: newPod(func(p *corev1.Pod) { p.Finalizers = []string{"x/y"} }), fields: []string{"pod.metadata.finalizers"}},

@@ -27,6 +27,9 @@ func TestBootConfigValidate(t *testing.T) {
 		{"relative state dir", func(b *BootConfig) { b.StateDir = "state" }, "stateDir"},
 		{"no devices", func(b *BootConfig) { b.Devices = nil }, "devices"},
 		{"relative cgroup", func(b *BootConfig) { b.CgroupParent = "vm" }, "cgroupParent"},
+		{"standby", func(b *BootConfig) { b.Takeover = "fd:4" }, ""},
+		{"takeover not an fd", func(b *BootConfig) { b.Takeover = "/run/takeover" }, "takeover"},
+		{"takeover on stdin", func(b *BootConfig) { b.Takeover = "fd:0" }, "takeover"},
 		{"negative backoff", func(b *BootConfig) { b.RestartBackoffMillis = -1 }, "restartBackoffMillis"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

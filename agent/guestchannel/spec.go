@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -424,6 +425,28 @@ type BootConfig struct {
 	// LogMaxBytes is the size at which a container's log file is rotated
 	// (one rotated file is kept per instance); 0 means 10 MiB.
 	LogMaxBytes int64 `json:"logMaxBytes,omitempty"`
+	// Takeover, "fd:<n>", makes the guest a standby: booted ahead of the
+	// VM that will own it (a simulated hypervisor keeps one for a VM it
+	// instant-clones from). The agent prepares the guest from this
+	// configuration (init done, disks mounted, runtime found) without
+	// starting a pod or dialling the channel, then reads the owning VM's
+	// BootConfig (JSON, without Takeover) from file descriptor n up to
+	// its end and runs that VM's pod, on the disks already mounted when
+	// they are the very same files.
+	Takeover string `json:"takeover,omitempty"`
+}
+
+// TakeoverFD is the file descriptor Takeover names, or -1 when it is
+// empty.
+func (b *BootConfig) TakeoverFD() (int, error) {
+	if b.Takeover == "" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(strings.TrimPrefix(b.Takeover, "fd:"))
+	if !strings.HasPrefix(b.Takeover, "fd:") || err != nil || n < 3 {
+		return -1, fmt.Errorf("takeover: %q is not fd:<n> with n ≥ 3", b.Takeover)
+	}
+	return n, nil
 }
 
 // Validate checks a boot configuration before the agent acts on it.
@@ -443,6 +466,9 @@ func (b *BootConfig) Validate() error {
 	}
 	if b.CgroupParent != "" && !strings.HasPrefix(b.CgroupParent, "/") {
 		bad("cgroupParent", fmt.Sprintf("%q is not an absolute cgroup path", b.CgroupParent))
+	}
+	if _, err := b.TakeoverFD(); err != nil {
+		errs = append(errs, err)
 	}
 	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 {
 		bad("restartBackoffMillis/maxRestartBackoffMillis/logMaxBytes", "must not be negative")

@@ -157,6 +157,7 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 	}
 	out := guest.VM{
 		ForkOf:   d.ForkedFrom(vm.Self.Value),
+		Standby:  d.standbyFor(vm.Self.Value),
 		Key:      vm.Self.Value,
 		Name:     vm.Name,
 		UUID:     vm.Config.InstanceUuid,

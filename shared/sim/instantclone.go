@@ -18,6 +18,8 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
 // InstantClone_Task (vCenter's VMFork) is not implemented by vcsim. The
@@ -112,6 +114,10 @@ type forkPlan struct {
 	host     types.ManagedObjectReference
 	powerOn  bool
 	childDir string // "[ds] name" of the child's files
+	// parent is the parent as its guest sees it (hasGuest: a pod VM's),
+	// for its standby (standby.go).
+	parent   guest.VM
+	hasGuest bool
 }
 
 // InstantCloneTask is the method (vcsim's naming: Foo_Task → FooTask).
@@ -280,6 +286,10 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 		}
 	}
 	p.spec = cs
+	if d.guests != nil {
+		p.parent, p.hasGuest = d.guestVM(vm)
+		p.parent.Key = vm.Self.Value
+	}
 	return p, nil
 }
 
@@ -307,9 +317,19 @@ func nicEditsOf(devices object.VirtualDeviceList, change []types.BaseVirtualDevi
 // runFork does the clone: freeze the parent's guest, clone its read/write
 // disks, thaw; create the child with the cloned and shared disks; power it
 // on (its guest starts from the cloned disks).
-func (d *Datacenter) runFork(ctx context.Context, p *forkPlan) (types.ManagedObjectReference, error) {
+func (d *Datacenter) runFork(ctx context.Context, p *forkPlan) (_ types.ManagedObjectReference, err error) {
 	var none types.ManagedObjectReference
-	if err := d.cloneDisks(p); err != nil {
+	// The parent's booted standby, when it has one, becomes the child's
+	// guest; the next one boots meanwhile.
+	sb, ok := d.claimStandby(p)
+	defer d.refillStandby(p)
+	if ok {
+		defer func() {
+			if err != nil {
+				d.guests.DropStandby(sb.Key)
+			}
+		}()
+	} else if err := d.cloneDisks(p); err != nil {
 		return none, fmt.Errorf("instant clone of %s: %w", p.parentName, err)
 	}
 	vc, err := vim25.NewClient(ctx, d.model.Service)
@@ -331,11 +351,20 @@ func (d *Datacenter) runFork(ctx context.Context, p *forkPlan) (types.ManagedObj
 		d.forks = map[string]string{}
 	}
 	d.forks[ref.Value] = p.parentKey
+	if ok {
+		if d.standbyOf == nil {
+			d.standbyOf = map[string]string{}
+		}
+		d.standbyOf[ref.Value] = sb.Key
+	}
 	d.forkMu.Unlock()
 	ptask, err := object.NewVirtualMachine(vc, ref).PowerOn(ctx)
 	if err == nil {
 		err = ptask.Wait(ctx)
 	}
+	d.forkMu.Lock()
+	delete(d.standbyOf, ref.Value) // a later power-on boots
+	d.forkMu.Unlock()
 	if err != nil {
 		return ref, fmt.Errorf("instant clone of %s: power on %s: %w", p.parentName, p.spec.Name, err)
 	}

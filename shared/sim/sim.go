@@ -70,6 +70,11 @@ type Datacenter struct {
 	// forks maps an instant clone's key to its parent's (instantclone.go).
 	forkMu sync.Mutex
 	forks  map[string]string
+	// standbyOf maps an instant clone being powered on to the standby
+	// guest it takes over; refilling marks the parents whose next standby
+	// is being booted (standby.go).
+	standbyOf map[string]string
+	refilling map[string]bool
 
 	mu         sync.Mutex
 	closed     bool

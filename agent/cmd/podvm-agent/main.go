@@ -71,10 +71,18 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	if err != nil {
 		return err
 	}
-	if err := initGuest(log, hostname(cfg.Spec)); err != nil {
+	var sb *standby
+	if cfg.Boot.Takeover != "" {
+		if sb, cfg, err = standBy(stopCtx, log, cfg); err != nil {
+			if stopCtx.Err() != nil {
+				return nil // a standby powered off before any VM took it over
+			}
+			return fmt.Errorf("standby: %w", err)
+		}
+	} else if err := initGuest(log, hostname(cfg.Spec)); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log}
+	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb}
 	if cfg.Spec.Encryption != nil {
 		if a.keys, err = newKeyWait(cfg.Boot.VMUUID, cfg.Spec.Encryption.Nonce, log.With("part", "diskkey")); err != nil {
 			return err
@@ -129,7 +137,7 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	if err != nil {
 		return nil, nil, err
 	}
-	mounted, err := disks.Mount(cfg.Spec, cfg.Boot.Devices, filepath.Join(state, "disks"))
+	mounted, err := a.mount(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -165,6 +173,7 @@ type agent struct {
 	spec     *guestchannel.PodSpec
 	log      *slog.Logger
 	keys     *keyWait // nil unless the ephemeral disk is encrypted
+	standby  *standby // the disks a standby mounted, until the pod has them
 	mu       sync.Mutex
 	pod      *supervisor.Pod
 	stopping bool

@@ -88,6 +88,10 @@ type Config struct {
 	// simulator run a guest (their agent, their containers); Agent is the
 	// podvm-agent binary (default: beside this executable).
 	Guests, Agent string
+	// TemplatesWarm, above 0, is how many pod VM templates each host
+	// keeps for instant clones (provisioner.EnvTemplatesWarm, which it
+	// overrides); 0 leaves that setting as it is (off unless set).
+	TemplatesWarm int
 	Logger        *slog.Logger
 	Recorder      *telemetry.Recorder
 	// Settings is where the services read their configuration; nil means
@@ -715,6 +719,7 @@ const guestTimeout = "60s"
 // waiting out the grace period for a report that cannot come).
 func (s *System) serviceDefaults() map[string]string {
 	out := maps.Clone(simulatorDefaults)
+	maps.Copy(out, s.cfg.flagSettings()) // exported in the env file too
 	out[provisioner.EnvKeyFile] = s.diskKeyFile()
 	if s.GuestsOff == "" {
 		out[provisioner.EnvGuestTimeout] = guestTimeout
@@ -746,14 +751,25 @@ func (s *System) settings() config.Source {
 	if s.Endpoints.RegistryCA != "" {
 		reg["PODVISOR_REGISTRY_CA"] = s.Endpoints.RegistryCA
 	}
+	flags := config.Map(s.cfg.flagSettings())
 	if s.Datacenter == nil {
-		return config.Layered(s.cfg.settings(false), config.Map(reg))
+		return config.Layered(flags, s.cfg.settings(false), config.Map(reg))
 	}
 	src := s.cfg.Settings
 	if src == nil {
 		src = config.Env()
 	}
-	return config.Layered(src, config.Map(s.serviceDefaults()), config.Map(reg))
+	return config.Layered(flags, src, config.Map(s.serviceDefaults()), config.Map(reg))
+}
+
+// flagSettings are the service settings up's flags set: they win over the
+// environment.
+func (c Config) flagSettings() map[string]string {
+	out := map[string]string{}
+	if c.TemplatesWarm > 0 {
+		out[provisioner.EnvTemplatesWarm] = strconv.Itoa(c.TemplatesWarm)
+	}
+	return out
 }
 
 // RegistryOptions reach the embedded registry (its transport trusts the

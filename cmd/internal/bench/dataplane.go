@@ -194,6 +194,12 @@ type latencies struct {
 	max    float64
 }
 
+// add records one value.
+func (l *latencies) add(v float64) {
+	l.values = append(l.values, v)
+	l.max = max(l.max, v)
+}
+
 func (l latencies) latency() Latency {
 	s := slices.Clone(l.values)
 	slices.Sort(s)
@@ -241,8 +247,7 @@ func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []
 	for i, name := range names {
 		if at, ok := w.at(events.PodKey(Namespace, name), events.TypePodRunning); ok {
 			d := ms(at.Sub(sent[i]))
-			out.values = append(out.values, d)
-			out.max = max(out.max, d)
+			out.add(d)
 		}
 	}
 	if len(out.values) == 0 {

@@ -454,3 +454,15 @@ func checkRegistryTLS(t *testing.T, registry, caFile string) {
 		}
 	}
 }
+
+// TestApplyRefusesTheTemplateNamespace: podvisor-templates belongs to the
+// provisioner's pod VM templates; a pod there is refused before anything
+// is published, naming the field.
+func TestApplyRefusesTheTemplateNamespace(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: podvisor-templates}\nspec: {containers: [{name: a, image: r/x:1}]}\n"
+	_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
+	if code == 0 || !strings.Contains(errOut, "metadata.namespace") || !strings.Contains(errOut, "reserved for the provisioner's pod VM templates") {
+		t.Errorf("apply in the templates' namespace: exit %d: %s", code, errOut)
+	}
+}

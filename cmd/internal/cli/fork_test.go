@@ -19,6 +19,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
 // Forked pod VMs as a user meets them: `podvisor up --guests on` with one
@@ -26,7 +27,8 @@ import (
 // False, NoTemplate) and its host's template is built; once the template's
 // guest has run the image, the next pod of the image is an instant clone
 // of it (VMForked True; the simulator says whose fork its VM is) and its
-// container runs and logs; a pod of a new image (another layer) gets a
+// container runs and logs; the next one resumes the template's standby
+// guest rather than booting, and runs and logs as itself; a pod of a new image (another layer) gets a
 // template of its own, which replaces the first; an InstantClone that
 // fails falls back to a create, the reason on the pod.
 func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
@@ -115,6 +117,21 @@ spec:
 	}
 	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
 		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
+	}
+	// The template's first fork booted a standby of it: the next fork
+	// resumes that guest instead of booting one, and runs its own pod.
+	var standby guest.Info
+	eventuallyWithin(t, 30*time.Second, "a standby of the template", func() bool {
+		var ok bool
+		standby, ok = sys.Datacenter.Guests().Standby(tmpl.VMRef)
+		return ok
+	})
+	resumed := deploy("resumed", image)
+	if st, _ := forked(resumed); st != events.ConditionTrue {
+		t.Fatal("pod resumed: not forked")
+	}
+	if g, ok := sys.Datacenter.Guests().Guest(resumed.VMRef); !ok || g.PID != standby.PID {
+		t.Fatalf("pod resumed's guest is process %d (running %v), want the template's standby %d", g.PID, ok, standby.PID)
 	}
 
 	// A new image (one more layer): a new template replaces the old one.

@@ -14,11 +14,21 @@
 // guestinfo (the pod's spec, InstantCloneSpec.Config) and its cards moved
 // to the pod's port groups with the pod's MACs (Location.DeviceChange).
 //
+// With simulated guests the child does not boot: the simulated datacenter
+// keeps a standby of each instant-cloned VM (its agent started, its disks
+// mounted) that the child's guest resumes with the child's own spec,
+// identity, disk, cards and cgroup (shared/sim/standby.go), as a child
+// resumes its parent's running guest on vSphere; only the pod's containers
+// start.
+//
 // DESIGN's hierarchy has one more level, a parent per host (the booted
 // agent before any image) from which each image's template is forked. It
-// is not built: a template here is created, not forked, because the
-// image disks a template needs cannot be hot-added to a running simulated
-// guest; the shape key already makes one template per host and image.
+// is not built, and the shape is the unit on purpose: InstantClone_Task
+// cannot add the image disks a per-image child needs (its DeviceChange
+// may only edit network cards), and what a pod's start saves — the
+// prepared disk, the mounted images, the standby — is its own shape's
+// template's; a per-host parent would only speed up building a new
+// shape's template (docs/architecture.md, "Instant clones").
 //
 // # Records and replicas
 //

@@ -235,23 +235,28 @@ func (cg *cgroups) create(key string, cpus int32, memBytes int64) (*vmCgroup, er
 		// forget it in made so close does not try it twice.
 		cg.made = slices.DeleteFunc(cg.made, func(d string) bool { return d == h.dir(v.path) })
 	}
+	if err := v.size(cpus, memBytes); err != nil {
+		v.remove()
+		return nil, err
+	}
+	return v, nil
+}
+
+// size sets the VM's CFS quota to cpus whole CPUs and its memory limit to
+// memBytes (zero: left as they are).
+func (v *vmCgroup) size(cpus int32, memBytes int64) error {
 	if cpus > 0 {
 		if err := v.write("cpu", "cpu.cfs_period_us", "100000"); err != nil {
-			v.remove()
-			return nil, err
+			return err
 		}
 		if err := v.write("cpu", "cpu.cfs_quota_us", strconv.FormatInt(int64(cpus)*100000, 10)); err != nil {
-			v.remove()
-			return nil, err
+			return err
 		}
 	}
 	if memBytes > 0 {
-		if err := v.write("memory", "memory.limit_in_bytes", strconv.FormatInt(memBytes, 10)); err != nil {
-			v.remove()
-			return nil, err
-		}
+		return v.write("memory", "memory.limit_in_bytes", strconv.FormatInt(memBytes, 10))
 	}
-	return v, nil
+	return nil
 }
 
 func (v *vmCgroup) hier(controller string) hierarchy {

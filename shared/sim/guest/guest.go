@@ -167,6 +167,9 @@ type VM struct {
 	// read/write disks are copy-on-write clones of that VM's, made while
 	// its guest was paused, so this guest starts on a prepared filesystem.
 	ForkOf string
+	// Standby is the key of a standby guest (ClaimStandby) this VM's
+	// guest takes over at power-on instead of booting.
+	Standby string
 	// Native, when set, makes this a native VM's guest: it boots its
 	// operating system from a disk instead of running the pod VM agent.
 	Native *Native
@@ -204,7 +207,10 @@ type Manager struct {
 	// carries: a NIC is plugged only while its VM's host carries its port
 	// group.
 	carried map[string]map[string]bool
-	closed  bool
+	// standbys are the guests booted ahead of their VM (standby.go), by
+	// their own key.
+	standbys map[string]*guest
+	closed   bool
 }
 
 type guest struct {
@@ -216,6 +222,9 @@ type guest struct {
 	channel *channel
 	ports   []*segment.Port
 	frozen  bool
+	// standby is set while the guest is a standby: booted for a VM to
+	// come (standby.go).
+	standby *standbyState
 }
 
 var managers atomic.Int64
@@ -246,7 +255,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("guests: %w", err)
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{},
-		carried: map[string]map[string]bool{}}, nil
+		carried: map[string]map[string]bool{}, standbys: map[string]*guest{}}, nil
 }
 
 // CgroupBase is the cgroup (same path in every v1 hierarchy) under which
@@ -266,7 +275,7 @@ func (m *Manager) PowerOn(vm VM) error {
 	if _, ok := m.guests[vm.Key]; ok {
 		return nil
 	}
-	g, err := m.start(vm)
+	g, err := m.adoptOrStart(vm)
 	if err != nil {
 		return fmt.Errorf("guest of %s: %w", vm.Name, err)
 	}
@@ -279,10 +288,10 @@ func (m *Manager) PowerOn(vm VM) error {
 	return nil
 }
 
-func (m *Manager) start(vm VM) (_ *guest, err error) {
+func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	dir := filepath.Join(m.cfg.Dir, vm.Key)
 	// A fresh boot: nothing of an earlier boot's state survives power-off.
-	if err := os.RemoveAll(dir); err != nil {
+	if err := m.removeDir(vm.Key); err != nil {
 		return nil, err
 	}
 	stateDir := filepath.Join(dir, "state")
@@ -321,6 +330,10 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 	if vm.Spec != "" {
 		boot.Spec = json.RawMessage(vm.Spec)
 	}
+	var extra []*os.File
+	if takeover != nil {
+		boot.Takeover, extra = takeoverFD, []*os.File{takeover}
+	}
 	data, err := json.MarshalIndent(boot, "", "  ")
 	if err != nil {
 		return nil, err
@@ -339,7 +352,7 @@ func (m *Manager) start(vm VM) (_ *guest, err error) {
 		}
 	}()
 	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
-	return m.launch(vm, dir, cg, ch, args)
+	return m.launch(vm, dir, cg, ch, args, extra...)
 }
 
 // startNative boots a native VM's guest (see Native).
@@ -431,8 +444,8 @@ func detachLoops(loops []string, log *slog.Logger) {
 }
 
 // launch runs the launcher with args in the guest's new namespaces, plugs
-// its NICs and lets it go on.
-func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []string) (*guest, error) {
+// its NICs and lets it go on. The extra files are the guest's from fd 4.
+func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []string, extra ...*os.File) (*guest, error) {
 	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -452,7 +465,7 @@ func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []st
 		return nil, err
 	}
 	defer release.Close()
-	cmd.ExtraFiles = []*os.File{gate}
+	cmd.ExtraFiles = append([]*os.File{gate}, extra...)
 	err = cmd.Start()
 	gate.Close()
 	if err != nil {
@@ -508,7 +521,10 @@ func (m *Manager) PowerOff(key string) error {
 	if ok {
 		delete(m.guests, key)
 	}
+	// Standbys of this VM go with it: they were booted from its disks.
+	standbys := m.standbysOf(key)
 	m.mu.Unlock()
+	m.dropStandbys(standbys)
 	if !ok {
 		return nil
 	}
@@ -544,7 +560,7 @@ func (m *Manager) stop(g *guest) error {
 // it still runs).
 func (m *Manager) Destroy(key string) error {
 	err := m.PowerOff(key)
-	if rmErr := os.RemoveAll(filepath.Join(m.cfg.Dir, key)); rmErr != nil {
+	if rmErr := m.removeDir(key); rmErr != nil {
 		err = errors.Join(err, rmErr)
 	}
 	return err
@@ -647,12 +663,16 @@ func (m *Manager) Guest(key string) (Info, bool) {
 	if !ok {
 		return Info{}, false
 	}
+	return m.infoLocked(g), true
+}
+
+func (m *Manager) infoLocked(g *guest) Info {
 	dirs := map[string]string{}
 	for _, c := range requiredControllers {
 		dirs[c] = g.cgroup.Dir(c)
 	}
 	return Info{VM: g.vm, Dir: g.dir, PID: g.cmd.Process.Pid, Cgroup: g.cgroup.path, CgroupDirs: dirs,
-		Frozen: g.frozen, Connections: g.channel.connections()}, true
+		Frozen: g.frozen, Connections: g.channel.connections()}
 }
 
 // Running lists the keys of the VMs whose guest runs.
@@ -677,7 +697,9 @@ func (m *Manager) Close() {
 	m.closed = true
 	guests := m.guests
 	m.guests = map[string]*guest{}
+	standbys := m.standbysOf("")
 	m.mu.Unlock()
+	m.dropStandbys(standbys)
 	var wg sync.WaitGroup
 	for key, g := range guests {
 		wg.Go(func() {

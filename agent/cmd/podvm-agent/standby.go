@@ -1,0 +1,160 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/bootconfig"
+	"github.com/podvisor/podvisor/agent/disks"
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/runtime"
+)
+
+// standby is a guest booted ahead of the VM that takes it over
+// (BootConfig.Takeover): what an instant clone's child resumes from on a
+// real hypervisor, the parent's guest already booted. It holds the disks
+// it mounted and which files they were.
+type standby struct {
+	boot    guestchannel.BootConfig
+	disks   []guestchannel.Disk
+	files   map[string]fileID // unit → the file or device mounted
+	mounted *disks.Mounted
+}
+
+// fileID identifies a file whatever its name: the hypervisor moves the
+// standby's disk files to the owning VM's names, and the mounts stay.
+type fileID struct{ dev, ino uint64 }
+
+func identify(path string) (fileID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// standBy prepares the guest from cfg (init, the disks mounted, the
+// runtime found), then waits for the owning VM's configuration on the
+// takeover descriptor and returns it. It returns ctx's error when the
+// guest is powered off first.
+func standBy(ctx context.Context, log *slog.Logger, cfg *bootconfig.Config) (*standby, *bootconfig.Config, error) {
+	fd, err := cfg.Boot.TakeoverFD()
+	if err != nil {
+		return nil, nil, err
+	}
+	takeover := os.NewFile(uintptr(fd), "takeover")
+	defer takeover.Close()
+	began := time.Now()
+	if err := initGuest(log, ""); err != nil {
+		return nil, nil, fmt.Errorf("init: %w", err)
+	}
+	s := &standby{boot: cfg.Boot, disks: cfg.Spec.Disks, files: map[string]fileID{}}
+	for _, d := range cfg.Spec.Disks {
+		if s.files[d.Unit], err = identify(cfg.Boot.Devices[d.Unit]); err != nil {
+			return nil, nil, fmt.Errorf("disk %s: %w", d.Unit, err)
+		}
+	}
+	if s.mounted, err = disks.Mount(cfg.Spec, cfg.Boot.Devices, filepath.Join(cfg.Boot.StateDir, "disks")); err != nil {
+		return nil, nil, err
+	}
+	if _, err := runtime.New(cfg.Boot.Runtime, filepath.Join(cfg.Boot.StateDir, "runtime")); err != nil {
+		_ = s.mounted.Unmount()
+		return nil, nil, err
+	}
+	log.Info("standby: prepared, waiting to be taken over", "took", time.Since(began).Round(time.Millisecond))
+
+	type read struct {
+		data []byte
+		err  error
+	}
+	got := make(chan read, 1)
+	go func() {
+		data, err := io.ReadAll(takeover)
+		got <- read{data, err}
+	}()
+	var r read
+	select {
+	case <-ctx.Done():
+		_ = takeover.Close() // ends the read
+		return nil, nil, errors.Join(ctx.Err(), s.mounted.Unmount())
+	case r = <-got:
+	}
+	waited := time.Since(began)
+	if r.err != nil {
+		_ = s.mounted.Unmount()
+		return nil, nil, fmt.Errorf("takeover: %w", r.err)
+	}
+	next, err := bootconfig.Parse(r.data)
+	if err == nil && next.Boot.Takeover != "" {
+		err = fmt.Errorf("takeover: the owning VM's configuration asks for a standby again")
+	}
+	if err != nil {
+		_ = s.mounted.Unmount()
+		return nil, nil, err
+	}
+	if h := hostname(next.Spec); h != "" && os.Getpid() == 1 {
+		if err := unix.Sethostname([]byte(h)); err != nil {
+			_ = s.mounted.Unmount()
+			return nil, nil, fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	log.Info("standby: taken over", "pod", next.Spec.Namespace+"/"+next.Spec.Name, "vm", next.Boot.VMUUID, "after", waited.Round(time.Millisecond))
+	return s, next, nil
+}
+
+// mount gives the pod its disks: the standby's, already mounted, when the
+// VM's are the very same (same units, roles and images, every device the
+// same file, the same state directory); otherwise the standby's are
+// unmounted and the VM's mounted afresh, as on a plain boot.
+func (a *agent) mount(cfg *bootconfig.Config) (*disks.Mounted, error) {
+	dir := filepath.Join(cfg.Boot.StateDir, "disks")
+	s := a.standby
+	if s == nil {
+		return disks.Mount(cfg.Spec, cfg.Boot.Devices, dir)
+	}
+	a.standby = nil
+	if why := s.differs(cfg); why != "" {
+		a.log.Warn("standby: its disks are not the VM's; mounting the VM's", "why", why)
+		if err := s.mounted.Unmount(); err != nil {
+			return nil, err
+		}
+		return disks.Mount(cfg.Spec, cfg.Boot.Devices, dir)
+	}
+	return s.mounted, nil
+}
+
+// differs says how the owning VM's disks differ from the standby's, ""
+// when they are the same.
+func (s *standby) differs(cfg *bootconfig.Config) string {
+	if cfg.Boot.StateDir != s.boot.StateDir {
+		return "another state directory"
+	}
+	strip := func(ds []guestchannel.Disk) []guestchannel.Disk {
+		out := slices.Clone(ds)
+		for i := range out {
+			out[i].Path = "" // a datastore path, named after the VM
+		}
+		return out
+	}
+	if !slices.Equal(strip(cfg.Spec.Disks), strip(s.disks)) {
+		return "other disks in the spec"
+	}
+	units := slices.Sorted(maps.Keys(s.files))
+	for _, u := range units {
+		id, err := identify(cfg.Boot.Devices[u])
+		if err != nil || id != s.files[u] {
+			return "unit " + u + " is another file"
+		}
+	}
+	return ""
+}
