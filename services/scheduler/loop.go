@@ -481,9 +481,13 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 			// answered); the sweep frees it if the pod went elsewhere.
 			t.r.done <- outcome{err: claimErrs[i]}
 		case claims[i].Host != host:
+			s.log.Info("pod bound to another host already; releasing this reservation", "pod", t.r.pod.Key, "host", host, "bound", claims[i].Host, "replay", t.replay)
 			release = append(release, key)
 			answers = append(answers, answer{t.r, outcome{placement: s.placementOf(claims[i].Host), already: true}})
 		default:
+			if claims[i].TookOver != "" {
+				s.log.Info("pod binding taken over from a host that no longer holds it", "pod", t.r.pod.Key, "host", host, "from", claims[i].TookOver)
+			}
 			t.r.done <- outcome{placement: t.p, already: t.replay}
 		}
 	}
