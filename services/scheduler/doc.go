@@ -39,8 +39,11 @@
 // retries them) never place it twice. The ledger watch folds updates every
 // few milliseconds and skips this instance's own writes before decoding
 // them. pod.scheduled is published only after
-// its reservation is durable, with an id derived from the cause, and a
-// replay finds the reservation and republishes the same event.
+// its reservation is durable and claimed, with an id derived from the
+// cause. A replay that finds a pod's allocation goes through the host's
+// committer too: the allocation is confirmed and the binding claimed before
+// the answer, so a replay never names a host whose claim is still under
+// way, lost, or never made (a crash between reserve and claim).
 //
 // Capacity is the vSphere API's: a host offers cores × 1000 millicores
 // (times the profile's CPU overcommit ratio, 1.0 by default) and its

@@ -168,6 +168,17 @@ func (o *observer) decided(keys []string) int {
 
 func (o *observer) scheduledOf(key string) *events.PodScheduled { s, _ := o.decision(key); return s }
 
+// scheduledAll is every pod.scheduled of the pod, in order.
+func (o *observer) scheduledAll(key string) []*events.PodScheduled {
+	var out []*events.PodScheduled
+	for _, seen := range o.e.Events.Seen() {
+		if p, ok := seen.Payload.(*events.PodScheduled); ok && p.ObjectKey() == key {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func (o *observer) unschedulableOf(key string) *events.PodUnschedulable {
 	_, u := o.decision(key)
 	return u

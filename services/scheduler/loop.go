@@ -169,7 +169,10 @@ func (s *Service) drainQueue() []*request {
 type tentative struct {
 	r   *request
 	p   placement
-	ref *framework.PodRef // the assumed reference in the snapshot
+	ref *framework.PodRef // the assumed reference in the snapshot (nil for a replay)
+	// replay: the pod was found allocated on the host already; the
+	// commit confirms that allocation and claims it instead of placing.
+	replay bool
 }
 
 // scheduleBatch runs one pass: it places every request against the
@@ -200,7 +203,17 @@ func (s *Service) scheduleBatch(ctx context.Context, batch []*request) {
 		}
 		inBatch[key] = true
 		if host, ok := s.allocIndex[key]; ok {
-			r.done <- outcome{placement: s.placementLocked(host, nil), already: true}
+			if r.alloc.Kind != events.AllocationPod {
+				r.done <- outcome{placement: s.placementLocked(host, nil), already: true}
+				continue
+			}
+			// A pod's allocation is a placement only once its binding
+			// names the host: the writer's claim may still be under way,
+			// may have lost (its release to come), or may never have run
+			// (a crash, a reply lost while a NATS node restarted). The
+			// replay goes through the host's committer, which confirms
+			// the reservation and claims before it answers.
+			byHost[host] = append(byHost[host], tentative{r: r, p: s.placementLocked(host, nil), replay: true})
 			continue
 		}
 		res, err := s.placeLocked(ctx, r)
@@ -216,7 +229,7 @@ func (s *Service) scheduleBatch(ctx context.Context, batch []*request) {
 		ref := refOf(r.alloc)
 		ref.Assumed = true
 		s.snap.AddPod(res.Host.Name, ref)
-		byHost[res.Host.Name] = append(byHost[res.Host.Name], tentative{r, s.placementLocked(res.Host.Name, res.State), ref})
+		byHost[res.Host.Name] = append(byHost[res.Host.Name], tentative{r: r, p: s.placementLocked(res.Host.Name, res.State), ref: ref})
 	}
 	s.mu.Unlock()
 	if len(retry) > 0 {
@@ -393,11 +406,18 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 	for i, t := range ts {
 		allocs[i] = t.r.alloc
 		allocs[i].ReservedAt = now
+		if t.replay {
+			// The cached entry that showed the allocation may be behind
+			// a release: confirm it on the entry as stored.
+			hint = nil
+		}
 	}
 	res, err := s.ledger.ReserveFrom(ctx, hint, host, capacity, allocs)
 	s.mu.Lock()
 	for _, t := range ts {
-		s.snap.ForgetAssumed(host, t.ref)
+		if t.ref != nil {
+			s.snap.ForgetAssumed(host, t.ref)
+		}
 	}
 	if err == nil {
 		s.applyEntryLocked(res.Entry)
@@ -455,15 +475,20 @@ func (s *Service) commit(ctx context.Context, host string, ts []tentative) []*re
 		case t.r.alloc.Kind != events.AllocationPod:
 			t.r.done <- outcome{placement: t.p}
 		case claimErrs[i] != nil:
-			// Unknown winner: keep the room (the redelivery claims again,
-			// and the rescan frees what no pod holds) rather than free an
-			// allocation that may be the pod's.
+			// Unknown winner: keep the room rather than free an
+			// allocation that may be the pod's. The redelivery finds it
+			// and claims again (a replay is claimed before it is
+			// answered); the sweep frees it if the pod went elsewhere.
 			t.r.done <- outcome{err: claimErrs[i]}
 		case claims[i].Host != host:
+			s.log.Info("pod bound to another host already; releasing this reservation", "pod", t.r.pod.Key, "host", host, "bound", claims[i].Host, "replay", t.replay)
 			release = append(release, key)
 			answers = append(answers, answer{t.r, outcome{placement: s.placementOf(claims[i].Host), already: true}})
 		default:
-			t.r.done <- outcome{placement: t.p}
+			if claims[i].TookOver != "" {
+				s.log.Info("pod binding taken over from a host that no longer holds it", "pod", t.r.pod.Key, "host", host, "from", claims[i].TookOver)
+			}
+			t.r.done <- outcome{placement: t.p, already: t.replay}
 		}
 	}
 	if len(release) > 0 {

@@ -62,6 +62,9 @@ func (s *Service) checkNetworks(ctx context.Context, host string, ts []tentative
 	var nets []string
 	seen := map[string]bool{}
 	for _, t := range ts {
+		if t.replay {
+			continue // placed there already: nothing to ask
+		}
 		for _, n := range t.r.pod.Networks {
 			if !seen[n] {
 				seen[n] = true
@@ -98,6 +101,9 @@ func (s *Service) checkNetworks(ctx context.Context, host string, ts []tentative
 	}
 	wg.Wait()
 	for i, t := range ts {
+		if t.replay {
+			continue
+		}
 		for _, n := range t.r.pod.Networks {
 			if r := refusals[n]; r != nil {
 				out[i] = r

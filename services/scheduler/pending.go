@@ -2,15 +2,9 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/podvisor/podvisor/events"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
@@ -112,69 +106,11 @@ func (s *Service) rescanLoop(ctx context.Context, every time.Duration) {
 			if err := s.recoverPending(ctx, false); err != nil && ctx.Err() == nil {
 				s.log.Warn("rescan pending pods", "err", err)
 			}
-			if err := s.releaseOrphans(ctx, every*2); err != nil && ctx.Err() == nil {
-				s.log.Warn("release allocations of deleted pods", "err", err)
+			if err := s.sweepLedger(ctx, every*2); err != nil && ctx.Err() == nil {
+				s.log.Warn("ledger sweep", "err", err)
 			}
 		}
 	}
-}
-
-// releaseOrphans frees the allocations (and bindings) of pods that no
-// longer have a record in KV `pods` and were reserved more than grace ago.
-// A pod's record exists before pod.accepted is published and goes only
-// once its VM is destroyed, so such an allocation belongs to a pod that is
-// gone: one whose pod.deleted was handled by a replica that had nothing to
-// release yet while another replica was placing it (the "recently gone"
-// set that drops such a placement lives in one replica's memory).
-func (s *Service) releaseOrphans(ctx context.Context, grace time.Duration) error {
-	live := map[string]bool{}
-	lister, err := s.podsKV.ListKeys(ctx)
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return err
-	}
-	if err == nil {
-		for k := range lister.Keys() {
-			kve, err := s.podsKV.Get(ctx, k)
-			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			var rec events.PodRecord
-			if json.Unmarshal(kve.Value(), &rec) != nil {
-				return fmt.Errorf("pod record %s does not decode: not releasing anything", k)
-			}
-			live[rec.UID] = true
-		}
-	}
-	entries, err := s.ledger.List(ctx)
-	if err != nil {
-		return err
-	}
-	cutoff := time.Now().Add(-grace)
-	for _, e := range entries {
-		var gone []string
-		for k, a := range e.Allocations {
-			if a.UID != "" && !live[a.UID] && a.ReservedAt.Before(cutoff) {
-				gone = append(gone, k)
-			}
-		}
-		if len(gone) == 0 {
-			continue
-		}
-		s.log.Info("releasing allocations of pods that no longer exist", "host", e.Host, "allocations", gone)
-		if err := s.release(ctx, map[string][]string{e.Host: gone}); err != nil {
-			return err
-		}
-		for _, k := range gone {
-			uid := e.Allocations[k].UID
-			if b, ok, err := s.ledger.GetBinding(ctx, uid); err == nil && ok && b.Host == e.Host {
-				_ = s.ledger.Unbind(ctx, uid, b.Revision)
-			}
-		}
-	}
-	return nil
 }
 
 // len is the number of waiting pods.

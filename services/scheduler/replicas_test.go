@@ -8,6 +8,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // Two scheduler replicas share the durable consumers, so a host.cordoned is
@@ -82,7 +83,11 @@ func TestAllocationsOfPodsWithoutRecordsAreReleased(t *testing.T) {
 	}
 	ghost := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "ghost", UID: "uid-ghost",
 		CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: time.Now().Add(-time.Minute)}
-	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{ghost}); err != nil {
+	// A native VM is placed in the same ledger; its record is in KV vms.
+	vm := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "vm", UID: "uid-vm",
+		CPUMilli: 1000, MemoryBytes: 1 << 30, ReservedAt: time.Now().Add(-time.Minute)}
+	testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", "vm"), &events.VMRecord{Namespace: "default", Name: "vm", UID: vm.UID})
+	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{ghost, vm}); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("the ghost's allocation released", 10*time.Second, func() bool {
@@ -91,5 +96,8 @@ func TestAllocationsOfPodsWithoutRecordsAreReleased(t *testing.T) {
 	})
 	if _, held := e.allocations(host)[live.UID]; !held {
 		t.Fatal("the live pod's allocation went too")
+	}
+	if _, held := e.allocations(host)[vm.UID]; !held {
+		t.Fatal("the native VM's allocation went too")
 	}
 }

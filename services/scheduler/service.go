@@ -92,6 +92,10 @@ type Service struct {
 	// wrote it: the next write is a compare-and-set at it, without a read.
 	recordRevs map[string]uint64
 
+	// sweepSeen is what the ledger sweep's last pass found wrong, per pod
+	// uid (only the rescan loop touches it).
+	sweepSeen map[string]sweepMark
+
 	queue     chan *request
 	retryMu   sync.Mutex
 	retries   []*request

@@ -37,6 +37,9 @@ import (
 type Binding struct {
 	events.PodBinding
 	Revision uint64
+	// TookOver is the host a claim took the binding from (its entry no
+	// longer held the pod), "" when the claim created it or found it.
+	TookOver string
 }
 
 // GetBinding reads a pod's binding (ok false when there is none).
@@ -83,23 +86,46 @@ func (l *Ledger) Claim(ctx context.Context, uid, host string) (Binding, error) {
 			return cur, nil // ours already (a replay)
 		}
 		if cur.Host != host {
-			e, err := l.Get(ctx, cur.Host)
+			live, err := l.holds(ctx, cur.Host, uid)
 			if err != nil {
 				return Binding{}, err
 			}
-			if a, held := e.Allocations[uid]; held && a.Kind == events.AllocationPod {
+			if live {
 				return cur, nil // live elsewhere
 			}
 		}
 		rev, err = l.kv.Update(ctx, key, data, cur.Revision)
 		if err == nil {
-			return Binding{PodBinding: mine, Revision: rev}, nil
+			b := Binding{PodBinding: mine, Revision: rev}
+			if cur.Host != host {
+				b.TookOver = cur.Host
+			}
+			return b, nil
 		}
 		if !conflict(err) {
 			return Binding{}, fmt.Errorf("ledger: take over binding of %s: %w", uid, err)
 		}
 	}
 	return Binding{}, fmt.Errorf("%w: binding of %s", ErrContention, uid)
+}
+
+// holds reports whether host's entry holds the pod's own allocation, on
+// the entry as it stands. A read may be served by a NATS node that has not
+// applied the latest writes yet (KV reads are direct gets, which any
+// replica answers), and a claim that took a stale "not held" for the truth
+// would take a live pod's binding and place it twice. So a "not held" is
+// proved current by writing the entry back unchanged at the revision read
+// (a compare-and-set that fails on a stale read, which is then read
+// again). A stale "held" errs the safe way: the caller gives up its own
+// reservation and names a host the pod was on, never places it twice.
+func (l *Ledger) holds(ctx context.Context, host, uid string) (bool, error) {
+	held := false
+	_, err := l.Mutate(ctx, host, func(e *events.LedgerEntry) (bool, error) {
+		a, ok := e.Allocations[uid]
+		held = ok && a.Kind == events.AllocationPod
+		return !held, nil
+	})
+	return held, err
 }
 
 // Rebind moves a confirmed binding to another host (a completed

@@ -1,0 +1,230 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+)
+
+// The ledger sweep repairs what the event handlers cannot see: it compares
+// the ledger with the provisioner's pod records, which say where each pod's
+// VM was placed (pod.scheduled) or moved (migration.completed), and fixes
+// the ledger where the two disagree for good.
+//
+//   - A pod with no record is gone (a record exists before pod.accepted and
+//     goes once the VM is destroyed): its allocations are freed. This covers
+//     a pod.deleted handled by a replica that had nothing to release yet
+//     while another replica was placing the pod.
+//   - A placed pod (Scheduled to Running, not migrating, not being deleted)
+//     is held on its record's host and on no other: the allocation a
+//     losing replica failed to release, a replay answered before a claim,
+//     or a migration whose ledger move was lost all leave the pod's room on
+//     a host where its VM is not. The sweep reserves the pod on its host
+//     (whatever the room: the VM is there), binds it there and frees the
+//     other hosts.
+//
+// The handlers and the sweep race (a placement, an eviction or a migration
+// in flight shows the same disagreement for a while: an eviction keeps the
+// record on the old host while the provisioner waits up to 30 s for the
+// old VM's removal), so the sweep acts on a placed pod only when every pass
+// over three rescan intervals (45 s by default) found the same
+// disagreement; every step is idempotent, so two replicas sweeping at once
+// converge.
+
+// sweepMark is a disagreement the sweep found, and since when.
+type sweepMark struct {
+	what  string
+	since time.Time
+}
+
+// sweepLedger runs one pass, every rescan interval.
+func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
+	records, err := s.podRecordsByUID(ctx)
+	if err != nil {
+		return err
+	}
+	vms, err := s.vmUIDs(ctx)
+	if err != nil {
+		return err
+	}
+	entries, err := s.ledger.List(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.releaseOrphans(ctx, records, vms, entries, 2*every); err != nil {
+		return err
+	}
+	return s.repairPlacements(ctx, records, entries, 3*every)
+}
+
+// podRecordsByUID reads KV `pods`, by pod uid.
+func (s *Service) podRecordsByUID(ctx context.Context) (map[string]*events.PodRecord, error) {
+	out := map[string]*events.PodRecord{}
+	lister, err := s.podsKV.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for k := range lister.Keys() {
+		kve, err := s.podsKV.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var rec events.PodRecord
+		if json.Unmarshal(kve.Value(), &rec) != nil {
+			return nil, fmt.Errorf("pod record %s does not decode: not sweeping", k)
+		}
+		out[rec.UID] = &rec
+	}
+	return out, nil
+}
+
+// vmUIDs are the uids of the native VMs recorded in KV `vms` (placed in
+// the same ledger as pods).
+func (s *Service) vmUIDs(ctx context.Context) (map[string]bool, error) {
+	out := map[string]bool{}
+	lister, err := s.vmsKV.ListKeys(ctx)
+	if errors.Is(err, jetstream.ErrNoKeysFound) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	for k := range lister.Keys() {
+		kve, err := s.vmsKV.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		var rec events.VMRecord
+		if json.Unmarshal(kve.Value(), &rec) != nil {
+			return nil, fmt.Errorf("vm record %s does not decode: not sweeping", k)
+		}
+		out[rec.UID] = true
+	}
+	return out, nil
+}
+
+// releaseOrphans frees the allocations (and bindings) of pods that have no
+// record (nor a native VM's) and were reserved more than grace ago.
+func (s *Service) releaseOrphans(ctx context.Context, records map[string]*events.PodRecord, vms map[string]bool, entries []ledger.Entry, grace time.Duration) error {
+	cutoff := time.Now().Add(-grace)
+	for _, e := range entries {
+		var gone []string
+		for k, a := range e.Allocations {
+			if a.UID != "" && records[a.UID] == nil && !vms[a.UID] && a.ReservedAt.Before(cutoff) {
+				gone = append(gone, k)
+			}
+		}
+		if len(gone) == 0 {
+			continue
+		}
+		s.log.Info("releasing allocations of pods that no longer exist", "host", e.Host, "allocations", gone)
+		if err := s.release(ctx, map[string][]string{e.Host: gone}); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			uid := e.Allocations[k].UID
+			if b, ok, err := s.ledger.GetBinding(ctx, uid); err == nil && ok && b.Host == e.Host {
+				_ = s.ledger.Unbind(ctx, uid, b.Revision)
+			}
+		}
+	}
+	return nil
+}
+
+// placedPhases are the phases in which a pod's VM is (or is being made) on
+// its record's host and nowhere else.
+var placedPhases = map[string]bool{
+	events.PodPhaseScheduled: true, events.PodPhaseProvisioning: true,
+	events.PodPhaseStarting: true, events.PodPhaseRunning: true,
+}
+
+// repairPlacements moves the allocation of every placed pod whose ledger
+// disagrees with its record, once the disagreement has lasted settle.
+func (s *Service) repairPlacements(ctx context.Context, records map[string]*events.PodRecord, entries []ledger.Entry, settle time.Duration) error {
+	held := map[string][]string{} // pod uid → hosts holding its own allocation
+	for _, e := range entries {
+		for k, a := range e.Allocations {
+			if a.Kind == events.AllocationPod && k == a.UID {
+				held[a.UID] = append(held[a.UID], e.Host)
+			}
+		}
+	}
+	now := time.Now()
+	seen := map[string]sweepMark{}
+	var errs []error
+	for uid, rec := range records {
+		if !placedPhases[rec.Phase] || rec.Host == "" || !rec.DeletionRequestedAt.IsZero() {
+			continue
+		}
+		hosts := held[uid]
+		if len(hosts) == 1 && hosts[0] == rec.Host {
+			continue
+		}
+		slices.Sort(hosts)
+		mark := sweepMark{what: rec.Host + "|" + strings.Join(hosts, ","), since: now}
+		if prev, ok := s.sweepSeen[uid]; ok && prev.what == mark.what {
+			mark.since = prev.since
+		}
+		seen[uid] = mark
+		if now.Sub(mark.since) < settle {
+			continue // a placement or a move may be under way
+		}
+		if err := s.repairPlacement(ctx, rec, hosts); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", rec.Key(), err))
+		}
+	}
+	s.sweepSeen = seen
+	return errors.Join(errs...)
+}
+
+// repairPlacement holds a pod on its record's host only.
+func (s *Service) repairPlacement(ctx context.Context, rec *events.PodRecord, hosts []string) error {
+	s.log.Warn("ledger disagrees with the pod's host: repairing", "pod", rec.Key(), "host", rec.Host, "ledger", hosts)
+	if !slices.Contains(hosts, rec.Host) {
+		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
+		if err != nil {
+			return err
+		}
+		a := allocationOf(p)
+		a.ReservedAt = time.Now().UTC()
+		res, err := s.ledger.Reserve(ctx, rec.Host, unlimited, []events.Allocation{a})
+		if err != nil {
+			return err
+		}
+		s.mu.Lock()
+		s.applyEntryLocked(res.Entry)
+		s.mu.Unlock()
+	}
+	if err := s.ledger.Rebind(ctx, rec.UID, rec.Host); err != nil {
+		return err
+	}
+	others := map[string][]string{}
+	for _, h := range hosts {
+		if h != rec.Host {
+			others[h] = []string{rec.UID}
+		}
+	}
+	if err := s.release(ctx, others); err != nil {
+		return err
+	}
+	s.pending.kickAll()
+	return nil
+}
