@@ -23,6 +23,10 @@ var upFlags = []string{
 	"clusters", "hosts-per-cluster", "vcenter-url", "redis-url", "registry", "seed",
 }
 
+// serveTargets is what `podvisor serve` runs in a container: the services
+// and the read-only dashboard.
+var serveTargets = append(slices.Clone(services), "dashboard")
+
 // checkPodvisorArgs accepts `serve <service>` and `up [--flag=value …]`.
 // Flags must use the --name=value form, so that a value is never mistaken
 // for a subcommand.
@@ -35,8 +39,8 @@ func checkPodvisorArgs(args []string) error {
 		if len(args) != 2 {
 			return fmt.Errorf("serve takes exactly one service, got %q", args[1:])
 		}
-		if !slices.Contains(services, args[1]) {
-			return fmt.Errorf("serve %s: unknown service, want one of %v", args[1], services)
+		if !slices.Contains(serveTargets, args[1]) {
+			return fmt.Errorf("serve %s: unknown service, want one of %v", args[1], serveTargets)
 		}
 	case "up":
 		for _, a := range args[1:] {
@@ -69,6 +73,7 @@ func TestCheckPodvisorArgs(t *testing.T) {
 		wantErr string
 	}{
 		{args: []string{"serve", "scheduler"}},
+		{args: []string{"serve", "dashboard"}},
 		{args: []string{"up", "--services=none", "--listen=0.0.0.0"}},
 		{args: []string{"serve", "schedular"}, wantErr: "unknown service"},
 		{args: []string{"serve"}, wantErr: "exactly one service"},

@@ -419,12 +419,13 @@ func secretValue(s *corev1.Secret, key string) string {
 // expectedSecrets are the Secrets prod expects to exist (created by the
 // operator, never committed), with the keys it reads from each.
 var expectedSecrets = map[string][]string{
-	"podvisor-vcenter":    {"url", "username", "password"},
-	"podvisor-redis-acl":  {"users.acl", "probe-password", "imagecache-password", "scheduler-password"},
-	"podvisor-redis-tls":  {"tls.crt", "tls.key", "ca.crt"},
-	"podvisor-nats-auth":  {"auth.conf"},
-	"podvisor-nats-creds": {"scheduler.creds", "provisioner.creds", "imagecache.creds", "netconfig.creds", "migration.creds"},
-	"podvisor-nats-tls":   {"tls.crt", "tls.key", "ca.crt"},
+	"podvisor-vcenter":       {"url", "username", "password"},
+	"podvisor-redis-acl":     {"users.acl", "probe-password", "imagecache-password", "scheduler-password", "dashboard-password"},
+	"podvisor-redis-tls":     {"tls.crt", "tls.key", "ca.crt"},
+	"podvisor-nats-auth":     {"auth.conf"},
+	"podvisor-nats-creds":    {"scheduler.creds", "provisioner.creds", "imagecache.creds", "netconfig.creds", "migration.creds", "dashboard.creds"},
+	"podvisor-nats-tls":      {"tls.crt", "tls.key", "ca.crt"},
+	"podvisor-dashboard-tls": {"tls.crt", "tls.key", "ca.crt"},
 }
 
 // Every reference resolves: Secrets and their keys, ConfigMaps, service

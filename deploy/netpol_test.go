@@ -194,8 +194,9 @@ func TestNetworkPolicies(t *testing.T) {
 	redisClients := []string{"scheduler", "imagecache"}
 	notRedisClients := []string{"provisioner", "netconfig", "migration"}
 	cases := map[string]struct {
-		want, deny []flow
-		external   map[string]string // extra endpoints: name -> IP
+		want, deny   []flow
+		want2, deny2 []flow            // the prod dashboard's
+		external     map[string]string // extra endpoints: name -> IP
 	}{
 		"dev": {
 			want: append(append(
@@ -217,6 +218,16 @@ func TestNetworkPolicies(t *testing.T) {
 				flow{"imagecache", "registry", corev1.ProtocolTCP, 443},
 				flow{"nats", "nats", corev1.ProtocolTCP, 6222}),
 				flows([]string{"monitoring"}, "nats", 8222)...),
+			// The dashboard: its users (through an ingress or a port
+			// forward) and Prometheus reach it; it reaches the bus and Redis.
+			want2: append(flows([]string{"dashboard"}, "nats", 4222),
+				flow{"dashboard", "redis", corev1.ProtocolTCP, 6379},
+				flow{"monitoring", "dashboard", corev1.ProtocolTCP, 8443},
+				flow{"monitoring", "dashboard", corev1.ProtocolTCP, 8081}),
+			// It reaches no vCenter, registry, service or internet.
+			deny2: []flow{{"dashboard", "vcenter", corev1.ProtocolTCP, 443}, {"dashboard", "registry", corev1.ProtocolTCP, 443},
+				{"dashboard", "internet", corev1.ProtocolTCP, 443}, {"dashboard", "provisioner", corev1.ProtocolTCP, 8081},
+				{"redis", "dashboard", corev1.ProtocolTCP, 8443}},
 			deny: append(append(
 				flows(notRedisClients, "redis", 6379),
 				flow{"redis", "nats", corev1.ProtocolTCP, 4222},
@@ -249,12 +260,12 @@ func TestNetworkPolicies(t *testing.T) {
 					}
 				}
 			}
-			for _, f := range tc.want {
+			for _, f := range append(tc.want, tc.want2...) {
 				if !allowed(t, policies, ends[f.from], ends[f.to], f.protocol, f.port) {
 					t.Errorf("%s -> %s:%d is blocked; podvisor needs it", f.from, f.to, f.port)
 				}
 			}
-			for _, f := range tc.deny {
+			for _, f := range append(tc.deny, tc.deny2...) {
 				if allowed(t, policies, ends[f.from], ends[f.to], f.protocol, f.port) {
 					t.Errorf("%s -> %s:%d is allowed; it should not be", f.from, f.to, f.port)
 				}

@@ -44,6 +44,14 @@ type Identity struct {
 	// Guest marks a guest cluster's node: it may ask its Asks and nothing
 	// else (no stream, no bucket, no event).
 	Guest bool
+	// Watches lists the streams a ReadOnly identity follows.
+	Watches []string
+	// ReadOnly marks an identity that publishes nothing (the dashboard): it
+	// follows Watches and the buckets of Reads with ordered consumers that
+	// push to its inbox, and gets single KV values. It may not pull, ack
+	// or delete consumers, so it can take no delivery from a service, and
+	// may not read any other stream or bucket.
+	ReadOnly bool
 }
 
 // GuestClusterIdentity is the identity of guest cluster namespace/name's
@@ -60,8 +68,9 @@ func GuestClusterIdentity(namespace, name string) Identity {
 
 // Identity names besides the services'.
 const (
-	IdentityClient = "client"
-	IdentityAdmin  = "admin"
+	IdentityClient    = "client"
+	IdentityAdmin     = "admin"
+	IdentityDashboard = "dashboard"
 )
 
 // ClientHiddenBuckets are the buckets a client may not read although it
@@ -107,6 +116,12 @@ func Identities() []Identity {
 		{Name: events.PublisherGuestCluster, Consumes: []string{events.StreamGuestClusters, events.StreamVMs, events.StreamPods},
 			Owns: []string{events.BucketGuestClusters, events.BucketGuestClusterKubeconfigs}, Reads: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages},
 			Serves: []string{events.SubjectGuestClusterQueryAll}, Asks: []string{events.SubjectQueryPodLogs + ".*", events.SubjectQueryPodExec + ".*"}},
+		// The dashboard shows these buckets and a feed of these streams,
+		// and nothing it may read is a secret.
+		{Name: IdentityDashboard, ReadOnly: true,
+			Watches: []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
+				events.StreamVMs, events.StreamGuestClusters},
+			Reads: []string{BucketPods, BucketHosts, BucketNetworks, BucketMigrations}},
 		{Name: IdentityClient, Client: true},
 		{Name: IdentityAdmin, Admin: true},
 	}
@@ -140,6 +155,21 @@ func readAPI(s string) []string {
 		"$JS.API.CONSUMER.DELETE." + s + ".*",
 		"$JS.API.CONSUMER.MSG.NEXT." + s + ".*",
 		"$JS.ACK." + s + ".>",
+		"$JS.FC." + s + ".>",
+	}
+}
+
+// watchAPI is what following stream s with an ordered push consumer takes:
+// its info, creating an ephemeral consumer that delivers to the inbox, and
+// answering its flow control. Without the MSG.NEXT, ACK and DELETE subjects
+// of readAPI, a watcher cannot take a delivery from another's consumer nor
+// remove it. (A consumer create naming an existing consumer updates it: NATS
+// subject permissions cannot tell the two apart; docs/security.md.)
+func watchAPI(s string) []string {
+	return []string{
+		"$JS.API.STREAM.INFO." + s,
+		"$JS.API.CONSUMER.CREATE." + s,
+		"$JS.API.CONSUMER.CREATE." + s + ".>",
 		"$JS.FC." + s + ".>",
 	}
 }
@@ -181,6 +211,16 @@ func (id Identity) Permissions() Permissions {
 	}
 	if id.Guest {
 		return Permissions{Publish: slices.Clone(id.Asks), Subscribe: []string{"_INBOX.>"}}
+	}
+	if id.ReadOnly {
+		for _, st := range id.Watches {
+			add(watchAPI(st)...)
+		}
+		for _, b := range id.Reads {
+			add(watchAPI(kvStream(b))...)
+			add("$JS.API.DIRECT.GET."+kvStream(b), "$JS.API.DIRECT.GET."+kvStream(b)+".>")
+		}
+		return Permissions{Publish: pub, Subscribe: []string{"_INBOX.>"}}
 	}
 	add(accountAPI...)
 	if id.Client {

@@ -76,11 +76,12 @@ const (
 
 // DeploymentUsers are the Redis users of a Kubernetes deployment, without
 // passwords (WriteACL makes them): the image cache reads and writes, the
-// scheduler only reads, the readiness probe only PINGs.
+// scheduler and the dashboard only read, the readiness probe only PINGs.
 func DeploymentUsers() []User {
 	return []User{
 		{Name: "imagecache", Rules: RulesWriter},
 		{Name: "scheduler", Rules: RulesReader},
+		{Name: "dashboard", Rules: RulesReader},
 		{Name: "probe", Rules: RulesProbe},
 	}
 }

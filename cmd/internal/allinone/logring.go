@@ -5,7 +5,8 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"time"
+
+	"github.com/podvisor/podvisor/cmd/internal/dashboard"
 )
 
 // logRing keeps the process's most recent log records (info and above) so
@@ -17,13 +18,8 @@ type logRing struct {
 	ring  *ringBuffer
 }
 
-// LogLine is one kept record.
-type LogLine struct {
-	Time    time.Time
-	Level   string
-	Message string
-	Attrs   []slog.Attr
-}
+// LogLine is one kept record, as the dashboard's logs page shows it.
+type LogLine = dashboard.LogLine
 
 type ringBuffer struct {
 	mu    sync.Mutex

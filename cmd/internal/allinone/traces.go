@@ -11,6 +11,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/podvisor/podvisor/cmd/internal/dashboard"
 	"github.com/podvisor/podvisor/shared/telemetry"
 )
 
@@ -186,4 +187,30 @@ func TraceIDFromTraceparent(tp string) (string, error) {
 		return "", fmt.Errorf("traceparent %q: trace id is not hex", tp)
 	}
 	return parts[1], nil
+}
+
+// RecorderTraces is the dashboard's trace source in the process that
+// records the spans.
+func RecorderTraces(rec *telemetry.Recorder) dashboard.TraceSource {
+	return func(_ context.Context, key string) ([]dashboard.Span, error) {
+		q, _ := json.Marshal(TraceQuery{Key: key})
+		raw, err := answerTraceQuery(rec, q)
+		if err != nil {
+			return nil, err
+		}
+		return dashboardSpans(raw)
+	}
+}
+
+func dashboardSpans(raw []byte) ([]dashboard.Span, error) {
+	var reply TraceReply
+	if err := json.Unmarshal(raw, &reply); err != nil {
+		return nil, fmt.Errorf("trace reply: %w", err)
+	}
+	out := make([]dashboard.Span, 0, len(reply.Spans))
+	for _, sp := range reply.Spans {
+		out = append(out, dashboard.Span{TraceID: sp.TraceID, SpanID: sp.SpanID, ParentID: sp.ParentID,
+			Name: sp.Name, Service: sp.Service, Status: sp.Status, Start: sp.Start, End: sp.End})
+	}
+	return out, nil
 }

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/podvisor/podvisor/cmd/internal/dashboard"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/redisserver"
@@ -87,7 +89,7 @@ func newIdentityCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "authority directory (default: nats-auth in the state dir)")
-	cmd.AddCommand(mint, all, conf, newIdentityTLSCmd(), newIdentityRedisACLCmd())
+	cmd.AddCommand(mint, all, conf, newIdentityTLSCmd(), newIdentityDashboardUserCmd(), newIdentityRedisACLCmd())
 	return cmd
 }
 
@@ -98,7 +100,7 @@ func newIdentityTLSCmd() *cobra.Command {
 	var out, namespace string
 	cmd := &cobra.Command{
 		Use:   "tls",
-		Short: "Write a CA and the NATS and Redis server certificates of a Kubernetes deployment (Secrets podvisor-nats-tls, podvisor-redis-tls)",
+		Short: "Write a CA and the NATS, Redis and dashboard server certificates of a Kubernetes deployment (Secrets podvisor-nats-tls, podvisor-redis-tls, podvisor-dashboard-tls)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -116,14 +118,14 @@ func newIdentityTLSCmd() *cobra.Command {
 			for _, c := range []struct {
 				name  string
 				hosts []string
-			}{{"nats", natsHosts}, {"redis", append(svc("redis"), "localhost")}} {
+			}{{"nats", natsHosts}, {"redis", append(svc("redis"), "localhost")}, {"dashboard", append(svc("dashboard"), "localhost")}} {
 				cert, key, err := ca.Issue(c.name, c.hosts...)
 				if err != nil {
 					return err
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "%-6s cert %s key %s\n", c.name, cert, key)
+				fmt.Fprintf(cmd.OutOrStdout(), "%-9s cert %s key %s\n", c.name, cert, key)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ca     %s\n", ca.CAFile())
+			fmt.Fprintf(cmd.OutOrStdout(), "ca        %s\n", ca.CAFile())
 			return nil
 		},
 	}
@@ -132,6 +134,44 @@ func newIdentityTLSCmd() *cobra.Command {
 	return cmd
 }
 
+// newIdentityDashboardUserCmd issues a dashboard user's client
+// certificate from the deployment's CA: the dashboard admits only
+// certificates of its own organization, not the servers' that the same CA
+// signs.
+func newIdentityDashboardUserCmd() *cobra.Command {
+	var out string
+	cmd := &cobra.Command{
+		Use:   "dashboard-user NAME",
+		Short: "Write a client certificate with which NAME opens the dashboard (the CA of 'identity tls --out')",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if out == "" {
+				return usageError("--out: required (the directory of 'podvisor identity tls --out', holding the CA)")
+			}
+			if !dashboardUserName.MatchString(args[0]) {
+				return usageError("NAME %q: want lowercase letters, digits and dashes", args[0])
+			}
+			if !fileExists(filepath.Join(out, "ca.pem")) {
+				return usageError("--out %s: no ca.pem (run 'podvisor identity tls --out %s' first)", out, out)
+			}
+			ca, err := pki.LoadOrCreateCA(out)
+			if err != nil {
+				return err
+			}
+			cert, key, err := ca.IssueAs("dashboard-user-"+args[0], []string{dashboard.ClientOrganization})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "cert %s key %s\n", cert, key)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&out, "out", "", "directory of the deployment's CA (where 'podvisor identity tls' wrote it)")
+	return cmd
+}
+
+var dashboardUserName = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
 // newIdentityRedisACLCmd writes the Redis ACL file of a Kubernetes
 // deployment: no default user, one user per service that uses Redis with
 // the least it needs, and a probe user that may only PING.
@@ -139,7 +179,7 @@ func newIdentityRedisACLCmd() *cobra.Command {
 	var out string
 	cmd := &cobra.Command{
 		Use:   "redis-acl",
-		Short: "Write users.acl and a password file per Redis user (imagecache read-write, scheduler read-only, probe ping-only)",
+		Short: "Write users.acl and a password file per Redis user (imagecache read-write, scheduler and dashboard read-only, probe ping-only)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {

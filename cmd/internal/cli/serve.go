@@ -39,6 +39,9 @@ Configuration comes only from the environment (and mounted secret files):
   PODVISOR_HEALTH_ADDR_FILE                       file to write the health server's address to (for up)
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
+  dashboard only: PODVISOR_DASHBOARD_ADDR (default :8443), PODVISOR_DASHBOARD_TLS_CERT, _TLS_KEY (required),
+                  PODVISOR_DASHBOARD_CLIENT_CA (users' client certificates; required off loopback),
+                  PODVISOR_REDIS_URL optional (a read-only user: the image chains)
   hostagent only: PODVISOR_HOSTAGENT_HOST (a host, or a comma list served by this one process),
                   PODVISOR_HOSTAGENT_CHANNEL_DIR (where the hosts' guest channels arrive)
 Variables that are unset are taken from the env file of the state dir when it exists,
@@ -159,7 +162,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 			return err
 		}
 	}
-	if spec.NeedsRedis {
+	if url, _ := settings("PODVISOR_REDIS_URL"); spec.NeedsRedis || spec.WantsRedis && url != "" {
 		rdb, err := redisFrom(settings)
 		if err != nil {
 			return err

@@ -34,10 +34,16 @@ type Spec struct {
 	Name         string
 	NeedsVSphere bool
 	NeedsRedis   bool
+	// WantsRedis connects to Redis when PODVISOR_REDIS_URL is set; the
+	// service runs without it otherwise.
+	WantsRedis bool
 	// PerHost services run beside the hypervisor hosts they serve (the
 	// host agent): `podvisor serve` runs them, `podvisor up` starts its
 	// own per simulated host, so --services never selects them.
 	PerHost bool
+	// InUp says `podvisor up` serves this itself in another form (the
+	// dashboard is up's status page), so --services never selects it.
+	InUp bool
 	// Check reads and validates the service's configuration from src, so
 	// that a bad setting is reported before anything starts.
 	Check func(src config.Source) error
@@ -80,7 +86,7 @@ func Select(value string) ([]Spec, error) {
 	case "all":
 		out := make([]Spec, 0, len(specs))
 		for _, n := range Names() {
-			if !specs[n].PerHost {
+			if !specs[n].PerHost && !specs[n].InUp {
 				out = append(out, specs[n])
 			}
 		}
@@ -98,6 +104,9 @@ func Select(value string) ([]Spec, error) {
 		}
 		if s.PerHost {
 			return nil, fmt.Errorf("--services: %s runs per host: up starts one for each simulated host when guests are on, and 'podvisor serve %s' runs it elsewhere", n, n)
+		}
+		if s.InUp {
+			return nil, fmt.Errorf("--services: up serves the %s itself (its status page); 'podvisor serve %s' runs one elsewhere", n, n)
 		}
 		if !seen[n] {
 			seen[n] = true

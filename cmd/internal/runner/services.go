@@ -5,6 +5,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/podvisor/podvisor/cmd/internal/dashboard"
 	"github.com/podvisor/podvisor/services/hostagent"
 
 	"github.com/podvisor/podvisor/services/guestcluster"
@@ -14,6 +15,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 )
 
 // table is every service: its name, the connections it needs, how its
@@ -40,6 +42,31 @@ var table = []Spec{
 		return scheduler.New(c, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
 	}),
 	hostAgents,
+	dashboardSpec,
+}
+
+// dashboardSpec serves the read-only dashboard (package dashboard) as its
+// own identity; with PODVISOR_REDIS_URL set (a read-only Redis user) it
+// shows the image chains too.
+var dashboardSpec = Spec{
+	Name:       "dashboard",
+	InUp:       true,
+	WantsRedis: true,
+	Check: func(src config.Source) error {
+		_, err := dashboard.ConfigFrom(orEnv(src))
+		return err
+	},
+	Run: func(ctx context.Context, d Deps) error {
+		cfg, err := dashboard.ConfigFrom(orEnv(d.Settings))
+		if err != nil {
+			return err
+		}
+		var images dashboard.ImageLister
+		if d.Redis != nil {
+			images = imagemeta.NewReader(d.Redis).Images
+		}
+		return dashboard.Serve(ctx, cfg, d.Bus, images, d.Logger, nil)
+	},
 }
 
 // hostAgents runs the host agent of every host PODVISOR_HOSTAGENT_HOST

@@ -1,26 +1,27 @@
-package allinone
+package dashboard
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
-	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 )
 
-// liveView is the status page's read model: it watches the KV buckets the
-// page shows (each change lands here within milliseconds, with no polling of
-// NATS per page view), reads the image cache from Redis every few seconds,
-// samples pods per phase for the chart and keeps the latest events for the
-// feed.
-type liveView struct {
+// View is the page's read model: it watches the KV buckets the page shows
+// (each change lands here within milliseconds, with no polling of NATS per
+// page view), lists the image cache every few seconds, samples pods per
+// phase for the chart and keeps the latest events for the feed.
+type View struct {
 	mu       sync.Mutex
 	version  uint64 // bumps on every change a page would show
 	buckets  map[string]map[string][]byte
@@ -49,32 +50,42 @@ const (
 	feedLen    = 100
 )
 
-// viewBuckets are the records the page shows.
-var viewBuckets = []string{events.BucketPods, events.BucketHosts, events.BucketNetworks, events.BucketMigrations}
+// viewBuckets are the records the page shows and feedStreams carry the
+// events of the feed (dead letters and advisories are for `podvisor events
+// --dlq`): exactly what the dashboard identity may read.
+var viewBuckets, feedStreams = func() ([]string, []string) {
+	id, err := bus.LookupIdentity(bus.IdentityDashboard)
+	if err != nil {
+		panic(err)
+	}
+	return id.Reads, id.Watches
+}()
 
-// feedStreams carry the events of the feed (dead letters and advisories are
-// for `podvisor events --dlq`).
-var feedStreams = []string{events.StreamPods, events.StreamImages, events.StreamNetworks, events.StreamMigrations, events.StreamHosts,
-	events.StreamVMs, events.StreamGuestClusters}
-
-func newLiveView() *liveView {
-	v := &liveView{buckets: map[string]map[string][]byte{}, feedSubs: map[chan FeedEvent]struct{}{}}
+func NewView() *View {
+	v := &View{buckets: map[string]map[string][]byte{}, feedSubs: map[chan FeedEvent]struct{}{}}
 	for _, b := range viewBuckets {
 		v.buckets[b] = map[string][]byte{}
 	}
 	return v
 }
 
-// run keeps the view current until ctx ends.
-func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL, redisCA string) error {
+// ImageLister lists the image cache's images (the image cache's Redis
+// metadata, read-only).
+type ImageLister func(ctx context.Context) ([]events.ImageRecord, error)
+
+// Run starts keeping the view current until ctx ends: it returns once the
+// watches and consumers are in place, or with the error that kept one from
+// starting (a permissions violation names the subject refused). images may
+// be nil: the page then shows no image chains.
+func (v *View) Run(ctx context.Context, b *bus.Bus, images ImageLister) error {
 	for _, name := range viewBuckets {
 		kv, err := b.KV(ctx, name)
 		if err != nil {
-			return err
+			return fmt.Errorf("bucket %s: %w", name, err)
 		}
 		w, err := kv.WatchAll(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("watch bucket %s: %w", name, err)
 		}
 		go func() {
 			defer w.Stop()
@@ -93,14 +104,18 @@ func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL, redisCA string
 			}
 		}()
 	}
+	// Ordered push consumers deliver to this connection's inbox: the
+	// identity may create them but not pull from (nor ack on, nor delete)
+	// anyone's consumer. The feed opens with the last minute, then follows.
+	quietConsumerDeletes(b.Conn())
+	js, err := b.Conn().JetStream()
+	if err != nil {
+		return err
+	}
+	subjects := bus.StreamSubjects()
 	for _, stream := range feedStreams {
-		// The feed opens with the last minute, then follows.
 		start := time.Now().Add(-time.Minute)
-		c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &start})
-		if err != nil {
-			return err
-		}
-		cc, err := c.Consume(func(m jetstream.Msg) {
+		sub, err := js.Subscribe(subjects[stream][0], func(m *nats.Msg) {
 			ev, err := bus.DecodeMessage(m)
 			if err != nil {
 				return
@@ -110,14 +125,31 @@ func (v *liveView) run(ctx context.Context, b *bus.Bus, redisURL, redisCA string
 				at = md.Timestamp
 			}
 			v.addFeed(FeedEvent{Time: at, Type: shortType(ev.Type()), Subject: ev.Subject(), Source: ev.Source()})
-		})
+		}, nats.BindStream(stream), nats.OrderedConsumer(), nats.StartTime(start), nats.Context(ctx))
 		if err != nil {
-			return err
+			return fmt.Errorf("follow stream %s: %w", stream, err)
 		}
-		go func() { <-ctx.Done(); cc.Stop() }()
+		go func() { <-ctx.Done(); sub.Unsubscribe() }()
 	}
-	go v.sample(ctx, redisURL, redisCA)
+	go v.sample(ctx, images)
 	return nil
+}
+
+// quietConsumerDeletes drops the refusals of the view's own consumer
+// deletes from nc's error reports: a watch that stops (or resets) asks to
+// delete its ordered consumer, which the dashboard identity may not do; the
+// server removes the consumer once it is inactive. Other errors are
+// reported as before.
+func quietConsumerDeletes(nc *nats.Conn) {
+	prev := nc.ErrorHandler()
+	nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Publish to "$JS.API.CONSUMER.DELETE.`) {
+			return
+		}
+		if prev != nil {
+			prev(c, sub, err)
+		}
+	})
 }
 
 // shortType drops the catalog's prefix and version: pod.running.
@@ -129,7 +161,7 @@ func shortType(t string) string {
 	return t
 }
 
-func (v *liveView) addFeed(e FeedEvent) {
+func (v *View) addFeed(e FeedEvent) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.feed = append(v.feed, e)
@@ -146,7 +178,7 @@ func (v *liveView) addFeed(e FeedEvent) {
 }
 
 // subscribe returns the recent feed and a channel of what follows.
-func (v *liveView) subscribe() ([]FeedEvent, chan FeedEvent, func()) {
+func (v *View) subscribe() ([]FeedEvent, chan FeedEvent, func()) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	ch := make(chan FeedEvent, 64)
@@ -159,13 +191,13 @@ func (v *liveView) subscribe() ([]FeedEvent, chan FeedEvent, func()) {
 }
 
 // sample records pods per phase every two seconds and refreshes the images.
-func (v *liveView) sample(ctx context.Context, redisURL, redisCA string) {
+func (v *View) sample(ctx context.Context, images ImageLister) {
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
-		if redisURL != "" {
+		if images != nil {
 			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			imgs, err := imagelocality.ListImages(ictx, redisURL, redisCA)
+			imgs, err := images(ictx)
 			cancel()
 			if err == nil {
 				v.mu.Lock()
@@ -264,8 +296,8 @@ type DashMigration struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-// snapshot builds the dashboard from the view.
-func (v *liveView) snapshot() (Dashboard, uint64) {
+// Snapshot is what the page shows now, and a version that changes with it.
+func (v *View) Snapshot() (Dashboard, uint64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	d := Dashboard{Now: time.Now().UTC(), Hosts: []DashHost{}, Pods: []DashPod{}, Networks: []DashNetwork{}, Migrations: []DashMigration{}}
