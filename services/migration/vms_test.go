@@ -13,6 +13,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // vmController stands in for the scheduler and the provisioner's native VM
@@ -51,7 +52,7 @@ func newVMController(w *world, target string) *vmController {
 
 // putVM writes the provisioner's record of a running VM on host.
 func (c *vmController) putVM(ns, name, uid, host string) {
-	c.w.putJSON(c.kv, events.VMRecordKey(ns, name), &events.VMRecord{Namespace: ns, Name: name, UID: uid,
+	testenv.Put(c.w.Env, events.BucketVMs, events.VMRecordKey(ns, name), &events.VMRecord{Namespace: ns, Name: name, UID: uid,
 		Status: events.VirtualMachineStatus{UID: uid, Phase: events.VMPhaseReady, PowerState: "PoweredOn", Host: host}})
 }
 
@@ -121,7 +122,7 @@ func (c *vmController) answer(v *events.VMMigrateRequested) {
 func (c *vmController) moveTo(ns, name, host string) {
 	r := c.vm(ns, name)
 	r.Status.Host = host
-	c.w.putJSON(c.kv, events.VMRecordKey(ns, name), r)
+	testenv.Put(c.w.Env, events.BucketVMs, events.VMRecordKey(ns, name), r)
 }
 
 // TestDrainOfVMsResumesAfterARestart: the migration service is stopped
@@ -162,7 +163,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 	if got := c.vm("team-a", "vm1").Status.Host; got != h[1] {
 		t.Errorf("vm1 on %s, want %s", got, h[1])
 	}
-	evicted := collect[*events.VMEvicted](w.rec)
+	evicted := testenv.All[events.VMEvicted](w.Env, nil)
 	if len(evicted) != 1 || evicted[0].Reason != ReasonDrainUnmovable || evicted[0].Host != h[0] {
 		t.Errorf("vm.evicted = %+v, want one DrainUnmovable from %s", evicted, h[0])
 	}

@@ -22,7 +22,7 @@ func (e *env) strayAllocation(host, name string) {
 	if _, err := e.led.Reserve(e.t.Context(), host, roomy, []events.Allocation{a}); err != nil {
 		e.t.Fatal(err)
 	}
-	e.eventually("the allocation on "+host+" seen by the scheduler", 5*time.Second, func() bool {
+	e.EventuallyWithin("the allocation on "+host+" seen by the scheduler", 5*time.Second, func() bool {
 		return e.hostRecords()[host].Pods == 1
 	})
 }
@@ -123,7 +123,7 @@ func TestSweepHoldsEachPlacedPodOnItsRecordsHost(t *testing.T) {
 	alloc(migrating, hosts[2], "m-1")
 
 	holds := func(host, key string) bool { _, ok := e.allocations(host)[key]; return ok }
-	e.eventually("each placed pod held on its record's host only", 10*time.Second, func() bool {
+	e.EventuallyWithin("each placed pod held on its record's host only", 10*time.Second, func() bool {
 		return holds(hosts[0], moved.UID) && !holds(hosts[1], moved.UID) && holds(hosts[0], twice.UID) && !holds(hosts[2], twice.UID)
 	})
 	if b, ok, err := e.led.GetBinding(t.Context(), moved.UID); err != nil || !ok || b.Host != hosts[0] {
