@@ -155,8 +155,9 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 		return err
 	}
 	// Whatever ends this wait, the moves give their room back.
+	moves := d.VMs
 	defer func() {
-		for _, v := range d.VMs {
+		for _, v := range moves {
 			s.vmMoveEnded(v.ID)
 		}
 	}()
