@@ -163,7 +163,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 	if got := c.vm("team-a", "vm1").Status.Host; got != h[1] {
 		t.Errorf("vm1 on %s, want %s", got, h[1])
 	}
-	evicted := testenv.All[events.VMEvicted](w.Env, nil)
+	evicted := testenv.Distinct[events.VMEvicted](w.Env, nil)
 	if len(evicted) != 1 || evicted[0].Reason != ReasonDrainUnmovable || evicted[0].Host != h[0] {
 		t.Errorf("vm.evicted = %+v, want one DrainUnmovable from %s", evicted, h[0])
 	}
