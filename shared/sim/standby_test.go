@@ -81,7 +81,7 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 	if !ok {
 		t.Fatal("the child runs no guest")
 	}
-	if g.PID != sb.PID {
+	if g.PID != sb.PID || !g.Resumed {
 		t.Fatalf("the child's guest is process %d, want the standby's %d (resumed, not booted)", g.PID, sb.PID)
 	}
 	var m mo.VirtualMachine

@@ -237,7 +237,7 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 		return err
 	}
 	sb := g.standby
-	g.vm, g.standby = vm, nil
+	g.vm, g.standby, g.resumed = vm, nil, true
 	g.channel.route(vm.Host)
 	if err := m.addPorts(g); err != nil {
 		return err
