@@ -114,8 +114,8 @@ type forkPlan struct {
 	host     types.ManagedObjectReference
 	powerOn  bool
 	childDir string // "[ds] name" of the child's files
-	// parent is the parent as its guest sees it (hasGuest: a pod VM's),
-	// for its standby (standby.go).
+	// parent is the parent as its guest sees it (hasGuest: a pod VM's
+	// agent), for its standby (standby.go).
 	parent   guest.VM
 	hasGuest bool
 }
@@ -287,7 +287,10 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 	}
 	p.spec = cs
 	if d.guests != nil {
+		// Only a pod VM's guest (its agent) can be a standby; a native
+		// VM's boots its own init.
 		p.parent, p.hasGuest = d.guestVM(vm)
+		p.hasGuest = p.hasGuest && p.parent.Native == nil
 		p.parent.Key = vm.Self.Value
 	}
 	return p, nil
