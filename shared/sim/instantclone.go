@@ -114,8 +114,8 @@ type forkPlan struct {
 	host     types.ManagedObjectReference
 	powerOn  bool
 	childDir string // "[ds] name" of the child's files
-	// parent is the parent as its guest sees it (hasGuest: a pod VM's),
-	// for its standby (standby.go).
+	// parent is the parent as its guest sees it (hasGuest: a pod VM's
+	// agent), for its standby (standby.go).
 	parent   guest.VM
 	hasGuest bool
 }
@@ -287,7 +287,10 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 	}
 	p.spec = cs
 	if d.guests != nil {
+		// Only a pod VM's guest (its agent) can be a standby; a native
+		// VM's boots its own init.
 		p.parent, p.hasGuest = d.guestVM(vm)
+		p.hasGuest = p.hasGuest && p.parent.Native == nil
 		p.parent.Key = vm.Self.Value
 	}
 	return p, nil
@@ -393,33 +396,45 @@ func (d *Datacenter) cloneDisks(p *forkPlan) error {
 		defer resume()
 	}
 	for _, c := range p.copies {
-		src, err := d.localPath(c[0])
+		f, err := d.filesOf(c)
 		if err != nil {
 			return err
 		}
-		dst, err := d.localPath(c[1])
-		if err != nil {
+		if err := cowCopy(f.desc, f.childDesc); err != nil {
 			return err
 		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		// The descriptor names its extent relative to itself: copying
-		// both side by side keeps that true.
-		if err := cowCopy(src, dst); err != nil {
-			return err
-		}
-		srcFlat, err := d.flatExtent(c[0])
-		if err != nil {
-			return err
-		}
-		if srcFlat != src {
-			if err := cowCopy(srcFlat, filepath.Join(filepath.Dir(dst), filepath.Base(srcFlat))); err != nil {
+		if f.flat != f.desc {
+			if err := cowCopy(f.flat, f.childFlat); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// diskFiles are the local files of one read/write disk an instant clone
+// gets: the parent's descriptor and flat extent (one file for a monolithic
+// disk) and the child's names for them.
+type diskFiles struct{ desc, flat, childDesc, childFlat string }
+
+// filesOf maps a planned copy (parent → child datastore path) to its
+// files and makes the child's directory.
+func (d *Datacenter) filesOf(c [2]string) (diskFiles, error) {
+	var f diskFiles
+	var err error
+	if f.desc, err = d.localPath(c[0]); err != nil {
+		return f, err
+	}
+	if f.childDesc, err = d.localPath(c[1]); err != nil {
+		return f, err
+	}
+	if f.flat, err = d.flatExtent(c[0]); err != nil {
+		return f, err
+	}
+	// The descriptor names its extent relative to itself: keeping both
+	// side by side under the parent's base names keeps that true.
+	f.childFlat = filepath.Join(filepath.Dir(f.childDesc), filepath.Base(f.flat))
+	return f, os.MkdirAll(filepath.Dir(f.childDesc), 0o755)
 }
 
 // localPath maps a datastore path to the file on this machine.

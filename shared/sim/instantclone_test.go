@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
@@ -89,33 +90,10 @@ func ext4UUID(t testing.TB, path string) []byte {
 // spec on them without disturbing the parent. A powered-off VM cannot be
 // forked.
 func TestInstantCloneForksARunningPodVM(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	d, channels := simtest.StartWithGuests(t, 1, agent)
-	host := d.Hosts()[0]
-	agents := listenHostAgents(t, channels, host.Name)
-	c := simtest.Client(t, d)
-	chain := "sha256:" + strings.Repeat("f", 64)
-
-	pgKey := simtest.AddPortGroup(t, c, d.DVS(), "pv-fork")
 	const parentMAC = "00:50:56:aa:bb:01"
-	parent, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
-		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", chain),
-		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
-		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-fork", MAC: parentMAC}},
-	})
-	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tv := newTemplateVM(t, "f", "pv-fork", parentMAC)
+	d, agents, c, parent, pgKey := tv.d, tv.agents, tv.c, tv.parent, tv.pgKey
+	ctx, chain := context.Background(), tv.chain
 	if _, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{Name: "pv-too-early"}); err == nil ||
 		!strings.Contains(err.Error(), "powered on") {
 		t.Fatalf("instant clone of a powered-off VM: %v, want refused", err)
@@ -267,4 +245,46 @@ func TestInstantCloneMovesNICs(t *testing.T) {
 	if !ok || port.Port.PortgroupKey != pgB || cc.MacAddress != "00:50:56:bb:00:02" {
 		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and 00:50:56:bb:00:02", cc.Backing, cc.MacAddress, pgB)
 	}
+}
+
+// templateVM is a datacenter with guests, a host agent listening on its
+// one host, and the pod VM pv-template (powered off) running
+// forkSpec("uid-template", "template", chain) on an ephemeral disk and a
+// busybox image disk, its card on a port group of its own.
+type templateVM struct {
+	d      *sim.Datacenter
+	agents *hostAgents
+	c      *govmomi.Client
+	parent *object.VirtualMachine
+	chain  string
+	pgKey  string
+}
+
+func newTemplateVM(t *testing.T, chainByte, portGroup, mac string) templateVM {
+	t.Helper()
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, channels := simtest.StartWithGuests(t, 1, agent)
+	host := d.Hosts()[0]
+	tv := templateVM{d: d, agents: listenHostAgents(t, channels, host.Name), c: simtest.Client(t, d),
+		chain: "sha256:" + strings.Repeat(chainByte, 64)}
+	tv.pgKey = simtest.AddPortGroup(t, tv.c, d.DVS(), portGroup)
+	var extents []string
+	tv.parent, extents = simtest.CreatePodVM(t, tv.c, d, simtest.PodVM{
+		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", tv.chain),
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
+		NICs:  []simtest.PodVMNIC{{PortGroup: portGroup, MAC: mac}},
+	})
+	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tv
 }

@@ -70,33 +70,20 @@ func (d *Datacenter) moveStandbyDisks(p *forkPlan, sb guest.Standby) error {
 		}
 	}
 	for _, c := range p.copies {
-		src, err := d.localPath(c[0])
+		f, err := d.filesOf(c)
 		if err != nil {
 			return err
 		}
-		dst, err := d.localPath(c[1])
-		if err != nil {
-			return err
-		}
-		srcFlat, err := d.flatExtent(c[0])
-		if err != nil {
-			return err
-		}
-		from, ok := copyOf[srcFlat]
+		from, ok := copyOf[f.flat]
 		if !ok {
 			return fmt.Errorf("the standby has no copy of %s", c[0])
 		}
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return err
-		}
-		to := dst
-		if srcFlat != src {
-			if err := cowCopy(src, dst); err != nil {
+		if f.flat != f.desc {
+			if err := cowCopy(f.desc, f.childDesc); err != nil {
 				return err
 			}
-			to = filepath.Join(filepath.Dir(dst), filepath.Base(srcFlat))
 		}
-		if err := os.Rename(from, to); err != nil {
+		if err := os.Rename(from, f.childFlat); err != nil {
 			return err
 		}
 	}

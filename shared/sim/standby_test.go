@@ -14,9 +14,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/sim/guest"
-	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // After its first instant clone a VM keeps a standby guest booted from
@@ -28,31 +26,9 @@ import (
 // standby boots after it, and powering the parent off takes its standby
 // and the standby's disk copies away.
 func TestInstantCloneResumesAStandby(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tv := newTemplateVM(t, "a", "pv-standby", "00:50:56:aa:bb:11")
+	d, agents, c, parent, chain := tv.d, tv.agents, tv.c, tv.parent, tv.chain
 	ctx := context.Background()
-	d, channels := simtest.StartWithGuests(t, 1, agent)
-	host := d.Hosts()[0]
-	agents := listenHostAgents(t, channels, host.Name)
-	c := simtest.Client(t, d)
-	chain := "sha256:" + strings.Repeat("a", 64)
-	simtest.AddPortGroup(t, c, d.DVS(), "pv-standby")
-	parent, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
-		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", chain),
-		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
-		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-standby", MAC: "00:50:56:aa:bb:11"}},
-	})
-	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	powerOn(t, parent)
 	running(t, agents.next(t, "template"), "template")
 	pkey := parent.Reference().Value
@@ -105,7 +81,7 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 	if !ok {
 		t.Fatal("the child runs no guest")
 	}
-	if g.PID != sb.PID {
+	if g.PID != sb.PID || !g.Resumed {
 		t.Fatalf("the child's guest is process %d, want the standby's %d (resumed, not booted)", g.PID, sb.PID)
 	}
 	var m mo.VirtualMachine

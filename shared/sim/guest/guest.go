@@ -225,6 +225,8 @@ type guest struct {
 	// standby is set while the guest is a standby: booted for a VM to
 	// come (standby.go).
 	standby *standbyState
+	// resumed: the guest is a standby a VM took over (standby.go).
+	resumed bool
 }
 
 var managers atomic.Int64
@@ -653,6 +655,9 @@ type Info struct {
 	Frozen     bool
 	// Connections counts the channel connections forwarded now.
 	Connections int
+	// Resumed says the guest did not boot: it is a standby the VM took
+	// over at power-on (an instant clone's child).
+	Resumed bool
 }
 
 // Guest describes the running guest of a VM.
@@ -672,7 +677,7 @@ func (m *Manager) infoLocked(g *guest) Info {
 		dirs[c] = g.cgroup.Dir(c)
 	}
 	return Info{VM: g.vm, Dir: g.dir, PID: g.cmd.Process.Pid, Cgroup: g.cgroup.path, CgroupDirs: dirs,
-		Frozen: g.frozen, Connections: g.channel.connections()}
+		Frozen: g.frozen, Connections: g.channel.connections(), Resumed: g.resumed}
 }
 
 // Running lists the keys of the VMs whose guest runs.

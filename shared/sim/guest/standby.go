@@ -61,6 +61,9 @@ type standbyState struct {
 // disk's Path replaced by a copy that belongs to the standby from now on
 // (removed with it unless claimed). It returns the standby's key.
 func (m *Manager) StartStandby(parent string, vm VM) (string, error) {
+	if vm.Native != nil || vm.Spec == "" {
+		return "", errors.New("only a pod VM's guest (its agent) can stand by")
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
 		return "", err
@@ -237,7 +240,7 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 		return err
 	}
 	sb := g.standby
-	g.vm, g.standby = vm, nil
+	g.vm, g.standby, g.resumed = vm, nil, true
 	g.channel.route(vm.Host)
 	if err := m.addPorts(g); err != nil {
 		return err
