@@ -405,8 +405,8 @@ type BootConfig struct {
 	// state: /run/podvisor in a real guest, a directory of the simulated
 	// guest otherwise.
 	StateDir string `json:"stateDir"`
-	// Runtime is the OCI runtime binary (runc or crun); empty means the
-	// first of the two on PATH.
+	// Runtime is the OCI runtime binary (runc or crun); empty means crun
+	// when it is on PATH (it starts containers faster), else runc.
 	Runtime string `json:"runtime,omitempty"`
 	// CgroupParent is the cgroup the containers' cgroups are made under:
 	// the VM's own cgroup in a simulated guest, so that a container can

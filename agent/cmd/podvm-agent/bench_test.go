@@ -12,19 +12,26 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/guesttest"
 	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/runtime"
 )
 
 // BenchmarkContainerStart compares a guest's boot to its container running
 // (agent start, disk 0 formatted and mounted, image disks mounted, overlay,
-// bundle, runc) with `runc run --detach` of the same container on a plain
-// directory, measured in the same run. It reports both and their ratio.
+// bundle, OCI runtime) with `<runtime> run --detach` of the same container
+// on a plain directory, measured in the same run, with the runtime the
+// agent picks (crun when installed, else runc). It reports both and their
+// ratio.
 //
 //	go test -run '^$' -bench ContainerStart -benchtime 10x ./agent/cmd/podvm-agent
 func BenchmarkContainerStart(b *testing.B) {
 	privtest.Require(b, "boots guests")
-	privtest.RequireTools(b, "runc", "mkfs.erofs", "mkfs.ext4")
+	privtest.RequireTools(b, "mkfs.erofs", "mkfs.ext4")
 	if setupErr != nil {
 		b.Fatal(setupErr)
+	}
+	rt, err := runtime.New("", b.TempDir())
+	if err != nil {
+		b.Skip(err)
 	}
 	var agentTotal, directTotal time.Duration
 	for i := 0; i < b.N; i++ {
@@ -37,18 +44,23 @@ func BenchmarkContainerStart(b *testing.B) {
 		g.Host.Stop(1, wait)
 		g.Shutdown()
 
-		directTotal += directStart(b, i)
+		if err := runtime.OnHostThread(func() error {
+			directTotal += directStart(b, rt.Bin, i)
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
 	}
 	agent := agentTotal / time.Duration(b.N)
 	direct := directTotal / time.Duration(b.N)
 	b.ReportMetric(float64(agent.Microseconds())/1000, "agent-ms/op")
-	b.ReportMetric(float64(direct.Microseconds())/1000, "runc-ms/op")
+	b.ReportMetric(float64(direct.Microseconds())/1000, rt.Name()+"-ms/op")
 	b.ReportMetric(float64(agent)/float64(direct), "ratio")
 }
 
-// directStart times runc run --detach of the container on the staged base
+// directStart times `rt run --detach` of the container on the staged base
 // layer, then removes it.
-func directStart(b *testing.B, i int) time.Duration {
+func directStart(b *testing.B, rt string, i int) time.Duration {
 	b.Helper()
 	dir := b.TempDir()
 	rootfs := filepath.Join(dir, "rootfs")
@@ -69,29 +81,29 @@ func directStart(b *testing.B, i int) time.Duration {
 	// Whatever happens below, the container and its cgroup tree (in every
 	// hierarchy) go when the benchmark ends.
 	b.Cleanup(func() {
-		_ = exec.Command("runc", "--root", root, "delete", "--force", id).Run()
+		_ = exec.Command(rt, "--root", root, "delete", "--force", id).Run()
 		if err := guesttest.RemoveCgroup(cgroup); err != nil {
 			b.Error(err)
 		}
 	})
-	// The container inherits runc's stdio: a file, not a pipe that would
+	// The container inherits the runtime's stdio: a file, not a pipe that would
 	// stay open as long as the container runs.
 	logf, err := os.Create(filepath.Join(dir, "out"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command("runc", "--root", root, "run", "--detach", "--bundle", dir, id)
+	cmd := exec.Command(rt, "--root", root, "run", "--detach", "--bundle", dir, id)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	start := time.Now()
 	err = cmd.Run()
 	took := time.Since(start)
 	if err != nil {
 		out, _ := os.ReadFile(logf.Name())
-		b.Fatalf("runc run: %v: %s", err, out)
+		b.Fatalf("%s run: %v: %s", rt, err, out)
 	}
-	if out, err := exec.Command("runc", "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
-		b.Errorf("runc delete: %v: %s", err, out)
+	if out, err := exec.Command(rt, "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
+		b.Errorf("%s delete: %v: %s", rt, err, out)
 	}
 	return took
 }

@@ -60,6 +60,7 @@ func main() {
 }
 
 func run(log *slog.Logger, src bootconfig.Source) error {
+	begun := time.Now()
 	reaper.Run()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -79,10 +80,14 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 			}
 			return fmt.Errorf("standby: %w", err)
 		}
+		begun = time.Now() // a standby's boot counts from its takeover
 	} else if err := initGuest(log, hostname(cfg.Spec)); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
-	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb}
+	// Where a boot's time goes (docs/bench.md): init, then disks (in
+	// start), then each container's start (package supervisor).
+	log.Info("boot phase", "phase", "init", "ms", ms(time.Since(begun)))
+	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb, begun: begun}
 	if cfg.Spec.Encryption != nil {
 		if a.keys, err = newKeyWait(cfg.Boot.VMUUID, cfg.Spec.Encryption.Nonce, log.With("part", "diskkey")); err != nil {
 			return err
@@ -137,10 +142,13 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	if err != nil {
 		return nil, nil, err
 	}
+	a.log.Info("runtime", "name", rt.Name(), "path", rt.Bin)
+	t := time.Now()
 	mounted, err := a.mount(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
+	a.log.Info("boot phase", "phase", "disks", "ms", ms(time.Since(t)), "total_ms", ms(time.Since(a.begun)))
 	var unlocked *diskcrypt.Unlocked
 	if a.keys != nil {
 		if unlocked, err = a.unlockEphemeral(ctx, mounted); err != nil {
@@ -174,6 +182,7 @@ type agent struct {
 	log      *slog.Logger
 	keys     *keyWait // nil unless the ephemeral disk is encrypted
 	standby  *standby // the disks a standby mounted, until the pod has them
+	begun    time.Time
 	mu       sync.Mutex
 	pod      *supervisor.Pod
 	stopping bool
@@ -271,3 +280,5 @@ func configureNICs(list []guestchannel.NIC) error {
 	}
 	return nil
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -429,6 +429,8 @@ func (s *System) startVCenter(ctx context.Context) error {
 	}
 	if s.GuestsOff != "" {
 		s.log.Warn("simulated guests are OFF: pod VMs run no containers, pods stay ContainerCreating", "reason", s.GuestsOff)
+	} else if guests != nil {
+		s.log.Info("simulated guests are on", "runtime", guests.Runtime)
 	}
 	// A port group on the management VLAN cuts its hosts off, as a bad
 	// change would on a real network, so network-config's probe and

@@ -50,10 +50,13 @@ type Config struct {
 	ImageMiB int
 	// DataPlanePods, when above zero, adds the data-plane section: that
 	// many pods with guests on, request → every container running, against
-	// the same containers started directly with runc (needs root; skipped,
-	// saying why, elsewhere). Agent is the pod VM agent binary (default:
-	// beside this executable).
+	// the same containers started directly with the guests' OCI runtime
+	// (needs root; skipped, saying why, elsewhere). DataPlaneRate, when
+	// above zero, adds as many pods again requested at that many per
+	// second: the latency under a steady load. Agent is the pod VM agent
+	// binary (default: beside this executable).
 	DataPlanePods int
+	DataPlaneRate float64
 	Agent         string
 	// ForkPairs, when above zero, adds the fork section (fork.go): that
 	// many created and as many forked pod VMs, guests on (needs root).
@@ -120,6 +123,9 @@ func (c Config) Validate() error {
 	}
 	if c.DataPlanePods < 0 || c.DataPlanePods > 1000 {
 		errs = append(errs, fmt.Errorf("data-plane pods %d: want 0 (skip) to 1000", c.DataPlanePods))
+	}
+	if c.DataPlaneRate < 0 || c.DataPlaneRate > 1000 {
+		errs = append(errs, fmt.Errorf("data-plane rate %g: want 0 (no paced run) to 1000 pods/s", c.DataPlaneRate))
 	}
 	if c.ForkPairs < 0 || c.ForkPairs > 100 {
 		errs = append(errs, fmt.Errorf("fork pairs %d: want 0 (skip) to 100", c.ForkPairs))

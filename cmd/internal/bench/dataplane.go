@@ -22,6 +22,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/bundle"
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	agentrt "github.com/podvisor/podvisor/agent/runtime"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
@@ -32,15 +33,21 @@ import (
 
 // DataPlane is request → every container running for N pods with the
 // simulated guests on (pod VM, agent as PID 1, overlay over the image disk,
-// runc), against the same bundles started directly with the OCI runtime
-// in the same run: what podvisor adds to a container start.
+// the OCI runtime), against the same bundles started directly with the
+// same runtime in the same run: what podvisor adds to a container start.
+// A burst (N pods at once) is set against the direct runtime; a paced run
+// (pods at a steady rate) gives the latency a steady load sees.
 type DataPlane struct {
-	// Skipped says why the section did not run (it needs root, runc,
-	// busybox, mkfs.erofs and the agent binary); the figures are then zero.
+	// Skipped says why the section did not run (it needs root, an OCI
+	// runtime, busybox, mkfs.erofs and the agent binary); the figures are
+	// then zero.
 	Skipped string `json:"skipped,omitempty"`
 	Pods    int    `json:"pods"`
 	Hosts   int    `json:"hosts"`
 	Image   string `json:"image"`
+	// Runtime is the OCI runtime the guests run their containers with and
+	// the direct baseline uses: crun when it is on PATH, else runc.
+	Runtime string `json:"runtime"`
 	// Running counts the pods that reached Running (pod.running: every
 	// container started in its guest) within the timeout.
 	Running int     `json:"running"`
@@ -53,11 +60,22 @@ type DataPlane struct {
 	// SecondsToDirect the ratio of the times for all N.
 	P99ToDirect     float64 `json:"p99_to_direct"`
 	SecondsToDirect float64 `json:"seconds_to_direct"`
+	// Paced is the run at a steady rate (nil when not asked for).
+	Paced *PacedDataPlane `json:"paced,omitempty"`
+}
+
+// PacedDataPlane is request → every container running for pods requested
+// one every 1/Rate seconds (after the burst, on the same all-in-one).
+type PacedDataPlane struct {
+	Rate      float64 `json:"rate"`
+	Pods      int     `json:"pods"`
+	Running   int     `json:"running"`
+	LatencyMS Latency `json:"latency_ms"`
 }
 
 // DirectRuntime is the baseline: N containers of the same bundle (the
 // agent's runtime spec, the same command and resources, an overlay over the
-// same image's files) started with `runc run --detach`, Workers at a time,
+// same image's files) started with `<runtime> run --detach`, Workers at a time,
 // from one moment.
 type DirectRuntime struct {
 	Runtime    string  `json:"runtime"`
@@ -75,7 +93,10 @@ func dataPlaneReady(agent string) string {
 	if os.Geteuid() != 0 {
 		return "needs root: simulated guests run in namespaces and cgroups (run as root, or --data-plane-pods 0)"
 	}
-	for _, tool := range []string{"runc", "mkfs.erofs", "mkfs.ext4"} {
+	if allinone.GuestRuntime() == "" {
+		return "needs an OCI runtime (crun or runc) on PATH"
+	}
+	for _, tool := range []string{"mkfs.erofs", "mkfs.ext4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Sprintf("needs %s on PATH", tool)
 		}
@@ -126,13 +147,14 @@ func startGuests(ctx context.Context, cfg Config, agent string, clusters, per in
 
 // runDataPlane starts an all-in-one with guests on, applies cfg.DataPlanePods
 // pods of the busybox image at once and waits for each pod.running; then
-// starts the same number of containers with runc directly.
+// starts the same number of containers with the guests' runtime directly;
+// then, with cfg.DataPlaneRate, applies pods at that rate.
 func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, error) {
 	agent := cfg.Agent
 	if agent == "" {
 		agent = allinone.DefaultAgentPath()
 	}
-	out := &DataPlane{Pods: cfg.DataPlanePods}
+	out := &DataPlane{Pods: cfg.DataPlanePods, Runtime: allinone.GuestRuntime()}
 	if why := dataPlaneReady(agent); why != "" {
 		out.Skipped = why
 		return out, nil
@@ -156,18 +178,18 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 
 	// One pod first, so the image is on the datastore: the section measures
 	// container starts, not the pull (the image section measures that).
-	if _, err := runPods(ctx, b, w, out.Image, []string{"dp-warm"}, 2*time.Minute); err != nil {
+	if _, err := runPods(ctx, b, w, out.Image, []string{"dp-warm"}, 0, 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("first pod: %w", err)
 	}
 	names := make([]string, cfg.DataPlanePods)
 	for i := range names {
 		names[i] = fmt.Sprintf("dp-%04d", i)
 	}
-	p.say("data plane: %d pods with guests on %d hosts…", len(names), out.Hosts)
+	p.say("data plane: %d pods at once with guests on %d hosts (%s)…", len(names), out.Hosts, out.Runtime)
 	// Each guest formats its ephemeral disk and starts its agent and its
 	// runtime: far more work per pod than a VM alone.
 	timeout := max(cfg.Timeout, 2*time.Minute+time.Duration(len(names))*time.Second)
-	lat, err := runPods(ctx, b, w, out.Image, names, timeout)
+	lat, err := runPods(ctx, b, w, out.Image, names, 0, timeout)
 	if err != nil {
 		return nil, err
 	}
@@ -175,8 +197,8 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	out.LatencyMS, out.Seconds = lat.latency(), lat.max/1000
 	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
 
-	p.say("data plane: %d containers with runc directly…", len(names))
-	if out.Direct, err = runDirect(ctx, out.Image, sys.RegistryOptions(), len(names)); err != nil {
+	p.say("data plane: %d containers with %s directly…", len(names), out.Runtime)
+	if out.Direct, err = runDirect(ctx, out.Runtime, out.Image, sys.RegistryOptions(), len(names)); err != nil {
 		return nil, fmt.Errorf("direct runtime: %w", err)
 	}
 	if out.Direct.LatencyMS.P99 > 0 {
@@ -185,6 +207,31 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	if out.Direct.Seconds > 0 {
 		out.SecondsToDirect = out.Seconds / out.Direct.Seconds
 	}
+	if cfg.DataPlaneRate > 0 {
+		if out.Paced, err = runPaced(ctx, cfg, b, w, out.Image, p); err != nil {
+			return nil, fmt.Errorf("paced: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// runPaced applies cfg.DataPlanePods more pods at cfg.DataPlaneRate per
+// second and times each to its pod.running.
+func runPaced(ctx context.Context, cfg Config, b *bus.Bus, w *watcher, image string, p progress) (*PacedDataPlane, error) {
+	out := &PacedDataPlane{Rate: cfg.DataPlaneRate, Pods: cfg.DataPlanePods}
+	names := make([]string, out.Pods)
+	for i := range names {
+		names[i] = fmt.Sprintf("dp-paced-%04d", i)
+	}
+	every := time.Duration(float64(time.Second) / out.Rate)
+	p.say("data plane: %d pods at %.0f/s…", len(names), out.Rate)
+	timeout := max(cfg.Timeout, 2*time.Minute+time.Duration(len(names))*(every+time.Second))
+	lat, err := runPods(ctx, b, w, image, names, every, timeout)
+	if err != nil {
+		return nil, err
+	}
+	out.Running, out.LatencyMS = len(lat.values), lat.latency()
+	p.say("data plane: %d of %d paced pods running, p99 %.0f ms", out.Running, len(names), out.LatencyMS.P99)
 	return out, nil
 }
 
@@ -206,13 +253,26 @@ func (l latencies) latency() Latency {
 	return Latency{P50: percentile(s, 0.5), P95: percentile(s, 0.95), P99: percentile(s, 0.99), Max: l.max}
 }
 
-// runPods requests the pods (all at once) and returns, for each that
-// reached pod.running within timeout, the milliseconds from its request.
-func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []string, timeout time.Duration) (latencies, error) {
+// runPods requests the pods, all at once or one every `every`, and returns,
+// for each that reached pod.running within timeout (counted from the last
+// request), the milliseconds from its request.
+func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []string, every time.Duration, timeout time.Duration) (latencies, error) {
 	sent := make([]time.Time, len(names))
 	var wg sync.WaitGroup
 	errs := make(chan error, len(names))
+	start := time.Now()
 	for i, n := range names {
+		if every > 0 {
+			// The rate's clock: each request leaves at its slot, however
+			// long the earlier ones took to publish.
+			if d := time.Until(start.Add(time.Duration(i) * every)); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-ctx.Done():
+					return latencies{}, ctx.Err()
+				}
+			}
+		}
 		sent[i] = time.Now()
 		wg.Go(func() {
 			pod := benchPod(n, image)
@@ -256,12 +316,12 @@ func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []
 	return out, ctx.Err()
 }
 
-// runDirect starts n containers of the image with runc, each on its own
+// runDirect starts n containers of the image with runtime rt, each on its own
 // overlay (lower = the image's files, upper/work of its own, as the agent
 // builds a container's root) with the runtime spec the agent writes, from one
 // moment with a pool of workers; then removes them all.
-func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (DirectRuntime, error) {
-	out := DirectRuntime{Runtime: "runc", Containers: n, Workers: 16}
+func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int) (DirectRuntime, error) {
+	out := DirectRuntime{Runtime: rt, Containers: n, Workers: 16}
 	dir, err := os.MkdirTemp("", "pvdirect-")
 	if err != nil {
 		return out, err
@@ -271,7 +331,7 @@ func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (D
 	if err := extractImage(ctx, image, reg, lower); err != nil {
 		return out, err
 	}
-	root := filepath.Join(dir, "runc")
+	root := filepath.Join(dir, "runtime")
 	cgroup := fmt.Sprintf("/podvisor-bench-direct-%d", os.Getpid())
 	cpu, mem := resource.MustParse(podCPU), resource.MustParse(podMemory)
 	c := &guestchannel.Container{Name: "app", Command: dataPlaneCommand,
@@ -282,14 +342,15 @@ func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (D
 		ids[i] = fmt.Sprintf("pvbench-%d-%d", os.Getpid(), i)
 		bundles[i] = filepath.Join(dir, fmt.Sprintf("c%04d", i))
 	}
-	var mounted sync.Map
+	// The workers' overlays live in their threads' mount namespaces
+	// (agentrt.OnHostThread): they go with the containers.
 	defer func() {
-		for i, id := range ids {
-			_ = exec.Command("runc", "--root", root, "delete", "--force", id).Run()
-			if _, ok := mounted.Load(i); ok {
-				_ = unix.Unmount(filepath.Join(bundles[i], "rootfs"), unix.MNT_DETACH)
+		_ = agentrt.OnHostThread(func() error {
+			for _, id := range ids {
+				_ = exec.Command(rt, "--root", root, "delete", "--force", id).Run()
 			}
-		}
+			return nil
+		})
 		removeCgroup(cgroup)
 	}()
 	start := time.Now()
@@ -299,13 +360,22 @@ func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (D
 	var wg sync.WaitGroup
 	for range out.Workers {
 		wg.Go(func() {
-			for i := range jobs {
-				if err := startDirect(c, lower, bundles[i], root, ids[i], cgroup); err != nil {
-					errs <- err
-					continue
+			// As the agent runs it in its guest: crun refuses a hybrid
+			// cgroup host's view.
+			err := agentrt.OnHostThread(func() error {
+				for i := range jobs {
+					if err := startDirect(rt, c, lower, bundles[i], root, ids[i], cgroup); err != nil {
+						errs <- err
+						continue
+					}
+					lat[i] = ms(time.Since(start))
 				}
-				mounted.Store(i, true)
-				lat[i] = ms(time.Since(start))
+				return nil
+			})
+			if err != nil {
+				errs <- err
+				for range jobs {
+				}
 			}
 		})
 	}
@@ -330,7 +400,7 @@ func runDirect(ctx context.Context, image string, reg []remote.Option, n int) (D
 
 // startDirect mounts one container's overlay, writes its bundle with the
 // agent's bundle package and runs it detached, as the agent does.
-func startDirect(c *guestchannel.Container, lower, dir, root, id, cgroup string) error {
+func startDirect(rt string, c *guestchannel.Container, lower, dir, root, id, cgroup string) error {
 	rootfs, upper, work := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work")
 	for _, d := range []string{rootfs, upper, work} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -347,18 +417,18 @@ func startDirect(c *guestchannel.Container, lower, dir, root, id, cgroup string)
 	if err := bundle.Write(dir, s); err != nil {
 		return err
 	}
-	// The container inherits runc's stdio: a file, not a pipe that would
+	// The container inherits the runtime's stdio: a file, not a pipe that would
 	// stay open as long as the container runs.
 	logf, err := os.Create(filepath.Join(dir, "out"))
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command("runc", "--root", root, "run", "--detach", "--bundle", dir, id)
+	cmd := exec.Command(rt, "--root", root, "run", "--detach", "--bundle", dir, id)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Run(); err != nil {
 		b, _ := os.ReadFile(logf.Name())
-		return fmt.Errorf("runc run %s: %v: %s", id, err, strings.TrimSpace(string(b)))
+		return fmt.Errorf("%s run %s: %v: %s", rt, id, err, strings.TrimSpace(string(b)))
 	}
 	return nil
 }

@@ -68,7 +68,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 
 	// The first pod pulls the image and has the template built; the
 	// measured pods start once the template's guest is prepared.
-	if _, err := runPods(ctx, b, w, image, []string{"fk-warm"}, 2*time.Minute); err != nil {
+	if _, err := runPods(ctx, b, w, image, []string{"fk-warm"}, 0, 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("first pod: %w", err)
 	}
 	tmpl, err := waitTemplate(ctx, b, 2*time.Minute)

@@ -62,9 +62,13 @@ func (r *Result) Table(w io.Writer) error {
 		if d.Skipped != "" {
 			fmt.Fprintf(w, "data plane: skipped: %s\n", d.Skipped)
 		} else {
-			fmt.Fprintf(w, "data plane (%d pods of %s with guests on %d hosts): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms, all in %.1fs; direct %s run of the same bundles (%d workers): %.0f / %.0f / %.0f ms, all in %.1fs; p99 %.2f×, all %.2f× (target p99 ≤ 2 s and ≤ 3×)\n",
-				d.Pods, d.Image, d.Hosts, d.Running, d.LatencyMS.P50, d.LatencyMS.P95, d.LatencyMS.P99, d.Seconds, d.Direct.Runtime, d.Direct.Workers,
+			fmt.Fprintf(w, "data plane (%d pods of %s at once with guests on %d hosts, runtime %s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms, all in %.1fs; direct %s run of the same bundles (%d workers): %.0f / %.0f / %.0f ms, all in %.1fs; p99 %.2f×, all %.2f× (target ≤ 3×)\n",
+				d.Pods, d.Image, d.Hosts, d.Runtime, d.Running, d.LatencyMS.P50, d.LatencyMS.P95, d.LatencyMS.P99, d.Seconds, d.Direct.Runtime, d.Direct.Workers,
 				d.Direct.LatencyMS.P50, d.Direct.LatencyMS.P95, d.Direct.LatencyMS.P99, d.Direct.Seconds, d.P99ToDirect, d.SecondsToDirect)
+			if pc := d.Paced; pc != nil {
+				fmt.Fprintf(w, "data plane paced (%d pods at %g/s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms (target p99 ≤ 2 s)\n",
+					pc.Pods, pc.Rate, pc.Running, pc.LatencyMS.P50, pc.LatencyMS.P95, pc.LatencyMS.P99)
+			}
 		}
 	}
 	m := r.Memory

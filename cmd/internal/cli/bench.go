@@ -38,8 +38,9 @@ used) and measures, in one run:
   sequential   one VM at a time, create then power on
   also         scheduling-only pods/s, image cache cold vs warm, peak RSS and heap per pod
   data plane   --data-plane-pods pods with simulated guests on (root only; skipped, saying why,
-               elsewhere): request → every container running p50/p99, against the same bundles
-               started directly with runc run in the same run
+               elsewhere): request → every container running p50/p99, all at once against the
+               same bundles started directly with the guests' OCI runtime (crun when installed,
+               else runc) in the same run; then as many at --data-plane-rate pods/s
 
 and prints the table with the ratios pipeline/raw and pipeline/sequential (-o json for the figures).
 --chart FILE.svg draws them.`,
@@ -117,7 +118,8 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.BoolVarP(&quiet, "quiet", "q", false, "do not print progress to stderr")
 	f.StringVar(&from, "from", "", "print (and chart) a saved `-o json` result instead of running")
 	f.IntVar(&cfg.ImageMiB, "image-mib", 100, "size of the image for the image-disk measurement in MiB (0: skip it)")
-	f.IntVar(&cfg.DataPlanePods, "data-plane-pods", 100, "pods of the data-plane section, guests on, against runc run of the same bundles (needs root; 0: skip it)")
+	f.IntVar(&cfg.DataPlanePods, "data-plane-pods", 100, "pods of the data-plane section, guests on, at once against the same bundles run directly with the guests' runtime (crun, else runc; needs root; 0: skip it)")
+	f.Float64Var(&cfg.DataPlaneRate, "data-plane-rate", 50, "then as many pods again at this many per second (0: no paced run)")
 	f.IntVar(&cfg.ForkPairs, "fork-pairs", 5, "created and forked pod VMs of the fork section, guests on, one at a time (needs root; 0: skip it)")
 	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
 	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
