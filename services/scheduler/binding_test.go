@@ -96,7 +96,7 @@ func TestSweepHoldsEachPlacedPodOnItsRecordsHost(t *testing.T) {
 		p := testPod(name, "100m", "256Mi")
 		rec := &events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Pod: *p, Size: events.SizePodVM(p),
 			Networks: events.PodNetworks(p), Phase: phase, Host: host, RequestID: "req-" + name}
-		e.writePodRecord(rec)
+		e.PutPodRecord(rec)
 		return rec
 	}
 	alloc := func(rec *events.PodRecord, host, migration string) {

@@ -214,8 +214,3 @@ func (o *observer) facts(ceType, host string) int {
 }
 
 func podKey(name string) string { return events.PodKey("default", name) }
-
-// writePodRecord writes a pod's record as the provisioner would.
-func (e *env) writePodRecord(r *events.PodRecord) {
-	testenv.Put(e.Env, events.BucketPods, events.PodRecordKey(r.Namespace, r.Name), r)
-}

@@ -185,6 +185,9 @@ func (s *Service) Run(ctx context.Context) error {
 		return err
 	}
 	if err := s.load(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting: not a failure
+		}
 		return err
 	}
 	stopGauge, err := s.metrics.observe()

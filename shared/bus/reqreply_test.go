@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/shared/bus"
@@ -58,7 +60,8 @@ func TestRequestReply(t *testing.T) {
 
 // Replicas of a service share a queue group: one request, one answer.
 func TestServeReplicasAnswerOnce(t *testing.T) {
-	b := bustest.Start(t)
+	srv := bustest.StartServer(t)
+	b := bustest.Connect(t, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	calls := make(chan int, 100)
@@ -72,22 +75,36 @@ func TestServeReplicasAnswerOnce(t *testing.T) {
 	}
 	rctx := testContext(t)
 	waitFor(t, 5*time.Second, "servers subscribed", func() bool {
-		_, err := b.Request(rctx, "pv.query.pods", nil)
-		return err == nil
+		c, err := srv.Server().Connz(&server.ConnzOptions{Subscriptions: true})
+		n := 0
+		for _, ci := range c.Conns {
+			n += len(slices.DeleteFunc(ci.Subs, func(s string) bool { return s != "pv.query.pods" }))
+		}
+		return err == nil && n == 3
 	})
-	time.Sleep(50 * time.Millisecond)
-	for len(calls) > 0 {
-		<-calls
-	}
 	const n = 20
 	for range n {
 		if _, err := b.Request(rctx, "pv.query.pods", nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(100 * time.Millisecond)
-	if got := len(calls); got != n {
-		t.Errorf("%d requests were answered %d times", n, got)
+	// The server routes a request to one member of the queue group when it
+	// is published, so once every request has its answer the server's
+	// delivery count is final: no replica can still be handed one.
+	c, err := srv.Server().Connz(&server.ConnzOptions{Subscriptions: true, SubscriptionsDetail: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var delivered int64
+	for _, ci := range c.Conns {
+		for _, sd := range ci.SubsDetail {
+			if sd.Subject == "pv.query.pods" {
+				delivered += sd.Msgs
+			}
+		}
+	}
+	if delivered != n || len(calls) != n {
+		t.Errorf("%d requests were delivered %d times and answered %d times", n, delivered, len(calls))
 	}
 }
 

@@ -19,6 +19,12 @@
 // read and write a KV bucket as the record owners do. A wait that times out
 // fails the test with what it was waiting for and what the bus carried.
 //
+// A test plays the services that are not under test with the pod fixtures
+// (Pod, Accepted, Env.Accept: the record, then pod.accepted, as the
+// provisioner does) and Env.Follow, which hands a stand-in every new event
+// once per id on a goroutine of its own; Distinct and WaitSeen read the
+// recorder as a JetStream consumer sees it, each id once.
+//
 // "Nothing happened" is only an assertion once the event that could have
 // made it happen was handled: WaitHandled waits for a consumer's ack floor
 // to pass the event's stream sequence, the fact, where a sleep would only
