@@ -23,6 +23,11 @@ const (
 	// IPPodBindingKey. Allocation is a KV Create on the address key, so two
 	// pods can never hold the same address.
 	BucketIPAM = "ipam"
+	// BucketNetMgmt holds network-config's memory of each host's last good
+	// management port configuration, keyed by host, so that a replica that
+	// takes over can repair a port that broke before it started. Only
+	// network-config reads it; it declares the bucket itself.
+	BucketNetMgmt = "net-mgmt"
 )
 
 // SubjectQueryNetworkAvailable is the core NATS request/reply subject that

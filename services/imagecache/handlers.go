@@ -298,9 +298,9 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 		s.manifests.Store(written, true)
 	}
 	// image.pulled announces an image on a datastore once (the first pod
-	// to find it complete there), not once per pod.
-	first, err := s.db.Client().SAdd(ctx, il.AnnouncedKey(img.manifest.Digest), p.datastore).Result()
-	if err != nil || first == 0 {
+	// to find it complete there), not once per pod; announce.go.
+	mine, err := s.claimAnnouncement(ctx, img.manifest.Digest, p.datastore, m.Event.ID())
+	if err != nil || !mine {
 		return p, err
 	}
 	fresh, err := s.layersNotShared(ctx, img.manifest, p.datastore)
@@ -319,9 +319,12 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	}
 	// The subject names the datastore too, so that the same pod event
 	// preparing an image on two datastores yields two distinct events.
-	ctx, cancel := publishContext(ctx)
+	pctx, cancel := publishContext(ctx)
 	defer cancel()
-	return p, s.out.Emit(ctx, &m.Event, &pulled, bus.About(pulled.Digest+"@"+p.datastore))
+	if err := s.out.Emit(pctx, &m.Event, &pulled, bus.About(pulled.Digest+"@"+p.datastore)); err != nil {
+		return p, err
+	}
+	return p, s.announced(pctx, img.manifest.Digest, p.datastore, m.Event.ID())
 }
 
 // moveReferences drops the pod's references (refs: all it has) to the

@@ -25,6 +25,10 @@ type env struct {
 	dc  *sim.Datacenter
 	vc  *govmomi.Client // an independent vSphere client for assertions
 	svc *netconfig.Service
+	// stop stops svc; replica starts another network-config on the same
+	// bus and vCenter with the same configuration (a replica taking over).
+	stop    func()
+	replica func() (stop func())
 }
 
 func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env {
@@ -46,8 +50,16 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 	if err != nil {
 		t.Fatal(err)
 	}
-	te.Run(netconfig.Name, svc.Run)
-	return &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: simtest.Client(t, te.DC), svc: svc}
+	replica := func() func() {
+		t.Helper()
+		other, err := netconfig.NewForTest(cfg, te.Bus, c.Client, dc, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return te.Run(netconfig.Name+"-replica", other.Run)
+	}
+	stop := te.Run(netconfig.Name, svc.Run)
+	return &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: simtest.Client(t, te.DC), svc: svc, stop: stop, replica: replica}
 }
 
 // publish sends an event as its owner would; declare, a network.declared.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Management port repair through a cloned port.
@@ -43,8 +44,10 @@ import (
 // management VLAN) has an unchanged port and is left to the other
 // mechanisms. A clone left by an interrupted repair is finished on the next
 // pass: the port is repaired if it still differs, then the clone goes.
-// What was learnt is kept in memory; after a restart the connected hosts'
-// common configuration stands in for a host the service has not seen work.
+// What was learnt is kept in memory and in KV (mgmtrepair_store.go), so a
+// replica that takes over repairs with what its predecessor learnt; only
+// for a host nobody saw work does the connected hosts' common configuration
+// stand in.
 
 // Reasons of the network.management.* events.
 const (
@@ -67,6 +70,8 @@ type mgmtState struct {
 	seen map[string]seenConfig
 	// busy names the hosts being repaired.
 	busy map[string]bool
+	// records is the memory in KV, once declared (mgmtRecords).
+	records *record.Store[mgmtGood]
 }
 
 type seenConfig struct {
@@ -138,16 +143,51 @@ func (s *Service) checkManagement(ctx context.Context, wg *sync.WaitGroup) error
 	}
 
 	st := &s.mgmt
+	// A host cut off that this process never saw working may have been
+	// learnt by another replica, or before a restart.
 	st.mu.Lock()
-	defer st.mu.Unlock()
+	var unknown []string
+	for name, p := range primary {
+		_, hasClone := clones[name]
+		if _, known := st.good[name]; !known && (byRef[p.Host.Value].ConnectionState != fabric.Connected || hasClone) {
+			unknown = append(unknown, name)
+		}
+	}
+	st.mu.Unlock()
+	recalled := map[string]fabric.PortConfig{}
+	for _, name := range unknown {
+		c, ok, err := s.recallGood(ctx, name)
+		if err != nil {
+			s.log.Warn("management repair: recall the last good port", "host", name, "err", err)
+		}
+		if ok {
+			recalled[name] = c
+		}
+	}
+
+	var learnt []string
+	st.mu.Lock()
+	defer func() {
+		good := map[string]fabric.PortConfig{}
+		for _, name := range learnt {
+			good[name] = st.good[name]
+		}
+		st.mu.Unlock()
+		for name, c := range good {
+			if err := s.rememberGood(ctx, name, c); err != nil {
+				s.log.Warn("management repair", "err", err)
+			}
+		}
+	}()
 	for name, p := range primary {
 		h := byRef[p.Host.Value]
 		_, hasClone := clones[name]
 		if h.ConnectionState == fabric.Connected && !hasClone {
 			if prev, ok := st.seen[name]; !ok || prev.cfg != p.Config {
 				st.seen[name] = seenConfig{cfg: p.Config, since: time.Now()}
-			} else if time.Since(prev.since) >= s.cfg.ProbeWindow {
+			} else if old, known := st.good[name]; time.Since(prev.since) >= s.cfg.ProbeWindow && (!known || old != p.Config) {
 				st.good[name] = p.Config
+				learnt = append(learnt, name)
 			}
 			continue
 		}
@@ -156,6 +196,10 @@ func (s *Service) checkManagement(ctx context.Context, wg *sync.WaitGroup) error
 			continue // being repaired; or disconnected on purpose
 		}
 		good, known := st.good[name]
+		if c, ok := recalled[name]; !known && ok {
+			good, known = c, true
+			st.good[name] = c
+		}
 		if !known {
 			if votes == 0 {
 				continue
@@ -256,6 +300,9 @@ func (s *Service) repairManagement(ctx context.Context, h fabric.Host, p fabric.
 	s.mgmt.mu.Lock()
 	s.mgmt.good[h.Name] = good
 	s.mgmt.mu.Unlock()
+	if e := s.rememberGood(ctx, h.Name, good); e != nil {
+		s.log.Warn("management repair", "err", e)
+	}
 	emit(&events.NetworkManagementRepaired{ManagementPortRepair: ev})
 }
 

@@ -2,6 +2,7 @@ package netconfig_test
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"testing"
 	"time"
@@ -37,17 +38,7 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 	victim, others := hosts[0], hosts[1:]
 	key := sim.ManagementPortKey(victim)
 	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
-	setVLAN := func(vlan int32) {
-		t.Helper()
-		task, err := dvs.ReconfigureDVPort(ctx, []types.DVPortConfigSpec{{Operation: "edit", Key: key,
-			Setting: &types.VMwareDVSPortSetting{Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: vlan}}}})
-		if err == nil {
-			err = task.Wait(ctx)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	setVLAN := func(vlan int32) { e.setPortVLAN(dvs, key, vlan) }
 
 	// Phase 1: the host is down for another reason too; the clone cannot
 	// reach it.
@@ -110,6 +101,62 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 	}
 	if rec := e.record("web"); rec.Version != 1 || len(rec.History) != 1 {
 		t.Errorf("network web: version %d with %d versions, want untouched at 1", rec.Version, len(rec.History))
+	}
+}
+
+// A replica that takes over repairs a port that broke before it started,
+// with the host's own last good configuration that its predecessor kept in
+// KV — here with no connected host left whose port could stand in for it.
+func TestManagementRepairRemembersAcrossReplicas(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) {
+		c.ManagementInterval = 50 * time.Millisecond
+	})
+	ctx := context.Background()
+	if err := e.dc.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	host := e.allHosts()[0]
+	e.EventuallyWithin("network-config to remember the management port of "+host, 20*time.Second, func() bool {
+		kv, err := e.bus.KV(ctx, events.BucketNetMgmt)
+		if err != nil {
+			return false
+		}
+		entry, err := kv.Get(ctx, host)
+		var good struct {
+			VLAN int32 `json:"vlan"`
+		}
+		return err == nil && json.Unmarshal(entry.Value(), &good) == nil && good.VLAN == 4000
+	})
+	e.stop()
+
+	key := sim.ManagementPortKey(host)
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	e.setPortVLAN(dvs, key, 99)
+	e.EventuallyWithin(host+" to stop responding", 20*time.Second, func() bool {
+		return e.connection()[host] != types.HostSystemConnectionStateConnected
+	})
+	e.replica()
+	repaired := testenv.Wait(e.Env, func(p *events.NetworkManagementRepaired) bool { return p.Host == host })
+	if repaired.LastGood.VLAN != 4000 || repaired.Found.VLAN != 99 {
+		t.Fatalf("repaired = %+v, want found vlan 99, last good 4000", repaired)
+	}
+	if p := e.ports(dvs)[key]; p == nil || vlanOfPort(*p) != 4000 {
+		t.Errorf("port %s after the repair: %+v, want vlan 4000", key, p)
+	}
+}
+
+// setPortVLAN puts a distributed port on vlan through vCenter, as an
+// operator would.
+func (e *env) setPortVLAN(dvs *object.DistributedVirtualSwitch, key string, vlan int32) {
+	e.t.Helper()
+	ctx := context.Background()
+	task, err := dvs.ReconfigureDVPort(ctx, []types.DVPortConfigSpec{{Operation: "edit", Key: key,
+		Setting: &types.VMwareDVSPortSetting{Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: vlan}}}})
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		e.t.Fatal(err)
 	}
 }
 
