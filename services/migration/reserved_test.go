@@ -109,13 +109,19 @@ func (w *world) reserve(id string, p pod, target string) {
 	})
 }
 
+// silence keeps the stand-in scheduler from answering a migration's
+// request.
+func (s *scheduler) silence(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.silent[id] = true
+}
+
 // requestSilently publishes a migration request the stand-in scheduler does
 // not answer (the test answers it) and waits until it is recorded Pending.
 func (w *world) requestSilently(id string, p pod) {
 	w.t.Helper()
-	w.sched.mu.Lock()
-	w.sched.silent[id] = true
-	w.sched.mu.Unlock()
+	w.sched.silence(id)
 	w.migrate(id, p, "")
 	eventually(w.t, "the request is recorded Pending", func() bool { return w.migrationPhase(id) == events.MigrationPhasePending })
 }
@@ -168,9 +174,7 @@ func TestReservationBeforeItsRequestIsTakenUp(t *testing.T) {
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("early", h[0])
-	w.sched.mu.Lock()
-	w.sched.silent["early-1"] = true
-	w.sched.mu.Unlock()
+	w.sched.silence("early-1")
 	w.reserve("early-1", p, h[1])
 	w.wantCompletedOnly("early-1", p, h[1])
 	seq := w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{ID: "early-1", Namespace: p.ns, Pod: p.name})
