@@ -200,7 +200,13 @@ func (s *system) baseEnv() []string {
 		}
 		env = append(env, kv)
 	}
-	return append(env, "PODVISOR_STATE_DIR="+s.dir, "PODVISOR_LOG_LEVEL=warn")
+	// PODVISOR_E2E_LOG_LEVEL=info keeps what every service did in its log
+	// (with PODVISOR_FAULTS_LOGS, the fault-injection run's logs to read).
+	level := "warn"
+	if v := os.Getenv("PODVISOR_E2E_LOG_LEVEL"); v != "" {
+		level = v
+	}
+	return append(env, "PODVISOR_STATE_DIR="+s.dir, "PODVISOR_LOG_LEVEL="+level)
 }
 
 // readEnv parses the `export K='v'` lines of the env file.

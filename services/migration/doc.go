@@ -115,6 +115,16 @@
 // have ids derived from the migration ID, so a resumed runner's events are
 // de-duplicated by JetStream.
 //
+// A target reservation is acknowledged only once its outcome is durable
+// and acted on: the record Queued and the migration queued or running in
+// the leader, or the migration ended and the reservation released. A KV
+// store that does not answer, or a read answered by a NATS node not yet
+// current (a record written before and not found is retried, never taken
+// for "nothing to do"), brings the reservation again rather than leave the
+// migration Pending with room held on its target. Listings of a bucket
+// are bounded (30 s), so a watcher that never ends its replay holds no
+// drain, sweep or recovery for good.
+//
 // # Replicas: active and standby
 //
 // The one-migration-per-pod rule and the limits live in one process's

@@ -127,7 +127,10 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 	defer cancel()
 	st := &drainState{moved: map[string]bool{}, unmovable: map[string]events.UnmovablePod{}}
 	// A resumed drain first settles the migrations it had asked for.
-	if err := s.awaitMigrations(ctx, d.Migrations, st); err != nil {
+	if len(d.Migrations) > 0 {
+		s.log.Info("drain resumed", "host", host, "round", d.Round, "migrations", len(d.Migrations))
+	}
+	if err := s.awaitMigrations(ctx, host, d.Migrations, st); err != nil {
 		return s.drainEnded(ctx, host, requestID, st, err)
 	}
 	if d.Phase == events.DrainPhaseDraining {
@@ -209,12 +212,14 @@ func (s *Service) drainPass(ctx context.Context, host, requestID string, round i
 	}); err != nil {
 		return false, err
 	}
-	if err := s.awaitMigrations(ctx, ids, st); err != nil {
+	s.log.Info("drain pass", "host", host, "round", round, "migrations", len(ids), "pods_not_running_yet", inTransit)
+	if err := s.awaitMigrations(ctx, host, ids, st); err != nil {
 		return false, err
 	}
 	if inTransit == 0 {
 		return false, nil
 	}
+	s.log.Info("drain waiting for pods still being provisioned on the host", "host", host, "round", round, "pods", inTransit, "at_most", settleTimeout)
 	// Give pods still being provisioned here time to run, then go again.
 	deadline := time.Now().Add(settleTimeout)
 	for time.Now().Before(deadline) {
@@ -292,11 +297,13 @@ func drainMigrationID(host string, round int, uid string) string {
 }
 
 // awaitMigrations waits until every migration in ids ended and tallies
-// them.
-func (s *Service) awaitMigrations(ctx context.Context, ids []string, st *drainState) error {
+// them. The log says which migrations it waits for, and in what phase,
+// each time that changes and every waitLogEvery.
+func (s *Service) awaitMigrations(ctx context.Context, host string, ids []string, st *drainState) error {
 	left := append([]string(nil), ids...)
+	said, saidAt := "", time.Time{}
 	for len(left) > 0 {
-		var still []string
+		var still, waits []string
 		for _, id := range left {
 			r, err := s.store.migration(ctx, id)
 			if err != nil {
@@ -305,14 +312,18 @@ func (s *Service) awaitMigrations(ctx context.Context, ids []string, st *drainSt
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				still = append(still, id)
+				still, waits = append(still, id), append(waits, id+" (unread: "+err.Error()+")")
 				continue
 			}
 			if r == nil {
 				continue
 			}
 			if r.Active() {
-				still = append(still, id)
+				w := id + " " + r.Phase
+				if r.Message != "" {
+					w += ": " + r.Message
+				}
+				still, waits = append(still, id), append(waits, w)
 				continue
 			}
 			uid := r.UID
@@ -334,6 +345,10 @@ func (s *Service) awaitMigrations(ctx context.Context, ids []string, st *drainSt
 		left = still
 		if len(left) == 0 {
 			break
+		}
+		if now := time.Now(); strings.Join(waits, "; ") != said || now.Sub(saidAt) >= waitLogEvery {
+			said, saidAt = strings.Join(waits, "; "), now
+			s.log.Info("drain waiting for migrations", "host", host, "count", len(waits), "waits_for", said)
 		}
 		select {
 		case <-ctx.Done():
@@ -364,6 +379,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 	case len(unmovable) > 0:
 		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%d pods could not move; %s stays cordoned and out of maintenance mode", len(unmovable), host)
 	default:
+		s.log.Info("drain entering maintenance mode", "host", host, "migrated", migrated)
 		if _, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
 			if d.RequestID != requestID || d.Phase != events.DrainPhaseDraining {
 				return false

@@ -69,4 +69,7 @@ var (
 	ErrNoVSphere = errors.New("migration: Deps.VSphere is required (pod VMs are moved through vCenter)")
 	// errExists: a KV Create found the key taken.
 	errExists = errors.New("record exists")
+	// errNoRecord: a record written before was not found (a read answered
+	// by a NATS node that has not applied it yet); try again.
+	errNoRecord = errors.New("record not found though it was written (a NATS node not yet current?)")
 )

@@ -133,7 +133,7 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 	s.mu.Lock()
 	s.pending[rec.ID] = s.now()
 	s.mu.Unlock()
-	s.log.Info("migration requested", "migration", rec.ID, "pod", rec.Key(), "target", rec.RequestedTarget)
+	s.log.Info("migration requested", "migration", rec.ID, "pod", rec.Key(), "target", rec.RequestedTarget, "waits_for", "the scheduler's target reservation")
 	return nil
 }
 
@@ -153,6 +153,15 @@ func (s *Service) release(r *events.MigrationRecord) {
 // target. A reservation for a migration that already ended (cancelled
 // while pending, or given up waiting) is released at once
 // (migration.cancelled), so that it does not keep room on a host.
+//
+// The reservation is acknowledged only once its outcome is durable and
+// acted on: the record says Queued (or later) and this leader queues or
+// runs the migration, or the record says it ended and the release is
+// published. Anything else — a read or write the KV store did not answer,
+// a read answered by a NATS node that has not applied the record yet —
+// is an error, and the reservation comes again; when its deliveries run
+// out, reservedFailed fails the migration and the scheduler frees the
+// target. Nothing is decided on what this process merely remembers.
 func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.MigrationTargetReserved) error {
 	annotateMigration(ctx, p.ObjectKey(), p.UID, p.ID)
 	r, err := s.store.migration(ctx, p.ID)
@@ -161,68 +170,104 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 	}
 	if r == nil {
 		// The request itself was not seen (published before this service
-		// first started, or straight to the scheduler): adopt it.
+		// first started, or straight to the scheduler, or its delivery
+		// comes later): adopt it.
+		s.log.Info("target reserved before the request was recorded: adopting the migration", "migration", p.ID, "pod", p.ObjectKey(), "to", p.TargetHost)
 		rec := &events.MigrationRecord{ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, Phase: events.MigrationPhasePending, TraceParent: traceParent(m.Event)}
 		if err := s.admit(ctx, &m.Event, rec); err != nil {
 			return err
 		}
-		if r, err = s.store.migration(ctx, p.ID); err != nil || r == nil {
-			return fmt.Errorf("migration %s: record not readable after creation: %v", p.ID, err)
+		if r, err = s.store.migration(ctx, p.ID); err != nil {
+			return err
+		}
+		if r == nil {
+			return fmt.Errorf("migration %s: %w after creating it", p.ID, errNoRecord)
 		}
 	}
-	if !r.Active() {
-		if r.Phase == events.MigrationPhaseCompleted {
-			return nil
+	if r.Phase == events.MigrationPhasePending {
+		sourceCluster := ""
+		if h, err := s.store.host(ctx, p.SourceHost); err == nil && h != nil {
+			sourceCluster = h.Cluster
 		}
+		r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
+			if r.Phase != events.MigrationPhasePending {
+				return false
+			}
+			r.UID, r.SourceHost, r.SourceCluster = p.UID, p.SourceHost, sourceCluster
+			r.TargetHost, r.TargetCluster, r.TargetPool = p.TargetHost, p.TargetCluster, p.TargetPool
+			r.Phase, r.Reason, r.Message = events.PhaseQueued, "", "waiting for room"
+			return true
+		})
+		if err != nil {
+			return fmt.Errorf("queue migration %s: %w", p.ID, err)
+		}
+	}
+	return s.takeUp(ctx, &m.Event, p, r)
+}
+
+// takeUp acts on a reserved migration's record as it stands after
+// onReserved wrote it: released if the migration ended, queued in this
+// process unless it is queued or running here already.
+func (s *Service) takeUp(ctx context.Context, cause *event.Event, p *events.MigrationTargetReserved, r *events.MigrationRecord) error {
+	switch {
+	case r.Phase == events.MigrationPhaseCompleted:
+		return nil
+	case !r.Active():
 		// Released by uid and target, whichever scheduler replica reads it
 		// and in whatever order it reads our migration.rejected (which
 		// releases by what that replica knows): a rejected duplicate's
 		// reservation would otherwise stay on the target. The provisioner
 		// knows the cancel is not about the pod's running migration
 		// (PodRecord.Migration).
-		return s.publishFor(ctx, &m.Event, r, "release", &events.MigrationCancelled{
+		if err := s.publishFor(ctx, cause, r, "release", &events.MigrationCancelled{
 			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, UID: p.UID, TargetHost: p.TargetHost,
-		})
-	}
-	if r.Phase != events.MigrationPhasePending {
-		return nil // redelivery: already queued
-	}
-	sourceCluster := ""
-	if h, err := s.store.host(ctx, p.SourceHost); err == nil && h != nil {
-		sourceCluster = h.Cluster
-	}
-	r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
-		if r.Phase != events.MigrationPhasePending {
-			return false
+		}); err != nil {
+			return err
 		}
-		r.UID, r.SourceHost, r.SourceCluster = p.UID, p.SourceHost, sourceCluster
-		r.TargetHost, r.TargetCluster, r.TargetPool = p.TargetHost, p.TargetCluster, p.TargetPool
-		r.Phase, r.Reason, r.Message = events.PhaseQueued, "", "waiting for room"
-		return true
-	})
-	if err != nil {
-		return err
-	}
-	if r == nil || r.Phase != events.PhaseQueued {
+		s.log.Info("reservation released: the migration ended before it", "migration", r.ID, "pod", r.Key(), "phase", r.Phase, "reason", r.Reason, "target", p.TargetHost)
 		return nil
+	case r.Phase == events.MigrationPhasePending:
+		// Only a record that changed between the read and the write
+		// (which then reads it again) can be here.
+		return fmt.Errorf("migration %s: still Pending after queueing it", r.ID)
 	}
-	// The Queued progress goes out before the migration enters the queue,
-	// so that it always precedes the runner's Prechecking.
-	sl := slotOf(r)
 	s.mu.Lock()
 	delete(s.pending, r.ID)
+	_, running := s.flights[r.ID]
+	if running || s.lim.has(r.ID) {
+		s.mu.Unlock()
+		s.log.Info("reservation seen again: the migration is queued or running here", "migration", r.ID, "pod", r.Key(), "phase", r.Phase)
+		return nil
+	}
+	if cur, ok := s.podActive[r.Key()]; ok && cur != r.ID {
+		s.mu.Unlock()
+		// The repair sweep queues it once the pod's other migration ends.
+		s.log.Info("reserved migration waits for the pod's other migration", "migration", r.ID, "pod", r.Key(), "active", cur)
+		return nil
+	}
+	s.podActive[r.Key()] = r.ID
+	sl := slotOf(r)
 	pos := len(s.lim.queue)
 	_, why := s.lim.fits(sl)
 	s.mu.Unlock()
-	if err := s.progress(ctx, r, events.PhaseQueued, 0, pos, why); err != nil {
-		return err
+	if r.Phase == events.PhaseQueued {
+		// The Queued progress goes out before the migration enters the
+		// queue, so that it always precedes the runner's Prechecking.
+		if err := s.progress(ctx, r, events.PhaseQueued, 0, pos, why); err != nil {
+			return err
+		}
 	}
 	s.mu.Lock()
-	s.lim.enqueue(sl)
-	s.positions[r.ID] = pos
+	if !s.lim.has(r.ID) {
+		s.lim.enqueue(sl)
+		s.positions[r.ID] = pos
+	}
 	s.mu.Unlock()
 	s.poke()
-	s.log.Info("migration queued", "migration", r.ID, "pod", r.Key(), "from", r.SourceHost, "to", r.TargetHost, "position", pos)
+	if why == "" {
+		why = "room now"
+	}
+	s.log.Info("migration queued", "migration", r.ID, "pod", r.Key(), "phase", r.Phase, "from", r.SourceHost, "to", r.TargetHost, "position", pos, "waits_for", why)
 	return nil
 }
 

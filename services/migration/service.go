@@ -333,6 +333,7 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 		}
 		s.mu.Unlock()
 		for _, sl := range started {
+			s.log.Info("migration started", "migration", sl.id, "from", sl.sourceHost)
 			s.runners.Add(1)
 			go func() {
 				defer s.runners.Done()
@@ -341,6 +342,7 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 		}
 		for _, id := range changed {
 			q := waiting[id]
+			s.log.Info("migration waiting for room", "migration", id, "position", q.position, "waits_for", q.why)
 			if _, err := s.store.updateMigration(ctx, id, func(r *events.MigrationRecord) bool {
 				if r.Phase != events.PhaseQueued || (r.QueuePosition == q.position && r.Message == q.why) {
 					return false
@@ -353,6 +355,10 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 		}
 	}
 }
+
+// waitLogEvery is how often the log says again what a migration or a
+// drain still waits for.
+const waitLogEvery = 30 * time.Second
 
 // pruneInterval is how often finished records past their retention are
 // removed.
@@ -405,8 +411,12 @@ func (s *Service) sweepLoop(ctx context.Context) {
 		var expired []string
 		s.mu.Lock()
 		for id, since := range s.pending {
-			if now.Sub(since) > s.cfg.ReservationTimeout {
+			waited := now.Sub(since)
+			if waited > s.cfg.ReservationTimeout {
 				expired = append(expired, id)
+			} else if waited >= waitLogEvery && waited%waitLogEvery < s.cfg.SweepInterval {
+				s.log.Info("migration still waiting", "migration", id, "waits_for", "the scheduler's target reservation",
+					"waited", waited.Round(time.Second), "fails_after", s.cfg.ReservationTimeout)
 			}
 		}
 		s.mu.Unlock()

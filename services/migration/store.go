@@ -76,20 +76,33 @@ func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T,
 	return v, e.Revision(), nil
 }
 
+// listTimeout bounds one listing of a bucket. A watcher whose replay
+// stalls (its consumer lost with a NATS node, the end-of-replay mark never
+// sent) would otherwise hold its caller for good — the sweep, a drain, or
+// a new leader's recovery, with the lease still renewed — and nothing
+// would ever retry.
+var listTimeout = 30 * time.Second
+
 // listJSON reads every value of a bucket. A watcher replays the current
 // value of each key and then signals the end with nil, which is one pass
 // over the stream instead of one request per key.
 func listJSON[T any](ctx context.Context, kv jetstream.KeyValue) ([]*T, error) {
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, listTimeout)
+	defer cancel()
 	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
 	}
 	defer func() { _ = w.Stop() }()
 	var out []*T
 	for {
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			if parent.Err() != nil {
+				return nil, parent.Err()
+			}
+			return nil, fmt.Errorf("list %s: the replay did not end within %s (%d records read)", kv.Bucket(), listTimeout, len(out))
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, errors.New("watch closed")
@@ -141,13 +154,23 @@ func (s *store) createMigration(ctx context.Context, r *events.MigrationRecord) 
 // updateMigration applies mutate to the current record and writes it back
 // by compare-and-set, retrying on a concurrent write. mutate returns false
 // to leave the record as it is. It returns the record as written (or as
-// found), nil when there is none.
+// found).
+//
+// Every caller updates a record it read or created before, and only
+// finished records are ever removed (prune), so a record not found here
+// is a read answered by a NATS node that has not applied it yet (a KV
+// read is a direct get, which any replica of the bucket answers): that is
+// an error (errNoRecord), for the caller to try again, never "nothing to
+// do".
 func (s *store) updateMigration(ctx context.Context, id string, mutate func(r *events.MigrationRecord) bool) (*events.MigrationRecord, error) {
 	key := events.MigrationRecordKey(id)
 	for range casAttempts {
 		r, rev, err := getJSON[events.MigrationRecord](ctx, s.migs, key)
-		if err != nil || r == nil {
-			return r, err
+		if err != nil {
+			return nil, err
+		}
+		if r == nil {
+			return nil, fmt.Errorf("update migration %s: %w", id, errNoRecord)
 		}
 		if !mutate(r) {
 			return r, nil
