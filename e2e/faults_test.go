@@ -151,6 +151,26 @@ func TestFaultInjection(t *testing.T) {
 	if converged < 0 || a.violations() > 0 || a.stuck > 0 {
 		t.Fatalf("invariants violated:\n%s", a.String())
 	}
+	r.checkReplicated(3)
+}
+
+// checkReplicated fails the run for any stream or bucket held by fewer
+// than nodes servers: the services' own buckets (drains, net-mgmt) as well
+// as the shared topology's must survive the loss of a node.
+func (r *faultRun) checkReplicated(nodes int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	streams := r.js.ListStreams(ctx)
+	n := 0
+	for info := range streams.Info() {
+		n++
+		if info.Config.Replicas < nodes {
+			r.t.Errorf("stream %s has %d replicas on a %d-node cluster", info.Config.Name, info.Config.Replicas, nodes)
+		}
+	}
+	if err := streams.Err(); err != nil || n == 0 {
+		r.t.Errorf("list streams: %d listed, err %v", n, err)
+	}
 }
 
 type faultPlan struct {

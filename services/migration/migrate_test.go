@@ -149,6 +149,9 @@ func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
 		if typ != events.TypeMigrationFailed || !ok || f.Reason != want.reason {
 			t.Errorf("%s: ended with %s %+v, want failed %s", id, typ, payload, want.reason)
 		}
+		// The final event goes out before the record is final; the next
+		// migration of the pod is refused until it is (AlreadyMigrating).
+		eventually(t, id+"'s record is final", func() bool { return events.MigrationPhaseFinal(w.migrationPhase(id)) })
 	}
 	if got, _ := w.vmHost(p.vm); got != h[0] {
 		t.Errorf("VM moved to %s", got)

@@ -43,14 +43,15 @@ func openStore(ctx context.Context, b *bus.Bus, now func() time.Time) (*store, e
 	st.hosts = open(events.BucketHosts)
 	st.netHosts = open(events.BucketNetHosts)
 	// The drains bucket is the migration service's own: it declares it
-	// (idempotently) rather than relying on the shared topology.
-	drains, err := b.JetStream().CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	// (idempotently) rather than relying on the shared topology, replicated
+	// like the migrations bucket.
+	drains, err := b.OwnBucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      events.BucketDrains,
 		Description: "podvisor drain records (written by the migration service)",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		MaxBytes:    bus.BucketMaxBytes,
-	})
+	}, events.BucketMigrations)
 	if err != nil {
 		errs = append(errs, fmt.Errorf("KV %s: %w", events.BucketDrains, err))
 	}

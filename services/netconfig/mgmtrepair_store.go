@@ -56,22 +56,13 @@ func (s *Service) mgmtRecords(ctx context.Context) *record.Store[mgmtGood] {
 	if s.mgmt.records != nil {
 		return s.mgmt.records
 	}
-	replicas := 1
-	if kv, err := s.bus.KV(ctx, events.BucketNetworks); err == nil {
-		if st, err := kv.Status(ctx); err == nil {
-			if js, ok := st.(*jetstream.KeyValueBucketStatus); ok && js.StreamInfo() != nil {
-				replicas = max(1, js.StreamInfo().Config.Replicas)
-			}
-		}
-	}
-	kv, err := s.bus.JetStream().CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := s.bus.OwnBucket(ctx, jetstream.KeyValueConfig{
 		Bucket:      events.BucketNetMgmt,
 		Description: "podvisor management ports' last good configurations (written by network-config)",
 		History:     1,
 		Storage:     jetstream.FileStorage,
-		Replicas:    replicas,
 		MaxBytes:    bus.BucketMaxBytes,
-	})
+	}, events.BucketNetworks)
 	if err != nil {
 		s.log.Warn("management repair: its memory stays in this process", "bucket", events.BucketNetMgmt, "err", err)
 		return nil

@@ -126,3 +126,24 @@ func (b *Bus) KV(ctx context.Context, bucket string) (jetstream.KeyValue, error)
 	}
 	return kv, nil
 }
+
+// OwnBucket declares (idempotently) a KV bucket a service keeps for itself
+// outside the shared topology, replicated like the topology's bucket like:
+// on a NATS cluster the topology's buckets are replicated, and a service's
+// own bucket must survive the loss of a node as they do. cfg.Replicas is
+// set from like's (1 when like cannot be read).
+func (b *Bus) OwnBucket(ctx context.Context, cfg jetstream.KeyValueConfig, like string) (jetstream.KeyValue, error) {
+	cfg.Replicas = 1
+	if kv, err := b.js.KeyValue(ctx, like); err == nil {
+		if st, err := kv.Status(ctx); err == nil {
+			if js, ok := st.(*jetstream.KeyValueBucketStatus); ok && js.StreamInfo() != nil {
+				cfg.Replicas = max(1, js.StreamInfo().Config.Replicas)
+			}
+		}
+	}
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("bus: kv bucket %q (replicas %d, like %s): %w", cfg.Bucket, cfg.Replicas, like, err)
+	}
+	return kv, nil
+}
