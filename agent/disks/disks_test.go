@@ -3,19 +3,18 @@ package disks
 import (
 	"encoding/binary"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/podvisor/podvisor/agent/internal/privtest"
 )
 
 // The ephemeral disk's format writes little (a pod's start waits for it):
 // lazy inode tables and journal, no blocks reserved for online growth; it
 // keeps the journal and the encrypt feature.
 func TestFormatWritesLittle(t *testing.T) {
-	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
-		t.Skip("mkfs.ext4 is not installed")
-	}
+	privtest.RequireTools(t, "mkfs.ext4")
 	disk := filepath.Join(t.TempDir(), "disk0")
 	f, err := os.Create(disk)
 	if err != nil {

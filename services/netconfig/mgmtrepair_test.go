@@ -14,6 +14,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -77,14 +78,14 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 	// VLAN, the clone is gone, every host responds, the others' ports and
 	// the network were not touched.
 	ports := e.ports(dvs)
-	if p := ports[key]; p == nil || vlanOfPort(*p) != 4000 {
+	if p := ports[key]; p == nil || simtest.PortVLAN(*p) != 4000 {
 		t.Fatalf("port %s after the repair: %+v, want vlan 4000", key, p)
 	}
 	if ports[cloned.Clone] != nil {
 		t.Errorf("clone %s still on the switch", cloned.Clone)
 	}
 	for _, h := range others {
-		if p := ports[sim.ManagementPortKey(h)]; p == nil || vlanOfPort(*p) != 4000 {
+		if p := ports[sim.ManagementPortKey(h)]; p == nil || simtest.PortVLAN(*p) != 4000 {
 			t.Errorf("port of %s: %+v, want untouched on vlan 4000", h, p)
 		}
 	}
@@ -146,7 +147,7 @@ func TestManagementRepairRemembersAcrossReplicas(t *testing.T) {
 	if repaired.LastGood.VLAN != 4000 || repaired.Found.VLAN != 99 {
 		t.Fatalf("repaired = %+v, want found vlan 99, last good 4000", repaired)
 	}
-	if p := e.ports(dvs)[key]; p == nil || vlanOfPort(*p) != 4000 {
+	if p := e.ports(dvs)[key]; p == nil || simtest.PortVLAN(*p) != 4000 {
 		t.Errorf("port %s after the repair: %+v, want vlan 4000", key, p)
 	}
 }
@@ -193,16 +194,4 @@ func (e *env) connection() map[string]types.HostSystemConnectionState {
 		out[h.Name] = hs.Runtime.ConnectionState
 	}
 	return out
-}
-
-func vlanOfPort(p types.DistributedVirtualPort) int32 {
-	s, ok := p.Config.Setting.(*types.VMwareDVSPortSetting)
-	if !ok || s.Vlan == nil {
-		return -1
-	}
-	id, ok := s.Vlan.(*types.VmwareDistributedVirtualSwitchVlanIdSpec)
-	if !ok {
-		return -1
-	}
-	return id.VlanId
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // A host's own management port, edited off the management VLAN, cuts that
@@ -39,7 +40,7 @@ func TestManagementPortCutsOneHostAndACloneReachesIt(t *testing.T) {
 		t.Fatalf("FetchDVPorts(%s) = %d ports, want 1", sim.ManagementPortKey(victim.Name), len(ports))
 	}
 	p := ports[0]
-	if p.Connectee == nil || p.Connectee.NicKey != sim.ManagementNIC || *p.Connectee.ConnectedEntity != victim.Ref || vlanOf(p) != 4000 {
+	if p.Connectee == nil || p.Connectee.NicKey != sim.ManagementNIC || *p.Connectee.ConnectedEntity != victim.Ref || simtest.PortVLAN(p) != 4000 {
 		t.Fatalf("management port %+v: want vmk0 of %s on vlan 4000", p, victim.Name)
 	}
 	reconfigure := func(specs ...types.DVPortConfigSpec) error {
@@ -93,16 +94,4 @@ func TestManagementPortCutsOneHostAndACloneReachesIt(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStates(t, c, d, types.HostSystemConnectionStateNotResponding, victim.Name)
-}
-
-func vlanOf(p types.DistributedVirtualPort) int32 {
-	s, ok := p.Config.Setting.(*types.VMwareDVSPortSetting)
-	if !ok || s.Vlan == nil {
-		return -1
-	}
-	id, ok := s.Vlan.(*types.VmwareDistributedVirtualSwitchVlanIdSpec)
-	if !ok {
-		return -1
-	}
-	return id.VlanId
 }

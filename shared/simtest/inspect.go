@@ -112,3 +112,17 @@ func CreateDisks(t testing.TB, c *govmomi.Client, dc *object.Datacenter, dir str
 		}
 	}
 }
+
+// PortVLAN is the VLAN id a distributed port's own setting carries, -1
+// when it carries none (no VMware setting, or a trunk or private VLAN).
+func PortVLAN(p types.DistributedVirtualPort) int32 {
+	s, ok := p.Config.Setting.(*types.VMwareDVSPortSetting)
+	if !ok || s.Vlan == nil {
+		return -1
+	}
+	id, ok := s.Vlan.(*types.VmwareDistributedVirtualSwitchVlanIdSpec)
+	if !ok {
+		return -1
+	}
+	return id.VlanId
+}
