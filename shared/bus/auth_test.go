@@ -19,7 +19,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/bustest"
 )
 
 // secureServer is an embedded server with the identities and TLS of
@@ -28,54 +28,18 @@ type secureServer struct {
 	srv   *bus.Embedded
 	auth  *bus.Authority
 	caPEM string
+	*bustest.Secure
 }
 
 func startSecure(t *testing.T) *secureServer {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(dir + "/tls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := ca.ServerTLS("nats", pki.Hosts("127.0.0.1")...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := bus.LoadAuthority(dir + "/nats-auth")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir + "/js", Auth: auth, TLS: srvTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	s := &secureServer{srv: srv, auth: auth, caPEM: ca.CAFile()}
-	admin := s.dial(t, bus.IdentityAdmin)
-	if err := admin.EnsureTopology(testContext(t)); err != nil {
-		t.Fatalf("topology as admin: %v", err)
-	}
-	return s
+	s := bustest.StartSecure(t)
+	return &secureServer{srv: s.Server, auth: s.Auth, caPEM: s.CA.CAFile(), Secure: s}
 }
 
-func (s *secureServer) conf(t *testing.T, identity string) bus.ConnConfig {
-	t.Helper()
-	creds, err := s.auth.Creds(identity)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bus.ConnConfig{URL: s.srv.URL(), CredsFile: creds, CAFile: s.caPEM, Name: "test-" + identity}
-}
+func (s *secureServer) conf(t *testing.T, identity string) bus.ConnConfig { return s.Conf(t, identity) }
 
-func (s *secureServer) dial(t *testing.T, identity string) *bus.Bus {
-	t.Helper()
-	b, err := bus.Dial(testContext(t), s.conf(t, identity))
-	if err != nil {
-		t.Fatalf("dial as %s: %v", identity, err)
-	}
-	t.Cleanup(b.Close)
-	return b
-}
+func (s *secureServer) dial(t *testing.T, identity string) *bus.Bus { return s.Dial(t, identity) }
 
 func requestEvent(t *testing.T, name string) event.Event {
 	t.Helper()

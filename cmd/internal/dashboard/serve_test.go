@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/dashboard"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 
@@ -24,43 +25,8 @@ import (
 // topology declared by the admin, and returns a dialer by identity.
 func secure(t *testing.T) (ca *pki.CA, dial func(identity string) *bus.Bus) {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(dir + "/tls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := ca.ServerTLS("nats", pki.Hosts("127.0.0.1")...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := bus.LoadAuthority(dir + "/nats-auth")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir + "/js", Auth: auth, TLS: srvTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	dial = func(identity string) *bus.Bus {
-		t.Helper()
-		creds, err := auth.Creds(identity)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, err := bus.Dial(context.Background(), bus.ConnConfig{URL: srv.URL(), CredsFile: creds, CAFile: ca.CAFile(), Name: "test-" + identity})
-		if err != nil {
-			t.Fatalf("dial as %s: %v", identity, err)
-		}
-		t.Cleanup(b.Close)
-		return b
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := dial(bus.IdentityAdmin).EnsureTopology(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return ca, dial
+	s := bustest.StartSecure(t)
+	return s.CA, func(identity string) *bus.Bus { return s.Dial(t, identity) }
 }
 
 // violations records the permission violations the server reports to a
