@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
+	"github.com/podvisor/podvisor/shared/lease"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -48,6 +49,11 @@ import (
 // replica that takes over repairs with what its predecessor learnt; only
 // for a host nobody saw work does the connected hosts' common configuration
 // stand in.
+//
+// One replica repairs at a time: the loop runs under a lease in the same
+// bucket (mgmtLeaseKey), and each change to a port is fenced by it, so two
+// replicas never clone or rewrite one host's port at once, and a replica
+// that was paused and replaced stops before its next change.
 
 // Reasons of the network.management.* events.
 const (
@@ -72,6 +78,8 @@ type mgmtState struct {
 	busy map[string]bool
 	// records is the memory in KV, once declared (mgmtRecords).
 	records *record.Store[mgmtGood]
+	// lease makes this replica the one that repairs (managementLoop).
+	lease *lease.Lease
 }
 
 type seenConfig struct {
@@ -79,22 +87,54 @@ type seenConfig struct {
 	since time.Time
 }
 
-// managementLoop checks the management ports every ManagementInterval.
+// managementLoop checks the management ports every ManagementInterval
+// while this replica holds the repair lease. Until the bucket that holds
+// the lease and the memory can be declared, nothing is repaired: repairing
+// without the lease could race another replica on the same port.
 func (s *Service) managementLoop(ctx context.Context) {
 	t := time.NewTicker(s.cfg.ManagementInterval)
 	defer t.Stop()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
+	var st *record.Store[mgmtGood]
+	for st = s.mgmtRecords(ctx); st == nil; st = s.mgmtRecords(ctx) {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := s.checkManagement(ctx, &wg); err != nil && ctx.Err() == nil {
-				s.log.Warn("check management ports", "err", err)
-			}
 		}
 	}
+	s.mgmt.mu.Lock()
+	s.mgmt.lease = &lease.Lease{KV: st.KV(), Key: mgmtLeaseKey, Logger: s.log}
+	l := s.mgmt.lease
+	s.mgmt.mu.Unlock()
+	err := l.Run(ctx, func(ctx context.Context) error {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				if err := s.checkManagement(ctx, &wg); err != nil && ctx.Err() == nil {
+					s.log.Warn("check management ports", "err", err)
+				}
+			}
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		s.log.Error("management repair stopped", "err", err)
+	}
+}
+
+// fence proves this replica still holds the repair lease right before it
+// changes a port.
+func (s *Service) fence(ctx context.Context) error {
+	s.mgmt.mu.Lock()
+	l := s.mgmt.lease
+	s.mgmt.mu.Unlock()
+	if l == nil {
+		return errors.New("management repair: no lease")
+	}
+	return l.Fence(ctx)
 }
 
 // checkManagement reads the ports and the hosts once, learns the good
@@ -245,16 +285,33 @@ func (s *Service) repairManagement(ctx context.Context, h fabric.Host, p fabric.
 		s.log.Warn("management port repair failed", "host", h.Name, "port", p.Key, "reason", reason, "message", ev.Message)
 		emit(&events.NetworkManagementFailed{ManagementPortRepair: ev})
 	}
+	// fenced is called right before each change to the switch: a replica
+	// that lost the repair lease stops there, leaving the port and any
+	// clone to the replica that holds it now (it resumes from the clone).
+	fenced := func() bool {
+		if e := s.fence(ctx); e != nil {
+			err = e
+			s.log.Warn("management port repair stopped: this replica no longer holds the repair lease", "host", h.Name, "err", e)
+			return false
+		}
+		return true
+	}
 
 	if resume {
 		ev.Clone = clone.Key
 		if clone.Config != good {
+			if !fenced() {
+				return
+			}
 			if e := s.fab.ConfigurePort(ctx, sw, clone.Key, good); e != nil {
 				fail(ReasonRepairFailed, "give clone %s of host %s the last good configuration (%s): %v", clone.Key, h.Name, good, e)
 				return
 			}
 		}
 	} else {
+		if !fenced() {
+			return
+		}
 		desc := fmt.Sprintf("alternate management channel of %s while port %s is repaired", h.Name, p.Key)
 		if e := s.fab.AddPort(ctx, sw, ev.Clone, fabric.ClonePortName(p.Name), desc, h.Ref, good); e != nil {
 			fail(ReasonRepairFailed, "clone port %s of host %s: %v", p.Key, h.Name, e)
@@ -268,10 +325,16 @@ func (s *Service) repairManagement(ctx context.Context, h fabric.Host, p fabric.
 	}
 
 	if !s.awaitConnected(ctx, h) {
+		if !fenced() {
+			return
+		}
 		if e := s.fab.RemovePort(ctx, sw, ev.Clone); e != nil {
 			s.log.Warn("remove clone", "host", h.Name, "clone", ev.Clone, "err", e)
 		}
 		fail(ReasonCloneUnreachable, "host %s did not respond through clone %s within %s; clone removed", h.Name, ev.Clone, s.cfg.ProbeWindow)
+		return
+	}
+	if !fenced() {
 		return
 	}
 	if p.Config != good {

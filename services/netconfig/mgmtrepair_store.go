@@ -36,9 +36,14 @@ func (g mgmtGood) config() fabric.PortConfig {
 	return fabric.PortConfig{VLAN: g.VLAN, Blocked: g.Blocked}
 }
 
-// kvKeyChars are what a KV key may hold; a host name with anything else (an
-// IPv6 address) is hex-encoded.
-var kvKeyChars = regexp.MustCompile(`^[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$`)
+// kvKeyChars are what a host's key may hold: what a KV key may, but '=',
+// which only mgmtLeaseKey holds. A host name with anything else (an IPv6
+// address) is hex-encoded.
+var kvKeyChars = regexp.MustCompile(`^[-_a-zA-Z0-9]+(\.[-_a-zA-Z0-9]+)*$`)
+
+// mgmtLeaseKey is the key of the repair lease in the bucket; no host's key
+// holds '=' (mgmtKey), so it collides with none.
+const mgmtLeaseKey = "=repair-lease"
 
 func mgmtKey(host string) string {
 	if kvKeyChars.MatchString(host) {

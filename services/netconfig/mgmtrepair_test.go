@@ -195,3 +195,36 @@ func (e *env) connection() map[string]types.HostSystemConnectionState {
 	}
 	return out
 }
+
+// Two replicas run side by side: one holds the repair lease, so a port that
+// breaks is cloned and repaired once, with no failed attempt from a second
+// replica racing the first on the same port.
+func TestTwoReplicasRepairAManagementPortOnce(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, func(c *netconfig.Config) {
+		c.ManagementInterval = 50 * time.Millisecond
+	})
+	e.replica()
+	if err := e.dc.SetManagementVLAN(4000); err != nil {
+		t.Fatal(err)
+	}
+	host := e.allHosts()[0]
+	e.EventuallyWithin("network-config to remember the management port of "+host, 20*time.Second, func() bool {
+		kv, err := e.bus.KV(context.Background(), events.BucketNetMgmt)
+		if err != nil {
+			return false
+		}
+		entry, err := kv.Get(context.Background(), host)
+		return err == nil && strings.Contains(string(entry.Value()), `"vlan":4000`)
+	})
+	key := sim.ManagementPortKey(host)
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	e.setPortVLAN(dvs, key, 99)
+	testenv.Wait(e.Env, func(p *events.NetworkManagementRepaired) bool { return p.Host == host })
+	if p := e.ports(dvs)[key]; p == nil || simtest.PortVLAN(*p) != 4000 {
+		t.Errorf("port %s after the repair: %+v, want vlan 4000", key, p)
+	}
+	cloned, failed := e.Events.Count(events.TypeNetworkManagementCloned), e.Events.Count(events.TypeNetworkManagementFailed)
+	if cloned != 1 || failed != 0 {
+		t.Errorf("%d cloned and %d failed events for one broken port with two replicas: want one clone and no failure", cloned, failed)
+	}
+}
