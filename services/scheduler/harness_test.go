@@ -98,9 +98,7 @@ func (e *env) startScheduler() (stop func()) {
 func (e *env) hostNames() []string { return simtest.HostNames(e.dc, "") }
 
 // setNetwork writes network-config's availability read model.
-func (e *env) setNetwork(name string, realized, scope []string) {
-	testenv.Put(e.Env, events.BucketNetHosts, name, events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
-}
+func (e *env) setNetwork(name string, realized, scope []string) { e.PutNetwork(name, realized, scope) }
 
 func (e *env) hostRecords() map[string]events.HostRecord {
 	out := map[string]events.HostRecord{}
