@@ -44,26 +44,21 @@ func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
 	ctx := t.Context()
 
-	// The worker VMs' class and image (the sample OS image of the seeded
-	// registry).
+	// The worker VMs' class; their image is the default node image `up`
+	// declares (the sample OS of the seeded registry).
 	catalog := `apiVersion: podvisor.io/v1alpha1
 kind: VirtualMachineClass
 metadata: {name: small}
 spec: {cpus: 2, memory: 4Gi}
----
-apiVersion: podvisor.io/v1alpha1
-kind: VirtualMachineImage
-metadata: {name: vmos}
-spec: {oci: ` + sys.Endpoints.Registry + `/` + ociregistry.VMOSRepoTag + `}
 `
 	if out, errOut, code := run(t, dir, catalog, "apply", "-f", "-"); code != 0 {
-		t.Fatalf("apply the class and image: %d %s %s", code, out, errOut)
+		t.Fatalf("apply the class: %d %s %s", code, out, errOut)
 	}
 	gc := func(workers int) string {
 		return fmt.Sprintf(`apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: gc1, namespace: team-a}
-spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: %d, className: small, imageName: vmos}}
+spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: %d, className: small}}
 `, workers)
 	}
 	if out, errOut, code := run(t, dir, gc(1), "apply", "-f", "-"); code != 0 {
@@ -127,6 +122,10 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	}
 	if ps := vmPowerState("gc1-worker-0"); ps != events.PowerStatePoweredOn {
 		t.Errorf("worker VM gc1-worker-0: power state %q, want PoweredOn", ps)
+	}
+	out, errOut, code := run(t, dir, "", "get", "vmimage", events.DefaultGuestClusterNodeImage, "-o", "json")
+	if want := sys.Endpoints.Registry + "/" + ociregistry.VMOSRepoTag; code != 0 || !strings.Contains(out, want) {
+		t.Errorf("get vmimage %s: %d %s %s, want the image declared by up from %s", events.DefaultGuestClusterNodeImage, code, out, errOut, want)
 	}
 	if out, errOut, code := run(t, dir, gc(2), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply 2 workers: %d %s %s", code, out, errOut)
