@@ -10,6 +10,9 @@
 // the kubelet API's logs and exec are pod.logs and pod.exec streams that the
 // supervisor hands to the host agent of the pod's VM.
 //
-// Binder binds the guest cluster's unscheduled pods to the node: the guest
-// control plane has no kube-scheduler, and `podvisor` is its only node.
+// Binder binds the guest cluster's unscheduled pods to a node (the guest
+// control plane has no kube-scheduler): to `podvisor` unless the pod's
+// nodeSelector or required node affinity asks for other nodes (the worker
+// nodes, by their labels); a pod no Ready node matches stays Pending with
+// PodScheduled=False, reason Unschedulable, saying why.
 package node

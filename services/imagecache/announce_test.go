@@ -9,6 +9,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // An image is marked announced only once its image.pulled is stored: when
@@ -65,7 +66,7 @@ func TestImagePulledSurvivesAFailedPublish(t *testing.T) {
 	if pulled != 1 {
 		t.Errorf("%d image.pulled stored after the failed publish, want 1", pulled)
 	}
-	ready := ofType[events.PodImagesReady](t, e.seen.snapshot(), events.TypePodImagesReady)
+	ready := testenv.In[events.PodImagesReady](t, e.Events.Seen(), nil)
 	if !slices.ContainsFunc(ready, func(r *events.PodImagesReady) bool { return r.Name == "web-0" }) {
 		t.Error("web-0 has no pod.images.ready")
 	}

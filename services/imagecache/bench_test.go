@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // BenchmarkColdVsWarm measures preparing a pod's image when no layer is on
@@ -59,6 +59,6 @@ func (e *env) timeReady(b *testing.B, name, ref string) (time.Duration, int64) {
 	before := e.svc.Stats().BytesPulled
 	start := time.Now()
 	e.accept(name, ref)
-	e.waitFor(name+" ready", 30*time.Second, func(evs []event.Event) bool { return readyFor(b, evs, name) != nil })
+	e.WaitFor(name+" ready", 30*time.Second, func(evs []testenv.Seen) bool { return readyFor(b, evs, name) != nil })
 	return time.Since(start), e.svc.Stats().BytesPulled - before
 }

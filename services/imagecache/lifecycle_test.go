@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/soap"
@@ -19,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/shared/imagemeta"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestScheduledHostWithoutTheDatastoreGetsACopy: prefetch puts the chain on
@@ -45,14 +45,14 @@ func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
 	}
 	e.handled(nearSeq)
 	e.handled(farSeq)
-	if n := countReady(t, e.seen.snapshot(), ""); n != 0 {
+	if n := countReady(t, e.Events.Seen(), ""); n != 0 {
 		t.Fatalf("%d pod.images.ready before scheduling, want 0 (the datastore is not on every host)", n)
 	}
 	pulledBefore := e.svc.Stats().BytesPulled
 
-	e.publish(events.TypePodScheduled, events.PodKey("default", "near"), &events.PodScheduled{Namespace: "default", Name: "near", UID: uidOf("near"), Host: hostLocal, Cluster: "DC0_C0"})
-	e.publish(events.TypePodScheduled, events.PodKey("default", "far"), &events.PodScheduled{Namespace: "default", Name: "far", UID: uidOf("far"), Host: "DC0_C0_H1", Cluster: "DC0_C0"})
-	evs := e.waitFor("both pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 2 })
+	e.publish(events.TypePodScheduled, events.PodKey("default", "near"), &events.PodScheduled{Namespace: "default", Name: "near", UID: testenv.UID("near"), Host: hostLocal, Cluster: "DC0_C0"})
+	e.publish(events.TypePodScheduled, events.PodKey("default", "far"), &events.PodScheduled{Namespace: "default", Name: "far", UID: testenv.UID("far"), Host: "DC0_C0_H1", Cluster: "DC0_C0"})
+	evs := e.WaitFor("both pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
 
 	near, far := readyFor(t, evs, "near").Containers[0], readyFor(t, evs, "far").Containers[0]
 	if near.Datastore != localDS {
@@ -93,14 +93,14 @@ func TestRedisFlushedMidRun(t *testing.T) {
 			}
 		}
 	}
-	evs := e.waitFor("8 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "a-") == 8 })
-	if n := len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)); n != 0 {
+	evs := e.WaitFor("8 pods ready", 30*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "a-") == 8 })
+	if n := len(testenv.In[events.PodImagesFailed](t, evs, nil)); n != 0 {
 		t.Fatalf("%d pods failed across the flush", n)
 	}
 	ready := readyFor(t, evs, "a-0").Containers[0]
 
 	// A pod VM chained to the image (what the provisioner creates).
-	createPodVM(t, e, "pv-"+uidOf("a-0"), ready.Disk)
+	createPodVM(t, e, "pv-"+testenv.UID("a-0"), ready.Disk)
 
 	if err := e.redis.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
@@ -137,7 +137,7 @@ func TestRedisFlushedMidRun(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		e.accept(fmt.Sprintf("b-%d", i), web)
 	}
-	evs = e.waitFor("4 more pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "b-") == 4 })
+	evs = e.WaitFor("4 more pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "b-") == 4 })
 	if got := e.svc.Stats().BytesPulled; got != pulled {
 		t.Fatalf("pods after the rebuild pulled %d bytes, want 0", got-pulled)
 	}
@@ -207,14 +207,14 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
 	e.accept("w1", web)
 	e.accept("k1", worker)
-	e.waitFor("pods ready", 20*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 2 })
+	e.WaitFor("pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
 	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
 
 	// With both pods alive nothing may go.
 	if ev, err := e.svc.CollectGarbage(ctx); err != nil || len(ev) != 0 {
 		t.Fatalf("GC with every chain referenced evicted %+v, %v", ev, err)
 	}
-	e.publish(events.TypePodDeleted, events.PodKey("default", "w1"), &events.PodDeleted{Namespace: "default", Name: "w1", UID: uidOf("w1"), Images: []string{webLayers[0].DiffID}})
+	e.publish(events.TypePodDeleted, events.PodKey("default", "w1"), &events.PodDeleted{Namespace: "default", Name: "w1", UID: testenv.UID("w1"), Images: []string{webLayers[0].DiffID}})
 	waitRefs(t, e, webLayers[2].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
 
@@ -236,12 +236,12 @@ func TestGarbageCollectionOrder(t *testing.T) {
 			t.Fatalf("evicted chain %s still on the datastore", id)
 		}
 	}
-	e.waitFor("image.evicted events", 10*time.Second, func(evs []event.Event) bool {
-		return len(ofType[events.ImageEvicted](t, evs, events.TypeImageEvicted)) == 2
+	e.WaitFor("image.evicted events", 10*time.Second, func(evs []testenv.Seen) bool {
+		return len(testenv.In[events.ImageEvicted](t, evs, nil)) == 2
 	})
 
 	// The worker goes too: now its top layer, then the shared base.
-	e.publish(events.TypePodDeleted, events.PodKey("default", "k1"), &events.PodDeleted{Namespace: "default", Name: "k1", UID: uidOf("k1")})
+	e.publish(events.TypePodDeleted, events.PodKey("default", "k1"), &events.PodDeleted{Namespace: "default", Name: "k1", UID: testenv.UID("k1")})
 	waitRefs(t, e, workerLayers[0].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
 	evicted, err = e.svc.CollectGarbage(ctx)
@@ -262,7 +262,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 
 	// Pulling again after eviction works and is announced again.
 	e.accept("w2", web)
-	e.waitFor("web again", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "w2") != nil })
+	e.WaitFor("web again", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "w2") != nil })
 }
 
 func waitRefs(t *testing.T, e *env, chainID string, want int) {
@@ -305,13 +305,13 @@ func TestCrashedPullIsRedone(t *testing.T) {
 	p := soap.DefaultUpload
 	p.ContentLength = 7
 	hex := strings.TrimPrefix(dead.ChainID, "sha256:")
-	if err := ds.Upload(ctx, bytesReader("partial"), events.ImageRoot+"/"+hex+"/"+imagedisk.FlatFile, &p); err != nil {
+	if err := ds.Upload(ctx, strings.NewReader("partial"), events.ImageRoot+"/"+hex+"/"+imagedisk.FlatFile, &p); err != nil {
 		t.Fatal(err)
 	}
 
 	start := time.Now()
 	e.accept("after-crash", worker)
-	evs := e.waitFor("pod ready after the dead lease expired", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "after-crash") != nil })
+	evs := e.WaitFor("pod ready after the dead lease expired", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "after-crash") != nil })
 	if time.Since(start) < time.Second {
 		t.Fatal("the chain was used before the crashed puller's lease expired")
 	}
@@ -347,7 +347,7 @@ func TestTwoReplicasPullOnce(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("r-%02d", i), web)
 	}
-	e.waitFor("20 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "r-") == 20 })
+	e.WaitFor("20 pods ready", 30*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "r-") == 20 })
 	total := e.svc.Stats().BytesPulled + second.Stats().BytesPulled
 	if want := sum(layerSizes(t, e, web)); total != want {
 		t.Fatalf("two replicas pulled %d bytes in total (%d + %d), want the image size %d once",
@@ -364,7 +364,7 @@ func TestWipedDatastoreRecordsAreDropped(t *testing.T) {
 	ctx := context.Background()
 	worker := e.reg.Ref("podvisor/worker:1.0")
 	e.accept("first", worker)
-	e.waitFor("first ready", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "first") != nil })
+	e.WaitFor("first ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "first") != nil })
 	layers := layerSizes(t, e, worker)
 	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
 	if err := store.Delete(ctx, sharedDS, layers[1].ChainID); err != nil {
@@ -383,7 +383,7 @@ func TestWipedDatastoreRecordsAreDropped(t *testing.T) {
 	}
 	before := e.svc.Stats().BytesPulled
 	e.accept("second", worker)
-	e.waitFor("second ready", 20*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "second") != nil })
+	e.WaitFor("second ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "second") != nil })
 	if got := e.svc.Stats().BytesPulled - before; got != layers[1].Size {
 		t.Fatalf("second pod pulled %d bytes, want the wiped layer's %d again", got, layers[1].Size)
 	}

@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -34,6 +33,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // tent is a tar entry of a test layer.
@@ -200,12 +200,12 @@ func TestChainMountsAsTheFlattenedImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.accept("tricky", ref)
-	evs := e.waitFor("tricky ready", 30*time.Second, func(evs []event.Event) bool {
-		return readyFor(t, evs, "tricky") != nil || len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) > 0
+	evs := e.WaitFor("tricky ready", 30*time.Second, func(evs []testenv.Seen) bool {
+		return readyFor(t, evs, "tricky") != nil || len(testenv.In[events.PodImagesFailed](t, evs, nil)) > 0
 	})
 	ready := readyFor(t, evs, "tricky")
 	if ready == nil {
-		t.Fatalf("pull failed: %+v", ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)[0])
+		t.Fatalf("pull failed: %+v", testenv.In[events.PodImagesFailed](t, evs, nil)[0])
 	}
 	chain := ready.Containers[0].Chain
 	if len(chain) != 3 {
@@ -389,10 +389,10 @@ func TestBombFailsThePodQuickly(t *testing.T) {
 	}
 	start := time.Now()
 	e.accept("bomb", ref)
-	evs := e.waitFor("bomb failed", 10*time.Second, func(evs []event.Event) bool {
-		return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 1
+	evs := e.WaitFor("bomb failed", 10*time.Second, func(evs []testenv.Seen) bool {
+		return len(testenv.In[events.PodImagesFailed](t, evs, nil)) == 1
 	})
-	f := ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)[0]
+	f := testenv.In[events.PodImagesFailed](t, evs, nil)[0]
 	if f.Reason != "ImageLimitExceeded" || !strings.Contains(f.Message, "compression ratio cap") {
 		t.Fatalf("bomb: %+v, want ImageLimitExceeded naming the compression ratio cap", f)
 	}

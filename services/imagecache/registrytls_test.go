@@ -6,14 +6,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // startTLSRegistry is the registry `podvisor up` runs: HTTPS with a
@@ -58,10 +57,10 @@ func TestRegistryCertificate(t *testing.T) {
 	t.Run("untrusted", func(t *testing.T) {
 		e := startEnv(t, nil)
 		e.accept("untrusted", web)
-		evs := e.waitFor("images failed", 30*time.Second, func(evs []event.Event) bool {
-			return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 1
+		evs := e.WaitFor("images failed", 30*time.Second, func(evs []testenv.Seen) bool {
+			return len(testenv.In[events.PodImagesFailed](t, evs, nil)) == 1
 		})
-		f := ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)[0]
+		f := testenv.In[events.PodImagesFailed](t, evs, nil)[0]
 		if f.Reason != imagecache.ReasonRegistryRefused || !strings.Contains(f.Message, "certificate") || f.Image != web {
 			t.Fatalf("failure = %+v, want RegistryRefused naming the certificate of %s", f, web)
 		}
@@ -84,10 +83,10 @@ func TestRegistryCertificate(t *testing.T) {
 	t.Run("trusted", func(t *testing.T) {
 		e := startEnv(t, func(c *imagecache.Config) { c.RegistryCAFile = ca.CAFile() })
 		e.accept("trusted", web)
-		evs := e.waitFor("images settled", 30*time.Second, func(evs []event.Event) bool {
-			return readyFor(t, evs, "trusted") != nil || len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) > 0
+		evs := e.WaitFor("images settled", 30*time.Second, func(evs []testenv.Seen) bool {
+			return readyFor(t, evs, "trusted") != nil || len(testenv.In[events.PodImagesFailed](t, evs, nil)) > 0
 		})
-		if f := ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed); len(f) > 0 {
+		if f := testenv.In[events.PodImagesFailed](t, evs, nil); len(f) > 0 {
 			t.Fatalf("pull with the registry's CA failed: %+v", *f[0])
 		}
 		if r := readyFor(t, evs, "trusted"); len(r.Containers) != 1 || r.Containers[0].Digest != img.Digest {

@@ -9,12 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestRoomIsCheckedWithTheDiskSize: a layer of 12 MiB of zeros is a few
@@ -53,8 +53,8 @@ func TestRoomIsCheckedWithTheDiskSize(t *testing.T) {
 	}
 	e.accept("zeros", ref)
 	var failed *events.PodImagesFailed
-	e.waitFor("pod.images.failed for zeros", 30*time.Second, func(evs []event.Event) bool {
-		for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+	e.WaitFor("pod.images.failed for zeros", 30*time.Second, func(evs []testenv.Seen) bool {
+		for _, f := range testenv.In[events.PodImagesFailed](t, evs, nil) {
 			if f.Name == "zeros" {
 				failed = f
 				return true

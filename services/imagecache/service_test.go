@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
-
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // Sizes of the sample layers as pushed by ociregistry.Seed.
@@ -51,7 +50,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		e.accept(fmt.Sprintf("web-%02d", i), web)
 	}
-	evs := e.waitFor("20 web pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "web-") == 20 })
+	evs := e.WaitFor("20 web pods ready", 30*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "web-") == 20 })
 	// One resolution of the tag serves the burst (ResolveTTL).
 	if n := e.reg.Manifests.Load() - manifestsBefore; n > 2 {
 		t.Fatalf("%d manifest requests for 20 pods of one image, want 1 resolution", n)
@@ -76,7 +75,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 			t.Fatalf("pod web-%02d images = %+v, want the shared chain %v on %s", i, c, first.Containers[0].Chain, sharedDS)
 		}
 	}
-	pulls := ofType[events.ImagePulled](t, evs, events.TypeImagePulled)
+	pulls := testenv.In[events.ImagePulled](t, evs, nil)
 	if len(pulls) != 1 || pulls[0].LayersPulled != 3 || pulls[0].Datastore != sharedDS {
 		t.Fatalf("image.pulled = %+v, want one with 3 layers pulled", pulls)
 	}
@@ -85,7 +84,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		e.accept(fmt.Sprintf("worker-%d", i), worker)
 	}
-	evs = e.waitFor("5 worker pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "worker-") == 5 })
+	evs = e.WaitFor("5 worker pods ready", 30*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "worker-") == 5 })
 	workerLayers := layerSizes(t, e, worker)
 	if workerLayers[0].ChainID != webLayers[0].ChainID {
 		t.Fatal("worker and web do not share the base chain")
@@ -93,12 +92,12 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	if got, want := e.svc.Stats().BytesPulled-before, workerLayers[1].Size; got != want {
 		t.Fatalf("worker pulled %d bytes, want only its own layer's %d", got, want)
 	}
-	for _, p := range ofType[events.ImagePulled](t, evs, events.TypeImagePulled) {
+	for _, p := range testenv.In[events.ImagePulled](t, evs, nil) {
 		if p.Image == worker && (p.LayersPulled != 1 || len(p.Chain) != 2 || p.Chain[1].Parent != p.Chain[0].ChainID) {
 			t.Fatalf("image.pulled of worker = %+v, want 1 new layer on top of the shared base", p)
 		}
 	}
-	if n := len(ofType[events.ImagePulled](t, evs, events.TypeImagePulled)); n != 2 {
+	if n := len(testenv.In[events.ImagePulled](t, evs, nil)); n != 2 {
 		t.Fatalf("%d image.pulled events, want 2 (one per image and datastore)", n)
 	}
 	wr := readyFor(t, evs, "worker-0").Containers[0]
@@ -151,7 +150,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	// Deleting the pods drops their references.
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("worker-%d", i)
-		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{Namespace: "default", Name: name, UID: uidOf(name)})
+		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{Namespace: "default", Name: name, UID: testenv.UID(name)})
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -207,11 +206,11 @@ func TestFailures(t *testing.T) {
 	e.reg.Corrupt(resolved[1].Digest)
 	e.accept("corrupt", worker)
 	e.accept("missing", e.reg.Ref("podvisor/nope:1.0"))
-	evs := e.waitFor("two failures", 30*time.Second, func(evs []event.Event) bool {
-		return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 2
+	evs := e.WaitFor("two failures", 30*time.Second, func(evs []testenv.Seen) bool {
+		return len(testenv.In[events.PodImagesFailed](t, evs, nil)) == 2
 	})
 	reasons := map[string]events.PodImagesFailed{}
-	for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+	for _, f := range testenv.In[events.PodImagesFailed](t, evs, nil) {
 		reasons[f.Name] = *f
 	}
 	if f := reasons["corrupt"]; f.Reason != "DigestMismatch" || !strings.Contains(f.Message, resolved[1].Digest) || f.Container != "c0" {
@@ -236,7 +235,7 @@ func TestFailures(t *testing.T) {
 	// Once the registry serves good bytes again, the next pod gets the image.
 	e.reg.Corrupt("")
 	e.accept("healed", worker)
-	e.waitFor("healed pod ready", 30*time.Second, func(evs []event.Event) bool { return readyFor(t, evs, "healed") != nil })
+	e.WaitFor("healed pod ready", 30*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "healed") != nil })
 
 	// Datastore full: no room on any datastore for web's layers.
 	e.vc.SetFreeSpace(t, sharedDS, 1<<20)
@@ -245,15 +244,15 @@ func TestFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.accept("full", e.reg.Ref("podvisor/web:1.0"))
-	evs = e.waitFor("datastore full", 30*time.Second, func(evs []event.Event) bool {
-		for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+	evs = e.WaitFor("datastore full", 30*time.Second, func(evs []testenv.Seen) bool {
+		for _, f := range testenv.In[events.PodImagesFailed](t, evs, nil) {
 			if f.Name == "full" {
 				return true
 			}
 		}
 		return false
 	})
-	for _, f := range ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed) {
+	for _, f := range testenv.In[events.PodImagesFailed](t, evs, nil) {
 		if f.Name == "full" && f.Reason != "DatastoreFull" {
 			t.Fatalf("full datastore: %+v, want DatastoreFull", f)
 		}
@@ -273,10 +272,10 @@ func TestRegistryUnavailable(t *testing.T) {
 	e.reg.Close()
 	start := time.Now()
 	e.accept("offline", ref)
-	evs := e.waitFor("failure", 30*time.Second, func(evs []event.Event) bool {
-		return len(ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)) == 1
+	evs := e.WaitFor("failure", 30*time.Second, func(evs []testenv.Seen) bool {
+		return len(testenv.In[events.PodImagesFailed](t, evs, nil)) == 1
 	})
-	f := ofType[events.PodImagesFailed](t, evs, events.TypePodImagesFailed)[0]
+	f := testenv.In[events.PodImagesFailed](t, evs, nil)[0]
 	if f.Reason != "RegistryUnavailable" || f.Image != ref || !strings.Contains(f.Message, "gave up after 3 attempts") {
 		t.Fatalf("failure = %+v, want RegistryUnavailable for %s after 3 attempts", f, ref)
 	}

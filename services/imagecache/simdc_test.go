@@ -8,13 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/vmware/govmomi/find"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // TestOnSimulatedDatacenter runs the image cache on the datacenter `podvisor
@@ -38,8 +38,8 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		e.accept(fmt.Sprintf("worker-%d", i), worker)
 	}
-	evs := e.waitFor("25 pods ready", 30*time.Second, func(evs []event.Event) bool { return countReady(t, evs, "") == 25 })
-	for _, r := range ofType[events.PodImagesReady](t, evs, events.TypePodImagesReady) {
+	evs := e.WaitFor("25 pods ready", 30*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 25 })
+	for _, r := range testenv.In[events.PodImagesReady](t, evs, nil) {
 		if ds := r.Containers[0].Datastore; ds != sim.SharedDatastore {
 			t.Fatalf("pod %s images on %s, want %s", r.Name, ds, sim.SharedDatastore)
 		}
@@ -77,8 +77,8 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 
 	host := d.Hosts()[0].Name
 	e.handled(e.publish(events.TypePodScheduled, events.PodKey("default", "web-0"), &events.PodScheduled{Namespace: "default", Name: "web-0",
-		UID: uidOf("web-0"), Host: host, Cluster: d.Hosts()[0].Cluster, Datastores: []string{sim.ClusterDatastore(d.Hosts()[0].Cluster), sim.SharedDatastore}}))
-	if n := countReady(t, e.seen.snapshot(), "web-0"); n != 1 {
+		UID: testenv.UID("web-0"), Host: host, Cluster: d.Hosts()[0].Cluster, Datastores: []string{sim.ClusterDatastore(d.Hosts()[0].Cluster), sim.SharedDatastore}}))
+	if n := countReady(t, e.Events.Seen(), "web-0"); n != 1 {
 		t.Fatalf("web-0 announced %d times, want once (its chain is on a datastore every host mounts)", n)
 	}
 }

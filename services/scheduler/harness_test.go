@@ -98,9 +98,7 @@ func (e *env) startScheduler() (stop func()) {
 func (e *env) hostNames() []string { return simtest.HostNames(e.dc, "") }
 
 // setNetwork writes network-config's availability read model.
-func (e *env) setNetwork(name string, realized, scope []string) {
-	testenv.Put(e.Env, events.BucketNetHosts, name, events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
-}
+func (e *env) setNetwork(name string, realized, scope []string) { e.PutNetwork(name, realized, scope) }
 
 func (e *env) hostRecords() map[string]events.HostRecord {
 	out := map[string]events.HostRecord{}
@@ -168,20 +166,14 @@ func (o *observer) decided(keys []string) int {
 
 func (o *observer) scheduledOf(key string) *events.PodScheduled { s, _ := o.decision(key); return s }
 
-// scheduledAll is every pod.scheduled of the pod, in order.
-func (o *observer) scheduledAll(key string) []*events.PodScheduled {
-	var out []*events.PodScheduled
-	for _, seen := range o.e.Events.Seen() {
-		if p, ok := seen.Payload.(*events.PodScheduled); ok && p.ObjectKey() == key {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
 func (o *observer) unschedulableOf(key string) *events.PodUnschedulable {
 	_, u := o.decision(key)
 	return u
+}
+
+// scheduledAll is every pod.scheduled of the pod, in order.
+func (o *observer) scheduledAll(key string) []*events.PodScheduled {
+	return testenv.All(o.e, func(p *events.PodScheduled) bool { return p.ObjectKey() == key })
 }
 
 // migration is the latest migration.target.reserved or migration.rejected
@@ -203,14 +195,6 @@ func (o *observer) migration(id string) (ev event.Event, ok bool) {
 }
 
 // facts counts the host events of ceType about host.
-func (o *observer) facts(ceType, host string) int {
-	n := 0
-	for _, seen := range o.e.Events.Seen() {
-		if seen.Event.Type() == ceType && seen.Event.Subject() == host {
-			n++
-		}
-	}
-	return n
-}
+func (o *observer) facts(ceType, host string) int { return o.e.Events.CountAbout(ceType, host) }
 
 func podKey(name string) string { return events.PodKey("default", name) }

@@ -111,6 +111,17 @@ func (r *Recorder) Count(ceType string) int {
 	return n
 }
 
+// CountAbout counts the recorded events of ceType whose subject is subject.
+func (r *Recorder) CountAbout(ceType, subject string) int {
+	n := 0
+	for _, s := range r.Seen() {
+		if s.Event.Type() == ceType && s.Event.Subject() == subject {
+			n++
+		}
+	}
+	return n
+}
+
 // Summary lists what was recorded, for a failure message.
 func (r *Recorder) Summary() string {
 	var b strings.Builder
@@ -138,7 +149,7 @@ func typeOf[T any, P interface {
 func matching[T any, P interface {
 	*T
 	events.Payload
-}](e *Env, seen []Seen, pred func(*T) bool) (out []*T, ids map[string]bool) {
+}](t testing.TB, seen []Seen, pred func(*T) bool) (out []*T, ids map[string]bool) {
 	ceType := typeOf[T, P]()
 	ids = map[string]bool{}
 	for _, s := range seen {
@@ -146,7 +157,7 @@ func matching[T any, P interface {
 			continue
 		}
 		if s.Err != nil {
-			e.T.Errorf("%s published an invalid %s: %v", s.Event.Source(), ceType, s.Err)
+			t.Errorf("%s published an invalid %s: %v", s.Event.Source(), ceType, s.Err)
 			continue
 		}
 		if p := s.Payload.(*T); pred == nil || pred(p) {
@@ -163,8 +174,29 @@ func All[T any, P interface {
 	*T
 	events.Payload
 }](e *Env, pred func(*T) bool) []*T {
-	out, _ := matching[T, P](e, e.Events.Seen(), pred)
+	out, _ := matching[T, P](e.T, e.Events.Seen(), pred)
 	return out
+}
+
+// In returns the payloads of type T among seen (a snapshot of the
+// recorder, or what WaitFor returned) that satisfy pred (nil: all), in
+// order, failing t on one that does not decode.
+func In[T any, P interface {
+	*T
+	events.Payload
+}](t testing.TB, seen []Seen, pred func(*T) bool) []*T {
+	t.Helper()
+	out, _ := matching[T, P](t, seen, pred)
+	return out
+}
+
+// WaitFor waits up to d until pred holds for everything recorded so far,
+// and returns what it held for.
+func (e *Env) WaitFor(what string, d time.Duration, pred func([]Seen) bool) []Seen {
+	e.T.Helper()
+	var seen []Seen
+	e.EventuallyWithin(what, d, func() bool { seen = e.Events.Seen(); return pred(seen) })
+	return seen
 }
 
 // CountIDs counts the distinct event ids of type T satisfying pred:
@@ -173,7 +205,7 @@ func CountIDs[T any, P interface {
 	*T
 	events.Payload
 }](e *Env, pred func(*T) bool) int {
-	_, ids := matching[T, P](e, e.Events.Seen(), pred)
+	_, ids := matching[T, P](e.T, e.Events.Seen(), pred)
 	return len(ids)
 }
 
@@ -206,7 +238,7 @@ func WaitN[T any, P interface {
 	for {
 		r.mu.Lock()
 		seen := append([]Seen(nil), r.seen...)
-		out, _ := matching[T, P](e, seen, pred)
+		out, _ := matching[T, P](e.T, seen, pred)
 		if len(out) >= n {
 			r.mu.Unlock()
 			return out

@@ -174,6 +174,9 @@ type System struct {
 	redis *redisserver.Server // nil with an external Redis
 	// registry is the embedded registry (nil with an external one).
 	registry *ociregistry.Registry
+	// vmOS is the seeded sample VM operating system's reference, which the
+	// default guest cluster node image boots ("" when it was not seeded).
+	vmOS string
 	// creds maps identity names to creds files (embedded NATS only).
 	creds   map[string]string
 	cancel  context.CancelFunc
@@ -263,7 +266,29 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.declareDefaultNetwork(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.declareNodeImage(ctx); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// declareNodeImage publishes the VirtualMachineImage a guest cluster's VMs
+// boot when their GuestCluster names none (events.DefaultGuestClusterNodeImage):
+// the seeded sample VM operating system. The native VM controller stores
+// no new version of an unchanged image, so a resumed `up` declares it again
+// harmlessly (with the registry's new address when its port moved). With an
+// external registry, or without busybox to build the image, nothing is
+// declared: a GuestCluster must then name its workers' image.
+func (s *System) declareNodeImage(ctx context.Context) error {
+	if s.vmOS == "" {
+		s.log.Warn("no default guest cluster node image: GuestClusters must set spec.workers.imageName",
+			"image", events.DefaultGuestClusterNodeImage)
+		return nil
+	}
+	img := events.VirtualMachineImage{APIVersion: events.APIVersion, Kind: events.KindVirtualMachineImage,
+		Metadata: events.Meta{Name: events.DefaultGuestClusterNodeImage},
+		Spec:     events.VirtualMachineImageSpec{OCI: s.vmOS}}
+	return s.declare(ctx, "guest cluster node image", events.TypeVMImageDeclared, img.Metadata.Name, &events.VMImageDeclared{Image: img})
 }
 
 // declareDefaultNetwork publishes the network pods attach to when they name
@@ -271,17 +296,22 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 // resumed `up` declares it again harmlessly; with --services=none it waits in
 // the stream for the network-config that `podvisor serve` starts later.
 func (s *System) declareDefaultNetwork(ctx context.Context) error {
+	return s.declare(ctx, "default network", events.TypeNetworkDeclared, events.DefaultNetwork, netconfig.DefaultNetworkDeclared())
+}
+
+// declare publishes one declaration of `up` (what, for the error).
+func (s *System) declare(ctx context.Context, what, ceType, subject string, p events.Payload) error {
 	b, err := s.Dial(ctx, "up")
 	if err != nil {
-		return fmt.Errorf("up: declare default network: %w", err)
+		return fmt.Errorf("up: declare %s: %w", what, err)
 	}
 	defer b.Close()
-	ev, err := bus.NewEvent("podvisor/up", events.TypeNetworkDeclared, events.DefaultNetwork, netconfig.DefaultNetworkDeclared())
+	ev, err := bus.NewEvent("podvisor/up", ceType, subject, p)
 	if err != nil {
-		return fmt.Errorf("up: declare default network: %w", err)
+		return fmt.Errorf("up: declare %s: %w", what, err)
 	}
 	if err := b.Publish(ctx, ev); err != nil {
-		return fmt.Errorf("up: declare default network: %w", err)
+		return fmt.Errorf("up: declare %s: %w", what, err)
 	}
 	return nil
 }
@@ -551,8 +581,14 @@ func (s *System) startRegistry(ctx context.Context) error {
 	}
 	// The operating system of native VMs: a root filesystem whose
 	// /sbin/init simulated guests boot.
-	if _, err := ociregistry.SeedVMOS(ctx, reg.Addr(), reg.Options()...); err != nil && !ociregistry.IsMissing(err) {
+	ref, err := ociregistry.SeedVMOS(ctx, reg.Addr(), reg.Options()...)
+	switch {
+	case ociregistry.IsMissing(err):
+		s.log.Warn("the sample VM image is not seeded: busybox is not installed", "image", ociregistry.VMOSRepoTag)
+	case err != nil:
 		return fmt.Errorf("up: seed registry: %w", err)
+	default:
+		s.vmOS = ref
 	}
 	return nil
 }

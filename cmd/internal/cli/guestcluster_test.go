@@ -27,7 +27,9 @@ import (
 // on `podvisor up` with guests: apply a GuestCluster, take its kubeconfig
 // from `get guestcluster --kubeconfig` as the admin, and with kubectl see the podvisor
 // node and one Ready worker node per worker VM (scaled to two and back to
-// one by re-applying, the removed worker's VM deleted), run a busybox pod that becomes a Running pod VM in the guest
+// one by re-applying, the removed worker's VM deleted), bind pods by their
+// nodeSelector (to the worker node; Pending and Unschedulable while no node
+// matches), run a busybox pod that becomes a Running pod VM in the guest
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
@@ -44,26 +46,21 @@ func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
 	ctx := t.Context()
 
-	// The worker VMs' class and image (the sample OS image of the seeded
-	// registry).
+	// The worker VMs' class; their image is the default node image `up`
+	// declares (the sample OS of the seeded registry).
 	catalog := `apiVersion: podvisor.io/v1alpha1
 kind: VirtualMachineClass
 metadata: {name: small}
 spec: {cpus: 2, memory: 4Gi}
----
-apiVersion: podvisor.io/v1alpha1
-kind: VirtualMachineImage
-metadata: {name: vmos}
-spec: {oci: ` + sys.Endpoints.Registry + `/` + ociregistry.VMOSRepoTag + `}
 `
 	if out, errOut, code := run(t, dir, catalog, "apply", "-f", "-"); code != 0 {
-		t.Fatalf("apply the class and image: %d %s %s", code, out, errOut)
+		t.Fatalf("apply the class: %d %s %s", code, out, errOut)
 	}
 	gc := func(workers int) string {
 		return fmt.Sprintf(`apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: gc1, namespace: team-a}
-spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: %d, className: small, imageName: vmos}}
+spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: %d, className: small}}
 `, workers)
 	}
 	if out, errOut, code := run(t, dir, gc(1), "apply", "-f", "-"); code != 0 {
@@ -128,6 +125,10 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if ps := vmPowerState("gc1-worker-0"); ps != events.PowerStatePoweredOn {
 		t.Errorf("worker VM gc1-worker-0: power state %q, want PoweredOn", ps)
 	}
+	out, errOut, code := run(t, dir, "", "get", "vmimage", events.DefaultGuestClusterNodeImage, "-o", "json")
+	if want := sys.Endpoints.Registry + "/" + ociregistry.VMOSRepoTag; code != 0 || !strings.Contains(out, want) {
+		t.Errorf("get vmimage %s: %d %s %s, want the image declared by up from %s", events.DefaultGuestClusterNodeImage, code, out, errOut, want)
+	}
 	if out, errOut, code := run(t, dir, gc(2), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply 2 workers: %d %s %s", code, out, errOut)
 	}
@@ -142,6 +143,34 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	})
 
 	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+	// Node selectors: one naming the worker nodes' label binds to the
+	// worker; one no node matches stays Pending with kube-scheduler's
+	// reason, and binds once a node is labelled to match.
+	runSelecting := func(name, selector string) {
+		t.Helper()
+		if out, err := kubectl("run", name, "--image="+image, "--restart=Never",
+			`--overrides={"apiVersion":"v1","spec":{"nodeSelector":`+selector+`}}`, "--", "sleep", "3600"); err != nil {
+			t.Fatalf("kubectl run %s: %v\n%s", name, err, out)
+		}
+	}
+	runSelecting("on-worker", `{"podvisor.io/worker":"small"}`)
+	runSelecting("ssd", `{"disk":"ssd"}`)
+	waitFor(t, "pod on-worker bound to gc1-worker-0 and Running", 2*time.Minute, func() bool {
+		out, err := kubectl("get", "pod", "on-worker", "-o", "jsonpath={.spec.nodeName} {.status.phase}")
+		return err == nil && out == "gc1-worker-0 Running"
+	})
+	waitFor(t, "pod ssd Pending, Unschedulable", 30*time.Second, func() bool {
+		out, err := kubectl("get", "pod", "ssd", "-o",
+			`jsonpath={.spec.nodeName}|{.status.phase}|{.status.conditions[?(@.type=="PodScheduled")].reason}|{.status.conditions[?(@.type=="PodScheduled")].message}`)
+		return err == nil && strings.HasPrefix(out, "|Pending|Unschedulable|") && strings.Contains(out, "didn't match Pod's node affinity/selector")
+	})
+	if out, err := kubectl("label", "node", "gc1-worker-0", "disk=ssd"); err != nil {
+		t.Fatalf("kubectl label node: %v\n%s", err, out)
+	}
+	waitFor(t, "pod ssd bound to gc1-worker-0 once it is labelled", 30*time.Second, func() bool {
+		out, err := kubectl("get", "pod", "ssd", "-o", "jsonpath={.spec.nodeName}")
+		return err == nil && out == "gc1-worker-0"
+	})
 	if out, err := kubectl("run", "bb", "--image="+image, "--restart=Never", "--", "sh", "-c", "echo hello from the guest cluster; sleep 3600"); err != nil {
 		t.Fatalf("kubectl run: %v\n%s", err, out)
 	}

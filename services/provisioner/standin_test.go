@@ -1,0 +1,46 @@
+package provisioner
+
+import (
+	"fmt"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// facts publishes what scheduler, image cache and network-config would say
+// about an accepted pod, placing it on host.
+func (e *env) facts(acc *events.PodAccepted, host string) {
+	e.t.Helper()
+	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: simtest.ClusterOf(e.t, e.dc, host),
+		Datastores: []string{sim.SharedDatastore},
+	})
+	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+}
+
+func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {
+	ir := &events.PodImagesReady{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}
+	for i, c := range acc.Pod.Spec.Containers {
+		top := imageDisk(c.Name)
+		ir.Containers = append(ir.Containers, events.ContainerImage{
+			Container: c.Name, Image: c.Image,
+			Digest:    fmt.Sprintf("sha256:%064x", i+1),
+			Datastore: sim.SharedDatastore, Disk: top,
+			Chain: []string{imageDisk("base"), top},
+		})
+	}
+	return ir
+}
+
+func networkAttached(acc *events.PodAccepted, host string) *events.PodNetworkAttached {
+	na := &events.PodNetworkAttached{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host}
+	for i, n := range acc.Networks {
+		na.Attachments = append(na.Attachments, events.NetworkAttachment{
+			Network: n, PortGroup: "pv-" + n, IP: fmt.Sprintf("10.%d.0.%d", i, 10+len(acc.Name)),
+			PrefixLength: 24, Gateway: fmt.Sprintf("10.%d.0.1", i), MAC: fmt.Sprintf("00:50:56:0%d:00:%02x", i, len(acc.Name)),
+		})
+	}
+	return na
+}
