@@ -124,6 +124,7 @@ const (
 	TypeVMNetworkFailed           = "io.podvisor.vm.network.failed.v1"
 	TypeVMStatusChanged           = "io.podvisor.vm.status.v1"
 	TypeVMMigrationTargetReserved = "io.podvisor.vm.migration.target.reserved.v1"
+	TypeVMMigrationAdmitted       = "io.podvisor.vm.migration.admitted.v1"
 	TypeVMMigrated                = "io.podvisor.vm.migrated.v1"
 	TypeVMEvicted                 = "io.podvisor.vm.evicted.v1"
 	TypeVMDeleted                 = "io.podvisor.vm.deleted.v1"
@@ -215,6 +216,7 @@ const (
 	SubjectVMNetworkFailed           = "pv.vm.network.failed"
 	SubjectVMStatusChanged           = "pv.vm.status"
 	SubjectVMMigrationTargetReserved = "pv.vm.migration.target.reserved"
+	SubjectVMMigrationAdmitted       = "pv.vm.migration.admitted"
 	SubjectVMMigrated                = "pv.vm.migrated"
 	SubjectVMEvicted                 = "pv.vm.evicted"
 	SubjectVMDeleted                 = "pv.vm.deleted"
@@ -377,6 +379,7 @@ var catalog = []Kind{
 	kind[VMNetworkFailed](TypeVMNetworkFailed, SubjectVMNetworkFailed, StreamVMs),
 	kind[VMStatusChanged](TypeVMStatusChanged, SubjectVMStatusChanged, StreamVMs),
 	kind[VMMigrationTargetReserved](TypeVMMigrationTargetReserved, SubjectVMMigrationTargetReserved, StreamVMs),
+	kind[VMMigrationAdmitted](TypeVMMigrationAdmitted, SubjectVMMigrationAdmitted, StreamVMs),
 	kind[VMMigrated](TypeVMMigrated, SubjectVMMigrated, StreamVMs),
 	kind[VMEvicted](TypeVMEvicted, SubjectVMEvicted, StreamVMs),
 	kind[VMDeleted](TypeVMDeleted, SubjectVMDeleted, StreamVMs),

@@ -191,6 +191,7 @@ func TestPayloadValidation(t *testing.T) {
 		{"vm network failed reason", TypeVMNetworkFailed, func(v any) { v.(*VMNetworkFailed).Reason = "no" }, "reason", "CamelCase"},
 		{"vm status phase", TypeVMStatusChanged, func(v any) { v.(*VMStatusChanged).Status.Phase = "Up" }, "status.phase", "Ready"},
 		{"vm target reserved host", TypeVMMigrationTargetReserved, func(v any) { v.(*VMMigrationTargetReserved).TargetHost = "" }, "targetHost", "Required"},
+		{"vm admitted host", TypeVMMigrationAdmitted, func(v any) { v.(*VMMigrationAdmitted).TargetHost = "" }, "targetHost", "Required"},
 		{"vm migrated failure without message", TypeVMMigrated, func(v any) { v.(*VMMigrated).Reason = "RelocateFailed" }, "message", "Required"},
 		{"vm evicted reason", TypeVMEvicted, func(v any) { v.(*VMEvicted).Reason = "" }, "reason", "Required"},
 		{"vm deleted ip", TypeVMDeleted, func(v any) { v.(*VMDeleted).IPs[0].IP = "1.2.3" }, "ips[0].ip", "IPv4"},

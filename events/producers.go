@@ -120,9 +120,12 @@ var publishers = map[string][]string{
 	TypeVMNetworkFailed:           {PublisherNetConfig},
 	TypeVMStatusChanged:           {PublisherProvisioner},
 	TypeVMMigrationTargetReserved: {PublisherScheduler},
-	TypeVMMigrated:                {PublisherProvisioner, PublisherScheduler}, // relocated, or refused before relocating
-	TypeVMEvicted:                 {PublisherMigration},
-	TypeVMDeleted:                 {PublisherProvisioner},
+	TypeVMMigrationAdmitted:       {PublisherMigration},
+	// Relocated (provisioner), refused before relocating (scheduler), or
+	// ended while queued under the migration limits (migration).
+	TypeVMMigrated: {PublisherProvisioner, PublisherScheduler, PublisherMigration},
+	TypeVMEvicted:  {PublisherMigration},
+	TypeVMDeleted:  {PublisherProvisioner},
 
 	TypeGuestClusterCheckRequested: {PublisherClient},
 	TypeGuestClusterCompatibility:  {PublisherGuestCluster},

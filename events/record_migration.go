@@ -86,6 +86,10 @@ type MigrationRecord struct {
 	// CancelRequested is set when a cancel arrived; it takes effect before
 	// relocating begins and is ignored after.
 	CancelRequested bool `json:"cancelRequested,omitempty"`
+	// Kind is MigrationKindVM for a native VM's migration (Pod then names
+	// the VM): the migration service only admits it under the limits, and
+	// the native VM controller relocates it. Empty for a pod's.
+	Kind string `json:"kind,omitempty"`
 	// Drain is the host whose drain requested this migration, if any.
 	Drain string `json:"drain,omitempty"`
 	// VMRef is the pod VM's managed object reference (from the pod record).
@@ -113,6 +117,12 @@ func MigrationRecordKey(id string) string { return id }
 
 // Key is the pod key <namespace>/<name>.
 func (r *MigrationRecord) Key() string { return PodKey(r.Namespace, r.Pod) }
+
+// MigrationKindVM is MigrationRecord.Kind of a native VM's migration.
+const MigrationKindVM = "VirtualMachine"
+
+// IsVM reports whether the record is a native VM's migration.
+func (r *MigrationRecord) IsVM() bool { return r.Kind == MigrationKindVM }
 
 // Active reports whether the migration still holds the pod: it is neither
 // final nor merely requested and refused.

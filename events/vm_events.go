@@ -359,6 +359,14 @@ func (e *VMMigrationTargetReserved) Validate() error {
 // ObjectKey is the VM key <namespace>/<name>.
 func (e *VMMigrationTargetReserved) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
+// VMMigrationAdmitted says a VM's migration, its target reserved, has room
+// under the migration limits (the migration service's queue, shared with
+// pods' migrations: it counts against its source host, its source cluster
+// and its target's cluster): the native VM controller relocates it now.
+type VMMigrationAdmitted struct {
+	VMMigrationTargetReserved
+}
+
 // VMMigrated says a VM now runs on TargetHost (or, with Reason set, that
 // the migration failed and it stayed on SourceHost); the scheduler frees
 // the room it no longer uses and network-config moves the port bindings.

@@ -68,9 +68,18 @@
 // host with such pods stays cordoned and out of maintenance. A drain makes up
 // to DrainRounds passes, so pods still being provisioned on the host when it
 // starts are moved once they run. Then the host's native VMs are moved
-// (vms.go): each move is recorded in the drain record, asked for as the
-// limits give it room (it counts against its source host and cluster like
-// a pod's migration until vm.migrated), and evicted when it cannot move.
+// (vms.go): each move is recorded in the drain record, asked for, and
+// evicted when it cannot move.
+//
+// # Native VM moves
+//
+// A VM's move, a drain's or `podvisor migrate vm`'s, shares the queue and
+// the limits (vmmoves.go): once the scheduler reserved its target
+// (vm.migration.target.reserved) it is recorded (Kind VirtualMachine) and
+// queued, counted against its source host, its source cluster and its
+// target cluster like a pod's migration, admitted with room
+// (vm.migration.admitted: the native VM controller runs the vMotion) and
+// ended by vm.migrated.
 // The drain's state is in KV `drains`
 // (events.DrainRecord), so a drain under way resumes after a restart.
 // host.uncordoned (`podvisor uncordon host esx-1-01`) stops a drain and

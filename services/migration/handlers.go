@@ -37,6 +37,7 @@ func (s *Service) routes() *bus.Router {
 		return s.onUncordonRequested(ctx, m, p)
 	})
 	bus.Handle(r, s.onHostLost)
+	bus.Handle(r, s.onVMTargetReserved)
 	bus.Handle(r, s.onVMMigrated)
 	bus.Handle(r, s.onNetworkHostFailed)
 	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.HostRecovered) error {
@@ -326,6 +327,21 @@ func (s *Service) onCancel(ctx context.Context, p *events.MigrationCancelRequest
 	}
 	if !r.Active() {
 		return nil
+	}
+	if r.IsVM() {
+		// A VM move is cancelled while queued; once admitted, the
+		// native VM controller's vMotion runs to its end.
+		if ended, err := s.endQueuedVM(ctx, r, ReasonCancelled, "cancelled while queued"); ended || err != nil {
+			return err
+		}
+		_, err := s.store.updateMigration(ctx, r.ID, func(r *events.MigrationRecord) bool {
+			if !r.Active() {
+				return false
+			}
+			r.CancelRequested, r.Message = true, fmt.Sprintf("cancel refused: the relocation to %s already began", r.TargetHost)
+			return true
+		})
+		return err
 	}
 	s.mu.Lock()
 	if s.lim.remove(r.ID) {

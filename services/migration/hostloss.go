@@ -55,6 +55,12 @@ func (s *Service) failMigrationsTouching(ctx context.Context, host string) error
 			continue
 		}
 		msg := fmt.Sprintf("host %s stopped responding", host)
+		if r.IsVM() {
+			if _, err := s.endQueuedVM(ctx, r, ReasonHostLost, msg); err != nil {
+				return err
+			}
+			continue
+		}
 		s.mu.Lock()
 		queued := s.lim.remove(r.ID)
 		f := s.flights[r.ID]

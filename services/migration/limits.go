@@ -23,8 +23,8 @@ type slot struct {
 	sourceHost    string
 	sourceCluster string
 	targetCluster string
-	// vm marks a drain's native VM move: it is admitted here like a
-	// migration, but the native VM controller runs it (vms.go).
+	// vm marks a native VM's move: it is admitted here like a pod's
+	// migration, but the native VM controller runs it (vmmoves.go).
 	vm bool
 }
 
@@ -143,9 +143,6 @@ func (l *limiter) done(id string) {
 func (l *limiter) waiting() map[string]queued {
 	out := make(map[string]queued, len(l.queue))
 	for i, q := range l.queue {
-		if q.vm {
-			continue // no migration record to tell
-		}
 		_, why := l.fits(q)
 		out[q.id] = queued{position: i, why: why}
 	}

@@ -267,8 +267,13 @@ func (s *Service) recover(ctx context.Context) error {
 	})
 	s.mu.Lock()
 	resumed := 0
+	var vms []*events.MigrationRecord
 	for _, r := range recs {
 		if !r.Active() {
+			continue
+		}
+		if r.IsVM() {
+			vms = append(vms, r)
 			continue
 		}
 		s.podActive[r.Key()] = r.ID
@@ -280,6 +285,11 @@ func (s *Service) recover(ctx context.Context) error {
 		resumed++
 	}
 	s.mu.Unlock()
+	// VM moves (vmmoves.go): those admitted take their room first.
+	for _, r := range vms {
+		s.queueVM(ctx, r)
+	}
+	resumed += len(vms)
 	drains, err := s.store.drainRecords(ctx)
 	if err != nil {
 		return fmt.Errorf("load drains: %w", err)
@@ -297,7 +307,7 @@ func (s *Service) recover(ctx context.Context) error {
 }
 
 func slotOf(r *events.MigrationRecord) slot {
-	return slot{id: r.ID, sourceHost: r.SourceHost, sourceCluster: r.SourceCluster, targetCluster: r.TargetCluster}
+	return slot{id: r.ID, sourceHost: r.SourceHost, sourceCluster: r.SourceCluster, targetCluster: r.TargetCluster, vm: r.IsVM()}
 }
 
 // poke wakes the dispatcher.
@@ -318,7 +328,18 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 		case <-s.kick:
 		}
 		s.mu.Lock()
-		started := slices.DeleteFunc(s.lim.next(), func(sl slot) bool { return sl.vm }) // a drain's VM move is run by the native VM controller
+		started := s.lim.next()
+		// A VM move is admitted here and run by the native VM controller.
+		var vmMoves []slot
+		started = slices.DeleteFunc(started, func(sl slot) bool {
+			if sl.vm {
+				vmMoves = append(vmMoves, sl)
+			}
+			return sl.vm
+		})
+		for _, sl := range vmMoves {
+			delete(s.positions, sl.id)
+		}
 		for _, sl := range started {
 			s.flights[sl.id] = &flight{}
 			delete(s.positions, sl.id)
@@ -332,6 +353,13 @@ func (s *Service) dispatchLoop(ctx context.Context) {
 			}
 		}
 		s.mu.Unlock()
+		for _, sl := range vmMoves {
+			s.runners.Add(1)
+			go func() {
+				defer s.runners.Done()
+				s.admitVM(ctx, sl.id)
+			}()
+		}
 		for _, sl := range started {
 			s.log.Info("migration started", "migration", sl.id, "from", sl.sourceHost)
 			s.runners.Add(1)
@@ -460,8 +488,8 @@ func (s *Service) repair(ctx context.Context) {
 	var queued []string
 	s.mu.Lock()
 	for _, r := range recs {
-		if !r.Active() || r.UpdatedAt.After(settled) {
-			continue
+		if !r.Active() || r.UpdatedAt.After(settled) || r.IsVM() {
+			continue // a VM move is queued by its handler and at start
 		}
 		if cur, ok := s.podActive[r.Key()]; ok && cur != r.ID {
 			continue // another migration of the pod is the active one here

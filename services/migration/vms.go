@@ -23,10 +23,11 @@ import (
 //
 //   - a drain, once its pods are handled, records a move for every VM on
 //     the host in its drain record and asks for each (vm.migrate.requested:
-//     the scheduler reserves a target, the controller relocates the VM,
-//     powered on or off, and announces vm.migrated) as the migration
-//     limits give it room: a VM move counts against its source host and
-//     cluster like a pod's migration, from its request until vm.migrated.
+//     the scheduler reserves a target, this service queues the move under
+//     the migration limits like any other VM move (vmmoves.go: it counts
+//     against its source host, its source cluster and its target's
+//     cluster until vm.migrated), the controller relocates the VM, powered
+//     on or off, and announces vm.migrated).
 //     A VM that cannot move (no target, the relocation failed) is evicted
 //     (vm.evicted, reason DrainUnmovable): the scheduler places it again
 //     away from the host and the controller makes it again there from its
@@ -101,10 +102,13 @@ func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMReco
 	return r, err
 }
 
-// onVMMigrated writes the outcome of a drain's VM move into the drain
-// record of its source host and frees the move's room. A vm.migrated of a
-// move no drain asked for (podvisor migrate vm) changes nothing.
+// onVMMigrated ends the VM move's record and frees its room, and writes
+// the outcome of a drain's VM move into the drain record of its source
+// host.
 func (s *Service) onVMMigrated(ctx context.Context, _ *bus.Message, e *events.VMMigrated) error {
+	if err := s.endVMMove(ctx, e); err != nil {
+		return err
+	}
 	if _, err := s.store.updateDrain(ctx, e.SourceHost, func(d *events.DrainRecord) bool {
 		i := slices.IndexFunc(d.VMs, func(v events.DrainVM) bool { return v.ID == e.ID })
 		if i < 0 || !d.VMs[i].MigratedAt.IsZero() {
@@ -116,7 +120,6 @@ func (s *Service) onVMMigrated(ctx context.Context, _ *bus.Message, e *events.VM
 	}); err != nil {
 		return err
 	}
-	s.vmMoveEnded(e.ID)
 	return nil
 }
 
@@ -154,17 +157,6 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 	if err != nil || d == nil || d.RequestID != requestID || len(d.VMs) == 0 {
 		return err
 	}
-	// Whatever ends this wait, the moves give their room back.
-	moves := d.VMs
-	defer func() {
-		for _, v := range moves {
-			s.vmMoveEnded(v.ID)
-		}
-	}()
-	cluster := ""
-	if h, err := s.store.host(ctx, host); err == nil && h != nil {
-		cluster = h.Cluster
-	}
 	cause := standIn(fmt.Sprintf("drain/%s/%s", host, requestID), "")
 	logged := false
 	for {
@@ -181,7 +173,7 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 				continue
 			}
 			open++
-			if err := s.stepVMMove(ctx, cause, host, cluster, requestID, v); err != nil {
+			if err := s.stepVMMove(ctx, cause, host, requestID, v); err != nil {
 				return err
 			}
 		}
@@ -211,12 +203,13 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 }
 
 // stepVMMove takes one VM move a step further: ended when the VM left
-// the host (or is gone), asked for once it has room, evicted once
+// the host (or is gone), asked for (it waits for room in the queue once
+// its target is reserved), evicted once
 // vm.migrated says it could not move, given up vmLeaveTimeout later. What
 // is decided lives in the drain record; a request or an eviction is sent
 // before it is recorded and sent again (same id, kept once by the bus) by a
 // drain resumed in between.
-func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, cluster, requestID string, v events.DrainVM) error {
+func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requestID string, v events.DrainVM) error {
 	set := func(mutate func(m *events.DrainVM)) error {
 		_, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
 			i := slices.IndexFunc(d.VMs, func(m events.DrainVM) bool { return m.ID == v.ID })
@@ -229,7 +222,6 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, clus
 		return err
 	}
 	end := func(result, msg string) error {
-		s.vmMoveEnded(v.ID)
 		return set(func(m *events.DrainVM) {
 			m.Result = result
 			if msg != "" {
@@ -248,20 +240,11 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, clus
 		return end(events.DrainVMMoved, "")
 	}
 	now := s.now().UTC()
-	sl := slot{id: v.ID, sourceHost: host, sourceCluster: cluster, vm: true}
 	if v.RequestedAt.IsZero() {
-		if !s.admitVMMove(sl, false) {
-			return nil // waits for room
-		}
 		if err := s.emit(ctx, cause, &events.VMMigrateRequested{ID: v.ID, Namespace: v.Namespace, Name: v.Name}, bus.Distinct(v.ID)); err != nil {
 			return err
 		}
 		return set(func(m *events.DrainVM) { m.RequestedAt = now })
-	}
-	if v.MigratedAt.IsZero() {
-		// Asked by a previous run (another leader): it holds its room
-		// until vm.migrated.
-		s.admitVMMove(sl, true)
 	}
 	if !v.MigratedAt.IsZero() && v.Reason != "" && v.EvictedAt.IsZero() {
 		msg := fmt.Sprintf("drain of %s: the VM could not move (%s: %s); it is made again on another host from its spec", host, v.Reason, v.Message)
@@ -284,31 +267,6 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, clus
 		reason = v.Reason
 	}
 	return end(reason, fmt.Sprintf("VM %s is still on %s after %s (phase %s)", cur.Key(), host, vmLeaveTimeout, cur.Status.Phase))
-}
-
-// admitVMMove asks room under the migration limits for a drain's VM move
-// and reports whether it has it. A move asked for before (inFlight) takes
-// its room at once: its vMotion runs whether or not there is room.
-func (s *Service) admitVMMove(sl slot, inFlight bool) bool {
-	s.mu.Lock()
-	if s.lim == nil {
-		s.mu.Unlock()
-		return true
-	}
-	if _, ok := s.lim.running[sl.id]; ok {
-		s.mu.Unlock()
-		return true
-	}
-	if inFlight {
-		s.lim.remove(sl.id)
-		s.lim.start(sl)
-		s.mu.Unlock()
-		return true
-	}
-	s.lim.enqueue(sl)
-	s.mu.Unlock()
-	s.poke()
-	return false
 }
 
 // vmMoveEnded gives a VM move's room back (or takes it out of the queue).

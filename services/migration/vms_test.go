@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,24 +19,29 @@ import (
 )
 
 // vmController stands in for the scheduler and the provisioner's native VM
-// controller: it answers a drain's vm.migrate.requested with vm.migrated
-// (the VM moved to target after relocate, or failed when fail is set), or
-// keeps the request for answer when hold is set, and makes an evicted VM
-// again on target, writing the VM records as the provisioner would.
+// controller: it answers vm.migrate.requested with
+// vm.migration.target.reserved (on the request's target host, else on
+// target), and the migration service's vm.migration.admitted with
+// vm.migrated (the VM moved after relocate, or failed when fail is set);
+// it keeps a request for answer when hold is set, an admission for
+// finish when holdAdmitted is set, and makes an evicted VM again on
+// target, writing the VM records as the provisioner would.
 type vmController struct {
 	w        *world
 	kv       jetstream.KeyValue
 	target   string
 	relocate time.Duration
 
-	mu       sync.Mutex
-	fail     bool
-	hold     bool
-	held     []*events.VMMigrateRequested
-	seen     map[string]bool
-	inFlight int // requests not yet answered
-	maxIn    int
-	asked    int
+	mu           sync.Mutex
+	fail         bool
+	hold         bool
+	held         []*events.VMMigrateRequested
+	holdAdmitted bool
+	admitted     []*events.VMMigrationAdmitted
+	seen         map[string]bool
+	inFlight     int // admitted moves not yet answered
+	maxIn        int
+	asked        int
 }
 
 func newVMController(w *world, target string) *vmController {
@@ -85,36 +92,65 @@ func (c *vmController) on(m *nats.Msg) {
 	case *events.VMMigrateRequested:
 		c.mu.Lock()
 		c.asked++
-		c.inFlight++
-		c.maxIn = max(c.maxIn, c.inFlight)
 		if c.hold {
 			c.held = append(c.held, v)
 			c.mu.Unlock()
 			return
 		}
 		c.mu.Unlock()
+		go c.reserve(v)
+	case *events.VMMigrationAdmitted:
+		c.mu.Lock()
+		c.inFlight++
+		c.maxIn = max(c.maxIn, c.inFlight)
+		if c.holdAdmitted {
+			c.admitted = append(c.admitted, v)
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
 		go func() {
 			time.Sleep(c.relocate) // the vMotion's duration
-			c.answer(v)
+			c.finish(v)
 		}()
 	case *events.VMEvicted:
 		go c.moveTo(v.Namespace, v.Name, c.target)
 	}
 }
 
-// answer announces the outcome of a move as the controller would.
-func (c *vmController) answer(v *events.VMMigrateRequested) {
+// reserve answers a request as the scheduler would.
+func (c *vmController) reserve(v *events.VMMigrateRequested) {
+	r := c.vm(v.Namespace, v.Name)
+	target := v.TargetHost
+	if target == "" {
+		target = c.target
+	}
+	c.w.publish("podvisor/scheduler", events.TypeVMMigrationTargetReserved, &events.VMMigrationTargetReserved{ID: v.ID,
+		Namespace: v.Namespace, Name: v.Name, UID: r.UID, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.clusterOf(target)})
+}
+
+// finish relocates an admitted move and announces its outcome as the
+// controller would.
+func (c *vmController) finish(v *events.VMMigrationAdmitted) {
 	c.mu.Lock()
-	fail := c.fail
 	c.inFlight--
 	c.mu.Unlock()
-	r := c.vm(v.Namespace, v.Name)
-	out := &events.VMMigrated{ID: v.ID, Namespace: v.Namespace, Name: v.Name, UID: r.UID, SourceHost: r.Status.Host}
+	c.answer(v.ID, v.Namespace, v.Name, v.TargetHost)
+}
+
+// answer announces the outcome of a move (to target) as the controller
+// would.
+func (c *vmController) answer(id, ns, name, target string) {
+	c.mu.Lock()
+	fail := c.fail
+	c.mu.Unlock()
+	r := c.vm(ns, name)
+	out := &events.VMMigrated{ID: id, Namespace: ns, Name: name, UID: r.UID, SourceHost: r.Status.Host}
 	if fail {
 		out.Reason, out.Message = "RelocateFailed", "vCenter refused the relocation"
 	} else {
-		c.moveTo(v.Namespace, v.Name, c.target)
-		out.TargetHost = c.target
+		c.moveTo(ns, name, target)
+		out.TargetHost = target
 	}
 	c.w.publish("podvisor/provisioner", events.TypeVMMigrated, out)
 }
@@ -153,7 +189,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 	c.mu.Lock()
 	held := c.held[0]
 	c.mu.Unlock()
-	c.answer(held) // vm.migrated: RelocateFailed, with no migration service running
+	c.answer(held.ID, held.Namespace, held.Name, h[1]) // vm.migrated: RelocateFailed, with no migration service running
 
 	w.start(cfg)
 	d := w.waitDrained(h[0])
@@ -179,7 +215,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 
 // TestDrainMovesVMsWithinTheMigrationLimits: three VMs leave a drained host
 // one at a time under a limit of one migration per source host (a VM move
-// holds its room from its request to vm.migrated), and all three move.
+// holds its room from its admission to vm.migrated), and all three move.
 func TestDrainMovesVMsWithinTheMigrationLimits(t *testing.T) {
 	w := newWorld(t, 1, 2)
 	h := w.clusterHosts(0)
@@ -210,4 +246,80 @@ func TestDrainMovesVMsWithinTheMigrationLimits(t *testing.T) {
 	}
 	b, _ := json.Marshal(w.drainRecord(h[0]).VMs)
 	t.Logf("drain record's moves: %s", b)
+}
+
+// TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget: `podvisor migrate
+// vm` moves wait in the migration queue like pods' migrations, counted
+// against the source host, the source cluster and the target cluster. With
+// one migration per cluster, a VM moving from cluster 0 into cluster 1
+// holds cluster 1: a second VM's move within cluster 1 stays Queued (its
+// record says which limit) and is admitted, and relocated, only once the
+// first has migrated; a move cancelled while queued is ended with
+// vm.migrated (the scheduler frees its target) and never admitted.
+func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
+	w := newWorld(t, 2, 2)
+	c0, c1 := w.clusterHosts(0), w.clusterHosts(1)
+	c := newVMController(w, c1[0])
+	c.holdAdmitted = true
+	c.putVM("team-a", "a", "u-a", c0[0])
+	c.putVM("team-a", "b", "u-b", c1[1])
+	c.putVM("team-a", "x", "u-x", c1[1])
+	cfg := testConfig()
+	cfg.Limits = Limits{PerSourceHost: 1, PerCluster: 1}
+	w.start(cfg)
+
+	// As the CLI asks (podvisor migrate vm NAME --to HOST).
+	move := func(id, name, to string) {
+		w.publish("podvisor/cli", events.TypeVMMigrateRequested, &events.VMMigrateRequested{ID: id, Namespace: "team-a", Name: name, TargetHost: to})
+	}
+	admitted := func() []string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		var ids []string
+		for _, a := range c.admitted {
+			ids = append(ids, a.ID)
+		}
+		return ids
+	}
+	move("m-a", "a", c1[0])
+	eventually(t, "m-a admitted", func() bool { return slices.Equal(admitted(), []string{"m-a"}) })
+	move("m-b", "b", c1[0])
+	move("m-x", "x", c1[0])
+	eventually(t, "m-b and m-x queued behind m-a's room in cluster 1", func() bool {
+		b, _ := w.svc.store.migration(context.Background(), "m-b")
+		x, _ := w.svc.store.migration(context.Background(), "m-x")
+		return b != nil && x != nil && b.Phase == events.PhaseQueued && x.Phase == events.PhaseQueued &&
+			strings.Contains(b.Message, "limit 1 per cluster") && strings.Contains(b.Message, w.clusterOf(c1[0]))
+	})
+	if r := w.migration("m-a"); r.Kind != events.MigrationKindVM || r.Phase != events.PhaseRelocating ||
+		r.SourceCluster != w.clusterOf(c0[0]) || r.TargetCluster != w.clusterOf(c1[0]) {
+		t.Errorf("m-a's record = %+v, want a VM move Relocating from cluster 0 into cluster 1", r)
+	}
+
+	// A queued move cancelled: ended with vm.migrated, never admitted.
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "m-x", Namespace: "team-a", Pod: "x"})
+	eventually(t, "m-x cancelled", func() bool { return w.migrationPhase("m-x") == events.MigrationPhaseCancelled })
+	ended := testenv.Distinct[events.VMMigrated](w.Env, func(v *events.VMMigrated) bool { return v.ID == "m-x" })
+	if len(ended) != 1 || ended[0].Reason != "Cancelled" {
+		t.Errorf("vm.migrated of m-x = %+v, want one with reason Cancelled", ended)
+	}
+
+	// Nothing else is admitted while m-a holds the room.
+	if got := admitted(); !slices.Equal(got, []string{"m-a"}) {
+		t.Fatalf("admitted %v while m-a relocates, want m-a only", got)
+	}
+	c.mu.Lock()
+	a := c.admitted[0]
+	c.holdAdmitted = false
+	c.mu.Unlock()
+	c.finish(a)
+	eventually(t, "m-b admitted and migrated after m-a", func() bool {
+		return w.migrationPhase("m-a") == events.MigrationPhaseCompleted && w.migrationPhase("m-b") == events.MigrationPhaseCompleted
+	})
+	if got := c.vm("team-a", "b").Status.Host; got != c1[0] {
+		t.Errorf("b on %s, want %s", got, c1[0])
+	}
+	if got := admitted(); !slices.Equal(got, []string{"m-a"}) || w.migrationPhase("m-x") != events.MigrationPhaseCancelled {
+		t.Errorf("held admissions %v, m-x %s: the cancelled move was admitted", got, w.migrationPhase("m-x"))
+	}
 }

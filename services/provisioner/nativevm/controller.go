@@ -176,7 +176,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	bus.Handle(r, c.onNetworkAttached)
 	bus.Handle(r, c.onNetworkFailed)
 	bus.Handle(r, c.onDeleteRequested)
-	bus.Handle(r, c.onTargetReserved).OnFailure(c.migrateFailed)
+	bus.Handle(r, c.onAdmitted).OnFailure(c.migrateFailed)
 	bus.Handle(r, c.onEvicted)
 	c.log.Info("native VM controller running", "folder", c.cfg.FolderRoot, "images", c.cfg.ImageRoot)
 	return r.Run(ctx, c.bus, bus.ConsumerConfig{Workers: c.cfg.Workers, AckWait: c.cfg.AckWait, MaxDeliver: c.cfg.MaxDeliver, Logger: c.log}, nil)

@@ -49,9 +49,13 @@
 //
 // # Drain and host loss
 //
-// A VM is moved by the same migration service as pods: a drain asks for
-// vm.migrate.requested (vMotion, onTargetReserved; a relocation vCenter
-// refuses fails at once, freeing the target); one that cannot move, or
+// A VM is moved under the same migration limits as pods: a drain or
+// `podvisor migrate vm` asks for vm.migrate.requested, the scheduler
+// reserves a target, the migration service admits the move when its
+// source host, source cluster and target cluster have room
+// (vm.migration.admitted), and this controller relocates it (vMotion,
+// onAdmitted; a relocation vCenter refuses fails at once, freeing the
+// target). A drain's VM that cannot move, or
 // one on a lost host, is evicted (vm.evicted): it is placed again and
 // made again there from its spec, in its declared power state, after the
 // VM it left is destroyed (or unregistered when its host is gone).

@@ -14,11 +14,13 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// onTargetReserved relocates the VM (vMotion) to the host the scheduler
-// reserved, records where it now runs and announces vm.migrated; the
-// scheduler then frees the source's room and network-config moves the
-// port bindings.
-func (c *Controller) onTargetReserved(ctx context.Context, m *bus.Message, e *events.VMMigrationTargetReserved) error {
+// onAdmitted relocates the VM (vMotion) to the host the scheduler reserved
+// once the migration service admits the move under the migration limits
+// (vm.migration.admitted), records where it now runs and announces
+// vm.migrated; the scheduler then frees the source's room, network-config
+// moves the port bindings and the migration service the move's room.
+func (c *Controller) onAdmitted(ctx context.Context, m *bus.Message, a *events.VMMigrationAdmitted) error {
+	e := &a.VMMigrationTargetReserved
 	unlock := c.locks.Lock(e.ObjectKey())
 	defer unlock()
 	rec, _, err := c.vms.Get(ctx, events.VMRecordKey(e.Namespace, e.Name))
@@ -82,7 +84,8 @@ func (c *Controller) onTargetReserved(ctx context.Context, m *bus.Message, e *ev
 }
 
 // migrateFailed tells the scheduler the VM stayed, so it frees the target.
-func (c *Controller) migrateFailed(ctx context.Context, m *bus.Message, e *events.VMMigrationTargetReserved, err error) error {
+func (c *Controller) migrateFailed(ctx context.Context, m *bus.Message, a *events.VMMigrationAdmitted, err error) error {
+	e := &a.VMMigrationTargetReserved
 	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
 		SourceHost: e.SourceHost, Reason: bus.ReasonOf(err, "MigrationFailed"), Message: err.Error()})
 }
