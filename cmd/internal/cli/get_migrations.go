@@ -43,7 +43,11 @@ func (m *migrationRow) Row(now time.Time) []string {
 	if to == "" && r.RequestedTarget != "" {
 		to = r.RequestedTarget + "?"
 	}
-	return []string{r.Pod, dash(r.SourceHost), dash(to), migrationPhase(r), age(r.CreatedAt, now), dash(migrationReason(r))}
+	what := r.Pod
+	if r.IsVM() {
+		what = "vm/" + r.Pod // a native VM's move shares the queue
+	}
+	return []string{what, dash(r.SourceHost), dash(to), migrationPhase(r), age(r.CreatedAt, now), dash(migrationReason(r))}
 }
 
 // migrationPhase adds what a person wants to know next to the phase: the

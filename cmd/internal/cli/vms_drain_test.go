@@ -117,6 +117,19 @@ spec: {className: small, imageName: vmos, powerState: PoweredOff}
 		t.Logf("uncordon: %s", out)
 	}
 
+	// `migrate vm` goes through the migration queue like a pod's
+	// migration: it is listed there, and its record ends Completed.
+	if out, errOut, code := run(t, dir, "", "migrate", "vm", "vm-on", "-n", "team-a", "--id", "mv-back", "--to", src, "--wait", "25s"); code != 0 || !strings.Contains(out, "moved") {
+		t.Fatalf("migrate vm vm-on --to %s: exit %d\n%s%s", src, code, out, errOut)
+	}
+	if v := getVM("vm-on"); v.Status.Host != src {
+		t.Errorf("vm-on on %s after migrate vm --to %s", v.Status.Host, src)
+	}
+	out, errOut, code := run(t, dir, "", "get", "migrations", "-n", "team-a")
+	if code != 0 || !strings.Contains(out, "vm/vm-on") || !strings.Contains(out, events.MigrationPhaseCompleted) {
+		t.Errorf("get migrations: exit %d\n%s%s, want vm/vm-on Completed", code, out, errOut)
+	}
+
 	// A VM that cannot be vMotioned is evicted and made again elsewhere.
 	off := getVM("vm-off")
 	if err := sys.Datacenter.AddFault(simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1,
