@@ -105,6 +105,9 @@ type Outcome struct {
 	Template string
 	Reason   string
 	Message  string
+	// ReadTemplate says this fork read the template VM: the first fork of
+	// a version of the template's record, or the first after a failed one.
+	ReadTemplate bool
 }
 
 // Keeper forks pod VMs from templates and keeps the templates.
@@ -218,7 +221,7 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 	}
 	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef}
 	var vmRef types.ManagedObjectReference
-	tmpl, err := k.template(ctx, name, rec)
+	tmpl, read, err := k.template(ctx, name, rec)
 	if err == nil {
 		var task types.ManagedObjectReference
 		if task, err = k.vms.StartInstantClone(ctx, tmpl, s, p); err == nil {
@@ -234,31 +237,31 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 			// simulator): its record goes, and the next pod rebuilds it.
 			k.forget(ctx, name)
 		}
-		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err)}
+		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err), ReadTemplate: read}
 	}
 	k.touch(ctx, name, rec)
 	return &podvm.VM{Ref: vmRef, Name: s.Name, Host: p.Host, PowerState: types.VirtualMachinePowerStatePoweredOn},
-		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name}
+		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name, ReadTemplate: read}
 }
 
 // template returns what forks read of the template VM rec names, read
-// once per version of the record.
-func (k *Keeper) template(ctx context.Context, name string, rec *Record) (*podvm.Template, error) {
+// once per version of the record; read says it was read now.
+func (k *Keeper) template(ctx context.Context, name string, rec *Record) (_ *podvm.Template, read bool, _ error) {
 	v := rec.version()
 	k.mu.Lock()
 	t, ok := k.read[name]
 	k.mu.Unlock()
 	if ok && t.version == v {
-		return t.vm, nil
+		return t.vm, false, nil
 	}
 	vm, err := k.vms.ReadTemplate(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef})
 	if err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	k.mu.Lock()
 	k.read[name] = readTemplate{version: v, vm: vm}
 	k.mu.Unlock()
-	return vm, nil
+	return vm, true, nil
 }
 
 // forgetRead drops what was read of a template.
