@@ -46,14 +46,18 @@ func (s *Service) initTemplates(ctx context.Context) error {
 }
 
 // forkVM starts the pod VM as an instant clone of its shape's template
-// when it can; otherwise it returns no VM and the caller creates it. Either
-// way the pod's VMForked condition says which and why (saved with the
-// record's next write), and the reason is logged and counted.
+// when it can (the VM comes back powered on); otherwise it returns no VM
+// and the caller creates it. Either way the pod's VMForked condition says
+// which and why (saved with the record's next write), and the reason is
+// logged and counted.
 func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Spec, p podvm.Placement) (*podvm.VM, error) {
 	if s.templates == nil {
 		return nil, nil
 	}
+	ctx, span := s.span(ctx, "provisioner.instant_clone", r, attribute.String("vm.name", spec.Name))
 	vm, out := s.templates.Fork(ctx, spec, p, &r.Pod)
+	span.SetAttributes(attribute.String("template", out.Template), attribute.String("reason", out.Reason), attribute.Bool("template.read", out.ReadTemplate))
+	span.End()
 	how := "created"
 	status := events.ConditionFalse
 	if out.Forked {
@@ -67,7 +71,12 @@ func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Sp
 	}
 	vm.UID, vm.Namespace, vm.Pod = r.UID, r.Namespace, r.Name
 	s.log.Info("pod VM forked", "key", r.Key(), "vm", vm.Ref.Value, "template", out.Template)
-	return vm, s.recordVM(ctx, r, vm)
+	// Noted, not saved: the caller saves it with pod.vm.ready, as it does
+	// a created VM. A crash before that finds the VM by its name (the
+	// record holds the reserved create attempt), as after a create whose
+	// task was never recorded.
+	noteVM(r, vm, s.now().UTC())
+	return vm, nil
 }
 
 // templateReported takes the report of a template's guest.

@@ -6,10 +6,13 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,8 +37,37 @@ func imagePod(name, container string) *corev1.Pod {
 // template; the next pod of the image is an instant clone of it, with its
 // own NIC MAC; a failing InstantClone falls back to a create with the
 // reason on the pod; a pod of another image gets a template of its own,
-// which replaces the first one (one warm template per host).
+// which replaces the first one (one warm template per host). A fork reads
+// the template VM once per template, and again after a failed fork; a
+// forked VM comes up running and is not powered on again, a created one is
+// (the provisioner's spans say so).
 func TestPodVMsForkFromTemplates(t *testing.T) {
+	prevTP := otel.GetTracerProvider()
+	spans := telemetry.NewRecorder(0)
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(spans)))
+	otel.SetTracerProvider(tp)
+	t.Cleanup(func() {
+		_ = tp.Shutdown(context.Background())
+		otel.SetTracerProvider(prevTP)
+	})
+	// spanOf is the provisioner's span of a name for a pod, nil if none.
+	spanOf := func(pod, name string) *telemetry.Span {
+		found := spans.Find(func(sp telemetry.Span) bool { return sp.Name == name && sp.Attrs["pod"] == "default/"+pod })
+		if len(found) == 0 {
+			return nil
+		}
+		return &found[len(found)-1]
+	}
+	read := func(pod string) bool {
+		t.Helper()
+		sp := spanOf(pod, "provisioner.instant_clone")
+		if sp == nil {
+			t.Fatalf("pod %s: no provisioner.instant_clone span", pod)
+		}
+		return sp.Attrs["template.read"] == "true"
+	}
+	poweredOn := func(pod string) bool { return spanOf(pod, "provisioner.power_on") != nil }
+
 	e := newEnv(t)
 	cfg := testConfig()
 	cfg.TemplatesWarm = 1
@@ -100,6 +132,19 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	if len(nics) != 1 || nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard().MacAddress != second.Attachments[0].MAC {
 		t.Fatalf("forked VM's NICs %d, want one with the pod's MAC %s", len(nics), second.Attachments[0].MAC)
 	}
+	if !second.IsTrue(events.PodConditionVMCreated) || second.VMRef == "" {
+		t.Fatal("the forked VM is not on the pod's record")
+	}
+	if !read("second") || poweredOn("second") || !poweredOn("first") {
+		t.Fatalf("first fork of the template: read it %v (want true), powered on again %v (want false); created pod powered on %v (want true)",
+			read("second"), poweredOn("second"), poweredOn("first"))
+	}
+	// The next fork of the same template reads nothing of it.
+	if r := deploy(imagePod("second-b", "app")); e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+		t.Fatal("the pod after the second is not forked from the template")
+	} else if read("second-b") {
+		t.Fatal("the second fork of the template read the template VM again")
+	}
 
 	// A pod that asks not to be forked is created.
 	optOut := imagePod("opted-out", "app")
@@ -121,6 +166,12 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	}
 	if e.dc.ForkedFrom(third.VMRef) != "" || !third.IsTrue(events.PodConditionVMCreated) {
 		t.Fatal("the third pod's VM was to be created after the failed fork")
+	}
+	// After a failed fork the template is read afresh.
+	if r := deploy(imagePod("third-b", "app")); e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+		t.Fatal("the pod after the failed fork is not forked from the template")
+	} else if !read("third-b") {
+		t.Fatal("the fork after a failed one used what was read before it")
 	}
 
 	// Another image: its own template, which replaces the first.

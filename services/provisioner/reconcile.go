@@ -121,11 +121,18 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	if err != nil {
 		return err
 	}
-	if err := s.fence(ctx, r); err != nil {
-		return err
-	}
-	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
-		return step(ReasonPowerOnFailed, err)
+	// A VM already on (an instant clone comes up running; a retry may
+	// find it on) needs no power-on task, and no fence before one.
+	if vm.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		if err := s.fence(ctx, r); err != nil {
+			return err
+		}
+		pctx, span := s.span(ctx, "provisioner.power_on", r, attribute.String("vm", vm.Ref.Value))
+		err := s.stepCtx(pctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) })
+		span.End()
+		if err != nil {
+			return step(ReasonPowerOnFailed, err)
+		}
 	}
 	// Announce first, then record: a crash in between re-announces with the
 	// same event id (JetStream keeps one), whereas the other order could

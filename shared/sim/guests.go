@@ -131,6 +131,13 @@ func (d *Datacenter) guestLog(what, vm string, err error) {
 	}
 }
 
+// debugLog logs a step of the datacenter's own at debug level.
+func (d *Datacenter) debugLog(msg string, args ...any) {
+	if d.cfg.Guests != nil && d.cfg.Guests.Logger != nil {
+		d.cfg.Guests.Logger.Debug(msg, args...)
+	}
+}
+
 func (d *Datacenter) hostName(ref types.ManagedObjectReference) string {
 	if i, ok := d.hostByRef[ref]; ok {
 		return d.hosts[i].Name

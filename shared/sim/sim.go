@@ -75,6 +75,12 @@ type Datacenter struct {
 	// is being booted (standby.go).
 	standbyOf map[string]string
 	refilling map[string]bool
+	// tasks wakes the datacenter's own waits for tasks (tasks.go);
+	// inproc is its client of the model, made once (instantclone.go).
+	tasks      taskWatch
+	inprocOnce sync.Once
+	inproc     *vim25.Client
+	inprocErr  error
 
 	mu         sync.Mutex
 	closed     bool
@@ -151,6 +157,7 @@ func (d *Datacenter) build(ctx context.Context) error {
 	}
 	d.model = m
 	m.Map().AddHandler(&hostStateBridge{d: d})
+	m.Map().AddHandler(&d.tasks)
 	m.Map().Handler = d.methodHandler
 	m.Service.AddFaultRule(d.maintenanceRule())
 

@@ -1,9 +1,15 @@
 package bench
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
@@ -13,6 +19,10 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/sim/guest"
+	"github.com/podvisor/podvisor/shared/telemetry"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Fork is request → container running for pod VMs forked from a warm
@@ -36,6 +46,17 @@ type Fork struct {
 	Resumed int `json:"resumed"`
 	// CreatedToForkedP50 is Created.P50 / Forked.P50 (target ≥ 3).
 	CreatedToForkedP50 float64 `json:"created_to_forked_p50"`
+	// CreatedStagesP50MS and ForkedStagesP50MS are the median times from
+	// the request to each of the pod's events (the pipeline's stages, then
+	// vm_running for pod.vm.ready and running for pod.running): both kinds
+	// go through the same stages up to network_attached, and differ after.
+	CreatedStagesP50MS map[string]float64 `json:"created_stages_p50_ms"`
+	ForkedStagesP50MS  map[string]float64 `json:"forked_stages_p50_ms"`
+	// CreatedSpansP50MS and ForkedSpansP50MS are the median durations of
+	// the spans of each kind's pods, by span name (summed per pod when a
+	// pod has several of a name): where the time between the stages goes.
+	CreatedSpansP50MS map[string]float64 `json:"created_spans_p50_ms"`
+	ForkedSpansP50MS  map[string]float64 `json:"forked_spans_p50_ms"`
 }
 
 // runFork starts an all-in-one with one host, guests on and one warm
@@ -51,6 +72,12 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 		out.Skipped = why
 		return out, nil
 	}
+	// The services' spans, recorded in this process: the section is the
+	// bench's last, so the tracing costs the others nothing.
+	spans := telemetry.NewRecorder(0)
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(spans)))
+	otel.SetTracerProvider(tp)
+	defer func() { _ = tp.Shutdown(context.Background()) }()
 	sys, b, stop, err := startGuests(ctx, cfg, agent, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
 	if err != nil {
 		return nil, err
@@ -78,7 +105,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	// The template's first fork boots its standby (shared/sim/standby.go):
 	// the guest each later fork resumes, as a child of a running VM does
 	// on vSphere. It is not measured.
-	if _, _, err := runPodsAnnotated(ctx, b, w, image, "fk-forked-first", map[string]string{events.AnnotationInstantClone: "true"}, 2*time.Minute); err != nil {
+	if _, err := runPodsAnnotated(ctx, b, w, image, "fk-forked-first", map[string]string{events.AnnotationInstantClone: "true"}, 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("first fork: %w", err)
 	}
 	p.say("fork: %d created and %d forked pod VMs, one at a time…", cfg.ForkPairs, cfg.ForkPairs)
@@ -87,20 +114,33 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 		return nil, err
 	}
 	var created, forked, createdVM, forkedVM latencies
+	createdStages, forkedStages := map[string][]float64{}, map[string][]float64{}
+	createdSpans, forkedSpans := map[string][]float64{}, map[string][]float64{}
 	for i := range cfg.ForkPairs {
 		// The standby the last fork used is replaced in the background:
-		// each pair starts once it is there, so that its disk copy and
-		// boot take nothing from the pod measured.
+		// each pair starts once it is prepared, so that its disk copy and
+		// boot take nothing from either pod measured.
 		waitStandby(ctx, sys.Datacenter.Guests(), tmpl.VMRef, 30*time.Second)
 		for _, fork := range []bool{false, true} {
 			name := fmt.Sprintf("fk-created-%03d", i)
 			if fork {
 				name = fmt.Sprintf("fk-forked-%03d", i)
 			}
-			lat, vmLat, err := runPodsAnnotated(ctx, b, w, image, name, map[string]string{events.AnnotationInstantClone: fmt.Sprint(fork)}, 2*time.Minute)
+			stages, err := runPodsAnnotated(ctx, b, w, image, name, map[string]string{events.AnnotationInstantClone: fmt.Sprint(fork)}, 2*time.Minute)
 			if err != nil {
 				return nil, err
 			}
+			into, spansInto := createdStages, createdSpans
+			if fork {
+				into, spansInto = forkedStages, forkedSpans
+			}
+			for st, v := range stages {
+				into[st] = append(into[st], v)
+			}
+			for n, v := range spanDurations(spans, events.PodKey(Namespace, name)) {
+				spansInto[n] = append(spansInto[n], v)
+			}
+			lat, vmLat := stages[stageRunning], stages[stageVMRunning]
 			if fork {
 				forked.add(lat)
 				forkedVM.add(vmLat)
@@ -121,53 +161,129 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	}
 	out.Created, out.Forked = created.latency(), forked.latency()
 	out.CreatedVMReady, out.ForkedVMReady = createdVM.latency(), forkedVM.latency()
+	out.CreatedStagesP50MS, out.ForkedStagesP50MS = medians(createdStages), medians(forkedStages)
+	out.CreatedSpansP50MS, out.ForkedSpansP50MS = medians(createdSpans), medians(forkedSpans)
 	if out.Forked.P50 > 0 {
 		out.CreatedToForkedP50 = out.Created.P50 / out.Forked.P50
 	}
 	p.say("fork: created p50 %.0f ms (VM ready %.0f ms), forked p50 %.0f ms (VM ready %.0f ms): %.2fx (%d forks fell back to a create, %d of %d resumed a standby)",
 		out.Created.P50, out.CreatedVMReady.P50, out.Forked.P50, out.ForkedVMReady.P50, out.CreatedToForkedP50, out.NotForked, out.Resumed, cfg.ForkPairs)
+	p.say("fork: stage medians from the request, created: %s", stageLine(out.CreatedStagesP50MS))
+	p.say("fork: stage medians from the request, forked:  %s", stageLine(out.ForkedStagesP50MS))
+	p.say("fork: provisioner span medians, created: %s", spanLine(out.CreatedSpansP50MS))
+	p.say("fork: provisioner span medians, forked:  %s", spanLine(out.ForkedSpansP50MS))
 	return out, nil
 }
 
+// Stage names of runPodsAnnotated besides the pipeline's stageTypes.
+const (
+	stageVMRunning = "vm_running" // pod.vm.ready, as in stageTypes
+	stageRunning   = "running"    // pod.running
+)
+
+// spanDurations sums, by span name, the durations of the spans of the
+// traces that touched the pod key (every service's handling of its events,
+// the provisioner's steps, the publishes), in milliseconds.
+func spanDurations(rec *telemetry.Recorder, key string) map[string]float64 {
+	traces := map[trace.TraceID]bool{}
+	for _, sp := range rec.Find(func(sp telemetry.Span) bool {
+		return sp.Attrs["ce.subject"] == key || sp.Attrs["pv.key"] == key || sp.Attrs["pod"] == key
+	}) {
+		traces[sp.TraceID] = true
+	}
+	out := map[string]float64{}
+	for _, sp := range rec.Find(func(sp telemetry.Span) bool { return traces[sp.TraceID] }) {
+		out[sp.Name] += ms(sp.Duration())
+	}
+	return out
+}
+
+// spanLine prints the provisioner's span medians, the longest first.
+func spanLine(m map[string]float64) string {
+	var names []string
+	for n := range m {
+		if strings.HasPrefix(n, "provisioner") {
+			names = append(names, n)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(m[b], m[a]) })
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s %.1f", n, m[n]))
+	}
+	return strings.Join(parts, ", ") + " ms"
+}
+
+// medians is the median of each stage's values.
+func medians(stages map[string][]float64) map[string]float64 {
+	out := map[string]float64{}
+	for st, v := range stages {
+		slices.Sort(v)
+		out[st] = percentile(v, 0.5)
+	}
+	return out
+}
+
+// stageLine prints stage medians in the order a pod goes through them.
+func stageLine(m map[string]float64) string {
+	var parts []string
+	for _, st := range append(slices.Clone(stageTypes), struct{ name, ceType string }{stageRunning, events.TypePodRunning}) {
+		if v, ok := m[st.name]; ok {
+			parts = append(parts, fmt.Sprintf("%s %.0f", st.name, v))
+		}
+	}
+	return strings.Join(parts, ", ") + " ms"
+}
+
 // runPodsAnnotated requests one pod with annotations and returns the
-// milliseconds from its request to its pod.running, and to its
-// pod.vm.ready.
-func runPodsAnnotated(ctx context.Context, b *bus.Bus, w *watcher, image, name string, ann map[string]string, timeout time.Duration) (running, vmReady float64, err error) {
+// milliseconds from its request to each of its events: the pipeline's
+// stages (stageTypes), then stageRunning for its pod.running.
+func runPodsAnnotated(ctx context.Context, b *bus.Bus, w *watcher, image, name string, ann map[string]string, timeout time.Duration) (map[string]float64, error) {
 	pod := benchPod(name, image)
 	pod.Annotations = ann
 	pod.Spec.Containers[0].Command = dataPlaneCommand
 	pod.Spec.TerminationGracePeriodSeconds = new(int64)
 	ev, err := bus.NewEvent(Source, events.TypePodRequested, events.PodKey(Namespace, name), &events.PodRequested{Pod: *pod})
 	if err != nil {
-		return 0, 0, err
+		return nil, err
 	}
 	sent := time.Now()
 	if err := b.Publish(ctx, ev); err != nil {
-		return 0, 0, fmt.Errorf("publish %s: %w", name, err)
+		return nil, fmt.Errorf("publish %s: %w", name, err)
 	}
 	key := events.PodKey(Namespace, name)
 	w.waitFor(ctx, timeout, func() bool { _, ok := w.at(key, events.TypePodRunning); return ok })
 	at, ok := w.at(key, events.TypePodRunning)
 	if !ok {
-		return 0, 0, fmt.Errorf("pod %s not running within %s", name, timeout)
+		return nil, fmt.Errorf("pod %s not running within %s", name, timeout)
 	}
-	if vm, ok := w.at(key, events.TypePodVMReady); ok {
-		vmReady = ms(vm.Sub(sent))
+	stages := map[string]float64{stageRunning: ms(at.Sub(sent))}
+	for _, st := range stageTypes {
+		if t, ok := w.at(key, st.ceType); ok {
+			stages[st.name] = ms(t.Sub(sent))
+		}
 	}
-	return ms(at.Sub(sent)), vmReady, nil
+	return stages, nil
 }
 
-// waitStandby waits (at most timeout) for the template VM's standby
-// guest.
+// waitStandby waits (at most timeout) for the template VM's standby guest
+// to be prepared (its agent past init with the disks mounted, as its
+// console says), so that its boot takes nothing from the pod measured next.
 func waitStandby(ctx context.Context, g *guest.Manager, vm string, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if _, ok := g.Standby(vm); ok {
-			return
+		if sb, ok := g.Standby(vm); ok {
+			if b, err := os.ReadFile(filepath.Join(sb.Dir, "console.log")); err == nil && bytes.Contains(b, standbyPrepared) {
+				return
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// standbyPrepared is what a standby's agent logs once it waits to be taken
+// over (agent/cmd/podvm-agent, standBy).
+var standbyPrepared = []byte("standby: prepared, waiting to be taken over")
 
 // waitTemplate waits for a template whose guest is prepared.
 func waitTemplate(ctx context.Context, b *bus.Bus, timeout time.Duration) (templates.Record, error) {

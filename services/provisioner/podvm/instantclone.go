@@ -3,10 +3,29 @@ package podvm
 import (
 	"context"
 	"fmt"
+	"reflect"
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 )
+
+// Template is what an instant clone needs to know of its source VM beyond
+// its reference: its network cards, in order. It is read once per template
+// (ReadTemplate) and reused by every fork of it; the caller reads it again
+// when the template changes (a new template VM) or a fork of it failed.
+type Template struct {
+	Ref   types.ManagedObjectReference
+	cards []types.BaseVirtualDevice
+}
+
+// ReadTemplate reads the template VM's network cards.
+func (c *Client) ReadTemplate(ctx context.Context, ref types.ManagedObjectReference) (*Template, error) {
+	devices, err := object.NewVirtualMachine(c.vc, ref).Device(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("devices of template %s: %w", ref.Value, err)
+	}
+	return &Template{Ref: ref, cards: devices.SelectByType((*types.VirtualEthernetCard)(nil))}, nil
+}
 
 // StartInstantClone submits InstantClone_Task (VMFork) of the powered-on
 // template for the pod VM s, placed by p: the child takes the template's
@@ -18,7 +37,7 @@ import (
 //
 // The template must have been made for s (same size, image disks and
 // number of cards): the caller keys templates by that shape.
-func (c *Client) StartInstantClone(ctx context.Context, template types.ManagedObjectReference, s Spec, p Placement) (types.ManagedObjectReference, error) {
+func (c *Client) StartInstantClone(ctx context.Context, t *Template, s Spec, p Placement) (types.ManagedObjectReference, error) {
 	var none types.ManagedObjectReference
 	h, _, err := c.hostInfo(ctx, p.Host, false)
 	if err != nil {
@@ -32,14 +51,8 @@ func (c *Client) StartInstantClone(ctx context.Context, template types.ManagedOb
 	if err != nil {
 		return none, err
 	}
-	vm := object.NewVirtualMachine(c.vc, template)
-	devices, err := vm.Device(ctx)
-	if err != nil {
-		return none, fmt.Errorf("devices of template %s: %w", template.Value, err)
-	}
-	cards := devices.SelectByType((*types.VirtualEthernetCard)(nil))
-	if len(cards) != len(s.NICs) {
-		return none, fmt.Errorf("template %s has %d network cards, the pod needs %d", template.Value, len(cards), len(s.NICs))
+	if len(t.cards) != len(s.NICs) {
+		return none, fmt.Errorf("template %s has %d network cards, the pod needs %d", t.Ref.Value, len(t.cards), len(s.NICs))
 	}
 	var change []types.BaseVirtualDeviceConfigSpec
 	for i, n := range s.NICs {
@@ -47,22 +60,33 @@ func (c *Client) StartInstantClone(ctx context.Context, template types.ManagedOb
 		if err != nil {
 			return none, err
 		}
-		card := cards[i].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+		// A copy: the template's cards are shared by its concurrent forks.
+		dev := copyDevice(t.cards[i])
+		card := dev.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
 		card.Backing = backing
 		card.MacAddress, card.AddressType = n.MAC, string(types.VirtualEthernetCardMacTypeManual)
 		if n.MAC == "" {
 			card.AddressType = string(types.VirtualEthernetCardMacTypeGenerated)
 		}
-		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: cards[i]})
+		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: dev})
 	}
 	folderRef, poolRef, hostRef := folder.Reference(), pool.Reference(), h.host.Reference()
-	task, err := vm.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
+	task, err := object.NewVirtualMachine(c.vc, t.Ref).InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
 		Name:     s.Name,
 		Location: types.VirtualMachineRelocateSpec{Folder: &folderRef, Pool: &poolRef, Host: &hostRef, DeviceChange: change},
 		Config:   extraConfig(s.ExtraConfig),
 	})
 	if err != nil {
-		return none, fmt.Errorf("instant clone %s from %s: %w", s.Name, template.Value, err)
+		return none, fmt.Errorf("instant clone %s from %s: %w", s.Name, t.Ref.Value, err)
 	}
 	return task.Reference(), nil
+}
+
+// copyDevice is a shallow copy of a device (*types.VirtualVmxnet3 and the
+// like): its own top-level fields, the rest shared.
+func copyDevice(d types.BaseVirtualDevice) types.BaseVirtualDevice {
+	v := reflect.ValueOf(d).Elem()
+	cp := reflect.New(v.Type())
+	cp.Elem().Set(v)
+	return cp.Interface().(types.BaseVirtualDevice)
 }

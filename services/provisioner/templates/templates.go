@@ -105,6 +105,9 @@ type Outcome struct {
 	Template string
 	Reason   string
 	Message  string
+	// ReadTemplate says this fork read the template VM: the first fork of
+	// a version of the template's record, or the first after a failed one.
+	ReadTemplate bool
 }
 
 // Keeper forks pod VMs from templates and keeps the templates.
@@ -121,7 +124,22 @@ type Keeper struct {
 
 	mu       sync.Mutex
 	building map[string]bool
-	wg       sync.WaitGroup
+	// read holds what a fork reads of each template VM, by template
+	// name, for the version of the record it was read for (readTemplate).
+	read map[string]readTemplate
+	wg   sync.WaitGroup
+}
+
+// readTemplate is a template VM as read for one version of its record.
+type readTemplate struct {
+	version string
+	vm      *podvm.Template
+}
+
+// version identifies what a record says of its VM: another VM, or the same
+// record rebuilt, is another version.
+func (r *Record) version() string {
+	return r.VMRef + "@" + r.UpdatedAt.UTC().Format(time.RFC3339Nano)
 }
 
 // New returns a keeper over the pod-templates bucket; id names this
@@ -138,7 +156,7 @@ func New(cfg Config, kv jetstream.KeyValue, vms *podvm.Client, id string, log *s
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Keeper{cfg: cfg, vms: vms, store: record.New[Record](kv, "pod template"), log: log.With("part", "templates"),
-		id: id, now: time.Now, ctx: ctx, cancel: cancel, building: map[string]bool{}}
+		id: id, now: time.Now, ctx: ctx, cancel: cancel, building: map[string]bool{}, read: map[string]readTemplate{}}
 }
 
 // Close stops the builds in flight and waits for them.
@@ -202,22 +220,55 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 		return nil, Outcome{Template: name, Reason: ReasonTemplateStarting, Message: "template " + name + " is built; its guest has not reported its containers started yet"}
 	}
 	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef}
-	task, err := k.vms.StartInstantClone(ctx, ref, s, p)
 	var vmRef types.ManagedObjectReference
+	tmpl, read, err := k.template(ctx, name, rec)
 	if err == nil {
-		vmRef, err = k.vms.WaitCreate(ctx, task)
+		var task types.ManagedObjectReference
+		if task, err = k.vms.StartInstantClone(ctx, tmpl, s, p); err == nil {
+			vmRef, err = k.vms.WaitCreate(ctx, task)
+		}
 	}
 	if err != nil {
+		// What was read of the template is read again by the next fork:
+		// the template may have changed under it.
+		k.forgetRead(name)
 		if vm, gerr := k.vms.Get(ctx, ref); gerr == nil && vm == nil {
 			// The template VM is gone (removed by a person, a restarted
 			// simulator): its record goes, and the next pod rebuilds it.
 			k.forget(ctx, name)
 		}
-		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err)}
+		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err), ReadTemplate: read}
 	}
 	k.touch(ctx, name, rec)
 	return &podvm.VM{Ref: vmRef, Name: s.Name, Host: p.Host, PowerState: types.VirtualMachinePowerStatePoweredOn},
-		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name}
+		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name, ReadTemplate: read}
+}
+
+// template returns what forks read of the template VM rec names, read
+// once per version of the record; read says it was read now.
+func (k *Keeper) template(ctx context.Context, name string, rec *Record) (_ *podvm.Template, read bool, _ error) {
+	v := rec.version()
+	k.mu.Lock()
+	t, ok := k.read[name]
+	k.mu.Unlock()
+	if ok && t.version == v {
+		return t.vm, false, nil
+	}
+	vm, err := k.vms.ReadTemplate(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef})
+	if err != nil {
+		return nil, true, err
+	}
+	k.mu.Lock()
+	k.read[name] = readTemplate{version: v, vm: vm}
+	k.mu.Unlock()
+	return vm, true, nil
+}
+
+// forgetRead drops what was read of a template.
+func (k *Keeper) forgetRead(name string) {
+	k.mu.Lock()
+	delete(k.read, name)
+	k.mu.Unlock()
 }
 
 // touch marks the template used, at most every few seconds (a write per
@@ -237,6 +288,7 @@ func (k *Keeper) touch(ctx context.Context, name string, rec *Record) {
 
 // forget removes a template's record whose VM is gone.
 func (k *Keeper) forget(ctx context.Context, name string) {
+	k.forgetRead(name)
 	if err := k.store.Delete(ctx, name); err != nil {
 		k.log.Warn("forget template", "template", name, "err", err)
 	}
@@ -426,6 +478,7 @@ func (k *Keeper) remove(ctx context.Context, r Record) error {
 			return fmt.Errorf("remove template %s: %w", r.Name, err)
 		}
 	}
+	k.forgetRead(r.Name)
 	k.log.Info("template removed", "template", r.Name, "host", r.Shape.Host, "agent", r.Agent)
 	return k.store.Delete(ctx, r.Name)
 }
