@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -44,6 +45,9 @@ type cgroups struct {
 	// base is absolute and the same in every hierarchy, so a guest's
 	// CgroupParent is one path whatever the controller.
 	base string
+	// madeMu guards made: guests' cgroups are created by boots running
+	// at once.
+	madeMu sync.Mutex
 	// made lists the directories created for base, deepest last, so Close
 	// removes exactly those.
 	made []string
@@ -191,7 +195,9 @@ func (cg *cgroups) mkdirAll(h hierarchy, p string) error {
 			}
 			return fmt.Errorf("cgroup %s: %w", cur, err)
 		}
+		cg.madeMu.Lock()
 		cg.made = append(cg.made, cur)
+		cg.madeMu.Unlock()
 		if h.has("cpuset") {
 			for _, f := range []string{"cpuset.cpus", "cpuset.mems"} {
 				v, err := os.ReadFile(filepath.Join(parent, f))
@@ -210,6 +216,8 @@ func (cg *cgroups) mkdirAll(h hierarchy, p string) error {
 // close removes the base cgroups (deepest first). Guests' cgroups must be
 // gone already.
 func (cg *cgroups) close() {
+	cg.madeMu.Lock()
+	defer cg.madeMu.Unlock()
 	for i := len(cg.made) - 1; i >= 0; i-- {
 		_ = os.Remove(cg.made[i])
 	}
@@ -233,7 +241,9 @@ func (cg *cgroups) create(key string, cpus int32, memBytes int64) (*vmCgroup, er
 		}
 		// The VM's own directory is removed by remove(), not by close():
 		// forget it in made so close does not try it twice.
+		cg.madeMu.Lock()
 		cg.made = slices.DeleteFunc(cg.made, func(d string) bool { return d == h.dir(v.path) })
+		cg.madeMu.Unlock()
 	}
 	if err := v.size(cpus, memBytes); err != nil {
 		v.remove()

@@ -22,10 +22,11 @@
 //   - the agent, started as PID 1 of new mount, pid, uts, ipc and net
 //     namespaces. A two-line /bin/sh launcher runs first in the new
 //     namespaces (Go cannot run code between clone and exec): it writes
-//     itself into the VM's cgroups, makes every mount private, waits for
-//     the hypervisor's word on fd 3 and execs the agent, so the agent's
-//     first instruction already counts against the VM and none of its
-//     mounts can reach the host;
+//     itself into the VM's cgroups, waits for the hypervisor's word on
+//     fd 3 and execs the agent, so the agent's first instruction already
+//     counts against the VM. The agent, as PID 1, makes every mount of its
+//     namespace private before it mounts anything, so none of its mounts
+//     can reach the host;
 //   - the VM's network cards (Config.Fabric, package segment): while the
 //     launcher waits, each card becomes a veth pair, the guest end eth<i>
 //     with the card's MAC in the guest's network namespace, the host end
@@ -42,6 +43,14 @@
 // agent dials again. A relocation (Move) re-routes the channel and closes
 // its connections, as a migrated VM's vsock connections end; a host
 // failure cuts it.
+//
+// # Many guests at once
+//
+// Power-ons of different VMs boot their guests in parallel, a few at a
+// time (parallelStarts): a burst of pods is not started one guest after
+// the other. A power-off (or Close) of a VM whose guest is booting waits
+// for the boot and then stops it. Taking over a standby (standby.go) and
+// booting one stay under the manager's lock.
 //
 // # Power and host state
 //

@@ -46,31 +46,36 @@ type Config struct {
 	Fabric *segment.Fabric
 }
 
+// errClosed is what a power-on of a closed manager gets.
+var errClosed = errors.New("guests: closed")
+
 // DefaultStopGrace is Config.StopGrace's default.
 const DefaultStopGrace = 5 * time.Second
 
 // maxSocketPath is the longest unix socket path Linux accepts.
 const maxSocketPath = 107
 
-// shell runs the few steps between the hypervisor's clone and the agent's
+// launcher runs the step between the hypervisor's clone and the agent's
 // exec that Go cannot run in a child: join the VM's cgroups (so that every
-// process of the guest is counted from its first instruction), and make
-// every mount private (a guest's mounts must never reach the host's
-// namespace, as a VM's never do). It then execs the agent, which stays
-// PID 1.
+// process of the guest is counted from its first instruction). It then
+// execs the agent, which stays PID 1. The agent's first act as PID 1 is to
+// make every mount of its namespace private (a guest's mounts must never
+// reach the host's namespace, as a VM's never do), before it mounts
+// anything, so the launcher does not: a `mount --make-rprivate /` here was
+// one more process per guest start, parsing the host's mount table.
 //
 // Before the exec it waits for the hypervisor's word on fd 3: the VM's
 // NICs are created in the guest's network namespace once that namespace
 // exists, and a VM's devices are all there when its guest starts.
 const launcher = `agent=$0 boot=$1; shift
 for f do echo 0 > "$f" || exit 125; done
-mount --make-rprivate / || exit 125
 read -r go <&3 && [ "$go" = go ] || exit 125
 exec 3<&-
 exec "$agent" --boot-config "$boot"`
 
 // nativeLauncher boots a native VM's guest: the same first steps as
-// launcher, then the boot disk becomes the root (with /proc, a /run
+// launcher, and every mount made private (this launcher mounts the root
+// itself), then the boot disk becomes the root (with /proc, a /run
 // holding the guestinfo files, and a /dev of the few devices a minimal
 // init uses plus the VM's data disks as block devices sdb, sdc, ...; devs
 // lists them as name:major:minor) and its /sbin/init is exec'd, staying
@@ -203,15 +208,35 @@ type Manager struct {
 	mu     sync.Mutex
 	guests map[string]*guest
 	frozen map[string]bool // hosts whose guests are frozen
-	// carried is, per host, the segments (port group keys) the host
-	// carries: a NIC is plugged only while its VM's host carries its port
-	// group.
-	carried map[string]map[string]bool
+	// starting holds the VMs whose guest boots now, outside mu (see
+	// PowerOn); the channel is closed once the boot has ended either way.
+	starting map[string]chan struct{}
+	// starts counts the boots under way, so Close waits for them.
+	starts sync.WaitGroup
+	// slots bounds the boots under way at once.
+	slots chan struct{}
 	// standbys are the guests booted ahead of their VM (standby.go), by
 	// their own key.
 	standbys map[string]*guest
 	closed   bool
+
+	// beforeBoot, set by tests only, runs at the start of each boot.
+	beforeBoot func(VM)
+
+	// segMu guards carried: read while a guest boots outside mu.
+	segMu sync.Mutex
+	// carried is, per host, the segments (port group keys) the host
+	// carries: a NIC is plugged only while its VM's host carries its port
+	// group.
+	carried map[string]map[string]bool
 }
+
+// parallelStarts is how many guests boot at once. A boot mostly waits
+// (the clone of the guest's namespaces, the launcher's exec, the cgroup
+// and veth set-up in the kernel), so a burst of power-ons goes faster
+// with several under way; the bound keeps a burst of hundreds from
+// forking them all at the same moment.
+const parallelStarts = 8
 
 type guest struct {
 	vm      VM
@@ -257,6 +282,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("guests: %w", err)
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{},
+		starting: map[string]chan struct{}{}, slots: make(chan struct{}, parallelStarts),
 		carried: map[string]map[string]bool{}, standbys: map[string]*guest{}}, nil
 }
 
@@ -267,30 +293,94 @@ func (m *Manager) CgroupBase() string { return m.cg.base }
 // PowerOn starts a VM's guest: disks extended to their capacity, a boot
 // config, the VM's cgroup, the channel, and the agent as PID 1 of new
 // mount, pid, uts, ipc and net namespaces. A VM whose guest runs already
-// is left alone.
+// is left alone; a VM whose guest is booting waits for that boot.
+//
+// Guests of different VMs boot in parallel (up to parallelStarts at once):
+// the boot runs outside the manager's lock, and the guest is listed (and
+// its NICs plugged and frozen as its host is) under the lock once it
+// runs. Taking over a standby (VM.Standby) stays under the lock: it forks
+// nothing.
 func (m *Manager) PowerOn(vm VM) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return errors.New("guests: closed")
+	if err := m.awaitStartLocked(vm.Key); err != nil {
+		m.mu.Unlock()
+		return err
 	}
 	if _, ok := m.guests[vm.Key]; ok {
+		m.mu.Unlock()
 		return nil
 	}
-	g, err := m.adoptOrStart(vm)
+	if g, ok := m.adoptStandbyLocked(vm); ok {
+		m.listLocked(g)
+		m.mu.Unlock()
+		return nil
+	}
+	done := make(chan struct{})
+	m.starting[vm.Key] = done
+	m.starts.Add(1)
+	m.mu.Unlock()
+	defer m.starts.Done()
+
+	m.slots <- struct{}{}
+	g, err := m.start(vm, nil)
+	<-m.slots
+
+	m.mu.Lock()
+	delete(m.starting, vm.Key)
+	close(done)
+	closed := m.closed
+	if err == nil && !closed {
+		m.listLocked(g)
+	}
+	m.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("guest of %s: %w", vm.Name, err)
 	}
-	m.guests[vm.Key] = g
-	if m.frozen[vm.Host] {
-		// Powered on while its host is down: it does not run until the host
-		// comes back.
-		m.freezeLocked(g, true)
+	if closed {
+		// Closed while booting: Close waits for this boot, which stops its
+		// own guest.
+		if err := m.stop(g); err != nil {
+			m.log.Warn("stop a guest booted while closing", "vm", vm.Name, "err", err)
+		}
+		return errClosed
 	}
 	return nil
 }
 
+// awaitStartLocked waits, releasing m.mu meanwhile, until no boot of the
+// VM's guest is under way. It fails once the manager is closed.
+func (m *Manager) awaitStartLocked(key string) error {
+	for {
+		if m.closed {
+			return errClosed
+		}
+		done, ok := m.starting[key]
+		if !ok {
+			return nil
+		}
+		m.mu.Unlock()
+		<-done
+		m.mu.Lock()
+	}
+}
+
+// listLocked makes a started guest the VM's: listed, its NICs plugged as
+// its host carries their segments now (SetSegments may have changed them
+// while it booted), frozen while its host is down. The caller holds m.mu.
+func (m *Manager) listLocked(g *guest) {
+	m.guests[g.vm.Key] = g
+	m.plugLocked(g)
+	if m.frozen[g.vm.Host] && !g.frozen {
+		// Powered on while its host is down: it does not run until the host
+		// comes back.
+		m.freezeLocked(g, true)
+	}
+}
+
 func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
+	if m.beforeBoot != nil {
+		m.beforeBoot(vm)
+	}
 	dir := filepath.Join(m.cfg.Dir, vm.Key)
 	// A fresh boot: nothing of an earlier boot's state survives power-off.
 	if err := m.removeDir(vm.Key); err != nil {
@@ -519,6 +609,9 @@ func extend(path string, capacity int64) error {
 // gone. The guest's directory stays until Destroy.
 func (m *Manager) PowerOff(key string) error {
 	m.mu.Lock()
+	// A guest still booting is stopped once it runs (closed: Close stops
+	// it).
+	_ = m.awaitStartLocked(key)
 	g, ok := m.guests[key]
 	if ok {
 		delete(m.guests, key)
@@ -715,6 +808,9 @@ func (m *Manager) Close() {
 		})
 	}
 	wg.Wait()
+	// Boots under way stop their own guest when they see the manager
+	// closed.
+	m.starts.Wait()
 	_ = os.RemoveAll(m.cfg.Dir)
 	m.cg.close()
 }

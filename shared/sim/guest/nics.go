@@ -14,7 +14,7 @@ import (
 // end named eth<i> with the card's MAC in the guest's network namespace,
 // plugged into its segment when the VM's host carries it. The launcher is
 // still waiting, so the NICs are there before the agent's first
-// instruction.
+// instruction. It runs with or without m.mu (a boot runs outside it).
 func (m *Manager) addPorts(g *guest) error {
 	if m.cfg.Fabric == nil || len(g.vm.NICs) == 0 {
 		return nil
@@ -48,9 +48,12 @@ func (m *Manager) removePorts(g *guest) {
 // host carries it and unplugs it otherwise. The caller holds m.mu (or owns
 // g before it is listed).
 func (m *Manager) plugLocked(g *guest) {
+	m.segMu.Lock()
+	carried := m.carried[g.vm.Host]
+	m.segMu.Unlock()
 	for i, p := range g.ports {
 		key := g.vm.NICs[i].Segment
-		if !m.carried[g.vm.Host][key] {
+		if !carried[key] {
 			key = ""
 		}
 		if err := m.cfg.Fabric.Plug(p, key); err != nil {
@@ -66,10 +69,15 @@ func (m *Manager) plugLocked(g *guest) {
 func (m *Manager) SetSegments(carried map[string]map[string]bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.carried = map[string]map[string]bool{}
+	next := map[string]map[string]bool{}
 	for h, set := range carried {
-		m.carried[h] = maps.Clone(set)
+		next[h] = maps.Clone(set)
 	}
+	// A guest booting now reads the new map or the old one; it is plugged
+	// again under m.mu when it is listed.
+	m.segMu.Lock()
+	m.carried = next
+	m.segMu.Unlock()
 	for _, g := range m.guests {
 		m.plugLocked(g)
 	}
@@ -89,8 +97,8 @@ func (m *Manager) Ports(key string) []*segment.Port {
 
 // Carriers lists the hosts that carry a segment, sorted.
 func (m *Manager) Carriers(key string) []string {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	m.segMu.Lock()
+	defer m.segMu.Unlock()
 	var out []string
 	for h, set := range m.carried {
 		if set[key] {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
@@ -76,7 +77,7 @@ func (m *Manager) StartStandby(parent string, vm VM) (string, error) {
 	defer m.mu.Unlock()
 	if m.closed {
 		w.Close()
-		return "", errors.New("guests: closed")
+		return "", errClosed
 	}
 	g, err := m.start(vm, r)
 	if err != nil {
@@ -100,14 +101,15 @@ type Standby struct {
 	Disks []Disk
 }
 
-// ClaimStandby takes a running standby of parent for a VM being made
-// from it; ok is false when parent has none. The caller powers the VM on
-// with VM.Standby set to its key, or drops it (DropStandby).
+// ClaimStandby takes a running, prepared standby of parent for a VM
+// being made from it; ok is false when parent has none (or its standby
+// is still preparing). The caller powers the VM on with VM.Standby set to
+// its key, or drops it (DropStandby).
 func (m *Manager) ClaimStandby(parent string) (Standby, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for key, g := range m.standbys {
-		if g.standby.parent != parent || g.standby.claimed {
+		if g.standby.parent != parent || g.standby.claimed || !g.prepared() {
 			continue
 		}
 		select {
@@ -133,16 +135,42 @@ func (m *Manager) HasStandby(parent string) bool {
 	return false
 }
 
-// Standby describes parent's unclaimed standby.
+// Standby describes parent's unclaimed standby once it is prepared (what
+// ClaimStandby would take).
 func (m *Manager) Standby(parent string) (Info, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, g := range m.standbys {
-		if g.standby.parent == parent && !g.standby.claimed {
+		if g.standby.parent == parent && !g.standby.claimed && g.prepared() {
 			return m.infoLocked(g), true
 		}
 	}
 	return Info{}, false
+}
+
+// prepared reports whether a standby's agent holds its read/write disks:
+// each one is the backing file of a loop device (the agent opens its disks
+// by name, attaches and mounts them, and only then waits to be taken
+// over). Until then a claim, which moves the disk files to the owning VM's
+// names, would pull them from under the agent: it fails, and the VM boots
+// after all.
+func (g *guest) prepared() bool {
+	want := map[string]bool{}
+	for _, d := range g.vm.Disks {
+		if !d.ReadOnly {
+			want[d.Path] = true
+		}
+	}
+	if len(want) == 0 {
+		return true
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil {
+			delete(want, strings.TrimSpace(string(b)))
+		}
+	}
+	return len(want) == 0
 }
 
 // DropStandby stops a claimed standby that no VM took over and removes
@@ -193,25 +221,26 @@ func (m *Manager) discard(g *guest, disks bool) {
 	}
 }
 
-// adoptOrStart starts vm's guest: by taking over its standby when it
-// names one that still runs, else by booting. The caller holds m.mu.
-func (m *Manager) adoptOrStart(vm VM) (*guest, error) {
+// adoptStandbyLocked starts vm's guest by taking over its standby when it
+// names one that still runs; ok is false when the caller must boot it
+// (no standby named, gone, or not taken over). The caller holds m.mu.
+func (m *Manager) adoptStandbyLocked(vm VM) (_ *guest, ok bool) {
 	if vm.Standby == "" {
-		return m.start(vm, nil)
+		return nil, false
 	}
 	g, ok := m.standbys[vm.Standby]
 	delete(m.standbys, vm.Standby)
 	if !ok {
 		m.log.Warn("standby gone: booting", "vm", vm.Name, "standby", vm.Standby)
-		return m.start(vm, nil)
+		return nil, false
 	}
 	if err := m.adopt(g, vm); err != nil {
 		// Stopped before the boot: its cgroup may carry the VM's name.
 		m.log.Warn("standby not taken over: booting", "vm", vm.Name, "standby", vm.Standby, "err", err)
 		m.discard(g, false)
-		return m.start(vm, nil)
+		return nil, false
 	}
-	return g, nil
+	return g, true
 }
 
 // adopt hands a standby to vm: its cgroup renamed and sized as the VM's,
