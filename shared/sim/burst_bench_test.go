@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,9 +16,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"golang.org/x/sys/unix"
 
-	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/privtest"
-	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -51,9 +48,16 @@ func BenchmarkGuestBurst(b *testing.B) {
 	d, channels := simtest.StartWithGuests(b, hosts, agent)
 	c := simtest.Client(b, d)
 	running := make(chan string, b.N)
-	for _, h := range d.Hosts() {
-		reportRunning(b, guest.HostSocket(channels, h.Name), running)
-	}
+	agents := listenHostAgents(b, channels, simtest.HostNames(d, "")...)
+	go func() {
+		for h := range agents.hellos {
+			go func() {
+				if containerRunning(h.conn) {
+					running <- h.msg.Name
+				}
+			}()
+		}
+	}()
 	chain := "sha256:" + strings.Repeat("b", 64)
 	vms := make([]*object.VirtualMachine, b.N)
 	for i := range vms {
@@ -134,56 +138,6 @@ func BenchmarkGuestBurst(b *testing.B) {
 }
 
 func msOf(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// reportRunning stands in for a host agent on socket: for each guest that
-// dials it, it sends the VM's name to running once the guest's container
-// runs.
-func reportRunning(b *testing.B, socket string, running chan<- string) {
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conn := guestchannel.NewConn(c)
-			b.Cleanup(func() { conn.Close() })
-			go func() {
-				var hello guestchannel.Hello
-				for {
-					env, err := conn.Receive()
-					if err != nil {
-						return
-					}
-					switch env.Type {
-					case guestchannel.TypeHello:
-						_ = env.Decode(&hello)
-					case guestchannel.TypeStatus:
-						var st guestchannel.Status
-						if env.Decode(&st) != nil {
-							continue
-						}
-						for _, c := range st.Containers {
-							if c.State.Kind == guestchannel.StateRunning {
-								running <- hello.Name
-								// Drain the rest so the agent never blocks.
-								for {
-									if _, err := conn.Receive(); err != nil {
-										return
-									}
-								}
-							}
-						}
-					}
-				}
-			}()
-		}
-	}()
-}
 
 // guestCPUAcct returns a reader of the CPU time used by every guest of the
 // manager (cpuacct.usage of its base cgroup), -1 where the cpuacct

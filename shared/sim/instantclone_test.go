@@ -39,24 +39,7 @@ func running(t testing.TB, h hello, what string) {
 	t.Helper()
 	deadline := time.After(30 * time.Second)
 	got := make(chan bool, 1)
-	go func() {
-		for {
-			env, err := h.conn.Receive()
-			if err != nil {
-				got <- false
-				return
-			}
-			var st guestchannel.Status
-			if env.Type == guestchannel.TypeStatus && env.Decode(&st) == nil {
-				for _, c := range st.Containers {
-					if c.State.Kind == guestchannel.StateRunning {
-						got <- true
-						return
-					}
-				}
-			}
-		}
-	}()
+	go func() { got <- containerRunning(h.conn) }()
 	select {
 	case ok := <-got:
 		if !ok {
@@ -64,6 +47,25 @@ func running(t testing.TB, h hello, what string) {
 		}
 	case <-deadline:
 		t.Fatalf("%s: container not running within 30s", what)
+	}
+}
+
+// containerRunning reads a guest's channel until a container runs (true)
+// or the channel ends (false).
+func containerRunning(conn *guestchannel.Conn) bool {
+	for {
+		env, err := conn.Receive()
+		if err != nil {
+			return false
+		}
+		var st guestchannel.Status
+		if env.Type == guestchannel.TypeStatus && env.Decode(&st) == nil {
+			for _, c := range st.Containers {
+				if c.State.Kind == guestchannel.StateRunning {
+					return true
+				}
+			}
+		}
 	}
 }
 
