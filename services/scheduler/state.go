@@ -568,23 +568,42 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 	}
 	clear(s.dirty)
 	s.mu.Unlock()
+	// The records are written side by side, hostRecordWriters at a time:
+	// each write waits for the server to sync it, and thousands of hosts
+	// written one after the other (a start, a resync) took minutes.
+	sem := make(chan struct{}, hostRecordWriters)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, w := range writes {
-		var err error
-		if w.rec == nil {
-			err = s.hostRecords.Delete(ctx, events.HostRecordKey(w.name))
-			s.mu.Lock()
-			delete(s.recordRevs, w.name)
-			delete(s.recordValues, w.name)
-			s.mu.Unlock()
-		} else {
-			err = s.writeHostRecord(ctx, w.rec)
-		}
-		if err != nil {
-			s.log.Warn("write host record", "host", w.name, "err", err)
-			s.mu.Lock()
-			s.dirty[w.name] = true
-			s.mu.Unlock()
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.flushHostRecord(ctx, w.name, w.rec)
+		})
+	}
+}
+
+// hostRecordWriters bounds the host records one flush writes at once.
+const hostRecordWriters = 16
+
+// flushHostRecord writes one host's record (nil: deletes it); a failure
+// leaves the host dirty for the next flush.
+func (s *Service) flushHostRecord(ctx context.Context, name string, rec *events.HostRecord) {
+	var err error
+	if rec == nil {
+		err = s.hostRecords.Delete(ctx, events.HostRecordKey(name))
+		s.mu.Lock()
+		delete(s.recordRevs, name)
+		delete(s.recordValues, name)
+		s.mu.Unlock()
+	} else {
+		err = s.writeHostRecord(ctx, rec)
+	}
+	if err != nil {
+		s.log.Warn("write host record", "host", name, "err", err)
+		s.mu.Lock()
+		s.dirty[name] = true
+		s.mu.Unlock()
 	}
 }
 
