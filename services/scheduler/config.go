@@ -56,7 +56,10 @@ type Config struct {
 	// it stopped.
 	PendingRescan time.Duration
 	// HostRecordInterval is how often changed host records (allocation
-	// totals) are written to KV `hosts`.
+	// totals) are written to KV `hosts`. The records are for people and
+	// tools to read (the ledger is what placement decides on); under a
+	// burst every host's totals change between two flushes, so the
+	// interval bounds the writes, each a message the server syncs to disk.
 	HostRecordInterval time.Duration
 }
 
@@ -71,7 +74,7 @@ func DefaultConfig() Config {
 		RetryInitial:       time.Second,
 		RetryMax:           time.Minute,
 		PendingRescan:      15 * time.Second,
-		HostRecordInterval: 500 * time.Millisecond,
+		HostRecordInterval: 2 * time.Second,
 	}
 }
 

@@ -91,6 +91,10 @@ type Service struct {
 	// recordRevs is the revision of each host record as this replica last
 	// wrote it: the next write is a compare-and-set at it, without a read.
 	recordRevs map[string]uint64
+	// recordValues is each host record as this replica last wrote or
+	// read it: a flush skips a record that did not change since (every
+	// write is a JetStream message synced to disk).
+	recordValues map[string][]byte
 
 	// sweepSeen is what the ledger sweep's last pass found wrong, per pod
 	// uid (only the rescan loop touches it).
@@ -134,27 +138,28 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{
-		cfg:        cfg,
-		profile:    cfg.profile(),
-		bus:        deps.Bus,
-		out:        deps.Bus.Emitter(Source),
-		source:     inventory.NewSource(deps.VSphere.Vim()),
-		log:        log.With("service", Name),
-		snap:       framework.NewSnapshot(),
-		records:    map[string]*events.HostRecord{},
-		netAvail:   map[string]*events.NetworkAvailability{},
-		allocIndex: map[string]string{},
-		gone:       map[string]time.Time{},
-		vmGen:      map[string]int64{},
-		dirty:      map[string]bool{},
-		entries:    map[string]ledger.Entry{},
-		ledgerKeys: map[string]string{},
-		recordRevs: map[string]uint64{},
-		queue:      make(chan *request, cfg.BatchSize*4),
-		retryWake:  make(chan struct{}, 1),
-		loopDone:   make(chan struct{}),
-		committers: map[string]*hostCommitter{},
-		commitSem:  make(chan struct{}, commitParallelism),
+		cfg:          cfg,
+		profile:      cfg.profile(),
+		bus:          deps.Bus,
+		out:          deps.Bus.Emitter(Source),
+		source:       inventory.NewSource(deps.VSphere.Vim()),
+		log:          log.With("service", Name),
+		snap:         framework.NewSnapshot(),
+		records:      map[string]*events.HostRecord{},
+		netAvail:     map[string]*events.NetworkAvailability{},
+		allocIndex:   map[string]string{},
+		gone:         map[string]time.Time{},
+		vmGen:        map[string]int64{},
+		dirty:        map[string]bool{},
+		entries:      map[string]ledger.Entry{},
+		ledgerKeys:   map[string]string{},
+		recordRevs:   map[string]uint64{},
+		recordValues: map[string][]byte{},
+		queue:        make(chan *request, cfg.BatchSize*4),
+		retryWake:    make(chan struct{}, 1),
+		loopDone:     make(chan struct{}),
+		committers:   map[string]*hostCommitter{},
+		commitSem:    make(chan struct{}, commitParallelism),
 	}
 	s.pending = newPendingSet(cfg.RetryInitial, cfg.RetryMax)
 	m, err := newMetrics(s)

@@ -282,3 +282,27 @@ func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
 	}
 	e.EventuallyWithin("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
 }
+
+// A ledger update that leaves a host's totals as they were (here an entry
+// written again unchanged) does not rewrite the host's record: every write
+// is a message the server syncs to disk. A real change to another host,
+// folded after it, is written.
+func TestUnchangedTotalsLeaveTheRecordAlone(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
+	host, other := e.hostNames()[0], e.hostNames()[1]
+	ctx := context.Background()
+	first := e.hostRecords()[host].UpdatedAt
+	if _, err := e.led.Mutate(ctx, host, func(*events.LedgerEntry) (bool, error) { return true, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := e.led.SetCordon(ctx, other, true); err != nil {
+		t.Fatal(err)
+	}
+	e.EventuallyWithin("the other host's record Cordoned", 5*time.Second, func() bool {
+		r := e.hostRecords()[other]
+		return r.State() == events.HostStateCordoned
+	})
+	if now := e.hostRecords()[host].UpdatedAt; !now.Equal(first) {
+		t.Fatalf("a host record whose facts did not change was rewritten (updatedAt %s → %s)", first, now)
+	}
+}

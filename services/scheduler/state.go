@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,6 +49,7 @@ func (s *Service) loadHostRecords(ctx context.Context) error {
 		}
 		s.records[rec.Name] = &rec
 		s.recordRevs[rec.Name] = kve.Revision()
+		s.recordValues[rec.Name] = hostRecordFacts(&rec)
 	}
 	return nil
 }
@@ -273,9 +275,28 @@ func (s *Service) watchLedger(ctx context.Context) error {
 			batch := latest
 			latest = map[string]jetstream.KeyValueEntry{}
 			mu.Unlock()
-			s.foldLedger(batch)
+			retry := s.foldLedger(ctx, batch)
+			if len(retry) == 0 {
+				continue
+			}
+			mu.Lock()
+			for k, e := range retry {
+				if cur, ok := latest[k]; !ok || cur.Revision() < e.Revision() {
+					latest[k] = e
+				}
+			}
+			mu.Unlock()
+			sleep(ctx, time.Second)
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
 		}
 	}()
+	// The watch carries each write's key and revision only, not its value
+	// (an entry is the host's every allocation, kilobytes): the writes
+	// this replica made are applied already and skipped, and the value of
+	// another writer's is read then.
 	return s.watchKV(ctx, s.ledgerKV, func(kve jetstream.KeyValueEntry) {
 		if kve.Operation() != jetstream.KeyValuePut || events.IsPodBindingKey(kve.Key()) {
 			return
@@ -287,19 +308,31 @@ func (s *Service) watchLedger(ctx context.Context) error {
 		case wake <- struct{}{}:
 		default:
 		}
-	})
+	}, jetstream.MetaOnly())
 }
 
 // foldLedger applies watched ledger entries (the latest per key) that are
-// newer than what this replica has.
-func (s *Service) foldLedger(batch map[string]jetstream.KeyValueEntry) {
+// newer than what this replica has, read from the bucket (the watch
+// carries no values).
+// It returns the entries it could not read, to fold again later.
+func (s *Service) foldLedger(ctx context.Context, batch map[string]jetstream.KeyValueEntry) (retry map[string]jetstream.KeyValueEntry) {
+	retry = map[string]jetstream.KeyValueEntry{}
 	freed := false
-	for key, kve := range batch {
+	for key, watched := range batch {
 		s.mu.Lock()
 		host, known := s.ledgerKeys[key]
-		seen := known && s.entries[host].Revision >= kve.Revision()
+		seen := known && s.entries[host].Revision >= watched.Revision()
 		s.mu.Unlock()
 		if seen {
+			continue
+		}
+		kve, err := s.ledgerKV.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
+		}
+		if err != nil {
+			s.log.Warn("read ledger entry; trying again", "key", key, "err", err)
+			retry[key] = watched
 			continue
 		}
 		e, err := ledger.Decode(kve)
@@ -316,6 +349,7 @@ func (s *Service) foldLedger(batch map[string]jetstream.KeyValueEntry) {
 	if freed {
 		s.pending.kickAll()
 	}
+	return retry
 }
 
 // loadNetworks reads KV `net-hosts`.
@@ -393,9 +427,9 @@ func (s *Service) applyNetwork(kve jetstream.KeyValueEntry) bool {
 
 // watchKV runs fn on every update of a bucket until ctx ends, restarting
 // the watch if it breaks.
-func (s *Service) watchKV(ctx context.Context, kv jetstream.KeyValue, fn func(jetstream.KeyValueEntry)) error {
+func (s *Service) watchKV(ctx context.Context, kv jetstream.KeyValue, fn func(jetstream.KeyValueEntry), opts ...jetstream.WatchOpt) error {
 	for ctx.Err() == nil {
-		w, err := kv.WatchAll(ctx)
+		w, err := kv.WatchAll(ctx, opts...)
 		if err != nil {
 			s.log.Warn("watch KV", "bucket", kv.Bucket(), "err", err)
 			sleep(ctx, time.Second)
@@ -524,6 +558,9 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 			}
 			slices.Sort(rec.PodNetworks)
 		}
+		if last, ok := s.recordValues[name]; ok && bytes.Equal(last, hostRecordFacts(rec)) {
+			continue // marked dirty, but nothing a reader sees changed
+		}
 		rec.UpdatedAt = now
 		c := *rec
 		c.PodNetworks = slices.Clone(rec.PodNetworks)
@@ -531,23 +568,52 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 	}
 	clear(s.dirty)
 	s.mu.Unlock()
+	// The records are written side by side, hostRecordWriters at a time:
+	// each write waits for the server to sync it, and thousands of hosts
+	// written one after the other (a start, a resync) took minutes.
+	sem := make(chan struct{}, hostRecordWriters)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for _, w := range writes {
-		var err error
-		if w.rec == nil {
-			err = s.hostRecords.Delete(ctx, events.HostRecordKey(w.name))
-			s.mu.Lock()
-			delete(s.recordRevs, w.name)
-			s.mu.Unlock()
-		} else {
-			err = s.writeHostRecord(ctx, w.rec)
-		}
-		if err != nil {
-			s.log.Warn("write host record", "host", w.name, "err", err)
-			s.mu.Lock()
-			s.dirty[w.name] = true
-			s.mu.Unlock()
-		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.flushHostRecord(ctx, w.name, w.rec)
+		})
 	}
+}
+
+// hostRecordWriters bounds the host records one flush writes at once.
+const hostRecordWriters = 16
+
+// flushHostRecord writes one host's record (nil: deletes it); a failure
+// leaves the host dirty for the next flush.
+func (s *Service) flushHostRecord(ctx context.Context, name string, rec *events.HostRecord) {
+	var err error
+	if rec == nil {
+		err = s.hostRecords.Delete(ctx, events.HostRecordKey(name))
+		s.mu.Lock()
+		delete(s.recordRevs, name)
+		delete(s.recordValues, name)
+		s.mu.Unlock()
+	} else {
+		err = s.writeHostRecord(ctx, rec)
+	}
+	if err != nil {
+		s.log.Warn("write host record", "host", name, "err", err)
+		s.mu.Lock()
+		s.dirty[name] = true
+		s.mu.Unlock()
+	}
+}
+
+// hostRecordFacts is the encoding of what a host record says, the time of
+// its write aside: two records with the same facts encode the same.
+func hostRecordFacts(r *events.HostRecord) []byte {
+	c := *r
+	c.UpdatedAt = time.Time{}
+	b, _ := json.Marshal(&c)
+	return b
 }
 
 // writeHostRecord writes a host record whole. Every replica writes the
@@ -574,6 +640,7 @@ func (s *Service) writeHostRecord(ctx context.Context, rec *events.HostRecord) e
 		if err == nil {
 			s.mu.Lock()
 			s.recordRevs[rec.Name] = next
+			s.recordValues[rec.Name] = hostRecordFacts(rec)
 			s.mu.Unlock()
 			return nil
 		}

@@ -157,6 +157,7 @@ type Result struct {
 	DataPlane  *DataPlane  `json:"data_plane,omitempty"`
 	Fork       *Fork       `json:"fork,omitempty"`
 	Memory     Memory      `json:"memory"`
+	Cost       Cost        `json:"cost"`
 	Setup      Setup       `json:"setup"`
 }
 

@@ -294,6 +294,10 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 	}
 
 	heapBefore := liveHeap()
+	meter, err := startCost(ctx, b.JetStream())
+	if err != nil {
+		return nil, fmt.Errorf("cost meter: %w", err)
+	}
 	if cfg.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(cfg.CPUProfile); err != nil {
 			return nil, fmt.Errorf("cpu profile: %w", err)
@@ -321,6 +325,9 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		return nil, ctx.Err()
 	}
 	pprof.StopCPUProfile()
+	if res.Cost, err = meter.done(ctx, cfg.Pods); err != nil {
+		return nil, fmt.Errorf("cost meter: %w", err)
+	}
 	res.Pipeline = pipelineFigures(w, keys, cfg, published)
 	if res.Pipeline.VMRunning == 0 {
 		return nil, fmt.Errorf("no pod VM reached running (pod.vm.ready) within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)

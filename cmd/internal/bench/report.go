@@ -51,6 +51,14 @@ func (r *Result) Table(w io.Writer) error {
 		}
 	}
 	fmt.Fprintf(w, "pipeline stages, median ms after the request: %s\n", strings.Join(stages, ", "))
+	if c := r.Cost; c.WritesPerPod > 0 {
+		var per []string
+		for _, n := range c.streamsByCost() {
+			per = append(per, fmt.Sprintf("%s %.2f", n, c.Streams[n]))
+		}
+		fmt.Fprintf(w, "cost per pod: %.2f JetStream writes (%s); CPU %.1f ms in this process, %.1f ms redis-server\n",
+			c.WritesPerPod, strings.Join(per, ", "), c.CPUMSPerPod, c.RedisCPUMSPerPod)
+	}
 	ic := r.ImageCache
 	fmt.Fprintf(w, "image cache (%s): cold %.0f ms, %s pulled; warm %.0f ms, %s pulled\n",
 		ic.Image, ic.ColdMS, iec(ic.ColdBytes), ic.WarmMS, iec(ic.WarmBytes))

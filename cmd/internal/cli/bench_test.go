@@ -97,6 +97,17 @@ func TestBenchTinyRunJSONShapeAndRatios(t *testing.T) {
 	if num("memory.peak_rss_bytes") < 1<<20 || num("memory.est_10k_pods_heap_bytes") < num("memory.heap_after_bytes") {
 		t.Errorf("memory figures: %v", doc["memory"])
 	}
+	// The cost per pod: every pod is at least its request and its record
+	// in JetStream, and the process spent CPU on it.
+	if w := num("cost.writes_per_pod"); w < 2 {
+		t.Errorf("cost.writes_per_pod = %v, want at least the request and the record of each pod", w)
+	}
+	if sum, w := num("cost.streams.PODS")+num("cost.streams.KV_pods"), num("cost.writes_per_pod"); sum > w+1e-9 || sum < 2 {
+		t.Errorf("cost.streams PODS + KV_pods = %v, want at least 2 and at most the total %v", sum, w)
+	}
+	if num("cost.cpu_ms_per_pod") <= 0 {
+		t.Errorf("cost.cpu_ms_per_pod = %v, want a measured positive number", num("cost.cpu_ms_per_pod"))
+	}
 	svg, err := os.ReadFile(chart)
 	if err != nil {
 		t.Fatal(err)

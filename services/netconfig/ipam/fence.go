@@ -45,26 +45,108 @@ func fenceKey(network string) string { return network + ".fence.allocations" }
 // commit advances the network's fence after the address key at addrRev was
 // created for an allocation; a network being deleted makes it give the
 // address back.
+//
+// The allocations of one network that finish their address keys while a
+// fence write is in flight are committed together by the next one (a group
+// commit): under a burst one write commits many addresses instead of one
+// each, and the allocations no longer race each other for the fence. The
+// order the fence guarantees is the same for each of them: its address key
+// was created before the write that commits it was read and made.
 func (a *Allocator) commit(ctx context.Context, network, ip string, addrRev uint64) error {
+	w := &pendingCommit{ip: ip, rev: addrRev, done: make(chan error, 1)}
+	a.fmu.Lock()
+	g := a.fences[network]
+	if g == nil {
+		g = &fenceGroup{}
+		a.fences[network] = g
+	}
+	g.queue = append(g.queue, w)
+	lead := !g.running
+	g.running = true
+	a.fmu.Unlock()
+	if lead {
+		// The leader writes for everyone queued, its own request among
+		// them, until the queue is empty; a caller that gives up waiting
+		// does not stop the writes the others wait for.
+		go a.runFence(context.WithoutCancel(ctx), network, g)
+	}
+	select {
+	case err := <-w.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fenceGroup queues the allocations of one network waiting for a fence
+// write.
+type fenceGroup struct {
+	queue   []*pendingCommit
+	running bool
+}
+
+type pendingCommit struct {
+	ip   string
+	rev  uint64
+	done chan error
+}
+
+// fenceWriteTimeout bounds one group's fence write (its reads and
+// compare-and-sets) whatever the callers' deadlines.
+const fenceWriteTimeout = 30 * time.Second
+
+func (a *Allocator) runFence(ctx context.Context, network string, g *fenceGroup) {
+	for {
+		a.fmu.Lock()
+		batch := g.queue
+		g.queue = nil
+		if len(batch) == 0 {
+			g.running = false
+			a.fmu.Unlock()
+			return
+		}
+		a.fmu.Unlock()
+		wctx, cancel := context.WithTimeout(ctx, fenceWriteTimeout)
+		a.commitGroup(wctx, network, batch)
+		cancel()
+	}
+}
+
+// commitGroup is one fence write for the batch's addresses, each created
+// before the fence is read below.
+func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pendingCommit) {
 	for range maxCreateRaces {
 		f, rev, err := a.readFence(ctx, network)
 		if err != nil {
-			return err
+			finish(batch, err)
+			return
 		}
 		if f.Deleting {
-			err := a.kv.Delete(ctx, events.IPAllocationKey(network, ip), jetstream.LastRevision(addrRev))
-			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !conflict(err) {
-				return fmt.Errorf("give back %s on %s: %w", ip, network, err)
+			for _, w := range batch {
+				err := a.kv.Delete(ctx, events.IPAllocationKey(network, w.ip), jetstream.LastRevision(w.rev))
+				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !conflict(err) {
+					w.done <- fmt.Errorf("give back %s on %s: %w", w.ip, network, err)
+					continue
+				}
+				w.done <- fmt.Errorf("allocate %s on %s: %w", w.ip, network, ErrNetworkDeleting)
 			}
-			return fmt.Errorf("allocate %s on %s: %w", ip, network, ErrNetworkDeleting)
+			return
 		}
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
-			return nil
+			finish(batch, nil)
+			return
 		} else if !conflict(err) {
-			return fmt.Errorf("allocate %s on %s: fence: %w", ip, network, err)
+			finish(batch, fmt.Errorf("allocate on %s: fence: %w", network, err))
+			return
 		}
 	}
-	return fmt.Errorf("allocate %s on %s: fence: lost %d races, giving up for now", ip, network, maxCreateRaces)
+	finish(batch, fmt.Errorf("allocate on %s: fence: lost %d races, giving up for now", network, maxCreateRaces))
+}
+
+func finish(batch []*pendingCommit, err error) {
+	for _, w := range batch {
+		w.done <- err
+	}
 }
 
 // BeginDelete marks the network as being deleted: from then on no

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 )
 
@@ -68,4 +70,48 @@ func TestDeleteNeverMissesAConcurrentAllocation(t *testing.T) {
 			}
 		}
 	}
+}
+
+// Allocations of one network that finish together share a fence write:
+// under a burst the bucket stores fewer fence writes than allocations (each
+// write is a message the server syncs to disk), and every address is still
+// committed.
+func TestConcurrentAllocationsShareFenceWrites(t *testing.T) {
+	kv := ipamKV(t)
+	ctx := context.Background()
+	a := ipam.New(kv)
+	p := pool(t, "burst", "10.8.0.0/24", "10.8.0.1")
+	// The hint and the fence exist after a first allocation, so the burst
+	// below writes exactly one binding and one address per pod.
+	if _, err := a.Allocate(ctx, p, owner(0)); err != nil {
+		t.Fatal(err)
+	}
+	before := lastSeq(t, kv)
+	const pods = 64
+	var wg sync.WaitGroup
+	for i := 1; i <= pods; i++ {
+		wg.Go(func() {
+			if _, err := a.Allocate(ctx, p, owner(i)); err != nil {
+				t.Errorf("allocate %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	fenceWrites := int(lastSeq(t, kv)-before) - 2*pods
+	if fenceWrites < 1 || fenceWrites >= pods {
+		t.Fatalf("%d allocations at once made %d fence writes; want at least 1 and fewer than the allocations", pods, fenceWrites)
+	}
+	if n, _ := a.Count(ctx, "burst"); n != pods+1 {
+		t.Fatalf("Count = %d, want %d", n, pods+1)
+	}
+	t.Logf("%d allocations, %d fence writes", pods, fenceWrites)
+}
+
+func lastSeq(t *testing.T, kv jetstream.KeyValue) uint64 {
+	t.Helper()
+	st, err := kv.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.(*jetstream.KeyValueBucketStatus).StreamInfo().State.LastSeq
 }

@@ -114,11 +114,16 @@ type Allocator struct {
 	// scan serializes the fallback listings of one allocator: concurrent
 	// scanners would all pick the same lowest free address and race for it.
 	scan sync.Mutex
+
+	// fences are, per network, the allocations waiting for the network's
+	// fence write (fence.go, commit).
+	fmu    sync.Mutex
+	fences map[string]*fenceGroup
 }
 
 // New returns an allocator over the `ipam` bucket.
 func New(kv jetstream.KeyValue) *Allocator {
-	return &Allocator{kv: kv, now: time.Now, next: map[string]uint32{}}
+	return &Allocator{kv: kv, now: time.Now, next: map[string]uint32{}, fences: map[string]*fenceGroup{}}
 }
 
 // hintTries bounds the addresses tried from the hint before falling back to
