@@ -467,7 +467,7 @@ func (s *Service) sweepLoop(ctx context.Context) {
 	}
 }
 
-// repair queues again every active migration that this leader neither
+// repair announces every end recorded and not yet announced, queues again every active migration that this leader neither
 // queues nor runs, waits again for the reservation of every pending one
 // it does not know, and resumes every unfinished drain it does not run: a runner that met an error it could not decide on
 // (the bus, the KV store or vCenter not answering for a moment) leaves the
@@ -486,10 +486,17 @@ func (s *Service) repair(ctx context.Context) {
 	}
 	settled := s.now().Add(-3 * s.cfg.SweepInterval)
 	var queued []string
+	var unannounced []*events.MigrationRecord
 	s.mu.Lock()
 	for _, r := range recs {
-		if !r.Active() || r.UpdatedAt.After(settled) || r.IsVM() {
+		if r.UpdatedAt.After(settled) || r.IsVM() {
 			continue // a VM move is queued by its handler and at start
+		}
+		if !r.Active() {
+			if r.AnnouncePending {
+				unannounced = append(unannounced, r)
+			}
+			continue
 		}
 		if cur, ok := s.podActive[r.Key()]; ok && cur != r.ID {
 			continue // another migration of the pod is the active one here
@@ -512,6 +519,17 @@ func (s *Service) repair(ctx context.Context) {
 	if len(queued) > 0 {
 		s.log.Info("resuming migrations no runner works on", "migrations", queued)
 		s.poke()
+	}
+	// An end recorded and not announced (the bus did not take it, or the
+	// process stopped in between) is announced here.
+	for _, r := range unannounced {
+		if err := s.announce(ctx, r); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("announce the end of a migration; the next sweep retries", "migration", r.ID, "phase", r.Phase, "err", err)
+			}
+			continue
+		}
+		s.log.Info("announced the end of a migration a step before had recorded", "migration", r.ID, "phase", r.Phase, "reason", r.Reason)
 	}
 	// A drain whose runner stopped on an error is resumed the same way
 	// (startDrain does nothing for one that runs).
