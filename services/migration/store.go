@@ -225,12 +225,21 @@ func (s *store) putDrain(ctx context.Context, r *events.DrainRecord, rev uint64)
 	return rev, nil
 }
 
-// updateDrain is updateMigration for drain records.
+// updateDrain is updateMigration for drain records: a record not found is
+// errNoRecord, for the caller to try again (a drain's runner stops and the
+// leader's sweep resumes the drain), never "nothing to do" — a drain's
+// steps update a record they read before, and a read answered by a NATS
+// node not yet current must not end a drain unrecorded. The one caller
+// for which "no record" is an answer (an uncordon of a host never
+// drained, a vm.migrated no drain asked for) says so itself.
 func (s *store) updateDrain(ctx context.Context, host string, mutate func(r *events.DrainRecord) bool) (*events.DrainRecord, error) {
 	for range casAttempts {
 		r, rev, err := s.drain(ctx, host)
-		if err != nil || r == nil {
-			return r, err
+		if err != nil {
+			return nil, err
+		}
+		if r == nil {
+			return nil, fmt.Errorf("update drain %s: %w", host, errNoRecord)
 		}
 		if !mutate(r) {
 			return r, nil
