@@ -284,14 +284,5 @@ func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
 	h := w.clusterHosts(0)
 	p := w.runPod("lagdrain", h[0])
 	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
-	d := w.waitDrained(h[0])
-	if d.Migrated != 1 || len(d.Unmovable) != 0 {
-		t.Fatalf("drained = %+v, want the one pod moved", d)
-	}
-	if got, _ := w.vmHost(p.vm); got == h[0] {
-		t.Errorf("the pod is still on the drained host")
-	}
-	if rec := w.drainRecord(h[0]); rec.Phase != events.DrainPhaseDrained {
-		t.Errorf("drain record %s, want Drained", rec.Phase)
-	}
+	w.wantDrainedOnePod(h[0], p)
 }

@@ -62,18 +62,9 @@ func TestRequestRightAfterAFailureIsTaken(t *testing.T) {
 func TestKilledBeforeAnnouncingIsAnnouncedByTheNextLeader(t *testing.T) {
 	w := newWorld(t, 1, 2)
 	cfg := testConfig()
-	f := newStepFaults()
-	f.kill = [2]string{"mute-1", stepAnnounce}
-	w.startWithFaults(cfg, f)
 	h := w.clusterHosts(0)
 	p := w.runPod("mute", h[0])
-	w.migrate("mute-1", p, h[1])
-	select {
-	case <-f.reached:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the migration never reached its announcement")
-	}
-	w.stop()
+	w.migrateUntilKilled(cfg, "mute-1", stepAnnounce, p, h[1])
 	if r := w.migration("mute-1"); r.Phase != events.MigrationPhaseCompleted || !r.AnnouncePending {
 		t.Fatalf("after the kill the record is %s (announcement pending %v), want Completed and pending", r.Phase, r.AnnouncePending)
 	}
