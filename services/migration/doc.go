@@ -162,7 +162,10 @@
 // work. Any number may run: they compete for a lease, key events.MigrationLeaderKey
 // (`_leader`) in KV `migrations` (package shared/lease). The holder
 // consumes the events, runs the queue and the drains; the others stand by,
-// consume nothing, and log once that they do. The leader renews the lease
+// consume nothing, and log once that they do. A leader's term (its
+// dispatcher, sweep, consumers, runners and drains) ends as a whole with
+// the first part that fails: the error is logged and returned, the lease
+// released, and the next leader resumes from the records. The leader renews the lease
 // every LeaseTTL/3 (default 10s) and stops all its work the moment a
 // renewal shows the lease lost (or about to expire unrenewed). A leader
 // that stops cleanly deletes the key, and a standby — woken by a watch on
