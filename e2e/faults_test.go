@@ -67,7 +67,12 @@ func TestFaultInjection(t *testing.T) {
 		}
 		plan.soak = d
 	}
-	s := startUp(t, "--nats-nodes", "3", "--replicas", "2", "--vcenter-faults", "0.05",
+	// A vMotion in the simulator takes moments: one still running after
+	// two minutes will not end, and the migration service gives it up then
+	// (cancelled, the migration ended by where its VM is) rather than after
+	// the ten minutes a real one may take, which would outlast the run's
+	// eight-minute convergence bound.
+	s := startUpEnv(t, []string{"PODVISOR_MIGRATION_TIMEOUT=2m"}, "--nats-nodes", "3", "--replicas", "2", "--vcenter-faults", "0.05",
 		"--clusters", "2", "--hosts-per-cluster", "8")
 	if keep := os.Getenv("PODVISOR_FAULTS_LOGS"); keep != "" {
 		// Cleanups run last-in first-out: this one before up stops and its
@@ -149,9 +154,26 @@ func TestFaultInjection(t *testing.T) {
 		}
 	}
 	if converged < 0 || a.violations() > 0 || a.stuck > 0 {
+		r.dumpGoroutines("migration-")
 		t.Fatalf("invariants violated:\n%s", a.String())
 	}
 	r.checkReplicated(3)
+}
+
+// dumpGoroutines makes the service processes whose names begin with
+// prefix write every goroutine's stack to their logs (SIGQUIT; up starts
+// them again), so that a run that did not converge shows where each one
+// waited. PODVISOR_FAULTS_LOGS keeps the logs.
+func (r *faultRun) dumpGoroutines(prefix string) {
+	var dumped []string
+	for name, pid := range r.pids() {
+		if strings.HasPrefix(name, prefix) && syscall.Kill(pid, syscall.SIGQUIT) == nil {
+			dumped = append(dumped, name)
+		}
+	}
+	sort.Strings(dumped)
+	r.t.Logf("goroutine dumps requested (SIGQUIT) from %v: see their logs", dumped)
+	time.Sleep(2 * time.Second) // the dump is written as the process exits
 }
 
 // checkReplicated fails the run for any stream or bucket held by fewer
@@ -736,7 +758,12 @@ func (r *faultRun) check(ctx context.Context, vc *vcenter) (audit, error) {
 		}
 		if m.Active() {
 			a.activeMigrations++
-			detail("migration %s of %s still %s", m.ID, m.Key(), m.Phase)
+			task := ""
+			if m.RelocateTask != "" {
+				task = fmt.Sprintf("; vMotion task %s: %s", m.RelocateTask, vc.taskState(ctx, m.RelocateTask))
+			}
+			detail("migration %s of %s still %s %d%% (%s) from %s to %s, updated %s ago%s", m.ID, m.Key(), m.Phase, m.Percent,
+				m.Message, m.SourceHost, m.TargetHost, time.Since(m.UpdatedAt).Round(time.Second), task)
 		}
 		return nil
 	})

@@ -157,13 +157,20 @@ type system struct {
 // the process must exit 0 within a minute.
 func startUp(t *testing.T, extra ...string) *system {
 	t.Helper()
+	return startUpEnv(t, nil, extra...)
+}
+
+// startUpEnv is startUp with env (K=V) added to up's environment, which
+// the processes it starts inherit (the services' settings).
+func startUpEnv(t *testing.T, env []string, extra ...string) *system {
+	t.Helper()
 	s := &system{t: t, bin: podvisorBin(t), dir: t.TempDir()}
 	// These scenarios measure the control plane at scale on a datacenter
 	// without guests (see vmRunning); a scenario that runs containers passes
 	// --guests on after these, and the last flag wins.
 	args := append([]string{"up", "--state-dir", s.dir, "--nats-port", "0", "--vcenter-port", "0",
 		"--registry-port", "0", "--ui-port", "0", "--guests", "off"}, extra...)
-	s.up = startProcess(t, "podvisor up", filepath.Join(s.dir, "up.log"), s.baseEnv(), s.bin, args...)
+	s.up = startProcess(t, "podvisor up", filepath.Join(s.dir, "up.log"), append(s.baseEnv(), env...), s.bin, args...)
 	t.Cleanup(func() {
 		if err := s.up.stop(os.Interrupt, time.Minute); err != nil {
 			t.Errorf("podvisor up did not stop cleanly on SIGINT: %v\n%s", err, tail(s.up.log, 30))

@@ -251,3 +251,17 @@ func podDisksOn(ctx context.Context, ds *object.Datastore, out map[string][]stri
 	}
 	return nil
 }
+
+// taskState is vCenter's word on a task: its state and, when it failed,
+// its fault ("" for a task vCenter does not know).
+func (v *vcenter) taskState(ctx context.Context, ref string) string {
+	var t mo.Task
+	if err := v.c.RetrieveOne(ctx, types.ManagedObjectReference{Type: "Task", Value: ref}, []string{"info"}, &t); err != nil {
+		return "unreadable: " + err.Error()
+	}
+	st := string(t.Info.State)
+	if t.Info.Error != nil {
+		st += " (" + t.Info.Error.LocalizedMessage + ")"
+	}
+	return fmt.Sprintf("%s, queued %s ago", st, time.Since(t.Info.QueueTime).Round(time.Second))
+}

@@ -98,6 +98,11 @@ type MigrationRecord struct {
 	// before waiting on the task, so that a restart finds the task rather
 	// than starting a second relocation.
 	RelocateTask string `json:"relocateTask,omitempty"`
+	// AnnouncePending is set when the record is made final and cleared
+	// once the outcome's event (migration.completed, .failed, .cancelled)
+	// is published: the record is final before anyone hears of the end, and
+	// an announcement a crash cut off is made by the leader's sweep.
+	AnnouncePending bool `json:"announcePending,omitempty"`
 	// TraceParent is the W3C traceparent of the request, so that every
 	// event of the migration joins the request's trace.
 	TraceParent string `json:"traceparent,omitempty"`

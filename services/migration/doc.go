@@ -44,12 +44,27 @@
 //
 // Then the vMotion: RelocateVM to the target host and into the resource
 // pool of the target's cluster (which is what makes a cross-cluster move
-// work), reporting vCenter's progress, bounded by RelocateTimeout (a task
-// still running then is cancelled and the migration fails with Timeout).
+// work), reporting vCenter's progress, bounded by RelocateTimeout counted
+// from when vCenter queued the task (its age read from vCenter, so a
+// runner resumed after a restart keeps the deadline rather than start it
+// again). A task still running then is cancelled and given a short grace;
+// the migration then ends by where the VM is (completed if it reached the
+// target, failed with Timeout otherwise, which frees its slot and the
+// target's reservation). Only a task vCenter says still runs after the
+// cancel keeps the migration active, its target held, for the repair sweep
+// to look at again; its slot is freed meanwhile. Every vCenter call a
+// runner makes is bounded, and a wait on a task that brings no update
+// reads the task's state instead, so no migration holds a slot, or a
+// drain queued behind it, for good.
 // Finally the service confirms where vCenter says the VM runs and publishes
 // migration.completed; the scheduler moves the allocation, the provisioner
 // the pod record, network-config the port binding. Any failure ends in
 // migration.failed with a reason, and the scheduler releases the target.
+// The record is made final (and the pod freed for its next migration)
+// before the end is published, so a client that asks again on hearing it
+// is not rejected AlreadyMigrating; the record says the announcement is
+// pending until it is out, and the leader's sweep makes one a crash cut
+// off.
 //
 // migration.cancel.requested cancels a migration that has not begun
 // relocating (pending, queued, or prechecking: the runner stops at the
@@ -124,6 +139,12 @@
 // have ids derived from the migration ID, so a resumed runner's events are
 // de-duplicated by JetStream.
 //
+// A drain's runner treats the KV store or the bus not answering the same
+// way: it stops, leaving the drain record as it is, and the sweep resumes
+// the drain (a drain record not found by an update is read again a few
+// times first: a NATS node not yet current, not a drain that ended). Only
+// the drain's deadline or a refusal ends it Incomplete.
+//
 // A target reservation is acknowledged only once its outcome is durable
 // and acted on: the record Queued and the migration queued or running in
 // the leader, or the migration ended and the reservation released. A KV
@@ -141,7 +162,10 @@
 // work. Any number may run: they compete for a lease, key events.MigrationLeaderKey
 // (`_leader`) in KV `migrations` (package shared/lease). The holder
 // consumes the events, runs the queue and the drains; the others stand by,
-// consume nothing, and log once that they do. The leader renews the lease
+// consume nothing, and log once that they do. A leader's term (its
+// dispatcher, sweep, consumers, runners and drains) ends as a whole with
+// the first part that fails: the error is logged and returned, the lease
+// released, and the next leader resumes from the records. The leader renews the lease
 // every LeaseTTL/3 (default 10s) and stops all its work the moment a
 // renewal shows the lease lost (or about to expire unrenewed). A leader
 // that stops cleanly deletes the key, and a standby — woken by a watch on

@@ -131,13 +131,13 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 		s.log.Info("drain resumed", "host", host, "round", d.Round, "migrations", len(d.Migrations))
 	}
 	if err := s.awaitMigrations(ctx, host, d.Migrations, st); err != nil {
-		return s.drainEnded(ctx, host, requestID, st, err)
+		return s.drainStopped(ctx, host, requestID, st, err)
 	}
 	if d.Phase == events.DrainPhaseDraining {
 		for round := d.Round + 1; round <= s.cfg.DrainRounds; round++ {
 			more, err := s.drainPass(ctx, host, requestID, round, st)
 			if err != nil {
-				return s.drainEnded(ctx, host, requestID, st, err)
+				return s.drainStopped(ctx, host, requestID, st, err)
 			}
 			if !more {
 				break
@@ -145,12 +145,12 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 		}
 		// Then its native VMs (vms.go).
 		if err := s.drainVMs(ctx, host, requestID, st); err != nil {
-			return s.drainEnded(ctx, host, requestID, st, err)
+			return s.drainStopped(ctx, host, requestID, st, err)
 		}
 		// What is still on the host after the last pass stays.
 		pods, err := s.store.podsOnHost(ctx, host)
 		if err != nil {
-			return s.drainEnded(ctx, host, requestID, st, err)
+			return s.drainStopped(ctx, host, requestID, st, err)
 		}
 		for _, p := range pods {
 			if st.moved[p.UID] || gone(p) {
@@ -197,7 +197,7 @@ func (s *Service) drainPass(ctx context.Context, host, requestID string, round i
 		}
 		ids = append(ids, id)
 	}
-	if _, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+	if _, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 		if d.RequestID != requestID || d.Phase != events.DrainPhaseDraining {
 			return false
 		}
@@ -359,6 +359,44 @@ func (s *Service) awaitMigrations(ctx context.Context, host string, ids []string
 	return nil
 }
 
+// lagRereads are the pauses before reading again a drain record that a
+// read did not find: a NATS node that restarted catches up in moments.
+var lagRereads = []time.Duration{50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond}
+
+// updateRunningDrain is updateDrain for a drain's own steps, whose record
+// exists: one not found (a read answered by a NATS node not yet current)
+// is read again after a pause, a few times, before the step gives up
+// (and the runner stops, for the sweep to resume the drain).
+func (s *Service) updateRunningDrain(ctx context.Context, host string, mutate func(r *events.DrainRecord) bool) (*events.DrainRecord, error) {
+	for i := 0; ; i++ {
+		d, err := s.store.updateDrain(ctx, host, mutate)
+		if !errors.Is(err, errNoRecord) || i == len(lagRereads) {
+			return d, err
+		}
+		s.log.Info("drain record not found by a read; reading again", "host", host, "attempt", i+1)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(lagRereads[i]):
+		}
+	}
+}
+
+// drainStopped is where a drain step's error goes. The KV store or the bus
+// not answering for a moment (a read or a listing that timed out, a record
+// read from a NATS node not yet current) ends no drain: the record stays
+// as it is and the runner stops, and the leader's sweep resumes the drain
+// (its passes and migrations are named so that a resumed drain asks for
+// nothing twice). The drain's own deadline, or a refusal, ends it
+// Incomplete with the cause.
+func (s *Service) drainStopped(ctx context.Context, host, requestID string, st *drainState, err error) error {
+	if ctx.Err() == nil && !bus.IsPermanent(err) {
+		s.log.Warn("drain step could not run; the repair sweep resumes the drain", "host", host, "err", err)
+		return nil
+	}
+	return s.drainEnded(ctx, host, requestID, st, err)
+}
+
 // drainEnded writes the outcome: maintenance mode when every pod left,
 // the list of pods that stayed otherwise, and host.drained either way. A
 // drain stopped by an uncordon (its context cancelled) writes nothing: the
@@ -380,7 +418,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%d pods could not move; %s stays cordoned and out of maintenance mode", len(unmovable), host)
 	default:
 		s.log.Info("drain entering maintenance mode", "host", host, "migrated", migrated)
-		if _, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+		if _, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 			if d.RequestID != requestID || d.Phase != events.DrainPhaseDraining {
 				return false
 			}
@@ -397,7 +435,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 	}
 	// The outcome is recorded first: host.drained is what a waiting CLI
 	// reads, and it must find the record final when it looks.
-	d, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+	d, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 		if d.RequestID != requestID || (d.Phase != events.DrainPhaseDraining && d.Phase != events.DrainPhaseEnteringMaintenance) {
 			return false
 		}
@@ -472,7 +510,10 @@ func (s *Service) onUncordonRequested(ctx context.Context, m *bus.Message, p *ev
 			d.EndedAt = s.now().UTC()
 		}
 		return true
-	}); err != nil {
+	}); err != nil && (run != nil || !errors.Is(err, errNoRecord)) {
+		// A drain that ran here has a record: not finding it is a lagging
+		// read, tried again with the delivery. Without one, the host was
+		// never drained.
 		return err
 	}
 	if err := s.vm.ExitMaintenance(ctx, p.Name); err != nil && !errors.Is(err, vmotion.ErrNotFound) {

@@ -2,9 +2,13 @@ package migration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -236,4 +240,49 @@ func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 	if r := w.drainRecord(h[0]); r.Round != 2 {
 		t.Errorf("drain took %d passes, want 2", r.Round)
 	}
+}
+
+// laggingDrainKV answers the first read of a drain record that stands in
+// phase `phase` with "no such key", as a NATS node that has not applied
+// the record's latest write would (see flakyKV).
+type laggingDrainKV struct {
+	jetstream.KeyValue
+	phase  string
+	mu     sync.Mutex
+	missed bool
+}
+
+func (k *laggingDrainKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	e, err := k.KeyValue.Get(ctx, key)
+	if err != nil {
+		return e, err
+	}
+	var d events.DrainRecord
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.missed && json.Unmarshal(e.Value(), &d) == nil && d.Phase == k.phase {
+		k.missed = true
+		return nil, jetstream.ErrKeyNotFound
+	}
+	return e, nil
+}
+
+// TestDrainOutcomeMeetingALaggingReadIsRecorded: the write of a drain's
+// outcome reads the record from a NATS node that has not applied the
+// EnteringMaintenance write yet. updateDrain took "no such key" for
+// "nothing to do" (and the drain for uncordoned meanwhile): no outcome,
+// no host.drained, the record left EnteringMaintenance until the sweep
+// resumed the drain. Now the read is made again and the outcome recorded
+// and announced, with the sweep a minute away.
+func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	cfg := testConfig()
+	cfg.SweepInterval = time.Minute
+	svc := newServiceForTest(t, w, cfg)
+	svc.store.drains = &laggingDrainKV{KeyValue: svc.store.drains, phase: events.DrainPhaseEnteringMaintenance}
+	w.runService(svc)
+	h := w.clusterHosts(0)
+	p := w.runPod("lagdrain", h[0])
+	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.wantDrainedOnePod(h[0], p)
 }

@@ -379,13 +379,71 @@ func (s *Service) onCancel(ctx context.Context, p *events.MigrationCancelRequest
 	return err
 }
 
-// finish ends a migration: it announces the outcome, then writes the final
-// record and frees the pod. The event goes first so that a crash between
-// the two replays the announcement (same id, de-duplicated) rather than
-// leave the scheduler holding a reservation nobody will release.
+// finish ends a migration: it makes the record final, frees the pod, then
+// announces the outcome. The record comes first so that whoever hears of
+// the end — a client that asks again at once, a drain — finds it final and
+// the pod free (before, migration.failed went out first, and an immediate
+// new request was rejected AlreadyMigrating). The record says the
+// announcement is pending until it is published, and the leader's sweep
+// makes one a crash cut off (announcePending), so the scheduler still
+// hears of every end and releases the target.
 func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, reason, msg string) error {
+	if !events.MigrationPhaseFinal(phase) || phase == events.MigrationPhaseRejected {
+		return fmt.Errorf("finish migration %s: %q is not a final phase", r.ID, phase)
+	}
+	end := func(rec *events.MigrationRecord) {
+		rec.Phase, rec.Reason, rec.Message = phase, reason, msg
+		if phase == events.MigrationPhaseCompleted {
+			rec.Reason, rec.Message, rec.Percent = "", "", 100
+		}
+		rec.QueuePosition, rec.RelocateTask, rec.EndedAt = 0, "", s.now().UTC()
+		rec.AnnouncePending = true
+	}
+	wrote := false
+	updated, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+		wrote = rec.Active() // as of this attempt: a lost compare-and-set reads again
+		if wrote {
+			end(rec)
+		}
+		return wrote
+	})
+	if errors.Is(err, errNoRecord) && r.CreatedAt.IsZero() {
+		// Never stored (a reservation whose deliveries ran out before its
+		// request was recorded): the record is created final.
+		rec := *r
+		end(&rec)
+		if err = s.store.createMigration(ctx, &rec); errors.Is(err, errExists) {
+			return fmt.Errorf("finish migration %s: created meanwhile", r.ID)
+		}
+		updated, wrote = &rec, err == nil
+	}
+	if err != nil {
+		return err
+	}
+	if !wrote {
+		// Ended meanwhile by another step; its outcome is its own, and
+		// announced (or pending) with it.
+		return s.announce(ctx, updated)
+	}
+	s.release(updated)
+	s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", phase), attribute.String("reason", reason)))
+	if phase == events.MigrationPhaseCompleted && !updated.CreatedAt.IsZero() && !updated.EndedAt.IsZero() {
+		s.took.Record(ctx, updated.EndedAt.Sub(updated.CreatedAt).Seconds())
+	}
+	s.log.Info("migration ended", "migration", r.ID, "pod", r.Key(), "phase", phase, "reason", reason, "message", msg)
+	return s.announce(ctx, updated)
+}
+
+// announce publishes the outcome of a final record whose announcement is
+// pending, then clears the mark. The event's id is derived from the
+// migration, so announcing twice (a crash between the two steps) is
+// de-duplicated by JetStream.
+func (s *Service) announce(ctx context.Context, r *events.MigrationRecord) error {
+	if r == nil || r.Active() || !r.AnnouncePending {
+		return nil
+	}
 	var data events.Payload
-	switch phase {
+	switch r.Phase {
 	case events.MigrationPhaseCompleted:
 		data = &events.MigrationCompleted{
 			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
@@ -398,10 +456,10 @@ func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, 
 	case events.MigrationPhaseFailed:
 		data = &events.MigrationFailed{
 			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
-			TargetHost: r.TargetHost, Reason: reason, Message: msg,
+			TargetHost: r.TargetHost, Reason: r.Reason, Message: r.Message,
 		}
 	default:
-		return fmt.Errorf("finish migration %s: %q is not a final phase", r.ID, phase)
+		return nil
 	}
 	if err := s.hooks.at(ctx, r.ID, stepAnnounce); err != nil {
 		return err
@@ -409,28 +467,12 @@ func (s *Service) finish(ctx context.Context, r *events.MigrationRecord, phase, 
 	if err := s.publishFor(ctx, nil, r, "end", data); err != nil {
 		return err
 	}
-	updated, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
-		if !rec.Active() {
+	_, err := s.store.updateMigration(ctx, r.ID, func(rec *events.MigrationRecord) bool {
+		if !rec.AnnouncePending {
 			return false
 		}
-		rec.Phase, rec.Reason, rec.Message = phase, reason, msg
-		if phase == events.MigrationPhaseCompleted {
-			rec.Reason, rec.Message, rec.Percent = "", "", 100
-		}
-		rec.QueuePosition, rec.RelocateTask, rec.EndedAt = 0, "", s.now().UTC()
+		rec.AnnouncePending = false
 		return true
 	})
-	if err != nil {
-		return err
-	}
-	if updated == nil {
-		updated = r
-	}
-	s.release(updated)
-	s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", phase), attribute.String("reason", reason)))
-	if phase == events.MigrationPhaseCompleted && !updated.CreatedAt.IsZero() && !updated.EndedAt.IsZero() {
-		s.took.Record(ctx, updated.EndedAt.Sub(updated.CreatedAt).Seconds())
-	}
-	s.log.Info("migration ended", "migration", r.ID, "pod", r.Key(), "phase", phase, "reason", reason, "message", msg)
-	return nil
+	return err
 }

@@ -56,6 +56,39 @@ func (f *stepFaults) count(id, at string) int {
 	return f.calls[[2]string{id, at}]
 }
 
+// migrateUntilKilled runs the service until migration id of p reaches
+// step, where the process "dies": the service stops and nothing after the
+// step runs.
+func (w *world) migrateUntilKilled(cfg Config, id, step string, p pod, to string) {
+	w.t.Helper()
+	f := newStepFaults()
+	f.kill = [2]string{id, step}
+	w.startWithFaults(cfg, f)
+	w.migrate(id, p, to)
+	select {
+	case <-f.reached:
+	case <-time.After(20 * time.Second):
+		w.t.Fatalf("migration %s never reached step %s", id, step)
+	}
+	w.stop()
+}
+
+// wantDrainedOnePod checks that host's drain moved its one pod p away and
+// ended Drained.
+func (w *world) wantDrainedOnePod(host string, p pod) {
+	w.t.Helper()
+	d := w.waitDrained(host)
+	if d.Migrated != 1 || len(d.Unmovable) != 0 {
+		w.t.Fatalf("drained = %+v, want the one pod moved", d)
+	}
+	if got, _ := w.vmHost(p.vm); got == host {
+		w.t.Errorf("the pod is still on the drained host")
+	}
+	if r := w.drainRecord(host); r.Phase != events.DrainPhaseDrained {
+		w.t.Errorf("drain record %s, want Drained", r.Phase)
+	}
+}
+
 func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
 	w.t.Helper()
 	svc := newServiceForTest(w.t, w, cfg)
@@ -118,18 +151,9 @@ func (w *world) wantCompletedOnly(id string, p pod, target string) {
 func TestKilledWhileFinalizingIsFinishedByTheNextLeader(t *testing.T) {
 	w := newWorld(t, 1, 3)
 	cfg := testConfig()
-	f := newStepFaults()
-	f.kill = [2]string{"fin-1", stepFinalizing}
-	w.startWithFaults(cfg, f)
 	h := w.clusterHosts(0)
 	p := w.runPod("fin", h[0])
-	w.migrate("fin-1", p, h[1])
-	select {
-	case <-f.reached:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the migration never reached Finalizing")
-	}
-	w.stop()
+	w.migrateUntilKilled(cfg, "fin-1", stepFinalizing, p, h[1])
 	if got := w.migrationPhase("fin-1"); got != events.PhaseFinalizing {
 		t.Fatalf("after the kill the record is %q, want Finalizing", got)
 	}
@@ -230,14 +254,5 @@ func TestDrainWithoutARunnerIsResumed(t *testing.T) {
 	if _, err := svc.store.putDrain(context.Background(), rec, 0); err != nil {
 		t.Fatal(err)
 	}
-	d := w.waitDrained(h[0])
-	if d.Migrated != 1 || len(d.Unmovable) != 0 {
-		t.Fatalf("drained = %+v, want the one pod moved", d)
-	}
-	if got, _ := w.vmHost(p.vm); got == h[0] {
-		t.Errorf("the pod is still on the drained host")
-	}
-	if r := w.drainRecord(h[0]); r.Phase != events.DrainPhaseDrained {
-		t.Errorf("drain record %s, want Drained", r.Phase)
-	}
+	w.wantDrainedOnePod(h[0], p)
 }

@@ -36,10 +36,18 @@ type flakyKV struct {
 	// loseAnswer: the next update of the key that writes this phase is
 	// stored, and the caller is told it failed.
 	loseAnswer map[string]string
+	// slow: the updates of the key that write this phase take this long,
+	// as a write to a cluster busy electing a leader can.
+	slow map[string]slowWrite
+}
+
+type slowWrite struct {
+	phase string
+	by    time.Duration
 }
 
 func newFlakyKV(kv jetstream.KeyValue) *flakyKV {
-	return &flakyKV{KeyValue: kv, missAt: map[string]int{}, reads: map[string]int{}, loseAnswer: map[string]string{}}
+	return &flakyKV{KeyValue: kv, missAt: map[string]int{}, reads: map[string]int{}, loseAnswer: map[string]string{}, slow: map[string]slowWrite{}}
 }
 
 // miss makes the n-th next read of migration id's record miss it.
@@ -72,7 +80,23 @@ func (k *flakyKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry,
 	return k.KeyValue.Get(ctx, key)
 }
 
+// slowWrites makes the writes of migration id's record into phase take d.
+func (k *flakyKV) slowWrites(id, phase string, d time.Duration) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.slow[events.MigrationRecordKey(id)] = slowWrite{phase: phase, by: d}
+}
+
 func (k *flakyKV) Update(ctx context.Context, key string, value []byte, last uint64) (uint64, error) {
+	k.mu.Lock()
+	sw, ok := k.slow[key]
+	k.mu.Unlock()
+	if ok {
+		var r events.MigrationRecord
+		if json.Unmarshal(value, &r) == nil && r.Phase == sw.phase {
+			time.Sleep(sw.by)
+		}
+	}
 	rev, err := k.KeyValue.Update(ctx, key, value, last)
 	if err != nil {
 		return rev, err

@@ -86,10 +86,12 @@ func (s *Service) conclude(ctx context.Context, id string, refusal error) error 
 	}
 	if r.Started() || r.RelocateTask != "" {
 		if r.RelocateTask != "" {
-			// A task still running may yet move the VM: let it end first.
-			wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
-			_ = s.vm.Wait(wctx, taskRef(r.RelocateTask), nil)
-			cancel()
+			// A task still running may yet move the VM: let it end first
+			// (no later than its deadline). One vCenter says still runs
+			// leaves the record active, the target held.
+			if err := s.awaitRelocation(ctx, r, taskRef(r.RelocateTask), nil); err != nil && !bus.IsPermanent(err) {
+				return err
+			}
 		}
 		on, err := s.vmLocation(ctx, r)
 		if err != nil {
@@ -117,7 +119,9 @@ func (s *Service) vmLocation(ctx context.Context, r *events.MigrationRecord) (st
 		}
 		ref = pod.VMRef
 	}
-	vm, err := s.vm.VM(ctx, ref)
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
+	defer cancel()
+	vm, err := s.vm.VM(cctx, ref)
 	if errors.Is(err, vmotion.ErrNotFound) {
 		return "", nil
 	}
@@ -151,13 +155,15 @@ func (s *Service) drive(ctx context.Context, r *events.MigrationRecord) error {
 		}
 	}
 	if resumedTask != "" {
-		// A vMotion started by an earlier run: wait for it to end before
-		// looking where the VM is.
-		wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
-		_ = s.vm.Wait(wctx, taskRef(resumedTask), nil)
-		cancel()
-		if ctx.Err() != nil {
-			return ctx.Err()
+		// A vMotion started by an earlier run: wait for it to end (no
+		// later than its deadline, counted from when vCenter queued it,
+		// not from this run) before looking where the VM is. Whatever its
+		// outcome, the prechecks below judge by where the VM is: moved,
+		// it is announced; still on the source, it is moved again.
+		if err := s.awaitRelocation(ctx, r, taskRef(resumedTask), nil); err != nil && !bus.IsPermanent(err) {
+			return err
+		} else if err != nil {
+			s.log.Warn("the relocation an earlier run started ended without moving the VM; looking where it is", "migration", r.ID, "task", resumedTask, "err", err)
 		}
 	}
 	// Prechecks that could not run (vCenter or the KV store not answering)
@@ -380,7 +386,9 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 			return fmt.Errorf("migration %s: before the vMotion: %w", r.ID, err)
 		}
 	}
-	ref, err := s.vm.StartRelocate(ctx, vmotion.Move{VM: p.vmRef, Host: p.target.Ref, Pool: p.target.Pool})
+	sctx, scancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
+	ref, err := s.vm.StartRelocate(sctx, vmotion.Move{VM: p.vmRef, Host: p.target.Ref, Pool: p.target.Pool})
+	scancel()
 	if err != nil {
 		return refuse(ReasonRelocateFailed, "%v", err)
 	}
@@ -416,32 +424,112 @@ func (s *Service) relocate(ctx context.Context, r *events.MigrationRecord, p *pl
 			return true
 		})
 	}
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
-	defer cancel()
-	err = s.vm.Wait(wctx, ref, report)
-	switch {
-	case err == nil:
-		return nil
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case wctx.Err() != nil:
-		// Cancel the task, give the cancel time to take effect, and report
-		// what is true: vCenter may refuse a cancel once the switch-over
-		// began, and then the VM lands on the target after all.
-		if cerr := s.vm.CancelTask(ctx, ref); cerr != nil {
-			s.log.Warn("cancel timed-out relocation", "migration", r.ID, "task", ref.Value, "err", cerr)
-		}
-		gctx, gcancel := context.WithTimeout(ctx, s.cfg.RelocateTimeout)
-		_ = s.vm.Wait(gctx, ref, nil)
-		gcancel()
-		if vm, err := s.vm.VM(ctx, p.vmRef); err == nil && vm.Host == r.TargetHost {
+	err = s.awaitRelocation(ctx, r, ref, report)
+	if err != nil && bus.ReasonOf(err, "") == ReasonTimeout {
+		// vCenter may refuse a cancel once the switch-over began, and then
+		// the VM lands on the target after all: report what is true.
+		if on, lerr := s.vmLocation(ctx, r); lerr == nil && on == r.TargetHost {
 			s.log.Warn("relocation outlived its timeout but completed", "migration", r.ID, "task", ref.Value)
 			return nil
 		}
-		return refuse(ReasonTimeout, "the relocation to %s did not finish within %s and was cancelled", r.TargetHost, s.cfg.RelocateTimeout)
-	default:
-		return refuse(ReasonRelocateFailed, "vCenter: %v", err)
 	}
+	return err
+}
+
+// cancelGrace is how long a relocation cancelled at its deadline is given
+// to stop before its state is judged.
+var cancelGrace = 30 * time.Second
+
+// awaitRelocation waits for a migration's relocation task to end, and no
+// longer than RelocateTimeout after vCenter queued it (vCenter's task
+// age, so a resumed runner does not start the clock again). A task still
+// running then is cancelled and given cancelGrace to stop. It returns nil
+// when the VM was relocated; a refusal (the migration ends, its slot and
+// target reservation freed) when the task failed (RelocateFailed) or was
+// cancelled at its deadline (Timeout); and a plain error, which leaves the
+// record active with its reservation held for the repair sweep, while
+// vCenter says the task still runs (a cancel it did not take) or cannot
+// say. A task vCenter no longer has returns nil too: the caller judges by
+// where the VM is, as it always does after a relocation.
+//
+// Before, the wait was RelocateTimeout from each waiter's own start, then
+// RelocateTimeout again after a cancel, and one more on each resumption:
+// a relocation that never ended held its per-host slot, and the drain
+// queued behind it, for tens of minutes.
+func (s *Service) awaitRelocation(ctx context.Context, r *events.MigrationRecord, ref types.ManagedObjectReference, report func(int)) error {
+	remaining := s.cfg.RelocateTimeout
+	st, err := s.taskState(ctx, ref)
+	switch {
+	case errors.Is(err, vmotion.ErrNotFound):
+		return nil
+	case err != nil:
+		// Its age is unknown: wait the whole timeout from now.
+		s.log.Warn("read relocation task", "migration", r.ID, "task", ref.Value, "err", err)
+	case st.Done():
+		return relocationOutcome(r, st)
+	default:
+		remaining -= st.Age
+	}
+	if remaining > 0 {
+		wctx, cancel := context.WithTimeout(ctx, remaining)
+		err := s.vm.Wait(wctx, ref, report)
+		cancel()
+		switch {
+		case err == nil:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.Is(err, vmotion.ErrNotFound):
+			return nil
+		case wctx.Err() == nil:
+			return refuse(ReasonRelocateFailed, "vCenter: %v", err)
+		}
+	}
+	// Past its deadline: cancel it and give the cancel time to take.
+	s.log.Warn("relocation outlived its timeout: cancelling it", "migration", r.ID, "task", ref.Value, "timeout", s.cfg.RelocateTimeout)
+	if cerr := s.vm.CancelTask(ctx, ref); cerr != nil {
+		s.log.Warn("cancel timed-out relocation", "migration", r.ID, "task", ref.Value, "err", cerr)
+	}
+	gctx, gcancel := context.WithTimeout(ctx, cancelGrace)
+	err = s.vm.Wait(gctx, ref, nil)
+	gcancel()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	st, err = s.taskState(ctx, ref)
+	switch {
+	case errors.Is(err, vmotion.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("migration %s: relocation task %s past its deadline: %w", r.ID, ref.Value, err)
+	case st.State == string(types.TaskInfoStateSuccess):
+		return nil
+	case !st.Done():
+		return fmt.Errorf("migration %s: relocation task %s still runs %s after it was queued, and after a cancel", r.ID, ref.Value, st.Age.Round(time.Second))
+	}
+	return refuse(ReasonTimeout, "the relocation to %s did not finish within %s and was cancelled", r.TargetHost, s.cfg.RelocateTimeout)
+}
+
+// relocationOutcome is what an ended relocation task means for the
+// migration.
+func relocationOutcome(r *events.MigrationRecord, st *vmotion.TaskState) error {
+	switch {
+	case st.State == string(types.TaskInfoStateSuccess):
+		return nil
+	case st.Cancelled:
+		return refuse(ReasonTimeout, "the relocation to %s was cancelled: %v", r.TargetHost, st.Err)
+	}
+	return refuse(ReasonRelocateFailed, "vCenter: %v", st.Err)
+}
+
+// taskState reads a task's state within one vCenter call's bound.
+func (s *Service) taskState(ctx context.Context, ref types.ManagedObjectReference) (*vmotion.TaskState, error) {
+	cctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
+	defer cancel()
+	return s.vm.Task(cctx, ref)
 }
 
 // finalize confirms where vCenter says the VM runs and announces the move.
@@ -461,7 +549,9 @@ func (s *Service) finalize(ctx context.Context, r *events.MigrationRecord) error
 		return err
 	}
 	if pod != nil && pod.VMRef != "" {
-		vm, err := s.vm.VM(ctx, pod.VMRef)
+		cctx, cancel := context.WithTimeout(ctx, s.cfg.PrecheckTimeout)
+		vm, err := s.vm.VM(cctx, pod.VMRef)
+		cancel()
 		if err != nil {
 			return err
 		}

@@ -98,6 +98,9 @@ type hooks struct {
 	// stepFinalizing, stepAnnounce); an error it returns is that step's,
 	// as if the bus, the KV store or vCenter had failed there.
 	step func(ctx context.Context, id, at string) error
+	// consume, when set, runs the term's consumers (run), as if the bus
+	// had failed them when it returns an error.
+	consume func(ctx context.Context, run func(context.Context) error) error
 }
 
 // The points of a run where hooks.step runs.
@@ -182,7 +185,16 @@ func (s *Service) Run(ctx context.Context) error {
 
 // lead is one term as leader: it ends when ctx does, which is also when the
 // lease is lost.
-func (s *Service) lead(ctx context.Context) error {
+func (s *Service) lead(leading context.Context) error {
+	// Everything of this term — the dispatcher, the sweep, the consumers,
+	// the runners and the drains — lives in term, which ends with the
+	// first of them that fails. Before, drains lived in the lease's context alone: a
+	// consumer that failed (a NATS node killed) stopped the dispatcher,
+	// the sweep and the runners, and then the term waited for the drains,
+	// which waited for migrations nobody would start, with the lease still
+	// renewed so that no other replica took over: the full run's stall.
+	ctx, endTerm := context.WithCancel(leading)
+	defer endTerm()
 	// The in-memory view is rebuilt from the records for every term: a
 	// previous term's view may be stale, since another replica led since.
 	s.mu.Lock()
@@ -206,12 +218,23 @@ func (s *Service) lead(ctx context.Context) error {
 	g.Go(func() error { s.dispatchLoop(gctx); return nil })
 	g.Go(func() error { s.sweepLoop(gctx); return nil })
 	r := s.routes()
-	g.Go(func() error { return r.Run(gctx, s.bus, s.consumer(), nil) })
+	consume := func(ctx context.Context) error { return r.Run(ctx, s.bus, s.consumer(), nil) }
+	if s.hooks.consume != nil {
+		consume = func(ctx context.Context) error {
+			return s.hooks.consume(ctx, func(ctx context.Context) error { return r.Run(ctx, s.bus, s.consumer(), nil) })
+		}
+	}
+	g.Go(func() error { return consume(gctx) })
 	s.log.Info("migration service running", "per_source_host", s.cfg.Limits.PerSourceHost, "per_cluster", s.cfg.Limits.PerCluster)
 	err := g.Wait()
-	// Runners and drains see ctx end and stop at their next step.
+	if err != nil && leading.Err() == nil {
+		s.log.Error("the term's consumers failed: stopping its runners and drains, and the term", "err", err)
+	}
+	// Runners and drains see the term end and stop at their next step; the
+	// next term (here or in another replica) resumes them from the records.
+	endTerm()
 	s.runners.Wait()
-	if err != nil && ctx.Err() == nil {
+	if err != nil && leading.Err() == nil {
 		return fmt.Errorf("migration: %w", err)
 	}
 	return nil
@@ -467,7 +490,7 @@ func (s *Service) sweepLoop(ctx context.Context) {
 	}
 }
 
-// repair queues again every active migration that this leader neither
+// repair announces every end recorded and not yet announced, queues again every active migration that this leader neither
 // queues nor runs, waits again for the reservation of every pending one
 // it does not know, and resumes every unfinished drain it does not run: a runner that met an error it could not decide on
 // (the bus, the KV store or vCenter not answering for a moment) leaves the
@@ -486,10 +509,17 @@ func (s *Service) repair(ctx context.Context) {
 	}
 	settled := s.now().Add(-3 * s.cfg.SweepInterval)
 	var queued []string
+	var unannounced []*events.MigrationRecord
 	s.mu.Lock()
 	for _, r := range recs {
-		if !r.Active() || r.UpdatedAt.After(settled) || r.IsVM() {
+		if r.UpdatedAt.After(settled) || r.IsVM() {
 			continue // a VM move is queued by its handler and at start
+		}
+		if !r.Active() {
+			if r.AnnouncePending {
+				unannounced = append(unannounced, r)
+			}
+			continue
 		}
 		if cur, ok := s.podActive[r.Key()]; ok && cur != r.ID {
 			continue // another migration of the pod is the active one here
@@ -512,6 +542,17 @@ func (s *Service) repair(ctx context.Context) {
 	if len(queued) > 0 {
 		s.log.Info("resuming migrations no runner works on", "migrations", queued)
 		s.poke()
+	}
+	// An end recorded and not announced (the bus did not take it, or the
+	// process stopped in between) is announced here.
+	for _, r := range unannounced {
+		if err := s.announce(ctx, r); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("announce the end of a migration; the next sweep retries", "migration", r.ID, "phase", r.Phase, "err", err)
+			}
+			continue
+		}
+		s.log.Info("announced the end of a migration a step before had recorded", "migration", r.ID, "phase", r.Phase, "reason", r.Reason)
 	}
 	// A drain whose runner stopped on an error is resumed the same way
 	// (startDrain does nothing for one that runs).

@@ -62,7 +62,16 @@ func openStore(ctx context.Context, b *bus.Bus, now func() time.Time) (*store, e
 	return st, nil
 }
 
+// kvCallTimeout bounds one KV read or write. The KV client applies its own
+// default only to a context without a deadline; a drain's context has one
+// (DrainTimeout, half an hour away), and a request whose answer was lost
+// with a NATS node waited that long, holding the drain (the full run's
+// stall).
+const kvCallTimeout = 10 * time.Second
+
 func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
+	defer cancel()
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, nil
@@ -143,7 +152,9 @@ func (s *store) createMigration(ctx context.Context, r *events.MigrationRecord) 
 	if err != nil {
 		return err
 	}
-	if _, err := s.migs.Create(ctx, events.MigrationRecordKey(r.ID), data); err != nil {
+	cctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
+	defer cancel()
+	if _, err := s.migs.Create(cctx, events.MigrationRecordKey(r.ID), data); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return errExists
 		}
@@ -181,7 +192,10 @@ func (s *store) updateMigration(ctx context.Context, id string, mutate func(r *e
 		if err != nil {
 			return nil, err
 		}
-		if _, err := s.migs.Update(ctx, key, data, rev); err != nil {
+		cctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
+		_, err = s.migs.Update(cctx, key, data, rev)
+		cancel()
+		if err != nil {
 			if isConflict(err) {
 				continue
 			}
@@ -214,6 +228,8 @@ func (s *store) putDrain(ctx context.Context, r *events.DrainRecord, rev uint64)
 		return 0, err
 	}
 	key := events.DrainRecordKey(r.Host)
+	ctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
+	defer cancel()
 	if rev == 0 {
 		rev, err = s.drains.Create(ctx, key, data)
 	} else {
@@ -225,12 +241,21 @@ func (s *store) putDrain(ctx context.Context, r *events.DrainRecord, rev uint64)
 	return rev, nil
 }
 
-// updateDrain is updateMigration for drain records.
+// updateDrain is updateMigration for drain records: a record not found is
+// errNoRecord, for the caller to try again (a drain's runner stops and the
+// leader's sweep resumes the drain), never "nothing to do" — a drain's
+// steps update a record they read before, and a read answered by a NATS
+// node not yet current must not end a drain unrecorded. The one caller
+// for which "no record" is an answer (an uncordon of a host never
+// drained, a vm.migrated no drain asked for) says so itself.
 func (s *store) updateDrain(ctx context.Context, host string, mutate func(r *events.DrainRecord) bool) (*events.DrainRecord, error) {
 	for range casAttempts {
 		r, rev, err := s.drain(ctx, host)
-		if err != nil || r == nil {
-			return r, err
+		if err != nil {
+			return nil, err
+		}
+		if r == nil {
+			return nil, fmt.Errorf("update drain %s: %w", host, errNoRecord)
 		}
 		if !mutate(r) {
 			return r, nil

@@ -3,6 +3,7 @@ package migration
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -117,8 +118,8 @@ func (s *Service) onVMMigrated(ctx context.Context, _ *bus.Message, e *events.VM
 		v := &d.VMs[i]
 		v.MigratedAt, v.Reason, v.Message = s.now().UTC(), e.Reason, e.Message
 		return true
-	}); err != nil {
-		return err
+	}); err != nil && !errors.Is(err, errNoRecord) {
+		return err // no drain record: a move no drain asked for
 	}
 	return nil
 }
@@ -141,7 +142,7 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 		return err
 	}
 	// The moves are recorded before any is asked for.
-	d, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+	d, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 		if d.RequestID != requestID {
 			return false
 		}
@@ -211,7 +212,7 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 // drain resumed in between.
 func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requestID string, v events.DrainVM) error {
 	set := func(mutate func(m *events.DrainVM)) error {
-		_, err := s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
+		_, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 			i := slices.IndexFunc(d.VMs, func(m events.DrainVM) bool { return m.ID == v.ID })
 			if d.RequestID != requestID || i < 0 || d.VMs[i].Result != "" {
 				return false

@@ -13,6 +13,7 @@ import (
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -332,12 +333,20 @@ func (c *Client) StartRelocate(ctx context.Context, mv Move) (types.ManagedObjec
 // updates it. When ctx ends first it returns ctx's error and leaves the task
 // running: a process that stops keeps its vMotion going and waits for it
 // again after a restart; a caller that gave up on the task calls CancelTask.
+//
+// The wait is made of slices of WaitSlice: a wait for the task's updates
+// that brings nothing within a slice (an update lost, a connection that no
+// longer delivers) is not trusted, and the task's state is read from
+// vCenter instead; so a task that ended is seen to have ended whatever
+// became of the update stream.
 func (c *Client) Wait(ctx context.Context, ref types.ManagedObjectReference, report func(percent int)) error {
 	var err error
-	for attempt := 1; ; attempt++ {
+	for attempt := 1; ; {
 		// WaitForResult makes a property collector per call: waits for
 		// several migrations run at once (WaitForResultEx shares one).
-		_, err = object.NewTask(c.vc, ref).WaitForResult(ctx, progressSink(report))
+		sctx, cancel := context.WithTimeout(ctx, WaitSlice)
+		_, err = object.NewTask(c.vc, ref).WaitForResult(sctx, progressSink(report))
+		cancel()
 		if err == nil {
 			return nil
 		}
@@ -345,18 +354,89 @@ func (c *Client) Wait(ctx context.Context, ref types.ManagedObjectReference, rep
 			return ctx.Err()
 		}
 		var te task.Error
-		if errors.As(err, &te) || attempt == waitAttempts {
+		if errors.As(err, &te) {
 			return faultMessage(err)
 		}
-		// The task's own outcome is a task.Error; anything else is the
-		// connection to vCenter failing while the task runs on, so wait
-		// for it again.
+		if sctx.Err() != nil {
+			// The slice ended without an answer: ask vCenter.
+			st, terr := c.Task(ctx, ref)
+			switch {
+			case terr == nil && st.Done():
+				return st.Err
+			case terr == nil:
+				continue // still running: wait again
+			case errors.Is(terr, ErrNotFound):
+				return terr
+			}
+			err = terr
+		}
+		// Anything else is the connection to vCenter failing while the
+		// task runs on: wait for it again, a few times.
+		if attempt == waitAttempts {
+			return faultMessage(err)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(time.Duration(attempt) * 100 * time.Millisecond):
 		}
+		attempt++
 	}
+}
+
+// WaitSlice is how long Wait waits for a task's updates before it reads
+// the task's state from vCenter instead.
+var WaitSlice = 30 * time.Second
+
+// TaskState is what vCenter says of a task now.
+type TaskState struct {
+	// State is vSphere's: queued, running, success or error.
+	State string
+	// Progress is the percentage vCenter reports while it runs.
+	Progress int
+	// Err is the task's fault when State is error (a cancelled task's
+	// RequestCanceled too).
+	Err error
+	// Cancelled reports that a cancel was asked for and taken.
+	Cancelled bool
+	// Age is how long ago vCenter queued the task, by vCenter's own clock
+	// (so a restarted process judges a task's age as the one that started
+	// it did).
+	Age time.Duration
+}
+
+// Done reports whether the task ended, well or not.
+func (s *TaskState) Done() bool {
+	return s.State == string(types.TaskInfoStateSuccess) || s.State == string(types.TaskInfoStateError)
+}
+
+// Task reads a task's state from vCenter; ErrNotFound (wrapped) when
+// vCenter no longer has the task.
+func (c *Client) Task(ctx context.Context, ref types.ManagedObjectReference) (*TaskState, error) {
+	var t mo.Task
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"info"}, &t); err != nil {
+		if isNotFound(err) {
+			return nil, fmt.Errorf("task %s: %w", ref.Value, ErrNotFound)
+		}
+		return nil, fmt.Errorf("task %s: %w", ref.Value, err)
+	}
+	now, err := methods.GetCurrentTime(ctx, c.vc)
+	if err != nil {
+		return nil, fmt.Errorf("task %s: vCenter's time: %w", ref.Value, err)
+	}
+	st := &TaskState{State: string(t.Info.State), Progress: int(t.Info.Progress), Cancelled: t.Info.Cancelled,
+		Age: max(now.Sub(t.Info.QueueTime), 0)}
+	if t.Info.State == types.TaskInfoStateError {
+		st.Err = errors.New("the task failed")
+		if t.Info.Error != nil {
+			msg := t.Info.Error.LocalizedMessage
+			if msg == "" {
+				msg = fmt.Sprintf("%T", t.Info.Error.Fault)
+			}
+			st.Err = errors.New(msg)
+		}
+	}
+	return st, nil
 }
 
 // CancelTask asks vCenter to cancel a task (best effort: vCenter refuses

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -123,5 +124,75 @@ func TestAgainstTheSimulator(t *testing.T) {
 	}
 	if _, err := c.VM(ctx, ref.Value); !errors.Is(err, vmotion.ErrNotFound) {
 		t.Errorf("VM after Destroy: %v, want ErrNotFound", err)
+	}
+}
+
+// TestTaskStateAndSlicedWait: a relocation's state is read from vCenter
+// (running with its age by vCenter's clock, then success; a cancelled one
+// ended, cancelled, with its fault), and Wait, made of slices far shorter
+// than the task, still returns when the task ends.
+func TestTaskStateAndSlicedWait(t *testing.T) {
+	ctx := t.Context()
+	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 3})
+	vc := simtest.Client(t, dc)
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := vmotion.New(vc.Client, dco)
+	hosts := dc.Clusters()[0].Hosts
+	src, _ := dc.Host(hosts[0])
+	dst, err := c.Host(ctx, hosts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	newVM := func(name string) types.ManagedObjectReference {
+		vm, _, err := simtest.NewPodVM(ctx, vc, dc, simtest.PodVM{Name: name, Host: src, NumCPUs: 1, MemoryMB: 128, PowerOn: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vm.Reference()
+	}
+	a, b := newVM("pv-a"), newVM("pv-b")
+	if err := dc.SetTaskDelay("RelocateVm", 700*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { vmotion.WaitSlice = d }(vmotion.WaitSlice)
+	vmotion.WaitSlice = 50 * time.Millisecond
+
+	ref, err := c.StartRelocate(ctx, vmotion.Move{VM: a.Value, Host: dst.Ref, Pool: dst.Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Task(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Done() || st.Err != nil || st.Age < 0 || st.Age > time.Minute {
+		t.Fatalf("a relocation just started: %+v; want running, no fault, a small age", st)
+	}
+	if err := c.Wait(ctx, ref, nil); err != nil {
+		t.Fatalf("sliced wait: %v", err)
+	}
+	if st, err := c.Task(ctx, ref); err != nil || st.State != string(types.TaskInfoStateSuccess) || st.Age < 700*time.Millisecond {
+		t.Fatalf("after the wait: %+v, %v; want success, at least the task's 700ms old", st, err)
+	}
+
+	ref, err = c.StartRelocate(ctx, vmotion.Move{VM: b.Value, Host: dst.Ref, Pool: dst.Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CancelTask(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	st, err = c.Task(ctx, ref)
+	if err != nil || !st.Done() || !st.Cancelled || st.Err == nil {
+		t.Fatalf("a cancelled relocation: %+v, %v; want ended, cancelled, with its fault", st, err)
+	}
+	if err := c.Wait(ctx, ref, nil); err == nil {
+		t.Error("waiting on a cancelled relocation returned no error")
+	}
+	if _, err := c.Task(ctx, types.ManagedObjectReference{Type: "Task", Value: "task-none"}); !errors.Is(err, vmotion.ErrNotFound) {
+		t.Errorf("an unknown task: %v, want ErrNotFound", err)
 	}
 }
