@@ -32,6 +32,31 @@ var digestRE = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`
 // datastorePathRE is vSphere's datastore path syntax: "[datastore] dir/file".
 var datastorePathRE = regexp.MustCompile(`^\[[^\[\]]+\] \S.*$`)
 
+// validateWith checks a value that must be set and satisfy ok; why says
+// what it must be. Most field checks are this shape with their own ok.
+func validateWith(p *field.Path, v string, ok func(string) bool, why string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	if !ok(v) {
+		return field.ErrorList{field.Invalid(p, v, why)}
+	}
+	return nil
+}
+
+// validateEach checks a value that must be set against a Kubernetes
+// validation that returns one message per problem.
+func validateEach(p *field.Path, v string, problems func(string) []string) field.ErrorList {
+	if v == "" {
+		return field.ErrorList{field.Required(p, "")}
+	}
+	var errs field.ErrorList
+	for _, msg := range problems(v) {
+		errs = append(errs, field.Invalid(p, v, msg))
+	}
+	return errs
+}
+
 func required(p *field.Path, v string) field.ErrorList {
 	if strings.TrimSpace(v) == "" {
 		return field.ErrorList{field.Required(p, "")}
@@ -40,38 +65,18 @@ func required(p *field.Path, v string) field.ErrorList {
 }
 
 func validateToken(p *field.Path, v string, mandatory bool) field.ErrorList {
-	if v == "" {
-		if mandatory {
-			return field.ErrorList{field.Required(p, "")}
-		}
+	if v == "" && !mandatory {
 		return nil
 	}
-	if !tokenRE.MatchString(v) {
-		return field.ErrorList{field.Invalid(p, v, "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")}
-	}
-	return nil
+	return validateWith(p, v, tokenRE.MatchString, "must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit")
 }
 
 func validateDNSLabel(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	var errs field.ErrorList
-	for _, msg := range validation.IsDNS1123Label(v) {
-		errs = append(errs, field.Invalid(p, v, msg))
-	}
-	return errs
+	return validateEach(p, v, validation.IsDNS1123Label)
 }
 
 func validateDNSSubdomain(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	var errs field.ErrorList
-	for _, msg := range validation.IsDNS1123Subdomain(v) {
-		errs = append(errs, field.Invalid(p, v, msg))
-	}
-	return errs
+	return validateEach(p, v, validation.IsDNS1123Subdomain)
 }
 
 func validateReason(p *field.Path, v string) field.ErrorList {
@@ -88,36 +93,25 @@ func validateReason(p *field.Path, v string) field.ErrorList {
 // address, or the simulator's DC0_C0_H0 style. Only emptiness, length and
 // characters that would break subjects, keys or logs are refused.
 func validateHostName(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
+	return validateBounded(p, v, 255, func(r rune) bool {
+		return unicode.IsSpace(r) || unicode.IsControl(r) || r == '*' || r == '>' || r == '/'
+	}, "must not contain spaces, control characters, '*', '>' or '/'")
+}
+
+// validateBounded checks a name that must be set, at most max bytes long
+// and free of the runes bad refuses; why names them.
+func validateBounded(p *field.Path, v string, max int, bad func(rune) bool, why string) field.ErrorList {
+	if len(v) > max {
+		return field.ErrorList{field.TooLong(p, v, max)}
 	}
-	if len(v) > 255 {
-		return field.ErrorList{field.TooLong(p, v, 255)}
-	}
-	for _, r := range v {
-		if unicode.IsSpace(r) || unicode.IsControl(r) || r == '*' || r == '>' || r == '/' {
-			return field.ErrorList{field.Invalid(p, v, "must not contain spaces, control characters, '*', '>' or '/'")}
-		}
-	}
-	return nil
+	return validateWith(p, v, func(v string) bool { return !strings.ContainsFunc(v, bad) }, why)
 }
 
 // validateObjectName accepts a vSphere inventory name (cluster, resource
 // pool, datastore, port group): non-empty, at most 80 characters (vCenter's
 // limit for most entity names) and free of control characters.
 func validateObjectName(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	if len(v) > 80 {
-		return field.ErrorList{field.TooLong(p, v, 80)}
-	}
-	for _, r := range v {
-		if unicode.IsControl(r) {
-			return field.ErrorList{field.Invalid(p, v, "must not contain control characters")}
-		}
-	}
-	return nil
+	return validateBounded(p, v, 80, unicode.IsControl, "must not contain control characters")
 }
 
 func validateNames(p *field.Path, names []string, each func(*field.Path, string) field.ErrorList) field.ErrorList {
@@ -134,48 +128,28 @@ func validateNames(p *field.Path, names []string, each func(*field.Path, string)
 }
 
 func validateDigest(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	if !digestRE.MatchString(v) {
-		return field.ErrorList{field.Invalid(p, v, "must be an OCI digest such as sha256:<64 hex digits>")}
-	}
-	return nil
+	return validateWith(p, v, digestRE.MatchString, "must be an OCI digest such as sha256:<64 hex digits>")
 }
 
 func validateDatastorePath(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	if !datastorePathRE.MatchString(v) {
-		return field.ErrorList{field.Invalid(p, v, `must be a datastore path such as "[datastore1] podvisor-images/abc/disk.vmdk"`)}
-	}
-	return nil
+	return validateWith(p, v, datastorePathRE.MatchString, `must be a datastore path such as "[datastore1] podvisor-images/abc/disk.vmdk"`)
 }
 
 func validateIPv4(p *field.Path, v string, mandatory bool) field.ErrorList {
-	if v == "" {
-		if mandatory {
-			return field.ErrorList{field.Required(p, "")}
-		}
+	if v == "" && !mandatory {
 		return nil
 	}
-	a, err := netip.ParseAddr(v)
-	if err != nil || !a.Is4() {
-		return field.ErrorList{field.Invalid(p, v, "must be an IPv4 address")}
-	}
-	return nil
+	return validateWith(p, v, func(v string) bool {
+		a, err := netip.ParseAddr(v)
+		return err == nil && a.Is4()
+	}, "must be an IPv4 address")
 }
 
 func validateMAC(p *field.Path, v string) field.ErrorList {
-	if v == "" {
-		return field.ErrorList{field.Required(p, "")}
-	}
-	hw, err := net.ParseMAC(v)
-	if err != nil || len(hw) != 6 {
-		return field.ErrorList{field.Invalid(p, v, "must be a 48-bit MAC address such as 00:50:56:aa:bb:cc")}
-	}
-	return nil
+	return validateWith(p, v, func(v string) bool {
+		hw, err := net.ParseMAC(v)
+		return err == nil && len(hw) == 6
+	}, "must be a 48-bit MAC address such as 00:50:56:aa:bb:cc")
 }
 
 func validateNonNegative(p *field.Path, v int64) field.ErrorList {

@@ -2,7 +2,6 @@ package guestcluster
 
 import (
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"time"
@@ -87,23 +86,13 @@ func ConfigFrom(src config.Source) (Config, error) {
 // NATSURL and Authority may be empty: guest clusters are then refused
 // with a reason naming the missing setting, and the rest of podvisor runs.
 func (c Config) Validate() error {
-	var errs []error
-	if c.ReadyTimeout < time.Second {
-		errs = append(errs, fmt.Errorf("ReadyTimeout %s: must be at least 1s", c.ReadyTimeout))
-	}
-	if c.DeleteTimeout < time.Second {
-		errs = append(errs, fmt.Errorf("DeleteTimeout %s: must be at least 1s", c.DeleteTimeout))
-	}
-	if c.ResyncInterval < 0 {
-		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables)", c.ResyncInterval))
-	}
-	if c.Workers < 1 {
-		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
-	}
-	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("AckWait %s: must be at least 1s", c.AckWait))
-	}
-	return errors.Join(errs...)
+	var p config.Checks
+	p.Must(c.ReadyTimeout >= time.Second, "ReadyTimeout", c.ReadyTimeout, "be at least 1s")
+	p.Must(c.DeleteTimeout >= time.Second, "DeleteTimeout", c.DeleteTimeout, "be at least 1s")
+	p.Must(c.ResyncInterval >= 0, "ResyncInterval", c.ResyncInterval, "not be negative (0 disables)")
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(c.AckWait >= time.Second, "AckWait", c.AckWait, "be at least 1s")
+	return p.Err()
 }
 
 // missing names the settings guest clusters need that are not set.

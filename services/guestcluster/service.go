@@ -12,6 +12,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -200,18 +201,10 @@ func (s *Service) serveQueries(ctx context.Context) (*nats.Subscription, error) 
 // resyncLoop restarts the control plane of every Ready guest cluster whose
 // process is gone (after a restart of the supervisor, say).
 func (s *Service) resyncLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.ResyncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", func(ctx context.Context) error {
 		recs, err := s.clusters.List(ctx)
 		if err != nil {
-			s.log.Warn("resync: list guest clusters", "err", err)
-			continue
+			return err
 		}
 		for _, r := range recs {
 			if r.Phase != events.GuestClusterPhaseReady {
@@ -224,5 +217,6 @@ func (s *Service) resyncLoop(ctx context.Context) {
 				s.log.Warn("resync: worker nodes", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
 			}
 		}
-	}
+		return nil
+	})
 }

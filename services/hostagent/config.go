@@ -1,7 +1,6 @@
 package hostagent
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -75,29 +74,23 @@ func ConfigsFrom(src config.Source) ([]Config, error) {
 
 // Validate reports every problem, each naming its field.
 func (c Config) Validate() error {
-	var errs []error
+	var p config.Checks
 	switch {
 	case c.Host == "":
-		errs = append(errs, fmt.Errorf("Host: required (the host this agent serves; %s)", EnvHost))
+		p.Add(fmt.Errorf("Host: required (the host this agent serves; %s)", EnvHost))
 	case strings.ContainsAny(c.Host, " /*>\t"):
-		errs = append(errs, fmt.Errorf("Host %q: must not contain spaces, '/', '*' or '>'", c.Host))
+		p.Add(fmt.Errorf("Host %q: must not contain spaces, '/', '*' or '>'", c.Host))
 	}
 	if c.ChannelDir == "" {
-		errs = append(errs, fmt.Errorf("ChannelDir: required (where guest channels arrive; %s)", EnvChannelDir))
+		p.Add(fmt.Errorf("ChannelDir: required (where guest channels arrive; %s)", EnvChannelDir))
 	}
-	if c.StopSlack <= 0 {
-		errs = append(errs, fmt.Errorf("StopSlack %s: must be positive", c.StopSlack))
-	}
-	if c.HelloTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("HelloTimeout %s: must be positive", c.HelloTimeout))
-	}
+	p.Must(c.StopSlack > 0, "StopSlack", c.StopSlack, "be positive")
+	p.Must(c.HelloTimeout > 0, "HelloTimeout", c.HelloTimeout, "be positive")
 	if c.NetworkResync <= 0 || c.NetworkRetry <= 0 {
-		errs = append(errs, fmt.Errorf("NetworkResync %s, NetworkRetry %s: must be positive", c.NetworkResync, c.NetworkRetry))
+		p.Add(fmt.Errorf("NetworkResync %s, NetworkRetry %s: must be positive", c.NetworkResync, c.NetworkRetry))
 	}
-	if c.Workers < 1 {
-		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
-	}
-	if err := errors.Join(errs...); err != nil {
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	if err := p.Err(); err != nil {
 		return fmt.Errorf("hostagent config: %w", err)
 	}
 	return nil

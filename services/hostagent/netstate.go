@@ -12,6 +12,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // HostNetwork is what the host really has of the distributed port groups:
@@ -98,14 +99,7 @@ func (s *Service) decodeDesired(ceType string, data []byte) (*events.NetworkHost
 
 // reapplyLoop applies the last state again when it is due.
 func (s *Service) reapplyLoop(ctx context.Context) {
-	t := time.NewTicker(min(s.cfg.NetworkRetry, s.cfg.NetworkResync) / 2)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Every(ctx, min(s.cfg.NetworkRetry, s.cfg.NetworkResync)/2, s.log, "reapply", func(ctx context.Context) error {
 		s.netState.mu.Lock()
 		d, due := s.netState.desired, s.cfg.NetworkResync
 		if s.netState.failed {
@@ -116,7 +110,8 @@ func (s *Service) reapplyLoop(ctx context.Context) {
 		if d != nil && due <= 0 {
 			s.reapply(ctx, nil) // the newest, read under the lock
 		}
-	}
+		return nil
+	})
 }
 
 // reapply applies d (nil: the last state applied) again and reports only

@@ -1,6 +1,7 @@
 package imagecache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strconv"
@@ -101,36 +102,16 @@ const (
 )
 
 func (c Config) withDefaults() Config {
-	if c.Workers == 0 {
-		c.Workers = DefaultWorkers
-	}
-	if c.LeaseTTL == 0 {
-		c.LeaseTTL = DefaultLeaseTTL
-	}
-	if c.PrepareTimeout == 0 {
-		c.PrepareTimeout = DefaultPrepareTimeout
-	}
-	if c.ReserveBytes == 0 {
-		c.ReserveBytes = DefaultReserveBytes
-	}
-	if c.GCBudgetBytes == 0 {
-		c.GCBudgetBytes = DefaultGCBudgetBytes
-	}
-	if c.GCGrace == 0 {
-		c.GCGrace = DefaultGCGrace
-	}
-	if c.GCInterval == 0 {
-		c.GCInterval = DefaultGCInterval
-	}
-	if c.CheckInterval == 0 {
-		c.CheckInterval = DefaultCheckInterval
-	}
-	if c.MaxDeliver == 0 {
-		c.MaxDeliver = DefaultMaxDeliver
-	}
-	if c.ResolveTTL == 0 {
-		c.ResolveTTL = DefaultResolveTTL
-	}
+	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, DefaultLeaseTTL)
+	c.PrepareTimeout = cmp.Or(c.PrepareTimeout, DefaultPrepareTimeout)
+	c.ReserveBytes = cmp.Or(c.ReserveBytes, DefaultReserveBytes)
+	c.GCBudgetBytes = cmp.Or(c.GCBudgetBytes, DefaultGCBudgetBytes)
+	c.GCGrace = cmp.Or(c.GCGrace, DefaultGCGrace)
+	c.GCInterval = cmp.Or(c.GCInterval, DefaultGCInterval)
+	c.CheckInterval = cmp.Or(c.CheckInterval, DefaultCheckInterval)
+	c.MaxDeliver = cmp.Or(c.MaxDeliver, DefaultMaxDeliver)
+	c.ResolveTTL = cmp.Or(c.ResolveTTL, DefaultResolveTTL)
 	if c.DiskCompression == "none" {
 		c.DiskCompression = ""
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -175,9 +176,12 @@ func (s *Service) Run(ctx context.Context) error {
 			Logger:     s.log,
 		}, nil)
 	})
-	g.Go(func() error { s.every(ctx, s.cfg.CheckInterval, "metadata check", s.EnsureMetadata); return nil })
 	g.Go(func() error {
-		s.every(ctx, s.cfg.GCInterval, "garbage collection", func(ctx context.Context) error {
+		periodic.Every(ctx, s.cfg.CheckInterval, s.log, "metadata check failed", s.EnsureMetadata)
+		return nil
+	})
+	g.Go(func() error {
+		periodic.Every(ctx, s.cfg.GCInterval, s.log, "garbage collection failed", func(ctx context.Context) error {
 			_, err := s.CollectGarbage(ctx)
 			return err
 		})
@@ -188,21 +192,6 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
-}
-
-func (s *Service) every(ctx context.Context, d time.Duration, what string, fn func(context.Context) error) {
-	t := time.NewTicker(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := fn(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn(what+" failed", "err", err)
-			}
-		}
-	}
 }
 
 // checkDatastores verifies that configured datastores exist, so that a typo

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -46,13 +45,8 @@ type world struct {
 func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	t.Helper()
 	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: clusters, HostsPerCluster: hostsPerCluster, Seed: 7}))
-	dc := te.DC
-	vc := simtest.Client(t, dc)
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(context.Background())
-	if err != nil {
-		t.Fatalf("datacenter: %v", err)
-	}
-	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: vc, dco: dco, vm: vmotion.New(vc.Client, dco)}
+	dc, sess := te.DC, simtest.Session(t, te.DC)
+	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: sess.Client, dco: sess.Datacenter, vm: vmotion.New(sess.Client.Client, sess.Datacenter)}
 	w.pods = record.New[events.PodRecord](te.KV(events.BucketPods), "pod")
 	w.pods.Attempts = 20
 	// The inventory's host records and network-config's availability:

@@ -1,7 +1,6 @@
 package netconfig
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -94,36 +93,18 @@ func ConfigFrom(src config.Source) (Config, error) {
 
 // Validate checks every field and names each one that is wrong.
 func (c Config) Validate() error {
-	var errs []error
-	if c.PushParallelism < 1 || c.PushParallelism > 256 {
-		errs = append(errs, fmt.Errorf("PushParallelism %d: must be between 1 and 256", c.PushParallelism))
-	}
-	if c.ProbeWindow < 0 {
-		errs = append(errs, fmt.Errorf("ProbeWindow %s: must not be negative", c.ProbeWindow))
-	}
-	if c.ProbeInterval <= 0 {
-		errs = append(errs, fmt.Errorf("ProbeInterval %s: must be positive", c.ProbeInterval))
-	}
-	if c.HistoryLimit < 2 {
-		errs = append(errs, fmt.Errorf("HistoryLimit %d: must be at least 2 so a rollback target survives", c.HistoryLimit))
-	}
-	if c.Workers < 1 {
-		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
-	}
-	if c.AckWait < time.Second {
-		errs = append(errs, fmt.Errorf("AckWait %s: must be at least 1s", c.AckWait))
-	}
-	if c.ResyncInterval < 0 {
-		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables)", c.ResyncInterval))
-	}
-	if c.ManagementInterval < 0 {
-		errs = append(errs, fmt.Errorf("ManagementInterval %s: must not be negative (0 disables)", c.ManagementInterval))
-	}
-	if c.AllHostsSwitch == "" {
-		errs = append(errs, errors.New("AllHostsSwitch: required (the switch of networks scoped to every host)"))
-	}
+	var p config.Checks
+	p.Must(1 <= c.PushParallelism && c.PushParallelism <= 256, "PushParallelism", c.PushParallelism, "be between 1 and 256")
+	p.Must(c.ProbeWindow >= 0, "ProbeWindow", c.ProbeWindow, "not be negative")
+	p.Must(c.ProbeInterval > 0, "ProbeInterval", c.ProbeInterval, "be positive")
+	p.Must(c.HistoryLimit >= 2, "HistoryLimit", c.HistoryLimit, "be at least 2 so a rollback target survives")
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(c.AckWait >= time.Second, "AckWait", c.AckWait, "be at least 1s")
+	p.Must(c.ResyncInterval >= 0, "ResyncInterval", c.ResyncInterval, "not be negative (0 disables)")
+	p.Must(c.ManagementInterval >= 0, "ManagementInterval", c.ManagementInterval, "not be negative (0 disables)")
+	p.Required(c.AllHostsSwitch != "", "AllHostsSwitch", "the switch of networks scoped to every host")
 	if c.SwitchMTU < events.MinMTU || c.SwitchMTU > events.MaxMTU {
-		errs = append(errs, fmt.Errorf("SwitchMTU %d: must be between %d and %d", c.SwitchMTU, events.MinMTU, events.MaxMTU))
+		p.Add(fmt.Errorf("SwitchMTU %d: must be between %d and %d", c.SwitchMTU, events.MinMTU, events.MaxMTU))
 	}
-	return errors.Join(errs...)
+	return p.Err()
 }

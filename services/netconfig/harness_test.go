@@ -76,22 +76,15 @@ func (e *env) declare(name string, spec events.NetworkSpec) uint64 {
 // record and availability read network-config's records (the network must
 // have one); waitRecord waits for its record to satisfy ok.
 func (e *env) record(name string) *events.NetworkRecord {
-	return must(e, testenv.Get[events.NetworkRecord](e.Env, events.BucketNetworks, name), name)
+	return testenv.MustGet[events.NetworkRecord](e.Env, events.BucketNetworks, name)
 }
 
 func (e *env) availability(name string) events.NetworkAvailability {
-	return *must(e, testenv.Get[events.NetworkAvailability](e.Env, events.BucketNetHosts, name), name)
+	return *testenv.MustGet[events.NetworkAvailability](e.Env, events.BucketNetHosts, name)
 }
 
 func (e *env) waitRecord(name string, ok func(*events.NetworkRecord) bool) *events.NetworkRecord {
 	return testenv.WaitRecord(e.Env, events.BucketNetworks, name, ok)
-}
-
-func must[T any](e *env, v *T, key string) *T {
-	if v == nil {
-		e.t.Fatalf("no %T record %s", v, key)
-	}
-	return v
 }
 
 // portGroup reads a port group and the hosts carrying it with the

@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -187,18 +188,7 @@ func (s *Service) Run(ctx context.Context) error {
 // a port group edited or deleted by hand) and realizes networks on hosts
 // whose discovery event was missed.
 func (s *Service) resyncLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.ResyncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.Resync(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("resync", "err", err)
-			}
-		}
-	}
+	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync", s.Resync)
 }
 
 // Resync reconciles every network once.

@@ -1,7 +1,6 @@
 package provisioner
 
 import (
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -166,62 +165,36 @@ func ConfigFrom(src config.Source) (Config, error) {
 
 // Validate reports every problem, each naming its field.
 func (c Config) Validate() error {
-	var errs []error
-	if c.Workers < 1 {
-		errs = append(errs, fmt.Errorf("Workers %d: must be at least 1", c.Workers))
-	}
-	if c.AckWait < 30*time.Millisecond {
-		errs = append(errs, fmt.Errorf("AckWait %s: must be at least 30ms", c.AckWait))
-	}
-	if c.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("MaxAttempts %d: must be at least 1", c.MaxAttempts))
-	}
+	var p config.Checks
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(c.AckWait >= 30*time.Millisecond, "AckWait", c.AckWait, "be at least 30ms")
+	p.Must(c.MaxAttempts >= 1, "MaxAttempts", c.MaxAttempts, "be at least 1")
 	if c.MaxAttempts > 0 && len(c.BackOff) >= c.MaxAttempts {
-		errs = append(errs, fmt.Errorf("BackOff: %d entries, must be fewer than MaxAttempts (%d)", len(c.BackOff), c.MaxAttempts))
+		p.Add(fmt.Errorf("BackOff: %d entries, must be fewer than MaxAttempts (%d)", len(c.BackOff), c.MaxAttempts))
 	}
 	for i, d := range c.BackOff {
 		if d <= 0 {
-			errs = append(errs, fmt.Errorf("BackOff[%d] %s: must be positive", i, d))
+			p.Add(fmt.Errorf("BackOff[%d] %s: must be positive", i, d))
 		}
 	}
-	if c.StepTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("StepTimeout %s: must be positive", c.StepTimeout))
-	}
-	if c.ResyncInterval < 0 {
-		errs = append(errs, fmt.Errorf("ResyncInterval %s: must not be negative (0 disables drift repair)", c.ResyncInterval))
-	}
+	p.Must(c.StepTimeout > 0, "StepTimeout", c.StepTimeout, "be positive")
+	p.Must(c.ResyncInterval >= 0, "ResyncInterval", c.ResyncInterval, "not be negative (0 disables drift repair)")
 	root := strings.Trim(c.FolderRoot, "/")
-	if root == "" {
-		errs = append(errs, errors.New("FolderRoot: required (the VM folder that holds pod VMs, such as podvisor)"))
-	}
+	p.Required(root != "", "FolderRoot", "the VM folder that holds pod VMs, such as podvisor")
 	if strings.ContainsAny(c.FolderRoot, "*?\\") {
-		errs = append(errs, fmt.Errorf("FolderRoot %q: must not contain wildcards or backslashes", c.FolderRoot))
+		p.Add(fmt.Errorf("FolderRoot %q: must not contain wildcards or backslashes", c.FolderRoot))
 	}
-	if c.FolderShards < 0 || c.FolderShards > 1024 {
-		errs = append(errs, fmt.Errorf("FolderShards %d: must be between 0 (no shards) and 1024", c.FolderShards))
-	}
+	p.Must(0 <= c.FolderShards && c.FolderShards <= 1024, "FolderShards", c.FolderShards, "be between 0 (no shards) and 1024")
 	if strings.ContainsAny(c.Datastore, "[]") {
-		errs = append(errs, fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
+		p.Add(fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
 	}
-	if c.EphemeralDiskMiB < 64 {
-		errs = append(errs, fmt.Errorf("EphemeralDiskMiB %d: must be at least 64 (disk 0 holds every container's writes and logs)", c.EphemeralDiskMiB))
-	}
-	if c.GuestTimeout < 0 {
-		errs = append(errs, fmt.Errorf("GuestTimeout %s: must not be negative (0 disables the repair of silent guests)", c.GuestTimeout))
-	}
-	if c.GuestStopSlack < 0 {
-		errs = append(errs, fmt.Errorf("GuestStopSlack %s: must not be negative", c.GuestStopSlack))
-	}
-	if c.TemplatesWarm < 0 || c.TemplatesWarm > 64 {
-		errs = append(errs, fmt.Errorf("TemplatesWarm %d: must be between 0 (no forking) and 64 templates per host", c.TemplatesWarm))
-	}
-	if c.GuestRepairs < 0 {
-		errs = append(errs, fmt.Errorf("GuestRepairs %d: must not be negative", c.GuestRepairs))
-	}
-	if strings.TrimSpace(c.GuestID) == "" {
-		errs = append(errs, errors.New("GuestID: required (for example otherLinux64Guest)"))
-	}
-	if err := errors.Join(errs...); err != nil {
+	p.Must(c.EphemeralDiskMiB >= 64, "EphemeralDiskMiB", c.EphemeralDiskMiB, "be at least 64 (disk 0 holds every container's writes and logs)")
+	p.Must(c.GuestTimeout >= 0, "GuestTimeout", c.GuestTimeout, "not be negative (0 disables the repair of silent guests)")
+	p.Must(c.GuestStopSlack >= 0, "GuestStopSlack", c.GuestStopSlack, "not be negative")
+	p.Must(0 <= c.TemplatesWarm && c.TemplatesWarm <= 64, "TemplatesWarm", c.TemplatesWarm, "be between 0 (no forking) and 64 templates per host")
+	p.Must(c.GuestRepairs >= 0, "GuestRepairs", c.GuestRepairs, "not be negative")
+	p.Required(strings.TrimSpace(c.GuestID) != "", "GuestID", "for example otherLinux64Guest")
+	if err := p.Err(); err != nil {
 		return fmt.Errorf("provisioner config: %w", err)
 	}
 	return nil

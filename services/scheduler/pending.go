@@ -9,6 +9,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // Unschedulable pods wait here, in memory, for a retry. The pod.accepted
@@ -96,21 +97,12 @@ func (p *pendingSet) has(key, uid string) bool {
 // KV `pods` that this replica does not hold: a replica that died held its
 // waiting pods only in memory.
 func (s *Service) rescanLoop(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := s.recoverPending(ctx, false); err != nil && ctx.Err() == nil {
-				s.log.Warn("rescan pending pods", "err", err)
-			}
-			if err := s.sweepLedger(ctx, every*2); err != nil && ctx.Err() == nil {
-				s.log.Warn("ledger sweep", "err", err)
-			}
+	periodic.Every(ctx, every, s.log, "ledger sweep", func(ctx context.Context) error {
+		if err := s.recoverPending(ctx, false); err != nil && ctx.Err() == nil {
+			s.log.Warn("rescan pending pods", "err", err)
 		}
-	}
+		return s.sweepLedger(ctx, every*2)
+	})
 }
 
 // len is the number of waiting pods.

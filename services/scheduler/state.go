@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/inventory"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -522,16 +523,10 @@ const resyncCostFactor = 10
 // every placement; writing them at most every HostRecordInterval keeps KV
 // traffic bounded under load).
 func (s *Service) hostRecordLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.HostRecordInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			s.flushHostRecords(ctx)
-		}
-	}
+	periodic.Every(ctx, s.cfg.HostRecordInterval, s.log, "write host records", func(ctx context.Context) error {
+		s.flushHostRecords(ctx)
+		return nil
+	})
 }
 
 func (s *Service) flushHostRecords(ctx context.Context) {

@@ -373,7 +373,7 @@ func TestShutdownDrainsAndLosesNothing(t *testing.T) {
 	var rec recorder
 	startConsume(t, b, cfg, func(_ context.Context, m *bus.Message) error { rec.add(m); return nil })
 	waitFor(t, 5*time.Second, "leftovers redelivered", func() bool { return rec.len() >= 2 })
-	time.Sleep(700 * time.Millisecond)
+	settled(t, b, "imagecache-PODS", 3) // nothing more will come
 	got := map[string]uint64{}
 	for _, m := range rec.all() {
 		got[m.Event.ID()] = m.Delivery
@@ -435,7 +435,7 @@ func TestConsumeFiltersSubjects(t *testing.T) {
 	mustPublish(t, b, mustEvent(t, typePodAccepted, "default/b", nil))
 	mustPublish(t, b, mustEvent(t, "io.podvisor.pod.deleted.v1", "default/c", nil))
 	waitFor(t, 5*time.Second, "two events", func() bool { return rec.len() >= 2 })
-	time.Sleep(200 * time.Millisecond)
+	settled(t, b, "imagecache-PODS", 3) // the filtered-out event was passed over, not pending
 	for _, m := range rec.all() {
 		if m.Event.Type() == typePodRequested {
 			t.Errorf("filtered consumer received %s", m.Event.Type())
@@ -490,7 +490,7 @@ func TestUnknownTypesAndVersions(t *testing.T) {
 
 	waitFor(t, 5*time.Second, "the known event", func() bool { return rec.len() == 1 })
 	waitFor(t, 5*time.Second, "two dead letters", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 2 })
-	time.Sleep(200 * time.Millisecond)
+	settled(t, b, "provisioner-PODS", 4) // every message handled or dead-lettered
 	if got := rec.all(); len(got) != 1 || got[0].Event.Type() != typePodAccepted {
 		t.Errorf("handler saw %d events, want only the catalog one", len(got))
 	}

@@ -52,3 +52,22 @@ func TestEnvIsTheProcessEnvironment(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestChecksNameEveryFieldInOneForm(t *testing.T) {
+	var c config.Checks
+	c.Must(3 >= 1, "Workers", 3, "be at least 1")
+	c.Must(false, "AckWait", 20*time.Millisecond, "be at least 1s")
+	c.Must(false, "FolderRoot", "a*b", "not contain wildcards")
+	c.Required(false, "GuestID", "for example otherLinux64Guest")
+	c.Required(true, "Dir", "never said")
+	err := c.Err()
+	want := "AckWait 20ms: must be at least 1s\nFolderRoot \"a*b\": must not contain wildcards\nGuestID: required (for example otherLinux64Guest)"
+	if err == nil || err.Error() != want {
+		t.Errorf("Err() = %v, want %q", err, want)
+	}
+	var none config.Checks
+	none.Must(true, "Workers", 1, "be at least 1")
+	if err := none.Err(); err != nil {
+		t.Errorf("Err() with no problem = %v", err)
+	}
+}

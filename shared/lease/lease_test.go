@@ -90,6 +90,24 @@ func holderOf(t *testing.T, kv jetstream.KeyValue) string {
 	return v.Holder
 }
 
+// renewals waits until the lease key has been written n more times.
+func renewals(t *testing.T, kv jetstream.KeyValue, n uint64) {
+	t.Helper()
+	revision := func() uint64 {
+		e, err := kv.Get(context.Background(), "leader")
+		if err != nil {
+			t.Fatalf("get lease: %v", err)
+		}
+		return e.Revision()
+	}
+	want := revision() + n
+	for deadline := time.Now().Add(10 * ttl); revision() < want; time.Sleep(ttl / 10) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lease was not renewed %d times within %s", n, 10*ttl)
+		}
+	}
+}
+
 // released reports whether the lease key's history holds a delete marker.
 func released(t *testing.T, kv jetstream.KeyValue) bool {
 	t.Helper()
@@ -120,8 +138,9 @@ func TestOneLeaderAtATimeAndFastHandover(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no replica started leading")
 	}
-	// Several renewals pass; the standby must stay idle all along.
-	time.Sleep(2 * ttl)
+	// Several renewals pass (the key's revision moves on twice); the
+	// standby must stay idle all along.
+	renewals(t, kv, 2)
 	select {
 	case <-standby.started:
 		t.Fatalf("%s started while %s led", standby.name, leader.name)

@@ -265,6 +265,16 @@ func Get[T any](e *Env, bucket, key string) *T {
 	return &v
 }
 
+// MustGet reads the record under key, failing the test when there is none.
+func MustGet[T any](e *Env, bucket, key string) *T {
+	e.T.Helper()
+	v := Get[T](e, bucket, key)
+	if v == nil {
+		e.T.Fatalf("no record %s/%s", bucket, key)
+	}
+	return v
+}
+
 // List reads every record of a bucket, by key.
 func List[T any](e *Env, bucket string) map[string]*T {
 	e.T.Helper()

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -35,65 +36,61 @@ requirement, and exits 1 when the cluster is incompatible.`,
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			// Only a guest cluster podvisor knows can be checked: its
-			// record holds the version the check is about.
-			kv, err := b.KV(ctx, events.BucketGuestClusters)
-			if err != nil {
-				return err
-			}
-			if _, err := kv.Get(ctx, events.GuestClusterRecordKey(namespace, args[1])); errors.Is(err, jetstream.ErrKeyNotFound) {
-				return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s not found", namespace, args[1])}
-			} else if err != nil {
-				return fmt.Errorf("read guestcluster %s/%s: %w", namespace, args[1], err)
-			}
-			answers, stop, err := followEvents(ctx, b, events.StreamGuestClusters, events.SubjectGuestClusterCompatibility)
-			if err != nil {
-				return err
-			}
-			defer stop()
-			ev, err := bus.NewEvent(CLISource, events.TypeGuestClusterCheckRequested, req.ObjectKey(), req)
-			if err != nil {
-				return err
-			}
-			if err := b.Publish(ctx, ev); err != nil {
-				return err
-			}
-			timer := time.NewTimer(wait)
-			defer timer.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-timer.C:
-					return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s: no compatibility answer within %s (is the guest cluster controller running?)", namespace, args[1], wait)}
-				case ev := <-answers:
-					var r events.GuestClusterCompatibility
-					if ev.DataAs(&r) != nil || r.CheckID != req.ID {
-						continue
-					}
-					fmt.Fprintln(g.stdout, r.Message)
-					for _, u := range r.Unmet {
-						have := u.Have
-						if have == "" {
-							have = "not offered"
-						}
-						fmt.Fprintf(g.stdout, "  unmet: %s %s %s (%s)\n", u.Provider, u.Name, u.Want, have)
-					}
-					if r.VCenterEventKey != 0 {
-						fmt.Fprintf(g.stdout, "vCenter event %d posted on the cluster\n", r.VCenterEventKey)
-					}
-					if !r.Compatible {
-						return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s is incompatible", namespace, args[1])}
-					}
-					return nil
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				// Only a guest cluster podvisor knows can be checked: its
+				// record holds the version the check is about.
+				kv, err := b.KV(ctx, events.BucketGuestClusters)
+				if err != nil {
+					return err
 				}
-			}
+				if _, err := kv.Get(ctx, events.GuestClusterRecordKey(namespace, args[1])); errors.Is(err, jetstream.ErrKeyNotFound) {
+					return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s not found", namespace, args[1])}
+				} else if err != nil {
+					return fmt.Errorf("read guestcluster %s/%s: %w", namespace, args[1], err)
+				}
+				answers, stop, err := followEvents(ctx, b, events.StreamGuestClusters, events.SubjectGuestClusterCompatibility)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				ev, err := bus.NewEvent(CLISource, events.TypeGuestClusterCheckRequested, req.ObjectKey(), req)
+				if err != nil {
+					return err
+				}
+				if err := b.Publish(ctx, ev); err != nil {
+					return err
+				}
+				timer := time.NewTimer(wait)
+				defer timer.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-timer.C:
+						return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s: no compatibility answer within %s (is the guest cluster controller running?)", namespace, args[1], wait)}
+					case ev := <-answers:
+						var r events.GuestClusterCompatibility
+						if ev.DataAs(&r) != nil || r.CheckID != req.ID {
+							continue
+						}
+						fmt.Fprintln(g.stdout, r.Message)
+						for _, u := range r.Unmet {
+							have := u.Have
+							if have == "" {
+								have = "not offered"
+							}
+							fmt.Fprintf(g.stdout, "  unmet: %s %s %s (%s)\n", u.Provider, u.Name, u.Want, have)
+						}
+						if r.VCenterEventKey != 0 {
+							fmt.Fprintf(g.stdout, "vCenter event %d posted on the cluster\n", r.VCenterEventKey)
+						}
+						if !r.Compatible {
+							return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s is incompatible", namespace, args[1])}
+						}
+						return nil
+					}
+				}
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the guest cluster")

@@ -82,3 +82,14 @@ func (g *globals) connect(ctx context.Context) (*bus.Bus, error) {
 }
 
 func redactURL(u string) string { return redact.URL(u) }
+
+// withBus connects to the bus, runs fn with it and closes it: the shape of
+// every command that reads records or publishes.
+func (g *globals) withBus(ctx context.Context, fn func(ctx context.Context, b *bus.Bus) error) error {
+	b, err := g.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return fn(ctx, b)
+}

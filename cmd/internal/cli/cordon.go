@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"time"
 
@@ -47,42 +48,38 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ce
 			if err := p.Validate(); err != nil {
 				return usageError("%v", err)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			if err := hostKnown(ctx, b, args[1]); err != nil {
-				return err
-			}
-			answers, stop, err := followEvents(ctx, b, events.StreamHosts, answer)
-			if err != nil {
-				return err
-			}
-			defer stop()
-			ev, err := bus.NewEvent(CLISource, ceType, args[1], p)
-			if err != nil {
-				return err
-			}
-			if err := b.Publish(ctx, ev); err != nil {
-				return fmt.Errorf("%s %s: %w", verb, args[1], err)
-			}
-			timeout := time.After(cordonWait)
-			for {
-				select {
-				case a := <-answers:
-					if a.Subject() != args[1] {
-						continue
-					}
-					fmt.Fprintf(g.stdout, "host %s %sed\n", args[1], verb)
-					return nil
-				case <-timeout:
-					return fmt.Errorf("%s %s: requested, but no answer from the migration service within %s (is it running?)", verb, args[1], cordonWait)
-				case <-ctx.Done():
-					return ctx.Err()
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				if err := hostKnown(ctx, b, args[1]); err != nil {
+					return err
 				}
-			}
+				answers, stop, err := followEvents(ctx, b, events.StreamHosts, answer)
+				if err != nil {
+					return err
+				}
+				defer stop()
+				ev, err := bus.NewEvent(CLISource, ceType, args[1], p)
+				if err != nil {
+					return err
+				}
+				if err := b.Publish(ctx, ev); err != nil {
+					return fmt.Errorf("%s %s: %w", verb, args[1], err)
+				}
+				timeout := time.After(cordonWait)
+				for {
+					select {
+					case a := <-answers:
+						if a.Subject() != args[1] {
+							continue
+						}
+						fmt.Fprintf(g.stdout, "host %s %sed\n", args[1], verb)
+						return nil
+					case <-timeout:
+						return fmt.Errorf("%s %s: requested, but no answer from the migration service within %s (is it running?)", verb, args[1], cordonWait)
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			})
 		},
 	}
 }

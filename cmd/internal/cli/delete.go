@@ -192,34 +192,31 @@ func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, s
 	if err := payload.Validate(); err != nil {
 		return usageError("%v", err)
 	}
-	b, err := g.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	kv, err := b.KV(ctx, bucket)
-	if err != nil {
-		return err
-	}
-	if _, err := kv.Get(ctx, key); err != nil {
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return fmt.Errorf("%s not found", what)
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		kv, err := b.KV(ctx, bucket)
+		if err != nil {
+			return err
 		}
-		return err
-	}
-	ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
-	if err != nil {
-		return err
-	}
-	if dryRun {
-		fmt.Fprintf(g.stdout, "%s deletion requested (server dry run)\n", what)
+		if _, err := kv.Get(ctx, key); err != nil {
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				return fmt.Errorf("%s not found", what)
+			}
+			return err
+		}
+		ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
+		if err != nil {
+			return err
+		}
+		if dryRun {
+			fmt.Fprintf(g.stdout, "%s deletion requested (server dry run)\n", what)
+			return nil
+		}
+		if err := b.Publish(ctx, ev); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
 		return nil
-	}
-	if err := b.Publish(ctx, ev); err != nil {
-		return err
-	}
-	fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
-	return nil
+	})
 }
 
 // deleteNetwork requests the deletion and, unless wait is 0, waits for
@@ -230,45 +227,42 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 		return g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
 			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false)
 	}
-	b, err := g.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	answers, stop, err := followEvents(ctx, b, events.StreamNetworks, events.SubjectNetworkDeleted, events.SubjectNetworkDeleteRejected)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
-		events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false); err != nil {
-		return err
-	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			fmt.Fprintf(g.stdout, "no answer from network-config within %s; see 'podvisor get networks'\n", wait)
-			return nil
-		case ev, ok := <-answers:
-			if !ok {
-				return errors.New("event stream closed while waiting for network-config")
-			}
-			if ev.Subject() != name {
-				continue
-			}
-			if ev.Type() == events.TypeNetworkDeleted {
-				fmt.Fprintf(g.stdout, "network %s deleted\n", name)
-				return nil
-			}
-			var rej events.NetworkDeleteRejected
-			_ = ev.DataAs(&rej)
-			return &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		answers, stop, err := followEvents(ctx, b, events.StreamNetworks, events.SubjectNetworkDeleted, events.SubjectNetworkDeleteRejected)
+		if err != nil {
+			return err
 		}
-	}
+		defer stop()
+		if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false); err != nil {
+			return err
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-timer.C:
+				fmt.Fprintf(g.stdout, "no answer from network-config within %s; see 'podvisor get networks'\n", wait)
+				return nil
+			case ev, ok := <-answers:
+				if !ok {
+					return errors.New("event stream closed while waiting for network-config")
+				}
+				if ev.Subject() != name {
+					continue
+				}
+				if ev.Type() == events.TypeNetworkDeleted {
+					fmt.Fprintf(g.stdout, "network %s deleted\n", name)
+					return nil
+				}
+				var rej events.NetworkDeleteRejected
+				_ = ev.DataAs(&rej)
+				return &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
+			}
+		}
+	})
 }
 
 // vmDeletion is the request that deletes a VM, a class or an image.

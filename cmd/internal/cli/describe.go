@@ -39,29 +39,26 @@ pod's name.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			kind, name := args[0], args[1]
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			switch kind {
-			case "pod", "pods", "po":
-				return describePod(ctx, b, g.stdout, namespace, name)
-			case "host", "hosts", "hs":
-				return describeHost(ctx, b, g.stdout, name)
-			case "network", "networks", "net":
-				return describeNetwork(ctx, b, g.stdout, name)
-			case "networkservice", "networkservices", "netsvc":
-				return describeNetworkService(ctx, b, g.stdout, name)
-			case "vm", "vms":
-				// A native VM of that name first; otherwise the pod VM of a
-				// pod (or pv-<uid>).
-				if found, err := describeNativeVM(ctx, b, g.stdout, namespace, name); found || err != nil {
-					return err
+			return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+				switch kind {
+				case "pod", "pods", "po":
+					return describePod(ctx, b, g.stdout, namespace, name)
+				case "host", "hosts", "hs":
+					return describeHost(ctx, b, g.stdout, name)
+				case "network", "networks", "net":
+					return describeNetwork(ctx, b, g.stdout, name)
+				case "networkservice", "networkservices", "netsvc":
+					return describeNetworkService(ctx, b, g.stdout, name)
+				case "vm", "vms":
+					// A native VM of that name first; otherwise the pod VM of a
+					// pod (or pv-<uid>).
+					if found, err := describeNativeVM(ctx, b, g.stdout, namespace, name); found || err != nil {
+						return err
+					}
+					return describeVM(ctx, b, g, namespace, name)
 				}
-				return describeVM(ctx, b, g, namespace, name)
-			}
-			return usageError("cannot describe %q: want pod, host, network, networkservice or vm", kind)
+				return usageError("cannot describe %q: want pod, host, network, networkservice or vm", kind)
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")

@@ -62,16 +62,12 @@ non-zero. 'podvisor uncordon host NAME' reverses it.`,
 			if err := p.Validate(); err != nil {
 				return usageError("%v", err)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			if err := hostKnown(ctx, b, p.Name); err != nil {
-				return err
-			}
-			return drainHost(ctx, b, p, wait, g)
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				if err := hostKnown(ctx, b, p.Name); err != nil {
+					return err
+				}
+				return drainHost(ctx, b, p, wait, g)
+			})
 		},
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 10*time.Minute, "how long to wait for the drain to finish (0: do not wait)")

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 func init() {
@@ -66,50 +67,47 @@ func joinReason(reason, msg string) string {
 // may read: the server refuses a client, and the error says which identity
 // to use.
 func (g *globals) printKubeconfig(ctx context.Context, namespace, name string) error {
-	b, err := g.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	key := events.GuestClusterRecordKey(namespace, name)
-	rkv, err := b.KV(ctx, events.BucketGuestClusters)
-	if err != nil {
-		return err
-	}
-	e, err := rkv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("guest cluster %s/%s not found", namespace, name)
-	}
-	if err != nil {
-		return err
-	}
-	var r events.GuestClusterRecord
-	if err := json.Unmarshal(e.Value(), &r); err != nil {
-		return fmt.Errorf("guest cluster %s/%s: %w", namespace, name, err)
-	}
-	if !r.HasKubeconfig {
-		return fmt.Errorf("guest cluster %s/%s has no kubeconfig yet (phase %s%s)", namespace, name, r.Phase, prefixed(": ", joinReason(r.Reason, r.Message)))
-	}
-	// A refused request gets no answer, only the server's asynchronous
-	// permissions error: wait a few seconds, not the command's whole time.
-	short, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var k events.GuestClusterKubeconfig
-	kkv, err := b.KV(short, events.BucketGuestClusterKubeconfigs)
-	if err == nil {
-		if e, err = kkv.Get(short, key); err == nil {
-			err = json.Unmarshal(e.Value(), &k)
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		key := events.GuestClusterRecordKey(namespace, name)
+		rkv, err := b.KV(ctx, events.BucketGuestClusters)
+		if err != nil {
+			return err
 		}
-	}
-	if err != nil {
-		if last := b.Conn().LastError(); last != nil && strings.Contains(strings.ToLower(last.Error()), "permissions violation") {
-			return fmt.Errorf("the kubeconfig of guest cluster %s/%s is for admins: this identity may not read it (%v); "+
-				"use an admin creds file, e.g. --nats-creds <state dir>/nats-auth/admin.creds", namespace, name, last)
+		e, err := rkv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("guest cluster %s/%s not found", namespace, name)
 		}
-		return fmt.Errorf("read the kubeconfig of guest cluster %s/%s: %w", namespace, name, err)
-	}
-	_, err = fmt.Fprint(g.stdout, k.Kubeconfig)
-	return err
+		if err != nil {
+			return err
+		}
+		var r events.GuestClusterRecord
+		if err := json.Unmarshal(e.Value(), &r); err != nil {
+			return fmt.Errorf("guest cluster %s/%s: %w", namespace, name, err)
+		}
+		if !r.HasKubeconfig {
+			return fmt.Errorf("guest cluster %s/%s has no kubeconfig yet (phase %s%s)", namespace, name, r.Phase, prefixed(": ", joinReason(r.Reason, r.Message)))
+		}
+		// A refused request gets no answer, only the server's asynchronous
+		// permissions error: wait a few seconds, not the command's whole time.
+		short, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		var k events.GuestClusterKubeconfig
+		kkv, err := b.KV(short, events.BucketGuestClusterKubeconfigs)
+		if err == nil {
+			if e, err = kkv.Get(short, key); err == nil {
+				err = json.Unmarshal(e.Value(), &k)
+			}
+		}
+		if err != nil {
+			if last := b.Conn().LastError(); last != nil && strings.Contains(strings.ToLower(last.Error()), "permissions violation") {
+				return fmt.Errorf("the kubeconfig of guest cluster %s/%s is for admins: this identity may not read it (%v); "+
+					"use an admin creds file, e.g. --nats-creds <state dir>/nats-auth/admin.creds", namespace, name, last)
+			}
+			return fmt.Errorf("read the kubeconfig of guest cluster %s/%s: %w", namespace, name, err)
+		}
+		_, err = fmt.Fprint(g.stdout, k.Kubeconfig)
+		return err
+	})
 }
 
 func prefixed(p, s string) string {

@@ -202,46 +202,42 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 		Short: "Cancel a migration that has not begun relocating",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			kv, err := b.KV(ctx, events.BucketMigrations)
-			if err != nil {
-				return err
-			}
-			e, err := kv.Get(ctx, events.MigrationRecordKey(args[0]))
-			if args[0] == events.MigrationLeaderKey { // the service's lease, no migration
-				err = jetstream.ErrKeyNotFound
-			}
-			if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
-				return &exitError{code: 1, err: fmt.Errorf("migration %q not found (see podvisor get migrations -A)", args[0])}
-			}
-			if err != nil {
-				return err
-			}
-			var r events.MigrationRecord
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				return fmt.Errorf("migration %s: %w", args[0], err)
-			}
-			if !r.Active() {
-				return &exitError{code: 1, err: fmt.Errorf("migration %s already ended (%s)", r.ID, r.Phase)}
-			}
-			if r.Started() {
-				return &exitError{code: 1, err: fmt.Errorf("migration %s is %s: a relocation that began cannot be cancelled", r.ID, r.Phase)}
-			}
-			p := &events.MigrationCancelRequested{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}
-			ev, err := bus.NewEvent(CLISource, events.TypeMigrationCancelRequested, p.ObjectKey(), p)
-			if err != nil {
-				return err
-			}
-			if err := b.Publish(ctx, ev); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "cancel of migration %s (%s) requested\n", r.ID, r.Key())
-			return nil
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				kv, err := b.KV(ctx, events.BucketMigrations)
+				if err != nil {
+					return err
+				}
+				e, err := kv.Get(ctx, events.MigrationRecordKey(args[0]))
+				if args[0] == events.MigrationLeaderKey { // the service's lease, no migration
+					err = jetstream.ErrKeyNotFound
+				}
+				if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+					return &exitError{code: 1, err: fmt.Errorf("migration %q not found (see podvisor get migrations -A)", args[0])}
+				}
+				if err != nil {
+					return err
+				}
+				var r events.MigrationRecord
+				if err := json.Unmarshal(e.Value(), &r); err != nil {
+					return fmt.Errorf("migration %s: %w", args[0], err)
+				}
+				if !r.Active() {
+					return &exitError{code: 1, err: fmt.Errorf("migration %s already ended (%s)", r.ID, r.Phase)}
+				}
+				if r.Started() {
+					return &exitError{code: 1, err: fmt.Errorf("migration %s is %s: a relocation that began cannot be cancelled", r.ID, r.Phase)}
+				}
+				p := &events.MigrationCancelRequested{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}
+				ev, err := bus.NewEvent(CLISource, events.TypeMigrationCancelRequested, p.ObjectKey(), p)
+				if err != nil {
+					return err
+				}
+				if err := b.Publish(ctx, ev); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "cancel of migration %s (%s) requested\n", r.ID, r.Key())
+				return nil
+			})
 		},
 	}
 }
@@ -282,59 +278,55 @@ func newMigrateVMCmd(g *globals) *cobra.Command {
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			if e, err := b.KV(ctx, events.BucketVMs); err != nil {
-				return err
-			} else if _, err := e.Get(ctx, events.VMRecordKey(namespace, args[0])); errors.Is(err, jetstream.ErrKeyNotFound) {
-				return &exitError{code: 1, err: fmt.Errorf("vm %s/%s not found", namespace, args[0])}
-			} else if err != nil {
-				return err
-			}
-			var answers <-chan event.Event
-			if wait > 0 {
-				ch, stop, err := followEvents(ctx, b, events.StreamVMs, events.SubjectVMMigrated)
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				if e, err := b.KV(ctx, events.BucketVMs); err != nil {
+					return err
+				} else if _, err := e.Get(ctx, events.VMRecordKey(namespace, args[0])); errors.Is(err, jetstream.ErrKeyNotFound) {
+					return &exitError{code: 1, err: fmt.Errorf("vm %s/%s not found", namespace, args[0])}
+				} else if err != nil {
+					return err
+				}
+				var answers <-chan event.Event
+				if wait > 0 {
+					ch, stop, err := followEvents(ctx, b, events.StreamVMs, events.SubjectVMMigrated)
+					if err != nil {
+						return err
+					}
+					defer stop()
+					answers = ch
+				}
+				ev, err := bus.NewEvent(CLISource, events.TypeVMMigrateRequested, req.ObjectKey(), req)
 				if err != nil {
 					return err
 				}
-				defer stop()
-				answers = ch
-			}
-			ev, err := bus.NewEvent(CLISource, events.TypeVMMigrateRequested, req.ObjectKey(), req)
-			if err != nil {
-				return err
-			}
-			if err := b.Publish(ctx, ev); err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "vm migration %s requested for %s/%s\n", id, namespace, args[0])
-			if wait <= 0 {
-				return nil
-			}
-			timer := time.NewTimer(wait)
-			defer timer.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-timer.C:
-					return &exitError{code: 1, err: fmt.Errorf("vm migration %s: no outcome within %s (see 'podvisor get vm %s -n %s')", id, wait, args[0], namespace)}
-				case ev := <-answers:
-					var m events.VMMigrated
-					if ev.DataAs(&m) != nil || m.ID != id {
-						continue
-					}
-					if m.Failed() {
-						return &exitError{code: 1, err: fmt.Errorf("vm migration %s failed: %s: %s", id, m.Reason, m.Message)}
-					}
-					fmt.Fprintf(g.stdout, "vm %s/%s moved from %s to %s\n", namespace, args[0], m.SourceHost, m.TargetHost)
+				if err := b.Publish(ctx, ev); err != nil {
+					return err
+				}
+				fmt.Fprintf(g.stdout, "vm migration %s requested for %s/%s\n", id, namespace, args[0])
+				if wait <= 0 {
 					return nil
 				}
-			}
+				timer := time.NewTimer(wait)
+				defer timer.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return ctx.Err()
+					case <-timer.C:
+						return &exitError{code: 1, err: fmt.Errorf("vm migration %s: no outcome within %s (see 'podvisor get vm %s -n %s')", id, wait, args[0], namespace)}
+					case ev := <-answers:
+						var m events.VMMigrated
+						if ev.DataAs(&m) != nil || m.ID != id {
+							continue
+						}
+						if m.Failed() {
+							return &exitError{code: 1, err: fmt.Errorf("vm migration %s failed: %s: %s", id, m.Reason, m.Message)}
+						}
+						fmt.Fprintf(g.stdout, "vm %s/%s moved from %s to %s\n", namespace, args[0], m.SourceHost, m.TargetHost)
+						return nil
+					}
+				}
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the VM")

@@ -50,22 +50,18 @@ manifest: 'podvisor network export web > web.yaml', later 'podvisor apply -f web
 another installation declares it again. The file outlives the network's bounded history.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				kv, err := b.KV(ctx, events.BucketNetworks)
+				if err != nil {
+					return err
+				}
+				data, err := netconfig.ExportFromKV(ctx, kv, args[0], version)
+				if err != nil {
+					return &exitError{code: 1, err: err}
+				}
+				_, err = g.stdout.Write(data)
 				return err
-			}
-			defer b.Close()
-			kv, err := b.KV(ctx, events.BucketNetworks)
-			if err != nil {
-				return err
-			}
-			data, err := netconfig.ExportFromKV(ctx, kv, args[0], version)
-			if err != nil {
-				return &exitError{code: 1, err: err}
-			}
-			_, err = g.stdout.Write(data)
-			return err
+			})
 		},
 	}
 	cmd.Flags().Int64Var(&version, "version", 0, "the stored version to export (default: the current one)")
@@ -104,55 +100,52 @@ func (g *globals) restoreNetwork(ctx context.Context, name string, version int64
 	if err := p.Validate(); err != nil {
 		return usageError("%v", err)
 	}
-	b, err := g.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	var before events.NetworkRecord
-	if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &before); err != nil {
-		return err
-	}
-	if _, ok := before.FindVersion(version); !ok {
-		return &exitError{code: 1, err: fmt.Errorf("network %s has no version %d in its history (latest %d)", name, version, before.LatestVersion())}
-	}
-	ev, err := bus.NewEvent(CLISource, events.TypeNetworkRestoreRequested, name, p)
-	if err != nil {
-		return err
-	}
-	if err := b.Publish(ctx, ev); err != nil {
-		return err
-	}
-	fmt.Fprintf(g.stdout, "network %s restore of version %d requested\n", name, version)
-	if wait <= 0 {
-		return nil
-	}
-	deadline := time.Now().Add(wait)
-	for time.Now().Before(deadline) {
-		var r events.NetworkRecord
-		if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &r); err != nil {
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		var before events.NetworkRecord
+		if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &before); err != nil {
 			return err
 		}
-		if nv, ok := r.VersionByEvent(ev.ID()); ok {
-			v := nv.Version
-			switch {
-			case r.Version == v && r.Status != events.NetworkStatusPending:
-				fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) %s\n", name, v, version, strings.ToLower(r.Status))
-				return nil
-			case r.Version != v && r.Status == events.NetworkStatusRolledBack:
-				return &exitError{code: 1, err: fmt.Errorf("restore of network %s version %d rolled back: %s", name, version, r.Message)}
+		if _, ok := before.FindVersion(version); !ok {
+			return &exitError{code: 1, err: fmt.Errorf("network %s has no version %d in its history (latest %d)", name, version, before.LatestVersion())}
+		}
+		ev, err := bus.NewEvent(CLISource, events.TypeNetworkRestoreRequested, name, p)
+		if err != nil {
+			return err
+		}
+		if err := b.Publish(ctx, ev); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.stdout, "network %s restore of version %d requested\n", name, version)
+		if wait <= 0 {
+			return nil
+		}
+		deadline := time.Now().Add(wait)
+		for time.Now().Before(deadline) {
+			var r events.NetworkRecord
+			if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &r); err != nil {
+				return err
 			}
-		} else if r.Reason == netconfig.ReasonRestoreFailed || r.Reason == netconfig.ReasonInvalidSpec && r.UpdatedAt.After(before.UpdatedAt) {
-			return &exitError{code: 1, err: fmt.Errorf("restore of network %s refused: %s: %s", name, r.Reason, r.Message)}
+			if nv, ok := r.VersionByEvent(ev.ID()); ok {
+				v := nv.Version
+				switch {
+				case r.Version == v && r.Status != events.NetworkStatusPending:
+					fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) %s\n", name, v, version, strings.ToLower(r.Status))
+					return nil
+				case r.Version != v && r.Status == events.NetworkStatusRolledBack:
+					return &exitError{code: 1, err: fmt.Errorf("restore of network %s version %d rolled back: %s", name, version, r.Message)}
+				}
+			} else if r.Reason == netconfig.ReasonRestoreFailed || r.Reason == netconfig.ReasonInvalidSpec && r.UpdatedAt.After(before.UpdatedAt) {
+				return &exitError{code: 1, err: fmt.Errorf("restore of network %s refused: %s: %s", name, r.Reason, r.Message)}
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	fmt.Fprintf(g.stdout, "not applied within %s; see 'podvisor describe network %s'\n", wait, name)
-	return nil
+		fmt.Fprintf(g.stdout, "not applied within %s; see 'podvisor describe network %s'\n", wait, name)
+		return nil
+	})
 }
 
 func newNetworkSwitchCmd(g *globals) *cobra.Command {

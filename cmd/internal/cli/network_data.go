@@ -147,44 +147,40 @@ the narrower object sets the key itself. Data in an unregistered namespace is re
 			if err != nil {
 				return err
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			chain, err := inheritance(ctx, b, sc)
-			if err != nil {
-				return err
-			}
-			var recs []*events.NetworkDataRecord
-			for _, s := range chain {
-				r, err := dataRecord(ctx, b, s)
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				chain, err := inheritance(ctx, b, sc)
 				if err != nil {
 					return err
 				}
-				recs = append(recs, r)
-			}
-			eff := events.EffectiveNetworkData(recs...)
-			prefix := ""
-			if len(args) == 1 {
-				prefix = args[0]
-			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "KEY\tVALUE\tFROM")
-			n := 0
-			for _, k := range events.SortedKeys(eff) {
-				if prefix != "" && k != prefix && !strings.HasPrefix(k, strings.TrimSuffix(prefix, "/")+"/") {
-					continue
+				var recs []*events.NetworkDataRecord
+				for _, s := range chain {
+					r, err := dataRecord(ctx, b, s)
+					if err != nil {
+						return err
+					}
+					recs = append(recs, r)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", k, eff[k].Value, eff[k].From)
-				n++
-			}
-			if n == 0 {
-				fmt.Fprintf(g.stdout, "no data on %s\n", sc)
-				return nil
-			}
-			return tw.Flush()
+				eff := events.EffectiveNetworkData(recs...)
+				prefix := ""
+				if len(args) == 1 {
+					prefix = args[0]
+				}
+				tw := tabwriter.NewWriter(g.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "KEY\tVALUE\tFROM")
+				n := 0
+				for _, k := range events.SortedKeys(eff) {
+					if prefix != "" && k != prefix && !strings.HasPrefix(k, strings.TrimSuffix(prefix, "/")+"/") {
+						continue
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", k, eff[k].Value, eff[k].From)
+					n++
+				}
+				if n == 0 {
+					fmt.Fprintf(g.stdout, "no data on %s\n", sc)
+					return nil
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	getScope.flags(get)
@@ -199,52 +195,49 @@ func (g *globals) publishData(ctx context.Context, ceType string, p events.Paylo
 	if err := p.Validate(); err != nil {
 		return usageError("%v", err)
 	}
-	b, err := g.connect(ctx)
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	var namespace string
-	switch v := p.(type) {
-	case *events.NetworkDataSetRequested:
-		namespace = v.Namespace
-	case *events.NetworkDataRemoveRequested:
-		namespace = v.Namespace
-	}
-	if namespace != "" {
-		ns, err := dataNamespaces(ctx, b)
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		var namespace string
+		switch v := p.(type) {
+		case *events.NetworkDataSetRequested:
+			namespace = v.Namespace
+		case *events.NetworkDataRemoveRequested:
+			namespace = v.Namespace
+		}
+		if namespace != "" {
+			ns, err := dataNamespaces(ctx, b)
+			if err != nil {
+				return err
+			}
+			if _, ok := ns[namespace]; !ok {
+				return &exitError{code: 1, err: fmt.Errorf("namespace %s is not registered: a management application registers it first ('podvisor network data register %s')", namespace, namespace)}
+			}
+		}
+		ev, err := bus.NewEvent(CLISource, ceType, p.ObjectKey(), p)
 		if err != nil {
 			return err
 		}
-		if _, ok := ns[namespace]; !ok {
-			return &exitError{code: 1, err: fmt.Errorf("namespace %s is not registered: a management application registers it first ('podvisor network data register %s')", namespace, namespace)}
-		}
-	}
-	ev, err := bus.NewEvent(CLISource, ceType, p.ObjectKey(), p)
-	if err != nil {
-		return err
-	}
-	if err := b.Publish(ctx, ev); err != nil {
-		return err
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		ok, err := done(b)
-		if err != nil {
+		if err := b.Publish(ctx, ev); err != nil {
 			return err
 		}
-		if ok {
-			fmt.Fprintln(g.stdout, what)
-			return nil
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			ok, err := done(b)
+			if err != nil {
+				return err
+			}
+			if ok {
+				fmt.Fprintln(g.stdout, what)
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	fmt.Fprintf(g.stdout, "requested; network-config has not recorded it within 10s (see 'podvisor events')\n")
-	return nil
+		fmt.Fprintf(g.stdout, "requested; network-config has not recorded it within 10s (see 'podvisor events')\n")
+		return nil
+	})
 }
 
 func dataNamespaces(ctx context.Context, b *bus.Bus) (map[string]events.NetworkDataNamespace, error) {

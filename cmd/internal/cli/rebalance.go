@@ -64,40 +64,36 @@ its limits (2 per source host, 5 per cluster at once). --dry-run prints the plan
 			if o.MaxMoves < 1 {
 				return usageError("--max %d: want at least 1", o.MaxMoves)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			hosts, err := readRecords[events.HostRecord](ctx, b, events.BucketHosts)
-			if err != nil {
-				return err
-			}
-			pods, err := readRecords[events.PodRecord](ctx, b, events.BucketPods)
-			if err != nil {
-				return err
-			}
-			avail, err := readRecords[events.NetworkAvailability](ctx, b, events.BucketNetHosts)
-			if err != nil {
-				return err
-			}
-			nets := map[string]*events.NetworkAvailability{}
-			for _, a := range avail {
-				nets[a.Network] = a
-			}
-			plan := rebalance.Plan(hosts, pods, nets, o)
-			if len(plan) == 0 {
-				fmt.Fprintln(g.stdout, "the hosts are balanced: nothing to move")
-				return nil
-			}
-			for _, m := range plan {
-				fmt.Fprintf(g.stdout, "plan: %s\n", m)
-			}
-			if dryRun {
-				return nil
-			}
-			return runRebalance(ctx, b, plan, wait, g)
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				hosts, err := readRecords[events.HostRecord](ctx, b, events.BucketHosts)
+				if err != nil {
+					return err
+				}
+				pods, err := readRecords[events.PodRecord](ctx, b, events.BucketPods)
+				if err != nil {
+					return err
+				}
+				avail, err := readRecords[events.NetworkAvailability](ctx, b, events.BucketNetHosts)
+				if err != nil {
+					return err
+				}
+				nets := map[string]*events.NetworkAvailability{}
+				for _, a := range avail {
+					nets[a.Network] = a
+				}
+				plan := rebalance.Plan(hosts, pods, nets, o)
+				if len(plan) == 0 {
+					fmt.Fprintln(g.stdout, "the hosts are balanced: nothing to move")
+					return nil
+				}
+				for _, m := range plan {
+					fmt.Fprintf(g.stdout, "plan: %s\n", m)
+				}
+				if dryRun {
+					return nil
+				}
+				return runRebalance(ctx, b, plan, wait, g)
+			})
 		},
 	}
 	cmd.Flags().IntVar(&o.MaxMoves, "max", 10, "most migrations to plan")

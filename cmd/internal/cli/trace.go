@@ -63,22 +63,18 @@ func newTracePodCmd(g *globals) *cobra.Command {
 			if width < 60 {
 				return usageError("--width %d: want at least 60 columns", width)
 			}
-			ctx := cmd.Context()
-			b, err := g.connect(ctx)
-			if err != nil {
-				return err
-			}
-			defer b.Close()
-			key := events.PodKey(namespace, args[0])
-			spans, traceID, err := podTrace(ctx, b, namespace, args[0], flowOnly)
-			if err != nil {
-				return err
-			}
-			if output == "json" {
-				return writeTraceJSON(g.stdout, key, traceID, spans)
-			}
-			renderWaterfall(g.stdout, key, traceID, spans, width)
-			return nil
+			return g.withBus(cmd.Context(), func(ctx context.Context, b *bus.Bus) error {
+				key := events.PodKey(namespace, args[0])
+				spans, traceID, err := podTrace(ctx, b, namespace, args[0], flowOnly)
+				if err != nil {
+					return err
+				}
+				if output == "json" {
+					return writeTraceJSON(g.stdout, key, traceID, spans)
+				}
+				renderWaterfall(g.stdout, key, traceID, spans, width)
+				return nil
+			})
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", events.DefaultNamespace, "namespace of the pod")

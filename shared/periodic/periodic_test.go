@@ -1,0 +1,80 @@
+package periodic_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/shared/periodic"
+)
+
+// lockedBuffer is a log sink the loop's goroutine writes while the test
+// reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestEveryCallsUntilCancelAndLogsFailures(t *testing.T) {
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	var calls atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		periodic.Every(ctx, 5*time.Millisecond, log, "resync failed", func(context.Context) error {
+			if calls.Add(1) == 2 {
+				return errors.New("vCenter unreachable")
+			}
+			return nil
+		})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls after 10s, want at least 3", calls.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Every did not return after cancel")
+	}
+	if got := logs.String(); !strings.Contains(got, "resync failed") || !strings.Contains(got, "vCenter unreachable") || strings.Count(got, "failed") != 1 {
+		t.Errorf("logs = %q, want the one failure named", got)
+	}
+}
+
+func TestEveryDoesNotLogTheErrorOfStopping(t *testing.T) {
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	periodic.Every(ctx, time.Millisecond, log, "sweep failed", func(ctx context.Context) error {
+		cancel()
+		return ctx.Err()
+	})
+	if got := logs.String(); got != "" {
+		t.Errorf("logged %q for a call ended by the stop", got)
+	}
+}
