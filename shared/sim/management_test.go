@@ -89,7 +89,16 @@ func TestManagementVLANCutsMemberHostsOffAndBack(t *testing.T) {
 		}
 	}
 	addPG("pv-ok", 100)
-	time.Sleep(100 * time.Millisecond)
+	// The rule runs after each port group task on its own goroutine;
+	// setting the same VLAN again evaluates it now, over the same port
+	// groups, so what is read next is what the rule decided.
+	evaluate := func() {
+		t.Helper()
+		if err := d.SetManagementVLAN(4000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	evaluate()
 	for h, s := range connectionStates(t, c, d) {
 		if s != types.HostSystemConnectionStateConnected {
 			t.Fatalf("host %s is %s after a harmless port group", h, s)
@@ -121,7 +130,7 @@ func TestManagementVLANCutsMemberHostsOffAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitStates(t, c, d, types.HostSystemConnectionStateConnected, all[1:]...)
-	time.Sleep(100 * time.Millisecond)
+	evaluate()
 	if s := connectionStates(t, c, d)[all[0]]; s != types.HostSystemConnectionStateNotResponding {
 		t.Fatalf("failed host %s is %s after the rule let go; want it still notResponding", all[0], s)
 	}
