@@ -104,7 +104,10 @@ type Service struct {
 	retryMu   sync.Mutex
 	retries   []*request
 	retryWake chan struct{}
-	loopDone  chan struct{} // closed when scheduleLoop returns
+	// recordWake asks hostRecordLoop to flush before its next tick: a
+	// host's own state changed (flushSoonLocked).
+	recordWake chan struct{}
+	loopDone   chan struct{} // closed when scheduleLoop returns
 
 	commitMu   sync.Mutex
 	committers map[string]*hostCommitter
@@ -157,6 +160,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		recordValues: map[string][]byte{},
 		queue:        make(chan *request, cfg.BatchSize*4),
 		retryWake:    make(chan struct{}, 1),
+		recordWake:   make(chan struct{}, 1),
 		loopDone:     make(chan struct{}),
 		committers:   map[string]*hostCommitter{},
 		commitSem:    make(chan struct{}, commitParallelism),

@@ -306,3 +306,23 @@ func TestUnchangedTotalsLeaveTheRecordAlone(t *testing.T) {
 		t.Fatalf("a host record whose facts did not change was rewritten (updatedAt %s → %s)", first, now)
 	}
 }
+
+// Allocation totals wait for the record interval, but what vCenter says of
+// a host is written at once: with an interval of an hour, every discovered
+// host has its record, and a host that enters maintenance mode says so.
+func TestHostStateIsWrittenWithoutWaitingForTheInterval(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.HostRecordInterval = time.Hour
+	}})
+	names := e.hostNames()
+	e.EventuallyWithin("a record for every discovered host", 10*time.Second, func() bool {
+		return len(e.hostRecords()) == len(names)
+	})
+	if err := e.dc.SetMaintenance(context.Background(), names[0], true); err != nil {
+		t.Fatal(err)
+	}
+	e.EventuallyWithin(names[0]+"'s record in maintenance", 10*time.Second, func() bool {
+		r := e.hostRecords()[names[0]]
+		return r.Maintenance
+	})
+}

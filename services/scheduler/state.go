@@ -18,7 +18,6 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/inventory"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -112,6 +111,10 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 			// An unchanged host is not written again on every poll; a
 			// periodic resync (watch mode) still refreshes every record.
 			s.dirty[rec.Name] = true
+			// What vCenter says of a host (it appeared, reconnected,
+			// entered or left maintenance) is written at once; only the
+			// allocation totals wait for the interval.
+			s.flushSoonLocked()
 		}
 	}
 	if full {
@@ -155,6 +158,7 @@ func (s *Service) removeHostLocked(rec *events.HostRecord) []fact {
 	delete(s.records, rec.Name)
 	s.snap.RemoveHost(rec.Name)
 	s.dirty[rec.Name] = true // written as a delete
+	s.flushSoonLocked()
 	if rec.ConnectionState != events.HostConnected && !rec.LostAt.IsZero() {
 		return nil // already announced as lost
 	}
@@ -521,12 +525,29 @@ const resyncCostFactor = 10
 
 // hostRecordLoop writes changed host records (allocation totals change with
 // every placement; writing them at most every HostRecordInterval keeps KV
-// traffic bounded under load).
+// traffic bounded under load); a change to what vCenter says of a host is
+// written at once (flushSoonLocked).
 func (s *Service) hostRecordLoop(ctx context.Context) {
-	periodic.Every(ctx, s.cfg.HostRecordInterval, s.log, "write host records", func(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.HostRecordInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.recordWake:
+		}
 		s.flushHostRecords(ctx)
-		return nil
-	})
+	}
+}
+
+// flushSoonLocked asks the record loop to flush now rather than at its next
+// tick (s.mu held).
+func (s *Service) flushSoonLocked() {
+	select {
+	case s.recordWake <- struct{}{}:
+	default:
+	}
 }
 
 func (s *Service) flushHostRecords(ctx context.Context) {

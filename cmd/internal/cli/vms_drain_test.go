@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +117,13 @@ spec: {className: small, imageName: vmos, powerState: PoweredOff}
 	if out, _, _ := run(t, dir, "", "uncordon", "host", src); !strings.Contains(out, "uncordon") {
 		t.Logf("uncordon: %s", out)
 	}
+	// The uncordon ends when vCenter has the host out of maintenance
+	// mode; the scheduler learns it from vCenter's updates a moment
+	// later, and its host record says so.
+	eventually(t, src+" Ready in get hosts", func() bool {
+		out, _, _ := run(t, dir, "", "get", "hosts", src)
+		return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(src) + `\s+\S+\s+Ready\s`).MatchString(out)
+	})
 
 	// `migrate vm` goes through the migration queue like a pod's
 	// migration: it is listed there, and its record ends Completed.
