@@ -122,6 +122,23 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 		reserved = changed && beginProvisioning(r)
 		return changed
 	})
+	if errors.Is(err, errNoRecord) {
+		// Either the pod is gone (deleted meanwhile: the fact no longer
+		// matters) or the read was answered by a KV replica that has not
+		// caught up with the record's creation (a NATS node back from a
+		// restart). Ignoring the fact then would lose it for good: the
+		// pod would wait for it forever. So it is read again on the next
+		// deliveries, and only then taken for a pod that is gone.
+		last := factNotFoundDeliveries
+		if m := h.s.cfg.MaxAttempts; m > 0 && m < last {
+			last = m // the last delivery must not fail: nothing is left to fail
+		}
+		if h.delivery < uint64(last) {
+			return fmt.Errorf("record %s not found (a replica that lags, or the pod is gone): reading again", events.PodRecordKey(ns, name))
+		}
+		h.log.Info("fact about a pod without a record ignored", "key", events.PodRecordKey(ns, name), "uid", uid, "delivery", h.delivery)
+		return nil
+	}
 	if err != nil || r == nil {
 		return err
 	}
@@ -129,8 +146,17 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 	return h.s.reconcileOutcome(ctx, r, reserved)
 }
 
+// factNotFoundDeliveries is the delivery of a fact from which a record not
+// found is taken for a pod that is gone (fact): with the default back-off,
+// 1 + 2 + 5 s of reading again first.
+const factNotFoundDeliveries = 4
+
+// errNoRecord: the record was not found (mutate).
+var errNoRecord = errors.New("pod record not found")
+
 // mutate is the read-modify-write loop on one record. It returns nil and
-// no error when the record does not exist or belongs to another uid.
+// no error when the record belongs to another uid, and errNoRecord when it
+// does not exist.
 //
 // It starts from the record as this process last wrote it, when it kept
 // it (records.written), without reading: a write at that revision succeeds
@@ -153,7 +179,10 @@ func (s *Service) mutate(ctx context.Context, key, uid string, apply func(*event
 		if err != nil {
 			return nil, err
 		}
-		if r == nil || (uid != "" && r.UID != uid) {
+		if r == nil {
+			return nil, errNoRecord
+		}
+		if uid != "" && r.UID != uid {
 			return nil, nil
 		}
 		if !apply(r) {
