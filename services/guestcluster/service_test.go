@@ -18,7 +18,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -67,42 +67,11 @@ type harness struct {
 // identities and TLS of `podvisor up`.
 func start(t *testing.T) *harness {
 	t.Helper()
-	dir := t.TempDir()
-	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "tls"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srvTLS, err := ca.ServerTLS("nats", pki.Hosts("127.0.0.1")...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth, err := bus.LoadAuthority(filepath.Join(dir, "nats-auth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
-	conn := bus.ConnConfig{URL: srv.URL(), CAFile: ca.CAFile()}
-	dial := func(identity string) *bus.Bus {
-		t.Helper()
-		c := conn
-		if c.CredsFile, err = auth.Creds(identity); err != nil {
-			t.Fatal(err)
-		}
-		b, err := bus.Dial(context.Background(), c)
-		if err != nil {
-			t.Fatalf("dial as %s: %v", identity, err)
-		}
-		t.Cleanup(b.Close)
-		return b
-	}
+	srv := bustest.StartSecure(t)
+	auth := srv.Auth
+	conn := bus.ConnConfig{URL: srv.Server.URL(), CAFile: srv.CA.CAFile()}
+	dial := func(identity string) *bus.Bus { return srv.Dial(t, identity) }
 	b := dial(bus.IdentityAdmin)
-	if err := b.EnsureTopology(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1})
 	vs, err := vsphere.Connect(context.Background(), vsphere.Config{URL: dc.URL().String(), Insecure: true})
 	if err != nil {
