@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,10 @@ type Fork struct {
 	// the request to each of the pod's events (the pipeline's stages, then
 	// vm_running for pod.vm.ready and running for pod.running): both kinds
 	// go through the same stages up to network_attached, and differ after.
+	// The guest's stages come from its console: guest_started (its agent
+	// starts the pod: a created VM's at boot, a forked VM's when it takes
+	// the standby over, inside the instant clone, so before vm_running),
+	// disks_ready and container_started (the runtime returned).
 	CreatedStagesP50MS map[string]float64 `json:"created_stages_p50_ms"`
 	ForkedStagesP50MS  map[string]float64 `json:"forked_stages_p50_ms"`
 	// CreatedSpansP50MS and ForkedSpansP50MS are the median durations of
@@ -105,7 +110,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	// The template's first fork boots its standby (shared/sim/standby.go):
 	// the guest each later fork resumes, as a child of a running VM does
 	// on vSphere. It is not measured.
-	if _, err := runPodsAnnotated(ctx, b, w, image, "fk-forked-first", map[string]string{events.AnnotationInstantClone: "true"}, 2*time.Minute); err != nil {
+	if _, _, err := runPodsAnnotated(ctx, b, w, image, "fk-forked-first", map[string]string{events.AnnotationInstantClone: "true"}, 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("first fork: %w", err)
 	}
 	p.say("fork: %d created and %d forked pod VMs, one at a time…", cfg.ForkPairs, cfg.ForkPairs)
@@ -126,7 +131,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 			if fork {
 				name = fmt.Sprintf("fk-forked-%03d", i)
 			}
-			stages, err := runPodsAnnotated(ctx, b, w, image, name, map[string]string{events.AnnotationInstantClone: fmt.Sprint(fork)}, 2*time.Minute)
+			stages, sent, err := runPodsAnnotated(ctx, b, w, image, name, map[string]string{events.AnnotationInstantClone: fmt.Sprint(fork)}, 2*time.Minute)
 			if err != nil {
 				return nil, err
 			}
@@ -141,17 +146,23 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 				spansInto[n] = append(spansInto[n], v)
 			}
 			lat, vmLat := stages[stageRunning], stages[stageVMRunning]
+			var r events.PodRecord
+			if e, err := pods.Get(ctx, events.PodRecordKey(Namespace, name)); err == nil {
+				_ = json.Unmarshal(e.Value(), &r)
+			}
+			if g, ok := sys.Datacenter.Guests().Guest(r.VMRef); ok && r.VMRef != "" {
+				for st, v := range guestStages(filepath.Join(g.Dir, "console.log"), sent) {
+					into[st] = append(into[st], v)
+				}
+			}
 			if fork {
 				forked.add(lat)
 				forkedVM.add(vmLat)
-				if e, err := pods.Get(ctx, events.PodRecordKey(Namespace, name)); err == nil {
-					var r events.PodRecord
-					if json.Unmarshal(e.Value(), &r) == nil && !r.IsTrue(events.PodConditionVMForked) {
-						out.NotForked++
-					}
-					if g, ok := sys.Datacenter.Guests().Guest(r.VMRef); ok && g.Resumed {
-						out.Resumed++
-					}
+				if r.UID != "" && !r.IsTrue(events.PodConditionVMForked) {
+					out.NotForked++
+				}
+				if g, ok := sys.Datacenter.Guests().Guest(r.VMRef); ok && r.VMRef != "" && g.Resumed {
+					out.Resumed++
 				}
 			} else {
 				created.add(lat)
@@ -227,7 +238,9 @@ func medians(stages map[string][]float64) map[string]float64 {
 // stageLine prints stage medians in the order a pod goes through them.
 func stageLine(m map[string]float64) string {
 	var parts []string
-	for _, st := range append(slices.Clone(stageTypes), struct{ name, ceType string }{stageRunning, events.TypePodRunning}) {
+	order := append(slices.Clone(stageTypes), []struct{ name, ceType string }{
+		{stageGuestStarted, ""}, {stageDisksReady, ""}, {stageContainerStarted, ""}, {stageRunning, events.TypePodRunning}}...)
+	for _, st := range order {
 		if v, ok := m[st.name]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.0f", st.name, v))
 		}
@@ -237,25 +250,26 @@ func stageLine(m map[string]float64) string {
 
 // runPodsAnnotated requests one pod with annotations and returns the
 // milliseconds from its request to each of its events: the pipeline's
-// stages (stageTypes), then stageRunning for its pod.running.
-func runPodsAnnotated(ctx context.Context, b *bus.Bus, w *watcher, image, name string, ann map[string]string, timeout time.Duration) (map[string]float64, error) {
+// stages (stageTypes), then stageRunning for its pod.running; and when the
+// request was sent.
+func runPodsAnnotated(ctx context.Context, b *bus.Bus, w *watcher, image, name string, ann map[string]string, timeout time.Duration) (map[string]float64, time.Time, error) {
 	pod := benchPod(name, image)
 	pod.Annotations = ann
 	pod.Spec.Containers[0].Command = dataPlaneCommand
 	pod.Spec.TerminationGracePeriodSeconds = new(int64)
 	ev, err := bus.NewEvent(Source, events.TypePodRequested, events.PodKey(Namespace, name), &events.PodRequested{Pod: *pod})
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	sent := time.Now()
 	if err := b.Publish(ctx, ev); err != nil {
-		return nil, fmt.Errorf("publish %s: %w", name, err)
+		return nil, sent, fmt.Errorf("publish %s: %w", name, err)
 	}
 	key := events.PodKey(Namespace, name)
 	w.waitFor(ctx, timeout, func() bool { _, ok := w.at(key, events.TypePodRunning); return ok })
 	at, ok := w.at(key, events.TypePodRunning)
 	if !ok {
-		return nil, fmt.Errorf("pod %s not running within %s", name, timeout)
+		return nil, sent, fmt.Errorf("pod %s not running within %s", name, timeout)
 	}
 	stages := map[string]float64{stageRunning: ms(at.Sub(sent))}
 	for _, st := range stageTypes {
@@ -263,7 +277,77 @@ func runPodsAnnotated(ctx context.Context, b *bus.Bus, w *watcher, image, name s
 			stages[st.name] = ms(t.Sub(sent))
 		}
 	}
-	return stages, nil
+	return stages, sent, nil
+}
+
+// Stages of a pod's guest, read from its console (the agent's log lines):
+// when its agent started the pod (a created VM's agent at its boot, a
+// forked VM's when it took the standby over), when its disks were mounted,
+// and when its first container's runtime returned.
+const (
+	stageGuestStarted     = "guest_started"
+	stageDisksReady       = "disks_ready"
+	stageContainerStarted = "container_started"
+)
+
+// guestStages reads a guest's console and returns the milliseconds from
+// sent to each guest stage it finds after sent. The agent logs the boot
+// phase "init" with its duration, so the agent's start is that line's time
+// less its ms (0 for a standby taken over: its start is the takeover).
+func guestStages(console string, sent time.Time) map[string]float64 {
+	b, err := os.ReadFile(console)
+	if err != nil {
+		return nil
+	}
+	out := map[string]float64{}
+	for _, l := range strings.Split(string(b), "\n") {
+		at, ok := logTime(l)
+		if !ok || at.Before(sent) {
+			continue
+		}
+		switch {
+		case strings.Contains(l, `msg="boot phase" phase=init`):
+			out[stageGuestStarted] = ms(at.Add(-logMS(l, "ms")).Sub(sent))
+		case strings.Contains(l, `msg="boot phase" phase=disks`):
+			out[stageDisksReady] = ms(at.Sub(sent))
+		case strings.Contains(l, `msg="container started"`):
+			if _, seen := out[stageContainerStarted]; !seen {
+				out[stageContainerStarted] = ms(at.Sub(sent))
+			}
+		}
+	}
+	return out
+}
+
+// logTime is the time= of a log line of the agent (slog's text format).
+func logTime(line string) (time.Time, bool) {
+	v, ok := logField(line, "time")
+	if !ok {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
+}
+
+// logMS is a field of a log line in milliseconds, as a duration (0 when
+// absent).
+func logMS(line, key string) time.Duration {
+	v, _ := logField(line, key)
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return 0
+	}
+	return time.Duration(f * float64(time.Millisecond))
+}
+
+// logField is the unquoted value of key=value in a log line.
+func logField(line, key string) (string, bool) {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, key+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
 }
 
 // waitStandby waits (at most timeout) for the template VM's standby guest
