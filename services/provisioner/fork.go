@@ -56,7 +56,7 @@ func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Sp
 	}
 	ctx, span := s.span(ctx, "provisioner.instant_clone", r, attribute.String("vm.name", spec.Name))
 	vm, out := s.templates.Fork(ctx, spec, p, &r.Pod)
-	span.SetAttributes(attribute.String("template", out.Template), attribute.String("reason", out.Reason), attribute.Bool("template.read", out.ReadTemplate))
+	span.SetAttributes(attribute.String("template", out.Template), attribute.String("reason", out.Reason), attribute.Bool("template.read", out.ReadTemplate), attribute.Bool("template.record.read", out.ReadRecord))
 	span.End()
 	how := "created"
 	status := events.ConditionFalse

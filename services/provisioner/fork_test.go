@@ -139,11 +139,14 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		t.Fatalf("first fork of the template: read it %v (want true), powered on again %v (want false); created pod powered on %v (want true)",
 			read("second"), poweredOn("second"), poweredOn("first"))
 	}
-	// The next fork of the same template reads nothing of it.
+	// The next fork of the same template reads nothing of it: neither the
+	// VM nor its record (the watch of the bucket delivered it).
 	if r := deploy(imagePod("second-b", "app")); e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
 		t.Fatal("the pod after the second is not forked from the template")
 	} else if read("second-b") {
 		t.Fatal("the second fork of the template read the template VM again")
+	} else if sp := spanOf("second-b", "provisioner.instant_clone"); sp.Attrs["template.record.read"] != "false" {
+		t.Fatalf("the second fork of the template read its record from the bucket (template.record.read %q)", sp.Attrs["template.record.read"])
 	}
 
 	// A pod that asks not to be forked is created.

@@ -108,6 +108,10 @@ type Outcome struct {
 	// ReadTemplate says this fork read the template VM: the first fork of
 	// a version of the template's record, or the first after a failed one.
 	ReadTemplate bool
+	// ReadRecord says a fork (Forked, or InstantCloneFailed) read the
+	// template's record from the bucket: the watch had not delivered it
+	// ready yet.
+	ReadRecord bool
 }
 
 // Keeper forks pod VMs from templates and keeps the templates.
@@ -127,6 +131,10 @@ type Keeper struct {
 	// read holds what a fork reads of each template VM, by template
 	// name, for the version of the record it was read for (readTemplate).
 	read map[string]readTemplate
+	// seen holds the records as a watch of the bucket last delivered them
+	// (watch): a fork takes a ready template's record from it rather than
+	// reading the bucket, and reads only when it has none that is ready.
+	seen map[string]Record
 	wg   sync.WaitGroup
 }
 
@@ -155,8 +163,50 @@ func New(cfg Config, kv jetstream.KeyValue, vms *podvm.Client, id string, log *s
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Keeper{cfg: cfg, vms: vms, store: record.New[Record](kv, "pod template"), log: log.With("part", "templates"),
-		id: id, now: time.Now, ctx: ctx, cancel: cancel, building: map[string]bool{}, read: map[string]readTemplate{}}
+	k := &Keeper{cfg: cfg, vms: vms, store: record.New[Record](kv, "pod template"), log: log.With("part", "templates"),
+		id: id, now: time.Now, ctx: ctx, cancel: cancel, building: map[string]bool{}, read: map[string]readTemplate{},
+		seen: map[string]Record{}}
+	k.watch()
+	return k
+}
+
+// watch keeps seen up to date from a watch of the bucket until Close. A
+// keeper whose watch cannot start reads the bucket on every fork.
+func (k *Keeper) watch() {
+	changes, err := k.store.Watch(k.ctx, ">", func(err error) { k.log.Warn("template record", "err", err) })
+	if err != nil {
+		k.log.Warn("templates: no watch of the records; every fork reads its template's", "err", err)
+		return
+	}
+	k.wg.Add(1)
+	go func() {
+		defer k.wg.Done()
+		for c := range changes {
+			k.mu.Lock()
+			if c.Value == nil {
+				delete(k.seen, c.Key)
+			} else {
+				k.seen[c.Key] = *c.Value
+			}
+			k.mu.Unlock()
+		}
+	}()
+}
+
+// record returns the template record a fork goes by: the one the watch
+// delivered when it is ready to fork from (the fork needs no read), else
+// the bucket's. A record seen ready that has since gone or changed makes
+// at worst one fork fail and fall back to a create, as any template that
+// goes away under a fork does.
+func (k *Keeper) record(ctx context.Context, name string) (_ *Record, cached bool, _ error) {
+	k.mu.Lock()
+	r, ok := k.seen[name]
+	k.mu.Unlock()
+	if ok && r.State == StateReady && r.VMRef != "" && (r.GuestReady || !k.cfg.AwaitGuest) {
+		return &r, true, nil
+	}
+	rec, _, err := k.store.Get(ctx, name)
+	return rec, false, err
 }
 
 // Close stops the builds in flight and waits for them.
@@ -198,9 +248,9 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 	}
 	sh := ShapeOf(s, p)
 	name := Name(sh, k.cfg.Agent)
-	rec, _, err := k.store.Get(ctx, name)
+	rec, cached, err := k.record(ctx, name)
 	if err != nil {
-		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: err.Error()}
+		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: err.Error(), ReadRecord: true}
 	}
 	switch {
 	case rec == nil:
@@ -237,11 +287,11 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 			// simulator): its record goes, and the next pod rebuilds it.
 			k.forget(ctx, name)
 		}
-		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err), ReadTemplate: read}
+		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err), ReadTemplate: read, ReadRecord: !cached}
 	}
 	k.touch(ctx, name, rec)
 	return &podvm.VM{Ref: vmRef, Name: s.Name, Host: p.Host, PowerState: types.VirtualMachinePowerStatePoweredOn},
-		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name, ReadTemplate: read}
+		Outcome{Forked: true, Template: name, Reason: ReasonForked, Message: "pod VM " + s.Name + " is an instant clone of template " + name, ReadTemplate: read, ReadRecord: !cached}
 }
 
 // template returns what forks read of the template VM rec names, read
