@@ -37,7 +37,8 @@
 // The first replica to need one creates the record (KV Create: one
 // winner) in state Building and builds the VM; a record stuck Building
 // longer than BuildTimeout is taken over by CAS. Any number of replicas
-// fork from a Ready record. A host keeps at most Config.Warm templates:
+// fork from a Ready record; each keeps the records a watch of the bucket
+// delivers, so a fork from a template seen ready reads no record first. A host keeps at most Config.Warm templates:
 // building one more removes the least recently used, so a new image (a
 // new chain of disks) or a new agent (Config.Agent, part of the name)
 // replaces the templates of the old one.
