@@ -70,6 +70,19 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 	first := fork("first")
 	running(t, agents.next(t, "first"), "first")
 	sb := waitStandby()
+	// A standby waits at a low CPU weight; the VM that takes it over gets
+	// the default one back.
+	shares := func(g guest.Info) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(g.CgroupDirs["cpu"], "cpu.shares"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if got := shares(sb); got != "128" {
+		t.Fatalf("the standby's cpu.shares is %s, want 128", got)
+	}
 
 	began := time.Now()
 	ref := fork("second")
@@ -83,6 +96,9 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 	}
 	if g.PID != sb.PID || !g.Resumed {
 		t.Fatalf("the child's guest is process %d, want the standby's %d (resumed, not booted)", g.PID, sb.PID)
+	}
+	if got := shares(g); got != "1024" {
+		t.Fatalf("the child's cpu.shares is %s, want 1024", got)
 	}
 	var m mo.VirtualMachine
 	if err := object.NewVirtualMachine(c.Client, ref).Properties(ctx, ref, []string{"config"}, &m); err != nil {

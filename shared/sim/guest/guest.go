@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -408,6 +409,14 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 			_ = cg.remove()
 		}
 	}()
+	if takeover != nil {
+		// A standby boots at a low CPU weight from its first instruction:
+		// it is booted while the instant clone that claimed the one before
+		// it starts its containers, and must take little from them.
+		if err := cg.write("cpu", "cpu.shares", strconv.Itoa(standbyShares)); err != nil {
+			m.log.Warn("standby CPU weight", "vm", vm.Name, "err", err)
+		}
+	}
 	if vm.Native != nil {
 		return m.startNative(vm, dir, cg)
 	}

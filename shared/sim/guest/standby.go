@@ -81,13 +81,10 @@ func (m *Manager) StartStandby(parent string, vm VM) (string, error) {
 		w.Close()
 		return "", errClosed
 	}
-	g, err := m.start(vm, r)
+	g, err := m.start(vm, r) // at standbyShares from the start
 	if err != nil {
 		w.Close()
 		return "", fmt.Errorf("standby of %s: %w", parent, err)
-	}
-	if err := g.cgroup.write("cpu", "cpu.shares", strconv.Itoa(standbyShares)); err != nil {
-		m.log.Warn("standby CPU weight", "vm", vm.Name, "err", err)
 	}
 	g.standby = &standbyState{parent: parent, takeover: w}
 	m.standbys[vm.Key] = g
