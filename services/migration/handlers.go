@@ -152,8 +152,9 @@ func (s *Service) release(r *events.MigrationRecord) {
 
 // onReserved queues a migration once the scheduler holds room on its
 // target. A reservation for a migration that already ended (cancelled
-// while pending, or given up waiting) is released at once
-// (migration.cancelled), so that it does not keep room on a host.
+// while pending, or given up waiting, or completed to another target) is
+// released at once (migration.cancelled), so that it does not keep room on
+// a host.
 //
 // The reservation is acknowledged only once its outcome is durable and
 // acted on: the record says Queued (or later) and this leader queues or
@@ -211,9 +212,15 @@ func (s *Service) onReserved(ctx context.Context, m *bus.Message, p *events.Migr
 // process unless it is queued or running here already.
 func (s *Service) takeUp(ctx context.Context, cause *event.Event, p *events.MigrationTargetReserved, r *events.MigrationRecord) error {
 	switch {
-	case r.Phase == events.MigrationPhaseCompleted:
+	case r.Phase == events.MigrationPhaseCompleted && p.TargetHost == r.TargetHost:
+		// The migration's own reservation seen again: migration.completed
+		// makes it the pod's allocation.
 		return nil
 	case !r.Active():
+		// Ended before this reservation, or completed elsewhere: a request
+		// the scheduler handled again after the migration completed (its
+		// first answer lost) reserves room on another host, since the pod
+		// runs on the old target by then; nothing would free it.
 		// Released by uid and target, whichever scheduler replica reads it
 		// and in whatever order it reads our migration.rejected (which
 		// releases by what that replica knows): a rejected duplicate's

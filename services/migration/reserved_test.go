@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // Every way a target reservation can reach the migration service ends with
@@ -260,5 +261,49 @@ func TestAStalledListingEndsInAnError(t *testing.T) {
 		t.Logf("listing: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("a listing whose replay never ends is still waiting after 10s")
+	}
+}
+
+// TestLateReservationOfACompletedMigrationIsReleased is the 11:25 full
+// run's two reservations held for good: the scheduler handled a
+// migration's request a second time (its first delivery's answer lost, the
+// request delivered again 30 s later) after the migration had completed.
+// The pod then ran on the old target, so the scheduler reserved room for
+// the same migration on another host, the pod's old source. The migration
+// service took a reservation of a Completed migration for its own (which
+// migration.completed promotes) and let it be: that room stayed held.
+func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("late", h[0])
+	w.migrate("late-1", p, h[1])
+	w.wantCompletedOnly("late-1", p, h[1])
+
+	moved := p
+	moved.host = h[1]
+	w.reserve("late-1", moved, h[0])
+	s := w.WaitSeen(20*time.Second, "the late reservation released", func(s testenv.Seen) bool {
+		v, ok := s.Payload.(*events.MigrationCancelled)
+		return ok && v.ID == "late-1" && v.TargetHost == h[0]
+	})
+	if v := s.Payload.(*events.MigrationCancelled); v.UID != p.uid {
+		t.Errorf("release names uid %q, want %q", v.UID, p.uid)
+	}
+	if got := w.migrationPhase("late-1"); got != events.MigrationPhaseCompleted {
+		t.Errorf("after the late reservation the record is %s, want Completed", got)
+	}
+
+	// A reservation of the migration's own target seen again (a
+	// redelivery) is the one migration.completed promoted: no release.
+	seq := w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
+		ID: "late-1", Namespace: p.ns, Pod: p.name, UID: p.uid, SourceHost: h[0],
+		TargetHost: h[1], TargetCluster: w.clusterOf(h[1]), TargetPool: "/DC0/host/" + w.clusterOf(h[1]) + "/Resources",
+	})
+	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	for _, e := range w.Events.Distinct() {
+		if v, ok := e.Payload.(*events.MigrationCancelled); ok && v.ID == "late-1" && v.TargetHost == h[1] {
+			t.Errorf("the completed migration's own target was released: %+v", v)
+		}
 	}
 }

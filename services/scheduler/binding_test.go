@@ -7,6 +7,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // roomy is a capacity no test pod exceeds.
@@ -134,5 +135,88 @@ func TestSweepHoldsEachPlacedPodOnItsRecordsHost(t *testing.T) {
 	}
 	if !holds(hosts[1], migrating.UID) || !holds(hosts[2], migrating.UID+"@m-1") {
 		t.Fatal("the migrating pod's room on its source or its reservation on the target went")
+	}
+}
+
+// The 11:25 full run's end state: two migration reservations (uid@id) held
+// on hosts after their migrations had ended, one of them a request the
+// scheduler handled again after its migration completed. The ledger sweep
+// frees the reservation of a migration whose record says it ended, or that
+// has had no record for long; it keeps those of migrations in flight, of
+// migrations just requested, and the reservation migration.completed is
+// about to promote.
+func TestSweepReleasesReservationsOfEndedMigrations(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	h := e.hostNames()
+	pod := func(name, phase, host string) *events.PodRecord {
+		p := testPod(name, "100m", "256Mi")
+		rec := &events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Pod: *p, Size: events.SizePodVM(p),
+			Networks: events.PodNetworks(p), Phase: phase, Host: host, RequestID: "req-" + name}
+		e.PutPodRecord(rec)
+		return rec
+	}
+	hold := func(rec *events.PodRecord, host, migration string, at time.Time) {
+		a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: rec.Name, UID: rec.UID,
+			CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: at}
+		if migration != "" {
+			a.Kind, a.MigrationID = events.AllocationMigration, migration
+		}
+		if _, err := e.led.Reserve(t.Context(), host, roomy, []events.Allocation{a}); err != nil {
+			t.Fatal(err)
+		}
+		if migration == "" {
+			if _, err := e.led.Claim(t.Context(), rec.UID, host); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	migration := func(id string, rec *events.PodRecord, phase, from, to string) {
+		testenv.Put(e.Env, events.BucketMigrations, events.MigrationRecordKey(id), &events.MigrationRecord{
+			ID: id, Namespace: "default", Pod: rec.Name, UID: rec.UID, SourceHost: from, TargetHost: to, Phase: phase})
+	}
+	now, long := time.Now(), time.Now().Add(-3*time.Minute)
+
+	late := pod("late", events.PodPhaseRunning, h[1]) // completed h0 → h1, then reserved again on h0
+	hold(late, h[1], "", now)
+	hold(late, h[0], "m-late", now)
+	migration("m-late", late, events.MigrationPhaseCompleted, h[0], h[1])
+	failed := pod("failed", events.PodPhaseRunning, h[0])
+	hold(failed, h[0], "", now)
+	hold(failed, h[2], "m-failed", now)
+	migration("m-failed", failed, events.MigrationPhaseFailed, h[0], h[2])
+	dup := pod("dup", events.PodPhaseRunning, h[1]) // promoted, and a second reservation on the target
+	hold(dup, h[1], "", now)
+	hold(dup, h[1], "m-dup", now)
+	migration("m-dup", dup, events.MigrationPhaseCompleted, h[0], h[1])
+	old := pod("old", events.PodPhaseRunning, h[0])
+	hold(old, h[0], "", now)
+	hold(old, h[2], "m-old", long)
+
+	promoting := pod("promoting", events.PodPhaseMigrating, h[0]) // migration.completed not handled yet
+	hold(promoting, h[0], "", now)
+	hold(promoting, h[2], "m-promoting", now)
+	migration("m-promoting", promoting, events.MigrationPhaseCompleted, h[0], h[2])
+	queued := pod("queued", events.PodPhaseRunning, h[0])
+	hold(queued, h[0], "", now)
+	hold(queued, h[1], "m-queued", long)
+	migration("m-queued", queued, events.PhaseQueued, h[0], h[1])
+	fresh := pod("fresh", events.PodPhaseRunning, h[0]) // reserved before its request was recorded
+	hold(fresh, h[0], "", now)
+	hold(fresh, h[1], "m-fresh", now)
+
+	holds := func(host, key string) bool { _, ok := e.allocations(host)[key]; return ok }
+	e.EventuallyWithin("the ended migrations' reservations released", 15*time.Second, func() bool {
+		return !holds(h[0], late.UID+"@m-late") && !holds(h[2], failed.UID+"@m-failed") &&
+			!holds(h[1], dup.UID+"@m-dup") && !holds(h[2], old.UID+"@m-old")
+	})
+	for _, k := range []struct{ host, key string }{
+		{h[1], late.UID}, {h[0], failed.UID}, {h[1], dup.UID}, {h[0], old.UID},
+		{h[2], promoting.UID + "@m-promoting"}, {h[1], queued.UID + "@m-queued"}, {h[1], fresh.UID + "@m-fresh"},
+	} {
+		if !holds(k.host, k.key) {
+			t.Errorf("%s on %s was released", k.key, k.host)
+		}
 	}
 }

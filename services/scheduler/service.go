@@ -60,6 +60,7 @@ type Service struct {
 	netKV    jetstream.KeyValue
 	podsKV   jetstream.KeyValue
 	vmsKV    jetstream.KeyValue
+	migsKV   jetstream.KeyValue
 	ledger   *ledger.Ledger
 	// hostRecords is KV `hosts` as typed records (compare-and-set writes).
 	hostRecords *record.Store[events.HostRecord]
@@ -99,6 +100,9 @@ type Service struct {
 	// sweepSeen is what the ledger sweep's last pass found wrong, per pod
 	// uid (only the rescan loop touches it).
 	sweepSeen map[string]sweepMark
+	// reservationSeen is since when the sweep has found each migration
+	// reservation (host|key) ended or without a record.
+	reservationSeen map[string]sweepMark
 
 	queue     chan *request
 	retryMu   sync.Mutex
@@ -244,6 +248,7 @@ func (s *Service) open(ctx context.Context) error {
 	s.netKV = kv(events.BucketNetHosts)
 	s.podsKV = kv(events.BucketPods)
 	s.vmsKV = kv(events.BucketVMs)
+	s.migsKV = kv(events.BucketMigrations)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,14 @@ import (
 //     goes once the VM is destroyed): its allocations are freed. This covers
 //     a pod.deleted handled by a replica that had nothing to release yet
 //     while another replica was placing the pod.
+//   - A migration's reservation (uid@id) whose migration has ended, as the
+//     migration service's record (KV `migrations`) says, or has no record
+//     long after it was made, is freed: it holds room for a VM that will
+//     not come. This covers any end whose release was lost or never
+//     published (a request handled again after its migration completed,
+//     a release whose publication died with its process). A migration
+//     completed to the host is the exception while the pod's own
+//     allocation is not there yet: migration.completed promotes it.
 //   - A placed pod (Scheduled to Running, not migrating, not being deleted)
 //     is held on its record's host and on no other: the allocation a
 //     losing replica failed to release, a replay answered before a claim,
@@ -63,7 +71,9 @@ func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
 	if err := s.releaseOrphans(ctx, records, vms, entries, 2*every); err != nil {
 		return err
 	}
-	return s.repairPlacements(ctx, records, entries, 3*every)
+	// A migration record the KV store did not answer does not hold up
+	// the placements' repair.
+	return errors.Join(s.releaseEndedReservations(ctx, entries, 3*every), s.repairPlacements(ctx, records, entries, 3*every))
 }
 
 // podRecordsByUID reads KV `pods`, by pod uid.
@@ -147,6 +157,92 @@ func (s *Service) releaseOrphans(ctx context.Context, records map[string]*events
 		}
 	}
 	return nil
+}
+
+// unrecordedGrace is how long a migration's reservation may go without a
+// record in KV `migrations` before the sweep frees it. The migration
+// service records a request before the scheduler reserves for it, or
+// adopts the migration when the reservation comes first (a request
+// published while it was down); this leaves it that long to come back.
+const unrecordedGrace = 2 * time.Minute
+
+// releaseEndedReservations frees the migration reservations whose
+// migration ended (or was never recorded), once every pass over settle
+// found them so: a record read from a NATS node that lags says "no such
+// key" for a while, and a migration completed to this host has its
+// reservation promoted by migration.completed, which may be on its way.
+func (s *Service) releaseEndedReservations(ctx context.Context, entries []ledger.Entry, settle time.Duration) error {
+	now := time.Now()
+	records := map[string]*events.MigrationRecord{}
+	seen := map[string]sweepMark{}
+	var errs []error
+	for _, e := range entries {
+		var ended []string
+		for k, a := range e.Allocations {
+			if a.Kind != events.AllocationMigration || a.MigrationID == "" {
+				continue
+			}
+			rec, ok := records[a.MigrationID]
+			if !ok {
+				var err error
+				if rec, err = s.migrationRecord(ctx, a.MigrationID); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				records[a.MigrationID] = rec
+			}
+			what := ""
+			switch {
+			case rec == nil && now.Sub(a.ReservedAt) >= unrecordedGrace:
+				what = "no record"
+			case rec == nil || rec.Active():
+				continue
+			case rec.Phase == events.MigrationPhaseCompleted && rec.TargetHost == e.Host:
+				if _, promoted := e.Allocations[a.UID]; !promoted {
+					continue // migration.completed makes it the pod's
+				}
+				what = "completed here, the pod held already"
+			default:
+				what = rec.Phase
+			}
+			id := e.Host + "|" + k
+			mark := sweepMark{what: what, since: now}
+			if prev, ok := s.reservationSeen[id]; ok && prev.what == what {
+				mark.since = prev.since
+			}
+			seen[id] = mark
+			if now.Sub(mark.since) >= settle {
+				ended = append(ended, k)
+			}
+		}
+		if len(ended) == 0 {
+			continue
+		}
+		slices.Sort(ended)
+		s.log.Warn("releasing reservations of migrations that ended", "host", e.Host, "allocations", ended)
+		if err := s.release(ctx, map[string][]string{e.Host: ended}); err != nil {
+			errs = append(errs, fmt.Errorf("host %s: %w", e.Host, err))
+		}
+	}
+	s.reservationSeen = seen
+	return errors.Join(errs...)
+}
+
+// migrationRecord reads a migration's record from KV `migrations` (the
+// migration service's); nil when there is none.
+func (s *Service) migrationRecord(ctx context.Context, id string) (*events.MigrationRecord, error) {
+	kve, err := s.migsKV.Get(ctx, events.MigrationRecordKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("migration record %s: %w", id, err)
+	}
+	var rec events.MigrationRecord
+	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
+		return nil, fmt.Errorf("migration record %s does not decode: %w", id, err)
+	}
+	return &rec, nil
 }
 
 // placedPhases are the phases in which a pod's VM is (or is being made) on

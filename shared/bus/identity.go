@@ -93,7 +93,7 @@ func Identities() []Identity {
 		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations, events.StreamVMs},
 			Owns: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages, BucketPodTemplates}, Serves: []string{events.SubjectDiskKeyRelease}},
 		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
-			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts, BucketVMs},
+			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts, BucketVMs, BucketMigrations},
 			Asks: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
 		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
