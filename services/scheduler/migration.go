@@ -83,6 +83,15 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 		return s.rejectMigration(ctx, cause, e, ReasonPodNotFound, fmt.Sprintf("pod %s/%s not found", e.Namespace, e.Pod))
 	}
 	annotate(ctx, e.ObjectKey(), rec.UID)
+	// A request handled again after its migration ended (its first
+	// answer lost) would reserve room on another host: the pod runs on
+	// the old target by then, and nothing would free that room.
+	if mig, err := s.migrationRecord(ctx, e.ID); err != nil {
+		return err
+	} else if mig != nil && !mig.Active() {
+		s.log.Info("migration request seen again after the migration ended: nothing reserved", "migration", e.ID, "pod", e.ObjectKey(), "phase", mig.Phase)
+		return nil
+	}
 	s.mu.Lock()
 	source := s.allocIndex[rec.UID]
 	s.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 func withNetworks(n string) func(*corev1.Pod) {
@@ -325,4 +326,31 @@ func TestHostStateIsWrittenWithoutWaitingForTheInterval(t *testing.T) {
 		r := e.hostRecords()[names[0]]
 		return r.Maintenance
 	})
+}
+
+// A migration request delivered again after its migration completed (the
+// first delivery's answer lost) reserves nothing: the pod runs on the old
+// target by then, so a placement would hold room on another host for a
+// migration that is over (the 11:25 full run's two held reservations).
+func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
+	h := e.hostNames()
+	acc := e.accept(testPod("moved", "100m", "256Mi"))
+	if s := e.waitScheduled(acc.ObjectKey()); s.Host != h[1] {
+		h[0], h[1] = h[1], h[0] // h[1] is where it runs, h[0] where it came from
+	}
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: "moved", Pod: acc.Pod, Size: acc.Size,
+		Networks: acc.Networks, Phase: events.PodPhaseRunning, Host: h[1], RequestID: "req-moved"})
+	testenv.Put(e.Env, events.BucketMigrations, events.MigrationRecordKey("m-done"), &events.MigrationRecord{
+		ID: "m-done", Namespace: "default", Pod: "moved", UID: acc.UID, SourceHost: h[0], TargetHost: h[1], Phase: events.MigrationPhaseCompleted})
+	seq := e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: "m-done", Namespace: "default", Pod: "moved"})
+	e.WaitHandled(events.StreamMigrations, scheduler.Name+"-"+events.StreamMigrations, seq)
+	if ev, ok := e.obs.migration("m-done"); ok && ev.Type() == events.TypeMigrationTargetReserved {
+		t.Errorf("a target was reserved for the ended migration: %s", ev.Data())
+	}
+	for _, host := range h {
+		if _, held := e.allocations(host)[acc.UID+"@m-done"]; held {
+			t.Errorf("room reserved on %s for the ended migration", host)
+		}
+	}
 }
