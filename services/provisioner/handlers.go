@@ -116,9 +116,9 @@ type handling struct {
 // about a pod that does not exist (deleted meanwhile) or about an earlier
 // pod of the same name (another uid) are acknowledged and ignored.
 func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*events.PodRecord) bool) error {
-	reserved := false
+	reserved, changed := false, false
 	r, err := h.s.mutate(ctx, events.PodRecordKey(ns, name), uid, func(r *events.PodRecord) bool {
-		changed := apply(r)
+		changed = apply(r)
 		reserved = changed && beginProvisioning(r)
 		return changed
 	})
@@ -139,9 +139,17 @@ func (h handling) fact(ctx context.Context, ns, name, uid string, apply func(*ev
 		h.log.Info("fact about a pod without a record ignored", "key", events.PodRecordKey(ns, name), "uid", uid, "delivery", h.delivery)
 		return nil
 	}
-	if err != nil || r == nil {
+	if err != nil {
 		return err
 	}
+	if r == nil {
+		h.log.Info("fact about an earlier pod of the name ignored", "key", events.PodRecordKey(ns, name), "uid", uid, "fact", h.ev.Type())
+		return nil
+	}
+	// What a stuck pod was told, and when: a fault run's logs show which
+	// fact never came (or came and changed nothing).
+	h.log.Info("fact folded", "key", r.Key(), "uid", r.UID, "fact", h.ev.Type(), "event", h.ev.ID(), "changed", changed,
+		"revision", r.ResourceVersion, "phase", r.Phase, "missing", strings.Join(missingFacts(r), ","))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", r.UID))
 	return h.s.reconcileOutcome(ctx, r, reserved)
 }
@@ -283,7 +291,7 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 	return fmt.Errorf("admit %s: %w", key, errConflict)
 }
 
-func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord) error {
+func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord, opts ...bus.EmitOption) error {
 	return s.out.Emit(ctx, &cause, &events.PodAccepted{
 		Namespace: r.Namespace,
 		Name:      r.Name,
@@ -292,7 +300,7 @@ func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *ev
 		Size:      r.Size,
 		Networks:  r.Networks,
 		Images:    events.PodImages(&r.Pod),
-	})
+	}, opts...)
 }
 
 // reject publishes pod.rejected as the effect of a request.

@@ -18,10 +18,29 @@ import (
 // ready says whether the pod has everything its VM needs: a host, a
 // prepared image per container, and every network attached on that host.
 func ready(r *events.PodRecord) bool {
-	return r.Host != "" &&
-		len(r.Pod.Spec.Containers) > 0 && len(r.Images) == len(r.Pod.Spec.InitContainers)+len(r.Pod.Spec.Containers) &&
-		len(r.Networks) > 0 && len(r.Attachments) == len(r.Networks) &&
-		r.NetworkHost == r.Host
+	return len(r.Pod.Spec.Containers) > 0 && len(missingFacts(r)) == 0
+}
+
+// Facts a pod VM needs, by what missingFacts calls them.
+const (
+	factHost     = "host"     // pod.scheduled (scheduler)
+	factImages   = "images"   // pod.images.ready (image cache)
+	factNetworks = "networks" // pod.network.attached on the pod's host (network-config)
+)
+
+// missingFacts names the facts the record lacks before a VM can be made.
+func missingFacts(r *events.PodRecord) []string {
+	var out []string
+	if r.Host == "" {
+		out = append(out, factHost)
+	}
+	if len(r.Images) != len(r.Pod.Spec.InitContainers)+len(r.Pod.Spec.Containers) {
+		out = append(out, factImages)
+	}
+	if len(r.Networks) == 0 || len(r.Attachments) != len(r.Networks) || (r.Host != "" && r.NetworkHost != r.Host) {
+		out = append(out, factNetworks)
+	}
+	return out
 }
 
 // reconcileOutcome reconciles and classifies the failure (the one error

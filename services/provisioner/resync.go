@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -27,6 +29,10 @@ const (
 	// RepairStuck: a pod left half-way (provisioning or deleting) for longer
 	// than a resync interval was driven on.
 	RepairStuck = "stuck"
+	// RepairAwaitingFacts: a pod Scheduled without every fact its VM
+	// needs for longer than a resync interval had its owners asked again
+	// (pod.accepted announced again).
+	RepairAwaitingFacts = "awaiting_facts"
 	// RepairGuestSilent: a powered-on pod VM whose guest never reported
 	// past GuestTimeout was reported on the pod (VMReady False, reason
 	// GuestSilent), and on the next pass power-cycled.
@@ -173,6 +179,13 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 			}
 			return err == nil, err
 		})
+	case r.Phase == events.PodPhaseScheduled && r.DeletionRequestedAt.IsZero() && !ready(r) && stuck:
+		return s.repairUnderLock(ctx, r, report, RepairAwaitingFacts, func(fresh *events.PodRecord) (bool, error) {
+			if fresh.ResourceVersion != r.ResourceVersion {
+				return false, nil // a fact came meanwhile, or another replica asked
+			}
+			return s.askForFacts(ctx, fresh)
+		})
 	case r.Phase == events.PodPhaseFailed && hasVM && r.VMRef == "":
 		// fail() removes the VM; this catches a removal that vCenter
 		// refused at the time. (A Failed pod that still names its VM
@@ -229,6 +242,37 @@ func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podv
 		return s.repairSilentGuest(ctx, r, vm, report)
 	}
 	return nil
+}
+
+// askForFacts asks the owners of the facts a Scheduled pod still lacks
+// for them again, as the flow asked them first: pod.accepted announced
+// again. The scheduler answers a pod it holds with the host it is bound to
+// (pod.scheduled), on which network-config attaches the pod's networks
+// (returning the addresses it holds already), and the image cache
+// prepares the pod's images again (pod.images.ready). Each is idempotent,
+// so a fact that did come changes nothing.
+//
+// The announcement's id is fixed by the record's revision, and the record
+// is then written (its message, and UpdatedAt, which bounds the next ask)
+// by compare-and-set at that revision: replicas that ask at once publish
+// one event, which JetStream stores once, and one of them writes.
+func (s *Service) askForFacts(ctx context.Context, r *events.PodRecord) (bool, error) {
+	missing := missingFacts(r)
+	if err := s.announceAccepted(ctx, *recordCause(r), r, bus.Distinct(fmt.Sprintf("ask-again/%d", r.ResourceVersion))); err != nil {
+		return false, fmt.Errorf("ask again for %s: %w", strings.Join(missing, ", "), err)
+	}
+	since := r.UpdatedAt
+	r.Message = fmt.Sprintf("waiting for %s; asked their owners again (pod.accepted announced again)", strings.Join(missing, ", "))
+	err := s.save(ctx, r)
+	if errors.Is(err, errConflict) {
+		return false, nil // a fact came, or another replica asked
+	}
+	if err != nil {
+		return false, err
+	}
+	s.log.Info("asked again for the facts a pod lacks", "key", r.Key(), "uid", r.UID, "missing", strings.Join(missing, ","),
+		"host", r.Host, "waiting_since", since, "revision", r.ResourceVersion)
+	return true, nil
 }
 
 // vmOn says whether the record's phase promises a powered-on VM that drift
