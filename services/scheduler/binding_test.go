@@ -1,6 +1,7 @@
 package scheduler_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -93,23 +94,8 @@ func TestSweepHoldsEachPlacedPodOnItsRecordsHost(t *testing.T) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
 	hosts := e.hostNames()
-	placed := func(name, phase, host string) *events.PodRecord {
-		p := testPod(name, "100m", "256Mi")
-		rec := &events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Pod: *p, Size: events.SizePodVM(p),
-			Networks: events.PodNetworks(p), Phase: phase, Host: host, RequestID: "req-" + name}
-		e.PutPodRecord(rec)
-		return rec
-	}
-	alloc := func(rec *events.PodRecord, host, migration string) {
-		a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: rec.Name, UID: rec.UID,
-			CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: time.Now()}
-		if migration != "" {
-			a.Kind, a.MigrationID = events.AllocationMigration, migration
-		}
-		if _, err := e.led.Reserve(t.Context(), host, roomy, []events.Allocation{a}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	placed := e.placedRecord
+	alloc := func(rec *events.PodRecord, host, migration string) { e.hold(rec, host, migration, time.Now()) }
 
 	moved := placed("moved", events.PodPhaseRunning, hosts[0])
 	alloc(moved, hosts[1], "")
@@ -150,22 +136,9 @@ func TestSweepReleasesReservationsOfEndedMigrations(t *testing.T) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
 	h := e.hostNames()
-	pod := func(name, phase, host string) *events.PodRecord {
-		p := testPod(name, "100m", "256Mi")
-		rec := &events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Pod: *p, Size: events.SizePodVM(p),
-			Networks: events.PodNetworks(p), Phase: phase, Host: host, RequestID: "req-" + name}
-		e.PutPodRecord(rec)
-		return rec
-	}
+	pod := e.placedRecord
 	hold := func(rec *events.PodRecord, host, migration string, at time.Time) {
-		a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: rec.Name, UID: rec.UID,
-			CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: at}
-		if migration != "" {
-			a.Kind, a.MigrationID = events.AllocationMigration, migration
-		}
-		if _, err := e.led.Reserve(t.Context(), host, roomy, []events.Allocation{a}); err != nil {
-			t.Fatal(err)
-		}
+		e.hold(rec, host, migration, at)
 		if migration == "" {
 			if _, err := e.led.Claim(t.Context(), rec.UID, host); err != nil {
 				t.Fatal(err)
@@ -218,5 +191,29 @@ func TestSweepReleasesReservationsOfEndedMigrations(t *testing.T) {
 		if !holds(k.host, k.key) {
 			t.Errorf("%s on %s was released", k.key, k.host)
 		}
+	}
+}
+
+// placedRecord writes the provisioner's record of a pod (100m, 256Mi) in
+// phase on host.
+func (e *env) placedRecord(name, phase, host string) *events.PodRecord {
+	p := testPod(name, "100m", "256Mi")
+	rec := &events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Pod: *p, Size: events.SizePodVM(p),
+		Networks: events.PodNetworks(p), Phase: phase, Host: host, RequestID: "req-" + name}
+	e.PutPodRecord(rec)
+	return rec
+}
+
+// hold reserves the pod's room on host, reserved at at: its own
+// allocation, or a migration's reservation when migration names one.
+func (e *env) hold(rec *events.PodRecord, host, migration string, at time.Time) {
+	e.t.Helper()
+	a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: rec.Name, UID: rec.UID,
+		CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: at}
+	if migration != "" {
+		a.Kind, a.MigrationID = events.AllocationMigration, migration
+	}
+	if _, err := e.led.Reserve(context.Background(), host, roomy, []events.Allocation{a}); err != nil {
+		e.t.Fatal(err)
 	}
 }
