@@ -136,60 +136,51 @@ func TestSweepReleasesReservationsOfEndedMigrations(t *testing.T) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
 	h := e.hostNames()
-	pod := e.placedRecord
-	hold := func(rec *events.PodRecord, host, migration string, at time.Time) {
-		e.hold(rec, host, migration, at)
-		if migration == "" {
-			if _, err := e.led.Claim(t.Context(), rec.UID, host); err != nil {
-				t.Fatal(err)
-			}
+	now, long := time.Now(), time.Now().Add(-3*time.Minute)
+	cases := []struct {
+		pod, phase, host string // the pod's record
+		on               string // the host of the migration's reservation
+		at               time.Time
+		migration        string // the migration record's phase ("": none); its source h[0], its target to
+		to               string
+		released         bool
+	}{
+		{"late", events.PodPhaseRunning, h[1], h[0], now, events.MigrationPhaseCompleted, h[1], true}, // completed h0 → h1, reserved again on h0
+		{"failed", events.PodPhaseRunning, h[0], h[2], now, events.MigrationPhaseFailed, h[2], true},
+		{"dup", events.PodPhaseRunning, h[1], h[1], now, events.MigrationPhaseCompleted, h[1], true}, // promoted, and a second reservation on the target
+		{"old", events.PodPhaseRunning, h[0], h[2], long, "", "", true},
+		{"promoting", events.PodPhaseMigrating, h[0], h[2], now, events.MigrationPhaseCompleted, h[2], false}, // migration.completed not handled yet
+		{"queued", events.PodPhaseRunning, h[0], h[1], long, events.PhaseQueued, h[1], false},
+		{"fresh", events.PodPhaseRunning, h[0], h[1], now, "", "", false}, // reserved before its request was recorded
+	}
+	for _, c := range cases {
+		rec := e.placedRecord(c.pod, c.phase, c.host)
+		e.hold(rec, c.host, "", now)
+		if _, err := e.led.Claim(t.Context(), rec.UID, c.host); err != nil {
+			t.Fatal(err)
+		}
+		e.hold(rec, c.on, "m-"+c.pod, c.at)
+		if c.migration != "" {
+			testenv.Put(e.Env, events.BucketMigrations, events.MigrationRecordKey("m-"+c.pod), &events.MigrationRecord{
+				ID: "m-" + c.pod, Namespace: "default", Pod: rec.Name, UID: rec.UID, SourceHost: h[0], TargetHost: c.to, Phase: c.migration})
 		}
 	}
-	migration := func(id string, rec *events.PodRecord, phase, from, to string) {
-		testenv.Put(e.Env, events.BucketMigrations, events.MigrationRecordKey(id), &events.MigrationRecord{
-			ID: id, Namespace: "default", Pod: rec.Name, UID: rec.UID, SourceHost: from, TargetHost: to, Phase: phase})
-	}
-	now, long := time.Now(), time.Now().Add(-3*time.Minute)
-
-	late := pod("late", events.PodPhaseRunning, h[1]) // completed h0 → h1, then reserved again on h0
-	hold(late, h[1], "", now)
-	hold(late, h[0], "m-late", now)
-	migration("m-late", late, events.MigrationPhaseCompleted, h[0], h[1])
-	failed := pod("failed", events.PodPhaseRunning, h[0])
-	hold(failed, h[0], "", now)
-	hold(failed, h[2], "m-failed", now)
-	migration("m-failed", failed, events.MigrationPhaseFailed, h[0], h[2])
-	dup := pod("dup", events.PodPhaseRunning, h[1]) // promoted, and a second reservation on the target
-	hold(dup, h[1], "", now)
-	hold(dup, h[1], "m-dup", now)
-	migration("m-dup", dup, events.MigrationPhaseCompleted, h[0], h[1])
-	old := pod("old", events.PodPhaseRunning, h[0])
-	hold(old, h[0], "", now)
-	hold(old, h[2], "m-old", long)
-
-	promoting := pod("promoting", events.PodPhaseMigrating, h[0]) // migration.completed not handled yet
-	hold(promoting, h[0], "", now)
-	hold(promoting, h[2], "m-promoting", now)
-	migration("m-promoting", promoting, events.MigrationPhaseCompleted, h[0], h[2])
-	queued := pod("queued", events.PodPhaseRunning, h[0])
-	hold(queued, h[0], "", now)
-	hold(queued, h[1], "m-queued", long)
-	migration("m-queued", queued, events.PhaseQueued, h[0], h[1])
-	fresh := pod("fresh", events.PodPhaseRunning, h[0]) // reserved before its request was recorded
-	hold(fresh, h[0], "", now)
-	hold(fresh, h[1], "m-fresh", now)
 
 	holds := func(host, key string) bool { _, ok := e.allocations(host)[key]; return ok }
 	e.EventuallyWithin("the ended migrations' reservations released", 15*time.Second, func() bool {
-		return !holds(h[0], late.UID+"@m-late") && !holds(h[2], failed.UID+"@m-failed") &&
-			!holds(h[1], dup.UID+"@m-dup") && !holds(h[2], old.UID+"@m-old")
+		for _, c := range cases {
+			if c.released && holds(c.on, "uid-"+c.pod+"@m-"+c.pod) {
+				return false
+			}
+		}
+		return true
 	})
-	for _, k := range []struct{ host, key string }{
-		{h[1], late.UID}, {h[0], failed.UID}, {h[1], dup.UID}, {h[0], old.UID},
-		{h[2], promoting.UID + "@m-promoting"}, {h[1], queued.UID + "@m-queued"}, {h[1], fresh.UID + "@m-fresh"},
-	} {
-		if !holds(k.host, k.key) {
-			t.Errorf("%s on %s was released", k.key, k.host)
+	for _, c := range cases {
+		if !holds(c.host, "uid-"+c.pod) {
+			t.Errorf("%s: its own allocation on %s was released", c.pod, c.host)
+		}
+		if !c.released && !holds(c.on, "uid-"+c.pod+"@m-"+c.pod) {
+			t.Errorf("%s: the reservation on %s was released", c.pod, c.on)
 		}
 	}
 }
