@@ -44,7 +44,7 @@ func (s *Service) onPodAccepted(_ context.Context, _ *bus.Message, p *events.Pod
 // onPodScheduled attaches the pod's networks on its host.
 func (s *Service) onPodScheduled(ctx context.Context, m *bus.Message, p *events.PodScheduled) error {
 	annotate(ctx, attribute.String("pod", events.PodKey(p.Namespace, p.Name)), attribute.String("pod.uid", p.UID), attribute.String("host", p.Host))
-	return s.attach(ctx, &m.Event, p)
+	return s.attach(ctx, m, p)
 }
 
 // onPodDeleted frees a deleted pod's addresses.
@@ -80,7 +80,8 @@ func (e *attachError) Unwrap() error { return e.err }
 // cannot be attached fails the attach with an error naming the network;
 // the route's failure hook (attachFailed) tells the pod why when no retry
 // can help or the retries ran out.
-func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodScheduled) error {
+func (s *Service) attach(ctx context.Context, m *bus.Message, p *events.PodScheduled) error {
+	cause := &m.Event
 	nets, err := s.networksOf(ctx, p.Namespace, p.Name, p.UID)
 	if err != nil {
 		return err
@@ -93,13 +94,18 @@ func (s *Service) attach(ctx context.Context, cause *event.Event, p *events.PodS
 		}
 		atts = append(atts, att)
 	}
-	if stays, err := s.ownerStays(ctx, p, nets); err != nil || !stays {
+	if stays, err := s.ownerStays(ctx, m, p, nets); err != nil || !stays {
 		return err
 	}
 	return s.out.Emit(ctx, cause, &events.PodNetworkAttached{
 		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Attachments: atts,
 	}, bus.Distinct("attach"))
 }
+
+// recordNotFoundDeliveries is the delivery of a pod.scheduled from which a
+// pod record not found is taken for a pod that is gone (ownerStays): with
+// the default back-off, a few seconds of reading again first.
+const recordNotFoundDeliveries = 4
 
 // podDeleting is how soon an attach for a pod being deleted looks again.
 const podDeleting = time.Second
@@ -112,10 +118,20 @@ const podDeleting = time.Second
 // again until its record is gone (or the deliveries run out, and
 // attachFailed releases); a pod whose record is gone or belongs to a newer
 // pod of that name has its addresses freed here and nothing attached.
-func (s *Service) ownerStays(ctx context.Context, p *events.PodScheduled, nets []string) (bool, error) {
+//
+// A record not found is read again on the next deliveries before it is
+// taken for a pod that is gone: the read may have been answered by a KV
+// replica that has not caught up with the record's creation (a NATS node
+// back from a restart), and taking that for a gone pod would leave a live
+// pod without its network for good.
+func (s *Service) ownerStays(ctx context.Context, m *bus.Message, p *events.PodScheduled, nets []string) (bool, error) {
 	e, err := s.pods.Get(ctx, events.PodRecordKey(p.Namespace, p.Name))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, fmt.Errorf("read pod record %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if err != nil && m.Delivery < recordNotFoundDeliveries && !m.LastDelivery() {
+		return false, fmt.Errorf("pod record %s/%s not found (a replica that lags, or the pod is gone): reading again",
+			p.Namespace, p.Name)
 	}
 	if err == nil {
 		var rec events.PodRecord

@@ -503,13 +503,50 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 	}
 }
 
+// TestAttachReadsAgainARecordNotFound: a pod.scheduled whose pod record a
+// read does not find (a KV replica that lags after a NATS node restart
+// answers before it has caught up with the record's creation) is read
+// again on the next deliveries. Before, the first read freed the pod's
+// addresses and attached nothing, and the live pod waited for its network
+// forever.
+func TestAttachReadsAgainARecordNotFound(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) {
+		c.BackOff = []time.Duration{200 * time.Millisecond, 3 * time.Second}
+	})
+	host := e.allHosts()[0]
+	e.declare("lag", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "lag" })
+
+	acc := podAccepted("lagging", "uid-lagging", []string{"lag"})
+	e.Publish(acc) // announced; its record is not readable yet
+	e.Publish(&events.PodScheduled{Namespace: "default", Name: "lagging", UID: acc.UID, Host: host, Cluster: e.clusterOf(host)})
+	// The record shows up only once a delivery has found none and the
+	// event is being delivered again.
+	ctx := context.Background()
+	e.Eventually("pod.scheduled delivered again after a record not found", func() bool {
+		c, err := e.Bus.JetStream().Consumer(ctx, "PODS", netconfig.Name+"-PODS")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.NumRedelivered > 0
+	})
+	e.PutPodRecord(testenv.PendingRecord(acc))
+	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.UID == acc.UID })
+	if len(att.Attachments) != 1 || att.Attachments[0].Network != "lag" || att.Attachments[0].IP == "" {
+		t.Fatalf("attached %+v, want an address on network lag", att.Attachments)
+	}
+}
+
 // TestLateScheduleOfADeletedPodHoldsNoAddress: a pod is attached, then
 // deleted (its record removed, pod.deleted frees its address); then another
 // replica, which still knows the pod's networks from pod.accepted, handles
 // a late pod.scheduled for it. Before, that allocated an address nobody
 // would ever free; now the attach sees the pod gone and frees it.
 func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
-	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) {
+		c.BackOff = []time.Duration{20 * time.Millisecond} // a record not found is read again first
+	})
 	host := e.allHosts()[0]
 	e.declare("brief", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "brief" })
