@@ -76,6 +76,8 @@ spec:
 		}
 	}
 	checkLogs()
+	// Disk 0 came formatted, from the datastore's template.
+	checkDiskZeroFromTemplate(t, sys, dir)
 
 	// The host fails: its guests freeze, and the pod comes up elsewhere.
 	if out, errOut, code := run(t, dir, "", "sim", "host", "fail", first.Spec.NodeName); code != 0 {
