@@ -28,7 +28,7 @@ type Mounted struct {
 	// the datastore's pre-formatted template, or a disk of an earlier
 	// boot).
 	Formatted bool
-	mounts []string // in mount order
+	mounts    []string // in mount order
 }
 
 // Mount mounts the spec's disks under dir: dir/ephemeral and
