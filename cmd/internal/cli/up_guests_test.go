@@ -76,8 +76,6 @@ spec:
 		}
 	}
 	checkLogs()
-	// Disk 0 came formatted, from the datastore's template.
-	checkDiskZeroFromTemplate(t, sys, dir)
 
 	// The host fails: its guests freeze, and the pod comes up elsewhere.
 	if out, errOut, code := run(t, dir, "", "sim", "host", "fail", first.Spec.NodeName); code != 0 {
@@ -88,6 +86,9 @@ spec:
 	second := waitRunning(t, dir, "entry", first.Spec.NodeName, 120*time.Second)
 	t.Logf("host fail to containers running on %s: %s", second.Spec.NodeName, time.Since(failed).Round(time.Millisecond))
 	checkLogs()
+	// The new pod VM's disk 0 came formatted, from the datastore's
+	// template (built since the first pod VM was created).
+	checkDiskZeroFromTemplate(t, sys, dir)
 }
 
 // pushWithConfig copies the image at from to to with cfg as its config and
