@@ -23,7 +23,12 @@ type Mounted struct {
 	Ephemeral string
 	// Images maps an image disk's chainID to its mountpoint.
 	Images map[string]string
-	mounts []string // in mount order
+	// Formatted says that disk 0 held no filesystem and was formatted
+	// (mkfs.ext4) by this mount; false when it came formatted (a child of
+	// the datastore's pre-formatted template, or a disk of an earlier
+	// boot).
+	Formatted bool
+	mounts    []string // in mount order
 }
 
 // Mount mounts the spec's disks under dir: dir/ephemeral and
@@ -78,6 +83,7 @@ func (m *Mounted) mountEphemeral(src, target string) error {
 		if err := mkfsExt4(src); err != nil {
 			return err
 		}
+		m.Formatted = true
 	}
 	return m.mountDevice(src, st.Mode().IsRegular(), target, "ext4", 0)
 }

@@ -45,6 +45,12 @@ type Config struct {
 	// EphemeralDiskMiB is the capacity of each pod VM's disk 0 (thin: the
 	// datastore holds only what the containers write).
 	EphemeralDiskMiB int64
+	// EphemeralTemplate creates each disk 0 as a child of the datastore's
+	// pre-formatted ext4 template (built once per datastore and capacity,
+	// podvm/ephemeral.go), so that a guest finds it formatted; false
+	// creates it blank and the guest's agent formats it (mkfs.ext4 in
+	// every pod's start).
+	EphemeralTemplate bool
 	// GuestTimeout is how long a powered-on pod VM's guest may stay silent
 	// (no pod.containers.reported) before drift repair reports it on the
 	// pod and power-cycles the VM. Zero disables the repair: what a
@@ -92,11 +98,12 @@ func DefaultConfig() Config {
 		FolderRoot:     "podvisor",
 		GuestID:        "otherLinux64Guest",
 		// 8 GiB like a small node's ephemeral storage.
-		EphemeralDiskMiB: 8 << 10,
-		GuestTimeout:     0,
-		GuestRepairs:     2,
-		AwaitGuestStop:   true,
-		GuestStopSlack:   10 * time.Second,
+		EphemeralDiskMiB:  8 << 10,
+		EphemeralTemplate: true,
+		GuestTimeout:      0,
+		GuestRepairs:      2,
+		AwaitGuestStop:    true,
+		GuestStopSlack:    10 * time.Second,
 	}
 }
 
@@ -110,6 +117,7 @@ const (
 	EnvFolderShards   = "PODVISOR_PROVISIONER_FOLDER_SHARDS"
 	EnvDatastore      = "PODVISOR_PROVISIONER_DATASTORE"
 	EnvEphemeralDisk  = "PODVISOR_PROVISIONER_EPHEMERAL_DISK_MIB"
+	EnvEphemeralTmpl  = "PODVISOR_PROVISIONER_EPHEMERAL_TEMPLATE"
 	EnvGuestTimeout   = "PODVISOR_PROVISIONER_GUEST_TIMEOUT"
 	EnvGuestRepairs   = "PODVISOR_PROVISIONER_GUEST_REPAIRS"
 	EnvAwaitGuestStop = "PODVISOR_PROVISIONER_AWAIT_GUEST_STOP"
@@ -134,6 +142,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Int(EnvTemplatesWarm, &cfg.TemplatesWarm)
 	ephemeral := int(cfg.EphemeralDiskMiB)
 	r.Int(EnvEphemeralDisk, &ephemeral)
+	r.Bool(EnvEphemeralTmpl, &cfg.EphemeralTemplate)
 	cfg.EphemeralDiskMiB = int64(ephemeral)
 	r.Duration(EnvGuestTimeout, &cfg.GuestTimeout)
 	r.Duration(EnvGuestStopSlack, &cfg.GuestStopSlack)

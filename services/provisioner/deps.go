@@ -33,7 +33,9 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if deps.Bus == nil {
 		return nil, ErrNoBus
 	}
-	s, err := newService(cfg, deps.Bus, podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter), deps.Logger)
+	vms := podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter)
+	vms.Logger, vms.BlankEphemeral = deps.Logger, !cfg.EphemeralTemplate
+	s, err := newService(cfg, deps.Bus, vms, deps.Logger)
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,7 @@ func newEnv(t testing.TB) *env {
 	sess := simtest.Session(t, te.DC)
 	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: sess.Client, dco: sess.Datacenter, sess: sess,
 		vms: podvm.New(sess.Vim(), sess.Datacenter)}
+	e.vms.BlankEphemeral = true // as testConfig's
 	// What the image cache would have made: one disk per name in
 	// [shared-ds] podvisor-images/, standing in for image chains.
 	var disks []string
@@ -68,6 +69,9 @@ func testConfig() Config {
 	// Without guests a delete would wait out every grace period; the
 	// tests of the wait turn it on.
 	cfg.AwaitGuestStop = false
+	// No guest mounts disk 0 here: no ephemeral template to build (and
+	// upload) in every test.
+	cfg.EphemeralTemplate = false
 	return cfg
 }
 

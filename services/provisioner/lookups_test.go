@@ -37,6 +37,7 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	vc := *e.sess.Vim()
 	vc.RoundTripper = counter
 	vms := podvm.New(&vc, object.NewDatacenter(&vc, e.sess.Datacenter.Reference()))
+	vms.BlankEphemeral = true // no template build among the counted calls
 	host := e.dc.Hosts()[0].Name
 	spec := func(name, parent string) podvm.Spec {
 		return podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,

@@ -196,7 +196,15 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 			continue
 		}
 		mode := types.VirtualDiskMode(backing.DiskMode)
+		var parent string
+		if backing.Parent != nil {
+			if parent, err = d.flatExtent(backing.Parent.FileName); err != nil {
+				d.guestLog("guest disk "+unit+" parent", vm.Name, err)
+				continue
+			}
+		}
 		out.Disks = append(out.Disks, guest.Disk{
+			Parent:        parent,
 			Unit:          unit,
 			Path:          file,
 			CapacityBytes: disk.CapacityInBytes,

@@ -148,7 +148,7 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	if err != nil {
 		return nil, nil, err
 	}
-	a.log.Info("boot phase", "phase", "disks", "ms", ms(time.Since(t)), "total_ms", ms(time.Since(a.begun)))
+	a.log.Info("boot phase", "phase", "disks", "ms", ms(time.Since(t)), "total_ms", ms(time.Since(a.begun)), "formatted", mounted.Formatted)
 	var unlocked *diskcrypt.Unlocked
 	if a.keys != nil {
 		if unlocked, err = a.unlockEphemeral(ctx, mounted); err != nil {

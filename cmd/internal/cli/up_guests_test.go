@@ -86,6 +86,9 @@ spec:
 	second := waitRunning(t, dir, "entry", first.Spec.NodeName, 120*time.Second)
 	t.Logf("host fail to containers running on %s: %s", second.Spec.NodeName, time.Since(failed).Round(time.Millisecond))
 	checkLogs()
+	// The new pod VM's disk 0 came formatted, from the datastore's
+	// template (built since the first pod VM was created).
+	checkDiskZeroFromTemplate(t, sys, dir)
 }
 
 // pushWithConfig copies the image at from to to with cfg as its config and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path"
 	"strings"
 	"sync"
@@ -64,6 +65,15 @@ type Client struct {
 	// cachedCreates are the VMs whose create, still running, used cached
 	// lookups (see CreateFailed).
 	cachedCreates map[string]bool
+
+	// BlankEphemeral creates every disk 0 blank (the agent formats it)
+	// instead of as a child of the datastore's pre-formatted template
+	// (ephemeral.go). Set before the first create.
+	BlankEphemeral bool
+	// Logger says once per datastore why no template could be had; nil
+	// discards.
+	Logger    *slog.Logger
+	templates templates
 }
 
 // New returns a client for the datacenter dc.
@@ -319,6 +329,9 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 		}
 		cached = cached || fromCache
 		backings[i] = b
+	}
+	if s.EphemeralTemplate == "" && !c.BlankEphemeral {
+		s.EphemeralTemplate = c.ephemeralTemplate(ds, s.ephemeralMiB()) // "": a blank disk 0
 	}
 	cs, err := BuildConfigSpec(s, ds, backings)
 	if err != nil {

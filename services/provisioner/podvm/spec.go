@@ -26,12 +26,25 @@ type Spec struct {
 	// (thin: it takes only what the containers write). 0 means
 	// DefaultEphemeralDiskMiB.
 	EphemeralDiskMiB int64
+	// EphemeralTemplate is the datastore path of a pre-formatted disk of
+	// disk 0's capacity (see ephemeral.go): disk 0 is created as its child
+	// and starts formatted. Empty: disk 0 is created blank and the guest's
+	// agent formats it.
+	EphemeralTemplate string
 	// ImageDisks are the datastore paths of the image chain disks the
 	// pod's containers use, each once, attached read-only after disk 0 in
 	// this order (DiskDevice(1), DiskDevice(2), ...).
 	ImageDisks []string
 	// ExtraConfig is written verbatim (guestinfo.podvisor.* keys).
 	ExtraConfig map[string]string
+}
+
+// ephemeralMiB is disk 0's capacity.
+func (s Spec) ephemeralMiB() int64 {
+	if s.EphemeralDiskMiB == 0 {
+		return DefaultEphemeralDiskMiB
+	}
+	return s.EphemeralDiskMiB
 }
 
 // DefaultEphemeralDiskMiB is disk 0's capacity when the spec names none:
@@ -102,6 +115,11 @@ func (s Spec) Validate() error {
 	}
 	if s.EphemeralDiskMiB < 0 {
 		errs = append(errs, fmt.Errorf("ephemeralDiskMiB %d: must not be negative (0 means %d)", s.EphemeralDiskMiB, DefaultEphemeralDiskMiB))
+	}
+	if s.EphemeralTemplate != "" {
+		if _, err := parseDatastorePath(s.EphemeralTemplate); err != nil {
+			errs = append(errs, fmt.Errorf("ephemeralTemplate: %w", err))
+		}
 	}
 	if len(s.ImageDisks) == 0 {
 		errs = append(errs, errors.New("imageDisks: a pod VM needs at least one image disk"))
@@ -199,19 +217,26 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	}
 
 	// Disk 0: the ephemeral disk, created with the VM in its directory and
-	// destroyed with it. Thin, so a pod pays only for what it writes.
-	ephemeral := s.EphemeralDiskMiB
-	if ephemeral == 0 {
-		ephemeral = DefaultEphemeralDiskMiB
+	// destroyed with it. Thin, so a pod pays only for what it writes; with
+	// a template, a child (delta) of the pre-formatted template disk, so it
+	// starts formatted (the template is never written: the child holds
+	// the VM's writes).
+	eph := &types.VirtualDiskFlatVer2BackingInfo{
+		VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: EphemeralDiskPath(datastore, s.Name)},
+		DiskMode:                     string(types.VirtualDiskModePersistent),
+		ThinProvisioned:              types.NewBool(true),
+	}
+	if s.EphemeralTemplate != "" {
+		eph.Parent = &types.VirtualDiskFlatVer2BackingInfo{
+			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: s.EphemeralTemplate},
+			DiskMode:                     string(types.VirtualDiskModePersistent),
+			ThinProvisioned:              types.NewBool(true),
+		}
 	}
 	cs.DeviceChange = append(cs.DeviceChange, &types.VirtualDeviceConfigSpec{
 		Operation:     types.VirtualDeviceConfigSpecOperationAdd,
 		FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
-		Device: disk(0, &types.VirtualDiskFlatVer2BackingInfo{
-			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: EphemeralDiskPath(datastore, s.Name)},
-			DiskMode:                     string(types.VirtualDiskModePersistent),
-			ThinProvisioned:              types.NewBool(true),
-		}, ephemeral*1024),
+		Device:        disk(0, eph, s.ephemeralMiB()*1024),
 	})
 	// The image disks: existing files, shared by every pod VM of the image,
 	// attached independent-nonpersistent so that no write of this VM ever

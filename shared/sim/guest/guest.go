@@ -142,6 +142,12 @@ type Disk struct {
 	// they are; a read/write disk's extent is extended (sparse) to its
 	// capacity, as a hypervisor presents a zero-filled device of that size.
 	ReadOnly bool
+	// Parent is the flat extent of the disk this one is a child of (a
+	// delta disk over a shared base, such as a pre-formatted template), or
+	// "". A read/write child whose own extent was never written starts
+	// with its parent's content, as a hypervisor reads a delta disk's
+	// unwritten blocks from its parent.
+	Parent string
 }
 
 // NIC is one virtual network card as the guest gets it.
@@ -230,6 +236,10 @@ type Manager struct {
 	// carries: a NIC is plugged only while its VM's host carries its port
 	// group.
 	carried map[string]map[string]bool
+
+	// bases holds the content of the parent disks of delta disks
+	// (delta.go).
+	bases bases
 }
 
 // parallelStarts is how many guests boot at once. A boot mostly waits
@@ -394,6 +404,9 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	devices := map[string]string{}
 	for _, d := range vm.Disks {
 		if !d.ReadOnly {
+			if err := m.bases.materialize(d.Path, d.Parent); err != nil {
+				return nil, fmt.Errorf("disk %s: %w", d.Unit, err)
+			}
 			if err := extend(d.Path, d.CapacityBytes); err != nil {
 				return nil, fmt.Errorf("disk %s: %w", d.Unit, err)
 			}
