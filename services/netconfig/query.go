@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -14,29 +13,26 @@ import (
 )
 
 // queryTimeout bounds one availability answer (two KV reads and a look at
-// the host in vCenter).
+// the host in vCenter); the asker's own deadline, when sooner, bounds it
+// too (bus.HeaderReplyBy).
 const queryTimeout = 2 * time.Second
 
-// serveQueries answers events.SubjectQueryNetworkAvailable requests in a
-// queue group, so any number of replicas share the load and each request
-// gets one answer. ctx bounds the repairs an answer starts.
-func (s *Service) serveQueries(ctx context.Context) (*nats.Subscription, error) {
-	sub, err := s.bus.Conn().QueueSubscribe(events.SubjectQueryNetworkAvailable, Name, func(m *nats.Msg) {
-		qctx, cancel := context.WithTimeout(ctx, queryTimeout)
-		defer cancel()
-		ans := s.Available(qctx, m.Data)
+// serveQueries answers events.SubjectQueryNetworkAvailable requests until
+// ctx ends, through bus.ServeWithin: in a queue group (any number of
+// replicas share the load, each request gets one answer), several at once
+// (a slow vCenter read of one host does not hold up the others), and none
+// after its asker has stopped waiting. Answered one at a time, queries
+// queued behind slow ones at thousands of hosts and their late answers
+// were refused by the server (a service may answer a request only within
+// bus.AnswerWindow). ctx also bounds the repairs an answer starts.
+func (s *Service) serveQueries(ctx context.Context) error {
+	return s.bus.ServeWithin(ctx, events.SubjectQueryNetworkAvailable, queryTimeout, func(qctx context.Context, data []byte) ([]byte, error) {
+		ans := s.Available(qctx, data)
 		if ans.State == events.NetworkOnHostFailed && ans.Reason == ReasonNotRealized {
 			s.repairSoon(ctx, ans.Network)
 		}
-		data, _ := json.Marshal(ans)
-		if err := m.Respond(data); err != nil {
-			s.log.Warn("answer availability query", "err", err)
-		}
+		return json.Marshal(ans)
 	})
-	if err != nil {
-		return nil, fmt.Errorf("netconfig: subscribe %s: %w", events.SubjectQueryNetworkAvailable, err)
-	}
-	return sub, nil
 }
 
 // Available answers one availability query (JSON of
@@ -166,11 +162,18 @@ func (s *Service) portGroupRef(ctx context.Context, name string, fresh bool) (ty
 	return pg.Ref, ok, nil
 }
 
-// hostRef finds a host's reference by name, from a cache filled by the
-// inventory (host references do not change while a host exists).
+// hostRef finds a host's reference by name, from a cache of every host's
+// reference filled by a listing on a miss (host references do not change
+// while a host exists). Queries answered at once that miss together share
+// one listing: at thousands of hosts a listing is seconds of vCenter work.
 func (s *Service) hostRef(ctx context.Context, name string) (types.ManagedObjectReference, error) {
 	if v, ok := s.hostRefs.Load(name); ok {
 		return v.(types.ManagedObjectReference), nil
+	}
+	s.hostListing.Lock()
+	defer s.hostListing.Unlock()
+	if v, ok := s.hostRefs.Load(name); ok {
+		return v.(types.ManagedObjectReference), nil // listed while this one waited
 	}
 	hosts, err := s.fab.Hosts(ctx)
 	if err != nil {

@@ -56,8 +56,10 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
-	// hostRefs caches host references by name (availability queries).
-	hostRefs sync.Map
+	// hostRefs caches host references by name (availability queries);
+	// hostListing makes the queries that miss it share one listing.
+	hostRefs    sync.Map
+	hostListing sync.Mutex
 	// pgRefs caches port group references by name for availability
 	// queries (portGroupRef).
 	pgRefs sync.Map
@@ -156,12 +158,7 @@ func (s *Service) routes() *bus.Router {
 // nil when ctx ends and the consumers have drained.
 func (s *Service) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	sub, err := s.serveQueries(ctx)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
-
+	g.Go(func() error { return s.serveQueries(ctx) })
 	r := s.routes()
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
@@ -176,7 +173,7 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.ManagementInterval > 0 {
 		g.Go(func() error { s.managementLoop(ctx); return nil })
 	}
-	err = g.Wait()
+	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}

@@ -40,7 +40,9 @@ func (s *Service) askNetwork(ctx context.Context, network, host string) (events.
 	data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
 	ctx, cancel := context.WithTimeout(ctx, networkQueryTimeout)
 	defer cancel()
-	m, err := s.bus.Conn().RequestWithContext(ctx, events.SubjectQueryNetworkAvailable, data)
+	// bus.Request tells network-config when this stops waiting, so an
+	// answer that would come too late is not computed (nor refused).
+	out, err := s.bus.Request(ctx, events.SubjectQueryNetworkAvailable, data)
 	if err != nil {
 		if !errors.Is(err, nats.ErrNoResponders) {
 			s.log.Warn("network availability query unanswered; the snapshot decides", "network", network, "host", host, "err", err)
@@ -48,7 +50,7 @@ func (s *Service) askNetwork(ctx context.Context, network, host string) (events.
 		return events.NetworkAvailabilityAnswer{}, false
 	}
 	var ans events.NetworkAvailabilityAnswer
-	if err := json.Unmarshal(m.Data, &ans); err != nil || ans.State == "" {
+	if err := json.Unmarshal(out, &ans); err != nil || ans.State == "" {
 		s.log.Warn("undecodable network availability answer; the snapshot decides", "network", network, "host", host, "err", err)
 		return events.NetworkAvailabilityAnswer{}, false
 	}

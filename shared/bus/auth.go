@@ -209,7 +209,9 @@ func (a *Authority) mint(id Identity) (string, error) {
 	uc.Pub.Deny.Add(perms.PublishDeny...)
 	uc.Sub.Allow.Add(perms.Subscribe...)
 	if perms.Respond {
-		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+		// One answer within AnswerWindow of the request: Request never
+		// waits longer, and Serve drops what its requester gave up on.
+		uc.Resp = &jwt.ResponsePermission{MaxMsgs: 1, Expires: AnswerWindow}
 		if perms.StreamResponses {
 			// -1: no limit on the answers to one request (0 would mean
 			// the server's default of one).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -49,6 +50,7 @@ func Connect(ctx context.Context, url string, opts ...nats.Option) (*Bus, error)
 		nats.ReconnectWait(500 * time.Millisecond),
 		nats.ReconnectJitter(250*time.Millisecond, time.Second),
 		nats.Timeout(timeout),
+		nats.ErrorHandler(reportAsyncError),
 	}, opts...)
 
 	type result struct {
@@ -82,6 +84,19 @@ func Connect(ctx context.Context, url string, opts ...nats.Option) (*Bus, error)
 		return nil, fmt.Errorf("bus: jetstream on %s: %w", url, err)
 	}
 	return &Bus{nc: r.nc, js: js}, nil
+}
+
+// reportAsyncError writes what the server refused or reported on a
+// connection outside any call (a permissions violation, a slow consumer)
+// to stderr, as nats.go's default does, but naming the connection
+// (podvisor-<service>) rather than only the server's connection id, so
+// that the identity concerned is known.
+func reportAsyncError(nc *nats.Conn, sub *nats.Subscription, err error) {
+	var subject string
+	if sub != nil {
+		subject = fmt.Sprintf(" for subscription on %q", sub.Subject)
+	}
+	fmt.Fprintf(os.Stderr, "nats: connection %q: %v%s\n", nc.Opts.Name, err, subject)
 }
 
 // Conn is the underlying core NATS connection.

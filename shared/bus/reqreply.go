@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,6 +19,20 @@ const HeaderError = "Pv-Error"
 
 // ErrRemote wraps the error a Serve handler returned, as Request reports it.
 var ErrRemote = errors.New("remote error")
+
+// HeaderReplyBy carries the time until which the requester waits for its
+// answer (RFC 3339, UTC): Serve does not answer a request whose requester
+// has given up. A late answer is not only wasted work: a service identity
+// may answer a request only within AnswerWindow of receiving it (the
+// server's response permission), so answers that queued behind slow ones
+// were refused as permission violations.
+const HeaderReplyBy = "Pv-Reply-By"
+
+// AnswerWindow is how long a service identity may answer a request it
+// received (the response permission of its JWT, Authority.mint), and so the
+// longest a Request waits: a request without a deadline, or with a later
+// one, waits this long.
+const AnswerWindow = time.Minute
 
 // maxConcurrentRequests bounds the replies one Serve computes at once; reads
 // are cheap, but a burst should queue in NATS, not pile up goroutines.
@@ -82,12 +97,22 @@ func (b *Bus) ServeWithin(ctx context.Context, subject string, timeout time.Dura
 }
 
 func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, req *nats.Msg, h func(context.Context, []byte) ([]byte, error)) {
+	by, hasBy := ReplyBy(req)
+	if hasBy && !time.Now().Before(by) {
+		serveExpired.Add(1)
+		return // the requester stopped waiting: nobody reads an answer now
+	}
 	parent := propagator().Extract(ctx, headerCarrier(req.Header))
 	ctx, span := tracer().Start(parent, "serve "+subject, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
 	defer span.End()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	if hasBy {
+		var cancelBy context.CancelFunc
+		ctx, cancelBy = context.WithDeadline(ctx, by)
+		defer cancelBy()
+	}
 	out, err := safeServe(ctx, h, req.Data)
 	resp := nats.NewMsg(req.Reply)
 	if err != nil {
@@ -99,7 +124,50 @@ func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, 
 	if req.Reply == "" {
 		return
 	}
+	if hasBy && !time.Now().Before(by) {
+		serveExpired.Add(1)
+		return
+	}
 	_ = b.nc.PublishMsg(resp)
+}
+
+// serveExpired counts the requests Serve dropped because their requester
+// had stopped waiting (ServeExpired).
+var serveExpired atomic.Int64
+
+// ServeExpired is how many requests this process's Serve handlers left
+// unanswered because the requester's HeaderReplyBy had passed.
+func ServeExpired() int64 { return serveExpired.Load() }
+
+// ReplyBy returns the time until which req's requester waits
+// (HeaderReplyBy); ok is false when the request does not say.
+func ReplyBy(req *nats.Msg) (time.Time, bool) {
+	if req == nil || req.Header == nil {
+		return time.Time{}, false
+	}
+	v := req.Header.Get(HeaderReplyBy)
+	if v == "" {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	return t, err == nil
+}
+
+// NewRequest is a request message to subject carrying ctx's trace and the
+// time its requester stops waiting (HeaderReplyBy): ctx's deadline, at most
+// AnswerWindow from now. It returns the context to wait with, bounded the
+// same way.
+func NewRequest(ctx context.Context, subject string, data []byte) (*nats.Msg, context.Context, context.CancelFunc) {
+	by := time.Now().Add(AnswerWindow)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(by) {
+		by = dl
+	}
+	ctx, cancel := context.WithDeadline(ctx, by)
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	propagator().Inject(ctx, headerCarrier(msg.Header))
+	msg.Header.Set(HeaderReplyBy, by.UTC().Format(time.RFC3339Nano))
+	return msg, ctx, cancel
 }
 
 // safeServe turns a panicking query handler into an error reply rather than
@@ -113,8 +181,10 @@ func safeServe(ctx context.Context, h func(context.Context, []byte) ([]byte, err
 	return h(ctx, data)
 }
 
-// Request sends data to subject and waits for one reply until ctx ends. An
-// error returned by the serving handler comes back wrapped in ErrRemote.
+// Request sends data to subject and waits for one reply until ctx ends (at
+// most AnswerWindow), telling the server when it stops waiting
+// (HeaderReplyBy). An error returned by the serving handler comes back
+// wrapped in ErrRemote.
 func (b *Bus) Request(ctx context.Context, subject string, data []byte) ([]byte, error) {
 	if subject == "" {
 		return nil, errors.New("bus: request: subject is empty")
@@ -122,9 +192,8 @@ func (b *Bus) Request(ctx context.Context, subject string, data []byte) ([]byte,
 	ctx, span := tracer().Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
 	defer span.End()
-	msg := nats.NewMsg(subject)
-	msg.Data = data
-	propagator().Inject(ctx, headerCarrier(msg.Header))
+	msg, ctx, cancel := NewRequest(ctx, subject, data)
+	defer cancel()
 	resp, err := b.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,5 +136,69 @@ func TestServeBoundsHandlers(t *testing.T) {
 	}
 	if took := time.Since(start); took > 3*time.Second {
 		t.Errorf("answer took %s, want about the 200ms bound", took)
+	}
+}
+
+// A request says when its requester stops waiting (HeaderReplyBy): the
+// handler's context ends then, and nothing is answered after it, so a
+// service identity never sends the late answer its response permission
+// would refuse (bus.AnswerWindow).
+func TestServeDoesNotAnswerAfterTheRequesterGaveUp(t *testing.T) {
+	b := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var calls atomic.Int32
+	go func() {
+		// A bound far beyond the requester's: only HeaderReplyBy can end
+		// the handler in time.
+		_ = b.ServeWithin(ctx, "pv.query.late", time.Minute, func(hctx context.Context, data []byte) ([]byte, error) {
+			if string(data) == "ping" {
+				return data, nil
+			}
+			calls.Add(1)
+			<-hctx.Done()
+			return []byte("too late"), nil
+		})
+	}()
+	rctx := testContext(t)
+	waitFor(t, 5*time.Second, "server subscribed", func() bool {
+		_, err := b.Request(rctx, "pv.query.late", []byte("ping"))
+		return err == nil
+	})
+
+	before := bus.ServeExpired()
+	short, stop := context.WithTimeout(rctx, 200*time.Millisecond)
+	_, err := b.Request(short, "pv.query.late", []byte("slow"))
+	stop()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("request to a handler slower than the requester: err = %v, want its deadline", err)
+	}
+	waitFor(t, 5*time.Second, "the slow handler's answer dropped at the requester's deadline", func() bool {
+		return bus.ServeExpired() == before+1
+	})
+
+	// A request whose requester already gave up is not handled at all.
+	inbox := b.Conn().NewRespInbox()
+	sub, err := b.Conn().SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	req := nats.NewMsg("pv.query.late")
+	req.Reply = inbox
+	req.Data = []byte("stale")
+	req.Header.Set(bus.HeaderReplyBy, time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
+	if err := b.Conn().PublishMsg(req); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the stale request dropped", func() bool { return bus.ServeExpired() == before+2 })
+	if err := b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := sub.Pending(); n != 0 {
+		t.Errorf("%d answers reached the inbox of requests nobody waited for", n)
+	}
+	if got := calls.Load(); got != 1 {
+		t.Errorf("the handler ran %d times, want 1 (the stale request must not reach it)", got)
 	}
 }
