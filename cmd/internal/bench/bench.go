@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -325,6 +326,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("bench: pipeline: %w", err)
 	}
 	p.say("pipeline: %.1f pods/s, p99 %.0f ms", res.Pipeline.PodsPerS, res.Pipeline.LatencyMS.P99)
+	// The baselines build simulators of the same size again, which takes
+	// minutes at thousands of hosts: what the pipeline measured is said
+	// now, so a run stopped during them still leaves it.
+	if b, err := json.Marshal(struct {
+		Pipeline Pipeline `json:"pipeline"`
+		Memory   Memory   `json:"memory"`
+		Cost     Cost     `json:"cost"`
+	}{res.Pipeline, res.Memory, res.Cost}); err == nil {
+		p.say("pipeline figures: %s", b)
+	}
 
 	size := benchPodSize()
 	for _, w := range cfg.RawWorkers {

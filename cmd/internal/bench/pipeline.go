@@ -510,14 +510,19 @@ func measureImageCache(ctx context.Context, b *bus.Bus, w *watcher, image string
 // not parked as unschedulable while up is still settling.
 func waitReady(ctx context.Context, b *bus.Bus, hosts int) error {
 	// Thousands of hosts take a while to announce and to carry the
-	// default network.
+	// default network, the more so on a busy machine: the wait starts
+	// again whenever the count moves.
 	wait := max(2*time.Minute, time.Duration(hosts)*100*time.Millisecond)
 	deadline := time.Now().Add(wait)
 	var why string
 	for time.Now().Before(deadline) {
+		was := why
 		why = readiness(ctx, b, hosts)
 		if why == "" {
 			return nil
+		}
+		if why != was {
+			deadline = time.Now().Add(wait)
 		}
 		select {
 		case <-ctx.Done():
