@@ -236,8 +236,19 @@ func request(ctx context.Context, b *bus.Bus, name, image string) error {
 	if err != nil {
 		return err
 	}
-	return b.Publish(ctx, ev)
+	// The stream stores one message at a time, each synced to disk: with
+	// thousands of requests in flight on a busy machine the server's
+	// acknowledgement can take longer than the client's default 5 s (a
+	// 5,000-host run failed so). The request counts from before the
+	// publish, so a longer wait is measured, not hidden.
+	pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+	defer cancel()
+	return b.Publish(pctx, ev)
 }
+
+// publishTimeout bounds the wait for the server's acknowledgement of one
+// request.
+const publishTimeout = 2 * time.Minute
 
 // runPipeline starts the all-in-one, measures the image cache, then applies
 // the pods and measures them to VM running (pod.vm.ready). It returns the simulated hosts for
