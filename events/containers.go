@@ -30,9 +30,7 @@ const TemplateNamespace = "podvisor-templates"
 // each time the agent connects); the provisioner folds it into the pod
 // record's status.containerStatuses, conditions and phase.
 type PodContainersReported struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host is the host whose agent holds the channel; VM the pod VM's name.
 	Host string `json:"host"`
 	VM   string `json:"vm"`
@@ -57,7 +55,7 @@ type PodContainersReported struct {
 // Validate checks identity, provenance and that every status names a
 // container once.
 func (e *PodContainersReported) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, required(field.NewPath("vm"), e.VM)...)
 	errs = append(errs, required(field.NewPath("bootID"), e.BootID)...)
@@ -98,6 +96,3 @@ func (e *PodContainersReported) Validate() error {
 	check(field.NewPath("containerStatuses"), e.ContainerStatuses)
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodContainersReported) ObjectKey() string { return PodKey(e.Namespace, e.Name) }

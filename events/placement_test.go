@@ -57,7 +57,7 @@ func TestNetworkRefusalsAreKeptOnceInOrder(t *testing.T) {
 }
 
 func TestPodScheduledRefusalsAreValidated(t *testing.T) {
-	e := PodScheduled{Namespace: "default", Name: "web", UID: "u1", Host: "esx-1", Cluster: "c1",
+	e := PodScheduled{PodRef: PodRef{Namespace: "default", Name: "web", UID: "u1"}, Host: "esx-1", Cluster: "c1",
 		Refusals: []HostRefusal{{Host: "", Network: "Bad_Name", Reason: ""}}}
 	err := e.Validate()
 	for _, want := range []string{"refusals[0].host", "refusals[0].network", "refusals[0].reason"} {

@@ -59,12 +59,9 @@ func (e *PodRequested) ObjectKey() string { return PodKey(e.Pod.Namespace, e.Pod
 // PodAccepted records that the provisioner admitted a pod: its record exists
 // and every other service may start working on it.
 type PodAccepted struct {
-	// Namespace of the pod (never empty: the pod was normalized).
-	Namespace string `json:"namespace"`
-	// Name of the pod.
-	Name string `json:"name"`
-	// UID assigned to the pod; the pod VM is named pv-<uid>.
-	UID string `json:"uid"`
+	// PodRef names the pod; its namespace is never empty (the pod was
+	// normalized) and the pod VM is named pv-<uid>.
+	PodRef
 	// Pod is the normalized manifest (NormalizePod applied, status cleared).
 	Pod corev1.Pod `json:"pod"`
 	// Size is SizePodVM(Pod), computed once at admission so every service
@@ -82,7 +79,7 @@ type PodAccepted struct {
 // Validate checks the identity, the manifest and that the derived fields are
 // consistent with it.
 func (e *PodAccepted) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validatePod(&e.Pod, field.NewPath("pod"))...)
 	if e.Pod.Name != e.Name {
 		errs = append(errs, field.Invalid(field.NewPath("pod", "metadata", "name"), e.Pod.Name, "must equal name "+e.Name))
@@ -106,9 +103,6 @@ func (e *PodAccepted) Validate() error {
 	}
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodAccepted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // PodRejected says a request about a pod was refused and why. Nothing was
 // changed.
@@ -147,9 +141,7 @@ func (e *PodRejected) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 // PodScheduled binds a pod to a host: the scheduler has reserved the pod's
 // size in the host's ledger.
 type PodScheduled struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host is the vSphere host name the pod VM will run on.
 	Host string `json:"host"`
 	// Cluster is the compute cluster of Host.
@@ -168,7 +160,7 @@ type PodScheduled struct {
 
 // Validate checks identity and placement.
 func (e *PodScheduled) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
 	errs = append(errs, validateNames(field.NewPath("datastores"), e.Datastores, validateObjectName)...)
@@ -176,15 +168,10 @@ func (e *PodScheduled) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodScheduled) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodUnschedulable says no host can take the pod now. The scheduler retries
 // by itself when inventory, ledger or networks change.
 type PodUnschedulable struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Message summarizes for a person, in the style of kube-scheduler:
 	// "0/16 hosts: 10 insufficient memory, 6 network backend not on host".
 	Message string `json:"message"`
@@ -197,7 +184,7 @@ type PodUnschedulable struct {
 
 // Validate checks identity and that the counts add up.
 func (e *PodUnschedulable) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, required(field.NewPath("message"), e.Message)...)
 	errs = append(errs, validateNonNegative(field.NewPath("hosts"), int64(e.Hosts))...)
 	sum := 0
@@ -214,9 +201,6 @@ func (e *PodUnschedulable) Validate() error {
 	}
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodUnschedulable) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // ContainerImage is one container's prepared image.
 type ContainerImage struct {
@@ -336,16 +320,14 @@ func (c *ContainerImage) validate(p *field.Path) field.ErrorList {
 // disk chain the provisioner can use as the parent of the containers' root
 // disks.
 type PodImagesReady struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Containers has one entry per container, in container order.
 	Containers []ContainerImage `json:"containers"`
 }
 
 // Validate checks identity and each container's image.
 func (e *PodImagesReady) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	if len(e.Containers) == 0 {
 		errs = append(errs, field.Required(field.NewPath("containers"), ""))
 	}
@@ -361,14 +343,9 @@ func (e *PodImagesReady) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodImagesReady) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodImagesFailed says an image of the pod could not be prepared.
 type PodImagesFailed struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Container whose image failed.
 	Container string `json:"container"`
 	// Image is the reference as written in the manifest.
@@ -382,15 +359,12 @@ type PodImagesFailed struct {
 
 // Validate checks identity and the reason.
 func (e *PodImagesFailed) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateDNSLabel(field.NewPath("container"), e.Container)...)
 	errs = append(errs, required(field.NewPath("image"), e.Image)...)
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodImagesFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // NetworkAttachment is one NIC of a pod VM.
 type NetworkAttachment struct {
@@ -437,9 +411,7 @@ func (a *NetworkAttachment) validate(p *field.Path) field.ErrorList {
 // PodNetworkAttached says every network of the pod is realized on the host it
 // was scheduled to and an address is allocated on each.
 type PodNetworkAttached struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host the attachments were prepared on (the scheduled host).
 	Host string `json:"host"`
 	// Attachments has one entry per network, in PodNetworks order (NIC order).
@@ -448,20 +420,15 @@ type PodNetworkAttached struct {
 
 // Validate checks identity and each attachment.
 func (e *PodNetworkAttached) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateAttachments(e.Attachments)...)
 	return asError(errs)
 }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodNetworkAttached) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodNetworkFailed says a network of the pod could not be attached.
 type PodNetworkFailed struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host the pod was scheduled to.
 	Host string `json:"host,omitempty"`
 	// Network that failed.
@@ -475,15 +442,12 @@ type PodNetworkFailed struct {
 
 // Validate checks identity and the reason.
 func (e *PodNetworkFailed) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateDNSLabel(field.NewPath("network"), e.Network)...)
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodNetworkFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // PodVMReady says the pod VM exists and is powered on: its guest is
 // booting or its containers are starting. It is not Running: that needs every
@@ -491,9 +455,7 @@ func (e *PodNetworkFailed) ObjectKey() string { return PodKey(e.Namespace, e.Nam
 // datacenter without guests never gets further than this, so tools that
 // measure the control plane alone (bench, scale tests) wait for this fact.
 type PodVMReady struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// VM is the managed object reference of the pod VM.
 	VM string `json:"vm"`
 	// Host the VM runs on.
@@ -505,15 +467,10 @@ type PodVMReady struct {
 // Validate checks identity and location.
 func (e *PodVMReady) Validate() error { return (*PodRunning)(e).Validate() }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodVMReady) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodRunning says every container of the pod has started, as the pod VM's
 // guest reported it (pod.containers.reported); the VM exists and is on.
 type PodRunning struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// VM is the managed object reference of the pod VM (for example
 	// "vm-42"); its name is pv-<uid>.
 	VM string `json:"vm"`
@@ -525,22 +482,17 @@ type PodRunning struct {
 
 // Validate checks identity and location.
 func (e *PodRunning) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, required(field.NewPath("vm"), e.VM)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateIPv4(field.NewPath("ip"), e.IP, false)...)
 	return asError(errs)
 }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodRunning) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodFailed says the pod cannot run; the owners release what they hold for it
 // when they see this event.
 type PodFailed struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host the pod was on or bound to, if any.
 	Host string `json:"host,omitempty"`
 	// Reason is a CamelCase word: CreateVMFailed, PowerOnFailed,
@@ -552,14 +504,11 @@ type PodFailed struct {
 
 // Validate checks identity and the reason.
 func (e *PodFailed) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // PodDeleteRequested asks podvisor to delete a pod. Any client may publish it.
 type PodDeleteRequested struct {
@@ -597,9 +546,7 @@ type NetworkIP struct {
 // PodDeleted says the pod VM is gone and the pod record removed; owners
 // release the ledger entry, the addresses and the image references.
 type PodDeleted struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host the pod was bound to; empty if it never was.
 	Host string `json:"host,omitempty"`
 	// Images are the image digests the pod referenced.
@@ -610,7 +557,7 @@ type PodDeleted struct {
 
 // Validate checks identity and what is to be released.
 func (e *PodDeleted) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	for i, img := range e.Images {
 		errs = append(errs, validateDigest(field.NewPath("images").Index(i), img)...)
@@ -623,15 +570,10 @@ func (e *PodDeleted) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodDeleted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // PodEvicted says a pod was taken off its host (host lost or drain without
 // a possible migration); the provisioner re-creates it elsewhere.
 type PodEvicted struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	PodRef
 	// Host the pod was evicted from.
 	Host string `json:"host"`
 	// Reason is a CamelCase word: HostLost, HostDrained, ...
@@ -642,11 +584,8 @@ type PodEvicted struct {
 
 // Validate checks identity, host and reason.
 func (e *PodEvicted) Validate() error {
-	errs := validatePodRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.PodRef.validate()
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
 	return asError(errs)
 }
-
-// ObjectKey is the pod key <namespace>/<name>.
-func (e *PodEvicted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }

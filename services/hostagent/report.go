@@ -32,8 +32,8 @@ func ReportID(podUID, bootID string, seq uint64) string {
 // has not reported yet is waiting (ContainerCreating).
 func report(pod *events.PodRecord, h guestchannel.Hello, st guestchannel.Status, byName map[string]guestchannel.ContainerStatus) *events.PodContainersReported {
 	r := &events.PodContainersReported{
-		Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
-		Host: pod.Host, VM: pod.VMName,
+		PodRef: events.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID},
+		Host:   pod.Host, VM: pod.VMName,
 		BootID: h.BootID, Seq: st.Seq,
 		Phase: st.Phase, Reason: st.Reason, Message: st.Message,
 	}

@@ -254,7 +254,7 @@ func (s *Service) imagesFailed(ctx context.Context, m *bus.Message, ns, name, ui
 	ctx, cancel := publishContext(ctx)
 	defer cancel()
 	return s.out.Emit(ctx, &m.Event, &events.PodImagesFailed{
-		Namespace: ns, Name: name, UID: uid, Container: ie.c.Name, Image: ie.c.Image, Reason: reason, Message: m.FailureMessage(err),
+		PodRef: events.PodRef{Namespace: ns, Name: name, UID: uid}, Container: ie.c.Name, Image: ie.c.Image, Reason: reason, Message: m.FailureMessage(err),
 	})
 }
 
@@ -453,7 +453,7 @@ func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, ui
 	if last == sig {
 		return nil
 	}
-	ready := events.PodImagesReady{Namespace: ns, Name: name, UID: uid}
+	ready := events.PodImagesReady{PodRef: events.PodRef{Namespace: ns, Name: name, UID: uid}}
 	for _, c := range cs {
 		p := preps[c.Image]
 		ready.Containers = append(ready.Containers, events.ContainerImage{

@@ -150,7 +150,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	// Deleting the pods drops their references.
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("worker-%d", i)
-		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{Namespace: "default", Name: name, UID: testenv.UID(name)})
+		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: name, UID: testenv.UID(name)}})
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -32,7 +32,7 @@ func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.Host
 			continue
 		}
 		if err := s.emit(ctx, &m.Event, &events.PodEvicted{
-			Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, Host: p.Name, Reason: ReasonHostLost,
+			PodRef: events.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, Host: p.Name, Reason: ReasonHostLost,
 			Message: fmt.Sprintf("host %s stopped responding (%s); the pod restarts on another host", p.Name, p.Reason),
 		}, bus.Flow(pod.TraceParent)); err != nil {
 			return err

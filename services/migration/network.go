@@ -83,7 +83,7 @@ func (s *Service) onNetworkHostFailed(ctx context.Context, m *bus.Message, p *ev
 			continue
 		}
 		if err := s.emit(ctx, &m.Event, &events.PodEvicted{
-			Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID, Host: p.Host, Reason: ReasonNetworkLost,
+			PodRef: events.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}, Host: p.Host, Reason: ReasonNetworkLost,
 			Message: fmt.Sprintf("host %s lost network %s (%s: %s); the pod restarts on another host", p.Host, p.Name, p.Reason, p.Message),
 		}, bus.Flow(pod.TraceParent)); err != nil {
 			return err

@@ -98,7 +98,7 @@ func (s *Service) attach(ctx context.Context, m *bus.Message, p *events.PodSched
 		return err
 	}
 	return s.out.Emit(ctx, cause, &events.PodNetworkAttached{
-		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Attachments: atts,
+		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Host: p.Host, Attachments: atts,
 	}, bus.Distinct("attach"))
 }
 
@@ -174,7 +174,7 @@ func (s *Service) attachFailed(ctx context.Context, m *bus.Message, p *events.Po
 		network = "unknown"
 	}
 	return s.out.Emit(ctx, &m.Event, &events.PodNetworkFailed{
-		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host, Network: network, Reason: reason, Message: msg,
+		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Host: p.Host, Network: network, Reason: reason, Message: msg,
 	}, bus.Distinct("attach"))
 }
 

@@ -101,7 +101,7 @@ func (e *env) allHosts() []string { return simtest.HostNames(e.dc, "") }
 func (e *env) schedule(name, uid, host string, networks ...string) {
 	e.t.Helper()
 	e.Accept(podAccepted(name, uid, networks))
-	e.Publish(&events.PodScheduled{Namespace: "default", Name: name, UID: uid, Host: host, Cluster: e.clusterOf(host)})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: name, UID: uid}, Host: host, Cluster: e.clusterOf(host)})
 }
 
 func (e *env) clusterOf(host string) string { return simtest.ClusterOf(e.t, e.dc, host) }

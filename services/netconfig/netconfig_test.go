@@ -130,7 +130,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	// the hosts are cleaned.
 	for _, p := range attached {
 		e.publish(events.TypePodDeleted, events.PodKey(p.Namespace, p.Name), &events.PodDeleted{
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host,
+			PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Host: p.Host,
 			IPs: []events.NetworkIP{{Network: "frontend", IP: p.Attachments[0].IP}},
 		})
 	}
@@ -463,7 +463,7 @@ func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	acc := podAccepted("late", "uid-late", []string{"rec"})
 	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks})
 	e.publish(events.TypePodScheduled, events.PodKey("default", "late"), &events.PodScheduled{
-		Namespace: "default", Name: "late", UID: "uid-late", Host: host, Cluster: "cluster-1",
+		PodRef: events.PodRef{Namespace: "default", Name: "late", UID: "uid-late"}, Host: host, Cluster: "cluster-1",
 	})
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "late" })
 	if len(att.Attachments) != 1 || att.Attachments[0].Network != "rec" {
@@ -519,7 +519,7 @@ func TestAttachReadsAgainARecordNotFound(t *testing.T) {
 
 	acc := podAccepted("lagging", "uid-lagging", []string{"lag"})
 	e.Publish(acc) // announced; its record is not readable yet
-	e.Publish(&events.PodScheduled{Namespace: "default", Name: "lagging", UID: acc.UID, Host: host, Cluster: e.clusterOf(host)})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "lagging", UID: acc.UID}, Host: host, Cluster: e.clusterOf(host)})
 	// The record shows up only once a delivery has found none and the
 	// event is being delivered again.
 	ctx := context.Background()
@@ -558,13 +558,13 @@ func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq := e.publish(events.TypePodDeleted, events.PodKey("default", "short"), &events.PodDeleted{
-		Namespace: "default", Name: "short", UID: "uid-short", Host: host,
+		PodRef: events.PodRef{Namespace: "default", Name: "short", UID: "uid-short"}, Host: host,
 		IPs: []events.NetworkIP{{Network: "brief", IP: att.Attachments[0].IP}},
 	})
 	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
 	e.publish(events.TypePodAccepted, events.PodKey("default", "short"), podAccepted("short", "uid-short", []string{"brief"}))
 	seq = e.publish(events.TypePodScheduled, events.PodKey("default", "short"), &events.PodScheduled{
-		Namespace: "default", Name: "short", UID: "uid-short", Host: host, Cluster: e.clusterOf(host),
+		PodRef: events.PodRef{Namespace: "default", Name: "short", UID: "uid-short"}, Host: host, Cluster: e.clusterOf(host),
 	})
 	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
 

@@ -48,7 +48,7 @@ func (s *Service) onVMScheduled(ctx context.Context, m *bus.Message, e *events.V
 	if err != nil {
 		return err
 	}
-	as := &events.PodScheduled{Namespace: e.Namespace, Name: e.Name, UID: e.UID, Host: e.Host, Cluster: e.Cluster}
+	as := &events.PodScheduled{PodRef: events.PodRef{Namespace: e.Namespace, Name: e.Name, UID: e.UID}, Host: e.Host, Cluster: e.Cluster}
 	var atts []events.NetworkAttachment
 	for _, name := range nets {
 		att, err := s.attachOne(ctx, &m.Event, name, as)

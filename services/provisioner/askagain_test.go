@@ -29,7 +29,7 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	acc := e.request(testPod("waiting"))
 	host := e.dc.Hosts()[0].Name
 	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
+		PodRef: events.PodRef{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
 	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))

@@ -293,13 +293,11 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 
 func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord, opts ...bus.EmitOption) error {
 	return s.out.Emit(ctx, &cause, &events.PodAccepted{
-		Namespace: r.Namespace,
-		Name:      r.Name,
-		UID:       r.UID,
-		Pod:       r.Pod,
-		Size:      r.Size,
-		Networks:  r.Networks,
-		Images:    events.PodImages(&r.Pod),
+		PodRef:   events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
+		Pod:      r.Pod,
+		Size:     r.Size,
+		Networks: r.Networks,
+		Images:   events.PodImages(&r.Pod),
 	}, opts...)
 }
 

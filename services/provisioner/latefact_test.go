@@ -43,7 +43,7 @@ func TestFactMeetingAMissingRecordIsReadAgain(t *testing.T) {
 	before := redelivered()
 	host := e.dc.Hosts()[0].Name
 	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
 	e.EventuallyWithin("pod.scheduled redelivered after its record was not found", 5*time.Second, func() bool {

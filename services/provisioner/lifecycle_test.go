@@ -206,7 +206,7 @@ func TestCreateVMFaults(t *testing.T) {
 	t.Run("image on a datastore the host does not mount", func(t *testing.T) {
 		acc := e.request(testPod("misplaced"))
 		hs, _ := e.dc.Host(host)
-		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{Namespace: "default", Name: "misplaced", UID: acc.UID, Host: host, Cluster: hs.Cluster})
+		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "misplaced", UID: acc.UID}, Host: host, Cluster: hs.Cluster})
 		ir := imagesReady(acc)
 		ir.Containers[2].Datastore = "elsewhere-ds"
 		ir.Containers[2].Disk = "[elsewhere-ds] podvisor-images/logger.vmdk"
@@ -386,7 +386,7 @@ func TestDriftRepair(t *testing.T) {
 // orphanVM creates a pod VM for a pod that was never admitted.
 func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObjectReference {
 	t.Helper()
-	acc := &events.PodAccepted{Namespace: "default", Name: "ghost", UID: "ghost-uid", Pod: *testPod("ghost"), Networks: []string{"default"}}
+	acc := &events.PodAccepted{PodRef: events.PodRef{Namespace: "default", Name: "ghost", UID: "ghost-uid"}, Pod: *testPod("ghost"), Networks: []string{"default"}}
 	acc.Pod.Namespace = "default"
 	r := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "ghost", Pod: acc.Pod, VMName: "pv-ghost-uid",
 		Size: events.SizeFor(1000, 512<<20), Host: host, Networks: acc.Networks}
@@ -429,7 +429,7 @@ func TestEvictionAndMigration(t *testing.T) {
 
 	// Eviction: back to Pending, old VM removed, then re-provisioned on
 	// the new placement with the same name (the old one is gone).
-	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{Namespace: "default", Name: "mobile", UID: acc.UID, Host: hosts[1].Name, Reason: "HostLost"})
+	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "mobile", UID: acc.UID}, Host: hosts[1].Name, Reason: "HostLost"})
 	r = e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" {
 		t.Errorf("after eviction: host %q vm %q generation %d reason %q", r.Host, r.VMRef, r.Generation, r.Reason)
@@ -508,7 +508,7 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse}); err != nil {
 		t.Fatal(err)
 	}
-	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{Namespace: "default", Name: "leftover", UID: acc.UID,
+	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{PodRef: events.PodRef{Namespace: "default", Name: "leftover", UID: acc.UID},
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
 	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonImagesFailed || !strings.Contains(f.Message, "ImageNotFound") {

@@ -121,7 +121,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{Namespace: "default", Name: "stranded", UID: acc.UID, Host: hosts[0].Name, Reason: "HostLost"})
+	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "stranded", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
 	r := e.waitRecord(svc, "default", "stranded", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if len(r.StaleVMs) != 1 || r.StaleVMs[0].Ref != first.VM || r.VMName != "pv-"+acc.UID+"-1" {
 		t.Fatalf("after eviction: stale %+v, next name %s", r.StaleVMs, r.VMName)

@@ -157,7 +157,7 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	// same event id (JetStream keeps one), whereas the other order could
 	// leave a Starting record whose pod.vm.ready was never sent.
 	if err := s.out.Emit(ctx, recordCause(r), &events.PodVMReady{
-		Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: vm.Ref.Value, Host: r.Host, IP: r.IP,
+		PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, VM: vm.Ref.Value, Host: r.Host, IP: r.IP,
 	}); err != nil {
 		return err
 	}
@@ -522,7 +522,7 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 		r.VMRef = ""
 	}
 	if err := s.out.Emit(ctx, recordCause(r), &events.PodFailed{
-		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Reason: reason, Message: message,
+		PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, Host: r.Host, Reason: reason, Message: message,
 	}); err != nil {
 		return err
 	}
@@ -630,7 +630,7 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 		}
 	}
 	if err := s.out.Emit(ctx, recordCause(r), &events.PodDeleted{
-		Namespace: r.Namespace, Name: r.Name, UID: r.UID, Host: r.Host, Images: r.ImageDigests(), IPs: r.IPs(),
+		PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, Host: r.Host, Images: r.ImageDigests(), IPs: r.IPs(),
 	}); err != nil {
 		return err
 	}

@@ -103,7 +103,7 @@ func TestFactFoldedIntoWhatAnotherReplicaWrote(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: hs.Cluster,
+		PodRef: acc.PodRef, Host: host, Cluster: hs.Cluster,
 	})
 	r := e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Host == host })
 	if r.Message != other.Message || r.ResourceVersion <= other.ResourceVersion {

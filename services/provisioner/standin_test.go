@@ -13,7 +13,7 @@ import (
 func (e *env) facts(acc *events.PodAccepted, host string) {
 	e.t.Helper()
 	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host, Cluster: simtest.ClusterOf(e.t, e.dc, host),
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(e.t, e.dc, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
 	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
@@ -21,7 +21,7 @@ func (e *env) facts(acc *events.PodAccepted, host string) {
 }
 
 func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {
-	ir := &events.PodImagesReady{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}
+	ir := &events.PodImagesReady{PodRef: acc.PodRef}
 	for i, c := range acc.Pod.Spec.Containers {
 		top := imageDisk(c.Name)
 		ir.Containers = append(ir.Containers, events.ContainerImage{
@@ -35,7 +35,7 @@ func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {
 }
 
 func networkAttached(acc *events.PodAccepted, host string) *events.PodNetworkAttached {
-	na := &events.PodNetworkAttached{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: host}
+	na := &events.PodNetworkAttached{PodRef: acc.PodRef, Host: host}
 	for i, n := range acc.Networks {
 		na.Attachments = append(na.Attachments, events.NetworkAttachment{
 			Network: n, PortGroup: "pv-" + n, IP: fmt.Sprintf("10.%d.0.%d", i, 10+len(acc.Name)),

@@ -168,7 +168,7 @@ func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
 	}
 	if r.Phase == events.PodPhaseStarting && allStarted(r) {
 		if err := s.out.Emit(ctx, recordCause(r), &events.PodRunning{
-			Namespace: r.Namespace, Name: r.Name, UID: r.UID, VM: r.VMRef, Host: r.Host, IP: r.IP,
+			PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, VM: r.VMRef, Host: r.Host, IP: r.IP,
 		}); err != nil {
 			return err
 		}

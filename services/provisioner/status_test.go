@@ -40,7 +40,7 @@ func exited(name string, code int32) corev1.ContainerStatus {
 
 // report is what the host agent publishes for a pod's VM.
 func report(acc *events.PodAccepted, vm, boot string, seq uint64, statuses ...corev1.ContainerStatus) *events.PodContainersReported {
-	return &events.PodContainersReported{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: "esx-1-01",
+	return &events.PodContainersReported{PodRef: acc.PodRef, Host: "esx-1-01",
 		VM: vm, BootID: boot, Seq: seq, Phase: events.GuestPhaseRunning, ContainerStatuses: statuses}
 }
 

@@ -83,7 +83,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 		grace := int64(3600)
 		pod.Spec.TerminationGracePeriodSeconds = &grace
 		acc, r := e.startPod(svc, pod)
-		r = e.fold(svc, &events.PodContainersReported{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: "esx-1-01",
+		r = e.fold(svc, &events.PodContainersReported{PodRef: acc.PodRef, Host: "esx-1-01",
 			VM: r.VMName, BootID: "b", Seq: 1, Phase: events.GuestPhaseSucceeded,
 			ContainerStatuses: []corev1.ContainerStatus{exited("app", 0), exited("sidecar", 0), exited("logger", 0)}})
 		if r.Phase != events.PodPhaseSucceeded {

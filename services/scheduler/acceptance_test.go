@@ -85,7 +85,7 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 		if s == nil || deleted >= 40 {
 			continue
 		}
-		lastDelete = e.PublishAs("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{Namespace: s.Namespace, Name: s.Name, UID: s.UID, Host: s.Host})
+		lastDelete = e.PublishAs("podvisor/provisioner", events.TypePodDeleted, k, &events.PodDeleted{PodRef: events.PodRef{Namespace: s.Namespace, Name: s.Name, UID: s.UID}, Host: s.Host})
 		deleted++
 	}
 	e.EventuallyWithin("pending pods placed after deletes", 20*time.Second, func() bool {

@@ -24,7 +24,7 @@ func acceptedEvents(tb testing.TB, prefix string, n int) []event.Event {
 	out := make([]event.Event, n)
 	for i := range out {
 		p := testPod(fmt.Sprintf("%s-%05d", prefix, i), "100m", "64Mi")
-		acc := &events.PodAccepted{Namespace: p.Namespace, Name: p.Name, UID: "uid-" + p.Name, Pod: *p,
+		acc := &events.PodAccepted{PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: "uid-" + p.Name}, Pod: *p,
 			Size: events.SizePodVM(p), Networks: events.PodNetworks(p), Images: []string{p.Spec.Containers[0].Image}}
 		ev, err := bus.NewEvent("podvisor/provisioner", events.TypePodAccepted, acc.ObjectKey(), acc)
 		if err != nil {
@@ -115,7 +115,7 @@ func BenchmarkBusPath(b *testing.B) {
 		em := base.Emitter("podvisor/echo")
 		bus.Handle(echo, func(ctx context.Context, m *bus.Message, acc *events.PodAccepted) error {
 			return em.Emit(ctx, &m.Event, &events.PodScheduled{
-				Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID, Host: "esx-1-01", Cluster: "cluster-1"})
+				PodRef: acc.PodRef, Host: "esx-1-01", Cluster: "cluster-1"})
 		})
 		echo.Run(ctx, base, bus.ConsumerConfig{Workers: 512, MaxPending: 1024}, nil)
 	}()

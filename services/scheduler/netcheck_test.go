@@ -108,7 +108,7 @@ func TestAttachRefusalPlacesThePodAgain(t *testing.T) {
 		NetworkRefusals: []events.HostRefusal{{Host: first, Network: "default", Reason: events.ReasonNotRealizedOnHost, OnAttach: true}}}
 	e.PutPodRecord(rec)
 	e.PublishAs("podvisor/netconfig", events.TypePodNetworkFailed, podKey("web"), &events.PodNetworkFailed{
-		Namespace: "default", Name: "web", UID: acc.UID, Host: first, Network: "default",
+		PodRef: events.PodRef{Namespace: "default", Name: "web", UID: acc.UID}, Host: first, Network: "default",
 		Reason: events.ReasonNotRealizedOnHost, Message: "port group pv-default is not among the host's networks"})
 	var again *events.PodScheduled
 	e.EventuallyWithin("pod placed again", 10*time.Second, func() bool {

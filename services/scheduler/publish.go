@@ -26,8 +26,8 @@ func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *fr
 		}, bus.Distinct(fmt.Sprint(gen)))
 	}
 	return s.out.Emit(ctx, &cause, &events.PodScheduled{
-		Namespace: p.Namespace, Name: p.Name, UID: p.UID,
-		Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
+		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID},
+		Host:   pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
 		Refusals: refusals,
 	})
 }
@@ -59,7 +59,7 @@ func (s *Service) publishUnschedulableMessage(ctx context.Context, cause event.E
 		}, bus.Distinct(msg))
 	}
 	return s.out.Emit(ctx, &cause, &events.PodUnschedulable{
-		Namespace: p.Namespace, Name: p.Name, UID: p.UID, Message: msg, Reasons: reasons, Hosts: hosts,
+		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Message: msg, Reasons: reasons, Hosts: hosts,
 	}, bus.Distinct(msg))
 }
 

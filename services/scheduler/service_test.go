@@ -201,8 +201,8 @@ func TestEvictionPlacesAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, first.Host) == 1 })
-	e.PublishAs("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{Namespace: "default", Name: "ha",
-		UID: acc.UID, Host: first.Host, Reason: "HostLost"})
+	e.PublishAs("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "ha", UID: acc.UID},
+		Host: first.Host, Reason: "HostLost"})
 	var again *events.PodScheduled
 	e.EventuallyWithin("placed again", 10*time.Second, func() bool {
 		again = e.obs.scheduledOf(acc.ObjectKey())

@@ -130,7 +130,7 @@ func TestServicePublishesWhatItOwns(t *testing.T) {
 	s := startSecure(t)
 	ctx := testContext(t)
 	ic := s.dial(t, events.PublisherImageCache)
-	ready := mustEvent(t, events.TypePodImagesReady, "default/web", &events.PodImagesReady{Namespace: "default", Name: "web", UID: "u1",
+	ready := mustEvent(t, events.TypePodImagesReady, "default/web", &events.PodImagesReady{PodRef: events.PodRef{Namespace: "default", Name: "web", UID: "u1"},
 		Containers: []events.ContainerImage{{Container: "c", Image: "r/x:1", Digest: "sha256:" + strings.Repeat("a", 64), Datastore: "ds",
 			Disk: "[ds] podvisor-images/a/disk.vmdk", Chain: []string{"[ds] podvisor-images/a/disk.vmdk"}}}})
 	if err := ic.Publish(ctx, ready); err != nil {

@@ -28,7 +28,7 @@ func UID(name string) string { return "uid-" + name }
 // (pod.accepted, uid UID(name)): its size, networks and images derived as
 // the provisioner derives them.
 func Accepted(pod *corev1.Pod) *events.PodAccepted {
-	return &events.PodAccepted{Namespace: pod.Namespace, Name: pod.Name, UID: UID(pod.Name), Pod: *pod,
+	return &events.PodAccepted{PodRef: events.PodRef{Namespace: pod.Namespace, Name: pod.Name, UID: UID(pod.Name)}, Pod: *pod,
 		Size: events.SizePodVM(pod), Networks: events.PodNetworks(pod), Images: events.PodImages(pod)}
 }
 

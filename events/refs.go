@@ -1,0 +1,25 @@
+package events
+
+import "k8s.io/apimachinery/pkg/util/validation/field"
+
+// The references below name the object an event is about. Payloads embed
+// them without a json tag, so their fields stay at the top level of the
+// JSON object, in the same place and under the same names as when each
+// payload declared them itself: embedding changes the Go type, never the
+// wire format. The embedded struct also gives the payload its ObjectKey.
+
+// PodRef names the pod a pod.* fact is about.
+type PodRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	// UID of the pod; its pod VM is named pv-<uid>.
+	UID string `json:"uid"`
+}
+
+// ObjectKey is the pod key <namespace>/<name>.
+func (r *PodRef) ObjectKey() string { return PodKey(r.Namespace, r.Name) }
+
+// validate checks the three fields, the uid required.
+func (r *PodRef) validate() field.ErrorList {
+	return validatePodRef(r.Namespace, r.Name, r.UID, true)
+}
