@@ -23,3 +23,19 @@ func (r *PodRef) ObjectKey() string { return PodKey(r.Namespace, r.Name) }
 func (r *PodRef) validate() field.ErrorList {
 	return validatePodRef(r.Namespace, r.Name, r.UID, true)
 }
+
+// VMRef names the native VM a vm.* fact is about. VM names are DNS labels
+// (they become guest host names), stricter than pod names.
+type VMRef struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	UID       string `json:"uid"`
+}
+
+// ObjectKey is the VM key <namespace>/<name>.
+func (r *VMRef) ObjectKey() string { return PodKey(r.Namespace, r.Name) }
+
+// validate checks the three fields, the uid required.
+func (r *VMRef) validate() field.ErrorList {
+	return validateVMRef(r.Namespace, r.Name, r.UID, true)
+}

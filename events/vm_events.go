@@ -164,9 +164,7 @@ func (e *VMRejected) ObjectKey() string {
 // generation of one): what the scheduler places and network-config
 // attaches. Published once per generation.
 type VMAccepted struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	VMRef
 	// Generation of this declaration.
 	Generation int64 `json:"generation"`
 	// Spec is the declared spec (defaults applied: powerState, networks).
@@ -179,7 +177,7 @@ type VMAccepted struct {
 
 // Validate checks identity, spec and size.
 func (e *VMAccepted) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validatePositive(field.NewPath("generation"), e.Generation)...)
 	errs = append(errs, e.Spec.validate(field.NewPath("spec"))...)
 	if e.Spec.PowerState == "" {
@@ -192,15 +190,10 @@ func (e *VMAccepted) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMAccepted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMScheduled binds a VM to a host: the scheduler reserved its size in the
 // host's ledger entry (the same entries pods are charged to).
 type VMScheduled struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	VMRef
 	// Generation the placement was made for (a resize re-checks the room).
 	Generation int64 `json:"generation"`
 	// Host, Cluster, ResourcePool and Datastores as in pod.scheduled.
@@ -212,7 +205,7 @@ type VMScheduled struct {
 
 // Validate checks identity and placement.
 func (e *VMScheduled) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validatePositive(field.NewPath("generation"), e.Generation)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
@@ -220,16 +213,11 @@ func (e *VMScheduled) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMScheduled) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMUnschedulable says no host can take the VM (or its new size) now; the
 // scheduler retries by itself as room frees up.
 type VMUnschedulable struct {
-	Namespace  string `json:"namespace"`
-	Name       string `json:"name"`
-	UID        string `json:"uid"`
-	Generation int64  `json:"generation"`
+	VMRef
+	Generation int64 `json:"generation"`
 	// Message, Reasons and Hosts as in pod.unschedulable.
 	Message string         `json:"message"`
 	Reasons map[string]int `json:"reasons,omitempty"`
@@ -238,7 +226,7 @@ type VMUnschedulable struct {
 
 // Validate checks identity and the message.
 func (e *VMUnschedulable) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, required(field.NewPath("message"), e.Message)...)
 	errs = append(errs, validateNonNegative(field.NewPath("hosts"), int64(e.Hosts))...)
 	for _, r := range sortedKeys(e.Reasons) {
@@ -247,15 +235,10 @@ func (e *VMUnschedulable) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMUnschedulable) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMNetworkAttached says every network of the VM (at Generation) is
 // realized on its host and each NIC has an address.
 type VMNetworkAttached struct {
-	Namespace  string `json:"namespace"`
-	Name       string `json:"name"`
-	UID        string `json:"uid"`
+	VMRef
 	Generation int64  `json:"generation"`
 	Host       string `json:"host"`
 	// Attachments, one per network in spec.networks order (NIC order).
@@ -264,21 +247,16 @@ type VMNetworkAttached struct {
 
 // Validate checks identity and each attachment.
 func (e *VMNetworkAttached) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validatePositive(field.NewPath("generation"), e.Generation)...)
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateAttachments(e.Attachments)...)
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMNetworkAttached) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMNetworkFailed says a network of the VM could not be attached.
 type VMNetworkFailed struct {
-	Namespace  string `json:"namespace"`
-	Name       string `json:"name"`
-	UID        string `json:"uid"`
+	VMRef
 	Generation int64  `json:"generation"`
 	Host       string `json:"host,omitempty"`
 	Network    string `json:"network"`
@@ -288,15 +266,12 @@ type VMNetworkFailed struct {
 
 // Validate checks identity and the reason.
 func (e *VMNetworkFailed) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateDNSLabel(field.NewPath("network"), e.Network)...)
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
-
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMNetworkFailed) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // VMStatusChanged publishes a VM's new observed status whenever its phase,
 // power state, host or addresses change (the record in KV `vms` holds the
@@ -337,10 +312,8 @@ func (e *VMStatusChanged) ObjectKey() string { return PodKey(e.Namespace, e.Name
 // VMMigrationTargetReserved says the scheduler reserved room for a VM on
 // the target of a migration (as migration.target.reserved does for pods).
 type VMMigrationTargetReserved struct {
-	ID           string `json:"id"`
-	Namespace    string `json:"namespace"`
-	Name         string `json:"name"`
-	UID          string `json:"uid"`
+	ID string `json:"id"`
+	VMRef
 	SourceHost   string `json:"sourceHost"`
 	TargetHost   string `json:"targetHost"`
 	Cluster      string `json:"cluster"`
@@ -350,14 +323,11 @@ type VMMigrationTargetReserved struct {
 // Validate checks identity and both hosts.
 func (e *VMMigrationTargetReserved) Validate() error {
 	errs := validateToken(field.NewPath("id"), e.ID, true)
-	errs = append(errs, validateVMRef(e.Namespace, e.Name, e.UID, true)...)
+	errs = append(errs, e.VMRef.validate()...)
 	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	errs = append(errs, validateObjectName(field.NewPath("cluster"), e.Cluster)...)
 	return asError(errs)
 }
-
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMMigrationTargetReserved) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // VMMigrationAdmitted says a VM's migration, its target reserved, has room
 // under the migration limits (the migration service's queue, shared with
@@ -371,10 +341,8 @@ type VMMigrationAdmitted struct {
 // the migration failed and it stayed on SourceHost); the scheduler frees
 // the room it no longer uses and network-config moves the port bindings.
 type VMMigrated struct {
-	ID         string `json:"id"`
-	Namespace  string `json:"namespace"`
-	Name       string `json:"name"`
-	UID        string `json:"uid"`
+	ID string `json:"id"`
+	VMRef
 	SourceHost string `json:"sourceHost"`
 	TargetHost string `json:"targetHost"`
 	// Reason is empty on success, a CamelCase word on failure (the
@@ -389,7 +357,7 @@ func (e *VMMigrated) Failed() bool { return e.Reason != "" }
 // Validate checks identity and hosts.
 func (e *VMMigrated) Validate() error {
 	errs := validateToken(field.NewPath("id"), e.ID, true)
-	errs = append(errs, validateVMRef(e.Namespace, e.Name, e.UID, true)...)
+	errs = append(errs, e.VMRef.validate()...)
 	errs = append(errs, validateHostName(field.NewPath("sourceHost"), e.SourceHost)...)
 	if e.Reason == "" || e.TargetHost != "" {
 		errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
@@ -400,37 +368,27 @@ func (e *VMMigrated) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMMigrated) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMEvicted says a VM lost its host (host lost or drained without a
 // migration); it is placed again and re-created there.
 type VMEvicted struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
-	Host      string `json:"host"`
-	Reason    string `json:"reason"`
-	Message   string `json:"message,omitempty"`
+	VMRef
+	Host    string `json:"host"`
+	Reason  string `json:"reason"`
+	Message string `json:"message,omitempty"`
 }
 
 // Validate checks identity, host and reason.
 func (e *VMEvicted) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validateHostName(field.NewPath("host"), e.Host)...)
 	errs = append(errs, validateReason(field.NewPath("reason"), e.Reason)...)
 	return asError(errs)
 }
 
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMEvicted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
-
 // VMDeleted says the VM is gone and its record removed; the scheduler frees
 // its ledger allocation and network-config its addresses.
 type VMDeleted struct {
-	Namespace string `json:"namespace"`
-	Name      string `json:"name"`
-	UID       string `json:"uid"`
+	VMRef
 	// Host the VM was bound to; empty if it never was.
 	Host string `json:"host,omitempty"`
 	// IPs the VM held.
@@ -439,7 +397,7 @@ type VMDeleted struct {
 
 // Validate checks identity and what is to be released.
 func (e *VMDeleted) Validate() error {
-	errs := validateVMRef(e.Namespace, e.Name, e.UID, true)
+	errs := e.VMRef.validate()
 	errs = append(errs, validateOptionalHost(field.NewPath("host"), e.Host)...)
 	for i, ip := range e.IPs {
 		p := field.NewPath("ips").Index(i)
@@ -448,9 +406,6 @@ func (e *VMDeleted) Validate() error {
 	}
 	return asError(errs)
 }
-
-// ObjectKey is the VM key <namespace>/<name>.
-func (e *VMDeleted) ObjectKey() string { return PodKey(e.Namespace, e.Name) }
 
 // validateVMRef checks the namespace/name/uid triple of VM events. VM
 // names are DNS labels (they become guest host names).

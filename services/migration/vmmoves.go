@@ -95,7 +95,7 @@ func (s *Service) admitVM(ctx context.Context, id string) {
 	})
 	if err == nil && r.Phase == events.PhaseRelocating {
 		err = s.emit(ctx, standIn("migration/"+r.ID, r.TraceParent), &events.VMMigrationAdmitted{VMMigrationTargetReserved: events.VMMigrationTargetReserved{
-			ID: r.ID, Namespace: r.Namespace, Name: r.Pod, UID: r.UID, SourceHost: r.SourceHost, TargetHost: r.TargetHost,
+			ID: r.ID, VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Pod, UID: r.UID}, SourceHost: r.SourceHost, TargetHost: r.TargetHost,
 			Cluster: r.TargetCluster, ResourcePool: r.TargetPool}}, bus.Distinct("admitted"))
 	}
 	if err != nil {
@@ -157,6 +157,6 @@ func (s *Service) endQueuedVM(ctx context.Context, r *events.MigrationRecord, re
 		return false, nil
 	}
 	s.poke()
-	return true, s.emit(ctx, standIn("migration/"+r.ID, r.TraceParent), &events.VMMigrated{ID: r.ID, Namespace: r.Namespace, Name: r.Pod,
-		UID: r.UID, SourceHost: r.SourceHost, TargetHost: r.TargetHost, Reason: reason, Message: msg}, bus.Distinct("end"))
+	return true, s.emit(ctx, standIn("migration/"+r.ID, r.TraceParent), &events.VMMigrated{ID: r.ID, VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Pod, UID: r.UID},
+		SourceHost: r.SourceHost, TargetHost: r.TargetHost, Reason: reason, Message: msg}, bus.Distinct("end"))
 }

@@ -249,7 +249,7 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requ
 	}
 	if !v.MigratedAt.IsZero() && v.Reason != "" && v.EvictedAt.IsZero() {
 		msg := fmt.Sprintf("drain of %s: the VM could not move (%s: %s); it is made again on another host from its spec", host, v.Reason, v.Message)
-		if err := s.emit(ctx, cause, &events.VMEvicted{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Host: host,
+		if err := s.emit(ctx, cause, &events.VMEvicted{VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: v.UID}, Host: host,
 			Reason: ReasonDrainUnmovable, Message: msg}, bus.Distinct("evict/"+v.ID)); err != nil {
 			return err
 		}
@@ -290,7 +290,7 @@ func (s *Service) evictVMs(ctx context.Context, m *bus.Message, host, why string
 		return err
 	}
 	for _, v := range vms {
-		if err := s.emit(ctx, &m.Event, &events.VMEvicted{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Host: host, Reason: ReasonHostLost,
+		if err := s.emit(ctx, &m.Event, &events.VMEvicted{VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: v.UID}, Host: host, Reason: ReasonHostLost,
 			Message: fmt.Sprintf("host %s stopped responding (%s); the VM is made again on another host", host, why)}, bus.Distinct(v.UID)); err != nil {
 			return err
 		}

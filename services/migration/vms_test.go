@@ -126,7 +126,7 @@ func (c *vmController) reserve(v *events.VMMigrateRequested) {
 		target = c.target
 	}
 	c.w.publish("podvisor/scheduler", events.TypeVMMigrationTargetReserved, &events.VMMigrationTargetReserved{ID: v.ID,
-		Namespace: v.Namespace, Name: v.Name, UID: r.UID, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.clusterOf(target)})
+		VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: r.UID}, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.clusterOf(target)})
 }
 
 // finish relocates an admitted move and announces its outcome as the
@@ -145,7 +145,7 @@ func (c *vmController) answer(id, ns, name, target string) {
 	fail := c.fail
 	c.mu.Unlock()
 	r := c.vm(ns, name)
-	out := &events.VMMigrated{ID: id, Namespace: ns, Name: name, UID: r.UID, SourceHost: r.Status.Host}
+	out := &events.VMMigrated{ID: id, VMRef: events.VMRef{Namespace: ns, Name: name, UID: r.UID}, SourceHost: r.Status.Host}
 	if fail {
 		out.Reason, out.Message = "RelocateFailed", "vCenter refused the relocation"
 	} else {

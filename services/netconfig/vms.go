@@ -48,7 +48,7 @@ func (s *Service) onVMScheduled(ctx context.Context, m *bus.Message, e *events.V
 	if err != nil {
 		return err
 	}
-	as := &events.PodScheduled{PodRef: events.PodRef{Namespace: e.Namespace, Name: e.Name, UID: e.UID}, Host: e.Host, Cluster: e.Cluster}
+	as := &events.PodScheduled{PodRef: events.PodRef(e.VMRef), Host: e.Host, Cluster: e.Cluster}
 	var atts []events.NetworkAttachment
 	for _, name := range nets {
 		att, err := s.attachOne(ctx, &m.Event, name, as)
@@ -67,7 +67,7 @@ func (s *Service) onVMScheduled(ctx context.Context, m *bus.Message, e *events.V
 			s.recountSoon(n)
 		}
 	}
-	return s.out.Emit(ctx, &m.Event, &events.VMNetworkAttached{Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+	return s.out.Emit(ctx, &m.Event, &events.VMNetworkAttached{VMRef: e.VMRef,
 		Generation: e.Generation, Host: e.Host, Attachments: atts}, bus.Distinct("attach"))
 }
 
@@ -82,7 +82,7 @@ func (s *Service) vmAttachFailed(ctx context.Context, m *bus.Message, e *events.
 	if !bus.IsPermanent(err) {
 		msg = fmt.Sprintf("gave up after %d attempts: %s", m.Delivery, msg)
 	}
-	return s.out.Emit(ctx, &m.Event, &events.VMNetworkFailed{Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+	return s.out.Emit(ctx, &m.Event, &events.VMNetworkFailed{VMRef: e.VMRef,
 		Generation: e.Generation, Host: e.Host, Network: network, Reason: bus.ReasonOf(err, ReasonAttachFailed), Message: msg},
 		bus.Distinct("attach"))
 }

@@ -21,7 +21,7 @@ func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *fr
 	if isVM(p) {
 		gen := s.vmGeneration(p.UID)
 		return s.out.Emit(ctx, &cause, &events.VMScheduled{
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Generation: gen,
+			VMRef: events.VMRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Generation: gen,
 			Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
 		}, bus.Distinct(fmt.Sprint(gen)))
 	}
@@ -54,7 +54,7 @@ func (s *Service) publishUnschedulable(ctx context.Context, cause event.Event, p
 func (s *Service) publishUnschedulableMessage(ctx context.Context, cause event.Event, p *framework.PodInfo, msg string, reasons map[string]int, hosts int) error {
 	if isVM(p) {
 		return s.out.Emit(ctx, &cause, &events.VMUnschedulable{
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID, Generation: s.vmGeneration(p.UID),
+			VMRef: events.VMRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Generation: s.vmGeneration(p.UID),
 			Message: msg, Reasons: reasons, Hosts: hosts,
 		}, bus.Distinct(msg))
 	}

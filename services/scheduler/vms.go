@@ -172,7 +172,7 @@ func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *e
 		if uid == "" {
 			uid = "unknown"
 		}
-		return s.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: uid,
+		return s.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, VMRef: events.VMRef{Namespace: e.Namespace, Name: e.Name, UID: uid},
 			SourceHost: "unknown", Reason: reason, Message: msg})
 	}
 	rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
@@ -217,7 +217,7 @@ func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *e
 		return refuse(rec.UID, reason, msg)
 	}
 	s.log.Info("vm migration target reserved", "migration", e.ID, "vm", rec.Key(), "from", source, "to", o.placement.Host)
-	return s.out.Emit(ctx, &m.Event, &events.VMMigrationTargetReserved{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: rec.UID,
+	return s.out.Emit(ctx, &m.Event, &events.VMMigrationTargetReserved{ID: e.ID, VMRef: events.VMRef{Namespace: e.Namespace, Name: e.Name, UID: rec.UID},
 		SourceHost: source, TargetHost: o.placement.Host, Cluster: o.placement.Cluster, ResourcePool: o.placement.ResourcePool})
 }
 

@@ -148,9 +148,9 @@ func (e *env) waitConsole(ref string, want ...string) string {
 
 // place stands in for the scheduler and network-config for a generation.
 func (e *env) place(r *events.VMRecord, host sim.HostSpec) {
-	e.publish(events.OwnerSource(events.TypeVMScheduled), &events.VMScheduled{Namespace: r.Namespace, Name: r.Name, UID: r.UID,
+	e.publish(events.OwnerSource(events.TypeVMScheduled), &events.VMScheduled{VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
 		Generation: r.Generation, Host: host.Name, Cluster: host.Cluster})
-	e.publish(events.OwnerSource(events.TypeVMNetworkAttached), &events.VMNetworkAttached{Namespace: r.Namespace, Name: r.Name, UID: r.UID,
+	e.publish(events.OwnerSource(events.TypeVMNetworkAttached), &events.VMNetworkAttached{VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
 		Generation: r.Generation, Host: host.Name, Attachments: []events.NetworkAttachment{{Network: "default", PortGroup: "pv-default",
 			IP: "10.244.0.7", PrefixLength: 16, Gateway: "10.244.0.1", MAC: "00:50:56:3f:00:07"}}})
 }

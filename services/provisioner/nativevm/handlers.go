@@ -225,7 +225,7 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, ns string, m
 	if rec == nil || !changed {
 		return nil
 	}
-	if err := c.out.Emit(ctx, cause, &events.VMAccepted{Namespace: ns, Name: meta.Name, UID: rec.UID, Generation: rec.Generation,
+	if err := c.out.Emit(ctx, cause, &events.VMAccepted{VMRef: events.VMRef{Namespace: ns, Name: meta.Name, UID: rec.UID}, Generation: rec.Generation,
 		Spec: rec.Spec, Size: rec.Size, Labels: rec.Labels}, bus.Distinct(fmt.Sprint(rec.Generation))); err != nil {
 		return err
 	}
@@ -373,7 +373,7 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 	if err := c.vms.Delete(ctx, key); err != nil {
 		return err
 	}
-	return c.out.Emit(ctx, &m.Event, &events.VMDeleted{Namespace: rec.Namespace, Name: rec.Name, UID: rec.UID, Host: rec.Status.Host, IPs: rec.IPs()})
+	return c.out.Emit(ctx, &m.Event, &events.VMDeleted{VMRef: events.VMRef{Namespace: rec.Namespace, Name: rec.Name, UID: rec.UID}, Host: rec.Status.Host, IPs: rec.IPs()})
 }
 
 // onEvicted: the VM's host is gone; it waits for a new placement (the

@@ -28,7 +28,7 @@ func (c *Controller) onAdmitted(ctx context.Context, m *bus.Message, a *events.V
 		return err
 	}
 	if rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() {
-		return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+		return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, VMRef: e.VMRef,
 			SourceHost: e.SourceHost, Reason: "NotFound", Message: "the VM was deleted"})
 	}
 	if rec.Status.Host != e.TargetHost {
@@ -79,14 +79,14 @@ func (c *Controller) onAdmitted(ctx context.Context, m *bus.Message, a *events.V
 		c.publishStatus(ctx, &m.Event, out)
 	}
 	c.log.Info("native VM migrated", "vm", e.ObjectKey(), "from", e.SourceHost, "to", e.TargetHost)
-	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, VMRef: e.VMRef,
 		SourceHost: e.SourceHost, TargetHost: e.TargetHost})
 }
 
 // migrateFailed tells the scheduler the VM stayed, so it frees the target.
 func (c *Controller) migrateFailed(ctx context.Context, m *bus.Message, a *events.VMMigrationAdmitted, err error) error {
 	e := &a.VMMigrationTargetReserved
-	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, Namespace: e.Namespace, Name: e.Name, UID: e.UID,
+	return c.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, VMRef: e.VMRef,
 		SourceHost: e.SourceHost, Reason: bus.ReasonOf(err, "MigrationFailed"), Message: err.Error()})
 }
 
