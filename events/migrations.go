@@ -79,7 +79,7 @@ func (m *Migration) Request(id string) MigrationRequested {
 	if ns == "" {
 		ns = DefaultNamespace
 	}
-	return MigrationRequested{ID: id, Namespace: ns, Pod: m.Spec.Pod, TargetHost: m.Spec.TargetHost}
+	return MigrationRequested{MigrationRef: MigrationRef{ID: id, Namespace: ns, Pod: m.Spec.Pod}, TargetHost: m.Spec.TargetHost}
 }
 
 // validateMigrationRef checks the ID/namespace/pod triple of every migration
@@ -94,36 +94,24 @@ func validateMigrationRef(id, namespace, pod string) field.ErrorList {
 // MigrationRequested asks to move a running pod to another host. Any client
 // may publish it.
 type MigrationRequested struct {
-	// ID names this migration in every later event (a UUID or the Migration
-	// object's name).
-	ID string `json:"id"`
-	// Namespace of the pod.
-	Namespace string `json:"namespace"`
-	// Pod name.
-	Pod string `json:"pod"`
+	MigrationRef
 	// TargetHost, when set, is where to go; otherwise the scheduler picks.
 	TargetHost string `json:"targetHost,omitempty"`
 }
 
 // Validate checks the fields.
 func (e *MigrationRequested) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	if e.TargetHost != "" {
 		errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
 	}
 	return asError(errs)
 }
 
-// ObjectKey is the pod key: one migration per pod at a time, so migration
-// events of a pod share one work-queue key.
-func (e *MigrationRequested) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationTargetReserved says the scheduler reserved room for the pod on the
 // target host (the source allocation stays until the migration ends).
 type MigrationTargetReserved struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
+	MigrationRef
 	// UID of the pod.
 	UID string `json:"uid"`
 	// SourceHost the pod runs on now.
@@ -138,7 +126,7 @@ type MigrationTargetReserved struct {
 
 // Validate checks the fields.
 func (e *MigrationTargetReserved) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
 	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	if e.SourceHost != "" && e.SourceHost == e.TargetHost {
@@ -148,14 +136,9 @@ func (e *MigrationTargetReserved) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key.
-func (e *MigrationTargetReserved) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationRejected says a migration will not happen; nothing was changed.
 type MigrationRejected struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
+	MigrationRef
 	// Reason is a CamelCase word: NotFound, NotRunning, NoTarget,
 	// TargetUnsuitable, AlreadyMigrating, ...
 	Reason string `json:"reason"`
@@ -165,19 +148,14 @@ type MigrationRejected struct {
 
 // Validate checks the fields.
 func (e *MigrationRejected) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
 	return asError(errs)
 }
 
-// ObjectKey is the pod key.
-func (e *MigrationRejected) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationProgress reports where a migration is.
 type MigrationProgress struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
+	MigrationRef
 	// Phase is one of MigrationPhases().
 	Phase string `json:"phase"`
 	// Percent done, 0 to 100 (meaningful while Relocating).
@@ -190,7 +168,7 @@ type MigrationProgress struct {
 
 // Validate checks the fields.
 func (e *MigrationProgress) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	switch e.Phase {
 	case PhaseQueued, PhasePrechecking, PhaseRelocating, PhaseFinalizing:
 	default:
@@ -203,17 +181,12 @@ func (e *MigrationProgress) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key.
-func (e *MigrationProgress) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationCompleted says the pod VM runs on the target host; the scheduler
 // moves the allocation, the provisioner the pod record, network-config the
 // port binding.
 type MigrationCompleted struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	UID       string `json:"uid"`
+	MigrationRef
+	UID string `json:"uid"`
 	// SourceHost the pod left.
 	SourceHost string `json:"sourceHost"`
 	// TargetHost the pod runs on now.
@@ -226,23 +199,18 @@ type MigrationCompleted struct {
 
 // Validate checks the fields.
 func (e *MigrationCompleted) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
 	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
 	errs = append(errs, validateObjectName(field.NewPath("targetCluster"), e.TargetCluster)...)
 	return asError(errs)
 }
 
-// ObjectKey is the pod key.
-func (e *MigrationCompleted) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationFailed says a migration stopped; the pod stays (or is back) on
 // SourceHost and the scheduler releases the reservation on TargetHost.
 type MigrationFailed struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	UID       string `json:"uid,omitempty"`
+	MigrationRef
+	UID string `json:"uid,omitempty"`
 	// SourceHost the pod stays on.
 	SourceHost string `json:"sourceHost,omitempty"`
 	// TargetHost whose reservation is released, if one was made.
@@ -256,7 +224,7 @@ type MigrationFailed struct {
 
 // Validate checks the fields.
 func (e *MigrationFailed) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
 	if e.SourceHost != "" {
 		errs = append(errs, validateHostName(field.NewPath("sourceHost"), e.SourceHost)...)
@@ -268,45 +236,33 @@ func (e *MigrationFailed) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the pod key.
-func (e *MigrationFailed) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
-
 // MigrationCancelRequested asks to cancel a migration that has not begun
 // relocating. Any client may publish it.
 type MigrationCancelRequested struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
+	MigrationRef
 }
 
 // Validate checks the fields.
 func (e *MigrationCancelRequested) Validate() error {
-	return asError(validateMigrationRef(e.ID, e.Namespace, e.Pod))
+	errs := e.MigrationRef.validate()
+	return asError(errs)
 }
-
-// ObjectKey is the pod key.
-func (e *MigrationCancelRequested) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }
 
 // MigrationCancelled says a migration was cancelled before relocating; the
 // scheduler releases the reservation on TargetHost.
 type MigrationCancelled struct {
-	ID        string `json:"id"`
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	UID       string `json:"uid,omitempty"`
+	MigrationRef
+	UID string `json:"uid,omitempty"`
 	// TargetHost whose reservation is released, if one was made.
 	TargetHost string `json:"targetHost,omitempty"`
 }
 
 // Validate checks the fields.
 func (e *MigrationCancelled) Validate() error {
-	errs := validateMigrationRef(e.ID, e.Namespace, e.Pod)
+	errs := e.MigrationRef.validate()
 	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, false)...)
 	if e.TargetHost != "" {
 		errs = append(errs, validateHostName(field.NewPath("targetHost"), e.TargetHost)...)
 	}
 	return asError(errs)
 }
-
-// ObjectKey is the pod key.
-func (e *MigrationCancelled) ObjectKey() string { return PodKey(e.Namespace, e.Pod) }

@@ -39,3 +39,24 @@ func (r *VMRef) ObjectKey() string { return PodKey(r.Namespace, r.Name) }
 func (r *VMRef) validate() field.ErrorList {
 	return validateVMRef(r.Namespace, r.Name, r.UID, true)
 }
+
+// MigrationRef names a migration and the pod it moves, in every
+// migration.* event.
+type MigrationRef struct {
+	// ID names the migration in every event about it (a UUID or the
+	// Migration object's name).
+	ID string `json:"id"`
+	// Namespace of the pod.
+	Namespace string `json:"namespace"`
+	// Pod name.
+	Pod string `json:"pod"`
+}
+
+// ObjectKey is the pod key: one migration per pod at a time, so migration
+// events of a pod share one work-queue key.
+func (r *MigrationRef) ObjectKey() string { return PodKey(r.Namespace, r.Pod) }
+
+// validate checks the three fields.
+func (r *MigrationRef) validate() field.ErrorList {
+	return validateMigrationRef(r.ID, r.Namespace, r.Pod)
+}

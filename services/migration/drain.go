@@ -265,7 +265,7 @@ func (s *Service) requestDrainMigration(ctx context.Context, host, requestID str
 	s.pending[id] = s.now()
 	s.mu.Unlock()
 	if err := s.emit(ctx, standIn(fmt.Sprintf("drain/%s/%s", host, requestID), p.TraceParent), &events.MigrationRequested{
-		ID: id, Namespace: p.Namespace, Pod: p.Name,
+		MigrationRef: events.MigrationRef{ID: id, Namespace: p.Namespace, Pod: p.Name},
 	}, bus.Distinct(id)); err != nil {
 		return "", err
 	}

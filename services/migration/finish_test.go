@@ -31,7 +31,7 @@ func TestRequestRightAfterAFailureIsTaken(t *testing.T) {
 	w.Follow(func(s testenv.Seen) {
 		if f, ok := s.Payload.(*events.MigrationFailed); ok && f.ID == "again-1" {
 			if _, err := w.TryPublish("podvisor/cli", events.TypeMigrationRequested, p.key(),
-				&events.MigrationRequested{ID: "again-2", Namespace: p.ns, Pod: p.name, TargetHost: h[1]}); err != nil {
+				&events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "again-2", Namespace: p.ns, Pod: p.name}, TargetHost: h[1]}); err != nil {
 				t.Errorf("ask again: %v", err)
 			}
 			close(asked)

@@ -116,7 +116,7 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 		rec.Message = fmt.Sprintf("pod %s is already migrating (migration %s); one migration per pod at a time", rec.Key(), other)
 		rec.EndedAt = s.now().UTC()
 		if err := s.publishFor(ctx, cause, rec, "rejected", &events.MigrationRejected{
-			ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod, Reason: rec.Reason, Message: rec.Message,
+			MigrationRef: events.MigrationRef{ID: rec.ID, Namespace: rec.Namespace, Pod: rec.Pod}, Reason: rec.Reason, Message: rec.Message,
 		}); err != nil {
 			return err
 		}
@@ -228,7 +228,7 @@ func (s *Service) takeUp(ctx context.Context, cause *event.Event, p *events.Migr
 		// knows the cancel is not about the pod's running migration
 		// (PodRecord.Migration).
 		if err := s.publishFor(ctx, cause, r, "release", &events.MigrationCancelled{
-			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, UID: p.UID, TargetHost: p.TargetHost,
+			MigrationRef: events.MigrationRef{ID: p.ID, Namespace: p.Namespace, Pod: p.Pod}, UID: p.UID, TargetHost: p.TargetHost,
 		}); err != nil {
 			return err
 		}
@@ -453,16 +453,16 @@ func (s *Service) announce(ctx context.Context, r *events.MigrationRecord) error
 	switch r.Phase {
 	case events.MigrationPhaseCompleted:
 		data = &events.MigrationCompleted{
-			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
+			MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: r.UID, SourceHost: r.SourceHost,
 			TargetHost: r.TargetHost, TargetCluster: r.TargetCluster, TargetPool: r.TargetPool,
 		}
 	case events.MigrationPhaseCancelled:
 		data = &events.MigrationCancelled{
-			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, TargetHost: r.TargetHost,
+			MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: r.UID, TargetHost: r.TargetHost,
 		}
 	case events.MigrationPhaseFailed:
 		data = &events.MigrationFailed{
-			ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, UID: r.UID, SourceHost: r.SourceHost,
+			MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: r.UID, SourceHost: r.SourceHost,
 			TargetHost: r.TargetHost, Reason: r.Reason, Message: r.Message,
 		}
 	default:

@@ -148,7 +148,7 @@ func (w *world) publish(source, ceType string, p events.Payload) uint64 {
 // migrate publishes migration.requested as the CLI does.
 func (w *world) migrate(id string, p pod, to string) {
 	w.t.Helper()
-	w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{ID: id, Namespace: p.ns, Pod: p.name, TargetHost: to})
+	w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, TargetHost: to})
 }
 
 // waitEnd waits for the migration's final event and returns its type and

@@ -184,7 +184,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 // TestLeaderKeyIsNoMigrationID: the lease key is one no migration request
 // can name, so it cannot collide with a record.
 func TestLeaderKeyIsNoMigrationID(t *testing.T) {
-	err := (&events.MigrationRequested{ID: events.MigrationLeaderKey, Namespace: "default", Pod: "web"}).Validate()
+	err := (&events.MigrationRequested{MigrationRef: events.MigrationRef{ID: events.MigrationLeaderKey, Namespace: "default", Pod: "web"}}).Validate()
 	if err == nil {
 		t.Fatalf("a migration may be named %q, the leader lease's key", events.MigrationLeaderKey)
 	}

@@ -187,8 +187,8 @@ func TestCancel(t *testing.T) {
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "moving" && v.Phase == events.PhaseRelocating })
 	w.migrate("waiting", second, h[3])
 	eventually(t, "waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "waiting", Namespace: "default", Pod: "second"})
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "moving", Namespace: "default", Pod: "first"})
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "waiting", Namespace: "default", Pod: "second"}})
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "moving", Namespace: "default", Pod: "first"}})
 
 	typ, payload := w.waitEnd("waiting")
 	if c, ok := payload.(*events.MigrationCancelled); typ != events.TypeMigrationCancelled || !ok || c.TargetHost != h[3] {
@@ -213,7 +213,7 @@ func TestCancel(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("held never reached the relocation checkpoint")
 	}
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "held", Namespace: "default", Pod: "third"})
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "held", Namespace: "default", Pod: "third"}})
 	eventually(t, "the cancel is recorded", func() bool { return w.migration("held").CancelRequested })
 	close(gate)
 	if typ, payload := w.waitEnd("held"); typ != events.TypeMigrationCancelled {

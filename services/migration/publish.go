@@ -54,7 +54,7 @@ func (s *Service) progress(ctx context.Context, r *events.MigrationRecord, phase
 		what = fmt.Sprintf("%s-at-%d", phase, position)
 	}
 	return s.publishFor(ctx, nil, r, what, &events.MigrationProgress{
-		ID: r.ID, Namespace: r.Namespace, Pod: r.Pod, Phase: phase, Percent: percent, QueuePosition: position, Message: msg,
+		MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, Phase: phase, Percent: percent, QueuePosition: position, Message: msg,
 	})
 }
 

@@ -129,7 +129,7 @@ func (w *world) reserve(id string, p pod, target string) {
 	w.t.Helper()
 	cluster := w.clusterOf(target)
 	w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		ID: id, Namespace: p.ns, Pod: p.name, UID: p.uid, SourceHost: p.host,
+		MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, UID: p.uid, SourceHost: p.host,
 		TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources",
 	})
 }
@@ -202,7 +202,7 @@ func TestReservationBeforeItsRequestIsTakenUp(t *testing.T) {
 	w.sched.silence("early-1")
 	w.reserve("early-1", p, h[1])
 	w.wantCompletedOnly("early-1", p, h[1])
-	seq := w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{ID: "early-1", Namespace: p.ns, Pod: p.name})
+	seq := w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "early-1", Namespace: p.ns, Pod: p.name}})
 	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
 	if got := w.migrationPhase("early-1"); got != events.MigrationPhaseCompleted {
 		t.Errorf("after the late request the record is %s, want Completed", got)
@@ -297,7 +297,7 @@ func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
 	// A reservation of the migration's own target seen again (a
 	// redelivery) is the one migration.completed promoted: no release.
 	seq := w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		ID: "late-1", Namespace: p.ns, Pod: p.name, UID: p.uid, SourceHost: h[0],
+		MigrationRef: events.MigrationRef{ID: "late-1", Namespace: p.ns, Pod: p.name}, UID: p.uid, SourceHost: h[0],
 		TargetHost: h[1], TargetCluster: w.clusterOf(h[1]), TargetPool: "/DC0/host/" + w.clusterOf(h[1]) + "/Resources",
 	})
 	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)

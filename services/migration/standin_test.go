@@ -124,7 +124,7 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	r, _, err := w.pods.Get(ctx, events.PodRecordKey(v.Namespace, v.Pod))
 	if err != nil || r == nil {
 		w.publishAsync("podvisor/scheduler", events.TypeMigrationRejected, &events.MigrationRejected{
-			ID: v.ID, Namespace: v.Namespace, Pod: v.Pod, Reason: "NotFound", Message: "pod " + v.Pod + " does not exist"})
+			MigrationRef: events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod}, Reason: "NotFound", Message: "pod " + v.Pod + " does not exist"})
 		return
 	}
 	target := v.TargetHost
@@ -133,7 +133,7 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	}
 	if target == "" {
 		w.publishAsync("podvisor/scheduler", events.TypeMigrationRejected, &events.MigrationRejected{
-			ID: v.ID, Namespace: v.Namespace, Pod: v.Pod, Reason: "NoTarget", Message: "no other host has room"})
+			MigrationRef: events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod}, Reason: "NoTarget", Message: "no other host has room"})
 		return
 	}
 	s.mu.Lock()
@@ -141,7 +141,7 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	s.mu.Unlock()
 	cluster := w.clusterOf(target)
 	w.publishAsync("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		ID: v.ID, Namespace: v.Namespace, Pod: v.Pod, UID: r.UID, SourceHost: r.Host,
+		MigrationRef: events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod}, UID: r.UID, SourceHost: r.Host,
 		TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources",
 	})
 }

@@ -297,7 +297,7 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 	}
 
 	// A queued move cancelled: ended with vm.migrated, never admitted.
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{ID: "m-x", Namespace: "team-a", Pod: "x"})
+	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "m-x", Namespace: "team-a", Pod: "x"}})
 	eventually(t, "m-x cancelled", func() bool { return w.migrationPhase("m-x") == events.MigrationPhaseCancelled })
 	ended := testenv.Distinct[events.VMMigrated](w.Env, func(v *events.VMMigrated) bool { return v.ID == "m-x" })
 	if len(ended) != 1 || ended[0].Reason != "Cancelled" {

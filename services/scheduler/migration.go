@@ -128,7 +128,7 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 	}
 	s.log.Info("migration target reserved", "migration", e.ID, "pod", p.Key, "from", source, "to", o.placement.Host)
 	return s.out.Emit(ctx, &cause, &events.MigrationTargetReserved{
-		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, UID: rec.UID, SourceHost: source,
+		MigrationRef: e.MigrationRef, UID: rec.UID, SourceHost: source,
 		TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool,
 	})
 }
@@ -136,7 +136,7 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 func (s *Service) rejectMigration(ctx context.Context, cause event.Event, e *events.MigrationRequested, reason, msg string) error {
 	s.log.Info("migration rejected", "migration", e.ID, "reason", reason, "message", msg)
 	return s.out.Emit(ctx, &cause, &events.MigrationRejected{
-		ID: e.ID, Namespace: e.Namespace, Pod: e.Pod, Reason: reason, Message: msg,
+		MigrationRef: e.MigrationRef, Reason: reason, Message: msg,
 	})
 }
 

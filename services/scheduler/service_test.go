@@ -82,7 +82,7 @@ func TestMigrationPlacement(t *testing.T) {
 
 	request := func(id, target string) (string, any) {
 		t.Helper()
-		e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: id, Namespace: "default", Pod: "web", TargetHost: target})
+		e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: "default", Pod: "web"}, TargetHost: target})
 		var got any
 		var typ string
 		e.EventuallyWithin("answer to migration "+id, 10*time.Second, func() bool {
@@ -117,8 +117,8 @@ func TestMigrationPlacement(t *testing.T) {
 		t.Fatal("the source allocation went away before the migration completed")
 	}
 
-	e.PublishAs("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{ID: "m2", Namespace: "default",
-		Pod: "web", UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"})
+	e.PublishAs("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "web"},
+		UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"})
 	e.EventuallyWithin("allocation moved", 10*time.Second, func() bool {
 		a, onTarget := e.allocations(c1[1])[acc.UID]
 		_, onSource := e.allocations(source)[acc.UID]
@@ -130,8 +130,8 @@ func TestMigrationPlacement(t *testing.T) {
 	if _, got = request("m3", ""); got.(*events.MigrationTargetReserved).TargetHost != source {
 		t.Fatalf("m3: %+v", got)
 	}
-	e.PublishAs("podvisor/migration", events.TypeMigrationFailed, acc.ObjectKey(), &events.MigrationFailed{ID: "m3", Namespace: "default",
-		Pod: "web", UID: acc.UID, SourceHost: c1[1], TargetHost: source, Reason: "RelocateFailed", Message: "injected"})
+	e.PublishAs("podvisor/migration", events.TypeMigrationFailed, acc.ObjectKey(), &events.MigrationFailed{MigrationRef: events.MigrationRef{ID: "m3", Namespace: "default", Pod: "web"},
+		UID: acc.UID, SourceHost: c1[1], TargetHost: source, Reason: "RelocateFailed", Message: "injected"})
 	e.EventuallyWithin("reservation released", 10*time.Second, func() bool { return len(e.allocations(source)) == 0 })
 }
 
@@ -343,7 +343,7 @@ func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
 		Networks: acc.Networks, Phase: events.PodPhaseRunning, Host: h[1], RequestID: "req-moved"})
 	testenv.Put(e.Env, events.BucketMigrations, events.MigrationRecordKey("m-done"), &events.MigrationRecord{
 		ID: "m-done", Namespace: "default", Pod: "moved", UID: acc.UID, SourceHost: h[0], TargetHost: h[1], Phase: events.MigrationPhaseCompleted})
-	seq := e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{ID: "m-done", Namespace: "default", Pod: "moved"})
+	seq := e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "m-done", Namespace: "default", Pod: "moved"}})
 	e.WaitHandled(events.StreamMigrations, scheduler.Name+"-"+events.StreamMigrations, seq)
 	if ev, ok := e.obs.migration("m-done"); ok && ev.Type() == events.TypeMigrationTargetReserved {
 		t.Errorf("a target was reserved for the ended migration: %s", ev.Data())

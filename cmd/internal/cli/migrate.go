@@ -73,7 +73,7 @@ func newMigratePodCmd(g *globals) *cobra.Command {
 			if id == "" {
 				id = uuid.NewString()
 			}
-			req := &events.MigrationRequested{ID: id, Namespace: namespace, Pod: args[0], TargetHost: to}
+			req := &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: namespace, Pod: args[0]}, TargetHost: to}
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
 			}
@@ -227,7 +227,7 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 				if r.Started() {
 					return &exitError{code: 1, err: fmt.Errorf("migration %s is %s: a relocation that began cannot be cancelled", r.ID, r.Phase)}
 				}
-				p := &events.MigrationCancelRequested{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}
+				p := &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}}
 				ev, err := bus.NewEvent(CLISource, events.TypeMigrationCancelRequested, p.ObjectKey(), p)
 				if err != nil {
 					return err

@@ -116,7 +116,7 @@ func runRebalance(ctx context.Context, b *bus.Bus, plan []rebalance.Move, wait t
 	}
 	pending := map[string]rebalance.Move{}
 	for _, m := range plan {
-		req := &events.MigrationRequested{ID: "rebalance-" + uuid.NewString(), Namespace: m.Namespace, Pod: m.Pod, TargetHost: m.To}
+		req := &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "rebalance-" + uuid.NewString(), Namespace: m.Namespace, Pod: m.Pod}, TargetHost: m.To}
 		ev, err := bus.NewEvent(CLISource, events.TypeMigrationRequested, req.ObjectKey(), req)
 		if err != nil {
 			return err

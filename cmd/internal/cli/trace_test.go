@@ -124,7 +124,7 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 		propagation.MapCarrier{"traceparent": rec.TraceParent}))
 	ctx := trace.ContextWithRemoteSpanContext(context.Background(), podCtx)
 	ev, err := bus.NewEvent(CLISource, events.TypeMigrationRequested, "shop/web",
-		&events.MigrationRequested{ID: "m-trace", Namespace: "shop", Pod: "web"})
+		&events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "m-trace", Namespace: "shop", Pod: "web"}})
 	if err != nil {
 		t.Fatal(err)
 	}
