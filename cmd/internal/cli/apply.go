@@ -451,50 +451,48 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	if answers == nil || len(pending) == 0 {
 		return nil
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
 	rejected := 0
-	for len(pending) > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			for _, what := range pending {
-				fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
-				summary["requested"]++
-			}
-			return nil
-		case ev := <-results:
-			what, ok := pending[ev.Subject()]
-			if !ok {
-				continue
-			}
-			delete(pending, ev.Subject())
-			admitted(1)
-			if ev.Type() == events.TypePodAccepted || ev.Type() == events.TypeVMAccepted {
-				fmt.Fprintf(out, "%s accepted\n", what)
-				summary["accepted"]++
-				continue
-			}
-			line := what + " rejected"
-			if ev.Type() == events.TypeVMRejected {
-				var rej events.VMRejected
-				if err := ev.DataAs(&rej); err == nil {
-					line += ": " + rej.Reason + ": " + rej.Message
-				}
-			} else {
-				var rej events.PodRejected
-				if err := ev.DataAs(&rej); err == nil {
-					line += ": " + rej.Reason + ": " + rej.Message
-				}
-			}
-			fmt.Fprintln(out, line)
-			if bars != nil {
-				rejections = append(rejections, line)
-			}
-			summary["rejected"]++
-			rejected++
+	timedOut := func() error {
+		for _, what := range pending {
+			fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
+			summary["requested"]++
 		}
+		return nil
+	}
+	err = awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+		what, ok := pending[ev.Subject()]
+		if !ok {
+			return false, nil
+		}
+		delete(pending, ev.Subject())
+		admitted(1)
+		if ev.Type() == events.TypePodAccepted || ev.Type() == events.TypeVMAccepted {
+			fmt.Fprintf(out, "%s accepted\n", what)
+			summary["accepted"]++
+			return len(pending) == 0, nil
+		}
+		line := what + " rejected"
+		if ev.Type() == events.TypeVMRejected {
+			var rej events.VMRejected
+			if err := ev.DataAs(&rej); err == nil {
+				line += ": " + rej.Reason + ": " + rej.Message
+			}
+		} else {
+			var rej events.PodRejected
+			if err := ev.DataAs(&rej); err == nil {
+				line += ": " + rej.Reason + ": " + rej.Message
+			}
+		}
+		fmt.Fprintln(out, line)
+		if bars != nil {
+			rejections = append(rejections, line)
+		}
+		summary["rejected"]++
+		rejected++
+		return len(pending) == 0, nil
+	}, results)
+	if err != nil || len(pending) > 0 {
+		return err
 	}
 	if rejected > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}

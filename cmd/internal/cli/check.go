@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -60,36 +61,30 @@ requirement, and exits 1 when the cluster is incompatible.`,
 				if err := b.Publish(ctx, ev); err != nil {
 					return err
 				}
-				timer := time.NewTimer(wait)
-				defer timer.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return ctx.Err()
-					case <-timer.C:
-						return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s: no compatibility answer within %s (is the guest cluster controller running?)", namespace, args[1], wait)}
-					case ev := <-answers:
-						var r events.GuestClusterCompatibility
-						if ev.DataAs(&r) != nil || r.CheckID != req.ID {
-							continue
-						}
-						fmt.Fprintln(g.stdout, r.Message)
-						for _, u := range r.Unmet {
-							have := u.Have
-							if have == "" {
-								have = "not offered"
-							}
-							fmt.Fprintf(g.stdout, "  unmet: %s %s %s (%s)\n", u.Provider, u.Name, u.Want, have)
-						}
-						if r.VCenterEventKey != 0 {
-							fmt.Fprintf(g.stdout, "vCenter event %d posted on the cluster\n", r.VCenterEventKey)
-						}
-						if !r.Compatible {
-							return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s is incompatible", namespace, args[1])}
-						}
-						return nil
-					}
+				timedOut := func() error {
+					return &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s: no compatibility answer within %s (is the guest cluster controller running?)", namespace, args[1], wait)}
 				}
+				return awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+					var r events.GuestClusterCompatibility
+					if ev.DataAs(&r) != nil || r.CheckID != req.ID {
+						return false, nil
+					}
+					fmt.Fprintln(g.stdout, r.Message)
+					for _, u := range r.Unmet {
+						have := u.Have
+						if have == "" {
+							have = "not offered"
+						}
+						fmt.Fprintf(g.stdout, "  unmet: %s %s %s (%s)\n", u.Provider, u.Name, u.Want, have)
+					}
+					if r.VCenterEventKey != 0 {
+						fmt.Fprintf(g.stdout, "vCenter event %d posted on the cluster\n", r.VCenterEventKey)
+					}
+					if !r.Compatible {
+						return true, &exitError{code: 1, err: fmt.Errorf("guestcluster %s/%s is incompatible", namespace, args[1])}
+					}
+					return true, nil
+				}, answers)
 			})
 		},
 	}

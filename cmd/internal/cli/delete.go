@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"k8s.io/apimachinery/pkg/labels"
@@ -237,31 +238,22 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 			events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, false); err != nil {
 			return err
 		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-timer.C:
-				fmt.Fprintf(g.stdout, "no answer from network-config within %s; see 'podvisor get networks'\n", wait)
-				return nil
-			case ev, ok := <-answers:
-				if !ok {
-					return errors.New("event stream closed while waiting for network-config")
-				}
-				if ev.Subject() != name {
-					continue
-				}
-				if ev.Type() == events.TypeNetworkDeleted {
-					fmt.Fprintf(g.stdout, "network %s deleted\n", name)
-					return nil
-				}
-				var rej events.NetworkDeleteRejected
-				_ = ev.DataAs(&rej)
-				return &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
-			}
+		timedOut := func() error {
+			fmt.Fprintf(g.stdout, "no answer from network-config within %s; see 'podvisor get networks'\n", wait)
+			return nil
 		}
+		return awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+			if ev.Subject() != name {
+				return false, nil
+			}
+			if ev.Type() == events.TypeNetworkDeleted {
+				fmt.Fprintf(g.stdout, "network %s deleted\n", name)
+				return true, nil
+			}
+			var rej events.NetworkDeleteRejected
+			_ = ev.DataAs(&rej)
+			return true, &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
+		}, answers)
 	})
 }
 

@@ -106,64 +106,62 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 	bars := newProgressBars(g.stderr)
 	defer bars.done()
 	moved := bars.bar("pods moved off "+p.Name, hostPods(ctx, b, p.Name))
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			fmt.Fprintf(g.stdout, "the drain did not finish within %s; it goes on (see 'podvisor get migrations -A')\n", wait)
-			return nil
-		case ev := <-migs:
+	timedOut := func() error {
+		fmt.Fprintf(g.stdout, "the drain did not finish within %s; it goes on (see 'podvisor get migrations -A')\n", wait)
+		return nil
+	}
+	return awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+		switch ev.Type() {
+		case events.TypeMigrationCompleted, events.TypeMigrationFailed, events.TypeMigrationRejected:
 			if ev.Type() == events.TypeMigrationCompleted {
 				moved(1)
 			}
 			printDrainMigration(g, p.Name, ev)
-		case ev := <-hosts:
-			v, err := events.Decode(ev.Type(), ev.Data())
-			if err != nil {
-				continue
-			}
-			switch h := v.(type) {
-			case *events.HostCordoned:
-				if h.Name == p.Name {
-					fmt.Fprintf(g.stdout, "host %s cordoned\n", h.Name)
-				}
-			case *events.HostUncordoned:
-				if h.Name == p.Name {
-					fmt.Fprintf(g.stdout, "host %s was uncordoned: the drain stopped\n", h.Name)
-					return &exitError{code: 1, err: fmt.Errorf("drain of %s stopped by an uncordon", h.Name)}
-				}
-			case *events.HostDrained:
-				if h.Name != p.Name {
-					continue
-				}
-				// The migrations' outcomes come from another stream: let
-				// those already published arrive before the summary.
-				flush := time.After(250 * time.Millisecond)
-			drainLoop:
-				for {
-					select {
-					case ev := <-migs:
-						printDrainMigration(g, p.Name, ev)
-					case <-flush:
-						break drainLoop
-					}
-				}
-				if len(h.Unmovable) == 0 {
-					fmt.Fprintf(g.stdout, "host %s drained: %d pods moved; the host is in maintenance mode\n", h.Name, h.Migrated)
-					return nil
-				}
-				fmt.Fprintf(g.stdout, "host %s not drained: %d pods moved, %d could not:\n", h.Name, h.Migrated, len(h.Unmovable))
-				for _, u := range h.Unmovable {
-					fmt.Fprintf(g.stdout, "  %s: %s%s\n", events.PodKey(u.Namespace, u.Name), u.Reason, suffix(u.Message))
-				}
-				fmt.Fprintf(g.stdout, "the host stays cordoned and out of maintenance mode ('podvisor uncordon host %s' reverses the cordon)\n", h.Name)
-				return &exitError{code: 1, err: fmt.Errorf("%d pods could not leave %s", len(h.Unmovable), h.Name)}
-			}
+			return false, nil
 		}
-	}
+		v, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			return false, nil
+		}
+		switch h := v.(type) {
+		case *events.HostCordoned:
+			if h.Name == p.Name {
+				fmt.Fprintf(g.stdout, "host %s cordoned\n", h.Name)
+			}
+		case *events.HostUncordoned:
+			if h.Name == p.Name {
+				fmt.Fprintf(g.stdout, "host %s was uncordoned: the drain stopped\n", h.Name)
+				return true, &exitError{code: 1, err: fmt.Errorf("drain of %s stopped by an uncordon", h.Name)}
+			}
+		case *events.HostDrained:
+			if h.Name != p.Name {
+				return false, nil
+			}
+			// The migrations' outcomes come from another stream: let
+			// those already published arrive before the summary.
+			flush := time.After(250 * time.Millisecond)
+		drainLoop:
+			for {
+				select {
+				case ev := <-migs:
+					printDrainMigration(g, p.Name, ev)
+				case <-flush:
+					break drainLoop
+				}
+			}
+			if len(h.Unmovable) == 0 {
+				fmt.Fprintf(g.stdout, "host %s drained: %d pods moved; the host is in maintenance mode\n", h.Name, h.Migrated)
+				return true, nil
+			}
+			fmt.Fprintf(g.stdout, "host %s not drained: %d pods moved, %d could not:\n", h.Name, h.Migrated, len(h.Unmovable))
+			for _, u := range h.Unmovable {
+				fmt.Fprintf(g.stdout, "  %s: %s%s\n", events.PodKey(u.Namespace, u.Name), u.Reason, suffix(u.Message))
+			}
+			fmt.Fprintf(g.stdout, "the host stays cordoned and out of maintenance mode ('podvisor uncordon host %s' reverses the cordon)\n", h.Name)
+			return true, &exitError{code: 1, err: fmt.Errorf("%d pods could not leave %s", len(h.Unmovable), h.Name)}
+		}
+		return false, nil
+	}, migs, hosts)
 }
 
 // hostPods is the inventory's pod count of a host, 0 when unknown.

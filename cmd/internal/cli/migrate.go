@@ -121,8 +121,6 @@ func migratePod(ctx context.Context, b *bus.Bus, req *events.MigrationRequested,
 		return nil
 	}
 	start := time.Now()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
 	lastLine := ""
 	say := func(format string, args ...any) {
 		line := fmt.Sprintf(format, args...)
@@ -131,62 +129,59 @@ func migratePod(ctx context.Context, b *bus.Bus, req *events.MigrationRequested,
 			lastLine = line
 		}
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			fmt.Fprintf(g.stdout, "no outcome within %s; the migration goes on (see 'podvisor get migration %s -n %s')\n", wait, req.ID, req.Namespace)
-			return nil
-		case ev := <-answers:
-			v, err := events.Decode(ev.Type(), ev.Data())
-			if err != nil {
-				continue
+	timedOut := func() error {
+		fmt.Fprintf(g.stdout, "no outcome within %s; the migration goes on (see 'podvisor get migration %s -n %s')\n", wait, req.ID, req.Namespace)
+		return nil
+	}
+	return awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+		v, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			return false, nil
+		}
+		switch p := v.(type) {
+		case *events.MigrationTargetReserved:
+			if p.ID == req.ID {
+				say("target reserved: %s (%s), leaving %s", p.TargetHost, p.TargetCluster, p.SourceHost)
 			}
-			switch p := v.(type) {
-			case *events.MigrationTargetReserved:
-				if p.ID == req.ID {
-					say("target reserved: %s (%s), leaving %s", p.TargetHost, p.TargetCluster, p.SourceHost)
+		case *events.MigrationProgress:
+			if p.ID != req.ID {
+				return false, nil
+			}
+			switch p.Phase {
+			case events.PhaseQueued:
+				if p.QueuePosition > 0 || p.Message != "" {
+					say("queued: %d ahead%s", p.QueuePosition, suffix(p.Message))
+				} else {
+					say("queued")
 				}
-			case *events.MigrationProgress:
-				if p.ID != req.ID {
-					continue
-				}
-				switch p.Phase {
-				case events.PhaseQueued:
-					if p.QueuePosition > 0 || p.Message != "" {
-						say("queued: %d ahead%s", p.QueuePosition, suffix(p.Message))
-					} else {
-						say("queued")
-					}
-				case events.PhaseRelocating:
-					say("relocating %d%%", p.Percent)
-				default:
-					say("%s", strings.ToLower(p.Phase))
-				}
-			case *events.MigrationCompleted:
-				if p.ID == req.ID {
-					fmt.Fprintf(g.stdout, "migrated %s: %s → %s (%s) in %s\n", key, p.SourceHost, p.TargetHost, p.TargetCluster, time.Since(start).Round(time.Millisecond))
-					return nil
-				}
-			case *events.MigrationRejected:
-				if p.ID == req.ID {
-					fmt.Fprintf(g.stdout, "migration of %s refused: %s: %s\n", key, p.Reason, p.Message)
-					return &exitError{code: 1, err: fmt.Errorf("migration %s refused (%s)", req.ID, p.Reason)}
-				}
-			case *events.MigrationFailed:
-				if p.ID == req.ID {
-					fmt.Fprintf(g.stdout, "migration of %s failed: %s: %s\n", key, p.Reason, p.Message)
-					return &exitError{code: 1, err: fmt.Errorf("migration %s failed (%s)", req.ID, p.Reason)}
-				}
-			case *events.MigrationCancelled:
-				if p.ID == req.ID && ev.Source() != CLISource {
-					fmt.Fprintf(g.stdout, "migration of %s cancelled\n", key)
-					return &exitError{code: 1, err: fmt.Errorf("migration %s cancelled", req.ID)}
-				}
+			case events.PhaseRelocating:
+				say("relocating %d%%", p.Percent)
+			default:
+				say("%s", strings.ToLower(p.Phase))
+			}
+		case *events.MigrationCompleted:
+			if p.ID == req.ID {
+				fmt.Fprintf(g.stdout, "migrated %s: %s → %s (%s) in %s\n", key, p.SourceHost, p.TargetHost, p.TargetCluster, time.Since(start).Round(time.Millisecond))
+				return true, nil
+			}
+		case *events.MigrationRejected:
+			if p.ID == req.ID {
+				fmt.Fprintf(g.stdout, "migration of %s refused: %s: %s\n", key, p.Reason, p.Message)
+				return true, &exitError{code: 1, err: fmt.Errorf("migration %s refused (%s)", req.ID, p.Reason)}
+			}
+		case *events.MigrationFailed:
+			if p.ID == req.ID {
+				fmt.Fprintf(g.stdout, "migration of %s failed: %s: %s\n", key, p.Reason, p.Message)
+				return true, &exitError{code: 1, err: fmt.Errorf("migration %s failed (%s)", req.ID, p.Reason)}
+			}
+		case *events.MigrationCancelled:
+			if p.ID == req.ID && ev.Source() != CLISource {
+				fmt.Fprintf(g.stdout, "migration of %s cancelled\n", key)
+				return true, &exitError{code: 1, err: fmt.Errorf("migration %s cancelled", req.ID)}
 			}
 		}
-	}
+		return false, nil
+	}, answers)
 }
 
 func suffix(msg string) string {
@@ -306,26 +301,20 @@ func newMigrateVMCmd(g *globals) *cobra.Command {
 				if wait <= 0 {
 					return nil
 				}
-				timer := time.NewTimer(wait)
-				defer timer.Stop()
-				for {
-					select {
-					case <-ctx.Done():
-						return ctx.Err()
-					case <-timer.C:
-						return &exitError{code: 1, err: fmt.Errorf("vm migration %s: no outcome within %s (see 'podvisor get vm %s -n %s')", id, wait, args[0], namespace)}
-					case ev := <-answers:
-						var m events.VMMigrated
-						if ev.DataAs(&m) != nil || m.ID != id {
-							continue
-						}
-						if m.Failed() {
-							return &exitError{code: 1, err: fmt.Errorf("vm migration %s failed: %s: %s", id, m.Reason, m.Message)}
-						}
-						fmt.Fprintf(g.stdout, "vm %s/%s moved from %s to %s\n", namespace, args[0], m.SourceHost, m.TargetHost)
-						return nil
-					}
+				timedOut := func() error {
+					return &exitError{code: 1, err: fmt.Errorf("vm migration %s: no outcome within %s (see 'podvisor get vm %s -n %s')", id, wait, args[0], namespace)}
 				}
+				return awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+					var m events.VMMigrated
+					if ev.DataAs(&m) != nil || m.ID != id {
+						return false, nil
+					}
+					if m.Failed() {
+						return true, &exitError{code: 1, err: fmt.Errorf("vm migration %s failed: %s: %s", id, m.Reason, m.Message)}
+					}
+					fmt.Fprintf(g.stdout, "vm %s/%s moved from %s to %s\n", namespace, args[0], m.SourceHost, m.TargetHost)
+					return true, nil
+				}, answers)
 			})
 		},
 	}

@@ -127,44 +127,42 @@ func runRebalance(ctx context.Context, b *bus.Bus, plan []rebalance.Move, wait t
 		pending[req.ID] = m
 	}
 	fmt.Fprintf(g.stdout, "%d migrations requested\n", len(plan))
-	if results == nil {
+	if results == nil || len(pending) == 0 {
 		return nil
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
 	failed := 0
-	for len(pending) > 0 {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			fmt.Fprintf(g.stdout, "%d migrations still running after %s (see 'podvisor get migrations -A')\n", len(pending), wait)
-			return nil
-		case ev := <-results:
-			v, err := events.Decode(ev.Type(), ev.Data())
-			if err != nil {
-				continue
+	timedOut := func() error {
+		fmt.Fprintf(g.stdout, "%d migrations still running after %s (see 'podvisor get migrations -A')\n", len(pending), wait)
+		return nil
+	}
+	err := awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+		v, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			return false, nil
+		}
+		switch p := v.(type) {
+		case *events.MigrationCompleted:
+			if m, ok := pending[p.ID]; ok {
+				delete(pending, p.ID)
+				fmt.Fprintf(g.stdout, "moved %s: %s → %s\n", events.PodKey(m.Namespace, m.Pod), p.SourceHost, p.TargetHost)
 			}
-			switch p := v.(type) {
-			case *events.MigrationCompleted:
-				if m, ok := pending[p.ID]; ok {
-					delete(pending, p.ID)
-					fmt.Fprintf(g.stdout, "moved %s: %s → %s\n", events.PodKey(m.Namespace, m.Pod), p.SourceHost, p.TargetHost)
-				}
-			case *events.MigrationFailed:
-				if m, ok := pending[p.ID]; ok {
-					delete(pending, p.ID)
-					failed++
-					fmt.Fprintf(g.stdout, "%s stays on %s: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.From, p.Reason, p.Message)
-				}
-			case *events.MigrationRejected:
-				if m, ok := pending[p.ID]; ok {
-					delete(pending, p.ID)
-					failed++
-					fmt.Fprintf(g.stdout, "%s stays on %s: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.From, p.Reason, p.Message)
-				}
+		case *events.MigrationFailed:
+			if m, ok := pending[p.ID]; ok {
+				delete(pending, p.ID)
+				failed++
+				fmt.Fprintf(g.stdout, "%s stays on %s: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.From, p.Reason, p.Message)
+			}
+		case *events.MigrationRejected:
+			if m, ok := pending[p.ID]; ok {
+				delete(pending, p.ID)
+				failed++
+				fmt.Fprintf(g.stdout, "%s stays on %s: %s: %s\n", events.PodKey(m.Namespace, m.Pod), m.From, p.Reason, p.Message)
 			}
 		}
+		return len(pending) == 0, nil
+	}, results)
+	if err != nil || len(pending) > 0 {
+		return err
 	}
 	if failed > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%d of %d moves did not happen", failed, len(plan))}
