@@ -18,6 +18,7 @@ import (
 	statsv1alpha1 "k8s.io/kubelet/pkg/apis/stats/v1alpha1"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // Provider runs the pods of the podvisor node as supervisor pods.
@@ -135,18 +136,7 @@ func (p *Provider) NotifyPods(ctx context.Context, f func(*corev1.Pod)) {
 
 // Run polls the supervisor for the pods' statuses until ctx ends.
 func (p *Provider) Run(ctx context.Context) {
-	t := time.NewTicker(p.pollInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		if err := p.sync(ctx); err != nil && ctx.Err() == nil {
-			p.log.Warn("pod statuses from the supervisor", "err", err)
-		}
-	}
+	periodic.Every(ctx, p.pollInterval, p.log, "pod statuses from the supervisor", p.sync)
 }
 
 // sync copies the supervisor pods' statuses onto the guest pods and

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // Workers keeps the guest cluster's worker nodes what the supervisor says
@@ -56,18 +57,7 @@ func (w *Workers) Run(ctx context.Context) {
 			<-r.done
 		}
 	}()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		if err := w.sync(ctx); err != nil && ctx.Err() == nil {
-			w.Logger.Warn("worker nodes", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	periodic.EveryAfter(ctx, 0, every, w.Logger, "worker nodes", w.sync)
 }
 
 func (w *Workers) sync(ctx context.Context) error {

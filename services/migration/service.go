@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/lease"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // Name is the service's name: its consumers are migration-<STREAM>, its
@@ -444,15 +445,8 @@ func (s *Service) prune(ctx context.Context) {
 // is not held by a migration that will not happen, and repairs the
 // migrations no runner works on.
 func (s *Service) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.SweepInterval)
-	defer t.Stop()
 	lastPrune := s.now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	periodic.Every(ctx, s.cfg.SweepInterval, s.log, "sweep", func(ctx context.Context) error {
 		now := s.now()
 		if now.Sub(lastPrune) >= pruneInterval {
 			lastPrune = now
@@ -487,7 +481,8 @@ func (s *Service) sweepLoop(ctx context.Context) {
 				s.log.Warn("expire migration", "migration", id, "err", err)
 			}
 		}
-	}
+		return nil
+	})
 }
 
 // repair announces every end recorded and not yet announced, queues again every active migration that this leader neither

@@ -12,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/services/provisioner/templates"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -164,24 +165,8 @@ func (s *Service) Run(ctx context.Context) error {
 // The early pass matters after a restart: a vCenter that lost pod VMs
 // meanwhile (a restarted simulator, a restore) is repaired in seconds.
 func (s *Service) resyncLoop(ctx context.Context) {
-	first := time.NewTimer(min(s.cfg.ResyncInterval, 5*time.Second))
-	defer first.Stop()
-	t := time.NewTicker(s.cfg.ResyncInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-first.C:
-			if _, err := s.Resync(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("drift repair incomplete", "err", err)
-			}
-		case <-t.C:
-			if _, err := s.Resync(ctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("drift repair incomplete", "err", err)
-			}
-		}
-	}
+	periodic.EveryAfter(ctx, min(s.cfg.ResyncInterval, 5*time.Second), s.cfg.ResyncInterval, s.log, "drift repair incomplete",
+		func(ctx context.Context) error { _, err := s.Resync(ctx); return err })
 }
 
 // span starts a span for one step of work on a pod, carrying the

@@ -12,12 +12,30 @@ import (
 // while ctx is alive is logged at warn level with the message what; one
 // that comes from the service stopping is not.
 func Every(ctx context.Context, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
+	run(ctx, nil, d, log, what, fn)
+}
+
+// EveryAfter is Every with one more call, first after start (0: at once):
+// a loop that should not wait a whole interval after the service starts
+// (a repair that matters most after a restart, a list the service needs
+// before it can do anything). The calls every d keep their rhythm, counted
+// from the start as in Every.
+func EveryAfter(ctx context.Context, first, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
+	f := time.NewTimer(first)
+	defer f.Stop()
+	run(ctx, f.C, d, log, what, fn)
+}
+
+// run calls fn on each tick of a ticker of d and when first fires (a nil
+// first never does).
+func run(ctx context.Context, first <-chan time.Time, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-first:
 		case <-t.C:
 		}
 		if err := fn(ctx); err != nil && ctx.Err() == nil {

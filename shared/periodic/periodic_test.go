@@ -78,3 +78,51 @@ func TestEveryDoesNotLogTheErrorOfStopping(t *testing.T) {
 		t.Errorf("logged %q for a call ended by the stop", got)
 	}
 }
+
+func TestEveryAfterCallsFirstAtStartThenEveryInterval(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(&lockedBuffer{}, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan time.Time, 16)
+	start := time.Now()
+	go periodic.EveryAfter(ctx, 0, time.Hour, log, "list failed", func(context.Context) error {
+		calls <- time.Now()
+		return nil
+	})
+	select {
+	case at := <-calls:
+		// The interval is an hour: only the call at start can have come.
+		if waited := at.Sub(start); waited > time.Minute {
+			t.Fatalf("first call after %s, want it at once", waited)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call at start")
+	}
+}
+
+func TestEveryAfterKeepsTheIntervalAfterTheFirstCall(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(&lockedBuffer{}, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	var calls atomic.Int32
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		periodic.EveryAfter(ctx, time.Millisecond, 5*time.Millisecond, log, "sweep failed", func(context.Context) error {
+			calls.Add(1)
+			return nil
+		})
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for calls.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls after 10s, want the first and then one every interval", calls.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("EveryAfter did not return after cancel")
+	}
+}
