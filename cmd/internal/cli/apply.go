@@ -331,40 +331,21 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	done := make(chan struct{}) // closed when apply returns: no one reads results then
 	if wait > 0 && len(pending) > 0 {
 		// Listen before publishing so that a fast answer is not missed.
-		c, err := b.JetStream().OrderedConsumer(ctx, events.StreamPods, jetstream.OrderedConsumerConfig{
-			FilterSubjects: []string{events.SubjectPodAccepted, events.SubjectPodRejected},
-			DeliverPolicy:  jetstream.DeliverNewPolicy,
-		})
-		if err != nil {
-			return err
-		}
-		// Only answers about the pods of this apply are passed on, and none
-		// is dropped: other clients' pods do not crowd out ours.
+		// Only answers about the objects of this apply are passed on, and
+		// none is dropped: other clients' pods do not crowd out ours.
 		want := make(map[string]bool, len(pending))
 		for subject := range pending {
 			want[subject] = true
 		}
-		answers, err = c.Consume(func(m jetstream.Msg) {
-			if ev, err := bus.DecodeMessage(m); err == nil && want[ev.Subject()] {
-				select {
-				case results <- ev:
-				case <-done:
-				}
-			}
-		})
-		if err != nil {
-			return err
-		}
-		defer answers.Stop()
-		if vmPending > 0 {
-			vc, err := b.JetStream().OrderedConsumer(ctx, events.StreamVMs, jetstream.OrderedConsumerConfig{
-				FilterSubjects: []string{events.SubjectVMAccepted, events.SubjectVMRejected},
+		forward := func(stream string, subjects ...string) (jetstream.ConsumeContext, error) {
+			c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+				FilterSubjects: subjects,
 				DeliverPolicy:  jetstream.DeliverNewPolicy,
 			})
 			if err != nil {
-				return err
+				return nil, err
 			}
-			vmAnswers, err := vc.Consume(func(m jetstream.Msg) {
+			return c.Consume(func(m jetstream.Msg) {
 				if ev, err := bus.DecodeMessage(m); err == nil && want[ev.Subject()] {
 					select {
 					case results <- ev:
@@ -372,6 +353,15 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 					}
 				}
 			})
+		}
+		podAnswers, err := forward(events.StreamPods, events.SubjectPodAccepted, events.SubjectPodRejected)
+		if err != nil {
+			return err
+		}
+		answers = podAnswers
+		defer answers.Stop()
+		if vmPending > 0 {
+			vmAnswers, err := forward(events.StreamVMs, events.SubjectVMAccepted, events.SubjectVMRejected)
 			if err != nil {
 				return err
 			}
