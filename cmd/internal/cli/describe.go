@@ -95,6 +95,18 @@ func (f *fields) add(name string, value any) {
 	fmt.Fprintf(f.tw, "%s:\t%s\n", name, s)
 }
 
+// status adds a status field, its reason in parentheses after it, and the
+// message that explains it when there is one.
+func (f *fields) status(name, status, reason, message string) {
+	if reason != "" {
+		status += " (" + reason + ")"
+	}
+	f.add(name, status)
+	if message != "" {
+		f.add("Message", message)
+	}
+}
+
 func (f *fields) section(title string) { fmt.Fprintf(f.tw, "%s:\n", title) }
 
 func (f *fields) row(cells ...string) { fmt.Fprintf(f.tw, "  %s\n", strings.Join(cells, "\t")) }
@@ -112,14 +124,7 @@ func describePod(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string
 	f.add("UID", r.UID)
 	f.add("Labels", labelString(r.Pod.Labels))
 	f.add("Created", r.CreatedAt.Format(time.RFC3339))
-	status := r.Phase
-	if r.Reason != "" {
-		status += " (" + r.Reason + ")"
-	}
-	f.add("Phase", status)
-	if r.Message != "" {
-		f.add("Message", r.Message)
-	}
+	f.status("Phase", r.Phase, r.Reason, r.Message)
 	f.add("Host", r.Host)
 	f.add("Cluster", r.Cluster)
 	f.add("IP", r.IP)
@@ -221,14 +226,7 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 	f.add("VLAN", r.Spec.VLAN)
 	f.add("CIDR", r.Spec.CIDR)
 	f.add("Version", r.Version)
-	status := r.Status
-	if r.Reason != "" {
-		status += " (" + r.Reason + ")"
-	}
-	f.add("Status", status)
-	if r.Message != "" {
-		f.add("Message", r.Message)
-	}
+	f.status("Status", r.Status, r.Reason, r.Message)
 	f.add("Port group", r.PortGroup)
 	f.add("Switch", r.Switch)
 	f.add("IPs used", r.IPsUsed)

@@ -64,14 +64,7 @@ func describeNetworkService(ctx context.Context, b *bus.Bus, out io.Writer, name
 	f.add("Name", r.Name)
 	f.add("Type", r.Spec.Type)
 	f.add("Networks", strings.Join(r.Spec.Networks, ", "))
-	status := r.Status
-	if r.Reason != "" {
-		status += " (" + r.Reason + ")"
-	}
-	f.add("Status", status)
-	if r.Message != "" {
-		f.add("Message", r.Message)
-	}
+	f.status("Status", r.Status, r.Reason, r.Message)
 	f.add("Updated", r.UpdatedAt.Format(time.RFC3339))
 	f.section("Profiles")
 	for _, p := range r.Profiles {
