@@ -24,11 +24,7 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
-	nc, err := natsFromEnv(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsForTest(t, vars)
 
 	// The SDK's consumer: a push subscription on pv.pod.vm.ready.
 	consumer, err := natsce.NewConsumerFromConn(nc, events.StreamPods, events.SubjectPodVMReady, nil, nil)

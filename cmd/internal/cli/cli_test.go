@@ -105,11 +105,7 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 	_, dir := upForTest(t, "none")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := natsFromEnv(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsForTest(t, vars)
 	// What `nats pub pv.pod.requested '<json>'` sends: a bare structured CloudEvent.
 	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"ext-1",
 	  "subject":"default/hello","datacontenttype":"application/json",
@@ -137,11 +133,7 @@ func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := natsFromEnv(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsForTest(t, vars)
 	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"bad-1",
 	  "subject":"default/x","datacontenttype":"application/json","data":{"hello":"world"}}`
 	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
@@ -258,11 +250,7 @@ func TestUsageErrors(t *testing.T) {
 func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
-	nc, err := natsFromEnv(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsForTest(t, vars)
 	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"me","id":"1",
 	  "subject":"default/again","datacontenttype":"application/json",
 	  "data":{"pod":{"metadata":{"name":"again"},"spec":{"containers":[{"name":"c","image":"registry.local/base:1.0"}]}}}}`
@@ -390,6 +378,18 @@ func TestWrongArgumentCountExitsTwo(t *testing.T) {
 // user: the client's creds and the CA.
 func natsFromEnv(vars map[string]string) (*nats.Conn, error) {
 	return nats.Connect(vars["PODVISOR_NATS_URL"], nats.UserCredentials(vars["PODVISOR_NATS_CREDS"]), nats.RootCAs(vars["PODVISOR_NATS_CA"]))
+}
+
+// natsForTest connects to the NATS server an env file of `podvisor up`
+// names, as its clients do; the connection closes when the test ends.
+func natsForTest(t *testing.T, vars map[string]string) *nats.Conn {
+	t.Helper()
+	nc, err := natsFromEnv(vars)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
 
 // TestContextsChooseTheInstallation: with no env file to go on, the current

@@ -68,11 +68,7 @@ func TestServeHostAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := natsFromEnv(vars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	nc := natsForTest(t, vars)
 	req, _ := json.Marshal(events.PodLogsRequest{Namespace: "default", Name: "ghost"})
 	for _, h := range hosts {
 		msg, err := nc.Request(events.SubjectPodLogs(h), req, 5*time.Second)
