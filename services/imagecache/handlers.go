@@ -68,8 +68,7 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 			cs[i].Image = e.Images[i]
 		}
 	}
-	lastReady, err := s.rememberContainers(ctx, e.UID, cs)
-	if err != nil {
+	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
 		return err
 	}
 	cands, err := s.candidates(ctx, "", nil)
@@ -85,7 +84,12 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 			return err
 		}
 	}
-	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, lastReady)
+	// Announced again even when the last announcement named the same
+	// disks: a pod.accepted that comes again under a new id is the
+	// provisioner asking again for a fact it never got (a pod Scheduled
+	// too long without it), and the effect id, derived from this event's,
+	// makes a redelivery of the same pod.accepted publish nothing new.
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, "")
 }
 
 // onScheduled makes sure the chosen host sees the pod's chains: a chain on
@@ -389,24 +393,16 @@ func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
 }
 
 // rememberContainers keeps the pod's containers for pod.scheduled, which
-// does not carry them, and returns what the pod's last pod.images.ready
-// announced ("": none), in one round trip.
-func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) (lastReady string, err error) {
+// does not carry them.
+func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) error {
 	b, err := json.Marshal(cs)
 	if err != nil {
-		return "", err
+		return err
 	}
-	pipe := s.db.Client().Pipeline()
-	set := pipe.Set(ctx, il.PodContainersKey(uid), b, 0)
-	ready := pipe.Get(ctx, il.PodReadyKey(uid))
-	_, _ = pipe.Exec(ctx) // each command's error is looked at below
-	if err := set.Err(); err != nil {
-		return "", fmt.Errorf("keep the containers of pod %s: %w", uid, err)
+	if err := s.db.Client().Set(ctx, il.PodContainersKey(uid), b, 0).Err(); err != nil {
+		return fmt.Errorf("keep the containers of pod %s: %w", uid, err)
 	}
-	if err := ready.Err(); err != nil && !errors.Is(err, redis.Nil) {
-		return "", fmt.Errorf("read what was announced of pod %s: %w", uid, err)
-	}
-	return ready.Val(), nil
+	return nil
 }
 
 // containersOf returns the pod's containers: from kept (their JSON as
@@ -441,13 +437,12 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string, kept [
 	for _, c := range events.PodContainers(&rec.Pod) {
 		cs = append(cs, container{Name: c.Name, Image: c.Image})
 	}
-	_, err = s.rememberContainers(ctx, uid, cs)
-	return cs, err
+	return cs, s.rememberContainers(ctx, uid, cs)
 }
 
 // publishReady announces the pod's images unless the last announcement
-// (last, read when the handler began) named the same disks (pod.accepted
-// already did, or this is a redelivery).
+// (last, read when the handler began; "" to announce in any case) named
+// the same disks (pod.accepted already did, or this is a redelivery).
 func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared, last string) error {
 	sig := readySignature(cs, preps)
 	if last == sig {

@@ -288,3 +288,22 @@ func TestRegistryUnavailable(t *testing.T) {
 func webLayersFromChain(disk string) string {
 	return "sha256:" + path.Base(path.Dir(disk))
 }
+
+// TestAcceptedAgainIsAnsweredAgain: a pod.accepted that comes again under a
+// new id (the provisioner asking again for the facts of a pod Scheduled too
+// long without them) gets pod.images.ready again, although the disks are
+// the ones announced before; a redelivery of the same event would carry
+// the same effect id. Before, the image cache stayed silent, and a
+// pod.images.ready lost after delivery could not be recovered.
+func TestAcceptedAgainIsAnsweredAgain(t *testing.T) {
+	e := startEnv(t, nil)
+	img := e.reg.Ref("podvisor/web:1.0")
+	e.accept("again", img)
+	e.WaitFor("the first pod.images.ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "again") == 1 })
+	e.accept("again", img)
+	evs := e.WaitFor("pod.images.ready again", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "again") == 2 })
+	rs := testenv.In(t, evs, func(r *events.PodImagesReady) bool { return r.Name == "again" })
+	if rs[0].Containers[0].Disk != rs[1].Containers[0].Disk {
+		t.Fatalf("announced disks %s then %s, want the same", rs[0].Containers[0].Disk, rs[1].Containers[0].Disk)
+	}
+}
