@@ -2,9 +2,11 @@ package provisioner
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,5 +129,57 @@ func TestDiskZeroIsAChildOfTheEphemeralTemplate(t *testing.T) {
 	blank.BlankEphemeral = true
 	if b := create(blank, "pv-eph-3"); b.Parent != nil {
 		t.Errorf("with BlankEphemeral, disk 0 has parent %s", b.Parent.FileName)
+	}
+}
+
+// Two provisioner replicas building one datastore's ephemeral template at
+// once both end with the same template and leave nothing else behind: each
+// writes only a disk of its own and moves it to the template's name, and a
+// move never replaces a template (pod VMs may already be its children).
+// Before, a build deleted whatever disk had the template's name, another
+// replica's finished template included.
+func TestTwoReplicasBuildOneEphemeralTemplate(t *testing.T) {
+	privtest.RequireTools(t, "mkfs.ext4")
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const mib = 128
+	want := podvm.EphemeralTemplatePath(sim.SharedDatastore, mib)
+	replicas := []*podvm.Client{podvm.New(e.vc.Client, e.dco), podvm.New(e.vc.Client, e.dco)}
+	errs := make(chan error, len(replicas))
+	for _, vms := range replicas {
+		go func() {
+			got, err := vms.EphemeralTemplate(ctx, sim.SharedDatastore, mib)
+			if err == nil && got != want {
+				err = fmt.Errorf("template %s, want %s", got, want)
+			}
+			errs <- err
+		}()
+	}
+	for range replicas {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds, err := e.dc.Datastore(sim.SharedDatastore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := filepath.Join(ds.Dir, strings.SplitN(want, "] ", 2)[1])
+	entries, err := os.ReadDir(filepath.Dir(local))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range entries {
+		names = append(names, de.Name())
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"ephemeral-flat.vmdk", "ephemeral.vmdk", "ready"}) {
+		t.Fatalf("the template's directory holds %v, want the template's two files and its marker", names)
+	}
+	flat := strings.TrimSuffix(local, ".vmdk") + "-flat.vmdk"
+	if fi, err := os.Stat(flat); err != nil || fi.Size() == 0 {
+		t.Fatalf("the template's extent: %v, %v; want the formatted head", fi, err)
 	}
 }

@@ -166,8 +166,13 @@ func (c *Client) build(st *templateState, ds string, mib int64) {
 
 // buildTemplate makes sure the template exists on the datastore: a ready
 // marker beside it says a build finished. Otherwise it formats the disk
-// locally, creates the disk and writes the formatted extent through the
-// datastore file API, then the marker.
+// locally, creates a disk under a name of this build's own, writes the
+// formatted extent into it through the datastore file API, and moves it to
+// the template's name, then writes the marker. Several provisioner
+// replicas may build at once: each writes only its own staged disk, and a
+// move never replaces a template (another replica's, complete, that pod
+// VMs may already be children of); the one whose move finds the name taken
+// drops its copy and marks the template there as ready.
 func (c *Client) buildTemplate(ctx context.Context, ds string, mib int64) (string, error) {
 	disk := EphemeralTemplatePath(ds, mib)
 	rel := ephemeralTemplateRel(mib)
@@ -212,22 +217,42 @@ func (c *Client) buildTemplate(ctx context.Context, ds string, mib int64) (strin
 		return "", fmt.Errorf("ephemeral template directory: %w", err)
 	}
 	vdm := object.NewVirtualDiskManager(c.vc)
-	if t, err := vdm.DeleteVirtualDisk(ctx, disk, c.dc); err == nil {
-		_ = t.Wait(ctx) // a build that stopped half way
-	}
+	stagedRel := fmt.Sprintf("%s/build-%s.vmdk", dir, filepath.Base(work)) // work's name is unique to this build
+	staged := fmt.Sprintf("[%s] %s", ds, stagedRel)
 	spec := &types.FileBackedVirtualDiskSpec{VirtualDiskSpec: types.VirtualDiskSpec{
 		DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
 		CapacityKb: mib << 10}
-	t, err := vdm.CreateVirtualDisk(ctx, disk, c.dc, spec)
+	t, err := vdm.CreateVirtualDisk(ctx, staged, c.dc, spec)
 	if err == nil {
 		err = t.Wait(ctx)
 	}
 	if err != nil {
-		return "", fmt.Errorf("create ephemeral template %s: %w", disk, err)
+		return "", fmt.Errorf("create ephemeral template %s: %w", staged, err)
 	}
+	moved := false
+	defer func() {
+		if !moved { // a failed build, or another replica's template won
+			if t, err := vdm.DeleteVirtualDisk(context.WithoutCancel(ctx), staged, c.dc); err == nil {
+				_ = t.Wait(context.WithoutCancel(ctx))
+			}
+		}
+	}()
 	p := soap.DefaultUpload
-	if err := store.UploadFile(ctx, raw, strings.TrimSuffix(rel, ".vmdk")+"-flat.vmdk", &p); err != nil {
-		return "", fmt.Errorf("write ephemeral template %s: %w", disk, err)
+	if err := store.UploadFile(ctx, raw, strings.TrimSuffix(stagedRel, ".vmdk")+"-flat.vmdk", &p); err != nil {
+		return "", fmt.Errorf("write ephemeral template %s: %w", staged, err)
+	}
+	t, err = vdm.MoveVirtualDisk(ctx, staged, c.dc, disk, c.dc, false)
+	if err == nil {
+		err = t.Wait(ctx)
+	}
+	switch {
+	case err == nil:
+		moved = true
+	case fault.Is(err, &types.FileAlreadyExists{}):
+		// Another build moved its template in first: it is complete (a
+		// template only ever gets its name whole), so it is the one.
+	default:
+		return "", fmt.Errorf("move ephemeral template %s into place: %w", disk, err)
 	}
 	mark := filepath.Join(work, "ready")
 	if err := os.WriteFile(mark, []byte(fmt.Sprintf("%d\n", mib)), 0o600); err != nil {
