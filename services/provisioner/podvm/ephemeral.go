@@ -16,6 +16,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
+	"golang.org/x/sys/unix"
 )
 
 // A pod VM's disk 0 must hold a filesystem before the agent can mount it.
@@ -277,11 +278,11 @@ func dataEnd(path string) (int64, error) {
 	}
 	var end int64
 	for off := int64(0); off < st.Size(); {
-		data, err := f.Seek(off, seekData)
+		data, err := f.Seek(off, unix.SEEK_DATA)
 		if err != nil {
 			break // ENXIO: only a hole is left
 		}
-		hole, err := f.Seek(data, seekHole)
+		hole, err := f.Seek(data, unix.SEEK_HOLE)
 		if err != nil {
 			return 0, fmt.Errorf("seek hole in %s: %w", path, err)
 		}
@@ -292,9 +293,3 @@ func dataEnd(path string) (int64, error) {
 	}
 	return end, nil
 }
-
-// SEEK_DATA and SEEK_HOLE (Linux, also the BSDs and illumos).
-const (
-	seekData = 3
-	seekHole = 4
-)
