@@ -97,7 +97,7 @@ func (b *Bus) ServeWithin(ctx context.Context, subject string, timeout time.Dura
 }
 
 func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, req *nats.Msg, h func(context.Context, []byte) ([]byte, error)) {
-	by, hasBy := ReplyBy(req)
+	by, hasBy := replyBy(req)
 	if hasBy && !time.Now().Before(by) {
 		serveExpired.Add(1)
 		return // the requester stopped waiting: nobody reads an answer now
@@ -139,9 +139,9 @@ var serveExpired atomic.Int64
 // unanswered because the requester's HeaderReplyBy had passed.
 func ServeExpired() int64 { return serveExpired.Load() }
 
-// ReplyBy returns the time until which req's requester waits
+// replyBy returns the time until which req's requester waits
 // (HeaderReplyBy); ok is false when the request does not say.
-func ReplyBy(req *nats.Msg) (time.Time, bool) {
+func replyBy(req *nats.Msg) (time.Time, bool) {
 	if req == nil || req.Header == nil {
 		return time.Time{}, false
 	}
@@ -153,11 +153,11 @@ func ReplyBy(req *nats.Msg) (time.Time, bool) {
 	return t, err == nil
 }
 
-// NewRequest is a request message to subject carrying ctx's trace and the
+// newRequest is a request message to subject carrying ctx's trace and the
 // time its requester stops waiting (HeaderReplyBy): ctx's deadline, at most
 // AnswerWindow from now. It returns the context to wait with, bounded the
 // same way.
-func NewRequest(ctx context.Context, subject string, data []byte) (*nats.Msg, context.Context, context.CancelFunc) {
+func newRequest(ctx context.Context, subject string, data []byte) (*nats.Msg, context.Context, context.CancelFunc) {
 	by := time.Now().Add(AnswerWindow)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(by) {
 		by = dl
@@ -192,7 +192,7 @@ func (b *Bus) Request(ctx context.Context, subject string, data []byte) ([]byte,
 	ctx, span := tracer().Start(ctx, "request "+subject, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", subject)))
 	defer span.End()
-	msg, ctx, cancel := NewRequest(ctx, subject, data)
+	msg, ctx, cancel := newRequest(ctx, subject, data)
 	defer cancel()
 	resp, err := b.nc.RequestMsgWithContext(ctx, msg)
 	if err != nil {
