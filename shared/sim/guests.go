@@ -2,7 +2,9 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -292,12 +294,23 @@ func (d *Datacenter) flatExtent(dsPath string) (string, error) {
 		return "", fmt.Errorf("disk %s: %w", dsPath, err)
 	}
 	defer f.Close()
+	conventional := filepath.Join(filepath.Dir(desc), strings.Replace(filepath.Base(desc), ".vmdk", "-flat.vmdk", 1))
 	if parsed, err := vmdk.ParseDescriptor(f); err == nil && len(parsed.Extent) > 0 {
 		if name := strings.Trim(parsed.Extent[0].Info, `"`); name != "" {
-			return filepath.Join(filepath.Dir(desc), filepath.FromSlash(path.Clean(name))), nil
+			named := filepath.Join(filepath.Dir(desc), filepath.FromSlash(path.Clean(name)))
+			// vcsim's MoveVirtualDisk renames the descriptor and its
+			// extent but leaves the descriptor naming the old extent
+			// (ESXi rewrites it): a moved disk's extent is found under
+			// the descriptor's new name.
+			if _, err := os.Stat(named); err != nil && errors.Is(err, fs.ErrNotExist) {
+				if _, err := os.Stat(conventional); err == nil {
+					return conventional, nil
+				}
+			}
+			return named, nil
 		}
 	}
-	return filepath.Join(filepath.Dir(desc), strings.Replace(filepath.Base(desc), ".vmdk", "-flat.vmdk", 1)), nil
+	return conventional, nil
 }
 
 // freezeGuests and thawGuests follow a host's failure and recovery.
