@@ -70,13 +70,17 @@ func TestDataPlaneSectionInTheTable(t *testing.T) {
 	out.Reset()
 	r.DataPlane = &DataPlane{Pods: 100, Running: 100, Runtime: "crun", LatencyMS: Latency{P50: 900, P95: 1500, P99: 1800}, Seconds: 1.9,
 		Direct: DirectRuntime{Runtime: "crun", Workers: 16, LatencyMS: Latency{P99: 900}, Seconds: 0.95}, P99ToDirect: 2, SecondsToDirect: 2,
-		Paced: &PacedDataPlane{Rate: 50, Pods: 100, Running: 99, LatencyMS: Latency{P50: 700, P95: 1100, P99: 1234}}}
+		Paced: &PacedDataPlane{Rate: 50, Pods: 100, Running: 99, LatencyMS: Latency{P50: 700, P95: 1100, P99: 1234},
+			Direct: DirectRuntime{Runtime: "crun", Rate: 50, LatencyMS: Latency{P50: 80, P95: 100, P99: 617}}, P99ToDirect: 2}}
 	if err := r.Table(&out); err != nil || !strings.Contains(out.String(), "p99 2.00×") || !strings.Contains(out.String(), "crun run") ||
 		!strings.Contains(out.String(), "runtime crun") {
 		t.Errorf("the section prints %q (%v), want the p99 ratio against crun run and the guests' runtime", out.String(), err)
 	}
 	if !strings.Contains(out.String(), "paced (100 pods at 50/s): 99 Running") || !strings.Contains(out.String(), "700 / 1100 / 1234 ms") {
 		t.Errorf("the section prints %q, want the paced run's count and percentiles", out.String())
+	}
+	if !strings.Contains(out.String(), "direct crun run at the same rate: 80 / 100 / 617 ms; p99 2.00×") {
+		t.Errorf("the section prints %q, want the paced direct baseline and its ratio", out.String())
 	}
 	if err := (Config{Pods: 1, Hosts: 1, DataPlaneRate: -1}).Validate(); err == nil || !strings.Contains(err.Error(), "data-plane rate -1") {
 		t.Errorf("Validate: %v, want it to name the data-plane rate", err)

@@ -71,16 +71,23 @@ type PacedDataPlane struct {
 	Pods      int     `json:"pods"`
 	Running   int     `json:"running"`
 	LatencyMS Latency `json:"latency_ms"`
+	// Direct is the same number of containers started directly with the
+	// runtime at the same rate, each timed from its own slot; P99ToDirect
+	// is LatencyMS.P99 / Direct.LatencyMS.P99 (target ≤ 3).
+	Direct      DirectRuntime `json:"direct"`
+	P99ToDirect float64       `json:"p99_to_direct"`
 }
 
 // DirectRuntime is the baseline: N containers of the same bundle (the
 // agent's runtime spec, the same command and resources, an overlay over the
 // same image's files) started with `<runtime> run --detach`, Workers at a time,
-// from one moment.
+// from one moment, or one every 1/Rate seconds (each then timed from its
+// own slot).
 type DirectRuntime struct {
 	Runtime    string  `json:"runtime"`
 	Containers int     `json:"containers"`
 	Workers    int     `json:"workers"`
+	Rate       float64 `json:"rate,omitempty"`
 	Seconds    float64 `json:"seconds"`
 	LatencyMS  Latency `json:"latency_ms"`
 }
@@ -198,7 +205,7 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
 
 	p.say("data plane: %d containers with %s directly…", len(names), out.Runtime)
-	if out.Direct, err = runDirect(ctx, out.Runtime, out.Image, sys.RegistryOptions(), len(names)); err != nil {
+	if out.Direct, err = runDirect(ctx, out.Runtime, out.Image, sys.RegistryOptions(), len(names), 0); err != nil {
 		return nil, fmt.Errorf("direct runtime: %w", err)
 	}
 	if out.Direct.LatencyMS.P99 > 0 {
@@ -210,6 +217,14 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	if cfg.DataPlaneRate > 0 {
 		if out.Paced, err = runPaced(ctx, cfg, b, w, out.Image, p); err != nil {
 			return nil, fmt.Errorf("paced: %w", err)
+		}
+		pc := out.Paced
+		p.say("data plane: %d containers with %s directly at %.0f/s…", pc.Pods, out.Runtime, pc.Rate)
+		if pc.Direct, err = runDirect(ctx, out.Runtime, out.Image, sys.RegistryOptions(), pc.Pods, pc.Rate); err != nil {
+			return nil, fmt.Errorf("direct runtime at %.0f/s: %w", pc.Rate, err)
+		}
+		if pc.Direct.LatencyMS.P99 > 0 {
+			pc.P99ToDirect = pc.LatencyMS.P99 / pc.Direct.LatencyMS.P99
 		}
 	}
 	return out, nil
@@ -320,8 +335,8 @@ func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []
 // overlay (lower = the image's files, upper/work of its own, as the agent
 // builds a container's root) with the runtime spec the agent writes, from one
 // moment with a pool of workers; then removes them all.
-func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int) (DirectRuntime, error) {
-	out := DirectRuntime{Runtime: rt, Containers: n, Workers: 16}
+func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int, rate float64) (DirectRuntime, error) {
+	out := DirectRuntime{Runtime: rt, Containers: n, Workers: 16, Rate: rate}
 	dir, err := os.MkdirTemp("", "pvdirect-")
 	if err != nil {
 		return out, err
@@ -354,6 +369,13 @@ func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int
 		removeCgroup(cgroup)
 	}()
 	start := time.Now()
+	// slot is when container i is asked for: all at once, or one every
+	// 1/rate seconds, as the paced pods are requested.
+	slot := func(i int) time.Time { return start }
+	if rate > 0 {
+		every := time.Duration(float64(time.Second) / rate)
+		slot = func(i int) time.Time { return start.Add(time.Duration(i) * every) }
+	}
 	lat := make([]float64, n)
 	jobs := make(chan int)
 	errs := make(chan error, n)
@@ -368,7 +390,7 @@ func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int
 						errs <- err
 						continue
 					}
-					lat[i] = ms(time.Since(start))
+					lat[i] = ms(time.Since(slot(i)))
 				}
 				return nil
 			})
@@ -380,6 +402,12 @@ func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int
 		})
 	}
 	for i := range n {
+		if d := time.Until(slot(i)); d > 0 {
+			select {
+			case <-time.After(d):
+			case <-ctx.Done():
+			}
+		}
 		jobs <- i
 	}
 	close(jobs)

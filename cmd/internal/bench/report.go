@@ -74,8 +74,9 @@ func (r *Result) Table(w io.Writer) error {
 				d.Pods, d.Image, d.Hosts, d.Runtime, d.Running, d.LatencyMS.P50, d.LatencyMS.P95, d.LatencyMS.P99, d.Seconds, d.Direct.Runtime, d.Direct.Workers,
 				d.Direct.LatencyMS.P50, d.Direct.LatencyMS.P95, d.Direct.LatencyMS.P99, d.Direct.Seconds, d.P99ToDirect, d.SecondsToDirect)
 			if pc := d.Paced; pc != nil {
-				fmt.Fprintf(w, "data plane paced (%d pods at %g/s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms (target p99 ≤ 2 s)\n",
-					pc.Pods, pc.Rate, pc.Running, pc.LatencyMS.P50, pc.LatencyMS.P95, pc.LatencyMS.P99)
+				fmt.Fprintf(w, "data plane paced (%d pods at %g/s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms (target p99 ≤ 2 s); direct %s run at the same rate: %.0f / %.0f / %.0f ms; p99 %.2f× (target ≤ 3×)\n",
+					pc.Pods, pc.Rate, pc.Running, pc.LatencyMS.P50, pc.LatencyMS.P95, pc.LatencyMS.P99,
+					pc.Direct.Runtime, pc.Direct.LatencyMS.P50, pc.Direct.LatencyMS.P95, pc.Direct.LatencyMS.P99, pc.P99ToDirect)
 			}
 		}
 	}
