@@ -31,6 +31,14 @@ type EmbeddedConfig struct {
 	// process crash); a single-node deployment that must survive power loss
 	// sets this.
 	SyncAlways bool
+	// MaxStore is the file store's capacity, which JetStream admits each
+	// stream's and bucket's byte limit against when it is created. 0 keeps
+	// the server's default: three quarters of the disk space free at start,
+	// so a topology whose limits add up to more than that is refused
+	// ("insufficient storage resources") however little it holds. Tests
+	// set it, so that a short disk does not fail a run that writes a few
+	// megabytes.
+	MaxStore int64
 	// Auth, when set, makes the server accept only the identities this
 	// authority mints (creds files), each with its permissions. Without it
 	// the server is open, which only tests want.
@@ -94,12 +102,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		port = server.RANDOM_PORT
 	}
 	opts := &server.Options{
-		ServerName: cfg.ServerName,
-		Host:       cfg.Host,
-		Port:       port,
-		JetStream:  true,
-		StoreDir:   cfg.Dir,
-		SyncAlways: cfg.SyncAlways,
+		ServerName:        cfg.ServerName,
+		Host:              cfg.Host,
+		Port:              port,
+		JetStream:         true,
+		StoreDir:          cfg.Dir,
+		SyncAlways:        cfg.SyncAlways,
+		JetStreamMaxStore: cfg.MaxStore,
 		// The host process owns signals and logging.
 		NoSigs: true,
 		NoLog:  true,

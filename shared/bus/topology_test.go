@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,5 +156,28 @@ func TestConnectFailsFastWithoutServer(t *testing.T) {
 	}
 	if _, err := bus.Connect(ctx, ""); err == nil {
 		t.Error("Connect with an empty url succeeded")
+	}
+}
+
+// The store's capacity is what the topology's byte limits are admitted
+// against: a server with less than they add up to refuses the topology
+// (as one on a short disk does by default), the tests' capacity admits it.
+func TestMaxStoreAdmitsTheTopology(t *testing.T) {
+	for _, tc := range []struct {
+		maxStore int64
+		ok       bool
+	}{{maxStore: 1 << 30, ok: false}, {maxStore: bustest.TestMaxStore, ok: true}} {
+		srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir(), Host: "127.0.0.1", MaxStore: tc.maxStore})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(srv.Shutdown)
+		err = bustest.Connect(t, srv).EnsureTopology(testContext(t))
+		if tc.ok && err != nil {
+			t.Errorf("MaxStore %d: EnsureTopology: %v", tc.maxStore, err)
+		}
+		if !tc.ok && (err == nil || !strings.Contains(err.Error(), "insufficient storage")) {
+			t.Errorf("MaxStore %d: EnsureTopology: %v, want insufficient storage", tc.maxStore, err)
+		}
 	}
 }

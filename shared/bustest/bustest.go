@@ -8,6 +8,12 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
+// TestMaxStore is the store capacity of a test's server: the topology's
+// byte limits add up to several GiB while a test writes megabytes, so the
+// server's default (three quarters of the free disk) would fail tests on a
+// machine with little disk to spare.
+const TestMaxStore = 1 << 40
+
 // StartServer runs an embedded NATS server with JetStream for the test.
 func StartServer(t testing.TB) *bus.Embedded {
 	t.Helper()
@@ -19,7 +25,7 @@ func StartServer(t testing.TB) *bus.Embedded {
 // restart.
 func StartServerIn(t testing.TB, dir string) *bus.Embedded {
 	t.Helper()
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir, Host: "127.0.0.1"})
+	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir, Host: "127.0.0.1", MaxStore: TestMaxStore})
 	if err != nil {
 		t.Fatalf("bustest: start NATS: %v", err)
 	}

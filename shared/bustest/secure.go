@@ -35,7 +35,7 @@ func StartSecure(t testing.TB) *Secure {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS})
+	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS, MaxStore: TestMaxStore})
 	if err != nil {
 		t.Fatal(err)
 	}
