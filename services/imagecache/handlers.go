@@ -68,10 +68,15 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 			cs[i].Image = e.Images[i]
 		}
 	}
-	if err := s.rememberContainers(ctx, e.UID, cs); err != nil {
+	last, err := s.rememberContainers(ctx, e.UID, cs)
+	if err != nil {
 		return err
 	}
-	cands, err := s.candidates(ctx, "", nil)
+	// A pod announced before (this is the provisioner asking again) keeps
+	// its chains where they are: preferring their datastores keeps the
+	// pod's references there rather than moving them to another copy.
+	_, sig := readyOrigin(last)
+	cands, err := s.candidates(ctx, "", readyDatastores(sig))
 	if err != nil {
 		return err
 	}
@@ -79,17 +84,19 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 	if err != nil {
 		return err
 	}
+	var dss []string
 	for _, p := range preps {
-		if all, err := s.visibleToAll(ctx, p.datastore); err != nil || !all {
-			return err
-		}
+		dss = append(dss, p.datastore)
+	}
+	if all, err := s.visibleToAllOf(ctx, dss); err != nil || !all {
+		return err
 	}
 	// Announced again even when the last announcement named the same
 	// disks: a pod.accepted that comes again under a new id is the
 	// provisioner asking again for a fact it never got (a pod Scheduled
 	// too long without it), and the effect id, derived from this event's,
 	// makes a redelivery of the same pod.accepted publish nothing new.
-	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, "")
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, true)
 }
 
 // onScheduled makes sure the chosen host sees the pod's chains: a chain on
@@ -112,10 +119,11 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 		return err
 	}
 	// Most pods' images were announced on pod.accepted on a datastore every
-	// host mounts: nothing to do then (the chains are referenced, and a
-	// second preparation would announce the same disks).
-	if known.ready != "" {
-		if dss := readyDatastores(known.ready); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
+	// host mounts: nothing to do then (the chains are referenced, a second
+	// preparation would announce the same disks, and a pod.accepted asked
+	// again is answered again by onAccepted).
+	if fromAccepted, sig := readyOrigin(known.ready); fromAccepted {
+		if dss := readyDatastores(sig); len(dss) > 0 && !slices.ContainsFunc(dss, func(ds string) bool { return !slices.Contains(cands, ds) }) {
 			ok, err := s.referencedChainsReady(ctx, known.refs, dss)
 			if err != nil {
 				return err
@@ -129,7 +137,26 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	if err != nil {
 		return err
 	}
-	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, known.ready)
+	// Announced again even when the last announcement (a pod.scheduled's)
+	// named the same disks. Images on a datastore not every host mounts
+	// are announced on pod.scheduled only (pod.accepted stays silent about
+	// them), so a pod.scheduled that comes again under a new id — the
+	// scheduler answering a pod.accepted the provisioner announced again
+	// for a fact it never got — is the only way such a lost fact comes
+	// back. A redelivery of the same pod.scheduled derives the same effect
+	// id, so JetStream keeps one copy.
+	return s.publishReady(ctx, m, e.Namespace, e.Name, e.UID, cs, preps, false)
+}
+
+// visibleToAllOf reports whether every host of the datacenter mounts each
+// of dss.
+func (s *Service) visibleToAllOf(ctx context.Context, dss []string) (bool, error) {
+	for _, ds := range dss {
+		if all, err := s.visibleToAll(ctx, ds); err != nil || !all {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 // readySignature identifies what a pod.images.ready announced: each
@@ -142,10 +169,22 @@ func readySignature(cs []container, preps map[string]prepared) string {
 	return b.String()
 }
 
+// acceptedMark begins the kept signature of an announcement made on
+// pod.accepted (il.PodReadyKey): pod.scheduled leaves those alone, and
+// answers again any it made itself.
+const acceptedMark = "accepted "
+
+// readyOrigin splits a kept announcement into whether pod.accepted made it
+// and its signature.
+func readyOrigin(kept string) (fromAccepted bool, sig string) {
+	sig, fromAccepted = strings.CutPrefix(kept, acceptedMark)
+	return fromAccepted, sig
+}
+
 // podKnown is what the image cache keeps about a pod in Redis.
 type podKnown struct {
 	containers []byte   // the containers as JSON (nil: not kept)
-	ready      string   // the last pod.images.ready's signature ("": none)
+	ready      string   // the last pod.images.ready as kept (readyOrigin; "": none)
 	refs       []string // the chains it references, "<chainID>@<ds>"
 }
 
@@ -393,16 +432,24 @@ func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
 }
 
 // rememberContainers keeps the pod's containers for pod.scheduled, which
-// does not carry them.
-func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) error {
+// does not carry them, and returns what the pod's last pod.images.ready
+// announced as kept ("": none), in one round trip.
+func (s *Service) rememberContainers(ctx context.Context, uid string, cs []container) (lastReady string, err error) {
 	b, err := json.Marshal(cs)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if err := s.db.Client().Set(ctx, il.PodContainersKey(uid), b, 0).Err(); err != nil {
-		return fmt.Errorf("keep the containers of pod %s: %w", uid, err)
+	pipe := s.db.Client().Pipeline()
+	set := pipe.Set(ctx, il.PodContainersKey(uid), b, 0)
+	ready := pipe.Get(ctx, il.PodReadyKey(uid))
+	_, _ = pipe.Exec(ctx) // each command's error is looked at below
+	if err := set.Err(); err != nil {
+		return "", fmt.Errorf("keep the containers of pod %s: %w", uid, err)
 	}
-	return nil
+	if err := ready.Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("read what was announced of pod %s: %w", uid, err)
+	}
+	return ready.Val(), nil
 }
 
 // containersOf returns the pod's containers: from kept (their JSON as
@@ -437,16 +484,17 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string, kept [
 	for _, c := range events.PodContainers(&rec.Pod) {
 		cs = append(cs, container{Name: c.Name, Image: c.Image})
 	}
-	return cs, s.rememberContainers(ctx, uid, cs)
+	_, err = s.rememberContainers(ctx, uid, cs)
+	return cs, err
 }
 
-// publishReady announces the pod's images unless the last announcement
-// (last, read when the handler began; "" to announce in any case) named
-// the same disks (pod.accepted already did, or this is a redelivery).
-func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared, last string) error {
+// publishReady announces the pod's images as the effect of m's event (a
+// pod.accepted when onAccepted), and keeps what it announced and on which
+// event (onScheduled reads it).
+func (s *Service) publishReady(ctx context.Context, m *bus.Message, ns, name, uid string, cs []container, preps map[string]prepared, onAccepted bool) error {
 	sig := readySignature(cs, preps)
-	if last == sig {
-		return nil
+	if onAccepted {
+		sig = acceptedMark + sig
 	}
 	ready := events.PodImagesReady{PodRef: events.PodRef{Namespace: ns, Name: name, UID: uid}}
 	for _, c := range cs {

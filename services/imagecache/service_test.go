@@ -2,16 +2,21 @@ package imagecache_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
+	"github.com/podvisor/podvisor/shared/bus"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -305,5 +310,102 @@ func TestAcceptedAgainIsAnsweredAgain(t *testing.T) {
 	rs := testenv.In(t, evs, func(r *events.PodImagesReady) bool { return r.Name == "again" })
 	if rs[0].Containers[0].Disk != rs[1].Containers[0].Disk {
 		t.Fatalf("announced disks %s then %s, want the same", rs[0].Containers[0].Disk, rs[1].Containers[0].Disk)
+	}
+}
+
+// TestScheduledAgainIsAnsweredAgain: images on a datastore not every host
+// mounts are announced on pod.scheduled only, so a pod.scheduled that comes
+// again under a new id (the scheduler answering the pod.accepted the
+// provisioner announced again for a fact it never got) is the one way a
+// lost pod.images.ready comes back. It is answered again, with the same
+// disks, whether they are on the datastore only the pod's host mounts
+// (near) or were copied to the shared one for it (far); a redelivery of the
+// same pod.scheduled is answered under the same effect id. Before, the
+// image cache found the disks announced and stayed silent.
+func TestScheduledAgainIsAnsweredAgain(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) { c.Datastores = []string{localDS, sharedDS} })
+	web := e.reg.Ref("podvisor/web:1.0")
+	hosts := map[string]string{"near": hostLocal, "far": "DC0_C0_H1"}
+	wantDS := map[string]string{"near": localDS, "far": sharedDS}
+	for name := range hosts {
+		e.handled(e.accept(name, web))
+	}
+	schedule := func(name string) event.Event {
+		t.Helper()
+		ev, err := bus.NewEvent(events.OwnerSource(events.TypePodScheduled), events.TypePodScheduled, events.PodKey("default", name),
+			&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: name, UID: testenv.UID(name)}, Host: hosts[name], Cluster: "DC0_C0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := e.bus.Publish(t.Context(), ev); err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	// readies are a pod's pod.images.ready as the bus carried them
+	// (duplicates included), with their ids.
+	readies := func(evs []testenv.Seen, name string) (ids []string, disks []string) {
+		for _, s := range evs {
+			if r, ok := s.Payload.(*events.PodImagesReady); ok && r.Name == name {
+				ids = append(ids, s.Event.ID())
+				disks = append(disks, r.Containers[0].Disk)
+			}
+		}
+		return ids, disks
+	}
+	for name := range hosts {
+		schedule(name)
+	}
+	e.WaitFor("the first pod.images.ready of each pod", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
+	again := map[string]event.Event{}
+	for name := range hosts {
+		again[name] = schedule(name)
+	}
+	evs := e.WaitFor("pod.images.ready again", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 4 })
+	for name := range hosts {
+		ids, disks := readies(evs, name)
+		if len(ids) != 2 || ids[0] == ids[1] || disks[0] != disks[1] {
+			t.Fatalf("%s: announcements %v of disks %v; want two ids, one disk", name, ids, disks)
+		}
+		if ds := readyFor(t, evs, name).Containers[0].Datastore; ds != wantDS[name] {
+			t.Errorf("%s on %s: images on %s, want %s", name, hosts[name], ds, wantDS[name])
+		}
+	}
+
+	// The second pod.scheduled of near delivered once more (a copy the
+	// stream keeps: structured mode, without a de-duplication id).
+	body, err := json.Marshal(again["near"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.bus.JetStream().PublishMsg(t.Context(), &nats.Msg{Subject: events.SubjectPodScheduled,
+		Header: nats.Header{"Content-Type": {"application/cloudevents+json"}}, Data: body}); err != nil {
+		t.Fatal(err)
+	}
+	evs = e.WaitFor("the redelivery answered", 20*time.Second, func(evs []testenv.Seen) bool {
+		ids, _ := readies(evs, "near")
+		return len(ids) == 3
+	})
+	if ids, _ := readies(evs, "near"); ids[2] != ids[1] {
+		t.Errorf("the redelivery was answered under id %s, the first delivery under %s", ids[2], ids[1])
+	}
+	if n := len(testenv.Distinct(e.Env, func(r *events.PodImagesReady) bool { return r.Name == "near" })); n != 2 {
+		t.Errorf("%d distinct pod.images.ready for near, want 2", n)
+	}
+
+	// pod.accepted asked again of far, whose chains were copied to the
+	// shared datastore for it: prepared where the pod's chains are (not on
+	// the local datastore the configuration lists first, which would move
+	// its references off the disks it was announced, and stay silent), and
+	// so answered at once.
+	e.handled(e.accept("far", web))
+	if ids, _ := readies(e.Events.Seen(), "far"); len(ids) != 3 {
+		t.Fatalf("far asked again: %d pod.images.ready in all, want 3", len(ids))
+	}
+	top := layerSizes(t, e, web)[2].ChainID
+	shared, _, _ := e.reader().chain(top, sharedDS)
+	local, _, _ := e.reader().chain(top, localDS)
+	if shared.Refs != 1 || local.Refs != 1 {
+		t.Errorf("refs of the top chain: %s=%d %s=%d, want 1 (far) and 1 (near)", sharedDS, shared.Refs, localDS, local.Refs)
 	}
 }

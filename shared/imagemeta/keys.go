@@ -93,5 +93,6 @@ func PodContainersKey(uid string) string { return Prefix + "pod:{" + uid + "}:co
 func AnnouncedKey(digest string) string { return Prefix + "manifest:{" + digest + "}:announced" }
 
 // PodReadyKey holds what the last pod.images.ready of a pod announced (each
-// container's top disk), so pod.scheduled does not announce it twice.
+// container's top disk) and whether pod.accepted announced it, so
+// pod.scheduled does not announce pod.accepted's announcement twice.
 func PodReadyKey(uid string) string { return Prefix + "pod:{" + uid + "}:ready" }
