@@ -208,3 +208,39 @@ func (e *env) hold(rec *events.PodRecord, host, migration string, at time.Time) 
 		e.t.Fatal(err)
 	}
 }
+
+// The provisioner's drift repair asks again for the facts of a pod
+// Scheduled too long without them by announcing pod.accepted again, under
+// a new id. The scheduler, any replica of it, answers with a new
+// pod.scheduled (its id derived from the new pod.accepted's, so the image
+// cache and network-config answer it again) naming the host the pod is
+// bound to, and the ledger still holds the pod there only.
+func TestAcceptedAgainIsAnsweredWithTheBoundHost(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	acc := e.accept(testPod("asked", "100m", "256Mi"))
+	host := e.waitScheduled(acc.ObjectKey()).Host
+	rec := testenv.PendingRecord(acc)
+	rec.Phase, rec.Host = events.PodPhaseScheduled, host
+	e.PutPodRecord(rec)
+
+	// The ask reaches a replica that did not place the pod.
+	e.stop()
+	e.stop = e.startScheduler()
+	e.Publish(acc)
+	var all []*events.PodScheduled
+	e.EventuallyWithin("pod.scheduled again", 10*time.Second, func() bool {
+		all = testenv.Distinct(e.Env, func(s *events.PodScheduled) bool { return s.UID == acc.UID })
+		return len(all) == 2
+	})
+	if all[1].Host != host {
+		t.Fatalf("asked again: scheduled on %s, the pod is bound to %s", all[1].Host, host)
+	}
+	if b, ok, err := e.led.GetBinding(t.Context(), acc.UID); err != nil || !ok || b.Host != host {
+		t.Fatalf("binding after the ask: %+v (found %v, %v), want %s", b, ok, err, host)
+	}
+	for _, h := range e.hostNames() {
+		if _, held := e.allocations(h)[acc.UID]; held != (h == host) {
+			t.Errorf("allocation of the pod on %s: %v", h, held)
+		}
+	}
+}
