@@ -19,69 +19,71 @@ import (
 	"github.com/podvisor/podvisor/shared/record"
 )
 
-// queryTimeout bounds the work of one query.
+// queryTimeout bounds the work of one query: well within the window in
+// which the service's identity may answer (bus.AnswerWindow).
 const queryTimeout = 15 * time.Second
 
+// serveQueries answers every guest cluster's queries until ctx ends, in a
+// queue group that replicas share, through bus.ServeMsgWithin: a query
+// whose node has stopped waiting (bus.HeaderReplyBy) is dropped rather than
+// answered, and none is answered late (an answer past the identity's
+// response window is a permissions violation).
+func (s *Service) serveQueries(ctx context.Context) error {
+	return s.bus.ServeMsgWithin(ctx, events.SubjectGuestClusterQueryAll, queryTimeout, s.onQuery)
+}
+
 // onQuery answers one query of a guest cluster's node. The subject names
-// the guest cluster; its identity can publish on no other's.
-func (s *Service) onQuery(ctx context.Context, m *nats.Msg) {
-	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
-	defer cancel()
+// the guest cluster; its identity can publish on no other's. A refusal is
+// an answer (GuestPodReply.Error), as the node reads it.
+func (s *Service) onQuery(ctx context.Context, m *nats.Msg) ([]byte, error) {
 	ns, name, op, ok := parseQuerySubject(m.Subject)
 	if !ok {
-		s.replyErr(m, fmt.Errorf("subject %s: want pv.query.guestcluster.<namespace>.<name>.<op>", m.Subject))
-		return
+		return replyErr(fmt.Errorf("subject %s: want pv.query.guestcluster.<namespace>.<name>.<op>", m.Subject))
 	}
 	log := s.log.With("guestcluster", ns+"/"+name, "op", op)
 	rec, _, err := s.clusters.Get(ctx, events.GuestClusterRecordKey(ns, name))
 	switch {
 	case err != nil:
-		s.replyErr(m, err)
-		return
+		return replyErr(err)
 	case rec == nil || rec.Phase == events.GuestClusterPhaseDeleting:
-		s.replyErr(m, fmt.Errorf("guest cluster %s/%s does not exist or is being deleted", ns, name))
-		return
+		return replyErr(fmt.Errorf("guest cluster %s/%s does not exist or is being deleted", ns, name))
 	}
 	switch op {
 	case events.GuestOpPodCreate:
 		var req events.GuestPodRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil || req.Pod == nil {
-			s.replyErr(m, fmt.Errorf("pod.create: want a GuestPodRequest with pod (%v)", err))
-			return
+			return replyErr(fmt.Errorf("pod.create: want a GuestPodRequest with pod (%v)", err))
 		}
-		s.reply(m, s.createPod(ctx, rec, &req), log)
+		return reply(s.createPod(ctx, rec, &req), log)
 	case events.GuestOpPodDelete:
 		var req events.GuestPodRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil {
-			s.replyErr(m, fmt.Errorf("pod.delete: %w", err))
-			return
+			return replyErr(fmt.Errorf("pod.delete: %w", err))
 		}
-		s.reply(m, s.deletePod(ctx, rec, &req), log)
+		return reply(s.deletePod(ctx, rec, &req), log)
 	case events.GuestOpPodList:
 		pods, err := s.guestPods(ctx, rec)
 		if err != nil {
-			s.replyErr(m, err)
-			return
+			return replyErr(err)
 		}
 		out := events.GuestPodReply{}
 		for _, p := range pods {
 			out.Pods = append(out.Pods, p.KubernetesPod())
 		}
-		s.reply(m, out, log)
 		if rec.Pods != len(pods) {
 			s.countPods(ctx, rec, len(pods))
 		}
+		return reply(out, log)
 	case events.GuestOpPodLogs, events.GuestOpPodExec:
-		s.forwardStream(ctx, rec, op, m)
+		return s.forwardStream(ctx, rec, op, m)
 	case events.GuestOpNodeList:
 		nodes, err := s.refreshWorkers(ctx, rec)
 		if err != nil {
-			s.replyErr(m, err)
-			return
+			return replyErr(err)
 		}
-		s.reply(m, events.GuestPodReply{Nodes: nodes}, log)
+		return reply(events.GuestPodReply{Nodes: nodes}, log)
 	default:
-		s.replyErr(m, fmt.Errorf("op %q: want one of pod.create, pod.delete, pod.list, pod.logs, pod.exec, node.list", op))
+		return replyErr(fmt.Errorf("op %q: want one of pod.create, pod.delete, pod.list, pod.logs, pod.exec, node.list", op))
 	}
 }
 
@@ -112,17 +114,15 @@ func parseQuerySubject(subject string) (ns, name, op string, ok bool) {
 	return parts[0], parts[1], parts[2], true
 }
 
-func (s *Service) reply(m *nats.Msg, r events.GuestPodReply, log interface{ Info(string, ...any) }) {
+func reply(r events.GuestPodReply, log interface{ Info(string, ...any) }) ([]byte, error) {
 	if r.Error != "" {
 		log.Info("guest request refused", "err", r.Error)
 	}
-	b, _ := json.Marshal(r)
-	_ = m.Respond(b)
+	return json.Marshal(r)
 }
 
-func (s *Service) replyErr(m *nats.Msg, err error) {
-	b, _ := json.Marshal(events.GuestPodReply{Error: err.Error()})
-	_ = m.Respond(b)
+func replyErr(err error) ([]byte, error) {
+	return json.Marshal(events.GuestPodReply{Error: err.Error()})
 }
 
 // supervisorRef is where a guest pod runs on the supervisor; an error
@@ -271,34 +271,28 @@ func (s *Service) deletePods(ctx context.Context, cause *event.Event, rec *event
 // forwardStream checks a logs or exec request of a guest pod and hands it
 // to the host agent of the pod's VM, with the node's reply subject: the
 // host agent streams its answer straight back.
-func (s *Service) forwardStream(ctx context.Context, rec *events.GuestClusterRecord, op string, m *nats.Msg) {
-	fail := func(err error) {
-		b, _ := json.Marshal(events.PodStreamMessage{Seq: 1, EOF: true, Error: err.Error()})
-		_ = m.Respond(b)
+func (s *Service) forwardStream(ctx context.Context, rec *events.GuestClusterRecord, op string, m *nats.Msg) ([]byte, error) {
+	fail := func(err error) ([]byte, error) {
+		return json.Marshal(events.PodStreamMessage{Seq: 1, EOF: true, Error: err.Error()})
 	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(m.Data, &raw); err != nil {
-		fail(fmt.Errorf("%s: %w", op, err))
-		return
+		return fail(fmt.Errorf("%s: %w", op, err))
 	}
 	var ref struct{ Namespace, Name string }
 	_ = json.Unmarshal(m.Data, &ref)
 	ns, name, err := supervisorRef(rec, &events.GuestPodRequest{GuestNamespace: ref.Namespace, GuestName: ref.Name})
 	if err != nil {
-		fail(err)
-		return
+		return fail(err)
 	}
 	p, _, err := s.pods.Get(ctx, events.PodRecordKey(ns, name))
 	switch {
 	case err != nil:
-		fail(err)
-		return
+		return fail(err)
 	case p == nil || !ownedBy(p, rec):
-		fail(fmt.Errorf("pod %s/%s of guest cluster %s/%s not found", ref.Namespace, ref.Name, rec.Namespace, rec.Name))
-		return
+		return fail(fmt.Errorf("pod %s/%s of guest cluster %s/%s not found", ref.Namespace, ref.Name, rec.Namespace, rec.Name))
 	case p.Host == "":
-		fail(fmt.Errorf("pod %s/%s is not on a host yet (phase %s)", ref.Namespace, ref.Name, p.Phase))
-		return
+		return fail(fmt.Errorf("pod %s/%s is not on a host yet (phase %s)", ref.Namespace, ref.Name, p.Phase))
 	}
 	for k, v := range map[string]string{"namespace": ns, "name": name, "uid": p.UID} {
 		raw[k], _ = json.Marshal(v)
@@ -309,6 +303,7 @@ func (s *Service) forwardStream(ctx context.Context, rec *events.GuestClusterRec
 		subject = events.SubjectPodExec(p.Host)
 	}
 	if err := s.bus.Conn().PublishRequest(subject, m.Reply, data); err != nil {
-		fail(err)
+		return fail(err)
 	}
+	return nil, bus.ErrReplyHandedOn // the host agent streams the answer
 }

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/events"
@@ -166,12 +165,8 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.closeCPs != nil {
 		defer s.closeCPs()
 	}
-	sub, err := s.serveQueries(ctx)
-	if err != nil {
-		return err
-	}
-	defer sub.Unsubscribe()
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.serveQueries(ctx) })
 	r := s.routes()
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{Workers: s.cfg.Workers, AckWait: s.cfg.AckWait, Logger: s.log}, nil)
@@ -179,23 +174,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.cfg.ResyncInterval > 0 && s.unavailable == nil {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
 	}
-	err = g.Wait()
+	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
-}
-
-// serveQueries subscribes to every guest cluster's queries, in a queue
-// group so that replicas share them.
-func (s *Service) serveQueries(ctx context.Context) (*nats.Subscription, error) {
-	sub, err := s.bus.Conn().QueueSubscribe(events.SubjectGuestClusterQueryAll, Name, func(m *nats.Msg) {
-		go s.onQuery(ctx, m)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("guestcluster: subscribe %s: %w", events.SubjectGuestClusterQueryAll, err)
-	}
-	return sub, nil
 }
 
 // resyncLoop restarts the control plane of every Ready guest cluster whose

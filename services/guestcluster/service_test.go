@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 
@@ -355,5 +356,63 @@ func TestControlPlaneFailureIsToldAndRecorded(t *testing.T) {
 	_ = json.Unmarshal(e.Value(), &rec)
 	if rec.Phase != events.GuestClusterPhaseFailed || rec.Reason != "ControlPlaneFailed" {
 		t.Errorf("record = %+v", rec)
+	}
+}
+
+// TestQueryIsNotAnsweredAfterItsAskerGaveUp: the gateway serves queries
+// through bus.ServeMsgWithin, so a query whose node stopped waiting
+// (bus.HeaderReplyBy passed) gets no answer: an answer past the service
+// identity's response window is a permissions violation, and nobody reads
+// it. Before, the gateway answered every query with m.Respond, whenever it
+// was done. A query asked with bus.Request is answered as before.
+func TestQueryIsNotAnsweredAfterItsAskerGaveUp(t *testing.T) {
+	h := start(t)
+	subject := events.SubjectGuestClusterQuery("team-a", "none", events.GuestOpPodList)
+	// Answered: a refusal, in the reply the node reads.
+	var out []byte
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		out, err = h.b.Request(ctx, subject, []byte("{}"))
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("query: %v", err)
+		}
+	}
+	var r events.GuestPodReply
+	if err := json.Unmarshal(out, &r); err != nil || !strings.Contains(r.Error, "does not exist") {
+		t.Fatalf("answer %s (%v), want the refusal of a guest cluster that does not exist", out, err)
+	}
+
+	before := bus.ServeExpired()
+	inbox := h.b.Conn().NewRespInbox()
+	sub, err := h.b.Conn().SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	req := nats.NewMsg(subject)
+	req.Reply, req.Data = inbox, []byte("{}")
+	req.Header.Set(bus.HeaderReplyBy, time.Now().Add(-time.Second).UTC().Format(time.RFC3339Nano))
+	if err := h.b.Conn().PublishMsg(req); err != nil {
+		t.Fatal(err)
+	}
+	for bus.ServeExpired() == before {
+		if _, err := sub.NextMsg(50 * time.Millisecond); err == nil {
+			t.Fatal("a query whose asker had given up was answered")
+		}
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("the query whose asker had given up was neither answered nor dropped")
+		}
+	}
+	if err := h.b.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := sub.Pending(); n != 0 {
+		t.Errorf("%d answers to a query whose asker had given up", n)
 	}
 }

@@ -56,6 +56,23 @@ const DefaultServeTimeout = 30 * time.Second
 // ServeWithin is Serve with each handler's context bounded by timeout; a
 // handler that overruns it answers with its error (the context's).
 func (b *Bus) ServeWithin(ctx context.Context, subject string, timeout time.Duration, h func(ctx context.Context, data []byte) ([]byte, error)) error {
+	if h == nil {
+		return errors.New("bus: serve: handler is nil")
+	}
+	return b.ServeMsgWithin(ctx, subject, timeout, func(ctx context.Context, req *nats.Msg) ([]byte, error) { return h(ctx, req.Data) })
+}
+
+// ErrReplyHandedOn is what a ServeMsgWithin handler returns when it handed
+// the request's reply subject on (to a service that streams the answer
+// itself): nothing is sent in reply then.
+var ErrReplyHandedOn = errors.New("bus: reply handed on")
+
+// ServeMsgWithin is ServeWithin for a handler that needs the request
+// itself: the subject it came on (subject may be a wildcard serving many)
+// or its reply subject, to hand on (ErrReplyHandedOn). A request whose
+// requester has stopped waiting (HeaderReplyBy) reaches no handler, and no
+// answer goes out after that time.
+func (b *Bus) ServeMsgWithin(ctx context.Context, subject string, timeout time.Duration, h func(ctx context.Context, req *nats.Msg) ([]byte, error)) error {
 	if timeout <= 0 {
 		return fmt.Errorf("bus: serve %s: timeout %s must be positive", subject, timeout)
 	}
@@ -96,7 +113,7 @@ func (b *Bus) ServeWithin(ctx context.Context, subject string, timeout time.Dura
 	return nil
 }
 
-func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, req *nats.Msg, h func(context.Context, []byte) ([]byte, error)) {
+func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, req *nats.Msg, h func(context.Context, *nats.Msg) ([]byte, error)) {
 	by, hasBy := replyBy(req)
 	if hasBy && !time.Now().Before(by) {
 		serveExpired.Add(1)
@@ -113,7 +130,10 @@ func (b *Bus) reply(ctx context.Context, subject string, timeout time.Duration, 
 		ctx, cancelBy = context.WithDeadline(ctx, by)
 		defer cancelBy()
 	}
-	out, err := safeServe(ctx, h, req.Data)
+	out, err := safeServe(ctx, h, req)
+	if errors.Is(err, ErrReplyHandedOn) {
+		return
+	}
 	resp := nats.NewMsg(req.Reply)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
@@ -172,13 +192,13 @@ func newRequest(ctx context.Context, subject string, data []byte) (*nats.Msg, co
 
 // safeServe turns a panicking query handler into an error reply rather than
 // a dead process.
-func safeServe(ctx context.Context, h func(context.Context, []byte) ([]byte, error), data []byte) (out []byte, err error) {
+func safeServe(ctx context.Context, h func(context.Context, *nats.Msg) ([]byte, error), req *nats.Msg) (out []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("handler panic: %v", r)
 		}
 	}()
-	return h(ctx, data)
+	return h(ctx, req)
 }
 
 // Request sends data to subject and waits for one reply until ctx ends (at

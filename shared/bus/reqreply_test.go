@@ -202,3 +202,54 @@ func TestServeDoesNotAnswerAfterTheRequesterGaveUp(t *testing.T) {
 		t.Errorf("the handler ran %d times, want 1 (the stale request must not reach it)", got)
 	}
 }
+
+// ServeMsgWithin hands its handler the request itself: a wildcard subject
+// serves many, each answered by the subject it came on, and a handler that
+// handed the reply subject on (ErrReplyHandedOn) leaves the answer to
+// whoever got it: nothing else is sent.
+func TestServeMsgWithinGivesTheRequest(t *testing.T) {
+	b := bustest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		_ = b.ServeMsgWithin(ctx, "pv.query.msg.>", time.Second, func(_ context.Context, req *nats.Msg) ([]byte, error) {
+			if strings.HasSuffix(req.Subject, ".handed") {
+				if err := b.Conn().Publish(req.Reply, []byte("from elsewhere")); err != nil {
+					return nil, err
+				}
+				return nil, bus.ErrReplyHandedOn
+			}
+			return []byte(req.Subject), nil
+		})
+	}()
+	rctx := testContext(t)
+	waitFor(t, 5*time.Second, "server subscribed", func() bool {
+		_, err := b.Request(rctx, "pv.query.msg.ping", nil)
+		return err == nil
+	})
+	if got, err := b.Request(rctx, "pv.query.msg.a.b", nil); err != nil || string(got) != "pv.query.msg.a.b" {
+		t.Errorf("answer %q, %v; want the request's subject", got, err)
+	}
+
+	inbox := b.Conn().NewRespInbox()
+	sub, err := b.Conn().SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := b.Conn().PublishRequest("pv.query.msg.handed", inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil || string(m.Data) != "from elsewhere" {
+		t.Fatalf("answer %v, %v; want the one handed on", m, err)
+	}
+	// A second answer would go out as soon as the handler returned: give
+	// it the time a later request takes to be answered.
+	if _, err := b.Request(rctx, "pv.query.msg.after", nil); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := sub.Pending(); n != 0 {
+		t.Errorf("%d more answers to the request handed on", n)
+	}
+}
