@@ -113,11 +113,16 @@
 // different VM — and the pods' current VMs are never touched.
 //
 // A host that loses one network (network.host.failed with reason
-// NotRealized or DVSJoinFailed: the host itself does not carry it) has its
-// pods on that network evicted the same way (reason NetworkLost); its other
-// pods stay. A disconnected host is host.lost's to handle, and a port group
-// whose settings mismatch fails on every host of its switch at once, where
-// evicting would help nobody.
+// NotRealized, DVSJoinFailed or CarryFailed: the host itself does not carry
+// it) has its pods on that network evicted the same way (reason
+// NetworkLost); its other pods stay. No pod is evicted in the middle of a
+// migration: the migrations of the network's pods to or from the host that
+// have not begun relocating fail (NetworkLost, naming the host and the
+// network), and one relocating is left to finish before the event is
+// looked at again (a pod that left the host is not evicted; one that
+// landed on it is). A disconnected host is host.lost's to handle, and a
+// port group whose settings mismatch fails on every host of its switch at
+// once, where evicting would help nobody.
 //
 // # State and restarts
 //

@@ -19,7 +19,7 @@ import (
 
 func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.HostLost) error {
 	annotateHost(ctx, p.Name)
-	if err := s.failMigrationsTouching(ctx, p.Name); err != nil {
+	if _, err := s.failMigrationsTouching(ctx, p.Name, nil, ReasonHostLost, fmt.Sprintf("host %s stopped responding", p.Name)); err != nil {
 		return err
 	}
 	pods, err := s.store.podsOnHost(ctx, p.Name)
@@ -43,21 +43,37 @@ func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.Host
 	return s.evictVMs(ctx, m, p.Name, p.Reason)
 }
 
-// failMigrationsTouching ends the migrations to or from host that have not
-// begun relocating.
-func (s *Service) failMigrationsTouching(ctx context.Context, host string) error {
+// failMigrationsTouching ends, with reason and msg, the migrations to or
+// from host that have not begun relocating and that match (nil: all). It
+// returns the matching migrations still active after it: those relocating,
+// and those whose runner was told to stop and has not yet.
+func (s *Service) failMigrationsTouching(ctx context.Context, host string, match func(*events.MigrationRecord) (bool, error), reason, msg string) ([]*events.MigrationRecord, error) {
 	recs, err := s.store.migrations(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var active []*events.MigrationRecord
+	defer s.poke()
 	for _, r := range recs {
-		if !r.Active() || r.Started() || (r.SourceHost != host && r.TargetHost != host) {
+		if !r.Active() || (r.SourceHost != host && r.TargetHost != host) {
 			continue
 		}
-		msg := fmt.Sprintf("host %s stopped responding", host)
+		if match != nil {
+			ok, err := match(r)
+			if err != nil {
+				return nil, err
+			}
+			if !ok {
+				continue
+			}
+		}
+		if r.Started() {
+			active = append(active, r)
+			continue
+		}
 		if r.IsVM() {
-			if _, err := s.endQueuedVM(ctx, r, ReasonHostLost, msg); err != nil {
-				return err
+			if _, err := s.endQueuedVM(ctx, r, reason, msg); err != nil {
+				return nil, err
 			}
 			continue
 		}
@@ -65,17 +81,18 @@ func (s *Service) failMigrationsTouching(ctx context.Context, host string) error
 		queued := s.lim.remove(r.ID)
 		f := s.flights[r.ID]
 		if f != nil && !f.relocating {
-			f.cancelled, f.cancelReason, f.cancelMsg = true, ReasonHostLost, msg
+			f.cancelled, f.cancelReason, f.cancelMsg = true, reason, msg
 		}
 		s.mu.Unlock()
-		if queued {
-			if err := s.finish(ctx, r, events.MigrationPhaseFailed, ReasonHostLost, msg); err != nil {
-				return err
-			}
+		if !queued {
+			active = append(active, r)
+			continue
+		}
+		if err := s.finish(ctx, r, events.MigrationPhaseFailed, reason, msg); err != nil {
+			return nil, err
 		}
 	}
-	s.poke()
-	return nil
+	return active, nil
 }
 
 // onHostRecovered destroys the pod VMs left on a host that came back: VMs

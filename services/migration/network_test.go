@@ -3,6 +3,7 @@ package migration
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -68,5 +69,92 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 		if v.Name == "off-edge" {
 			t.Errorf("off-edge, not on edge, was evicted: %+v", v)
 		}
+	}
+}
+
+// TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations: a host
+// whose agent could not carry a network's port group (network.host.failed,
+// reason CarryFailed: vCenter may still list the host on the switch, but no
+// traffic of the network passes there) has its pods on that network
+// evicted, as for any other loss of the network by the host; before, the
+// service ignored CarryFailed and the pods stayed on a host where their
+// network was dead. No pod is evicted in the middle of a migration: one
+// queued from the host fails first (NetworkLost, saying which host lost
+// which network); one relocating away is left to finish, and is not
+// evicted from where it went; one relocating onto the host is evicted once
+// it is there.
+func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T) {
+	w := newWorld(t, 1, 4)
+	if err := w.dc.SetTaskDelay("RelocateVm", time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.Limits.PerSourceHost = 1
+	cfg.RelocateTimeout = 4 * time.Second // looked at again every second
+	w.start(cfg)
+	h := w.clusterHosts(0)
+	w.network("edge", h...)
+	still := w.runPod("still", h[0], "edge")
+	moving, waiting := w.runPod("moving", h[0], "edge"), w.runPod("waiting", h[0], "edge")
+	incoming := w.runPod("incoming", h[1], "edge")
+	w.runPod("off-edge", h[0], "default")
+
+	w.migrate("away", moving, h[2])
+	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "away" && v.Phase == events.PhaseRelocating })
+	w.migrate("queued", waiting, h[3])
+	eventually(t, "queued is queued", func() bool { return w.migrationPhase("queued") == events.PhaseQueued })
+	w.migrate("onto", incoming, h[0])
+	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "onto" && v.Phase == events.PhaseRelocating })
+
+	w.publish("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
+		Name: "edge", Version: 2, Host: h[0], Reason: "CarryFailed", Message: "host agent of " + h[0] + " could not carry port group pv-edge: bridge pv-edge: no such device"})
+
+	typ, payload := w.waitEnd("queued")
+	if f, ok := payload.(*events.MigrationFailed); typ != events.TypeMigrationFailed || !ok || f.Reason != ReasonNetworkLost ||
+		!strings.Contains(f.Message, "edge") || !strings.Contains(f.Message, h[0]) || !strings.Contains(f.Message, "CarryFailed") {
+		t.Errorf("queued ended with %s %+v; want failed, %s, naming edge, %s and CarryFailed", typ, payload, ReasonNetworkLost, h[0])
+	}
+	for _, id := range []string{"away", "onto"} {
+		if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
+			t.Errorf("%s, relocating when the network was lost, ended with %s %+v; want completed", id, typ, payload)
+		}
+	}
+	evicted := func() map[string]*events.PodEvicted {
+		out := map[string]*events.PodEvicted{}
+		for _, v := range testenv.Distinct[events.PodEvicted](w.Env, nil) {
+			out[v.Name] = v
+		}
+		return out
+	}
+	eventually(t, "still, waiting and incoming evicted", func() bool { return len(evicted()) >= 3 })
+	eventually(t, "network.host.failed handled", func() bool {
+		st, err := w.bus.JetStream().Stream(t.Context(), events.StreamNetworks)
+		if err != nil {
+			return false
+		}
+		c, err := st.Consumer(t.Context(), Name+"-"+events.StreamNetworks)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(t.Context())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
+	got := evicted()
+	for _, p := range []pod{still, waiting, incoming} {
+		v := got[p.name]
+		if v == nil || v.Host != h[0] || v.Reason != ReasonNetworkLost || !strings.Contains(v.Message, "edge") {
+			t.Errorf("%s: evicted %+v, want evicted from %s with %s naming edge", p.name, v, h[0], ReasonNetworkLost)
+		}
+	}
+	for _, name := range []string{"moving", "off-edge"} {
+		if v := got[name]; v != nil {
+			t.Errorf("%s evicted: %+v", name, v)
+		}
+	}
+	for _, p := range []pod{still, waiting, incoming} {
+		eventually(t, p.name+" restarted elsewhere", func() bool { r := w.podRecord(p.name); return r.Generation == 1 && r.Host != h[0] })
+	}
+	if r := w.podRecord("moving"); r.Host != h[2] {
+		t.Errorf("moving's record on %s, want %s where its vMotion took it", r.Host, h[2])
 	}
 }
