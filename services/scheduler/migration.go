@@ -8,7 +8,9 @@ import (
 	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/services/scheduler/plugins/hostready"
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
@@ -114,6 +116,21 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 	r := newRequest(p, alloc)
 	r.target = e.TargetHost
 	o := s.submit(ctx, r)
+	if o.fit != nil && e.TargetHost != "" && refusedForHostState(o.fit) {
+		// The snapshot has the host's vCenter state from the update
+		// stream, which lags: a host taken out of maintenance a moment
+		// ago (uncordon, then an immediate migrate) may still show in
+		// maintenance there. Read the target from vCenter before refusing.
+		fresh, err := s.refreshHost(ctx, e.TargetHost)
+		if err != nil {
+			return fmt.Errorf("place migration %s: %w", e.ID, err)
+		}
+		if fresh {
+			r = newRequest(p, alloc)
+			r.target = e.TargetHost
+			o = s.submit(ctx, r)
+		}
+	}
 	switch {
 	case o.err != nil:
 		return fmt.Errorf("place migration %s: %w", e.ID, o.err)
@@ -131,6 +148,35 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 		MigrationRef: e.MigrationRef, UID: rec.UID, SourceHost: source,
 		TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool,
 	})
+}
+
+// refusedForHostState says whether a named target was refused for its
+// vCenter state (maintenance mode, not connected): what a fresh read of the
+// host may tell otherwise.
+func refusedForHostState(fe *framework.FitError) bool {
+	for reason := range fe.Diagnosis.Reasons {
+		if reason == hostready.ReasonInMaintenance || reason == hostready.ReasonNotConnected {
+			return true
+		}
+	}
+	return false
+}
+
+// refreshHost reads one host from vCenter now and folds it into the
+// snapshot and its record; false when the host is not known by reference.
+func (s *Service) refreshHost(ctx context.Context, name string) (bool, error) {
+	s.mu.Lock()
+	rec := s.records[name]
+	s.mu.Unlock()
+	if rec == nil || rec.Ref == "" {
+		return false, nil
+	}
+	obs, err := s.source.Read(ctx, rec.Ref)
+	if err != nil || len(obs) == 0 {
+		return false, err
+	}
+	s.applyObservations(ctx, obs, false)
+	return true, nil
 }
 
 func (s *Service) rejectMigration(ctx context.Context, cause event.Event, e *events.MigrationRequested, reason, msg string) error {

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/vmware/govmomi/simulator"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/events"
@@ -352,5 +354,61 @@ func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
 		if _, held := e.allocations(host)[acc.UID+"@m-done"]; held {
 			t.Errorf("room reserved on %s for the ended migration", host)
 		}
+	}
+}
+
+// Uncordon, then an immediate migrate: the migration service takes the
+// host out of maintenance mode before it announces host.uncordoned, but the
+// scheduler's view of vCenter comes from the update stream, which lags, so
+// the request was rejected HostInMaintenance by a host vCenter already had
+// out of it. A named target refused for its vCenter state is read from
+// vCenter again before the refusal; one still in maintenance is refused.
+func TestMigrationToAHostJustOutOfMaintenanceIsTaken(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
+	h := e.hostNames()
+	acc := e.accept(testPod("web", "100m", "256Mi"))
+	source := e.waitScheduled(acc.ObjectKey()).Host
+	target := h[0]
+	if target == source {
+		target = h[1]
+	}
+	rec := testenv.PendingRecord(acc)
+	rec.Phase, rec.Host = events.PodPhaseRunning, source
+	e.PutPodRecord(rec)
+	if err := e.dc.SetMaintenance(t.Context(), target, true); err != nil {
+		t.Fatal(err)
+	}
+	e.EventuallyWithin(target+"'s record in maintenance", 10*time.Second, func() bool { return e.hostRecords()[target].Maintenance })
+	migrate := func(id string) event.Event {
+		t.Helper()
+		e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{
+			MigrationRef: events.MigrationRef{ID: id, Namespace: "default", Pod: "web"}, TargetHost: target})
+		var ev event.Event
+		e.EventuallyWithin("an answer to "+id, 10*time.Second, func() bool {
+			var ok bool
+			ev, ok = e.obs.migration(id)
+			return ok
+		})
+		return ev
+	}
+	if ev := migrate("m-in"); ev.Type() != events.TypeMigrationRejected || !strings.Contains(string(ev.Data()), "HostInMaintenance") {
+		t.Fatalf("migration to a host in maintenance: %s %s, want rejected HostInMaintenance", ev.Type(), ev.Data())
+	}
+
+	// vCenter takes the host out of maintenance; the update stream has not
+	// said so yet (written under the simulator's lock, no update sent).
+	m := e.dc.Model()
+	c := *m.Service.Context
+	c.Context = t.Context()
+	for _, o := range m.Map().All("HostSystem") {
+		if hs, ok := o.(*simulator.HostSystem); ok && hs.Name == target {
+			m.Map().WithLock(&c, hs, func() { hs.Runtime.InMaintenanceMode = false })
+		}
+	}
+	if ev := migrate("m-out"); ev.Type() != events.TypeMigrationTargetReserved {
+		t.Fatalf("migration to a host just out of maintenance: %s %s, want the target reserved", ev.Type(), ev.Data())
+	}
+	if _, held := e.allocations(target)[acc.UID+"@m-out"]; !held {
+		t.Errorf("no reservation on %s for m-out", target)
 	}
 }

@@ -95,6 +95,17 @@ func (s *Source) List(ctx context.Context) ([]Observation, error) {
 	return s.observations(ctx, hosts)
 }
 
+// Read reads the hosts of the given moref values (host-21) in full, now:
+// for a caller that cannot wait for the update stream. Hosts that vanished
+// are skipped.
+func (s *Source) Read(ctx context.Context, refs ...string) ([]Observation, error) {
+	mors := make([]types.ManagedObjectReference, len(refs))
+	for i, r := range refs {
+		mors[i] = types.ManagedObjectReference{Type: "HostSystem", Value: r}
+	}
+	return s.read(ctx, mors)
+}
+
 // read reads some hosts in full; hosts that vanished are skipped.
 func (s *Source) read(ctx context.Context, refs []types.ManagedObjectReference) ([]Observation, error) {
 	pc := property.DefaultCollector(s.c)

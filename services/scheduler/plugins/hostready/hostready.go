@@ -22,11 +22,17 @@ func New(framework.Handle) (framework.Plugin, error) { return &Plugin{}, nil }
 // Name implements framework.Plugin.
 func (*Plugin) Name() string { return Name }
 
+// Reasons of the refusals that come from vCenter's state of the host.
+const (
+	ReasonNotConnected  = "HostNotConnected"
+	ReasonInMaintenance = "HostInMaintenance"
+)
+
 // These can all change (a host reconnects, leaves maintenance, is
 // uncordoned), so they are Unschedulable rather than unresolvable.
 var (
-	statusNotConnected = framework.NewStatus(framework.Unschedulable, "HostNotConnected", "host not connected")
-	statusMaintenance  = framework.NewStatus(framework.Unschedulable, "HostInMaintenance", "host in maintenance mode")
+	statusNotConnected = framework.NewStatus(framework.Unschedulable, ReasonNotConnected, "host not connected")
+	statusMaintenance  = framework.NewStatus(framework.Unschedulable, ReasonInMaintenance, "host in maintenance mode")
 	statusCordoned     = framework.NewStatus(framework.Unschedulable, "HostCordoned", "host cordoned")
 )
 
