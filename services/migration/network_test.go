@@ -53,18 +53,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 	}
 	eventually(t, "on-edge restarted elsewhere", func() bool { return w.podRecord("on-edge").Host == h[1] })
 	// Once the event is handled, only the pod on edge was evicted.
-	eventually(t, "network.host.failed handled", func() bool {
-		st, err := w.bus.JetStream().Stream(t.Context(), events.StreamNetworks)
-		if err != nil {
-			return false
-		}
-		c, err := st.Consumer(t.Context(), Name+"-"+events.StreamNetworks)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(t.Context())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	})
+	w.networkEventsHandled()
 	for _, v := range testenv.Distinct[events.PodEvicted](w.Env, nil) {
 		if v.Name == "off-edge" {
 			t.Errorf("off-edge, not on edge, was evicted: %+v", v)
@@ -127,18 +116,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 		return out
 	}
 	eventually(t, "still, waiting and incoming evicted", func() bool { return len(evicted()) >= 3 })
-	eventually(t, "network.host.failed handled", func() bool {
-		st, err := w.bus.JetStream().Stream(t.Context(), events.StreamNetworks)
-		if err != nil {
-			return false
-		}
-		c, err := st.Consumer(t.Context(), Name+"-"+events.StreamNetworks)
-		if err != nil {
-			return false
-		}
-		info, err := c.Info(t.Context())
-		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
-	})
+	w.networkEventsHandled()
 	got := evicted()
 	for _, p := range []pod{still, waiting, incoming} {
 		v := got[p.name]
@@ -157,4 +135,22 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 	if r := w.podRecord("moving"); r.Host != h[2] {
 		t.Errorf("moving's record on %s, want %s where its vMotion took it", r.Host, h[2])
 	}
+}
+
+// networkEventsHandled waits until the service has settled every network
+// event published so far.
+func (w *world) networkEventsHandled() {
+	w.t.Helper()
+	eventually(w.t, "network events handled", func() bool {
+		st, err := w.bus.JetStream().Stream(w.t.Context(), events.StreamNetworks)
+		if err != nil {
+			return false
+		}
+		c, err := st.Consumer(w.t.Context(), Name+"-"+events.StreamNetworks)
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(w.t.Context())
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
+	})
 }
