@@ -1,8 +1,11 @@
 // Package runtime drives an OCI runtime binary (runc or crun: both take the
 // same command line) for the agent.
 //
-// A container is started with `run --detach --pid-file`: runc sets it up,
-// starts its process and exits, and the process is re-parented to the agent
+// A container is started with `run --detach --pid-file` (Run), or in two
+// steps, `create --pid-file` (Create: namespaces, mounts, cgroup, its init
+// waiting) then `start` (Start: the command runs), so that a pod's
+// containers can be made before its network is there and started once it
+// is. Either way runc sets the container up and exits, and the process is re-parented to the agent
 // (PID 1 of the guest, or a child subreaper), which reaps it with wait4 and
 // so learns its exact exit code or signal — a foreground `runc run` would
 // fold a signal into 128+n. The container's stdout and stderr are the file
@@ -83,9 +86,27 @@ type Process struct {
 	Done <-chan reaper.Status
 }
 
-// Start creates and starts container id from bundle, its stdout and stderr
-// on out, stdin empty.
-func (r *Runtime) Start(id, bundle string, out *os.File) (*Process, error) {
+// Run creates and starts container id from bundle in one runtime process
+// (`run --detach`), its stdout and stderr on out, stdin empty.
+func (r *Runtime) Run(id, bundle string, out *os.File) (*Process, error) {
+	return r.launch("run", id, bundle, out)
+}
+
+// Create creates container id from bundle (`create`): its namespaces,
+// mounts, cgroup and init process are made, the init waiting to exec the
+// container's command until Start. stdout and stderr are out, stdin empty.
+// The process it returns is the container's init.
+func (r *Runtime) Create(id, bundle string, out *os.File) (*Process, error) {
+	return r.launch("create", id, bundle, out)
+}
+
+// Start starts the command of container id, created by Create.
+func (r *Runtime) Start(id string) error {
+	return r.run("start", id)
+}
+
+// launch runs `run --detach` or `create` and returns the container's init.
+func (r *Runtime) launch(verb, id, bundle string, out *os.File) (*Process, error) {
 	pidFile := filepath.Join(bundle, "init.pid")
 	_ = os.Remove(pidFile)
 	devNull, err := os.Open(os.DevNull)
@@ -95,27 +116,30 @@ func (r *Runtime) Start(id, bundle string, out *os.File) (*Process, error) {
 	defer devNull.Close()
 	logFile := filepath.Join(bundle, "runtime.log")
 	_ = os.Remove(logFile)
+	args := []string{"--root", r.Root, "--log", logFile, verb}
+	if verb == "run" {
+		args = append(args, "--detach")
+	}
 	// runc hands its own stdio to the container; its complaints go to
 	// --log, read back when it fails.
-	cmd := exec.Command(r.Bin, "--root", r.Root, "--log", logFile,
-		"run", "--detach", "--pid-file", pidFile, "--bundle", bundle, id)
+	cmd := exec.Command(r.Bin, append(args, "--pid-file", pidFile, "--bundle", bundle, id)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devNull, out, out
 	st, err := reaper.Wait(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: %w", r.Name(), id, err)
+		return nil, fmt.Errorf("%s %s %s: %w", r.Name(), verb, id, err)
 	}
 	if st.ExitCode() != 0 {
 		msg, _ := os.ReadFile(logFile)
 		_ = r.Delete(id)
-		return nil, fmt.Errorf("%s run %s: exit %d: %s", r.Name(), id, st.ExitCode(), lastLine(string(msg)))
+		return nil, fmt.Errorf("%s %s %s: exit %d: %s", r.Name(), verb, id, st.ExitCode(), lastLine(string(msg)))
 	}
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: pid file: %w", r.Name(), id, err)
+		return nil, fmt.Errorf("%s %s %s: pid file: %w", r.Name(), verb, id, err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil {
-		return nil, fmt.Errorf("%s run %s: pid file: %w", r.Name(), id, err)
+		return nil, fmt.Errorf("%s %s %s: pid file: %w", r.Name(), verb, id, err)
 	}
 	return &Process{Pid: pid, Done: reaper.Claim(pid)}, nil
 }

@@ -55,6 +55,7 @@ type Pod struct {
 
 	mu       sync.Mutex
 	running  map[string]*instance // by container name
+	created  map[string]*launched // made ahead by Create, not started yet
 	stopping chan struct{}        // closed by Stop
 	stopOnce sync.Once
 	grace    time.Duration // of the stop, set before stopping closes
@@ -88,7 +89,7 @@ func New(cfg Config) (*Pod, error) {
 	}
 	p := &Pod{
 		cfg: cfg, board: cfg.Board, logs: store, volumes: map[string]string{},
-		running: map[string]*instance{}, stopping: make(chan struct{}), stopped: make(chan struct{}),
+		running: map[string]*instance{}, created: map[string]*launched{}, stopping: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	for i, v := range cfg.Spec.Volumes {
 		dir := filepath.Join(eph, "volumes", v.Name)
@@ -130,9 +131,11 @@ func (p *Pod) Board() *Board { return p.board }
 func (p *Pod) Logs() *logs.Store { return p.logs }
 
 // Run runs the init containers, then the containers, and returns when every
-// container loop has ended (all terminated for good, or stopped).
+// container loop has ended (all terminated for good, or stopped). What
+// Create made and Run did not start (a stop came first) is removed.
 func (p *Pod) Run() {
 	defer close(p.stopped)
+	defer p.discardCreated()
 	spec := p.cfg.Spec
 	for i := range spec.InitContainers {
 		c := &spec.InitContainers[i]
@@ -162,6 +165,17 @@ func (p *Pod) Run() {
 	p.wg.Wait()
 	p.updatePhase()
 }
+
+// Abandon ends a pod that will not run (its network could not be
+// configured): what Create made is removed and a Stop returns at once.
+// Call it instead of Run, never with it.
+func (p *Pod) Abandon() {
+	defer close(p.stopped)
+	p.discardCreated()
+}
+
+// Stopping is closed once Stop was called.
+func (p *Pod) Stopping() <-chan struct{} { return p.stopping }
 
 func (p *Pod) isStopping() bool {
 	select {
@@ -224,51 +238,63 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 	}
 }
 
-// runInstance starts one instance of c and waits for it to end.
-func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchannel.ContainerState, error) {
+// launched is an instance of a container the runtime has set up: created
+// (its init waiting for Start) or running.
+type launched struct {
+	proc        *runtime.Process
+	rootfs      string
+	cgroupsPath string
+	// pumped is closed once the container's output is all in its log.
+	pumped chan struct{}
+	// begun and prepared time its root and bundle, for the logs.
+	begun, prepared time.Time
+}
+
+// launch sets up instance instanceNo of c: its root (an overlay of its
+// image disks, the upper directory on the ephemeral disk), its bundle, and
+// the runtime's create (create) or run. On error nothing of it is left.
+func (p *Pod) launch(c *guestchannel.Container, instanceNo int, create bool) (_ *launched, err error) {
 	id := c.Name
 	eph := p.cfg.Disks.Ephemeral
 	ctrDir := filepath.Join(eph, "containers", c.Name)
 	upper, work := filepath.Join(ctrDir, "upper"), filepath.Join(ctrDir, "work")
-	rootfs := filepath.Join(p.cfg.StateDir, "rootfs", c.Name)
+	l := &launched{rootfs: filepath.Join(p.cfg.StateDir, "rootfs", c.Name), begun: time.Now(),
+		cgroupsPath: path.Join(p.cgroupParent(), c.Name)}
 	bundleDir := filepath.Join(p.cfg.StateDir, "bundles", c.Name)
-	var zero guestchannel.ContainerState
 
-	begun := time.Now()
 	// Every instance starts from the image, as a restarted Kubernetes
 	// container does.
 	if err := os.RemoveAll(ctrDir); err != nil {
-		return zero, fmt.Errorf("container dir: %w", err)
+		return nil, fmt.Errorf("container dir: %w", err)
 	}
-	for _, d := range []string{upper, work, rootfs} {
+	for _, d := range []string{upper, work, l.rootfs} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return zero, fmt.Errorf("container dir: %w", err)
+			return nil, fmt.Errorf("container dir: %w", err)
 		}
 	}
 	lower := make([]string, len(c.Chain))
 	for i, chain := range c.Chain {
 		dir, ok := p.cfg.Disks.Images[chain]
 		if !ok {
-			return zero, fmt.Errorf("chain[%d]: image disk %s is not mounted", i, chain)
+			return nil, fmt.Errorf("chain[%d]: image disk %s is not mounted", i, chain)
 		}
 		lower[i] = dir
 	}
 	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lower, ":"), upper, work)
-	if err := unix.Mount("overlay", rootfs, "overlay", 0, opts); err != nil {
-		return zero, fmt.Errorf("overlay root: %w", err)
+	if err := unix.Mount("overlay", l.rootfs, "overlay", 0, opts); err != nil {
+		return nil, fmt.Errorf("overlay root: %w", err)
 	}
 	defer func() {
-		if err := disks.Unmount(rootfs); err != nil {
-			p.cfg.Log.Warn("unmount container root", "container", c.Name, "err", err)
+		if err != nil {
+			p.unmountRoot(c.Name, l.rootfs)
 		}
 	}()
-	cgroupsPath := path.Join(p.cgroupParent(), c.Name)
-	s, err := bundle.Spec(c, bundle.Params{Rootfs: rootfs, Hostname: p.hostname(), CgroupsPath: cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf})
+	s, err := bundle.Spec(c, bundle.Params{Rootfs: l.rootfs, Hostname: p.hostname(), CgroupsPath: l.cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf})
 	if err != nil {
-		return zero, err
+		return nil, err
 	}
 	if err := bundle.Write(bundleDir, s); err != nil {
-		return zero, fmt.Errorf("bundle: %w", err)
+		return nil, fmt.Errorf("bundle: %w", err)
 	}
 	if p.cfg.Runtime.Exists(id) {
 		_ = p.cfg.Runtime.Delete(id) // a leftover of a crashed agent
@@ -276,27 +302,130 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 
 	r, w, err := os.Pipe()
 	if err != nil {
-		return zero, err
+		return nil, err
 	}
-	pumped := make(chan struct{})
+	l.pumped = make(chan struct{})
 	go func() {
-		defer close(pumped)
+		defer close(l.pumped)
 		if err := p.logs.Copy(c.Name, instanceNo, r); err != nil {
 			p.cfg.Log.Warn("container log", "container", c.Name, "err", err)
 		}
 		r.Close()
 	}()
-	prepared := time.Now()
-	proc, err := p.cfg.Runtime.Start(id, bundleDir, w)
+	l.prepared = time.Now()
+	if create {
+		l.proc, err = p.cfg.Runtime.Create(id, bundleDir, w)
+	} else {
+		l.proc, err = p.cfg.Runtime.Run(id, bundleDir, w)
+	}
 	w.Close()
 	if err != nil {
-		<-pumped
-		return zero, err
+		<-l.pumped
+		return nil, err
 	}
-	// Where a start's time goes (docs/bench.md): the root and bundle, then
-	// the runtime.
-	p.cfg.Log.Info("container started", "container", c.Name, "runtime", p.cfg.Runtime.Name(),
-		"prepare_ms", prepared.Sub(begun).Milliseconds(), "runtime_ms", time.Since(prepared).Milliseconds())
+	return l, nil
+}
+
+func (p *Pod) unmountRoot(name, rootfs string) {
+	if err := disks.Unmount(rootfs); err != nil {
+		p.cfg.Log.Warn("unmount container root", "container", name, "err", err)
+	}
+}
+
+// Create makes the first instance of each of the pod's containers ahead of
+// Run (the runtime's create: namespaces, mounts, cgroup, the init waiting)
+// so that Run only has to start them: what a pod VM can do before its
+// network is there. A pod with init containers gets nothing ahead (its
+// containers may only be made once those completed), and a container
+// whose create fails is made by Run as usual, which reports the failure.
+// Call it at most once, before Run.
+func (p *Pod) Create() {
+	spec := p.cfg.Spec
+	if len(spec.InitContainers) > 0 {
+		return
+	}
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) { s.State.Reason = "ContainerCreating" })
+		l, err := p.launch(c, 0, true)
+		if err != nil {
+			p.cfg.Log.Warn("create container ahead; it is made at its start instead", "container", c.Name, "err", err)
+			continue
+		}
+		p.cfg.Log.Info("container created", "container", c.Name, "runtime", p.cfg.Runtime.Name(),
+			"prepare_ms", l.prepared.Sub(l.begun).Milliseconds(), "runtime_ms", time.Since(l.prepared).Milliseconds())
+		p.mu.Lock()
+		p.created[c.Name] = l
+		p.mu.Unlock()
+	}
+}
+
+// takeCreated returns the instance Create made of container name, once.
+func (p *Pod) takeCreated(name string) *launched {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.created[name]
+	delete(p.created, name)
+	return l
+}
+
+// discard removes an instance that was created and never started (or whose
+// start failed): the runtime's delete kills its waiting init.
+func (p *Pod) discard(name string, l *launched) {
+	if err := p.cfg.Runtime.Delete(name); err != nil {
+		p.cfg.Log.Warn("delete container", "container", name, "err", err)
+	}
+	select {
+	case <-l.proc.Done:
+	case <-time.After(5 * time.Second):
+		p.cfg.Log.Warn("created container's init did not end after its delete", "container", name, "pid", l.proc.Pid)
+	}
+	<-l.pumped
+	p.unmountRoot(name, l.rootfs)
+}
+
+// discardCreated discards what Create made and Run never started.
+func (p *Pod) discardCreated() {
+	p.mu.Lock()
+	left := p.created
+	p.created = map[string]*launched{}
+	p.mu.Unlock()
+	for name, l := range left {
+		p.discard(name, l)
+	}
+}
+
+// runInstance starts one instance of c (the one Create made, for the
+// first) and waits for it to end.
+func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchannel.ContainerState, error) {
+	id := c.Name
+	var zero guestchannel.ContainerState
+	var l *launched
+	if instanceNo == 0 {
+		l = p.takeCreated(c.Name)
+	}
+	if l != nil {
+		t := time.Now()
+		if err := p.cfg.Runtime.Start(id); err != nil {
+			p.discard(id, l)
+			return zero, err
+		}
+		// Where a start's time goes (docs/bench.md): made ahead, only the
+		// runtime's start is left.
+		p.cfg.Log.Info("container started", "container", c.Name, "runtime", p.cfg.Runtime.Name(), "created_ahead", true,
+			"prepare_ms", 0, "runtime_ms", time.Since(t).Milliseconds())
+	} else {
+		var err error
+		if l, err = p.launch(c, instanceNo, false); err != nil {
+			return zero, err
+		}
+		// Where a start's time goes (docs/bench.md): the root and bundle,
+		// then the runtime.
+		p.cfg.Log.Info("container started", "container", c.Name, "runtime", p.cfg.Runtime.Name(),
+			"prepare_ms", l.prepared.Sub(l.begun).Milliseconds(), "runtime_ms", time.Since(l.prepared).Milliseconds())
+	}
+	defer p.unmountRoot(c.Name, l.rootfs)
+	cgroupsPath, proc, pumped := l.cgroupsPath, l.proc, l.pumped
 	startedAt := time.Now().UTC()
 	inst := &instance{id: id, proc: proc, kill: make(chan killRequest, 4)}
 	p.mu.Lock()

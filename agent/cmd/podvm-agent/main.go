@@ -130,13 +130,12 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	return errors.Join(errs...)
 }
 
-// start configures the NICs, mounts the disks (an encrypted ephemeral disk
-// is opened once its key has come, or start gives up when ctx ends) and
-// starts the pod's supervisor.
+// start mounts the disks (an encrypted ephemeral disk is opened once its
+// key has come, or start gives up when ctx ends), creates the pod's
+// containers, then configures the NICs and starts the containers: what
+// does not need the network is done before it (docs/architecture.md, "Pod
+// VM agent").
 func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mounted, *diskcrypt.Unlocked, error) {
-	if err := configureNICs(cfg.Spec.NICs); err != nil {
-		return nil, nil, err
-	}
 	state := cfg.Boot.StateDir
 	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
 	if err != nil {
@@ -164,14 +163,36 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 		return mounted, unlocked, err
 	}
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.stopping {
+		a.mu.Unlock()
 		_ = pod.Close()
 		return mounted, unlocked, nil
 	}
 	a.pod = pod
-	go pod.Run()
+	a.mu.Unlock()
+	pod.Create()
+	go func() {
+		// From here on the pod's Run (or Abandon) ends it: a stop waits
+		// for one of them.
+		if err := a.network(pod, cfg); err != nil {
+			a.log.Error("pod cannot start", "err", err)
+			a.board.SetPending("ContainerCreating", err.Error())
+			pod.Abandon()
+			return
+		}
+		pod.Run()
+	}()
 	return mounted, unlocked, nil
+}
+
+// network configures the pod's NICs.
+func (a *agent) network(_ *supervisor.Pod, cfg *bootconfig.Config) error {
+	t := time.Now()
+	if err := configureNICs(cfg.Spec.NICs); err != nil {
+		return err
+	}
+	a.log.Info("boot phase", "phase", "network", "ms", ms(time.Since(t)), "nics", len(cfg.Spec.NICs))
+	return nil
 }
 
 // agent serves the channel from the supervisor, also before the pod exists

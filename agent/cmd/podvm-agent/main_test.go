@@ -188,3 +188,53 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 		t.Errorf("protocol errors: %v", errs)
 	}
 }
+
+// A pod's containers are created before its network is configured and
+// only started after: the runtime's create is off the path that waits for
+// the network, and the container still runs as the pod's. A pod with init
+// containers gets nothing ahead (its containers wait for them).
+func TestContainersCreatedBeforeTheNetworkStartedAfter(t *testing.T) {
+	needGuest(t)
+	spec := image.Spec("ahead", "Never", 1, nil, []guestchannel.Container{sh("app", "echo up; sleep 3600")})
+	g := guest(t, spec, guesttest.Options{})
+	g.Host.Wait("app running", wait, running("app"))
+	log := g.Log()
+	created := logLine(log, `msg="container created"`, "container=app")
+	network := logLine(log, `msg="boot phase" phase=network`)
+	started := logLine(log, `msg="container started"`, "container=app")
+	if created < 0 || network < created || started < network {
+		t.Fatalf("want app created, then the network, then app started; agent log:\n%s", log)
+	}
+	if !strings.Contains(strings.Split(log, "\n")[started], "created_ahead=true") {
+		t.Errorf("app was not started from its create ahead; agent log:\n%s", log)
+	}
+	if r := g.Host.Exec("app", nil, "hostname"); r.Stdout != "ahead\n" {
+		t.Errorf("hostname in the container = %+v, want the pod's", r)
+	}
+	guesttest.Eventually(t, "app's output", wait, func() bool {
+		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "app"})
+		return text == "up\n"
+	})
+
+	withInit := image.Spec("ahead-init", "Never", 1, []guestchannel.Container{sh("init", "true")}, []guestchannel.Container{sh("app", "sleep 3600")})
+	g2 := guest(t, withInit, guesttest.Options{})
+	g2.Host.Wait("app running after init", wait, running("app"))
+	if log := g2.Log(); strings.Contains(log, `msg="container created"`) {
+		t.Errorf("a pod with init containers had containers created ahead; agent log:\n%s", log)
+	}
+}
+
+// logLine is the number of the first line of log holding every one of
+// parts, -1 for none.
+func logLine(log string, parts ...string) int {
+	for i, l := range strings.Split(log, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return i
+		}
+	}
+	return -1
+}
