@@ -30,6 +30,8 @@ func TestBootConfigValidate(t *testing.T) {
 		{"standby", func(b *BootConfig) { b.Takeover = "fd:4" }, ""},
 		{"takeover not an fd", func(b *BootConfig) { b.Takeover = "/run/takeover" }, "takeover"},
 		{"takeover on stdin", func(b *BootConfig) { b.Takeover = "fd:0" }, "takeover"},
+		{"updates", func(b *BootConfig) { b.Updates = "fd:5" }, ""},
+		{"updates not an fd", func(b *BootConfig) { b.Updates = "guestinfo" }, "updates"},
 		{"negative backoff", func(b *BootConfig) { b.RestartBackoffMillis = -1 }, "restartBackoffMillis"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -101,6 +101,15 @@ func TestSpecValidate(t *testing.T) {
 			s.NICs = []NIC{{Network: "default", IP: "10.0.0.3", Prefix: 24, Gateway: "10.0.1.1"}}
 		}, "nics[0].gateway"},
 		{"nic network", func(s *PodSpec) { s.NICs = []NIC{{IP: "10.0.0.3", Prefix: 24}} }, "nics[0].network"},
+		{"network pending", func(s *PodSpec) { s.NetworkPending = true }, ""},
+		{"network pending with nics", func(s *PodSpec) {
+			s.NetworkPending = true
+			s.NICs = []NIC{{Network: "default", MAC: "02:50:56:00:00:01"}}
+		}, "networkPending"},
+		{"network pending with init containers", func(s *PodSpec) {
+			s.NetworkPending = true
+			s.InitContainers = []Container{{Name: "init", Chain: []string{"sha256:base"}}}
+		}, "networkPending"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()

@@ -55,6 +55,16 @@ type PodSpec struct {
 	// DNS is the resolver configuration of the containers
 	// (/etc/resolv.conf); absent leaves the image's own file.
 	DNS *DNSConfig `json:"dns,omitempty"`
+	// NetworkPending says the VM's cards are not on the pod's networks
+	// yet (an instant clone made as soon as the pod was placed, before its
+	// network was attached): NICs and DNS are empty. The agent creates the
+	// containers and waits for a spec of the same pod without
+	// NetworkPending (BootConfig.Updates) before it configures the NICs
+	// and starts them. Added to version 1: an agent that predates it
+	// would start the containers without the network, so only an agent
+	// that knows it (a template's, which the provisioner keys by agent
+	// build) is given a spec with it.
+	NetworkPending bool `json:"networkPending,omitempty"`
 }
 
 // DNSConfig is what a container's /etc/resolv.conf says.
@@ -307,6 +317,12 @@ func (s *PodSpec) Validate() error {
 	}
 	check("initContainers", s.InitContainers)
 	check("containers", s.Containers)
+	if s.NetworkPending && (len(s.NICs) > 0 || s.DNS != nil) {
+		bad("networkPending", "a spec waiting for its network has no nics or dns yet")
+	}
+	if s.NetworkPending && len(s.InitContainers) > 0 {
+		bad("networkPending", "a pod with init containers is started with its network, never ahead of it")
+	}
 	for i, n := range s.NICs {
 		for _, e := range n.validate() {
 			bad(fmt.Sprintf("nics[%d].%s", i, e[0]), e[1])
@@ -434,17 +450,29 @@ type BootConfig struct {
 	// its end and runs that VM's pod, on the disks already mounted when
 	// they are the very same files.
 	Takeover string `json:"takeover,omitempty"`
+	// Updates, "fd:<n>", is where a simulated hypervisor writes the VM's
+	// GuestinfoSpec again, one JSON document a line, each time a
+	// reconfigure of the running VM changes it: how a spec with
+	// NetworkPending is followed by the one with the pod's network. (On
+	// vSphere the agent would read the guestinfo key again instead.)
+	Updates string `json:"updates,omitempty"`
 }
 
 // TakeoverFD is the file descriptor Takeover names, or -1 when it is
 // empty.
-func (b *BootConfig) TakeoverFD() (int, error) {
-	if b.Takeover == "" {
+func (b *BootConfig) TakeoverFD() (int, error) { return fdOf("takeover", b.Takeover) }
+
+// UpdatesFD is the file descriptor Updates names, or -1 when it is empty.
+func (b *BootConfig) UpdatesFD() (int, error) { return fdOf("updates", b.Updates) }
+
+// fdOf reads a "fd:<n>" field.
+func fdOf(field, v string) (int, error) {
+	if v == "" {
 		return -1, nil
 	}
-	n, err := strconv.Atoi(strings.TrimPrefix(b.Takeover, "fd:"))
-	if !strings.HasPrefix(b.Takeover, "fd:") || err != nil || n < 3 {
-		return -1, fmt.Errorf("takeover: %q is not fd:<n> with n ≥ 3", b.Takeover)
+	n, err := strconv.Atoi(strings.TrimPrefix(v, "fd:"))
+	if !strings.HasPrefix(v, "fd:") || err != nil || n < 3 {
+		return -1, fmt.Errorf("%s: %q is not fd:<n> with n ≥ 3", field, v)
 	}
 	return n, nil
 }
@@ -468,6 +496,9 @@ func (b *BootConfig) Validate() error {
 		bad("cgroupParent", fmt.Sprintf("%q is not an absolute cgroup path", b.CgroupParent))
 	}
 	if _, err := b.TakeoverFD(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := b.UpdatesFD(); err != nil {
 		errs = append(errs, err)
 	}
 	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 {

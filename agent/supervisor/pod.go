@@ -112,16 +112,37 @@ func New(cfg Config) (*Pod, error) {
 		}
 		p.volumes[v.Name] = dir
 	}
-	if d := cfg.Spec.DNS; d != nil {
+	if d := cfg.Spec.DNS; d != nil || cfg.Spec.NetworkPending {
+		// A pod waiting for its network gets the file now, empty, so that
+		// containers created before it mount it; SetDNS fills it in place.
 		p.resolvConf = filepath.Join(eph, "etc", "resolv.conf")
 		if err := os.MkdirAll(filepath.Dir(p.resolvConf), 0o755); err != nil {
 			return nil, fmt.Errorf("dns: %w", err)
 		}
-		if err := os.WriteFile(p.resolvConf, d.ResolvConf(), 0o644); err != nil {
+		var content []byte
+		if d != nil {
+			content = d.ResolvConf()
+		}
+		if err := os.WriteFile(p.resolvConf, content, 0o644); err != nil {
 			return nil, fmt.Errorf("dns: %w", err)
 		}
 	}
 	return p, nil
+}
+
+// SetDNS writes the pod's resolver configuration once its network is
+// known (a spec with NetworkPending had none), in place: the containers
+// created ahead mount this very file. nil leaves it empty.
+func (p *Pod) SetDNS(d *guestchannel.DNSConfig) error {
+	if p.resolvConf == "" || d == nil {
+		return nil
+	}
+	f, err := os.OpenFile(p.resolvConf, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	_, err = f.Write(d.ResolvConf())
+	return errors.Join(err, f.Close())
 }
 
 // Board is the pod's reported state.

@@ -7,9 +7,11 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -88,6 +90,11 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	// start), then each container's start (package supervisor).
 	log.Info("boot phase", "phase", "init", "ms", ms(time.Since(begun)))
 	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb, begun: begun}
+	if fd, err := cfg.Boot.UpdatesFD(); err != nil {
+		return err
+	} else if fd >= 0 {
+		a.updates = readUpdates(fd, log.With("part", "updates"))
+	}
 	if cfg.Spec.Encryption != nil {
 		if a.keys, err = newKeyWait(cfg.Boot.VMUUID, cfg.Spec.Encryption.Nonce, log.With("part", "diskkey")); err != nil {
 			return err
@@ -175,6 +182,10 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 		// From here on the pod's Run (or Abandon) ends it: a stop waits
 		// for one of them.
 		if err := a.network(pod, cfg); err != nil {
+			if errors.Is(err, errStopping) {
+				pod.Abandon()
+				return
+			}
 			a.log.Error("pod cannot start", "err", err)
 			a.board.SetPending("ContainerCreating", err.Error())
 			pod.Abandon()
@@ -185,24 +196,96 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	return mounted, unlocked, nil
 }
 
-// network configures the pod's NICs.
-func (a *agent) network(_ *supervisor.Pod, cfg *bootconfig.Config) error {
+// errStopping: the pod was stopped while it waited for its network.
+var errStopping = errors.New("stopped while waiting for the network")
+
+// network configures the pod's NICs. A pod whose spec waits for its
+// network (NetworkPending: forked before its network was attached) first
+// waits for the spec that has it, on the hypervisor's updates.
+func (a *agent) network(pod *supervisor.Pod, cfg *bootconfig.Config) error {
+	spec := cfg.Spec
 	t := time.Now()
-	if err := configureNICs(cfg.Spec.NICs); err != nil {
+	if spec.NetworkPending {
+		a.log.Info("waiting for the pod's network")
+		next, err := a.awaitNetwork(pod, spec)
+		if err != nil {
+			return err
+		}
+		if err := pod.SetDNS(next.DNS); err != nil {
+			return err
+		}
+		spec = next
+		a.log.Info("network attached", "waited_ms", ms(time.Since(t)))
+		t = time.Now()
+	}
+	if err := configureNICs(spec.NICs); err != nil {
 		return err
 	}
-	a.log.Info("boot phase", "phase", "network", "ms", ms(time.Since(t)), "nics", len(cfg.Spec.NICs))
+	a.log.Info("boot phase", "phase", "network", "ms", ms(time.Since(t)), "nics", len(spec.NICs))
 	return nil
+}
+
+// awaitNetwork waits for an update of the pod's spec that no longer waits
+// for its network, or for the pod to be stopped (errStopping).
+func (a *agent) awaitNetwork(pod *supervisor.Pod, spec *guestchannel.PodSpec) (*guestchannel.PodSpec, error) {
+	if a.updates == nil {
+		return nil, errors.New("network: the spec waits for the pod's network and the boot configuration names no updates to bring it")
+	}
+	for {
+		select {
+		case <-pod.Stopping():
+			return nil, errStopping
+		case u, ok := <-a.updates:
+			switch {
+			case !ok:
+				return nil, errors.New("network: the hypervisor's updates ended before the pod's network came")
+			case u.UID != spec.UID:
+				a.log.Warn("spec update of another pod ignored", "uid", u.UID)
+			case !u.NetworkPending:
+				return u, nil
+			}
+		}
+	}
+}
+
+// readUpdates delivers the specs the hypervisor writes on fd (one JSON
+// document a line, the guestinfo value or a string holding it) until it
+// closes it; a malformed one is logged and skipped.
+func readUpdates(fd int, log *slog.Logger) <-chan *guestchannel.PodSpec {
+	out := make(chan *guestchannel.PodSpec, 4)
+	f := os.NewFile(uintptr(fd), "updates")
+	go func() {
+		defer close(out)
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 64<<10), 4<<20)
+		for sc.Scan() {
+			raw := sc.Bytes()
+			var asString string
+			if json.Unmarshal(raw, &asString) == nil {
+				raw = []byte(asString)
+			}
+			spec, err := guestchannel.UnmarshalSpec(raw)
+			if err != nil {
+				log.Warn("spec update refused", "err", err)
+				continue
+			}
+			out <- spec
+		}
+	}()
+	return out
 }
 
 // agent serves the channel from the supervisor, also before the pod exists
 // (disks still mounting) or when it could not start.
 type agent struct {
-	board    *supervisor.Board
-	spec     *guestchannel.PodSpec
-	log      *slog.Logger
-	keys     *keyWait // nil unless the ephemeral disk is encrypted
-	standby  *standby // the disks a standby mounted, until the pod has them
+	board   *supervisor.Board
+	spec    *guestchannel.PodSpec
+	log     *slog.Logger
+	keys    *keyWait // nil unless the ephemeral disk is encrypted
+	standby *standby // the disks a standby mounted, until the pod has them
+	// updates are the hypervisor's updates of the spec (nil: none).
+	updates  <-chan *guestchannel.PodSpec
 	begun    time.Time
 	mu       sync.Mutex
 	pod      *supervisor.Pod

@@ -238,3 +238,56 @@ func logLine(log string, parts ...string) int {
 	}
 	return -1
 }
+
+// A spec that waits for its network (an instant clone made before the
+// pod's network was attached): the containers are created and not started
+// until the hypervisor's update brings the spec with the network; an
+// update of another pod changes nothing; the DNS configuration it brings is
+// what the container created before it reads. Stopped while waiting, the
+// pod leaves nothing behind.
+func TestNetworkPendingStartsOnTheUpdate(t *testing.T) {
+	needGuest(t)
+	spec := image.Spec("early", "Never", 1, nil, []guestchannel.Container{sh("app", "cat /etc/resolv.conf; sleep 3600")})
+	spec.NetworkPending = true
+	g := guest(t, spec, guesttest.Options{Updates: true})
+	guesttest.Eventually(t, "app created", wait, func() bool {
+		return logLine(g.Log(), `msg="container created"`, "container=app") >= 0 &&
+			logLine(g.Log(), `msg="waiting for the pod's network"`) >= 0
+	})
+	other := *spec
+	other.UID, other.NetworkPending = "someone-else", false
+	g.Update(&other)
+	guesttest.Eventually(t, "the other pod's update ignored", wait, func() bool {
+		return logLine(g.Log(), `msg="spec update of another pod ignored"`) >= 0
+	})
+	if v, _, _ := g.Host.Snapshot(); v.Container("app").State.Kind == guestchannel.StateRunning || v.Phase == guestchannel.PhaseRunning {
+		t.Fatalf("app runs before its network came: %+v", v)
+	}
+	attached := *spec
+	attached.NetworkPending = false
+	attached.DNS = &guestchannel.DNSConfig{Nameservers: []string{"10.0.0.53"}, Searches: []string{"default.svc.cluster.local"}}
+	g.Update(&attached)
+	g.Host.Wait("app running", wait, running("app"))
+	guesttest.Eventually(t, "app's resolv.conf", wait, func() bool {
+		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "app"})
+		return strings.Contains(text, "nameserver 10.0.0.53")
+	})
+	log := g.Log()
+	if network, started := logLine(log, `msg="network attached"`), logLine(log, `msg="container started"`, "created_ahead=true"); network < 0 || started < network {
+		t.Errorf("want the network, then app started from its create; agent log:\n%s", log)
+	}
+
+	waiting := image.Spec("early-stop", "Never", 1, nil, []guestchannel.Container{sh("app", "sleep 3600")})
+	waiting.NetworkPending = true
+	g2 := guest(t, waiting, guesttest.Options{Updates: true})
+	guesttest.Eventually(t, "app created", wait, func() bool {
+		return logLine(g2.Log(), `msg="waiting for the pod's network"`) >= 0
+	})
+	g2.Host.Stop(1, wait)
+	if procs := guesttest.CgroupProcs(g2.Cgroup); len(procs) > 0 {
+		t.Errorf("processes left in the pod's cgroups after a stop while waiting: %v", procs)
+	}
+	if v, _, _ := g2.Host.Snapshot(); v.Container("app").State.Kind == guestchannel.StateRunning {
+		t.Errorf("app ran though stopped before its network: %+v", v.Container("app"))
+	}
+}

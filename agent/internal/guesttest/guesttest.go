@@ -172,6 +172,20 @@ type Guest struct {
 	exitErr   error
 	logFile   string
 	stopped   bool
+	updates   *os.File
+}
+
+// Update writes spec on the agent's updates descriptor (Options.Updates),
+// as a hypervisor does after a reconfigure changed the VM's guestinfo.
+func (g *Guest) Update(spec *guestchannel.PodSpec) {
+	g.t.Helper()
+	raw, err := guestchannel.MarshalSpec(spec)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	if _, err := g.updates.WriteString(raw + "\n"); err != nil {
+		g.t.Fatal(err)
+	}
 }
 
 // Options tune a guest.
@@ -182,6 +196,9 @@ type Options struct {
 	LogMaxBytes         int64
 	// Devices replaces entries of the unit → file map.
 	Devices map[string]string
+	// Updates gives the agent an updates descriptor (BootConfig.Updates)
+	// the test writes on with Guest.Update.
+	Updates bool
 }
 
 // Start boots a guest running spec with the agent at agentBin.
@@ -227,6 +244,14 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 	for unit, path := range opt.Devices {
 		boot.Devices[unit] = path
 	}
+	var updatesR *os.File
+	if opt.Updates {
+		if updatesR, g.updates, err = os.Pipe(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.updates.Close() })
+		boot.Updates = "fd:3"
+	}
 	bootFile := filepath.Join(dir, "boot.json")
 	b, _ := json.Marshal(boot)
 	if err := os.WriteFile(bootFile, b, 0o600); err != nil {
@@ -238,6 +263,10 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 	}
 	g.cmd = exec.Command(agentBin, "--boot-config", bootFile, "--log-level", "debug")
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	if updatesR != nil {
+		g.cmd.ExtraFiles = []*os.File{updatesR}
+		defer updatesR.Close()
+	}
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWNET,
 		Pdeathsig:  unix.SIGKILL,
