@@ -117,6 +117,14 @@ func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, chang
 					b.d.guestLog("power off guest", vm.Name, err)
 				}
 			}
+		case "config.hardware.device", "config.extraConfig":
+			// A reconfigure of a running VM: its guest follows once the
+			// task has made every change (the guestinfo comes before the
+			// devices within one reconfigure, and the agent must find its
+			// cards moved when it hears of the new spec).
+			if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+				b.d.reconfigureGuest(vm.Self)
+			}
 		case "runtime.host":
 			if ref, ok := ch.Val.(types.ManagedObjectReference); ok {
 				b.d.guests.Move(vm.Self.Value, b.d.hostName(ref))
@@ -125,6 +133,48 @@ func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, chang
 			}
 		}
 	}
+}
+
+// reconfigureGuest brings a running VM's guest in line with the VM's
+// configuration (guest.Manager.Reconfigure) once the VM's lock is free:
+// after the task that changed it. One pass per VM is under way at a time;
+// a change made meanwhile is read by the pass that follows it.
+func (d *Datacenter) reconfigureGuest(ref types.ManagedObjectReference) {
+	d.forkMu.Lock()
+	if d.reconfiguring == nil {
+		d.reconfiguring = map[string]bool{}
+	}
+	if d.reconfiguring[ref.Value] {
+		d.forkMu.Unlock()
+		return
+	}
+	d.reconfiguring[ref.Value] = true
+	d.forkMu.Unlock()
+	go func() {
+		m := d.model.Map()
+		obj, ok := m.Get(ref).(*simulator.VirtualMachine)
+		var spec guest.VM
+		var on bool
+		if ok {
+			m.WithLock(&simulator.Context{}, obj, func() {
+				d.forkMu.Lock()
+				delete(d.reconfiguring, ref.Value) // a change after this read gets its own pass
+				d.forkMu.Unlock()
+				on = obj.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+				spec, ok = d.guestVM(&obj.VirtualMachine)
+			})
+		} else {
+			d.forkMu.Lock()
+			delete(d.reconfiguring, ref.Value)
+			d.forkMu.Unlock()
+		}
+		if !ok || !on || spec.Native != nil {
+			return
+		}
+		if err := d.guests.Reconfigure(spec); err != nil {
+			d.guestLog("reconfigure guest", spec.Name, err)
+		}
+	}()
 }
 
 func (d *Datacenter) guestLog(what, vm string, err error) {

@@ -52,7 +52,11 @@ import (
 //     generated MACs, as vSphere gives an instant clone (the guest
 //     re-reads its network configuration from guestinfo), unless
 //     InstantCloneSpec.Location.DeviceChange edits a card: then it gets
-//     that card's backing (another port group) and MAC.
+//     that card's backing (another port group), MAC and connection state
+//     (a card neither connected nor starting connected has its cable out:
+//     a child made before its pod's network is attached). A reconfigure
+//     of the running child moves its cards and hands its guest the new
+//     guestinfo spec (guests.go, reconfigureGuest).
 //
 // Routing: vcsim dispatches a method by name on the object its registry
 // holds for the call's target, preferring the calling session's registry.
@@ -274,6 +278,12 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 				}
 				if edit.MacAddress != "" {
 					card.MacAddress, card.AddressType = edit.MacAddress, string(types.VirtualEthernetCardMacTypeManual)
+				}
+				if edit.Connectable != nil {
+					// A child made before its network is attached starts
+					// with its cables out (reconnected by a reconfigure).
+					cp := *edit.Connectable
+					card.Connectable = &cp
 				}
 			}
 			var nic types.BaseVirtualDevice

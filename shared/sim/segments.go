@@ -120,7 +120,10 @@ func vmNICs(devices object.VirtualDeviceList) []guest.NIC {
 		}
 		c := card.GetVirtualEthernetCard()
 		n := guest.NIC{MAC: c.MacAddress}
-		if b, ok := c.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok {
+		// A card neither connected nor connecting at power-on has its
+		// cable out: on no segment, whatever its backing says.
+		cabled := c.Connectable == nil || c.Connectable.Connected || c.Connectable.StartConnected
+		if b, ok := c.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok && cabled {
 			n.Segment = b.Port.PortgroupKey
 		}
 		out = append(out, n)

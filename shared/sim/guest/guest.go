@@ -263,6 +263,11 @@ type guest struct {
 	standby *standbyState
 	// resumed: the guest is a standby a VM took over (standby.go).
 	resumed bool
+	// updates is the write end of the agent's updates descriptor
+	// (BootConfig.Updates, updatesFD in the guest), nil for a native
+	// guest.
+	updates   *os.File
+	updatesFD string
 }
 
 var managers atomic.Int64
@@ -444,10 +449,23 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	if vm.Spec != "" {
 		boot.Spec = json.RawMessage(vm.Spec)
 	}
-	var extra []*os.File
-	if takeover != nil {
-		boot.Takeover, extra = takeoverFD, []*os.File{takeover}
+	// The updates descriptor: where a reconfigure of the running VM
+	// writes its spec again (Reconfigure).
+	updatesR, updatesW, err := os.Pipe()
+	if err != nil {
+		return nil, err
 	}
+	defer updatesR.Close() // the agent has its own copy
+	defer func() {
+		if err != nil {
+			updatesW.Close()
+		}
+	}()
+	extra := []*os.File{updatesR}
+	if takeover != nil {
+		boot.Takeover, extra = takeoverFD, []*os.File{takeover, updatesR}
+	}
+	boot.Updates = fmt.Sprintf("fd:%d", 3+len(extra))
 	data, err := json.MarshalIndent(boot, "", "  ")
 	if err != nil {
 		return nil, err
@@ -466,7 +484,12 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 		}
 	}()
 	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
-	return m.launch(vm, dir, cg, ch, args, extra...)
+	g, err := m.launch(vm, dir, cg, ch, args, extra...)
+	if err != nil {
+		return nil, err
+	}
+	g.updates, g.updatesFD = updatesW, boot.Updates
+	return g, nil
 }
 
 // startNative boots a native VM's guest (see Native).
@@ -650,6 +673,9 @@ func (m *Manager) PowerOff(key string) error {
 
 func (m *Manager) stop(g *guest) error {
 	g.channel.close()
+	if g.updates != nil {
+		g.updates.Close()
+	}
 	if g.frozen {
 		// A frozen process takes no signal, not even SIGKILL.
 		if err := g.cgroup.freeze(false); err != nil {

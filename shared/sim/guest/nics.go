@@ -1,11 +1,14 @@
 package guest
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
@@ -107,4 +110,59 @@ func (m *Manager) Carriers(key string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// Reconfigure applies a reconfigure of a running VM to its guest, as a
+// hypervisor does: each card whose MAC changed is replaced (unplugged from
+// the guest and a new one with the new address plugged in its place, as
+// eth<i>), every card is plugged into its segment now (a card moved to
+// another port group, or connected, gets it), and a changed spec is
+// written on the agent's updates descriptor (BootConfig.Updates). A VM
+// without a running guest is left alone.
+func (m *Manager) Reconfigure(vm VM) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, ok := m.guests[vm.Key]
+	if !ok || vm.Native != nil {
+		return nil
+	}
+	if len(vm.NICs) != len(g.vm.NICs) {
+		return fmt.Errorf("guest of %s: %d cards, the VM has %d now: adding or removing a card of a running VM is not simulated", vm.Name, len(g.vm.NICs), len(vm.NICs))
+	}
+	var errs []error
+	if m.cfg.Fabric != nil {
+		for i, n := range vm.NICs {
+			if i >= len(g.ports) || n.MAC == g.vm.NICs[i].MAC {
+				continue
+			}
+			mac, err := net.ParseMAC(n.MAC)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("NIC %d: MAC %q: %w", i, n.MAC, err))
+				continue
+			}
+			if err := m.cfg.Fabric.RemovePort(g.ports[i]); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			p, err := m.cfg.Fabric.AddPort(g.cmd.Process.Pid, "eth"+strconv.Itoa(i), mac)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			g.ports[i] = p
+		}
+	}
+	g.vm.NICs = slices.Clone(vm.NICs)
+	m.plugLocked(g)
+	if vm.Spec != g.vm.Spec && g.updates != nil {
+		// A guest that does not read its updates must not stall the
+		// hypervisor: the write gives up after a while.
+		_ = g.updates.SetWriteDeadline(time.Now().Add(time.Second))
+		if _, err := g.updates.WriteString(strings.ReplaceAll(vm.Spec, "\n", "") + "\n"); err != nil {
+			errs = append(errs, fmt.Errorf("guest of %s: spec update: %w", vm.Name, err))
+		} else {
+			g.vm.Spec = vm.Spec
+		}
+	}
+	return errors.Join(errs...)
 }

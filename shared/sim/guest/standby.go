@@ -322,6 +322,7 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 		CgroupParent: g.cgroup.path,
 		VMUUID:       vm.UUID,
 		Spec:         json.RawMessage(vm.Spec),
+		Updates:      g.updatesFD,
 	}
 	data, err := json.MarshalIndent(boot, "", "  ")
 	if err != nil {
