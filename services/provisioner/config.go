@@ -80,6 +80,12 @@ type Config struct {
 	// TemplateAgent identifies the pod VM agent build; templates of
 	// another agent are replaced.
 	TemplateAgent string
+	// ForkEarly forks a pod VM as soon as its pod is placed and its images
+	// are ready, before its network is attached, when its shape has a
+	// template ready (forkearly.go); off, a pod VM is forked (or created)
+	// once the network is attached. Default on; it matters only with
+	// TemplatesWarm.
+	ForkEarly bool
 	// NativeVM configures the native VM controller (its defaults apply to
 	// the zero value).
 	NativeVM nativevm.Config
@@ -104,6 +110,7 @@ func DefaultConfig() Config {
 		GuestRepairs:      2,
 		AwaitGuestStop:    true,
 		GuestStopSlack:    10 * time.Second,
+		ForkEarly:         true,
 	}
 }
 
@@ -125,6 +132,7 @@ const (
 	EnvKeyFile        = "PODVISOR_PROVISIONER_KEY_FILE"
 	EnvTemplatesWarm  = "PODVISOR_PROVISIONER_TEMPLATES_WARM"
 	EnvTemplateAgent  = "PODVISOR_PROVISIONER_TEMPLATE_AGENT"
+	EnvForkEarly      = "PODVISOR_PROVISIONER_FORK_EARLY"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -147,6 +155,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 	r.Duration(EnvGuestTimeout, &cfg.GuestTimeout)
 	r.Duration(EnvGuestStopSlack, &cfg.GuestStopSlack)
 	r.Bool(EnvAwaitGuestStop, &cfg.AwaitGuestStop)
+	r.Bool(EnvForkEarly, &cfg.ForkEarly)
 	r.Duration(EnvStepTimeout, &cfg.StepTimeout)
 	r.Duration(EnvResyncInterval, &cfg.ResyncInterval)
 	// Set but empty means "none" for these two, unlike the others.

@@ -4,12 +4,16 @@ import (
 	"context"
 	"testing"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -71,6 +75,9 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	e := newEnv(t)
 	cfg := testConfig()
 	cfg.TemplatesWarm = 1
+	// Forks once the network is attached (TestPodVMsForkBeforeTheirNetwork
+	// has those made before it).
+	cfg.ForkEarly = false
 	svc, _ := e.start(cfg)
 	host := e.dc.Hosts()[0].Name
 	ctx := context.Background()
@@ -196,4 +203,143 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		t.Fatalf("the second pod's VM after its template went: %+v, %v", vm, err)
 	}
 	_ = testenv.Logger
+}
+
+// TestPodVMsForkBeforeTheirNetwork: with a template ready, a pod placed
+// with its images ready is forked at once, before its network is
+// attached: its VM runs, its card has its cable out and no address of the
+// pod's, its guest spec waits for the network, and the pod is not said to
+// have a VM ready. When the network is attached the card moves onto the
+// pod's port group with the pod's MAC, connected, the guest gets the spec
+// with the network, and only then is the VM ready. A pod whose network
+// fails, or whose host refuses its network, loses its early fork.
+func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.TemplatesWarm = 1
+	svc, _ := e.start(cfg)
+	host := e.dc.Hosts()[0].Name
+	ctx := context.Background()
+	forked := func(r *events.PodRecord) (status, reason string) {
+		c, _ := r.Condition(events.PodConditionVMForked)
+		return c.Status, c.Reason
+	}
+	placed := func(pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
+		t.Helper()
+		acc := e.request(pod)
+		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+			PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
+		e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+		return acc, e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool {
+			_, reason := forked(r)
+			return r.VMRef != "" && reason == templates.ReasonForkedEarly
+		})
+	}
+	card := func(ref string) *types.VirtualEthernetCard {
+		t.Helper()
+		devices, err := object.NewVirtualMachine(e.vc.Client, vmRef(ref)).Device(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+		if len(nics) != 1 {
+			t.Fatalf("VM %s has %d cards, want 1", ref, len(nics))
+		}
+		return nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	}
+	guestSpec := func(ref string) *guestchannel.PodSpec {
+		t.Helper()
+		var m mo.VirtualMachine
+		if err := object.NewVirtualMachine(e.vc.Client, vmRef(ref)).Properties(ctx, vmRef(ref), []string{"config.extraConfig"}, &m); err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range m.Config.ExtraConfig {
+			if v := o.GetOptionValue(); v.Key == guestchannel.GuestinfoSpec {
+				spec, err := guestchannel.UnmarshalSpec([]byte(v.Value.(string)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return spec
+			}
+		}
+		t.Fatalf("VM %s has no guest spec", ref)
+		return nil
+	}
+
+	// The first pod of the image builds the template (nothing to fork).
+	acc := e.request(imagePod("first", "app"))
+	e.facts(acc, host)
+	e.waitRecord(svc, "default", "first", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	var tmpl templates.Record
+	e.Eventually("a ready template", func() bool {
+		recs, err := svc.templates.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.State == templates.StateReady {
+				tmpl = r
+				return true
+			}
+		}
+		return false
+	})
+
+	acc, r := placed(imagePod("early", "app"))
+	if e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+		t.Fatalf("the early pod's VM %s is not forked from the template %s", r.VMRef, tmpl.VMRef)
+	}
+	if r.Phase != events.PodPhaseScheduled || r.IsTrue(events.PodConditionVMReady) || !r.IsTrue(events.PodConditionVMCreated) {
+		t.Fatalf("early fork before its network: phase %s, VMReady %v, VMCreated %v; want Scheduled, no VM ready, a VM created",
+			r.Phase, r.IsTrue(events.PodConditionVMReady), r.IsTrue(events.PodConditionVMCreated))
+	}
+	if c := card(r.VMRef); c.Connectable == nil || c.Connectable.Connected || c.Connectable.StartConnected {
+		t.Fatalf("the early fork's card before the network: %+v, want its cable out", c.Connectable)
+	}
+	if spec := guestSpec(r.VMRef); !spec.NetworkPending || len(spec.NICs) != 0 || spec.UID != r.UID {
+		t.Fatalf("the early fork's guest spec: networkPending %v, %d nics, uid %s; want waiting, none, the pod's", spec.NetworkPending, len(spec.NICs), spec.UID)
+	}
+	early := r.VMRef
+	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	r = e.waitRecord(svc, "default", "early", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	if r.VMRef != early {
+		t.Fatalf("the pod's VM changed from %s to %s when its network came", early, r.VMRef)
+	}
+	if st, reason := forked(r); st != events.ConditionTrue || reason != templates.ReasonForked {
+		t.Fatalf("VMForked after the network: %s/%s, want True/InstantClone", st, reason)
+	}
+	c := card(r.VMRef)
+	pb, ok := c.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
+	if !ok || c.MacAddress != r.Attachments[0].MAC || c.Connectable == nil || !c.Connectable.Connected || !c.Connectable.StartConnected {
+		t.Fatalf("the card after the network: backing %#v, MAC %s, %+v; want the pod's port group and MAC %s, connected", c.Backing, c.MacAddress, c.Connectable, r.Attachments[0].MAC)
+	}
+	var pg mo.DistributedVirtualPortgroup
+	pgRef := types.ManagedObjectReference{Type: "DistributedVirtualPortgroup", Value: pb.Port.PortgroupKey}
+	if err := object.NewCommon(e.vc.Client, pgRef).Properties(ctx, pgRef, []string{"name"}, &pg); err != nil || pg.Name != r.Attachments[0].PortGroup {
+		t.Fatalf("the card is on port group %s (%q, %v), want %s", pb.Port.PortgroupKey, pg.Name, err, r.Attachments[0].PortGroup)
+	}
+	if spec := guestSpec(r.VMRef); spec.NetworkPending || len(spec.NICs) != 1 || spec.NICs[0].MAC != r.Attachments[0].MAC || spec.NICs[0].IP != r.Attachments[0].IP {
+		t.Fatalf("the guest spec after the network: %+v, want the pod's card and address", spec.NICs)
+	}
+
+	// The network fails: the early fork goes with the pod.
+	acc, r = placed(imagePod("early-fails", "app"))
+	e.publish("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
+		Reason: "PoolExhausted", Message: "no address left"})
+	e.waitRecord(svc, "default", "early-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
+	if vms := e.vmsNamed(r.VMName); len(vms) != 0 {
+		t.Fatalf("the early fork of a pod whose network failed is still there: %+v", vms)
+	}
+
+	// The host refuses the network: the early fork is destroyed and the
+	// pod placed again.
+	acc, r = placed(imagePod("early-refused", "app"))
+	e.publish("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
+		Host: host, Reason: events.ReasonNotRealizedOnHost, Message: "not on this host"})
+	r = e.waitRecord(svc, "default", "early-refused", func(r *events.PodRecord) bool {
+		return r.Phase == events.PodPhasePending && r.Host == ""
+	})
+	if vms := e.vmsNamed(r.VMName); len(vms) != 0 || r.VMRef != "" {
+		t.Fatalf("the early fork on the host that refused the network is still there: %+v (record %q)", vms, r.VMRef)
+	}
 }

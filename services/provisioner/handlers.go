@@ -423,6 +423,13 @@ func (h handling) networkRefused(ctx context.Context, p *events.PodNetworkFailed
 	if err != nil || r == nil || r.UID != p.UID {
 		return err
 	}
+	if r.Host == p.Host && forkedEarly(r) && r.DeletionRequestedAt.IsZero() && r.Phase != events.PodPhaseFailed {
+		// Forked on this host ahead of its network: the pod goes
+		// elsewhere without that VM.
+		if err := s.dropEarlyFork(ctx, r); err != nil {
+			return err
+		}
+	}
 	ref := events.HostRefusal{Host: p.Host, Network: p.Network, Reason: p.Reason, Message: p.Message, OnAttach: true}
 	if s.applyRefusals(r, []events.HostRefusal{ref}) && r.AttachRefusals() >= events.MaxNetworkRefusals {
 		if (r.Host != "" && r.Host != p.Host) || events.PodHasVM(r.Phase) || r.Phase == events.PodPhaseFailed || !r.DeletionRequestedAt.IsZero() {

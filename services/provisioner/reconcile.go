@@ -99,6 +99,8 @@ func (s *Service) reconcile(ctx context.Context, r *events.PodRecord, reserved b
 	switch {
 	case !r.DeletionRequestedAt.IsZero():
 		return s.teardown(ctx, r)
+	case s.earlyForkable(r):
+		return s.forkEarly(ctx, r)
 	case !provisionable(r):
 		return nil
 	}
@@ -138,6 +140,9 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 	}
 	vm, err := s.ensureVM(ctx, r, reserved)
 	if err != nil {
+		return err
+	}
+	if err := s.attachEarlyFork(ctx, r, vm); err != nil {
 		return err
 	}
 	// A VM already on (an instant clone comes up running; a retry may
@@ -414,6 +419,14 @@ func noteVM(r *events.PodRecord, vm *podvm.VM, now time.Time) {
 
 // vmSpec derives the pod VM and its placement from the record.
 func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, error) {
+	return s.vmSpecOf(r, false)
+}
+
+// vmSpecOf derives the pod VM and its placement from the record; early,
+// the VM of a pod whose network is not attached yet (forkEarly): a card
+// per network without a port group, and a guest spec that waits for the
+// network (NetworkPending).
+func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.Placement, error) {
 	// The VM's files and its ephemeral disk go beside the pod's image
 	// chain when the host mounts that datastore: the image cache puts
 	// chains on the most widely mounted datastore, so the VM can later move
@@ -433,6 +446,7 @@ func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, erro
 	if err != nil {
 		return podvm.Spec{}, podvm.Placement{}, err
 	}
+	l.spec.NetworkPending = early
 	info, err := guestinfo(r, l)
 	if err != nil {
 		return podvm.Spec{}, podvm.Placement{}, err
@@ -448,6 +462,12 @@ func (s *Service) vmSpec(r *events.PodRecord) (podvm.Spec, podvm.Placement, erro
 	}
 	for _, a := range r.Attachments {
 		spec.NICs = append(spec.NICs, podvm.NIC{Network: a.Network, PortGroup: a.PortGroup, MAC: a.MAC})
+	}
+	if early {
+		spec.NICs = nil
+		for _, n := range r.Networks {
+			spec.NICs = append(spec.NICs, podvm.NIC{Network: n})
+		}
 	}
 	return spec, podvm.Placement{
 		Host:      r.Host,

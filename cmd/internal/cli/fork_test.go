@@ -3,6 +3,8 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -103,6 +105,16 @@ spec:
 		}
 		return "", ""
 	}
+	// A pod placed with its images ready while its shape has a template is
+	// forked before its network is attached (its VMForked condition says
+	// so once the network came); which forked pods were depends on when
+	// network-config answered, so the test wants at least one of them.
+	var forkedEarly []string
+	noteEarly := func(r *events.PodRecord) {
+		if c, ok := r.Condition(events.PodConditionVMForked); ok && c.Status == events.ConditionTrue && strings.Contains(c.Message, "before the network was attached") {
+			forkedEarly = append(forkedEarly, r.Name)
+		}
+	}
 
 	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
 	first := deploy("first", image)
@@ -118,6 +130,7 @@ spec:
 	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
 		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
 	}
+	noteEarly(second)
 	// The template's first fork booted a standby of it: the next fork
 	// resumes that guest instead of booting one, and runs its own pod.
 	var standby guest.Info
@@ -133,6 +146,7 @@ spec:
 	if g, ok := sys.Datacenter.Guests().Guest(resumed.VMRef); !ok || g.PID != standby.PID {
 		t.Fatalf("pod resumed's guest is process %d (running %v), want the template's standby %d", g.PID, ok, standby.PID)
 	}
+	noteEarly(resumed)
 
 	// A new image (one more layer): a new template replaces the old one.
 	extra, err := ociregistry.Layer(ociregistry.LayerSpec{Path: "etc/podvisor-release", Size: 64, Seed: 20})
@@ -187,6 +201,24 @@ spec:
 	fifth := deploy("fifth", image2)
 	if got := sys.Datacenter.ForkedFrom(fifth.VMRef); got != newer.VMRef {
 		t.Fatalf("fifth pod's VM is a fork of %q, want the new template %s", got, newer.VMRef)
+	}
+	noteEarly(fifth)
+	if len(forkedEarly) == 0 {
+		t.Fatal("no forked pod was forked before its network was attached (second, resumed, fifth)")
+	}
+	t.Logf("forked before their network: %v", forkedEarly)
+	// An early fork's guest got its network from the reconfigure: the
+	// agent configured the pod's card before the container started.
+	g, ok := sys.Datacenter.Guests().Guest(record(forkedEarly[0]).VMRef)
+	if !ok {
+		t.Fatalf("pod %s runs no guest", forkedEarly[0])
+	}
+	console, err := os.ReadFile(filepath.Join(g.Dir, "console.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(console), `msg="network attached"`) || !strings.Contains(string(console), "nics=1") {
+		t.Errorf("pod %s's guest did not get its network from the update:\n%s", forkedEarly[0], console)
 	}
 }
 

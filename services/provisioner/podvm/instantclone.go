@@ -56,17 +56,20 @@ func (c *Client) StartInstantClone(ctx context.Context, t *Template, s Spec, p P
 	}
 	var change []types.BaseVirtualDeviceConfigSpec
 	for i, n := range s.NICs {
-		backing, _, err := c.portGroupBacking(ctx, n.PortGroup, false)
-		if err != nil {
-			return none, err
-		}
 		// A copy: the template's cards are shared by its concurrent forks.
 		dev := copyDevice(t.cards[i])
 		card := dev.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
-		card.Backing = backing
-		card.MacAddress, card.AddressType = n.MAC, string(types.VirtualEthernetCardMacTypeManual)
-		if n.MAC == "" {
-			card.AddressType = string(types.VirtualEthernetCardMacTypeGenerated)
+		if n.PortGroup == "" {
+			// No network yet (a fork made before the pod's network is
+			// attached): the card keeps the template's backing with its
+			// cable out, a generated MAC, until AttachNetwork.
+			card.Connectable = &types.VirtualDeviceConnectInfo{StartConnected: false, Connected: false, AllowGuestControl: true}
+			card.MacAddress, card.AddressType = "", string(types.VirtualEthernetCardMacTypeGenerated)
+			change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: dev})
+			continue
+		}
+		if err := c.plugCard(ctx, card, n); err != nil {
+			return none, err
 		}
 		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: dev})
 	}
@@ -89,4 +92,54 @@ func copyDevice(d types.BaseVirtualDevice) types.BaseVirtualDevice {
 	cp := reflect.New(v.Type())
 	cp.Elem().Set(v)
 	return cp.Interface().(types.BaseVirtualDevice)
+}
+
+// plugCard puts a card on n's port group with n's MAC (generated when n
+// has none), connected.
+func (c *Client) plugCard(ctx context.Context, card *types.VirtualEthernetCard, n NIC) error {
+	backing, _, err := c.portGroupBacking(ctx, n.PortGroup, false)
+	if err != nil {
+		return err
+	}
+	card.Backing = backing
+	card.MacAddress, card.AddressType = n.MAC, string(types.VirtualEthernetCardMacTypeManual)
+	if n.MAC == "" {
+		card.AddressType = string(types.VirtualEthernetCardMacTypeGenerated)
+	}
+	card.Connectable = &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true, AllowGuestControl: true}
+	return nil
+}
+
+// AttachNetwork gives a running pod VM forked before its network was
+// attached (StartInstantClone with NICs without a port group) its
+// network, in one ReconfigVM_Task: each card, in order, moved to s.NICs'
+// port group with its MAC and connected, and s.ExtraConfig (the guest
+// spec that has the network) set; the guest hears of the spec and
+// configures the cards. It returns once the task ended.
+func (c *Client) AttachNetwork(ctx context.Context, ref types.ManagedObjectReference, s Spec) error {
+	vm := object.NewVirtualMachine(c.vc, ref)
+	devices, err := vm.Device(ctx)
+	if err != nil {
+		return fmt.Errorf("devices of %s: %w", ref.Value, err)
+	}
+	cards := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(cards) != len(s.NICs) {
+		return fmt.Errorf("pod VM %s has %d network cards, the pod needs %d", ref.Value, len(cards), len(s.NICs))
+	}
+	var change []types.BaseVirtualDeviceConfigSpec
+	for i, n := range s.NICs {
+		dev := copyDevice(cards[i])
+		if err := c.plugCard(ctx, dev.(types.BaseVirtualEthernetCard).GetVirtualEthernetCard(), n); err != nil {
+			return err
+		}
+		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationEdit, Device: dev})
+	}
+	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change, ExtraConfig: extraConfig(s.ExtraConfig)})
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("attach the network of %s: %w", ref.Value, err)
+	}
+	return nil
 }

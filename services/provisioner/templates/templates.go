@@ -37,6 +37,10 @@ const (
 // the one it was forked.
 const (
 	ReasonForked              = "InstantClone"
+	// ReasonForkedEarly: forked as soon as the pod was placed, before its
+	// network was attached (Keeper.ReadyFor); the pod's network is then
+	// attached to the running VM (podvm.Client.AttachNetwork).
+	ReasonForkedEarly = "InstantCloneBeforeNetwork"
 	ReasonNoTemplate          = "NoTemplate"
 	ReasonTemplateBuilding    = "TemplateBuilding"
 	ReasonTemplateStarting    = "TemplateStarting"
@@ -209,6 +213,19 @@ func (k *Keeper) record(ctx context.Context, name string) (_ *Record, cached boo
 	return rec, false, err
 }
 
+// ReadyFor says whether a pod VM s placed by p would be forked now from a
+// template a watch of the bucket delivered ready, without reading the
+// bucket or vCenter: what decides forking a pod VM before its network is
+// attached (a pod whose shape has no ready template is created later, as
+// before).
+func (k *Keeper) ReadyFor(s podvm.Spec, p podvm.Placement) bool {
+	name := Name(ShapeOf(s, p), k.cfg.Agent)
+	k.mu.Lock()
+	r, ok := k.seen[name]
+	k.mu.Unlock()
+	return ok && r.State == StateReady && r.VMRef != "" && (r.GuestReady || !k.cfg.AwaitGuest)
+}
+
 // Close stops the builds in flight and waits for them.
 func (k *Keeper) Close() {
 	if k == nil {
@@ -252,18 +269,27 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 	if err != nil {
 		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: err.Error(), ReadRecord: true}
 	}
+	// A template is built from a pod VM whose cards are on their port
+	// groups; a fork made before the pod's network is attached has none
+	// and builds nothing.
+	buildable := !slices.ContainsFunc(s.NICs, func(n podvm.NIC) bool { return n.PortGroup == "" })
+	build := func() {
+		if buildable {
+			k.build(name, sh, s)
+		}
+	}
 	switch {
 	case rec == nil:
-		k.build(name, sh, s)
+		build()
 		return nil, Outcome{Template: name, Reason: ReasonNoTemplate, Message: "template " + name + " is being built for this shape; pod VMs of it are forked once it is ready"}
 	case rec.State == StateBuilding:
 		if k.now().Sub(rec.UpdatedAt) > k.cfg.BuildTimeout {
-			k.build(name, sh, s)
+			build()
 		}
 		return nil, Outcome{Template: name, Reason: ReasonTemplateBuilding, Message: "template " + name + " is still being built"}
 	case rec.State == StateFailed:
 		if k.now().Sub(rec.UpdatedAt) > k.cfg.BuildTimeout {
-			k.build(name, sh, s)
+			build()
 		}
 		return nil, Outcome{Template: name, Reason: ReasonTemplateFailed, Message: "template " + name + ": " + rec.Reason}
 	case k.cfg.AwaitGuest && !rec.GuestReady:
