@@ -36,11 +36,11 @@ const (
 // Reasons a pod VM was created rather than forked (Outcome.Reason), and
 // the one it was forked.
 const (
-	ReasonForked              = "InstantClone"
+	ReasonForked = "InstantClone"
 	// ReasonForkedEarly: forked as soon as the pod was placed, before its
 	// network was attached (Keeper.ReadyFor); the pod's network is then
 	// attached to the running VM (podvm.Client.AttachNetwork).
-	ReasonForkedEarly = "InstantCloneBeforeNetwork"
+	ReasonForkedEarly         = "InstantCloneBeforeNetwork"
 	ReasonNoTemplate          = "NoTemplate"
 	ReasonTemplateBuilding    = "TemplateBuilding"
 	ReasonTemplateStarting    = "TemplateStarting"
