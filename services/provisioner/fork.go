@@ -54,6 +54,13 @@ func (s *Service) forkVM(ctx context.Context, r *events.PodRecord, spec podvm.Sp
 	if s.templates == nil {
 		return nil, nil
 	}
+	if c, ok := r.Condition(events.PodConditionVMForked); ok && c.Status == events.ConditionFalse && c.Reason == templates.ReasonInstantCloneFailed {
+		// The fork tried before the network was attached failed: the pod
+		// VM is created, as after any failed fork, not forked again.
+		s.starts.Add(ctx, 1, metric.WithAttributes(attribute.String("how", "created"), attribute.String("reason", c.Reason)))
+		s.log.Info("pod VM created, not forked", "key", r.Key(), "reason", c.Reason, "message", c.Message)
+		return nil, nil
+	}
 	ctx, span := s.span(ctx, "provisioner.instant_clone", r, attribute.String("vm.name", spec.Name))
 	vm, out := s.templates.Fork(ctx, spec, p, &r.Pod)
 	span.SetAttributes(attribute.String("template", out.Template), attribute.String("reason", out.Reason), attribute.Bool("template.read", out.ReadTemplate), attribute.Bool("template.record.read", out.ReadRecord))

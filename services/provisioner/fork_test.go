@@ -342,4 +342,24 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	if vms := e.vmsNamed(r.VMName); len(vms) != 0 || r.VMRef != "" {
 		t.Fatalf("the early fork on the host that refused the network is still there: %+v (record %q)", vms, r.VMRef)
 	}
+
+	// The fork ahead of the network fails: once the network comes the pod
+	// VM is created (not forked again), the reason on the pod.
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
+		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	acc = e.request(imagePod("early-clone-fails", "app"))
+	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
+	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool {
+		st, reason := forked(r)
+		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
+	})
+	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	r = e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.dc.ForkedFrom(r.VMRef) != "" {
+		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.dc.ForkedFrom(r.VMRef))
+	}
 }
