@@ -239,7 +239,8 @@ func medians(stages map[string][]float64) map[string]float64 {
 func stageLine(m map[string]float64) string {
 	var parts []string
 	order := append(slices.Clone(stageTypes), []struct{ name, ceType string }{
-		{stageGuestStarted, ""}, {stageDisksReady, ""}, {stageContainerStarted, ""}, {stageRunning, events.TypePodRunning}}...)
+		{stageGuestStarted, ""}, {stageDisksReady, ""}, {stageContainerCreated, ""}, {stageNetworkReady, ""},
+		{stageContainerStarted, ""}, {stageRunning, events.TypePodRunning}}...)
 	for _, st := range order {
 		if v, ok := m[st.name]; ok {
 			parts = append(parts, fmt.Sprintf("%s %.0f", st.name, v))
@@ -288,6 +289,11 @@ const (
 	stageGuestStarted     = "guest_started"
 	stageDisksReady       = "disks_ready"
 	stageContainerStarted = "container_started"
+	// The agent creates the containers before it configures the network
+	// and starts them after (a fork made before the pod's network was
+	// attached waits for it in between).
+	stageContainerCreated = "container_created"
+	stageNetworkReady     = "network_ready"
 )
 
 // guestStages reads a guest's console and returns the milliseconds from
@@ -310,6 +316,12 @@ func guestStages(console string, sent time.Time) map[string]float64 {
 			out[stageGuestStarted] = ms(at.Add(-logMS(l, "ms")).Sub(sent))
 		case strings.Contains(l, `msg="boot phase" phase=disks`):
 			out[stageDisksReady] = ms(at.Sub(sent))
+		case strings.Contains(l, `msg="container created"`):
+			if _, seen := out[stageContainerCreated]; !seen {
+				out[stageContainerCreated] = ms(at.Sub(sent))
+			}
+		case strings.Contains(l, `msg="boot phase" phase=network`):
+			out[stageNetworkReady] = ms(at.Sub(sent))
 		case strings.Contains(l, `msg="container started"`):
 			if _, seen := out[stageContainerStarted]; !seen {
 				out[stageContainerStarted] = ms(at.Sub(sent))

@@ -17,6 +17,9 @@ func TestGuestStagesReadTheConsole(t *testing.T) {
 time=2026-12-02T12:17:00.900Z level=INFO msg="boot phase" phase=init ms=3
 time=2026-12-02T12:17:01.050Z level=INFO msg="boot phase" phase=init ms=12.5
 time=2026-12-02T12:17:01.080Z level=INFO msg="boot phase" phase=disks ms=0.239 total_ms=6.477
+time=2026-12-02T12:17:01.150Z level=INFO msg="container created" part=supervisor container=app runtime=crun prepare_ms=3 runtime_ms=60
+time=2026-12-02T12:17:01.170Z level=INFO msg="container created" part=supervisor container=sidecar runtime=crun prepare_ms=3 runtime_ms=20
+time=2026-12-02T12:17:01.200Z level=INFO msg="boot phase" phase=network ms=0.5 nics=1
 time=2026-12-02T12:17:01.300Z level=INFO msg="container started" part=supervisor container=app runtime=crun prepare_ms=33 runtime_ms=347
 time=2026-12-02T12:17:01.400Z level=INFO msg="container started" part=supervisor container=sidecar runtime=crun prepare_ms=3 runtime_ms=47
 not a log line
@@ -25,7 +28,7 @@ not a log line
 		t.Fatal(err)
 	}
 	got := guestStages(console, sent)
-	want := map[string]float64{stageGuestStarted: 37.5, stageDisksReady: 80, stageContainerStarted: 300}
+	want := map[string]float64{stageGuestStarted: 37.5, stageDisksReady: 80, stageContainerCreated: 150, stageNetworkReady: 200, stageContainerStarted: 300}
 	if len(got) != len(want) {
 		t.Fatalf("stages %v, want %v", got, want)
 	}
