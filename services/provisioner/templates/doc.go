@@ -43,6 +43,16 @@
 // new chain of disks) or a new agent (Config.Agent, part of the name)
 // replaces the templates of the old one.
 //
+// # Before the network
+//
+// A pod VM may be forked before its pod's network is attached (the
+// provisioner's forkearly.go): Fork with NICs that name no port group
+// gives the child's cards their cables out, and the VM's network is
+// attached later with podvm.Client.AttachNetwork. Such a fork is made only
+// from a template ReadyFor says is ready (no read of the bucket), and never
+// builds one: a template is built from a pod VM whose cards have their
+// port groups.
+//
 // # Falling back
 //
 // Forking is an optimisation: whenever it is not possible the pod VM is
