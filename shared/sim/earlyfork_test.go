@@ -42,22 +42,7 @@ func TestReconfigureGivesAnEarlyForkItsNetwork(t *testing.T) {
 	tcard := *devices.SelectByType((*types.VirtualEthernetCard)(nil))[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
 	fork := func(name string, spec *guestchannel.PodSpec, change []types.BaseVirtualDeviceConfigSpec) types.ManagedObjectReference {
 		t.Helper()
-		raw, err := guestchannel.MarshalSpec(spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
-			Name: "pv-" + name, Config: []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: raw}},
-			Location: types.VirtualMachineRelocateSpec{DeviceChange: change},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := task.WaitForResult(ctx, nil)
-		if err != nil {
-			t.Fatalf("instant clone %s: %v", name, err)
-		}
-		return info.Result.(types.ManagedObjectReference)
+		return instantClone(t, parent, name, spec, change)
 	}
 	// A first fork boots its child; the template's standby boots after it.
 	fork("first", forkSpec("uid-first", "first", chain), nil)
@@ -159,4 +144,27 @@ func waitConsole(t *testing.T, dir, want string) string {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// instantClone forks parent into pv-<name> running spec, its cards edited
+// by change, and waits for the clone.
+func instantClone(t *testing.T, parent *object.VirtualMachine, name string, spec *guestchannel.PodSpec, change []types.BaseVirtualDeviceConfigSpec) types.ManagedObjectReference {
+	t.Helper()
+	ctx := context.Background()
+	raw, err := guestchannel.MarshalSpec(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	task, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
+		Name: "pv-" + name, Config: []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: raw}},
+		Location: types.VirtualMachineRelocateSpec{DeviceChange: change},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := task.WaitForResult(ctx, nil)
+	if err != nil {
+		t.Fatalf("instant clone %s: %v", name, err)
+	}
+	return info.Result.(types.ManagedObjectReference)
 }

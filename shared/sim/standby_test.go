@@ -13,7 +13,6 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
-	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
@@ -35,21 +34,7 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 
 	fork := func(name string) types.ManagedObjectReference {
 		t.Helper()
-		spec, err := guestchannel.MarshalSpec(forkSpec("uid-"+name, name, chain))
-		if err != nil {
-			t.Fatal(err)
-		}
-		task, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{
-			Name: "pv-" + name, Config: []types.BaseOptionValue{&types.OptionValue{Key: guestchannel.GuestinfoSpec, Value: spec}},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := task.WaitForResult(ctx, nil)
-		if err != nil {
-			t.Fatalf("instant clone %s: %v", name, err)
-		}
-		return info.Result.(types.ManagedObjectReference)
+		return instantClone(t, parent, name, forkSpec("uid-"+name, name, chain), nil)
 	}
 	waitStandby := func() guest.Info {
 		t.Helper()
