@@ -269,6 +269,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.declareNodeImage(ctx); err != nil {
 		return nil, err
 	}
+	s.seedControlPlaneImage(runCtx)
 	return s, nil
 }
 
