@@ -33,15 +33,7 @@ import (
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
-	// bin/podvisor-guest (`make guest`): the guestcluster module is built
-	// outside the workspace, and its first build compiles kube-apiserver.
-	guestBin := os.Getenv("PODVISOR_GUEST_BIN")
-	if guestBin == "" {
-		if privtest.Required() {
-			t.Fatal("PODVISOR_GUEST_BIN is not set: CI builds bin/podvisor-guest with `make guest` before `make test`")
-		}
-		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
-	}
+	guestBin := guestBinary(t)
 	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
 	ctx := t.Context()
@@ -219,6 +211,21 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if _, err := os.Stat(filepath.Join(dir, "guestclusters", "team-a.gc1")); !os.IsNotExist(err) {
 		t.Errorf("control plane directory after delete: %v", err)
 	}
+}
+
+// guestBinary is bin/podvisor-guest (`make guest`), from
+// PODVISOR_GUEST_BIN: the guestcluster module is built outside the
+// workspace, and its first build compiles kube-apiserver.
+func guestBinary(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("PODVISOR_GUEST_BIN")
+	if bin == "" {
+		if privtest.Required() {
+			t.Fatal("PODVISOR_GUEST_BIN is not set: CI builds bin/podvisor-guest with `make guest` before `make test`")
+		}
+		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
+	}
+	return bin
 }
 
 func waitFor(t *testing.T, what string, d time.Duration, f func() bool) {
