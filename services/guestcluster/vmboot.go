@@ -88,8 +88,8 @@ const heredocEnd = "PODVISOR_EOF"
 // ControlPlaneDataDir, formatting it only when it holds no filesystem
 // yet, writes the CA and the NATS identity there, and starts
 // podvisor-guest in the background with its API server on
-// ControlPlaneAPIPort. Run again at every boot, it finds the disk's
-// filesystem and resumes the same etcd data.
+// ControlPlaneAPIPort, again whenever it exits. Run again at every boot,
+// it finds the disk's filesystem and resumes the same etcd data.
 func ControlPlaneUserData(b ControlPlaneBoot) (string, error) {
 	if err := b.Validate(); err != nil {
 		return "", fmt.Errorf("control-plane user data: %w", err)
@@ -123,7 +123,14 @@ mkdir -p "$dir/pki" "$dir/nats"
 		file(`"$dir/nats/ca.pem"`, b.NATSCA)
 		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
 	}
-	fmt.Fprintf(&w, `/usr/bin/podvisor-guest run --dir "$dir" --cluster %s --version %s --port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s >> "$dir/guest.log" 2>&1 &
+	// Kept running the way a service manager would: a podvisor-guest that
+	// exits is started again on the same directory (the sample init
+	// supervises nothing); a power-off ends the loop with the guest.
+	fmt.Fprintf(&w, `(while :; do
+  /usr/bin/podvisor-guest run --dir "$dir" --cluster %s --version %s --port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s
+  echo "podvisor-guest exited $?; starting it again"
+  sleep 2
+done) >> "$dir/guest.log" 2>&1 &
 echo "podvisor-guest started: $!"
 `, shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, shellQuote(b.NATSURL), caFlag)
 	return w.String(), nil

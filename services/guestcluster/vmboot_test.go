@@ -2,6 +2,7 @@ package guestcluster
 
 import (
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -35,6 +36,28 @@ func TestControlPlaneUserData(t *testing.T) {
 	for _, want := range []string{"version: required", "CA certificate and key: required", "NATS URL and creds: required", `NATS creds: holds the line "PODVISOR_EOF"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v, want it to say %q", err, want)
+		}
+	}
+}
+
+func TestLoopbackHostPort(t *testing.T) {
+	for in, want := range map[string]string{
+		"tls://127.0.0.1:4222":                      "127.0.0.1 4222",
+		"nats://localhost":                          "localhost 4222",
+		"tls://127.0.0.1:5000,tls://127.0.0.1:5001": "127.0.0.1 5000",
+	} {
+		h, p, err := loopbackHostPort(in)
+		if got := h + " " + strconv.Itoa(p); err != nil || got != want {
+			t.Errorf("loopbackHostPort(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]string{
+		"tls://10.0.0.1:4222":     "must be a loopback address",
+		"tls://127.0.0.1:99999":   "port",
+		"tls://nats.example:4222": "must be a loopback address",
+	} {
+		if _, _, err := loopbackHostPort(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("loopbackHostPort(%q): %v, want an error saying %q", in, err, want)
 		}
 	}
 }

@@ -29,21 +29,8 @@ import (
 // service's PODVISOR_GUESTCLUSTER_BINARY) linked statically, as a guest
 // root holds no C library.
 func (s *System) seedControlPlaneImage(ctx context.Context) {
-	if s.GuestsOff != "" || s.vmOS == "" || s.registry == nil {
-		return
-	}
-	cfg, err := guestcluster.ConfigFrom(s.settings())
-	if err != nil {
-		s.log.Warn("no guest cluster control-plane image", "err", err)
-		return
-	}
-	bin, err := exec.LookPath(cfg.Binary)
-	if err != nil {
-		s.log.Info("no guest cluster control-plane image: podvisor-guest not found (make guest)", "binary", cfg.Binary)
-		return
-	}
-	if err := staticELF(bin); err != nil {
-		s.log.Warn("no guest cluster control-plane image: a VM's root has no C library", "binary", bin, "err", err)
+	bin, ok := s.controlPlaneBinary()
+	if !ok {
 		return
 	}
 	s.wg.Add(1)
@@ -65,6 +52,38 @@ func (s *System) seedControlPlaneImage(ctx context.Context) {
 		}
 		s.log.Info("guest cluster control-plane image seeded", "image", ref, "took", time.Since(start).Round(time.Millisecond))
 	}()
+}
+
+// controlPlaneBinary is the podvisor-guest the control-plane image is
+// made of, and whether guest clusters' control planes run in their VMs
+// here: simulated guests on, the sample OS seeded, and podvisor-guest
+// (the guest cluster service's PODVISOR_GUESTCLUSTER_BINARY) linked
+// statically, as a guest root holds no C library.
+// It is decided once (startServices and seedControlPlaneImage both ask).
+func (s *System) controlPlaneBinary() (string, bool) {
+	s.cpBinaryOnce.Do(func() { s.cpBinary, s.cpBinaryOK = s.findControlPlaneBinary() })
+	return s.cpBinary, s.cpBinaryOK
+}
+
+func (s *System) findControlPlaneBinary() (string, bool) {
+	if s.GuestsOff != "" || s.vmOS == "" || s.registry == nil || s.Datacenter == nil || s.Datacenter.Guests() == nil {
+		return "", false
+	}
+	cfg, err := guestcluster.ConfigFrom(s.settings())
+	if err != nil {
+		s.log.Warn("no guest cluster control-plane image", "err", err)
+		return "", false
+	}
+	bin, err := exec.LookPath(cfg.Binary)
+	if err != nil {
+		s.log.Info("no guest cluster control-plane image: podvisor-guest not found (make guest)", "binary", cfg.Binary)
+		return "", false
+	}
+	if err := staticELF(bin); err != nil {
+		s.log.Warn("no guest cluster control-plane image: a VM's root has no C library", "binary", bin, "err", err)
+		return "", false
+	}
+	return bin, true
 }
 
 // pushControlPlaneImage pushes the image from bin and returns its reference.
