@@ -2,17 +2,17 @@ package guest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
 // The hypervisor's way into a guest's network (simulator only). A
@@ -44,7 +44,7 @@ func (m *Manager) DialGuest(ctx context.Context, key, network, addr string) (net
 	}
 	defer ns.Close()
 	var c net.Conn
-	err = inNamespace(ns, func() error {
+	err = segment.InNamespace(ns, func() error {
 		var err error
 		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 		return err
@@ -53,29 +53,6 @@ func (m *Manager) DialGuest(ctx context.Context, key, network, addr string) (net
 		return nil, fmt.Errorf("guest of %s: dial %s: %w", key, addr, err)
 	}
 	return c, nil
-}
-
-// inNamespace runs f on a thread inside network namespace ns and brings
-// the thread back. A thread that cannot come back is never handed back
-// to the runtime: it ends with the goroutine (which no guest's launcher
-// notices: forkthread.go).
-func inNamespace(ns netns.NsHandle, f func() error) error {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		return err
-	}
-	defer orig.Close()
-	if err := netns.Set(ns); err != nil {
-		return err
-	}
-	ferr := f()
-	if err := netns.Set(orig); err != nil {
-		runtime.LockOSThread()
-		return errors.Join(ferr, fmt.Errorf("return to the original network namespace: %w", err))
-	}
-	return ferr
 }
 
 // A Published port: connections to Addr (this machine's loopback) reach
@@ -284,7 +261,7 @@ func (m *Manager) openReachedLocked(g *guest, only ...*Reached) {
 			continue
 		}
 		var ln net.Listener
-		err := inNamespace(ns, func() error {
+		err := segment.InNamespace(ns, func() error {
 			var err error
 			ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(r.Port)))
 			return err
