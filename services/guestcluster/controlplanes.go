@@ -22,6 +22,9 @@ type ControlPlane struct {
 	Version string
 	// Creds is the creds file of the guest cluster's NATS identity.
 	Creds string
+	// ClassName and Network are the control-plane VM's class and logical
+	// network (VMControlPlanes).
+	ClassName, Network string
 }
 
 // Endpoint is a ready control plane: its API server's URL and the admin

@@ -20,7 +20,10 @@
 //     its control plane (ControlPlanes): kube-apiserver with etcd, the
 //     podvisor node (virtual-kubelet), which registers node `podvisor` in
 //     the guest cluster and talks to this controller with that identity,
-//     and one worker node per worker VM, Ready while the VM runs (node.list);
+//     and one worker node per worker VM, Ready while the VM runs (node.list).
+//     With Deps.GuestPorts (simulated guests) the control plane runs in
+//     its own native VM (VMControlPlanes, vmcontrolplanes.go), otherwise
+//     as a process of this machine (Processes);
 //  5. records the endpoint and the admin kubeconfig (Phase Ready) and
 //     publishes guestcluster.ready.
 //

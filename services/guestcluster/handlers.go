@@ -63,7 +63,7 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec); err != nil {
 		return err
 	}
-	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec.Version)
+	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec)
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
 	}
@@ -99,12 +99,17 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 }
 
 // ensureControlPlane mints the identity and starts the control plane.
-func (s *Service) ensureControlPlane(ctx context.Context, ns, name, version string) (Endpoint, error) {
+func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec events.GuestClusterSpec) (Endpoint, error) {
 	creds, err := s.minter.MintGuest(ns, name)
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("identity of %s/%s: %w", ns, name, err)
 	}
-	return s.cps.Ensure(ctx, ControlPlane{Namespace: ns, Name: name, Version: version, Creds: creds})
+	network := spec.Network
+	if network == "" {
+		network = events.DefaultNetwork
+	}
+	return s.cps.Ensure(ctx, ControlPlane{Namespace: ns, Name: name, Version: spec.Version, Creds: creds,
+		ClassName: spec.ControlPlane.ClassName, Network: network})
 }
 
 // requestFailed records the failure and publishes guestcluster.failed.

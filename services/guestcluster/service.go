@@ -52,9 +52,15 @@ func (m AuthorityMinter) Revoke(ctx context.Context, name string) error {
 // Deps are what the service runs on.
 type Deps struct {
 	Bus *bus.Bus
-	// ControlPlanes runs the guest control planes; nil means Processes
+	// ControlPlanes runs the guest control planes; nil means
+	// VMControlPlanes when GuestPorts is set, Processes otherwise,
 	// configured from Config.
 	ControlPlanes ControlPlanes
+	// GuestPorts, when set, is the path between this machine and VMs'
+	// guests: each guest cluster's control plane then runs in its own
+	// VM (VMControlPlanes). `podvisor up` sets it when simulated guests
+	// run and the control-plane image is seeded.
+	GuestPorts GuestPorts
 	// Minter signs identities; nil means the authority in Config.Authority.
 	Minter Minter
 	// VSphere is the vCenter session the compatibility checks read the
@@ -141,6 +147,15 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		}
 		s.minter = AuthorityMinter{Authority: a, NATS: bus.ConnConfig{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "podvisor-guestcluster-authority"}}
 	}
+	if s.unavailable == nil && s.cps == nil && deps.GuestPorts != nil {
+		ikv, err := deps.Bus.KV(ctx, events.BucketVMImages)
+		if err != nil {
+			return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMImages, err)
+		}
+		s.cps = &VMControlPlanes{Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout,
+			Ports: deps.GuestPorts, Logger: s.log,
+			out: s.out, vms: s.vms, images: record.New[events.VMImageRecord](ikv, "VM image")}
+	}
 	if s.unavailable == nil && s.cps == nil {
 		p := &Processes{Binary: cfg.Binary, Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout, Logger: s.log}
 		s.cps, s.closeCPs = p, p.Close
@@ -193,7 +208,7 @@ func (s *Service) resyncLoop(ctx context.Context) {
 			if r.Phase != events.GuestClusterPhaseReady {
 				continue
 			}
-			if _, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec.Version); err != nil && ctx.Err() == nil {
+			if _, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec); err != nil && ctx.Err() == nil {
 				s.log.Warn("resync: control plane", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
 			}
 			if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {

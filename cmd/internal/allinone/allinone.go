@@ -25,6 +25,7 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/netconfig"
@@ -167,11 +168,16 @@ type System struct {
 	// they do, or when the vCenter is external).
 	GuestsOff string
 
-	cfg   Config
-	log   *slog.Logger
-	logs  *ringBuffer // recent records of every service, for the status page
-	ca    *pki.CA
-	redis *redisserver.Server // nil with an external Redis
+	cfg  Config
+	log  *slog.Logger
+	logs *ringBuffer // recent records of every service, for the status page
+	// cpBinary is podvisor-guest when guest clusters' control planes run
+	// in their VMs (cpBinaryOK; controlplaneimage.go).
+	cpBinaryOnce sync.Once
+	cpBinary     string
+	cpBinaryOK   bool
+	ca           *pki.CA
+	redis        *redisserver.Server // nil with an external Redis
 	// registry is the embedded registry (nil with an external one).
 	registry *ociregistry.Registry
 	// vmOS is the seeded sample VM operating system's reference, which the
@@ -269,6 +275,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.declareNodeImage(ctx); err != nil {
 		return nil, err
 	}
+	s.seedControlPlaneImage(runCtx)
 	return s, nil
 }
 
@@ -620,8 +627,14 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	if err != nil {
 		return err
 	}
+	_, vmControlPlanes := s.controlPlaneBinary()
 	for _, spec := range s.cfg.Services {
 		deps := runner.Deps{Logger: s.log, Settings: settings} // each service scopes the logger with its name
+		if spec.Name == guestcluster.Name && vmControlPlanes {
+			// Guest clusters' control planes run in their VMs, reached
+			// through the simulated hypervisor.
+			deps.GuestPorts = newSimGuestPorts(s.Datacenter.Guests())
+		}
 		b, err := s.Dial(ctx, spec.Name)
 		if err != nil {
 			return fmt.Errorf("up: %s: %w", spec.Name, err)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/privtest"
@@ -33,15 +34,7 @@ import (
 // cluster's namespace of the supervisor, read its log; deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
-	// bin/podvisor-guest (`make guest`): the guestcluster module is built
-	// outside the workspace, and its first build compiles kube-apiserver.
-	guestBin := os.Getenv("PODVISOR_GUEST_BIN")
-	if guestBin == "" {
-		if privtest.Required() {
-			t.Fatal("PODVISOR_GUEST_BIN is not set: CI builds bin/podvisor-guest with `make guest` before `make test`")
-		}
-		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
-	}
+	guestBin := guestBinary(t)
 	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
 	ctx := t.Context()
@@ -114,16 +107,29 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 		})
 	}
 	workerNodes("gc1-worker-0")
-	vmPowerState := func(name string) string {
+	getVM := func(name string) events.VirtualMachine {
 		out, _, code := run(t, dir, "", "get", "vm", name, "-n", "team-a", "-o", "json")
 		var vm events.VirtualMachine
 		if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Status == nil {
-			return ""
+			return events.VirtualMachine{Status: &events.VirtualMachineStatus{}}
 		}
-		return vm.Status.PowerState
+		return vm
 	}
-	if ps := vmPowerState("gc1-worker-0"); ps != events.PowerStatePoweredOn {
+	if ps := getVM("gc1-worker-0").Status.PowerState; ps != events.PowerStatePoweredOn {
 		t.Errorf("worker VM gc1-worker-0: power state %q, want PoweredOn", ps)
+	}
+	// The control plane runs in its VM: the API server kubectl talks to
+	// is the one of that VM's guest, whose podvisor-guest keeps its ready
+	// file on the VM's data disk.
+	cpVM := getVM("gc1-control-plane-0")
+	if cpVM.Status.PowerState != events.PowerStatePoweredOn || cpVM.Status.Host == "" {
+		t.Errorf("control-plane VM gc1-control-plane-0: %q on %q, want PoweredOn on a host", cpVM.Status.PowerState, cpVM.Status.Host)
+	} else if key, ok := sys.Datacenter.Guests().KeyOf(events.NativeVMName(cpVM.Status.UID)); !ok {
+		t.Errorf("control-plane VM gc1-control-plane-0 runs no guest")
+	} else if g, _ := sys.Datacenter.Guests().Guest(key); g.VM.Native == nil {
+		t.Errorf("control-plane VM gc1-control-plane-0 runs no native guest")
+	} else if _, err := os.Stat(fmt.Sprintf("/proc/%d/root%s/%s", g.PID, guestcluster.ControlPlaneDataDir, guestcluster.ReadyFile)); err != nil {
+		t.Errorf("the control-plane VM's podvisor-guest is not ready in its guest: %v", err)
 	}
 	out, errOut, code := run(t, dir, "", "get", "vmimage", events.DefaultGuestClusterNodeImage, "-o", "json")
 	if want := sys.Endpoints.Registry + "/" + ociregistry.VMOSRepoTag; code != 0 || !strings.Contains(out, want) {
@@ -201,11 +207,12 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "gc1", "-n", "team-a"); code != 0 {
 		t.Fatalf("delete guestcluster: %d %s %s", code, out, errOut)
 	}
-	waitFor(t, "the guest cluster, its pod and its worker VM gone", 2*time.Minute, func() bool {
+	waitFor(t, "the guest cluster, its pod, its worker and control-plane VMs gone", 2*time.Minute, func() bool {
 		_, _, podCode := run(t, dir, "", "get", "pod", "gc1-default-bb", "-n", "team-a")
 		_, _, gcCode := run(t, dir, "", "get", "guestcluster", "gc1", "-n", "team-a")
 		_, _, vmCode := run(t, dir, "", "get", "vm", "gc1-worker-0", "-n", "team-a")
-		return podCode != 0 && gcCode != 0 && vmCode != 0
+		_, _, cpCode := run(t, dir, "", "get", "vm", "gc1-control-plane-0", "-n", "team-a")
+		return podCode != 0 && gcCode != 0 && vmCode != 0 && cpCode != 0
 	})
 	finder := find.NewFinder(simtest.Client(t, sys.Datacenter).Client)
 	dc, err := finder.DefaultDatacenter(ctx)
@@ -219,6 +226,21 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if _, err := os.Stat(filepath.Join(dir, "guestclusters", "team-a.gc1")); !os.IsNotExist(err) {
 		t.Errorf("control plane directory after delete: %v", err)
 	}
+}
+
+// guestBinary is bin/podvisor-guest (`make guest`), from
+// PODVISOR_GUEST_BIN: the guestcluster module is built outside the
+// workspace, and its first build compiles kube-apiserver.
+func guestBinary(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("PODVISOR_GUEST_BIN")
+	if bin == "" {
+		if privtest.Required() {
+			t.Fatal("PODVISOR_GUEST_BIN is not set: CI builds bin/podvisor-guest with `make guest` before `make test`")
+		}
+		t.Skip("PODVISOR_GUEST_BIN is not set: run `make guest` first (make test passes bin/podvisor-guest when it exists)")
+	}
+	return bin
 }
 
 func waitFor(t *testing.T, what string, d time.Duration, f func() bool) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -27,6 +28,10 @@ type Deps struct {
 	// Settings is where the service's configuration is read from; nil
 	// means the process environment.
 	Settings config.Source
+	// GuestPorts is the path into simulated native VMs' guests, set by
+	// `podvisor up` when a guest cluster's control plane can run in its
+	// VM; nil otherwise.
+	GuestPorts guestcluster.GuestPorts
 }
 
 // Spec describes one runnable service.

@@ -24,7 +24,7 @@ import (
 // same way, from the settings source they are given.
 var table = []Spec{
 	service("guestcluster", true, false, guestcluster.ConfigFrom, func(c guestcluster.Config, d Deps) (*guestcluster.Service, error) {
-		return guestcluster.New(c, guestcluster.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
+		return guestcluster.New(c, guestcluster.Deps{Bus: d.Bus, VSphere: d.VSphere, GuestPorts: d.GuestPorts, Logger: d.Logger})
 	}),
 	service("imagecache", true, true, imagecache.ConfigFrom, func(c imagecache.Config, d Deps) (*imagecache.Service, error) {
 		return imagecache.New(c, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})

@@ -5,6 +5,12 @@
 //	podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --version v1.37.2 \
 //	    --nats-url tls://127.0.0.1:4222 --nats-creds gc.creds --nats-ca ca.pem
 //
+// In a guest cluster's control-plane VM its user data starts it the same
+// way, with --port 6443, on the VM's data disk, and with the cluster's CA
+// (DIR/pki/ca.pem and ca-key.pem) written there beforehand: the CA found
+// in DIR/pki is used, not replaced. It connects to NATS in the background,
+// so the API server comes up while the supervisor is out of reach.
+//
 // Once the API server answers and the node is Ready it writes DIR/ready.json
 // (the endpoint and the admin kubeconfig). SIGTERM stops it.
 package main
@@ -42,17 +48,18 @@ func main() {
 	natsURL := fs.String("nats-url", "", "the supervisor's NATS")
 	creds := fs.String("nats-creds", "", "the guest cluster's NATS identity")
 	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
+	port := fs.Int("port", 0, "the API server's port (0: a free one)")
 	_ = fs.Parse(os.Args[2:])
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca); err != nil {
+	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port); err != nil {
 		log.Error("podvisor-guest", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string) error {
+func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string, port int) error {
 	ns, name, ok := strings.Cut(cluster, "/")
 	var errs []error
 	if dir == "" {
@@ -64,10 +71,17 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	if natsURL == "" || creds == "" {
 		errs = append(errs, errors.New("--nats-url and --nats-creds: required (how the node reaches the supervisor)"))
 	}
+	if port < 0 || port > 65535 {
+		errs = append(errs, fmt.Errorf("--port %d: want 0 to 65535", port))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	opts := []nats.Option{nats.Name("podvisor-guest-" + ns + "-" + name), nats.UserCredentials(creds), nats.MaxReconnects(-1)}
+	// A VM can boot before its path to the supervisor works: the first
+	// connection is retried like a lost one, and the node's queries fail
+	// (pods wait) until it is made.
+	opts := []nats.Option{nats.Name("podvisor-guest-" + ns + "-" + name), nats.UserCredentials(creds), nats.MaxReconnects(-1),
+		nats.RetryOnFailedConnect(true)}
 	if ca != "" {
 		opts = append(opts, nats.RootCAs(ca))
 	}
@@ -78,7 +92,7 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	defer nc.Close()
 
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, ClusterName: name, Logger: log})
+	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, Port: port, ClusterName: name, Logger: log})
 	if err != nil {
 		return err
 	}

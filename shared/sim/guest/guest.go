@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -240,6 +241,13 @@ type Manager struct {
 	// bases holds the content of the parent disks of delta disks
 	// (delta.go).
 	bases bases
+
+	// published are the guests' ports published on this machine
+	// (forward.go), closed with the manager.
+	published map[*Published]struct{}
+	// reached are, by VM key, the addresses of this machine reachable
+	// from inside each boot of its guest (forward.go).
+	reached map[string][]*Reached
 }
 
 // parallelStarts is how many guests boot at once. A boot mostly waits
@@ -268,6 +276,9 @@ type guest struct {
 	// guest.
 	updates   *os.File
 	updatesFD string
+	// reachedLn are the guest's listeners of its VM's Reached addresses
+	// (forward.go), under the manager's lock.
+	reachedLn map[*Reached]net.Listener
 }
 
 var managers atomic.Int64
@@ -386,6 +397,7 @@ func (m *Manager) awaitStartLocked(key string) error {
 func (m *Manager) listLocked(g *guest) {
 	m.guests[g.vm.Key] = g
 	m.plugLocked(g)
+	m.openReachedLocked(g)
 	if m.frozen[g.vm.Host] && !g.frozen {
 		// Powered on while its host is down: it does not run until the host
 		// comes back.
@@ -603,7 +615,7 @@ func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []st
 	}
 	defer release.Close()
 	cmd.ExtraFiles = append([]*os.File{gate}, extra...)
-	err = cmd.Start()
+	err = startOnForkThread(cmd) // forkthread.go: Pdeathsig follows the forking thread
 	gate.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
@@ -844,7 +856,11 @@ func (m *Manager) Close() {
 	guests := m.guests
 	m.guests = map[string]*guest{}
 	standbys := m.standbysOf("")
+	published := m.published
 	m.mu.Unlock()
+	for p := range published {
+		p.Close()
+	}
 	m.dropStandbys(standbys)
 	var wg sync.WaitGroup
 	for key, g := range guests {

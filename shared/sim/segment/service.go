@@ -145,7 +145,13 @@ func (sp *ServicePort) ListenPacket(ctx context.Context, port int) (net.PacketCo
 
 // in runs f on a thread inside the port's namespace: sockets created
 // there stay in it.
-func (sp *ServicePort) in(f func() error) error {
+func (sp *ServicePort) in(f func() error) error { return InNamespace(sp.ns, f) }
+
+// InNamespace runs f on a thread inside network namespace ns and brings
+// the thread back: sockets f creates stay in ns. A thread that cannot
+// come back is never handed back to the runtime: it ends with the
+// goroutine.
+func InNamespace(ns netns.NsHandle, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -153,7 +159,7 @@ func (sp *ServicePort) in(f func() error) error {
 		return err
 	}
 	defer orig.Close()
-	if err := netns.Set(sp.ns); err != nil {
+	if err := netns.Set(ns); err != nil {
 		return err
 	}
 	ferr := f()

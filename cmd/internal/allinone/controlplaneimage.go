@@ -1,0 +1,181 @@
+package allinone
+
+import (
+	"archive/tar"
+	"compress/gzip"
+	"context"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/guestcluster"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+)
+
+// seedControlPlaneImage pushes the guest cluster control-plane image (the
+// sample VM operating system and, in a layer of its own, podvisor-guest)
+// and declares it as the VirtualMachineImage guestcluster.ControlPlaneImage,
+// in the background: the layer is the size of kube-apiserver, and nothing
+// waits for it at start. It does so only where a native VM can run it:
+// guests on, the sample OS seeded, and podvisor-guest (the guest cluster
+// service's PODVISOR_GUESTCLUSTER_BINARY) linked statically, as a guest
+// root holds no C library.
+func (s *System) seedControlPlaneImage(ctx context.Context) {
+	bin, ok := s.controlPlaneBinary()
+	if !ok {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		start := time.Now()
+		ref, err := s.pushControlPlaneImage(ctx, bin)
+		if err == nil {
+			img := events.VirtualMachineImage{APIVersion: events.APIVersion, Kind: events.KindVirtualMachineImage,
+				Metadata: events.Meta{Name: guestcluster.ControlPlaneImage},
+				Spec:     events.VirtualMachineImageSpec{OCI: ref}}
+			err = s.declare(ctx, "guest cluster control-plane image", events.TypeVMImageDeclared, img.Metadata.Name, &events.VMImageDeclared{Image: img})
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("guest cluster control-plane image not seeded", "err", err)
+			}
+			return
+		}
+		s.log.Info("guest cluster control-plane image seeded", "image", ref, "took", time.Since(start).Round(time.Millisecond))
+	}()
+}
+
+// controlPlaneBinary is the podvisor-guest the control-plane image is
+// made of, and whether guest clusters' control planes run in their VMs
+// here: simulated guests on, the sample OS seeded, and podvisor-guest
+// (the guest cluster service's PODVISOR_GUESTCLUSTER_BINARY) linked
+// statically, as a guest root holds no C library.
+// It is decided once (startServices and seedControlPlaneImage both ask).
+func (s *System) controlPlaneBinary() (string, bool) {
+	s.cpBinaryOnce.Do(func() { s.cpBinary, s.cpBinaryOK = s.findControlPlaneBinary() })
+	return s.cpBinary, s.cpBinaryOK
+}
+
+func (s *System) findControlPlaneBinary() (string, bool) {
+	if s.GuestsOff != "" || s.vmOS == "" || s.registry == nil || s.Datacenter == nil || s.Datacenter.Guests() == nil {
+		return "", false
+	}
+	cfg, err := guestcluster.ConfigFrom(s.settings())
+	if err != nil {
+		s.log.Warn("no guest cluster control-plane image", "err", err)
+		return "", false
+	}
+	bin, err := exec.LookPath(cfg.Binary)
+	if err != nil {
+		s.log.Info("no guest cluster control-plane image: podvisor-guest not found (make guest)", "binary", cfg.Binary)
+		return "", false
+	}
+	if err := staticELF(bin); err != nil {
+		s.log.Warn("no guest cluster control-plane image: a VM's root has no C library", "binary", bin, "err", err)
+		return "", false
+	}
+	return bin, true
+}
+
+// pushControlPlaneImage pushes the image from bin and returns its reference.
+func (s *System) pushControlPlaneImage(ctx context.Context, bin string) (string, error) {
+	base, err := ociregistry.BusyboxLayer(ociregistry.VMOSApplets(), ociregistry.VMOSFiles())
+	if err != nil {
+		return "", err
+	}
+	work, err := os.MkdirTemp(s.cfg.StateDir, "cp-image-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(work)
+	tarPath := filepath.Join(work, "layer.tar")
+	if err := binaryLayerTar(tarPath, bin); err != nil {
+		return "", err
+	}
+	// The fastest compression: the layer goes to a registry on this
+	// machine, and kube-apiserver's size makes gzip's default level the
+	// longest step.
+	layer, err := tarball.LayerFromFile(tarPath, tarball.WithCompressionLevel(gzip.BestSpeed))
+	if err != nil {
+		return "", err
+	}
+	ref := s.registry.Addr() + "/" + guestcluster.ControlPlaneImageRepoTag
+	if _, err := ociregistry.PushWith(ctx, ref, s.registry.Options(), base, layer); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
+// binaryLayerTar writes the control-plane layer: podvisor-guest at
+// guestcluster.ControlPlaneBinaryPath and an /etc/hosts naming localhost
+// (the API server's loopback clients resolve it). Fixed times, so the same
+// binary makes the same layer digest and the native VM controller reuses
+// the boot disk it built for it.
+func binaryLayerTar(dst, bin string) error {
+	src, err := os.Open(bin)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	tw := tar.NewWriter(out)
+	hosts := []byte("127.0.0.1 localhost\n::1 localhost\n")
+	mtime := time.Unix(0, 0)
+	for _, h := range []*tar.Header{
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/hosts", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(hosts))},
+		{Name: "usr/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "usr/bin/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: guestcluster.ControlPlaneBinaryPath, Typeflag: tar.TypeReg, Mode: 0o755, Size: st.Size()},
+	} {
+		h.ModTime, h.Format = mtime, tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		switch h.Name {
+		case "etc/hosts":
+			_, err = tw.Write(hosts)
+		case guestcluster.ControlPlaneBinaryPath:
+			_, err = io.Copy(tw, src)
+		}
+		if err != nil {
+			return fmt.Errorf("control-plane layer: %w", err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+// staticELF says why path is not a statically linked executable, or nil.
+func staticELF(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return errors.New("linked dynamically (make guest links it static)")
+		}
+	}
+	return nil
+}

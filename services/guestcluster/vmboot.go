@@ -1,0 +1,159 @@
+package guestcluster
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/podvisor/podvisor/events"
+)
+
+// A guest cluster's control plane in its own native VM (the first steps of
+// moving it off the supervisor's machine; docs/architecture.md,
+// "Departures"): the control-plane image is the sample VM operating system
+// with podvisor-guest in /usr/bin, and the VM's user data (ControlPlaneUserData)
+// formats and mounts its data disk, writes the cluster's CA and the NATS
+// identity there and starts podvisor-guest on it.
+
+// ControlPlaneImageRepoTag is the control-plane image `podvisor up` seeds
+// beside the sample VM operating system when podvisor-guest is built
+// static, and declares as the VirtualMachineImage ControlPlaneImage.
+const ControlPlaneImageRepoTag = "podvisor/guestcluster-controlplane:1.0"
+
+// ControlPlaneImage names the VirtualMachineImage of ControlPlaneImageRepoTag.
+const ControlPlaneImage = "guestcluster-controlplane"
+
+// ControlPlaneBinaryPath is where podvisor-guest is in the control-plane
+// image (no leading slash: an image path).
+const ControlPlaneBinaryPath = "usr/bin/podvisor-guest"
+
+// ControlPlaneAPIPort is the API server's port in a control-plane VM.
+const ControlPlaneAPIPort = 6443
+
+// ControlPlaneDataDir is where the control-plane VM mounts its data disk:
+// podvisor-guest's directory (etcd's data, the certificates), so a VM
+// that restarts keeps its cluster.
+const ControlPlaneDataDir = "/var/lib/podvisor-guest"
+
+// ControlPlaneDataDisk is the data disk's name in the VM declaration; the
+// guest sees it as its second SCSI disk, /dev/sdb.
+const ControlPlaneDataDisk = "etcd"
+
+// ControlPlaneBoot is what a control-plane VM's guest is given to run the
+// guest cluster's control plane.
+type ControlPlaneBoot struct {
+	Namespace, Name string
+	// Version is the guest Kubernetes version the nodes report.
+	Version string
+	// CACert and CAKey (PEM) are the cluster's CA, minted by the
+	// supervisor, which keeps them to sign the admin's certificate: nothing
+	// secret has to come back out of the guest.
+	CACert, CAKey []byte
+	// NATSURL is the supervisor's NATS as the guest reaches it; NATSCreds
+	// the guest cluster's identity; NATSCA (PEM, optional) the CA of the
+	// NATS server's certificate.
+	NATSURL           string
+	NATSCreds, NATSCA []byte
+}
+
+// Validate names each missing field.
+func (b ControlPlaneBoot) Validate() error {
+	var errs []error
+	if b.Namespace == "" || b.Name == "" {
+		errs = append(errs, errors.New("namespace and name: required"))
+	}
+	if b.Version == "" {
+		errs = append(errs, errors.New("version: required"))
+	}
+	if len(b.CACert) == 0 || len(b.CAKey) == 0 {
+		errs = append(errs, errors.New("CA certificate and key: required (the supervisor signs the admin's certificate with them)"))
+	}
+	if b.NATSURL == "" || len(b.NATSCreds) == 0 {
+		errs = append(errs, errors.New("NATS URL and creds: required (how the podvisor node reaches the supervisor)"))
+	}
+	for what, v := range map[string]string{"CA certificate": string(b.CACert), "CA key": string(b.CAKey),
+		"NATS creds": string(b.NATSCreds), "NATS CA": string(b.NATSCA)} {
+		if strings.Contains(v, "\n"+heredocEnd+"\n") || strings.HasPrefix(v, heredocEnd+"\n") {
+			errs = append(errs, fmt.Errorf("%s: holds the line %q", what, heredocEnd))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+const heredocEnd = "PODVISOR_EOF"
+
+// ControlPlaneUserData is the user data of a guest cluster's control-plane
+// VM: a shell script (cloud-init runs a "#!" user data as a script; so
+// does the sample image's init) that mounts the data disk /dev/sdb on
+// ControlPlaneDataDir, formatting it only when it holds no filesystem
+// yet, writes the CA and the NATS identity there, and starts
+// podvisor-guest in the background with its API server on
+// ControlPlaneAPIPort, again whenever it exits. Run again at every boot,
+// it finds the disk's filesystem and resumes the same etcd data.
+func ControlPlaneUserData(b ControlPlaneBoot) (string, error) {
+	if err := b.Validate(); err != nil {
+		return "", fmt.Errorf("control-plane user data: %w", err)
+	}
+	var w strings.Builder
+	file := func(path string, body []byte) {
+		fmt.Fprintf(&w, "cat > %s <<'%s'\n%s", path, heredocEnd, body)
+		if len(body) > 0 && body[len(body)-1] != '\n' {
+			w.WriteByte('\n')
+		}
+		w.WriteString(heredocEnd + "\n")
+	}
+	fmt.Fprintf(&w, `#!/bin/sh
+# The control plane of guest cluster %[1]s/%[2]s.
+set -e
+dir=%[3]s disk=/dev/sdb
+mkdir -p "$dir" /run/probe
+if [ -b "$disk" ]; then
+  if mount -o ro "$disk" /run/probe 2>/dev/null; then umount /run/probe
+  else mke2fs -F "$disk" >/dev/null && echo "formatted $disk"; fi
+  mount "$disk" "$dir" && echo "$disk mounted on $dir"
+fi
+umask 077
+mkdir -p "$dir/pki" "$dir/nats"
+`, b.Namespace, b.Name, ControlPlaneDataDir)
+	file(`"$dir/pki/ca.pem"`, b.CACert)
+	file(`"$dir/pki/ca-key.pem"`, b.CAKey)
+	file(`"$dir/nats/guest.creds"`, b.NATSCreds)
+	caFlag := ""
+	if len(b.NATSCA) > 0 {
+		file(`"$dir/nats/ca.pem"`, b.NATSCA)
+		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
+	}
+	// Kept running the way a service manager would: a podvisor-guest that
+	// exits is started again on the same directory (the sample init
+	// supervises nothing); a power-off ends the loop with the guest.
+	fmt.Fprintf(&w, `(while :; do
+  /usr/bin/podvisor-guest run --dir "$dir" --cluster %s --version %s --port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s
+  echo "podvisor-guest exited $?; starting it again"
+  sleep 2
+done) >> "$dir/guest.log" 2>&1 &
+echo "podvisor-guest started: $!"
+`, shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, shellQuote(b.NATSURL), caFlag)
+	return w.String(), nil
+}
+
+// ControlPlaneVM is the declaration of a guest cluster's control-plane VM
+// i: class className, the control-plane image, the network, a data disk
+// of diskSize for etcd, and the user data.
+func ControlPlaneVM(ns, name, className, network, diskSize string, i int, userData string) events.VirtualMachine {
+	return events.VirtualMachine{
+		APIVersion: events.APIVersion, Kind: "VirtualMachine",
+		Metadata: events.NamespacedMeta{Name: fmt.Sprintf("%s-control-plane-%d", name, i), Namespace: ns, Labels: map[string]string{
+			events.LabelGuestCluster: name, events.LabelGuestClusterRole: "control-plane"}},
+		Spec: events.VirtualMachineSpec{
+			ClassName: className, ImageName: ControlPlaneImage, PowerState: events.PowerStatePoweredOn,
+			Networks: []string{network},
+			Disks:    []events.VMDisk{{Name: ControlPlaneDataDisk, Size: diskSize}},
+			UserData: userData,
+		},
+	}
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

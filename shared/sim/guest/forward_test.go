@@ -1,0 +1,176 @@
+package guest
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/shared/sim/segment"
+)
+
+// TestGuestOutlivesTheThreadThatPoweredItOn powers a VM on from a
+// goroutine that ends locked to its thread, so that the runtime ends the
+// thread: a guest forked from that thread would get its Pdeathsig
+// (SIGKILL) then. Once the thread is gone the guest must still run, with
+// no SIGKILL pending.
+func TestGuestOutlivesTheThreadThatPoweredItOn(t *testing.T) {
+	m := newTestManager(t)
+	vm := testVM(t, 0)
+	type result struct {
+		tid int
+		err error
+	}
+	var r result
+	for r.tid == 0 {
+		done := make(chan result, 1)
+		go func() {
+			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+			if unix.Gettid() == unix.Getpid() {
+				// The main thread never ends (the runtime parks it
+				// instead): try from another.
+				runtime.UnlockOSThread()
+				done <- result{}
+				return
+			}
+			done <- result{unix.Gettid(), m.PowerOn(vm)}
+		}()
+		r = <-done
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	task := fmt.Sprintf("/proc/self/task/%d", r.tid)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(task); os.IsNotExist(err) {
+			break // the thread has ended: its death signals are sent
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("thread %d did not end", r.tid)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	g, ok := m.Guest(vm.Key)
+	if !ok {
+		t.Fatal("the guest is not listed")
+	}
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", g.PID))
+	if err != nil {
+		t.Fatalf("the guest is gone once the thread that powered it on ended: %v", err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(v)
+		switch k {
+		case "State":
+			if strings.HasPrefix(v, "Z") || strings.HasPrefix(v, "X") {
+				t.Errorf("the guest's init is %s once the thread that powered it on ended", v)
+			}
+		case "SigPnd", "ShdPnd":
+			if mask, err := strconv.ParseUint(v, 16, 64); err == nil && mask&(1<<(unix.SIGKILL-1)) != 0 {
+				t.Errorf("the guest's init has SIGKILL pending (%s %s) once the thread that powered it on ended", k, v)
+			}
+		}
+	}
+}
+
+// TestPublishAndReach: an address of this machine reached from inside a
+// guest (Reach, declared before the guest boots and before its loopback is
+// up) and that guest port published on this machine's loopback (Publish)
+// make one path: a connection to the published address reaches a server
+// of this machine through the guest, and again after a power cycle.
+func TestPublishAndReach(t *testing.T) {
+	m := newTestManager(t)
+	vm := testVM(t, 0)
+	srv, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	go func() {
+		for {
+			c, err := srv.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintf(c, "host got %s", line)
+			}()
+		}
+	}()
+	const port = 4222
+	r, err := m.Reach(vm.Key, port, srv.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	pub, err := m.Publish(vm.Key, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	roundTrip := func() {
+		t.Helper()
+		// The probe, unlike an OS's init, leaves the loopback down.
+		g, ok := m.Guest(vm.Key)
+		if !ok {
+			t.Fatal("the guest is not listed")
+		}
+		ns, err := netns.GetFromPid(g.PID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		if err := segment.InNamespace(ns, func() error {
+			lo, err := netlink.LinkByName("lo")
+			if err == nil {
+				err = netlink.LinkSetUp(lo)
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("bring the guest's loopback up: %v", err)
+		}
+		c, err := net.DialTimeout("tcp", pub.Addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "ping\n")
+		got, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil || got != "host got ping\n" {
+			t.Fatalf("through the published port and the guest: %q, %v; want %q", got, err, "host got ping\n")
+		}
+	}
+	if err := m.PowerOn(vm); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip()
+	if err := m.PowerOff(vm.Key); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.DialTimeout("tcp", pub.Addr, 5*time.Second); err == nil {
+		// Accepted by the published port, then closed: no guest to reach.
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if n, _ := c.Read(make([]byte, 1)); n != 0 {
+			t.Error("a powered-off guest answered")
+		}
+		c.Close()
+	}
+	if err := m.PowerOn(vm); err != nil {
+		t.Fatal(err)
+	}
+	roundTrip()
+}
