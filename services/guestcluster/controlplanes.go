@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/forkthread"
 )
 
 // ControlPlane is what a guest cluster's control plane is started with.
@@ -156,7 +158,7 @@ func (p *Processes) start(dir string, cp ControlPlane) (*process, error) {
 	// Its own process group: a terminal's Ctrl-C reaches `up`, which stops
 	// the guests itself, in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := cmd.Start(); err != nil {
+	if err := forkthread.Start(cmd); err != nil { // Pdeathsig follows the forking thread
 		logf.Close()
 		return nil, fmt.Errorf("control plane %s/%s: start %s: %w", cp.Namespace, cp.Name, p.Binary, err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/redact"
 )
 
@@ -216,7 +217,7 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 	if dir != "" {
 		cmd.Dir = dir
 	}
-	if err := cmd.Start(); err != nil {
+	if err := forkthread.Start(cmd); err != nil { // dieWithParent follows the forking thread
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	srv := &Server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd, exited: make(chan struct{}), tls: o.tls, users: o.users}

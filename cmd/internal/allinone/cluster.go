@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 
@@ -115,7 +116,7 @@ func (s *System) supervise(runCtx context.Context, c child) {
 			cmd.Stdout, cmd.Stderr = f, f
 			// The children go with up, even when up is killed.
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-			if err := cmd.Start(); err != nil {
+			if err := forkthread.Start(cmd); err != nil { // Pdeathsig follows the forking thread
 				f.Close()
 				s.errs <- fmt.Errorf("%s: start: %w", c.name, err)
 				return

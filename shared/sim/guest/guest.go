@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
@@ -615,7 +616,7 @@ func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []st
 	}
 	defer release.Close()
 	cmd.ExtraFiles = append([]*os.File{gate}, extra...)
-	err = startOnForkThread(cmd) // forkthread.go: Pdeathsig follows the forking thread
+	err = forkthread.Start(cmd) // Pdeathsig follows the forking thread, not the process
 	gate.Close()
 	if err != nil {
 		return nil, fmt.Errorf("start agent: %w", err)
