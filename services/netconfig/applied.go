@@ -102,21 +102,31 @@ func (s *Service) markApplied(ctx context.Context, cause *event.Event, name, hos
 }
 
 // withApplyFailures returns the read-back host states of a rollout with
-// the failures the hosts' agents reported in place of theirs, and forgets
-// (in r, noting the change) the failures of hosts no longer in scope.
-// Called inside commit's record update.
-func withApplyFailures(r *events.NetworkRecord, readBack map[string]events.NetworkHostState, changed *bool) map[string]events.NetworkHostState {
+// the failures the hosts' agents reported (applyFailed) in place of
+// theirs.
+func withApplyFailures(applyFailed, readBack map[string]events.NetworkHostState) map[string]events.NetworkHostState {
 	hosts := maps.Clone(readBack)
 	if hosts == nil {
 		hosts = map[string]events.NetworkHostState{}
 	}
-	for h, st := range r.ApplyFailed {
-		if _, inScope := hosts[h]; !inScope {
-			delete(r.ApplyFailed, h)
-			*changed = true
-			continue
+	for h, st := range applyFailed {
+		if _, inScope := hosts[h]; inScope {
+			hosts[h] = st
 		}
-		hosts[h] = st
 	}
 	return hosts
+}
+
+// forgetApplyFailures drops the reported failures of hosts no longer in
+// scope from r and says whether it dropped any. Called inside commit's
+// record update.
+func forgetApplyFailures(r *events.NetworkRecord, hosts map[string]events.NetworkHostState) bool {
+	changed := false
+	for h := range r.ApplyFailed {
+		if _, inScope := hosts[h]; !inScope {
+			delete(r.ApplyFailed, h)
+			changed = true
+		}
+	}
+	return changed
 }

@@ -404,17 +404,28 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 	if err != nil {
 		return err
 	}
-	var hosts map[string]events.NetworkHostState
+	cur, _, err := s.store.get(ctx, ro.name)
+	if err != nil || cur == nil || cur.Version != version {
+		return err // superseded while pushing; the newer push records itself
+	}
+	// The hosts' states go first, so that a record counting a host ready
+	// (what `podvisor bench` and a person wait for) is never ahead of the
+	// host's own state, which attaches read.
+	hosts := withApplyFailures(cur.ApplyFailed, ro.hosts) // applied.go
+	if err := s.store.putHostStates(ctx, ro.name, version, hosts, prev); err != nil {
+		return err
+	}
 	var prevStatus string
 	var name string
+	superseded := false
 	rec, err := s.store.update(ctx, ro.name, func(r *events.NetworkRecord) (bool, error) {
 		if r.Version != version {
-			return false, nil // superseded while pushing; the newer push records itself
+			superseded = true
+			return false, nil
 		}
 		name = r.Name
 		prevStatus = r.Status
-		changed := false
-		hosts = withApplyFailures(r, ro.hosts, &changed) // applied.go
+		changed := forgetApplyFailures(r, hosts) // applied.go
 		failed, ready := 0, 0
 		for _, h := range hosts {
 			if h.State == events.NetworkHostStateReady && h.Version == version {
@@ -453,10 +464,7 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 		assign(&changed, &r.IPsUsed, n)
 		return changed, nil
 	})
-	if err != nil || rec.Version != version || hosts == nil {
-		return err
-	}
-	if err := s.store.putHostStates(ctx, ro.name, version, hosts, prev); err != nil {
+	if err != nil || superseded {
 		return err
 	}
 	if err := s.store.publishAvailability(ctx, rec, hosts); err != nil {
