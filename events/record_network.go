@@ -150,7 +150,8 @@ type NetworkHostState struct {
 	Reason string `json:"reason,omitempty"`
 	// Message explains Reason.
 	Message string `json:"message,omitempty"`
-	// UpdatedAt is when the host was last observed.
+	// UpdatedAt is when the host was observed in this state (a push that
+	// reads back the same state does not write it again).
 	UpdatedAt time.Time `json:"updatedAt"`
 }
 

@@ -36,8 +36,9 @@ func (s *Service) serveQueries(ctx context.Context) error {
 }
 
 // Available answers one availability query (JSON of
-// events.NetworkAvailabilityQuery): the `net-hosts` read model says where
-// the network should be, then the host itself is read back from vCenter,
+// events.NetworkAvailabilityQuery): the network record and the host's
+// state in `net-realized` say where the network should be (two small
+// reads), then the host itself is read back from vCenter,
 // since the model is only as fresh as the last push while the question is
 // asked right before a pod is bound there. A host that is not connected, or
 // that reads back without the port group the model says it carries, is
