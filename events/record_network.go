@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -14,6 +15,13 @@ const (
 	// BucketNetworks holds one NetworkRecord per logical network, keyed by
 	// NetworkRecordKey. Every write is a compare-and-set on the key's revision.
 	BucketNetworks = "networks"
+	// BucketNetRealized holds what each host in a network's scope carries
+	// of it: one NetworkHostRecord per (network, host), keyed by
+	// NetworkHostKey. Per-host state lives here rather than in the network
+	// record, so that the record every attach reads stays the same size
+	// whatever the number of hosts, and realizing a network on one host
+	// writes one small key. network-config declares the bucket itself.
+	BucketNetRealized = "net-realized"
 	// BucketNetHosts holds one NetworkAvailability per network, keyed by
 	// NetworkRecordKey: the hosts where the network is realized now. The
 	// scheduler and the migration service read it to place pods.
@@ -42,7 +50,8 @@ const (
 	NetworkStatusPending = "Pending"
 	// NetworkStatusReady: every host in scope carries the current version.
 	NetworkStatusReady = "Ready"
-	// NetworkStatusDegraded: some hosts in scope failed (see Hosts).
+	// NetworkStatusDegraded: some hosts in scope failed (see
+	// BucketNetRealized).
 	NetworkStatusDegraded = "Degraded"
 	// NetworkStatusRolledBack: the latest version broke hosts and was undone;
 	// Reason and Message say why, Version is the restored good version (0
@@ -79,9 +88,11 @@ const (
 const NetworkHistoryLimit = 16
 
 // NetworkRecord is network-config's record of one logical network (KV
-// `networks`). It holds the desired state (Spec at Version), what each host
-// in scope carries, and the bounded history of versions that
-// network.restore.requested can re-apply.
+// `networks`). It holds the desired state (Spec at Version), how many hosts
+// in scope carry it, and the bounded history of versions that
+// network.restore.requested can re-apply. What each host carries is kept
+// per host in BucketNetRealized, so the record's size does not grow with
+// the number of hosts.
 type NetworkRecord struct {
 	// Name of the network (a DNS-1123 label).
 	Name string `json:"name"`
@@ -105,15 +116,17 @@ type NetworkRecord struct {
 	// Switch is the distributed switch carrying PortGroup; its members are
 	// exactly the hosts in scope.
 	Switch string `json:"switch,omitempty"`
-	// Scope is the sorted list of host names in scope when Version was last
-	// pushed (Spec.Scope resolved against the inventory).
-	Scope []string `json:"scope,omitempty"`
-	// Hosts is the state of each host in Scope.
-	Hosts map[string]NetworkHostState `json:"hosts,omitempty"`
-	// ApplyFailed lists the hosts in Scope whose agent reported it could
+	// HostsInScope counts the hosts in scope when Version was last pushed
+	// (Spec.Scope resolved against the inventory); each has a
+	// NetworkHostRecord in BucketNetRealized.
+	HostsInScope int `json:"hostsInScope"`
+	// HostsReady counts the hosts in scope that carry Version.
+	HostsReady int `json:"hostsReady"`
+	// ApplyFailed lists the hosts in scope whose agent reported it could
 	// not carry the port group (network.host.applied), with the agent's
 	// reason: such a host is Failed in Hosts whatever vCenter reads back,
-	// until its agent reports the port group carried.
+	// until its agent reports the port group carried. It holds failures
+	// only, so it is empty while all is well.
 	ApplyFailed map[string]NetworkHostState `json:"applyFailed,omitempty"`
 	// IPsUsed counts the addresses allocated on the network.
 	IPsUsed int `json:"ipsUsed"`
@@ -137,8 +150,52 @@ type NetworkHostState struct {
 	Reason string `json:"reason,omitempty"`
 	// Message explains Reason.
 	Message string `json:"message,omitempty"`
-	// UpdatedAt is when the host was last observed.
+	// UpdatedAt is when the host was observed in this state (a push that
+	// reads back the same state does not write it again).
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// NetworkHostRecord is what one host in a network's scope carries of it
+// (KV BucketNetRealized, key NetworkHostKey).
+type NetworkHostRecord struct {
+	// Network and Host name the pair.
+	Network string `json:"network"`
+	Host    string `json:"host"`
+	// Pushed is the network version whose push wrote this state: a push of
+	// an older version (a replica that fell behind) never overwrites the
+	// state a newer one wrote.
+	Pushed int64 `json:"pushed"`
+	NetworkHostState
+}
+
+// ReadyAt reports whether the host carries version of the network.
+func (h *NetworkHostRecord) ReadyAt(version int64) bool {
+	return h != nil && h.State == NetworkHostStateReady && h.Version == version && version > 0
+}
+
+// NetworkHostKey is the BucketNetRealized key of a network on a host:
+// <network>.<host>, so that <network>.> lists a network's hosts. A host
+// name with characters a key may not hold (an IPv6 address) is
+// hex-encoded behind "x-".
+func NetworkHostKey(network, host string) string {
+	return network + "." + kvKeyPart(host)
+}
+
+// NetworkHostKeys is the filter of every BucketNetRealized key of a network.
+func NetworkHostKeys(network string) string { return network + ".>" }
+
+func kvKeyPart(s string) string {
+	ok := s != "" && !strings.HasPrefix(s, ".") && !strings.HasSuffix(s, ".") && !strings.Contains(s, "..")
+	for _, r := range s {
+		if !(r == '-' || r == '_' || r == '.' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			ok = false
+			break
+		}
+	}
+	if ok && !strings.HasPrefix(s, "x-") {
+		return s
+	}
+	return "x-" + hex.EncodeToString([]byte(s))
 }
 
 // NetworkVersion is one stored version of a network: a snapshot that can be
@@ -165,29 +222,6 @@ type NetworkVersion struct {
 // NetworkRecordKey is the key of a network in the `networks` and `net-hosts`
 // buckets: the network name itself (a DNS-1123 label is a valid KV key).
 func NetworkRecordKey(name string) string { return name }
-
-// ReadyHosts counts the hosts in scope that carry the current version.
-func (r *NetworkRecord) ReadyHosts() int {
-	n := 0
-	for _, h := range r.Hosts {
-		if h.State == NetworkHostStateReady && h.Version == r.Version {
-			n++
-		}
-	}
-	return n
-}
-
-// RealizedHosts lists, sorted, the hosts that carry the current version.
-func (r *NetworkRecord) RealizedHosts() []string {
-	var out []string
-	for name, h := range r.Hosts {
-		if h.State == NetworkHostStateReady && h.Version == r.Version && r.Version > 0 {
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return out
-}
 
 // FindVersion returns a stored version from the history.
 func (r *NetworkRecord) FindVersion(v int64) (NetworkVersion, bool) {

@@ -37,11 +37,8 @@ func decodeRecordSample(t *testing.T, path string, v any) {
 func TestNetworkRecordSample(t *testing.T) {
 	var r NetworkRecord
 	decodeRecordSample(t, "testdata/records/network.json", &r)
-	if got := r.ReadyHosts(); got != 1 {
-		t.Errorf("ReadyHosts = %d, want 1", got)
-	}
-	if got := r.RealizedHosts(); len(got) != 1 || got[0] != "DC0_C0_H0" {
-		t.Errorf("RealizedHosts = %v, want [DC0_C0_H0]", got)
+	if r.HostsReady != 1 || r.HostsInScope != 2 {
+		t.Errorf("hosts ready %d of %d, want 1 of 2", r.HostsReady, r.HostsInScope)
 	}
 	if got := r.LatestVersion(); got != 3 {
 		t.Errorf("LatestVersion = %d, want 3", got)
@@ -51,6 +48,37 @@ func TestNetworkRecordSample(t *testing.T) {
 	}
 	if _, ok := r.FindVersion(9); ok {
 		t.Error("FindVersion(9) found a version never stored")
+	}
+}
+
+func TestNetworkHostRecordSampleAndKeys(t *testing.T) {
+	var h NetworkHostRecord
+	decodeRecordSample(t, "testdata/records/net-realized.json", &h)
+	if h.ReadyAt(2) || h.State != NetworkHostStateFailed || h.Pushed != 2 {
+		t.Errorf("sample = %+v, want Failed, pushed by version 2, not ready at 2", h)
+	}
+	ready := NetworkHostRecord{NetworkHostState: NetworkHostState{Version: 2, State: NetworkHostStateReady}}
+	if !ready.ReadyAt(2) || ready.ReadyAt(3) || ready.ReadyAt(0) {
+		t.Errorf("ReadyAt wrong for %+v", ready)
+	}
+	var none *NetworkHostRecord
+	if none.ReadyAt(1) {
+		t.Error("a host with no state is ready")
+	}
+	for _, c := range []struct{ host, want string }{
+		{"DC0_C0_H1", "frontend.DC0_C0_H1"},
+		{"esx01.lab.example", "frontend.esx01.lab.example"},
+		{"fe80::1", "frontend.x-666538303a3a31"},
+		{"x-1", "frontend.x-782d31"},    // would collide with an encoded name
+		{"a..b", "frontend.x-612e2e62"}, // an empty token
+		{".lead", "frontend.x-2e6c656164"},
+	} {
+		if got := NetworkHostKey("frontend", c.host); got != c.want {
+			t.Errorf("NetworkHostKey(frontend, %q) = %q, want %q", c.host, got, c.want)
+		}
+	}
+	if NetworkHostKeys("frontend") != "frontend.>" {
+		t.Errorf("NetworkHostKeys = %q", NetworkHostKeys("frontend"))
 	}
 }
 

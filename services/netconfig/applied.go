@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"maps"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -46,8 +46,15 @@ func (s *Service) onHostApplied(ctx context.Context, m *bus.Message, p *events.N
 		if r.Version == 0 || r.Status == events.NetworkStatusDeleting || (!bad && !marked) {
 			continue
 		}
-		if bad && !slices.Contains(r.Scope, p.Host) {
-			continue // not the host's network (a port group it failed to drop)
+		if bad {
+			st, err := s.store.hostState(ctx, r.Name, p.Host)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if st == nil {
+				continue // not the host's network (a port group it failed to drop)
+			}
 		}
 		if err := s.markApplied(ctx, &m.Event, r.Name, p.Host, bad, f); err != nil {
 			errs = append(errs, fmt.Errorf("network %s on host %s: %w", r.Name, p.Host, err))
@@ -94,15 +101,32 @@ func (s *Service) markApplied(ctx context.Context, cause *event.Event, name, hos
 	return s.reconcileLocked(ctx, cause, name)
 }
 
-// withApplyFailures overrides the read-back host states of a rollout with
-// the failures the hosts' agents reported, and forgets those of hosts no
-// longer in scope. Called inside commit's record update.
-func withApplyFailures(r *events.NetworkRecord) {
-	for h, st := range r.ApplyFailed {
-		if _, inScope := r.Hosts[h]; !inScope {
-			delete(r.ApplyFailed, h)
-			continue
-		}
-		r.Hosts[h] = st
+// withApplyFailures returns the read-back host states of a rollout with
+// the failures the hosts' agents reported (applyFailed) in place of
+// theirs.
+func withApplyFailures(applyFailed, readBack map[string]events.NetworkHostState) map[string]events.NetworkHostState {
+	hosts := maps.Clone(readBack)
+	if hosts == nil {
+		hosts = map[string]events.NetworkHostState{}
 	}
+	for h, st := range applyFailed {
+		if _, inScope := hosts[h]; inScope {
+			hosts[h] = st
+		}
+	}
+	return hosts
+}
+
+// forgetApplyFailures drops the reported failures of hosts no longer in
+// scope from r and says whether it dropped any. Called inside commit's
+// record update.
+func forgetApplyFailures(r *events.NetworkRecord, hosts map[string]events.NetworkHostState) bool {
+	changed := false
+	for h := range r.ApplyFailed {
+		if _, inScope := hosts[h]; !inScope {
+			delete(r.ApplyFailed, h)
+			changed = true
+		}
+	}
+	return changed
 }

@@ -34,9 +34,10 @@ func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T
 	if f.Reason != "CarryFailed" || !strings.Contains(f.Message, "no such device") {
 		t.Fatalf("host failed = %+v, want the agent's reason and message", f)
 	}
-	rec := e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.Hosts[x].State == events.NetworkHostStateFailed })
-	if rec.Status != events.NetworkStatusDegraded || rec.Hosts[other].State != events.NetworkHostStateReady {
-		t.Errorf("record: status %s, %s %+v; want Degraded with %s still Ready", rec.Status, other, rec.Hosts[other], other)
+	e.waitHostState("web", x, events.NetworkHostStateFailed)
+	rec := e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusDegraded })
+	if st := e.hostState("web", other); !st.ReadyAt(rec.Version) || rec.HostsReady != rec.HostsInScope-1 {
+		t.Errorf("record: status %s, %d of %d ready, %s %+v; want Degraded with %s still Ready", rec.Status, rec.HostsReady, rec.HostsInScope, other, st, other)
 	}
 	waitFor(t, "net-hosts to list "+x+" failed", func() bool { return slices.Contains(e.availability("web").Failed, x) })
 	a := e.availability("web")
@@ -50,7 +51,7 @@ func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T
 	if err := e.svc.Resync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if st := e.record("web").Hosts[x]; st.State != events.NetworkHostStateFailed {
+	if st := e.hostState("web", x); st.State != events.NetworkHostStateFailed {
 		t.Errorf("after a resync %s is %+v, want still Failed", x, st)
 	}
 	// A pod scheduled there anyway is refused for the host, not failed.
@@ -63,7 +64,8 @@ func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T
 	// The agent's retry works: the host is Ready again.
 	e.publish(events.TypeNetworkHostApplied, x, &events.NetworkHostApplied{Host: x, Digest: state.Digest, Added: []string{"pv-web"}})
 	testenv.Wait(e.Env, func(p *events.NetworkHostReady) bool { return p.Name == "web" && p.Host == x })
-	rec = e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.Hosts[x].State == events.NetworkHostStateReady })
+	e.waitHostState("web", x, events.NetworkHostStateReady)
+	rec = e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })
 	if len(rec.ApplyFailed) != 0 || rec.Status != events.NetworkStatusReady {
 		t.Errorf("record after success: status %s, apply failures %v", rec.Status, rec.ApplyFailed)
 	}

@@ -224,7 +224,7 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 // that a delete either sees this pod's address or runs before the network
 // is used.
 func (s *Service) allocate(ctx context.Context, name string, p *events.PodScheduled) (att events.NetworkAttachment, retry bool, err error) {
-	defer s.locks.RLock(name)()
+	defer s.uses.RLock(name)()
 	rec, _, err := s.store.get(ctx, name)
 	if err != nil {
 		return events.NetworkAttachment{}, false, err
@@ -233,8 +233,8 @@ func (s *Service) allocate(ctx context.Context, name string, p *events.PodSchedu
 		// Not found at all is decided by ensureOnHost, with its reason.
 		return events.NetworkAttachment{}, true, nil
 	}
-	if st, ok := rec.Hosts[p.Host]; !ok || st.State != events.NetworkHostStateReady || st.Version != rec.Version {
-		return events.NetworkAttachment{}, true, nil
+	if st, err := s.store.hostState(ctx, name, p.Host); err != nil || !st.ReadyAt(rec.Version) {
+		return events.NetworkAttachment{}, err == nil, err
 	}
 	pl, err := pool(rec)
 	if err != nil {

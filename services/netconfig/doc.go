@@ -46,11 +46,20 @@
 //     Ready; otherwise Failed with a reason (HostDisconnected, DVSJoinFailed,
 //     NotRealized, ConfigMismatch);
 //  4. if anything changed, probes management connectivity (below);
-//  5. records per-host state in the record and the hosts where the network
-//     is realized in KV `net-hosts` (events.NetworkAvailability, read by the
-//     scheduler and the migration service), then publishes
-//     network.host.ready / network.host.failed for each host whose state
-//     changed and network.realized.
+//  5. records each host's state as its own key in KV `net-realized`
+//     (events.NetworkHostRecord; only the hosts whose state changed are
+//     written), then the record (counts of hosts in scope and ready, only
+//     if something changed) and the hosts where the network is realized in
+//     KV `net-hosts` (events.NetworkAvailability, read by the scheduler and
+//     the migration service), then publishes network.host.ready /
+//     network.host.failed for each host whose state changed and
+//     network.realized.
+//
+// The record every attach reads thus stays the same size at any number of
+// hosts, and an attach reads it and its host's key only. A push holds the
+// network against other changes, not against attaches: pods attach on
+// hosts that carry the current version while a push to thousands of hosts
+// runs.
 //
 // Then every host gets its final state (hoststate.go): after any change,
 // and at every resync, the service computes each connected host's whole
@@ -133,8 +142,8 @@
 // events.SubjectQueryNetworkAvailable ("pv.query.network.available") with
 // JSON events.NetworkAvailabilityQuery; the reply is
 // events.NetworkAvailabilityAnswer (state, available, in scope, version,
-// reason). The `net-hosts` model says where the network should be; the
-// host is then read back from vCenter (connected, and carrying the port
+// reason). The record and the host's key in `net-realized` say where the
+// network should be; the host is then read back from vCenter (connected, and carrying the port
 // group where the model says it is realized), since the scheduler asks
 // right before binding a pod there. A host that reads back without it is
 // Failed in the answer, and the network is reconciled at once, which

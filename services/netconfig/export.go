@@ -70,7 +70,7 @@ func Export(rec *events.NetworkRecord, version int64) ([]byte, error) {
 // ExportFromKV reads a network from the `networks` bucket and exports one
 // version (0 = current). It needs only the bus, not vCenter.
 func ExportFromKV(ctx context.Context, networks jetstream.KeyValue, name string, version int64) ([]byte, error) {
-	rec, _, err := newStore(networks, nil).get(ctx, name)
+	rec, _, err := newStore(networks, nil, nil).get(ctx, name)
 	if err != nil {
 		return nil, err
 	}

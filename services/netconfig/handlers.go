@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -99,6 +100,10 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 	}
 	rec.Version, rec.Spec = next, spec
 	rec.Status, rec.Reason, rec.Message = events.NetworkStatusPending, "", ""
+	rec.HostsReady = 0 // no host carries the new version yet
+	// Attaches in flight finish on the version they read; the next ones
+	// read this one.
+	defer s.uses.Lock(name)()
 	_, err := s.store.put(ctx, rec, rev)
 	return err
 }
@@ -250,7 +255,10 @@ func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name st
 	}
 	// Fence the network's allocations first (every replica's, see
 	// ipam.BeginDelete), then count: an address allocated concurrently is
-	// either counted here or given back by its allocator.
+	// either counted here or given back by its allocator. The attaches of
+	// this process wait meanwhile.
+	unlock := sync.OnceFunc(s.uses.Lock(name))
+	defer unlock()
 	if err := s.ipam.BeginDelete(ctx, name); err != nil {
 		return err
 	}
@@ -281,6 +289,7 @@ func (s *Service) requestDelete(ctx context.Context, cause *event.Event, name st
 	if _, err := s.store.put(ctx, rec, rev); err != nil {
 		return err
 	}
+	unlock() // attaches now find the network deleting
 	return s.deleteLocked(ctx, cause, name)
 }
 
@@ -375,14 +384,34 @@ func (s *Service) realizeOnHost(ctx context.Context, cause *event.Event, host, c
 		if r.Version == 0 || !r.Spec.Scope.Includes(host, cluster) {
 			continue
 		}
-		if st, ok := r.Hosts[host]; ok && st.State == events.NetworkHostStateReady && st.Version == r.Version {
-			continue // already carries it: host.updated is frequent
-		}
-		if err := s.reconcile(ctx, cause, r.Name); err != nil {
+		if err := s.realizeUnlessCarried(ctx, cause, r.Name, host); err != nil {
 			errs = append(errs, fmt.Errorf("network %s on host %s: %w", r.Name, host, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// realizeUnlessCarried reconciles a network unless host carries its
+// current version, looking again once it holds the network: host.updated
+// is frequent (every host's networks change when a network is pushed), and
+// the events that queued behind one push find the host carrying it.
+func (s *Service) realizeUnlessCarried(ctx context.Context, cause *event.Event, name, host string) error {
+	carried := func() (bool, error) {
+		rec, _, err := s.store.get(ctx, name)
+		if err != nil || rec == nil || rec.Version == 0 {
+			return rec == nil || rec.Version == 0, err
+		}
+		st, err := s.store.hostState(ctx, name, host)
+		return st.ReadyAt(rec.Version), err
+	}
+	if ok, err := carried(); err != nil || ok {
+		return err
+	}
+	defer s.locks.Lock(name)()
+	if ok, err := carried(); err != nil || ok {
+		return err
+	}
+	return s.reconcileLocked(ctx, cause, name)
 }
 
 // onMigrationTargetReserved realizes the pod's networks on a migration's
@@ -442,8 +471,8 @@ func (s *Service) ensureOnHost(ctx context.Context, cause *event.Event, name, ho
 	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
 		return fmt.Errorf("network %s: %w", name, ErrNetworkNotFound)
 	}
-	if st, ok := rec.Hosts[host]; ok && st.State == events.NetworkHostStateReady && st.Version == rec.Version {
-		return nil
+	if st, err := s.store.hostState(ctx, name, host); err != nil || st.ReadyAt(rec.Version) {
+		return err
 	}
 	hosts, err := s.fab.Hosts(ctx)
 	if err != nil {
@@ -457,11 +486,19 @@ func (s *Service) ensureOnHost(ctx context.Context, cause *event.Event, name, ho
 		return err
 	}
 	rec, _, err = s.store.get(ctx, name)
+	if err != nil || rec == nil {
+		return err
+	}
+	st, err := s.store.hostState(ctx, name, host)
 	if err != nil {
 		return err
 	}
-	if st := rec.Hosts[host]; st.State != events.NetworkHostStateReady || st.Version != rec.Version {
-		return fmt.Errorf("network %s on host %s: %w: %s", name, host, ErrNotRealized, st.Message)
+	if !st.ReadyAt(rec.Version) {
+		msg := "no state recorded"
+		if st != nil {
+			msg = st.Message
+		}
+		return fmt.Errorf("network %s on host %s: %w: %s", name, host, ErrNotRealized, msg)
 	}
 	return nil
 }

@@ -87,6 +87,17 @@ func (e *env) waitRecord(name string, ok func(*events.NetworkRecord) bool) *even
 	return testenv.WaitRecord(e.Env, events.BucketNetworks, name, ok)
 }
 
+// hostState reads what host carries of a network (`net-realized`); nil
+// when it has no state. waitHostState waits for the host to reach state.
+func (e *env) hostState(network, host string) *events.NetworkHostRecord {
+	return testenv.Get[events.NetworkHostRecord](e.Env, events.BucketNetRealized, events.NetworkHostKey(network, host))
+}
+
+func (e *env) waitHostState(network, host, state string) *events.NetworkHostRecord {
+	return testenv.WaitRecord(e.Env, events.BucketNetRealized, events.NetworkHostKey(network, host),
+		func(h *events.NetworkHostRecord) bool { return h.State == state })
+}
+
 // portGroup reads a port group and the hosts carrying it with the
 // independent vSphere client.
 func (e *env) portGroup(name string) simtest.PortGroupView { return simtest.PortGroup(e.t, e.vc, name) }

@@ -65,7 +65,8 @@ func (s *Service) hostStateLoop(ctx context.Context) {
 }
 
 // DesiredHostStates computes every connected host's final desired state
-// from the network records and the port groups in vCenter.
+// from the network records, the hosts in each network's scope at its last
+// push (their states in `net-realized`) and the port groups in vCenter.
 func (s *Service) DesiredHostStates(ctx context.Context) (map[string][]events.HostPortGroup, error) {
 	recs, err := s.store.list(ctx)
 	if err != nil {
@@ -93,7 +94,11 @@ func (s *Service) DesiredHostStates(ctx context.Context) (map[string][]events.Ho
 		if !ok {
 			continue
 		}
-		for _, h := range r.Scope {
+		scope, err := s.store.hostStates(ctx, r.Name)
+		if err != nil {
+			return nil, err
+		}
+		for h := range scope {
 			if _, connected := out[h]; !connected {
 				continue
 			}

@@ -87,7 +87,16 @@ type seenConfig struct {
 	since time.Time
 }
 
-// managementLoop checks the management ports every ManagementInterval
+// managementPace bounds the share of time the management checks take: one
+// check reads every host and every management port, seconds of vCenter
+// work at thousands of hosts, so the wait after a check is at least this
+// many times its duration (as the scheduler paces its full inventory
+// reads), and the checks take at most a tenth of the time whatever the
+// number of hosts.
+const managementPace = 10
+
+// managementLoop checks the management ports every ManagementInterval (or
+// less often, see managementPace)
 // while this replica holds the repair lease. Until the bucket that holds
 // the lease and the memory can be declared, nothing is repaired: repairing
 // without the lease could race another replica on the same port.
@@ -109,15 +118,18 @@ func (s *Service) managementLoop(ctx context.Context) {
 	err := l.Run(ctx, func(ctx context.Context) error {
 		var wg sync.WaitGroup
 		defer wg.Wait()
+		wait := s.cfg.ManagementInterval
 		for {
 			select {
 			case <-ctx.Done():
 				return nil
-			case <-t.C:
-				if err := s.checkManagement(ctx, &wg); err != nil && ctx.Err() == nil {
-					s.log.Warn("check management ports", "err", err)
-				}
+			case <-time.After(wait):
 			}
+			start := time.Now()
+			if err := s.checkManagement(ctx, &wg); err != nil && ctx.Err() == nil {
+				s.log.Warn("check management ports", "err", err)
+			}
+			wait = max(s.cfg.ManagementInterval, managementPace*time.Since(start))
 		}
 	})
 	if err != nil && ctx.Err() == nil {

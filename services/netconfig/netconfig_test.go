@@ -41,8 +41,8 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 		t.Fatalf("%d network.host.ready events, want 16", n)
 	}
 	rec := e.record("default")
-	if rec.Status != events.NetworkStatusReady || rec.Version != 1 || rec.ReadyHosts() != 16 || rec.Switch != "pv-dvs" {
-		t.Fatalf("record = status %s version %d ready %d switch %s", rec.Status, rec.Version, rec.ReadyHosts(), rec.Switch)
+	if rec.Status != events.NetworkStatusReady || rec.Version != 1 || rec.HostsReady != 16 || rec.Switch != "pv-dvs" {
+		t.Fatalf("record = status %s version %d ready %d switch %s", rec.Status, rec.Version, rec.HostsReady, rec.Switch)
 	}
 
 	// The same declaration again (what `podvisor up` does at every start)
@@ -188,7 +188,7 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 	if rb.FromVersion != 2 || rb.ToVersion != 1 || !slices.Equal(rb.Hosts, cluster1) || rb.Reason != netconfig.ReasonConnectivityLost {
 		t.Fatalf("rolledback = %+v, want from 2 to 1 on %v with ConnectivityLost", rb, cluster1)
 	}
-	rec := e.waitRecord("backend", func(r *events.NetworkRecord) bool { return r.ReadyHosts() == len(cluster1) })
+	rec := e.waitRecord("backend", func(r *events.NetworkRecord) bool { return r.HostsReady == len(cluster1) })
 	if rec.Status != events.NetworkStatusRolledBack || rec.Version != 1 || rec.Spec.VLAN != 200 || !strings.Contains(rec.Message, "rolled back to version 1") {
 		t.Fatalf("record = %s v%d vlan %d %q", rec.Status, rec.Version, rec.Spec.VLAN, rec.Message)
 	}
@@ -325,8 +325,8 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 	e.publish(events.TypeHostRecovered, down, &events.HostRecovered{Name: down, Cluster: "cluster-1"})
 	testenv.Wait(e.Env, func(p *events.NetworkHostReady) bool { return p.Name == "late" && p.Host == down })
 	rec := e.waitRecord("late", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })
-	if rec.ReadyHosts() != 3 {
-		t.Fatalf("ready hosts %d, want 3", rec.ReadyHosts())
+	if rec.HostsReady != 3 {
+		t.Fatalf("ready hosts %d, want 3", rec.HostsReady)
 	}
 }
 

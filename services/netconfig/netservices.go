@@ -88,7 +88,7 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 // profile configures a service on one network: the address it answers on,
 // taken from the network's pool once (a repeated declaration keeps it).
 func (s *Service) profile(ctx context.Context, svc events.NetworkService, network string) (events.ServiceProfile, error) {
-	defer s.locks.RLock(network)()
+	defer s.uses.RLock(network)()
 	rec, _, err := s.store.get(ctx, network)
 	if err != nil {
 		return events.ServiceProfile{}, err

@@ -64,7 +64,7 @@ func (s *Service) reconcileLocked(ctx context.Context, cause *event.Event, name 
 		if _, err := s.fab.RemovePortGroup(ctx, events.PortGroupName(name)); err != nil {
 			return err
 		}
-		return s.store.publishAvailability(ctx, rec)
+		return s.store.publishAvailability(ctx, rec, nil)
 	}
 	ro, err := s.apply(ctx, rec, true)
 	if err != nil {
@@ -305,6 +305,7 @@ func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.
 	}
 	s.log.Warn("rolling back network", "network", bad.Name, "from", from, "to", target, "lost", ro.lost)
 
+	unlock := s.uses.Lock(bad.Name) // attaches see the good version or the bad, not both
 	rec, err := s.store.update(ctx, bad.Name, func(r *events.NetworkRecord) (bool, error) {
 		for i := range r.History {
 			if r.History[i].Version == from {
@@ -323,6 +324,7 @@ func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.
 		r.Message = msg
 		return true, nil
 	})
+	unlock()
 	if err != nil {
 		return err
 	}
@@ -342,11 +344,16 @@ func (s *Service) rollback(ctx context.Context, cause *event.Event, bad *events.
 	}
 	if rec.Version == 0 {
 		_, err := s.store.update(ctx, rec.Name, func(r *events.NetworkRecord) (bool, error) {
-			r.Hosts, r.Scope = nil, nil
-			return true, nil
+			changed := false
+			assign(&changed, &r.HostsInScope, 0)
+			assign(&changed, &r.HostsReady, 0)
+			return changed, nil
 		})
 		if err == nil {
-			err = s.store.publishAvailability(ctx, rec)
+			err = s.store.removeHostStates(ctx, rec.Name)
+		}
+		if err == nil {
+			err = s.store.publishAvailability(ctx, rec, nil)
 		}
 		s.hostStatesSoon()
 		return err
@@ -386,58 +393,81 @@ func (s *Service) awaitReconnect(ctx context.Context, names []string) {
 	}
 }
 
-// commit records a rollout of version in the network record and the
-// availability read model, then publishes what changed: network.host.ready
-// or network.host.failed for each host whose state changed and
-// network.realized when the rollout's outcome changed.
+// commit records a rollout of version in the network record, the hosts'
+// states and the availability read model, then publishes what changed:
+// network.host.ready or network.host.failed for each host whose state
+// changed and network.realized when the rollout's outcome changed. What
+// did not change is not written: a resync that finds every host as it was
+// writes nothing.
 func (s *Service) commit(ctx context.Context, cause *event.Event, version int64, ro *rollout) error {
-	var prev map[string]events.NetworkHostState
+	prev, err := s.store.hostStates(ctx, ro.name)
+	if err != nil {
+		return err
+	}
+	cur, _, err := s.store.get(ctx, ro.name)
+	if err != nil || cur == nil || cur.Version != version {
+		return err // superseded while pushing; the newer push records itself
+	}
+	// The hosts' states go first, so that a record counting a host ready
+	// (what `podvisor bench` and a person wait for) is never ahead of the
+	// host's own state, which attaches read.
+	hosts := withApplyFailures(cur.ApplyFailed, ro.hosts) // applied.go
+	if err := s.store.putHostStates(ctx, ro.name, version, hosts, prev); err != nil {
+		return err
+	}
 	var prevStatus string
 	var name string
+	superseded := false
 	rec, err := s.store.update(ctx, ro.name, func(r *events.NetworkRecord) (bool, error) {
 		if r.Version != version {
-			return false, nil // superseded while pushing; the newer push records itself
+			superseded = true
+			return false, nil
 		}
 		name = r.Name
-		prev, prevStatus = r.Hosts, r.Status
-		r.Hosts = ro.hosts
-		withApplyFailures(r) // applied.go
-		r.Scope = hostNames(ro.scope)
-		r.Switch = ro.switchName
-		r.PortGroup = events.PortGroupName(r.Name)
-		failed := 0
-		for _, h := range ro.hosts {
-			if h.State != events.NetworkHostStateReady {
+		prevStatus = r.Status
+		changed := forgetApplyFailures(r, hosts) // applied.go
+		failed, ready := 0, 0
+		for _, h := range hosts {
+			if h.State == events.NetworkHostStateReady && h.Version == version {
+				ready++
+			} else {
 				failed++
 			}
 		}
+		assign(&changed, &r.HostsInScope, len(hosts))
+		assign(&changed, &r.HostsReady, ready)
+		assign(&changed, &r.Switch, ro.switchName)
+		assign(&changed, &r.PortGroup, events.PortGroupName(r.Name))
 		switch {
 		case r.Status == events.NetworkStatusRolledBack:
 			// Stays visible with its reason until the next declaration.
 		case failed > 0:
-			r.Status = events.NetworkStatusDegraded
-			r.Reason = "HostsFailed"
-			r.Message = fmt.Sprintf("%d of %d hosts in scope do not carry version %d", failed, len(ro.hosts), version)
+			assign(&changed, &r.Status, events.NetworkStatusDegraded)
+			assign(&changed, &r.Reason, "HostsFailed")
+			assign(&changed, &r.Message, fmt.Sprintf("%d of %d hosts in scope do not carry version %d", failed, len(hosts), version))
 		default:
-			r.Status, r.Reason, r.Message = events.NetworkStatusReady, "", ""
+			assign(&changed, &r.Status, events.NetworkStatusReady)
+			assign(&changed, &r.Reason, "")
+			assign(&changed, &r.Message, "")
 		}
 		for i := range r.History {
 			if r.History[i].Version == version && r.History[i].Status == events.NetworkVersionPending {
 				r.History[i].Status = events.NetworkVersionApplied
+				changed = true
 			}
 		}
-		r.LastGoodVersion = version
+		assign(&changed, &r.LastGoodVersion, version)
 		n, err := s.ipam.Count(ctx, r.Name)
 		if err != nil {
 			return false, err
 		}
-		r.IPsUsed = n
-		return true, nil
+		assign(&changed, &r.IPsUsed, n)
+		return changed, nil
 	})
-	if err != nil || rec.Version != version {
+	if err != nil || superseded {
 		return err
 	}
-	if err := s.store.publishAvailability(ctx, rec); err != nil {
+	if err := s.store.publishAvailability(ctx, rec, hosts); err != nil {
 		return err
 	}
 	s.hostStatesSoon()
@@ -445,9 +475,9 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 	var ready, failed []string
 	changed := prevStatus != rec.Status
 	for _, h := range hostNames(ro.scope) {
-		st := ro.hosts[h]
+		st := hosts[h]
 		old, had := prev[h]
-		same := had && old.State == st.State && old.Version == st.Version && old.Reason == st.Reason
+		same := had && sameHostState(old.NetworkHostState, st)
 		if st.State == events.NetworkHostStateReady {
 			ready = append(ready, h)
 		} else {
@@ -477,4 +507,11 @@ func (s *Service) commit(ctx context.Context, cause *event.Event, version int64,
 	return s.out.Emit(ctx, cause, &events.NetworkRealized{
 		Name: name, Version: version, Ready: ready, Failed: failed,
 	}, bus.Distinct(fmt.Sprintf("realized/%d", version)))
+}
+
+// assign sets *dst to v and notes a change when they differ.
+func assign[T comparable](changed *bool, dst *T, v T) {
+	if *dst != v {
+		*dst, *changed = v, true
+	}
 }

@@ -36,8 +36,9 @@ func (s *Service) serveQueries(ctx context.Context) error {
 }
 
 // Available answers one availability query (JSON of
-// events.NetworkAvailabilityQuery): the `net-hosts` read model says where
-// the network should be, then the host itself is read back from vCenter,
+// events.NetworkAvailabilityQuery): the network record and the host's
+// state in `net-realized` say where the network should be (two small
+// reads), then the host itself is read back from vCenter,
 // since the model is only as fresh as the last push while the question is
 // asked right before a pod is bound there. A host that is not connected, or
 // that reads back without the port group the model says it carries, is
@@ -50,27 +51,31 @@ func (s *Service) Available(ctx context.Context, request []byte) events.NetworkA
 			Message: `want JSON {"network": "<name>", "host": "<host name>"}, both required`}
 	}
 	ans := events.NetworkAvailabilityAnswer{Network: q.Network, Host: q.Host, State: events.NetworkOnHostNotInScope}
-	a, err := s.store.availability(ctx, q.Network)
+	// The network's record and the host's own state: two small reads
+	// whatever the number of hosts (the `net-hosts` model lists them all).
+	rec, _, err := s.store.get(ctx, q.Network)
+	var st *events.NetworkHostRecord
+	if err == nil && rec != nil {
+		st, err = s.store.hostState(ctx, q.Network, q.Host)
+	}
 	switch {
 	case err != nil:
 		ans.Reason, ans.Message = "Unavailable", err.Error()
 		return ans
-	case a == nil:
+	case rec == nil:
 		ans.Reason, ans.Message = ReasonNetworkNotFound, fmt.Sprintf("network %s does not exist", q.Network)
 		return ans
 	}
-	ans.InScope = a.InScope(q.Host)
-	ans.State = a.On(q.Host)
+	ans.State = hostOn(rec, st)
+	ans.InScope = ans.State != events.NetworkOnHostNotInScope
 	switch ans.State {
 	case events.NetworkOnHostNotInScope:
 		ans.Reason, ans.Message = ReasonNotInScope, fmt.Sprintf("host %s is not in the scope of network %s", q.Host, q.Network)
 		return ans
 	case events.NetworkOnHostFailed:
 		ans.Reason, ans.Message = ReasonNotRealized, fmt.Sprintf("host %s is in the scope of %s but its last push failed there", q.Host, q.Network)
-		if rec, _, err := s.store.get(ctx, q.Network); err == nil && rec != nil {
-			if st, ok := rec.Hosts[q.Host]; ok && st.Reason != "" {
-				ans.Reason, ans.Message = st.Reason, st.Message
-			}
+		if st.Reason != "" {
+			ans.Reason, ans.Message = st.Reason, st.Message
 		}
 		return ans
 	}
@@ -84,11 +89,28 @@ func (s *Service) Available(ctx context.Context, request []byte) events.NetworkA
 		return ans
 	}
 	if ans.State == events.NetworkOnHostRealized {
-		ans.Available, ans.Version = true, a.Version
+		ans.Available, ans.Version = true, rec.Version
 	} else {
 		ans.Reason, ans.Message = ReasonNotRealized, fmt.Sprintf("host %s is in the scope of %s; the network is realized there when a pod needs it", q.Host, q.Network)
 	}
 	return ans
+}
+
+// hostOn is where a network stands on a host from its record and the
+// host's state (nil: none), as events.NetworkAvailability.On says it from
+// the `net-hosts` model: realized where the host carries the current
+// version, failed where its last push failed, in scope where it has a
+// state at all (the hosts of the last push), else not in scope.
+func hostOn(rec *events.NetworkRecord, st *events.NetworkHostRecord) string {
+	switch {
+	case st == nil || rec.Version == 0:
+		return events.NetworkOnHostNotInScope
+	case st.ReadyAt(rec.Version):
+		return events.NetworkOnHostRealized
+	case st.State == events.NetworkHostStateFailed:
+		return events.NetworkOnHostFailed
+	}
+	return events.NetworkOnHostInScope
 }
 
 // lookAtHost reads one host back from vCenter: it must be connected and,

@@ -51,7 +51,7 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	testenv.Wait(e.Env, func(p *events.NetworkHostFailed) bool {
 		return p.Name == "q" && p.Host == x && p.Reason == netconfig.ReasonNotRealized
 	})
-	e.waitRecord("q", func(r *events.NetworkRecord) bool { return r.Hosts[x].State == events.NetworkHostStateFailed })
+	e.waitHostState("q", x, events.NetworkHostStateFailed)
 	av := e.availability("q")
 	if av.On(x) != events.NetworkOnHostFailed || av.On(y) != events.NetworkOnHostRealized {
 		t.Errorf("read model %+v: %s is %s, %s is %s; want Failed and Realized", av, x, av.On(x), y, av.On(y))

@@ -46,13 +46,19 @@ type Service struct {
 	vms      jetstream.KeyValue // provisioner's VM records, read-only
 
 	out *bus.Emitter
-	// locks serializes work on one network within the process: changes to
-	// a network (declare, restore, reconcile, delete) hold it exclusively;
-	// attaching pods holds it shared, so pods of one network get their
-	// addresses in parallel (the allocator is safe for that) while a
-	// delete still sees every address taken before it or runs before the
-	// next attach.
+	// locks serializes changes to one network within the process
+	// (declare, restore, reconcile, delete): each holds it exclusively.
 	locks bus.KeyLocks
+	// uses orders the attaches of one network against what changes what
+	// an attach reads: attaching pods holds it shared, so pods of one
+	// network get their addresses in parallel (the allocator is safe for
+	// that); storing a new version, rolling one back and beginning a
+	// delete hold it exclusively, briefly, so a delete still sees every
+	// address taken before it or runs before the next attach, and an
+	// attach never mixes two versions. A push to the hosts (seconds to
+	// minutes at thousands of hosts) holds only locks, so attaches on
+	// hosts that carry the network go on while it runs.
+	uses bus.KeyLocks
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
@@ -106,13 +112,17 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		}
 		kvs[name] = kv
 	}
+	realized, err := b.OwnBucket(ctx, realizedBucket(), events.BucketNetworks)
+	if err != nil {
+		return nil, fmt.Errorf("netconfig: declare KV bucket %s: %w", events.BucketNetRealized, err)
+	}
 	return &Service{
 		cfg:   cfg,
 		bus:   b,
 		out:   b.Emitter(Source),
 		fab:   fabric.New(vc, dc),
 		log:   log.With("service", Name),
-		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts]),
+		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts], realized),
 		ipam:  ipam.New(kvs[events.BucketIPAM]),
 		pods:  kvs[bus.BucketPods],
 		vms:   kvs[events.BucketVMs],

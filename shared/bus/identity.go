@@ -97,7 +97,7 @@ func Identities() []Identity {
 			Asks: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherImageCache, Consumes: []string{events.StreamPods}, Reads: []string{BucketPods}},
 		{Name: events.PublisherNetConfig, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
-			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData, events.BucketNetMgmt}, Reads: []string{BucketPods, BucketVMs},
+			Owns: []string{BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData, events.BucketNetMgmt, events.BucketNetRealized}, Reads: []string{BucketPods, BucketVMs},
 			Serves: []string{events.SubjectQueryNetworkAvailable}},
 		{Name: events.PublisherMigration, Consumes: []string{events.StreamMigrations, events.StreamHosts, events.StreamNetworks, events.StreamVMs},
 			Owns: []string{BucketMigrations, events.BucketDrains}, Reads: []string{BucketPods, BucketHosts, BucketNetHosts, BucketVMs}},

@@ -187,6 +187,10 @@ type Pipeline struct {
 	// StagesP50MS is the median time from request to each pod event (a
 	// stage no pod went through is absent): where the time goes.
 	StagesP50MS map[string]float64 `json:"stages_p50_ms"`
+	// AttachedPerS is network-config's rate: the pods attached
+	// (pod.network.attached) divided by the time from the first
+	// pod.scheduled to the last pod.network.attached.
+	AttachedPerS float64 `json:"attached_per_s,omitempty"`
 }
 
 // Raw is the direct-govmomi baseline: the best of the tries.

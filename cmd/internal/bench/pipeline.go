@@ -463,6 +463,7 @@ func pipelineFigures(w *watcher, keys []string, cfg Config, published *sync.Map)
 			out.StagesP50MS[st.name] = percentile(d, 0.5)
 		}
 	}
+	out.AttachedPerS = attachRate(w, keys)
 	slices.Sort(lat)
 	out.LatencyMS = Latency{P50: percentile(lat, 0.50), P95: percentile(lat, 0.95), P99: percentile(lat, 0.99)}
 	if len(lat) > 0 {
@@ -473,6 +474,28 @@ func pipelineFigures(w *watcher, keys []string, cfg Config, published *sync.Map)
 		out.PodsPerS = float64(out.VMRunning) / out.Seconds
 	}
 	return out
+}
+
+// attachRate is the pods attached per second from the first pod.scheduled
+// to the last pod.network.attached (0 when none was attached).
+func attachRate(w *watcher, keys []string) float64 {
+	var first, last time.Time
+	n := 0
+	for _, k := range keys {
+		if at, ok := w.at(k, events.TypePodScheduled); ok && (first.IsZero() || at.Before(first)) {
+			first = at
+		}
+		if at, ok := w.at(k, events.TypePodNetworkAttached); ok {
+			n++
+			if at.After(last) {
+				last = at
+			}
+		}
+	}
+	if n == 0 || !last.After(first) {
+		return 0
+	}
+	return float64(n) / last.Sub(first).Seconds()
 }
 
 // stageTypes are the events whose median time from the request the
@@ -568,7 +591,7 @@ func readiness(ctx context.Context, b *bus.Bus, hosts int) string {
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return err.Error()
 	}
-	if n := rec.ReadyHosts(); n < hosts {
+	if n := rec.HostsReady; n < hosts {
 		return fmt.Sprintf("default network ready on %d of %d hosts", n, hosts)
 	}
 	return ""

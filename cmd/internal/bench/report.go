@@ -30,6 +30,9 @@ func (r *Result) Table(w io.Writer) error {
 	fmt.Fprintf(tw, "pipeline (podvisor, %s)\t%.1f pods/s\t%.0f / %.0f / %.0f ms\t%d of %d VM running in %.1fs\n", applied,
 		r.Pipeline.PodsPerS, r.Pipeline.LatencyMS.P50, r.Pipeline.LatencyMS.P95, r.Pipeline.LatencyMS.P99,
 		r.Pipeline.VMRunning, r.Pipeline.Pods, r.Pipeline.Seconds)
+	if r.Pipeline.AttachedPerS > 0 {
+		fmt.Fprintf(tw, "  network attach (network-config)\t%.1f pods/s\t\t\n", r.Pipeline.AttachedPerS)
+	}
 	fmt.Fprintf(tw, "raw govmomi (best: %d workers)\t%.1f VMs/s\t\t%d VMs\n", r.Raw.Workers, r.Raw.VMsPerS, r.Raw.VMs)
 	fmt.Fprintf(tw, "sequential (create, power on)\t%.1f VMs/s\t\t%d VMs in %.1fs\n", r.Sequential.VMsPerS, r.Sequential.VMs, r.Sequential.Seconds)
 	fmt.Fprintf(tw, "scheduling only (framework)\t%.0f pods/s\t\t%d of %d placed on %d hosts\n", r.Scheduling.PodsPerS, r.Scheduling.Placed, r.Scheduling.Pods, r.Scheduling.Hosts)

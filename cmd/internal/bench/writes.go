@@ -27,6 +27,9 @@ type Cost struct {
 	WritesPerPod float64 `json:"writes_per_pod"`
 	// Streams is the messages per pod of each stream that took any.
 	Streams map[string]float64 `json:"streams"`
+	// StreamBytes is what each stream holds once the pipeline ends, in
+	// bytes (a KV bucket's stream: every revision it keeps of every key).
+	StreamBytes map[string]uint64 `json:"stream_bytes,omitempty"`
 	// CPUMSPerPod is the bench process's CPU time (user + system) during the
 	// pipeline phase divided by the pods applied: the services, NATS and the
 	// simulator when they share the process (not with --services-apart).
@@ -51,7 +54,7 @@ func startCost(ctx context.Context, js jetstream.JetStream) (*costMeter, error) 
 		m.redisCPU, _ = procCPU(m.redisPID)
 	}
 	var err error
-	m.seqs, err = streamSeqs(ctx, js)
+	m.seqs, _, err = streamSeqs(ctx, js)
 	return m, err
 }
 
@@ -67,10 +70,11 @@ func (m *costMeter) done(ctx context.Context, pods int) (Cost, error) {
 			c.RedisCPUMSPerPod = float64((r - m.redisCPU).Microseconds()) / 1000 / float64(pods)
 		}
 	}
-	after, err := streamSeqs(ctx, m.js)
+	after, bytes, err := streamSeqs(ctx, m.js)
 	if err != nil {
 		return c, err
 	}
+	c.StreamBytes = bytes
 	var total uint64
 	for name, seq := range after {
 		if d := seq - m.seqs[name]; d > 0 {
@@ -82,18 +86,19 @@ func (m *costMeter) done(ctx context.Context, pods int) (Cost, error) {
 	return c, nil
 }
 
-// streamSeqs is each stream's last sequence: how many messages it stored
-// since it was made.
-func streamSeqs(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
-	out := map[string]uint64{}
+// streamSeqs is each stream's last sequence (how many messages it stored
+// since it was made) and the bytes it holds.
+func streamSeqs(ctx context.Context, js jetstream.JetStream) (seqs, bytes map[string]uint64, err error) {
+	seqs, bytes = map[string]uint64{}, map[string]uint64{}
 	l := js.ListStreams(ctx)
 	for info := range l.Info() {
-		out[info.Config.Name] = info.State.LastSeq
+		seqs[info.Config.Name] = info.State.LastSeq
+		bytes[info.Config.Name] = info.State.Bytes
 	}
 	if err := l.Err(); err != nil {
-		return nil, fmt.Errorf("list streams: %w", err)
+		return nil, nil, fmt.Errorf("list streams: %w", err)
 	}
-	return out, nil
+	return seqs, bytes, nil
 }
 
 func selfCPU() time.Duration {

@@ -230,15 +230,15 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 	f.add("Port group", r.PortGroup)
 	f.add("Switch", r.Switch)
 	f.add("IPs used", r.IPsUsed)
+	f.add("Hosts ready", fmt.Sprintf("%d of %d in scope", r.HostsReady, r.HostsInScope))
 	f.section("Hosts")
-	hosts := make([]string, 0, len(r.Hosts))
-	for h := range r.Hosts {
-		hosts = append(hosts, h)
+	hosts, err := networkHosts(ctx, b, name)
+	if err != nil {
+		return err
 	}
-	sort.Strings(hosts)
 	for _, h := range hosts {
-		st, _ := json.Marshal(r.Hosts[h])
-		f.row(h, string(st))
+		st, _ := json.Marshal(h.NetworkHostState)
+		f.row(h.Host, string(st))
 	}
 	f.flush()
 	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamNetworks)
@@ -247,6 +247,36 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 	}
 	printObjectEvents(out, evs)
 	return nil
+}
+
+// networkHosts reads what each host in a network's scope carries of it
+// (one key per host in net-realized), sorted by host.
+func networkHosts(ctx context.Context, b *bus.Bus, network string) ([]events.NetworkHostRecord, error) {
+	kv, err := b.KV(ctx, events.BucketNetRealized)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil // network-config has not started yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.Watch(ctx, events.NetworkHostKeys(network), jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = w.Stop() }()
+	var out []events.NetworkHostRecord
+	for e := range w.Updates() {
+		if e == nil {
+			break // the current values are all in
+		}
+		var h events.NetworkHostRecord
+		if err := json.Unmarshal(e.Value(), &h); err != nil {
+			return nil, fmt.Errorf("network %s: %s: %w", network, e.Key(), err)
+		}
+		out = append(out, h)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Host < out[j].Host })
+	return out, nil
 }
 
 // describeNativeVM shows a native VM's record and events; found is false

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
@@ -12,14 +11,16 @@ import (
 
 func init() {
 	registerResource(&resource{
-		names:      []string{"networks", "network", "net"},
-		kind:       "Network",
-		bucket:     events.BucketNetworks,
-		header:     []string{"NAME", "VLAN", "CIDR", "VERSION", "HOSTS", "IPS USED", "STATUS"},
-		wideHeader: []string{"PORT GROUP", "SWITCH", "REALIZED ON"},
+		names:  []string{"networks", "network", "net"},
+		kind:   "Network",
+		bucket: events.BucketNetworks,
+		header: []string{"NAME", "VLAN", "CIDR", "VERSION", "HOSTS", "IPS USED", "STATUS"},
+		// Which hosts carry a network: `describe network` (one key per
+		// host in net-realized; thousands of names fit no table cell).
+		wideHeader: []string{"PORT GROUP", "SWITCH", "LAST GOOD"},
 		wide: func(r record) []string {
 			n := &r.(*networkRow).NetworkRecord
-			return []string{dash(n.PortGroup), dash(n.Switch), dash(strings.Join(n.RealizedHosts(), ","))}
+			return []string{dash(n.PortGroup), dash(n.Switch), strconv.FormatInt(n.LastGoodVersion, 10)}
 		},
 		decode: func(v []byte) (record, error) {
 			var r networkRow
@@ -39,7 +40,7 @@ func (n *networkRow) Row(time.Time) []string {
 	status := statusCell(r.Status, r.Reason, r.Message)
 	return []string{
 		r.Name, strconv.Itoa(r.Spec.VLAN), r.Spec.CIDR, strconv.FormatInt(r.Version, 10),
-		fmt.Sprintf("%d/%d", r.ReadyHosts(), len(r.Scope)), strconv.Itoa(r.IPsUsed), dash(status),
+		fmt.Sprintf("%d/%d", r.HostsReady, r.HostsInScope), strconv.Itoa(r.IPsUsed), dash(status),
 	}
 }
 

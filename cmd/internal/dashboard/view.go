@@ -276,13 +276,15 @@ type DashPod struct {
 
 // DashNetwork is a network and the hosts that carry it.
 type DashNetwork struct {
-	Name   string   `json:"name"`
-	VLAN   int      `json:"vlan"`
-	CIDR   string   `json:"cidr"`
-	Status string   `json:"status"`
-	Hosts  []string `json:"hosts"`
-	Scope  int      `json:"scope"`
-	IPs    int      `json:"ipsUsed"`
+	Name   string `json:"name"`
+	VLAN   int    `json:"vlan"`
+	CIDR   string `json:"cidr"`
+	Status string `json:"status"`
+	// Ready and Scope count the hosts that carry the network and those in
+	// its scope.
+	Ready int `json:"ready"`
+	Scope int `json:"scope"`
+	IPs   int `json:"ipsUsed"`
 }
 
 // DashMigration is a migration and how far it got.
@@ -329,7 +331,7 @@ func (v *View) Snapshot() (Dashboard, uint64) {
 			continue
 		}
 		d.Networks = append(d.Networks, DashNetwork{Name: r.Name, VLAN: r.Spec.VLAN, CIDR: r.Spec.CIDR, Status: r.Status,
-			Hosts: r.RealizedHosts(), Scope: len(r.Scope), IPs: r.IPsUsed})
+			Ready: r.HostsReady, Scope: r.HostsInScope, IPs: r.IPsUsed})
 	}
 	sort.Slice(d.Networks, func(i, j int) bool { return d.Networks[i].Name < d.Networks[j].Name })
 	for key, raw := range v.buckets[events.BucketMigrations] {

@@ -80,7 +80,7 @@ function render(d) {
     const phase = el("span", p.phase + (p.reason ? " (" + p.reason + ")" : ""), "phase-" + p.phase);
     return [p.namespace, p.name, phase, p.host, p.ip, age(p.created, now), links];
   }, d.pods.map(p => age(p.created, now)).join());
-  fill("networks", d.networks, n => [n.name, n.vlan, n.cidr, n.status, n.hosts.length + "/" + n.scope + " " + n.hosts.join(", "), n.ipsUsed]);
+  fill("networks", d.networks, n => [n.name, n.vlan, n.cidr, n.status, n.ready + "/" + n.scope, n.ipsUsed]);
   fill("images", d.images, i => [i.image, i.layers, size(i.size), i.refs, i.datastore, i.state]);
   fill("migrations", d.migrations, m => [m.pod, m.from, m.to, m.phase + (m.reason ? " (" + m.reason + ")" : ""),
     meter(m.percent, 100, m.percent + "%")]);
