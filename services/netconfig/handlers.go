@@ -80,8 +80,14 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 		// Same spec as the current version: no new version, but converge.
 		return s.reconcileLocked(ctx, cause, name)
 	}
+	first := rec == nil || rec.Version == 0
 	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); err != nil {
 		return err
+	}
+	if first {
+		if err := s.serveOn(ctx, name); err != nil {
+			return err
+		}
 	}
 	return s.reconcileLocked(ctx, cause, name)
 }

@@ -2,6 +2,7 @@ package netconfig
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -38,18 +39,23 @@ func serviceOwner(service string) ipam.Owner {
 // agents read the profiles (KV net-services) and serve the service on the
 // hosts where the network is realized; pods attached afterwards get the
 // address as their nameserver. A network that does not exist (yet) is
-// recorded as such and picked up when the service is declared again.
+// recorded as such and configured once the network gets its first applied
+// version (serveOn).
 func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeclared) error {
 	svc := p.Service
 	annotate(ctx, attribute.String("network.service", svc.Metadata.Name))
 	var (
-		profiles []events.ServiceProfile
-		problems []string
+		profiles  []events.ServiceProfile
+		problems  []string
+		unapplied []string
 	)
 	for i, name := range svc.Spec.Networks {
 		prof, err := s.profile(ctx, svc, name)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("spec.networks[%d]: %v", i, err))
+			if errors.Is(err, errNoAppliedVersion) {
+				unapplied = append(unapplied, name)
+			}
 			continue
 		}
 		profiles = append(profiles, prof)
@@ -81,9 +87,47 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 	}
 	if len(problems) > 0 {
 		s.log.Warn("network service partly configured", "service", svc.Metadata.Name, "problems", problems)
+		// A network that got its version while this declaration was read
+		// may have looked for services before the record above was
+		// written (serveOn): look once more, so that neither side misses
+		// the other.
+		for _, name := range unapplied {
+			if rec, _, err := s.store.get(ctx, name); err == nil && rec != nil && rec.Version > 0 && rec.Status != events.NetworkStatusDeleting {
+				return bus.RetryAfter(fmt.Errorf("network service %s: network %s was applied meanwhile", svc.Metadata.Name, name), time.Second)
+			}
+		}
 	}
 	return nil
 }
+
+// serveOn configures, on a network that has just got an applied version,
+// the network services that name it and have no profile there yet: a
+// service declared before its network (in the same manifest, or before
+// up's default network is stored) is recorded Partial and gets its
+// profile here, without being declared again.
+func (s *Service) serveOn(ctx context.Context, network string) error {
+	recs, err := s.services.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if !slices.Contains(r.Spec.Networks, network) {
+			continue
+		}
+		if _, ok := r.Profile(network); ok {
+			continue
+		}
+		svc := events.NetworkService{APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: r.Name}, Spec: r.Spec}
+		if err := s.onServiceDeclared(ctx, nil, &events.NetworkServiceDeclared{Service: svc}); err != nil {
+			return fmt.Errorf("network service %s on network %s: %w", r.Name, network, err)
+		}
+	}
+	return nil
+}
+
+// errNoAppliedVersion: a service names a network that does not exist yet,
+// or has no version applied; serveOn configures it once it has.
+var errNoAppliedVersion = errors.New("does not exist or has no applied version")
 
 // profile configures a service on one network: the address it answers on,
 // taken from the network's pool once (a repeated declaration keeps it).
@@ -94,7 +138,7 @@ func (s *Service) profile(ctx context.Context, svc events.NetworkService, networ
 		return events.ServiceProfile{}, err
 	}
 	if rec == nil || rec.Version == 0 || rec.Status == events.NetworkStatusDeleting {
-		return events.ServiceProfile{}, fmt.Errorf("network %q does not exist or has no applied version", network)
+		return events.ServiceProfile{}, fmt.Errorf("network %q %w", network, errNoAppliedVersion)
 	}
 	pl, err := pool(rec)
 	if err != nil {

@@ -80,3 +80,28 @@ func TestNetworkDataNeedsARegisteredNamespace(t *testing.T) {
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile"})
 	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool { return len(r.Values) == 0 })
 }
+
+// A service declared before the networks it names (one manifest holds
+// both, and the service's event is handled first) gets its profiles when
+// each network gets its version, without being declared again.
+func TestNetworkServiceDeclaredBeforeItsNetwork(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
+	e.publish(events.TypeNetworkServiceDeclared, "early-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "early-dns"},
+		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"later", "later2"}},
+	}})
+	testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
+		return r.Status == events.NetworkServicePartial && len(r.Profiles) == 0
+	})
+	e.declare("later", events.NetworkSpec{CIDR: "10.41.0.0/24", Gateway: "10.41.0.1"})
+	testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
+		return r.Status == events.NetworkServicePartial && len(r.Profiles) == 1 && r.Profiles[0].Network == "later"
+	})
+	e.declare("later2", events.NetworkSpec{CIDR: "10.42.0.0/24", Gateway: "10.42.0.1"})
+	rec := testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
+		return r.Status == events.NetworkServiceReady
+	})
+	if len(rec.Profiles) != 2 || rec.Profiles[0].Network != "later" || rec.Profiles[1].Network != "later2" {
+		t.Fatalf("profiles %+v, want one on each network", rec.Profiles)
+	}
+}
