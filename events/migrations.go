@@ -112,27 +112,13 @@ func (e *MigrationRequested) Validate() error {
 // target host (the source allocation stays until the migration ends).
 type MigrationTargetReserved struct {
 	MigrationRef
-	// UID of the pod.
-	UID string `json:"uid"`
-	// SourceHost the pod runs on now.
-	SourceHost string `json:"sourceHost"`
-	// TargetHost it will move to.
-	TargetHost string `json:"targetHost"`
-	// TargetCluster of TargetHost.
-	TargetCluster string `json:"targetCluster"`
-	// TargetPool is the inventory path of the resource pool on the target.
-	TargetPool string `json:"targetPool,omitempty"`
+	MigrationMove
 }
 
-// Validate checks the fields.
+// Validate checks the fields; the target must differ from the source.
 func (e *MigrationTargetReserved) Validate() error {
 	errs := e.MigrationRef.validate()
-	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
-	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
-	if e.SourceHost != "" && e.SourceHost == e.TargetHost {
-		errs = append(errs, field.Invalid(field.NewPath("targetHost"), e.TargetHost, "must differ from sourceHost"))
-	}
-	errs = append(errs, validateObjectName(field.NewPath("targetCluster"), e.TargetCluster)...)
+	errs = append(errs, e.MigrationMove.validate(true)...)
 	return asError(errs)
 }
 
@@ -186,23 +172,13 @@ func (e *MigrationProgress) Validate() error {
 // port binding.
 type MigrationCompleted struct {
 	MigrationRef
-	UID string `json:"uid"`
-	// SourceHost the pod left.
-	SourceHost string `json:"sourceHost"`
-	// TargetHost the pod runs on now.
-	TargetHost string `json:"targetHost"`
-	// TargetCluster of TargetHost.
-	TargetCluster string `json:"targetCluster"`
-	// TargetPool is the resource pool the VM is in now.
-	TargetPool string `json:"targetPool,omitempty"`
+	MigrationMove
 }
 
 // Validate checks the fields.
 func (e *MigrationCompleted) Validate() error {
 	errs := e.MigrationRef.validate()
-	errs = append(errs, validateToken(field.NewPath("uid"), e.UID, true)...)
-	errs = append(errs, validateHostMove(e.SourceHost, e.TargetHost)...)
-	errs = append(errs, validateObjectName(field.NewPath("targetCluster"), e.TargetCluster)...)
+	errs = append(errs, e.MigrationMove.validate(false)...)
 	return asError(errs)
 }
 

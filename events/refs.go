@@ -60,3 +60,32 @@ func (r *MigrationRef) ObjectKey() string { return PodKey(r.Namespace, r.Pod) }
 func (r *MigrationRef) validate() field.ErrorList {
 	return validateMigrationRef(r.ID, r.Namespace, r.Pod)
 }
+
+// MigrationMove is the pod and the two ends of a migration whose target is
+// reserved, in migration.target.reserved and migration.completed. Like the
+// references above it is embedded without a json tag, so its fields stay at
+// the top level of the JSON object.
+type MigrationMove struct {
+	// UID of the pod.
+	UID string `json:"uid"`
+	// SourceHost the pod runs on before the move.
+	SourceHost string `json:"sourceHost"`
+	// TargetHost it moves to.
+	TargetHost string `json:"targetHost"`
+	// TargetCluster of TargetHost.
+	TargetCluster string `json:"targetCluster"`
+	// TargetPool is the inventory path of the resource pool on the target.
+	TargetPool string `json:"targetPool,omitempty"`
+}
+
+// validate checks the fields and, with distinct, that TargetHost is not
+// SourceHost (migration.target.reserved checks it, migration.completed
+// never has).
+func (m *MigrationMove) validate(distinct bool) field.ErrorList {
+	errs := validateToken(field.NewPath("uid"), m.UID, true)
+	errs = append(errs, validateHostMove(m.SourceHost, m.TargetHost)...)
+	if distinct && m.SourceHost != "" && m.SourceHost == m.TargetHost {
+		errs = append(errs, field.Invalid(field.NewPath("targetHost"), m.TargetHost, "must differ from sourceHost"))
+	}
+	return append(errs, validateObjectName(field.NewPath("targetCluster"), m.TargetCluster)...)
+}

@@ -65,21 +65,17 @@ func defaultBinary() string {
 // ConfigFrom reads the PODVISOR_GUESTCLUSTER_* settings of src over the
 // defaults.
 func ConfigFrom(src config.Source) (Config, error) {
-	c := DefaultConfig()
-	r := config.Read(src)
-	r.String("PODVISOR_NATS_URL", &c.NATSURL)
-	r.String("PODVISOR_NATS_CA", &c.NATSCA)
-	r.String("PODVISOR_GUESTCLUSTER_DIR", &c.Dir)
-	r.String("PODVISOR_GUESTCLUSTER_BINARY", &c.Binary)
-	r.String("PODVISOR_GUESTCLUSTER_NATS_URL", &c.NATSURL)
-	r.String("PODVISOR_GUESTCLUSTER_NATS_CA", &c.NATSCA)
-	r.String("PODVISOR_GUESTCLUSTER_AUTHORITY", &c.Authority)
-	r.Duration("PODVISOR_GUESTCLUSTER_READY_TIMEOUT", &c.ReadyTimeout)
-	r.Duration("PODVISOR_GUESTCLUSTER_RESYNC_INTERVAL", &c.ResyncInterval)
-	if err := r.Err(); err != nil {
-		return c, err
-	}
-	return c, c.Validate()
+	return config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+		r.String("PODVISOR_NATS_URL", &c.NATSURL)
+		r.String("PODVISOR_NATS_CA", &c.NATSCA)
+		r.String("PODVISOR_GUESTCLUSTER_DIR", &c.Dir)
+		r.String("PODVISOR_GUESTCLUSTER_BINARY", &c.Binary)
+		r.String("PODVISOR_GUESTCLUSTER_NATS_URL", &c.NATSURL)
+		r.String("PODVISOR_GUESTCLUSTER_NATS_CA", &c.NATSCA)
+		r.String("PODVISOR_GUESTCLUSTER_AUTHORITY", &c.Authority)
+		r.Duration("PODVISOR_GUESTCLUSTER_READY_TIMEOUT", &c.ReadyTimeout)
+		r.Duration("PODVISOR_GUESTCLUSTER_RESYNC_INTERVAL", &c.ResyncInterval)
+	})
 }
 
 // Validate checks every field and names each one that is wrong. Dir,

@@ -213,43 +213,40 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 
 // ConfigFrom is ConfigFromEnv over any source of settings.
 func ConfigFrom(src config.Source) (Config, error) {
-	var c Config
-	r := config.Read(src)
-	sizeVar := func(name string, dst *int64) {
-		if v, ok := r.Lookup(name); ok {
-			n, err := ParseBytes(v)
-			if err != nil {
-				r.Failf("%s: %w", name, err)
-				return
-			}
-			*dst = n
+	c, err := config.Load(src, Config{}, func(r *config.Reader, c *Config) {
+		size := func(name string, dst *int64) {
+			r.Parse(name, func(v string) error {
+				n, err := ParseBytes(v)
+				if err == nil {
+					*dst = n
+				}
+				return err
+			})
 		}
-	}
-	r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
-	r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
-	r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
-	r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
-	sizeVar("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
-	sizeVar("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
-	r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
-	r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
-	r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
-	r.String("PODVISOR_REGISTRY_AUTH_FILE", &c.RegistryAuthFile)
-	r.String("PODVISOR_REGISTRY_CA", &c.RegistryCAFile)
-	r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
-	r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
-	sizeVar("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
-	r.Int("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
-	sizeVar("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
-	sizeVar("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
-	r.Int("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
-	r.Int("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
-	r.String("PODVISOR_IMAGE_STAGING_DIR", &c.StagingDir)
-	r.String("PODVISOR_IMAGE_DISK_COMPRESSION", &c.DiskCompression)
-	err := r.Err()
-	if err == nil {
-		err = c.Validate()
-	}
+		r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
+		r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
+		r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
+		r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
+		size("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
+		size("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
+		r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
+		r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
+		r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
+		r.String("PODVISOR_REGISTRY_AUTH_FILE", &c.RegistryAuthFile)
+		r.String("PODVISOR_REGISTRY_CA", &c.RegistryCAFile)
+		r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
+		r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
+		size("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
+		r.Int("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
+		size("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
+		size("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
+		r.Int("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
+		r.Int("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
+		r.String("PODVISOR_IMAGE_STAGING_DIR", &c.StagingDir)
+		r.String("PODVISOR_IMAGE_DISK_COMPRESSION", &c.DiskCompression)
+	})
+	// The zero Config stands for the defaults (see Validate), filled here
+	// so that callers see the values in force.
 	return c.withDefaults(), err
 }
 

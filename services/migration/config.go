@@ -82,20 +82,16 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom returns DefaultConfig with src's overrides; a value that does
 // not parse is an error naming the variable.
 func ConfigFrom(src config.Source) (Config, error) {
-	cfg := DefaultConfig()
-	r := config.Read(src)
-	r.Int(EnvMaxPerHost, &cfg.Limits.PerSourceHost)
-	r.Int(EnvMaxPerCluster, &cfg.Limits.PerCluster)
-	r.Int(EnvWorkers, &cfg.Workers)
-	r.Duration(EnvRelocateTimeout, &cfg.RelocateTimeout)
-	r.Duration(EnvReservationTimeout, &cfg.ReservationTimeout)
-	r.Duration(EnvDrainTimeout, &cfg.DrainTimeout)
-	r.Duration(EnvRecordRetention, &cfg.RecordRetention)
-	r.Duration(EnvLeaseTTL, &cfg.LeaseTTL)
-	if err := r.Err(); err != nil {
-		return Config{}, err
-	}
-	return cfg, cfg.Validate()
+	return config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+		r.Int(EnvMaxPerHost, &c.Limits.PerSourceHost)
+		r.Int(EnvMaxPerCluster, &c.Limits.PerCluster)
+		r.Int(EnvWorkers, &c.Workers)
+		r.Duration(EnvRelocateTimeout, &c.RelocateTimeout)
+		r.Duration(EnvReservationTimeout, &c.ReservationTimeout)
+		r.Duration(EnvDrainTimeout, &c.DrainTimeout)
+		r.Duration(EnvRecordRetention, &c.RecordRetention)
+		r.Duration(EnvLeaseTTL, &c.LeaseTTL)
+	})
 }
 
 // Validate reports every invalid field, each naming the field and the

@@ -453,8 +453,8 @@ func (s *Service) announce(ctx context.Context, r *events.MigrationRecord) error
 	switch r.Phase {
 	case events.MigrationPhaseCompleted:
 		data = &events.MigrationCompleted{
-			MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: r.UID, SourceHost: r.SourceHost,
-			TargetHost: r.TargetHost, TargetCluster: r.TargetCluster, TargetPool: r.TargetPool,
+			MigrationRef:  events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod},
+			MigrationMove: events.MigrationMove{UID: r.UID, SourceHost: r.SourceHost, TargetHost: r.TargetHost, TargetCluster: r.TargetCluster, TargetPool: r.TargetPool},
 		}
 	case events.MigrationPhaseCancelled:
 		data = &events.MigrationCancelled{

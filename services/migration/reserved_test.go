@@ -129,8 +129,8 @@ func (w *world) reserve(id string, p pod, target string) {
 	w.t.Helper()
 	cluster := w.clusterOf(target)
 	w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, UID: p.uid, SourceHost: p.host,
-		TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources",
+		MigrationRef:  events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name},
+		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: p.host, TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources"},
 	})
 }
 
@@ -297,8 +297,8 @@ func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
 	// A reservation of the migration's own target seen again (a
 	// redelivery) is the one migration.completed promoted: no release.
 	seq := w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		MigrationRef: events.MigrationRef{ID: "late-1", Namespace: p.ns, Pod: p.name}, UID: p.uid, SourceHost: h[0],
-		TargetHost: h[1], TargetCluster: w.clusterOf(h[1]), TargetPool: "/DC0/host/" + w.clusterOf(h[1]) + "/Resources",
+		MigrationRef:  events.MigrationRef{ID: "late-1", Namespace: p.ns, Pod: p.name},
+		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: h[0], TargetHost: h[1], TargetCluster: w.clusterOf(h[1]), TargetPool: "/DC0/host/" + w.clusterOf(h[1]) + "/Resources"},
 	})
 	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
 	for _, e := range w.Events.Distinct() {

@@ -141,8 +141,8 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	s.mu.Unlock()
 	cluster := w.clusterOf(target)
 	w.publishAsync("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		MigrationRef: events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod}, UID: r.UID, SourceHost: r.Host,
-		TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources",
+		MigrationRef:  events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod},
+		MigrationMove: events.MigrationMove{UID: r.UID, SourceHost: r.Host, TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources"},
 	})
 }
 

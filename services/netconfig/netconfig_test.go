@@ -377,7 +377,7 @@ func TestMigrationMovesTheBinding(t *testing.T) {
 	e.schedule("mover", "uid-mover", hosts[0], "m")
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
 	e.publish(events.TypeMigrationCompleted, events.PodKey("default", "mover"), &events.MigrationCompleted{
-		MigrationRef: events.MigrationRef{ID: "mig-1", Namespace: "default", Pod: "mover"}, UID: "uid-mover", SourceHost: hosts[0], TargetHost: hosts[1], TargetCluster: "cluster-1",
+		MigrationRef: events.MigrationRef{ID: "mig-1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: "uid-mover", SourceHost: hosts[0], TargetHost: hosts[1], TargetCluster: "cluster-1"},
 	})
 	kv, err := e.bus.KV(context.Background(), events.BucketIPAM)
 	if err != nil {

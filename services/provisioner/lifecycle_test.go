@@ -420,8 +420,8 @@ func TestEvictionAndMigration(t *testing.T) {
 	// Migration: Migrating while relocating, then Running on the target.
 	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, Phase: events.PhaseRelocating, Percent: 40})
 	e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, UID: acc.UID,
-		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
 	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting && r.Host == hosts[1].Name })
 	if r.VMRef != first.VM {
 		t.Errorf("migration changed the VM: %s → %s", first.VM, r.VMRef)
@@ -459,8 +459,8 @@ func TestLateMigrationProgressChangesNothing(t *testing.T) {
 	e.facts(acc, hosts[0].Name)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, UID: acc.UID,
-		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster})
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
 	e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[1].Name && r.Migration == "m1" })
 	// The late progress, then the next migration's: one pod's events are
 	// handled in order, so once m2 shows, m1's late progress was handled.
@@ -474,8 +474,8 @@ func TestLateMigrationProgressChangesNothing(t *testing.T) {
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, Reason: "RelocateFailed", Message: "late"})
 	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, Phase: events.PhaseFinalizing, Percent: 100})
 	e.publish("podvisor/migration", events.TypeMigrationCancelled, &events.MigrationCancelled{MigrationRef: events.MigrationRef{ID: "m3", Namespace: "default", Pod: "mover"}, UID: acc.UID, TargetHost: hosts[1].Name})
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, UID: acc.UID,
-		SourceHost: hosts[1].Name, TargetHost: hosts[0].Name, TargetCluster: hosts[0].Cluster})
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+		SourceHost: hosts[1].Name, TargetHost: hosts[0].Name, TargetCluster: hosts[0].Cluster}})
 	r := e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[0].Name })
 	if r.Phase == events.PodPhaseMigrating || r.Migration != "m2" {
 		t.Errorf("after m2 completed: phase %s, migration %q; want out of Migrating, m2", r.Phase, r.Migration)

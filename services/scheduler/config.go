@@ -100,36 +100,31 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom reads the defaults overridden by src. The profile file is JSON
 // in the shape of framework.Profile.
 func ConfigFrom(src config.Source) (Config, error) {
-	c := DefaultConfig()
-	r := config.Read(src)
-	r.String(EnvStrategy, &c.Strategy)
-	r.Int(EnvPercentage, &c.PercentageOfHostsToScore)
-	r.Int(EnvMaxPodsPerHost, &c.MaxPodsPerHost)
-	r.Int(EnvBatchSize, &c.BatchSize)
-	r.Int(EnvWorkers, &c.Workers)
-	r.Duration(EnvResync, &c.ResyncInterval)
-	r.Duration(EnvInventoryPoll, &c.InventoryPoll)
-	r.Duration(EnvRetryInitial, &c.RetryInitial)
-	r.Duration(EnvRetryMax, &c.RetryMax)
-	r.Duration(EnvPendingRescan, &c.PendingRescan)
-	r.Float(EnvCPUOvercommit, &c.CPUOvercommit)
-	if path, ok := r.Lookup(EnvProfileFile); ok {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			r.Failf("%s: %w", EnvProfileFile, err)
-		} else {
+	return config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+		r.String(EnvStrategy, &c.Strategy)
+		r.Int(EnvPercentage, &c.PercentageOfHostsToScore)
+		r.Int(EnvMaxPodsPerHost, &c.MaxPodsPerHost)
+		r.Int(EnvBatchSize, &c.BatchSize)
+		r.Int(EnvWorkers, &c.Workers)
+		r.Duration(EnvResync, &c.ResyncInterval)
+		r.Duration(EnvInventoryPoll, &c.InventoryPoll)
+		r.Duration(EnvRetryInitial, &c.RetryInitial)
+		r.Duration(EnvRetryMax, &c.RetryMax)
+		r.Duration(EnvPendingRescan, &c.PendingRescan)
+		r.Float(EnvCPUOvercommit, &c.CPUOvercommit)
+		r.Parse(EnvProfileFile, func(path string) error {
+			data, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
 			var p framework.Profile
 			if err := json.Unmarshal(data, &p); err != nil {
-				r.Failf("%s: %s: %w", EnvProfileFile, path, err)
-			} else {
-				c.Profile = &p
+				return fmt.Errorf("%s: %w", path, err)
 			}
-		}
-	}
-	if err := r.Err(); err != nil {
-		return c, err
-	}
-	return c, c.Validate()
+			c.Profile = &p
+			return nil
+		})
+	})
 }
 
 // Validate reports every problem, each naming its field.

@@ -145,8 +145,8 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 	}
 	s.log.Info("migration target reserved", "migration", e.ID, "pod", p.Key, "from", source, "to", o.placement.Host)
 	return s.out.Emit(ctx, &cause, &events.MigrationTargetReserved{
-		MigrationRef: e.MigrationRef, UID: rec.UID, SourceHost: source,
-		TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool,
+		MigrationRef:  e.MigrationRef,
+		MigrationMove: events.MigrationMove{UID: rec.UID, SourceHost: source, TargetHost: o.placement.Host, TargetCluster: o.placement.Cluster, TargetPool: o.placement.ResourcePool},
 	})
 }
 

@@ -120,7 +120,7 @@ func TestMigrationPlacement(t *testing.T) {
 	}
 
 	e.PublishAs("podvisor/migration", events.TypeMigrationCompleted, acc.ObjectKey(), &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "web"},
-		UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"})
+		MigrationMove: events.MigrationMove{UID: acc.UID, SourceHost: source, TargetHost: c1[1], TargetCluster: "cluster-1"}})
 	e.EventuallyWithin("allocation moved", 10*time.Second, func() bool {
 		a, onTarget := e.allocations(c1[1])[acc.UID]
 		_, onSource := e.allocations(source)[acc.UID]

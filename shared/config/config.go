@@ -129,6 +129,17 @@ func (r *Reader) Bool(name string, dst *bool) {
 	}
 }
 
+// Parse hands name's value, when it is set, to parse, which stores it
+// where it belongs; an error it returns is recorded as "<name>: <error>".
+// It is for settings of a kind of a service's own (a size, a file to read).
+func (r *Reader) Parse(name string, parse func(value string) error) {
+	if v, ok := r.Lookup(name); ok {
+		if err := parse(v); err != nil {
+			r.Failf("%s: %w", name, err)
+		}
+	}
+}
+
 // List sets *dst to name's comma-separated values, trimmed, empty ones
 // dropped.
 func (r *Reader) List(name string, dst *[]string) {
@@ -145,3 +156,17 @@ func (r *Reader) List(name string, dst *[]string) {
 
 // Err is every problem found so far, joined; nil when there is none.
 func (r *Reader) Err() error { return errors.Join(r.errs...) }
+
+// Load is a service's ConfigFrom in one call: it starts from defaults,
+// lets read declare each setting on a Reader (the one place a service
+// names its settings), and validates the result. Every bad value is
+// reported at once, and Validate runs only when every value was read.
+func Load[C interface{ Validate() error }](src Source, defaults C, read func(r *Reader, c *C)) (C, error) {
+	c := defaults
+	r := Read(src)
+	read(r, &c)
+	if err := r.Err(); err != nil {
+		return c, err
+	}
+	return c, c.Validate()
+}

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +70,54 @@ func TestChecksNameEveryFieldInOneForm(t *testing.T) {
 	none.Must(true, "Workers", 1, "be at least 1")
 	if err := none.Err(); err != nil {
 		t.Errorf("Err() with no problem = %v", err)
+	}
+}
+
+// settings is a Config as a service declares one, for Load.
+type settings struct {
+	Workers int
+	Size    int64
+}
+
+func (s settings) Validate() error {
+	var c config.Checks
+	c.Must(s.Workers >= 1, "Workers", s.Workers, "be at least 1")
+	return c.Err()
+}
+
+func readSettings(r *config.Reader, s *settings) {
+	r.Int("WORKERS", &s.Workers)
+	r.Parse("SIZE", func(v string) error {
+		if v != "big" {
+			return fmt.Errorf("%q is not big", v)
+		}
+		s.Size = 1 << 30
+		return nil
+	})
+}
+
+func TestLoadReadsOverDefaultsThenValidates(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    settings
+		wantErr string
+	}{
+		{name: "defaults", env: nil, want: settings{Workers: 2}},
+		{name: "overrides", env: map[string]string{"WORKERS": "5", "SIZE": "big"}, want: settings{Workers: 5, Size: 1 << 30}},
+		{name: "bad values all named, not validated", env: map[string]string{"WORKERS": "0x", "SIZE": "small"},
+			want: settings{Workers: 2}, wantErr: "WORKERS=\"0x\": want a whole number\nSIZE: \"small\" is not big"},
+		{name: "read, then invalid", env: map[string]string{"WORKERS": "0"}, want: settings{Workers: 0}, wantErr: "Workers 0: must be at least 1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := config.Load(config.Map(tt.env), settings{Workers: 2}, readSettings)
+			if got != tt.want {
+				t.Errorf("Load = %+v, want %+v", got, tt.want)
+			}
+			if (err == nil) != (tt.wantErr == "") || (err != nil && err.Error() != tt.wantErr) {
+				t.Errorf("Load error = %v, want %q", err, tt.wantErr)
+			}
+		})
 	}
 }

@@ -10,14 +10,16 @@
 //	src := config.Layered(config.Env(), config.Map(simulatorDefaults))
 //	cfg, err := netconfig.ConfigFrom(src)
 //
-// A service's ConfigFrom starts from its defaults and reads each setting
-// with a Reader, which collects every bad value with the variable's name
-// and what was wanted, so that one run reports them all:
+// A service's ConfigFrom is one call to Load: from its defaults, it
+// declares each setting once on a Reader, which collects every bad value
+// with the variable's name and what was wanted, so that one run reports
+// them all; Load then validates what was read:
 //
-//	r := config.Read(src)
-//	r.Int("PODVISOR_NETCONFIG_WORKERS", &c.Workers)
-//	r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
-//	if err := r.Err(); err != nil { … }
+//	return config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+//		r.Int("PODVISOR_SCHEDULER_WORKERS", &c.Workers)
+//		r.Duration("PODVISOR_SCHEDULER_RESYNC_INTERVAL", &c.ResyncInterval)
+//		r.Parse("PODVISOR_SCHEDULER_PROFILE_FILE", func(path string) error { … }) // a kind of its own
+//	})
 //
 // An unset or empty variable leaves the default.
 package config

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -57,7 +58,7 @@ func TestHostsMatchTheSimulator(t *testing.T) {
 			t.Errorf("%s: not schedulable at start: %s maintenance=%v", h.Name, h.ConnectionState, h.InMaintenance)
 		}
 	}
-	if !slices.IsSortedFunc(hosts, func(a, b vsphere.Host) int { return compare(a.Name, b.Name) }) {
+	if !slices.IsSortedFunc(hosts, func(a, b vsphere.Host) int { return strings.Compare(a.Name, b.Name) }) {
 		t.Error("hosts are not sorted by name")
 	}
 
@@ -89,16 +90,6 @@ func TestHostsMatchTheSimulator(t *testing.T) {
 			}
 		}
 	}
-}
-
-func compare(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func TestResourcePoolOfCluster(t *testing.T) {

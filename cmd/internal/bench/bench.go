@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -351,7 +352,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.Raw.Tries = append(res.Raw.Tries, try)
 		p.say("raw: %d workers: %.1f VMs/s", w, try.VMsPerS)
 	}
-	best := slices.MaxFunc(res.Raw.Tries, func(a, b RawTry) int { return cmpFloat(a.VMsPerS, b.VMsPerS) })
+	best := slices.MaxFunc(res.Raw.Tries, func(a, b RawTry) int { return cmp.Compare(a.VMsPerS, b.VMsPerS) })
 	res.Raw.VMsPerS, res.Raw.Workers, res.Raw.VMs = best.VMsPerS, best.Workers, cfg.Pods
 
 	p.say("sequential: %d VMs one at a time…", cfg.SequentialVMs)
@@ -401,16 +402,6 @@ func ratios(r *Result) Ratios {
 		PipelineToRaw:        div(r.Pipeline.PodsPerS, r.Raw.VMsPerS),
 		PipelineToSequential: div(r.Pipeline.PodsPerS, r.Sequential.VMsPerS),
 	}
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 type progress struct{ w io.Writer }

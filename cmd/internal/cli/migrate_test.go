@@ -103,16 +103,16 @@ func TestMigrateCLIPrintsTheOutcome(t *testing.T) {
 		}
 		if r.TargetHost == "esx-2-01" {
 			return []events.Payload{
-				&events.MigrationTargetReserved{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: "u1", SourceHost: "esx-1-01", TargetHost: r.TargetHost, TargetCluster: "cluster-2"},
+				&events.MigrationTargetReserved{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, MigrationMove: events.MigrationMove{UID: "u1", SourceHost: "esx-1-01", TargetHost: r.TargetHost, TargetCluster: "cluster-2"}},
 				&events.MigrationFailed{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: "u1", SourceHost: "esx-1-01", TargetHost: r.TargetHost,
 					Reason: "NetworkMissingOnTarget", Message: "network backend is not available on esx-2-01 (not in its scope)"},
 			}
 		}
 		return []events.Payload{
-			&events.MigrationTargetReserved{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: "u1", SourceHost: "esx-1-01", TargetHost: "esx-1-02", TargetCluster: "cluster-1"},
+			&events.MigrationTargetReserved{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, MigrationMove: events.MigrationMove{UID: "u1", SourceHost: "esx-1-01", TargetHost: "esx-1-02", TargetCluster: "cluster-1"}},
 			&events.MigrationProgress{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, Phase: events.PhaseQueued, QueuePosition: 1, Message: "2 migrations already leave esx-1-01"},
 			&events.MigrationProgress{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, Phase: events.PhaseRelocating, Percent: 50},
-			&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: "u1", SourceHost: "esx-1-01", TargetHost: "esx-1-02", TargetCluster: "cluster-1"},
+			&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, MigrationMove: events.MigrationMove{UID: "u1", SourceHost: "esx-1-01", TargetHost: "esx-1-02", TargetCluster: "cluster-1"}},
 		}
 	})
 
@@ -195,7 +195,7 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 	answer(t, b, events.SubjectHostDrainRequested, func(p any) []events.Payload {
 		d := p.(*events.HostDrainRequested)
 		out := []events.Payload{&events.HostCordoned{Name: d.Name, Reason: "Drain"},
-			&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "x1", Namespace: "default", Pod: "web"}, UID: "u1", SourceHost: d.Name, TargetHost: "esx-1-02", TargetCluster: "cluster-1"}}
+			&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "x1", Namespace: "default", Pod: "web"}, MigrationMove: events.MigrationMove{UID: "u1", SourceHost: d.Name, TargetHost: "esx-1-02", TargetCluster: "cluster-1"}}}
 		if d.Name == "esx-1-01" {
 			return append(out, &events.HostDrained{Name: d.Name, Migrated: 1})
 		}
@@ -298,8 +298,8 @@ func TestRebalanceCLI(t *testing.T) {
 		if r.TargetHost != "esx-1-02" {
 			t.Errorf("move of %s to %q, want esx-1-02", r.Pod, r.TargetHost)
 		}
-		return []events.Payload{&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, UID: "uid-" + r.Pod,
-			SourceHost: "esx-1-01", TargetHost: r.TargetHost, TargetCluster: "cluster-1"}}
+		return []events.Payload{&events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: r.ID, Namespace: r.Namespace, Pod: r.Pod}, MigrationMove: events.MigrationMove{UID: "uid-" + r.Pod,
+			SourceHost: "esx-1-01", TargetHost: r.TargetHost, TargetCluster: "cluster-1"}}}
 	})
 	out, errOut, code = runTool(t, url, "rebalance", "--wait", "10s")
 	if code != 0 || strings.Count(out, "moved default/") != 2 {

@@ -42,17 +42,13 @@ type Config struct {
 
 // ConfigFrom reads the Config from settings and validates it.
 func ConfigFrom(src config.Source) (Config, error) {
-	c := Config{Addr: ":8443"}
-	r := config.Read(src)
-	r.String("PODVISOR_DASHBOARD_ADDR", &c.Addr)
-	r.String("PODVISOR_DASHBOARD_TLS_CERT", &c.CertFile)
-	r.String("PODVISOR_DASHBOARD_TLS_KEY", &c.KeyFile)
-	r.String("PODVISOR_DASHBOARD_CLIENT_CA", &c.ClientCAFile)
-	r.String("PODVISOR_REGISTRY", &c.Registry)
-	if err := r.Err(); err != nil {
-		return c, err
-	}
-	return c, c.Validate()
+	return config.Load(src, Config{Addr: ":8443"}, func(r *config.Reader, c *Config) {
+		r.String("PODVISOR_DASHBOARD_ADDR", &c.Addr)
+		r.String("PODVISOR_DASHBOARD_TLS_CERT", &c.CertFile)
+		r.String("PODVISOR_DASHBOARD_TLS_KEY", &c.KeyFile)
+		r.String("PODVISOR_DASHBOARD_CLIENT_CA", &c.ClientCAFile)
+		r.String("PODVISOR_REGISTRY", &c.Registry)
+	})
 }
 
 // Validate names every setting that is wrong.

@@ -145,16 +145,9 @@ func (l *Layer) apply(hdr *tar.Header, body io.Reader) error {
 		}
 		n.kind = kindDir
 		return l.attrs(hdr, n, unix.S_IFDIR)
-	case tar.TypeGNUSparse:
-		return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
-	case tar.TypeReg, tar.TypeRegA:
-		for k := range hdr.PAXRecords {
-			if strings.HasPrefix(k, "GNU.sparse.") {
-				return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
-			}
-		}
-		if hdr.Size < 0 || hdr.Size > l.opts.MaxBytes-l.Bytes {
-			return invalid(hdr.Name, "%d bytes, past the cap of %d bytes of file contents per layer", hdr.Size, l.opts.MaxBytes)
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		if err := checkFile(hdr, l.Bytes, l.opts.MaxBytes); err != nil {
+			return err
 		}
 		n := l.add(parent, name, base, &node{kind: kindOther})
 		if err := l.attrs(hdr, n, unix.S_IFREG); err != nil {

@@ -297,16 +297,9 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 		}
 		w.dirs = append(w.dirs, dirTime{name: name, mtime: hdr.ModTime})
 		return nil
-	case tar.TypeGNUSparse:
-		return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
-	case tar.TypeReg, tar.TypeRegA:
-		for k := range hdr.PAXRecords {
-			if strings.HasPrefix(k, "GNU.sparse.") {
-				return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
-			}
-		}
-		if hdr.Size < 0 || hdr.Size > w.opts.MaxBytes-w.bytes {
-			return invalid(hdr.Name, "%d bytes, past the cap of %d bytes of file contents per layer", hdr.Size, w.opts.MaxBytes)
+	case tar.TypeReg, tar.TypeRegA, tar.TypeGNUSparse:
+		if err := checkFile(hdr, w.bytes, w.opts.MaxBytes); err != nil {
+			return err
 		}
 		w.seen[name] = kindOther
 		fd, err := unix.Openat(parent, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
@@ -351,6 +344,23 @@ func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
 		return err
 	}
 	return w.mtime(hdr.Name, parent, base, hdr.ModTime)
+}
+
+// checkFile refuses a regular file entry that is sparse (its holes would
+// expand past what the stream carries) or whose contents would take the
+// layer's file contents (used bytes so far) past limit.
+func checkFile(hdr *tar.Header, used, limit int64) error {
+	sparse := hdr.Typeflag == tar.TypeGNUSparse
+	for k := range hdr.PAXRecords {
+		sparse = sparse || strings.HasPrefix(k, "GNU.sparse.")
+	}
+	if sparse {
+		return invalid(hdr.Name, "sparse files are not supported (their holes would expand past what the stream carries)")
+	}
+	if hdr.Size < 0 || hdr.Size > limit-used {
+		return invalid(hdr.Name, "%d bytes, past the cap of %d bytes of file contents per layer", hdr.Size, limit)
+	}
+	return nil
 }
 
 // deviceType is the file type of a device or fifo entry, whose device
