@@ -177,7 +177,13 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	}
 	a.pod = pod
 	a.mu.Unlock()
-	pod.Create()
+	if cfg.Spec.NetworkPending {
+		// The network is awaited (a fork made before its attach): the
+		// containers' create overlaps that wait. A pod whose cards are
+		// there at boot waits for nothing, and `run` costs less than a
+		// `create` and a `start` (measured: about 45 ms per pod idle).
+		pod.Create()
+	}
 	go func() {
 		// From here on the pod's Run (or Abandon) ends it: a stop waits
 		// for one of them.
