@@ -83,8 +83,10 @@ type Config struct {
 	// ForkEarly forks a pod VM as soon as its pod is placed and its images
 	// are ready, before its network is attached, when its shape has a
 	// template ready (forkearly.go); off, a pod VM is forked (or created)
-	// once the network is attached. Default on; it matters only with
-	// TemplatesWarm.
+	// once the network is attached. Default off: idle, on the simulated
+	// datacenter, it measured slower than forking after the network
+	// (docs/bench.md) and one fork in a bench of six never ran; it matters
+	// only with TemplatesWarm.
 	ForkEarly bool
 	// NativeVM configures the native VM controller (its defaults apply to
 	// the zero value).
@@ -110,7 +112,7 @@ func DefaultConfig() Config {
 		GuestRepairs:      2,
 		AwaitGuestStop:    true,
 		GuestStopSlack:    10 * time.Second,
-		ForkEarly:         true,
+		ForkEarly:         false,
 	}
 }
 

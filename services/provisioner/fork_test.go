@@ -217,6 +217,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	e := newEnv(t)
 	cfg := testConfig()
 	cfg.TemplatesWarm = 1
+	cfg.ForkEarly = true
 	svc, _ := e.start(cfg)
 	host := e.dc.Hosts()[0].Name
 	ctx := context.Background()

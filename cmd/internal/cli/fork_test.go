@@ -35,7 +35,7 @@ import (
 // fails falls back to a create, the reason on the pod.
 func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
-		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128", provisioner.EnvTemplatesWarm: "1"})})
+		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128", provisioner.EnvTemplatesWarm: "1", provisioner.EnvForkEarly: "true"})})
 	ctx := t.Context()
 	admin, err := sys.Dial(ctx, bus.IdentityAdmin)
 	if err != nil {
