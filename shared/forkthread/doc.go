@@ -1,4 +1,4 @@
-// Package forkthread starts child processes from one OS thread that lives
+// Package forkthread starts child processes from a few OS threads that live
 // as long as the process.
 //
 // A child started with Pdeathsig (SysProcAttr) is sent that signal when the
@@ -6,6 +6,6 @@
 // The Go runtime ends a thread whenever a goroutine exits while locked to it,
 // as code that enters another network namespace and cannot come back does.
 // A child forked from such a thread dies with it, seconds into its life and
-// for no reason it could report. Start forks every child from a thread that
-// never ends: a goroutine locked to it for the life of the process.
+// for no reason it could report. Start forks every child from threads that
+// never end: goroutines locked to them for the life of the process.
 package forkthread

@@ -6,6 +6,11 @@ import (
 	"sync"
 )
 
+// threads is how many fork threads start children: guests boot in
+// parallel (shared/sim/guest), and one thread would make their starts
+// queue behind one another.
+const threads = 8
+
 var (
 	once sync.Once
 	reqs chan request
@@ -16,19 +21,21 @@ type request struct {
 	done chan error
 }
 
-// Start starts cmd (cmd.Start) from the process's fork thread, so that its
-// Pdeathsig fires only when the process ends.
+// Start starts cmd (cmd.Start) from one of the process's fork threads, so
+// that its Pdeathsig fires only when the process ends.
 func Start(cmd *exec.Cmd) error {
 	once.Do(func() {
 		reqs = make(chan request)
-		go func() {
-			// Never unlocked, and the goroutine never returns: the thread
-			// lives as long as the process.
-			runtime.LockOSThread()
-			for r := range reqs {
-				r.done <- r.cmd.Start()
-			}
-		}()
+		for range threads {
+			go func() {
+				// Never unlocked, and the goroutine never returns: the
+				// thread lives as long as the process.
+				runtime.LockOSThread()
+				for r := range reqs {
+					r.done <- r.cmd.Start()
+				}
+			}()
+		}
 	})
 	done := make(chan error, 1)
 	reqs <- request{cmd: cmd, done: done}
