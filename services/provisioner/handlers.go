@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"go.opentelemetry.io/otel/attribute"
@@ -65,6 +66,14 @@ func (s *Service) routes() *bus.Router {
 	podRoute(s, r, handling.evicted)
 	podRoute(s, r, handling.containersReported)
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationProgress) error {
+		ended, err := s.migrationEnded(ctx, p)
+		if err != nil {
+			return err
+		}
+		if ended {
+			h.log.Info("late migration progress ignored: its migration has ended", "migration", p.ID, "phase", p.Phase)
+			return nil
+		}
 		return h.fact(ctx, p.Namespace, p.Pod, "", func(r *events.PodRecord) bool { return s.applyMigrationProgress(r, p) })
 	})
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.MigrationCompleted) error {
@@ -531,6 +540,31 @@ func (s *Service) applyNetworkAttached(r *events.PodRecord, p *events.PodNetwork
 	}
 	r.SetCondition(events.PodConditionNetworkAttached, status, reason, msg, s.now().UTC())
 	return true
+}
+
+// migrationEnded reports whether a progress that would put its pod in
+// Migrating belongs to a migration whose record (the migration service's, the
+// truth about it) is already final. The pod record remembers only the last
+// migration that ended: a progress redelivered late, after that migration
+// and another one both ended, would otherwise put the pod back in Migrating
+// for good. A missing record is not taken as ended (the record is written
+// before any progress, and it is never removed while its pod exists).
+func (s *Service) migrationEnded(ctx context.Context, p *events.MigrationProgress) (bool, error) {
+	if p.Phase != events.PhaseRelocating && p.Phase != events.PhaseFinalizing {
+		return false, nil // applyMigrationProgress ignores these anyway
+	}
+	e, err := s.migs.Get(ctx, events.MigrationRecordKey(p.ID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read migration %s: %w", p.ID, err) // retried
+	}
+	var m events.MigrationRecord
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return false, nil // not the pod's fault: fold the progress as before
+	}
+	return events.MigrationPhaseFinal(m.Phase), nil
 }
 
 // The migration events are facts about one migration (PodRecord.Migration):

@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -479,6 +480,60 @@ func TestLateMigrationProgressChangesNothing(t *testing.T) {
 	r := e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[0].Name })
 	if r.Phase == events.PodPhaseMigrating || r.Migration != "m2" {
 		t.Errorf("after m2 completed: phase %s, migration %q; want out of Migrating, m2", r.Phase, r.Migration)
+	}
+}
+
+// TestProgressOfAnEndedMigrationChangesNothing is the fault run's case: m1
+// completed, then a drain's m2 failed, and only then was m1's Relocating
+// progress redelivered (its first deliveries had failed while a NATS node
+// was down). The pod record remembers only m2; m1's own record says it is
+// over, so the pod must not go back to Migrating, where nothing would take
+// it out again.
+func TestProgressOfAnEndedMigrationChangesNothing(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	hosts := e.dc.Hosts()
+	acc := e.request(testPod("late"))
+	e.facts(acc, hosts[0].Name)
+	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	ref := func(id string) events.MigrationRef {
+		return events.MigrationRef{ID: id, Namespace: "default", Pod: "late"}
+	}
+
+	putMigration(t, e, events.MigrationRecord{ID: "m1", Namespace: "default", Pod: "late", UID: acc.UID, Phase: events.MigrationPhaseCompleted})
+	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: ref("m1"), MigrationMove: events.MigrationMove{UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
+	e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Host == hosts[1].Name && r.Migration == "m1" })
+	putMigration(t, e, events.MigrationRecord{ID: "m2", Namespace: "default", Pod: "late", UID: acc.UID, Phase: events.MigrationPhaseFailed})
+	e.publish("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{MigrationRef: ref("m2"), UID: acc.UID,
+		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, Reason: "PodMoved", Message: "the pod runs elsewhere"})
+	e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Migration == "m2" })
+
+	// m1's late progress, then m3's (no record: in flight). One pod's
+	// events are handled in order, so once either shows, m1's was handled;
+	// had it put the pod in Migrating, m3's could not change the record.
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m1"), Phase: events.PhaseRelocating})
+	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m3"), Phase: events.PhaseRelocating, Percent: 10})
+	r := e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
+	if r.Migration != "m3" {
+		t.Errorf("pod Migrating for %q (%s), want m3: the ended m1's late progress was folded", r.Migration, r.Message)
+	}
+}
+
+// putMigration writes a migration record as the migration service would.
+func putMigration(t *testing.T, e *env, m events.MigrationRecord) {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := e.bus.KV(ctx, events.BucketMigrations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, events.MigrationRecordKey(m.ID), b); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
@@ -40,6 +41,8 @@ type Service struct {
 	vms  *podvm.Client
 	log  *slog.Logger
 	recs *records
+	// migs reads the migration service's records (is a migration over?).
+	migs jetstream.KeyValue
 	// keys holds the key-encryption key of encrypted ephemeral disks; nil
 	// without a key file.
 	keys *diskkeys.Keeper
@@ -102,7 +105,12 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: pods bucket (is the topology declared?): %w", err)
 	}
+	migs, err := b.KV(ctx, events.BucketMigrations)
+	if err != nil {
+		return nil, fmt.Errorf("provisioner: migrations bucket (is the topology declared?): %w", err)
+	}
 	s := &Service{
+		migs:    migs,
 		cfg:     cfg,
 		bus:     b,
 		out:     b.Emitter(Source),
