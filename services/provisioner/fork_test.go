@@ -363,4 +363,32 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.dc.ForkedFrom(r.VMRef) != "" {
 		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.dc.ForkedFrom(r.VMRef))
 	}
+
+	// The fork ahead of the network fails after making its child (the
+	// child's power-on fails): that child, its cables out and its guest
+	// waiting for a network, must not become the pod's VM once the
+	// network comes; the pod's VM is created.
+	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", ObjectType: "VirtualMachine",
+		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
+		t.Fatal(err)
+	}
+	acc = e.request(imagePod("early-child-fails", "app"))
+	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
+	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool {
+		st, reason := forked(r)
+		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
+	})
+	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	r = e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	if from := e.dc.ForkedFrom(r.VMRef); from != "" {
+		t.Fatalf("after a fork ahead of the network whose child failed to power on, the pod's VM %s is that child (forked from %s), want a created VM", r.VMRef, from)
+	}
+	if spec := guestSpec(r.VMRef); spec.NetworkPending || len(spec.NICs) != 1 {
+		t.Fatalf("the pod's VM after a failed fork: guest spec networkPending %v, %d nics; want the pod's network", spec.NetworkPending, len(spec.NICs))
+	}
+	if vms := e.vmsNamed(r.VMName); len(vms) != 1 {
+		t.Fatalf("VMs named %s: %d, want the pod's one", r.VMName, len(vms))
+	}
 }

@@ -82,6 +82,17 @@ func (s *Service) forkEarly(ctx context.Context, r *events.PodRecord) error {
 	span.SetAttributes(attribute.String("template", out.Template), attribute.String("reason", out.Reason))
 	now = s.now().UTC()
 	if !out.Forked {
+		if out.Reason == templates.ReasonInstantCloneFailed {
+			// A clone that failed after making its child (its power-on
+			// failed) leaves a VM of the pod's name with its cables out
+			// and its guest waiting for a network nobody would attach:
+			// found by name once the network comes, it would be powered
+			// on and never run. It goes now; the pod's VM is then made
+			// once the network is attached.
+			if err := s.removeVMs(ctx, r); err != nil {
+				return err
+			}
+		}
 		r.SetCondition(events.PodConditionVMForked, events.ConditionFalse, out.Reason,
 			"not forked ahead of the network: "+out.Message, now)
 		s.log.Info("pod VM not forked ahead of its network; made once the network is attached", "key", r.Key(), "reason", out.Reason, "message", out.Message)

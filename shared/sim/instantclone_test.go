@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -289,4 +290,49 @@ func newTemplateVM(t *testing.T, chainByte, portGroup, mac string) templateVM {
 		t.Fatal(err)
 	}
 	return tv
+}
+
+// The simulated instant clone is done within InstantClone_Task: the task
+// the call returns has ended, so a client's first read of it through a
+// property collector has the result. (vcsim's collector reports a change
+// of a running task on a 20 ms tick: a fork whose task ended after the
+// client's wait began cost that tick, measured as most of a fork.) The
+// child's create is slowed here so that a task still running could not be
+// missed.
+func TestInstantCloneTaskHasEndedWhenTheCallReturns(t *testing.T) {
+	ctx := context.Background()
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1, Seed: 1})
+	c := simtest.Client(t, d)
+	simtest.AddPortGroup(t, c, d.DVS(), "pv-a")
+	parent, _ := simtest.CreatePodVM(t, c, d, simtest.PodVM{
+		Name: "pv-template", Host: d.Hosts()[0], NumCPUs: 1, MemoryMB: 128, Spec: forkSpec("uid-t", "t", "sha256:"+strings.Repeat("a", 64)),
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 1 << 20}},
+		NICs:  []simtest.PodVMNIC{{PortGroup: "pv-a", MAC: "00:50:56:aa:00:01"}},
+	})
+	powerOn(t, parent)
+	if err := d.SetTaskDelay("CreateVm", 100*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	task, err := parent.InstantClone(ctx, types.VirtualMachineInstantCloneSpec{Name: "pv-child"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tk mo.Task
+	if err := property.DefaultCollector(c.Client).RetrieveOne(ctx, task.Reference(), []string{"info"}, &tk); err != nil {
+		t.Fatal(err)
+	}
+	if tk.Info.State != types.TaskInfoStateSuccess {
+		t.Fatalf("task %s is %s when InstantClone_Task returns, want success", task.Reference().Value, tk.Info.State)
+	}
+	ref, ok := tk.Info.Result.(types.ManagedObjectReference)
+	if !ok || ref.Type != "VirtualMachine" {
+		t.Fatalf("task result %#v, want the child VM", tk.Info.Result)
+	}
+	var vm mo.VirtualMachine
+	if err := property.DefaultCollector(c.Client).RetrieveOne(ctx, ref, []string{"name", "runtime.powerState"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	if vm.Name != "pv-child" || vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("child %q is %s, want pv-child powered on", vm.Name, vm.Runtime.PowerState)
+	}
 }

@@ -130,6 +130,9 @@ func (c *channel) setCut(cut bool) {
 func (c *channel) dropLocked() {
 	for p := range c.conns {
 		p.close()
+		// Gone now, not once its forwarder has noticed: a cut channel
+		// counts no connection from the moment it is cut.
+		delete(c.conns, p)
 	}
 }
 

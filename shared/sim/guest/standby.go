@@ -75,19 +75,49 @@ func (m *Manager) StartStandby(parent string, vm VM) (string, error) {
 	vm.Key = "sb-" + strconv.FormatInt(standbys.Add(1), 10)
 	vm.Name = "standby of " + vm.Name
 	vm.NICs, vm.ForkOf, vm.Standby = nil, "", ""
+	// The boot runs outside the manager's lock, as PowerOn's does: it
+	// takes milliseconds (a process in new namespaces), and the lock is
+	// what every running guest's reconfigure, power-on and takeover waits
+	// for (measured: the network of a pod forked before it reached its
+	// guest 15-40 ms after the reconfigure while its template's next
+	// standby booted under the lock). The key is new: nothing else boots
+	// or lists it meanwhile.
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		w.Close()
 		return "", errClosed
 	}
+	m.starts.Add(1)
+	m.mu.Unlock()
+	defer m.starts.Done()
+	m.slots <- struct{}{}
 	g, err := m.start(vm, r) // at standbyShares from the start
+	<-m.slots
 	if err != nil {
 		w.Close()
 		return "", fmt.Errorf("standby of %s: %w", parent, err)
 	}
 	g.standby = &standbyState{parent: parent, takeover: w}
-	m.standbys[vm.Key] = g
+	m.mu.Lock()
+	closed := m.closed
+	_, parentRuns := m.guests[parent]
+	if !closed && parentRuns {
+		m.standbys[vm.Key] = g
+	}
+	m.mu.Unlock()
+	switch {
+	case closed:
+		// Closed while booting: Close waits for this boot, which stops
+		// its own guest.
+		m.dropStandbys([]*guest{g})
+		return "", errClosed
+	case !parentRuns:
+		// The parent stopped while its standby booted: nothing will
+		// claim it.
+		m.dropStandbys([]*guest{g})
+		return "", fmt.Errorf("standby of %s: the parent's guest stopped while it booted", parent)
+	}
 	return vm.Key, nil
 }
 
