@@ -29,10 +29,11 @@ type Config struct {
 	// NetworkRetry is how soon after a state that could not be applied
 	// whole (default 10s).
 	NetworkResync, NetworkRetry time.Duration
-	// ReportHold is how long a report that only says every container is
-	// still being created (what the pod's record already assumes) waits
-	// for a newer report to replace it before it is published (default
-	// 1s; 0 publishes it at once). A guest whose containers start within
+	// ReportHold is how long a channel's first report, when it only says
+	// every container is still being created (what the agent sends at
+	// hello, and what the pod's record already assumes), waits for a newer
+	// report to replace it before it is published (default 1s; 0
+	// publishes it at once). A guest whose containers start within
 	// the hold costs one report, one event and one record write instead of
 	// two; a report that says anything more is never held.
 	ReportHold time.Duration

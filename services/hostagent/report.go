@@ -131,18 +131,23 @@ func onlyCreating(r *events.PodContainersReported) bool {
 
 // publishLoop publishes a connection's newest report whenever there is one,
 // retrying every second while the bus refuses: reports coalesce, so a burst
-// of changes costs one publish and nothing newer is lost. A report that
-// only says the containers are being created waits up to ReportHold for
-// a newer one first (a report saying more is published at once, and
-// replaces it). It returns once the channel is closed and the last report
+// of changes costs one publish and nothing newer is lost. The channel's
+// first report, when it only says the containers are being created (what
+// the agent sends at hello), waits up to ReportHold for a newer one first
+// (a report saying more is published at once, and replaces it). It returns once the channel is closed and the last report
 // is out (or cannot be).
 func (s *Service) publishLoop(ctx context.Context, pc *podConn) {
+	// first: nothing published on this channel yet. Only the first report
+	// is held: a later one saying the containers are being created again
+	// (an encrypted disk opened after WaitingForKey) clears a reason the
+	// record shows, and goes out at once.
+	first := true
 	for {
 		pc.mu.Lock()
 		r, closed := pc.latest, pc.closed
 		pc.latest = nil
 		pc.mu.Unlock()
-		if r != nil && !closed && s.cfg.ReportHold > 0 && onlyCreating(r) {
+		if r != nil && first && !closed && s.cfg.ReportHold > 0 && onlyCreating(r) {
 			hold := time.NewTimer(s.cfg.ReportHold)
 			for held := true; held; {
 				select {
@@ -168,6 +173,7 @@ func (s *Service) publishLoop(ctx context.Context, pc *podConn) {
 			pc.mu.Unlock()
 		}
 		if r != nil {
+			first = false
 			for attempt := 0; ; attempt++ {
 				err := s.publishReport(ctx, r)
 				if err == nil {
