@@ -29,6 +29,14 @@ type Config struct {
 	// NetworkRetry is how soon after a state that could not be applied
 	// whole (default 10s).
 	NetworkResync, NetworkRetry time.Duration
+	// ReportHold is how long a channel's first report, when it only says
+	// every container is still being created (what the agent sends at
+	// hello, and what the pod's record already assumes), waits for a newer
+	// report to replace it before it is published (default 1s; 0
+	// publishes it at once). A guest whose containers start within
+	// the hold costs one report, one event and one record write instead of
+	// two; a report that says anything more is never held.
+	ReportHold time.Duration
 }
 
 // Settings read by ConfigsFrom.
@@ -42,7 +50,7 @@ const (
 // DefaultConfig returns the defaults; Host and ChannelDir are still to set.
 func DefaultConfig() Config {
 	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8,
-		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second}
+		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second, ReportHold: time.Second}
 }
 
 // ConfigsFrom reads PODVISOR_HOSTAGENT_HOST (one host, or a comma-separated
@@ -89,6 +97,7 @@ func (c Config) Validate() error {
 	if c.NetworkResync <= 0 || c.NetworkRetry <= 0 {
 		p.Add(fmt.Errorf("NetworkResync %s, NetworkRetry %s: must be positive", c.NetworkResync, c.NetworkRetry))
 	}
+	p.Must(c.ReportHold >= 0, "ReportHold", c.ReportHold, "not be negative")
 	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
 	if err := p.Err(); err != nil {
 		return fmt.Errorf("hostagent config: %w", err)

@@ -25,6 +25,14 @@
 // (ContainerCreating). The event id is ReportID(pod uid, boot id, seq): the
 // same report published twice (a reconnect, a restarted host agent) is
 // stored once. Reports coalesce: a burst of changes publishes the newest.
+// The channel's first report, when it only says every container is being
+// created (the agent's status at hello, before its first start), waits up
+// to Config.ReportHold (1 s) for a newer one: a pod whose containers start
+// within it costs one report, one event and one record write, not two
+// (measured in a burst of 100: 8.65 → 8.00 writes per pod in the PODS
+// stream, 7.65 → 7.01 in the pods bucket). A report saying anything more
+// never waits, and a guest whose containers do not start in time is still
+// heard from within the hold.
 //
 // # The host's network
 //

@@ -110,17 +110,70 @@ func containerState(s guestchannel.ContainerState) corev1.ContainerState {
 	}
 }
 
+// onlyCreating says whether a report says nothing the pod's record does
+// not already assume: no guest reason, and every container waiting with
+// reason ContainerCreating, never started nor restarted. Such a report is
+// what an agent sends at hello, before its first container starts.
+func onlyCreating(r *events.PodContainersReported) bool {
+	if r.Namespace == events.TemplateNamespace || r.Reason != "" || r.Message != "" ||
+		(r.Phase != "" && r.Phase != guestchannel.PhasePending) {
+		return false
+	}
+	for _, cs := range append(slices.Clip(r.InitContainerStatuses), r.ContainerStatuses...) {
+		w := cs.State.Waiting
+		if w == nil || w.Reason != events.ReasonContainerCreating || w.Message != "" || cs.RestartCount != 0 ||
+			cs.LastTerminationState != (corev1.ContainerState{}) || cs.Ready {
+			return false
+		}
+	}
+	return true
+}
+
 // publishLoop publishes a connection's newest report whenever there is one,
 // retrying every second while the bus refuses: reports coalesce, so a burst
-// of changes costs one publish and nothing newer is lost. It returns once
-// the channel is closed and the last report is out (or cannot be).
+// of changes costs one publish and nothing newer is lost. The channel's
+// first report, when it only says the containers are being created (what
+// the agent sends at hello), waits up to ReportHold for a newer one first
+// (a report saying more is published at once, and replaces it). It returns once the channel is closed and the last report
+// is out (or cannot be).
 func (s *Service) publishLoop(ctx context.Context, pc *podConn) {
+	// first: nothing published on this channel yet. Only the first report
+	// is held: a later one saying the containers are being created again
+	// (an encrypted disk opened after WaitingForKey) clears a reason the
+	// record shows, and goes out at once.
+	first := true
 	for {
 		pc.mu.Lock()
 		r, closed := pc.latest, pc.closed
 		pc.latest = nil
 		pc.mu.Unlock()
+		if r != nil && first && !closed && s.cfg.ReportHold > 0 && onlyCreating(r) {
+			hold := time.NewTimer(s.cfg.ReportHold)
+			for held := true; held; {
+				select {
+				case <-pc.wake:
+					// A wake may be the one of the held report itself.
+					pc.mu.Lock()
+					held = pc.latest == nil && !pc.closed
+					pc.mu.Unlock()
+				case <-hold.C:
+					held = false
+				case <-ctx.Done():
+					held = false
+				}
+			}
+			hold.Stop()
+			pc.mu.Lock()
+			if pc.latest != nil {
+				// A newer report (or the channel's close) came within
+				// the hold: it replaces the held one, whose content it
+				// includes (reports are complete).
+				r, pc.latest = pc.latest, nil
+			}
+			pc.mu.Unlock()
+		}
 		if r != nil {
+			first = false
 			for attempt := 0; ; attempt++ {
 				err := s.publishReport(ctx, r)
 				if err == nil {

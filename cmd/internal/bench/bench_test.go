@@ -82,6 +82,16 @@ func TestDataPlaneSectionInTheTable(t *testing.T) {
 	if !strings.Contains(out.String(), "direct crun run at the same rate: 80 / 100 / 617 ms; p99 2.00×") {
 		t.Errorf("the section prints %q, want the paced direct baseline and its ratio", out.String())
 	}
+	// Stages and the burst's writes per pod, when measured.
+	out.Reset()
+	r.DataPlane.Stages = []Stage{{Name: "vm_running", P50: 400, P99: 700}, {Name: "running", P50: 900, P99: 1800}}
+	r.DataPlane.Cost = &Cost{WritesPerPod: 15, Streams: map[string]float64{"PODS": 8, "KV_pods": 7}, CPUMSPerPod: 30}
+	r.DataPlane.Paced.Stages = []Stage{{Name: "running", P50: 700, P99: 1234}}
+	if err := r.Table(&out); err != nil || !strings.Contains(out.String(), "data plane stages, p50/p99 ms after the request: vm_running 400/700, running 900/1800") ||
+		!strings.Contains(out.String(), "data plane paced stages, p50/p99 ms after the request: running 700/1234") ||
+		!strings.Contains(out.String(), "15.00 JetStream writes (PODS 8.00, KV_pods 7.00); CPU 30.0 ms") {
+		t.Errorf("the section prints %q (%v), want each stage's p50/p99 and the burst's writes per pod", out.String(), err)
+	}
 	if err := (Config{Pods: 1, Hosts: 1, DataPlaneRate: -1}).Validate(); err == nil || !strings.Contains(err.Error(), "data-plane rate -1") {
 		t.Errorf("Validate: %v, want it to name the data-plane rate", err)
 	}

@@ -60,6 +60,12 @@ type DataPlane struct {
 	// SecondsToDirect the ratio of the times for all N.
 	P99ToDirect     float64 `json:"p99_to_direct"`
 	SecondsToDirect float64 `json:"seconds_to_direct"`
+	// Stages are p50/p99 ms from each pod's request to each event of the
+	// pipeline, VM ready and running: where a pod's time goes.
+	Stages []Stage `json:"stages,omitempty"`
+	// Cost is the burst's JetStream writes and this process's CPU per pod
+	// (the guests' processes not counted).
+	Cost *Cost `json:"cost,omitempty"`
 	// Paced is the run at a steady rate (nil when not asked for).
 	Paced *PacedDataPlane `json:"paced,omitempty"`
 }
@@ -71,6 +77,7 @@ type PacedDataPlane struct {
 	Pods      int     `json:"pods"`
 	Running   int     `json:"running"`
 	LatencyMS Latency `json:"latency_ms"`
+	Stages    []Stage `json:"stages,omitempty"`
 	// Direct is the same number of containers started directly with the
 	// runtime at the same rate, each timed from its own slot; P99ToDirect
 	// is LatencyMS.P99 / Direct.LatencyMS.P99 (target ≤ 3).
@@ -196,12 +203,19 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	// Each guest formats its ephemeral disk and starts its agent and its
 	// runtime: far more work per pod than a VM alone.
 	timeout := max(cfg.Timeout, 2*time.Minute+time.Duration(len(names))*time.Second)
+	meter, err := startCost(ctx, b.JetStream())
+	if err != nil {
+		return nil, err
+	}
 	lat, err := runPods(ctx, b, w, out.Image, names, 0, timeout)
 	if err != nil {
 		return nil, err
 	}
+	if c, err := meter.done(ctx, len(names)); err == nil {
+		out.Cost = &c
+	}
 	out.Running = len(lat.values)
-	out.LatencyMS, out.Seconds = lat.latency(), lat.max/1000
+	out.LatencyMS, out.Seconds, out.Stages = lat.latency(), lat.max/1000, lat.stages
 	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
 
 	p.say("data plane: %d containers with %s directly…", len(names), out.Runtime)
@@ -245,15 +259,27 @@ func runPaced(ctx context.Context, cfg Config, b *bus.Bus, w *watcher, image str
 	if err != nil {
 		return nil, err
 	}
-	out.Running, out.LatencyMS = len(lat.values), lat.latency()
+	out.Running, out.LatencyMS, out.Stages = len(lat.values), lat.latency(), lat.stages
 	p.say("data plane: %d of %d paced pods running, p99 %.0f ms", out.Running, len(names), out.LatencyMS.P99)
 	return out, nil
 }
+
+// Stage is p50/p99 ms from a pod's request to one of its events.
+type Stage struct {
+	Name string  `json:"name"`
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+}
+
+// dataPlaneStages are the events a data-plane pod is timed to: the
+// pipeline's stages, then every container running.
+var dataPlaneStages = append(slices.Clone(stageTypes[:len(stageTypes):len(stageTypes)]), struct{ name, ceType string }{"running", events.TypePodRunning})
 
 // latencies are milliseconds from one start.
 type latencies struct {
 	values []float64
 	max    float64
+	stages []Stage
 }
 
 // add records one value.
@@ -327,6 +353,18 @@ func runPods(ctx context.Context, b *bus.Bus, w *watcher, image string, names []
 	}
 	if len(out.values) == 0 {
 		return out, fmt.Errorf("no pod reached Running within %s", timeout)
+	}
+	for _, st := range dataPlaneStages {
+		var d []float64
+		for i, name := range names {
+			if at, ok := w.at(events.PodKey(Namespace, name), st.ceType); ok {
+				d = append(d, ms(at.Sub(sent[i])))
+			}
+		}
+		if len(d) > 0 {
+			slices.Sort(d)
+			out.stages = append(out.stages, Stage{Name: st.name, P50: percentile(d, 0.5), P99: percentile(d, 0.99)})
+		}
 	}
 	return out, ctx.Err()
 }

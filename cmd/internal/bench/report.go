@@ -76,10 +76,20 @@ func (r *Result) Table(w io.Writer) error {
 			fmt.Fprintf(w, "data plane (%d pods of %s at once with guests on %d hosts, runtime %s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms, all in %.1fs; direct %s run of the same bundles (%d workers): %.0f / %.0f / %.0f ms, all in %.1fs; p99 %.2f×, all %.2f× (target ≤ 3×)\n",
 				d.Pods, d.Image, d.Hosts, d.Runtime, d.Running, d.LatencyMS.P50, d.LatencyMS.P95, d.LatencyMS.P99, d.Seconds, d.Direct.Runtime, d.Direct.Workers,
 				d.Direct.LatencyMS.P50, d.Direct.LatencyMS.P95, d.Direct.LatencyMS.P99, d.Direct.Seconds, d.P99ToDirect, d.SecondsToDirect)
+			printStages(w, "data plane stages", d.Stages)
+			if c := d.Cost; c != nil && c.WritesPerPod > 0 {
+				var per []string
+				for _, n := range c.streamsByCost() {
+					per = append(per, fmt.Sprintf("%s %.2f", n, c.Streams[n]))
+				}
+				fmt.Fprintf(w, "data plane cost per pod of the burst: %.2f JetStream writes (%s); CPU %.1f ms in this process (guests apart)\n",
+					c.WritesPerPod, strings.Join(per, ", "), c.CPUMSPerPod)
+			}
 			if pc := d.Paced; pc != nil {
 				fmt.Fprintf(w, "data plane paced (%d pods at %g/s): %d Running; request → all containers running p50/p95/p99 %.0f / %.0f / %.0f ms (target p99 ≤ 2 s); direct %s run at the same rate: %.0f / %.0f / %.0f ms; p99 %.2f× (target ≤ 3×)\n",
 					pc.Pods, pc.Rate, pc.Running, pc.LatencyMS.P50, pc.LatencyMS.P95, pc.LatencyMS.P99,
 					pc.Direct.Runtime, pc.Direct.LatencyMS.P50, pc.Direct.LatencyMS.P95, pc.Direct.LatencyMS.P99, pc.P99ToDirect)
+				printStages(w, "data plane paced stages", pc.Stages)
 			}
 		}
 	}
@@ -207,4 +217,16 @@ func (r *Result) SVG() string {
 	out.WriteString(b.String())
 	out.WriteString("</svg>\n")
 	return out.String()
+}
+
+// printStages prints p50/p99 ms after the request for each stage reached.
+func printStages(w io.Writer, title string, st []Stage) {
+	if len(st) == 0 {
+		return
+	}
+	parts := make([]string, len(st))
+	for i, s := range st {
+		parts[i] = fmt.Sprintf("%s %.0f/%.0f", s.Name, s.P50, s.P99)
+	}
+	fmt.Fprintf(w, "%s, p50/p99 ms after the request: %s\n", title, strings.Join(parts, ", "))
 }
