@@ -20,7 +20,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{name: "zero value is valid", cfg: imagecache.Config{}},
 		{name: "bad fields all named", cfg: imagecache.Config{Workers: -1, Datastores: []string{"ds", "", "ds", "[x]"}, LeaseTTL: time.Millisecond, ReserveBytes: -1, GCBudgetBytes: -5},
-			wantErr: []string{"Workers", "Datastores[1]: empty", "Datastores[2]: \"ds\" listed twice", "Datastores[3]", "LeaseTTL", "ReserveBytes", "GCBudgetBytes"}},
+			wantErr: []string{"Workers -1: must", `Datastores[1] "": must name a datastore`, `Datastores[2] "ds": must not be listed twice`, `Datastores[3] "[x]": must not contain`, "LeaseTTL 1ms: must", "ReserveBytes -1: must", "GCBudgetBytes -5: must"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
