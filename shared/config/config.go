@@ -81,6 +81,15 @@ func (r *Reader) String(name string, dst *string) {
 	}
 }
 
+// StringOrNone sets *dst to name's value, trimmed, whenever it is set,
+// empty included: for a setting where "set but empty" means none rather
+// than the default (a default folder the user empties on purpose).
+func (r *Reader) StringOrNone(name string, dst *string) {
+	if v, ok := r.src(name); ok {
+		*dst = strings.TrimSpace(v)
+	}
+}
+
 // Int sets *dst to name's value, a whole number.
 func (r *Reader) Int(name string, dst *int) {
 	if v, ok := r.Lookup(name); ok {

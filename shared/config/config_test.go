@@ -44,6 +44,18 @@ func TestReaderReadsAndReportsEveryBadValue(t *testing.T) {
 	}
 }
 
+func TestStringOrNoneTakesAnEmptyValue(t *testing.T) {
+	folder, unset := "podvisor", "kept"
+	r := config.Read(config.Map(map[string]string{"FOLDER": " ", "OTHER": " x "}))
+	r.StringOrNone("FOLDER", &folder)
+	r.StringOrNone("UNSET", &unset)
+	other := ""
+	r.StringOrNone("OTHER", &other)
+	if folder != "" || unset != "kept" || other != "x" {
+		t.Errorf("folder %q unset %q other %q, want \"\", kept and x", folder, unset, other)
+	}
+}
+
 func TestEnvIsTheProcessEnvironment(t *testing.T) {
 	t.Setenv("PODVISOR_CONFIG_TEST", "yes")
 	if v, ok := config.Env()("PODVISOR_CONFIG_TEST"); !ok || v != "yes" {
