@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // replica is one instance of the service with its own bus connection, as
@@ -32,25 +33,8 @@ func (w *world) startReplica(cfg Config) *replica {
 	if err != nil {
 		w.t.Fatalf("new service: %v", err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	var once sync.Once
 	r := &replica{svc: svc}
-	r.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					w.t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				w.t.Errorf("Run did not return after cancel")
-			}
-		})
-	}
-	w.t.Cleanup(r.stop)
+	r.stop = testenv.Run(w.t, Name+"-replica", svc.Run)
 	return r
 }
 

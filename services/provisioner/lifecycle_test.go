@@ -90,7 +90,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 			panic("simulated crash after CreateVM")
 		}
 	}
-	runService(t, svc)
+	testenv.Run(t, Name, svc.Run)
 
 	acc := e.request(testPod("crashy"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
@@ -140,20 +140,6 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 	if n := len(e.vmsNamed("pv-" + acc2.UID)); n != 1 {
 		t.Errorf("%d VMs named pv-%s, want 1", n, acc2.UID)
 	}
-}
-
-func runService(t *testing.T, svc *Service) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(40 * time.Second):
-			t.Error("Run did not return")
-		}
-	})
 }
 
 func TestCreateVMFaults(t *testing.T) {
