@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -187,21 +186,12 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom is ConfigFromEnv over any source of settings.
 func ConfigFrom(src config.Source) (Config, error) {
 	c, err := config.Load(src, Config{}, func(r *config.Reader, c *Config) {
-		size := func(name string, dst *int64) {
-			r.Parse(name, func(v string) error {
-				n, err := ParseBytes(v)
-				if err == nil {
-					*dst = n
-				}
-				return err
-			})
-		}
 		r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
 		r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
 		r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
 		r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
-		size("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
-		size("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
+		r.Bytes("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
+		r.Bytes("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
 		r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
 		r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
 		r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
@@ -209,10 +199,10 @@ func ConfigFrom(src config.Source) (Config, error) {
 		r.String("PODVISOR_REGISTRY_CA", &c.RegistryCAFile)
 		r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
 		r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
-		size("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
 		r.Int("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
-		size("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
-		size("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
 		r.Int("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
 		r.Int("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
 		r.String("PODVISOR_IMAGE_STAGING_DIR", &c.StagingDir)
@@ -221,25 +211,4 @@ func ConfigFrom(src config.Source) (Config, error) {
 	// The zero Config stands for the defaults (see Validate), filled here
 	// so that callers see the values in force.
 	return c.withDefaults(), err
-}
-
-// ParseBytes reads a size: plain bytes or a number with a binary suffix
-// (Ki, Mi, Gi, Ti).
-func ParseBytes(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size such as 20Gi or 1048576", s)
-	}
-	return n * mult, nil
 }

@@ -91,16 +91,3 @@ func TestRunRejectsUnknownDatastore(t *testing.T) {
 		t.Fatalf("Run = %v, want the unknown datastore named", err)
 	}
 }
-
-func TestParseBytes(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "20Gi": 20 << 30, "512Ki": 512 << 10, " 3Ti ": 3 << 40} {
-		if got, err := imagecache.ParseBytes(in); err != nil || got != want {
-			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "-1", "1GB", "Gi"} {
-		if _, err := imagecache.ParseBytes(bad); err == nil {
-			t.Errorf("ParseBytes(%q) accepted", bad)
-		}
-	}
-}

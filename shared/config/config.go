@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 // Source looks a setting up by name.
@@ -147,6 +149,18 @@ func (r *Reader) Parse(name string, parse func(value string) error) {
 			r.Failf("%s: %w", name, err)
 		}
 	}
+}
+
+// Bytes sets *dst to name's value, a size in bytes or with a binary
+// suffix such as 20Gi (bytesize.Parse).
+func (r *Reader) Bytes(name string, dst *int64) {
+	r.Parse(name, func(v string) error {
+		n, err := bytesize.Parse(v)
+		if err == nil {
+			*dst = n
+		}
+		return err
+	})
 }
 
 // List sets *dst to name's comma-separated values, trimmed, empty ones
