@@ -22,6 +22,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -87,15 +88,8 @@ func start(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testenv.Run(t, Name, svc.Run)
+	ctx := t.Context()
 	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods, events.StreamVMs} {
 		c, err := b.JetStream().OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{})
 		if err != nil {

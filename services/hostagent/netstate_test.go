@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // A host whose segments drifted from its desired state converges with only
@@ -57,10 +58,7 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	testenv.Run(t, hostagent.Name, svc.Run)
 
 	reports := make(chan *events.NetworkHostApplied, 4)
 	sub, err := b.Conn().Subscribe(events.SubjectNetworkHostApplied, func(m *nats.Msg) {

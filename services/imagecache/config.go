@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 
@@ -125,63 +124,36 @@ func (c Config) withDefaults() Config {
 // field and the reason.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	var errs []error
-	if c.Workers < 1 || c.Workers > 256 {
-		errs = append(errs, fmt.Errorf("imagecache config: Workers: %d is out of range 1..256", c.Workers))
-	}
+	var p config.Checks
+	p.Must(1 <= c.Workers && c.Workers <= 256, "Workers", c.Workers, "be between 1 and 256")
 	seen := map[string]bool{}
 	for i, ds := range c.Datastores {
-		switch {
-		case strings.TrimSpace(ds) == "":
-			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: empty name", i))
-		case strings.ContainsAny(ds, "[]@\n"):
-			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: %q must not contain '[', ']', '@' or newlines", i, ds))
-		case seen[ds]:
-			errs = append(errs, fmt.Errorf("imagecache config: Datastores[%d]: %q listed twice", i, ds))
-		}
+		field := fmt.Sprintf("Datastores[%d]", i)
+		p.Must(strings.TrimSpace(ds) != "", field, ds, "name a datastore")
+		p.Must(!strings.ContainsAny(ds, "[]@\n"), field, ds, "not contain '[', ']', '@' or newlines")
+		p.Must(ds == "" || !seen[ds], field, ds, "not be listed twice")
 		seen[ds] = true
 	}
-	if c.LeaseTTL < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("imagecache config: LeaseTTL: %s is below 100ms", c.LeaseTTL))
-	}
-	if c.PrepareTimeout < time.Second {
-		errs = append(errs, fmt.Errorf("imagecache config: PrepareTimeout: %s is below 1s", c.PrepareTimeout))
-	}
-	if c.ReserveBytes < 0 {
-		errs = append(errs, fmt.Errorf("imagecache config: ReserveBytes: %d is negative", c.ReserveBytes))
-	}
-	if c.GCBudgetBytes < 0 {
-		errs = append(errs, fmt.Errorf("imagecache config: GCBudgetBytes: %d is negative", c.GCBudgetBytes))
-	}
-	if c.GCGrace < 0 {
-		errs = append(errs, fmt.Errorf("imagecache config: GCGrace: %s is negative", c.GCGrace))
-	}
-	if c.GCInterval < 10*time.Millisecond {
-		errs = append(errs, fmt.Errorf("imagecache config: GCInterval: %s is below 10ms", c.GCInterval))
-	}
-	if c.CheckInterval < 10*time.Millisecond {
-		errs = append(errs, fmt.Errorf("imagecache config: CheckInterval: %s is below 10ms", c.CheckInterval))
-	}
-	if c.MaxDeliver < 2 {
-		errs = append(errs, fmt.Errorf("imagecache config: MaxDeliver: %d is below 2 (a transient failure needs a second try)", c.MaxDeliver))
-	}
-	if len(c.BackOff) >= c.MaxDeliver {
-		errs = append(errs, fmt.Errorf("imagecache config: BackOff: %d delays need MaxDeliver above %d", len(c.BackOff), len(c.BackOff)))
-	}
-	switch c.DiskCompression {
-	case "", "lz4", "lz4hc":
-	default:
-		errs = append(errs, fmt.Errorf("imagecache config: DiskCompression: %q is not none, lz4 or lz4hc", c.DiskCompression))
-	}
-	if c.Limits.MaxLayers < 0 || c.Limits.MaxRatio < 0 || c.Limits.MaxManifestBytes < 0 || c.Limits.MaxLayerBytes < 0 || c.Limits.MaxUncompressedBytes < 0 || c.MaxLayerEntries < 0 {
-		errs = append(errs, errors.New("imagecache config: Limits: caps must not be negative"))
-	}
+	p.Must(c.LeaseTTL >= 100*time.Millisecond, "LeaseTTL", c.LeaseTTL, "be at least 100ms")
+	p.Must(c.PrepareTimeout >= time.Second, "PrepareTimeout", c.PrepareTimeout, "be at least 1s")
+	p.Must(c.ReserveBytes >= 0, "ReserveBytes", c.ReserveBytes, "not be negative")
+	p.Must(c.GCBudgetBytes >= 0, "GCBudgetBytes", c.GCBudgetBytes, "not be negative")
+	p.Must(c.GCGrace >= 0, "GCGrace", c.GCGrace, "not be negative")
+	p.Must(c.GCInterval >= 10*time.Millisecond, "GCInterval", c.GCInterval, "be at least 10ms")
+	p.Must(c.CheckInterval >= 10*time.Millisecond, "CheckInterval", c.CheckInterval, "be at least 10ms")
+	p.Must(c.MaxDeliver >= 2, "MaxDeliver", c.MaxDeliver, "be at least 2 (a transient failure needs a second try)")
+	p.Must(len(c.BackOff) < c.MaxDeliver, "MaxDeliver", c.MaxDeliver, fmt.Sprintf("exceed the %d BackOff delays", len(c.BackOff)))
 	for i, d := range c.BackOff {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("imagecache config: BackOff[%d]: %s is not positive", i, d))
-		}
+		p.Must(d > 0, fmt.Sprintf("BackOff[%d]", i), d, "be positive")
 	}
-	return errors.Join(errs...)
+	p.Must(c.DiskCompression == "" || c.DiskCompression == "lz4" || c.DiskCompression == "lz4hc", "DiskCompression", c.DiskCompression, "be none, lz4 or lz4hc")
+	if l := c.Limits; l.MaxLayers < 0 || l.MaxRatio < 0 || l.MaxManifestBytes < 0 || l.MaxLayerBytes < 0 || l.MaxUncompressedBytes < 0 || c.MaxLayerEntries < 0 {
+		p.Add(errors.New("Limits: caps must not be negative"))
+	}
+	if err := p.Err(); err != nil {
+		return fmt.Errorf("imagecache config: %w", err)
+	}
+	return nil
 }
 
 // ConfigFromEnv reads the configuration from the environment:
@@ -214,21 +186,12 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom is ConfigFromEnv over any source of settings.
 func ConfigFrom(src config.Source) (Config, error) {
 	c, err := config.Load(src, Config{}, func(r *config.Reader, c *Config) {
-		size := func(name string, dst *int64) {
-			r.Parse(name, func(v string) error {
-				n, err := ParseBytes(v)
-				if err == nil {
-					*dst = n
-				}
-				return err
-			})
-		}
 		r.Int("PODVISOR_IMAGECACHE_WORKERS", &c.Workers)
 		r.List("PODVISOR_IMAGE_DATASTORES", &c.Datastores)
 		r.List("PODVISOR_INSECURE_REGISTRIES", &c.InsecureRegistries)
 		r.Duration("PODVISOR_IMAGE_LEASE_TTL", &c.LeaseTTL)
-		size("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
-		size("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
+		r.Bytes("PODVISOR_IMAGE_RESERVE", &c.ReserveBytes)
+		r.Bytes("PODVISOR_IMAGE_GC_BUDGET", &c.GCBudgetBytes)
 		r.Duration("PODVISOR_IMAGE_GC_GRACE", &c.GCGrace)
 		r.Duration("PODVISOR_IMAGE_GC_INTERVAL", &c.GCInterval)
 		r.Duration("PODVISOR_IMAGE_RESOLVE_TTL", &c.ResolveTTL)
@@ -236,10 +199,10 @@ func ConfigFrom(src config.Source) (Config, error) {
 		r.String("PODVISOR_REGISTRY_CA", &c.RegistryCAFile)
 		r.List("PODVISOR_REGISTRY_REDIRECT_HOSTS", &c.RedirectHosts)
 		r.String("PODVISOR_IMAGE_PLATFORM", &c.Platform)
-		size("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_MANIFEST", &c.Limits.MaxManifestBytes)
 		r.Int("PODVISOR_IMAGE_MAX_LAYERS", &c.Limits.MaxLayers)
-		size("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
-		size("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_LAYER_SIZE", &c.Limits.MaxLayerBytes)
+		r.Bytes("PODVISOR_IMAGE_MAX_UNCOMPRESSED", &c.Limits.MaxUncompressedBytes)
 		r.Int("PODVISOR_IMAGE_MAX_RATIO", &c.Limits.MaxRatio)
 		r.Int("PODVISOR_IMAGE_MAX_ENTRIES", &c.MaxLayerEntries)
 		r.String("PODVISOR_IMAGE_STAGING_DIR", &c.StagingDir)
@@ -248,25 +211,4 @@ func ConfigFrom(src config.Source) (Config, error) {
 	// The zero Config stands for the defaults (see Validate), filled here
 	// so that callers see the values in force.
 	return c.withDefaults(), err
-}
-
-// ParseBytes reads a size: plain bytes or a number with a binary suffix
-// (Ki, Mi, Gi, Ti).
-func ParseBytes(s string) (int64, error) {
-	s = strings.TrimSpace(s)
-	mult := int64(1)
-	for _, u := range []struct {
-		suffix string
-		mult   int64
-	}{{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40}} {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size such as 20Gi or 1048576", s)
-	}
-	return n * mult, nil
 }

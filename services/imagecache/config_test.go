@@ -20,7 +20,7 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{name: "zero value is valid", cfg: imagecache.Config{}},
 		{name: "bad fields all named", cfg: imagecache.Config{Workers: -1, Datastores: []string{"ds", "", "ds", "[x]"}, LeaseTTL: time.Millisecond, ReserveBytes: -1, GCBudgetBytes: -5},
-			wantErr: []string{"Workers", "Datastores[1]: empty", "Datastores[2]: \"ds\" listed twice", "Datastores[3]", "LeaseTTL", "ReserveBytes", "GCBudgetBytes"}},
+			wantErr: []string{"Workers -1: must", `Datastores[1] "": must name a datastore`, `Datastores[2] "ds": must not be listed twice`, `Datastores[3] "[x]": must not contain`, "LeaseTTL 1ms: must", "ReserveBytes -1: must", "GCBudgetBytes -5: must"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -89,18 +89,5 @@ func TestRunRejectsUnknownDatastore(t *testing.T) {
 	err = svc.Run(ctx)
 	if err == nil || !strings.Contains(err.Error(), `Datastores[0]: datastore "no-such-ds" does not exist`) {
 		t.Fatalf("Run = %v, want the unknown datastore named", err)
-	}
-}
-
-func TestParseBytes(t *testing.T) {
-	for in, want := range map[string]int64{"0": 0, "1048576": 1 << 20, "20Gi": 20 << 30, "512Ki": 512 << 10, " 3Ti ": 3 << 40} {
-		if got, err := imagecache.ParseBytes(in); err != nil || got != want {
-			t.Errorf("ParseBytes(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"", "-1", "1GB", "Gi"} {
-		if _, err := imagecache.ParseBytes(bad); err == nil {
-			t.Errorf("ParseBytes(%q) accepted", bad)
-		}
 	}
 }

@@ -338,10 +338,7 @@ func TestCrashedPullIsRedone(t *testing.T) {
 func TestTwoReplicasPullOnce(t *testing.T) {
 	e := startEnv(t, nil)
 	second := e.newService(imagecache.Config{Workers: 8, LeaseTTL: 2 * time.Second, GCInterval: time.Hour, CheckInterval: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = second.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	e.Run(imagecache.Name+"-2", second.Run)
 
 	web := e.reg.Ref("podvisor/web:1.0")
 	for i := 0; i < 20; i++ {

@@ -1,7 +1,6 @@
 package migration
 
 import (
-	"errors"
 	"fmt"
 	"time"
 
@@ -97,38 +96,24 @@ func ConfigFrom(src config.Source) (Config, error) {
 // Validate reports every invalid field, each naming the field and the
 // reason.
 func (c Config) Validate() error {
-	var errs []error
-	positive := func(name string, v int) {
-		if v <= 0 {
-			errs = append(errs, fmt.Errorf("%s: must be at least 1, got %d", name, v))
-		}
-	}
-	positiveDur := func(name string, d time.Duration) {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("%s: must be positive, got %s", name, d))
-		}
-	}
-	positive("Limits.PerSourceHost", c.Limits.PerSourceHost)
-	positive("Limits.PerCluster", c.Limits.PerCluster)
-	if c.Limits.PerCluster > 0 && c.Limits.PerSourceHost > c.Limits.PerCluster {
-		errs = append(errs, fmt.Errorf("Limits.PerSourceHost: %d exceeds Limits.PerCluster %d, which it can never reach", c.Limits.PerSourceHost, c.Limits.PerCluster))
-	}
-	positiveDur("RelocateTimeout", c.RelocateTimeout)
-	positiveDur("PrecheckTimeout", c.PrecheckTimeout)
-	positiveDur("ReservationTimeout", c.ReservationTimeout)
-	positiveDur("DrainTimeout", c.DrainTimeout)
-	positiveDur("AckWait", c.AckWait)
-	positiveDur("SweepInterval", c.SweepInterval)
-	positiveDur("RecordRetention", c.RecordRetention)
+	var p config.Checks
+	p.Must(c.Limits.PerSourceHost >= 1, "Limits.PerSourceHost", c.Limits.PerSourceHost, "be at least 1")
+	p.Must(c.Limits.PerCluster >= 1, "Limits.PerCluster", c.Limits.PerCluster, "be at least 1")
+	p.Must(c.Limits.PerCluster <= 0 || c.Limits.PerSourceHost <= c.Limits.PerCluster, "Limits.PerSourceHost", c.Limits.PerSourceHost,
+		fmt.Sprintf("not exceed Limits.PerCluster %d, which it can never reach", c.Limits.PerCluster))
+	p.Must(c.RelocateTimeout > 0, "RelocateTimeout", c.RelocateTimeout, "be positive")
+	p.Must(c.PrecheckTimeout > 0, "PrecheckTimeout", c.PrecheckTimeout, "be positive")
+	p.Must(c.ReservationTimeout > 0, "ReservationTimeout", c.ReservationTimeout, "be positive")
+	p.Must(c.DrainTimeout > 0, "DrainTimeout", c.DrainTimeout, "be positive")
+	p.Must(c.AckWait > 0, "AckWait", c.AckWait, "be positive")
+	p.Must(c.SweepInterval > 0, "SweepInterval", c.SweepInterval, "be positive")
+	p.Must(c.RecordRetention > 0, "RecordRetention", c.RecordRetention, "be positive")
 	// Renewals come every third of the TTL; below a second a renewal round
 	// trip or a pause could lose the lease while the leader is healthy.
-	if c.LeaseTTL < time.Second {
-		errs = append(errs, fmt.Errorf("LeaseTTL: must be at least 1s, got %s", c.LeaseTTL))
-	}
-	positive("DrainRounds", c.DrainRounds)
-	positive("Workers", c.Workers)
-	if c.MaxAttempts != -1 && c.MaxAttempts <= len(c.BackOff) {
-		errs = append(errs, fmt.Errorf("MaxAttempts: %d must exceed the %d BackOff steps (or be -1 for unlimited)", c.MaxAttempts, len(c.BackOff)))
-	}
-	return errors.Join(errs...)
+	p.Must(c.LeaseTTL >= time.Second, "LeaseTTL", c.LeaseTTL, "be at least 1s")
+	p.Must(c.DrainRounds >= 1, "DrainRounds", c.DrainRounds, "be at least 1")
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(c.MaxAttempts == -1 || c.MaxAttempts > len(c.BackOff), "MaxAttempts", c.MaxAttempts,
+		fmt.Sprintf("exceed the %d BackOff steps (or be -1 for unlimited)", len(c.BackOff)))
+	return p.Err()
 }

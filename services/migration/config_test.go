@@ -39,7 +39,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{name: "not a number", env: map[string]string{EnvMaxPerHost: "two"}, want: []string{EnvMaxPerHost, "want a whole number"}},
 		{name: "not a duration", env: map[string]string{EnvRelocateTimeout: "10"}, want: []string{EnvRelocateTimeout, "want a duration"}},
 		{name: "zero limits", edit: func(c *Config) { c.Limits = Limits{} }, want: []string{"Limits.PerSourceHost", "Limits.PerCluster"}},
-		{name: "host above cluster", edit: func(c *Config) { c.Limits = Limits{PerSourceHost: 6, PerCluster: 5} }, want: []string{"exceeds Limits.PerCluster"}},
+		{name: "host above cluster", edit: func(c *Config) { c.Limits = Limits{PerSourceHost: 6, PerCluster: 5} }, want: []string{"Limits.PerSourceHost 6: must not exceed Limits.PerCluster 5"}},
 		{name: "backoff too long", edit: func(c *Config) { c.MaxAttempts = 2 }, want: []string{"MaxAttempts"}},
 	}
 	for _, tt := range tests {

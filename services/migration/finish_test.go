@@ -8,6 +8,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -23,10 +24,8 @@ func TestRequestRightAfterAFailureIsTaken(t *testing.T) {
 	h := w.clusterHosts(0)
 	p := w.runPod("again", h[0])
 	kv.slowWrites("again-1", events.MigrationPhaseFailed, time.Second)
-	if err := w.dc.AddFault(simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
-		FaultType: simulator.FaultTypeInsufficientResourcesFault}); err != nil {
-		t.Fatal(err)
-	}
+	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
+		FaultType: simulator.FaultTypeInsufficientResourcesFault})
 	asked := make(chan struct{})
 	w.Follow(func(s testenv.Seen) {
 		if f, ok := s.Payload.(*events.MigrationFailed); ok && f.ID == "again-1" {

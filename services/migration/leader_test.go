@@ -5,12 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // replica is one instance of the service with its own bus connection, as
@@ -32,25 +32,8 @@ func (w *world) startReplica(cfg Config) *replica {
 	if err != nil {
 		w.t.Fatalf("new service: %v", err)
 	}
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(rctx) }()
-	var once sync.Once
 	r := &replica{svc: svc}
-	r.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					w.t.Errorf("Run: %v", err)
-				}
-			case <-time.After(30 * time.Second):
-				w.t.Errorf("Run did not return after cancel")
-			}
-		})
-	}
-	w.t.Cleanup(r.stop)
+	r.stop = testenv.Run(w.t, Name+"-replica", svc.Run)
 	return r
 }
 
@@ -101,33 +84,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 
 	h := w.clusterHosts(0)
 	p := w.runPod("single", h[0])
-	var wg sync.WaitGroup
-	for i := range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.migrate(fmt.Sprintf("race-%d", i), p, h[1+i%3])
-		}()
-	}
-	wg.Wait()
-	completed, rejected := 0, 0
-	for i := range 10 {
-		typ, payload := w.waitEnd(fmt.Sprintf("race-%d", i))
-		switch typ {
-		case events.TypeMigrationCompleted:
-			completed++
-		case events.TypeMigrationRejected:
-			if r := payload.(*events.MigrationRejected); r.Reason != ReasonAlreadyMigrating {
-				t.Errorf("rejected = %+v, want %s", r, ReasonAlreadyMigrating)
-			}
-			rejected++
-		default:
-			t.Errorf("race-%d ended with %s %+v", i, typ, payload)
-		}
-	}
-	if completed != 1 || rejected != 9 {
-		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
-	}
+	w.raceForOnePod(p, h[1:4])
 	if standby.leading() {
 		t.Fatal("the standby led while the active replica ran")
 	}

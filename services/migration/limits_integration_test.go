@@ -23,35 +23,7 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	h := w.clusterHosts(0)
 	p := w.runPod("single", h[0])
 
-	var wg sync.WaitGroup
-	for i := range 10 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w.migrate(fmt.Sprintf("race-%d", i), p, h[1+i%3])
-		}()
-	}
-	wg.Wait()
-	completed, rejected := 0, 0
-	done := ""
-	for i := range 10 {
-		typ, payload := w.waitEnd(fmt.Sprintf("race-%d", i))
-		switch typ {
-		case events.TypeMigrationCompleted:
-			completed++
-			done = fmt.Sprintf("race-%d", i)
-		case events.TypeMigrationRejected:
-			if r := payload.(*events.MigrationRejected); r.Reason != ReasonAlreadyMigrating || !strings.Contains(r.Message, "already migrating") {
-				t.Errorf("rejected = %+v, want %s", r, ReasonAlreadyMigrating)
-			}
-			rejected++
-		default:
-			t.Errorf("race-%d ended with %s %+v", i, typ, payload)
-		}
-	}
-	if completed != 1 || rejected != 9 {
-		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
-	}
+	done := w.raceForOnePod(p, h[1:4])
 	// Each rejected duplicate's reservation is released by its own id, uid
 	// and target (migration.cancelled), whichever scheduler replica reads it
 	// and in whatever order; none names the migration that ran.
@@ -223,4 +195,41 @@ func TestCancel(t *testing.T) {
 		t.Errorf("cancelled pod moved to %s", got)
 	}
 	eventually(t, "held's record says Cancelled", func() bool { return w.migrationPhase("held") == events.MigrationPhaseCancelled })
+}
+
+// raceForOnePod sends ten migration requests for p at once (race-0 …
+// race-9, to the targets in turn) and checks that one ran and nine were
+// rejected as AlreadyMigrating; it returns the id of the one that ran.
+func (w *world) raceForOnePod(p pod, targets []string) (done string) {
+	t := w.t
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.migrate(fmt.Sprintf("race-%d", i), p, targets[i%len(targets)])
+		}()
+	}
+	wg.Wait()
+	completed, rejected := 0, 0
+	for i := range 10 {
+		typ, payload := w.waitEnd(fmt.Sprintf("race-%d", i))
+		switch typ {
+		case events.TypeMigrationCompleted:
+			completed++
+			done = fmt.Sprintf("race-%d", i)
+		case events.TypeMigrationRejected:
+			if r := payload.(*events.MigrationRejected); r.Reason != ReasonAlreadyMigrating || !strings.Contains(r.Message, "already migrating") {
+				t.Errorf("rejected = %+v, want %s", r, ReasonAlreadyMigrating)
+			}
+			rejected++
+		default:
+			t.Errorf("race-%d ended with %s %+v", i, typ, payload)
+		}
+	}
+	if completed != 1 || rejected != 9 {
+		t.Fatalf("%d completed and %d rejected, want 1 and 9", completed, rejected)
+	}
+	return done
 }

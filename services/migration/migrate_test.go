@@ -8,6 +8,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -203,10 +204,8 @@ func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
 	w.start(cfg)
 	hosts := w.clusterHosts(0)
 	p := w.runPod("stuck", hosts[0])
-	if err := w.dc.AddFault(simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
-		Probability: 1, FaultType: simulator.FaultTypeTimeout}); err != nil {
-		t.Fatal(err)
-	}
+	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
+		Probability: 1, FaultType: simulator.FaultTypeTimeout})
 	w.migrate("m-stuck", p, hosts[1])
 	typ, payload := w.waitEnd("m-stuck")
 	f, ok := payload.(*events.MigrationFailed)

@@ -10,6 +10,7 @@ import (
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -217,10 +218,8 @@ func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("vfault", h[0])
-	if err := w.dc.AddFault(simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
-		FaultType: simulator.FaultTypeInsufficientResourcesFault}); err != nil {
-		t.Fatal(err)
-	}
+	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
+		FaultType: simulator.FaultTypeInsufficientResourcesFault})
 	w.migrate("vf-1", p, h[1])
 	typ, payload := w.waitEnd("vf-1")
 	fl, ok := payload.(*events.MigrationFailed)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // store reads and writes the service's records (KV `migrations`, `drains`)
@@ -155,7 +156,7 @@ func (s *store) createMigration(ctx context.Context, r *events.MigrationRecord) 
 	cctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
 	defer cancel()
 	if _, err := s.migs.Create(cctx, events.MigrationRecordKey(r.ID), data); err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		if record.Conflict(err) {
 			return errExists
 		}
 		return fmt.Errorf("create migration %s: %w", r.ID, err)
@@ -196,7 +197,7 @@ func (s *store) updateMigration(ctx context.Context, id string, mutate func(r *e
 		_, err = s.migs.Update(cctx, key, data, rev)
 		cancel()
 		if err != nil {
-			if isConflict(err) {
+			if record.Conflict(err) {
 				continue
 			}
 			return nil, fmt.Errorf("update migration %s: %w", id, err)
@@ -204,12 +205,6 @@ func (s *store) updateMigration(ctx context.Context, id string, mutate func(r *e
 		return r, nil
 	}
 	return nil, fmt.Errorf("update migration %s: too many concurrent writers", id)
-}
-
-// isConflict recognises a lost compare-and-set: Update at a stale revision,
-// or Create of a key that exists.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
 }
 
 func (s *store) drain(ctx context.Context, host string) (*events.DrainRecord, uint64, error) {
@@ -261,7 +256,7 @@ func (s *store) updateDrain(ctx context.Context, host string, mutate func(r *eve
 			return r, nil
 		}
 		if _, err := s.putDrain(ctx, r, rev); err != nil {
-			if isConflict(err) {
+			if record.Conflict(err) {
 				continue
 			}
 			return nil, err

@@ -78,17 +78,13 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom reads the PODVISOR_NETCONFIG_* settings of src over the
 // defaults.
 func ConfigFrom(src config.Source) (Config, error) {
-	c := DefaultConfig()
-	r := config.Read(src)
-	r.Int("PODVISOR_NETCONFIG_PUSH_PARALLELISM", &c.PushParallelism)
-	r.Duration("PODVISOR_NETCONFIG_PROBE_WINDOW", &c.ProbeWindow)
-	r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
-	r.String("PODVISOR_NETCONFIG_SWITCH", &c.AllHostsSwitch)
-	r.Duration("PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL", &c.ManagementInterval)
-	if err := r.Err(); err != nil {
-		return c, err
-	}
-	return c, c.Validate()
+	return config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+		r.Int("PODVISOR_NETCONFIG_PUSH_PARALLELISM", &c.PushParallelism)
+		r.Duration("PODVISOR_NETCONFIG_PROBE_WINDOW", &c.ProbeWindow)
+		r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
+		r.String("PODVISOR_NETCONFIG_SWITCH", &c.AllHostsSwitch)
+		r.Duration("PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL", &c.ManagementInterval)
+	})
 }
 
 // Validate checks every field and names each one that is wrong.
@@ -103,8 +99,6 @@ func (c Config) Validate() error {
 	p.Must(c.ResyncInterval >= 0, "ResyncInterval", c.ResyncInterval, "not be negative (0 disables)")
 	p.Must(c.ManagementInterval >= 0, "ManagementInterval", c.ManagementInterval, "not be negative (0 disables)")
 	p.Required(c.AllHostsSwitch != "", "AllHostsSwitch", "the switch of networks scoped to every host")
-	if c.SwitchMTU < events.MinMTU || c.SwitchMTU > events.MaxMTU {
-		p.Add(fmt.Errorf("SwitchMTU %d: must be between %d and %d", c.SwitchMTU, events.MinMTU, events.MaxMTU))
-	}
+	p.Must(events.MinMTU <= c.SwitchMTU && c.SwitchMTU <= events.MaxMTU, "SwitchMTU", c.SwitchMTU, fmt.Sprintf("be between %d and %d", events.MinMTU, events.MaxMTU))
 	return p.Err()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -487,10 +488,8 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "blue" })
 	// The other cluster's host does not carry blue: the attach must ask
 	// vCenter about the host, and vCenter fails every such call.
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
-		Probability: 1, FaultType: simulator.FaultTypeTimeout}); err != nil {
-		t.Fatal(err)
-	}
+	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
+		Probability: 1, FaultType: simulator.FaultTypeTimeout})
 	e.schedule("stuck", "uid-stuck", hosts[1], "blue")
 	f := testenv.Wait(e.Env, func(p *events.PodNetworkFailed) bool { return p.Name == "stuck" })
 	if f.Reason != netconfig.ReasonNotRealizedOnHost || f.Network != "blue" || f.Host != hosts[1] ||

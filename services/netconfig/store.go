@@ -143,7 +143,7 @@ func (s *store) putHostStates(ctx context.Context, network string, version int64
 		}
 		g.Go(func() error {
 			err := s.realizedKV.Delete(gctx, events.NetworkHostKey(network, host), jetstream.LastRevision(old.rev))
-			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !lostRace(err) {
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !record.Conflict(err) {
 				return fmt.Errorf("remove network %s from host %s: %w", network, host, err)
 			}
 			return nil
@@ -245,17 +245,4 @@ func (s *store) publishAvailability(ctx context.Context, rec *events.NetworkReco
 func (s *store) availability(ctx context.Context, name string) (*events.NetworkAvailability, error) {
 	a, _, err := s.netHosts.Get(ctx, events.NetworkRecordKey(name))
 	return a, err
-}
-
-// lostRace reports a compare-and-set lost to another writer (here: a
-// delete at a revision that is no longer the key's last), which leaves
-// the other writer's newer state in place.
-func lostRace(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

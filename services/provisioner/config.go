@@ -143,44 +143,36 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 // ConfigFrom returns DefaultConfig with the PODVISOR_PROVISIONER_* settings
 // of src applied, and the configuration validated.
 func ConfigFrom(src config.Source) (Config, error) {
-	cfg := DefaultConfig()
-	r := config.Read(src)
-	r.Int(EnvWorkers, &cfg.Workers)
-	r.Int(EnvMaxAttempts, &cfg.MaxAttempts)
-	r.Int(EnvFolderShards, &cfg.FolderShards)
-	r.Int(EnvGuestRepairs, &cfg.GuestRepairs)
-	r.Int(EnvTemplatesWarm, &cfg.TemplatesWarm)
-	ephemeral := int(cfg.EphemeralDiskMiB)
-	r.Int(EnvEphemeralDisk, &ephemeral)
-	r.Bool(EnvEphemeralTmpl, &cfg.EphemeralTemplate)
-	cfg.EphemeralDiskMiB = int64(ephemeral)
-	r.Duration(EnvGuestTimeout, &cfg.GuestTimeout)
-	r.Duration(EnvGuestStopSlack, &cfg.GuestStopSlack)
-	r.Bool(EnvAwaitGuestStop, &cfg.AwaitGuestStop)
-	r.Bool(EnvForkEarly, &cfg.ForkEarly)
-	r.Duration(EnvStepTimeout, &cfg.StepTimeout)
-	r.Duration(EnvResyncInterval, &cfg.ResyncInterval)
-	// Set but empty means "none" for these two, unlike the others.
-	if v, ok := src(EnvFolderRoot); ok {
-		cfg.FolderRoot = strings.TrimSpace(v)
-	}
-	if v, ok := src(EnvDatastore); ok {
-		cfg.Datastore = strings.TrimSpace(v)
-	}
-	if v, ok := src(EnvTemplateAgent); ok {
-		cfg.TemplateAgent = strings.TrimSpace(v)
-	}
-	if v, ok := src(EnvKeyFile); ok {
-		cfg.KeyFile = strings.TrimSpace(v)
-	}
-	// The registry settings the image cache reads too: native VM images
-	// come from the same registries.
-	r.List("PODVISOR_INSECURE_REGISTRIES", &cfg.NativeVM.InsecureRegistries)
-	r.String("PODVISOR_REGISTRY_CA", &cfg.NativeVM.RegistryCAFile)
-	if err := r.Err(); err != nil {
+	cfg, err := config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
+		r.Int(EnvWorkers, &c.Workers)
+		r.Int(EnvMaxAttempts, &c.MaxAttempts)
+		r.Int(EnvFolderShards, &c.FolderShards)
+		r.Int(EnvGuestRepairs, &c.GuestRepairs)
+		r.Int(EnvTemplatesWarm, &c.TemplatesWarm)
+		mib := int(c.EphemeralDiskMiB)
+		r.Int(EnvEphemeralDisk, &mib)
+		c.EphemeralDiskMiB = int64(mib)
+		r.Bool(EnvEphemeralTmpl, &c.EphemeralTemplate)
+		r.Duration(EnvGuestTimeout, &c.GuestTimeout)
+		r.Duration(EnvGuestStopSlack, &c.GuestStopSlack)
+		r.Bool(EnvAwaitGuestStop, &c.AwaitGuestStop)
+		r.Bool(EnvForkEarly, &c.ForkEarly)
+		r.Duration(EnvStepTimeout, &c.StepTimeout)
+		r.Duration(EnvResyncInterval, &c.ResyncInterval)
+		// Set but empty means "none" for these, unlike the others.
+		r.StringOrNone(EnvFolderRoot, &c.FolderRoot)
+		r.StringOrNone(EnvDatastore, &c.Datastore)
+		r.StringOrNone(EnvTemplateAgent, &c.TemplateAgent)
+		r.StringOrNone(EnvKeyFile, &c.KeyFile)
+		// The registry settings the image cache reads too: native VM images
+		// come from the same registries.
+		r.List("PODVISOR_INSECURE_REGISTRIES", &c.NativeVM.InsecureRegistries)
+		r.String("PODVISOR_REGISTRY_CA", &c.NativeVM.RegistryCAFile)
+	})
+	if err != nil {
 		return cfg, fmt.Errorf("provisioner config: %w", err)
 	}
-	return cfg, cfg.Validate()
+	return cfg, nil
 }
 
 // Validate reports every problem, each naming its field.
@@ -214,8 +206,5 @@ func (c Config) Validate() error {
 	p.Must(0 <= c.TemplatesWarm && c.TemplatesWarm <= 64, "TemplatesWarm", c.TemplatesWarm, "be between 0 (no forking) and 64 templates per host")
 	p.Must(c.GuestRepairs >= 0, "GuestRepairs", c.GuestRepairs, "not be negative")
 	p.Required(strings.TrimSpace(c.GuestID) != "", "GuestID", "for example otherLinux64Guest")
-	if err := p.Err(); err != nil {
-		return fmt.Errorf("provisioner config: %w", err)
-	}
-	return nil
+	return p.Err()
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
@@ -91,7 +92,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 			panic("simulated crash after CreateVM")
 		}
 	}
-	runService(t, svc)
+	testenv.Run(t, Name, svc.Run)
 
 	acc := e.request(testPod("crashy"))
 	e.facts(acc, e.dc.Hosts()[0].Name)
@@ -143,33 +144,16 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 	}
 }
 
-func runService(t *testing.T, svc *Service) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(40 * time.Second):
-			t.Error("Run did not return")
-		}
-	})
-}
-
 func TestCreateVMFaults(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
 	host := e.dc.Hosts()[0].Name
 
 	t.Run("transient fault is retried", func(t *testing.T) {
-		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1,
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.dc.ClearFaults)
+		})
 		acc := e.request(testPod("flaky"))
 		e.facts(acc, host)
 		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
@@ -182,13 +166,10 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("permanent fault fails the pod", func(t *testing.T) {
-		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInvalidArgument,
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.dc.ClearFaults)
+		})
 		acc := e.request(testPod("doomed"))
 		e.facts(acc, host)
 		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
@@ -221,13 +202,10 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("transient fault that persists fails after MaxAttempts", func(t *testing.T) {
-		if err := e.dc.AddFault(simulator.FaultInjectionRule{
+		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInsufficientResourcesFault,
-		}); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(e.dc.ClearFaults)
+		})
 		acc := e.request(testPod("starved"))
 		e.facts(acc, host)
 		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
@@ -560,9 +538,7 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse}); err != nil {
-		t.Fatal(err)
-	}
+	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse})
 	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{PodRef: events.PodRef{Namespace: "default", Name: "leftover", UID: acc.UID},
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
 	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })

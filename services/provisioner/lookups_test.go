@@ -12,6 +12,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // countingRT counts the vSphere calls that go through it.
@@ -90,12 +91,10 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	// A fault a retry would not fix, on a create that used cached lookups:
 	// they may have gone stale (a port group re-created, a host re-added),
 	// so the create is made again at once with fresh ones.
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{
+	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
 		MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 		FaultType: simulator.FaultTypeInvalidArgument, MaxCount: 1,
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 	if calls := create(spec("pv-lookups-5", imageDisk("app")), place); calls < 4 {
 		t.Errorf("a create whose cached lookups met a fault made %d calls, want a second try with fresh lookups", calls)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/simulator"
@@ -115,12 +116,10 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	e.facts(acc, hosts[0].Name)
 	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{
+	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
 		FaultType: simulator.FaultTypeInvalidState, Message: "host not responding",
-	}); err != nil {
-		t.Fatal(err)
-	}
+	})
 	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "stranded", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
 	r := e.waitRecord(svc, "default", "stranded", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if len(r.StaleVMs) != 1 || r.StaleVMs[0].Ref != first.VM || r.VMName != "pv-"+acc.UID+"-1" {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // errConflict means the record changed between read and write (another
@@ -107,7 +108,7 @@ func (s *records) create(ctx context.Context, r *events.PodRecord) error {
 	}
 	key := events.PodRecordKey(r.Namespace, r.Name)
 	rev, err := s.kv.Create(ctx, key, b)
-	if errors.Is(err, jetstream.ErrKeyExists) {
+	if record.Conflict(err) {
 		return errConflict
 	}
 	if err != nil {
@@ -129,7 +130,7 @@ func (s *records) update(ctx context.Context, r *events.PodRecord) error {
 	rev, err := s.kv.Update(ctx, key, b, r.ResourceVersion)
 	if err != nil {
 		s.forget(key)
-		if isWrongRevision(err) {
+		if record.Conflict(err) {
 			return errConflict
 		}
 		return fmt.Errorf("update pod record %s: %w", r.Key(), err)
@@ -145,7 +146,7 @@ func (s *records) remove(ctx context.Context, r *events.PodRecord) error {
 	s.forget(key)
 	err := s.kv.Delete(ctx, key, jetstream.LastRevision(r.ResourceVersion))
 	if err != nil {
-		if isWrongRevision(err) {
+		if record.Conflict(err) {
 			return errConflict
 		}
 		return fmt.Errorf("delete pod record %s: %w", r.Key(), err)
@@ -182,12 +183,4 @@ func encodeRecord(r *events.PodRecord) ([]byte, error) {
 		return nil, fmt.Errorf("encode pod record %s: %w", r.Key(), err)
 	}
 	return b, nil
-}
-
-// isWrongRevision recognizes a failed compare-and-set, in both forms the
-// server reports it (single replica and replicated streams).
-func isWrongRevision(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

@@ -78,7 +78,7 @@ type hooks struct {
 
 func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("provisioner config: %w", err)
 	}
 	if b == nil {
 		return nil, ErrNoBus

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -129,36 +128,22 @@ func ConfigFrom(src config.Source) (Config, error) {
 
 // Validate reports every problem, each naming its field.
 func (c Config) Validate() error {
-	var errs []error
-	if c.Profile == nil && c.Strategy != framework.StrategySpread && c.Strategy != framework.StrategyBinpack {
-		errs = append(errs, fmt.Errorf("Strategy: %q is not supported, want %q or %q", c.Strategy, framework.StrategySpread, framework.StrategyBinpack))
+	var p config.Checks
+	p.Must(c.Profile != nil || c.Strategy == framework.StrategySpread || c.Strategy == framework.StrategyBinpack, "Strategy", c.Strategy,
+		fmt.Sprintf("be %q or %q", framework.StrategySpread, framework.StrategyBinpack))
+	prof := c.profile()
+	if err := prof.Validate(plugins.NewRegistry()); err != nil {
+		p.Add(fmt.Errorf("Profile: %w", err))
 	}
-	p := c.profile()
-	if err := p.Validate(plugins.NewRegistry()); err != nil {
-		errs = append(errs, fmt.Errorf("Profile: %w", err))
-	}
-	if c.BatchSize < 1 {
-		errs = append(errs, fmt.Errorf("BatchSize: %d must be at least 1", c.BatchSize))
-	}
-	if c.Workers < 1 {
-		errs = append(errs, fmt.Errorf("Workers: %d must be at least 1", c.Workers))
-	}
-	if c.ResyncInterval < time.Second {
-		errs = append(errs, fmt.Errorf("ResyncInterval: %s must be at least 1s", c.ResyncInterval))
-	}
-	if c.InventoryPoll != 0 && c.InventoryPoll < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("InventoryPoll: %s: want 0 (watch) or at least 100ms", c.InventoryPoll))
-	}
-	if c.RetryInitial <= 0 || c.RetryMax < c.RetryInitial {
-		errs = append(errs, fmt.Errorf("RetryInitial/RetryMax: %s/%s: want 0 < initial <= max", c.RetryInitial, c.RetryMax))
-	}
-	if c.PendingRescan < 100*time.Millisecond {
-		errs = append(errs, fmt.Errorf("PendingRescan: %s must be at least 100ms", c.PendingRescan))
-	}
-	if c.HostRecordInterval <= 0 {
-		errs = append(errs, fmt.Errorf("HostRecordInterval: %s must be positive", c.HostRecordInterval))
-	}
-	return errors.Join(errs...)
+	p.Must(c.BatchSize >= 1, "BatchSize", c.BatchSize, "be at least 1")
+	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(c.ResyncInterval >= time.Second, "ResyncInterval", c.ResyncInterval, "be at least 1s")
+	p.Must(c.InventoryPoll == 0 || c.InventoryPoll >= 100*time.Millisecond, "InventoryPoll", c.InventoryPoll, "be 0 (watch) or at least 100ms")
+	p.Must(c.RetryInitial > 0, "RetryInitial", c.RetryInitial, "be positive")
+	p.Must(c.RetryMax >= c.RetryInitial, "RetryMax", c.RetryMax, fmt.Sprintf("be at least RetryInitial %s", c.RetryInitial))
+	p.Must(c.PendingRescan >= 100*time.Millisecond, "PendingRescan", c.PendingRescan, "be at least 100ms")
+	p.Must(c.HostRecordInterval > 0, "HostRecordInterval", c.HostRecordInterval, "be positive")
+	return p.Err()
 }
 
 // profile is the effective profile.

@@ -222,7 +222,7 @@ func TestConfigValidation(t *testing.T) {
 	c := scheduler.DefaultConfig()
 	c.Strategy, c.BatchSize, c.RetryMax, c.InventoryPoll = "pack", 0, time.Millisecond, time.Millisecond
 	err := c.Validate()
-	for _, want := range []string{"Strategy", "BatchSize", "RetryInitial/RetryMax", "InventoryPoll"} {
+	for _, want := range []string{`Strategy "pack": must be`, "BatchSize 0: must", "RetryMax 1ms: must be at least RetryInitial 1s", "InventoryPoll 1ms: must"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("error %v does not name %s", err, want)
 		}

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 // Source looks a setting up by name.
@@ -81,6 +83,15 @@ func (r *Reader) String(name string, dst *string) {
 	}
 }
 
+// StringOrNone sets *dst to name's value, trimmed, whenever it is set,
+// empty included: for a setting where "set but empty" means none rather
+// than the default (a default folder the user empties on purpose).
+func (r *Reader) StringOrNone(name string, dst *string) {
+	if v, ok := r.src(name); ok {
+		*dst = strings.TrimSpace(v)
+	}
+}
+
 // Int sets *dst to name's value, a whole number.
 func (r *Reader) Int(name string, dst *int) {
 	if v, ok := r.Lookup(name); ok {
@@ -138,6 +149,18 @@ func (r *Reader) Parse(name string, parse func(value string) error) {
 			r.Failf("%s: %w", name, err)
 		}
 	}
+}
+
+// Bytes sets *dst to name's value, a size in bytes or with a binary
+// suffix such as 20Gi (bytesize.Parse).
+func (r *Reader) Bytes(name string, dst *int64) {
+	r.Parse(name, func(v string) error {
+		n, err := bytesize.Parse(v)
+		if err == nil {
+			*dst = n
+		}
+		return err
+	})
 }
 
 // List sets *dst to name's comma-separated values, trimmed, empty ones

@@ -44,6 +44,31 @@ func TestReaderReadsAndReportsEveryBadValue(t *testing.T) {
 	}
 }
 
+func TestStringOrNoneTakesAnEmptyValue(t *testing.T) {
+	folder, unset := "podvisor", "kept"
+	r := config.Read(config.Map(map[string]string{"FOLDER": " ", "OTHER": " x "}))
+	r.StringOrNone("FOLDER", &folder)
+	r.StringOrNone("UNSET", &unset)
+	other := ""
+	r.StringOrNone("OTHER", &other)
+	if folder != "" || unset != "kept" || other != "x" {
+		t.Errorf("folder %q unset %q other %q, want \"\", kept and x", folder, unset, other)
+	}
+}
+
+func TestBytesReadsBinarySizes(t *testing.T) {
+	budget, bad := int64(1), int64(7)
+	r := config.Read(config.Map(map[string]string{"BUDGET": "20Gi", "BAD": "lots"}))
+	r.Bytes("BUDGET", &budget)
+	r.Bytes("BAD", &bad)
+	if budget != 20<<30 || bad != 7 {
+		t.Errorf("budget %d bad %d, want 20Gi and the default kept", budget, bad)
+	}
+	if err := r.Err(); err == nil || err.Error() != `BAD: "lots" is not a size such as 20Gi or 1048576` {
+		t.Errorf("Err = %v", err)
+	}
+}
+
 func TestEnvIsTheProcessEnvironment(t *testing.T) {
 	t.Setenv("PODVISOR_CONFIG_TEST", "yes")
 	if v, ok := config.Env()("PODVISOR_CONFIG_TEST"); !ok || v != "yes" {

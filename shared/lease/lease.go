@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	kvrecord "github.com/podvisor/podvisor/shared/record"
 )
 
 // DefaultTTL is the lease's lifetime when Lease.TTL is zero: a leader that
@@ -190,7 +192,7 @@ func (l *Lease) try(ctx context.Context, holder string, seen *observed) (uint64,
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		// Create also succeeds over a deleted key's marker.
 		rev, err := l.KV.Create(ctx, l.Key, data)
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		if kvrecord.Conflict(err) {
 			return 0, "(another replica, just now)", nil
 		}
 		return rev, "", err
@@ -212,7 +214,7 @@ func (l *Lease) try(ctx context.Context, holder string, seen *observed) (uint64,
 		return 0, cur.Holder, nil
 	}
 	rev, err := l.KV.Update(ctx, l.Key, data, e.Revision())
-	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+	if kvrecord.Conflict(err) {
 		return 0, "(another replica, just now)", nil
 	}
 	return rev, "", err
@@ -244,8 +246,7 @@ func (l *Lease) Fence(ctx context.Context) error {
 }
 
 func lostKey(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
-		errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
+	return kvrecord.Conflict(err) || errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)
 }
 
 // lead runs fn under the lease written at rev, renewing it until fn
@@ -331,7 +332,7 @@ func (l *Lease) release(holder string, rev uint64, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), l.ttl()/3)
 	defer cancel()
 	err := l.KV.Delete(ctx, l.Key, jetstream.LastRevision(rev))
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if kvrecord.Conflict(err) {
 		var e jetstream.KeyValueEntry
 		if e, err = l.KV.Get(ctx, l.Key); err == nil {
 			var cur record

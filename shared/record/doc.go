@@ -22,5 +22,6 @@
 // record does not exist), ErrExists (Create found it taken) and ErrConflict
 // (a compare-and-set lost, after retries). JetStream's own errors for them
 // (ErrKeyExists, ErrKeyRevisionMismatch, ErrKeyNotFound) are mapped here
-// and nowhere else.
+// and nowhere else: owners that write a bucket without a Store ask Conflict
+// whether a write lost a compare-and-set.
 package record

@@ -112,7 +112,7 @@ func (s *Store[T]) Put(ctx context.Context, key string, v *T, rev uint64) (uint6
 		rev, err = s.kv.Update(ctx, key, data, rev)
 	}
 	if err != nil {
-		if isConflict(err) {
+		if Conflict(err) {
 			return 0, fmt.Errorf("write %s %s: %w", s.noun, key, ErrConflict)
 		}
 		return 0, fmt.Errorf("write %s %s: %w", s.noun, key, err)
@@ -134,11 +134,21 @@ func (s *Store[T]) Set(ctx context.Context, key string, v *T) (uint64, error) {
 	return rev, nil
 }
 
-// isConflict: a compare-and-set lost. JetStream reports an update at a
-// stale revision as ErrKeyExists (wrong last sequence) on some paths and
-// ErrKeyRevisionMismatch on others.
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+// Conflict reports a compare-and-set lost to another writer: a Create of
+// a key that exists, an Update or a Delete at a revision that is no longer
+// the key's last. JetStream says so in three ways: ErrKeyExists (Create),
+// ErrKeyRevisionMismatch (Update), and the raw "wrong last sequence" API
+// error (a Delete at a revision, a Create over a delete marker that loses
+// its second try). Every owner of KV records decides "someone else wrote
+// first" with this one test.
+func Conflict(err error) bool {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Mutate applies change to the record at key and writes it at the revision

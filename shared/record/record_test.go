@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/record"
@@ -186,5 +188,40 @@ func TestListDeleteWatch(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("Watch channel not closed after its context ended")
+	}
+}
+
+// TestConflictInEveryForm: a lost compare-and-set is recognised in each
+// form JetStream reports it, the replicated streams' code included, and
+// nothing else is.
+func TestConflictInEveryForm(t *testing.T) {
+	s, ctx := newStore(t)
+	kv := s.KV()
+	rev, err := kv.Create(ctx, "k", []byte("1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Update(ctx, "k", []byte("2"), rev); err != nil {
+		t.Fatal(err)
+	}
+	_, createErr := kv.Create(ctx, "k", []byte("x"))
+	_, updateErr := kv.Update(ctx, "k", []byte("x"), rev)
+	deleteErr := kv.Delete(ctx, "k", jetstream.LastRevision(rev))
+	_, missing := kv.Get(ctx, "none")
+	for name, tc := range map[string]struct {
+		err  error
+		want bool
+	}{
+		"create of a taken key":        {createErr, true},
+		"update at a stale revision":   {updateErr, true},
+		"delete at a stale revision":   {deleteErr, true},
+		"replicated stream's CAS code": {&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant}, true},
+		"missing key":                  {missing, false},
+		"another error":                {errors.New("timeout"), false},
+		"no error":                     {nil, false},
+	} {
+		if got := record.Conflict(tc.err); got != tc.want {
+			t.Errorf("%s: Conflict(%v) = %v, want %v", name, tc.err, got, tc.want)
+		}
 	}
 }

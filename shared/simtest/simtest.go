@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
@@ -34,6 +35,16 @@ func Start(t testing.TB, cfg sim.Config) *sim.Datacenter {
 	}
 	t.Cleanup(d.Close)
 	return d
+}
+
+// Fault injects rule into d's vCenter until the test (or subtest) ends,
+// when every injected fault is cleared: no test leaves a fault to the next.
+func Fault(t testing.TB, d *sim.Datacenter, rule simulator.FaultInjectionRule) {
+	t.Helper()
+	if err := d.AddFault(rule); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.ClearFaults)
 }
 
 // Client returns a govmomi client logged in to d over HTTP, logged out at

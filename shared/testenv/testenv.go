@@ -93,6 +93,13 @@ func Logger() *slog.Logger {
 // waits for Run to return, which must be nil; it runs once, also at
 // cleanup.
 func (e *Env) Run(name string, run func(context.Context) error) (stop func()) {
+	return Run(e.T, name, run)
+}
+
+// Run is Env.Run for tests that start their parts themselves: every test
+// runs a service this one way, so a Run that fails on the way out or does
+// not return fails the test wherever it is started.
+func Run(t testing.TB, name string, run func(context.Context) error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- run(ctx) }()
@@ -103,14 +110,14 @@ func (e *Env) Run(name string, run func(context.Context) error) (stop func()) {
 			select {
 			case err := <-done:
 				if err != nil {
-					e.T.Errorf("%s: Run returned %v after cancel, want nil", name, err)
+					t.Errorf("%s: Run returned %v after cancel, want nil", name, err)
 				}
 			case <-time.After(40 * time.Second):
-				e.T.Errorf("%s: Run did not return within 40s of cancel", name)
+				t.Errorf("%s: Run did not return within 40s of cancel", name)
 			}
 		})
 	}
-	e.T.Cleanup(stop)
+	t.Cleanup(stop)
 	return stop
 }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 // Command is the command line that reproduces r (without --chart or -o).
@@ -64,10 +66,10 @@ func (r *Result) Table(w io.Writer) error {
 	}
 	ic := r.ImageCache
 	fmt.Fprintf(w, "image cache (%s): cold %.0f ms, %s pulled; warm %.0f ms, %s pulled\n",
-		ic.Image, ic.ColdMS, iec(ic.ColdBytes), ic.WarmMS, iec(ic.WarmBytes))
+		ic.Image, ic.ColdMS, bytesize.IEC(ic.ColdBytes), ic.WarmMS, bytesize.IEC(ic.WarmBytes))
 	if d := r.ImageDisks; d != nil {
 		fmt.Fprintf(w, "image disks (%s, %d layers, %s, %s compressed): cold pull+write %.1f MB/s (%.0f ms) vs go-containerregistry pull+extract %.1f MB/s (%.0f ms): %.2f× (medians of %d images); warm %.0f ms = %.1f%% of cold\n",
-			d.Image, d.Layers, iec(d.Bytes), iec(d.Compressed), d.ColdMBps, d.ColdMS, d.BaselineMBps, d.BaselineMS, d.Ratio, len(d.ColdRoundsMS), d.WarmMS, 100*d.WarmToCold)
+			d.Image, d.Layers, bytesize.IEC(d.Bytes), bytesize.IEC(d.Compressed), d.ColdMBps, d.ColdMS, d.BaselineMBps, d.BaselineMS, d.Ratio, len(d.ColdRoundsMS), d.WarmMS, 100*d.WarmToCold)
 	}
 	if d := r.DataPlane; d != nil {
 		if d.Skipped != "" {
@@ -100,17 +102,17 @@ func (r *Result) Table(w io.Writer) error {
 	}
 	if len(m.Services) == 0 {
 		fmt.Fprintf(w, "memory: peak RSS %s (services + NATS + simulator in one process); live heap %s → %s, %s per pod; 10,000 pods ≈ %s heap (%s)\n",
-			iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes), iec(m.HeapPerPodBytes), iec(m.Est10kPodsBytes), est)
+			bytesize.IEC(m.PeakRSSBytes), bytesize.IEC(m.HeapBeforeBytes), bytesize.IEC(m.HeapAfterBytes), bytesize.IEC(m.HeapPerPodBytes), bytesize.IEC(m.Est10kPodsBytes), est)
 		return nil
 	}
 	var parts []string
 	for _, s := range m.Services {
-		parts = append(parts, fmt.Sprintf("%s %s (%s private)", s.Name, iec(s.RSSBytes), iec(s.AnonBytes)))
+		parts = append(parts, fmt.Sprintf("%s %s (%s private)", s.Name, bytesize.IEC(s.RSSBytes), bytesize.IEC(s.AnonBytes)))
 	}
 	fmt.Fprintf(w, "memory: control plane (%d service processes): %s resident counting the shared executable once; RSS summed %s, peak %s (target ≤ 500 MB at 10,000 pods): %s\n",
-		len(m.Services), iec(m.ControlPlaneResidentBytes), iec(m.ControlPlaneRSSBytes), iec(m.ControlPlanePeakBytes), strings.Join(parts, ", "))
+		len(m.Services), bytesize.IEC(m.ControlPlaneResidentBytes), bytesize.IEC(m.ControlPlaneRSSBytes), bytesize.IEC(m.ControlPlanePeakBytes), strings.Join(parts, ", "))
 	fmt.Fprintf(w, "memory: NATS + simulator + bench in this process: peak RSS %s; live heap %s → %s\n",
-		iec(m.PeakRSSBytes), iec(m.HeapBeforeBytes), iec(m.HeapAfterBytes))
+		bytesize.IEC(m.PeakRSSBytes), bytesize.IEC(m.HeapBeforeBytes), bytesize.IEC(m.HeapAfterBytes))
 	return nil
 }
 
@@ -137,19 +139,6 @@ func ratio(r float64) string {
 		return fmt.Sprintf("%.0f×", r)
 	}
 	return fmt.Sprintf("%.2g×", r)
-}
-
-func iec(b int64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%d B", b)
-	}
-	div, exp := int64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(b)/float64(div), "KMGTPE"[exp])
 }
 
 // SVG draws the run as two bar charts: throughput of the pipeline against
@@ -205,7 +194,7 @@ func (r *Result) SVG() string {
 		y, ratio(r.Ratios.PipelineToRaw), ratio(r.Ratios.PipelineToSequential), r.Pipeline.VMRunning, r.Pipeline.Pods, r.Scheduling.PodsPerS)
 	y += 16
 	fmt.Fprintf(&b, `<text x="20" y="%d" class="n">image cache cold %.0f ms (%s pulled) / warm %.0f ms (%s) · peak RSS %s · heap %s per pod</text>`+"\n",
-		y, r.ImageCache.ColdMS, iec(r.ImageCache.ColdBytes), r.ImageCache.WarmMS, iec(r.ImageCache.WarmBytes), iec(r.Memory.PeakRSSBytes), iec(r.Memory.HeapPerPodBytes))
+		y, r.ImageCache.ColdMS, bytesize.IEC(r.ImageCache.ColdBytes), r.ImageCache.WarmMS, bytesize.IEC(r.ImageCache.WarmBytes), bytesize.IEC(r.Memory.PeakRSSBytes), bytesize.IEC(r.Memory.HeapPerPodBytes))
 	height := y + 20
 	var out strings.Builder
 	fmt.Fprintf(&out, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="Helvetica, Arial, sans-serif">`+"\n", width, height, width, height)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bytesize"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -169,7 +170,7 @@ func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) e
 	f.add("Connection", r.ConnectionState)
 	f.add("Labels", labelString(r.Labels))
 	f.add("CPU", fmt.Sprintf("%.1f of %.0f cores allocated (%d × %d MHz)", float64(r.AllocatedCPUMilli)/1000, float64(r.CPUCapacityMilli)/1000, r.CPUCores, r.CPUMHz))
-	f.add("Memory", fmt.Sprintf("%s of %s allocated", humanBytes(r.AllocatedMemoryBytes), humanBytes(r.MemoryCapacityBytes)))
+	f.add("Memory", fmt.Sprintf("%s of %s allocated", bytesize.Short(r.AllocatedMemoryBytes), bytesize.Short(r.MemoryCapacityBytes)))
 	f.add("Pods", r.Pods)
 	f.add("Datastores", strings.Join(r.Datastores, ", "))
 	f.add("Port groups", strings.Join(r.Networks, ", "))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bytesize"
 	"github.com/podvisor/podvisor/shared/imagemeta"
 )
 
@@ -48,19 +49,5 @@ func (i *imageRow) Row(time.Time) []string {
 	if len(digest) > 19 {
 		digest = digest[:19] // sha256: + 12 hex digits, as docker prints
 	}
-	return []string{r.Image, digest, strconv.Itoa(r.Layers), dash(r.Datastore), humanBytes(r.Size), strconv.Itoa(r.Refs), dash(r.State)}
-}
-
-// humanBytes renders a size in binary units.
-func humanBytes(b int64) string {
-	const unit = 1024
-	if b < unit {
-		return fmt.Sprintf("%dB", b)
-	}
-	div, exp := int64(unit), 0
-	for n := b / unit; n >= unit; n /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f%ci", float64(b)/float64(div), "KMGTPE"[exp])
+	return []string{r.Image, digest, strconv.Itoa(r.Layers), dash(r.Datastore), bytesize.Short(r.Size), strconv.Itoa(r.Refs), dash(r.State)}
 }

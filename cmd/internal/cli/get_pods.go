@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 func init() {
@@ -20,7 +21,7 @@ func init() {
 		wideHeader: []string{"CLUSTER", "VM", "CPU", "MEMORY", "NETWORKS", "UID"},
 		wide: func(r record) []string {
 			p := &r.(*podRow).PodRecord
-			return []string{dash(p.Cluster), dash(p.VMName), fmt.Sprintf("%dm", p.Size.CPUMilli), humanBytes(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
+			return []string{dash(p.Cluster), dash(p.VMName), fmt.Sprintf("%dm", p.Size.CPUMilli), bytesize.Short(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
 		},
 		decode: func(v []byte) (record, error) {
 			var r podRow

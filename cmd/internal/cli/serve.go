@@ -86,11 +86,21 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	build := Build()
 	logger.Info("starting", "service", spec.Name, "version", build.Version, "commit", build.Commit, "built", build.BuildDate)
 
-	// A bad setting is reported before any connection is made.
+	// A bad setting is reported before any connection is made. serve's own
+	// settings come from settings too: the env file of a local `up` names
+	// the replicas of the streams it declared.
 	if spec.Check != nil {
 		if err := spec.Check(settings); err != nil {
 			return fmt.Errorf("%s: %w", spec.Name, err)
 		}
+	}
+	var topo []bus.TopologyOption
+	if v, _ := settings("PODVISOR_STREAM_REPLICAS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 5 {
+			return usageError("PODVISOR_STREAM_REPLICAS=%q: want a number of replicas from 1 to 5", v)
+		}
+		topo = append(topo, bus.WithReplicas(n))
 	}
 	if local {
 		settings = localRedisUser(settings, g.stateDir, spec.Name)
@@ -121,14 +131,6 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 		return err
 	}
 	defer b.Close()
-	var topo []bus.TopologyOption
-	if v := os.Getenv("PODVISOR_STREAM_REPLICAS"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 5 {
-			return usageError("PODVISOR_STREAM_REPLICAS=%q: want a number of replicas from 1 to 5", v)
-		}
-		topo = append(topo, bus.WithReplicas(n))
-	}
 	// Declaring streams takes the admin identity; a service that runs as
 	// its own relies on `podvisor up` (or the deployment's admin) having
 	// declared them, and fails on its first consumer if not.
@@ -171,7 +173,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 		deps.Redis = rdb
 		checks["redis"] = func(ctx context.Context) error { return rdb.Ping(ctx).Err() }
 	}
-	addr := os.Getenv("PODVISOR_HEALTH_ADDR")
+	addr, _ := settings("PODVISOR_HEALTH_ADDR")
 	if addr == "" {
 		// In a container the probes expect the fixed port; beside a local
 		// `podvisor up` several services share the machine, so each takes a
@@ -185,7 +187,7 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 	if err != nil {
 		return fmt.Errorf("health server on %s: %w", addr, err)
 	}
-	if f := os.Getenv("PODVISOR_HEALTH_ADDR_FILE"); f != "" {
+	if f, _ := settings("PODVISOR_HEALTH_ADDR_FILE"); f != "" {
 		// A process on a port of its own tells where it listens (up's
 		// fault-injection run samples every process's /metrics).
 		if err := os.WriteFile(f, []byte(ln.Addr().String()+"\n"), 0o640); err != nil {

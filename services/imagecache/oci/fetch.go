@@ -14,6 +14,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 // Fetched is what Fetch measured.
@@ -43,7 +45,7 @@ func (c *Client) Fetch(ctx context.Context, img *Image, i int, sink func(tar io.
 	want := img.Layers[i]
 	if lim := c.cfg.Limits.MaxLayerBytes; want.Size > lim {
 		return Fetched{}, fmt.Errorf("image %s layer %s: %w: %d compressed bytes, over the compressed layer size cap of %s",
-			img.Ref, want.Digest, ErrLimit, want.Size, human(lim))
+			img.Ref, want.Digest, ErrLimit, want.Size, bytesize.IEC(lim))
 	}
 	layer, err := remote.Layer(img.repo.Digest(want.Digest), append([]remote.Option{remote.WithContext(ctx)}, c.opts...)...)
 	if err != nil {
@@ -173,10 +175,10 @@ func (c *cappedReader) Read(p []byte) (int, error) {
 		c.h.Write(p[:n])
 		switch {
 		case c.n > c.lim.MaxUncompressedBytes:
-			c.exceeded = fmt.Errorf("%w: the layer inflates past the uncompressed layer size cap of %s", ErrLimit, human(c.lim.MaxUncompressedBytes))
+			c.exceeded = fmt.Errorf("%w: the layer inflates past the uncompressed layer size cap of %s", ErrLimit, bytesize.IEC(c.lim.MaxUncompressedBytes))
 		case c.n > int64(c.lim.MaxRatio)*c.comp.n+c.lim.RatioFloor:
 			c.exceeded = fmt.Errorf("%w: the layer inflates past the compression ratio cap of %d× (%s from %s read)",
-				ErrLimit, c.lim.MaxRatio, human(c.n), human(c.comp.n))
+				ErrLimit, c.lim.MaxRatio, bytesize.IEC(c.n), bytesize.IEC(c.comp.n))
 		}
 		if c.exceeded != nil {
 			return 0, c.exceeded
@@ -186,18 +188,4 @@ func (c *cappedReader) Read(p []byte) (int, error) {
 		c.readErr = err
 	}
 	return n, err
-}
-
-// human prints a byte count with a binary unit.
-func human(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }

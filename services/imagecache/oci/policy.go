@@ -15,6 +15,8 @@ import (
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
+
+	"github.com/podvisor/podvisor/shared/bytesize"
 )
 
 // policy is the transport under go-containerregistry's: every request and
@@ -68,7 +70,7 @@ func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if resp.ContentLength > p.maxManifest {
 		resp.Body.Close()
-		return nil, fmt.Errorf("%w: manifest %s of %d bytes, over the manifest size cap of %s", ErrLimit, req.URL.Path, resp.ContentLength, human(p.maxManifest))
+		return nil, fmt.Errorf("%w: manifest %s of %d bytes, over the manifest size cap of %s", ErrLimit, req.URL.Path, resp.ContentLength, bytesize.IEC(p.maxManifest))
 	}
 	resp.Body = &limitedBody{rc: resp.Body, left: p.maxManifest, path: req.URL.Path}
 	return resp, nil

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // A network's allocation fence orders its address allocations against its
@@ -124,7 +125,7 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 		if f.Deleting {
 			for _, w := range batch {
 				err := a.kv.Delete(ctx, events.IPAllocationKey(network, w.ip), jetstream.LastRevision(w.rev))
-				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !conflict(err) {
+				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !record.Conflict(err) {
 					w.done <- fmt.Errorf("give back %s on %s: %w", w.ip, network, err)
 					continue
 				}
@@ -135,7 +136,7 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			finish(batch, nil)
 			return
-		} else if !conflict(err) {
+		} else if !record.Conflict(err) {
 			finish(batch, fmt.Errorf("allocate on %s: fence: %w", network, err))
 			return
 		}
@@ -163,7 +164,7 @@ func (a *Allocator) BeginDelete(ctx context.Context, network string) error {
 		}
 		if err := a.writeFence(ctx, network, fence{Deleting: true, Since: a.now().UTC()}, rev); err == nil {
 			return nil
-		} else if !conflict(err) {
+		} else if !record.Conflict(err) {
 			return fmt.Errorf("begin delete of %s: %w", network, err)
 		}
 	}
@@ -182,7 +183,7 @@ func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
 		}
 		if err := a.writeFence(ctx, network, fence{}, rev); err == nil {
 			return nil
-		} else if !conflict(err) {
+		} else if !record.Conflict(err) {
 			return fmt.Errorf("abort delete of %s: %w", network, err)
 		}
 	}
@@ -261,7 +262,7 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string) error {
 		_, err = a.kv.Create(ctx, key, data)
 	}
 	if err != nil {
-		if conflict(err) {
+		if record.Conflict(err) {
 			return fmt.Errorf("bind %s on %s: another allocation for the pod is under way: %w", uid, network, err)
 		}
 		return fmt.Errorf("bind %s on %s: %w", uid, network, err)

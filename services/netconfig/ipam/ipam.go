@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // ErrExhausted is returned (wrapped) when every usable address of a pool is
@@ -195,7 +196,7 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 			a.setHint(pool.Network, v+1)
 			return alloc, a.commit(ctx, pool.Network, ip, rev)
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return events.IPAllocation{}, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
 		}
 		// Another pod won this address between our listing and our create.
@@ -266,7 +267,7 @@ func (a *Allocator) Move(ctx context.Context, network, uid, host string) (bool, 
 		if err == nil {
 			return true, nil
 		}
-		if !conflict(err) || attempt >= 5 {
+		if !record.Conflict(err) || attempt >= 5 {
 			return false, err
 		}
 	}
@@ -285,7 +286,7 @@ func (a *Allocator) Release(ctx context.Context, network, uid string) (string, e
 		ip := ""
 		if ok {
 			err := a.kv.Delete(ctx, events.IPAllocationKey(network, h.alloc.IP), jetstream.LastRevision(h.revision))
-			if conflict(err) && attempt < 5 {
+			if record.Conflict(err) && attempt < 5 {
 				continue // rebound to another host meanwhile: read it again
 			}
 			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -380,20 +381,6 @@ func MAC(network, uid string) string {
 	return net.HardwareAddr{0x00, 0x50, 0x56, sum[0] & 0x3f, sum[1], sum[2]}.String()
 }
 
-// conflict reports a lost compare-and-set: the key exists (Create) or has a
-// newer revision (Update, Delete). Create on a key whose last entry is a
-// delete marker reports the raw "wrong last sequence" API error, so that is
-// checked too.
-func conflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) &&
-		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
-}
-
 func toUint(a netip.Addr) uint32 {
 	b := a.As4()
 	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
@@ -438,7 +425,7 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 		if err == nil {
 			return alloc, true, a.commit(ctx, pool.Network, ip, rev)
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
 		}
 	}

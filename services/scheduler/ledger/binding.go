@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Pod bindings make a pod's placement unique across hosts (the per-host
@@ -72,7 +73,7 @@ func (l *Ledger) Claim(ctx context.Context, uid, host string) (Binding, error) {
 		if err == nil {
 			return Binding{PodBinding: mine, Revision: rev}, nil
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return Binding{}, fmt.Errorf("ledger: claim %s: %w", uid, err)
 		}
 		cur, ok, err := l.GetBinding(ctx, uid)
@@ -102,7 +103,7 @@ func (l *Ledger) Claim(ctx context.Context, uid, host string) (Binding, error) {
 			}
 			return b, nil
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return Binding{}, fmt.Errorf("ledger: take over binding of %s: %w", uid, err)
 		}
 	}
@@ -151,7 +152,7 @@ func (l *Ledger) Rebind(ctx context.Context, uid, host string) error {
 		if err == nil {
 			return nil
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return fmt.Errorf("ledger: rebind %s: %w", uid, err)
 		}
 	}
@@ -167,7 +168,7 @@ func (l *Ledger) Unbind(ctx context.Context, uid string, rev uint64) error {
 		opts = append(opts, jetstream.LastRevision(rev))
 	}
 	err := l.kv.Delete(ctx, events.PodBindingKey(uid), opts...)
-	if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) || (rev > 0 && conflict(err)) {
+	if err == nil || errors.Is(err, jetstream.ErrKeyNotFound) || (rev > 0 && record.Conflict(err)) {
 		return nil
 	}
 	return fmt.Errorf("ledger: unbind %s: %w", uid, err)

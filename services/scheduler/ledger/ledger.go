@@ -28,6 +28,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // maxAttempts bounds the CAS loop. Each failed attempt means another writer
@@ -139,7 +140,7 @@ func (l *Ledger) mutate(ctx context.Context, host string, hint *Entry, change fu
 			cur.Revision = rev
 			return cur, nil
 		}
-		if !conflict(err) {
+		if !record.Conflict(err) {
 			return Entry{}, fmt.Errorf("ledger: write %s: %w", host, err)
 		}
 		// Another writer won this round: back off a little (with jitter
@@ -152,15 +153,6 @@ func (l *Ledger) mutate(ctx context.Context, host string, hint *Entry, change fu
 		}
 	}
 	return Entry{}, fmt.Errorf("%w %s after %d attempts", ErrContention, host, maxAttempts)
-}
-
-func conflict(err error) bool {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		return true
-	}
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // clone copies an entry so that a change never touches the caller's copy.
