@@ -173,7 +173,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
 			Workers: s.cfg.Workers, AckWait: s.cfg.AckWait, MaxDeliver: s.cfg.MaxDeliver, BackOff: s.cfg.BackOff, Logger: s.log,
-		}, nil)
+		}, s.tuneConsumer)
 	})
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
@@ -188,6 +188,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// tuneConsumer gives the pods' stream (attaches) its own worker count.
+func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
+	if c.Stream == events.StreamPods {
+		c.Workers = s.cfg.AttachWorkers
+	}
 }
 
 // resyncLoop re-pushes every network periodically: the push is computed
