@@ -79,6 +79,9 @@ type Service struct {
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
+	// svcList is the last listing of the network services, reused by
+	// attaches while the bucket is unchanged (serviceRecords).
+	svcList serviceList
 	// mgmt is what the management port repair knows (mgmtrepair.go).
 	mgmt mgmtState
 }
