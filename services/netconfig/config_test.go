@@ -4,6 +4,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 func TestConfigValidateNamesEveryBadField(t *testing.T) {
@@ -17,11 +20,12 @@ func TestConfigValidateNamesEveryBadField(t *testing.T) {
 	c.AckWait = time.Millisecond
 	c.AllHostsSwitch = ""
 	c.SwitchMTU = 100
+	c.AttachWorkers = 0
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("Validate accepted a broken config")
 	}
-	for _, field := range []string{"PushParallelism", "ProbeInterval", "HistoryLimit", "AckWait", "AllHostsSwitch", "SwitchMTU"} {
+	for _, field := range []string{"PushParallelism", "ProbeInterval", "HistoryLimit", "AckWait", "AllHostsSwitch", "SwitchMTU", "AttachWorkers"} {
 		if !strings.Contains(err.Error(), field) {
 			t.Errorf("error does not name %s: %v", field, err)
 		}
@@ -32,15 +36,37 @@ func TestConfigFromEnv(t *testing.T) {
 	t.Setenv("PODVISOR_NETCONFIG_PUSH_PARALLELISM", "32")
 	t.Setenv("PODVISOR_NETCONFIG_PROBE_WINDOW", "2s")
 	t.Setenv("PODVISOR_NETCONFIG_SWITCH", "site-dvs")
+	t.Setenv("PODVISOR_NETCONFIG_ATTACH_WORKERS", "16")
 	c, err := ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.PushParallelism != 32 || c.ProbeWindow != 2*time.Second || c.AllHostsSwitch != "site-dvs" {
+	if c.PushParallelism != 32 || c.ProbeWindow != 2*time.Second || c.AllHostsSwitch != "site-dvs" || c.AttachWorkers != 16 {
 		t.Fatalf("ConfigFromEnv = %+v", c)
 	}
 	t.Setenv("PODVISOR_NETCONFIG_PROBE_WINDOW", "soon")
 	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "PODVISOR_NETCONFIG_PROBE_WINDOW") {
 		t.Fatalf("bad duration: %v, want an error naming the variable", err)
+	}
+}
+
+// The pods' stream, where attaches wait on KV round trips, gets its own
+// (larger) worker count; the other streams keep Workers.
+func TestAttachesHaveTheirOwnWorkers(t *testing.T) {
+	s := &Service{cfg: DefaultConfig()}
+	s.cfg.Workers, s.cfg.AttachWorkers = 3, 48
+	cfgs := s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer)
+	seen := false
+	for _, c := range cfgs {
+		want := 3
+		if c.Stream == events.StreamPods {
+			want, seen = 48, true
+		}
+		if c.Workers != want {
+			t.Errorf("consumer on %s: %d workers, want %d", c.Stream, c.Workers, want)
+		}
+	}
+	if !seen {
+		t.Fatalf("no consumer on %s among %d", events.StreamPods, len(cfgs))
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/podvisor/podvisor/events"
@@ -158,7 +160,7 @@ func (s *Service) profile(ctx context.Context, svc events.NetworkService, networ
 // nameservers are the DNS service addresses configured on a network, for
 // the pods that attach to it.
 func (s *Service) nameservers(ctx context.Context, network string) ([]string, error) {
-	recs, err := s.services.List(ctx)
+	recs, err := s.serviceRecords(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -172,4 +174,53 @@ func (s *Service) nameservers(ctx context.Context, network string) ([]string, er
 		}
 	}
 	return out, nil
+}
+
+// serviceRecords lists the network services for an attach. A listing is
+// an ordered consumer created and removed on the server plus a read per
+// record, and every attach needs it: it is kept with the bucket's last
+// sequence and reused while that has not moved. Any write or delete in
+// `net-services`, by any replica, moves it, so the answer is as current
+// as a listing made at the same moment; the check is one stream-info
+// request instead of the listing.
+func (s *Service) serviceRecords(ctx context.Context) ([]events.NetworkServiceRecord, error) {
+	st, err := s.services.KV().Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("network services: bucket status: %w", err)
+	}
+	bs, ok := st.(*jetstream.KeyValueBucketStatus)
+	if !ok || bs.StreamInfo() == nil {
+		return s.services.List(ctx)
+	}
+	seq := bs.StreamInfo().State.LastSeq
+	s.svcList.mu.Lock()
+	if s.svcList.valid && s.svcList.seq == seq {
+		recs := s.svcList.recs
+		s.svcList.mu.Unlock()
+		return recs, nil
+	}
+	s.svcList.mu.Unlock()
+	recs, err := s.services.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Kept only if nothing was written while listing: the listing then
+	// holds every write up to seq. Callers only read the slice.
+	if st2, err := s.services.KV().Status(ctx); err == nil {
+		if bs2, ok := st2.(*jetstream.KeyValueBucketStatus); ok && bs2.StreamInfo() != nil && bs2.StreamInfo().State.LastSeq == seq {
+			s.svcList.mu.Lock()
+			s.svcList.seq, s.svcList.recs, s.svcList.valid = seq, recs, true
+			s.svcList.mu.Unlock()
+		}
+	}
+	return recs, nil
+}
+
+// serviceList is the last listing of `net-services` and the bucket's last
+// sequence when it was made (serviceRecords).
+type serviceList struct {
+	mu    sync.Mutex
+	seq   uint64
+	recs  []events.NetworkServiceRecord
+	valid bool
 }

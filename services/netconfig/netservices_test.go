@@ -22,6 +22,15 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	e.declare("frontend", spec)
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
 
+	// A pod attached before any service has no nameserver; the attaches
+	// keep that listing while the bucket is unchanged, and a declaration
+	// changes it (checked by the pods attached below).
+	e.schedule("early", "uid-early", host, "frontend")
+	early := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "early" })
+	if ns := early.Attachments[0].Nameservers; len(ns) != 0 {
+		t.Fatalf("pod attached before any network service got nameservers %v", ns)
+	}
+
 	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
 		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "pod-dns"},
 		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend", "missing"}},
@@ -48,14 +57,14 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	for _, name := range []string{"a", "b", "c"} {
 		e.schedule(name, "uid-"+name, host, "frontend")
 	}
-	attached := testenv.WaitN(e.Env, 3, func(*events.PodNetworkAttached) bool { return true })
+	attached := testenv.WaitN(e.Env, 3, func(p *events.PodNetworkAttached) bool { return p.Name != "early" })
 	for _, p := range attached {
 		att := p.Attachments[0]
 		if att.IP == prof.Address || !slices.Equal(att.Nameservers, []string{prof.Address}) {
 			t.Fatalf("pod %s attached %+v, want nameserver %s and another address", p.Name, att, prof.Address)
 		}
 	}
-	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 4 })
+	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 5 })
 }
 
 // Pass-through data: a namespace must be registered first; values are

@@ -79,6 +79,9 @@ type Service struct {
 	// countsDue names the networks whose IPsUsed must be recounted; a loop
 	// recounts them in batches (see recountLoop).
 	countsDue chan string
+	// svcList is the last listing of the network services, reused by
+	// attaches while the bucket is unchanged (serviceRecords).
+	svcList serviceList
 	// mgmt is what the management port repair knows (mgmtrepair.go).
 	mgmt mgmtState
 }
@@ -173,7 +176,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return r.Run(ctx, s.bus, bus.ConsumerConfig{
 			Workers: s.cfg.Workers, AckWait: s.cfg.AckWait, MaxDeliver: s.cfg.MaxDeliver, BackOff: s.cfg.BackOff, Logger: s.log,
-		}, nil)
+		}, s.tuneConsumer)
 	})
 	if s.cfg.ResyncInterval > 0 {
 		g.Go(func() error { s.resyncLoop(ctx); return nil })
@@ -188,6 +191,13 @@ func (s *Service) Run(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// tuneConsumer gives the pods' stream (attaches) its own worker count.
+func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
+	if c.Stream == events.StreamPods {
+		c.Workers = s.cfg.AttachWorkers
+	}
 }
 
 // resyncLoop re-pushes every network periodically: the push is computed

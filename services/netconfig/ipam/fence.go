@@ -220,8 +220,23 @@ func (a *Allocator) writeFence(ctx context.Context, network string, f fence, rev
 // bind points the pod's binding on network at ip, with compare-and-set:
 // another allocator binding the same pod at the same time makes this one
 // fail rather than silently overwrite it.
-func (a *Allocator) bind(ctx context.Context, network, uid, ip string) error {
+//
+// absent says the caller read no binding for the pod just before: the
+// binding is then Created at once, one round trip instead of a read and a
+// write; Create fails if a binding appeared meanwhile, and that case takes
+// the full path below, as if absent were false.
+func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bool) error {
 	key := events.IPPodBindingKey(network, uid)
+	if absent {
+		data, _ := json.Marshal(events.IPPodBinding{IP: ip})
+		_, err := a.kv.Create(ctx, key, data)
+		if err == nil {
+			return nil
+		}
+		if !record.Conflict(err) {
+			return fmt.Errorf("bind %s on %s: %w", uid, network, err)
+		}
+	}
 	var b events.IPPodBinding
 	ok, rev, err := a.getJSON(ctx, key, &b)
 	if err != nil {

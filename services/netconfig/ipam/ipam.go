@@ -152,7 +152,8 @@ func (a *Allocator) Allocate(ctx context.Context, pool Pool, owner Owner) (event
 }
 
 func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (events.IPAllocation, error) {
-	if cur, ok, err := a.held(ctx, pool.Network, owner.UID); err != nil {
+	cur, ok, err := a.held(ctx, pool.Network, owner.UID)
+	if err != nil {
 		return events.IPAllocation{}, err
 	} else if ok {
 		if cur.alloc.Host != owner.Host && owner.Host != "" {
@@ -160,9 +161,10 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		}
 		return cur.alloc, nil
 	}
+	unbound := cur.unbound
 
 	first, last := pool.bounds()
-	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last); err != nil || ok {
+	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last, &unbound); err != nil || ok {
 		return alloc, err
 	}
 	a.scan.Lock()
@@ -187,9 +189,10 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		}
 		// The binding goes first: an address key whose owner has no binding
 		// pointing at it would be a leak nobody can find by pod.
-		if err := a.bind(ctx, pool.Network, owner.UID, ip); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip, unbound); err != nil {
 			return events.IPAllocation{}, err
 		}
+		unbound = false
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
@@ -216,6 +219,9 @@ func (a *Allocator) exhausted(pool Pool, used int) error {
 type held struct {
 	alloc    events.IPAllocation
 	revision uint64
+	// unbound says the pod had no binding at all when held read it, so
+	// the allocation's first bind can Create it without reading it again.
+	unbound bool
 }
 
 // held returns the allocation the pod's binding points to, if the pod really
@@ -224,7 +230,7 @@ func (a *Allocator) held(ctx context.Context, network, uid string) (held, bool, 
 	var b events.IPPodBinding
 	ok, _, err := a.getJSON(ctx, events.IPPodBindingKey(network, uid), &b)
 	if err != nil || !ok {
-		return held{}, false, err
+		return held{unbound: err == nil}, false, err
 	}
 	var alloc events.IPAllocation
 	ok, rev, err := a.getJSON(ctx, events.IPAllocationKey(network, b.IP), &alloc)
@@ -397,7 +403,11 @@ func fromUint(v uint32) netip.Addr {
 // Each candidate is taken from the hint under the allocator's mutex, so
 // concurrent allocations of one process try different addresses instead of
 // racing for the same one.
-func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32) (events.IPAllocation, bool, error) {
+//
+// *unbound says the pod has no binding yet (held read none): the first bind
+// then Creates it without reading it again; it is cleared once a bind is
+// written.
+func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32, unbound *bool) (events.IPAllocation, bool, error) {
 	for range hintTries {
 		a.mu.Lock()
 		v, known := a.next[pool.Network]
@@ -417,9 +427,10 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
 			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
 		}
-		if err := a.bind(ctx, pool.Network, owner.UID, ip); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip, *unbound); err != nil {
 			return events.IPAllocation{}, false, err
 		}
+		*unbound = false
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {

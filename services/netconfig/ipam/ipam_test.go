@@ -237,3 +237,43 @@ func TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress(t *testing.T) {
 		}
 	}
 }
+
+// countingKV counts the reads of each key.
+type countingKV struct {
+	jetstream.KeyValue
+	mu    sync.Mutex
+	reads map[string]int
+}
+
+func (c *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	c.mu.Lock()
+	c.reads[key]++
+	c.mu.Unlock()
+	return c.KeyValue.Get(ctx, key)
+}
+
+// A pod's first allocation reads its binding once: the read that finds no
+// allocation tells the bind that follows to Create the binding at once
+// (it was read twice, each a round trip on an attach's path). The second
+// allocation (another network, the hint path) and a repeat of the first
+// return what the pod holds.
+func TestFreshAllocationReadsItsBindingOnce(t *testing.T) {
+	kv := &countingKV{KeyValue: ipamKV(t), reads: map[string]int{}}
+	a := ipam.New(kv)
+	ctx := context.Background()
+	p := pool(t, "net", "10.9.0.0/24", "10.9.0.1")
+	for i := range 3 { // the first scans; the others take the hint
+		o := owner(i)
+		first, err := a.Allocate(ctx, p, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := kv.reads[events.IPPodBindingKey("net", o.UID)]; n != 1 {
+			t.Errorf("allocation %d read the pod's binding %d times, want 1", i, n)
+		}
+		again, err := a.Allocate(ctx, p, o)
+		if err != nil || again.IP != first.IP {
+			t.Fatalf("repeat of allocation %d = %s, %v; want %s", i, again.IP, err, first.IP)
+		}
+	}
+}
