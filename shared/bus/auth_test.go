@@ -3,6 +3,7 @@ package bus_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"net"
 	"net/url"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -146,6 +148,18 @@ func TestServicePublishesWhatItOwns(t *testing.T) {
 	}
 	if _, err := kv.Create(ctx, "default.web", []byte("{}")); err != nil {
 		t.Fatalf("provisioner writes its bucket: %v", err)
+	}
+	// It reads the migration service's records (is a migration over?),
+	// and may not write them.
+	migs, err := prov.KV(ctx, bus.BucketMigrations)
+	if err != nil {
+		t.Fatalf("provisioner opens migrations to read: %v", err)
+	}
+	if _, err := migs.Get(ctx, "m1"); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("provisioner reads migrations: %v, want key not found", err)
+	}
+	if _, err := migs.Put(shortContext(t), "m1", []byte("{}")); err == nil {
+		t.Error("provisioner wrote the migration service's bucket")
 	}
 	icKV, err := ic.KV(ctx, bus.BucketPods)
 	if err != nil {

@@ -91,7 +91,8 @@ func Identities() []Identity {
 		// The provisioner releases the keys of encrypted ephemeral disks
 		// to the pod VMs it created, asked by their host agents only.
 		{Name: events.PublisherProvisioner, Consumes: []string{events.StreamPods, events.StreamMigrations, events.StreamVMs},
-			Owns: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages, BucketPodTemplates}, Serves: []string{events.SubjectDiskKeyRelease}},
+			Owns: []string{BucketPods, BucketVMs, BucketVMClasses, BucketVMImages, BucketPodTemplates}, Reads: []string{BucketMigrations},
+			Serves: []string{events.SubjectDiskKeyRelease}},
 		{Name: events.PublisherScheduler, Consumes: []string{events.StreamPods, events.StreamNetworks, events.StreamMigrations, events.StreamHosts, events.StreamVMs},
 			Owns: []string{BucketHosts, BucketLedger}, Reads: []string{BucketPods, BucketNetHosts, BucketVMs, BucketMigrations},
 			Asks: []string{events.SubjectQueryNetworkAvailable}},
