@@ -27,7 +27,7 @@ func apiServerArgs(c *certs, host string, port int, etcdURL string) []string {
 		"--secure-port=" + strconv.Itoa(port),
 		"--tls-cert-file=" + c.serverCert,
 		"--tls-private-key-file=" + c.serverKey,
-		"--client-ca-file=" + c.ca.CAFile(),
+		"--client-ca-file=" + c.caFile,
 		"--service-account-key-file=" + c.saKey,
 		"--service-account-signing-key-file=" + c.saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
@@ -40,7 +40,7 @@ func apiServerArgs(c *certs, host string, port int, etcdURL string) []string {
 		// certificate the node checks.
 		"--kubelet-client-certificate=" + c.kubeletCliCert,
 		"--kubelet-client-key=" + c.kubeletKey,
-		"--kubelet-certificate-authority=" + c.ca.CAFile(),
+		"--kubelet-certificate-authority=" + c.caFile,
 		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 	}

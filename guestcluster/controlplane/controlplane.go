@@ -130,7 +130,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		close(cp.done)
 	}()
 
-	if cp.AdminKubeconfig, err = kubeconfig(cfg.ClusterName, AdminUser, cp.Endpoint, c.ca.CAFile(), c.adminCert, c.adminKey); err != nil {
+	if cp.AdminKubeconfig, err = kubeconfig(cfg.ClusterName, AdminUser, cp.Endpoint, c.caFile, c.adminCert, c.adminKey); err != nil {
 		cancel()
 		return nil, err
 	}
@@ -141,7 +141,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	cp.NodeConfig = &rest.Config{
 		Host: cp.Endpoint,
 		TLSClientConfig: rest.TLSClientConfig{
-			CAFile: c.ca.CAFile(), CertFile: c.nodeCert, KeyFile: c.nodeKey,
+			CAFile: c.caFile, CertFile: c.nodeCert, KeyFile: c.nodeKey,
 		},
 	}
 	pair, err := tls.LoadX509KeyPair(c.kubeletSrvCert, c.kubeletSrv)
@@ -151,7 +151,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	}
 	cp.KubeletTLS = &tls.Config{
 		Certificates: []tls.Certificate{pair},
-		ClientCAs:    c.ca.Pool(),
+		ClientCAs:    c.pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		MinVersion:   tls.VersionTLS12,
 	}

@@ -16,7 +16,8 @@ import (
 
 // certs are the files of the cluster's certificates.
 type certs struct {
-	ca                         *pki.CA
+	caFile                     string
+	pool                       *x509.CertPool
 	serverCert, serverKey      string
 	adminCert, adminKey        string
 	nodeCert, nodeKey          string
@@ -34,31 +35,67 @@ const (
 	NodeUser  = "podvisor-node"
 )
 
-func issueCerts(dir string, hosts []string) (*certs, error) {
-	ca, err := pki.LoadOrCreateCA(dir)
-	if err != nil {
-		return nil, err
-	}
-	c := &certs{ca: ca}
+// Certificate is one of the certificates a control plane runs with: its
+// files are Name.pem and Name-key.pem in its pki directory.
+type Certificate struct {
+	Name  string
+	Orgs  []string
+	Hosts []string
+}
+
+// Certificates are those a control plane whose API server listens on
+// hosts runs with. Whoever holds the cluster's CA key signs them: the
+// control plane itself when its pki directory has ca-key.pem, or the
+// supervisor ahead of time, which then hands the control plane these
+// files and the CA certificate and keeps the key.
+func Certificates(hosts ...string) []Certificate {
 	masters := []string{"system:masters"}
-	steps := []struct {
-		cert, key *string
-		name      string
-		orgs      []string
-		hosts     []string
-	}{
-		{&c.serverCert, &c.serverKey, "kube-apiserver", []string{"podvisor"},
+	return []Certificate{
+		{"kube-apiserver", []string{"podvisor"},
 			append([]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1"}, hosts...)},
-		{&c.adminCert, &c.adminKey, AdminUser, masters, nil},
-		{&c.nodeCert, &c.nodeKey, NodeUser, masters, nil},
-		{&c.kubeletCliCert, &c.kubeletKey, "kube-apiserver-kubelet-client", masters, nil},
-		{&c.kubeletSrvCert, &c.kubeletSrv, "podvisor-kubelet", []string{"podvisor"}, hosts},
+		{AdminUser, masters, nil},
+		{NodeUser, masters, nil},
+		{"kube-apiserver-kubelet-client", masters, nil},
+		{"podvisor-kubelet", []string{"podvisor"}, hosts},
 	}
-	for _, s := range steps {
-		if *s.cert, *s.key, err = ca.IssueAs(s.name, s.orgs, s.hosts...); err != nil {
+}
+
+func issueCerts(dir string, hosts []string) (*certs, error) {
+	c := &certs{caFile: filepath.Join(dir, "ca.pem")}
+	files := []*string{&c.serverCert, &c.serverKey, &c.adminCert, &c.adminKey, &c.nodeCert, &c.nodeKey,
+		&c.kubeletCliCert, &c.kubeletKey, &c.kubeletSrvCert, &c.kubeletSrv}
+	_, keyErr := os.Stat(filepath.Join(dir, "ca-key.pem"))
+	_, caErr := os.Stat(c.caFile)
+	if errors.Is(keyErr, os.ErrNotExist) && caErr == nil {
+		// Signed ahead: the CA's key stays with whoever signed them.
+		for i, s := range Certificates(hosts...) {
+			*files[2*i], *files[2*i+1] = filepath.Join(dir, s.Name+".pem"), filepath.Join(dir, s.Name+"-key.pem")
+			for _, f := range []string{*files[2*i], *files[2*i+1]} {
+				if _, err := os.Stat(f); err != nil {
+					return nil, fmt.Errorf("%s without ca-key.pem: the certificates must be signed ahead: %w", dir, err)
+				}
+			}
+		}
+		b, err := os.ReadFile(c.caFile)
+		if err != nil {
 			return nil, err
 		}
+		if c.pool = x509.NewCertPool(); !c.pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("%s: no certificate", c.caFile)
+		}
+	} else {
+		ca, err := pki.LoadOrCreateCA(dir)
+		if err != nil {
+			return nil, err
+		}
+		c.caFile, c.pool = ca.CAFile(), ca.Pool()
+		for i, s := range Certificates(hosts...) {
+			if *files[2*i], *files[2*i+1], err = ca.IssueAs(s.Name, s.Orgs, s.Hosts...); err != nil {
+				return nil, err
+			}
+		}
 	}
+	var err error
 	if c.saKey, err = serviceAccountKey(dir); err != nil {
 		return nil, err
 	}

@@ -36,6 +36,10 @@ type Config struct {
 	Client kubernetes.Interface
 	// Host is the address of the kubelet API (the node's InternalIP).
 	Host string
+	// Port is the kubelet API's port; 0 picks a free one. A node in a
+	// worker VM listens on a fixed port, the one the API server's VM
+	// reaches it at.
+	Port int
 	// KubeletTLS serves the kubelet API (logs, exec) to the API server.
 	KubeletTLS *tls.Config
 	Supervisor *Supervisor
@@ -63,12 +67,15 @@ type Node struct {
 // New builds the node: virtual-kubelet with the provider, serving the
 // kubelet API on Host at a free port.
 func New(cfg Config) (*Node, error) {
-	l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, "0"))
-	if err != nil {
-		return nil, fmt.Errorf("node: kubelet port: %w", err)
+	port := cfg.Port
+	if port == 0 {
+		l, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, "0"))
+		if err != nil {
+			return nil, fmt.Errorf("node: kubelet port: %w", err)
+		}
+		port = l.Addr().(*net.TCPAddr).Port
+		l.Close()
 	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
 	name := cfg.Name
 	if name == "" {
 		name = NodeName
@@ -174,8 +181,9 @@ func setReady(n *corev1.Node, w events.GuestNode) {
 		}
 	}
 	if len(w.IPs) > 0 {
-		// The VM's address, for a person; the kubelet API stays the
-		// control plane's (InternalIP).
+		// The VM's address, for a person; the kubelet API is reached
+		// at InternalIP (a loopback: the control plane's, or its VM's
+		// forwarder to the worker VM's).
 		n.Status.Addresses = append(n.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: w.IPs[0]})
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -22,12 +24,27 @@ import (
 // that VM runs. A worker the supervisor no longer lists (scaled down) has
 // its pods deleted, on the supervisor and in the guest cluster, and its
 // Node object removed.
+//
+// Where the worker nodes' virtual-kubelets run is the Workers' mode: all
+// here (the zero value: the control plane runs them, beside the podvisor
+// node); Remote, in the control plane of a cluster whose worker VMs run
+// their own nodes: none runs here, but a listed node whose VM does not run
+// is marked NotReady here (its kubelet went with its VM, and no node
+// lifecycle controller runs in the guest cluster) and unlisted ones are
+// removed; Only, in the worker VM named so: that one node runs here and
+// nothing is removed.
 type Workers struct {
 	Client     kubernetes.Interface
 	Host       string
 	KubeletTLS *tls.Config
 	Supervisor *Supervisor
 	Version    string
+	// Remote: the worker nodes run in their VMs (see above).
+	Remote bool
+	// Only, when set, is the one worker node run here, with its kubelet
+	// API on Port (0: a free one).
+	Only string
+	Port int
 	// PollInterval is how often the list is read (default 2s); the pods'
 	// statuses are polled at the nodes' own interval.
 	PollInterval time.Duration
@@ -67,7 +84,17 @@ func (w *Workers) sync(ctx context.Context) error {
 	}
 	want := map[string]events.GuestNode{}
 	for _, n := range list {
-		want[n.Name] = n
+		if w.Only == "" || n.Name == w.Only {
+			want[n.Name] = n
+		}
+	}
+	if w.Remote {
+		for _, n := range want {
+			if err := w.markNotReady(ctx, n); err != nil {
+				return err
+			}
+		}
+		return w.removeGone(ctx, want)
 	}
 	for name, r := range w.running {
 		select {
@@ -94,8 +121,16 @@ func (w *Workers) sync(ctx context.Context) error {
 			r.state <- n
 		}
 	}
-	// Worker nodes no longer listed go, with their pods; so do those left
-	// from before a restart of the control plane.
+	if w.Only != "" {
+		// A worker VM's node leaves the removal to the control plane.
+		return nil
+	}
+	return w.removeGone(ctx, want)
+}
+
+// removeGone removes the worker nodes no longer listed, with their pods;
+// so go those left from before a restart of the control plane.
+func (w *Workers) removeGone(ctx context.Context, want map[string]events.GuestNode) error {
 	nodes, err := w.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: LabelWorker})
 	if err != nil {
 		return err
@@ -121,7 +156,7 @@ func (w *Workers) sync(ctx context.Context) error {
 
 // start runs a worker node; its goroutine sends each state it is given.
 func (w *Workers) start(ctx context.Context, n events.GuestNode) (*worker, error) {
-	node, err := New(Config{Name: n.Name, Worker: &n, Client: w.Client, Host: w.Host, KubeletTLS: w.KubeletTLS,
+	node, err := New(Config{Name: n.Name, Worker: &n, Client: w.Client, Host: w.Host, Port: w.Port, KubeletTLS: w.KubeletTLS,
 		Supervisor: w.Supervisor, Version: w.Version, Logger: w.Logger})
 	if err != nil {
 		return nil, err
@@ -186,5 +221,38 @@ func (w *Workers) remove(ctx context.Context, name string) error {
 	if err == nil {
 		w.Logger.Info("worker node removed", "node", name, "pods", len(pods.Items))
 	}
+	return nil
+}
+
+// markNotReady sets the Ready condition of n's Node to False when the
+// supervisor says its VM does not run (and the Node says otherwise): the
+// node's own virtual-kubelet, in that VM, cannot.
+func (w *Workers) markNotReady(ctx context.Context, n events.GuestNode) error {
+	if n.Ready {
+		return nil
+	}
+	cur, err := w.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // registered by its VM once it runs
+	}
+	if err != nil {
+		return err
+	}
+	for _, c := range cur.Status.Conditions {
+		if c.Type == corev1.NodeReady && c.Status == corev1.ConditionFalse && c.Message == n.Message {
+			return nil
+		}
+	}
+	next := cur.DeepCopy()
+	setReady(next, n)
+	if !slices.ContainsFunc(next.Status.Conditions, func(c corev1.NodeCondition) bool { return c.Type == corev1.NodeReady }) {
+		now := metav1.Now()
+		next.Status.Conditions = append(next.Status.Conditions, corev1.NodeCondition{Type: corev1.NodeReady,
+			Status: corev1.ConditionFalse, Reason: "WorkerVMNotRunning", Message: n.Message, LastHeartbeatTime: now, LastTransitionTime: now})
+	}
+	if _, err := w.Client.CoreV1().Nodes().UpdateStatus(ctx, next, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
+		return fmt.Errorf("mark worker node %s NotReady: %w", n.Name, err)
+	}
+	w.Logger.Info("worker node NotReady: its VM does not run", "node", n.Name, "why", n.Message)
 	return nil
 }

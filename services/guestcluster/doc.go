@@ -23,7 +23,10 @@
 //     and one worker node per worker VM, Ready while the VM runs (node.list).
 //     With Deps.GuestPorts (simulated guests) the control plane runs in
 //     its own native VM (VMControlPlanes, vmcontrolplanes.go), otherwise
-//     as a process of this machine (Processes);
+//     as a process of this machine (Processes). In VMs, each worker VM
+//     runs its own node (WorkerUserData: certificates signed here for
+//     that node, never the CA key), and the controller opens the paths
+//     between the worker VMs and the control-plane VM (connectWorkers);
 //  5. records the endpoint and the admin kubeconfig (Phase Ready) and
 //     publishes guestcluster.ready.
 //

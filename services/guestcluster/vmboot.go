@@ -3,6 +3,8 @@ package guestcluster
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/podvisor/podvisor/events"
@@ -45,15 +47,23 @@ type ControlPlaneBoot struct {
 	Namespace, Name string
 	// Version is the guest Kubernetes version the nodes report.
 	Version string
-	// CACert and CAKey (PEM) are the cluster's CA, minted by the
-	// supervisor, which keeps them to sign the admin's certificate: nothing
-	// secret has to come back out of the guest.
+	// CACert (PEM) is the cluster's CA certificate, minted by the
+	// supervisor, which keeps its key to sign the admin's certificate:
+	// nothing secret has to come back out of the guest. Certs are the
+	// control plane's certificates and keys signed by the supervisor
+	// (guestcluster/controlplane.Certificates: file name, such as
+	// kube-apiserver.pem or kube-apiserver-key.pem, to PEM); without them
+	// CAKey, the CA's key, lets the control plane sign its own.
 	CACert, CAKey []byte
+	Certs         map[string][]byte
 	// NATSURL is the supervisor's NATS as the guest reaches it; NATSCreds
 	// the guest cluster's identity; NATSCA (PEM, optional) the CA of the
 	// NATS server's certificate.
 	NATSURL           string
 	NATSCreds, NATSCA []byte
+	// RemoteWorkers: the worker nodes run in their own VMs
+	// (WorkerUserData), not in the control plane.
+	RemoteWorkers bool
 }
 
 // Validate names each missing field.
@@ -65,8 +75,16 @@ func (b ControlPlaneBoot) Validate() error {
 	if b.Version == "" {
 		errs = append(errs, errors.New("version: required"))
 	}
-	if len(b.CACert) == 0 || len(b.CAKey) == 0 {
+	if len(b.CACert) == 0 || (len(b.CAKey) == 0 && len(b.Certs) == 0) {
 		errs = append(errs, errors.New("CA certificate and key: required (the supervisor signs the admin's certificate with them)"))
+	}
+	for f, v := range b.Certs {
+		if f == "" || strings.ContainsAny(f, "/ '\"$`") || f == "ca-key.pem" {
+			errs = append(errs, fmt.Errorf("certs: file name %q: want a plain name, not the CA key's", f))
+		}
+		if s := string(v); strings.Contains(s, "\n"+heredocEnd+"\n") || strings.HasPrefix(s, heredocEnd+"\n") {
+			errs = append(errs, fmt.Errorf("certs: %s: holds the line %q", f, heredocEnd))
+		}
 	}
 	if b.NATSURL == "" || len(b.NATSCreds) == 0 {
 		errs = append(errs, errors.New("NATS URL and creds: required (how the podvisor node reaches the supervisor)"))
@@ -116,12 +134,24 @@ umask 077
 mkdir -p "$dir/pki" "$dir/nats"
 `, b.Namespace, b.Name, ControlPlaneDataDir)
 	file(`"$dir/pki/ca.pem"`, b.CACert)
-	file(`"$dir/pki/ca-key.pem"`, b.CAKey)
+	if len(b.Certs) > 0 {
+		// Signed ahead: no CA key in the guest (one left by an earlier
+		// boot goes).
+		w.WriteString("rm -f \"$dir/pki/ca-key.pem\"\n")
+		for _, f := range slices.Sorted(maps.Keys(b.Certs)) {
+			file(`"$dir/pki/`+f+`"`, b.Certs[f])
+		}
+	} else {
+		file(`"$dir/pki/ca-key.pem"`, b.CAKey)
+	}
 	file(`"$dir/nats/guest.creds"`, b.NATSCreds)
 	caFlag := ""
 	if len(b.NATSCA) > 0 {
 		file(`"$dir/nats/ca.pem"`, b.NATSCA)
 		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
+	}
+	if b.RemoteWorkers {
+		caFlag += " --worker-nodes remote"
 	}
 	// Kept running the way a service manager would: a podvisor-guest that
 	// exits is started again on the same directory (the sample init
@@ -156,4 +186,108 @@ func ControlPlaneVM(ns, name, className, network, diskSize string, i int, userDa
 // shellQuote quotes s for sh.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// WorkerDataDir is podvisor-guest's directory in a worker VM (its root
+// disk): the node's certificates and NATS identity.
+const WorkerDataDir = "/var/lib/podvisor-guest"
+
+// WorkerKubeletPort is the port of worker i's kubelet API: on its own
+// guest's loopback, and on the control-plane VM's loopback, where the
+// API server reaches it (each worker its own port there).
+func WorkerKubeletPort(i int) int { return 10250 + i }
+
+// WorkerBoot is what a worker VM's guest is given to run its node of the
+// guest cluster: what the supervisor signed for that node, never the CA's
+// key.
+type WorkerBoot struct {
+	Namespace, Name string
+	// Node is the node's name (its VM's); Index its worker index.
+	Node  string
+	Index int
+	// Version is the guest Kubernetes version the node reports.
+	Version string
+	// CACert (PEM) is the cluster's CA certificate; NodeCert and NodeKey
+	// the node's client of the API server; KubeletCert and KubeletKey its
+	// kubelet API's serving certificate (for 127.0.0.1).
+	CACert, NodeCert, NodeKey, KubeletCert, KubeletKey []byte
+	// NATSURL is the supervisor's NATS as the guest reaches it; NATSCreds
+	// the guest cluster's identity; NATSCA (PEM, optional) the CA of the
+	// NATS server's certificate.
+	NATSURL           string
+	NATSCreds, NATSCA []byte
+}
+
+// Validate names each missing field.
+func (b WorkerBoot) Validate() error {
+	var errs []error
+	if b.Namespace == "" || b.Name == "" || b.Node == "" {
+		errs = append(errs, errors.New("namespace, name and node: required"))
+	}
+	if b.Index < 0 || WorkerKubeletPort(b.Index) > 65535 {
+		errs = append(errs, fmt.Errorf("index %d: want 0 to %d", b.Index, 65535-WorkerKubeletPort(0)))
+	}
+	if b.Version == "" {
+		errs = append(errs, errors.New("version: required"))
+	}
+	if len(b.CACert) == 0 || len(b.NodeCert) == 0 || len(b.NodeKey) == 0 || len(b.KubeletCert) == 0 || len(b.KubeletKey) == 0 {
+		errs = append(errs, errors.New("CA certificate, node and kubelet certificates and keys: required"))
+	}
+	if b.NATSURL == "" || len(b.NATSCreds) == 0 {
+		errs = append(errs, errors.New("NATS URL and creds: required (how the node reaches the supervisor)"))
+	}
+	for what, v := range map[string][]byte{"CA certificate": b.CACert, "node certificate": b.NodeCert, "node key": b.NodeKey,
+		"kubelet certificate": b.KubeletCert, "kubelet key": b.KubeletKey, "NATS creds": b.NATSCreds, "NATS CA": b.NATSCA} {
+		if s := string(v); strings.Contains(s, "\n"+heredocEnd+"\n") || strings.HasPrefix(s, heredocEnd+"\n") {
+			errs = append(errs, fmt.Errorf("%s: holds the line %q", what, heredocEnd))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// WorkerUserData is the user data of a guest cluster's worker VM: a shell
+// script that writes the node's certificates and the NATS identity in
+// WorkerDataDir and keeps `podvisor-guest node` running, its kubelet API
+// on WorkerKubeletPort(Index) and the API server at
+// 127.0.0.1:ControlPlaneAPIPort (the guest's loopback, which the
+// hypervisor forwards to the control-plane VM's published port).
+func WorkerUserData(b WorkerBoot) (string, error) {
+	if err := b.Validate(); err != nil {
+		return "", fmt.Errorf("worker user data: %w", err)
+	}
+	var w strings.Builder
+	file := func(path string, body []byte) {
+		fmt.Fprintf(&w, "cat > %s <<'%s'\n%s", path, heredocEnd, body)
+		if len(body) > 0 && body[len(body)-1] != '\n' {
+			w.WriteByte('\n')
+		}
+		w.WriteString(heredocEnd + "\n")
+	}
+	fmt.Fprintf(&w, `#!/bin/sh
+# Worker node %[3]s of guest cluster %[1]s/%[2]s.
+set -e
+dir=%[4]s
+umask 077
+mkdir -p "$dir/pki" "$dir/nats"
+`, b.Namespace, b.Name, b.Node, WorkerDataDir)
+	file(`"$dir/pki/ca.pem"`, b.CACert)
+	file(`"$dir/pki/node.pem"`, b.NodeCert)
+	file(`"$dir/pki/node-key.pem"`, b.NodeKey)
+	file(`"$dir/pki/kubelet.pem"`, b.KubeletCert)
+	file(`"$dir/pki/kubelet-key.pem"`, b.KubeletKey)
+	file(`"$dir/nats/guest.creds"`, b.NATSCreds)
+	caFlag := ""
+	if len(b.NATSCA) > 0 {
+		file(`"$dir/nats/ca.pem"`, b.NATSCA)
+		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
+	}
+	fmt.Fprintf(&w, `(while :; do
+  /usr/bin/podvisor-guest node --dir "$dir" --name %s --cluster %s --version %s --api https://127.0.0.1:%d --kubelet-port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s
+  echo "podvisor-guest node exited $?; starting it again"
+  sleep 2
+done) >> "$dir/node.log" 2>&1 &
+echo "podvisor-guest node started: $!"
+`, shellQuote(b.Node), shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, WorkerKubeletPort(b.Index),
+		shellQuote(b.NATSURL), caFlag)
+	return w.String(), nil
 }

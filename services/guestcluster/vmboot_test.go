@@ -61,3 +61,56 @@ func TestLoopbackHostPort(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkerUserData: a worker VM's user data runs its node with what was
+// signed for it (no CA key), the API server and the kubelet API on the
+// guest's loopback at the ports the hypervisor's paths use.
+func TestWorkerUserData(t *testing.T) {
+	b := WorkerBoot{Namespace: "team-a", Name: "gc1", Node: "gc1-worker-2", Index: 2, Version: "v1.37.2",
+		CACert: []byte("CACERT\n"), NodeCert: []byte("NODECERT"), NodeKey: []byte("NODEKEY"),
+		KubeletCert: []byte("KUBELETCERT"), KubeletKey: []byte("KUBELETKEY"),
+		NATSURL: "tls://127.0.0.1:4222", NATSCreds: []byte("CREDS\n")}
+	ud, err := WorkerUserData(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("sh", "-n", "-c", ud).CombinedOutput(); err != nil {
+		t.Fatalf("sh -n: %v %s\n%s", err, out, ud)
+	}
+	for _, want := range []string{"podvisor-guest node", "--name 'gc1-worker-2'", "--cluster 'team-a/gc1'",
+		"--api https://127.0.0.1:" + strconv.Itoa(ControlPlaneAPIPort), "--kubelet-port " + strconv.Itoa(WorkerKubeletPort(2)),
+		`"$dir/pki/node-key.pem"`, "KUBELETKEY\nPODVISOR_EOF\n", "dir=" + WorkerDataDir} {
+		if !strings.Contains(ud, want) {
+			t.Errorf("user data lacks %q:\n%s", want, ud)
+		}
+	}
+	if strings.Contains(ud, "ca-key") || strings.Contains(ud, "--nats-ca") {
+		t.Errorf("user data has a CA key or a NATS CA it was not given:\n%s", ud)
+	}
+	bad := b
+	bad.NodeKey, bad.Index = nil, -1
+	_, err = WorkerUserData(bad)
+	for _, want := range []string{"index -1", "node and kubelet certificates and keys: required"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want it to say %q", err, want)
+		}
+	}
+	// A control plane given its certificates signed ahead gets no CA key.
+	cp, err := ControlPlaneUserData(ControlPlaneBoot{Namespace: "team-a", Name: "gc1", Version: "v1.37.2", CACert: []byte("C"),
+		Certs:   map[string][]byte{"kube-apiserver.pem": []byte("APICERT"), "kube-apiserver-key.pem": []byte("APIKEY")},
+		NATSURL: "tls://127.0.0.1:4222", NATSCreds: []byte("CREDS"), RemoteWorkers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--worker-nodes remote", `"$dir/pki/kube-apiserver-key.pem"`, "APIKEY\nPODVISOR_EOF\n", `rm -f "$dir/pki/ca-key.pem"`} {
+		if !strings.Contains(cp, want) {
+			t.Errorf("control-plane user data lacks %q:\n%s", want, cp)
+		}
+	}
+	if strings.Contains(cp, `cat > "$dir/pki/ca-key.pem"`) {
+		t.Errorf("control-plane user data writes a CA key:\n%s", cp)
+	}
+	if out, err := exec.Command("sh", "-n", "-c", cp).CombinedOutput(); err != nil {
+		t.Fatalf("sh -n: %v %s\n%s", err, out, cp)
+	}
+}

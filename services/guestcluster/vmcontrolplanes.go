@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -66,7 +67,11 @@ type VMControlPlanes struct {
 	images *record.Store[events.VMImageRecord]
 
 	mu        sync.Mutex
-	endpoints map[string]string // published API address by VM name
+	endpoints map[string]string     // guest VM name by namespace/control-plane VM
+	apis      map[string]string     // published API address by guest VM name
+	workers   map[string]workerPath // by namespace/cluster/worker VM
+	// connecting is held while connectWorkers runs.
+	connecting sync.Mutex
 }
 
 var _ ControlPlanes = (*VMControlPlanes)(nil)
@@ -124,6 +129,10 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 		v.endpoints = map[string]string{}
 	}
 	v.endpoints[cp.Namespace+"/"+vmName] = guestVM
+	if v.apis == nil {
+		v.apis, v.workers = map[string]string{}, map[string]workerPath{}
+	}
+	v.apis[guestVM] = addr
 	v.mu.Unlock()
 	certFile, keyFile, err := ca.IssueAs("admin", []string{"system:masters"})
 	if err != nil {
@@ -155,9 +164,19 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 	if err != nil {
 		return err
 	}
-	caKey, err := read(filepath.Join(filepath.Dir(ca.CAFile()), "ca-key.pem"))
-	if err != nil {
-		return err
+	// The control plane's own certificates, signed here: the CA's key
+	// stays on this machine.
+	certs := map[string][]byte{}
+	for _, c := range controlPlaneCerts() {
+		certFile, keyFile, err := ca.IssueAs(c.name, c.orgs, c.hosts...)
+		if err != nil {
+			return err
+		}
+		for f, p := range map[string]string{c.name + ".pem": certFile, c.name + "-key.pem": keyFile} {
+			if certs[f], err = read(p); err != nil {
+				return err
+			}
+		}
 	}
 	creds, err := read(cp.Creds)
 	if err != nil {
@@ -168,7 +187,7 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 		return err
 	}
 	ud, err := ControlPlaneUserData(ControlPlaneBoot{Namespace: cp.Namespace, Name: cp.Name, Version: cp.Version,
-		CACert: caCert, CAKey: caKey, NATSURL: v.NATSURL, NATSCreds: creds, NATSCA: natsCA})
+		CACert: caCert, Certs: certs, NATSURL: v.NATSURL, NATSCreds: creds, NATSCA: natsCA, RemoteWorkers: true})
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -178,6 +197,27 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 	}
 	vm := ControlPlaneVM(cp.Namespace, cp.Name, cp.ClassName, cp.Network, size, 0, ud)
 	return v.out.Emit(ctx, nil, &events.VMDeclared{VM: vm})
+}
+
+// controlPlaneCerts are the certificates of a control plane whose API
+// server listens on the guest's loopback: those of
+// guestcluster/controlplane.Certificates("127.0.0.1", "localhost"), the
+// same names, groups and hosts (that module is outside the workspace).
+func controlPlaneCerts() []struct {
+	name        string
+	orgs, hosts []string
+} {
+	masters := []string{"system:masters"}
+	return []struct {
+		name        string
+		orgs, hosts []string
+	}{
+		{"kube-apiserver", []string{"podvisor"}, []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "10.96.0.1", "127.0.0.1", "localhost"}},
+		{"admin", masters, nil},
+		{"podvisor-node", masters, nil},
+		{"kube-apiserver-kubelet-client", masters, nil},
+		{"podvisor-kubelet", []string{"podvisor"}, []string{"127.0.0.1", "localhost"}},
+	}
 }
 
 // imageReady waits for the control-plane image to be declared and ready.
@@ -281,9 +321,20 @@ func (v *VMControlPlanes) Remove(ctx context.Context, namespace, name string) er
 	v.mu.Lock()
 	guestVM, ok := v.endpoints[namespace+"/"+vmName]
 	delete(v.endpoints, namespace+"/"+vmName)
+	delete(v.apis, guestVM)
+	var workers []string
+	for key, p := range v.workers {
+		if strings.HasPrefix(key, namespace+"/"+name+"/") {
+			workers = append(workers, p.guestVM)
+			delete(v.workers, key)
+		}
+	}
 	v.mu.Unlock()
 	if ok {
 		v.Ports.Release(guestVM)
+	}
+	for _, g := range workers {
+		v.Ports.Release(g)
 	}
 	rec, _, err := v.vms.Get(ctx, events.VMRecordKey(namespace, vmName))
 	switch {
@@ -350,4 +401,165 @@ contexts:
     user: admin
 current-context: %[1]s
 `, cluster, endpoint, data[0], data[1], data[2]), nil
+}
+
+// workerVM is worker i's declaration when the worker nodes run in their
+// VMs: the control-plane image (it holds podvisor-guest) unless the
+// spec names another image, and the user data WorkerUserData with
+// certificates signed here for that node.
+func (v *VMControlPlanes) workerVM(ctx context.Context, ns, name string, spec events.GuestClusterSpec, i int, creds string) (events.VirtualMachine, error) {
+	vm := workerVM(ns, name, spec, i)
+	vm.Spec.ImageName = v.workerImage(spec)
+	if vm.Spec.ImageName == ControlPlaneImage {
+		timeout := v.ReadyTimeout
+		if timeout == 0 {
+			timeout = 3 * time.Minute
+		}
+		ictx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		if err := v.imageReady(ictx); err != nil {
+			return vm, err
+		}
+	}
+	ca, err := pki.LoadOrCreateCA(filepath.Join(v.dir(ns, name), "pki"))
+	if err != nil {
+		return vm, fmt.Errorf("guest cluster %s/%s: CA: %w", ns, name, err)
+	}
+	node := vm.Metadata.Name
+	// The node's client is in system:masters like the control plane's
+	// own node (guestcluster/controlplane: its informers read every
+	// secret and config map); its kubelet certificate names the loopback
+	// the API server's VM reaches it at.
+	nodeCert, nodeKey, err := ca.IssueAs("node-"+node, []string{"system:masters"})
+	if err != nil {
+		return vm, err
+	}
+	kubeletCert, kubeletKey, err := ca.IssueAs("kubelet-"+node, []string{"podvisor"}, "127.0.0.1", "localhost")
+	if err != nil {
+		return vm, err
+	}
+	files := map[string][]byte{}
+	for _, p := range []string{ca.CAFile(), nodeCert, nodeKey, kubeletCert, kubeletKey, creds, v.NATSCA} {
+		if p == "" {
+			continue
+		}
+		if files[p], err = os.ReadFile(p); err != nil {
+			return vm, err
+		}
+	}
+	vm.Spec.UserData, err = WorkerUserData(WorkerBoot{Namespace: ns, Name: name, Node: node, Index: i, Version: spec.Version,
+		CACert: files[ca.CAFile()], NodeCert: files[nodeCert], NodeKey: files[nodeKey],
+		KubeletCert: files[kubeletCert], KubeletKey: files[kubeletKey],
+		NATSURL: v.NATSURL, NATSCreds: files[creds], NATSCA: files[v.NATSCA]})
+	if err != nil {
+		return vm, bus.Permanent(err)
+	}
+	return vm, nil
+}
+
+// workerImage is the worker VMs' image: the control-plane image, which
+// holds podvisor-guest, unless the spec names one (whose root must hold
+// /usr/bin/podvisor-guest for the node to run).
+func (v *VMControlPlanes) workerImage(spec events.GuestClusterSpec) string {
+	if spec.Workers.ImageName == "" || spec.Workers.ImageName == events.DefaultGuestClusterNodeImage {
+		return ControlPlaneImage
+	}
+	return spec.Workers.ImageName
+}
+
+// connectWorkersSoon runs connectWorkers in the background, one at a time
+// (the node.list queries that call it come every few seconds from each
+// node, and a path waits for its guest to run).
+func (v *VMControlPlanes) connectWorkersSoon(ns, name string, workers map[string]*events.VMRecord) {
+	if !v.connecting.TryLock() {
+		return
+	}
+	go func() {
+		defer v.connecting.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := v.connectWorkers(ctx, ns, name, workers); err != nil {
+			v.Logger.Warn("worker VMs' paths", "guestcluster", ns+"/"+name, "err", err)
+		}
+	}()
+}
+
+// workerPath is what connectWorkers made for a worker VM.
+type workerPath struct {
+	guestVM, kubelet string // the VM's vCenter name, its published kubelet address
+	cpVM             string // the control-plane VM's it was reached from
+}
+
+// connectWorkers opens the paths between the control-plane VM and each
+// running worker VM of the cluster: in the worker's guest, the API
+// server (its loopback port ControlPlaneAPIPort leads to the control
+// plane's published port) and NATS; in the control plane's guest, the
+// worker's kubelet API (its loopback port WorkerKubeletPort(i) leads to
+// the worker's, published). Each path follows its VM across power cycles;
+// those of VMs no longer recorded are dropped. Nothing is done before
+// Ensure published the control plane's API port.
+func (v *VMControlPlanes) connectWorkers(ctx context.Context, ns, name string, workers map[string]*events.VMRecord) error {
+	natsHost, natsPort, err := loopbackHostPort(v.NATSURL)
+	if err != nil {
+		return err
+	}
+	v.mu.Lock()
+	cpVM, ok := v.endpoints[ns+"/"+fmt.Sprintf("%s-control-plane-%d", name, 0)]
+	api := v.apis[cpVM]
+	v.mu.Unlock()
+	if !ok || api == "" {
+		return nil
+	}
+	prefix := ns + "/" + name + "/"
+	var errs []error
+	for vmName, r := range workers {
+		i := workerIndex(name, vmName)
+		if i < 0 || r.UID == "" || !r.DeletionRequestedAt.IsZero() || r.Status.Phase != events.VMPhaseReady ||
+			r.Status.PowerState != events.PowerStatePoweredOn {
+			continue
+		}
+		guestVM := events.NativeVMName(r.UID)
+		key := prefix + vmName
+		v.mu.Lock()
+		had := v.workers[key]
+		v.mu.Unlock()
+		if had.guestVM == guestVM && had.cpVM == cpVM {
+			continue
+		}
+		if had.guestVM != "" && had.guestVM != guestVM {
+			v.Ports.Release(had.guestVM) // the VM was made again
+		}
+		p := workerPath{guestVM: guestVM, cpVM: cpVM}
+		err := v.Ports.Reach(ctx, guestVM, ControlPlaneAPIPort, api)
+		if err == nil {
+			err = v.Ports.Reach(ctx, guestVM, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort)))
+		}
+		if err == nil {
+			p.kubelet, err = v.Ports.Publish(ctx, guestVM, WorkerKubeletPort(i))
+		}
+		if err == nil {
+			err = v.Ports.Reach(ctx, cpVM, WorkerKubeletPort(i), p.kubelet)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("paths of worker VM %s/%s: %w", ns, vmName, err))
+			continue
+		}
+		v.mu.Lock()
+		v.workers[key] = p
+		v.mu.Unlock()
+		v.Logger.Info("worker VM connected to its control plane", "guestcluster", ns+"/"+name, "vm", vmName, "kubelet", p.kubelet)
+	}
+	v.mu.Lock()
+	var gone []string
+	for key, p := range v.workers {
+		if vmName, ok := strings.CutPrefix(key, prefix); ok && workers[vmName] == nil {
+			gone = append(gone, p.guestVM)
+			delete(v.workers, key)
+		}
+	}
+	v.mu.Unlock()
+	for _, g := range gone {
+		v.Ports.Release(g)
+	}
+	return errors.Join(errs...)
 }

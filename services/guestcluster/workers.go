@@ -69,12 +69,15 @@ func workerVM(ns, name string, spec events.GuestClusterSpec, i int) events.Virtu
 	}
 }
 
-// sameVM reports whether the record already has the declaration.
-func sameVM(r *events.VMRecord, want events.VirtualMachine) bool {
+// sameVM reports whether the record already has the declaration; the
+// user data is compared only when it is made the same each time (a
+// worker VM that runs its node gets freshly minted credentials in its
+// user data: it is declared again only when something else changes).
+func sameVM(r *events.VMRecord, want events.VirtualMachine, userData bool) bool {
 	got := r.Spec
 	return got.ClassName == want.Spec.ClassName && got.ImageName == want.Spec.ImageName &&
 		got.EffectivePowerState() == want.Spec.PowerState && slices.Equal(got.Networks, want.Spec.Networks) &&
-		got.UserData == want.Spec.UserData
+		(!userData || got.UserData == want.Spec.UserData)
 }
 
 // declareWorkers makes the worker VMs match spec.workers: it declares
@@ -86,14 +89,30 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 		return err
 	}
 	want := int(spec.Workers.Replicas)
+	// With control planes in VMs, each worker VM runs its own node.
+	vc, inVMs := s.cps.(*VMControlPlanes)
+	var creds string
 	for i := range want {
 		vm := workerVM(ns, name, spec, i)
+		if inVMs {
+			vm.Spec.ImageName = vc.workerImage(spec)
+		}
 		cur := have[vm.Metadata.Name]
 		switch {
 		case cur != nil && !cur.DeletionRequestedAt.IsZero():
 			return bus.RetryAfter(fmt.Errorf("worker VM %s/%s is still being deleted", ns, vm.Metadata.Name), workerRetry)
-		case cur != nil && sameVM(cur, vm):
+		case cur != nil && sameVM(cur, vm, !inVMs):
 			continue
+		}
+		if inVMs {
+			if creds == "" {
+				if creds, err = s.minter.MintGuest(ns, name); err != nil {
+					return fmt.Errorf("identity of %s/%s: %w", ns, name, err)
+				}
+			}
+			if vm, err = vc.workerVM(ctx, ns, name, spec, i, creds); err != nil {
+				return fmt.Errorf("worker VM %s/%s: %w", ns, vm.Metadata.Name, err)
+			}
 		}
 		if err := s.out.Emit(ctx, cause, &events.VMDeclared{VM: vm}, bus.Distinct(vm.Metadata.Name)); err != nil {
 			return err
@@ -126,6 +145,9 @@ func (s *Service) workerNodes(ctx context.Context, rec *events.GuestClusterRecor
 	have, err := s.workerVMs(ctx, rec.Namespace, rec.Name)
 	if err != nil {
 		return nil, err
+	}
+	if vc, ok := s.cps.(*VMControlPlanes); ok {
+		vc.connectWorkersSoon(rec.Namespace, rec.Name, have)
 	}
 	var out []events.GuestNode
 	for i := range int(rec.Spec.Workers.Replicas) {

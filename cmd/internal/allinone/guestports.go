@@ -3,6 +3,7 @@ package allinone
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -13,7 +14,9 @@ import (
 // simGuestPorts is the path between this machine and native VMs' guests
 // that the simulated hypervisor gives (guest.Manager's Publish and
 // Reach): the guest cluster controller reaches a control-plane VM's API
-// server through it, and the VM's podvisor node reaches NATS.
+// server through it, the VM's podvisor node reaches NATS, a worker VM's
+// node reaches the API server and NATS, and the API server reaches the
+// worker's kubelet API.
 type simGuestPorts struct {
 	m *guest.Manager
 
@@ -77,6 +80,16 @@ func (p *simGuestPorts) Reach(ctx context.Context, vm string, port int, target s
 	if err != nil {
 		return err
 	}
+	// A port reached before leads to the new target from now on (a
+	// worker VM made again is published at another address): the old
+	// listener goes first, or the new one could not have the port.
+	p.reached[vm] = slices.DeleteFunc(p.reached[vm], func(r *guest.Reached) bool {
+		if r.Port == port {
+			r.Close()
+			return true
+		}
+		return false
+	})
 	r, err := p.m.Reach(k, port, target)
 	if err != nil {
 		return err

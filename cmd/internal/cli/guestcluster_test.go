@@ -27,11 +27,13 @@ import (
 // TestGuestClusterRunsPodsAsPodVMs is the guest cluster as a user meets it
 // on `podvisor up` with guests: apply a GuestCluster, take its kubeconfig
 // from `get guestcluster --kubeconfig` as the admin, and with kubectl see the podvisor
-// node and one Ready worker node per worker VM (scaled to two and back to
-// one by re-applying, the removed worker's VM deleted), bind pods by their
+// node and one Ready worker node per worker VM, served from that VM
+// (scaled to two and back to one by re-applying, the removed worker's VM
+// deleted; NotReady while its VM is off), bind pods by their
 // nodeSelector (to the worker node; Pending and Unschedulable while no node
 // matches), run a busybox pod that becomes a Running pod VM in the guest
-// cluster's namespace of the supervisor, read its log; deleting the guest
+// cluster's namespace of the supervisor, read its log and the worker
+// pod's (through the worker VM's kubelet API); deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
 	guestBin := guestBinary(t)
@@ -130,10 +132,41 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 		t.Errorf("control-plane VM gc1-control-plane-0 runs no native guest")
 	} else if _, err := os.Stat(fmt.Sprintf("/proc/%d/root%s/%s", g.PID, guestcluster.ControlPlaneDataDir, guestcluster.ReadyFile)); err != nil {
 		t.Errorf("the control-plane VM's podvisor-guest is not ready in its guest: %v", err)
+	} else if _, err := os.Stat(fmt.Sprintf("/proc/%d/root%s/pki/ca-key.pem", g.PID, guestcluster.ControlPlaneDataDir)); !os.IsNotExist(err) {
+		t.Errorf("the control-plane VM's guest has the cluster's CA key (%v): want only the certificates signed for it", err)
 	}
-	out, errOut, code := run(t, dir, "", "get", "vmimage", events.DefaultGuestClusterNodeImage, "-o", "json")
-	if want := sys.Endpoints.Registry + "/" + ociregistry.VMOSRepoTag; code != 0 || !strings.Contains(out, want) {
-		t.Errorf("get vmimage %s: %d %s %s, want the image declared by up from %s", events.DefaultGuestClusterNodeImage, code, out, errOut, want)
+	// The worker node is served from its worker VM: the VM boots the
+	// control-plane image (it holds podvisor-guest), its user data runs
+	// `podvisor-guest node` in its guest, and the guest holds what was
+	// signed for that node, never the cluster's CA key.
+	worker := getVM("gc1-worker-0")
+	if worker.Spec.ImageName != guestcluster.ControlPlaneImage {
+		t.Errorf("worker VM gc1-worker-0: image %q, want %q", worker.Spec.ImageName, guestcluster.ControlPlaneImage)
+	}
+	workerGuest := func(vm events.VirtualMachine) (int, bool) {
+		key, ok := sys.Datacenter.Guests().KeyOf(events.NativeVMName(vm.Status.UID))
+		if !ok {
+			return 0, false
+		}
+		g, ok := sys.Datacenter.Guests().Guest(key)
+		return g.PID, ok && g.VM.Native != nil
+	}
+	if pid, ok := workerGuest(worker); !ok {
+		t.Errorf("worker VM gc1-worker-0 runs no native guest")
+	} else {
+		root := fmt.Sprintf("/proc/%d/root%s", pid, guestcluster.WorkerDataDir)
+		if b, err := os.ReadFile(root + "/node.log"); err != nil || !strings.Contains(string(b), "worker node started") {
+			t.Errorf("the worker VM's guest runs no worker node (%v):\n%s", err, b)
+		}
+		if _, err := os.Stat(root + "/pki/kubelet.pem"); err != nil {
+			t.Errorf("the worker VM's kubelet certificate: %v", err)
+		}
+		if _, err := os.Stat(root + "/pki/ca-key.pem"); !os.IsNotExist(err) {
+			t.Errorf("the worker VM's guest has the CA key (%v); want only its own certificates", err)
+		}
+	}
+	if strings.Contains(worker.Spec.UserData, "PRIVATE KEY") && strings.Contains(worker.Spec.UserData, "ca-key") {
+		t.Errorf("the worker VM's user data carries the CA key")
 	}
 	if out, errOut, code := run(t, dir, gc(2), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply 2 workers: %d %s %s", code, out, errOut)
@@ -155,7 +188,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	runSelecting := func(name, selector string) {
 		t.Helper()
 		if out, err := kubectl("run", name, "--image="+image, "--restart=Never",
-			`--overrides={"apiVersion":"v1","spec":{"nodeSelector":`+selector+`}}`, "--", "sleep", "3600"); err != nil {
+			`--overrides={"apiVersion":"v1","spec":{"nodeSelector":`+selector+`}}`, "--", "sh", "-c", "echo hello from "+name+"; sleep 3600"); err != nil {
 			t.Fatalf("kubectl run %s: %v\n%s", name, err, out)
 		}
 	}
@@ -201,6 +234,37 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	waitFor(t, "kubectl logs bb", time.Minute, func() bool {
 		out, err := kubectl("logs", "bb")
 		return err == nil && strings.Contains(out, "hello from the guest cluster")
+	})
+	// The worker's pod: its log comes through the worker VM's kubelet API,
+	// which the API server reaches in the control-plane VM's guest.
+	waitFor(t, "kubectl logs on-worker", time.Minute, func() bool {
+		out, err := kubectl("logs", "on-worker")
+		return err == nil && strings.Contains(out, "hello from on-worker")
+	})
+	// A worker VM powered off makes its node NotReady (its kubelet went
+	// with it); powered on again, its node is Ready again.
+	powerWorker := func(state string) {
+		t.Helper()
+		vm := getVM("gc1-worker-0")
+		vm.Status, vm.Spec.PowerState = nil, state
+		b, _ := json.Marshal(vm)
+		if out, errOut, code := run(t, dir, string(b), "apply", "-f", "-"); code != 0 {
+			t.Fatalf("apply worker VM %s: %d %s %s", state, code, out, errOut)
+		}
+	}
+	nodeReady := func(want string) func() bool {
+		return func() bool {
+			out, err := kubectl("get", "node", "gc1-worker-0", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+			return err == nil && out == want
+		}
+	}
+	powerWorker(events.PowerStatePoweredOff)
+	waitFor(t, "node gc1-worker-0 NotReady once its VM is off", 2*time.Minute, nodeReady("False"))
+	powerWorker(events.PowerStatePoweredOn)
+	waitFor(t, "node gc1-worker-0 Ready once its VM runs again", 3*time.Minute, nodeReady("True"))
+	waitFor(t, "kubectl logs on-worker after the worker VM's power cycle", time.Minute, func() bool {
+		out, err := kubectl("logs", "on-worker")
+		return err == nil && strings.Contains(out, "hello from on-worker")
 	})
 
 	// Deleting the guest cluster deletes its pod and the pod's VM.

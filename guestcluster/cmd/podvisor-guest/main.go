@@ -13,6 +13,23 @@
 //
 // Once the API server answers and the node is Ready it writes DIR/ready.json
 // (the endpoint and the admin kubeconfig). SIGTERM stops it.
+//
+// With --worker-nodes remote the worker nodes run in their own VMs (node
+// mode, below): this control plane marks a node NotReady when the
+// supervisor says its VM does not run, and removes those it no longer
+// lists.
+//
+// Node mode runs one worker node, in that worker's VM:
+//
+//	podvisor-guest node --dir DIR --name gc1-worker-0 --cluster NAMESPACE/NAME \
+//	    --api https://127.0.0.1:6443 --kubelet-port 10250 \
+//	    --nats-url tls://127.0.0.1:4222 --nats-creds gc.creds --nats-ca ca.pem
+//
+// DIR/pki holds what the supervisor signed for this node and nothing
+// more: ca.pem (the cluster's CA certificate, no key), node.pem and
+// node-key.pem (its client of the API server), kubelet.pem and
+// kubelet-key.pem (its kubelet API's serving certificate, for 127.0.0.1,
+// where the API server's VM reaches it).
 package main
 
 import (
@@ -37,8 +54,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "node" {
+		nodeMain()
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "run" {
-		fmt.Fprintln(os.Stderr, "usage: podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --nats-url URL --nats-creds FILE [--nats-ca FILE] [--version v1.37.2]")
+		fmt.Fprintln(os.Stderr, "usage: podvisor-guest run --dir DIR --cluster NAMESPACE/NAME --nats-url URL --nats-creds FILE [--nats-ca FILE] [--version v1.37.2] [--worker-nodes local|remote]\n"+
+			"       podvisor-guest node --dir DIR --name NODE --cluster NAMESPACE/NAME --api URL --kubelet-port PORT --nats-url URL --nats-creds FILE [--nats-ca FILE] [--version v1.37.2]")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
@@ -49,19 +71,24 @@ func main() {
 	creds := fs.String("nats-creds", "", "the guest cluster's NATS identity")
 	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
 	port := fs.Int("port", 0, "the API server's port (0: a free one)")
+	workerNodes := fs.String("worker-nodes", "local", "where the worker nodes run: local (here) or remote (in their VMs)")
 	_ = fs.Parse(os.Args[2:])
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port); err != nil {
+	if *workerNodes != "local" && *workerNodes != "remote" {
+		log.Error("podvisor-guest", "err", fmt.Errorf("--worker-nodes %q: want local or remote", *workerNodes))
+		os.Exit(2)
+	}
+	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port, *workerNodes == "remote"); err != nil {
 		log.Error("podvisor-guest", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string, port int) error {
+// common checks the flags both modes have.
+func common(dir, cluster, natsURL, creds string, port int) (ns, name string, errs []error) {
 	ns, name, ok := strings.Cut(cluster, "/")
-	var errs []error
 	if dir == "" {
 		errs = append(errs, errors.New("--dir: required"))
 	}
@@ -74,20 +101,34 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	if port < 0 || port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d: want 0 to 65535", port))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
-	}
-	// A VM can boot before its path to the supervisor works: the first
-	// connection is retried like a lost one, and the node's queries fail
-	// (pods wait) until it is made.
-	opts := []nats.Option{nats.Name("podvisor-guest-" + ns + "-" + name), nats.UserCredentials(creds), nats.MaxReconnects(-1),
+	return ns, name, errs
+}
+
+// connect dials the supervisor's NATS as the guest cluster. A VM can boot
+// before its path to the supervisor works: the first connection is
+// retried like a lost one, and the node's queries fail (pods wait) until
+// it is made.
+func connect(client, natsURL, creds, ca string) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(client), nats.UserCredentials(creds), nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true)}
 	if ca != "" {
 		opts = append(opts, nats.RootCAs(ca))
 	}
 	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
-		return fmt.Errorf("NATS %s: %w", natsURL, err)
+		return nil, fmt.Errorf("NATS %s: %w", natsURL, err)
+	}
+	return nc, nil
+}
+
+func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string, port int, remoteWorkers bool) error {
+	ns, name, errs := common(dir, cluster, natsURL, creds, port)
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	nc, err := connect("podvisor-guest-"+ns+"-"+name, natsURL, creds, ca)
+	if err != nil {
+		return err
 	}
 	defer nc.Close()
 
@@ -116,7 +157,8 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 		return fmt.Errorf("control plane stopped: %v", cp.Err())
 	}
 	// The worker nodes (one per worker VM) follow the supervisor's list.
-	workers := &node.Workers{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Supervisor: sup, Version: version, Logger: log}
+	workers := &node.Workers{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Supervisor: sup, Version: version, Logger: log,
+		Remote: remoteWorkers}
 	go workers.Run(ctx)
 	b, _ := json.Marshal(map[string]any{"endpoint": cp.Endpoint, "kubeconfig": cp.AdminKubeconfig})
 	if err := os.WriteFile(filepath.Join(dir, "ready.json.tmp"), b, 0o600); err != nil {
