@@ -15,6 +15,16 @@ type Config struct {
 	// Workers is how many pods are handled at once (different pods; one pod
 	// is always handled by one worker at a time).
 	Workers int
+	// PodWorkers is how many events of the pods' stream are handled at once
+	// (PODVISOR_PROVISIONER_POD_WORKERS, default 64); Workers applies to the
+	// other streams (migrations). A pod's handler spends nearly all its
+	// time waiting: KV round trips (each write synced to disk by the
+	// server) and vSphere tasks (create, power on), so with 8 at once the
+	// provisioner moved pods at the rate 8 waits allow, whatever the CPU
+	// left, and was the pipeline's queue (docs/bench.md). Pods do not
+	// serialise on each other: one pod's events take its own lock, records
+	// are compare-and-set per pod, and each create has its own lease.
+	PodWorkers int
 	// AckWait is how long JetStream waits before it redelivers an event
 	// whose handler went silent (a crashed process). Running handlers are
 	// kept alive by the bus, so this is not a limit on vSphere tasks.
@@ -93,11 +103,12 @@ type Config struct {
 	NativeVM nativevm.Config
 }
 
-// DefaultConfig returns the defaults: 8 workers, 8 attempts with backoff
+// DefaultConfig returns the defaults: 8 workers (64 for the pods' stream), 8 attempts with backoff
 // from 1 s to 30 s, 5-minute steps, a resync every minute, folder podvisor.
 func DefaultConfig() Config {
 	return Config{
 		Workers:        8,
+		PodWorkers:     64,
 		AckWait:        30 * time.Second,
 		MaxAttempts:    8,
 		BackOff:        []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second},
@@ -119,6 +130,7 @@ func DefaultConfig() Config {
 // Environment variables read by ConfigFromEnv.
 const (
 	EnvWorkers        = "PODVISOR_PROVISIONER_WORKERS"
+	EnvPodWorkers     = "PODVISOR_PROVISIONER_POD_WORKERS"
 	EnvMaxAttempts    = "PODVISOR_PROVISIONER_MAX_ATTEMPTS"
 	EnvStepTimeout    = "PODVISOR_PROVISIONER_STEP_TIMEOUT"
 	EnvResyncInterval = "PODVISOR_PROVISIONER_RESYNC_INTERVAL"
@@ -145,6 +157,7 @@ func ConfigFromEnv() (Config, error) { return ConfigFrom(config.Env()) }
 func ConfigFrom(src config.Source) (Config, error) {
 	cfg, err := config.Load(src, DefaultConfig(), func(r *config.Reader, c *Config) {
 		r.Int(EnvWorkers, &c.Workers)
+		r.Int(EnvPodWorkers, &c.PodWorkers)
 		r.Int(EnvMaxAttempts, &c.MaxAttempts)
 		r.Int(EnvFolderShards, &c.FolderShards)
 		r.Int(EnvGuestRepairs, &c.GuestRepairs)
@@ -179,6 +192,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 func (c Config) Validate() error {
 	var p config.Checks
 	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
+	p.Must(1 <= c.PodWorkers && c.PodWorkers <= 1024, "PodWorkers", c.PodWorkers, "be between 1 and 1024")
 	p.Must(c.AckWait >= 30*time.Millisecond, "AckWait", c.AckWait, "be at least 30ms")
 	p.Must(c.MaxAttempts >= 1, "MaxAttempts", c.MaxAttempts, "be at least 1")
 	if c.MaxAttempts > 0 && len(c.BackOff) >= c.MaxAttempts {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -19,6 +20,7 @@ func TestConfigValidate(t *testing.T) {
 		want   string
 	}{
 		{"workers", func(c *Config) { c.Workers = 0 }, "Workers 0"},
+		{"pod workers", func(c *Config) { c.PodWorkers = 0 }, "PodWorkers 0"},
 		{"attempts vs backoff", func(c *Config) { c.MaxAttempts = 2 }, "BackOff: 5 entries"},
 		{"negative resync", func(c *Config) { c.ResyncInterval = -time.Second }, "ResyncInterval"},
 		{"folder", func(c *Config) { c.FolderRoot = "/" }, "FolderRoot: required"},
@@ -41,11 +43,12 @@ func TestConfigFromEnv(t *testing.T) {
 	t.Setenv(EnvResyncInterval, "15s")
 	t.Setenv(EnvFolderShards, "4")
 	t.Setenv(EnvFolderRoot, "pods")
+	t.Setenv(EnvPodWorkers, "16")
 	c, err := ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.ResyncInterval != 15*time.Second || c.FolderShards != 4 || c.FolderRoot != "pods" || !c.AwaitGuestStop {
+	if c.ResyncInterval != 15*time.Second || c.FolderShards != 4 || c.FolderRoot != "pods" || !c.AwaitGuestStop || c.PodWorkers != 16 {
 		t.Errorf("config = %+v", c)
 	}
 	t.Setenv(EnvAwaitGuestStop, "false")
@@ -61,6 +64,27 @@ func TestConfigFromEnv(t *testing.T) {
 	t.Setenv(EnvWorkers, "many")
 	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), EnvWorkers) {
 		t.Errorf("bad %s accepted: %v", EnvWorkers, err)
+	}
+}
+
+// The pods' stream, whose handlers wait on KV round trips and vSphere
+// tasks, gets its own (larger) worker count; the other streams keep Workers.
+func TestPodEventsHaveTheirOwnWorkers(t *testing.T) {
+	s := &Service{cfg: DefaultConfig()}
+	s.cfg.Workers, s.cfg.PodWorkers = 3, 48
+	cfgs := s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer)
+	seen := false
+	for _, c := range cfgs {
+		want := 3
+		if c.Stream == events.StreamPods {
+			want, seen = 48, true
+		}
+		if c.Workers != want {
+			t.Errorf("consumer on %s: %d workers, want %d", c.Stream, c.Workers, want)
+		}
+	}
+	if !seen || len(cfgs) < 2 {
+		t.Fatalf("%d consumers, want one on %s and others", len(cfgs), events.StreamPods)
 	}
 }
 

@@ -148,7 +148,7 @@ func (s *Service) Run(ctx context.Context) error {
 			MaxDeliver: s.cfg.MaxAttempts,
 			BackOff:    s.cfg.BackOff,
 			Logger:     s.log,
-		}, nil)
+		}, s.tuneConsumer)
 	})
 	g.Go(func() error {
 		return s.bus.Serve(gctx, events.SubjectDiskKeyRelease, s.releaseDiskKey)
@@ -162,11 +162,18 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	s.log.Info("provisioner running", "workers", s.cfg.Workers, "resync", s.cfg.ResyncInterval, "folder", s.cfg.FolderRoot)
+	s.log.Info("provisioner running", "workers", s.cfg.Workers, "pod_workers", s.cfg.PodWorkers, "resync", s.cfg.ResyncInterval, "folder", s.cfg.FolderRoot)
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("provisioner: %w", err)
 	}
 	return nil
+}
+
+// tuneConsumer gives the pods' stream its own worker count (PodWorkers).
+func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
+	if c.Stream == events.StreamPods {
+		c.Workers = s.cfg.PodWorkers
+	}
 }
 
 // resyncLoop runs drift repair soon after start, then every ResyncInterval.

@@ -39,9 +39,12 @@ const Source = "podvisor/bench"
 // tuning are service settings for a burst of pods on the simulator, applied
 // unless the environment sets them: more pods in flight per service than the
 // defaults (which suit a real vCenter's slower tasks), and VM folders
-// sharded because vCenter serializes creates in one folder.
+// sharded because vCenter serializes creates in one folder. The
+// provisioner's pod events get its default, 64 at once, named here so that
+// setup.settings shows it (PODVISOR_PROVISIONER_POD_WORKERS=32 is the bench's
+// value before pod events had their own count, PODVISOR_PROVISIONER_WORKERS).
 var tuning = map[string]string{
-	"PODVISOR_PROVISIONER_WORKERS":       "32",
+	"PODVISOR_PROVISIONER_POD_WORKERS":   "64",
 	"PODVISOR_PROVISIONER_FOLDER_SHARDS": "16",
 }
 
