@@ -32,10 +32,13 @@ type Config struct {
 	// ReportHold is how long a channel's first report, when it only says
 	// every container is still being created (what the agent sends at
 	// hello, and what the pod's record already assumes), waits for a newer
-	// report to replace it before it is published (default 1s; 0
-	// publishes it at once). A guest whose containers start within
-	// the hold costs one report, one event and one record write instead of
-	// two; a report that says anything more is never held.
+	// report to replace it before it is published (0, the default,
+	// publishes it at once). A guest whose containers start within the
+	// hold costs one report, one event and one record write instead of
+	// two; a report that says anything more is never held. Off by default:
+	// with a 1 s hold a burst of 100 pods with guests on reached Running
+	// about a second later at the median (p99 4.29 s against 2.88 s,
+	// back to back, same tree), which the write saved is not worth.
 	ReportHold time.Duration
 }
 
@@ -50,7 +53,7 @@ const (
 // DefaultConfig returns the defaults; Host and ChannelDir are still to set.
 func DefaultConfig() Config {
 	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8,
-		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second, ReportHold: time.Second}
+		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second, ReportHold: 0}
 }
 
 // ConfigsFrom reads PODVISOR_HOSTAGENT_HOST (one host, or a comma-separated

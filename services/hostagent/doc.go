@@ -27,7 +27,7 @@
 // stored once. Reports coalesce: a burst of changes publishes the newest.
 // The channel's first report, when it only says every container is being
 // created (the agent's status at hello, before its first start), waits up
-// to Config.ReportHold (1 s) for a newer one: a pod whose containers start
+// to Config.ReportHold (off by default: 0) for a newer one: a pod whose containers start
 // within it costs one report, one event and one record write, not two
 // (measured in a burst of 100: 8.65 → 8.00 writes per pod in the PODS
 // stream, 7.65 → 7.01 in the pods bucket). A report saying anything more

@@ -33,6 +33,11 @@ func rawGuest(t *testing.T, socket string, hello guestchannel.Hello) *guestchann
 	return conn
 }
 
+// hold is the tests' ReportHold (off by default).
+const hold = time.Second
+
+func withHold(c *hostagent.Config) { c.ReportHold = hold }
+
 var creating = guestchannel.ContainerStatus{Name: "app", State: guestchannel.ContainerState{Kind: guestchannel.StateWaiting, Reason: "ContainerCreating"}}
 
 // An agent's first status, sent at hello before any container started,
@@ -41,7 +46,7 @@ var creating = guestchannel.ContainerStatus{Name: "app", State: guestchannel.Con
 // one record write fewer per pod); the report that says they run is
 // published at once.
 func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, withHold)
 	e.putPod("web", "uid-web", host, 30, "app")
 	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "boot-1"})
 	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhasePending, Containers: []guestchannel.ContainerStatus{creating}}); err != nil {
@@ -64,7 +69,7 @@ func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
 		t.Errorf("report id %s, want the id of seq 2", first.id)
 	}
 	// Past the hold, still the one report.
-	time.Sleep(hostagent.DefaultConfig().ReportHold + 200*time.Millisecond)
+	time.Sleep(hold + 200*time.Millisecond)
 	if got := e.reported("uid-web"); len(got) != 1 {
 		t.Errorf("%d reports, want 1 (the creating one replaced)", len(got))
 	}
@@ -74,7 +79,7 @@ func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
 // reported: the report of containers being created is published once the
 // hold ends, so the provisioner hears from the guest.
 func TestReportOfContainersBeingCreatedIsPublishedAfterTheHold(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, withHold)
 	e.putPod("slow", "uid-slow", host, 30, "app")
 	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-slow", Namespace: "default", Name: "slow", BootID: "boot-1"})
 	sent := time.Now()
@@ -86,6 +91,6 @@ func TestReportOfContainersBeingCreatedIsPublishedAfterTheHold(t *testing.T) {
 		t.Fatalf("report = seq %d %+v, want seq 1, app waiting", r.r.Seq, r.r.ContainerStatuses)
 	}
 	if d := time.Since(sent); d > 5*time.Second {
-		t.Errorf("the report came %s after the status, want about the hold (%s)", d, hostagent.DefaultConfig().ReportHold)
+		t.Errorf("the report came %s after the status, want about the hold (%s)", d, hold)
 	}
 }

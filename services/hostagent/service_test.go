@@ -28,7 +28,7 @@ type env struct {
 	svc  *hostagent.Service
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T, tune ...func(*hostagent.Config)) *env {
 	t.Helper()
 	b := bustest.Start(t)
 	ctx := context.Background()
@@ -41,7 +41,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	svc := guesttest.StartHostAgent(t, b, host, dir)
+	svc := guesttest.StartHostAgentWith(t, host, dir, hostagent.Deps{Bus: b}, tune...)
 	return &env{t: t, bus: b, pods: kv, svc: svc}
 }
 
