@@ -108,8 +108,16 @@ func TestDashboardInChromium(t *testing.T) {
 		}
 	}
 	// Hosts carry bars and pod counts; the feed shows the hostile source as text.
-	meters := evaluate[int](t, ctx, `document.querySelectorAll("#hosts meter").length`)
-	hostPods := evaluate[int](t, ctx, `Array.from(document.querySelectorAll("#hosts tbody tr")).reduce((n, tr) => n + Number(tr.cells[5].textContent), 0)`)
+	// The hosts' pod counts come from the host records, which the scheduler
+	// rewrites on its own interval: they may follow the pods' rows a little.
+	var meters, hostPods int
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		meters = evaluate[int](t, ctx, `document.querySelectorAll("#hosts meter").length`)
+		hostPods = evaluate[int](t, ctx, `Array.from(document.querySelectorAll("#hosts tbody tr")).reduce((n, tr) => n + Number(tr.cells[5].textContent), 0)`)
+		if (meters > 0 && hostPods >= len(want)) || time.Now().After(deadline) {
+			break
+		}
+	}
 	feedText := evaluate[string](t, ctx, `document.getElementById("feed").textContent`)
 	pwned := evaluate[bool](t, ctx, `document.getElementById("pwned") !== null`)
 	if meters == 0 || hostPods < len(want) {
