@@ -106,15 +106,7 @@ func (c *Config) Tree() (Tree, error) {
 	for _, m := range order {
 		t.File(filepath.Join(guestModDir, m), filepath.Join(c.ModulesDir, m), 0o644)
 	}
-	list, err := os.CreateTemp("", "podvm-modules-")
-	if err != nil {
-		return nil, err
-	}
-	defer list.Close()
-	if _, err := list.WriteString(strings.Join(order, "\n") + "\n"); err != nil {
-		return nil, err
-	}
-	t.File("/etc/podvisor/modules", list.Name(), 0o644)
+	t.Content("/etc/podvisor/modules", []byte(strings.Join(order, "\n")+"\n"), 0o644)
 	for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/etc", "/var/lib"} {
 		t.Dir(d)
 	}

@@ -17,10 +17,12 @@ import (
 )
 
 // entry is one file of the initramfs: a directory, a symlink (Link) or a
-// regular file copied from Src on the build machine.
+// regular file copied from Src on the build machine or, without Src, made
+// of Data.
 type entry struct {
 	Mode os.FileMode
 	Src  string
+	Data []byte
 	Link string
 	// Rdev is a device node's number (major, minor).
 	Rdev [2]int
@@ -43,6 +45,13 @@ func (t Tree) Dir(p string) {
 func (t Tree) File(p, src string, perm os.FileMode) {
 	t.Dir(path.Dir(p))
 	t[p] = entry{Mode: perm, Src: src}
+}
+
+// Content adds a regular file made of data at guest path p (a file the
+// build writes itself, with nothing to copy and no temporary file).
+func (t Tree) Content(p string, data []byte, perm os.FileMode) {
+	t.Dir(path.Dir(p))
+	t[p] = entry{Mode: perm, Data: data}
 }
 
 // Symlink adds a symlink at p pointing to target.
@@ -147,9 +156,12 @@ func (t Tree) WriteInitramfs(w io.Writer) error {
 			hdr.Size = int64(len(body))
 		default:
 			hdr.Mode |= cpio.TypeReg
-			b, err := os.ReadFile(e.Src)
-			if err != nil {
-				return fmt.Errorf("initramfs %s: %w", p, err)
+			b := e.Data
+			if e.Src != "" {
+				var err error
+				if b, err = os.ReadFile(e.Src); err != nil {
+					return fmt.Errorf("initramfs %s: %w", p, err)
+				}
 			}
 			body = b
 			hdr.Size = int64(len(b))
