@@ -230,9 +230,31 @@ func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
 	// over an expired lease would.
 	other, _ := json.Marshal(map[string]any{"holder": "intruder", "expires": time.Now().Add(time.Hour)})
 	wrote := time.Now()
-	if _, err := kv.Put(context.Background(), "leader", other); err != nil {
+	rev, err := kv.Put(context.Background(), "leader", other)
+	if err != nil {
 		t.Fatal(err)
 	}
+	// The intruder renews its lease as a leader does (a standby takes over
+	// a lease whose revision stood still for a TTL, whatever its value
+	// says), until the test removes it below.
+	renewing, renewed := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(renewed)
+		for {
+			select {
+			case <-renewing:
+				return
+			case <-time.After(ttl / 4):
+			}
+			r, err := kv.Update(context.Background(), "leader", other, rev)
+			if err != nil {
+				return // a wrote it: the holder check below fails and says so
+			}
+			rev = r
+		}
+	}()
+	stopRenewing := sync.OnceFunc(func() { close(renewing); <-renewed })
+	defer stopRenewing()
 	select {
 	case cause := <-a.stopped:
 		if !errors.Is(cause, lease.ErrLost) {
@@ -245,7 +267,7 @@ func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
 	case <-time.After(2 * ttl):
 		t.Fatal("leader kept running after its lease was overwritten")
 	}
-	// It stands by now: the intruder's lease is valid for an hour.
+	// It stands by now: the intruder holds a lease it renews.
 	select {
 	case <-a.started:
 		t.Fatal("a led again while another holder's lease was valid")
@@ -255,6 +277,7 @@ func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
 		t.Fatalf("lease holder = %q, want intruder (a must not delete a lease it lost)", got)
 	}
 	// Once the key goes, a leads again.
+	stopRenewing()
 	if err := kv.Delete(context.Background(), "leader"); err != nil {
 		t.Fatal(err)
 	}
