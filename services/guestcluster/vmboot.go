@@ -100,6 +100,16 @@ func (b ControlPlaneBoot) Validate() error {
 
 const heredocEnd = "PODVISOR_EOF"
 
+// writeFile appends to a user-data script the shell that writes body to
+// path (a quoted heredoc: nothing in body is expanded).
+func writeFile(w *strings.Builder, path string, body []byte) {
+	fmt.Fprintf(w, "cat > %s <<'%s'\n%s", path, heredocEnd, body)
+	if len(body) > 0 && body[len(body)-1] != '\n' {
+		w.WriteByte('\n')
+	}
+	w.WriteString(heredocEnd + "\n")
+}
+
 // ControlPlaneUserData is the user data of a guest cluster's control-plane
 // VM: a shell script (cloud-init runs a "#!" user data as a script; so
 // does the sample image's init) that mounts the data disk /dev/sdb on
@@ -113,13 +123,7 @@ func ControlPlaneUserData(b ControlPlaneBoot) (string, error) {
 		return "", fmt.Errorf("control-plane user data: %w", err)
 	}
 	var w strings.Builder
-	file := func(path string, body []byte) {
-		fmt.Fprintf(&w, "cat > %s <<'%s'\n%s", path, heredocEnd, body)
-		if len(body) > 0 && body[len(body)-1] != '\n' {
-			w.WriteByte('\n')
-		}
-		w.WriteString(heredocEnd + "\n")
-	}
+	file := func(path string, body []byte) { writeFile(&w, path, body) }
 	fmt.Fprintf(&w, `#!/bin/sh
 # The control plane of guest cluster %[1]s/%[2]s.
 set -e
@@ -256,13 +260,7 @@ func WorkerUserData(b WorkerBoot) (string, error) {
 		return "", fmt.Errorf("worker user data: %w", err)
 	}
 	var w strings.Builder
-	file := func(path string, body []byte) {
-		fmt.Fprintf(&w, "cat > %s <<'%s'\n%s", path, heredocEnd, body)
-		if len(body) > 0 && body[len(body)-1] != '\n' {
-			w.WriteByte('\n')
-		}
-		w.WriteString(heredocEnd + "\n")
-	}
+	file := func(path string, body []byte) { writeFile(&w, path, body) }
 	fmt.Fprintf(&w, `#!/bin/sh
 # Worker node %[3]s of guest cluster %[1]s/%[2]s.
 set -e
