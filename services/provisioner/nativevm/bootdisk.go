@@ -3,6 +3,8 @@ package nativevm
 import (
 	"archive/tar"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,10 +12,13 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/vmware/govmomi/fault"
@@ -79,6 +84,13 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 
 // imageDisk returns the image's disk on datastore ds, building it once per
 // image digest: the flattened root filesystem as ext4 in the flat extent.
+//
+// A disk, once marked ready, is never written again: VMs copy it while
+// others may be asking for it. Callers in one process share one build
+// (singleflight); builders in several processes (provisioner replicas)
+// each build into a directory of their own and the ready marker names the
+// finished one, so whichever marker is read names a complete disk. A
+// builder that loses the race leaves its copy behind, unused.
 func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int64, error) {
 	var opts []name.Option
 	if r, err := name.ParseReference(ref); err == nil && slices.Contains(c.cfg.InsecureRegistries, r.Context().RegistryStr()) {
@@ -97,17 +109,43 @@ func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int
 		return "", 0, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	dir := path.Join(c.cfg.ImageRoot, digest.Hex[:16])
-	disk := fmt.Sprintf("[%s] %s/root.vmdk", ds, dir)
 	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, ds)
 	if err != nil {
 		return "", 0, fmt.Errorf("datastore %s: %w", ds, err)
 	}
-	if size, ok := c.builtSize(ctx, store, dir); ok {
-		return disk, size, nil
+	if b, ok := c.built(ctx, store, ds, dir); ok {
+		return b.disk, b.size, nil
+	}
+	v, err, _ := c.builds.Do(ds+"\x00"+dir, func() (any, error) {
+		if b, ok := c.built(ctx, store, ds, dir); ok {
+			return b, nil
+		}
+		return c.buildImageDisk(ctx, img, ref, store, ds, dir)
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	b := v.(builtDisk)
+	return b.disk, b.size, nil
+}
+
+// builtDisk is a finished image disk: its datastore path and capacity.
+type builtDisk struct {
+	disk string
+	size int64
+}
+
+// buildImageDisk unpacks the image, formats it as ext4 and uploads it as
+// the flat extent of a new disk in a build directory of its own below dir,
+// then marks dir ready naming that disk.
+func (c *Controller) buildImageDisk(ctx context.Context, img v1.Image, ref string, store *object.Datastore, ds, dir string) (builtDisk, error) {
+	digest, err := img.Digest()
+	if err != nil {
+		return builtDisk{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	work, err := os.MkdirTemp(c.cfg.WorkDir, "vmimage-")
 	if err != nil {
-		return "", 0, err
+		return builtDisk{}, err
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
@@ -115,66 +153,89 @@ func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int
 	err = extract(rc, root)
 	rc.Close()
 	if err != nil {
-		return "", 0, fmt.Errorf("unpack %s: %w", ref, err)
+		return builtDisk{}, fmt.Errorf("unpack %s: %w", ref, err)
 	}
 	used, err := duMiB(root)
 	if err != nil {
-		return "", 0, err
+		return builtDisk{}, err
 	}
 	sizeMiB := used + used/4 + c.cfg.BootDiskSlackMiB
 	raw := filepath.Join(work, "root.ext4")
 	if out, err := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, raw, fmt.Sprintf("%dM", sizeMiB)).CombinedOutput(); err != nil {
-		return "", 0, fmt.Errorf("mkfs.ext4 for %s: %v: %s", ref, err, strings.TrimSpace(string(out)))
+		return builtDisk{}, fmt.Errorf("mkfs.ext4 for %s: %v: %s", ref, err, strings.TrimSpace(string(out)))
 	}
 	capacity := sizeMiB << 20
-	fm := object.NewFileManager(c.vc)
-	if err := fm.MakeDirectory(ctx, fmt.Sprintf("[%s] %s", ds, dir), c.dc, true); err != nil && !fault.Is(err, &types.FileAlreadyExists{}) {
-		return "", 0, fmt.Errorf("image directory: %w", err)
+	var id [8]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return builtDisk{}, err
 	}
-	vdm := object.NewVirtualDiskManager(c.vc)
-	if t, err := vdm.DeleteVirtualDisk(ctx, disk, c.dc); err == nil {
-		_ = t.Wait(ctx)
+	rel := "build-" + hex.EncodeToString(id[:]) + "/root.vmdk"
+	build := path.Join(dir, path.Dir(rel))
+	disk := fmt.Sprintf("[%s] %s/%s", ds, dir, rel)
+	fm := object.NewFileManager(c.vc)
+	if err := fm.MakeDirectory(ctx, fmt.Sprintf("[%s] %s", ds, build), c.dc, true); err != nil && !fault.Is(err, &types.FileAlreadyExists{}) {
+		return builtDisk{}, fmt.Errorf("image directory: %w", err)
 	}
 	spec := &types.FileBackedVirtualDiskSpec{VirtualDiskSpec: types.VirtualDiskSpec{
 		DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
 		CapacityKb: capacity >> 10}
-	t, err := vdm.CreateVirtualDisk(ctx, disk, c.dc, spec)
+	t, err := object.NewVirtualDiskManager(c.vc).CreateVirtualDisk(ctx, disk, c.dc, spec)
 	if err == nil {
 		err = t.Wait(ctx)
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("create image disk %s: %w", disk, err)
+		return builtDisk{}, fmt.Errorf("create image disk %s: %w", disk, err)
 	}
 	// The disk holds the filesystem: its flat extent is written through
 	// the datastore file API (as image-cache writes layer disks).
 	p := soap.DefaultUpload
-	if err := store.UploadFile(ctx, raw, dir+"/root-flat.vmdk", &p); err != nil {
-		return "", 0, fmt.Errorf("upload image disk %s: %w", disk, err)
+	if err := store.UploadFile(ctx, raw, build+"/root-flat.vmdk", &p); err != nil {
+		return builtDisk{}, fmt.Errorf("upload image disk %s: %w", disk, err)
 	}
 	marker := filepath.Join(work, readyMarker)
-	if err := os.WriteFile(marker, []byte(fmt.Sprintf("%s\n%d\n", digest, capacity)), 0o600); err != nil {
-		return "", 0, err
+	if err := os.WriteFile(marker, []byte(fmt.Sprintf("%s\n%d\n%s\n", digest, capacity, rel)), 0o600); err != nil {
+		return builtDisk{}, err
 	}
 	if err := store.UploadFile(ctx, marker, dir+"/"+readyMarker, &p); err != nil {
-		return "", 0, fmt.Errorf("mark image disk %s ready: %w", disk, err)
+		return builtDisk{}, fmt.Errorf("mark image disk %s ready: %w", disk, err)
 	}
 	c.log.Info("image disk built", "image", ref, "digest", digest.String(), "disk", disk, "mib", sizeMiB)
-	return disk, capacity, nil
+	return builtDisk{disk: disk, size: capacity}, nil
 }
 
-// builtSize reads the ready marker of an image disk directory.
-func (c *Controller) builtSize(ctx context.Context, store *object.Datastore, dir string) (int64, bool) {
+// builtRE is the disk a ready marker names, relative to its directory; a
+// marker read while it was being written names none and reads as absent.
+var builtRE = regexp.MustCompile(`^build-[0-9a-f]{16}/root\.vmdk$`)
+
+// built reads the ready marker of an image disk directory: the digest,
+// the capacity and the finished disk's path below dir (markers written
+// before build directories existed name none: the disk is dir/root.vmdk).
+func (c *Controller) built(ctx context.Context, store *object.Datastore, ds, dir string) (builtDisk, bool) {
 	rc, _, err := store.Download(ctx, dir+"/"+readyMarker, &soap.DefaultDownload)
 	if err != nil {
-		return 0, false
+		return builtDisk{}, false
 	}
 	defer rc.Close()
-	var digest string
-	var size int64
-	if _, err := fmt.Fscan(rc, &digest, &size); err != nil || size <= 0 {
-		return 0, false
+	b, err := io.ReadAll(io.LimitReader(rc, 4096))
+	if err != nil {
+		return builtDisk{}, false
 	}
-	return size, true
+	f := strings.Fields(string(b))
+	if len(f) < 2 || len(f) > 3 {
+		return builtDisk{}, false
+	}
+	size, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil || size <= 0 {
+		return builtDisk{}, false
+	}
+	rel := "root.vmdk"
+	if len(f) == 3 {
+		if !builtRE.MatchString(f[2]) {
+			return builtDisk{}, false
+		}
+		rel = f[2]
+	}
+	return builtDisk{disk: fmt.Sprintf("[%s] %s/%s", ds, dir, rel), size: size}, true
 }
 
 // extract writes a flattened image filesystem (mutate.Extract: whiteouts

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -111,7 +112,9 @@ type Controller struct {
 	classes *record.Store[events.VMClassRecord]
 	images  *record.Store[events.VMImageRecord]
 	locks   bus.KeyLocks
-	now     func() time.Time
+	// builds joins concurrent requests for one image disk (bootdisk.go).
+	builds singleflight.Group
+	now    func() time.Time
 	// pull carries registry requests, verifying certificates against
 	// the system's roots and Config.RegistryCAFile.
 	pull http.RoundTripper

@@ -40,6 +40,10 @@ type env struct {
 	s   *vsphere.Session
 	img string
 	vms *record.Store[events.VMRecord]
+	// deps and cfg made the running controller; a test may make more.
+	ctl  *nativevm.Controller
+	deps nativevm.Deps
+	cfg  nativevm.Config
 }
 
 func newEnv(t *testing.T) *env {
@@ -73,7 +77,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
-	c, err := nativevm.New(ctx, nativevm.Config{WorkDir: base}, nativevm.Deps{Bus: b, VSphere: s, Logger: log})
+	cfg, deps := nativevm.Config{WorkDir: base}, nativevm.Deps{Bus: b, VSphere: s, Logger: log}
+	c, err := nativevm.New(ctx, cfg, deps)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +90,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, bus: b, dc: d, s: s, img: img, vms: record.New[events.VMRecord](kv, "vm")}
+	return &env{t: t, bus: b, dc: d, s: s, img: img, vms: record.New[events.VMRecord](kv, "vm"), ctl: c, deps: deps, cfg: cfg}
 }
 
 func (e *env) publish(source string, p events.Payload) {
