@@ -355,11 +355,13 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 
 // WaitCreate waits for a CreateVM task and returns the new VM's reference.
 func (c *Client) WaitCreate(ctx context.Context, task types.ManagedObjectReference) (types.ManagedObjectReference, error) {
-	// WaitForResult makes a property collector per call. WaitForResultEx
-	// shares the session's default collector, and concurrent waits on it
-	// consume each other's updates: a worker then waits for a task that has
-	// long finished (seen as every worker stuck with 8 pods Provisioning).
-	info, err := object.NewTask(c.vc, task).WaitForResult(ctx)
+	// WaitTask reads an ended task in one call; a running one is waited
+	// for through a property collector of its own (WaitForResult), never
+	// the session's default one (WaitForResultEx): concurrent waits on that
+	// consume each other's updates, and a worker then waits for a task that
+	// has long finished (seen as every worker stuck with 8 pods
+	// Provisioning).
+	info, err := vsphere.WaitTask(ctx, c.vc, task)
 	if err != nil {
 		if isNotFound(err) && (info == nil || info.Task == task) {
 			return types.ManagedObjectReference{}, ErrTaskGone
@@ -379,7 +381,7 @@ func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) 
 	vm := object.NewVirtualMachine(c.vc, ref)
 	task, err := vm.PowerOn(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
 		return fmt.Errorf("power on %s: %w", ref.Value, err)
@@ -399,7 +401,7 @@ func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference)
 	}
 	task, err := vm.PowerOff(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !fault.IsAlreadyPoweredOffError(err) {
 		return fmt.Errorf("power off %s: %w", ref.Value, err)
@@ -426,7 +428,7 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	task, err := object.NewVirtualMachine(c.vc, ref).Destroy(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", ref.Value, err)
@@ -475,7 +477,7 @@ func (c *Client) detachImageDisks(ctx context.Context, ref types.ManagedObjectRe
 	}
 	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change})
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil {
 		return fmt.Errorf("detach image disks of %s: %w", ref.Value, err)
@@ -628,7 +630,7 @@ func (c *Client) removeLeftovers(ctx context.Context, ds, name string) error {
 	if err != nil {
 		return fmt.Errorf("remove leftover files %s: %w", path, err)
 	}
-	if err := task.Wait(ctx); err != nil {
+	if _, err := vsphere.WaitTask(ctx, c.vc, task.Reference()); err != nil {
 		if fault.Is(err, &types.FileNotFound{}) {
 			return nil
 		}
