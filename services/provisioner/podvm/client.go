@@ -61,7 +61,10 @@ type Client struct {
 
 	mu      sync.Mutex
 	folders map[string]*object.Folder // ensured VM folders by relative path
-	cache   *lookups                  // hosts, pools and port groups of recent creates
+	// folderWalk serializes the walks of EnsureFolder for folders not in
+	// folders yet.
+	folderWalk sync.Mutex
+	cache      *lookups // hosts, pools and port groups of recent creates
 	// cachedCreates are the VMs whose create, still running, used cached
 	// lookups (see CreateFailed).
 	cachedCreates map[string]bool
@@ -271,8 +274,13 @@ func (c *Client) CreateDone(name string) {
 
 func (c *Client) forget(p Placement, portGroups []string) {
 	c.cache.forget(p.Host, p.Pool, portGroups)
+	// The folder, or one above it, removed by a person? Walk it all again.
 	c.mu.Lock()
-	delete(c.folders, strings.Trim(p.Folder, "/")) // removed by a person?
+	rel := strings.Trim(p.Folder, "/")
+	for ; rel != "." && rel != "/"; rel = path.Dir(rel) {
+		delete(c.folders, rel)
+	}
+	delete(c.folders, "")
 	c.mu.Unlock()
 }
 
@@ -496,13 +504,44 @@ func (c *Client) EnsureFolder(ctx context.Context, rel string) (*object.Folder, 
 	if ok {
 		return f, nil
 	}
-	dcFolders, err := c.dc.Folders(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("datacenter folders: %w", err)
+	// One folder walk at a time: a burst of first creates (every worker
+	// at once, each sharded folder new) would otherwise walk and read the
+	// same folders once per worker, tens of calls each, where one walk
+	// serves them all.
+	c.folderWalk.Lock()
+	defer c.folderWalk.Unlock()
+	c.mu.Lock()
+	f, ok = c.folders[rel]
+	c.mu.Unlock()
+	if ok {
+		return f, nil // walked while this one waited
 	}
-	cur := dcFolders.VmFolder
+	c.mu.Lock()
+	cur, ok := c.folders[""]
+	c.mu.Unlock()
+	if !ok {
+		dcFolders, err := c.dc.Folders(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("datacenter folders: %w", err)
+		}
+		cur = dcFolders.VmFolder
+		c.mu.Lock()
+		c.folders[""] = cur
+		c.mu.Unlock()
+	}
 	if rel != "" {
+		prefix := ""
 		for elem := range strings.SplitSeq(rel, "/") {
+			// The folders above, shared by every shard, were walked
+			// already for the first shard.
+			prefix = path.Join(prefix, elem)
+			c.mu.Lock()
+			known, ok := c.folders[prefix]
+			c.mu.Unlock()
+			if ok {
+				cur = known
+				continue
+			}
 			next, err := c.child(ctx, cur, elem)
 			if err != nil {
 				return nil, err
@@ -520,6 +559,9 @@ func (c *Client) EnsureFolder(ctx context.Context, rel string) (*object.Folder, 
 				}
 			}
 			cur = next
+			c.mu.Lock()
+			c.folders[prefix] = cur
+			c.mu.Unlock()
 		}
 	}
 	c.mu.Lock()
