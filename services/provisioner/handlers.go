@@ -246,56 +246,56 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 	key := events.PodRecordKey(pod.Namespace, pod.Name)
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String("pod.uid", uid))
 
+	r := &events.PodRecord{
+		UID:       uid,
+		Namespace: pod.Namespace,
+		Name:      pod.Name,
+		Pod:       *pod,
+		SpecHash:  hash,
+		RequestID: requestID,
+		Size:      events.SizePodVM(pod),
+		Networks:  events.PodNetworks(pod),
+		Phase:     events.PodPhasePending,
+		VMName:    vmName(uid, 0),
+	}
+	if tp, ok := ev.Extensions()[bus.ExtTraceparent].(string); ok {
+		r.TraceParent = tp
+	}
+	// Create first, read only when the name is taken: nearly every request
+	// is for a new pod, and the KV Create is the check that two requests
+	// for one name cannot both win, which a read before it could not be.
 	for range maxCASAttempts {
+		r.SetCondition(events.PodConditionAccepted, events.ConditionTrue, "Admitted", "manifest valid, record created", s.now().UTC())
+		err := s.recs.create(ctx, r)
+		if err == nil {
+			log.Info("pod admitted", "uid", uid, "cpuMilli", r.Size.CPUMilli, "memoryMiB", r.Size.MemoryMiB)
+			return s.announceAccepted(ctx, admission, r)
+		}
+		if !errors.Is(err, errConflict) {
+			return err
+		}
 		existing, err := s.recs.get(ctx, key)
 		if err != nil {
 			return err
 		}
-		if existing != nil {
-			switch {
-			case existing.RequestID == requestID:
-				// Our own earlier attempt got as far as the record: finish
-				// it. The accepted event gets the same id and JetStream
-				// keeps one copy.
-				return s.announceAccepted(ctx, admission, existing)
-			case !existing.DeletionRequestedAt.IsZero():
-				return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists,
-					fmt.Sprintf("pod %s (uid %s) is being deleted; request it again once it is gone", existing.Key(), existing.UID), "")
-			case existing.SpecHash == hash:
-				log.Info("identical pod already admitted; nothing to do", "uid", existing.UID)
-				return nil
-			default:
-				msg := fmt.Sprintf("pod %s already exists (uid %s) with a different spec; pods are immutable: delete it first", existing.Key(), existing.UID)
-				return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists, msg, "")
-			}
+		switch {
+		case existing == nil:
+			continue // removed since the create was refused: create again
+		case existing.RequestID == requestID:
+			// Our own earlier attempt got as far as the record: finish
+			// it. The accepted event gets the same id and JetStream
+			// keeps one copy.
+			return s.announceAccepted(ctx, admission, existing)
+		case !existing.DeletionRequestedAt.IsZero():
+			return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists,
+				fmt.Sprintf("pod %s (uid %s) is being deleted; request it again once it is gone", existing.Key(), existing.UID), "")
+		case existing.SpecHash == hash:
+			log.Info("identical pod already admitted; nothing to do", "uid", existing.UID)
+			return nil
+		default:
+			msg := fmt.Sprintf("pod %s already exists (uid %s) with a different spec; pods are immutable: delete it first", existing.Key(), existing.UID)
+			return s.reject(ctx, ev, pod.Namespace, pod.Name, "", events.ReasonAlreadyExists, msg, "")
 		}
-
-		now := s.now().UTC()
-		r := &events.PodRecord{
-			UID:       uid,
-			Namespace: pod.Namespace,
-			Name:      pod.Name,
-			Pod:       *pod,
-			SpecHash:  hash,
-			RequestID: requestID,
-			Size:      events.SizePodVM(pod),
-			Networks:  events.PodNetworks(pod),
-			Phase:     events.PodPhasePending,
-			VMName:    vmName(uid, 0),
-		}
-		if tp, ok := ev.Extensions()[bus.ExtTraceparent].(string); ok {
-			r.TraceParent = tp
-		}
-		r.SetCondition(events.PodConditionAccepted, events.ConditionTrue, "Admitted", "manifest valid, record created", now)
-		err = s.recs.create(ctx, r)
-		if errors.Is(err, errConflict) {
-			continue // someone created it meanwhile: compare with theirs
-		}
-		if err != nil {
-			return err
-		}
-		log.Info("pod admitted", "uid", uid, "cpuMilli", r.Size.CPUMilli, "memoryMiB", r.Size.MemoryMiB)
-		return s.announceAccepted(ctx, admission, r)
 	}
 	return fmt.Errorf("admit %s: %w", key, errConflict)
 }

@@ -70,8 +70,10 @@ import (
 const instantCloneMethod = "InstantClone_Task"
 
 // methodHandler is the simulator registry's Handler: it routes the methods
-// vcsim does not implement to the datacenter.
+// vcsim does not implement to the datacenter, and counts every call
+// (calls.go).
 func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) (mo.Reference, types.BaseMethodFault) {
+	d.calls.add(m.Name)
 	if h := d.portHandler(ctx, m); h != nil {
 		return h, nil // mgmtport.go
 	}

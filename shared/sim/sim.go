@@ -84,6 +84,8 @@ type Datacenter struct {
 	inprocOnce sync.Once
 	inproc     *vim25.Client
 	inprocErr  error
+	// calls counts the SOAP calls served, by method (calls.go).
+	calls callCounter
 
 	mu         sync.Mutex
 	closed     bool

@@ -2,6 +2,7 @@ package vsphere
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -45,8 +46,14 @@ type Session struct {
 
 // MaxIdleConns is how many idle connections to vCenter a session keeps for
 // reuse: enough for the concurrency of the busiest service (the
-// provisioner's workers, each with a task wait and a call in flight).
-const MaxIdleConns = 64
+// provisioner's 64 pod workers and its other controllers, each with a task
+// wait and a call in flight), so that a burst finds a connection to reuse
+// rather than dialing and handshaking anew.
+const MaxIdleConns = 256
+
+// tlsSessions is how many TLS sessions a session keeps for resumption (one
+// vCenter, but a ticket per connection may be spent).
+const tlsSessions = 256
 
 // Connect logs in to vCenter and resolves the datacenter. The error names the
 // endpoint (without credentials) and what failed.
@@ -74,10 +81,14 @@ func Connect(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Thumbprint != "" {
 		sc.SetThumbprint(u.Host, cfg.Thumbprint)
 	}
-	// net/http keeps 2 idle connections per host by default: a service with
-	// more calls in flight than that closes and dials (and, against a real
-	// vCenter, TLS-handshakes) a connection for most calls under load.
-	sc.DefaultTransport().MaxIdleConnsPerHost = MaxIdleConns
+	// net/http keeps 2 idle connections per host (100 in all) by default: a
+	// service with more calls in flight than that closes and dials (and,
+	// against a real vCenter, TLS-handshakes) a connection for most calls
+	// under load. A connection that must be dialed resumes a TLS session
+	// instead of a full handshake (no certificate chain sent and verified).
+	t := sc.DefaultTransport()
+	t.MaxIdleConnsPerHost, t.MaxIdleConns = MaxIdleConns, MaxIdleConns
+	t.TLSClientConfig.ClientSessionCache = tls.NewLRUClientSessionCache(tlsSessions)
 	vc, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("vsphere: connect to %s: %w", u, err)

@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/sim"
 )
 
 // Config says what to measure.
@@ -192,6 +196,48 @@ type Pipeline struct {
 	// (pod.network.attached) divided by the time from the first
 	// pod.scheduled to the last pod.network.attached.
 	AttachedPerS float64 `json:"attached_per_s,omitempty"`
+	// VSphere is the SOAP calls the simulated vCenter served during the
+	// phase (every service's, watches and resyncs included), per pod.
+	VSphere VSphereCalls `json:"vsphere_calls"`
+}
+
+// VSphereCalls is the SOAP calls a phase took from the simulated vCenter,
+// divided by the pods (or VMs) it made: what it costs vCenter.
+type VSphereCalls struct {
+	PerPod float64 `json:"per_pod"`
+	// ByMethod is the calls per pod of each method called.
+	ByMethod map[string]float64 `json:"by_method,omitempty"`
+}
+
+// vsphereCalls divides the calls served between two snapshots of
+// sim.Datacenter.Calls by n.
+func vsphereCalls(before, after map[string]int64, n int) VSphereCalls {
+	if n <= 0 {
+		return VSphereCalls{}
+	}
+	calls := sim.CallsSince(before, after)
+	v := VSphereCalls{PerPod: float64(sim.TotalCalls(calls)) / float64(n), ByMethod: map[string]float64{}}
+	for m, c := range calls {
+		v.ByMethod[m] = float64(c) / float64(n)
+	}
+	return v
+}
+
+// topMethods prints the methods with the most calls per pod first.
+func (v VSphereCalls) topMethods(k int) string {
+	names := slices.Collect(maps.Keys(v.ByMethod))
+	slices.SortFunc(names, func(a, b string) int {
+		return cmp.Or(cmp.Compare(v.ByMethod[b], v.ByMethod[a]), cmp.Compare(a, b))
+	})
+	var parts []string
+	for i, n := range names {
+		if i == k {
+			parts = append(parts, "…")
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f", n, v.ByMethod[n]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Raw is the direct-govmomi baseline: the best of the tries.
@@ -200,6 +246,8 @@ type Raw struct {
 	Workers int      `json:"workers"`
 	VMs     int      `json:"vms"`
 	Tries   []RawTry `json:"tries"`
+	// VSphere is the best try's calls per VM.
+	VSphere VSphereCalls `json:"vsphere_calls"`
 }
 
 // RawTry is one worker count.
@@ -207,6 +255,8 @@ type RawTry struct {
 	Workers int     `json:"workers"`
 	VMsPerS float64 `json:"vms_per_s"`
 	Seconds float64 `json:"seconds"`
+	// VSphere is the calls per VM of this try.
+	VSphere VSphereCalls `json:"vsphere_calls"`
 }
 
 // Sequential is one VM at a time.
@@ -330,7 +380,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bench: pipeline: %w", err)
 	}
-	p.say("pipeline: %.1f pods/s, p99 %.0f ms", res.Pipeline.PodsPerS, res.Pipeline.LatencyMS.P99)
+	p.say("pipeline: %.1f pods/s, p99 %.0f ms, %.1f vSphere calls per pod", res.Pipeline.PodsPerS, res.Pipeline.LatencyMS.P99, res.Pipeline.VSphere.PerPod)
 	// The baselines build simulators of the same size again, which takes
 	// minutes at thousands of hosts: what the pipeline measured is said
 	// now, so a run stopped during them still leaves it.
@@ -350,10 +400,10 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("bench: raw with %d workers: %w", w, err)
 		}
 		res.Raw.Tries = append(res.Raw.Tries, try)
-		p.say("raw: %d workers: %.1f VMs/s", w, try.VMsPerS)
+		p.say("raw: %d workers: %.1f VMs/s, %.1f vSphere calls per VM", w, try.VMsPerS, try.VSphere.PerPod)
 	}
 	best := slices.MaxFunc(res.Raw.Tries, func(a, b RawTry) int { return cmp.Compare(a.VMsPerS, b.VMsPerS) })
-	res.Raw.VMsPerS, res.Raw.Workers, res.Raw.VMs = best.VMsPerS, best.Workers, cfg.Pods
+	res.Raw.VMsPerS, res.Raw.Workers, res.Raw.VMs, res.Raw.VSphere = best.VMsPerS, best.Workers, cfg.Pods, best.VSphere
 
 	p.say("sequential: %d VMs one at a time…", cfg.SequentialVMs)
 	try, err := runRaw(ctx, clusters, per, cfg.SequentialVMs, 1, size, cfg.bar("sequential", cfg.SequentialVMs))

@@ -99,3 +99,21 @@ func TestDataPlaneSectionInTheTable(t *testing.T) {
 		t.Error("dataPlaneReady with no agent binary said ready")
 	}
 }
+
+func TestVSphereCallsPerPod(t *testing.T) {
+	before := map[string]int64{"CreateVM_Task": 3, "Login": 1}
+	after := map[string]int64{"CreateVM_Task": 13, "Login": 1, "PowerOnVM_Task": 10, "RetrievePropertiesEx": 25}
+	v := vsphereCalls(before, after, 10)
+	if v.PerPod != 4.5 || v.ByMethod["RetrievePropertiesEx"] != 2.5 || v.ByMethod["CreateVM_Task"] != 1 {
+		t.Errorf("calls = %+v, want 4.5 per pod with 2.5 RetrievePropertiesEx and 1 CreateVM_Task", v)
+	}
+	if _, ok := v.ByMethod["Login"]; ok {
+		t.Errorf("Login, not called during the phase, is counted: %+v", v)
+	}
+	if got, want := v.topMethods(2), "RetrievePropertiesEx 2.50, CreateVM_Task 1.00, …"; got != want {
+		t.Errorf("topMethods = %q, want %q", got, want)
+	}
+	if got := vsphereCalls(before, after, 0); got.PerPod != 0 {
+		t.Errorf("no pods: %+v, want nothing", got)
+	}
+}

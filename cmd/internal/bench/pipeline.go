@@ -323,6 +323,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		keys[i] = events.PodKey(Namespace, podName(i))
 	}
 	w.expect(keys)
+	calls := sys.Datacenter.Calls()
 	published := &sync.Map{} // pod key → time.Time
 	if err := applyPods(ctx, b, cfg, image, published); err != nil {
 		return nil, err
@@ -339,10 +340,12 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		return nil, ctx.Err()
 	}
 	pprof.StopCPUProfile()
+	callsAfter := sys.Datacenter.Calls()
 	if res.Cost, err = meter.done(ctx, cfg.Pods); err != nil {
 		return nil, fmt.Errorf("cost meter: %w", err)
 	}
 	res.Pipeline = pipelineFigures(w, keys, cfg, published)
+	res.Pipeline.VSphere = vsphereCalls(calls, callsAfter, cfg.Pods)
 	if res.Pipeline.VMRunning == 0 {
 		return nil, fmt.Errorf("no pod VM reached running (pod.vm.ready) within %s (%d failed)", cfg.Timeout, res.Pipeline.Failed)
 	}

@@ -103,6 +103,7 @@ func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodV
 		firstErr error
 		wg       sync.WaitGroup
 	)
+	calls := dc.Calls()
 	start := time.Now()
 	for w := range workers {
 		wg.Go(func() {
@@ -136,7 +137,8 @@ func runRaw(ctx context.Context, clusters, per, n, workers int, size events.PodV
 	if firstErr != nil {
 		return RawTry{}, firstErr
 	}
-	return RawTry{Workers: workers, VMsPerS: float64(n) / took.Seconds(), Seconds: took.Seconds()}, nil
+	return RawTry{Workers: workers, VMsPerS: float64(n) / took.Seconds(), Seconds: took.Seconds(),
+		VSphere: vsphereCalls(calls, dc.Calls(), n)}, nil
 }
 
 // vmDatastore is where a VM's files go: the shared datastore, as the

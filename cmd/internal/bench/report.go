@@ -49,6 +49,8 @@ func (r *Result) Table(w io.Writer) error {
 		tries = append(tries, fmt.Sprintf("%d workers %.1f/s", t.Workers, t.VMsPerS))
 	}
 	fmt.Fprintf(w, "\nraw tries: %s\n", strings.Join(tries, ", "))
+	fmt.Fprintf(w, "vSphere calls per pod: pipeline %.1f (%s); raw (%d workers) %.1f (%s)\n",
+		r.Pipeline.VSphere.PerPod, r.Pipeline.VSphere.topMethods(8), r.Raw.Workers, r.Raw.VSphere.PerPod, r.Raw.VSphere.topMethods(8))
 	var stages []string
 	for _, st := range stageTypes {
 		if v, ok := r.Pipeline.StagesP50MS[st.name]; ok {

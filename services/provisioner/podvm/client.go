@@ -61,7 +61,10 @@ type Client struct {
 
 	mu      sync.Mutex
 	folders map[string]*object.Folder // ensured VM folders by relative path
-	cache   *lookups                  // hosts, pools and port groups of recent creates
+	// folderWalk serializes the walks of EnsureFolder for folders not in
+	// folders yet.
+	folderWalk sync.Mutex
+	cache      *lookups // hosts, pools and port groups of recent creates
 	// cachedCreates are the VMs whose create, still running, used cached
 	// lookups (see CreateFailed).
 	cachedCreates map[string]bool
@@ -271,8 +274,13 @@ func (c *Client) CreateDone(name string) {
 
 func (c *Client) forget(p Placement, portGroups []string) {
 	c.cache.forget(p.Host, p.Pool, portGroups)
+	// The folder, or one above it, removed by a person? Walk it all again.
 	c.mu.Lock()
-	delete(c.folders, strings.Trim(p.Folder, "/")) // removed by a person?
+	rel := strings.Trim(p.Folder, "/")
+	for ; rel != "." && rel != "/"; rel = path.Dir(rel) {
+		delete(c.folders, rel)
+	}
+	delete(c.folders, "")
 	c.mu.Unlock()
 }
 
@@ -355,11 +363,13 @@ func (c *Client) startCreate(ctx context.Context, s Spec, p Placement, portGroup
 
 // WaitCreate waits for a CreateVM task and returns the new VM's reference.
 func (c *Client) WaitCreate(ctx context.Context, task types.ManagedObjectReference) (types.ManagedObjectReference, error) {
-	// WaitForResult makes a property collector per call. WaitForResultEx
-	// shares the session's default collector, and concurrent waits on it
-	// consume each other's updates: a worker then waits for a task that has
-	// long finished (seen as every worker stuck with 8 pods Provisioning).
-	info, err := object.NewTask(c.vc, task).WaitForResult(ctx)
+	// WaitTask reads an ended task in one call; a running one is waited
+	// for through a property collector of its own (WaitForResult), never
+	// the session's default one (WaitForResultEx): concurrent waits on that
+	// consume each other's updates, and a worker then waits for a task that
+	// has long finished (seen as every worker stuck with 8 pods
+	// Provisioning).
+	info, err := vsphere.WaitTask(ctx, c.vc, task)
 	if err != nil {
 		if isNotFound(err) && (info == nil || info.Task == task) {
 			return types.ManagedObjectReference{}, ErrTaskGone
@@ -379,7 +389,7 @@ func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) 
 	vm := object.NewVirtualMachine(c.vc, ref)
 	task, err := vm.PowerOn(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
 		return fmt.Errorf("power on %s: %w", ref.Value, err)
@@ -399,7 +409,7 @@ func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference)
 	}
 	task, err := vm.PowerOff(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !fault.IsAlreadyPoweredOffError(err) {
 		return fmt.Errorf("power off %s: %w", ref.Value, err)
@@ -426,7 +436,7 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	task, err := object.NewVirtualMachine(c.vc, ref).Destroy(ctx)
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", ref.Value, err)
@@ -475,7 +485,7 @@ func (c *Client) detachImageDisks(ctx context.Context, ref types.ManagedObjectRe
 	}
 	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change})
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil {
 		return fmt.Errorf("detach image disks of %s: %w", ref.Value, err)
@@ -494,13 +504,44 @@ func (c *Client) EnsureFolder(ctx context.Context, rel string) (*object.Folder, 
 	if ok {
 		return f, nil
 	}
-	dcFolders, err := c.dc.Folders(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("datacenter folders: %w", err)
+	// One folder walk at a time: a burst of first creates (every worker
+	// at once, each sharded folder new) would otherwise walk and read the
+	// same folders once per worker, tens of calls each, where one walk
+	// serves them all.
+	c.folderWalk.Lock()
+	defer c.folderWalk.Unlock()
+	c.mu.Lock()
+	f, ok = c.folders[rel]
+	c.mu.Unlock()
+	if ok {
+		return f, nil // walked while this one waited
 	}
-	cur := dcFolders.VmFolder
+	c.mu.Lock()
+	cur, ok := c.folders[""]
+	c.mu.Unlock()
+	if !ok {
+		dcFolders, err := c.dc.Folders(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("datacenter folders: %w", err)
+		}
+		cur = dcFolders.VmFolder
+		c.mu.Lock()
+		c.folders[""] = cur
+		c.mu.Unlock()
+	}
 	if rel != "" {
+		prefix := ""
 		for elem := range strings.SplitSeq(rel, "/") {
+			// The folders above, shared by every shard, were walked
+			// already for the first shard.
+			prefix = path.Join(prefix, elem)
+			c.mu.Lock()
+			known, ok := c.folders[prefix]
+			c.mu.Unlock()
+			if ok {
+				cur = known
+				continue
+			}
 			next, err := c.child(ctx, cur, elem)
 			if err != nil {
 				return nil, err
@@ -518,6 +559,9 @@ func (c *Client) EnsureFolder(ctx context.Context, rel string) (*object.Folder, 
 				}
 			}
 			cur = next
+			c.mu.Lock()
+			c.folders[prefix] = cur
+			c.mu.Unlock()
 		}
 	}
 	c.mu.Lock()
@@ -628,7 +672,7 @@ func (c *Client) removeLeftovers(ctx context.Context, ds, name string) error {
 	if err != nil {
 		return fmt.Errorf("remove leftover files %s: %w", path, err)
 	}
-	if err := task.Wait(ctx); err != nil {
+	if _, err := vsphere.WaitTask(ctx, c.vc, task.Reference()); err != nil {
 		if fault.Is(err, &types.FileNotFound{}) {
 			return nil
 		}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Template is what an instant clone needs to know of its source VM beyond
@@ -136,7 +138,7 @@ func (c *Client) AttachNetwork(ctx context.Context, ref types.ManagedObjectRefer
 	}
 	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change, ExtraConfig: extraConfig(s.ExtraConfig)})
 	if err == nil {
-		_, err = task.WaitForResult(ctx)
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
 	if err != nil {
 		return fmt.Errorf("attach the network of %s: %w", ref.Value, err)
