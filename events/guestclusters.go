@@ -129,8 +129,9 @@ func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
 	case !semverRE.MatchString(g.Spec.Version):
 		errs = append(errs, field.Invalid(sp.Child("version"), g.Spec.Version, "must look like v1.37.2"))
 	}
-	errs = append(errs, g.Spec.ControlPlane.validate(sp.Child("controlPlane"), 1)...)
-	errs = append(errs, g.Spec.Workers.validate(sp.Child("workers"), 0)...)
+	errs = append(errs, g.Spec.ControlPlane.validate(sp.Child("controlPlane"), 1, MaxGuestControlPlanes,
+		"a guest cluster runs one control-plane VM; a highly available control plane is not supported yet")...)
+	errs = append(errs, g.Spec.Workers.validate(sp.Child("workers"), 0, 16, "")...)
 	if g.Spec.Network != "" {
 		errs = append(errs, validateDNSLabel(sp.Child("network"), g.Spec.Network)...)
 	}
@@ -138,10 +139,25 @@ func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
 	return errs
 }
 
-func (n GuestClusterNodes) validate(p *field.Path, min int32) field.ErrorList {
+// MaxGuestControlPlanes is how many control-plane VMs a guest cluster may
+// ask for: one. A highly available control plane (an etcd member and an
+// API server in each of several VMs, a balanced endpoint) is not built, so
+// more are refused rather than accepted and run as one.
+const MaxGuestControlPlanes = 1
+
+// validate checks the group; replicas must be min to max, and limit (when
+// set) says why no more are allowed.
+func (n GuestClusterNodes) validate(p *field.Path, min, max int32, limit string) field.ErrorList {
 	var errs field.ErrorList
-	if n.Replicas < min || n.Replicas > 16 {
-		errs = append(errs, field.Invalid(p.Child("replicas"), n.Replicas, fmt.Sprintf("must be %d to 16", min)))
+	if n.Replicas < min || n.Replicas > max {
+		msg := fmt.Sprintf("must be %d to %d", min, max)
+		if min == max {
+			msg = fmt.Sprintf("must be %d", min)
+		}
+		if limit != "" {
+			msg += " (" + limit + ")"
+		}
+		errs = append(errs, field.Invalid(p.Child("replicas"), n.Replicas, msg))
 	}
 	if n.Replicas > 0 || n.ClassName != "" {
 		errs = append(errs, validateDNSLabel(p.Child("className"), n.ClassName)...)
