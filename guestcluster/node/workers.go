@@ -51,6 +51,18 @@ type Workers struct {
 	Logger       *slog.Logger
 
 	running map[string]*worker
+	// renewals is the last renewal seen of each remote worker node's
+	// Lease, and when this process saw it change (staleRemote).
+	renewals map[string]renewal
+}
+
+// renewal is a node Lease's renew time as last read, and when this
+// process saw it change: staleness is measured on this process's clock,
+// as the node lifecycle controller does, so a worker VM's clock does not
+// decide it.
+type renewal struct {
+	renewTime time.Time
+	seen      time.Time
 }
 
 type worker struct {
@@ -68,6 +80,7 @@ func (w *Workers) Run(ctx context.Context) {
 		every = 2 * time.Second
 	}
 	w.running = map[string]*worker{}
+	w.renewals = map[string]renewal{}
 	defer func() {
 		for _, r := range w.running {
 			r.cancel()
@@ -91,6 +104,9 @@ func (w *Workers) sync(ctx context.Context) error {
 	if w.Remote {
 		for _, n := range want {
 			if err := w.markNotReady(ctx, n); err != nil {
+				return err
+			}
+			if err := w.markUnknownIfSilent(ctx, n, time.Now()); err != nil {
 				return err
 			}
 		}
@@ -254,5 +270,75 @@ func (w *Workers) markNotReady(ctx context.Context, n events.GuestNode) error {
 		return fmt.Errorf("mark worker node %s NotReady: %w", n.Name, err)
 	}
 	w.Logger.Info("worker node NotReady: its VM does not run", "node", n.Name, "why", n.Message)
+	return nil
+}
+
+// Reasons of a silent worker node's Ready condition, as the node lifecycle
+// controller sets them.
+const (
+	ReasonNodeStatusUnknown  = "NodeStatusUnknown"
+	MessageNodeStatusUnknown = "Kubelet stopped posting node status."
+)
+
+// markUnknownIfSilent sets the Ready condition of n's Node to Unknown when
+// its VM runs but its node (the virtual-kubelet in that VM) has not
+// renewed its Lease in kube-node-lease for the Lease's duration (40 s):
+// the process hangs or cannot reach the API server, so nothing it said
+// about its pods can be trusted any more. The guest cluster runs no
+// kube-controller-manager, whose node lifecycle controller would do this.
+// The node's next status update (its virtual-kubelet posts one at least
+// every minute) makes it Ready again.
+func (w *Workers) markUnknownIfSilent(ctx context.Context, n events.GuestNode, now time.Time) error {
+	if !n.Ready {
+		delete(w.renewals, n.Name)
+		return nil // markNotReady says why
+	}
+	lease, err := w.Client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Get(ctx, n.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // registered by its VM once it runs
+	}
+	if err != nil {
+		return fmt.Errorf("lease of worker node %s: %w", n.Name, err)
+	}
+	var renewed time.Time
+	if lease.Spec.RenewTime != nil {
+		renewed = lease.Spec.RenewTime.Time
+	}
+	last, ok := w.renewals[n.Name]
+	if !ok || !last.renewTime.Equal(renewed) {
+		w.renewals[n.Name] = renewal{renewTime: renewed, seen: now}
+		return nil
+	}
+	grace := 40 * time.Second
+	if d := lease.Spec.LeaseDurationSeconds; d != nil && *d > 0 {
+		grace = time.Duration(*d) * time.Second
+	}
+	if now.Sub(last.seen) < grace {
+		return nil
+	}
+	cur, err := w.Client.CoreV1().Nodes().Get(ctx, n.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	next := cur.DeepCopy()
+	changed := false
+	for i, c := range next.Status.Conditions {
+		if c.Type != corev1.NodeReady || c.Status == corev1.ConditionUnknown {
+			continue
+		}
+		c.Status, c.Reason, c.Message = corev1.ConditionUnknown, ReasonNodeStatusUnknown, MessageNodeStatusUnknown
+		c.LastTransitionTime = metav1.NewTime(now)
+		next.Status.Conditions[i], changed = c, true
+	}
+	if !changed {
+		return nil
+	}
+	if _, err := w.Client.CoreV1().Nodes().UpdateStatus(ctx, next, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
+		return fmt.Errorf("mark worker node %s Unknown: %w", n.Name, err)
+	}
+	w.Logger.Info("worker node Unknown: its Lease was not renewed", "node", n.Name, "renewed", renewed, "silent", now.Sub(last.seen).Round(time.Second))
 	return nil
 }

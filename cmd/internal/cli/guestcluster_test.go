@@ -266,6 +266,24 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 		out, err := kubectl("logs", "on-worker")
 		return err == nil && strings.Contains(out, "hello from on-worker")
 	})
+	// A worker VM that runs but whose node has gone silent (its guest
+	// frozen: the node stops renewing its Lease) is Unknown after the
+	// Lease's 40 s, as the node lifecycle controller marks it, and Ready
+	// again once its node speaks.
+	key, ok := sys.Datacenter.Guests().KeyOf(events.NativeVMName(getVM("gc1-worker-0").Status.UID))
+	if !ok {
+		t.Fatal("worker VM gc1-worker-0 runs no guest after its power cycle")
+	}
+	resume, err := sys.Datacenter.Guests().Pause(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "node gc1-worker-0 Unknown (NodeStatusUnknown) while its guest is frozen", 2*time.Minute, func() bool {
+		out, err := kubectl("get", "node", "gc1-worker-0", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].reason}`)
+		return err == nil && out == "Unknown NodeStatusUnknown"
+	})
+	resume()
+	waitFor(t, "node gc1-worker-0 Ready once its guest runs again", 3*time.Minute, nodeReady("True"))
 
 	// Deleting the guest cluster deletes its pod and the pod's VM.
 	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "gc1", "-n", "team-a"); code != 0 {
