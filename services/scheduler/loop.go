@@ -32,6 +32,17 @@ const maxReserveAttempts = 4
 // commitParallelism bounds concurrent ledger writes.
 const commitParallelism = 64
 
+// hostCommitSpacing is the least time between the starts of two ledger
+// writes of one host by this process. Every write is a synced JetStream
+// store of the host's whole entry; in a burst, placements on a host arrive
+// a pass at a time, so a committer that wrote as soon as the previous
+// write ended would write the entry once or twice per pass. Waiting out
+// the rest of the spacing first lets the passes in between join the next
+// write (the group commit of hostCommitter). A host's first write of a
+// burst is not delayed; nothing is answered before its write lands, so a
+// decision is never announced before it is durable.
+const hostCommitSpacing = 20 * time.Millisecond
+
 // placement is where a pod goes.
 type placement struct {
 	Host, Cluster, ResourcePool string
@@ -269,7 +280,19 @@ func (s *Service) enqueueCommit(ctx context.Context, host string, ts []tentative
 }
 
 func (s *Service) runCommitter(ctx context.Context, host string, c *hostCommitter) {
+	var last time.Time
 	for {
+		if !last.IsZero() {
+			// Only after a write of this run: see hostCommitSpacing.
+			if wait := hostCommitSpacing - time.Since(last); wait > 0 {
+				t := time.NewTimer(wait)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+				}
+			}
+		}
 		c.mu.Lock()
 		ts := c.queue
 		c.queue = nil
@@ -280,6 +303,7 @@ func (s *Service) runCommitter(ctx context.Context, host string, c *hostCommitte
 		}
 		c.mu.Unlock()
 		s.commitSem <- struct{}{}
+		last = time.Now()
 		again := s.commit(ctx, host, ts)
 		<-s.commitSem
 		if len(again) > 0 {
