@@ -2,11 +2,13 @@ package hostagent_test
 
 import (
 	"net"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // rawGuest says hello on the host agent's socket and returns the channel,
@@ -49,6 +51,7 @@ func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
 	e := newEnv(t, withHold)
 	e.putPod("web", "uid-web", host, 30, "app")
 	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "boot-1"})
+	heldAt := time.Now()
 	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhasePending, Containers: []guestchannel.ContainerStatus{creating}}); err != nil {
 		t.Fatal(err)
 	}
@@ -68,10 +71,28 @@ func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
 	if first.id != hostagent.ReportID("uid-web", "boot-1", 2) {
 		t.Errorf("report id %s, want the id of seq 2", first.id)
 	}
-	// Past the hold, still the one report.
-	time.Sleep(hold + 200*time.Millisecond)
-	if got := e.reported("uid-web"); len(got) != 1 {
-		t.Errorf("%d reports, want 1 (the creating one replaced)", len(got))
+	// Past the hold's end, the guest says something new (its container
+	// no longer ready): once that report is out, everything the channel
+	// had to publish before it is out too (one loop publishes a channel's
+	// reports in order), and the held report was not among them.
+	if wait := time.Until(heldAt.Add(hold)); wait > 0 {
+		time.Sleep(wait)
+	}
+	unready := running
+	unready.Ready = false
+	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Seq: 3, Phase: guestchannel.PhaseRunning, Containers: []guestchannel.ContainerStatus{unready}}); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	testenv.Eventually(t, "the report of seq 3", 10*time.Second, func() bool {
+		seqs = seqs[:0]
+		for _, r := range e.reported("uid-web") {
+			seqs = append(seqs, r.r.Seq)
+		}
+		return slices.Contains(seqs, 3)
+	})
+	if !slices.Equal(seqs, []uint64{2, 3}) {
+		t.Errorf("reports of seq %v, want 2 then 3 (the creating one replaced, never published)", seqs)
 	}
 }
 
