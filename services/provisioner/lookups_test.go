@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -104,5 +106,53 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	_, err = vms.StartCreate(ctx, spec("pv-lookups-4", "[nowhere-ds] app.vmdk"), place)
 	if err == nil || podvm.IsTransient(err) {
 		t.Fatalf("create on an unmounted datastore: %v", err)
+	}
+}
+
+// The first create on each host finds the host in one listing of every
+// host, made once and reused for lookupTTL, not in a search per host:
+// a search reads every host's name, so with thousands of hosts each host's
+// first create cost as many reads as there are hosts.
+func TestHostsAreListedOnceForAllHosts(t *testing.T) {
+	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	vms := podvm.New(e.sess.Vim(), object.NewDatacenter(e.sess.Vim(), e.sess.Datacenter.Reference()))
+	vms.BlankEphemeral = true
+	hosts := e.dc.Hosts()
+	if len(hosts) < 2 {
+		t.Fatalf("%d hosts, want two", len(hosts))
+	}
+	create := func(name, host string) map[string]int64 {
+		t.Helper()
+		before := e.dc.Calls()
+		task, err := vms.StartCreate(ctx, podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,
+			NICs:       []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
+			ImageDisks: []string{imageDisk("app")}}, podvm.Placement{Host: host, Folder: "podvisor/hosts"})
+		if err != nil {
+			t.Fatalf("create %s on %s: %v", name, host, err)
+		}
+		calls := sim.CallsSince(before, e.dc.Calls())
+		if _, err := vms.WaitCreate(ctx, task); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+		return calls
+	}
+	first := create("pv-hosts-1", hosts[0].Name)
+	if first["CreateContainerView"] == 0 {
+		t.Fatalf("the first create listed no hosts (calls %v): the test no longer sees the listing", first)
+	}
+	second := create("pv-hosts-2", hosts[1].Name)
+	t.Logf("calls of the first create on a host: first host %v, second host %v", first, second)
+	if n := second["CreateContainerView"]; n != 0 {
+		t.Errorf("the first create on a second host made %d container views (calls %v), want the listing of the first create reused", n, second)
+	}
+	// A host the listing does not know (added since) is looked for in a
+	// fresh listing, and a name no host has is refused for good.
+	_, err := vms.StartCreate(ctx, podvm.Spec{Name: "pv-hosts-3", VCPUs: 1, MemoryMiB: 128,
+		NICs:       []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
+		ImageDisks: []string{imageDisk("app")}}, podvm.Placement{Host: "no-such-host", Folder: "podvisor/hosts"})
+	if err == nil || podvm.IsTransient(err) || !strings.Contains(err.Error(), "no-such-host") {
+		t.Errorf("create on a host no one has: %v, want a permanent not-found naming it", err)
 	}
 }

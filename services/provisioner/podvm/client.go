@@ -618,20 +618,34 @@ func (c *Client) child(ctx context.Context, parent *object.Folder, name string) 
 }
 
 func (c *Client) host(ctx context.Context, name string) (*object.HostSystem, error) {
+	ref, ok, err := c.hostRef(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("host %s: %w", name, err)
+	}
+	if !ok {
+		return nil, bus.Permanent(fmt.Errorf("host %s: not found in datacenter %s", name, c.dc.Name()))
+	}
+	return object.NewHostSystem(c.vc, ref), nil
+}
+
+// listHosts returns every host of the datacenter by name: one container
+// view, one retrieval of the hosts' names.
+func (c *Client) listHosts(ctx context.Context) (map[string]types.ManagedObjectReference, error) {
 	m := view.NewManager(c.vc)
 	v, err := m.CreateContainerView(ctx, c.dc.Reference(), []string{"HostSystem"}, true)
 	if err != nil {
-		return nil, fmt.Errorf("host %s: %w", name, err)
+		return nil, fmt.Errorf("list hosts: %w", err)
 	}
 	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
-	refs, err := v.Find(ctx, []string{"HostSystem"}, property.Match{"name": name})
-	if err != nil {
-		return nil, fmt.Errorf("host %s: %w", name, err)
+	var hosts []mo.HostSystem
+	if err := v.Retrieve(ctx, []string{"HostSystem"}, []string{"name"}, &hosts); err != nil {
+		return nil, fmt.Errorf("list hosts: %w", err)
 	}
-	if len(refs) != 1 {
-		return nil, bus.Permanent(fmt.Errorf("host %s: not found in datacenter %s", name, c.dc.Name()))
+	out := make(map[string]types.ManagedObjectReference, len(hosts))
+	for _, h := range hosts {
+		out[h.Name] = h.Reference()
 	}
-	return object.NewHostSystem(c.vc, refs[0]), nil
+	return out, nil
 }
 
 func (c *Client) lookupPortGroupBacking(ctx context.Context, name string) (types.BaseVirtualDeviceBackingInfo, error) {
