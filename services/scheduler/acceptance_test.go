@@ -50,17 +50,17 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 	}
 	huge := e.accept(testPod("impossible", "1", "4Ti"))
 	keys = append(keys, huge.ObjectKey())
-	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.Decided(keys) == len(keys) })
 
 	// The impossible pod names the resource.
-	u := e.obs.unschedulableOf(huge.ObjectKey())
+	u := e.Unschedulable(huge.ObjectKey())
 	if u == nil || !strings.Contains(u.Message, "16 pod memory exceeds host capacity") || u.Reasons["MemoryExceedsCapacity"] != 16 {
 		t.Fatalf("impossible pod: %+v", u)
 	}
 	// The surplus is pending with a reason.
 	var pending []string
 	for _, k := range keys[:200] {
-		if u := e.obs.unschedulableOf(k); u != nil {
+		if u := e.Unschedulable(k); u != nil {
 			pending = append(pending, k)
 			if !strings.HasPrefix(u.Message, "0/16 hosts: ") || !strings.Contains(u.Message, "insufficient memory") {
 				t.Errorf("%s pending with %q", k, u.Message)
@@ -81,7 +81,7 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 	// further input.
 	deleted, lastDelete := 0, uint64(0)
 	for _, k := range keys[:200] {
-		s := e.obs.scheduledOf(k)
+		s := e.Scheduled(k)
 		if s == nil || deleted >= 40 {
 			continue
 		}
@@ -91,7 +91,7 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 	e.EventuallyWithin("pending pods placed after deletes", 20*time.Second, func() bool {
 		n := 0
 		for _, k := range pending {
-			if e.obs.scheduledOf(k) != nil {
+			if e.Scheduled(k) != nil {
 				n++
 			}
 		}
@@ -140,7 +140,7 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 	hosts := map[string]*object.HostSystem{}
 	pools := map[string]*object.ResourcePool{}
 	for key := range accepted {
-		s := e.obs.scheduledOf(key)
+		s := e.Scheduled(key)
 		if s == nil {
 			continue
 		}
@@ -160,7 +160,7 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 8)
 	for key, acc := range accepted {
-		s := e.obs.scheduledOf(key)
+		s := e.Scheduled(key)
 		if s == nil {
 			continue
 		}

@@ -78,7 +78,7 @@ func TestReplayOfALosingReservationAnswersTheBoundHost(t *testing.T) {
 	if _, held := e.allocations(winner)[acc.UID]; !held {
 		t.Fatalf("the pod's allocation on %s went", winner)
 	}
-	if n := len(e.obs.scheduledAll(acc.ObjectKey())); n != 1 {
+	if n := len(e.ScheduledAll(acc.ObjectKey())); n != 1 {
 		t.Fatalf("%d pod.scheduled for the pod", n)
 	}
 }

@@ -38,10 +38,10 @@ func TestBurstOnOneHostIsWrittenInFewWrites(t *testing.T) {
 	for i := range pods {
 		keys[i] = e.accept(testPod(fmt.Sprintf("burst-%02d", i), "10m", "16Mi")).ObjectKey()
 	}
-	e.EventuallyWithin("every pod decided", 30*time.Second, func() bool { return e.obs.decided(keys) == pods })
+	e.EventuallyWithin("every pod decided", 30*time.Second, func() bool { return e.Decided(keys) == pods })
 	elapsed := time.Since(start)
 	for _, k := range keys {
-		if s := e.obs.scheduledOf(k); s == nil || s.Host != host {
+		if s := e.Scheduled(k); s == nil || s.Host != host {
 			t.Fatalf("%s: scheduled %+v, want on %s", k, s, host)
 		}
 	}

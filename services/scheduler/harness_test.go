@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/redis/go-redis/v9"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -28,7 +27,6 @@ type env struct {
 	t   testing.TB
 	bus *bus.Bus
 	dc  *sim.Datacenter
-	obs *observer
 	svc *scheduler.Service
 	led *ledger.Ledger
 
@@ -57,7 +55,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 		opts = append(opts, testenv.NoRecorder())
 	}
 	te := testenv.Start(t, opts...)
-	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, obs: &observer{te}, opts: o}
+	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, opts: o}
 	if o.networks == nil {
 		o.networks = map[string][]string{"default": nil}
 	}
@@ -131,70 +129,5 @@ func (e *env) accept(p *corev1.Pod) *events.PodAccepted {
 	e.Accept(acc)
 	return acc
 }
-
-// observer reads what the scheduler said from the recorder: the latest
-// decision per pod, migration answers, host facts.
-type observer struct{ e *testenv.Env }
-
-// decision is the pod's latest pod.scheduled, and its pod.unschedulable
-// since then.
-func (o *observer) decision(key string) (s *events.PodScheduled, u *events.PodUnschedulable) {
-	for _, seen := range o.e.Events.Seen() {
-		switch p := seen.Payload.(type) {
-		case *events.PodScheduled:
-			if p.ObjectKey() == key {
-				s, u = p, nil
-			}
-		case *events.PodUnschedulable:
-			if p.ObjectKey() == key {
-				u = p
-			}
-		}
-	}
-	return s, u
-}
-
-func (o *observer) decided(keys []string) int {
-	n := 0
-	for _, k := range keys {
-		if s, u := o.decision(k); s != nil || u != nil {
-			n++
-		}
-	}
-	return n
-}
-
-func (o *observer) scheduledOf(key string) *events.PodScheduled { s, _ := o.decision(key); return s }
-
-func (o *observer) unschedulableOf(key string) *events.PodUnschedulable {
-	_, u := o.decision(key)
-	return u
-}
-
-// scheduledAll is every pod.scheduled of the pod, in order.
-func (o *observer) scheduledAll(key string) []*events.PodScheduled {
-	return testenv.All(o.e, func(p *events.PodScheduled) bool { return p.ObjectKey() == key })
-}
-
-// migration is the latest migration.target.reserved or migration.rejected
-// of migration id.
-func (o *observer) migration(id string) (ev event.Event, ok bool) {
-	for _, seen := range o.e.Events.Seen() {
-		switch p := seen.Payload.(type) {
-		case *events.MigrationTargetReserved:
-			if p.ID == id {
-				ev, ok = seen.Event, true
-			}
-		case *events.MigrationRejected:
-			if p.ID == id {
-				ev, ok = seen.Event, true
-			}
-		}
-	}
-	return ev, ok
-}
-
-// facts counts the host events of ceType about host.
-func (o *observer) facts(ceType, host string) int { return o.e.Events.CountAbout(ceType, host) }
 
 func podKey(name string) string { return events.PodKey("default", name) }

@@ -112,7 +112,7 @@ func TestAttachRefusalPlacesThePodAgain(t *testing.T) {
 		Reason: events.ReasonNotRealizedOnHost, Message: "port group pv-default is not among the host's networks"})
 	var again *events.PodScheduled
 	e.EventuallyWithin("pod placed again", 10*time.Second, func() bool {
-		again = e.obs.scheduledOf(podKey("web"))
+		again = e.Scheduled(podKey("web"))
 		return again.Host != first
 	})
 	e.EventuallyWithin("room freed on "+first, 5*time.Second, func() bool { _, ok := e.allocations(first)["uid-web"]; return !ok })

@@ -34,7 +34,7 @@ func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
 			t.Errorf("%s placed on %s", k, s.Host)
 		}
 	}
-	if facts := e.obs.facts(events.TypeHostDiscovered, host); facts != 1 {
+	if facts := e.Events.CountAbout(events.TypeHostDiscovered, host); facts != 1 {
 		t.Errorf("host.discovered published %d times over a restart, want 1", facts)
 	}
 }
@@ -51,13 +51,13 @@ func TestTwoSchedulersNeverOvercommit(t *testing.T) {
 	for i := 0; i < 150; i++ {
 		keys = append(keys, e.accept(testPod(fmt.Sprintf("burst-%03d", i), "2", "16Gi")).ObjectKey())
 	}
-	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed or refused", 30*time.Second, func() bool { return e.Decided(keys) == len(keys) })
 	recs := e.hostRecords()
 	placed, ledgerPods := 0, 0
 	check := func() {
 		placed, ledgerPods = 0, 0
 		for _, k := range keys {
-			if e.obs.scheduledOf(k) != nil {
+			if e.Scheduled(k) != nil {
 				placed++
 			}
 		}
@@ -122,7 +122,7 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 	// in the records and takes its share of the queued events.
 	e.startScheduler()
 	e.stop = e.startScheduler()
-	e.EventuallyWithin("every pod placed", 30*time.Second, func() bool { return e.obs.decided(keys) == len(keys) })
+	e.EventuallyWithin("every pod placed", 30*time.Second, func() bool { return e.Decided(keys) == len(keys) })
 	host := e.hostNames()[0]
 	missing := func() []string {
 		entry, err := e.led.Get(t.Context(), host)
@@ -131,7 +131,7 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 		}
 		var out []string
 		for _, k := range keys {
-			if s := e.obs.scheduledOf(k); s != nil {
+			if s := e.Scheduled(k); s != nil {
 				if _, ok := entry.Allocations[s.UID]; !ok {
 					out = append(out, k)
 				}

@@ -38,14 +38,14 @@ func (e *env) clusterHosts(cluster string) []string {
 func (e *env) waitScheduled(key string) *events.PodScheduled {
 	e.t.Helper()
 	var s *events.PodScheduled
-	e.EventuallyWithin("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.obs.scheduledOf(key); return s != nil })
+	e.EventuallyWithin("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.Scheduled(key); return s != nil })
 	return s
 }
 
 func (e *env) waitUnschedulable(key string) *events.PodUnschedulable {
 	e.t.Helper()
 	var u *events.PodUnschedulable
-	e.EventuallyWithin("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.obs.unschedulableOf(key); return u != nil })
+	e.EventuallyWithin("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.Unschedulable(key); return u != nil })
 	return u
 }
 
@@ -88,7 +88,7 @@ func TestMigrationPlacement(t *testing.T) {
 		var got any
 		var typ string
 		e.EventuallyWithin("answer to migration "+id, 10*time.Second, func() bool {
-			ev, ok := e.obs.migration(id)
+			ev, ok := e.MigrationAnswer(id)
 			if ok {
 				typ = ev.Type()
 				got, _ = events.Decode(ev.Type(), ev.Data())
@@ -160,7 +160,7 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if err := e.dc.FailHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
-	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, host) == 1 })
+	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostLost, host) == 1 })
 	e.EventuallyWithin("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
 
 	pinned := e.accept(testPod("pinned", "1", "1Gi", onHost(host)))
@@ -171,7 +171,7 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if err := e.dc.RecoverHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
-	e.EventuallyWithin("host.recovered", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostRecovered, host) == 1 })
+	e.EventuallyWithin("host.recovered", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostRecovered, host) == 1 })
 	if s := e.waitScheduled(pinned.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s", s.Host)
 	}
@@ -202,12 +202,12 @@ func TestEvictionPlacesAgain(t *testing.T) {
 	if err := e.dc.FailHost(context.Background(), first.Host); err != nil {
 		t.Fatal(err)
 	}
-	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.obs.facts(events.TypeHostLost, first.Host) == 1 })
+	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostLost, first.Host) == 1 })
 	e.PublishAs("podvisor/migration", events.TypePodEvicted, acc.ObjectKey(), &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "ha", UID: acc.UID},
 		Host: first.Host, Reason: "HostLost"})
 	var again *events.PodScheduled
 	e.EventuallyWithin("placed again", 10*time.Second, func() bool {
-		again = e.obs.scheduledOf(acc.ObjectKey())
+		again = e.Scheduled(acc.ObjectKey())
 		return again.Host != first.Host
 	})
 	if _, still := e.allocations(first.Host)[acc.UID]; still {
@@ -347,7 +347,7 @@ func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
 		ID: "m-done", Namespace: "default", Pod: "moved", UID: acc.UID, SourceHost: h[0], TargetHost: h[1], Phase: events.MigrationPhaseCompleted})
 	seq := e.PublishAs("podvisor/cli", events.TypeMigrationRequested, acc.ObjectKey(), &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "m-done", Namespace: "default", Pod: "moved"}})
 	e.WaitHandled(events.StreamMigrations, scheduler.Name+"-"+events.StreamMigrations, seq)
-	if ev, ok := e.obs.migration("m-done"); ok && ev.Type() == events.TypeMigrationTargetReserved {
+	if ev, ok := e.MigrationAnswer("m-done"); ok && ev.Type() == events.TypeMigrationTargetReserved {
 		t.Errorf("a target was reserved for the ended migration: %s", ev.Data())
 	}
 	for _, host := range h {
@@ -386,7 +386,7 @@ func TestMigrationToAHostJustOutOfMaintenanceIsTaken(t *testing.T) {
 		var ev event.Event
 		e.EventuallyWithin("an answer to "+id, 10*time.Second, func() bool {
 			var ok bool
-			ev, ok = e.obs.migration(id)
+			ev, ok = e.MigrationAnswer(id)
 			return ok
 		})
 		return ev

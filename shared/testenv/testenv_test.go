@@ -146,3 +146,30 @@ func TestFollowDistinctAndAccept(t *testing.T) {
 		t.Errorf("followed %v, want %v first", followed, want)
 	}
 }
+
+// The scheduler's word as the recorder saw it: the latest placement, an
+// unschedulable since it, and a migration's answer.
+func TestDecisionIsTheLatestWord(t *testing.T) {
+	e := testenv.Start(t)
+	web := events.PodRef{Namespace: "default", Name: "web", UID: "uid-web"}
+	key := events.PodKey("default", "web")
+	e.Publish(&events.PodScheduled{PodRef: web, Host: "esx-1", Cluster: "c1"})
+	e.Publish(&events.PodScheduled{PodRef: web, Host: "esx-2", Cluster: "c1"})
+	e.Publish(&events.MigrationRejected{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "web"}, Reason: "NoTarget", Message: "none"})
+	e.WaitFor("the three events", 10*time.Second, func(seen []testenv.Seen) bool { return len(seen) >= 3 })
+	if s, u := e.Decision(key); s == nil || s.Host != "esx-2" || u != nil {
+		t.Errorf("decision %+v %+v, want the placement on esx-2", s, u)
+	}
+	if n := len(e.ScheduledAll(key)); n != 2 {
+		t.Errorf("%d placements, want 2", n)
+	}
+	if ev, ok := e.MigrationAnswer("m1"); !ok || ev.Type() != events.TypeMigrationRejected {
+		t.Errorf("migration answer %v %v, want migration.rejected", ev.Type(), ok)
+	}
+	e.Publish(&events.PodUnschedulable{PodRef: web, Message: "0/2 hosts"})
+	e.EventuallyWithin("unschedulable recorded", 10*time.Second, func() bool { return e.Unschedulable(key) != nil })
+	if e.Scheduled(key) == nil || e.Decided([]string{key, events.PodKey("default", "other")}) != 1 {
+		t.Errorf("after unschedulable: scheduled %v, decided %d; want the placement kept and one pod decided",
+			e.Scheduled(key), e.Decided([]string{key, events.PodKey("default", "other")}))
+	}
+}
