@@ -76,6 +76,11 @@ type Config struct {
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
 	CPUProfile io.Writer
+	// DataPlaneCPUProfile, when set, receives a pprof CPU profile of the
+	// data plane's burst (from its first request to its last pod running):
+	// the control plane, the simulated guests' managers and the host agents
+	// in this process (the guests' own processes are not in it).
+	DataPlaneCPUProfile io.Writer
 }
 
 // Bench pod size: small enough that N pods fit the simulated hosts many

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -207,7 +208,15 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	if err != nil {
 		return nil, err
 	}
+	if cfg.DataPlaneCPUProfile != nil {
+		if err := pprof.StartCPUProfile(cfg.DataPlaneCPUProfile); err != nil {
+			return nil, fmt.Errorf("data plane CPU profile: %w", err)
+		}
+	}
 	lat, err := runPods(ctx, b, w, out.Image, names, 0, timeout)
+	if cfg.DataPlaneCPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		timeout  time.Duration
 		rawTries []int
 		cpuProf  string
+		dpProf   string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -78,6 +79,14 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 				defer f.Close()
 				cfg.CPUProfile = f
 			}
+			if dpProf != "" && from == "" {
+				f, err := os.Create(dpProf)
+				if err != nil {
+					return usageError("--data-plane-cpuprofile: %v", err)
+				}
+				defer f.Close()
+				cfg.DataPlaneCPUProfile = f
+			}
 			var res *bench.Result
 			if from != "" {
 				// Re-render a saved run (its -o json) as a table or chart.
@@ -124,5 +133,6 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
 	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
+	f.StringVar(&dpProf, "data-plane-cpuprofile", "", "write a pprof CPU profile of the data plane's burst (guests on) to this file")
 	return cmd
 }
