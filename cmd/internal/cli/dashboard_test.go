@@ -48,6 +48,9 @@ func TestDashboardInChromium(t *testing.T) {
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(chromium),
 		chromedp.UserDataDir(t.TempDir()),
+		// Chromium's own scratch files (org.chromium.Chromium.*) go to
+		// TMPDIR: the test's directory, removed with it.
+		chromedp.Env("TMPDIR=" + t.TempDir()),
 		chromedp.Flag("headless", true), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
 		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
