@@ -180,7 +180,6 @@ func TestVMLifecycle(t *testing.T) {
 		Spec: events.VirtualMachineClassSpec{CPUs: 4, Memory: "8Gi"}}})
 	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
 		Spec: events.VirtualMachineImageSpec{OCI: e.img}}})
-	time.Sleep(0) // the declarations above are ordered on the stream
 	e.publish(client, vmDecl("small", ""))
 	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
 	if r.Size.CPUs != 2 || r.Size.MemoryMiB != 4096 || r.Spec.PowerState != events.PowerStatePoweredOn || r.Spec.Networks[0] != "default" {
