@@ -129,8 +129,11 @@ func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
 	case !semverRE.MatchString(g.Spec.Version):
 		errs = append(errs, field.Invalid(sp.Child("version"), g.Spec.Version, "must look like v1.37.2"))
 	}
-	errs = append(errs, g.Spec.ControlPlane.validate(sp.Child("controlPlane"), 1, MaxGuestControlPlanes,
-		"a guest cluster runs one control-plane VM; a highly available control plane is not supported yet")...)
+	errs = append(errs, g.Spec.ControlPlane.validate(sp.Child("controlPlane"), 1, MaxGuestControlPlanes, "")...)
+	if r := g.Spec.ControlPlane.Replicas; r > 0 && r%2 == 0 {
+		errs = append(errs, field.Invalid(sp.Child("controlPlane", "replicas"), r,
+			"must be odd: each control-plane VM runs a member of the cluster's etcd, which needs a majority of its members, so an even count tolerates no more failures than one fewer"))
+	}
 	errs = append(errs, g.Spec.Workers.validate(sp.Child("workers"), 0, 16, "")...)
 	if g.Spec.Network != "" {
 		errs = append(errs, validateDNSLabel(sp.Child("network"), g.Spec.Network)...)
@@ -140,10 +143,10 @@ func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
 }
 
 // MaxGuestControlPlanes is how many control-plane VMs a guest cluster may
-// ask for: one. A highly available control plane (an etcd member and an
-// API server in each of several VMs, a balanced endpoint) is not built, so
-// more are refused rather than accepted and run as one.
-const MaxGuestControlPlanes = 1
+// ask for. Each runs a member of the cluster's etcd and an API server on
+// it (stacked etcd); 1, 3 or 5 (an odd count: etcd needs a majority), as
+// cluster-api's KubeadmControlPlane allows.
+const MaxGuestControlPlanes = 5
 
 // validate checks the group; replicas must be min to max, and limit (when
 // set) says why no more are allowed.

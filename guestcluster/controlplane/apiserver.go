@@ -15,21 +15,25 @@ import (
 )
 
 // apiServerArgs are the kube-apiserver flags of a guest cluster.
-func apiServerArgs(c *certs, host string, port int, etcdURL string) []string {
-	return []string{
-		"--etcd-servers=" + etcdURL,
-		"--bind-address=" + host,
-		"--advertise-address=" + host,
+func apiServerArgs(c *certs, host string, port int, etcdURLs string) []string {
+	var etcdTLS []string
+	if c.etcdCert != "" {
+		etcdTLS = []string{"--etcd-cafile=" + c.caFile, "--etcd-certfile=" + c.etcdCert, "--etcd-keyfile=" + c.etcdKey}
+	}
+	return append(etcdTLS,
+		"--etcd-servers="+etcdURLs,
+		"--bind-address="+host,
+		"--advertise-address="+host,
 		// The guest's API server listens on loopback, which the endpoint
 		// reconciler refuses to publish as the kubernetes Service's
 		// endpoint; nothing in a guest cluster dials that Service.
 		"--endpoint-reconciler-type=none",
-		"--secure-port=" + strconv.Itoa(port),
-		"--tls-cert-file=" + c.serverCert,
-		"--tls-private-key-file=" + c.serverKey,
-		"--client-ca-file=" + c.caFile,
-		"--service-account-key-file=" + c.saKey,
-		"--service-account-signing-key-file=" + c.saKey,
+		"--secure-port="+strconv.Itoa(port),
+		"--tls-cert-file="+c.serverCert,
+		"--tls-private-key-file="+c.serverKey,
+		"--client-ca-file="+c.caFile,
+		"--service-account-key-file="+c.saKey,
+		"--service-account-signing-key-file="+c.saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--authorization-mode=RBAC",
@@ -38,12 +42,12 @@ func apiServerArgs(c *certs, host string, port int, etcdURL string) []string {
 		// Logs and exec: the API server calls the podvisor node's kubelet
 		// API, verifying it against the cluster's CA, with a client
 		// certificate the node checks.
-		"--kubelet-client-certificate=" + c.kubeletCliCert,
-		"--kubelet-client-key=" + c.kubeletKey,
-		"--kubelet-certificate-authority=" + c.caFile,
+		"--kubelet-client-certificate="+c.kubeletCliCert,
+		"--kubelet-client-key="+c.kubeletKey,
+		"--kubelet-certificate-authority="+c.caFile,
 		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
-	}
+	)
 }
 
 // runAPIServer runs kube-apiserver as its command does (flags, logging,

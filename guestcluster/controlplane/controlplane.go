@@ -12,8 +12,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -36,7 +38,32 @@ type Config struct {
 	Logger *slog.Logger
 	// ReadyTimeout bounds the wait for /readyz; 2 minutes by default.
 	ReadyTimeout time.Duration
+	// Member is this control plane's index among Members (default 1).
+	// With several, each runs one member of one etcd cluster and an API
+	// server of its own on it (stacked etcd, as kubeadm lays out a highly
+	// available control plane): member i's etcd serves clients at
+	// EtcdClientPort(EtcdPortBase, i) and peers at EtcdPeerPort(EtcdPortBase, i)
+	// of Host, over TLS with client certificates (EtcdCertificate), and
+	// finds member j at the same ports of Host: whoever runs the members
+	// makes each one's ports reach the others (the hypervisor's paths
+	// between control-plane VMs). A single member keeps etcd on free
+	// ports of its own loopback, in plain HTTP.
+	Member, Members int
+	EtcdPortBase    int
 }
+
+// EtcdClientPort and EtcdPeerPort are member i's etcd ports.
+func EtcdClientPort(base, i int) int { return base + 2*i }
+
+// EtcdPeerPort: see EtcdClientPort.
+func EtcdPeerPort(base, i int) int { return base + 2*i + 1 }
+
+// DefaultEtcdPortBase is etcd's own client port: member 0 serves clients
+// at 2379 and peers at 2380, as a lone etcd would.
+const DefaultEtcdPortBase = 2379
+
+// MemberName is member i's etcd name.
+func MemberName(i int) string { return fmt.Sprintf("member-%d", i) }
 
 // ControlPlane is a running guest control plane.
 type ControlPlane struct {
@@ -86,21 +113,41 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 2 * time.Minute
 	}
+	if cfg.Members == 0 {
+		cfg.Members = 1
+	}
+	if cfg.EtcdPortBase == 0 {
+		cfg.EtcdPortBase = DefaultEtcdPortBase
+	}
+	if cfg.Member < 0 || cfg.Member >= cfg.Members {
+		return nil, fmt.Errorf("controlplane: member %d: want 0 to %d", cfg.Member, cfg.Members-1)
+	}
+	if top := EtcdPeerPort(cfg.EtcdPortBase, cfg.Members-1); cfg.EtcdPortBase < 1 || top > 65535 {
+		return nil, fmt.Errorf("controlplane: etcd port base %d: the members' ports must be 1 to 65535", cfg.EtcdPortBase)
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("controlplane: %w", err)
 	}
-	c, err := issueCerts(filepath.Join(cfg.Dir, "pki"), []string{cfg.Host, "localhost"})
+	c, err := issueCerts(filepath.Join(cfg.Dir, "pki"), []string{cfg.Host, "localhost"}, cfg.Members > 1)
 	if err != nil {
 		return nil, fmt.Errorf("controlplane: certificates: %w", err)
 	}
 	port := cfg.Port
 	if port == 0 {
-		if port, err = freePort(cfg.Host); err != nil {
+		if port, err = FreePort(cfg.Host); err != nil {
 			return nil, fmt.Errorf("controlplane: %w", err)
 		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	etcd, etcdURL, err := startEtcd(filepath.Join(cfg.Dir, "etcd"), cfg.Host)
+	var (
+		etcd     *embed.Etcd
+		etcdURLs string
+	)
+	if cfg.Members == 1 {
+		etcd, etcdURLs, err = startEtcd(filepath.Join(cfg.Dir, "etcd"), cfg.Host)
+	} else {
+		etcd, etcdURLs, err = startEtcdMember(ctx, filepath.Join(cfg.Dir, "etcd"), cfg, c)
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("controlplane: etcd: %w", err)
@@ -111,7 +158,7 @@ func Start(ctx context.Context, cfg Config) (*ControlPlane, error) {
 		done:     make(chan struct{}),
 	}
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- runAPIServer(ctx, apiServerArgs(c, cfg.Host, port, etcdURL)) }()
+	go func() { apiDone <- runAPIServer(ctx, apiServerArgs(c, cfg.Host, port, etcdURLs)) }()
 	go func() {
 		var err error
 		select {
@@ -204,11 +251,11 @@ func waitReady(ctx context.Context, cp *ControlPlane, timeout time.Duration) err
 // startEtcd starts a single-member etcd on loopback ports and waits until
 // it serves.
 func startEtcd(dir, host string) (*embed.Etcd, string, error) {
-	cport, err := freePort(host)
+	cport, err := FreePort(host)
 	if err != nil {
 		return nil, "", err
 	}
-	pport, err := freePort(host)
+	pport, err := FreePort(host)
 	if err != nil {
 		return nil, "", err
 	}
@@ -234,6 +281,52 @@ func startEtcd(dir, host string) (*embed.Etcd, string, error) {
 	return e, curl.String(), nil
 }
 
+// startEtcdMember starts this control plane's member of a cluster of
+// cfg.Members and waits until the cluster has a quorum (the other members
+// may start later: their VMs boot in any order).
+func startEtcdMember(ctx context.Context, dir string, cfg Config, c *certs) (*embed.Etcd, string, error) {
+	at := func(port int) url.URL {
+		return url.URL{Scheme: "https", Host: net.JoinHostPort(cfg.Host, strconv.Itoa(port))}
+	}
+	ec := embed.NewConfig()
+	ec.Name = MemberName(cfg.Member)
+	ec.Dir = dir
+	curl, purl := at(EtcdClientPort(cfg.EtcdPortBase, cfg.Member)), at(EtcdPeerPort(cfg.EtcdPortBase, cfg.Member))
+	ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{curl}, []url.URL{curl}
+	ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{purl}, []url.URL{purl}
+	var peers, clients []string
+	for i := range cfg.Members {
+		p, cl := at(EtcdPeerPort(cfg.EtcdPortBase, i)), at(EtcdClientPort(cfg.EtcdPortBase, i))
+		peers = append(peers, MemberName(i)+"="+p.String())
+		clients = append(clients, cl.String())
+	}
+	ec.InitialCluster = strings.Join(peers, ",")
+	// Members of different guest clusters never mix: the token is the
+	// cluster's.
+	ec.InitialClusterToken = "podvisor-guest-" + cfg.ClusterName
+	tlsInfo := transport.TLSInfo{CertFile: c.etcdCert, KeyFile: c.etcdKey, TrustedCAFile: c.caFile, ClientCertAuth: true}
+	ec.ClientTLSInfo, ec.PeerTLSInfo = tlsInfo, tlsInfo
+	ec.LogLevel = "error"
+	e, err := embed.StartEtcd(ec)
+	if err != nil {
+		return nil, "", err
+	}
+	wait := cfg.ReadyTimeout
+	if wait < 5*time.Minute {
+		wait = 5 * time.Minute
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-ctx.Done():
+		e.Close()
+		return nil, "", ctx.Err()
+	case <-time.After(wait):
+		e.Close()
+		return nil, "", fmt.Errorf("member %s: no quorum of %d members within %s (are the other members' ports reachable?)", ec.Name, cfg.Members, wait)
+	}
+	return e, strings.Join(clients, ","), nil
+}
+
 // kubeconfig is a self-contained kubeconfig for user.
 func kubeconfig(cluster, user, endpoint, caFile, certFile, keyFile string) ([]byte, error) {
 	var err error
@@ -256,8 +349,8 @@ func kubeconfig(cluster, user, endpoint, caFile, certFile, keyFile string) ([]by
 	return clientcmd.Write(*kc)
 }
 
-// freePort asks the kernel for a free TCP port on host.
-func freePort(host string) (int, error) {
+// FreePort asks the kernel for a free TCP port on host.
+func FreePort(host string) (int, error) {
 	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, err

@@ -24,6 +24,9 @@ type certs struct {
 	kubeletCliCert, kubeletKey string
 	kubeletSrvCert, kubeletSrv string
 	saKey                      string
+	// etcdCert and etcdKey serve etcd's clients and peers and are its
+	// client of the other members (a control plane of several members).
+	etcdCert, etcdKey string
 }
 
 // Users of the cluster's certificates. The admin and the node are in
@@ -60,7 +63,17 @@ func Certificates(hosts ...string) []Certificate {
 	}
 }
 
-func issueCerts(dir string, hosts []string) (*certs, error) {
+// EtcdCertificate is the certificate of a member of a control plane of
+// several members: it serves etcd's clients and peers on hosts and is the
+// member's client of the others' (and the API server's client of etcd).
+// Signed ahead like the others, as etcd.pem and etcd-key.pem; a control
+// plane of one member does without it (its etcd serves only its own
+// loopback, in plain HTTP).
+func EtcdCertificate(hosts ...string) Certificate {
+	return Certificate{Name: "etcd", Orgs: []string{"podvisor"}, Hosts: hosts}
+}
+
+func issueCerts(dir string, hosts []string, etcd bool) (*certs, error) {
 	c := &certs{caFile: filepath.Join(dir, "ca.pem")}
 	files := []*string{&c.serverCert, &c.serverKey, &c.adminCert, &c.adminKey, &c.nodeCert, &c.nodeKey,
 		&c.kubeletCliCert, &c.kubeletKey, &c.kubeletSrvCert, &c.kubeletSrv}
@@ -73,6 +86,16 @@ func issueCerts(dir string, hosts []string) (*certs, error) {
 			for _, f := range []string{*files[2*i], *files[2*i+1]} {
 				if _, err := os.Stat(f); err != nil {
 					return nil, fmt.Errorf("%s without ca-key.pem: the certificates must be signed ahead: %w", dir, err)
+				}
+			}
+		}
+		if etcd {
+			c.etcdCert, c.etcdKey = filepath.Join(dir, "etcd.pem"), filepath.Join(dir, "etcd-key.pem")
+			// The members' API servers must accept each other's
+			// service account tokens: one signing key, handed out.
+			for _, f := range []string{c.etcdCert, c.etcdKey, filepath.Join(dir, "sa-key.pem")} {
+				if _, err := os.Stat(f); err != nil {
+					return nil, fmt.Errorf("%s without ca-key.pem: the etcd member's certificate and the service account key must be given: %w", dir, err)
 				}
 			}
 		}
@@ -91,6 +114,12 @@ func issueCerts(dir string, hosts []string) (*certs, error) {
 		c.caFile, c.pool = ca.CAFile(), ca.Pool()
 		for i, s := range Certificates(hosts...) {
 			if *files[2*i], *files[2*i+1], err = ca.IssueAs(s.Name, s.Orgs, s.Hosts...); err != nil {
+				return nil, err
+			}
+		}
+		if etcd {
+			e := EtcdCertificate(hosts...)
+			if c.etcdCert, c.etcdKey, err = ca.IssueAs(e.Name, e.Orgs, e.Hosts...); err != nil {
 				return nil, err
 			}
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/virtual-kubelet/virtual-kubelet/node"
+	"github.com/virtual-kubelet/virtual-kubelet/node/api"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -42,7 +44,13 @@ type Config struct {
 	Port int
 	// KubeletTLS serves the kubelet API (logs, exec) to the API server.
 	KubeletTLS *tls.Config
-	Supervisor *Supervisor
+	// KubeletAPIElsewhere: the kubelet API at Host:Port is served by
+	// ServeKubeletAPI, not by this node. A highly available control plane
+	// runs the podvisor node in one member at a time (the Lease's holder)
+	// but serves its kubelet API in every member, at the same port of each
+	// member's own loopback, so that every API server reaches it.
+	KubeletAPIElsewhere bool
+	Supervisor          *Supervisor
 	// Version is the guest Kubernetes version the node reports.
 	Version string
 	// PollInterval is how often pod statuses are read from the supervisor
@@ -87,6 +95,12 @@ func New(cfg Config) (*Node, error) {
 		n.binder = &Binder{Client: cfg.Client, Node: NodeName, Logger: cfg.Logger}
 	}
 	mux := http.NewServeMux()
+	routes := nodeutil.AttachProviderRoutes(mux)
+	kubeletTLS := cfg.KubeletTLS
+	if cfg.KubeletAPIElsewhere {
+		// No handler and no TLS: virtual-kubelet serves no HTTP.
+		routes, kubeletTLS = func(*nodeutil.NodeConfig) error { return nil }, nil
+	}
 	vk, err := nodeutil.NewNode(name, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 		describe(pc.Node, name, cfg.Host, port, cfg.Version)
 		if cfg.Worker == nil {
@@ -99,11 +113,13 @@ func New(cfg Config) (*Node, error) {
 		return prov, n.status, nil
 	},
 		nodeutil.WithClient(cfg.Client),
-		nodeutil.AttachProviderRoutes(mux),
+		routes,
 		func(c *nodeutil.NodeConfig) error {
 			c.HTTPListenAddr = net.JoinHostPort(cfg.Host, strconv.Itoa(port))
-			c.Handler = mux
-			c.TLSConfig = cfg.KubeletTLS
+			if !cfg.KubeletAPIElsewhere {
+				c.Handler = mux
+			}
+			c.TLSConfig = kubeletTLS
 			c.NumWorkers = 4
 			c.InformerResyncPeriod = time.Minute
 			return nil
@@ -217,4 +233,35 @@ func (n *Node) Run(ctx context.Context, ready chan<- struct{}) error {
 		return nil
 	}
 	return err
+}
+
+// ServeKubeletAPI serves the podvisor node's kubelet API (container logs
+// and exec, which the API server asks of the node at its InternalIP and
+// kubelet port) on addr until ctx ends. Logs and exec go to the
+// supervisor, so any member of the control plane answers them alike,
+// whether or not it runs the node now.
+func ServeKubeletAPI(ctx context.Context, addr string, tlsCfg *tls.Config, sup *Supervisor, log *slog.Logger) error {
+	prov := NewProvider(sup, 0, log)
+	mux := http.NewServeMux()
+	api.AttachPodRoutes(api.PodHandlerConfig{
+		RunInContainer:    prov.RunInContainer,
+		AttachToContainer: prov.AttachToContainer,
+		GetContainerLogs:  prov.GetContainerLogs,
+		GetPods:           prov.GetPods,
+		GetStatsSummary:   prov.GetStatsSummary,
+		PortForward:       prov.PortForward,
+	}, mux, false)
+	ln, err := tls.Listen("tcp", addr, tlsCfg)
+	if err != nil {
+		return fmt.Errorf("kubelet API: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("kubelet API: %w", err)
+	}
+	return nil
 }

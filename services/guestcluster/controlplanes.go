@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/forkthread"
 )
 
@@ -24,9 +25,12 @@ type ControlPlane struct {
 	Version string
 	// Creds is the creds file of the guest cluster's NATS identity.
 	Creds string
-	// ClassName and Network are the control-plane VM's class and logical
+	// ClassName and Network are the control-plane VMs' class and logical
 	// network (VMControlPlanes).
 	ClassName, Network string
+	// Replicas is how many control-plane VMs (etcd members and API
+	// servers) run it; 1 when 0.
+	Replicas int
 }
 
 // Endpoint is a ready control plane: its API server's URL and the admin
@@ -80,6 +84,12 @@ func (p *Processes) dir(namespace, name string) string {
 // ready file.
 func (p *Processes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint, error) {
 	key := cp.Namespace + "/" + cp.Name
+	if cp.Replicas > 1 {
+		// Members as processes of one machine would share its fate: no
+		// availability is gained, so none is claimed.
+		return Endpoint{}, bus.Permanent(bus.WithReason("HighAvailabilityUnavailable", fmt.Errorf(
+			"spec.controlPlane.replicas %d: this supervisor runs guest control planes as its own processes; several control planes run only in control-plane VMs (simulated guests)", cp.Replicas)))
+	}
 	dir := p.dir(cp.Namespace, cp.Name)
 	p.mu.Lock()
 	if p.procs == nil {

@@ -36,6 +36,11 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		if exists && r.Spec.Version != g.Spec.Version && r.Phase == events.GuestClusterPhaseReady {
 			return bus.Permanent(bus.WithReason("UpgradeUnsupported", fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
 		}
+		if exists && r.Spec.ControlPlane.Replicas != g.Spec.ControlPlane.Replicas {
+			return bus.Permanent(bus.WithReason(reasonControlPlaneImmutable, fmt.Errorf(
+				"spec.controlPlane.replicas: %s was made with %d control-plane VMs; the count cannot change (its etcd's membership is fixed at creation): delete the guest cluster and apply it again",
+				key, r.Spec.ControlPlane.Replicas)))
+		}
 		if !exists {
 			*r = events.GuestClusterRecord{Namespace: ns, Name: name, CreatedAt: now, Phase: events.GuestClusterPhaseProvisioning}
 		}
@@ -98,6 +103,9 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
 }
 
+// reasonControlPlaneImmutable refuses a new control-plane count.
+const reasonControlPlaneImmutable = "ControlPlaneImmutable"
+
 // ensureControlPlane mints the identity and starts the control plane.
 func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec events.GuestClusterSpec) (Endpoint, error) {
 	creds, err := s.minter.MintGuest(ns, name)
@@ -109,7 +117,7 @@ func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec 
 		network = events.DefaultNetwork
 	}
 	return s.cps.Ensure(ctx, ControlPlane{Namespace: ns, Name: name, Version: spec.Version, Creds: creds,
-		ClassName: spec.ControlPlane.ClassName, Network: network})
+		ClassName: spec.ControlPlane.ClassName, Network: network, Replicas: int(spec.ControlPlane.Replicas)})
 }
 
 // requestFailed records the failure and publishes guestcluster.failed.
@@ -118,7 +126,8 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 	g.Normalize()
 	ns, name := g.Metadata.Namespace, g.Metadata.Name
 	reason := bus.ReasonOf(cause, "ControlPlaneFailed")
-	if reason != "Deleting" {
+	// A refused change leaves the cluster as it was: it still runs.
+	if reason != "Deleting" && reason != reasonControlPlaneImmutable && reason != "UpgradeUnsupported" {
 		_, err := s.clusters.Mutate(ctx, events.GuestClusterRecordKey(ns, name), func(r *events.GuestClusterRecord) error {
 			if r.Phase == events.GuestClusterPhaseDeleting {
 				return record.ErrUnchanged

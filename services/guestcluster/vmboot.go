@@ -32,6 +32,25 @@ const ControlPlaneBinaryPath = "usr/bin/podvisor-guest"
 // ControlPlaneAPIPort is the API server's port in a control-plane VM.
 const ControlPlaneAPIPort = 6443
 
+// ControlPlaneEtcdPortBase places the etcd members of a control plane of
+// several VMs: member i serves clients at ControlPlaneEtcdPortBase+2i and
+// peers at +2i+1, on its own guest's loopback, and finds member j at the
+// same ports of that loopback (the hypervisor's path to member j's VM).
+// guestcluster/controlplane.EtcdClientPort and EtcdPeerPort are the same.
+const ControlPlaneEtcdPortBase = 2379
+
+// EtcdClientPort and EtcdPeerPort are member i's etcd ports.
+func EtcdClientPort(i int) int { return ControlPlaneEtcdPortBase + 2*i }
+
+// EtcdPeerPort: see EtcdClientPort.
+func EtcdPeerPort(i int) int { return ControlPlaneEtcdPortBase + 2*i + 1 }
+
+// ControlPlaneNodeKubeletPort is the podvisor node's kubelet API port in
+// each control-plane VM of a control plane of several: every member
+// serves it on its own loopback, where its own API server reaches it,
+// whichever member runs the node.
+const ControlPlaneNodeKubeletPort = 10240
+
 // ControlPlaneDataDir is where the control-plane VM mounts its data disk:
 // podvisor-guest's directory (etcd's data, the certificates), so a VM
 // that restarts keeps its cluster.
@@ -64,6 +83,9 @@ type ControlPlaneBoot struct {
 	// RemoteWorkers: the worker nodes run in their own VMs
 	// (WorkerUserData), not in the control plane.
 	RemoteWorkers bool
+	// Member is this VM's index among Members control-plane VMs (etcd
+	// members; 0 of 1 when Members is 0).
+	Member, Members int
 }
 
 // Validate names each missing field.
@@ -74,6 +96,12 @@ func (b ControlPlaneBoot) Validate() error {
 	}
 	if b.Version == "" {
 		errs = append(errs, errors.New("version: required"))
+	}
+	if b.Members < 0 || b.Members > events.MaxGuestControlPlanes || b.Member < 0 || (b.Member >= b.Members && b.Member > 0) {
+		errs = append(errs, fmt.Errorf("member %d of %d: want 0 to members-1, members at most %d", b.Member, b.Members, events.MaxGuestControlPlanes))
+	}
+	if b.Members > 1 && (b.Certs["etcd.pem"] == nil || b.Certs["etcd-key.pem"] == nil || b.Certs["sa-key.pem"] == nil) {
+		errs = append(errs, errors.New("certs: etcd.pem, etcd-key.pem and sa-key.pem: required with several members (etcd's TLS, one service account key)"))
 	}
 	if len(b.CACert) == 0 || (len(b.CAKey) == 0 && len(b.Certs) == 0) {
 		errs = append(errs, errors.New("CA certificate and key: required (the supervisor signs the admin's certificate with them)"))
@@ -156,6 +184,10 @@ mkdir -p "$dir/pki" "$dir/nats"
 	}
 	if b.RemoteWorkers {
 		caFlag += " --worker-nodes remote"
+	}
+	if b.Members > 1 {
+		caFlag += fmt.Sprintf(" --member %d --members %d --etcd-port-base %d --node-kubelet-port %d",
+			b.Member, b.Members, ControlPlaneEtcdPortBase, ControlPlaneNodeKubeletPort)
 	}
 	// Kept running the way a service manager would: a podvisor-guest that
 	// exits is started again on the same directory (the sample init

@@ -2,8 +2,13 @@ package guestcluster
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -25,9 +30,10 @@ import (
 
 // GuestPorts is the network path between this machine and a VM's guest:
 // on the simulator, the hypervisor's own (shared/sim/guest: Publish and
-// Reach); on vSphere it would be a load balancer in front of the VM and a
-// route from the VM's network to the supervisor. VMs are named by their
-// vCenter name (events.NativeVMName of the record's UID).
+// Reach, and a balancer in front of several guests); on vSphere it would
+// be a load balancer in front of the VMs and a route from the VMs'
+// network to the supervisor. VMs are named by their vCenter name
+// (events.NativeVMName of the record's UID).
 type GuestPorts interface {
 	// Publish makes the guest's loopback port reachable from this machine
 	// and returns the address (host:port) to dial.
@@ -35,21 +41,38 @@ type GuestPorts interface {
 	// Reach makes target, an address of this machine, reachable inside
 	// the guest at its loopback port port, in every boot of it.
 	Reach(ctx context.Context, vm string, port int, target string) error
-	// Release drops what Publish and Reach made for the VM.
-	Release(vm string)
+	// Balance makes port of the guests of vms reachable at one address of
+	// this machine, named name: each connection goes to a guest that
+	// accepts it (one that is off or does not listen is passed over).
+	// Called again with the same name, it keeps the address and follows
+	// the new list.
+	Balance(ctx context.Context, name string, vms []string, port int) (string, error)
+	// Release drops what Publish and Reach made for the VM, or what
+	// Balance made under that name.
+	Release(name string)
 }
 
-// VMControlPlanes runs each guest cluster's control plane in its own
-// native VM, <cluster>-control-plane-0 (ControlPlaneVM, the image
-// ControlPlaneImage): its user data (ControlPlaneUserData) starts
-// podvisor-guest on the VM's data disk. The supervisor keeps the
-// cluster's CA in Dir/<namespace>.<name>/pki and signs the admin's
-// certificate itself; the API server is reached through the port Ports
-// publishes, and the guest reaches NATS through the address Ports makes
-// reachable in it (its loopback, at the port of NATSURL). Readiness is
-// /readyz and the podvisor node, asked of the API server; a control plane
-// that stops answering is started again by the VM (its declared power
-// state), not by this process.
+// VMControlPlanes runs each guest cluster's control plane in native VMs of
+// its own, <cluster>-control-plane-<i> for i below spec.controlPlane.replicas
+// (ControlPlaneVM, the image ControlPlaneImage): each VM's user data
+// (ControlPlaneUserData) starts podvisor-guest on the VM's data disk as
+// member i. The supervisor keeps the cluster's CA in
+// Dir/<namespace>.<name>/pki and signs every certificate itself; the
+// guests reach NATS through the address Ports makes reachable in them
+// (their loopback, at the port of NATSURL).
+//
+// One VM: its API server is the cluster's endpoint, through the port
+// Ports publishes. Several (a highly available control plane, stacked
+// etcd as kubeadm lays it out): each VM runs an etcd member and an API
+// server on it; each member's etcd ports are published and reached in
+// every other member's guest at the same loopback ports (EtcdClientPort,
+// EtcdPeerPort), and the endpoint is a balancer in front of the members'
+// API servers (Ports.Balance), so the cluster answers while a majority
+// runs. The podvisor node runs in the member holding its Lease.
+//
+// Readiness is every member's /readyz and the podvisor node, asked of the
+// API servers; a control plane that stops answering is started again by
+// its VM (its declared power state), not by this process.
 type VMControlPlanes struct {
 	Dir string
 	// NATSURL and NATSCA are the supervisor's NATS as this machine
@@ -66,23 +89,42 @@ type VMControlPlanes struct {
 	vms    *record.Store[events.VMRecord]
 	images *record.Store[events.VMImageRecord]
 
-	mu        sync.Mutex
-	endpoints map[string]string     // guest VM name by namespace/control-plane VM
-	apis      map[string]string     // published API address by guest VM name
-	workers   map[string]workerPath // by namespace/cluster/worker VM
+	mu      sync.Mutex
+	planes  map[string]plane      // by namespace/cluster
+	workers map[string]workerPath // by namespace/cluster/worker VM
 	// connecting is held while connectWorkers runs.
 	connecting sync.Mutex
 }
+
+// plane is what Ensure made for a control plane: its VMs' guests and the
+// address of its API (the one VM's published port, or the balancer).
+type plane struct {
+	guests []string
+	api    string
+}
+
+// id changes when the control plane's guests do.
+func (p plane) id() string { return strings.Join(p.guests, ",") }
 
 var _ ControlPlanes = (*VMControlPlanes)(nil)
 
 func (v *VMControlPlanes) dir(ns, name string) string { return filepath.Join(v.Dir, ns+"."+name) }
 
-// Ensure declares the control-plane VM unless it is, waits for it to run,
-// opens the paths to and from its guest and waits for its API server to
-// be ready and its podvisor node registered.
+// controlPlaneVMName is the name of a guest cluster's control-plane VM i.
+func controlPlaneVMName(cluster string, i int) string {
+	return fmt.Sprintf("%s-control-plane-%d", cluster, i)
+}
+
+// balancerName names the balancer in front of a control plane's API
+// servers.
+func balancerName(ns, name string) string { return "guestcluster/" + ns + "/" + name + "/api" }
+
+// Ensure declares the control-plane VMs that are not, waits for them to
+// run, opens the paths to, from and between their guests and waits for
+// every member's API server to be ready and the podvisor node registered.
 func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint, error) {
 	key := cp.Namespace + "/" + cp.Name
+	n := max(cp.Replicas, 1)
 	timeout := v.ReadyTimeout
 	if timeout == 0 {
 		timeout = 3 * time.Minute
@@ -97,60 +139,97 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("control plane %s: CA: %w", key, err)
 	}
-	vmName := fmt.Sprintf("%s-control-plane-%d", cp.Name, 0)
-	rec, _, err := v.vms.Get(ctx, events.VMRecordKey(cp.Namespace, vmName))
-	if err != nil {
-		return Endpoint{}, err
-	}
-	if rec != nil && !rec.DeletionRequestedAt.IsZero() {
-		return Endpoint{}, bus.RetryAfter(fmt.Errorf("control-plane VM %s/%s is still being deleted", cp.Namespace, vmName), workerRetry)
-	}
-	// Declared once: the user data holds a freshly minted identity each
-	// time, and a VM's user data is read at its boots anyway.
-	if rec == nil {
-		if err := v.declare(ctx, cp, ca, vmName); err != nil {
+	// Every VM is declared before any is waited for: the members of a
+	// control plane of several form their etcd cluster together.
+	for i := range n {
+		vmName := controlPlaneVMName(cp.Name, i)
+		rec, _, err := v.vms.Get(ctx, events.VMRecordKey(cp.Namespace, vmName))
+		if err != nil {
 			return Endpoint{}, err
 		}
+		if rec != nil && !rec.DeletionRequestedAt.IsZero() {
+			return Endpoint{}, bus.RetryAfter(fmt.Errorf("control-plane VM %s/%s is still being deleted", cp.Namespace, vmName), workerRetry)
+		}
+		// Declared once: the user data holds a freshly minted identity
+		// each time, and a VM's user data is read at its boots anyway.
+		if rec == nil {
+			if err := v.declare(ctx, cp, ca, i, n); err != nil {
+				return Endpoint{}, err
+			}
+		}
 	}
-	rec, err = v.running(ctx, cp.Namespace, vmName)
-	if err != nil {
-		return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
+	pl := plane{guests: make([]string, n)}
+	apis := make([]string, n)
+	for i := range n {
+		rec, err := v.running(ctx, cp.Namespace, controlPlaneVMName(cp.Name, i))
+		if err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
+		}
+		g := events.NativeVMName(rec.UID)
+		pl.guests[i] = g
+		if err := v.Ports.Reach(ctx, g, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort))); err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s: NATS in the guest: %w", key, err)
+		}
+		if apis[i], err = v.Ports.Publish(ctx, g, ControlPlaneAPIPort); err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s: publish the API port: %w", key, err)
+		}
 	}
-	guestVM := events.NativeVMName(rec.UID)
-	if err := v.Ports.Reach(ctx, guestVM, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort))); err != nil {
-		return Endpoint{}, fmt.Errorf("control plane %s: NATS in the guest: %w", key, err)
-	}
-	addr, err := v.Ports.Publish(ctx, guestVM, ControlPlaneAPIPort)
-	if err != nil {
-		return Endpoint{}, fmt.Errorf("control plane %s: publish the API port: %w", key, err)
+	pl.api = apis[0]
+	if n > 1 {
+		if err := v.connectMembers(ctx, pl.guests); err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
+		}
+		if pl.api, err = v.Ports.Balance(ctx, balancerName(cp.Namespace, cp.Name), pl.guests, ControlPlaneAPIPort); err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s: the API servers' balancer: %w", key, err)
+		}
 	}
 	v.mu.Lock()
-	if v.endpoints == nil {
-		v.endpoints = map[string]string{}
+	if v.planes == nil {
+		v.planes, v.workers = map[string]plane{}, map[string]workerPath{}
 	}
-	v.endpoints[cp.Namespace+"/"+vmName] = guestVM
-	if v.apis == nil {
-		v.apis, v.workers = map[string]string{}, map[string]workerPath{}
-	}
-	v.apis[guestVM] = addr
+	v.planes[key] = pl
 	v.mu.Unlock()
 	certFile, keyFile, err := ca.IssueAs("admin", []string{"system:masters"})
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("control plane %s: admin certificate: %w", key, err)
 	}
-	ep := Endpoint{URL: "https://" + addr}
+	ep := Endpoint{URL: "https://" + pl.api}
 	if ep.Kubeconfig, err = adminKubeconfig(cp.Name, ep.URL, ca.CAFile(), certFile, keyFile); err != nil {
 		return Endpoint{}, err
 	}
-	if err := waitReady(ctx, ep.URL, ca, certFile, keyFile); err != nil {
-		return Endpoint{}, fmt.Errorf("control plane %s in VM %s/%s: %w", key, cp.Namespace, vmName, err)
+	for i, api := range apis {
+		if err := waitReady(ctx, "https://"+api, ca, certFile, keyFile); err != nil {
+			return Endpoint{}, fmt.Errorf("control plane %s in VM %s/%s: %w", key, cp.Namespace, controlPlaneVMName(cp.Name, i), err)
+		}
 	}
 	return ep, nil
 }
 
-// declare publishes the control-plane VM's declaration once its image is
-// declared (`up` declares it in the background).
-func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.CA, vmName string) error {
+// connectMembers makes each member's etcd ports reach it from every other
+// member's guest, at the same loopback ports there.
+func (v *VMControlPlanes) connectMembers(ctx context.Context, guests []string) error {
+	for i, gi := range guests {
+		for _, port := range []int{EtcdClientPort(i), EtcdPeerPort(i)} {
+			addr, err := v.Ports.Publish(ctx, gi, port)
+			if err != nil {
+				return fmt.Errorf("publish etcd port %d of member %d: %w", port, i, err)
+			}
+			for j, gj := range guests {
+				if j == i {
+					continue
+				}
+				if err := v.Ports.Reach(ctx, gj, port, addr); err != nil {
+					return fmt.Errorf("reach member %d's etcd port %d from member %d: %w", i, port, j, err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// declare publishes the declaration of control-plane VM i of n once its
+// image is declared (`up` declares it in the background).
+func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.CA, i, n int) error {
 	if err := v.imageReady(ctx); err != nil {
 		return err
 	}
@@ -167,7 +246,7 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 	// The control plane's own certificates, signed here: the CA's key
 	// stays on this machine.
 	certs := map[string][]byte{}
-	for _, c := range controlPlaneCerts() {
+	for _, c := range controlPlaneCerts(n > 1) {
 		certFile, keyFile, err := ca.IssueAs(c.name, c.orgs, c.hosts...)
 		if err != nil {
 			return err
@@ -176,6 +255,13 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 			if certs[f], err = read(p); err != nil {
 				return err
 			}
+		}
+	}
+	if n > 1 {
+		// The members' API servers sign and accept the same service
+		// account tokens.
+		if certs["sa-key.pem"], err = serviceAccountKey(filepath.Join(v.dir(cp.Namespace, cp.Name), "pki")); err != nil {
+			return err
 		}
 	}
 	creds, err := read(cp.Creds)
@@ -187,7 +273,8 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 		return err
 	}
 	ud, err := ControlPlaneUserData(ControlPlaneBoot{Namespace: cp.Namespace, Name: cp.Name, Version: cp.Version,
-		CACert: caCert, Certs: certs, NATSURL: v.NATSURL, NATSCreds: creds, NATSCA: natsCA, RemoteWorkers: true})
+		CACert: caCert, Certs: certs, NATSURL: v.NATSURL, NATSCreds: creds, NATSCA: natsCA, RemoteWorkers: true,
+		Member: i, Members: n})
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -195,20 +282,21 @@ func (v *VMControlPlanes) declare(ctx context.Context, cp ControlPlane, ca *pki.
 	if size == "" {
 		size = "1Gi"
 	}
-	vm := ControlPlaneVM(cp.Namespace, cp.Name, cp.ClassName, cp.Network, size, 0, ud)
+	vm := ControlPlaneVM(cp.Namespace, cp.Name, cp.ClassName, cp.Network, size, i, ud)
 	return v.out.Emit(ctx, nil, &events.VMDeclared{VM: vm})
 }
 
 // controlPlaneCerts are the certificates of a control plane whose API
 // server listens on the guest's loopback: those of
 // guestcluster/controlplane.Certificates("127.0.0.1", "localhost"), the
-// same names, groups and hosts (that module is outside the workspace).
-func controlPlaneCerts() []struct {
+// same names, groups and hosts (that module is outside the workspace),
+// and with etcd (several members) its EtcdCertificate.
+func controlPlaneCerts(etcd bool) []struct {
 	name        string
 	orgs, hosts []string
 } {
 	masters := []string{"system:masters"}
-	return []struct {
+	certs := []struct {
 		name        string
 		orgs, hosts []string
 	}{
@@ -218,6 +306,37 @@ func controlPlaneCerts() []struct {
 		{"kube-apiserver-kubelet-client", masters, nil},
 		{"podvisor-kubelet", []string{"podvisor"}, []string{"127.0.0.1", "localhost"}},
 	}
+	if etcd {
+		certs = append(certs, struct {
+			name        string
+			orgs, hosts []string
+		}{"etcd", []string{"podvisor"}, []string{"127.0.0.1", "localhost"}})
+	}
+	return certs
+}
+
+// serviceAccountKey is the key a control plane's API servers sign service
+// account tokens with (PEM), made once in dir and kept.
+func serviceAccountKey(dir string) ([]byte, error) {
+	path := filepath.Join(dir, "sa-key.pem")
+	if b, err := os.ReadFile(path); err == nil {
+		return b, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("service account key: %w", err)
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("service account key: %w", err)
+	}
+	b := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		return nil, err
+	}
+	return b, os.Rename(path+".tmp", path)
 }
 
 // imageReady waits for the control-plane image to be declared and ready.
@@ -314,14 +433,12 @@ func waitReady(ctx context.Context, endpoint string, ca *pki.CA, certFile, keyFi
 	}
 }
 
-// Remove asks for the deletion of the control-plane VM, drops the paths
-// to its guest and removes the CA.
+// Remove asks for the deletion of the control-plane VMs, drops the paths
+// to their guests and removes the CA.
 func (v *VMControlPlanes) Remove(ctx context.Context, namespace, name string) error {
-	vmName := fmt.Sprintf("%s-control-plane-%d", name, 0)
 	v.mu.Lock()
-	guestVM, ok := v.endpoints[namespace+"/"+vmName]
-	delete(v.endpoints, namespace+"/"+vmName)
-	delete(v.apis, guestVM)
+	pl, ok := v.planes[namespace+"/"+name]
+	delete(v.planes, namespace+"/"+name)
 	var workers []string
 	for key, p := range v.workers {
 		if strings.HasPrefix(key, namespace+"/"+name+"/") {
@@ -331,18 +448,26 @@ func (v *VMControlPlanes) Remove(ctx context.Context, namespace, name string) er
 	}
 	v.mu.Unlock()
 	if ok {
-		v.Ports.Release(guestVM)
+		v.Ports.Release(balancerName(namespace, name))
+		for _, g := range pl.guests {
+			v.Ports.Release(g)
+		}
 	}
 	for _, g := range workers {
 		v.Ports.Release(g)
 	}
-	rec, _, err := v.vms.Get(ctx, events.VMRecordKey(namespace, vmName))
-	switch {
-	case err != nil:
-		return err
-	case rec != nil && rec.DeletionRequestedAt.IsZero():
-		if err := v.out.Emit(ctx, nil, &events.VMDeleteRequested{Namespace: namespace, Name: vmName}); err != nil {
+	// Every member the spec could have had: the record's spec may have
+	// been replaced by a refused one.
+	for i := range events.MaxGuestControlPlanes {
+		vmName := controlPlaneVMName(name, i)
+		rec, _, err := v.vms.Get(ctx, events.VMRecordKey(namespace, vmName))
+		switch {
+		case err != nil:
 			return err
+		case rec != nil && rec.DeletionRequestedAt.IsZero():
+			if err := v.out.Emit(ctx, nil, &events.VMDeleteRequested{Namespace: namespace, Name: vmName}); err != nil {
+				return err
+			}
 		}
 	}
 	return os.RemoveAll(v.dir(namespace, name))
@@ -487,27 +612,27 @@ func (v *VMControlPlanes) connectWorkersSoon(ns, name string, workers map[string
 // workerPath is what connectWorkers made for a worker VM.
 type workerPath struct {
 	guestVM, kubelet string // the VM's vCenter name, its published kubelet address
-	cpVM             string // the control-plane VM's it was reached from
+	plane            string // the control plane's (plane.id) it was reached from
 }
 
-// connectWorkers opens the paths between the control-plane VM and each
+// connectWorkers opens the paths between the control-plane VMs and each
 // running worker VM of the cluster: in the worker's guest, the API
 // server (its loopback port ControlPlaneAPIPort leads to the control
-// plane's published port) and NATS; in the control plane's guest, the
-// worker's kubelet API (its loopback port WorkerKubeletPort(i) leads to
-// the worker's, published). Each path follows its VM across power cycles;
+// plane's API: its published port, or the balancer in front of its
+// members) and NATS; in each control-plane VM's guest, the worker's
+// kubelet API (its loopback port WorkerKubeletPort(i) leads to the
+// worker's, published). Each path follows its VM across power cycles;
 // those of VMs no longer recorded are dropped. Nothing is done before
-// Ensure published the control plane's API port.
+// Ensure made the control plane's API reachable.
 func (v *VMControlPlanes) connectWorkers(ctx context.Context, ns, name string, workers map[string]*events.VMRecord) error {
 	natsHost, natsPort, err := loopbackHostPort(v.NATSURL)
 	if err != nil {
 		return err
 	}
 	v.mu.Lock()
-	cpVM, ok := v.endpoints[ns+"/"+fmt.Sprintf("%s-control-plane-%d", name, 0)]
-	api := v.apis[cpVM]
+	pl, ok := v.planes[ns+"/"+name]
 	v.mu.Unlock()
-	if !ok || api == "" {
+	if !ok || pl.api == "" {
 		return nil
 	}
 	prefix := ns + "/" + name + "/"
@@ -523,22 +648,24 @@ func (v *VMControlPlanes) connectWorkers(ctx context.Context, ns, name string, w
 		v.mu.Lock()
 		had := v.workers[key]
 		v.mu.Unlock()
-		if had.guestVM == guestVM && had.cpVM == cpVM {
+		if had.guestVM == guestVM && had.plane == pl.id() {
 			continue
 		}
 		if had.guestVM != "" && had.guestVM != guestVM {
 			v.Ports.Release(had.guestVM) // the VM was made again
 		}
-		p := workerPath{guestVM: guestVM, cpVM: cpVM}
-		err := v.Ports.Reach(ctx, guestVM, ControlPlaneAPIPort, api)
+		p := workerPath{guestVM: guestVM, plane: pl.id()}
+		err := v.Ports.Reach(ctx, guestVM, ControlPlaneAPIPort, pl.api)
 		if err == nil {
 			err = v.Ports.Reach(ctx, guestVM, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort)))
 		}
 		if err == nil {
 			p.kubelet, err = v.Ports.Publish(ctx, guestVM, WorkerKubeletPort(i))
 		}
-		if err == nil {
-			err = v.Ports.Reach(ctx, cpVM, WorkerKubeletPort(i), p.kubelet)
+		for _, cpVM := range pl.guests {
+			if err == nil {
+				err = v.Ports.Reach(ctx, cpVM, WorkerKubeletPort(i), p.kubelet)
+			}
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("paths of worker VM %s/%s: %w", ns, vmName, err))

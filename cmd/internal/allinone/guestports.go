@@ -16,19 +16,23 @@ import (
 // Reach): the guest cluster controller reaches a control-plane VM's API
 // server through it, the VM's podvisor node reaches NATS, a worker VM's
 // node reaches the API server and NATS, and the API server reaches the
-// worker's kubelet API.
+// worker's kubelet API; a control plane of several VMs is reached through
+// a balancer in front of their API servers (guest.Manager's Balance), and
+// its etcd members reach each other.
 type simGuestPorts struct {
 	m *guest.Manager
 
 	mu        sync.Mutex
-	published map[string]*guest.Published // by VM name
-	reached   map[string][]*guest.Reached // by VM name
+	published map[string]map[int]*guest.Published // by VM name and port
+	reached   map[string][]*guest.Reached         // by VM name
+	balanced  map[string]*guest.Balanced          // by name
 }
 
 var _ guestcluster.GuestPorts = (*simGuestPorts)(nil)
 
 func newSimGuestPorts(m *guest.Manager) *simGuestPorts {
-	return &simGuestPorts{m: m, published: map[string]*guest.Published{}, reached: map[string][]*guest.Reached{}}
+	return &simGuestPorts{m: m, published: map[string]map[int]*guest.Published{}, reached: map[string][]*guest.Reached{},
+		balanced: map[string]*guest.Balanced{}}
 }
 
 // key is the simulator's key of the VM named vm, once its guest runs.
@@ -50,7 +54,7 @@ func (p *simGuestPorts) key(ctx context.Context, vm string) (string, error) {
 func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if pub := p.published[vm]; pub != nil && pub.Port == port {
+	if pub := p.published[vm][port]; pub != nil {
 		return pub.Addr, nil
 	}
 	k, err := p.key(ctx, vm)
@@ -61,11 +65,29 @@ func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int) (strin
 	if err != nil {
 		return "", err
 	}
-	if old := p.published[vm]; old != nil {
+	if p.published[vm] == nil {
+		p.published[vm] = map[int]*guest.Published{}
+	}
+	p.published[vm][port] = pub
+	return pub.Addr, nil
+}
+
+func (p *simGuestPorts) Balance(_ context.Context, name string, vms []string, port int) (string, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b := p.balanced[name]; b != nil && b.Port == port {
+		b.Set(vms)
+		return b.Addr, nil
+	}
+	b, err := p.m.Balance(vms, port)
+	if err != nil {
+		return "", err
+	}
+	if old := p.balanced[name]; old != nil {
 		old.Close()
 	}
-	p.published[vm] = pub
-	return pub.Addr, nil
+	p.balanced[name] = b
+	return b.Addr, nil
 }
 
 func (p *simGuestPorts) Reach(ctx context.Context, vm string, port int, target string) error {
@@ -98,14 +120,18 @@ func (p *simGuestPorts) Reach(ctx context.Context, vm string, port int, target s
 	return nil
 }
 
-func (p *simGuestPorts) Release(vm string) {
+func (p *simGuestPorts) Release(name string) {
 	p.mu.Lock()
-	pub, rs := p.published[vm], p.reached[vm]
-	delete(p.published, vm)
-	delete(p.reached, vm)
+	pubs, rs, b := p.published[name], p.reached[name], p.balanced[name]
+	delete(p.published, name)
+	delete(p.reached, name)
+	delete(p.balanced, name)
 	p.mu.Unlock()
-	if pub != nil {
+	for _, pub := range pubs {
 		pub.Close()
+	}
+	if b != nil {
+		b.Close()
 	}
 	for _, r := range rs {
 		r.Close()

@@ -39,9 +39,11 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -72,6 +74,10 @@ func main() {
 	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
 	port := fs.Int("port", 0, "the API server's port (0: a free one)")
 	workerNodes := fs.String("worker-nodes", "local", "where the worker nodes run: local (here) or remote (in their VMs)")
+	member := fs.Int("member", 0, "this control plane's index among --members")
+	members := fs.Int("members", 1, "how many control planes (etcd members and API servers) the cluster runs")
+	etcdPortBase := fs.Int("etcd-port-base", controlplane.DefaultEtcdPortBase, "with several members: member i's etcd serves clients at BASE+2i and peers at BASE+2i+1")
+	nodeKubeletPort := fs.Int("node-kubelet-port", 0, "the podvisor node's kubelet API port on this member's loopback (0: a free one); members in VMs of their own use the same port, which each API server reaches on its own loopback")
 	_ = fs.Parse(os.Args[2:])
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -80,7 +86,8 @@ func main() {
 		log.Error("podvisor-guest", "err", fmt.Errorf("--worker-nodes %q: want local or remote", *workerNodes))
 		os.Exit(2)
 	}
-	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port, *workerNodes == "remote"); err != nil {
+	ha := haConfig{Member: *member, Members: *members, EtcdPortBase: *etcdPortBase, NodeKubeletPort: *nodeKubeletPort}
+	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port, *workerNodes == "remote", ha); err != nil {
 		log.Error("podvisor-guest", "err", err)
 		os.Exit(1)
 	}
@@ -121,8 +128,16 @@ func connect(client, natsURL, creds, ca string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string, port int, remoteWorkers bool) error {
+// haConfig places this control plane among the cluster's members.
+type haConfig struct {
+	Member, Members, EtcdPortBase, NodeKubeletPort int
+}
+
+func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, creds, ca string, port int, remoteWorkers bool, ha haConfig) error {
 	ns, name, errs := common(dir, cluster, natsURL, creds, port)
+	if ha.Members < 1 || ha.Member < 0 || ha.Member >= ha.Members {
+		errs = append(errs, fmt.Errorf("--member %d of --members %d: want 0 to members-1", ha.Member, ha.Members))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
@@ -133,7 +148,8 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 	defer nc.Close()
 
 	start := time.Now()
-	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, Port: port, ClusterName: name, Logger: log})
+	cp, err := controlplane.Start(ctx, controlplane.Config{Dir: dir, Port: port, ClusterName: name, Logger: log,
+		Member: ha.Member, Members: ha.Members, EtcdPortBase: ha.EtcdPortBase})
 	if err != nil {
 		return err
 	}
@@ -142,24 +158,55 @@ func run(ctx context.Context, log *slog.Logger, dir, cluster, version, natsURL, 
 		return err
 	}
 	sup := &node.Supervisor{NC: nc, Namespace: ns, Name: name}
-	n, err := node.New(node.Config{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Version: version, Logger: log, Supervisor: sup})
-	if err != nil {
-		return err
+	if ha.Members > 1 && ha.NodeKubeletPort == 0 {
+		if ha.NodeKubeletPort, err = controlplane.FreePort(cp.Host); err != nil {
+			return err
+		}
 	}
-	ready := make(chan struct{})
+	nodes := func(ctx context.Context, ready chan<- struct{}) error {
+		n, err := node.New(node.Config{Client: client, Host: cp.Host, Port: ha.NodeKubeletPort, KubeletTLS: cp.KubeletTLS,
+			KubeletAPIElsewhere: ha.Members > 1, Version: version, Logger: log, Supervisor: sup})
+		if err != nil {
+			return err
+		}
+		nodeReady := make(chan struct{})
+		nodeErr := make(chan error, 1)
+		go func() { nodeErr <- n.Run(ctx, nodeReady) }()
+		select {
+		case <-nodeReady:
+		case err := <-nodeErr:
+			return err
+		}
+		// The worker nodes (one per worker VM) follow the supervisor's list.
+		workers := &node.Workers{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Supervisor: sup, Version: version, Logger: log,
+			Remote: remoteWorkers}
+		go workers.Run(ctx)
+		close(ready)
+		return <-nodeErr
+	}
 	nodeErr := make(chan error, 1)
-	go func() { nodeErr <- n.Run(ctx, ready) }()
-	select {
-	case <-ready:
-	case err := <-nodeErr:
-		return err
-	case <-cp.Done():
-		return fmt.Errorf("control plane stopped: %v", cp.Err())
+	if ha.Members == 1 {
+		ready := make(chan struct{})
+		go func() { nodeErr <- nodes(ctx, ready) }()
+		select {
+		case <-ready:
+		case err := <-nodeErr:
+			return err
+		case <-cp.Done():
+			return fmt.Errorf("control plane stopped: %v", cp.Err())
+		}
+	} else {
+		// Every member serves the podvisor node's kubelet API; the node
+		// itself (and the worker nodes' controller) runs in the member
+		// that holds the Lease.
+		go func() {
+			addr := net.JoinHostPort(cp.Host, strconv.Itoa(ha.NodeKubeletPort))
+			if err := node.ServeKubeletAPI(ctx, addr, cp.KubeletTLS, sup, log); err != nil {
+				nodeErr <- err
+			}
+		}()
+		go func() { nodeErr <- lead(ctx, log, client, controlplane.MemberName(ha.Member), nodes) }()
 	}
-	// The worker nodes (one per worker VM) follow the supervisor's list.
-	workers := &node.Workers{Client: client, Host: cp.Host, KubeletTLS: cp.KubeletTLS, Supervisor: sup, Version: version, Logger: log,
-		Remote: remoteWorkers}
-	go workers.Run(ctx)
 	b, _ := json.Marshal(map[string]any{"endpoint": cp.Endpoint, "kubeconfig": cp.AdminKubeconfig})
 	if err := os.WriteFile(filepath.Join(dir, "ready.json.tmp"), b, 0o600); err != nil {
 		return err

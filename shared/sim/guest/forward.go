@@ -2,6 +2,7 @@ package guest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -62,11 +63,41 @@ type Published struct {
 	Key  string
 	Port int
 
+	listener
+}
+
+// forwarder is what the manager closes on its Close.
+type forwarder interface{ Close() }
+
+// listener accepts on this machine's loopback and splices each connection
+// with the one its dial makes, tracking them so that Close ends them.
+type listener struct {
 	m     *Manager
+	self  forwarder
 	ln    net.Listener
 	wg    sync.WaitGroup
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
+}
+
+// listen opens the listener and registers self with the manager.
+func (m *Manager) listen(l *listener, self forwarder) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	*l = listener{m: m, self: self, ln: ln, conns: map[net.Conn]struct{}{}}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		ln.Close()
+		return errClosed
+	}
+	if m.published == nil {
+		m.published = map[forwarder]struct{}{}
+	}
+	m.published[self] = struct{}{}
+	return nil
 }
 
 // Publish makes port of the VM's guest reachable on this machine's
@@ -77,67 +108,60 @@ func (m *Manager) Publish(key string, port int) (*Published, error) {
 	if port <= 0 || port > 65535 {
 		return nil, fmt.Errorf("publish a port of %s: port %d: want 1 to 65535", key, port)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	p := &Published{Key: key, Port: port}
+	if err := m.listen(&p.listener, p); err != nil {
 		return nil, fmt.Errorf("publish port %d of %s: %w", port, key, err)
 	}
-	p := &Published{Addr: ln.Addr().String(), Key: key, Port: port, m: m, ln: ln, conns: map[net.Conn]struct{}{}}
-	m.mu.Lock()
-	if m.closed {
-		m.mu.Unlock()
-		ln.Close()
-		return nil, errClosed
-	}
-	if m.published == nil {
-		m.published = map[*Published]struct{}{}
-	}
-	m.published[p] = struct{}{}
-	m.mu.Unlock()
-	p.wg.Go(p.serve)
+	p.Addr = p.ln.Addr().String()
+	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	p.wg.Go(func() {
+		p.serve(func() (net.Conn, error) { return m.DialGuest(context.Background(), key, "tcp", target) })
+	})
 	return p, nil
 }
 
-func (p *Published) serve() {
-	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(p.Port))
+// serve accepts until the listener closes and splices each connection
+// with dial's.
+func (l *listener) serve(dial func() (net.Conn, error)) {
 	for {
-		c, err := p.ln.Accept()
+		c, err := l.ln.Accept()
 		if err != nil {
 			return
 		}
-		p.wg.Go(func() {
+		l.wg.Go(func() {
 			defer c.Close()
-			g, err := p.m.DialGuest(context.Background(), p.Key, "tcp", target)
+			g, err := dial()
 			if err != nil {
-				p.m.log.Debug("published port", "vm", p.Key, "port", p.Port, "err", err)
+				l.m.log.Debug("forwarded port", "addr", l.ln.Addr(), "err", err)
 				return
 			}
 			defer g.Close()
-			if !p.track(c, g) {
+			if !l.track(c, g) {
 				return
 			}
-			defer p.untrack(c, g)
+			defer l.untrack(c, g)
 			splice(c, g)
 		})
 	}
 }
 
-func (p *Published) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.conns == nil {
+func (l *listener) track(cs ...net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conns == nil {
 		return false // closed
 	}
 	for _, c := range cs {
-		p.conns[c] = struct{}{}
+		l.conns[c] = struct{}{}
 	}
 	return true
 }
 
-func (p *Published) untrack(cs ...net.Conn) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (l *listener) untrack(cs ...net.Conn) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for _, c := range cs {
-		delete(p.conns, c)
+		delete(l.conns, c)
 	}
 }
 
@@ -158,19 +182,96 @@ func splice(a, b net.Conn) {
 
 // Close stops listening, ends the connections under way and waits for
 // them.
-func (p *Published) Close() {
-	p.m.mu.Lock()
-	delete(p.m.published, p)
-	p.m.mu.Unlock()
-	p.ln.Close()
-	p.mu.Lock()
-	conns := p.conns
-	p.conns = nil
-	p.mu.Unlock()
+func (l *listener) Close() {
+	l.m.mu.Lock()
+	delete(l.m.published, l.self)
+	l.m.mu.Unlock()
+	l.ln.Close()
+	l.mu.Lock()
+	conns := l.conns
+	l.conns = nil
+	l.mu.Unlock()
 	for c := range conns {
 		c.Close()
 	}
-	p.wg.Wait()
+	l.wg.Wait()
+}
+
+// A Balanced address: connections to Addr (this machine's loopback) reach
+// port Port on the loopback of one of several VMs' guests, the way a load
+// balancer in front of VMs does on vSphere. Each connection tries the VMs
+// in turn, starting after the one the previous connection went to, and
+// goes to the first whose guest runs and accepts it at Port; a VM that is
+// off, or whose guest does not listen, is passed over. VMs are named by
+// their VM's name, looked up at each connection, so the balancer follows
+// them across power cycles.
+type Balanced struct {
+	Addr string
+	Port int
+
+	listener
+	vmsMu sync.Mutex
+	vms   []string
+	next  int
+}
+
+// Balance starts a balancer in front of port of the named VMs' guests
+// (see Balanced). It runs until Close, or the manager's Close.
+func (m *Manager) Balance(vms []string, port int) (*Balanced, error) {
+	if port <= 0 || port > 65535 {
+		return nil, fmt.Errorf("balance port %d of %v: want 1 to 65535", port, vms)
+	}
+	b := &Balanced{Port: port, vms: slices.Clone(vms)}
+	if err := m.listen(&b.listener, b); err != nil {
+		return nil, fmt.Errorf("balance port %d of %v: %w", port, vms, err)
+	}
+	b.Addr = b.ln.Addr().String()
+	b.wg.Go(func() { b.serve(b.dial) })
+	return b, nil
+}
+
+// Set replaces the VMs the balancer sends connections to; connections
+// under way stay where they are.
+func (b *Balanced) Set(vms []string) {
+	b.vmsMu.Lock()
+	b.vms = slices.Clone(vms)
+	b.vmsMu.Unlock()
+}
+
+// VMs are the VMs the balancer sends connections to.
+func (b *Balanced) VMs() []string {
+	b.vmsMu.Lock()
+	defer b.vmsMu.Unlock()
+	return slices.Clone(b.vms)
+}
+
+// dial connects to the next VM's guest that accepts.
+func (b *Balanced) dial() (net.Conn, error) {
+	b.vmsMu.Lock()
+	vms, start := slices.Clone(b.vms), b.next
+	b.vmsMu.Unlock()
+	target := net.JoinHostPort("127.0.0.1", strconv.Itoa(b.Port))
+	var errs []error
+	for i := range vms {
+		n := (start + i) % len(vms)
+		key, ok := b.m.KeyOf(vms[n])
+		if !ok {
+			errs = append(errs, fmt.Errorf("%s runs no guest", vms[n]))
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		c, err := b.m.DialGuest(ctx, key, "tcp", target)
+		cancel()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		b.vmsMu.Lock()
+		b.next = n + 1
+		b.vmsMu.Unlock()
+		return c, nil
+	}
+	return nil, fmt.Errorf("no guest of %v accepts port %d: %w", vms, b.Port, errors.Join(errs...))
 }
 
 // A Reached address: inside each boot of the VM's guest, connections to

@@ -174,3 +174,98 @@ func TestPublishAndReach(t *testing.T) {
 	}
 	roundTrip()
 }
+
+// TestBalanceSkipsGuestsThatDoNotAnswer: a balancer in front of two
+// guests' port sends connections to both while both listen, to the one
+// that still listens when the other's server stops or its VM is off,
+// and follows a new list of VMs at the same address.
+func TestBalanceSkipsGuestsThatDoNotAnswer(t *testing.T) {
+	m := newTestManager(t)
+	vms := []VM{testVM(t, 0), testVM(t, 1)}
+	const port = 6443
+	// serve listens at port in the VM's guest (loopback up, as an OS's
+	// init would) and answers each connection with the VM's name.
+	serve := func(vm VM) net.Listener {
+		t.Helper()
+		g, ok := m.Guest(vm.Key)
+		if !ok {
+			t.Fatalf("%s: the guest is not listed", vm.Name)
+		}
+		ns, err := netns.GetFromPid(g.PID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ns.Close()
+		var ln net.Listener
+		if err := segment.InNamespace(ns, func() error {
+			lo, err := netlink.LinkByName("lo")
+			if err == nil {
+				err = netlink.LinkSetUp(lo)
+			}
+			if err == nil {
+				ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+			}
+			return err
+		}); err != nil {
+			t.Fatalf("%s: listen in the guest: %v", vm.Name, err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				fmt.Fprintf(c, "%s\n", vm.Name)
+				c.Close()
+			}
+		}()
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
+	lns := map[string]net.Listener{}
+	for _, vm := range vms {
+		if err := m.PowerOn(vm); err != nil {
+			t.Fatal(err)
+		}
+		lns[vm.Name] = serve(vm)
+	}
+	b, err := m.Balance([]string{vms[0].Name, vms[1].Name}, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	// answers makes n connections and counts who answered ("" for a
+	// connection closed unanswered).
+	answers := func(n int) map[string]int {
+		got := map[string]int{}
+		for range n {
+			c, err := net.DialTimeout("tcp", b.Addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			line, _ := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			got[strings.TrimSpace(line)]++
+		}
+		return got
+	}
+	if got := answers(4); got["pv-0"] != 2 || got["pv-1"] != 2 {
+		t.Errorf("both guests listen: answers %v, want 2 each", got)
+	}
+	lns["pv-0"].Close()
+	if got := answers(4); got["pv-1"] != 4 {
+		t.Errorf("pv-0's server stopped: answers %v, want all from pv-1", got)
+	}
+	if err := m.PowerOff(vms[1].Key); err != nil {
+		t.Fatal(err)
+	}
+	lns["pv-0"] = serve(vms[0])
+	if got := answers(3); got["pv-0"] != 3 {
+		t.Errorf("pv-1 off: answers %v, want all from pv-0", got)
+	}
+	b.Set([]string{vms[1].Name})
+	if got := answers(2); got[""] != 2 {
+		t.Errorf("only pv-1, which is off: answers %v, want connections closed unanswered", got)
+	}
+}

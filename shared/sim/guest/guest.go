@@ -243,9 +243,10 @@ type Manager struct {
 	// (delta.go).
 	bases bases
 
-	// published are the guests' ports published on this machine
-	// (forward.go), closed with the manager.
-	published map[*Published]struct{}
+	// published are the guests' ports published on this machine and the
+	// balancers in front of several guests (forward.go), closed with the
+	// manager.
+	published map[forwarder]struct{}
 	// reached are, by VM key, the addresses of this machine reachable
 	// from inside each boot of its guest (forward.go).
 	reached map[string][]*Reached
