@@ -142,6 +142,19 @@ func (g *GuestCluster) validate(p *field.Path) field.ErrorList {
 	return errs
 }
 
+// ChangeRefused says why a guest cluster that exists with spec prev cannot
+// take next, naming the field; nil when it can. The control-plane count is
+// fixed at creation: each control-plane VM runs a member of the cluster's
+// etcd, whose membership is made with the cluster.
+func (next GuestClusterSpec) ChangeRefused(prev GuestClusterSpec) error {
+	if prev.ControlPlane.Replicas != 0 && next.ControlPlane.Replicas != prev.ControlPlane.Replicas {
+		return field.Forbidden(field.NewPath("spec", "controlPlane", "replicas"), fmt.Sprintf(
+			"the guest cluster was made with %d control-plane VMs and the count cannot change (its etcd's membership is fixed at creation); delete it and apply it again",
+			prev.ControlPlane.Replicas))
+	}
+	return nil
+}
+
 // MaxGuestControlPlanes is how many control-plane VMs a guest cluster may
 // ask for. Each runs a member of the cluster's etcd and an API server on
 // it (stacked etcd); 1, 3 or 5 (an odd count: etcd needs a majority), as

@@ -16,6 +16,15 @@
 // account signing key) and admin.kubeconfig. A restart on the same Dir finds
 // the same CA and data, so a kubeconfig handed out stays valid.
 //
+// With Config.Members above 1 the control plane is one member of a highly
+// available one (stacked etcd, as kubeadm lays it out): its etcd is member
+// Member of a cluster of Members, on fixed ports of the loopback
+// (EtcdClientPort, EtcdPeerPort) over TLS with client certificates
+// (EtcdCertificate), finding the other members at their ports of the same
+// loopback (whoever runs the members makes those lead to them), and its
+// API server uses every member. The service account key is given, not
+// made, so that the members accept each other's tokens.
+//
 // The API server listens on the loopback address only (the guest's
 // control-plane VM and the supervisor share it on a simulated datacenter);
 // etcd listens on loopback too, on ports of its own. The ServiceAccount

@@ -22,8 +22,11 @@
 //     the guest cluster and talks to this controller with that identity,
 //     and one worker node per worker VM, Ready while the VM runs (node.list).
 //     With Deps.GuestPorts (simulated guests) the control plane runs in
-//     its own native VM (VMControlPlanes, vmcontrolplanes.go), otherwise
-//     as a process of this machine (Processes). In VMs, each worker VM
+//     native VMs of its own (VMControlPlanes, vmcontrolplanes.go):
+//     spec.controlPlane.replicas of them (1, 3 or 5, fixed at creation),
+//     each an etcd member and an API server, behind one balanced
+//     endpoint, the podvisor node in the member holding its Lease;
+//     otherwise as a process of this machine (Processes, one only). In VMs, each worker VM
 //     runs its own node (WorkerUserData: certificates signed here for
 //     that node, never the CA key), and the controller opens the paths
 //     between the worker VMs and the control-plane VM (connectWorkers);

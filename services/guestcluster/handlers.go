@@ -36,10 +36,8 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		if exists && r.Spec.Version != g.Spec.Version && r.Phase == events.GuestClusterPhaseReady {
 			return bus.Permanent(bus.WithReason("UpgradeUnsupported", fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
 		}
-		if exists && r.Spec.ControlPlane.Replicas != g.Spec.ControlPlane.Replicas {
-			return bus.Permanent(bus.WithReason(reasonControlPlaneImmutable, fmt.Errorf(
-				"spec.controlPlane.replicas: %s was made with %d control-plane VMs; the count cannot change (its etcd's membership is fixed at creation): delete the guest cluster and apply it again",
-				key, r.Spec.ControlPlane.Replicas)))
+		if err := g.Spec.ChangeRefused(r.Spec); exists && err != nil {
+			return bus.Permanent(bus.WithReason(reasonControlPlaneImmutable, fmt.Errorf("guest cluster %s: %w", key, err)))
 		}
 		if !exists {
 			*r = events.GuestClusterRecord{Namespace: ns, Name: name, CreatedAt: now, Phase: events.GuestClusterPhaseProvisioning}

@@ -410,3 +410,38 @@ func TestQueryIsNotAnsweredAfterItsAskerGaveUp(t *testing.T) {
 		t.Errorf("%d answers to a query whose asker had given up", n)
 	}
 }
+
+// TestControlPlaneCountIsFixedAtCreation: a guest cluster made with three
+// control-plane VMs gets a control plane of three; a request for another
+// count is refused with guestcluster.failed naming the field, and the
+// cluster stays Ready with its spec (it still runs); the same count again
+// is taken.
+func TestControlPlaneCountIsFixedAtCreation(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	req := guestCluster()
+	req.GuestCluster.Spec.ControlPlane.Replicas = 3
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+	if cp := h.cps.ensured["team-a/gc1"]; cp.Replicas != 3 {
+		t.Errorf("control plane ensured with %d replicas, want 3", cp.Replicas)
+	}
+	one := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, one.ObjectKey(), one)
+	failed := h.await(t, events.TypeGuestClusterFailed)
+	var f events.GuestClusterFailed
+	if err := failed.DataAs(&f); err != nil || f.Reason != reasonControlPlaneImmutable || !strings.Contains(f.Message, "spec.controlPlane.replicas") {
+		t.Errorf("guestcluster.failed = %+v (%v), want %s naming spec.controlPlane.replicas", f, err, reasonControlPlaneImmutable)
+	}
+	kv, _ := h.b.KV(ctx, events.BucketGuestClusters)
+	e, err := kv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec events.GuestClusterRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Phase != events.GuestClusterPhaseReady || rec.Spec.ControlPlane.Replicas != 3 {
+		t.Errorf("record after the refused change: phase %s, %d control planes (%v); want Ready with 3", rec.Phase, rec.Spec.ControlPlane.Replicas, err)
+	}
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+}

@@ -252,6 +252,9 @@ type request struct {
 	// vm is the declared VM (defaults applied), whose admission apply
 	// waits for as for pods.
 	vm *events.VirtualMachine
+	// gc is the requested guest cluster, checked against its record
+	// before it is published.
+	gc *events.GuestCluster
 }
 
 func requestsFor(objs []events.Object) ([]request, error) {
@@ -309,6 +312,9 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		r := request{what: what, event: ev, isPod: isPod, pod: normalized}
 		if d, ok := payload.(*events.VMDeclared); ok {
 			r.vm = &d.VM
+		}
+		if d, ok := payload.(*events.GuestClusterRequested); ok {
+			r.gc = &d.GuestCluster
 		}
 		out = append(out, r)
 	}
@@ -377,6 +383,10 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	if err != nil {
 		return err
 	}
+	gcs, err := b.KV(ctx, events.BucketGuestClusters)
+	if err != nil {
+		return err
+	}
 	// Many objects on a terminal: bars instead of a line per object, then
 	// a summary (rejections are still listed one by one).
 	out := g.stdout
@@ -390,6 +400,15 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	}
 	summary := map[string]int{}
 	var rejections []string
+	rejected := 0
+	reject := func(line string) {
+		fmt.Fprintln(out, line)
+		if bars != nil {
+			rejections = append(rejections, line)
+		}
+		summary["rejected"]++
+		rejected++
+	}
 	defer func() {
 		if bars == nil {
 			return
@@ -429,6 +448,17 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				continue
 			}
 		}
+		if r.gc != nil {
+			// A change the guest cluster controller would refuse is
+			// refused here, where the user sees it; it refuses it too.
+			if refusal, err := guestClusterChangeRefused(ctx, gcs, r.gc); err != nil {
+				return fmt.Errorf("%s: %w", r.what, err)
+			} else if refusal != "" {
+				reject(r.what + " rejected: " + refusal)
+				published(1)
+				continue
+			}
+		}
 		if err := b.Publish(ctx, r.event); err != nil {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
@@ -439,9 +469,11 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 	}
 	if answers == nil || len(pending) == 0 {
+		if rejected > 0 {
+			return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}
+		}
 		return nil
 	}
-	rejected := 0
 	timedOut := func() error {
 		for _, what := range pending {
 			fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
@@ -473,12 +505,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				line += ": " + rej.Reason + ": " + rej.Message
 			}
 		}
-		fmt.Fprintln(out, line)
-		if bars != nil {
-			rejections = append(rejections, line)
-		}
-		summary["rejected"]++
-		rejected++
+		reject(line)
 		return len(pending) == 0, nil
 	}, results)
 	if err != nil || len(pending) > 0 {
@@ -488,6 +515,26 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}
 	}
 	return nil
+}
+
+// guestClusterChangeRefused says why the guest cluster's record refuses
+// gc ("" when it does not exist or takes it).
+func guestClusterChangeRefused(ctx context.Context, gcs jetstream.KeyValue, gc *events.GuestCluster) (string, error) {
+	e, err := gcs.Get(ctx, events.GuestClusterRecordKey(gc.Metadata.Namespace, gc.Metadata.Name))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	var rec events.GuestClusterRecord
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		return "", fmt.Errorf("guest cluster record: %w", err)
+	}
+	if refused := gc.Spec.ChangeRefused(rec.Spec); refused != nil {
+		return refused.Error(), nil
+	}
+	return "", nil
 }
 
 // unchangedPod reports whether the pod exists with the same spec (and, when

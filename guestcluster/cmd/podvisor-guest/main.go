@@ -11,8 +11,16 @@
 // in DIR/pki is used, not replaced. It connects to NATS in the background,
 // so the API server comes up while the supervisor is out of reach.
 //
-// Once the API server answers and the node is Ready it writes DIR/ready.json
-// (the endpoint and the admin kubeconfig). SIGTERM stops it.
+// A highly available control plane runs one podvisor-guest per member,
+// each in its control-plane VM, with --member I --members N (etcd member I
+// of N, on ports from --etcd-port-base; see guestcluster/controlplane):
+// every member serves the podvisor node's kubelet API at
+// --node-kubelet-port, and the node and the worker nodes' controller run
+// in the member holding the Lease kube-system/podvisor-node (leader.go).
+//
+// Once the API server answers and the node is Ready (with several members,
+// once its own API server answers: the node may run in another member) it
+// writes DIR/ready.json (the endpoint and the admin kubeconfig). SIGTERM stops it.
 //
 // With --worker-nodes remote the worker nodes run in their own VMs (node
 // mode, below): this control plane marks a node NotReady when the
