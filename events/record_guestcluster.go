@@ -68,6 +68,12 @@ type GuestClusterRecord struct {
 	// last seen, and ReadyWorkers counts those whose VM runs.
 	Workers      []GuestNode `json:"workers,omitempty"`
 	ReadyWorkers int         `json:"readyWorkers"`
+	// ControlPlanes are the control-plane VMs (one per member of
+	// spec.controlPlane, when the control plane runs in VMs) as last seen,
+	// and ReadyControlPlanes counts those whose VM runs: the cluster
+	// answers while a majority does.
+	ControlPlanes      []GuestNode `json:"controlPlanes,omitempty"`
+	ReadyControlPlanes int         `json:"readyControlPlanes"`
 	// Pods counts the guest cluster's pods on the supervisor, as last seen.
 	Pods                int        `json:"pods"`
 	CreatedAt           time.Time  `json:"createdAt"`

@@ -209,7 +209,7 @@ func ControlPlaneVM(ns, name, className, network, diskSize string, i int, userDa
 	return events.VirtualMachine{
 		APIVersion: events.APIVersion, Kind: "VirtualMachine",
 		Metadata: events.NamespacedMeta{Name: fmt.Sprintf("%s-control-plane-%d", name, i), Namespace: ns, Labels: map[string]string{
-			events.LabelGuestCluster: name, events.LabelGuestClusterRole: "control-plane"}},
+			events.LabelGuestCluster: name, events.LabelGuestClusterRole: controlPlaneRole}},
 		Spec: events.VirtualMachineSpec{
 			ClassName: className, ImageName: ControlPlaneImage, PowerState: events.PowerStatePoweredOn,
 			Networks: []string{network},

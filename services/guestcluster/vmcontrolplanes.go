@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -158,15 +159,16 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 			}
 		}
 	}
-	pl := plane{guests: make([]string, n)}
+	guests, err := v.members(ctx, cp.Namespace, cp.Name, n)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
+	}
+	pl := plane{guests: guests}
 	apis := make([]string, n)
-	for i := range n {
-		rec, err := v.running(ctx, cp.Namespace, controlPlaneVMName(cp.Name, i))
-		if err != nil {
-			return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
+	for i, g := range guests {
+		if g == "" {
+			continue // not running: connected by a later Ensure (the resync)
 		}
-		g := events.NativeVMName(rec.UID)
-		pl.guests[i] = g
 		if err := v.Ports.Reach(ctx, g, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort))); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: NATS in the guest: %w", key, err)
 		}
@@ -176,10 +178,11 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 	}
 	pl.api = apis[0]
 	if n > 1 {
-		if err := v.connectMembers(ctx, pl.guests); err != nil {
+		if err := v.connectMembers(ctx, guests); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
 		}
-		if pl.api, err = v.Ports.Balance(ctx, balancerName(cp.Namespace, cp.Name), pl.guests, ControlPlaneAPIPort); err != nil {
+		running := slices.DeleteFunc(slices.Clone(guests), func(g string) bool { return g == "" })
+		if pl.api, err = v.Ports.Balance(ctx, balancerName(cp.Namespace, cp.Name), running, ControlPlaneAPIPort); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: the API servers' balancer: %w", key, err)
 		}
 	}
@@ -197,25 +200,80 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 	if ep.Kubeconfig, err = adminKubeconfig(cp.Name, ep.URL, ca.CAFile(), certFile, keyFile); err != nil {
 		return Endpoint{}, err
 	}
-	for i, api := range apis {
-		if err := waitReady(ctx, "https://"+api, ca, certFile, keyFile); err != nil {
-			return Endpoint{}, fmt.Errorf("control plane %s in VM %s/%s: %w", key, cp.Namespace, controlPlaneVMName(cp.Name, i), err)
-		}
+	if err := waitReady(ctx, ep.URL, apis, ca, certFile, keyFile); err != nil {
+		return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
 	}
 	return ep, nil
+}
+
+// memberGrace is how long Ensure waits for the last members' VMs once a
+// majority runs: the cluster works with a majority, and a member that
+// runs later is connected by the next Ensure (the resync).
+const memberGrace = 15 * time.Second
+
+// members waits for the control-plane VMs to run (their records Ready and
+// PoweredOn on a host) and returns their guests' VM names: all of them, or
+// once a majority has run for memberGrace, those that run ("" for the
+// others).
+func (v *VMControlPlanes) members(ctx context.Context, ns, name string, n int) ([]string, error) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	var majority time.Time
+	for {
+		guests := make([]string, n)
+		up := 0
+		var waiting []string
+		for i := range n {
+			vmName := controlPlaneVMName(name, i)
+			r, _, err := v.vms.Get(ctx, events.VMRecordKey(ns, vmName))
+			switch {
+			case err != nil:
+				waiting = append(waiting, fmt.Sprintf("%s: %v", vmName, err))
+			case r == nil:
+				waiting = append(waiting, vmName+": not recorded yet")
+			case r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn && r.Status.Host != "":
+				guests[i] = events.NativeVMName(r.UID)
+				up++
+			default:
+				waiting = append(waiting, fmt.Sprintf("%s: %s, %s", vmName, r.Status.Phase, orNone(r.Status.PowerState)))
+			}
+		}
+		if up == n {
+			return guests, nil
+		}
+		if up > n/2 {
+			if majority.IsZero() {
+				majority = time.Now()
+			} else if time.Since(majority) >= memberGrace {
+				v.Logger.Warn("control plane: going on with a majority of its VMs", "guestcluster", ns+"/"+name,
+					"running", up, "of", n, "waiting", strings.Join(waiting, "; "))
+				return guests, nil
+			}
+		} else {
+			majority = time.Time{}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%d of %d control-plane VMs run (%s): %w", up, n, strings.Join(waiting, "; "), ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // connectMembers makes each member's etcd ports reach it from every other
 // member's guest, at the same loopback ports there.
 func (v *VMControlPlanes) connectMembers(ctx context.Context, guests []string) error {
 	for i, gi := range guests {
+		if gi == "" {
+			continue
+		}
 		for _, port := range []int{EtcdClientPort(i), EtcdPeerPort(i)} {
 			addr, err := v.Ports.Publish(ctx, gi, port)
 			if err != nil {
 				return fmt.Errorf("publish etcd port %d of member %d: %w", port, i, err)
 			}
 			for j, gj := range guests {
-				if j == i {
+				if j == i || gj == "" {
 					continue
 				}
 				if err := v.Ports.Reach(ctx, gj, port, addr); err != nil {
@@ -356,40 +414,12 @@ func (v *VMControlPlanes) imageReady(ctx context.Context) error {
 	}
 }
 
-// running waits for the VM's record to show it Ready and PoweredOn on a
-// host.
-func (v *VMControlPlanes) running(ctx context.Context, ns, vmName string) (*events.VMRecord, error) {
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	var last string
-	for {
-		r, _, err := v.vms.Get(ctx, events.VMRecordKey(ns, vmName))
-		switch {
-		case err == nil && r == nil:
-			last = "not recorded yet"
-		case err == nil && r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn && r.Status.Host != "":
-			return r, nil
-		case err == nil:
-			last = fmt.Sprintf("%s, %s", r.Status.Phase, orNone(r.Status.PowerState))
-		default:
-			last = err.Error()
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("VM %s/%s does not run (%s): %w", ns, vmName, last, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// waitReady polls /readyz and the podvisor node with the admin's
-// certificate.
-func waitReady(ctx context.Context, endpoint string, ca *pki.CA, certFile, keyFile string) error {
+// waitReady polls the API servers with the admin's certificate until a
+// majority of the members' (apis: each member's published port, "" for
+// one that does not run) answer /readyz and the podvisor node is
+// registered, asked through endpoint.
+func waitReady(ctx context.Context, endpoint string, apis []string, ca *pki.CA, certFile, keyFile string) error {
 	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return err
-	}
-	u, err := url.Parse(endpoint)
 	if err != nil {
 		return err
 	}
@@ -399,8 +429,8 @@ func waitReady(ctx context.Context, endpoint string, ca *pki.CA, certFile, keyFi
 		ServerName: "127.0.0.1"}}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	get := func(path string) (int, string) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String()+path, nil)
+	get := func(url string) (int, string) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return 0, err.Error()
 		}
@@ -414,20 +444,29 @@ func waitReady(ctx context.Context, endpoint string, ca *pki.CA, certFile, keyFi
 	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	var last string
+	ready := map[int]bool{}
 	for {
-		code, body := get("/readyz")
-		if code == http.StatusOK {
-			if code, body = get("/api/v1/nodes/podvisor"); code == http.StatusOK {
+		var last []string
+		for i, api := range apis {
+			if api == "" || ready[i] {
+				continue
+			}
+			if code, body := get("https://" + api + "/readyz"); code == http.StatusOK {
+				ready[i] = true
+			} else {
+				last = append(last, fmt.Sprintf("member %d /readyz: %d %s", i, code, body))
+			}
+		}
+		if len(ready) > len(apis)/2 {
+			code, body := get(endpoint + "/api/v1/nodes/podvisor")
+			if code == http.StatusOK {
 				return nil
 			}
-			last = fmt.Sprintf("node podvisor: %d %s", code, body)
-		} else {
-			last = fmt.Sprintf("/readyz: %d %s", code, body)
+			last = append(last, fmt.Sprintf("node podvisor: %d %s", code, body))
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("API server not ready (%s): %w", last, ctx.Err())
+			return fmt.Errorf("API server not ready (%d of %d members ready; %s): %w", len(ready), len(apis), strings.Join(last, "; "), ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -663,7 +702,7 @@ func (v *VMControlPlanes) connectWorkers(ctx context.Context, ns, name string, w
 			p.kubelet, err = v.Ports.Publish(ctx, guestVM, WorkerKubeletPort(i))
 		}
 		for _, cpVM := range pl.guests {
-			if err == nil {
+			if err == nil && cpVM != "" {
 				err = v.Ports.Reach(ctx, cpVM, WorkerKubeletPort(i), p.kubelet)
 			}
 		}

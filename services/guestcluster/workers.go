@@ -38,6 +38,15 @@ const workerRetry = 2 * time.Second
 
 // workerVMs are the guest cluster's worker VM records, by name.
 func (s *Service) workerVMs(ctx context.Context, ns, name string) (map[string]*events.VMRecord, error) {
+	return s.roleVMs(ctx, ns, name, workerRole)
+}
+
+// controlPlaneRole is the value of events.LabelGuestClusterRole on
+// control-plane VMs.
+const controlPlaneRole = "control-plane"
+
+// roleVMs are the guest cluster's VM records of a role, by name.
+func (s *Service) roleVMs(ctx context.Context, ns, name, role string) (map[string]*events.VMRecord, error) {
 	all, err := s.vms.List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list VMs: %w", err)
@@ -45,7 +54,7 @@ func (s *Service) workerVMs(ctx context.Context, ns, name string) (map[string]*e
 	out := map[string]*events.VMRecord{}
 	for i := range all {
 		v := &all[i]
-		if v.Namespace == ns && v.Labels[events.LabelGuestCluster] == name && v.Labels[events.LabelGuestClusterRole] == workerRole {
+		if v.Namespace == ns && v.Labels[events.LabelGuestCluster] == name && v.Labels[events.LabelGuestClusterRole] == role {
 			out[v.Name] = v
 		}
 	}
@@ -152,24 +161,47 @@ func (s *Service) workerNodes(ctx context.Context, rec *events.GuestClusterRecor
 	var out []events.GuestNode
 	for i := range int(rec.Spec.Workers.Replicas) {
 		vm := events.GuestClusterWorkerName(rec.Name, i)
-		n := events.GuestNode{Name: vm, ClassName: rec.Spec.Workers.ClassName}
-		r := have[vm]
-		switch {
-		case r == nil:
-			n.Message = fmt.Sprintf("VM %s/%s is declared and not made yet (a refusal is told by vm.rejected)", rec.Namespace, vm)
-		case !r.DeletionRequestedAt.IsZero():
-			n.Message = fmt.Sprintf("VM %s/%s is being deleted", rec.Namespace, vm)
-		default:
-			n.Host, n.IPs = r.Status.Host, slices.Clone(r.Status.IPs)
-			n.CPUs, n.MemoryBytes = r.Size.CPUs, r.Size.MemoryMiB<<20
-			n.Ready = r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == "PoweredOn" && r.Status.Host != ""
-			if !n.Ready {
-				n.Message = fmt.Sprintf("VM %s/%s is %s, %s", rec.Namespace, vm, r.Status.Phase, orNone(r.Status.PowerState))
-			}
-		}
-		out = append(out, n)
+		out = append(out, vmNode(rec.Namespace, vm, rec.Spec.Workers.ClassName, have[vm]))
 	}
 	return out, nil
+}
+
+// controlPlaneNodes are the control-plane VMs as their records show them,
+// in index order; none when the control plane does not run in VMs.
+func (s *Service) controlPlaneNodes(ctx context.Context, rec *events.GuestClusterRecord) ([]events.GuestNode, error) {
+	if _, ok := s.cps.(*VMControlPlanes); !ok {
+		return nil, nil
+	}
+	have, err := s.roleVMs(ctx, rec.Namespace, rec.Name, controlPlaneRole)
+	if err != nil {
+		return nil, err
+	}
+	var out []events.GuestNode
+	for i := range max(int(rec.Spec.ControlPlane.Replicas), 1) {
+		vm := controlPlaneVMName(rec.Name, i)
+		out = append(out, vmNode(rec.Namespace, vm, rec.Spec.ControlPlane.ClassName, have[vm]))
+	}
+	return out, nil
+}
+
+// vmNode is a node of the guest cluster as its VM's record (nil: none
+// yet) shows it: Ready while the VM is Ready and PoweredOn on a host.
+func vmNode(ns, vm, className string, r *events.VMRecord) events.GuestNode {
+	n := events.GuestNode{Name: vm, ClassName: className}
+	switch {
+	case r == nil:
+		n.Message = fmt.Sprintf("VM %s/%s is declared and not made yet (a refusal is told by vm.rejected)", ns, vm)
+	case !r.DeletionRequestedAt.IsZero():
+		n.Message = fmt.Sprintf("VM %s/%s is being deleted", ns, vm)
+	default:
+		n.Host, n.IPs = r.Status.Host, slices.Clone(r.Status.IPs)
+		n.CPUs, n.MemoryBytes = r.Size.CPUs, r.Size.MemoryMiB<<20
+		n.Ready = r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == "PoweredOn" && r.Status.Host != ""
+		if !n.Ready {
+			n.Message = fmt.Sprintf("VM %s/%s is %s, %s", ns, vm, r.Status.Phase, orNone(r.Status.PowerState))
+		}
+	}
+	return n
 }
 
 func orNone(s string) string {
@@ -179,32 +211,43 @@ func orNone(s string) string {
 	return s
 }
 
-// recordWorkers writes the worker nodes into the record when they
-// changed.
-func (s *Service) recordWorkers(ctx context.Context, key string, nodes []events.GuestNode) error {
-	ready := 0
-	for _, n := range nodes {
-		if n.Ready {
-			ready++
+// recordNodes writes the worker nodes and the control-plane VMs into the
+// record when they changed.
+func (s *Service) recordNodes(ctx context.Context, key string, workers, cps []events.GuestNode) error {
+	ready := func(nodes []events.GuestNode) int {
+		n := 0
+		for _, node := range nodes {
+			if node.Ready {
+				n++
+			}
 		}
+		return n
 	}
 	_, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
-		if r.Phase == events.GuestClusterPhaseDeleting || (r.ReadyWorkers == ready && reflect.DeepEqual(r.Workers, nodes)) {
+		if r.Phase == events.GuestClusterPhaseDeleting ||
+			(reflect.DeepEqual(r.Workers, workers) && reflect.DeepEqual(r.ControlPlanes, cps) &&
+				r.ReadyWorkers == ready(workers) && r.ReadyControlPlanes == ready(cps)) {
 			return record.ErrUnchanged
 		}
-		r.Workers, r.ReadyWorkers = nodes, ready
+		r.Workers, r.ReadyWorkers = workers, ready(workers)
+		r.ControlPlanes, r.ReadyControlPlanes = cps, ready(cps)
 		return nil
 	})
 	return err
 }
 
-// refreshWorkers reads the worker nodes and records them.
+// refreshWorkers reads the worker nodes and the control-plane VMs and
+// records them; it returns the worker nodes.
 func (s *Service) refreshWorkers(ctx context.Context, rec *events.GuestClusterRecord) ([]events.GuestNode, error) {
 	nodes, err := s.workerNodes(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
-	return nodes, s.recordWorkers(ctx, rec.Key(), nodes)
+	cps, err := s.controlPlaneNodes(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	return nodes, s.recordNodes(ctx, rec.Key(), nodes, cps)
 }
 
 // deleteWorkers asks for the deletion of every worker VM and waits until

@@ -52,7 +52,12 @@ func (g *guestClusterRow) Row(now time.Time) []string {
 	}
 	// WORKERS: ready of wanted (a worker is ready while its VM runs).
 	workers := fmt.Sprintf("%d/%s", r.ReadyWorkers, nodes(r.Spec.Workers))
-	return []string{r.Spec.Version, nodes(r.Spec.ControlPlane), workers, r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
+	// CONTROL PLANE: likewise when its VMs are listed (control planes in VMs).
+	cps := nodes(r.Spec.ControlPlane)
+	if len(r.ControlPlanes) > 0 {
+		cps = fmt.Sprintf("%d/%s", r.ReadyControlPlanes, cps)
+	}
+	return []string{r.Spec.Version, cps, workers, r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
 }
 
 func joinReason(reason, msg string) string {

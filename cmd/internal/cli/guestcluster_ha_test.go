@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -19,7 +18,6 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/guestcluster"
-	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 )
 
@@ -35,10 +33,7 @@ import (
 // The member's VM powered on again rejoins. A changed count is refused;
 // deleting the guest cluster deletes all three VMs.
 func TestGuestClusterControlPlaneSurvivesLosingAMember(t *testing.T) {
-	guestBin := guestBinary(t)
-	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
-	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 3, Settings: settings}, "kubectl")
-	ctx := t.Context()
+	sys, dir := guestClustersUp(t, 3)
 
 	manifest := func(cps int) string {
 		return fmt.Sprintf(`apiVersion: podvisor.io/v1alpha1
@@ -55,28 +50,11 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 	if out, errOut, code := run(t, dir, manifest(3), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: %d %s %s", code, out, errOut)
 	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	waitFor(t, "the guest cluster's kubeconfig", 4*time.Minute, func() bool {
-		out, _, code := run(t, dir, "", "--nats-creds", filepath.Join(dir, "nats-auth", "admin.creds"), "get", "guestcluster", "ha", "-n", "team-a", "--kubeconfig")
-		return code == 0 && os.WriteFile(kubeconfig, []byte(out), 0o600) == nil
-	})
-	kubectl := func(args ...string) (string, error) {
-		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-		defer ccancel()
-		b, err := exec.CommandContext(cctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(b)), err
-	}
+	kubectl := guestKubectl(t, dir, "ha", 4*time.Minute)
 	if out, err := kubectl("wait", "--for=condition=Ready", "node/podvisor", "--timeout=60s"); err != nil {
 		t.Fatalf("node podvisor not Ready: %v\n%s", err, out)
 	}
-	getVM := func(name string) events.VirtualMachine {
-		out, _, code := run(t, dir, "", "get", "vm", name, "-n", "team-a", "-o", "json")
-		var vm events.VirtualMachine
-		if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Status == nil {
-			return events.VirtualMachine{Status: &events.VirtualMachineStatus{}}
-		}
-		return vm
-	}
+	getVM := func(name string) events.VirtualMachine { return teamVM(t, dir, name) }
 	// Three VMs, each running a member of one etcd cluster (its data on
 	// the VM's data disk) and its own API server.
 	for i := range 3 {
@@ -122,16 +100,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 		t.Fatalf("the Lease's holder %q is not one of the members", leader)
 	}
 	lostVM := fmt.Sprintf("ha-control-plane-%d", lost)
-	power := func(name, state string) {
-		t.Helper()
-		vm := getVM(name)
-		vm.Status, vm.Spec.PowerState = nil, state
-		b, _ := json.Marshal(vm)
-		if out, errOut, code := run(t, dir, string(b), "apply", "-f", "-"); code != 0 {
-			t.Fatalf("apply VM %s %s: %d %s %s", name, state, code, out, errOut)
-		}
-	}
-	power(lostVM, events.PowerStatePoweredOff)
+	powerTeamVM(t, dir, lostVM, events.PowerStatePoweredOff)
 	waitFor(t, "VM "+lostVM+" off", 2*time.Minute, func() bool {
 		_, ok := sys.Datacenter.Guests().KeyOf(events.NativeVMName(getVM(lostVM).Status.UID))
 		return getVM(lostVM).Status.PowerState == events.PowerStatePoweredOff && !ok
@@ -144,6 +113,20 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 			return err == nil && out == "before-the-loss"
 		})
 	}
+	// The record says so: two of three control-plane VMs run, and the
+	// cluster is Ready.
+	cluster := func() (rec events.GuestClusterRecord) {
+		out, _, code := run(t, dir, "", "get", "guestcluster", "ha", "-n", "team-a", "-o", "json")
+		if code != 0 || json.Unmarshal([]byte(out), &rec) != nil {
+			return events.GuestClusterRecord{}
+		}
+		return rec
+	}
+	waitFor(t, "the record's control planes 2 of 3 ready, the cluster Ready", 2*time.Minute, func() bool {
+		r := cluster()
+		return r.Phase == events.GuestClusterPhaseReady && r.ReadyControlPlanes == 2 && len(r.ControlPlanes) == 3 &&
+			!r.ControlPlanes[lost].Ready
+	})
 	waitFor(t, "another member running the podvisor node", 2*time.Minute, func() bool {
 		h := holder()
 		return h != "" && h != leader
@@ -170,7 +153,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 	// The member's VM powered on again rejoins: its API server answers
 	// from its own etcd member, which has caught up with what was
 	// written while it was off.
-	power(lostVM, events.PowerStatePoweredOn)
+	powerTeamVM(t, dir, lostVM, events.PowerStatePoweredOn)
 	waitFor(t, "VM "+lostVM+" running again", 3*time.Minute, func() bool {
 		_, ok := sys.Datacenter.Guests().KeyOf(events.NativeVMName(getVM(lostVM).Status.UID))
 		return getVM(lostVM).Status.PowerState == events.PowerStatePoweredOn && ok
@@ -184,6 +167,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root%s/guest.log", g.PID, guestcluster.ControlPlaneDataDir))
 		return err == nil && strings.Count(string(b), "guest cluster ready") >= 2
 	})
+	waitFor(t, "the record's control planes 3 of 3 ready", 2*time.Minute, func() bool { return cluster().ReadyControlPlanes == 3 })
 	if out, err := kubectl("get", "pods", "-o", "name"); err != nil || !strings.Contains(out, "pod/bb") {
 		t.Errorf("kubectl get pods after the member rejoined: %v\n%s", err, out)
 	}
@@ -193,8 +177,8 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 	if out, errOut, code := run(t, dir, manifest(5), "apply", "-f", "-"); code != 1 || !strings.Contains(out, "guestcluster/team-a/ha rejected: spec.controlPlane.replicas") {
 		t.Errorf("apply with 5 control planes: exit %d, %s%s; want 1, refused naming spec.controlPlane.replicas", code, out, errOut)
 	}
-	if out, _, code := run(t, dir, "", "get", "guestcluster", "ha", "-n", "team-a", "-o", "json"); code != 0 || !strings.Contains(out, `"Ready"`) {
-		t.Errorf("guest cluster after a refused change: %d %s, want still Ready", code, out)
+	if r := cluster(); r.Phase != events.GuestClusterPhaseReady || r.Spec.ControlPlane.Replicas != 3 {
+		t.Errorf("guest cluster after a refused change: %s with %d control planes, want still Ready with 3", r.Phase, r.Spec.ControlPlane.Replicas)
 	}
 
 	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "ha", "-n", "team-a"); code != 0 {

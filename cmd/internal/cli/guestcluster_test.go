@@ -36,9 +36,7 @@ import (
 // pod's (through the worker VM's kubelet API); deleting the guest
 // cluster deletes the pod and its VM.
 func TestGuestClusterRunsPodsAsPodVMs(t *testing.T) {
-	guestBin := guestBinary(t)
-	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBin}), config.Env())
-	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2, Settings: settings}, "kubectl")
+	sys, dir := guestClustersUp(t, 2)
 	ctx := t.Context()
 
 	// The worker VMs' class; their image is the default node image `up`
@@ -61,17 +59,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	if out, errOut, code := run(t, dir, gc(1), "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: %d %s %s", code, out, errOut)
 	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	waitFor(t, "the guest cluster's kubeconfig", 3*time.Minute, func() bool {
-		out, _, code := run(t, dir, "", "--nats-creds", filepath.Join(dir, "nats-auth", "admin.creds"), "get", "guestcluster", "gc1", "-n", "team-a", "--kubeconfig")
-		return code == 0 && os.WriteFile(kubeconfig, []byte(out), 0o600) == nil
-	})
-	kubectl := func(args ...string) (string, error) {
-		cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
-		defer ccancel()
-		b, err := exec.CommandContext(cctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
-		return string(b), err
-	}
+	kubectl := guestKubectl(t, dir, "gc1", 3*time.Minute)
 	if out, err := kubectl("get", "nodes", "-o", "name"); err != nil || !strings.Contains(out, "node/podvisor") {
 		t.Fatalf("kubectl get nodes: %v\n%s", err, out)
 	}
@@ -109,14 +97,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 		})
 	}
 	workerNodes("gc1-worker-0")
-	getVM := func(name string) events.VirtualMachine {
-		out, _, code := run(t, dir, "", "get", "vm", name, "-n", "team-a", "-o", "json")
-		var vm events.VirtualMachine
-		if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Status == nil {
-			return events.VirtualMachine{Status: &events.VirtualMachineStatus{}}
-		}
-		return vm
-	}
+	getVM := func(name string) events.VirtualMachine { return teamVM(t, dir, name) }
 	if ps := getVM("gc1-worker-0").Status.PowerState; ps != events.PowerStatePoweredOn {
 		t.Errorf("worker VM gc1-worker-0: power state %q, want PoweredOn", ps)
 	}
@@ -243,15 +224,7 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	})
 	// A worker VM powered off makes its node NotReady (its kubelet went
 	// with it); powered on again, its node is Ready again.
-	powerWorker := func(state string) {
-		t.Helper()
-		vm := getVM("gc1-worker-0")
-		vm.Status, vm.Spec.PowerState = nil, state
-		b, _ := json.Marshal(vm)
-		if out, errOut, code := run(t, dir, string(b), "apply", "-f", "-"); code != 0 {
-			t.Fatalf("apply worker VM %s: %d %s %s", state, code, out, errOut)
-		}
-	}
+	powerWorker := func(state string) { t.Helper(); powerTeamVM(t, dir, "gc1-worker-0", state) }
 	nodeReady := func(want string) func() bool {
 		return func() bool {
 			out, err := kubectl("get", "node", "gc1-worker-0", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
@@ -307,6 +280,55 @@ spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers:
 	}
 	if _, err := os.Stat(filepath.Join(dir, "guestclusters", "team-a.gc1")); !os.IsNotExist(err) {
 		t.Errorf("control plane directory after delete: %v", err)
+	}
+}
+
+// guestClustersUp is `podvisor up` with guests and bin/podvisor-guest
+// (guestBinary), for guest clusters whose control planes run in VMs.
+func guestClustersUp(t *testing.T, hosts int) (*allinone.System, string) {
+	t.Helper()
+	settings := config.Layered(config.Map(map[string]string{"PODVISOR_GUESTCLUSTER_BINARY": guestBinary(t)}), config.Env())
+	return guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: hosts, Settings: settings}, "kubectl")
+}
+
+// guestKubectl waits for the kubeconfig of guest cluster team-a/name
+// (`get guestcluster --kubeconfig`, as the admin) and returns kubectl with
+// it; its output is trimmed of surrounding space.
+func guestKubectl(t *testing.T, dir, name string, wait time.Duration) func(args ...string) (string, error) {
+	t.Helper()
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	waitFor(t, "the guest cluster's kubeconfig", wait, func() bool {
+		out, _, code := run(t, dir, "", "--nats-creds", filepath.Join(dir, "nats-auth", "admin.creds"), "get", "guestcluster", name, "-n", "team-a", "--kubeconfig")
+		return code == 0 && os.WriteFile(kubeconfig, []byte(out), 0o600) == nil
+	})
+	return func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		b, err := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(b)), err
+	}
+}
+
+// teamVM is `get vm NAME -n team-a -o json` (an empty status when it
+// cannot be read).
+func teamVM(t *testing.T, dir, name string) events.VirtualMachine {
+	t.Helper()
+	out, _, code := run(t, dir, "", "get", "vm", name, "-n", "team-a", "-o", "json")
+	var vm events.VirtualMachine
+	if code != 0 || json.Unmarshal([]byte(out), &vm) != nil || vm.Status == nil {
+		return events.VirtualMachine{Status: &events.VirtualMachineStatus{}}
+	}
+	return vm
+}
+
+// powerTeamVM re-applies VM team-a/name with another power state.
+func powerTeamVM(t *testing.T, dir, name, state string) {
+	t.Helper()
+	vm := teamVM(t, dir, name)
+	vm.Status, vm.Spec.PowerState = nil, state
+	b, _ := json.Marshal(vm)
+	if out, errOut, code := run(t, dir, string(b), "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply VM %s %s: %d %s %s", name, state, code, out, errOut)
 	}
 }
 
