@@ -162,3 +162,47 @@ func conditionOf(r events.GuestClusterRecord, t string) (events.PodCondition, bo
 	}
 	return events.PodCondition{}, false
 }
+
+// TestUpgradeIsCheckedAndRefused: asking a running guest cluster for
+// another version checks that version (trigger Upgrade, posted to vCenter
+// and published); an incompatible one is refused naming the unmet
+// requirement; a version podvisor knows no requirements of is refused as
+// unsupported. Either way the cluster stays Ready with its version.
+func TestUpgradeIsCheckedAndRefused(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+	before := len(h.vcenterEvents(t))
+
+	up := guestCluster()
+	up.GuestCluster.Spec.Version = "v1.38.0"
+	h.publish(t, events.TypeGuestClusterRequested, up.ObjectKey(), up)
+	c := compatibility(t, h)
+	for c.Trigger != events.CompatTriggerUpgrade {
+		c = compatibility(t, h) // the create's check came first
+	}
+	if c.Compatible || c.Version != "v1.38.0" || c.VCenterEventKey == 0 {
+		t.Errorf("guestcluster.compatibility = %+v, want an incompatible upgrade check of v1.38.0 posted to vCenter", c)
+	}
+	var f events.GuestClusterFailed
+	if err := h.await(t, events.TypeGuestClusterFailed).DataAs(&f); err != nil || f.Reason != reasonUpgradeIncompatible ||
+		!strings.Contains(f.Message, "vsphere.api.feature/siteInfoManager") {
+		t.Errorf("guestcluster.failed = %+v (%v), want %s naming the site information manager", f, err, reasonUpgradeIncompatible)
+	}
+	if got := h.vcenterEvents(t); len(got) != before+1 || !strings.Contains(got[0]+got[len(got)-1], "v1.38.0") {
+		t.Errorf("vCenter events %q, want one more naming v1.38.0", got)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.Phase != events.GuestClusterPhaseReady || rec.Spec.Version != "v1.37.2" {
+		t.Errorf("record after a refused upgrade: %s %s, want Ready v1.37.2", rec.Phase, rec.Spec.Version)
+	}
+
+	up.GuestCluster.Spec.Version = "v1.99.0"
+	h.publish(t, events.TypeGuestClusterRequested, up.ObjectKey(), up)
+	if err := h.await(t, events.TypeGuestClusterFailed).DataAs(&f); err != nil || !strings.Contains(f.Message, "v1.99.0") {
+		t.Errorf("guestcluster.failed = %+v (%v), want the unknown version named", f, err)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.Phase != events.GuestClusterPhaseReady || rec.Spec.Version != "v1.37.2" {
+		t.Errorf("record after a refused upgrade to an unknown version: %s %s, want Ready v1.37.2", rec.Phase, rec.Spec.Version)
+	}
+}

@@ -7,10 +7,12 @@ import (
 	"slices"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/compat"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -24,6 +26,16 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	if s.unavailable != nil {
 		return bus.Permanent(bus.WithReason("GuestClustersUnavailable", s.unavailable))
 	}
+	// An upgrade (another version of a running cluster) is checked against
+	// the infrastructure's and the vCenter's offers like a create, the
+	// result sent to the VI control plane, and refused: an incompatible
+	// one naming each unmet requirement, a compatible one because this
+	// podvisor runs one guest control-plane version.
+	if cur, _, err := s.clusters.Get(ctx, key); err != nil {
+		return err
+	} else if cur != nil && cur.Spec.Version != g.Spec.Version && cur.Phase == events.GuestClusterPhaseReady {
+		return s.refuseUpgrade(ctx, &m.Event, cur, g.Spec.Version)
+	}
 	now := time.Now().UTC()
 	// checked: this version was found compatible before (an unchanged
 	// re-apply), so it is not checked, posted and published again.
@@ -34,7 +46,7 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s/%s is being deleted; apply it again once it is gone", ns, name)))
 		}
 		if exists && r.Spec.Version != g.Spec.Version && r.Phase == events.GuestClusterPhaseReady {
-			return bus.Permanent(bus.WithReason("UpgradeUnsupported", fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
+			return bus.Permanent(bus.WithReason(reasonUpgradeUnsupported, fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
 		}
 		if err := g.Spec.ChangeRefused(r.Spec); exists && err != nil {
 			return bus.Permanent(bus.WithReason(reasonControlPlaneImmutable, fmt.Errorf("guest cluster %s: %w", key, err)))
@@ -101,8 +113,43 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
 }
 
-// reasonControlPlaneImmutable refuses a new control-plane count.
-const reasonControlPlaneImmutable = "ControlPlaneImmutable"
+// Reasons of a refused change to a guest cluster that runs: it is left as
+// it was (refusedChange).
+const (
+	// reasonControlPlaneImmutable refuses a new control-plane count.
+	reasonControlPlaneImmutable = "ControlPlaneImmutable"
+	// reasonUpgradeIncompatible refuses an upgrade to a version whose
+	// requirements the infrastructure or the vCenter do not meet.
+	reasonUpgradeIncompatible = "UpgradeIncompatible"
+	// reasonUpgradeUnsupported refuses an upgrade to a compatible version:
+	// this podvisor runs one guest control-plane version.
+	reasonUpgradeUnsupported = "UpgradeUnsupported"
+)
+
+var refusedChange = map[string]bool{reasonControlPlaneImmutable: true, reasonUpgradeIncompatible: true, reasonUpgradeUnsupported: true}
+
+// refuseUpgrade checks the requested version of a running guest cluster
+// (trigger Upgrade: posted as a vCenter event and published as
+// guestcluster.compatibility) and refuses the upgrade, naming each unmet
+// requirement when there are.
+func (s *Service) refuseUpgrade(ctx context.Context, cause *event.Event, cur *events.GuestClusterRecord, version string) error {
+	key := cur.Key()
+	if _, err := compat.GuestClusterRequires(version); err != nil {
+		return bus.Permanent(bus.WithReason(reasonUpgradeUnsupported, fmt.Errorf("spec.version: %s runs %s; the upgrade to %s is refused: %w",
+			key, cur.Spec.Version, version, err)))
+	}
+	res, err := s.checkCompat(ctx, cause, cur.Namespace, cur.Name, version, events.CompatTriggerUpgrade, "upgrade-"+cause.ID())
+	if err != nil {
+		return err
+	}
+	if !res.Compatible {
+		return bus.Permanent(bus.WithReason(reasonUpgradeIncompatible, fmt.Errorf("spec.version: %s runs %s; the upgrade to %s is refused: %s",
+			key, cur.Spec.Version, version, res.Message)))
+	}
+	return bus.Permanent(bus.WithReason(reasonUpgradeUnsupported, fmt.Errorf(
+		"spec.version: %s runs %s; %s is compatible, but this podvisor runs guest control planes of %v only (upgrades are not supported yet)",
+		key, cur.Spec.Version, version, events.GuestClusterVersions)))
+}
 
 // ensureControlPlane mints the identity and starts the control plane.
 func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec events.GuestClusterSpec) (Endpoint, error) {
@@ -125,7 +172,7 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 	ns, name := g.Metadata.Namespace, g.Metadata.Name
 	reason := bus.ReasonOf(cause, "ControlPlaneFailed")
 	// A refused change leaves the cluster as it was: it still runs.
-	if reason != "Deleting" && reason != reasonControlPlaneImmutable && reason != "UpgradeUnsupported" {
+	if reason != "Deleting" && !refusedChange[reason] {
 		_, err := s.clusters.Mutate(ctx, events.GuestClusterRecordKey(ns, name), func(r *events.GuestClusterRecord) error {
 			if r.Phase == events.GuestClusterPhaseDeleting {
 				return record.ErrUnchanged

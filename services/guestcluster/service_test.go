@@ -63,6 +63,8 @@ type harness struct {
 	auth *bus.Authority
 	nats bus.ConnConfig // URL and CA of the server
 	evs  chan event.Event
+	// skipped are events await passed over, oldest first.
+	skipped []event.Event
 }
 
 // start runs the controller as its own identity on a server with the
@@ -119,9 +121,18 @@ func (h *harness) publish(t *testing.T, ceType, subject string, p events.Payload
 	}
 }
 
-// await returns the next event of one of ceTypes, skipping others.
+// await returns the next event of one of ceTypes. Events of other types
+// are kept for later awaits: the streams are consumed side by side, so an
+// event of one stream can come before an earlier event of another (a
+// guest cluster's ready before its worker VMs' declarations).
 func (h *harness) await(t *testing.T, ceTypes ...string) event.Event {
 	t.Helper()
+	for i, ev := range h.skipped {
+		if slices.Contains(ceTypes, ev.Type()) {
+			h.skipped = slices.Delete(h.skipped, i, i+1)
+			return ev
+		}
+	}
 	deadline := time.After(20 * time.Second)
 	for {
 		select {
@@ -129,6 +140,7 @@ func (h *harness) await(t *testing.T, ceTypes ...string) event.Event {
 			if slices.Contains(ceTypes, ev.Type()) {
 				return ev
 			}
+			h.skipped = append(h.skipped, ev)
 		case <-deadline:
 			t.Fatalf("no %v within 20s", ceTypes)
 		}
