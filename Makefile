@@ -74,4 +74,7 @@ vet: ## go vet every module
 tidy: ## go mod tidy every module
 	@for m in $$($(GO) list -m -f '{{.Dir}}') $(CURDIR)/guestcluster; do (cd $$m && GOWORK=off $(GO) mod tidy) || exit 1; done
 
-.PHONY: help build guest up test test-e2e test-faults test-faults-short podvm-image bench vet tidy
+tidy-check: ## Fail when a module's go.mod or go.sum is not tidy (each module must build on its own, without go.work)
+	@for m in $$($(GO) list -m -f '{{.Dir}}') $(CURDIR)/guestcluster; do (cd $$m && GOWORK=off $(GO) mod tidy -diff >/dev/null) || { echo "$$m: not tidy: run make tidy"; exit 1; }; done
+
+.PHONY: help build guest up test test-e2e test-faults test-faults-short podvm-image bench vet tidy tidy-check
