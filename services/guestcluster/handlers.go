@@ -82,8 +82,21 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
 	}
-	// The kubeconfig goes to the bucket clients cannot read, before the
-	// record says there is one.
+	rec, err = s.recordEndpoint(ctx, key, ns, name, ep)
+	if err != nil {
+		return err
+	}
+	s.log.Info("guest cluster ready", "guestcluster", key, "endpoint", rec.Endpoint)
+	return s.out.Emit(ctx, &m.Event, &events.GuestClusterReady{
+		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
+}
+
+// recordEndpoint keeps what a control plane's Ensure returned: the admin
+// kubeconfig in the bucket clients cannot read, first, then the record
+// Ready with the endpoint. A control plane started again (after a restart
+// of the supervisor) can answer at another address: the resync records it
+// the same way, so the kubeconfig handed out next is current.
+func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep Endpoint) (*events.GuestClusterRecord, error) {
 	if _, err := s.kubeconfigs.Upsert(ctx, key, func(k *events.GuestClusterKubeconfig, _ bool) error {
 		if k.Kubeconfig == string(ep.Kubeconfig) {
 			return record.ErrUnchanged
@@ -91,26 +104,23 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		*k = events.GuestClusterKubeconfig{Namespace: ns, Name: name, Kubeconfig: string(ep.Kubeconfig)}
 		return nil
 	}); err != nil {
-		return err
+		return nil, err
 	}
-	rec, err = s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+	now := time.Now().UTC()
+	return s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
 		if r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
 		}
 		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.HasKubeconfig {
 			return record.ErrUnchanged
 		}
+		if r.Phase != events.GuestClusterPhaseReady || r.ReadyAt == nil {
+			r.ReadyAt = &now
+		}
 		r.Phase, r.Endpoint, r.HasKubeconfig = events.GuestClusterPhaseReady, ep.URL, true
 		r.Identity = bus.GuestClusterIdentity(ns, name).Name
-		r.ReadyAt = &now
 		return nil
 	})
-	if err != nil {
-		return err
-	}
-	s.log.Info("guest cluster ready", "guestcluster", key, "endpoint", rec.Endpoint)
-	return s.out.Emit(ctx, &m.Event, &events.GuestClusterReady{
-		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
 }
 
 // Reasons of a refused change to a guest cluster that runs: it is left as

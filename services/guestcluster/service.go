@@ -196,25 +196,38 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// resyncLoop restarts the control plane of every Ready guest cluster whose
-// process is gone (after a restart of the supervisor, say).
+// resyncLoop runs resync every ResyncInterval.
 func (s *Service) resyncLoop(ctx context.Context) {
-	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", func(ctx context.Context) error {
-		recs, err := s.clusters.List(ctx)
-		if err != nil {
-			return err
+	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", s.resync)
+}
+
+// resync ensures the control plane of every Ready guest cluster (starting
+// again one whose process or VM is gone, after a restart of the
+// supervisor, say), records its endpoint when it moved, and refreshes its
+// nodes.
+func (s *Service) resync(ctx context.Context) error {
+	recs, err := s.clusters.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.Phase != events.GuestClusterPhaseReady {
+			continue
 		}
-		for _, r := range recs {
-			if r.Phase != events.GuestClusterPhaseReady {
-				continue
-			}
-			if _, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec); err != nil && ctx.Err() == nil {
-				s.log.Warn("resync: control plane", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
-			}
-			if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {
-				s.log.Warn("resync: worker nodes", "guestcluster", r.Namespace+"/"+r.Name, "err", err)
-			}
+		key := r.Namespace + "/" + r.Name
+		ep, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec)
+		if err == nil && ep.URL != r.Endpoint {
+			s.log.Info("guest cluster endpoint moved", "guestcluster", key, "from", r.Endpoint, "to", ep.URL)
 		}
-		return nil
-	})
+		if err == nil {
+			_, err = s.recordEndpoint(ctx, r.Key(), r.Namespace, r.Name, ep)
+		}
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("resync: control plane", "guestcluster", key, "err", err)
+		}
+		if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {
+			s.log.Warn("resync: worker nodes", "guestcluster", key, "err", err)
+		}
+	}
+	return nil
 }

@@ -34,6 +34,9 @@ type recordingControlPlanes struct {
 	ensured map[string]ControlPlane
 	removed []string
 	fail    error
+	// url is the endpoint Ensure answers (https://127.0.0.1:6443 when
+	// empty).
+	url string
 }
 
 func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (Endpoint, error) {
@@ -43,7 +46,11 @@ func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (End
 		return Endpoint{}, r.fail
 	}
 	r.ensured[cp.Namespace+"/"+cp.Name] = cp
-	return Endpoint{URL: "https://127.0.0.1:6443", Kubeconfig: []byte("apiVersion: v1\nkind: Config\n")}, nil
+	url := r.url
+	if url == "" {
+		url = "https://127.0.0.1:6443"
+	}
+	return Endpoint{URL: url, Kubeconfig: []byte("apiVersion: v1\nkind: Config\nclusters:\n- cluster: {server: " + url + "}\n")}, nil
 }
 
 func (r *recordingControlPlanes) Remove(_ context.Context, ns, name string) error {
@@ -63,6 +70,7 @@ type harness struct {
 	auth *bus.Authority
 	nats bus.ConnConfig // URL and CA of the server
 	evs  chan event.Event
+	svc  *Service
 	// skipped are events await passed over, oldest first.
 	skipped []event.Event
 }
@@ -90,6 +98,7 @@ func start(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.svc = svc
 	testenv.Run(t, Name, svc.Run)
 	ctx := t.Context()
 	for _, stream := range []string{events.StreamGuestClusters, events.StreamPods, events.StreamVMs} {
@@ -456,4 +465,33 @@ func TestControlPlaneCountIsFixedAtCreation(t *testing.T) {
 	}
 	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
 	h.await(t, events.TypeGuestClusterReady)
+}
+
+// TestResyncRecordsAMovedEndpoint: a control plane started again at
+// another address (the supervisor restarted: a new published port) is
+// recorded by the resync, endpoint and kubeconfig, so what `get
+// guestcluster --kubeconfig` hands out next reaches it; the cluster stays
+// Ready since it was.
+func TestResyncRecordsAMovedEndpoint(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+	first := h.record(t, "team-a", "gc1")
+
+	h.cps.mu.Lock()
+	h.cps.url = "https://127.0.0.1:7443"
+	h.cps.mu.Unlock()
+	if err := h.svc.resync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec := h.record(t, "team-a", "gc1")
+	if rec.Endpoint != "https://127.0.0.1:7443" || rec.Phase != events.GuestClusterPhaseReady || rec.ReadyAt == nil || !rec.ReadyAt.Equal(*first.ReadyAt) {
+		t.Errorf("record after the resync: %s %s ready at %v, want Ready at https://127.0.0.1:7443 since %v", rec.Phase, rec.Endpoint, rec.ReadyAt, first.ReadyAt)
+	}
+	kkv, _ := h.b.KV(ctx, events.BucketGuestClusterKubeconfigs)
+	if ke, err := kkv.Get(ctx, events.GuestClusterRecordKey("team-a", "gc1")); err != nil || !strings.Contains(string(ke.Value()), "https://127.0.0.1:7443") {
+		t.Errorf("kubeconfig after the resync: %v, want the new endpoint", err)
+	}
 }
