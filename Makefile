@@ -39,6 +39,7 @@ up: build ## Start the all-in-one datacenter and every service (Ctrl-C stops it)
 
 test: build ## Run the unit and integration tests of every module (needs redis-server on PATH)
 	PODVISOR_BIN=$(CURDIR)/$(BIN) PODVISOR_GUEST_BIN=$(wildcard $(CURDIR)/bin/podvisor-guest) $(GO) test $(TEST_FLAGS) $(MODULES)
+	cd guestcluster && GOWORK=off $(GO) test $(TEST_FLAGS) ./...
 
 # test-e2e includes the short fault-injection run (TestFaultInjection: 40 pods
 # on a 3-node NATS cluster with two processes per service while processes, NATS

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	corev1 "k8s.io/api/core/v1"
@@ -30,7 +31,9 @@ func (s *Supervisor) ask(ctx context.Context, op string, req any) (*events.Guest
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.NC.RequestWithContext(ctx, s.subject(op), data)
+	msg, ctx, cancel := request(ctx, s.subject(op), data)
+	defer cancel()
+	m, err := s.NC.RequestMsgWithContext(ctx, msg)
 	if err != nil {
 		return nil, fmt.Errorf("supervisor %s: %w", op, err)
 	}
@@ -42,6 +45,32 @@ func (s *Supervisor) ask(ctx context.Context, op string, req any) (*events.Guest
 		return &r, errors.New(r.Error)
 	}
 	return &r, nil
+}
+
+// headerReplyBy is shared/bus.HeaderReplyBy, the time (RFC 3339) until
+// which a requester waits for its answer: the supervisor drops a request
+// whose requester has stopped waiting rather than, say, create a pod no
+// one hears of. (shared/bus itself is not linked into podvisor-guest: it
+// carries the NATS server.)
+const headerReplyBy = "Pv-Reply-By"
+
+// replyWithin bounds the wait of a request whose context has no deadline
+// (shared/bus.AnswerWindow).
+const replyWithin = time.Minute
+
+// request is a request message to subject saying until when its
+// requester waits (ctx's deadline, at most replyWithin from now), and the
+// context to wait with, bounded the same way.
+func request(ctx context.Context, subject string, data []byte) (*nats.Msg, context.Context, context.CancelFunc) {
+	by := time.Now().Add(replyWithin)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(by) {
+		by = dl
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(headerReplyBy, by.UTC().Format(time.RFC3339Nano))
+	ctx, cancel := context.WithDeadline(ctx, by)
+	return msg, ctx, cancel
 }
 
 // CreatePod asks for the guest pod; the answer names the supervisor pod.
