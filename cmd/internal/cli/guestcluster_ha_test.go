@@ -30,8 +30,10 @@ import (
 // through the endpoint (from the other members' API servers, so their
 // etcd holds it), another member takes the node over, and a pod run
 // with kubectl then becomes a Running pod VM whose log kubectl reads.
-// The member's VM powered on again rejoins. A changed count is refused;
-// deleting the guest cluster deletes all three VMs.
+// A pod on the worker node (its VM's node reaches the API servers through
+// the endpoint) has its log read through each member left. The member's
+// VM powered on again rejoins. A changed count is refused; deleting the
+// guest cluster deletes all its VMs.
 func TestGuestClusterControlPlaneSurvivesLosingAMember(t *testing.T) {
 	sys, dir := guestClustersUp(t, 3)
 
@@ -44,7 +46,7 @@ spec: {cpus: 2, memory: 4Gi}
 apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: ha, namespace: team-a}
-spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers: {replicas: 0, className: small}}
+spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers: {replicas: 1, className: small}}
 `, cps)
 	}
 	if out, errOut, code := run(t, dir, manifest(3), "apply", "-f", "-"); code != 0 {
@@ -83,6 +85,12 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 			t.Errorf("control-plane VM %s: etcd members %v, want member-0, member-1 and member-2", name, got)
 		}
 	}
+	// The worker node runs in its VM, which reaches the API servers
+	// through the endpoint; each member reaches its kubelet API.
+	waitFor(t, "worker node ha-worker-0 Ready", 3*time.Minute, func() bool {
+		out, err := kubectl("get", "node", "ha-worker-0", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
+		return err == nil && out == "True"
+	})
 	if out, err := kubectl("create", "configmap", "before", "--from-literal=written=before-the-loss"); err != nil {
 		t.Fatalf("kubectl create configmap: %v\n%s", err, out)
 	}
@@ -150,6 +158,22 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 			return err == nil && strings.Contains(out, "hello after the loss")
 		})
 	}
+	// A pod on the worker node: its log comes through the worker VM's
+	// kubelet API, which each member left reaches in its own guest.
+	if out, err := kubectl("run", "on-worker", "--image="+image, "--restart=Never",
+		`--overrides={"apiVersion":"v1","spec":{"nodeSelector":{"podvisor.io/worker":"small"}}}`, "--", "sh", "-c", "echo hello from the worker; sleep 3600"); err != nil {
+		t.Fatalf("kubectl run on-worker: %v\n%s", err, out)
+	}
+	waitFor(t, "pod on-worker bound to ha-worker-0 and Running", 2*time.Minute, func() bool {
+		out, err := kubectl("get", "pod", "on-worker", "-o", "jsonpath={.spec.nodeName} {.status.phase}")
+		return err == nil && out == "ha-worker-0 Running"
+	})
+	for i := range 2 {
+		waitFor(t, fmt.Sprintf("kubectl logs on-worker (%d)", i), time.Minute, func() bool {
+			out, err := kubectl("logs", "on-worker")
+			return err == nil && strings.Contains(out, "hello from the worker")
+		})
+	}
 	// The member's VM powered on again rejoins: its API server answers
 	// from its own etcd member, which has caught up with what was
 	// written while it was off.
@@ -184,15 +208,16 @@ spec: {version: v1.37.2, controlPlane: {replicas: %d, className: small}, workers
 	if out, errOut, code := run(t, dir, "", "delete", "guestcluster", "ha", "-n", "team-a"); code != 0 {
 		t.Fatalf("delete guestcluster: %d %s %s", code, out, errOut)
 	}
-	waitFor(t, "the guest cluster, its pod and its three control-plane VMs gone", 3*time.Minute, func() bool {
+	waitFor(t, "the guest cluster, its pods, its worker and its three control-plane VMs gone", 3*time.Minute, func() bool {
 		gone := 0
-		for _, args := range [][]string{{"pod", "ha-default-bb"}, {"guestcluster", "ha"},
-			{"vm", "ha-control-plane-0"}, {"vm", "ha-control-plane-1"}, {"vm", "ha-control-plane-2"}} {
+		all := [][]string{{"pod", "ha-default-bb"}, {"pod", "ha-default-on-worker"}, {"guestcluster", "ha"}, {"vm", "ha-worker-0"},
+			{"vm", "ha-control-plane-0"}, {"vm", "ha-control-plane-1"}, {"vm", "ha-control-plane-2"}}
+		for _, args := range all {
 			if _, _, code := run(t, dir, "", append(append([]string{"get"}, args...), "-n", "team-a")...); code != 0 {
 				gone++
 			}
 		}
-		return gone == 5
+		return gone == len(all)
 	})
 }
 
