@@ -99,7 +99,7 @@ func TestPruneRemovesOldFinishedRecords(t *testing.T) {
 	w := newWorld(t, 1, 1)
 	cfg := testConfig()
 	cfg.RecordRetention = time.Hour
-	svc := newServiceForTest(t, w, cfg)
+	svc := w.newService(cfg)
 	w.svc = svc
 	ctx := t.Context()
 	now := time.Now().UTC()

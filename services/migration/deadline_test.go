@@ -36,7 +36,7 @@ func TestRelocationPastItsDeadlineFreesItsSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.migrate("stuck-1", stuck, h[1])
-	eventually(t, "the first migration relocates", func() bool { return w.migrationPhase("stuck-1") == events.PhaseRelocating })
+	w.Eventually("the first migration relocates", func() bool { return w.migrationPhase("stuck-1") == events.PhaseRelocating })
 	relocating := time.Now()
 	if err := w.dc.SetTaskDelay("RelocateVm", 0); err != nil {
 		t.Fatal(err)

@@ -84,19 +84,19 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	}
 
 	w.publish("podvisor/cli", events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: h[0]})
-	eventually(t, "the host leaves maintenance mode", func() bool {
+	w.Eventually("the host leaves maintenance mode", func() bool {
 		host, err := w.vm.Host(t.Context(), h[0])
 		return err == nil && !host.Maintenance
 	})
-	eventually(t, "the drain record says Uncordoned", func() bool { return w.drainRecord(h[0]).Phase == events.DrainPhaseUncordoned })
-	eventually(t, "host.uncordoned announced", func() bool {
+	w.Eventually("the drain record says Uncordoned", func() bool { return w.drainRecord(h[0]).Phase == events.DrainPhaseUncordoned })
+	w.Eventually("host.uncordoned announced", func() bool {
 		u := testenv.Distinct[events.HostUncordoned](w.Env, nil)
 		return len(u) == 1 && u[0].Name == h[0]
 	})
 
 	// A client asks for a cordon; migration announces it.
 	w.publish("podvisor/cli", events.TypeHostCordonRequested, &events.HostCordonRequested{Name: h[1]})
-	eventually(t, "host.cordoned for the request", func() bool {
+	w.Eventually("host.cordoned for the request", func() bool {
 		for _, c := range testenv.Distinct[events.HostCordoned](w.Env, nil) {
 			if c.Name == h[1] && c.Reason == "Manual" {
 				return true
@@ -157,7 +157,7 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 	}
 	// The scheduler's inventory watch would publish this.
 	w.publish("podvisor/scheduler", events.TypeHostLost, &events.HostLost{Name: h[1], Cluster: w.clusterOf(h[1]), Reason: "NotResponding"})
-	eventually(t, "every pod runs on another host", func() bool {
+	w.Eventually("every pod runs on another host", func() bool {
 		for _, p := range pods {
 			r := w.podRecord(p.name)
 			if r.Phase != events.PodPhaseRunning || r.Host == h[1] {
@@ -195,7 +195,7 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.publish("podvisor/scheduler", events.TypeHostRecovered, &events.HostRecovered{Name: h[1], Cluster: w.clusterOf(h[1])})
-	eventually(t, "the leftover VMs are removed", func() bool {
+	w.Eventually("the leftover VMs are removed", func() bool {
 		for _, p := range pods {
 			if w.vmExists(p.vm) {
 				return false
@@ -226,7 +226,7 @@ func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseProvisioning })
 
 	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
-	eventually(t, "the first pass moved the running pod", func() bool {
+	w.Eventually("the first pass moved the running pod", func() bool {
 		return len(testenv.Distinct[events.MigrationCompleted](w.Env, nil)) == 1
 	})
 	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseStarting })
@@ -278,7 +278,7 @@ func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
 	w := newWorld(t, 1, 3)
 	cfg := testConfig()
 	cfg.SweepInterval = time.Minute
-	svc := newServiceForTest(t, w, cfg)
+	svc := w.newService(cfg)
 	svc.store.drains = &laggingDrainKV{KeyValue: svc.store.drains, phase: events.DrainPhaseEnteringMaintenance}
 	w.runService(svc)
 	h := w.clusterHosts(0)

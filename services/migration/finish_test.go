@@ -49,7 +49,7 @@ func TestRequestRightAfterAFailureIsTaken(t *testing.T) {
 	if typ != events.TypeMigrationCompleted {
 		t.Fatalf("the request made on hearing the failure ended with %s %+v, want completed", typ, payload)
 	}
-	eventually(t, "again-1's announcement no longer pending", func() bool {
+	w.Eventually("again-1's announcement no longer pending", func() bool {
 		r, err := w.svc.store.migration(context.Background(), "again-1")
 		return err == nil && r != nil && !r.AnnouncePending
 	})
@@ -72,5 +72,5 @@ func TestKilledBeforeAnnouncingIsAnnouncedByTheNextLeader(t *testing.T) {
 	}
 	w.start(cfg)
 	w.wantCompletedOnly("mute-1", p, h[1])
-	eventually(t, "the announcement no longer pending", func() bool { return !w.migration("mute-1").AnnouncePending })
+	w.Eventually("the announcement no longer pending", func() bool { return !w.migration("mute-1").AnnouncePending })
 }

@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -81,29 +80,23 @@ func testConfig() Config {
 	return cfg
 }
 
-// start runs the service until the test ends.
-func (w *world) start(cfg Config) *Service {
-	w.t.Helper()
-	return w.runService(newServiceForTest(w.t, w, cfg))
-}
+// start runs the service until the test ends; newService makes one,
+// which runService runs until the test ends or w.stop is called.
+func (w *world) start(cfg Config) *Service { return w.runService(w.newService(cfg)) }
 
-func newServiceForTest(t *testing.T, w *world, cfg Config) *Service {
-	t.Helper()
-	svc, err := newService(cfg, w.bus, w.vm, testLogger(t))
+func (w *world) newService(cfg Config) *Service {
+	w.t.Helper()
+	svc, err := newService(cfg, w.bus, w.vm, testenv.Logger().With("test", w.t.Name()))
 	if err != nil {
-		t.Fatalf("new service: %v", err)
+		w.t.Fatalf("new service: %v", err)
 	}
 	return svc
 }
 
-// runService runs svc until the test ends or w.stop is called.
 func (w *world) runService(svc *Service) *Service {
-	w.svc = svc
-	w.stop = w.Run(Name, svc.Run)
+	w.svc, w.stop = svc, w.Run(Name, svc.Run)
 	return svc
 }
-
-func testLogger(t *testing.T) *slog.Logger { return testenv.Logger().With("test", t.Name()) }
 
 // vmHost is where vCenter says a VM runs, and its resource pool.
 func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool types.ManagedObjectReference) {
@@ -114,12 +107,7 @@ func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool type
 func (w *world) vmExists(ref types.ManagedObjectReference) bool { return simtest.VMExists(w.vc, ref) }
 
 func (w *world) podRecord(name string) *events.PodRecord {
-	w.t.Helper()
-	r, _, err := w.pods.Get(context.Background(), events.PodRecordKey("default", name))
-	if err != nil || r == nil {
-		w.t.Fatalf("pod %s: %v %v", name, r, err)
-	}
-	return r
+	return testenv.MustGet[events.PodRecord](w.Env, events.BucketPods, events.PodRecordKey("default", name))
 }
 
 func (w *world) migration(id string) *events.MigrationRecord {
@@ -169,11 +157,6 @@ func (w *world) waitEnd(id string) (string, any) {
 		return false
 	})
 	return s.Event.Type(), s.Payload
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	testenv.Eventually(t, what, testenv.Timeout, cond)
 }
 
 func vmRef(v string) types.ManagedObjectReference {

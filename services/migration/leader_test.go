@@ -28,7 +28,7 @@ func (w *world) startReplica(cfg Config) *replica {
 		w.t.Fatalf("connect: %v", err)
 	}
 	w.t.Cleanup(b.Close)
-	svc, err := newService(cfg, b, w.vm, testLogger(w.t))
+	svc, err := newService(cfg, b, w.vm, testenv.Logger().With("test", w.t.Name()))
 	if err != nil {
 		w.t.Fatalf("new service: %v", err)
 	}
@@ -71,7 +71,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 	cfg.LeaseTTL = 3 * time.Second
 	a := w.startReplica(cfg)
 	b := w.startReplica(cfg)
-	eventually(t, "one replica leads", func() bool { return a.leading() != b.leading() })
+	w.Eventually("one replica leads", func() bool { return a.leading() != b.leading() })
 	active, standby := a, b
 	if b.leading() {
 		active, standby = b, a
@@ -104,7 +104,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 
 	// The final events go out before the records are final; stopping in
 	// between would leave the next leader to finish the record first.
-	eventually(t, "every record is final", func() bool {
+	w.Eventually("every record is final", func() bool {
 		for i := range 10 {
 			if !events.MigrationPhaseFinal(w.migrationPhase(fmt.Sprintf("race-%d", i))) {
 				return false
@@ -114,7 +114,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 	})
 	stopped := time.Now()
 	active.stop()
-	eventually(t, "the standby leads", standby.leading)
+	w.Eventually("the standby leads", standby.leading)
 	// The active replica released the lease on its way out, so the standby
 	// did not wait for it to expire.
 	if took := time.Since(stopped); took > cfg.LeaseTTL {

@@ -140,7 +140,7 @@ func TestCancel(t *testing.T) {
 	}
 	cfg := testConfig()
 	cfg.Limits.PerSourceHost = 1
-	svc := newServiceForTest(t, w, cfg)
+	svc := w.newService(cfg)
 	gate := make(chan struct{})
 	held := make(chan struct{}, 1)
 	svc.hooks.beforeRelocate = func(id string) {
@@ -158,7 +158,7 @@ func TestCancel(t *testing.T) {
 	w.migrate("moving", first, h[2])
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "moving" && v.Phase == events.PhaseRelocating })
 	w.migrate("waiting", second, h[3])
-	eventually(t, "waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
+	w.Eventually("waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
 	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "waiting", Namespace: "default", Pod: "second"}})
 	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "moving", Namespace: "default", Pod: "first"}})
 
@@ -169,7 +169,7 @@ func TestCancel(t *testing.T) {
 	if typ, payload := w.waitEnd("moving"); typ != events.TypeMigrationCompleted {
 		t.Errorf("moving ended with %s %+v: a cancel after relocating began must be refused", typ, payload)
 	}
-	eventually(t, "moving's record is final", func() bool { return w.migrationPhase("moving") == events.MigrationPhaseCompleted })
+	w.Eventually("moving's record is final", func() bool { return w.migrationPhase("moving") == events.MigrationPhaseCompleted })
 	if r := w.migration("moving"); !r.CancelRequested || r.Phase != events.MigrationPhaseCompleted {
 		t.Errorf("moving record %s, cancelRequested %v: want Completed with the refused cancel noted", r.Phase, r.CancelRequested)
 	}
@@ -186,7 +186,7 @@ func TestCancel(t *testing.T) {
 		t.Fatal("held never reached the relocation checkpoint")
 	}
 	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "held", Namespace: "default", Pod: "third"}})
-	eventually(t, "the cancel is recorded", func() bool { return w.migration("held").CancelRequested })
+	w.Eventually("the cancel is recorded", func() bool { return w.migration("held").CancelRequested })
 	close(gate)
 	if typ, payload := w.waitEnd("held"); typ != events.TypeMigrationCancelled {
 		t.Errorf("held ended with %s %+v, want cancelled", typ, payload)
@@ -194,7 +194,7 @@ func TestCancel(t *testing.T) {
 	if got, _ := w.vmHost(third.vm); got != h[1] {
 		t.Errorf("cancelled pod moved to %s", got)
 	}
-	eventually(t, "held's record says Cancelled", func() bool { return w.migrationPhase("held") == events.MigrationPhaseCancelled })
+	w.Eventually("held's record says Cancelled", func() bool { return w.migrationPhase("held") == events.MigrationPhaseCancelled })
 }
 
 // raceForOnePod sends ten migration requests for p at once (race-0 …

@@ -45,7 +45,7 @@ func TestMigrateToNamedHost(t *testing.T) {
 		t.Errorf("progress phases %v, want %v", phases, want)
 	}
 	// The event goes out before the record is final.
-	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-to") == events.MigrationPhaseCompleted })
+	w.Eventually("the record is final", func() bool { return w.migrationPhase("m-to") == events.MigrationPhaseCompleted })
 	r := w.migration("m-to")
 	if r.VMRef != p.vm.Value {
 		t.Errorf("record vmRef %q, want %s", r.VMRef, p.vm.Value)
@@ -87,7 +87,7 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 	if want := w.dc.Clusters()[1].ResourcePool; pool != want {
 		t.Errorf("VM in pool %s, want %s (cluster-2's)", pool.Value, want.Value)
 	}
-	eventually(t, "the provisioner's record follows", func() bool { return w.podRecord("api").Host == b[1] })
+	w.Eventually("the provisioner's record follows", func() bool { return w.podRecord("api").Host == b[1] })
 }
 
 // TestTargetLackingNetworkIsRefused: a pod on "backend" (cluster-1 only)
@@ -114,7 +114,7 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 	if got, _ := w.vmHost(p.vm); got != a[0] {
 		t.Errorf("VM moved to %s despite the refusal", got)
 	}
-	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-net") == events.MigrationPhaseFailed })
+	w.Eventually("the record is final", func() bool { return w.migrationPhase("m-net") == events.MigrationPhaseFailed })
 	r := w.migration("m-net")
 	if r.Phase != events.MigrationPhaseFailed || r.Reason != ReasonNetworkMissingOnTarget {
 		t.Errorf("record %s/%s, want Failed/%s", r.Phase, r.Reason, ReasonNetworkMissingOnTarget)
@@ -152,7 +152,7 @@ func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
 		}
 		// The final event goes out before the record is final; the next
 		// migration of the pod is refused until it is (AlreadyMigrating).
-		eventually(t, id+"'s record is final", func() bool { return events.MigrationPhaseFinal(w.migrationPhase(id)) })
+		w.Eventually(id+"'s record is final", func() bool { return events.MigrationPhaseFinal(w.migrationPhase(id)) })
 	}
 	if got, _ := w.vmHost(p.vm); got != h[0] {
 		t.Errorf("VM moved to %s", got)
@@ -174,7 +174,7 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 	if typ, _ := w.waitEnd("ghost-1"); typ != events.TypeMigrationRejected {
 		t.Fatalf("ghost-1 ended with %s", typ)
 	}
-	eventually(t, "the refusal is recorded", func() bool { return w.migrationPhase("ghost-1") == events.MigrationPhaseRejected })
+	w.Eventually("the refusal is recorded", func() bool { return w.migrationPhase("ghost-1") == events.MigrationPhaseRejected })
 	if r := w.migration("ghost-1"); r.Reason != "NotFound" || !strings.Contains(r.Message, "ghost") {
 		t.Errorf("record %s: %s, want the scheduler's NotFound", r.Reason, r.Message)
 	}
@@ -215,5 +215,5 @@ func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
 	if f.Reason != ReasonPrecheckFailed || !strings.Contains(f.Message, "gave up after 3 attempts") || !strings.Contains(f.Message, "Fault injected") {
 		t.Errorf("migration.failed = %+v; want PrecheckFailed naming vCenter's fault, after 3 attempts", f)
 	}
-	eventually(t, "the record is final", func() bool { return w.migrationPhase("m-stuck") == events.MigrationPhaseFailed })
+	w.Eventually("the record is final", func() bool { return w.migrationPhase("m-stuck") == events.MigrationPhaseFailed })
 }

@@ -51,7 +51,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 	if got.Name != on.name || got.Host != h[0] || got.Reason != ReasonNetworkLost || !strings.Contains(got.Message, "edge") {
 		t.Errorf("evicted %+v, want %s from %s with %s naming edge", got, on.name, h[0], ReasonNetworkLost)
 	}
-	eventually(t, "on-edge restarted elsewhere", func() bool { return w.podRecord("on-edge").Host == h[1] })
+	w.Eventually("on-edge restarted elsewhere", func() bool { return w.podRecord("on-edge").Host == h[1] })
 	// Once the event is handled, only the pod on edge was evicted.
 	w.networkEventsHandled()
 	for _, v := range testenv.Distinct[events.PodEvicted](w.Env, nil) {
@@ -91,7 +91,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 	w.migrate("away", moving, h[2])
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "away" && v.Phase == events.PhaseRelocating })
 	w.migrate("queued", waiting, h[3])
-	eventually(t, "queued is queued", func() bool { return w.migrationPhase("queued") == events.PhaseQueued })
+	w.Eventually("queued is queued", func() bool { return w.migrationPhase("queued") == events.PhaseQueued })
 	w.migrate("onto", incoming, h[0])
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "onto" && v.Phase == events.PhaseRelocating })
 
@@ -115,7 +115,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 		}
 		return out
 	}
-	eventually(t, "still, waiting and incoming evicted", func() bool { return len(evicted()) >= 3 })
+	w.Eventually("still, waiting and incoming evicted", func() bool { return len(evicted()) >= 3 })
 	w.networkEventsHandled()
 	got := evicted()
 	for _, p := range []pod{still, waiting, incoming} {
@@ -130,7 +130,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 		}
 	}
 	for _, p := range []pod{still, waiting, incoming} {
-		eventually(t, p.name+" restarted elsewhere", func() bool { r := w.podRecord(p.name); return r.Generation == 1 && r.Host != h[0] })
+		w.Eventually(p.name+" restarted elsewhere", func() bool { r := w.podRecord(p.name); return r.Generation == 1 && r.Host != h[0] })
 	}
 	if r := w.podRecord("moving"); r.Host != h[2] {
 		t.Errorf("moving's record on %s, want %s where its vMotion took it", r.Host, h[2])
@@ -141,7 +141,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 // event published so far.
 func (w *world) networkEventsHandled() {
 	w.t.Helper()
-	eventually(w.t, "network events handled", func() bool {
+	w.Eventually("network events handled", func() bool {
 		st, err := w.bus.JetStream().Stream(w.t.Context(), events.StreamNetworks)
 		if err != nil {
 			return false

@@ -92,7 +92,7 @@ func (w *world) wantDrainedOnePod(host string, p pod) {
 
 func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
 	w.t.Helper()
-	svc := newServiceForTest(w.t, w, cfg)
+	svc := w.newService(cfg)
 	svc.hooks.step = f.step
 	return w.runService(svc)
 }
@@ -134,7 +134,7 @@ func (w *world) wantCompletedOnly(id string, p pod, target string) {
 	if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
 		w.t.Fatalf("%s ended with %s %+v, want completed", id, typ, payload)
 	}
-	eventually(w.t, "the record is Completed", func() bool { return w.migrationPhase(id) == events.MigrationPhaseCompleted })
+	w.Eventually("the record is Completed", func() bool { return w.migrationPhase(id) == events.MigrationPhaseCompleted })
 	if got, _ := w.vmHost(p.vm); got != target {
 		w.t.Errorf("VM on %s, want %s", got, target)
 	}

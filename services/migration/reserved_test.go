@@ -116,7 +116,7 @@ func (k *flakyKV) Update(ctx context.Context, key string, value []byte, last uin
 // startFlaky runs the service with KV `migrations` behind a flakyKV.
 func (w *world) startFlaky(cfg Config) *flakyKV {
 	w.t.Helper()
-	svc := newServiceForTest(w.t, w, cfg)
+	svc := w.newService(cfg)
 	kv := newFlakyKV(svc.store.migs)
 	svc.store.migs = kv
 	w.runService(svc)
@@ -148,7 +148,7 @@ func (w *world) requestSilently(id string, p pod) {
 	w.t.Helper()
 	w.sched.silence(id)
 	w.migrate(id, p, "")
-	eventually(w.t, "the request is recorded Pending", func() bool { return w.migrationPhase(id) == events.MigrationPhasePending })
+	w.Eventually("the request is recorded Pending", func() bool { return w.migrationPhase(id) == events.MigrationPhasePending })
 }
 
 // TestReservationMeetingALaggingReadIsQueued is the 07:16 run's lost
@@ -245,7 +245,7 @@ func (k stalledKV) WatchAll(context.Context, ...jetstream.WatchOpt) (jetstream.K
 // retries it.
 func TestAStalledListingEndsInAnError(t *testing.T) {
 	w := newWorld(t, 1, 2)
-	svc := newServiceForTest(t, w, testConfig())
+	svc := w.newService(testConfig())
 	defer func(d time.Duration) { listTimeout = d }(listTimeout)
 	listTimeout = 200 * time.Millisecond
 	done := make(chan error, 1)

@@ -28,7 +28,7 @@ func TestRestartResumesMigrations(t *testing.T) {
 	for i, p := range pods {
 		w.migrate(fmt.Sprintf("resume-%d", i), p, h[1+i])
 	}
-	eventually(t, "one relocates and two are queued", func() bool {
+	w.Eventually("one relocates and two are queued", func() bool {
 		relocating, queued := 0, 0
 		for i := range pods {
 			switch w.migrationPhase(fmt.Sprintf("resume-%d", i)) {

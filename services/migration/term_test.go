@@ -22,7 +22,7 @@ func TestAFailedConsumerEndsTheTermAndItsDrains(t *testing.T) {
 	p := w.runPod("held", h[0])
 	// The scheduler does not answer the drain's migration: the drain waits.
 	w.sched.silence(drainMigrationID(h[0], 1, p.uid))
-	svc := newServiceForTest(t, w, testConfig())
+	svc := w.newService(testConfig())
 	w.svc = svc
 	fail := make(chan struct{})
 	svc.hooks.consume = func(ctx context.Context, run func(context.Context) error) error {
@@ -45,7 +45,7 @@ func TestAFailedConsumerEndsTheTermAndItsDrains(t *testing.T) {
 	go func() { ended <- svc.Run(ctx) }()
 
 	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
-	eventually(t, "the drain waits for its migration", func() bool {
+	w.Eventually("the drain waits for its migration", func() bool {
 		return w.migrationPhase(drainMigrationID(h[0], 1, p.uid)) == events.MigrationPhasePending
 	})
 	close(fail)

@@ -178,7 +178,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 	w.start(cfg)
 
 	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
-	eventually(t, "the drain's move of vm1 asked for and recorded", func() bool {
+	w.Eventually("the drain's move of vm1 asked for and recorded", func() bool {
 		c.mu.Lock()
 		n := len(c.held)
 		c.mu.Unlock()
@@ -282,10 +282,10 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 		return ids
 	}
 	move("m-a", "a", c1[0])
-	eventually(t, "m-a admitted", func() bool { return slices.Equal(admitted(), []string{"m-a"}) })
+	w.Eventually("m-a admitted", func() bool { return slices.Equal(admitted(), []string{"m-a"}) })
 	move("m-b", "b", c1[0])
 	move("m-x", "x", c1[0])
-	eventually(t, "m-b and m-x queued behind m-a's room in cluster 1", func() bool {
+	w.Eventually("m-b and m-x queued behind m-a's room in cluster 1", func() bool {
 		b, _ := w.svc.store.migration(context.Background(), "m-b")
 		x, _ := w.svc.store.migration(context.Background(), "m-x")
 		return b != nil && x != nil && b.Phase == events.PhaseQueued && x.Phase == events.PhaseQueued &&
@@ -298,7 +298,7 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 
 	// A queued move cancelled: ended with vm.migrated, never admitted.
 	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "m-x", Namespace: "team-a", Pod: "x"}})
-	eventually(t, "m-x cancelled", func() bool { return w.migrationPhase("m-x") == events.MigrationPhaseCancelled })
+	w.Eventually("m-x cancelled", func() bool { return w.migrationPhase("m-x") == events.MigrationPhaseCancelled })
 	ended := testenv.Distinct[events.VMMigrated](w.Env, func(v *events.VMMigrated) bool { return v.ID == "m-x" })
 	if len(ended) != 1 || ended[0].Reason != "Cancelled" {
 		t.Errorf("vm.migrated of m-x = %+v, want one with reason Cancelled", ended)
@@ -313,7 +313,7 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 	c.holdAdmitted = false
 	c.mu.Unlock()
 	c.finish(a)
-	eventually(t, "m-b admitted and migrated after m-a", func() bool {
+	w.Eventually("m-b admitted and migrated after m-a", func() bool {
 		return w.migrationPhase("m-a") == events.MigrationPhaseCompleted && w.migrationPhase("m-b") == events.MigrationPhaseCompleted
 	})
 	if got := c.vm("team-a", "b").Status.Host; got != c1[0] {

@@ -63,7 +63,7 @@ func startEnv(t testing.TB, o envOptions) *env {
 		if hosts == nil {
 			hosts = e.hostNames()
 		}
-		e.setNetwork(n, hosts, hosts)
+		e.PutNetwork(n, hosts, hosts)
 	}
 	e.led = ledger.New(te.KV(events.BucketLedger))
 	e.stop = e.startScheduler()
@@ -94,9 +94,6 @@ func (e *env) startScheduler() (stop func()) {
 }
 
 func (e *env) hostNames() []string { return simtest.HostNames(e.dc, "") }
-
-// setNetwork writes network-config's availability read model.
-func (e *env) setNetwork(name string, realized, scope []string) { e.PutNetwork(name, realized, scope) }
 
 func (e *env) hostRecords() map[string]events.HostRecord {
 	out := map[string]events.HostRecord{}

@@ -55,7 +55,7 @@ func TestCandidateRefusingTheNetworkIsSkipped(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, networks: map[string][]string{}})
 	hosts := e.hostNames()
 	x := hosts[0]
-	e.setNetwork("default", []string{x}, hosts)
+	e.PutNetwork("default", []string{x}, hosts)
 	asked := e.answerAvailability(map[string]string{x: events.NetworkOnHostFailed})
 
 	e.accept(testPod("web", "100m", "64Mi"))

@@ -64,7 +64,7 @@ func (e *env) allocations(host string) map[string]events.Allocation {
 func TestMigrationPlacement(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 2})
 	c1, c2 := e.clusterHosts("cluster-1"), e.clusterHosts("cluster-2")
-	e.setNetwork("frontend", c1[:1], c1) // realized on one host, in scope on cluster-1
+	e.PutNetwork("frontend", c1[:1], c1) // realized on one host, in scope on cluster-1
 	acc := e.accept(testPod("web", "1", "2Gi", withNetworks("default,frontend")))
 	s := e.waitScheduled(acc.ObjectKey())
 	if s.Cluster != "cluster-1" {
@@ -257,7 +257,7 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 		t.Fatalf("%+v", u)
 	}
 	host := e.hostNames()[1]
-	e.setNetwork("db", []string{host}, []string{host})
+	e.PutNetwork("db", []string{host}, []string{host})
 	e.PublishAs("podvisor/netconfig", events.TypeNetworkHostReady, "db", &events.NetworkHostReady{Name: "db", Version: 1, Host: host, PortGroup: "pv-db"})
 	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
 		t.Fatalf("placed on %s, db is only on %s", s.Host, host)
