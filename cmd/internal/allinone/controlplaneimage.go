@@ -11,10 +11,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/shared/ociregistry"
@@ -67,6 +69,12 @@ func (s *System) controlPlaneBinary() (string, bool) {
 
 func (s *System) findControlPlaneBinary() (string, bool) {
 	if s.GuestsOff != "" || s.vmOS == "" || s.registry == nil || s.Datacenter == nil || s.Datacenter.Guests() == nil {
+		return "", false
+	}
+	// Only the guest cluster controller of this process uses the image:
+	// without it, pushing a layer the size of kube-apiserver would only
+	// take CPU from everything else at start.
+	if !slices.ContainsFunc(s.cfg.Services, func(sp runner.Spec) bool { return sp.Name == guestcluster.Name }) {
 		return "", false
 	}
 	cfg, err := guestcluster.ConfigFrom(s.settings())
