@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -35,6 +36,10 @@ func lead(ctx context.Context, log *slog.Logger, client kubernetes.Interface, id
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 	}
+	// One term's work at a time: client-go runs OnStartedLeading in a
+	// goroutine of its own, which can still be stopping the last term's
+	// node when the next term begins.
+	var term sync.Mutex
 	for ctx.Err() == nil {
 		// A member whose work ends while it holds the Lease (an error)
 		// gives the Lease up rather than hold it with no node running.
@@ -47,6 +52,11 @@ func lead(ctx context.Context, log *slog.Logger, client kubernetes.Interface, id
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(lctx context.Context) {
 					defer cancel()
+					term.Lock()
+					defer term.Unlock()
+					if lctx.Err() != nil {
+						return
+					}
 					log.Info("this member runs the podvisor node", "lease", NodeLease, "identity", identity)
 					if err := work(lctx, make(chan struct{})); err != nil && lctx.Err() == nil {
 						log.Error("podvisor node", "err", err)
