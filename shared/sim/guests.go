@@ -109,9 +109,17 @@ func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, chang
 				if !ok {
 					continue
 				}
-				if err := b.d.guests.PowerOn(spec); err != nil {
-					b.d.guestLog("power on guest", vm.Name, err)
-				}
+				// The power-on task ends when the VM runs, not when its
+				// guest has booted (as on a real host, whose power-on
+				// does not wait for the guest's OS): the VM is not kept
+				// locked through the boot, and the guest's own reports
+				// say when it runs.
+				booted, name := b.d.guests.BeginPowerOn(spec), vm.Name
+				go func() {
+					if err := <-booted; err != nil {
+						b.d.guestLog("power on guest", name, err)
+					}
+				}()
 			default:
 				if err := b.d.guests.PowerOff(vm.Self.Value); err != nil {
 					b.d.guestLog("power off guest", vm.Name, err)

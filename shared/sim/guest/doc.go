@@ -48,8 +48,13 @@
 //
 // Power-ons of different VMs boot their guests in parallel, a few at a
 // time (parallelStarts): a burst of pods is not started one guest after
-// the other. A power-off (or Close) of a VM whose guest is booting waits
-// for the boot and then stops it. Taking over a standby (standby.go) and
+// the other. Package sim starts a boot with BeginPowerOn, so the power-on
+// task ends when the VM runs, as a real host's does, and not when its
+// guest has booted: a burst's power-on tasks do not hold their VMs (and
+// the clients waiting on the tasks) through the boots queued behind
+// them. Whatever else is done to a VM whose guest is booting (power-off,
+// Close, Move, Reconfigure, Pause, Guest) waits for the boot, so a VM's
+// operations keep their order. Taking over a standby (standby.go) and
 // booting one stay under the manager's lock.
 //
 // # Power and host state

@@ -222,6 +222,9 @@ type Manager struct {
 	starting map[string]chan struct{}
 	// starts counts the boots under way, so Close waits for them.
 	starts sync.WaitGroup
+	// awaiting counts the calls waiting for a boot (awaitStartLocked),
+	// under mu: tests wait on it rather than on time.
+	awaiting int
 	// slots bounds the boots under way at once.
 	slots chan struct{}
 	// standbys are the guests booted ahead of their VM (standby.go), by
@@ -322,34 +325,56 @@ func (m *Manager) CgroupBase() string { return m.cg.base }
 // PowerOn starts a VM's guest: disks extended to their capacity, a boot
 // config, the VM's cgroup, the channel, and the agent as PID 1 of new
 // mount, pid, uts, ipc and net namespaces. A VM whose guest runs already
-// is left alone; a VM whose guest is booting waits for that boot.
+// is left alone; a VM whose guest is booting waits for that boot. It
+// returns once the guest runs (see BeginPowerOn).
 //
 // Guests of different VMs boot in parallel (up to parallelStarts at once):
 // the boot runs outside the manager's lock, and the guest is listed (and
 // its NICs plugged and frozen as its host is) under the lock once it
 // runs. Taking over a standby (VM.Standby) stays under the lock: it forks
 // nothing.
-func (m *Manager) PowerOn(vm VM) error {
+func (m *Manager) PowerOn(vm VM) error { return <-m.BeginPowerOn(vm) }
+
+// BeginPowerOn starts a VM's guest as PowerOn does, but returns as soon as
+// the boot is under way, as a hypervisor's power-on ends when the VM runs
+// and not when its guest has booted; the channel says how the boot ended.
+// Until it has, what else is done to the VM's guest (PowerOff, Destroy,
+// Move, Reconfigure, Pause, Guest) waits for it, so the order of a VM's
+// operations is the order of the calls. A standby taken over, or a guest
+// that runs already, is done before it returns.
+func (m *Manager) BeginPowerOn(vm VM) <-chan error {
+	res := make(chan error, 1)
 	m.mu.Lock()
 	if err := m.awaitStartLocked(vm.Key); err != nil {
 		m.mu.Unlock()
-		return err
+		res <- err
+		return res
 	}
 	if _, ok := m.guests[vm.Key]; ok {
 		m.mu.Unlock()
-		return nil
+		res <- nil
+		return res
 	}
 	if g, ok := m.adoptStandbyLocked(vm); ok {
 		m.listLocked(g)
 		m.mu.Unlock()
-		return nil
+		res <- nil
+		return res
 	}
 	done := make(chan struct{})
 	m.starting[vm.Key] = done
 	m.starts.Add(1)
 	m.mu.Unlock()
-	defer m.starts.Done()
+	go func() {
+		defer m.starts.Done()
+		res <- m.boot(vm, done)
+	}()
+	return res
+}
 
+// boot runs a fresh boot of vm's guest that BeginPowerOn registered as
+// starting (done), then lists the guest.
+func (m *Manager) boot(vm VM, done chan struct{}) error {
 	m.slots <- struct{}{}
 	g, err := m.start(vm, nil)
 	<-m.slots
@@ -387,9 +412,11 @@ func (m *Manager) awaitStartLocked(key string) error {
 		if !ok {
 			return nil
 		}
+		m.awaiting++
 		m.mu.Unlock()
 		<-done
 		m.mu.Lock()
+		m.awaiting--
 	}
 }
 
@@ -728,6 +755,7 @@ func (m *Manager) Destroy(key string) error {
 func (m *Manager) Move(key, host string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_ = m.awaitStartLocked(key) // a guest booting moves once it runs
 	g, ok := m.guests[key]
 	if !ok {
 		return
@@ -778,6 +806,7 @@ func (m *Manager) freezeLocked(g *guest, frozen bool) {
 func (m *Manager) Pause(key string) (resume func(), err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_ = m.awaitStartLocked(key) // a guest booting is paused once it runs
 	g, ok := m.guests[key]
 	if !ok || g.frozen {
 		return func() {}, nil
@@ -815,10 +844,12 @@ type Info struct {
 	Resumed bool
 }
 
-// Guest describes the running guest of a VM.
+// Guest describes the running guest of a VM; a guest booting is described
+// once it runs.
 func (m *Manager) Guest(key string) (Info, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_ = m.awaitStartLocked(key)
 	g, ok := m.guests[key]
 	if !ok {
 		return Info{}, false

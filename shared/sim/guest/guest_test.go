@@ -108,6 +108,71 @@ func TestGuestsBootInParallel(t *testing.T) {
 	}
 }
 
+// TestBeginPowerOnReturnsBeforeTheBoot starts a boot that cannot finish
+// yet: BeginPowerOn must return at once, and what is asked of the guest
+// meanwhile (Move, Guest) must wait for the boot and then see it, so a
+// VM's operations keep the order in which they were made.
+func TestBeginPowerOnReturnsBeforeTheBoot(t *testing.T) {
+	m := newTestManager(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	m.beforeBoot = func(VM) {
+		close(entered)
+		<-release
+	}
+	vm := testVM(t, 1)
+	booted := m.BeginPowerOn(vm)
+	<-entered
+	select {
+	case err := <-booted:
+		t.Fatalf("the boot ended (%v) while it was held", err)
+	default:
+	}
+	moved := make(chan struct{})
+	go func() {
+		m.Move("vm-1", "host-2")
+		close(moved)
+	}()
+	info := make(chan Info, 1)
+	go func() {
+		i, _ := m.Guest("vm-1")
+		info <- i
+	}()
+	// Both calls must wait for the boot: until they are both waiting, and
+	// while the boot is held, neither can have returned.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		m.mu.Lock()
+		n := m.awaiting
+		m.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		select {
+		case <-moved:
+			t.Fatal("Move returned while the guest was still booting: the move would be lost")
+		case <-info:
+			t.Fatal("Guest returned while the guest was still booting")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d calls wait for the boot, want Move and Guest", n)
+		}
+	}
+	close(release)
+	if err := <-booted; err != nil {
+		t.Fatal(err)
+	}
+	<-moved
+	if i := <-info; i.PID == 0 {
+		t.Fatal("Guest, asked during the boot, did not describe the booted guest")
+	}
+	if i, ok := m.Guest("vm-1"); !ok || i.VM.Host != "host-2" {
+		t.Errorf("after the boot the guest is on %q (running %v), want host-2: the move made during the boot was lost", i.VM.Host, ok)
+	}
+	if err := m.PowerOff("vm-1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestPowerOffAndCloseWaitForABoot powers a VM off, then closes the
 // manager, each while a guest boots: the power-off stops the guest once
 // booted (no guest left running behind it), and Close stops the other and

@@ -122,6 +122,7 @@ func (m *Manager) Carriers(key string) []string {
 func (m *Manager) Reconfigure(vm VM) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	_ = m.awaitStartLocked(vm.Key) // a guest booting is reconfigured once it runs
 	g, ok := m.guests[vm.Key]
 	if !ok || vm.Native != nil {
 		return nil
