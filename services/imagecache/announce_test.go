@@ -23,7 +23,7 @@ func TestImagePulledSurvivesAFailedPublish(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	js := e.bus.JetStream()
+	js := e.Bus.JetStream()
 	st, err := js.Stream(ctx, events.StreamImages)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/redistest"
+	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -78,9 +79,9 @@ func TestNewRequiresDeps(t *testing.T) {
 }
 
 func TestRunRejectsUnknownDatastore(t *testing.T) {
-	e := &env{t: t, vc: startVCenter(t), bus: bustest.Start(t), redis: redistest.Start(t)}
+	e := &env{Env: &testenv.Env{T: t, Bus: bustest.Start(t)}, vc: startVCenter(t), redis: redistest.Start(t)}
 	svc, err := imagecache.New(imagecache.Config{Datastores: []string{"no-such-ds"}}, imagecache.Deps{
-		Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC}, Redis: e.redis})
+		Bus: e.Bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC}, Redis: e.redis})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/ociregistry/registrytest"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -40,8 +39,6 @@ func startVCenter(t testing.TB) *simtest.VCenter {
 // registry.
 type env struct {
 	*testenv.Env
-	t     testing.TB
-	bus   *bus.Bus
 	vc    *simtest.VCenter
 	redis *redis.Client
 	reg   *registrytest.Registry
@@ -56,7 +53,7 @@ func startEnv(t testing.TB, mutate func(*imagecache.Config)) *env {
 func startEnvOn(t testing.TB, vc *simtest.VCenter, mutate func(*imagecache.Config)) *env {
 	t.Helper()
 	te := testenv.Start(t, testenv.Redis())
-	e := &env{Env: te, t: t, bus: te.Bus, vc: vc, redis: te.Redis, reg: registrytest.Start(t)}
+	e := &env{Env: te, vc: vc, redis: te.Redis, reg: registrytest.Start(t)}
 	cfg := imagecache.Config{Workers: 8, LeaseTTL: 2 * time.Second, GCInterval: time.Hour, CheckInterval: 100 * time.Millisecond}
 	if mutate != nil {
 		mutate(&cfg)
@@ -67,11 +64,11 @@ func startEnvOn(t testing.TB, vc *simtest.VCenter, mutate func(*imagecache.Confi
 }
 
 func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
-	e.t.Helper()
-	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC},
+	e.T.Helper()
+	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.Bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC},
 		Redis: e.redis, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return svc
 }
@@ -79,23 +76,14 @@ func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 // accept publishes pod.accepted for a pod of the images, as the provisioner
 // would, and returns its stream sequence.
 func (e *env) accept(name string, images ...string) uint64 {
-	e.t.Helper()
+	e.T.Helper()
 	acc := testenv.Accepted(testenv.Pod(name, images...))
-	return e.publish(events.TypePodAccepted, acc.ObjectKey(), acc)
-}
-
-// publish sends a valid event as its owner would.
-func (e *env) publish(ceType, subject string, data events.Payload) uint64 {
-	e.t.Helper()
-	if err := data.Validate(); err != nil {
-		e.t.Fatalf("test event %s invalid: %v", ceType, err)
-	}
-	return e.PublishAs(events.OwnerSource(ceType), ceType, subject, data)
+	return e.Publish(acc)
 }
 
 // handled waits until the image cache settled the pod event at seq.
 func (e *env) handled(seq uint64) {
-	e.t.Helper()
+	e.T.Helper()
 	e.WaitHandled(events.StreamPods, imagecache.Name+"-"+events.StreamPods, seq)
 }
 

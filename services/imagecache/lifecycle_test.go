@@ -50,8 +50,8 @@ func TestScheduledHostWithoutTheDatastoreGetsACopy(t *testing.T) {
 	}
 	pulledBefore := e.svc.Stats().BytesPulled
 
-	e.publish(events.TypePodScheduled, events.PodKey("default", "near"), &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "near", UID: testenv.UID("near")}, Host: hostLocal, Cluster: "DC0_C0"})
-	e.publish(events.TypePodScheduled, events.PodKey("default", "far"), &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "far", UID: testenv.UID("far")}, Host: "DC0_C0_H1", Cluster: "DC0_C0"})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "near", UID: testenv.UID("near")}, Host: hostLocal, Cluster: "DC0_C0"})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "far", UID: testenv.UID("far")}, Host: "DC0_C0_H1", Cluster: "DC0_C0"})
 	evs := e.WaitFor("both pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
 
 	near, far := readyFor(t, evs, "near").Containers[0], readyFor(t, evs, "far").Containers[0]
@@ -214,7 +214,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	if ev, err := e.svc.CollectGarbage(ctx); err != nil || len(ev) != 0 {
 		t.Fatalf("GC with every chain referenced evicted %+v, %v", ev, err)
 	}
-	e.publish(events.TypePodDeleted, events.PodKey("default", "w1"), &events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "w1", UID: testenv.UID("w1")}, Images: []string{webLayers[0].DiffID}})
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "w1", UID: testenv.UID("w1")}, Images: []string{webLayers[0].DiffID}})
 	waitRefs(t, e, webLayers[2].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
 
@@ -241,7 +241,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	})
 
 	// The worker goes too: now its top layer, then the shared base.
-	e.publish(events.TypePodDeleted, events.PodKey("default", "k1"), &events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "k1", UID: testenv.UID("k1")}})
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "k1", UID: testenv.UID("k1")}})
 	waitRefs(t, e, workerLayers[0].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
 	evicted, err = e.svc.CollectGarbage(ctx)

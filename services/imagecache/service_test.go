@@ -155,7 +155,7 @@ func TestManyPodsOnePullAndSharedBase(t *testing.T) {
 	// Deleting the pods drops their references.
 	for i := 0; i < 5; i++ {
 		name := fmt.Sprintf("worker-%d", i)
-		e.publish(events.TypePodDeleted, events.PodKey("default", name), &events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: name, UID: testenv.UID(name)}})
+		e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: name, UID: testenv.UID(name)}})
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -337,7 +337,7 @@ func TestScheduledAgainIsAnsweredAgain(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := e.bus.Publish(t.Context(), ev); err != nil {
+		if err := e.Bus.Publish(t.Context(), ev); err != nil {
 			t.Fatal(err)
 		}
 		return ev
@@ -378,7 +378,7 @@ func TestScheduledAgainIsAnsweredAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.bus.JetStream().PublishMsg(t.Context(), &nats.Msg{Subject: events.SubjectPodScheduled,
+	if _, err := e.Bus.JetStream().PublishMsg(t.Context(), &nats.Msg{Subject: events.SubjectPodScheduled,
 		Header: nats.Header{"Content-Type": {"application/cloudevents+json"}}, Data: body}); err != nil {
 		t.Fatal(err)
 	}

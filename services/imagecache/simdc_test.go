@@ -76,7 +76,7 @@ func TestOnSimulatedDatacenter(t *testing.T) {
 	}
 
 	host := d.Hosts()[0].Name
-	e.handled(e.publish(events.TypePodScheduled, events.PodKey("default", "web-0"), &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "web-0", UID: testenv.UID("web-0")},
+	e.handled(e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "web-0", UID: testenv.UID("web-0")},
 		Host: host, Cluster: d.Hosts()[0].Cluster, Datastores: []string{sim.ClusterDatastore(d.Hosts()[0].Cluster), sim.SharedDatastore}}))
 	if n := countReady(t, e.Events.Seen(), "web-0"); n != 1 {
 		t.Fatalf("web-0 announced %d times, want once (its chain is on a datastore every host mounts)", n)

@@ -32,13 +32,13 @@ func TestRelocationPastItsDeadlineFreesItsSlot(t *testing.T) {
 	stuck, next := w.runPod("stuck", h[0]), w.runPod("next", h[0])
 
 	const stuckFor = 10 * time.Second
-	if err := w.dc.SetTaskDelay("RelocateVm", stuckFor); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", stuckFor); err != nil {
 		t.Fatal(err)
 	}
 	w.migrate("stuck-1", stuck, h[1])
 	w.Eventually("the first migration relocates", func() bool { return w.migrationPhase("stuck-1") == events.PhaseRelocating })
 	relocating := time.Now()
-	if err := w.dc.SetTaskDelay("RelocateVm", 0); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 0); err != nil {
 		t.Fatal(err)
 	}
 	w.migrate("next-1", next, h[2])

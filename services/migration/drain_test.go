@@ -15,16 +15,16 @@ import (
 )
 
 func (w *world) drainRecord(host string) *events.DrainRecord {
-	w.t.Helper()
+	w.T.Helper()
 	d, _, err := w.svc.store.drain(context.Background(), host)
 	if err != nil {
-		w.t.Fatalf("drain record %s: %v", host, err)
+		w.T.Fatalf("drain record %s: %v", host, err)
 	}
 	return d
 }
 
 func (w *world) waitDrained(host string) *events.HostDrained {
-	w.t.Helper()
+	w.T.Helper()
 	s := w.WaitSeen(30*time.Second, "host.drained of "+host, func(s testenv.Seen) bool {
 		d, ok := s.Payload.(*events.HostDrained)
 		return ok && d.Name == host
@@ -37,7 +37,7 @@ func (w *world) waitDrained(host string) *events.HostDrained {
 // so), host.drained counts ten; uncordon takes it out of maintenance.
 func TestDrainHostWithTenPods(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", 20*time.Millisecond); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 20*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	w.start(testConfig())
@@ -48,7 +48,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	}
 	other := w.runPod("bystander", h[1])
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	d := w.waitDrained(h[0])
 	if d.Migrated != 10 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want 10 migrated, none unmovable", d)
@@ -83,7 +83,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 		t.Errorf("%d migrations requested, want 10", n)
 	}
 
-	w.publish("podvisor/cli", events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: h[0]})
 	w.Eventually("the host leaves maintenance mode", func() bool {
 		host, err := w.vm.Host(t.Context(), h[0])
 		return err == nil && !host.Maintenance
@@ -95,7 +95,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	})
 
 	// A client asks for a cordon; migration announces it.
-	w.publish("podvisor/cli", events.TypeHostCordonRequested, &events.HostCordonRequested{Name: h[1]})
+	w.Send("podvisor/cli", events.TypeHostCordonRequested, &events.HostCordonRequested{Name: h[1]})
 	w.Eventually("host.cordoned for the request", func() bool {
 		for _, c := range testenv.Distinct[events.HostCordoned](w.Env, nil) {
 			if c.Name == h[1] && c.Reason == "Manual" {
@@ -117,7 +117,7 @@ func TestDrainListsUnmovablePods(t *testing.T) {
 	movable := w.runPod("movable", h[0])
 	stuck := w.runPod("stuck", h[0], "local")
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	d := w.waitDrained(h[0])
 	if d.Migrated != 1 || len(d.Unmovable) != 1 {
 		t.Fatalf("drained = %+v, want 1 migrated and 1 unmovable", d)
@@ -152,11 +152,11 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 	safe := w.runPod("safe", h[2])
 	ctx := t.Context()
 
-	if err := w.dc.FailHost(ctx, h[1]); err != nil {
+	if err := w.DC.FailHost(ctx, h[1]); err != nil {
 		t.Fatal(err)
 	}
 	// The scheduler's inventory watch would publish this.
-	w.publish("podvisor/scheduler", events.TypeHostLost, &events.HostLost{Name: h[1], Cluster: w.clusterOf(h[1]), Reason: "NotResponding"})
+	w.Send("podvisor/scheduler", events.TypeHostLost, &events.HostLost{Name: h[1], Cluster: w.ClusterOf(h[1]), Reason: "NotResponding"})
 	w.Eventually("every pod runs on another host", func() bool {
 		for _, p := range pods {
 			r := w.podRecord(p.name)
@@ -191,10 +191,10 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 		t.Errorf("migration to a lost host ended with %s %+v", typ, payload)
 	}
 
-	if err := w.dc.RecoverHost(ctx, h[1]); err != nil {
+	if err := w.DC.RecoverHost(ctx, h[1]); err != nil {
 		t.Fatal(err)
 	}
-	w.publish("podvisor/scheduler", events.TypeHostRecovered, &events.HostRecovered{Name: h[1], Cluster: w.clusterOf(h[1])})
+	w.Send("podvisor/scheduler", events.TypeHostRecovered, &events.HostRecovered{Name: h[1], Cluster: w.ClusterOf(h[1])})
 	w.Eventually("the leftover VMs are removed", func() bool {
 		for _, p := range pods {
 			if w.vmExists(p.vm) {
@@ -225,7 +225,7 @@ func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
 	late := w.runPod("late", h[0])
 	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseProvisioning })
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	w.Eventually("the first pass moved the running pod", func() bool {
 		return len(testenv.Distinct[events.MigrationCompleted](w.Env, nil)) == 1
 	})
@@ -283,6 +283,6 @@ func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
 	w.runService(svc)
 	h := w.clusterHosts(0)
 	p := w.runPod("lagdrain", h[0])
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	w.wantDrainedOnePod(h[0], p)
 }

@@ -24,7 +24,7 @@ func TestRequestRightAfterAFailureIsTaken(t *testing.T) {
 	h := w.clusterHosts(0)
 	p := w.runPod("again", h[0])
 	kv.slowWrites("again-1", events.MigrationPhaseFailed, time.Second)
-	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
+	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
 		FaultType: simulator.FaultTypeInsufficientResourcesFault})
 	asked := make(chan struct{})
 	w.Follow(func(s testenv.Seen) {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -28,9 +27,6 @@ import (
 // recorded.
 type world struct {
 	*testenv.Env
-	t     *testing.T
-	bus   *bus.Bus
-	dc    *sim.Datacenter
 	vc    *govmomi.Client
 	dco   *object.Datacenter
 	vm    *vmotion.Client
@@ -45,7 +41,7 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	t.Helper()
 	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: clusters, HostsPerCluster: hostsPerCluster, Seed: 7}))
 	dc, sess := te.DC, simtest.Session(t, te.DC)
-	w := &world{Env: te, t: t, bus: te.Bus, dc: dc, vc: sess.Client, dco: sess.Datacenter, vm: vmotion.New(sess.Client.Client, sess.Datacenter)}
+	w := &world{Env: te, vc: sess.Client, dco: sess.Datacenter, vm: vmotion.New(sess.Client.Client, sess.Datacenter)}
 	w.pods = record.New[events.PodRecord](te.KV(events.BucketPods), "pod")
 	w.pods.Attempts = 20
 	// The inventory's host records and network-config's availability:
@@ -63,9 +59,7 @@ func (w *world) network(name string, hosts ...string) {
 	w.PutNetwork(name, hosts, hosts)
 }
 
-func (w *world) clusterHosts(i int) []string { return w.dc.Clusters()[i].Hosts }
-
-func (w *world) clusterOf(host string) string { return simtest.ClusterOf(w.t, w.dc, host) }
+func (w *world) clusterHosts(i int) []string { return w.DC.Clusters()[i].Hosts }
 
 func testConfig() Config {
 	cfg := DefaultConfig()
@@ -85,10 +79,10 @@ func testConfig() Config {
 func (w *world) start(cfg Config) *Service { return w.runService(w.newService(cfg)) }
 
 func (w *world) newService(cfg Config) *Service {
-	w.t.Helper()
-	svc, err := newService(cfg, w.bus, w.vm, testenv.Logger().With("test", w.t.Name()))
+	w.T.Helper()
+	svc, err := newService(cfg, w.Bus, w.vm, testenv.Logger().With("test", w.T.Name()))
 	if err != nil {
-		w.t.Fatalf("new service: %v", err)
+		w.T.Fatalf("new service: %v", err)
 	}
 	return svc
 }
@@ -100,8 +94,8 @@ func (w *world) runService(svc *Service) *Service {
 
 // vmHost is where vCenter says a VM runs, and its resource pool.
 func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool types.ManagedObjectReference) {
-	w.t.Helper()
-	return simtest.VMHost(w.t, w.vc, ref)
+	w.T.Helper()
+	return simtest.VMHost(w.T, w.vc, ref)
 }
 
 func (w *world) vmExists(ref types.ManagedObjectReference) bool { return simtest.VMExists(w.vc, ref) }
@@ -111,10 +105,10 @@ func (w *world) podRecord(name string) *events.PodRecord {
 }
 
 func (w *world) migration(id string) *events.MigrationRecord {
-	w.t.Helper()
+	w.T.Helper()
 	r, err := w.svc.store.migration(context.Background(), id)
 	if err != nil || r == nil {
-		w.t.Fatalf("migration record %s: %v %v", id, r, err)
+		w.T.Fatalf("migration record %s: %v %v", id, r, err)
 	}
 	return r
 }
@@ -128,21 +122,16 @@ func (w *world) migrationPhase(id string) string {
 	return r.Phase
 }
 
-// publish sends an event as a client or another service would.
-func (w *world) publish(source, ceType string, p events.Payload) uint64 {
-	return w.PublishAs(source, ceType, p.ObjectKey(), p)
-}
-
 // migrate publishes migration.requested as the CLI does.
 func (w *world) migrate(id string, p pod, to string) {
-	w.t.Helper()
-	w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, TargetHost: to})
+	w.T.Helper()
+	w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, TargetHost: to})
 }
 
 // waitEnd waits for the migration's final event and returns its type and
 // payload.
 func (w *world) waitEnd(id string) (string, any) {
-	w.t.Helper()
+	w.T.Helper()
 	s := w.WaitSeen(20*time.Second, "the end of migration "+id, func(s testenv.Seen) bool {
 		switch v := s.Payload.(type) {
 		case *events.MigrationCompleted:

@@ -21,19 +21,19 @@ type replica struct {
 }
 
 func (w *world) startReplica(cfg Config) *replica {
-	w.t.Helper()
+	w.T.Helper()
 	ctx := context.Background()
-	b, err := bus.Connect(ctx, w.bus.Conn().ConnectedUrl())
+	b, err := bus.Connect(ctx, w.Bus.Conn().ConnectedUrl())
 	if err != nil {
-		w.t.Fatalf("connect: %v", err)
+		w.T.Fatalf("connect: %v", err)
 	}
-	w.t.Cleanup(b.Close)
-	svc, err := newService(cfg, b, w.vm, testenv.Logger().With("test", w.t.Name()))
+	w.T.Cleanup(b.Close)
+	svc, err := newService(cfg, b, w.vm, testenv.Logger().With("test", w.T.Name()))
 	if err != nil {
-		w.t.Fatalf("new service: %v", err)
+		w.T.Fatalf("new service: %v", err)
 	}
 	r := &replica{svc: svc}
-	r.stop = testenv.Run(w.t, Name+"-replica", svc.Run)
+	r.stop = testenv.Run(w.T, Name+"-replica", svc.Run)
 	return r
 }
 
@@ -45,14 +45,14 @@ func (r *replica) leading() bool {
 }
 
 func (w *world) leaseHolder() string {
-	w.t.Helper()
+	w.T.Helper()
 	e, err := w.KV(events.BucketMigrations).Get(context.Background(), events.MigrationLeaderKey)
 	if err != nil {
 		return ""
 	}
 	var v struct{ Holder string }
 	if err := json.Unmarshal(e.Value(), &v); err != nil {
-		w.t.Fatalf("lease value %q: %v", e.Value(), err)
+		w.T.Fatalf("lease value %q: %v", e.Value(), err)
 	}
 	return v.Holder
 }
@@ -64,7 +64,7 @@ func (w *world) leaseHolder() string {
 // lease TTL and completes a new migration.
 func TestTwoReplicasActiveStandby(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()

@@ -16,7 +16,7 @@ import (
 // reservations the scheduler made for the nine are released.
 func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	w.start(testConfig())
@@ -53,7 +53,7 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 // with visible positions, and all complete.
 func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 	w := newWorld(t, 2, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", 40*time.Millisecond); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 40*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	w.start(testConfig())
@@ -79,7 +79,7 @@ func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 	type move struct{ source, sourceCluster, targetCluster string }
 	moves := map[string]move{}
 	for _, r := range testenv.Distinct[events.MigrationTargetReserved](w.Env, nil) {
-		moves[r.ID] = move{r.SourceHost, w.clusterOf(r.SourceHost), r.TargetCluster}
+		moves[r.ID] = move{r.SourceHost, w.ClusterOf(r.SourceHost), r.TargetCluster}
 	}
 	active := map[string]move{}
 	maxHost, maxCluster, queuedBehind := 0, 0, 0
@@ -135,7 +135,7 @@ func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 // and a cancel that comes once relocating began is refused.
 func TestCancel(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", 300*time.Millisecond); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
@@ -159,8 +159,8 @@ func TestCancel(t *testing.T) {
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "moving" && v.Phase == events.PhaseRelocating })
 	w.migrate("waiting", second, h[3])
 	w.Eventually("waiting is queued", func() bool { return w.migrationPhase("waiting") == events.PhaseQueued })
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "waiting", Namespace: "default", Pod: "second"}})
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "moving", Namespace: "default", Pod: "first"}})
+	w.Send("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "waiting", Namespace: "default", Pod: "second"}})
+	w.Send("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "moving", Namespace: "default", Pod: "first"}})
 
 	typ, payload := w.waitEnd("waiting")
 	if c, ok := payload.(*events.MigrationCancelled); typ != events.TypeMigrationCancelled || !ok || c.TargetHost != h[3] {
@@ -185,7 +185,7 @@ func TestCancel(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("held never reached the relocation checkpoint")
 	}
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "held", Namespace: "default", Pod: "third"}})
+	w.Send("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "held", Namespace: "default", Pod: "third"}})
 	w.Eventually("the cancel is recorded", func() bool { return w.migration("held").CancelRequested })
 	close(gate)
 	if typ, payload := w.waitEnd("held"); typ != events.TypeMigrationCancelled {
@@ -201,7 +201,7 @@ func TestCancel(t *testing.T) {
 // race-9, to the targets in turn) and checks that one ran and nine were
 // rejected as AlreadyMigrating; it returns the id of the one that ran.
 func (w *world) raceForOnePod(p pod, targets []string) (done string) {
-	t := w.t
+	t := w.T
 	t.Helper()
 	var wg sync.WaitGroup
 	for i := range 10 {

@@ -53,7 +53,7 @@ func TestMigrateToNamedHost(t *testing.T) {
 	if r.Phase != events.MigrationPhaseCompleted || r.Percent != 100 || r.EndedAt.IsZero() || r.StartedAt.IsZero() {
 		t.Errorf("record = %+v, want Completed at 100%% with start and end times", r)
 	}
-	if r.SourceCluster != w.clusterOf(hosts[0]) || r.TargetCluster != w.clusterOf(hosts[2]) {
+	if r.SourceCluster != w.ClusterOf(hosts[0]) || r.TargetCluster != w.ClusterOf(hosts[2]) {
 		t.Errorf("record clusters %s → %s", r.SourceCluster, r.TargetCluster)
 	}
 }
@@ -72,8 +72,8 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 		t.Fatalf("migration ended with %s %+v", typ, payload)
 	}
 	picked, _ := w.vmHost(p.vm)
-	if picked == a[0] || w.clusterOf(picked) != w.clusterOf(a[0]) {
-		t.Fatalf("VM on %s after a move without target, want another host of %s", picked, w.clusterOf(a[0]))
+	if picked == a[0] || w.ClusterOf(picked) != w.ClusterOf(a[0]) {
+		t.Fatalf("VM on %s after a move without target, want another host of %s", picked, w.ClusterOf(a[0]))
 	}
 
 	w.migrate("m-cross", p, b[1])
@@ -84,7 +84,7 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 	if host != b[1] {
 		t.Errorf("VM on %s, want %s", host, b[1])
 	}
-	if want := w.dc.Clusters()[1].ResourcePool; pool != want {
+	if want := w.DC.Clusters()[1].ResourcePool; pool != want {
 		t.Errorf("VM in pool %s, want %s (cluster-2's)", pool.Value, want.Value)
 	}
 	w.Eventually("the provisioner's record follows", func() bool { return w.podRecord("api").Host == b[1] })
@@ -134,10 +134,10 @@ func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
 	h := w.clusterHosts(0)
 	p := w.runPod("cache", h[0])
 	ctx := t.Context()
-	if err := w.dc.FailHost(ctx, h[1]); err != nil {
+	if err := w.DC.FailHost(ctx, h[1]); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.dc.SetMaintenance(ctx, h[2], true); err != nil {
+	if err := w.DC.SetMaintenance(ctx, h[2], true); err != nil {
 		t.Fatal(err)
 	}
 	for id, want := range map[string]struct{ host, reason string }{
@@ -204,7 +204,7 @@ func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
 	w.start(cfg)
 	hosts := w.clusterHosts(0)
 	p := w.runPod("stuck", hosts[0])
-	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
+	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
 		Probability: 1, FaultType: simulator.FaultTypeTimeout})
 	w.migrate("m-stuck", p, hosts[1])
 	typ, payload := w.waitEnd("m-stuck")

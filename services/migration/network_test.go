@@ -45,7 +45,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 	w.runPod("off-edge", h[0], "default")
 	w.runPod("elsewhere", h[1], "edge")
 
-	w.publish("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
+	w.Send("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
 		Name: "edge", Version: 2, Host: h[0], Reason: "NotRealized", Message: "port group pv-edge is not among the host's networks"})
 	got := testenv.Wait(w.Env, func(*events.PodEvicted) bool { return true })
 	if got.Name != on.name || got.Host != h[0] || got.Reason != ReasonNetworkLost || !strings.Contains(got.Message, "edge") {
@@ -74,7 +74,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 // it is there.
 func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.dc.SetTaskDelay("RelocateVm", time.Second); err != nil {
+	if err := w.DC.SetTaskDelay("RelocateVm", time.Second); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
@@ -95,7 +95,7 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 	w.migrate("onto", incoming, h[0])
 	testenv.Wait(w.Env, func(v *events.MigrationProgress) bool { return v.ID == "onto" && v.Phase == events.PhaseRelocating })
 
-	w.publish("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
+	w.Send("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
 		Name: "edge", Version: 2, Host: h[0], Reason: "CarryFailed", Message: "host agent of " + h[0] + " could not carry port group pv-edge: bridge pv-edge: no such device"})
 
 	typ, payload := w.waitEnd("queued")
@@ -140,17 +140,17 @@ func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T)
 // networkEventsHandled waits until the service has settled every network
 // event published so far.
 func (w *world) networkEventsHandled() {
-	w.t.Helper()
+	w.T.Helper()
 	w.Eventually("network events handled", func() bool {
-		st, err := w.bus.JetStream().Stream(w.t.Context(), events.StreamNetworks)
+		st, err := w.Bus.JetStream().Stream(w.T.Context(), events.StreamNetworks)
 		if err != nil {
 			return false
 		}
-		c, err := st.Consumer(w.t.Context(), Name+"-"+events.StreamNetworks)
+		c, err := st.Consumer(w.T.Context(), Name+"-"+events.StreamNetworks)
 		if err != nil {
 			return false
 		}
-		info, err := c.Info(w.t.Context())
+		info, err := c.Info(w.T.Context())
 		return err == nil && info.NumPending == 0 && info.NumAckPending == 0
 	})
 }

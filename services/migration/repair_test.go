@@ -61,7 +61,7 @@ func (f *stepFaults) count(id, at string) int {
 // step, where the process "dies": the service stops and nothing after the
 // step runs.
 func (w *world) migrateUntilKilled(cfg Config, id, step string, p pod, to string) {
-	w.t.Helper()
+	w.T.Helper()
 	f := newStepFaults()
 	f.kill = [2]string{id, step}
 	w.startWithFaults(cfg, f)
@@ -69,7 +69,7 @@ func (w *world) migrateUntilKilled(cfg Config, id, step string, p pod, to string
 	select {
 	case <-f.reached:
 	case <-time.After(20 * time.Second):
-		w.t.Fatalf("migration %s never reached step %s", id, step)
+		w.T.Fatalf("migration %s never reached step %s", id, step)
 	}
 	w.stop()
 }
@@ -77,21 +77,21 @@ func (w *world) migrateUntilKilled(cfg Config, id, step string, p pod, to string
 // wantDrainedOnePod checks that host's drain moved its one pod p away and
 // ended Drained.
 func (w *world) wantDrainedOnePod(host string, p pod) {
-	w.t.Helper()
+	w.T.Helper()
 	d := w.waitDrained(host)
 	if d.Migrated != 1 || len(d.Unmovable) != 0 {
-		w.t.Fatalf("drained = %+v, want the one pod moved", d)
+		w.T.Fatalf("drained = %+v, want the one pod moved", d)
 	}
 	if got, _ := w.vmHost(p.vm); got == host {
-		w.t.Errorf("the pod is still on the drained host")
+		w.T.Errorf("the pod is still on the drained host")
 	}
 	if r := w.drainRecord(host); r.Phase != events.DrainPhaseDrained {
-		w.t.Errorf("drain record %s, want Drained", r.Phase)
+		w.T.Errorf("drain record %s, want Drained", r.Phase)
 	}
 }
 
 func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
-	w.t.Helper()
+	w.T.Helper()
 	svc := w.newService(cfg)
 	svc.hooks.step = f.step
 	return w.runService(svc)
@@ -100,10 +100,10 @@ func (w *world) startWithFaults(cfg Config, f *stepFaults) *Service {
 // cordon marks a host cordoned in its record, as the scheduler does when a
 // drain of it begins.
 func (w *world) cordon(host string) {
-	w.t.Helper()
+	w.T.Helper()
 	h := testenv.Get[events.HostRecord](w.Env, events.BucketHosts, events.HostRecordKey(host))
 	if h == nil {
-		w.t.Fatalf("no host record of %s", host)
+		w.T.Fatalf("no host record of %s", host)
 	}
 	h.Cordoned = true
 	testenv.Put(w.Env, events.BucketHosts, events.HostRecordKey(host), h)
@@ -130,16 +130,16 @@ func (w *world) ended(id string) map[string]int {
 // wantCompletedOnly checks that a migration ended completed, announced
 // once, never failed, with the VM on the target and the record final.
 func (w *world) wantCompletedOnly(id string, p pod, target string) {
-	w.t.Helper()
+	w.T.Helper()
 	if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
-		w.t.Fatalf("%s ended with %s %+v, want completed", id, typ, payload)
+		w.T.Fatalf("%s ended with %s %+v, want completed", id, typ, payload)
 	}
 	w.Eventually("the record is Completed", func() bool { return w.migrationPhase(id) == events.MigrationPhaseCompleted })
 	if got, _ := w.vmHost(p.vm); got != target {
-		w.t.Errorf("VM on %s, want %s", got, target)
+		w.T.Errorf("VM on %s, want %s", got, target)
 	}
 	if got := w.ended(id); got[events.TypeMigrationCompleted] != 1 || got[events.TypeMigrationFailed] != 0 {
-		w.t.Errorf("final events of %s: %v; want one migration.completed and no migration.failed", id, got)
+		w.T.Errorf("final events of %s: %v; want one migration.completed and no migration.failed", id, got)
 	}
 }
 
@@ -218,7 +218,7 @@ func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("vfault", h[0])
-	simtest.Fault(t, w.dc, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
+	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
 		FaultType: simulator.FaultTypeInsufficientResourcesFault})
 	w.migrate("vf-1", p, h[1])
 	typ, payload := w.waitEnd("vf-1")

@@ -115,7 +115,7 @@ func (k *flakyKV) Update(ctx context.Context, key string, value []byte, last uin
 
 // startFlaky runs the service with KV `migrations` behind a flakyKV.
 func (w *world) startFlaky(cfg Config) *flakyKV {
-	w.t.Helper()
+	w.T.Helper()
 	svc := w.newService(cfg)
 	kv := newFlakyKV(svc.store.migs)
 	svc.store.migs = kv
@@ -126,9 +126,9 @@ func (w *world) startFlaky(cfg Config) *flakyKV {
 // reserve publishes the scheduler's reservation of target for a pod's
 // migration, as the scheduler would.
 func (w *world) reserve(id string, p pod, target string) {
-	w.t.Helper()
-	cluster := w.clusterOf(target)
-	w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
+	w.T.Helper()
+	cluster := w.ClusterOf(target)
+	w.Send("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
 		MigrationRef:  events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name},
 		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: p.host, TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources"},
 	})
@@ -145,7 +145,7 @@ func (s *scheduler) silence(id string) {
 // requestSilently publishes a migration request the stand-in scheduler does
 // not answer (the test answers it) and waits until it is recorded Pending.
 func (w *world) requestSilently(id string, p pod) {
-	w.t.Helper()
+	w.T.Helper()
 	w.sched.silence(id)
 	w.migrate(id, p, "")
 	w.Eventually("the request is recorded Pending", func() bool { return w.migrationPhase(id) == events.MigrationPhasePending })
@@ -202,7 +202,7 @@ func TestReservationBeforeItsRequestIsTakenUp(t *testing.T) {
 	w.sched.silence("early-1")
 	w.reserve("early-1", p, h[1])
 	w.wantCompletedOnly("early-1", p, h[1])
-	seq := w.publish("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "early-1", Namespace: p.ns, Pod: p.name}})
+	seq := w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "early-1", Namespace: p.ns, Pod: p.name}})
 	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
 	if got := w.migrationPhase("early-1"); got != events.MigrationPhaseCompleted {
 		t.Errorf("after the late request the record is %s, want Completed", got)
@@ -296,9 +296,9 @@ func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
 
 	// A reservation of the migration's own target seen again (a
 	// redelivery) is the one migration.completed promoted: no release.
-	seq := w.publish("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
+	seq := w.Send("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
 		MigrationRef:  events.MigrationRef{ID: "late-1", Namespace: p.ns, Pod: p.name},
-		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: h[0], TargetHost: h[1], TargetCluster: w.clusterOf(h[1]), TargetPool: "/DC0/host/" + w.clusterOf(h[1]) + "/Resources"},
+		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: h[0], TargetHost: h[1], TargetCluster: w.ClusterOf(h[1]), TargetPool: "/DC0/host/" + w.ClusterOf(h[1]) + "/Resources"},
 	})
 	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
 	for _, e := range w.Events.Distinct() {

@@ -31,7 +31,7 @@ func (p pod) key() string { return events.PodKey(p.ns, p.name) }
 // runPod creates a pod VM on host and the provisioner's record of a
 // Running pod.
 func (w *world) runPod(name, host string, networks ...string) pod {
-	w.t.Helper()
+	w.T.Helper()
 	if len(networks) == 0 {
 		networks = []string{"default"}
 	}
@@ -39,7 +39,7 @@ func (w *world) runPod(name, host string, networks ...string) pod {
 	ref := w.createVM(host, "pv-"+uid, uid, "default", name)
 	w.PutPodRecord(&events.PodRecord{
 		UID: uid, Namespace: "default", Name: name, Phase: events.PodPhaseRunning, Networks: networks,
-		Host: host, Cluster: w.clusterOf(host), Datastores: []string{sim.SharedDatastore},
+		Host: host, Cluster: w.ClusterOf(host), Datastores: []string{sim.SharedDatastore},
 		VMName: "pv-" + uid, VMRef: ref.Value, CreatedAt: time.Now().UTC(), UpdatedAt: time.Now().UTC(),
 	})
 	return pod{ns: "default", name: name, uid: uid, host: host, vm: ref}
@@ -47,20 +47,20 @@ func (w *world) runPod(name, host string, networks ...string) pod {
 
 // createVM makes a powered-on VM on host with the provisioner's guestinfo.
 func (w *world) createVM(host, name, uid, ns, podName string) types.ManagedObjectReference {
-	w.t.Helper()
+	w.T.Helper()
 	ref, err := w.tryCreateVM(host, name, uid, ns, podName)
 	if err != nil {
-		w.t.Fatal(err)
+		w.T.Fatal(err)
 	}
 	return ref
 }
 
 func (w *world) tryCreateVM(host, name, uid, ns, podName string) (types.ManagedObjectReference, error) {
-	hs, err := w.dc.Host(host)
+	hs, err := w.DC.Host(host)
 	if err != nil {
 		return types.ManagedObjectReference{}, err
 	}
-	vm, _, err := simtest.NewPodVM(context.Background(), w.vc, w.dc, simtest.PodVM{Name: name, Host: hs, NumCPUs: 1, MemoryMB: 128,
+	vm, _, err := simtest.NewPodVM(context.Background(), w.vc, w.DC, simtest.PodVM{Name: name, Host: hs, NumCPUs: 1, MemoryMB: 128,
 		ExtraConfig: map[string]string{vmotion.UIDKey: uid, vmotion.NamespaceKey: ns, vmotion.PodKey: podName}, PowerOn: true})
 	if err != nil {
 		return types.ManagedObjectReference{}, err
@@ -139,7 +139,7 @@ func (s *scheduler) reserve(ctx context.Context, v *events.MigrationRequested) {
 	s.mu.Lock()
 	s.reservations[v.ID] = [2]string{r.Host, target}
 	s.mu.Unlock()
-	cluster := w.clusterOf(target)
+	cluster := w.ClusterOf(target)
 	w.publishAsync("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
 		MigrationRef:  events.MigrationRef{ID: v.ID, Namespace: v.Namespace, Pod: v.Pod},
 		MigrationMove: events.MigrationMove{UID: r.UID, SourceHost: r.Host, TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources"},
@@ -151,7 +151,7 @@ func (s *scheduler) pick(source, cluster string) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	best := ""
-	for _, c := range s.w.dc.Clusters() {
+	for _, c := range s.w.DC.Clusters() {
 		if c.Name != cluster {
 			continue
 		}
@@ -182,11 +182,11 @@ func (s *scheduler) restart(v *events.PodEvicted) {
 	s.mu.Lock()
 	s.lost[v.Host] = true
 	s.mu.Unlock()
-	host := s.pick(v.Host, s.w.clusterOf(v.Host))
+	host := s.pick(v.Host, s.w.ClusterOf(v.Host))
 	name := "pv-" + v.UID + "-1"
 	ref, err := s.w.tryCreateVM(host, name, v.UID, v.Namespace, v.Name)
 	if err != nil {
-		s.w.t.Errorf("restart %s: %v", v.Name, err)
+		s.w.T.Errorf("restart %s: %v", v.Name, err)
 		return
 	}
 	s.update(v.Name, func(r *events.PodRecord) {
@@ -197,6 +197,6 @@ func (s *scheduler) restart(v *events.PodEvicted) {
 // publishAsync publishes as the stand-in, off the test's goroutine.
 func (w *world) publishAsync(source, ceType string, p events.Payload) {
 	if _, err := w.TryPublish(source, ceType, p.ObjectKey(), p); err != nil {
-		w.t.Errorf("publish %s: %v", ceType, err)
+		w.T.Errorf("publish %s: %v", ceType, err)
 	}
 }

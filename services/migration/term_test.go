@@ -44,7 +44,7 @@ func TestAFailedConsumerEndsTheTermAndItsDrains(t *testing.T) {
 	ended := make(chan error, 1)
 	go func() { ended <- svc.Run(ctx) }()
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	w.Eventually("the drain waits for its migration", func() bool {
 		return w.migrationPhase(drainMigrationID(h[0], 1, p.uid)) == events.MigrationPhasePending
 	})

@@ -46,14 +46,14 @@ type vmController struct {
 
 func newVMController(w *world, target string) *vmController {
 	c := &vmController{w: w, kv: w.KV(events.BucketVMs), target: target, seen: map[string]bool{}}
-	sub, err := w.bus.Conn().Subscribe("pv.vm.>", c.on)
+	sub, err := w.Bus.Conn().Subscribe("pv.vm.>", c.on)
 	if err != nil {
-		w.t.Fatal(err)
+		w.T.Fatal(err)
 	}
-	if err := w.bus.Conn().Flush(); err != nil {
-		w.t.Fatal(err)
+	if err := w.Bus.Conn().Flush(); err != nil {
+		w.T.Fatal(err)
 	}
-	w.t.Cleanup(func() { _ = sub.Unsubscribe() })
+	w.T.Cleanup(func() { _ = sub.Unsubscribe() })
 	return c
 }
 
@@ -64,10 +64,10 @@ func (c *vmController) putVM(ns, name, uid, host string) {
 }
 
 func (c *vmController) vm(ns, name string) *events.VMRecord {
-	c.w.t.Helper()
+	c.w.T.Helper()
 	r, _, err := getJSON[events.VMRecord](context.Background(), c.kv, events.VMRecordKey(ns, name))
 	if err != nil || r == nil {
-		c.w.t.Fatalf("VM record %s/%s: %v", ns, name, err)
+		c.w.T.Fatalf("VM record %s/%s: %v", ns, name, err)
 	}
 	return r
 }
@@ -125,8 +125,8 @@ func (c *vmController) reserve(v *events.VMMigrateRequested) {
 	if target == "" {
 		target = c.target
 	}
-	c.w.publish("podvisor/scheduler", events.TypeVMMigrationTargetReserved, &events.VMMigrationTargetReserved{ID: v.ID,
-		VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: r.UID}, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.clusterOf(target)})
+	c.w.Send("podvisor/scheduler", events.TypeVMMigrationTargetReserved, &events.VMMigrationTargetReserved{ID: v.ID,
+		VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: r.UID}, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.ClusterOf(target)})
 }
 
 // finish relocates an admitted move and announces its outcome as the
@@ -152,7 +152,7 @@ func (c *vmController) answer(id, ns, name, target string) {
 		c.moveTo(ns, name, target)
 		out.TargetHost = target
 	}
-	c.w.publish("podvisor/provisioner", events.TypeVMMigrated, out)
+	c.w.Send("podvisor/provisioner", events.TypeVMMigrated, out)
 }
 
 func (c *vmController) moveTo(ns, name, host string) {
@@ -177,7 +177,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 	cfg := testConfig()
 	w.start(cfg)
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	w.Eventually("the drain's move of vm1 asked for and recorded", func() bool {
 		c.mu.Lock()
 		n := len(c.held)
@@ -228,7 +228,7 @@ func TestDrainMovesVMsWithinTheMigrationLimits(t *testing.T) {
 	cfg.Limits.PerSourceHost = 1
 	w.start(cfg)
 
-	w.publish("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	d := w.waitDrained(h[0])
 	if d.Migrated != 3 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want 3 VMs moved", d)
@@ -270,7 +270,7 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 
 	// As the CLI asks (podvisor migrate vm NAME --to HOST).
 	move := func(id, name, to string) {
-		w.publish("podvisor/cli", events.TypeVMMigrateRequested, &events.VMMigrateRequested{ID: id, Namespace: "team-a", Name: name, TargetHost: to})
+		w.Send("podvisor/cli", events.TypeVMMigrateRequested, &events.VMMigrateRequested{ID: id, Namespace: "team-a", Name: name, TargetHost: to})
 	}
 	admitted := func() []string {
 		c.mu.Lock()
@@ -289,15 +289,15 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 		b, _ := w.svc.store.migration(context.Background(), "m-b")
 		x, _ := w.svc.store.migration(context.Background(), "m-x")
 		return b != nil && x != nil && b.Phase == events.PhaseQueued && x.Phase == events.PhaseQueued &&
-			strings.Contains(b.Message, "limit 1 per cluster") && strings.Contains(b.Message, w.clusterOf(c1[0]))
+			strings.Contains(b.Message, "limit 1 per cluster") && strings.Contains(b.Message, w.ClusterOf(c1[0]))
 	})
 	if r := w.migration("m-a"); r.Kind != events.MigrationKindVM || r.Phase != events.PhaseRelocating ||
-		r.SourceCluster != w.clusterOf(c0[0]) || r.TargetCluster != w.clusterOf(c1[0]) {
+		r.SourceCluster != w.ClusterOf(c0[0]) || r.TargetCluster != w.ClusterOf(c1[0]) {
 		t.Errorf("m-a's record = %+v, want a VM move Relocating from cluster 0 into cluster 1", r)
 	}
 
 	// A queued move cancelled: ended with vm.migrated, never admitted.
-	w.publish("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "m-x", Namespace: "team-a", Pod: "x"}})
+	w.Send("podvisor/cli", events.TypeMigrationCancelRequested, &events.MigrationCancelRequested{MigrationRef: events.MigrationRef{ID: "m-x", Namespace: "team-a", Pod: "x"}})
 	w.Eventually("m-x cancelled", func() bool { return w.migrationPhase("m-x") == events.MigrationPhaseCancelled })
 	ended := testenv.Distinct[events.VMMigrated](w.Env, func(v *events.VMMigrated) bool { return v.ID == "m-x" })
 	if len(ended) != 1 || ended[0].Reason != "Cancelled" {

@@ -22,13 +22,13 @@ func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T
 	ctx := context.Background()
 	e.declare("web", events.NetworkSpec{VLAN: 100, CIDR: "10.70.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	x, other := hosts[0], hosts[1]
 	state := testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {
 		return p.Host == x && slices.ContainsFunc(p.PortGroups, func(pg events.HostPortGroup) bool { return pg.PortGroup == "pv-web" })
 	})
 
-	e.publish(events.TypeNetworkHostApplied, x, &events.NetworkHostApplied{Host: x, Digest: state.Digest,
+	e.Publish(&events.NetworkHostApplied{Host: x, Digest: state.Digest,
 		Failed: []events.PortGroupFailure{{PortGroup: "pv-web", Reason: "CarryFailed", Message: "bridge pv-web: no such device"}}})
 	f := testenv.Wait(e.Env, func(p *events.NetworkHostFailed) bool { return p.Name == "web" && p.Host == x })
 	if f.Reason != "CarryFailed" || !strings.Contains(f.Message, "no such device") {
@@ -62,7 +62,7 @@ func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T
 	}
 
 	// The agent's retry works: the host is Ready again.
-	e.publish(events.TypeNetworkHostApplied, x, &events.NetworkHostApplied{Host: x, Digest: state.Digest, Added: []string{"pv-web"}})
+	e.Publish(&events.NetworkHostApplied{Host: x, Digest: state.Digest, Added: []string{"pv-web"}})
 	testenv.Wait(e.Env, func(p *events.NetworkHostReady) bool { return p.Name == "web" && p.Host == x })
 	e.waitHostState("web", x, events.NetworkHostStateReady)
 	rec = e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })

@@ -30,7 +30,7 @@ func BenchmarkPush(b *testing.B) {
 					c.ProbeWindow = 0
 				})
 				// Set before the first declaration, while the service is idle.
-				e.dc.Model().DelayConfig.Delay = delayMS
+				e.DC.Model().DelayConfig.Delay = delayMS
 				e.declare("bench", events.NetworkSpec{VLAN: 1, CIDR: "10.1.0.0/16"})
 				testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "bench" })
 				b.ResetTimer()

@@ -10,7 +10,6 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -20,9 +19,6 @@ import (
 // vCenter, recorder); the test plays the other services.
 type env struct {
 	*testenv.Env
-	t   testing.TB
-	bus *bus.Bus
-	dc  *sim.Datacenter
 	vc  *govmomi.Client // an independent vSphere client for assertions
 	svc *netconfig.Service
 	// stop stops svc; replica starts another network-config on the same
@@ -59,16 +55,12 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 		return te.Run(netconfig.Name+"-replica", other.Run)
 	}
 	stop := te.Run(netconfig.Name, svc.Run)
-	return &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: simtest.Client(t, te.DC), svc: svc, stop: stop, replica: replica}
+	return &env{Env: te, vc: simtest.Client(t, te.DC), svc: svc, stop: stop, replica: replica}
 }
 
-// publish sends an event as its owner would; declare, a network.declared.
-func (e *env) publish(ceType, subject string, data any) uint64 {
-	return e.PublishAs(events.OwnerSource(ceType), ceType, subject, data)
-}
-
+// declare publishes network.declared as a client would.
 func (e *env) declare(name string, spec events.NetworkSpec) uint64 {
-	return e.publish(events.TypeNetworkDeclared, name, &events.NetworkDeclared{Network: events.Network{
+	return e.Publish(&events.NetworkDeclared{Network: events.Network{
 		APIVersion: events.APIVersion, Kind: events.KindNetwork, Metadata: events.Meta{Name: name}, Spec: spec,
 	}})
 }
@@ -100,22 +92,15 @@ func (e *env) waitHostState(network, host, state string) *events.NetworkHostReco
 
 // portGroup reads a port group and the hosts carrying it with the
 // independent vSphere client.
-func (e *env) portGroup(name string) simtest.PortGroupView { return simtest.PortGroup(e.t, e.vc, name) }
-
-// clusterHosts and allHosts list host names of the simulator, sorted.
-func (e *env) clusterHosts(cluster string) []string { return simtest.HostNames(e.dc, cluster) }
-
-func (e *env) allHosts() []string { return simtest.HostNames(e.dc, "") }
+func (e *env) portGroup(name string) simtest.PortGroupView { return simtest.PortGroup(e.T, e.vc, name) }
 
 // schedule plays the provisioner and the scheduler: the pod's record and
 // pod.accepted, then pod.scheduled on host.
 func (e *env) schedule(name, uid, host string, networks ...string) {
-	e.t.Helper()
+	e.T.Helper()
 	e.Accept(podAccepted(name, uid, networks))
-	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: name, UID: uid}, Host: host, Cluster: e.clusterOf(host)})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: name, UID: uid}, Host: host, Cluster: e.ClusterOf(host)})
 }
-
-func (e *env) clusterOf(host string) string { return simtest.ClusterOf(e.t, e.dc, host) }
 
 func podAccepted(name, uid string, networks []string) *events.PodAccepted {
 	acc := testenv.Accepted(testenv.Pod(name, "registry.local/app:1"))

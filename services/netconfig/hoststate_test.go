@@ -24,10 +24,10 @@ import (
 // without it (so they drop it if they had it).
 func TestEveryHostGetsItsFinalState(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
-	in := e.clusterHosts("cluster-1")
+	in := e.HostNames("cluster-1")
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
-	for _, h := range e.allHosts() {
+	for _, h := range e.HostNames("") {
 		d := testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {
 			return p.Host == h && slices.ContainsFunc(p.PortGroups, func(pg events.HostPortGroup) bool { return pg.PortGroup == "pv-q" }) == slices.Contains(in, h)
 		})
@@ -90,7 +90,7 @@ func TestOnlyChangedHostsGetTheirStateOnTheirOwnSubject(t *testing.T) {
 	ctx := context.Background()
 	var mu sync.Mutex
 	perSubject := map[string]int{}
-	sub, err := e.bus.Conn().Subscribe(events.SubjectNetworkHostDesired+".>", func(m *nats.Msg) {
+	sub, err := e.Bus.Conn().Subscribe(events.SubjectNetworkHostDesired+".>", func(m *nats.Msg) {
 		ev, err := bus.DecodeMessage(m)
 		if err != nil {
 			t.Errorf("undecodable state: %v", err)
@@ -112,7 +112,7 @@ func TestOnlyChangedHostsGetTheirStateOnTheirOwnSubject(t *testing.T) {
 		defer mu.Unlock()
 		return maps.Clone(perSubject)
 	}
-	c1, c2 := e.clusterHosts("cluster-1"), e.clusterHosts("cluster-2")
+	c1, c2 := e.HostNames("cluster-1"), e.HostNames("cluster-2")
 	has := func(p *events.NetworkHostDesired, pg string) bool {
 		return slices.ContainsFunc(p.PortGroups, func(x events.HostPortGroup) bool { return x.PortGroup == pg })
 	}
@@ -160,7 +160,7 @@ func TestOnlyChangedHostsGetTheirStateOnTheirOwnSubject(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := netconfig.NewForTest(cfg, e.bus, e.vc.Client, dc, nil)
+	again, err := netconfig.NewForTest(cfg, e.Bus, e.vc.Client, dc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,20 +30,20 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 		c.ManagementInterval = 50 * time.Millisecond
 	})
 	ctx := context.Background()
-	if err := e.dc.SetManagementVLAN(4000); err != nil {
+	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
 	e.declare("web", events.NetworkSpec{VLAN: 100, CIDR: "10.60.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	victim, others := hosts[0], hosts[1:]
 	key := sim.ManagementPortKey(victim)
-	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.DC.DVS())
 	setVLAN := func(vlan int32) { e.setPortVLAN(dvs, key, vlan) }
 
 	// Phase 1: the host is down for another reason too; the clone cannot
 	// reach it.
-	if err := e.dc.FailHost(ctx, victim); err != nil {
+	if err := e.DC.FailHost(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
 	setVLAN(99)
@@ -56,7 +56,7 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 	}
 
 	// Phase 2: the host is back, still cut off by its port; repaired.
-	if err := e.dc.RecoverHost(ctx, victim); err != nil {
+	if err := e.DC.RecoverHost(ctx, victim); err != nil {
 		t.Fatal(err)
 	}
 	// Each attempt clones: the failed ones (one or more, however many the
@@ -119,12 +119,12 @@ func TestManagementRepairRemembersAcrossReplicas(t *testing.T) {
 		c.ManagementInterval = 50 * time.Millisecond
 	})
 	ctx := context.Background()
-	if err := e.dc.SetManagementVLAN(4000); err != nil {
+	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 	e.EventuallyWithin("network-config to remember the management port of "+host, 20*time.Second, func() bool {
-		kv, err := e.bus.KV(ctx, events.BucketNetMgmt)
+		kv, err := e.Bus.KV(ctx, events.BucketNetMgmt)
 		if err != nil {
 			return false
 		}
@@ -137,7 +137,7 @@ func TestManagementRepairRemembersAcrossReplicas(t *testing.T) {
 	e.stop()
 
 	key := sim.ManagementPortKey(host)
-	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.DC.DVS())
 	e.setPortVLAN(dvs, key, 99)
 	e.EventuallyWithin(host+" to stop responding", 20*time.Second, func() bool {
 		return e.connection()[host] != types.HostSystemConnectionStateConnected
@@ -155,7 +155,7 @@ func TestManagementRepairRemembersAcrossReplicas(t *testing.T) {
 // setPortVLAN puts a distributed port on vlan through vCenter, as an
 // operator would.
 func (e *env) setPortVLAN(dvs *object.DistributedVirtualSwitch, key string, vlan int32) {
-	e.t.Helper()
+	e.T.Helper()
 	ctx := context.Background()
 	task, err := dvs.ReconfigureDVPort(ctx, []types.DVPortConfigSpec{{Operation: "edit", Key: key,
 		Setting: &types.VMwareDVSPortSetting{Vlan: &types.VmwareDistributedVirtualSwitchVlanIdSpec{VlanId: vlan}}}})
@@ -163,16 +163,16 @@ func (e *env) setPortVLAN(dvs *object.DistributedVirtualSwitch, key string, vlan
 		err = task.Wait(ctx)
 	}
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 }
 
 // ports reads the switch's ports by key with the independent client.
 func (e *env) ports(dvs *object.DistributedVirtualSwitch) map[string]*types.DistributedVirtualPort {
-	e.t.Helper()
+	e.T.Helper()
 	all, err := dvs.FetchDVPorts(context.Background(), nil)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	out := map[string]*types.DistributedVirtualPort{}
 	for i := range all {
@@ -184,12 +184,12 @@ func (e *env) ports(dvs *object.DistributedVirtualSwitch) map[string]*types.Dist
 // connection reads every host's connection state with the independent
 // client.
 func (e *env) connection() map[string]types.HostSystemConnectionState {
-	e.t.Helper()
+	e.T.Helper()
 	out := map[string]types.HostSystemConnectionState{}
-	for _, h := range e.dc.Hosts() {
+	for _, h := range e.DC.Hosts() {
 		var hs mo.HostSystem
 		if err := e.vc.RetrieveOne(context.Background(), h.Ref, []string{"runtime.connectionState"}, &hs); err != nil {
-			e.t.Fatal(err)
+			e.T.Fatal(err)
 		}
 		out[h.Name] = hs.Runtime.ConnectionState
 	}
@@ -204,12 +204,12 @@ func TestTwoReplicasRepairAManagementPortOnce(t *testing.T) {
 		c.ManagementInterval = 50 * time.Millisecond
 	})
 	e.replica()
-	if err := e.dc.SetManagementVLAN(4000); err != nil {
+	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 	e.EventuallyWithin("network-config to remember the management port of "+host, 20*time.Second, func() bool {
-		kv, err := e.bus.KV(context.Background(), events.BucketNetMgmt)
+		kv, err := e.Bus.KV(context.Background(), events.BucketNetMgmt)
 		if err != nil {
 			return false
 		}
@@ -217,7 +217,7 @@ func TestTwoReplicasRepairAManagementPortOnce(t *testing.T) {
 		return err == nil && strings.Contains(string(entry.Value()), `"vlan":4000`)
 	})
 	key := sim.ManagementPortKey(host)
-	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.dc.DVS())
+	dvs := object.NewDistributedVirtualSwitch(e.vc.Client, e.DC.DVS())
 	e.setPortVLAN(dvs, key, 99)
 	testenv.Wait(e.Env, func(p *events.NetworkManagementRepaired) bool { return p.Host == host })
 	if p := e.ports(dvs)[key]; p == nil || simtest.PortVLAN(*p) != 4000 {

@@ -35,8 +35,8 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 		t.Fatalf("realized on %d hosts (%d failed), want 16 ready", len(r.Ready), len(r.Failed))
 	}
 	t.Logf("pushed to 16 hosts in %s (declare → network.realized)", elapsed)
-	if got := e.portGroup("pv-default"); !got.Exists || !slices.Equal(got.Hosts, e.allHosts()) {
-		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.Hosts, e.allHosts())
+	if got := e.portGroup("pv-default"); !got.Exists || !slices.Equal(got.Hosts, e.HostNames("")) {
+		t.Fatalf("vSphere: pv-default on %v, want every host %v", got.Hosts, e.HostNames(""))
 	}
 	if n := len(testenv.WaitN(e.Env, 16, func(p *events.NetworkHostReady) bool { return p.Name == "default" })); n != 16 {
 		t.Fatalf("%d network.host.ready events, want 16", n)
@@ -65,8 +65,8 @@ func TestParallelPushToSixteenHosts(t *testing.T) {
 // refused, and works once they are gone.
 func TestScopedNetworkAndAttach(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 4}, nil)
-	cluster1 := e.clusterHosts("cluster-1")
-	cluster2 := e.clusterHosts("cluster-2")
+	cluster1 := e.HostNames("cluster-1")
+	cluster2 := e.HostNames("cluster-2")
 	spec := events.NetworkSpec{VLAN: 120, CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}}
 	e.declare("frontend", spec)
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
@@ -115,7 +115,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	}
 
 	// Delete while in use: refused, port group kept.
-	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
+	e.Publish(&events.NetworkDeleteRequested{Name: "frontend"})
 	rej := testenv.Wait(e.Env, func(p *events.NetworkDeleteRejected) bool { return p.Name == "frontend" })
 	if rej.Reason != netconfig.ReasonInUse || len(rej.Pods) != pods {
 		t.Fatalf("delete rejected with %s and %d pods, want InUse and %d", rej.Reason, len(rej.Pods), pods)
@@ -130,13 +130,13 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	// Pods go away: addresses are freed; then the delete goes through and
 	// the hosts are cleaned.
 	for _, p := range attached {
-		e.publish(events.TypePodDeleted, events.PodKey(p.Namespace, p.Name), &events.PodDeleted{
+		e.Publish(&events.PodDeleted{
 			PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Host: p.Host,
 			IPs: []events.NetworkIP{{Network: "frontend", IP: p.Attachments[0].IP}},
 		})
 	}
 	e.waitRecord("frontend", func(r *events.NetworkRecord) bool { return r.IPsUsed == 0 })
-	e.publish(events.TypeNetworkDeleteRequested, "frontend", &events.NetworkDeleteRequested{Name: "frontend"})
+	e.Publish(&events.NetworkDeleteRequested{Name: "frontend"})
 	testenv.Wait(e.Env, func(p *events.NetworkDeleted) bool { return p.Name == "frontend" })
 	if pg := e.portGroup("pv-frontend"); pg.Exists {
 		t.Fatal("vSphere: pv-frontend still exists after network.deleted")
@@ -147,7 +147,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 // pod fails with AddressesExhausted, and a freed address is reused.
 func TestAddressExhaustion(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	e.declare("tiny", events.NetworkSpec{VLAN: 30, CIDR: "10.30.0.0/29", Gateway: "10.30.0.1"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "tiny" })
 	for i := range 5 {
@@ -168,10 +168,10 @@ func TestAddressExhaustion(t *testing.T) {
 // good version, and says why in the record.
 func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
-	if err := e.dc.SetManagementVLAN(4000); err != nil {
+	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
-	cluster1 := e.clusterHosts("cluster-1")
+	cluster1 := e.HostNames("cluster-1")
 	scope := events.NetworkScope{Clusters: []string{"cluster-1"}}
 	e.declare("backend", events.NetworkSpec{VLAN: 200, CIDR: "10.40.0.0/24", Scope: scope})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "backend" && p.Version == 1 })
@@ -180,7 +180,7 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 		Spec: events.NetworkSpec{VLAN: 4000, CIDR: "10.40.0.0/24", Scope: scope}}
 	badEvent, err := bus.NewEvent(events.OwnerSource(events.TypeNetworkDeclared), events.TypeNetworkDeclared, "backend", &events.NetworkDeclared{Network: bad})
 	if err == nil {
-		err = e.bus.Publish(context.Background(), badEvent)
+		err = e.Bus.Publish(context.Background(), badEvent)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -221,7 +221,7 @@ func TestRollbackOnLostManagementConnectivity(t *testing.T) {
 // back to, the port group is removed.
 func TestRollbackOfFirstVersionRemovesPortGroup(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	if err := e.dc.SetManagementVLAN(4000); err != nil {
+	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
 	e.declare("oops", events.NetworkSpec{VLAN: 4000, CIDR: "10.50.0.0/24"})
@@ -248,7 +248,7 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 	if pg := e.portGroup("pv-db"); pg.VLAN != 301 {
 		t.Fatalf("vlan %d after version 2, want 301", pg.VLAN)
 	}
-	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 1})
+	e.Publish(&events.NetworkRestoreRequested{Name: "db", Version: 1})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "db" && p.Version == 3 })
 	rec := e.record("db")
 	if rec.Version != 3 || rec.Spec.VLAN != 300 || rec.History[2].Origin != "restored from version 1" {
@@ -259,7 +259,7 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 	}
 
 	// A version that is not stored is reported, not guessed.
-	e.publish(events.TypeNetworkRestoreRequested, "db", &events.NetworkRestoreRequested{Name: "db", Version: 42})
+	e.Publish(&events.NetworkRestoreRequested{Name: "db", Version: 42})
 	rec = e.waitRecord("db", func(r *events.NetworkRecord) bool { return r.Reason == netconfig.ReasonRestoreFailed })
 	if !strings.Contains(rec.Message, "version 42") {
 		t.Fatalf("restore of a missing version: %q", rec.Message)
@@ -306,10 +306,10 @@ func TestDeclarationsRefusedWithReasons(t *testing.T) {
 // with HostDisconnected and is realized when host.recovered arrives.
 func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	down := hosts[2]
 	ctx := context.Background()
-	if err := e.dc.FailHost(ctx, down); err != nil {
+	if err := e.DC.FailHost(ctx, down); err != nil {
 		t.Fatal(err)
 	}
 	e.declare("late", events.NetworkSpec{VLAN: 77, CIDR: "10.77.0.0/24"})
@@ -320,10 +320,10 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 	if rec := e.record("late"); rec.Status != events.NetworkStatusDegraded {
 		t.Fatalf("status %s with a host down, want Degraded", rec.Status)
 	}
-	if err := e.dc.RecoverHost(ctx, down); err != nil {
+	if err := e.DC.RecoverHost(ctx, down); err != nil {
 		t.Fatal(err)
 	}
-	e.publish(events.TypeHostRecovered, down, &events.HostRecovered{Name: down, Cluster: "cluster-1"})
+	e.Publish(&events.HostRecovered{Name: down, Cluster: "cluster-1"})
 	testenv.Wait(e.Env, func(p *events.NetworkHostReady) bool { return p.Name == "late" && p.Host == down })
 	rec := e.waitRecord("late", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusReady })
 	if rec.HostsReady != 3 {
@@ -335,12 +335,12 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 // NATS request/reply.
 func TestAvailabilityQuery(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 1}, nil)
-	in, out := e.clusterHosts("cluster-1")[0], e.clusterHosts("cluster-2")[0]
+	in, out := e.HostNames("cluster-1")[0], e.HostNames("cluster-2")[0]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
 	ask := func(network, host string) events.NetworkAvailabilityAnswer {
 		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
-		m, err := e.bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
+		m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -372,15 +372,15 @@ func TestAvailabilityQuery(t *testing.T) {
 // the target host without changing it.
 func TestMigrationMovesTheBinding(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	e.declare("m", events.NetworkSpec{VLAN: 8, CIDR: "10.8.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "m" })
 	e.schedule("mover", "uid-mover", hosts[0], "m")
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
-	e.publish(events.TypeMigrationCompleted, events.PodKey("default", "mover"), &events.MigrationCompleted{
+	e.Publish(&events.MigrationCompleted{
 		MigrationRef: events.MigrationRef{ID: "mig-1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: "uid-mover", SourceHost: hosts[0], TargetHost: hosts[1], TargetCluster: "cluster-1"},
 	})
-	kv, err := e.bus.KV(context.Background(), events.BucketIPAM)
+	kv, err := e.Bus.KV(context.Background(), events.BucketIPAM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -408,20 +408,20 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 1 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.allHosts()) {
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.HostNames("")) {
 		t.Fatalf("v1 on %v, want every host", pg.Hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-2"}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 2 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.clusterHosts("cluster-2")) {
-		t.Fatalf("v2 on %v, want %v", pg.Hosts, e.clusterHosts("cluster-2"))
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.HostNames("cluster-2")) {
+		t.Fatalf("v2 on %v, want %v", pg.Hosts, e.HostNames("cluster-2"))
 	}
-	if a := e.availability("wide"); !slices.Equal(a.Hosts, e.clusterHosts("cluster-2")) {
+	if a := e.availability("wide"); !slices.Equal(a.Hosts, e.HostNames("cluster-2")) {
 		t.Fatalf("net-hosts after narrowing = %v", a.Hosts)
 	}
 	e.declare("wide", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "wide" && p.Version == 3 })
-	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.allHosts()) {
+	if pg := e.portGroup("pv-wide"); !slices.Equal(pg.Hosts, e.HostNames("")) {
 		t.Fatalf("v3 on %v, want every host", pg.Hosts)
 	}
 }
@@ -447,7 +447,7 @@ func TestResyncRepairsDrift(t *testing.T) {
 	if err := e.svc.Resync(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if pg := e.portGroup("pv-drift"); !pg.Exists || pg.VLAN != 44 || !slices.Equal(pg.Hosts, e.allHosts()) {
+	if pg := e.portGroup("pv-drift"); !pg.Exists || pg.VLAN != 44 || !slices.Equal(pg.Hosts, e.HostNames("")) {
 		t.Fatalf("after resync: %+v, want vlan 44 on every host", pg)
 	}
 }
@@ -457,13 +457,13 @@ func TestResyncRepairsDrift(t *testing.T) {
 // provisioner's pod record instead.
 func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 	e.declare("rec", events.NetworkSpec{VLAN: 3, CIDR: "10.3.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
 
 	acc := podAccepted("late", "uid-late", []string{"rec"})
 	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks})
-	e.publish(events.TypePodScheduled, events.PodKey("default", "late"), &events.PodScheduled{
+	e.Publish(&events.PodScheduled{
 		PodRef: events.PodRef{Namespace: "default", Name: "late", UID: "uid-late"}, Host: host, Cluster: "cluster-1",
 	})
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "late" })
@@ -482,13 +482,13 @@ func TestAttachFailingUntilDeliveriesRunOut(t *testing.T) {
 		c.MaxDeliver = 3
 		c.BackOff = []time.Duration{20 * time.Millisecond}
 	})
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	e.declare("blue", events.NetworkSpec{VLAN: 40, CIDR: "10.40.0.0/24", Gateway: "10.40.0.1",
-		Scope: events.NetworkScope{Clusters: []string{e.clusterOf(hosts[0])}}})
+		Scope: events.NetworkScope{Clusters: []string{e.ClusterOf(hosts[0])}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "blue" })
 	// The other cluster's host does not carry blue: the attach must ask
 	// vCenter about the host, and vCenter fails every such call.
-	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{MethodName: "CreateContainerView", ObjectType: "ViewManager",
 		Probability: 1, FaultType: simulator.FaultTypeTimeout})
 	e.schedule("stuck", "uid-stuck", hosts[1], "blue")
 	f := testenv.Wait(e.Env, func(p *events.PodNetworkFailed) bool { return p.Name == "stuck" })
@@ -512,13 +512,13 @@ func TestAttachReadsAgainARecordNotFound(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) {
 		c.BackOff = []time.Duration{200 * time.Millisecond, 3 * time.Second}
 	})
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 	e.declare("lag", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "lag" })
 
 	acc := podAccepted("lagging", "uid-lagging", []string{"lag"})
 	e.Publish(acc) // announced; its record is not readable yet
-	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "lagging", UID: acc.UID}, Host: host, Cluster: e.clusterOf(host)})
+	e.Publish(&events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "lagging", UID: acc.UID}, Host: host, Cluster: e.ClusterOf(host)})
 	// The record shows up only once a delivery has found none and the
 	// event is being delivered again.
 	ctx := context.Background()
@@ -546,7 +546,7 @@ func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) {
 		c.BackOff = []time.Duration{20 * time.Millisecond} // a record not found is read again first
 	})
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 	e.declare("brief", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "brief" })
 	e.schedule("short", "uid-short", host, "brief")
@@ -556,14 +556,14 @@ func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
 	if err := e.KV(events.BucketPods).Delete(ctx, events.PodRecordKey("default", "short")); err != nil {
 		t.Fatal(err)
 	}
-	seq := e.publish(events.TypePodDeleted, events.PodKey("default", "short"), &events.PodDeleted{
+	seq := e.Publish(&events.PodDeleted{
 		PodRef: events.PodRef{Namespace: "default", Name: "short", UID: "uid-short"}, Host: host,
 		IPs: []events.NetworkIP{{Network: "brief", IP: att.Attachments[0].IP}},
 	})
 	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
-	e.publish(events.TypePodAccepted, events.PodKey("default", "short"), podAccepted("short", "uid-short", []string{"brief"}))
-	seq = e.publish(events.TypePodScheduled, events.PodKey("default", "short"), &events.PodScheduled{
-		PodRef: events.PodRef{Namespace: "default", Name: "short", UID: "uid-short"}, Host: host, Cluster: e.clusterOf(host),
+	e.Publish(podAccepted("short", "uid-short", []string{"brief"}))
+	seq = e.Publish(&events.PodScheduled{
+		PodRef: events.PodRef{Namespace: "default", Name: "short", UID: "uid-short"}, Host: host, Cluster: e.ClusterOf(host),
 	})
 	e.WaitHandled("PODS", netconfig.Name+"-PODS", seq)
 

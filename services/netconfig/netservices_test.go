@@ -17,7 +17,7 @@ import (
 // and pods attached afterwards are told the address.
 func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	spec := events.NetworkSpec{CIDR: "10.40.0.0/24", Gateway: "10.40.0.1"}
 	e.declare("frontend", spec)
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
@@ -31,7 +31,7 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 		t.Fatalf("pod attached before any network service got nameservers %v", ns)
 	}
 
-	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+	e.Publish(&events.NetworkServiceDeclared{Service: events.NetworkService{
 		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "pod-dns"},
 		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend", "missing"}},
 	}})
@@ -47,7 +47,7 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 
 	// Declared again: the same address (idempotent), and the address is
 	// never a pod's.
-	e.publish(events.TypeNetworkServiceDeclared, "pod-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+	e.Publish(&events.NetworkServiceDeclared{Service: events.NetworkService{
 		Metadata: events.Meta{Name: "pod-dns"}, Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"frontend"}},
 	}})
 	rec = testenv.WaitRecord(e.Env, events.BucketNetServices, "pod-dns", func(r *events.NetworkServiceRecord) bool { return r.Status == events.NetworkServiceReady })
@@ -72,20 +72,20 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 func TestNetworkDataNeedsARegisteredNamespace(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
 	scope := events.NetworkDataScope{Kind: events.NetworkDataSwitch, Name: "pv-dvs"}
-	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
+	e.Publish(&events.NetworkDataSetRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
 	e.WaitDeadLetter(netconfig.Name, "namespace fw.acme.example: namespace not registered")
 
-	e.publish(events.TypeNetworkDataRegisterRequested, "fw.acme.example", &events.NetworkDataRegisterRequested{Namespace: "fw.acme.example", Owner: "acme"})
+	e.Publish(&events.NetworkDataRegisterRequested{Namespace: "fw.acme.example", Owner: "acme"})
 	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataNamespacesKey, func(r *events.NetworkDataNamespaces) bool {
 		return r.Namespaces["fw.acme.example"].Owner == "acme"
 	})
-	e.publish(events.TypeNetworkDataSetRequested, "switch/pv-dvs", &events.NetworkDataSetRequested{
+	e.Publish(&events.NetworkDataSetRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile", Value: "strict"})
 	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool {
 		return r.Values["fw.acme.example/profile"] == "strict" && r.Scope == scope
 	})
-	e.publish(events.TypeNetworkDataRemoveRequested, "switch/pv-dvs", &events.NetworkDataRemoveRequested{
+	e.Publish(&events.NetworkDataRemoveRequested{
 		Scope: scope, Namespace: "fw.acme.example", Key: "profile"})
 	testenv.WaitRecord(e.Env, events.BucketNetData, events.NetworkDataKey(scope), func(r *events.NetworkDataRecord) bool { return len(r.Values) == 0 })
 }
@@ -95,7 +95,7 @@ func TestNetworkDataNeedsARegisteredNamespace(t *testing.T) {
 // each network gets its version, without being declared again.
 func TestNetworkServiceDeclaredBeforeItsNetwork(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	e.publish(events.TypeNetworkServiceDeclared, "early-dns", &events.NetworkServiceDeclared{Service: events.NetworkService{
+	e.Publish(&events.NetworkServiceDeclared{Service: events.NetworkService{
 		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "early-dns"},
 		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"later", "later2"}},
 	}})

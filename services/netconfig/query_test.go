@@ -20,13 +20,13 @@ import (
 // precheck learn it too.
 func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	x, y := hosts[0], hosts[1]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" && len(p.Ready) == 2 })
 	ask := func(host string) events.NetworkAvailabilityAnswer {
 		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: "q", Host: host})
-		m, err := e.bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
+		m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -40,7 +40,7 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 		t.Fatalf("before the drift: %+v, want realized", a)
 	}
 
-	simtest.DropHostPortGroup(t, e.dc, x, events.PortGroupName("q"))
+	simtest.DropHostPortGroup(t, e.DC, x, events.PortGroupName("q"))
 	a := ask(x)
 	if a.Usable() || a.State != events.NetworkOnHostFailed || a.Reason != netconfig.ReasonNotRealized || !strings.Contains(a.Message, "without port group pv-q") {
 		t.Errorf("after %s lost the port group: %+v, want Failed, NotRealized, naming the port group", x, a)

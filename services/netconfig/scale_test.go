@@ -21,10 +21,10 @@ import (
 // lastSeq is the last sequence of a bucket's stream: how many writes it
 // ever took.
 func (e *env) lastSeq(bucket string) uint64 {
-	e.t.Helper()
+	e.T.Helper()
 	st, err := e.KV(bucket).Status(context.Background())
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	info := st.(*jetstream.KeyValueBucketStatus).StreamInfo()
 	return info.State.LastSeq
@@ -32,10 +32,10 @@ func (e *env) lastSeq(bucket string) uint64 {
 
 // recordBytes is the stored size of a network's record.
 func (e *env) recordBytes(name string) int {
-	e.t.Helper()
+	e.T.Helper()
 	v, err := e.KV(events.BucketNetworks).Get(context.Background(), events.NetworkRecordKey(name))
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return len(v.Value())
 }
@@ -53,14 +53,14 @@ func TestNetworkRecordDoesNotGrowWithHosts(t *testing.T) {
 		e.waitRecord("web", func(r *events.NetworkRecord) bool {
 			return r.Status == events.NetworkStatusReady && r.HostsReady == hosts && r.HostsInScope == hosts
 		})
-		for _, h := range e.allHosts() {
+		for _, h := range e.HostNames("") {
 			if st := e.hostState("web", h); !st.ReadyAt(1) || st.Network != "web" || st.Host != h || st.Pushed != 1 {
 				t.Fatalf("%d hosts: state of %s = %+v, want ready at version 1", hosts, h, st)
 			}
 		}
 		sizes[hosts] = e.recordBytes("web")
 		raw, _ := e.KV(events.BucketNetworks).Get(context.Background(), "web")
-		for _, h := range e.allHosts() {
+		for _, h := range e.HostNames("") {
 			if strings.Contains(string(raw.Value()), h) {
 				t.Fatalf("%d hosts: the network record names host %s: %s", hosts, h, raw.Value())
 			}
@@ -94,7 +94,7 @@ func TestAttachesOnManyHostsWriteNoHostState(t *testing.T) {
 	defer stopReplica()
 	e.declare("web", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
 	e.waitRecord("web", func(r *events.NetworkRecord) bool { return r.HostsReady == 16 })
-	hosts := e.allHosts()
+	hosts := e.HostNames("")
 	realizedWrites := e.lastSeq(events.BucketNetRealized)
 
 	const pods = 48
@@ -129,7 +129,7 @@ func TestAttachesOnManyHostsWriteNoHostState(t *testing.T) {
 	}
 	// Deleting the network is refused while they hold addresses, with
 	// every pod counted.
-	e.publish(events.TypeNetworkDeleteRequested, "web", &events.NetworkDeleteRequested{Name: "web"})
+	e.Publish(&events.NetworkDeleteRequested{Name: "web"})
 	rej := testenv.Wait(e.Env, func(p *events.NetworkDeleteRejected) bool { return p.Name == "web" })
 	if rej.Reason != netconfig.ReasonInUse || len(rej.Pods) != pods {
 		t.Fatalf("delete = %s with %d pods, want InUse with %d", rej.Reason, len(rej.Pods), pods)
@@ -143,9 +143,9 @@ func TestDeletedNetworkLeavesNoHostState(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 4}, nil)
 	e.declare("tmp", events.NetworkSpec{VLAN: 9, CIDR: "10.9.0.0/24"})
 	e.waitRecord("tmp", func(r *events.NetworkRecord) bool { return r.HostsReady == 4 })
-	e.publish(events.TypeNetworkDeleteRequested, "tmp", &events.NetworkDeleteRequested{Name: "tmp"})
+	e.Publish(&events.NetworkDeleteRequested{Name: "tmp"})
 	testenv.Wait(e.Env, func(p *events.NetworkDeleted) bool { return p.Name == "tmp" })
-	for _, h := range e.allHosts() {
+	for _, h := range e.HostNames("") {
 		if st := e.hostState("tmp", h); st != nil {
 			t.Fatalf("after the delete %s still has %+v", h, st)
 		}
@@ -162,7 +162,7 @@ func TestAttachDoesNotWaitForAPush(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, func(c *netconfig.Config) { c.ProbeWindow = window })
 	e.declare("web", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
-	host := e.allHosts()[0]
+	host := e.HostNames("")[0]
 
 	ctx := context.Background()
 	dc, err := find.NewFinder(e.vc.Client).Datacenter(ctx, "DC0")

@@ -27,12 +27,12 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	logs := &lockedBuffer{}
 	a, b := e.startLogged(testConfig(), logs), e.startLogged(testConfig(), logs)
 	acc := e.request(testPod("waiting"))
-	host := e.dc.Hosts()[0].Name
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: events.PodRef{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
+	host := e.DC.Hosts()[0].Name
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: events.PodRef{Namespace: acc.Namespace, Name: acc.Name, UID: acc.UID}, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
-	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
 	rec := e.waitRecord(a, acc.Namespace, acc.Name, func(r *events.PodRecord) bool {
 		return r != nil && r.Host == host && len(r.Images) == len(acc.Pod.Spec.Containers)
 	})
@@ -109,7 +109,7 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	}
 
 	// network-config answers the ask: the pod goes on to its VM.
-	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 	e.waitRecord(a, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r != nil && r.VMRef != "" })
 	if n := len(announced()); n != 2 {
 		t.Errorf("%d pod.accepted in all, want 2 (admission and one ask)", n)
@@ -118,11 +118,11 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 
 // startLogged runs a provisioner whose logs (info and up, JSON) go to w.
 func (e *env) startLogged(cfg Config, w *lockedBuffer) *Service {
-	e.t.Helper()
+	e.T.Helper()
 	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	svc, err := New(cfg, Deps{Bus: e.bus, VSphere: e.sess, Logger: log})
+	svc, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: log})
 	if err != nil {
-		e.t.Fatalf("new service: %v", err)
+		e.T.Fatalf("new service: %v", err)
 	}
 	e.Run(Name, svc.Run)
 	return svc

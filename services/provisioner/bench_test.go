@@ -20,7 +20,7 @@ func TestShardedFolder(t *testing.T) {
 	cfg.FolderShards = 4
 	e.start(cfg)
 	acc := e.request(testPod("sharded"))
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	ctx := context.Background()
 	var vm mo.VirtualMachine
@@ -40,7 +40,7 @@ func TestShardedFolder(t *testing.T) {
 func BenchmarkPodToRunning(b *testing.B) {
 	e := newEnv(b)
 	e.start(testConfig())
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	b.ResetTimer()
 	lat := runLatencies(e, b.N, host)
 	b.StopTimer()

@@ -154,10 +154,10 @@ func TestNewChecksDependencies(t *testing.T) {
 	}
 	bad := DefaultConfig()
 	bad.Workers = 0
-	if _, err := New(bad, Deps{Bus: e.bus, VSphere: e.sess}); err == nil || !strings.Contains(err.Error(), "Workers") {
+	if _, err := New(bad, Deps{Bus: e.Bus, VSphere: e.sess}); err == nil || !strings.Contains(err.Error(), "Workers") {
 		t.Errorf("New with bad config = %v, want an error naming Workers", err)
 	}
-	if svc, err := New(DefaultConfig(), Deps{Bus: e.bus, VSphere: e.sess}); err != nil || svc == nil {
+	if svc, err := New(DefaultConfig(), Deps{Bus: e.Bus, VSphere: e.sess}); err != nil || svc == nil {
 		t.Errorf("New = %v, %v", svc, err)
 	}
 }

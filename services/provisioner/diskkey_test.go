@@ -30,7 +30,7 @@ func TestEncryptedPodKeyReleasedOnlyToItsVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc, _ := e.start(cfg)
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	pod := testPod("sealed")
 	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
 	acc := e.request(pod)
@@ -85,7 +85,7 @@ func TestEncryptedPodKeyReleasedOnlyToItsVM(t *testing.T) {
 		data, _ := json.Marshal(q)
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		return e.bus.Request(rctx, events.SubjectDiskKeyRelease, data)
+		return e.Bus.Request(rctx, events.SubjectDiskKeyRelease, data)
 	}
 	answer, err := ask(req)
 	if err != nil {
@@ -114,7 +114,7 @@ func TestEncryptedPodWithoutKeyFileFails(t *testing.T) {
 	pod := testPod("sealed")
 	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
 	acc := e.request(pod)
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonEncryptionUnavailable || !strings.Contains(f.Message, "PODVISOR_PROVISIONER_KEY_FILE") {
 		t.Fatalf("pod.failed = %+v, want EncryptionUnavailable naming the key file setting", f)

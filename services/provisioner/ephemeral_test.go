@@ -32,7 +32,7 @@ func TestDiskZeroIsAChildOfTheEphemeralTemplate(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	place := podvm.Placement{Host: host, Folder: "podvisor/ephemeral"}
 	const mib = 256
 	create := func(vms *podvm.Client, name string) *types.VirtualDiskFlatVer2BackingInfo {
@@ -64,7 +64,7 @@ func TestDiskZeroIsAChildOfTheEphemeralTemplate(t *testing.T) {
 
 	vms := podvm.New(e.vc.Client, e.dco)
 	want := podvm.EphemeralTemplatePath(sim.SharedDatastore, mib)
-	ds, err := e.dc.Datastore(sim.SharedDatastore)
+	ds, err := e.DC.Datastore(sim.SharedDatastore)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +161,7 @@ func TestTwoReplicasBuildOneEphemeralTemplate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ds, err := e.dc.Datastore(sim.SharedDatastore)
+	ds, err := e.DC.Datastore(sim.SharedDatastore)
 	if err != nil {
 		t.Fatal(err)
 	}

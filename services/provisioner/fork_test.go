@@ -79,7 +79,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	// has those made before it).
 	cfg.ForkEarly = false
 	svc, _ := e.start(cfg)
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	ctx := context.Background()
 
 	deploy := func(pod *corev1.Pod) *events.PodRecord {
@@ -120,7 +120,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		t.Fatalf("first pod of the image: VMForked %s/%s, want False/NoTemplate", st, reason)
 	}
 	tmpl := readyTemplate("app")
-	if e.dc.ForkedFrom(first.VMRef) != "" {
+	if e.DC.ForkedFrom(first.VMRef) != "" {
 		t.Fatal("the first pod's VM is a clone; it was to be created")
 	}
 
@@ -128,7 +128,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	if st, reason, msg := forked(second); st != events.ConditionTrue || reason != templates.ReasonForked {
 		t.Fatalf("second pod: VMForked %s/%s (%s), want True/InstantClone", st, reason, msg)
 	}
-	if got := e.dc.ForkedFrom(second.VMRef); got != tmpl.VMRef {
+	if got := e.DC.ForkedFrom(second.VMRef); got != tmpl.VMRef {
 		t.Fatalf("second pod's VM %s is forked from %q, want the template %s", second.VMRef, got, tmpl.VMRef)
 	}
 	devices, err := object.NewVirtualMachine(e.vc.Client, vmRef(second.VMRef)).Device(ctx)
@@ -148,7 +148,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	}
 	// The next fork of the same template reads nothing of it: neither the
 	// VM nor its record (the watch of the bucket delivered it).
-	if r := deploy(imagePod("second-b", "app")); e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+	if r := deploy(imagePod("second-b", "app")); e.DC.ForkedFrom(r.VMRef) != tmpl.VMRef {
 		t.Fatal("the pod after the second is not forked from the template")
 	} else if read("second-b") {
 		t.Fatal("the second fork of the template read the template VM again")
@@ -159,14 +159,14 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	// A pod that asks not to be forked is created.
 	optOut := imagePod("opted-out", "app")
 	optOut.Annotations = map[string]string{events.AnnotationInstantClone: "false"}
-	if r := deploy(optOut); e.dc.ForkedFrom(r.VMRef) != "" {
+	if r := deploy(optOut); e.DC.ForkedFrom(r.VMRef) != "" {
 		t.Fatal("the pod that opted out runs in a fork")
 	} else if st, reason, _ := forked(r); st != events.ConditionFalse || reason != templates.ReasonOptedOut {
 		t.Fatalf("opted-out pod: VMForked %s/%s, want False/OptedOut", st, reason)
 	}
 
 	// A failing InstantClone: the pod VM is created; the pod says why.
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
+	if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
 		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
 		t.Fatal(err)
 	}
@@ -174,11 +174,11 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	if st, reason, _ := forked(third); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed {
 		t.Fatalf("third pod with InstantClone failing: VMForked %s/%s, want False/InstantCloneFailed", st, reason)
 	}
-	if e.dc.ForkedFrom(third.VMRef) != "" || !third.IsTrue(events.PodConditionVMCreated) {
+	if e.DC.ForkedFrom(third.VMRef) != "" || !third.IsTrue(events.PodConditionVMCreated) {
 		t.Fatal("the third pod's VM was to be created after the failed fork")
 	}
 	// After a failed fork the template is read afresh.
-	if r := deploy(imagePod("third-b", "app")); e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+	if r := deploy(imagePod("third-b", "app")); e.DC.ForkedFrom(r.VMRef) != tmpl.VMRef {
 		t.Fatal("the pod after the failed fork is not forked from the template")
 	} else if !read("third-b") {
 		t.Fatal("the fork after a failed one used what was read before it")
@@ -195,7 +195,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		return len(recs) == 1 && recs[0].Name == newer.Name && len(e.vmsNamed(tmpl.Name)) == 0
 	})
 	fifth := deploy(imagePod("fifth", "logger"))
-	if got := e.dc.ForkedFrom(fifth.VMRef); got != newer.VMRef {
+	if got := e.DC.ForkedFrom(fifth.VMRef); got != newer.VMRef {
 		t.Fatalf("fifth pod forked from %q, want the new template %s", got, newer.VMRef)
 	}
 	// Forked pods outlive their template: the second pod's VM still runs.
@@ -219,7 +219,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	cfg.TemplatesWarm = 1
 	cfg.ForkEarly = true
 	svc, _ := e.start(cfg)
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	ctx := context.Background()
 	forked := func(r *events.PodRecord) (status, reason string) {
 		c, _ := r.Condition(events.PodConditionVMForked)
@@ -228,9 +228,9 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	placed := func(pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
 		t.Helper()
 		acc := e.request(pod)
-		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-			PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
-		e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+		e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+			PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
+		e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
 		return acc, e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool {
 			_, reason := forked(r)
 			return r.VMRef != "" && reason == templates.ReasonForkedEarly
@@ -287,7 +287,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	})
 
 	acc, r := placed(imagePod("early", "app"))
-	if e.dc.ForkedFrom(r.VMRef) != tmpl.VMRef {
+	if e.DC.ForkedFrom(r.VMRef) != tmpl.VMRef {
 		t.Fatalf("the early pod's VM %s is not forked from the template %s", r.VMRef, tmpl.VMRef)
 	}
 	if r.Phase != events.PodPhaseScheduled || r.IsTrue(events.PodConditionVMReady) || !r.IsTrue(events.PodConditionVMCreated) {
@@ -301,7 +301,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 		t.Fatalf("the early fork's guest spec: networkPending %v, %d nics, uid %s; want waiting, none, the pod's", spec.NetworkPending, len(spec.NICs), spec.UID)
 	}
 	early := r.VMRef
-	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 	r = e.waitRecord(svc, "default", "early", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 	if r.VMRef != early {
 		t.Fatalf("the pod's VM changed from %s to %s when its network came", early, r.VMRef)
@@ -325,7 +325,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 
 	// The network fails: the early fork goes with the pod.
 	acc, r = placed(imagePod("early-fails", "app"))
-	e.publish("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
+	e.Send("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
 		Reason: "PoolExhausted", Message: "no address left"})
 	e.waitRecord(svc, "default", "early-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
 	if vms := e.vmsNamed(r.VMName); len(vms) != 0 {
@@ -335,7 +335,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	// The host refuses the network: the early fork is destroyed and the
 	// pod placed again.
 	acc, r = placed(imagePod("early-refused", "app"))
-	e.publish("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
+	e.Send("podvisor/netconfig", events.TypePodNetworkFailed, &events.PodNetworkFailed{PodRef: acc.PodRef, Network: acc.Networks[0],
 		Host: host, Reason: events.ReasonNotRealizedOnHost, Message: "not on this host"})
 	r = e.waitRecord(svc, "default", "early-refused", func(r *events.PodRecord) bool {
 		return r.Phase == events.PodPhasePending && r.Host == ""
@@ -346,43 +346,43 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 
 	// The fork ahead of the network fails: once the network comes the pod
 	// VM is created (not forked again), the reason on the pod.
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
+	if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
 		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
 		t.Fatal(err)
 	}
 	acc = e.request(imagePod("early-clone-fails", "app"))
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
-	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
 	e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool {
 		st, reason := forked(r)
 		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
 	})
-	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 	r = e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
-	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.dc.ForkedFrom(r.VMRef) != "" {
-		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.dc.ForkedFrom(r.VMRef))
+	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.DC.ForkedFrom(r.VMRef) != "" {
+		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.DC.ForkedFrom(r.VMRef))
 	}
 
 	// The fork ahead of the network fails after making its child (the
 	// child's power-on fails): that child, its cables out and its guest
 	// waiting for a network, must not become the pod's VM once the
 	// network comes; the pod's VM is created.
-	if err := e.dc.AddFault(simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", ObjectType: "VirtualMachine",
+	if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", ObjectType: "VirtualMachine",
 		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
 		t.Fatal(err)
 	}
 	acc = e.request(imagePod("early-child-fails", "app"))
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host), Datastores: []string{sim.SharedDatastore}})
-	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
 	e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool {
 		st, reason := forked(r)
 		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
 	})
-	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 	r = e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
-	if from := e.dc.ForkedFrom(r.VMRef); from != "" {
+	if from := e.DC.ForkedFrom(r.VMRef); from != "" {
 		t.Fatalf("after a fork ahead of the network whose child failed to power on, the pod's VM %s is that child (forked from %s), want a created VM", r.VMRef, from)
 	}
 	if spec := guestSpec(r.VMRef); spec.NetworkPending || len(spec.NICs) != 1 {

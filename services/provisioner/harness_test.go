@@ -14,7 +14,6 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -26,9 +25,6 @@ import (
 // the shared datastore, and a recorder of every event on the bus.
 type env struct {
 	*testenv.Env
-	t    testing.TB
-	bus  *bus.Bus
-	dc   *sim.Datacenter
 	vc   *govmomi.Client
 	dco  *object.Datacenter
 	vms  *podvm.Client
@@ -42,7 +38,7 @@ func newEnv(t testing.TB) *env {
 		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-backend"}},
 	}))
 	sess := simtest.Session(t, te.DC)
-	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, vc: sess.Client, dco: sess.Datacenter, sess: sess,
+	e := &env{Env: te, vc: sess.Client, dco: sess.Datacenter, sess: sess,
 		vms: podvm.New(sess.Vim(), sess.Datacenter)}
 	e.vms.BlankEphemeral = true // as testConfig's
 	// What the image cache would have made: one disk per name in
@@ -77,23 +73,18 @@ func testConfig() Config {
 
 // start runs a provisioner until the test ends (or stop is called).
 func (e *env) start(cfg Config) (svc *Service, stop func()) {
-	e.t.Helper()
-	svc, err := New(cfg, Deps{Bus: e.bus, VSphere: e.sess, Logger: testenv.Logger()})
+	e.T.Helper()
+	svc, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: testenv.Logger()})
 	if err != nil {
-		e.t.Fatalf("new service: %v", err)
+		e.T.Fatalf("new service: %v", err)
 	}
 	return svc, e.Run(Name, svc.Run)
 }
 
-// publish sends an event as a client or another service would.
-func (e *env) publish(source, ceType string, p events.Payload) uint64 {
-	return e.PublishAs(source, ceType, p.ObjectKey(), p)
-}
-
 // request publishes pod.requested and waits for the admission answer.
 func (e *env) request(pod *corev1.Pod) *events.PodAccepted {
-	e.t.Helper()
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *pod})
+	e.T.Helper()
+	e.Send("test/client", events.TypePodRequested, &events.PodRequested{Pod: *pod})
 	return testenv.Wait(e.Env, func(a *events.PodAccepted) bool { return a.Name == pod.Name })
 }
 
@@ -128,16 +119,16 @@ func testPod(name string) *corev1.Pod {
 // (ResourceVersion is the entry's revision); waitRecord waits until it
 // satisfies pred.
 func (e *env) record(svc *Service, ns, name string) *events.PodRecord {
-	e.t.Helper()
+	e.T.Helper()
 	r, err := svc.recordsReady().get(context.Background(), events.PodRecordKey(ns, name))
 	if err != nil {
-		e.t.Fatalf("read record: %v", err)
+		e.T.Fatalf("read record: %v", err)
 	}
 	return r
 }
 
 func (e *env) waitRecord(svc *Service, ns, name string, pred func(*events.PodRecord) bool) *events.PodRecord {
-	e.t.Helper()
+	e.T.Helper()
 	var r *events.PodRecord
 	e.Eventually(fmt.Sprintf("record %s/%s in the expected state", ns, name), func() bool {
 		r = e.record(svc, ns, name)
@@ -148,10 +139,10 @@ func (e *env) waitRecord(svc *Service, ns, name string, pred func(*events.PodRec
 
 // vmsNamed lists the VMs with this name anywhere in the datacenter.
 func (e *env) vmsNamed(name string) []podvm.VM {
-	e.t.Helper()
+	e.T.Helper()
 	vms, err := e.vms.List(context.Background(), "")
 	if err != nil {
-		e.t.Fatalf("list VMs: %v", err)
+		e.T.Fatalf("list VMs: %v", err)
 	}
 	var out []podvm.VM
 	for _, v := range vms {

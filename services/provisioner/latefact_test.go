@@ -29,7 +29,7 @@ func TestFactMeetingAMissingRecordIsReadAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	consumer, err := e.bus.JetStream().Consumer(ctx, events.StreamPods, "provisioner-PODS")
+	consumer, err := e.Bus.JetStream().Consumer(ctx, events.StreamPods, "provisioner-PODS")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,9 +41,9 @@ func TestFactMeetingAMissingRecordIsReadAgain(t *testing.T) {
 		return ci.NumRedelivered
 	}
 	before := redelivered()
-	host := e.dc.Hosts()[0].Name
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.dc, host),
+	host := e.DC.Hosts()[0].Name
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
 	e.EventuallyWithin("pod.scheduled redelivered after its record was not found", 5*time.Second, func() bool {

@@ -34,10 +34,10 @@ func TestAdmission(t *testing.T) {
 	// The same manifest again is a no-op; a changed one under the same name
 	// is refused. Both go through the same key, in order, so once the
 	// refusal is seen the no-op has been handled too.
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *testPod("api")})
+	e.Send("test/client", events.TypePodRequested, &events.PodRequested{Pod: *testPod("api")})
 	changed := testPod("api")
 	changed.Spec.Containers[0].Image = "registry.local/app:2.0"
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *changed})
+	e.Send("test/client", events.TypePodRequested, &events.PodRequested{Pod: *changed})
 	rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "api" })
 	if rej.Reason != events.ReasonAlreadyExists || !strings.Contains(rej.Message, "delete it first") {
 		t.Errorf("rejection = %+v, want AlreadyExists", rej)
@@ -52,7 +52,7 @@ func TestAdmission(t *testing.T) {
 	// Invalid manifest: rejected naming the field; no record.
 	bad := testPod("broken")
 	bad.Spec.Containers[1].Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("2Gi")}
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *bad})
+	e.Send("test/client", events.TypePodRequested, &events.PodRequested{Pod: *bad})
 	rej = testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "broken" })
 	if rej.Reason != events.ReasonInvalid || !strings.Contains(rej.Field, "containers[1]") {
 		t.Errorf("rejection = %+v, want Invalid naming containers[1]", rej)
@@ -65,7 +65,7 @@ func TestAdmission(t *testing.T) {
 	// with one uid would share one VM name.
 	withUID := testPod("fixed")
 	withUID.UID = "5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60"
-	e.publish("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID})
+	e.Send("test/client", events.TypePodRequested, &events.PodRequested{Pod: *withUID})
 	rej = testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "fixed" })
 	if rej.Reason != events.ReasonInvalid || rej.Field != "pod.metadata.uid" {
 		t.Errorf("rejection = %+v, want Invalid naming pod.metadata.uid", rej)
@@ -80,7 +80,7 @@ func TestAdmission(t *testing.T) {
 // redelivery must adopt that task's VM, not create a second one.
 func TestCrashBetweenCreateAndAck(t *testing.T) {
 	e := newEnv(t)
-	svc, err := newService(testConfig(), e.bus, e.vms, testenv.Logger())
+	svc, err := newService(testConfig(), e.Bus, e.vms, testenv.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 	testenv.Run(t, Name, svc.Run)
 
 	acc := e.request(testPod("crashy"))
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	if crashes.Load() != 1 {
@@ -119,7 +119,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.record(svc, "default", "orphaned-create")
-	r.Host = e.dc.Hosts()[0].Name
+	r.Host = e.DC.Hosts()[0].Name
 	r.Images = imagesReady(acc2).Containers
 	r.Attachments = networkAttached(acc2, r.Host).Attachments
 	spec, placement, err := svc.vmSpec(r)
@@ -147,10 +147,10 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 func TestCreateVMFaults(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 
 	t.Run("transient fault is retried", func(t *testing.T) {
-		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
+		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1,
 		})
@@ -166,7 +166,7 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("permanent fault fails the pod", func(t *testing.T) {
-		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
+		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInvalidArgument,
 		})
@@ -187,14 +187,14 @@ func TestCreateVMFaults(t *testing.T) {
 
 	t.Run("image on a datastore the host does not mount", func(t *testing.T) {
 		acc := e.request(testPod("misplaced"))
-		hs, _ := e.dc.Host(host)
-		e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "misplaced", UID: acc.UID}, Host: host, Cluster: hs.Cluster})
+		hs, _ := e.DC.Host(host)
+		e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{PodRef: events.PodRef{Namespace: "default", Name: "misplaced", UID: acc.UID}, Host: host, Cluster: hs.Cluster})
 		ir := imagesReady(acc)
 		ir.Containers[2].Datastore = "elsewhere-ds"
 		ir.Containers[2].Disk = "[elsewhere-ds] podvisor-images/logger.vmdk"
 		ir.Containers[2].Chain = []string{ir.Containers[2].Disk}
-		e.publish("podvisor/imagecache", events.TypePodImagesReady, ir)
-		e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+		e.Send("podvisor/imagecache", events.TypePodImagesReady, ir)
+		e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 		if f.Reason != ReasonCreateVMFailed || !strings.Contains(f.Message, "image disk [elsewhere-ds] podvisor-images/logger.vmdk is on datastore elsewhere-ds, which host "+host+" does not mount") {
 			t.Errorf("pod.failed = %+v", f)
@@ -202,7 +202,7 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("transient fault that persists fails after MaxAttempts", func(t *testing.T) {
-		simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
+		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInsufficientResourcesFault,
 		})
@@ -218,13 +218,13 @@ func TestCreateVMFaults(t *testing.T) {
 func TestDelete(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	host := e.dc.Hosts()[1].Name
+	host := e.DC.Hosts()[1].Name
 
 	acc := e.request(testPod("gone"))
 	e.facts(acc, host)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
-	e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
+	e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
 	del := testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 	if del.Host != host || len(del.Images) != 3 || len(del.IPs) != 1 || del.IPs[0].Network != "default" {
 		t.Errorf("pod.deleted = %+v, want host %s, 3 images, 1 IP", del, host)
@@ -237,7 +237,7 @@ func TestDelete(t *testing.T) {
 	e.waitRecord(svc, "default", "gone", func(r *events.PodRecord) bool { return r == nil })
 
 	t.Run("unknown pod", func(t *testing.T) {
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "never-was"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "never-was"})
 		rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "never-was" })
 		if rej.Reason != events.ReasonNotFound || !strings.Contains(rej.Message, "default/never-was") {
 			t.Errorf("rejection = %+v, want NotFound naming the pod", rej)
@@ -246,7 +246,7 @@ func TestDelete(t *testing.T) {
 
 	t.Run("uid precondition", func(t *testing.T) {
 		acc := e.request(testPod("guarded"))
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "guarded", UID: "someone-else"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "guarded", UID: "someone-else"})
 		rej := testenv.Wait(e.Env, func(p *events.PodRejected) bool { return p.Name == "guarded" })
 		if rej.Reason != events.ReasonUIDMismatch || e.record(svc, "default", "guarded").UID != acc.UID {
 			t.Errorf("rejection = %+v, want UIDMismatch and the pod kept", rej)
@@ -260,14 +260,14 @@ func TestDelete(t *testing.T) {
 			// property collector reads it for our WaitForUpdates.
 			t.Skip("vcsim's TaskDelay is racy under -race (simulator/task.go:134); covered without -race")
 		}
-		if err := e.dc.SetTaskDelay("CreateVm", 300*time.Millisecond); err != nil {
+		if err := e.DC.SetTaskDelay("CreateVm", 300*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = e.dc.SetTaskDelay("CreateVm", 0) })
+		t.Cleanup(func() { _ = e.DC.SetTaskDelay("CreateVm", 0) })
 		acc := e.request(testPod("hasty"))
 		e.facts(acc, host)
 		e.waitRecord(svc, "default", "hasty", func(r *events.PodRecord) bool { return r.CreateTask != "" || r.VMRef != "" })
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "hasty"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "hasty"})
 		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 0 {
 			t.Errorf("%d VMs after delete during provisioning, want 0", n)
@@ -285,7 +285,7 @@ func TestDriftRepair(t *testing.T) {
 
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	ctx := context.Background()
 
 	var accs []*events.PodAccepted
@@ -390,16 +390,16 @@ func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObje
 func TestEvictionAndMigration(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	hosts := e.dc.Hosts()
+	hosts := e.DC.Hosts()
 
 	acc := e.request(testPod("mobile"))
 	e.facts(acc, hosts[0].Name)
 	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	// Migration: Migrating while relocating, then Running on the target.
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, Phase: events.PhaseRelocating, Percent: 40})
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, Phase: events.PhaseRelocating, Percent: 40})
 	e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, MigrationMove: events.MigrationMove{UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
 	r := e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting && r.Host == hosts[1].Name })
 	if r.VMRef != first.VM {
@@ -408,7 +408,7 @@ func TestEvictionAndMigration(t *testing.T) {
 
 	// Eviction: back to Pending, old VM removed, then re-provisioned on
 	// the new placement with the same name (the old one is gone).
-	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "mobile", UID: acc.UID}, Host: hosts[1].Name, Reason: "HostLost"})
+	e.Send("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "mobile", UID: acc.UID}, Host: hosts[1].Name, Reason: "HostLost"})
 	r = e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" {
 		t.Errorf("after eviction: host %q vm %q generation %d reason %q", r.Host, r.VMRef, r.Generation, r.Reason)
@@ -433,27 +433,27 @@ func TestEvictionAndMigration(t *testing.T) {
 func TestLateMigrationProgressChangesNothing(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	hosts := e.dc.Hosts()
+	hosts := e.DC.Hosts()
 	acc := e.request(testPod("mover"))
 	e.facts(acc, hosts[0].Name)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
 	e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[1].Name && r.Migration == "m1" })
 	// The late progress, then the next migration's: one pod's events are
 	// handled in order, so once m2 shows, m1's late progress was handled.
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, Phase: events.PhaseFinalizing, Percent: 100})
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, Phase: events.PhaseRelocating, Percent: 10})
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, Phase: events.PhaseFinalizing, Percent: 100})
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, Phase: events.PhaseRelocating, Percent: 10})
 	e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating && r.Migration == "m2" })
 
 	// The failure of m1 arriving now is not m2's: the pod stays Migrating
 	// until m2 ends.
-	e.publish("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, Reason: "RelocateFailed", Message: "late"})
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, Phase: events.PhaseFinalizing, Percent: 100})
-	e.publish("podvisor/migration", events.TypeMigrationCancelled, &events.MigrationCancelled{MigrationRef: events.MigrationRef{ID: "m3", Namespace: "default", Pod: "mover"}, UID: acc.UID, TargetHost: hosts[1].Name})
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, Phase: events.PhaseFinalizing, Percent: 100})
+	e.Send("podvisor/migration", events.TypeMigrationCancelled, &events.MigrationCancelled{MigrationRef: events.MigrationRef{ID: "m3", Namespace: "default", Pod: "mover"}, UID: acc.UID, TargetHost: hosts[1].Name})
+	e.Send("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m2", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
 		SourceHost: hosts[1].Name, TargetHost: hosts[0].Name, TargetCluster: hosts[0].Cluster}})
 	r := e.waitRecord(svc, "default", "mover", func(r *events.PodRecord) bool { return r.Host == hosts[0].Name })
 	if r.Phase == events.PodPhaseMigrating || r.Migration != "m2" {
@@ -470,7 +470,7 @@ func TestLateMigrationProgressChangesNothing(t *testing.T) {
 func TestProgressOfAnEndedMigrationChangesNothing(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	hosts := e.dc.Hosts()
+	hosts := e.DC.Hosts()
 	acc := e.request(testPod("late"))
 	e.facts(acc, hosts[0].Name)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
@@ -479,19 +479,19 @@ func TestProgressOfAnEndedMigrationChangesNothing(t *testing.T) {
 	}
 
 	putMigration(t, e, events.MigrationRecord{ID: "m1", Namespace: "default", Pod: "late", UID: acc.UID, Phase: events.MigrationPhaseCompleted})
-	e.publish("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: ref("m1"), MigrationMove: events.MigrationMove{UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: ref("m1"), MigrationMove: events.MigrationMove{UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
 	e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Host == hosts[1].Name && r.Migration == "m1" })
 	putMigration(t, e, events.MigrationRecord{ID: "m2", Namespace: "default", Pod: "late", UID: acc.UID, Phase: events.MigrationPhaseFailed})
-	e.publish("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{MigrationRef: ref("m2"), UID: acc.UID,
+	e.Send("podvisor/migration", events.TypeMigrationFailed, &events.MigrationFailed{MigrationRef: ref("m2"), UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, Reason: "PodMoved", Message: "the pod runs elsewhere"})
 	e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Migration == "m2" })
 
 	// m1's late progress, then m3's (no record: in flight). One pod's
 	// events are handled in order, so once either shows, m1's was handled;
 	// had it put the pod in Migrating, m3's could not change the record.
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m1"), Phase: events.PhaseRelocating})
-	e.publish("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m3"), Phase: events.PhaseRelocating, Percent: 10})
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m1"), Phase: events.PhaseRelocating})
+	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: ref("m3"), Phase: events.PhaseRelocating, Percent: 10})
 	r := e.waitRecord(svc, "default", "late", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseMigrating })
 	if r.Migration != "m3" {
 		t.Errorf("pod Migrating for %q (%s), want m3: the ended m1's late progress was folded", r.Migration, r.Message)
@@ -502,7 +502,7 @@ func TestProgressOfAnEndedMigrationChangesNothing(t *testing.T) {
 func putMigration(t *testing.T, e *env, m events.MigrationRecord) {
 	t.Helper()
 	ctx := context.Background()
-	kv, err := e.bus.KV(ctx, events.BucketMigrations)
+	kv, err := e.Bus.KV(ctx, events.BucketMigrations)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,15 +538,15 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	if err != nil {
 		t.Fatal(err)
 	}
-	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse})
-	e.publish("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{PodRef: events.PodRef{Namespace: "default", Name: "leftover", UID: acc.UID},
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse})
+	e.Send("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{PodRef: events.PodRef{Namespace: "default", Name: "leftover", UID: acc.UID},
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
 	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
 	if f.Reason != ReasonImagesFailed || !strings.Contains(f.Message, "ImageNotFound") {
 		t.Errorf("pod.failed = %+v, want ImagesFailed naming the image cache's reason", f)
 	}
 	e.waitRecord(svc, "default", "leftover", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
-	e.dc.ClearFaults()
+	e.DC.ClearFaults()
 	if vm, _ := e.vms.Get(ctx, ref); vm == nil {
 		t.Fatal("setup: the failed pod's VM should have survived the faulted destroy")
 	}

@@ -41,7 +41,7 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	vc.RoundTripper = counter
 	vms := podvm.New(&vc, object.NewDatacenter(&vc, e.sess.Datacenter.Reference()))
 	vms.BlankEphemeral = true // no template build among the counted calls
-	host := e.dc.Hosts()[0].Name
+	host := e.DC.Hosts()[0].Name
 	spec := func(name, parent string) podvm.Spec {
 		return podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,
 			NICs:       []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
@@ -69,7 +69,7 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	}
 
 	// A datastore mounted after the first lookup.
-	hs, err := object.NewHostSystem(&vc, e.dc.Hosts()[0].Ref).ConfigManager().DatastoreSystem(ctx)
+	hs, err := object.NewHostSystem(&vc, e.DC.Hosts()[0].Ref).ConfigManager().DatastoreSystem(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,14 +93,14 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	// A fault a retry would not fix, on a create that used cached lookups:
 	// they may have gone stale (a port group re-created, a host re-added),
 	// so the create is made again at once with fresh ones.
-	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 		MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 		FaultType: simulator.FaultTypeInvalidArgument, MaxCount: 1,
 	})
 	if calls := create(spec("pv-lookups-5", imageDisk("app")), place); calls < 4 {
 		t.Errorf("a create whose cached lookups met a fault made %d calls, want a second try with fresh lookups", calls)
 	}
-	e.dc.ClearFaults()
+	e.DC.ClearFaults()
 
 	// A datastore the host does not mount is still refused, permanently.
 	_, err = vms.StartCreate(ctx, spec("pv-lookups-4", "[nowhere-ds] app.vmdk"), place)
@@ -119,20 +119,20 @@ func TestHostsAreListedOnceForAllHosts(t *testing.T) {
 	defer cancel()
 	vms := podvm.New(e.sess.Vim(), object.NewDatacenter(e.sess.Vim(), e.sess.Datacenter.Reference()))
 	vms.BlankEphemeral = true
-	hosts := e.dc.Hosts()
+	hosts := e.DC.Hosts()
 	if len(hosts) < 2 {
 		t.Fatalf("%d hosts, want two", len(hosts))
 	}
 	create := func(name, host string) map[string]int64 {
 		t.Helper()
-		before := e.dc.Calls()
+		before := e.DC.Calls()
 		task, err := vms.StartCreate(ctx, podvm.Spec{Name: name, VCPUs: 1, MemoryMiB: 128,
 			NICs:       []podvm.NIC{{Network: "default", PortGroup: "pv-default"}},
 			ImageDisks: []string{imageDisk("app")}}, podvm.Placement{Host: host, Folder: "podvisor/hosts"})
 		if err != nil {
 			t.Fatalf("create %s on %s: %v", name, host, err)
 		}
-		calls := sim.CallsSince(before, e.dc.Calls())
+		calls := sim.CallsSince(before, e.DC.Calls())
 		if _, err := vms.WaitCreate(ctx, task); err != nil {
 			t.Fatalf("create %s: %v", name, err)
 		}

@@ -37,7 +37,7 @@ func TestTraceAndMetrics(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
 	acc := e.request(testPod("traced"))
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
 	traceOf := func(ceType string) string {
@@ -79,7 +79,7 @@ func TestTraceAndMetrics(t *testing.T) {
 	}
 
 	// One repair, then scrape.
-	ref := orphanVM(t, e, svc, e.dc.Hosts()[0].Name)
+	ref := orphanVM(t, e, svc, e.DC.Hosts()[0].Name)
 	if _, err := svc.Resync(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -110,22 +110,22 @@ func grep(s, sub string) string {
 func TestEvictionFromUnreachableHost(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	hosts := e.dc.Hosts()
+	hosts := e.DC.Hosts()
 
 	acc := e.request(testPod("stranded"))
 	e.facts(acc, hosts[0].Name)
 	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 
-	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
 		FaultType: simulator.FaultTypeInvalidState, Message: "host not responding",
 	})
-	e.publish("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "stranded", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
+	e.Send("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "stranded", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
 	r := e.waitRecord(svc, "default", "stranded", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if len(r.StaleVMs) != 1 || r.StaleVMs[0].Ref != first.VM || r.VMName != "pv-"+acc.UID+"-1" {
 		t.Fatalf("after eviction: stale %+v, next name %s", r.StaleVMs, r.VMName)
 	}
-	e.dc.ClearFaults()
+	e.DC.ClearFaults()
 
 	e.facts(acc, hosts[1].Name)
 	second := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })

@@ -21,7 +21,7 @@ import (
 func TestProvisionFullFlow(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	host := e.dc.Hosts()[1].Name
+	host := e.DC.Hosts()[1].Name
 
 	acc := e.request(testPod("web"))
 	// requests 500m+1000m(limit)+100m(default) + 250m overhead; memory

@@ -21,7 +21,7 @@ func TestProvisionerKilledBeforeTaskSaveLeavesOneVM(t *testing.T) {
 	e := newEnv(t)
 	// The first create stays in flight while the second provisioner takes
 	// the pod over (redelivery after AckWait).
-	if err := e.dc.SetTaskDelay("CreateVm", 3*time.Second); err != nil {
+	if err := e.DC.SetTaskDelay("CreateVm", 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
@@ -38,7 +38,7 @@ func TestProvisionerKilledBeforeTaskSaveLeavesOneVM(t *testing.T) {
 		return errors.New("killed after CreateVM was submitted")
 	}
 	acc := e.request(testPod("killed-mid-create"))
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	select {
 	case <-submitted:
 	case <-time.After(15 * time.Second):
@@ -48,7 +48,7 @@ func TestProvisionerKilledBeforeTaskSaveLeavesOneVM(t *testing.T) {
 	if r := e.record(first, acc.Namespace, acc.Name); r.CreateTask != "" || r.CreateAttempts != 1 {
 		t.Fatalf("record after the kill: task %q, attempts %d; want no task and one attempt", r.CreateTask, r.CreateAttempts)
 	}
-	if err := e.dc.SetTaskDelay("CreateVm", 0); err != nil {
+	if err := e.DC.SetTaskDelay("CreateVm", 0); err != nil {
 		t.Fatal(err)
 	}
 
@@ -97,12 +97,12 @@ func TestFactFoldedIntoWhatAnotherReplicaWrote(t *testing.T) {
 	if _, err := svc.recs.kv.Update(context.Background(), events.PodRecordKey(acc.Namespace, acc.Name), b, other.ResourceVersion); err != nil {
 		t.Fatal(err)
 	}
-	host := e.dc.Hosts()[0].Name
-	hs, err := e.dc.Host(host)
+	host := e.DC.Hosts()[0].Name
+	hs, err := e.DC.Host(host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
 		PodRef: acc.PodRef, Host: host, Cluster: hs.Cluster,
 	})
 	r := e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Host == host })

@@ -11,13 +11,13 @@ import (
 // facts publishes what scheduler, image cache and network-config would say
 // about an accepted pod, placing it on host.
 func (e *env) facts(acc *events.PodAccepted, host string) {
-	e.t.Helper()
-	e.publish("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(e.t, e.dc, host),
+	e.T.Helper()
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(e.T, e.DC, host),
 		Datastores: []string{sim.SharedDatastore},
 	})
-	e.publish("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
-	e.publish("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
 }
 
 func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {

@@ -46,17 +46,17 @@ func report(acc *events.PodAccepted, vm, boot string, seq uint64, statuses ...co
 
 // startPod runs a pod to Starting (its VM on, no guest report yet).
 func (e *env) startPod(svc *Service, pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
-	e.t.Helper()
+	e.T.Helper()
 	acc := e.request(pod)
-	e.facts(acc, e.dc.Hosts()[0].Name)
+	e.facts(acc, e.DC.Hosts()[0].Name)
 	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 	return acc, e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 }
 
 // fold publishes a report and waits until the record holds it.
 func (e *env) fold(svc *Service, p *events.PodContainersReported) *events.PodRecord {
-	e.t.Helper()
-	e.publish("podvisor/hostagent", events.TypePodContainersReported, p)
+	e.T.Helper()
+	e.Send("podvisor/hostagent", events.TypePodContainersReported, p)
 	return e.waitRecord(svc, p.Namespace, p.Name, func(r *events.PodRecord) bool {
 		return r.Guest != nil && r.Guest.BootID == p.BootID && r.Guest.Seq == p.Seq
 	})

@@ -12,7 +12,7 @@ import (
 
 // poweredOn says whether the pod's VM exists and is on.
 func (e *env) poweredOn(name string) bool {
-	e.t.Helper()
+	e.T.Helper()
 	vms := e.vmsNamed(name)
 	return len(vms) == 1 && vms[0].PowerState == types.VirtualMachinePowerStatePoweredOn
 }
@@ -32,7 +32,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 		vm := r.VMName
 		e.fold(svc, report(acc, vm, "b", 1, running("app"), running("sidecar"), running("logger")))
 
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "graceful"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "graceful"})
 		e.waitRecord(svc, "default", "graceful", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseTerminating })
 		if !e.poweredOn(vm) {
 			t.Fatalf("VM %s powered off before its containers stopped", vm)
@@ -43,7 +43,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 			t.Fatalf("VM %s powered off while containers still run", vm)
 		}
 		// Every container terminated: off and gone right after the report.
-		e.publish("podvisor/hostagent", events.TypePodContainersReported,
+		e.Send("podvisor/hostagent", events.TypePodContainersReported,
 			report(acc, vm, "b", 3, exited("app", 0), exited("sidecar", 137), exited("logger", 0)))
 		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 		if n := len(e.vmsNamed(vm)); n != 0 {
@@ -62,7 +62,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 		acc, r := e.startPod(svc, pod)
 		vm := r.VMName
 
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "mute"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "mute"})
 		r = e.waitRecord(svc, "default", "mute", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseTerminating })
 		if !e.poweredOn(vm) {
 			t.Fatalf("VM %s of a guest-less pod powered off at once", vm)
@@ -89,7 +89,7 @@ func TestDeleteWaitsForTheContainersToStop(t *testing.T) {
 		if r.Phase != events.PodPhaseSucceeded {
 			t.Fatalf("phase %s, want Succeeded", r.Phase)
 		}
-		e.publish("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "done"})
+		e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "done"})
 		testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
 	})
 }

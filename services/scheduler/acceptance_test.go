@@ -29,7 +29,7 @@ import (
 func TestAcceptanceOverfullDatacenter(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 8})
 	var totalMem int64
-	for _, h := range e.dc.Hosts() {
+	for _, h := range e.DC.Hosts() {
 		totalMem += h.MemoryBytes
 	}
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -119,21 +119,21 @@ func TestAcceptanceOverfullDatacenter(t *testing.T) {
 // createPodVMs creates a powered-off VM of each scheduled pod's size on its
 // host (the provisioner's job, reduced to what the check needs).
 func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]string {
-	e.t.Helper()
+	e.T.Helper()
 	ctx := context.Background()
-	c, err := e.dc.Client(ctx)
+	c, err := e.DC.Client(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	finder := find.NewFinder(c.Client)
 	dc, err := finder.DefaultDatacenter(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	finder.SetDatacenter(dc)
 	folders, err := dc.Folders(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	// A Finder is not safe for concurrent use: resolve hosts and pools
 	// first, then create the VMs in parallel.
@@ -146,12 +146,12 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 		}
 		if hosts[s.Host] == nil {
 			if hosts[s.Host], err = finder.HostSystem(ctx, s.Host); err != nil {
-				e.t.Fatal(err)
+				e.T.Fatal(err)
 			}
 		}
 		if pools[s.ResourcePool] == nil {
 			if pools[s.ResourcePool], err = finder.ResourcePool(ctx, s.ResourcePool); err != nil {
-				e.t.Fatalf("resource pool %q of pod.scheduled: %v", s.ResourcePool, err)
+				e.T.Fatalf("resource pool %q of pod.scheduled: %v", s.ResourcePool, err)
 			}
 		}
 	}
@@ -177,7 +177,7 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 				err = task.Wait(ctx)
 			}
 			if err != nil {
-				e.t.Errorf("create VM of %s on %s: %v", key, s.Host, err)
+				e.T.Errorf("create VM of %s on %s: %v", key, s.Host, err)
 				return
 			}
 			mu.Lock()
@@ -192,25 +192,25 @@ func (e *env) createPodVMs(accepted map[string]*events.PodAccepted) map[string]s
 // checkVMMemory sums, per host, the memory of the VMs vCenter says run
 // there and compares it with the host's memory as vCenter reports it.
 func (e *env) checkVMMemory(created map[string]string) {
-	e.t.Helper()
+	e.T.Helper()
 	ctx := context.Background()
-	c, err := e.dc.Client(ctx)
+	c, err := e.DC.Client(ctx)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	m := view.NewManager(c.Client)
 	v, err := m.CreateContainerView(ctx, c.Client.ServiceContent.RootFolder, []string{"VirtualMachine", "HostSystem"}, true)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	defer v.Destroy(ctx)
 	var vms []mo.VirtualMachine
 	if err := v.Retrieve(ctx, []string{"VirtualMachine"}, []string{"name", "config.hardware.memoryMB", "runtime.host"}, &vms); err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	var hosts []mo.HostSystem
 	if err := v.Retrieve(ctx, []string{"HostSystem"}, []string{"name", "summary.hardware.memorySize"}, &hosts); err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	used := map[types.ManagedObjectReference]int64{}
 	counted := 0
@@ -222,15 +222,15 @@ func (e *env) checkVMMemory(created map[string]string) {
 		counted++
 	}
 	if counted != len(created) {
-		e.t.Errorf("vCenter reports %d pod VMs, %d were created", counted, len(created))
+		e.T.Errorf("vCenter reports %d pod VMs, %d were created", counted, len(created))
 	}
 	busiest := 0.0
 	for _, h := range hosts {
 		capacity := h.Summary.Hardware.MemorySize
 		if used[h.Self] > capacity {
-			e.t.Errorf("host %s: pod VMs use %d MiB of %d MiB", h.Name, used[h.Self]>>20, capacity>>20)
+			e.T.Errorf("host %s: pod VMs use %d MiB of %d MiB", h.Name, used[h.Self]>>20, capacity>>20)
 		}
 		busiest = max(busiest, float64(used[h.Self])/float64(capacity))
 	}
-	e.t.Logf("%d pod VMs checked through the vSphere API; fullest host at %.1f%% of its memory", counted, 100*busiest)
+	e.T.Logf("%d pod VMs checked through the vSphere API; fullest host at %.1f%% of its memory", counted, 100*busiest)
 }

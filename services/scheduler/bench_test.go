@@ -101,7 +101,7 @@ func BenchmarkBusPath(b *testing.B) {
 	evs := acceptedEvents(b, "bench", b.N)
 	b.ResetTimer()
 	c0 := cpuTime()
-	d := pushAndWait(b, e.bus, evs)
+	d := pushAndWait(b, e.Bus, evs)
 	c1 := cpuTime()
 	b.StopTimer()
 	rate := float64(b.N) / d.Seconds()

@@ -18,11 +18,11 @@ var roomy = ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}
 // does in the first step of a placement (reserve), and waits until the
 // scheduler under test has folded it in.
 func (e *env) strayAllocation(host, name string) {
-	e.t.Helper()
+	e.T.Helper()
 	a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: "uid-" + name,
 		CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: time.Now()}
-	if _, err := e.led.Reserve(e.t.Context(), host, roomy, []events.Allocation{a}); err != nil {
-		e.t.Fatal(err)
+	if _, err := e.led.Reserve(e.T.Context(), host, roomy, []events.Allocation{a}); err != nil {
+		e.T.Fatal(err)
 	}
 	e.EventuallyWithin("the allocation on "+host+" seen by the scheduler", 5*time.Second, func() bool {
 		return e.hostRecords()[host].Pods == 1
@@ -36,7 +36,7 @@ func (e *env) strayAllocation(host, name string) {
 // so that its deletion and every other replica agree where it is.
 func TestReplayOfAnUnclaimedReservationClaimsIt(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	host := e.hostNames()[1]
+	host := e.HostNames("")[1]
 	e.strayAllocation(host, "unclaimed")
 
 	acc := e.accept(testPod("unclaimed", "100m", "256Mi"))
@@ -61,7 +61,7 @@ func TestReplayOfAnUnclaimedReservationClaimsIt(t *testing.T) {
 // holding the pod only on the host without its VM.
 func TestReplayOfALosingReservationAnswersTheBoundHost(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	winner, loser := e.hostNames()[0], e.hostNames()[1]
+	winner, loser := e.HostNames("")[0], e.HostNames("")[1]
 	e.strayAllocation(winner, "twice")
 	if b, err := e.led.Claim(t.Context(), "uid-twice", winner); err != nil || b.Host != winner {
 		t.Fatalf("claim on %s: %+v, %v", winner, b, err)
@@ -93,7 +93,7 @@ func TestSweepHoldsEachPlacedPodOnItsRecordsHost(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
-	hosts := e.hostNames()
+	hosts := e.HostNames("")
 	placed := e.placedRecord
 	alloc := func(rec *events.PodRecord, host, migration string) { e.hold(rec, host, migration, time.Now()) }
 
@@ -135,7 +135,7 @@ func TestSweepReleasesReservationsOfEndedMigrations(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
-	h := e.hostNames()
+	h := e.HostNames("")
 	now, long := time.Now(), time.Now().Add(-3*time.Minute)
 	cases := []struct {
 		pod, phase, host string // the pod's record
@@ -198,14 +198,14 @@ func (e *env) placedRecord(name, phase, host string) *events.PodRecord {
 // hold reserves the pod's room on host, reserved at at: its own
 // allocation, or a migration's reservation when migration names one.
 func (e *env) hold(rec *events.PodRecord, host, migration string, at time.Time) {
-	e.t.Helper()
+	e.T.Helper()
 	a := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: rec.Name, UID: rec.UID,
 		CPUMilli: 100, MemoryBytes: 256 << 20, ReservedAt: at}
 	if migration != "" {
 		a.Kind, a.MigrationID = events.AllocationMigration, migration
 	}
 	if _, err := e.led.Reserve(context.Background(), host, roomy, []events.Allocation{a}); err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 }
 
@@ -238,7 +238,7 @@ func TestAcceptedAgainIsAnsweredWithTheBoundHost(t *testing.T) {
 	if b, ok, err := e.led.GetBinding(t.Context(), acc.UID); err != nil || !ok || b.Host != host {
 		t.Fatalf("binding after the ask: %+v (found %v, %v), want %s", b, ok, err, host)
 	}
-	for _, h := range e.hostNames() {
+	for _, h := range e.HostNames("") {
 		if _, held := e.allocations(h)[acc.UID]; held != (h == host) {
 			t.Errorf("allocation of the pod on %s: %v", h, held)
 		}

@@ -19,7 +19,7 @@ import (
 // host, and the entry holds each of them.
 func TestBurstOnOneHostIsWrittenInFewWrites(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 1})
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	kv := e.KV(events.BucketLedger)

@@ -12,7 +12,6 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -24,9 +23,6 @@ import (
 // models) and watches what the scheduler says.
 type env struct {
 	*testenv.Env
-	t   testing.TB
-	bus *bus.Bus
-	dc  *sim.Datacenter
 	svc *scheduler.Service
 	led *ledger.Ledger
 
@@ -55,13 +51,13 @@ func startEnv(t testing.TB, o envOptions) *env {
 		opts = append(opts, testenv.NoRecorder())
 	}
 	te := testenv.Start(t, opts...)
-	e := &env{Env: te, t: t, bus: te.Bus, dc: te.DC, opts: o}
+	e := &env{Env: te, opts: o}
 	if o.networks == nil {
 		o.networks = map[string][]string{"default": nil}
 	}
 	for n, hosts := range o.networks {
 		if hosts == nil {
-			hosts = e.hostNames()
+			hosts = e.HostNames("")
 		}
 		e.PutNetwork(n, hosts, hosts)
 	}
@@ -76,24 +72,22 @@ func startEnv(t testing.TB, o envOptions) *env {
 // datacenter (with its own vCenter session, as another process would) and
 // returns a function that stops it and waits (also run at cleanup).
 func (e *env) startScheduler() (stop func()) {
-	t := e.t
+	t := e.T
 	t.Helper()
-	session := simtest.Session(t, e.dc)
+	session := simtest.Session(t, e.DC)
 	cfg := scheduler.DefaultConfig()
 	cfg.RetryInitial, cfg.RetryMax = 100*time.Millisecond, time.Second
 	cfg.HostRecordInterval = 100 * time.Millisecond
 	if e.opts.cfg != nil {
 		e.opts.cfg(&cfg)
 	}
-	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: e.bus, VSphere: session, Redis: e.opts.redis, Logger: testenv.Logger()})
+	svc, err := scheduler.New(cfg, scheduler.Deps{Bus: e.Bus, VSphere: session, Redis: e.opts.redis, Logger: testenv.Logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.svc = svc
 	return e.Run(scheduler.Name, svc.Run)
 }
-
-func (e *env) hostNames() []string { return simtest.HostNames(e.dc, "") }
 
 func (e *env) hostRecords() map[string]events.HostRecord {
 	out := map[string]events.HostRecord{}
@@ -121,7 +115,7 @@ func testPod(name string, cpu, mem string, mutate ...func(*corev1.Pod)) *corev1.
 
 // accept plays the provisioner admitting p: its record, then pod.accepted.
 func (e *env) accept(p *corev1.Pod) *events.PodAccepted {
-	e.t.Helper()
+	e.T.Helper()
 	acc := testenv.Accepted(p)
 	e.Accept(acc)
 	return acc

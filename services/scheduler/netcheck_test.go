@@ -15,13 +15,13 @@ import (
 // gives the answer per host (Realized when absent). It returns the hosts
 // asked, in order.
 func (e *env) answerAvailability(state map[string]string) func() []string {
-	e.t.Helper()
+	e.T.Helper()
 	var mu sync.Mutex
 	var asked []string
-	sub, err := e.bus.Conn().Subscribe(events.SubjectQueryNetworkAvailable, func(m *nats.Msg) {
+	sub, err := e.Bus.Conn().Subscribe(events.SubjectQueryNetworkAvailable, func(m *nats.Msg) {
 		var q events.NetworkAvailabilityQuery
 		if err := json.Unmarshal(m.Data, &q); err != nil {
-			e.t.Errorf("undecodable availability query %q: %v", m.Data, err)
+			e.T.Errorf("undecodable availability query %q: %v", m.Data, err)
 			return
 		}
 		mu.Lock()
@@ -36,10 +36,10 @@ func (e *env) answerAvailability(state map[string]string) func() []string {
 		_ = m.Respond(data)
 	})
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
-	e.t.Cleanup(func() { sub.Unsubscribe() })
-	e.bus.Conn().Flush()
+	e.T.Cleanup(func() { sub.Unsubscribe() })
+	e.Bus.Conn().Flush()
 	return func() []string {
 		mu.Lock()
 		defer mu.Unlock()
@@ -53,7 +53,7 @@ func (e *env) answerAvailability(state map[string]string) func() []string {
 // pod.scheduled.
 func TestCandidateRefusingTheNetworkIsSkipped(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, networks: map[string][]string{}})
-	hosts := e.hostNames()
+	hosts := e.HostNames("")
 	x := hosts[0]
 	e.PutNetwork("default", []string{x}, hosts)
 	asked := e.answerAvailability(map[string]string{x: events.NetworkOnHostFailed})
@@ -82,7 +82,7 @@ func TestCandidateRefusingTheNetworkIsSkipped(t *testing.T) {
 func TestEveryCandidateRefusingLeavesThePodUnschedulable(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
 	state := map[string]string{}
-	for _, h := range e.hostNames() {
+	for _, h := range e.HostNames("") {
 		state[h] = events.NetworkOnHostFailed
 	}
 	e.answerAvailability(state)

@@ -25,7 +25,7 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 	}})
 	stopA := e.stop
 	stopB := e.startScheduler()
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	e.PublishAs("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
 	e.EventuallyWithin("cordon in the ledger", 5*time.Second, func() bool {
 		entry, err := e.led.Get(t.Context(), host)
@@ -76,7 +76,7 @@ func TestAllocationsOfPodsWithoutRecordsAreReleased(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	live := e.accept(testPod("live", "100m", "256Mi", onHost(host)))
 	if s := e.waitScheduled(live.ObjectKey()); s.Host != host {
 		t.Fatalf("live pod on %s", s.Host)

@@ -13,7 +13,7 @@ import (
 // restart, uncordoning the host places the waiting pod.
 func TestRestartKeepsCordonsAndPendingPods(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	e.PublishAs("podvisor/migration", events.TypeHostCordoned, host, &events.HostCordoned{Name: host, Reason: "Drain"})
 	e.EventuallyWithin("record Cordoned", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.Cordoned })
 	acc := e.accept(testPod("waiting", "1", "1Gi", onHost(host)))
@@ -123,7 +123,7 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 	e.startScheduler()
 	e.stop = e.startScheduler()
 	e.EventuallyWithin("every pod placed", 30*time.Second, func() bool { return e.Decided(keys) == len(keys) })
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	missing := func() []string {
 		entry, err := e.led.Get(t.Context(), host)
 		if err != nil {

@@ -27,7 +27,7 @@ func onHost(h string) func(*corev1.Pod) {
 
 func (e *env) clusterHosts(cluster string) []string {
 	var out []string
-	for _, h := range e.dc.Hosts() {
+	for _, h := range e.DC.Hosts() {
 		if h.Cluster == cluster {
 			out = append(out, h.Name)
 		}
@@ -36,24 +36,24 @@ func (e *env) clusterHosts(cluster string) []string {
 }
 
 func (e *env) waitScheduled(key string) *events.PodScheduled {
-	e.t.Helper()
+	e.T.Helper()
 	var s *events.PodScheduled
 	e.EventuallyWithin("pod.scheduled of "+key, 10*time.Second, func() bool { s = e.Scheduled(key); return s != nil })
 	return s
 }
 
 func (e *env) waitUnschedulable(key string) *events.PodUnschedulable {
-	e.t.Helper()
+	e.T.Helper()
 	var u *events.PodUnschedulable
 	e.EventuallyWithin("pod.unschedulable of "+key, 10*time.Second, func() bool { u = e.Unschedulable(key); return u != nil })
 	return u
 }
 
 func (e *env) allocations(host string) map[string]events.Allocation {
-	e.t.Helper()
+	e.T.Helper()
 	entry, err := e.led.Get(context.Background(), host)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return entry.Allocations
 }
@@ -155,9 +155,9 @@ func TestHostLostCordonedRecovered(t *testing.T) {
 
 func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: cfg})
-	host := e.hostNames()[0]
+	host := e.HostNames("")[0]
 	ctx := context.Background()
-	if err := e.dc.FailHost(ctx, host); err != nil {
+	if err := e.DC.FailHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostLost, host) == 1 })
@@ -168,7 +168,7 @@ func testHostLostCordonedRecovered(t *testing.T, cfg func(*scheduler.Config)) {
 	if u.Reasons["HostNotConnected"] != 1 || !strings.Contains(u.Message, "1 host not connected") {
 		t.Fatalf("pinned to a lost host: %+v", u)
 	}
-	if err := e.dc.RecoverHost(ctx, host); err != nil {
+	if err := e.DC.RecoverHost(ctx, host); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("host.recovered", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostRecovered, host) == 1 })
@@ -199,7 +199,7 @@ func TestEvictionPlacesAgain(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
 	acc := e.accept(testPod("ha", "2", "4Gi"))
 	first := e.waitScheduled(acc.ObjectKey())
-	if err := e.dc.FailHost(context.Background(), first.Host); err != nil {
+	if err := e.DC.FailHost(context.Background(), first.Host); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostLost, first.Host) == 1 })
@@ -256,7 +256,7 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 	if u.Reasons["NetworkNotOnHost"] != 2 || u.Message != "0/2 hosts: 2 network backend not on host" {
 		t.Fatalf("%+v", u)
 	}
-	host := e.hostNames()[1]
+	host := e.HostNames("")[1]
 	e.PutNetwork("db", []string{host}, []string{host})
 	e.PublishAs("podvisor/netconfig", events.TypeNetworkHostReady, "db", &events.NetworkHostReady{Name: "db", Version: 1, Host: host, PortGroup: "pv-db"})
 	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
@@ -271,16 +271,16 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2,
 		cfg: func(c *scheduler.Config) { c.InventoryPoll = 100 * time.Millisecond }})
-	host, other := e.hostNames()[0], e.hostNames()[1]
+	host, other := e.HostNames("")[0], e.HostNames("")[1]
 	first := e.hostRecords()[host].UpdatedAt
-	if err := e.dc.FailHost(context.Background(), other); err != nil {
+	if err := e.DC.FailHost(context.Background(), other); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("the other host's record Lost", 5*time.Second, func() bool { r := e.hostRecords()[other]; return r.State() == events.HostStateLost })
 	if now := e.hostRecords()[host].UpdatedAt; !now.Equal(first) {
 		t.Fatalf("an unchanged host's record was rewritten (updatedAt %s → %s)", first, now)
 	}
-	if err := e.dc.FailHost(context.Background(), host); err != nil {
+	if err := e.DC.FailHost(context.Background(), host); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin("record Lost", 5*time.Second, func() bool { r := e.hostRecords()[host]; return r.State() == events.HostStateLost })
@@ -292,7 +292,7 @@ func TestPollingLeavesUnchangedRecordsAlone(t *testing.T) {
 // folded after it, is written.
 func TestUnchangedTotalsLeaveTheRecordAlone(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	host, other := e.hostNames()[0], e.hostNames()[1]
+	host, other := e.HostNames("")[0], e.HostNames("")[1]
 	ctx := context.Background()
 	first := e.hostRecords()[host].UpdatedAt
 	if _, err := e.led.Mutate(ctx, host, func(*events.LedgerEntry) (bool, error) { return true, nil }); err != nil {
@@ -317,11 +317,11 @@ func TestHostStateIsWrittenWithoutWaitingForTheInterval(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
 		c.HostRecordInterval = time.Hour
 	}})
-	names := e.hostNames()
+	names := e.HostNames("")
 	e.EventuallyWithin("a record for every discovered host", 10*time.Second, func() bool {
 		return len(e.hostRecords()) == len(names)
 	})
-	if err := e.dc.SetMaintenance(context.Background(), names[0], true); err != nil {
+	if err := e.DC.SetMaintenance(context.Background(), names[0], true); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin(names[0]+"'s record in maintenance", 10*time.Second, func() bool {
@@ -336,7 +336,7 @@ func TestHostStateIsWrittenWithoutWaitingForTheInterval(t *testing.T) {
 // migration that is over (the 11:25 full run's two held reservations).
 func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	h := e.hostNames()
+	h := e.HostNames("")
 	acc := e.accept(testPod("moved", "100m", "256Mi"))
 	if s := e.waitScheduled(acc.ObjectKey()); s.Host != h[1] {
 		h[0], h[1] = h[1], h[0] // h[1] is where it runs, h[0] where it came from
@@ -365,7 +365,7 @@ func TestRequestOfAnEndedMigrationReservesNothing(t *testing.T) {
 // vCenter again before the refusal; one still in maintenance is refused.
 func TestMigrationToAHostJustOutOfMaintenanceIsTaken(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2})
-	h := e.hostNames()
+	h := e.HostNames("")
 	acc := e.accept(testPod("web", "100m", "256Mi"))
 	source := e.waitScheduled(acc.ObjectKey()).Host
 	target := h[0]
@@ -375,7 +375,7 @@ func TestMigrationToAHostJustOutOfMaintenanceIsTaken(t *testing.T) {
 	rec := testenv.PendingRecord(acc)
 	rec.Phase, rec.Host = events.PodPhaseRunning, source
 	e.PutPodRecord(rec)
-	if err := e.dc.SetMaintenance(t.Context(), target, true); err != nil {
+	if err := e.DC.SetMaintenance(t.Context(), target, true); err != nil {
 		t.Fatal(err)
 	}
 	e.EventuallyWithin(target+"'s record in maintenance", 10*time.Second, func() bool { return e.hostRecords()[target].Maintenance })
@@ -397,7 +397,7 @@ func TestMigrationToAHostJustOutOfMaintenanceIsTaken(t *testing.T) {
 
 	// vCenter takes the host out of maintenance; the update stream has not
 	// said so yet (written under the simulator's lock, no update sent).
-	m := e.dc.Model()
+	m := e.DC.Model()
 	c := *m.Service.Context
 	c.Context = t.Context()
 	for _, o := range m.Map().All("HostSystem") {

@@ -1,6 +1,9 @@
 package testenv
 
-import "github.com/podvisor/podvisor/events"
+import (
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
+)
 
 // PutHostRecords writes the inventory's record of every host of the
 // simulated datacenter (connected, with its cores and memory), as the
@@ -20,4 +23,14 @@ func (e *Env) PutHostRecords() {
 func (e *Env) PutNetwork(name string, realized, scope []string) {
 	e.T.Helper()
 	Put(e, events.BucketNetHosts, events.NetworkRecordKey(name), &events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
+}
+
+// HostNames lists the names of the simulated datacenter's hosts of cluster
+// ("": of every cluster), sorted.
+func (e *Env) HostNames(cluster string) []string { return simtest.HostNames(e.DC, cluster) }
+
+// ClusterOf is the cluster of a simulated host.
+func (e *Env) ClusterOf(host string) string {
+	e.T.Helper()
+	return simtest.ClusterOf(e.T, e.DC, host)
 }

@@ -123,12 +123,16 @@ func Run(t testing.TB, name string, run func(context.Context) error) (stop func(
 
 // Publish publishes p as its owner would (the catalog gives its type and
 // its producer; its subject is the payload's object), and returns its
-// stream sequence (for WaitHandled).
+// stream sequence (for WaitHandled). Owners publish only valid payloads:
+// an invalid one fails the test (PublishAs sends a wrong one on purpose).
 func (e *Env) Publish(p events.Payload) uint64 {
 	e.T.Helper()
 	k, ok := events.KindOf(p)
 	if !ok {
 		e.T.Fatalf("publish: %T is not a payload of the event catalog", p)
+	}
+	if err := p.Validate(); err != nil {
+		e.T.Fatalf("publish: %s is not valid: %v", k.Type, err)
 	}
 	return e.PublishAs(events.OwnerSource(k.Type), k.Type, p.ObjectKey(), p)
 }
@@ -143,6 +147,13 @@ func (e *Env) PublishAs(source, ceType, subject string, data any) uint64 {
 		e.T.Fatal(err)
 	}
 	return seq
+}
+
+// Send publishes p with an explicit source and type ("test/client" for a
+// request, a type other than its owner's), its subject the payload's object.
+func (e *Env) Send(source, ceType string, p events.Payload) uint64 {
+	e.T.Helper()
+	return e.PublishAs(source, ceType, p.ObjectKey(), p)
 }
 
 // TryPublish is PublishAs returning its error: for goroutines other than
