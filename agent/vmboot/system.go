@@ -197,7 +197,11 @@ func MountPseudo() error {
 		{"tmpfs", "/dev/shm", "mode=1777"},
 		{"tmpfs", "/run", "mode=0755"},
 		{"tmpfs", "/tmp", "mode=1777"},
-		{"cgroup2", "/sys/fs/cgroup", ""},
+		// favordynmods: a container's start moves its init into a new
+		// cgroup, which otherwise waits for an RCU grace period when it
+		// is the first move in a while (the first container of a VM, any
+		// of a forked VM); Linux before 6.0 refuses it and gets none.
+		{"cgroup2", "/sys/fs/cgroup", "favordynmods"},
 	}
 	for _, m := range mounts {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -206,7 +210,11 @@ func MountPseudo() error {
 		if isMountPoint(m.target) {
 			continue
 		}
-		if err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, m.data); err != nil && !errors.Is(err, unix.EBUSY) {
+		err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, m.data)
+		if m.fstype == "cgroup2" && errors.Is(err, unix.EINVAL) {
+			err = unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, "")
+		}
+		if err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -39,7 +40,13 @@ func initGuest(log *slog.Logger, hostname string) error {
 		}
 	}
 	if entries, err := os.ReadDir("/sys/fs/cgroup"); err == nil && len(entries) == 0 {
-		if err := unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		// favordynmods as in vmboot.MountPseudo; Linux before 6.0 refuses it.
+		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
+		err := unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, "favordynmods")
+		if errors.Is(err, unix.EINVAL) {
+			err = unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, "")
+		}
+		if err != nil {
 			return fmt.Errorf("mount /sys/fs/cgroup: %w", err)
 		}
 	}

@@ -94,25 +94,17 @@ func discoverCgroups() ([]hierarchy, error) {
 // cgroupMounts maps a v1 hierarchy's name (as /proc/self/cgroup spells it)
 // to its mount point and root.
 func cgroupMounts() (map[string][2]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := readMountinfo()
 	if err != nil {
-		return nil, fmt.Errorf("read mountinfo: %w", err)
+		return nil, err
 	}
-	defer f.Close()
 	out := map[string][2]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		pre, post, ok := strings.Cut(sc.Text(), " - ")
-		if !ok {
-			continue
-		}
-		pf, qf := strings.Fields(pre), strings.Fields(post)
-		if len(pf) < 5 || len(qf) < 3 || qf[0] != "cgroup" {
+	for _, m := range mounts {
+		if m.fstype != "cgroup" {
 			continue
 		}
 		var names []string
-		for o := range strings.SplitSeq(qf[2], ",") {
+		for o := range strings.SplitSeq(m.super, ",") {
 			if o == "rw" || o == "ro" || o == "relatime" || o == "noatime" || o == "nosuid" || o == "nodev" || o == "noexec" {
 				continue
 			}
@@ -125,8 +117,34 @@ func cgroupMounts() (map[string][2]string, error) {
 		// is the order of the super options.
 		key := strings.Join(names, ",")
 		if _, seen := out[key]; !seen {
-			out[key] = [2]string{unescapeMount(pf[4]), pf[3]}
+			out[key] = [2]string{m.mount, m.root}
 		}
+	}
+	return out, nil
+}
+
+// mountEntry is a line of /proc/self/mountinfo: id parent major:minor root
+// mountpoint options [optional...] - fstype source superoptions.
+type mountEntry struct{ root, mount, fstype, super string }
+
+func readMountinfo() ([]mountEntry, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mountinfo: %w", err)
+	}
+	defer f.Close()
+	var out []mountEntry
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
+		if !ok {
+			continue
+		}
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if len(pf) < 5 || len(qf) < 3 {
+			continue
+		}
+		out = append(out, mountEntry{root: pf[3], mount: unescapeMount(pf[4]), fstype: qf[0], super: qf[2]})
 	}
 	return out, sc.Err()
 }

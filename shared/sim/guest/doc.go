@@ -69,6 +69,10 @@
 //     nothing a guest made outlives the simulator. Guests also get
 //     SIGKILL if the simulator's process dies (Pdeathsig).
 //
+// While a manager runs, the machine's cgroup2 hierarchy has the mount
+// option favordynmods (dynmods.go): cgroup moves, which every guest boot
+// and container start make, do not wait for an RCU grace period.
+//
 // Guests need root, the agent binary, /bin/sh, mount, and the cpu, memory,
 // pids and freezer v1 controllers; Check says which is missing. Package sim
 // wires the manager to vcsim's power, relocate and destroy operations and

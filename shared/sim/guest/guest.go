@@ -225,6 +225,8 @@ type Manager struct {
 	// awaiting counts the calls waiting for a boot (awaitStartLocked),
 	// under mu: tests wait on it rather than on time.
 	awaiting int
+	// releaseDynMods undoes favorDynMods (dynmods.go) at Close.
+	releaseDynMods func()
 	// slots bounds the boots under way at once.
 	slots chan struct{}
 	// standbys are the guests booted ahead of their VM (standby.go), by
@@ -315,7 +317,8 @@ func New(cfg Config) (*Manager, error) {
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{},
 		starting: map[string]chan struct{}{}, slots: make(chan struct{}, parallelStarts),
-		carried: map[string]map[string]bool{}, standbys: map[string]*guest{}}, nil
+		carried: map[string]map[string]bool{}, standbys: map[string]*guest{},
+		releaseDynMods: favorDynMods(cfg.Logger)}, nil
 }
 
 // CgroupBase is the cgroup (same path in every v1 hierarchy) under which
@@ -910,4 +913,5 @@ func (m *Manager) Close() {
 	m.starts.Wait()
 	_ = os.RemoveAll(m.cfg.Dir)
 	m.cg.close()
+	m.releaseDynMods()
 }
