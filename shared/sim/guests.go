@@ -145,44 +145,69 @@ func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, chang
 
 // reconfigureGuest brings a running VM's guest in line with the VM's
 // configuration (guest.Manager.Reconfigure) once the VM's lock is free:
-// after the task that changed it. One pass per VM is under way at a time;
-// a change made meanwhile is read by the pass that follows it.
+// after the task that changed it. One pass per VM is under way at a time,
+// from its read of the VM to the guest's change: a change made meanwhile
+// gets another pass after it, which reads it. (Two passes at once could
+// apply their reads out of order, the older last: a guest left with the
+// cards of before a reconfigure, seen once power-on stopped waiting for
+// the boot.)
 func (d *Datacenter) reconfigureGuest(ref types.ManagedObjectReference) {
 	d.forkMu.Lock()
 	if d.reconfiguring == nil {
-		d.reconfiguring = map[string]bool{}
+		d.reconfiguring = map[string]*reconfigurePass{}
 	}
-	if d.reconfiguring[ref.Value] {
+	if p, ok := d.reconfiguring[ref.Value]; ok {
+		p.again = true
 		d.forkMu.Unlock()
 		return
 	}
-	d.reconfiguring[ref.Value] = true
+	p := &reconfigurePass{}
+	d.reconfiguring[ref.Value] = p
 	d.forkMu.Unlock()
 	go func() {
-		m := d.model.Map()
-		obj, ok := m.Get(ref).(*simulator.VirtualMachine)
-		var spec guest.VM
-		var on bool
-		if ok {
-			m.WithLock(&simulator.Context{}, obj, func() {
-				d.forkMu.Lock()
-				delete(d.reconfiguring, ref.Value) // a change after this read gets its own pass
-				d.forkMu.Unlock()
-				on = obj.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
-				spec, ok = d.guestVM(&obj.VirtualMachine)
-			})
-		} else {
+		for {
+			d.reconfigureOnce(ref, p)
 			d.forkMu.Lock()
-			delete(d.reconfiguring, ref.Value)
+			if !p.again {
+				delete(d.reconfiguring, ref.Value)
+				d.forkMu.Unlock()
+				return
+			}
 			d.forkMu.Unlock()
 		}
-		if !ok || !on || spec.Native != nil {
-			return
-		}
-		if err := d.guests.Reconfigure(spec); err != nil {
-			d.guestLog("reconfigure guest", spec.Name, err)
-		}
 	}()
+}
+
+// reconfigurePass is a VM's reconfigure under way; again says a change came
+// after its read.
+type reconfigurePass struct{ again bool }
+
+func (d *Datacenter) reconfigureOnce(ref types.ManagedObjectReference, p *reconfigurePass) {
+	m := d.model.Map()
+	obj, ok := m.Get(ref).(*simulator.VirtualMachine)
+	var spec guest.VM
+	var on bool
+	if ok {
+		m.WithLock(&simulator.Context{}, obj, func() {
+			// Under the VM's lock: a change after this read (made under
+			// it too) asks for the next pass.
+			d.forkMu.Lock()
+			p.again = false
+			d.forkMu.Unlock()
+			on = obj.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn
+			spec, ok = d.guestVM(&obj.VirtualMachine)
+		})
+	} else {
+		d.forkMu.Lock()
+		p.again = false
+		d.forkMu.Unlock()
+	}
+	if !ok || !on || spec.Native != nil {
+		return
+	}
+	if err := d.guests.Reconfigure(spec); err != nil {
+		d.guestLog("reconfigure guest", spec.Name, err)
+	}
 }
 
 func (d *Datacenter) guestLog(what, vm string, err error) {

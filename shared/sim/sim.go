@@ -75,9 +75,9 @@ type Datacenter struct {
 	// is being booted (standby.go).
 	standbyOf map[string]string
 	refilling map[string]bool
-	// reconfiguring marks the VMs whose guest follows a reconfigure now
+	// reconfiguring holds the VMs whose guest follows a reconfigure now
 	// (guests.go).
-	reconfiguring map[string]bool
+	reconfiguring map[string]*reconfigurePass
 	// tasks wakes the datacenter's own waits for tasks (tasks.go);
 	// inproc is its client of the model, made once (instantclone.go).
 	tasks      taskWatch
