@@ -184,6 +184,19 @@ func Console() error {
 	return nil
 }
 
+// MountCgroup2 mounts the cgroup2 hierarchy on target with favordynmods: a
+// container's start moves its init into a new cgroup, which otherwise waits
+// for an RCU grace period when it is the first move in a while (the first
+// container of a VM, any of a forked VM). Linux before 6.0 refuses the
+// option and mounts without it.
+func MountCgroup2(target string, flags uintptr) error {
+	err := unix.Mount("cgroup2", target, "cgroup2", flags, "favordynmods")
+	if errors.Is(err, unix.EINVAL) {
+		err = unix.Mount("cgroup2", target, "cgroup2", flags, "")
+	}
+	return err
+}
+
 // MountPseudo mounts what a VM's init finds missing: /proc, /sys, /dev
 // (devtmpfs: the kernel makes the disks' nodes), /dev/pts, /dev/shm, /run,
 // /tmp and the cgroup v2 hierarchy at /sys/fs/cgroup (runc and crun use it
@@ -197,11 +210,7 @@ func MountPseudo() error {
 		{"tmpfs", "/dev/shm", "mode=1777"},
 		{"tmpfs", "/run", "mode=0755"},
 		{"tmpfs", "/tmp", "mode=1777"},
-		// favordynmods: a container's start moves its init into a new
-		// cgroup, which otherwise waits for an RCU grace period when it
-		// is the first move in a while (the first container of a VM, any
-		// of a forked VM); Linux before 6.0 refuses it and gets none.
-		{"cgroup2", "/sys/fs/cgroup", "favordynmods"},
+		{"cgroup2", "/sys/fs/cgroup", ""}, // MountCgroup2
 	}
 	for _, m := range mounts {
 		if err := os.MkdirAll(m.target, 0o755); err != nil {
@@ -210,9 +219,11 @@ func MountPseudo() error {
 		if isMountPoint(m.target) {
 			continue
 		}
-		err := unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, m.data)
-		if m.fstype == "cgroup2" && errors.Is(err, unix.EINVAL) {
-			err = unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, "")
+		var err error
+		if m.fstype == "cgroup2" {
+			err = MountCgroup2(m.target, unix.MS_NOSUID)
+		} else {
+			err = unix.Mount(m.fstype, m.target, m.fstype, unix.MS_NOSUID, m.data)
 		}
 		if err != nil && !errors.Is(err, unix.EBUSY) {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)

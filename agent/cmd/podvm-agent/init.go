@@ -1,12 +1,13 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/vmboot"
 )
 
 // initGuest does what init does in the guest before anything runs. As PID
@@ -40,13 +41,7 @@ func initGuest(log *slog.Logger, hostname string) error {
 		}
 	}
 	if entries, err := os.ReadDir("/sys/fs/cgroup"); err == nil && len(entries) == 0 {
-		// favordynmods as in vmboot.MountPseudo; Linux before 6.0 refuses it.
-		flags := uintptr(unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC)
-		err := unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, "favordynmods")
-		if errors.Is(err, unix.EINVAL) {
-			err = unix.Mount("cgroup2", "/sys/fs/cgroup", "cgroup2", flags, "")
-		}
-		if err != nil {
+		if err := vmboot.MountCgroup2("/sys/fs/cgroup", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC); err != nil {
 			return fmt.Errorf("mount /sys/fs/cgroup: %w", err)
 		}
 	}

@@ -25,9 +25,10 @@ import (
 // its writers, for the whole machine: the guests' cgroup moves stop waiting,
 // forks and exits cost a little more. A VM's own kernel would have its own
 // lock; the simulated guests share the machine's, so the manager turns the
-// option on while guests run and restores the mount's options when the last
-// manager of the last process running guests closes. The pod VM boot image's agent mounts its
-// cgroup2 hierarchy with the option for the same reason.
+// option on while guests run and restores the mount's options when the
+// last manager of the last process running guests closes. The pod VM boot
+// image mounts its cgroup2 hierarchy with the option for the same reason
+// (vmboot.MountCgroup2).
 
 // dynmodsLock is where the processes running guests on this machine agree
 // on the option: each holds a shared lock on it while its guests run, and
