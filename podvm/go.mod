@@ -7,10 +7,5 @@ replace github.com/podvisor/podvisor/agent => ../agent
 require (
 	github.com/cavaliergopher/cpio v1.0.1
 	github.com/podvisor/podvisor/agent v0.0.0
-	github.com/podvisor/podvisor/shared v0.0.0
 	golang.org/x/sys v0.49.0
 )
-
-replace github.com/podvisor/podvisor/shared => ../shared
-
-replace github.com/podvisor/podvisor/events => ../events

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/diskcrypt"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // fsImage makes an ext4 image with the encrypt feature, as package disks

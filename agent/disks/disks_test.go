@@ -7,7 +7,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // The ephemeral disk's format writes little (a pod's start waits for it):

@@ -11,8 +11,8 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
 	"github.com/podvisor/podvisor/agent/nics"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // guestNS makes a network namespace standing for a guest, with the given

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 func TestParseInfoGet(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 func TestDialUnixCarriesFrames(t *testing.T) {

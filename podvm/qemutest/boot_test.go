@@ -15,9 +15,9 @@ import (
 
 	"github.com/podvisor/podvisor/agent/configdisk"
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/agent/vmboot"
 	"github.com/podvisor/podvisor/podvm/build"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 const chainID = "sha256:0b1b9b3c2b0a5f0f4e1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a4938271"

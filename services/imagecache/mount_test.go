@@ -31,8 +31,8 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 

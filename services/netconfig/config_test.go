@@ -7,6 +7,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 func TestConfigValidateNamesEveryBadField(t *testing.T) {
@@ -55,18 +56,6 @@ func TestConfigFromEnv(t *testing.T) {
 func TestAttachesHaveTheirOwnWorkers(t *testing.T) {
 	s := &Service{cfg: DefaultConfig()}
 	s.cfg.Workers, s.cfg.AttachWorkers = 3, 48
-	cfgs := s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer)
-	seen := false
-	for _, c := range cfgs {
-		want := 3
-		if c.Stream == events.StreamPods {
-			want, seen = 48, true
-		}
-		if c.Workers != want {
-			t.Errorf("consumer on %s: %d workers, want %d", c.Stream, c.Workers, want)
-		}
-	}
-	if !seen {
-		t.Fatalf("no consumer on %s among %d", events.StreamPods, len(cfgs))
-	}
+	testenv.CheckWorkers(t, s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer), 3,
+		map[string]int{events.StreamPods: 48})
 }

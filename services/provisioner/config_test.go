@@ -7,6 +7,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/testenv"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -72,20 +73,8 @@ func TestConfigFromEnv(t *testing.T) {
 func TestPodEventsHaveTheirOwnWorkers(t *testing.T) {
 	s := &Service{cfg: DefaultConfig()}
 	s.cfg.Workers, s.cfg.PodWorkers = 3, 48
-	cfgs := s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer)
-	seen := false
-	for _, c := range cfgs {
-		want := 3
-		if c.Stream == events.StreamPods {
-			want, seen = 48, true
-		}
-		if c.Workers != want {
-			t.Errorf("consumer on %s: %d workers, want %d", c.Stream, c.Workers, want)
-		}
-	}
-	if !seen || len(cfgs) < 2 {
-		t.Fatalf("%d consumers, want one on %s and others", len(cfgs), events.StreamPods)
-	}
+	testenv.CheckWorkers(t, s.routes().Consumers(bus.ConsumerConfig{Workers: s.cfg.Workers}, s.tuneConsumer), 3,
+		map[string]int{events.StreamPods: 48})
 }
 
 func TestVMFolderSharding(t *testing.T) {

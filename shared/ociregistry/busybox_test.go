@@ -11,8 +11,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/ociregistry"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 func TestSeedBusyboxHoldsARunnableShell(t *testing.T) {

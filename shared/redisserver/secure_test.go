@@ -9,8 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/pki"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/redisserver"
 )
 

@@ -16,7 +16,7 @@ import (
 	"github.com/vmware/govmomi/object"
 	"golang.org/x/sys/unix"
 
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 

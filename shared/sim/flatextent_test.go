@@ -1,12 +1,9 @@
 package sim
 
 import (
-	"context"
 	"os"
 	"testing"
-	"time"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -15,21 +12,7 @@ import (
 // renames both files but leaves the descriptor naming the old extent, and
 // a guest given the stale name would boot without its disk.
 func TestFlatExtentOfAMovedDisk(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d, err := Start(ctx, Config{Clusters: 1, HostsPerCluster: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	vc, err := d.client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc, err := find.NewFinder(vc, true).Datacenter(ctx, DatacenterName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, d, vc, dc := startInproc(t)
 	fm := object.NewFileManager(vc)
 	if err := fm.MakeDirectory(ctx, "["+SharedDatastore+"] moved", dc, true); err != nil {
 		t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 

@@ -1,12 +1,9 @@
 package sim
 
 import (
-	"context"
 	"errors"
 	"testing"
-	"time"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vim25/types"
@@ -16,22 +13,7 @@ import (
 // result once it ended (also when it ended before the wait began) and its
 // fault as a client's WaitForResult would; an unknown task is not found.
 func TestWaitTaskReturnsResultsAndFaults(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	d, err := Start(ctx, Config{Clusters: 1, HostsPerCluster: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	vc, err := d.client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := find.NewFinder(vc, true)
-	dc, err := f.Datacenter(ctx, DatacenterName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, d, vc, dc := startInproc(t)
 	folders, err := dc.Folders(ctx)
 	if err != nil {
 		t.Fatal(err)

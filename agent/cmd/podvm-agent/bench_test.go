@@ -11,7 +11,7 @@ import (
 	"github.com/podvisor/podvisor/agent/bundle"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/guesttest"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/agent/runtime"
 )
 

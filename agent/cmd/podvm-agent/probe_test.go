@@ -5,7 +5,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/guesttest"
-	"github.com/podvisor/podvisor/agent/internal/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // Probes: a failing liveness probe restarts its container; a readiness

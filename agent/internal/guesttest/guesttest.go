@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podvisor/podvisor/agent/cgroupfs"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
@@ -356,7 +357,7 @@ func (g *Guest) cleanup() {
 // hierarchy and the unified one.
 func CgroupProcs(path string) []string {
 	var procs []string
-	for _, root := range cgroupRoots() {
+	for _, root := range cgroupfs.Roots() {
 		_ = filepath.WalkDir(filepath.Join(root, path), func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.IsDir() || d.Name() != "cgroup.procs" {
 				return nil
@@ -374,7 +375,7 @@ func CgroupProcs(path string) []string {
 // CgroupDirs lists the cgroup directories below path (path excluded).
 func CgroupDirs(path string) []string {
 	var dirs []string
-	for _, root := range cgroupRoots() {
+	for _, root := range cgroupfs.Roots() {
 		top := filepath.Join(root, path)
 		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
 			if err == nil && d.IsDir() && p != top {
@@ -386,75 +387,20 @@ func CgroupDirs(path string) []string {
 	return dirs
 }
 
-// RemoveCgroup removes path's tree from every hierarchy (each v1 one,
-// name=systemd included, and the unified one), deepest first. A cgroup
-// whose last process is still exiting refuses rmdir with EBUSY for a
-// moment: that is retried for a few seconds.
-func RemoveCgroup(path string) error {
-	var errs []string
-	for _, root := range cgroupRoots() {
-		top := filepath.Join(root, path)
-		var dirs []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := rmdirCgroup(dirs[i]); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("remove cgroup %s: %s", path, strings.Join(errs, "; "))
-	}
-	return nil
-}
-
-// rmdirCgroup removes one cgroup directory, retrying EBUSY for up to 5 s.
-func rmdirCgroup(dir string) error {
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		err := unix.Rmdir(dir)
-		switch {
-		case err == nil || err == unix.ENOENT:
-			return nil
-		case err != unix.EBUSY || time.Now().After(deadline):
-			return fmt.Errorf("rmdir %s: %w", dir, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// RemoveCgroup removes path's tree from every hierarchy (cgroupfs.RemoveTree).
+func RemoveCgroup(path string) error { return cgroupfs.RemoveTree(path) }
 
 // Leftovers lists the cgroup directories of this process's guests and
 // benchmarks (podvisor-agent*-<pid>-*) still present in any hierarchy.
 func Leftovers(pid int) []string {
 	var out []string
-	for _, root := range cgroupRoots() {
+	for _, root := range cgroupfs.Roots() {
 		for _, kind := range []string{"agenttest", "agentbench"} {
 			m, _ := filepath.Glob(filepath.Join(root, fmt.Sprintf("podvisor-%s-%d-*", kind, pid)))
 			out = append(out, m...)
 		}
 	}
 	return out
-}
-
-// cgroupRoots lists the mounted hierarchies under /sys/fs/cgroup; a
-// symlinked name (cpu -> cpu,cpuacct) is skipped: its target is listed.
-func cgroupRoots() []string {
-	entries, _ := os.ReadDir("/sys/fs/cgroup")
-	var roots []string
-	for _, e := range entries {
-		if e.IsDir() {
-			roots = append(roots, filepath.Join("/sys/fs/cgroup", e.Name()))
-		}
-	}
-	if len(roots) == 0 {
-		roots = []string{"/sys/fs/cgroup"}
-	}
-	return roots
 }
 
 // LoopsBackedBy lists loop devices whose backing file is under dir.

@@ -1,11 +1,8 @@
 package bench
 
 import (
-	"archive/tar"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,12 +13,12 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/podvisor/podvisor/agent/bundle"
+	"github.com/podvisor/podvisor/agent/cgroupfs"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	agentrt "github.com/podvisor/podvisor/agent/runtime"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
@@ -31,6 +28,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/rootfs"
 )
 
 // DataPlane is request → every container running for N pods with the
@@ -419,7 +417,7 @@ func runDirect(ctx context.Context, rt, image string, reg []remote.Option, n int
 			}
 			return nil
 		})
-		removeCgroup(cgroup)
+		_ = cgroupfs.RemoveTree(cgroup) // runc removes the containers' own cgroups; their parent stays
 	}()
 	start := time.Now()
 	// slot is when container i is asked for: all at once, or one every
@@ -526,61 +524,5 @@ func extractImage(ctx context.Context, image string, reg []remote.Option, dir st
 	if err != nil {
 		return err
 	}
-	rc := mutate.Extract(img)
-	defer rc.Close()
-	tr := tar.NewReader(rc)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		p := filepath.Join(dir, filepath.Clean("/"+h.Name))
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			err = os.MkdirAll(p, os.FileMode(h.Mode)&0o7777)
-		case tar.TypeSymlink:
-			err = os.Symlink(h.Linkname, p)
-		case tar.TypeReg:
-			var f *os.File
-			if f, err = os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, os.FileMode(h.Mode)&0o777); err == nil {
-				_, err = io.Copy(f, tr)
-				if cerr := f.Close(); err == nil {
-					err = cerr
-				}
-			}
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// removeCgroup removes a cgroup tree the direct containers were made in,
-// from every hierarchy (runc removes the containers' own; their parent
-// stays).
-func removeCgroup(path string) {
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*")
-	roots = append(roots, "/sys/fs/cgroup")
-	for _, r := range roots {
-		top := filepath.Join(r, path)
-		var dirs []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			deadline := time.Now().Add(5 * time.Second)
-			for unix.Rmdir(dirs[i]) == unix.EBUSY && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-	}
+	return rootfs.ExtractImage(img, dir)
 }

@@ -421,32 +421,26 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			len(reqs), summary["requested"], summary["unchanged"], summary["accepted"], summary["rejected"])
 	}()
 	for _, r := range reqs {
-		if r.isPod {
-			// An identical pod that already exists is a no-op for the
-			// provisioner, which then has nothing to answer: say so here.
-			if same, err := unchangedPod(ctx, pods, r.pod); err != nil {
-				return fmt.Errorf("%s: %w", r.what, err)
-			} else if same {
-				delete(pending, r.event.Subject())
-				fmt.Fprintf(out, "%s unchanged\n", r.what)
-				summary["unchanged"]++
-				published(1)
-				admitted(1)
-				continue
-			}
+		// An identical pod or VM that already exists is a no-op for its
+		// controller, which then has nothing to answer: say so here.
+		var same bool
+		var err error
+		switch {
+		case r.isPod:
+			same, err = unchangedPod(ctx, pods, r.pod)
+		case r.vm != nil:
+			same, err = unchangedVM(ctx, vms, r.vm)
 		}
-		if r.vm != nil {
-			// A VM declared as it is already produces no answer either.
-			if same, err := unchangedVM(ctx, vms, r.vm); err != nil {
-				return fmt.Errorf("%s: %w", r.what, err)
-			} else if same {
-				delete(pending, r.event.Subject())
-				fmt.Fprintf(out, "%s unchanged\n", r.what)
-				summary["unchanged"]++
-				published(1)
-				admitted(1)
-				continue
-			}
+		if err != nil {
+			return fmt.Errorf("%s: %w", r.what, err)
+		}
+		if same {
+			delete(pending, r.event.Subject())
+			fmt.Fprintf(out, "%s unchanged\n", r.what)
+			summary["unchanged"]++
+			published(1)
+			admitted(1)
+			continue
 		}
 		if r.gc != nil {
 			// A change the guest cluster controller would refuse is

@@ -12,7 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // The status page, loaded in headless Chromium as an operator would: pods

@@ -15,12 +15,12 @@ import (
 
 	"github.com/vmware/govmomi/find"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/guestcluster"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 

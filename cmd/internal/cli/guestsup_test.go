@@ -5,9 +5,9 @@ import (
 	"os"
 	"testing"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 

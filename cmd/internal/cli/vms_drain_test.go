@@ -14,9 +14,9 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 

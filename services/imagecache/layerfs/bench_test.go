@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // BenchmarkReadVsStage writes a 25 MiB layer (100 files of 256 KiB, half

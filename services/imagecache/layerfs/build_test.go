@@ -18,8 +18,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // trickyLayer has every kind of entry a layer carries, sizes around the

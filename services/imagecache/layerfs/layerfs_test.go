@@ -15,8 +15,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // entry is a tar entry for the tests.

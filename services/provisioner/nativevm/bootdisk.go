@@ -1,11 +1,9 @@
 package nativevm
 
 import (
-	"archive/tar"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,7 +17,6 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/find"
@@ -29,6 +26,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/rootfs"
 )
 
 // emptyBootDiskBytes is the boot disk of an image without an OCI root
@@ -149,10 +147,7 @@ func (c *Controller) buildImageDisk(ctx context.Context, img v1.Image, ref strin
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
-	rc := mutate.Extract(img)
-	err = extract(rc, root)
-	rc.Close()
-	if err != nil {
+	if err := rootfs.ExtractImage(img, root); err != nil {
 		return builtDisk{}, fmt.Errorf("unpack %s: %w", ref, err)
 	}
 	used, err := duMiB(root)
@@ -236,70 +231,6 @@ func (c *Controller) built(ctx context.Context, store *object.Datastore, ds, dir
 		rel = f[2]
 	}
 	return builtDisk{disk: fmt.Sprintf("[%s] %s/%s", ds, dir, rel), size: size}, true
-}
-
-// extract writes a flattened image filesystem (mutate.Extract: whiteouts
-// already applied) under dir, refusing entries that would leave it.
-func extract(r io.Reader, dir string) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	tr := tar.NewReader(r)
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		clean := path.Clean("/" + h.Name)
-		if clean == "/" {
-			continue
-		}
-		target := filepath.Join(dir, filepath.FromSlash(clean))
-		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-			return err
-		}
-		mode := os.FileMode(h.Mode & 0o7777)
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if err := os.MkdirAll(target, mode|0o700); err != nil {
-				return err
-			}
-			_ = os.Chmod(target, mode)
-		case tar.TypeReg:
-			f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, mode)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(f, tr)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return err
-			}
-			_ = os.Chmod(target, mode)
-		case tar.TypeSymlink:
-			_ = os.Remove(target)
-			if err := os.Symlink(h.Linkname, target); err != nil {
-				return err
-			}
-		case tar.TypeLink:
-			src := filepath.Join(dir, filepath.FromSlash(path.Clean("/"+h.Linkname)))
-			_ = os.Remove(target)
-			if err := os.Link(src, target); err != nil {
-				return err
-			}
-		default:
-			// Devices and FIFOs are made by the guest's own /dev.
-			continue
-		}
-		if os.Geteuid() == 0 {
-			_ = os.Lchown(target, h.Uid, h.Gid)
-		}
-	}
 }
 
 // duMiB is the size of a tree in MiB, rounded up, with room for the

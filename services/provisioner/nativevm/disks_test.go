@@ -9,8 +9,8 @@ import (
 
 	"github.com/vmware/govmomi/find"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // TestDataDiskFormattedAndMountedByTheGuest is an extra disk as a VM

@@ -13,8 +13,8 @@ import (
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/vim25/soap"
 
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
-	"github.com/podvisor/podvisor/shared/privtest"
 )
 
 // TestImageDiskBuiltOnceWhileVMsAskTogether asks for the boot image disk

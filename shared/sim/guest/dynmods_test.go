@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // fakeCgroup2 stands in for the kernel's cgroup2 mount in the bookkeeping

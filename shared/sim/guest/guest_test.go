@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // newTestManager starts a manager whose guests run the probe

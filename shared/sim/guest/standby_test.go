@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // A standby is prepared once its read/write disks back loop devices

@@ -11,7 +11,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/podvisor/podvisor/shared/privtest"
+	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 

@@ -6,7 +6,9 @@
 package fwtest
 
 import (
+	"context"
 	"fmt"
+	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -195,3 +197,24 @@ func (b *PodBuilder) Info() *framework.PodInfo {
 
 // Ref is the pod as it sits on a host.
 func (b *PodBuilder) Ref() *framework.PodRef { return framework.PodRefOf(b.Info()) }
+
+// ScoreCase is one row of a score plugin's table test: Pod on Host must
+// score Want.
+type ScoreCase struct {
+	Name string
+	Pod  *PodBuilder
+	Host *HostBuilder
+	Want int64
+}
+
+// Scores runs each case as a subtest of t against the plugin's Score.
+func Scores(t *testing.T, p framework.ScorePlugin, cases []ScoreCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			if got, st := p.Score(context.Background(), nil, c.Pod.Info(), c.Host.Obj()); got != c.Want {
+				t.Errorf("score = %d (%v), want %d", got, st, c.Want)
+			}
+		})
+	}
+}

@@ -1,7 +1,6 @@
 package leastallocated
 
 import (
-	"context"
 	"testing"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework/fwtest"
@@ -9,22 +8,11 @@ import (
 
 func TestScore(t *testing.T) {
 	const gib = fwtest.GiB
-	pod := fwtest.MakePod("p").Size(1000, gib).Info()
-	tests := []struct {
-		name string
-		host *fwtest.HostBuilder
-		want int64
-	}{
-		{"empty host", fwtest.MakeHost("h").Capacity(10000, 10*gib), 90},
-		{"half used", fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(4000, 4*gib), 50},
-		{"full after the pod", fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(9000, 9*gib), 0},
-		{"cpu free memory busy", fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(0, 9*gib), 45},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got, _ := (&Plugin{}).Score(context.Background(), nil, pod, tt.host.Obj()); got != tt.want {
-				t.Errorf("score = %d, want %d", got, tt.want)
-			}
-		})
-	}
+	pod := fwtest.MakePod("p").Size(1000, gib)
+	fwtest.Scores(t, &Plugin{}, []fwtest.ScoreCase{
+		{Name: "empty host", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib), Want: 90},
+		{Name: "half used", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(4000, 4*gib), Want: 50},
+		{Name: "full after the pod", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(9000, 9*gib), Want: 0},
+		{Name: "cpu free memory busy", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(0, 9*gib), Want: 45},
+	})
 }

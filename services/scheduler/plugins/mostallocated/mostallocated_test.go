@@ -1,7 +1,6 @@
 package mostallocated
 
 import (
-	"context"
 	"testing"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework/fwtest"
@@ -9,22 +8,11 @@ import (
 
 func TestScore(t *testing.T) {
 	const gib = fwtest.GiB
-	pod := fwtest.MakePod("p").Size(1000, gib).Info()
-	tests := []struct {
-		name string
-		host *fwtest.HostBuilder
-		want int64
-	}{
-		{"empty host", fwtest.MakeHost("h").Capacity(10000, 10*gib), 10},
-		{"half used", fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(4000, 4*gib), 50},
-		{"full after the pod", fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(9000, 9*gib), 100},
-		{"zero capacity", fwtest.MakeHost("h").Capacity(0, 0), 0},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got, _ := (&Plugin{}).Score(context.Background(), nil, pod, tt.host.Obj()); got != tt.want {
-				t.Errorf("score = %d, want %d", got, tt.want)
-			}
-		})
-	}
+	pod := fwtest.MakePod("p").Size(1000, gib)
+	fwtest.Scores(t, &Plugin{}, []fwtest.ScoreCase{
+		{Name: "empty host", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib), Want: 10},
+		{Name: "half used", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(4000, 4*gib), Want: 50},
+		{Name: "full after the pod", Pod: pod, Host: fwtest.MakeHost("h").Capacity(10000, 10*gib).Used(9000, 9*gib), Want: 100},
+		{Name: "zero capacity", Pod: pod, Host: fwtest.MakeHost("h").Capacity(0, 0), Want: 0},
+	})
 }

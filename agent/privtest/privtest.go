@@ -7,6 +7,9 @@
 // exports PODVISOR_REQUIRE_PRIVILEGED=1, which turns "cannot run as root here"
 // into a failure.
 //
+// It lives in the agent module, the one module of the tree that depends on no
+// other, so that the guest's tests and the control plane's share it.
+//
 //	func TestGuestRuns(t *testing.T) {
 //		privtest.Require(t, "mounts the image disks")
 //		...
