@@ -37,16 +37,7 @@ func TestBootConfigValidate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := valid()
 			tc.edit(b)
-			err := b.Validate()
-			if tc.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.field) {
-				t.Fatalf("Validate = %v, want an error naming %s", err, tc.field)
-			}
+			wantErrorNaming(t, b.Validate(), tc.field)
 		})
 	}
 }

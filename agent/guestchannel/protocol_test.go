@@ -114,16 +114,7 @@ func TestSpecValidate(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()
 			tc.edit(s)
-			err := s.Validate()
-			if tc.field == "" {
-				if err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.field) {
-				t.Fatalf("Validate = %v, want an error naming %s", err, tc.field)
-			}
+			wantErrorNaming(t, s.Validate(), tc.field)
 		})
 	}
 }
@@ -139,5 +130,20 @@ func TestSpecRoundTripRefusesUnknownFields(t *testing.T) {
 	newer := strings.Replace(s, `"version":1`, `"version":1,"sandbox":"gvisor"`, 1)
 	if _, err := UnmarshalSpec([]byte(newer)); err == nil || !strings.Contains(err.Error(), "sandbox") {
 		t.Fatalf("UnmarshalSpec(newer) = %v, want unknown field refused", err)
+	}
+}
+
+// wantErrorNaming fails the test unless err names field, or, for an empty
+// field, unless err is nil.
+func wantErrorNaming(t *testing.T, err error, field string) {
+	t.Helper()
+	if field == "" {
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), field) {
+		t.Fatalf("Validate = %v, want an error naming %s", err, field)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -227,17 +228,6 @@ func TestReservationAcrossALeaderChangeIsTakenUp(t *testing.T) {
 
 // stalledKV's watchers replay nothing and never mark the end of the
 // replay, as an ordered consumer lost with a NATS node can leave them.
-type stalledKV struct{ jetstream.KeyValue }
-
-type stalledWatcher struct{ ch chan jetstream.KeyValueEntry }
-
-func (w stalledWatcher) Updates() <-chan jetstream.KeyValueEntry { return w.ch }
-func (w stalledWatcher) Stop() error                             { return nil }
-
-func (k stalledKV) WatchAll(context.Context, ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
-	return stalledWatcher{ch: make(chan jetstream.KeyValueEntry)}, nil
-}
-
 // TestAStalledListingEndsInAnError: listing a bucket is bounded. The 06:59
 // run's drain stayed Draining for eight minutes without a line in the
 // log: a listing that never ends holds a drain, the sweep or a new
@@ -250,7 +240,7 @@ func TestAStalledListingEndsInAnError(t *testing.T) {
 	listTimeout = 200 * time.Millisecond
 	done := make(chan error, 1)
 	go func() {
-		_, err := listJSON[events.DrainRecord](context.Background(), stalledKV{svc.store.drains})
+		_, err := records[events.DrainRecord](bustest.StalledKV{KeyValue: svc.store.drains}, "drain", nil).Scan(context.Background())
 		done <- err
 	}()
 	select {

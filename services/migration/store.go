@@ -2,7 +2,6 @@ package migration
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -70,23 +69,6 @@ func openStore(ctx context.Context, b *bus.Bus, now func() time.Time) (*store, e
 // stall).
 const kvCallTimeout = 10 * time.Second
 
-func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
-	defer cancel()
-	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, nil
-	}
-	if err != nil {
-		return nil, 0, fmt.Errorf("get %s: %w", key, err)
-	}
-	v := new(T)
-	if err := json.Unmarshal(e.Value(), v); err != nil {
-		return nil, 0, fmt.Errorf("decode %s: %w", key, err)
-	}
-	return v, e.Revision(), nil
-}
-
 // listTimeout bounds one listing of a bucket. A watcher whose replay
 // stalls (its consumer lost with a NATS node, the end-of-replay mark never
 // sent) would otherwise hold its caller for good — the sweep, a drain, or
@@ -94,72 +76,48 @@ func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T,
 // would ever retry.
 var listTimeout = 30 * time.Second
 
-// listJSON reads every value of a bucket. A watcher replays the current
-// value of each key and then signals the end with nil, which is one pass
-// over the stream instead of one request per key.
-func listJSON[T any](ctx context.Context, kv jetstream.KeyValue) ([]*T, error) {
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, listTimeout)
-	defer cancel()
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", kv.Bucket(), err)
-	}
-	defer func() { _ = w.Stop() }()
-	var out []*T
-	for {
-		select {
-		case <-ctx.Done():
-			if parent.Err() != nil {
-				return nil, parent.Err()
-			}
-			return nil, fmt.Errorf("list %s: the replay did not end within %s (%d records read)", kv.Bucket(), listTimeout, len(out))
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, errors.New("watch closed")
-			}
-			if e == nil {
-				return out, nil
-			}
-			if e.Operation() != jetstream.KeyValuePut || e.Key() == events.MigrationLeaderKey {
-				continue // the leader lease is no record
-			}
-			v := new(T)
-			if err := json.Unmarshal(e.Value(), v); err != nil {
-				continue // a record another version wrote; not ours to judge
-			}
-			out = append(out, v)
+// records is the typed view of a bucket the service reads or writes, with
+// the service's bounds on every request and listing. It is made per use
+// from the bucket in the store's field, so a test can put a wrapped bucket
+// there.
+func records[T any](kv jetstream.KeyValue, noun string, stamp func(*T)) *record.Store[T] {
+	st := record.New[T](kv, noun)
+	st.Attempts, st.CallTimeout, st.ScanTimeout, st.BeforeWrite = casAttempts, kvCallTimeout, listTimeout, stamp
+	// The migration leader's lease lives beside the migration records.
+	st.Skip = func(key string) bool { return key == events.MigrationLeaderKey }
+	return st
+}
+
+func (s *store) migrationRecords() *record.Store[events.MigrationRecord] {
+	return records(s.migs, "migration", func(r *events.MigrationRecord) {
+		now := s.now().UTC()
+		if r.CreatedAt.IsZero() {
+			r.CreatedAt = now
 		}
-	}
+		r.UpdatedAt = now
+	})
+}
+
+func (s *store) drainRecordStore() *record.Store[events.DrainRecord] {
+	return records(s.drains, "drain", func(r *events.DrainRecord) { r.UpdatedAt = s.now().UTC() })
 }
 
 func (s *store) migration(ctx context.Context, id string) (*events.MigrationRecord, error) {
-	r, _, err := getJSON[events.MigrationRecord](ctx, s.migs, events.MigrationRecordKey(id))
+	r, _, err := s.migrationRecords().Get(ctx, events.MigrationRecordKey(id))
 	return r, err
 }
 
 func (s *store) migrations(ctx context.Context) ([]*events.MigrationRecord, error) {
-	return listJSON[events.MigrationRecord](ctx, s.migs)
+	return s.migrationRecords().Scan(ctx)
 }
 
 // createMigration writes a new record; errExists when the ID is taken.
 func (s *store) createMigration(ctx context.Context, r *events.MigrationRecord) error {
-	now := s.now().UTC()
-	if r.CreatedAt.IsZero() {
-		r.CreatedAt = now
-	}
-	r.UpdatedAt = now
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	cctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
-	defer cancel()
-	if _, err := s.migs.Create(cctx, events.MigrationRecordKey(r.ID), data); err != nil {
-		if record.Conflict(err) {
+	if _, err := s.migrationRecords().Create(ctx, events.MigrationRecordKey(r.ID), r); err != nil {
+		if errors.Is(err, record.ErrExists) {
 			return errExists
 		}
-		return fmt.Errorf("create migration %s: %w", r.ID, err)
+		return err
 	}
 	return nil
 }
@@ -176,64 +134,20 @@ func (s *store) createMigration(ctx context.Context, r *events.MigrationRecord) 
 // an error (errNoRecord), for the caller to try again, never "nothing to
 // do".
 func (s *store) updateMigration(ctx context.Context, id string, mutate func(r *events.MigrationRecord) bool) (*events.MigrationRecord, error) {
-	key := events.MigrationRecordKey(id)
-	for range casAttempts {
-		r, rev, err := getJSON[events.MigrationRecord](ctx, s.migs, key)
-		if err != nil {
-			return nil, err
-		}
-		if r == nil {
-			return nil, fmt.Errorf("update migration %s: %w", id, errNoRecord)
-		}
-		if !mutate(r) {
-			return r, nil
-		}
-		r.UpdatedAt = s.now().UTC()
-		data, err := json.Marshal(r)
-		if err != nil {
-			return nil, err
-		}
-		cctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
-		_, err = s.migs.Update(cctx, key, data, rev)
-		cancel()
-		if err != nil {
-			if record.Conflict(err) {
-				continue
-			}
-			return nil, fmt.Errorf("update migration %s: %w", id, err)
-		}
-		return r, nil
-	}
-	return nil, fmt.Errorf("update migration %s: too many concurrent writers", id)
+	return update(ctx, s.migrationRecords(), events.MigrationRecordKey(id), mutate)
 }
 
 func (s *store) drain(ctx context.Context, host string) (*events.DrainRecord, uint64, error) {
-	return getJSON[events.DrainRecord](ctx, s.drains, events.DrainRecordKey(host))
+	return s.drainRecordStore().Get(ctx, events.DrainRecordKey(host))
 }
 
 func (s *store) drainRecords(ctx context.Context) ([]*events.DrainRecord, error) {
-	return listJSON[events.DrainRecord](ctx, s.drains)
+	return s.drainRecordStore().Scan(ctx)
 }
 
 // putDrain writes a drain record: Create when rev is 0, else Update at rev.
 func (s *store) putDrain(ctx context.Context, r *events.DrainRecord, rev uint64) (uint64, error) {
-	r.UpdatedAt = s.now().UTC()
-	data, err := json.Marshal(r)
-	if err != nil {
-		return 0, err
-	}
-	key := events.DrainRecordKey(r.Host)
-	ctx, cancel := context.WithTimeout(ctx, kvCallTimeout)
-	defer cancel()
-	if rev == 0 {
-		rev, err = s.drains.Create(ctx, key, data)
-	} else {
-		rev, err = s.drains.Update(ctx, key, data, rev)
-	}
-	if err != nil {
-		return 0, fmt.Errorf("write drain record %s: %w", r.Host, err)
-	}
-	return rev, nil
+	return s.drainRecordStore().Put(ctx, events.DrainRecordKey(r.Host), r, rev)
 }
 
 // updateDrain is updateMigration for drain records: a record not found is
@@ -244,38 +158,34 @@ func (s *store) putDrain(ctx context.Context, r *events.DrainRecord, rev uint64)
 // for which "no record" is an answer (an uncordon of a host never
 // drained, a vm.migrated no drain asked for) says so itself.
 func (s *store) updateDrain(ctx context.Context, host string, mutate func(r *events.DrainRecord) bool) (*events.DrainRecord, error) {
-	for range casAttempts {
-		r, rev, err := s.drain(ctx, host)
-		if err != nil {
-			return nil, err
-		}
-		if r == nil {
-			return nil, fmt.Errorf("update drain %s: %w", host, errNoRecord)
-		}
+	return update(ctx, s.drainRecordStore(), events.DrainRecordKey(host), mutate)
+}
+
+// update is Mutate with the service's answers: mutate reports whether it
+// changed the record, and a missing record is errNoRecord.
+func update[T any](ctx context.Context, st *record.Store[T], key string, mutate func(*T) bool) (*T, error) {
+	r, err := st.Mutate(ctx, key, func(r *T) error {
 		if !mutate(r) {
-			return r, nil
+			return record.ErrUnchanged
 		}
-		if _, err := s.putDrain(ctx, r, rev); err != nil {
-			if record.Conflict(err) {
-				continue
-			}
-			return nil, err
-		}
-		return r, nil
+		return nil
+	})
+	if errors.Is(err, record.ErrNotFound) {
+		return nil, fmt.Errorf("update %s: %w", key, errNoRecord)
 	}
-	return nil, fmt.Errorf("update drain %s: too many concurrent writers", host)
+	return r, err
 }
 
 func (s *store) pod(ctx context.Context, namespace, name string) (*events.PodRecord, error) {
-	r, _, err := getJSON[events.PodRecord](ctx, s.pods, events.PodRecordKey(namespace, name))
+	r, _, err := records[events.PodRecord](s.pods, "pod", nil).Get(ctx, events.PodRecordKey(namespace, name))
 	return r, err
 }
 
 // podsOnHost lists the pod records whose host is host.
 func (s *store) podsOnHost(ctx context.Context, host string) ([]*events.PodRecord, error) {
-	all, err := listJSON[events.PodRecord](ctx, s.pods)
+	all, err := records[events.PodRecord](s.pods, "pod", nil).Scan(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+		return nil, err
 	}
 	var out []*events.PodRecord
 	for _, p := range all {
@@ -287,11 +197,11 @@ func (s *store) podsOnHost(ctx context.Context, host string) ([]*events.PodRecor
 }
 
 func (s *store) host(ctx context.Context, name string) (*events.HostRecord, error) {
-	r, _, err := getJSON[events.HostRecord](ctx, s.hosts, events.HostRecordKey(name))
+	r, _, err := records[events.HostRecord](s.hosts, "host", nil).Get(ctx, events.HostRecordKey(name))
 	return r, err
 }
 
 func (s *store) network(ctx context.Context, name string) (*events.NetworkAvailability, error) {
-	r, _, err := getJSON[events.NetworkAvailability](ctx, s.netHosts, events.NetworkRecordKey(name))
+	r, _, err := records[events.NetworkAvailability](s.netHosts, "network", nil).Get(ctx, events.NetworkRecordKey(name))
 	return r, err
 }

@@ -81,9 +81,9 @@ func (s *Service) vmsOnHost(ctx context.Context, host string) ([]*events.VMRecor
 	if err != nil {
 		return nil, err
 	}
-	all, err := listJSON[events.VMRecord](ctx, kv)
+	all, err := records[events.VMRecord](kv, "VM", nil).Scan(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list VMs: %w", err)
+		return nil, err
 	}
 	var out []*events.VMRecord
 	for _, r := range all {
@@ -99,7 +99,7 @@ func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMReco
 	if err != nil {
 		return nil, err
 	}
-	r, _, err := getJSON[events.VMRecord](ctx, kv, events.VMRecordKey(ns, name))
+	r, _, err := records[events.VMRecord](kv, "VM", nil).Get(ctx, events.VMRecordKey(ns, name))
 	return r, err
 }
 

@@ -65,7 +65,7 @@ func (c *vmController) putVM(ns, name, uid, host string) {
 
 func (c *vmController) vm(ns, name string) *events.VMRecord {
 	c.w.T.Helper()
-	r, _, err := getJSON[events.VMRecord](context.Background(), c.kv, events.VMRecordKey(ns, name))
+	r, _, err := records[events.VMRecord](c.kv, "VM", nil).Get(context.Background(), events.VMRecordKey(ns, name))
 	if err != nil || r == nil {
 		c.w.T.Fatalf("VM record %s/%s: %v", ns, name, err)
 	}

@@ -11,12 +11,17 @@
 //		r.Phase = events.PodRunning                // re-run on a conflict
 //		return nil                                 // or record.ErrUnchanged to write nothing
 //	})
+//	all, err := pods.Scan(ctx)                     // every record, one replay of the bucket
 //	changes, err := pods.Watch(ctx, ">")           // current values, then every change
 //
 // Mutate reads, applies the change and writes at the revision it read; when
 // another writer got there first (ErrConflict) it reads again and re-applies
 // the change, up to Attempts times. The change function therefore must be
 // a pure function of the record it is given: it may run several times.
+//
+// CallTimeout and ScanTimeout bound a request and a replay for callers whose
+// context ends far away: an answer lost with a NATS node must end in an error
+// the caller retries, not in a wait as long as the caller's deadline.
 //
 // The three conditions a caller decides on are sentinels: ErrNotFound (the
 // record does not exist), ErrExists (Create found it taken) and ErrConflict

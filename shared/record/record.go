@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -35,6 +36,28 @@ type Store[T any] struct {
 	// BeforeWrite, if set, runs on every value just before it is written
 	// (to stamp an UpdatedAt field, for example).
 	BeforeWrite func(*T)
+	// CallTimeout, when set, bounds each request to the bucket. The KV
+	// client bounds a request by itself only when its context has no
+	// deadline: a caller whose context ends far away (a drain's half hour)
+	// would otherwise wait that long for an answer lost with a NATS node.
+	CallTimeout time.Duration
+	// ScanTimeout bounds Scan's pass over the bucket; default
+	// DefaultScanTimeout.
+	ScanTimeout time.Duration
+	// Skip, when set, names keys of the bucket that hold no record of T (a
+	// lease kept beside the records): Scan leaves them out.
+	Skip func(key string) bool
+}
+
+// DefaultScanTimeout is Store.ScanTimeout's default.
+const DefaultScanTimeout = 30 * time.Second
+
+// call bounds one request by CallTimeout, when set.
+func (s *Store[T]) call(ctx context.Context) (context.Context, context.CancelFunc) {
+	if s.CallTimeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.CallTimeout)
 }
 
 // New returns the store of bucket kv; noun names a record in errors
@@ -49,6 +72,8 @@ func (s *Store[T]) KV() jetstream.KeyValue { return s.kv }
 // Get returns the record at key and its revision, or nil, 0 and no error
 // when there is none.
 func (s *Store[T]) Get(ctx context.Context, key string) (*T, uint64, error) {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
 	e, err := s.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil, 0, nil
@@ -89,6 +114,8 @@ func (s *Store[T]) Create(ctx context.Context, key string, v *T) (uint64, error)
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := s.call(ctx)
+	defer cancel()
 	rev, err := s.kv.Create(ctx, key, data)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -106,6 +133,8 @@ func (s *Store[T]) Put(ctx context.Context, key string, v *T, rev uint64) (uint6
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := s.call(ctx)
+	defer cancel()
 	if rev == 0 {
 		rev, err = s.kv.Create(ctx, key, data)
 	} else {
@@ -127,6 +156,8 @@ func (s *Store[T]) Set(ctx context.Context, key string, v *T) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := s.call(ctx)
+	defer cancel()
 	rev, err := s.kv.Put(ctx, key, data)
 	if err != nil {
 		return 0, fmt.Errorf("write %s %s: %w", s.noun, key, err)
@@ -204,6 +235,8 @@ func (s *Store[T]) upsert(ctx context.Context, key string, create bool, change f
 
 // Delete removes the record at key; a missing one is not an error.
 func (s *Store[T]) Delete(ctx context.Context, key string) error {
+	ctx, cancel := s.call(ctx)
+	defer cancel()
 	if err := s.kv.Delete(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("delete %s %s: %w", s.noun, key, err)
 	}
@@ -245,6 +278,51 @@ func (s *Store[T]) List(ctx context.Context) ([]T, error) {
 		}
 	}
 	return out, nil
+}
+
+// Scan reads every record in one pass over the bucket: a watcher replays
+// each key's current value, where List makes a request per key. It is for
+// readers of many records (a sweep, a new leader's recovery). Keys Skip
+// names and values that do not decode as T (written by another version,
+// not this reader's to judge) are left out. The pass is bounded by
+// ScanTimeout: a replay whose end never comes (its consumer lost with a
+// NATS node) would otherwise hold its caller for good.
+func (s *Store[T]) Scan(ctx context.Context) ([]*T, error) {
+	limit := s.ScanTimeout
+	if limit <= 0 {
+		limit = DefaultScanTimeout
+	}
+	parent := ctx
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("list %s records: %w", s.noun, err)
+	}
+	defer func() { _ = w.Stop() }()
+	var out []*T
+	for {
+		select {
+		case <-ctx.Done():
+			if parent.Err() != nil {
+				return nil, parent.Err()
+			}
+			return nil, fmt.Errorf("list %s records: the replay did not end within %s (%d records read)", s.noun, limit, len(out))
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, fmt.Errorf("list %s records: the watch closed", s.noun)
+			}
+			if e == nil {
+				return out, nil // the end of the current values
+			}
+			if e.Operation() != jetstream.KeyValuePut || s.Skip != nil && s.Skip(e.Key()) {
+				continue
+			}
+			if v, err := s.decode(e.Key(), e.Value()); err == nil {
+				out = append(out, v)
+			}
+		}
+	}
 }
 
 // Change is one observation of Watch.

@@ -225,3 +225,52 @@ func TestConflictInEveryForm(t *testing.T) {
 		}
 	}
 }
+
+// Scan reads every record in one pass, leaving out the keys Skip names and
+// values that are not records of T.
+func TestScan(t *testing.T) {
+	s, ctx := newStore(t)
+	for _, k := range []string{"a", "b", "lease"} {
+		if _, err := s.Create(ctx, k, &counter{N: len(k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.KV().Put(ctx, "junk", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Delete(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	s.Skip = func(key string) bool { return key == "lease" }
+	got, err := s.Scan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].N != 1 {
+		t.Fatalf("Scan = %+v, want only a's record", got)
+	}
+}
+
+// A pass whose replay never ends, and a read whose answer never comes, end
+// in an error within their bounds, even under a context that ends much
+// later.
+func TestScanAndCallsAreBounded(t *testing.T) {
+	s, ctx := newStore(t)
+	stalled := record.New[counter](bustest.StalledKV{KeyValue: s.KV()}, "counter")
+	stalled.ScanTimeout, stalled.CallTimeout = 100*time.Millisecond, 100*time.Millisecond
+	for what, call := range map[string]func() error{
+		"Scan": func() error { _, err := stalled.Scan(ctx); return err },
+		"Get":  func() error { _, _, err := stalled.Get(ctx, "a"); return err },
+	} {
+		done := make(chan error, 1)
+		go func() { done <- call() }()
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Errorf("%s of a stalled bucket returned no error", what)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s of a stalled bucket still waiting after 10 s (bound 100 ms)", what)
+		}
+	}
+}

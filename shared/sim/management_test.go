@@ -51,15 +51,8 @@ func waitStates(t *testing.T, c *govmomi.Client, d *sim.Datacenter, want types.H
 
 func TestManagementVLANCutsMemberHostsOffAndBack(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.Start(ctx, sim.Config{Clusters: 2, HostsPerCluster: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	c, err := d.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := start(t, sim.Config{Clusters: 2, HostsPerCluster: 2})
+	c := client(t, d)
 	if err := d.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}

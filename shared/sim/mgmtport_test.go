@@ -16,15 +16,8 @@ import (
 // back, and so does repairing the port itself.
 func TestManagementPortCutsOneHostAndACloneReachesIt(t *testing.T) {
 	ctx := context.Background()
-	d, err := sim.Start(ctx, sim.Config{Clusters: 1, HostsPerCluster: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(d.Close)
-	c, err := d.Client(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := start(t, sim.Config{Clusters: 1, HostsPerCluster: 3})
+	c := client(t, d)
 	if err := d.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
