@@ -102,12 +102,18 @@ func Layer(spec LayerSpec) (v1.Layer, error) {
 	if err := tw.Close(); err != nil {
 		return nil, fmt.Errorf("layer %s: %w", spec.Path, err)
 	}
+	return gzipLayer(tarBuf.Bytes(), gzip.BestSpeed)
+}
+
+// gzipLayer is the layer of an uncompressed tar, compressed at level: the
+// same bytes and level make the same digest.
+func gzipLayer(tarBytes []byte, level int) (v1.Layer, error) {
 	var gz bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&gz, gzip.BestSpeed)
+	zw, err := gzip.NewWriterLevel(&gz, level)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := io.Copy(zw, &tarBuf); err != nil {
+	if _, err := zw.Write(tarBytes); err != nil {
 		return nil, err
 	}
 	if err := zw.Close(); err != nil {
