@@ -74,6 +74,11 @@ func extractEntry(root *os.Root, tr *tar.Reader, h *tar.Header) error {
 			return err
 		}
 	case tar.TypeReg:
+		// A file replaces what stood at its name (a link the same image
+		// made there earlier): it is not written through it.
+		if st, err := root.Lstat(name); err == nil && !st.IsDir() {
+			_ = root.Remove(name)
+		}
 		f, err := root.OpenFile(name, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 		if err != nil {
 			return err

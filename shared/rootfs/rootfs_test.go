@@ -44,6 +44,8 @@ func TestExtract(t *testing.T) {
 		entry{name: "bin/ls", kind: tar.TypeLink, link: "bin/busybox"},
 		entry{name: "etc/hostname", kind: tar.TypeReg, mode: 0o600, body: "pod"},
 		entry{name: "dev/null", kind: tar.TypeChar, mode: 0o666},
+		entry{name: "etc/motd", kind: tar.TypeSymlink, link: "hostname"},
+		entry{name: "etc/motd", kind: tar.TypeReg, mode: 0o644, body: "hi"},
 	), dir)
 	if err != nil {
 		t.Fatal(err)
@@ -56,6 +58,12 @@ func TestExtract(t *testing.T) {
 	}
 	if st, err := os.Stat(filepath.Join(dir, "etc/hostname")); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("etc/hostname: %v, %v", st, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/hostname")); err != nil || string(b) != "pod" {
+		t.Errorf("a file written through a link made before it: etc/hostname reads %q, %v", b, err)
+	}
+	if st, err := os.Lstat(filepath.Join(dir, "etc/motd")); err != nil || !st.Mode().IsRegular() {
+		t.Errorf("etc/motd is not the file that replaced the link: %v, %v", st, err)
 	}
 	a, _ := os.Stat(filepath.Join(dir, "bin/busybox"))
 	b, _ := os.Stat(filepath.Join(dir, "bin/ls"))
