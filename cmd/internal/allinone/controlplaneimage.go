@@ -100,35 +100,78 @@ func (s *System) pushControlPlaneImage(ctx context.Context, bin string) (string,
 	if err != nil {
 		return "", err
 	}
-	work, err := os.MkdirTemp(s.cfg.StateDir, "cp-image-")
+	gzPath, err := controlPlaneLayer(filepath.Join(s.cfg.StateDir, "cache"), bin)
 	if err != nil {
 		return "", err
 	}
-	defer os.RemoveAll(work)
-	tarPath := filepath.Join(work, "layer.tar")
-	if err := binaryLayerTar(tarPath, bin); err != nil {
-		return "", err
-	}
-	// The fastest compression: the layer goes to a registry on this
-	// machine, and kube-apiserver's size makes gzip's default level the
-	// longest step.
-	layer, err := tarball.LayerFromFile(tarPath, tarball.WithCompressionLevel(gzip.BestSpeed))
+	layer, err := tarball.LayerFromFile(gzPath) // compressed already: used as it is
 	if err != nil {
 		return "", err
 	}
 	ref := s.registry.Addr() + "/" + guestcluster.ControlPlaneImageRepoTag
 	if _, err := ociregistry.PushWith(ctx, ref, s.registry.Options(), base, layer); err != nil {
+		// A layer file that cannot be pushed is made anew next time.
+		_ = os.Remove(gzPath)
 		return "", err
 	}
 	return ref, nil
 }
 
-// binaryLayerTar writes the control-plane layer: podvisor-guest at
+// controlPlaneLayer returns the compressed control-plane layer of bin,
+// kept in dir between starts: the layer is the size of kube-apiserver, and
+// compressing it is most of the image's cost (about 2 s of CPU here, twice
+// that when the compression ran once for the digest and again for the
+// upload). It is named after the binary's size and modification time, so a
+// rebuilt podvisor-guest makes a new one; the older ones are removed.
+func controlPlaneLayer(dir, bin string) (string, error) {
+	st, err := os.Stat(bin)
+	if err != nil {
+		return "", err
+	}
+	name := fmt.Sprintf("control-plane-layer-%d-%d.tar.gz", st.Size(), st.ModTime().UnixNano())
+	path := filepath.Join(dir, name)
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return "", err
+	}
+	old, _ := filepath.Glob(filepath.Join(dir, "control-plane-layer-*.tar.gz"))
+	for _, p := range old {
+		_ = os.Remove(p)
+	}
+	tmp, err := os.CreateTemp(dir, ".control-plane-layer-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp.Name()) // gone once renamed
+	// The fastest compression: the layer goes to a registry on this
+	// machine. Go's gzip header carries no time or name, so the same
+	// binary makes the same bytes, and the same digest.
+	zw, err := gzip.NewWriterLevel(tmp, gzip.BestSpeed)
+	if err != nil {
+		tmp.Close()
+		return "", err
+	}
+	err = binaryLayerTar(zw, bin)
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	return path, os.Rename(tmp.Name(), path)
+}
+
+// binaryLayerTar writes the control-plane layer to w: podvisor-guest at
 // guestcluster.ControlPlaneBinaryPath and an /etc/hosts naming localhost
 // (the API server's loopback clients resolve it). Fixed times, so the same
 // binary makes the same layer digest and the native VM controller reuses
 // the boot disk it built for it.
-func binaryLayerTar(dst, bin string) error {
+func binaryLayerTar(w io.Writer, bin string) error {
 	src, err := os.Open(bin)
 	if err != nil {
 		return err
@@ -138,12 +181,7 @@ func binaryLayerTar(dst, bin string) error {
 	if err != nil {
 		return err
 	}
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	tw := tar.NewWriter(out)
+	tw := tar.NewWriter(w)
 	hosts := []byte("127.0.0.1 localhost\n::1 localhost\n")
 	mtime := time.Unix(0, 0)
 	for _, h := range []*tar.Header{
@@ -167,10 +205,7 @@ func binaryLayerTar(dst, bin string) error {
 			return fmt.Errorf("control-plane layer: %w", err)
 		}
 	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	return out.Close()
+	return tw.Close()
 }
 
 // staticELF says why path is not a statically linked executable, or nil.
