@@ -387,24 +387,42 @@ func (a *Authority) PushAccount(ctx context.Context, c ConnConfig) error {
 var validIdentityName = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)
 
 // ServerConfig is the nats-server configuration that trusts this authority
-// (operator, system account, and the accounts preloaded into a memory
-// resolver): what a NATS server outside `podvisor up` includes, for
-// example from a Kubernetes Secret.
-func (a *Authority) ServerConfig() (string, error) {
+// (operator, system account, and the accounts preloaded into the
+// resolver): what a NATS server outside `podvisor up` includes, for example
+// from a Kubernetes Secret.
+//
+// With jwtDir the resolver is a `full` one keeping account JWTs in that
+// directory (on the server's own volume): an account update pushed later
+// (PushAccount, with a revocation) is stored there and outlives a restart,
+// and the preloaded JWTs, older, do not replace it (the server keeps the
+// newer of the two). Without it the resolver is in memory: a revocation
+// pushed to a running server lasts until it restarts with the preload.
+func (a *Authority) ServerConfig(jwtDir string) (string, error) {
 	otok, err := a.operatorClaims.Encode(a.operator)
 	if err != nil {
 		return "", err
+	}
+	resolver := "resolver: MEMORY"
+	if jwtDir != "" {
+		if strings.ContainsAny(jwtDir, "\"\n") {
+			return "", fmt.Errorf("bus: server config: resolver directory %q: a quote or newline cannot be written in the configuration", jwtDir)
+		}
+		resolver = fmt.Sprintf(`resolver: {
+  type: full
+  dir: "%s"
+  allow_delete: false
+}`, jwtDir)
 	}
 	return fmt.Sprintf(`# podvisor NATS authority: include from nats.conf.
 operator: %s
 system_account: %s
 max_control_line: %d
-resolver: MEMORY
+%s
 resolver_preload: {
   %s: %s
   %s: %s
 }
-`, otok, a.systemPub, MaxControlLine, a.systemPub, a.systemAccountJWT, a.accountPub, a.accountJWT), nil
+`, otok, a.systemPub, MaxControlLine, resolver, a.systemPub, a.systemAccountJWT, a.accountPub, a.accountJWT), nil
 }
 
 // MintAll writes the creds file of every identity of the table and

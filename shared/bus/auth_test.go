@@ -261,7 +261,7 @@ func TestMintAsAnotherClient(t *testing.T) {
 	if _, err := s.auth.MintAs("Bad Name", bus.IdentityClient); err == nil {
 		t.Error("an identity name with spaces was minted")
 	}
-	cfg, err := s.auth.ServerConfig()
+	cfg, err := s.auth.ServerConfig("")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,5 +475,87 @@ func TestClientCannotReadKubeconfigs(t *testing.T) {
 	}
 	if p := (bus.Identity{Name: bus.IdentityClient, Client: true}).Permissions(); !slices.Contains(p.PublishDeny, "$JS.API.DIRECT.GET.KV_"+events.BucketGuestClusterKubeconfigs+".>") {
 		t.Errorf("client permissions deny %v, want the kubeconfigs' read API", p.PublishDeny)
+	}
+}
+
+// TestRevocationOutlivesARestartOfAConfiguredServer: a NATS server run from
+// ServerConfig, as a Kubernetes deployment runs it from its Secret, keeps a
+// revocation pushed to it when it restarts from the same configuration,
+// because the resolver stores the pushed account in its directory and the
+// preload, older, does not replace it. With the memory resolver the same
+// restart lets the revoked identity in again: what the directory is for.
+func TestRevocationOutlivesARestartOfAConfiguredServer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		jwtDir bool
+	}{{"full resolver", true}, {"memory resolver", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			auth, err := bus.LoadAuthority(filepath.Join(dir, "auth"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			creds, err := auth.MintGuest("team-a", "gc1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			jwtDir := ""
+			if tc.jwtDir {
+				jwtDir = filepath.Join(dir, "jwt")
+			}
+			cfg, err := auth.ServerConfig(jwtDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf := filepath.Join(dir, "nats.conf")
+			if err := os.WriteFile(conf, []byte("listen: 127.0.0.1:-1\n"+cfg), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			start := func() *server.Server {
+				t.Helper()
+				opts, err := server.ProcessConfigFile(conf)
+				if err != nil {
+					t.Fatalf("config: %v\n%s", err, cfg)
+				}
+				opts.NoLog, opts.NoSigs = true, true
+				srv, err := server.NewServer(opts)
+				if err != nil {
+					t.Fatal(err)
+				}
+				go srv.Start()
+				if !srv.ReadyForConnections(10 * time.Second) {
+					t.Fatal("server not ready")
+				}
+				return srv
+			}
+			refused := func(srv *server.Server) bool {
+				nc, err := nats.Connect(srv.ClientURL(), nats.UserCredentials(creds), nats.NoReconnect())
+				if err != nil {
+					return true
+				}
+				nc.Close()
+				return false
+			}
+			srv := start()
+			if refused(srv) {
+				t.Fatal("the guest identity is refused before its revocation")
+			}
+			if err := auth.Revoke(bus.GuestClusterIdentity("team-a", "gc1").Name); err != nil {
+				t.Fatal(err)
+			}
+			if err := auth.PushAccount(testContext(t), bus.ConnConfig{URL: srv.ClientURL()}); err != nil {
+				t.Fatalf("push account: %v", err)
+			}
+			if !refused(srv) {
+				t.Fatal("the revoked identity is let in after the push")
+			}
+			srv.Shutdown()
+			srv.WaitForShutdown()
+			srv = start()
+			defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+			if got := refused(srv); got != tc.jwtDir {
+				t.Fatalf("after a restart from the same configuration: refused = %v, want %v", got, tc.jwtDir)
+			}
+		})
 	}
 }

@@ -71,6 +71,7 @@ func newIdentityCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	var jwtDir string
 	conf := &cobra.Command{
 		Use:   "server-config",
 		Short: "Print the nats-server configuration that trusts these identities (operator, accounts, resolver)",
@@ -80,7 +81,7 @@ func newIdentityCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			c, err := a.ServerConfig()
+			c, err := a.ServerConfig(jwtDir)
 			if err != nil {
 				return err
 			}
@@ -88,6 +89,7 @@ func newIdentityCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
+	conf.Flags().StringVar(&jwtDir, "jwt-dir", "/data/jwt", "directory on each NATS server's own volume where it keeps the account JWTs pushed to it, so that a revocation outlives a restart (empty: in memory only, a revocation lasts until the server restarts)")
 	cmd.PersistentFlags().StringVar(&dir, "dir", "", "authority directory (default: nats-auth in the state dir)")
 	cmd.AddCommand(mint, all, conf, newIdentityTLSCmd(), newIdentityDashboardUserCmd(), newIdentityRedisACLCmd())
 	return cmd
