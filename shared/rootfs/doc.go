@@ -4,8 +4,8 @@
 // unpack images this way.
 //
 // Every write goes through an os.Root of the directory, so an image cannot
-// write outside it: an entry whose name climbs out ("../../etc/passwd") or
-// whose path crosses a symbolic link that points out ("etc" -> "/etc", then
-// "etc/passwd") is refused with an error naming the entry, and nothing is
-// written past it.
+// write outside it. A name that climbs ("../../etc/passwd") is taken from
+// the root and lands inside (etc/passwd); a path that crosses a symbolic
+// link pointing out ("etc" -> "/etc", then "etc/passwd") is refused with an
+// error naming the entry, and nothing is written past it.
 package rootfs
