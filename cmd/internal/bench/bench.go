@@ -81,6 +81,11 @@ type Config struct {
 	// the control plane, the simulated guests' managers and the host agents
 	// in this process (the guests' own processes are not in it).
 	DataPlaneCPUProfile io.Writer
+	// DataPlaneSpans records every service's spans through the data-plane
+	// section and reports their medians over the burst's pods: where a
+	// pod's time goes, step by step. Recording costs CPU, so that run's
+	// figures are not comparable with a run without it.
+	DataPlaneSpans bool
 }
 
 // Bench pod size: small enough that N pods fit the simulated hosts many

@@ -14,6 +14,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"go.opentelemetry.io/otel"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"golang.org/x/sys/unix"
 	"k8s.io/apimachinery/pkg/api/resource"
 
@@ -29,6 +31,7 @@ import (
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/rootfs"
+	"github.com/podvisor/podvisor/shared/telemetry"
 )
 
 // DataPlane is request → every container running for N pods with the
@@ -66,6 +69,10 @@ type DataPlane struct {
 	// Cost is the burst's JetStream writes and this process's CPU per pod
 	// (the guests' processes not counted).
 	Cost *Cost `json:"cost,omitempty"`
+	// SpansP50MS are the medians over the burst's pods of each span's
+	// duration, by span name (Config.DataPlaneSpans; summed per pod when a
+	// span repeats).
+	SpansP50MS map[string]float64 `json:"spans_p50_ms,omitempty"`
 	// Paced is the run at a steady rate (nil when not asked for).
 	Paced *PacedDataPlane `json:"paced,omitempty"`
 }
@@ -180,6 +187,15 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	}
 	clusters, per := layout(min(cfg.Hosts, 16))
 	out.Hosts = clusters * per
+	var spans *telemetry.Recorder
+	if cfg.DataPlaneSpans {
+		// In place before the services start, as the fork section does.
+		spans = telemetry.NewRecorder(0)
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(spans)))
+		prev := otel.GetTracerProvider()
+		otel.SetTracerProvider(tp)
+		defer func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(context.Background()) }()
+	}
 	sys, b, stop, err := startGuests(ctx, cfg, agent, clusters, per, nil, "bench")
 	if err != nil {
 		return nil, err
@@ -230,6 +246,16 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	out.Running = len(lat.values)
 	out.LatencyMS, out.Seconds, out.Stages = lat.latency(), lat.max/1000, lat.stages
 	p.say("data plane: %d of %d pods running within %s, p99 %.0f ms", out.Running, len(names), timeout, out.LatencyMS.P99)
+	if spans != nil {
+		perPod := map[string][]float64{}
+		for _, n := range names {
+			for span, v := range spanDurations(spans, events.PodKey(Namespace, n)) {
+				perPod[span] = append(perPod[span], v)
+			}
+		}
+		out.SpansP50MS = medians(perPod)
+		p.say("data plane: span medians over the burst's pods: %s", longestFirst(out.SpansP50MS, 8))
+	}
 
 	p.say("data plane: %d containers with %s directly…", len(names), out.Runtime)
 	if out.Direct, err = runDirect(ctx, out.Runtime, out.Image, sys.RegistryOptions(), len(names), 0); err != nil {

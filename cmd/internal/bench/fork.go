@@ -211,16 +211,25 @@ func spanDurations(rec *telemetry.Recorder, key string) map[string]float64 {
 
 // spanLine prints the provisioner's span medians, the longest first.
 func spanLine(m map[string]float64) string {
-	var names []string
-	for n := range m {
+	provisioner := map[string]float64{}
+	for n, v := range m {
 		if strings.HasPrefix(n, "provisioner") {
-			names = append(names, n)
+			provisioner[n] = v
 		}
+	}
+	return longestFirst(provisioner, len(provisioner))
+}
+
+// longestFirst prints at most n span medians, the longest first.
+func longestFirst(m map[string]float64, n int) string {
+	var names []string
+	for name := range m {
+		names = append(names, name)
 	}
 	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(m[b], m[a]) })
 	var parts []string
-	for _, n := range names {
-		parts = append(parts, fmt.Sprintf("%s %.1f", n, m[n]))
+	for _, name := range names[:min(n, len(names))] {
+		parts = append(parts, fmt.Sprintf("%s %.1f", name, m[name]))
 	}
 	return strings.Join(parts, ", ") + " ms"
 }

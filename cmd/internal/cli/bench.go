@@ -134,5 +134,6 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	f.StringVar(&dpProf, "data-plane-cpuprofile", "", "write a pprof CPU profile of the data plane's burst (guests on) to this file")
+	f.BoolVar(&cfg.DataPlaneSpans, "data-plane-spans", false, "record the services' spans through the data-plane section and report their medians over the burst's pods (recording costs CPU: that run's figures are not comparable with one without it)")
 	return cmd
 }
