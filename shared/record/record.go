@@ -108,7 +108,7 @@ func (s *Store[T]) encode(key string, v *T) ([]byte, error) {
 }
 
 // Create writes v at key if the key is free (or deleted); ErrExists
-// otherwise.
+// otherwise, in whichever form JetStream reported the taken key (Conflict).
 func (s *Store[T]) Create(ctx context.Context, key string, v *T) (uint64, error) {
 	data, err := s.encode(key, v)
 	if err != nil {
@@ -118,7 +118,10 @@ func (s *Store[T]) Create(ctx context.Context, key string, v *T) (uint64, error)
 	defer cancel()
 	rev, err := s.kv.Create(ctx, key, data)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		// Every form of a lost compare-and-set: on a replicated bucket a
+		// Create of a taken key can come back as the stream's "wrong last
+		// sequence" rather than ErrKeyExists.
+		if Conflict(err) {
 			return 0, fmt.Errorf("create %s %s: %w", s.noun, key, ErrExists)
 		}
 		return 0, fmt.Errorf("create %s %s: %w", s.noun, key, err)

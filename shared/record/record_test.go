@@ -274,3 +274,25 @@ func TestScanAndCallsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// replicatedKV answers a Create the way a replicated bucket may when the
+// key is taken: the stream's "wrong last sequence" API error in its
+// constant form, which errors.Is(err, jetstream.ErrKeyExists) does not
+// recognise.
+type replicatedKV struct{ jetstream.KeyValue }
+
+func (replicatedKV) Create(context.Context, string, []byte, ...jetstream.KVCreateOpt) (uint64, error) {
+	return 0, &jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequenceConstant, Description: "wrong last sequence: 7"}
+}
+
+// Create says ErrExists for a taken key in whichever form JetStream
+// reports it: an owner that treats "exists" as "already done" (a
+// redelivered request) must not take a replicated bucket's answer for a
+// failure.
+func TestCreateOfATakenKeyOnAReplicatedBucket(t *testing.T) {
+	s, ctx := newStore(t)
+	replicated := record.New[counter](replicatedKV{s.KV()}, "counter")
+	if _, err := replicated.Create(ctx, "a", &counter{N: 1}); !errors.Is(err, record.ErrExists) {
+		t.Fatalf("Create = %v, want ErrExists", err)
+	}
+}
