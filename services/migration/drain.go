@@ -254,7 +254,11 @@ func (s *Service) requestDrainMigration(ctx context.Context, host, requestID str
 		ID: id, Namespace: p.Namespace, Pod: p.Name, Phase: events.MigrationPhasePending, Drain: host,
 		TraceParent: p.TraceParent, Message: "requested by the drain of " + host + "; waiting for the scheduler to reserve a target",
 	}
-	if other := s.claim(rec.Key(), id); other != "" {
+	other, err := s.claim(ctx, rec.Key(), id)
+	if err != nil {
+		return "", err
+	}
+	if other != "" {
 		return other, nil
 	}
 	if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {

@@ -78,15 +78,35 @@ func (s *Service) reservedFailed(ctx context.Context, m *bus.Message, p *events.
 }
 
 // claim makes id the pod's one active migration, unless another one is:
-// then it returns that one's ID.
-func (s *Service) claim(podKey, id string) string {
+// then it returns that one's ID. The in-memory view is this replica's: the
+// migration it holds for the pod may have ended in another replica (the
+// scheduler's refusal handled there), so a holder whose record says it
+// ended gives way rather than refuse the pod's migrations from then on.
+func (s *Service) claim(ctx context.Context, podKey, id string) (string, error) {
+	s.mu.Lock()
+	cur, ok := s.podActive[podKey]
+	if !ok || cur == id {
+		s.podActive[podKey] = id
+		s.mu.Unlock()
+		return "", nil
+	}
+	s.mu.Unlock()
+	r, err := s.store.migration(ctx, cur)
+	if err != nil {
+		return "", err
+	}
+	// No record yet is a migration being admitted right now: it holds.
+	if r == nil || r.Active() {
+		return cur, nil
+	}
+	s.release(r)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if cur, ok := s.podActive[podKey]; ok && cur != id {
-		return cur
+		return cur, nil
 	}
 	s.podActive[podKey] = id
-	return ""
+	return "", nil
 }
 
 // onRequested records a request while the scheduler looks for a target, or
@@ -111,7 +131,11 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Mig
 // admit records a new migration as Pending, or as Rejected (and says so on
 // the bus) when the pod already has an active one.
 func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.MigrationRecord) error {
-	if other := s.claim(rec.Key(), rec.ID); other != "" {
+	other, err := s.claim(ctx, rec.Key(), rec.ID)
+	if err != nil {
+		return err
+	}
+	if other != "" {
 		rec.Phase, rec.Reason = events.MigrationPhaseRejected, ReasonAlreadyMigrating
 		rec.Message = fmt.Sprintf("pod %s is already migrating (migration %s); one migration per pod at a time", rec.Key(), other)
 		rec.EndedAt = s.now().UTC()
@@ -127,7 +151,20 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 		s.log.Info("migration rejected", "migration", rec.ID, "pod", rec.Key(), "reason", rec.Reason, "active", other)
 		return nil
 	}
-	if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+	switch err := s.store.createMigration(ctx, rec); {
+	case errors.Is(err, errExists):
+		// Recorded meanwhile, maybe by another replica: a refusal handled
+		// there ends it, and this replica must not hold the pod for it.
+		cur, err := s.store.migration(ctx, rec.ID)
+		if err != nil {
+			return err
+		}
+		if cur != nil && !cur.Active() {
+			s.release(cur)
+			s.log.Info("migration request seen after it ended", "migration", rec.ID, "pod", rec.Key(), "phase", cur.Phase, "reason", cur.Reason)
+			return nil
+		}
+	case err != nil:
 		s.release(rec)
 		return err
 	}
@@ -294,25 +331,28 @@ func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.Migr
 			ID: p.ID, Namespace: p.Namespace, Pod: p.Pod, Phase: events.MigrationPhaseRejected,
 			Reason: p.Reason, Message: p.Message, EndedAt: s.now().UTC(),
 		}
-		if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+		err := s.store.createMigration(ctx, rec)
+		if !errors.Is(err, errExists) {
 			return err
 		}
+		// The request's handler (another replica) recorded it Pending
+		// between the read and this write: the refusal applies to that
+		// record, or the migration would wait for an answer given already.
+	} else if r.Phase != events.MigrationPhasePending {
 		return nil
 	}
-	if r.Phase != events.MigrationPhasePending {
-		return nil
-	}
+	rejected := false
 	r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
-		if r.Phase != events.MigrationPhasePending {
-			return false
+		rejected = r.Phase == events.MigrationPhasePending
+		if rejected {
+			r.Phase, r.Reason, r.Message, r.EndedAt = events.MigrationPhaseRejected, p.Reason, p.Message, s.now().UTC()
 		}
-		r.Phase, r.Reason, r.Message, r.EndedAt = events.MigrationPhaseRejected, p.Reason, p.Message, s.now().UTC()
-		return true
+		return rejected
 	})
 	if err != nil {
 		return err
 	}
-	if r != nil && r.Phase == events.MigrationPhaseRejected {
+	if rejected {
 		s.release(r)
 		s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", r.Phase), attribute.String("reason", p.Reason)))
 		s.log.Info("migration rejected by the scheduler", "migration", r.ID, "pod", r.Key(), "reason", p.Reason)

@@ -41,6 +41,9 @@ type flakyKV struct {
 	// slow: the updates of the key that write this phase take this long,
 	// as a write to a cluster busy electing a leader can.
 	slow map[string]slowWrite
+	// beforeCreate: runs once before the key's next creation, as another
+	// replica's write landing between a handler's read and its create.
+	beforeCreate map[string]func()
 }
 
 type slowWrite struct {
@@ -49,7 +52,27 @@ type slowWrite struct {
 }
 
 func newFlakyKV(kv jetstream.KeyValue) *flakyKV {
-	return &flakyKV{KeyValue: kv, missAt: map[string]int{}, reads: map[string]int{}, loseAnswer: map[string]string{}, slow: map[string]slowWrite{}}
+	return &flakyKV{KeyValue: kv, missAt: map[string]int{}, reads: map[string]int{}, loseAnswer: map[string]string{}, slow: map[string]slowWrite{},
+		beforeCreate: map[string]func(){}}
+}
+
+// createFirst makes fn run before the next creation of migration id's
+// record.
+func (k *flakyKV) createFirst(id string, fn func()) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.beforeCreate[events.MigrationRecordKey(id)] = fn
+}
+
+func (k *flakyKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	k.mu.Lock()
+	fn := k.beforeCreate[key]
+	delete(k.beforeCreate, key)
+	k.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+	return k.KeyValue.Create(ctx, key, value, opts...)
 }
 
 // miss makes the n-th next read of migration id's record miss it.

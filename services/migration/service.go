@@ -470,6 +470,10 @@ func (s *Service) sweepLoop(ctx context.Context) {
 			if err != nil || r == nil {
 				continue
 			}
+			if !r.Active() {
+				s.release(r) // ended by another replica, or by a step here
+				continue
+			}
 			if r.Phase != events.MigrationPhasePending {
 				s.mu.Lock()
 				delete(s.pending, id)

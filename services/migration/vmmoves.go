@@ -2,6 +2,7 @@ package migration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/podvisor/podvisor/events"
@@ -42,7 +43,7 @@ func (s *Service) onVMTargetReserved(ctx context.Context, m *bus.Message, e *eve
 		} else if h != nil {
 			r.SourceCluster = h.Cluster
 		}
-		if err := s.store.createMigration(ctx, r); err != nil && err != errExists {
+		if err := s.store.createMigration(ctx, r); err != nil && !errors.Is(err, errExists) {
 			return err
 		}
 		if r, err = s.store.migration(ctx, e.ID); err != nil || r == nil {
