@@ -63,6 +63,11 @@ type Config struct {
 	// its own port (mgmtrepair.go) (PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL,
 	// default 5s; 0 disables).
 	ManagementInterval time.Duration
+	// OrphanSweepInterval is how often the addresses whose owner (pod or
+	// VM) is gone are looked for; one missing in two sweeps this far apart
+	// is released (orphans.go) (PODVISOR_NETCONFIG_ORPHAN_SWEEP_INTERVAL,
+	// default 1m; 0 disables).
+	OrphanSweepInterval time.Duration
 }
 
 // DefaultConfig returns the defaults described on Config.
@@ -79,7 +84,8 @@ func DefaultConfig() Config {
 		AllHostsSwitch:  "pv-dvs",
 		SwitchMTU:       events.DefaultMTU,
 
-		ManagementInterval: 5 * time.Second,
+		ManagementInterval:  5 * time.Second,
+		OrphanSweepInterval: time.Minute,
 	}
 }
 
@@ -96,6 +102,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 		r.Duration("PODVISOR_NETCONFIG_RESYNC_INTERVAL", &c.ResyncInterval)
 		r.String("PODVISOR_NETCONFIG_SWITCH", &c.AllHostsSwitch)
 		r.Duration("PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL", &c.ManagementInterval)
+		r.Duration("PODVISOR_NETCONFIG_ORPHAN_SWEEP_INTERVAL", &c.OrphanSweepInterval)
 	})
 }
 
@@ -111,6 +118,7 @@ func (c Config) Validate() error {
 	p.Must(c.AckWait >= time.Second, "AckWait", c.AckWait, "be at least 1s")
 	p.Must(c.ResyncInterval >= 0, "ResyncInterval", c.ResyncInterval, "not be negative (0 disables)")
 	p.Must(c.ManagementInterval >= 0, "ManagementInterval", c.ManagementInterval, "not be negative (0 disables)")
+	p.Must(c.OrphanSweepInterval >= 0, "OrphanSweepInterval", c.OrphanSweepInterval, "not be negative (0 disables)")
 	p.Required(c.AllHostsSwitch != "", "AllHostsSwitch", "the switch of networks scoped to every host")
 	p.Must(events.MinMTU <= c.SwitchMTU && c.SwitchMTU <= events.MaxMTU, "SwitchMTU", c.SwitchMTU, fmt.Sprintf("be between %d and %d", events.MinMTU, events.MaxMTU))
 	return p.Err()

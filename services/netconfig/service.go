@@ -62,6 +62,8 @@ type Service struct {
 	// podNets remembers the networks of accepted pods (uid → names) so that
 	// pod.scheduled does not have to read the pod record.
 	podNets sync.Map
+	// orphans are the addresses the orphan sweep found without an owner.
+	orphans orphanSeen
 	// hostRefs caches host references by name (availability queries);
 	// hostListing makes the queries that miss it share one listing.
 	hostRefs    sync.Map
@@ -134,6 +136,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		data:     record.New[events.NetworkDataRecord](kvs[events.BucketNetData], "network data"),
 		spaces:   record.New[events.NetworkDataNamespaces](kvs[events.BucketNetData], "network data namespaces"),
 
+		orphans:       orphanSeen{at: map[string]time.Time{}},
 		countsDue:     make(chan string, 1024),
 		hostStatesDue: make(chan struct{}, 1),
 	}, nil
@@ -185,6 +188,9 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { s.hostStateLoop(ctx); return nil })
 	if s.cfg.ManagementInterval > 0 {
 		g.Go(func() error { s.managementLoop(ctx); return nil })
+	}
+	if s.cfg.OrphanSweepInterval > 0 {
+		g.Go(func() error { s.orphanLoop(ctx); return nil })
 	}
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {

@@ -1,0 +1,166 @@
+package netconfig
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/periodic"
+)
+
+// Orphaned addresses. pod.deleted, pod.failed and vm.deleted free an
+// owner's addresses, but an attach can still allocate one after that
+// release ran: a pod.scheduled redelivered to another replica (its first
+// delivery's process died) and handled after the pod was deleted. Nothing
+// would free that address again. The orphan sweep does: an address whose
+// owner has no record (no pod and no VM of that namespace and name) in two
+// sweeps at least an interval apart, and that is older than the interval,
+// is released, compare-and-set on the address's revision as every release
+// is (ipam.Release), so an address taken again meanwhile is left alone.
+//
+// Two sightings, because a record read can be answered by a NATS node that
+// has not applied the record yet; an owner missing for a whole interval is
+// gone. The sightings are only this process's reason to look again: the
+// release itself re-reads the owner, and any replica may run the sweep.
+//
+// An address whose pod name was taken by a new pod (another uid) is not
+// released while that name has a record: the sweep lists the records' keys,
+// not their values, to stay cheap at ten thousand pods. Network services'
+// own addresses are freed by their delete and are never swept.
+
+// orphanSeen is the first sweep that found an address's owner missing, by
+// network and address.
+type orphanSeen struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (s *Service) orphanLoop(ctx context.Context) {
+	periodic.Every(ctx, s.cfg.OrphanSweepInterval, s.log, "orphan address sweep", func(ctx context.Context) error {
+		_, err := s.SweepOrphans(ctx, time.Now())
+		return err
+	})
+}
+
+// SweepOrphans releases the addresses whose owner was found missing by an
+// earlier sweep at least OrphanSweepInterval before now and is still
+// missing, and notes those found missing for the first time. It returns the
+// addresses released ("network/ip").
+func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, error) {
+	owners, err := s.ownerKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	recs, err := s.store.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	interval := s.cfg.OrphanSweepInterval
+	missing := map[string]bool{}
+	var released []string
+	var errs []error
+	for _, r := range recs {
+		allocs, err := s.ipam.Allocations(ctx, r.Name)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
+			continue
+		}
+		for _, a := range allocs {
+			if a.Namespace == ServiceNamespace && strings.HasPrefix(a.UID, "service-") {
+				continue
+			}
+			if owners[events.PodRecordKey(a.Namespace, a.Name)] || now.Sub(a.AllocatedAt) < interval {
+				continue
+			}
+			id := r.Name + "/" + a.IP
+			missing[id] = true
+			s.orphans.mu.Lock()
+			first, seen := s.orphans.at[id]
+			if !seen {
+				s.orphans.at[id] = now
+			}
+			s.orphans.mu.Unlock()
+			if !seen || now.Sub(first) < interval {
+				continue
+			}
+			gone, err := s.ownerGone(ctx, a)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if !gone {
+				continue
+			}
+			ip, err := s.ipam.Release(ctx, r.Name, a.UID)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if ip != "" {
+				released = append(released, r.Name+"/"+ip)
+				s.recountSoon(r.Name)
+				s.log.Warn("released an address whose owner is gone", "network", r.Name, "ip", ip,
+					"owner", a.Namespace+"/"+a.Name, "uid", a.UID, "allocated_at", a.AllocatedAt, "missing_since", first)
+			}
+		}
+	}
+	s.orphans.mu.Lock()
+	for id := range s.orphans.at {
+		if !missing[id] {
+			delete(s.orphans.at, id) // its owner came back, or it was released
+		}
+	}
+	s.orphans.mu.Unlock()
+	return released, errors.Join(errs...)
+}
+
+// ownerKeys lists the keys of every pod and VM record (pod and VM records
+// share the namespace/name key form).
+func (s *Service) ownerKeys(ctx context.Context) (map[string]bool, error) {
+	keys := map[string]bool{}
+	for _, kv := range []jetstream.KeyValue{s.pods, s.vms} {
+		if kv == nil {
+			continue
+		}
+		lister, err := kv.ListKeys(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("list owners in %s: %w", kv.Bucket(), err)
+		}
+		for k := range lister.Keys() {
+			keys[k] = true
+		}
+	}
+	return keys, nil
+}
+
+// ownerGone reads the address's owner again, pod then VM: gone when
+// neither record exists with the address's uid.
+func (s *Service) ownerGone(ctx context.Context, a events.IPAllocation) (bool, error) {
+	for _, kv := range []jetstream.KeyValue{s.pods, s.vms} {
+		if kv == nil {
+			continue
+		}
+		key := events.PodRecordKey(a.Namespace, a.Name) // VMRecordKey is the same
+		e, err := kv.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			continue
+		}
+		if err != nil {
+			return false, fmt.Errorf("read owner %s of %s: %w", key, a.IP, err)
+		}
+		var owner struct {
+			UID string `json:"uid"`
+		}
+		if err := json.Unmarshal(e.Value(), &owner); err != nil || owner.UID == a.UID {
+			return false, nil // undecodable or the owner: not ours to free
+		}
+	}
+	return true, nil
+}
