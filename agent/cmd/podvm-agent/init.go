@@ -18,8 +18,9 @@ import (
 // /sys, /dev and the cgroup filesystem where they are missing. The
 // loopback interface is brought up (probes and the containers use it; the
 // pod shares the guest's network namespace) and the hostname set to the
-// pod's.
-func initGuest(log *slog.Logger, hostname string) error {
+// pod's. The state directory becomes a tmpfs of the guest's own
+// (stateTmpfs).
+func initGuest(log *slog.Logger, hostname, stateDir string) error {
 	if os.Getpid() != 1 {
 		log.Warn("not PID 1: running without init duties (no private mounts, no fresh /proc)")
 		return nil
@@ -29,6 +30,9 @@ func initGuest(log *slog.Logger, hostname string) error {
 	}
 	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("mount /proc: %w", err)
+	}
+	if err := stateTmpfs(stateDir); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/sys/kernel"); err != nil {
 		if err := unix.Mount("sysfs", "/sys", "sysfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -95,4 +99,35 @@ func loopbackUp() error {
 	}
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
 	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// stateTmpfs mounts a tmpfs on the state directory (the disks' and the
+// overlays' mount points, the bundles, the runtime's state) unless it is
+// on one already, as a real guest's /run/podvisor is. A simulated guest's
+// state directory is otherwise a directory of the host's filesystem, where
+// every file and directory the agent and the runtime make and remove at
+// each start goes through the host filesystem's allocator, shared with
+// every other guest (on an ext4 without a journal each new inode is
+// checked against the recently deleted ones: a burst of guest starts
+// spent a large part of its CPU there). The mount lives in the guest's
+// mount namespace: it goes with the guest, and its pages count against the
+// VM's memory like a guest's RAM.
+func stateTmpfs(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if st.Type == unix.TMPFS_MAGIC {
+		return nil
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700"); err != nil {
+		return fmt.Errorf("mount a tmpfs on the state directory %s: %w", dir, err)
+	}
+	return nil
 }

@@ -83,7 +83,7 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 			return fmt.Errorf("standby: %w", err)
 		}
 		begun = time.Now() // a standby's boot counts from its takeover
-	} else if err := initGuest(log, hostname(cfg.Spec)); err != nil {
+	} else if err := initGuest(log, hostname(cfg.Spec), cfg.Boot.StateDir); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
 	// Where a boot's time goes (docs/bench.md): init, then disks (in

@@ -55,7 +55,7 @@ func standBy(ctx context.Context, log *slog.Logger, cfg *bootconfig.Config) (*st
 	takeover := os.NewFile(uintptr(fd), "takeover")
 	defer takeover.Close()
 	began := time.Now()
-	if err := initGuest(log, ""); err != nil {
+	if err := initGuest(log, "", cfg.Boot.StateDir); err != nil {
 		return nil, nil, fmt.Errorf("init: %w", err)
 	}
 	s := &standby{boot: cfg.Boot, disks: cfg.Spec.Disks, files: map[string]fileID{}}

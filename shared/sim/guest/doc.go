@@ -9,7 +9,9 @@
 //
 //   - a directory <Dir>/<vm key> holding boot.json (the agent's
 //     guestchannel.BootConfig), console.log (the agent's output), state/
-//     (BootConfig.StateDir) and channel.sock;
+//     (BootConfig.StateDir; the agent mounts a tmpfs of the guest's own
+//     on it, as a real guest's /run is, so the host sees it empty) and
+//     channel.sock;
 //   - devices: each virtual disk's unit ("scsi0:0") maps to the disk's flat
 //     extent file on the simulated datastore (a real directory); a
 //     read/write disk's extent is extended, sparse, to the disk's capacity
