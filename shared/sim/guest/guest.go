@@ -227,6 +227,8 @@ type Manager struct {
 	awaiting int
 	// releaseDynMods undoes favorDynMods (dynmods.go) at Close.
 	releaseDynMods func()
+	// unmountDir unmounts the tmpfs on Config.Dir (rundir.go) at Close.
+	unmountDir func()
 	// slots bounds the boots under way at once.
 	slots chan struct{}
 	// standbys are the guests booted ahead of their VM (standby.go), by
@@ -310,12 +312,17 @@ func New(cfg Config) (*Manager, error) {
 	if n := len(filepath.Join(cfg.Dir, "vm-00000", "channel.sock")); n > maxSocketPath {
 		return nil, fmt.Errorf("guests: directory %s is too long for unix sockets (%d bytes, limit %d)", cfg.Dir, n, maxSocketPath)
 	}
-	name := fmt.Sprintf("podvisor-guests-%d-%d", os.Getpid(), managers.Add(1))
-	cg, err := newCgroups(name)
+	unmountDir, err := mountRunDir(cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("guests: %w", err)
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, guests: map[string]*guest{}, frozen: map[string]bool{},
+	name := fmt.Sprintf("podvisor-guests-%d-%d", os.Getpid(), managers.Add(1))
+	cg, err := newCgroups(name)
+	if err != nil {
+		unmountDir()
+		return nil, fmt.Errorf("guests: %w", err)
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, unmountDir: unmountDir, guests: map[string]*guest{}, frozen: map[string]bool{},
 		starting: map[string]chan struct{}{}, slots: make(chan struct{}, parallelStarts),
 		carried: map[string]map[string]bool{}, standbys: map[string]*guest{},
 		releaseDynMods: favorDynMods(cfg.Logger)}, nil
@@ -911,6 +918,7 @@ func (m *Manager) Close() {
 	// Boots under way stop their own guest when they see the manager
 	// closed.
 	m.starts.Wait()
+	m.unmountDir()
 	_ = os.RemoveAll(m.cfg.Dir)
 	m.cg.close()
 	m.releaseDynMods()

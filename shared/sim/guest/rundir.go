@@ -1,0 +1,50 @@
+package guest
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// The guests' directories (boot config, console log, channel socket, the
+// agent's state directory) are what a hypervisor keeps in its runtime
+// directory, /run on a real host: a tmpfs. The manager mounts one on
+// Config.Dir, which it owns (Close removes it), so that the files each
+// guest start makes and each power-off removes never go through the host
+// filesystem's allocator (on an ext4 without a journal every new inode is
+// checked against those deleted in the last 30 s, which a burst of guest
+// starts paid for at every create; docs/bench.md). The disks stay on the
+// datastores.
+
+// mountRunDir mounts a tmpfs on dir unless dir is on one already. It
+// returns what Close calls to unmount it: nothing for a directory that was
+// on a tmpfs it did not mount, except its own mount left by a process that
+// died (dir itself the root of a tmpfs mount), which it takes over.
+func mountRunDir(dir string) (unmount func(), err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return nil, err
+	}
+	detach := func() { _ = unix.Unmount(dir, unix.MNT_DETACH) }
+	if st.Type == unix.TMPFS_MAGIC {
+		if mountRoot(dir) {
+			return detach, nil
+		}
+		return func() {}, nil
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0750"); err != nil {
+		return nil, fmt.Errorf("mount a tmpfs on the guests' directory %s: %w", dir, err)
+	}
+	return detach, nil
+}
+
+// mountRoot says whether dir is the root of a mount: on another device
+// than its parent.
+func mountRoot(dir string) bool {
+	var self, parent unix.Stat_t
+	if unix.Stat(dir, &self) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+		return false
+	}
+	return self.Dev != parent.Dev
+}
