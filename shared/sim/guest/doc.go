@@ -7,8 +7,10 @@
 // Powering a pod VM on (a VM whose ExtraConfig carries
 // guestinfo.podvisor.spec) starts its guest:
 //
-//   - a directory <Dir>/<vm key> holding boot.json (the agent's
-//     guestchannel.BootConfig), console.log (the agent's output), state/
+//   - a directory <Dir>/<vm key> (Dir is a tmpfs the manager mounts:
+//     rundir.go) holding boot.json (the agent's guestchannel.BootConfig),
+//     console.log (the agent's output; a link to <Dir>.consoles/<vm
+//     key>.log, on disk), state/
 //     (BootConfig.StateDir; the agent mounts a tmpfs of the guest's own
 //     on it, as a real guest's /run is, so the host sees it empty) and
 //     channel.sock;

@@ -312,6 +312,9 @@ func New(cfg Config) (*Manager, error) {
 	if n := len(filepath.Join(cfg.Dir, "vm-00000", "channel.sock")); n > maxSocketPath {
 		return nil, fmt.Errorf("guests: directory %s is too long for unix sockets (%d bytes, limit %d)", cfg.Dir, n, maxSocketPath)
 	}
+	if err := os.MkdirAll(consolesOf(cfg.Dir), 0o750); err != nil {
+		return nil, fmt.Errorf("guests: %w", err)
+	}
 	unmountDir, err := mountRunDir(cfg.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("guests: %w", err)
@@ -634,7 +637,7 @@ func detachLoops(loops []string, log *slog.Logger) {
 // launch runs the launcher with args in the guest's new namespaces, plugs
 // its NICs and lets it go on. The extra files are the guest's from fd 4.
 func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []string, extra ...*os.File) (*guest, error) {
-	console, err := os.OpenFile(filepath.Join(dir, "console.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	console, err := m.openConsole(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -920,6 +923,7 @@ func (m *Manager) Close() {
 	m.starts.Wait()
 	m.unmountDir()
 	_ = os.RemoveAll(m.cfg.Dir)
+	_ = os.RemoveAll(m.consoles())
 	m.cg.close()
 	m.releaseDynMods()
 }

@@ -1,7 +1,10 @@
 package guest
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -15,7 +18,40 @@ import (
 // filesystem's allocator (on an ext4 without a journal every new inode is
 // checked against those deleted in the last 30 s, which a burst of guest
 // starts paid for at every create; docs/bench.md). The disks stay on the
-// datastores.
+// datastores, and the console logs on disk too: they grow with what the
+// guest prints for as long as it runs (a guest cluster's control plane
+// prints much), as a VM's serial log does on its datastore, and must not
+// take the host's memory. Each guest directory's console.log is a link to
+// <Dir>.consoles/<guest>.log.
+
+// consolesOf is the directory of the console logs of the guests in dir.
+func consolesOf(dir string) string { return filepath.Clean(dir) + ".consoles" }
+
+func (m *Manager) consoles() string { return consolesOf(m.cfg.Dir) }
+
+// openConsole opens the console log of the guest whose directory is dir,
+// linked from dir/console.log, for appending.
+func (m *Manager) openConsole(dir string) (*os.File, error) {
+	path := filepath.Join(m.consoles(), filepath.Base(dir)+".log")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Symlink(path, filepath.Join(dir, "console.log")); err != nil && !errors.Is(err, fs.ErrExist) {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// removeConsole removes the console log of the guest directory name.
+func (m *Manager) removeConsole(name string) error {
+	err := os.Remove(filepath.Join(m.consoles(), name+".log"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
 
 // mountRunDir mounts a tmpfs on dir unless dir is on one already. It
 // returns what Close calls to unmount it: nothing for a directory that was

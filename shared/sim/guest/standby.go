@@ -382,9 +382,9 @@ func (m *Manager) removeDir(key string) error {
 	dir := filepath.Join(m.cfg.Dir, key)
 	var errs []error
 	if target, err := os.Readlink(dir); err == nil {
-		errs = append(errs, os.RemoveAll(filepath.Join(m.cfg.Dir, filepath.Base(target))))
+		errs = append(errs, os.RemoveAll(filepath.Join(m.cfg.Dir, filepath.Base(target))), m.removeConsole(filepath.Base(target)))
 	}
-	return errors.Join(append(errs, os.RemoveAll(dir))...)
+	return errors.Join(append(errs, os.RemoveAll(dir), m.removeConsole(key))...)
 }
 
 // rename moves the VM's cgroup to <base>/<key> in every hierarchy, its
