@@ -90,6 +90,10 @@ func (s *Service) claim(ctx context.Context, podKey, id string) (string, error) 
 		s.mu.Unlock()
 		return "", nil
 	}
+	if _, running := s.flights[cur]; running {
+		s.mu.Unlock()
+		return cur, nil // its runner here holds the pod until it stops
+	}
 	s.mu.Unlock()
 	r, err := s.store.migration(ctx, cur)
 	if err != nil {
@@ -144,7 +148,21 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 		}); err != nil {
 			return err
 		}
-		if err := s.store.createMigration(ctx, rec); err != nil && !errors.Is(err, errExists) {
+		switch err := s.store.createMigration(ctx, rec); {
+		case errors.Is(err, errExists):
+			// Recorded Pending meanwhile by another replica (the request
+			// delivered again there): the refusal published above is its
+			// answer, or it would wait for the scheduler's.
+			if _, err := s.store.updateMigration(ctx, rec.ID, func(r *events.MigrationRecord) bool {
+				if r.Phase != events.MigrationPhasePending {
+					return false
+				}
+				r.Phase, r.Reason, r.Message, r.EndedAt = rec.Phase, rec.Reason, rec.Message, rec.EndedAt
+				return true
+			}); err != nil {
+				return err
+			}
+		case err != nil:
 			return err
 		}
 		s.ended.Add(ctx, 1, metric.WithAttributes(attribute.String("outcome", rec.Phase), attribute.String("reason", rec.Reason)))
@@ -339,6 +357,9 @@ func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.Migr
 		// between the read and this write: the refusal applies to that
 		// record, or the migration would wait for an answer given already.
 	} else if r.Phase != events.MigrationPhasePending {
+		if !r.Active() {
+			s.release(r) // a redelivery: this replica must not hold the pod for it
+		}
 		return nil
 	}
 	rejected := false

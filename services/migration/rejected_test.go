@@ -63,3 +63,30 @@ func TestPodHeldForAMigrationEndedElsewhereIsFree(t *testing.T) {
 	w.migrate("held-2", p, h[1])
 	w.wantCompletedOnly("held-2", p, h[1])
 }
+
+// TestOwnRefusalAppliesToARecordMadeMeanwhile: this replica refuses a
+// request (the pod is migrating already) while another replica, handling
+// the same request delivered again, records it Pending. The refusal is
+// published either way; the record must say so too, or the migration waits
+// for a scheduler's answer it will never need.
+func TestOwnRefusalAppliesToARecordMadeMeanwhile(t *testing.T) {
+	w := newWorld(t, 1, 3)
+	kv := w.startFlaky(testConfig())
+	h := w.clusterHosts(0)
+	p := w.runPod("busy", h[0])
+	w.requestSilently("busy-1", p)
+	w.sched.silence("busy-2")
+	kv.createFirst("busy-2", func() {
+		if err := w.svc.store.createMigration(context.Background(), &events.MigrationRecord{
+			ID: "busy-2", Namespace: p.ns, Pod: p.name, Phase: events.MigrationPhasePending,
+			Message: "waiting for the scheduler to reserve a target",
+		}); err != nil {
+			t.Errorf("the other replica's record: %v", err)
+		}
+	})
+	seq := w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "busy-2", Namespace: p.ns, Pod: p.name}})
+	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	if r := w.migration("busy-2"); r.Phase != events.MigrationPhaseRejected || r.Reason != ReasonAlreadyMigrating {
+		t.Fatalf("busy-2 is %s (%s: %s), want Rejected (%s)", r.Phase, r.Reason, r.Message, ReasonAlreadyMigrating)
+	}
+}
