@@ -36,7 +36,7 @@ import (
 // own addresses are freed by their delete and are never swept.
 
 // orphanSeen is the first sweep that found an address's owner missing, by
-// network and address.
+// network, address and owner uid.
 type orphanSeen struct {
 	mu sync.Mutex
 	at map[string]time.Time
@@ -44,6 +44,10 @@ type orphanSeen struct {
 
 func (s *Service) orphanLoop(ctx context.Context) {
 	periodic.Every(ctx, s.cfg.OrphanSweepInterval, s.log, "orphan address sweep", func(ctx context.Context) error {
+		// Bounded: a listing whose replay stalls (a NATS node lost
+		// meanwhile) must not hold the loop for good.
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.OrphanSweepInterval)
+		defer cancel()
 		_, err := s.SweepOrphans(ctx, time.Now())
 		return err
 	})
@@ -79,7 +83,7 @@ func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, er
 			if owners[events.PodRecordKey(a.Namespace, a.Name)] || now.Sub(a.AllocatedAt) < interval {
 				continue
 			}
-			id := r.Name + "/" + a.IP
+			id := r.Name + "/" + a.IP + "/" + a.UID // the next owner of the address starts afresh
 			missing[id] = true
 			s.orphans.mu.Lock()
 			first, seen := s.orphans.at[id]
