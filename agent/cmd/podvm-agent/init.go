@@ -103,8 +103,9 @@ func loopbackUp() error {
 
 // stateTmpfs mounts a tmpfs on the state directory (the disks' and the
 // overlays' mount points, the bundles, the runtime's state) unless it is
-// on one already, as a real guest's /run/podvisor is. A simulated guest's
-// state directory is otherwise a directory of the host's filesystem, where
+// on one already, as a real guest's /run/podvisor is and as the simulator
+// keeps its guests' directories. A state directory on a disk would be a
+// directory of the host's filesystem in a simulated guest, where
 // every file and directory the agent and the runtime make and remove at
 // each start goes through the host filesystem's allocator, shared with
 // every other guest (on an ext4 without a journal each new inode is

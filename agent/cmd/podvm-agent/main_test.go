@@ -171,12 +171,15 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 	// The state directory (mount points, bundles, the runtime's state) is
 	// the guest's own tmpfs, as a real guest's /run is: nothing the agent
 	// and the runtime make there lands on the host's filesystem.
-	var st unix.Statfs_t
+	var st, host unix.Statfs_t
 	if err := unix.Statfs(g.Path(g.StateDir), &st); err != nil || st.Type != unix.TMPFS_MAGIC {
 		t.Errorf("the guest's state directory: filesystem %#x (%v), want a tmpfs", st.Type, err)
 	}
-	if entries, err := os.ReadDir(g.StateDir); err != nil || len(entries) > 0 {
-		t.Errorf("the host's copy of the state directory holds %d entries (%v), want none", len(entries), err)
+	if err := unix.Statfs(g.StateDir, &host); err == nil && host.Type != unix.TMPFS_MAGIC {
+		// On a disk, the agent mounted a tmpfs of its own over it.
+		if entries, err := os.ReadDir(g.StateDir); err != nil || len(entries) > 0 {
+			t.Errorf("the host's copy of the state directory holds %d entries (%v), want none", len(entries), err)
+		}
 	}
 
 	// Stop: nothing of the pod is left.

@@ -11,8 +11,8 @@
 //     rundir.go) holding boot.json (the agent's guestchannel.BootConfig),
 //     console.log (the agent's output; a link to <Dir>.consoles/<vm
 //     key>.log, on disk), state/
-//     (BootConfig.StateDir; the agent mounts a tmpfs of the guest's own
-//     on it, as a real guest's /run is, so the host sees it empty) and
+//     (BootConfig.StateDir: on that tmpfs, as a real guest's /run is;
+//     the agent mounts one of its own there when it is not) and
 //     channel.sock;
 //   - devices: each virtual disk's unit ("scsi0:0") maps to the disk's flat
 //     extent file on the simulated datastore (a real directory); a

@@ -317,12 +317,14 @@ func New(cfg Config) (*Manager, error) {
 	}
 	unmountDir, err := mountRunDir(cfg.Dir)
 	if err != nil {
+		_ = os.Remove(consolesOf(cfg.Dir))
 		return nil, fmt.Errorf("guests: %w", err)
 	}
 	name := fmt.Sprintf("podvisor-guests-%d-%d", os.Getpid(), managers.Add(1))
 	cg, err := newCgroups(name)
 	if err != nil {
 		unmountDir()
+		_ = os.Remove(consolesOf(cfg.Dir))
 		return nil, fmt.Errorf("guests: %w", err)
 	}
 	return &Manager{cfg: cfg, log: cfg.Logger, cg: cg, unmountDir: unmountDir, guests: map[string]*guest{}, frozen: map[string]bool{},

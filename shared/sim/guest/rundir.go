@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -53,10 +54,14 @@ func (m *Manager) removeConsole(name string) error {
 	return err
 }
 
+// runDirSource names the tmpfs mounts of guests' directories in the mount
+// table, so that one left by a process that died is known for ours.
+const runDirSource = "podvisor-guests"
+
 // mountRunDir mounts a tmpfs on dir unless dir is on one already. It
-// returns what Close calls to unmount it: nothing for a directory that was
-// on a tmpfs it did not mount, except its own mount left by a process that
-// died (dir itself the root of a tmpfs mount), which it takes over.
+// returns what Close calls to unmount it: nothing for a directory on a
+// tmpfs it did not mount, except a mount of its own left by a process that
+// died, which it takes over.
 func mountRunDir(dir string) (unmount func(), err error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -64,23 +69,31 @@ func mountRunDir(dir string) (unmount func(), err error) {
 	}
 	detach := func() { _ = unix.Unmount(dir, unix.MNT_DETACH) }
 	if st.Type == unix.TMPFS_MAGIC {
-		if mountRoot(dir) {
+		if ownMount(dir) {
 			return detach, nil
 		}
 		return func() {}, nil
 	}
-	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0750"); err != nil {
+	if err := unix.Mount(runDirSource, dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0750"); err != nil {
 		return nil, fmt.Errorf("mount a tmpfs on the guests' directory %s: %w", dir, err)
 	}
 	return detach, nil
 }
 
-// mountRoot says whether dir is the root of a mount: on another device
-// than its parent.
-func mountRoot(dir string) bool {
-	var self, parent unix.Stat_t
-	if unix.Stat(dir, &self) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil {
+// ownMount says whether dir is the mount point of a tmpfs named
+// runDirSource in this process's mount table.
+func ownMount(dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
 		return false
 	}
-	return self.Dev != parent.Dev
+	for line := range strings.Lines(string(b)) {
+		// id parent major:minor root mountpoint options... - fstype source superoptions
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if ok && len(f) >= 5 && len(g) >= 2 && f[4] == dir && g[0] == "tmpfs" && g[1] == runDirSource {
+			return true
+		}
+	}
+	return false
 }

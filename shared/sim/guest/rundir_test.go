@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 // TestGuestDirectoriesAreATmpfsGoneAtClose: the guests' directories live
@@ -28,18 +30,62 @@ func TestGuestDirectoriesAreATmpfsGoneAtClose(t *testing.T) {
 	if target, err := os.Readlink(console); err != nil || filepath.Dir(target) != consolesOf(m.cfg.Dir) {
 		t.Errorf("%s links to %q (%v), want a file in %s, beside the tmpfs", console, target, err, consolesOf(m.cfg.Dir))
 	}
+	if !ownMount(m.cfg.Dir) {
+		t.Errorf("%s is not the manager's own tmpfs mount (%s)", m.cfg.Dir, runDirSource)
+	}
 	m.Close()
 	if _, err := os.Stat(consolesOf(m.cfg.Dir)); !os.IsNotExist(err) {
 		t.Errorf("the console logs' directory still there after Close (%v)", err)
 	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(string(mounts), " "+m.cfg.Dir+" ") {
-		t.Errorf("%s is still a mount after Close:\n%s", m.cfg.Dir, mounts)
+	if mountPoint(t, m.cfg.Dir) {
+		t.Errorf("%s is still a mount point after Close", m.cfg.Dir)
 	}
 	if _, err := os.Stat(m.cfg.Dir); !os.IsNotExist(err) {
 		t.Errorf("%s still there after Close (%v)", m.cfg.Dir, err)
 	}
+}
+
+// TestLeftoverMountIsTakenOverAndOthersLeftAlone: a guests' directory
+// still mounted by a manager whose process died is this manager's to
+// unmount at Close; a tmpfs somebody else mounted there is not.
+func TestLeftoverMountIsTakenOverAndOthersLeftAlone(t *testing.T) {
+	privtest.Require(t, "the guests' directory is a tmpfs mount")
+	base := t.TempDir()
+	for _, tc := range []struct {
+		source string
+		ours   bool
+	}{{runDirSource, true}, {"tmpfs", false}} {
+		dir := filepath.Join(base, tc.source)
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount(tc.source, dir, "tmpfs", 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = unix.Unmount(dir, unix.MNT_DETACH) })
+		unmount, err := mountRunDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unmount()
+		if mounted := mountPoint(t, dir); mounted == tc.ours {
+			t.Errorf("a tmpfs named %q on the directory: still mounted after the unmount = %v, want %v", tc.source, mounted, !tc.ours)
+		}
+	}
+}
+
+// mountPoint says whether dir is a mount point in this process's mount
+// table.
+func mountPoint(t *testing.T, dir string) bool {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		if f := strings.Fields(line); len(f) >= 5 && f[4] == dir {
+			return true
+		}
+	}
+	return false
 }

@@ -278,6 +278,7 @@ func (m *Manager) discard(g *guest, disks bool) {
 		m.log.Warn("stop standby", "vm", g.vm.Name, "err", err)
 	}
 	_ = os.RemoveAll(g.dir)
+	_ = m.removeConsole(filepath.Base(g.dir))
 	if disks {
 		for _, d := range g.vm.Disks {
 			if !d.ReadOnly {
