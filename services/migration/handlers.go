@@ -153,13 +153,7 @@ func (s *Service) admit(ctx context.Context, cause *event.Event, rec *events.Mig
 			// Recorded Pending meanwhile by another replica (the request
 			// delivered again there): the refusal published above is its
 			// answer, or it would wait for the scheduler's.
-			if _, err := s.store.updateMigration(ctx, rec.ID, func(r *events.MigrationRecord) bool {
-				if r.Phase != events.MigrationPhasePending {
-					return false
-				}
-				r.Phase, r.Reason, r.Message, r.EndedAt = rec.Phase, rec.Reason, rec.Message, rec.EndedAt
-				return true
-			}); err != nil {
+			if _, _, err := s.rejectPending(ctx, rec.ID, rec.Reason, rec.Message); err != nil {
 				return err
 			}
 		case err != nil:
@@ -362,14 +356,7 @@ func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.Migr
 		}
 		return nil
 	}
-	rejected := false
-	r, err = s.store.updateMigration(ctx, p.ID, func(r *events.MigrationRecord) bool {
-		rejected = r.Phase == events.MigrationPhasePending
-		if rejected {
-			r.Phase, r.Reason, r.Message, r.EndedAt = events.MigrationPhaseRejected, p.Reason, p.Message, s.now().UTC()
-		}
-		return rejected
-	})
+	r, rejected, err := s.rejectPending(ctx, p.ID, p.Reason, p.Message)
 	if err != nil {
 		return err
 	}
@@ -379,6 +366,19 @@ func (s *Service) onRejected(ctx context.Context, m *bus.Message, p *events.Migr
 		s.log.Info("migration rejected by the scheduler", "migration", r.ID, "pod", r.Key(), "reason", p.Reason)
 	}
 	return nil
+}
+
+// rejectPending ends migration id as Rejected with the reason, if it is
+// still Pending; rejected says whether this write ended it.
+func (s *Service) rejectPending(ctx context.Context, id, reason, msg string) (r *events.MigrationRecord, rejected bool, err error) {
+	r, err = s.store.updateMigration(ctx, id, func(r *events.MigrationRecord) bool {
+		rejected = r.Phase == events.MigrationPhasePending // as of this attempt: a lost compare-and-set reads again
+		if rejected {
+			r.Phase, r.Reason, r.Message, r.EndedAt = events.MigrationPhaseRejected, reason, msg, s.now().UTC()
+		}
+		return rejected
+	})
+	return r, rejected, err
 }
 
 // onCancel cancels a migration that has not begun relocating. Once the

@@ -130,9 +130,6 @@ func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, er
 func (s *Service) ownerKeys(ctx context.Context) (map[string]bool, error) {
 	keys := map[string]bool{}
 	for _, kv := range []jetstream.KeyValue{s.pods, s.vms} {
-		if kv == nil {
-			continue
-		}
 		lister, err := kv.ListKeys(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("list owners in %s: %w", kv.Bucket(), err)
@@ -148,9 +145,6 @@ func (s *Service) ownerKeys(ctx context.Context) (map[string]bool, error) {
 // neither record exists with the address's uid.
 func (s *Service) ownerGone(ctx context.Context, a events.IPAllocation) (bool, error) {
 	for _, kv := range []jetstream.KeyValue{s.pods, s.vms} {
-		if kv == nil {
-			continue
-		}
 		key := events.PodRecordKey(a.Namespace, a.Name) // VMRecordKey is the same
 		e, err := kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {

@@ -83,17 +83,25 @@ func mountRunDir(dir string) (unmount func(), err error) {
 // ownMount says whether dir is the mount point of a tmpfs named
 // runDirSource in this process's mount table.
 func ownMount(dir string) bool {
+	fstype, source, ok := mountAt(dir)
+	return ok && fstype == "tmpfs" && source == runDirSource
+}
+
+// mountAt returns the filesystem type and source of the mount whose mount
+// point is dir in this process's mount table; ok is false when dir is no
+// mount point (or the table cannot be read).
+func mountAt(dir string) (fstype, source string, ok bool) {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		return "", "", false
 	}
 	for line := range strings.Lines(string(b)) {
 		// id parent major:minor root mountpoint options... - fstype source superoptions
-		pre, post, ok := strings.Cut(line, " - ")
+		pre, post, found := strings.Cut(line, " - ")
 		f, g := strings.Fields(pre), strings.Fields(post)
-		if ok && len(f) >= 5 && len(g) >= 2 && f[4] == dir && g[0] == "tmpfs" && g[1] == runDirSource {
-			return true
+		if found && len(f) >= 5 && len(g) >= 2 && f[4] == dir {
+			fstype, source, ok = g[0], g[1], true // the last one mounted there is the one in use
 		}
 	}
-	return false
+	return fstype, source, ok
 }

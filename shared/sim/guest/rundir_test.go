@@ -3,7 +3,6 @@ package guest
 import (
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -37,7 +36,7 @@ func TestGuestDirectoriesAreATmpfsGoneAtClose(t *testing.T) {
 	if _, err := os.Stat(consolesOf(m.cfg.Dir)); !os.IsNotExist(err) {
 		t.Errorf("the console logs' directory still there after Close (%v)", err)
 	}
-	if mountPoint(t, m.cfg.Dir) {
+	if mounted(m.cfg.Dir) {
 		t.Errorf("%s is still a mount point after Close", m.cfg.Dir)
 	}
 	if _, err := os.Stat(m.cfg.Dir); !os.IsNotExist(err) {
@@ -68,24 +67,14 @@ func TestLeftoverMountIsTakenOverAndOthersLeftAlone(t *testing.T) {
 			t.Fatal(err)
 		}
 		unmount()
-		if mounted := mountPoint(t, dir); mounted == tc.ours {
-			t.Errorf("a tmpfs named %q on the directory: still mounted after the unmount = %v, want %v", tc.source, mounted, !tc.ours)
+		if still := mounted(dir); still == tc.ours {
+			t.Errorf("a tmpfs named %q on the directory: still mounted after the unmount = %v, want %v", tc.source, still, !tc.ours)
 		}
 	}
 }
 
-// mountPoint says whether dir is a mount point in this process's mount
-// table.
-func mountPoint(t *testing.T, dir string) bool {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.Lines(string(b)) {
-		if f := strings.Fields(line); len(f) >= 5 && f[4] == dir {
-			return true
-		}
-	}
-	return false
+// mounted says whether dir is a mount point.
+func mounted(dir string) bool {
+	_, _, ok := mountAt(dir)
+	return ok
 }
