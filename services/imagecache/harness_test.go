@@ -1,8 +1,6 @@
 package imagecache_test
 
 import (
-	"log/slog"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -66,7 +64,7 @@ func startEnvOn(t testing.TB, vc *simtest.VCenter, mutate func(*imagecache.Confi
 func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	e.T.Helper()
 	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.Bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC},
-		Redis: e.redis, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		Redis: e.redis, Logger: testenv.Logger()})
 	if err != nil {
 		e.T.Fatal(err)
 	}
@@ -90,10 +88,7 @@ func (e *env) handled(seq uint64) {
 // readyFor returns the pod.images.ready of a pod, if seen; countReady
 // counts those of pods named prefix….
 func readyFor(t testing.TB, evs []testenv.Seen, name string) *events.PodImagesReady {
-	if r := testenv.In(t, evs, func(r *events.PodImagesReady) bool { return r.Name == name }); len(r) > 0 {
-		return r[0]
-	}
-	return nil
+	return testenv.First(t, evs, func(r *events.PodImagesReady) bool { return r.Name == name })
 }
 
 func countReady(t testing.TB, evs []testenv.Seen, prefix string) int {

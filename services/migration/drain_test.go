@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -285,4 +286,8 @@ func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
 	p := w.runPod("lagdrain", h[0])
 	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	w.wantDrainedOnePod(h[0], p)
+}
+
+func vmRef(v string) types.ManagedObjectReference {
+	return types.ManagedObjectReference{Type: "VirtualMachine", Value: v}
 }

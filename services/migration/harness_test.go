@@ -1,8 +1,6 @@
 package migration
 
 import (
-	"context"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,7 +53,6 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 
 // network writes network-config's availability of a network.
 func (w *world) network(name string, hosts ...string) {
-	hosts = slices.Sorted(slices.Values(hosts))
 	w.PutNetwork(name, hosts, hosts)
 }
 
@@ -94,7 +91,6 @@ func (w *world) runService(svc *Service) *Service {
 
 // vmHost is where vCenter says a VM runs, and its resource pool.
 func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool types.ManagedObjectReference) {
-	w.T.Helper()
 	return simtest.VMHost(w.T, w.vc, ref)
 }
 
@@ -105,21 +101,15 @@ func (w *world) podRecord(name string) *events.PodRecord {
 }
 
 func (w *world) migration(id string) *events.MigrationRecord {
-	w.T.Helper()
-	r, err := w.svc.store.migration(context.Background(), id)
-	if err != nil || r == nil {
-		w.T.Fatalf("migration record %s: %v %v", id, r, err)
-	}
-	return r
+	return testenv.MustGet[events.MigrationRecord](w.Env, events.BucketMigrations, events.MigrationRecordKey(id))
 }
 
 // migrationPhase is a migration's phase, "" while it has no record.
 func (w *world) migrationPhase(id string) string {
-	r, err := w.svc.store.migration(context.Background(), id)
-	if err != nil || r == nil {
-		return ""
+	if r := testenv.Get[events.MigrationRecord](w.Env, events.BucketMigrations, events.MigrationRecordKey(id)); r != nil {
+		return r.Phase
 	}
-	return r.Phase
+	return ""
 }
 
 // migrate publishes migration.requested as the CLI does.
@@ -146,8 +136,4 @@ func (w *world) waitEnd(id string) (string, any) {
 		return false
 	})
 	return s.Event.Type(), s.Payload
-}
-
-func vmRef(v string) types.ManagedObjectReference {
-	return types.ManagedObjectReference{Type: "VirtualMachine", Value: v}
 }

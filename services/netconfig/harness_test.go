@@ -1,12 +1,10 @@
 package netconfig_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/find"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
@@ -30,11 +28,7 @@ type env struct {
 func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env {
 	t.Helper()
 	te := testenv.Start(t, testenv.Datacenter(simCfg))
-	c := simtest.Client(t, te.DC)
-	dc, err := find.NewFinder(c.Client).Datacenter(context.Background(), "DC0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sess := simtest.Session(t, te.DC)
 	cfg := netconfig.DefaultConfig()
 	cfg.ProbeWindow = 250 * time.Millisecond
 	cfg.ProbeInterval = 25 * time.Millisecond
@@ -42,19 +36,16 @@ func newEnv(t testing.TB, simCfg sim.Config, tweak func(*netconfig.Config)) *env
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	svc, err := netconfig.NewForTest(cfg, te.Bus, c.Client, dc, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	replica := func() func() {
-		t.Helper()
-		other, err := netconfig.NewForTest(cfg, te.Bus, c.Client, dc, nil)
+	build := func() *netconfig.Service {
+		svc, err := netconfig.NewForTest(cfg, te.Bus, sess.Vim(), sess.Datacenter, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return te.Run(netconfig.Name+"-replica", other.Run)
+		return svc
 	}
+	svc := build()
 	stop := te.Run(netconfig.Name, svc.Run)
+	replica := func() func() { return te.Run(netconfig.Name+"-replica", build().Run) }
 	return &env{Env: te, vc: simtest.Client(t, te.DC), svc: svc, stop: stop, replica: replica}
 }
 

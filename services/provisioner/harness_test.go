@@ -3,6 +3,7 @@ package provisioner
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -43,11 +44,8 @@ func newEnv(t testing.TB) *env {
 	e.vms.BlankEphemeral = true // as testConfig's
 	// What the image cache would have made: one disk per name in
 	// [shared-ds] podvisor-images/, standing in for image chains.
-	var disks []string
-	for _, n := range []string{"app", "sidecar", "logger", "base"} {
-		disks = append(disks, imageDisk(n))
-	}
-	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor-images", disks...)
+	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor-images",
+		imageDisk("app"), imageDisk("sidecar"), imageDisk("logger"), imageDisk("base"))
 	return e
 }
 
@@ -144,11 +142,5 @@ func (e *env) vmsNamed(name string) []podvm.VM {
 	if err != nil {
 		e.T.Fatalf("list VMs: %v", err)
 	}
-	var out []podvm.VM
-	for _, v := range vms {
-		if v.Name == name {
-			out = append(out, v)
-		}
-	}
-	return out
+	return slices.DeleteFunc(vms, func(v podvm.VM) bool { return v.Name != name })
 }

@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"slices"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
@@ -22,6 +24,8 @@ func (e *Env) PutHostRecords() {
 // on the hosts of realized, scoped to those of scope.
 func (e *Env) PutNetwork(name string, realized, scope []string) {
 	e.T.Helper()
+	// Sorted, as network-config writes them.
+	realized, scope = slices.Sorted(slices.Values(realized)), slices.Sorted(slices.Values(scope))
 	Put(e, events.BucketNetHosts, events.NetworkRecordKey(name), &events.NetworkAvailability{Network: name, Version: 1, Hosts: realized, Scope: scope})
 }
 

@@ -190,6 +190,19 @@ func In[T any, P interface {
 	return out
 }
 
+// First is the first payload of type T in seen that satisfies pred (nil
+// accepts every one), or nil when there is none.
+func First[T any, P interface {
+	*T
+	events.Payload
+}](t testing.TB, seen []Seen, pred func(*T) bool) *T {
+	t.Helper()
+	if out := In[T, P](t, seen, pred); len(out) > 0 {
+		return out[0]
+	}
+	return nil
+}
+
 // WaitFor waits up to d until pred holds for everything recorded so far,
 // and returns what it held for.
 func (e *Env) WaitFor(what string, d time.Duration, pred func([]Seen) bool) []Seen {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -164,22 +163,13 @@ func (g *globals) selectPods(ctx context.Context, namespace string, sel labels.S
 		return nil, err
 	}
 	defer b.Close()
-	kv, err := b.KV(ctx, events.BucketPods)
+	pods, err := readRecords[events.PodRecord](ctx, b, events.BucketPods)
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, err
-	}
-	defer w.Stop()
 	var names []string
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		var r events.PodRecord
-		if json.Unmarshal(e.Value(), &r) == nil && r.Namespace == namespace && r.DeletionRequestedAt.IsZero() && sel.Matches(labels.Set(r.Pod.Labels)) {
+	for _, r := range pods {
+		if r.Namespace == namespace && r.DeletionRequestedAt.IsZero() && sel.Matches(labels.Set(r.Pod.Labels)) {
 			names = append(names, r.Name)
 		}
 	}

@@ -66,23 +66,6 @@ pod's name.`,
 	return cmd
 }
 
-// getRecord reads one KV record into v; a missing key is a clear not-found
-// error (exit 1).
-func getRecord(ctx context.Context, b *bus.Bus, bucket, key, what string, v any) error {
-	kv, err := b.KV(ctx, bucket)
-	if err != nil {
-		return err
-	}
-	e, err := kv.Get(ctx, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return &exitError{code: 1, err: fmt.Errorf("%s not found", what)}
-	}
-	if err != nil {
-		return err
-	}
-	return json.Unmarshal(e.Value(), v)
-}
-
 // fields writes aligned "Name:  value" lines.
 type fields struct{ tw *tabwriter.Writer }
 
@@ -194,23 +177,14 @@ func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) e
 
 // podsOn lists the pod records placed on a host.
 func podsOn(ctx context.Context, b *bus.Bus, host string) ([]events.PodRecord, error) {
-	kv, err := b.KV(ctx, events.BucketPods)
+	pods, err := readRecords[events.PodRecord](ctx, b, events.BucketPods)
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, err
-	}
-	defer w.Stop()
 	var out []events.PodRecord
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		var r events.PodRecord
-		if json.Unmarshal(e.Value(), &r) == nil && r.Host == host {
-			out = append(out, r)
+	for _, r := range pods {
+		if r.Host == host {
+			out = append(out, *r)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Namespace+"/"+out[i].Name < out[j].Namespace+"/"+out[j].Name })

@@ -2,45 +2,17 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/rebalance"
 	"github.com/podvisor/podvisor/shared/bus"
 )
-
-// readRecords reads every value of a KV bucket as T (values that do not
-// decode are skipped: another version's records are not this command's to
-// judge).
-func readRecords[T any](ctx context.Context, b *bus.Bus, bucket string) ([]*T, error) {
-	kv, err := b.KV(ctx, bucket)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", bucket, err)
-	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", bucket, err)
-	}
-	defer func() { _ = w.Stop() }()
-	var out []*T
-	for e := range w.Updates() {
-		if e == nil {
-			break
-		}
-		v := new(T)
-		if json.Unmarshal(e.Value(), v) == nil {
-			out = append(out, v)
-		}
-	}
-	return out, nil
-}
 
 func newRebalanceCmd(g *globals) *cobra.Command {
 	var (
