@@ -16,7 +16,6 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
-	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 
@@ -24,22 +23,7 @@ import (
 // `podvisor up` would, and returns its state dir.
 func upForTest(t *testing.T, services string) (*allinone.System, string) {
 	t.Helper()
-	specs, err := runner.Select(services)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
-	return sys, dir
+	return startUp(t, services, allinone.Config{HostsPerCluster: 2})
 }
 
 // run executes the CLI like a user with only the state dir to go on.
@@ -316,6 +300,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
+}
+
+// Bytes is a copy of what was written so far.
+func (s *syncBuffer) Bytes() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.b.Bytes())
 }
 
 func (s *syncBuffer) String() string {

@@ -133,12 +133,7 @@ func describePod(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string
 		f.row(c.Type, c.Status, c.Time.Format(time.TimeOnly), dash(c.Reason), c.Message)
 	}
 	f.flush()
-	evs, err := objectEvents(ctx, b, events.PodKey(ns, name), r.CreatedAt.Add(-time.Second), events.StreamPods, events.StreamMigrations)
-	if err != nil {
-		return err
-	}
-	printObjectEvents(out, evs)
-	return nil
+	return describeEvents(ctx, b, out, events.PodKey(ns, name), r.CreatedAt.Add(-time.Second), events.StreamPods, events.StreamMigrations)
 }
 
 func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) error {
@@ -167,12 +162,7 @@ func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) e
 		f.row(events.PodKey(p.Namespace, p.Name), p.Phase, dash(p.IP))
 	}
 	f.flush()
-	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamHosts)
-	if err != nil {
-		return err
-	}
-	printObjectEvents(out, evs)
-	return nil
+	return describeEvents(ctx, b, out, name, time.Time{}, events.StreamHosts)
 }
 
 // podsOn lists the pod records placed on a host.
@@ -216,12 +206,7 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 		f.row(h.Host, string(st))
 	}
 	f.flush()
-	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamNetworks)
-	if err != nil {
-		return err
-	}
-	printObjectEvents(out, evs)
-	return nil
+	return describeEvents(ctx, b, out, name, time.Time{}, events.StreamNetworks)
 }
 
 // networkHosts reads what each host in a network's scope carries of it
@@ -292,12 +277,7 @@ func describeNativeVM(ctx context.Context, b *bus.Bus, out io.Writer, ns, name s
 		f.row(c.Type, strings.TrimSpace(c.Status+" "+c.Reason+" "+c.Message))
 	}
 	f.flush()
-	evs, err := objectEvents(ctx, b, events.PodKey(ns, name), time.Time{}, events.StreamVMs)
-	if err != nil {
-		return true, err
-	}
-	printObjectEvents(out, evs)
-	return true, nil
+	return true, describeEvents(ctx, b, out, events.PodKey(ns, name), time.Time{}, events.StreamVMs)
 }
 
 // describeVM shows a pod VM as vCenter has it, beside the pod it runs.
@@ -415,6 +395,17 @@ func objectEvents(ctx context.Context, b *bus.Bus, key string, since time.Time, 
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time().Before(out[j].Time()) })
 	return out, nil
+}
+
+// describeEvents prints describe's Events section: the events of key in
+// the streams since since (objectEvents).
+func describeEvents(ctx context.Context, b *bus.Bus, out io.Writer, key string, since time.Time, streams ...string) error {
+	evs, err := objectEvents(ctx, b, key, since, streams...)
+	if err != nil {
+		return err
+	}
+	printObjectEvents(out, evs)
+	return nil
 }
 
 // printObjectEvents prints kubectl describe's Events section.

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,24 +26,6 @@ import (
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
-
-// lockedBuffer collects the run's logs from every service.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
-}
 
 // The marker is assembled by the container's shell, so it is in no spec,
 // event or record: only the container's writes can put it on a disk.
@@ -83,7 +64,7 @@ spec:
 // (events, dead letters, every revision of every KV value) and no log
 // line of the run.
 func TestEncryptedEphemeralDiskAcceptance(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncBuffer{}
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128"})})

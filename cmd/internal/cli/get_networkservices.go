@@ -71,10 +71,5 @@ func describeNetworkService(ctx context.Context, b *bus.Bus, out io.Writer, name
 		f.row(p.Network, fmt.Sprintf("%s/%d", p.Address, p.PrefixLength), fmt.Sprintf("port %d", p.Port), p.PortGroup, dash(p.Domain))
 	}
 	f.flush()
-	evs, err := objectEvents(ctx, b, name, time.Time{}, events.StreamNetworks)
-	if err != nil {
-		return err
-	}
-	printObjectEvents(out, evs)
-	return nil
+	return describeEvents(ctx, b, out, name, time.Time{}, events.StreamNetworks)
 }

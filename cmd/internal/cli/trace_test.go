@@ -53,21 +53,7 @@ func sharedTelemetry(t *testing.T) (*telemetry.Telemetry, *telemetry.Recorder) {
 func upWithTracing(t *testing.T) string {
 	t.Helper()
 	tel, rec := sharedTelemetry(t)
-	specs, err := runner.Select("all")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	sys, err := allinone.Start(ctx, allinone.Config{StateDir: dir, Clusters: 1, HostsPerCluster: 2, Services: specs, Seed: 1, Recorder: rec, Metrics: tel.MetricsHandler()})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); sys.Close() })
-	if _, err := sys.WriteEnv(); err != nil {
-		t.Fatal(err)
-	}
+	_, dir := startUp(t, "all", allinone.Config{HostsPerCluster: 2, Recorder: rec, Metrics: tel.MetricsHandler()})
 	return dir
 }
 

@@ -28,7 +28,7 @@ import (
 // PoweredOff powers it off; VMs filling the hosts leave a pod Pending until
 // one is deleted.
 func TestNativeVMThroughTheCLI(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("system log:\n%s", logs.Bytes())

@@ -262,15 +262,22 @@ func (f *Fabric) EnsureSwitch(ctx context.Context, name string, mtu int32) (Swit
 	return f.withMTU(ctx, sw)
 }
 
+// existingSwitch is FindSwitch for a switch that must exist: a missing
+// one is ErrSwitchNotFound, naming it.
+func (f *Fabric) existingSwitch(ctx context.Context, name string) (Switch, error) {
+	sw, ok, err := f.FindSwitch(ctx, name)
+	if err == nil && !ok {
+		err = fmt.Errorf("switch %s: %w", name, ErrSwitchNotFound)
+	}
+	return sw, err
+}
+
 // RaiseMTU sets the switch's maximum MTU to at least mtu.
 func (f *Fabric) RaiseMTU(ctx context.Context, name string, mtu int32) error {
 	defer f.lockSwitch(name)()
-	sw, ok, err := f.FindSwitch(ctx, name)
+	sw, err := f.existingSwitch(ctx, name)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return fmt.Errorf("switch %s: %w", name, ErrSwitchNotFound)
 	}
 	if sw, err = f.withMTU(ctx, sw); err != nil {
 		return err
@@ -298,12 +305,9 @@ func (f *Fabric) Leave(ctx context.Context, switchName string, host types.Manage
 // vCenter would serialize anyway). It returns the hosts that joined.
 func (f *Fabric) JoinAll(ctx context.Context, switchName string, hosts []types.ManagedObjectReference) ([]types.ManagedObjectReference, error) {
 	defer f.lockSwitch(switchName)()
-	sw, ok, err := f.FindSwitch(ctx, switchName)
+	sw, err := f.existingSwitch(ctx, switchName)
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
 	}
 	spec := &types.VMwareDVSConfigSpec{}
 	var joined []types.ManagedObjectReference
@@ -325,12 +329,9 @@ func (f *Fabric) JoinAll(ctx context.Context, switchName string, hosts []types.M
 
 func (f *Fabric) membership(ctx context.Context, switchName string, host types.ManagedObjectReference, op types.ConfigSpecOperation) (bool, error) {
 	defer f.lockSwitch(switchName)()
-	sw, ok, err := f.FindSwitch(ctx, switchName)
+	sw, err := f.existingSwitch(ctx, switchName)
 	if err != nil {
 		return false, err
-	}
-	if !ok {
-		return false, fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
 	}
 	member := sw.IsMember(host)
 	if (op == types.ConfigSpecOperationAdd) == member {
@@ -452,12 +453,9 @@ func configSpec(spec PortGroupSpec, version string) types.DVPortgroupConfigSpec 
 // name and VLAN.
 func (f *Fabric) EnsurePortGroup(ctx context.Context, switchName string, spec PortGroupSpec) (bool, error) {
 	defer f.lockSwitch(switchName)()
-	sw, ok, err := f.FindSwitch(ctx, switchName)
+	sw, err := f.existingSwitch(ctx, switchName)
 	if err != nil {
 		return false, err
-	}
-	if !ok {
-		return false, fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
 	}
 	cur, exists, err := f.FindPortGroup(ctx, spec.Name)
 	if err != nil {

@@ -49,12 +49,9 @@ func ClonePortName(original string) string { return original + cloneSuffix }
 
 // ManagementPorts lists the management ports on a switch, sorted by key.
 func (f *Fabric) ManagementPorts(ctx context.Context, switchName string) ([]ManagementPort, error) {
-	sw, ok, err := f.FindSwitch(ctx, switchName)
+	sw, err := f.existingSwitch(ctx, switchName)
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
 	}
 	ports, err := object.NewDistributedVirtualSwitch(f.c, sw.Ref).FetchDVPorts(ctx, nil)
 	if err != nil {
@@ -100,12 +97,9 @@ func (f *Fabric) RemovePort(ctx context.Context, switchName, key string) error {
 
 func (f *Fabric) reconfigurePorts(ctx context.Context, switchName string, spec types.DVPortConfigSpec) error {
 	defer f.lockSwitch(switchName)()
-	sw, ok, err := f.FindSwitch(ctx, switchName)
+	sw, err := f.existingSwitch(ctx, switchName)
 	if err != nil {
 		return err
-	}
-	if !ok {
-		return fmt.Errorf("switch %s: %w", switchName, ErrSwitchNotFound)
 	}
 	t, err := object.NewDistributedVirtualSwitch(f.c, sw.Ref).ReconfigureDVPort(ctx, []types.DVPortConfigSpec{spec})
 	if err == nil {

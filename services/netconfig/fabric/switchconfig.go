@@ -100,12 +100,9 @@ func (c *SwitchConfig) Validate() error {
 // ExportSwitch reads a switch's realized configuration back from vCenter:
 // its settings, members and port groups as vCenter has them now.
 func (f *Fabric) ExportSwitch(ctx context.Context, name string) (*SwitchConfig, error) {
-	sw, ok, err := f.FindSwitch(ctx, name)
+	sw, err := f.existingSwitch(ctx, name)
 	if err != nil {
 		return nil, err
-	}
-	if !ok {
-		return nil, fmt.Errorf("export switch %s: %w", name, ErrSwitchNotFound)
 	}
 	var s mo.DistributedVirtualSwitch
 	if err := property.DefaultCollector(f.c).RetrieveOne(ctx, sw.Ref, []string{"config"}, &s); err != nil {
