@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -49,9 +50,12 @@ func (m AuthorityMinter) Revoke(ctx context.Context, name string) error {
 	return m.PushAccount(ctx, m.NATS)
 }
 
-// Deps are what the service runs on.
+// Deps are what the service runs on: its connections (package deps; the
+// bus, and the vCenter session the compatibility checks read the SDDC's
+// offers from and post their results to, both required) and the parts
+// below.
 type Deps struct {
-	Bus *bus.Bus
+	deps.Deps
 	// ControlPlanes runs the guest control planes; nil means
 	// VMControlPlanes when GuestPorts is set, Processes otherwise,
 	// configured from Config.
@@ -63,10 +67,6 @@ type Deps struct {
 	GuestPorts GuestPorts
 	// Minter signs identities; nil means the authority in Config.Authority.
 	Minter Minter
-	// VSphere is the vCenter session the compatibility checks read the
-	// SDDC's offers from and post their results to; required.
-	VSphere *vsphere.Session
-	Logger  *slog.Logger
 }
 
 // Service is the guest cluster controller.
@@ -92,50 +92,45 @@ type Service struct {
 }
 
 // New checks the configuration and opens the buckets.
-func New(cfg Config, deps Deps) (*Service, error) {
+func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("guestcluster: config: %w", err)
 	}
-	if deps.Bus == nil {
-		return nil, errors.New("guestcluster: Deps.Bus: required")
+	if err := d.Require(deps.NeedBus("guest clusters are declared, recorded and announced on it"),
+		deps.NeedVSphere("compatibility checks read and report to vCenter")); err != nil {
+		return nil, fmt.Errorf("guestcluster: %w", err)
 	}
-	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Finder == nil {
-		return nil, errors.New("guestcluster: Deps.VSphere: required (compatibility checks read and report to vCenter)")
-	}
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := d.Log()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	gkv, err := deps.Bus.KV(ctx, events.BucketGuestClusters)
+	gkv, err := d.Bus.KV(ctx, events.BucketGuestClusters)
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s (is the topology declared?): %w", events.BucketGuestClusters, err)
 	}
-	kkv, err := deps.Bus.KV(ctx, events.BucketGuestClusterKubeconfigs)
+	kkv, err := d.Bus.KV(ctx, events.BucketGuestClusterKubeconfigs)
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketGuestClusterKubeconfigs, err)
 	}
-	pkv, err := deps.Bus.KV(ctx, events.BucketPods)
+	pkv, err := d.Bus.KV(ctx, events.BucketPods)
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketPods, err)
 	}
-	vkv, err := deps.Bus.KV(ctx, events.BucketVMs)
+	vkv, err := d.Bus.KV(ctx, events.BucketVMs)
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMs, err)
 	}
 	s := &Service{
 		cfg:         cfg,
-		bus:         deps.Bus,
-		out:         deps.Bus.Emitter(Source),
+		bus:         d.Bus,
+		out:         d.Bus.Emitter(Source),
 		log:         log.With("service", Name),
 		clusters:    record.New[events.GuestClusterRecord](gkv, "guest cluster"),
 		kubeconfigs: record.New[events.GuestClusterKubeconfig](kkv, "guest cluster kubeconfig"),
 		pods:        record.New[events.PodRecord](pkv, "pod"),
 		vms:         record.New[events.VMRecord](vkv, "VM"),
-		cps:         deps.ControlPlanes,
-		minter:      deps.Minter,
-		vs:          deps.VSphere,
+		cps:         d.ControlPlanes,
+		minter:      d.Minter,
+		vs:          d.VSphere,
 	}
 	if s.cps == nil || s.minter == nil {
 		s.unavailable = cfg.missing()
@@ -147,13 +142,13 @@ func New(cfg Config, deps Deps) (*Service, error) {
 		}
 		s.minter = AuthorityMinter{Authority: a, NATS: bus.ConnConfig{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "podvisor-guestcluster-authority"}}
 	}
-	if s.unavailable == nil && s.cps == nil && deps.GuestPorts != nil {
-		ikv, err := deps.Bus.KV(ctx, events.BucketVMImages)
+	if s.unavailable == nil && s.cps == nil && d.GuestPorts != nil {
+		ikv, err := d.Bus.KV(ctx, events.BucketVMImages)
 		if err != nil {
 			return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMImages, err)
 		}
 		s.cps = &VMControlPlanes{Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout,
-			Ports: deps.GuestPorts, Logger: s.log,
+			Ports: d.GuestPorts, Logger: s.log,
 			out: s.out, vms: s.vms, images: record.New[events.VMImageRecord](ikv, "VM image")}
 	}
 	if s.unavailable == nil && s.cps == nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -94,7 +95,7 @@ func start(t *testing.T) *harness {
 	cfg := DefaultConfig()
 	cfg.ResyncInterval = 0
 	cfg.DeleteTimeout = 20 * time.Second
-	svc, err := New(cfg, Deps{Bus: dial(Name), ControlPlanes: h.cps, Minter: AuthorityMinter{Authority: auth, NATS: conn}, VSphere: vs})
+	svc, err := New(cfg, Deps{Deps: deps.Deps{Bus: dial(Name), VSphere: vs}, ControlPlanes: h.cps, Minter: AuthorityMinter{Authority: auth, NATS: conn}})
 	if err != nil {
 		t.Fatal(err)
 	}

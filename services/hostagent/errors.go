@@ -3,8 +3,6 @@ package hostagent
 import "errors"
 
 var (
-	// ErrNoBus: Deps.Bus is nil.
-	ErrNoBus = errors.New("hostagent: no bus")
 	// ErrRefused: a guest's hello names a pod that is not on this host.
 	ErrRefused = errors.New("pod is not on this host")
 	// ErrNotConnected: the pod's agent has no channel to this host now.

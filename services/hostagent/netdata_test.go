@@ -12,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
 // The module registered for a namespace receives that namespace's data as
@@ -62,7 +63,7 @@ func TestDataDeliveredToTheNamespaceModule(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	guesttest.StartHostAgentWith(t, host, dir, hostagent.Deps{Bus: b, Modules: map[string]hostagent.DataModule{"fw.example": module}})
+	guesttest.StartHostAgentWith(t, host, dir, hostagent.Deps{Deps: deps.Deps{Bus: b}, Modules: map[string]hostagent.DataModule{"fw.example": module}})
 
 	last := func(ok func(hostagent.HostData) bool) hostagent.HostData {
 		t.Helper()

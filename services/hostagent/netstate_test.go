@@ -16,6 +16,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -54,7 +55,7 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	cfg := hostagent.DefaultConfig()
 	cfg.Host, cfg.ChannelDir = x, channels
 	cfg.NetworkResync = 300 * time.Millisecond
-	svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Network: segs})
+	svc, err := hostagent.New(cfg, hostagent.Deps{Deps: deps.Deps{Bus: b}, Network: segs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
 // Name is the service's name; each host's agent consumes as
@@ -28,14 +29,12 @@ const Name = "hostagent"
 // Source is the CloudEvents source of the reports.
 const Source = "podvisor/" + Name
 
-// Deps are the connections the host agent works through; the process owns
-// them.
+// Deps are what the host agent works through: its connections (package
+// deps; only the bus, required, which carries the reports, the deletes and
+// the queries, and holds the `pods` bucket, read only) and the host's parts
+// below.
 type Deps struct {
-	// Bus carries the reports, the deletes and the queries, and holds the
-	// `pods` bucket (read only).
-	Bus *bus.Bus
-	// Logger receives the service's logs; nil discards them.
-	Logger *slog.Logger
+	deps.Deps
 	// Network is the host's own network state; with it the agent applies
 	// the final desired state network-config pushes to the host
 	// (network.host.desired). Nil leaves the host's network to others.
@@ -71,33 +70,31 @@ type Service struct {
 }
 
 // New checks the configuration and opens the `pods` bucket.
-func New(cfg Config, deps Deps) (*Service, error) {
+func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if deps.Bus == nil {
-		return nil, ErrNoBus
+	if err := d.Require(deps.NeedBus("the guests' reports are published on it")); err != nil {
+		return nil, fmt.Errorf("hostagent: %w", err)
 	}
-	if deps.Logger == nil {
-		deps.Logger = slog.New(slog.DiscardHandler)
-	}
+	d.Logger = d.Log()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	kv, err := deps.Bus.KV(ctx, events.BucketPods)
+	kv, err := d.Bus.KV(ctx, events.BucketPods)
 	if err != nil {
 		return nil, fmt.Errorf("hostagent: pods bucket (is the topology declared?): %w", err)
 	}
 	return &Service{
 		cfg:     cfg,
-		bus:     deps.Bus,
+		bus:     d.Bus,
 		pods:    kv,
-		log:     deps.Logger.With("service", Name, "host", cfg.Host),
+		log:     d.Logger.With("service", Name, "host", cfg.Host),
 		conns:   map[string]*podConn{},
-		network: deps.Network,
+		network: d.Network,
 
 		view:      newNetView(),
-		endpoints: deps.Endpoints,
-		modules:   deps.Modules,
+		endpoints: d.Endpoints,
+		modules:   d.Modules,
 		delivered: map[string]HostData{},
 	}, nil
 }

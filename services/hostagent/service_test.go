@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
 const host = "esx-1-01"
@@ -41,7 +42,7 @@ func newEnv(t *testing.T, tune ...func(*hostagent.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	svc := guesttest.StartHostAgentWith(t, host, dir, hostagent.Deps{Bus: b}, tune...)
+	svc := guesttest.StartHostAgentWith(t, host, dir, hostagent.Deps{Deps: deps.Deps{Bus: b}}, tune...)
 	return &env{t: t, bus: b, pods: kv, svc: svc}
 }
 

@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
@@ -17,8 +16,8 @@ import (
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 	"github.com/podvisor/podvisor/services/imagecache/oci"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/periodic"
-	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Name is the service name: consumer names, the event source
@@ -28,13 +27,10 @@ const Name = "imagecache"
 // Source is the CloudEvent source of the events the service publishes.
 const Source = "podvisor/" + Name
 
-// Deps are the connections the service uses; all are required.
-type Deps struct {
-	Bus     *bus.Bus
-	VSphere *vsphere.Session
-	Redis   redis.UniversalClient
-	Logger  *slog.Logger
-}
+// Deps are the service's connections (package deps): the bus, the vCenter
+// session whose datastores hold the image disks, and Redis, which holds
+// the image metadata; all required.
+type Deps = deps.Deps
 
 // Stats counts what the service moved since it started; tests and the
 // benchmark read it to prove that shared layers are pulled once.
@@ -90,28 +86,17 @@ type manifestWritten struct {
 
 // New checks the configuration and the dependencies. It does not touch the
 // network: Run does.
-func New(cfg Config, deps Deps) (*Service, error) {
+func New(cfg Config, d Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	var errs []error
-	if deps.Bus == nil {
-		errs = append(errs, errors.New("imagecache deps: Bus is required"))
+	if err := d.Require(deps.NeedBus("pods' images are asked for and announced on it"),
+		deps.NeedVSphere("image disks are written to its datastores"),
+		deps.NeedRedis("the image metadata is kept there")); err != nil {
+		return nil, fmt.Errorf("imagecache: %w", err)
 	}
-	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Datacenter == nil {
-		errs = append(errs, errors.New("imagecache deps: VSphere session with a client and a datacenter is required"))
-	}
-	if deps.Redis == nil {
-		errs = append(errs, errors.New("imagecache deps: Redis is required"))
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := d.Log()
 	registry, err := oci.New(oci.Config{Insecure: cfg.InsecureRegistries, CAFile: cfg.RegistryCAFile, AuthFile: cfg.RegistryAuthFile,
 		RedirectHosts: cfg.RedirectHosts, Platform: cfg.Platform, Limits: cfg.Limits})
 	if err != nil {
@@ -119,10 +104,10 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	svc := &Service{
 		cfg:      cfg,
-		bus:      deps.Bus,
-		out:      deps.Bus.Emitter(Source),
-		db:       chaindb.New(deps.Redis, nil),
-		store:    imagedisk.New(deps.VSphere.Client.Client, deps.VSphere.Datacenter),
+		bus:      d.Bus,
+		out:      d.Bus.Emitter(Source),
+		db:       chaindb.New(d.Redis, nil),
+		store:    imagedisk.New(d.VSphere.Client.Client, d.VSphere.Datacenter),
 		registry: registry,
 		log:      log.With("service", Name),
 		now:      time.Now,

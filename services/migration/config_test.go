@@ -2,12 +2,14 @@ package migration
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -85,11 +87,11 @@ func TestNewWithSession(t *testing.T) {
 	if err != nil || !h.Connected() || h.Pool.Value == "" {
 		t.Fatalf("host through the session: %+v, %v", h, err)
 	}
-	if _, err := New(DefaultConfig(), Deps{Bus: b}); err != ErrNoVSphere {
-		t.Errorf("without VSphere: %v, want ErrNoVSphere", err)
+	if _, err := New(DefaultConfig(), Deps{Bus: b}); !errors.Is(err, deps.ErrMissing) || !strings.Contains(err.Error(), "Deps.VSphere") {
+		t.Errorf("without VSphere: %v, want Deps.VSphere required", err)
 	}
-	if _, err := New(DefaultConfig(), Deps{VSphere: s}); err != ErrNoBus {
-		t.Errorf("without Bus: %v, want ErrNoBus", err)
+	if _, err := New(DefaultConfig(), Deps{VSphere: s}); !errors.Is(err, deps.ErrMissing) || !strings.Contains(err.Error(), "Deps.Bus") {
+		t.Errorf("without Bus: %v, want Deps.Bus required", err)
 	}
 }
 

@@ -1,31 +1,22 @@
 package migration
 
 import (
-	"log/slog"
+	"fmt"
 
 	"github.com/podvisor/podvisor/services/migration/vmotion"
-	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/vsphere"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
-// Deps are the service's connections.
-type Deps struct {
-	// Bus is required.
-	Bus *bus.Bus
-	// VSphere is the vCenter session pod VMs are moved through; required.
-	VSphere *vsphere.Session
-	// Logger defaults to discarding.
-	Logger *slog.Logger
-}
+// Deps are the service's connections (package deps): the bus and the
+// vCenter session pod VMs are moved through, both required.
+type Deps = deps.Deps
 
 // New builds the service; it fails on a bad configuration, a missing
 // dependency or a missing KV bucket rather than on the first event.
-func New(cfg Config, deps Deps) (*Service, error) {
-	if deps.Bus == nil {
-		return nil, ErrNoBus
+func New(cfg Config, d Deps) (*Service, error) {
+	if err := d.Require(deps.NeedBus("migrations are asked for, recorded and announced on it"),
+		deps.NeedVSphere("pod VMs are moved through vCenter")); err != nil {
+		return nil, fmt.Errorf("migration: %w", err)
 	}
-	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Datacenter == nil {
-		return nil, ErrNoVSphere
-	}
-	return newService(cfg, deps.Bus, vmotion.New(deps.VSphere.Client.Client, deps.VSphere.Datacenter), deps.Logger)
+	return newService(cfg, d.Bus, vmotion.New(d.VSphere.Vim(), d.VSphere.Datacenter), d.Logger)
 }

@@ -64,9 +64,6 @@ const (
 
 // Sentinel errors.
 var (
-	// ErrNoBus, ErrNoVSphere: a required dependency is missing.
-	ErrNoBus     = errors.New("migration: Deps.Bus is required")
-	ErrNoVSphere = errors.New("migration: Deps.VSphere is required (pod VMs are moved through vCenter)")
 	// errExists: a KV Create found the key taken.
 	errExists = errors.New("record exists")
 	// errNoRecord: a record written before was not found (a read answered

@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/migration/vmotion"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/lease"
 	"github.com/podvisor/podvisor/shared/periodic"
 )
@@ -122,15 +123,7 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("migration: %w", err)
 	}
-	if b == nil {
-		return nil, ErrNoBus
-	}
-	if vm == nil {
-		return nil, ErrNoVSphere
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = deps.Deps{Logger: log}.Log()
 	s := &Service{
 		cfg:       cfg,
 		bus:       b,

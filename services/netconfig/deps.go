@@ -2,32 +2,26 @@ package netconfig
 
 import (
 	"errors"
-	"log/slog"
+	"fmt"
 
-	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/vsphere"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
-// Deps are the connections the service runs on.
-type Deps struct {
-	// Bus is the JetStream connection (topology declared).
-	Bus *bus.Bus
-	// VSphere is the vCenter session; its Datacenter is the one whose hosts
-	// and switches the service manages.
-	VSphere *vsphere.Session
-	// Logger receives the service's logs; nil discards them.
-	Logger *slog.Logger
-}
+// Deps are the service's connections (package deps): the bus and the
+// vCenter session whose datacenter's hosts and switches the service
+// manages, both required.
+type Deps = deps.Deps
 
 // New checks the configuration and dependencies and opens the KV buckets.
 // Every problem is reported at once, naming the field.
-func New(cfg Config, deps Deps) (*Service, error) {
-	if deps.VSphere == nil || deps.VSphere.Client == nil {
-		err := errors.New("netconfig: Deps.VSphere: required (a session with a client and a datacenter)")
-		if _, cerr := newService(cfg, deps.Bus, nil, nil, deps.Logger); cerr != nil {
-			return nil, cerr
-		}
-		return nil, err
+func New(cfg Config, d Deps) (*Service, error) {
+	err := d.Require(deps.NeedBus("networks are declared, recorded and announced on it"),
+		deps.NeedVSphere("switches and port groups are made in vCenter"))
+	if cerr := cfg.Validate(); cerr != nil {
+		err = errors.Join(err, fmt.Errorf("config: %w", cerr))
 	}
-	return newService(cfg, deps.Bus, deps.VSphere.Client.Client, deps.VSphere.Datacenter, deps.Logger)
+	if err != nil {
+		return nil, fmt.Errorf("netconfig: %w", err)
+	}
+	return newService(cfg, d.Bus, d.VSphere.Vim(), d.VSphere.Datacenter, d.Logger)
 }

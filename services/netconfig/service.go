@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 )
@@ -91,22 +91,10 @@ type Service struct {
 // newService builds the service over a bus and a vCenter client on one
 // datacenter; New (deps.go) takes them from Deps.
 func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter, log *slog.Logger) (*Service, error) {
-	var errs []error
 	if err := cfg.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("netconfig: config: %w", err))
+		return nil, fmt.Errorf("netconfig: config: %w", err)
 	}
-	if b == nil {
-		errs = append(errs, errors.New("netconfig: Deps.Bus: required"))
-	}
-	if vc == nil || dc == nil {
-		errs = append(errs, errors.New("netconfig: Deps.VSphere: required (a session with a client and a datacenter)"))
-	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	log = deps.Deps{Logger: log}.Log()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs := map[string]jetstream.KeyValue{}

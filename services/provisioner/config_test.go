@@ -1,12 +1,14 @@
 package provisioner
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/testenv"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -134,12 +136,12 @@ func TestSpecHashIgnoresUID(t *testing.T) {
 }
 
 func TestNewChecksDependencies(t *testing.T) {
-	if _, err := New(DefaultConfig(), Deps{}); err != ErrNoVSphere {
-		t.Errorf("New without vSphere = %v, want ErrNoVSphere", err)
+	if _, err := New(DefaultConfig(), Deps{}); !errors.Is(err, deps.ErrMissing) || !strings.Contains(err.Error(), "Deps.VSphere") || !strings.Contains(err.Error(), "Deps.Bus") {
+		t.Errorf("New without vSphere and bus = %v, want both named as required", err)
 	}
 	e := newEnv(t)
-	if _, err := New(DefaultConfig(), Deps{VSphere: e.sess}); err != ErrNoBus {
-		t.Errorf("New without bus = %v, want ErrNoBus", err)
+	if _, err := New(DefaultConfig(), Deps{VSphere: e.sess}); !errors.Is(err, deps.ErrMissing) || !strings.Contains(err.Error(), "Deps.Bus") || strings.Contains(err.Error(), "Deps.VSphere") {
+		t.Errorf("New without bus = %v, want Deps.Bus (only) required", err)
 	}
 	bad := DefaultConfig()
 	bad.Workers = 0

@@ -3,39 +3,29 @@ package provisioner
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"time"
 
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
-	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/vsphere"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
-// Deps are the connections the provisioner works through. The process owns
-// them: the service neither opens nor closes them.
-type Deps struct {
-	// Bus carries the events and holds the `pods` bucket (topology declared).
-	Bus *bus.Bus
-	// VSphere is the vCenter session, scoped to the datacenter pod VMs live in.
-	VSphere *vsphere.Session
-	// Logger receives the service's logs; nil discards them.
-	Logger *slog.Logger
-}
+// Deps are the provisioner's connections (package deps): the bus, which
+// carries the events and holds the `pods` bucket, and the vCenter session
+// scoped to the datacenter pod VMs live in; both required.
+type Deps = deps.Deps
 
 // New checks the configuration and dependencies and opens the `pods`
 // bucket, so that a misconfigured process fails at start rather than on
 // its first event.
-func New(cfg Config, deps Deps) (*Service, error) {
-	if deps.VSphere == nil || deps.VSphere.Client == nil || deps.VSphere.Datacenter == nil {
-		return nil, ErrNoVSphere
+func New(cfg Config, d Deps) (*Service, error) {
+	if err := d.Require(deps.NeedBus("pods are admitted, recorded and announced on it"),
+		deps.NeedVSphere("pod VMs are made and powered on in vCenter")); err != nil {
+		return nil, fmt.Errorf("provisioner: %w", err)
 	}
-	if deps.Bus == nil {
-		return nil, ErrNoBus
-	}
-	vms := podvm.New(deps.VSphere.Vim(), deps.VSphere.Datacenter)
-	vms.Logger, vms.BlankEphemeral = deps.Logger, !cfg.EphemeralTemplate
-	s, err := newService(cfg, deps.Bus, vms, deps.Logger)
+	vms := podvm.New(d.VSphere.Vim(), d.VSphere.Datacenter)
+	vms.Logger, vms.BlankEphemeral = d.Logger, !cfg.EphemeralTemplate
+	s, err := newService(cfg, d.Bus, vms, d.Logger)
 	if err != nil {
 		return nil, err
 	}
@@ -43,7 +33,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	// same connections.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s.native, err = nativevm.New(ctx, cfg.NativeVM, nativevm.Deps{Bus: deps.Bus, VSphere: deps.VSphere, Logger: deps.Logger})
+	s.native, err = nativevm.New(ctx, cfg.NativeVM, d)
 	if err != nil {
 		return nil, fmt.Errorf("provisioner: %w", err)
 	}

@@ -1,19 +1,10 @@
 package provisioner
 
 import (
-	"errors"
 	"fmt"
 
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
-)
-
-// Sentinel errors of the service.
-var (
-	// ErrNoVSphere is returned by New without a vSphere session.
-	ErrNoVSphere = errors.New("provisioner: a vSphere session is required")
-	// ErrNoBus is returned by New without a bus.
-	ErrNoBus = errors.New("provisioner: a bus connection is required")
 )
 
 // Reasons the provisioner puts on failed pods (PodFailed.Reason and the

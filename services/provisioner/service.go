@@ -13,6 +13,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/services/provisioner/templates"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/periodic"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -80,15 +81,7 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("provisioner config: %w", err)
 	}
-	if b == nil {
-		return nil, ErrNoBus
-	}
-	if vms == nil {
-		return nil, ErrNoVSphere
-	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = deps.Deps{Logger: log}.Log()
 	repairs, err := otel.GetMeterProvider().Meter(instrumentation).Int64Counter(
 		"podvisor_provisioner_repairs_total",
 		metric.WithDescription("Drift repairs by kind: orphan_vm, stale_vm, missing_vm, power_state, stuck, guest_silent, guest_recreate."),

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/events"
@@ -19,9 +18,9 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/record"
-	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Name is the service name: consumer durables are scheduler-<STREAM>.
@@ -30,21 +29,11 @@ const Name = "scheduler"
 // Source is the CloudEvent source of everything the scheduler publishes.
 const Source = "podvisor/" + Name
 
-// Deps are the scheduler's connections.
-type Deps struct {
-	// Bus is required.
-	Bus *bus.Bus
-	// VSphere is the vCenter session the inventory watches; required.
-	VSphere *vsphere.Session
-	// Redis, when set, is the image cache's metadata store, read (never
-	// written) for image locality. Without it ImageLocality scores zero.
-	Redis redis.UniversalClient
-	// Logger defaults to discarding.
-	Logger *slog.Logger
-
-	// Locality overrides the image locality reader (tests, other caches).
-	Locality locality.Reader
-}
+// Deps are the scheduler's connections (package deps): the bus and the
+// vCenter session the host inventory is read from, both required, and
+// Redis, the image cache's metadata store, read (never written) for image
+// locality when set (without it ImageLocality scores zero).
+type Deps = deps.Deps
 
 // Service is the scheduler.
 type Service struct {
@@ -126,30 +115,22 @@ type Service struct {
 
 // New builds the scheduler; it fails on a bad configuration or missing
 // dependencies rather than on the first event.
-func New(cfg Config, deps Deps) (*Service, error) {
-	var errs []error
-	if err := cfg.Validate(); err != nil {
-		errs = append(errs, err)
+func New(cfg Config, d Deps) (*Service, error) {
+	err := d.Require(deps.NeedBus("pods are placed and announced on it"),
+		deps.NeedVSphere("the host inventory is read from vCenter"))
+	if cerr := cfg.Validate(); cerr != nil {
+		err = errors.Join(err, cerr)
 	}
-	if deps.Bus == nil {
-		errs = append(errs, errors.New("Deps.Bus: required"))
-	}
-	if deps.VSphere == nil || deps.VSphere.Client == nil {
-		errs = append(errs, errors.New("Deps.VSphere: required (the host inventory is read from vCenter)"))
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		return nil, fmt.Errorf("scheduler: %w", err)
 	}
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := d.Log()
 	s := &Service{
 		cfg:          cfg,
 		profile:      cfg.profile(),
-		bus:          deps.Bus,
-		out:          deps.Bus.Emitter(Source),
-		source:       inventory.NewSource(deps.VSphere.Vim()),
+		bus:          d.Bus,
+		out:          d.Bus.Emitter(Source),
+		source:       inventory.NewSource(d.VSphere.Vim()),
 		log:          log.With("service", Name),
 		snap:         framework.NewSnapshot(),
 		records:      map[string]*events.HostRecord{},
@@ -176,11 +157,8 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s.metrics = m
 	services := map[string]any{}
-	switch {
-	case deps.Locality != nil:
-		services[locality.ServiceName] = deps.Locality
-	case deps.Redis != nil:
-		services[locality.ServiceName] = imagemeta.NewReader(deps.Redis)
+	if d.Redis != nil {
+		services[locality.ServiceName] = imagemeta.NewReader(d.Redis)
 	}
 	fw, err := framework.New(s.profile, plugins.NewRegistry(), s.snap, services)
 	if err != nil {

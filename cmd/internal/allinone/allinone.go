@@ -629,7 +629,8 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 	}
 	_, vmControlPlanes := s.controlPlaneBinary()
 	for _, spec := range s.cfg.Services {
-		deps := runner.Deps{Logger: s.log, Settings: settings} // each service scopes the logger with its name
+		deps := runner.Deps{Settings: settings}
+		deps.Logger = s.log // each service scopes the logger with its name
 		if spec.Name == guestcluster.Name && vmControlPlanes {
 			// Guest clusters' control planes run in their VMs, reached
 			// through the simulated hypervisor.

@@ -12,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/agent/runtime"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
@@ -101,7 +102,7 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 		// The agent owns its host's segments: it applies the final state
 		// network-config pushes, as on a real host; it serves the network
 		// services from its addresses on them.
-		svc, err := hostagent.New(cfg, hostagent.Deps{Bus: b, Logger: s.log, Network: s.Datacenter.HostSegments(h.Name),
+		svc, err := hostagent.New(cfg, hostagent.Deps{Deps: deps.Deps{Bus: b, Logger: s.log}, Network: s.Datacenter.HostSegments(h.Name),
 			Endpoints: SimEndpoints(s.Datacenter)})
 		if err != nil {
 			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)

@@ -139,7 +139,8 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 			return err
 		}
 	}
-	deps := runner.Deps{Bus: b, Logger: logger, Settings: settings}
+	deps := runner.Deps{Settings: settings}
+	deps.Bus, deps.Logger = b, logger
 	checks := map[string]health.Check{
 		"nats": func(context.Context) error {
 			if st := b.Conn().Status(); st != nats.CONNECTED {

@@ -6,25 +6,20 @@ package runner
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"sort"
 	"strings"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/podvisor/podvisor/services/guestcluster"
-	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
-	"github.com/podvisor/podvisor/shared/vsphere"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
-// Deps are the connections a service may use. Each service takes the ones it
-// needs; Spec says which so that callers connect only to those.
+// Deps are what a service is built from besides its configuration: the
+// connections (package deps; each service takes the ones it needs, and
+// Spec says which so that callers connect only to those), where its
+// settings are read from and the simulator's paths it may use.
 type Deps struct {
-	Bus     *bus.Bus
-	VSphere *vsphere.Session
-	Redis   *redis.Client
-	Logger  *slog.Logger
+	deps.Deps
 	// Settings is where the service's configuration is read from; nil
 	// means the process environment.
 	Settings config.Source

@@ -15,6 +15,7 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/imagemeta"
 )
 
@@ -24,23 +25,13 @@ import (
 // same way, from the settings source they are given.
 var table = []Spec{
 	service("guestcluster", true, false, guestcluster.ConfigFrom, func(c guestcluster.Config, d Deps) (*guestcluster.Service, error) {
-		return guestcluster.New(c, guestcluster.Deps{Bus: d.Bus, VSphere: d.VSphere, GuestPorts: d.GuestPorts, Logger: d.Logger})
+		return guestcluster.New(c, guestcluster.Deps{Deps: d.Deps, GuestPorts: d.GuestPorts})
 	}),
-	service("imagecache", true, true, imagecache.ConfigFrom, func(c imagecache.Config, d Deps) (*imagecache.Service, error) {
-		return imagecache.New(c, imagecache.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
-	}),
-	service("migration", true, false, migration.ConfigFrom, func(c migration.Config, d Deps) (*migration.Service, error) {
-		return migration.New(c, migration.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-	}),
-	service("netconfig", true, false, netconfig.ConfigFrom, func(c netconfig.Config, d Deps) (*netconfig.Service, error) {
-		return netconfig.New(c, netconfig.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-	}),
-	service("provisioner", true, false, provisioner.ConfigFrom, func(c provisioner.Config, d Deps) (*provisioner.Service, error) {
-		return provisioner.New(c, provisioner.Deps{Bus: d.Bus, VSphere: d.VSphere, Logger: d.Logger})
-	}),
-	service("scheduler", true, true, scheduler.ConfigFrom, func(c scheduler.Config, d Deps) (*scheduler.Service, error) {
-		return scheduler.New(c, scheduler.Deps{Bus: d.Bus, VSphere: d.VSphere, Redis: d.Redis, Logger: d.Logger})
-	}),
+	service("imagecache", true, true, imagecache.ConfigFrom, connections(imagecache.New)),
+	service("migration", true, false, migration.ConfigFrom, connections(migration.New)),
+	service("netconfig", true, false, netconfig.ConfigFrom, connections(netconfig.New)),
+	service("provisioner", true, false, provisioner.ConfigFrom, connections(provisioner.New)),
+	service("scheduler", true, true, scheduler.ConfigFrom, connections(scheduler.New)),
 	hostAgents,
 	dashboardSpec,
 }
@@ -87,7 +78,7 @@ var hostAgents = Spec{
 		}
 		svcs := make([]*hostagent.Service, len(cfgs))
 		for i, c := range cfgs {
-			if svcs[i], err = hostagent.New(c, hostagent.Deps{Bus: d.Bus, Logger: d.Logger}); err != nil {
+			if svcs[i], err = hostagent.New(c, hostagent.Deps{Deps: d.Deps}); err != nil {
 				return err
 			}
 		}
@@ -122,6 +113,12 @@ func service[C any, S interface{ Run(context.Context) error }](name string, need
 			return svc.Run(ctx)
 		},
 	}
+}
+
+// connections adapts the constructor of a service built from its
+// connections alone.
+func connections[C, S any](build func(C, deps.Deps) (S, error)) func(C, Deps) (S, error) {
+	return func(c C, d Deps) (S, error) { return build(c, d.Deps) }
 }
 
 // orEnv is src, or the process environment when src is nil.

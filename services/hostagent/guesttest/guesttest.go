@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 )
 
 // Guest is a connected scripted agent.
@@ -207,7 +208,7 @@ func (g *Guest) exec(id string, req guestchannel.ExecRequest, stdin []byte) {
 // channelDir until the test ends.
 func StartHostAgent(t testing.TB, b *bus.Bus, host, channelDir string) *hostagent.Service {
 	t.Helper()
-	return StartHostAgentWith(t, host, channelDir, hostagent.Deps{Bus: b})
+	return StartHostAgentWith(t, host, channelDir, hostagent.Deps{Deps: deps.Deps{Bus: b}})
 }
 
 // StartHostAgentWith is StartHostAgent with the agent's dependencies

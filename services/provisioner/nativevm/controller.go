@@ -18,6 +18,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -120,28 +121,21 @@ type Controller struct {
 	pull http.RoundTripper
 }
 
-// Deps are the connections the controller works through (the
-// provisioner's own).
-type Deps struct {
-	Bus     *bus.Bus
-	VSphere *vsphere.Session
-	Logger  *slog.Logger
-}
+// Deps are the connections the controller works through (package deps;
+// the provisioner's own): the bus and the vCenter session, both required.
+type Deps = deps.Deps
 
 // New opens the controller's buckets (the topology must be declared).
-func New(ctx context.Context, cfg Config, deps Deps) (*Controller, error) {
+func New(ctx context.Context, cfg Config, d Deps) (*Controller, error) {
 	cfg.defaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("nativevm: %w", err)
 	}
-	b, vs := deps.Bus, deps.VSphere
-	if b == nil || vs == nil || vs.Client == nil || vs.Datacenter == nil {
-		return nil, errors.New("nativevm: a bus and a vSphere session are required")
+	if err := d.Require(deps.NeedBus("VMs are declared, recorded and announced on it"),
+		deps.NeedVSphere("VMs are made in vCenter")); err != nil {
+		return nil, fmt.Errorf("nativevm: %w", err)
 	}
-	log := deps.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	b, vs, log := d.Bus, d.VSphere, d.Log()
 	roots, err := pki.SystemPoolWith(cfg.RegistryCAFile)
 	if err != nil {
 		return nil, fmt.Errorf("nativevm: RegistryCAFile: %w", err)
