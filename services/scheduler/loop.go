@@ -553,6 +553,17 @@ func refusedFit(r *request) *framework.FitError {
 }
 
 // allocationOf is the ledger allocation of a pod.
+// submitMigration asks the scheduling loop for a host for migration id of
+// p (a pod or a VM): any host but its source, or target when one is named.
+func (s *Service) submitMigration(ctx context.Context, p *framework.PodInfo, source, id, target string) outcome {
+	p.Exclude = map[string]bool{source: true}
+	alloc := allocationOf(p)
+	alloc.Kind, alloc.MigrationID = events.AllocationMigration, id
+	r := newRequest(p, alloc)
+	r.target = target
+	return s.submit(ctx, r)
+}
+
 func allocationOf(p *framework.PodInfo) events.Allocation {
 	return events.Allocation{Kind: events.AllocationPod, Namespace: p.Namespace, Name: p.Name, UID: p.UID,
 		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels}

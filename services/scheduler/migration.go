@@ -110,12 +110,7 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 	if err != nil {
 		return s.rejectMigration(ctx, cause, e, ReasonNoTarget, err.Error())
 	}
-	p.Exclude = map[string]bool{source: true}
-	alloc := allocationOf(p)
-	alloc.Kind, alloc.MigrationID = events.AllocationMigration, e.ID
-	r := newRequest(p, alloc)
-	r.target = e.TargetHost
-	o := s.submit(ctx, r)
+	o := s.submitMigration(ctx, p, source, e.ID, e.TargetHost)
 	if o.fit != nil && e.TargetHost != "" && refusedForHostState(o.fit) {
 		// The snapshot has the host's vCenter state from the update
 		// stream, which lags: a host taken out of maintenance a moment
@@ -126,9 +121,7 @@ func (s *Service) placeMigration(ctx context.Context, cause event.Event, e *even
 			return fmt.Errorf("place migration %s: %w", e.ID, err)
 		}
 		if fresh {
-			r = newRequest(p, alloc)
-			r.target = e.TargetHost
-			o = s.submit(ctx, r)
+			o = s.submitMigration(ctx, p, source, e.ID, e.TargetHost)
 		}
 	}
 	switch {

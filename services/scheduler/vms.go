@@ -198,12 +198,7 @@ func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *e
 	if err != nil {
 		return refuse(rec.UID, ReasonNoTarget, err.Error())
 	}
-	p.Exclude = map[string]bool{source: true}
-	alloc := allocationOf(p)
-	alloc.Kind, alloc.MigrationID = events.AllocationMigration, e.ID
-	r := newRequest(p, alloc)
-	r.target = e.TargetHost
-	o := s.submit(ctx, r)
+	o := s.submitMigration(ctx, p, source, e.ID, e.TargetHost)
 	switch {
 	case o.err != nil:
 		return fmt.Errorf("place vm migration %s: %w", e.ID, o.err)

@@ -182,11 +182,7 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 			continue
 		}
 		ip := fromUint(v).String()
-		alloc := events.IPAllocation{
-			Network: pool.Network, IP: ip,
-			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
-			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
-		}
+		alloc := a.allocation(pool, owner, ip)
 		// The binding goes first: an address key whose owner has no binding
 		// pointing at it would be a leak nobody can find by pod.
 		if err := a.bind(ctx, pool.Network, owner.UID, ip, unbound); err != nil {
@@ -396,6 +392,15 @@ func fromUint(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
 }
 
+// allocation is the record of ip allocated from pool to owner, now.
+func (a *Allocator) allocation(pool Pool, owner Owner, ip string) events.IPAllocation {
+	return events.IPAllocation{
+		Network: pool.Network, IP: ip,
+		Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
+		MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
+	}
+}
+
 // fromHint tries a few addresses from the network's hint on, in order, with
 // no listing. ok is false when none was free there (or the hint ran past the
 // end of the pool); the caller then scans from the first address.
@@ -422,11 +427,7 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 			continue
 		}
 		ip := fromUint(v).String()
-		alloc := events.IPAllocation{
-			Network: pool.Network, IP: ip,
-			Namespace: owner.Namespace, Name: owner.Name, UID: owner.UID, Host: owner.Host,
-			MAC: MAC(pool.Network, owner.UID), AllocatedAt: a.now().UTC(),
-		}
+		alloc := a.allocation(pool, owner, ip)
 		if err := a.bind(ctx, pool.Network, owner.UID, ip, *unbound); err != nil {
 			return events.IPAllocation{}, false, err
 		}
