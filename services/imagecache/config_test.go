@@ -10,7 +10,6 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/redistest"
 	"github.com/podvisor/podvisor/shared/testenv"
-	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -81,7 +80,7 @@ func TestNewRequiresDeps(t *testing.T) {
 func TestRunRejectsUnknownDatastore(t *testing.T) {
 	e := &env{Env: &testenv.Env{T: t, Bus: bustest.Start(t)}, vc: startVCenter(t), redis: redistest.Start(t)}
 	svc, err := imagecache.New(imagecache.Config{Datastores: []string{"no-such-ds"}}, imagecache.Deps{
-		Bus: e.Bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC}, Redis: e.redis})
+		Bus: e.Bus, VSphere: e.vc.Session(), Redis: e.redis})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,7 +12,6 @@ import (
 	"github.com/podvisor/podvisor/shared/ociregistry/registrytest"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
-	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Datastores of the test datacenter: shared is mounted on every host, local
@@ -63,7 +62,7 @@ func startEnvOn(t testing.TB, vc *simtest.VCenter, mutate func(*imagecache.Confi
 
 func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	e.T.Helper()
-	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.Bus, VSphere: &vsphere.Session{Client: e.vc.Client, Datacenter: e.vc.DC},
+	svc, err := imagecache.New(cfg, imagecache.Deps{Bus: e.Bus, VSphere: e.vc.Session(),
 		Redis: e.redis, Logger: testenv.Logger()})
 	if err != nil {
 		e.T.Fatal(err)

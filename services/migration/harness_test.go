@@ -91,6 +91,7 @@ func (w *world) runService(svc *Service) *Service {
 
 // vmHost is where vCenter says a VM runs, and its resource pool.
 func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool types.ManagedObjectReference) {
+	w.T.Helper()
 	return simtest.VMHost(w.T, w.vc, ref)
 }
 

@@ -119,6 +119,8 @@ func (h hooks) at(ctx context.Context, id, point string) error {
 	return h.step(ctx, id, point)
 }
 
+// newService builds the service on connections its caller checked (New,
+// the tests): b and vm are not nil.
 func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("migration: %w", err)

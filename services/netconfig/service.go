@@ -89,7 +89,8 @@ type Service struct {
 }
 
 // newService builds the service over a bus and a vCenter client on one
-// datacenter; New (deps.go) takes them from Deps.
+// datacenter; New (deps.go) takes them from Deps and checks them, as
+// NewForTest's callers do: none is nil here.
 func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("netconfig: config: %w", err)

@@ -77,6 +77,8 @@ type hooks struct {
 	afterCreateTask func(ctx context.Context, r *events.PodRecord)
 }
 
+// newService builds the service on connections its caller checked (New,
+// the tests): b and vms are not nil.
 func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("provisioner config: %w", err)

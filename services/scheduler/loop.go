@@ -552,7 +552,6 @@ func refusedFit(r *request) *framework.FitError {
 	}}
 }
 
-// allocationOf is the ledger allocation of a pod.
 // submitMigration asks the scheduling loop for a host for migration id of
 // p (a pod or a VM): any host but its source, or target when one is named.
 func (s *Service) submitMigration(ctx context.Context, p *framework.PodInfo, source, id, target string) outcome {
@@ -564,6 +563,7 @@ func (s *Service) submitMigration(ctx context.Context, p *framework.PodInfo, sou
 	return s.submit(ctx, r)
 }
 
+// allocationOf is the ledger allocation of a pod.
 func allocationOf(p *framework.PodInfo) events.Allocation {
 	return events.Allocation{Kind: events.AllocationPod, Namespace: p.Namespace, Name: p.Name, UID: p.UID,
 		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels}

@@ -30,7 +30,8 @@ const Name = "scheduler"
 const Source = "podvisor/" + Name
 
 // Deps are the scheduler's connections (package deps): the bus and the
-// vCenter session the host inventory is read from, both required, and
+// vCenter session the host inventory is read from (every host of the
+// vCenter, whatever the session's datacenter), both required, and
 // Redis, the image cache's metadata store, read (never written) for image
 // locality when set (without it ImageLocality scores zero).
 type Deps = deps.Deps

@@ -15,8 +15,8 @@ import (
 type Deps struct {
 	// Bus is the JetStream connection, its topology declared.
 	Bus *bus.Bus
-	// VSphere is the vCenter session, scoped to the datacenter the service
-	// works in.
+	// VSphere is the vCenter session as vsphere.Connect makes it: a
+	// client, and a finder scoped to the datacenter the service works in.
 	VSphere *vsphere.Session
 	// Redis is the image cache's metadata store.
 	Redis redis.UniversalClient
@@ -27,7 +27,8 @@ type Deps struct {
 // ErrMissing is what Require's errors wrap.
 var ErrMissing = errors.New("required")
 
-// Need is one connection a service requires and why it does.
+// Need is one connection a service requires and why it does; only the
+// Need* functions make one (Require skips a zero Need).
 type Need struct {
 	field string
 	have  func(Deps) bool
@@ -39,11 +40,12 @@ func NeedBus(why string) Need {
 	return Need{"Bus", func(d Deps) bool { return d.Bus != nil }, why}
 }
 
-// NeedVSphere requires Deps.VSphere: a session with a client and a
-// datacenter.
+// NeedVSphere requires Deps.VSphere: a session with a client, a finder and
+// a datacenter, as vsphere.Connect makes one.
 func NeedVSphere(why string) Need {
 	return Need{"VSphere", func(d Deps) bool {
-		return d.VSphere != nil && d.VSphere.Client != nil && d.VSphere.Datacenter != nil
+		s := d.VSphere
+		return s != nil && s.Client != nil && s.Finder != nil && s.Datacenter != nil
 	}, why}
 }
 
@@ -58,7 +60,7 @@ func NeedRedis(why string) Need {
 func (d Deps) Require(needs ...Need) error {
 	var errs []error
 	for _, n := range needs {
-		if !n.have(d) {
+		if n.have != nil && !n.have(d) {
 			errs = append(errs, fmt.Errorf("Deps.%s: %w (%s)", n.field, ErrMissing, n.why))
 		}
 	}

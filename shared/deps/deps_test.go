@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 
 	"github.com/podvisor/podvisor/shared/bus"
@@ -31,8 +32,8 @@ func TestRequireNamesEveryMissingConnectionAndWhy(t *testing.T) {
 }
 
 func TestRequireAcceptsWhatIsThere(t *testing.T) {
-	d := Deps{Bus: &bus.Bus{}, VSphere: &vsphere.Session{Client: &govmomi.Client{}, Datacenter: &object.Datacenter{}}}
-	if err := d.Require(NeedBus("b"), NeedVSphere("v")); err != nil {
+	d := Deps{Bus: &bus.Bus{}, VSphere: &vsphere.Session{Client: &govmomi.Client{}, Finder: &find.Finder{}, Datacenter: &object.Datacenter{}}}
+	if err := d.Require(NeedBus("b"), NeedVSphere("v"), Need{}); err != nil {
 		t.Fatalf("Require: %v", err)
 	}
 	if err := d.Require(NeedRedis("r")); err == nil || strings.Contains(err.Error(), "Bus") {

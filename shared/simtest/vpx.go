@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/podvisor/podvisor/shared/vsphere"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -44,6 +45,12 @@ func StartVPX(t testing.TB, hosts int) *VCenter {
 		t.Fatal(err)
 	}
 	return &VCenter{Model: m, Client: c, DC: dc}
+}
+
+// Session is a vSphere session on the simulator's client, as
+// vsphere.Connect makes one: client, finder and datacenter.
+func (v *VCenter) Session() *vsphere.Session {
+	return &vsphere.Session{Client: v.Client, Finder: find.NewFinder(v.Client.Client, true).SetDatacenter(v.DC), Datacenter: v.DC}
 }
 
 // AddLocalDatastore creates datastore name, mounted on host only, in a

@@ -213,14 +213,14 @@ func StartHostAgent(t testing.TB, b *bus.Bus, host, channelDir string) *hostagen
 
 // StartHostAgentWith is StartHostAgent with the agent's dependencies
 // (service endpoints, data modules) and changes to its default settings.
-func StartHostAgentWith(t testing.TB, host, channelDir string, deps hostagent.Deps, tune ...func(*hostagent.Config)) *hostagent.Service {
+func StartHostAgentWith(t testing.TB, host, channelDir string, d hostagent.Deps, tune ...func(*hostagent.Config)) *hostagent.Service {
 	t.Helper()
 	cfg := hostagent.DefaultConfig()
 	cfg.Host, cfg.ChannelDir, cfg.StopSlack = host, channelDir, 2*time.Second
 	for _, f := range tune {
 		f(&cfg)
 	}
-	svc, err := hostagent.New(cfg, deps)
+	svc, err := hostagent.New(cfg, d)
 	if err != nil {
 		t.Fatal(err)
 	}

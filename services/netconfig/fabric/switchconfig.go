@@ -102,7 +102,7 @@ func (c *SwitchConfig) Validate() error {
 func (f *Fabric) ExportSwitch(ctx context.Context, name string) (*SwitchConfig, error) {
 	sw, err := f.existingSwitch(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("export %w", err)
 	}
 	var s mo.DistributedVirtualSwitch
 	if err := property.DefaultCollector(f.c).RetrieveOne(ctx, sw.Ref, []string{"config"}, &s); err != nil {
