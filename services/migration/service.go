@@ -125,7 +125,7 @@ func newService(cfg Config, b *bus.Bus, vm *vmotion.Client, log *slog.Logger) (*
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("migration: %w", err)
 	}
-	log = deps.Deps{Logger: log}.Log()
+	log = deps.OrDiscard(log)
 	s := &Service{
 		cfg:       cfg,
 		bus:       b,

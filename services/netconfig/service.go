@@ -95,7 +95,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("netconfig: config: %w", err)
 	}
-	log = deps.Deps{Logger: log}.Log()
+	log = deps.OrDiscard(log)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kvs := map[string]jetstream.KeyValue{}

@@ -83,7 +83,7 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("provisioner config: %w", err)
 	}
-	log = deps.Deps{Logger: log}.Log()
+	log = deps.OrDiscard(log)
 	repairs, err := otel.GetMeterProvider().Meter(instrumentation).Int64Counter(
 		"podvisor_provisioner_repairs_total",
 		metric.WithDescription("Drift repairs by kind: orphan_vm, stale_vm, missing_vm, power_state, stuck, guest_silent, guest_recreate."),

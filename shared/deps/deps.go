@@ -68,9 +68,12 @@ func (d Deps) Require(needs ...Need) error {
 }
 
 // Log is the service's logger: Logger, or one that discards when it is nil.
-func (d Deps) Log() *slog.Logger {
-	if d.Logger == nil {
+func (d Deps) Log() *slog.Logger { return OrDiscard(d.Logger) }
+
+// OrDiscard is log, or a logger that discards when log is nil.
+func OrDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
 		return slog.New(slog.DiscardHandler)
 	}
-	return d.Logger
+	return log
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func TestRequireNamesEveryMissingConnectionAndWhy(t *testing.T) {
-	d := Deps{VSphere: &vsphere.Session{Client: &govmomi.Client{}}} // no datacenter
+	d := Deps{VSphere: &vsphere.Session{Client: &govmomi.Client{}}} // no finder, no datacenter
 	err := d.Require(NeedBus("events go through it"), NeedVSphere("VMs are made there"), NeedRedis("chains are recorded there"))
 	if !errors.Is(err, ErrMissing) {
 		t.Fatalf("err = %v, want ErrMissing", err)

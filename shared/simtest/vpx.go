@@ -6,12 +6,13 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/podvisor/podvisor/shared/vsphere"
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // VCenter is a bare vcsim (simulator.VPX: datacenter DC0, hosts

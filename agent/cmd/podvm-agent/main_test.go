@@ -1,8 +1,6 @@
 package main
 
 import (
-	"golang.org/x/sys/unix"
-
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/guesttest"
