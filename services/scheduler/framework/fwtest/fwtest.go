@@ -218,3 +218,33 @@ func Scores(t *testing.T, p framework.ScorePlugin, cases []ScoreCase) {
 		})
 	}
 }
+
+// FilterCase is one row of a filter plugin's table test: Pod on Host must
+// get WantCode with WantReason (a fit: the zero values, Success and no
+// reason).
+type FilterCase struct {
+	Name       string
+	Pod        *PodBuilder
+	Host       *HostBuilder
+	WantReason string
+	WantCode   framework.Code
+}
+
+// Filters runs each case as a subtest of t against the plugin's Filter. A
+// nil status counts as Success with no reason, as the framework reads it.
+func Filters(t *testing.T, p framework.FilterPlugin, cases []FilterCase) {
+	t.Helper()
+	for _, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			st := p.Filter(context.Background(), nil, c.Pod.Info(), c.Host.Obj())
+			var reason string
+			code := framework.Success
+			if st != nil {
+				reason, code = st.Reason, st.Code
+			}
+			if reason != c.WantReason || code != c.WantCode {
+				t.Errorf("got %q/%v, want %q/%v", reason, code, c.WantReason, c.WantCode)
+			}
+		})
+	}
+}

@@ -1,7 +1,6 @@
 package antiaffinity
 
 import (
-	"context"
 	"testing"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework"
@@ -11,30 +10,14 @@ import (
 func TestFilter(t *testing.T) {
 	web := fwtest.MakePod("web-1").Label("app", "web")
 	webOtherNS := fwtest.MakePod("web-x").Namespace("other").Label("app", "web")
-	tests := []struct {
-		name     string
-		pod      *fwtest.PodBuilder
-		host     *fwtest.HostBuilder
-		wantFail bool
-	}{
-		{"no terms", fwtest.MakePod("p"), fwtest.MakeHost("h").Pod(web.Ref()), false},
-		{"empty host", fwtest.MakePod("web-2").Label("app", "web").AntiAffinity("app", "web", framework.TopologyHost), fwtest.MakeHost("h"), false},
-		{"matching pod on host", fwtest.MakePod("web-2").Label("app", "web").AntiAffinity("app", "web", framework.TopologyHost), fwtest.MakeHost("h").Pod(web.Ref()), true},
-		{"podvisor topology key", fwtest.MakePod("web-2").AntiAffinity("app", "web", framework.TopologyHostPodvisor), fwtest.MakeHost("h").Pod(web.Ref()), true},
-		{"other namespace does not count", fwtest.MakePod("web-2").AntiAffinity("app", "web", framework.TopologyHost), fwtest.MakeHost("h").Pod(webOtherNS.Ref()), false},
-		{"non matching labels", fwtest.MakePod("db-1").AntiAffinity("app", "db", framework.TopologyHost), fwtest.MakeHost("h").Pod(web.Ref()), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := (&Plugin{}).Filter(context.Background(), nil, tt.pod.Info(), tt.host.Obj())
-			if st.IsSuccess() == tt.wantFail {
-				t.Fatalf("fail = %v (%v), want %v", !st.IsSuccess(), st, tt.wantFail)
-			}
-			if tt.wantFail && st.Reason != "PodAntiAffinity" {
-				t.Errorf("reason = %q", st.Reason)
-			}
-		})
-	}
+	fwtest.Filters(t, &Plugin{}, []fwtest.FilterCase{
+		{Name: "no terms", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").Pod(web.Ref())},
+		{Name: "empty host", Pod: fwtest.MakePod("web-2").Label("app", "web").AntiAffinity("app", "web", framework.TopologyHost), Host: fwtest.MakeHost("h")},
+		{Name: "matching pod on host", Pod: fwtest.MakePod("web-2").Label("app", "web").AntiAffinity("app", "web", framework.TopologyHost), Host: fwtest.MakeHost("h").Pod(web.Ref()), WantReason: "PodAntiAffinity", WantCode: framework.Unschedulable},
+		{Name: "podvisor topology key", Pod: fwtest.MakePod("web-2").AntiAffinity("app", "web", framework.TopologyHostPodvisor), Host: fwtest.MakeHost("h").Pod(web.Ref()), WantReason: "PodAntiAffinity", WantCode: framework.Unschedulable},
+		{Name: "other namespace does not count", Pod: fwtest.MakePod("web-2").AntiAffinity("app", "web", framework.TopologyHost), Host: fwtest.MakeHost("h").Pod(webOtherNS.Ref())},
+		{Name: "non matching labels", Pod: fwtest.MakePod("db-1").AntiAffinity("app", "db", framework.TopologyHost), Host: fwtest.MakeHost("h").Pod(web.Ref())},
+	})
 }
 
 func TestUnsupportedTopologyKeyNamesTheField(t *testing.T) {

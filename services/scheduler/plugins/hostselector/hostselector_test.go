@@ -1,38 +1,21 @@
 package hostselector
 
 import (
-	"context"
 	"testing"
 
+	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/framework/fwtest"
 )
 
 func TestFilter(t *testing.T) {
-	tests := []struct {
-		name       string
-		pod        *fwtest.PodBuilder
-		host       *fwtest.HostBuilder
-		wantReason string
-	}{
-		{"no selector", fwtest.MakePod("p"), fwtest.MakeHost("h"), ""},
-		{"cluster label matches", fwtest.MakePod("p").NodeSelector("podvisor.io/cluster", "cluster-2"), fwtest.MakeHost("h").Cluster("cluster-2"), ""},
-		{"cluster label differs", fwtest.MakePod("p").NodeSelector("podvisor.io/cluster", "cluster-2"), fwtest.MakeHost("h"), "HostSelectorMismatch"},
-		{"label missing", fwtest.MakePod("p").NodeSelector("gpu", "true"), fwtest.MakeHost("h"), "HostSelectorMismatch"},
-		{"custom attribute label", fwtest.MakePod("p").NodeSelector("gpu", "true"), fwtest.MakeHost("h").Label("gpu", "true"), ""},
-		{"affinity In matches", fwtest.MakePod("p").HostAffinityIn("rack", "r1", "r2"), fwtest.MakeHost("h").Label("rack", "r2"), ""},
-		{"affinity In misses", fwtest.MakePod("p").HostAffinityIn("rack", "r1"), fwtest.MakeHost("h").Label("rack", "r3"), "HostAffinityMismatch"},
-		{"affinity terms are ORed", fwtest.MakePod("p").HostAffinityIn("rack", "r1").HostAffinityIn("zone", "z"), fwtest.MakeHost("h").Label("zone", "z"), ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := (&Plugin{}).Filter(context.Background(), nil, tt.pod.Info(), tt.host.Obj())
-			got := ""
-			if !st.IsSuccess() {
-				got = st.Reason
-			}
-			if got != tt.wantReason {
-				t.Errorf("reason = %q, want %q", got, tt.wantReason)
-			}
-		})
-	}
+	fwtest.Filters(t, &Plugin{}, []fwtest.FilterCase{
+		{Name: "no selector", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h")},
+		{Name: "cluster label matches", Pod: fwtest.MakePod("p").NodeSelector("podvisor.io/cluster", "cluster-2"), Host: fwtest.MakeHost("h").Cluster("cluster-2")},
+		{Name: "cluster label differs", Pod: fwtest.MakePod("p").NodeSelector("podvisor.io/cluster", "cluster-2"), Host: fwtest.MakeHost("h"), WantReason: "HostSelectorMismatch", WantCode: framework.Unschedulable},
+		{Name: "label missing", Pod: fwtest.MakePod("p").NodeSelector("gpu", "true"), Host: fwtest.MakeHost("h"), WantReason: "HostSelectorMismatch", WantCode: framework.Unschedulable},
+		{Name: "custom attribute label", Pod: fwtest.MakePod("p").NodeSelector("gpu", "true"), Host: fwtest.MakeHost("h").Label("gpu", "true")},
+		{Name: "affinity In matches", Pod: fwtest.MakePod("p").HostAffinityIn("rack", "r1", "r2"), Host: fwtest.MakeHost("h").Label("rack", "r2")},
+		{Name: "affinity In misses", Pod: fwtest.MakePod("p").HostAffinityIn("rack", "r1"), Host: fwtest.MakeHost("h").Label("rack", "r3"), WantReason: "HostAffinityMismatch", WantCode: framework.Unschedulable},
+		{Name: "affinity terms are ORed", Pod: fwtest.MakePod("p").HostAffinityIn("rack", "r1").HostAffinityIn("zone", "z"), Host: fwtest.MakeHost("h").Label("zone", "z")},
+	})
 }

@@ -11,36 +11,17 @@ import (
 const gib = fwtest.GiB
 
 func TestFilter(t *testing.T) {
-	tests := []struct {
-		name       string
-		pod        *fwtest.PodBuilder
-		host       *fwtest.HostBuilder
-		wantReason string
-		wantCode   framework.Code
-	}{
-		{"fits empty host", fwtest.MakePod("p").Size(2000, 4*gib), fwtest.MakeHost("h").Capacity(4000, 8*gib), "", framework.Success},
-		{"fits exactly", fwtest.MakePod("p").Size(2000, 4*gib), fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, 4*gib), "", framework.Success},
-		{"one byte too many", fwtest.MakePod("p").Size(2000, 4*gib+1), fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, 4*gib), "InsufficientMemory", framework.Unschedulable},
-		{"cpu full", fwtest.MakePod("p").Size(2001, gib), fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, gib), "InsufficientCPU", framework.Unschedulable},
-		{"memory reported before cpu", fwtest.MakePod("p").Size(4000, 8*gib), fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(1, 1), "InsufficientMemory", framework.Unschedulable},
-		{"larger than the host: memory", fwtest.MakePod("p").Size(1000, 9*gib), fwtest.MakeHost("h").Capacity(4000, 8*gib), "MemoryExceedsCapacity", framework.UnschedulableAndUnresolvable},
-		{"larger than the host: cpu", fwtest.MakePod("p").Size(5000, gib), fwtest.MakeHost("h").Capacity(4000, 8*gib), "CPUExceedsCapacity", framework.UnschedulableAndUnresolvable},
-		{"pod cap", fwtest.MakePod("p"), fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Used(1, 1), "TooManyPods", framework.Unschedulable},
-		{"pod cap not reached", fwtest.MakePod("p"), fwtest.MakeHost("h").MaxPods(3).Used(1, 1).Used(1, 1), "", framework.Success},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			st := (&Plugin{}).Filter(context.Background(), nil, tt.pod.Info(), tt.host.Obj())
-			var got string
-			code := framework.Success
-			if st != nil {
-				got, code = st.Reason, st.Code
-			}
-			if got != tt.wantReason || code != tt.wantCode {
-				t.Errorf("got %q/%v, want %q/%v", got, code, tt.wantReason, tt.wantCode)
-			}
-		})
-	}
+	fwtest.Filters(t, &Plugin{}, []fwtest.FilterCase{
+		{Name: "fits empty host", Pod: fwtest.MakePod("p").Size(2000, 4*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib)},
+		{Name: "fits exactly", Pod: fwtest.MakePod("p").Size(2000, 4*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, 4*gib)},
+		{Name: "one byte too many", Pod: fwtest.MakePod("p").Size(2000, 4*gib+1), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, 4*gib), WantReason: "InsufficientMemory", WantCode: framework.Unschedulable},
+		{Name: "cpu full", Pod: fwtest.MakePod("p").Size(2001, gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(2000, gib), WantReason: "InsufficientCPU", WantCode: framework.Unschedulable},
+		{Name: "memory reported before cpu", Pod: fwtest.MakePod("p").Size(4000, 8*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(1, 1), WantReason: "InsufficientMemory", WantCode: framework.Unschedulable},
+		{Name: "larger than the host: memory", Pod: fwtest.MakePod("p").Size(1000, 9*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "MemoryExceedsCapacity", WantCode: framework.UnschedulableAndUnresolvable},
+		{Name: "larger than the host: cpu", Pod: fwtest.MakePod("p").Size(5000, gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "CPUExceedsCapacity", WantCode: framework.UnschedulableAndUnresolvable},
+		{Name: "pod cap", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Used(1, 1), WantReason: "TooManyPods", WantCode: framework.Unschedulable},
+		{Name: "pod cap not reached", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(3).Used(1, 1).Used(1, 1)},
+	})
 }
 
 // The filter must not allocate: it runs for thousands of hosts per pod.
