@@ -147,19 +147,11 @@ func (p *pendingSet) due() []*pendingPod {
 
 // retryLoop tries due pods again.
 func (s *Service) retryLoop(ctx context.Context) {
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-s.pending.wake:
-		}
+	every(ctx, 200*time.Millisecond, s.pending.wake, func() {
 		for _, e := range s.pending.due() {
 			go s.retry(ctx, e)
 		}
-	}
+	})
 }
 
 func (s *Service) retry(ctx context.Context, e *pendingPod) {

@@ -528,17 +528,7 @@ const resyncCostFactor = 10
 // traffic bounded under load); a change to what vCenter says of a host is
 // written at once (flushSoonLocked).
 func (s *Service) hostRecordLoop(ctx context.Context) {
-	t := time.NewTicker(s.cfg.HostRecordInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-s.recordWake:
-		}
-		s.flushHostRecords(ctx)
-	}
+	every(ctx, s.cfg.HostRecordInterval, s.recordWake, func() { s.flushHostRecords(ctx) })
 }
 
 // flushSoonLocked asks the record loop to flush now rather than at its next
