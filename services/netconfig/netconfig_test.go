@@ -338,18 +338,6 @@ func TestAvailabilityQuery(t *testing.T) {
 	in, out := e.HostNames("cluster-1")[0], e.HostNames("cluster-2")[0]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
-	ask := func(network, host string) events.NetworkAvailabilityAnswer {
-		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
-		m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var a events.NetworkAvailabilityAnswer
-		if err := json.Unmarshal(m.Data, &a); err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
 	tests := []struct {
 		network, host string
 		available, in bool
@@ -361,7 +349,7 @@ func TestAvailabilityQuery(t *testing.T) {
 		{"", in, false, false, "InvalidQuery"},
 	}
 	for _, tt := range tests {
-		a := ask(tt.network, tt.host)
+		a := e.ask(tt.network, tt.host)
 		if a.Available != tt.available || a.InScope != tt.in || a.Reason != tt.reason {
 			t.Errorf("ask(%q, %q) = %+v, want available=%v inScope=%v reason=%q", tt.network, tt.host, a, tt.available, tt.in, tt.reason)
 		}

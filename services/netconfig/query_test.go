@@ -1,10 +1,8 @@
 package netconfig_test
 
 import (
-	"encoding/json"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
@@ -24,28 +22,16 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	x, y := hosts[0], hosts[1]
 	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24"})
 	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" && len(p.Ready) == 2 })
-	ask := func(host string) events.NetworkAvailabilityAnswer {
-		data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: "q", Host: host})
-		m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var a events.NetworkAvailabilityAnswer
-		if err := json.Unmarshal(m.Data, &a); err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	if a := ask(x); !a.Usable() || a.State != events.NetworkOnHostRealized || !a.Available {
+	if a := e.ask("q", x); !a.Usable() || a.State != events.NetworkOnHostRealized || !a.Available {
 		t.Fatalf("before the drift: %+v, want realized", a)
 	}
 
 	simtest.DropHostPortGroup(t, e.DC, x, events.PortGroupName("q"))
-	a := ask(x)
+	a := e.ask("q", x)
 	if a.Usable() || a.State != events.NetworkOnHostFailed || a.Reason != netconfig.ReasonNotRealized || !strings.Contains(a.Message, "without port group pv-q") {
 		t.Errorf("after %s lost the port group: %+v, want Failed, NotRealized, naming the port group", x, a)
 	}
-	if a := ask(y); a.State != events.NetworkOnHostRealized {
+	if a := e.ask("q", y); a.State != events.NetworkOnHostRealized {
 		t.Errorf("%s, untouched: %+v, want realized", y, a)
 	}
 	testenv.Wait(e.Env, func(p *events.NetworkHostFailed) bool {
