@@ -40,14 +40,22 @@ func BenchmarkPush(b *testing.B) {
 					e.declare("bench", events.NetworkSpec{VLAN: int(v % 4000), CIDR: "10.1.0.0/16"})
 					testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "bench" && p.Version == v })
 				}
-				per := float64(time.Since(start).Microseconds()) / float64(b.N) / 1000
-				b.ReportMetric(per, "ms/version")
-				if par == 1 {
-					base = per
-				} else if base > 0 {
-					b.ReportMetric(base/per, "speedup")
-				}
+				reportPerOp(b, start, "ms/version", par, &base)
 			})
 		}
+	}
+}
+
+// reportPerOp reports the milliseconds each of b.N operations took since
+// start (as unit) and, at a parallelism above 1, the speedup over base: the
+// sequential figure, which the parallelism-1 run measured earlier in the
+// same run and stored there.
+func reportPerOp(b *testing.B, start time.Time, unit string, par int, base *float64) {
+	per := float64(time.Since(start).Microseconds()) / float64(b.N) / 1000
+	b.ReportMetric(per, unit)
+	if par == 1 {
+		*base = per
+	} else if *base > 0 {
+		b.ReportMetric(*base/per, "speedup")
 	}
 }

@@ -69,13 +69,7 @@ func BenchmarkHostStateFanOut(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			per := float64(time.Since(start).Microseconds()) / float64(b.N) / 1000
-			b.ReportMetric(per, "ms/fan-out")
-			if par == 1 {
-				base = per
-			} else if base > 0 {
-				b.ReportMetric(base/per, "speedup")
-			}
+			reportPerOp(b, start, "ms/fan-out", par, &base)
 		})
 	}
 }
