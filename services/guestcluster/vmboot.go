@@ -138,6 +138,20 @@ func writeFile(w *strings.Builder, path string, body []byte) {
 	w.WriteString(heredocEnd + "\n")
 }
 
+// writeNATS appends to a user-data script the shell that writes the
+// guest's NATS identity (creds) and, when set, the CA of the NATS server's
+// certificate into "$dir/nats", and returns the podvisor-guest flags that
+// reach NATS at url with them.
+func writeNATS(w *strings.Builder, url string, creds, ca []byte) (flags string) {
+	writeFile(w, `"$dir/nats/guest.creds"`, creds)
+	flags = " --nats-url " + shellQuote(url) + ` --nats-creds "$dir/nats/guest.creds"`
+	if len(ca) > 0 {
+		writeFile(w, `"$dir/nats/ca.pem"`, ca)
+		flags += ` --nats-ca "$dir/nats/ca.pem"`
+	}
+	return flags
+}
+
 // ControlPlaneUserData is the user data of a guest cluster's control-plane
 // VM: a shell script (cloud-init runs a "#!" user data as a script; so
 // does the sample image's init) that mounts the data disk /dev/sdb on
@@ -176,29 +190,24 @@ mkdir -p "$dir/pki" "$dir/nats"
 	} else {
 		file(`"$dir/pki/ca-key.pem"`, b.CAKey)
 	}
-	file(`"$dir/nats/guest.creds"`, b.NATSCreds)
-	caFlag := ""
-	if len(b.NATSCA) > 0 {
-		file(`"$dir/nats/ca.pem"`, b.NATSCA)
-		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
-	}
+	flags := writeNATS(&w, b.NATSURL, b.NATSCreds, b.NATSCA)
 	if b.RemoteWorkers {
-		caFlag += " --worker-nodes remote"
+		flags += " --worker-nodes remote"
 	}
 	if b.Members > 1 {
-		caFlag += fmt.Sprintf(" --member %d --members %d --etcd-port-base %d --node-kubelet-port %d",
+		flags += fmt.Sprintf(" --member %d --members %d --etcd-port-base %d --node-kubelet-port %d",
 			b.Member, b.Members, ControlPlaneEtcdPortBase, ControlPlaneNodeKubeletPort)
 	}
 	// Kept running the way a service manager would: a podvisor-guest that
 	// exits is started again on the same directory (the sample init
 	// supervises nothing); a power-off ends the loop with the guest.
 	fmt.Fprintf(&w, `(while :; do
-  /usr/bin/podvisor-guest run --dir "$dir" --cluster %s --version %s --port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s
+  /usr/bin/podvisor-guest run --dir "$dir" --cluster %s --version %s --port %d%s
   echo "podvisor-guest exited $?; starting it again"
   sleep 2
 done) >> "$dir/guest.log" 2>&1 &
 echo "podvisor-guest started: $!"
-`, shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, shellQuote(b.NATSURL), caFlag)
+`, shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, flags)
 	return w.String(), nil
 }
 
@@ -305,19 +314,14 @@ mkdir -p "$dir/pki" "$dir/nats"
 	file(`"$dir/pki/node-key.pem"`, b.NodeKey)
 	file(`"$dir/pki/kubelet.pem"`, b.KubeletCert)
 	file(`"$dir/pki/kubelet-key.pem"`, b.KubeletKey)
-	file(`"$dir/nats/guest.creds"`, b.NATSCreds)
-	caFlag := ""
-	if len(b.NATSCA) > 0 {
-		file(`"$dir/nats/ca.pem"`, b.NATSCA)
-		caFlag = ` --nats-ca "$dir/nats/ca.pem"`
-	}
+	natsFlags := writeNATS(&w, b.NATSURL, b.NATSCreds, b.NATSCA)
 	fmt.Fprintf(&w, `(while :; do
-  /usr/bin/podvisor-guest node --dir "$dir" --name %s --cluster %s --version %s --api https://127.0.0.1:%d --kubelet-port %d --nats-url %s --nats-creds "$dir/nats/guest.creds"%s
+  /usr/bin/podvisor-guest node --dir "$dir" --name %s --cluster %s --version %s --api https://127.0.0.1:%d --kubelet-port %d%s
   echo "podvisor-guest node exited $?; starting it again"
   sleep 2
 done) >> "$dir/node.log" 2>&1 &
 echo "podvisor-guest node started: $!"
 `, shellQuote(b.Node), shellQuote(b.Namespace+"/"+b.Name), shellQuote(b.Version), ControlPlaneAPIPort, WorkerKubeletPort(b.Index),
-		shellQuote(b.NATSURL), caFlag)
+		natsFlags)
 	return w.String(), nil
 }
