@@ -42,19 +42,30 @@ func withHold(c *hostagent.Config) { c.ReportHold = hold }
 
 var creating = guestchannel.ContainerStatus{Name: "app", State: guestchannel.ContainerState{Kind: guestchannel.StateWaiting, Reason: "ContainerCreating"}}
 
+// creatingGuest starts a host agent with the hold and pod name (uid-name)
+// on it, and connects the pod's guest, whose first status says its
+// container is being created. It returns the agent, the guest's channel
+// and when that status was sent (when its hold began).
+func creatingGuest(t *testing.T, name string) (*env, *guestchannel.Conn, time.Time) {
+	t.Helper()
+	e := newEnv(t, withHold)
+	uid := "uid-" + name
+	e.putPod(name, uid, host, 30, "app")
+	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: uid, Namespace: "default", Name: name, BootID: "boot-1"})
+	sent := time.Now()
+	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhasePending, Containers: []guestchannel.ContainerStatus{creating}}); err != nil {
+		t.Fatal(err)
+	}
+	return e, conn, sent
+}
+
 // An agent's first status, sent at hello before any container started,
 // says only what the record already assumes: when the containers start
 // within the hold, that status costs no report of its own (one event and
 // one record write fewer per pod); the report that says they run is
 // published at once.
 func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
-	e := newEnv(t, withHold)
-	e.putPod("web", "uid-web", host, 30, "app")
-	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "boot-1"})
-	heldAt := time.Now()
-	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhasePending, Containers: []guestchannel.ContainerStatus{creating}}); err != nil {
-		t.Fatal(err)
-	}
+	e, conn, heldAt := creatingGuest(t, "web")
 	// The container takes a while to start (well within the hold): long
 	// enough for a report of the first status to go out if it were not
 	// held.
@@ -100,13 +111,7 @@ func TestReportOfContainersBeingCreatedIsReplacedByANewerOne(t *testing.T) {
 // reported: the report of containers being created is published once the
 // hold ends, so the provisioner hears from the guest.
 func TestReportOfContainersBeingCreatedIsPublishedAfterTheHold(t *testing.T) {
-	e := newEnv(t, withHold)
-	e.putPod("slow", "uid-slow", host, 30, "app")
-	conn := rawGuest(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-slow", Namespace: "default", Name: "slow", BootID: "boot-1"})
-	sent := time.Now()
-	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhasePending, Containers: []guestchannel.ContainerStatus{creating}}); err != nil {
-		t.Fatal(err)
-	}
+	e, _, sent := creatingGuest(t, "slow")
 	r := e.waitReports("uid-slow", 1)[0]
 	if r.r.Seq != 1 || r.r.ContainerStatuses[0].State.Waiting == nil {
 		t.Fatalf("report = seq %d %+v, want seq 1, app waiting", r.r.Seq, r.r.ContainerStatuses)
