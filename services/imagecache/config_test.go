@@ -31,14 +31,7 @@ func TestConfigValidate(t *testing.T) {
 				}
 				return
 			}
-			if err == nil {
-				t.Fatal("Validate = nil")
-			}
-			for _, w := range tt.wantErr {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
-				}
-			}
+			testenv.CheckErrorMentions(t, err, tt.wantErr...)
 		})
 	}
 }
