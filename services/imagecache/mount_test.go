@@ -33,6 +33,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/internal/tartest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -55,32 +56,17 @@ func file(name, body string, mode int64) tent {
 // layerOf builds a layer from entries (zstd-compressed when zstd is set).
 func layerOf(t testing.TB, zstd bool, es ...tent) v1.Layer {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	tes := make([]tartest.Entry, len(es))
 	for i, e := range es {
-		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
+		h := tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
 			Devmajor: e.major, Devminor: e.minor, Format: tar.FormatPAX,
 			ModTime: time.Unix(1_500_000_000+int64(i)*3600+e.mtime, 123_000_000)}
 		if e.typ == tar.TypeReg {
 			h.Size = int64(len(e.body))
 		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(e.body)); err != nil {
-			t.Fatal(err)
-		}
+		tes[i] = tartest.Entry{Header: h, Body: e.body, Xattrs: e.xattrs}
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
+	b := tartest.Tar(t, tes...)
 	var opts []tarball.LayerOption
 	if zstd {
 		opts = append(opts, tarball.WithCompression(compression.ZStd))

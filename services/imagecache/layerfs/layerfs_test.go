@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/privtest"
+	"github.com/podvisor/podvisor/services/imagecache/internal/tartest"
 	"github.com/podvisor/podvisor/services/imagecache/layerfs"
 )
 
@@ -32,39 +33,23 @@ type entry struct {
 
 func tarOf(t testing.TB, es ...entry) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range es {
-		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
+	tes := make([]tartest.Entry, len(es))
+	for i, e := range es {
+		h := tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
 			Devmajor: e.major, Devminor: e.minor, Size: int64(len(e.body)), ModTime: time.Unix(1_600_000_000, e.nsec), Format: tar.FormatPAX}
+		body := e.body
 		if h.Typeflag == 0 {
 			h.Typeflag = tar.TypeReg
 		}
 		if h.Typeflag != tar.TypeReg {
-			h.Size = 0
+			h.Size, body = 0, ""
 		}
 		if h.Mode == 0 {
 			h.Mode = 0o644
 		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Size > 0 {
-			if _, err := tw.Write([]byte(e.body)); err != nil {
-				t.Fatal(err)
-			}
-		}
+		tes[i] = tartest.Entry{Header: h, Body: body, Xattrs: e.xattrs}
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tartest.Tar(t, tes...)
 }
 
 // TestHostileLayersRefused: every hostile entry fails the layer with a
