@@ -12,8 +12,9 @@ const (
 	// leave, networks are realized or the host comes back.
 	Unschedulable
 	// UnschedulableAndUnresolvable: the host will not fit this pod whatever
-	// else changes on it (the pod is larger than the host, its labels do not
-	// match the pod's selector).
+	// else changes on it (the pod is larger than the host's capacity, or the
+	// host is the source of the pod's migration). A selector mismatch is
+	// not: an operator may relabel the host.
 	UnschedulableAndUnresolvable
 	// Error: the plugin could not decide (a bug or an unreachable read model).
 	Error
