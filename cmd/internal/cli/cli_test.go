@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 
@@ -90,13 +92,8 @@ func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 	_, dir := upForTest(t, "none")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
-	// What `nats pub pv.pod.requested '<json>'` sends: a bare structured CloudEvent.
-	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"ext-1",
-	  "subject":"default/hello","datacontenttype":"application/json",
-	  "data":{"pod":{"metadata":{"name":"hello"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}}`
-	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
-		t.Fatalf("publish to the stream: %v", err)
-	}
+	publishPodRequest(t, nc, "nats-cli", "ext-1", "default/hello",
+		`{"pod":{"metadata":{"name":"hello"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}`)
 	out, errOut, code := run(t, dir, "", "events", "-o", "json", "--type", "pod.requested")
 	if code != 0 {
 		t.Fatalf("events exit %d: %s", code, errOut)
@@ -118,11 +115,7 @@ func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
-	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"nats-cli","id":"bad-1",
-	  "subject":"default/x","datacontenttype":"application/json","data":{"hello":"world"}}`
-	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	publishPodRequest(t, nc, "nats-cli", "bad-1", "default/x", `{"hello":"world"}`)
 	var out string
 	eventually(t, "a dead letter", func() bool {
 		out, _, _ = run(t, dir, "", "events", "--dlq", "-o", "json")
@@ -235,9 +228,11 @@ func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
-	body := `{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":"me","id":"1",
-	  "subject":"default/again","datacontenttype":"application/json",
-	  "data":{"pod":{"metadata":{"name":"again"},"spec":{"containers":[{"name":"c","image":"registry.local/base:1.0"}]}}}}`
+	request := func() {
+		t.Helper()
+		publishPodRequest(t, nc, "me", "1", "default/again",
+			`{"pod":{"metadata":{"name":"again"},"spec":{"containers":[{"name":"c","image":"registry.local/base:1.0"}]}}}`)
+	}
 	uidOf := func() string {
 		out, _, code := run(t, dir, "", "get", "pod", "again", "-o", "json")
 		if code != 0 {
@@ -251,18 +246,14 @@ func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 		out, _, _ := run(t, dir, "", "events", "--type", "pod.accepted")
 		return strings.Count(out, "default/again")
 	}
-	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	request()
 	eventually(t, "the first admission", func() bool { return uidOf() != "" && accepted() == 1 })
 	first := uidOf()
 	if _, _, code := run(t, dir, "", "delete", "pod", "again"); code != 0 {
 		t.Fatal("delete failed")
 	}
 	eventually(t, "the deletion", func() bool { return uidOf() == "" })
-	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	request()
 	eventually(t, "the second admission", func() bool { return uidOf() != "" && accepted() == 2 })
 	if second := uidOf(); second == first {
 		t.Fatalf("the re-created pod kept uid %s of the deleted one", first)
@@ -381,6 +372,36 @@ func natsForTest(t *testing.T, vars map[string]string) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// publishPodRequest sends what `nats pub pv.pod.requested '<json>'` would: a
+// bare structured CloudEvent of type pod.requested with the given source, id,
+// subject and JSON data. It fails the test unless the stream stores it.
+func publishPodRequest(t *testing.T, nc *nats.Conn, source, id, subject, data string) {
+	t.Helper()
+	body := fmt.Sprintf(`{"specversion":"1.0","type":"io.podvisor.pod.requested.v1","source":%q,"id":%q,
+	  "subject":%q,"datacontenttype":"application/json","data":%s}`, source, id, subject, data)
+	if _, err := nc.Request("pv.pod.requested", []byte(body), 5*time.Second); err != nil {
+		t.Fatalf("publish to the stream: %v", err)
+	}
+}
+
+// putRecord writes v as JSON under key in a KV bucket, as the service that
+// owns the bucket would, so that a test sets up the state it needs without
+// running that service.
+func putRecord(t *testing.T, ctx context.Context, b *bus.Bus, bucket, key string, v any) {
+	t.Helper()
+	kv, err := b.KV(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, key, data); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestContextsChooseTheInstallation: with no env file to go on, the current

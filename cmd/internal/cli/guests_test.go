@@ -65,14 +65,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	rec := events.PodRecord{UID: uid, Namespace: "default", Name: "web", Host: host.Name, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
 	rec.Pod.Spec.TerminationGracePeriodSeconds = &grace
 	rec.Pod.Spec.Containers = []corev1.Container{{Name: "first", Image: "busybox"}, {Name: "second", Image: "busybox"}}
-	kv, err := b.KV(ctx, events.BucketPods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := json.Marshal(rec)
-	if _, err := kv.Put(ctx, events.PodRecordKey("default", "web"), data); err != nil {
-		t.Fatal(err)
-	}
+	putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", "web"), rec)
 
 	chain := "sha256:" + strings.Repeat("b", 64)
 	vm, extents := simtest.CreatePodVM(t, simtest.Client(t, d), d, simtest.PodVM{

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,14 +28,7 @@ func TestGuestClusterKubeconfigIsForAdmins(t *testing.T) {
 	key := events.GuestClusterRecordKey("team-a", "gc1")
 	put := func(bucket string, v any) {
 		t.Helper()
-		kv, err := admin.KV(ctx, bucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := json.Marshal(v)
-		if _, err := kv.Put(ctx, key, data); err != nil {
-			t.Fatal(err)
-		}
+		putRecord(t, ctx, admin, bucket, key, v)
 	}
 	const kubeconfig = "apiVersion: v1\nkind: Config\nusers: [{name: admin, user: {client-key-data: c2VjcmV0}}]\n"
 	put(events.BucketGuestClusterKubeconfigs, events.GuestClusterKubeconfig{Namespace: "team-a", Name: "gc1", Kubeconfig: kubeconfig})

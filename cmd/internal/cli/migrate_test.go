@@ -265,16 +265,7 @@ func TestRebalanceCLI(t *testing.T) {
 	b := bustest.Start(t)
 	url := b.Conn().ConnectedUrl()
 	ctx := context.Background()
-	put := func(bucket, key string, v any) {
-		kv, err := b.KV(ctx, bucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		data, _ := json.Marshal(v)
-		if _, err := kv.Put(ctx, key, data); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(bucket, key string, v any) { putRecord(t, ctx, b, bucket, key, v) }
 	for _, h := range []string{"esx-1-01", "esx-1-02"} {
 		put(events.BucketHosts, events.HostRecordKey(h), &events.HostRecord{
 			HostInfo:         events.HostInfo{Name: h, Cluster: "cluster-1", ConnectionState: events.HostConnected, Datastores: []string{"shared-ds"}},

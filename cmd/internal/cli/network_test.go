@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,20 +48,12 @@ func TestPodNetworkReachableByExec(t *testing.T) {
 	c := simtest.Client(t, d)
 	simtest.AddPortGroup(t, c, d.DVS(), events.PortGroupName("default"))
 	simtest.AddPortGroup(t, c, d.DVS(), events.PortGroupName("other"))
-	kv, err := b.KV(ctx, events.BucketPods)
-	if err != nil {
-		t.Fatal(err)
-	}
-
 	chain := "sha256:" + strings.Repeat("d", 64)
 	pod := func(name string, host sim.HostSpec, network, mac, ip string, cmd ...string) {
 		uid := "uid-net-" + name
 		rec := events.PodRecord{UID: uid, Namespace: "default", Name: name, Host: host.Name, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
 		rec.Pod.Spec.Containers = []corev1.Container{{Name: "app", Image: "busybox"}}
-		data, _ := json.Marshal(rec)
-		if _, err := kv.Put(ctx, events.PodRecordKey("default", name), data); err != nil {
-			t.Fatal(err)
-		}
+		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
 		vm, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
 			Name: "pv-" + uid, Host: host, NumCPUs: 1, MemoryMB: 256,
 			Spec: &guestchannel.PodSpec{

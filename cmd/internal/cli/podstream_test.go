@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"strings"
 	"testing"
@@ -27,19 +26,12 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
-	kv, err := b.KV(ctx, events.BucketPods)
-	if err != nil {
-		t.Fatal(err)
-	}
 	put := func(name, uid, host string, containers ...string) {
 		rec := events.PodRecord{UID: uid, Namespace: "default", Name: name, Host: host, Phase: events.PodPhaseRunning}
 		for _, c := range containers {
 			rec.Pod.Spec.Containers = append(rec.Pod.Spec.Containers, corev1.Container{Name: c, Image: "img"})
 		}
-		data, _ := json.Marshal(rec)
-		if _, err := kv.Put(ctx, events.PodRecordKey("default", name), data); err != nil {
-			t.Fatal(err)
-		}
+		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
 	}
 	host := sys.Datacenter.Hosts()[0].Name
 	put("web", "uid-web", host, "first", "second")
