@@ -727,34 +727,31 @@ func (e Endpoints) EnvFile() string {
 	var b strings.Builder
 	b.WriteString("# Written by `podvisor up`: source it to point govc, nats and podvisor at this datacenter.\n")
 	line := func(k, v string) { fmt.Fprintf(&b, "export %s=%s\n", k, quote(v)) }
+	// Credentials and CAs that this installation does not have (none in an
+	// insecure one) are left out rather than exported empty.
+	lineIfSet := func(k, v string) {
+		if v != "" {
+			line(k, v)
+		}
+	}
 	line("PODVISOR_NATS_URL", e.NATSURL)
 	line("NATS_URL", e.NATSURL)
-	if e.NATSCreds != "" {
-		line("PODVISOR_NATS_CREDS", e.NATSCreds)
-		line("NATS_CREDS", e.NATSCreds)
-	}
-	if e.NATSCA != "" {
-		line("PODVISOR_NATS_CA", e.NATSCA)
-		line("NATS_CA", e.NATSCA)
-	}
+	lineIfSet("PODVISOR_NATS_CREDS", e.NATSCreds)
+	lineIfSet("NATS_CREDS", e.NATSCreds)
+	lineIfSet("PODVISOR_NATS_CA", e.NATSCA)
+	lineIfSet("NATS_CA", e.NATSCA)
 	if e.StreamReplicas > 1 {
 		line("PODVISOR_STREAM_REPLICAS", strconv.Itoa(e.StreamReplicas))
 	}
 	line("GOVC_URL", e.VCenterURL)
-	if e.VCenterCA != "" {
-		line("GOVC_TLS_CA_CERTS", e.VCenterCA)
-	}
+	lineIfSet("GOVC_TLS_CA_CERTS", e.VCenterCA)
 	if e.VCenterInsecure {
 		line("GOVC_INSECURE", "1")
 	}
 	line("PODVISOR_REDIS_URL", e.RedisURL)
-	if e.RedisCA != "" {
-		line("PODVISOR_REDIS_CA", e.RedisCA)
-	}
+	lineIfSet("PODVISOR_REDIS_CA", e.RedisCA)
 	line("PODVISOR_REGISTRY", e.Registry)
-	if e.RegistryCA != "" {
-		line("PODVISOR_REGISTRY_CA", e.RegistryCA)
-	}
+	lineIfSet("PODVISOR_REGISTRY_CA", e.RegistryCA)
 	line("PODVISOR_UI_URL", e.UIURL)
 	return b.String()
 }
