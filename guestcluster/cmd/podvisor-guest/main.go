@@ -75,11 +75,8 @@ func main() {
 	}
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	dir := fs.String("dir", "", "the control plane's directory (etcd data, certificates, kubeconfig)")
-	cluster := fs.String("cluster", "", "the guest cluster, NAMESPACE/NAME on the supervisor")
-	version := fs.String("version", "v1.37.2", "the guest Kubernetes version the node reports")
-	natsURL := fs.String("nats-url", "", "the supervisor's NATS")
-	creds := fs.String("nats-creds", "", "the guest cluster's NATS identity")
-	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
+	var sup supervisorFlags
+	sup.register(fs)
 	port := fs.Int("port", 0, "the API server's port (0: a free one)")
 	workerNodes := fs.String("worker-nodes", "local", "where the worker nodes run: local (here) or remote (in their VMs)")
 	member := fs.Int("member", 0, "this control plane's index among --members")
@@ -95,10 +92,26 @@ func main() {
 		os.Exit(2)
 	}
 	ha := haConfig{Member: *member, Members: *members, EtcdPortBase: *etcdPortBase, NodeKubeletPort: *nodeKubeletPort}
-	if err := run(ctx, log, *dir, *cluster, *version, *natsURL, *creds, *ca, *port, *workerNodes == "remote", ha); err != nil {
+	if err := run(ctx, log, *dir, sup.cluster, sup.version, sup.natsURL, sup.creds, sup.ca, *port, *workerNodes == "remote", ha); err != nil {
 		log.Error("podvisor-guest", "err", err)
 		os.Exit(1)
 	}
+}
+
+// supervisorFlags are the flags both subcommands take: which guest cluster
+// the process belongs to, the Kubernetes version its nodes report, and how
+// it reaches the supervisor's NATS.
+type supervisorFlags struct {
+	cluster, version, natsURL, creds, ca string
+}
+
+// register declares the flags on fs, which fills f as it parses.
+func (f *supervisorFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.cluster, "cluster", "", "the guest cluster, NAMESPACE/NAME on the supervisor")
+	fs.StringVar(&f.version, "version", "v1.37.2", "the guest Kubernetes version the node reports")
+	fs.StringVar(&f.natsURL, "nats-url", "", "the supervisor's NATS")
+	fs.StringVar(&f.creds, "nats-creds", "", "the guest cluster's NATS identity")
+	fs.StringVar(&f.ca, "nats-ca", "", "the CA that signed the NATS server's certificate")
 }
 
 // common checks the flags both modes have.

@@ -24,18 +24,15 @@ func nodeMain() {
 	fs := flag.NewFlagSet("node", flag.ExitOnError)
 	dir := fs.String("dir", "", "the node's directory (pki/ with its certificates)")
 	name := fs.String("name", "", "the node's name (its worker VM's)")
-	cluster := fs.String("cluster", "", "the guest cluster, NAMESPACE/NAME on the supervisor")
+	var sup supervisorFlags
+	sup.register(fs)
 	api := fs.String("api", "", "the guest cluster's API server as this VM reaches it")
 	kubeletPort := fs.Int("kubelet-port", 0, "the kubelet API's port on 127.0.0.1, where the API server's VM reaches it")
-	version := fs.String("version", "v1.37.2", "the guest Kubernetes version the node reports")
-	natsURL := fs.String("nats-url", "", "the supervisor's NATS")
-	creds := fs.String("nats-creds", "", "the guest cluster's NATS identity")
-	ca := fs.String("nats-ca", "", "the CA that signed the NATS server's certificate")
 	_ = fs.Parse(os.Args[2:])
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := runNode(ctx, log, *dir, *name, *cluster, *api, *kubeletPort, *version, *natsURL, *creds, *ca); err != nil {
+	if err := runNode(ctx, log, *dir, *name, sup.cluster, *api, *kubeletPort, sup.version, sup.natsURL, sup.creds, sup.ca); err != nil {
 		log.Error("podvisor-guest node", "err", err)
 		os.Exit(1)
 	}
