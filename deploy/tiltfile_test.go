@@ -111,25 +111,24 @@ func TestTiltfileBothModes(t *testing.T) {
 			for _, r := range plan.K8sResources {
 				names[r.Workload] = true
 			}
-			for _, lr := range plan.LocalResources {
-				for _, d := range lr.ResourceDeps {
+			// Both kinds of resource must depend only on resources that
+			// exist and carry labels (Tilt's UI groups by them).
+			checkResource := func(kind, name string, deps, labels []string) {
+				t.Helper()
+				for _, d := range deps {
 					if !names[d] {
-						t.Errorf("local_resource %s depends on %s, which is no resource", lr.Name, d)
+						t.Errorf("%s %s depends on %s, which is no resource", kind, name, d)
 					}
 				}
-				if len(lr.Labels) == 0 {
-					t.Errorf("local_resource %s has no labels", lr.Name)
+				if len(labels) == 0 {
+					t.Errorf("%s %s has no labels", kind, name)
 				}
 			}
+			for _, lr := range plan.LocalResources {
+				checkResource("local_resource", lr.Name, lr.ResourceDeps, lr.Labels)
+			}
 			for _, r := range plan.K8sResources {
-				for _, d := range r.ResourceDeps {
-					if !names[d] {
-						t.Errorf("k8s_resource %s depends on %s, which is no resource", r.Workload, d)
-					}
-				}
-				if len(r.Labels) == 0 {
-					t.Errorf("k8s_resource %s has no labels", r.Workload)
-				}
+				checkResource("k8s_resource", r.Workload, r.ResourceDeps, r.Labels)
 			}
 			if mode.name == "cluster" {
 				checkClusterMode(t, plan)
