@@ -182,17 +182,34 @@ func (r *faultRun) dumpGoroutines(prefix string) {
 func (r *faultRun) checkReplicated(nodes int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	streams := r.js.ListStreams(ctx)
-	n := 0
-	for info := range streams.Info() {
-		n++
+	infos, err := streamInfos(ctx, r.js)
+	if err != nil {
+		r.t.Errorf("list streams: %v", err)
+		return
+	}
+	for _, info := range infos {
 		if info.Config.Replicas < nodes {
 			r.t.Errorf("stream %s has %d replicas on a %d-node cluster", info.Config.Name, info.Config.Replicas, nodes)
 		}
 	}
-	if err := streams.Err(); err != nil || n == 0 {
-		r.t.Errorf("list streams: %d listed, err %v", n, err)
+}
+
+// streamInfos lists every stream (KV buckets are streams too). Listing
+// none is an error: the system always has streams, so an empty list means
+// the answer was lost, not that all is well.
+func streamInfos(ctx context.Context, js jetstream.JetStream) ([]*jetstream.StreamInfo, error) {
+	lister := js.ListStreams(ctx)
+	var infos []*jetstream.StreamInfo
+	for info := range lister.Info() {
+		infos = append(infos, info)
 	}
+	if err := lister.Err(); err != nil {
+		return nil, err
+	}
+	if len(infos) == 0 {
+		return nil, errors.New("no stream listed")
+	}
+	return infos, nil
 }
 
 type faultPlan struct {
@@ -485,15 +502,16 @@ func (r *faultRun) natsBack(node string) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	streams := r.js.ListStreams(ctx)
-	n := 0
-	for info := range streams.Info() {
-		n++
+	infos, err := streamInfos(ctx, r.js)
+	if err != nil {
+		return false
+	}
+	for _, info := range infos {
 		if !quorate(info) {
 			return false
 		}
 	}
-	return streams.Err() == nil && n > 0
+	return true
 }
 
 // quorate reports whether a replicated stream has its leader and every
