@@ -431,14 +431,28 @@ func TestContextsChooseTheInstallation(t *testing.T) {
 	}
 }
 
-// TestApplyRefusesAClientUID: a manifest carrying metadata.uid is refused
-// before anything is published, naming the field.
-func TestApplyRefusesAClientUID(t *testing.T) {
+// TestApplyRefusesWhatPodvisorOwns: a pod manifest that sets what podvisor
+// assigns (metadata.uid) or reserves (podvisor-templates, the namespace of
+// the provisioner's pod VM templates) is refused before anything is
+// published, naming the field and why.
+func TestApplyRefusesWhatPodvisorOwns(t *testing.T) {
 	_, dir := upForTest(t, "none")
-	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, uid: 5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60}\nspec: {containers: [{name: a, image: r/x:1}]}\n"
-	_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
-	if code == 0 || !strings.Contains(errOut, "metadata.uid") || !strings.Contains(errOut, "podvisor assigns pod uids") {
-		t.Errorf("apply with metadata.uid: exit %d: %s", code, errOut)
+	for _, tt := range []struct {
+		name, metadata        string
+		wantField, wantReason string
+	}{
+		{"client uid", "{name: web, uid: 5f0c6a1e-8d3b-4c2a-9e7f-1b2c3d4e5f60}",
+			"metadata.uid", "podvisor assigns pod uids"},
+		{"templates namespace", "{name: web, namespace: podvisor-templates}",
+			"metadata.namespace", "reserved for the provisioner's pod VM templates"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pod := "apiVersion: v1\nkind: Pod\nmetadata: " + tt.metadata + "\nspec: {containers: [{name: a, image: r/x:1}]}\n"
+			_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
+			if code == 0 || !strings.Contains(errOut, tt.wantField) || !strings.Contains(errOut, tt.wantReason) {
+				t.Errorf("apply with %s: exit %d: %s", tt.metadata, code, errOut)
+			}
+		})
 	}
 }
 
@@ -464,17 +478,5 @@ func checkRegistryTLS(t *testing.T, registry, caFile string) {
 		if resp.StatusCode == http.StatusOK {
 			t.Error("the registry answers plain HTTP")
 		}
-	}
-}
-
-// TestApplyRefusesTheTemplateNamespace: podvisor-templates belongs to the
-// provisioner's pod VM templates; a pod there is refused before anything
-// is published, naming the field.
-func TestApplyRefusesTheTemplateNamespace(t *testing.T) {
-	_, dir := upForTest(t, "none")
-	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: podvisor-templates}\nspec: {containers: [{name: a, image: r/x:1}]}\n"
-	_, errOut, code := run(t, dir, pod, "apply", "-f", "-")
-	if code == 0 || !strings.Contains(errOut, "metadata.namespace") || !strings.Contains(errOut, "reserved for the provisioner's pod VM templates") {
-		t.Errorf("apply in the templates' namespace: exit %d: %s", code, errOut)
 	}
 }
