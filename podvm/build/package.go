@@ -3,7 +3,6 @@ package build
 import (
 	"archive/tar"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -125,20 +124,6 @@ ddb.geometry.sectors = "63"
 ddb.virtualHWVersion = "14"
 ddb.podvisor.role = "boot"
 `, sectors, flat, cylinders)
-}
-
-// Sum is the SHA-256 of a file, hex.
-func Sum(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func copyInto(w io.Writer, src string) error {

@@ -7,11 +7,8 @@
 package guesttest
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/cgroupfs"
+	"github.com/podvisor/podvisor/agent/filehash"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
@@ -98,7 +96,7 @@ func BuildImage(dir string) (*Image, error) {
 		if out, err := exec.Command("mkfs.erofs", "--quiet", "--all-root", b[0], b[1]).CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("mkfs.erofs %s: %v: %s", b[0], err, out)
 		}
-		sum, err := Checksum(b[0])
+		sum, err := filehash.SHA256(b[0])
 		if err != nil {
 			return nil, err
 		}
@@ -111,7 +109,7 @@ func BuildImage(dir string) (*Image, error) {
 func (img *Image) Unchanged(t testing.TB) {
 	t.Helper()
 	for path, want := range img.sums {
-		got, err := Checksum(path)
+		got, err := filehash.SHA256(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -119,20 +117,6 @@ func (img *Image) Unchanged(t testing.TB) {
 			t.Errorf("image disk %s changed: sha256 %s, built as %s", path, got, want)
 		}
 	}
-}
-
-// Checksum is a file's sha256.
-func Checksum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Spec returns a pod spec over img with the given containers (each gets the

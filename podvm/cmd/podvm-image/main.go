@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/podvisor/podvisor/agent/filehash"
 	"github.com/podvisor/podvisor/podvm/build"
 )
 
@@ -50,7 +51,7 @@ func run(c build.Config, out string) error {
 		return err
 	}
 	for _, p := range []string{r.Kernel, r.Initramfs, r.Flat, r.VMDK, r.OVF, r.OVA} {
-		sum, err := build.Sum(p)
+		sum, err := filehash.SHA256(p)
 		if err != nil {
 			return err
 		}
