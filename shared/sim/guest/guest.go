@@ -491,11 +491,23 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 			m.log.Warn("standby CPU weight", "vm", vm.Name, "err", err)
 		}
 	}
+	// Every guest has a channel, an agent or not: it is how Move,
+	// FreezeHost and power-off treat every guest alike.
+	sock := filepath.Join(dir, "channel.sock")
+	ch, err := openChannel(sock, m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
+	if err != nil {
+		return nil, fmt.Errorf("channel: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			ch.close()
+		}
+	}()
 	if vm.Native != nil {
-		return m.startNative(vm, dir, cg)
+		return m.startNative(vm, dir, cg, ch)
 	}
 	boot := guestchannel.BootConfig{
-		Channel:      "unix:" + filepath.Join(dir, "channel.sock"),
+		Channel:      "unix:" + sock,
 		Devices:      devices,
 		StateDir:     stateDir,
 		Runtime:      m.cfg.Runtime,
@@ -530,15 +542,6 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	if err := os.WriteFile(bootPath, data, 0o600); err != nil {
 		return nil, err
 	}
-	ch, err := openChannel(filepath.Join(dir, "channel.sock"), m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
-	if err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			ch.close()
-		}
-	}()
 	args := append([]string{"-c", launcher, m.cfg.Agent, bootPath}, cg.procsFiles()...)
 	g, err := m.launch(vm, dir, cg, ch, args, extra...)
 	if err != nil {
@@ -549,7 +552,7 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 }
 
 // startNative boots a native VM's guest (see Native).
-func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup) (_ *guest, err error) {
+func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup, ch *channel) (*guest, error) {
 	info := filepath.Join(dir, "guestinfo")
 	root := filepath.Join(dir, "root")
 	for _, d := range []string{info, root} {
@@ -565,17 +568,6 @@ func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup) (_ *guest, err er
 			return nil, err
 		}
 	}
-	// A native guest has no agent to dial it, but the channel is how
-	// Move, FreezeHost and power-off treat every guest alike.
-	ch, err := openChannel(filepath.Join(dir, "channel.sock"), m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
-	if err != nil {
-		return nil, fmt.Errorf("channel: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			ch.close()
-		}
-	}()
 	loops, devs, err := attachDataDisks(vm)
 	if err != nil {
 		return nil, err
