@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/podvisor/podvisor/shared/servetest"
 )
 
 // TestServerCertificateVerifies: a TLS client trusting only the CA file
@@ -26,17 +28,10 @@ func TestServerCertificateVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = c.(*tls.Conn).Handshake()
-			c.Close()
-		}
-	}()
+	servetest.Accept(t, ln, func(c net.Conn) {
+		_ = c.(*tls.Conn).Handshake()
+		c.Close()
+	})
 	c, err := tls.Dial("tcp", ln.Addr().String(), ca.ClientTLS())
 	if err != nil {
 		t.Fatalf("client trusting the CA: %v", err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/privtest"
+	"github.com/podvisor/podvisor/shared/servetest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -52,26 +53,19 @@ func listenHostAgents(t testing.TB, dir string, hosts ...string) *hostAgents {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
+		servetest.Accept(t, ln, func(c net.Conn) {
+			conn := guestchannel.NewConn(c)
+			t.Cleanup(func() { conn.Close() })
+			go func() {
+				env, err := conn.Receive()
+				var m guestchannel.Hello
+				if err != nil || env.Type != guestchannel.TypeHello || env.Decode(&m) != nil {
+					conn.Close()
 					return
 				}
-				conn := guestchannel.NewConn(c)
-				t.Cleanup(func() { conn.Close() })
-				go func() {
-					env, err := conn.Receive()
-					var m guestchannel.Hello
-					if err != nil || env.Type != guestchannel.TypeHello || env.Decode(&m) != nil {
-						conn.Close()
-						return
-					}
-					h.hellos <- hello{host: host, msg: m, conn: conn}
-				}()
-			}
-		}()
+				h.hellos <- hello{host: host, msg: m, conn: conn}
+			}()
+		})
 	}
 	return h
 }

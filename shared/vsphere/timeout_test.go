@@ -5,6 +5,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/servetest"
 )
 
 // TestCallTimeout: a vCenter that accepts connections and never answers
@@ -14,16 +16,9 @@ func TestCallTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			t.Cleanup(func() { c.Close() }) // hold it open, answer nothing
-		}
-	}()
+	servetest.Accept(t, ln, func(c net.Conn) {
+		t.Cleanup(func() { c.Close() }) // hold it open, answer nothing
+	})
 	start := time.Now()
 	_, err = Connect(context.Background(), Config{URL: "http://u:p@" + ln.Addr().String() + "/sdk", CallTimeout: 300 * time.Millisecond})
 	if err == nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/podvisor/podvisor/shared/servetest"
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
@@ -209,17 +210,10 @@ func TestBalanceSkipsGuestsThatDoNotAnswer(t *testing.T) {
 		}); err != nil {
 			t.Fatalf("%s: listen in the guest: %v", vm.Name, err)
 		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				fmt.Fprintf(c, "%s\n", vm.Name)
-				c.Close()
-			}
-		}()
-		t.Cleanup(func() { ln.Close() })
+		servetest.Accept(t, ln, func(c net.Conn) {
+			fmt.Fprintf(c, "%s\n", vm.Name)
+			c.Close()
+		})
 		return ln
 	}
 	lns := map[string]net.Listener{}

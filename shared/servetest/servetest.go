@@ -1,0 +1,31 @@
+// Package servetest plays the far end of a connection in tests: a TLS
+// server, a host agent's socket, a vCenter that never answers. Each such
+// test needs the same accept loop that ends when the listener closes;
+// this is that loop, once.
+//
+// It imports nothing of the tree, so that the tests of any package
+// (pki, vsphere, sim) can use it without an import cycle.
+package servetest
+
+import (
+	"net"
+	"testing"
+)
+
+// Accept hands every connection ln accepts to handle, one at a time on a
+// goroutine of its own, until ln is closed; it closes ln when the test
+// ends. A handle that must not hold up the next connection starts its own
+// goroutine.
+func Accept(t testing.TB, ln net.Listener, handle func(net.Conn)) {
+	t.Helper()
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed
+			}
+			handle(c)
+		}
+	}()
+}
