@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/lease"
 )
@@ -20,7 +21,12 @@ const ttl = 1500 * time.Millisecond
 
 func bucket(t *testing.T) jetstream.KeyValue {
 	t.Helper()
-	b := bustest.Start(t)
+	return bucketOn(t, bustest.Start(t))
+}
+
+// bucketOn is bucket on a bus the test controls (to shut its server down).
+func bucketOn(t *testing.T, b *bus.Bus) jetstream.KeyValue {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	kv, err := b.JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "lease-test", History: 16})
@@ -74,6 +80,19 @@ func startReplica(t *testing.T, kv jetstream.KeyValue, name string, active, maxA
 			t.Errorf("%s: Run did not return after its context ended", name)
 		}
 	})
+	return r
+}
+
+// startLeader starts a lone replica and waits until its function runs.
+func startLeader(t *testing.T, kv jetstream.KeyValue, name string) *replica {
+	t.Helper()
+	var active, maxActive atomic.Int32
+	r := startReplica(t, kv, name, &active, &maxActive)
+	select {
+	case <-r.started:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not start leading", name)
+	}
 	return r
 }
 
@@ -219,13 +238,7 @@ func TestManyReplicasNeverOverlap(t *testing.T) {
 
 func TestOverwrittenLeaseStopsTheLeader(t *testing.T) {
 	kv := bucket(t)
-	var active, maxActive atomic.Int32
-	a := startReplica(t, kv, "a", &active, &maxActive)
-	select {
-	case <-a.started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a did not start leading")
-	}
+	a := startLeader(t, kv, "a")
 	// Another holder writes the key from outside, as a replica that took
 	// over an expired lease would.
 	other, _ := json.Marshal(map[string]any{"holder": "intruder", "expires": time.Now().Add(time.Hour)})
@@ -426,20 +439,10 @@ func TestNewHolderIsUnique(t *testing.T) {
 // expire, so a standby that takes over at the expiry never overlaps it.
 func TestUnreachableServerStopsTheLeaderBeforeExpiry(t *testing.T) {
 	srv := bustest.StartServer(t)
-	b := bustest.Connect(t, srv)
+	kv := bucketOn(t, bustest.Connect(t, srv))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	kv, err := b.JetStream().CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "lease-test", History: 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var active, maxActive atomic.Int32
-	a := startReplica(t, kv, "a", &active, &maxActive)
-	select {
-	case <-a.started:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a did not start leading")
-	}
+	a := startLeader(t, kv, "a")
 	e, err := kv.Get(ctx, "leader")
 	if err != nil {
 		t.Fatal(err)
