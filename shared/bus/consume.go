@@ -18,6 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/periodic"
 )
 
 // Consumer defaults.
@@ -324,11 +325,12 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 	for range cfg.Workers {
 		workers.Go(func() { c.work(hctx) })
 	}
+	// Held messages are kept alive until the drain below is over, past ctx.
+	progressCtx, stopProgress := context.WithCancel(context.WithoutCancel(ctx))
 	progressDone := make(chan struct{})
-	stopProgress := make(chan struct{})
 	go func() {
 		defer close(progressDone)
-		c.keepAlive(stopProgress)
+		periodic.Every(progressCtx, max(c.cfg.AckWait/3, 10*time.Millisecond), c.log, "keep held messages alive", c.keepAlive)
 	}()
 
 	fetchErr := c.fetchLoop(ctx, cons)
@@ -352,7 +354,7 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, handler Handler) 
 			// Whatever they hold is redelivered after AckWait.
 		}
 	}
-	close(stopProgress)
+	stopProgress()
 	<-progressDone
 	<-captured
 	// Acks are buffered by the client: put the last ones on the wire before
@@ -661,22 +663,15 @@ func shortReason(s string) string {
 	return s
 }
 
-// keepAlive sends InProgress for every held message, queued or running,
-// every AckWait/3. Queued messages need it too: one waiting behind a slow
-// handler of the same key would otherwise be redelivered and handled twice.
-func (c *consumer) keepAlive(stop <-chan struct{}) {
-	t := time.NewTicker(max(c.cfg.AckWait/3, 10*time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-t.C:
-			for _, d := range c.queue.snapshot() {
-				_ = d.m.msg.InProgress()
-			}
-		}
+// keepAlive sends InProgress for every held message, queued or running;
+// the consumer calls it every AckWait/3. Queued messages need it too: one
+// waiting behind a slow handler of the same key would otherwise be
+// redelivered and handled twice.
+func (c *consumer) keepAlive(context.Context) error {
+	for _, d := range c.queue.snapshot() {
+		_ = d.m.msg.InProgress()
 	}
+	return nil
 }
 
 // retryPause is a growing pause between attempts after transport errors.
