@@ -88,6 +88,14 @@ func validateDataNamespace(p *field.Path, v string) field.ErrorList {
 	return errs
 }
 
+// validateDatum checks where a set or remove request points: the object,
+// the namespace and the key.
+func validateDatum(scope NetworkDataScope, namespace, key string) field.ErrorList {
+	errs := scope.validate(field.NewPath("scope"))
+	errs = append(errs, validateDataNamespace(field.NewPath("namespace"), namespace)...)
+	return append(errs, validateToken(field.NewPath("key"), key, true)...)
+}
+
 // NetworkDataRegisterRequested registers a namespace for a management
 // application; data in unregistered namespaces is refused.
 type NetworkDataRegisterRequested struct {
@@ -121,9 +129,7 @@ type NetworkDataSetRequested struct {
 
 // Validate checks the fields.
 func (e *NetworkDataSetRequested) Validate() error {
-	errs := e.Scope.validate(field.NewPath("scope"))
-	errs = append(errs, validateDataNamespace(field.NewPath("namespace"), e.Namespace)...)
-	errs = append(errs, validateToken(field.NewPath("key"), e.Key, true)...)
+	errs := validateDatum(e.Scope, e.Namespace, e.Key)
 	if len(e.Value) > MaxNetworkDataValue {
 		errs = append(errs, field.TooLong(field.NewPath("value"), "", MaxNetworkDataValue))
 	}
@@ -143,10 +149,7 @@ type NetworkDataRemoveRequested struct {
 
 // Validate checks the fields.
 func (e *NetworkDataRemoveRequested) Validate() error {
-	errs := e.Scope.validate(field.NewPath("scope"))
-	errs = append(errs, validateDataNamespace(field.NewPath("namespace"), e.Namespace)...)
-	errs = append(errs, validateToken(field.NewPath("key"), e.Key, true)...)
-	return asError(errs)
+	return asError(validateDatum(e.Scope, e.Namespace, e.Key))
 }
 
 // ObjectKey is the scope.
