@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/mo"
 )
 
@@ -19,9 +17,7 @@ func TestShardedFolder(t *testing.T) {
 	cfg := testConfig()
 	cfg.FolderShards = 4
 	e.start(cfg)
-	acc := e.request(testPod("sharded"))
-	e.facts(acc, e.DC.Hosts()[0].Name)
-	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, run := e.provision(testPod("sharded"), e.DC.Hosts()[0].Name)
 	ctx := context.Background()
 	var vm mo.VirtualMachine
 	if err := e.vc.RetrieveOne(ctx, vmRef(run.VM), []string{"parent"}, &vm); err != nil {
@@ -55,9 +51,7 @@ func runLatencies(e *env, n int, host string) []time.Duration {
 	for i := range n {
 		name := fmt.Sprintf("bench-%d", i)
 		start := time.Now()
-		acc := e.request(testPod(name))
-		e.facts(acc, host)
-		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		e.provision(testPod(name), host)
 		out = append(out, time.Since(start))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })

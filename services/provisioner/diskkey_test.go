@@ -33,9 +33,7 @@ func TestEncryptedPodKeyReleasedOnlyToItsVM(t *testing.T) {
 	host := e.DC.Hosts()[0].Name
 	pod := testPod("sealed")
 	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
-	acc := e.request(pod)
-	e.facts(acc, host)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(pod, host)
 	// The record names the VM from the write after the announcement.
 	r := e.waitRecord(svc, "default", "sealed", func(r *events.PodRecord) bool { return r.VMRef != "" })
 	if r.Encryption == nil || r.Encryption.Nonce == "" || len(r.Encryption.WrappedKey) == 0 {

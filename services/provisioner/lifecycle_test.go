@@ -94,9 +94,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 	}
 	testenv.Run(t, Name, svc.Run)
 
-	acc := e.request(testPod("crashy"))
-	e.facts(acc, e.DC.Hosts()[0].Name)
-	run := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, run := e.provision(testPod("crashy"), e.DC.Hosts()[0].Name)
 
 	if crashes.Load() != 1 {
 		t.Fatalf("create hook ran %d times, want exactly 1 (the retry must reuse the recorded task)", crashes.Load())
@@ -154,9 +152,7 @@ func TestCreateVMFaults(t *testing.T) {
 			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
 			FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1,
 		})
-		acc := e.request(testPod("flaky"))
-		e.facts(acc, host)
-		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		acc, _ := e.provision(testPod("flaky"), host)
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 1 {
 			t.Errorf("%d VMs after a retried create, want 1", n)
 		}
@@ -220,9 +216,7 @@ func TestDelete(t *testing.T) {
 	svc, _ := e.start(testConfig())
 	host := e.DC.Hosts()[1].Name
 
-	acc := e.request(testPod("gone"))
-	e.facts(acc, host)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(testPod("gone"), host)
 
 	e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "gone"})
 	del := testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == acc.UID })
@@ -290,9 +284,7 @@ func TestDriftRepair(t *testing.T) {
 
 	var accs []*events.PodAccepted
 	for _, name := range []string{"vanishing", "sleepy", "steady"} {
-		acc := e.request(testPod(name))
-		e.facts(acc, host)
-		testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+		acc, _ := e.provision(testPod(name), host)
 		accs = append(accs, acc)
 	}
 	// Drift: one VM destroyed behind podvisor's back, one powered off, and
@@ -392,9 +384,7 @@ func TestEvictionAndMigration(t *testing.T) {
 	svc, _ := e.start(testConfig())
 	hosts := e.DC.Hosts()
 
-	acc := e.request(testPod("mobile"))
-	e.facts(acc, hosts[0].Name)
-	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, first := e.provision(testPod("mobile"), hosts[0].Name)
 
 	// Migration: Migrating while relocating, then Running on the target.
 	e.Send("podvisor/migration", events.TypeMigrationProgress, &events.MigrationProgress{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mobile"}, Phase: events.PhaseRelocating, Percent: 40})
@@ -434,9 +424,7 @@ func TestLateMigrationProgressChangesNothing(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
 	hosts := e.DC.Hosts()
-	acc := e.request(testPod("mover"))
-	e.facts(acc, hosts[0].Name)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(testPod("mover"), hosts[0].Name)
 
 	e.Send("podvisor/migration", events.TypeMigrationCompleted, &events.MigrationCompleted{MigrationRef: events.MigrationRef{ID: "m1", Namespace: "default", Pod: "mover"}, MigrationMove: events.MigrationMove{UID: acc.UID,
 		SourceHost: hosts[0].Name, TargetHost: hosts[1].Name, TargetCluster: hosts[1].Cluster}})
@@ -471,9 +459,7 @@ func TestProgressOfAnEndedMigrationChangesNothing(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
 	hosts := e.DC.Hosts()
-	acc := e.request(testPod("late"))
-	e.facts(acc, hosts[0].Name)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(testPod("late"), hosts[0].Name)
 	ref := func(id string) events.MigrationRef {
 		return events.MigrationRef{ID: id, Namespace: "default", Pod: "late"}
 	}

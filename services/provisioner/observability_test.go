@@ -36,9 +36,7 @@ func TestTraceAndMetrics(t *testing.T) {
 
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
-	acc := e.request(testPod("traced"))
-	e.facts(acc, e.DC.Hosts()[0].Name)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(testPod("traced"), e.DC.Hosts()[0].Name)
 
 	traceOf := func(ceType string) string {
 		for _, seen := range e.Events.Seen() {
@@ -112,9 +110,7 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	svc, _ := e.start(testConfig())
 	hosts := e.DC.Hosts()
 
-	acc := e.request(testPod("stranded"))
-	e.facts(acc, hosts[0].Name)
-	first := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, first := e.provision(testPod("stranded"), hosts[0].Name)
 
 	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,

@@ -3,9 +3,12 @@ package provisioner
 import (
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // facts publishes what scheduler, image cache and network-config would say
@@ -18,6 +21,15 @@ func (e *env) facts(acc *events.PodAccepted, host string) {
 	})
 	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
 	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+}
+
+// provision requests pod, says the facts of its placement on host and
+// waits until its VM is ready: where most tests of a running pod start.
+func (e *env) provision(pod *corev1.Pod, host string) (*events.PodAccepted, *events.PodVMReady) {
+	e.T.Helper()
+	acc := e.request(pod)
+	e.facts(acc, host)
+	return acc, testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
 }
 
 func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {

@@ -47,9 +47,7 @@ func report(acc *events.PodAccepted, vm, boot string, seq uint64, statuses ...co
 // startPod runs a pod to Starting (its VM on, no guest report yet).
 func (e *env) startPod(svc *Service, pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
 	e.T.Helper()
-	acc := e.request(pod)
-	e.facts(acc, e.DC.Hosts()[0].Name)
-	testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	acc, _ := e.provision(pod, e.DC.Hosts()[0].Name)
 	return acc, e.waitRecord(svc, acc.Namespace, acc.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 }
 
