@@ -142,16 +142,23 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 	}
 }
 
+// failCreateVM makes vCenter answer every CreateVM_Task in a folder with
+// fault, the first maxCount times (0: until the test ends).
+func failCreateVM(t *testing.T, e *env, fault simulator.FaultType, maxCount int) {
+	t.Helper()
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
+		MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
+		FaultType: fault, MaxCount: maxCount,
+	})
+}
+
 func TestCreateVMFaults(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
 	host := e.DC.Hosts()[0].Name
 
 	t.Run("transient fault is retried", func(t *testing.T) {
-		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
-			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
-			FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1,
-		})
+		failCreateVM(t, e, simulator.FaultTypeInsufficientResourcesFault, 1)
 		acc, _ := e.provision(testPod("flaky"), host)
 		if n := len(e.vmsNamed("pv-" + acc.UID)); n != 1 {
 			t.Errorf("%d VMs after a retried create, want 1", n)
@@ -162,10 +169,7 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("permanent fault fails the pod", func(t *testing.T) {
-		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
-			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
-			FaultType: simulator.FaultTypeInvalidArgument,
-		})
+		failCreateVM(t, e, simulator.FaultTypeInvalidArgument, 0)
 		acc := e.request(testPod("doomed"))
 		e.facts(acc, host)
 		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
@@ -198,10 +202,7 @@ func TestCreateVMFaults(t *testing.T) {
 	})
 
 	t.Run("transient fault that persists fails after MaxAttempts", func(t *testing.T) {
-		simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
-			MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
-			FaultType: simulator.FaultTypeInsufficientResourcesFault,
-		})
+		failCreateVM(t, e, simulator.FaultTypeInsufficientResourcesFault, 0)
 		acc := e.request(testPod("starved"))
 		e.facts(acc, host)
 		f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })

@@ -14,7 +14,6 @@ import (
 
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/sim"
-	"github.com/podvisor/podvisor/shared/simtest"
 )
 
 // countingRT counts the vSphere calls that go through it.
@@ -93,10 +92,7 @@ func TestCreateReusesPlacementLookups(t *testing.T) {
 	// A fault a retry would not fix, on a create that used cached lookups:
 	// they may have gone stale (a port group re-created, a host re-added),
 	// so the create is made again at once with fresh ones.
-	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
-		MethodName: "CreateVM_Task", ObjectType: "Folder", Probability: 1,
-		FaultType: simulator.FaultTypeInvalidArgument, MaxCount: 1,
-	})
+	failCreateVM(t, e, simulator.FaultTypeInvalidArgument, 1)
 	if calls := create(spec("pv-lookups-5", imageDisk("app")), place); calls < 4 {
 		t.Errorf("a create whose cached lookups met a fault made %d calls, want a second try with fresh lookups", calls)
 	}
