@@ -225,16 +225,41 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 		c, _ := r.Condition(events.PodConditionVMForked)
 		return c.Status, c.Reason
 	}
-	placed := func(pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
+	// schedule publishes the pod's placement on host and its images, not
+	// yet its network: the point where a pod VM may fork early.
+	schedule := func(acc *events.PodAccepted) {
 		t.Helper()
-		acc := e.request(pod)
 		e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
 			PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
 		e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	}
+	placed := func(pod *corev1.Pod) (*events.PodAccepted, *events.PodRecord) {
+		t.Helper()
+		acc := e.request(pod)
+		schedule(acc)
 		return acc, e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool {
 			_, reason := forked(r)
 			return r.VMRef != "" && reason == templates.ReasonForkedEarly
 		})
+	}
+	// forkFailsAheadOfNetwork places a pod whose fork ahead of its network
+	// fails (vCenter faults method once), waits until the pod says so,
+	// then attaches the network and returns the record once the pod's VM
+	// starts.
+	forkFailsAheadOfNetwork := func(method, name string) *events.PodRecord {
+		t.Helper()
+		if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: method, ObjectType: "VirtualMachine",
+			Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
+			t.Fatal(err)
+		}
+		acc := e.request(imagePod(name, "app"))
+		schedule(acc)
+		e.waitRecord(svc, "default", name, func(r *events.PodRecord) bool {
+			st, reason := forked(r)
+			return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
+		})
+		e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+		return e.waitRecord(svc, "default", name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
 	}
 	card := func(ref string) *types.VirtualEthernetCard {
 		t.Helper()
@@ -346,20 +371,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 
 	// The fork ahead of the network fails: once the network comes the pod
 	// VM is created (not forked again), the reason on the pod.
-	if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: "InstantClone_Task", ObjectType: "VirtualMachine",
-		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
-		t.Fatal(err)
-	}
-	acc = e.request(imagePod("early-clone-fails", "app"))
-	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
-	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
-	e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool {
-		st, reason := forked(r)
-		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
-	})
-	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
-	r = e.waitRecord(svc, "default", "early-clone-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	r = forkFailsAheadOfNetwork("InstantClone_Task", "early-clone-fails")
 	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.DC.ForkedFrom(r.VMRef) != "" {
 		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.DC.ForkedFrom(r.VMRef))
 	}
@@ -368,20 +380,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	// child's power-on fails): that child, its cables out and its guest
 	// waiting for a network, must not become the pod's VM once the
 	// network comes; the pod's VM is created.
-	if err := e.DC.AddFault(simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", ObjectType: "VirtualMachine",
-		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
-		t.Fatal(err)
-	}
-	acc = e.request(imagePod("early-child-fails", "app"))
-	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
-		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(t, e.DC, host), Datastores: []string{sim.SharedDatastore}})
-	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
-	e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool {
-		st, reason := forked(r)
-		return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
-	})
-	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
-	r = e.waitRecord(svc, "default", "early-child-fails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	r = forkFailsAheadOfNetwork("PowerOnVM_Task", "early-child-fails")
 	if from := e.DC.ForkedFrom(r.VMRef); from != "" {
 		t.Fatalf("after a fork ahead of the network whose child failed to power on, the pod's VM %s is that child (forked from %s), want a created VM", r.VMRef, from)
 	}
