@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -168,18 +169,49 @@ func vmDecl(class, power string) *events.VMDeclared {
 	}}
 }
 
+// declareClass and declareImage publish a VM class and the image vmos
+// (the one vmDecl names) as a user would.
+func (e *env) declareClass(name string, spec events.VirtualMachineClassSpec) {
+	e.t.Helper()
+	e.publish("podvisor/cli", &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: name}, Spec: spec}})
+}
+
+func (e *env) declareImage(spec events.VirtualMachineImageSpec) {
+	e.t.Helper()
+	e.publish("podvisor/cli", &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"}, Spec: spec}})
+}
+
+// runOn publishes decl, the VM's first generation, places it on host and
+// waits until the VM is Ready and powered on.
+func (e *env) runOn(decl *events.VMDeclared, host sim.HostSpec) *events.VMRecord {
+	e.t.Helper()
+	e.publish("podvisor/cli", decl)
+	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	e.place(r, host)
+	return e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
+		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
+	})
+}
+
+// vm is the VM of record r in vCenter, found in its namespace's folder.
+func (e *env) vm(r *events.VMRecord) *object.VirtualMachine {
+	e.t.Helper()
+	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(context.Background(), "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
+	if err != nil {
+		e.t.Fatalf("VM %s is not in its folder: %v", events.NativeVMName(r.UID), err)
+	}
+	return vm
+}
+
 func TestVMLifecycle(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	client := "podvisor/cli"
 	// A VM whose class does not exist is refused, naming the field.
 	e.publish(client, vmDecl("small", ""))
-	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
-		Spec: events.VirtualMachineClassSpec{CPUs: 2, Memory: "4Gi", Reservations: events.VMReservations{CPUMHz: 500}}}})
-	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "big"},
-		Spec: events.VirtualMachineClassSpec{CPUs: 4, Memory: "8Gi"}}})
-	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
-		Spec: events.VirtualMachineImageSpec{OCI: e.img}}})
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 2, Memory: "4Gi", Reservations: events.VMReservations{CPUMHz: 500}})
+	e.declareClass("big", events.VirtualMachineClassSpec{CPUs: 4, Memory: "8Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
 	e.publish(client, vmDecl("small", ""))
 	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
 	if r.Size.CPUs != 2 || r.Size.MemoryMiB != 4096 || r.Spec.PowerState != events.PowerStatePoweredOn || r.Spec.Networks[0] != "default" {
@@ -193,10 +225,7 @@ func TestVMLifecycle(t *testing.T) {
 	if r.Status.Host != hosts[0].Name || len(r.Status.IPs) != 1 || r.Status.IPs[0] != "10.244.0.7" {
 		t.Errorf("status %+v: want host %s and the attached IP", r.Status, hosts[0].Name)
 	}
-	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
-	if err != nil {
-		t.Fatal(err)
-	}
+	vm := e.vm(r)
 	read := func() mo.VirtualMachine {
 		var m mo.VirtualMachine
 		if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime"}, &m); err != nil {

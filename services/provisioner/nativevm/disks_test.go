@@ -1,13 +1,10 @@
 package nativevm_test
 
 import (
-	"context"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/vmware/govmomi/find"
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
@@ -22,12 +19,9 @@ import (
 func TestDataDiskFormattedAndMountedByTheGuest(t *testing.T) {
 	privtest.RequireTools(t, "debugfs", "losetup")
 	e := newEnv(t)
-	ctx := context.Background()
 	client := "podvisor/cli"
-	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
-		Spec: events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"}}})
-	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
-		Spec: events.VirtualMachineImageSpec{OCI: e.img}}})
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
 	decl := func(power string) *events.VMDeclared {
 		d := vmDecl("small", power)
 		d.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
@@ -42,16 +36,8 @@ runcmd:
 `
 		return d
 	}
-	e.publish(client, decl(events.PowerStatePoweredOn))
-	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
-	e.place(r, e.dc.Hosts()[0])
-	r = e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
-		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
-	})
-	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := e.runOn(decl(events.PowerStatePoweredOn), e.dc.Hosts()[0])
+	vm := e.vm(r)
 	console := e.waitConsole(vm.Reference().Value, "init: formatted /dev/sdb", "init: /dev/sdb mounted on /data", "cloud-config applied")
 	if strings.Contains(console, "runcmd exited") {
 		t.Errorf("runcmd failed:\n%s", console)

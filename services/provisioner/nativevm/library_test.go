@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vapi/library"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -131,24 +130,12 @@ func TestVMFromContentLibrary(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.seedLibrary("podvisor-templates")
-	client := "podvisor/cli"
-	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
-		Spec: events.VirtualMachineClassSpec{CPUs: 2, Memory: "1Gi"}}})
-	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
-		Spec: events.VirtualMachineImageSpec{ContentLibrary: &events.ContentLibraryItem{Library: "podvisor-templates", Item: "linux-template"}}}})
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 2, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{ContentLibrary: &events.ContentLibraryItem{Library: "podvisor-templates", Item: "linux-template"}})
 	decl := vmDecl("small", events.PowerStatePoweredOn)
 	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
-	e.publish(client, decl)
-	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
-	e.place(r, e.dc.Hosts()[1])
-	r = e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
-		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
-	})
-	name := events.NativeVMName(r.UID)
-	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+name)
-	if err != nil {
-		t.Fatalf("the deployed VM is not in its folder: %v", err)
-	}
+	r := e.runOn(decl, e.dc.Hosts()[1])
+	vm := e.vm(r)
 	var m mo.VirtualMachine
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime"}, &m); err != nil {
 		t.Fatal(err)
@@ -198,21 +185,10 @@ func TestVMFromContentLibraryBootsTheOCIRoot(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.seedLibrary("podvisor-templates")
-	client := "podvisor/cli"
-	e.publish(client, &events.VMClassDeclared{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
-		Spec: events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"}}})
-	e.publish(client, &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
-		Spec: events.VirtualMachineImageSpec{OCI: e.img, ContentLibrary: &events.ContentLibraryItem{Library: "podvisor-templates", Item: "linux-template"}}}})
-	e.publish(client, vmDecl("small", events.PowerStatePoweredOn))
-	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
-	e.place(r, e.dc.Hosts()[0])
-	r = e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
-		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
-	})
-	vm, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID))
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img, ContentLibrary: &events.ContentLibraryItem{Library: "podvisor-templates", Item: "linux-template"}})
+	r := e.runOn(vmDecl("small", events.PowerStatePoweredOn), e.dc.Hosts()[0])
+	vm := e.vm(r)
 	var m mo.VirtualMachine
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config.hardware.device"}, &m); err != nil {
 		t.Fatal(err)
