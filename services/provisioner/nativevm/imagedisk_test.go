@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/vim25/soap"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
@@ -61,29 +61,25 @@ func TestImageDiskBuiltOnceWhileVMsAskTogether(t *testing.T) {
 	controllers := []*nativevm.Controller{e.ctl, other}
 	const callers = 3
 	results := make([][callers]got, len(controllers))
-	errs := make(chan error, len(controllers)*callers)
-	var wg sync.WaitGroup
+	var g errgroup.Group
 	for i, c := range controllers {
 		for j := range callers {
-			wg.Go(func() {
+			g.Go(func() error {
 				disk, size, err := c.ImageDisk(ctx, e.img, "shared-ds")
-				if err == nil && size <= 0 {
-					err = fmt.Errorf("%s: capacity %d", disk, size)
+				if err != nil {
+					return err
 				}
-				if err == nil {
-					results[i][j].disk = disk
-					results[i][j].sum, err = fetch(disk)
+				if size <= 0 {
+					return fmt.Errorf("%s: capacity %d", disk, size)
 				}
-				errs <- err
+				sum, err := fetch(disk)
+				results[i][j] = got{disk, sum}
+				return err
 			})
 		}
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
 	}
 	// No disk handed out changed afterwards (another build did not
 	// write over it), and one controller's callers shared one build.
