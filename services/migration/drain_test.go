@@ -3,7 +3,6 @@ package migration
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -43,10 +42,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 	}
 	w.start(testConfig())
 	h := w.clusterHosts(0)
-	var pods []pod
-	for i := range 10 {
-		pods = append(pods, w.runPod(fmt.Sprintf("d%d", i), h[0]))
-	}
+	pods := w.runPods("d", 10, h[0])
 	other := w.runPod("bystander", h[1])
 
 	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
@@ -146,10 +142,7 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 	w := newWorld(t, 1, 4)
 	w.start(testConfig())
 	h := w.clusterHosts(0)
-	var pods []pod
-	for i := range 3 {
-		pods = append(pods, w.runPod(fmt.Sprintf("ha%d", i), h[1]))
-	}
+	pods := w.runPods("ha", 3, h[1])
 	safe := w.runPod("safe", h[2])
 	ctx := t.Context()
 

@@ -21,10 +21,7 @@ func TestRestartResumesMigrations(t *testing.T) {
 	cfg.Limits.PerSourceHost = 1
 	w.start(cfg)
 	h := w.clusterHosts(0)
-	var pods []pod
-	for i := range 3 {
-		pods = append(pods, w.runPod(fmt.Sprintf("r%d", i), h[0]))
-	}
+	pods := w.runPods("r", 3, h[0])
 	for i, p := range pods {
 		w.migrate(fmt.Sprintf("resume-%d", i), p, h[1+i])
 	}

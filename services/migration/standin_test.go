@@ -45,6 +45,16 @@ func (w *world) runPod(name, host string, networks ...string) pod {
 	return pod{ns: "default", name: name, uid: uid, host: host, vm: ref}
 }
 
+// runPods runs n pods on host, named prefix0 to prefix<n-1>.
+func (w *world) runPods(prefix string, n int, host string) []pod {
+	w.T.Helper()
+	pods := make([]pod, 0, n)
+	for i := range n {
+		pods = append(pods, w.runPod(fmt.Sprintf("%s%d", prefix, i), host))
+	}
+	return pods
+}
+
 // createVM makes a powered-on VM on host with the provisioner's guestinfo.
 func (w *world) createVM(host, name, uid, ns, podName string) types.ManagedObjectReference {
 	w.T.Helper()
