@@ -100,11 +100,7 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 	p := w.runPod("db", a[0], "default", "backend")
 
 	w.migrate("m-net", p, b[0])
-	typ, payload := w.waitEnd("m-net")
-	f, ok := payload.(*events.MigrationFailed)
-	if typ != events.TypeMigrationFailed || !ok {
-		t.Fatalf("migration ended with %s %+v, want failed", typ, payload)
-	}
+	f := w.waitFailed("m-net")
 	if f.Reason != ReasonNetworkMissingOnTarget || !strings.Contains(f.Message, "backend") || !strings.Contains(f.Message, b[0]) {
 		t.Errorf("failed = %s: %s; want %s naming backend and %s", f.Reason, f.Message, ReasonNetworkMissingOnTarget, b[0])
 	}
@@ -183,9 +179,8 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 	w.sched.silent["unanswered"] = true
 	w.sched.mu.Unlock()
 	w.migrate("unanswered", p, h[1])
-	typ, payload := w.waitEnd("unanswered")
-	if f, ok := payload.(*events.MigrationFailed); typ != events.TypeMigrationFailed || !ok || f.Reason != ReasonNoReservation {
-		t.Fatalf("unanswered ended with %s %+v, want failed %s", typ, payload, ReasonNoReservation)
+	if f := w.waitFailed("unanswered"); f.Reason != ReasonNoReservation {
+		t.Fatalf("unanswered failed with %s (%s), want %s", f.Reason, f.Message, ReasonNoReservation)
 	}
 	w.migrate("answered", p, h[1])
 	if typ, payload := w.waitEnd("answered"); typ != events.TypeMigrationCompleted {
@@ -207,10 +202,9 @@ func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
 	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RetrievePropertiesEx", ObjectType: "PropertyCollector",
 		Probability: 1, FaultType: simulator.FaultTypeTimeout})
 	w.migrate("m-stuck", p, hosts[1])
-	typ, payload := w.waitEnd("m-stuck")
-	f, ok := payload.(*events.MigrationFailed)
-	if typ != events.TypeMigrationFailed || !ok || f.TargetHost != hosts[1] {
-		t.Fatalf("migration ended with %s %+v, want migration.failed", typ, payload)
+	f := w.waitFailed("m-stuck")
+	if f.TargetHost != hosts[1] {
+		t.Fatalf("migration.failed = %+v, want target %s", f, hosts[1])
 	}
 	if f.Reason != ReasonPrecheckFailed || !strings.Contains(f.Message, "gave up after 3 attempts") || !strings.Contains(f.Message, "Fault injected") {
 		t.Errorf("migration.failed = %+v; want PrecheckFailed naming vCenter's fault, after 3 attempts", f)

@@ -21,11 +21,7 @@ func TestSourceLackingNetworkIsRefused(t *testing.T) {
 		Hosts: []string{h[1], h[2]}, Scope: []string{h[0], h[1], h[2]}, Failed: []string{h[0]}})
 
 	w.migrate("m-src", p, h[1])
-	typ, payload := w.waitEnd("m-src")
-	f, ok := payload.(*events.MigrationFailed)
-	if typ != events.TypeMigrationFailed || !ok {
-		t.Fatalf("migration ended with %s %+v, want failed", typ, payload)
-	}
+	f := w.waitFailed("m-src")
 	if f.Reason != ReasonNetworkMissingOnSource || !strings.Contains(f.Message, "edge") || !strings.Contains(f.Message, h[0]) {
 		t.Errorf("failed = %s: %s; want %s naming edge and %s", f.Reason, f.Message, ReasonNetworkMissingOnSource, h[0])
 	}

@@ -221,11 +221,7 @@ func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
 	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
 		FaultType: simulator.FaultTypeInsufficientResourcesFault})
 	w.migrate("vf-1", p, h[1])
-	typ, payload := w.waitEnd("vf-1")
-	fl, ok := payload.(*events.MigrationFailed)
-	if typ != events.TypeMigrationFailed || !ok {
-		t.Fatalf("ended with %s %+v, want migration.failed", typ, payload)
-	}
+	fl := w.waitFailed("vf-1")
 	if fl.Reason != ReasonRelocateFailed || fl.UID != p.uid || fl.TargetHost != h[1] || fl.SourceHost != h[0] {
 		t.Errorf("migration.failed = %+v; want RelocateFailed for uid %s from %s to %s", fl, p.uid, h[0], h[1])
 	}
