@@ -117,21 +117,7 @@ func TestCrashBetweenCreateAndAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := e.record(svc, "default", "orphaned-create")
-	r.Host = e.DC.Hosts()[0].Name
-	r.Images = imagesReady(acc2).Containers
-	r.Attachments = networkAttached(acc2, r.Host).Attachments
-	spec, placement, err := svc.vmSpec(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := e.vms.StartCreate(context.Background(), spec, placement)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pre, err := e.vms.WaitCreate(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pre := createVMOutside(t, e, svc, acc2, r, e.DC.Hosts()[0].Name)
 	e.facts(acc2, r.Host)
 	run2 := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc2.UID })
 	if run2.VM != pre.Value {
@@ -361,7 +347,16 @@ func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObje
 	acc := &events.PodAccepted{PodRef: events.PodRef{Namespace: "default", Name: "ghost", UID: "ghost-uid"}, Pod: *testPod("ghost"), Networks: []string{"default"}}
 	acc.Pod.Namespace = "default"
 	r := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "ghost", Pod: acc.Pod, VMName: "pv-ghost-uid",
-		Size: events.SizeFor(1000, 512<<20), Host: host, Networks: acc.Networks}
+		Size: events.SizeFor(1000, 512<<20), Networks: acc.Networks}
+	return createVMOutside(t, e, svc, acc, r, host)
+}
+
+// createVMOutside makes the VM of pod record r on host, with the images
+// and network the stand-ins give acc, as the provisioner would but behind
+// its back: the VM a process that died before recording it leaves.
+func createVMOutside(t *testing.T, e *env, svc *Service, acc *events.PodAccepted, r *events.PodRecord, host string) types.ManagedObjectReference {
+	t.Helper()
+	r.Host = host
 	r.Images = imagesReady(acc).Containers
 	r.Attachments = networkAttached(acc, host).Attachments
 	spec, placement, err := svc.vmSpec(r)
@@ -509,22 +504,7 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	t.Helper()
 	ctx := context.Background()
 	acc := e.request(testPod("leftover"))
-	r := e.record(svc, "default", "leftover")
-	r.Host = host
-	r.Images = imagesReady(acc).Containers
-	r.Attachments = networkAttached(acc, host).Attachments
-	spec, placement, err := svc.vmSpec(r)
-	if err != nil {
-		t.Fatal(err)
-	}
-	task, err := e.vms.StartCreate(ctx, spec, placement)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref, err := e.vms.WaitCreate(ctx, task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref := createVMOutside(t, e, svc, acc, e.record(svc, "default", "leftover"), host)
 	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1, FaultType: simulator.FaultTypeResourceInUse})
 	e.Send("podvisor/imagecache", events.TypePodImagesFailed, &events.PodImagesFailed{PodRef: events.PodRef{Namespace: "default", Name: "leftover", UID: acc.UID},
 		Container: "app", Image: "registry.local/app:1.0", Reason: "ImageNotFound", Message: "manifest unknown"})
