@@ -1,7 +1,6 @@
 package provisioner
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // The 10:45 full run's p824: a pod Scheduled whose record never gathered
@@ -24,7 +24,7 @@ import (
 // fact that then comes lets the pod go on.
 func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	e := newEnv(t)
-	logs := &lockedBuffer{}
+	logs := &testenv.Buffer{}
 	a, b := e.startLogged(testConfig(), logs), e.startLogged(testConfig(), logs)
 	acc := e.request(testPod("waiting"))
 	host := e.DC.Hosts()[0].Name
@@ -41,7 +41,7 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	}
 	// The logs say which facts came, at which revision, and what was
 	// still missing after each.
-	folded := logs.lines(func(l map[string]any) bool { return l["msg"] == "fact folded" && l["uid"] == acc.UID })
+	folded := jsonLines(logs, func(l map[string]any) bool { return l["msg"] == "fact folded" && l["uid"] == acc.UID })
 	var last map[string]any
 	for _, fact := range []string{events.TypePodScheduled, events.TypePodImagesReady} {
 		found := false
@@ -117,7 +117,7 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 }
 
 // startLogged runs a provisioner whose logs (info and up, JSON) go to w.
-func (e *env) startLogged(cfg Config, w *lockedBuffer) *Service {
+func (e *env) startLogged(cfg Config, w *testenv.Buffer) *Service {
 	e.T.Helper()
 	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	svc, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: log})
@@ -128,26 +128,8 @@ func (e *env) startLogged(cfg Config, w *lockedBuffer) *Service {
 	return svc
 }
 
-// lockedBuffer is a log destination several goroutines write.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// lines are the JSON log lines that satisfy pred.
-func (b *lockedBuffer) lines(pred func(map[string]any) bool) []map[string]any {
+// jsonLines are the JSON log lines in b that satisfy pred.
+func jsonLines(b *testenv.Buffer, pred func(map[string]any) bool) []map[string]any {
 	var out []map[string]any
 	for _, l := range strings.Split(b.String(), "\n") {
 		var m map[string]any
