@@ -12,7 +12,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // The 10:45 full run's p824: a pod Scheduled whose record never gathered
@@ -24,7 +24,7 @@ import (
 // fact that then comes lets the pod go on.
 func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 	e := newEnv(t)
-	logs := &testenv.Buffer{}
+	logs := &syncbuf.Buffer{}
 	a, b := e.startLogged(testConfig(), logs), e.startLogged(testConfig(), logs)
 	acc := e.request(testPod("waiting"))
 	host := e.DC.Hosts()[0].Name
@@ -117,7 +117,7 @@ func TestScheduledPodWithoutEveryFactIsAskedForThemAgain(t *testing.T) {
 }
 
 // startLogged runs a provisioner whose logs (info and up, JSON) go to w.
-func (e *env) startLogged(cfg Config, w *testenv.Buffer) *Service {
+func (e *env) startLogged(cfg Config, w *syncbuf.Buffer) *Service {
 	e.T.Helper()
 	log := slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	svc, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: log})
@@ -129,7 +129,7 @@ func (e *env) startLogged(cfg Config, w *testenv.Buffer) *Service {
 }
 
 // jsonLines are the JSON log lines in b that satisfy pred.
-func jsonLines(b *testenv.Buffer, pred func(map[string]any) bool) []map[string]any {
+func jsonLines(b *syncbuf.Buffer, pred func(map[string]any) bool) []map[string]any {
 	var out []map[string]any
 	for _, l := range strings.Split(b.String(), "\n") {
 		var m map[string]any

@@ -1,41 +1,20 @@
 package periodic_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/podvisor/podvisor/shared/periodic"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
-// lockedBuffer is a log sink the loop's goroutine writes while the test
-// reads it (testenv.Buffer is the same, but this package's tests stay
-// light: modules that build on their own import periodic).
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestEveryCallsUntilCancelAndLogsFailures(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int32
@@ -68,7 +47,7 @@ func TestEveryCallsUntilCancelAndLogsFailures(t *testing.T) {
 }
 
 func TestEveryDoesNotLogTheErrorOfStopping(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	periodic.Every(ctx, time.Millisecond, log, "sweep failed", func(ctx context.Context) error {
@@ -81,7 +60,7 @@ func TestEveryDoesNotLogTheErrorOfStopping(t *testing.T) {
 }
 
 func TestEveryAfterCallsFirstAtStartThenEveryInterval(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(&lockedBuffer{}, nil))
+	log := slog.New(slog.NewTextHandler(&syncbuf.Buffer{}, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := make(chan time.Time, 16)
@@ -102,7 +81,7 @@ func TestEveryAfterCallsFirstAtStartThenEveryInterval(t *testing.T) {
 }
 
 func TestEveryAfterKeepsTheIntervalAfterTheFirstCall(t *testing.T) {
-	log := slog.New(slog.NewTextHandler(&lockedBuffer{}, nil))
+	log := slog.New(slog.NewTextHandler(&syncbuf.Buffer{}, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int32
 	done := make(chan struct{})

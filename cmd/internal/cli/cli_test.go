@@ -18,7 +18,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/pki"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // upForTest runs the all-in-one in this process on free ports, as
@@ -284,7 +284,7 @@ func TestDeleteNetworkInUseIsRefused(t *testing.T) {
 func TestGetWatchFollowsChangesAndDeletion(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	t.Setenv("PODVISOR_NATS_URL", "")
-	var out, errb testenv.Buffer
+	var out, errb syncbuf.Buffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
 	go func() {

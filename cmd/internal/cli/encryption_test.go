@@ -25,7 +25,7 @@ import (
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/simtest"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // The marker is assembled by the container's shell, so it is in no spec,
@@ -65,7 +65,7 @@ spec:
 // (events, dead letters, every revision of every KV value) and no log
 // line of the run.
 func TestEncryptedEphemeralDiskAcceptance(t *testing.T) {
-	logs := &testenv.Buffer{}
+	logs := &syncbuf.Buffer{}
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128"})})

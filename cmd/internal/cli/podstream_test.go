@@ -13,7 +13,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // TestLogsAndExecThroughTheHostAgent runs `podvisor logs` and `podvisor
@@ -94,7 +94,7 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 
 	t.Run("logs -f follows until interrupted", func(t *testing.T) {
 		t.Setenv("PODVISOR_NATS_URL", "")
-		var out, errb testenv.Buffer
+		var out, errb syncbuf.Buffer
 		fctx, stop := context.WithCancel(ctx)
 		exited := make(chan int, 1)
 		go func() {

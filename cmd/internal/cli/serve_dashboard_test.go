@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/dashboard"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // TestServeDashboard runs `podvisor serve dashboard` beside `podvisor up` as
@@ -55,7 +55,7 @@ func TestServeDashboard(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)
-	var errOut testenv.Buffer
+	var errOut syncbuf.Buffer
 	go func() {
 		done <- Main(ctx, []string{"--state-dir", dir, "serve", "dashboard"}, strings.NewReader(""), &bytes.Buffer{}, &errOut)
 	}()

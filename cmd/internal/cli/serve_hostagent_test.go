@@ -13,7 +13,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/sim/guest"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // TestServeHostAgent runs `podvisor serve hostagent` beside `podvisor up`
@@ -52,7 +52,7 @@ func TestServeHostAgent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)
-	var errOut testenv.Buffer
+	var errOut syncbuf.Buffer
 	go func() {
 		done <- Main(ctx, []string{"--state-dir", dir, "serve", "hostagent"}, strings.NewReader(""), &bytes.Buffer{}, &errOut)
 	}()

@@ -18,7 +18,7 @@ import (
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/simtest"
-	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 )
 
 // TestNativeVMThroughTheCLI is the acceptance for native VMs, as a
@@ -29,7 +29,7 @@ import (
 // PoweredOff powers it off; VMs filling the hosts leave a pod Pending until
 // one is deleted.
 func TestNativeVMThroughTheCLI(t *testing.T) {
-	logs := &testenv.Buffer{}
+	logs := &syncbuf.Buffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("system log:\n%s", logs.Bytes())

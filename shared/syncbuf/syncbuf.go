@@ -1,4 +1,7 @@
-package testenv
+// Package syncbuf has a buffer that goroutines may write while a test reads
+// it. It imports nothing of the project, so that any package's tests can use
+// it without bringing more into their module's graph.
+package syncbuf
 
 import (
 	"bytes"
