@@ -138,15 +138,3 @@ func (w *world) waitEnd(id string) (string, any) {
 	})
 	return s.Event.Type(), s.Payload
 }
-
-// waitFailed waits for the end of migration id, which must be a
-// migration.failed: it fails the test otherwise.
-func (w *world) waitFailed(id string) *events.MigrationFailed {
-	w.T.Helper()
-	typ, payload := w.waitEnd(id)
-	f, ok := payload.(*events.MigrationFailed)
-	if typ != events.TypeMigrationFailed || !ok {
-		w.T.Fatalf("migration %s ended with %s %+v, want migration.failed", id, typ, payload)
-	}
-	return f
-}

@@ -211,3 +211,15 @@ func TestPrecheckFailingUntilAttemptsRunOut(t *testing.T) {
 	}
 	w.Eventually("the record is final", func() bool { return w.migrationPhase("m-stuck") == events.MigrationPhaseFailed })
 }
+
+// waitFailed waits for the end of migration id, which must be a
+// migration.failed: it fails the test otherwise.
+func (w *world) waitFailed(id string) *events.MigrationFailed {
+	w.T.Helper()
+	typ, payload := w.waitEnd(id)
+	f, ok := payload.(*events.MigrationFailed)
+	if typ != events.TypeMigrationFailed || !ok {
+		w.T.Fatalf("migration %s ended with %s %+v, want migration.failed", id, typ, payload)
+	}
+	return f
+}

@@ -1,7 +1,6 @@
 package netconfig_test
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 
@@ -85,22 +84,6 @@ func (e *env) waitHostState(network, host, state string) *events.NetworkHostReco
 // portGroup reads a port group and the hosts carrying it with the
 // independent vSphere client.
 func (e *env) portGroup(name string) simtest.PortGroupView { return simtest.PortGroup(e.T, e.vc, name) }
-
-// ask puts the availability query "is network available on host" over
-// NATS request/reply, as the scheduler and the migration precheck do.
-func (e *env) ask(network, host string) events.NetworkAvailabilityAnswer {
-	e.T.Helper()
-	data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
-	m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
-	if err != nil {
-		e.T.Fatal(err)
-	}
-	var a events.NetworkAvailabilityAnswer
-	if err := json.Unmarshal(m.Data, &a); err != nil {
-		e.T.Fatal(err)
-	}
-	return a
-}
 
 // schedule plays the provisioner and the scheduler: the pod's record and
 // pod.accepted, then pod.scheduled on host.

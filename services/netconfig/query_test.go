@@ -1,8 +1,10 @@
 package netconfig_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/netconfig"
@@ -42,4 +44,20 @@ func TestAvailabilityQueryReadsTheHostBack(t *testing.T) {
 	if av.On(x) != events.NetworkOnHostFailed || av.On(y) != events.NetworkOnHostRealized {
 		t.Errorf("read model %+v: %s is %s, %s is %s; want Failed and Realized", av, x, av.On(x), y, av.On(y))
 	}
+}
+
+// ask puts the availability query "is network available on host" over
+// NATS request/reply, as the scheduler and the migration precheck do.
+func (e *env) ask(network, host string) events.NetworkAvailabilityAnswer {
+	e.T.Helper()
+	data, _ := json.Marshal(events.NetworkAvailabilityQuery{Network: network, Host: host})
+	m, err := e.Bus.Conn().Request(events.SubjectQueryNetworkAvailable, data, 5*time.Second)
+	if err != nil {
+		e.T.Fatal(err)
+	}
+	var a events.NetworkAvailabilityAnswer
+	if err := json.Unmarshal(m.Data, &a); err != nil {
+		e.T.Fatal(err)
+	}
+	return a
 }
