@@ -113,10 +113,10 @@ func (w *world) migrationPhase(id string) string {
 	return ""
 }
 
-// migrate publishes migration.requested as the CLI does.
-func (w *world) migrate(id string, p pod, to string) {
+// migrate publishes migration.requested as the CLI does; its sequence.
+func (w *world) migrate(id string, p pod, to string) uint64 {
 	w.T.Helper()
-	w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, TargetHost: to})
+	return w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name}, TargetHost: to})
 }
 
 // waitEnd waits for the migration's final event and returns its type and

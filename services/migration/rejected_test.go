@@ -7,6 +7,20 @@ import (
 	"github.com/podvisor/podvisor/events"
 )
 
+// recordPendingElsewhere is another replica's request handler recording
+// migration id of p Pending: run by flakyKV.createFirst, it lands between
+// this replica's read of the record and its create.
+func (w *world) recordPendingElsewhere(id string, p pod) func() {
+	return func() {
+		if err := w.svc.store.createMigration(context.Background(), &events.MigrationRecord{
+			ID: id, Namespace: p.ns, Pod: p.name, Phase: events.MigrationPhasePending,
+			Message: "waiting for the scheduler to reserve a target",
+		}); err != nil {
+			w.T.Errorf("the other replica's record: %v", err)
+		}
+	}
+}
+
 // TestRefusalRacingItsRequestEndsTheMigration is the fault run's migration
 // left Pending for the whole reservation timeout. The scheduler refused the
 // request (the pod was not placed yet) while the migration service's
@@ -20,21 +34,12 @@ func TestRefusalRacingItsRequestEndsTheMigration(t *testing.T) {
 	kv := w.startFlaky(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("raced", h[0])
-	kv.createFirst("raced-1", func() {
-		// The other replica's request handler, between this one's read
-		// and its create.
-		if err := w.svc.store.createMigration(context.Background(), &events.MigrationRecord{
-			ID: "raced-1", Namespace: p.ns, Pod: p.name, Phase: events.MigrationPhasePending,
-			Message: "waiting for the scheduler to reserve a target",
-		}); err != nil {
-			t.Errorf("the other replica's record: %v", err)
-		}
-	})
+	kv.createFirst("raced-1", w.recordPendingElsewhere("raced-1", p))
 	seq := w.Send("podvisor/scheduler", events.TypeMigrationRejected, &events.MigrationRejected{
 		MigrationRef: events.MigrationRef{ID: "raced-1", Namespace: p.ns, Pod: p.name},
 		Reason:       "NotScheduled", Message: "pod default/raced is not placed on a host yet (phase Pending)",
 	})
-	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	w.handled(seq)
 	r := w.migration("raced-1")
 	if r.Phase != events.MigrationPhaseRejected || r.Reason != "NotScheduled" {
 		t.Fatalf("after the refusal the record is %s (%s: %s), want Rejected (NotScheduled)", r.Phase, r.Reason, r.Message)
@@ -76,16 +81,8 @@ func TestOwnRefusalAppliesToARecordMadeMeanwhile(t *testing.T) {
 	p := w.runPod("busy", h[0])
 	w.requestSilently("busy-1", p)
 	w.sched.silence("busy-2")
-	kv.createFirst("busy-2", func() {
-		if err := w.svc.store.createMigration(context.Background(), &events.MigrationRecord{
-			ID: "busy-2", Namespace: p.ns, Pod: p.name, Phase: events.MigrationPhasePending,
-			Message: "waiting for the scheduler to reserve a target",
-		}); err != nil {
-			t.Errorf("the other replica's record: %v", err)
-		}
-	})
-	seq := w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "busy-2", Namespace: p.ns, Pod: p.name}})
-	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	kv.createFirst("busy-2", w.recordPendingElsewhere("busy-2", p))
+	w.handled(w.migrate("busy-2", p, ""))
 	if r := w.migration("busy-2"); r.Phase != events.MigrationPhaseRejected || r.Reason != ReasonAlreadyMigrating {
 		t.Fatalf("busy-2 is %s (%s: %s), want Rejected (%s)", r.Phase, r.Reason, r.Message, ReasonAlreadyMigrating)
 	}

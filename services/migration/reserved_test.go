@@ -148,14 +148,21 @@ func (w *world) startFlaky(cfg Config) *flakyKV {
 }
 
 // reserve publishes the scheduler's reservation of target for a pod's
-// migration, as the scheduler would.
-func (w *world) reserve(id string, p pod, target string) {
+// migration from p.host, as the scheduler would, and returns its sequence.
+func (w *world) reserve(id string, p pod, target string) uint64 {
 	w.T.Helper()
 	cluster := w.ClusterOf(target)
-	w.Send("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
+	return w.Send("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
 		MigrationRef:  events.MigrationRef{ID: id, Namespace: p.ns, Pod: p.name},
 		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: p.host, TargetHost: target, TargetCluster: cluster, TargetPool: "/DC0/host/" + cluster + "/Resources"},
 	})
+}
+
+// handled waits until the service has settled the message at seq on
+// stream MIGRATIONS: what its handler did or did not do is final.
+func (w *world) handled(seq uint64) {
+	w.T.Helper()
+	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
 }
 
 // silence keeps the stand-in scheduler from answering a migration's
@@ -226,8 +233,7 @@ func TestReservationBeforeItsRequestIsTakenUp(t *testing.T) {
 	w.sched.silence("early-1")
 	w.reserve("early-1", p, h[1])
 	w.wantCompletedOnly("early-1", p, h[1])
-	seq := w.Send("podvisor/cli", events.TypeMigrationRequested, &events.MigrationRequested{MigrationRef: events.MigrationRef{ID: "early-1", Namespace: p.ns, Pod: p.name}})
-	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	w.handled(w.migrate("early-1", p, ""))
 	if got := w.migrationPhase("early-1"); got != events.MigrationPhaseCompleted {
 		t.Errorf("after the late request the record is %s, want Completed", got)
 	}
@@ -309,11 +315,7 @@ func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
 
 	// A reservation of the migration's own target seen again (a
 	// redelivery) is the one migration.completed promoted: no release.
-	seq := w.Send("podvisor/scheduler", events.TypeMigrationTargetReserved, &events.MigrationTargetReserved{
-		MigrationRef:  events.MigrationRef{ID: "late-1", Namespace: p.ns, Pod: p.name},
-		MigrationMove: events.MigrationMove{UID: p.uid, SourceHost: h[0], TargetHost: h[1], TargetCluster: w.ClusterOf(h[1]), TargetPool: "/DC0/host/" + w.ClusterOf(h[1]) + "/Resources"},
-	})
-	w.WaitHandled(events.StreamMigrations, Name+"-"+events.StreamMigrations, seq)
+	w.handled(w.reserve("late-1", p, h[1]))
 	for _, e := range w.Events.Distinct() {
 		if v, ok := e.Payload.(*events.MigrationCancelled); ok && v.ID == "late-1" && v.TargetHost == h[1] {
 			t.Errorf("the completed migration's own target was released: %+v", v)
