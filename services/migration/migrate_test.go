@@ -175,9 +175,7 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 		t.Errorf("record %s: %s, want the scheduler's NotFound", r.Reason, r.Message)
 	}
 
-	w.sched.mu.Lock()
-	w.sched.silent["unanswered"] = true
-	w.sched.mu.Unlock()
+	w.sched.silence("unanswered")
 	w.migrate("unanswered", p, h[1])
 	if f := w.waitFailed("unanswered"); f.Reason != ReasonNoReservation {
 		t.Fatalf("unanswered failed with %s (%s), want %s", f.Reason, f.Message, ReasonNoReservation)
