@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,6 +56,18 @@ type record interface {
 var resources []*resource
 
 func registerResource(r *resource) { resources = append(resources, r) }
+
+// decodeRow is the decode of a resource whose row type R is its stored
+// record embedded (struct{ events.PodRecord }): the JSON value decodes into
+// the row as it would into the record, since the record's fields are the
+// row's.
+func decodeRow[R any, P interface {
+	*R
+	record
+}](value []byte) (record, error) {
+	r := P(new(R))
+	return r, json.Unmarshal(value, r)
+}
 
 func lookupResource(name string) (*resource, bool) {
 	for _, r := range resources {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"strconv"
 	"time"
 
@@ -14,10 +13,7 @@ func init() {
 		kind:   "Drain",
 		bucket: events.BucketDrains,
 		header: []string{"HOST", "PHASE", "MIGRATED", "UNMOVABLE", "AGE", "MESSAGE"},
-		decode: func(v []byte) (record, error) {
-			var r drainRow
-			return &r, json.Unmarshal(v, &r.DrainRecord)
-		},
+		decode: decodeRow[drainRow],
 	})
 }
 

@@ -27,10 +27,7 @@ func init() {
 			g := &r.(*guestClusterRow).GuestClusterRecord
 			return []string{fmt.Sprint(g.AllowedNamespaces()), dash(joinReason(g.Reason, g.Message))}
 		},
-		decode: func(v []byte) (record, error) {
-			var r guestClusterRow
-			return &r, json.Unmarshal(v, &r.GuestClusterRecord)
-		},
+		decode: decodeRow[guestClusterRow],
 	})
 }
 

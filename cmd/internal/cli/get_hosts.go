@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -21,10 +20,7 @@ func init() {
 			h := &r.(*hostRow).HostRecord
 			return []string{strconv.Itoa(int(h.CPUCores)), strconv.Itoa(h.MaxPods), dash(strings.Join(h.Datastores, ",")), dash(strings.Join(h.Networks, ","))}
 		},
-		decode: func(v []byte) (record, error) {
-			var r hostRow
-			return &r, json.Unmarshal(v, &r.HostRecord)
-		},
+		decode: decodeRow[hostRow],
 	})
 }
 

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -20,10 +19,7 @@ func init() {
 			m := &r.(*migrationRow).MigrationRecord
 			return []string{m.ID, dash(m.TargetCluster)}
 		},
-		decode: func(v []byte) (record, error) {
-			var r migrationRow
-			return &r, json.Unmarshal(v, &r.MigrationRecord)
-		},
+		decode: decodeRow[migrationRow],
 		// The bucket also holds the service's leader lease.
 		skip: func(key string) bool { return key == events.MigrationLeaderKey },
 	})

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -22,10 +21,7 @@ func init() {
 			n := &r.(*networkRow).NetworkRecord
 			return []string{dash(n.PortGroup), dash(n.Switch), strconv.FormatInt(n.LastGoodVersion, 10)}
 		},
-		decode: func(v []byte) (record, error) {
-			var r networkRow
-			return &r, json.Unmarshal(v, &r.NetworkRecord)
-		},
+		decode: decodeRow[networkRow],
 	})
 }
 

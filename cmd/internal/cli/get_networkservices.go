@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -27,10 +26,7 @@ func init() {
 			}
 			return []string{dash(domain), age(s.UpdatedAt, time.Now())}
 		},
-		decode: func(v []byte) (record, error) {
-			var r networkServiceRow
-			return &r, json.Unmarshal(v, &r.NetworkServiceRecord)
-		},
+		decode: decodeRow[networkServiceRow],
 	})
 }
 

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -23,10 +22,7 @@ func init() {
 			p := &r.(*podRow).PodRecord
 			return []string{dash(p.Cluster), dash(p.VMName), fmt.Sprintf("%dm", p.Size.CPUMilli), bytesize.Short(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
 		},
-		decode: func(v []byte) (record, error) {
-			var r podRow
-			return &r, json.Unmarshal(v, &r.PodRecord)
-		},
+		decode: decodeRow[podRow],
 	})
 }
 

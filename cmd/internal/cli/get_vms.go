@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"encoding/json"
 	"strconv"
 	"strings"
 	"time"
@@ -22,30 +21,21 @@ func init() {
 			return []string{dash(v.Status.VM), strconv.Itoa(int(v.Size.CPUs)), strconv.FormatInt(v.Size.MemoryMiB, 10) + "Mi",
 				strconv.FormatInt(v.Generation, 10), strings.Join(v.Spec.EffectiveNetworks(), ",")}
 		},
-		decode: func(v []byte) (record, error) {
-			var r vmRow
-			return &r, json.Unmarshal(v, &r.VMRecord)
-		},
+		decode: decodeRow[vmRow],
 	})
 	registerResource(&resource{
 		names:  []string{"vmclasses", "vmclass", "virtualmachineclasses", "virtualmachineclass"},
 		kind:   events.KindVirtualMachineClass,
 		bucket: events.BucketVMClasses,
 		header: []string{"NAME", "CPUS", "MEMORY", "CPU RESERVATION", "MEMORY RESERVATION", "AGE"},
-		decode: func(v []byte) (record, error) {
-			var r vmClassRow
-			return &r, json.Unmarshal(v, &r.VMClassRecord)
-		},
+		decode: decodeRow[vmClassRow],
 	})
 	registerResource(&resource{
 		names:  []string{"vmimages", "vmimage", "virtualmachineimages", "virtualmachineimage"},
 		kind:   events.KindVirtualMachineImage,
 		bucket: events.BucketVMImages,
 		header: []string{"NAME", "OCI", "CONTENT LIBRARY", "READY", "AGE"},
-		decode: func(v []byte) (record, error) {
-			var r vmImageRow
-			return &r, json.Unmarshal(v, &r.VMImageRecord)
-		},
+		decode: decodeRow[vmImageRow],
 	})
 }
 
