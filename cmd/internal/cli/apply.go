@@ -261,46 +261,46 @@ func requestsFor(objs []events.Object) ([]request, error) {
 	var out []request
 	for _, o := range objs {
 		var (
-			ceType, subject, what string
-			payload               events.Payload
-			isPod                 bool
-			normalized            *corev1.Pod
+			ceType, kind string
+			payload      events.Payload
+			isPod        bool
+			normalized   *corev1.Pod
 		)
 		switch {
 		case o.Pod != nil:
 			pod := o.Pod.DeepCopy()
 			events.NormalizePod(pod)
-			normalized = pod
-			payload = &events.PodRequested{Pod: *pod}
-			ceType, subject, what, isPod = events.TypePodRequested, events.PodKey(pod.Namespace, pod.Name), "pod/"+events.PodKey(pod.Namespace, pod.Name), true
+			normalized, isPod = pod, true
+			payload, ceType, kind = &events.PodRequested{Pod: *pod}, events.TypePodRequested, "pod"
 		case o.Network != nil:
-			payload = &events.NetworkDeclared{Network: *o.Network}
-			ceType, subject, what = events.TypeNetworkDeclared, o.Network.Metadata.Name, "network/"+o.Network.Metadata.Name
+			payload, ceType, kind = &events.NetworkDeclared{Network: *o.Network}, events.TypeNetworkDeclared, "network"
 		case o.NetworkService != nil:
-			payload = &events.NetworkServiceDeclared{Service: *o.NetworkService}
-			ceType, subject, what = events.TypeNetworkServiceDeclared, o.NetworkService.Metadata.Name, "networkservice/"+o.NetworkService.Metadata.Name
+			payload, ceType, kind = &events.NetworkServiceDeclared{Service: *o.NetworkService}, events.TypeNetworkServiceDeclared, "networkservice"
 		case o.Migration != nil:
 			req := o.Migration.Request(uuid.NewString())
-			payload = &req
-			ceType, subject, what = events.TypeMigrationRequested, payload.ObjectKey(), "migration/"+req.ID
+			payload, ceType, kind = &req, events.TypeMigrationRequested, "migration"
 		case o.GuestCluster != nil:
 			gc := *o.GuestCluster
 			gc.Normalize()
-			payload = &events.GuestClusterRequested{GuestCluster: gc}
-			ceType, subject, what = events.TypeGuestClusterRequested, payload.ObjectKey(), "guestcluster/"+payload.ObjectKey()
+			payload, ceType, kind = &events.GuestClusterRequested{GuestCluster: gc}, events.TypeGuestClusterRequested, "guestcluster"
 		case o.VM != nil:
 			vm := *o.VM
 			vm.Metadata.Namespace = vm.Namespace()
-			payload = &events.VMDeclared{VM: vm}
-			ceType, subject, what = events.TypeVMDeclared, vm.Key(), "vm/"+vm.Key()
+			payload, ceType, kind = &events.VMDeclared{VM: vm}, events.TypeVMDeclared, "vm"
 		case o.VMClass != nil:
-			payload = &events.VMClassDeclared{Class: *o.VMClass}
-			ceType, subject, what = events.TypeVMClassDeclared, o.VMClass.Metadata.Name, "vmclass/"+o.VMClass.Metadata.Name
+			payload, ceType, kind = &events.VMClassDeclared{Class: *o.VMClass}, events.TypeVMClassDeclared, "vmclass"
 		case o.VMImage != nil:
-			payload = &events.VMImageDeclared{Image: *o.VMImage}
-			ceType, subject, what = events.TypeVMImageDeclared, o.VMImage.Metadata.Name, "vmimage/"+o.VMImage.Metadata.Name
+			payload, ceType, kind = &events.VMImageDeclared{Image: *o.VMImage}, events.TypeVMImageDeclared, "vmimage"
 		default:
 			return nil, fmt.Errorf("document %d: kind %q is not supported", o.Document, o.Kind)
+		}
+		// The event travels on the object's key, and apply names the object
+		// kind/key as kubectl does; a migration is named by its ID instead,
+		// since its key is its pod's.
+		subject := payload.ObjectKey()
+		what := kind + "/" + subject
+		if m, ok := payload.(*events.MigrationRequested); ok {
+			what = kind + "/" + m.ID
 		}
 		if err := payload.Validate(); err != nil {
 			return nil, fmt.Errorf("document %d (%s): %w", o.Document, what, err)
