@@ -1,8 +1,10 @@
 package cli
 
 import (
-	"strings"
 	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podvisor/podvisor/events"
 )
@@ -10,49 +12,27 @@ import (
 // Each kind apply takes becomes one event on the object's key, and apply
 // names the object kind/key (a migration by its ID: its key is its pod's).
 func TestRequestsForNamesEachObject(t *testing.T) {
-	const manifest = `apiVersion: v1
-kind: Pod
-metadata: {name: web}
-spec: {containers: [{name: a, image: nginx}]}
----
-apiVersion: podvisor.io/v1alpha1
-kind: Network
-metadata: {name: other}
-spec: {vlan: 0, cidr: 10.77.0.0/24, gateway: 10.77.0.1}
----
-apiVersion: podvisor.io/v1alpha1
-kind: NetworkService
-metadata: {name: pod-dns}
-spec: {type: dns, networks: [default, other]}
----
-apiVersion: podvisor.io/v1alpha1
-kind: Migration
-metadata: {name: move-web}
-spec: {pod: web, namespace: shop}
----
-apiVersion: podvisor.io/v1alpha1
-kind: GuestCluster
-metadata: {name: gc1, namespace: team-a}
-spec: {version: v1.37.2, controlPlane: {replicas: 1, className: small}, workers: {replicas: 1, className: small}}
----
-apiVersion: podvisor.io/v1alpha1
-kind: VirtualMachine
-metadata: {name: vm1}
-spec: {className: small, imageName: vmos, powerState: PoweredOn}
----
-apiVersion: podvisor.io/v1alpha1
-kind: VirtualMachineClass
-metadata: {name: small}
-spec: {cpus: 2, memory: 4Gi}
----
-apiVersion: podvisor.io/v1alpha1
-kind: VirtualMachineImage
-metadata: {name: vmos}
-spec: {oci: registry.example/podvisor/vmos:1.0}
-`
-	objs, err := events.DecodeObjects(strings.NewReader(manifest))
-	if err != nil {
-		t.Fatal(err)
+	nodes := events.GuestClusterNodes{Replicas: 1, ClassName: "small"}
+	objs := []events.Object{
+		{Kind: "Pod", Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a", Image: "nginx"}}}}},
+		{Kind: "Network", Network: &events.Network{Metadata: events.Meta{Name: "other"},
+			Spec: events.NetworkSpec{CIDR: "10.77.0.0/24", Gateway: "10.77.0.1"}}},
+		{Kind: "NetworkService", NetworkService: &events.NetworkService{Metadata: events.Meta{Name: "pod-dns"},
+			Spec: events.NetworkServiceSpec{Type: "dns", Networks: []string{"default", "other"}}}},
+		{Kind: "Migration", Migration: &events.Migration{Metadata: events.Meta{Name: "move-web"},
+			Spec: events.MigrationSpec{Pod: "web", Namespace: "shop"}}},
+		{Kind: "GuestCluster", GuestCluster: &events.GuestCluster{Metadata: events.NamespacedMeta{Name: "gc1", Namespace: "team-a"},
+			Spec: events.GuestClusterSpec{Version: "v1.37.2", ControlPlane: nodes, Workers: nodes}}},
+		{Kind: "VirtualMachine", VM: &events.VirtualMachine{Metadata: events.NamespacedMeta{Name: "vm1"},
+			Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "vmos"}}},
+		{Kind: "VirtualMachineClass", VMClass: &events.VirtualMachineClass{Metadata: events.Meta{Name: "small"},
+			Spec: events.VirtualMachineClassSpec{CPUs: 2, Memory: "4Gi"}}},
+		{Kind: "VirtualMachineImage", VMImage: &events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"},
+			Spec: events.VirtualMachineImageSpec{OCI: "registry.example/podvisor/vmos:1.0"}}},
+	}
+	for i := range objs {
+		objs[i].Document = i + 1
 	}
 	reqs, err := requestsFor(objs)
 	if err != nil {
