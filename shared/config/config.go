@@ -94,49 +94,36 @@ func (r *Reader) StringOrNone(name string, dst *string) {
 
 // Int sets *dst to name's value, a whole number.
 func (r *Reader) Int(name string, dst *int) {
-	if v, ok := r.Lookup(name); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			r.Fail(name, v, "a whole number")
-			return
-		}
-		*dst = n
-	}
+	parsed(r, name, dst, "a whole number", strconv.Atoi)
 }
 
 // Float sets *dst to name's value, a number.
 func (r *Reader) Float(name string, dst *float64) {
-	if v, ok := r.Lookup(name); ok {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			r.Fail(name, v, "a number")
-			return
-		}
-		*dst = f
-	}
+	parsed(r, name, dst, "a number", func(v string) (float64, error) { return strconv.ParseFloat(v, 64) })
 }
 
 // Duration sets *dst to name's value, a Go duration such as 30s or 2m.
 func (r *Reader) Duration(name string, dst *time.Duration) {
-	if v, ok := r.Lookup(name); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			r.Fail(name, v, "a duration such as 30s")
-			return
-		}
-		*dst = d
-	}
+	parsed(r, name, dst, "a duration such as 30s", time.ParseDuration)
 }
 
 // Bool sets *dst to name's value: 1, t, true, 0, f, false (any case).
 func (r *Reader) Bool(name string, dst *bool) {
+	parsed(r, name, dst, "true or false", strconv.ParseBool)
+}
+
+// parsed sets *dst to name's value as parse reads it, when it is set. A
+// value parse refuses leaves *dst alone and is recorded as wanting want
+// (not parse's error: the setting's name, its value and what it should
+// look like say more to whoever set it).
+func parsed[T any](r *Reader, name string, dst *T, want string, parse func(string) (T, error)) {
 	if v, ok := r.Lookup(name); ok {
-		b, err := strconv.ParseBool(v)
+		x, err := parse(v)
 		if err != nil {
-			r.Fail(name, v, "true or false")
+			r.Fail(name, v, want)
 			return
 		}
-		*dst = b
+		*dst = x
 	}
 }
 
