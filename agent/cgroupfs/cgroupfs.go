@@ -1,13 +1,15 @@
 // Package cgroupfs finds and removes cgroup trees in every mounted hierarchy
 // of /sys/fs/cgroup (each v1 hierarchy, name=systemd included, and the
 // unified one): what tests and benchmarks that make cgroups of their own
-// need to clean up after themselves.
+// need to clean up after themselves. The simulated hypervisor removes its
+// guests' cgroups in the same order (DeepestFirst).
 package cgroupfs
 
 import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,16 +44,8 @@ func Roots() []string {
 func RemoveTree(path string) error {
 	var errs []string
 	for _, root := range Roots() {
-		top := filepath.Join(root, path)
-		var dirs []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := rmdirCgroup(dirs[i]); err != nil {
+		for _, dir := range DeepestFirst(filepath.Join(root, path)) {
+			if err := rmdirCgroup(dir); err != nil {
 				errs = append(errs, err.Error())
 			}
 		}
@@ -60,6 +54,22 @@ func RemoveTree(path string) error {
 		return fmt.Errorf("remove cgroup %s: %s", path, strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// DeepestFirst lists dir and every directory below it, each after the
+// directories it holds: the order a cgroup tree is removed in, since a
+// cgroup with children refuses rmdir. A dir that is gone lists nothing.
+func DeepestFirst(dir string) []string {
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	// WalkDir visits a directory before its contents.
+	slices.Reverse(dirs)
+	return dirs
 }
 
 // rmdirCgroup removes one cgroup directory, retrying EBUSY for up to 5 s.

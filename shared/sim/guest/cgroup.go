@@ -12,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/podvisor/podvisor/agent/cgroupfs"
 )
 
 // hierarchy is one mounted cgroup v1 hierarchy: a controller (memory, cpu,
@@ -393,17 +395,9 @@ func (v *vmCgroup) freeze(frozen bool) error {
 func (v *vmCgroup) remove() error {
 	var errs []error
 	for _, h := range v.cg.hier {
-		root := h.dir(v.path)
-		var dirs []string
-		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				dirs = append(dirs, p)
-			}
-			return nil
-		})
-		for i := len(dirs) - 1; i >= 0; i-- {
-			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dirs[i], err))
+		for _, dir := range cgroupfs.DeepestFirst(h.dir(v.path)) {
+			if err := os.Remove(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
 			}
 		}
 	}
