@@ -20,6 +20,18 @@ func exists(name string) bool {
 	return err == nil
 }
 
+// newFabric makes a fabric closed when the test ends (a test may close it
+// sooner: Close is safe to call twice).
+func newFabric(t *testing.T) *segment.Fabric {
+	t.Helper()
+	f, err := segment.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return f
+}
+
 // sleeper starts a process in a new network namespace, standing for a
 // guest.
 func sleeper(t *testing.T) int {
@@ -49,16 +61,7 @@ func sleeper(t *testing.T) int {
 func TestFabricNamesPlugAndClose(t *testing.T) {
 	privtest.Require(t, "bridges and veth pairs need CAP_NET_ADMIN")
 	privtest.RequireTools(t, "unshare", "sleep")
-	f1, err := segment.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f1.Close() })
-	f2, err := segment.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f2.Close() })
+	f1, f2 := newFabric(t), newFabric(t)
 
 	b1, err := f1.Ensure("dvportgroup-1")
 	if err != nil {

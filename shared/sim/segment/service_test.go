@@ -12,7 +12,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/podvisor/podvisor/agent/privtest"
-	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 
 // inGuest runs f on a thread inside the network namespace of pid.
@@ -46,11 +45,7 @@ func inGuest(t *testing.T, pid int, f func() error) error {
 func TestServicePortAnswersItsSegmentOnly(t *testing.T) {
 	privtest.Require(t, "bridges, veth pairs and network namespaces need CAP_NET_ADMIN")
 	privtest.RequireTools(t, "unshare", "sleep")
-	f, err := segment.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
+	f := newFabric(t)
 	for _, k := range []string{"pg-a", "pg-b"} {
 		if _, err := f.Ensure(k); err != nil {
 			t.Fatal(err)
