@@ -18,29 +18,14 @@ func TestEveryCallsUntilCancelAndLogsFailures(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	stopAfter(t, "Every", &calls, 3, cancel, func() {
 		periodic.Every(ctx, 5*time.Millisecond, log, "resync failed", func(context.Context) error {
 			if calls.Add(1) == 2 {
 				return errors.New("vCenter unreachable")
 			}
 			return nil
 		})
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for calls.Load() < 3 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d calls after 10s, want at least 3", calls.Load())
-		}
-		time.Sleep(time.Millisecond)
-	}
-	cancel()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("Every did not return after cancel")
-	}
+	})
 	if got := logs.String(); !strings.Contains(got, "resync failed") || !strings.Contains(got, "vCenter unreachable") || strings.Count(got, "failed") != 1 {
 		t.Errorf("logs = %q, want the one failure named", got)
 	}
@@ -84,18 +69,29 @@ func TestEveryAfterKeepsTheIntervalAfterTheFirstCall(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&syncbuf.Buffer{}, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	var calls atomic.Int32
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
+	// The first call and then one every interval.
+	stopAfter(t, "EveryAfter", &calls, 3, cancel, func() {
 		periodic.EveryAfter(ctx, time.Millisecond, 5*time.Millisecond, log, "sweep failed", func(context.Context) error {
 			calls.Add(1)
 			return nil
 		})
+	})
+}
+
+// stopAfter runs loop, a call of name whose function counts its calls in
+// calls, until it has made n calls, then cancels it and checks that it
+// returns.
+func stopAfter(t *testing.T, name string, calls *atomic.Int32, n int32, cancel context.CancelFunc, loop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		loop()
 	}()
 	deadline := time.Now().Add(10 * time.Second)
-	for calls.Load() < 3 {
+	for calls.Load() < n {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d calls after 10s, want the first and then one every interval", calls.Load())
+			t.Fatalf("%s: %d calls after 10s, want at least %d", name, calls.Load(), n)
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -103,6 +99,6 @@ func TestEveryAfterKeepsTheIntervalAfterTheFirstCall(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("EveryAfter did not return after cancel")
+		t.Fatalf("%s did not return after cancel", name)
 	}
 }
