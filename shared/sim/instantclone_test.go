@@ -92,6 +92,26 @@ func ext4UUID(t testing.TB, path string) []byte {
 // image disk is the parent's very file, and its guest runs the child's
 // spec on them without disturbing the parent. A powered-off VM cannot be
 // forked.
+// onlyNIC returns a clone's NIC, failing the test unless it has exactly
+// one, and the distributed port group its backing names ("" for any other
+// backing).
+func onlyNIC(t *testing.T, ctx context.Context, vm *object.VirtualMachine) (card *types.VirtualEthernetCard, portGroup string) {
+	t.Helper()
+	devices, err := vm.Device(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
+	if len(nics) != 1 {
+		t.Fatalf("clone %s has %d NICs, want 1", vm.Reference().Value, len(nics))
+	}
+	card = nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
+	if port, ok := card.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo); ok {
+		portGroup = port.Port.PortgroupKey
+	}
+	return card, portGroup
+}
+
 func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	const parentMAC = "00:50:56:aa:bb:01"
 	tv := newTemplateVM(t, "f", "pv-fork", parentMAC)
@@ -139,17 +159,8 @@ func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	if m.Name != "pv-child" || m.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn || m.Config.Hardware.MemoryMB != 256 {
 		t.Fatalf("child: name %s, power %s, memory %d MiB; want pv-child, poweredOn, the parent's 256", m.Name, m.Runtime.PowerState, m.Config.Hardware.MemoryMB)
 	}
-	devices, err := child.Device(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nics := devices.SelectByType((*types.VirtualEthernetCard)(nil))
-	if len(nics) != 1 {
-		t.Fatalf("child has %d NICs, want the parent's one", len(nics))
-	}
-	card := nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
-	port, ok := card.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
-	if !ok || port.Port.PortgroupKey != pgKey || card.MacAddress == "" || card.MacAddress == parentMAC {
+	card, portGroup := onlyNIC(t, ctx, child) // the parent's one
+	if portGroup != pgKey || card.MacAddress == "" || card.MacAddress == parentMAC {
 		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and a new MAC", card.Backing, card.MacAddress, pgKey)
 	}
 	if got := d.ForkedFrom(ref.Value); got != parent.Reference().Value {
@@ -235,17 +246,8 @@ func TestInstantCloneMovesNICs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("instant clone: %v", err)
 	}
-	got, err := object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)).Device(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nics := got.SelectByType((*types.VirtualEthernetCard)(nil))
-	if len(nics) != 1 {
-		t.Fatalf("child has %d NICs, want 1", len(nics))
-	}
-	cc := nics[0].(types.BaseVirtualEthernetCard).GetVirtualEthernetCard()
-	port, ok := cc.Backing.(*types.VirtualEthernetCardDistributedVirtualPortBackingInfo)
-	if !ok || port.Port.PortgroupKey != pgB || cc.MacAddress != "00:50:56:bb:00:02" {
+	cc, portGroup := onlyNIC(t, ctx, object.NewVirtualMachine(c.Client, info.Result.(types.ManagedObjectReference)))
+	if portGroup != pgB || cc.MacAddress != "00:50:56:bb:00:02" {
 		t.Fatalf("child NIC: backing %#v, MAC %q; want port group %s and 00:50:56:bb:00:02", cc.Backing, cc.MacAddress, pgB)
 	}
 }
