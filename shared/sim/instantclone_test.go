@@ -86,12 +86,6 @@ func ext4UUID(t testing.TB, path string) []byte {
 	return b
 }
 
-// InstantClone_Task forks a running pod VM: the child gets the parent's
-// hardware and its own guestinfo, its ephemeral disk is a copy-on-write
-// clone of the parent's (the same filesystem, never formatted again), its
-// image disk is the parent's very file, and its guest runs the child's
-// spec on them without disturbing the parent. A powered-off VM cannot be
-// forked.
 // onlyNIC returns a clone's NIC, failing the test unless it has exactly
 // one, and the distributed port group its backing names ("" for any other
 // backing).
@@ -112,6 +106,12 @@ func onlyNIC(t *testing.T, ctx context.Context, vm *object.VirtualMachine) (card
 	return card, portGroup
 }
 
+// InstantClone_Task forks a running pod VM: the child gets the parent's
+// hardware and its own guestinfo, its ephemeral disk is a copy-on-write
+// clone of the parent's (the same filesystem, never formatted again), its
+// image disk is the parent's very file, and its guest runs the child's
+// spec on them without disturbing the parent. A powered-off VM cannot be
+// forked.
 func TestInstantCloneForksARunningPodVM(t *testing.T) {
 	const parentMAC = "00:50:56:aa:bb:01"
 	tv := newTemplateVM(t, "f", "pv-fork", parentMAC)
