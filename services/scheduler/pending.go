@@ -147,10 +147,11 @@ func (p *pendingSet) due() []*pendingPod {
 
 // retryLoop tries due pods again.
 func (s *Service) retryLoop(ctx context.Context) {
-	every(ctx, 200*time.Millisecond, s.pending.wake, func() {
+	periodic.EveryOrWake(ctx, 200*time.Millisecond, s.pending.wake, s.log, "retry pending pods", func(ctx context.Context) error {
 		for _, e := range s.pending.due() {
 			go s.retry(ctx, e)
 		}
+		return nil
 	})
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/inventory"
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/periodic"
 	"github.com/podvisor/podvisor/shared/record"
 )
 
@@ -528,7 +529,10 @@ const resyncCostFactor = 10
 // traffic bounded under load); a change to what vCenter says of a host is
 // written at once (flushSoonLocked).
 func (s *Service) hostRecordLoop(ctx context.Context) {
-	every(ctx, s.cfg.HostRecordInterval, s.recordWake, func() { s.flushHostRecords(ctx) })
+	periodic.EveryOrWake(ctx, s.cfg.HostRecordInterval, s.recordWake, s.log, "flush host records", func(ctx context.Context) error {
+		s.flushHostRecords(ctx)
+		return nil
+	})
 }
 
 // flushSoonLocked asks the record loop to flush now rather than at its next

@@ -12,7 +12,14 @@ import (
 // while ctx is alive is logged at warn level with the message what; one
 // that comes from the service stopping is not.
 func Every(ctx context.Context, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
-	run(ctx, nil, d, log, what, fn)
+	run(ctx, nil, nil, d, log, what, fn)
+}
+
+// EveryOrWake is Every with one more reason to call: wake, a signal that
+// there is work before the next tick (a pod now due, a host record now
+// dirty). The ticks keep their rhythm.
+func EveryOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}, log *slog.Logger, what string, fn func(context.Context) error) {
+	run(ctx, nil, wake, d, log, what, fn)
 }
 
 // EveryAfter is Every with one more call, first after start (0: at once):
@@ -23,12 +30,12 @@ func Every(ctx context.Context, d time.Duration, log *slog.Logger, what string, 
 func EveryAfter(ctx context.Context, first, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
 	f := time.NewTimer(first)
 	defer f.Stop()
-	run(ctx, f.C, d, log, what, fn)
+	run(ctx, f.C, nil, d, log, what, fn)
 }
 
-// run calls fn on each tick of a ticker of d and when first fires (a nil
-// first never does).
-func run(ctx context.Context, first <-chan time.Time, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
+// run calls fn on each tick of a ticker of d, when first fires and on each
+// wake (a nil channel never fires).
+func run(ctx context.Context, first <-chan time.Time, wake <-chan struct{}, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -36,6 +43,7 @@ func run(ctx context.Context, first <-chan time.Time, d time.Duration, log *slog
 		case <-ctx.Done():
 			return
 		case <-first:
+		case <-wake:
 		case <-t.C:
 		}
 		if err := fn(ctx); err != nil && ctx.Err() == nil {

@@ -102,3 +102,30 @@ func stopAfter(t *testing.T, name string, calls *atomic.Int32, n int32, cancel c
 		t.Fatalf("%s did not return after cancel", name)
 	}
 }
+
+// EveryOrWake calls on a wake long before its first tick.
+func TestEveryOrWakeCallsOnAWake(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	wake := make(chan struct{})
+	called := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		periodic.EveryOrWake(ctx, time.Hour, wake, slog.New(slog.DiscardHandler), "test", func(context.Context) error {
+			called <- struct{}{}
+			return nil
+		})
+	}()
+	select {
+	case wake <- struct{}{}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop does not take a wake")
+	}
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call after a wake (the tick is an hour away)")
+	}
+	cancel()
+	<-done
+}
