@@ -2,7 +2,8 @@
 // disk was not written, and the pod VM image build prints what it made.
 //
 // It lives in the agent module, which depends on no other module of the
-// tree, so that both the agent and the podvm build can import it.
+// tree, so that both the agent's test harness and the podvm build can
+// import it.
 package filehash
 
 import (

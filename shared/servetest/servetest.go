@@ -12,10 +12,10 @@ import (
 	"testing"
 )
 
-// Accept hands every connection ln accepts to handle, one at a time on a
-// goroutine of its own, until ln is closed; it closes ln when the test
-// ends. A handle that must not hold up the next connection starts its own
-// goroutine.
+// Accept hands every connection ln accepts to handle until ln is closed,
+// one connection after the other on the one goroutine that accepts them
+// (not the test's); it closes ln when the test ends. A handle that must not
+// hold up the next connection starts its own goroutine.
 func Accept(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	t.Helper()
 	t.Cleanup(func() { ln.Close() })

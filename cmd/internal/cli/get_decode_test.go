@@ -31,6 +31,19 @@ func TestDecodeRowReadsTheRecord(t *testing.T) {
 			func(r record) any { return &r.(*hostRow).HostRecord }},
 		{"migrations", &events.MigrationRecord{ID: "m1", Namespace: "default", Pod: "web", Phase: events.MigrationPhasePending, CreatedAt: now},
 			func(r record) any { return &r.(*migrationRow).MigrationRecord }},
+		{"drains", &events.DrainRecord{Host: "esx-1-02", Phase: "Draining", RequestID: "r1", Migrations: []string{"m1"}, Migrated: 1},
+			func(r record) any { return &r.(*drainRow).DrainRecord }},
+		{"guestclusters", &events.GuestClusterRecord{Namespace: "team-a", Name: "gc1", Phase: "Ready", Endpoint: "https://127.0.0.1:6443",
+			Spec: events.GuestClusterSpec{Version: "v1.37.2"}},
+			func(r record) any { return &r.(*guestClusterRow).GuestClusterRecord }},
+		{"networks", &events.NetworkRecord{Name: "blue", Version: 2, Status: "Ready"},
+			func(r record) any { return &r.(*networkRow).NetworkRecord }},
+		{"networkservices", &events.NetworkServiceRecord{Name: "web", Status: "Ready", Reason: "r", UpdatedAt: now},
+			func(r record) any { return &r.(*networkServiceRow).NetworkServiceRecord }},
+		{"vmclasses", &events.VMClassRecord{Class: events.VirtualMachineClass{Metadata: events.Meta{Name: "small"}}, UpdatedAt: now},
+			func(r record) any { return &r.(*vmClassRow).VMClassRecord }},
+		{"vmimages", &events.VMImageRecord{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "debian"}}, LibraryItemID: "li-1", Ready: true, UpdatedAt: now},
+			func(r record) any { return &r.(*vmImageRow).VMImageRecord }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.resource, func(t *testing.T) {

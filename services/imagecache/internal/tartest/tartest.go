@@ -1,6 +1,7 @@
 // Package tartest writes the tar streams the image cache's tests feed to
-// it: layer diffs as registries serve them (uncompressed), extended
-// attributes carried as PAX records the way OCI layers carry them.
+// it: layer diffs (a layer's tar stream once its blob is decompressed, the
+// stream its diff ID digests), extended attributes carried as PAX records
+// the way OCI layers carry them.
 package tartest
 
 import (
