@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -632,5 +633,25 @@ func TestProdMigrationLimitsHoldAcrossReplicas(t *testing.T) {
 		if err != nil || n < 1 || n > max {
 			t.Errorf("migration: %s = %q, want 1..%d", env, e.Value, max)
 		}
+	}
+}
+
+// Against a real vCenter a pod VM boots the image `podvisor install`
+// uploads: the prod provisioner names its disk (a placeholder to edit, in
+// the form the provisioner accepts); dev runs on the simulated datacenter,
+// whose guests boot nothing, and names none.
+func TestProdProvisionerNamesTheBootDisk(t *testing.T) {
+	c := findWorkload(t, build(t, "overlays/prod"), "provisioner").template.Spec.Containers[0]
+	e, ok := envValue(c, "PODVISOR_PROVISIONER_BOOT_DISK")
+	if !ok || !regexp.MustCompile(`^\[[^]]+\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk$`).MatchString(e.Value) {
+		t.Errorf("prod provisioner: PODVISOR_PROVISIONER_BOOT_DISK = %q (set: %v), want [DS] podvisor/boot-<digest12>/podvm.vmdk", e.Value, ok)
+	}
+	for _, other := range []string{"PODVISOR_STREAM_REPLICAS", "PODVISOR_NATS_URL"} {
+		if _, ok := envValue(c, other); !ok {
+			t.Errorf("prod provisioner lost %s: the boot disk's patch must add to the services' settings, not replace them", other)
+		}
+	}
+	if e, ok := envValue(findWorkload(t, build(t, "overlays/dev"), "provisioner").template.Spec.Containers[0], "PODVISOR_PROVISIONER_BOOT_DISK"); ok {
+		t.Errorf("dev provisioner: PODVISOR_PROVISIONER_BOOT_DISK = %q on the simulated datacenter", e.Value)
 	}
 }

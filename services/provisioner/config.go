@@ -5,6 +5,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vmware/govmomi/object"
+
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 	"github.com/podvisor/podvisor/shared/config"
 )
@@ -52,6 +54,15 @@ type Config struct {
 	Datastore string
 	// GuestID is the vSphere guest OS identifier of pod VMs.
 	GuestID string
+	// BootDisk is the datastore path of the pod VM boot image's disk, as
+	// `podvisor install` uploads it and prints it ("[DS]
+	// podvisor/boot-<digest12>/podvm.vmdk"): every pod VM gets it on SATA
+	// 0:0, shared read-only, and boots from it (podvm.Spec.BootDisk).
+	// Against a real vCenter a pod VM without it powers on with no
+	// operating system; empty is right only for the simulated datacenter,
+	// whose guests run the agent without booting. A new boot image is a
+	// new path, so templates of the old one are replaced.
+	BootDisk string
 	// EphemeralDiskMiB is the capacity of each pod VM's disk 0 (thin: the
 	// datastore holds only what the containers write).
 	EphemeralDiskMiB int64
@@ -137,6 +148,7 @@ const (
 	EnvFolderRoot     = "PODVISOR_PROVISIONER_FOLDER"
 	EnvFolderShards   = "PODVISOR_PROVISIONER_FOLDER_SHARDS"
 	EnvDatastore      = "PODVISOR_PROVISIONER_DATASTORE"
+	EnvBootDisk       = "PODVISOR_PROVISIONER_BOOT_DISK"
 	EnvEphemeralDisk  = "PODVISOR_PROVISIONER_EPHEMERAL_DISK_MIB"
 	EnvEphemeralTmpl  = "PODVISOR_PROVISIONER_EPHEMERAL_TEMPLATE"
 	EnvGuestTimeout   = "PODVISOR_PROVISIONER_GUEST_TIMEOUT"
@@ -175,6 +187,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 		// Set but empty means "none" for these, unlike the others.
 		r.StringOrNone(EnvFolderRoot, &c.FolderRoot)
 		r.StringOrNone(EnvDatastore, &c.Datastore)
+		r.StringOrNone(EnvBootDisk, &c.BootDisk)
 		r.StringOrNone(EnvTemplateAgent, &c.TemplateAgent)
 		r.StringOrNone(EnvKeyFile, &c.KeyFile)
 		// The registry settings the image cache reads too: native VM images
@@ -213,6 +226,12 @@ func (c Config) Validate() error {
 	p.Must(0 <= c.FolderShards && c.FolderShards <= 1024, "FolderShards", c.FolderShards, "be between 0 (no shards) and 1024")
 	if strings.ContainsAny(c.Datastore, "[]") {
 		p.Add(fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
+	}
+	if c.BootDisk != "" {
+		var dp object.DatastorePath
+		if !dp.FromString(c.BootDisk) || dp.Datastore == "" || !strings.HasSuffix(dp.Path, ".vmdk") {
+			p.Add(fmt.Errorf("BootDisk %q: must be the datastore path of the boot image's disk, such as \"[datastore1] podvisor/boot-0123456789ab/podvm.vmdk\" (podvisor install prints it)", c.BootDisk))
+		}
 	}
 	p.Must(c.EphemeralDiskMiB >= 64, "EphemeralDiskMiB", c.EphemeralDiskMiB, "be at least 64 (disk 0 holds every container's writes and logs)")
 	p.Must(c.GuestTimeout >= 0, "GuestTimeout", c.GuestTimeout, "not be negative (0 disables the repair of silent guests)")

@@ -30,6 +30,8 @@ func TestConfigValidate(t *testing.T) {
 		{"shards", func(c *Config) { c.FolderShards = -1 }, "FolderShards -1"},
 		{"datastore brackets", func(c *Config) { c.Datastore = "[ds]" }, "Datastore \"[ds]\""},
 		{"negative stop slack", func(c *Config) { c.GuestStopSlack = -time.Second }, "GuestStopSlack"},
+		{"boot disk not a datastore path", func(c *Config) { c.BootDisk = "podvm.vmdk" }, "BootDisk \"podvm.vmdk\": must be the datastore path"},
+		{"boot disk not a descriptor", func(c *Config) { c.BootDisk = "[ds] podvisor/boot-0123456789ab/" }, "BootDisk"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,6 +66,15 @@ func TestConfigFromEnv(t *testing.T) {
 		t.Errorf("bad %s accepted: %v", EnvAwaitGuestStop, err)
 	}
 	t.Setenv(EnvAwaitGuestStop, "")
+	t.Setenv(EnvBootDisk, "[shared-ds] podvisor/boot-0123456789ab/podvm.vmdk")
+	if c, err = ConfigFromEnv(); err != nil || c.BootDisk != "[shared-ds] podvisor/boot-0123456789ab/podvm.vmdk" {
+		t.Errorf("%s: boot disk %q, err %v", EnvBootDisk, c.BootDisk, err)
+	}
+	t.Setenv(EnvBootDisk, "/var/lib/podvm.vmdk")
+	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "/var/lib/podvm.vmdk") {
+		t.Errorf("bad %s accepted: %v", EnvBootDisk, err)
+	}
+	t.Setenv(EnvBootDisk, "")
 	t.Setenv(EnvWorkers, "many")
 	if _, err := ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), EnvWorkers) {
 		t.Errorf("bad %s accepted: %v", EnvWorkers, err)

@@ -456,6 +456,7 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 		VCPUs:            r.Size.VCPUs,
 		MemoryMiB:        r.Size.MemoryMiB,
 		GuestID:          s.cfg.GuestID,
+		BootDisk:         s.cfg.BootDisk,
 		EphemeralDiskMiB: s.cfg.EphemeralDiskMiB,
 		ImageDisks:       l.imageDisks,
 		ExtraConfig:      info,

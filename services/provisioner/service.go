@@ -157,7 +157,12 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	s.log.Info("provisioner running", "workers", s.cfg.Workers, "pod_workers", s.cfg.PodWorkers, "resync", s.cfg.ResyncInterval, "folder", s.cfg.FolderRoot)
+	s.log.Info("provisioner running", "workers", s.cfg.Workers, "pod_workers", s.cfg.PodWorkers, "resync", s.cfg.ResyncInterval, "folder", s.cfg.FolderRoot, "boot_disk", s.cfg.BootDisk)
+	if s.cfg.BootDisk == "" {
+		// Right for the simulated datacenter, whose guests run the agent
+		// without booting; on a vCenter the VMs would have no system.
+		s.log.Info("pod VMs get no boot disk: " + EnvBootDisk + " is unset (podvisor install prints it); only simulated guests run without one")
+	}
 	if err := g.Wait(); err != nil {
 		return fmt.Errorf("provisioner: %w", err)
 	}

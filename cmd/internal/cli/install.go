@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/cmd/internal/install"
+	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -48,9 +49,15 @@ Re-running it changes nothing; a new boot image is installed beside the old one.
 				return err
 			}
 			defer s.Close(context.Background())
-			steps, err := install.Install(ctx, s, opts)
-			for _, st := range steps {
+			done, err := install.Install(ctx, s, opts)
+			for _, st := range done.Steps {
 				fmt.Fprintln(cmd.OutOrStdout(), st)
+			}
+			if err == nil {
+				// Without it the provisioner's pod VMs have no operating
+				// system on a real vCenter.
+				fmt.Fprintf(cmd.OutOrStdout(), "\npod VMs boot this image once the provisioner has:\n  %s=%q\n",
+					provisioner.EnvBootDisk, done.BootDisk)
 			}
 			return err
 		},

@@ -3,6 +3,7 @@ package cli
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -13,7 +14,7 @@ import (
 // podvisor install on a fresh simulated vCenter creates the folder, the
 // boot image's files and the template; a second run changes nothing.
 func TestInstallCommand(t *testing.T) {
-	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2})
+	d := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2}) // no one default resource pool
 	img := t.TempDir()
 	if err := os.WriteFile(filepath.Join(img, "podvm-flat.vmdk"), make([]byte, 1<<20), 0o644); err != nil {
 		t.Fatal(err)
@@ -28,6 +29,10 @@ func TestInstallCommand(t *testing.T) {
 	}
 	if !strings.Contains(out, "template /") || !strings.Contains(out, "/vm/podvisor/podvisor-podvm-") {
 		t.Fatalf("first run does not name the template:\n%s", out)
+	}
+	// The setting that gives the provisioner's pod VMs the boot disk.
+	if !regexp.MustCompile(`(?m)^  PODVISOR_PROVISIONER_BOOT_DISK="\[[^]]+\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk"$`).MatchString(out) {
+		t.Errorf("first run does not print the provisioner's boot disk setting:\n%s", out)
 	}
 	again, errOut, code := run(t, t.TempDir(), "", args...)
 	if code != 0 || strings.Contains(again, "created") || strings.Count(again, "exists") != 4 {

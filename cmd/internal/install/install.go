@@ -19,6 +19,7 @@ import (
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -70,37 +71,48 @@ func (s Step) String() string {
 // ErrPrerequisites wraps the list of what is missing.
 var ErrPrerequisites = errors.New("prerequisites missing")
 
-// Install runs the checks, then the steps. It returns the steps, or an
-// error listing every missing prerequisite.
-func Install(ctx context.Context, s *vsphere.Session, o Options) ([]Step, error) {
+// Installed is what an install made or found done.
+type Installed struct {
+	Steps []Step
+	// BootDisk is the boot image's disk as the provisioner takes it
+	// (PODVISOR_PROVISIONER_BOOT_DISK): "[DS] podvisor/boot-<digest12>/podvm.vmdk".
+	BootDisk string
+}
+
+// Install runs the checks, then the steps. It returns the steps done so
+// far and, once the image is uploaded, its boot disk; or an error listing
+// every missing prerequisite.
+func Install(ctx context.Context, s *vsphere.Session, o Options) (Installed, error) {
+	var out Installed
 	if o.Folder == "" {
 		o.Folder = "podvisor"
 	}
 	digest, err := imageDigest(o.ImageDir)
 	if err != nil {
-		return nil, err
+		return out, err
 	}
 	ds, err := Check(ctx, s, o.Datastore, imageSize(o.ImageDir))
 	if err != nil {
-		return nil, err
+		return out, err
 	}
-	var steps []Step
 	folder, step, err := ensureFolder(ctx, s, o.Folder)
 	if err != nil {
-		return steps, err
+		return out, err
 	}
-	steps = append(steps, step)
+	out.Steps = append(out.Steps, step)
 	dir := "podvisor/boot-" + digest[:12]
 	uploaded, err := ensureUpload(ctx, s, ds, o.ImageDir, dir)
+	out.Steps = append(out.Steps, uploaded...)
 	if err != nil {
-		return steps, err
+		return out, err
 	}
-	steps = append(steps, uploaded...)
+	out.BootDisk = ds.Path(dir + "/" + descriptorFile)
 	step, err = ensureTemplate(ctx, s, folder, ds, dir, "podvisor-podvm-"+digest[:12], digest)
 	if err != nil {
-		return steps, err
+		return out, err
 	}
-	return append(steps, step), nil
+	out.Steps = append(out.Steps, step)
+	return out, nil
 }
 
 // Check verifies the prerequisites and returns the datastore to use. Every
@@ -288,8 +300,10 @@ func ensureUpload(ctx context.Context, s *vsphere.Session, ds *object.Datastore,
 }
 
 // ensureTemplate creates the pod VM template: the boot disk on SATA 0:0
-// (independent-nonpersistent, shared by every VM made from it), a
-// paravirtual SCSI controller for the pod's disks, marked as a template.
+// (independent-nonpersistent, shared by every VM made from it) and first
+// to boot, a paravirtual SCSI controller for the pod's disks, marked as a
+// template. The provisioner makes its pod VMs the same way
+// (podvm.Spec.BootDisk).
 func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Folder, ds *object.Datastore, dir, name, digest string) (Step, error) {
 	step := Step{What: "template " + folder.InventoryPath + "/" + name}
 	if _, err := s.Finder.VirtualMachine(ctx, folder.InventoryPath+"/"+name); err == nil {
@@ -297,7 +311,7 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 	} else if !isNotFound(err) {
 		return step, fmt.Errorf("template %s: %w", name, err)
 	}
-	pool, err := s.Finder.DefaultResourcePool(ctx)
+	pool, err := templatePool(ctx, ds)
 	if err != nil {
 		return step, fmt.Errorf("resource pool for the template: %w", err)
 	}
@@ -328,6 +342,9 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", ds.Name())},
 		ExtraConfig: []types.BaseOptionValue{
 			&types.OptionValue{Key: "podvisor.bootImage", Value: digest},
+			// Boot from the boot disk, as the provisioner's pod VMs do.
+			&types.OptionValue{Key: podvm.BootOrderKey, Value: "hdd"},
+			&types.OptionValue{Key: podvm.HDDOrderKey, Value: "sata0:0"},
 		},
 		DeviceChange: []types.BaseVirtualDeviceConfigSpec{
 			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: sata},
@@ -349,6 +366,20 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 	}
 	step.Changed = true
 	return step, nil
+}
+
+// templatePool is the root resource pool of the cluster (or lone host) of
+// the first host that mounts ds: the template must run where its boot disk
+// is, and a datacenter with several clusters has no one default pool.
+func templatePool(ctx context.Context, ds *object.Datastore) (*object.ResourcePool, error) {
+	hosts, err := ds.AttachedHosts(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("hosts of datastore %s: %w", ds.Name(), err)
+	}
+	if len(hosts) == 0 {
+		return nil, fmt.Errorf("no host mounts datastore %s", ds.Name())
+	}
+	return hosts[0].ResourcePool(ctx)
 }
 
 // imageDigest is the SHA-256 of the boot disk's extent.

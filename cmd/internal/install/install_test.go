@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -43,10 +45,11 @@ func setup(t *testing.T) (*vsphere.Session, string) {
 func TestInstallCreatesThenChangesNothing(t *testing.T) {
 	s, img := setup(t)
 	ctx := context.Background()
-	steps, err := Install(ctx, s, Options{ImageDir: img})
+	done, err := Install(ctx, s, Options{ImageDir: img})
 	if err != nil {
 		t.Fatal(err)
 	}
+	steps := done.Steps
 	if len(steps) != 4 {
 		t.Fatalf("steps %v, want folder, two files, template", steps)
 	}
@@ -69,18 +72,31 @@ func TestInstallCreatesThenChangesNothing(t *testing.T) {
 	}
 	devices := object.VirtualDeviceList(m.Config.Hardware.Device)
 	disks := devices.SelectByType((*types.VirtualDisk)(nil))
-	if len(disks) != 1 || !strings.HasSuffix(disks[0].GetVirtualDevice().Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName, "/podvm.vmdk") {
-		t.Fatalf("template disks %v, want the boot disk", disks)
+	if len(disks) != 1 || disks[0].GetVirtualDevice().Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName != done.BootDisk {
+		t.Fatalf("template disks %v, want the boot disk %s", disks, done.BootDisk)
+	}
+	if !regexp.MustCompile(`^\[[^]]+\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk$`).MatchString(done.BootDisk) {
+		t.Errorf("boot disk %q, want [DS] podvisor/boot-<digest12>/podvm.vmdk", done.BootDisk)
+	}
+	extra := map[string]any{}
+	for _, o := range m.Config.ExtraConfig {
+		extra[o.GetOptionValue().Key] = o.GetOptionValue().Value
+	}
+	if extra[podvm.BootOrderKey] != "hdd" || extra[podvm.HDDOrderKey] != "sata0:0" {
+		t.Errorf("template boot order %v / %v, want hdd from sata0:0", extra[podvm.BootOrderKey], extra[podvm.HDDOrderKey])
 	}
 	if len(devices.SelectByType((*types.ParaVirtualSCSIController)(nil))) != 1 {
 		t.Error("the template has no paravirtual SCSI controller for the pod's disks")
 	}
 
-	again, err := Install(ctx, s, Options{ImageDir: img})
+	second, err := Install(ctx, s, Options{ImageDir: img})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, st := range again {
+	if second.BootDisk != done.BootDisk {
+		t.Errorf("second run's boot disk %s, first %s", second.BootDisk, done.BootDisk)
+	}
+	for i, st := range second.Steps {
 		if st.Changed || st.What != steps[i].What {
 			t.Errorf("second run: %s (first run: %s)", st, steps[i])
 		}

@@ -3,6 +3,7 @@ package podvm
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"strings"
 
@@ -37,6 +38,15 @@ type Spec struct {
 	ImageDisks []string
 	// ExtraConfig is written verbatim (guestinfo.podvisor.* keys).
 	ExtraConfig map[string]string
+	// BootDisk is the datastore path of the pod VM boot image's disk
+	// (`podvisor install` uploads it as "[DS] podvisor/boot-<digest12>/
+	// podvm.vmdk"): attached on SATA 0:0, independent-nonpersistent (one
+	// file shared read-only by every pod VM; what a VM writes to it goes
+	// to a redo log vSphere discards at power-off) and made the first boot
+	// device, as in the template `podvisor install` makes. Empty: no boot
+	// disk, what the simulated datacenter's guests need (they run the
+	// agent without booting a kernel).
+	BootDisk string
 }
 
 // ephemeralMiB is disk 0's capacity.
@@ -121,6 +131,11 @@ func (s Spec) Validate() error {
 			errs = append(errs, fmt.Errorf("ephemeralTemplate: %w", err))
 		}
 	}
+	if s.BootDisk != "" {
+		if _, err := parseDatastorePath(s.BootDisk); err != nil {
+			errs = append(errs, fmt.Errorf("bootDisk: %w", err))
+		}
+	}
 	if len(s.ImageDisks) == 0 {
 		errs = append(errs, errors.New("imageDisks: a pod VM needs at least one image disk"))
 	}
@@ -176,7 +191,7 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 		Files:    &types.VirtualMachineFileInfo{VmPathName: fmt.Sprintf("[%s]", datastore)},
 		// The guest reads its spec from guestinfo; a pod VM has no use for
 		// the VM's UUID changing on copy, so none of the copy/move knobs.
-		ExtraConfig: extraConfig(s.ExtraConfig),
+		ExtraConfig: extraConfig(s.extraConfig()),
 	}
 
 	// Negative keys are how a config spec refers to devices it is adding.
@@ -251,6 +266,10 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 		})
 	}
 
+	if s.BootDisk != "" {
+		cs.DeviceChange = append(cs.DeviceChange, bootDisk(s.BootDisk, nextKey)...)
+	}
+
 	for i, n := range s.NICs {
 		card := &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
 			VirtualDevice: types.VirtualDevice{
@@ -277,11 +296,58 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	return cs, nil
 }
 
+// bootDisk adds the boot image's disk on a SATA controller of its own
+// (unit 0 of bus 0), apart from the pod's SCSI disks whose units the guest
+// spec names. extraConfig makes it the disk the BIOS boots from.
+func bootDisk(path string, nextKey func() int32) []types.BaseVirtualDeviceConfigSpec {
+	ctrl := &types.VirtualAHCIController{VirtualSATAController: types.VirtualSATAController{
+		VirtualController: types.VirtualController{BusNumber: 0, VirtualDevice: types.VirtualDevice{Key: nextKey()}}}}
+	disk := &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
+		Key:           nextKey(),
+		ControllerKey: ctrl.Key,
+		UnitNumber:    types.NewInt32(0),
+		Backing: &types.VirtualDiskFlatVer2BackingInfo{
+			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: path},
+			DiskMode:                     string(types.VirtualDiskModeIndependent_nonpersistent),
+		},
+	}}
+	return []types.BaseVirtualDeviceConfigSpec{
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: ctrl},
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk},
+	}
+}
+
 // EphemeralDiskPath is where a pod VM's disk 0 lives: in the VM's own
 // directory, so that destroying the VM (or removing leftovers of a VM
 // vCenter forgot) removes it.
 func EphemeralDiskPath(datastore, vmName string) string {
 	return fmt.Sprintf("[%s] %s/ephemeral.vmdk", datastore, vmName)
+}
+
+// The VMX settings that make a VM's BIOS boot from the boot disk: a BIOS
+// boots from one hard disk only, and without them it may pick the pod's
+// disk 0 (SCSI), which has no boot sector. They name the disk by its
+// unit, so they hold in the CreateVM spec itself; the API's
+// BootOptions.BootOrder names a device by its key, which a create only
+// knows as a placeholder.
+const (
+	BootOrderKey = "bios.bootOrder"
+	HDDOrderKey  = "bios.hddOrder"
+	bootDiskUnit = "sata0:0"
+)
+
+// extraConfig is the VM's ExtraConfig at create: the spec's, and the boot
+// order when it has a boot disk (an instant clone's child inherits it).
+func (s Spec) extraConfig() map[string]string {
+	if s.BootDisk == "" {
+		return s.ExtraConfig
+	}
+	m := maps.Clone(s.ExtraConfig)
+	if m == nil {
+		m = map[string]string{}
+	}
+	m[BootOrderKey], m[HDDOrderKey] = "hdd", bootDiskUnit
+	return m
 }
 
 // extraConfig renders the map sorted by key, so that two builds of the same

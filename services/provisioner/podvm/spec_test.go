@@ -36,6 +36,8 @@ func TestSpecValidate(t *testing.T) {
 		{"too many disks", func(s *Spec) { *s = validSpec(60) }, "at most 60"},
 		{"negative ephemeral", func(s *Spec) { s.EphemeralDiskMiB = -1 }, "ephemeralDiskMiB -1"},
 		{"nic without port group", func(s *Spec) { s.NICs[1].PortGroup = "" }, "nics[1].portGroup: required"},
+		{"boot disk", func(s *Spec) { s.BootDisk = "[ds] podvisor/boot-0123456789ab/podvm.vmdk" }, ""},
+		{"boot disk not a datastore path", func(s *Spec) { s.BootDisk = "podvm.vmdk" }, "bootDisk: \"podvm.vmdk\" is not a datastore path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -119,6 +121,11 @@ func TestBuildConfigSpecLayout(t *testing.T) {
 	if got := DiskDevice(7); got != "scsi0:8" {
 		t.Errorf("DiskDevice(7) = %s, want scsi0:8", got)
 	}
+	for _, o := range cs.ExtraConfig {
+		if k := o.GetOptionValue().Key; k == BootOrderKey || k == HDDOrderKey {
+			t.Errorf("extra config %s without a boot disk", k)
+		}
+	}
 	// ExtraConfig is sorted, so equal specs build equal configs.
 	if k := cs.ExtraConfig[0].GetOptionValue().Key; k != "a" {
 		t.Errorf("first ExtraConfig key %s, want a", k)
@@ -177,3 +184,62 @@ type taskError struct{ f types.BaseMethodFault }
 
 func (e *taskError) Error() string                { return "fault" }
 func (e *taskError) Fault() types.BaseMethodFault { return e.f }
+
+// A boot disk goes on a SATA controller of its own, shared read-only, and
+// the BIOS boots from it; the pod's disks keep their SCSI units.
+func TestBuildConfigSpecBootDisk(t *testing.T) {
+	s := validSpec(2)
+	s.BootDisk = "[shared] podvisor/boot-0123456789ab/podvm.vmdk"
+	backings := []types.BaseVirtualDeviceBackingInfo{&types.VirtualEthernetCardNetworkBackingInfo{}, &types.VirtualEthernetCardNetworkBackingInfo{}}
+	cs, err := BuildConfigSpec(s, "ds", backings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sata []*types.VirtualAHCIController
+	var boot, scsiDisks []*types.VirtualDisk
+	var bootOp types.VirtualDeviceConfigSpecFileOperation
+	scsi := map[int32]bool{}
+	for _, dc := range cs.DeviceChange {
+		spec := dc.GetVirtualDeviceConfigSpec()
+		switch d := spec.Device.(type) {
+		case *types.VirtualAHCIController:
+			sata = append(sata, d)
+		case *types.ParaVirtualSCSIController:
+			scsi[d.Key] = true
+		}
+	}
+	for _, dc := range cs.DeviceChange {
+		spec := dc.GetVirtualDeviceConfigSpec()
+		d, ok := spec.Device.(*types.VirtualDisk)
+		switch {
+		case !ok:
+		case scsi[d.ControllerKey]:
+			scsiDisks = append(scsiDisks, d)
+		default:
+			boot, bootOp = append(boot, d), spec.FileOperation
+		}
+	}
+	if len(sata) != 1 || sata[0].BusNumber != 0 || len(boot) != 1 {
+		t.Fatalf("%d SATA controllers, %d disks off the SCSI controllers; want one controller (bus 0) with the boot disk", len(sata), len(boot))
+	}
+	b := boot[0].Backing.(*types.VirtualDiskFlatVer2BackingInfo)
+	if boot[0].ControllerKey != sata[0].Key || *boot[0].UnitNumber != 0 || b.FileName != s.BootDisk ||
+		b.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) || bootOp != "" {
+		t.Errorf("boot disk %s on controller %d unit %d, mode %s, file operation %q; want %s at sata0:0, independent-nonpersistent, the existing file",
+			b.FileName, boot[0].ControllerKey, *boot[0].UnitNumber, b.DiskMode, bootOp, s.BootDisk)
+	}
+	if len(scsiDisks) != 3 {
+		t.Errorf("%d disks on the SCSI controllers, want the ephemeral disk and 2 image disks", len(scsiDisks))
+	}
+	extra := map[string]string{}
+	for _, o := range cs.ExtraConfig {
+		v := o.GetOptionValue()
+		extra[v.Key], _ = v.Value.(string)
+	}
+	if extra[BootOrderKey] != "hdd" || extra[HDDOrderKey] != "sata0:0" || extra["a"] != "1" {
+		t.Errorf("extra config %v, want the BIOS to boot the hard disk sata0:0, and the spec's own keys", extra)
+	}
+	if len(s.ExtraConfig) != 2 {
+		t.Errorf("the spec's extra config changed: %v", s.ExtraConfig)
+	}
+}

@@ -83,6 +83,10 @@ type Shape struct {
 	GuestID          string   `json:"guestID"`
 	ImageDisks       []string `json:"imageDisks"`
 	NICs             int      `json:"nics"`
+	// BootDisk is the boot image's disk (podvm.Spec.BootDisk): a new boot
+	// image, which carries a new agent, makes new templates. Left out of
+	// the name's hash when empty, so templates without one keep theirs.
+	BootDisk string `json:"bootDisk,omitempty"`
 }
 
 // Record is one template in KV.
@@ -238,7 +242,8 @@ func (k *Keeper) Close() {
 // ShapeOf is the shape of a pod VM.
 func ShapeOf(s podvm.Spec, p podvm.Placement) Shape {
 	return Shape{Host: p.Host, Pool: p.Pool, Datastore: p.Datastore, VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB,
-		EphemeralDiskMiB: s.EphemeralDiskMiB, GuestID: s.GuestID, ImageDisks: slices.Clone(s.ImageDisks), NICs: len(s.NICs)}
+		EphemeralDiskMiB: s.EphemeralDiskMiB, GuestID: s.GuestID, ImageDisks: slices.Clone(s.ImageDisks), NICs: len(s.NICs),
+		BootDisk: s.BootDisk}
 }
 
 // Name is the template's deterministic name: every replica derives the

@@ -1,0 +1,55 @@
+package provisioner
+
+import (
+	"context"
+	"testing"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/shared/simtest"
+)
+
+// With a boot disk configured (what `podvisor install` uploads), every pod
+// VM gets it on SATA 0:0, shared read-only, and boots from it: against a
+// real vCenter a pod VM without it has no operating system.
+func TestPodVMsBootFromTheBootDisk(t *testing.T) {
+	e := newEnv(t)
+	const boot = "[shared-ds] podvisor/boot-0123456789ab/podvm.vmdk"
+	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor/boot-0123456789ab", boot)
+	cfg := testConfig()
+	cfg.BootDisk = boot
+	e.start(cfg)
+	_, run := e.provision(testPod("booted"), e.DC.Hosts()[0].Name)
+
+	var vm mo.VirtualMachine
+	if err := e.vc.RetrieveOne(context.Background(), vmRef(run.VM), []string{"config.hardware.device", "config.extraConfig"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+	var found *types.VirtualDisk
+	for _, d := range devices.SelectByType((*types.VirtualDisk)(nil)) {
+		disk := d.(*types.VirtualDisk)
+		if b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok && b.FileName == boot {
+			found = disk
+			if b.DiskMode != string(types.VirtualDiskModeIndependent_nonpersistent) {
+				t.Errorf("boot disk mode %s, want independent_nonpersistent", b.DiskMode)
+			}
+		}
+	}
+	if found == nil {
+		t.Fatalf("no disk backed by %s; devices: %v", boot, devices)
+	}
+	if _, ok := devices.FindByKey(found.ControllerKey).(*types.VirtualAHCIController); !ok || found.UnitNumber == nil || *found.UnitNumber != 0 {
+		t.Errorf("boot disk on %s unit %v, want SATA unit 0", devices.Name(devices.FindByKey(found.ControllerKey)), found.UnitNumber)
+	}
+	extra := map[string]string{}
+	for _, o := range vm.Config.ExtraConfig {
+		v := o.GetOptionValue()
+		extra[v.Key], _ = v.Value.(string)
+	}
+	if extra["bios.bootOrder"] != "hdd" || extra["bios.hddOrder"] != "sata0:0" {
+		t.Errorf("bios.bootOrder %q, bios.hddOrder %q: want the BIOS to boot the hard disk sata0:0", extra["bios.bootOrder"], extra["bios.hddOrder"])
+	}
+}
