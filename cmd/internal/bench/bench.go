@@ -325,23 +325,30 @@ type Memory struct {
 	//     and VmHWM, as if no page were shared;
 	//   - ControlPlaneResidentBytes counts what is resident once: their
 	//     private (anonymous) pages, plus the largest file-backed share,
-	//     the executable's pages they all map from the page cache.
+	//     the executable's pages they all map from the page cache;
+	//   - ControlPlanePSSBytes sums their proportional set sizes (each
+	//     resident page divided by the number of processes mapping it):
+	//     the kernel's own answer to what a set of processes occupies,
+	//     pages shared with processes outside the set included in part.
 	Services                  []ProcessMemory `json:"services,omitempty"`
 	ControlPlaneRSSBytes      int64           `json:"control_plane_rss_bytes,omitempty"`
 	ControlPlanePeakBytes     int64           `json:"control_plane_peak_rss_bytes,omitempty"`
 	ControlPlaneResidentBytes int64           `json:"control_plane_resident_bytes,omitempty"`
+	ControlPlanePSSBytes      int64           `json:"control_plane_pss_bytes,omitempty"`
 }
 
 // ProcessMemory is one service process's memory, read from
 // /proc/<pid>/status: resident set (VmRSS) and its high-water mark
 // (VmHWM), and the resident set's anonymous (private heap and stacks) and
-// file-backed (the mapped executable) parts.
+// file-backed (the mapped executable) parts; and from
+// /proc/<pid>/smaps_rollup its proportional set size (Pss).
 type ProcessMemory struct {
 	Name      string `json:"name"`
 	RSSBytes  int64  `json:"rss_bytes"`
 	PeakBytes int64  `json:"peak_rss_bytes"`
 	AnonBytes int64  `json:"rss_anon_bytes"`
 	FileBytes int64  `json:"rss_file_bytes"`
+	PSSBytes  int64  `json:"pss_bytes,omitempty"`
 }
 
 // Setup records the conditions of the run.

@@ -1,6 +1,8 @@
 package bench
 
 import (
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -115,5 +117,24 @@ func TestVSphereCallsPerPod(t *testing.T) {
 	}
 	if got := vsphereCalls(before, after, 0); got.PerPod != 0 {
 		t.Errorf("no pods: %+v, want nothing", got)
+	}
+}
+
+// procMemory reads a live process's figures: its proportional set size is
+// at most its resident set (shared pages count in part), and the resident
+// set is its anonymous and file-backed parts (shared memory aside).
+func TestProcMemoryReadsALiveProcess(t *testing.T) {
+	m, err := procMemory(strconv.Itoa(os.Getpid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.RSSBytes <= 0 || m.PSSBytes <= 0 || m.PSSBytes > m.RSSBytes || m.PeakBytes < m.RSSBytes {
+		t.Errorf("rss %d, pss %d, peak %d: want 0 < pss ≤ rss ≤ peak", m.RSSBytes, m.PSSBytes, m.PeakBytes)
+	}
+	if m.AnonBytes <= 0 || m.FileBytes <= 0 || m.AnonBytes+m.FileBytes > m.RSSBytes {
+		t.Errorf("anon %d + file %d, rss %d: want both parts within the resident set", m.AnonBytes, m.FileBytes, m.RSSBytes)
+	}
+	if _, err := procMemory("0"); err == nil {
+		t.Error("pid 0: no error")
 	}
 }

@@ -362,6 +362,7 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 			res.Memory.ControlPlaneRSSBytes += m.RSSBytes
 			res.Memory.ControlPlanePeakBytes += m.PeakBytes
 			res.Memory.ControlPlaneResidentBytes += m.AnonBytes
+			res.Memory.ControlPlanePSSBytes += m.PSSBytes
 			file = max(file, m.FileBytes)
 		}
 		res.Memory.ControlPlaneResidentBytes += file
@@ -663,15 +664,25 @@ func serviceMemory(procs string) ([]ProcessMemory, error) {
 	return out, nil
 }
 
-// procMemory reads the memory figures of /proc/<pid>/status.
+// procMemory reads the memory figures of /proc/<pid>/status and
+// /proc/<pid>/smaps_rollup.
 func procMemory(pid string) (ProcessMemory, error) {
 	var m ProcessMemory
-	f, err := os.Open(filepath.Join("/proc", pid, "status"))
-	if err != nil {
+	if err := readKB(filepath.Join("/proc", pid, "status"), map[string]*int64{
+		"VmRSS": &m.RSSBytes, "VmHWM": &m.PeakBytes, "RssAnon": &m.AnonBytes, "RssFile": &m.FileBytes}); err != nil {
 		return m, err
 	}
+	return m, readKB(filepath.Join("/proc", pid, "smaps_rollup"), map[string]*int64{"Pss": &m.PSSBytes})
+}
+
+// readKB sets each field of a /proc file of "Key: N kB" lines named in
+// fields to N KiB in bytes.
+func readKB(path string, fields map[string]*int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
 	defer f.Close()
-	fields := map[string]*int64{"VmRSS": &m.RSSBytes, "VmHWM": &m.PeakBytes, "RssAnon": &m.AnonBytes, "RssFile": &m.FileBytes}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		key, rest, _ := strings.Cut(sc.Text(), ":")
@@ -684,5 +695,5 @@ func procMemory(pid string) (ProcessMemory, error) {
 			*dst = kb << 10 // the kernel prints kB
 		}
 	}
-	return m, sc.Err()
+	return sc.Err()
 }
