@@ -237,6 +237,13 @@ func (c Config) Validate() error {
 	p.Must(c.GuestTimeout >= 0, "GuestTimeout", c.GuestTimeout, "not be negative (0 disables the repair of silent guests)")
 	p.Must(c.GuestStopSlack >= 0, "GuestStopSlack", c.GuestStopSlack, "not be negative")
 	p.Must(0 <= c.TemplatesWarm && c.TemplatesWarm <= 64, "TemplatesWarm", c.TemplatesWarm, "be between 0 (no forking) and 64 templates per host")
+	if c.BootDisk != "" && c.TemplatesWarm > 0 {
+		// A fork's child resumes its template's guest. A simulated guest is
+		// handed the child's identity (a standby's takeover); the boot
+		// image's agent has no such step yet, so a child would go on as its
+		// template, running the template's containers under its name.
+		p.Add(fmt.Errorf("TemplatesWarm %d: pod VMs that boot the image (BootDisk set) cannot be forked yet, the boot image's agent does not take over a forked child's identity; set TemplatesWarm to 0", c.TemplatesWarm))
+	}
 	p.Must(c.GuestRepairs >= 0, "GuestRepairs", c.GuestRepairs, "not be negative")
 	p.Required(strings.TrimSpace(c.GuestID) != "", "GuestID", "for example otherLinux64Guest")
 	return p.Err()

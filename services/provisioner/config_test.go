@@ -32,6 +32,9 @@ func TestConfigValidate(t *testing.T) {
 		{"negative stop slack", func(c *Config) { c.GuestStopSlack = -time.Second }, "GuestStopSlack"},
 		{"boot disk not a datastore path", func(c *Config) { c.BootDisk = "podvm.vmdk" }, "BootDisk \"podvm.vmdk\": must be the datastore path"},
 		{"boot disk not a descriptor", func(c *Config) { c.BootDisk = "[ds] podvisor/boot-0123456789ab/" }, "BootDisk"},
+		{"forks of booted pod VMs", func(c *Config) {
+			c.BootDisk, c.TemplatesWarm = "[ds] podvisor/boot-0123456789ab/podvm.vmdk", 1
+		}, "TemplatesWarm 1: pod VMs that boot the image (BootDisk set) cannot be forked yet"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
