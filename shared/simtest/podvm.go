@@ -24,6 +24,10 @@ type PodVMDisk struct {
 	CapacityBytes int64
 	// ReadOnly attaches it independent-nonpersistent, as image disks are.
 	ReadOnly bool
+	// Shared, a datastore path ("[ds] dir/disk.vmdk"), attaches that
+	// existing disk instead of creating File in the VM's directory, as an
+	// image disk or the boot disk is attached to many VMs.
+	Shared string
 }
 
 // PodVM describes a VM shaped like a pod VM: disks and the pod spec in
@@ -51,8 +55,9 @@ type PodVMNIC struct {
 	MAC       string
 }
 
-// CreatePodVM creates the VM and returns it with the local paths of its
-// disks' flat extents (where a test writes an image disk's filesystem).
+// CreatePodVM creates the VM and returns it with the local paths of the
+// flat extents of the disks it created, in order (where a test writes an
+// image disk's filesystem); Shared disks are not among them.
 func CreatePodVM(t testing.TB, c *govmomi.Client, d *sim.Datacenter, p PodVM) (*object.VirtualMachine, []string) {
 	t.Helper()
 	vm, extents, err := NewPodVM(context.Background(), c, d, p)
@@ -111,20 +116,27 @@ func NewPodVM(ctx context.Context, c *govmomi.Client, d *sim.Datacenter, p PodVM
 		if disk.ReadOnly {
 			mode = types.VirtualDiskModeIndependent_nonpersistent
 		}
+		file, op := "["+sim.SharedDatastore+"] "+p.Name+"/"+disk.File, types.VirtualDeviceConfigSpecFileOperationCreate
+		if disk.Shared != "" {
+			file, op = disk.Shared, ""
+		}
 		changes = append(changes, &types.VirtualDeviceConfigSpec{
 			Operation:     types.VirtualDeviceConfigSpecOperationAdd,
-			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate,
+			FileOperation: op,
 			Device: &types.VirtualDisk{
 				VirtualDevice: types.VirtualDevice{
 					Key: -200 - unit, ControllerKey: -100, UnitNumber: &unit,
 					Backing: &types.VirtualDiskFlatVer2BackingInfo{
-						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sim.SharedDatastore + "] " + p.Name + "/" + disk.File},
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
 						DiskMode:                     string(mode), ThinProvisioned: types.NewBool(true),
 					},
 				},
 				CapacityInKB: disk.CapacityBytes >> 10,
 			},
 		})
+		if disk.Shared != "" {
+			continue // not this VM's extent
+		}
 		flat := disk.File[:len(disk.File)-len(filepath.Ext(disk.File))] + "-flat" + filepath.Ext(disk.File)
 		extents = append(extents, filepath.Join(ds.Dir, p.Name, flat))
 	}

@@ -486,8 +486,9 @@ func (c *Client) ExitMaintenance(ctx context.Context, host string) error {
 	return nil
 }
 
-// Destroy powers a VM off and destroys it. A VM already gone counts as
-// destroyed: a delete is done when the object is gone.
+// Destroy powers a VM off, detaches the disks it shares with other VMs and
+// destroys it. A VM already gone counts as destroyed: a delete is done when
+// the object is gone.
 func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) error {
 	vm := object.NewVirtualMachine(c.vc, ref)
 	state, err := vm.PowerState(ctx)
@@ -505,6 +506,14 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 		if err != nil && !isNotFound(err) {
 			return fmt.Errorf("power off %s: %w", ref.Value, err)
 		}
+	}
+	// A pod VM's image disks and boot disk are files shared by many VMs:
+	// destroying the VM with them attached would delete them.
+	if err := vsphere.DetachSharedDisks(ctx, c.vc, ref); err != nil {
+		if isNotFound(err) {
+			return nil
+		}
+		return err
 	}
 	t, err := vm.Destroy(ctx)
 	if err == nil {

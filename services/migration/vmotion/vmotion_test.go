@@ -2,6 +2,8 @@ package vmotion_test
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -194,5 +196,38 @@ func TestTaskStateAndSlicedWait(t *testing.T) {
 	}
 	if _, err := c.Task(ctx, types.ManagedObjectReference{Type: "Task", Value: "task-none"}); !errors.Is(err, vmotion.ErrNotFound) {
 		t.Errorf("an unknown task: %v, want ErrNotFound", err)
+	}
+}
+
+// Destroying a pod VM (a leftover of a lost host) keeps the disks it shares
+// with other VMs: an image disk and the boot disk live outside the VM's
+// directory, and vCenter deletes the files of every disk still attached.
+func TestDestroyKeepsSharedDisks(t *testing.T) {
+	ctx := t.Context()
+	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 3})
+	vc := simtest.Client(t, dc)
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const shared = "[" + sim.SharedDatastore + "] podvisor-images/app.vmdk"
+	simtest.CreateDisks(t, vc, dco, "["+sim.SharedDatastore+"] podvisor-images", shared)
+	host, _ := dc.Host(dc.Clusters()[0].Hosts[0])
+	vm, _ := simtest.CreatePodVM(t, vc, dc, simtest.PodVM{Name: "pv-leftover", Host: host, NumCPUs: 1, MemoryMB: 128, PowerOn: true,
+		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 8 << 20}, {Shared: shared, ReadOnly: true}}})
+	if err := vmotion.New(vc.Client, dco).Destroy(ctx, vm.Reference()); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := dc.Datastore(sim.SharedDatastore)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"podvisor-images/app.vmdk", "podvisor-images/app-flat.vmdk"} {
+		if _, err := os.Stat(filepath.Join(ds.Dir, f)); err != nil {
+			t.Errorf("shared disk file %s after the destroy: %v", f, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(ds.Dir, "pv-leftover")); !os.IsNotExist(err) {
+		t.Errorf("the VM's own directory after the destroy: %v, want it gone", err)
 	}
 }

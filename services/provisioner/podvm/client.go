@@ -428,7 +428,8 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 		}
 		return err
 	}
-	if err := c.detachImageDisks(ctx, ref); err != nil {
+	// The image disks and the boot disk are shared by many pod VMs.
+	if err := vsphere.DetachSharedDisks(ctx, c.vc, ref); err != nil {
 		if isNotFound(err) {
 			return nil
 		}
@@ -447,48 +448,6 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	}
 	if vm != nil {
 		return fmt.Errorf("destroy %s: VM still present after the destroy task", ref.Value)
-	}
-	return nil
-}
-
-// detachImageDisks removes from the VM, without touching their files,
-// every disk that lives outside the VM's own directory: the image disks.
-// Destroying a VM deletes the files of every disk still attached to it, and
-// an image disk is shared by every pod VM of the image.
-func (c *Client) detachImageDisks(ctx context.Context, ref types.ManagedObjectReference) error {
-	vm := object.NewVirtualMachine(c.vc, ref)
-	var m mo.VirtualMachine
-	if err := vm.Properties(ctx, ref, []string{"config.hardware.device", "config.files.vmPathName"}, &m); err != nil {
-		return fmt.Errorf("devices of %s: %w", ref.Value, err)
-	}
-	if m.Config == nil {
-		return nil
-	}
-	var vmx object.DatastorePath
-	vmx.FromString(m.Config.Files.VmPathName)
-	own := fmt.Sprintf("[%s] %s/", vmx.Datastore, path.Dir(vmx.Path))
-	var change []types.BaseVirtualDeviceConfigSpec
-	for _, d := range m.Config.Hardware.Device {
-		disk, ok := d.(*types.VirtualDisk)
-		if !ok {
-			continue
-		}
-		b, ok := disk.Backing.(types.BaseVirtualDeviceFileBackingInfo)
-		if !ok || strings.HasPrefix(b.GetVirtualDeviceFileBackingInfo().FileName, own) {
-			continue
-		}
-		// No FileOperation: the device goes, the file stays.
-		change = append(change, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationRemove, Device: disk})
-	}
-	if len(change) == 0 {
-		return nil
-	}
-	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: change})
-	if err == nil {
-		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
-	}
-	if err != nil {
-		return fmt.Errorf("detach image disks of %s: %w", ref.Value, err)
 	}
 	return nil
 }
