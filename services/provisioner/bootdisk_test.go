@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/vmware/govmomi/object"
@@ -9,6 +10,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // With a boot disk configured (what `podvisor install` uploads), every pod
@@ -51,5 +53,23 @@ func TestPodVMsBootFromTheBootDisk(t *testing.T) {
 	}
 	if extra["bios.bootOrder"] != "hdd" || extra["bios.hddOrder"] != "sata0:0" {
 		t.Errorf("bios.bootOrder %q, bios.hddOrder %q: want the BIOS to boot the hard disk sata0:0", extra["bios.bootOrder"], extra["bios.hddOrder"])
+	}
+}
+
+// A boot disk that is not on the datastore (not uploaded yet, misspelled,
+// the prod overlay's placeholder) stops the provisioner at start, naming
+// the setting and the path, rather than failing every pod VM's create.
+func TestAMissingBootDiskStopsTheProvisioner(t *testing.T) {
+	e := newEnv(t)
+	for _, disk := range []string{
+		"[shared-ds] podvisor/boot-000000000000/podvm.vmdk", // no such file
+		"[no-such-ds] podvisor/boot-0123456789ab/podvm.vmdk",
+	} {
+		cfg := testConfig()
+		cfg.BootDisk = disk
+		_, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: testenv.Logger()})
+		if err == nil || !strings.Contains(err.Error(), EnvBootDisk) || !strings.Contains(err.Error(), disk[1:strings.Index(disk, "]")]) {
+			t.Errorf("boot disk %s: New = %v, want an error naming %s and the datastore", disk, err, EnvBootDisk)
+		}
 	}
 }

@@ -121,6 +121,11 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 			return nil, fmt.Errorf("provisioner: %w", err)
 		}
 	}
+	if cfg.BootDisk != "" {
+		if err := vms.CheckBootDisk(ctx, cfg.BootDisk); err != nil {
+			return nil, fmt.Errorf("provisioner: %s: %w", EnvBootDisk, err)
+		}
+	}
 	if err := s.initTemplates(ctx); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -672,7 +673,11 @@ func procMemory(pid string) (ProcessMemory, error) {
 		"VmRSS": &m.RSSBytes, "VmHWM": &m.PeakBytes, "RssAnon": &m.AnonBytes, "RssFile": &m.FileBytes}); err != nil {
 		return m, err
 	}
-	return m, readKB(filepath.Join("/proc", pid, "smaps_rollup"), map[string]*int64{"Pss": &m.PSSBytes})
+	// smaps_rollup is Linux 4.14 and later: without it, no PSS (0).
+	if err := readKB(filepath.Join("/proc", pid, "smaps_rollup"), map[string]*int64{"Pss": &m.PSSBytes}); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return m, err
+	}
+	return m, nil
 }
 
 // readKB sets each field of a /proc file of "Key: N kB" lines named in

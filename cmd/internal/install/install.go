@@ -311,9 +311,9 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 	} else if !isNotFound(err) {
 		return step, fmt.Errorf("template %s: %w", name, err)
 	}
-	pool, err := templatePool(ctx, ds)
+	host, pool, err := templatePlace(ctx, ds)
 	if err != nil {
-		return step, fmt.Errorf("resource pool for the template: %w", err)
+		return step, fmt.Errorf("where to create the template: %w", err)
 	}
 	var devices object.VirtualDeviceList
 	sata := &types.VirtualAHCIController{VirtualSATAController: types.VirtualSATAController{
@@ -352,7 +352,7 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk},
 		},
 	}
-	task, err := folder.CreateVM(ctx, spec, pool, nil)
+	task, err := folder.CreateVM(ctx, spec, pool, host)
 	if err != nil {
 		return step, fmt.Errorf("create template %s: %w", name, err)
 	}
@@ -368,18 +368,23 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 	return step, nil
 }
 
-// templatePool is the root resource pool of the cluster (or lone host) of
-// the first host that mounts ds: the template must run where its boot disk
-// is, and a datacenter with several clusters has no one default pool.
-func templatePool(ctx context.Context, ds *object.Datastore) (*object.ResourcePool, error) {
+// templatePlace is the first host that mounts ds and the root resource
+// pool of its cluster (or its own, alone): the template must be where its
+// boot disk is, a datacenter with several clusters has no one default
+// pool, and a cluster without DRS takes a VM only on a named host.
+func templatePlace(ctx context.Context, ds *object.Datastore) (*object.HostSystem, *object.ResourcePool, error) {
 	hosts, err := ds.AttachedHosts(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("hosts of datastore %s: %w", ds.Name(), err)
+		return nil, nil, fmt.Errorf("hosts of datastore %s: %w", ds.Name(), err)
 	}
 	if len(hosts) == 0 {
-		return nil, fmt.Errorf("no host mounts datastore %s", ds.Name())
+		return nil, nil, fmt.Errorf("no host mounts datastore %s", ds.Name())
 	}
-	return hosts[0].ResourcePool(ctx)
+	pool, err := hosts[0].ResourcePool(ctx)
+	if err != nil {
+		return nil, nil, fmt.Errorf("resource pool of host %s: %w", hosts[0].Reference().Value, err)
+	}
+	return hosts[0], pool, nil
 }
 
 // imageDigest is the SHA-256 of the boot disk's extent.

@@ -1,12 +1,14 @@
 package podvm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"sort"
 	"strings"
 
+	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -374,4 +376,23 @@ func DiskDevice(i int) string {
 		unit++
 	}
 	return fmt.Sprintf("scsi%d:%d", i/disksPerController, unit)
+}
+
+// CheckBootDisk says whether the boot disk a spec would name (a datastore
+// path) is there: its datastore exists and holds the file. Checked once at
+// start, so a misspelled or not yet uploaded image stops the provisioner
+// with the reason instead of failing every pod VM's create.
+func (c *Client) CheckBootDisk(ctx context.Context, disk string) error {
+	dp, err := parseDatastorePath(disk)
+	if err != nil {
+		return err
+	}
+	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, dp.Datastore)
+	if err != nil {
+		return fmt.Errorf("datastore %s: %w", dp.Datastore, err)
+	}
+	if _, err := store.Stat(ctx, dp.Path); err != nil {
+		return fmt.Errorf("%s: %w (podvisor install uploads the image and prints its path)", disk, err)
+	}
+	return nil
 }
