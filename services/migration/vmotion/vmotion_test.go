@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
@@ -23,13 +24,7 @@ import (
 // (refused while the VM runs there), and removal.
 func TestAgainstTheSimulator(t *testing.T) {
 	ctx := t.Context()
-	dc := simtest.Start(t, sim.Config{Clusters: 2, HostsPerCluster: 2, Seed: 3})
-	vc := simtest.Client(t, dc)
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := vmotion.New(vc.Client, dco)
+	dc, vc, dco, c := start(t, 2)
 	clusters := dc.Clusters()
 	src, dst := clusters[0].Hosts[0], clusters[1].Hosts[1]
 
@@ -135,13 +130,7 @@ func TestAgainstTheSimulator(t *testing.T) {
 // than the task, still returns when the task ends.
 func TestTaskStateAndSlicedWait(t *testing.T) {
 	ctx := t.Context()
-	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 3})
-	vc := simtest.Client(t, dc)
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := vmotion.New(vc.Client, dco)
+	dc, vc, _, c := start(t, 1)
 	hosts := dc.Clusters()[0].Hosts
 	src, _ := dc.Host(hosts[0])
 	dst, err := c.Host(ctx, hosts[1])
@@ -204,18 +193,13 @@ func TestTaskStateAndSlicedWait(t *testing.T) {
 // directory, and vCenter deletes the files of every disk still attached.
 func TestDestroyKeepsSharedDisks(t *testing.T) {
 	ctx := t.Context()
-	dc := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 3})
-	vc := simtest.Client(t, dc)
-	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dc, vc, dco, c := start(t, 1)
 	const shared = "[" + sim.SharedDatastore + "] podvisor-images/app.vmdk"
 	simtest.CreateDisks(t, vc, dco, "["+sim.SharedDatastore+"] podvisor-images", shared)
 	host, _ := dc.Host(dc.Clusters()[0].Hosts[0])
 	vm, _ := simtest.CreatePodVM(t, vc, dc, simtest.PodVM{Name: "pv-leftover", Host: host, NumCPUs: 1, MemoryMB: 128, PowerOn: true,
 		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 8 << 20}, {Shared: shared, ReadOnly: true}}})
-	if err := vmotion.New(vc.Client, dco).Destroy(ctx, vm.Reference()); err != nil {
+	if err := c.Destroy(ctx, vm.Reference()); err != nil {
 		t.Fatal(err)
 	}
 	ds, err := dc.Datastore(sim.SharedDatastore)
@@ -230,4 +214,17 @@ func TestDestroyKeepsSharedDisks(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(ds.Dir, "pv-leftover")); !os.IsNotExist(err) {
 		t.Errorf("the VM's own directory after the destroy: %v, want it gone", err)
 	}
+}
+
+// start runs a simulated datacenter of clusters × 2 hosts and returns it
+// with a client, its datacenter and the migration service's client on it.
+func start(t *testing.T, clusters int) (*sim.Datacenter, *govmomi.Client, *object.Datacenter, *vmotion.Client) {
+	t.Helper()
+	dc := simtest.Start(t, sim.Config{Clusters: clusters, HostsPerCluster: 2, Seed: 3})
+	vc := simtest.Client(t, dc)
+	dco, err := find.NewFinder(vc.Client).DefaultDatacenter(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dc, vc, dco, vmotion.New(vc.Client, dco)
 }
