@@ -9,6 +9,8 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -71,5 +73,30 @@ func TestAMissingBootDiskStopsTheProvisioner(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), EnvBootDisk) || !strings.Contains(err.Error(), disk[1:strings.Index(disk, "]")]) {
 			t.Errorf("boot disk %s: New = %v, want an error naming %s and the datastore", disk, err, EnvBootDisk)
 		}
+	}
+}
+
+// A pod placed on a host that does not mount the boot disk's datastore
+// fails, its message naming the host and the datastore, rather than with
+// the fault vCenter's create would give about a file.
+func TestAHostWithoutTheBootDisksDatastoreIsNamed(t *testing.T) {
+	e := newEnv(t)
+	ds := sim.ClusterDatastore(e.DC.Clusters()[0].Name)
+	boot := "[" + ds + "] podvisor/boot-0123456789ab/podvm.vmdk"
+	simtest.CreateDisks(t, e.vc, e.dco, "["+ds+"] podvisor/boot-0123456789ab", boot)
+	cfg := testConfig()
+	cfg.BootDisk = boot
+	e.start(cfg)
+	host := e.DC.Hosts()[0].Name
+	acc := e.request(testPod("elsewhere"))
+	e.facts(acc, host) // the placement lists only the shared datastore
+	failed := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+	for _, want := range []string{host, ds, "boot disk"} {
+		if !strings.Contains(failed.Message, want) {
+			t.Errorf("pod.failed message %q does not name %q", failed.Message, want)
+		}
+	}
+	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 0 {
+		t.Errorf("a VM was made: %v", vms)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -442,6 +443,9 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 	if ds == "" && len(r.Images) > 0 {
 		ds = r.Images[0].Datastore
 	}
+	if err := s.bootDiskReachable(r); err != nil {
+		return podvm.Spec{}, podvm.Placement{}, err
+	}
 	l, err := layout(r, ds)
 	if err != nil {
 		return podvm.Spec{}, podvm.Placement{}, err
@@ -476,6 +480,20 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 		Folder:    s.cfg.vmFolder(r.Namespace, r.UID),
 		Datastore: ds,
 	}, nil
+}
+
+// bootDiskReachable refuses a placement whose host does not mount the
+// datastore of the boot disk (the scheduler's pod.scheduled lists every
+// datastore of the host): the create would fail there with a fault about a
+// file, and this says which host and datastore instead. The scheduler does
+// not know of the boot disk, so every host that runs pod VMs must mount it.
+func (s *Service) bootDiskReachable(r *events.PodRecord) error {
+	var dp object.DatastorePath
+	if s.cfg.BootDisk == "" || len(r.Datastores) == 0 || !dp.FromString(s.cfg.BootDisk) || slices.Contains(r.Datastores, dp.Datastore) {
+		return nil
+	}
+	return fmt.Errorf("host %s does not mount datastore %s, which holds the boot disk %s (%s): every host that runs pod VMs must",
+		r.Host, dp.Datastore, s.cfg.BootDisk, EnvBootDisk)
 }
 
 // stepCtx runs one vSphere step under StepTimeout.
