@@ -5,9 +5,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmware/govmomi/object"
-
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/config"
 )
 
@@ -228,9 +227,8 @@ func (c Config) Validate() error {
 		p.Add(fmt.Errorf("Datastore %q: a datastore name, without brackets", c.Datastore))
 	}
 	if c.BootDisk != "" {
-		var dp object.DatastorePath
-		if !dp.FromString(c.BootDisk) || dp.Datastore == "" || !strings.HasSuffix(dp.Path, ".vmdk") {
-			p.Add(fmt.Errorf("BootDisk %q: must be the datastore path of the boot image's disk, such as \"[datastore1] podvisor/boot-0123456789ab/podvm.vmdk\" (podvisor install prints it)", c.BootDisk))
+		if _, err := podvm.ParseBootDisk(c.BootDisk); err != nil {
+			p.Add(fmt.Errorf("BootDisk: %w (podvisor install prints the path of the image it uploads)", err))
 		}
 	}
 	p.Must(c.EphemeralDiskMiB >= 64, "EphemeralDiskMiB", c.EphemeralDiskMiB, "be at least 64 (disk 0 holds every container's writes and logs)")

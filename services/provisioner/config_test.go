@@ -30,8 +30,8 @@ func TestConfigValidate(t *testing.T) {
 		{"shards", func(c *Config) { c.FolderShards = -1 }, "FolderShards -1"},
 		{"datastore brackets", func(c *Config) { c.Datastore = "[ds]" }, "Datastore \"[ds]\""},
 		{"negative stop slack", func(c *Config) { c.GuestStopSlack = -time.Second }, "GuestStopSlack"},
-		{"boot disk not a datastore path", func(c *Config) { c.BootDisk = "podvm.vmdk" }, "BootDisk \"podvm.vmdk\": must be the datastore path"},
-		{"boot disk not a descriptor", func(c *Config) { c.BootDisk = "[ds] podvisor/boot-0123456789ab/" }, "BootDisk"},
+		{"boot disk not a datastore path", func(c *Config) { c.BootDisk = "podvm.vmdk" }, "BootDisk: \"podvm.vmdk\" is not a datastore path"},
+		{"boot disk not a descriptor", func(c *Config) { c.BootDisk = "[ds] podvisor/boot-0123456789ab/" }, "BootDisk: \"[ds] podvisor/boot-0123456789ab/\" does not name a disk descriptor (.vmdk)"},
 		{"forks of booted pod VMs", func(c *Config) {
 			c.BootDisk, c.TemplatesWarm = "[ds] podvisor/boot-0123456789ab/podvm.vmdk", 1
 		}, "TemplatesWarm 1: pod VMs that boot the image (BootDisk set) cannot be forked yet"},

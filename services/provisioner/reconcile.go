@@ -10,7 +10,6 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -488,9 +487,12 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 // file, and this says which host and datastore instead. The scheduler does
 // not know of the boot disk, so every host that runs pod VMs must mount it.
 func (s *Service) bootDiskReachable(r *events.PodRecord) error {
-	var dp object.DatastorePath
-	if s.cfg.BootDisk == "" || len(r.Datastores) == 0 || !dp.FromString(s.cfg.BootDisk) || slices.Contains(r.Datastores, dp.Datastore) {
+	if s.cfg.BootDisk == "" || len(r.Datastores) == 0 {
 		return nil
+	}
+	dp, err := podvm.ParseBootDisk(s.cfg.BootDisk) // checked at start
+	if err != nil || slices.Contains(r.Datastores, dp.Datastore) {
+		return err
 	}
 	return fmt.Errorf("host %s does not mount datastore %s, which holds the boot disk %s (%s): every host that runs pod VMs must",
 		r.Host, dp.Datastore, s.cfg.BootDisk, EnvBootDisk)

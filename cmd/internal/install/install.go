@@ -316,24 +316,13 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 		return step, fmt.Errorf("where to create the template: %w", err)
 	}
 	var devices object.VirtualDeviceList
-	sata := &types.VirtualAHCIController{VirtualSATAController: types.VirtualSATAController{
-		VirtualController: types.VirtualController{BusNumber: 0, VirtualDevice: types.VirtualDevice{Key: -1}}}}
 	scsi, err := devices.CreateSCSIController("pvscsi")
 	if err != nil {
 		return step, err
 	}
-	scsi.(types.BaseVirtualSCSIController).GetVirtualSCSIController().Key = -2
-	disk := &types.VirtualDisk{
-		VirtualDevice: types.VirtualDevice{
-			Key:           -3,
-			ControllerKey: -1,
-			UnitNumber:    types.NewInt32(0),
-			Backing: &types.VirtualDiskFlatVer2BackingInfo{
-				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: ds.Path(dir + "/" + descriptorFile)},
-				DiskMode:                     string(types.VirtualDiskModeIndependent_nonpersistent),
-			},
-		},
-	}
+	scsi.(types.BaseVirtualSCSIController).GetVirtualSCSIController().Key = -1
+	key := int32(-1)
+	boot := podvm.BootDiskDevices(ds.Path(dir+"/"+descriptorFile), func() int32 { key--; return key })
 	spec := types.VirtualMachineConfigSpec{
 		Name:     name,
 		GuestId:  "other5xLinux64Guest",
@@ -343,14 +332,11 @@ func ensureTemplate(ctx context.Context, s *vsphere.Session, folder *object.Fold
 		ExtraConfig: []types.BaseOptionValue{
 			&types.OptionValue{Key: "podvisor.bootImage", Value: digest},
 			// Boot from the boot disk, as the provisioner's pod VMs do.
-			&types.OptionValue{Key: podvm.BootOrderKey, Value: "hdd"},
-			&types.OptionValue{Key: podvm.HDDOrderKey, Value: "sata0:0"},
+			&types.OptionValue{Key: podvm.BootOrderKey, Value: podvm.BootOrderHDD},
+			&types.OptionValue{Key: podvm.HDDOrderKey, Value: podvm.BootDiskUnit},
 		},
-		DeviceChange: []types.BaseVirtualDeviceConfigSpec{
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: sata},
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: scsi},
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk},
-		},
+		DeviceChange: append(boot,
+			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: scsi}),
 	}
 	task, err := folder.CreateVM(ctx, spec, pool, host)
 	if err != nil {

@@ -75,6 +75,11 @@ func TestInstallCreatesThenChangesNothing(t *testing.T) {
 	if len(disks) != 1 || disks[0].GetVirtualDevice().Backing.(*types.VirtualDiskFlatVer2BackingInfo).FileName != done.BootDisk {
 		t.Fatalf("template disks %v, want the boot disk %s", disks, done.BootDisk)
 	}
+	if d := disks[0].GetVirtualDevice(); d.UnitNumber == nil || *d.UnitNumber != 0 {
+		t.Errorf("boot disk at unit %v, want 0", d.UnitNumber)
+	} else if _, ok := devices.FindByKey(d.ControllerKey).(*types.VirtualAHCIController); !ok {
+		t.Errorf("boot disk on %s, want the SATA controller", devices.Name(devices.FindByKey(d.ControllerKey)))
+	}
 	if !regexp.MustCompile(`^\[[^]]+\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk$`).MatchString(done.BootDisk) {
 		t.Errorf("boot disk %q, want [DS] podvisor/boot-<digest12>/podvm.vmdk", done.BootDisk)
 	}

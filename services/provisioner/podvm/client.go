@@ -452,6 +452,25 @@ func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) 
 	return nil
 }
 
+// CheckBootDisk says whether the boot disk a spec would name (a datastore
+// path) is there: its datastore exists and holds the file. Checked once at
+// start, so a misspelled or not yet uploaded image stops the provisioner
+// with the reason instead of failing every pod VM's create.
+func (c *Client) CheckBootDisk(ctx context.Context, disk string) error {
+	dp, err := ParseBootDisk(disk)
+	if err != nil {
+		return err
+	}
+	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, dp.Datastore)
+	if err != nil {
+		return fmt.Errorf("datastore %s: %w", dp.Datastore, err)
+	}
+	if _, err := store.Stat(ctx, dp.Path); err != nil {
+		return fmt.Errorf("%s: %w (podvisor install uploads the image and prints its path)", disk, err)
+	}
+	return nil
+}
+
 // EnsureFolder returns the VM folder at rel (slash-separated, below the
 // datacenter's VM folder), creating missing elements. Concurrent creators of
 // the same folder are expected: DuplicateName means someone else won.

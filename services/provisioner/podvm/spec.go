@@ -1,14 +1,12 @@
 package podvm
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"maps"
 	"sort"
 	"strings"
 
-	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -134,7 +132,7 @@ func (s Spec) Validate() error {
 		}
 	}
 	if s.BootDisk != "" {
-		if _, err := parseDatastorePath(s.BootDisk); err != nil {
+		if _, err := ParseBootDisk(s.BootDisk); err != nil {
 			errs = append(errs, fmt.Errorf("bootDisk: %w", err))
 		}
 	}
@@ -160,6 +158,16 @@ func (s Spec) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ParseBootDisk reads a boot disk's datastore path (Spec.BootDisk, the
+// provisioner's setting): a datastore and a .vmdk descriptor in it.
+func ParseBootDisk(p string) (object.DatastorePath, error) {
+	dp, err := parseDatastorePath(p)
+	if err == nil && !strings.HasSuffix(dp.Path, ".vmdk") {
+		err = fmt.Errorf("%q does not name a disk descriptor (.vmdk), such as \"[datastore1] podvisor/boot-0123456789ab/podvm.vmdk\"", p)
+	}
+	return dp, err
 }
 
 func parseDatastorePath(p string) (object.DatastorePath, error) {
@@ -269,7 +277,7 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	}
 
 	if s.BootDisk != "" {
-		cs.DeviceChange = append(cs.DeviceChange, bootDisk(s.BootDisk, nextKey)...)
+		cs.DeviceChange = append(cs.DeviceChange, BootDiskDevices(s.BootDisk, nextKey)...)
 	}
 
 	for i, n := range s.NICs {
@@ -298,10 +306,13 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	return cs, nil
 }
 
-// bootDisk adds the boot image's disk on a SATA controller of its own
-// (unit 0 of bus 0), apart from the pod's SCSI disks whose units the guest
-// spec names. extraConfig makes it the disk the BIOS boots from.
-func bootDisk(path string, nextKey func() int32) []types.BaseVirtualDeviceConfigSpec {
+// BootDiskDevices adds the boot image's disk on a SATA controller of its
+// own (BootDiskUnit), apart from the pod's SCSI disks whose units the guest
+// spec names: the existing file, independent-nonpersistent, no file
+// operation. nextKey gives each new device its (negative) key. BootOrderKey
+// and HDDOrderKey make it the disk the BIOS boots from. `podvisor install`
+// builds its template with it too.
+func BootDiskDevices(path string, nextKey func() int32) []types.BaseVirtualDeviceConfigSpec {
 	ctrl := &types.VirtualAHCIController{VirtualSATAController: types.VirtualSATAController{
 		VirtualController: types.VirtualController{BusNumber: 0, VirtualDevice: types.VirtualDevice{Key: nextKey()}}}}
 	disk := &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
@@ -335,7 +346,9 @@ func EphemeralDiskPath(datastore, vmName string) string {
 const (
 	BootOrderKey = "bios.bootOrder"
 	HDDOrderKey  = "bios.hddOrder"
-	bootDiskUnit = "sata0:0"
+	BootDiskUnit = "sata0:0"
+	// BootOrderHDD is BootOrderKey's value: hard disks only.
+	BootOrderHDD = "hdd"
 )
 
 // extraConfig is the VM's ExtraConfig at create: the spec's, and the boot
@@ -348,7 +361,7 @@ func (s Spec) extraConfig() map[string]string {
 	if m == nil {
 		m = map[string]string{}
 	}
-	m[BootOrderKey], m[HDDOrderKey] = "hdd", bootDiskUnit
+	m[BootOrderKey], m[HDDOrderKey] = BootOrderHDD, BootDiskUnit
 	return m
 }
 
@@ -376,23 +389,4 @@ func DiskDevice(i int) string {
 		unit++
 	}
 	return fmt.Sprintf("scsi%d:%d", i/disksPerController, unit)
-}
-
-// CheckBootDisk says whether the boot disk a spec would name (a datastore
-// path) is there: its datastore exists and holds the file. Checked once at
-// start, so a misspelled or not yet uploaded image stops the provisioner
-// with the reason instead of failing every pod VM's create.
-func (c *Client) CheckBootDisk(ctx context.Context, disk string) error {
-	dp, err := parseDatastorePath(disk)
-	if err != nil {
-		return err
-	}
-	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, dp.Datastore)
-	if err != nil {
-		return fmt.Errorf("datastore %s: %w", dp.Datastore, err)
-	}
-	if _, err := store.Stat(ctx, dp.Path); err != nil {
-		return fmt.Errorf("%s: %w (podvisor install uploads the image and prints its path)", disk, err)
-	}
-	return nil
 }

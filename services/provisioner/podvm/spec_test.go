@@ -38,6 +38,7 @@ func TestSpecValidate(t *testing.T) {
 		{"nic without port group", func(s *Spec) { s.NICs[1].PortGroup = "" }, "nics[1].portGroup: required"},
 		{"boot disk", func(s *Spec) { s.BootDisk = "[ds] podvisor/boot-0123456789ab/podvm.vmdk" }, ""},
 		{"boot disk not a datastore path", func(s *Spec) { s.BootDisk = "podvm.vmdk" }, "bootDisk: \"podvm.vmdk\" is not a datastore path"},
+		{"boot disk not a descriptor", func(s *Spec) { s.BootDisk = "[ds] podvisor/boot-0123456789ab/podvm-flat.img" }, "bootDisk: \"[ds] podvisor/boot-0123456789ab/podvm-flat.img\" does not name a disk descriptor"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
