@@ -5,7 +5,9 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,11 +16,13 @@ import (
 // `podvisor bench --services-apart` runs every service as a process of its
 // own and reports the control plane's memory apart from NATS and the
 // simulator: each service's resident set, its private part, and the sum
-// that counts the shared executable once.
+// that counts the shared executable once. --memprofile writes a heap
+// profile of the bench's process and of each service process.
 func TestBenchMeasuresTheControlPlaneApart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, podvisorBin(t), "--state-dir", t.TempDir(), "bench", "--services-apart",
+	prof := filepath.Join(t.TempDir(), "heap.pb")
+	cmd := exec.CommandContext(ctx, podvisorBin(t), "--state-dir", t.TempDir(), "bench", "--services-apart", "--memprofile", prof,
 		"--pods", "20", "--hosts", "4", "--raw-workers", "4", "--sequential-vms", "5",
 		"--image-mib", "0", "--data-plane-pods", "0", "--fork-pairs", "0", "-o", "json", "-q")
 	var stderr strings.Builder
@@ -74,5 +78,11 @@ func TestBenchMeasuresTheControlPlaneApart(t *testing.T) {
 	}
 	if m.Peak <= 0 {
 		t.Errorf("peak_rss_bytes of the bench's own process = %d", m.Peak)
+	}
+	// A pprof profile is gzip-compressed protobuf.
+	for _, f := range []string{prof, prof + ".scheduler-0", prof + ".provisioner-0"} {
+		if b, err := os.ReadFile(f); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("--memprofile: %s: %d bytes, err %v; want a pprof heap profile", f, len(b), err)
+		}
 	}
 }

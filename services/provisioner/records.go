@@ -154,24 +154,19 @@ func (s *records) remove(ctx context.Context, r *events.PodRecord) error {
 	return nil
 }
 
-// list returns every record.
+// list returns every record, read in one replay of the bucket (not a
+// request per key), each with its revision. A record that does not decode
+// fails the pass: drift repair must not take it for a pod without one.
 func (s *records) list(ctx context.Context) ([]*events.PodRecord, error) {
-	lister, err := s.kv.ListKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list pod records: %w", err)
-	}
-	defer func() { _ = lister.Stop() }()
+	store := record.New[events.PodRecord](s.kv, "pod")
+	store.Strict = true
 	var out []*events.PodRecord
-	for key := range lister.Keys() {
-		r, err := s.get(ctx, key)
-		if err != nil {
-			return nil, err
-		}
-		if r != nil {
-			out = append(out, r)
-		}
-	}
-	return out, nil
+	err := store.ScanEach(ctx, func(_ string, rev uint64, r *events.PodRecord) error {
+		r.ResourceVersion = rev
+		out = append(out, r)
+		return nil
+	})
+	return out, err
 }
 
 func encodeRecord(r *events.PodRecord) ([]byte, error) {

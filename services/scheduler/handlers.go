@@ -283,33 +283,27 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// The provisioner's reason on a record after pod.unschedulable.
 	const reasonUnschedulable = "Unschedulable"
-	lister, err := s.podsKV.ListKeys(ctx)
+	views, err := s.podViews(ctx, false)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrNoKeysFound) {
-			return nil
-		}
 		return err
 	}
 	n := 0
-	for k := range lister.Keys() {
-		kve, err := s.podsKV.Get(ctx, k)
-		if err != nil {
+	for _, v := range views {
+		if v.Phase != events.PodPhasePending || v.Host != "" || !v.DeletionRequestedAt.IsZero() {
 			continue
 		}
-		var rec events.PodRecord
-		if json.Unmarshal(kve.Value(), &rec) != nil {
-			continue
-		}
-		if rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
-			continue
-		}
-		if !all && (rec.Reason != reasonUnschedulable || s.pending.has(events.PodKey(rec.Namespace, rec.Name), rec.UID)) {
+		if !all && (v.Reason != reasonUnschedulable || s.pending.has(v.key(), v.UID)) {
 			continue
 		}
 		s.mu.Lock()
-		_, placed := s.allocIndex[rec.UID]
+		_, placed := s.allocIndex[v.UID]
 		s.mu.Unlock()
 		if placed {
+			continue
+		}
+		// The pod's spec is in the full record, read now that it is wanted.
+		rec, err := s.podRecord(ctx, v.Namespace, v.Name)
+		if err != nil || rec == nil || rec.UID != v.UID || rec.Phase != events.PodPhasePending || rec.Host != "" {
 			continue
 		}
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)

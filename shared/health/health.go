@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 	"time"
@@ -23,6 +24,11 @@ type Server struct {
 	Logger  *slog.Logger
 	// CheckTimeout bounds each readiness check (default 2 s).
 	CheckTimeout time.Duration
+	// Profiling adds the Go runtime's profiles under /debug/pprof/ (heap,
+	// CPU, goroutines: what a person needs to see where a live process's
+	// memory and time go). Off unless asked for: a profile names the
+	// process's code and can take seconds of CPU to make.
+	Profiling bool
 }
 
 // Handler returns the HTTP handler of the three endpoints.
@@ -40,6 +46,14 @@ func (s *Server) Handler() http.Handler {
 	})
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
+	}
+	if s.Profiling {
+		// pprof.Index serves every named profile (/debug/pprof/heap, …).
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }

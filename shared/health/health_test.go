@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -71,5 +72,25 @@ func TestEndpoints(t *testing.T) {
 				t.Fatalf("GET %s = %d %q, want %d containing %q", tt.path, code, body, tt.wantCode, tt.wantBody)
 			}
 		})
+	}
+}
+
+// The runtime's profiles are served only when asked for.
+func TestProfilingIsOptIn(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		srv := httptest.NewServer((&Server{Profiling: on}).Handler())
+		resp, err := http.Get(srv.URL + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		switch {
+		case on && (resp.StatusCode != 200 || !strings.Contains(string(body), "heap profile")):
+			t.Errorf("with Profiling: GET /debug/pprof/heap = %d %.80q, want 200 and a heap profile", resp.StatusCode, body)
+		case !on && resp.StatusCode != 404:
+			t.Errorf("without Profiling: GET /debug/pprof/heap = %d, want 404", resp.StatusCode)
+		}
 	}
 }

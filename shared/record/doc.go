@@ -12,6 +12,7 @@
 //		return nil                                 // or record.ErrUnchanged to write nothing
 //	})
 //	all, err := pods.Scan(ctx)                     // every record, one replay of the bucket
+//	err = pods.ScanEach(ctx, fn)                   // the same, each with its key and revision
 //	changes, err := pods.Watch(ctx, ">")           // current values, then every change
 //
 // Mutate reads, applies the change and writes at the revision it read; when

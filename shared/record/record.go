@@ -47,6 +47,11 @@ type Store[T any] struct {
 	// Skip, when set, names keys of the bucket that hold no record of T (a
 	// lease kept beside the records): Scan leaves them out.
 	Skip func(key string) bool
+	// Strict makes Scan fail on a value that does not decode as T instead
+	// of leaving it out: for a reader that takes a missing record for a
+	// gone one (and frees what it held), a record it cannot read must stop
+	// the pass.
+	Strict bool
 }
 
 // DefaultScanTimeout is Store.ScanTimeout's default.
@@ -287,10 +292,25 @@ func (s *Store[T]) List(ctx context.Context) ([]T, error) {
 // each key's current value, where List makes a request per key. It is for
 // readers of many records (a sweep, a new leader's recovery). Keys Skip
 // names and values that do not decode as T (written by another version,
-// not this reader's to judge) are left out. The pass is bounded by
+// not this reader's to judge) are left out, unless Strict. T may be a view
+// of the record, a struct of the few fields the reader needs: decoding
+// skips the rest, so a pass over many large records keeps only what it
+// uses. The pass is bounded by
 // ScanTimeout: a replay whose end never comes (its consumer lost with a
 // NATS node) would otherwise hold its caller for good.
 func (s *Store[T]) Scan(ctx context.Context) ([]*T, error) {
+	var out []*T
+	err := s.ScanEach(ctx, func(_ string, _ uint64, v *T) error {
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
+
+// ScanEach is Scan handing each record to fn as it is read, with its key
+// and revision (the precondition of a write that follows the pass). An
+// error from fn ends the pass with it.
+func (s *Store[T]) ScanEach(ctx context.Context, fn func(key string, rev uint64, v *T) error) error {
 	limit := s.ScanTimeout
 	if limit <= 0 {
 		limit = DefaultScanTimeout
@@ -300,29 +320,37 @@ func (s *Store[T]) Scan(ctx context.Context) ([]*T, error) {
 	defer cancel()
 	w, err := s.kv.WatchAll(ctx, jetstream.IgnoreDeletes())
 	if err != nil {
-		return nil, fmt.Errorf("list %s records: %w", s.noun, err)
+		return fmt.Errorf("list %s records: %w", s.noun, err)
 	}
 	defer func() { _ = w.Stop() }()
-	var out []*T
+	n := 0
 	for {
 		select {
 		case <-ctx.Done():
 			if parent.Err() != nil {
-				return nil, parent.Err()
+				return parent.Err()
 			}
-			return nil, fmt.Errorf("list %s records: the replay did not end within %s (%d records read)", s.noun, limit, len(out))
+			return fmt.Errorf("list %s records: the replay did not end within %s (%d records read)", s.noun, limit, n)
 		case e, ok := <-w.Updates():
 			if !ok {
-				return nil, fmt.Errorf("list %s records: the watch closed", s.noun)
+				return fmt.Errorf("list %s records: the watch closed", s.noun)
 			}
 			if e == nil {
-				return out, nil // the end of the current values
+				return nil // the end of the current values
 			}
 			if e.Operation() != jetstream.KeyValuePut || s.Skip != nil && s.Skip(e.Key()) {
 				continue
 			}
-			if v, err := s.decode(e.Key(), e.Value()); err == nil {
-				out = append(out, v)
+			v, err := s.decode(e.Key(), e.Value())
+			if err != nil {
+				if s.Strict {
+					return fmt.Errorf("list %s records: %w", s.noun, err)
+				}
+				continue
+			}
+			n++
+			if err := fn(e.Key(), e.Revision(), v); err != nil {
+				return err
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package record_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -248,6 +249,38 @@ func TestScan(t *testing.T) {
 	}
 	if len(got) != 1 || got[0].N != 1 {
 		t.Fatalf("Scan = %+v, want only a's record", got)
+	}
+}
+
+// A strict Scan stops at a value it cannot decode, naming its key; a view
+// of the record (a struct of some of its fields) reads only those fields.
+func TestStrictScanAndViews(t *testing.T) {
+	s, ctx := newStore(t)
+	rev, err := s.Create(ctx, "a", &counter{N: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ScanEach(ctx, func(key string, got uint64, v *counter) error {
+		if key != "a" || got != rev || v.N != 7 {
+			t.Errorf("ScanEach gave %s at %d: %+v; want a at %d with N=7", key, got, v, rev)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	view := record.New[struct {
+		N int `json:"n"`
+	}](s.KV(), "counter")
+	view.Strict = true
+	got, err := view.Scan(ctx)
+	if err != nil || len(got) != 1 || got[0].N != 7 {
+		t.Fatalf("Scan of a view = %+v, %v; want one with N=7", got, err)
+	}
+	if _, err := s.KV().Put(ctx, "junk", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := view.Scan(ctx); err == nil || !strings.Contains(err.Error(), "junk") {
+		t.Fatalf("strict Scan over an undecodable value = %+v, %v; want an error naming junk", got, err)
 	}
 }
 

@@ -76,6 +76,12 @@ type Config struct {
 	// phase (from the first request to the last pod settled): where the
 	// control plane spends its time.
 	CPUProfile io.Writer
+	// MemProfile, when set, is a file to write a pprof heap profile of this
+	// process to once the pipeline's pods ran, taken after the collection
+	// that the live-heap figure does: what the pods' state is made of. With
+	// ServicesApart, each service process's own heap profile (after a
+	// collection in it) goes to MemProfile.<process name> beside it.
+	MemProfile string
 	// DataPlaneCPUProfile, when set, receives a pprof CPU profile of the
 	// data plane's burst (from its first request to its last pod running):
 	// the control plane, the simulated guests' managers and the host agents

@@ -2,11 +2,15 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -273,7 +277,12 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		Guests: allinone.GuestsOff,
 	}
 	if cfg.ServicesApart {
-		aio.Replicas, aio.ServiceEnv = 1, settings
+		aio.Replicas, aio.ServiceEnv = 1, maps.Clone(settings)
+		if cfg.MemProfile != "" {
+			// Each service process serves its heap profile beside its
+			// /metrics (writeHeapProfiles fetches them).
+			aio.ServiceEnv["PODVISOR_PROFILING"] = "true"
+		}
 	}
 	sys, err := allinone.Start(ctx, aio)
 	if err != nil {
@@ -368,6 +377,13 @@ func runPipeline(ctx context.Context, cfg Config, clusters, per int, res *Result
 		}
 		res.Memory.ControlPlaneResidentBytes += file
 		res.Memory.Method += "; services in processes of their own, measured apart from this process (NATS, the simulator, the bench)"
+	}
+	// After the figures: making a profile reads the executable's symbol
+	// tables, pages a process would not touch otherwise.
+	if cfg.MemProfile != "" {
+		if err := writeHeapProfiles(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("heap profile: %w", err)
+		}
 	}
 	return hosts, nil
 }
@@ -603,6 +619,56 @@ func readiness(ctx context.Context, b *bus.Bus, hosts int) string {
 		return fmt.Sprintf("default network ready on %d of %d hosts", n, hosts)
 	}
 	return ""
+}
+
+// writeHeapProfiles writes this process's heap profile to cfg.MemProfile
+// (as of the last collection, which liveHeap has just run) and, with the
+// services apart, each service process's to cfg.MemProfile.<name>, fetched
+// from its health server's /debug/pprof/heap after a collection there.
+func writeHeapProfiles(ctx context.Context, cfg Config) error {
+	var buf bytes.Buffer
+	if err := pprof.Lookup("heap").WriteTo(&buf, 0); err != nil {
+		return err
+	}
+	if err := os.WriteFile(cfg.MemProfile, buf.Bytes(), 0o644); err != nil {
+		return err
+	}
+	if !cfg.ServicesApart {
+		return nil
+	}
+	procs := allinone.ProcsDir(cfg.StateDir)
+	files, err := filepath.Glob(filepath.Join(procs, "*.health"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		addr, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSuffix(filepath.Base(f), ".health")
+		url := "http://" + strings.TrimSpace(string(addr)) + "/debug/pprof/heap?gc=1"
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s answered %s", name, url, resp.Status)
+		}
+		if err := os.WriteFile(cfg.MemProfile+"."+name, data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // liveHeap is the Go heap in use after a full collection.

@@ -23,6 +23,7 @@ func newBenchCmd(g *globals) *cobra.Command {
 		rawTries []int
 		cpuProf  string
 		dpProf   string
+		memProf  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -87,6 +88,9 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 				defer f.Close()
 				cfg.DataPlaneCPUProfile = f
 			}
+			if from == "" {
+				cfg.MemProfile = memProf
+			}
 			var res *bench.Result
 			if from != "" {
 				// Re-render a saved run (its -o json) as a table or chart.
@@ -133,6 +137,7 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
 	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
+	f.StringVar(&memProf, "memprofile", "", "write a pprof heap profile of this process once the pipeline's pods ran, after a collection, and with --services-apart one of each service process to FILE.<service> (go tool pprof -sample_index=inuse_space FILE)")
 	f.StringVar(&dpProf, "data-plane-cpuprofile", "", "write a pprof CPU profile of the data plane's burst (guests on) to this file")
 	f.BoolVar(&cfg.DataPlaneSpans, "data-plane-spans", false, "record the services' spans through the data-plane section and report their medians over the burst's pods (recording costs CPU: that run's figures are not comparable with one without it)")
 	return cmd

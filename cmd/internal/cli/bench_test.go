@@ -21,17 +21,21 @@ func TestBenchTinyRunJSONShapeAndRatios(t *testing.T) {
 	}
 	chart := filepath.Join(t.TempDir(), "bench.svg")
 	prof := filepath.Join(t.TempDir(), "cpu.prof")
+	heap := filepath.Join(t.TempDir(), "heap.prof")
 	var out, errb bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	code := Main(ctx, []string{"--state-dir", t.TempDir(), "bench", "--pods", "20", "--hosts", "4", "-o", "json",
-		"--raw-workers", "4,8", "--sequential-vms", "10", "--data-plane-pods", "0", "--chart", chart, "--cpuprofile", prof, "-q"}, strings.NewReader(""), &out, &errb)
+		"--raw-workers", "4,8", "--sequential-vms", "10", "--data-plane-pods", "0", "--chart", chart, "--cpuprofile", prof, "--memprofile", heap, "-q"}, strings.NewReader(""), &out, &errb)
 	if code != 0 {
 		t.Fatalf("bench: exit %d: %s", code, errb.String())
 	}
-	// --cpuprofile wrote a pprof profile (gzip-compressed protobuf).
-	if b, err := os.ReadFile(prof); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
-		t.Errorf("--cpuprofile %s: %d bytes, err %v; want a pprof profile", prof, len(b), err)
+	// --cpuprofile and --memprofile wrote pprof profiles (gzip-compressed
+	// protobuf).
+	for _, f := range []string{prof, heap} {
+		if b, err := os.ReadFile(f); err != nil || len(b) < 100 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("%s: %d bytes, err %v; want a pprof profile", f, len(b), err)
+		}
 	}
 	var doc map[string]any
 	if err := json.Unmarshal(out.Bytes(), &doc); err != nil {

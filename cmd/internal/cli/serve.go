@@ -37,6 +37,7 @@ Configuration comes only from the environment (and mounted secret files):
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_HEALTH_ADDR_FILE                       file to write the health server's address to (for up)
+  PODVISOR_PROFILING (default false)              also serve the Go runtime's profiles on /debug/pprof/
   PODVISOR_STREAM_REPLICAS (default 1)            replicas of the streams and KV buckets declared
   PODVISOR_LOG_LEVEL, PODVISOR_LOG_FORMAT, OTEL_*
   dashboard only: PODVISOR_DASHBOARD_ADDR (default :8443), PODVISOR_DASHBOARD_TLS_CERT, _TLS_KEY (required),
@@ -196,6 +197,11 @@ func serve(ctx context.Context, g *globals, spec runner.Spec, settings config.So
 		}
 	}
 	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
+	r := config.Read(settings)
+	r.Bool("PODVISOR_PROFILING", &hs.Profiling)
+	if err := r.Err(); err != nil {
+		return usageError("%v", err)
+	}
 
 	logger.Info("serving", "service", spec.Name, "nats", conf.URL, "health", ln.Addr().String())
 	grp, gctx := errgroup.WithContext(ctx)
