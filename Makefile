@@ -10,16 +10,16 @@ TEST_FLAGS ?= -count=1 -timeout 20m
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
-CLI_PKG := github.com/podvisor/podvisor/cmd/internal/cli
-LDFLAGS := -X $(CLI_PKG).version=$(VERSION) -X $(CLI_PKG).commit=$(COMMIT) -X $(CLI_PKG).buildDate=$(BUILD_DATE)
+BUILDINFO_PKG := github.com/podvisor/podvisor/cmd/internal/buildinfo
+LDFLAGS := -X $(BUILDINFO_PKG).version=$(VERSION) -X $(BUILDINFO_PKG).commit=$(COMMIT) -X $(BUILDINFO_PKG).buildDate=$(BUILD_DATE)
 
 .DEFAULT_GOAL := help
 
 help: ## Show the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-build: ## Build bin/podvisor, bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/podvisor ./cmd/govc
+build: ## Build bin/podvisor, bin/podvisord (one service per process: containers, up --replicas), bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/podvisor ./cmd/podvisord ./cmd/govc
 	CGO_ENABLED=0 $(GO) build -o bin/podvm-agent ./agent/cmd/podvm-agent
 
 # The guest cluster module (kube-apiserver, etcd, virtual-kubelet) stays out

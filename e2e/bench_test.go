@@ -42,6 +42,7 @@ func TestBenchMeasuresTheControlPlaneApart(t *testing.T) {
 				PeakBytes int64  `json:"peak_rss_bytes"`
 				AnonBytes int64  `json:"rss_anon_bytes"`
 				FileBytes int64  `json:"rss_file_bytes"`
+				Exe       string `json:"executable"`
 			} `json:"services"`
 			RSS      int64 `json:"control_plane_rss_bytes"`
 			Resident int64 `json:"control_plane_resident_bytes"`
@@ -62,6 +63,10 @@ func TestBenchMeasuresTheControlPlaneApart(t *testing.T) {
 		if s.RSSBytes <= 0 || s.AnonBytes <= 0 || s.FileBytes <= 0 || s.AnonBytes+s.FileBytes > s.RSSBytes || s.PeakBytes < s.RSSBytes {
 			t.Errorf("%s: rss %d, anon %d, file %d, peak %d: want positive parts within the resident set, under its peak",
 				s.Name, s.RSSBytes, s.AnonBytes, s.FileBytes, s.PeakBytes)
+		}
+		// make build puts podvisord beside podvisor: the services run it.
+		if s.Exe != "podvisord" {
+			t.Errorf("%s runs %q, want podvisord (beside the podvisor executable)", s.Name, s.Exe)
 		}
 		sum += s.RSSBytes
 		anon += s.AnonBytes

@@ -26,8 +26,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 )
 
-// podvisorBin is the binary under test: $PODVISOR_BIN, else one built once
-// for the whole run.
+// podvisorBin is the binary under test: $PODVISOR_BIN (make build puts
+// podvisord beside it), else podvisor and podvisord built once for the
+// whole run into one directory.
 var (
 	binOnce sync.Once
 	binPath string
@@ -47,9 +48,9 @@ func podvisorBin(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "podvisor")
-		out, err := exec.Command("go", "build", "-o", binPath, "github.com/podvisor/podvisor/cmd/podvisor").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/podvisor/podvisor/cmd/podvisor", "github.com/podvisor/podvisor/cmd/podvisord").CombinedOutput()
 		if err != nil {
-			binErr = fmt.Errorf("go build podvisor: %v\n%s", err, out)
+			binErr = fmt.Errorf("go build podvisor podvisord: %v\n%s", err, out)
 		}
 	})
 	if binErr != nil {

@@ -154,19 +154,18 @@ func (s *records) remove(ctx context.Context, r *events.PodRecord) error {
 	return nil
 }
 
-// list returns every record, read in one replay of the bucket (not a
-// request per key), each with its revision. A record that does not decode
-// fails the pass: drift repair must not take it for a pod without one.
-func (s *records) list(ctx context.Context) ([]*events.PodRecord, error) {
+// scan hands every record to fn, one at a time as one replay of the bucket
+// reads them (not a request per key), each with its revision. A record that
+// does not decode fails the pass: drift repair must not take it for a pod
+// without one.
+func (s *records) scan(ctx context.Context, fn func(*events.PodRecord)) error {
 	store := record.New[events.PodRecord](s.kv, "pod")
 	store.Strict = true
-	var out []*events.PodRecord
-	err := store.ScanEach(ctx, func(_ string, rev uint64, r *events.PodRecord) error {
+	return store.ScanEach(ctx, func(_ string, rev uint64, r *events.PodRecord) error {
 		r.ResourceVersion = rev
-		out = append(out, r)
+		fn(r)
 		return nil
 	})
-	return out, err
 }
 
 func encodeRecord(r *events.PodRecord) ([]byte, error) {

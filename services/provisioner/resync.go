@@ -56,10 +56,11 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	ctx, span := s.span(ctx, "provisioner.resync", nil)
 	defer span.End()
 
-	recs, err := s.recs.list(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("resync: %w", err)
-	}
+	// The VMs first, then the records one at a time: a record is kept only
+	// when it needs a repair, so that a pass over 10,000 pods does not hold
+	// every record in full (its pod spec) at once. A VM made after the
+	// listing is not taken for missing: that repair reads the record again
+	// and looks the VM up before creating one.
 	var vms []podvm.VM
 	if err := s.stepCtx(ctx, func(ctx context.Context) error {
 		var err error
@@ -68,30 +69,55 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
+	vmsOf := map[string][]podvm.VM{} // pod uid → its VMs
+	for _, vm := range vms {
+		if vm.UID == "" {
+			s.log.Warn("VM in the podvisor folder without a pod uid; left alone", "vm", vm.Ref.Value, "name", vm.Name)
+			continue
+		}
+		vmsOf[vm.UID] = append(vmsOf[vm.UID], vm)
+	}
+	type repair struct {
+		r     *events.PodRecord
+		stale []podvm.VM // VMs of the pod that are not the record's
+		fix   func(context.Context, RepairReport) error
+	}
+	var repairs []repair
+	recorded := map[string]bool{}
+	err := s.recs.scan(ctx, func(r *events.PodRecord) {
+		recorded[r.UID] = true
+		var vm podvm.VM
+		hasVM := false
+		var stale []podvm.VM
+		for _, v := range vmsOf[r.UID] {
+			if v.Ref.Value == r.VMRef || (r.VMRef == "" && v.Name == r.VMName) {
+				vm, hasVM = v, true
+			} else {
+				stale = append(stale, v)
+			}
+		}
+		if fix := s.repairOf(r, vm, hasVM); fix != nil || len(stale) > 0 {
+			repairs = append(repairs, repair{r: r, stale: stale, fix: fix})
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("resync: %w", err)
+	}
 
 	report := RepairReport{}
 	var errs []error
-	byUID := make(map[string]*events.PodRecord, len(recs))
-	for _, r := range recs {
-		byUID[r.UID] = r
-	}
-	vmOf := map[string]podvm.VM{} // uid → the VM the record points to
 	for _, vm := range vms {
-		r := byUID[vm.UID]
-		switch {
-		case vm.UID == "":
-			s.log.Warn("VM in the podvisor folder without a pod uid; left alone", "vm", vm.Ref.Value, "name", vm.Name)
-		case r == nil:
+		if vm.UID != "" && !recorded[vm.UID] {
 			errs = append(errs, s.repairOrphan(ctx, vm, report))
-		case vm.Ref.Value == r.VMRef || (r.VMRef == "" && vm.Name == r.VMName):
-			vmOf[r.UID] = vm
-		default:
-			errs = append(errs, s.repairStale(ctx, r, vm, report))
 		}
 	}
-	for _, r := range recs {
-		vm, ok := vmOf[r.UID]
-		errs = append(errs, s.repairRecord(ctx, r, vm, ok, report))
+	for _, rp := range repairs {
+		for _, vm := range rp.stale {
+			errs = append(errs, s.repairStale(ctx, rp.r, vm, report))
+		}
+		if rp.fix != nil {
+			errs = append(errs, rp.fix(ctx, report))
+		}
 	}
 	for kind, n := range report {
 		span.SetAttributes(attribute.Int("repairs."+kind, n))
@@ -157,89 +183,103 @@ func (s *Service) repairStale(ctx context.Context, r *events.PodRecord, vm podvm
 	return nil
 }
 
-// repairRecord checks one record against its VM (hasVM says whether the
-// listing found it) and repairs what differs.
-func (s *Service) repairRecord(ctx context.Context, r *events.PodRecord, vm podvm.VM, hasVM bool, report RepairReport) error {
+// repairOf checks one record against its VM (hasVM says whether the
+// listing found it) and returns the repair of what differs, nil when
+// nothing does. Deciding apart from repairing lets a pass keep only the
+// records it repairs.
+func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(context.Context, RepairReport) error {
 	stuck := s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
 	switch {
 	case !r.DeletionRequestedAt.IsZero() && stuck,
 		(r.Phase == events.PodPhaseProvisioning || r.Phase == events.PodPhaseScheduled) && ready(r) && stuck:
-		return s.repairUnderLock(ctx, r, report, RepairStuck, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.ResourceVersion != r.ResourceVersion {
-				return false, nil // someone moved it on meanwhile
-			}
-			err := s.reconcile(ctx, fresh, false)
-			switch {
-			case errors.Is(err, errAwaitingStop):
-				// Not stalled: the wait is bounded, and the guest's report
-				// or the next pass finishes the delete.
-				return false, nil
-			case err != nil && !fresh.DeletionRequestedAt.IsZero():
-				return false, s.deleteStalled(ctx, fresh, err)
-			}
-			return err == nil, err
-		})
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairUnderLock(ctx, r, report, RepairStuck, func(fresh *events.PodRecord) (bool, error) {
+				if fresh.ResourceVersion != r.ResourceVersion {
+					return false, nil // someone moved it on meanwhile
+				}
+				err := s.reconcile(ctx, fresh, false)
+				switch {
+				case errors.Is(err, errAwaitingStop):
+					// Not stalled: the wait is bounded, and the guest's report
+					// or the next pass finishes the delete.
+					return false, nil
+				case err != nil && !fresh.DeletionRequestedAt.IsZero():
+					return false, s.deleteStalled(ctx, fresh, err)
+				}
+				return err == nil, err
+			})
+		}
 	case r.Phase == events.PodPhaseScheduled && r.DeletionRequestedAt.IsZero() && !ready(r) && stuck:
-		return s.repairUnderLock(ctx, r, report, RepairAwaitingFacts, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.ResourceVersion != r.ResourceVersion {
-				return false, nil // a fact came meanwhile, or another replica asked
-			}
-			return s.askForFacts(ctx, fresh)
-		})
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairUnderLock(ctx, r, report, RepairAwaitingFacts, func(fresh *events.PodRecord) (bool, error) {
+				if fresh.ResourceVersion != r.ResourceVersion {
+					return false, nil // a fact came meanwhile, or another replica asked
+				}
+				return s.askForFacts(ctx, fresh)
+			})
+		}
 	case r.Phase == events.PodPhaseFailed && hasVM && r.VMRef == "":
 		// fail() removes the VM; this catches a removal that vCenter
 		// refused at the time. (A Failed pod that still names its VM
 		// failed in its containers: the VM stays, with their logs, until
 		// the pod is deleted.)
-		return s.repairUnderLock(ctx, r, report, RepairOrphanVM, func(fresh *events.PodRecord) (bool, error) {
-			if fresh.Phase != events.PodPhaseFailed || fresh.VMRef != "" {
-				return false, nil
-			}
-			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
-				return false, fmt.Errorf("remove VM %s of failed pod: %w", vm.Ref.Value, err)
-			}
-			return true, nil
-		})
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairUnderLock(ctx, r, report, RepairOrphanVM, func(fresh *events.PodRecord) (bool, error) {
+				if fresh.Phase != events.PodPhaseFailed || fresh.VMRef != "" {
+					return false, nil
+				}
+				if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+					return false, fmt.Errorf("remove VM %s of failed pod: %w", vm.Ref.Value, err)
+				}
+				return true, nil
+			})
+		}
 	case !vmOn(r):
 		return nil
 	case hasVM && vm.PowerState != types.VirtualMachinePowerStatePoweredOn:
-		return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
-			if !vmOn(fresh) || fresh.VMRef != vm.Ref.Value {
-				return false, nil
-			}
-			if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
-				return false, fmt.Errorf("power on %s of %s: %w", vm.Ref.Value, r.Key(), err)
-			}
-			return true, nil
-		})
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
+				if !vmOn(fresh) || fresh.VMRef != vm.Ref.Value {
+					return false, nil
+				}
+				if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
+					return false, fmt.Errorf("power on %s of %s: %w", vm.Ref.Value, r.Key(), err)
+				}
+				return true, nil
+			})
+		}
 	case !hasVM:
-		return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
-			if !vmOn(fresh) {
-				return false, nil
-			}
-			// The listing covers the podvisor folders only: make sure the
-			// VM is not simply somewhere else before re-creating it.
-			if fresh.VMRef != "" {
-				if vm, err := s.getVM(ctx, vmRef(fresh.VMRef)); err != nil || vm != nil {
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
+				if !vmOn(fresh) {
+					return false, nil
+				}
+				// The listing covers the podvisor folders only: make sure the
+				// VM is not simply somewhere else before re-creating it.
+				if fresh.VMRef != "" {
+					if vm, err := s.getVM(ctx, vmRef(fresh.VMRef)); err != nil || vm != nil {
+						return false, err
+					}
+				}
+				now := s.now().UTC()
+				fresh.VMRef, fresh.CreateTask = "", ""
+				fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
+				fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+				fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
+				forgetGuest(fresh)
+				if err := s.save(ctx, fresh); err != nil {
 					return false, err
 				}
-			}
-			now := s.now().UTC()
-			fresh.VMRef, fresh.CreateTask = "", ""
-			fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
-			fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
-			fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
-			forgetGuest(fresh)
-			if err := s.save(ctx, fresh); err != nil {
-				return false, err
-			}
-			if err := s.provision(ctx, fresh, false); err != nil {
-				return true, err
-			}
-			return true, nil
-		})
+				if err := s.provision(ctx, fresh, false); err != nil {
+					return true, err
+				}
+				return true, nil
+			})
+		}
 	case s.guestSilent(r):
-		return s.repairSilentGuest(ctx, r, vm, report)
+		return func(ctx context.Context, report RepairReport) error {
+			return s.repairSilentGuest(ctx, r, vm, report)
+		}
 	}
 	return nil
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/jwt/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 )
@@ -439,19 +438,30 @@ func (a *Authority) MintAll() (map[string]string, error) {
 	return out, nil
 }
 
-// configure makes a server trust this authority only.
-func (a *Authority) configure(opts *server.Options) error {
-	res := &server.MemAccResolver{}
-	if err := res.Store(a.accountPub, a.accountJWT); err != nil {
-		return err
+// MaxControlLine is the longest protocol line the server accepts. A user's
+// JWT, with its permission lists, travels in the CONNECT line, and a
+// service's lists (the JetStream API subjects of each stream it reads) pass
+// the server's 4 KiB default; a NATS server for podvisor sets
+// max_control_line to this.
+const MaxControlLine = 16 << 10
+
+// Trust is what a NATS server must trust to accept this authority's
+// identities and no other: its operator, and the JWT of each account by
+// its public key (podvisor's and the system account).
+type Trust struct {
+	Operator      *jwt.OperatorClaims
+	Accounts      map[string]string
+	SystemAccount string
+}
+
+// Trust returns what a server run in this process (package natsembed) is
+// configured with; ServerConfig writes the same for a server of its own.
+func (a *Authority) Trust() Trust {
+	return Trust{
+		Operator:      a.operatorClaims,
+		Accounts:      map[string]string{a.accountPub: a.accountJWT, a.systemPub: a.systemAccountJWT},
+		SystemAccount: a.systemPub,
 	}
-	if err := res.Store(a.systemPub, a.systemAccountJWT); err != nil {
-		return err
-	}
-	opts.TrustedOperators = []*jwt.OperatorClaims{a.operatorClaims}
-	opts.AccountResolver = res
-	opts.SystemAccount = a.systemPub
-	return nil
 }
 
 // CredsIdentity reads the identity name a creds file was minted for.

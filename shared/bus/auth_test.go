@@ -21,13 +21,14 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
 
 // secureServer is an embedded server with the identities and TLS of
 // `podvisor up`, and the topology declared by the admin.
 type secureServer struct {
-	srv   *bus.Embedded
+	srv   *natsembed.Server
 	auth  *bus.Authority
 	caPEM string
 	*bustest.Secure

@@ -12,8 +12,8 @@
 // NETWORKS, MIGRATIONS, HOSTS), DLQ (pv.dlq.>) and ADVISORIES, all on file
 // storage with a DuplicateWindow of ten minutes, and the KV buckets pods,
 // hosts, ledger, networks (64 versions per key), net-hosts, ipam and
-// migrations. StartEmbedded runs nats-server in-process for `podvisor up`
-// and tests; a restart on the same Dir resumes streams and buckets.
+// migrations. Package natsembed runs nats-server in-process for `podvisor
+// up` and tests; a restart on the same Dir resumes streams and buckets.
 //
 // # Publishing
 //

@@ -12,6 +12,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 	"github.com/podvisor/podvisor/shared/bustest"
 )
 
@@ -123,26 +124,6 @@ func TestEmbeddedServerResumesFromDir(t *testing.T) {
 	}
 }
 
-func TestStartEmbeddedValidates(t *testing.T) {
-	tests := []struct {
-		name string
-		cfg  bus.EmbeddedConfig
-	}{
-		{"no dir", bus.EmbeddedConfig{}},
-		{"bad port", bus.EmbeddedConfig{Dir: t.TempDir(), Port: 70000}},
-		{"bad host", bus.EmbeddedConfig{Dir: t.TempDir(), Host: "not a host"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			srv, err := bus.StartEmbedded(tt.cfg)
-			if err == nil {
-				srv.Shutdown()
-				t.Fatal("StartEmbedded succeeded")
-			}
-		})
-	}
-}
-
 func TestConnectFailsFastWithoutServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -167,7 +148,7 @@ func TestMaxStoreAdmitsTheTopology(t *testing.T) {
 		maxStore int64
 		ok       bool
 	}{{maxStore: 1 << 30, ok: false}, {maxStore: bustest.TestMaxStore, ok: true}} {
-		srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: t.TempDir(), Host: "127.0.0.1", MaxStore: tc.maxStore})
+		srv, err := natsembed.Start(natsembed.Config{Dir: t.TempDir(), Host: "127.0.0.1", MaxStore: tc.maxStore})
 		if err != nil {
 			t.Fatal(err)
 		}

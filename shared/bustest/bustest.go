@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 )
 
 // TestMaxStore is the store capacity of a test's server: the topology's
@@ -15,7 +16,7 @@ import (
 const TestMaxStore = 1 << 40
 
 // StartServer runs an embedded NATS server with JetStream for the test.
-func StartServer(t testing.TB) *bus.Embedded {
+func StartServer(t testing.TB) *natsembed.Server {
 	t.Helper()
 	return StartServerIn(t, t.TempDir())
 }
@@ -23,9 +24,9 @@ func StartServer(t testing.TB) *bus.Embedded {
 // StartServerIn runs an embedded server whose store is dir, so that a test
 // can stop it and start another on the same store to check what survives a
 // restart.
-func StartServerIn(t testing.TB, dir string) *bus.Embedded {
+func StartServerIn(t testing.TB, dir string) *natsembed.Server {
 	t.Helper()
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: dir, Host: "127.0.0.1", MaxStore: TestMaxStore})
+	srv, err := natsembed.Start(natsembed.Config{Dir: dir, Host: "127.0.0.1", MaxStore: TestMaxStore})
 	if err != nil {
 		t.Fatalf("bustest: start NATS: %v", err)
 	}
@@ -34,7 +35,7 @@ func StartServerIn(t testing.TB, dir string) *bus.Embedded {
 }
 
 // Connect opens a bus connection to srv that the test's cleanup closes.
-func Connect(t testing.TB, srv *bus.Embedded) *bus.Bus {
+func Connect(t testing.TB, srv *natsembed.Server) *bus.Bus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

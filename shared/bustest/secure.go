@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 
 // Secure is an embedded server with podvisor's identities and TLS, as
 // `podvisor up` runs it: clients dial it by identity.
 type Secure struct {
-	Server *bus.Embedded
+	Server *natsembed.Server
 	Auth   *bus.Authority
 	CA     *pki.CA
 }
@@ -35,7 +36,7 @@ func StartSecure(t testing.TB) *Secure {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS, MaxStore: TestMaxStore})
+	srv, err := natsembed.Start(natsembed.Config{Dir: filepath.Join(dir, "js"), Auth: auth, TLS: srvTLS, MaxStore: TestMaxStore})
 	if err != nil {
 		t.Fatal(err)
 	}

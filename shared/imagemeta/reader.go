@@ -10,7 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/events"
-	"github.com/podvisor/podvisor/shared/redisserver"
+	"github.com/podvisor/podvisor/shared/redisclient"
 )
 
 // Reader reads the image cache's metadata. It never writes.
@@ -246,7 +246,7 @@ func (r *Reader) Images(ctx context.Context) ([]events.ImageRecord, error) {
 // PODVISOR_REDIS_URL; caFile as PODVISOR_REDIS_CA), lists the images and
 // disconnects: what `podvisor get images` calls.
 func ListImages(ctx context.Context, url, caFile string) ([]events.ImageRecord, error) {
-	opts, err := redisserver.ClientOptions(url, caFile)
+	opts, err := redisclient.Options(url, caFile)
 	if err != nil {
 		return nil, err
 	}

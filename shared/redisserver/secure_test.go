@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/redisclient"
 	"github.com/podvisor/podvisor/shared/redisserver"
 )
 
@@ -39,7 +40,7 @@ func TestTLSAndUsers(t *testing.T) {
 	}
 	t.Cleanup(srv.Close)
 	client := func(rawURL string) *redis.Client {
-		opts, err := redisserver.ClientOptions(rawURL, ca.CAFile())
+		opts, err := redisclient.Options(rawURL, ca.CAFile())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package redisserver
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,7 +23,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/shared/forkthread"
-	"github.com/podvisor/podvisor/shared/redact"
+	"github.com/podvisor/podvisor/shared/redisclient"
 )
 
 // ErrNotInstalled is returned by Start when no redis-server is on PATH.
@@ -233,7 +232,7 @@ func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error)
 func (s *Server) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	opts, err := ClientOptions(s.URLFor(""), s.caFile())
+	opts, err := redisclient.Options(s.URLFor(""), s.caFile())
 	if err != nil {
 		return err
 	}
@@ -306,28 +305,6 @@ func (s *Server) caFile() string {
 		return ""
 	}
 	return s.tls.CAFile
-}
-
-// ClientOptions parses a redis:// or rediss:// URL and, for TLS, trusts the
-// CA in caFile (the system's roots when empty). go-redis's defaults bound
-// every call: 5 s to dial, 3 s to read or write.
-func ClientOptions(rawURL, caFile string) (*redis.Options, error) {
-	opts, err := redis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("redis url: %s", redact.String(err.Error()))
-	}
-	if caFile != "" && opts.TLSConfig != nil {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("redis CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("redis CA %s: no certificate", caFile)
-		}
-		opts.TLSConfig.RootCAs = pool
-	}
-	return opts, nil
 }
 
 // Embedded reports whether this is the in-process fallback.

@@ -32,10 +32,12 @@ import (
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/redact"
+	"github.com/podvisor/podvisor/shared/redisclient"
 	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/telemetry"
@@ -117,7 +119,8 @@ type Config struct {
 	// CreateVM, PowerOn and Relocate calls with a fault a retry outlives.
 	VCenterFaults float64
 	// Executable runs the processes of NATSNodes and Replicas (default:
-	// this executable).
+	// this executable); the replicas' run podvisord instead when it sits
+	// beside it.
 	Executable string
 }
 
@@ -361,7 +364,7 @@ func (s *System) startNATS(ctx, runCtx context.Context) error {
 			s.Endpoints.StreamReplicas = n
 			return s.waitTopology(ctx, n)
 		}
-		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS,
+		emb, err := natsembed.Start(natsembed.Config{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS,
 			// Acknowledged means on disk: what up keeps in its state dir
 			// survives a power loss, not only a crash.
 			SyncAlways: true})
@@ -651,7 +654,7 @@ func (s *System) startServices(ctx, runCtx context.Context) error {
 			deps.VSphere = sess
 		}
 		if spec.NeedsRedis {
-			opts, err := redisserver.ClientOptions(s.redisURL(spec.Name), s.redisCA())
+			opts, err := redisclient.Options(s.redisURL(spec.Name), s.redisCA())
 			if err != nil {
 				return fmt.Errorf("up: %s: %w", spec.Name, err)
 			}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/bus/natsembed"
 	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/pki"
 )
@@ -64,10 +65,10 @@ func RunNATSNode(ctx context.Context, stateDir string, n NATSNode) error {
 	for _, p := range n.ClusterPorts {
 		routes = append(routes, "nats-route://"+net.JoinHostPort(n.Host, strconv.Itoa(p)))
 	}
-	emb, err := bus.StartEmbedded(bus.EmbeddedConfig{
+	emb, err := natsembed.Start(natsembed.Config{
 		Dir: filepath.Join(stateDir, fmt.Sprintf("nats-%d", n.Index)), Host: n.Host, Port: n.ClientPorts[n.Index],
 		ServerName: fmt.Sprintf("podvisor-nats-%d", n.Index), SyncAlways: true, Auth: auth, TLS: srvTLS,
-		Cluster: &bus.ClusterConfig{Name: "podvisor", Port: n.ClusterPorts[n.Index], Routes: routes},
+		Cluster: &natsembed.ClusterConfig{Name: "podvisor", Port: n.ClusterPorts[n.Index], Routes: routes},
 	})
 	if err != nil {
 		return fmt.Errorf("nats node %d: %w", n.Index, err)
@@ -80,6 +81,8 @@ func RunNATSNode(ctx context.Context, stateDir string, n NATSNode) error {
 // child is a supervised process of up.
 type child struct {
 	name string
+	// exe runs it; empty: the executable of up (s.executable).
+	exe  string
 	args []string
 	env  []string
 }
@@ -97,6 +100,9 @@ func (s *System) supervise(runCtx context.Context, c child) {
 	if err != nil {
 		s.errs <- err
 		return
+	}
+	if c.exe != "" {
+		self = c.exe
 	}
 	log := s.log.With("process", c.name)
 	pidFile := filepath.Join(ProcsDir(s.cfg.StateDir), c.name+".pid")
@@ -160,6 +166,23 @@ func (s *System) executable() (string, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", fmt.Errorf("up: own executable (to run processes of its own): %w", err)
+	}
+	return self, nil
+}
+
+// serviceExecutable runs the service processes: podvisord beside the
+// executable of up when it is there (`make build` and the image put it
+// there; a service process maps less of it than of the whole CLI), else up's
+// own executable, whose `serve` runs the same code. The arguments are the
+// same for both.
+func (s *System) serviceExecutable() (string, error) {
+	self, err := s.executable()
+	if err != nil {
+		return "", err
+	}
+	d := filepath.Join(filepath.Dir(self), "podvisord")
+	if st, err := os.Stat(d); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		return d, nil
 	}
 	return self, nil
 }
@@ -242,6 +265,10 @@ func (s *System) startReplicas(runCtx context.Context) error {
 			return fmt.Errorf("up: %w", err)
 		}
 	}
+	exe, err := s.serviceExecutable()
+	if err != nil {
+		return err
+	}
 	var extra []string
 	for _, k := range slices.Sorted(maps.Keys(s.cfg.ServiceEnv)) {
 		extra = append(extra, k+"="+s.cfg.ServiceEnv[k])
@@ -251,6 +278,7 @@ func (s *System) startReplicas(runCtx context.Context) error {
 			name := fmt.Sprintf("%s-%d", spec.Name, i)
 			s.supervise(runCtx, child{
 				name: name,
+				exe:  exe,
 				args: []string{"serve", spec.Name, "--state-dir", s.cfg.StateDir},
 				// Health and metrics on a port of their own each, written to
 				// <procs>/<name>.health.
@@ -259,7 +287,7 @@ func (s *System) startReplicas(runCtx context.Context) error {
 			})
 		}
 	}
-	s.log.Info("service processes started", "services", len(s.cfg.Services), "replicas", s.cfg.Replicas)
+	s.log.Info("service processes started", "services", len(s.cfg.Services), "replicas", s.cfg.Replicas, "executable", exe)
 	return nil
 }
 

@@ -349,12 +349,16 @@ type Memory struct {
 // file-backed (the mapped executable) parts; and from
 // /proc/<pid>/smaps_rollup its proportional set size (Pss).
 type ProcessMemory struct {
-	Name      string `json:"name"`
-	RSSBytes  int64  `json:"rss_bytes"`
-	PeakBytes int64  `json:"peak_rss_bytes"`
-	AnonBytes int64  `json:"rss_anon_bytes"`
-	FileBytes int64  `json:"rss_file_bytes"`
-	PSSBytes  int64  `json:"pss_bytes,omitempty"`
+	Name string `json:"name"`
+	// Executable is the file the process runs (podvisord, or podvisor
+	// where no podvisord sits beside it): its size decides much of the
+	// file-backed part.
+	Executable string `json:"executable,omitempty"`
+	RSSBytes   int64  `json:"rss_bytes"`
+	PeakBytes  int64  `json:"peak_rss_bytes"`
+	AnonBytes  int64  `json:"rss_anon_bytes"`
+	FileBytes  int64  `json:"rss_file_bytes"`
+	PSSBytes   int64  `json:"pss_bytes,omitempty"`
 }
 
 // Setup records the conditions of the run.

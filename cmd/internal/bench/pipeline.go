@@ -726,6 +726,9 @@ func serviceMemory(procs string) ([]ProcessMemory, error) {
 			return nil, fmt.Errorf("%s (pid %s): %w", filepath.Base(f), pid, err)
 		}
 		m.Name = strings.TrimSuffix(filepath.Base(f), ".pid")
+		if exe, err := os.Readlink(filepath.Join("/proc", pid, "exe")); err == nil {
+			m.Executable = filepath.Base(exe)
+		}
 		out = append(out, m)
 	}
 	return out, nil

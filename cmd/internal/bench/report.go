@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"html"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -108,11 +110,15 @@ func (r *Result) Table(w io.Writer) error {
 		return nil
 	}
 	var parts []string
+	exes := map[string]bool{}
 	for _, s := range m.Services {
 		parts = append(parts, fmt.Sprintf("%s %s (%s private)", s.Name, bytesize.IEC(s.RSSBytes), bytesize.IEC(s.AnonBytes)))
+		if s.Executable != "" {
+			exes[s.Executable] = true
+		}
 	}
-	fmt.Fprintf(w, "memory: control plane (%d service processes): %s resident counting the shared executable once; PSS summed %s; RSS summed %s, peak %s (target ≤ 500 MB at 10,000 pods): %s\n",
-		len(m.Services), bytesize.IEC(m.ControlPlaneResidentBytes), bytesize.IEC(m.ControlPlanePSSBytes), bytesize.IEC(m.ControlPlaneRSSBytes), bytesize.IEC(m.ControlPlanePeakBytes), strings.Join(parts, ", "))
+	fmt.Fprintf(w, "memory: control plane (%d service processes of %s): %s resident counting the shared executable once; PSS summed %s; RSS summed %s, peak %s (target ≤ 500 MB at 10,000 pods): %s\n",
+		len(m.Services), strings.Join(slices.Sorted(maps.Keys(exes)), ", "), bytesize.IEC(m.ControlPlaneResidentBytes), bytesize.IEC(m.ControlPlanePSSBytes), bytesize.IEC(m.ControlPlaneRSSBytes), bytesize.IEC(m.ControlPlanePeakBytes), strings.Join(parts, ", "))
 	fmt.Fprintf(w, "memory: NATS + simulator + bench in this process: peak RSS %s; live heap %s → %s\n",
 		bytesize.IEC(m.PeakRSSBytes), bytesize.IEC(m.HeapBeforeBytes), bytesize.IEC(m.HeapAfterBytes))
 	return nil

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 )
 
 func podManifest(name, app, registry string) string {
@@ -38,7 +40,7 @@ func mustRun(t *testing.T, dir, stdin string, args ...string) string {
 // describe, cordon.
 func TestKubectlHabits(t *testing.T) {
 	_, dir := upForTest(t, "all")
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	reg := vars["PODVISOR_REGISTRY"]
 	files := t.TempDir()
 	writeFile(t, filepath.Join(files, "a.yaml"), podManifest("a1", "web", reg))

@@ -9,6 +9,7 @@ import (
 	natsce "github.com/cloudevents/sdk-go/protocol/nats_jetstream/v2"
 	cloudevents "github.com/cloudevents/sdk-go/v2"
 
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/events"
 )
 
@@ -20,7 +21,7 @@ import (
 // the data decodable.
 func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	_, dir := upForTest(t, "all")
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 

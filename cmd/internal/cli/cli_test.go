@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/syncbuf"
@@ -58,7 +59,7 @@ func eventually(t *testing.T, what string, f func() bool) {
 
 func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 	sys, dir := upForTest(t, "none")
-	vars, err := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, err := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +91,7 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 
 func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 	_, dir := upForTest(t, "none")
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
 	publishPodRequest(t, nc, "nats-cli", "ext-1", "default/hello",
 		`{"pod":{"metadata":{"name":"hello"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}`)
@@ -113,7 +114,7 @@ func TestStructuredEventFromPlainNATSIsStoredAndShown(t *testing.T) {
 
 func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
 	publishPodRequest(t, nc, "nats-cli", "bad-1", "default/x", `{"hello":"world"}`)
 	var out string
@@ -226,7 +227,7 @@ func TestUsageErrors(t *testing.T) {
 // was deleted gets a new pod, not silence from a de-duplicated answer.
 func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
 	request := func() {
 		t.Helper()

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/redact"
 )
@@ -46,7 +47,7 @@ func (g *globals) natsSource() (bus.ConnConfig, error) {
 		return c, nil
 	}
 	file := filepath.Join(g.stateDir, "env")
-	vars, err := ReadEnvFile(file)
+	vars, err := serve.ReadEnvFile(file)
 	if err != nil {
 		return c, fmt.Errorf("PODVISOR_NATS_URL is not set, no context is current (podvisor config use-context) and %s cannot be read (start `podvisor up` or pass --nats-url): %w", file, err)
 	}

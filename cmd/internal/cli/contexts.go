@@ -8,6 +8,7 @@ import (
 	"sort"
 	"text/tabwriter"
 
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 )
@@ -97,7 +98,7 @@ func newConfigCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			fromEnv, _ := cmd.Flags().GetBool("from-env")
 			if fromEnv {
-				vars, err := ReadEnvFile(filepath.Join(g.stateDir, "env"))
+				vars, err := serve.ReadEnvFile(filepath.Join(g.stateDir, "env"))
 				if err != nil {
 					return fmt.Errorf("--from-env: %w", err)
 				}

@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/podvisor/podvisor/agent/privtest"
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 )
 
 // The status page, loaded in headless Chromium as an operator would: pods
@@ -26,7 +27,7 @@ func TestDashboardInChromium(t *testing.T) {
 	privtest.RequireTools(t, "chromium")
 	chromium, _ := exec.LookPath("chromium")
 	dir := upWithTracing(t)
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 
 	var manifest strings.Builder
 	for _, name := range []string{"web-1", "web-2", "worker"} {

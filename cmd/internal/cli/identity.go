@@ -153,7 +153,7 @@ func newIdentityDashboardUserCmd() *cobra.Command {
 			if !dashboardUserName.MatchString(args[0]) {
 				return usageError("NAME %q: want lowercase letters, digits and dashes", args[0])
 			}
-			if !fileExists(filepath.Join(out, "ca.pem")) {
+			if _, err := os.Stat(filepath.Join(out, "ca.pem")); err != nil {
 				return usageError("--out %s: no ca.pem (run 'podvisor identity tls --out %s' first)", out, out)
 			}
 			ca, err := pki.LoadOrCreateCA(out)

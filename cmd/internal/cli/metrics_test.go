@@ -9,13 +9,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 )
 
 // curl $PODVISOR_UI_URL/metrics: after a pod has gone through the pipeline
 // and migrated, the exposition has bus handler histograms for every service.
 func TestMetricsOnStatusPortCoverEveryService(t *testing.T) {
 	dir := upWithTracing(t)
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: m1, namespace: metrics}\nspec: {containers: [{name: a, image: " +
 		vars["PODVISOR_REGISTRY"] + "/podvisor/base:1.0}]}\n"
 	if out, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
@@ -19,7 +20,7 @@ import (
 // NetworkRefused condition in `get -o yaml` and `describe`.
 func TestPodPlacedOnAnotherHostWhenItsNetworkIsNotAvailable(t *testing.T) {
 	sys, dir := guestsUp(t, "pods run their containers in simulated guests", allinone.Config{HostsPerCluster: 2})
-	vars, _ := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	reg := vars["PODVISOR_REGISTRY"]
 	pod := func(name string) string {
 		return "apiVersion: v1\nkind: Pod\nmetadata: {name: " + name + "}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: c, image: " +

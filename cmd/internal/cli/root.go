@@ -1,15 +1,15 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
+	"github.com/podvisor/podvisor/cmd/internal/buildinfo"
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/spf13/cobra"
 )
 
@@ -56,7 +56,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "podvisor",
 		Short:         "Run Kubernetes-style pods as pod VMs on vSphere",
-		Version:       Build().String(),
+		Version:       buildinfo.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -116,16 +116,7 @@ func usageArgs(cmd *cobra.Command) {
 	}
 }
 
-func defaultStateDir() string {
-	if d := os.Getenv("PODVISOR_STATE_DIR"); d != "" {
-		return d
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return ".podvisor"
-	}
-	return filepath.Join(home, ".podvisor")
-}
+func defaultStateDir() string { return serve.DefaultStateDir() }
 
 // endpoint resolves a setting: the flag, else the environment variable, else
 // the env file written by `podvisor up` in the state dir.
@@ -137,7 +128,7 @@ func (g *globals) endpoint(flagValue, envVar string) (string, error) {
 		return v, nil
 	}
 	file := filepath.Join(g.stateDir, "env")
-	vars, err := ReadEnvFile(file)
+	vars, err := serve.ReadEnvFile(file)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return "", fmt.Errorf("%s is not set and %s does not exist: start `podvisor up` or pass the URL", envVar, file)
@@ -148,39 +139,6 @@ func (g *globals) endpoint(flagValue, envVar string) (string, error) {
 		return v, nil
 	}
 	return "", fmt.Errorf("%s is not set and %s does not define it", envVar, file)
-}
-
-// ReadEnvFile parses the `export KEY='value'` lines that `podvisor up` writes.
-func ReadEnvFile(path string) (map[string]string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	vars := map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		line = strings.TrimPrefix(line, "export ")
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		vars[k] = unquoteShell(v)
-	}
-	return vars, sc.Err()
-}
-
-// unquoteShell reverses the single-quote quoting of the env file that
-// allinone writes (see allinone.Endpoints.EnvFile).
-func unquoteShell(v string) string {
-	if len(v) >= 2 && v[0] == '\'' && v[len(v)-1] == '\'' {
-		return strings.ReplaceAll(v[1:len(v)-1], `'\''`, "'")
-	}
-	return strings.Trim(v, `"`)
 }
 
 // usageError is a bad invocation: exit code 2, like most CLIs.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/sim/guest"
@@ -65,7 +66,7 @@ func TestServeHostAgent(t *testing.T) {
 	}
 
 	// Each host's query subject is answered, from the pod records.
-	vars, err := ReadEnvFile(filepath.Join(dir, "env"))
+	vars, err := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	if err != nil {
 		t.Fatal(err)
 	}

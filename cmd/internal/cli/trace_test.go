@@ -14,6 +14,7 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
+	"github.com/podvisor/podvisor/cmd/internal/serve"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/telemetry"
@@ -79,7 +80,7 @@ func podRecord(t *testing.T, b *bus.Bus, ns, name string) *events.PodRecord {
 // of all five services under the one trace id its record keeps.
 func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	dir := upWithTracing(t)
-	vars, _ := ReadEnvFile(dir + "/env")
+	vars, _ := serve.ReadEnvFile(dir + "/env")
 	b, err := bus.Dial(context.Background(), bus.ConnConfig{URL: vars["PODVISOR_NATS_URL"], CredsFile: vars["PODVISOR_NATS_CREDS"], CAFile: vars["PODVISOR_NATS_CA"], Name: "trace-test"})
 	if err != nil {
 		t.Fatal(err)

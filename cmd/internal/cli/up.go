@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
+	"github.com/podvisor/podvisor/cmd/internal/buildinfo"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/services/provisioner"
 	"github.com/podvisor/podvisor/shared/telemetry"
@@ -54,7 +55,7 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 			}
 			defer tel.Shutdown(context.Background())
 			cfg.Metrics = tel.MetricsHandler()
-			registerBuildInfo()
+			buildinfo.Register()
 
 			sys, err := allinone.Start(ctx, cfg)
 			if err != nil {

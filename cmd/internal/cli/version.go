@@ -1,86 +1,13 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"runtime"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/metric"
+
+	"github.com/podvisor/podvisor/cmd/internal/buildinfo"
 )
-
-// Build information, stamped by the Makefile at build time:
-//
-//	go build -ldflags "-X github.com/podvisor/podvisor/cmd/internal/cli.version=v0.3.0 -X ...cli.commit=<sha> -X ...cli.buildDate=<RFC 3339>"
-//
-// A plain `go build` leaves them empty; BuildInfo then falls back to what
-// the Go toolchain records (the module version and the VCS revision).
-var (
-	version   string
-	commit    string
-	buildDate string
-)
-
-// BuildInfo says which build of podvisor is running.
-type BuildInfo struct {
-	Version   string `json:"version"`
-	Commit    string `json:"commit"`
-	BuildDate string `json:"buildDate"`
-	GoVersion string `json:"goVersion"`
-	Platform  string `json:"platform"`
-}
-
-// Build returns the running binary's build information.
-func Build() BuildInfo {
-	bi := BuildInfo{Version: version, Commit: commit, BuildDate: buildDate, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
-	if info, ok := debug.ReadBuildInfo(); ok {
-		if bi.Version == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
-			bi.Version = info.Main.Version
-		}
-		for _, s := range info.Settings {
-			switch {
-			case s.Key == "vcs.revision" && bi.Commit == "":
-				bi.Commit = s.Value
-			case s.Key == "vcs.time" && bi.BuildDate == "":
-				bi.BuildDate = s.Value
-			}
-		}
-	}
-	if bi.Version == "" {
-		bi.Version = "dev"
-	}
-	return bi
-}
-
-func (b BuildInfo) String() string {
-	return fmt.Sprintf("podvisor %s (commit %s, built %s, %s, %s)", b.Version, orUnknown(b.Commit), orUnknown(b.BuildDate), b.GoVersion, b.Platform)
-}
-
-func orUnknown(s string) string {
-	if s == "" {
-		return "unknown"
-	}
-	return s
-}
-
-// registerBuildInfo exports podvisor_build_info{version,commit} = 1, so a
-// scrape says which build each process runs.
-func registerBuildInfo() {
-	b := Build()
-	m := otel.GetMeterProvider().Meter("github.com/podvisor/podvisor/cmd")
-	g, err := m.Int64ObservableGauge("podvisor_build_info", metric.WithDescription("The running build: always 1, labelled with version and commit."))
-	if err != nil {
-		return
-	}
-	_, _ = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
-		o.ObserveInt64(g, 1, metric.WithAttributes(attribute.String("version", b.Version), attribute.String("commit", b.Commit), attribute.String("go_version", b.GoVersion)))
-		return nil
-	}, g)
-}
 
 func newVersionCmd(g *globals) *cobra.Command {
 	var output string
@@ -91,9 +18,9 @@ func newVersionCmd(g *globals) *cobra.Command {
 		RunE: func(*cobra.Command, []string) error {
 			switch output {
 			case "":
-				fmt.Fprintln(g.stdout, Build())
+				fmt.Fprintln(g.stdout, buildinfo.Get())
 			case "json":
-				b, _ := json.MarshalIndent(Build(), "", "  ")
+				b, _ := json.MarshalIndent(buildinfo.Get(), "", "  ")
 				fmt.Fprintln(g.stdout, string(b))
 			default:
 				return usageError("-o %q: want json or nothing", output)

@@ -1,4 +1,4 @@
-package bus
+package natsembed
 
 import (
 	"crypto/tls"
@@ -10,11 +10,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// EmbeddedConfig configures an in-process NATS server with JetStream.
-type EmbeddedConfig struct {
+// Config configures an in-process NATS server with JetStream.
+type Config struct {
 	// Dir holds the JetStream file store. Required: streams and KV buckets
 	// live here, and a later start on the same Dir resumes them.
 	Dir string
@@ -42,7 +45,7 @@ type EmbeddedConfig struct {
 	// Auth, when set, makes the server accept only the identities this
 	// authority mints (creds files), each with its permissions. Without it
 	// the server is open, which only tests want.
-	Auth *Authority
+	Auth *bus.Authority
 	// TLS, when set, is the server's certificate configuration: every
 	// client connection must then use TLS (a plain-text one is refused).
 	TLS *tls.Config
@@ -63,21 +66,14 @@ type ClusterConfig struct {
 	Routes []string
 }
 
-// MaxControlLine is the longest protocol line the server accepts. A user's
-// JWT, with its permission lists, travels in the CONNECT line, and a
-// service's lists (the JetStream API subjects of each stream it reads) pass
-// the server's 4 KiB default; a NATS server for podvisor sets
-// max_control_line to this.
-const MaxControlLine = 16 << 10
-
-// Embedded is a running in-process NATS server.
-type Embedded struct {
+// Server is a running in-process NATS server.
+type Server struct {
 	srv *server.Server
 }
 
-// StartEmbedded runs nats-server in this process with JetStream file storage
-// in cfg.Dir and returns once it accepts client connections.
-func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+// Start runs nats-server in this process with JetStream file storage in
+// cfg.Dir and returns once it accepts client connections.
+func Start(cfg Config) (*Server, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("bus: embedded server: Dir is required (JetStream file storage)")
 	}
@@ -114,8 +110,8 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		NoLog:  true,
 	}
 	if cfg.Auth != nil {
-		opts.MaxControlLine = MaxControlLine
-		if err := cfg.Auth.configure(opts); err != nil {
+		opts.MaxControlLine = bus.MaxControlLine
+		if err := trust(opts, cfg.Auth); err != nil {
 			return nil, fmt.Errorf("bus: embedded server: auth: %w", err)
 		}
 	}
@@ -146,19 +142,35 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		srv.WaitForShutdown()
 		return nil, fmt.Errorf("bus: embedded server: JetStream did not start (store dir %s)", cfg.Dir)
 	}
-	return &Embedded{srv: srv}, nil
+	return &Server{srv: srv}, nil
+}
+
+// trust makes the server trust the authority only: its operator, its
+// account and the system account.
+func trust(opts *server.Options, a *bus.Authority) error {
+	t := a.Trust()
+	res := &server.MemAccResolver{}
+	for pub, claims := range t.Accounts {
+		if err := res.Store(pub, claims); err != nil {
+			return err
+		}
+	}
+	opts.TrustedOperators = []*jwt.OperatorClaims{t.Operator}
+	opts.AccountResolver = res
+	opts.SystemAccount = t.SystemAccount
+	return nil
 }
 
 // URL is the nats:// URL clients connect to.
-func (e *Embedded) URL() string { return e.srv.ClientURL() }
+func (e *Server) URL() string { return e.srv.ClientURL() }
 
 // Server is the underlying nats-server, for monitoring in tests and the
 // status page.
-func (e *Embedded) Server() *server.Server { return e.srv }
+func (e *Server) Server() *server.Server { return e.srv }
 
 // Shutdown stops the server and waits until it has flushed its store and
 // closed its listeners. Safe to call more than once.
-func (e *Embedded) Shutdown() {
+func (e *Server) Shutdown() {
 	if e == nil || e.srv == nil {
 		return
 	}
