@@ -11,8 +11,9 @@ import (
 )
 
 // No Docker engine is needed to hold the Dockerfile to what the manifests
-// assume: a static binary built from the workspace, an unprivileged user,
-// the podvisor CLI as entrypoint, and a dev stage Tilt can live-update.
+// assume: static binaries built from the workspace (the podvisor CLI, and
+// podvisord, which the services' manifests run), an unprivileged user, the
+// CLI as entrypoint, and a dev stage Tilt can live-update.
 func TestDockerfile(t *testing.T) {
 	df := parseDockerfile(t)
 	root := repoRoot(t)
@@ -31,7 +32,7 @@ func TestDockerfile(t *testing.T) {
 	for _, run := range builder.All("RUN") {
 		if strings.Contains(run.Args, "go build") {
 			built = true
-			for _, want := range []string{"CGO_ENABLED=0", "./cmd/podvisor", "-o /out/podvisor"} {
+			for _, want := range []string{"CGO_ENABLED=0", "./cmd/podvisor ", "./cmd/podvisord", "-o /out/"} {
 				if !strings.Contains(run.Args, want) {
 					t.Errorf("builder's go build lacks %q: %s", want, run.Args)
 				}
@@ -54,8 +55,8 @@ func TestDockerfile(t *testing.T) {
 		t.Errorf("final stage %q from %s, want distroless/static or scratch", final.Name, final.Base)
 	}
 	cp, _ := final.Last("COPY")
-	if from, _ := cp.Flag("from"); from != "builder" || cp.Args != "/out/podvisor /podvisor" {
-		t.Errorf("final stage COPY = %+v, want the binary from builder", cp)
+	if from, _ := cp.Flag("from"); from != "builder" || cp.Args != "/out/podvisor /out/podvisord /" {
+		t.Errorf("final stage COPY = %+v, want /podvisor and /podvisord from builder", cp)
 	}
 
 	for _, st := range []string{"dev", ""} {

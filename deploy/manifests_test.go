@@ -207,7 +207,8 @@ func metaOf(obj any) (metav1.Object, error) {
 }
 
 // Every service runs `podvisor serve <itself>`; every container of the
-// podvisor image runs a subcommand the CLI has, and images are pinned.
+// podvisor image runs a subcommand the CLI has (services with podvisord),
+// and images are pinned.
 func TestContainersRunKnownCommandsAndPinnedImages(t *testing.T) {
 	for _, overlay := range []string{"dev", "prod"} {
 		objs := build(t, "overlays/"+overlay)
@@ -221,11 +222,18 @@ func TestContainersRunKnownCommandsAndPinnedImages(t *testing.T) {
 				if imageRepo(c.Image) != podvisorImage {
 					continue
 				}
-				if len(c.Command) > 0 {
-					t.Errorf("%s %s: command %v replaces the image's podvisor entrypoint", overlay, w, c.Command)
-				}
 				if err := checkPodvisorArgs(c.Args); err != nil {
 					t.Errorf("%s %s: args %q: %v", overlay, w, c.Args, err)
+				}
+				// A service runs podvisord, the image's services-only
+				// executable (same arguments as the CLI's serve); anything
+				// else runs the image's podvisor entrypoint.
+				serves := len(c.Args) > 0 && c.Args[0] == "serve"
+				switch {
+				case serves && !slices.Equal(c.Command, []string{"/podvisord"}):
+					t.Errorf("%s %s: command %q, want [/podvisord] to serve a service", overlay, w, c.Command)
+				case !serves && len(c.Command) > 0:
+					t.Errorf("%s %s: command %v replaces the image's podvisor entrypoint", overlay, w, c.Command)
 				}
 				if w.meta.Labels["app.kubernetes.io/component"] == "service" {
 					if want := []string{"serve", w.name}; !slices.Equal(c.Args, want) {
@@ -653,5 +661,25 @@ func TestProdProvisionerNamesTheBootDisk(t *testing.T) {
 	}
 	if e, ok := envValue(findWorkload(t, build(t, "overlays/dev"), "provisioner").template.Spec.Containers[0], "PODVISOR_PROVISIONER_BOOT_DISK"); ok {
 		t.Errorf("dev provisioner: PODVISOR_PROVISIONER_BOOT_DISK = %q on the simulated datacenter", e.Value)
+	}
+}
+
+// Under Tilt a service runs its own dev image through that image's
+// entrypoint (the live-update restart loop around the synced binary), so
+// the overlay takes away the command the base gives services.
+func TestTiltServicesRunTheDevEntrypoint(t *testing.T) {
+	found := 0
+	for _, w := range workloads(build(t, "overlays/tilt")) {
+		if w.meta.Labels["app.kubernetes.io/component"] != "service" {
+			continue
+		}
+		found++
+		c := w.template.Spec.Containers[0]
+		if len(c.Command) > 0 || c.Image != podvisorImage+"-"+w.name+":dev" {
+			t.Errorf("tilt %s: command %q, image %s; want no command and %s-%s:dev", w, c.Command, c.Image, podvisorImage, w.name)
+		}
+	}
+	if found != len(services) {
+		t.Errorf("tilt overlay: %d services, want %d", found, len(services))
 	}
 }
