@@ -662,6 +662,16 @@ func TestProdProvisionerNamesTheBootDisk(t *testing.T) {
 	if e, ok := envValue(findWorkload(t, build(t, "overlays/dev"), "provisioner").template.Spec.Containers[0], "PODVISOR_PROVISIONER_BOOT_DISK"); ok {
 		t.Errorf("dev provisioner: PODVISOR_PROVISIONER_BOOT_DISK = %q on the simulated datacenter", e.Value)
 	}
+	// The scheduler places pods only where that disk's datastore is: the
+	// two settings name the same datastore.
+	ds := strings.TrimPrefix(strings.SplitN(e.Value, "]", 2)[0], "[")
+	sc := findWorkload(t, build(t, "overlays/prod"), "scheduler").template.Spec.Containers[0]
+	if r, ok := envValue(sc, "PODVISOR_SCHEDULER_REQUIRED_DATASTORES"); !ok || r.Value != ds {
+		t.Errorf("prod scheduler: PODVISOR_SCHEDULER_REQUIRED_DATASTORES = %q (set: %v), want %q, the boot disk's datastore", r.Value, ok, ds)
+	}
+	if _, ok := envValue(sc, "PODVISOR_NATS_URL"); !ok {
+		t.Error("prod scheduler lost PODVISOR_NATS_URL: the datastore's patch must add to the services' settings")
+	}
 }
 
 // Under Tilt a service runs its own dev image through that image's

@@ -4,10 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
+	"github.com/podvisor/podvisor/services/scheduler/plugins/datastoreavailable"
 	"github.com/podvisor/podvisor/shared/config"
 )
 
@@ -28,6 +30,12 @@ type Config struct {
 	CPUOvercommit float64
 	// MaxPodsPerHost caps pod VMs per host (0 = no cap).
 	MaxPodsPerHost int
+	// RequiredDatastores are datastores a host must mount to take a pod:
+	// on a real vCenter, the datastore of the pod VM boot disk
+	// (PODVISOR_PROVISIONER_BOOT_DISK), which every pod VM attaches. It
+	// applies to a custom Profile too, which must then run the
+	// DatastoreAvailable filter.
+	RequiredDatastores []string
 	// BatchSize is how many pods one scheduling pass places before their
 	// reservations are written (grouped per host).
 	BatchSize int
@@ -91,6 +99,8 @@ const (
 	EnvRetryInitial   = "PODVISOR_SCHEDULER_RETRY_INITIAL"
 	EnvRetryMax       = "PODVISOR_SCHEDULER_RETRY_MAX"
 	EnvPendingRescan  = "PODVISOR_SCHEDULER_PENDING_RESCAN"
+	// EnvRequiredDatastores is a comma list of datastore names.
+	EnvRequiredDatastores = "PODVISOR_SCHEDULER_REQUIRED_DATASTORES"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -111,6 +121,7 @@ func ConfigFrom(src config.Source) (Config, error) {
 		r.Duration(EnvRetryMax, &c.RetryMax)
 		r.Duration(EnvPendingRescan, &c.PendingRescan)
 		r.Float(EnvCPUOvercommit, &c.CPUOvercommit)
+		r.List(EnvRequiredDatastores, &c.RequiredDatastores)
 		r.Parse(EnvProfileFile, func(path string) error {
 			data, err := os.ReadFile(path)
 			if err != nil {
@@ -135,6 +146,11 @@ func (c Config) Validate() error {
 	if err := prof.Validate(plugins.NewRegistry()); err != nil {
 		p.Add(fmt.Errorf("Profile: %w", err))
 	}
+	p.Must(len(c.RequiredDatastores) == 0 || slices.Contains(prof.Filters, datastoreavailable.Name), "RequiredDatastores", c.RequiredDatastores,
+		fmt.Sprintf("be enforced: the profile %s does not run the %s filter", prof.Name, datastoreavailable.Name))
+	for _, ds := range c.RequiredDatastores {
+		p.Must(ds != "", "RequiredDatastores", c.RequiredDatastores, "name no empty datastore")
+	}
 	p.Must(c.BatchSize >= 1, "BatchSize", c.BatchSize, "be at least 1")
 	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
 	p.Must(c.ResyncInterval >= time.Second, "ResyncInterval", c.ResyncInterval, "be at least 1s")
@@ -149,11 +165,14 @@ func (c Config) Validate() error {
 // profile is the effective profile.
 func (c Config) profile() framework.Profile {
 	if c.Profile != nil {
-		return *c.Profile
+		p := *c.Profile
+		p.RequiredDatastores = append(slices.Clone(p.RequiredDatastores), c.RequiredDatastores...)
+		return p
 	}
 	p := plugins.DefaultProfile(c.Strategy)
 	p.PercentageOfHostsToScore = c.PercentageOfHostsToScore
 	p.CPUOvercommit = c.CPUOvercommit
 	p.MaxPodsPerHost = c.MaxPodsPerHost
+	p.RequiredDatastores = slices.Clone(c.RequiredDatastores)
 	return p
 }

@@ -11,6 +11,8 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/install"
 	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -58,6 +60,12 @@ Re-running it changes nothing; a new boot image is installed beside the old one.
 				// system on a real vCenter.
 				fmt.Fprintf(cmd.OutOrStdout(), "\npod VMs boot this image once the provisioner has:\n  %s=%q\n",
 					provisioner.EnvBootDisk, done.BootDisk)
+				// Only hosts that mount the image's datastore can run pod
+				// VMs: the scheduler is told which.
+				if dp, perr := podvm.ParseBootDisk(done.BootDisk); perr == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "and the scheduler, so that pods go only to hosts that mount its datastore:\n  %s=%q\n",
+						scheduler.EnvRequiredDatastores, dp.Datastore)
+				}
 			}
 			return err
 		},

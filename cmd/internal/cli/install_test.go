@@ -31,8 +31,12 @@ func TestInstallCommand(t *testing.T) {
 		t.Fatalf("first run does not name the template:\n%s", out)
 	}
 	// The setting that gives the provisioner's pod VMs the boot disk.
-	if !regexp.MustCompile(`(?m)^  PODVISOR_PROVISIONER_BOOT_DISK="\[[^]]+\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk"$`).MatchString(out) {
+	m := regexp.MustCompile(`(?m)^  PODVISOR_PROVISIONER_BOOT_DISK="\[([^]]+)\] podvisor/boot-[0-9a-f]{12}/podvm\.vmdk"$`).FindStringSubmatch(out)
+	if m == nil {
 		t.Errorf("first run does not print the provisioner's boot disk setting:\n%s", out)
+	} else if want := "  PODVISOR_SCHEDULER_REQUIRED_DATASTORES=\"" + m[1] + "\"\n"; !strings.Contains(out, want) {
+		// and the scheduler's, naming the same datastore.
+		t.Errorf("first run does not print %q:\n%s", want, out)
 	}
 	again, errOut, code := run(t, t.TempDir(), "", args...)
 	if code != 0 || strings.Contains(again, "created") || strings.Count(again, "exists") != 4 {

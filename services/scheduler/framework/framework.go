@@ -47,6 +47,9 @@ type Profile struct {
 	CPUOvercommit float64 `json:"cpuOvercommit,omitempty"`
 	// MaxPodsPerHost caps pod VMs per host (0 = no cap).
 	MaxPodsPerHost int `json:"maxPodsPerHost,omitempty"`
+	// RequiredDatastores are datastores a host must mount to take a pod
+	// VM (the DatastoreAvailable filter): the pod VM boot disk's.
+	RequiredDatastores []string `json:"requiredDatastores,omitempty"`
 }
 
 // minFeasibleHostsToFind mirrors kube-scheduler's minFeasibleNodesToFind:

@@ -7,6 +7,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/plugins/antiaffinity"
 	"github.com/podvisor/podvisor/services/scheduler/plugins/balancedallocation"
 	"github.com/podvisor/podvisor/services/scheduler/plugins/clusterspread"
+	"github.com/podvisor/podvisor/services/scheduler/plugins/datastoreavailable"
 	"github.com/podvisor/podvisor/services/scheduler/plugins/hostready"
 	"github.com/podvisor/podvisor/services/scheduler/plugins/hostselector"
 	"github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
@@ -29,6 +30,7 @@ func NewRegistry() framework.Registry {
 		mostallocated.Name:      mostallocated.New,
 		balancedallocation.Name: balancedallocation.New,
 		clusterspread.Name:      clusterspread.New,
+		datastoreavailable.Name: datastoreavailable.New,
 	}
 }
 
@@ -50,6 +52,7 @@ func DefaultProfile(strategy string) framework.Profile {
 			hostready.Name,
 			resourcesfit.Name,
 			networkavailable.Name,
+			datastoreavailable.Name,
 			hostselector.Name,
 			antiaffinity.Name,
 		},
