@@ -105,6 +105,12 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 			return fmt.Errorf("%s: %w", spec.Name, err)
 		}
 	}
+	var profiling bool
+	r := config.Read(settings)
+	r.Bool("PODVISOR_PROFILING", &profiling)
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("%w: %v", ErrSettings, err)
+	}
 	var topo []bus.TopologyOption
 	if v, _ := settings("PODVISOR_STREAM_REPLICAS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -204,12 +210,7 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 			return fmt.Errorf("PODVISOR_HEALTH_ADDR_FILE: %w", err)
 		}
 	}
-	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger}
-	r := config.Read(settings)
-	r.Bool("PODVISOR_PROFILING", &hs.Profiling)
-	if err := r.Err(); err != nil {
-		return fmt.Errorf("%w: %v", ErrSettings, err)
-	}
+	hs := &health.Server{Addr: addr, Checks: checks, Metrics: tel.MetricsHandler(), Logger: logger, Profiling: profiling}
 
 	logger.Info("serving", "service", spec.Name, "nats", conf.URL, "health", ln.Addr().String())
 	grp, gctx := errgroup.WithContext(ctx)
