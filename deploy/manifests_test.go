@@ -693,3 +693,25 @@ func TestTiltServicesRunTheDevEntrypoint(t *testing.T) {
 		t.Errorf("tilt overlay: %d services, want %d", found, len(services))
 	}
 }
+
+// Every service's Go runtime knows its container's memory limit
+// (GOMEMLIMIT from limits.memory), so that it collects harder near the
+// limit instead of being killed at it; the container has such a limit.
+func TestServicesKnowTheirMemoryLimit(t *testing.T) {
+	for _, overlay := range []string{"dev", "prod"} {
+		for _, w := range workloads(build(t, "overlays/"+overlay)) {
+			if w.meta.Labels["app.kubernetes.io/component"] != "service" {
+				continue
+			}
+			c := w.template.Spec.Containers[0]
+			e, ok := envValue(c, "GOMEMLIMIT")
+			if !ok || e.ValueFrom == nil || e.ValueFrom.ResourceFieldRef == nil ||
+				e.ValueFrom.ResourceFieldRef.Resource != "limits.memory" || e.ValueFrom.ResourceFieldRef.ContainerName != c.Name {
+				t.Errorf("%s %s: GOMEMLIMIT %+v, want the container's limits.memory", overlay, w, e)
+			}
+			if c.Resources.Limits.Memory().IsZero() {
+				t.Errorf("%s %s: no memory limit for GOMEMLIMIT to follow", overlay, w)
+			}
+		}
+	}
+}
