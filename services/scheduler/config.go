@@ -146,10 +146,12 @@ func (c Config) Validate() error {
 	if err := prof.Validate(plugins.NewRegistry()); err != nil {
 		p.Add(fmt.Errorf("Profile: %w", err))
 	}
-	p.Must(len(c.RequiredDatastores) == 0 || slices.Contains(prof.Filters, datastoreavailable.Name), "RequiredDatastores", c.RequiredDatastores,
+	// The profile's own list counts too: a profile file may name the
+	// datastores itself.
+	p.Must(len(prof.RequiredDatastores) == 0 || slices.Contains(prof.Filters, datastoreavailable.Name), "RequiredDatastores", prof.RequiredDatastores,
 		fmt.Sprintf("be enforced: the profile %s does not run the %s filter", prof.Name, datastoreavailable.Name))
-	for _, ds := range c.RequiredDatastores {
-		p.Must(ds != "", "RequiredDatastores", c.RequiredDatastores, "name no empty datastore")
+	for _, ds := range prof.RequiredDatastores {
+		p.Must(ds != "", "RequiredDatastores", prof.RequiredDatastores, "name no empty datastore")
 	}
 	p.Must(c.BatchSize >= 1, "BatchSize", c.BatchSize, "be at least 1")
 	p.Must(c.Workers >= 1, "Workers", c.Workers, "be at least 1")
@@ -166,7 +168,13 @@ func (c Config) Validate() error {
 func (c Config) profile() framework.Profile {
 	if c.Profile != nil {
 		p := *c.Profile
-		p.RequiredDatastores = append(slices.Clone(p.RequiredDatastores), c.RequiredDatastores...)
+		req := slices.Clone(p.RequiredDatastores)
+		for _, ds := range c.RequiredDatastores {
+			if !slices.Contains(req, ds) {
+				req = append(req, ds)
+			}
+		}
+		p.RequiredDatastores = req
 		return p
 	}
 	p := plugins.DefaultProfile(c.Strategy)

@@ -52,4 +52,10 @@ func TestRequiredDatastoresSetting(t *testing.T) {
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "RequiredDatastores") || !strings.Contains(err.Error(), datastoreavailable.Name) {
 		t.Errorf("custom profile without the filter: %v", err)
 	}
+	// The same when the profile itself names the datastores.
+	c.RequiredDatastores = nil
+	p.RequiredDatastores = []string{"images-ds"}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "RequiredDatastores") {
+		t.Errorf("custom profile naming datastores without the filter: %v", err)
+	}
 }

@@ -127,6 +127,13 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 		conf.URL = o.NATSURL
 	}
 	if conf.URL == "" {
+		// Set but empty in the environment: the env file's, as for an
+		// unset one.
+		if vars, err := ReadEnvFile(filepath.Join(o.StateDir, "env")); err == nil {
+			conf.URL = vars["PODVISOR_NATS_URL"]
+		}
+	}
+	if conf.URL == "" {
 		return fmt.Errorf("%w: PODVISOR_NATS_URL is not set and %s/env (the env file of a local `podvisor up`) does not name it", ErrSettings, o.StateDir)
 	}
 	if local && conf.CredsFile != "" {
