@@ -3,8 +3,9 @@
 //
 // The folders:
 //
-//	docker/Dockerfile          one image for every process; its entrypoint is the
-//	                           podvisor CLI (`serve <service>`, `up`)
+//	docker/Dockerfile          one image for every process: the podvisor CLI as
+//	                           entrypoint (`up`), and podvisord, which the
+//	                           services run (`serve <service>`)
 //	k8s/base/                  the five services, Redis, network policies and the
 //	                           restricted namespace; base/nats is the JetStream
 //	                           cluster that the prod overlay adds

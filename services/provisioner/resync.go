@@ -82,10 +82,14 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 		stale []podvm.VM // VMs of the pod that are not the record's
 		fix   func(context.Context, RepairReport) error
 	}
-	var repairs []repair
-	recorded := map[string]bool{}
+	// A record that changes during the replay can come twice; the later
+	// one decides (repairs keyed by uid).
+	repairs := map[string]repair{}
+	var order []string
+	recorded, inOrder := map[string]bool{}, map[string]bool{}
 	err := s.recs.scan(ctx, func(r *events.PodRecord) {
 		recorded[r.UID] = true
+		delete(repairs, r.UID)
 		var vm podvm.VM
 		hasVM := false
 		var stale []podvm.VM
@@ -97,7 +101,11 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 			}
 		}
 		if fix := s.repairOf(r, vm, hasVM); fix != nil || len(stale) > 0 {
-			repairs = append(repairs, repair{r: r, stale: stale, fix: fix})
+			if !inOrder[r.UID] {
+				inOrder[r.UID] = true
+				order = append(order, r.UID)
+			}
+			repairs[r.UID] = repair{r: r, stale: stale, fix: fix}
 		}
 	})
 	if err != nil {
@@ -111,7 +119,11 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 			errs = append(errs, s.repairOrphan(ctx, vm, report))
 		}
 	}
-	for _, rp := range repairs {
+	for _, uid := range order {
+		rp, ok := repairs[uid]
+		if !ok {
+			continue // its later delivery needed none
+		}
 		for _, vm := range rp.stale {
 			errs = append(errs, s.repairStale(ctx, rp.r, vm, report))
 		}
@@ -228,6 +240,11 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 				if fresh.Phase != events.PodPhaseFailed || fresh.VMRef != "" {
 					return false, nil
 				}
+				// The VMs were listed before the records were read: fail()
+				// may have removed this one since.
+				if cur, err := s.getVM(ctx, vm.Ref); err != nil || cur == nil {
+					return false, err
+				}
 				if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
 					return false, fmt.Errorf("remove VM %s of failed pod: %w", vm.Ref.Value, err)
 				}
@@ -241,6 +258,11 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 			return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
 				if !vmOn(fresh) || fresh.VMRef != vm.Ref.Value {
 					return false, nil
+				}
+				// The listing is older than the record: a VM listed while
+				// it was being made may be on by now.
+				if cur, err := s.getVM(ctx, vm.Ref); err != nil || cur == nil || cur.PowerState == types.VirtualMachinePowerStatePoweredOn {
+					return false, err
 				}
 				if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
 					return false, fmt.Errorf("power on %s of %s: %w", vm.Ref.Value, r.Key(), err)

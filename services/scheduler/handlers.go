@@ -303,7 +303,7 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		}
 		// The pod's spec is in the full record, read now that it is wanted.
 		rec, err := s.podRecord(ctx, v.Namespace, v.Name)
-		if err != nil || rec == nil || rec.UID != v.UID || rec.Phase != events.PodPhasePending || rec.Host != "" {
+		if err != nil || rec == nil || rec.UID != v.UID || rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
 			continue
 		}
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)

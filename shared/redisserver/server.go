@@ -281,7 +281,7 @@ func StartEmbedded(opts ...Option) (*Server, error) {
 func (s *Server) Addr() string { return s.addr }
 
 // URL is the URL of the server as its first user (see URLFor), ready for
-// ClientOptions.
+// redisclient.Options.
 func (s *Server) URL() string { return s.URLFor("") }
 
 // URLFor is the URL of the server as user name ("" for the first user, or

@@ -59,7 +59,7 @@ type ClusterConfig struct {
 	// Name is the cluster's name, the same on every node.
 	Name string
 	// Port is where this node listens for routes from the others (on
-	// EmbeddedConfig.Host).
+	// Config.Host).
 	Port int
 	// Routes are the route URLs of every node (nats-route://host:port);
 	// a node ignores its own.
