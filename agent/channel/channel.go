@@ -124,16 +124,8 @@ func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 		<-ctx.Done()
 		conn.Close() // unblocks Receive
 	}()
-	hello := s.Hello
-	if kw, ok := s.Pod.(KeyWaiter); ok {
-		hello.KeyRequest = kw.KeyRequest()
-	}
-	if err := conn.Send(guestchannel.TypeHello, "", hello); err != nil {
-		return err
-	}
-	status, changed := s.Pod.Status()
-	status.Full, status.Seq = true, s.Pod.NextSeq()
-	if err := conn.Send(guestchannel.TypeStatus, "", status); err != nil {
+	status, changed, err := ss.greet()
+	if err != nil {
 		return err
 	}
 	ss.wg.Add(1)
@@ -150,8 +142,52 @@ func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 			}
 			return err
 		}
+		if env.Type == guestchannel.TypeResync {
+			if err := ss.resync(); err != nil {
+				return err
+			}
+			continue
+		}
 		ss.handle(ctx, env)
 	}
+}
+
+// greet sends hello and a full status: what opens every connection, and
+// what a resync asks for again.
+func (ss *session) greet() (guestchannel.Status, <-chan struct{}, error) {
+	hello := ss.s.Hello
+	if kw, ok := ss.s.Pod.(KeyWaiter); ok {
+		hello.KeyRequest = kw.KeyRequest()
+	}
+	if err := ss.conn.Send(guestchannel.TypeHello, "", hello); err != nil {
+		return guestchannel.Status{}, nil, err
+	}
+	status, changed := ss.s.Pod.Status()
+	status.Full, status.Seq = true, ss.s.Pod.NextSeq()
+	if err := ss.conn.Send(guestchannel.TypeStatus, "", status); err != nil {
+		return guestchannel.Status{}, nil, err
+	}
+	return status, changed, nil
+}
+
+// resync answers a host side that reached the agent anew on a stream the
+// agent could not see close (a serial line): the requests of the host side
+// that was there before are ended, since no one waits for their answers,
+// and hello and a full status are sent again. Reports carry on: the full
+// status holds every change a partial one might have lost meanwhile.
+func (ss *session) resync() error {
+	ss.mu.Lock()
+	for id, cancel := range ss.reqs {
+		cancel()
+		delete(ss.reqs, id)
+	}
+	for id, w := range ss.ins {
+		w.CloseWithError(errors.New("the host side reconnected"))
+		delete(ss.ins, id)
+	}
+	ss.mu.Unlock()
+	_, _, err := ss.greet()
+	return err
 }
 
 // pushStatus sends a partial status for every change after last.

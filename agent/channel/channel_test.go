@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/creack/pty"
+
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
@@ -170,5 +172,109 @@ func TestSession(t *testing.T) {
 	recv(c, guestchannel.TypeHello)
 	if recv(c, guestchannel.TypeStatus).Decode(&st); !st.Full || st.Containers[1].State.Kind != guestchannel.StateRunning {
 		t.Fatalf("status after redial = %+v, want full with b running", st)
+	}
+}
+
+// TestResyncOnASerialLine: on a serial port the agent's end stays open
+// while the host side behind it changes (the hypervisor's connection to a
+// concentrator made again), so the agent cannot see a new connection; the
+// host side's resync gets hello and a full status on the same line, and
+// ends the requests the host side before it had made.
+func TestResyncOnASerialLine(t *testing.T) {
+	master, slave, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminal here: %v", err)
+	}
+	defer master.Close()
+	// The agent opens the device itself, by name; this end only keeps the
+	// line open, as a hypervisor's serial port is.
+	defer slave.Close()
+	p := newPod()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&Server{Addr: "serial:" + slave.Name(), Hello: guestchannel.Hello{PodUID: "u", BootID: "b1", ChannelToken: "tok"}, Pod: p,
+			MinRetry: 10 * time.Millisecond}).Run(ctx)
+	}()
+	defer func() { cancel(); master.Close(); <-done }()
+
+	c := guestchannel.NewConn(master)
+	recv := func(typ string) guestchannel.Envelope {
+		t.Helper()
+		for {
+			env, err := c.Receive()
+			if err != nil {
+				t.Fatalf("receive %s: %v", typ, err)
+			}
+			if env.Type == typ {
+				return env
+			}
+			if typ == guestchannel.TypeHello || env.Type != guestchannel.TypeStatus {
+				t.Fatalf("receive: %+v; want %s", env, typ)
+			}
+		}
+	}
+	var hello guestchannel.Hello
+	if recv(guestchannel.TypeHello).Decode(&hello); hello.ChannelToken != "tok" || hello.PodUID != "u" {
+		t.Fatalf("hello = %+v, want the pod's uid and channel token", hello)
+	}
+	var st guestchannel.Status
+	if recv(guestchannel.TypeStatus).Decode(&st); !st.Full {
+		t.Fatalf("first status = %+v, want full", st)
+	}
+	first := st.Seq
+	if err := c.Send(guestchannel.TypeLogs, "l1", guestchannel.LogsRequest{Container: "a", Follow: true}); err != nil {
+		t.Fatal(err)
+	}
+	p.follow <- []byte("line\n")
+	recv(guestchannel.TypeLogChunk)
+
+	// The host side changes behind the line: a change made meanwhile is in
+	// the full status the resync brings, and the follow it had asked for
+	// ends.
+	p.set("b", guestchannel.StateRunning)
+	if err := c.Send(guestchannel.TypeResync, "", nil); err != nil {
+		t.Fatal(err)
+	}
+	// After the resync, in whatever order the session's goroutines send
+	// them: the follow's end, hello, then a full status.
+	var chunk guestchannel.LogChunk
+	sawEnd, sawHello, sawFull := false, false, false
+	for !sawEnd || !sawFull {
+		env, err := c.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch env.Type {
+		case guestchannel.TypeLogChunk:
+			if env.Decode(&chunk); chunk.EOF && env.ID == "l1" {
+				sawEnd = true
+			}
+		case guestchannel.TypeHello:
+			sawHello = true
+		case guestchannel.TypeStatus:
+			if env.Decode(&st); !st.Full {
+				continue // b's partial report, made before the resync
+			}
+			if !sawHello || st.Seq <= first || st.Containers[1].State.Kind != guestchannel.StateRunning {
+				t.Fatalf("full status after resync = %+v (hello before it: %v), want it after a hello, newer than %d, with b running", st, sawHello, first)
+			}
+			sawFull = true
+		default:
+			t.Fatalf("after resync: %+v", env)
+		}
+	}
+	// The session goes on on the same line: partial reports follow (b's
+	// may still be on its way, or come with a's: it was made before the
+	// resync).
+	p.set("a", guestchannel.StateRunning)
+	for sawA := false; !sawA; {
+		if recv(guestchannel.TypeStatus).Decode(&st); st.Full {
+			t.Fatalf("status after resync = %+v, want a partial one", st)
+		}
+		for _, c := range st.Containers {
+			sawA = sawA || c.Name == "a" && c.State.Kind == guestchannel.StateRunning
+		}
 	}
 }

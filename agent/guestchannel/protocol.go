@@ -34,6 +34,14 @@ const (
 	TypeStopped    = "stopped"
 	TypeCancel     = "cancel"
 	TypeError      = "error"
+	// TypeResync (host → agent, no body) asks the agent to send hello and a
+	// full status again on the same stream. A host side that cannot see a
+	// new connection from the agent's end (a network serial port: the
+	// guest's port stays open while the hypervisor's TCP connection to the
+	// host side is made again) sends it first on every connection it
+	// accepts. An agent that predates it answers with an error, as for any
+	// unknown type.
+	TypeResync = "resync"
 )
 
 // Envelope is one framed message. Body holds the message of Type (Hello,
@@ -82,6 +90,11 @@ type Hello struct {
 	// KeyRequest is set while the agent waits for the key of an encrypted
 	// ephemeral disk (PodSpec.Encryption); the host answers with DiskKey.
 	KeyRequest *KeyRequest `json:"keyRequest,omitempty"`
+	// ChannelToken is PodSpec.ChannelToken: what proves the hello comes
+	// from the pod's VM where the host side listens on a network (a serial
+	// port concentrator) rather than on a socket only its hypervisor
+	// reaches.
+	ChannelToken string `json:"channelToken,omitempty"`
 }
 
 // Status reports container states. Full is true on the report that follows

@@ -65,6 +65,11 @@ type PodSpec struct {
 	// that knows it (a template's, which the provisioner keys by agent
 	// build) is given a spec with it.
 	NetworkPending bool `json:"networkPending,omitempty"`
+	// ChannelToken is given back in every Hello (ChannelToken there). The
+	// provisioner sets it when pod VMs reach their host side through a
+	// network serial port (ChannelToken in package guestchannel's
+	// token.go says how it is made); empty otherwise.
+	ChannelToken string `json:"channelToken,omitempty"`
 }
 
 // DNSConfig is what a container's /etc/resolv.conf says.

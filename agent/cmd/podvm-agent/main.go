@@ -104,7 +104,7 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 		Addr: cfg.Boot.Channel,
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
 			PodUID: cfg.Spec.UID, Namespace: cfg.Spec.Namespace, Name: cfg.Spec.Name,
-			VMUUID: cfg.Boot.VMUUID, BootID: newBootID()},
+			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken},
 		Pod: a, Log: log.With("part", "channel"),
 	}
 	served := make(chan struct{})
