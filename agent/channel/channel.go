@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,10 +64,7 @@ func (s *Server) Run(ctx context.Context) {
 	if maxRetry <= 0 {
 		maxRetry = 2 * time.Second
 	}
-	log := s.Log
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := s.log()
 	retry := minRetry
 	for ctx.Err() == nil {
 		rwc, err := Dial(s.Addr)
@@ -84,6 +82,13 @@ func (s *Server) Run(ctx context.Context) {
 		}
 		retry = min(retry*2, maxRetry)
 	}
+}
+
+func (s *Server) log() *slog.Logger {
+	if s.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Log
 }
 
 // Dial connects to a channel address: unix:<path>, vsock:<cid>:<port> or
@@ -134,8 +139,15 @@ func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 		defer cancel()
 		ss.pushStatus(ctx, status, changed)
 	}()
+	// A serial line carries what a reconnection on the host side cut
+	// short: a frame that does not decode is skipped there.
+	serial := strings.HasPrefix(s.Addr, "serial:")
 	for {
 		env, err := conn.Receive()
+		if serial && errors.Is(err, guestchannel.ErrMalformedFrame) {
+			s.log().Warn("channel: a frame that does not decode skipped", "err", err)
+			continue
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil

@@ -263,6 +263,12 @@ func NewConn(rw io.ReadWriteCloser) *Conn {
 // ErrFrameTooLarge is returned by Receive for a line longer than MaxFrame.
 var ErrFrameTooLarge = errors.New("guestchannel: frame exceeds MaxFrame")
 
+// ErrMalformedFrame is returned by Receive for a line that is not an
+// envelope. The line is consumed: the next Receive reads the next one,
+// which is how a side on a serial line, where the guest's console or a
+// frame cut by a reconnection can leave bytes, skips what is not a frame.
+var ErrMalformedFrame = errors.New("guestchannel: malformed frame")
+
 // Send writes one message of type typ with request id (may be empty) and
 // body (may be nil).
 func (c *Conn) Send(typ, id string, body any) error {
@@ -310,10 +316,10 @@ func (c *Conn) Receive() (Envelope, error) {
 	}
 	var env Envelope
 	if err := json.Unmarshal(line, &env); err != nil {
-		return Envelope{}, fmt.Errorf("guestchannel: malformed frame: %w", err)
+		return Envelope{}, fmt.Errorf("%w: %w", ErrMalformedFrame, err)
 	}
 	if env.Type == "" {
-		return Envelope{}, errors.New("guestchannel: frame without type")
+		return Envelope{}, fmt.Errorf("%w: no type", ErrMalformedFrame)
 	}
 	return env, nil
 }

@@ -2,6 +2,7 @@ package hostagent
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"time"
 
@@ -49,6 +50,48 @@ const (
 	EnvHost       = "PODVISOR_HOSTAGENT_HOST"
 	EnvChannelDir = "PODVISOR_HOSTAGENT_CHANNEL_DIR"
 )
+
+// Settings of the concentrator (ConcentratorConfigFrom), one per process.
+const (
+	// EnvConcentrator is the address the concentrator listens on for pod
+	// VMs' network serial ports (host:port, or tcp://host:port); unset, the
+	// process runs none.
+	EnvConcentrator = "PODVISOR_HOSTAGENT_CONCENTRATOR"
+	// EnvChannelKeyFile is the Secret file of the channel key the
+	// provisioner makes pods' channel tokens with.
+	EnvChannelKeyFile = "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE"
+)
+
+// ConcentratorConfig says whether and where this process's concentrator
+// listens (Concentrator).
+type ConcentratorConfig struct {
+	// Listen is the TCP address, host:port; empty runs no concentrator.
+	Listen string
+	// KeyFile holds the channel key (guestchannel.LoadChannelKey).
+	KeyFile string
+}
+
+// ConcentratorConfigFrom reads PODVISOR_HOSTAGENT_CONCENTRATOR and
+// PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE from src, validated.
+func ConcentratorConfigFrom(src config.Source) (ConcentratorConfig, error) {
+	listen, _ := src(EnvConcentrator)
+	key, _ := src(EnvChannelKeyFile)
+	c := ConcentratorConfig{Listen: strings.TrimPrefix(strings.TrimSpace(listen), "tcp://"), KeyFile: strings.TrimSpace(key)}
+	if c.Listen == "" {
+		return c, nil
+	}
+	var p config.Checks
+	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
+		p.Add(fmt.Errorf("Listen %q (%s): want host:port or tcp://host:port, such as tcp://0.0.0.0:7041", listen, EnvConcentrator))
+	}
+	if c.KeyFile == "" {
+		p.Add(fmt.Errorf("KeyFile: required with a concentrator (%s: the channel key the provisioner's tokens are made with)", EnvChannelKeyFile))
+	}
+	if err := p.Err(); err != nil {
+		return c, fmt.Errorf("hostagent config: %w", err)
+	}
+	return c, nil
+}
 
 // DefaultConfig returns the defaults; Host and ChannelDir are still to set.
 func DefaultConfig() Config {

@@ -45,3 +45,28 @@ func TestConfigsFrom(t *testing.T) {
 		})
 	}
 }
+
+func TestConcentratorConfigFrom(t *testing.T) {
+	for _, tc := range []struct {
+		name, listen, key, wantListen, wantErr string
+	}{
+		{"none", "", "", "", ""},
+		{"tcp url", "tcp://0.0.0.0:7041", "/etc/podvisor/channel.key", "0.0.0.0:7041", ""},
+		{"host and port", "127.0.0.1:7041", "/k", "127.0.0.1:7041", ""},
+		{"no port", "concentrator.example", "/k", "", EnvConcentrator},
+		{"no key file", ":7041", "", "", EnvChannelKeyFile},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ConcentratorConfigFrom(config.Map(map[string]string{EnvConcentrator: tc.listen, EnvChannelKeyFile: tc.key}))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one naming %s", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || c.Listen != tc.wantListen {
+				t.Fatalf("config %+v, %v; want listen %q", c, err, tc.wantListen)
+			}
+		})
+	}
+}

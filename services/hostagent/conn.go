@@ -23,6 +23,11 @@ type podConn struct {
 	hello guestchannel.Hello
 	pod   *events.PodRecord // as read at hello: spec, images, identity
 	log   *slog.Logger
+	// serial is set on a channel from the concentrator (a network serial
+	// port): frames that do not decode are skipped, and a hello of another
+	// boot ends the session with rehello.
+	serial  bool
+	rehello *guestchannel.Hello
 
 	mu      sync.Mutex
 	status  guestchannel.Status                     // merged: Containers/InitContainers complete so far
@@ -47,6 +52,27 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 		_ = conn.Send(guestchannel.TypeError, "", guestchannel.Error{Message: err.Error()})
 		return
 	}
+	s.servePod(ctx, pc)
+}
+
+// serveGreeted runs a channel whose hello the concentrator read and
+// checked, and whose pod it found placed on this host, until it closes
+// (nil) or the guest says hello anew on the line (that hello: a guest that
+// booted again, for which the concentrator checks and routes the channel
+// again). The concentrator closes the line.
+func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord) *guestchannel.Hello {
+	pc := s.newPodConn(conn, h, rec)
+	// A serial line carries what the guest's console or a half-sent frame
+	// left on it; a frame that does not decode is skipped, not the end of
+	// the channel.
+	pc.serial = true
+	s.servePod(ctx, pc)
+	return pc.rehello
+}
+
+// servePod serves an admitted channel until it closes.
+func (s *Service) servePod(ctx context.Context, pc *podConn) {
+	conn := pc.conn
 	s.mu.Lock()
 	if old := s.conns[pc.hello.PodUID]; old != nil {
 		// The agent reconnected (or a relocation brought it back): the old
@@ -74,6 +100,10 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 	}()
 	for {
 		env, err := conn.Receive()
+		if errors.Is(err, guestchannel.ErrMalformedFrame) && pc.serial {
+			pc.log.Warn("guest channel: a frame that does not decode skipped", "err", err)
+			continue
+		}
 		if err != nil {
 			return
 		}
@@ -86,6 +116,17 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 			}
 			pc.apply(st)
 		case guestchannel.TypeHello:
+			if pc.serial {
+				// A serial line's hellos: the answer to the concentrator's
+				// resync (the same boot), or a guest that booted again on
+				// a line that stayed connected, whose channel starts anew.
+				var h guestchannel.Hello
+				if env.Decode(&h) == nil && (h.BootID != pc.hello.BootID || h.PodUID != pc.hello.PodUID) {
+					pc.rehello = &h
+					return
+				}
+				continue
+			}
 			pc.log.Warn("second hello on one channel ignored")
 		default:
 			if env.ID != "" {
@@ -143,6 +184,10 @@ func (s *Service) greet(ctx context.Context, conn *guestchannel.Conn) (*podConn,
 	if rec.Host != s.cfg.Host {
 		return nil, fmt.Errorf("pod %s (uid %s) is placed on %q, not this host %s: %w", rec.Key(), h.PodUID, rec.Host, s.cfg.Host, ErrRefused)
 	}
+	return s.newPodConn(conn, h, rec), nil
+}
+
+func (s *Service) newPodConn(conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord) *podConn {
 	return &podConn{
 		conn:    conn,
 		hello:   h,
@@ -152,7 +197,7 @@ func (s *Service) greet(ctx context.Context, conn *guestchannel.Conn) (*podConn,
 		pending: map[string]*pendingRequest{},
 		gone:    make(chan struct{}),
 		wake:    make(chan struct{}, 1),
-	}, nil
+	}
 }
 
 // findPod finds the record of the hello's pod: directly when the agent

@@ -68,7 +68,10 @@ var hostAgents = Spec{
 	Name:    "hostagent",
 	PerHost: true,
 	Check: func(src config.Source) error {
-		_, err := hostagent.ConfigsFrom(orEnv(src))
+		if _, err := hostagent.ConfigsFrom(orEnv(src)); err != nil {
+			return err
+		}
+		_, err := hostagent.ConcentratorConfigFrom(orEnv(src))
 		return err
 	},
 	Run: func(ctx context.Context, d Deps) error {
@@ -76,15 +79,26 @@ var hostAgents = Spec{
 		if err != nil {
 			return err
 		}
-		svcs := make([]*hostagent.Service, len(cfgs))
-		for i, c := range cfgs {
-			if svcs[i], err = hostagent.New(c, hostagent.Deps{Deps: d.Deps}); err != nil {
+		cc, err := hostagent.ConcentratorConfigFrom(orEnv(d.Settings))
+		if err != nil {
+			return err
+		}
+		svcs := make(map[string]*hostagent.Service, len(cfgs))
+		for _, c := range cfgs {
+			if svcs[c.Host], err = hostagent.New(c, hostagent.Deps{Deps: d.Deps}); err != nil {
 				return err
 			}
 		}
 		g, gctx := errgroup.WithContext(ctx)
 		for _, svc := range svcs {
 			g.Go(func() error { return svc.Run(gctx) })
+		}
+		if cc.Listen != "" {
+			conc, err := hostagent.ListenConcentrator(cc, svcs, d.Logger)
+			if err != nil {
+				return err
+			}
+			g.Go(func() error { return conc.Run(gctx) })
 		}
 		return g.Wait()
 	},

@@ -44,17 +44,36 @@ type Guest struct {
 // then answers requests until the test ends or the host closes the channel.
 func Dial(t testing.TB, socket string, hello guestchannel.Hello, containers ...string) *Guest {
 	t.Helper()
+	return dial(t, "unix", socket, hello, containers)
+}
+
+// DialSerial is Dial over a network serial port's connection to a
+// concentrator (tcp addr): as a serial line carries them, the guest's
+// first bytes are the tail of a frame cut short, and it says hello (again)
+// whenever the host side asks with a resync.
+func DialSerial(t testing.TB, addr string, hello guestchannel.Hello, containers ...string) *Guest {
+	t.Helper()
+	return dial(t, "tcp", addr, hello, containers)
+}
+
+func dial(t testing.TB, network, addr string, hello guestchannel.Hello, containers []string) *Guest {
+	t.Helper()
 	var c net.Conn
 	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if c, err = net.Dial("unix", socket); err == nil || time.Now().After(deadline) {
+		if c, err = net.Dial(network, addr); err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		t.Fatalf("guesttest: dial %s: %v", socket, err)
+		t.Fatalf("guesttest: dial %s: %v", addr, err)
+	}
+	if network == "tcp" {
+		if _, err := c.Write([]byte(`"body":{"full":true,"seq":3}}` + "\n")); err != nil {
+			t.Fatalf("guesttest: %v", err)
+		}
 	}
 	hello.Protocol = guestchannel.Protocol
 	g := &Guest{Hello: hello, conn: guestchannel.NewConn(c), closed: make(chan struct{}), logs: map[string]string{}}
@@ -97,6 +116,20 @@ func (g *Guest) SendStatus(full bool, phase string, cs ...guestchannel.Container
 	return g.conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: full, Seq: seq, Phase: phase, Containers: cs})
 }
 
+// Reboot says hello as the guest booted again with bootID (its status
+// count starts over), then a full status, on the same connection: what a
+// serial line that stayed connected carries.
+func (g *Guest) Reboot(bootID string) error {
+	g.mu.Lock()
+	g.Hello.BootID, g.seq = bootID, 0
+	hello, statuses := g.Hello, g.statuses
+	g.mu.Unlock()
+	if err := g.conn.Send(guestchannel.TypeHello, "", hello); err != nil {
+		return err
+	}
+	return g.SendStatus(true, guestchannel.PhaseRunning, statuses...)
+}
+
 // Seq is the Seq of the last status sent.
 func (g *Guest) Seq() uint64 {
 	g.mu.Lock()
@@ -131,6 +164,12 @@ func (g *Guest) serve() {
 			return
 		}
 		switch env.Type {
+		case guestchannel.TypeResync:
+			g.mu.Lock()
+			hello, statuses := g.Hello, g.statuses
+			g.mu.Unlock()
+			_ = g.conn.Send(guestchannel.TypeHello, "", hello)
+			_ = g.SendStatus(true, guestchannel.PhaseRunning, statuses...)
 		case guestchannel.TypeError:
 			var e guestchannel.Error
 			_ = env.Decode(&e)

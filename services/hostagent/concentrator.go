@@ -1,0 +1,189 @@
+package hostagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+)
+
+// Concentrator is the host side of pod VMs' network serial ports: where a
+// hypervisor host has no agent of its own to take the guests' vsock
+// connections (a vSphere host runs no podvisor code), each pod VM gets a
+// serial port whose backing is a network connection from its host to the
+// concentrator (VirtualSerialPortURIBackingInfo, direction client: the
+// host dials). One listener serves every host agent of the process: a
+// channel arrives without saying which host sent it, so the concentrator
+// reads its hello, checks the pod's channel token, finds the pod's record
+// and hands the channel to the agent of the host the pod is placed on.
+//
+// A serial port stays open in the guest while the connection behind it is
+// made again (a host agent restarted, the VM moved to another host), so the
+// agent cannot see a new connection: the concentrator sends a resync first
+// on every channel it accepts, and the agent answers with hello and a full
+// status. Lines before the hello that do not decode (the tail of a frame a
+// reconnection cut) are skipped.
+type Concentrator struct {
+	// Listener receives the hosts' connections (TCP; TLS where the
+	// listener is a TLS one).
+	Listener net.Listener
+	// Key checks each hello's channel token (guestchannel.ChannelToken):
+	// anyone who reaches the port could say hello, only the pod's VM
+	// knows its token. Required.
+	Key []byte
+	// Agents are the host agents of this process, by host name.
+	Agents map[string]*Service
+	// HelloTimeout bounds the wait for a hello (default 10s).
+	HelloTimeout time.Duration
+	Log          *slog.Logger
+}
+
+// ListenConcentrator loads the channel key and listens where cfg says,
+// for agents (by host).
+func ListenConcentrator(cfg ConcentratorConfig, agents map[string]*Service, log *slog.Logger) (*Concentrator, error) {
+	key, err := guestchannel.LoadChannelKey(cfg.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("hostagent concentrator: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("hostagent concentrator: %w", err)
+	}
+	return &Concentrator{Listener: ln, Key: key, Agents: agents, Log: log}, nil
+}
+
+// maxSkippedBeforeHello bounds the lines skipped while waiting for a
+// hello: a peer that sends anything but frames is dropped.
+const maxSkippedBeforeHello = 64
+
+// Run accepts channels until ctx ends, then closes the listener and waits
+// for the channels it serves.
+func (c *Concentrator) Run(ctx context.Context) error {
+	if len(c.Key) < guestchannel.ChannelKeySize {
+		return fmt.Errorf("hostagent concentrator: channel key of %d bytes, want %d", len(c.Key), guestchannel.ChannelKeySize)
+	}
+	if len(c.Agents) == 0 {
+		return errors.New("hostagent concentrator: no host agent to hand channels to")
+	}
+	log := c.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("service", Name, "concentrator", c.Listener.Addr().String())
+	stop := context.AfterFunc(ctx, func() { c.Listener.Close() })
+	defer stop()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	log.Info("guest channel concentrator listening")
+	for {
+		nc, err := c.Listener.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("hostagent concentrator: accept: %w", err)
+		}
+		wg.Go(func() { c.serve(ctx, nc, log.With("peer", nc.RemoteAddr().String())) })
+	}
+}
+
+func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger) {
+	conn := guestchannel.NewConn(nc)
+	defer conn.Close()
+	h, err := c.hello(ctx, nc, conn)
+	for err == nil {
+		agent, rec, rerr := c.route(ctx, h)
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		next := agent.serveGreeted(ctx, conn, h, rec)
+		if next == nil {
+			return
+		}
+		// The guest booted again behind a line that stayed connected.
+		h, err = *next, c.check(*next)
+	}
+	log.Warn("guest channel refused", "err", err)
+	_ = conn.Send(guestchannel.TypeError, "", guestchannel.Error{Message: err.Error()})
+}
+
+// hello asks for a hello (resync) and reads it, skipping what does not
+// decode and anything but a hello, within HelloTimeout; it checks the
+// channel token.
+func (c *Concentrator) hello(ctx context.Context, nc net.Conn, conn *guestchannel.Conn) (guestchannel.Hello, error) {
+	var h guestchannel.Hello
+	timeout := c.HelloTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	// The deadline ends a read that waits for a guest that says nothing;
+	// it is lifted once the hello is in.
+	_ = nc.SetReadDeadline(time.Now().Add(timeout))
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
+	defer stop()
+	if err := conn.Send(guestchannel.TypeResync, "", nil); err != nil {
+		return h, fmt.Errorf("resync: %w", err)
+	}
+	for skipped := 0; ; skipped++ {
+		if skipped > maxSkippedBeforeHello {
+			return h, fmt.Errorf("no hello in the first %d lines", maxSkippedBeforeHello)
+		}
+		env, err := conn.Receive()
+		if errors.Is(err, guestchannel.ErrMalformedFrame) {
+			continue
+		}
+		if err != nil {
+			return h, fmt.Errorf("read hello: %w", err)
+		}
+		if env.Type != guestchannel.TypeHello {
+			continue // the rest of an earlier connection's session
+		}
+		if err := env.Decode(&h); err != nil {
+			return h, err
+		}
+		break
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+	return h, c.check(h)
+}
+
+// check checks a hello that arrived through the concentrator: it must name
+// its pod and carry the pod's channel token.
+func (c *Concentrator) check(h guestchannel.Hello) error {
+	switch {
+	case h.PodUID == "" || h.BootID == "":
+		return errors.New("hello without pod uid or boot id")
+	case h.Namespace == "" || h.Name == "":
+		return fmt.Errorf("hello of pod uid %s without its namespace and name (a channel through the concentrator must name its pod)", h.PodUID)
+	case h.ChannelToken == "":
+		return fmt.Errorf("hello of pod %s/%s without a channel token", h.Namespace, h.Name)
+	case !guestchannel.CheckChannelToken(c.Key, h.ChannelToken, h.PodUID, h.Namespace, h.Name):
+		return fmt.Errorf("hello of pod %s/%s: the channel token is not the pod's", h.Namespace, h.Name)
+	}
+	return nil
+}
+
+// route finds the pod's record and the agent of the host it is placed on.
+func (c *Concentrator) route(ctx context.Context, h guestchannel.Hello) (*Service, *events.PodRecord, error) {
+	var first *Service // every agent reads the same bucket
+	for _, a := range c.Agents {
+		first = a
+		break
+	}
+	rec, err := first.findPod(ctx, h)
+	if err != nil {
+		return nil, nil, err
+	}
+	agent := c.Agents[rec.Host]
+	if agent == nil {
+		return nil, nil, fmt.Errorf("pod %s is placed on %q, which no host agent of this process serves: %w", rec.Key(), rec.Host, ErrRefused)
+	}
+	return agent, rec, nil
+}

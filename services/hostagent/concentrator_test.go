@@ -1,0 +1,128 @@
+package hostagent_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/services/hostagent/guesttest"
+	"github.com/podvisor/podvisor/shared/deps"
+)
+
+// startConcentrator runs a concentrator on loopback for the env's agent
+// and a second host's, with key.
+func (e *env) startConcentrator(key []byte) (addr string, other *hostagent.Service) {
+	e.t.Helper()
+	dir, err := os.MkdirTemp("", "pvha-")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { os.RemoveAll(dir) })
+	other = guesttest.StartHostAgentWith(e.t, "esx-1-02", dir, hostagent.Deps{Deps: deps.Deps{Bus: e.bus}})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c := &hostagent.Concentrator{Listener: ln, Key: key, HelloTimeout: 2 * time.Second,
+		Agents: map[string]*hostagent.Service{host: e.svc, "esx-1-02": other}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	e.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			e.t.Errorf("concentrator: %v", err)
+		}
+	})
+	return ln.Addr().String(), other
+}
+
+// A network serial port's channel reaches the agent of the host its pod is
+// placed on, through one listener for every host of the process, once its
+// hello carries the pod's token; what the line carried before the hello is
+// skipped.
+func TestConcentratorRoutesSerialChannelsByTheirPodsHost(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key)
+	e.putPod("here", "uid-here", host, 30, "app")
+	e.putPod("there", "uid-there", "esx-1-02", 30, "app")
+	hello := func(uid, name string) guestchannel.Hello {
+		return guestchannel.Hello{PodUID: uid, Namespace: "default", Name: name, BootID: "b1",
+			ChannelToken: guestchannel.ChannelToken(key, uid, "default", name)}
+	}
+	here := guesttest.DialSerial(t, addr, hello("uid-here", "here"), "app")
+	guesttest.DialSerial(t, addr, hello("uid-there", "there"), "app")
+	if r := e.waitReports("uid-here", 1)[0].r; r.Host != host {
+		t.Errorf("report of pod here from host %q, want %s", r.Host, host)
+	}
+	if r := e.waitReports("uid-there", 1)[0].r; r.Host != "esx-1-02" {
+		t.Errorf("report of pod there from host %q, want esx-1-02", r.Host)
+	}
+	// The guest boots again behind the same connection: its reports of the
+	// new boot are published (their ids are the new boot's; the first
+	// boot's seq 1 would otherwise hide the new one's).
+	if err := here.Reboot("b2"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := e.reported("uid-here")
+		if last := got[len(got)-1].r; last.BootID == "b2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no report of the new boot within 10s: %+v", got)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case <-here.Closed():
+		t.Error("the concentrator closed the line of a guest that booted again")
+	default:
+	}
+}
+
+func TestConcentratorRefusesAHelloWithoutThePodsToken(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key)
+	e.putPod("here", "uid-here", host, 30, "app")
+	e.putPod("lost", "uid-lost", "esx-9-99", 30, "app")
+	other := []byte(strings.Repeat("o", guestchannel.ChannelKeySize))
+	for _, tc := range []struct {
+		name  string
+		hello guestchannel.Hello
+		want  string
+	}{
+		{"no token", guestchannel.Hello{PodUID: "uid-here", Namespace: "default", Name: "here", BootID: "b"}, "without a channel token"},
+		{"another key's token", guestchannel.Hello{PodUID: "uid-here", Namespace: "default", Name: "here", BootID: "b",
+			ChannelToken: guestchannel.ChannelToken(other, "uid-here", "default", "here")}, "not the pod's"},
+		{"another pod's token", guestchannel.Hello{PodUID: "uid-here", Namespace: "default", Name: "here", BootID: "b",
+			ChannelToken: guestchannel.ChannelToken(key, "uid-lost", "default", "lost")}, "not the pod's"},
+		{"unnamed pod", guestchannel.Hello{PodUID: "uid-here", BootID: "b", ChannelToken: guestchannel.ChannelToken(key, "uid-here", "", "")},
+			"without its namespace and name"},
+		{"a host this process does not serve", guestchannel.Hello{PodUID: "uid-lost", Namespace: "default", Name: "lost", BootID: "b",
+			ChannelToken: guestchannel.ChannelToken(key, "uid-lost", "default", "lost")}, "esx-9-99"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := guesttest.DialSerial(t, addr, tc.hello, "app")
+			select {
+			case <-g.Closed():
+			case <-time.After(5 * time.Second):
+				t.Fatal("the concentrator kept a refused channel open")
+			}
+			if errs := g.Errors(); len(errs) != 1 || !strings.Contains(errs[0], tc.want) {
+				t.Errorf("refusal = %q, want one error saying %q", errs, tc.want)
+			}
+		})
+	}
+	if got := e.reported("uid-here"); len(got) != 0 {
+		t.Errorf("a refused channel was reported: %+v", got)
+	}
+}
