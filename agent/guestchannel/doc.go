@@ -34,6 +34,7 @@
 //	host  → agent  cancel  {id of a logs/exec request}           ends a follow or an exec
 //	agent → host   status  {full: false, changed containers}     whenever a state changes
 //	host  → agent  disk.key {wrapped key | error}                after a hello with a key request
+//	host  → agent  resync  {}                                     → hello and a full status again
 //
 // Requests carry an ID chosen by the host; every answer repeats it. A side
 // that receives a message of a type it does not know answers with an error
@@ -42,7 +43,19 @@
 // change an old peer would misread.
 //
 // On every (re)connection the agent sends hello and a full status: the host
-// side keeps no state it cannot rebuild from that.
+// side keeps no state it cannot rebuild from that. On a serial line the
+// agent cannot see the host side connect again (the port stays open while
+// the hypervisor's connection behind it is remade), so the host side asks
+// with resync; lines that do not decode are skipped there, since a
+// reconnection can cut a frame.
+//
+// # Channel token
+//
+// Where the host side listens on a network (the host agents' concentrator
+// of network serial ports), anyone who reaches it could say hello; the pod
+// spec's ChannelToken, given back in Hello, proves the hello comes from the
+// pod's VM (ChannelToken: an HMAC of the pod's identity under a key the
+// provisioner and the concentrator share).
 //
 // # Secure instantiation
 //

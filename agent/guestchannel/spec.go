@@ -18,6 +18,10 @@ import (
 const (
 	// GuestinfoSpec holds the PodSpec as JSON.
 	GuestinfoSpec = "guestinfo.podvisor.spec"
+	// GuestinfoChannel, when set, is the channel address the booted agent
+	// uses (BootConfig.Channel, such as "serial:/dev/ttyS1") instead of the
+	// one it would find itself.
+	GuestinfoChannel = "guestinfo.podvisor.channel"
 )
 
 // SpecVersion is the version of PodSpec in this package.

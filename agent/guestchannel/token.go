@@ -2,9 +2,11 @@ package guestchannel
 
 import (
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -53,4 +55,27 @@ func LoadChannelKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("channel key file %s: want %d random bytes or %d hex digits", path, ChannelKeySize, 2*ChannelKeySize)
 	}
 	return b, nil
+}
+
+// WriteChannelKeyFile writes a new random channel key (hex) to path, mode
+// 0600, unless the file exists: what an installation that runs its own
+// concentrator does once.
+func WriteChannelKeyFile(path string) error {
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	key := make([]byte, ChannelKeySize)
+	if _, err := rand.Read(key); err != nil {
+		return err
+	}
+	defer clear(key)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("channel key file: %w", err)
+	}
+	_, werr := f.WriteString(hex.EncodeToString(key) + "\n")
+	if err := errors.Join(werr, f.Close()); err != nil {
+		return fmt.Errorf("channel key file: %w", err)
+	}
+	return nil
 }

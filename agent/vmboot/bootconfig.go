@@ -14,7 +14,7 @@ import (
 // Guestinfo keys the first stage reads besides the spec. Both are optional.
 const (
 	// GuestinfoChannel overrides the channel address ("serial:/dev/ttyS1").
-	GuestinfoChannel = "guestinfo.podvisor.channel"
+	GuestinfoChannel = guestchannel.GuestinfoChannel
 	// GuestinfoVMUUID is the VM's instance uuid as the provisioner knows it.
 	GuestinfoVMUUID = "guestinfo.podvisor.vmuuid"
 )

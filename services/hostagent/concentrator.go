@@ -96,6 +96,9 @@ func (c *Concentrator) Run(ctx context.Context) error {
 func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger) {
 	conn := guestchannel.NewConn(nc)
 	defer conn.Close()
+	// The concentrator's end ends its lines, whatever agent serves them.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
 	h, err := c.hello(ctx, nc, conn)
 	for err == nil {
 		agent, rec, rerr := c.route(ctx, h)

@@ -15,6 +15,12 @@
 // migration's record update has usually landed). A newer channel of the
 // same pod replaces the older one.
 //
+// Where hosts run no agent of their own (vSphere), pod VMs' channels are
+// network serial ports that their hosts connect to a Concentrator, one TCP
+// listener for every host agent of the process: it asks each line for a
+// hello (resync), checks the hello's channel token and hands the channel to
+// the agent of the host the pod is placed on (concentrator.go).
+//
 // # Reports
 //
 // Every status the agent sends (a full one after hello, partial ones on

@@ -93,6 +93,17 @@ type Config struct {
 	// encrypted ephemeral disks (package diskkeys). Empty: pods asking for
 	// one fail with EncryptionUnavailable.
 	KeyFile string
+	// ChannelURI, when set, is where pod VMs' agents reach their host
+	// side: each pod VM gets a network serial port whose host connects to
+	// this address (a host agent's concentrator, tcp://host:port), its
+	// agent talks on that port (the guest's second serial port; the first
+	// is its console, written to console.log beside the VM's files), and
+	// its spec carries the pod's channel token. Empty: the agent reaches
+	// its host over vsock, or the simulated hypervisor's socket.
+	ChannelURI string
+	// ChannelKeyFile is the Secret file of the key channel tokens are made
+	// with (the concentrator's key); required with ChannelURI.
+	ChannelKeyFile string
 	// TemplatesWarm is how many pod VM templates each host keeps warm for
 	// forking pod VMs (InstantClone, package templates); 0, the default,
 	// creates every pod VM.
@@ -158,6 +169,8 @@ const (
 	EnvTemplatesWarm  = "PODVISOR_PROVISIONER_TEMPLATES_WARM"
 	EnvTemplateAgent  = "PODVISOR_PROVISIONER_TEMPLATE_AGENT"
 	EnvForkEarly      = "PODVISOR_PROVISIONER_FORK_EARLY"
+	EnvChannelURI     = "PODVISOR_PROVISIONER_CHANNEL_URI"
+	EnvChannelKeyFile = "PODVISOR_PROVISIONER_CHANNEL_KEY_FILE"
 )
 
 // ConfigFromEnv is ConfigFrom the process environment.
@@ -189,6 +202,8 @@ func ConfigFrom(src config.Source) (Config, error) {
 		r.StringOrNone(EnvBootDisk, &c.BootDisk)
 		r.StringOrNone(EnvTemplateAgent, &c.TemplateAgent)
 		r.StringOrNone(EnvKeyFile, &c.KeyFile)
+		r.StringOrNone(EnvChannelURI, &c.ChannelURI)
+		r.StringOrNone(EnvChannelKeyFile, &c.ChannelKeyFile)
 		// The registry settings the image cache reads too: native VM images
 		// come from the same registries.
 		r.List("PODVISOR_INSECURE_REGISTRIES", &c.NativeVM.InsecureRegistries)
@@ -241,6 +256,19 @@ func (c Config) Validate() error {
 		// image's agent has no such step yet, so a child would go on as its
 		// template, running the template's containers under its name.
 		p.Add(fmt.Errorf("TemplatesWarm %d: pod VMs that boot the image (BootDisk set) cannot be forked yet, the boot image's agent does not take over a forked child's identity; set TemplatesWarm to 0", c.TemplatesWarm))
+	}
+	if c.ChannelURI != "" {
+		if err := podvm.ParseChannelURI(c.ChannelURI); err != nil {
+			p.Add(fmt.Errorf("ChannelURI: %w", err))
+		}
+		if c.ChannelKeyFile == "" {
+			p.Add(fmt.Errorf("ChannelKeyFile: required with ChannelURI (%s: the key the concentrator checks channel tokens with)", EnvChannelKeyFile))
+		}
+		if c.TemplatesWarm > 0 {
+			// A template's standby is taken over through the hypervisor's
+			// socket; a forked child's network serial port is not made.
+			p.Add(fmt.Errorf("TemplatesWarm %d: pod VMs whose channel is a network serial port (ChannelURI) are created, not forked; set TemplatesWarm to 0", c.TemplatesWarm))
+		}
 	}
 	p.Must(c.GuestRepairs >= 0, "GuestRepairs", c.GuestRepairs, "not be negative")
 	p.Required(strings.TrimSpace(c.GuestID) != "", "GuestID", "for example otherLinux64Guest")

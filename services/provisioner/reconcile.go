@@ -7,6 +7,8 @@ import (
 	"slices"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -450,9 +452,15 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 		return podvm.Spec{}, podvm.Placement{}, err
 	}
 	l.spec.NetworkPending = early
+	if s.cfg.ChannelURI != "" {
+		l.spec.ChannelToken = guestchannel.ChannelToken(s.channelKey, r.UID, r.Namespace, r.Name)
+	}
 	info, err := guestinfo(r, l)
 	if err != nil {
 		return podvm.Spec{}, podvm.Placement{}, err
+	}
+	if s.cfg.ChannelURI != "" {
+		info[guestchannel.GuestinfoChannel] = podvm.ChannelDevice
 	}
 	spec := podvm.Spec{
 		Name:             r.VMName,
@@ -463,6 +471,7 @@ func (s *Service) vmSpecOf(r *events.PodRecord, early bool) (podvm.Spec, podvm.P
 		EphemeralDiskMiB: s.cfg.EphemeralDiskMiB,
 		ImageDisks:       l.imageDisks,
 		ExtraConfig:      info,
+		ChannelURI:       s.cfg.ChannelURI,
 	}
 	for _, a := range r.Attachments {
 		spec.NICs = append(spec.NICs, podvm.NIC{Network: a.Network, PortGroup: a.PortGroup, MAC: a.MAC})

@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
@@ -47,6 +49,9 @@ type Service struct {
 	// keys holds the key-encryption key of encrypted ephemeral disks; nil
 	// without a key file.
 	keys *diskkeys.Keeper
+	// channelKey makes pods' channel tokens (Config.ChannelURI; nil
+	// without).
+	channelKey []byte
 	// templates forks pod VMs from warm templates (nil: forking off).
 	templates *templates.Keeper
 	starts    metric.Int64Counter
@@ -119,6 +124,11 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 	if cfg.KeyFile != "" {
 		if s.keys, err = diskkeys.Load(cfg.KeyFile); err != nil {
 			return nil, fmt.Errorf("provisioner: %w", err)
+		}
+	}
+	if cfg.ChannelURI != "" {
+		if s.channelKey, err = guestchannel.LoadChannelKey(cfg.ChannelKeyFile); err != nil {
+			return nil, fmt.Errorf("provisioner: %s: %w", EnvChannelKeyFile, err)
 		}
 	}
 	if cfg.BootDisk != "" {

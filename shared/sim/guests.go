@@ -262,6 +262,7 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 	}
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
 	out.NICs = vmNICs(devices)
+	out.SerialURI = networkSerialPort(devices)
 	for _, dev := range devices {
 		disk, ok := dev.(*types.VirtualDisk)
 		if !ok {
@@ -309,6 +310,19 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 		}
 	}
 	return guest.VM{}, false
+}
+
+// networkSerialPort is the service URI of the VM's first serial port that
+// the host connects to a network address (URI backing, direction client),
+// or "".
+func networkSerialPort(devices object.VirtualDeviceList) string {
+	for _, dev := range devices.SelectByType((*types.VirtualSerialPort)(nil)) {
+		b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualSerialPortURIBackingInfo)
+		if ok && b.Direction == string(types.VirtualDeviceURIBackingOptionDirectionClient) && b.ProxyURI == "" {
+			return b.ServiceURI
+		}
+	}
+	return ""
 }
 
 // bootable reports whether a disk's extent starts with a filesystem a

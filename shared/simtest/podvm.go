@@ -46,6 +46,9 @@ type PodVM struct {
 	ExtraConfig map[string]string
 	// PowerOn powers the VM on once it is created.
 	PowerOn bool
+	// Devices are added after the disks and cards (serial ports, say); their
+	// keys must be negative and not in -300..-100.
+	Devices []types.BaseVirtualDeviceConfigSpec
 }
 
 // PodVMNIC is a network card of a PodVM on a distributed port group, with a
@@ -159,6 +162,7 @@ func NewPodVM(ctx context.Context, c *govmomi.Client, d *sim.Datacenter, p PodVM
 			}}},
 		})
 	}
+	changes = append(changes, p.Devices...)
 	cfg := types.VirtualMachineConfigSpec{
 		Name:         p.Name,
 		GuestId:      string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest),

@@ -91,6 +91,12 @@ type Config struct {
 	// simulator run a guest (their agent, their containers); Agent is the
 	// podvm-agent binary (default: beside this executable).
 	Guests, Agent string
+	// GuestChannel is how pod VMs' agents reach their host agents:
+	// "socket" (the default: the simulated hypervisor's socket, what vsock
+	// is on a real host) or "serial" (a network serial port per pod VM that
+	// the simulated host connects to a concentrator of the host agents, as
+	// on a vCenter whose hosts run no podvisor code).
+	GuestChannel string
 	// TemplatesWarm, above 0, is how many pod VM templates each host
 	// keeps for instant clones (provisioner.EnvTemplatesWarm, which it
 	// overrides); 0 leaves that setting as it is (off unless set).
@@ -170,6 +176,9 @@ type System struct {
 	// GuestsOff says why the simulator's pod VMs run no guest ("" when
 	// they do, or when the vCenter is external).
 	GuestsOff string
+	// Concentrator is the address of the host agents' concentrator
+	// (GuestChannel serial), "" without.
+	Concentrator string
 
 	cfg  Config
 	log  *slog.Logger
@@ -773,6 +782,10 @@ func (s *System) serviceDefaults() map[string]string {
 	out := maps.Clone(simulatorDefaults)
 	maps.Copy(out, s.cfg.flagSettings()) // exported in the env file too
 	out[provisioner.EnvKeyFile] = s.diskKeyFile()
+	if s.Concentrator != "" {
+		out[provisioner.EnvChannelURI] = "tcp://" + s.Concentrator
+		out[provisioner.EnvChannelKeyFile] = s.channelKeyFile()
+	}
 	if s.GuestsOff == "" {
 		out[provisioner.EnvGuestTimeout] = guestTimeout
 		out[provisioner.EnvTemplateAgent] = agentID(s.cfg.Agent)
@@ -789,6 +802,10 @@ func (s *System) serviceDefaults() map[string]string {
 	}
 	return out
 }
+
+// channelKeyFile holds the key of pods' channel tokens (GuestChannel
+// serial), hex, mode 0600.
+func (s *System) channelKeyFile() string { return filepath.Join(s.cfg.StateDir, "channel-key") }
 
 // diskKeyFile holds the provisioner's key-encryption key (package
 // diskkeys), hex, mode 0600.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/runtime"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
@@ -50,6 +51,11 @@ func GuestRuntime() string {
 // for off; reason says why guests are off (a mode of auto that finds no
 // OCI runtime is off before the simulator is asked).
 func (s *System) guestConfig() (cfg *guest.Config, required bool, reason string, err error) {
+	switch s.cfg.GuestChannel {
+	case "", GuestChannelSocket, GuestChannelSerial:
+	default:
+		return nil, false, "", fmt.Errorf("up: --guest-channel %q: want socket or serial", s.cfg.GuestChannel)
+	}
 	switch s.cfg.Guests {
 	case GuestsOff:
 		return nil, false, "turned off with --guests=off", nil
@@ -86,6 +92,9 @@ func (s *System) ChannelDir() string { return filepath.Join(s.cfg.StateDir, "cha
 // when the simulated guests are on.
 func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	if s.Datacenter == nil || s.Datacenter.Guests() == nil {
+		if s.cfg.GuestChannel == GuestChannelSerial {
+			s.log.Warn("--guest-channel serial: no guests run, so no concentrator either", "why", s.GuestsOff)
+		}
 		return nil
 	}
 	// The host agents run as their own identity: consume PODS with their
@@ -96,6 +105,7 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 		return fmt.Errorf("up: host agents: %w", err)
 	}
 	s.onClose(b.Close)
+	agents := map[string]*hostagent.Service{}
 	for _, h := range s.Datacenter.Hosts() {
 		cfg := hostagent.DefaultConfig()
 		cfg.Host, cfg.ChannelDir = h.Name, s.ChannelDir()
@@ -108,9 +118,31 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 			return fmt.Errorf("up: host agent of %s: %w", h.Name, err)
 		}
 		s.run(runCtx, "host agent "+h.Name, svc.Run)
+		agents[h.Name] = svc
 	}
+	if s.cfg.GuestChannel != GuestChannelSerial {
+		return nil
+	}
+	// Pod VMs talk on network serial ports: the host agents take them
+	// through one concentrator on loopback, whose address the provisioner
+	// gives every pod VM.
+	if err := guestchannel.WriteChannelKeyFile(s.channelKeyFile()); err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	conc, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: "127.0.0.1:0", KeyFile: s.channelKeyFile()}, agents, s.log)
+	if err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	s.Concentrator = conc.Listener.Addr().String()
+	s.run(runCtx, "guest channel concentrator", conc.Run)
 	return nil
 }
+
+// Guest channels (Config.GuestChannel).
+const (
+	GuestChannelSocket = "socket"
+	GuestChannelSerial = "serial"
+)
 
 // SimEndpoints gives host agents their service addresses on the simulated
 // datacenter's segments (what a VMkernel NIC on the port group is on

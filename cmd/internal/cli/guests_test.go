@@ -23,6 +23,7 @@ import (
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/vmware/govmomi/object"
 )
 
 func TestMain(m *testing.M) {
@@ -37,27 +38,9 @@ func TestMain(m *testing.M) {
 // through NATS and the guest channel, a delete stops the containers, and
 // power-off leaves no process behind.
 func TestPodVMGuestServesLogsAndExec(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	image := simtest.BusyboxImage(t, []string{"sh", "echo", "sleep", "cat"}, nil)
-	ctx := context.Background()
-
-	b := bustest.Start(t)
-	base, err := os.MkdirTemp("", "pvg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	channels := filepath.Join(base, "ch")
-	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1, Dir: base, GuestsRequired: true,
-		Guests: &guest.Config{Agent: agent, ChannelDir: channels, Dir: filepath.Join(base, "g"), StopGrace: 5 * time.Second}})
-	host := d.Hosts()[0]
-
-	guesttest.StartHostAgent(t, b, host.Name, channels)
+	g := startGuestSim(t)
+	ctx, b, host := context.Background(), g.bus, g.host
+	guesttest.StartHostAgent(t, b, host.Name, g.channels)
 
 	// The pod record, as the provisioner keeps it.
 	const uid = "0b9f6a4e-guest-test"
@@ -68,8 +51,9 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", "web"), rec)
 
 	chain := "sha256:" + strings.Repeat("b", 64)
-	vm, extents := simtest.CreatePodVM(t, simtest.Client(t, d), d, simtest.PodVM{
-		Name: "pv-" + uid, Host: host, NumCPUs: 1, MemoryMB: 512,
+	poweredOn := time.Now()
+	vm, info := g.runPodVM(t, simtest.PodVM{
+		Name: "pv-" + uid,
 		Spec: &guestchannel.PodSpec{
 			Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: "web", Hostname: "web",
 			RestartPolicy: "Never", TerminationGracePeriodSeconds: grace,
@@ -82,31 +66,6 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 				{Name: "second", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "exit 3"}},
 			},
 		},
-		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 128 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
-	})
-	// The image disk holds the image's filesystem, as the image cache
-	// writes it.
-	img, err := os.ReadFile(image)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(extents[1], img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	poweredOn := time.Now()
-	task, err := vm.PowerOn(ctx)
-	if err != nil || task.Wait(ctx) != nil {
-		t.Fatalf("power on: %v", err)
-	}
-	info, ok := d.Guests().Guest(vm.Reference().Value)
-	if !ok {
-		t.Fatal("the pod VM runs no guest")
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			console, _ := os.ReadFile(filepath.Join(info.Dir, "console.log"))
-			t.Logf("guest console:\n%s", console)
-		}
 	})
 
 	// The CLI finds NATS through the state dir, as after `podvisor up`.
@@ -161,7 +120,7 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	// Power-off leaves no process of the guest.
 	procs, _ := os.ReadFile(filepath.Join(info.CgroupDirs["memory"], "cgroup.procs"))
 	poweringOff := time.Now()
-	task, err = vm.PowerOff(ctx)
+	task, err := vm.PowerOff(ctx)
 	if err != nil || task.Wait(ctx) != nil {
 		t.Fatalf("power off: %v", err)
 	}
@@ -177,6 +136,73 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	if _, err := os.Stat("/proc/" + strconv.Itoa(info.PID)); err == nil {
 		t.Errorf("the agent (pid %d) survived the power-off", info.PID)
 	}
+}
+
+// guestSim is a simulated datacenter of one host whose powered-on pod VMs
+// run the real pod VM agent, beside a bus: for tests that drive guests
+// without the services.
+type guestSim struct {
+	bus      *bus.Bus
+	dc       *sim.Datacenter
+	host     sim.HostSpec
+	channels string // the host agents' sockets
+	image    string // a busybox image disk's filesystem (sh, echo, sleep, cat)
+}
+
+func startGuestSim(t *testing.T) *guestSim {
+	t.Helper()
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	g := &guestSim{image: simtest.BusyboxImage(t, []string{"sh", "echo", "sleep", "cat"}, nil), bus: bustest.Start(t)}
+	// Short: guest channels are unix sockets below it.
+	base, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	g.channels = filepath.Join(base, "ch")
+	g.dc = simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1, Dir: base, GuestsRequired: true,
+		Guests: &guest.Config{Agent: agent, ChannelDir: g.channels, Dir: filepath.Join(base, "g"), StopGrace: 5 * time.Second}})
+	g.host = g.dc.Hosts()[0]
+	return g
+}
+
+// runPodVM creates the pod VM p on the host, its second disk holding the
+// image's filesystem as the image cache writes it, powers it on
+// and returns it with its guest; the guest's console is logged if the test
+// fails.
+func (g *guestSim) runPodVM(t *testing.T, p simtest.PodVM) (*object.VirtualMachine, guest.Info) {
+	t.Helper()
+	ctx := context.Background()
+	p.Host, p.NumCPUs, p.MemoryMB = g.host, 1, 512
+	p.Disks = []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 128 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}}
+	vm, extents := simtest.CreatePodVM(t, simtest.Client(t, g.dc), g.dc, p)
+	img, err := os.ReadFile(g.image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(extents[1], img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	task, err := vm.PowerOn(ctx)
+	if err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power on: %v", err)
+	}
+	info, ok := g.dc.Guests().Guest(vm.Reference().Value)
+	if !ok {
+		t.Fatal("the pod VM runs no guest")
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			console, _ := os.ReadFile(filepath.Join(info.Dir, "console.log"))
+			t.Logf("guest console:\n%s", console)
+		}
+	})
+	return vm, info
 }
 
 func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool) {

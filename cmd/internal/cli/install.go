@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/podvisor/podvisor/services/hostagent"
+
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/cmd/internal/install"
@@ -66,6 +68,12 @@ Re-running it changes nothing; a new boot image is installed beside the old one.
 					fmt.Fprintf(cmd.OutOrStdout(), "and the scheduler, so that pods go only to hosts that mount its datastore:\n  %s=%q\n",
 						scheduler.EnvRequiredDatastores, dp.Datastore)
 				}
+				// A vSphere host runs no host agent: the agents reach their
+				// pod VMs through network serial ports (docs/deploy.md).
+				fmt.Fprintf(cmd.OutOrStdout(), "and, for the pod VM agents to reach the host agents, a concentrator that every host reaches, with one key file:\n"+
+					"  %s=\"tcp://<concentrator>:7041\"  %s=<key file>   (provisioner)\n"+
+					"  %s=\"tcp://0.0.0.0:7041\"  %s=<key file>   (podvisord serve hostagent)\n",
+					provisioner.EnvChannelURI, provisioner.EnvChannelKeyFile, hostagent.EnvConcentrator, hostagent.EnvChannelKeyFile)
 			}
 			return err
 		},

@@ -38,6 +38,12 @@ func TestInstallCommand(t *testing.T) {
 		// and the scheduler's, naming the same datastore.
 		t.Errorf("first run does not print %q:\n%s", want, out)
 	}
+	// and the channel settings of the provisioner and the host agents.
+	for _, setting := range []string{"PODVISOR_PROVISIONER_CHANNEL_URI=", "PODVISOR_HOSTAGENT_CONCENTRATOR=", "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE="} {
+		if !strings.Contains(out, setting) {
+			t.Errorf("first run does not print %s:\n%s", setting, out)
+		}
+	}
 	again, errOut, code := run(t, t.TempDir(), "", args...)
 	if code != 0 || strings.Contains(again, "created") || strings.Count(again, "exists") != 4 {
 		t.Fatalf("second run: exit %d\n%s%s", code, again, errOut)

@@ -95,6 +95,7 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 	f.IntVar(&cfg.NATSNodes, "nats-nodes", 1, "NATS nodes: above 1, an embedded cluster of that many nodes on loopback (each a process of its own; streams and KV buckets replicated on every node; at most 5)")
 	f.IntVar(&cfg.Replicas, "replicas", 0, "run each service as this many 'podvisor serve' processes (restarted when they die) instead of in this process; 0 = in this process")
 	f.Float64Var(&cfg.VCenterFaults, "vcenter-faults", 0, "probability (0-1) that the vCenter simulator fails a CreateVM, PowerOn or Relocate call with a fault a retry outlives (fault-injection runs)")
+	f.StringVar(&cfg.GuestChannel, "guest-channel", allinone.GuestChannelSocket, "how guests' agents reach their host agents: socket (the hypervisor's, as vsock on a real host) or serial (a network serial port per pod VM that its host connects to the host agents' concentrator, as on a vCenter whose hosts run no podvisor code; sets "+provisioner.EnvChannelURI+")")
 	f.IntVar(&cfg.TemplatesWarm, "templates-warm", 0, "pod VM templates each host keeps warm: pod VMs of a template's shape (host, size, images) are instant clones of it, resuming its booted guest (sets "+provisioner.EnvTemplatesWarm+"; 0 = as that setting says, off by default)")
 	f.StringVar(&cfg.Agent, "agent", "", "podvm-agent binary for simulated guests (default: podvm-agent beside this executable)")
 	return cmd

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"sort"
 	"strings"
 
@@ -38,6 +39,11 @@ type Spec struct {
 	ImageDisks []string
 	// ExtraConfig is written verbatim (guestinfo.podvisor.* keys).
 	ExtraConfig map[string]string
+	// ChannelURI, when set, gives the VM two serial ports (ChannelPorts):
+	// its console in a file beside its other files, and the network
+	// serial port its agent talks on, which the host connects to this
+	// address (ParseChannelURI).
+	ChannelURI string
 	// BootDisk is the datastore path of the pod VM boot image's disk
 	// (`podvisor install` uploads it as "[DS] podvisor/boot-<digest12>/
 	// podvm.vmdk"): attached on SATA 0:0, independent-nonpersistent (one
@@ -279,6 +285,9 @@ func BuildConfigSpec(s Spec, datastore string, nics []types.BaseVirtualDeviceBac
 	if s.BootDisk != "" {
 		cs.DeviceChange = append(cs.DeviceChange, BootDiskDevices(s.BootDisk, nextKey)...)
 	}
+	if s.ChannelURI != "" {
+		cs.DeviceChange = append(cs.DeviceChange, ChannelPorts(datastore, s.Name, s.ChannelURI, nextKey)...)
+	}
 
 	for i, n := range s.NICs {
 		card := &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{VirtualEthernetCard: types.VirtualEthernetCard{
@@ -327,6 +336,50 @@ func BootDiskDevices(path string, nextKey func() int32) []types.BaseVirtualDevic
 	return []types.BaseVirtualDeviceConfigSpec{
 		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: ctrl},
 		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: disk},
+	}
+}
+
+// ChannelDevice is the channel a pod VM's agent is told (guestinfo) when
+// the VM has ChannelPorts: its second serial port.
+const ChannelDevice = "serial:/dev/ttyS1"
+
+// ParseChannelURI checks a channel address: a TCP address the VM's host
+// connects its network serial port to, "tcp://host:port" (tcp4://,
+// tcp6:// too).
+func ParseChannelURI(uri string) error {
+	for _, scheme := range []string{"tcp://", "tcp4://", "tcp6://"} {
+		if rest, ok := strings.CutPrefix(uri, scheme); ok {
+			if host, port, err := net.SplitHostPort(rest); err != nil || host == "" || port == "" {
+				break
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%q: want tcp://host:port, the address of a host agent's concentrator that every host can reach", uri)
+}
+
+// ChannelPorts are a pod VM's two serial ports where its channel is a
+// network serial port: COM1 (the guest's ttyS0, where the boot image's
+// kernel writes its console) backed by console.log in the VM's directory,
+// and COM2 (ttyS1, ChannelDevice) backed by uri, direction client: the
+// host the VM runs on connects to it, again after a relocation. The
+// console has a port of its own so that nothing but frames is written on
+// the channel's.
+func ChannelPorts(datastore, vmName, uri string, nextKey func() int32) []types.BaseVirtualDeviceConfigSpec {
+	port := func(unit int32, b types.BaseVirtualDeviceBackingInfo) *types.VirtualDeviceConfigSpec {
+		return &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: &types.VirtualSerialPort{
+			VirtualDevice: types.VirtualDevice{Key: nextKey(), UnitNumber: types.NewInt32(unit), Backing: b,
+				Connectable: &types.VirtualDeviceConnectInfo{StartConnected: true, Connected: true}},
+			// The guest polls its ports; without this a VM spinning on an
+			// idle port takes a whole core of its host.
+			YieldOnPoll: true,
+		}}
+	}
+	return []types.BaseVirtualDeviceConfigSpec{
+		port(0, &types.VirtualSerialPortFileBackingInfo{VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
+			FileName: fmt.Sprintf("[%s] %s/console.log", datastore, vmName)}}),
+		port(1, &types.VirtualSerialPortURIBackingInfo{VirtualDeviceURIBackingInfo: types.VirtualDeviceURIBackingInfo{
+			ServiceURI: uri, Direction: string(types.VirtualDeviceURIBackingOptionDirectionClient)}}),
 	}
 }
 

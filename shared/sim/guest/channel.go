@@ -16,6 +16,17 @@ func HostSocket(channelDir, host string) string {
 	return filepath.Join(channelDir, host+".sock")
 }
 
+// guestChannel is how a guest reaches its host side: the hypervisor's
+// socket (channel) or a network serial port (serialLine).
+type guestChannel interface {
+	// route follows the VM to another host.
+	route(host string)
+	// setCut cuts the channel (host failure) or restores it.
+	setCut(cut bool)
+	close()
+	connections() int
+}
+
 // channel is the simulated hypervisor's side of one guest's channel, as
 // vsock is on a real host: the guest dials channel.sock in its directory
 // and each connection is forwarded to the host agent of the host the VM is

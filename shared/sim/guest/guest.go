@@ -184,6 +184,11 @@ type VM struct {
 	// Standby is the key of a standby guest (ClaimStandby) this VM's
 	// guest takes over at power-on instead of booting.
 	Standby string
+	// SerialURI is the address of the VM's network serial port (a serial
+	// port backed by a URI, direction client: the host connects to it);
+	// the guest's agent talks to its host side on that port instead of
+	// the hypervisor's socket.
+	SerialURI string
 	// Native, when set, makes this a native VM's guest: it boots its
 	// operating system from a disk instead of running the pod VM agent.
 	Native *Native
@@ -272,7 +277,7 @@ type guest struct {
 	cmd     *exec.Cmd
 	exited  chan struct{}
 	cgroup  *vmCgroup
-	channel *channel
+	channel guestChannel
 	ports   []*segment.Port
 	frozen  bool
 	// standby is set while the guest is a standby: booted for a VM to
@@ -492,9 +497,21 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 		}
 	}
 	// Every guest has a channel, an agent or not: it is how Move,
-	// FreezeHost and power-off treat every guest alike.
+	// FreezeHost and power-off treat every guest alike. A VM with a
+	// network serial port reaches its host side through it; any other
+	// through the hypervisor's socket (vsock on a real host).
 	sock := filepath.Join(dir, "channel.sock")
-	ch, err := openChannel(sock, m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
+	addr := "unix:" + sock
+	var ch guestChannel
+	if vm.SerialURI != "" && vm.Native == nil {
+		var line *serialLine
+		line, err = openSerialLine(vm.SerialURI, m.log.With("vm", vm.Name))
+		if err == nil {
+			ch, addr = line, "serial:"+line.device()
+		}
+	} else {
+		ch, err = openChannel(sock, m.cfg.ChannelDir, vm.Host, m.log.With("vm", vm.Name))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("channel: %w", err)
 	}
@@ -507,7 +524,7 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 		return m.startNative(vm, dir, cg, ch)
 	}
 	boot := guestchannel.BootConfig{
-		Channel:      "unix:" + sock,
+		Channel:      addr,
 		Devices:      devices,
 		StateDir:     stateDir,
 		Runtime:      m.cfg.Runtime,
@@ -552,7 +569,7 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 }
 
 // startNative boots a native VM's guest (see Native).
-func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup, ch *channel) (*guest, error) {
+func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup, ch guestChannel) (*guest, error) {
 	info := filepath.Join(dir, "guestinfo")
 	root := filepath.Join(dir, "root")
 	for _, d := range []string{info, root} {
@@ -630,7 +647,7 @@ func detachLoops(loops []string, log *slog.Logger) {
 
 // launch runs the launcher with args in the guest's new namespaces, plugs
 // its NICs and lets it go on. The extra files are the guest's from fd 4.
-func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch *channel, args []string, extra ...*os.File) (*guest, error) {
+func (m *Manager) launch(vm VM, dir string, cg *vmCgroup, ch guestChannel, args []string, extra ...*os.File) (*guest, error) {
 	console, err := m.openConsole(dir)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,97 @@
+package provisioner
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/shared/testenv"
+)
+
+// With a channel address (a host agent's concentrator), every pod VM gets
+// its console on COM1 in a file of its own and a network serial port on
+// COM2 that its host connects to the address; its agent is told to talk
+// on that port, and its spec carries the pod's channel token, which the
+// concentrator checks with the same key.
+func TestPodVMsTalkOnANetworkSerialPort(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("c", guestchannel.ChannelKeySize))
+	keyFile := filepath.Join(t.TempDir(), "channel.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.ChannelURI, cfg.ChannelKeyFile = "tcp://concentrator.example:7041", keyFile
+	e.start(cfg)
+	rec, run := e.provision(testPod("serial"), e.DC.Hosts()[0].Name)
+
+	var vm mo.VirtualMachine
+	if err := e.vc.RetrieveOne(context.Background(), vmRef(run.VM), []string{"config.hardware.device", "config.extraConfig"}, &vm); err != nil {
+		t.Fatal(err)
+	}
+	ports := map[int32]types.BaseVirtualDeviceBackingInfo{}
+	for _, d := range object.VirtualDeviceList(vm.Config.Hardware.Device).SelectByType((*types.VirtualSerialPort)(nil)) {
+		p := d.(*types.VirtualSerialPort)
+		if p.UnitNumber == nil || !p.YieldOnPoll {
+			t.Errorf("serial port %+v: want a unit and yieldOnPoll", p)
+			continue
+		}
+		ports[*p.UnitNumber] = p.Backing
+	}
+	if b, ok := ports[0].(*types.VirtualSerialPortFileBackingInfo); !ok || !strings.HasSuffix(b.FileName, " "+"pv-"+rec.UID+"/console.log") {
+		t.Errorf("COM1 backing %#v, want the console in %s/console.log", ports[0], "pv-"+rec.UID)
+	}
+	if b, ok := ports[1].(*types.VirtualSerialPortURIBackingInfo); !ok || b.ServiceURI != cfg.ChannelURI || b.Direction != "client" {
+		t.Errorf("COM2 backing %#v, want %s, direction client", ports[1], cfg.ChannelURI)
+	}
+	extra := map[string]string{}
+	for _, o := range vm.Config.ExtraConfig {
+		v := o.GetOptionValue()
+		extra[v.Key], _ = v.Value.(string)
+	}
+	if extra[guestchannel.GuestinfoChannel] != podvm.ChannelDevice {
+		t.Errorf("%s = %q, want %q", guestchannel.GuestinfoChannel, extra[guestchannel.GuestinfoChannel], podvm.ChannelDevice)
+	}
+	spec, err := guestchannel.UnmarshalSpec([]byte(extra[guestchannel.GuestinfoSpec]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !guestchannel.CheckChannelToken(key, spec.ChannelToken, rec.UID, rec.Namespace, rec.Name) {
+		t.Errorf("the spec's channel token %q is not the pod's under the key", spec.ChannelToken)
+	}
+}
+
+func TestChannelSettingsAreChecked(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		set  func(*Config)
+		want string
+	}{
+		{"not tcp", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "telnet://c.example:23", "/k" }, "want tcp://host:port"},
+		{"no port", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "tcp://c.example", "/k" }, "want tcp://host:port"},
+		{"no key file", func(c *Config) { c.ChannelURI = "tcp://c.example:7041" }, EnvChannelKeyFile},
+		{"with templates", func(c *Config) { c.ChannelURI, c.ChannelKeyFile, c.TemplatesWarm = "tcp://c.example:7041", "/k", 1 }, "are created, not forked"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			tc.set(&cfg)
+			if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Validate = %v, want an error saying %q", err, tc.want)
+			}
+		})
+	}
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.ChannelURI, cfg.ChannelKeyFile = "tcp://c.example:7041", filepath.Join(t.TempDir(), "absent")
+	if _, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: testenv.Logger()}); err == nil || !strings.Contains(err.Error(), EnvChannelKeyFile) {
+		t.Errorf("New with a missing channel key file = %v, want an error naming %s", err, EnvChannelKeyFile)
+	}
+}
