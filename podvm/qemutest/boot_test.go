@@ -56,6 +56,8 @@ func TestBootRunsContainer(t *testing.T) {
 	spec := &guestchannel.PodSpec{
 		Version: guestchannel.SpecVersion, UID: "4f0e3c2a-1b7d-4d55-9a51-2f6c0d5e8a91", Namespace: "default",
 		Name: "boot", Hostname: "boot", RestartPolicy: "Never", TerminationGracePeriodSeconds: 5,
+		// What the provisioner sets where pods talk to a concentrator.
+		ChannelToken: "boot-test-token",
 		Disks: []guestchannel.Disk{
 			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
 			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chainID},
@@ -132,8 +134,9 @@ func TestBootRunsContainer(t *testing.T) {
 
 	env := receive(t, conn)
 	var hello guestchannel.Hello
-	if env.Type != guestchannel.TypeHello || env.Decode(&hello) != nil || hello.PodUID != spec.UID || hello.VMUUID != "42-boot-test" {
-		t.Fatalf("first message %s %s, want hello for pod %s on VM 42-boot-test", env.Type, env.Body, spec.UID)
+	if env.Type != guestchannel.TypeHello || env.Decode(&hello) != nil || hello.PodUID != spec.UID || hello.VMUUID != "42-boot-test" ||
+		hello.ChannelToken != spec.ChannelToken {
+		t.Fatalf("first message %s %s, want hello for pod %s on VM 42-boot-test with the spec's channel token", env.Type, env.Body, spec.UID)
 	}
 	t.Logf("hello after %.1fs", time.Since(start).Seconds())
 
@@ -187,6 +190,21 @@ func TestBootRunsContainer(t *testing.T) {
 	}
 	if want := marker + " from boot\n"; string(log) != want {
 		t.Fatalf("container log %q, want %q", log, want)
+	}
+	// A concentrator that took the line over asks again (the serial port
+	// stays open in the guest): hello of the same boot, then a full status
+	// holding what happened before it.
+	must(t, conn.Send(guestchannel.TypeResync, "", nil))
+	for env = receive(t, conn); env.Type != guestchannel.TypeHello; env = receive(t, conn) {
+	}
+	var again guestchannel.Hello
+	if must(t, env.Decode(&again)); again.BootID != hello.BootID || again.ChannelToken != spec.ChannelToken {
+		t.Fatalf("hello after resync %+v, want the same boot (%s) and token", again, hello.BootID)
+	}
+	var st guestchannel.Status
+	if env = receive(t, conn); env.Type != guestchannel.TypeStatus || env.Decode(&st) != nil || !st.Full ||
+		len(st.Containers) != 1 || st.Containers[0].State.ExitCode != 3 {
+		t.Fatalf("after resync: %s %s, want a full status with main's exit code 3", env.Type, env.Body)
 	}
 	// The container's writes went to the ephemeral disk, never the image.
 	if b, _ := os.ReadFile(layerDisk); bytes.Contains(b, []byte(marker)) {
