@@ -37,8 +37,10 @@ type Concentrator struct {
 	// anyone who reaches the port could say hello, only the pod's VM
 	// knows its token. Required.
 	Key []byte
-	// Agents are the host agents of this process, by host name.
+	// Agents are the host agents of this process, by host name; Add adds
+	// one while the concentrator runs.
 	Agents map[string]*Service
+	mu     sync.Mutex
 	// HelloTimeout bounds the wait for a hello (default 10s).
 	HelloTimeout time.Duration
 	Log          *slog.Logger
@@ -67,9 +69,6 @@ const maxSkippedBeforeHello = 64
 func (c *Concentrator) Run(ctx context.Context) error {
 	if len(c.Key) < guestchannel.ChannelKeySize {
 		return fmt.Errorf("hostagent concentrator: channel key of %d bytes, want %d", len(c.Key), guestchannel.ChannelKeySize)
-	}
-	if len(c.Agents) == 0 {
-		return errors.New("hostagent concentrator: no host agent to hand channels to")
 	}
 	log := c.Log
 	if log == nil {
@@ -173,18 +172,39 @@ func (c *Concentrator) check(h guestchannel.Hello) error {
 	return nil
 }
 
-// route finds the pod's record and the agent of the host it is placed on.
-func (c *Concentrator) route(ctx context.Context, h guestchannel.Hello) (*Service, *events.PodRecord, error) {
-	var first *Service // every agent reads the same bucket
+// Add hands the channels of host's pods to agent from now on.
+func (c *Concentrator) Add(host string, agent *Service) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.Agents == nil {
+		c.Agents = map[string]*Service{}
+	}
+	c.Agents[host] = agent
+}
+
+// agents returns the agent of host, and any agent (every agent reads the
+// same bucket).
+func (c *Concentrator) agents(host string) (of, some *Service) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for _, a := range c.Agents {
-		first = a
+		some = a
 		break
 	}
-	rec, err := first.findPod(ctx, h)
+	return c.Agents[host], some
+}
+
+// route finds the pod's record and the agent of the host it is placed on.
+func (c *Concentrator) route(ctx context.Context, h guestchannel.Hello) (*Service, *events.PodRecord, error) {
+	_, some := c.agents("")
+	if some == nil {
+		return nil, nil, errors.New("no host agent runs here yet")
+	}
+	rec, err := some.findPod(ctx, h)
 	if err != nil {
 		return nil, nil, err
 	}
-	agent := c.Agents[rec.Host]
+	agent, _ := c.agents(rec.Host)
 	if agent == nil {
 		return nil, nil, fmt.Errorf("pod %s is placed on %q, which no host agent of this process serves: %w", rec.Key(), rec.Host, ErrRefused)
 	}

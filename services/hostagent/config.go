@@ -99,6 +99,29 @@ func DefaultConfig() Config {
 		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second, ReportHold: 0}
 }
 
+// EveryHost is PODVISOR_HOSTAGENT_HOST's value for a process that serves
+// every host of the inventory (the scheduler's host records), adding a
+// host's agent as the host appears there: what a concentrator serving a
+// vCenter's hosts runs (FollowHosts). It needs the concentrator, where the
+// channels of every host arrive.
+const EveryHost = "*"
+
+// ServesEveryHost reports whether src sets PODVISOR_HOSTAGENT_HOST to
+// EveryHost.
+func ServesEveryHost(src config.Source) bool {
+	hosts, _ := src(EnvHost)
+	return strings.TrimSpace(hosts) == EveryHost
+}
+
+// ConfigFor is the configuration of host's agent in a process that serves
+// every host: DefaultConfig with the host and src's channel directory.
+func ConfigFor(src config.Source, host string) (Config, error) {
+	dir, _ := src(EnvChannelDir)
+	cfg := DefaultConfig()
+	cfg.Host, cfg.ChannelDir = host, strings.TrimSpace(dir)
+	return cfg, cfg.Validate()
+}
+
 // ConfigsFrom reads PODVISOR_HOSTAGENT_HOST (one host, or a comma-separated
 // list) and PODVISOR_HOSTAGENT_CHANNEL_DIR from src: one validated Config per
 // host, each DefaultConfig with its Host and the shared ChannelDir.

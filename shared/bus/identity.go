@@ -106,9 +106,10 @@ func Identities() []Identity {
 		// and exec of its pods by request/reply, applies its host's final
 		// network state, serves the network services, delivers the
 		// pass-through data of its host's networks, and asks the
-		// provisioner for the disk keys of its encrypted pod VMs.
+		// provisioner for the disk keys of its encrypted pod VMs; one
+		// serving every host learns them from the hosts bucket.
 		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks},
-			Reads:  []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData},
+			Reads:  []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData, events.BucketHosts},
 			Serves: []string{"pv.query.pod.>"}, Asks: []string{events.SubjectDiskKeyRelease}, StreamsAnswers: true},
 		// The guest cluster controller declares its clusters' VMs (as a
 		// client would), runs their compatibility checks, asks for the

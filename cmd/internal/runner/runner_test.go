@@ -4,6 +4,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/podvisor/podvisor/services/hostagent"
+	"github.com/podvisor/podvisor/shared/config"
 )
 
 // `up --services` never selects the dashboard: up serves its own status
@@ -21,5 +24,33 @@ func TestDashboardIsServedNotSelected(t *testing.T) {
 	}
 	if _, err := Lookup("dashboard"); err != nil {
 		t.Errorf("serve dashboard: %v", err)
+	}
+}
+
+// A host agent process serving every host needs the concentrator (where
+// every host's channels arrive); listed hosts do not.
+func TestHostAgentSettingsAreChecked(t *testing.T) {
+	spec, err := Lookup("hostagent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		settings map[string]string
+		want     string // "" for valid
+	}{
+		{"listed hosts", map[string]string{hostagent.EnvHost: "esx-1,esx-2", hostagent.EnvChannelDir: "/run/pv"}, ""},
+		{"every host with a concentrator", map[string]string{hostagent.EnvHost: "*", hostagent.EnvChannelDir: "/run/pv",
+			hostagent.EnvConcentrator: "tcp://0.0.0.0:7041", hostagent.EnvChannelKeyFile: "/k"}, ""},
+		{"every host without one", map[string]string{hostagent.EnvHost: "*", hostagent.EnvChannelDir: "/run/pv"}, hostagent.EnvConcentrator},
+		{"every host, no channel dir", map[string]string{hostagent.EnvHost: "*",
+			hostagent.EnvConcentrator: "tcp://0.0.0.0:7041", hostagent.EnvChannelKeyFile: "/k"}, hostagent.EnvChannelDir},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := spec.Check(config.Map(tc.settings))
+			if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+				t.Errorf("Check = %v, want %q", err, tc.want)
+			}
+		})
 	}
 }

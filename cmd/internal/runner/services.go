@@ -2,6 +2,7 @@ package runner
 
 import (
 	"context"
+	"fmt"
 
 	"golang.org/x/sync/errgroup"
 
@@ -68,20 +69,17 @@ var hostAgents = Spec{
 	Name:    "hostagent",
 	PerHost: true,
 	Check: func(src config.Source) error {
-		if _, err := hostagent.ConfigsFrom(orEnv(src)); err != nil {
-			return err
-		}
-		_, err := hostagent.ConcentratorConfigFrom(orEnv(src))
+		_, _, err := hostAgentConfigs(orEnv(src))
 		return err
 	},
 	Run: func(ctx context.Context, d Deps) error {
-		cfgs, err := hostagent.ConfigsFrom(orEnv(d.Settings))
+		src := orEnv(d.Settings)
+		cfgs, cc, err := hostAgentConfigs(src)
 		if err != nil {
 			return err
 		}
-		cc, err := hostagent.ConcentratorConfigFrom(orEnv(d.Settings))
-		if err != nil {
-			return err
+		if hostagent.ServesEveryHost(src) {
+			return everyHostAgent(ctx, d, src, cc)
 		}
 		svcs := make(map[string]*hostagent.Service, len(cfgs))
 		for _, c := range cfgs {
@@ -102,6 +100,52 @@ var hostAgents = Spec{
 		}
 		return g.Wait()
 	},
+}
+
+// hostAgentConfigs reads the host agents' settings: one Config per host
+// listed (none for every host), and the concentrator's.
+func hostAgentConfigs(src config.Source) ([]hostagent.Config, hostagent.ConcentratorConfig, error) {
+	cc, err := hostagent.ConcentratorConfigFrom(src)
+	if err != nil {
+		return nil, cc, err
+	}
+	if hostagent.ServesEveryHost(src) {
+		if cc.Listen == "" {
+			return nil, cc, fmt.Errorf("hostagent config: %s=%s serves the hosts whose channels arrive at the concentrator: set %s",
+				hostagent.EnvHost, hostagent.EveryHost, hostagent.EnvConcentrator)
+		}
+		_, err := hostagent.ConfigFor(src, "every-host")
+		return nil, cc, err
+	}
+	cfgs, err := hostagent.ConfigsFrom(src)
+	return cfgs, cc, err
+}
+
+// everyHostAgent runs the concentrator and an agent for every host of the
+// inventory, each added as its host appears.
+func everyHostAgent(ctx context.Context, d Deps, src config.Source, cc hostagent.ConcentratorConfig) error {
+	conc, err := hostagent.ListenConcentrator(cc, nil, d.Logger)
+	if err != nil {
+		return err
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return conc.Run(gctx) })
+	g.Go(func() error {
+		return hostagent.FollowHosts(gctx, d.Bus, func(host string) error {
+			cfg, err := hostagent.ConfigFor(src, host)
+			if err != nil {
+				return err
+			}
+			svc, err := hostagent.New(cfg, hostagent.Deps{Deps: d.Deps})
+			if err != nil {
+				return err
+			}
+			g.Go(func() error { return svc.Run(gctx) })
+			conc.Add(host, svc)
+			return nil
+		})
+	})
+	return g.Wait()
 }
 
 // service makes the Spec of a service from its ConfigFrom and constructor.
