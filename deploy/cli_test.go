@@ -23,9 +23,10 @@ var upFlags = []string{
 	"clusters", "hosts-per-cluster", "vcenter-url", "redis-url", "registry", "seed",
 }
 
-// serveTargets is what `podvisor serve` runs in a container: the services
-// and the read-only dashboard.
-var serveTargets = append(slices.Clone(services), "dashboard")
+// serveTargets is what `podvisor serve` runs in a container: the services,
+// the read-only dashboard and the host agents (on a vCenter, behind their
+// concentrator).
+var serveTargets = append(slices.Clone(services), "dashboard", "hostagent")
 
 // checkPodvisorArgs accepts `serve <service>` and `up [--flag=value …]`.
 // Flags must use the --name=value form, so that a value is never mistaken

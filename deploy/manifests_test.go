@@ -300,6 +300,8 @@ func TestProdReplicasAndSpreading(t *testing.T) {
 // in prod, with the reason.
 var singleReplicaInProd = map[string]string{
 	"redis": "a cache: its loss costs re-scans, never a wrong pod; Redis replication would need a failover story in every client",
+	"hostagent": "one process runs every host's agent behind the concentrator; two would split each host's deliveries and channels " +
+		"(a restart loses nothing: the hosts connect again and each pod VM's agent resends its state)",
 }
 
 // spreadsOwnPods: a required or preferred spread/anti-affinity term whose
@@ -432,9 +434,10 @@ var expectedSecrets = map[string][]string{
 	"podvisor-redis-acl":     {"users.acl", "probe-password", "imagecache-password", "scheduler-password", "dashboard-password"},
 	"podvisor-redis-tls":     {"tls.crt", "tls.key", "ca.crt"},
 	"podvisor-nats-auth":     {"auth.conf"},
-	"podvisor-nats-creds":    {"scheduler.creds", "provisioner.creds", "imagecache.creds", "netconfig.creds", "migration.creds", "dashboard.creds"},
+	"podvisor-nats-creds":    {"scheduler.creds", "provisioner.creds", "imagecache.creds", "netconfig.creds", "migration.creds", "hostagent.creds", "dashboard.creds"},
 	"podvisor-nats-tls":      {"tls.crt", "tls.key", "ca.crt"},
 	"podvisor-dashboard-tls": {"tls.crt", "tls.key", "ca.crt"},
+	"podvisor-channel-key":   {"channel.key"},
 }
 
 // Every reference resolves: Secrets and their keys, ConfigMaps, service
