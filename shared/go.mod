@@ -100,6 +100,6 @@ require (
 
 require github.com/podvisor/podvisor/agent v0.0.0
 
-require github.com/creack/pty v1.1.24 // indirect
+require github.com/creack/pty v1.1.24
 
 replace github.com/podvisor/podvisor/agent => ../agent

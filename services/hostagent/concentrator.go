@@ -2,6 +2,7 @@ package hostagent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -46,16 +47,27 @@ type Concentrator struct {
 	Log          *slog.Logger
 }
 
-// ListenConcentrator loads the channel key and listens where cfg says,
-// for agents (by host).
+// ListenConcentrator loads the channel key and listens where cfg says
+// (TLS with cfg's certificate), for agents (by host).
 func ListenConcentrator(cfg ConcentratorConfig, agents map[string]*Service, log *slog.Logger) (*Concentrator, error) {
 	key, err := guestchannel.LoadChannelKey(cfg.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("hostagent concentrator: %w", err)
 	}
+	var tlsConf *tls.Config
+	if cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("hostagent concentrator: %s, %s: %w", EnvConcentratorTLSCert, EnvConcentratorTLSKey, err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("hostagent concentrator: %w", err)
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	return &Concentrator{Listener: ln, Key: key, Agents: agents, Log: log}, nil
 }

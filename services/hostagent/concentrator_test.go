@@ -2,11 +2,15 @@ package hostagent_test
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/podvisor/podvisor/shared/pki"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/services/hostagent"
@@ -124,5 +128,52 @@ func TestConcentratorRefusesAHelloWithoutThePodsToken(t *testing.T) {
 	}
 	if got := e.reported("uid-here"); len(got) != 0 {
 		t.Errorf("a refused channel was reported: %+v", got)
+	}
+}
+
+// With a certificate the concentrator serves TLS only: a network serial port
+// named ssl://… reaches it, a plain one does not.
+func TestConcentratorServesTLS(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	ca, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, certKey, err := ca.Issue("concentrator", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	keyFile := filepath.Join(dir, "channel.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: "127.0.0.1:0", KeyFile: keyFile, TLSCert: cert, TLSKey: certKey},
+		map[string]*hostagent.Service{host: e.svc}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	addr := c.Listener.Addr().String()
+	e.putPod("secret", "uid-secret", host, 30, "app")
+	hello := guestchannel.Hello{PodUID: "uid-secret", Namespace: "default", Name: "secret", BootID: "b1",
+		ChannelToken: guestchannel.ChannelToken(key, "uid-secret", "default", "secret")}
+
+	plain := guesttest.DialSerial(t, addr, hello, "app")
+	select {
+	case <-plain.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a plain TCP line stayed open on a TLS concentrator")
+	}
+	if got := e.reported("uid-secret"); len(got) != 0 {
+		t.Fatalf("a plain TCP line was reported: %+v", got)
+	}
+	guesttest.DialSerialTLS(t, addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"}, hello, "app")
+	if r := e.waitReports("uid-secret", 1)[0].r; r.Host != host {
+		t.Errorf("report from host %q, want %s", r.Host, host)
 	}
 }

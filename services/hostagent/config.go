@@ -60,6 +60,10 @@ const (
 	// EnvChannelKeyFile is the Secret file of the channel key the
 	// provisioner makes pods' channel tokens with.
 	EnvChannelKeyFile = "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE"
+	// EnvConcentratorTLSCert and EnvConcentratorTLSKey make the
+	// concentrator serve TLS (pod VMs' ports then name it ssl://…).
+	EnvConcentratorTLSCert = "PODVISOR_HOSTAGENT_CONCENTRATOR_TLS_CERT"
+	EnvConcentratorTLSKey  = "PODVISOR_HOSTAGENT_CONCENTRATOR_TLS_KEY"
 )
 
 // ConcentratorConfig says whether and where this process's concentrator
@@ -69,6 +73,9 @@ type ConcentratorConfig struct {
 	Listen string
 	// KeyFile holds the channel key (guestchannel.LoadChannelKey).
 	KeyFile string
+	// TLSCert and TLSKey, both or neither, are the concentrator's
+	// certificate and key: set, it serves TLS only.
+	TLSCert, TLSKey string
 }
 
 // ConcentratorConfigFrom reads PODVISOR_HOSTAGENT_CONCENTRATOR and
@@ -76,7 +83,10 @@ type ConcentratorConfig struct {
 func ConcentratorConfigFrom(src config.Source) (ConcentratorConfig, error) {
 	listen, _ := src(EnvConcentrator)
 	key, _ := src(EnvChannelKeyFile)
-	c := ConcentratorConfig{Listen: strings.TrimPrefix(strings.TrimSpace(listen), "tcp://"), KeyFile: strings.TrimSpace(key)}
+	cert, _ := src(EnvConcentratorTLSCert)
+	certKey, _ := src(EnvConcentratorTLSKey)
+	c := ConcentratorConfig{Listen: strings.TrimPrefix(strings.TrimSpace(listen), "tcp://"), KeyFile: strings.TrimSpace(key),
+		TLSCert: strings.TrimSpace(cert), TLSKey: strings.TrimSpace(certKey)}
 	if c.Listen == "" {
 		return c, nil
 	}
@@ -86,6 +96,9 @@ func ConcentratorConfigFrom(src config.Source) (ConcentratorConfig, error) {
 	}
 	if c.KeyFile == "" {
 		p.Add(fmt.Errorf("KeyFile: required with a concentrator (%s: the channel key the provisioner's tokens are made with)", EnvChannelKeyFile))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		p.Add(fmt.Errorf("TLSCert, TLSKey: set both or neither (%s, %s)", EnvConcentratorTLSCert, EnvConcentratorTLSKey))
 	}
 	if err := p.Err(); err != nil {
 		return c, fmt.Errorf("hostagent config: %w", err)

@@ -176,8 +176,8 @@ type System struct {
 	// GuestsOff says why the simulator's pod VMs run no guest ("" when
 	// they do, or when the vCenter is external).
 	GuestsOff string
-	// Concentrator is the address of the host agents' concentrator
-	// (GuestChannel serial), "" without.
+	// Concentrator is the URI of the host agents' concentrator
+	// (GuestChannel serial: ssl://127.0.0.1:<port>), "" without.
 	Concentrator string
 
 	cfg  Config
@@ -783,7 +783,7 @@ func (s *System) serviceDefaults() map[string]string {
 	maps.Copy(out, s.cfg.flagSettings()) // exported in the env file too
 	out[provisioner.EnvKeyFile] = s.diskKeyFile()
 	if s.Concentrator != "" {
-		out[provisioner.EnvChannelURI] = "tcp://" + s.Concentrator
+		out[provisioner.EnvChannelURI] = s.Concentrator
 		out[provisioner.EnvChannelKeyFile] = s.channelKeyFile()
 	}
 	if s.GuestsOff == "" {

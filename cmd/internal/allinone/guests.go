@@ -14,6 +14,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/deps"
+	"github.com/podvisor/podvisor/shared/pki"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
@@ -77,11 +78,12 @@ func (s *System) guestConfig() (cfg *guest.Config, required bool, reason string,
 		agent = DefaultAgentPath()
 	}
 	return &guest.Config{
-		Agent:      agent,
-		ChannelDir: s.ChannelDir(),
-		Dir:        filepath.Join(s.cfg.StateDir, "guests"),
-		Runtime:    rt,
-		Logger:     s.log.With("component", "guests"),
+		Agent:         agent,
+		SerialRootCAs: s.ca.Pool(),
+		ChannelDir:    s.ChannelDir(),
+		Dir:           filepath.Join(s.cfg.StateDir, "guests"),
+		Runtime:       rt,
+		Logger:        s.log.With("component", "guests"),
 	}, required, "", nil
 }
 
@@ -129,11 +131,18 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	if err := guestchannel.WriteChannelKeyFile(s.channelKeyFile()); err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	conc, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: "127.0.0.1:0", KeyFile: s.channelKeyFile()}, agents, s.log)
+	// TLS, with a certificate of the installation's CA, which the
+	// simulated hosts check (guest.Config.SerialRootCAs).
+	cert, key, err := s.ca.Issue("concentrator", pki.Hosts("127.0.0.1")...)
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	s.Concentrator = conc.Listener.Addr().String()
+	conc, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: "127.0.0.1:0", KeyFile: s.channelKeyFile(),
+		TLSCert: cert, TLSKey: key}, agents, s.log)
+	if err != nil {
+		return fmt.Errorf("up: %w", err)
+	}
+	s.Concentrator = "ssl://" + conc.Listener.Addr().String()
 	s.run(runCtx, "guest channel concentrator", conc.Run)
 	return nil
 }

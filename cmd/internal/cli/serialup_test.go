@@ -36,8 +36,9 @@ func TestUpWithSerialGuestChannels(t *testing.T) {
 	}
 	info, _ := sys.Datacenter.Guests().Guest(running[0])
 	boot, err := os.ReadFile(filepath.Join(info.Dir, "boot.json"))
-	if err != nil || info.VM.SerialURI != "tcp://"+sys.Concentrator || !strings.Contains(string(boot), `"channel": "serial:`) {
-		t.Fatalf("the pod's guest: network serial port %q (want tcp://%s), boot config (%v):\n%s", info.VM.SerialURI, sys.Concentrator, err, boot)
+	if err != nil || info.VM.SerialURI != sys.Concentrator || !strings.HasPrefix(sys.Concentrator, "ssl://") ||
+		!strings.Contains(string(boot), `"channel": "serial:`) {
+		t.Fatalf("the pod's guest: network serial port %q (want %s, TLS), boot config (%v):\n%s", info.VM.SerialURI, sys.Concentrator, err, boot)
 	}
 	eventuallyWithin(t, 10*time.Second, "podvisor logs wire", func() bool {
 		out, _, code := run(t, dir, "", "logs", "wire")

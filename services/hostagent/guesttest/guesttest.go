@@ -9,6 +9,7 @@ package guesttest
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net"
 	"sync"
 	"testing"
@@ -44,7 +45,7 @@ type Guest struct {
 // then answers requests until the test ends or the host closes the channel.
 func Dial(t testing.TB, socket string, hello guestchannel.Hello, containers ...string) *Guest {
 	t.Helper()
-	return dial(t, "unix", socket, hello, containers)
+	return dial(t, "unix", socket, nil, hello, containers)
 }
 
 // DialSerial is Dial over a network serial port's connection to a
@@ -53,16 +54,28 @@ func Dial(t testing.TB, socket string, hello guestchannel.Hello, containers ...s
 // whenever the host side asks with a resync.
 func DialSerial(t testing.TB, addr string, hello guestchannel.Hello, containers ...string) *Guest {
 	t.Helper()
-	return dial(t, "tcp", addr, hello, containers)
+	return dial(t, "tcp", addr, nil, hello, containers)
 }
 
-func dial(t testing.TB, network, addr string, hello guestchannel.Hello, containers []string) *Guest {
+// DialSerialTLS is DialSerial to a concentrator serving TLS (an ssl://
+// port), checked with conf.
+func DialSerialTLS(t testing.TB, addr string, conf *tls.Config, hello guestchannel.Hello, containers ...string) *Guest {
+	t.Helper()
+	return dial(t, "tcp", addr, conf, hello, containers)
+}
+
+func dial(t testing.TB, network, addr string, conf *tls.Config, hello guestchannel.Hello, containers []string) *Guest {
 	t.Helper()
 	var c net.Conn
 	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if c, err = net.Dial(network, addr); err == nil || time.Now().After(deadline) {
+		if conf != nil {
+			c, err = tls.Dial(network, addr, conf)
+		} else {
+			c, err = net.Dial(network, addr)
+		}
+		if err == nil || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)

@@ -343,11 +343,16 @@ func BootDiskDevices(path string, nextKey func() int32) []types.BaseVirtualDevic
 // the VM has ChannelPorts: its second serial port.
 const ChannelDevice = "serial:/dev/ttyS1"
 
+// ChannelSchemes are the schemes of the channel addresses a vSphere host
+// connects a network serial port to that a concentrator serves: TCP, and
+// TLS over TCP (ssl:// is tcp+ssl://).
+var ChannelSchemes = []string{"tcp://", "tcp4://", "tcp6://", "ssl://", "tcp+ssl://", "tcp4+ssl://", "tcp6+ssl://"}
+
 // ParseChannelURI checks a channel address: a TCP address the VM's host
-// connects its network serial port to, "tcp://host:port" (tcp4://,
-// tcp6:// too).
+// connects its network serial port to, "tcp://host:port", or with TLS
+// "ssl://host:port" (ChannelSchemes).
 func ParseChannelURI(uri string) error {
-	for _, scheme := range []string{"tcp://", "tcp4://", "tcp6://"} {
+	for _, scheme := range ChannelSchemes {
 		if rest, ok := strings.CutPrefix(uri, scheme); ok {
 			if host, port, err := net.SplitHostPort(rest); err != nil || host == "" || port == "" {
 				break
@@ -355,7 +360,7 @@ func ParseChannelURI(uri string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%q: want tcp://host:port, the address of a host agent's concentrator that every host can reach", uri)
+	return fmt.Errorf("%q: want tcp://host:port (or ssl://host:port to a concentrator serving TLS), the address of a host agent's concentrator that every host can reach", uri)
 }
 
 // ChannelPorts are a pod VM's two serial ports where its channel is a

@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -47,6 +48,9 @@ type Config struct {
 	// Fabric, when set, gives each VM's NICs a port (see package
 	// segment); nil leaves guests with only their loopback.
 	Fabric *segment.Fabric
+	// SerialRootCAs are the roots a simulated host checks a TLS network
+	// serial port's concentrator with (ssl:// ports); nil refuses them.
+	SerialRootCAs *x509.CertPool
 }
 
 // errClosed is what a power-on of a closed manager gets.
@@ -505,7 +509,7 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	var ch guestChannel
 	if vm.SerialURI != "" && vm.Native == nil {
 		var line *serialLine
-		line, err = openSerialLine(vm.SerialURI, m.log.With("vm", vm.Name))
+		line, err = openSerialLine(vm.SerialURI, m.cfg.SerialRootCAs, m.log.With("vm", vm.Name))
 		if err == nil {
 			ch, addr = line, "serial:"+line.device()
 		}

@@ -1,6 +1,8 @@
 package guest
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"log/slog"
@@ -28,7 +30,9 @@ import (
 // has none until it is back. What the guest writes while no connection is
 // up is lost, as on a real port.
 type serialLine struct {
-	addr   string
+	addr string
+	// tls, when set, is how the port's connection is made (a ssl:// URI).
+	tls    *tls.Config
 	master *os.File
 	slave  *os.File // held open so the line stays up while the agent reopens it
 	log    *slog.Logger
@@ -45,26 +49,43 @@ type serialLine struct {
 }
 
 // serialAddr is the TCP address of a network serial port's service URI
-// ("tcp://host:port", "tcp4://…", "tcp6://…" or "host:port"), or an error
-// naming what the simulated hypervisor cannot connect to (telnet, SSL).
-func serialAddr(uri string) (string, error) {
+// ("tcp://host:port", "tcp4://…", "tcp6://…" or "host:port"; with TLS
+// "ssl://…", "tcp+ssl://…", "tcp4+ssl://…", "tcp6+ssl://…"), or an error
+// naming what the simulated hosts cannot connect to (telnet).
+func serialAddr(uri string) (addr string, withTLS bool, err error) {
 	for _, scheme := range []string{"tcp://", "tcp4://", "tcp6://"} {
 		if rest, ok := strings.CutPrefix(uri, scheme); ok {
-			return rest, nil
+			return rest, false, nil
+		}
+	}
+	for _, scheme := range []string{"ssl://", "tcp+ssl://", "tcp4+ssl://", "tcp6+ssl://"} {
+		if rest, ok := strings.CutPrefix(uri, scheme); ok {
+			return rest, true, nil
 		}
 	}
 	if strings.Contains(uri, "://") {
-		return "", errors.New("network serial port " + uri + ": the simulated hosts connect plain TCP only")
+		return "", false, errors.New("network serial port " + uri + ": the simulated hosts connect TCP and TLS over TCP only")
 	}
-	return uri, nil
+	return uri, false, nil
 }
 
 // openSerialLine makes the guest's serial device and starts connecting it
-// to uri.
-func openSerialLine(uri string, log *slog.Logger) (*serialLine, error) {
-	addr, err := serialAddr(uri)
+// to uri; a TLS address's certificate must chain to roots.
+func openSerialLine(uri string, roots *x509.CertPool, log *slog.Logger) (*serialLine, error) {
+	addr, withTLS, err := serialAddr(uri)
 	if err != nil {
 		return nil, err
+	}
+	var tlsConf *tls.Config
+	if withTLS {
+		if roots == nil {
+			return nil, errors.New("network serial port " + uri + ": the simulated hosts were given no CA to check its certificate with")
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, err
+		}
+		tlsConf = &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12}
 	}
 	ptm, slave, err := pty.Open()
 	if err != nil {
@@ -82,7 +103,7 @@ func openSerialLine(uri string, log *slog.Logger) (*serialLine, error) {
 		slave.Close()
 		return nil, err
 	}
-	l := &serialLine{addr: addr, master: master, slave: slave, log: log, redial: 200 * time.Millisecond, wake: make(chan struct{}, 1)}
+	l := &serialLine{addr: addr, tls: tlsConf, master: master, slave: slave, log: log, redial: 200 * time.Millisecond, wake: make(chan struct{}, 1)}
 	l.wg.Go(l.fromGuest)
 	l.wg.Go(l.connect)
 	return l, nil
@@ -140,7 +161,7 @@ func (l *serialLine) connect() {
 			<-l.wake
 			continue
 		}
-		c, err := net.DialTimeout("tcp", l.addr, time.Second)
+		c, err := l.dial()
 		if err != nil {
 			l.log.Debug("serial port: no connection", "addr", l.addr, "err", err)
 			l.pause()
@@ -164,6 +185,15 @@ func (l *serialLine) connect() {
 		l.log.Debug("serial port: connection ended", "addr", l.addr, "err", err)
 		l.pause()
 	}
+}
+
+// dial makes one connection to the port's address.
+func (l *serialLine) dial() (net.Conn, error) {
+	d := &net.Dialer{Timeout: time.Second}
+	if l.tls != nil {
+		return tls.DialWithDialer(d, "tcp", l.addr, l.tls)
+	}
+	return d.Dial("tcp", l.addr)
 }
 
 // pause waits before the next connection, or until the line changes.
