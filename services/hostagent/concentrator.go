@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -42,6 +45,7 @@ type Concentrator struct {
 	// one while the concentrator runs.
 	Agents map[string]*Service
 	mu     sync.Mutex
+	lines  map[string]*line // by pod record key
 	// HelloTimeout bounds the wait for a hello (default 10s).
 	HelloTimeout time.Duration
 	Log          *slog.Logger
@@ -91,6 +95,9 @@ func (c *Concentrator) Run(ctx context.Context) error {
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Go(func() { c.followMoves(wctx, log) })
 	log.Info("guest channel concentrator listening")
 	for {
 		nc, err := c.Listener.Accept()
@@ -117,12 +124,22 @@ func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger)
 			err = rerr
 			break
 		}
-		next := agent.serveGreeted(ctx, conn, h, rec)
-		if next == nil {
+		l := &line{nc: nc, host: rec.Host}
+		key := events.PodRecordKey(rec.Namespace, rec.Name)
+		c.track(key, l)
+		next := agent.serveGreeted(ctx, conn, h, rec, &l.moved)
+		c.untrack(key, l)
+		switch {
+		case next == nil:
 			return
+		case l.moved.Load():
+			// The pod was placed on another host: ask the line again, and
+			// route the hello to that host's agent with a full status.
+			h, err = c.hello(ctx, nc, conn)
+		default:
+			// The guest booted again behind a line that stayed connected.
+			h, err = *next, c.check(*next)
 		}
-		// The guest booted again behind a line that stayed connected.
-		h, err = *next, c.check(*next)
 	}
 	log.Warn("guest channel refused", "err", err)
 	_ = conn.Send(guestchannel.TypeError, "", guestchannel.Error{Message: err.Error()})
@@ -182,6 +199,78 @@ func (c *Concentrator) check(h guestchannel.Hello) error {
 		return fmt.Errorf("hello of pod %s/%s: the channel token is not the pod's", h.Namespace, h.Name)
 	}
 	return nil
+}
+
+// line is a channel an agent serves, as the concentrator follows it.
+type line struct {
+	nc   net.Conn
+	host string // the host its pod was placed on when it was routed
+	// moved is set when the pod's record names another host: the line's
+	// read is interrupted (a deadline in the past) and the serving agent
+	// gives the line back.
+	moved atomic.Bool
+}
+
+func (c *Concentrator) track(key string, l *line) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lines == nil {
+		c.lines = map[string]*line{}
+	}
+	c.lines[key] = l
+}
+
+func (c *Concentrator) untrack(key string, l *line) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lines[key] == l {
+		delete(c.lines, key)
+	}
+}
+
+// followMoves watches the pod records (keys only) and gives back the line
+// of a pod whose record names another host than the one its line was
+// routed to: a migrated pod's line must reach the agent of its new host,
+// which serves its logs and exec. A relocation makes the hosts connect the
+// line again, but possibly before the record says where the pod is now.
+func (c *Concentrator) followMoves(ctx context.Context, log *slog.Logger) {
+	var pods jetstream.KeyValue
+	for pods == nil {
+		if _, some := c.agents(""); some != nil {
+			pods = some.pods
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	w, err := pods.WatchAll(ctx, jetstream.MetaOnly(), jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		log.Warn("concentrator: cannot follow the pods' moves", "err", err)
+		return
+	}
+	defer w.Stop()
+	for e := range w.Updates() {
+		if e == nil {
+			continue
+		}
+		c.mu.Lock()
+		l := c.lines[e.Key()]
+		c.mu.Unlock()
+		if l == nil || l.moved.Load() {
+			continue
+		}
+		ns, name, _ := cutKey(e.Key())
+		_, some := c.agents("")
+		rec, err := some.record(ctx, ns, name)
+		if err != nil || rec.Host == "" || rec.Host == l.host {
+			continue
+		}
+		l.moved.Store(true)
+		_ = l.nc.SetReadDeadline(time.Now())
+	}
 }
 
 // Add hands the channels of host's pods to agent from now on.

@@ -3,6 +3,7 @@ package hostagent_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/pki"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
@@ -74,21 +76,27 @@ func TestConcentratorRoutesSerialChannelsByTheirPodsHost(t *testing.T) {
 	if err := here.Reboot("b2"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got := e.reported("uid-here")
-		if last := got[len(got)-1].r; last.BootID == "b2" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no report of the new boot within 10s: %+v", got)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitLastReport("uid-here", "of the new boot", func(r events.PodContainersReported) bool { return r.BootID == "b2" })
 	select {
 	case <-here.Closed():
 		t.Error("the concentrator closed the line of a guest that booted again")
 	default:
+	}
+}
+
+// waitLastReport waits until the pod's last report is what want says.
+func (e *env) waitLastReport(uid, what string, want func(events.PodContainersReported) bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := e.reported(uid)
+		if len(got) > 0 && want(got[len(got)-1].r) {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("no report %s within 10s: %+v", what, got)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
@@ -175,5 +183,32 @@ func TestConcentratorServesTLS(t *testing.T) {
 	guesttest.DialSerialTLS(t, addr, &tls.Config{RootCAs: ca.Pool(), ServerName: "127.0.0.1"}, hello, "app")
 	if r := e.waitReports("uid-secret", 1)[0].r; r.Host != host {
 		t.Errorf("report from host %q, want %s", r.Host, host)
+	}
+}
+
+// A pod placed on another host (a migration) has its line routed again, to
+// the agent of its new host, which then reports it and answers its logs and
+// exec; the line itself stays connected.
+func TestConcentratorFollowsAPodToItsNewHost(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key)
+	rec := e.putPod("mover", "uid-mover", host, 30, "app")
+	g := guesttest.DialSerial(t, addr, guestchannel.Hello{PodUID: "uid-mover", Namespace: "default", Name: "mover", BootID: "b1",
+		ChannelToken: guestchannel.ChannelToken(key, "uid-mover", "default", "mover")}, "app")
+	if r := e.waitReports("uid-mover", 1)[0].r; r.Host != host {
+		t.Fatalf("first report from %q, want %s", r.Host, host)
+	}
+	// The migration's outcome, as the provisioner records it.
+	rec.Host = "esx-1-02"
+	data, _ := json.Marshal(rec)
+	if _, err := e.pods.Put(context.Background(), events.PodRecordKey("default", "mover"), data); err != nil {
+		t.Fatal(err)
+	}
+	e.waitLastReport("uid-mover", "from the pod's new host", func(r events.PodContainersReported) bool { return r.Host == "esx-1-02" })
+	select {
+	case <-g.Closed():
+		t.Error("the line was closed: it should have been routed again, connected")
+	default:
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,6 +29,7 @@ type podConn struct {
 	// boot ends the session with rehello.
 	serial  bool
 	rehello *guestchannel.Hello
+	moved   *atomic.Bool // set by the concentrator (serveGreeted)
 
 	mu      sync.Mutex
 	status  guestchannel.Status                     // merged: Containers/InitContainers complete so far
@@ -60,12 +62,15 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 // (nil) or the guest says hello anew on the line (that hello: a guest that
 // booted again, for which the concentrator checks and routes the channel
 // again). The concentrator closes the line.
-func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord) *guestchannel.Hello {
+// moved, when set, says the pod was placed elsewhere since: the line's
+// read was interrupted for it, and the session ends with the hello it had,
+// to be routed again.
+func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord, moved *atomic.Bool) *guestchannel.Hello {
 	pc := s.newPodConn(conn, h, rec)
 	// A serial line carries what the guest's console or a half-sent frame
 	// left on it; a frame that does not decode is skipped, not the end of
 	// the channel.
-	pc.serial = true
+	pc.serial, pc.moved = true, moved
 	s.servePod(ctx, pc)
 	return pc.rehello
 }
@@ -103,6 +108,11 @@ func (s *Service) servePod(ctx context.Context, pc *podConn) {
 		if errors.Is(err, guestchannel.ErrMalformedFrame) && pc.serial {
 			pc.log.Warn("guest channel: a frame that does not decode skipped", "err", err)
 			continue
+		}
+		if err != nil && pc.moved != nil && pc.moved.Load() {
+			pc.log.Info("guest channel: the pod moved to another host; its line is routed again")
+			pc.rehello = &pc.hello
+			return
 		}
 		if err != nil {
 			return
