@@ -39,6 +39,8 @@ require (
 	sigs.k8s.io/yaml v1.6.0
 )
 
+require github.com/cavaliergopher/cpio v1.0.1 // indirect
+
 replace github.com/podvisor/podvisor/shared => ../shared
 
 replace github.com/podvisor/podvisor/services/scheduler => ../services/scheduler
@@ -95,6 +97,7 @@ require (
 	github.com/opencontainers/go-digest v1.0.0 // indirect
 	github.com/opencontainers/image-spec v1.1.1 // indirect
 	github.com/opencontainers/runtime-spec v1.3.0 // indirect
+	github.com/podvisor/podvisor/podvm v0.0.0
 	github.com/prometheus/client_golang v1.24.1 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
@@ -151,3 +154,5 @@ require (
 )
 
 replace github.com/podvisor/podvisor/services/guestcluster => ../services/guestcluster
+
+replace github.com/podvisor/podvisor/podvm => ../podvm

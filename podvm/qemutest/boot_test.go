@@ -7,51 +7,21 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/podvisor/podvisor/agent/configdisk"
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/agent/vmboot"
-	"github.com/podvisor/podvisor/podvm/build"
 )
-
-const chainID = "sha256:0b1b9b3c2b0a5f0f4e1d2c3b4a5968778695a4b3c2d1e0f9e8d7c6b5a4938271"
 
 // TestBootRunsContainer builds the image, boots it with a pod whose one
 // container writes a line and exits 3, and checks what the agent reports
 // over the serial channel: Hello for the pod, the container running, then
 // terminated with exit code 3, and its log.
 func TestBootRunsContainer(t *testing.T) {
-	privtest.RequireTools(t, "qemu-system-x86_64", "mkfs.erofs", "mformat", "mcopy", "syslinux", "runc", "busybox")
-	if _, err := os.Stat("/usr/share/seabios/bios-256k.bin"); err != nil {
-		privtest.RequireTools(t, "seabios (the BIOS QEMU boots the disk with)")
-	}
+	Require(t)
 	dir := t.TempDir()
-	img := buildImage(t, dir)
-
-	// The image disk: busybox as a one-layer image, an erofs filesystem in
-	// the disk's flat extent, padded to whole sectors.
-	layer := filepath.Join(dir, "layer")
-	for _, d := range []string{"bin", "etc", "proc", "dev", "tmp"} {
-		must(t, os.MkdirAll(filepath.Join(layer, d), 0o755))
-	}
-	copyFile(t, "/bin/busybox", filepath.Join(layer, "bin/busybox"), 0o755)
-	must(t, os.Symlink("busybox", filepath.Join(layer, "bin/sh")))
-	layerDisk := filepath.Join(dir, "layer-flat.vmdk")
-	run(t, "mkfs.erofs", "-T0", "--all-root", layerDisk, layer)
-	padToSector(t, layerDisk)
-
-	ephemeral := filepath.Join(dir, "ephemeral-flat.vmdk")
-	f, err := os.Create(ephemeral)
-	must(t, err)
-	must(t, f.Truncate(256<<20))
-	f.Close()
-
 	const marker = "hello from a pod VM"
 	spec := &guestchannel.PodSpec{
 		Version: guestchannel.SpecVersion, UID: "4f0e3c2a-1b7d-4d55-9a51-2f6c0d5e8a91", Namespace: "default",
@@ -60,58 +30,26 @@ func TestBootRunsContainer(t *testing.T) {
 		ChannelToken: "boot-test-token",
 		Disks: []guestchannel.Disk{
 			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chainID},
+			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: ChainID},
 		},
 		Containers: []guestchannel.Container{{
-			Name: "main", Image: "busybox", Chain: []string{chainID},
+			Name: "main", Image: "busybox", Chain: []string{ChainID},
 			Command: []string{"/bin/sh", "-c", "echo " + marker + " from $(hostname); exit 3"},
 		}},
 	}
 	specJSON, err := guestchannel.MarshalSpec(spec)
 	must(t, err)
-	cfg, err := configdisk.Bytes(map[string]string{
+	disks := MakeDisks(t, dir, map[string]string{
 		guestchannel.GuestinfoSpec: specJSON,
 		vmboot.GuestinfoVMUUID:     "42-boot-test",
 	})
-	must(t, err)
-	cfgDisk := filepath.Join(dir, "config.img")
-	// A whole MiB, as a datastore disk would be, so that the kernel's
-	// partition probes find nothing to complain about.
-	must(t, os.WriteFile(cfgDisk, append(cfg, make([]byte, 1<<20-len(cfg))...), 0o644))
-
 	sock := filepath.Join(dir, "channel.sock")
-	console := filepath.Join(dir, "console.log")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64",
-		"-accel", "tcg", "-m", "512", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
-		"-drive", "file="+img.Flat+",format=raw,if=ide,snapshot=on",
-		"-device", "pvscsi,id=pvscsi0",
-		"-drive", "file="+ephemeral+",format=raw,if=none,id=eph",
-		"-device", "scsi-hd,bus=pvscsi0.0,scsi-id=0,lun=0,drive=eph",
-		"-drive", "file="+layerDisk+",format=raw,if=none,id=layer,readonly=on",
-		"-device", "scsi-hd,bus=pvscsi0.0,scsi-id=1,lun=0,drive=layer",
-		"-drive", "file="+cfgDisk+",format=raw,if=none,id=cfg,readonly=on",
-		"-device", "scsi-hd,bus=pvscsi0.0,scsi-id=15,lun=0,drive=cfg",
-		"-serial", "file:"+console,
-		// wait=on: the VM starts only once the host side is connected, so
-		// nothing the agent writes is lost.
-		"-chardev", "socket,id=channel,path="+sock+",server=on,wait=on",
-		"-serial", "chardev:channel",
-	)
-	var qemuOut bytes.Buffer
-	qemu.Stdout, qemu.Stderr = &qemuOut, &qemuOut
-	must(t, qemu.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- qemu.Wait() }()
-	t.Cleanup(func() {
-		_ = qemu.Process.Kill()
-		<-exited
-		if t.Failed() {
-			b, _ := os.ReadFile(console)
-			t.Logf("qemu: %s\nconsole:\n%s", qemuOut.String(), b)
-		}
-	})
+	// wait=on: the VM starts only once the host side is connected, so
+	// nothing the agent writes is lost.
+	vm := Boot(t, ctx, dir, disks, "-chardev", "socket,id=channel,path="+sock+",server=on,wait=on", "-serial", "chardev:channel")
+	exited := vm.Exited
 
 	var c net.Conn
 	for c == nil {
@@ -207,7 +145,7 @@ func TestBootRunsContainer(t *testing.T) {
 		t.Fatalf("after resync: %s %s, want a full status with main's exit code 3", env.Type, env.Body)
 	}
 	// The container's writes went to the ephemeral disk, never the image.
-	if b, _ := os.ReadFile(layerDisk); bytes.Contains(b, []byte(marker)) {
+	if b, _ := os.ReadFile(disks.Image); bytes.Contains(b, []byte(marker)) {
 		t.Fatal("the image disk was written")
 	}
 }
@@ -222,41 +160,4 @@ func receive(t *testing.T, conn *guestchannel.Conn) guestchannel.Envelope {
 		t.Fatalf("channel: %v", err)
 	}
 	return env
-}
-
-func buildImage(t *testing.T, dir string) *build.Result {
-	t.Helper()
-	init, agent, err := build.GoBinaries(filepath.Join(dir, "bin"))
-	must(t, err)
-	r, err := build.Build(build.Config{Init: init, Agent: agent}, filepath.Join(dir, "image"))
-	must(t, err)
-	return r
-}
-
-func run(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %s: %v: %s", name, strings.Join(args, " "), err, out)
-	}
-}
-
-func padToSector(t *testing.T, p string) {
-	st, err := os.Stat(p)
-	must(t, err)
-	if r := st.Size() % 512; r != 0 {
-		must(t, os.Truncate(p, st.Size()+512-r))
-	}
-}
-
-func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
-	b, err := os.ReadFile(src)
-	must(t, err)
-	must(t, os.WriteFile(dst, b, mode))
-}
-
-func must(t *testing.T, err error) {
-	t.Helper()
-	if err != nil {
-		t.Fatal(err)
-	}
 }

@@ -3,6 +3,9 @@
 // extent) on the IDE bus, a paravirtual SCSI controller carrying the
 // ephemeral disk at scsi0:0, an image chain disk (erofs, made as the image
 // cache makes them) read-only at scsi0:1 and a configuration disk with the
-// pod's guestinfo, and the guest channel on the second serial port. The
-// test plays the host agent's side of the channel.
+// pod's guestinfo, and the guest channel on the second serial port.
+// TestBootRunsContainer plays the host agent's side of the channel; the
+// package's helpers (MakeDisks, Boot) let a test elsewhere put the real
+// host side there instead (cmd/internal/cli: a network serial port to the
+// host agents' concentrator, as a vSphere host connects one).
 package qemutest

@@ -46,7 +46,8 @@ type Concentrator struct {
 	Agents map[string]*Service
 	mu     sync.Mutex
 	lines  map[string]*line // by pod record key
-	// HelloTimeout bounds the wait for a hello (default 10s).
+	// HelloTimeout is how long a line may stay silent before it is asked
+	// for a hello again (default 10s).
 	HelloTimeout time.Duration
 	Log          *slog.Logger
 }
@@ -146,40 +147,53 @@ func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger)
 }
 
 // hello asks for a hello (resync) and reads it, skipping what does not
-// decode and anything but a hello, within HelloTimeout; it checks the
-// channel token.
+// decode and anything but a hello; it checks the channel token. A line is
+// silent until its guest's agent runs (a host connects the port at
+// power-on, before the guest has booted), and what reaches the port before
+// the agent opens it is lost: so the resync is sent again after every
+// HelloTimeout of silence, for as long as the line stays connected. Only
+// lines that are not a hello count against the line (maxSkippedBeforeHello).
 func (c *Concentrator) hello(ctx context.Context, nc net.Conn, conn *guestchannel.Conn) (guestchannel.Hello, error) {
 	var h guestchannel.Hello
 	timeout := c.HelloTimeout
 	if timeout <= 0 {
 		timeout = 10 * time.Second
 	}
-	// The deadline ends a read that waits for a guest that says nothing;
-	// it is lifted once the hello is in.
-	_ = nc.SetReadDeadline(time.Now().Add(timeout))
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
 	defer stop()
-	if err := conn.Send(guestchannel.TypeResync, "", nil); err != nil {
-		return h, fmt.Errorf("resync: %w", err)
-	}
-	for skipped := 0; ; skipped++ {
-		if skipped > maxSkippedBeforeHello {
-			return h, fmt.Errorf("no hello in the first %d lines", maxSkippedBeforeHello)
+	ask := func() error {
+		_ = nc.SetReadDeadline(time.Now().Add(timeout))
+		if err := conn.Send(guestchannel.TypeResync, "", nil); err != nil {
+			return fmt.Errorf("resync: %w", err)
 		}
+		return nil
+	}
+	if err := ask(); err != nil {
+		return h, err
+	}
+	for skipped := 0; ; {
 		env, err := conn.Receive()
-		if errors.Is(err, guestchannel.ErrMalformedFrame) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			if err := ask(); err != nil { // silent so far: ask again
+				return h, err
+			}
 			continue
 		}
-		if err != nil {
+		if err == nil && env.Type == guestchannel.TypeHello {
+			if err := env.Decode(&h); err != nil {
+				return h, err
+			}
+			break
+		}
+		if err != nil && !errors.Is(err, guestchannel.ErrMalformedFrame) {
 			return h, fmt.Errorf("read hello: %w", err)
 		}
-		if env.Type != guestchannel.TypeHello {
-			continue // the rest of an earlier connection's session
+		// A line that does not decode, or the rest of an earlier
+		// connection's session.
+		if skipped++; skipped > maxSkippedBeforeHello {
+			return h, fmt.Errorf("no hello in the first %d lines", maxSkippedBeforeHello)
 		}
-		if err := env.Decode(&h); err != nil {
-			return h, err
-		}
-		break
 	}
 	_ = nc.SetReadDeadline(time.Time{})
 	return h, c.check(h)

@@ -212,3 +212,38 @@ func TestConcentratorFollowsAPodToItsNewHost(t *testing.T) {
 	default:
 	}
 }
+
+// A line is silent until its guest's agent runs, and the resync sent before
+// the agent opened its port is lost: the concentrator keeps the line and
+// asks again, and the hello that comes late is admitted.
+func TestConcentratorWaitsForASilentLine(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key) // HelloTimeout 2s
+	e.putPod("late", "uid-late", host, 30, "app")
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	conn := guestchannel.NewConn(nc)
+	start := time.Now()
+	for i := range 2 {
+		env, err := conn.Receive()
+		if err != nil || env.Type != guestchannel.TypeResync {
+			t.Fatalf("message %d on a silent line: %+v, %v; want resync", i, env, err)
+		}
+	}
+	if waited := time.Since(start); waited < time.Second {
+		t.Errorf("asked again after %s of silence, want about the hello timeout (2s)", waited)
+	}
+	hello := guestchannel.Hello{PodUID: "uid-late", Namespace: "default", Name: "late", BootID: "b1",
+		ChannelToken: guestchannel.ChannelToken(key, "uid-late", "default", "late")}
+	if err := conn.Send(guestchannel.TypeHello, "", hello); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Send(guestchannel.TypeStatus, "", guestchannel.Status{Full: true, Seq: 1, Phase: guestchannel.PhaseRunning}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitReports("uid-late", 1)
+}
