@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -51,6 +52,9 @@ type DataPlane struct {
 	// Runtime is the OCI runtime the guests run their containers with and
 	// the direct baseline uses: crun when it is on PATH, else runc.
 	Runtime string `json:"runtime"`
+	// Channel is how the guests reach their host agents (socket, or serial:
+	// network serial ports to the concentrator, over TLS).
+	Channel string `json:"channel"`
 	// Running counts the pods that reached Running (pod.running: every
 	// container started in its guest) within the timeout.
 	Running int     `json:"running"`
@@ -135,7 +139,7 @@ func dataPlaneReady(agent string) string {
 // agent, on a short state dir of its own (guest channels are unix sockets
 // under it), with the bench's tuning and the settings of extra on top, and
 // dials it as identity. stop closes both and removes the state dir.
-func startGuests(ctx context.Context, cfg Config, agent string, clusters, per int, extra map[string]string, identity string) (*allinone.System, *bus.Bus, func(), error) {
+func startGuests(ctx context.Context, cfg Config, agent, channel string, clusters, per int, extra map[string]string, identity string) (*allinone.System, *bus.Bus, func(), error) {
 	dir, err := os.MkdirTemp("", "pvg-")
 	if err != nil {
 		return nil, nil, nil, err
@@ -156,7 +160,7 @@ func startGuests(ctx context.Context, cfg Config, agent string, clusters, per in
 	specs = slices.DeleteFunc(specs, func(s runner.Spec) bool { return s.Name == guestcluster.Name })
 	sys, err := allinone.Start(ctx, allinone.Config{
 		StateDir: dir, Clusters: clusters, HostsPerCluster: per, Services: specs, Seed: 1, Logger: cfg.Logger,
-		Settings: settings, Guests: allinone.GuestsOn, Agent: agent,
+		Settings: settings, Guests: allinone.GuestsOn, Agent: agent, GuestChannel: channel,
 	})
 	if err != nil {
 		os.RemoveAll(dir)
@@ -180,7 +184,7 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	if agent == "" {
 		agent = allinone.DefaultAgentPath()
 	}
-	out := &DataPlane{Pods: cfg.DataPlanePods, Runtime: allinone.GuestRuntime()}
+	out := &DataPlane{Pods: cfg.DataPlanePods, Runtime: allinone.GuestRuntime(), Channel: cmp.Or(cfg.DataPlaneChannel, allinone.GuestChannelSocket)}
 	if why := dataPlaneReady(agent); why != "" {
 		out.Skipped = why
 		return out, nil
@@ -196,7 +200,7 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 		otel.SetTracerProvider(tp)
 		defer func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(context.Background()) }()
 	}
-	sys, b, stop, err := startGuests(ctx, cfg, agent, clusters, per, nil, "bench")
+	sys, b, stop, err := startGuests(ctx, cfg, agent, cfg.DataPlaneChannel, clusters, per, nil, "bench")
 	if err != nil {
 		return nil, err
 	}
@@ -220,7 +224,7 @@ func runDataPlane(ctx context.Context, cfg Config, p progress) (*DataPlane, erro
 	for i := range names {
 		names[i] = fmt.Sprintf("dp-%04d", i)
 	}
-	p.say("data plane: %d pods at once with guests on %d hosts (%s)…", len(names), out.Hosts, out.Runtime)
+	p.say("data plane: %d pods at once with guests on %d hosts (%s, %s channels)…", len(names), out.Hosts, out.Runtime, out.Channel)
 	// Each guest formats its ephemeral disk and starts its agent and its
 	// runtime: far more work per pod than a VM alone.
 	timeout := max(cfg.Timeout, 2*time.Minute+time.Duration(len(names))*time.Second)

@@ -83,7 +83,9 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(spans)))
 	otel.SetTracerProvider(tp)
 	defer func() { _ = tp.Shutdown(context.Background()) }()
-	sys, b, stop, err := startGuests(ctx, cfg, agent, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
+	// The hypervisor's socket: a template's standby is taken over through
+	// it (pod VMs on network serial ports are created, not forked).
+	sys, b, stop, err := startGuests(ctx, cfg, agent, allinone.GuestChannelSocket, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
 	if err != nil {
 		return nil, err
 	}
