@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -172,9 +173,9 @@ func (s *System) executable() (string, error) {
 
 // serviceExecutable runs the service processes: podvisord beside the
 // executable of up when it is there (`make build` and the image put it
-// there; a service process maps less of it than of the whole CLI), else up's
-// own executable, whose `serve` runs the same code. The arguments are the
-// same for both.
+// there; a service process maps less of it than of the whole CLI) and of the
+// same build, else up's own executable, whose `serve` runs the same code.
+// The arguments are the same for both.
 func (s *System) serviceExecutable() (string, error) {
 	self, err := s.executable()
 	if err != nil {
@@ -182,9 +183,36 @@ func (s *System) serviceExecutable() (string, error) {
 	}
 	d := filepath.Join(filepath.Dir(self), "podvisord")
 	if st, err := os.Stat(d); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-		return d, nil
+		// A podvisord left from another build (an older `make build`, a
+		// copy) would run other service code than this up expects.
+		theirs, mine := buildOf(d), buildOf(self)
+		if theirs == mine || theirs == "" || mine == "" {
+			return d, nil
+		}
+		s.log.Warn("podvisord beside this executable is another build; the service processes run this executable instead",
+			"podvisord", theirs, "this", mine)
 	}
 	return self, nil
+}
+
+// buildRe reads the version and commit of a `version` line
+// (buildinfo.Info.String).
+var buildRe = regexp.MustCompile(`^podvisor (\S+) \(commit (\S+),`)
+
+// buildOf is the version and commit exe's `version` prints, or "" when it
+// does not say (a commit unknown, an executable that has no such command).
+func buildOf(exe string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, exe, "version").Output()
+	if err != nil {
+		return ""
+	}
+	m := buildRe.FindStringSubmatch(strings.TrimSpace(string(out)))
+	if m == nil || m[2] == "unknown" {
+		return ""
+	}
+	return m[1] + " " + m[2]
 }
 
 // startNATSCluster starts the cluster's nodes as supervised processes and
