@@ -102,7 +102,7 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 	// the replicas of the streams it declared.
 	if spec.Check != nil {
 		if err := spec.Check(settings); err != nil {
-			return fmt.Errorf("%s: %w", spec.Name, err)
+			return fmt.Errorf("%w: %s: %v", ErrSettings, spec.Name, err)
 		}
 	}
 	var profiling bool
@@ -174,7 +174,7 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 	if spec.NeedsVSphere {
 		cfg, err := vsphere.ConfigFrom(settings)
 		if err != nil {
-			return err
+			return fmt.Errorf("%w: %v", ErrSettings, err)
 		}
 		sess, err := vsphere.Connect(ctx, cfg)
 		if err != nil {

@@ -14,6 +14,9 @@ func TestBadSettingsStopBeforeConnecting(t *testing.T) {
 		{"scheduler", "PODVISOR_PROFILING", "maybe", "PODVISOR_PROFILING"},
 		{"scheduler", "PODVISOR_STREAM_REPLICAS", "9", "PODVISOR_STREAM_REPLICAS"},
 		{"no-such-service", "PODVISOR_PROFILING", "true", "no-such-service"},
+		// A service's own settings (its Check), and the host agents'.
+		{"scheduler", "PODVISOR_SCHEDULER_WORKERS", "-3", "Workers"},
+		{"hostagent", "PODVISOR_HOSTAGENT_HOST", "*", "PODVISOR_HOSTAGENT_CONCENTRATOR"},
 	} {
 		t.Setenv(tc.env, tc.value)
 		// No NATS anywhere: reaching a connection would fail differently.
