@@ -2,6 +2,7 @@ package guestchannel
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -253,6 +254,9 @@ type Conn struct {
 	rw  io.ReadWriteCloser
 	r   *bufio.Reader
 	wmu sync.Mutex
+	// partial is a line read in part when a read failed (a deadline): the
+	// next Receive goes on with it, so that a frame is never cut in two.
+	partial []byte
 }
 
 // NewConn wraps a connected stream.
@@ -295,24 +299,31 @@ func (c *Conn) Send(typ, id string, body any) error {
 }
 
 // Receive reads the next message. It returns io.EOF when the peer closed the
-// stream cleanly.
+// stream cleanly. A read error (a deadline passing) leaves what was read of
+// the line for the next Receive.
 func (c *Conn) Receive() (Envelope, error) {
 	var line []byte
 	for {
-		chunk, isPrefix, err := c.r.ReadLine()
+		chunk, err := c.r.ReadSlice('\n')
+		c.partial = append(c.partial, chunk...)
+		if len(c.partial) > MaxFrame {
+			c.partial = nil
+			// The rest of the line is skipped by the next Receives as
+			// frames that do not decode.
+			return Envelope{}, ErrFrameTooLarge
+		}
+		if err == bufio.ErrBufferFull {
+			continue
+		}
 		if err != nil {
-			if err == io.EOF && len(line) > 0 {
+			if err == io.EOF && len(c.partial) > 0 {
+				c.partial = nil
 				err = io.ErrUnexpectedEOF
 			}
 			return Envelope{}, err
 		}
-		line = append(line, chunk...)
-		if len(line) > MaxFrame {
-			return Envelope{}, ErrFrameTooLarge
-		}
-		if !isPrefix {
-			break
-		}
+		line, c.partial = bytes.TrimRight(c.partial, "\r\n"), nil
+		break
 	}
 	var env Envelope
 	if err := json.Unmarshal(line, &env); err != nil {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConnRoundTrip(t *testing.T) {
@@ -145,5 +146,29 @@ func wantErrorNaming(t *testing.T, err error, field string) {
 	}
 	if err == nil || !strings.Contains(err.Error(), field) {
 		t.Fatalf("Validate = %v, want an error naming %s", err, field)
+	}
+}
+
+// A read that fails midway through a frame (a deadline passing) keeps what
+// it read: the next Receive returns the whole frame, not two halves.
+func TestReceiveKeepsAFrameCutByADeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := NewConn(a)
+	frame := `{"v":1,"type":"hello","body":{"podUID":"u","bootID":"b"}}` + "\n"
+	go func() { _, _ = b.Write([]byte(frame[:20])) }()
+	if err := a.SetReadDeadline(time.Now().Add(100 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	var ne net.Error
+	if _, err := c.Receive(); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("Receive with half a frame and a deadline: %v, want a timeout", err)
+	}
+	_ = a.SetReadDeadline(time.Time{})
+	go func() { _, _ = b.Write([]byte(frame[20:])) }()
+	env, err := c.Receive()
+	if err != nil || env.Type != TypeHello {
+		t.Fatalf("Receive after the deadline: %+v, %v; want the whole hello", env, err)
 	}
 }

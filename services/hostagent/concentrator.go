@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,7 +50,10 @@ type Concentrator struct {
 	// HelloTimeout is how long a line may stay silent before it is asked
 	// for a hello again (default 10s).
 	HelloTimeout time.Duration
-	Log          *slog.Logger
+	// MaxGreeting bounds the lines connected at once that have not said
+	// hello yet; more are closed at once (DefaultMaxGreeting).
+	MaxGreeting int
+	Log         *slog.Logger
 }
 
 // ListenConcentrator loads the channel key and listens where cfg says
@@ -77,12 +81,44 @@ func ListenConcentrator(cfg ConcentratorConfig, agents map[string]*Service, log 
 	return &Concentrator{Listener: ln, Key: key, Agents: agents, Log: log}, nil
 }
 
-// maxSkippedBeforeHello bounds the lines skipped while waiting for a
-// hello: a peer that sends anything but frames is dropped.
-const maxSkippedBeforeHello = 64
+// Limits on lines that have not said hello yet: anyone who reaches the
+// port can open one.
+const (
+	// maxMalformedBeforeHello bounds the lines that do not decode before a
+	// hello (what a reconnection cut, a console's noise).
+	maxMalformedBeforeHello = 64
+	// helloBudget bounds the bytes a line sends before its first hello.
+	helloBudget = 256 << 10
+	// DefaultMaxGreeting is Concentrator.MaxGreeting's default.
+	DefaultMaxGreeting = 256
+)
 
-// Run accepts channels until ctx ends, then closes the listener and waits
-// for the channels it serves.
+// errTooMuchBeforeHello ends a line that sent helloBudget without a hello.
+var errTooMuchBeforeHello = errors.New("too much before a hello")
+
+// budgetConn is a line whose reads are bounded until its hello is in.
+type budgetConn struct {
+	net.Conn
+	left atomic.Int64 // bytes it may still send; below 0, no bound
+}
+
+func (b *budgetConn) Read(p []byte) (int, error) {
+	left := b.left.Load()
+	if left == 0 {
+		return 0, errTooMuchBeforeHello
+	}
+	if left > 0 && int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := b.Conn.Read(p)
+	if left > 0 {
+		b.left.Add(-int64(n))
+	}
+	return n, err
+}
+
+// Run accepts channels until ctx ends (or the listener fails for good),
+// then closes the listener and ends the lines it serves.
 func (c *Concentrator) Run(ctx context.Context) error {
 	if len(c.Key) < guestchannel.ChannelKeySize {
 		return fmt.Errorf("hostagent concentrator: channel key of %d bytes, want %d", len(c.Key), guestchannel.ChannelKeySize)
@@ -92,43 +128,99 @@ func (c *Concentrator) Run(ctx context.Context) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("service", Name, "concentrator", c.Listener.Addr().String())
-	stop := context.AfterFunc(ctx, func() { c.Listener.Close() })
-	defer stop()
+	max := c.MaxGreeting
+	if max <= 0 {
+		max = DefaultMaxGreeting
+	}
+	greeting := make(chan struct{}, max)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Whatever ends Run ends the lines too.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	stop := context.AfterFunc(wctx, func() { c.Listener.Close() })
+	defer stop()
 	wg.Go(func() { c.followMoves(wctx, log) })
 	log.Info("guest channel concentrator listening")
+	backoff := 5 * time.Millisecond
 	for {
 		nc, err := c.Listener.Accept()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+			if wctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
+			}
+			if errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED) {
+				// Out of descriptors for now: as net/http does, wait and
+				// accept again.
+				log.Warn("concentrator: accept", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+				case <-wctx.Done():
+					return nil
+				}
+				backoff = min(2*backoff, time.Second)
+				continue
 			}
 			return fmt.Errorf("hostagent concentrator: accept: %w", err)
 		}
-		wg.Go(func() { c.serve(ctx, nc, log.With("peer", nc.RemoteAddr().String())) })
+		backoff = 5 * time.Millisecond
+		select {
+		case greeting <- struct{}{}:
+		default:
+			log.Warn("concentrator: too many lines waiting for their hello; one refused", "peer", nc.RemoteAddr().String(), "max", max)
+			nc.Close()
+			continue
+		}
+		bc := &budgetConn{Conn: nc}
+		bc.left.Store(helloBudget)
+		wg.Go(func() {
+			greeted := sync.OnceFunc(func() { <-greeting })
+			defer greeted()
+			c.serve(wctx, bc, greeted, log.With("peer", nc.RemoteAddr().String()))
+		})
 	}
 }
 
-func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger) {
-	conn := guestchannel.NewConn(nc)
+// serve runs one line: its hello, then the sessions of the agents it is
+// routed to, until it closes. greeted frees its place among the lines
+// waiting for a hello.
+func (c *Concentrator) serve(ctx context.Context, bc *budgetConn, greeted func(), log *slog.Logger) {
+	conn := guestchannel.NewConn(bc)
 	defer conn.Close()
 	// The concentrator's end ends its lines, whatever agent serves them.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	h, err := c.hello(ctx, nc, conn)
+	h, err := c.hello(ctx, bc, conn)
 	for err == nil {
+		bc.left.Store(-1)
+		greeted()
 		agent, rec, rerr := c.route(ctx, h)
+		if rerr != nil && !errors.Is(rerr, ErrRefused) && ctx.Err() == nil {
+			// No agent for the pod's host yet (a restart of a process
+			// serving every host: its lines come back before its agents),
+			// or the bus did not answer: the line is kept, asked again.
+			log.Info("guest channel not routed yet", "err", rerr)
+			select {
+			case <-time.After(c.helloTimeout()):
+			case <-ctx.Done():
+				return
+			}
+			h, err = c.hello(ctx, bc, conn)
+			continue
+		}
 		if rerr != nil {
 			err = rerr
 			break
 		}
-		l := &line{nc: nc, host: rec.Host}
+		l := &line{nc: bc, host: rec.Host}
 		key := events.PodRecordKey(rec.Namespace, rec.Name)
 		c.track(key, l)
-		next := agent.serveGreeted(ctx, conn, h, rec, &l.moved)
+		// A move recorded between the route and the tracking is not seen
+		// by followMoves: look once more.
+		if now, err := agent.record(ctx, rec.Namespace, rec.Name); err == nil && now.Host != "" && now.Host != rec.Host {
+			c.markMoved(key, l)
+		}
+		next := agent.serveGreeted(ctx, conn, h, rec, l)
 		c.untrack(key, l)
 		switch {
 		case next == nil:
@@ -136,7 +228,7 @@ func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger)
 		case l.moved.Load():
 			// The pod was placed on another host: ask the line again, and
 			// route the hello to that host's agent with a full status.
-			h, err = c.hello(ctx, nc, conn)
+			h, err = c.hello(ctx, bc, conn)
 		default:
 			// The guest booted again behind a line that stayed connected.
 			h, err = *next, c.check(*next)
@@ -146,23 +238,28 @@ func (c *Concentrator) serve(ctx context.Context, nc net.Conn, log *slog.Logger)
 	_ = conn.Send(guestchannel.TypeError, "", guestchannel.Error{Message: err.Error()})
 }
 
+func (c *Concentrator) helloTimeout() time.Duration {
+	if c.HelloTimeout <= 0 {
+		return 10 * time.Second
+	}
+	return c.HelloTimeout
+}
+
 // hello asks for a hello (resync) and reads it, skipping what does not
 // decode and anything but a hello; it checks the channel token. A line is
 // silent until its guest's agent runs (a host connects the port at
 // power-on, before the guest has booted), and what reaches the port before
 // the agent opens it is lost: so the resync is sent again after every
 // HelloTimeout of silence, for as long as the line stays connected. Only
-// lines that are not a hello count against the line (maxSkippedBeforeHello).
+// lines that do not decode count against the line
+// (maxMalformedBeforeHello); before the first hello the bytes it may send
+// are bounded too (helloBudget).
 func (c *Concentrator) hello(ctx context.Context, nc net.Conn, conn *guestchannel.Conn) (guestchannel.Hello, error) {
 	var h guestchannel.Hello
-	timeout := c.HelloTimeout
-	if timeout <= 0 {
-		timeout = 10 * time.Second
-	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetReadDeadline(time.Now()) })
 	defer stop()
 	ask := func() error {
-		_ = nc.SetReadDeadline(time.Now().Add(timeout))
+		_ = nc.SetReadDeadline(time.Now().Add(c.helloTimeout()))
 		if err := conn.Send(guestchannel.TypeResync, "", nil); err != nil {
 			return fmt.Errorf("resync: %w", err)
 		}
@@ -171,32 +268,29 @@ func (c *Concentrator) hello(ctx context.Context, nc net.Conn, conn *guestchanne
 	if err := ask(); err != nil {
 		return h, err
 	}
-	for skipped := 0; ; {
+	for malformed := 0; ; {
 		env, err := conn.Receive()
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+		switch {
+		case errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil:
 			if err := ask(); err != nil { // silent so far: ask again
 				return h, err
 			}
-			continue
-		}
-		if err == nil && env.Type == guestchannel.TypeHello {
+		case errors.Is(err, guestchannel.ErrMalformedFrame):
+			if malformed++; malformed > maxMalformedBeforeHello {
+				return h, fmt.Errorf("%d lines that do not decode and no hello", malformed)
+			}
+		case err != nil:
+			return h, fmt.Errorf("read hello: %w", err)
+		case env.Type == guestchannel.TypeHello:
 			if err := env.Decode(&h); err != nil {
 				return h, err
 			}
-			break
+			_ = nc.SetReadDeadline(time.Time{})
+			return h, c.check(h)
 		}
-		if err != nil && !errors.Is(err, guestchannel.ErrMalformedFrame) {
-			return h, fmt.Errorf("read hello: %w", err)
-		}
-		// A line that does not decode, or the rest of an earlier
-		// connection's session.
-		if skipped++; skipped > maxSkippedBeforeHello {
-			return h, fmt.Errorf("no hello in the first %d lines", maxSkippedBeforeHello)
-		}
+		// Anything else is the rest of an earlier session on the line.
 	}
-	_ = nc.SetReadDeadline(time.Time{})
-	return h, c.check(h)
 }
 
 // check checks a hello that arrived through the concentrator: it must name
@@ -242,28 +336,47 @@ func (c *Concentrator) untrack(key string, l *line) {
 	}
 }
 
+// markMoved gives back l, the line of the pod of key, to be routed again:
+// its read is interrupted (a deadline in the past). It does nothing to a
+// line that key no longer names, so that a later session on the same
+// connection is never cut.
+func (c *Concentrator) markMoved(key string, l *line) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lines[key] != l || l.moved.Load() {
+		return
+	}
+	l.moved.Store(true)
+	_ = l.nc.SetReadDeadline(time.Now())
+}
+
 // followMoves watches the pod records (keys only) and gives back the line
 // of a pod whose record names another host than the one its line was
 // routed to: a migrated pod's line must reach the agent of its new host,
 // which serves its logs and exec. A relocation makes the hosts connect the
 // line again, but possibly before the record says where the pod is now.
+// The watch is made again if it fails or ends.
 func (c *Concentrator) followMoves(ctx context.Context, log *slog.Logger) {
-	var pods jetstream.KeyValue
-	for pods == nil {
+	for delay := time.Second; ctx.Err() == nil; delay = min(2*delay, 30*time.Second) {
 		if _, some := c.agents(""); some != nil {
-			pods = some.pods
-			break
+			if err := c.watchMoves(ctx, some); err != nil && ctx.Err() == nil {
+				log.Warn("concentrator: following the pods' moves", "err", err, "retry_in", delay)
+			} else {
+				delay = time.Second
+			}
 		}
 		select {
 		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
+		case <-time.After(delay):
 		}
 	}
-	w, err := pods.WatchAll(ctx, jetstream.MetaOnly(), jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+}
+
+// watchMoves is one watch of followMoves, through agent's bucket handle.
+func (c *Concentrator) watchMoves(ctx context.Context, agent *Service) error {
+	w, err := agent.pods.WatchAll(ctx, jetstream.MetaOnly(), jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
 	if err != nil {
-		log.Warn("concentrator: cannot follow the pods' moves", "err", err)
-		return
+		return err
 	}
 	defer w.Stop()
 	for e := range w.Updates() {
@@ -277,14 +390,13 @@ func (c *Concentrator) followMoves(ctx context.Context, log *slog.Logger) {
 			continue
 		}
 		ns, name, _ := cutKey(e.Key())
-		_, some := c.agents("")
-		rec, err := some.record(ctx, ns, name)
+		rec, err := agent.record(ctx, ns, name)
 		if err != nil || rec.Host == "" || rec.Host == l.host {
 			continue
 		}
-		l.moved.Store(true)
-		_ = l.nc.SetReadDeadline(time.Now())
+		c.markMoved(e.Key(), l)
 	}
+	return errors.New("the watch ended")
 }
 
 // Add hands the channels of host's pods to agent from now on.
@@ -321,7 +433,9 @@ func (c *Concentrator) route(ctx context.Context, h guestchannel.Hello) (*Servic
 	}
 	agent, _ := c.agents(rec.Host)
 	if agent == nil {
-		return nil, nil, fmt.Errorf("pod %s is placed on %q, which no host agent of this process serves: %w", rec.Key(), rec.Host, ErrRefused)
+		// Not a refusal: a process serving every host adds the host's
+		// agent once the host is recorded.
+		return nil, nil, fmt.Errorf("pod %s is placed on %q, which no host agent of this process serves (yet)", rec.Key(), rec.Host)
 	}
 	return agent, rec, nil
 }

@@ -7,8 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,7 +29,7 @@ type podConn struct {
 	// boot ends the session with rehello.
 	serial  bool
 	rehello *guestchannel.Hello
-	moved   *atomic.Bool // set by the concentrator (serveGreeted)
+	line    *line // the concentrator's view of the line (serveGreeted)
 
 	mu      sync.Mutex
 	status  guestchannel.Status                     // merged: Containers/InitContainers complete so far
@@ -62,15 +62,15 @@ func (s *Service) serveConn(ctx context.Context, conn *guestchannel.Conn) {
 // (nil) or the guest says hello anew on the line (that hello: a guest that
 // booted again, for which the concentrator checks and routes the channel
 // again). The concentrator closes the line.
-// moved, when set, says the pod was placed elsewhere since: the line's
-// read was interrupted for it, and the session ends with the hello it had,
-// to be routed again.
-func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord, moved *atomic.Bool) *guestchannel.Hello {
+// When l.moved is set the pod was placed elsewhere since: the line's read
+// was interrupted for it, and the session ends with the hello it had, to be
+// routed again.
+func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h guestchannel.Hello, rec *events.PodRecord, l *line) *guestchannel.Hello {
 	pc := s.newPodConn(conn, h, rec)
 	// A serial line carries what the guest's console or a half-sent frame
 	// left on it; a frame that does not decode is skipped, not the end of
 	// the channel.
-	pc.serial, pc.moved = true, moved
+	pc.serial, pc.line = true, l
 	s.servePod(ctx, pc)
 	return pc.rehello
 }
@@ -90,7 +90,17 @@ func (s *Service) servePod(ctx context.Context, pc *podConn) {
 
 	pubDone := make(chan struct{})
 	go func() { defer close(pubDone); s.publishLoop(ctx, pc) }()
-	if pc.hello.KeyRequest != nil {
+	switch {
+	case pc.hello.KeyRequest != nil && pc.serial:
+		// A line through the concentrator does not prove it comes from the
+		// VM: whoever reads the VM's configuration knows everything its
+		// hello says. A disk key goes only where the hypervisor puts the
+		// line (provisioner: pods asking for one fail where channels are
+		// network serial ports).
+		pc.log.Warn("disk key not asked for: the channel is a network serial port")
+		_ = pc.conn.Send(guestchannel.TypeDiskKey, "", guestchannel.DiskKey{
+			Error: "encrypted ephemeral disks are not available where channels are network serial ports"})
+	case pc.hello.KeyRequest != nil:
 		go s.forwardKeyRequest(ctx, pc)
 	}
 	defer func() {
@@ -109,10 +119,19 @@ func (s *Service) servePod(ctx context.Context, pc *podConn) {
 			pc.log.Warn("guest channel: a frame that does not decode skipped", "err", err)
 			continue
 		}
-		if err != nil && pc.moved != nil && pc.moved.Load() {
-			pc.log.Info("guest channel: the pod moved to another host; its line is routed again")
-			pc.rehello = &pc.hello
-			return
+		if err != nil && pc.line != nil {
+			var ne net.Error
+			switch {
+			case pc.line.moved.Load():
+				pc.log.Info("guest channel: the pod moved to another host; its line is routed again")
+				pc.rehello = &pc.hello
+				return
+			case errors.As(err, &ne) && ne.Timeout():
+				// A deadline meant for an earlier session on this line:
+				// the frame read in part is kept (guestchannel.Conn).
+				_ = pc.line.nc.SetReadDeadline(time.Time{})
+				continue
+			}
 		}
 		if err != nil {
 			return

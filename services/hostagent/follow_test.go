@@ -3,6 +3,7 @@ package hostagent_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"slices"
 	"sync"
 	"testing"
@@ -32,17 +33,24 @@ func TestFollowHostsAddsEveryHostOnce(t *testing.T) {
 	}
 	put("esx-1")
 	var mu sync.Mutex
-	var added []string
+	var added, failed []string
 	done := make(chan error, 1)
 	go func() {
 		done <- hostagent.FollowHosts(ctx, b, func(host string) error {
 			mu.Lock()
 			defer mu.Unlock()
 			added = append(added, host)
+			if host == "esx 2" {
+				return errors.New("a host name the agent's settings refuse")
+			}
 			return nil
+		}, func(host string, err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			failed = append(failed, host)
 		})
 	}()
-	put("esx-2")
+	put("esx 2") // a host it cannot serve: reported, and not the end of the others
 	put("esx-1") // a host's record written again (its totals)
 	put("esx-3")
 	deadline := time.Now().Add(10 * time.Second)
@@ -52,9 +60,14 @@ func TestFollowHostsAddsEveryHostOnce(t *testing.T) {
 		mu.Unlock()
 		if len(got) >= 3 {
 			slices.Sort(got)
-			if !slices.Equal(got, []string{"esx-1", "esx-2", "esx-3"}) {
-				t.Fatalf("agents added for %v, want esx-1, esx-2 and esx-3 once each", got)
+			if !slices.Equal(got, []string{"esx 2", "esx-1", "esx-3"}) {
+				t.Fatalf("agents added for %v, want esx-1, esx 2 and esx-3 once each", got)
 			}
+			mu.Lock()
+			if !slices.Equal(failed, []string{"esx 2"}) {
+				t.Errorf("hosts reported failed: %v, want esx 2", failed)
+			}
+			mu.Unlock()
 			break
 		}
 		if time.Now().After(deadline) {

@@ -12,6 +12,8 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -93,5 +95,35 @@ func TestChannelSettingsAreChecked(t *testing.T) {
 	cfg.ChannelURI, cfg.ChannelKeyFile = "tcp://c.example:7041", filepath.Join(t.TempDir(), "absent")
 	if _, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: testenv.Logger()}); err == nil || !strings.Contains(err.Error(), EnvChannelKeyFile) {
 		t.Errorf("New with a missing channel key file = %v, want an error naming %s", err, EnvChannelKeyFile)
+	}
+}
+
+// A pod asking for an encrypted ephemeral disk fails where channels are
+// network serial ports: the concentrator cannot prove a key request comes
+// from the pod's VM, so no key is ever released over such a line.
+func TestEncryptedPodFailsWithSerialChannels(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "channel.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("c", guestchannel.ChannelKeySize)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kek := filepath.Join(dir, "kek")
+	if err := diskkeys.WriteKeyFile(kek); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.ChannelURI, cfg.ChannelKeyFile, cfg.KeyFile = "tcp://concentrator.example:7041", keyFile, kek
+	e.start(cfg)
+	pod := testPod("sealed-serial")
+	pod.Annotations = map[string]string{events.AnnotationEphemeralEncryption: events.EphemeralEncryptionRequired}
+	acc := e.request(pod)
+	e.facts(acc, e.DC.Hosts()[0].Name)
+	f := testenv.Wait(e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })
+	if f.Reason != ReasonEncryptionUnavailable || !strings.Contains(f.Message, EnvChannelURI) {
+		t.Fatalf("pod.failed = %+v, want EncryptionUnavailable naming %s", f, EnvChannelURI)
+	}
+	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 0 {
+		t.Fatalf("%d VMs made for a pod that cannot get its key", len(vms))
 	}
 }

@@ -18,6 +18,14 @@ func (s *Service) prepareEncryption(r *events.PodRecord) error {
 	if !events.PodEphemeralEncryption(&r.Pod) {
 		return nil
 	}
+	if s.cfg.ChannelURI != "" {
+		// A key request arriving through the concentrator proves nothing
+		// a reader of the VM's configuration could not say: the key goes
+		// only where the hypervisor puts the line (vsock, its socket).
+		return step(ReasonEncryptionUnavailable, bus.Permanent(fmt.Errorf(
+			"encrypted ephemeral disks are not available where pod VMs' channels are network serial ports (%s): "+
+				"a key request on such a line cannot be proven to come from the pod's VM", EnvChannelURI)))
+	}
 	if err := s.keys.Prepare(r); err != nil {
 		return step(ReasonEncryptionUnavailable, bus.Permanent(err))
 	}

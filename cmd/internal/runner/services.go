@@ -143,6 +143,10 @@ func everyHostAgent(ctx context.Context, d Deps, src config.Source, cc hostagent
 			g.Go(func() error { return svc.Run(gctx) })
 			conc.Add(host, svc)
 			return nil
+		}, func(host string, err error) {
+			// One host this process cannot serve (a name its settings
+			// refuse) is not the end of the others.
+			d.Logger.Warn("host agent not started", "host", host, "err", err)
 		})
 	})
 	return g.Wait()
