@@ -438,6 +438,7 @@ var expectedSecrets = map[string][]string{
 	"podvisor-nats-tls":      {"tls.crt", "tls.key", "ca.crt"},
 	"podvisor-dashboard-tls": {"tls.crt", "tls.key", "ca.crt"},
 	"podvisor-channel-key":   {"channel.key"},
+	"podvisor-hostagent-tls": {"tls.crt", "tls.key"},
 }
 
 // Every reference resolves: Secrets and their keys, ConfigMaps, service

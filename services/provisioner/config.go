@@ -98,8 +98,10 @@ type Config struct {
 	// this address (a host agent's concentrator, tcp://host:port), its
 	// agent talks on that port (the guest's second serial port; the first
 	// is its console, written to console.log beside the VM's files), and
-	// its spec carries the pod's channel token. Empty: the agent reaches
-	// its host over vsock, or the simulated hypervisor's socket.
+	// its spec carries the pod's channel token. Pods asking for an
+	// encrypted ephemeral disk then fail (EncryptionUnavailable): such a
+	// line cannot prove a key request comes from the VM. Empty: the agent
+	// reaches its host over vsock, or the simulated hypervisor's socket.
 	ChannelURI string
 	// ChannelKeyFile is the Secret file of the key channel tokens are made
 	// with (the concentrator's key); required with ChannelURI.

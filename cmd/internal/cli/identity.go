@@ -100,9 +100,10 @@ func newIdentityCmd(g *globals) *cobra.Command {
 // Redis, named as the prod overlay's Services are.
 func newIdentityTLSCmd() *cobra.Command {
 	var out, namespace string
+	var concentrator []string
 	cmd := &cobra.Command{
 		Use:   "tls",
-		Short: "Write a CA and the NATS, Redis and dashboard server certificates of a Kubernetes deployment (Secrets podvisor-nats-tls, podvisor-redis-tls, podvisor-dashboard-tls)",
+		Short: "Write a CA and the NATS, Redis, dashboard and host agents' concentrator server certificates of a Kubernetes deployment (Secrets podvisor-nats-tls, podvisor-redis-tls, podvisor-dashboard-tls, podvisor-hostagent-tls)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -120,7 +121,10 @@ func newIdentityTLSCmd() *cobra.Command {
 			for _, c := range []struct {
 				name  string
 				hosts []string
-			}{{"nats", natsHosts}, {"redis", append(svc("redis"), "localhost")}, {"dashboard", append(svc("dashboard"), "localhost")}} {
+			}{{"nats", natsHosts}, {"redis", append(svc("redis"), "localhost")}, {"dashboard", append(svc("dashboard"), "localhost")},
+				// The concentrator: the hosts connect pod VMs' serial ports
+				// to the address they reach its load balancer at.
+				{"hostagent", append(append(svc("hostagent"), svc("hostagent-concentrator")...), concentrator...)}} {
 				cert, key, err := ca.Issue(c.name, c.hosts...)
 				if err != nil {
 					return err
@@ -133,6 +137,7 @@ func newIdentityTLSCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&out, "out", "", "directory for the CA and the certificates (the CA is reused when present)")
 	cmd.Flags().StringVar(&namespace, "namespace", "podvisor", "namespace of the deployment (the certificates name its Services)")
+	cmd.Flags().StringSliceVar(&concentrator, "concentrator", nil, "names or addresses at which the hypervisor hosts reach the host agents' concentrator (PODVISOR_PROVISIONER_CHANNEL_URI's host), added to its certificate")
 	return cmd
 }
 

@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -44,5 +48,31 @@ func TestServerConfigKeepsAccountsOnTheNATSVolume(t *testing.T) {
 	mem, _, code := run(t, dir, "", "identity", "--dir", auth, "server-config", "--jwt-dir", "")
 	if code != 0 || !strings.Contains(mem, "resolver: MEMORY") {
 		t.Errorf("--jwt-dir \"\": %d\n%s", code, mem)
+	}
+}
+
+// identity tls issues the host agents' concentrator its certificate, for
+// its Services' names and the addresses the hypervisor hosts reach it at.
+func TestIdentityTLSCoversTheConcentrator(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "tls")
+	if o, errOut, code := run(t, dir, "", "identity", "tls", "--out", out, "--concentrator", "192.0.2.7", "--concentrator", "concentrator.example"); code != 0 {
+		t.Fatalf("identity tls: exit %d: %s %s", code, o, errOut)
+	}
+	b, err := os.ReadFile(filepath.Join(out, "hostagent.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatal("hostagent.pem holds no PEM block")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cert.IPAddresses) != 1 || !cert.IPAddresses[0].Equal(net.ParseIP("192.0.2.7")) ||
+		!slices.Contains(cert.DNSNames, "concentrator.example") || !slices.Contains(cert.DNSNames, "hostagent-concentrator.podvisor.svc") {
+		t.Errorf("the concentrator's certificate names %v and %v; want 192.0.2.7, concentrator.example and its Service", cert.IPAddresses, cert.DNSNames)
 	}
 }
