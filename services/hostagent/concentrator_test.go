@@ -1,6 +1,7 @@
 package hostagent_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/podstream"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/services/hostagent"
@@ -209,6 +211,26 @@ func TestConcentratorFollowsAPodToItsNewHost(t *testing.T) {
 	case <-g.Closed():
 		t.Error("the line was closed: it should have been routed again, connected")
 	default:
+	}
+	// Logs go to the pod's host (as `podvisor logs` sends them): the new
+	// host's agent serves them now, the old one no longer can.
+	g.SetLog("app", "moved along\n")
+	logs := func(onHost string) (string, error) {
+		var out, errOut bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := podstream.Run(ctx, e.bus.Conn(), events.SubjectPodLogs(onHost),
+			&events.PodLogsRequest{Namespace: "default", Name: "mover", UID: "uid-mover", Container: "app"}, nil, &out, &errOut)
+		if err == nil && errOut.Len() > 0 {
+			err = errors.New(errOut.String())
+		}
+		return out.String(), err
+	}
+	if out, err := logs("esx-1-02"); err != nil || out != "moved along\n" {
+		t.Errorf("logs through the new host: %q, %v", out, err)
+	}
+	if out, err := logs(host); err == nil {
+		t.Errorf("logs through the old host answered %q after the move", out)
 	}
 }
 
