@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -44,15 +45,22 @@ func TestBootImageTalksToTheConcentrator(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conc := &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host: agent}}
-	done := make(chan error, 1)
-	go func() { done <- conc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("concentrator: %v", err)
-		}
-	})
+	addr := ln.Addr().String()
+	// concentrate runs a concentrator on ln until the returned stop.
+	concentrate := func(ln net.Listener) (stop func()) {
+		conc := &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host: agent}}
+		cctx, ccancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- conc.Run(cctx) }()
+		return sync.OnceFunc(func() {
+			ccancel()
+			if err := <-done; err != nil {
+				t.Errorf("concentrator: %v", err)
+			}
+		})
+	}
+	stop := concentrate(ln)
+	t.Cleanup(func() { stop() })
 
 	const uid = "7d2f0a61-boot-serial"
 	rec := events.PodRecord{UID: uid, Namespace: "default", Name: "booted", Host: host, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
@@ -80,7 +88,10 @@ func TestBootImageTalksToTheConcentrator(t *testing.T) {
 		vmboot.GuestinfoVMUUID:        "42-boot-serial",
 	})
 	start := time.Now()
-	qemutest.Boot(t, ctx, dir, disks, "-serial", "tcp:"+ln.Addr().String())
+	// QEMU connects the port as a vSphere host does (direction client), and
+	// again a second after the connection ends.
+	qemutest.Boot(t, ctx, dir, disks, "-chardev", "socket,id=channel,host=127.0.0.1,port="+strings.Split(addr, ":")[1]+",server=off,reconnect=1",
+		"-serial", "chardev:channel")
 
 	eventuallyWithin(t, 4*time.Minute, "main reported running through the concentrator", func() bool {
 		r := lastReport(t, b, uid)
@@ -99,4 +110,19 @@ func TestBootImageTalksToTheConcentrator(t *testing.T) {
 	if out, errOut, code := run(t, state, "", "exec", "booted", "--", "sh", "-c", "read h < /proc/sys/kernel/hostname; echo $h"); code != 0 || out != "booted\n" {
 		t.Errorf("exec of the hostname: exit %d, stdout %q, stderr %q; want booted", code, out, errOut)
 	}
+
+	// The concentrator goes (a host agent restarted) and another takes its
+	// port: QEMU connects the port again, and the booted agent, whose serial
+	// port never closed, greets the new one when it asks.
+	stop()
+	var ln2 net.Listener
+	eventuallyWithin(t, 10*time.Second, "the concentrator's port free again", func() bool {
+		ln2, err = net.Listen("tcp", addr)
+		return err == nil
+	})
+	stop = concentrate(ln2)
+	eventuallyWithin(t, 60*time.Second, "exec through the new concentrator", func() bool {
+		out, _, code := run(t, state, "", "exec", "booted", "--", "sh", "-c", "echo again")
+		return code == 0 && out == "again\n"
+	})
 }
