@@ -376,3 +376,54 @@ func TestConcentratorBoundsLinesWithoutAHello(t *testing.T) {
 		t.Error("a line that sent over a megabyte without a hello is still open")
 	}
 }
+
+// A second line saying the same boot's hello while the pod's line still
+// answers (someone who read the pod's token) is refused; once the pod's
+// line is gone, a new one of that boot (the VM's reconnection) takes over.
+func TestConcentratorKeepsALiveLineFromALaterOneOfTheSameBoot(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key)
+	e.putPod("held", "uid-held", host, 30, "app")
+	hello := guestchannel.Hello{PodUID: "uid-held", Namespace: "default", Name: "held", BootID: "b1",
+		ChannelToken: guestchannel.ChannelToken(key, "uid-held", "default", "held")}
+	first := guesttest.DialSerial(t, addr, hello, "app")
+	e.waitReports("uid-held", 1)
+
+	second := guesttest.DialSerial(t, addr, hello, "app")
+	select {
+	case <-second.Closed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a second line of the same boot was kept while the first answers")
+	}
+	if errs := second.Errors(); len(errs) != 1 || !strings.Contains(errs[0], "connected on another line") {
+		t.Errorf("the second line's refusal: %q", errs)
+	}
+	select {
+	case <-first.Closed():
+		t.Fatal("the pod's live line was closed")
+	default:
+	}
+
+	// The pod's line goes; its reconnection of the same boot is the pod's.
+	first.Close()
+	third := guesttest.DialSerial(t, addr, hello, "app")
+	third.SetLog("app", "still me\n")
+	var out, errOut bytes.Buffer
+	eventually := time.Now().Add(10 * time.Second)
+	for {
+		out.Reset()
+		errOut.Reset()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := podstream.Run(ctx, e.bus.Conn(), events.SubjectPodLogs(host),
+			&events.PodLogsRequest{Namespace: "default", Name: "held", UID: "uid-held", Container: "app"}, nil, &out, &errOut)
+		cancel()
+		if err == nil && out.String() == "still me\n" {
+			break
+		}
+		if time.Now().After(eventually) {
+			t.Fatalf("logs through the reconnected line: %q, %q, %v", out.String(), errOut.String(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -29,7 +29,9 @@ type podConn struct {
 	// boot ends the session with rehello.
 	serial  bool
 	rehello *guestchannel.Hello
-	line    *line // the concentrator's view of the line (serveGreeted)
+	// answered receives when a serial line says its hello again (answers).
+	answered chan struct{}
+	line     *line // the concentrator's view of the line (serveGreeted)
 
 	mu      sync.Mutex
 	status  guestchannel.Status                     // merged: Containers/InitContainers complete so far
@@ -78,6 +80,18 @@ func (s *Service) serveGreeted(ctx context.Context, conn *guestchannel.Conn, h g
 // servePod serves an admitted channel until it closes.
 func (s *Service) servePod(ctx context.Context, pc *podConn) {
 	conn := pc.conn
+	s.mu.Lock()
+	old := s.conns[pc.hello.PodUID]
+	s.mu.Unlock()
+	if old != nil && old.serial && pc.serial && old.hello.BootID == pc.hello.BootID && old.answers(probeTimeout) {
+		// A second line saying the same boot's hello while the first still
+		// answers is not the pod's VM reconnecting (its old line would be
+		// dead): whoever read the pod's token from the VM's configuration
+		// must not take the line over.
+		pc.log.Warn("guest channel refused: the pod's line of this boot still answers", "boot", pc.hello.BootID)
+		_ = conn.Send(guestchannel.TypeError, "", guestchannel.Error{Message: "the pod's channel of this boot is connected on another line"})
+		return
+	}
 	s.mu.Lock()
 	if old := s.conns[pc.hello.PodUID]; old != nil {
 		// The agent reconnected (or a relocation brought it back): the old
@@ -154,6 +168,10 @@ func (s *Service) servePod(ctx context.Context, pc *podConn) {
 					pc.rehello = &h
 					return
 				}
+				select { // the line answers (answers)
+				case pc.answered <- struct{}{}:
+				default:
+				}
 				continue
 			}
 			pc.log.Warn("second hello on one channel ignored")
@@ -226,6 +244,33 @@ func (s *Service) newPodConn(conn *guestchannel.Conn, h guestchannel.Hello, rec 
 		pending: map[string]*pendingRequest{},
 		gone:    make(chan struct{}),
 		wake:    make(chan struct{}, 1),
+
+		answered: make(chan struct{}, 1),
+	}
+}
+
+// probeTimeout is how long a serial line has to answer a resync before a
+// newer line of the same boot replaces it.
+const probeTimeout = 2 * time.Second
+
+// answers asks a serial line for its hello again and reports whether it
+// answers within timeout: a live line does, a dead one (its guest's
+// connection remade elsewhere, its end not yet closed) does not.
+func (pc *podConn) answers(timeout time.Duration) bool {
+	select {
+	case <-pc.answered:
+	default:
+	}
+	if pc.conn.Send(guestchannel.TypeResync, "", nil) != nil {
+		return false
+	}
+	select {
+	case <-pc.answered:
+		return true
+	case <-pc.gone:
+		return false
+	case <-time.After(timeout):
+		return false
 	}
 }
 

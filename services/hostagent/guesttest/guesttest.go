@@ -150,6 +150,9 @@ func (g *Guest) Seq() uint64 {
 	return g.seq
 }
 
+// Close ends the guest's end of the channel.
+func (g *Guest) Close() error { return g.conn.Close() }
+
 // Closed is closed when the host side ends the channel.
 func (g *Guest) Closed() <-chan struct{} { return g.closed }
 
