@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -34,22 +33,9 @@ func (e *env) startConcentrator(key []byte) (addr string, other *hostagent.Servi
 	}
 	e.t.Cleanup(func() { os.RemoveAll(dir) })
 	other = guesttest.StartHostAgentWith(e.t, "esx-1-02", dir, hostagent.Deps{Deps: deps.Deps{Bus: e.bus}})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	c := &hostagent.Concentrator{Listener: ln, Key: key, HelloTimeout: 2 * time.Second,
-		Agents: map[string]*hostagent.Service{host: e.svc, "esx-1-02": other}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	e.t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("concentrator: %v", err)
-		}
-	})
-	return ln.Addr().String(), other
+	addr, _ = guesttest.Concentrate(e.t, &hostagent.Concentrator{Key: key, HelloTimeout: 2 * time.Second,
+		Agents: map[string]*hostagent.Service{host: e.svc, "esx-1-02": other}})
+	return addr, other
 }
 
 // A network serial port's channel reaches the agent of the host its pod is
@@ -163,11 +149,7 @@ func TestConcentratorServesTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	addr := c.Listener.Addr().String()
+	addr, _ := guesttest.Concentrate(t, c)
 	e.putPod("secret", "uid-secret", host, 30, "app")
 	hello := guestchannel.Hello{PodUID: "uid-secret", Namespace: "default", Name: "secret", BootID: "b1",
 		ChannelToken: guestchannel.ChannelToken(key, "uid-secret", "default", "secret")}
@@ -276,17 +258,10 @@ func TestConcentratorWaitsForASilentLine(t *testing.T) {
 func TestConcentratorKeepsALineUntilItsHostIsServed(t *testing.T) {
 	e := newEnv(t)
 	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &hostagent.Concentrator{Listener: ln, Key: key, HelloTimeout: 200 * time.Millisecond}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c := &hostagent.Concentrator{Key: key, HelloTimeout: 200 * time.Millisecond}
+	addr, _ := guesttest.Concentrate(t, c)
 	e.putPod("early", "uid-early", host, 30, "app")
-	g := guesttest.DialSerial(t, ln.Addr().String(), guestchannel.Hello{PodUID: "uid-early", Namespace: "default", Name: "early", BootID: "b1",
+	g := guesttest.DialSerial(t, addr, guestchannel.Hello{PodUID: "uid-early", Namespace: "default", Name: "early", BootID: "b1",
 		ChannelToken: guestchannel.ChannelToken(key, "uid-early", "default", "early")}, "app")
 	c.Add(host, e.svc) // the host's agent comes after the line
 	e.waitReports("uid-early", 1)
@@ -303,24 +278,10 @@ func TestConcentratorKeepsALineUntilItsHostIsServed(t *testing.T) {
 func TestConcentratorBoundsLinesWithoutAHello(t *testing.T) {
 	e := newEnv(t)
 	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &hostagent.Concentrator{Listener: ln, Key: key, MaxGreeting: 2, Agents: map[string]*hostagent.Service{host: e.svc}}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	stop := sync.OnceFunc(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("concentrator: %v", err)
-		}
-	})
-	t.Cleanup(stop)
+	addr, stop := guesttest.Concentrate(t, &hostagent.Concentrator{Key: key, MaxGreeting: 2, Agents: map[string]*hostagent.Service{host: e.svc}})
 	dial := func() (net.Conn, *guestchannel.Conn) {
 		t.Helper()
-		nc, err := net.Dial("tcp", ln.Addr().String())
+		nc, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -339,16 +300,8 @@ func TestConcentratorBoundsLinesWithoutAHello(t *testing.T) {
 	}
 	// Valid frames that are not a hello, past the budget.
 	stop()
-	ln2, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c2 := &hostagent.Concentrator{Listener: ln2, Key: key, Agents: map[string]*hostagent.Service{host: e.svc}}
-	ctx2, cancel2 := context.WithCancel(context.Background())
-	done2 := make(chan error, 1)
-	go func() { done2 <- c2.Run(ctx2) }()
-	t.Cleanup(func() { cancel2(); <-done2 })
-	nc, err := net.Dial("tcp", ln2.Addr().String())
+	addr2, _ := guesttest.Concentrate(t, &hostagent.Concentrator{Key: key, Agents: map[string]*hostagent.Service{host: e.svc}})
+	nc, err := net.Dial("tcp", addr2)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,26 +40,10 @@ func TestBootImageTalksToTheConcentrator(t *testing.T) {
 	const host = "esx-1-01"
 	agent := guesttest.StartHostAgent(t, b, host, channels)
 	key := []byte(strings.Repeat("q", guestchannel.ChannelKeySize))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	concentrator := func(ln net.Listener) *hostagent.Concentrator {
+		return &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host: agent}}
 	}
-	addr := ln.Addr().String()
-	// concentrate runs a concentrator on ln until the returned stop.
-	concentrate := func(ln net.Listener) (stop func()) {
-		conc := &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host: agent}}
-		cctx, ccancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- conc.Run(cctx) }()
-		return sync.OnceFunc(func() {
-			ccancel()
-			if err := <-done; err != nil {
-				t.Errorf("concentrator: %v", err)
-			}
-		})
-	}
-	stop := concentrate(ln)
-	t.Cleanup(func() { stop() })
+	addr, stop := guesttest.Concentrate(t, concentrator(nil))
 
 	const uid = "7d2f0a61-boot-serial"
 	rec := events.PodRecord{UID: uid, Namespace: "default", Name: "booted", Host: host, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
@@ -120,7 +103,7 @@ func TestBootImageTalksToTheConcentrator(t *testing.T) {
 		ln2, err = net.Listen("tcp", addr)
 		return err == nil
 	})
-	stop = concentrate(ln2)
+	_, stop = guesttest.Concentrate(t, concentrator(ln2))
 	eventuallyWithin(t, 60*time.Second, "exec through the new concentrator", func() bool {
 		out, _, code := run(t, state, "", "exec", "booted", "--", "sh", "-c", "echo again")
 		return code == 0 && out == "again\n"

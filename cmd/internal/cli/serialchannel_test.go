@@ -34,26 +34,10 @@ func TestPodVMGuestTalksOnANetworkSerialPort(t *testing.T) {
 	agentSvc := guesttest.StartHostAgent(t, b, host.Name, g.channels)
 
 	key := []byte(strings.Repeat("s", guestchannel.ChannelKeySize))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	concentrator := func(ln net.Listener) *hostagent.Concentrator {
+		return &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host.Name: agentSvc}}
 	}
-	addr := ln.Addr().String()
-	// concentrate runs a concentrator on ln until the returned stop.
-	concentrate := func(ln net.Listener) (stop func()) {
-		c := &hostagent.Concentrator{Listener: ln, Key: key, Agents: map[string]*hostagent.Service{host.Name: agentSvc}}
-		cctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- c.Run(cctx) }()
-		return func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("concentrator: %v", err)
-			}
-		}
-	}
-	stop := concentrate(ln)
-	defer func() { stop() }()
+	addr, stop := guesttest.Concentrate(t, concentrator(nil))
 
 	const uid = "5e1a1c4a-serial-test"
 	grace := int64(2)
@@ -116,7 +100,7 @@ func TestPodVMGuestTalksOnANetworkSerialPort(t *testing.T) {
 		ln2, err = net.Listen("tcp", addr)
 		return err == nil
 	})
-	stop = concentrate(ln2)
+	_, stop = guesttest.Concentrate(t, concentrator(ln2))
 	eventuallyWithin(t, 20*time.Second, "exec through the new concentrator", func() bool {
 		out, _, code := run(t, state, "", "exec", "serial", "-c", "app", "--", "echo", "again")
 		return code == 0 && out == "again\n"

@@ -290,3 +290,28 @@ func StartHostAgentWith(t testing.TB, host, channelDir string, d hostagent.Deps,
 	})
 	return svc
 }
+
+// Concentrate runs c, on a new loopback listener when it has none, until
+// the test ends or stop is called; stop waits for Run to return and fails
+// the test on its error. It returns the address the lines connect to.
+func Concentrate(t testing.TB, c *hostagent.Concentrator) (addr string, stop func()) {
+	t.Helper()
+	if c.Listener == nil {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Listener = ln
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	stop = sync.OnceFunc(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("concentrator: %v", err)
+		}
+	})
+	t.Cleanup(stop)
+	return c.Listener.Addr().String(), stop
+}
