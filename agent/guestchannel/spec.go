@@ -74,6 +74,17 @@ type PodSpec struct {
 	// network serial port (ChannelToken in package guestchannel's
 	// token.go says how it is made); empty otherwise.
 	ChannelToken string `json:"channelToken,omitempty"`
+	// Template says the spec is a pod VM template's (the provisioner's
+	// package templates): its VM is instant-cloned, and each child resumes
+	// this guest. Where the agent can read its configuration source again
+	// (BootConfig.Watch), it watches it for a spec of another pod: the
+	// configuration a child is given, which the agent then takes over
+	// (stops the template's containers, keeps the disks mounted, greets
+	// the host as the child and runs the child's pod). A simulated guest's
+	// child resumes a standby instead (BootConfig.Takeover). Added to
+	// version 1; an older agent ignores it, and the provisioner keys
+	// templates by agent build.
+	Template bool `json:"template,omitempty"`
 }
 
 // DNSConfig is what a container's /etc/resolv.conf says.
@@ -465,7 +476,22 @@ type BootConfig struct {
 	// NetworkPending is followed by the one with the pod's network. (On
 	// vSphere the agent would read the guestinfo key again instead.)
 	Updates string `json:"updates,omitempty"`
+	// Watch names the source the spec came from, for the agent to read
+	// again: "guestinfo" (the VMware backdoor) or "configdisk:<device>" (a
+	// configuration disk, read past the page cache). Set by a booted VM's
+	// first stage; empty in a simulated guest, whose updates come on
+	// Updates and whose takeover on Takeover. The agent reads it while its
+	// spec waits for the pod's network (a spec of the same pod without
+	// NetworkPending) and, for a template's spec, for as long as it runs
+	// (a spec of another pod: a forked child's).
+	Watch string `json:"watch,omitempty"`
 }
+
+// BootConfig.Watch values.
+const (
+	WatchGuestinfo  = "guestinfo"
+	WatchConfigDisk = "configdisk:"
+)
 
 // TakeoverFD is the file descriptor Takeover names, or -1 when it is
 // empty.
@@ -509,6 +535,12 @@ func (b *BootConfig) Validate() error {
 	}
 	if _, err := b.UpdatesFD(); err != nil {
 		errs = append(errs, err)
+	}
+	if b.Watch != "" && b.Watch != WatchGuestinfo && !strings.HasPrefix(b.Watch, WatchConfigDisk) {
+		bad("watch", fmt.Sprintf("%q is not %s or %s<device>", b.Watch, WatchGuestinfo, WatchConfigDisk))
+	}
+	if b.Watch != "" && (b.Takeover != "" || b.Updates != "") {
+		bad("watch", "a configuration read again excludes takeover and updates, which bring it on descriptors")
 	}
 	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 {
 		bad("restartBackoffMillis/maxRestartBackoffMillis/logMaxBytes", "must not be negative")
