@@ -53,6 +53,11 @@ type Server struct {
 	// MinRetry and MaxRetry bound the redial back-off (100 ms and 2 s when
 	// zero).
 	MinRetry, MaxRetry time.Duration
+	// BeforeGreet, when set, runs before every hello (a connection's
+	// first, and each resync's); an error ends the session instead of the
+	// hello. A template's agent checks there whether its VM is a forked
+	// child's now, whose hello must not be the template's.
+	BeforeGreet func() error
 }
 
 // Run dials and serves until ctx ends.
@@ -167,6 +172,11 @@ func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 // greet sends hello and a full status: what opens every connection, and
 // what a resync asks for again.
 func (ss *session) greet() (guestchannel.Status, <-chan struct{}, error) {
+	if ss.s.BeforeGreet != nil {
+		if err := ss.s.BeforeGreet(); err != nil {
+			return guestchannel.Status{}, nil, err
+		}
+	}
 	hello := ss.s.Hello
 	if kw, ok := ss.s.Pod.(KeyWaiter); ok {
 		hello.KeyRequest = kw.KeyRequest()

@@ -2,10 +2,12 @@ package channel
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -281,5 +283,54 @@ func TestResyncOnASerialLine(t *testing.T) {
 		for _, c := range st.Containers {
 			sawA = sawA || c.Name == "a" && c.State.Kind == guestchannel.StateRunning
 		}
+	}
+}
+
+// BeforeGreet runs before every hello; once it fails, a connection gets
+// no hello and is closed (a template's VM taken by a forked child must
+// never greet as the template).
+func TestBeforeGreetFailingEndsTheSessionWithoutHello(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ch.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var refuse atomic.Bool
+	calls := atomic.Int32{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "template"}, Pod: newPod(), MinRetry: 10 * time.Millisecond,
+			BeforeGreet: func() error {
+				calls.Add(1)
+				if refuse.Load() {
+					return errors.New("forked")
+				}
+				return nil
+			}}).Run(ctx)
+	}()
+	defer func() { cancel(); <-done }()
+
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env, err := guestchannel.NewConn(c).Receive(); err != nil || env.Type != guestchannel.TypeHello {
+		t.Fatalf("first message %+v, %v; want hello", env, err)
+	}
+	refuse.Store(true)
+	c.Close()
+	c2, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if env, err := guestchannel.NewConn(c2).Receive(); err == nil {
+		t.Fatalf("received %s %s after BeforeGreet failed, want the connection closed without a hello", env.Type, env.Body)
+	}
+	if n := calls.Load(); n < 2 {
+		t.Fatalf("BeforeGreet called %d times, want once per connection", n)
 	}
 }

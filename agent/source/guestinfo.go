@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
 // The VMware backdoor: an IN from I/O port 0x5658 with the magic in EAX
@@ -68,6 +70,9 @@ func Guestinfo() (Source, error) {
 type backdoorSource struct{}
 
 func (backdoorSource) Name() string { return "guestinfo (VMware backdoor)" }
+
+// Watch implements Watched: every Get reads the hypervisor's value anew.
+func (backdoorSource) Watch() string { return guestchannel.WatchGuestinfo }
 
 // Get implements Source with "info-get <key>": the reply is "1 <value>",
 // or "0 No value found".

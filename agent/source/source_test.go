@@ -70,3 +70,44 @@ func TestNoSource(t *testing.T) {
 		t.Fatalf("err = %v, want ErrUnavailable naming the magic", err)
 	}
 }
+
+// A configuration disk found at boot is named by its Watch, and Reopen of
+// that name reads what the disk says now: a forked VM's disk, changed
+// under the guest.
+func TestConfigDiskReopenedReadsItAgain(t *testing.T) {
+	first, err := configdisk.Bytes(map[string]string{"guestinfo.podvisor.spec": "template"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sysBlock, dev := devices(t, map[string][]byte{"sdb": first})
+	s, err := ConfigDisk(sysBlock, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := s.(Watched)
+	if !ok || w.Watch() != "configdisk:"+filepath.Join(dev, "sdb") {
+		t.Fatalf("watch of the disk found: %v %q, want configdisk:<its device>", ok, w.Watch())
+	}
+	next, err := configdisk.Bytes(map[string]string{"guestinfo.podvisor.spec": "child"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dev, "sdb"), next, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	again, err := Reopen(w.Watch())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := again.Get("guestinfo.podvisor.spec"); err != nil || v != "child" {
+		t.Fatalf("spec read again = %q, %v; want child", v, err)
+	}
+	for _, bad := range []string{"", "configdisk:", "disk:/dev/sdb"} {
+		if _, err := Reopen(bad); err == nil || !strings.Contains(err.Error(), "names no source") {
+			t.Errorf("Reopen(%q): err = %v, want it to name no source", bad, err)
+		}
+	}
+	if _, err := Reopen("configdisk:" + filepath.Join(dev, "gone")); err == nil {
+		t.Error("Reopen of a device that is gone: want an error")
+	}
+}

@@ -83,14 +83,54 @@ func Compose(env Env) (*guestchannel.BootConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &guestchannel.BootConfig{
+	bc := &guestchannel.BootConfig{
 		Channel:  channel,
 		Devices:  devices,
 		StateDir: StateDir,
 		Runtime:  Runtime,
 		Spec:     []byte(raw),
 		VMUUID:   uuid,
-	}, nil
+	}
+	if w, ok := env.Source.(source.Watched); ok {
+		bc.Watch = w.Watch()
+	}
+	return bc, nil
+}
+
+// Reread reads the spec and the VM uuid again from the source prev.Watch
+// names and returns prev with them: what a template's agent does to find
+// that its VM was forked (a child's spec, of another pod) and what a spec
+// waiting for its network is followed by. The channel, devices and state
+// directory stay prev's: a child has its template's hardware, so every
+// disk unit of the spec must be one prev found (an error says which is
+// not). The uuid, when the source gives none, is not the BIOS's (a
+// forked child resumes its parent's memory, where the kernel read the
+// parent's) but empty.
+func Reread(prev guestchannel.BootConfig) (*guestchannel.BootConfig, *guestchannel.PodSpec, error) {
+	src, err := source.Reopen(prev.Watch)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw, err := src.Get(guestchannel.GuestinfoSpec)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod spec: %w", err)
+	}
+	spec, err := guestchannel.UnmarshalSpec([]byte(raw))
+	if err != nil {
+		return nil, nil, fmt.Errorf("pod spec from %s: %w", src.Name(), err)
+	}
+	for _, d := range spec.Disks {
+		if _, ok := prev.Devices[d.Unit]; !ok {
+			return nil, nil, fmt.Errorf("pod spec from %s: disk unit %s is not one of this VM's", src.Name(), d.Unit)
+		}
+	}
+	uuid, err := optional(src, GuestinfoVMUUID)
+	if err != nil {
+		return nil, nil, err
+	}
+	next := prev
+	next.Spec, next.VMUUID = []byte(raw), uuid
+	return &next, spec, nil
 }
 
 func optional(s source.Source, key string) (string, error) {

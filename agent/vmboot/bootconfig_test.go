@@ -2,11 +2,13 @@ package vmboot
 
 import (
 	"encoding/json"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/configdisk"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/source"
 )
@@ -79,5 +81,47 @@ func TestComposeRefuses(t *testing.T) {
 				t.Fatalf("err = %v, want one mentioning %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// A VM booted from a configuration disk names it for the agent to read
+// again; Reread gives the spec and uuid the disk says now, on the devices
+// found at boot, and refuses a spec with a disk the VM does not have.
+func TestRereadAfterTheDiskChanged(t *testing.T) {
+	sys, dev := sysfs(t, map[int][2]string{2: {"vmw_pvscsi", "pci0000:00/0000:00:15.0"}},
+		map[string]string{"2:0:0:0": "sdb", "2:0:1:0": "sdc"})
+	disk := filepath.Join(t.TempDir(), "config.img")
+	write := func(values map[string]string) {
+		b, err := configdisk.Bytes(values)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(disk, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(map[string]string{guestchannel.GuestinfoSpec: spec(t), GuestinfoVMUUID: "parent"})
+	bc, err := Compose(Env{Source: source.Values{From: "disk", Map: map[string]string{guestchannel.GuestinfoSpec: spec(t), GuestinfoVMUUID: "parent"}, Device: disk},
+		DMIUUID: "dmi", Sys: sys, Dev: dev, DiskTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bc.Watch != "configdisk:"+disk {
+		t.Fatalf("watch %q, want the configuration disk", bc.Watch)
+	}
+	child := strings.Replace(spec(t), `"uid":"u1"`, `"uid":"u2"`, 1)
+	write(map[string]string{guestchannel.GuestinfoSpec: child})
+	next, s, err := Reread(*bc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.UID != "u2" || next.VMUUID != "" || next.Devices["scsi0:1"] != bc.Devices["scsi0:1"] || next.Channel != bc.Channel || next.Watch != bc.Watch {
+		t.Fatalf("reread: uid %q uuid %q devices %v channel %q watch %q; want the child's spec, no uuid (not the parent's), the same hardware",
+			s.UID, next.VMUUID, next.Devices, next.Channel, next.Watch)
+	}
+	extra := strings.Replace(child, `"unit":"scsi0:1"`, `"unit":"scsi0:7"`, 1)
+	write(map[string]string{guestchannel.GuestinfoSpec: extra})
+	if _, _, err := Reread(*bc); err == nil || !strings.Contains(err.Error(), "scsi0:7") {
+		t.Fatalf("a spec with a disk the VM lacks: err = %v, want it named", err)
 	}
 }

@@ -86,20 +86,51 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	} else if err := initGuest(log, hostname(cfg.Spec), cfg.Boot.StateDir); err != nil {
 		return fmt.Errorf("init: %w", err)
 	}
+	// A template's VM runs the template's pod until a forked child's
+	// configuration shows (watcher), then the child's, on the same guest.
+	for {
+		next, err := runPod(ctx, stopCtx, log, cfg, sb, begun)
+		if next == nil {
+			return err
+		}
+		cfg, sb, begun = next.cfg, next.standby, time.Now()
+	}
+}
+
+// handedOver is what a template's pod leaves to the forked child that
+// takes its VM: the child's configuration and the disks still mounted.
+type handedOver struct {
+	cfg     *bootconfig.Config
+	standby *standby
+}
+
+// runPod runs cfg's pod until the guest is powered off (stopCtx), or, in a
+// template's VM, until a forked child's configuration shows: then it stops
+// the template's containers and hands the guest over.
+func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Config, sb *standby, begun time.Time) (*handedOver, error) {
 	// Where a boot's time goes (docs/bench.md): init, then disks (in
 	// start), then each container's start (package supervisor).
 	log.Info("boot phase", "phase", "init", "ms", ms(time.Since(begun)))
 	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb, begun: begun}
 	if fd, err := cfg.Boot.UpdatesFD(); err != nil {
-		return err
+		return nil, err
 	} else if fd >= 0 {
 		a.updates = readUpdates(fd, log.With("part", "updates"))
 	}
+	var w *watcher
+	var forked <-chan struct{} // nil: never
+	if watching(cfg) {
+		w = newWatcher(cfg, log.With("part", "watch"))
+		a.updates, forked = w.updates, w.forked
+	}
 	if cfg.Spec.Encryption != nil {
+		var err error
 		if a.keys, err = newKeyWait(cfg.Boot.VMUUID, cfg.Spec.Encryption.Nonce, log.With("part", "diskkey")); err != nil {
-			return err
+			return nil, err
 		}
 	}
+	podCtx, endPod := context.WithCancel(ctx)
+	defer endPod()
 	srv := &channel.Server{
 		Addr: cfg.Boot.Channel,
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
@@ -107,18 +138,32 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken},
 		Pod: a, Log: log.With("part", "channel"),
 	}
+	if w != nil && cfg.Spec.Template {
+		srv.BeforeGreet = w.beforeGreet
+	}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		srv.Run(ctx)
+		srv.Run(podCtx)
 	}()
+	if w != nil {
+		go w.run(podCtx)
+	}
 
 	mounted, unlocked, err := a.start(stopCtx, cfg)
 	if err != nil {
 		log.Error("pod cannot start", "err", err)
 		a.board.SetPending("ContainerCreating", err.Error())
 	}
-	<-stopCtx.Done()
+	select {
+	case <-forked:
+		// The template's channel ends first: nothing of the template may
+		// reach the line the child's host side has connected.
+		endPod()
+		<-served
+		return a.handOver(cfg, w.child, mounted), nil
+	case <-stopCtx.Done():
+	}
 	log.Info("shutting down")
 	grace := time.Duration(cfg.Spec.TerminationGracePeriodSeconds) * time.Second
 	a.Stop(grace)
@@ -132,9 +177,9 @@ func run(log *slog.Logger, src bootconfig.Source) error {
 	if mounted != nil {
 		errs = append(errs, mounted.Unmount())
 	}
-	cancel()
+	endPod()
 	<-served
-	return errors.Join(errs...)
+	return nil, errors.Join(errs...)
 }
 
 // start mounts the disks (an encrypted ephemeral disk is opened once its

@@ -58,11 +58,9 @@ func standBy(ctx context.Context, log *slog.Logger, cfg *bootconfig.Config) (*st
 	if err := initGuest(log, "", cfg.Boot.StateDir); err != nil {
 		return nil, nil, fmt.Errorf("init: %w", err)
 	}
-	s := &standby{boot: cfg.Boot, disks: cfg.Spec.Disks, files: map[string]fileID{}}
-	for _, d := range cfg.Spec.Disks {
-		if s.files[d.Unit], err = identify(cfg.Boot.Devices[d.Unit]); err != nil {
-			return nil, nil, fmt.Errorf("disk %s: %w", d.Unit, err)
-		}
+	s, err := standbyOf(cfg, nil)
+	if err != nil {
+		return nil, nil, err
 	}
 	if s.mounted, err = disks.Mount(cfg.Spec, cfg.Boot.Devices, filepath.Join(cfg.Boot.StateDir, "disks")); err != nil {
 		return nil, nil, err
@@ -102,14 +100,73 @@ func standBy(ctx context.Context, log *slog.Logger, cfg *bootconfig.Config) (*st
 		_ = s.mounted.Unmount()
 		return nil, nil, err
 	}
-	if h := hostname(next.Spec); h != "" && os.Getpid() == 1 {
-		if err := unix.Sethostname([]byte(h)); err != nil {
-			_ = s.mounted.Unmount()
-			return nil, nil, fmt.Errorf("set hostname: %w", err)
-		}
+	if err := setHostname(next.Spec); err != nil {
+		_ = s.mounted.Unmount()
+		return nil, nil, err
 	}
 	log.Info("standby: taken over", "pod", next.Spec.Namespace+"/"+next.Spec.Name, "vm", next.Boot.VMUUID, "after", waited.Round(time.Millisecond))
 	return s, next, nil
+}
+
+// standbyOf records which files cfg's disks are, with the disks mounted
+// from them (nil: not yet).
+func standbyOf(cfg *bootconfig.Config, mounted *disks.Mounted) (*standby, error) {
+	s := &standby{boot: cfg.Boot, disks: cfg.Spec.Disks, files: map[string]fileID{}, mounted: mounted}
+	for _, d := range cfg.Spec.Disks {
+		var err error
+		if s.files[d.Unit], err = identify(cfg.Boot.Devices[d.Unit]); err != nil {
+			return nil, fmt.Errorf("disk %s: %w", d.Unit, err)
+		}
+	}
+	return s, nil
+}
+
+// setHostname gives the guest the pod's hostname (as PID 1 only: a test
+// runs the agent in a namespace of its own otherwise).
+func setHostname(spec *guestchannel.PodSpec) error {
+	if h := hostname(spec); h != "" && os.Getpid() == 1 {
+		if err := unix.Sethostname([]byte(h)); err != nil {
+			return fmt.Errorf("set hostname: %w", err)
+		}
+	}
+	return nil
+}
+
+// handOver ends a template's pod in a VM a forked child has taken (its
+// channel already ended): the template's containers are killed at once
+// (what they were run for, the disks mounted and formatted, the image's
+// pages read, stays), and the guest goes on as the child's, on the disks
+// still mounted when they are the child's too (agent.mount).
+func (a *agent) handOver(cfg, child *bootconfig.Config, mounted *disks.Mounted) *handedOver {
+	t := time.Now()
+	a.mu.Lock()
+	a.stopping = true
+	pod := a.pod
+	a.mu.Unlock()
+	if pod != nil {
+		pod.Stop(0)
+		if err := pod.Close(); err != nil {
+			a.log.Warn("forked: the template's pod not closed cleanly", "err", err)
+		}
+	}
+	next := &handedOver{cfg: child}
+	if mounted != nil {
+		sb, err := standbyOf(cfg, mounted)
+		if err != nil {
+			// The child mounts its disks afresh, as a boot does.
+			a.log.Warn("forked: the template's disks not kept", "err", err)
+			if err := mounted.Unmount(); err != nil {
+				a.log.Warn("forked: the template's disks not unmounted", "err", err)
+			}
+		}
+		next.standby = sb
+	}
+	if err := setHostname(child.Spec); err != nil {
+		a.log.Warn("forked", "err", err)
+	}
+	a.log.Info("forked: taken over", "template", cfg.Spec.Name, "pod", child.Spec.Namespace+"/"+child.Spec.Name,
+		"vm", child.Boot.VMUUID, "stop_ms", ms(time.Since(t)))
+	return next
 }
 
 // mount gives the pod its disks: the standby's, already mounted, when the

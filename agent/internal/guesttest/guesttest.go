@@ -21,8 +21,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/cgroupfs"
+	"github.com/podvisor/podvisor/agent/configdisk"
 	"github.com/podvisor/podvisor/agent/filehash"
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/vmboot"
 )
 
 // BuildAgent builds the agent statically into dir.
@@ -158,6 +160,8 @@ type Guest struct {
 	logFile   string
 	stopped   bool
 	updates   *os.File
+	// configDisk is the configuration disk's file (Options.ConfigDisk).
+	configDisk string
 }
 
 // Update writes spec on the agent's updates descriptor (Options.Updates),
@@ -184,6 +188,36 @@ type Options struct {
 	// Updates gives the agent an updates descriptor (BootConfig.Updates)
 	// the test writes on with Guest.Update.
 	Updates bool
+	// ConfigDisk gives the agent a configuration disk holding the spec,
+	// to read again (BootConfig.Watch), as a booted VM's; the test changes
+	// it with Guest.Reconfigure.
+	ConfigDisk bool
+}
+
+// Reconfigure rewrites the guest's configuration disk (Options.ConfigDisk)
+// with spec and the VM uuid, as a hypervisor presents a VM's changed
+// guestinfo, or a forked child's own: in one rename, so the agent never
+// reads half of it.
+func (g *Guest) Reconfigure(spec *guestchannel.PodSpec, vmUUID string) {
+	g.t.Helper()
+	if err := writeConfigDisk(g.configDisk, spec, vmUUID); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
+func writeConfigDisk(path string, spec *guestchannel.PodSpec, vmUUID string) error {
+	raw, err := guestchannel.MarshalSpec(spec)
+	if err != nil {
+		return err
+	}
+	b, err := configdisk.Bytes(map[string]string{guestchannel.GuestinfoSpec: raw, vmboot.GuestinfoVMUUID: vmUUID})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path+".new", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(path+".new", path)
 }
 
 // Start boots a guest running spec with the agent at agentBin.
@@ -236,6 +270,13 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 		}
 		t.Cleanup(func() { g.updates.Close() })
 		boot.Updates = "fd:3"
+	}
+	if opt.ConfigDisk {
+		g.configDisk = filepath.Join(dir, "config.img")
+		if err := writeConfigDisk(g.configDisk, spec, boot.VMUUID); err != nil {
+			t.Fatal(err)
+		}
+		boot.Watch = guestchannel.WatchConfigDisk + g.configDisk
 	}
 	bootFile := filepath.Join(dir, "boot.json")
 	b, _ := json.Marshal(boot)
