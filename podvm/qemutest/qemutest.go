@@ -1,13 +1,16 @@
 package qemutest
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/agent/configdisk"
 	"github.com/podvisor/podvisor/agent/privtest"
@@ -63,12 +66,18 @@ func MakeDisks(t *testing.T, dir string, guestinfo map[string]string) Disks {
 	must(t, os.WriteFile(d.Ephemeral, nil, 0o644))
 	must(t, os.Truncate(d.Ephemeral, 256<<20))
 
+	writeConfig(t, d.Config, guestinfo)
+	return d
+}
+
+// writeConfig writes a configuration disk holding guestinfo.
+func writeConfig(t *testing.T, path string, guestinfo map[string]string) {
+	t.Helper()
 	cfg, err := configdisk.Bytes(guestinfo)
 	must(t, err)
 	// A whole MiB, as a datastore disk would be, so that the kernel's
 	// partition probes find nothing to complain about.
-	must(t, os.WriteFile(d.Config, append(cfg, make([]byte, 1<<20-len(cfg))...), 0o644))
-	return d
+	must(t, os.WriteFile(path, append(cfg, make([]byte, 1<<20-len(cfg))...), 0o644))
 }
 
 // Machine is a running QEMU.
@@ -77,6 +86,10 @@ type Machine struct {
 	Exited <-chan error
 	// Console is the first serial port's file: the kernel's console.
 	Console string
+	// Disks are the machine's.
+	Disks Disks
+	// monitor is the socket of QEMU's human monitor.
+	monitor string
 }
 
 // Boot starts QEMU (TCG, 1 vCPU, 512 MiB) on the disks as vSphere attaches
@@ -88,7 +101,15 @@ type Machine struct {
 // ends, and the console logged if the test failed.
 func Boot(t *testing.T, ctx context.Context, dir string, d Disks, channel ...string) *Machine {
 	t.Helper()
+	return start(t, ctx, dir, d, channel)
+}
+
+// start runs QEMU on d with the extra arguments, its monitor on a socket
+// in dir.
+func start(t *testing.T, ctx context.Context, dir string, d Disks, extra []string) *Machine {
+	t.Helper()
 	console := filepath.Join(dir, "console.log")
+	monitor := filepath.Join(dir, "monitor.sock")
 	args := []string{"-accel", "tcg", "-m", "512", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
 		"-drive", "file=" + d.Boot.Flat + ",format=raw,if=ide,snapshot=on",
 		"-device", "pvscsi,id=pvscsi0",
@@ -99,8 +120,9 @@ func Boot(t *testing.T, ctx context.Context, dir string, d Disks, channel ...str
 		"-drive", "file=" + d.Config + ",format=raw,if=none,id=cfg,readonly=on",
 		"-device", "scsi-hd,bus=pvscsi0.0,scsi-id=15,lun=0,drive=cfg",
 		"-serial", "file:" + console,
+		"-monitor", "unix:" + monitor + ",server=on,wait=off",
 	}
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, channel...)...)
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, extra...)...)
 	var out bytes.Buffer
 	qemu.Stdout, qemu.Stderr = &out, &out
 	must(t, qemu.Start())
@@ -114,7 +136,104 @@ func Boot(t *testing.T, ctx context.Context, dir string, d Disks, channel ...str
 			t.Logf("qemu: %s\nconsole:\n%s", out.String(), b)
 		}
 	})
-	return &Machine{Exited: exited, Console: console}
+	return &Machine{Exited: exited, Console: console, Disks: d, monitor: monitor}
+}
+
+// Fork makes a child of m as vSphere's instant clone does, with what QEMU
+// has: m's vCPUs are stopped, its read/write disk copied for the child
+// (the image and boot disks are shared, read-only), its memory and devices
+// saved, and m runs on; then a second QEMU resumes the saved machine on
+// the copy and on a configuration disk of its own holding guestinfo (an
+// instant clone's InstantCloneSpec.Config): the child's guest goes on
+// from the parent's memory, page cache included, and finds what is its
+// own only by reading its configuration again. extra are the child's
+// further arguments (its channel).
+func (m *Machine) Fork(t *testing.T, ctx context.Context, dir string, guestinfo map[string]string, extra ...string) *Machine {
+	t.Helper()
+	m.hmp(t, "stop")
+	child := m.Disks
+	child.Ephemeral = filepath.Join(dir, "ephemeral-flat.vmdk")
+	child.Config = filepath.Join(dir, "config.img")
+	run(t, "cp", "--sparse=always", "--reflink=auto", m.Disks.Ephemeral, child.Ephemeral)
+	writeConfig(t, child.Config, guestinfo)
+	state := filepath.Join(dir, "state")
+	m.hmp(t, `migrate "exec:cat > `+state+`"`)
+	for {
+		info := m.hmp(t, "info migrate")
+		if strings.Contains(info, "Migration status: completed") {
+			break
+		}
+		if strings.Contains(info, "Migration status: failed") {
+			t.Fatalf("saving the parent's state: %s", info)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("saving the parent's state: %v", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	m.hmp(t, "cont")
+	c := start(t, ctx, dir, child, append([]string{"-incoming", "exec:cat " + state}, extra...))
+	// The saved machine was paused (for the disk's copy to match its
+	// memory), and QEMU resumes a machine in the state it was saved in:
+	// once loaded, the child is continued by hand.
+	for {
+		if c.monitorUp() && !strings.Contains(c.hmp(t, "info status"), "inmigrate") {
+			break
+		}
+		select {
+		case err := <-c.Exited:
+			t.Fatalf("the child's QEMU exited while loading the parent's state: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("loading the parent's state: %v", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	c.hmp(t, "cont")
+	return c
+}
+
+// monitorUp says whether QEMU's monitor socket is there yet.
+func (m *Machine) monitorUp() bool {
+	_, err := os.Stat(m.monitor)
+	return err == nil
+}
+
+// hmp runs one command on the machine's monitor and returns its output.
+func (m *Machine) hmp(t *testing.T, cmd string) string {
+	t.Helper()
+	c, err := net.Dial("unix", m.monitor)
+	must(t, err)
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Minute))
+	r := bufio.NewReader(c)
+	// The monitor greets, then prompts "(qemu) " after each command's
+	// output; the command is echoed back first.
+	if _, err := readPrompt(r); err != nil {
+		t.Fatalf("monitor: %v", err)
+	}
+	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
+		t.Fatalf("monitor: %v", err)
+	}
+	out, err := readPrompt(r)
+	if err != nil {
+		t.Fatalf("monitor %q: %v", cmd, err)
+	}
+	return out
+}
+
+const prompt = "(qemu) "
+
+func readPrompt(r *bufio.Reader) (string, error) {
+	var b strings.Builder
+	for !strings.HasSuffix(b.String(), prompt) {
+		c, err := r.ReadByte()
+		if err != nil {
+			return b.String(), err
+		}
+		b.WriteByte(c)
+	}
+	return b.String(), nil
 }
 
 func run(t *testing.T, name string, args ...string) {

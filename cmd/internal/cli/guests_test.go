@@ -216,7 +216,8 @@ func eventuallyWithin(t *testing.T, d time.Duration, what string, f func() bool)
 	}
 }
 
-// lastReport is the newest pod.containers.reported of a pod in the stream.
+// lastReport is the newest pod.containers.reported of a pod in the stream
+// (walked back from its end: other pods report on the same subject).
 func lastReport(t *testing.T, b *bus.Bus, uid string) *events.PodContainersReported {
 	t.Helper()
 	ctx := context.Background()
@@ -224,19 +225,25 @@ func lastReport(t *testing.T, b *bus.Bus, uid string) *events.PodContainersRepor
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := stream.GetLastMsgForSubject(ctx, events.SubjectPodContainersReported)
-	if err != nil {
-		return nil
-	}
-	ev, err := bus.DecodeHeaders(m.Header, m.Data)
+	info, err := stream.Info(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var r events.PodContainersReported
-	if err := json.Unmarshal(ev.Data(), &r); err != nil || r.UID != uid {
-		return nil
+	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0; seq-- {
+		m, err := stream.GetMsg(ctx, seq)
+		if err != nil || m.Subject != events.SubjectPodContainersReported {
+			continue
+		}
+		ev, err := bus.DecodeHeaders(m.Header, m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r events.PodContainersReported
+		if err := json.Unmarshal(ev.Data(), &r); err == nil && r.UID == uid {
+			return &r
+		}
 	}
-	return &r
+	return nil
 }
 
 func TestUpGuestModes(t *testing.T) {

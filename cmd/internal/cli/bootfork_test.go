@@ -1,0 +1,63 @@
+package cli
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/podvm/qemutest"
+)
+
+// TestBootImageForkedChildTakesOverTheTemplate boots the image as a pod VM
+// template (a template's spec, its channel on a network serial port to the
+// concentrator), then forks it as an instant clone does: the parent's
+// memory and devices go on in a second QEMU with a copy of its ephemeral
+// disk and guestinfo of its own (a pod's spec), and its second serial port
+// connects to the concentrator anew. The child's agent, resumed inside the
+// template's pod, reads its configuration again, greets as the pod and runs
+// the pod's container under the pod's hostname, reported through the
+// concentrator, with logs and exec; the parent goes on as the template.
+func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
+	qemutest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	r := startSerialRig(t)
+
+	const tmplName = "pv-template-boot"
+	tmpl := r.spec(tmplName, events.TemplateNamespace, tmplName, "echo template; exec sleep 3600")
+	tmpl.Template = true
+	dir := t.TempDir()
+	disks := qemutest.MakeDisks(t, dir, r.guestinfo(t, tmpl, "42-template"))
+	parent := qemutest.Boot(t, ctx, dir, disks, r.port()...)
+	eventuallyWithin(t, 4*time.Minute, "the template's container reported running", r.running(t, tmplName))
+
+	const uid = "5e1c9b0d-boot-forked"
+	r.podRecord(t, ctx, uid, "forked")
+	pod := r.spec(uid, "default", "forked", "read h < /proc/sys/kernel/hostname; echo forked on $h; exec sleep 3600")
+	start := time.Now()
+	child := parent.Fork(t, ctx, t.TempDir(), r.guestinfo(t, pod, "42-forked"), r.port()...)
+	eventuallyWithin(t, 2*time.Minute, "the child's container reported running", r.running(t, uid))
+	t.Logf("fork to running, reported through the concentrator: %.1f s (QEMU TCG: the save and restore of 512 MiB included)", time.Since(start).Seconds())
+
+	state := r.cliState(t)
+	eventuallyWithin(t, 30*time.Second, "podvisor logs forked", func() bool {
+		out, _, code := run(t, state, "", "logs", "forked")
+		return code == 0 && out == "forked on forked\n"
+	})
+	if out, errOut, code := run(t, state, "", "exec", "forked", "--", "sh", "-c", "echo in the child"); code != 0 || out != "in the child\n" {
+		t.Errorf("exec in the child: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	select {
+	case err := <-parent.Exited:
+		t.Fatalf("the parent stopped after the fork: %v", err)
+	default:
+	}
+	childLog, _ := os.ReadFile(child.Console)
+	parentLog, _ := os.ReadFile(parent.Console)
+	if !strings.Contains(string(childLog), "forked: taken over") || strings.Contains(string(parentLog), "forked: taken over") {
+		t.Errorf("want the child, and only the child, taken over; child's console:\n%s\nparent's console:\n%s", childLog, parentLog)
+	}
+}
