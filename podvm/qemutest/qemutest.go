@@ -127,10 +127,14 @@ func start(t *testing.T, ctx context.Context, dir string, d Disks, extra []strin
 	qemu.Stdout, qemu.Stderr = &out, &out
 	must(t, qemu.Start())
 	exited := make(chan error, 1)
-	go func() { exited <- qemu.Wait() }()
+	done := make(chan struct{}) // closed at QEMU's end, whoever received it on exited
+	go func() {
+		exited <- qemu.Wait()
+		close(done)
+	}()
 	t.Cleanup(func() {
 		_ = qemu.Process.Kill()
-		<-exited
+		<-done
 		if t.Failed() {
 			b, _ := os.ReadFile(console)
 			t.Logf("qemu: %s\nconsole:\n%s", out.String(), b)

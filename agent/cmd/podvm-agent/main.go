@@ -415,6 +415,12 @@ func newBootID() string {
 	return hex.EncodeToString(b)
 }
 
+// routeHandle opens netlink for links, addresses and routes alone: a
+// handle of every family (netlink.NewHandle()) also opens XFRM, which a
+// pod VM's kernel has only as a module it does not load, and fails there
+// with "protocol not supported".
+func routeHandle() (*netlink.Handle, error) { return netlink.NewHandle(unix.NETLINK_ROUTE) }
+
 // nicWait bounds the wait for a card the hypervisor has not presented yet.
 const nicWait = 10 * time.Second
 
@@ -425,7 +431,7 @@ func configureNICs(list []guestchannel.NIC) error {
 	if len(list) == 0 {
 		return nil
 	}
-	h, err := netlink.NewHandle()
+	h, err := routeHandle()
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}

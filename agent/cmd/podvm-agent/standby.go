@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/agent/bootconfig"
 	"github.com/podvisor/podvisor/agent/disks"
 	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/agent/nics"
 	"github.com/podvisor/podvisor/agent/runtime"
 )
 
@@ -164,6 +165,15 @@ func (a *agent) handOver(cfg, child *bootconfig.Config, mounted *disks.Mounted) 
 	if err := setHostname(child.Spec); err != nil {
 		a.log.Warn("forked", "err", err)
 	}
+	if len(child.Spec.NICs) > 0 {
+		// The child's cards have addresses of their own, which the
+		// drivers read only when they bind.
+		if n, err := reprobeNICs(); err != nil {
+			a.log.Warn("forked: network cards not bound again", "bound", n, "err", err)
+		} else {
+			a.log.Info("forked: network cards bound again", "cards", n)
+		}
+	}
 	a.log.Info("forked: taken over", "template", cfg.Spec.Name, "pod", child.Spec.Namespace+"/"+child.Spec.Name,
 		"vm", child.Boot.VMUUID, "stop_ms", ms(time.Since(t)))
 	return next
@@ -214,4 +224,18 @@ func (s *standby) differs(cfg *bootconfig.Config) string {
 		}
 	}
 	return ""
+}
+
+// reprobeNICs binds this guest's PCI network cards again (nics.Reprobe).
+func reprobeNICs() (int, error) {
+	h, err := routeHandle()
+	if err != nil {
+		return 0, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return 0, err
+	}
+	return nics.Reprobe(links, "/sys")
 }
