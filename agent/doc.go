@@ -9,9 +9,12 @@
 // # Packages
 //
 //	guestchannel   the contract with the host agent: pod spec, boot config, framed messages (stdlib only)
-//	bootconfig     where the boot config and the spec come from (Source: a file today; guestinfo or a
-//	               configuration disk on real VMs later)
-//	nics           the spec's NICs: card found by MAC, address and prefix, default route via the gateway
+//	bootconfig     where the boot config and the spec come from (Source: a file the first stage or a
+//	               simulated hypervisor writes)
+//	source         guestinfo: the VMware backdoor, else a configuration disk; either read again later
+//	vmboot         a booted VM's first stage (podvm-init): modules, devices, the BootConfig from guestinfo
+//	nics           the spec's NICs: card found by MAC, address and prefix, default route via the gateway;
+//	               PCI cards bound to their drivers again after a fork (their addresses changed)
 //	disks          loop devices (LOOP_CONFIGURE, autoclear), mkfs.ext4 of a blank disk 0, erofs and ext4 mounts
 //	diskcrypt      fscrypt (v2 policy) on disk 0 for a pod with an encrypted ephemeral disk, once its key came
 //	bundle         one container instance's OCI bundle (runtime-spec types, Kubernetes command rules)
@@ -34,6 +37,17 @@
 // (formatting it ext4 if blank) and every image disk read-only, and starts
 // the supervisor. SIGTERM — the hypervisor's power-off — stops every
 // container within the pod's grace period, unmounts everything and exits.
+//
+// # Forks
+//
+// An instant clone's child resumes its parent's guest. A simulated
+// hypervisor boots that guest ahead as a standby (BootConfig.Takeover) and
+// hands it the child's configuration on a descriptor. On a booted VM the
+// template's agent (PodSpec.Template) reads its configuration source again
+// (BootConfig.Watch) every 100 ms and before every hello; a spec of another
+// pod there is the child's: the template's channel ends, its containers are
+// killed, the cards are bound again and the child's pod runs on the disks
+// already mounted, greeting the host as the child (docs/architecture.md).
 //
 // # A container's root
 //
