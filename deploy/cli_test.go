@@ -56,9 +56,10 @@ func checkPodvisorArgs(args []string) error {
 	return nil
 }
 
-// shellInvocation finds `…/podvisor <args>` in a shell command line and
-// returns the args, up to the next shell operator.
-var shellInvocation = regexp.MustCompile(`(?:^|[\s/])podvisor((?:\s+[^\s&|;]+)*)`)
+// shellInvocation finds `…/podvisor <args>` or `…/podvisord <args>` (one
+// service) in a shell command line and returns the args, up to the next
+// shell operator.
+var shellInvocation = regexp.MustCompile(`(?:^|[\s/])podvisord?((?:\s+[^\s&|;]+)*)\s*(?:$|[&|;])`)
 
 func podvisorArgsIn(cmd string) ([]string, bool) {
 	m := shellInvocation.FindStringSubmatch(cmd)

@@ -39,6 +39,16 @@ func executeTiltfile(t *testing.T, args []string) *tiltfile.Plan {
 // they do not exist before Tilt runs, and that is fine.
 var goBuildOutput = regexp.MustCompile(`go build\b[^&;|]*?\s-o\s+(\S+)`)
 
+// builtPackage is the package a `go build` command line builds (its last
+// word).
+func builtPackage(cmd string) string {
+	f := strings.Fields(cmd)
+	if len(f) == 0 {
+		return ""
+	}
+	return f[len(f)-1]
+}
+
 func buildOutputs(plan *tiltfile.Plan) map[string]bool {
 	out := map[string]bool{}
 	for _, lr := range plan.LocalResources {
@@ -224,6 +234,11 @@ func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 			if step.Kind != "sync" || !ok {
 				continue
 			}
+			// A service runs podvisord, as in production: the smaller
+			// executable without the simulator and servers.
+			if pkg := builtPackage(lr.Cmd); (service != "") != (pkg == "./cmd/podvisord") {
+				t.Errorf("%s's binary is built from %q", workload, pkg)
+			}
 			for other, module := range modules {
 				has := slices.Contains(lr.Deps, filepath.Join(root, module))
 				if other == service && !has {
@@ -257,7 +272,7 @@ func checkClusterMode(t *testing.T, plan *tiltfile.Plan) {
 }
 
 // tilt up -- --local: infra runs `podvisor up --services=none`, each service
-// `podvisor serve <name>` with its own health port, watching its module.
+// `podvisord serve <name>` with its own health port, watching its module.
 func checkLocalMode(t *testing.T, plan *tiltfile.Plan) {
 	root := repoRoot(t)
 	if len(plan.Images) != 0 || len(plan.K8sResources) != 0 || len(plan.YAML) != 0 {
@@ -292,8 +307,9 @@ func checkLocalMode(t *testing.T, plan *tiltfile.Plan) {
 			t.Errorf("no local_resource for service %s", s)
 			continue
 		}
-		if args, _ := podvisorArgsIn(lr.ServeCmd); !slices.Equal(args, []string{"serve", s}) {
-			t.Errorf("%s serves %q, want `podvisor serve %s`", s, lr.ServeCmd, s)
+		if args, _ := podvisorArgsIn(lr.ServeCmd); !slices.Equal(args, []string{"serve", s}) || !strings.Contains(lr.ServeCmd, "/podvisord serve") ||
+			builtPackage(lr.Cmd) != "./cmd/podvisord" {
+			t.Errorf("%s builds %q and serves %q, want ./cmd/podvisord built and `podvisord serve %s`", s, lr.Cmd, lr.ServeCmd, s)
 		}
 		for _, want := range []string{modules[s], "events", "shared"} {
 			if !slices.Contains(lr.Deps, filepath.Join(root, want)) {
