@@ -422,10 +422,21 @@ func (c *Concentrator) agents(host string) (of, some *Service) {
 }
 
 // route finds the pod's record and the agent of the host it is placed on.
+// A template's guest has no pod record: the provisioner's record of the
+// template says its host, whose agent reports it.
 func (c *Concentrator) route(ctx context.Context, h guestchannel.Hello) (*Service, *events.PodRecord, error) {
 	_, some := c.agents("")
 	if some == nil {
 		return nil, nil, errors.New("no host agent runs here yet")
+	}
+	if h.Namespace == events.TemplateNamespace {
+		host, err := some.templateHost(ctx, h.Name)
+		if err != nil {
+			return nil, nil, err
+		}
+		if some, _ = c.agents(host); some == nil {
+			return nil, nil, fmt.Errorf("template %s runs on %q, which no host agent of this process serves (yet)", h.Name, host)
+		}
 	}
 	rec, err := some.findPod(ctx, h)
 	if err != nil {

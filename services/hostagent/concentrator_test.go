@@ -74,6 +74,56 @@ func TestConcentratorRoutesSerialChannelsByTheirPodsHost(t *testing.T) {
 	}
 }
 
+// A template's guest has no pod record: its line reaches the agent of the
+// host the provisioner's record of the template names (KV pod-templates),
+// whose reports then say that host, not whichever agent answered first. A
+// template without a record is refused, as a pod without one is.
+func TestConcentratorRoutesATemplatesLineByItsRecord(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentrator(key)
+	ctx := context.Background()
+	kv, err := e.bus.KV(ctx, events.BucketPodTemplates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello := func(name string) guestchannel.Hello {
+		return guestchannel.Hello{PodUID: name, Namespace: events.TemplateNamespace, Name: name, BootID: "b1",
+			ChannelToken: guestchannel.ChannelToken(key, name, events.TemplateNamespace, name)}
+	}
+	// Templates on both hosts, so that a line handed to any agent would
+	// show in some report's host.
+	onHost := map[string]string{"pv-template-a": host, "pv-template-b": "esx-1-02", "pv-template-c": host, "pv-template-d": "esx-1-02"}
+	for name, h := range onHost {
+		var rec events.PodTemplatePlacement
+		rec.Name, rec.Shape.Host = name, h
+		data, _ := json.Marshal(rec)
+		if _, err := kv.Put(ctx, name, data); err != nil {
+			t.Fatal(err)
+		}
+		guesttest.DialSerial(t, addr, hello(name), "template-0")
+	}
+	for name, h := range onHost {
+		r := e.waitReports(name, 1)[0].r
+		if r.Host != h || r.Namespace != events.TemplateNamespace {
+			t.Errorf("report of template %s from host %q in %s, want %s in %s", name, r.Host, r.Namespace, h, events.TemplateNamespace)
+		}
+	}
+
+	g := guesttest.DialSerial(t, addr, hello("pv-template-absent"), "template-0")
+	select {
+	case <-g.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the concentrator kept the line of a template without a record")
+	}
+	if errs := g.Errors(); len(errs) != 1 || !strings.Contains(errs[0], "has no record") {
+		t.Errorf("refusal = %q, want one error saying the template has no record", errs)
+	}
+	if got := e.reported("pv-template-absent"); len(got) != 0 {
+		t.Errorf("the line of a template without a record was reported: %+v", got)
+	}
+}
+
 // waitLastReport waits until the pod's last report is what want says.
 func (e *env) waitLastReport(uid, what string, want func(events.PodContainersReported) bool) {
 	e.t.Helper()

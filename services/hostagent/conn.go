@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -278,8 +279,10 @@ func (pc *podConn) answers(timeout time.Duration) bool {
 // named it, else by a search of the bucket for the uid.
 func (s *Service) findPod(ctx context.Context, h guestchannel.Hello) (*events.PodRecord, error) {
 	if h.Namespace == events.TemplateNamespace && h.Name != "" {
-		// A template's guest: no record, on whichever host it runs; its
-		// containers are the ones it reports.
+		// A template's guest: no pod record. On a host's socket it runs
+		// on that host; through the concentrator, route found its host
+		// first (templateHost) and asks that host's agent. Its containers
+		// are the ones it reports.
 		return &events.PodRecord{Namespace: h.Namespace, Name: h.Name, UID: h.PodUID, Host: s.cfg.Host, VMName: h.Name}, nil
 	}
 	if h.Namespace != "" && h.Name != "" {
@@ -307,6 +310,40 @@ func (s *Service) findPod(ctx context.Context, h guestchannel.Hello) (*events.Po
 		}
 	}
 	return nil, fmt.Errorf("no pod has uid %s: %w", h.PodUID, ErrRefused)
+}
+
+// templateHost is the host a pod VM template runs on, from the
+// provisioner's record of the template (KV pod-templates). A template has
+// no pod record, and a line through the concentrator does not say which
+// host it comes from; without a record nothing says where the template
+// runs, so its line is refused.
+func (s *Service) templateHost(ctx context.Context, name string) (string, error) {
+	s.templatesMu.Lock()
+	kv := s.templates
+	if kv == nil {
+		var err error
+		if kv, err = s.bus.KV(ctx, events.BucketPodTemplates); err != nil {
+			s.templatesMu.Unlock()
+			return "", fmt.Errorf("%s bucket: %w", events.BucketPodTemplates, err)
+		}
+		s.templates = kv
+	}
+	s.templatesMu.Unlock()
+	e, err := kv.Get(ctx, name)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return "", fmt.Errorf("template %s has no record in %s: %w", name, events.BucketPodTemplates, ErrRefused)
+	}
+	if err != nil {
+		return "", fmt.Errorf("template %s: %w", name, err)
+	}
+	var r events.PodTemplatePlacement
+	if err := json.Unmarshal(e.Value(), &r); err != nil {
+		return "", fmt.Errorf("template record %s: %w", name, err)
+	}
+	if r.Shape.Host == "" {
+		return "", fmt.Errorf("template %s: its record names no host: %w", name, ErrRefused)
+	}
+	return r.Shape.Host, nil
 }
 
 func cutKey(key string) (string, string, bool) {

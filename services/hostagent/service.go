@@ -67,6 +67,12 @@ type Service struct {
 	delivered map[string]HostData
 	// netState is the host's last desired network state (netstate.go).
 	netState netState
+
+	// templates is the provisioner's bucket of pod VM templates, opened
+	// when a concentrator first routes a template's line (templateHost):
+	// an agent on a host's socket never needs it.
+	templatesMu sync.Mutex
+	templates   jetstream.KeyValue
 }
 
 // New checks the configuration and opens the `pods` bucket.

@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,11 +11,15 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/diskkeys"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -80,7 +85,6 @@ func TestChannelSettingsAreChecked(t *testing.T) {
 		{"not tcp", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "telnet://c.example:23", "/k" }, "want tcp://host:port"},
 		{"no port", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "tcp://c.example", "/k" }, "want tcp://host:port"},
 		{"no key file", func(c *Config) { c.ChannelURI = "tcp://c.example:7041" }, EnvChannelKeyFile},
-		{"with templates", func(c *Config) { c.ChannelURI, c.ChannelKeyFile, c.TemplatesWarm = "tcp://c.example:7041", "/k", 1 }, "are created, not forked"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
@@ -125,5 +129,124 @@ func TestEncryptedPodFailsWithSerialChannels(t *testing.T) {
 	}
 	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 0 {
 		t.Fatalf("%d VMs made for a pod that cannot get its key", len(vms))
+	}
+}
+
+// Templates fork pod VMs that boot the image and talk on network serial
+// ports, as on a vCenter: the template VM has the pod's boot disk and
+// serial ports, its spec says it is a template's and carries the token of
+// the template's own identity (the concentrator checks a hello's token
+// against the identity it names), and a pod forked from it has its
+// template's ports and boot disk and its own spec with its own token.
+func TestTemplatesForkBootedPodVMsOnNetworkSerialPorts(t *testing.T) {
+	e := newEnv(t)
+	const boot = "[shared-ds] podvisor/boot-0123456789ab/podvm.vmdk"
+	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor/boot-0123456789ab", boot)
+	key := []byte(strings.Repeat("c", guestchannel.ChannelKeySize))
+	keyFile := filepath.Join(t.TempDir(), "channel.key")
+	if err := os.WriteFile(keyFile, key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.ChannelURI, cfg.ChannelKeyFile, cfg.BootDisk, cfg.TemplatesWarm = "tcp://concentrator.example:7041", keyFile, boot, 1
+	cfg.ForkEarly = false
+	svc, _ := e.start(cfg)
+	host := e.DC.Hosts()[0].Name
+	ctx := context.Background()
+	deploy := func(pod *corev1.Pod) *events.PodRecord {
+		t.Helper()
+		acc := e.request(pod)
+		e.facts(acc, host)
+		return e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	}
+	// vmOf is what a VM's hardware and guestinfo say of its channel.
+	vmOf := func(ref string) (channel string, bootDisk bool, spec *guestchannel.PodSpec) {
+		t.Helper()
+		var vm mo.VirtualMachine
+		if err := e.vc.RetrieveOne(ctx, vmRef(ref), []string{"config.hardware.device", "config.extraConfig"}, &vm); err != nil {
+			t.Fatal(err)
+		}
+		devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
+		for _, d := range devices.SelectByType((*types.VirtualSerialPort)(nil)) {
+			if b, ok := d.(*types.VirtualSerialPort).Backing.(*types.VirtualSerialPortURIBackingInfo); ok {
+				channel = b.ServiceURI
+			}
+		}
+		for _, d := range devices.SelectByType((*types.VirtualDisk)(nil)) {
+			if b, ok := d.(*types.VirtualDisk).Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok && b.FileName == boot {
+				bootDisk = true
+			}
+		}
+		for _, o := range vm.Config.ExtraConfig {
+			if v := o.GetOptionValue(); v.Key == guestchannel.GuestinfoSpec {
+				s, err := guestchannel.UnmarshalSpec([]byte(v.Value.(string)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				spec = s
+			}
+		}
+		if spec == nil {
+			t.Fatalf("VM %s has no %s", ref, guestchannel.GuestinfoSpec)
+		}
+		return channel, bootDisk, spec
+	}
+
+	deploy(imagePod("first", "app"))
+	var tmpl templates.Record
+	e.Eventually("a ready template", func() bool {
+		recs, err := svc.templates.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.State == templates.StateReady {
+				tmpl = r
+				return true
+			}
+		}
+		return false
+	})
+	if tmpl.Shape.Channel != cfg.ChannelURI || tmpl.Shape.BootDisk != boot {
+		t.Errorf("template shape: channel %q, boot disk %q; want %q and %q", tmpl.Shape.Channel, tmpl.Shape.BootDisk, cfg.ChannelURI, boot)
+	}
+	// The host agents' concentrator routes the template's line by what its
+	// record says of its host.
+	kv, err := e.Bus.KV(ctx, bus.BucketPodTemplates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry, err := kv.Get(ctx, tmpl.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var placed events.PodTemplatePlacement
+	if err := json.Unmarshal(entry.Value(), &placed); err != nil || placed.Name != tmpl.Name || placed.Shape.Host != host {
+		t.Errorf("the template's record read as events.PodTemplatePlacement: %+v, %v; want %s on %s", placed, err, tmpl.Name, host)
+	}
+	channel, bootDisk, spec := vmOf(tmpl.VMRef)
+	if channel != cfg.ChannelURI || !bootDisk {
+		t.Errorf("template VM: channel port %q, boot disk %v; want %q and the boot disk", channel, bootDisk, cfg.ChannelURI)
+	}
+	if !spec.Template || spec.Namespace != templates.Namespace || spec.UID != tmpl.Name {
+		t.Errorf("template's spec: template %v, identity %s/%s uid %s; want a template's of %s", spec.Template, spec.Namespace, spec.Name, spec.UID, tmpl.Name)
+	}
+	if !guestchannel.CheckChannelToken(key, spec.ChannelToken, tmpl.Name, templates.Namespace, tmpl.Name) {
+		t.Errorf("the template's channel token %q is not its own identity's under the key", spec.ChannelToken)
+	}
+
+	second := deploy(imagePod("second", "app"))
+	if got := e.DC.ForkedFrom(second.VMRef); got != tmpl.VMRef {
+		t.Fatalf("second pod's VM %s is forked from %q, want the template %s", second.VMRef, got, tmpl.VMRef)
+	}
+	channel, bootDisk, spec = vmOf(second.VMRef)
+	if channel != cfg.ChannelURI || !bootDisk {
+		t.Errorf("forked VM: channel port %q, boot disk %v; want %q and the boot disk", channel, bootDisk, cfg.ChannelURI)
+	}
+	if spec.Template || spec.UID != second.UID {
+		t.Errorf("forked VM's spec: template %v, uid %s; want the pod's (%s)", spec.Template, spec.UID, second.UID)
+	}
+	if !guestchannel.CheckChannelToken(key, spec.ChannelToken, second.UID, second.Namespace, second.Name) {
+		t.Errorf("the forked VM's channel token %q is not the pod's under the key", spec.ChannelToken)
 	}
 }

@@ -252,24 +252,12 @@ func (c Config) Validate() error {
 	p.Must(c.GuestTimeout >= 0, "GuestTimeout", c.GuestTimeout, "not be negative (0 disables the repair of silent guests)")
 	p.Must(c.GuestStopSlack >= 0, "GuestStopSlack", c.GuestStopSlack, "not be negative")
 	p.Must(0 <= c.TemplatesWarm && c.TemplatesWarm <= 64, "TemplatesWarm", c.TemplatesWarm, "be between 0 (no forking) and 64 templates per host")
-	if c.BootDisk != "" && c.TemplatesWarm > 0 {
-		// A fork's child resumes its template's guest. A simulated guest is
-		// handed the child's identity (a standby's takeover); the boot
-		// image's agent has no such step yet, so a child would go on as its
-		// template, running the template's containers under its name.
-		p.Add(fmt.Errorf("TemplatesWarm %d: pod VMs that boot the image (BootDisk set) cannot be forked yet, the boot image's agent does not take over a forked child's identity; set TemplatesWarm to 0", c.TemplatesWarm))
-	}
 	if c.ChannelURI != "" {
 		if err := podvm.ParseChannelURI(c.ChannelURI); err != nil {
 			p.Add(fmt.Errorf("ChannelURI: %w", err))
 		}
 		if c.ChannelKeyFile == "" {
 			p.Add(fmt.Errorf("ChannelKeyFile: required with ChannelURI (%s: the key the concentrator checks channel tokens with)", EnvChannelKeyFile))
-		}
-		if c.TemplatesWarm > 0 {
-			// A template's standby is taken over through the hypervisor's
-			// socket; a forked child's network serial port is not made.
-			p.Add(fmt.Errorf("TemplatesWarm %d: pod VMs whose channel is a network serial port (ChannelURI) are created, not forked; set TemplatesWarm to 0", c.TemplatesWarm))
 		}
 	}
 	p.Must(c.GuestRepairs >= 0, "GuestRepairs", c.GuestRepairs, "not be negative")

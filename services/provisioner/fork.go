@@ -41,6 +41,7 @@ func (s *Service) initTemplates(ctx context.Context) error {
 		Warm: s.cfg.TemplatesWarm, Agent: s.cfg.TemplateAgent,
 		// With guests a fork waits for the template's guest to be prepared.
 		AwaitGuest: s.cfg.AwaitGuestStop,
+		ChannelKey: s.channelKey,
 	}, kv, s.vms, fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:])), s.log)
 	return nil
 }

@@ -172,6 +172,27 @@ func TestServicePublishesWhatItOwns(t *testing.T) {
 	if _, err := icKV.Put(shortContext(t), "default.other", []byte("{}")); err == nil {
 		t.Error("imagecache wrote the provisioner's bucket")
 	}
+	// The host agents' concentrator routes a template's serial line by the
+	// template's record: it reads the provisioner's templates, never
+	// writes them.
+	tmpls, err := prov.KV(ctx, bus.BucketPodTemplates)
+	if err != nil {
+		t.Fatalf("provisioner opens its templates: %v", err)
+	}
+	if _, err := tmpls.Put(ctx, "pv-template-1", []byte(`{"name":"pv-template-1","shape":{"host":"h1"}}`)); err != nil {
+		t.Fatalf("provisioner writes its templates: %v", err)
+	}
+	ha := s.dial(t, events.PublisherHostAgent)
+	haKV, err := ha.KV(ctx, bus.BucketPodTemplates)
+	if err != nil {
+		t.Fatalf("host agent opens pod-templates to read: %v", err)
+	}
+	if _, err := haKV.Get(ctx, "pv-template-1"); err != nil {
+		t.Errorf("host agent reads pod-templates: %v", err)
+	}
+	if _, err := haKV.Put(shortContext(t), "pv-template-2", []byte("{}")); err == nil {
+		t.Error("host agent wrote the provisioner's templates")
+	}
 }
 
 // TestLimits: every stream reports a byte limit and a maximum message

@@ -107,9 +107,12 @@ func Identities() []Identity {
 		// network state, serves the network services, delivers the
 		// pass-through data of its host's networks, and asks the
 		// provisioner for the disk keys of its encrypted pod VMs; one
-		// serving every host learns them from the hosts bucket.
+		// serving every host learns them from the hosts bucket, and its
+		// concentrator routes a template's serial line to the agent of
+		// the template's host by the template's record.
 		{Name: events.PublisherHostAgent, Consumes: []string{events.StreamPods, events.StreamNetworks},
-			Reads:  []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData, events.BucketHosts},
+			Reads: []string{BucketPods, BucketNetworks, BucketNetHosts, BucketIPAM, BucketNetServices, BucketNetData, events.BucketHosts,
+				BucketPodTemplates},
 			Serves: []string{"pv.query.pod.>"}, Asks: []string{events.SubjectDiskKeyRelease}, StreamsAnswers: true},
 		// The guest cluster controller declares its clusters' VMs (as a
 		// client would), runs their compatibility checks, asks for the

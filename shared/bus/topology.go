@@ -49,7 +49,7 @@ const (
 	BucketVMImages  = events.BucketVMImages
 	// BucketPodTemplates holds the provisioner's pod VM templates (the
 	// parents pod VMs are instant-cloned from), one record per template.
-	BucketPodTemplates = "pod-templates"
+	BucketPodTemplates = events.BucketPodTemplates
 )
 
 const (

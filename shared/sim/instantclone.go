@@ -57,6 +57,9 @@ import (
 //     a child made before its pod's network is attached). A reconfigure
 //     of the running child moves its cards and hands its guest the new
 //     guestinfo spec (guests.go, reconfigureGuest).
+//   - Serial ports: the parent's, a network serial port connecting the
+//     child's host to the same address (a pod VM's channel), a console
+//     file in the parent's directory moved to the child's.
 //
 // Routing: vcsim dispatches a method by name on the object its registry
 // holds for the call's target, preferring the calling session's registry.
@@ -313,6 +316,31 @@ func (d *Datacenter) planFork(ctx *simulator.Context, vm *mo.VirtualMachine, spe
 				nic = &types.VirtualE1000{VirtualEthernetCard: card}
 			}
 			add(nic)
+		case *types.VirtualSerialPort:
+			// A child has its parent's serial ports: a network serial
+			// port (a pod VM's channel) connects the child's host to the
+			// same address, as the parent's does. A port backed by a file
+			// in the parent's directory (its console) writes the child's
+			// own file in the child's directory, as the disks there are.
+			port := *dv
+			port.Key = newKey(dv.Key)
+			switch b := dv.Backing.(type) {
+			case *types.VirtualSerialPortFileBackingInfo:
+				cp := *b
+				var file object.DatastorePath
+				if file.FromString(b.FileName) && file.Datastore == parentPath.Datastore && path.Dir(file.Path) == path.Dir(parentPath.Path) {
+					cp.FileName = fmt.Sprintf("%s/%s", p.childDir, path.Base(file.Path))
+				}
+				port.Backing = &cp
+			case *types.VirtualSerialPortURIBackingInfo:
+				cp := *b
+				port.Backing = &cp
+			}
+			if dv.Connectable != nil {
+				cp := *dv.Connectable
+				port.Connectable = &cp
+			}
+			add(&port)
 		}
 	}
 	p.spec = cs

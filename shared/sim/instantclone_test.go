@@ -255,7 +255,8 @@ func TestInstantCloneMovesNICs(t *testing.T) {
 // templateVM is a datacenter with guests, a host agent listening on its
 // one host, and the pod VM pv-template (powered off) running
 // forkSpec("uid-template", "template", chain) on an ephemeral disk and a
-// busybox image disk, its card on a port group of its own.
+// busybox image disk, its card on a port group of its own, and devices
+// (serial ports, say) added after them.
 type templateVM struct {
 	d      *sim.Datacenter
 	agents *hostAgents
@@ -265,7 +266,7 @@ type templateVM struct {
 	pgKey  string
 }
 
-func newTemplateVM(t *testing.T, chainByte, portGroup, mac string) templateVM {
+func newTemplateVM(t *testing.T, chainByte, portGroup, mac string, devices ...types.BaseVirtualDeviceConfigSpec) templateVM {
 	t.Helper()
 	privtest.Require(t, "simulated guests run in namespaces and cgroups")
 	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
@@ -285,8 +286,9 @@ func newTemplateVM(t *testing.T, chainByte, portGroup, mac string) templateVM {
 	var extents []string
 	tv.parent, extents = simtest.CreatePodVM(t, tv.c, d, simtest.PodVM{
 		Name: "pv-template", Host: host, NumCPUs: 1, MemoryMB: 256, Spec: forkSpec("uid-template", "template", tv.chain),
-		Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
-		NICs:  []simtest.PodVMNIC{{PortGroup: portGroup, MAC: mac}},
+		Disks:   []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
+		NICs:    []simtest.PodVMNIC{{PortGroup: portGroup, MAC: mac}},
+		Devices: devices,
 	})
 	if err := os.WriteFile(extents[1], image, 0o600); err != nil {
 		t.Fatal(err)

@@ -3,9 +3,12 @@ package sim_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,6 +16,8 @@ import (
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
+	"github.com/podvisor/podvisor/shared/servetest"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
@@ -154,5 +159,131 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 	}
 	if _, ok := d.Guests().Guest(ref.Value); !ok {
 		t.Fatal("the child stopped with its template")
+	}
+}
+
+// concentrator stands in for the host agents' concentrator: it takes the
+// connections of network serial ports on loopback, asks each for its hello
+// (resync) and passes the hello on with the line.
+type concentrator struct {
+	addr   string
+	hellos chan hello
+	lines  atomic.Int64 // connections accepted
+}
+
+func listenConcentrator(t *testing.T) *concentrator {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &concentrator{addr: ln.Addr().String(), hellos: make(chan hello, 16)}
+	servetest.Accept(t, ln, func(nc net.Conn) {
+		c.lines.Add(1)
+		conn := guestchannel.NewConn(nc)
+		t.Cleanup(func() { conn.Close() })
+		go func() {
+			if conn.Send(guestchannel.TypeResync, "", nil) != nil {
+				return
+			}
+			for {
+				env, err := conn.Receive()
+				if errors.Is(err, guestchannel.ErrMalformedFrame) {
+					continue // what a line carried before the agent opened it
+				}
+				if err != nil {
+					conn.Close()
+					return
+				}
+				var m guestchannel.Hello
+				if env.Type == guestchannel.TypeHello && env.Decode(&m) == nil {
+					c.hellos <- hello{msg: m, conn: conn}
+					return
+				}
+			}
+		}()
+	})
+	return c
+}
+
+func (c *concentrator) next(t *testing.T, what string) hello {
+	t.Helper()
+	select {
+	case m := <-c.hellos:
+		return m
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: no hello on a serial line within 30s", what)
+		return hello{}
+	}
+}
+
+// A VM whose channel is a network serial port (a pod VM on a vCenter) has
+// standbys too. A standby's line stays cut until a VM takes it over: it is
+// no VM's port yet, and would only be a silent line at the concentrator.
+// The child of the next instant clone resumes the standby, its line
+// connected from the child's host, and its agent greets the concentrator
+// on the standby's serial device as the child.
+func TestInstantCloneOfASerialPortVMResumesAStandby(t *testing.T) {
+	conc := listenConcentrator(t)
+	port := func(key int32) types.BaseVirtualDeviceConfigSpec {
+		return &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: &types.VirtualSerialPort{
+			VirtualDevice: types.VirtualDevice{Key: key, UnitNumber: types.NewInt32(1), Backing: &types.VirtualSerialPortURIBackingInfo{
+				VirtualDeviceURIBackingInfo: types.VirtualDeviceURIBackingInfo{ServiceURI: "tcp://" + conc.addr, Direction: string(types.VirtualDeviceURIBackingOptionDirectionClient)}}},
+			YieldOnPoll: true,
+		}}
+	}
+	tv := newTemplateVM(t, "s", "pv-standby-serial", "00:50:56:aa:bb:21", port(-500))
+	d, parent, chain := tv.d, tv.parent, tv.chain
+	powerOn(t, parent)
+	if h := conc.next(t, "template"); h.msg.PodUID != "uid-template" {
+		t.Fatalf("the template's line says pod %q, want uid-template", h.msg.PodUID)
+	} else {
+		running(t, h, "template")
+	}
+	pkey := parent.Reference().Value
+	fork := func(name string) types.ManagedObjectReference {
+		t.Helper()
+		return instantClone(t, parent, name, forkSpec("uid-"+name, name, chain), nil)
+	}
+
+	// The first clone boots (no standby yet), on a line of its own.
+	fork("first")
+	if h := conc.next(t, "first"); h.msg.PodUID != "uid-first" {
+		t.Fatalf("the first child's line says pod %q, want uid-first", h.msg.PodUID)
+	} else {
+		running(t, h, "first")
+	}
+	var sb guest.Info
+	deadline := time.Now().Add(30 * time.Second)
+	for ok := false; !ok; sb, ok = d.Guests().Standby(pkey) {
+		if time.Now().After(deadline) {
+			t.Fatal("no standby of the template within 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Prepared (its disks mounted) takes far longer than a connection on
+	// loopback: a line that was not cut would be up by now.
+	if sb.Connections != 0 || conc.lines.Load() != 2 {
+		t.Fatalf("the standby's line: %d connections, %d lines at the concentrator; want it cut (0) and the template's and first child's lines only (2)",
+			sb.Connections, conc.lines.Load())
+	}
+
+	ref := fork("second")
+	h := conc.next(t, "second")
+	if h.msg.PodUID != "uid-second" || h.msg.Namespace != "default" || h.msg.Name != "second" {
+		t.Fatalf("the resumed child's line says pod %s/%s uid %s, want default/second uid-second", h.msg.Namespace, h.msg.Name, h.msg.PodUID)
+	}
+	running(t, h, "second")
+	g, ok := d.Guests().Guest(ref.Value)
+	if !ok {
+		t.Fatal("the child runs no guest")
+	}
+	if g.PID != sb.PID || !g.Resumed || g.Connections != 1 {
+		t.Fatalf("the child's guest is process %d (resumed %v, %d connections), want the standby's %d resumed with its line connected",
+			g.PID, g.Resumed, g.Connections, sb.PID)
+	}
+	boot, err := os.ReadFile(filepath.Join(g.Dir, "boot.json"))
+	if err != nil || !strings.Contains(string(boot), `"channel": "serial:/dev/pts/`) {
+		t.Fatalf("the child's boot config (%v) does not name the standby's serial device as its channel:\n%s", err, boot)
 	}
 }

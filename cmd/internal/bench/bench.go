@@ -92,10 +92,10 @@ type Config struct {
 	// pod's time goes, step by step. Recording costs CPU, so that run's
 	// figures are not comparable with a run without it.
 	DataPlaneSpans bool
-	// DataPlaneChannel is how the data plane's guests reach their host
-	// agents: allinone.GuestChannelSocket (the default) or
-	// GuestChannelSerial (network serial ports to the host agents'
-	// concentrator, over TLS, as pod VMs on a vCenter).
+	// DataPlaneChannel is how the guests of the data-plane and fork
+	// sections reach their host agents: allinone.GuestChannelSocket (the
+	// default) or GuestChannelSerial (network serial ports to the host
+	// agents' concentrator, over TLS, as pod VMs on a vCenter).
 	DataPlaneChannel string
 }
 

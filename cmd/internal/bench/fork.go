@@ -33,8 +33,12 @@ import (
 // a time, so each start is measured alone.
 type Fork struct {
 	// Skipped says why the section did not run (as DataPlane's).
-	Skipped string  `json:"skipped,omitempty"`
-	Pairs   int     `json:"pairs"`
+	Skipped string `json:"skipped,omitempty"`
+	Pairs   int    `json:"pairs"`
+	// Channel is how the guests reach their host agents
+	// (Config.DataPlaneChannel): socket, or serial (network serial ports
+	// to the concentrator, as pod VMs on a vCenter).
+	Channel string  `json:"channel"`
 	Created Latency `json:"created_ms"`
 	Forked  Latency `json:"forked_ms"`
 	// CreatedVMReady and ForkedVMReady are request → pod.vm.ready (the
@@ -72,7 +76,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	if agent == "" {
 		agent = allinone.DefaultAgentPath()
 	}
-	out := &Fork{Pairs: cfg.ForkPairs}
+	out := &Fork{Pairs: cfg.ForkPairs, Channel: cmp.Or(cfg.DataPlaneChannel, allinone.GuestChannelSocket)}
 	if why := dataPlaneReady(agent); why != "" {
 		out.Skipped = why
 		return out, nil
@@ -83,9 +87,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sdktrace.NewSimpleSpanProcessor(spans)))
 	otel.SetTracerProvider(tp)
 	defer func() { _ = tp.Shutdown(context.Background()) }()
-	// The hypervisor's socket: a template's standby is taken over through
-	// it (pod VMs on network serial ports are created, not forked).
-	sys, b, stop, err := startGuests(ctx, cfg, agent, allinone.GuestChannelSocket, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
+	sys, b, stop, err := startGuests(ctx, cfg, agent, out.Channel, 1, 1, map[string]string{provisioner.EnvTemplatesWarm: "1"}, bus.IdentityAdmin)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +117,7 @@ func runFork(ctx context.Context, cfg Config, p progress) (*Fork, error) {
 	if _, _, err := runPodsAnnotated(ctx, b, w, image, "fk-forked-first", map[string]string{events.AnnotationInstantClone: "true"}, 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("first fork: %w", err)
 	}
-	p.say("fork: %d created and %d forked pod VMs, one at a time…", cfg.ForkPairs, cfg.ForkPairs)
+	p.say("fork: %d created and %d forked pod VMs, one at a time (%s channels)…", cfg.ForkPairs, cfg.ForkPairs, out.Channel)
 	pods, err := b.KV(ctx, events.BucketPods)
 	if err != nil {
 		return nil, err

@@ -143,7 +143,7 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")
 	f.StringVar(&memProf, "memprofile", "", "write a pprof heap profile of this process once the pipeline's pods ran, after a collection, and with --services-apart one of each service process to FILE.<service> (go tool pprof -sample_index=inuse_space FILE)")
 	f.StringVar(&dpProf, "data-plane-cpuprofile", "", "write a pprof CPU profile of the data plane's burst (guests on) to this file")
-	f.StringVar(&cfg.DataPlaneChannel, "data-plane-channel", "socket", "how the data plane's guests reach their host agents: socket (the hypervisor's) or serial (network serial ports to the host agents' concentrator, over TLS, as pod VMs on a vCenter)")
+	f.StringVar(&cfg.DataPlaneChannel, "data-plane-channel", "socket", "how the guests of the data-plane and fork sections reach their host agents: socket (the hypervisor's) or serial (network serial ports to the host agents' concentrator, over TLS, as pod VMs on a vCenter)")
 	f.BoolVar(&cfg.DataPlaneSpans, "data-plane-spans", false, "record the services' spans through the data-plane section and report their medians over the burst's pods (recording costs CPU: that run's figures are not comparable with one without it)")
 	return cmd
 }

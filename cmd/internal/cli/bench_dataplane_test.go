@@ -61,3 +61,48 @@ func TestBenchDataPlaneSectionWithSpans(t *testing.T) {
 		}
 	}
 }
+
+// The fork section on network serial ports (`bench --data-plane-channel
+// serial`), as pod VMs on a vCenter: the template's guest and the forked
+// pods' talk to the concentrator, every forked pod is an instant clone, and
+// forks resume the template's standby.
+func TestBenchForkSectionOnSerialChannels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an all-in-one with guests")
+	}
+	privtest.Require(t, "the fork section boots simulated guests")
+	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	code := Main(ctx, []string{"--state-dir", t.TempDir(), "bench", "--agent", agent, "--pods", "2", "--hosts", "2",
+		"--image-mib", "0", "--raw-workers", "2", "--sequential-vms", "2", "--data-plane-pods", "0",
+		"--fork-pairs", "2", "--data-plane-channel", "serial", "-o", "json", "-q"}, strings.NewReader(""), &out, &errb)
+	if code != 0 {
+		t.Fatalf("bench: exit %d: %s", code, errb.String())
+	}
+	var res struct {
+		Fork struct {
+			Skipped   string `json:"skipped"`
+			Channel   string `json:"channel"`
+			Pairs     int    `json:"pairs"`
+			NotForked int    `json:"not_forked"`
+			Resumed   int    `json:"resumed"`
+			Forked    struct {
+				P50 float64 `json:"p50"`
+			} `json:"forked_ms"`
+		} `json:"fork"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, out.String())
+	}
+	f := res.Fork
+	if f.Skipped != "" || f.Channel != "serial" || f.Pairs != 2 || f.NotForked != 0 || f.Resumed < 1 || f.Forked.P50 <= 0 {
+		t.Fatalf("fork section on serial channels: %+v, want 2 pairs on serial channels, every pod forked, at least one resuming a standby", f)
+	}
+	t.Logf("fork section on serial channels: %+v", f)
+}

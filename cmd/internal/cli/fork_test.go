@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/vmware/govmomi/simulator"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
@@ -36,75 +37,7 @@ import (
 func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
 	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
 		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128", provisioner.EnvTemplatesWarm: "1", provisioner.EnvForkEarly: "true"})})
-	ctx := t.Context()
-	admin, err := sys.Dial(ctx, bus.IdentityAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(admin.Close)
-	tmplKV, err := admin.KV(ctx, bus.BucketPodTemplates)
-	if err != nil {
-		t.Fatal(err)
-	}
-	record := func(name string) *events.PodRecord { return podRecord(t, admin, "default", name) }
-	templatesNow := func() []templates.Record {
-		lister, err := tmplKV.ListKeys(ctx)
-		if err != nil {
-			return nil
-		}
-		var out []templates.Record
-		for k := range lister.Keys() {
-			if e, err := tmplKV.Get(ctx, k); err == nil {
-				var r templates.Record
-				if json.Unmarshal(e.Value(), &r) == nil {
-					out = append(out, r)
-				}
-			}
-		}
-		return out
-	}
-	preparedTemplate := func(not string) templates.Record {
-		t.Helper()
-		var got templates.Record
-		eventuallyWithin(t, 90*time.Second, "a prepared template", func() bool {
-			for _, r := range templatesNow() {
-				if r.Name != not && r.State == templates.StateReady && r.GuestReady {
-					got = r
-					return true
-				}
-			}
-			return false
-		})
-		return got
-	}
-	deploy := func(pod, image string) *events.PodRecord {
-		t.Helper()
-		mustRun(t, dir, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: %s
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: app
-    image: %s
-    command: ["/bin/sh", "-c", "echo I am %s; exec sleep 3600"]
-`, pod, image, pod), "apply", "-f", "-")
-		waitRunning(t, dir, pod, "", 90*time.Second)
-		eventuallyWithin(t, 20*time.Second, pod+" logs who it is", func() bool {
-			out, _, code := run(t, dir, "", "logs", pod)
-			return code == 0 && out == "I am "+pod+"\n"
-		})
-		return record(pod)
-	}
-	forked := func(r *events.PodRecord) (string, string) {
-		for _, c := range r.Conditions {
-			if c.Type == events.PodConditionVMForked {
-				return c.Status, c.Reason
-			}
-		}
-		return "", ""
-	}
+	f := newForkUp(t, sys, dir)
 	// A pod placed with its images ready while its shape has a template is
 	// forked before its network is attached (its VMForked condition says
 	// so once the network came); which forked pods were depends on when
@@ -117,14 +50,14 @@ spec:
 	}
 
 	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
-	first := deploy("first", image)
-	if st, reason := forked(first); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+	first := f.deploy("first", image)
+	if st, reason := forkedOf(first); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
 		t.Fatalf("first pod: VMForked %s/%s, want False/NoTemplate", st, reason)
 	}
-	tmpl := preparedTemplate("")
+	tmpl := f.preparedTemplate("")
 
-	second := deploy("second", image)
-	if st, reason := forked(second); st != events.ConditionTrue {
+	second := f.deploy("second", image)
+	if st, reason := forkedOf(second); st != events.ConditionTrue {
 		t.Fatalf("second pod: VMForked %s/%s, want True", st, reason)
 	}
 	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
@@ -139,8 +72,8 @@ spec:
 		standby, ok = sys.Datacenter.Guests().Standby(tmpl.VMRef)
 		return ok
 	})
-	resumed := deploy("resumed", image)
-	if st, _ := forked(resumed); st != events.ConditionTrue {
+	resumed := f.deploy("resumed", image)
+	if st, _ := forkedOf(resumed); st != events.ConditionTrue {
 		t.Fatal("pod resumed: not forked")
 	}
 	if g, ok := sys.Datacenter.Guests().Guest(resumed.VMRef); !ok || g.PID != standby.PID {
@@ -173,12 +106,12 @@ spec:
 	if err := remote.Write(dst, img, sys.RegistryOptions()...); err != nil {
 		t.Fatal(err)
 	}
-	if st, reason := forked(deploy("third", image2)); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+	if st, reason := forkedOf(f.deploy("third", image2)); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
 		t.Fatalf("first pod of the new image: VMForked %s/%s, want False/NoTemplate", st, reason)
 	}
-	newer := preparedTemplate(tmpl.Name)
+	newer := f.preparedTemplate(tmpl.Name)
 	eventuallyWithin(t, 30*time.Second, "the old image's template removed", func() bool {
-		all := templatesNow()
+		all := f.templates()
 		return len(all) == 1 && all[0].Name == newer.Name && !guestRuns(sys, tmpl.VMRef)
 	})
 
@@ -187,8 +120,8 @@ spec:
 		Probability: 1, FaultType: simulator.FaultTypeInsufficientResourcesFault, MaxCount: 1}); err != nil {
 		t.Fatal(err)
 	}
-	fourth := deploy("fourth", image2)
-	if st, reason := forked(fourth); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed {
+	fourth := f.deploy("fourth", image2)
+	if st, reason := forkedOf(fourth); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed {
 		t.Fatalf("pod with InstantClone failing: VMForked %s/%s, want False/InstantCloneFailed", st, reason)
 	}
 	if sys.Datacenter.ForkedFrom(fourth.VMRef) != "" {
@@ -198,7 +131,7 @@ spec:
 	if code != 0 || !strings.Contains(out, templates.ReasonInstantCloneFailed) {
 		t.Errorf("describe pod fourth does not show why it was not forked:\n%s", out)
 	}
-	fifth := deploy("fifth", image2)
+	fifth := f.deploy("fifth", image2)
 	if got := sys.Datacenter.ForkedFrom(fifth.VMRef); got != newer.VMRef {
 		t.Fatalf("fifth pod's VM is a fork of %q, want the new template %s", got, newer.VMRef)
 	}
@@ -209,7 +142,7 @@ spec:
 	t.Logf("forked before their network: %v", forkedEarly)
 	// An early fork's guest got its network from the reconfigure: the
 	// agent configured the pod's card before the container started.
-	g, ok := sys.Datacenter.Guests().Guest(record(forkedEarly[0]).VMRef)
+	g, ok := sys.Datacenter.Guests().Guest(f.record(forkedEarly[0]).VMRef)
 	if !ok {
 		t.Fatalf("pod %s runs no guest", forkedEarly[0])
 	}
@@ -220,6 +153,101 @@ spec:
 	if !strings.Contains(string(console), `msg="network attached"`) || !strings.Contains(string(console), "nics=1") {
 		t.Errorf("pod %s's guest did not get its network from the update:\n%s", forkedEarly[0], console)
 	}
+}
+
+// forkUp reads what `up` made of forked pods: the pods' records and the
+// provisioner's templates, through the admin identity.
+type forkUp struct {
+	t      *testing.T
+	sys    *allinone.System
+	dir    string
+	admin  *bus.Bus
+	tmplKV jetstream.KeyValue
+}
+
+func newForkUp(t *testing.T, sys *allinone.System, dir string) *forkUp {
+	t.Helper()
+	admin, err := sys.Dial(t.Context(), bus.IdentityAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	tmplKV, err := admin.KV(t.Context(), bus.BucketPodTemplates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &forkUp{t: t, sys: sys, dir: dir, admin: admin, tmplKV: tmplKV}
+}
+
+func (f *forkUp) record(name string) *events.PodRecord {
+	return podRecord(f.t, f.admin, "default", name)
+}
+
+// templates are the template records now.
+func (f *forkUp) templates() []templates.Record {
+	ctx := f.t.Context()
+	lister, err := f.tmplKV.ListKeys(ctx)
+	if err != nil {
+		return nil
+	}
+	var out []templates.Record
+	for k := range lister.Keys() {
+		if e, err := f.tmplKV.Get(ctx, k); err == nil {
+			var r templates.Record
+			if json.Unmarshal(e.Value(), &r) == nil {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// preparedTemplate waits for a template other than not that is ready and
+// whose guest said it is prepared.
+func (f *forkUp) preparedTemplate(not string) templates.Record {
+	f.t.Helper()
+	var got templates.Record
+	eventuallyWithin(f.t, 90*time.Second, "a prepared template", func() bool {
+		for _, r := range f.templates() {
+			if r.Name != not && r.State == templates.StateReady && r.GuestReady {
+				got = r
+				return true
+			}
+		}
+		return false
+	})
+	return got
+}
+
+// deploy applies a pod of one container of image that logs who it is,
+// and waits until it runs and its log says so.
+func (f *forkUp) deploy(pod, image string) *events.PodRecord {
+	f.t.Helper()
+	mustRun(f.t, f.dir, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: %s
+    command: ["/bin/sh", "-c", "echo I am %s; exec sleep 3600"]
+`, pod, image, pod), "apply", "-f", "-")
+	waitRunning(f.t, f.dir, pod, "", 90*time.Second)
+	eventuallyWithin(f.t, 20*time.Second, pod+" logs who it is", func() bool {
+		out, _, code := run(f.t, f.dir, "", "logs", pod)
+		return code == 0 && out == "I am "+pod+"\n"
+	})
+	return f.record(pod)
+}
+
+// forkedOf is the status and reason of a pod's VMForked condition.
+func forkedOf(r *events.PodRecord) (string, string) {
+	if c, ok := r.Condition(events.PodConditionVMForked); ok {
+		return c.Status, c.Reason
+	}
+	return "", ""
 }
 
 func guestRuns(sys *allinone.System, vm string) bool {

@@ -9,6 +9,12 @@ import (
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/serve"
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner"
+	"github.com/podvisor/podvisor/services/provisioner/templates"
+	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/ociregistry"
+	"github.com/podvisor/podvisor/shared/sim/guest"
 )
 
 // TestUpWithSerialGuestChannels is `podvisor up --guest-channel serial` as a
@@ -46,5 +52,75 @@ func TestUpWithSerialGuestChannels(t *testing.T) {
 	})
 	if out, errOut, code := run(t, dir, "", "exec", "wire", "--", "echo", "back"); code != 0 || out != "back\n" {
 		t.Errorf("exec wire -- echo back: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// TestUpWithSerialGuestChannelsForksPodVMs is `podvisor up --guests on
+// --guest-channel serial --templates-warm 1`: pod VMs talk on network serial
+// ports, as on a vCenter, and are forked from templates. The template's guest
+// greets the concentrator as the template, which routes its line to its
+// host's agent by the template's record, so the template is prepared; the
+// next pod is an instant clone whose guest runs on a line of its own, and
+// the one after it resumes the template's standby, whose serial line is
+// connected only then, and greets the concentrator as that pod: both run,
+// log and exec.
+func TestUpWithSerialGuestChannelsForksPodVMs(t *testing.T) {
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 1,
+		GuestChannel: allinone.GuestChannelSerial, TemplatesWarm: 1,
+		Settings: config.Map(map[string]string{provisioner.EnvEphemeralDisk: "128"})})
+	if sys.Concentrator == "" {
+		t.Fatal("up --guest-channel serial runs no concentrator")
+	}
+	f := newForkUp(t, sys, dir)
+	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+	if st, reason := forkedOf(f.deploy("first", image)); st != events.ConditionFalse || reason != templates.ReasonNoTemplate {
+		t.Fatalf("first pod: VMForked %s/%s, want False/NoTemplate", st, reason)
+	}
+	tmpl := f.preparedTemplate("")
+	if tmpl.Shape.Channel != sys.Concentrator {
+		t.Fatalf("the template's shape names channel %q, want the concentrator %s", tmpl.Shape.Channel, sys.Concentrator)
+	}
+	// serialGuest checks a pod's guest talks on its serial device, to the
+	// concentrator, and returns it.
+	serialGuest := func(r *events.PodRecord) guest.Info {
+		t.Helper()
+		g, ok := sys.Datacenter.Guests().Guest(r.VMRef)
+		if !ok {
+			t.Fatalf("pod %s runs no guest", r.Name)
+		}
+		boot, err := os.ReadFile(filepath.Join(g.Dir, "boot.json"))
+		if err != nil || g.VM.SerialURI != sys.Concentrator || !strings.Contains(string(boot), `"channel": "serial:`) {
+			t.Fatalf("pod %s's guest: network serial port %q (want %s), boot config (%v):\n%s", r.Name, g.VM.SerialURI, sys.Concentrator, err, boot)
+		}
+		if out, errOut, code := run(t, dir, "", "exec", r.Name, "--", "hostname"); code != 0 || out != r.Name+"\n" {
+			t.Errorf("exec %s -- hostname: exit %d, stdout %q, stderr %q", r.Name, code, out, errOut)
+		}
+		return g
+	}
+
+	second := f.deploy("second", image)
+	if st, reason := forkedOf(second); st != events.ConditionTrue {
+		t.Fatalf("second pod: VMForked %s/%s, want True", st, reason)
+	}
+	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
+		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
+	}
+	serialGuest(second)
+
+	var standby guest.Info
+	eventuallyWithin(t, 30*time.Second, "a standby of the template", func() bool {
+		var ok bool
+		standby, ok = sys.Datacenter.Guests().Standby(tmpl.VMRef)
+		return ok
+	})
+	if standby.Connections != 0 {
+		t.Fatalf("the template's standby has %d connections to the concentrator, want its line cut until a VM takes it over", standby.Connections)
+	}
+	resumed := f.deploy("resumed", image)
+	if st, reason := forkedOf(resumed); st != events.ConditionTrue {
+		t.Fatalf("pod resumed: VMForked %s/%s, want True", st, reason)
+	}
+	if g := serialGuest(resumed); g.PID != standby.PID || !g.Resumed {
+		t.Fatalf("pod resumed's guest is process %d (resumed %v), want the template's standby %d", g.PID, g.Resumed, standby.PID)
 	}
 }

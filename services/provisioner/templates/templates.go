@@ -70,6 +70,11 @@ type Config struct {
 	// another replica takes its build over, and how long a Failed one is
 	// kept before it is tried again.
 	BuildTimeout time.Duration
+	// ChannelKey makes channel tokens where pod VMs reach their host agents
+	// through network serial ports (the provisioner's ChannelURI); nil
+	// otherwise. A template greets the concentrator as itself, so its spec
+	// carries the token of its own identity, not its first pod's.
+	ChannelKey []byte
 }
 
 // Shape is what a template shares with every pod VM forked from it.
@@ -87,6 +92,11 @@ type Shape struct {
 	// image, which carries a new agent, makes new templates. Left out of
 	// the name's hash when empty, so templates without one keep theirs.
 	BootDisk string `json:"bootDisk,omitempty"`
+	// Channel is the network serial port of the channel
+	// (podvm.Spec.ChannelURI): a child has its template's hardware, so a
+	// template without the port would give pods whose guestinfo names one
+	// a channel that goes nowhere. Left out of the name's hash when empty.
+	Channel string `json:"channel,omitempty"`
 }
 
 // Record is one template in KV.
@@ -243,7 +253,7 @@ func (k *Keeper) Close() {
 func ShapeOf(s podvm.Spec, p podvm.Placement) Shape {
 	return Shape{Host: p.Host, Pool: p.Pool, Datastore: p.Datastore, VCPUs: s.VCPUs, MemoryMiB: s.MemoryMiB,
 		EphemeralDiskMiB: s.EphemeralDiskMiB, GuestID: s.GuestID, ImageDisks: slices.Clone(s.ImageDisks), NICs: len(s.NICs),
-		BootDisk: s.BootDisk}
+		BootDisk: s.BootDisk, Channel: s.ChannelURI}
 }
 
 // Name is the template's deterministic name: every replica derives the
@@ -461,7 +471,7 @@ func (k *Keeper) makeVM(ctx context.Context, name string, sh Shape, s podvm.Spec
 			return none, err
 		}
 	}
-	spec, err := templateSpec(name, s)
+	spec, err := templateSpec(name, s, k.cfg.ChannelKey)
 	if err != nil {
 		return none, err
 	}
@@ -484,8 +494,9 @@ func (k *Keeper) makeVM(ctx context.Context, name string, sh Shape, s podvm.Spec
 // cards on the same port groups with generated MACs, and a guest spec
 // that runs the pod's containers once, with no network configured (the
 // template never talks to a pod network; its children do, each with its
-// own address from its own spec).
-func templateSpec(name string, s podvm.Spec) (podvm.Spec, error) {
+// own address from its own spec). The spec says it is a template's, so an
+// agent that can read its configuration again watches it for a child's.
+func templateSpec(name string, s podvm.Spec, channelKey []byte) (podvm.Spec, error) {
 	t := s
 	t.Name = name
 	t.NICs = nil
@@ -497,6 +508,12 @@ func templateSpec(name string, s podvm.Spec) (podvm.Spec, error) {
 		return t, fmt.Errorf("template %s: the pod's guest spec: %w", name, err)
 	}
 	pod.UID, pod.Namespace, pod.Name, pod.Hostname = name, Namespace, name, name
+	pod.Template = true
+	if pod.ChannelToken != "" {
+		// The concentrator checks a hello's token against the identity it
+		// names: the template's, since it greets as itself.
+		pod.ChannelToken = guestchannel.ChannelToken(channelKey, name, Namespace, name)
+	}
 	pod.NICs, pod.DNS, pod.Encryption, pod.InitContainers = nil, nil, nil, nil
 	pod.RestartPolicy = "Never"
 	pod.TerminationGracePeriodSeconds = 1

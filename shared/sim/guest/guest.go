@@ -508,8 +508,12 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 	addr := "unix:" + sock
 	var ch guestChannel
 	if vm.SerialURI != "" && vm.Native == nil {
+		// A standby's line stays cut until a VM takes it over (adopt): it
+		// is no VM's port yet, and connected it would be one more silent
+		// line at the host agents' concentrator, asked for a hello it
+		// cannot give.
 		var line *serialLine
-		line, err = openSerialLine(vm.SerialURI, m.cfg.SerialRootCAs, m.log.With("vm", vm.Name))
+		line, err = openSerialLine(vm.SerialURI, m.cfg.SerialRootCAs, takeover != nil, m.log.With("vm", vm.Name))
 		if err == nil {
 			ch, addr = line, "serial:"+line.device()
 		}

@@ -70,8 +70,9 @@ func serialAddr(uri string) (addr string, withTLS bool, err error) {
 }
 
 // openSerialLine makes the guest's serial device and starts connecting it
-// to uri; a TLS address's certificate must chain to roots.
-func openSerialLine(uri string, roots *x509.CertPool, log *slog.Logger) (*serialLine, error) {
+// to uri, or leaves it cut until setCut(false) when cut is set; a TLS
+// address's certificate must chain to roots.
+func openSerialLine(uri string, roots *x509.CertPool, cut bool, log *slog.Logger) (*serialLine, error) {
 	addr, withTLS, err := serialAddr(uri)
 	if err != nil {
 		return nil, err
@@ -103,7 +104,7 @@ func openSerialLine(uri string, roots *x509.CertPool, log *slog.Logger) (*serial
 		slave.Close()
 		return nil, err
 	}
-	l := &serialLine{addr: addr, tls: tlsConf, master: master, slave: slave, log: log, redial: 200 * time.Millisecond, wake: make(chan struct{}, 1)}
+	l := &serialLine{addr: addr, tls: tlsConf, master: master, slave: slave, log: log, redial: 200 * time.Millisecond, wake: make(chan struct{}, 1), cut: cut}
 	l.wg.Go(l.fromGuest)
 	l.wg.Go(l.connect)
 	return l, nil

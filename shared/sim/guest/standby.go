@@ -311,13 +311,20 @@ func (m *Manager) adoptStandbyLocked(vm VM) (_ *guest, ok bool) {
 }
 
 // adopt hands a standby to vm: its cgroup renamed and sized as the VM's,
-// its channel routed to the VM's host, the VM's cards in its network
-// namespace, then the VM's boot configuration on the takeover descriptor.
+// its channel routed to the VM's host (a network serial port connected
+// from there), the VM's cards in its network namespace, then the VM's boot
+// configuration on the takeover descriptor.
 func (m *Manager) adopt(g *guest, vm VM) error {
 	select {
 	case <-g.exited:
 		return errors.New("its agent has stopped")
 	default:
+	}
+	if vm.SerialURI != g.vm.SerialURI {
+		// The standby's channel is its parent's kind, made at its boot: a
+		// serial device connecting to the parent's address, or the
+		// hypervisor's socket.
+		return fmt.Errorf("the VM's network serial port %q is not the standby's %q", vm.SerialURI, g.vm.SerialURI)
 	}
 	for _, d := range vm.Disks {
 		if !d.ReadOnly {
@@ -338,6 +345,15 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 	sb := g.standby
 	g.vm, g.standby, g.resumed = vm, nil, true
 	g.channel.route(vm.Host)
+	// The agent talks on the channel the standby was booted with: its
+	// serial device, whose line the VM's host connects from now on (as a
+	// power-on does, before the agent runs: the concentrator's resync
+	// waits in the device), or the hypervisor's socket.
+	channel := "unix:" + filepath.Join(g.dir, "channel.sock")
+	if line, ok := g.channel.(*serialLine); ok {
+		channel = "serial:" + line.device()
+		line.setCut(false)
+	}
 	if err := m.addPorts(g); err != nil {
 		return err
 	}
@@ -346,7 +362,7 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 		devices[d.Unit] = d.Path
 	}
 	boot := guestchannel.BootConfig{
-		Channel:      "unix:" + filepath.Join(g.dir, "channel.sock"),
+		Channel:      channel,
 		Devices:      devices,
 		StateDir:     filepath.Join(g.dir, "state"),
 		Runtime:      m.cfg.Runtime,
