@@ -30,6 +30,11 @@ func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
 	const tmplName = "pv-template-boot"
 	tmpl := r.spec(tmplName, events.TemplateNamespace, tmplName, "echo template; exec sleep 3600")
 	tmpl.Template = true
+	// The concentrator hands a template's line to the agent of the host its
+	// record names, as the provisioner records it.
+	var placed events.PodTemplatePlacement
+	placed.Name, placed.Shape.Host = tmplName, rigHost
+	putRecord(t, ctx, r.bus, events.BucketPodTemplates, tmplName, placed)
 	dir := t.TempDir()
 	disks := qemutest.MakeDisks(t, dir, r.guestinfo(t, tmpl, "42-template"))
 	// A vmxnet3 card, as a pod VM's, on QEMU's user network: the template's
