@@ -111,7 +111,9 @@ type Config struct {
 	// creates every pod VM.
 	TemplatesWarm int
 	// TemplateAgent identifies the pod VM agent build; templates of
-	// another agent are replaced.
+	// another agent are replaced. Unset, pod VMs that boot the image
+	// (BootDisk) take the boot disk's path, which names the image's
+	// digest: a new image is a new agent.
 	TemplateAgent string
 	// ForkEarly forks a pod VM as soon as its pod is placed and its images
 	// are ready, before its network is attached, when its shape has a
@@ -215,6 +217,15 @@ func ConfigFrom(src config.Source) (Config, error) {
 		return cfg, fmt.Errorf("provisioner config: %w", err)
 	}
 	return cfg, nil
+}
+
+// templateAgent is the agent identity templates are keyed by
+// (TemplateAgent, else the boot image's path).
+func (c Config) templateAgent() string {
+	if c.TemplateAgent == "" {
+		return c.BootDisk
+	}
+	return c.TemplateAgent
 }
 
 // Validate reports every problem, each naming its field.

@@ -171,3 +171,21 @@ func TestNewChecksDependencies(t *testing.T) {
 		t.Errorf("New = %v, %v", svc, err)
 	}
 }
+
+// Templates are keyed by the agent build: the one named, else, for pod VMs
+// that boot the image, the image's path (it names the image's digest), so
+// that a new boot image replaces the templates booted from the old.
+func TestTemplateAgentDefaultsToTheBootImage(t *testing.T) {
+	const disk = "[ds1] podvisor/boot-0123456789ab/podvm.vmdk"
+	for _, tc := range []struct {
+		agent, boot, want string
+	}{
+		{"sha256:agent", disk, "sha256:agent"},
+		{"", disk, disk},
+		{"", "", ""},
+	} {
+		if got := (Config{TemplateAgent: tc.agent, BootDisk: tc.boot}).templateAgent(); got != tc.want {
+			t.Errorf("TemplateAgent %q, BootDisk %q: templates keyed by %q, want %q", tc.agent, tc.boot, got, tc.want)
+		}
+	}
+}

@@ -38,7 +38,7 @@ func (s *Service) initTemplates(ctx context.Context) error {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	s.templates = templates.New(templates.Config{
-		Warm: s.cfg.TemplatesWarm, Agent: s.cfg.TemplateAgent,
+		Warm: s.cfg.TemplatesWarm, Agent: s.cfg.templateAgent(),
 		// With guests a fork waits for the template's guest to be prepared.
 		AwaitGuest: s.cfg.AwaitGuestStop,
 		ChannelKey: s.channelKey,
