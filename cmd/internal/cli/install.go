@@ -74,6 +74,10 @@ Re-running it changes nothing; a new boot image is installed beside the old one.
 					"  %s=\"tcp://<concentrator>:7041\"  %s=<key file>   (provisioner)\n"+
 					"  %s=\"tcp://0.0.0.0:7041\"  %s=<key file>   (podvisord serve hostagent)\n",
 					provisioner.EnvChannelURI, provisioner.EnvChannelKeyFile, hostagent.EnvConcentrator, hostagent.EnvChannelKeyFile)
+				// Forks need nothing more of the vCenter than instant
+				// clones (vSphere 6.7 or later); they are off unless asked.
+				fmt.Fprintf(cmd.OutOrStdout(), "and, to fork pod VMs from running templates (instant clones) instead of booting each:\n  %s=1   (provisioner)\n",
+					provisioner.EnvTemplatesWarm)
 			}
 			return err
 		},

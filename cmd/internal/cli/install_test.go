@@ -38,8 +38,10 @@ func TestInstallCommand(t *testing.T) {
 		// and the scheduler's, naming the same datastore.
 		t.Errorf("first run does not print %q:\n%s", want, out)
 	}
-	// and the channel settings of the provisioner and the host agents.
-	for _, setting := range []string{"PODVISOR_PROVISIONER_CHANNEL_URI=", "PODVISOR_HOSTAGENT_CONCENTRATOR=", "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE="} {
+	// and the channel settings of the provisioner and the host agents, and
+	// the one that forks pod VMs.
+	for _, setting := range []string{"PODVISOR_PROVISIONER_CHANNEL_URI=", "PODVISOR_HOSTAGENT_CONCENTRATOR=", "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE=",
+		"PODVISOR_PROVISIONER_TEMPLATES_WARM="} {
 		if !strings.Contains(out, setting) {
 			t.Errorf("first run does not print %s:\n%s", setting, out)
 		}
