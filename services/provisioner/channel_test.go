@@ -11,7 +11,6 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
-	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -153,12 +152,6 @@ func TestTemplatesForkBootedPodVMsOnNetworkSerialPorts(t *testing.T) {
 	svc, _ := e.start(cfg)
 	host := e.DC.Hosts()[0].Name
 	ctx := context.Background()
-	deploy := func(pod *corev1.Pod) *events.PodRecord {
-		t.Helper()
-		acc := e.request(pod)
-		e.facts(acc, host)
-		return e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
-	}
 	// vmOf is what a VM's hardware and guestinfo say of its channel.
 	vmOf := func(ref string) (channel string, bootDisk bool, spec *guestchannel.PodSpec) {
 		t.Helper()
@@ -192,21 +185,8 @@ func TestTemplatesForkBootedPodVMsOnNetworkSerialPorts(t *testing.T) {
 		return channel, bootDisk, spec
 	}
 
-	deploy(imagePod("first", "app"))
-	var tmpl templates.Record
-	e.Eventually("a ready template", func() bool {
-		recs, err := svc.templates.List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			if r.State == templates.StateReady {
-				tmpl = r
-				return true
-			}
-		}
-		return false
-	})
+	e.startPod(svc, imagePod("first", "app"))
+	tmpl := e.readyTemplate(svc)
 	if tmpl.Shape.Channel != cfg.ChannelURI || tmpl.Shape.BootDisk != boot {
 		t.Errorf("template shape: channel %q, boot disk %q; want %q and %q", tmpl.Shape.Channel, tmpl.Shape.BootDisk, cfg.ChannelURI, boot)
 	}
@@ -235,7 +215,7 @@ func TestTemplatesForkBootedPodVMsOnNetworkSerialPorts(t *testing.T) {
 		t.Errorf("the template's channel token %q is not its own identity's under the key", spec.ChannelToken)
 	}
 
-	second := deploy(imagePod("second", "app"))
+	_, second := e.startPod(svc, imagePod("second", "app"))
 	if got := e.DC.ForkedFrom(second.VMRef); got != tmpl.VMRef {
 		t.Fatalf("second pod's VM %s is forked from %q, want the template %s", second.VMRef, got, tmpl.VMRef)
 	}

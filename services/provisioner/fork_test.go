@@ -205,6 +205,27 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	_ = testenv.Logger
 }
 
+// readyTemplate waits for a Ready template of svc and returns it.
+func (e *env) readyTemplate(svc *Service) templates.Record {
+	t := e.T
+	t.Helper()
+	var tmpl templates.Record
+	e.Eventually("a ready template", func() bool {
+		recs, err := svc.templates.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.State == templates.StateReady {
+				tmpl = r
+				return true
+			}
+		}
+		return false
+	})
+	return tmpl
+}
+
 // TestPodVMsForkBeforeTheirNetwork: with a template ready, a pod placed
 // with its images ready is forked at once, before its network is
 // attached: its VM runs, its card has its cable out and no address of the
@@ -296,20 +317,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	acc := e.request(imagePod("first", "app"))
 	e.facts(acc, host)
 	e.waitRecord(svc, "default", "first", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
-	var tmpl templates.Record
-	e.Eventually("a ready template", func() bool {
-		recs, err := svc.templates.List(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range recs {
-			if r.State == templates.StateReady {
-				tmpl = r
-				return true
-			}
-		}
-		return false
-	})
+	tmpl := e.readyTemplate(svc)
 
 	acc, r := placed(imagePod("early", "app"))
 	if e.DC.ForkedFrom(r.VMRef) != tmpl.VMRef {

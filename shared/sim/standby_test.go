@@ -166,9 +166,9 @@ func TestInstantCloneResumesAStandby(t *testing.T) {
 // connections of network serial ports on loopback, asks each for its hello
 // (resync) and passes the hello on with the line.
 type concentrator struct {
-	addr   string
-	hellos chan hello
-	lines  atomic.Int64 // connections accepted
+	*hostAgents
+	addr  string
+	lines atomic.Int64 // connections accepted
 }
 
 func listenConcentrator(t *testing.T) *concentrator {
@@ -177,7 +177,7 @@ func listenConcentrator(t *testing.T) *concentrator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &concentrator{addr: ln.Addr().String(), hellos: make(chan hello, 16)}
+	c := &concentrator{hostAgents: &hostAgents{hellos: make(chan hello, 16)}, addr: ln.Addr().String()}
 	servetest.Accept(t, ln, func(nc net.Conn) {
 		c.lines.Add(1)
 		conn := guestchannel.NewConn(nc)
@@ -204,17 +204,6 @@ func listenConcentrator(t *testing.T) *concentrator {
 		}()
 	})
 	return c
-}
-
-func (c *concentrator) next(t *testing.T, what string) hello {
-	t.Helper()
-	select {
-	case m := <-c.hellos:
-		return m
-	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: no hello on a serial line within 30s", what)
-		return hello{}
-	}
 }
 
 // A VM whose channel is a network serial port (a pod VM on a vCenter) has

@@ -12,6 +12,26 @@ import (
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
+// benchWithGuests runs `podvisor bench -o json` with the simulated guests'
+// agent, its pipeline sections as small as they go, and the sections args
+// choose; it returns the JSON.
+func benchWithGuests(t *testing.T, args ...string) []byte {
+	t.Helper()
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	var out, errb bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	code := Main(ctx, append([]string{"--state-dir", t.TempDir(), "bench", "--agent", agent, "--pods", "2", "--hosts", "2",
+		"--image-mib", "0", "--raw-workers", "2", "--sequential-vms", "2", "-o", "json", "-q"}, args...), strings.NewReader(""), &out, &errb)
+	if code != 0 {
+		t.Fatalf("bench: exit %d: %s", code, errb.String())
+	}
+	return out.Bytes()
+}
+
 // The data-plane section through the CLI, guests on: a small burst runs
 // every container, the same bundles run with the runtime directly, and
 // --data-plane-spans reports where the pods' time went, step by step.
@@ -21,19 +41,7 @@ func TestBenchDataPlaneSectionWithSpans(t *testing.T) {
 	}
 	privtest.Require(t, "the data-plane section boots simulated guests")
 	privtest.RequireTools(t, "crun")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	code := Main(ctx, []string{"--state-dir", t.TempDir(), "bench", "--agent", agent, "--pods", "2", "--hosts", "2",
-		"--image-mib", "0", "--raw-workers", "2", "--sequential-vms", "2", "--fork-pairs", "0",
-		"--data-plane-pods", "3", "--data-plane-rate", "0", "--data-plane-spans", "-o", "json", "-q"}, strings.NewReader(""), &out, &errb)
-	if code != 0 {
-		t.Fatalf("bench: exit %d: %s", code, errb.String())
-	}
+	out := benchWithGuests(t, "--fork-pairs", "0", "--data-plane-pods", "3", "--data-plane-rate", "0", "--data-plane-spans")
 	var res struct {
 		DataPlane struct {
 			Skipped   string `json:"skipped"`
@@ -48,8 +56,8 @@ func TestBenchDataPlaneSectionWithSpans(t *testing.T) {
 			Spans       map[string]float64 `json:"spans_p50_ms"`
 		} `json:"data_plane"`
 	}
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		t.Fatalf("bench -o json: %v\n%s", err, out.String())
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, out)
 	}
 	dp := res.DataPlane
 	if dp.Skipped != "" || dp.Running != 3 || dp.LatencyMS.P99 <= 0 || dp.Direct.Containers != 3 || dp.P99ToDirect <= 0 {
@@ -72,19 +80,7 @@ func TestBenchForkSectionOnSerialChannels(t *testing.T) {
 	}
 	privtest.Require(t, "the fork section boots simulated guests")
 	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	var out, errb bytes.Buffer
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	code := Main(ctx, []string{"--state-dir", t.TempDir(), "bench", "--agent", agent, "--pods", "2", "--hosts", "2",
-		"--image-mib", "0", "--raw-workers", "2", "--sequential-vms", "2", "--data-plane-pods", "0",
-		"--fork-pairs", "2", "--data-plane-channel", "serial", "-o", "json", "-q"}, strings.NewReader(""), &out, &errb)
-	if code != 0 {
-		t.Fatalf("bench: exit %d: %s", code, errb.String())
-	}
+	out := benchWithGuests(t, "--data-plane-pods", "0", "--fork-pairs", "2", "--data-plane-channel", "serial")
 	var res struct {
 		Fork struct {
 			Skipped   string `json:"skipped"`
@@ -97,8 +93,8 @@ func TestBenchForkSectionOnSerialChannels(t *testing.T) {
 			} `json:"forked_ms"`
 		} `json:"fork"`
 	}
-	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
-		t.Fatalf("bench -o json: %v\n%s", err, out.String())
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("bench -o json: %v\n%s", err, out)
 	}
 	f := res.Fork
 	if f.Skipped != "" || f.Channel != "serial" || f.Pairs != 2 || f.NotForked != 0 || f.Resumed < 1 || f.Forked.P50 <= 0 {

@@ -56,26 +56,12 @@ func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
 	}
 	tmpl := f.preparedTemplate("")
 
-	second := f.deploy("second", image)
-	if st, reason := forkedOf(second); st != events.ConditionTrue {
-		t.Fatalf("second pod: VMForked %s/%s, want True", st, reason)
-	}
-	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
-		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
-	}
+	second := f.deployFork("second", image, tmpl)
 	noteEarly(second)
 	// The template's first fork booted a standby of it: the next fork
 	// resumes that guest instead of booting one, and runs its own pod.
-	var standby guest.Info
-	eventuallyWithin(t, 30*time.Second, "a standby of the template", func() bool {
-		var ok bool
-		standby, ok = sys.Datacenter.Guests().Standby(tmpl.VMRef)
-		return ok
-	})
-	resumed := f.deploy("resumed", image)
-	if st, _ := forkedOf(resumed); st != events.ConditionTrue {
-		t.Fatal("pod resumed: not forked")
-	}
+	standby := f.standby(tmpl)
+	resumed := f.deployFork("resumed", image, tmpl)
 	if g, ok := sys.Datacenter.Guests().Guest(resumed.VMRef); !ok || g.PID != standby.PID {
 		t.Fatalf("pod resumed's guest is process %d (running %v), want the template's standby %d", g.PID, ok, standby.PID)
 	}
@@ -131,10 +117,7 @@ func TestUpGuestsForkPodVMsFromTemplates(t *testing.T) {
 	if code != 0 || !strings.Contains(out, templates.ReasonInstantCloneFailed) {
 		t.Errorf("describe pod fourth does not show why it was not forked:\n%s", out)
 	}
-	fifth := f.deploy("fifth", image2)
-	if got := sys.Datacenter.ForkedFrom(fifth.VMRef); got != newer.VMRef {
-		t.Fatalf("fifth pod's VM is a fork of %q, want the new template %s", got, newer.VMRef)
-	}
+	fifth := f.deployFork("fifth", image2, newer)
 	noteEarly(fifth)
 	if len(forkedEarly) == 0 {
 		t.Fatal("no forked pod was forked before its network was attached (second, resumed, fifth)")
@@ -240,6 +223,32 @@ spec:
 		return code == 0 && out == "I am "+pod+"\n"
 	})
 	return f.record(pod)
+}
+
+// deployFork deploys a pod as deploy does and checks its VM is a fork of
+// tmpl.
+func (f *forkUp) deployFork(pod, image string, tmpl templates.Record) *events.PodRecord {
+	f.t.Helper()
+	r := f.deploy(pod, image)
+	if st, reason := forkedOf(r); st != events.ConditionTrue {
+		f.t.Fatalf("pod %s: VMForked %s/%s, want True", pod, st, reason)
+	}
+	if got := f.sys.Datacenter.ForkedFrom(r.VMRef); got != tmpl.VMRef {
+		f.t.Fatalf("pod %s's VM %s is a fork of %q, want the template %s", pod, r.VMRef, got, tmpl.VMRef)
+	}
+	return r
+}
+
+// standby waits for tmpl's standby guest (booted after its first fork).
+func (f *forkUp) standby(tmpl templates.Record) guest.Info {
+	f.t.Helper()
+	var sb guest.Info
+	eventuallyWithin(f.t, 30*time.Second, "a standby of the template", func() bool {
+		var ok bool
+		sb, ok = f.sys.Datacenter.Guests().Standby(tmpl.VMRef)
+		return ok
+	})
+	return sb
 }
 
 // forkedOf is the status and reason of a pod's VMForked condition.

@@ -98,29 +98,12 @@ func TestUpWithSerialGuestChannelsForksPodVMs(t *testing.T) {
 		return g
 	}
 
-	second := f.deploy("second", image)
-	if st, reason := forkedOf(second); st != events.ConditionTrue {
-		t.Fatalf("second pod: VMForked %s/%s, want True", st, reason)
-	}
-	if got := sys.Datacenter.ForkedFrom(second.VMRef); got != tmpl.VMRef {
-		t.Fatalf("second pod's VM %s is a fork of %q, want the template %s", second.VMRef, got, tmpl.VMRef)
-	}
-	serialGuest(second)
-
-	var standby guest.Info
-	eventuallyWithin(t, 30*time.Second, "a standby of the template", func() bool {
-		var ok bool
-		standby, ok = sys.Datacenter.Guests().Standby(tmpl.VMRef)
-		return ok
-	})
+	serialGuest(f.deployFork("second", image, tmpl))
+	standby := f.standby(tmpl)
 	if standby.Connections != 0 {
 		t.Fatalf("the template's standby has %d connections to the concentrator, want its line cut until a VM takes it over", standby.Connections)
 	}
-	resumed := f.deploy("resumed", image)
-	if st, reason := forkedOf(resumed); st != events.ConditionTrue {
-		t.Fatalf("pod resumed: VMForked %s/%s, want True", st, reason)
-	}
-	if g := serialGuest(resumed); g.PID != standby.PID || !g.Resumed {
+	if g := serialGuest(f.deployFork("resumed", image, tmpl)); g.PID != standby.PID || !g.Resumed {
 		t.Fatalf("pod resumed's guest is process %d (resumed %v), want the template's standby %d", g.PID, g.Resumed, standby.PID)
 	}
 }
