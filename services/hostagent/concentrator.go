@@ -16,6 +16,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/vspc"
 )
 
 // Concentrator is the host side of pod VMs' network serial ports: where a
@@ -27,6 +28,15 @@ import (
 // channel arrives without saying which host sent it, so the concentrator
 // reads its hello, checks the pod's channel token, finds the pod's record
 // and hands the channel to the agent of the host the pod is placed on.
+//
+// Where the ports name the concentrator as their proxy (Proxy set: a
+// telnet:// address, ProxyURI in the port's backing), it is the ports'
+// virtual serial port concentrator (vSPC): each host connection opens with
+// the VMware telnet extension, in which the host names the VM, and a
+// vMotion moves the port from the source host's connection to the
+// target's without ending the line (package vspc). vSphere vMotions a VM
+// whose network serial port connects to a remote system only through such
+// a proxy.
 //
 // A serial port stays open in the guest while the connection behind it is
 // made again (a host agent restarted, the VM moved to another host), so the
@@ -53,7 +63,10 @@ type Concentrator struct {
 	// MaxGreeting bounds the lines connected at once that have not said
 	// hello yet; more are closed at once (DefaultMaxGreeting).
 	MaxGreeting int
-	Log         *slog.Logger
+	// Proxy, when set, makes the concentrator the ports' proxy: every
+	// connection opens with the VMware telnet extension (vspc.Proxy).
+	Proxy *vspc.Proxy
+	Log   *slog.Logger
 }
 
 // ListenConcentrator loads the channel key and listens where cfg says
@@ -78,7 +91,11 @@ func ListenConcentrator(cfg ConcentratorConfig, agents map[string]*Service, log 
 	if tlsConf != nil {
 		ln = tls.NewListener(ln, tlsConf)
 	}
-	return &Concentrator{Listener: ln, Key: key, Agents: agents, Log: log}, nil
+	c := &Concentrator{Listener: ln, Key: key, Agents: agents, Log: log}
+	if cfg.Proxy {
+		c.Proxy = &vspc.Proxy{}
+	}
+	return c, nil
 }
 
 // Limits on lines that have not said hello yet: anyone who reaches the
@@ -171,20 +188,37 @@ func (c *Concentrator) Run(ctx context.Context) error {
 			nc.Close()
 			continue
 		}
-		bc := &budgetConn{Conn: nc}
-		bc.left.Store(helloBudget)
 		wg.Go(func() {
 			greeted := sync.OnceFunc(func() { <-greeting })
 			defer greeted()
-			c.serve(wctx, bc, greeted, log.With("peer", nc.RemoteAddr().String()))
+			llog := log.With("peer", nc.RemoteAddr().String())
+			var line net.Conn = nc
+			var vm *vspc.Identity
+			if c.Proxy != nil {
+				vc, err := c.Proxy.Accept(nc)
+				switch {
+				case errors.Is(err, vspc.ErrPeered):
+					llog.Info("guest channel: a vMotion's target host took over a line")
+					return
+				case err != nil:
+					llog.Warn("guest channel refused", "err", err)
+					return
+				}
+				id := vc.Identity()
+				line, vm, llog = vc, &id, llog.With("vm", id.Name)
+			}
+			bc := &budgetConn{Conn: line}
+			bc.left.Store(helloBudget)
+			c.serve(wctx, bc, vm, greeted, llog)
 		})
 	}
 }
 
 // serve runs one line: its hello, then the sessions of the agents it is
 // routed to, until it closes. greeted frees its place among the lines
-// waiting for a hello.
-func (c *Concentrator) serve(ctx context.Context, bc *budgetConn, greeted func(), log *slog.Logger) {
+// waiting for a hello. vm is what the line's host said of its VM, where
+// the concentrator is the ports' proxy.
+func (c *Concentrator) serve(ctx context.Context, bc *budgetConn, vm *vspc.Identity, greeted func(), log *slog.Logger) {
 	conn := guestchannel.NewConn(bc)
 	defer conn.Close()
 	// The concentrator's end ends its lines, whatever agent serves them.
@@ -195,6 +229,9 @@ func (c *Concentrator) serve(ctx context.Context, bc *budgetConn, greeted func()
 		bc.left.Store(-1)
 		greeted()
 		agent, rec, rerr := c.route(ctx, h)
+		if rerr == nil {
+			rerr = sameVM(vm, rec)
+		}
 		if rerr != nil && !errors.Is(rerr, ErrRefused) && ctx.Err() == nil {
 			// No agent for the pod's host yet (a restart of a process
 			// serving every host: its lines come back before its agents),
@@ -307,6 +344,19 @@ func (c *Concentrator) check(h guestchannel.Hello) error {
 		return fmt.Errorf("hello of pod %s/%s: the channel token is not the pod's", h.Namespace, h.Name)
 	}
 	return nil
+}
+
+// sameVM checks a hello routed to rec against what the line's host said of
+// its VM: a port's line may say only the hello of the pod of the VM it
+// belongs to (a template's standby taken over by a forked child greets as
+// the child on the child's port). A record that does not name its VM yet
+// is not checked. This catches a line and a pod that do not match; it
+// proves nothing against whoever reaches the port, who can say any name.
+func sameVM(vm *vspc.Identity, rec *events.PodRecord) error {
+	if vm == nil || vm.Name == "" || rec.VMName == "" || vm.Name == rec.VMName {
+		return nil
+	}
+	return fmt.Errorf("hello of pod %s on the port of VM %s, whose VM is %s: %w", rec.Key(), vm.Name, rec.VMName, ErrRefused)
 }
 
 // line is a channel an agent serves, as the concentrator follows it.

@@ -21,11 +21,19 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/deps"
+	"github.com/podvisor/podvisor/shared/vspc"
 )
 
 // startConcentrator runs a concentrator on loopback for the env's agent
 // and a second host's, with key.
 func (e *env) startConcentrator(key []byte) (addr string, other *hostagent.Service) {
+	e.t.Helper()
+	return e.startConcentratorProxy(key, nil)
+}
+
+// startConcentratorProxy is startConcentrator as the ports' proxy when
+// proxy is set.
+func (e *env) startConcentratorProxy(key []byte, proxy *vspc.Proxy) (addr string, other *hostagent.Service) {
 	e.t.Helper()
 	dir, err := os.MkdirTemp("", "pvha-")
 	if err != nil {
@@ -33,7 +41,7 @@ func (e *env) startConcentrator(key []byte) (addr string, other *hostagent.Servi
 	}
 	e.t.Cleanup(func() { os.RemoveAll(dir) })
 	other = guesttest.StartHostAgentWith(e.t, "esx-1-02", dir, hostagent.Deps{Deps: deps.Deps{Bus: e.bus}})
-	addr, _ = guesttest.Concentrate(e.t, &hostagent.Concentrator{Key: key, HelloTimeout: 2 * time.Second,
+	addr, _ = guesttest.Concentrate(e.t, &hostagent.Concentrator{Key: key, HelloTimeout: 2 * time.Second, Proxy: proxy,
 		Agents: map[string]*hostagent.Service{host: e.svc, "esx-1-02": other}})
 	return addr, other
 }
@@ -173,6 +181,52 @@ func TestConcentratorRefusesAHelloWithoutThePodsToken(t *testing.T) {
 	}
 	if got := e.reported("uid-here"); len(got) != 0 {
 		t.Errorf("a refused channel was reported: %+v", got)
+	}
+}
+
+// As the ports' proxy (vSPC), the concentrator takes connections that open
+// with the VMware telnet extension, in which the host names the port's VM:
+// a line routes as any other, and its hello must be of the pod whose VM
+// the host named. A raw line, which names no VM, is not taken.
+func TestConcentratorAsThePortsProxy(t *testing.T) {
+	e := newEnv(t)
+	key := []byte(strings.Repeat("k", guestchannel.ChannelKeySize))
+	addr, _ := e.startConcentratorProxy(key, &vspc.Proxy{HandshakeTimeout: time.Second})
+	e.putPod("here", "uid-here", host, 30, "app")
+	e.putPod("there", "uid-there", "esx-1-02", 30, "app")
+	hello := func(uid, name string) guestchannel.Hello {
+		return guestchannel.Hello{PodUID: uid, Namespace: "default", Name: name, BootID: "b1",
+			ChannelToken: guestchannel.ChannelToken(key, uid, "default", name)}
+	}
+	vm := func(name string) vspc.Identity {
+		return vspc.Identity{Direction: 'S', ServiceURI: "podvisor-channel", VCUUID: "50 2b 6e 1a 9d 7f 41 2c-8a 3e 11 22 33 44 55 66", Name: name}
+	}
+	guesttest.DialProxy(t, addr, vm("pv-uid-here"), hello("uid-here", "here"), "app")
+	if r := e.waitReports("uid-here", 1)[0].r; r.Host != host {
+		t.Errorf("report of pod here from host %q, want %s", r.Host, host)
+	}
+	// A port of another VM saying pod there's hello (with its token).
+	g := guesttest.DialProxy(t, addr, vm("pv-uid-here"), hello("uid-there", "there"), "app")
+	select {
+	case <-g.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the concentrator kept the line of another VM's port saying pod there's hello")
+	}
+	if errs := g.Errors(); len(errs) != 1 || !strings.Contains(errs[0], "on the port of VM pv-uid-here, whose VM is pv-uid-there") {
+		t.Errorf("refusal = %q, want one naming both VMs", errs)
+	}
+	if got := e.reported("uid-there"); len(got) != 0 {
+		t.Errorf("a refused channel was reported: %+v", got)
+	}
+	// A port connected directly (no telnet) names no VM: not taken.
+	raw := guesttest.DialSerial(t, addr, hello("uid-there", "there"), "app")
+	select {
+	case <-raw.Closed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the proxy kept a line that named no VM")
+	}
+	if got := e.reported("uid-there"); len(got) != 0 {
+		t.Errorf("a raw line was reported: %+v", got)
 	}
 }
 

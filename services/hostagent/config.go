@@ -54,14 +54,16 @@ const (
 // Settings of the concentrator (ConcentratorConfigFrom), one per process.
 const (
 	// EnvConcentrator is the address the concentrator listens on for pod
-	// VMs' network serial ports (host:port, or tcp://host:port); unset, the
-	// process runs none.
+	// VMs' network serial ports: telnet://host:port as the ports' proxy
+	// (vSPC; what vMotion needs), or host:port, tcp://host:port for ports
+	// that connect to it directly; unset, the process runs none.
 	EnvConcentrator = "PODVISOR_HOSTAGENT_CONCENTRATOR"
 	// EnvChannelKeyFile is the Secret file of the channel key the
 	// provisioner makes pods' channel tokens with.
 	EnvChannelKeyFile = "PODVISOR_HOSTAGENT_CHANNEL_KEY_FILE"
 	// EnvConcentratorTLSCert and EnvConcentratorTLSKey make the
-	// concentrator serve TLS (pod VMs' ports then name it ssl://…).
+	// concentrator serve TLS (pod VMs' ports then name it telnets://…, or
+	// ssl://… without the proxy).
 	EnvConcentratorTLSCert = "PODVISOR_HOSTAGENT_CONCENTRATOR_TLS_CERT"
 	EnvConcentratorTLSKey  = "PODVISOR_HOSTAGENT_CONCENTRATOR_TLS_KEY"
 )
@@ -71,6 +73,9 @@ const (
 type ConcentratorConfig struct {
 	// Listen is the TCP address, host:port; empty runs no concentrator.
 	Listen string
+	// Proxy makes the concentrator the ports' proxy (a telnet:// address):
+	// hosts speak the VMware telnet extension to it (Concentrator.Proxy).
+	Proxy bool
 	// KeyFile holds the channel key (guestchannel.LoadChannelKey).
 	KeyFile string
 	// TLSCert and TLSKey, both or neither, are the concentrator's
@@ -87,12 +92,15 @@ func ConcentratorConfigFrom(src config.Source) (ConcentratorConfig, error) {
 	certKey, _ := src(EnvConcentratorTLSKey)
 	c := ConcentratorConfig{Listen: strings.TrimPrefix(strings.TrimSpace(listen), "tcp://"), KeyFile: strings.TrimSpace(key),
 		TLSCert: strings.TrimSpace(cert), TLSKey: strings.TrimSpace(certKey)}
+	if rest, ok := strings.CutPrefix(c.Listen, "telnet://"); ok {
+		c.Listen, c.Proxy = rest, true
+	}
 	if c.Listen == "" {
 		return c, nil
 	}
 	var p config.Checks
 	if _, port, err := net.SplitHostPort(c.Listen); err != nil || port == "" {
-		p.Add(fmt.Errorf("Listen %q (%s): want host:port or tcp://host:port, such as tcp://0.0.0.0:7041", listen, EnvConcentrator))
+		p.Add(fmt.Errorf("Listen %q (%s): want telnet://host:port (the ports' proxy), host:port or tcp://host:port, such as telnet://0.0.0.0:7041", listen, EnvConcentrator))
 	}
 	if c.KeyFile == "" {
 		p.Add(fmt.Errorf("KeyFile: required with a concentrator (%s: the channel key the provisioner's tokens are made with)", EnvChannelKeyFile))

@@ -49,12 +49,15 @@ func TestConfigsFrom(t *testing.T) {
 func TestConcentratorConfigFrom(t *testing.T) {
 	for _, tc := range []struct {
 		name, listen, key, wantListen, wantErr string
+		wantProxy                              bool
 	}{
-		{"none", "", "", "", ""},
-		{"tcp url", "tcp://0.0.0.0:7041", "/etc/podvisor/channel.key", "0.0.0.0:7041", ""},
-		{"host and port", "127.0.0.1:7041", "/k", "127.0.0.1:7041", ""},
-		{"no port", "concentrator.example", "/k", "", EnvConcentrator},
-		{"no key file", ":7041", "", "", EnvChannelKeyFile},
+		{"none", "", "", "", "", false},
+		{"tcp url", "tcp://0.0.0.0:7041", "/etc/podvisor/channel.key", "0.0.0.0:7041", "", false},
+		{"the ports' proxy", "telnet://0.0.0.0:7041", "/k", "0.0.0.0:7041", "", true},
+		{"host and port", "127.0.0.1:7041", "/k", "127.0.0.1:7041", "", false},
+		{"no port", "concentrator.example", "/k", "", EnvConcentrator, false},
+		{"proxy without a port", "telnet://concentrator.example", "/k", "", EnvConcentrator, false},
+		{"no key file", ":7041", "", "", EnvChannelKeyFile, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ConcentratorConfigFrom(config.Map(map[string]string{EnvConcentrator: tc.listen, EnvChannelKeyFile: tc.key}))
@@ -64,8 +67,8 @@ func TestConcentratorConfigFrom(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || c.Listen != tc.wantListen {
-				t.Fatalf("config %+v, %v; want listen %q", c, err, tc.wantListen)
+			if err != nil || c.Listen != tc.wantListen || c.Proxy != tc.wantProxy {
+				t.Fatalf("config %+v, %v; want listen %q, proxy %v", c, err, tc.wantListen, tc.wantProxy)
 			}
 		})
 	}

@@ -27,7 +27,17 @@ import (
 // COM2 that its host connects to the address; its agent is told to talk
 // on that port, and its spec carries the pod's channel token, which the
 // concentrator checks with the same key.
+//
+// A telnet:// address names the concentrator as the ports' proxy (vSPC): the
+// port is the proxy's, direction server, which vSphere moves with the VM in
+// a vMotion.
 func TestPodVMsTalkOnANetworkSerialPort(t *testing.T) {
+	for _, uri := range []string{"tcp://concentrator.example:7041", "telnets://concentrator.example:7041"} {
+		t.Run(uri, func(t *testing.T) { testNetworkSerialPort(t, uri) })
+	}
+}
+
+func testNetworkSerialPort(t *testing.T, uri string) {
 	e := newEnv(t)
 	key := []byte(strings.Repeat("c", guestchannel.ChannelKeySize))
 	keyFile := filepath.Join(t.TempDir(), "channel.key")
@@ -35,7 +45,7 @@ func TestPodVMsTalkOnANetworkSerialPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := testConfig()
-	cfg.ChannelURI, cfg.ChannelKeyFile = "tcp://concentrator.example:7041", keyFile
+	cfg.ChannelURI, cfg.ChannelKeyFile = uri, keyFile
 	e.start(cfg)
 	rec, run := e.provision(testPod("serial"), e.DC.Hosts()[0].Name)
 
@@ -55,8 +65,14 @@ func TestPodVMsTalkOnANetworkSerialPort(t *testing.T) {
 	if b, ok := ports[0].(*types.VirtualSerialPortFileBackingInfo); !ok || !strings.HasSuffix(b.FileName, " "+"pv-"+rec.UID+"/console.log") {
 		t.Errorf("COM1 backing %#v, want the console in %s/console.log", ports[0], "pv-"+rec.UID)
 	}
-	if b, ok := ports[1].(*types.VirtualSerialPortURIBackingInfo); !ok || b.ServiceURI != cfg.ChannelURI || b.Direction != "client" {
-		t.Errorf("COM2 backing %#v, want %s, direction client", ports[1], cfg.ChannelURI)
+	b, ok := ports[1].(*types.VirtualSerialPortURIBackingInfo)
+	switch {
+	case !ok:
+		t.Errorf("COM2 backing %#v, want a URI", ports[1])
+	case podvm.IsProxyURI(uri) && (b.ProxyURI != uri || b.ServiceURI != podvm.ProxyServiceURI || b.Direction != "server"):
+		t.Errorf("COM2 backing %#v, want proxy %s, service %s, direction server", b, uri, podvm.ProxyServiceURI)
+	case !podvm.IsProxyURI(uri) && (b.ServiceURI != uri || b.ProxyURI != "" || b.Direction != "client"):
+		t.Errorf("COM2 backing %#v, want %s, direction client", b, uri)
 	}
 	extra := map[string]string{}
 	for _, o := range vm.Config.ExtraConfig {
@@ -81,8 +97,9 @@ func TestChannelSettingsAreChecked(t *testing.T) {
 		set  func(*Config)
 		want string
 	}{
-		{"not tcp", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "telnet://c.example:23", "/k" }, "want tcp://host:port"},
-		{"no port", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "tcp://c.example", "/k" }, "want tcp://host:port"},
+		{"not tcp", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "udp://c.example:23", "/k" }, "want telnet://host:port"},
+		{"no port", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "tcp://c.example", "/k" }, "want telnet://host:port"},
+		{"proxy without a port", func(c *Config) { c.ChannelURI, c.ChannelKeyFile = "telnets://c.example", "/k" }, "want telnet://host:port"},
 		{"no key file", func(c *Config) { c.ChannelURI = "tcp://c.example:7041" }, EnvChannelKeyFile},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

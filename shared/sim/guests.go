@@ -262,7 +262,7 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 	}
 	devices := object.VirtualDeviceList(vm.Config.Hardware.Device)
 	out.NICs = vmNICs(devices)
-	out.SerialURI = networkSerialPort(devices)
+	out.SerialURI, out.SerialService = networkSerialPort(devices)
 	for _, dev := range devices {
 		disk, ok := dev.(*types.VirtualDisk)
 		if !ok {
@@ -312,17 +312,22 @@ func (d *Datacenter) guestVM(vm *mo.VirtualMachine) (guest.VM, bool) {
 	return guest.VM{}, false
 }
 
-// networkSerialPort is the service URI of the VM's first serial port that
-// the host connects to a network address (URI backing, direction client),
-// or "".
-func networkSerialPort(devices object.VirtualDeviceList) string {
+// networkSerialPort is where the host connects the VM's first network
+// serial port: its proxy's URI (the port's service URI beside it), or the
+// service URI of a port with direction client and no proxy; "" when the VM
+// has neither.
+func networkSerialPort(devices object.VirtualDeviceList) (uri, service string) {
 	for _, dev := range devices.SelectByType((*types.VirtualSerialPort)(nil)) {
 		b, ok := dev.GetVirtualDevice().Backing.(*types.VirtualSerialPortURIBackingInfo)
-		if ok && b.Direction == string(types.VirtualDeviceURIBackingOptionDirectionClient) && b.ProxyURI == "" {
-			return b.ServiceURI
+		switch {
+		case !ok:
+		case b.ProxyURI != "":
+			return b.ProxyURI, b.ServiceURI
+		case b.Direction == string(types.VirtualDeviceURIBackingOptionDirectionClient):
+			return b.ServiceURI, ""
 		}
 	}
-	return ""
+	return "", ""
 }
 
 // bootable reports whether a disk's extent starts with a filesystem a

@@ -83,6 +83,9 @@ func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) 
 	if m.This.Type != "VirtualMachine" {
 		return nil, nil
 	}
+	if f := d.vmotionRefusal(ctx, m); f != nil {
+		return nil, f // vmotion.go
+	}
 	if m.Name != instantCloneMethod {
 		// An InstantClone_Task that never reached the method (a fault
 		// injected on it) left its cloner in the session: take it out, so

@@ -266,7 +266,10 @@ type templateVM struct {
 	pgKey  string
 }
 
-func newTemplateVM(t *testing.T, chainByte, portGroup, mac string, devices ...types.BaseVirtualDeviceConfigSpec) templateVM {
+// agentGuests starts a datacenter of hosts whose guests run the pod VM
+// agent, and gives the erofs image (busybox's sh, echo and sleep) a pod
+// VM's image disk holds.
+func agentGuests(t *testing.T, hosts int) (d *sim.Datacenter, channels string, image []byte) {
 	t.Helper()
 	privtest.Require(t, "simulated guests run in namespaces and cgroups")
 	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
@@ -274,11 +277,17 @@ func newTemplateVM(t *testing.T, chainByte, portGroup, mac string, devices ...ty
 	if err != nil {
 		t.Fatalf("build podvm-agent: %v", err)
 	}
-	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
+	image, err = os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, channels := simtest.StartWithGuests(t, 1, agent)
+	d, channels = simtest.StartWithGuests(t, hosts, agent)
+	return d, channels, image
+}
+
+func newTemplateVM(t *testing.T, chainByte, portGroup, mac string, devices ...types.BaseVirtualDeviceConfigSpec) templateVM {
+	t.Helper()
+	d, channels, image := agentGuests(t, 1)
 	host := d.Hosts()[0]
 	tv := templateVM{d: d, agents: listenHostAgents(t, channels, host.Name), c: simtest.Client(t, d),
 		chain: "sha256:" + strings.Repeat(chainByte, 64)}

@@ -177,7 +177,7 @@ type System struct {
 	// they do, or when the vCenter is external).
 	GuestsOff string
 	// Concentrator is the URI of the host agents' concentrator
-	// (GuestChannel serial: ssl://127.0.0.1:<port>), "" without.
+	// (GuestChannel serial: telnets://127.0.0.1:<port>, the ports' proxy), "" without.
 	Concentrator string
 
 	cfg  Config

@@ -69,10 +69,11 @@ Re-running it changes nothing; a new boot image is installed beside the old one.
 						scheduler.EnvRequiredDatastores, dp.Datastore)
 				}
 				// A vSphere host runs no host agent: the agents reach their
-				// pod VMs through network serial ports (docs/deploy.md).
-				fmt.Fprintf(cmd.OutOrStdout(), "and, for the pod VM agents to reach the host agents, a concentrator that every host reaches, with one key file:\n"+
-					"  %s=\"tcp://<concentrator>:7041\"  %s=<key file>   (provisioner)\n"+
-					"  %s=\"tcp://0.0.0.0:7041\"  %s=<key file>   (podvisord serve hostagent)\n",
+				// pod VMs through network serial ports (docs/deploy.md),
+				// proxied by the concentrator so that vMotion moves them.
+				fmt.Fprintf(cmd.OutOrStdout(), "and, for the pod VM agents to reach the host agents, a concentrator that every host reaches, as the ports' proxy, with one key file:\n"+
+					"  %s=\"telnet://<concentrator>:7041\"  %s=<key file>   (provisioner)\n"+
+					"  %s=\"telnet://0.0.0.0:7041\"  %s=<key file>   (podvisord serve hostagent)\n",
 					provisioner.EnvChannelURI, provisioner.EnvChannelKeyFile, hostagent.EnvConcentrator, hostagent.EnvChannelKeyFile)
 				// Forks need nothing more of the vCenter than instant
 				// clones (vSphere 6.7 or later); they are off unless asked.

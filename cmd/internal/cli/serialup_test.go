@@ -20,9 +20,12 @@ import (
 // TestUpWithSerialGuestChannels is `podvisor up --guest-channel serial` as a
 // user meets it: the provisioner gives every pod VM a network serial port
 // to the host agents' concentrator (what a vCenter whose hosts run no
-// podvisor code needs), and a pod runs, logs and execs through it.
+// podvisor code needs), and a pod runs, logs and execs through it. The
+// concentrator is the ports' proxy, so the pod migrates (a vMotion, which
+// vSphere refuses for a port connected to a remote system directly) and
+// logs and execs on its new host over the line that moved with it.
 func TestUpWithSerialGuestChannels(t *testing.T) {
-	sys, dir := guestsUp(t, "pods run their containers in simulated guests", allinone.Config{HostsPerCluster: 1,
+	sys, dir := guestsUp(t, "pods run their containers in simulated guests", allinone.Config{HostsPerCluster: 2,
 		GuestChannel: allinone.GuestChannelSerial})
 	if sys.Concentrator == "" {
 		t.Fatal("up --guest-channel serial runs no concentrator")
@@ -42,9 +45,9 @@ func TestUpWithSerialGuestChannels(t *testing.T) {
 	}
 	info, _ := sys.Datacenter.Guests().Guest(running[0])
 	boot, err := os.ReadFile(filepath.Join(info.Dir, "boot.json"))
-	if err != nil || info.VM.SerialURI != sys.Concentrator || !strings.HasPrefix(sys.Concentrator, "ssl://") ||
+	if err != nil || info.VM.SerialURI != sys.Concentrator || !strings.HasPrefix(sys.Concentrator, "telnets://") ||
 		!strings.Contains(string(boot), `"channel": "serial:`) {
-		t.Fatalf("the pod's guest: network serial port %q (want %s, TLS), boot config (%v):\n%s", info.VM.SerialURI, sys.Concentrator, err, boot)
+		t.Fatalf("the pod's guest: network serial port %q (want %s, the ports' proxy over TLS), boot config (%v):\n%s", info.VM.SerialURI, sys.Concentrator, err, boot)
 	}
 	eventuallyWithin(t, 10*time.Second, "podvisor logs wire", func() bool {
 		out, _, code := run(t, dir, "", "logs", "wire")
@@ -52,6 +55,23 @@ func TestUpWithSerialGuestChannels(t *testing.T) {
 	})
 	if out, errOut, code := run(t, dir, "", "exec", "wire", "--", "echo", "back"); code != 0 || out != "back\n" {
 		t.Errorf("exec wire -- echo back: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+
+	from := info.VM.Host
+	if out, errOut, code := run(t, dir, "", "migrate", "pod", "wire", "--wait", "60s"); code != 0 || !strings.Contains(out, "migrated default/wire: "+from+" → ") {
+		t.Fatalf("migrate pod wire: exit %d\n%s%s", code, out, errOut)
+	}
+	moved, _ := sys.Datacenter.Guests().Guest(running[0])
+	if moved.VM.Host == from || moved.PID != info.PID || moved.Connections != 1 {
+		t.Fatalf("after the migration the guest is process %d on %s with %d connections; want process %d, on another host than %s, its line connected",
+			moved.PID, moved.VM.Host, moved.Connections, info.PID, from)
+	}
+	eventuallyWithin(t, 20*time.Second, "podvisor logs wire on its new host", func() bool {
+		out, _, code := run(t, dir, "", "logs", "wire")
+		return code == 0 && out == "on the wire\n"
+	})
+	if out, errOut, code := run(t, dir, "", "exec", "wire", "--", "echo", "moved"); code != 0 || out != "moved\n" {
+		t.Errorf("exec wire -- echo moved after the migration: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
 

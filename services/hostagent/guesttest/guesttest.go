@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/deps"
+	"github.com/podvisor/podvisor/shared/vspc"
 )
 
 // Guest is a connected scripted agent.
@@ -64,16 +66,32 @@ func DialSerialTLS(t testing.TB, addr string, conf *tls.Config, hello guestchann
 	return dial(t, "tcp", addr, conf, hello, containers)
 }
 
+// DialProxy is DialSerial to a concentrator that is the ports' proxy: the
+// connection opens with the VMware telnet extension, its host naming the
+// port's VM as vm.
+func DialProxy(t testing.TB, addr string, vm vspc.Identity, hello guestchannel.Hello, containers ...string) *Guest {
+	t.Helper()
+	return dialOpened(t, "tcp", addr, nil, func(nc net.Conn) (io.ReadWriteCloser, error) { return vspc.Dial(nc, vm, 5*time.Second) }, hello, containers)
+}
+
 func dial(t testing.TB, network, addr string, conf *tls.Config, hello guestchannel.Hello, containers []string) *Guest {
 	t.Helper()
-	var c net.Conn
+	return dialOpened(t, network, addr, conf, nil, hello, containers)
+}
+
+// dialOpened is dial with open, when set, making the channel of the
+// connection.
+func dialOpened(t testing.TB, network, addr string, conf *tls.Config, open func(net.Conn) (io.ReadWriteCloser, error),
+	hello guestchannel.Hello, containers []string) *Guest {
+	t.Helper()
+	var nc net.Conn
 	var err error
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if conf != nil {
-			c, err = tls.Dial(network, addr, conf)
+			nc, err = tls.Dial(network, addr, conf)
 		} else {
-			c, err = net.Dial(network, addr)
+			nc, err = net.Dial(network, addr)
 		}
 		if err == nil || time.Now().After(deadline) {
 			break
@@ -82,6 +100,12 @@ func dial(t testing.TB, network, addr string, conf *tls.Config, hello guestchann
 	}
 	if err != nil {
 		t.Fatalf("guesttest: dial %s: %v", addr, err)
+	}
+	var c io.ReadWriteCloser = nc
+	if open != nil {
+		if c, err = open(nc); err != nil {
+			t.Fatalf("guesttest: open %s: %v", addr, err)
+		}
 	}
 	if network == "tcp" {
 		if _, err := c.Write([]byte(`"body":{"full":true,"seq":3}}` + "\n")); err != nil {

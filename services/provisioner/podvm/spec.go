@@ -345,12 +345,35 @@ const ChannelDevice = "serial:/dev/ttyS1"
 
 // ChannelSchemes are the schemes of the channel addresses a vSphere host
 // connects a network serial port to that a concentrator serves: TCP, and
-// TLS over TCP (ssl:// is tcp+ssl://).
-var ChannelSchemes = []string{"tcp://", "tcp4://", "tcp6://", "ssl://", "tcp+ssl://", "tcp4+ssl://", "tcp6+ssl://"}
+// TLS over TCP (ssl:// is tcp+ssl://), the port's own connection; and
+// ProxySchemes.
+var ChannelSchemes = append([]string{"tcp://", "tcp4://", "tcp6://", "ssl://", "tcp+ssl://", "tcp4+ssl://", "tcp6+ssl://"}, ProxySchemes...)
+
+// ProxySchemes are the schemes of a concentrator that serves as the ports'
+// virtual serial port concentrator (vSPC): the host speaks the VMware telnet
+// extension to it (telnets: over TLS), says which VM the port is, and asks
+// it before a vMotion. vSphere vMotions a VM with a network serial port
+// only through such a proxy.
+var ProxySchemes = []string{"telnet://", "telnets://"}
+
+// ProxyServiceURI is the service URI of a channel port behind a proxy: the
+// port's name, which the host passes on to the proxy (DO-PROXY).
+const ProxyServiceURI = "podvisor-channel"
+
+// IsProxyURI reports whether a channel address names a proxy (ProxySchemes).
+func IsProxyURI(uri string) bool {
+	for _, scheme := range ProxySchemes {
+		if strings.HasPrefix(uri, scheme) {
+			return true
+		}
+	}
+	return false
+}
 
 // ParseChannelURI checks a channel address: a TCP address the VM's host
-// connects its network serial port to, "tcp://host:port", or with TLS
-// "ssl://host:port" (ChannelSchemes).
+// connects its network serial port to, "tcp://host:port", with TLS
+// "ssl://host:port", or a proxy's, "telnet://host:port" or
+// "telnets://host:port" (ChannelSchemes).
 func ParseChannelURI(uri string) error {
 	for _, scheme := range ChannelSchemes {
 		if rest, ok := strings.CutPrefix(uri, scheme); ok {
@@ -360,16 +383,19 @@ func ParseChannelURI(uri string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%q: want tcp://host:port (or ssl://host:port to a concentrator serving TLS), the address of a host agent's concentrator that every host can reach", uri)
+	return fmt.Errorf("%q: want telnet://host:port (telnets:// to a concentrator serving TLS) or tcp://host:port (ssl://), the address of a host agent's concentrator that every host can reach", uri)
 }
 
 // ChannelPorts are a pod VM's two serial ports where its channel is a
 // network serial port: COM1 (the guest's ttyS0, where the boot image's
 // kernel writes its console) backed by console.log in the VM's directory,
 // and COM2 (ttyS1, ChannelDevice) backed by uri, direction client: the
-// host the VM runs on connects to it, again after a relocation. The
-// console has a port of its own so that nothing but frames is written on
-// the channel's.
+// host the VM runs on connects to it, again after a relocation. Where uri
+// names a proxy (IsProxyURI) the port is the proxy's: direction server (the
+// VM's side is the port; the proxy stands for the remote system), service
+// URI ProxyServiceURI; its host connects it to the proxy and moves it with
+// the VM. The console has a port of its own so that nothing but frames is
+// written on the channel's.
 func ChannelPorts(datastore, vmName, uri string, nextKey func() int32) []types.BaseVirtualDeviceConfigSpec {
 	port := func(unit int32, b types.BaseVirtualDeviceBackingInfo) *types.VirtualDeviceConfigSpec {
 		return &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: &types.VirtualSerialPort{
@@ -383,9 +409,18 @@ func ChannelPorts(datastore, vmName, uri string, nextKey func() int32) []types.B
 	return []types.BaseVirtualDeviceConfigSpec{
 		port(0, &types.VirtualSerialPortFileBackingInfo{VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
 			FileName: fmt.Sprintf("[%s] %s/console.log", datastore, vmName)}}),
-		port(1, &types.VirtualSerialPortURIBackingInfo{VirtualDeviceURIBackingInfo: types.VirtualDeviceURIBackingInfo{
-			ServiceURI: uri, Direction: string(types.VirtualDeviceURIBackingOptionDirectionClient)}}),
+		port(1, channelBacking(uri)),
 	}
+}
+
+// channelBacking is the channel port's backing for uri.
+func channelBacking(uri string) *types.VirtualSerialPortURIBackingInfo {
+	if IsProxyURI(uri) {
+		return &types.VirtualSerialPortURIBackingInfo{VirtualDeviceURIBackingInfo: types.VirtualDeviceURIBackingInfo{
+			ServiceURI: ProxyServiceURI, ProxyURI: uri, Direction: string(types.VirtualDeviceURIBackingOptionDirectionServer)}}
+	}
+	return &types.VirtualSerialPortURIBackingInfo{VirtualDeviceURIBackingInfo: types.VirtualDeviceURIBackingInfo{
+		ServiceURI: uri, Direction: string(types.VirtualDeviceURIBackingOptionDirectionClient)}}
 }
 
 // EphemeralDiskPath is where a pod VM's disk 0 lives: in the VM's own

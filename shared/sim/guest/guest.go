@@ -49,7 +49,8 @@ type Config struct {
 	// segment); nil leaves guests with only their loopback.
 	Fabric *segment.Fabric
 	// SerialRootCAs are the roots a simulated host checks a TLS network
-	// serial port's concentrator with (ssl:// ports); nil refuses them.
+	// serial port's concentrator with (ssl:// and telnets:// ports); nil
+	// refuses them.
 	SerialRootCAs *x509.CertPool
 }
 
@@ -189,10 +190,14 @@ type VM struct {
 	// guest takes over at power-on instead of booting.
 	Standby string
 	// SerialURI is the address of the VM's network serial port (a serial
-	// port backed by a URI, direction client: the host connects to it);
-	// the guest's agent talks to its host side on that port instead of
-	// the hypervisor's socket.
+	// port backed by a URI, direction client: the host connects to it; or
+	// the port's proxy, telnet:// or telnets://, which the host connects
+	// it to with the VMware telnet extension); the guest's agent talks to
+	// its host side on that port instead of the hypervisor's socket.
 	SerialURI string
+	// SerialService is the service URI of a port behind a proxy, which
+	// the host passes on to the proxy.
+	SerialService string
 	// Native, when set, makes this a native VM's guest: it boots its
 	// operating system from a disk instead of running the pod VM agent.
 	Native *Native
@@ -513,7 +518,7 @@ func (m *Manager) start(vm VM, takeover *os.File) (_ *guest, err error) {
 		// line at the host agents' concentrator, asked for a hello it
 		// cannot give.
 		var line *serialLine
-		line, err = openSerialLine(vm.SerialURI, m.cfg.SerialRootCAs, takeover != nil, m.log.With("vm", vm.Name))
+		line, err = openSerialLine(vm.SerialURI, portIdentity(vm), m.cfg.SerialRootCAs, takeover != nil, m.log.With("vm", vm.Name))
 		if err == nil {
 			ch, addr = line, "serial:"+line.device()
 		}

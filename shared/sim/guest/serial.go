@@ -1,6 +1,7 @@
 package guest
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/transport"
+	"github.com/podvisor/podvisor/shared/vspc"
 )
 
 // serialLine is a VM's network serial port, as a vSphere host presents
@@ -29,10 +31,20 @@ import (
 // Relocation makes the connection again from the new host; a failed host
 // has none until it is back. What the guest writes while no connection is
 // up is lost, as on a real port.
+//
+// A port behind a proxy (a telnet:// or telnets:// URI, the backing's
+// ProxyURI) is connected with the VMware telnet extension, naming the VM
+// (vspc.Dial), and a relocation moves it as a vMotion does: the old host
+// asks the proxy (VMOTION-BEGIN), the new host's connection joins the line
+// (VMOTION-PEER) and takes it over (VMOTION-COMPLETE), so the line the
+// proxy serves never ends.
 type serialLine struct {
 	addr string
 	// tls, when set, is how the port's connection is made (a ssl:// URI).
-	tls    *tls.Config
+	tls *tls.Config
+	// proxy: the port is connected to a proxy (vSPC) as id.
+	proxy  bool
+	id     vspc.Identity
 	master *os.File
 	slave  *os.File // held open so the line stays up while the agent reopens it
 	log    *slog.Logger
@@ -41,7 +53,7 @@ type serialLine struct {
 	redial time.Duration
 
 	mu     sync.Mutex
-	conn   net.Conn
+	conn   io.ReadWriteCloser
 	cut    bool
 	closed bool
 	wake   chan struct{} // a cut was lifted, or the line closed
@@ -50,30 +62,42 @@ type serialLine struct {
 
 // serialAddr is the TCP address of a network serial port's service URI
 // ("tcp://host:port", "tcp4://…", "tcp6://…" or "host:port"; with TLS
-// "ssl://…", "tcp+ssl://…", "tcp4+ssl://…", "tcp6+ssl://…"), or an error
-// naming what the simulated hosts cannot connect to (telnet).
-func serialAddr(uri string) (addr string, withTLS bool, err error) {
+// "ssl://…", "tcp+ssl://…", "tcp4+ssl://…", "tcp6+ssl://…") or of its
+// proxy ("telnet://host:port", with TLS "telnets://…"), or an error naming
+// what the simulated hosts cannot connect to.
+func serialAddr(uri string) (addr string, withTLS, proxy bool, err error) {
 	for _, scheme := range []string{"tcp://", "tcp4://", "tcp6://"} {
 		if rest, ok := strings.CutPrefix(uri, scheme); ok {
-			return rest, false, nil
+			return rest, false, false, nil
 		}
 	}
 	for _, scheme := range []string{"ssl://", "tcp+ssl://", "tcp4+ssl://", "tcp6+ssl://"} {
 		if rest, ok := strings.CutPrefix(uri, scheme); ok {
-			return rest, true, nil
+			return rest, true, false, nil
 		}
 	}
-	if strings.Contains(uri, "://") {
-		return "", false, errors.New("network serial port " + uri + ": the simulated hosts connect TCP and TLS over TCP only")
+	if rest, ok := strings.CutPrefix(uri, "telnet://"); ok {
+		return rest, false, true, nil
 	}
-	return uri, false, nil
+	if rest, ok := strings.CutPrefix(uri, "telnets://"); ok {
+		return rest, true, true, nil
+	}
+	if strings.Contains(uri, "://") {
+		return "", false, false, errors.New("network serial port " + uri + ": the simulated hosts connect TCP, TLS over TCP and telnet proxies only")
+	}
+	return uri, false, false, nil
+}
+
+// portIdentity is what a host says of vm to its port's proxy.
+func portIdentity(vm VM) vspc.Identity {
+	return vspc.Identity{Direction: 'S', ServiceURI: vm.SerialService, VCUUID: vm.UUID, Name: vm.Name}
 }
 
 // openSerialLine makes the guest's serial device and starts connecting it
-// to uri, or leaves it cut until setCut(false) when cut is set; a TLS
-// address's certificate must chain to roots.
-func openSerialLine(uri string, roots *x509.CertPool, cut bool, log *slog.Logger) (*serialLine, error) {
-	addr, withTLS, err := serialAddr(uri)
+// to uri (a proxy's as id), or leaves it cut until setCut(false) when cut
+// is set; a TLS address's certificate must chain to roots.
+func openSerialLine(uri string, id vspc.Identity, roots *x509.CertPool, cut bool, log *slog.Logger) (*serialLine, error) {
+	addr, withTLS, proxy, err := serialAddr(uri)
 	if err != nil {
 		return nil, err
 	}
@@ -104,7 +128,8 @@ func openSerialLine(uri string, roots *x509.CertPool, cut bool, log *slog.Logger
 		slave.Close()
 		return nil, err
 	}
-	l := &serialLine{addr: addr, tls: tlsConf, master: master, slave: slave, log: log, redial: 200 * time.Millisecond, wake: make(chan struct{}, 1), cut: cut}
+	l := &serialLine{addr: addr, tls: tlsConf, proxy: proxy, id: id, master: master, slave: slave, log: log,
+		redial: 200 * time.Millisecond, wake: make(chan struct{}, 1), cut: cut}
 	l.wg.Go(l.fromGuest)
 	l.wg.Go(l.connect)
 	return l, nil
@@ -162,39 +187,128 @@ func (l *serialLine) connect() {
 			<-l.wake
 			continue
 		}
-		c, err := l.dial()
-		if err != nil {
-			l.log.Debug("serial port: no connection", "addr", l.addr, "err", err)
-			l.pause()
-			continue
-		}
 		l.mu.Lock()
-		if l.closed || l.cut {
-			l.mu.Unlock()
-			c.Close()
-			continue
-		}
-		l.conn = c
+		c := l.conn // a vMotion's target connection, already up
 		l.mu.Unlock()
-		_, err = io.Copy(l.master, c)
+		if c == nil {
+			var err error
+			if c, err = l.dial(); err != nil {
+				l.log.Debug("serial port: no connection", "addr", l.addr, "err", err)
+				l.pause()
+				continue
+			}
+			l.mu.Lock()
+			if l.closed || l.cut {
+				l.mu.Unlock()
+				c.Close()
+				continue
+			}
+			l.conn = c
+			l.mu.Unlock()
+		}
+		_, err := io.Copy(l.master, c)
 		l.mu.Lock()
+		moved := l.conn != nil && l.conn != c
 		if l.conn == c {
 			l.conn = nil
 		}
 		l.mu.Unlock()
 		c.Close()
+		if moved {
+			continue // the port went on over the vMotion's target connection
+		}
 		l.log.Debug("serial port: connection ended", "addr", l.addr, "err", err)
 		l.pause()
 	}
 }
 
-// dial makes one connection to the port's address.
-func (l *serialLine) dial() (net.Conn, error) {
+// dial makes one connection to the port's address, opened with its proxy
+// where it has one.
+func (l *serialLine) dial() (io.ReadWriteCloser, error) {
+	nc, err := l.dialTCP()
+	if err != nil || !l.proxy {
+		return nc, err
+	}
+	l.mu.Lock()
+	id := l.id
+	l.mu.Unlock()
+	return vspc.Dial(nc, id, 5*time.Second)
+}
+
+// dialTCP connects to the port's address, over TLS where it says so.
+func (l *serialLine) dialTCP() (net.Conn, error) {
 	d := &net.Dialer{Timeout: time.Second}
 	if l.tls != nil {
 		return tls.DialWithDialer(d, "tcp", l.addr, l.tls)
 	}
 	return d.Dial("tcp", l.addr)
+}
+
+// setIdentity is the VM the port belongs to from now on (a standby's port,
+// taken over by a forked child).
+func (l *serialLine) setIdentity(id vspc.Identity) {
+	l.mu.Lock()
+	l.id = id
+	l.mu.Unlock()
+}
+
+// vmotionTimeout is how long a host waits for the proxy's answers during
+// a vMotion (vSphere's default for VMOTION-GOAHEAD, serialN.vmotionLimit).
+const vmotionTimeout = 5 * time.Second
+
+// vmotion moves the port's connection to the new host as vSphere does
+// with a proxy: asked on the old connection, joined by the new one, which
+// then takes the line over. If the proxy does not agree the line is made
+// again from the new host, as a port without a proxy is.
+func (l *serialLine) vmotion(old *vspc.HostConn) {
+	seq := make([]byte, 8)
+	_, _ = rand.Read(seq)
+	secret, err := old.BeginVMotion(seq, vmotionTimeout)
+	if err != nil {
+		l.log.Warn("serial port: the proxy did not agree to the vMotion; the port connects again", "err", err)
+		l.dropIf(old)
+		return
+	}
+	next, err := l.dialPeer(seq, secret)
+	if err != nil {
+		_ = old.Abort(seq)
+		l.log.Warn("serial port: the vMotion's target connection failed; the port connects again", "err", err)
+		l.dropIf(old)
+		return
+	}
+	l.mu.Lock()
+	if l.conn != old || l.closed || l.cut {
+		l.mu.Unlock()
+		next.Close()
+		return
+	}
+	l.conn = next
+	l.mu.Unlock()
+	if err := next.Complete(seq); err != nil {
+		l.dropIf(next)
+	}
+	// The proxy closes the old connection; connect goes on reading next.
+}
+
+// dialPeer makes the vMotion target's connection.
+func (l *serialLine) dialPeer(seq, secret []byte) (*vspc.HostConn, error) {
+	nc, err := l.dialTCP()
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	id := l.id
+	l.mu.Unlock()
+	return vspc.DialPeer(nc, id, seq, secret, vmotionTimeout)
+}
+
+// dropIf ends c if it is still the port's connection.
+func (l *serialLine) dropIf(c io.ReadWriteCloser) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.conn == c {
+		l.dropLocked()
+	}
 }
 
 // pause waits before the next connection, or until the line changes.
@@ -221,10 +335,14 @@ func (l *serialLine) dropLocked() {
 }
 
 // route: the VM runs on another host now, whose connection replaces the
-// old host's.
+// old host's; behind a proxy, by a vMotion of the port.
 func (l *serialLine) route(string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if hc, ok := l.conn.(*vspc.HostConn); ok && l.proxy {
+		go l.vmotion(hc)
+		return
+	}
 	l.dropLocked()
 }
 

@@ -344,6 +344,11 @@ func (m *Manager) adopt(g *guest, vm VM) error {
 	}
 	sb := g.standby
 	g.vm, g.standby, g.resumed = vm, nil, true
+	if line, ok := g.channel.(*serialLine); ok {
+		// The port is the child's now: its host names the child to a
+		// proxy.
+		line.setIdentity(portIdentity(vm))
+	}
 	g.channel.route(vm.Host)
 	// The agent talks on the channel the standby was booted with: its
 	// serial device, whose line the VM's host connects from now on (as a
