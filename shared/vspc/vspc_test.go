@@ -289,3 +289,52 @@ func TestOpeningWithoutTheVMsUUIDTimesOut(t *testing.T) {
 		t.Fatal("a connection that named no VM was not refused")
 	}
 }
+
+// The reader takes any bytes a host or a hostile peer sends: it never
+// panics, never yields more data than it read, and gives every byte that is
+// not part of a command back exactly once.
+func FuzzReader(f *testing.F) {
+	f.Add([]byte("plain"))
+	f.Add([]byte{cmdIAC, cmdIAC, 'a'})
+	f.Add(append(option(cmdWILL, optVMware), sub(DoProxy, []byte("S"), []byte("podvisor"))...))
+	f.Add(sub(VMotionBegin, []byte{0xFF, 0, 0xFF}))
+	f.Add([]byte{cmdIAC, cmdSB, optVMware, VMName, 'x', cmdIAC})
+	f.Add([]byte{cmdIAC})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		tr := newReader(bytes.NewReader(in))
+		var data int
+		for {
+			ev, err := tr.next()
+			if err != nil {
+				break
+			}
+			data += len(ev.data)
+			if len(ev.params) > maxSubneg {
+				t.Fatalf("a subnegotiation of %d bytes", len(ev.params))
+			}
+		}
+		if data > len(in) {
+			t.Fatalf("%d data bytes from %d read", data, len(in))
+		}
+		if bytes.IndexByte(in, cmdIAC) < 0 && data != len(in) {
+			t.Fatalf("%d data bytes from %d bytes without a command", data, len(in))
+		}
+	})
+}
+
+// What escape writes, the reader gives back as it was.
+func TestEscapeRoundTrip(t *testing.T) {
+	in := []byte{0, cmdIAC, cmdIAC, 'a', cmdSE, cmdIAC}
+	tr := newReader(bytes.NewReader(escape(in)))
+	var out []byte
+	for {
+		ev, err := tr.next()
+		if err != nil {
+			break
+		}
+		out = append(out, ev.data...)
+	}
+	if !bytes.Equal(out, in) {
+		t.Fatalf("read back %x, want %x", out, in)
+	}
+}
