@@ -102,7 +102,10 @@
 // is reported (VMReady False, reason GuestSilent), then power-cycled, up to
 // Config.GuestRepairs times, then its VM is created again.
 // Every repair is logged and counted in podvisor_provisioner_repairs_total
-// {kind}.
+// {kind}. While a pod record does not decode, no orphan VM is destroyed (it
+// may be that record's pod's): the pass says so, naming the record, and
+// does every other repair. An orphan that is gone by the time its repair
+// comes (its pod's delete removed it) is not counted.
 //
 // # Encrypted ephemeral disks
 //

@@ -341,6 +341,69 @@ func TestDriftRepair(t *testing.T) {
 	}
 }
 
+// A VM that a pass listed without a record but that is gone when its repair
+// comes (its pod's delete removed it, and the record after it) was no
+// drift: the repair neither fails nor counts it. One still there is
+// destroyed and counted.
+func TestOrphanGoneBeforeItsRepairIsNotCounted(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.DC.Hosts()[0].Name
+	ctx := context.Background()
+	orphanVM(t, e, svc, host)
+	listed := e.vmsNamed("pv-ghost-uid")
+	if len(listed) != 1 {
+		t.Fatalf("%d VMs named pv-ghost-uid, want the orphan", len(listed))
+	}
+	if err := e.vms.Destroy(ctx, listed[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	report := RepairReport{}
+	if err := svc.repairOrphan(ctx, listed[0], report); err != nil || report[RepairOrphanVM] != 0 {
+		t.Fatalf("repair of an orphan gone since the listing: %v, report %v; want no error and nothing counted", err, report)
+	}
+	orphanVM(t, e, svc, host)
+	listed = e.vmsNamed("pv-ghost-uid")
+	if err := svc.repairOrphan(ctx, listed[0], report); err != nil || report[RepairOrphanVM] != 1 || len(e.vmsNamed("pv-ghost-uid")) != 0 {
+		t.Fatalf("repair of an orphan: %v, report %v; want it destroyed and counted once", err, report)
+	}
+}
+
+// A pod record that does not decode may be the record of any VM that looks
+// like an orphan: while one is there, drift repair destroys no orphan and
+// says why, naming the key; it still repairs the rest (a VM powered off).
+func TestDriftRepairAroundAnUndecodableRecord(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.DC.Hosts()[0].Name
+	ctx := context.Background()
+	_, run := e.provision(testPod("sleepy"), host)
+	if err := e.vms.PowerOff(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: run.VM}); err != nil {
+		t.Fatal(err)
+	}
+	orphan := orphanVM(t, e, svc, host)
+	if _, err := e.KV(events.BucketPods).Put(ctx, "default.garbled", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	report, err := svc.Resync(ctx)
+	if err == nil || !strings.Contains(err.Error(), "default.garbled") || !strings.Contains(err.Error(), "no orphan VM is destroyed") {
+		t.Errorf("Resync = %v; want an error naming the undecodable record and what it holds back", err)
+	}
+	if vm, _ := e.vms.Get(ctx, orphan); vm == nil {
+		t.Error("the orphan VM was destroyed while a record did not decode")
+	}
+	if report[RepairPowerState] != 1 || report[RepairOrphanVM] != 0 {
+		t.Errorf("report %v, want the power state repaired and no orphan", report)
+	}
+	// Once the record is gone, the orphan goes too.
+	if err := e.KV(events.BucketPods).Delete(ctx, "default.garbled"); err != nil {
+		t.Fatal(err)
+	}
+	if report, err := svc.Resync(ctx); err != nil || report[RepairOrphanVM] != 1 {
+		t.Errorf("Resync after the record went = %v, %v; want the orphan destroyed", report, err)
+	}
+}
+
 // orphanVM creates a pod VM for a pod that was never admitted.
 func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObjectReference {
 	t.Helper()

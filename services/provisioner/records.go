@@ -156,11 +156,12 @@ func (s *records) remove(ctx context.Context, r *events.PodRecord) error {
 
 // scan hands every record to fn, one at a time as one replay of the bucket
 // reads them (not a request per key), each with its revision. A record that
-// does not decode fails the pass: drift repair must not take it for a pod
-// without one.
-func (s *records) scan(ctx context.Context, fn func(*events.PodRecord)) error {
+// does not decode is handed to undecodable, or fails the pass when that is
+// nil: drift repair must not take it for a pod without one.
+func (s *records) scan(ctx context.Context, fn func(*events.PodRecord), undecodable func(key string, err error)) error {
 	store := record.New[events.PodRecord](s.kv, "pod")
-	store.Strict = true
+	store.Strict = undecodable == nil
+	store.Undecodable = undecodable
 	return store.ScanEach(ctx, func(_ string, rev uint64, r *events.PodRecord) error {
 		r.ResourceVersion = rev
 		fn(r)

@@ -87,6 +87,10 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	repairs := map[string]repair{}
 	var order []string
 	recorded, inOrder := map[string]bool{}, map[string]bool{}
+	// A record that does not decode belongs to a pod whose VM would pass
+	// for an orphan: while any is there, no orphan is destroyed, and the
+	// other repairs go on.
+	var undecodable []string
 	err := s.recs.scan(ctx, func(r *events.PodRecord) {
 		recorded[r.UID] = true
 		delete(repairs, r.UID)
@@ -107,15 +111,21 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 			}
 			repairs[r.UID] = repair{r: r, stale: stale, fix: fix}
 		}
-	})
+	}, func(key string, err error) { undecodable = append(undecodable, key) })
 	if err != nil {
 		return nil, fmt.Errorf("resync: %w", err)
 	}
 
 	report := RepairReport{}
 	var errs []error
+	if len(undecodable) > 0 {
+		err := fmt.Errorf("resync: %d pod records do not decode (%s): no orphan VM is destroyed until they do, since their pods' VMs would pass for orphans",
+			len(undecodable), strings.Join(undecodable, ", "))
+		s.log.Error("drift repair", "err", err)
+		errs = append(errs, err)
+	}
 	for _, vm := range vms {
-		if vm.UID != "" && !recorded[vm.UID] {
+		if vm.UID != "" && !recorded[vm.UID] && len(undecodable) == 0 {
 			errs = append(errs, s.repairOrphan(ctx, vm, report))
 		}
 	}
@@ -157,8 +167,17 @@ func (s *Service) repairOrphan(ctx context.Context, vm podvm.VM, report RepairRe
 			return nil // admitted meanwhile: not an orphan
 		}
 	}
-	if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) }); err != nil {
+	found := false
+	if err := s.stepCtx(ctx, func(ctx context.Context) (err error) {
+		found, err = s.vms.Remove(ctx, vm.Ref)
+		return err
+	}); err != nil {
 		return fmt.Errorf("remove orphan VM %s (%s): %w", vm.Name, vm.Ref.Value, err)
+	}
+	if !found {
+		// Gone since the listing: its pod's delete removed it (the
+		// record went after the VM), which is no drift.
+		return nil
 	}
 	s.log.Warn("drift repair: orphan pod VM destroyed", "kind", RepairOrphanVM, "vm", vm.Ref.Value, "name", vm.Name, "uid", vm.UID, "host", vm.Host)
 	s.count(ctx, report, RepairOrphanVM)

@@ -283,7 +283,7 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// The provisioner's reason on a record after pod.unschedulable.
 	const reasonUnschedulable = "Unschedulable"
-	views, err := s.podViews(ctx, false)
+	views, err := s.podViews(ctx, nil)
 	if err != nil {
 		return err
 	}

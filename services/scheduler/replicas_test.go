@@ -68,6 +68,36 @@ func TestCordonThroughOneReplicaIsHonouredByTheOther(t *testing.T) {
 	e.EventuallyWithin("uncordon on the host record", 5*time.Second, func() bool { return !e.hostRecords()[host].Cordoned })
 }
 
+// A pod record the sweep cannot read may be the record of any allocation
+// that seems to have none: while one is there the sweep frees no such
+// allocation, and does the rest of its pass (a placed pod held on a host
+// that is not its record's is moved back). Once the record reads, or is
+// gone, the allocation without a record is freed.
+func TestSweepFreesNothingForWantOfARecordWhileOneDoesNotDecode(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	hosts := e.HostNames("")
+	if _, err := e.KV(events.BucketPods).Put(t.Context(), "default.garbled", []byte("{not json")); err != nil {
+		t.Fatal(err)
+	}
+	ghost := &events.PodRecord{Namespace: "default", Name: "ghost", UID: "uid-ghost"}
+	e.hold(ghost, hosts[0], "", time.Now().Add(-time.Minute))
+	moved := e.placedRecord("moved", events.PodPhaseRunning, hosts[0])
+	e.hold(moved, hosts[1], "", time.Now().Add(-time.Minute))
+	holds := func(host, key string) bool { _, ok := e.allocations(host)[key]; return ok }
+	e.EventuallyWithin("the placed pod held on its record's host", 10*time.Second, func() bool {
+		return holds(hosts[0], moved.UID) && !holds(hosts[1], moved.UID)
+	})
+	if !holds(hosts[0], ghost.UID) {
+		t.Fatal("an allocation without a record was freed while a record did not decode")
+	}
+	if err := e.KV(events.BucketPods).Delete(t.Context(), "default.garbled"); err != nil {
+		t.Fatal(err)
+	}
+	e.EventuallyWithin("the allocation without a record freed", 10*time.Second, func() bool { return !holds(hosts[0], ghost.UID) })
+}
+
 // A pod deleted while another replica was placing it leaves an allocation
 // nobody releases (pod.deleted found nothing to free); the rescan frees the
 // allocations of pods that have no record once they are older than its

@@ -57,11 +57,13 @@ type sweepMark struct {
 
 // sweepLedger runs one pass, every rescan interval.
 func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
-	records, err := s.podRecordsByUID(ctx)
+	var undecodable []string
+	skip := func(key string, _ error) { undecodable = append(undecodable, key) }
+	records, err := s.podRecordsByUID(ctx, skip)
 	if err != nil {
 		return err
 	}
-	vms, err := s.vmUIDs(ctx)
+	vms, err := s.vmUIDs(ctx, skip)
 	if err != nil {
 		return err
 	}
@@ -69,12 +71,20 @@ func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
 	if err != nil {
 		return err
 	}
-	if err := s.releaseOrphans(ctx, records, vms, entries, 2*every); err != nil {
-		return err
+	var orphans error
+	if len(undecodable) > 0 {
+		// A record the sweep cannot read would pass for a gone pod (or
+		// VM), whose room it frees: no allocation is freed for want of a
+		// record until every record reads. The rest of the pass needs no
+		// record it does not have.
+		orphans = fmt.Errorf("not freeing allocations without a record: %d records do not decode (%s)",
+			len(undecodable), strings.Join(undecodable, ", "))
+	} else {
+		orphans = s.releaseOrphans(ctx, records, vms, entries, 2*every)
 	}
 	// A migration record the KV store did not answer does not hold up
 	// the placements' repair.
-	return errors.Join(s.releaseEndedReservations(ctx, entries, 3*every), s.repairPlacements(ctx, records, entries, 3*every))
+	return errors.Join(orphans, s.releaseEndedReservations(ctx, entries, 3*every), s.repairPlacements(ctx, records, entries, 3*every))
 }
 
 // podView is the part of a pod record that the sweep and the recovery of
@@ -94,17 +104,17 @@ type podView struct {
 
 func (p *podView) key() string { return events.PodKey(p.Namespace, p.Name) }
 
-// podViews reads KV `pods` in one replay of the bucket. Strict: a record
-// the sweep cannot read would pass for a gone pod, whose room it frees.
-func (s *Service) podViews(ctx context.Context, strict bool) ([]*podView, error) {
+// podViews reads KV `pods` in one replay of the bucket, telling undecodable
+// (when set) of each record it cannot read and leaves out.
+func (s *Service) podViews(ctx context.Context, undecodable func(key string, err error)) ([]*podView, error) {
 	store := record.New[podView](s.podsKV, "pod")
-	store.Strict = strict
+	store.Undecodable = undecodable
 	return store.Scan(ctx)
 }
 
 // podRecordsByUID reads KV `pods`, by pod uid.
-func (s *Service) podRecordsByUID(ctx context.Context) (map[string]*podView, error) {
-	views, err := s.podViews(ctx, true)
+func (s *Service) podRecordsByUID(ctx context.Context, undecodable func(key string, err error)) (map[string]*podView, error) {
+	views, err := s.podViews(ctx, undecodable)
 	if err != nil {
 		return nil, fmt.Errorf("not sweeping: %w", err)
 	}
@@ -117,11 +127,11 @@ func (s *Service) podRecordsByUID(ctx context.Context) (map[string]*podView, err
 
 // vmUIDs are the uids of the native VMs recorded in KV `vms` (placed in
 // the same ledger as pods).
-func (s *Service) vmUIDs(ctx context.Context) (map[string]bool, error) {
+func (s *Service) vmUIDs(ctx context.Context, undecodable func(key string, err error)) (map[string]bool, error) {
 	store := record.New[struct {
 		UID string `json:"uid"`
 	}](s.vmsKV, "vm")
-	store.Strict = true
+	store.Undecodable = undecodable
 	views, err := store.Scan(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("not sweeping: %w", err)

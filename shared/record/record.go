@@ -52,6 +52,11 @@ type Store[T any] struct {
 	// gone one (and frees what it held), a record it cannot read must stop
 	// the pass.
 	Strict bool
+	// Undecodable, when set and not Strict, is told of each value Scan
+	// leaves out because it does not decode: a reader whose pass has parts
+	// that a missing record would mislead skips those parts and does the
+	// rest.
+	Undecodable func(key string, err error)
 }
 
 // DefaultScanTimeout is Store.ScanTimeout's default.
@@ -345,6 +350,9 @@ func (s *Store[T]) ScanEach(ctx context.Context, fn func(key string, rev uint64,
 			if err != nil {
 				if s.Strict {
 					return fmt.Errorf("list %s records: %w", s.noun, err)
+				}
+				if s.Undecodable != nil {
+					s.Undecodable(e.Key(), err)
 				}
 				continue
 			}

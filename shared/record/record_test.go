@@ -282,6 +282,13 @@ func TestStrictScanAndViews(t *testing.T) {
 	if got, err := view.Scan(ctx); err == nil || !strings.Contains(err.Error(), "junk") {
 		t.Fatalf("strict Scan over an undecodable value = %+v, %v; want an error naming junk", got, err)
 	}
+	// Not strict, the pass goes on and says what it left out.
+	view.Strict = false
+	var left []string
+	view.Undecodable = func(key string, err error) { left = append(left, key+": "+err.Error()) }
+	if got, err := view.Scan(ctx); err != nil || len(got) != 1 || len(left) != 1 || !strings.HasPrefix(left[0], "junk: ") {
+		t.Fatalf("Scan with Undecodable = %+v, %v, told %q; want a's record and junk told", got, err, left)
+	}
 }
 
 // A pass whose replay never ends, and a read whose answer never comes, end

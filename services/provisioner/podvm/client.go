@@ -422,34 +422,44 @@ func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference)
 // counts as destroyed: a delete counts only when the object is gone, and
 // gone is gone.
 func (c *Client) Destroy(ctx context.Context, ref types.ManagedObjectReference) error {
+	_, err := c.Remove(ctx, ref)
+	return err
+}
+
+// Remove is Destroy that also says whether this call found the VM (false:
+// it was gone already, someone else removed it).
+func (c *Client) Remove(ctx context.Context, ref types.ManagedObjectReference) (found bool, err error) {
 	if err := c.PowerOff(ctx, ref); err != nil {
 		if isNotFound(err) {
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	// The image disks and the boot disk are shared by many pod VMs.
 	if err := vsphere.DetachSharedDisks(ctx, c.vc, ref); err != nil {
 		if isNotFound(err) {
-			return nil
+			return false, nil
 		}
-		return err
+		return false, err
 	}
 	task, err := object.NewVirtualMachine(c.vc, ref).Destroy(ctx)
 	if err == nil {
 		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
 	}
-	if err != nil && !isNotFound(err) {
-		return fmt.Errorf("destroy %s: %w", ref.Value, err)
+	if isNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return true, fmt.Errorf("destroy %s: %w", ref.Value, err)
 	}
 	vm, err := c.Get(ctx, ref)
 	if err != nil {
-		return err
+		return true, err
 	}
 	if vm != nil {
-		return fmt.Errorf("destroy %s: VM still present after the destroy task", ref.Value)
+		return true, fmt.Errorf("destroy %s: VM still present after the destroy task", ref.Value)
 	}
-	return nil
+	return true, nil
 }
 
 // CheckBootDisk says whether the boot disk a spec would name (a datastore
