@@ -459,6 +459,10 @@ func (c *Concentrator) Add(host string, agent *Service) {
 	c.Agents[host] = agent
 }
 
+// AgentOf is the agent of host, and any agent of the process (every agent
+// reads the same buckets): what RunDeletes hands deletes to.
+func (c *Concentrator) AgentOf(host string) (of, some *Service) { return c.agents(host) }
+
 // agents returns the agent of host, and any agent (every agent reads the
 // same bucket).
 func (c *Concentrator) agents(host string) (of, some *Service) {

@@ -3,6 +3,7 @@ package hostagent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,24 +22,41 @@ const defaultGracePeriod = 30
 // pod, a pod whose record is gone, or one whose guest has no channel here,
 // is not this agent's business: acknowledged at once.
 func (s *Service) handleDelete(ctx context.Context, _ *bus.Message, req *events.PodDeleteRequested) error {
+	rec, err := s.deleteRecord(ctx, req)
+	if rec == nil || err != nil || rec.Host != s.cfg.Host {
+		return err
+	}
+	s.stopForDelete(ctx, rec)
+	return nil
+}
+
+// deleteRecord is the record of the pod a delete names; nil when it has
+// none, or one of another uid than the delete's.
+func (s *Service) deleteRecord(ctx context.Context, req *events.PodDeleteRequested) (*events.PodRecord, error) {
 	ns := req.Namespace
 	if ns == "" {
 		ns = events.DefaultNamespace
 	}
 	rec, err := s.record(ctx, ns, req.Name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if rec.Host != s.cfg.Host || (req.UID != "" && req.UID != rec.UID) {
-		return nil
+	if req.UID != "" && req.UID != rec.UID {
+		return nil, nil
 	}
+	return rec, nil
+}
+
+// stopForDelete stops the containers of rec's pod, being deleted, if its
+// guest has a channel here.
+func (s *Service) stopForDelete(ctx context.Context, rec *events.PodRecord) {
 	pc := s.conn(rec.UID)
 	if pc == nil {
 		s.log.Info("delete: the pod's guest has no channel here; nothing to stop", "pod", rec.Key())
-		return nil
+		return
 	}
 	grace := int64(defaultGracePeriod)
 	if g := rec.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
@@ -50,7 +68,38 @@ func (s *Service) handleDelete(ctx context.Context, _ *bus.Message, req *events.
 	} else {
 		pc.log.Info("stopped on delete", "grace", grace, "killed", stopped.Killed)
 	}
-	return nil
+}
+
+// SharedDeleteWorkers is how many deletes RunDeletes handles at once: each
+// may wait a pod's whole grace period for its guest, and one consumer
+// serves every host of the process.
+const SharedDeleteWorkers = 256
+
+// SharedDeletesConsumer is the durable consumer RunDeletes reads.
+const SharedDeletesConsumer = Name + "-every-host"
+
+// RunDeletes takes pod.delete.requested for every host agent of a process
+// serving many hosts (each with Config.SharedDeletes), on one durable
+// consumer: each delete's record is read once and the delete handed to the
+// agent of the pod's host, found by agents (the agent of a host, and any
+// agent). A pod whose host has no agent here has nothing to stop here.
+func RunDeletes(ctx context.Context, b *bus.Bus, agents func(host string) (of, some *Service), log *slog.Logger) error {
+	r := bus.NewRouter(SharedDeletesConsumer, log)
+	bus.Handle(r, func(ctx context.Context, _ *bus.Message, req *events.PodDeleteRequested) error {
+		_, some := agents("")
+		if some == nil {
+			return nil // no agent yet, so no channel to stop
+		}
+		rec, err := some.deleteRecord(ctx, req)
+		if rec == nil || err != nil {
+			return err
+		}
+		if of, _ := agents(rec.Host); of != nil {
+			of.stopForDelete(ctx, rec)
+		}
+		return nil
+	})
+	return r.Run(ctx, b, bus.ConsumerConfig{Workers: SharedDeleteWorkers}, nil)
 }
 
 // stop sends stop and waits for stopped, the channel's end, or the grace

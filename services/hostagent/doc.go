@@ -74,7 +74,10 @@
 // Each host agent consumes pod.delete.requested with its own durable
 // (hostagent-<host>), through the bus Router like every service (typed
 // handlers; an event that does not decode is dead-lettered with its
-// reason). For a pod on this host with a connected guest it
+// reason). A process serving every host (PODVISOR_HOSTAGENT_HOST=*) reads
+// deletes on one durable for all its agents instead (RunDeletes,
+// hostagent-every-host): a durable per host would read each delete's pod
+// record once per host, thousands of times on a large vCenter. For a pod on this host with a connected guest it
 // sends stop with the pod's terminationGracePeriodSeconds (default 30) and
 // waits for stopped, at most the grace period plus StopSlack, before
 // acknowledging. The agent's status reports during the stop show the

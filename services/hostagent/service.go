@@ -143,9 +143,11 @@ func (s *Service) Run(ctx context.Context) error {
 	if s.endpoints != nil || len(s.modules) > 0 {
 		g.Go(func() error { return s.runNetworks(gctx) })
 	}
-	g.Go(func() error {
-		return s.router().Run(gctx, s.bus, bus.ConsumerConfig{Workers: s.cfg.Workers}, nil)
-	})
+	if !s.cfg.SharedDeletes {
+		g.Go(func() error {
+			return s.router().Run(gctx, s.bus, bus.ConsumerConfig{Workers: s.cfg.Workers}, nil)
+		})
+	}
 	if s.network != nil {
 		g.Go(func() error { return s.runNetworkState(gctx) })
 	}

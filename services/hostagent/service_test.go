@@ -238,6 +238,90 @@ func TestReportsAreCompleteWithDeterministicIDs(t *testing.T) {
 	}
 }
 
+// waitAcked waits until the PODS consumer named has acknowledged a message
+// and has none pending.
+func (e *env) waitAcked(consumer string, deadline time.Time) {
+	e.t.Helper()
+	cons, err := e.bus.JetStream().Consumer(context.Background(), events.StreamPods, consumer)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for {
+		info, err := cons.Info(context.Background())
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if info.AckFloor.Consumer >= 1 && info.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s acknowledged nothing: %+v", consumer, info)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A process serving many hosts reads deletes on one consumer for all of
+// them (RunDeletes): a delete reaches the agent of its pod's host, which
+// stops the guest, and no agent of the process has a consumer of its own
+// (each would read every delete's record once per host).
+func TestSharedDeletesReachThePodsHost(t *testing.T) {
+	e := newEnv(t, func(c *hostagent.Config) { c.SharedDeletes = true })
+	dir, err := os.MkdirTemp("", "pvha-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	other := guesttest.StartHostAgentWith(t, "esx-1-02", dir, hostagent.Deps{Deps: deps.Deps{Bus: e.bus}},
+		func(c *hostagent.Config) { c.SharedDeletes = true })
+	agents := &hostagent.Concentrator{Agents: map[string]*hostagent.Service{host: e.svc, "esx-1-02": other}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- hostagent.RunDeletes(ctx, e.bus, agents.AgentOf, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("RunDeletes: %v", err)
+		}
+	})
+	e.putPod("there", "uid-there", "esx-1-02", 5, "app")
+	e.putPod("here", "uid-here", host, 5, "app")
+	there := guesttest.Dial(t, other.Socket(), guestchannel.Hello{PodUID: "uid-there", Namespace: "default", Name: "there", BootID: "b"}, "app")
+	here := guesttest.Dial(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-here", Namespace: "default", Name: "here", BootID: "b"}, "app")
+	e.waitReports("uid-there", 1)
+	e.waitReports("uid-here", 1)
+	ev, err := bus.NewEvent("podvisor/cli", events.TypePodDeleteRequested, "default/there", &events.PodDeleteRequested{Namespace: "default", Name: "there"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.Publish(context.Background(), ev); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(there.Stops()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if stops := there.Stops(); len(stops) != 1 || stops[0].GracePeriodSeconds != 5 {
+		t.Fatalf("stop requests of the deleted pod's guest = %+v, want one with its grace period 5", stops)
+	}
+	// The delete is acknowledged by the one consumer once handled; the
+	// other host's guest was not asked anything.
+	e.waitAcked(hostagent.SharedDeletesConsumer+"-"+events.StreamPods, deadline)
+	if stops := here.Stops(); len(stops) != 0 {
+		t.Errorf("the other host's guest was asked to stop: %+v", stops)
+	}
+	stream, err := e.bus.JetStream().Stream(context.Background(), events.StreamPods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := stream.ConsumerNames(context.Background())
+	for name := range names.Name() {
+		if strings.HasPrefix(name, "hostagent-") && name != hostagent.SharedDeletesConsumer+"-"+events.StreamPods {
+			t.Errorf("consumer %s: the agents of a process with shared deletes have none of their own", name)
+		}
+	}
+}
+
 func TestDeleteStopsTheGuestWithTheGracePeriod(t *testing.T) {
 	e := newEnv(t)
 	e.putPod("job", "uid-job", host, 7, "app")
@@ -265,21 +349,5 @@ func TestDeleteStopsTheGuestWithTheGracePeriod(t *testing.T) {
 		t.Errorf("report after the stop = %+v, want Stopping with the container terminated", last)
 	}
 	// The delete is acknowledged once the guest said stopped.
-	cons, err := e.bus.JetStream().Consumer(context.Background(), events.StreamPods, "hostagent-"+host+"-"+events.StreamPods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		info, err := cons.Info(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if info.AckFloor.Consumer >= 1 && info.NumAckPending == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the delete was not acknowledged: %+v", info)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.waitAcked("hostagent-"+host+"-"+events.StreamPods, deadline)
 }

@@ -130,6 +130,8 @@ func everyHostAgent(ctx context.Context, d Deps, src config.Source, cc hostagent
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return conc.Run(gctx) })
+	// One delete consumer for every host (ConfigFor: SharedDeletes).
+	g.Go(func() error { return hostagent.RunDeletes(gctx, d.Bus, conc.AgentOf, d.Logger) })
 	g.Go(func() error {
 		return hostagent.FollowHosts(gctx, d.Bus, func(host string) error {
 			cfg, err := hostagent.ConfigFor(src, host)
