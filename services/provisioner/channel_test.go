@@ -1,8 +1,10 @@
 package provisioner
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -115,6 +117,28 @@ func TestChannelSettingsAreChecked(t *testing.T) {
 	cfg.ChannelURI, cfg.ChannelKeyFile = "tcp://c.example:7041", filepath.Join(t.TempDir(), "absent")
 	if _, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: testenv.Logger()}); err == nil || !strings.Contains(err.Error(), EnvChannelKeyFile) {
 		t.Errorf("New with a missing channel key file = %v, want an error naming %s", err, EnvChannelKeyFile)
+	}
+}
+
+// A channel port that connects to the concentrator directly is allowed, but
+// a vCenter will not vMotion its VM: the provisioner says so at start, and
+// says nothing when the concentrator is the ports' proxy.
+func TestDirectChannelPortsAreWarnedOfAtStart(t *testing.T) {
+	e := newEnv(t)
+	keyFile := filepath.Join(t.TempDir(), "channel.key")
+	if err := os.WriteFile(keyFile, []byte(strings.Repeat("c", guestchannel.ChannelKeySize)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for uri, warned := range map[string]bool{"ssl://c.example:7041": true, "telnets://c.example:7041": false} {
+		var logs bytes.Buffer
+		cfg := testConfig()
+		cfg.ChannelURI, cfg.ChannelKeyFile = uri, keyFile
+		if _, err := New(cfg, Deps{Bus: e.Bus, VSphere: e.sess, Logger: slog.New(slog.NewTextHandler(&logs, nil))}); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "will not vMotion them"); got != warned {
+			t.Errorf("%s: warned %v, want %v; logs:\n%s", uri, got, warned, logs.String())
+		}
 	}
 }
 

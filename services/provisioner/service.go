@@ -130,6 +130,13 @@ func newService(cfg Config, b *bus.Bus, vms *podvm.Client, log *slog.Logger) (*S
 		if s.channelKey, err = guestchannel.LoadChannelKey(cfg.ChannelKeyFile); err != nil {
 			return nil, fmt.Errorf("provisioner: %s: %w", EnvChannelKeyFile, err)
 		}
+		if !podvm.IsProxyURI(cfg.ChannelURI) {
+			// Allowed (a concentrator that is no proxy), but a vCenter
+			// refuses to vMotion a VM whose network serial port connects
+			// directly: say so once, before the first migration fails.
+			s.log.Warn("pod VMs' channel ports connect to the concentrator directly: vSphere will not vMotion them, so pods cannot migrate; name the concentrator as their proxy (telnet:// or telnets://)",
+				"setting", EnvChannelURI, "uri", cfg.ChannelURI)
+		}
 	}
 	if cfg.BootDisk != "" {
 		if err := vms.CheckBootDisk(ctx, cfg.BootDisk); err != nil {
