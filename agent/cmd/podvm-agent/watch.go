@@ -103,8 +103,8 @@ func (w *watcher) check() (forked, done bool) {
 	if string(next.Spec) == w.last {
 		return false, false
 	}
-	w.last = string(next.Spec)
 	if spec.UID != w.spec.UID {
+		w.last = string(next.Spec)
 		if !w.spec.Template {
 			w.log.Warn("spec of another pod ignored: only a template's VM is forked", "uid", spec.UID)
 			return false, false
@@ -120,8 +120,12 @@ func (w *watcher) check() (forked, done bool) {
 	}
 	select {
 	case w.updates <- spec:
+		w.last = string(next.Spec)
 	default:
-		w.log.Warn("spec update dropped: four are waiting already", "uid", spec.UID)
+		// Read again at the next check: an update lost here would be
+		// the network a pod waits for.
+		w.log.Warn("spec update not passed on yet: four are waiting already", "uid", spec.UID)
+		return false, false
 	}
 	return false, !w.spec.Template && !spec.NetworkPending
 }
