@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Checks collects what is wrong with a service's Config, every problem at
@@ -20,13 +21,13 @@ func (c *Checks) Must(ok bool, field string, value any, rule string) {
 	if s, isString := value.(string); isString {
 		value = strconv.Quote(s)
 	}
-	c.errs = append(c.errs, fmt.Errorf("%s %v: must %s", field, value, rule))
+	c.errs = append(c.errs, &FieldError{Field: field, Value: fmt.Sprint(value), Problem: "must " + rule})
 }
 
 // Required records "<field>: required (<why>)" when set is false.
 func (c *Checks) Required(set bool, field, why string) {
 	if !set {
-		c.errs = append(c.errs, fmt.Errorf("%s: required (%s)", field, why))
+		c.errs = append(c.errs, &FieldError{Field: field, Problem: "required (" + why + ")"})
 	}
 }
 
@@ -35,3 +36,32 @@ func (c *Checks) Add(err error) { c.errs = append(c.errs, err) }
 
 // Err is every problem recorded, joined; nil when there is none.
 func (c *Checks) Err() error { return errors.Join(c.errs...) }
+
+// FieldError is one problem Checks found with one field of a Config.
+type FieldError struct {
+	// Field is the Config field as Validate names it ("Workers",
+	// "Limits.PerCluster", "Datastores[1]").
+	Field string
+	// Value is the field's value as printed (strings quoted; empty for a
+	// missing value).
+	Value string
+	// Problem is what is wrong: "must be at least 1", "required (why)".
+	Problem string
+	// Setting is the variable that sets the field, when Load knows it.
+	// Whoever reads the error set a variable, not a Go field: naming it
+	// says what to change.
+	Setting string
+}
+
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Field)
+	if e.Value != "" {
+		b.WriteString(" " + e.Value)
+	}
+	if e.Setting != "" {
+		b.WriteString(" (" + e.Setting + ")")
+	}
+	b.WriteString(": " + e.Problem)
+	return b.String()
+}

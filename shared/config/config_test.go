@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -132,7 +133,7 @@ func TestLoadReadsOverDefaultsThenValidates(t *testing.T) {
 		{name: "overrides", env: map[string]string{"WORKERS": "5", "SIZE": "big"}, want: settings{Workers: 5, Size: 1 << 30}},
 		{name: "bad values all named, not validated", env: map[string]string{"WORKERS": "0x", "SIZE": "small"},
 			want: settings{Workers: 2}, wantErr: "WORKERS=\"0x\": want a whole number\nSIZE: \"small\" is not big"},
-		{name: "read, then invalid", env: map[string]string{"WORKERS": "0"}, want: settings{Workers: 0}, wantErr: "Workers 0: must be at least 1"},
+		{name: "read, then invalid", env: map[string]string{"WORKERS": "0"}, want: settings{Workers: 0}, wantErr: "Workers 0 (WORKERS): must be at least 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,5 +145,49 @@ func TestLoadReadsOverDefaultsThenValidates(t *testing.T) {
 				t.Errorf("Load error = %v, want %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// nested is a Config with a nested struct and a list, as the migration and
+// image-cache services have.
+type nested struct {
+	Name   string
+	Limits struct{ PerHost, PerCluster int }
+	Dirs   []string
+	Memo   string // never read from a setting
+}
+
+func (n nested) Validate() error {
+	var c config.Checks
+	c.Must(n.Limits.PerHost <= n.Limits.PerCluster, "Limits.PerHost", n.Limits.PerHost, "not exceed Limits.PerCluster")
+	c.Must(len(n.Dirs) < 2 || n.Dirs[1] != n.Dirs[0], "Dirs[1]", n.Dirs[1], "not be listed twice")
+	c.Required(n.Memo != "", "Memo", "a note")
+	c.Add(fmt.Errorf("Name %q: taken", n.Name))
+	if err := c.Err(); err != nil {
+		// Wrapped as some services do: the wrapper's text is fixed when
+		// it is made, and the settings must be named in it all the same.
+		return fmt.Errorf("nested config: %w", err)
+	}
+	return nil
+}
+
+func TestLoadNamesTheSettingOfAFieldValidateRefuses(t *testing.T) {
+	env := map[string]string{"NAME": "x", "PER_HOST": "6", "PER_CLUSTER": "5", "DIRS": "a,a"}
+	_, err := config.Load(config.Map(env), nested{}, func(r *config.Reader, n *nested) {
+		r.String("NAME", &n.Name)
+		r.Int("PER_HOST", &n.Limits.PerHost)
+		r.Int("PER_CLUSTER", &n.Limits.PerCluster)
+		r.List("DIRS", &n.Dirs)
+	})
+	want := "nested config: Limits.PerHost 6 (PER_HOST): must not exceed Limits.PerCluster\n" +
+		"Dirs[1] \"a\" (DIRS): must not be listed twice\n" +
+		"Memo: required (a note)\n" +
+		"Name \"x\": taken"
+	if err == nil || err.Error() != want {
+		t.Errorf("Load error =\n%v\nwant\n%s", err, want)
+	}
+	var fe *config.FieldError
+	if !errors.As(err, &fe) || fe.Setting != "PER_HOST" || fe.Field != "Limits.PerHost" {
+		t.Errorf("first FieldError = %+v, want Limits.PerHost set by PER_HOST", fe)
 	}
 }

@@ -21,5 +21,8 @@
 //		r.Parse("PODVISOR_SCHEDULER_PROFILE_FILE", func(path string) error { … }) // a kind of its own
 //	})
 //
-// An unset or empty variable leaves the default.
+// An unset or empty variable leaves the default. Validate names Config
+// fields (config.Checks); when it refuses a field a setting was read
+// into, Load's error names the setting too, since that is what the user
+// set: "Workers 0 (PODVISOR_SCHEDULER_WORKERS): must be at least 1".
 package config

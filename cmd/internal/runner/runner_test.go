@@ -54,3 +54,26 @@ func TestHostAgentSettingsAreChecked(t *testing.T) {
 		})
 	}
 }
+
+// A value that parses but that a service refuses is reported with the
+// variable that set it: whoever reads the error set a variable, not a Go
+// field.
+func TestARefusedValueNamesItsVariable(t *testing.T) {
+	for _, tc := range []struct{ service, variable, value string }{
+		{"scheduler", "PODVISOR_SCHEDULER_BATCH_SIZE", "0"},
+		{"netconfig", "PODVISOR_NETCONFIG_PUSH_PARALLELISM", "0"},
+		{"migration", "PODVISOR_MIGRATION_MAX_PER_CLUSTER", "-1"},
+		{"imagecache", "PODVISOR_IMAGECACHE_WORKERS", "-1"},
+	} {
+		t.Run(tc.service, func(t *testing.T) {
+			spec, err := Lookup(tc.service)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = spec.Check(config.Map(map[string]string{tc.variable: tc.value}))
+			if err == nil || !strings.Contains(err.Error(), "("+tc.variable+"): must") {
+				t.Errorf("%s=%s: Check = %v, want the variable named", tc.variable, tc.value, err)
+			}
+		})
+	}
+}
