@@ -31,12 +31,13 @@
 // namespace (and /sys, /dev, the cgroup filesystem where a real VM's kernel
 // left them out), reaps every orphan of the guest, brings lo up and sets the
 // hostname to the pod's. It reads BootConfig (--boot-config FILE), dials the
-// channel at once (the host sees Pending while disks mount), configures the
-// spec's NICs (a network that cannot be configured keeps the pod Pending,
-// reason ContainerCreating, message naming the NIC), mounts disk 0
-// (formatting it ext4 if blank) and every image disk read-only, and starts
-// the supervisor. SIGTERM — the hypervisor's power-off — stops every
-// container within the pod's grace period, unmounts everything and exits.
+// channel at once (the host sees Pending while disks mount), mounts disk 0
+// (formatting it ext4 if blank) and every image disk read-only, finds the
+// OCI runtime, then configures the spec's NICs (a network that cannot be
+// configured keeps the pod Pending, reason ContainerCreating, message
+// naming the NIC) and starts the supervisor. SIGTERM — the hypervisor's
+// power-off — stops every container within the pod's grace period,
+// unmounts everything and exits.
 //
 // # Forks
 //
@@ -46,8 +47,15 @@
 // template's agent (PodSpec.Template) reads its configuration source again
 // (BootConfig.Watch) every 100 ms and before every hello; a spec of another
 // pod there is the child's: the template's channel ends, its containers are
-// killed, the cards are bound again and the child's pod runs on the disks
-// already mounted, greeting the host as the child (docs/architecture.md).
+// killed and what they wrote on disk 0 removed, the PCI cards are bound to
+// their drivers again (the child's have addresses of their own) and the
+// child's pod runs on the disks already mounted, greeting the host as the
+// child (docs/architecture.md). While the source cannot be read, or holds
+// a spec the agent cannot run, the template's agent greets no one: the VM
+// may be a child's. A child forked ahead of its network (NetworkPending)
+// binds its cards again once the spec with the network comes, since the
+// attach gave them the pod's MACs, by which the spec's NICs are found. A
+// template's spec has neither NICs nor an encrypted disk (Validate).
 //
 // # A container's root
 //

@@ -111,6 +111,15 @@ func TestSpecValidate(t *testing.T) {
 			s.NetworkPending = true
 			s.InitContainers = []Container{{Name: "init", Chain: []string{"sha256:base"}}}
 		}, "networkPending"},
+		{"template", func(s *PodSpec) { s.Template = true }, ""},
+		{"template with encryption", func(s *PodSpec) {
+			s.Template = true
+			s.Encryption = &Encryption{Nonce: "n1"}
+		}, "template: excludes encryption: an encrypted ephemeral disk is keyed per VM"},
+		{"template with nics", func(s *PodSpec) {
+			s.Template = true
+			s.NICs = []NIC{{Network: "default", MAC: "02:50:56:00:00:01", IP: "10.0.0.2", Prefix: 24}}
+		}, "template: excludes nics: a template configures no network"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()

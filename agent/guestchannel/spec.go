@@ -81,9 +81,11 @@ type PodSpec struct {
 	// configuration a child is given, which the agent then takes over
 	// (stops the template's containers, keeps the disks mounted, greets
 	// the host as the child and runs the child's pod). A simulated guest's
-	// child resumes a standby instead (BootConfig.Takeover). Added to
-	// version 1; an older agent ignores it, and the provisioner keys
-	// templates by agent build.
+	// child resumes a standby instead (BootConfig.Takeover). A template's
+	// spec has no Encryption and no NICs (Validate): what its children
+	// inherit must be no one's key and no one's address. Added to version
+	// 1; an older agent ignores it, and the provisioner keys templates by
+	// agent build.
 	Template bool `json:"template,omitempty"`
 }
 
@@ -342,6 +344,16 @@ func (s *PodSpec) Validate() error {
 	}
 	if s.NetworkPending && len(s.InitContainers) > 0 {
 		bad("networkPending", "a pod with init containers is started with its network, never ahead of it")
+	}
+	if s.Template && s.Encryption != nil {
+		// Its key comes for one VM and one boot, and its children resume
+		// the template's guest and disk: a template's would be theirs.
+		bad("template", "excludes encryption: an encrypted ephemeral disk is keyed per VM, never forked")
+	}
+	if s.Template && len(s.NICs) > 0 {
+		// Each child configures its own cards from its own spec; the
+		// template's addresses would be every child's until then.
+		bad("template", "excludes nics: a template configures no network, its forked children their own")
 	}
 	for i, n := range s.NICs {
 		for _, e := range n.validate() {

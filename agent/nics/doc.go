@@ -13,4 +13,12 @@
 // The pod's containers share the guest's network namespace, so this is the
 // pod's network: a container reaches other pods on its networks by IP, and
 // the pod's IP is the address of its primary (first) NIC.
+//
+// A driver reads its card's MAC address when it binds, so a card whose
+// address the hypervisor changed under a running guest keeps the old one
+// until it is bound again (Reprobe): a forked child's cards (an instant
+// clone gives them addresses of their own) and the cards of a pod forked
+// ahead of its network (the attach gives them the pod's). The agent
+// rebinds them at a takeover and again once the network is attached,
+// before Configure looks for the spec's MACs.
 package nics

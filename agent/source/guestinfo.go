@@ -3,6 +3,7 @@ package source
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -38,10 +39,26 @@ type regs struct{ ax, bx, cx, dx, si, di uint32 }
 // backdoor is the trap itself (bdoor_amd64.s); nil where there is none.
 var backdoor func(regs) regs
 
-// enablePorts grants this process I/O port access (iopl 3): on VMware the
-// backdoor port answers user mode anyway, but elsewhere an IN without it
-// faults, so detection needs it to be safe.
+// enablePorts grants the calling thread I/O port access (iopl 3): on
+// VMware the backdoor port answers user mode anyway, but elsewhere an IN
+// without it faults, so detection needs it to be safe. Linux keeps the
+// privilege per thread, not per process, so it is asked for on the very
+// thread that traps (portThread).
 var enablePorts func() error
+
+// portThread locks the calling goroutine to its OS thread and gives that
+// thread I/O port access, for the traps made until unlock: the Go
+// scheduler would otherwise move the goroutine between the grant and a
+// trap, or between two traps, to a thread never granted it. (The thread
+// keeps the privilege once unlocked: the agent, PID 1, has it anyway.)
+func portThread() (unlock func(), err error) {
+	runtime.LockOSThread()
+	if err := enablePorts(); err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	return runtime.UnlockOSThread, nil
+}
 
 var rpcMu sync.Mutex
 
@@ -52,10 +69,12 @@ func Guestinfo() (Source, error) {
 	if backdoor == nil {
 		return nil, fmt.Errorf("guestinfo backdoor: %w: not on this architecture", ErrUnavailable)
 	}
-	if err := enablePorts(); err != nil {
+	unlock, err := portThread()
+	if err != nil {
 		return nil, fmt.Errorf("guestinfo backdoor: %w: no I/O port access: %w", ErrUnavailable, err)
 	}
 	out := backdoor(regs{ax: bdoorMagic, bx: ^uint32(0), cx: bdoorGetVersion, dx: bdoorPort})
+	unlock()
 	if out.bx != bdoorMagic {
 		return nil, fmt.Errorf("guestinfo backdoor: %w: not a VMware virtual machine", ErrUnavailable)
 	}
@@ -97,10 +116,17 @@ func parseInfoGet(key, reply string) (string, error) {
 	}
 }
 
-// rpc sends one request over a fresh RPCI channel and returns the reply.
+// rpc sends one request over a fresh RPCI channel and returns the reply,
+// every trap on one thread with I/O port access (portThread): the caller
+// may be any goroutine (the agent's watcher, its channel's).
 func (backdoorSource) rpc(request string) (string, error) {
 	rpcMu.Lock()
 	defer rpcMu.Unlock()
+	unlock, err := portThread()
+	if err != nil {
+		return "", fmt.Errorf("no I/O port access: %w", err)
+	}
+	defer unlock()
 	call := func(sub uint32, bx uint32, ch uint32) regs {
 		return backdoor(regs{ax: bdoorMagic, bx: bx, cx: bdoorMessage | sub<<16, dx: ch<<16 | bdoorPort})
 	}

@@ -588,6 +588,35 @@ func (p *Pod) Close() error {
 	return errors.Join(errs...)
 }
 
+// RemoveFiles removes what the pod wrote: each container's log, upper
+// and work directories on the ephemeral disk and its bundle, the emptyDir
+// volumes and resolv.conf. For a pod whose disks go on as another pod's
+// (a template's, whose guest a forked child takes over): call once Run or
+// Abandon returned, after Close.
+func (p *Pod) RemoveFiles() error {
+	eph := p.cfg.Disks.Ephemeral
+	var paths []string
+	for _, cs := range [][]guestchannel.Container{p.cfg.Spec.InitContainers, p.cfg.Spec.Containers} {
+		for _, c := range cs {
+			paths = append(paths, filepath.Join(eph, "logs", c.Name), filepath.Join(eph, "containers", c.Name),
+				filepath.Join(p.cfg.StateDir, "bundles", c.Name))
+		}
+	}
+	for _, dir := range p.volumes {
+		paths = append(paths, dir)
+	}
+	if p.resolvConf != "" {
+		paths = append(paths, p.resolvConf)
+	}
+	var errs []error
+	for _, path := range paths {
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Done is closed once Run returned.
 func (p *Pod) Done() <-chan struct{} { return p.stopped }
 

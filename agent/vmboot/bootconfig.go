@@ -97,6 +97,20 @@ func Compose(env Env) (*guestchannel.BootConfig, error) {
 	return bc, nil
 }
 
+// ErrSpecRefused marks Reread's errors about the spec the source holds
+// (none, one that does not decode or validate, one naming a disk the VM
+// lacks), as against the source's own (not read): the source was read,
+// and whatever this VM now is, it is not a pod this agent can run.
+var ErrSpecRefused = errors.New("the spec read again is refused")
+
+// refused is an error of the spec read again (ErrSpecRefused); it reads
+// as the error it holds.
+type refused struct{ err error }
+
+func (r refused) Error() string        { return r.err.Error() }
+func (r refused) Unwrap() error        { return r.err }
+func (r refused) Is(target error) bool { return target == ErrSpecRefused }
+
 // Reread reads the spec and the VM uuid again from the source prev.Watch
 // names and returns prev with them: what a template's agent does to find
 // that its VM was forked (a child's spec, of another pod) and what a spec
@@ -105,23 +119,27 @@ func Compose(env Env) (*guestchannel.BootConfig, error) {
 // disk unit of the spec must be one prev found (an error says which is
 // not). The uuid, when the source gives none, is not the BIOS's (a
 // forked child resumes its parent's memory, where the kernel read the
-// parent's) but empty.
+// parent's) but empty. An error about the spec itself, once the source
+// was read, is ErrSpecRefused.
 func Reread(prev guestchannel.BootConfig) (*guestchannel.BootConfig, *guestchannel.PodSpec, error) {
 	src, err := source.Reopen(prev.Watch)
 	if err != nil {
 		return nil, nil, err
 	}
 	raw, err := src.Get(guestchannel.GuestinfoSpec)
+	if errors.Is(err, source.ErrNotFound) {
+		return nil, nil, refused{fmt.Errorf("pod spec: %w", err)}
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("pod spec: %w", err)
 	}
 	spec, err := guestchannel.UnmarshalSpec([]byte(raw))
 	if err != nil {
-		return nil, nil, fmt.Errorf("pod spec from %s: %w", src.Name(), err)
+		return nil, nil, refused{fmt.Errorf("pod spec from %s: %w", src.Name(), err)}
 	}
 	for _, d := range spec.Disks {
 		if _, ok := prev.Devices[d.Unit]; !ok {
-			return nil, nil, fmt.Errorf("pod spec from %s: disk unit %s is not one of this VM's", src.Name(), d.Unit)
+			return nil, nil, refused{fmt.Errorf("pod spec from %s: disk unit %s is not one of this VM's", src.Name(), d.Unit)}
 		}
 	}
 	uuid, err := optional(src, GuestinfoVMUUID)

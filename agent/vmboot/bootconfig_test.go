@@ -2,6 +2,7 @@ package vmboot
 
 import (
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -121,7 +122,25 @@ func TestRereadAfterTheDiskChanged(t *testing.T) {
 	}
 	extra := strings.Replace(child, `"unit":"scsi0:1"`, `"unit":"scsi0:7"`, 1)
 	write(map[string]string{guestchannel.GuestinfoSpec: extra})
-	if _, _, err := Reread(*bc); err == nil || !strings.Contains(err.Error(), "scsi0:7") {
-		t.Fatalf("a spec with a disk the VM lacks: err = %v, want it named", err)
+	if _, _, err := Reread(*bc); err == nil || !strings.Contains(err.Error(), "scsi0:7") || !errors.Is(err, ErrSpecRefused) {
+		t.Fatalf("a spec with a disk the VM lacks: err = %v, want it named, and the spec refused", err)
+	}
+	// What the source holds is refused; a source that cannot be read says
+	// nothing of the spec.
+	for name, values := range map[string]map[string]string{
+		"no spec":          {GuestinfoVMUUID: "child"},
+		"not a pod spec":   {guestchannel.GuestinfoSpec: `{"uid":`},
+		"an unknown field": {guestchannel.GuestinfoSpec: strings.Replace(child, `"uid":"u2"`, `"uid":"u2","colour":"red"`, 1)},
+	} {
+		write(values)
+		if _, _, err := Reread(*bc); !errors.Is(err, ErrSpecRefused) {
+			t.Errorf("%s: err = %v, want the spec refused", name, err)
+		}
+	}
+	if err := os.Remove(disk); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Reread(*bc); err == nil || errors.Is(err, ErrSpecRefused) {
+		t.Fatalf("the disk gone: err = %v, want an error of the source, not a refused spec", err)
 	}
 }

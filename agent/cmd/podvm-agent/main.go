@@ -111,7 +111,16 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 	// Where a boot's time goes (docs/bench.md): init, then disks (in
 	// start), then each container's start (package supervisor).
 	log.Info("boot phase", "phase", "init", "ms", ms(time.Since(begun)))
-	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb, begun: begun}
+	a := &agent{board: supervisor.NewBoard(cfg.Spec), spec: cfg.Spec, log: log, standby: sb, begun: begun, cards: guestCards}
+	defer func() {
+		// A standby's disks the pod never took (it ended before start
+		// mounted its disks): nothing else unmounts them.
+		if a.standby != nil {
+			if err := a.standby.mounted.Unmount(); err != nil {
+				log.Warn("standby: disks not unmounted", "err", err)
+			}
+		}
+	}()
 	if fd, err := cfg.Boot.UpdatesFD(); err != nil {
 		return nil, err
 	} else if fd >= 0 {
@@ -157,8 +166,15 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 	}
 	select {
 	case <-forked:
-		// The template's channel ends first: nothing of the template may
-		// reach the line the child's host side has connected.
+		// The template's channel ends before anything else is done, so
+		// that it sends nothing more. It may have sent some already: the
+		// statuses its session pushed between the child's resume and the
+		// read that found the child can reach the child's line (a hello
+		// only if the clone caught a greeting between its read of the
+		// source and its send: beforeGreet reads first). The child's own
+		// hello and full status follow on its channel. A template has no
+		// encrypted disk to lock (PodSpec.Validate refuses one): unlocked
+		// is nil here.
 		endPod()
 		<-served
 		return a.handOver(cfg, w.child, mounted), nil
@@ -189,17 +205,19 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 // VM agent").
 func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mounted, *diskcrypt.Unlocked, error) {
 	state := cfg.Boot.StateDir
-	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
-	if err != nil {
-		return nil, nil, err
-	}
-	a.log.Info("runtime", "name", rt.Name(), "path", rt.Bin)
+	// The disks first, whatever fails after: a standby's (a.standby) are
+	// then the caller's to unmount or to hand over, as any mounted here.
 	t := time.Now()
 	mounted, err := a.mount(cfg)
 	if err != nil {
 		return nil, nil, err
 	}
 	a.log.Info("boot phase", "phase", "disks", "ms", ms(time.Since(t)), "total_ms", ms(time.Since(a.begun)), "formatted", mounted.Formatted)
+	rt, err := runtime.New(cfg.Boot.Runtime, filepath.Join(state, "runtime"))
+	if err != nil {
+		return mounted, nil, err
+	}
+	a.log.Info("runtime", "name", rt.Name(), "path", rt.Bin)
 	var unlocked *diskcrypt.Unlocked
 	if a.keys != nil {
 		if unlocked, err = a.unlockEphemeral(ctx, mounted); err != nil {
@@ -252,7 +270,10 @@ var errStopping = errors.New("stopped while waiting for the network")
 
 // network configures the pod's NICs. A pod whose spec waits for its
 // network (NetworkPending: forked before its network was attached) first
-// waits for the spec that has it, on the hypervisor's updates.
+// waits for the spec that has it, on the hypervisor's updates, then binds
+// the cards again: the attach that came with that spec gave them the
+// pod's MACs, which a driver reads only when it binds, and the spec's
+// NICs are found by those MACs.
 func (a *agent) network(pod *supervisor.Pod, cfg *bootconfig.Config) error {
 	spec := cfg.Spec
 	t := time.Now()
@@ -268,8 +289,9 @@ func (a *agent) network(pod *supervisor.Pod, cfg *bootconfig.Config) error {
 		spec = next
 		a.log.Info("network attached", "waited_ms", ms(time.Since(t)))
 		t = time.Now()
+		a.rebindCards("network attached")
 	}
-	if err := configureNICs(spec.NICs); err != nil {
+	if err := a.cards.configure(spec.NICs); err != nil {
 		return err
 	}
 	a.log.Info("boot phase", "phase", "network", "ms", ms(time.Since(t)), "nics", len(spec.NICs))
@@ -338,9 +360,34 @@ type agent struct {
 	// updates are the hypervisor's updates of the spec (nil: none).
 	updates  <-chan *guestchannel.PodSpec
 	begun    time.Time
+	cards    cards
 	mu       sync.Mutex
 	pod      *supervisor.Pod
 	stopping bool
+}
+
+// cards is what the agent does to the guest's network cards: guestCards,
+// or a test's stand-in.
+type cards struct {
+	// configure gives the cards the spec's addresses (configureNICs).
+	configure func([]guestchannel.NIC) error
+	// rebind binds the PCI cards to their drivers again and says how
+	// many (reprobeNICs).
+	rebind func() (int, error)
+}
+
+var guestCards = cards{configure: configureNICs, rebind: reprobeNICs}
+
+// rebindCards binds the guest's cards again (cards.rebind), so that each
+// reads the address the hypervisor gives it now; after says what changed
+// them. A card not bound again is logged, not fatal: configuring the
+// spec's NICs then says which card is missing.
+func (a *agent) rebindCards(after string) {
+	if n, err := a.cards.rebind(); err != nil {
+		a.log.Warn(after+": network cards not bound again", "bound", n, "err", err)
+	} else {
+		a.log.Info(after+": network cards bound again", "cards", n)
+	}
 }
 
 var _ channel.Pod = (*agent)(nil)

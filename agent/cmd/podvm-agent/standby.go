@@ -135,9 +135,10 @@ func setHostname(spec *guestchannel.PodSpec) error {
 
 // handOver ends a template's pod in a VM a forked child has taken (its
 // channel already ended): the template's containers are killed at once
-// (what they were run for, the disks mounted and formatted, the image's
-// pages read, stays), and the guest goes on as the child's, on the disks
-// still mounted when they are the child's too (agent.mount).
+// and what they wrote is removed (what they were run for, the disks
+// mounted and formatted, the image's pages read, stays), the cards are
+// bound again, and the guest goes on as the child's, on the disks still
+// mounted when they are the child's too (agent.mount).
 func (a *agent) handOver(cfg, child *bootconfig.Config, mounted *disks.Mounted) *handedOver {
 	t := time.Now()
 	a.mu.Lock()
@@ -148,6 +149,12 @@ func (a *agent) handOver(cfg, child *bootconfig.Config, mounted *disks.Mounted) 
 		pod.Stop(0)
 		if err := pod.Close(); err != nil {
 			a.log.Warn("forked: the template's pod not closed cleanly", "err", err)
+		}
+		// The child's disk is a copy of the template's: the template's
+		// logs, upper directories and volumes would stay on it for the
+		// child's lifetime, read by no one.
+		if err := pod.RemoveFiles(); err != nil {
+			a.log.Warn("forked: the template's files not all removed", "err", err)
 		}
 	}
 	next := &handedOver{cfg: child}
@@ -165,15 +172,12 @@ func (a *agent) handOver(cfg, child *bootconfig.Config, mounted *disks.Mounted) 
 	if err := setHostname(child.Spec); err != nil {
 		a.log.Warn("forked", "err", err)
 	}
-	if len(child.Spec.NICs) > 0 {
-		// The child's cards have addresses of their own, which the
-		// drivers read only when they bind.
-		if n, err := reprobeNICs(); err != nil {
-			a.log.Warn("forked: network cards not bound again", "bound", n, "err", err)
-		} else {
-			a.log.Info("forked: network cards bound again", "cards", n)
-		}
-	}
+	// The child's cards have addresses of their own, which the drivers
+	// read only when they bind: bound again whether or not the child's
+	// spec has its NICs yet (one forked ahead of its network binds them
+	// again once that comes too, agent.network), so that nothing of the
+	// guest goes on with the template's addresses.
+	a.rebindCards("forked")
 	a.log.Info("forked: taken over", "template", cfg.Spec.Name, "pod", child.Spec.Namespace+"/"+child.Spec.Name,
 		"vm", child.Boot.VMUUID, "stop_ms", ms(time.Since(t)))
 	return next

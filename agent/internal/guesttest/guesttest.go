@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -205,11 +206,24 @@ func (g *Guest) Reconfigure(spec *guestchannel.PodSpec, vmUUID string) {
 	}
 }
 
+// ReconfigureRaw is Reconfigure with the spec's guestinfo value as given,
+// whether or not it is a spec the agent can run.
+func (g *Guest) ReconfigureRaw(rawSpec, vmUUID string) {
+	g.t.Helper()
+	if err := writeConfigDiskRaw(g.configDisk, rawSpec, vmUUID); err != nil {
+		g.t.Fatal(err)
+	}
+}
+
 func writeConfigDisk(path string, spec *guestchannel.PodSpec, vmUUID string) error {
 	raw, err := guestchannel.MarshalSpec(spec)
 	if err != nil {
 		return err
 	}
+	return writeConfigDiskRaw(path, raw, vmUUID)
+}
+
+func writeConfigDiskRaw(path, raw, vmUUID string) error {
 	b, err := configdisk.Bytes(map[string]string{guestchannel.GuestinfoSpec: raw, vmboot.GuestinfoVMUUID: vmUUID})
 	if err != nil {
 		return err
@@ -280,6 +294,11 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 	}
 	bootFile := filepath.Join(dir, "boot.json")
 	b, _ := json.Marshal(boot)
+	if opt.ConfigDisk {
+		// As a booted VM's first stage writes it (cmd/podvm-init): the
+		// spec in it laid out otherwise than on the configuration disk.
+		b, _ = json.MarshalIndent(boot, "", "  ")
+	}
 	if err := os.WriteFile(bootFile, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -449,6 +468,30 @@ func MountsUnder(dir string) []string {
 		f := strings.Fields(line)
 		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
 			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// Mounts lists the mounts below dir in the guest's mount namespace,
+// mountpoint → the mount's identity: its unique id (statx
+// STATX_MNT_ID_UNIQUE, Linux 6.8), which a filesystem unmounted and
+// mounted again never has twice. An older kernel gives the mount table's
+// id only, which the next mount may reuse: "reused?" marks it.
+func (g *Guest) Mounts(dir string) map[string]string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", g.Pid()))
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) <= 4 || !strings.HasPrefix(f[4], dir) {
+			continue
+		}
+		var st unix.Statx_t
+		err := unix.Statx(unix.AT_FDCWD, g.Path(f[4]), unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID_UNIQUE, &st)
+		if err == nil && st.Mask&unix.STATX_MNT_ID_UNIQUE != 0 {
+			out[f[4]] = strconv.FormatUint(st.Mnt_id, 10)
+		} else {
+			out[f[4]] = f[0] + " (reused?)"
 		}
 	}
 	return out

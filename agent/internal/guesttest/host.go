@@ -3,6 +3,7 @@ package guesttest
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -151,7 +152,7 @@ func (h *Host) Wait(what string, timeout time.Duration, cond func(View) bool) Vi
 	deadline := time.After(timeout)
 	for {
 		h.mu.Lock()
-		v := View{h.view}
+		v := h.viewNow()
 		ch := h.changed
 		h.mu.Unlock()
 		if cond(v) {
@@ -169,7 +170,16 @@ func (h *Host) Wait(what string, timeout time.Duration, cond func(View) bool) Vi
 func (h *Host) Snapshot() (View, []guestchannel.Status, []guestchannel.Hello) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return View{h.view}, append([]guestchannel.Status(nil), h.Reports...), append([]guestchannel.Hello(nil), h.Hellos...)
+	return h.viewNow(), append([]guestchannel.Status(nil), h.Reports...), append([]guestchannel.Hello(nil), h.Hellos...)
+}
+
+// viewNow copies the view, its containers included: fold changes them in
+// place as reports come; h.mu held.
+func (h *Host) viewNow() View {
+	v := View{h.view}
+	v.InitContainers = slices.Clone(h.view.InitContainers)
+	v.Containers = slices.Clone(h.view.Containers)
+	return v
 }
 
 func describe(v View) string {
