@@ -30,9 +30,32 @@
 //	target host: SB VMOTION-COMPLETE <seq> SE    (the proxy writes to the target from now on)
 //	source host: SB VMOTION-ABORT <seq> SE       (instead: the proxy stays with the source)
 //
-// After VMOTION-GOAHEAD the proxy holds what it writes to the VM until the
-// move completes or is aborted; what the VM writes may arrive on either
-// connection until then, in order.
+// After VMOTION-GOAHEAD the proxy holds what it writes to the VM (up to
+// 1 MiB) until the move completes or is aborted, and then writes it to the
+// connection the port stays on. Only the source, which began the move, may
+// abort it. A target host may say VMOTION-PEER at the start of its
+// connection or after answering the proxy's questions; until its
+// connection has carried data it is taken as a target, not a new line.
+//
+// What the VM writes reaches a Conn's reader in the order it wrote it. At
+// VMOTION-COMPLETE the source host may still be passing on the VM's last
+// bytes, so the proxy does not close the source's connection: it ends its
+// own side (which tells the host the port has moved) and goes on reading
+// it until the host closes it or Proxy.DrainTimeout passes (3s by
+// default). Whatever the target sends meanwhile waits behind it.
+//
+// A move can also end unsaid: vSphere may give a vMotion up without
+// VMOTION-ABORT (its target never connects). A VMOTION-BEGIN on the
+// port's connection while a move has no target yet therefore drops that
+// move, sending what it held to the source and forgetting its secret, and
+// is answered with VMOTION-GOAHEAD; while a move has its target, a new
+// VMOTION-BEGIN is answered VMOTION-NOTNOW.
+//
+// Each connection of a port buffers at most 1 MiB its Conn's reader has
+// not read. Past that the proxy stops reading the connection, so a slow
+// reader slows the host through TCP rather than growing the proxy; it
+// also delays the commands behind that data, a VMOTION-BEGIN among them
+// (vSphere then fails the vMotion, as it does for a busy proxy).
 //
 // Written here rather than taken from a telnet library: the Go telnet
 // packages handle options but not the subnegotiations this needs, and the
