@@ -195,7 +195,7 @@ func (c *Concentrator) Run(ctx context.Context) error {
 			var line net.Conn = nc
 			var vm *vspc.Identity
 			if c.Proxy != nil {
-				vc, err := c.Proxy.Accept(nc)
+				vc, err := c.Proxy.AcceptContext(wctx, nc)
 				switch {
 				case errors.Is(err, vspc.ErrPeered):
 					llog.Info("guest channel: a vMotion's target host took over a line")
