@@ -417,7 +417,8 @@ func TestVMotionCompletesWhileTheSourceWaitsForTheReader(t *testing.T) {
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := src.Write(stream)
-		src.Close()
+		// Half-close: the source's end must stay open to be told.
+		_ = src.nc.(*net.TCPConn).CloseWrite()
 		wrote <- err
 	}()
 	if err := dst.Complete(seq); err != nil {
