@@ -108,7 +108,10 @@ type Status struct {
 	Seq uint64 `json:"seq"`
 	// Phase is the agent's view of the pod: Pending while it prepares disks
 	// and init containers, Running, Succeeded or Failed once every container
-	// has terminated for good, Stopping after a stop request.
+	// has terminated for good, Stopping after a stop request, and Succeeded
+	// or Failed again once the stop is done (nothing runs or will run: as
+	// Kubernetes ends a deleted pod, Succeeded only when every container
+	// exited 0).
 	Phase string `json:"phase"`
 	// Reason and Message explain a Pending phase the agent cannot leave (for
 	// example a disk that does not mount).

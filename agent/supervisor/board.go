@@ -18,6 +18,8 @@ type Board struct {
 	changed chan struct{}
 	seq     atomic.Uint64
 	policy  string
+	// stopped: the pod's stop is done and its phase final (Stopped).
+	stopped bool
 }
 
 // NewBoard starts a pod's state: Pending, every container waiting.
@@ -98,7 +100,7 @@ func (b *Board) update(name string, fn func(*guestchannel.ContainerStatus)) {
 // with a reason (the pod could not start) stay until changed explicitly.
 func (b *Board) derivePhase() {
 	st := &b.status
-	if st.Phase == guestchannel.PhaseStopping || (st.Phase == guestchannel.PhasePending && st.Reason != "") {
+	if b.stopped || st.Phase == guestchannel.PhaseStopping || (st.Phase == guestchannel.PhasePending && st.Reason != "") {
 		return
 	}
 	for _, ic := range st.InitContainers {
@@ -146,10 +148,35 @@ func (b *Board) derivePhase() {
 func (b *Board) setPhase(phase, reason, message string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.status.Phase == phase && b.status.Reason == reason && b.status.Message == message {
+	if b.stopped || (b.status.Phase == phase && b.status.Reason == reason && b.status.Message == message) {
 		return
 	}
 	b.status.Phase, b.status.Reason, b.status.Message = phase, reason, message
+	b.wake()
+}
+
+// Stopped ends the pod's phase once a stop is done, when no container runs
+// and none will: Succeeded if every container terminated with exit code 0,
+// else Failed (one was killed, or never ran), as Kubernetes ends a deleted
+// pod. The phase stays: the host takes it as the stop's outcome, so that a
+// pod whose containers were waiting (in back-off, or never started) is not
+// held for its whole grace period, its report showing nothing more to
+// stop than Stopping did.
+func (b *Board) Stopped() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stopped {
+		return
+	}
+	b.stopped = true
+	st := &b.status
+	st.Phase, st.Reason, st.Message = guestchannel.PhaseSucceeded, "", ""
+	for _, cs := range append(append([]guestchannel.ContainerStatus(nil), st.InitContainers...), st.Containers...) {
+		if cs.State.Kind != guestchannel.StateTerminated || cs.State.ExitCode != 0 {
+			st.Phase = guestchannel.PhaseFailed
+			break
+		}
+	}
 	b.wake()
 }
 

@@ -345,8 +345,8 @@ func TestDeleteStopsTheGuestWithTheGracePeriod(t *testing.T) {
 	// The stop's outcome is reported: every container terminated.
 	rs := e.waitReports("uid-job", 2)
 	last := rs[len(rs)-1].r
-	if last.Phase != guestchannel.PhaseStopping || last.ContainerStatuses[0].State.Terminated == nil {
-		t.Errorf("report after the stop = %+v, want Stopping with the container terminated", last)
+	if last.Phase != guestchannel.PhaseSucceeded || last.ContainerStatuses[0].State.Terminated == nil {
+		t.Errorf("report after the stop = %+v, want Succeeded with the container terminated", last)
 	}
 	// The delete is acknowledged once the guest said stopped.
 	e.waitAcked("hostagent-"+host+"-"+events.StreamPods, deadline)

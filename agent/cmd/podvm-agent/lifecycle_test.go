@@ -173,8 +173,8 @@ func TestStopGracePeriod(t *testing.T) {
 	if c := v.Container("stubborn"); c.State.ExitCode != 137 || c.State.Signal != 9 {
 		t.Errorf("stubborn = %+v, want killed (137, signal 9)", c.State)
 	}
-	if v.Phase != guestchannel.PhaseStopping {
-		t.Errorf("phase = %s, want Stopping", v.Phase)
+	if v.Phase != guestchannel.PhaseFailed {
+		t.Errorf("phase = %s, want Failed: the stop is done and stubborn was killed", v.Phase)
 	}
 	if text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "polite"}); text != "ready\ngot TERM\n" {
 		t.Errorf("polite's log = %q", text)
@@ -189,6 +189,47 @@ func TestStopGracePeriod(t *testing.T) {
 	if v, _, _ := g.Host.Snapshot(); v.Container("polite").RestartCount != 0 {
 		t.Errorf("restarted after stop")
 	}
+}
+
+// A stop ends the phase once nothing runs and nothing will: the host
+// takes it as the stop's outcome. A pod whose only container waits in
+// back-off has nothing to stop and ends Failed at once (its container
+// never ended well) instead of staying Stopping, which would hold its
+// delete for the whole grace period; a pod whose containers all exit 0 on
+// TERM ends Succeeded.
+func TestStopEndsThePhase(t *testing.T) {
+	needGuest(t)
+	t.Run("crash-looping", func(t *testing.T) {
+		spec := image.Spec("crashloop", "Always", 30, nil, []guestchannel.Container{sh("crash", "exit 1")})
+		g := guest(t, spec, guesttest.Options{Backoff: time.Minute, MaxBackoff: time.Minute})
+		g.Host.Wait("crash in back-off", wait, func(v guesttest.View) bool {
+			return v.Container("crash").State.Reason == "CrashLoopBackOff"
+		})
+		if stopped := g.Host.Stop(30, wait); len(stopped.Killed) != 0 {
+			t.Errorf("killed = %v, want none: nothing ran", stopped.Killed)
+		}
+		v, _, _ := g.Host.Snapshot()
+		if v.Phase != guestchannel.PhaseFailed {
+			t.Errorf("phase after the stop = %s, want Failed", v.Phase)
+		}
+		if c := v.Container("crash"); c.RestartCount != 0 {
+			t.Errorf("crash restarted %d times after its first end, want none after the stop", c.RestartCount)
+		}
+	})
+	t.Run("polite", func(t *testing.T) {
+		polite := sh("polite", `trap 'exit 0' TERM; echo ready; while true; do sleep 0.05; done`)
+		g := guest(t, image.Spec("polite", "Always", 30, nil, []guestchannel.Container{polite}), guesttest.Options{})
+		g.Host.Wait("polite running", wait, running("polite"))
+		guesttest.Eventually(t, "polite trapping", wait, func() bool {
+			text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "polite"})
+			return text == "ready\n"
+		})
+		g.Host.Stop(30, wait)
+		v, _, _ := g.Host.Snapshot()
+		if v.Phase != guestchannel.PhaseSucceeded {
+			t.Errorf("phase after the stop = %s, want Succeeded: polite exited 0", v.Phase)
+		}
+	})
 }
 
 // A container allocating past its memory limit is OOM-killed and reported

@@ -432,10 +432,14 @@ func (a *agent) Stop(grace time.Duration) guestchannel.Stopped {
 	a.stopping = true
 	pod := a.pod
 	a.mu.Unlock()
-	if pod == nil {
-		return guestchannel.Stopped{}
+	var stopped guestchannel.Stopped
+	if pod != nil {
+		stopped = pod.Stop(grace)
 	}
-	return pod.Stop(grace)
+	// No pod now starts (start sees stopping), and a started one has
+	// ended: the phase is final before the host hears the stop is done.
+	a.board.Stopped()
+	return stopped
 }
 
 func (a *agent) known(name string) bool {

@@ -116,6 +116,13 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	} else {
 		t.Logf("delete to first terminated (grace %ds): %s", grace, took.Round(time.Millisecond))
 	}
+	// The stop is done: the guest's phase is final (Failed: first was
+	// killed, second exited 3), what lets the provisioner power the VM
+	// off at once rather than at the end of the grace period.
+	eventuallyWithin(t, 10*time.Second, "the guest's phase final after the stop", func() bool {
+		r := lastReport(t, b, uid)
+		return r != nil && r.Phase == events.GuestPhaseFailed
+	})
 
 	// Power-off leaves no process of the guest.
 	procs, _ := os.ReadFile(filepath.Join(info.CgroupDirs["memory"], "cgroup.procs"))

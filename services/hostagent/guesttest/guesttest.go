@@ -262,7 +262,9 @@ func (g *Guest) serve() {
 				s.State = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "Completed", StartedAt: s.State.StartedAt, FinishedAt: &now}
 				cs = append(cs, s)
 			}
-			_ = g.SendStatus(false, guestchannel.PhaseStopping, cs...)
+			// Its containers end at once, as the agent's do on TERM:
+			// the stop is done, its phase final.
+			_ = g.SendStatus(false, guestchannel.PhaseSucceeded, cs...)
 			_ = g.conn.Send(guestchannel.TypeStopped, env.ID, guestchannel.Stopped{})
 		}
 	}
