@@ -115,6 +115,16 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 		case r.Reason == guestchannel.ReasonWaitingForKey:
 			r.Reason, r.Message = events.ReasonContainerCreating, "the encrypted ephemeral disk is open; the containers are starting"
 		}
+		// A container that cannot start says why on the pod, as
+		// kubectl's STATUS column does, and only while it cannot: the
+		// pod does not go on claiming its containers are being created.
+		if r.Reason != guestchannel.ReasonWaitingForKey {
+			if reason, msg := startTrouble(r); reason != "" {
+				r.Reason, r.Message = reason, msg
+			} else if r.Reason != events.ReasonContainerCreating {
+				r.Reason, r.Message = events.ReasonContainerCreating, "the guest is starting the containers"
+			}
+		}
 	}
 
 	initialized, initWhy := initialized(r)
@@ -126,6 +136,37 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	setReported(r, events.PodConditionContainersReady, ready, ReasonContainersNotReady, readyWhy, now)
 	setReported(r, events.PodConditionReady, ready, ReasonContainersNotReady, readyWhy, now)
 }
+
+// startTrouble is what keeps a Starting pod's containers from starting,
+// from the folded report: the first init container, then container,
+// waiting for another reason than being created (CrashLoopBackOff, …) or
+// whose start failed (StartError); "" when none does.
+func startTrouble(r *events.PodRecord) (reason, message string) {
+	var names []string
+	for _, cs := range append(append([]corev1.ContainerStatus(nil), r.InitContainerStatuses...), r.ContainerStatuses...) {
+		why, msg := "", ""
+		switch w, t := cs.State.Waiting, cs.State.Terminated; {
+		case w != nil && w.Reason != "" && w.Reason != events.ReasonContainerCreating && w.Reason != reasonPodInitializing:
+			why, msg = w.Reason, w.Message
+		case t != nil && t.Reason == reasonStartError:
+			why, msg = t.Reason, t.Message
+		default:
+			continue
+		}
+		if reason == "" {
+			reason, message = why, "container "+cs.Name+": "+msg
+		}
+		names = append(names, cs.Name)
+	}
+	if len(names) > 1 {
+		message += fmt.Sprintf(" (not starting: %s)", strings.Join(names, ", "))
+	}
+	return reason, message
+}
+
+// reasonPodInitializing is the waiting reason of containers behind init
+// containers, as in Kubernetes.
+const reasonPodInitializing = "PodInitializing"
 
 // setReported sets a condition from the report: True with reason Reported,
 // or False with the reason and a message naming the containers.

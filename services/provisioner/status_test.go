@@ -77,18 +77,34 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 		len(testenv.All[events.PodRunning](e.Env, nil)) != 0 {
 		t.Fatalf("after a partial report: phase %s conditions %+v", r.Phase, r.Conditions)
 	}
+	if r.Reason != events.ReasonContainerCreating {
+		t.Errorf("after a partial report: reason %q, want %s", r.Reason, events.ReasonContainerCreating)
+	}
 
 	// A container the runtime cannot start (StartError), retried under
 	// Always, never ran: the pod is not Running.
 	neverRan := waiting("sidecar", "CrashLoopBackOff", 0)
+	neverRan.State.Waiting.Message = "back-off 10s restarting failed container=sidecar"
 	neverRan.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 128, Reason: "StartError"}
 	r = e.fold(svc, report(acc, vm, "boot-1", 2, running("app"), neverRan, running("logger")))
 	if r.Phase != events.PodPhaseStarting || len(testenv.All[events.PodRunning](e.Env, nil)) != 0 {
 		t.Fatalf("a container that never started: phase %s", r.Phase)
 	}
+	// It says why on the pod, not that its containers are being created.
+	if want := "container sidecar: back-off 10s restarting failed container=sidecar"; r.Reason != "CrashLoopBackOff" || r.Message != want {
+		t.Errorf("a container that never started: reason %q message %q, want CrashLoopBackOff and %q", r.Reason, r.Message, want)
+	}
+
+	// Its next instance being created: the reason goes with the trouble.
+	creating := waiting("sidecar", events.ReasonContainerCreating, 0)
+	creating.LastTerminationState = neverRan.LastTerminationState
+	r = e.fold(svc, report(acc, vm, "boot-1", 3, running("app"), creating, running("logger")))
+	if r.Phase != events.PodPhaseStarting || r.Reason != events.ReasonContainerCreating {
+		t.Errorf("the container being created again: phase %s reason %q, want Starting and %s", r.Phase, r.Reason, events.ReasonContainerCreating)
+	}
 
 	// Every container started: Running, announced once.
-	r = e.fold(svc, running3("boot-1", 3))
+	r = e.fold(svc, running3("boot-1", 4))
 	run := testenv.Wait(e.Env, func(p *events.PodRunning) bool { return p.UID == acc.UID })
 	if r.Phase != events.PodPhaseRunning || r.Reason != "" || run.VM != r.VMRef ||
 		!r.IsTrue(events.PodConditionContainersReady) || !r.IsTrue(events.PodConditionReady) || !r.IsTrue(events.PodConditionInitialized) {
@@ -118,7 +134,7 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	}
 
 	// A crash-looping container: the pod stays Running, not ready.
-	r = e.fold(svc, report(acc, vm, "boot-1", 4, running("app"), waiting("sidecar", "CrashLoopBackOff", 2), running("logger")))
+	r = e.fold(svc, report(acc, vm, "boot-1", 5, running("app"), waiting("sidecar", "CrashLoopBackOff", 2), running("logger")))
 	c, _ := r.Condition(events.PodConditionContainersReady)
 	if r.Phase != events.PodPhaseRunning || c.Status != events.ConditionFalse || c.Reason != ReasonContainersNotReady || !strings.Contains(c.Message, "sidecar") {
 		t.Errorf("crash loop: phase %s ContainersReady %+v", r.Phase, c)
