@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -65,6 +66,18 @@ func TestDecodeRowReadsTheRecord(t *testing.T) {
 			}
 			if !reflect.DeepEqual(tt.embedded(got), want) {
 				t.Errorf("decode = %+v, want %+v", tt.embedded(got), want)
+			}
+			// Its table row fills the header and names the object (a
+			// migration's long ID in -o wide).
+			row := got.Row(now)
+			if len(row) != len(res.header) {
+				t.Errorf("row %q under header %q: %d cells for %d columns", row, res.header, len(row), len(res.header))
+			}
+			if res.wide != nil {
+				row = append(row, res.wide(got)...)
+			}
+			if !slices.Contains(row, got.Name()) {
+				t.Errorf("row %q does not show the name %q", row, got.Name())
 			}
 			if _, err := res.decode([]byte(`["not", "a", "record"]`)); err == nil {
 				t.Error("decode of a malformed value: no error")

@@ -21,7 +21,7 @@ func init() {
 		kind:       events.KindGuestCluster,
 		bucket:     events.BucketGuestClusters,
 		namespaced: true,
-		header:     []string{"VERSION", "CONTROL PLANE", "WORKERS", "PHASE", "PODS", "AGE", "ENDPOINT"},
+		header:     []string{"NAME", "VERSION", "CONTROL PLANE", "WORKERS", "PHASE", "PODS", "AGE", "ENDPOINT"},
 		wideHeader: []string{"NAMESPACES", "REASON"},
 		wide: func(r record) []string {
 			g := &r.(*guestClusterRow).GuestClusterRecord
@@ -54,7 +54,7 @@ func (g *guestClusterRow) Row(now time.Time) []string {
 	if len(r.ControlPlanes) > 0 {
 		cps = fmt.Sprintf("%d/%s", r.ReadyControlPlanes, cps)
 	}
-	return []string{r.Spec.Version, cps, workers, r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
+	return []string{r.Name, r.Spec.Version, cps, workers, r.Phase, strconv.Itoa(r.Pods), age(r.CreatedAt, now), dash(r.Endpoint)}
 }
 
 func joinReason(reason, msg string) string {
