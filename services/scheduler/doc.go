@@ -74,7 +74,8 @@
 // shrinking, a host recovered, uncordoned or grown, a network realized. A
 // scheduler that restarts finds waiting pods again in the provisioner's
 // records (phase Pending, no host), and every replica rescans them
-// (PendingRescan) for pods marked Unschedulable that it does not hold.
+// (PendingRescan) for pods marked Unschedulable, or NetworkRefused (sent
+// back by a host that refused the pod's network), that it does not hold.
 //
 // # Replicas
 //

@@ -217,8 +217,23 @@ func (s *Service) unplace(ctx context.Context, uid, host string) error {
 
 // refusalFoldWait is how soon a pod.network.failed whose refusal the pod
 // record does not show yet is looked at again: the provisioner folds it
-// in parallel.
-const refusalFoldWait = 200 * time.Millisecond
+// in parallel. Each delivery waits twice the one before, up to
+// refusalFoldWaitMax, so that a provisioner busy for seconds (starting up,
+// a burst) is waited for within the message's deliveries; a refusal folded
+// after them is taken by the pending rescan (recoverPending).
+const (
+	refusalFoldWait    = 200 * time.Millisecond
+	refusalFoldWaitMax = 5 * time.Second
+)
+
+// refusalFoldDelay is the wait after delivery n (1 for the first).
+func refusalFoldDelay(n uint64) time.Duration {
+	d := refusalFoldWait
+	for i := uint64(1); i < n && d < refusalFoldWaitMax; i++ {
+		d *= 2
+	}
+	return min(d, refusalFoldWaitMax)
+}
 
 // onPodNetworkFailed places a pod again when the host it was scheduled to
 // refused its network for a reason of that host (NotRealizedOnHost,
@@ -240,7 +255,7 @@ func (s *Service) onPodNetworkFailed(ctx context.Context, m *bus.Message, e *eve
 	case rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() || rec.Phase == events.PodPhaseFailed:
 		return nil
 	case !rec.RefusedHosts()[e.Host]:
-		return bus.RetryAfter(fmt.Errorf("pod %s: the record does not show host %s's refusal yet", e.ObjectKey(), e.Host), refusalFoldWait)
+		return bus.RetryAfter(fmt.Errorf("pod %s: the record does not show host %s's refusal yet", e.ObjectKey(), e.Host), refusalFoldDelay(m.Delivery))
 	case rec.Host != "":
 		return nil // placed again already (a replay)
 	}
@@ -281,8 +296,11 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 // have held when it died. Holding a pod twice is safe: the pod bindings
 // place it once.
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
-	// The provisioner's reason on a record after pod.unschedulable.
-	const reasonUnschedulable = "Unschedulable"
+	// The provisioner's reasons on a record waiting for a host: after
+	// pod.unschedulable, and after a host refused the pod's network (the
+	// pod.network.failed that places it again may have been dead-lettered
+	// before the provisioner folded the refusal).
+	waiting := map[string]bool{"Unschedulable": true, "NetworkRefused": true}
 	views, err := s.podViews(ctx, nil)
 	if err != nil {
 		return err
@@ -292,19 +310,31 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		if v.Phase != events.PodPhasePending || v.Host != "" || !v.DeletionRequestedAt.IsZero() {
 			continue
 		}
-		if !all && (v.Reason != reasonUnschedulable || s.pending.has(v.key(), v.UID)) {
+		if !all && (!waiting[v.Reason] || s.pending.has(v.key(), v.UID)) {
 			continue
 		}
 		s.mu.Lock()
-		_, placed := s.allocIndex[v.UID]
+		held, placed := s.allocIndex[v.UID]
 		s.mu.Unlock()
-		if placed {
+		if placed && v.Reason != "NetworkRefused" {
 			continue
 		}
 		// The pod's spec is in the full record, read now that it is wanted.
 		rec, err := s.podRecord(ctx, v.Namespace, v.Name)
 		if err != nil || rec == nil || rec.UID != v.UID || rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
 			continue
+		}
+		if placed {
+			// Still held on a host the record says refused the pod's
+			// network: the pod.network.failed that frees that room and
+			// places the pod again was lost. Do its work.
+			if !rec.RefusedHosts()[held] {
+				continue
+			}
+			if err := s.unplace(ctx, v.UID, held); err != nil {
+				s.log.Warn("pending rescan: room on a refusing host not freed", "pod", v.key(), "host", held, "err", err)
+				continue
+			}
 		}
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler"
 )
 
 // answerAvailability plays network-config's availability query: state
@@ -117,4 +118,28 @@ func TestAttachRefusalPlacesThePodAgain(t *testing.T) {
 	})
 	e.EventuallyWithin("room freed on "+first, 5*time.Second, func() bool { _, ok := e.allocations(first)["uid-web"]; return !ok })
 
+}
+
+// A refusal whose pod.network.failed never reaches the scheduler (dead-
+// lettered while the provisioner was too busy to fold the refusal): the
+// record alone sends the pod back to Pending, NetworkRefused, and the
+// pending rescan frees its room on the refusing host and places it
+// elsewhere.
+func TestARefusalWhoseEventWasLostIsTakenByTheRescan(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	acc := e.accept(testPod("web", "100m", "64Mi"))
+	first := e.waitScheduled(podKey("web")).Host
+
+	// The provisioner's record after folding the refusal; no event.
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: "web", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+		Phase: events.PodPhasePending, RequestID: "req-web", Reason: "NetworkRefused",
+		NetworkRefusals: []events.HostRefusal{{Host: first, Network: "default", Reason: events.ReasonNotRealizedOnHost, OnAttach: true}}})
+	var again *events.PodScheduled
+	e.EventuallyWithin("pod placed again by the rescan", 10*time.Second, func() bool {
+		again = e.Scheduled(podKey("web"))
+		return again.Host != first
+	})
+	e.EventuallyWithin("room freed on "+first, 5*time.Second, func() bool { _, ok := e.allocations(first)[acc.UID]; return !ok })
 }
