@@ -504,7 +504,7 @@ func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady
 
 func imagesEqual(a, b []events.ContainerImage) bool {
 	return slices.EqualFunc(a, b, func(x, y events.ContainerImage) bool {
-		return x.Container == y.Container && x.Digest == y.Digest && x.Disk == y.Disk && slices.Equal(x.Chain, y.Chain)
+		return x.Container == y.Container && x.Digest == y.Digest && x.Datastore == y.Datastore && x.Disk == y.Disk && slices.Equal(x.Chain, y.Chain)
 	})
 }
 

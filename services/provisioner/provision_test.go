@@ -3,11 +3,14 @@ package provisioner
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/sim"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
@@ -176,4 +179,44 @@ func TestProvisionFullFlow(t *testing.T) {
 
 func inventoryPath(ctx context.Context, e *env, ref types.ManagedObjectReference) (string, error) {
 	return find.InventoryPath(ctx, e.vc.Client, ref)
+}
+
+// Image chains on a datastore the pod's host does not mount (prepared for
+// an earlier placement, in another cluster) are not this placement's
+// images: the pod waits for the image cache's chains on the new host's
+// datastores instead of failing on a create the host cannot do.
+func TestImagesOfAnEarlierPlacementAreWaitedOver(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.DC.Hosts()[0].Name
+	acc := e.request(testPod("moved"))
+
+	elsewhere := imagesReady(acc)
+	other := sim.ClusterDatastore("cluster-9")
+	for i := range elsewhere.Containers {
+		c := &elsewhere.Containers[i]
+		c.Datastore = other
+		c.Disk = strings.Replace(c.Disk, sim.SharedDatastore, other, 1)
+		for j := range c.Chain {
+			c.Chain[j] = strings.Replace(c.Chain[j], sim.SharedDatastore, other, 1)
+		}
+	}
+	e.Send("podvisor/scheduler", events.TypePodScheduled, &events.PodScheduled{
+		PodRef: acc.PodRef, Host: host, Cluster: simtest.ClusterOf(e.T, e.DC, host), Datastores: []string{sim.SharedDatastore},
+	})
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, elsewhere)
+	e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
+	r := e.waitRecord(svc, "default", "moved", func(r *events.PodRecord) bool { return r.NetworkHost == host })
+	if got := missingFacts(r); r.Phase == events.PodPhaseFailed || !slices.Equal(got, []string{factImages}) {
+		t.Fatalf("with chains on a datastore %s does not mount: phase %s (%s), missing %v; want waiting for images", host, r.Phase, r.Message, got)
+	}
+
+	e.Send("podvisor/imagecache", events.TypePodImagesReady, imagesReady(acc))
+	ready := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID })
+	if ready.Host != host {
+		t.Errorf("pod.vm.ready on %s, want %s", ready.Host, host)
+	}
+	if n := len(testenv.All[events.PodFailed](e.Env, func(p *events.PodFailed) bool { return p.UID == acc.UID })); n != 0 {
+		t.Errorf("%d pod.failed for a pod whose images were being prepared again", n)
+	}
 }

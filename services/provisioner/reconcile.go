@@ -36,13 +36,32 @@ func missingFacts(r *events.PodRecord) []string {
 	if r.Host == "" {
 		out = append(out, factHost)
 	}
-	if len(r.Images) != len(r.Pod.Spec.InitContainers)+len(r.Pod.Spec.Containers) {
+	if len(r.Images) != len(r.Pod.Spec.InitContainers)+len(r.Pod.Spec.Containers) || !imagesOnHost(r) {
 		out = append(out, factImages)
 	}
 	if len(r.Networks) == 0 || len(r.Attachments) != len(r.Networks) || (r.Host != "" && r.NetworkHost != r.Host) {
 		out = append(out, factNetworks)
 	}
 	return out
+}
+
+// imagesOnHost says whether every image disk chain of the record is on a
+// datastore its host mounts (r.Datastores, from pod.scheduled; true while
+// that is unknown). Chains prepared for an earlier placement, on another
+// cluster's datastore, are not the images of this one: the image cache
+// prepares them again on the new host's datastores (its pod.images.ready
+// follows the new pod.scheduled), and until then the pod waits for them
+// rather than failing on a create the host cannot do.
+func imagesOnHost(r *events.PodRecord) bool {
+	if len(r.Datastores) == 0 {
+		return true
+	}
+	for _, img := range r.Images {
+		if img.Datastore != "" && !slices.Contains(r.Datastores, img.Datastore) {
+			return false
+		}
+	}
+	return true
 }
 
 // reconcileOutcome reconciles and classifies the failure (the one error
