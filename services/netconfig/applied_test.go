@@ -20,8 +20,7 @@ import (
 func TestHostThatFailedToApplyANetworkIsMarkedUntilItReportsSuccess(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	ctx := context.Background()
-	e.declare("web", events.NetworkSpec{VLAN: 100, CIDR: "10.70.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
+	e.declareRealized("web", events.NetworkSpec{VLAN: 100, CIDR: "10.70.0.0/24"})
 	hosts := e.HostNames("")
 	x, other := hosts[0], hosts[1]
 	state := testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {

@@ -56,6 +56,13 @@ func (e *env) declare(name string, spec events.NetworkSpec) uint64 {
 	}})
 }
 
+// declareRealized declares the network and waits for network-config to
+// announce it realized.
+func (e *env) declareRealized(name string, spec events.NetworkSpec) {
+	e.declare(name, spec)
+	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == name })
+}
+
 // record and availability read network-config's records (the network must
 // have one); waitRecord waits for its record to satisfy ok.
 func (e *env) record(name string) *events.NetworkRecord {

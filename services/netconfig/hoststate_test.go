@@ -25,8 +25,7 @@ import (
 func TestEveryHostGetsItsFinalState(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 2}, nil)
 	in := e.HostNames("cluster-1")
-	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
+	e.declareRealized("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}})
 	for _, h := range e.HostNames("") {
 		d := testenv.Wait(e.Env, func(p *events.NetworkHostDesired) bool {
 			return p.Host == h && slices.ContainsFunc(p.PortGroups, func(pg events.HostPortGroup) bool { return pg.PortGroup == "pv-q" }) == slices.Contains(in, h)

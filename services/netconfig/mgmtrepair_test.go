@@ -33,8 +33,7 @@ func TestMisconfiguredManagementPortRepairedThroughAClone(t *testing.T) {
 	if err := e.DC.SetManagementVLAN(4000); err != nil {
 		t.Fatal(err)
 	}
-	e.declare("web", events.NetworkSpec{VLAN: 100, CIDR: "10.60.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
+	e.declareRealized("web", events.NetworkSpec{VLAN: 100, CIDR: "10.60.0.0/24"})
 	hosts := e.HostNames("")
 	victim, others := hosts[0], hosts[1:]
 	key := sim.ManagementPortKey(victim)

@@ -68,8 +68,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 	cluster1 := e.HostNames("cluster-1")
 	cluster2 := e.HostNames("cluster-2")
 	spec := events.NetworkSpec{VLAN: 120, CIDR: "10.20.0.0/24", Gateway: "10.20.0.1", Scope: events.NetworkScope{Clusters: []string{"cluster-1"}}}
-	e.declare("frontend", spec)
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+	e.declareRealized("frontend", spec)
 
 	pg := e.portGroup("pv-frontend")
 	if !pg.Exists || pg.VLAN != 120 || !slices.Equal(pg.Hosts, cluster1) {
@@ -148,8 +147,7 @@ func TestScopedNetworkAndAttach(t *testing.T) {
 func TestAddressExhaustion(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	hosts := e.HostNames("")
-	e.declare("tiny", events.NetworkSpec{VLAN: 30, CIDR: "10.30.0.0/29", Gateway: "10.30.0.1"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "tiny" })
+	e.declareRealized("tiny", events.NetworkSpec{VLAN: 30, CIDR: "10.30.0.0/29", Gateway: "10.30.0.1"})
 	for i := range 5 {
 		e.schedule(fmt.Sprintf("p%d", i), fmt.Sprintf("uid-p%d", i), hosts[i%2], "tiny")
 	}
@@ -283,8 +281,7 @@ func TestRestoreReappliesAnEarlierVersion(t *testing.T) {
 // clusters are refused with the field and the reason in the record.
 func TestDeclarationsRefusedWithReasons(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
-	e.declare("a", events.NetworkSpec{VLAN: 10, CIDR: "10.70.0.0/16"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "a" })
+	e.declareRealized("a", events.NetworkSpec{VLAN: 10, CIDR: "10.70.0.0/16"})
 
 	e.declare("b", events.NetworkSpec{VLAN: 11, CIDR: "10.70.5.0/24"})
 	rec := e.waitRecord("b", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusRejected })
@@ -336,8 +333,7 @@ func TestHostThatComesBackGetsItsNetworks(t *testing.T) {
 func TestAvailabilityQuery(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 2, HostsPerCluster: 1}, nil)
 	in, out := e.HostNames("cluster-1")[0], e.HostNames("cluster-2")[0]
-	e.declare("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "q" })
+	e.declareRealized("q", events.NetworkSpec{VLAN: 5, CIDR: "10.5.0.0/24", Scope: events.NetworkScope{Hosts: []string{in}}})
 	tests := []struct {
 		network, host string
 		available, in bool
@@ -361,8 +357,7 @@ func TestAvailabilityQuery(t *testing.T) {
 func TestMigrationMovesTheBinding(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	hosts := e.HostNames("")
-	e.declare("m", events.NetworkSpec{VLAN: 8, CIDR: "10.8.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "m" })
+	e.declareRealized("m", events.NetworkSpec{VLAN: 8, CIDR: "10.8.0.0/24"})
 	e.schedule("mover", "uid-mover", hosts[0], "m")
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "mover" })
 	e.Publish(&events.MigrationCompleted{
@@ -418,8 +413,7 @@ func TestScopeChangeMovesThePortGroup(t *testing.T) {
 // back on the next resync, on every host in scope.
 func TestResyncRepairsDrift(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, nil)
-	e.declare("drift", events.NetworkSpec{VLAN: 44, CIDR: "10.44.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "drift" })
+	e.declareRealized("drift", events.NetworkSpec{VLAN: 44, CIDR: "10.44.0.0/24"})
 
 	ctx := context.Background()
 	dc, err := find.NewFinder(e.vc.Client).Datacenter(ctx, "DC0")
@@ -446,8 +440,7 @@ func TestResyncRepairsDrift(t *testing.T) {
 func TestAttachReadsThePodRecordWhenAcceptedWasMissed(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
 	host := e.HostNames("")[0]
-	e.declare("rec", events.NetworkSpec{VLAN: 3, CIDR: "10.3.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "rec" })
+	e.declareRealized("rec", events.NetworkSpec{VLAN: 3, CIDR: "10.3.0.0/24"})
 
 	acc := podAccepted("late", "uid-late", []string{"rec"})
 	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: acc.Namespace, Name: acc.Name, Pod: acc.Pod, Networks: acc.Networks})
@@ -501,8 +494,7 @@ func TestAttachReadsAgainARecordNotFound(t *testing.T) {
 		c.BackOff = []time.Duration{200 * time.Millisecond, 3 * time.Second}
 	})
 	host := e.HostNames("")[0]
-	e.declare("lag", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "lag" })
+	e.declareRealized("lag", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
 
 	acc := podAccepted("lagging", "uid-lagging", []string{"lag"})
 	e.Publish(acc) // announced; its record is not readable yet
@@ -535,8 +527,7 @@ func TestLateScheduleOfADeletedPodHoldsNoAddress(t *testing.T) {
 		c.BackOff = []time.Duration{20 * time.Millisecond} // a record not found is read again first
 	})
 	host := e.HostNames("")[0]
-	e.declare("brief", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "brief" })
+	e.declareRealized("brief", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
 	e.schedule("short", "uid-short", host, "brief")
 	att := testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.UID == "uid-short" })
 

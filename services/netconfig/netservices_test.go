@@ -19,8 +19,7 @@ func TestNetworkServiceProfilesAndNameservers(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 2}, nil)
 	host := e.DC.Hosts()[0].Name
 	spec := events.NetworkSpec{CIDR: "10.40.0.0/24", Gateway: "10.40.0.1"}
-	e.declare("frontend", spec)
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "frontend" })
+	e.declareRealized("frontend", spec)
 
 	// A pod attached before any service has no nameserver; the attaches
 	// keep that listing while the bucket is unchanged, and a declaration

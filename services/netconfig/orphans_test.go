@@ -25,8 +25,7 @@ func TestAddressWhoseOwnerIsGoneIsReleased(t *testing.T) {
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, func(c *netconfig.Config) { c.OrphanSweepInterval = interval })
 	host := e.HostNames("")[0]
 	spec := events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"}
-	e.declare("strays", spec)
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "strays" })
+	e.declareRealized("strays", spec)
 	ip := map[string]string{}
 	for _, name := range []string{"live", "gone", "back"} {
 		e.schedule(name, "uid-"+name, host, "strays")

@@ -160,8 +160,7 @@ func TestDeletedNetworkLeavesNoHostState(t *testing.T) {
 func TestAttachDoesNotWaitForAPush(t *testing.T) {
 	const window = 5 * time.Second
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 3}, func(c *netconfig.Config) { c.ProbeWindow = window })
-	e.declare("web", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "web" })
+	e.declareRealized("web", events.NetworkSpec{VLAN: 7, CIDR: "10.7.0.0/24"})
 	host := e.HostNames("")[0]
 
 	ctx := context.Background()

@@ -24,8 +24,7 @@ func TestSpansNameServiceAndPod(t *testing.T) {
 	t.Cleanup(func() { otel.SetTracerProvider(prev); _ = tp.Shutdown(t.Context()) })
 
 	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
-	e.declare("traced", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
-	testenv.Wait(e.Env, func(p *events.NetworkRealized) bool { return p.Name == "traced" })
+	e.declareRealized("traced", events.NetworkSpec{VLAN: 6, CIDR: "10.6.0.0/24"})
 	e.schedule("tp", "uid-tp", e.HostNames("")[0], "traced")
 	testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "tp" })
 
