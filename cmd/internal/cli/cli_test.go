@@ -57,6 +57,16 @@ func eventually(t *testing.T, what string, f func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+// waitDefaultNetworkReady waits until `get networks` lists a Ready network
+// (the default one network-config realizes on up).
+func waitDefaultNetworkReady(t *testing.T, dir string) {
+	t.Helper()
+	eventually(t, "the default network", func() bool {
+		out, _, _ := run(t, dir, "", "get", "networks")
+		return strings.Contains(out, "Ready")
+	})
+}
+
 func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 	sys, dir := upForTest(t, "none")
 	vars, err := serve.ReadEnvFile(filepath.Join(dir, "env"))
@@ -264,10 +274,7 @@ func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 // Deleting a network in use is refused, and the CLI says so with the reason.
 func TestDeleteNetworkInUseIsRefused(t *testing.T) {
 	_, dir := upForTest(t, "provisioner,scheduler,netconfig")
-	eventually(t, "the default network", func() bool {
-		out, _, _ := run(t, dir, "", "get", "networks")
-		return strings.Contains(out, "Ready")
-	})
+	waitDefaultNetworkReady(t, dir)
 	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: user}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
 	if _, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: %s", errOut)

@@ -10,10 +10,7 @@ import (
 // port unless overridden, removed again.
 func TestNetworkDataSetGetRemove(t *testing.T) {
 	_, dir := upForTest(t, "netconfig")
-	eventually(t, "the default network", func() bool {
-		out, _, _ := run(t, dir, "", "get", "networks")
-		return strings.Contains(out, "Ready")
-	})
+	waitDefaultNetworkReady(t, dir)
 	_, errOut, code := run(t, dir, "", "network", "data", "set", "fw.acme.example/profile", "strict", "--switch", "pv-dvs")
 	if code != 1 || !strings.Contains(errOut, "namespace fw.acme.example is not registered") {
 		t.Fatalf("set in an unregistered namespace: exit %d, %q", code, errOut)

@@ -10,10 +10,7 @@ import (
 // back to the network's pool — and gone from get.
 func TestNetworkServiceGetDescribeDelete(t *testing.T) {
 	_, dir := upForTest(t, "netconfig")
-	eventually(t, "the default network", func() bool {
-		out, _, _ := run(t, dir, "", "get", "networks")
-		return strings.Contains(out, "Ready")
-	})
+	waitDefaultNetworkReady(t, dir)
 	mustRun(t, dir, "apiVersion: podvisor.io/v1alpha1\nkind: NetworkService\nmetadata: {name: pod-dns}\nspec: {type: dns, networks: [default]}\n",
 		"apply", "-f", "-")
 	var list string
