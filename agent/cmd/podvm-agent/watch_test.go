@@ -74,18 +74,26 @@ func (d *configDiskFile) boot(spec []byte) guestchannel.BootConfig {
 		Spec: spec, Devices: map[string]string{"scsi0:0": "/dev/sda", "scsi0:1": "/dev/sdb"}}
 }
 
+// bootWatcher writes spec on d and returns the watcher of a VM booted with
+// it, logging to log, with the spec as written and as the agent read it.
+func (d *configDiskFile) bootWatcher(spec *guestchannel.PodSpec, log io.Writer) (w *watcher, raw []byte, parsed *guestchannel.PodSpec) {
+	d.t.Helper()
+	raw = marshalSpec(d.t, spec)
+	d.writeSpec(raw)
+	parsed, err := guestchannel.UnmarshalSpec(raw)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	w = newWatcher(&bootconfig.Config{Boot: d.boot(raw), Spec: parsed}, slog.New(slog.NewTextHandler(log, nil)))
+	return w, raw, parsed
+}
+
 // A spec update the watcher cannot pass on yet (its queue is full) is not
 // lost: the next read passes it on. It may be the network a pod forked
 // before its attach waits for.
 func TestWatcherKeepsAnUpdateItCouldNotPassOn(t *testing.T) {
 	disk := newConfigDiskFile(t)
-	first := marshalSpec(t, watchedSpec("u1", func(s *guestchannel.PodSpec) { s.NetworkPending = true }))
-	disk.writeSpec(first)
-	parsed, err := guestchannel.UnmarshalSpec(first)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := newWatcher(&bootconfig.Config{Boot: disk.boot(first), Spec: parsed}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	w, _, parsed := disk.bootWatcher(watchedSpec("u1", func(s *guestchannel.PodSpec) { s.NetworkPending = true }), io.Discard)
 	for range cap(w.updates) {
 		w.updates <- parsed // what the pod has not taken yet
 	}
@@ -156,14 +164,8 @@ func TestWatcherSeesNoUpdateInTheBootConfigurationsLayout(t *testing.T) {
 // it greets again.
 func TestTemplateGreetsOnlyWhileTheSourceSaysItIsTheTemplate(t *testing.T) {
 	disk := newConfigDiskFile(t)
-	tmpl := marshalSpec(t, watchedSpec("tmpl", func(s *guestchannel.PodSpec) { s.Template = true }))
-	disk.writeSpec(tmpl)
-	parsed, err := guestchannel.UnmarshalSpec(tmpl)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var logged bytes.Buffer
-	w := newWatcher(&bootconfig.Config{Boot: disk.boot(tmpl), Spec: parsed}, slog.New(slog.NewTextHandler(&logged, nil)))
+	w, tmpl, _ := disk.bootWatcher(watchedSpec("tmpl", func(s *guestchannel.PodSpec) { s.Template = true }), &logged)
 	if err := w.beforeGreet(); err != nil {
 		t.Fatalf("the template's own spec: %v, want a hello", err)
 	}
