@@ -216,23 +216,25 @@ func (s *Service) unplace(ctx context.Context, uid, host string) error {
 }
 
 // refusalFoldWait is how soon a pod.network.failed whose refusal the pod
-// record does not show yet is looked at again: the provisioner folds it
-// in parallel. Each delivery waits twice the one before, up to
-// refusalFoldWaitMax, so that a provisioner busy for seconds (starting up,
-// a burst) is waited for within the message's deliveries; a refusal folded
-// after them is taken by the pending rescan (recoverPending).
+// record does not show yet is looked at again, for its first
+// refusalQuickTries deliveries: the provisioner folds it in parallel,
+// usually within milliseconds. Later deliveries take the consumer's
+// backoff (seconds, then minutes), for a provisioner busy for longer
+// (starting up, a burst); a refusal folded after them all is taken by the
+// pending rescan (recoverPending).
 const (
-	refusalFoldWait    = 200 * time.Millisecond
-	refusalFoldWaitMax = 5 * time.Second
+	refusalFoldWait   = 200 * time.Millisecond
+	refusalQuickTries = 3
 )
 
-// refusalFoldDelay is the wait after delivery n (1 for the first).
-func refusalFoldDelay(n uint64) time.Duration {
-	d := refusalFoldWait
-	for i := uint64(1); i < n && d < refusalFoldWaitMax; i++ {
-		d *= 2
+// refusalNotFolded is the error of delivery n of a pod.network.failed whose
+// refusal the record does not show yet.
+func refusalNotFolded(e *events.PodNetworkFailed, n uint64) error {
+	err := fmt.Errorf("pod %s: the record does not show host %s's refusal yet", e.ObjectKey(), e.Host)
+	if n < refusalQuickTries {
+		return bus.RetryAfter(err, refusalFoldWait)
 	}
-	return min(d, refusalFoldWaitMax)
+	return err
 }
 
 // onPodNetworkFailed places a pod again when the host it was scheduled to
@@ -255,7 +257,7 @@ func (s *Service) onPodNetworkFailed(ctx context.Context, m *bus.Message, e *eve
 	case rec == nil || rec.UID != e.UID || !rec.DeletionRequestedAt.IsZero() || rec.Phase == events.PodPhaseFailed:
 		return nil
 	case !rec.RefusedHosts()[e.Host]:
-		return bus.RetryAfter(fmt.Errorf("pod %s: the record does not show host %s's refusal yet", e.ObjectKey(), e.Host), refusalFoldDelay(m.Delivery))
+		return refusalNotFolded(e, m.Delivery)
 	case rec.Host != "":
 		return nil // placed again already (a replay)
 	}
@@ -300,7 +302,8 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// pod.unschedulable, and after a host refused the pod's network (the
 	// pod.network.failed that places it again may have been dead-lettered
 	// before the provisioner folded the refusal).
-	waiting := map[string]bool{"Unschedulable": true, "NetworkRefused": true}
+	const reasonUnschedulable, reasonNetworkRefused = "Unschedulable", "NetworkRefused"
+	waiting := map[string]bool{reasonUnschedulable: true, reasonNetworkRefused: true}
 	views, err := s.podViews(ctx, nil)
 	if err != nil {
 		return err
@@ -316,7 +319,7 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		s.mu.Lock()
 		held, placed := s.allocIndex[v.UID]
 		s.mu.Unlock()
-		if placed && v.Reason != "NetworkRefused" {
+		if placed && v.Reason != reasonNetworkRefused {
 			continue
 		}
 		// The pod's spec is in the full record, read now that it is wanted.

@@ -3,22 +3,23 @@ package scheduler
 import (
 	"testing"
 	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// The wait for a refusal's fold doubles from 200 ms up to 5 s, so ten
-// deliveries wait for a provisioner busy for well over the 2 s that ten
-// fixed waits of 200 ms gave it.
-func TestRefusalFoldDelayBacksOff(t *testing.T) {
-	want := []time.Duration{200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, 1600 * time.Millisecond, 3200 * time.Millisecond, 5 * time.Second, 5 * time.Second}
-	var total time.Duration
+// A refusal not folded yet is looked at again 200 ms later on the first
+// deliveries, then on the consumer's backoff (seconds, then minutes), so
+// a provisioner busy for far longer than ten short waits is waited for.
+func TestARefusalNotFoldedIsWaitedForLonger(t *testing.T) {
+	e := &events.PodNetworkFailed{PodRef: events.PodRef{Namespace: "default", Name: "web"}, Host: "esx-1-01"}
 	for n := uint64(1); n <= 10; n++ {
-		d := refusalFoldDelay(n)
-		if int(n) <= len(want) && d != want[n-1] {
-			t.Errorf("delay after delivery %d = %s, want %s", n, d, want[n-1])
+		d, ok := bus.RetryDelay(refusalNotFolded(e, n))
+		switch quick := n < refusalQuickTries; {
+		case quick && (!ok || d != 200*time.Millisecond):
+			t.Errorf("delivery %d: retry after %s (set %v), want 200ms", n, d, ok)
+		case !quick && ok:
+			t.Errorf("delivery %d: retry after %s, want the consumer's backoff", n, d)
 		}
-		total += d
-	}
-	if total < 20*time.Second {
-		t.Errorf("ten deliveries wait %s in all, want at least 20s", total)
 	}
 }
