@@ -26,10 +26,7 @@ import (
 // the template itself changes nothing.
 func TestTemplateVMTakenOverByAForkedChild(t *testing.T) {
 	needGuest(t)
-	tmpl := image.Spec("tmpl", "Never", 30, nil, []guestchannel.Container{sh("template-0", "echo template; exec sleep 3601")})
-	tmpl.Template = true
-	g := guest(t, tmpl, guesttest.Options{ConfigDisk: true})
-	g.Host.Wait("template-0 running", wait, running("template-0"))
+	tmpl, g := runningTemplate(t, "echo template; exec sleep 3601")
 	guesttest.Eventually(t, "template-0's log", wait, func() bool {
 		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "template-0"})
 		return text == "template\n"
@@ -147,10 +144,7 @@ func TestTemplateVMTakenOverByAForkedChild(t *testing.T) {
 // run, takes the VM over as usual.
 func TestTemplateVMWithASpecItCannotRunGreetsNoOne(t *testing.T) {
 	needGuest(t)
-	tmpl := image.Spec("tmpl", "Never", 30, nil, []guestchannel.Container{sh("template-0", "exec sleep 3603")})
-	tmpl.Template = true
-	g := guest(t, tmpl, guesttest.Options{ConfigDisk: true})
-	g.Host.Wait("template-0 running", wait, running("template-0"))
+	tmpl, g := runningTemplate(t, "exec sleep 3603")
 	_, _, hellos := g.Host.Snapshot()
 	before := len(hellos)
 
@@ -203,4 +197,16 @@ func TestNetworkPendingStartsWhenTheConfigurationSaysSo(t *testing.T) {
 		text, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "app"})
 		return strings.Contains(text, "nameserver 10.0.0.54")
 	})
+}
+
+// runningTemplate starts a template's guest (its configuration on a disk,
+// as a template's VM has it) whose one container, template-0, runs script,
+// and waits until it runs.
+func runningTemplate(t *testing.T, script string) (*guestchannel.PodSpec, *guesttest.Guest) {
+	t.Helper()
+	tmpl := image.Spec("tmpl", "Never", 30, nil, []guestchannel.Container{sh("template-0", script)})
+	tmpl.Template = true
+	g := guest(t, tmpl, guesttest.Options{ConfigDisk: true})
+	g.Host.Wait("template-0 running", wait, running("template-0"))
+	return tmpl, g
 }
