@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -91,7 +92,9 @@ func TestCrashConvergence(t *testing.T) {
 	var mu sync.Mutex // guards svcs' processes and counters
 	svcs := map[string]*service{}
 	startSvc := func(sv *service) {
-		env := append(s.baseEnv(), "PODVISOR_HEALTH_ADDR="+sv.health)
+		// Info level: a run that fails shows what each service did with
+		// the pods that never ran (below).
+		env := append(s.baseEnv(), "PODVISOR_HEALTH_ADDR="+sv.health, "PODVISOR_LOG_LEVEL=info")
 		sv.p = startProcess(t, "serve "+sv.name, filepath.Join(work, sv.name+".log"), env, bin, "serve", sv.name, "--state-dir", s.dir)
 	}
 	for _, n := range serviceNames {
@@ -142,6 +145,7 @@ func TestCrashConvergence(t *testing.T) {
 				sv := svcs[serviceNames[rng.IntN(len(serviceNames))]]
 				sv.p.kill()
 				sv.kills++
+				t.Logf("SIGKILL %s", sv.name)
 				time.Sleep(time.Duration(100+rng.IntN(400)) * time.Millisecond)
 				startSvc(sv)
 				mu.Unlock()
@@ -209,6 +213,22 @@ func TestCrashConvergence(t *testing.T) {
 	t.Logf("chaos over after %s: %d SIGKILLs, %d exits by themselves, 1 NATS restart", time.Since(start).Round(time.Second), kills, selfExits)
 
 	var records map[string]events.PodRecord // by uid
+	var stuckNames []string                 // pods not running at the last look
+	t.Cleanup(func() {
+		// Registered after the services' cleanup, so it runs while their
+		// logs are still there: what each service said about the pods
+		// that never ran.
+		if !t.Failed() || len(stuckNames) == 0 {
+			return
+		}
+		for _, n := range serviceNames {
+			t.Logf("%s on %v:\n%s", n, stuckNames, grepLog(filepath.Join(work, n+".log"), stuckNames, 25))
+		}
+		r := s.cli(nil, "events")
+		t.Logf("their events:\n%s", grepLines(r.stdout+r.stderr, stuckNames, 40))
+		r = s.cli(nil, "events", "--dlq")
+		t.Logf("dead letters:\n%s", tailLines(r.stdout+r.stderr, 30))
+	})
 	eventually(t, 8*time.Minute, 3*time.Second, "every pod with its VM running", func() error {
 		recs, err := podRecords(js)
 		if err != nil {
@@ -216,15 +236,22 @@ func TestCrashConvergence(t *testing.T) {
 		}
 		records = recs
 		phases := map[string]int{}
+		var stuck, names []string
 		for _, r := range recs {
 			if r.Namespace == podsNS && vmOn(r) {
 				phases["vm running"]++
 			} else if r.Namespace == podsNS {
 				phases[r.Phase]++
+				if len(stuck) < 5 {
+					stuck = append(stuck, describeStuck(r))
+					names = append(names, r.Namespace+"/"+r.Name, r.UID)
+				}
 			}
 		}
+		stuckNames = names
 		if phases["vm running"] != total {
-			return fmt.Errorf("phases %v", phases)
+			slices.Sort(stuck)
+			return fmt.Errorf("phases %v; not running: %s", phases, strings.Join(stuck, "; "))
 		}
 		return nil
 	})
@@ -279,6 +306,42 @@ func (c convergence) String() string {
 }
 
 // podRecords reads the provisioner's pod records by uid.
+// describeStuck names what a pod that does not run waits for, so that a
+// failed run says where the pipeline stopped.
+func describeStuck(r events.PodRecord) string {
+	return fmt.Sprintf("%s (phase %s, reason %q, message %q, host %q, network host %q, refusals %d, images %d, ip %q)",
+		r.Name, r.Phase, r.Reason, r.Message, r.Host, r.NetworkHost, len(r.NetworkRefusals), len(r.Images), r.IP)
+}
+
+// grepLog returns the last n lines of a log that name any of words.
+func grepLog(path string, words []string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	return grepLines(string(b), words, n)
+}
+
+// grepLines returns the last n lines of text that name any of words.
+func grepLines(text string, words []string, n int) string {
+	var hits []string
+	for _, l := range strings.Split(text, "\n") {
+		if slices.ContainsFunc(words, func(w string) bool { return strings.Contains(l, w) }) {
+			hits = append(hits, l)
+		}
+	}
+	return tailLines(strings.Join(hits, "\n"), n)
+}
+
+// tailLines returns the last n lines of text.
+func tailLines(text string, n int) string {
+	lines := strings.Split(strings.TrimRight(text, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
 func podRecords(js jetstream.JetStream) (map[string]events.PodRecord, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

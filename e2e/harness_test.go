@@ -133,11 +133,7 @@ func tail(path string, n int) string {
 	if err != nil {
 		return err.Error()
 	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return tailLines(string(b), n)
 }
 
 // system is one `podvisor up` as a user runs it: its state dir, its env file
