@@ -75,7 +75,11 @@
 // scheduler that restarts finds waiting pods again in the provisioner's
 // records (phase Pending, no host), and every replica rescans them
 // (PendingRescan) for pods marked Unschedulable, or NetworkRefused (sent
-// back by a host that refused the pod's network), that it does not hold.
+// back by a host that refused the pod's network), that it does not hold,
+// and for pods held in the ledger whose record still shows no host after
+// half an interval: a replica that died between a placement's ledger write
+// and its pod.scheduled; the loop replays the placement and publishes it.
+// Native VMs waiting for a host are rescanned the same way (KV vms).
 //
 // # Replicas
 //

@@ -291,12 +291,23 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 }
 
 // recoverPending finds the pods waiting for a host in the provisioner's
-// records: phase Pending, no host, no allocation. At start-up (all) every
-// such pod is taken, since this replica may have acknowledged its
-// pod.accepted before it stopped; later rescans take those the provisioner
-// marked Unschedulable, which another replica may hold in memory or may
-// have held when it died. Holding a pod twice is safe: the pod bindings
-// place it once.
+// records: phase Pending, no host. At start-up (all) every such pod is
+// taken, since this replica may have acknowledged its pod.accepted before
+// it stopped; later rescans take those the provisioner marked
+// Unschedulable, which another replica may hold in memory or may have held
+// when it died. Holding a pod twice is safe: the pod bindings place it
+// once.
+//
+// A pod held in the ledger while its record shows no host was placed, and
+// the pod.scheduled that tells the provisioner is either on its way or
+// was never published: a replica that placed a waiting pod from its
+// memory died between the ledger write and the publication (nothing
+// redelivers a pod.accepted acknowledged long before). Found so for half
+// a rescan interval or more, the pod is taken again: the scheduling loop
+// finds its allocation and replays the placement, which publishes
+// pod.scheduled for the same host (for the provisioner a no-op if the
+// first one was only late). A pod held on a host its record says refused
+// the pod's network is freed there and placed again.
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// The provisioner's reasons on a record waiting for a host: after
 	// pod.unschedulable, and after a host refused the pod's network (the
@@ -308,18 +319,27 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	if err != nil {
 		return err
 	}
+	now := time.Now()
+	placedSeen := map[string]bool{}
+	defer s.forgetStranded(placedSeen)
 	n := 0
 	for _, v := range views {
 		if v.Phase != events.PodPhasePending || v.Host != "" || !v.DeletionRequestedAt.IsZero() {
 			continue
 		}
-		if !all && (!waiting[v.Reason] || s.pending.has(v.key(), v.UID)) {
-			continue
-		}
 		s.mu.Lock()
 		held, placed := s.allocIndex[v.UID]
 		s.mu.Unlock()
-		if placed && v.Reason != reasonNetworkRefused {
+		switch {
+		case placed:
+			if s.pending.has(v.key(), v.UID) {
+				continue // this replica's retry publishes it
+			}
+			placedSeen[v.UID] = true
+			if v.Reason != reasonNetworkRefused && !s.strandedFor(v.UID, now) {
+				continue
+			}
+		case !all && (!waiting[v.Reason] || s.pending.has(v.key(), v.UID)):
 			continue
 		}
 		// The pod's spec is in the full record, read now that it is wanted.
@@ -327,17 +347,19 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		if err != nil || rec == nil || rec.UID != v.UID || rec.Phase != events.PodPhasePending || rec.Host != "" || !rec.DeletionRequestedAt.IsZero() {
 			continue
 		}
-		if placed {
+		switch {
+		case placed && rec.RefusedHosts()[held]:
 			// Still held on a host the record says refused the pod's
 			// network: the pod.network.failed that frees that room and
 			// places the pod again was lost. Do its work.
-			if !rec.RefusedHosts()[held] {
-				continue
-			}
 			if err := s.unplace(ctx, v.UID, held); err != nil {
 				s.log.Warn("pending rescan: room on a refusing host not freed", "pod", v.key(), "host", held, "err", err)
 				continue
 			}
+		case placed && !s.strandedFor(v.UID, now):
+			continue
+		case placed:
+			s.log.Info("pending rescan: placement without a binding on the record; publishing it again", "pod", v.key(), "host", held)
 		}
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
 		if err != nil {
@@ -357,11 +379,39 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		s.pending.add(p, cause, rec.Message)
 		n++
 	}
+	vms, err := s.recoverPendingVMs(ctx, all, now, placedSeen)
+	n += vms
 	if n > 0 {
 		s.log.Info("recovered pending pods", "count", n)
 		s.pending.kickAll()
 	}
-	return nil
+	return err
+}
+
+// strandedFor reports whether the pending rescan has found the pod (uid)
+// placed without a host on its record for half a rescan interval or more,
+// remembering the first time it did.
+func (s *Service) strandedFor(uid string, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	since, ok := s.stranded[uid]
+	if !ok {
+		s.stranded[uid] = now
+		return false
+	}
+	return now.Sub(since) >= s.cfg.PendingRescan/2
+}
+
+// forgetStranded drops the pods a rescan no longer found placed without a
+// host on their record.
+func (s *Service) forgetStranded(seen map[string]bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for uid := range s.stranded {
+		if !seen[uid] {
+			delete(s.stranded, uid)
+		}
+	}
 }
 
 func (s *Service) onHostCordoned(ctx context.Context, _ *bus.Message, e *events.HostCordoned) error {

@@ -6,6 +6,9 @@ import (
 	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler"
+	"github.com/podvisor/podvisor/services/scheduler/ledger"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // A scheduler that restarts keeps the cordons it knew and finds the pods
@@ -147,5 +150,88 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 	}
 	if len(m) > 0 {
 		t.Fatalf("%d announced pods have no allocation in the ledger: %v", len(m), m)
+	}
+}
+
+// A replica that placed a waiting pod from its memory and died before it
+// published pod.scheduled leaves the pod held in the ledger (allocation and
+// binding) while its record shows no host, and nothing redelivers the
+// pod.accepted acknowledged long before. The pending rescan of a live
+// replica finds it so on two passes and publishes the placement, on the
+// host it is held on; a pod whose pod.scheduled is only late gets the same
+// answer.
+func TestAPlacementThatWasNeverPublishedIsPublishedByTheRescan(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	host := e.HostNames("")[1]
+	acc := testenv.Accepted(testPod("stranded", "100m", "64Mi"))
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: "stranded", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+		Phase: events.PodPhasePending, RequestID: "req-stranded", Reason: "Unschedulable", Message: "0/3 hosts are available"})
+	// The dead replica's ledger writes: the reservation, then the claim.
+	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "stranded", UID: acc.UID,
+		CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
+	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.led.Claim(t.Context(), acc.UID, host); err != nil {
+		t.Fatal(err)
+	}
+	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
+		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, host)
+	}
+	// Published once the record shows the host, the rescan says it no more.
+	rec := testenv.Get[events.PodRecord](e.Env, events.BucketPods, events.PodRecordKey("default", "stranded"))
+	rec.Phase, rec.Host, rec.Reason, rec.Message = events.PodPhaseScheduled, host, "", ""
+	e.PutPodRecord(rec)
+	n := len(e.ScheduledAll(acc.ObjectKey()))
+	time.Sleep(5 * 200 * time.Millisecond) // five rescans
+	if m := len(e.ScheduledAll(acc.ObjectKey())); m != n {
+		t.Errorf("pod.scheduled published %d more times after the record showed the host", m-n)
+	}
+	if a := e.allocations(host); len(a) != 1 {
+		t.Errorf("host %s holds %d allocations, want the pod's one", host, len(a))
+	}
+}
+
+// Native VMs wait for a host in the memory of a replica as pods do: a VM
+// whose record says Unschedulable, or that is held in the ledger without a
+// placement on its record, is placed by a live replica's rescan when the
+// replica that held it is gone.
+func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	host := e.HostNames("")[2]
+	size := events.VMSize{CPUs: 1, MemoryMiB: 512}
+	vm := func(name string) *events.VMRecord {
+		r := &events.VMRecord{Namespace: "default", Name: name, UID: "uid-" + name, Generation: 1, Size: size,
+			Spec: events.VirtualMachineSpec{Networks: []string{"default"}}}
+		r.SetCondition(events.VMConditionScheduled, events.ConditionFalse, "Unschedulable", "0/3 hosts are available", time.Now())
+		testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", name), r)
+		return r
+	}
+	waiting, held := vm("waiting"), vm("held")
+	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "held", UID: held.UID,
+		CPUMilli: size.CPUMilli(), MemoryBytes: size.MemoryBytes(), ReservedAt: time.Now()}
+	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.led.Claim(t.Context(), held.UID, host); err != nil {
+		t.Fatal(err)
+	}
+	placed := func(uid string) *events.VMScheduled {
+		got := testenv.All[events.VMScheduled](e.Env, func(s *events.VMScheduled) bool { return s.UID == uid })
+		if len(got) == 0 {
+			return nil
+		}
+		return got[len(got)-1]
+	}
+	e.EventuallyWithin("both VMs placed", 10*time.Second, func() bool { return placed(waiting.UID) != nil && placed(held.UID) != nil })
+	if s := placed(held.UID); s.Host != host || s.Generation != 1 {
+		t.Errorf("held VM: vm.scheduled on %s for generation %d, want %s and 1", s.Host, s.Generation, host)
+	}
+	if s := placed(waiting.UID); s.Generation != 1 {
+		t.Errorf("waiting VM: vm.scheduled for generation %d, want 1", s.Generation)
 	}
 }

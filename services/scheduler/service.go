@@ -67,6 +67,10 @@ type Service struct {
 	// gone holds uids of pods deleted or failed recently, so that a
 	// scheduling request racing with the delete is dropped.
 	gone map[string]time.Time
+	// stranded is since when the pending rescan has found each pod (by
+	// uid) held in the ledger while its record shows no host
+	// (recoverPending).
+	stranded map[string]time.Time
 	// vmGen is the latest generation accepted per VM uid: what
 	// vm.scheduled confirms.
 	vmGen map[string]int64
@@ -138,6 +142,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 		netAvail:     map[string]*events.NetworkAvailability{},
 		allocIndex:   map[string]string{},
 		gone:         map[string]time.Time{},
+		stranded:     map[string]time.Time{},
 		vmGen:        map[string]int64{},
 		dirty:        map[string]bool{},
 		entries:      map[string]ledger.Entry{},

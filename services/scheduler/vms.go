@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,6 +16,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Native VMs are placed by the same loop, framework and ledger as pods: a
@@ -243,4 +245,49 @@ func (s *Service) onVMMigrated(ctx context.Context, m *bus.Message, e *events.VM
 	}
 	s.pending.kickAll()
 	return nil
+}
+
+// recoverPendingVMs is recoverPending for native VMs (KV `vms`): a VM never
+// placed (no scheduled generation) that waits for a host is held only in
+// the memory of the replica that published its vm.unschedulable. At
+// start-up (all) every such VM is taken; later rescans take those whose
+// record says Unschedulable and that this replica does not hold. A VM held
+// in the ledger while its record shows no placement for half a rescan
+// interval is taken too, and its placement replayed (see recoverPending).
+func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time, placedSeen map[string]bool) (int, error) {
+	recs, err := record.New[events.VMRecord](s.vmsKV, "vm").Scan(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("rescan pending VMs: %w", err)
+	}
+	n := 0
+	for _, r := range recs {
+		if r.ScheduledGeneration > 0 || r.Status.Host != "" || !r.DeletionRequestedAt.IsZero() || r.Generation == 0 {
+			continue
+		}
+		key := vmKeyPrefix + r.Key()
+		if s.pending.has(key, r.UID) {
+			continue
+		}
+		s.mu.Lock()
+		_, placed := s.allocIndex[r.UID]
+		s.mu.Unlock()
+		if placed {
+			placedSeen[r.UID] = true
+			if !s.strandedFor(r.UID, now) {
+				continue
+			}
+		} else if c, _ := r.Condition(events.VMConditionScheduled); !all && c.Reason != "Unschedulable" {
+			continue
+		}
+		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.Networks, r.Labels)
+		if err != nil {
+			continue
+		}
+		s.setVMGeneration(r.UID, r.Generation)
+		cause := event.New()
+		cause.SetID(fmt.Sprintf("vm/%s/recovered/%d", r.UID, r.Generation))
+		s.pending.add(p, cause, "")
+		n++
+	}
+	return n, nil
 }
