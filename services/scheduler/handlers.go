@@ -2,19 +2,18 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // routes are the scheduler's handlers, one per event it consumes.
@@ -275,19 +274,11 @@ func (s *Service) onPodNetworkFailed(ctx context.Context, m *bus.Message, e *eve
 
 // podRecord reads the provisioner's record of a pod (nil if none).
 func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRecord, error) {
-	kve, err := s.podsKV.Get(ctx, events.PodRecordKey(ns, name))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
+	rec, rev, err := record.New[events.PodRecord](s.podsKV, "pod record").Get(ctx, events.PodRecordKey(ns, name))
+	if rec != nil {
+		rec.ResourceVersion = rev
 	}
-	if err != nil {
-		return nil, fmt.Errorf("read pod record %s/%s: %w", ns, name, err)
-	}
-	var rec events.PodRecord
-	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
-		return nil, fmt.Errorf("decode pod record %s/%s: %w", ns, name, err)
-	}
-	rec.ResourceVersion = kve.Revision()
-	return &rec, nil
+	return rec, err
 }
 
 // recoverPending finds the pods waiting for a host in the provisioner's

@@ -2,14 +2,12 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -151,18 +149,8 @@ func (s *Service) onVMEvicted(ctx context.Context, m *bus.Message, e *events.VME
 
 // vmRecord reads the provisioner's record of a VM (nil if none).
 func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMRecord, error) {
-	kve, err := s.vmsKV.Get(ctx, events.VMRecordKey(ns, name))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read vm record %s/%s: %w", ns, name, err)
-	}
-	var rec events.VMRecord
-	if err := json.Unmarshal(kve.Value(), &rec); err != nil {
-		return nil, fmt.Errorf("decode vm record %s/%s: %w", ns, name, err)
-	}
-	return &rec, nil
+	rec, _, err := record.New[events.VMRecord](s.vmsKV, "vm record").Get(ctx, events.VMRecordKey(ns, name))
+	return rec, err
 }
 
 // onVMMigrateRequested validates or picks a target for a VM and reserves
@@ -279,7 +267,7 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		} else if c, _ := r.Condition(events.VMConditionScheduled); !all && c.Reason != "Unschedulable" {
 			continue
 		}
-		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.Networks, r.Labels)
+		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
 		if err != nil {
 			continue
 		}
