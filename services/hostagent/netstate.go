@@ -22,17 +22,32 @@ import (
 type HostNetwork interface {
 	// Carried lists the port groups the host carries, key → name.
 	Carried(ctx context.Context) (map[string]string, error)
-	// Carry makes the host carry a port group; Drop stops it.
+	// Carry makes the host carry a port group; Drop stops it. When
+	// vCenter has no port group of the key, Carry's error has a method
+	// PortGroupNotFound() bool that returns true (see portGroupNotFound).
 	Carry(ctx context.Context, key string) error
 	Drop(ctx context.Context, key string) error
 }
 
 // ReasonCarryFailed and ReasonDropFailed name a port group the host could
 // not bring to its desired state (network.host.applied failed).
+// ReasonPortGroupNotFound names one vCenter does not have: deleted by hand,
+// or not created again yet (a restarted simulated datacenter, before
+// network-config realizes its networks again). That is no failure of the
+// host, and every host of the switch reports it at once: the migration
+// service does not evacuate a host for it, as it does for CarryFailed.
 const (
-	ReasonCarryFailed = "CarryFailed"
-	ReasonDropFailed  = "DropFailed"
+	ReasonCarryFailed       = "CarryFailed"
+	ReasonDropFailed        = "DropFailed"
+	ReasonPortGroupNotFound = "PortGroupNotFound"
 )
+
+// portGroupNotFound reports whether a Carry error says that vCenter has no
+// port group of the key.
+func portGroupNotFound(err error) bool {
+	var nf interface{ PortGroupNotFound() bool }
+	return errors.As(err, &nf) && nf.PortGroupNotFound()
+}
 
 // netState is the host's last desired network state and how applying it
 // went; mu serializes applying (a new state, a periodic re-apply).
@@ -167,7 +182,11 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 			continue
 		}
 		if err := s.network.Carry(ctx, pg.Key); err != nil {
-			applied.Failed = append(applied.Failed, events.PortGroupFailure{PortGroup: pg.PortGroup, Reason: ReasonCarryFailed, Message: err.Error()})
+			reason := ReasonCarryFailed
+			if portGroupNotFound(err) {
+				reason = ReasonPortGroupNotFound
+			}
+			applied.Failed = append(applied.Failed, events.PortGroupFailure{PortGroup: pg.PortGroup, Reason: reason, Message: err.Error()})
 			continue
 		}
 		applied.Added = append(applied.Added, pg.PortGroup)

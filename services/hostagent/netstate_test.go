@@ -176,6 +176,16 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	if r = next("for the drift"); !slices.Equal(r.Added, []string{"pv-a"}) || len(r.Removed) != 0 || r.Digest != desired.Digest {
 		t.Errorf("re-applied: %+v, want pv-a added back at %s", r, desired.Digest)
 	}
+
+	// A state naming a port group vCenter does not have (deleted by hand,
+	// or not created again yet after a restart) fails with
+	// PortGroupNotFound, which is not the host's failure, not CarryFailed.
+	gone := append(slices.Clone(pgs), events.HostPortGroup{Network: "d", PortGroup: "pv-d", Key: "dvportgroup-404", VLAN: 13, Version: 1})
+	publish(&events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(gone), PortGroups: gone})
+	r = next("for a port group vCenter does not have")
+	if len(r.Failed) != 1 || r.Failed[0].PortGroup != "pv-d" || r.Failed[0].Reason != hostagent.ReasonPortGroupNotFound {
+		t.Errorf("applied %+v; want pv-d failed with %s", r, hostagent.ReasonPortGroupNotFound)
+	}
 }
 
 // waitConsumed waits for the host's consumer to have acknowledged n

@@ -115,7 +115,9 @@
 // A host that loses one network (network.host.failed with reason
 // NotRealized, DVSJoinFailed or CarryFailed: the host itself does not carry
 // it) has its pods on that network evicted the same way (reason
-// NetworkLost); its other pods stay. No pod is evicted in the middle of a
+// NetworkLost); its other pods stay. PortGroupNotFound (vCenter has no
+// such port group, which every host of the switch reports at once) evicts
+// nobody. No pod is evicted in the middle of a
 // migration: the migrations of the network's pods to or from the host that
 // have not begun relocating fail (NetworkLost, naming the host and the
 // network), and one relocating is left to finish before the event is

@@ -69,7 +69,9 @@ func describeState(st string) string {
 // (CarryFailed: vCenter may say the host is on the switch, but no traffic
 // of the network passes there). A disconnected host is host.lost's to
 // handle; a port group whose settings do not match fails on every host of
-// the switch at once, and evicting everywhere would help nobody.
+// the switch at once, and evicting everywhere would help nobody; so does a
+// port group vCenter does not have (PortGroupNotFound: deleted by hand, or
+// not created again yet after a restart).
 var evacuatingReasons = []string{"NotRealized", "DVSJoinFailed", "CarryFailed"}
 
 // networkLostRecheck is how long a host's network loss waits for its pods'

@@ -57,6 +57,32 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 	}
 }
 
+// TestAPortGroupVCenterDoesNotHaveEvictsNobody: a host agent that could
+// not carry a port group because vCenter has none of its key (reason
+// PortGroupNotFound: deleted by hand, or not created again yet after a
+// restart) reports what every host of the switch reports at once; moving
+// the pods would help nobody, so none is evicted, while the same report
+// for a reason of the host (CarryFailed) evicts.
+func TestAPortGroupVCenterDoesNotHaveEvictsNobody(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	w.start(testConfig())
+	h := w.clusterHosts(0)
+	w.runPod("stays", h[0], "edge")
+	w.Send("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
+		Name: "edge", Version: 2, Host: h[0], Reason: "PortGroupNotFound",
+		Message: "host agent of " + h[0] + " could not carry port group pv-edge: no port group with key dvportgroup-9"})
+	w.networkEventsHandled()
+	if v := testenv.Distinct[events.PodEvicted](w.Env, nil); len(v) != 0 {
+		t.Fatalf("evicted %+v for a port group vCenter does not have", v)
+	}
+	w.Send("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
+		Name: "edge", Version: 3, Host: h[0], Reason: "CarryFailed", Message: "host agent of " + h[0] + " could not carry port group pv-edge: bridge pv-edge: no such device"})
+	if got := testenv.Wait(w.Env, func(*events.PodEvicted) bool { return true }); got.Name != "stays" || got.Host != h[0] {
+		t.Errorf("evicted %+v, want stays from %s for CarryFailed", got, h[0])
+	}
+	w.Eventually("stays restarted elsewhere", func() bool { return w.podRecord("stays").Host == h[1] })
+}
+
 // TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations: a host
 // whose agent could not carry a network's port group (network.host.failed,
 // reason CarryFailed: vCenter may still list the host on the switch, but no

@@ -194,10 +194,21 @@ func (h *HostSegments) Carry(ctx context.Context, key string) error {
 		return err
 	}
 	if _, ok := names[key]; !ok {
-		return fmt.Errorf("sim: host %s: no port group with key %s", h.host, key)
+		return &NoPortGroupError{Host: h.host, Key: key}
 	}
 	return h.set(ctx, key, true)
 }
+
+// NoPortGroupError is Carry's error for a key the switch has no port group
+// of.
+type NoPortGroupError struct{ Host, Key string }
+
+func (e *NoPortGroupError) Error() string {
+	return fmt.Sprintf("sim: host %s: no port group with key %s", e.Host, e.Key)
+}
+
+// PortGroupNotFound says so to a host agent (hostagent.HostNetwork).
+func (e *NoPortGroupError) PortGroupNotFound() bool { return true }
 
 // Drop makes the host stop carrying a segment: its VMs' cards on it are
 // unplugged.
