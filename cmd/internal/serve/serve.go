@@ -3,14 +3,19 @@ package serve
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
@@ -30,7 +35,8 @@ import (
 const Help = `serve runs one podvisor service until SIGTERM or Ctrl-C, then drains its consumers.
 Configuration comes only from the environment (and mounted secret files):
   PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file
-                                                  (or a directory holding <service>.creds), CA
+                                                  (or a directory holding <service>.creds), CA;
+                                                  a server not reachable yet is waited for
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
@@ -148,7 +154,7 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 	if st, err := os.Stat(conf.CredsFile); err == nil && st.IsDir() {
 		conf.CredsFile = filepath.Join(conf.CredsFile, spec.Name+".creds")
 	}
-	b, err := bus.Dial(ctx, conf)
+	b, err := dialRetrying(ctx, conf, logger)
 	if err != nil {
 		return err
 	}
@@ -237,6 +243,56 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 	}
 	logger.Info("stopped")
 	return err
+}
+
+// dialRetrying connects to NATS, trying again while the server cannot be
+// reached: a service started while NATS restarts (an upgrade, a node lost)
+// waits for it, as a service already connected does, instead of exiting
+// and being started again by its supervisor with a growing back-off. A
+// refusal (bad credentials, a certificate not trusted) is final, as is a
+// setting the connection cannot be made with.
+func dialRetrying(ctx context.Context, conf bus.ConnConfig, log *slog.Logger) (*bus.Bus, error) {
+	if err := conf.Validate(); err != nil {
+		return nil, fmt.Errorf("bus: %w", err)
+	}
+	wait := dialRetryFirst
+	for {
+		b, err := bus.Dial(ctx, conf)
+		if err == nil || !dialRetryable(err) || ctx.Err() != nil {
+			return b, err
+		}
+		log.Warn("NATS not reachable; trying again", "url", conf.URL, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		wait = min(2*wait, dialRetryMax)
+	}
+}
+
+// The first wait between connection attempts, doubling up to the last.
+const (
+	dialRetryFirst = 500 * time.Millisecond
+	dialRetryMax   = 5 * time.Second
+)
+
+// dialRetryable reports whether a failed connection may succeed later:
+// anything but the server's or TLS's refusal, or a file of the settings
+// (creds, CA) that cannot be read.
+func dialRetryable(err error) bool {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	var path *fs.PathError
+	switch {
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked),
+		errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &verify), errors.As(err, &path):
+		return false
+	}
+	return true
 }
 
 // localRedisUser gives a service beside a local `podvisor up` its own
