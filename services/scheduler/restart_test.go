@@ -195,9 +195,10 @@ func TestAPlacementThatWasNeverPublishedIsPublishedByTheRescan(t *testing.T) {
 }
 
 // Native VMs wait for a host in the memory of a replica as pods do: a VM
-// whose record says Unschedulable, or that is held in the ledger without a
-// placement on its record, is placed by a live replica's rescan when the
-// replica that held it is gone.
+// whose record says Unschedulable (never placed, or evicted from a lost
+// host), or that is held in the ledger without a placement on its record,
+// is placed by a live replica's rescan when the replica that held it is
+// gone.
 func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
 		c.PendingRescan = 200 * time.Millisecond
@@ -211,7 +212,10 @@ func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 		testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", name), r)
 		return r
 	}
-	waiting, held := vm("waiting"), vm("held")
+	waiting, held, evicted := vm("waiting"), vm("held"), vm("evicted")
+	// Evicted from a lost host: placed before (generation 1), no host now.
+	evicted.ScheduledGeneration, evicted.Status.Phase = 1, events.VMPhasePending
+	testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", "evicted"), evicted)
 	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "held", UID: held.UID,
 		CPUMilli: size.CPUMilli(), MemoryBytes: size.MemoryBytes(), ReservedAt: time.Now()}
 	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
@@ -227,7 +231,9 @@ func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 		}
 		return got[len(got)-1]
 	}
-	e.EventuallyWithin("both VMs placed", 10*time.Second, func() bool { return placed(waiting.UID) != nil && placed(held.UID) != nil })
+	e.EventuallyWithin("the three VMs placed", 10*time.Second, func() bool {
+		return placed(waiting.UID) != nil && placed(held.UID) != nil && placed(evicted.UID) != nil
+	})
 	if s := placed(held.UID); s.Host != host || s.Generation != 1 {
 		t.Errorf("held VM: vm.scheduled on %s for generation %d, want %s and 1", s.Host, s.Generation, host)
 	}

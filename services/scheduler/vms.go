@@ -235,8 +235,8 @@ func (s *Service) onVMMigrated(ctx context.Context, m *bus.Message, e *events.VM
 	return nil
 }
 
-// recoverPendingVMs is recoverPending for native VMs (KV `vms`): a VM never
-// placed (no scheduled generation) that waits for a host is held only in
+// recoverPendingVMs is recoverPending for native VMs (KV `vms`): a VM that
+// waits for a host (never placed, or evicted from its host) is held only in
 // the memory of the replica that published its vm.unschedulable. At
 // start-up (all) every such VM is taken; later rescans take those whose
 // record says Unschedulable and that this replica does not hold. A VM held
@@ -249,7 +249,9 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 	}
 	n := 0
 	for _, r := range recs {
-		if r.ScheduledGeneration > 0 || r.Status.Host != "" || !r.DeletionRequestedAt.IsZero() || r.Generation == 0 {
+		// Waiting: never placed, or evicted (its host gone, the record
+		// keeps the generation placed before).
+		if r.Status.Host != "" || r.Status.Phase == events.VMPhaseFailed || !r.DeletionRequestedAt.IsZero() || r.Generation == 0 {
 			continue
 		}
 		key := vmKeyPrefix + r.Key()
