@@ -13,7 +13,9 @@ import (
 
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bus/natsembed"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/syncbuf"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // A service started while NATS is down waits for it, saying so, and
@@ -26,24 +28,41 @@ func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
 	port := ln.Addr().(*net.TCPAddr).Port
 	ln.Close()
 
-	var logs syncbuf.Buffer
-	log := slog.New(slog.NewTextHandler(&logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	type result struct {
-		b   *bus.Bus
-		err error
+	var b *bus.Bus
+	done := waitingToConnect(t, "NATS", func(log *slog.Logger) (err error) {
+		b, err = dialRetrying(ctx, bus.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Name: "podvisor-test"}, log)
+		return err
+	})
+
+	srv, err := natsembed.Start(natsembed.Config{Dir: t.TempDir(), Port: port, MaxStore: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
 	}
-	done := make(chan result, 1)
-	go func() {
-		b, err := dialRetrying(ctx, bus.ConnConfig{URL: fmt.Sprintf("nats://127.0.0.1:%d", port), Name: "podvisor-test"}, log)
-		done <- result{b, err}
-	}()
+	t.Cleanup(srv.Shutdown)
+	if err := connectedWithin(t, done, "NATS"); err != nil {
+		t.Fatalf("not connected once NATS was up: %v", err)
+	}
+	defer b.Close()
+	if st := b.Conn().Status(); st != nats.CONNECTED {
+		t.Errorf("connection %s, want CONNECTED", st)
+	}
+}
+
+// waitingToConnect runs connect with a logger in the background and waits
+// until it has logged that what is not reachable (failing the test if
+// connect returns first); connect's error comes on the channel.
+func waitingToConnect(t *testing.T, what string, connect func(*slog.Logger) error) <-chan error {
+	t.Helper()
+	var logs syncbuf.Buffer
+	done := make(chan error, 1)
+	go func() { done <- connect(slog.New(slog.NewTextHandler(&logs, nil))) }()
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(logs.String(), "NATS not reachable; trying again") {
+	for !strings.Contains(logs.String(), what+" not reachable; trying again") {
 		select {
-		case r := <-done:
-			t.Fatalf("returned before NATS was up: %v", r.err)
+		case err := <-done:
+			t.Fatalf("returned before %s was up: %v", what, err)
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -51,23 +70,18 @@ func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return done
+}
 
-	srv, err := natsembed.Start(natsembed.Config{Dir: t.TempDir(), Port: port, MaxStore: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(srv.Shutdown)
+// connectedWithin waits for the connection's end once the server is up.
+func connectedWithin(t *testing.T, done <-chan error, what string) error {
+	t.Helper()
 	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatalf("not connected once NATS was up: %v", r.err)
-		}
-		defer r.b.Close()
-		if st := r.b.Conn().Status(); st != nats.CONNECTED {
-			t.Errorf("connection %s, want CONNECTED", st)
-		}
+	case err := <-done:
+		return err
 	case <-time.After(30 * time.Second):
-		t.Fatal("still waiting 30s after NATS came up")
+		t.Fatalf("still waiting 30s after %s came up", what)
+		return nil
 	}
 }
 
@@ -94,5 +108,44 @@ func TestWaitingForNATSEndsWithTheContextAndARefusalIsFinal(t *testing.T) {
 		if got := dialRetryable(tc.err); got != tc.want {
 			t.Errorf("dialRetryable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
+	}
+}
+
+// A service started while vCenter is down waits for it the same way; a
+// refused login is final at once.
+func TestAServiceWaitsForVCenterToComeUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cfg := vsphere.Config{URL: "http://" + addr + "/sdk", Username: "podvisor", Password: "podvisor"}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var sess *vsphere.Session
+	done := waitingToConnect(t, "vCenter", func(log *slog.Logger) (err error) {
+		sess, err = connectVCenterRetrying(ctx, cfg, log)
+		return err
+	})
+
+	d, err := sim.Start(ctx, sim.Config{Clusters: 1, HostsPerCluster: 1, Addr: addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	if err := connectedWithin(t, done, "vCenter"); err != nil {
+		t.Fatalf("not logged in once vCenter was up: %v", err)
+	}
+	sess.Close(context.Background())
+
+	bad := cfg
+	bad.Password = "wrong"
+	start := time.Now()
+	if _, err := connectVCenterRetrying(ctx, bad, slog.New(slog.DiscardHandler)); err == nil {
+		t.Fatal("logged in with a wrong password")
+	} else if time.Since(start) > retryFirst {
+		t.Errorf("a refused login took %s: tried again", time.Since(start))
 	}
 }

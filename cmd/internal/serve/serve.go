@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -37,7 +38,7 @@ Configuration comes only from the environment (and mounted secret files):
   PODVISOR_NATS_URL, PODVISOR_NATS_CREDS, PODVISOR_NATS_CA   NATS endpoint, the service's creds file
                                                   (or a directory holding <service>.creds), CA;
                                                   a server not reachable yet is waited for
-  GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter
+  GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter (waited for too)
   PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_HEALTH_ADDR_FILE                       file to write the health server's address to (for up)
@@ -182,7 +183,7 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 		if err != nil {
 			return fmt.Errorf("%w: %v", ErrSettings, err)
 		}
-		sess, err := vsphere.Connect(ctx, cfg)
+		sess, err := connectVCenterRetrying(ctx, cfg, logger)
 		if err != nil {
 			return err
 		}
@@ -255,44 +256,85 @@ func dialRetrying(ctx context.Context, conf bus.ConnConfig, log *slog.Logger) (*
 	if err := conf.Validate(); err != nil {
 		return nil, fmt.Errorf("bus: %w", err)
 	}
-	wait := dialRetryFirst
+	return untilReachable(ctx, log, "NATS", conf.URL, dialRetryable, func() (*bus.Bus, error) { return bus.Dial(ctx, conf) })
+}
+
+// connectVCenterRetrying logs in to vCenter, trying again while it cannot
+// be reached (a vCenter restarting answers nothing, or 503 while its
+// services start), for the same reason as dialRetrying. A refused login or
+// an untrusted certificate is final.
+func connectVCenterRetrying(ctx context.Context, cfg vsphere.Config, log *slog.Logger) (*vsphere.Session, error) {
+	return untilReachable(ctx, log, "vCenter", cfg.URL, vcenterRetryable, func() (*vsphere.Session, error) { return vsphere.Connect(ctx, cfg) })
+}
+
+// untilReachable calls connect until it succeeds, fails in a way retryable
+// says is final, or ctx ends; between attempts it waits retryFirst,
+// doubling up to retryMax, and logs a warning naming what and where.
+func untilReachable[T any](ctx context.Context, log *slog.Logger, what, where string, retryable func(error) bool, connect func() (T, error)) (T, error) {
+	wait := retryFirst
 	for {
-		b, err := bus.Dial(ctx, conf)
-		if err == nil || !dialRetryable(err) || ctx.Err() != nil {
-			return b, err
+		v, err := connect()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return v, err
 		}
-		log.Warn("NATS not reachable; trying again", "url", conf.URL, "in", wait, "err", err)
+		log.Warn(what+" not reachable; trying again", "url", redactURL(where), "in", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, err
+			return v, err
 		case <-t.C:
 		}
-		wait = min(2*wait, dialRetryMax)
+		wait = min(2*wait, retryMax)
 	}
 }
 
 // The first wait between connection attempts, doubling up to the last.
 const (
-	dialRetryFirst = 500 * time.Millisecond
-	dialRetryMax   = 5 * time.Second
+	retryFirst = 500 * time.Millisecond
+	retryMax   = 5 * time.Second
 )
 
-// dialRetryable reports whether a failed connection may succeed later:
-// anything but the server's or TLS's refusal, or a file of the settings
-// (creds, CA) that cannot be read.
-func dialRetryable(err error) bool {
+// redactURL drops a URL's password (GOVC_URL may carry one).
+func redactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return raw
+}
+
+// untrusted reports a TLS refusal or a settings file that cannot be read:
+// final for any connection.
+func untrusted(err error) bool {
 	var unknownCA x509.UnknownAuthorityError
 	var hostname x509.HostnameError
 	var verify *tls.CertificateVerificationError
 	var path *fs.PathError
+	return errors.As(err, &unknownCA) || errors.As(err, &hostname) || errors.As(err, &verify) || errors.As(err, &path)
+}
+
+// dialRetryable reports whether a failed NATS connection may succeed
+// later: anything but the server's or TLS's refusal, or a file of the
+// settings (creds, CA) that cannot be read.
+func dialRetryable(err error) bool {
 	switch {
-	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked),
-		errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &verify), errors.As(err, &path):
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked), untrusted(err):
 		return false
 	}
 	return true
+}
+
+// vcenterRetryable reports whether a failed vCenter login may succeed
+// later: the network failed (nothing listening, a reset, a timeout) or the
+// server is not serving yet (503); a SOAP fault (a refused login) or a TLS
+// refusal is final.
+func vcenterRetryable(err error) bool {
+	if untrusted(err) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.Contains(err.Error(), "503 Service Unavailable")
 }
 
 // localRedisUser gives a service beside a local `podvisor up` its own
