@@ -297,8 +297,11 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 // a rescan interval or more, the pod is taken again: the scheduling loop
 // finds its allocation and replays the placement, which publishes
 // pod.scheduled for the same host (for the provisioner a no-op if the
-// first one was only late). A pod held on a host its record says refused
-// the pod's network is freed there and placed again.
+// first one was only late). Only a pod whose record waits for a first
+// placement or says Unschedulable or NetworkRefused is taken so: an
+// evicted pod's allocation may be on the host it was evicted from, until
+// the pod.evicted handler frees it. A pod held on a host its record says
+// refused the pod's network is freed there and placed again.
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// The provisioner's reasons on a record waiting for a host: after
 	// pod.unschedulable, and after a host refused the pod's network (the
@@ -325,6 +328,13 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		case placed:
 			if s.pending.has(v.key(), v.UID) {
 				continue // this replica's retry publishes it
+			}
+			if v.Reason != "" && !waiting[v.Reason] {
+				// Sent back by an eviction (HostLost, NetworkLost, ...):
+				// the allocation may be the old host's, which only the
+				// pod.evicted handler frees; replaying it would send
+				// the pod back there.
+				continue
 			}
 			placedSeen[v.UID] = true
 			if v.Reason != reasonNetworkRefused && !s.strandedFor(v.UID, now) {

@@ -159,38 +159,44 @@ func TestTwoSchedulersOnOneHostKeepEveryAllocation(t *testing.T) {
 // pod.accepted acknowledged long before. The pending rescan of a live
 // replica finds it so on two passes and publishes the placement, on the
 // host it is held on; a pod whose pod.scheduled is only late gets the same
-// answer.
+// answer. A pod sent back by an eviction is left to its pod.evicted
+// handler: the room it holds may be on the host it was evicted from.
 func TestAPlacementThatWasNeverPublishedIsPublishedByTheRescan(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
-	host := e.HostNames("")[1]
-	acc := testenv.Accepted(testPod("stranded", "100m", "64Mi"))
-	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: "stranded", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
-		Phase: events.PodPhasePending, RequestID: "req-stranded", Reason: "Unschedulable", Message: "0/3 hosts are available"})
-	// The dead replica's ledger writes: the reservation, then the claim.
-	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "stranded", UID: acc.UID,
-		CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
-	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
-		t.Fatal(err)
+	hosts := e.HostNames("")
+	// held is a pod's record waiting for a host (reason) while the ledger
+	// holds it on host (reservation and claim: a dead replica's writes).
+	held := func(name, reason, host string) *events.PodAccepted {
+		acc := testenv.Accepted(testPod(name, "100m", "64Mi"))
+		e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: name, Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+			Phase: events.PodPhasePending, RequestID: "req-" + name, Reason: reason, Message: reason})
+		alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: acc.UID,
+			CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
+		if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.led.Claim(t.Context(), acc.UID, host); err != nil {
+			t.Fatal(err)
+		}
+		return acc
 	}
-	if _, err := e.led.Claim(t.Context(), acc.UID, host); err != nil {
-		t.Fatal(err)
+	// Evicted from its lost host, whose pod.evicted handler (which frees
+	// that room) has not run yet: never sent back there.
+	evicted := held("evicted", "HostLost", hosts[0])
+	stranded := held("stranded", "Unschedulable", hosts[1])
+	if s := e.waitScheduled(stranded.ObjectKey()); s.Host != hosts[1] {
+		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, hosts[1])
 	}
-	if s := e.waitScheduled(acc.ObjectKey()); s.Host != host {
-		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, host)
+	// A pod stranded later is published two passes or more after the
+	// first: by then the evicted pod would have been too.
+	later := held("later", "", hosts[2])
+	if s := e.waitScheduled(later.ObjectKey()); s.Host != hosts[2] {
+		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, hosts[2])
 	}
-	// Published once the record shows the host, the rescan says it no more.
-	rec := testenv.Get[events.PodRecord](e.Env, events.BucketPods, events.PodRecordKey("default", "stranded"))
-	rec.Phase, rec.Host, rec.Reason, rec.Message = events.PodPhaseScheduled, host, "", ""
-	e.PutPodRecord(rec)
-	n := len(e.ScheduledAll(acc.ObjectKey()))
-	time.Sleep(5 * 200 * time.Millisecond) // five rescans
-	if m := len(e.ScheduledAll(acc.ObjectKey())); m != n {
-		t.Errorf("pod.scheduled published %d more times after the record showed the host", m-n)
-	}
-	if a := e.allocations(host); len(a) != 1 {
-		t.Errorf("host %s holds %d allocations, want the pod's one", host, len(a))
+	if s := e.Scheduled(evicted.ObjectKey()); s != nil {
+		t.Errorf("the evicted pod was sent back to %s, the host it was evicted from", s.Host)
 	}
 }
 

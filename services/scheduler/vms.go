@@ -261,12 +261,18 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		s.mu.Lock()
 		_, placed := s.allocIndex[r.UID]
 		s.mu.Unlock()
+		c, _ := r.Condition(events.VMConditionScheduled)
 		if placed {
+			// As for pods: an evicted VM's allocation may be on the
+			// host it was evicted from, the vm.evicted handler's to free.
+			if c.Reason != "" && c.Reason != "Unschedulable" {
+				continue
+			}
 			placedSeen[r.UID] = true
 			if !s.strandedFor(r.UID, now) {
 				continue
 			}
-		} else if c, _ := r.Condition(events.VMConditionScheduled); !all && c.Reason != "Unschedulable" {
+		} else if !all && c.Reason != "Unschedulable" {
 			continue
 		}
 		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
