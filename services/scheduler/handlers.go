@@ -281,6 +281,10 @@ func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRe
 	return rec, err
 }
 
+// The provisioner's reasons on a record waiting for a host, which the
+// pending rescan takes (recoverPending, recoverPendingVMs).
+const reasonUnschedulable, reasonNetworkRefused = "Unschedulable", "NetworkRefused"
+
 // recoverPending finds the pods waiting for a host in the provisioner's
 // records: phase Pending, no host. At start-up (all) every such pod is
 // taken, since this replica may have acknowledged its pod.accepted before
@@ -307,7 +311,6 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// pod.unschedulable, and after a host refused the pod's network (the
 	// pod.network.failed that places it again may have been dead-lettered
 	// before the provisioner folded the refusal).
-	const reasonUnschedulable, reasonNetworkRefused = "Unschedulable", "NetworkRefused"
 	waiting := map[string]bool{reasonUnschedulable: true, reasonNetworkRefused: true}
 	views, err := s.podViews(ctx, nil)
 	if err != nil {
@@ -360,7 +363,7 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 		case placed && !s.strandedFor(v.UID, now):
 			continue
 		case placed:
-			s.log.Info("pending rescan: placement without a binding on the record; publishing it again", "pod", v.key(), "host", held)
+			s.log.Info("pending rescan: placed, but no host on the record; publishing the placement again", "pod", v.key(), "host", held)
 		}
 		p, err := podInfo(&rec.Pod, rec.UID, rec.Size, rec.Networks)
 		if err != nil {

@@ -265,14 +265,14 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		if placed {
 			// As for pods: an evicted VM's allocation may be on the
 			// host it was evicted from, the vm.evicted handler's to free.
-			if c.Reason != "" && c.Reason != "Unschedulable" {
+			if c.Reason != "" && c.Reason != reasonUnschedulable {
 				continue
 			}
 			placedSeen[r.UID] = true
 			if !s.strandedFor(r.UID, now) {
 				continue
 			}
-		} else if !all && c.Reason != "Unschedulable" {
+		} else if !all && c.Reason != reasonUnschedulable {
 			continue
 		}
 		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
