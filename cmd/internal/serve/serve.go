@@ -27,6 +27,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/health"
+	"github.com/podvisor/podvisor/shared/redact"
 	"github.com/podvisor/podvisor/shared/redisclient"
 	"github.com/podvisor/podvisor/shared/telemetry"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -277,7 +278,7 @@ func untilReachable[T any](ctx context.Context, log *slog.Logger, what, where st
 		if err == nil || !retryable(err) || ctx.Err() != nil {
 			return v, err
 		}
-		log.Warn(what+" not reachable; trying again", "url", redactURL(where), "in", wait, "err", err)
+		log.Warn(what+" not reachable; trying again", "url", redact.URL(where), "in", wait, "err", err)
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -294,14 +295,6 @@ const (
 	retryFirst = 500 * time.Millisecond
 	retryMax   = 5 * time.Second
 )
-
-// redactURL drops a URL's password (GOVC_URL may carry one).
-func redactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	return raw
-}
 
 // untrusted reports a TLS refusal or a settings file that cannot be read:
 // final for any connection.
