@@ -15,7 +15,10 @@ import (
 
 // publishScheduled announces a placement as the effect of cause (the
 // pod.accepted or pod.evicted that asked for it), so a replay publishes the
-// same id and the pod's trace continues.
+// same id and the pod's trace continues. The host joins the id: one cause
+// may place a pod twice (the rescan's stand-in cause, one per placement
+// generation, places it again after a host refused its network), and the
+// second placement must not be dropped as a duplicate of the first.
 // Refusals are the hosts that refused the pod's networks on the way.
 func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement, refusals []events.HostRefusal) error {
 	if isVM(p) {
@@ -29,7 +32,7 @@ func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *fr
 		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID},
 		Host:   pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
 		Refusals: refusals,
-	})
+	}, bus.Distinct(pl.Host))
 }
 
 // publishUnschedulable says why no host fits. Its id derives from the cause

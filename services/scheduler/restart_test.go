@@ -166,38 +166,70 @@ func TestAPlacementThatWasNeverPublishedIsPublishedByTheRescan(t *testing.T) {
 		c.PendingRescan = 200 * time.Millisecond
 	}})
 	hosts := e.HostNames("")
-	// held is a pod's record waiting for a host (reason) while the ledger
-	// holds it on host (reservation and claim: a dead replica's writes).
-	held := func(name, reason, host string) *events.PodAccepted {
-		acc := testenv.Accepted(testPod(name, "100m", "64Mi"))
-		e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: name, Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
-			Phase: events.PodPhasePending, RequestID: "req-" + name, Reason: reason, Message: reason})
-		alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: acc.UID,
-			CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
-		if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := e.led.Claim(t.Context(), acc.UID, host); err != nil {
-			t.Fatal(err)
-		}
-		return acc
-	}
 	// Evicted from its lost host, whose pod.evicted handler (which frees
 	// that room) has not run yet: never sent back there.
-	evicted := held("evicted", "HostLost", hosts[0])
-	stranded := held("stranded", "Unschedulable", hosts[1])
+	evicted := e.holdWithoutHost("evicted", "HostLost", hosts[0])
+	stranded := e.holdWithoutHost("stranded", "Unschedulable", hosts[1])
 	if s := e.waitScheduled(stranded.ObjectKey()); s.Host != hosts[1] {
 		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, hosts[1])
 	}
 	// A pod stranded later is published two passes or more after the
 	// first: by then the evicted pod would have been too.
-	later := held("later", "", hosts[2])
+	later := e.holdWithoutHost("later", "", hosts[2])
 	if s := e.waitScheduled(later.ObjectKey()); s.Host != hosts[2] {
 		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, hosts[2])
 	}
 	if s := e.Scheduled(evicted.ObjectKey()); s != nil {
 		t.Errorf("the evicted pod was sent back to %s, the host it was evicted from", s.Host)
 	}
+}
+
+// holdWithoutHost writes a pod's record waiting for a host (reason) while
+// the ledger holds it on host (reservation and claim): a dead replica's
+// writes.
+func (e *env) holdWithoutHost(name, reason, host string) *events.PodAccepted {
+	e.T.Helper()
+	acc := testenv.Accepted(testPod(name, "100m", "64Mi"))
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: name, Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+		Phase: events.PodPhasePending, RequestID: "req-" + name, Reason: reason, Message: reason})
+	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: acc.UID,
+		CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
+	if _, err := e.led.Reserve(e.T.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
+		e.T.Fatal(err)
+	}
+	if _, err := e.led.Claim(e.T.Context(), acc.UID, host); err != nil {
+		e.T.Fatal(err)
+	}
+	return acc
+}
+
+// A pod placed twice under the rescan's stand-in cause (one per placement
+// generation) is told of both hosts: the placement on the first was
+// published, that host refused the pod's network and the pod.network.failed
+// that would place it again was lost, so the rescan places it again. The
+// second pod.scheduled names another host and must not be taken by
+// JetStream's de-duplication for a replay of the first.
+func TestASecondPlacementUnderTheRescansCauseIsPublished(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	first := e.HostNames("")[0]
+	acc := e.holdWithoutHost("refused", "", first)
+	placedOn := func(what string, onFirst bool) {
+		e.WaitSeen(10*time.Second, what, func(s testenv.Seen) bool {
+			p, ok := s.Payload.(*events.PodScheduled)
+			return ok && p.UID == acc.UID && (p.Host == first) == onFirst
+		})
+	}
+	placedOn("pod.scheduled naming the host the pod is held on", true)
+	rec := &events.PodRecord{UID: acc.UID, Namespace: "default", Name: "refused", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+		Phase: events.PodPhasePending, RequestID: "req-refused", Reason: "NetworkRefused", Message: "refused"}
+	rec.AddNetworkRefusals([]events.HostRefusal{{Host: first, Network: "default", Reason: "NotRealizedOnHost", Message: "not realized"}})
+	e.PutPodRecord(rec)
+	// The recorder's view keeps one event per id, as JetStream's
+	// de-duplication window does: a second placement published under the
+	// first's id is never seen.
+	placedOn("pod.scheduled naming another host", false)
 }
 
 // Native VMs wait for a host in the memory of a replica as pods do: a VM
