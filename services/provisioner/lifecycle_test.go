@@ -19,7 +19,35 @@ import (
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// testPod is the acceptance pod: three containers, one with limits only,
+// one with nothing (sized by the defaults).
+func testPod(name string) *corev1.Pod {
+	return &corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{
+			{
+				Name: "app", Image: "registry.local/app:1.0",
+				Command: []string{"/bin/app"}, Args: []string{"--port", "8080"},
+				Env:   []corev1.EnvVar{{Name: "MODE", Value: "prod"}},
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
+				Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("500m"), corev1.ResourceMemory: resource.MustParse("256Mi"),
+				}},
+			},
+			{
+				Name: "sidecar", Image: "registry.local/sidecar:1.0",
+				Resources: corev1.ResourceRequirements{Limits: corev1.ResourceList{
+					corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("512Mi"),
+				}},
+			},
+			{Name: "logger", Image: "registry.local/logger:1.0"},
+		}},
+	}
+}
 
 func TestAdmission(t *testing.T) {
 	e := newEnv(t)
