@@ -52,6 +52,7 @@ type options struct {
 	output io.Writer
 	tls    *TLSFiles
 	users  []User
+	port   int
 }
 
 // TLSFiles are the server's certificate and key and the CA that signed
@@ -129,6 +130,10 @@ func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l 
 // WithBinary names the redis-server executable (default: "redis-server" on PATH).
 func WithBinary(path string) Option { return func(o *options) { o.binary = path } }
 
+// WithPort listens on this port instead of a free one (a client started
+// before its server, in tests of waiting for it).
+func WithPort(port int) Option { return func(o *options) { o.port = port } }
+
 // WithOutput receives the server's own log (default: discarded).
 func WithOutput(w io.Writer) Option { return func(o *options) { o.output = w } }
 
@@ -178,9 +183,12 @@ func Start(ctx context.Context, dir string, opts ...Option) (*Server, error) {
 }
 
 func startOnce(ctx context.Context, bin, dir string, o options) (*Server, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
+	port := o.port
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			return nil, err
+		}
 	}
 	args := []string{
 		"--bind", "127.0.0.1",

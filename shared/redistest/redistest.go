@@ -29,10 +29,11 @@ func Start(t testing.TB) *redis.Client {
 }
 
 // StartServer runs a private redis-server for the test and returns it, for
-// tests that need its URL or want to stop it themselves.
-func StartServer(t testing.TB) *redisserver.Server {
+// tests that need its URL or want to stop it themselves; opts are the
+// server's (a port, users).
+func StartServer(t testing.TB, opts ...redisserver.Option) *redisserver.Server {
 	t.Helper()
-	srv, err := redisserver.Start(context.Background(), "", redisserver.WithLogger(slog.New(slog.DiscardHandler)))
+	srv, err := redisserver.Start(context.Background(), "", append([]redisserver.Option{redisserver.WithLogger(slog.New(slog.DiscardHandler))}, opts...)...)
 	if errors.Is(err, redisserver.ErrNotInstalled) {
 		t.Skip("redis-server is not on PATH: install it (apt-get install redis-server) to run this test")
 	}

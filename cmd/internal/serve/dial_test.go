@@ -10,9 +10,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bus/natsembed"
+	"github.com/podvisor/podvisor/shared/config"
+	"github.com/podvisor/podvisor/shared/redisserver"
+	"github.com/podvisor/podvisor/shared/redistest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/syncbuf"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -145,6 +149,48 @@ func TestAServiceWaitsForVCenterToComeUp(t *testing.T) {
 	start := time.Now()
 	if _, err := connectVCenterRetrying(ctx, bad, slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("logged in with a wrong password")
+	} else if time.Since(start) > retryFirst {
+		t.Errorf("a refused login took %s: tried again", time.Since(start))
+	}
+}
+
+// A service that needs Redis (the image cache reads it at its start)
+// waits for it the same way; a refused login is final at once.
+func TestAServiceWaitsForRedisToComeUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	settings := config.Map(map[string]string{"PODVISOR_REDIS_URL": fmt.Sprintf("redis://127.0.0.1:%d/0", port)})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var rdb *redis.Client
+	done := waitingToConnect(t, "Redis", func(log *slog.Logger) (err error) {
+		rdb, err = connectRedisRetrying(ctx, settings, log)
+		return err
+	})
+	redistest.StartServer(t, redisserver.WithPort(port))
+	if err := connectedWithin(t, done, "Redis"); err != nil {
+		t.Fatalf("not connected once Redis was up: %v", err)
+	}
+	defer rdb.Close()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		t.Errorf("PING after the wait: %v", err)
+	}
+
+	users, err := redisserver.Start(ctx, t.TempDir(), redisserver.WithLogger(slog.New(slog.DiscardHandler)),
+		redisserver.WithUsers(redisserver.User{Name: "imagecache", Password: "right", Rules: redisserver.RulesWriter}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer users.Close()
+	bad := config.Map(map[string]string{"PODVISOR_REDIS_URL": "redis://imagecache:wrong@" + users.Addr() + "/0"})
+	start := time.Now()
+	if _, err := connectRedisRetrying(ctx, bad, slog.New(slog.DiscardHandler)); err == nil {
+		t.Fatal("connected with a wrong password")
 	} else if time.Since(start) > retryFirst {
 		t.Errorf("a refused login took %s: tried again", time.Since(start))
 	}

@@ -40,7 +40,8 @@ Configuration comes only from the environment (and mounted secret files):
                                                   (or a directory holding <service>.creds), CA;
                                                   a server not reachable yet is waited for
   GOVC_URL, GOVC_USERNAME[_FILE], GOVC_PASSWORD[_FILE], GOVC_INSECURE   vCenter (waited for too)
-  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis
+  PODVISOR_REDIS_URL, PODVISOR_REDIS_PASSWORD_FILE, PODVISOR_REDIS_CA    Redis (the image cache
+                                                  waits for it; the scheduler starts without it)
   PODVISOR_HEALTH_ADDR (default :8081)            /healthz /readyz /metrics
   PODVISOR_HEALTH_ADDR_FILE                       file to write the health server's address to (for up)
   PODVISOR_PROFILING (default false)              also serve the Go runtime's profiles on /debug/pprof/
@@ -96,6 +97,9 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrSettings, err)
 	}
+	// The Redis client's own messages (a failed dial) join the service's
+	// structured log rather than standard error.
+	redis.SetLogger(redisLog{logger.With("component", "redis-client")})
 	tel, err := telemetry.Setup(ctx, telemetry.Options{Service: "podvisor-" + spec.Name})
 	if err != nil {
 		return err
@@ -196,7 +200,14 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 		}
 	}
 	if url, _ := settings("PODVISOR_REDIS_URL"); spec.NeedsRedis || spec.WantsRedis && url != "" {
-		rdb, err := redisFrom(settings)
+		// A service that only wants Redis (the scheduler's image
+		// locality) starts without it: its client connects when Redis
+		// is back.
+		connect := redisFrom
+		if spec.NeedsRedis {
+			connect = func(settings config.Source) (*redis.Client, error) { return connectRedisRetrying(ctx, settings, logger) }
+		}
+		rdb, err := connect(settings)
 		if err != nil {
 			return err
 		}
@@ -266,6 +277,46 @@ func dialRetrying(ctx context.Context, conf bus.ConnConfig, log *slog.Logger) (*
 // an untrusted certificate is final.
 func connectVCenterRetrying(ctx context.Context, cfg vsphere.Config, log *slog.Logger) (*vsphere.Session, error) {
 	return untilReachable(ctx, log, "vCenter", cfg.URL, vcenterRetryable, func() (*vsphere.Session, error) { return vsphere.Connect(ctx, cfg) })
+}
+
+// connectRedisRetrying makes the Redis client and waits until the server
+// answers PING, for the same reason as dialRetrying: the image cache reads
+// Redis at its start (comparing it with the datastores) and would exit. A
+// refused login, a command the ACL user may not run or an untrusted
+// certificate is final.
+func connectRedisRetrying(ctx context.Context, settings config.Source, log *slog.Logger) (*redis.Client, error) {
+	rdb, err := redisFrom(settings)
+	if err != nil {
+		return nil, err
+	}
+	where, _ := settings("PODVISOR_REDIS_URL")
+	if _, err := untilReachable(ctx, log, "Redis", where, redisRetryable, func() (struct{}, error) {
+		return struct{}{}, rdb.Ping(ctx).Err()
+	}); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis: %w", err)
+	}
+	return rdb, nil
+}
+
+// redisLog hands the Redis client's messages to the service's logger.
+type redisLog struct{ log *slog.Logger }
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, fmt.Sprintf(format, v...))
+}
+
+// redisRetryable reports whether a failed PING may succeed later: the
+// network failed or the server is still loading its data set (LOADING); an
+// error the server answered with (WRONGPASS, NOAUTH, NOPERM) or a TLS
+// refusal is final.
+func redisRetryable(err error) bool {
+	if untrusted(err) {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.HasPrefix(err.Error(), "LOADING")
 }
 
 // untilReachable calls connect until it succeeds, fails in a way retryable
