@@ -25,12 +25,7 @@ import (
 // A service started while NATS is down waits for it, saying so, and
 // connects once the server is up, rather than exiting.
 func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -52,6 +47,18 @@ func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
 	if st := b.Conn().Status(); st != nats.CONNECTED {
 		t.Errorf("connection %s, want CONNECTED", st)
 	}
+}
+
+// freePort finds a loopback port nothing listens on, for a server started
+// after its client.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // waitingToConnect runs connect with a logger in the background and waits
@@ -118,12 +125,7 @@ func TestWaitingForNATSEndsWithTheContextAndARefusalIsFinal(t *testing.T) {
 // A service started while vCenter is down waits for it the same way; a
 // refused login is final at once.
 func TestAServiceWaitsForVCenterToComeUp(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := vsphere.Config{URL: "http://" + addr + "/sdk", Username: "podvisor", Password: "podvisor"}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -157,12 +159,7 @@ func TestAServiceWaitsForVCenterToComeUp(t *testing.T) {
 // A service that needs Redis (the image cache reads it at its start)
 // waits for it the same way; a refused login is final at once.
 func TestAServiceWaitsForRedisToComeUp(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
+	port := freePort(t)
 	settings := config.Map(map[string]string{"PODVISOR_REDIS_URL": fmt.Sprintf("redis://127.0.0.1:%d/0", port)})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
