@@ -96,6 +96,22 @@ type GuestReport struct {
 	Phase string `json:"phase"`
 	// At is when the provisioner folded it.
 	At time.Time `json:"at"`
+	// Carried is what the pod's containers did under earlier boots of its
+	// guest, by container name, added to every report of this boot.
+	Carried map[string]CarriedContainer `json:"carried,omitempty"`
+}
+
+// CarriedContainer is what a container did before its guest booted again
+// (its pod VM powered on again, or the pod restarted on another host): the
+// new guest's agent starts it anew and counts from zero, so the record adds
+// the restarts before, and the boot's own start, as Kubernetes counts a
+// container restarted by a node's reboot.
+type CarriedContainer struct {
+	// Restarts are added to the restartCount the guest reports.
+	Restarts int32 `json:"restarts"`
+	// LastState stands as lastState until the guest reports one of its
+	// own: how the instance before the boot ended.
+	LastState corev1.ContainerState `json:"lastState"`
 }
 
 // Condition statuses, as in Kubernetes.

@@ -96,9 +96,16 @@ func staleReport(r *events.PodRecord, p *events.PodContainersReported) string {
 // sets the conditions derived from them. The phase is settle's.
 func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReported) {
 	now := s.now().UTC()
-	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now}
-	r.InitContainerStatuses = p.InitContainerStatuses
-	r.ContainerStatuses = p.ContainerStatuses
+	var carried map[string]events.CarriedContainer
+	if r.Guest != nil {
+		carried = r.Guest.Carried
+		if r.Guest.BootID != p.BootID {
+			carried = carryOver(carried, r.InitContainerStatuses, r.ContainerStatuses)
+		}
+	}
+	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now, Carried: carried}
+	r.InitContainerStatuses = withCarried(p.InitContainerStatuses, carried)
+	r.ContainerStatuses = withCarried(p.ContainerStatuses, carried)
 	r.GuestRepairs = 0
 	if c, ok := r.Condition(events.PodConditionVMReady); ok && c.Status != events.ConditionTrue {
 		r.SetCondition(events.PodConditionVMReady, events.ConditionTrue, "GuestReported", "the guest of pod VM "+r.VMName+" reports", now)
@@ -135,6 +142,69 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	}
 	setReported(r, events.PodConditionContainersReady, ready, ReasonContainersNotReady, readyWhy, now)
 	setReported(r, events.PodConditionReady, ready, ReasonContainersNotReady, readyWhy, now)
+}
+
+// reasonGuestRestarted is the lastState of a container that was running
+// when its guest stopped (Kubernetes says Unknown, exit code 255, for a
+// container a node's reboot ended).
+const reasonGuestRestarted = "Unknown"
+
+// carryOver is what the containers of the folded statuses (which already
+// hold what earlier boots carried) leave to the guest's next boot: a
+// container that had started counts the new boot's start as a restart, and
+// one that was running when the guest stopped ended unknown.
+func carryOver(before map[string]events.CarriedContainer, lists ...[]corev1.ContainerStatus) map[string]events.CarriedContainer {
+	out := map[string]events.CarriedContainer{}
+	for _, list := range lists {
+		for _, cs := range list {
+			c := events.CarriedContainer{Restarts: cs.RestartCount, LastState: cs.LastTerminationState}
+			switch {
+			case cs.State.Running != nil:
+				c.Restarts++
+				c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+					ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
+					StartedAt: cs.State.Running.StartedAt,
+				}}
+			case cs.State.Terminated != nil:
+				c.Restarts++
+				c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
+			case cs.RestartCount == 0:
+				// Never started (still being created): nothing to carry
+				// beyond what an earlier boot left.
+				if prev, ok := before[cs.Name]; ok {
+					c = prev
+				} else {
+					continue
+				}
+			default:
+				c.Restarts++ // waiting to restart: the new boot's start is that restart
+			}
+			out[cs.Name] = c
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// withCarried is the guest's statuses with what earlier boots carried
+// added: their restarts, and their last state until the guest has one.
+func withCarried(statuses []corev1.ContainerStatus, carried map[string]events.CarriedContainer) []corev1.ContainerStatus {
+	if len(carried) == 0 {
+		return statuses
+	}
+	out := make([]corev1.ContainerStatus, len(statuses))
+	for i, cs := range statuses {
+		if c, ok := carried[cs.Name]; ok {
+			cs.RestartCount += c.Restarts
+			if cs.LastTerminationState == (corev1.ContainerState{}) {
+				cs.LastTerminationState = c.LastState
+			}
+		}
+		out[i] = cs
+	}
+	return out
 }
 
 // startTrouble is what keeps a Starting pod's containers from starting,

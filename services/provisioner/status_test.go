@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -142,9 +143,42 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	if cs := r.KubernetesPod().Status.ContainerStatuses[1]; cs.RestartCount != 2 || cs.State.Waiting == nil || cs.State.Waiting.Reason != "CrashLoopBackOff" {
 		t.Errorf("crash-looping container status = %+v", cs)
 	}
-	// A new boot of the same VM starts its seq again: it is folded.
+	// A new boot of the same VM starts its seq again: it is folded. Its
+	// agent counts from zero; the record counts what came before and the
+	// boot's start of each container as a restart (the app was running:
+	// it ended unknown; the sidecar keeps its last termination).
 	if r = e.fold(svc, running3("boot-2", 1)); r.Guest.Seq != 1 || !r.IsTrue(events.PodConditionContainersReady) {
 		t.Errorf("report of a new boot not folded: %+v", r.Guest)
+	}
+	restarts := func(r *events.PodRecord) (out []int32) {
+		for _, cs := range r.KubernetesPod().Status.ContainerStatuses {
+			out = append(out, cs.RestartCount)
+		}
+		return out
+	}
+	if got := restarts(r); !slices.Equal(got, []int32{1, 3, 1}) {
+		t.Errorf("restart counts after the guest booted again: %v, want [1 3 1]", got)
+	}
+	if last := r.ContainerStatuses[0].LastTerminationState.Terminated; last == nil || last.Reason != reasonGuestRestarted || last.ExitCode != 255 {
+		t.Errorf("lastState of a container the reboot ended: %+v", r.ContainerStatuses[0].LastTerminationState)
+	}
+	if last := r.ContainerStatuses[1].LastTerminationState.Terminated; last == nil || last.Reason != "Error" {
+		t.Errorf("lastState of the crash-looping container: %+v", r.ContainerStatuses[1].LastTerminationState)
+	}
+	// The boot's own restarts add to them, with the guest's lastState.
+	crashed := running("app")
+	crashed.RestartCount = 1
+	crashed.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 137, Reason: "OOMKilled"}
+	r = e.fold(svc, report(acc, vm, "boot-2", 2, crashed, running("sidecar"), running("logger")))
+	if got := restarts(r); !slices.Equal(got, []int32{2, 3, 1}) {
+		t.Errorf("restart counts after a restart in the new boot: %v, want [2 3 1]", got)
+	}
+	if last := r.ContainerStatuses[0].LastTerminationState.Terminated; last == nil || last.Reason != "OOMKilled" {
+		t.Errorf("lastState after a restart in the new boot: %+v", r.ContainerStatuses[0].LastTerminationState)
+	}
+	// A third boot carries the sum.
+	if r = e.fold(svc, running3("boot-3", 1)); !slices.Equal(restarts(r), []int32{3, 4, 2}) {
+		t.Errorf("restart counts after a third boot: %v, want [3 4 2]", restarts(r))
 	}
 	if n := testenv.CountIDs(e.Env, func(p *events.PodRunning) bool { return p.UID == acc.UID }); n != 1 {
 		t.Errorf("%d pod.running for one placement, want 1", n)
