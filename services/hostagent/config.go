@@ -28,7 +28,8 @@ type Config struct {
 	// NetworkResync is how often the host's last desired network state is
 	// applied again, repairing drift on the host (default 1m);
 	// NetworkRetry is how soon after a state that could not be applied
-	// whole (default 10s).
+	// whole (default 10s); a state that failed only on port groups vCenter
+	// does not have is tried again sooner, from 1s doubling up to it.
 	NetworkResync, NetworkRetry time.Duration
 	// ReportHold is how long a channel's first report, when it only says
 	// every container is still being created (what the agent sends at

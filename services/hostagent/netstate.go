@@ -54,8 +54,30 @@ func portGroupNotFound(err error) bool {
 type netState struct {
 	mu      sync.Mutex
 	desired *events.NetworkHostDesired
-	failed  bool
 	applied time.Time
+	// retryIn is how soon after applied the state is applied again
+	// because it failed (0: it did not); notFound counts the applies in a
+	// row that failed only on port groups vCenter does not have.
+	retryIn  time.Duration
+	notFound int
+}
+
+// notFoundRetry is the first wait after a state failed only because vCenter
+// has no port group of a key, doubling up to NetworkRetry: that is
+// network-config creating the port groups again (a restarted datacenter),
+// usually within a second or two, and the pods placed meanwhile wait for
+// the host to carry them.
+const notFoundRetry = time.Second
+
+// onlyNotFound reports whether every failure is a port group vCenter does
+// not have.
+func onlyNotFound(failed []events.PortGroupFailure) bool {
+	for _, f := range failed {
+		if f.Reason != ReasonPortGroupNotFound {
+			return false
+		}
+	}
+	return true
 }
 
 // runNetworkState applies this host's final desired network state: the
@@ -114,11 +136,11 @@ func (s *Service) decodeDesired(ceType string, data []byte) (*events.NetworkHost
 
 // reapplyLoop applies the last state again when it is due.
 func (s *Service) reapplyLoop(ctx context.Context) {
-	periodic.Every(ctx, min(s.cfg.NetworkRetry, s.cfg.NetworkResync)/2, s.log, "reapply", func(ctx context.Context) error {
+	periodic.Every(ctx, min(s.cfg.NetworkRetry, s.cfg.NetworkResync, notFoundRetry)/2, s.log, "reapply", func(ctx context.Context) error {
 		s.netState.mu.Lock()
 		d, due := s.netState.desired, s.cfg.NetworkResync
-		if s.netState.failed {
-			due = s.cfg.NetworkRetry
+		if s.netState.retryIn > 0 {
+			due = s.netState.retryIn
 		}
 		due -= time.Since(s.netState.applied)
 		s.netState.mu.Unlock()
@@ -207,6 +229,17 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 		s.log.Info("network state applied", "digest", d.Digest, "added", applied.Added, "removed", applied.Removed,
 			"unchanged", applied.Unchanged, "failed", len(applied.Failed))
 	}
-	s.netState.desired, s.netState.failed, s.netState.applied = d, len(applied.Failed) > 0, time.Now()
+	st := &s.netState
+	st.desired, st.applied, st.retryIn = d, time.Now(), 0
+	if len(applied.Failed) == 0 {
+		st.notFound = 0
+		return applied, nil
+	}
+	if !onlyNotFound(applied.Failed) {
+		st.notFound, st.retryIn = 0, s.cfg.NetworkRetry
+		return applied, nil
+	}
+	st.notFound++
+	st.retryIn = min(s.cfg.NetworkRetry, notFoundRetry<<min(st.notFound-1, 16))
 	return applied, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
 	"github.com/podvisor/podvisor/shared/deps"
+	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
@@ -52,33 +54,8 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	cfg := hostagent.DefaultConfig()
-	cfg.Host, cfg.ChannelDir = x, channels
-	cfg.NetworkResync = 300 * time.Millisecond
-	svc, err := hostagent.New(cfg, hostagent.Deps{Deps: deps.Deps{Bus: b}, Network: segs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	testenv.Run(t, hostagent.Name, svc.Run)
-
-	reports := make(chan *events.NetworkHostApplied, 4)
-	sub, err := b.Conn().Subscribe(events.SubjectNetworkHostApplied, func(m *nats.Msg) {
-		ev, err := bus.DecodeMessage(m)
-		if err != nil {
-			t.Errorf("undecodable report: %v", err)
-			return
-		}
-		p, err := events.Decode(ev.Type(), ev.Data())
-		if err != nil {
-			t.Errorf("invalid report: %v", err)
-			return
-		}
-		reports <- p.(*events.NetworkHostApplied)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sub.Unsubscribe() })
+	run := startNetAgent(t, b, x, channels, segs, func(c *hostagent.Config) { c.NetworkResync = 300 * time.Millisecond })
+	publish, reports := run.publish, run.reports
 
 	pgs := []events.HostPortGroup{
 		{Network: "a", PortGroup: "pv-a", Key: key["pv-a"], VLAN: 10, Version: 1},
@@ -86,34 +63,10 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	}
 	desired := &events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(pgs), PortGroups: pgs}
 	// Another host's state goes by unnoticed.
-	publish := func(p events.Payload) {
-		ev, err := bus.NewEvent("podvisor/netconfig", events.TypeNetworkHostDesired, p.ObjectKey(), p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Publish(ctx, ev); err != nil {
-			t.Fatal(err)
-		}
-	}
 	publish(&events.NetworkHostDesired{Host: other, Digest: events.HostStateDigest(nil), PortGroups: nil})
 	publish(desired)
 
-	// next skips reports that changed nothing: the agent may read the
-	// state from the stream at start and then get it from its consumer.
-	next := func(what string) *events.NetworkHostApplied {
-		t.Helper()
-		timeout := time.After(20 * time.Second)
-		for {
-			select {
-			case r := <-reports:
-				if len(r.Added)+len(r.Removed)+len(r.Failed) > 0 {
-					return r
-				}
-			case <-timeout:
-				t.Fatalf("no network.host.applied %s within 20s", what)
-			}
-		}
-	}
+	next := run.next
 	r := next("for the state")
 	if r.Host != x || r.Digest != desired.Digest || !slices.Equal(r.Added, []string{"pv-b"}) || !slices.Equal(r.Removed, []string{"pv-c"}) ||
 		r.Unchanged != 1 || len(r.Failed) != 0 {
@@ -185,6 +138,130 @@ func TestDriftedHostConvergesWithOnlyTheDifference(t *testing.T) {
 	r = next("for a port group vCenter does not have")
 	if len(r.Failed) != 1 || r.Failed[0].PortGroup != "pv-d" || r.Failed[0].Reason != hostagent.ReasonPortGroupNotFound {
 		t.Errorf("applied %+v; want pv-d failed with %s", r, hostagent.ReasonPortGroupNotFound)
+	}
+}
+
+// netAgentRun is a host agent applying its host's network states on
+// network: the test publishes states and reads the agent's reports.
+type netAgentRun struct {
+	t       *testing.T
+	reports chan *events.NetworkHostApplied
+	publish func(events.Payload)
+}
+
+func startNetAgent(t *testing.T, b *bus.Bus, host, channels string, network hostagent.HostNetwork, tweak func(*hostagent.Config)) *netAgentRun {
+	t.Helper()
+	cfg := hostagent.DefaultConfig()
+	cfg.Host, cfg.ChannelDir = host, channels
+	tweak(&cfg)
+	svc, err := hostagent.New(cfg, hostagent.Deps{Deps: deps.Deps{Bus: b}, Network: network})
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Run(t, hostagent.Name, svc.Run)
+
+	run := &netAgentRun{t: t, reports: make(chan *events.NetworkHostApplied, 4)}
+	sub, err := b.Conn().Subscribe(events.SubjectNetworkHostApplied, func(m *nats.Msg) {
+		ev, err := bus.DecodeMessage(m)
+		if err != nil {
+			t.Errorf("undecodable report: %v", err)
+			return
+		}
+		p, err := events.Decode(ev.Type(), ev.Data())
+		if err != nil {
+			t.Errorf("invalid report: %v", err)
+			return
+		}
+		run.reports <- p.(*events.NetworkHostApplied)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Unsubscribe() })
+	run.publish = func(p events.Payload) {
+		ev, err := bus.NewEvent("podvisor/netconfig", events.TypeNetworkHostDesired, p.ObjectKey(), p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Publish(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return run
+}
+
+// next skips reports that changed nothing: the agent may read the state
+// from the stream at start and then get it from its consumer.
+func (r *netAgentRun) next(what string) *events.NetworkHostApplied {
+	r.t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case a := <-r.reports:
+			if len(a.Added)+len(a.Removed)+len(a.Failed) > 0 {
+				return a
+			}
+		case <-timeout:
+			r.t.Fatalf("no network.host.applied %s within 20s", what)
+		}
+	}
+}
+
+// notCreatedYet is a host's segments on a vCenter that has no port group of
+// key until created is set: network-config creating it again after a
+// restart, under the key a restarted simulated datacenter gives it again,
+// which one datacenter's life cannot show.
+type notCreatedYet struct {
+	hostagent.HostNetwork
+	key     string
+	created atomic.Bool
+}
+
+func (n *notCreatedYet) Carry(ctx context.Context, key string) error {
+	if key == n.key && !n.created.Load() {
+		return &sim.NoPortGroupError{Host: "test", Key: key}
+	}
+	return n.HostNetwork.Carry(ctx, key)
+}
+
+// A state that fails only on a port group vCenter does not have yet is
+// tried again within seconds, not after NetworkRetry: the host carries
+// the port group soon after network-config creates it, without a new
+// state (network-config's is unchanged).
+func TestAPortGroupCreatedLaterIsCarriedSoon(t *testing.T) {
+	privtest.Require(t, "simulated hosts' segments are Linux bridges")
+	agent, err := simtest.AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	b := bustest.Start(t)
+	d, channels := simtest.StartWithGuests(t, 1, agent)
+	x := d.Hosts()[0].Name
+	key := simtest.AddPortGroup(t, simtest.Client(t, d), d.DVS(), "pv-a")
+	segs := &notCreatedYet{HostNetwork: d.HostSegments(x), key: key}
+	if err := segs.Drop(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	run := startNetAgent(t, b, x, channels, segs, func(c *hostagent.Config) {
+		c.NetworkResync, c.NetworkRetry = time.Hour, time.Hour
+	})
+	pgs := []events.HostPortGroup{{Network: "a", PortGroup: "pv-a", Key: key, VLAN: 10, Version: 1}}
+	run.publish(&events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(pgs), PortGroups: pgs})
+	if r := run.next("while vCenter has no pv-a"); len(r.Failed) != 1 || r.Failed[0].Reason != hostagent.ReasonPortGroupNotFound {
+		t.Fatalf("applied %+v; want pv-a failed with %s", r, hostagent.ReasonPortGroupNotFound)
+	}
+	// Both applies of the state (the start's read of the stream and the
+	// consumer's delivery) have failed before vCenter has it.
+	waitConsumed(t, b, x, 1)
+	segs.created.Store(true)
+	for {
+		r := run.next("once vCenter has pv-a")
+		if slices.Equal(r.Added, []string{"pv-a"}) && len(r.Failed) == 0 {
+			break
+		}
+		if len(r.Failed) != 1 || r.Failed[0].Reason != hostagent.ReasonPortGroupNotFound {
+			t.Fatalf("applied %+v; want pv-a added", r)
+		}
 	}
 }
 
