@@ -96,16 +96,13 @@ type GuestReport struct {
 	Phase string `json:"phase"`
 	// At is when the provisioner folded it.
 	At time.Time `json:"at"`
-	// Carried is what the pod's containers did under earlier boots of its
-	// guest, by container name, added to every report of this boot.
-	Carried map[string]CarriedContainer `json:"carried,omitempty"`
 }
 
 // CarriedContainer is what a container did before its guest booted again
-// (its pod VM powered on again, or the pod restarted on another host): the
-// new guest's agent starts it anew and counts from zero, so the record adds
-// the restarts before, and the boot's own start, as Kubernetes counts a
-// container restarted by a node's reboot.
+// (its pod VM powered on again, re-created, or the pod restarted on another
+// host): the new guest's agent starts it anew and counts from zero, so the
+// record adds the restarts before, and the boot's own start, as Kubernetes
+// counts a container restarted by a node's reboot.
 type CarriedContainer struct {
 	// Restarts are added to the restartCount the guest reports.
 	Restarts int32 `json:"restarts"`
@@ -237,6 +234,10 @@ type PodRecord struct {
 	// report, in Kubernetes' shape (imageID = manifest digest).
 	InitContainerStatuses []corev1.ContainerStatus `json:"initContainerStatuses,omitempty"`
 	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
+	// ContainersBefore is what the containers did under earlier boots of
+	// the pod's guests, by container name, added to every report of the
+	// current boot.
+	ContainersBefore map[string]CarriedContainer `json:"containersBefore,omitempty"`
 	// GuestRepairs counts the repairs of a silent guest on the current VM
 	// (power cycles); past the configured number the VM is re-created.
 	GuestRepairs int `json:"guestRepairs,omitempty"`

@@ -302,6 +302,12 @@ func TestDriftRepair(t *testing.T) {
 		acc, _ := e.provision(testPod(name), host)
 		accs = append(accs, acc)
 	}
+	// The first one's containers run (its guest reported them).
+	vmName := e.record(svc, "default", "vanishing").VMName
+	all3 := func(boot string) *events.PodContainersReported {
+		return report(accs[0], vmName, boot, 1, running("app"), running("sidecar"), running("logger"))
+	}
+	e.fold(svc, all3("boot-1"))
 	// Drift: one VM destroyed behind podvisor's back, one powered off, and
 	// an orphan pod VM whose pod does not exist.
 	gone := e.vmsNamed("pv-" + accs[0].UID)[0]
@@ -339,6 +345,14 @@ func TestDriftRepair(t *testing.T) {
 	r := e.record(svc, "default", "vanishing")
 	if r.Phase != events.PodPhaseStarting || r.VMRef == gone.Ref.Value {
 		t.Errorf("re-provisioned record: phase %s vm %s (old %s)", r.Phase, r.VMRef, gone.Ref.Value)
+	}
+	// The new VM's guest counts from zero; the record counts the
+	// containers' start in it as their restart.
+	r = e.fold(svc, all3("boot-2"))
+	for _, cs := range r.ContainerStatuses {
+		if last := cs.LastTerminationState.Terminated; cs.RestartCount != 1 || last == nil || last.Reason != reasonGuestRestarted {
+			t.Errorf("container %s in the re-created VM: restartCount %d lastState %+v, want 1 and %s", cs.Name, cs.RestartCount, cs.LastTerminationState, reasonGuestRestarted)
+		}
 	}
 
 	// A second pass finds nothing to do.

@@ -636,8 +636,10 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 }
 
 // forgetGuest drops what the record knows from the guest of a VM that is
-// gone or replaced: the next VM's guest starts from nothing.
+// gone or replaced: the next VM's guest starts from nothing, and what its
+// containers did is kept only as what they did before (their restarts).
 func forgetGuest(r *events.PodRecord) {
+	carryOver(r)
 	r.Guest, r.InitContainerStatuses, r.ContainerStatuses, r.GuestRepairs = nil, nil, nil, 0
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -96,16 +98,12 @@ func staleReport(r *events.PodRecord, p *events.PodContainersReported) string {
 // sets the conditions derived from them. The phase is settle's.
 func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReported) {
 	now := s.now().UTC()
-	var carried map[string]events.CarriedContainer
-	if r.Guest != nil {
-		carried = r.Guest.Carried
-		if r.Guest.BootID != p.BootID {
-			carried = carryOver(carried, r.InitContainerStatuses, r.ContainerStatuses)
-		}
+	if r.Guest != nil && r.Guest.BootID != p.BootID {
+		carryOver(r)
 	}
-	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now, Carried: carried}
-	r.InitContainerStatuses = withCarried(p.InitContainerStatuses, carried)
-	r.ContainerStatuses = withCarried(p.ContainerStatuses, carried)
+	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now}
+	r.InitContainerStatuses = withCarried(p.InitContainerStatuses, r.ContainersBefore)
+	r.ContainerStatuses = withCarried(p.ContainerStatuses, r.ContainersBefore)
 	r.GuestRepairs = 0
 	if c, ok := r.Condition(events.PodConditionVMReady); ok && c.Status != events.ConditionTrue {
 		r.SetCondition(events.PodConditionVMReady, events.ConditionTrue, "GuestReported", "the guest of pod VM "+r.VMName+" reports", now)
@@ -149,43 +147,32 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 // container a node's reboot ended).
 const reasonGuestRestarted = "Unknown"
 
-// carryOver is what the containers of the folded statuses (which already
-// hold what earlier boots carried) leave to the guest's next boot: a
+// carryOver adds to r.ContainersBefore what the folded statuses (which
+// already count what earlier boots left) leave to the guest's next boot: a
 // container that had started counts the new boot's start as a restart, and
-// one that was running when the guest stopped ended unknown.
-func carryOver(before map[string]events.CarriedContainer, lists ...[]corev1.ContainerStatus) map[string]events.CarriedContainer {
-	out := map[string]events.CarriedContainer{}
-	for _, list := range lists {
-		for _, cs := range list {
-			c := events.CarriedContainer{Restarts: cs.RestartCount, LastState: cs.LastTerminationState}
-			switch {
-			case cs.State.Running != nil:
-				c.Restarts++
-				c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
-					ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
-					StartedAt: cs.State.Running.StartedAt,
-				}}
-			case cs.State.Terminated != nil:
-				c.Restarts++
-				c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
-			case cs.RestartCount == 0:
-				// Never started (still being created): nothing to carry
-				// beyond what an earlier boot left.
-				if prev, ok := before[cs.Name]; ok {
-					c = prev
-				} else {
-					continue
-				}
-			default:
-				c.Restarts++ // waiting to restart: the new boot's start is that restart
-			}
-			out[cs.Name] = c
+// one that was running when its guest stopped ended unknown. A container
+// that never started keeps what it had.
+func carryOver(r *events.PodRecord) {
+	out := maps.Clone(r.ContainersBefore)
+	for _, cs := range slices.Concat(r.InitContainerStatuses, r.ContainerStatuses) {
+		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
+		switch {
+		case cs.State.Running != nil:
+			c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
+				ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
+				StartedAt: cs.State.Running.StartedAt,
+			}}
+		case cs.State.Terminated != nil:
+			c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
+		case cs.RestartCount == 0:
+			continue // never started
 		}
+		if out == nil {
+			out = map[string]events.CarriedContainer{}
+		}
+		out[cs.Name] = c
 	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+	r.ContainersBefore = out
 }
 
 // withCarried is the guest's statuses with what earlier boots carried
