@@ -235,6 +235,37 @@ func (s *Service) onVMMigrated(ctx context.Context, m *bus.Message, e *events.VM
 	return nil
 }
 
+// vmView is the part of a VM record that the pending rescan decides on,
+// as podView is for pods: a pass decodes every record of KV `vms`, and a
+// VM's spec, image and NICs are read only for the VMs the pass takes.
+type vmView struct {
+	UID                 string    `json:"uid"`
+	Namespace           string    `json:"namespace"`
+	Name                string    `json:"name"`
+	Generation          int64     `json:"generation"`
+	DeletionRequestedAt time.Time `json:"deletionRequestedAt,omitzero"`
+	Status              struct {
+		Phase      string `json:"phase"`
+		Host       string `json:"host,omitempty"`
+		Conditions []struct {
+			Type   string `json:"type"`
+			Reason string `json:"reason,omitempty"`
+		} `json:"conditions,omitempty"`
+	} `json:"status"`
+}
+
+func (v *vmView) key() string { return events.PodKey(v.Namespace, v.Name) }
+
+// scheduledReason is the reason of the VM's Scheduled condition ("" if none).
+func (v *vmView) scheduledReason() string {
+	for _, c := range v.Status.Conditions {
+		if c.Type == events.VMConditionScheduled {
+			return c.Reason
+		}
+	}
+	return ""
+}
+
 // recoverPendingVMs is recoverPending for native VMs (KV `vms`): a VM that
 // waits for a host (never placed, or evicted from its host) is held only in
 // the memory of the replica that published its vm.unschedulable. At
@@ -243,36 +274,42 @@ func (s *Service) onVMMigrated(ctx context.Context, m *bus.Message, e *events.VM
 // in the ledger while its record shows no placement for half a rescan
 // interval is taken too, and its placement replayed (see recoverPending).
 func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time, placedSeen map[string]bool) (int, error) {
-	recs, err := record.New[events.VMRecord](s.vmsKV, "vm").Scan(ctx)
+	views, err := record.New[vmView](s.vmsKV, "vm").Scan(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("rescan pending VMs: %w", err)
 	}
 	n := 0
-	for _, r := range recs {
+	for _, v := range views {
 		// Waiting: never placed, or evicted (its host gone, the record
 		// keeps the generation placed before).
-		if r.Status.Host != "" || r.Status.Phase == events.VMPhaseFailed || !r.DeletionRequestedAt.IsZero() || r.Generation == 0 {
+		if v.Status.Host != "" || v.Status.Phase == events.VMPhaseFailed || !v.DeletionRequestedAt.IsZero() || v.Generation == 0 {
 			continue
 		}
-		key := vmKeyPrefix + r.Key()
-		if s.pending.has(key, r.UID) {
+		key := vmKeyPrefix + v.key()
+		if s.pending.has(key, v.UID) {
 			continue
 		}
 		s.mu.Lock()
-		_, placed := s.allocIndex[r.UID]
+		_, placed := s.allocIndex[v.UID]
 		s.mu.Unlock()
-		c, _ := r.Condition(events.VMConditionScheduled)
+		reason := v.scheduledReason()
 		if placed {
 			// As for pods: an evicted VM's allocation may be on the
 			// host it was evicted from, the vm.evicted handler's to free.
-			if c.Reason != "" && c.Reason != reasonUnschedulable {
+			if reason != "" && reason != reasonUnschedulable {
 				continue
 			}
-			placedSeen[r.UID] = true
-			if !s.strandedFor(r.UID, now) {
+			placedSeen[v.UID] = true
+			if !s.strandedFor(v.UID, now) {
 				continue
 			}
-		} else if !all && c.Reason != reasonUnschedulable {
+		} else if !all && reason != reasonUnschedulable {
+			continue
+		}
+		// The VM's spec and size are in the full record, read now that
+		// it is wanted.
+		r, err := s.vmRecord(ctx, v.Namespace, v.Name)
+		if err != nil || r == nil || r.UID != v.UID || r.Status.Host != "" || !r.DeletionRequestedAt.IsZero() {
 			continue
 		}
 		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
