@@ -285,6 +285,39 @@ func TestDelete(t *testing.T) {
 	})
 }
 
+// A vCenter rebuilt from nothing numbers its VMs from the start again: the
+// reference a record kept for its vanished VM may name another pod's VM.
+// The provisioner never takes that VM for the pod's: drift repair creates
+// the pod's VM again, and deleting the pod leaves the other pod's VM alone.
+func TestAVMReferenceThatNamesAnotherPodsVMIsNotThePods(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	ctx := context.Background()
+	host := e.DC.Hosts()[0].Name
+	keep, _ := e.provision(testPod("keep"), host)
+	lost, _ := e.provision(testPod("lost"), host)
+	kept := e.vmsNamed("pv-" + keep.UID)[0]
+	if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + lost.UID)[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	r := e.record(svc, "default", "lost")
+	r.VMRef = kept.Ref.Value
+	e.PutPodRecord(r)
+
+	report, err := svc.Resync(ctx)
+	if err != nil || report[RepairMissingVM] != 1 {
+		t.Fatalf("Resync = %v, %v; want the lost pod's VM created again", report, err)
+	}
+	if vms := e.vmsNamed("pv-" + lost.UID); len(vms) != 1 || vms[0].Ref == kept.Ref {
+		t.Errorf("the lost pod's VMs after the repair: %+v", vms)
+	}
+	e.Send("test/client", events.TypePodDeleteRequested, &events.PodDeleteRequested{Name: "lost"})
+	testenv.Wait(e.Env, func(p *events.PodDeleted) bool { return p.UID == lost.UID })
+	if vms := e.vmsNamed("pv-" + keep.UID); len(vms) != 1 || vms[0].Ref != kept.Ref || vms[0].PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the other pod's VM after the repair and the delete: %+v, want %s on", vms, kept.Ref.Value)
+	}
+}
+
 func TestDriftRepair(t *testing.T) {
 	reader := sdkmetric.NewManualReader()
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))

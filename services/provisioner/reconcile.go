@@ -347,7 +347,7 @@ func (s *Service) ensureVM(ctx context.Context, r *events.PodRecord, reserved bo
 // existingVM finds the pod's VM by what the record knows.
 func (s *Service) existingVM(ctx context.Context, r *events.PodRecord) (*podvm.VM, error) {
 	if r.VMRef != "" {
-		vm, err := s.getVM(ctx, vmRef(r.VMRef))
+		vm, err := s.recordedVM(ctx, r)
 		if err != nil || vm != nil {
 			return vm, err
 		}
@@ -533,6 +533,30 @@ func (s *Service) stepCtx(ctx context.Context, f func(context.Context) error) er
 	return f(ctx)
 }
 
+// recordedVM is the VM the record's reference names, nil when there is
+// none or it is not the pod's (podsVM).
+func (s *Service) recordedVM(ctx context.Context, r *events.PodRecord) (*podvm.VM, error) {
+	return s.podsVM(ctx, r, r.VMRef, r.VMName)
+}
+
+// podsVM is the VM of reference ref when it is r's VM named name, nil
+// otherwise: a vCenter rebuilt from nothing (the simulated datacenter of a
+// restarted `up`, a vCenter restored or reinstalled) numbers its VMs from
+// the start again, and the reference of a VM that is gone may name another
+// pod's VM since. Acting on that one would power off or destroy another
+// pod.
+func (s *Service) podsVM(ctx context.Context, r *events.PodRecord, ref, name string) (*podvm.VM, error) {
+	vm, err := s.getVM(ctx, vmRef(ref))
+	if err != nil || vm == nil {
+		return nil, err
+	}
+	if vm.UID != r.UID && (vm.UID != "" || vm.Name != name) {
+		s.log.Warn("a VM reference of the pod names another VM now", "key", r.Key(), "vm", ref, "name", vm.Name, "vm_uid", vm.UID)
+		return nil, nil
+	}
+	return vm, nil
+}
+
 func (s *Service) getVM(ctx context.Context, ref types.ManagedObjectReference) (*podvm.VM, error) {
 	var vm *podvm.VM
 	err := s.stepCtx(ctx, func(ctx context.Context) error {
@@ -696,7 +720,11 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 	for _, st := range r.StaleVMs {
 		// Best effort: a stale VM on a host that is still unreachable is
 		// an orphan once the record is gone, and drift repair removes it.
-		if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vmRef(st.Ref)) }); err != nil {
+		vm, err := s.podsVM(ctx, r, st.Ref, st.Name)
+		if err == nil && vm != nil {
+			err = s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.Destroy(ctx, vm.Ref) })
+		}
+		if err != nil {
 			s.log.Info("stale VM not removed yet; drift repair will", "key", r.Key(), "vm", st.Ref, "err", err)
 		}
 	}

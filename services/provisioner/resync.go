@@ -298,7 +298,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 				// The listing covers the podvisor folders only: make sure the
 				// VM is not simply somewhere else before re-creating it.
 				if fresh.VMRef != "" {
-					if vm, err := s.getVM(ctx, vmRef(fresh.VMRef)); err != nil || vm != nil {
+					if vm, err := s.recordedVM(ctx, fresh); err != nil || vm != nil {
 						return false, err
 					}
 				}
