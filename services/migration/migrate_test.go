@@ -122,6 +122,28 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 	}
 }
 
+// A record whose VM reference names another pod's VM (a vCenter rebuilt
+// from nothing numbers its VMs again) has no VM to move: the migration is
+// refused and the other pod's VM stays where it is.
+func TestAReferenceToAnotherPodsVMIsNotMoved(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	w.start(testConfig())
+	hosts := w.clusterHosts(0)
+	other := w.runPod("other", hosts[0])
+	p := w.runPod("moved", hosts[0])
+	r := w.podRecord("moved")
+	r.VMRef = other.vm.Value
+	w.PutPodRecord(r)
+
+	w.migrate("m-ref", p, hosts[1])
+	if f := w.waitFailed("m-ref"); f.Reason != ReasonVMNotFound {
+		t.Errorf("failed = %s: %s; want %s", f.Reason, f.Message, ReasonVMNotFound)
+	}
+	if got, _ := w.vmHost(other.vm); got != hosts[0] {
+		t.Errorf("the other pod's VM moved to %s", got)
+	}
+}
+
 // TestTargetNotConnectedOrInMaintenanceIsRefused: the simulator would
 // relocate onto a dead host; the service does not.
 func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
