@@ -79,7 +79,10 @@
 // and for pods held in the ledger whose record still shows no host after
 // half an interval: a replica that died between a placement's ledger write
 // and its pod.scheduled; the loop replays the placement and publishes it.
-// Native VMs waiting for a host are rescanned the same way (KV vms).
+// Native VMs waiting for a host are rescanned the same way (KV vms); a VM
+// held so but resized since its room was reserved is not replayed (its
+// host was checked for the old size): the room is freed and the VM placed
+// afresh at its new size.
 //
 // # Replicas
 //

@@ -192,15 +192,22 @@ func (e *env) holdWithoutHost(name, reason, host string) *events.PodAccepted {
 	acc := testenv.Accepted(testPod(name, "100m", "64Mi"))
 	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: name, Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
 		Phase: events.PodPhasePending, RequestID: "req-" + name, Reason: reason, Message: reason})
-	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: acc.UID,
-		CPUMilli: acc.Size.CPUMilli, MemoryBytes: acc.Size.MemoryMiB << 20, ReservedAt: time.Now()}
+	e.holdBound(host, name, acc.UID, acc.Size.CPUMilli, acc.Size.MemoryMiB<<20)
+	return acc
+}
+
+// holdBound writes what a scheduler placing a pod or VM on host writes: its
+// reservation there (whatever room is left) and its binding.
+func (e *env) holdBound(host, name, uid string, cpuMilli, memoryBytes int64) {
+	e.T.Helper()
+	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: name, UID: uid,
+		CPUMilli: cpuMilli, MemoryBytes: memoryBytes, ReservedAt: time.Now()}
 	if _, err := e.led.Reserve(e.T.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
 		e.T.Fatal(err)
 	}
-	if _, err := e.led.Claim(e.T.Context(), acc.UID, host); err != nil {
+	if _, err := e.led.Claim(e.T.Context(), uid, host); err != nil {
 		e.T.Fatal(err)
 	}
-	return acc
 }
 
 // A pod placed twice under the rescan's stand-in cause (one per placement
@@ -243,32 +250,13 @@ func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 	}})
 	host := e.HostNames("")[2]
 	size := events.VMSize{CPUs: 1, MemoryMiB: 512}
-	vm := func(name string) *events.VMRecord {
-		r := &events.VMRecord{Namespace: "default", Name: name, UID: "uid-" + name, Generation: 1, Size: size,
-			Spec: events.VirtualMachineSpec{Networks: []string{"default"}}}
-		r.SetCondition(events.VMConditionScheduled, events.ConditionFalse, "Unschedulable", "0/3 hosts are available", time.Now())
-		testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", name), r)
-		return r
-	}
-	waiting, held, evicted := vm("waiting"), vm("held"), vm("evicted")
+	waiting, held := e.waitingVM("waiting", 1, size), e.waitingVM("held", 1, size)
 	// Evicted from a lost host: placed before (generation 1), no host now.
-	evicted.ScheduledGeneration, evicted.Status.Phase = 1, events.VMPhasePending
-	testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", "evicted"), evicted)
-	alloc := events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "held", UID: held.UID,
-		CPUMilli: size.CPUMilli(), MemoryBytes: size.MemoryBytes(), ReservedAt: time.Now()}
-	if _, err := e.led.Reserve(t.Context(), host, ledger.Capacity{CPUMilli: 1 << 20, MemoryBytes: 1 << 40}, []events.Allocation{alloc}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.led.Claim(t.Context(), held.UID, host); err != nil {
-		t.Fatal(err)
-	}
-	placed := func(uid string) *events.VMScheduled {
-		got := testenv.All[events.VMScheduled](e.Env, func(s *events.VMScheduled) bool { return s.UID == uid })
-		if len(got) == 0 {
-			return nil
-		}
-		return got[len(got)-1]
-	}
+	evicted := e.waitingVM("evicted", 1, size, func(r *events.VMRecord) {
+		r.ScheduledGeneration, r.Status.Phase = 1, events.VMPhasePending
+	})
+	e.holdBound(host, "held", held.UID, size.CPUMilli(), size.MemoryBytes())
+	placed := e.vmScheduled
 	e.EventuallyWithin("the three VMs placed", 10*time.Second, func() bool {
 		return placed(waiting.UID) != nil && placed(held.UID) != nil && placed(evicted.UID) != nil
 	})
@@ -277,5 +265,68 @@ func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 	}
 	if s := placed(waiting.UID); s.Generation != 1 {
 		t.Errorf("waiting VM: vm.scheduled for generation %d, want 1", s.Generation)
+	}
+}
+
+// waitingVM writes the provisioner's record of a VM of the given generation
+// and size waiting for a host (Unschedulable), changed by mutate.
+func (e *env) waitingVM(name string, gen int64, size events.VMSize, mutate ...func(*events.VMRecord)) *events.VMRecord {
+	r := &events.VMRecord{Namespace: "default", Name: name, UID: "uid-" + name, Generation: gen, Size: size,
+		Spec: events.VirtualMachineSpec{Networks: []string{"default"}}}
+	r.SetCondition(events.VMConditionScheduled, events.ConditionFalse, "Unschedulable", "0/3 hosts are available", time.Now())
+	for _, m := range mutate {
+		m(r)
+	}
+	testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", name), r)
+	return r
+}
+
+// vmPlacements are the vm.scheduled of the VM uid, each event id once.
+func (e *env) vmPlacements(uid string) []*events.VMScheduled {
+	return testenv.Distinct(e.Env, func(s *events.VMScheduled) bool { return s.UID == uid })
+}
+
+// vmScheduled is the last vm.scheduled of the VM uid (nil if none).
+func (e *env) vmScheduled(uid string) *events.VMScheduled {
+	got := e.vmPlacements(uid)
+	if len(got) == 0 {
+		return nil
+	}
+	return got[len(got)-1]
+}
+
+// A VM held in the ledger by a dead replica without a placement on its
+// record, and resized since (a new generation of another size), is placed
+// at its new size: the host it is held on was checked for the old size
+// only and has no room for the new one, so the VM goes to another host
+// and the room held for the old size is freed.
+func TestAResizedVMHeldByADeadReplicaIsPlacedAtItsNewSize(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	host := e.HostNames("")[0]
+	capMiB := e.hostRecords()[host].MemoryCapacityBytes >> 20
+	// A VM running on the host takes half its memory; the resized VM
+	// needs more than the other half, and fits on an empty host.
+	half := capMiB / 2 &^ 3
+	e.waitingVM("running", 1, events.VMSize{CPUs: 1, MemoryMiB: half}, func(r *events.VMRecord) {
+		r.Status.Conditions = nil
+		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, host
+	})
+	e.holdBound(host, "running", "uid-running", 1000, half<<20)
+	old := events.VMSize{CPUs: 1, MemoryMiB: 512}
+	resized := e.waitingVM("resized", 2, events.VMSize{CPUs: 2, MemoryMiB: capMiB - half + 512})
+	e.holdBound(host, "resized", resized.UID, old.CPUMilli(), old.MemoryBytes())
+
+	var s *events.VMScheduled
+	e.EventuallyWithin("vm.scheduled of the resized VM", 10*time.Second, func() bool { s = e.vmScheduled(resized.UID); return s != nil })
+	if s.Host == host || s.Generation != 2 {
+		t.Fatalf("vm.scheduled on %s for generation %d, want another host than %s (no room there for generation 2's size) and 2", s.Host, s.Generation, host)
+	}
+	if _, still := e.allocations(host)[resized.UID]; still {
+		t.Errorf("%s still holds the room reserved for the old size", host)
+	}
+	if a := e.allocations(s.Host)[resized.UID]; a.CPUMilli != resized.Size.CPUMilli() || a.MemoryBytes != resized.Size.MemoryBytes() {
+		t.Errorf("%s holds %dm, %d MiB for the VM, want its new size %dm, %d MiB", s.Host, a.CPUMilli, a.MemoryBytes>>20, resized.Size.CPUMilli(), resized.Size.MemoryMiB)
 	}
 }

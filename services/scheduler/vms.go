@@ -68,17 +68,23 @@ func (s *Service) onVMAccepted(ctx context.Context, m *bus.Message, e *events.VM
 	if err != nil {
 		return s.publishUnschedulableMessage(ctx, m.Event, p, err.Error(), nil, 0)
 	}
-	s.mu.Lock()
-	host, placed := s.allocIndex[e.UID]
-	var cur events.Allocation
-	if placed {
-		cur = s.entries[host].Allocations[e.UID]
-	}
-	s.mu.Unlock()
-	if placed && (cur.CPUMilli != p.CPUMilli || cur.MemoryBytes != p.MemoryBytes) {
+	if host, placed, resized := s.heldVM(p); placed && resized {
 		return s.resizeVM(ctx, m.Event, p, host, e.Generation)
 	}
 	return s.schedulePod(ctx, m.Event, p)
+}
+
+// heldVM tells where the ledger holds VM p (placed) and whether the room
+// held there is of another size than p's (resized since it was reserved).
+func (s *Service) heldVM(p *framework.PodInfo) (host string, placed, resized bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	host, placed = s.allocIndex[p.UID]
+	if !placed {
+		return "", false, false
+	}
+	cur := s.entries[host].Allocations[p.UID]
+	return host, true, cur.CPUMilli != p.CPUMilli || cur.MemoryBytes != p.MemoryBytes
 }
 
 // resizeVM reserves a VM's new size on its own host and promotes it.
@@ -315,6 +321,24 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
 		if err != nil {
 			continue
+		}
+		switch host, held, resized := s.heldVM(p); {
+		case !placed || !held:
+		case resized:
+			// Resized since the room was reserved: the host was checked
+			// for the old size only, and the scheduling loop replays a
+			// held allocation as it stands. No VM is on that host yet
+			// (the record shows none), so the room is freed and the VM
+			// placed afresh at its new size, the held host included, as
+			// a pod held on a host that refused its network is.
+			if err := s.unplace(ctx, r.UID, host); err != nil {
+				s.log.Warn("pending rescan: room held for a resized VM not freed", "vm", key, "host", host, "err", err)
+				continue
+			}
+			s.log.Info("pending rescan: VM resized since its room was reserved; placing it again", "vm", key, "host", host,
+				"generation", r.Generation, "cpuMilli", p.CPUMilli, "memoryBytes", p.MemoryBytes)
+		default:
+			s.log.Info("pending rescan: placed, but no host on the VM's record; publishing the placement again", "vm", key, "host", host)
 		}
 		s.setVMGeneration(r.UID, r.Generation)
 		cause := event.New()
