@@ -330,3 +330,66 @@ func TestAResizedVMHeldByADeadReplicaIsPlacedAtItsNewSize(t *testing.T) {
 		t.Errorf("%s holds %dm, %d MiB for the VM, want its new size %dm, %d MiB", s.Host, a.CPUMilli, a.MemoryBytes>>20, resized.Size.CPUMilli(), resized.Size.MemoryMiB)
 	}
 }
+
+// A placed native VM evicted from a lost host is placed again on another
+// host, never back on the lost one, and its room on the lost host is freed
+// (as for a pod: TestEvictionPlacesAgain). The eviction may reach the
+// scheduler before its own view of vCenter shows the loss (the migration
+// service detects it apart): the lost host is then still connected to the
+// scheduler, emptier than the others, and only the eviction keeps the VM
+// off it.
+func TestAnEvictedVMIsPlacedAgainElsewhere(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		lossSeen bool
+	}{{"loss seen first", true}, {"eviction ahead of the loss", false}} {
+		t.Run(c.name, func(t *testing.T) { testAnEvictedVMIsPlacedAgainElsewhere(t, c.lossSeen) })
+	}
+}
+
+func testAnEvictedVMIsPlacedAgainElsewhere(t *testing.T, lossSeen bool) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
+	acc := &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: "ha-vm", UID: "uid-ha-vm"}, Generation: 1,
+		Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
+		Size: events.VMSize{CPUs: 2, MemoryMiB: 4096}}
+	e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
+	var first *events.VMScheduled
+	e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { first = e.vmScheduled(acc.UID); return first != nil })
+	// The provisioner's record of the VM running there.
+	e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
+		r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
+		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, first.Host
+	})
+	// A pod on every other host: once the VM's room is freed, the lost
+	// host is the least allocated.
+	for _, h := range e.HostNames("") {
+		if h != first.Host {
+			e.waitScheduled(e.accept(testPod("on-"+h, "100m", "256Mi", onHost(h))).ObjectKey())
+		}
+	}
+	if lossSeen {
+		if err := e.DC.FailHost(t.Context(), first.Host); err != nil {
+			t.Fatal(err)
+		}
+		e.EventuallyWithin("host.lost", 10*time.Second, func() bool { return e.Events.CountAbout(events.TypeHostLost, first.Host) == 1 })
+	}
+	e.PublishAs("podvisor/migration", events.TypeVMEvicted, acc.ObjectKey(), &events.VMEvicted{VMRef: acc.VMRef, Host: first.Host, Reason: "HostLost"})
+	var again *events.VMScheduled
+	e.EventuallyWithin("placed again", 10*time.Second, func() bool {
+		all := e.vmPlacements(acc.UID)
+		again = all[len(all)-1]
+		return len(all) == 2
+	})
+	if again.Host == first.Host {
+		t.Fatalf("placed again on %s, the host it was evicted from", again.Host)
+	}
+	if _, still := e.allocations(first.Host)[acc.UID]; still {
+		t.Error("the lost host's ledger still holds the evicted VM")
+	}
+	if _, ok := e.allocations(again.Host)[acc.UID]; !ok {
+		t.Error("the new host's ledger does not hold the VM")
+	}
+	if b, ok, err := e.led.GetBinding(t.Context(), acc.UID); err != nil || !ok || b.Host != again.Host {
+		t.Errorf("binding %+v (found %v, %v), want it on %s", b, ok, err, again.Host)
+	}
+}

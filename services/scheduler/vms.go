@@ -127,15 +127,8 @@ func (s *Service) onVMDeleted(ctx context.Context, _ *bus.Message, e *events.VMD
 // onVMEvicted frees the VM's room on the host it lost and places it again.
 func (s *Service) onVMEvicted(ctx context.Context, m *bus.Message, e *events.VMEvicted) error {
 	annotate(ctx, e.ObjectKey(), e.UID)
-	if err := s.release(ctx, map[string][]string{e.Host: {e.UID}}); err != nil {
+	if err := s.unplace(ctx, e.UID, e.Host); err != nil {
 		return err
-	}
-	if b, ok, err := s.ledger.GetBinding(ctx, e.UID); err != nil {
-		return err
-	} else if ok && b.Host == e.Host {
-		if err := s.ledger.Unbind(ctx, e.UID, b.Revision); err != nil {
-			return err
-		}
 	}
 	rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
 	if err != nil {
