@@ -305,7 +305,9 @@ const reasonUnschedulable, reasonNetworkRefused = "Unschedulable", "NetworkRefus
 // placement or says Unschedulable or NetworkRefused is taken so: an
 // evicted pod's allocation may be on the host it was evicted from, until
 // the pod.evicted handler frees it. A pod held on a host its record says
-// refused the pod's network is freed there and placed again.
+// refused the pod's network is freed there and placed again. An evicted pod
+// held nowhere, found so for half an interval, is taken as an
+// Unschedulable one is: its handler's replica may hold it in memory only.
 func (s *Service) recoverPending(ctx context.Context, all bool) error {
 	// The provisioner's reasons on a record waiting for a host: after
 	// pod.unschedulable, and after a host refused the pod's network (the
@@ -343,8 +345,23 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 			if v.Reason != reasonNetworkRefused && !s.strandedFor(v.UID, now) {
 				continue
 			}
-		case !all && (!waiting[v.Reason] || s.pending.has(v.key(), v.UID)):
+		case !all && s.pending.has(v.key(), v.UID):
 			continue
+		case !all && !waiting[v.Reason]:
+			// Sent back by an eviction and placed nowhere: the pod.evicted
+			// handler found no host and holds it in its replica's memory,
+			// which may be gone (the record keeps the eviction's reason
+			// when the provisioner folded the pod.unschedulable before the
+			// eviction, as stale). Taken once found so on passes half an
+			// interval apart. A pod with no reason yet is left to its
+			// pod.accepted, which is redelivered until handled.
+			if v.Reason == "" {
+				continue
+			}
+			placedSeen[v.UID] = true
+			if !s.strandedFor(v.UID, now) {
+				continue
+			}
 		}
 		// The pod's spec is in the full record, read now that it is wanted.
 		rec, err := s.podRecord(ctx, v.Namespace, v.Name)

@@ -15,10 +15,11 @@ import (
 
 // publishScheduled announces a placement as the effect of cause (the
 // pod.accepted or pod.evicted that asked for it), so a replay publishes the
-// same id and the pod's trace continues. The host joins the id: one cause
-// may place a pod twice (the rescan's stand-in cause, one per placement
-// generation, places it again after a host refused its network), and the
-// second placement must not be dropped as a duplicate of the first.
+// same id and the pod's trace continues. The host joins the id (and a VM's
+// generation): one cause may place a pod or VM twice (the rescan's stand-in
+// cause, one per placement generation, places it again after a host
+// refused its network or its room was lost), and the second placement must
+// not be dropped as a duplicate of the first.
 // Refusals are the hosts that refused the pod's networks on the way.
 func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *framework.PodInfo, pl placement, refusals []events.HostRefusal) error {
 	if isVM(p) {
@@ -26,7 +27,7 @@ func (s *Service) publishScheduled(ctx context.Context, cause event.Event, p *fr
 		return s.out.Emit(ctx, &cause, &events.VMScheduled{
 			VMRef: events.VMRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID}, Generation: gen,
 			Host: pl.Host, Cluster: pl.Cluster, ResourcePool: pl.ResourcePool, Datastores: pl.Datastores,
-		}, bus.Distinct(fmt.Sprint(gen)))
+		}, bus.Distinct(fmt.Sprintf("%d/%s", gen, pl.Host)))
 	}
 	return s.out.Emit(ctx, &cause, &events.PodScheduled{
 		PodRef: events.PodRef{Namespace: p.Namespace, Name: p.Name, UID: p.UID},

@@ -239,6 +239,24 @@ func TestASecondPlacementUnderTheRescansCauseIsPublished(t *testing.T) {
 	placedOn("pod.scheduled naming another host", false)
 }
 
+// A pod sent back by an eviction whose handler found no host is held in
+// that replica's memory, and its record may keep the eviction's reason
+// (the provisioner took the pod.unschedulable, folded before the eviction,
+// for stale). When that replica is gone, another's periodic rescan places
+// it, not only a start-up one.
+func TestAnEvictedPodHeldNowhereIsPlacedByThePeriodicRescan(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	// A handled pod.accepted: the consumer runs, so the start-up rescan
+	// (before it) is over.
+	e.waitScheduled(e.accept(testPod("probe", "100m", "64Mi")).ObjectKey())
+	acc := testenv.Accepted(testPod("evicted", "100m", "64Mi"))
+	e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: "evicted", Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+		Phase: events.PodPhasePending, RequestID: "req-evicted", Reason: "HostLost", Message: "host esx-9 lost"})
+	e.waitScheduled(acc.ObjectKey())
+}
+
 // Native VMs wait for a host in the memory of a replica as pods do: a VM
 // whose record says Unschedulable (never placed, or evicted from a lost
 // host), or that is held in the ledger without a placement on its record,
@@ -266,6 +284,36 @@ func TestNativeVMsHeldByADeadReplicaArePlacedByTheRescan(t *testing.T) {
 	if s := placed(waiting.UID); s.Generation != 1 {
 		t.Errorf("waiting VM: vm.scheduled for generation %d, want 1", s.Generation)
 	}
+}
+
+// A VM placed twice under the rescan's stand-in cause of one generation
+// (placed by a replica's rescan, its room lost since, and taken by the
+// next replica's rescan again) is told of the second host too: its
+// vm.scheduled must not share the first one's id.
+func TestASecondVMPlacementUnderTheRescansCauseIsPublished(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 2, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	vm := e.waitingVM("twice", 1, events.VMSize{CPUs: 1, MemoryMiB: 512})
+	first := e.WaitSeen(10*time.Second, "the rescan's first placement", func(s testenv.Seen) bool {
+		p, ok := s.Payload.(*events.VMScheduled)
+		return ok && p.UID == vm.UID
+	}).Payload.(*events.VMScheduled).Host
+	// The replica dies; its room on the first host is gone and that host is
+	// full now.
+	e.stop()
+	if _, _, err := e.led.Release(e.T.Context(), first, vm.UID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.led.Unbind(e.T.Context(), vm.UID, 0); err != nil {
+		t.Fatal(err)
+	}
+	e.holdBound(first, "filler", "uid-filler", 1<<19, 1<<39)
+	e.stop = e.startScheduler()
+	e.WaitSeen(10*time.Second, "vm.scheduled naming the other host", func(s testenv.Seen) bool {
+		p, ok := s.Payload.(*events.VMScheduled)
+		return ok && p.UID == vm.UID && p.Host != first
+	})
 }
 
 // waitingVM writes the provisioner's record of a VM of the given generation

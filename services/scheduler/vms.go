@@ -66,7 +66,8 @@ func (s *Service) onVMAccepted(ctx context.Context, m *bus.Message, e *events.VM
 	s.setVMGeneration(e.UID, e.Generation)
 	p, err := vmInfo(e.Namespace, e.Name, e.UID, e.Size, e.Spec.Networks, e.Labels)
 	if err != nil {
-		return s.publishUnschedulableMessage(ctx, m.Event, p, err.Error(), nil, 0)
+		stub := &framework.PodInfo{Namespace: e.Namespace, Name: e.Name, UID: e.UID, Key: vmKeyPrefix + events.PodKey(e.Namespace, e.Name)}
+		return s.publishUnschedulableMessage(ctx, m.Event, stub, err.Error(), nil, 0)
 	}
 	if host, placed, resized := s.heldVM(p); placed && resized {
 		return s.resizeVM(ctx, m.Event, p, host, e.Generation)
