@@ -141,6 +141,17 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 			errs = append(errs, rp.fix(ctx, report))
 		}
 	}
+	if s.native != nil {
+		// Native VMs drift as pod VMs do (a vCenter rebuilt from nothing
+		// lost them all): their controller repairs its own.
+		repaired, err := s.native.Resync(ctx)
+		for kind, n := range repaired {
+			for range n {
+				s.count(ctx, report, kind)
+			}
+		}
+		errs = append(errs, err)
+	}
 	for kind, n := range report {
 		span.SetAttributes(attribute.Int("repairs."+kind, n))
 	}

@@ -285,3 +285,56 @@ func TestVMLifecycle(t *testing.T) {
 		t.Error("the VM is still in vCenter after the delete")
 	}
 }
+
+// Drift repair: a VM vCenter lost (deleted behind the controller's back, or
+// a vCenter rebuilt from nothing) is made again on its host from its spec
+// and its record says so; one powered off behind its back is powered on
+// again, as declared. A second pass finds nothing.
+func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	host := e.dc.Hosts()[0]
+	r := e.runOn(vmDecl("small", ""), host)
+	lost := e.vm(r)
+	if task, err := lost.PowerOff(ctx); err != nil {
+		t.Fatal(err)
+	} else if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if task, err := lost.Destroy(ctx); err != nil {
+		t.Fatal(err)
+	} else if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	repaired, err := e.ctl.Resync(ctx)
+	if err != nil || repaired[nativevm.RepairMissing] != 1 {
+		t.Fatalf("Resync = %v, %v; want the lost VM made again", repaired, err)
+	}
+	r = e.waitRecord("made again", func(r *events.VMRecord) bool {
+		return r.Status.Phase == events.VMPhaseReady && r.Status.VM != lost.Reference().Value
+	})
+	again := e.vm(r)
+	if st, err := again.PowerState(ctx); err != nil || st != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the VM made again: %s, %v; want poweredOn", st, err)
+	}
+	if r.Status.Host != host.Name || r.Status.PowerState != events.PowerStatePoweredOn {
+		t.Errorf("status after the repair: %+v", r.Status)
+	}
+
+	if task, err := again.PowerOff(ctx); err != nil {
+		t.Fatal(err)
+	} else if err := task.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if repaired, err := e.ctl.Resync(ctx); err != nil || repaired[nativevm.RepairPower] != 1 {
+		t.Fatalf("Resync = %v, %v; want the VM powered on again", repaired, err)
+	}
+	if st, err := again.PowerState(ctx); err != nil || st != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("after the power repair: %s, %v; want poweredOn", st, err)
+	}
+	if repaired, err := e.ctl.Resync(ctx); err != nil || len(repaired) != 0 {
+		t.Errorf("a second pass: %v, %v; want nothing to repair", repaired, err)
+	}
+}
