@@ -238,6 +238,9 @@ type PodRecord struct {
 	// the pod's guests, by container name, added to every report of the
 	// current boot.
 	ContainersBefore map[string]CarriedContainer `json:"containersBefore,omitempty"`
+	// BootsBefore are the guest boots (boot ids) the current one replaced,
+	// the last few: a report from one of them is late and is not folded.
+	BootsBefore []string `json:"bootsBefore,omitempty"`
 	// GuestRepairs counts the repairs of a silent guest on the current VM
 	// (power cycles); past the configured number the VM is re-created.
 	GuestRepairs int `json:"guestRepairs,omitempty"`

@@ -12,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 )
 
 // Reasons of the guest-driven part of a pod's life.
@@ -90,6 +91,8 @@ func staleReport(r *events.PodRecord, p *events.PodContainersReported) string {
 		return fmt.Sprintf("from VM %s, not the pod's current VM %s", p.VM, r.VMName)
 	case r.Guest != nil && r.Guest.BootID == p.BootID && p.Seq <= r.Guest.Seq:
 		return fmt.Sprintf("seq %d of boot %s already folded (last %d)", p.Seq, p.BootID, r.Guest.Seq)
+	case slices.Contains(r.BootsBefore, p.BootID):
+		return fmt.Sprintf("boot %s was replaced by a newer one", p.BootID)
 	}
 	return ""
 }
@@ -147,14 +150,20 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 // container a node's reboot ended).
 const reasonGuestRestarted = "Unknown"
 
-// carryOver adds to r.ContainersBefore what the folded statuses (which
-// already count what earlier boots left) leave to the guest's next boot: a
-// container that had started counts the new boot's start as a restart, and
-// one that was running when its guest stopped ended unknown. A container
-// that never started keeps what it had.
+// carryOver adds to r.ContainersBefore what the folded statuses leave to
+// the guest's next boot, and remembers the boot as replaced
+// (r.BootsBefore). A container that started in this boot counts the next
+// boot's start as a restart, and one that was running when its guest
+// stopped ended unknown. Whether it started is the guest's word, not the
+// folded count, which holds what earlier boots carried: running or
+// terminated, or waiting with a restart or a last state of the guest's own
+// (back-off after its first crash). A container that never started in this
+// boot keeps what it had.
 func carryOver(r *events.PodRecord) {
-	out := maps.Clone(r.ContainersBefore)
+	before := r.ContainersBefore
+	out := maps.Clone(before)
 	for _, cs := range slices.Concat(r.InitContainerStatuses, r.ContainerStatuses) {
+		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
 		switch {
 		case cs.State.Running != nil:
@@ -164,8 +173,8 @@ func carryOver(r *events.PodRecord) {
 			}}
 		case cs.State.Terminated != nil:
 			c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
-		case cs.RestartCount == 0:
-			continue // never started
+		case cs.RestartCount == prev.Restarts && equality.Semantic.DeepEqual(cs.LastTerminationState, prev.LastState):
+			continue // never started in this boot
 		}
 		if out == nil {
 			out = map[string]events.CarriedContainer{}
@@ -173,7 +182,18 @@ func carryOver(r *events.PodRecord) {
 		out[cs.Name] = c
 	}
 	r.ContainersBefore = out
+	if r.Guest != nil && !slices.Contains(r.BootsBefore, r.Guest.BootID) {
+		r.BootsBefore = append(r.BootsBefore, r.Guest.BootID)
+		if n := len(r.BootsBefore); n > maxBootsBefore {
+			r.BootsBefore = slices.Delete(r.BootsBefore, 0, n-maxBootsBefore)
+		}
+	}
 }
+
+// maxBootsBefore bounds the replaced boots a record remembers: a report
+// from one of them is late (redelivered, or folded by another replica
+// after a newer boot's), and a late one older than that is unlikely.
+const maxBootsBefore = 8
 
 // withCarried is the guest's statuses with what earlier boots carried
 // added: their restarts, and their last state until the guest has one.
