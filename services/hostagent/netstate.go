@@ -188,11 +188,17 @@ func (s *Service) handleDesired(ctx context.Context, m *bus.Message, d *events.N
 func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired) (*events.NetworkHostApplied, error) {
 	s.netState.mu.Lock()
 	defer s.netState.mu.Unlock()
+	st := &s.netState
 	if d == nil {
-		d = s.netState.desired
+		d = st.desired
+	} else if st.desired == nil || d.Digest != st.desired.Digest {
+		st.notFound = 0 // a new state: its failures are new too
 	}
 	have, err := s.network.Carried(ctx)
 	if err != nil {
+		// vCenter does not answer: the next try is NetworkRetry away, not
+		// the next tick.
+		st.applied, st.retryIn = time.Now(), s.cfg.NetworkRetry
 		return nil, fmt.Errorf("read the host's port groups: %w", err)
 	}
 	applied := &events.NetworkHostApplied{Host: s.cfg.Host, Digest: d.Digest}
@@ -229,7 +235,6 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 		s.log.Info("network state applied", "digest", d.Digest, "added", applied.Added, "removed", applied.Removed,
 			"unchanged", applied.Unchanged, "failed", len(applied.Failed))
 	}
-	st := &s.netState
 	st.desired, st.applied, st.retryIn = d, time.Now(), 0
 	if len(applied.Failed) == 0 {
 		st.notFound = 0

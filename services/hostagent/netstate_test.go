@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -293,4 +295,55 @@ func consumerInfo(ctx context.Context, b *bus.Bus, host string) (*jetstream.Cons
 		}
 	}
 	return nil, fmt.Errorf("no consumer of host %s on %s", host, events.StreamNetworks)
+}
+
+// unreachable is a host whose vCenter stops answering when down is set; it
+// notes when the host's port groups were read.
+type unreachable struct {
+	down  atomic.Bool
+	mu    sync.Mutex
+	reads []time.Time
+}
+
+func (u *unreachable) Carried(context.Context) (map[string]string, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if !u.down.Load() {
+		return map[string]string{}, nil
+	}
+	u.reads = append(u.reads, time.Now())
+	return nil, errors.New("vCenter does not answer")
+}
+
+func (u *unreachable) Carry(context.Context, string) error { return errors.New("refused") }
+func (u *unreachable) Drop(context.Context, string) error  { return nil }
+
+func (u *unreachable) readsWhileDown() []time.Time {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.reads)
+}
+
+// While vCenter does not answer, the agent reads the host's state again
+// every NetworkRetry, not on every tick of its loop.
+func TestAnUnreachableVCenterIsAskedEveryNetworkRetry(t *testing.T) {
+	b := bustest.Start(t)
+	host := &unreachable{}
+	run := startNetAgent(t, b, "esx-x", t.TempDir(), host, func(c *hostagent.Config) {
+		c.NetworkRetry, c.NetworkResync = time.Second, time.Minute
+	})
+	pgs := []events.HostPortGroup{{Network: "a", PortGroup: "pv-a", Key: "dvportgroup-1", VLAN: 10, Version: 1}}
+	run.publish(&events.NetworkHostDesired{Host: "esx-x", Digest: events.HostStateDigest(pgs), PortGroups: pgs})
+	run.next("for the state (CarryFailed)")
+	host.down.Store(true)
+	var reads []time.Time
+	testenv.Eventually(t, "three reads while vCenter is down", 20*time.Second, func() bool {
+		reads = host.readsWhileDown()
+		return len(reads) >= 3
+	})
+	for i := 1; i < len(reads); i++ {
+		if gap := reads[i].Sub(reads[i-1]); gap < 900*time.Millisecond {
+			t.Errorf("read %d came %s after the one before; want NetworkRetry (1s) apart", i, gap)
+		}
+	}
 }
