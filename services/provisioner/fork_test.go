@@ -2,7 +2,9 @@ package provisioner
 
 import (
 	"context"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -203,6 +205,45 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		t.Fatalf("the second pod's VM after its template went: %+v, %v", vm, err)
 	}
 	_ = testenv.Logger
+}
+
+// A template record whose VM reference names another pod's VM now (a
+// vCenter rebuilt from nothing numbers its VMs again) is never forked: the
+// pod is created, and the record goes so that the template is built again.
+func TestATemplateReferenceToAnotherVMIsNotForked(t *testing.T) {
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.TemplatesWarm, cfg.ForkEarly = 1, false
+	svc, _ := e.start(cfg)
+	host := e.DC.Hosts()[0].Name
+	deploy := func(name string) *events.PodRecord {
+		t.Helper()
+		acc := e.request(imagePod(name, "app"))
+		e.facts(acc, host)
+		return e.waitRecord(svc, "default", name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
+	}
+	first := deploy("first")
+	tmpl := e.readyTemplate(svc)
+	tmpl.VMRef, tmpl.UpdatedAt = first.VMRef, time.Now()
+	testenv.Put(e.Env, events.BucketPodTemplates, tmpl.Name, &tmpl)
+
+	second := deploy("second")
+	if from := e.DC.ForkedFrom(second.VMRef); from != "" {
+		t.Fatalf("the second pod's VM is forked from %s (the first pod's VM is %s)", from, first.VMRef)
+	}
+	if c, _ := second.Condition(events.PodConditionVMForked); c.Reason != templates.ReasonInstantCloneFailed {
+		t.Errorf("VMForked %s/%s (%s), want False/%s", c.Status, c.Reason, c.Message, templates.ReasonInstantCloneFailed)
+	}
+	e.Eventually("the template record pointing at the first pod's VM gone", func() bool {
+		recs, err := svc.templates.List(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !slices.ContainsFunc(recs, func(r templates.Record) bool { return r.VMRef == first.VMRef })
+	})
+	if vm, err := e.vms.Get(context.Background(), vmRef(first.VMRef)); err != nil || vm == nil || vm.PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the first pod's VM: %+v, %v; want it untouched and on", vm, err)
+	}
 }
 
 // readyTemplate waits for a Ready template of svc and returns it.

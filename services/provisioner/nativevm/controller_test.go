@@ -338,3 +338,48 @@ func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 		t.Errorf("a second pass: %v, %v; want nothing to repair", repaired, err)
 	}
 }
+
+// The reference of the VM an eviction left behind may name another VM by
+// the time the VM is made again (a vCenter rebuilt from nothing numbers
+// its VMs from the start again): that VM is left alone.
+func TestAStaleReferenceToAnotherVMIsNotRemoved(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	hosts := e.dc.Hosts()
+	r := e.runOn(vmDecl("small", ""), hosts[0])
+	// The VM is gone from the rebuilt vCenter; its reference names
+	// another VM there.
+	gone := e.vm(r)
+	if task, err := gone.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	if task, err := gone.Destroy(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("destroy: %v", err)
+	}
+	hs, err := e.dc.Host(hosts[0].Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bystander, _, err := simtest.NewPodVM(ctx, e.s.Client, e.dc, simtest.PodVM{Name: "bystander", Host: hs, NumCPUs: 1, MemoryMB: 128, PowerOn: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.vms.Mutate(ctx, events.VMRecordKey(r.Namespace, r.Name), func(r *events.VMRecord) error {
+		r.Status.VM = bystander.Reference().Value
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.publish(events.OwnerSource(events.TypeVMEvicted), &events.VMEvicted{VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
+		Host: hosts[0].Name, Reason: "HostLost"})
+	r = e.waitRecord("evicted", func(r *events.VMRecord) bool { return r.StaleVM == bystander.Reference().Value })
+	e.place(r, hosts[1])
+	e.waitRecord("made again on the other host", func(r *events.VMRecord) bool {
+		return r.Status.Phase == events.VMPhaseReady && r.Status.Host == hosts[1].Name && r.StaleVM == ""
+	})
+	if st, err := bystander.PowerState(ctx); err != nil || st != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the other VM the stale reference named: %s, %v; want it left on", st, err)
+	}
+}

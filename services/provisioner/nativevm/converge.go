@@ -563,6 +563,19 @@ func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
 // made again under its name; a VM already gone counts as removed.
 func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) error {
 	vm := object.NewVirtualMachine(c.vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.StaleVM})
+	// A vCenter rebuilt from nothing numbers its VMs from the start again:
+	// the reference may name another VM by now, which is not this one's to
+	// remove.
+	var m mo.VirtualMachine
+	switch err := vm.Properties(ctx, vm.Reference(), []string{"name"}, &m); {
+	case isNotFound(err):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read the VM %s left on %s: %w", rec.StaleVM, rec.StaleHost, err)
+	case m.Name != events.NativeVMName(rec.UID):
+		c.log.Warn("the reference of the VM an eviction left names another VM now; left alone", "vm", rec.Key(), "ref", rec.StaleVM, "name", m.Name)
+		return nil
+	}
 	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) {
 		c.log.Warn("stale VM does not power off; destroying it anyway", "vm", rec.Key(), "ref", rec.StaleVM, "err", err)
 	}

@@ -323,7 +323,7 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 		// What was read of the template is read again by the next fork:
 		// the template may have changed under it.
 		k.forgetRead(name)
-		if vm, gerr := k.vms.Get(ctx, ref); gerr == nil && vm == nil {
+		if errors.Is(err, errTemplateGone) || errors.Is(k.isTemplateVM(ctx, ref, name), errTemplateGone) {
 			// The template VM is gone (removed by a person, a restarted
 			// simulator): its record goes, and the next pod rebuilds it.
 			k.forget(ctx, name)
@@ -345,7 +345,11 @@ func (k *Keeper) template(ctx context.Context, name string, rec *Record) (_ *pod
 	if ok && t.version == v {
 		return t.vm, false, nil
 	}
-	vm, err := k.vms.ReadTemplate(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef})
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.VMRef}
+	if err := k.isTemplateVM(ctx, ref, name); err != nil {
+		return nil, true, err
+	}
+	vm, err := k.vms.ReadTemplate(ctx, ref)
 	if err != nil {
 		return nil, true, err
 	}
@@ -353,6 +357,27 @@ func (k *Keeper) template(ctx context.Context, name string, rec *Record) (_ *pod
 	k.read[name] = readTemplate{version: v, vm: vm}
 	k.mu.Unlock()
 	return vm, true, nil
+}
+
+// errTemplateGone: the template's VM is not in vCenter any more.
+var errTemplateGone = errors.New("the template VM is gone")
+
+// isTemplateVM checks that ref is still the template VM name: a vCenter
+// rebuilt from nothing (the simulated datacenter of a restarted `up`)
+// numbers its VMs from the start again, and the reference a template
+// record kept may name another pod's running VM since, which a fork would
+// clone, memory and disks.
+func (k *Keeper) isTemplateVM(ctx context.Context, ref types.ManagedObjectReference, name string) error {
+	vm, err := k.vms.Get(ctx, ref)
+	switch {
+	case err != nil:
+		return err
+	case vm == nil:
+		return errTemplateGone
+	case vm.Name != name:
+		return fmt.Errorf("%w: %s is VM %s now", errTemplateGone, ref.Value, vm.Name)
+	}
+	return nil
 }
 
 // forgetRead drops what was read of a template.
@@ -572,8 +597,17 @@ func (k *Keeper) evict(ctx context.Context, keep, host string) error {
 // are the image cache's.
 func (k *Keeper) remove(ctx context.Context, r Record) error {
 	if r.VMRef != "" {
-		if err := k.vms.Destroy(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: r.VMRef}); err != nil {
+		ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: r.VMRef}
+		switch err := k.isTemplateVM(ctx, ref, r.Name); {
+		case errors.Is(err, errTemplateGone):
+			// Gone, or the reference names another VM now: nothing of the
+			// template's to destroy.
+		case err != nil:
 			return fmt.Errorf("remove template %s: %w", r.Name, err)
+		default:
+			if err := k.vms.Destroy(ctx, ref); err != nil {
+				return fmt.Errorf("remove template %s: %w", r.Name, err)
+			}
 		}
 	}
 	k.forgetRead(r.Name)
