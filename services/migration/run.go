@@ -128,6 +128,9 @@ func (s *Service) vmLocation(ctx context.Context, r *events.MigrationRecord) (st
 	if err != nil {
 		return "", err
 	}
+	if r.UID != "" && vm.UID != "" && vm.UID != r.UID {
+		return "", nil // the reference names another pod's VM now: this one is gone
+	}
 	return vm.Host, nil
 }
 
