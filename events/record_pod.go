@@ -225,6 +225,10 @@ type PodRecord struct {
 	// Encryption is set for a pod with an encrypted ephemeral disk
 	// (AnnotationEphemeralEncryption).
 	Encryption *PodEncryption `json:"encryption,omitempty"`
+	// EvictedFrom is the host the pod was last evicted from: a placement
+	// held on another host is the pod's new one, whose pod.scheduled may
+	// have come before the eviction was folded (and been taken for stale).
+	EvictedFrom string `json:"evictedFrom,omitempty"`
 	// StaleVMs are VMs of earlier placements still to be removed.
 	StaleVMs []StaleVM `json:"staleVMs,omitempty"`
 	// Guest is the last report folded from the pod VM's guest; nil until

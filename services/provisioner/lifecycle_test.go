@@ -534,8 +534,8 @@ func TestEvictionAndMigration(t *testing.T) {
 	// the new placement with the same name (the old one is gone).
 	e.Send("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "mobile", UID: acc.UID}, Host: hosts[1].Name, Reason: "HostLost"})
 	r = e.waitRecord(svc, "default", "mobile", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
-	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" {
-		t.Errorf("after eviction: host %q vm %q generation %d reason %q", r.Host, r.VMRef, r.Generation, r.Reason)
+	if r.Host != "" || r.VMRef != "" || r.Generation != 1 || r.Reason != "HostLost" || r.EvictedFrom != hosts[1].Name {
+		t.Errorf("after eviction: host %q vm %q generation %d reason %q evicted from %q", r.Host, r.VMRef, r.Generation, r.Reason, r.EvictedFrom)
 	}
 	if vm, _ := e.vms.Get(context.Background(), vmRef(first.VM)); vm != nil {
 		t.Errorf("evicted pod's old VM %s still exists", first.VM)

@@ -784,6 +784,7 @@ func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
 	r.Host, r.Cluster, r.ResourcePool, r.Datastores = "", "", "", nil
 	r.NetworkHost, r.Attachments, r.IP = "", nil, ""
 	r.Phase, r.Reason, r.Message = events.PodPhasePending, p.Reason, fmt.Sprintf("evicted from %s: %s", p.Host, p.Message)
+	r.EvictedFrom = p.Host
 	r.SetCondition(events.PodConditionScheduled, events.ConditionFalse, p.Reason, "evicted from "+p.Host, now)
 	if _, ok := r.Condition(events.PodConditionNetworkAttached); ok {
 		r.SetCondition(events.PodConditionNetworkAttached, events.ConditionFalse, p.Reason, "attachments on "+p.Host+" released", now)

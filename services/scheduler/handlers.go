@@ -334,11 +334,14 @@ func (s *Service) recoverPending(ctx context.Context, all bool) error {
 			if s.pending.has(v.key(), v.UID) {
 				continue // this replica's retry publishes it
 			}
-			if v.Reason != "" && !waiting[v.Reason] {
+			if v.Reason != "" && !waiting[v.Reason] && (v.EvictedFrom == "" || held == v.EvictedFrom) {
 				// Sent back by an eviction (HostLost, NetworkLost, ...):
 				// the allocation may be the old host's, which only the
 				// pod.evicted handler frees; replaying it would send
-				// the pod back there.
+				// the pod back there. Held on another host, it is the
+				// new placement, whose pod.scheduled the provisioner
+				// may have taken for stale (it came before the
+				// eviction was folded): replayed as any other.
 				continue
 			}
 			placedSeen[v.UID] = true

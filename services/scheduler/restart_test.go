@@ -257,6 +257,38 @@ func TestAnEvictedPodHeldNowhereIsPlacedByThePeriodicRescan(t *testing.T) {
 	e.waitScheduled(acc.ObjectKey())
 }
 
+// An evicted pod placed again, whose pod.scheduled the provisioner took for
+// stale (it came before the eviction was folded), is held on its new host
+// with no host on its record: the rescan publishes that placement again.
+// One held on the host it was evicted from is the pod.evicted handler's.
+func TestAnEvictedPodHeldOnItsNewHostIsPublishedByTheRescan(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3, cfg: func(c *scheduler.Config) {
+		c.PendingRescan = 200 * time.Millisecond
+	}})
+	hosts := e.HostNames("")
+	evicted := func(name, held string) *events.PodAccepted {
+		acc := e.holdWithoutHost(name, "HostLost", held)
+		e.PutPodRecord(&events.PodRecord{UID: acc.UID, Namespace: "default", Name: name, Pod: acc.Pod, Size: acc.Size, Networks: acc.Networks,
+			Phase: events.PodPhasePending, RequestID: "req-" + name, Reason: "HostLost", Message: "evicted from " + hosts[0], EvictedFrom: hosts[0]})
+		return acc
+	}
+	// Written while no scheduler runs, as a dead replica's and the
+	// provisioner's writes would stand when the next one looks.
+	e.stop()
+	moved := evicted("moved", hosts[1])
+	left := evicted("left", hosts[0])
+	e.stop = e.startScheduler()
+	if s := e.waitScheduled(moved.ObjectKey()); s.Host != hosts[1] {
+		t.Fatalf("pod.scheduled names %s, want %s where it is held", s.Host, hosts[1])
+	}
+	// Later than the moved pod's by two passes or more.
+	later := e.holdWithoutHost("later", "", hosts[2])
+	e.waitScheduled(later.ObjectKey())
+	if s := e.Scheduled(left.ObjectKey()); s != nil {
+		t.Errorf("the pod held on the host it was evicted from was sent back to %s", s.Host)
+	}
+}
+
 // Native VMs wait for a host in the memory of a replica as pods do: a VM
 // whose record says Unschedulable (never placed, or evicted from a lost
 // host), or that is held in the ledger without a placement on its record,
@@ -354,6 +386,10 @@ func TestAResizedVMHeldByADeadReplicaIsPlacedAtItsNewSize(t *testing.T) {
 	}})
 	host := e.HostNames("")[0]
 	capMiB := e.hostRecords()[host].MemoryCapacityBytes >> 20
+	// What the dead replica left is written while no scheduler runs: the
+	// next one reads the whole ledger before its rescan, so it never takes
+	// the resized VM for one placed nowhere on a host it thinks empty.
+	e.stop()
 	// A VM running on the host takes half its memory; the resized VM
 	// needs more than the other half, and fits on an empty host.
 	half := capMiB / 2 &^ 3
@@ -365,6 +401,7 @@ func TestAResizedVMHeldByADeadReplicaIsPlacedAtItsNewSize(t *testing.T) {
 	old := events.VMSize{CPUs: 1, MemoryMiB: 512}
 	resized := e.waitingVM("resized", 2, events.VMSize{CPUs: 2, MemoryMiB: capMiB - half + 512})
 	e.holdBound(host, "resized", resized.UID, old.CPUMilli(), old.MemoryBytes())
+	e.stop = e.startScheduler()
 
 	var s *events.VMScheduled
 	e.EventuallyWithin("vm.scheduled of the resized VM", 10*time.Second, func() bool { s = e.vmScheduled(resized.UID); return s != nil })

@@ -99,6 +99,7 @@ type podView struct {
 	Phase               string    `json:"phase"`
 	Reason              string    `json:"reason,omitempty"`
 	Host                string    `json:"host,omitempty"`
+	EvictedFrom         string    `json:"evictedFrom,omitempty"`
 	DeletionRequestedAt time.Time `json:"deletionRequestedAt,omitzero"`
 }
 
