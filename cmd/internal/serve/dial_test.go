@@ -2,7 +2,9 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -190,5 +192,27 @@ func TestAServiceWaitsForRedisToComeUp(t *testing.T) {
 		t.Fatal("connected with a wrong password")
 	} else if time.Since(start) > retryFirst {
 		t.Errorf("a refused login took %s: tried again", time.Since(start))
+	}
+}
+
+// A server that answers it cannot serve yet is waited for; one that
+// refuses the login is not.
+func TestRedisRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, true},
+		{io.EOF, true},
+		{errors.New("LOADING Redis is loading the dataset in memory"), true},
+		{errors.New("BUSY Redis is busy running a script"), true},
+		{errors.New("MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."), true},
+		{errors.New("WRONGPASS invalid username-password pair or user is disabled."), false},
+		{errors.New("NOPERM User scheduler has no permissions to run the 'ping' command"), false},
+		{errors.New("BUSYGROUP Consumer Group name already exists"), false},
+	} {
+		if got := redisRetryable(tc.err); got != tc.want {
+			t.Errorf("redisRetryable(%q) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

@@ -307,16 +307,24 @@ func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
 }
 
 // redisRetryable reports whether a failed PING may succeed later: the
-// network failed or the server is still loading its data set (LOADING); an
-// error the server answered with (WRONGPASS, NOAUTH, NOPERM) or a TLS
-// refusal is final.
+// network failed, or the server says it cannot answer yet (LOADING its data
+// set, BUSY with a script, MASTERDOWN while a replica has lost its primary,
+// TRYAGAIN); any other answer (WRONGPASS, NOAUTH, NOPERM) or a TLS refusal
+// is final.
 func redisRetryable(err error) bool {
 	if untrusted(err) {
 		return false
 	}
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
-		strings.HasPrefix(err.Error(), "LOADING")
+	if errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	for _, notYet := range []string{"LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN"} {
+		if strings.HasPrefix(err.Error(), notYet+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // untilReachable calls connect until it succeeds, fails in a way retryable
