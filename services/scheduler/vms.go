@@ -309,8 +309,9 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		// The VM's spec and size are in the full record, read now that
 		// it is wanted.
 		r, err := s.vmRecord(ctx, v.Namespace, v.Name)
-		if err != nil || r == nil || r.UID != v.UID || r.Status.Host != "" || !r.DeletionRequestedAt.IsZero() {
-			continue
+		if err != nil || r == nil || r.UID != v.UID || r.Status.Host != "" || r.Status.Phase == events.VMPhaseFailed ||
+			!r.DeletionRequestedAt.IsZero() || r.Generation == 0 {
+			continue // moved on since the view was read
 		}
 		p, err := vmInfo(r.Namespace, r.Name, r.UID, r.Size, r.Spec.EffectiveNetworks(), r.Labels)
 		if err != nil {
