@@ -39,8 +39,10 @@ const emptyBootDiskBytes = 1 << 30
 const readyMarker = "ready"
 
 // bootDisk returns the VM's own boot disk (its datastore path), copying it
-// from the image's disk; the returned capacity is the disk's size.
-func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmName string) (string, int64, error) {
+// from the image's disk; the returned capacity is the disk's size. For a
+// VM made again (again: vCenter lost the VM it had made) a boot disk left
+// on the datastore is kept, with what its guest wrote.
+func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmName string, again bool) (string, int64, error) {
 	dst := fmt.Sprintf("[%s] %s/root.vmdk", ds, vmName)
 	dc := c.dc
 	fm := object.NewFileManager(c.vc)
@@ -48,12 +50,18 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 		return "", 0, fmt.Errorf("VM directory: %w", err)
 	}
 	vdm := object.NewVirtualDiskManager(c.vc)
-	// A copy left by an attempt that failed before the VM existed is
-	// replaced: the VM boots from a fresh copy of its image.
-	if t, err := vdm.DeleteVirtualDisk(ctx, dst, dc); err == nil {
-		_ = t.Wait(ctx)
+	keep := again && c.diskExists(ctx, dst)
+	if !keep {
+		// A copy left by an attempt that failed before the VM existed is
+		// replaced: the VM boots from a fresh copy of its image.
+		if t, err := vdm.DeleteVirtualDisk(ctx, dst, dc); err == nil {
+			_ = t.Wait(ctx)
+		}
 	}
 	if rec.Image.OCI == "" {
+		if keep {
+			return dst, emptyBootDiskBytes, nil
+		}
 		spec := &types.FileBackedVirtualDiskSpec{VirtualDiskSpec: types.VirtualDiskSpec{
 			DiskType: string(types.VirtualDiskTypeThin), AdapterType: string(types.VirtualDiskAdapterTypeLsiLogic)},
 			CapacityKb: emptyBootDiskBytes >> 10}
@@ -67,8 +75,8 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 		return dst, emptyBootDiskBytes, nil
 	}
 	src, capacity, err := c.imageDisk(ctx, rec.Image.OCI, ds)
-	if err != nil {
-		return "", 0, err
+	if err != nil || keep {
+		return dst, capacity, err
 	}
 	t, err := vdm.CopyVirtualDisk(ctx, src, dc, dst, dc, nil, false)
 	if err == nil {

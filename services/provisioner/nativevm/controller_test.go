@@ -286,26 +286,27 @@ func TestVMLifecycle(t *testing.T) {
 	}
 }
 
-// Drift repair: a VM vCenter lost (deleted behind the controller's back, or
-// a vCenter rebuilt from nothing) is made again on its host from its spec
-// and its record says so; one powered off behind its back is powered on
-// again, as declared. A second pass finds nothing.
+// Drift repair: a VM vCenter lost (removed from its inventory, or a
+// vCenter rebuilt from nothing, its files left on the datastore) is made
+// again on its host from its spec, with the disks it left, and its record
+// says so; one powered off behind its back is powered on again, as
+// declared. A second pass finds nothing.
 func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
 	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
 	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
 	host := e.dc.Hosts()[0]
-	r := e.runOn(vmDecl("small", ""), host)
+	decl := vmDecl("small", "")
+	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
+	r := e.runOn(decl, host)
 	lost := e.vm(r)
 	if task, err := lost.PowerOff(ctx); err != nil {
 		t.Fatal(err)
 	} else if err := task.Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if task, err := lost.Destroy(ctx); err != nil {
-		t.Fatal(err)
-	} else if err := task.Wait(ctx); err != nil {
+	if err := lost.Unregister(ctx); err != nil {
 		t.Fatal(err)
 	}
 	repaired, err := e.ctl.Resync(ctx)

@@ -265,6 +265,11 @@ func (c *Controller) create(ctx context.Context, rec *events.VMRecord) (*object.
 	if err != nil {
 		return nil, err
 	}
+	if rec.Status.VM != "" {
+		// Made again: the lost VM's configuration and log are in the way
+		// of the new one's (its disks are kept, see devices).
+		c.removeLeftovers(ctx, ds, name)
+	}
 	spec := types.VirtualMachineConfigSpec{
 		Name:         name,
 		GuestId:      rec.Image.EffectiveGuestID(),
@@ -308,7 +313,12 @@ const (
 // the boot disk at scsi0:0, extra disks after it, one NIC per network.
 func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name string) ([]types.BaseVirtualDeviceConfigSpec, error) {
 	changes := []types.BaseVirtualDeviceConfigSpec{scsiControllerAdd()}
-	boot, capacity, err := c.bootDisk(ctx, rec, ds, name)
+	// A VM made before (status.vm) that vCenter lost (a vCenter rebuilt
+	// from nothing, a VM removed from its inventory) may have left its
+	// disks on the datastore: made again, it keeps them, and what its
+	// guest wrote (a guest cluster's etcd data) with them.
+	again := rec.Status.VM != ""
+	boot, capacity, err := c.bootDisk(ctx, rec, ds, name, again)
 	if err != nil {
 		return nil, err
 	}
@@ -320,7 +330,11 @@ func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name
 			unit++ // unit 7 is the controller's own
 		}
 		file := fmt.Sprintf("[%s] %s/%s.vmdk", ds, name, d.Name)
-		changes = append(changes, diskChange(file, d.SizeMiB()<<20, scsiKey, unit, types.VirtualDeviceConfigSpecFileOperationCreate))
+		op := types.VirtualDeviceConfigSpecFileOperationCreate
+		if again && c.diskExists(ctx, file) {
+			op = "" // the lost VM's disk, kept
+		}
+		changes = append(changes, diskChange(file, d.SizeMiB()<<20, scsiKey, unit, op))
 	}
 	nics, err := c.nicChanges(ctx, rec.Status.NICs, nicKey0)
 	if err != nil {
@@ -592,6 +606,30 @@ func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) erro
 	}
 	c.log.Warn("stale native VM unregistered (its host did not let it be destroyed)", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost, "err", err)
 	return nil
+}
+
+// removeLeftovers deletes what a VM that vCenter lost left beside its disks
+// in its directory and would refuse a new VM of its name: its
+// configuration (.vmx) and log.
+func (c *Controller) removeLeftovers(ctx context.Context, ds, name string) {
+	fm := object.NewFileManager(c.vc)
+	for _, f := range []string{name + ".vmx", "vmware.log"} {
+		file := fmt.Sprintf("[%s] %s/%s", ds, name, f)
+		t, err := fm.DeleteDatastoreFile(ctx, file, c.dc)
+		if err == nil {
+			err = t.Wait(ctx)
+		}
+		if err != nil && !fault.Is(err, &types.FileNotFound{}) {
+			c.log.Warn("a lost VM's file not removed", "file", file, "err", err)
+		}
+	}
+}
+
+// diskExists reports whether the virtual disk file (a datastore path) is
+// there.
+func (c *Controller) diskExists(ctx context.Context, file string) bool {
+	_, err := object.NewVirtualDiskManager(c.vc).QueryVirtualDiskUuid(ctx, file, c.dc)
+	return err == nil
 }
 
 func isNotFound(err error) bool {

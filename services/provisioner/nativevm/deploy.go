@@ -71,7 +71,7 @@ func (c *Controller) fitDeployed(ctx context.Context, rec *events.VMRecord, vm *
 		changes = append(changes, scsiControllerAdd())
 	}
 	if rec.Image.OCI != "" {
-		boot, capacity, err := c.bootDisk(ctx, rec, ds, name)
+		boot, capacity, err := c.bootDisk(ctx, rec, ds, name, false)
 		if err != nil {
 			return err
 		}

@@ -52,7 +52,9 @@
 // The provisioner's periodic drift repair calls Resync: a VM whose record
 // says it was made (status.vm) but that vCenter does not have (deleted by
 // hand, a vCenter rebuilt from nothing) is made again from its spec on its
-// host, and one not in its declared power state is set to it. Each repair
+// host, keeping the disks it left on the datastore (its boot disk and
+// extra disks, with what its guest wrote: a guest cluster's etcd data),
+// and one not in its declared power state is set to it. Each repair
 // first moves the record on by compare-and-set at the revision read, so
 // one of several replicas does it and a handler that moved the record
 // meanwhile wins (resync.go).
