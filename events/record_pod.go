@@ -94,8 +94,20 @@ type GuestReport struct {
 	Seq    uint64 `json:"seq"`
 	// Phase is the agent's own view (GuestPhase*).
 	Phase string `json:"phase"`
-	// At is when the provisioner folded it.
-	At time.Time `json:"at"`
+	// At is when the provisioner folded it; Time when the host agent
+	// published it (the event's time), which orders reports of different
+	// boots: one published before the last folded report of another boot
+	// is late.
+	At   time.Time `json:"at"`
+	Time time.Time `json:"time,omitzero"`
+}
+
+// GuestBefore is the last report of a pod's guest whose VM was replaced,
+// with its statuses, kept until the next guest reports.
+type GuestBefore struct {
+	Report                GuestReport              `json:"report"`
+	InitContainerStatuses []corev1.ContainerStatus `json:"initContainerStatuses,omitempty"`
+	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
 }
 
 // CarriedContainer is what a container did before its guest booted again
@@ -242,9 +254,12 @@ type PodRecord struct {
 	// the pod's guests, by container name, added to every report of the
 	// current boot.
 	ContainersBefore map[string]CarriedContainer `json:"containersBefore,omitempty"`
-	// BootsBefore are the guest boots (boot ids) the current one replaced,
-	// the last few: a report from one of them is late and is not folded.
-	BootsBefore []string `json:"bootsBefore,omitempty"`
+	// GuestBefore is the last report of the guest of a VM that was
+	// replaced (re-created, or found under another reference), until the
+	// next report: a report of another boot carries its containers'
+	// restarts into ContainersBefore; one of the same boot (the VM was only
+	// found again) does not.
+	GuestBefore *GuestBefore `json:"guestBefore,omitempty"`
 	// GuestRepairs counts the repairs of a silent guest on the current VM
 	// (power cycles); past the configured number the VM is re-created.
 	GuestRepairs int `json:"guestRepairs,omitempty"`

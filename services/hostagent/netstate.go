@@ -196,9 +196,10 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 	}
 	have, err := s.network.Carried(ctx)
 	if err != nil {
-		// vCenter does not answer: the next try is NetworkRetry away, not
-		// the next tick.
-		st.applied, st.retryIn = time.Now(), s.cfg.NetworkRetry
+		// vCenter does not answer: the state is the one to apply (its
+		// delivery may run out of retries first, or it was read at
+		// start), next try NetworkRetry away, not on the next tick.
+		st.desired, st.applied, st.retryIn = d, time.Now(), s.cfg.NetworkRetry
 		return nil, fmt.Errorf("read the host's port groups: %w", err)
 	}
 	applied := &events.NetworkHostApplied{Host: s.cfg.Host, Digest: d.Digest}

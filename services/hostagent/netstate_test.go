@@ -324,6 +324,24 @@ func (u *unreachable) readsWhileDown() []time.Time {
 	return slices.Clone(u.reads)
 }
 
+// A state that arrives while vCenter does not answer is applied once it
+// answers, though its delivery was answered with an error.
+func TestAStateReceivedWhileVCenterIsDownIsAppliedWhenItAnswers(t *testing.T) {
+	b := bustest.Start(t)
+	host := &unreachable{}
+	host.down.Store(true)
+	run := startNetAgent(t, b, "esx-y", t.TempDir(), host, func(c *hostagent.Config) {
+		c.NetworkRetry, c.NetworkResync = time.Second, time.Hour
+	})
+	pgs := []events.HostPortGroup{{Network: "a", PortGroup: "pv-a", Key: "dvportgroup-1", VLAN: 10, Version: 1}}
+	run.publish(&events.NetworkHostDesired{Host: "esx-y", Digest: events.HostStateDigest(pgs), PortGroups: pgs})
+	testenv.Eventually(t, "the state read while vCenter is down", 20*time.Second, func() bool { return len(host.readsWhileDown()) > 0 })
+	host.down.Store(false)
+	if r := run.next("once vCenter answers"); len(r.Failed) != 1 || r.Failed[0].PortGroup != "pv-a" {
+		t.Errorf("applied %+v; want pv-a tried (and refused by this host's fake)", r)
+	}
+}
+
 // While vCenter does not answer, the agent reads the host's state again
 // every NetworkRetry, not on every tick of its loop.
 func TestAnUnreachableVCenterIsAskedEveryNetworkRetry(t *testing.T) {

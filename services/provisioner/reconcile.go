@@ -660,10 +660,13 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 }
 
 // forgetGuest drops what the record knows from the guest of a VM that is
-// gone or replaced: the next VM's guest starts from nothing, and what its
-// containers did is kept only as what they did before (their restarts).
+// gone or replaced: the next VM's guest starts from nothing. The last
+// report is kept aside (GuestBefore) until the next one, which carries its
+// containers' restarts if it is another boot's.
 func forgetGuest(r *events.PodRecord) {
-	carryOver(r)
+	if r.Guest != nil {
+		r.GuestBefore = &events.GuestBefore{Report: *r.Guest, InitContainerStatuses: r.InitContainerStatuses, ContainerStatuses: r.ContainerStatuses}
+	}
 	r.Guest, r.InitContainerStatuses, r.ContainerStatuses, r.GuestRepairs = nil, nil, nil, 0
 }
 

@@ -52,11 +52,11 @@ func (h handling) containersReported(ctx context.Context, p *events.PodContainer
 		if err != nil || r == nil || r.UID != p.UID {
 			return err
 		}
-		if why := staleReport(r, p); why != "" {
+		if why := staleReport(r, p, h.ev.Time()); why != "" {
 			h.log.Info("container report ignored", "why", why, "vm", p.VM, "bootID", p.BootID, "seq", p.Seq)
 			return h.finishDelete(ctx, r)
 		}
-		s.foldReport(r, p)
+		s.foldReport(r, p, h.ev.Time())
 		if err := s.settle(ctx, r); err != nil {
 			return err
 		}
@@ -83,28 +83,42 @@ func (h handling) finishDelete(ctx context.Context, r *events.PodRecord) error {
 }
 
 // staleReport says why a report must not be folded into r, or "".
-func staleReport(r *events.PodRecord, p *events.PodContainersReported) string {
+func staleReport(r *events.PodRecord, p *events.PodContainersReported, published time.Time) string {
 	switch {
 	case r.Phase == events.PodPhaseFailed && r.VMRef == "":
 		return "the pod failed and has no VM"
 	case p.VM != r.VMName:
 		return fmt.Sprintf("from VM %s, not the pod's current VM %s", p.VM, r.VMName)
-	case r.Guest != nil && r.Guest.BootID == p.BootID && p.Seq <= r.Guest.Seq:
-		return fmt.Sprintf("seq %d of boot %s already folded (last %d)", p.Seq, p.BootID, r.Guest.Seq)
-	case slices.Contains(r.BootsBefore, p.BootID):
-		return fmt.Sprintf("boot %s was replaced by a newer one", p.BootID)
+	}
+	last := r.Guest
+	if last == nil && r.GuestBefore != nil {
+		last = &r.GuestBefore.Report
+	}
+	switch {
+	case last == nil:
+	case last.BootID == p.BootID && p.Seq <= last.Seq:
+		return fmt.Sprintf("seq %d of boot %s already folded (last %d)", p.Seq, p.BootID, last.Seq)
+	case last.BootID != p.BootID && !published.IsZero() && published.Before(last.Time):
+		// A VM's boots follow one another: a report of another boot
+		// published before the last one folded is an older boot's, late
+		// (redelivered, or folded by another replica after a newer one).
+		return fmt.Sprintf("boot %s's report was published before the last one of boot %s", p.BootID, last.BootID)
 	}
 	return ""
 }
 
 // foldReport copies the report's statuses into the record (in memory) and
 // sets the conditions derived from them. The phase is settle's.
-func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReported) {
+func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReported, published time.Time) {
 	now := s.now().UTC()
-	if r.Guest != nil && r.Guest.BootID != p.BootID {
-		carryOver(r)
+	switch {
+	case r.Guest != nil && r.Guest.BootID != p.BootID:
+		carryOver(r, r.InitContainerStatuses, r.ContainerStatuses)
+	case r.Guest == nil && r.GuestBefore != nil && r.GuestBefore.Report.BootID != p.BootID:
+		carryOver(r, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
 	}
-	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now}
+	r.GuestBefore = nil
+	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now, Time: published.UTC()}
 	r.InitContainerStatuses = withCarried(p.InitContainerStatuses, r.ContainersBefore)
 	r.ContainerStatuses = withCarried(p.ContainerStatuses, r.ContainersBefore)
 	r.GuestRepairs = 0
@@ -150,19 +164,18 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 // container a node's reboot ended).
 const reasonGuestRestarted = "Unknown"
 
-// carryOver adds to r.ContainersBefore what the folded statuses leave to
-// the guest's next boot, and remembers the boot as replaced
-// (r.BootsBefore). A container that started in this boot counts the next
-// boot's start as a restart, and one that was running when its guest
-// stopped ended unknown. Whether it started is the guest's word, not the
-// folded count, which holds what earlier boots carried: running or
+// carryOver adds to r.ContainersBefore what a boot's last folded statuses
+// (which already hold what earlier boots carried) leave to the next boot:
+// a container that started in that boot counts the next boot's start as a
+// restart, and one that was running when its guest stopped ended unknown.
+// Whether it started is the guest's word, not the folded count: running or
 // terminated, or waiting with a restart or a last state of the guest's own
-// (back-off after its first crash). A container that never started in this
+// (back-off after its first crash). A container that never started in that
 // boot keeps what it had.
-func carryOver(r *events.PodRecord) {
+func carryOver(r *events.PodRecord, lists ...[]corev1.ContainerStatus) {
 	before := r.ContainersBefore
 	out := maps.Clone(before)
-	for _, cs := range slices.Concat(r.InitContainerStatuses, r.ContainerStatuses) {
+	for _, cs := range slices.Concat(lists...) {
 		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
 		switch {
@@ -174,7 +187,7 @@ func carryOver(r *events.PodRecord) {
 		case cs.State.Terminated != nil:
 			c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
 		case cs.RestartCount == prev.Restarts && equality.Semantic.DeepEqual(cs.LastTerminationState, prev.LastState):
-			continue // never started in this boot
+			continue // never started in that boot
 		}
 		if out == nil {
 			out = map[string]events.CarriedContainer{}
@@ -182,18 +195,7 @@ func carryOver(r *events.PodRecord) {
 		out[cs.Name] = c
 	}
 	r.ContainersBefore = out
-	if r.Guest != nil && !slices.Contains(r.BootsBefore, r.Guest.BootID) {
-		r.BootsBefore = append(r.BootsBefore, r.Guest.BootID)
-		if n := len(r.BootsBefore); n > maxBootsBefore {
-			r.BootsBefore = slices.Delete(r.BootsBefore, 0, n-maxBootsBefore)
-		}
-	}
 }
-
-// maxBootsBefore bounds the replaced boots a record remembers: a report
-// from one of them is late (redelivered, or folded by another replica
-// after a newer boot's), and a late one older than that is unlikely.
-const maxBootsBefore = 8
 
 // withCarried is the guest's statuses with what earlier boots carried
 // added: their restarts, and their last state until the guest has one.
