@@ -540,6 +540,12 @@ func TestEvictionAndMigration(t *testing.T) {
 	if vm, _ := e.vms.Get(context.Background(), vmRef(first.VM)); vm != nil {
 		t.Errorf("evicted pod's old VM %s still exists", first.VM)
 	}
+	// The same eviction told again (another event: a late one, or
+	// another replica's) changes nothing.
+	e.PublishHandled(Name, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "mobile", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
+	if again := e.record(svc, "default", "mobile"); again.Generation != r.Generation || again.EvictedFrom != hosts[1].Name {
+		t.Errorf("after a late eviction from %s: generation %d (was %d), evicted from %q", hosts[0].Name, again.Generation, r.Generation, again.EvictedFrom)
+	}
 	e.facts(acc, hosts[0].Name)
 	second := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
 	if second.Host != hosts[0].Name {

@@ -764,7 +764,11 @@ func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
 	if err != nil || r == nil || r.UID != p.UID {
 		return err
 	}
-	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed || (r.Host != "" && r.Host != p.Host) {
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed || r.Host != p.Host {
+		// Not on that host (any more): an eviction folded already (a
+		// redelivery, or a late one of an earlier placement) changes
+		// nothing, neither the generation nor where the pod was evicted
+		// from.
 		return nil
 	}
 	ctx, span := s.span(ctx, "provisioner.evict", r, attribute.String("host", p.Host))
