@@ -83,6 +83,20 @@ func PodHasVM(phase string) bool {
 	return false
 }
 
+// IsPodVM reports whether a VM found in vCenter by a stored reference is
+// the one of pod uid named name, from the VM's guestinfo uid (vmUID, empty
+// when it has none) or, without one, its name (vmName). The reference alone
+// does not say: a vCenter rebuilt from nothing (the simulated datacenter of
+// a restarted `podvisor up`, a vCenter restored or reinstalled) numbers its
+// VMs from the start again, and a VM's old reference may name another
+// pod's VM.
+func IsPodVM(vmUID, vmName, uid, name string) bool {
+	if vmUID != "" {
+		return vmUID == uid
+	}
+	return vmName == name
+}
+
 // GuestReport is what the provisioner folded from the guest's reports
 // (pod.containers.reported): which boot and report it was, so that older
 // reports are recognized and ignored.

@@ -307,10 +307,9 @@ func (s *Service) precheck(ctx context.Context, r *events.MigrationRecord) (*pla
 	if err != nil {
 		return nil, err
 	}
-	if vm.UID != pod.UID && (vm.UID != "" || vm.Name != pod.VMName) {
-		// A vCenter rebuilt from nothing numbers its VMs again: the
-		// reference names another pod's VM until the provisioner's drift
-		// repair creates this pod's again.
+	if !events.IsPodVM(vm.UID, vm.Name, pod.UID, pod.VMName) {
+		// The reference names another pod's VM (a rebuilt vCenter) until
+		// the provisioner's drift repair creates this pod's again.
 		return nil, refuse(ReasonVMNotFound, "pod VM %s of %s does not exist in vCenter (%s is VM %s now)", pod.VMName, r.Key(), pod.VMRef, vm.Name)
 	}
 	if vm.Host == r.TargetHost {

@@ -540,17 +540,14 @@ func (s *Service) recordedVM(ctx context.Context, r *events.PodRecord) (*podvm.V
 }
 
 // podsVM is the VM of reference ref when it is r's VM named name, nil
-// otherwise: a vCenter rebuilt from nothing (the simulated datacenter of a
-// restarted `up`, a vCenter restored or reinstalled) numbers its VMs from
-// the start again, and the reference of a VM that is gone may name another
-// pod's VM since. Acting on that one would power off or destroy another
-// pod.
+// otherwise (events.IsPodVM): acting on another pod's VM that a reused
+// reference names would power it off or destroy it.
 func (s *Service) podsVM(ctx context.Context, r *events.PodRecord, ref, name string) (*podvm.VM, error) {
 	vm, err := s.getVM(ctx, vmRef(ref))
 	if err != nil || vm == nil {
 		return nil, err
 	}
-	if vm.UID != r.UID && (vm.UID != "" || vm.Name != name) {
+	if !events.IsPodVM(vm.UID, vm.Name, r.UID, name) {
 		s.log.Warn("a VM reference of the pod names another VM now", "key", r.Key(), "vm", ref, "name", vm.Name, "vm_uid", vm.UID)
 		return nil, nil
 	}

@@ -205,7 +205,9 @@ func run(ctx context.Context, o Options, spec runner.Spec, settings config.Sourc
 		// is back.
 		connect := redisFrom
 		if spec.NeedsRedis {
-			connect = func(settings config.Source) (*redis.Client, error) { return connectRedisRetrying(ctx, settings, logger) }
+			connect = func(settings config.Source) (*redis.Client, error) {
+				return connectRedisRetrying(ctx, settings, logger)
+			}
 		}
 		rdb, err := connect(settings)
 		if err != nil {
