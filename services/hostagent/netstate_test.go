@@ -2,9 +2,9 @@ package hostagent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
-	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
