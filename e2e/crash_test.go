@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/servetest"
 )
 
 var serviceNames = []string{"imagecache", "migration", "netconfig", "provisioner", "scheduler"}
@@ -72,7 +73,7 @@ func TestCrashConvergence(t *testing.T) {
 	}
 	bin := podvisorBin(t)
 	work := t.TempDir()
-	ns := &natsServer{t: t, bin: filepath.Join(work, "natsd"), dir: work, port: freePort(t)}
+	ns := &natsServer{t: t, bin: filepath.Join(work, "natsd"), dir: work, port: servetest.FreePort(t)}
 	if out, err := exec.Command("go", "build", "-o", ns.bin, "./internal/natsd").CombinedOutput(); err != nil {
 		t.Fatalf("build natsd: %v\n%s", err, out)
 	}
@@ -98,7 +99,7 @@ func TestCrashConvergence(t *testing.T) {
 		sv.p = startProcess(t, "serve "+sv.name, filepath.Join(work, sv.name+".log"), env, bin, "serve", sv.name, "--state-dir", s.dir)
 	}
 	for _, n := range serviceNames {
-		sv := &service{name: n, health: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
+		sv := &service{name: n, health: fmt.Sprintf("127.0.0.1:%d", servetest.FreePort(t))}
 		startSvc(sv)
 		svcs[n] = sv
 	}

@@ -9,6 +9,7 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/nats-io/nats.go v1.55.0
 	github.com/podvisor/podvisor/events v0.0.0
+	github.com/podvisor/podvisor/shared v0.0.0
 	github.com/vmware/govmomi v0.56.0
 	k8s.io/api v0.37.2
 	k8s.io/apimachinery v0.37.2

@@ -29,3 +29,15 @@ func Accept(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 		}
 	}()
 }
+
+// FreePort returns a loopback port nothing listens on (the kernel's choice,
+// released at once), for a server started after its client.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/redisserver"
 	"github.com/podvisor/podvisor/shared/redistest"
+	"github.com/podvisor/podvisor/shared/servetest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/syncbuf"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -27,7 +28,7 @@ import (
 // A service started while NATS is down waits for it, saying so, and
 // connects once the server is up, rather than exiting.
 func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
-	port := freePort(t)
+	port := servetest.FreePort(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -49,18 +50,6 @@ func TestAServiceWaitsForNATSToComeUp(t *testing.T) {
 	if st := b.Conn().Status(); st != nats.CONNECTED {
 		t.Errorf("connection %s, want CONNECTED", st)
 	}
-}
-
-// freePort finds a loopback port nothing listens on, for a server started
-// after its client.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // waitingToConnect runs connect with a logger in the background and waits
@@ -127,7 +116,7 @@ func TestWaitingForNATSEndsWithTheContextAndARefusalIsFinal(t *testing.T) {
 // A service started while vCenter is down waits for it the same way; a
 // refused login is final at once.
 func TestAServiceWaitsForVCenterToComeUp(t *testing.T) {
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", servetest.FreePort(t))
 	cfg := vsphere.Config{URL: "http://" + addr + "/sdk", Username: "podvisor", Password: "podvisor"}
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -168,7 +157,7 @@ func refusedAtOnce(t *testing.T, connect func(*slog.Logger) error) {
 // A service that needs Redis (the image cache reads it at its start)
 // waits for it the same way; a refused login is final at once.
 func TestAServiceWaitsForRedisToComeUp(t *testing.T) {
-	port := freePort(t)
+	port := servetest.FreePort(t)
 	settings := config.Map(map[string]string{"PODVISOR_REDIS_URL": fmt.Sprintf("redis://127.0.0.1:%d/0", port)})
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
