@@ -5,9 +5,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmware/govmomi/event"
-	"github.com/vmware/govmomi/vim25/types"
-
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/compat"
 	"github.com/podvisor/podvisor/shared/sim"
@@ -111,13 +108,8 @@ func TestGuestClusterCheckOnVCenter(t *testing.T) {
 	if bad.VCenterEventKey == 0 {
 		t.Errorf("no vCenter event key: %s", bad.Message)
 	}
-	evs, err := event.NewManager(c.Client).QueryEvents(ctx, types.EventFilterSpec{
-		Entity: &types.EventFilterSpecByEntity{Entity: cluster, Recursion: types.EventFilterSpecRecursionOptionSelf}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := 0
-	for _, e := range evs {
+	for _, e := range simtest.EventsOn(t, c, cluster) {
 		if m := e.GetEvent().FullFormattedMessage; strings.Contains(m, "gc2") && strings.Contains(m, bad.Unmet[0].Name) {
 			found++
 		}

@@ -6,6 +6,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"testing"
+
+	"github.com/podvisor/podvisor/agent/privtest"
 )
 
 var (
@@ -39,6 +42,22 @@ func Binary(pkg string) func() (string, error) {
 
 // AgentBinary builds the pod VM agent (agent/cmd/podvm-agent).
 var AgentBinary = Binary("github.com/podvisor/podvisor/agent/cmd/podvm-agent")
+
+// GuestAgent is the start of a test that runs simulated guests: it skips
+// the test (fails it under PODVISOR_REQUIRE_PRIVILEGED) unless it runs as
+// root with what a guest's agent uses (runc, mkfs.erofs, mkfs.ext4,
+// busybox) and tools, why saying what needs root, and returns the pod VM
+// agent built for them.
+func GuestAgent(t testing.TB, why string, tools ...string) string {
+	t.Helper()
+	privtest.Require(t, why)
+	privtest.RequireTools(t, append([]string{"runc", "mkfs.erofs", "mkfs.ext4", "busybox"}, tools...)...)
+	agent, err := AgentBinary()
+	if err != nil {
+		t.Fatalf("build podvm-agent: %v", err)
+	}
+	return agent
+}
 
 // RemoveBinaries removes what Binary built.
 func RemoveBinaries() {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/event"
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/view"
 	"github.com/vmware/govmomi/vim25/mo"
@@ -30,6 +31,18 @@ func VMHost(t testing.TB, c *govmomi.Client, vm types.ManagedObjectReference) (h
 func VMExists(c *govmomi.Client, vm types.ManagedObjectReference) bool {
 	var m mo.VirtualMachine
 	return c.RetrieveOne(context.Background(), vm, []string{"name"}, &m) == nil
+}
+
+// EventsOn are the events vCenter holds on entity itself, not on its
+// children (what `govc events` lists for it).
+func EventsOn(t testing.TB, c *govmomi.Client, entity types.ManagedObjectReference) []types.BaseEvent {
+	t.Helper()
+	evs, err := event.NewManager(c.Client).QueryEvents(context.Background(), types.EventFilterSpec{
+		Entity: &types.EventFilterSpecByEntity{Entity: entity, Recursion: types.EventFilterSpecRecursionOptionSelf}})
+	if err != nil {
+		t.Fatalf("simtest: events on %s: %v", entity.Value, err)
+	}
+	return evs
 }
 
 // PortGroupView is what vCenter says of a distributed port group.

@@ -1,13 +1,11 @@
 package cli
 
 import (
-	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/vmware/govmomi/event"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
@@ -24,7 +22,6 @@ import (
 // unmet requirement; a guest cluster podvisor does not know is an error.
 func TestGuestClusterCompatibilityThroughTheCLI(t *testing.T) {
 	sys, dir := startUp(t, "guestcluster", allinone.Config{HostsPerCluster: 1, Guests: allinone.GuestsOff})
-	ctx := context.Background()
 	gc := `apiVersion: podvisor.io/v1alpha1
 kind: GuestCluster
 metadata: {name: gc2, namespace: team-a}
@@ -56,13 +53,8 @@ spec: {version: v1.38.0, controlPlane: {replicas: 1, className: small}, workers:
 	// request's), on the cluster, naming the feature.
 	c := simtest.Client(t, sys.Datacenter)
 	cluster := sys.Datacenter.Clusters()[0].Ref
-	evs, err := event.NewManager(c.Client).QueryEvents(ctx, types.EventFilterSpec{
-		Entity: &types.EventFilterSpecByEntity{Entity: cluster, Recursion: types.EventFilterSpecRecursionOptionSelf}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	found := 0
-	for _, e := range evs {
+	for _, e := range simtest.EventsOn(t, c, cluster) {
 		ex, ok := e.(*types.EventEx)
 		if ok && ex.Severity == string(types.EventEventSeverityWarning) && strings.Contains(ex.FullFormattedMessage, "team-a/gc2") &&
 			strings.Contains(ex.FullFormattedMessage, feature) {
