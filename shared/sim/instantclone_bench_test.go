@@ -15,7 +15,6 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -29,12 +28,7 @@ import (
 //
 //	go test -run '^$' -bench GuestStartForkedVsCreated -benchtime 8x ./shared/sim/
 func BenchmarkGuestStartForkedVsCreated(b *testing.B) {
-	privtest.Require(b, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(b, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		b.Fatal(err)
-	}
+	agent := simtest.GuestAgent(b, "simulated guests run in namespaces and cgroups")
 	image, err := os.ReadFile(simtest.BusyboxImage(b, []string{"sh", "echo", "sleep"}, nil))
 	if err != nil {
 		b.Fatal(err)

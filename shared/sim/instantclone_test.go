@@ -15,7 +15,6 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -271,13 +270,8 @@ type templateVM struct {
 // VM's image disk holds.
 func agentGuests(t *testing.T, hosts int) (d *sim.Datacenter, channels string, image []byte) {
 	t.Helper()
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
-	image, err = os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
+	agent := simtest.GuestAgent(t, "simulated guests run in namespaces and cgroups")
+	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "echo", "sleep"}, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -58,12 +58,7 @@ func wget(guestPID int, url string, timeout time.Duration) (string, error) {
 // (its segment is another bridge). Destroying the port group takes the
 // segment away; Close leaves no interface behind.
 func TestPodNetworksCarryPacketsAndIsolate(t *testing.T) {
-	privtest.Require(t, "simulated guests and their network segments need root")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox", "nsenter")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
+	agent := simtest.GuestAgent(t, "simulated guests and their network segments need root", "nsenter")
 	image := simtest.BusyboxImage(t, []string{"sh", "sleep", "httpd"}, map[string]string{"www/index.html": "hello from b\n"})
 	img, err := os.ReadFile(image)
 	if err != nil {

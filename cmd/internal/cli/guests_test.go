@@ -158,12 +158,7 @@ type guestSim struct {
 
 func startGuestSim(t *testing.T) *guestSim {
 	t.Helper()
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
+	agent := simtest.GuestAgent(t, "simulated guests run in namespaces and cgroups")
 	g := &guestSim{image: simtest.BusyboxImage(t, []string{"sh", "echo", "sleep", "cat"}, nil), bus: bustest.Start(t)}
 	// Short: guest channels are unix sockets below it.
 	base, err := os.MkdirTemp("", "pvg-")

@@ -5,7 +5,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -23,12 +22,7 @@ import (
 // pass their 108-byte limit).
 func guestsUp(t *testing.T, why string, cfg allinone.Config, tools ...string) (*allinone.System, string) {
 	t.Helper()
-	privtest.Require(t, why)
-	privtest.RequireTools(t, append([]string{"runc", "mkfs.erofs", "mkfs.ext4", "busybox"}, tools...)...)
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
+	agent := simtest.GuestAgent(t, why, tools...)
 	cfg.Guests, cfg.Agent = allinone.GuestsOn, agent
 	return startUp(t, "all", cfg)
 }

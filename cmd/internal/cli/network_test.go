@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bustest"
@@ -27,12 +26,7 @@ import (
 // groups with IPAM's MAC, the spec's NICs with IP, prefix and gateway); the
 // provisioner writing those NICs is not wired on this branch yet.
 func TestPodNetworkReachableByExec(t *testing.T) {
-	privtest.Require(t, "simulated guests and their network segments need root")
-	privtest.RequireTools(t, "runc", "mkfs.erofs", "mkfs.ext4", "busybox")
-	agent, err := simtest.AgentBinary()
-	if err != nil {
-		t.Fatalf("build podvm-agent: %v", err)
-	}
+	agent := simtest.GuestAgent(t, "simulated guests and their network segments need root")
 	image, err := os.ReadFile(simtest.BusyboxImage(t, []string{"sh", "sleep", "httpd", "wget", "timeout"},
 		map[string]string{"www/index.html": "hello from b\n"}))
 	if err != nil {
