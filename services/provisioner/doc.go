@@ -93,12 +93,14 @@
 //
 // # Drift repair
 //
-// Every Config.ResyncInterval, Resync compares all records with the pod VMs
+// At start and every Config.ResyncInterval, Resync compares all records with the pod VMs
 // below the podvisor folder: orphan VMs (no record), stale VMs of earlier
 // placements and VMs a Failed pod still has are destroyed, pods with a VM
 // (Starting, Running, Succeeded) whose VM is gone are provisioned again,
 // their powered-off VMs are powered on, and pods stuck half-way are driven
-// on. A Starting pod whose guest never reported within Config.GuestTimeout
+// on. A pass marks every pod whose VM is gone (Provisioning, VMMissing)
+// before it makes any VM again, so that no pod goes on claiming Running
+// while the VMs of the pods before it are made. A Starting pod whose guest never reported within Config.GuestTimeout
 // is reported (VMReady False, reason GuestSilent), then power-cycled, up to
 // Config.GuestRepairs times, then its VM is created again.
 // Every repair is logged and counted in podvisor_provisioner_repairs_total

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
@@ -476,6 +477,66 @@ func TestDriftRepairAroundAnUndecodableRecord(t *testing.T) {
 	}
 	if report, err := svc.Resync(ctx); err != nil || report[RepairOrphanVM] != 1 {
 		t.Errorf("Resync after the record went = %v, %v; want the orphan destroyed", report, err)
+	}
+}
+
+// TestAPassMarksEveryLostVMBeforeMakingAny: a vCenter that lost the VMs of
+// several Running pods (a restarted simulated datacenter) has them all made
+// again by one pass. Before any is made, every one of those records says
+// so (Provisioning, VMMissing): the pods whose turn comes later must not go
+// on claiming Running meanwhile. The bucket's updates, watched in order,
+// show every mark before the first record of a VM made again.
+func TestAPassMarksEveryLostVMBeforeMakingAny(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.DC.Hosts()[0].Name
+	ctx := context.Background()
+	lost := map[string]bool{}
+	for _, name := range []string{"lost-a", "lost-b", "lost-c"} {
+		acc, _ := e.provision(testPod(name), host)
+		if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + acc.UID)[0].Ref); err != nil {
+			t.Fatal(err)
+		}
+		lost[events.PodRecordKey("default", name)] = true
+	}
+	w, err := e.KV(events.BucketPods).WatchAll(ctx, jetstream.UpdatesOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = w.Stop() }()
+
+	report, err := svc.Resync(ctx)
+	if err != nil || report[RepairMissingVM] != len(lost) {
+		t.Fatalf("Resync = %v, %v; want %d VMs made again", report, err, len(lost))
+	}
+	var order []string // "mark <key>" or "made <key>", in revision order
+	marked, made := map[string]bool{}, map[string]bool{}
+	for len(made) < len(lost) {
+		select {
+		case entry := <-w.Updates():
+			if entry == nil || !lost[entry.Key()] || entry.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var r events.PodRecord
+			if err := json.Unmarshal(entry.Value(), &r); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case r.Reason == ReasonVMMissing && r.VMRef == "" && !marked[entry.Key()]:
+				marked[entry.Key()] = true
+				order = append(order, "mark "+entry.Key())
+			case r.VMRef != "" && marked[entry.Key()] && !made[entry.Key()]:
+				made[entry.Key()] = true
+				order = append(order, "made "+entry.Key())
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the pods' records did not all name a new VM; updates seen: %v", order)
+		}
+	}
+	for i, step := range order {
+		if strings.HasPrefix(step, "made ") && i < len(lost) {
+			t.Fatalf("a VM was made again before every lost VM's record said so: %v", order)
+		}
 	}
 }
 

@@ -80,7 +80,8 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	type repair struct {
 		r     *events.PodRecord
 		stale []podvm.VM // VMs of the pod that are not the record's
-		fix   func(context.Context, RepairReport) error
+		mark  repairFn
+		fix   repairFn
 	}
 	// A record that changes during the replay can come twice; the later
 	// one decides (repairs keyed by uid).
@@ -104,12 +105,12 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 				stale = append(stale, v)
 			}
 		}
-		if fix := s.repairOf(r, vm, hasVM); fix != nil || len(stale) > 0 {
+		if mark, fix := s.repairOf(r, vm, hasVM); mark != nil || fix != nil || len(stale) > 0 {
 			if !inOrder[r.UID] {
 				inOrder[r.UID] = true
 				order = append(order, r.UID)
 			}
-			repairs[r.UID] = repair{r: r, stale: stale, fix: fix}
+			repairs[r.UID] = repair{r: r, stale: stale, mark: mark, fix: fix}
 		}
 	}, func(key string, err error) { undecodable = append(undecodable, key) })
 	if err != nil {
@@ -127,6 +128,14 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	for _, vm := range vms {
 		if vm.UID != "" && !recorded[vm.UID] && len(undecodable) == 0 {
 			errs = append(errs, s.repairOrphan(ctx, vm, report))
+		}
+	}
+	// Every record is marked before any VM is made: after a vCenter lost
+	// its VMs (a restarted simulated datacenter), no pod goes on saying
+	// Running while the pass makes the VMs of the pods before it.
+	for _, uid := range order {
+		if rp, ok := repairs[uid]; ok && rp.mark != nil {
+			errs = append(errs, rp.mark(ctx, report))
 		}
 	}
 	for _, uid := range order {
@@ -225,16 +234,21 @@ func (s *Service) repairStale(ctx context.Context, r *events.PodRecord, vm podvm
 	return nil
 }
 
+// repairFn is one repair of one pod.
+type repairFn func(context.Context, RepairReport) error
+
 // repairOf checks one record against its VM (hasVM says whether the
 // listing found it) and returns the repair of what differs, nil when
 // nothing does. Deciding apart from repairing lets a pass keep only the
-// records it repairs.
-func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(context.Context, RepairReport) error {
+// records it repairs. A repair that takes long (making a VM again) comes
+// in two steps: mark, a quick record write that makes the status say what
+// is being repaired, and fix; a pass runs every mark before any fix.
+func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, fix repairFn) {
 	stuck := s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
 	switch {
 	case !r.DeletionRequestedAt.IsZero() && stuck,
 		(r.Phase == events.PodPhaseProvisioning || r.Phase == events.PodPhaseScheduled) && ready(r) && stuck:
-		return func(ctx context.Context, report RepairReport) error {
+		return nil, func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairStuck, func(fresh *events.PodRecord) (bool, error) {
 				if fresh.ResourceVersion != r.ResourceVersion {
 					return false, nil // someone moved it on meanwhile
@@ -252,7 +266,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 			})
 		}
 	case r.Phase == events.PodPhaseScheduled && r.DeletionRequestedAt.IsZero() && !ready(r) && stuck:
-		return func(ctx context.Context, report RepairReport) error {
+		return nil, func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairAwaitingFacts, func(fresh *events.PodRecord) (bool, error) {
 				if fresh.ResourceVersion != r.ResourceVersion {
 					return false, nil // a fact came meanwhile, or another replica asked
@@ -265,7 +279,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 		// refused at the time. (A Failed pod that still names its VM
 		// failed in its containers: the VM stays, with their logs, until
 		// the pod is deleted.)
-		return func(ctx context.Context, report RepairReport) error {
+		return nil, func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairOrphanVM, func(fresh *events.PodRecord) (bool, error) {
 				if fresh.Phase != events.PodPhaseFailed || fresh.VMRef != "" {
 					return false, nil
@@ -282,9 +296,9 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 			})
 		}
 	case !vmOn(r):
-		return nil
+		return nil, nil
 	case hasVM && vm.PowerState != types.VirtualMachinePowerStatePoweredOn:
-		return func(ctx context.Context, report RepairReport) error {
+		return nil, func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairPowerState, func(fresh *events.PodRecord) (bool, error) {
 				if !vmOn(fresh) || fresh.VMRef != vm.Ref.Value {
 					return false, nil
@@ -301,7 +315,8 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 			})
 		}
 	case !hasVM:
-		return func(ctx context.Context, report RepairReport) error {
+		var marked uint64 // the record's revision once marked
+		mark = func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
 				if !vmOn(fresh) {
 					return false, nil
@@ -322,18 +337,28 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) func(co
 				if err := s.save(ctx, fresh); err != nil {
 					return false, err
 				}
-				if err := s.provision(ctx, fresh, false); err != nil {
-					return true, err
-				}
+				marked = fresh.ResourceVersion
 				return true, nil
 			})
 		}
+		fix = func(ctx context.Context, report RepairReport) error {
+			if marked == 0 {
+				return nil
+			}
+			return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
+				if fresh.ResourceVersion != marked {
+					return false, nil // moved on since the mark: its handler (or the stuck repair) goes on
+				}
+				return false, s.provision(ctx, fresh, false)
+			})
+		}
+		return mark, fix
 	case s.guestSilent(r):
-		return func(ctx context.Context, report RepairReport) error {
+		return nil, func(ctx context.Context, report RepairReport) error {
 			return s.repairSilentGuest(ctx, r, vm, report)
 		}
 	}
-	return nil
+	return nil, nil
 }
 
 // askForFacts asks the owners of the facts a Scheduled pod still lacks

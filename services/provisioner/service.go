@@ -198,11 +198,12 @@ func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
 	}
 }
 
-// resyncLoop runs drift repair soon after start, then every ResyncInterval.
-// The early pass matters after a restart: a vCenter that lost pod VMs
-// meanwhile (a restarted simulator, a restore) is repaired in seconds.
+// resyncLoop runs drift repair at start, then every ResyncInterval. The
+// pass at start matters after a restart: a vCenter that lost pod VMs
+// meanwhile (a restarted simulator, a restore) is repaired at once, and
+// until it is the records of those pods would claim VMs that are gone.
 func (s *Service) resyncLoop(ctx context.Context) {
-	periodic.EveryAfter(ctx, min(s.cfg.ResyncInterval, 5*time.Second), s.cfg.ResyncInterval, s.log, "drift repair incomplete",
+	periodic.EveryAfter(ctx, 0, s.cfg.ResyncInterval, s.log, "drift repair incomplete",
 		func(ctx context.Context) error { _, err := s.Resync(ctx); return err })
 }
 

@@ -108,9 +108,14 @@ func (e *env) publish(source string, p events.Payload) {
 
 func (e *env) waitRecord(what string, ok func(*events.VMRecord) bool) *events.VMRecord {
 	e.t.Helper()
+	return e.waitRecordOf("team-a", "vm1", what, ok)
+}
+
+func (e *env) waitRecordOf(namespace, name, what string, ok func(*events.VMRecord) bool) *events.VMRecord {
+	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		r, _, err := e.vms.Get(context.Background(), events.VMRecordKey("team-a", "vm1"))
+		r, _, err := e.vms.Get(context.Background(), events.VMRecordKey(namespace, name))
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -186,9 +191,10 @@ func (e *env) declareImage(spec events.VirtualMachineImageSpec) {
 func (e *env) runOn(decl *events.VMDeclared, host sim.HostSpec) *events.VMRecord {
 	e.t.Helper()
 	e.publish("podvisor/cli", decl)
-	r := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	ns, name := decl.VM.Metadata.Namespace, decl.VM.Metadata.Name
+	r := e.waitRecordOf(ns, name, "accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
 	e.place(r, host)
-	return e.waitRecord("Ready and PoweredOn", func(r *events.VMRecord) bool {
+	return e.waitRecordOf(ns, name, "Ready and PoweredOn", func(r *events.VMRecord) bool {
 		return r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == events.PowerStatePoweredOn
 	})
 }
@@ -337,6 +343,67 @@ func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 	}
 	if repaired, err := e.ctl.Resync(ctx); err != nil || len(repaired) != 0 {
 		t.Errorf("a second pass: %v, %v; want nothing to repair", repaired, err)
+	}
+}
+
+// TestAPassClaimsEveryLostVMBeforeMakingAny: of several VMs a vCenter lost,
+// every record says so (Creating, Created False VMMissing) before the
+// first is made again: none goes on claiming Ready meanwhile. The bucket's
+// updates, watched in order, show every claim before the first record of
+// a VM made again.
+func TestAPassClaimsEveryLostVMBeforeMakingAny(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	lost := map[string]string{} // record key → its VM's reference before
+	for _, name := range []string{"vm1", "vm2"} {
+		decl := vmDecl("small", "")
+		decl.VM.Metadata.Name = name
+		r := e.runOn(decl, e.dc.Hosts()[0])
+		vm := e.vm(r)
+		if task, err := vm.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+			t.Fatalf("power off %s: %v", name, err)
+		}
+		if err := vm.Unregister(ctx); err != nil {
+			t.Fatal(err)
+		}
+		lost[events.VMRecordKey(r.Namespace, r.Name)] = vm.Reference().Value
+	}
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	changes, err := e.vms.Watch(wctx, ">", func(err error) { t.Errorf("watch: %v", err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repaired, err := e.ctl.Resync(ctx); err != nil || repaired[nativevm.RepairMissing] != len(lost) {
+		t.Fatalf("Resync = %v, %v; want %d VMs made again", repaired, err, len(lost))
+	}
+	var order []string // "claim <key>" or "made <key>", in revision order
+	claimed, made := map[string]bool{}, map[string]bool{}
+	for len(made) < len(lost) {
+		select {
+		case c := <-changes:
+			before, ok := lost[c.Key]
+			if !ok || c.Value == nil || c.Initial {
+				continue
+			}
+			switch {
+			case c.Value.Status.Phase == events.VMPhaseCreating && !claimed[c.Key]:
+				claimed[c.Key] = true
+				order = append(order, "claim "+c.Key)
+			case claimed[c.Key] && c.Value.Status.Phase == events.VMPhaseReady && c.Value.Status.VM != before && !made[c.Key]:
+				made[c.Key] = true
+				order = append(order, "made "+c.Key)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("the records did not all name a VM made again; seen: %v", order)
+		}
+	}
+	for i, step := range order {
+		if strings.HasPrefix(step, "made ") && i < len(lost) {
+			t.Fatalf("a VM was made again before every lost VM's record said so: %v", order)
+		}
 	}
 }
 

@@ -63,27 +63,68 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("native VMs: %w", err)
 	}
+	// Every record is claimed (its status saying what is repaired) before
+	// any VM is made: after a vCenter lost them all, no record goes on
+	// saying Ready while the VMs before it are made again.
 	done := map[string]int{}
 	var errs []error
-	for _, rp := range todo {
-		ok, err := c.repair(ctx, rp.key, rp.rev, rp.kind)
+	claimed := make([]uint64, len(todo)) // the revision each claim wrote
+	for i, rp := range todo {
+		rev, err := c.claim(ctx, rp.key, rp.rev, rp.kind)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("native VM %s: %w", rp.key, err))
 		}
-		if ok {
+		if rev != 0 {
+			claimed[i] = rev
 			done[rp.kind]++
+		}
+	}
+	for i, rp := range todo {
+		if claimed[i] == 0 {
+			continue
+		}
+		if err := c.repair(ctx, rp.key, claimed[i]); err != nil {
+			errs = append(errs, fmt.Errorf("native VM %s: %w", rp.key, err))
 		}
 	}
 	return done, errors.Join(errs...)
 }
 
-// repair claims the record at rev and converges it.
-func (c *Controller) repair(ctx context.Context, key string, rev uint64, kind string) (bool, error) {
+// repair converges the record claimed at rev, unless a handler moved it on
+// since (then that handler converges it).
+func (c *Controller) repair(ctx context.Context, key string, rev uint64) error {
+	unlock, rec, err := c.lockAt(ctx, key, rev)
+	if err != nil || rec == nil {
+		return err
+	}
+	defer unlock()
+	return c.converge(ctx, nil, rec)
+}
+
+// lockAt takes the VM's lock and reads its record; a record gone, or at
+// another revision than rev, is nil.
+func (c *Controller) lockAt(ctx context.Context, key string, rev uint64) (func(), *events.VMRecord, error) {
 	rec, cur, err := c.vms.Get(ctx, key)
 	if err != nil || rec == nil || cur != rev {
-		return false, err // gone, or moved on since the scan
+		return nil, nil, err // gone, or moved on since the scan
 	}
 	unlock := c.locks.Lock(events.PodKey(rec.Namespace, rec.Name))
+	// Read again under the lock: a handler may have written meanwhile.
+	if rec, cur, err = c.vms.Get(ctx, key); err != nil || rec == nil || cur != rev {
+		unlock()
+		return nil, nil, err
+	}
+	return unlock, rec, nil
+}
+
+// claim moves the record at rev on by compare-and-set, its status saying
+// what is repaired, and returns the revision written (0 when the record
+// was gone or had moved on: another replica, or a handler, took it).
+func (c *Controller) claim(ctx context.Context, key string, rev uint64, kind string) (uint64, error) {
+	unlock, rec, err := c.lockAt(ctx, key, rev)
+	if err != nil || rec == nil {
+		return 0, err
+	}
 	defer unlock()
 	now := c.now().UTC()
 	if kind == RepairMissing {
@@ -94,13 +135,14 @@ func (c *Controller) repair(ctx context.Context, key string, rev uint64, kind st
 		rec.Status.Phase = events.VMPhaseUpdating
 	}
 	rec.UpdatedAt = now
-	if _, err := c.vms.Put(ctx, key, rec, rev); errors.Is(err, record.ErrConflict) {
-		return false, nil // another replica, or a handler, took it
+	next, err := c.vms.Put(ctx, key, rec, rev)
+	if errors.Is(err, record.ErrConflict) {
+		return 0, nil // another replica, or a handler, took it
 	} else if err != nil {
-		return false, err
+		return 0, err
 	}
 	c.log.Warn("drift repair", "kind", kind, "vm", rec.Key(), "uid", rec.UID)
-	return true, c.converge(ctx, nil, rec)
+	return next, nil
 }
 
 // powers is the power state of every native VM in the datacenter, by name.
