@@ -22,16 +22,8 @@ import (
 
 // forkSpec is a pod spec whose one container echoes who it is and stays.
 func forkSpec(uid, name, chain string) *guestchannel.PodSpec {
-	return &guestchannel.PodSpec{
-		Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: name, Hostname: name,
-		RestartPolicy: "Never", TerminationGracePeriodSeconds: 1,
-		Disks: []guestchannel.Disk{
-			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
-		},
-		Containers: []guestchannel.Container{{Name: "app", Image: "busybox", Chain: []string{chain},
-			Command: []string{"sh", "-c", "echo " + name + " > /who; sleep 3600"}}},
-	}
+	return simtest.BusyboxSpec(uid, name, chain, 1,
+		guestchannel.Container{Name: "app", Command: []string{"sh", "-c", "echo " + name + " > /who; sleep 3600"}})
 }
 
 // running waits on a guest's channel until its container runs.

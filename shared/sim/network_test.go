@@ -82,16 +82,8 @@ func TestPodNetworksCarryPacketsAndIsolate(t *testing.T) {
 
 	chain := "sha256:" + strings.Repeat("c", 64)
 	pod := func(name, host, pg, mac, ip string, cmd ...string) int {
-		spec := &guestchannel.PodSpec{
-			Version: guestchannel.SpecVersion, UID: "uid-" + name, Namespace: "default", Name: name, Hostname: name,
-			RestartPolicy: "Never", TerminationGracePeriodSeconds: 1,
-			Disks: []guestchannel.Disk{
-				{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-				{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
-			},
-			Containers: []guestchannel.Container{{Name: "app", Image: "busybox", Chain: []string{chain}, Command: cmd}},
-			NICs:       []guestchannel.NIC{{Network: pg, MAC: mac, IP: ip, Prefix: 24, Gateway: "10.77.0.1"}},
-		}
+		spec := simtest.BusyboxSpec("uid-"+name, name, chain, 1, guestchannel.Container{Name: "app", Command: cmd})
+		spec.NICs = []guestchannel.NIC{{Network: pg, MAC: mac, IP: ip, Prefix: 24, Gateway: "10.77.0.1"}}
 		var h sim.HostSpec
 		for _, x := range hosts {
 			if x.Name == host {

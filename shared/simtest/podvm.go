@@ -51,6 +51,28 @@ type PodVM struct {
 	Devices []types.BaseVirtualDeviceConfigSpec
 }
 
+// BusyboxSpec is the spec of a pod VM in namespace default whose
+// containers (each given by its name and command) all run busybox, an
+// image of the one layer chain: hostname name, restart policy Never, the
+// ephemeral disk at scsi0:0 and the image disk at scsi0:1 (CreatePodVM's
+// first two disks).
+func BusyboxSpec(uid, name, chain string, grace int64, containers ...guestchannel.Container) *guestchannel.PodSpec {
+	cs := make([]guestchannel.Container, len(containers))
+	for i, c := range containers {
+		c.Image, c.Chain = "busybox", []string{chain}
+		cs[i] = c
+	}
+	return &guestchannel.PodSpec{
+		Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: name, Hostname: name,
+		RestartPolicy: "Never", TerminationGracePeriodSeconds: grace,
+		Disks: []guestchannel.Disk{
+			{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
+			{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
+		},
+		Containers: cs,
+	}
+}
+
 // PodVMNIC is a network card of a PodVM on a distributed port group, with a
 // manual MAC (as the provisioner gives the one IPAM allocated).
 type PodVMNIC struct {

@@ -54,18 +54,10 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	poweredOn := time.Now()
 	vm, info := g.runPodVM(t, simtest.PodVM{
 		Name: "pv-" + uid,
-		Spec: &guestchannel.PodSpec{
-			Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: "web", Hostname: "web",
-			RestartPolicy: "Never", TerminationGracePeriodSeconds: grace,
-			Disks: []guestchannel.Disk{
-				{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-				{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
-			},
-			Containers: []guestchannel.Container{
-				{Name: "first", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "echo hello; echo data > /data.txt; sleep 3600"}},
-				{Name: "second", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "exit 3"}},
-			},
-		},
+		Spec: simtest.BusyboxSpec(uid, "web", chain, grace,
+			guestchannel.Container{Name: "first", Command: []string{"sh", "-c", "echo hello; echo data > /data.txt; sleep 3600"}},
+			guestchannel.Container{Name: "second", Command: []string{"sh", "-c", "exit 3"}},
+		),
 	})
 
 	// The CLI finds NATS through the state dir, as after `podvisor up`.

@@ -48,18 +48,11 @@ func TestPodNetworkReachableByExec(t *testing.T) {
 		rec := events.PodRecord{UID: uid, Namespace: "default", Name: name, Host: host.Name, VMName: "pv-" + uid, Phase: events.PodPhaseRunning}
 		rec.Pod.Spec.Containers = []corev1.Container{{Name: "app", Image: "busybox"}}
 		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
+		spec := simtest.BusyboxSpec(uid, name, chain, 1, guestchannel.Container{Name: "app", Command: cmd})
+		spec.NICs = []guestchannel.NIC{{Network: network, MAC: mac, IP: ip, Prefix: 24, Gateway: "10.88.0.1"}}
 		vm, extents := simtest.CreatePodVM(t, c, d, simtest.PodVM{
 			Name: "pv-" + uid, Host: host, NumCPUs: 1, MemoryMB: 256,
-			Spec: &guestchannel.PodSpec{
-				Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: name, Hostname: name,
-				RestartPolicy: "Never", TerminationGracePeriodSeconds: 1,
-				Disks: []guestchannel.Disk{
-					{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-					{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
-				},
-				Containers: []guestchannel.Container{{Name: "app", Image: "busybox", Chain: []string{chain}, Command: cmd}},
-				NICs:       []guestchannel.NIC{{Network: network, MAC: mac, IP: ip, Prefix: 24, Gateway: "10.88.0.1"}},
-			},
+			Spec:  spec,
 			Disks: []simtest.PodVMDisk{{File: "ephemeral.vmdk", CapacityBytes: 64 << 20}, {File: "image.vmdk", CapacityBytes: 16 << 20, ReadOnly: true}},
 			NICs:  []simtest.PodVMNIC{{PortGroup: events.PortGroupName(network), MAC: mac}},
 		})

@@ -48,20 +48,12 @@ func TestPodVMGuestTalksOnANetworkSerialPort(t *testing.T) {
 
 	chain := "sha256:" + strings.Repeat("c", 64)
 	key32 := int32(-1000)
+	spec := simtest.BusyboxSpec(uid, "serial", chain, grace,
+		guestchannel.Container{Name: "app", Command: []string{"sh", "-c", "echo over the line; sleep 3600"}})
+	spec.ChannelToken = guestchannel.ChannelToken(key, uid, "default", "serial")
 	vm, info := g.runPodVM(t, simtest.PodVM{
-		Name: "pv-" + uid,
-		Spec: &guestchannel.PodSpec{
-			Version: guestchannel.SpecVersion, UID: uid, Namespace: "default", Name: "serial", Hostname: "serial",
-			RestartPolicy: "Never", TerminationGracePeriodSeconds: grace,
-			ChannelToken: guestchannel.ChannelToken(key, uid, "default", "serial"),
-			Disks: []guestchannel.Disk{
-				{Role: guestchannel.DiskEphemeral, Unit: "scsi0:0", FS: "ext4"},
-				{Role: guestchannel.DiskImage, Unit: "scsi0:1", FS: "erofs", ChainID: chain},
-			},
-			Containers: []guestchannel.Container{
-				{Name: "app", Image: "busybox", Chain: []string{chain}, Command: []string{"sh", "-c", "echo over the line; sleep 3600"}},
-			},
-		},
+		Name:        "pv-" + uid,
+		Spec:        spec,
 		ExtraConfig: map[string]string{guestchannel.GuestinfoChannel: podvm.ChannelDevice},
 		Devices:     podvm.ChannelPorts(sim.SharedDatastore, "pv-"+uid, "tcp://"+addr, func() int32 { key32--; return key32 }),
 	})
