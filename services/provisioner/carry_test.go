@@ -55,7 +55,7 @@ func TestRestartsCarriedAcrossBoots(t *testing.T) {
 			epoch := time.Now()
 			for i, rp := range tt.reports {
 				if i+1 == tt.forget {
-					forgetGuest(r)
+					forgetGuest(r, time.Now())
 				}
 				p := &events.PodContainersReported{VM: r.VMName, BootID: rp.boot, Seq: rp.seq, Phase: events.GuestPhaseRunning,
 					ContainerStatuses: []corev1.ContainerStatus{rp.cs}}

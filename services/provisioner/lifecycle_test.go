@@ -380,6 +380,12 @@ func TestDriftRepair(t *testing.T) {
 	if r.Phase != events.PodPhaseStarting || r.VMRef == gone.Ref.Value {
 		t.Errorf("re-provisioned record: phase %s vm %s (old %s)", r.Phase, r.VMRef, gone.Ref.Value)
 	}
+	// Until the new VM's guest reports, no container is said to be ready.
+	for _, ct := range []string{events.PodConditionContainersReady, events.PodConditionReady} {
+		if c, _ := r.Condition(ct); c.Status != events.ConditionFalse || c.Reason != ReasonContainersNotReady {
+			t.Errorf("%s of the re-provisioned pod = %+v, want False %s", ct, c, ReasonContainersNotReady)
+		}
+	}
 	// The new VM's guest counts from zero; the record counts the
 	// containers' start in it as their restart.
 	r = e.fold(svc, all3("boot-2"))
@@ -537,6 +543,36 @@ func TestAPassMarksEveryLostVMBeforeMakingAny(t *testing.T) {
 		if strings.HasPrefix(step, "made ") && i < len(lost) {
 			t.Fatalf("a VM was made again before every lost VM's record said so: %v", order)
 		}
+	}
+}
+
+// TestARepairThatFailedIsTriedAgainByTheNextPass: making a lost VM again
+// fails (vCenter refuses CreateVM, as a fresh datacenter does until
+// network-config has made its port groups). The record now looks freshly
+// written, yet the next pass, seconds later, takes the pod up again rather
+// than waiting until its age says it is stuck.
+func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	host := e.DC.Hosts()[0].Name
+	ctx := context.Background()
+	acc, _ := e.provision(testPod("unlucky"), host)
+	if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + acc.UID)[0].Ref); err != nil {
+		t.Fatal(err)
+	}
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{MethodName: "CreateVM_Task", Probability: 1})
+	if _, err := svc.Resync(ctx); err == nil {
+		t.Fatal("Resync succeeded although vCenter refused every CreateVM")
+	}
+	if r := e.record(svc, "default", "unlucky"); r.Reason != ReasonVMMissing || r.Phase != events.PodPhaseProvisioning {
+		t.Fatalf("after the failed repair: phase %s reason %s, want Provisioning %s", r.Phase, r.Reason, ReasonVMMissing)
+	}
+	e.DC.ClearFaults()
+	if _, err := svc.Resync(ctx); err != nil {
+		t.Fatalf("second Resync: %v", err)
+	}
+	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 || vms[0].PowerState != types.VirtualMachinePowerStatePoweredOn {
+		t.Fatalf("after the second pass: VMs %+v, want the pod's VM made again and on", vms)
 	}
 }
 

@@ -432,7 +432,7 @@ func (s *Service) recordVM(ctx context.Context, r *events.PodRecord, vm *podvm.V
 // noteVM puts the pod's VM on the record (in memory; the caller saves).
 func noteVM(r *events.PodRecord, vm *podvm.VM, now time.Time) {
 	if r.VMRef != vm.Ref.Value {
-		forgetGuest(r) // a new VM: its guest has said nothing yet
+		forgetGuest(r, now) // a new VM: its guest has said nothing yet
 	}
 	r.VMRef, r.CreateTask = vm.Ref.Value, ""
 	r.SetCondition(events.PodConditionVMCreated, events.ConditionTrue, "Created", fmt.Sprintf("pod VM %s (%s) on %s", vm.Name, vm.Ref.Value, vm.Host), now)
@@ -652,19 +652,30 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 	if _, ok := r.Condition(events.PodConditionVMReady); ok {
 		r.SetCondition(events.PodConditionVMReady, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
 	}
-	forgetGuest(r)
+	forgetGuest(r, s.now().UTC())
 	return nil
 }
 
 // forgetGuest drops what the record knows from the guest of a VM that is
 // gone or replaced: the next VM's guest starts from nothing. The last
 // report is kept aside (GuestBefore) until the next one, which carries its
-// containers' restarts if it is another boot's.
-func forgetGuest(r *events.PodRecord) {
+// containers' restarts if it is another boot's. The conditions the guest's
+// reports set say False until the next guest reports: no container of the
+// pod runs meanwhile (and init containers run again in a new VM).
+func forgetGuest(r *events.PodRecord, now time.Time) {
 	if r.Guest != nil {
 		r.GuestBefore = &events.GuestBefore{Report: *r.Guest, InitContainerStatuses: r.InitContainerStatuses, ContainerStatuses: r.ContainerStatuses}
 	}
 	r.Guest, r.InitContainerStatuses, r.ContainerStatuses, r.GuestRepairs = nil, nil, nil, 0
+	const why = "the pod VM's guest has not reported its containers yet"
+	for _, t := range []string{events.PodConditionContainersReady, events.PodConditionReady} {
+		if c, ok := r.Condition(t); ok && c.Status == events.ConditionTrue {
+			r.SetCondition(t, events.ConditionFalse, ReasonContainersNotReady, why, now)
+		}
+	}
+	if c, ok := r.Condition(events.PodConditionInitialized); ok && c.Status == events.ConditionTrue && len(r.Pod.Spec.InitContainers) > 0 {
+		r.SetCondition(events.PodConditionInitialized, events.ConditionFalse, ReasonContainersNotInitialized, why, now)
+	}
 }
 
 // deleteRequested handles pod.delete.requested.

@@ -133,9 +133,16 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	// Every record is marked before any VM is made: after a vCenter lost
 	// its VMs (a restarted simulated datacenter), no pod goes on saying
 	// Running while the pass makes the VMs of the pods before it.
+	failed := func(uid string, err error) {
+		if err != nil {
+			s.failedRepairs.Store(uid, true)
+			errs = append(errs, err)
+		}
+	}
+	s.failedRepairs.Clear() // this pass decides anew
 	for _, uid := range order {
 		if rp, ok := repairs[uid]; ok && rp.mark != nil {
-			errs = append(errs, rp.mark(ctx, report))
+			failed(uid, rp.mark(ctx, report))
 		}
 	}
 	for _, uid := range order {
@@ -144,10 +151,10 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 			continue // its later delivery needed none
 		}
 		for _, vm := range rp.stale {
-			errs = append(errs, s.repairStale(ctx, rp.r, vm, report))
+			failed(uid, s.repairStale(ctx, rp.r, vm, report))
 		}
 		if rp.fix != nil {
-			errs = append(errs, rp.fix(ctx, report))
+			failed(uid, rp.fix(ctx, report))
 		}
 	}
 	if s.native != nil {
@@ -244,7 +251,8 @@ type repairFn func(context.Context, RepairReport) error
 // in two steps: mark, a quick record write that makes the status say what
 // is being repaired, and fix; a pass runs every mark before any fix.
 func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, fix repairFn) {
-	stuck := s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
+	_, failedBefore := s.failedRepairs.Load(r.UID)
+	stuck := failedBefore || s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
 	switch {
 	case !r.DeletionRequestedAt.IsZero() && stuck,
 		(r.Phase == events.PodPhaseProvisioning || r.Phase == events.PodPhaseScheduled) && ready(r) && stuck:
@@ -333,7 +341,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, 
 				fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
 				fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
 				fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
-				forgetGuest(fresh)
+				forgetGuest(fresh, now)
 				if err := s.save(ctx, fresh); err != nil {
 					return false, err
 				}

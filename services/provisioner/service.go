@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
@@ -66,6 +67,11 @@ type Service struct {
 	tracer  trace.Tracer
 	repairs metric.Int64Counter
 	now     func() time.Time
+	// failedRepairs holds the uids of pods whose repair failed in this
+	// process's last pass: the pass after takes them up at once rather than
+	// when the record's age says they are stuck. Only a matter of timing:
+	// another replica, or a restart, goes by the record's age.
+	failedRepairs sync.Map
 
 	// hooks let tests stop the service at the exact points where a crash
 	// matters; nil in production.
@@ -198,12 +204,16 @@ func (s *Service) tuneConsumer(c *bus.ConsumerConfig) {
 	}
 }
 
-// resyncLoop runs drift repair at start, then every ResyncInterval. The
-// pass at start matters after a restart: a vCenter that lost pod VMs
-// meanwhile (a restarted simulator, a restore) is repaired at once, and
-// until it is the records of those pods would claim VMs that are gone.
+// resyncLoop runs drift repair at start, then every ResyncInterval; an
+// incomplete pass is run again after 2 s, doubling. The pass at start
+// matters after a restart: a vCenter that lost pod VMs meanwhile (a
+// restarted simulator, a restore) is repaired at once, and until it is the
+// records of those pods would claim VMs that are gone. Its repairs may
+// fail on what other services are still making (port groups in a rebuilt
+// datacenter, the guest cluster image being pushed): those come again in
+// seconds.
 func (s *Service) resyncLoop(ctx context.Context) {
-	periodic.EveryAfter(ctx, 0, s.cfg.ResyncInterval, s.log, "drift repair incomplete",
+	periodic.EveryAfterRetrying(ctx, 0, s.cfg.ResyncInterval, min(s.cfg.ResyncInterval, 2*time.Second), s.log, "drift repair incomplete",
 		func(ctx context.Context) error { _, err := s.Resync(ctx); return err })
 }
 

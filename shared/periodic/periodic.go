@@ -33,6 +33,38 @@ func EveryAfter(ctx context.Context, first, d time.Duration, log *slog.Logger, w
 	run(ctx, f.C, nil, d, log, what, fn)
 }
 
+// EveryAfterRetrying is EveryAfter whose failed calls are tried again
+// sooner than the next interval: after retry, doubling with each failure
+// in a row up to d. A repair at start that failed on something another
+// service is making at that moment (a port group network-config creates
+// in a rebuilt datacenter, an image still being pushed) then waits seconds,
+// not a whole interval. After a success the calls come every d again,
+// counted from that call.
+func EveryAfterRetrying(ctx context.Context, first, d, retry time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {
+	t := time.NewTimer(first)
+	defer t.Stop()
+	wait := retry
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := fn(ctx)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			log.Warn(what, "err", err, "again_in", wait)
+			t.Reset(wait)
+			wait = min(2*wait, d)
+		default:
+			wait = retry
+			t.Reset(d)
+		}
+	}
+}
+
 // run calls fn on each tick of a ticker of d, when first fires and on each
 // wake (a nil channel never fires).
 func run(ctx context.Context, first <-chan time.Time, wake <-chan struct{}, d time.Duration, log *slog.Logger, what string, fn func(context.Context) error) {

@@ -129,3 +129,32 @@ func TestEveryOrWakeCallsOnAWake(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// A failed call is tried again after the retry delay (doubling), not after
+// the interval: with an interval of an hour, three failures in a row and
+// then a success make four calls in about 10+20+40 ms.
+func TestEveryAfterRetryingTriesAFailedCallAgainSooner(t *testing.T) {
+	var logs syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan struct{}, 16)
+	var n atomic.Int32
+	go periodic.EveryAfterRetrying(ctx, 0, time.Hour, 10*time.Millisecond, log, "repair incomplete", func(context.Context) error {
+		defer func() { calls <- struct{}{} }()
+		if n.Add(1) <= 3 {
+			return errors.New("port group not found")
+		}
+		return nil
+	})
+	for i := range 4 {
+		select {
+		case <-calls:
+		case <-time.After(time.Minute):
+			t.Fatalf("call %d did not come: a failed call waited for the interval (an hour)", i+1)
+		}
+	}
+	if got := logs.String(); strings.Count(got, "repair incomplete") != 3 || !strings.Contains(got, "again_in=40ms") {
+		t.Errorf("logs = %q, want the three failures with their back-off", got)
+	}
+}
