@@ -138,3 +138,14 @@ func (w *world) waitEnd(id string) (string, any) {
 	})
 	return s.Event.Type(), s.Payload
 }
+
+// wantEnd waits for the migration's final event, fails the test unless its
+// type is want, and returns its payload.
+func (w *world) wantEnd(id, want string) any {
+	w.T.Helper()
+	typ, payload := w.waitEnd(id)
+	if typ != want {
+		w.T.Fatalf("migration %s ended with %s %+v, want %s", id, typ, payload, want)
+	}
+	return payload
+}

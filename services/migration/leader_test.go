@@ -130,9 +130,7 @@ func TestTwoReplicasActiveStandby(t *testing.T) {
 		to = h[1]
 	}
 	w.migrate("after-failover", p, to)
-	if typ, payload := w.waitEnd("after-failover"); typ != events.TypeMigrationCompleted {
-		t.Fatalf("migration after failover ended with %s %+v", typ, payload)
-	}
+	w.wantEnd("after-failover", events.TypeMigrationCompleted)
 	if got, _ := w.vmHost(p.vm); got != to {
 		t.Errorf("vCenter has the VM on %s, want %s", got, to)
 	}

@@ -69,9 +69,7 @@ func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 		w.migrate(fmt.Sprintf("bulk-%02d", i), p, "")
 	}
 	for i := range pods {
-		if typ, payload := w.waitEnd(fmt.Sprintf("bulk-%02d", i)); typ != events.TypeMigrationCompleted {
-			t.Fatalf("bulk-%02d ended with %s %+v", i, typ, payload)
-		}
+		w.wantEnd(fmt.Sprintf("bulk-%02d", i), events.TypeMigrationCompleted)
 	}
 
 	// Replay the stream of events: a migration holds room from its

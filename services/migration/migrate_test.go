@@ -22,11 +22,7 @@ func TestMigrateToNamedHost(t *testing.T) {
 	p := w.runPod("web", hosts[0])
 
 	w.migrate("m-to", p, hosts[2])
-	typ, payload := w.waitEnd("m-to")
-	if typ != events.TypeMigrationCompleted {
-		t.Fatalf("migration ended with %s %+v, want completed", typ, payload)
-	}
-	c := payload.(*events.MigrationCompleted)
+	c := w.wantEnd("m-to", events.TypeMigrationCompleted).(*events.MigrationCompleted)
 	if c.SourceHost != hosts[0] || c.TargetHost != hosts[2] || c.UID != p.uid {
 		t.Errorf("completed = %+v, want %s → %s for %s", c, hosts[0], hosts[2], p.uid)
 	}
@@ -68,18 +64,14 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 	p := w.runPod("api", a[0])
 
 	w.migrate("m-pick", p, "")
-	if typ, payload := w.waitEnd("m-pick"); typ != events.TypeMigrationCompleted {
-		t.Fatalf("migration ended with %s %+v", typ, payload)
-	}
+	w.wantEnd("m-pick", events.TypeMigrationCompleted)
 	picked, _ := w.vmHost(p.vm)
 	if picked == a[0] || w.ClusterOf(picked) != w.ClusterOf(a[0]) {
 		t.Fatalf("VM on %s after a move without target, want another host of %s", picked, w.ClusterOf(a[0]))
 	}
 
 	w.migrate("m-cross", p, b[1])
-	if typ, payload := w.waitEnd("m-cross"); typ != events.TypeMigrationCompleted {
-		t.Fatalf("cross-cluster migration ended with %s %+v", typ, payload)
-	}
+	w.wantEnd("m-cross", events.TypeMigrationCompleted)
 	host, pool := w.vmHost(p.vm)
 	if host != b[1] {
 		t.Errorf("VM on %s, want %s", host, b[1])
@@ -117,9 +109,7 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 	}
 	// The same pod moves within cluster-1, where backend exists.
 	w.migrate("m-net-ok", p, a[1])
-	if typ, payload := w.waitEnd("m-net-ok"); typ != events.TypeMigrationCompleted {
-		t.Fatalf("in-cluster migration ended with %s %+v", typ, payload)
-	}
+	w.wantEnd("m-net-ok", events.TypeMigrationCompleted)
 }
 
 // A record whose VM reference names another pod's VM (a vCenter rebuilt
@@ -189,9 +179,7 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 	p := w.runPod("quiet", h[0])
 
 	w.migrate("ghost-1", pod{ns: "default", name: "ghost"}, "")
-	if typ, _ := w.waitEnd("ghost-1"); typ != events.TypeMigrationRejected {
-		t.Fatalf("ghost-1 ended with %s", typ)
-	}
+	w.wantEnd("ghost-1", events.TypeMigrationRejected)
 	w.Eventually("the refusal is recorded", func() bool { return w.migrationPhase("ghost-1") == events.MigrationPhaseRejected })
 	if r := w.migration("ghost-1"); r.Reason != "NotFound" || !strings.Contains(r.Message, "ghost") {
 		t.Errorf("record %s: %s, want the scheduler's NotFound", r.Reason, r.Message)
@@ -203,9 +191,7 @@ func TestSchedulerRefusalAndSilence(t *testing.T) {
 		t.Fatalf("unanswered failed with %s (%s), want %s", f.Reason, f.Message, ReasonNoReservation)
 	}
 	w.migrate("answered", p, h[1])
-	if typ, payload := w.waitEnd("answered"); typ != events.TypeMigrationCompleted {
-		t.Fatalf("the next request ended with %s %+v: the pod was not freed", typ, payload)
-	}
+	w.wantEnd("answered", events.TypeMigrationCompleted) // else the pod was not freed
 }
 
 // TestPrecheckFailingUntilAttemptsRunOut: prechecks that cannot run

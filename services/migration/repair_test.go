@@ -131,9 +131,7 @@ func (w *world) ended(id string) map[string]int {
 // once, never failed, with the VM on the target and the record final.
 func (w *world) wantCompletedOnly(id string, p pod, target string) {
 	w.T.Helper()
-	if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
-		w.T.Fatalf("%s ended with %s %+v, want completed", id, typ, payload)
-	}
+	w.wantEnd(id, events.TypeMigrationCompleted)
 	w.Eventually("the record is Completed", func() bool { return w.migrationPhase(id) == events.MigrationPhaseCompleted })
 	if got, _ := w.vmHost(p.vm); got != target {
 		w.T.Errorf("VM on %s, want %s", got, target)

@@ -42,9 +42,7 @@ func TestRestartResumesMigrations(t *testing.T) {
 	w.start(cfg)
 	for i, p := range pods {
 		id := fmt.Sprintf("resume-%d", i)
-		if typ, payload := w.waitEnd(id); typ != events.TypeMigrationCompleted {
-			t.Fatalf("%s ended with %s %+v", id, typ, payload)
-		}
+		w.wantEnd(id, events.TypeMigrationCompleted)
 		if got, _ := w.vmHost(p.vm); got != h[1+i] {
 			t.Errorf("%s on %s, want %s", p.name, got, h[1+i])
 		}
@@ -78,10 +76,7 @@ func TestRelocationOutlivingItsTimeout(t *testing.T) {
 	p := w.runPod("slow", h[0])
 	start := time.Now()
 	w.migrate("slow-1", p, h[1])
-	typ, payload := w.waitEnd("slow-1")
-	if typ != events.TypeMigrationCompleted {
-		t.Fatalf("ended with %s %+v, want completed: the VM did move", typ, payload)
-	}
+	w.wantEnd("slow-1", events.TypeMigrationCompleted) // the VM did move
 	if got, _ := w.vmHost(p.vm); got != h[1] {
 		t.Errorf("reported completed but the VM is on %s", got)
 	}
