@@ -236,7 +236,9 @@ type HostDrained struct {
 	Name string `json:"name"`
 	// Migrated is the number of pods moved to other hosts.
 	Migrated int `json:"migrated"`
-	// Unmovable lists the pods left on the host and why.
+	// MigratedVMs is the number of native VMs moved to other hosts.
+	MigratedVMs int `json:"migratedVMs,omitempty"`
+	// Unmovable lists the pods and native VMs left on the host and why.
 	Unmovable []UnmovablePod `json:"unmovable,omitempty"`
 }
 
@@ -244,6 +246,7 @@ type HostDrained struct {
 func (e *HostDrained) Validate() error {
 	errs := validateHostName(field.NewPath("name"), e.Name)
 	errs = append(errs, validateNonNegative(field.NewPath("migrated"), int64(e.Migrated))...)
+	errs = append(errs, validateNonNegative(field.NewPath("migratedVMs"), int64(e.MigratedVMs))...)
 	for i, u := range e.Unmovable {
 		p := field.NewPath("unmovable").Index(i)
 		errs = append(errs, validateDNSLabel(p.Child("namespace"), u.Namespace)...)

@@ -1,6 +1,9 @@
 package events
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // BucketMigrations holds one MigrationRecord per migration, keyed by
 // MigrationRecordKey (the migration ID). Only the migration service writes
@@ -168,8 +171,9 @@ type DrainRecord struct {
 	RequestID string `json:"requestId"`
 	// Migrations are the IDs of the migrations the drain requested.
 	Migrations []string `json:"migrations,omitempty"`
-	// Migrated counts the pods that moved away.
-	Migrated int `json:"migrated"`
+	// Migrated counts the pods that moved away, MigratedVMs the native VMs.
+	Migrated    int `json:"migrated"`
+	MigratedVMs int `json:"migratedVMs,omitempty"`
 	// Unmovable lists the pods that stayed and why.
 	Unmovable []UnmovablePod `json:"unmovable,omitempty"`
 	// Round counts passes over the host's pods: pods that were still being
@@ -219,3 +223,23 @@ const (
 // DrainRecordKey is the KV key of a host's drain record (the host name,
 // escaped like HostRecordKey).
 func DrainRecordKey(host string) string { return kvKey(host) }
+
+// MovedText says what a drain moved, for a person: "2 pods", "1 pod and
+// 1 VM", "no pods".
+func MovedText(pods, vms int) string {
+	n := func(k int, one string) string {
+		if k == 1 {
+			return "1 " + one
+		}
+		return fmt.Sprintf("%d %ss", k, one)
+	}
+	switch {
+	case vms == 0 && pods == 0:
+		return "no pods"
+	case vms == 0:
+		return n(pods, "pod")
+	case pods == 0:
+		return n(vms, "VM")
+	}
+	return n(pods, "pod") + " and " + n(vms, "VM")
+}

@@ -60,3 +60,20 @@ func TestDrainRecordSample(t *testing.T) {
 		t.Errorf("DrainRecordKey kept a space: %q", got)
 	}
 }
+func TestMovedTextCountsPodsAndVMsApart(t *testing.T) {
+	for _, tt := range []struct {
+		pods, vms int
+		want      string
+	}{
+		{0, 0, "no pods"},
+		{1, 0, "1 pod"},
+		{2, 0, "2 pods"},
+		{0, 1, "1 VM"},
+		{1, 1, "1 pod and 1 VM"},
+		{3, 2, "3 pods and 2 VMs"},
+	} {
+		if got := MovedText(tt.pods, tt.vms); got != tt.want {
+			t.Errorf("MovedText(%d, %d) = %q, want %q", tt.pods, tt.vms, got, tt.want)
+		}
+	}
+}

@@ -97,7 +97,8 @@ func (s *Service) startDrain(host string) {
 
 // drainState is what a drain learned so far, by pod uid.
 type drainState struct {
-	moved     map[string]bool
+	moved     map[string]bool // pods
+	movedVMs  map[string]bool // native VMs
 	unmovable map[string]events.UnmovablePod
 	order     []string // unmovable uids in the order found
 }
@@ -125,7 +126,7 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 	requestID := d.RequestID
 	ctx, cancel := context.WithDeadline(ctx, d.StartedAt.Add(s.cfg.DrainTimeout))
 	defer cancel()
-	st := &drainState{moved: map[string]bool{}, unmovable: map[string]events.UnmovablePod{}}
+	st := &drainState{moved: map[string]bool{}, movedVMs: map[string]bool{}, unmovable: map[string]events.UnmovablePod{}}
 	// A resumed drain first settles the migrations it had asked for.
 	if len(d.Migrations) > 0 {
 		s.log.Info("drain resumed", "host", host, "round", d.Round, "migrations", len(d.Migrations))
@@ -413,20 +414,20 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 		return nil // the service is stopping: the next Run resumes the drain
 	}
 	unmovable := st.list()
-	migrated := len(st.moved)
+	migrated, migratedVMs := len(st.moved), len(st.movedVMs)
 	phase, msg := events.DrainPhaseDrained, ""
 	switch {
 	case cause != nil:
 		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("drain stopped: %v", cause)
 	case len(unmovable) > 0:
-		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%d pods could not move; %s stays cordoned and out of maintenance mode", len(unmovable), host)
+		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%d pods or VMs could not move; %s stays cordoned and out of maintenance mode", len(unmovable), host)
 	default:
 		s.log.Info("drain entering maintenance mode", "host", host, "migrated", migrated)
 		if _, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
 			if d.RequestID != requestID || d.Phase != events.DrainPhaseDraining {
 				return false
 			}
-			d.Phase, d.Migrated, d.Message = events.DrainPhaseEnteringMaintenance, migrated, "entering maintenance mode"
+			d.Phase, d.Migrated, d.MigratedVMs, d.Message = events.DrainPhaseEnteringMaintenance, migrated, migratedVMs, "entering maintenance mode"
 			return true
 		}); err != nil {
 			return err
@@ -434,7 +435,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 		if err := s.enterMaintenance(ctx, host); err != nil {
 			phase, msg = events.DrainPhaseIncomplete, err.Error()
 		} else {
-			msg = fmt.Sprintf("%d pods moved; %s is in maintenance mode", migrated, host)
+			msg = fmt.Sprintf("%s moved; %s is in maintenance mode", events.MovedText(migrated, migratedVMs), host)
 		}
 	}
 	// The outcome is recorded first: host.drained is what a waiting CLI
@@ -443,7 +444,7 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 		if d.RequestID != requestID || (d.Phase != events.DrainPhaseDraining && d.Phase != events.DrainPhaseEnteringMaintenance) {
 			return false
 		}
-		d.Phase, d.Migrated, d.Unmovable, d.Message, d.EndedAt = phase, migrated, unmovable, msg, s.now().UTC()
+		d.Phase, d.Migrated, d.MigratedVMs, d.Unmovable, d.Message, d.EndedAt = phase, migrated, migratedVMs, unmovable, msg, s.now().UTC()
 		return true
 	})
 	if err != nil {
@@ -452,10 +453,10 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 	if d == nil || d.RequestID != requestID || d.Phase != phase {
 		return nil // uncordoned meanwhile
 	}
-	if err := s.emit(ctx, standIn(fmt.Sprintf("drain/%s/%s", host, requestID), ""), &events.HostDrained{Name: host, Migrated: migrated, Unmovable: unmovable}); err != nil {
+	if err := s.emit(ctx, standIn(fmt.Sprintf("drain/%s/%s", host, requestID), ""), &events.HostDrained{Name: host, Migrated: migrated, MigratedVMs: migratedVMs, Unmovable: unmovable}); err != nil {
 		return err
 	}
-	s.log.Info("drain ended", "host", host, "phase", phase, "migrated", migrated, "unmovable", len(unmovable))
+	s.log.Info("drain ended", "host", host, "phase", phase, "migrated", migrated, "migrated_vms", migratedVMs, "unmovable", len(unmovable))
 	return nil
 }
 

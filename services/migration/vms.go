@@ -194,7 +194,7 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 	for _, v := range d.VMs {
 		switch v.Result {
 		case events.DrainVMMoved:
-			st.moved[v.UID] = true
+			st.movedVMs[v.UID] = true
 		case events.DrainVMGone:
 		default:
 			st.stuck(events.UnmovablePod{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Reason: v.Result, Message: v.Message})

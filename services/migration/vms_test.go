@@ -193,7 +193,7 @@ func TestDrainOfVMsResumesAfterARestart(t *testing.T) {
 
 	w.start(cfg)
 	d := w.waitDrained(h[0])
-	if d.Migrated != 1 || len(d.Unmovable) != 0 {
+	if d.MigratedVMs != 1 || d.Migrated != 0 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want vm1 moved (made again elsewhere), nothing unmovable", d)
 	}
 	if got := c.vm("team-a", "vm1").Status.Host; got != h[1] {
@@ -230,7 +230,7 @@ func TestDrainMovesVMsWithinTheMigrationLimits(t *testing.T) {
 
 	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
 	d := w.waitDrained(h[0])
-	if d.Migrated != 3 || len(d.Unmovable) != 0 {
+	if d.MigratedVMs != 3 || d.Migrated != 0 || len(d.Unmovable) != 0 {
 		t.Fatalf("drained = %+v, want 3 VMs moved", d)
 	}
 	c.mu.Lock()

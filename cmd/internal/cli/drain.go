@@ -150,10 +150,10 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 				}
 			}
 			if len(h.Unmovable) == 0 {
-				fmt.Fprintf(g.stdout, "host %s drained: %d pods moved; the host is in maintenance mode\n", h.Name, h.Migrated)
+				fmt.Fprintf(g.stdout, "host %s drained: %s moved; the host is in maintenance mode\n", h.Name, events.MovedText(h.Migrated, h.MigratedVMs))
 				return true, nil
 			}
-			fmt.Fprintf(g.stdout, "host %s not drained: %d pods moved, %d could not:\n", h.Name, h.Migrated, len(h.Unmovable))
+			fmt.Fprintf(g.stdout, "host %s not drained: %s moved, %d could not:\n", h.Name, events.MovedText(h.Migrated, h.MigratedVMs), len(h.Unmovable))
 			for _, u := range h.Unmovable {
 				fmt.Fprintf(g.stdout, "  %s: %s%s\n", events.PodKey(u.Namespace, u.Name), u.Reason, suffix(u.Message))
 			}

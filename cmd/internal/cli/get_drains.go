@@ -12,7 +12,7 @@ func init() {
 		names:  []string{"drains", "drain"},
 		kind:   "Drain",
 		bucket: events.BucketDrains,
-		header: []string{"HOST", "PHASE", "MIGRATED", "UNMOVABLE", "AGE", "MESSAGE"},
+		header: []string{"HOST", "PHASE", "MIGRATED", "VMS", "UNMOVABLE", "AGE", "MESSAGE"},
 		decode: decodeRow[drainRow],
 	})
 }
@@ -26,5 +26,5 @@ func (d *drainRow) Object() any       { return d.DrainRecord }
 
 func (d *drainRow) Row(now time.Time) []string {
 	r := &d.DrainRecord
-	return []string{r.Host, dash(r.Phase), strconv.Itoa(r.Migrated), strconv.Itoa(len(r.Unmovable)), age(r.StartedAt, now), dash(r.Message)}
+	return []string{r.Host, dash(r.Phase), strconv.Itoa(r.Migrated), strconv.Itoa(r.MigratedVMs), strconv.Itoa(len(r.Unmovable)), age(r.StartedAt, now), dash(r.Message)}
 }

@@ -204,7 +204,7 @@ func TestDrainCLIListsUnmovablePods(t *testing.T) {
 	})
 	out, errOut, code := runTool(t, url, "drain", "host", "esx-1-01", "--wait", "10s")
 	if code != 0 || !strings.Contains(out, "host esx-1-01 cordoned") || !strings.Contains(out, "moved default/web to esx-1-02") ||
-		!strings.Contains(out, "drained: 1 pods moved; the host is in maintenance mode") {
+		!strings.Contains(out, "drained: 1 pod moved; the host is in maintenance mode") {
 		t.Errorf("drain esx-1-01: %d\n%s%s", code, out, errOut)
 	}
 	out, errOut, code = runTool(t, url, "drain", "host", "esx-1-03", "--wait", "10s")
