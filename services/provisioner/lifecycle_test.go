@@ -576,6 +576,38 @@ func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
 	}
 }
 
+// TestALostVMIsMadeAgainWhenTheSamePassRemovesAStaleOne: a pod evicted
+// from an unreachable host kept its old VM there (stale); its new VM is
+// then lost too. One pass removes the stale VM (a record write between the
+// mark and the making) and makes the lost one again.
+func TestALostVMIsMadeAgainWhenTheSamePassRemovesAStaleOne(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	hosts := e.DC.Hosts()
+	ctx := context.Background()
+	acc, first := e.provision(testPod("stranded"), hosts[0].Name)
+	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
+		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
+		FaultType: simulator.FaultTypeInvalidState, Message: "host not responding",
+	})
+	e.Send("podvisor/migration", events.TypePodEvicted, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "stranded", UID: acc.UID}, Host: hosts[0].Name, Reason: "HostLost"})
+	e.waitRecord(svc, "default", "stranded", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
+	e.DC.ClearFaults()
+	e.facts(acc, hosts[1].Name)
+	second := testenv.Wait(e.Env, func(p *events.PodVMReady) bool { return p.UID == acc.UID && p.VM != first.VM })
+	if err := e.vms.Destroy(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: second.VM}); err != nil {
+		t.Fatal(err)
+	}
+	report, err := svc.Resync(ctx)
+	if err != nil || report[RepairStaleVM] != 1 || report[RepairMissingVM] != 1 {
+		t.Errorf("Resync = %v, %v; want the stale VM removed and the lost one made again", report, err)
+	}
+	r := e.record(svc, "default", "stranded")
+	if r.VMRef == "" || r.VMRef == second.VM || len(r.StaleVMs) != 0 {
+		t.Errorf("after the pass: phase %s reason %s vm %q stale %+v; want a new VM and no stale one", r.Phase, r.Reason, r.VMRef, r.StaleVMs)
+	}
+}
+
 // orphanVM creates a pod VM for a pod that was never admitted.
 func orphanVM(t *testing.T, e *env, svc *Service, host string) types.ManagedObjectReference {
 	t.Helper()

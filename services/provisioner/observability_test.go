@@ -111,6 +111,8 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	hosts := e.DC.Hosts()
 
 	acc, first := e.provision(testPod("stranded"), hosts[0].Name)
+	vmName := e.record(svc, "default", "stranded").VMName
+	e.fold(svc, report(acc, vmName, "boot-1", 1, running("app"), running("sidecar"), running("logger")))
 
 	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{
 		MethodName: "Destroy_Task", ObjectType: "VirtualMachine", Probability: 1,
@@ -120,6 +122,15 @@ func TestEvictionFromUnreachableHost(t *testing.T) {
 	r := e.waitRecord(svc, "default", "stranded", func(r *events.PodRecord) bool { return r.Phase == events.PodPhasePending })
 	if len(r.StaleVMs) != 1 || r.StaleVMs[0].Ref != first.VM || r.VMName != "pv-"+acc.UID+"-1" {
 		t.Fatalf("after eviction: stale %+v, next name %s", r.StaleVMs, r.VMName)
+	}
+	// Its containers are not said to run or be ready while it waits.
+	for _, ct := range []string{events.PodConditionContainersReady, events.PodConditionReady} {
+		if c, _ := r.Condition(ct); c.Status == events.ConditionTrue {
+			t.Errorf("%s of the evicted pod = %+v, want not True", ct, c)
+		}
+	}
+	if len(r.ContainerStatuses) != 0 {
+		t.Errorf("evicted pod's container statuses = %+v, want none until its next guest reports", r.ContainerStatuses)
 	}
 	e.DC.ClearFaults()
 

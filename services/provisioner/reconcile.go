@@ -610,6 +610,7 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 		// VM) once vCenter lets it.
 		s.log.Warn("could not remove the VM of a failed pod", "key", r.Key(), "err", err)
 		r.VMRef = ""
+		forgetGuest(r, s.now().UTC())
 	}
 	if err := s.out.Emit(ctx, recordCause(r), &events.PodFailed{
 		PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, Host: r.Host, Reason: reason, Message: message,
@@ -793,6 +794,7 @@ func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
 		}
 		r.VMName = vmName(r.UID, r.Generation+1)
 		r.VMRef, r.CreateTask = "", ""
+		forgetGuest(r, s.now().UTC()) // the pod's next VM starts from nothing, as after a removal
 	}
 	now := s.now().UTC()
 	r.Generation++

@@ -135,7 +135,7 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 	// Running while the pass makes the VMs of the pods before it.
 	failed := func(uid string, err error) {
 		if err != nil {
-			s.failedRepairs.Store(uid, true)
+			s.failedRepairs.Store(uid, s.now())
 			errs = append(errs, err)
 		}
 	}
@@ -144,6 +144,19 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 		if rp, ok := repairs[uid]; ok && rp.mark != nil {
 			failed(uid, rp.mark(ctx, report))
 		}
+	}
+	if s.native != nil {
+		// Native VMs drift as pod VMs do (a vCenter rebuilt from nothing
+		// lost them all): their controller repairs its own, after the pods
+		// are marked and before their VMs are made, so that no VM record
+		// says Ready while the pods' VMs are made.
+		repaired, err := s.native.Resync(ctx)
+		for kind, n := range repaired {
+			for range n {
+				s.count(ctx, report, kind)
+			}
+		}
+		errs = append(errs, err)
 	}
 	for _, uid := range order {
 		rp, ok := repairs[uid]
@@ -156,17 +169,6 @@ func (s *Service) Resync(ctx context.Context) (RepairReport, error) {
 		if rp.fix != nil {
 			failed(uid, rp.fix(ctx, report))
 		}
-	}
-	if s.native != nil {
-		// Native VMs drift as pod VMs do (a vCenter rebuilt from nothing
-		// lost them all): their controller repairs its own.
-		repaired, err := s.native.Resync(ctx)
-		for kind, n := range repaired {
-			for range n {
-				s.count(ctx, report, kind)
-			}
-		}
-		errs = append(errs, err)
 	}
 	for kind, n := range report {
 		span.SetAttributes(attribute.Int("repairs."+kind, n))
@@ -251,7 +253,11 @@ type repairFn func(context.Context, RepairReport) error
 // in two steps: mark, a quick record write that makes the status say what
 // is being repaired, and fix; a pass runs every mark before any fix.
 func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, fix repairFn) {
-	_, failedBefore := s.failedRepairs.Load(r.UID)
+	// A repair that failed in this process's last pass is taken up again
+	// at once, unless the record was written since (by a handler, or by
+	// another replica that took the pod up).
+	failedAt, failedBefore := s.failedRepairs.Load(r.UID)
+	failedBefore = failedBefore && !r.UpdatedAt.After(failedAt.(time.Time))
 	stuck := failedBefore || s.now().Sub(r.UpdatedAt) > max(s.cfg.ResyncInterval, time.Second)
 	switch {
 	case !r.DeletionRequestedAt.IsZero() && stuck,
@@ -323,7 +329,12 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, 
 			})
 		}
 	case !hasVM:
-		var marked uint64 // the record's revision once marked
+		// The fix goes on from the state the mark left, not from its
+		// revision: a stale VM's removal, or a late report of the lost
+		// VM's guest, may write the record in between without carrying
+		// the pod on. Another create started since (CreateAttempts moved)
+		// is someone else's to finish.
+		attempts := -1 // CreateAttempts once marked; -1: not marked
 		mark = func(ctx context.Context, report RepairReport) error {
 			return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
 				if !vmOn(fresh) {
@@ -342,22 +353,30 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, 
 				fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
 				fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
 				forgetGuest(fresh, now)
-				if err := s.save(ctx, fresh); err != nil {
+				switch err := s.save(ctx, fresh); {
+				case errors.Is(err, errConflict):
+					return false, nil // moved on meanwhile (another replica marked it): the next pass looks again
+				case err != nil:
 					return false, err
 				}
-				marked = fresh.ResourceVersion
-				return true, nil
+				attempts = fresh.CreateAttempts
+				s.log.Warn("drift repair: pod VM missing; the pod says so until it is made again", "key", fresh.Key(), "uid", fresh.UID, "vm", fresh.VMName)
+				return false, nil // counted once the VM is made
 			})
 		}
 		fix = func(ctx context.Context, report RepairReport) error {
-			if marked == 0 {
+			if attempts < 0 {
 				return nil
 			}
 			return s.repairUnderLock(ctx, r, report, RepairMissingVM, func(fresh *events.PodRecord) (bool, error) {
-				if fresh.ResourceVersion != marked {
-					return false, nil // moved on since the mark: its handler (or the stuck repair) goes on
+				if !fresh.DeletionRequestedAt.IsZero() || fresh.Phase != events.PodPhaseProvisioning || fresh.VMRef != "" ||
+					fresh.CreateTask != "" || fresh.CreateAttempts != attempts {
+					return false, nil // deleted, failed, or carried on by someone else since the mark
 				}
-				return false, s.provision(ctx, fresh, false)
+				if err := s.provision(ctx, fresh, false); err != nil {
+					return false, err
+				}
+				return true, nil
 			})
 		}
 		return mark, fix

@@ -68,8 +68,9 @@ type Service struct {
 	repairs metric.Int64Counter
 	now     func() time.Time
 	// failedRepairs holds the uids of pods whose repair failed in this
-	// process's last pass: the pass after takes them up at once rather than
-	// when the record's age says they are stuck. Only a matter of timing:
+	// process's last pass, with the time it failed: the pass after takes
+	// them up at once rather than when the record's age says they are
+	// stuck, unless the record was written since. Only a matter of timing:
 	// another replica, or a restart, goes by the record's age.
 	failedRepairs sync.Map
 

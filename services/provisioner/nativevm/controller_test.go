@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmware/govmomi/find"
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -404,6 +405,41 @@ func TestAPassClaimsEveryLostVMBeforeMakingAny(t *testing.T) {
 		if strings.HasPrefix(step, "made ") && i < len(lost) {
 			t.Fatalf("a VM was made again before every lost VM's record said so: %v", order)
 		}
+	}
+}
+
+// TestAFailedPowerRepairIsTakenUpAgain: vCenter refuses to power a VM on
+// when a pass repairs its power state; the record is left Updating. Once
+// it has said so for longer than a handler's delivery may take (AckWait),
+// a pass takes it up again and the VM is on.
+func TestAFailedPowerRepairIsTakenUpAgain(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	r := e.runOn(vmDecl("small", ""), e.dc.Hosts()[0])
+	vm := e.vm(r)
+	if task, err := vm.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
+		t.Fatalf("power off: %v", err)
+	}
+	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", Probability: 1})
+	if repaired, err := e.ctl.Resync(ctx); err == nil || len(repaired) != 0 {
+		t.Fatalf("first pass = %v, %v; want the power repair failed and not counted", repaired, err)
+	}
+	e.dc.ClearFaults()
+	// A controller whose handlers' deliveries end at once: the record has
+	// said Updating for longer than that.
+	cfg := e.cfg
+	cfg.AckWait = time.Nanosecond
+	ctl, err := nativevm.New(ctx, cfg, e.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if repaired, err := ctl.Resync(ctx); err != nil || repaired[nativevm.RepairPower] != 1 {
+		t.Fatalf("a later pass = %v, %v; want the power state repaired", repaired, err)
+	}
+	if st, err := vm.PowerState(ctx); err != nil || st != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("VM %s, %v; want poweredOn", st, err)
 	}
 }
 

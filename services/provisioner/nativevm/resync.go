@@ -55,7 +55,7 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 		switch power, ok := powers[events.NativeVMName(r.UID)]; {
 		case !ok:
 			todo = append(todo, repair{key, rev, RepairMissing})
-		case power != r.Spec.PowerState && r.Status.Phase == events.VMPhaseReady:
+		case power != r.Spec.PowerState && (r.Status.Phase == events.VMPhaseReady || c.updatingStuck(r)):
 			todo = append(todo, repair{key, rev, RepairPower})
 		}
 		return nil
@@ -74,31 +74,41 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 		if err != nil {
 			errs = append(errs, fmt.Errorf("native VM %s: %w", rp.key, err))
 		}
-		if rev != 0 {
-			claimed[i] = rev
-			done[rp.kind]++
-		}
+		claimed[i] = rev
 	}
 	for i, rp := range todo {
 		if claimed[i] == 0 {
 			continue
 		}
-		if err := c.repair(ctx, rp.key, claimed[i]); err != nil {
+		switch ok, err := c.repair(ctx, rp.key, claimed[i]); {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("native VM %s: %w", rp.key, err))
+		case ok:
+			done[rp.kind]++ // counted once done, not when claimed
 		}
 	}
 	return done, errors.Join(errs...)
 }
 
+// updatingStuck says a record has said Updating for longer than a
+// handler's delivery may take (AckWait): its converge failed (a repair's
+// own included) and no delivery is left to take it up, so a pass does.
+func (c *Controller) updatingStuck(r *events.VMRecord) bool {
+	return r.Status.Phase == events.VMPhaseUpdating && c.now().Sub(r.UpdatedAt) > c.cfg.AckWait
+}
+
 // repair converges the record claimed at rev, unless a handler moved it on
-// since (then that handler converges it).
-func (c *Controller) repair(ctx context.Context, key string, rev uint64) error {
+// since (then that handler converges it), and says whether it did.
+func (c *Controller) repair(ctx context.Context, key string, rev uint64) (bool, error) {
 	unlock, rec, err := c.lockAt(ctx, key, rev)
 	if err != nil || rec == nil {
-		return err
+		return false, err
 	}
 	defer unlock()
-	return c.converge(ctx, nil, rec)
+	if err := c.converge(ctx, nil, rec); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // lockAt takes the VM's lock and reads its record; a record gone, or at
@@ -142,6 +152,7 @@ func (c *Controller) claim(ctx context.Context, key string, rev uint64, kind str
 		return 0, err
 	}
 	c.log.Warn("drift repair", "kind", kind, "vm", rec.Key(), "uid", rec.UID)
+	c.publishStatus(ctx, nil, rec) // watchers see it Creating or Updating from now
 	return next, nil
 }
 
