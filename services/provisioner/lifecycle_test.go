@@ -557,6 +557,8 @@ func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
 	host := e.DC.Hosts()[0].Name
 	ctx := context.Background()
 	acc, _ := e.provision(testPod("unlucky"), host)
+	vmName := e.record(svc, "default", "unlucky").VMName
+	e.fold(svc, report(acc, vmName, "boot-1", 1, running("app"), running("sidecar"), running("logger")))
 	if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + acc.UID)[0].Ref); err != nil {
 		t.Fatal(err)
 	}
@@ -566,6 +568,13 @@ func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
 	}
 	if r := e.record(svc, "default", "unlucky"); r.Reason != ReasonVMMissing || r.Phase != events.PodPhaseProvisioning {
 		t.Fatalf("after the failed repair: phase %s reason %s, want Provisioning %s", r.Phase, r.Reason, ReasonVMMissing)
+	}
+	// A late report of the lost VM's guest (the next VM has its name)
+	// tells nothing of the pod's next VM.
+	e.PublishHandled(Name, report(acc, vmName, "boot-1", 2, running("app"), running("sidecar"), running("logger")))
+	if r := e.record(svc, "default", "unlucky"); len(r.ContainerStatuses) != 0 || r.IsTrue(events.PodConditionReady) || r.IsTrue(events.PodConditionVMReady) {
+		t.Errorf("after the lost VM's late report: statuses %+v, Ready %v, VMReady %v; want none of them",
+			r.ContainerStatuses, r.IsTrue(events.PodConditionReady), r.IsTrue(events.PodConditionVMReady))
 	}
 	e.DC.ClearFaults()
 	if _, err := svc.Resync(ctx); err != nil {
