@@ -51,10 +51,11 @@ func TestRestartsCarriedAcrossBoots(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s := &Service{now: time.Now}
-			r := &events.PodRecord{VMName: "vm", Phase: events.PodPhaseRunning}
+			r := &events.PodRecord{VMName: "vm", VMRef: "vm-1", Phase: events.PodPhaseRunning}
 			epoch := time.Now()
 			for i, rp := range tt.reports {
 				if i+1 == tt.forget {
+					r.VMRef = "vm-2" // the VM replaced, or found under a new reference
 					forgetGuest(r, time.Now())
 				}
 				p := &events.PodContainersReported{VM: r.VMName, BootID: rp.boot, Seq: rp.seq, Phase: events.GuestPhaseRunning,
