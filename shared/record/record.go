@@ -256,6 +256,34 @@ func (s *Store[T]) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// DeleteIf deletes the record at key if goes(v) says so, by
+// compare-and-set at the revision read: a record rewritten meanwhile (a
+// template built again by another replica) is read again and judged
+// anew, never deleted on the strength of an older value. It says whether
+// it deleted; a missing record is no error.
+func (s *Store[T]) DeleteIf(ctx context.Context, key string, goes func(*T) bool) (bool, error) {
+	attempts := s.Attempts
+	if attempts <= 0 {
+		attempts = DefaultAttempts
+	}
+	for range attempts {
+		v, rev, err := s.Get(ctx, key)
+		if err != nil || v == nil || !goes(v) {
+			return false, err
+		}
+		cctx, cancel := s.call(ctx)
+		err = s.kv.Delete(cctx, key, jetstream.LastRevision(rev))
+		cancel()
+		switch {
+		case err == nil:
+			return true, nil
+		case !Conflict(err):
+			return false, fmt.Errorf("delete %s %s: %w", s.noun, key, err)
+		}
+	}
+	return false, fmt.Errorf("delete %s %s: %d attempts: %w", s.noun, key, attempts, ErrConflict)
+}
+
 // Keys lists the keys of the bucket's records, sorted.
 func (s *Store[T]) Keys(ctx context.Context) ([]string, error) {
 	lister, err := s.kv.ListKeys(ctx)

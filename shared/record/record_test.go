@@ -336,3 +336,36 @@ func TestCreateOfATakenKeyOnAReplicatedBucket(t *testing.T) {
 		t.Fatalf("Create = %v, want ErrExists", err)
 	}
 }
+
+// DeleteIf judges the record as it is when it deletes: one rewritten
+// between the read and the delete is read again, and stays if it no
+// longer goes.
+func TestDeleteIfJudgesTheRecordAsItIs(t *testing.T) {
+	s, ctx := newStore(t)
+	if _, err := s.Create(ctx, "t", &counter{N: 1}); err != nil {
+		t.Fatal(err)
+	}
+	calls := 0
+	deleted, err := s.DeleteIf(ctx, "t", func(c *counter) bool {
+		calls++
+		if calls == 1 {
+			// Another writer rebuilds it after this read.
+			if _, err := s.Mutate(ctx, "t", func(c *counter) error { c.N = 2; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c.N == 1
+	})
+	if err != nil || deleted || calls != 2 {
+		t.Fatalf("DeleteIf = %v, %v after %d reads; want kept, judged twice", deleted, err, calls)
+	}
+	if v, _, err := s.Get(ctx, "t"); err != nil || v == nil || v.N != 2 {
+		t.Fatalf("record after DeleteIf = %+v, %v; want the rewritten one", v, err)
+	}
+	if deleted, err := s.DeleteIf(ctx, "t", func(c *counter) bool { return c.N == 2 }); err != nil || !deleted {
+		t.Fatalf("DeleteIf of the current value = %v, %v; want deleted", deleted, err)
+	}
+	if deleted, err := s.DeleteIf(ctx, "t", func(*counter) bool { return true }); err != nil || deleted {
+		t.Fatalf("DeleteIf of a missing record = %v, %v; want nothing, no error", deleted, err)
+	}
+}
