@@ -317,6 +317,38 @@ func TestGetWatchFollowsChangesAndDeletion(t *testing.T) {
 	})
 }
 
+// `events -w` prints the history, then every new event as it comes.
+func TestEventsWatchFollowsNewEvents(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	t.Setenv("PODVISOR_NATS_URL", "")
+	pod := func(name string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata: {name: " + name + "}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	}
+	if _, errOut, code := run(t, dir, pod("before"), "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %s", errOut)
+	}
+	var out, errb syncbuf.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(ctx, []string{"--state-dir", dir, "events", "-w", "--type", "pod.requested", "-o", "json"}, strings.NewReader(""), &out, &errb)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("events -w exit %d: %s", code, errb.String())
+		}
+	}()
+	eventually(t, "the history", func() bool { return strings.Contains(out.String(), `"before"`) })
+	if _, errOut, code := run(t, dir, pod("after"), "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %s", errOut)
+	}
+	eventually(t, "the new event: "+errb.String(), func() bool { return strings.Contains(out.String(), `"after"`) })
+	if n := strings.Count(out.String(), `"before"`); n != 1 {
+		t.Errorf("the history's event printed %d times, want once:\n%s", n, out.String())
+	}
+}
+
 // A service whose configuration is invalid stops `up` before anything
 // starts: exit 2, the service and the setting named, and never "up".
 func TestUpRefusesBadServiceConfigBeforeStarting(t *testing.T) {

@@ -85,7 +85,7 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 	// History: read every stream up to its last sequence at start, then
 	// merge by stored time so the output reads as one timeline.
 	var history []storedMsg
-	consumers := map[string]jetstream.Consumer{}
+	read := map[string]uint64{} // the last sequence read of each stream
 	for _, name := range streams {
 		s, err := b.JetStream().Stream(ctx, name)
 		if err != nil {
@@ -96,12 +96,10 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", name, err)
 		}
-		consumers[name] = c
-		var read uint64
 		for last > 0 {
 			// Ask for no more than what is left, so the last batch returns
 			// at once instead of waiting out FetchMaxWait.
-			batch, err := c.Fetch(int(min(500, max(1, last-read))), jetstream.FetchMaxWait(2*time.Second))
+			batch, err := c.Fetch(int(min(500, max(1, last-read[name]))), jetstream.FetchMaxWait(2*time.Second))
 			if err != nil {
 				return fmt.Errorf("read %s: %w", name, err)
 			}
@@ -114,7 +112,7 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 					continue
 				}
 				history = append(history, storedMsg{name, md.Sequence.Stream, md.Timestamp, m})
-				read = md.Sequence.Stream
+				read[name] = md.Sequence.Stream
 				if md.Sequence.Stream >= last {
 					done = true
 				}
@@ -136,7 +134,19 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 	}
 	p.flush()
 	var mu sync.Mutex
-	for name, c := range consumers {
+	for _, name := range streams {
+		// A consumer that fetched cannot consume: following is a second
+		// ordered consumer, from the message after the last one read.
+		s, err := b.JetStream().Stream(ctx, name)
+		if err != nil {
+			return fmt.Errorf("follow %s: %w", name, err)
+		}
+		c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+			DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: read[name] + 1,
+		})
+		if err != nil {
+			return fmt.Errorf("follow %s: %w", name, err)
+		}
 		cc, err := c.Consume(func(m jetstream.Msg) {
 			md, _ := m.Metadata()
 			sm := storedMsg{stream: name, msg: m}
