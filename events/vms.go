@@ -452,6 +452,9 @@ type VirtualMachineStatus struct {
 	Host string `json:"host,omitempty"`
 	// VM is the managed object reference (vm-42).
 	VM string `json:"vm,omitempty"`
+	// Datastores hold the VM's files (its disks). A vMotion moves the VM
+	// and not its storage, so a host it moves to must mount every one.
+	Datastores []string `json:"datastores,omitempty"`
 	// IPs are the NICs' addresses, in network order.
 	IPs []string `json:"ips"`
 	// NICs are the attachments, in network order.

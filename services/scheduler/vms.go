@@ -188,6 +188,8 @@ func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *e
 	if err != nil {
 		return refuse(rec.UID, ReasonNoTarget, err.Error())
 	}
+	// The move is a vMotion of the VM alone: its disks stay where they are.
+	p.Datastores = rec.Status.Datastores
 	o := s.submitMigration(ctx, p, source, e.ID, e.TargetHost)
 	switch {
 	case o.err != nil:

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/scheduler/plugins/datastoreavailable"
 	"github.com/podvisor/podvisor/shared/simtest"
 )
 
@@ -27,7 +29,7 @@ import (
 // another host in their declared power state.
 func TestNativeVMsDrainAndHostLoss(t *testing.T) {
 	privtest.RequireTools(t, "mkfs.ext4")
-	sys, dir := startUp(t, "all", allinone.Config{HostsPerCluster: 3, Guests: allinone.GuestsOff})
+	sys, dir := startUp(t, "all", allinone.Config{Clusters: 2, HostsPerCluster: 3, Guests: allinone.GuestsOff})
 	ctx := context.Background()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -136,6 +138,30 @@ spec: {className: small, imageName: vmos, powerState: PoweredOff}
 	out, errOut, code := run(t, dir, "", "get", "migrations", "-n", "team-a")
 	if code != 0 || !strings.Contains(out, "vm/vm-on") || !strings.Contains(out, events.MigrationPhaseCompleted) {
 		t.Errorf("get migrations: exit %d\n%s%s, want vm/vm-on Completed", code, out, errOut)
+	}
+
+	// A vMotion leaves the disks where they are: a host that does not
+	// mount their datastore is refused as a target, the datastore named.
+	v := getVM("vm-on")
+	if len(v.Status.Datastores) == 0 {
+		t.Fatalf("vm-on's status names no datastore: %+v", v.Status)
+	}
+	far := ""
+	for _, h := range sys.Datacenter.Hosts() {
+		if !slices.ContainsFunc(v.Status.Datastores, func(ds string) bool { return slices.Contains(h.Datastores, ds) }) {
+			far = h.Name
+			break
+		}
+	}
+	if far == "" {
+		t.Fatalf("every host mounts vm-on's datastores %v", v.Status.Datastores)
+	}
+	out, errOut, code = run(t, dir, "", "migrate", "vm", "vm-on", "-n", "team-a", "--to", far, "--wait", "25s")
+	if code == 0 || !strings.Contains(out+errOut, datastoreavailable.Reason) || !strings.Contains(out+errOut, v.Status.Datastores[0]) {
+		t.Errorf("migrate vm vm-on --to %s (which does not mount %v): exit %d\n%s%s; want refused, naming the datastore", far, v.Status.Datastores, code, out, errOut)
+	}
+	if v := getVM("vm-on"); v.Status.Host != src {
+		t.Errorf("vm-on on %s after a refused move, want it still on %s", v.Status.Host, src)
 	}
 
 	// A VM that cannot be vMotioned is evicted and made again elsewhere.

@@ -79,9 +79,10 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		return c.failed(ctx, cause, rec, events.VMConditionPowerStateSynced, "PowerFailed", err)
 	}
 	var mvm mo.VirtualMachine
-	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware"}, &mvm); err != nil {
+	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware", "datastore"}, &mvm); err != nil {
 		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
 	}
+	datastores := c.datastoreNames(ctx, mvm.Datastore)
 	power := powerStateName(mvm.Runtime.PowerState)
 	host, err := c.hostName(ctx, mvm.Runtime.Host)
 	if err != nil {
@@ -90,6 +91,7 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
 		now := c.now().UTC()
 		r.Status.VM, r.Status.PowerState, r.Status.Phase = vm.Reference().Value, power, phase
+		r.Status.Datastores = datastores
 		if host != "" {
 			r.Status.Host = host
 		}
@@ -225,13 +227,7 @@ func (c *Controller) placement(ctx context.Context, rec *events.VMRecord) (*obje
 	if err := h.Properties(ctx, h.Reference(), []string{"datastore"}, &mh); err != nil {
 		return nil, nil, "", fmt.Errorf("datastores of %s: %w", rec.Status.Host, err)
 	}
-	var mounted []string
-	for _, ref := range mh.Datastore {
-		var ds mo.Datastore
-		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name"}, &ds); err == nil {
-			mounted = append(mounted, ds.Name)
-		}
-	}
+	mounted := c.datastoreNames(ctx, mh.Datastore)
 	// A datastore the host does not mount crashes vcsim and fails late on
 	// vCenter: only a mounted one is used.
 	for _, want := range rec.Datastores {
@@ -683,4 +679,18 @@ func (c *Controller) childFolder(ctx context.Context, parent *object.Folder, nam
 		}
 	}
 	return nil, nil
+}
+
+// datastoreNames names the datastores refs, sorted; one that cannot be
+// read is left out.
+func (c *Controller) datastoreNames(ctx context.Context, refs []types.ManagedObjectReference) []string {
+	var names []string
+	for _, ref := range refs {
+		var ds mo.Datastore
+		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name"}, &ds); err == nil {
+			names = append(names, ds.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
 }

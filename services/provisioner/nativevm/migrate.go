@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
+	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/task"
 	"github.com/vmware/govmomi/vapi/library"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 
@@ -46,6 +50,15 @@ func (c *Controller) onAdmitted(ctx context.Context, m *bus.Message, a *events.V
 		pool, err := h.ResourcePool(ctx)
 		if err != nil {
 			return fmt.Errorf("resource pool of %s: %w", e.TargetHost, err)
+		}
+		// A vMotion moves the VM and not its disks: a target that does not
+		// mount their datastores cannot run it (vCenter refuses; the
+		// simulator would let the move happen and fail on the VM later).
+		if missing, err := c.unmountedOn(ctx, vm, h); err != nil {
+			return err
+		} else if len(missing) > 0 {
+			return bus.Permanent(bus.WithReason("RelocateFailed", fmt.Errorf("relocate %s to %s: the host does not mount datastore %s, which holds the VM's disks",
+				rec.Key(), e.TargetHost, strings.Join(missing, ", "))))
 		}
 		hr, pr := h.Reference(), pool.Reference()
 		task, err := vm.Relocate(ctx, types.VirtualMachineRelocateSpec{Host: &hr, Pool: &pr}, types.VirtualMachineMovePriorityDefaultPriority)
@@ -126,4 +139,26 @@ func refusedByVCenter(err error) bool {
 		}
 	}
 	return false
+}
+
+// unmountedOn lists the datastores of vm's files that host h does not mount.
+func (c *Controller) unmountedOn(ctx context.Context, vm *object.VirtualMachine, h *object.HostSystem) ([]string, error) {
+	var mvm mo.VirtualMachine
+	if err := vm.Properties(ctx, vm.Reference(), []string{"datastore"}, &mvm); err != nil {
+		return nil, fmt.Errorf("datastores of VM %s: %w", vm.Reference().Value, err)
+	}
+	var mh mo.HostSystem
+	if err := h.Properties(ctx, h.Reference(), []string{"datastore"}, &mh); err != nil {
+		return nil, fmt.Errorf("datastores of host %s: %w", h.Reference().Value, err)
+	}
+	var missing []types.ManagedObjectReference
+	for _, ref := range mvm.Datastore {
+		if !slices.ContainsFunc(mh.Datastore, func(m types.ManagedObjectReference) bool { return m.Value == ref.Value }) {
+			missing = append(missing, ref)
+		}
+	}
+	if len(missing) == 0 {
+		return nil, nil
+	}
+	return c.datastoreNames(ctx, missing), nil
 }

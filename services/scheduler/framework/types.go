@@ -61,6 +61,9 @@ type PodInfo struct {
 	SpreadGroup string
 	// Exclude lists hosts the pod must not go to (a migration's source).
 	Exclude map[string]bool
+	// Datastores the host must mount (a VM's disks stay on theirs when
+	// it moves), beside the profile's RequiredDatastores.
+	Datastores []string
 	// Refused lists hosts that refused one of the pod's networks
 	// (network-config's availability query before binding, or the attach):
 	// the pod is placed on another host.

@@ -91,10 +91,11 @@ func (b *HostBuilder) Obj() *framework.Host { h := b.h; return &h }
 // PodBuilder builds a framework.PodInfo through a corev1.Pod, so that the
 // compile step (framework.NewPodInfo) is exercised too.
 type PodBuilder struct {
-	pod      corev1.Pod
-	size     framework.PodSize
-	networks []string
-	exclude  []string
+	pod        corev1.Pod
+	size       framework.PodSize
+	networks   []string
+	exclude    []string
+	datastores []string
 }
 
 // MakePod starts a pod default/name of 1 CPU and 1 GiB on "default".
@@ -176,6 +177,9 @@ func (b *PodBuilder) affinity() *corev1.Affinity {
 // Exclude keeps the pod off hosts.
 func (b *PodBuilder) Exclude(hosts ...string) *PodBuilder { b.exclude = hosts; return b }
 
+// Datastores sets the datastores a host must mount (a moving VM's disks').
+func (b *PodBuilder) Datastores(ds ...string) *PodBuilder { b.datastores = ds; return b }
+
 // Pod returns the Kubernetes pod.
 func (b *PodBuilder) Pod() *corev1.Pod { return &b.pod }
 
@@ -186,6 +190,7 @@ func (b *PodBuilder) Info() *framework.PodInfo {
 	if err != nil {
 		panic(err)
 	}
+	p.Datastores = b.datastores
 	if len(b.exclude) > 0 {
 		p.Exclude = map[string]bool{}
 		for _, h := range b.exclude {

@@ -3,6 +3,8 @@
 // vCenter, the datastore of the pod VM boot disk, which every pod VM
 // attaches (PODVISOR_PROVISIONER_BOOT_DISK). A pod placed on a host
 // without it could not be created there; the provisioner would fail it.
+// It also keeps a VM that moves (PodInfo.Datastores: a vMotion leaves the
+// disks where they are) to hosts that mount its disks' datastores.
 package datastoreavailable
 
 import (
@@ -37,15 +39,23 @@ func (*Plugin) Name() string { return Name }
 
 // Filter implements framework.FilterPlugin. A host can come to mount a
 // datastore, so a refusal is Unschedulable (retried), not unresolvable.
-func (p *Plugin) Filter(_ context.Context, _ *framework.CycleState, _ *framework.PodInfo, h *framework.Host) *framework.Status {
+func (p *Plugin) Filter(_ context.Context, _ *framework.CycleState, pod *framework.PodInfo, h *framework.Host) *framework.Status {
 	var missing []string
 	for _, ds := range p.required {
 		if !slices.Contains(h.Datastores, ds) {
 			missing = append(missing, ds)
 		}
 	}
-	if len(missing) == 0 {
-		return nil
+	if len(missing) > 0 {
+		return framework.NewStatus(framework.Unschedulable, Reason, "host does not mount datastore "+strings.Join(missing, ", ")+" (the pod VM boot disk's)")
 	}
-	return framework.NewStatus(framework.Unschedulable, Reason, "host does not mount datastore "+strings.Join(missing, ", ")+" (the pod VM boot disk's)")
+	for _, ds := range pod.Datastores {
+		if !slices.Contains(h.Datastores, ds) {
+			missing = append(missing, ds)
+		}
+	}
+	if len(missing) > 0 {
+		return framework.NewStatus(framework.Unschedulable, Reason, "host does not mount datastore "+strings.Join(missing, ", ")+" (the VM's disks are there)")
+	}
+	return nil
 }

@@ -18,4 +18,10 @@ func TestFilter(t *testing.T) {
 	fwtest.Filters(t, &Plugin{}, []fwtest.FilterCase{
 		{Name: "none required", Pod: pod, Host: fwtest.MakeHost("h").Datastores()},
 	})
+	// A VM that moves needs its own disks' datastores too.
+	vm := fwtest.MakePod("vm").Datastores("cluster-1-ds")
+	fwtest.Filters(t, &Plugin{required: []string{"images-ds"}}, []fwtest.FilterCase{
+		{Name: "mounts both", Pod: vm, Host: fwtest.MakeHost("h").Datastores("cluster-1-ds", "images-ds")},
+		{Name: "not the VM's", Pod: vm, Host: fwtest.MakeHost("h").Datastores("cluster-2-ds", "images-ds"), WantReason: Reason, WantCode: framework.Unschedulable},
+	})
 }
