@@ -36,8 +36,9 @@ const (
 	defaultProbeTimeout       = 1
 	defaultProbeSuccess       = 1
 	defaultProbeFailure       = 3
-	// maxHostname is the longest UTS name Linux takes.
-	maxHostname = 64
+	// maxHostname is the longest hostname a pod gets, as in Kubernetes:
+	// a DNS label (Linux would take 64).
+	maxHostname = 63
 )
 
 // vmLayout is what the record says the pod VM looks like inside: the guest
@@ -301,10 +302,11 @@ func chainID(path string) string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
-// hostname is the guest's UTS name: the pod name, cut to what Linux takes.
+// hostname is the guest's UTS name: the pod name cut to a DNS label, as
+// Kubernetes does (63 characters, no '-' or '.' left at the end).
 func hostname(name string) string {
 	if len(name) > maxHostname {
-		name = name[:maxHostname]
+		name = strings.TrimRight(name[:maxHostname], "-.")
 	}
 	return name
 }

@@ -92,7 +92,7 @@ func TestGuestSpecFromRecord(t *testing.T) {
 		{
 			name: "manifest fields",
 			mutate: func(p *corev1.Pod) {
-				p.Name = strings.Repeat("n", 70)
+				p.Name = strings.Repeat("n", 62) + "-xyz" // cut at 63, the '-' left at the end trimmed
 				p.Spec.RestartPolicy = corev1.RestartPolicyNever
 				p.Spec.TerminationGracePeriodSeconds = new(int64)
 				p.Spec.Volumes = []corev1.Volume{{Name: "scratch", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
@@ -115,8 +115,8 @@ func TestGuestSpecFromRecord(t *testing.T) {
 			},
 			chains: map[string][]int{"app": {1}, "init": {9}},
 			check: func(t *testing.T, s *guestchannel.PodSpec, disks []string) {
-				if s.RestartPolicy != "Never" || s.TerminationGracePeriodSeconds != 0 || len(s.Hostname) != 64 {
-					t.Errorf("policy %s grace %d hostname length %d", s.RestartPolicy, s.TerminationGracePeriodSeconds, len(s.Hostname))
+				if s.RestartPolicy != "Never" || s.TerminationGracePeriodSeconds != 0 || s.Hostname != strings.Repeat("n", 62) {
+					t.Errorf("policy %s grace %d hostname %q", s.RestartPolicy, s.TerminationGracePeriodSeconds, s.Hostname)
 				}
 				if len(s.Volumes) != 1 || s.Volumes[0].EmptyDir.Medium != "Memory" || s.Volumes[0].EmptyDir.SizeLimitBytes != 64<<20 {
 					t.Errorf("volumes = %+v", s.Volumes)
