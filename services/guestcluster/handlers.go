@@ -117,6 +117,9 @@ func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep E
 		if r.Phase != events.GuestClusterPhaseReady || r.ReadyAt == nil {
 			r.ReadyAt = &now
 		}
+		if r.Reason == reasonControlPlaneLost {
+			r.Reason, r.Message = "", ""
+		}
 		r.Phase, r.Endpoint, r.HasKubeconfig = events.GuestClusterPhaseReady, ep.URL, true
 		r.Identity = bus.GuestClusterIdentity(ns, name).Name
 		return nil

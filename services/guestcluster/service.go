@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -191,9 +193,35 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-// resyncLoop runs resync every ResyncInterval.
+// resyncLoop runs resync at start, then every ResyncInterval: after a
+// restart of the supervisor the control planes (their processes, or VMs
+// made again) serve at new endpoints, and until resync has found that out
+// the records would name the old ones.
 func (s *Service) resyncLoop(ctx context.Context) {
-	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", s.resync)
+	periodic.EveryAfter(ctx, 0, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", s.resync)
+}
+
+// reasonControlPlaneLost: the API server of a Ready guest cluster stopped
+// answering at its endpoint (its control plane's processes or VMs went
+// away, as after a restart of the supervisor): the cluster is Provisioning
+// with this reason until the resync has its control plane serve again.
+const reasonControlPlaneLost = "ControlPlaneLost"
+
+// answers says whether something accepts connections at a guest cluster's
+// endpoint (https://host:port).
+func answers(ctx context.Context, endpoint string) bool {
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+	if err != nil {
+		return false
+	}
+	_ = conn.Close()
+	return true
 }
 
 // resync ensures the control plane of every Ready guest cluster (starting
@@ -206,10 +234,26 @@ func (s *Service) resync(ctx context.Context) error {
 		return err
 	}
 	for _, r := range recs {
-		if r.Phase != events.GuestClusterPhaseReady {
+		lost := r.Phase == events.GuestClusterPhaseProvisioning && r.Reason == reasonControlPlaneLost
+		if r.Phase != events.GuestClusterPhaseReady && !lost {
 			continue
 		}
 		key := r.Namespace + "/" + r.Name
+		if !lost && !answers(ctx, r.Endpoint) {
+			// Not Ready while nothing serves: say so before starting it
+			// again (which waits for the API server).
+			msg := fmt.Sprintf("the API server does not answer at %s; starting the control plane again", r.Endpoint)
+			if _, err := s.clusters.Mutate(ctx, r.Key(), func(cur *events.GuestClusterRecord) error {
+				if cur.Phase != events.GuestClusterPhaseReady || cur.Endpoint != r.Endpoint {
+					return record.ErrUnchanged
+				}
+				cur.Phase, cur.Reason, cur.Message = events.GuestClusterPhaseProvisioning, reasonControlPlaneLost, msg
+				return nil
+			}); err != nil && ctx.Err() == nil {
+				s.log.Warn("resync: record a lost control plane", "guestcluster", key, "err", err)
+			}
+			s.log.Warn("guest cluster control plane lost", "guestcluster", key, "endpoint", r.Endpoint)
+		}
 		ep, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec)
 		if err == nil && ep.URL != r.Endpoint {
 			s.log.Info("guest cluster endpoint moved", "guestcluster", key, "from", r.Endpoint, "to", ep.URL)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,12 +36,20 @@ type recordingControlPlanes struct {
 	ensured map[string]ControlPlane
 	removed []string
 	fail    error
-	// url is the endpoint Ensure answers (https://127.0.0.1:6443 when
-	// empty).
-	url string
+	// url is the endpoint Ensure answers (serving: a listener the
+	// harness keeps open, so that the control plane answers there).
+	url, serving string
+	// gate, when set, holds Ensure until it is closed.
+	gate chan struct{}
 }
 
 func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (Endpoint, error) {
+	r.mu.Lock()
+	gate := r.gate
+	r.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail != nil {
@@ -49,7 +58,7 @@ func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (End
 	r.ensured[cp.Namespace+"/"+cp.Name] = cp
 	url := r.url
 	if url == "" {
-		url = "https://127.0.0.1:6443"
+		url = r.serving
 	}
 	return Endpoint{URL: url, Kubeconfig: []byte("apiVersion: v1\nkind: Config\nclusters:\n- cluster: {server: " + url + "}\n")}, nil
 }
@@ -72,6 +81,8 @@ type harness struct {
 	nats bus.ConnConfig // URL and CA of the server
 	evs  chan event.Event
 	svc  *Service
+	// serving is the listener the control plane answers at.
+	serving net.Listener
 	// skipped are events await passed over, oldest first.
 	skipped []event.Event
 }
@@ -92,6 +103,7 @@ func start(t *testing.T) *harness {
 	}
 	t.Cleanup(func() { _ = vs.Close(context.Background()) })
 	h := &harness{b: b, dc: dc, vs: vs, cps: &recordingControlPlanes{ensured: map[string]ControlPlane{}}, auth: auth, nats: conn, evs: make(chan event.Event, 256)}
+	h.cps.serving, h.serving = listen(t)
 	cfg := DefaultConfig()
 	cfg.ResyncInterval = 0
 	cfg.DeleteTimeout = 20 * time.Second
@@ -118,6 +130,40 @@ func start(t *testing.T) *harness {
 		t.Cleanup(cc.Stop)
 	}
 	return h
+}
+
+// listen stands for an API server: something that accepts connections at
+// an https URL on loopback until the test ends (or it is closed).
+func listen(t *testing.T) (string, net.Listener) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	return "https://" + ln.Addr().String(), ln
+}
+
+func serve(t *testing.T) string { u, _ := listen(t); return u }
+
+// closeServing stops the control plane's API server from answering at the
+// endpoint the guest cluster was made with.
+func (h *harness) closeServing() { _ = h.serving.Close() }
+
+// waitRecord waits until the guest cluster's record satisfies ok.
+func (h *harness) waitRecord(t *testing.T, ns, name string, ok func(events.GuestClusterRecord) bool) events.GuestClusterRecord {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := h.record(t, ns, name)
+		if ok(r) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("record of %s/%s: %+v", ns, name, r)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (h *harness) publish(t *testing.T, ceType, subject string, p events.Payload) {
@@ -202,7 +248,7 @@ func TestGuestClusterLifecycle(t *testing.T) {
 	}
 	var rec events.GuestClusterRecord
 	_ = json.Unmarshal(e.Value(), &rec)
-	if rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != "https://127.0.0.1:6443" || !rec.HasKubeconfig || rec.Identity != "gc-team-a-gc1" {
+	if rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != h.cps.serving || !rec.HasKubeconfig || rec.Identity != "gc-team-a-gc1" {
 		t.Errorf("record = %+v", rec)
 	}
 	if strings.Contains(string(e.Value()), "kind: Config") {
@@ -473,6 +519,40 @@ func TestControlPlaneCountIsFixedAtCreation(t *testing.T) {
 // recorded by the resync, endpoint and kubeconfig, so what `get
 // guestcluster --kubeconfig` hands out next reaches it; the cluster stays
 // Ready since it was.
+// A Ready guest cluster whose API server no longer answers at its endpoint
+// (the supervisor restarted: its control plane serves nowhere yet) is not
+// Ready while the resync starts it again, and Ready at its new endpoint
+// once it serves.
+func TestALostControlPlaneIsNotReadyUntilItServesAgain(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	req := guestCluster()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+
+	// The endpoint stops answering; the control plane, started again,
+	// will serve at another one, once Ensure is let go.
+	h.closeServing()
+	again := serve(t)
+	gate := make(chan struct{})
+	h.cps.mu.Lock()
+	h.cps.url, h.cps.gate = again, gate
+	h.cps.mu.Unlock()
+	done := make(chan error, 1)
+	go func() { done <- h.svc.resync(ctx) }()
+	lost := h.waitRecord(t, "team-a", "gc1", func(r events.GuestClusterRecord) bool { return r.Phase != events.GuestClusterPhaseReady })
+	if lost.Phase != events.GuestClusterPhaseProvisioning || lost.Reason != reasonControlPlaneLost {
+		t.Errorf("while the control plane is started again: %s %s (%s), want Provisioning %s", lost.Phase, lost.Reason, lost.Message, reasonControlPlaneLost)
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.Phase != events.GuestClusterPhaseReady || rec.Endpoint != again || rec.Reason != "" {
+		t.Errorf("after the resync: %s at %s (reason %q), want Ready at %s", rec.Phase, rec.Endpoint, rec.Reason, again)
+	}
+}
+
 func TestResyncRecordsAMovedEndpoint(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
@@ -481,6 +561,8 @@ func TestResyncRecordsAMovedEndpoint(t *testing.T) {
 	h.await(t, events.TypeGuestClusterReady)
 	first := h.record(t, "team-a", "gc1")
 
+	// The control plane still answers at its endpoint; Ensure reports
+	// another one (the balancer moved, say).
 	h.cps.mu.Lock()
 	h.cps.url = "https://127.0.0.1:7443"
 	h.cps.mu.Unlock()
