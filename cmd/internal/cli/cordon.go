@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -24,17 +25,50 @@ func newCordonCmd(g *globals) *cobra.Command {
 	return hostToggleCmd(g, "cordon", "Stop placing new pods (and migrations) on a host; its pods stay",
 		func(host string) (string, events.Payload, string) {
 			return events.TypeHostCordonRequested, &events.HostCordonRequested{Name: host, Reason: "Manual"}, events.SubjectHostCordoned
-		})
+		}, func(r *events.HostRecord) bool { return r.Cordoned || r.Maintenance })
 }
 
 func newUncordonCmd(g *globals) *cobra.Command {
 	return hostToggleCmd(g, "uncordon", "Make a cordoned or drained host schedulable again and take it out of maintenance mode",
 		func(host string) (string, events.Payload, string) {
 			return events.TypeHostUncordonRequested, &events.HostUncordonRequested{Name: host}, events.SubjectHostUncordoned
-		})
+		}, func(r *events.HostRecord) bool { return !r.Cordoned && !r.Maintenance })
 }
 
-func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ceType string, p events.Payload, answer string)) *cobra.Command {
+// hostSettleWait bounds the wait for the inventory to show what a command
+// reported of a host.
+const hostSettleWait = 10 * time.Second
+
+// hostSettled waits until the inventory's record of host satisfies ok:
+// the scheduler writes it from the same announcement the command reported,
+// or from vCenter, a moment later, and until it does `get hosts` would
+// contradict what was just printed. A host without a record, or one that
+// does not settle within hostSettleWait, is not waited for further (the
+// report stands; the inventory catches up).
+func hostSettled(ctx context.Context, b *bus.Bus, host string, ok func(*events.HostRecord) bool) {
+	kv, err := b.KV(ctx, events.BucketHosts)
+	if err != nil {
+		return
+	}
+	deadline := time.Now().Add(hostSettleWait)
+	for {
+		e, err := kv.Get(ctx, events.HostRecordKey(host))
+		if err != nil {
+			return // no record (or none readable): nothing to agree with
+		}
+		var rec events.HostRecord
+		if json.Unmarshal(e.Value(), &rec) != nil || ok(&rec) || time.Now().After(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ceType string, p events.Payload, answer string), settled func(*events.HostRecord) bool) *cobra.Command {
 	return &cobra.Command{
 		Use:               verb + " host NAME",
 		Short:             short,
@@ -71,6 +105,7 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ce
 						if a.Subject() != args[1] {
 							continue
 						}
+						hostSettled(ctx, b, args[1], settled)
 						fmt.Fprintf(g.stdout, "host %s %sed\n", args[1], verb)
 						return nil
 					case <-timeout:

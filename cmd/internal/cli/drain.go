@@ -150,6 +150,7 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 				}
 			}
 			if len(h.Unmovable) == 0 {
+				hostSettled(ctx, b, h.Name, func(r *events.HostRecord) bool { return r.Maintenance })
 				fmt.Fprintf(g.stdout, "host %s drained: %s moved; the host is in maintenance mode\n", h.Name, events.MovedText(h.Migrated, h.MigratedVMs))
 				return true, nil
 			}
