@@ -229,6 +229,12 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 			term = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "StartError",
 				Message: err.Error(), ExitCode: 128, StartedAt: &now, FinishedAt: &now}
 			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+				// Every attempt after the first is a restart, as in
+				// Kubernetes, whether or not it got the process started:
+				// a crash loop of a container that cannot start counts up.
+				if instanceNo > 0 {
+					s.RestartCount++
+				}
 				s.State, s.Ready, s.Started = term, false, false
 			})
 		}

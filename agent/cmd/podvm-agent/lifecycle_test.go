@@ -21,6 +21,26 @@ func emptyDir(spec *guestchannel.PodSpec) *guestchannel.PodSpec {
 	return spec
 }
 
+// A container that cannot start (no such program) is retried with
+// back-off, and each retry counts as a restart, as in Kubernetes: a crash
+// loop shows in restartCount even though no process ever ran.
+func TestAContainerThatCannotStartCountsItsRestarts(t *testing.T) {
+	needGuest(t)
+	broken := guestchannel.Container{Name: "broken", Command: []string{"/no/such/program"}}
+	spec := image.Spec("broken", "Always", 1, nil, []guestchannel.Container{broken})
+	g := guest(t, spec, guesttest.Options{Backoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	v := g.Host.Wait("two restarts", wait, func(v guesttest.View) bool { return v.Container("broken").RestartCount >= 2 })
+	c := v.Container("broken")
+	if c.LastState == nil && c.State.Kind != guestchannel.StateTerminated {
+		t.Errorf("broken = %+v, want a terminated state or last state", c)
+	}
+	for _, st := range []*guestchannel.ContainerState{&c.State, c.LastState} {
+		if st != nil && st.Kind == guestchannel.StateTerminated && (st.Reason != "StartError" || st.ExitCode != 128) {
+			t.Errorf("terminated %+v, want StartError with exit code 128", st)
+		}
+	}
+}
+
 // A crashing container with restartPolicy Always restarts with back-off,
 // its log follows across restarts, --previous reads the instance before,
 // and its emptyDir outlives each instance.

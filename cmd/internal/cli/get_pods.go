@@ -51,5 +51,26 @@ func (p *podRow) Row(now time.Time) []string {
 		restarts += cs.RestartCount
 	}
 	return []string{r.Name, fmt.Sprintf("%d/%d", ready, len(r.Pod.Spec.Containers)), dash(r.Phase), strconv.Itoa(int(restarts)),
-		dash(r.Host), dash(r.IP), age(r.CreatedAt, now), dash(r.Reason)}
+		dash(r.Host), dash(r.IP), age(r.CreatedAt, now), dash(podReason(r))}
+}
+
+// podReason is the pod's reason, or else, as kubectl's STATUS shows it,
+// the reason of a container that does not run: waiting (CrashLoopBackOff,
+// CreateContainerError…), or terminated while the pod goes on (Error,
+// OOMKilled; not Completed, which is no trouble). The last container's
+// comes first, as in kubectl.
+func podReason(r *events.PodRecord) string {
+	if r.Reason != "" {
+		return r.Reason
+	}
+	for i := len(r.ContainerStatuses) - 1; i >= 0; i-- {
+		st := r.ContainerStatuses[i].State
+		switch {
+		case st.Waiting != nil && st.Waiting.Reason != "" && st.Waiting.Reason != events.ReasonContainerCreating:
+			return st.Waiting.Reason
+		case st.Terminated != nil && st.Terminated.Reason != "" && st.Terminated.Reason != "Completed" && r.Phase == events.PodPhaseRunning:
+			return st.Terminated.Reason
+		}
+	}
+	return ""
 }
