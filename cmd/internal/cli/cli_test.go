@@ -495,3 +495,21 @@ func checkRegistryTLS(t *testing.T, registry, caFile string) {
 		}
 	}
 }
+
+// get's help names every kind get knows (the list is made from them).
+func TestGetHelpNamesEveryKind(t *testing.T) {
+	out, errOut, code := run(t, t.TempDir(), "", "get", "--help")
+	if code != 0 {
+		t.Fatalf("get --help: exit %d: %s", code, errOut)
+	}
+	for _, r := range resources {
+		if !strings.Contains(out, r.names[0]) {
+			t.Errorf("get --help does not name %s:\n%s", r.names[0], out)
+		}
+	}
+	for _, kind := range []string{"vms", "vmclasses", "vmimages", "drains"} {
+		if !strings.Contains(out, kind) {
+			t.Errorf("get --help does not name %s", kind)
+		}
+	}
+}

@@ -57,6 +57,20 @@ var resources []*resource
 
 func registerResource(r *resource) { resources = append(resources, r) }
 
+// kindsText lists the kinds get knows, each with its other names:
+// "pods (pod, po), hosts (host), …", in the order they are registered.
+func kindsText() string {
+	var kinds []string
+	for _, r := range resources {
+		k := r.names[0]
+		if len(r.names) > 1 {
+			k += " (" + strings.Join(r.names[1:], ", ") + ")"
+		}
+		kinds = append(kinds, k)
+	}
+	return strings.Join(kinds, ", ")
+}
+
 // decodeRow is the decode of a resource whose row type R is its stored
 // record embedded (struct{ events.PodRecord }): the JSON value decodes into
 // the row as it would into the record, since the record's fields are the
@@ -120,11 +134,10 @@ func newGetCmd(g *globals) *cobra.Command {
 	var kubeconfig bool
 	cmd := &cobra.Command{
 		Use:   "get KIND [NAME]",
-		Short: "Print pods, hosts, networks, network services, images or migrations from the services' records",
+		Short: "Print pods, VMs, hosts, networks, images, migrations, guest clusters… from the services' records",
 		Long: `get prints objects from the records the services keep (JetStream KV buckets; images from the
-Redis image cache). Kinds: pods (pod, po), hosts (host), networks (network, net), networkservices
-(networkservice, netsvc), images (image),
-migrations (migration), guestclusters (guestcluster, gc). -o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
+Redis image cache). Kinds: ` + kindsText() + `.
+-o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
 		Args:              cobra.RangeArgs(1, 2),
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
