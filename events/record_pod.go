@@ -119,7 +119,11 @@ type GuestReport struct {
 // GuestBefore is the last report of a pod's guest whose VM was replaced,
 // with its statuses, kept until the next guest reports.
 type GuestBefore struct {
-	Report                GuestReport              `json:"report"`
+	Report GuestReport `json:"report"`
+	// Gone says the report's VM is gone (lost, removed, or left on an
+	// unreachable host), not merely found under another reference: a late
+	// report of its boot says nothing of the pod's next VM.
+	Gone                  bool                     `json:"gone,omitempty"`
 	InitContainerStatuses []corev1.ContainerStatus `json:"initContainerStatuses,omitempty"`
 	ContainerStatuses     []corev1.ContainerStatus `json:"containerStatuses,omitempty"`
 }

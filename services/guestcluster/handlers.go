@@ -33,7 +33,7 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	// podvisor runs one guest control-plane version.
 	if cur, _, err := s.clusters.Get(ctx, key); err != nil {
 		return err
-	} else if cur != nil && cur.Spec.Version != g.Spec.Version && cur.Phase == events.GuestClusterPhaseReady {
+	} else if cur != nil && cur.Spec.Version != g.Spec.Version && running(cur) {
 		return s.refuseUpgrade(ctx, &m.Event, cur, g.Spec.Version)
 	}
 	now := time.Now().UTC()
@@ -45,7 +45,7 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 		if exists && r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s/%s is being deleted; apply it again once it is gone", ns, name)))
 		}
-		if exists && r.Spec.Version != g.Spec.Version && r.Phase == events.GuestClusterPhaseReady {
+		if exists && r.Spec.Version != g.Spec.Version && running(r) {
 			return bus.Permanent(bus.WithReason(reasonUpgradeUnsupported, fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
 		}
 		if err := g.Spec.ChangeRefused(r.Spec); exists && err != nil {
@@ -252,4 +252,11 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	}
 	s.log.Info("guest cluster deleted", "guestcluster", p.ObjectKey(), "pods", n)
 	return s.out.Emit(ctx, &m.Event, &events.GuestClusterDeleted{GuestClusterRef: p.GuestClusterRef, Pods: n})
+}
+
+// running says whether a guest cluster runs: Ready, or Ready before and
+// being started again (ControlPlaneLost). An upgrade of either is refused.
+func running(r *events.GuestClusterRecord) bool {
+	return r.Phase == events.GuestClusterPhaseReady ||
+		r.Phase == events.GuestClusterPhaseProvisioning && r.Reason == reasonControlPlaneLost
 }

@@ -201,6 +201,21 @@ func (s *Service) resyncLoop(ctx context.Context) {
 	periodic.EveryAfter(ctx, 0, s.cfg.ResyncInterval, s.log, "resync: list guest clusters", s.resync)
 }
 
+// lostBecause says on a lost cluster's record why its control plane does
+// not serve again yet (the next resync tries again).
+func (s *Service) lostBecause(ctx context.Context, key string, cause error) {
+	msg := "starting the control plane again failed: " + cause.Error()
+	if _, err := s.clusters.Mutate(ctx, key, func(cur *events.GuestClusterRecord) error {
+		if cur.Phase != events.GuestClusterPhaseProvisioning || cur.Reason != reasonControlPlaneLost || cur.Message == msg {
+			return record.ErrUnchanged
+		}
+		cur.Message = msg
+		return nil
+	}); err != nil && ctx.Err() == nil {
+		s.log.Warn("resync: record why a control plane does not serve", "guestcluster", key, "err", err)
+	}
+}
+
 // reasonControlPlaneLost: the API server of a Ready guest cluster stopped
 // answering at its endpoint (its control plane's processes or VMs went
 // away, as after a restart of the supervisor): the cluster is Provisioning
@@ -263,6 +278,7 @@ func (s *Service) resync(ctx context.Context) error {
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: control plane", "guestcluster", key, "err", err)
+			s.lostBecause(ctx, r.Key(), err)
 		}
 		if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: worker nodes", "guestcluster", key, "err", err)

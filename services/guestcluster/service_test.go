@@ -544,6 +544,18 @@ func TestALostControlPlaneIsNotReadyUntilItServesAgain(t *testing.T) {
 	if lost.Phase != events.GuestClusterPhaseProvisioning || lost.Reason != reasonControlPlaneLost {
 		t.Errorf("while the control plane is started again: %s %s (%s), want Provisioning %s", lost.Phase, lost.Reason, lost.Message, reasonControlPlaneLost)
 	}
+	// The cluster still runs its version: an upgrade asked meanwhile is
+	// refused as for a Ready one, and the cluster is left as it was.
+	up := guestCluster()
+	up.GuestCluster.Spec.Version = "v1.99.0"
+	h.publish(t, events.TypeGuestClusterRequested, up.ObjectKey(), up)
+	var f events.GuestClusterFailed
+	if err := h.await(t, events.TypeGuestClusterFailed).DataAs(&f); err != nil || f.Reason != reasonUpgradeUnsupported {
+		t.Errorf("guestcluster.failed = %+v (%v), want %s", f, err, reasonUpgradeUnsupported)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.Phase != events.GuestClusterPhaseProvisioning || rec.Reason != reasonControlPlaneLost || rec.Spec.Version != req.GuestCluster.Spec.Version {
+		t.Errorf("after the refused upgrade: %s %s %s, want Provisioning %s %s", rec.Phase, rec.Reason, rec.Spec.Version, reasonControlPlaneLost, req.GuestCluster.Spec.Version)
+	}
 	close(gate)
 	if err := <-done; err != nil {
 		t.Fatal(err)

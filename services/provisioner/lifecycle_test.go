@@ -583,6 +583,12 @@ func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
 	if vms := e.vmsNamed("pv-" + acc.UID); len(vms) != 1 || vms[0].PowerState != types.VirtualMachinePowerStatePoweredOn {
 		t.Fatalf("after the second pass: VMs %+v, want the pod's VM made again and on", vms)
 	}
+	// Once the new VM is made (its guest not reporting yet), a late report
+	// of the lost VM's boot still tells nothing of it.
+	e.PublishHandled(Name, report(acc, vmName, "boot-1", 3, running("app"), running("sidecar"), running("logger")))
+	if r := e.record(svc, "default", "unlucky"); len(r.ContainerStatuses) != 0 || r.Phase == events.PodPhaseRunning {
+		t.Errorf("after the lost VM's late report, its new VM made: phase %s statuses %+v; want no statuses, not Running", r.Phase, r.ContainerStatuses)
+	}
 }
 
 // TestALostVMIsMadeAgainWhenTheSamePassRemovesAStaleOne: a pod evicted

@@ -610,7 +610,7 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 		// VM) once vCenter lets it.
 		s.log.Warn("could not remove the VM of a failed pod", "key", r.Key(), "err", err)
 		r.VMRef = ""
-		forgetGuest(r, s.now().UTC())
+		loseGuest(r, s.now().UTC())
 	}
 	if err := s.out.Emit(ctx, recordCause(r), &events.PodFailed{
 		PodRef: events.PodRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID}, Host: r.Host, Reason: reason, Message: message,
@@ -653,7 +653,7 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 	if _, ok := r.Condition(events.PodConditionVMReady); ok {
 		r.SetCondition(events.PodConditionVMReady, events.ConditionFalse, "Destroyed", "pod VM removed", s.now().UTC())
 	}
-	forgetGuest(r, s.now().UTC())
+	loseGuest(r, s.now().UTC())
 	return nil
 }
 
@@ -664,8 +664,21 @@ func (s *Service) removeVMs(ctx context.Context, r *events.PodRecord) error {
 // reports set say False until the next guest reports: no container of the
 // pod runs meanwhile (and init containers run again in a new VM).
 func forgetGuest(r *events.PodRecord, now time.Time) {
+	forgetGuestOf(r, now, false)
+}
+
+// loseGuest is forgetGuest for a VM that is gone (removed, lost, or left on
+// an unreachable host): its boot's late reports are not folded.
+func loseGuest(r *events.PodRecord, now time.Time) {
+	forgetGuestOf(r, now, true)
+}
+
+func forgetGuestOf(r *events.PodRecord, now time.Time, gone bool) {
 	if r.Guest != nil {
 		r.GuestBefore = &events.GuestBefore{Report: *r.Guest, InitContainerStatuses: r.InitContainerStatuses, ContainerStatuses: r.ContainerStatuses}
+	}
+	if gone && r.GuestBefore != nil {
+		r.GuestBefore.Gone = true
 	}
 	r.Guest, r.InitContainerStatuses, r.ContainerStatuses, r.GuestRepairs = nil, nil, nil, 0
 	const why = "the pod VM's guest has not reported its containers yet"
@@ -794,7 +807,7 @@ func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
 		}
 		r.VMName = vmName(r.UID, r.Generation+1)
 		r.VMRef, r.CreateTask = "", ""
-		forgetGuest(r, s.now().UTC()) // the pod's next VM starts from nothing, as after a removal
+		loseGuest(r, s.now().UTC()) // the pod's next VM starts from nothing, as after a removal
 	}
 	now := s.now().UTC()
 	r.Generation++

@@ -352,7 +352,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, 
 				fresh.Phase, fresh.Reason, fresh.Message = events.PodPhaseProvisioning, ReasonVMMissing, "pod VM "+fresh.VMName+" disappeared; creating it again"
 				fresh.SetCondition(events.PodConditionVMCreated, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
 				fresh.SetCondition(events.PodConditionVMReady, events.ConditionFalse, ReasonVMMissing, "pod VM not found in vCenter", now)
-				forgetGuest(fresh, now)
+				loseGuest(fresh, now)
 				switch err := s.save(ctx, fresh); {
 				case errors.Is(err, errConflict):
 					return false, nil // moved on meanwhile (another replica marked it): the next pass looks again

@@ -89,11 +89,11 @@ func staleReport(r *events.PodRecord, p *events.PodContainersReported, published
 		return "the pod failed and has no VM"
 	case p.VM != r.VMName:
 		return fmt.Sprintf("from VM %s, not the pod's current VM %s", p.VM, r.VMName)
-	case r.VMRef == "" && r.Guest == nil && r.GuestBefore != nil && p.BootID == r.GuestBefore.Report.BootID:
-		// The pod has no VM now: its VM was lost, or left on an
-		// unreachable host. A late report of that VM's boot (which has
-		// the name the next VM gets) says nothing of the pod's next VM.
-		return fmt.Sprintf("boot %s is of the VM the pod no longer has", p.BootID)
+	case r.Guest == nil && r.GuestBefore != nil && r.GuestBefore.Gone && p.BootID == r.GuestBefore.Report.BootID:
+		// That boot's VM is gone (lost, removed, or left on an unreachable
+		// host): a late report of it (whose VM name the next VM may have)
+		// says nothing of the pod's next VM, made or not yet.
+		return fmt.Sprintf("boot %s is of a VM the pod no longer has", p.BootID)
 	}
 	last := r.Guest
 	if last == nil && r.GuestBefore != nil {

@@ -49,8 +49,8 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 	}
 	var todo []repair
 	err = c.vms.ScanEach(ctx, func(key string, rev uint64, r *events.VMRecord) error {
-		if !ready(r) || r.Status.VM == "" || r.StaleVM != "" {
-			return nil // a handler's to converge
+		if !ready(r) || r.Status.VM == "" || r.StaleVM != "" || r.Status.Phase == events.VMPhaseFailed {
+			return nil // a handler's to converge (a Failed VM's, once it is declared again)
 		}
 		switch power, ok := powers[events.NativeVMName(r.UID)]; {
 		case !ok:
@@ -108,7 +108,10 @@ func (c *Controller) repair(ctx context.Context, key string, rev uint64) (bool, 
 	if err := c.converge(ctx, nil, rec); err != nil {
 		return false, err
 	}
-	return true, nil
+	// converge records a permanent failure (the VM Failed) and returns nil:
+	// only a VM that is Ready now was repaired.
+	now, _, err := c.vms.Get(ctx, key)
+	return err == nil && now != nil && now.Status.Phase == events.VMPhaseReady, err
 }
 
 // lockAt takes the VM's lock and reads its record; a record gone, or at

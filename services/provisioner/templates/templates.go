@@ -326,7 +326,7 @@ func (k *Keeper) Fork(ctx context.Context, s podvm.Spec, p podvm.Placement, pod 
 		if errors.Is(err, errTemplateGone) || errors.Is(k.isTemplateVM(ctx, ref, name), errTemplateGone) {
 			// The template VM is gone (removed by a person, a restarted
 			// simulator): its record goes, and the next pod rebuilds it.
-			k.forget(ctx, name, rec.VMRef)
+			k.forget(ctx, name, rec.version())
 		}
 		return nil, Outcome{Template: name, Reason: ReasonInstantCloneFailed, Message: fmt.Sprintf("instant clone of %s: %v", name, err), ReadTemplate: read, ReadRecord: !cached}
 	}
@@ -402,11 +402,12 @@ func (k *Keeper) touch(ctx context.Context, name string, rec *Record) {
 	}
 }
 
-// forget removes a template's record whose VM (vmRef) is gone, unless the
-// record names another VM by now (built again by another replica).
-func (k *Keeper) forget(ctx context.Context, name, vmRef string) {
+// forget removes a template's record whose VM is gone, unless the record
+// is another version by now (built again by another replica: a vCenter
+// rebuilt from nothing may even give its VM the same reference).
+func (k *Keeper) forget(ctx context.Context, name, version string) {
 	k.forgetRead(name)
-	if _, err := k.store.DeleteIf(ctx, name, func(r *Record) bool { return r.VMRef == vmRef }); err != nil {
+	if _, err := k.store.DeleteIf(ctx, name, func(r *Record) bool { return r.version() == version }); err != nil {
 		k.log.Warn("forget template", "template", name, "err", err)
 	}
 }
@@ -613,8 +614,8 @@ func (k *Keeper) remove(ctx context.Context, r Record) error {
 	}
 	k.forgetRead(r.Name)
 	k.log.Info("template removed", "template", r.Name, "host", r.Shape.Host, "agent", r.Agent)
-	// Unless it names another VM by now (built again meanwhile).
-	_, err := k.store.DeleteIf(ctx, r.Name, func(cur *Record) bool { return cur.VMRef == r.VMRef })
+	// Unless it is another version by now (built again meanwhile).
+	_, err := k.store.DeleteIf(ctx, r.Name, func(cur *Record) bool { return cur.version() == r.version() })
 	return err
 }
 
