@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -186,6 +187,11 @@ func (s *Store) Read(ctx context.Context, name string, req Request, chunk int, s
 		}
 		instance--
 		req.Follow = false
+		if _, err := os.Stat(s.path(name, instance)); errors.Is(err, fs.ErrNotExist) {
+			// That instance never got its process started (its start
+			// failed), so it wrote nothing: its log is empty.
+			return nil
+		}
 	}
 	r := &reader{s: s, name: name, chunk: chunk, send: send}
 	if instance >= 0 {

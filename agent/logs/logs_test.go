@@ -49,6 +49,17 @@ func TestTailPreviousAndRotation(t *testing.T) {
 	if _, err := read(t, s, "other", Request{Previous: true}); err != ErrNoPrevious {
 		t.Errorf("previous of an unknown container: %v", err)
 	}
+	// An instance whose start failed wrote no log: as the previous one,
+	// its log is empty (not an error).
+	w, _ = s.Begin("flaky", 0)
+	w.Write([]byte("ran\n"))
+	w.Close()
+	w, _ = s.Begin("flaky", 2) // instance 1 never started
+	w.Write([]byte("again\n"))
+	if got, err := read(t, s, "flaky", Request{Previous: true}); got != "" || err != nil {
+		t.Errorf("previous of an instance that never started = %q, %v; want empty", got, err)
+	}
+	w.Close()
 }
 
 func TestFollowAcrossInstances(t *testing.T) {
