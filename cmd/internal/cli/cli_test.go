@@ -513,3 +513,34 @@ func TestGetHelpNamesEveryKind(t *testing.T) {
 		}
 	}
 }
+
+// delete -f deletes what a manifest names, each object in its namespace,
+// as kubectl does; a manifest of something that cannot be deleted is
+// refused before anything is deleted.
+func TestDeleteWithManifests(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	t.Setenv("PODVISOR_NATS_URL", "")
+	pods := "apiVersion: v1\nkind: Pod\nmetadata: {name: one}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n" +
+		"---\napiVersion: v1\nkind: Pod\nmetadata: {name: two, namespace: team-b}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	if _, errOut, code := run(t, dir, pods, "apply", "-f", "-"); code != 0 {
+		t.Fatalf("apply: %s", errOut)
+	}
+	out, errOut, code := run(t, dir, pods, "delete", "-f", "-", "--dry-run")
+	if code != 0 || !strings.Contains(out, "pod default/one deletion requested (dry run)") || !strings.Contains(out, "pod team-b/two deletion requested (dry run)") {
+		t.Fatalf("delete -f --dry-run: exit %d\n%s%s", code, out, errOut)
+	}
+	migration := "apiVersion: podvisor.io/v1alpha1\nkind: Migration\nmetadata: {name: m1}\nspec: {pod: one}\n"
+	if _, errOut, code := run(t, dir, pods+"---\n"+migration, "delete", "-f", "-"); code != 2 || !strings.Contains(errOut, "Migration cannot be deleted") {
+		t.Errorf("delete -f with a Migration: exit %d, %s; want refused", code, errOut)
+	}
+	if out, _, _ := run(t, dir, "", "get", "pods", "-A"); !strings.Contains(out, "one") || !strings.Contains(out, "two") {
+		t.Errorf("a refused delete -f deleted something:\n%s", out)
+	}
+	if out, errOut, code := run(t, dir, pods, "delete", "-f", "-"); code != 0 || strings.Count(out, "deletion requested") != 2 {
+		t.Fatalf("delete -f: exit %d\n%s%s", code, out, errOut)
+	}
+	eventually(t, "both pods gone", func() bool {
+		out, _, _ := run(t, dir, "", "get", "pods", "-A")
+		return !strings.Contains(out, "one") && !strings.Contains(out, "two")
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -22,9 +23,11 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		selector  string
 		dryRun    string
 		wait      time.Duration
+		files     []string
+		recursive bool
 	)
 	cmd := &cobra.Command{
-		Use:   "delete pod|network|networkservice|vm|vmclass|vmimage|guestcluster NAME... | delete pod -l SELECTOR",
+		Use:   "delete pod|network|networkservice|vm|vmclass|vmimage|guestcluster NAME... | delete pod -l SELECTOR | delete -f FILE",
 		Short: "Request the deletion of pods, networks, network services, native VMs and their classes and images, or guest clusters",
 		Long: `delete publishes pod.delete.requested, network.delete.requested, network.service.delete.requested
 (a NetworkService: its addresses go back to the networks' pools), and so on. It checks first that the
@@ -32,16 +35,26 @@ object exists, so a typo fails here with a clear message; the services do the re
 used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
 namespace whose labels match; --dry-run=client|server prints what would be deleted and publishes
 nothing (server also checks that each object exists). Deleting a guest cluster deletes its pods,
-its VMs and its control plane.`,
-		Args:              cobra.MinimumNArgs(1),
+its VMs and its control plane. -f deletes the objects of manifests (what 'apply -f' takes: files,
+directories, URLs, - for standard input), each in its own namespace.`,
+		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			kind, names := args[0], args[1:]
 			ctx := cmd.Context()
 			mode, err := parseDryRun(dryRun)
 			if err != nil {
 				return err
 			}
+			if len(files) > 0 {
+				if len(args) > 0 || selector != "" {
+					return usageError("delete -f: the manifests name the objects; give no kind, names or -l")
+				}
+				return g.deleteManifests(ctx, files, recursive, mode, wait)
+			}
+			if len(args) == 0 {
+				return usageError("delete: name a kind and objects (delete pod web), or give manifests (-f FILE)")
+			}
+			kind, names := args[0], args[1:]
 			sel, err := parseSelector(selector)
 			if err != nil {
 				return err
@@ -52,100 +65,7 @@ its VMs and its control plane.`,
 			if len(names) > 0 && selector != "" {
 				return usageError("delete %s: give names or -l, not both", kind)
 			}
-			switch kind {
-			case "pod", "pods", "po":
-				if selector != "" {
-					if names, err = g.selectPods(ctx, namespace, sel); err != nil {
-						return err
-					}
-					if len(names) == 0 {
-						fmt.Fprintf(g.stdout, "No pods in namespace %s match %q.\n", namespace, selector)
-						return nil
-					}
-				}
-				for _, name := range names {
-					if mode == dryRunClient {
-						fmt.Fprintf(g.stdout, "pod %s/%s deletion requested (dry run)\n", namespace, name)
-						continue
-					}
-					if err := g.deleteObject(ctx, events.BucketPods, events.PodRecordKey(namespace, name), "pod "+namespace+"/"+name,
-						events.TypePodDeleteRequested, events.PodKey(namespace, name),
-						&events.PodDeleteRequested{Namespace: namespace, Name: name}, mode == dryRunServer); err != nil {
-						return err
-					}
-				}
-				return nil
-			case "network", "networks", "net":
-				if selector != "" {
-					return usageError("delete networks: -l selects pods only (networks carry no labels)")
-				}
-				for _, name := range names {
-					if mode == dryRunClient {
-						fmt.Fprintf(g.stdout, "network %s deletion requested (dry run)\n", name)
-						continue
-					}
-					if mode == dryRunServer {
-						if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
-							events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, true); err != nil {
-							return err
-						}
-						continue
-					}
-					if err := g.deleteNetwork(ctx, name, wait); err != nil {
-						return err
-					}
-				}
-				return nil
-			case "networkservice", "networkservices", "netsvc":
-				if selector != "" {
-					return usageError("delete networkservices: -l selects pods only (network services carry no labels)")
-				}
-				for _, name := range names {
-					if mode == dryRunClient {
-						fmt.Fprintf(g.stdout, "networkservice %s deletion requested (dry run)\n", name)
-						continue
-					}
-					if err := g.deleteObject(ctx, events.BucketNetServices, name, "networkservice "+name,
-						events.TypeNetworkServiceDeleteRequested, name, &events.NetworkServiceDeleteRequested{Name: name}, mode == dryRunServer); err != nil {
-						return err
-					}
-				}
-				return nil
-			case "guestcluster", "guestclusters", "gc":
-				if selector != "" {
-					return usageError("delete guestclusters: -l selects pods only")
-				}
-				for _, name := range names {
-					if mode == dryRunClient {
-						fmt.Fprintf(g.stdout, "guestcluster %s/%s deletion requested (dry run)\n", namespace, name)
-						continue
-					}
-					ref := events.GuestClusterRef{Namespace: namespace, Name: name}
-					if err := g.deleteObject(ctx, events.BucketGuestClusters, events.GuestClusterRecordKey(namespace, name), "guestcluster "+ref.ObjectKey(),
-						events.TypeGuestClusterDeleteRequested, ref.ObjectKey(),
-						&events.GuestClusterDeleteRequested{GuestClusterRef: ref}, mode == dryRunServer); err != nil {
-						return err
-					}
-				}
-				return nil
-			case "vm", "vms", "virtualmachine", "vmclass", "vmclasses", "vmimage", "vmimages":
-				if selector != "" {
-					return usageError("delete %s: give names (-l selects pods only)", kind)
-				}
-				for _, name := range names {
-					bucket, key, what, ceType, subject, payload := vmDeletion(kind, namespace, name)
-					if mode == dryRunClient {
-						fmt.Fprintf(g.stdout, "%s deletion requested (dry run)\n", what)
-						continue
-					}
-					if err := g.deleteObject(ctx, bucket, key, what, ceType, subject, payload, mode == dryRunServer); err != nil {
-						return err
-					}
-				}
-				return nil
-			default:
-				return usageError("cannot delete %q: want pod, network, networkservice, vm, vmclass, vmimage or guestcluster", kind)
-			}
+			return g.deleteKind(ctx, kind, namespace, names, selector, sel, mode, wait)
 		},
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pods")
@@ -153,7 +73,162 @@ its VMs and its control plane.`,
 	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: print what would be deleted; server: also check each exists; none: delete")
 	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "for a network: how long to wait for network-config's answer (0: do not wait)")
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "delete the objects of a manifest file, directory, http(s) URL, or - for standard input (repeatable)")
+	cmd.Flags().BoolVarP(&recursive, "recursive", "R", false, "read the directories of -f and their subdirectories")
 	return cmd
+}
+
+// deleteManifests deletes the objects the manifests name, in their order;
+// every document is read and checked before anything is deleted.
+func (g *globals) deleteManifests(ctx context.Context, files []string, recursive bool, mode dryRun, wait time.Duration) error {
+	sources, err := readSources(ctx, files, recursive, g.stdin)
+	if err != nil {
+		return err
+	}
+	type target struct{ kind, namespace, name string }
+	var targets []target
+	for _, src := range sources {
+		objs, err := events.DecodeObjects(src.stream())
+		if err != nil {
+			return fmt.Errorf("%s: %w", src.name, err)
+		}
+		for _, o := range objs {
+			switch {
+			case o.Pod != nil:
+				ns := o.Pod.Namespace
+				if ns == "" {
+					ns = events.DefaultNamespace
+				}
+				targets = append(targets, target{"pod", ns, o.Pod.Name})
+			case o.Network != nil:
+				targets = append(targets, target{"network", "", o.Network.Metadata.Name})
+			case o.NetworkService != nil:
+				targets = append(targets, target{"networkservice", "", o.NetworkService.Metadata.Name})
+			case o.GuestCluster != nil:
+				gc := *o.GuestCluster
+				gc.Normalize()
+				targets = append(targets, target{"guestcluster", gc.Metadata.Namespace, gc.Metadata.Name})
+			case o.VM != nil:
+				targets = append(targets, target{"vm", o.VM.Namespace(), o.VM.Metadata.Name})
+			case o.VMClass != nil:
+				targets = append(targets, target{"vmclass", "", o.VMClass.Metadata.Name})
+			case o.VMImage != nil:
+				targets = append(targets, target{"vmimage", "", o.VMImage.Metadata.Name})
+			default:
+				return usageError("%s: document %d: a %s cannot be deleted (a migration is cancelled: podvisor migrate cancel ID)", src.name, o.Document, o.Kind)
+			}
+		}
+	}
+	if len(targets) == 0 {
+		return usageError("%s: no objects", strings.Join(files, ", "))
+	}
+	for _, t := range targets {
+		if err := g.deleteKind(ctx, t.kind, t.namespace, []string{t.name}, "", labels.Everything(), mode, wait); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteKind deletes the named objects of one kind (or, for pods, those
+// sel selects): what `delete KIND NAME...` and each document of
+// `delete -f` do.
+func (g *globals) deleteKind(ctx context.Context, kind, namespace string, names []string, selector string, sel labels.Selector, mode dryRun, wait time.Duration) error {
+	var err error
+	switch kind {
+	case "pod", "pods", "po":
+		if selector != "" {
+			if names, err = g.selectPods(ctx, namespace, sel); err != nil {
+				return err
+			}
+			if len(names) == 0 {
+				fmt.Fprintf(g.stdout, "No pods in namespace %s match %q.\n", namespace, selector)
+				return nil
+			}
+		}
+		for _, name := range names {
+			if mode == dryRunClient {
+				fmt.Fprintf(g.stdout, "pod %s/%s deletion requested (dry run)\n", namespace, name)
+				continue
+			}
+			if err := g.deleteObject(ctx, events.BucketPods, events.PodRecordKey(namespace, name), "pod "+namespace+"/"+name,
+				events.TypePodDeleteRequested, events.PodKey(namespace, name),
+				&events.PodDeleteRequested{Namespace: namespace, Name: name}, mode == dryRunServer); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "network", "networks", "net":
+		if selector != "" {
+			return usageError("delete networks: -l selects pods only (networks carry no labels)")
+		}
+		for _, name := range names {
+			if mode == dryRunClient {
+				fmt.Fprintf(g.stdout, "network %s deletion requested (dry run)\n", name)
+				continue
+			}
+			if mode == dryRunServer {
+				if err := g.deleteObject(ctx, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name,
+					events.TypeNetworkDeleteRequested, name, &events.NetworkDeleteRequested{Name: name}, true); err != nil {
+					return err
+				}
+				continue
+			}
+			if err := g.deleteNetwork(ctx, name, wait); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "networkservice", "networkservices", "netsvc":
+		if selector != "" {
+			return usageError("delete networkservices: -l selects pods only (network services carry no labels)")
+		}
+		for _, name := range names {
+			if mode == dryRunClient {
+				fmt.Fprintf(g.stdout, "networkservice %s deletion requested (dry run)\n", name)
+				continue
+			}
+			if err := g.deleteObject(ctx, events.BucketNetServices, name, "networkservice "+name,
+				events.TypeNetworkServiceDeleteRequested, name, &events.NetworkServiceDeleteRequested{Name: name}, mode == dryRunServer); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "guestcluster", "guestclusters", "gc":
+		if selector != "" {
+			return usageError("delete guestclusters: -l selects pods only")
+		}
+		for _, name := range names {
+			if mode == dryRunClient {
+				fmt.Fprintf(g.stdout, "guestcluster %s/%s deletion requested (dry run)\n", namespace, name)
+				continue
+			}
+			ref := events.GuestClusterRef{Namespace: namespace, Name: name}
+			if err := g.deleteObject(ctx, events.BucketGuestClusters, events.GuestClusterRecordKey(namespace, name), "guestcluster "+ref.ObjectKey(),
+				events.TypeGuestClusterDeleteRequested, ref.ObjectKey(),
+				&events.GuestClusterDeleteRequested{GuestClusterRef: ref}, mode == dryRunServer); err != nil {
+				return err
+			}
+		}
+		return nil
+	case "vm", "vms", "virtualmachine", "vmclass", "vmclasses", "vmimage", "vmimages":
+		if selector != "" {
+			return usageError("delete %s: give names (-l selects pods only)", kind)
+		}
+		for _, name := range names {
+			bucket, key, what, ceType, subject, payload := vmDeletion(kind, namespace, name)
+			if mode == dryRunClient {
+				fmt.Fprintf(g.stdout, "%s deletion requested (dry run)\n", what)
+				continue
+			}
+			if err := g.deleteObject(ctx, bucket, key, what, ceType, subject, payload, mode == dryRunServer); err != nil {
+				return err
+			}
+		}
+		return nil
+	default:
+		return usageError("cannot delete %q: want pod, network, networkservice, vm, vmclass, vmimage or guestcluster", kind)
+	}
 }
 
 // selectPods lists the names of a namespace's pods whose labels match.
