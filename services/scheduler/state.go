@@ -100,7 +100,7 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 				rec.LostAt = time.Time{}
 				facts = append(facts, fact{events.TypeHostRecovered, rec.Name, &events.HostRecovered{Name: rec.Name, Cluster: rec.Cluster}})
 				kick = true
-			case !reflect.DeepEqual(old.HostInfo, rec.HostInfo) || old.ResourcePool != rec.ResourcePool:
+			case !reflect.DeepEqual(announced(old.HostInfo), announced(rec.HostInfo)) || old.ResourcePool != rec.ResourcePool:
 				facts = append(facts, fact{events.TypeHostUpdated, rec.Name, &events.HostUpdated{Host: rec.HostInfo}})
 				kick = kick || rec.Schedulable() && (!old.Schedulable() || rec.MemoryBytes > old.MemoryBytes ||
 					rec.CPUCores > old.CPUCores || len(rec.Labels) != len(old.Labels))
@@ -136,6 +136,16 @@ func (s *Service) applyObservations(ctx context.Context, obs []inventory.Observa
 // observedChanged reports whether what vCenter says of a host (and what
 // follows from it) differs between two records; the allocation fields and
 // UpdatedAt are the flush's, not the inventory's.
+// announced is what of a host's inventory a change of is announced
+// (host.updated): all but its vSphere networks. Those change on every host
+// whenever network-config adds or removes a port group, its own doing;
+// announcing that for every host would only echo it back to network-config.
+// The record still shows them.
+func announced(h events.HostInfo) events.HostInfo {
+	h.Networks = nil
+	return h
+}
+
 func observedChanged(old, rec *events.HostRecord) bool {
 	return !reflect.DeepEqual(old.HostInfo, rec.HostInfo) || old.ResourcePool != rec.ResourcePool || old.Ref != rec.Ref ||
 		old.CPUCapacityMilli != rec.CPUCapacityMilli || old.MemoryCapacityBytes != rec.MemoryCapacityBytes ||

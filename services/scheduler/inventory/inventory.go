@@ -244,13 +244,20 @@ func (s *Source) namesOf(ctx context.Context, refs []types.ManagedObjectReferenc
 	}
 	s.mu.Unlock()
 	if len(missing) > 0 {
-		var ents []mo.ManagedEntity
-		if err := property.DefaultCollector(s.c).Retrieve(ctx, missing, []string{"name"}, &ents); err != nil {
+		// Read as raw properties: a Network (and a port group) declares
+		// its own Name field, which hides the ManagedEntity's, so loading
+		// them as ManagedEntity left their names empty.
+		var ocs []types.ObjectContent
+		if err := property.DefaultCollector(s.c).Retrieve(ctx, missing, []string{"name"}, &ocs); err != nil {
 			return nil, fmt.Errorf("inventory: names of %v: %w", missing, err)
 		}
 		s.mu.Lock()
-		for _, e := range ents {
-			s.names[e.Self] = e.Name
+		for _, oc := range ocs {
+			for _, p := range oc.PropSet {
+				if name, ok := p.Val.(string); ok && p.Name == "name" {
+					s.names[oc.Obj] = name
+				}
+			}
 		}
 		s.mu.Unlock()
 	}

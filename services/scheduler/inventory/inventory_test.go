@@ -2,6 +2,7 @@ package inventory_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -64,6 +65,11 @@ func TestListMatchesTheAPI(t *testing.T) {
 		}
 		if !contains(i.Datastores, "shared-ds") || !contains(i.Datastores, sim.ClusterDatastore(s.Cluster)) {
 			t.Errorf("%s: datastores %v", s.Name, i.Datastores)
+		}
+		// The host's networks (the VM Network and the switch's port
+		// groups) by name.
+		if len(i.Networks) == 0 || slices.Contains(i.Networks, "") {
+			t.Errorf("%s: networks %q, want the host's networks named", s.Name, i.Networks)
 		}
 		if i.Labels[inventory.LabelCluster] != s.Cluster || i.Labels[inventory.LabelHost] != s.Name {
 			t.Errorf("%s: labels %v", s.Name, i.Labels)
