@@ -10,7 +10,9 @@ import (
 
 	"github.com/vmware/govmomi/fault"
 	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/view"
+	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -382,4 +384,27 @@ func isNetworkKind(kind string) bool {
 		return true
 	}
 	return false
+}
+
+// Names reads the name of every object refs names, of any kind, in one
+// round trip. The names are read as raw properties: decoded as a
+// ManagedEntity, a Network or a port group (whose type declares its own
+// Name field, shadowing the entity's) would have none.
+func Names(ctx context.Context, c *vim25.Client, refs []types.ManagedObjectReference) (map[types.ManagedObjectReference]string, error) {
+	out := make(map[types.ManagedObjectReference]string, len(refs))
+	if len(refs) == 0 {
+		return out, nil
+	}
+	var ocs []types.ObjectContent
+	if err := property.DefaultCollector(c).Retrieve(ctx, refs, []string{"name"}, &ocs); err != nil {
+		return nil, fmt.Errorf("vsphere: names of %v: %w", refs, err)
+	}
+	for _, oc := range ocs {
+		for _, p := range oc.PropSet {
+			if name, ok := p.Val.(string); ok && p.Name == "name" {
+				out[oc.Obj] = name
+			}
+		}
+	}
+	return out, nil
 }

@@ -289,3 +289,31 @@ func TestDatastoreAndDVSByName(t *testing.T) {
 		t.Errorf("DVSByName(missing) err = %v, want ErrNotFound", err)
 	}
 }
+
+// Names names objects of any kind, networks and port groups too (whose
+// types shadow the entity's Name field).
+func TestNamesOfAnyKind(t *testing.T) {
+	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 1})
+	s := connect(t, configFor(d))
+	ctx := context.Background()
+	h := d.Hosts()[0]
+	var mh mo.HostSystem
+	if err := s.Client.RetrieveOne(ctx, h.Ref, []string{"network", "datastore"}, &mh); err != nil {
+		t.Fatal(err)
+	}
+	refs := append(append([]types.ManagedObjectReference{h.Ref}, mh.Network...), mh.Datastore...)
+	names, err := vsphere.Names(ctx, s.Client.Client, refs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]bool{}
+	for _, r := range refs {
+		if names[r] == "" {
+			t.Errorf("%s has no name: %v", r, names)
+		}
+		kinds[r.Type] = true
+	}
+	if names[h.Ref] != h.Name || !kinds["Network"] || !kinds["DistributedVirtualPortgroup"] || !kinds["Datastore"] {
+		t.Errorf("names %v of kinds %v, want the host %s, a network, a port group and a datastore", names, kinds, h.Name)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/record"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Guestinfo keys cloud-init's VMware datasource reads.
@@ -82,7 +84,10 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware", "datastore"}, &mvm); err != nil {
 		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
 	}
-	datastores := c.datastoreNames(ctx, mvm.Datastore)
+	datastores, err := c.datastoreNames(ctx, mvm.Datastore)
+	if err != nil {
+		return fmt.Errorf("datastores of VM %s: %w", vm.Reference().Value, err)
+	}
 	power := powerStateName(mvm.Runtime.PowerState)
 	host, err := c.hostName(ctx, mvm.Runtime.Host)
 	if err != nil {
@@ -227,7 +232,10 @@ func (c *Controller) placement(ctx context.Context, rec *events.VMRecord) (*obje
 	if err := h.Properties(ctx, h.Reference(), []string{"datastore"}, &mh); err != nil {
 		return nil, nil, "", fmt.Errorf("datastores of %s: %w", rec.Status.Host, err)
 	}
-	mounted := c.datastoreNames(ctx, mh.Datastore)
+	mounted, err := c.datastoreNames(ctx, mh.Datastore)
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("datastores of %s: %w", rec.Status.Host, err)
+	}
 	// A datastore the host does not mount crashes vcsim and fails late on
 	// vCenter: only a mounted one is used.
 	for _, want := range rec.Datastores {
@@ -681,16 +689,11 @@ func (c *Controller) childFolder(ctx context.Context, parent *object.Folder, nam
 	return nil, nil
 }
 
-// datastoreNames names the datastores refs, sorted; one that cannot be
-// read is left out.
-func (c *Controller) datastoreNames(ctx context.Context, refs []types.ManagedObjectReference) []string {
-	var names []string
-	for _, ref := range refs {
-		var ds mo.Datastore
-		if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"name"}, &ds); err == nil {
-			names = append(names, ds.Name)
-		}
+// datastoreNames names the datastores refs, sorted.
+func (c *Controller) datastoreNames(ctx context.Context, refs []types.ManagedObjectReference) ([]string, error) {
+	byRef, err := vsphere.Names(ctx, c.vc, refs)
+	if err != nil {
+		return nil, err
 	}
-	slices.Sort(names)
-	return names
+	return slices.Sorted(maps.Values(byRef)), nil
 }

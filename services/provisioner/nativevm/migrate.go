@@ -160,5 +160,5 @@ func (c *Controller) unmountedOn(ctx context.Context, vm *object.VirtualMachine,
 	if len(missing) == 0 {
 		return nil, nil
 	}
-	return c.datastoreNames(ctx, missing), nil
+	return c.datastoreNames(ctx, missing)
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"sort"
 	"sync"
 	"time"
@@ -30,6 +31,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // Labels every host carries, so that a nodeSelector can pin a pod to a host
@@ -244,21 +246,12 @@ func (s *Source) namesOf(ctx context.Context, refs []types.ManagedObjectReferenc
 	}
 	s.mu.Unlock()
 	if len(missing) > 0 {
-		// Read as raw properties: a Network (and a port group) declares
-		// its own Name field, which hides the ManagedEntity's, so loading
-		// them as ManagedEntity left their names empty.
-		var ocs []types.ObjectContent
-		if err := property.DefaultCollector(s.c).Retrieve(ctx, missing, []string{"name"}, &ocs); err != nil {
-			return nil, fmt.Errorf("inventory: names of %v: %w", missing, err)
+		names, err := vsphere.Names(ctx, s.c, missing)
+		if err != nil {
+			return nil, fmt.Errorf("inventory: %w", err)
 		}
 		s.mu.Lock()
-		for _, oc := range ocs {
-			for _, p := range oc.PropSet {
-				if name, ok := p.Val.(string); ok && p.Name == "name" {
-					s.names[oc.Obj] = name
-				}
-			}
-		}
+		maps.Copy(s.names, names)
 		s.mu.Unlock()
 	}
 	out := make([]string, 0, len(refs))
