@@ -10,3 +10,5 @@ require (
 )
 
 require github.com/creack/pty v1.1.24
+
+require github.com/cyphar/filepath-securejoin v0.7.0

@@ -285,7 +285,7 @@ func (p *Pod) launch(c *guestchannel.Container, instanceNo int, create bool) (_ 
 	eph := p.cfg.Disks.Ephemeral
 	ctrDir := filepath.Join(eph, "containers", c.Name)
 	upper, work := filepath.Join(ctrDir, "upper"), filepath.Join(ctrDir, "work")
-	l := &launched{rootfs: filepath.Join(p.cfg.StateDir, "rootfs", c.Name), begun: time.Now(),
+	l := &launched{rootfs: p.rootfs(c.Name), begun: time.Now(),
 		cgroupsPath: path.Join(p.cgroupParent(), c.Name)}
 	bundleDir := filepath.Join(p.cfg.StateDir, "bundles", c.Name)
 
@@ -690,7 +690,36 @@ func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Read
 	if err != nil {
 		return 0, err
 	}
-	return int32(st.ExitCode()), nil
+	code := int32(st.ExitCode())
+	if code == exitRuntimeFailed {
+		// The runtime could not start the command (its message is on
+		// stderr already), or the command exited 255 itself.
+		switch err := lookProgram(p.container(name), p.rootfs(name), p.volumes, cmd[0]); {
+		case errors.Is(err, errProgramNotFound):
+			code = exitNotFound
+		case errors.Is(err, errProgramNotExecutable):
+			code = exitNotExecutable
+		}
+	}
+	return code, nil
+}
+
+// container is the spec of the pod's container (or init container) name.
+func (p *Pod) container(name string) *guestchannel.Container {
+	spec := p.cfg.Spec
+	for _, cs := range [][]guestchannel.Container{spec.InitContainers, spec.Containers} {
+		for i := range cs {
+			if cs[i].Name == name {
+				return &cs[i]
+			}
+		}
+	}
+	return nil
+}
+
+// rootfs is where container name's root is mounted in the guest.
+func (p *Pod) rootfs(name string) string {
+	return filepath.Join(p.cfg.StateDir, "rootfs", name)
 }
 
 func (p *Pod) exec(ctx context.Context, id string, cmd []string, stdin io.Reader, out ExecOutput) (reaper.Status, error) {

@@ -148,6 +148,7 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 		{"hostname is the pod's", nil, []string{"hostname"}, "tour\n", "", 0},
 		{"both layers", nil, []string{"cat", "/etc/base.txt", "/etc/top.txt"}, "base\ntop\n", "", 0},
 		{"whiteout hides the base's file", nil, []string{"sh", "-c", "test -e /etc/removed || echo gone"}, "gone\n", "", 0},
+		{"a program's own 255", nil, []string{"sh", "-c", "exit 255"}, "", "", 255},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := g.Host.Exec("first", tc.stdin, tc.cmd...)
@@ -155,6 +156,22 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 				t.Errorf("exec %q = %+v, want stdout %q stderr %q exit %d", tc.cmd, r, tc.stdout, tc.stderr, tc.code)
 			}
 		})
+	}
+	// A command that cannot start exits as in a shell, kubectl or docker:
+	// 127 not found, 126 not executable (the runtimes exit 255), with the
+	// runtime's message on stderr.
+	for _, tc := range []struct {
+		cmd  []string
+		code int32
+	}{
+		{[]string{"no-such-program"}, 127},
+		{[]string{"/no/such/program"}, 127},
+		{[]string{"/data.txt", "x"}, 126},
+		{[]string{"/etc"}, 126},
+	} {
+		if r := g.Host.Exec("first", nil, tc.cmd...); r.ExitCode != tc.code || r.Stderr == "" || r.Error != "" {
+			t.Errorf("exec %q = %+v, want exit %d and the runtime's message on stderr", tc.cmd, r, tc.code)
+		}
 	}
 	if r := g.Host.Exec("three", nil, "true"); !strings.Contains(r.Error, "not running") {
 		t.Errorf("exec in a terminated container: %+v, want a not-running error", r)
