@@ -2,6 +2,7 @@ package events
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -76,6 +77,23 @@ type NetworkSpec struct {
 	Scope NetworkScope `json:"scope,omitzero"`
 	// Properties are the port group's settings.
 	Properties NetworkProperties `json:"properties,omitzero"`
+}
+
+// Equal compares specs by meaning: scope lists in any order are equal, and
+// an MTU of 0 is the default MTU.
+func (s NetworkSpec) Equal(o NetworkSpec) bool {
+	norm := func(s NetworkSpec) NetworkSpec {
+		s.Scope.Clusters = slices.Sorted(slices.Values(s.Scope.Clusters))
+		s.Scope.Hosts = slices.Sorted(slices.Values(s.Scope.Hosts))
+		if s.Properties.MTU == 0 {
+			s.Properties.MTU = DefaultMTU
+		}
+		return s
+	}
+	a, b := norm(s), norm(o)
+	return a.VLAN == b.VLAN && a.CIDR == b.CIDR && a.Gateway == b.Gateway &&
+		slices.Equal(a.Scope.Clusters, b.Scope.Clusters) && slices.Equal(a.Scope.Hosts, b.Scope.Hosts) &&
+		a.Properties == b.Properties
 }
 
 // NetworkScope names the clusters and hosts a network reaches: a host is in

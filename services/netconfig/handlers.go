@@ -76,7 +76,7 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 			return s.reconcileLocked(ctx, cause, name)
 		}
 	}
-	if rec != nil && rec.Version > 0 && specEqual(rec.Spec, n.Spec) {
+	if rec != nil && rec.Version > 0 && rec.Spec.Equal(n.Spec) {
 		// Same spec as the current version: no new version, but converge.
 		return s.reconcileLocked(ctx, cause, name)
 	}
@@ -137,22 +137,6 @@ func eventID(ev *event.Event) string {
 		return ""
 	}
 	return ev.ID()
-}
-
-// specEqual compares specs by meaning: scope lists in any order are equal.
-func specEqual(a, b events.NetworkSpec) bool {
-	norm := func(s events.NetworkSpec) events.NetworkSpec {
-		s.Scope.Clusters = slices.Sorted(slices.Values(s.Scope.Clusters))
-		s.Scope.Hosts = slices.Sorted(slices.Values(s.Scope.Hosts))
-		if s.Properties.MTU == 0 {
-			s.Properties.MTU = events.DefaultMTU
-		}
-		return s
-	}
-	a, b = norm(a), norm(b)
-	return a.VLAN == b.VLAN && a.CIDR == b.CIDR && a.Gateway == b.Gateway &&
-		slices.Equal(a.Scope.Clusters, b.Scope.Clusters) && slices.Equal(a.Scope.Hosts, b.Scope.Hosts) &&
-		a.Properties == b.Properties
 }
 
 // checkSpec validates a declaration against what only network-config knows:

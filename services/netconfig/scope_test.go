@@ -56,8 +56,8 @@ func TestSpecEqual(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := specEqual(base, tt.b); got != tt.want {
-				t.Fatalf("specEqual = %v, want %v", got, tt.want)
+			if got := base.Equal(tt.b); got != tt.want {
+				t.Fatalf("Equal = %v, want %v", got, tt.want)
 			}
 		})
 	}

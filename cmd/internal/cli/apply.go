@@ -18,6 +18,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	recstore "github.com/podvisor/podvisor/shared/record"
 )
 
 func newApplyCmd(g *globals) *cobra.Command {
@@ -255,6 +256,8 @@ type request struct {
 	// gc is the requested guest cluster, checked against its record
 	// before it is published.
 	gc *events.GuestCluster
+	// network is the declared network, compared with its record.
+	network *events.Network
 }
 
 func requestsFor(objs []events.Object) ([]request, error) {
@@ -315,6 +318,9 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		}
 		if d, ok := payload.(*events.GuestClusterRequested); ok {
 			r.gc = &d.GuestCluster
+		}
+		if d, ok := payload.(*events.NetworkDeclared); ok {
+			r.network = &d.Network
 		}
 		out = append(out, r)
 	}
@@ -387,6 +393,10 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	if err != nil {
 		return err
 	}
+	nets, err := b.KV(ctx, events.BucketNetworks)
+	if err != nil {
+		return err
+	}
 	// Many objects on a terminal: bars instead of a line per object, then
 	// a summary (rejections are still listed one by one).
 	out := g.stdout
@@ -453,11 +463,22 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 				continue
 			}
 		}
+		// A network declared again as it is still goes out: network-config
+		// makes no new version of it but converges it again.
+		netSame := false
+		if r.network != nil {
+			if netSame, err = unchangedNetwork(ctx, nets, r.network); err != nil {
+				return fmt.Errorf("%s: %w", r.what, err)
+			}
+		}
 		if err := b.Publish(ctx, r.event); err != nil {
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
 		published(1)
-		if !r.isPod && r.vm == nil || wait <= 0 {
+		if netSame {
+			fmt.Fprintf(out, "%s unchanged\n", r.what)
+			summary["unchanged"]++
+		} else if !r.isPod && r.vm == nil || wait <= 0 {
 			fmt.Fprintf(out, "%s requested\n", r.what)
 			summary["requested"]++
 		}
@@ -514,16 +535,10 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 // guestClusterChangeRefused says why the guest cluster's record refuses
 // gc ("" when it does not exist or takes it).
 func guestClusterChangeRefused(ctx context.Context, gcs jetstream.KeyValue, gc *events.GuestCluster) (string, error) {
-	e, err := gcs.Get(ctx, events.GuestClusterRecordKey(gc.Metadata.Namespace, gc.Metadata.Name))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return "", nil
-	}
-	if err != nil {
+	rec, _, err := recstore.New[events.GuestClusterRecord](gcs, "guest cluster").
+		Get(ctx, events.GuestClusterRecordKey(gc.Metadata.Namespace, gc.Metadata.Name))
+	if rec == nil || err != nil {
 		return "", err
-	}
-	var rec events.GuestClusterRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return "", fmt.Errorf("guest cluster record: %w", err)
 	}
 	if refused := gc.Spec.ChangeRefused(rec.Spec); refused != nil {
 		return refused.Error(), nil
@@ -541,16 +556,9 @@ func unchangedPod(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod)
 // podState compares a pod with its record: same spec (and uid, when the
 // manifest fixes one), or present with another.
 func podState(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (same, exists bool, err error) {
-	e, err := pods.Get(ctx, events.PodRecordKey(pod.Namespace, pod.Name))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, false, nil
-	}
-	if err != nil {
+	rec, _, err := recstore.New[events.PodRecord](pods, "pod").Get(ctx, events.PodRecordKey(pod.Namespace, pod.Name))
+	if rec == nil || err != nil {
 		return false, false, err
-	}
-	var rec events.PodRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return false, true, fmt.Errorf("pod record: %w", err)
 	}
 	if !rec.DeletionRequestedAt.IsZero() {
 		return false, false, nil // going away: a new request makes a new pod
@@ -562,19 +570,23 @@ func podState(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (sa
 	return rec.SpecHash == hash && (pod.UID == "" || string(pod.UID) == rec.UID), true, nil
 }
 
+// unchangedNetwork reports whether the network's current version has the
+// declared spec (a rejected or deleting network is never unchanged).
+func unchangedNetwork(ctx context.Context, nets jetstream.KeyValue, n *events.Network) (bool, error) {
+	rec, _, err := recstore.New[events.NetworkRecord](nets, "network").Get(ctx, events.NetworkRecordKey(n.Metadata.Name))
+	if rec == nil || err != nil {
+		return false, err
+	}
+	return rec.Version > 0 && rec.Status != events.NetworkStatusRejected && rec.Status != events.NetworkStatusDeleting &&
+		rec.Spec.Equal(n.Spec), nil
+}
+
 // unchangedVM reports whether the VM exists, not being deleted, with the
 // declared spec (defaults applied) and metadata.
 func unchangedVM(ctx context.Context, vms jetstream.KeyValue, vm *events.VirtualMachine) (bool, error) {
-	e, err := vms.Get(ctx, events.VMRecordKey(vm.Namespace(), vm.Metadata.Name))
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return false, nil
-	}
-	if err != nil {
+	rec, _, err := recstore.New[events.VMRecord](vms, "vm").Get(ctx, events.VMRecordKey(vm.Namespace(), vm.Metadata.Name))
+	if rec == nil || err != nil {
 		return false, err
-	}
-	var rec events.VMRecord
-	if err := json.Unmarshal(e.Value(), &rec); err != nil {
-		return false, fmt.Errorf("vm record: %w", err)
 	}
 	spec := vm.Spec
 	spec.PowerState, spec.Networks = spec.EffectivePowerState(), spec.EffectiveNetworks()

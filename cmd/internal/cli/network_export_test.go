@@ -22,7 +22,13 @@ func TestNetworkExportDeleteApplyAndRestore(t *testing.T) {
 	v2 := strings.Replace(v1, "vlan: 120", "vlan: 121", 1)
 	mustRun(t, dir, v1, "apply", "-f", "-")
 	eventually(t, "web version 1 ready", func() bool { return networkState(t, dir, "web") == "1 120 Ready" })
-	mustRun(t, dir, v2, "apply", "-f", "-")
+	// The same declaration again makes no version: apply says so.
+	if out := mustRun(t, dir, v1, "apply", "-f", "-"); strings.TrimSpace(out) != "network/web unchanged" {
+		t.Errorf("apply of the same network again printed %q, want unchanged", out)
+	}
+	if out := mustRun(t, dir, v2, "apply", "-f", "-"); strings.TrimSpace(out) != "network/web requested" {
+		t.Errorf("apply of a changed network printed %q, want requested", out)
+	}
 	eventually(t, "web version 2 ready", func() bool { return networkState(t, dir, "web") == "2 121 Ready" })
 
 	exported := mustRun(t, dir, "", "network", "export", "web")
