@@ -171,8 +171,7 @@ func conditionOf(r events.GuestClusterRecord, t string) (events.PodCondition, bo
 func TestUpgradeIsCheckedAndRefused(t *testing.T) {
 	h := start(t)
 	req := guestCluster()
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	h.await(t, events.TypeGuestClusterReady)
+	h.requestReady(t, req)
 	before := len(h.vcenterEvents(t))
 
 	up := guestCluster()

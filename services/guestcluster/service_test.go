@@ -203,6 +203,14 @@ func (h *harness) await(t *testing.T, ceTypes ...string) event.Event {
 	}
 }
 
+// requestReady publishes req as the CLI does and waits for the next
+// guestcluster.ready, which it returns.
+func (h *harness) requestReady(t *testing.T, req *events.GuestClusterRequested) event.Event {
+	t.Helper()
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	return h.await(t, events.TypeGuestClusterReady)
+}
+
 func (h *harness) ask(t *testing.T, ns, name, op string, req any) events.GuestPodReply {
 	t.Helper()
 	data, _ := json.Marshal(req)
@@ -236,8 +244,7 @@ func TestGuestClusterLifecycle(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
 	req := guestCluster()
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	ready := h.await(t, events.TypeGuestClusterReady)
+	ready := h.requestReady(t, req)
 	if ready.Subject() != "team-a/gc1" {
 		t.Errorf("ready subject %q", ready.Subject())
 	}
@@ -489,8 +496,7 @@ func TestControlPlaneCountIsFixedAtCreation(t *testing.T) {
 	ctx := context.Background()
 	req := guestCluster()
 	req.GuestCluster.Spec.ControlPlane.Replicas = 3
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	h.await(t, events.TypeGuestClusterReady)
+	h.requestReady(t, req)
 	if cp := h.cps.ensured["team-a/gc1"]; cp.Replicas != 3 {
 		t.Errorf("control plane ensured with %d replicas, want 3", cp.Replicas)
 	}
@@ -510,15 +516,9 @@ func TestControlPlaneCountIsFixedAtCreation(t *testing.T) {
 	if err := json.Unmarshal(e.Value(), &rec); err != nil || rec.Phase != events.GuestClusterPhaseReady || rec.Spec.ControlPlane.Replicas != 3 {
 		t.Errorf("record after the refused change: phase %s, %d control planes (%v); want Ready with 3", rec.Phase, rec.Spec.ControlPlane.Replicas, err)
 	}
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	h.await(t, events.TypeGuestClusterReady)
+	h.requestReady(t, req)
 }
 
-// TestResyncRecordsAMovedEndpoint: a control plane started again at
-// another address (the supervisor restarted: a new published port) is
-// recorded by the resync, endpoint and kubeconfig, so what `get
-// guestcluster --kubeconfig` hands out next reaches it; the cluster stays
-// Ready since it was.
 // A Ready guest cluster whose API server no longer answers at its endpoint
 // (the supervisor restarted: its control plane serves nowhere yet) is not
 // Ready while the resync starts it again, and Ready at its new endpoint
@@ -527,8 +527,7 @@ func TestALostControlPlaneIsNotReadyUntilItServesAgain(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
 	req := guestCluster()
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	h.await(t, events.TypeGuestClusterReady)
+	h.requestReady(t, req)
 
 	// The endpoint stops answering; the control plane, started again,
 	// will serve at another one, once Ensure is let go.
@@ -565,12 +564,16 @@ func TestALostControlPlaneIsNotReadyUntilItServesAgain(t *testing.T) {
 	}
 }
 
+// TestResyncRecordsAMovedEndpoint: a control plane started again at
+// another address (the supervisor restarted: a new published port) is
+// recorded by the resync, endpoint and kubeconfig, so what `get
+// guestcluster --kubeconfig` hands out next reaches it; the cluster stays
+// Ready since it was.
 func TestResyncRecordsAMovedEndpoint(t *testing.T) {
 	h := start(t)
 	ctx := context.Background()
 	req := guestCluster()
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	h.await(t, events.TypeGuestClusterReady)
+	h.requestReady(t, req)
 	first := h.record(t, "team-a", "gc1")
 
 	// The control plane still answers at its endpoint; Ensure reports

@@ -32,15 +32,11 @@ func TestRelocationPastItsDeadlineFreesItsSlot(t *testing.T) {
 	stuck, next := w.runPod("stuck", h[0]), w.runPod("next", h[0])
 
 	const stuckFor = 10 * time.Second
-	if err := w.DC.SetTaskDelay("RelocateVm", stuckFor); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(stuckFor)
 	w.migrate("stuck-1", stuck, h[1])
 	w.Eventually("the first migration relocates", func() bool { return w.migrationPhase("stuck-1") == events.PhaseRelocating })
 	relocating := time.Now()
-	if err := w.DC.SetTaskDelay("RelocateVm", 0); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(0)
 	w.migrate("next-1", next, h[2])
 	w.wantEnd("next-1", events.TypeMigrationCompleted) // the one queued behind the stuck one
 	// Reading the stuck VM waits for vCenter; the clock says whether the

@@ -37,9 +37,7 @@ func (w *world) waitDrained(host string) *events.HostDrained {
 // so), host.drained counts ten; uncordon takes it out of maintenance.
 func TestDrainHostWithTenPods(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 20*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(20 * time.Millisecond)
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	pods := w.runPods("d", 10, h[0])

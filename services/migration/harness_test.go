@@ -58,6 +58,15 @@ func (w *world) network(name string, hosts ...string) {
 
 func (w *world) clusterHosts(i int) []string { return w.DC.Clusters()[i].Hosts }
 
+// relocateDelay makes every vMotion the simulated vCenter runs from now on
+// take d (0: no delay), failing the test if it cannot.
+func (w *world) relocateDelay(d time.Duration) {
+	w.T.Helper()
+	if err := w.DC.SetTaskDelay("RelocateVm", d); err != nil {
+		w.T.Fatal(err)
+	}
+}
+
 func testConfig() Config {
 	cfg := DefaultConfig()
 	cfg.Workers = 8

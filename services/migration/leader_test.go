@@ -64,9 +64,7 @@ func (w *world) leaseHolder() string {
 // lease TTL and completes a new migration.
 func TestTwoReplicasActiveStandby(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(100 * time.Millisecond)
 	cfg := testConfig()
 	cfg.LeaseTTL = 3 * time.Second
 	a := w.startReplica(cfg)

@@ -16,9 +16,7 @@ import (
 // reservations the scheduler made for the nine are released.
 func TestTenRequestsForOnePodRunOne(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 100*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(100 * time.Millisecond)
 	w.start(testConfig())
 	h := w.clusterHosts(0)
 	p := w.runPod("single", h[0])
@@ -53,9 +51,7 @@ func TestTenRequestsForOnePodRunOne(t *testing.T) {
 // with visible positions, and all complete.
 func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 	w := newWorld(t, 2, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 40*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(40 * time.Millisecond)
 	w.start(testConfig())
 	var hosts []string
 	for i := range 2 {
@@ -133,9 +129,7 @@ func TestFiftyRequestsRespectTheLimits(t *testing.T) {
 // and a cancel that comes once relocating began is refused.
 func TestCancel(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 300*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(300 * time.Millisecond)
 	cfg := testConfig()
 	cfg.Limits.PerSourceHost = 1
 	svc := w.newService(cfg)

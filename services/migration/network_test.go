@@ -96,9 +96,7 @@ func TestAPortGroupVCenterDoesNotHaveEvictsNobody(t *testing.T) {
 // it is there.
 func TestHostThatCannotCarryANetworkEvictsItsPodsBetweenMigrations(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", time.Second); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(time.Second)
 	cfg := testConfig()
 	cfg.Limits.PerSourceHost = 1
 	cfg.RelocateTimeout = 4 * time.Second // looked at again every second

@@ -14,9 +14,7 @@ import (
 // finishes all three from the records (nothing lost, nothing moved twice).
 func TestRestartResumesMigrations(t *testing.T) {
 	w := newWorld(t, 1, 4)
-	if err := w.DC.SetTaskDelay("RelocateVm", 300*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(300 * time.Millisecond)
 	cfg := testConfig()
 	cfg.Limits.PerSourceHost = 1
 	w.start(cfg)
@@ -66,9 +64,7 @@ func TestRestartResumesMigrations(t *testing.T) {
 // vCenter reports when the switch-over began before the cancel.
 func TestRelocationOutlivingItsTimeout(t *testing.T) {
 	w := newWorld(t, 1, 2)
-	if err := w.DC.SetTaskDelay("RelocateVm", 1500*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	w.relocateDelay(1500 * time.Millisecond)
 	cfg := testConfig()
 	cfg.RelocateTimeout = 200 * time.Millisecond
 	w.start(cfg)

@@ -38,6 +38,27 @@ func imagePod(name, container string) *corev1.Pod {
 	}
 }
 
+// startForking runs a provisioner that keeps one template warm per host
+// and forks pod VMs ahead of their network when early (once it is attached
+// otherwise); it returns the env, the service and the host the tests place
+// their pods on.
+func startForking(t *testing.T, early bool) (*env, *Service, string) {
+	t.Helper()
+	e := newEnv(t)
+	cfg := testConfig()
+	cfg.TemplatesWarm = 1
+	cfg.ForkEarly = early
+	svc, _ := e.start(cfg)
+	return e, svc, e.DC.Hosts()[0].Name
+}
+
+// forked is the VMForked condition of a pod's record: its status, reason
+// and message, all "" while the record has none.
+func forked(r *events.PodRecord) (status, reason, message string) {
+	c, _ := r.Condition(events.PodConditionVMForked)
+	return c.Status, c.Reason, c.Message
+}
+
 // TestPodVMsForkFromTemplates: with templates on, the first pod of an
 // image is created (VMForked False, NoTemplate) and builds its host's
 // template; the next pod of the image is an instant clone of it, with its
@@ -74,14 +95,9 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 	}
 	poweredOn := func(pod string) bool { return spanOf(pod, "provisioner.power_on") != nil }
 
-	e := newEnv(t)
-	cfg := testConfig()
-	cfg.TemplatesWarm = 1
 	// Forks once the network is attached (TestPodVMsForkBeforeTheirNetwork
 	// has those made before it).
-	cfg.ForkEarly = false
-	svc, _ := e.start(cfg)
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startForking(t, false)
 	ctx := context.Background()
 
 	deploy := func(pod *corev1.Pod) *events.PodRecord {
@@ -89,14 +105,6 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 		acc := e.request(pod)
 		e.facts(acc, host)
 		return e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseStarting })
-	}
-	forked := func(r *events.PodRecord) (status, reason, message string) {
-		for _, c := range r.Conditions {
-			if c.Type == events.PodConditionVMForked {
-				return c.Status, c.Reason, c.Message
-			}
-		}
-		return "", "", ""
 	}
 	readyTemplate := func(chain string) templates.Record {
 		t.Helper()
@@ -211,11 +219,7 @@ func TestPodVMsForkFromTemplates(t *testing.T) {
 // vCenter rebuilt from nothing numbers its VMs again) is never forked: the
 // pod is created, and the record goes so that the template is built again.
 func TestATemplateReferenceToAnotherVMIsNotForked(t *testing.T) {
-	e := newEnv(t)
-	cfg := testConfig()
-	cfg.TemplatesWarm, cfg.ForkEarly = 1, false
-	svc, _ := e.start(cfg)
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startForking(t, false)
 	deploy := func(name string) *events.PodRecord {
 		t.Helper()
 		acc := e.request(imagePod(name, "app"))
@@ -276,17 +280,8 @@ func (e *env) readyTemplate(svc *Service) templates.Record {
 // with the network, and only then is the VM ready. A pod whose network
 // fails, or whose host refuses its network, loses its early fork.
 func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
-	e := newEnv(t)
-	cfg := testConfig()
-	cfg.TemplatesWarm = 1
-	cfg.ForkEarly = true
-	svc, _ := e.start(cfg)
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startForking(t, true)
 	ctx := context.Background()
-	forked := func(r *events.PodRecord) (status, reason string) {
-		c, _ := r.Condition(events.PodConditionVMForked)
-		return c.Status, c.Reason
-	}
 	// schedule publishes the pod's placement on host and its images, not
 	// yet its network: the point where a pod VM may fork early.
 	schedule := func(acc *events.PodAccepted) {
@@ -300,7 +295,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 		acc := e.request(pod)
 		schedule(acc)
 		return acc, e.waitRecord(svc, "default", pod.Name, func(r *events.PodRecord) bool {
-			_, reason := forked(r)
+			_, reason, _ := forked(r)
 			return r.VMRef != "" && reason == templates.ReasonForkedEarly
 		})
 	}
@@ -317,7 +312,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 		acc := e.request(imagePod(name, "app"))
 		schedule(acc)
 		e.waitRecord(svc, "default", name, func(r *events.PodRecord) bool {
-			st, reason := forked(r)
+			st, reason, _ := forked(r)
 			return st == events.ConditionFalse && reason == templates.ReasonInstantCloneFailed
 		})
 		e.Send("podvisor/netconfig", events.TypePodNetworkAttached, networkAttached(acc, host))
@@ -380,7 +375,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	if r.VMRef != early {
 		t.Fatalf("the pod's VM changed from %s to %s when its network came", early, r.VMRef)
 	}
-	if st, reason := forked(r); st != events.ConditionTrue || reason != templates.ReasonForked {
+	if st, reason, _ := forked(r); st != events.ConditionTrue || reason != templates.ReasonForked {
 		t.Fatalf("VMForked after the network: %s/%s, want True/InstantClone", st, reason)
 	}
 	c := card(r.VMRef)
@@ -421,7 +416,7 @@ func TestPodVMsForkBeforeTheirNetwork(t *testing.T) {
 	// The fork ahead of the network fails: once the network comes the pod
 	// VM is created (not forked again), the reason on the pod.
 	r = forkFailsAheadOfNetwork("InstantClone_Task", "early-clone-fails")
-	if st, reason := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.DC.ForkedFrom(r.VMRef) != "" {
+	if st, reason, _ := forked(r); st != events.ConditionFalse || reason != templates.ReasonInstantCloneFailed || e.DC.ForkedFrom(r.VMRef) != "" {
 		t.Fatalf("after a failed fork ahead of the network: VMForked %s/%s, forked from %q; want a created VM, False/InstantCloneFailed", st, reason, e.DC.ForkedFrom(r.VMRef))
 	}
 

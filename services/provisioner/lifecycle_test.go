@@ -298,9 +298,7 @@ func TestAVMReferenceThatNamesAnotherPodsVMIsNotThePods(t *testing.T) {
 	keep, _ := e.provision(testPod("keep"), host)
 	lost, _ := e.provision(testPod("lost"), host)
 	kept := e.vmsNamed("pv-" + keep.UID)[0]
-	if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + lost.UID)[0].Ref); err != nil {
-		t.Fatal(err)
-	}
+	e.destroyPodVM(lost.UID)
 	r := e.record(svc, "default", "lost")
 	r.VMRef = kept.Ref.Value
 	e.PutPodRecord(r)
@@ -500,9 +498,7 @@ func TestAPassMarksEveryLostVMBeforeMakingAny(t *testing.T) {
 	lost := map[string]bool{}
 	for _, name := range []string{"lost-a", "lost-b", "lost-c"} {
 		acc, _ := e.provision(testPod(name), host)
-		if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + acc.UID)[0].Ref); err != nil {
-			t.Fatal(err)
-		}
+		e.destroyPodVM(acc.UID)
 		lost[events.PodRecordKey("default", name)] = true
 	}
 	w, err := e.KV(events.BucketPods).WatchAll(ctx, jetstream.UpdatesOnly())
@@ -559,9 +555,7 @@ func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
 	acc, _ := e.provision(testPod("unlucky"), host)
 	vmName := e.record(svc, "default", "unlucky").VMName
 	e.fold(svc, report(acc, vmName, "boot-1", 1, running("app"), running("sidecar"), running("logger")))
-	if err := e.vms.Destroy(ctx, e.vmsNamed("pv-" + acc.UID)[0].Ref); err != nil {
-		t.Fatal(err)
-	}
+	e.destroyPodVM(acc.UID)
 	simtest.Fault(t, e.DC, simulator.FaultInjectionRule{MethodName: "CreateVM_Task", Probability: 1})
 	if _, err := svc.Resync(ctx); err == nil {
 		t.Fatal("Resync succeeded although vCenter refused every CreateVM")

@@ -187,6 +187,14 @@ func (e *env) declareImage(spec events.VirtualMachineImageSpec) {
 	e.publish("podvisor/cli", &events.VMImageDeclared{Image: events.VirtualMachineImage{Metadata: events.Meta{Name: "vmos"}, Spec: spec}})
 }
 
+// declareSmall declares what the drift-repair tests run: the class small
+// (1 CPU, 1 GiB) and the image vmos from the env's registry.
+func (e *env) declareSmall() {
+	e.t.Helper()
+	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
+	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+}
+
 // runOn publishes decl, the VM's first generation, places it on host and
 // waits until the VM is Ready and powered on.
 func (e *env) runOn(decl *events.VMDeclared, host sim.HostSpec) *events.VMRecord {
@@ -208,6 +216,20 @@ func (e *env) vm(r *events.VMRecord) *object.VirtualMachine {
 		e.t.Fatalf("VM %s is not in its folder: %v", events.NativeVMName(r.UID), err)
 	}
 	return vm
+}
+
+// powerOff powers vm off behind the controller's back (as a user in
+// vCenter would) and waits for the task, failing the test if either fails.
+func (e *env) powerOff(vm *object.VirtualMachine) {
+	e.t.Helper()
+	ctx := context.Background()
+	task, err := vm.PowerOff(ctx)
+	if err == nil {
+		err = task.Wait(ctx)
+	}
+	if err != nil {
+		e.t.Fatalf("power off %s: %v", vm.Reference().Value, err)
+	}
 }
 
 func TestVMLifecycle(t *testing.T) {
@@ -301,18 +323,13 @@ func TestVMLifecycle(t *testing.T) {
 func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
-	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	e.declareSmall()
 	host := e.dc.Hosts()[0]
 	decl := vmDecl("small", "")
 	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
 	r := e.runOn(decl, host)
 	lost := e.vm(r)
-	if task, err := lost.PowerOff(ctx); err != nil {
-		t.Fatal(err)
-	} else if err := task.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.powerOff(lost)
 	if err := lost.Unregister(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -331,11 +348,7 @@ func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 		t.Errorf("status after the repair: %+v", r.Status)
 	}
 
-	if task, err := again.PowerOff(ctx); err != nil {
-		t.Fatal(err)
-	} else if err := task.Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
+	e.powerOff(again)
 	if repaired, err := e.ctl.Resync(ctx); err != nil || repaired[nativevm.RepairPower] != 1 {
 		t.Fatalf("Resync = %v, %v; want the VM powered on again", repaired, err)
 	}
@@ -355,17 +368,14 @@ func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 func TestAPassClaimsEveryLostVMBeforeMakingAny(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
-	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	e.declareSmall()
 	lost := map[string]string{} // record key → its VM's reference before
 	for _, name := range []string{"vm1", "vm2"} {
 		decl := vmDecl("small", "")
 		decl.VM.Metadata.Name = name
 		r := e.runOn(decl, e.dc.Hosts()[0])
 		vm := e.vm(r)
-		if task, err := vm.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
-			t.Fatalf("power off %s: %v", name, err)
-		}
+		e.powerOff(vm)
 		if err := vm.Unregister(ctx); err != nil {
 			t.Fatal(err)
 		}
@@ -415,13 +425,10 @@ func TestAPassClaimsEveryLostVMBeforeMakingAny(t *testing.T) {
 func TestAFailedPowerRepairIsTakenUpAgain(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
-	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	e.declareSmall()
 	r := e.runOn(vmDecl("small", ""), e.dc.Hosts()[0])
 	vm := e.vm(r)
-	if task, err := vm.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
-		t.Fatalf("power off: %v", err)
-	}
+	e.powerOff(vm)
 	simtest.Fault(t, e.dc, simulator.FaultInjectionRule{MethodName: "PowerOnVM_Task", Probability: 1})
 	if repaired, err := e.ctl.Resync(ctx); err == nil || len(repaired) != 0 {
 		t.Fatalf("first pass = %v, %v; want the power repair failed and not counted", repaired, err)
@@ -449,16 +456,13 @@ func TestAFailedPowerRepairIsTakenUpAgain(t *testing.T) {
 func TestAStaleReferenceToAnotherVMIsNotRemoved(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "1Gi"})
-	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
+	e.declareSmall()
 	hosts := e.dc.Hosts()
 	r := e.runOn(vmDecl("small", ""), hosts[0])
 	// The VM is gone from the rebuilt vCenter; its reference names
 	// another VM there.
 	gone := e.vm(r)
-	if task, err := gone.PowerOff(ctx); err != nil || task.Wait(ctx) != nil {
-		t.Fatalf("power off: %v", err)
-	}
+	e.powerOff(gone)
 	if task, err := gone.Destroy(ctx); err != nil || task.Wait(ctx) != nil {
 		t.Fatalf("destroy: %v", err)
 	}
