@@ -54,10 +54,15 @@ type VMRecord struct {
 
 	// Migration is the id of a migration in progress, if any.
 	Migration string `json:"migration,omitempty"`
-	// StaleVM and StaleHost name the VM left on a host that was lost; it
-	// is destroyed once the VM runs again elsewhere.
+	// StaleVM and StaleHost name the VM an eviction left behind (on a lost
+	// host, or on a drained host it could not be moved from); it is removed
+	// from vCenter's inventory before the VM is made again elsewhere.
 	StaleVM   string `json:"staleVm,omitempty"`
 	StaleHost string `json:"staleHost,omitempty"`
+	// DisksOn is the datastore where that VM left its files: the VM made
+	// again takes its disks up there, as vSphere HA restarts a VM from its
+	// files. Cleared once the VM is made again.
+	DisksOn string `json:"disksOn,omitempty"`
 
 	CreatedAt           time.Time `json:"createdAt"`
 	UpdatedAt           time.Time `json:"updatedAt"`

@@ -1,9 +1,14 @@
 package scheduler_test
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
 
 	"github.com/podvisor/podvisor/services/scheduler"
 	"github.com/podvisor/podvisor/services/scheduler/framework"
@@ -57,5 +62,65 @@ func TestRequiredDatastoresSetting(t *testing.T) {
 	p.RequiredDatastores = []string{"images-ds"}
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "RequiredDatastores") {
 		t.Errorf("custom profile naming datastores without the filter: %v", err)
+	}
+}
+
+// An evicted VM is made again from the disks it left (docs/architecture.md,
+// "Drain and host loss"): it is placed again only on a host that mounts
+// their datastore, even where a host of another cluster is emptier, and
+// disks on a datastore no host mounts leave it unschedulable, the reason
+// named.
+func TestAnEvictedVMIsPlacedWhereItsDisksAre(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 2})
+	evict := func(name string, disks func(r *events.VMRecord)) (first *events.VMScheduled, acc *events.VMAccepted) {
+		t.Helper()
+		acc = &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: name, UID: "uid-" + name}, Generation: 1,
+			Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
+			Size: events.VMSize{CPUs: 1, MemoryMiB: 1024}}
+		e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
+		e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { first = e.vmScheduled(acc.UID); return first != nil })
+		e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
+			r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
+			r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, first.Host
+			disks(r)
+		})
+		e.PublishAs("podvisor/migration", events.TypeVMEvicted, acc.ObjectKey(), &events.VMEvicted{VMRef: acc.VMRef, Host: first.Host, Reason: "HostLost"})
+		return first, acc
+	}
+
+	// Its disks on its cluster's own datastore; the other host of that
+	// cluster is made the fullest.
+	var ds string
+	first, acc := evict("ha-vm", func(r *events.VMRecord) {
+		ds = e.ClusterOf(r.Status.Host) + "-ds"
+		r.Status.Datastores = []string{ds}
+	})
+	for _, h := range e.HostNames(first.Cluster) {
+		if h != first.Host {
+			for i := range 3 {
+				e.waitScheduled(e.accept(testPod(fmt.Sprintf("on-%s-%d", h, i), "500m", "1Gi", onHost(h))).ObjectKey())
+			}
+		}
+	}
+	var again *events.VMScheduled
+	e.EventuallyWithin("placed again", 10*time.Second, func() bool {
+		all := e.vmPlacements(acc.UID)
+		again = all[len(all)-1]
+		return len(all) == 2
+	})
+	if again.Host == first.Host || again.Cluster != first.Cluster {
+		t.Errorf("placed again on %s (%s), want the other host of %s, which mounts %s", again.Host, again.Cluster, first.Cluster, ds)
+	}
+
+	_, lost := evict("lost-disks", func(r *events.VMRecord) { r.DisksOn = "no-such-ds" })
+	var u *events.VMUnschedulable
+	e.EventuallyWithin("vm.unschedulable", 10*time.Second, func() bool {
+		for _, x := range testenv.Distinct(e.Env, func(x *events.VMUnschedulable) bool { return x.UID == lost.UID }) {
+			u = x
+		}
+		return u != nil
+	})
+	if u.Reasons[datastoreavailable.Reason] == 0 || !strings.Contains(u.Message, "no-such-ds") {
+		t.Errorf("vm.unschedulable %q reasons %v, want %s naming no-such-ds", u.Message, u.Reasons, datastoreavailable.Reason)
 	}
 }

@@ -144,7 +144,18 @@ func (s *Service) onVMEvicted(ctx context.Context, m *bus.Message, e *events.VME
 		return bus.Permanent(err)
 	}
 	p.Exclude = map[string]bool{e.Host: true}
+	p.Datastores = disksOf(rec)
 	return s.schedulePod(ctx, m.Event, p)
+}
+
+// disksOf names the datastores of the disks a VM made before has left (an
+// evicted VM's): it is made again from them, as vSphere HA restarts a VM,
+// so it goes only to a host that mounts them. None for a VM never made.
+func disksOf(r *events.VMRecord) []string {
+	if r.DisksOn != "" {
+		return []string{r.DisksOn}
+	}
+	return r.Status.Datastores
 }
 
 // vmRecord reads the provisioner's record of a VM (nil if none).
@@ -319,6 +330,7 @@ func (s *Service) recoverPendingVMs(ctx context.Context, all bool, now time.Time
 		if err != nil {
 			continue
 		}
+		p.Datastores = disksOf(r)
 		switch host, held, resized := s.heldVM(p); {
 		case !placed || !held:
 		case resized:

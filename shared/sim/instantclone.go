@@ -83,6 +83,9 @@ func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) 
 	if m.This.Type != "VirtualMachine" {
 		return nil, nil
 	}
+	if f := d.hostDownRefusal(ctx, m); f != nil {
+		return nil, f // hostdown.go
+	}
 	if f := d.vmotionRefusal(ctx, m); f != nil {
 		return nil, f // vmotion.go
 	}

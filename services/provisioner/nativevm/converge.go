@@ -48,12 +48,16 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		return nil
 	}
 	if rec.StaleVM != "" {
-		// An evicted VM is made again from its spec on its new host: the
-		// one it left (same name, same files) goes first.
+		// An evicted VM is made again on its new host from the disks it
+		// left, as vSphere HA restarts a VM: the one it left (same name,
+		// same files) leaves vCenter's inventory first, its files stay.
 		if err := c.removeStale(ctx, rec); err != nil {
 			return err
 		}
 		out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+			if r.DisksOn == "" && len(r.Status.Datastores) > 0 {
+				r.DisksOn = r.Status.Datastores[0]
+			}
 			r.StaleVM, r.StaleHost = "", ""
 			return nil
 		})
@@ -96,7 +100,7 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
 		now := c.now().UTC()
 		r.Status.VM, r.Status.PowerState, r.Status.Phase = vm.Reference().Value, power, phase
-		r.Status.Datastores = datastores
+		r.Status.Datastores, r.DisksOn = datastores, ""
 		if host != "" {
 			r.Status.Host = host
 		}
@@ -238,8 +242,8 @@ func (c *Controller) placement(ctx context.Context, rec *events.VMRecord) (*obje
 	}
 	// A datastore the host does not mount crashes vcsim and fails late on
 	// vCenter: only a mounted one is used.
-	for _, want := range rec.Datastores {
-		if slices.Contains(mounted, want) {
+	for _, want := range append([]string{rec.DisksOn}, rec.Datastores...) {
+		if want != "" && slices.Contains(mounted, want) {
 			return h, pool, want, nil
 		}
 	}
@@ -262,16 +266,26 @@ func (c *Controller) create(ctx context.Context, rec *events.VMRecord) (*object.
 	if err != nil {
 		return nil, err
 	}
+	// Made again (vCenter lost the VM, or an eviction removed it from
+	// the inventory): its disks are taken up where they are, and its
+	// configuration and log are in the way of the new one's.
+	again := rec.Status.VM != "" || rec.DisksOn == ds
+	if rec.DisksOn != "" && (rec.DisksOn != ds || rec.Image.ContentLibrary != nil) {
+		// Its disks cannot follow (the new host does not mount their
+		// datastore; the scheduler places an evicted VM where they are
+		// whenever it can): they go, as the VM is made from its spec.
+		c.log.Warn("the disks of the VM an eviction left are not taken up", "vm", rec.Key(), "datastore", rec.DisksOn, "placed on", ds)
+		c.removeDirectory(ctx, rec.DisksOn, name)
+		again = rec.Status.VM != ""
+	}
 	if rec.Image.ContentLibrary != nil {
 		return c.deploy(ctx, rec, h, pool, ds, folder, name)
 	}
-	devices, err := c.devices(ctx, rec, ds, name)
+	devices, err := c.devices(ctx, rec, ds, name, again)
 	if err != nil {
 		return nil, err
 	}
-	if rec.Status.VM != "" {
-		// Made again: the lost VM's configuration and log are in the way
-		// of the new one's (its disks are kept, see devices).
+	if again {
 		c.removeLeftovers(ctx, ds, name)
 	}
 	spec := types.VirtualMachineConfigSpec{
@@ -315,13 +329,13 @@ const (
 
 // devices is the device list of a new VM: a paravirtual SCSI controller,
 // the boot disk at scsi0:0, extra disks after it, one NIC per network.
-func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name string) ([]types.BaseVirtualDeviceConfigSpec, error) {
+//
+// A VM made again (again: vCenter lost the VM made before, a vCenter
+// rebuilt from nothing, or an eviction removed it from the inventory) may
+// have left its disks on the datastore: it keeps them, and what its guest
+// wrote (a guest cluster's etcd data) with them.
+func (c *Controller) devices(ctx context.Context, rec *events.VMRecord, ds, name string, again bool) ([]types.BaseVirtualDeviceConfigSpec, error) {
 	changes := []types.BaseVirtualDeviceConfigSpec{scsiControllerAdd()}
-	// A VM made before (status.vm) that vCenter lost (a vCenter rebuilt
-	// from nothing, a VM removed from its inventory) may have left its
-	// disks on the datastore: made again, it keeps them, and what its
-	// guest wrote (a guest cluster's etcd data) with them.
-	again := rec.Status.VM != ""
 	boot, capacity, err := c.bootDisk(ctx, rec, ds, name, again)
 	if err != nil {
 		return nil, err
@@ -576,9 +590,11 @@ func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
 }
 
 // removeStale removes the VM an eviction left behind (on a lost host, or
-// on a drained host it could not be moved from): destroyed when its host
-// lets it be, otherwise unregistered from vCenter so that the VM can be
-// made again under its name; a VM already gone counts as removed.
+// on a drained host it could not be moved from) from vCenter's inventory,
+// powered off first where its host lets it be, and leaves its files on the
+// datastore for the VM made again (DisksOn). vCenter refuses to power off
+// or destroy a VM whose host does not respond, and lets it be unregistered.
+// A VM already gone counts as removed.
 func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) error {
 	vm := object.NewVirtualMachine(c.vc, types.ManagedObjectReference{Type: "VirtualMachine", Value: rec.StaleVM})
 	// A vCenter rebuilt from nothing numbers its VMs from the start again:
@@ -595,21 +611,25 @@ func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) erro
 		return nil
 	}
 	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) {
-		c.log.Warn("stale VM does not power off; destroying it anyway", "vm", rec.Key(), "ref", rec.StaleVM, "err", err)
+		c.log.Warn("stale VM does not power off (its host does not respond?); unregistering it", "vm", rec.Key(), "ref", rec.StaleVM, "err", err)
 	}
-	task, err := vm.Destroy(ctx)
-	if err == nil {
-		_, err = task.WaitForResult(ctx)
+	if err := vm.Unregister(ctx); err != nil && !isNotFound(err) {
+		return fmt.Errorf("remove the VM %s left on %s from the inventory: %w", rec.StaleVM, rec.StaleHost, err)
 	}
-	if err == nil || isNotFound(err) {
-		c.log.Info("stale native VM destroyed", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost)
-		return nil
-	}
-	if uerr := vm.Unregister(ctx); uerr != nil && !isNotFound(uerr) {
-		return fmt.Errorf("remove the VM %s left on %s: destroy: %v; unregister: %w", rec.StaleVM, rec.StaleHost, err, uerr)
-	}
-	c.log.Warn("stale native VM unregistered (its host did not let it be destroyed)", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost, "err", err)
+	c.log.Info("stale native VM unregistered, its files kept", "vm", rec.Key(), "ref", rec.StaleVM, "host", rec.StaleHost)
 	return nil
+}
+
+// removeDirectory deletes a VM's directory on datastore ds, with its files.
+func (c *Controller) removeDirectory(ctx context.Context, ds, name string) {
+	dir := fmt.Sprintf("[%s] %s", ds, name)
+	t, err := object.NewFileManager(c.vc).DeleteDatastoreFile(ctx, dir, c.dc)
+	if err == nil {
+		err = t.Wait(ctx)
+	}
+	if err != nil && !fault.Is(err, &types.FileNotFound{}) {
+		c.log.Warn("a VM's directory not removed", "dir", dir, "err", err)
+	}
 }
 
 // removeLeftovers deletes what a VM that vCenter lost left beside its disks

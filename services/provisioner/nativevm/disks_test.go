@@ -23,18 +23,7 @@ func TestDataDiskFormattedAndMountedByTheGuest(t *testing.T) {
 	e.declareClass("small", events.VirtualMachineClassSpec{CPUs: 1, Memory: "512Mi"})
 	e.declareImage(events.VirtualMachineImageSpec{OCI: e.img})
 	decl := func(power string) *events.VMDeclared {
-		d := vmDecl("small", power)
-		d.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
-		d.VM.Spec.UserData = `#cloud-config
-fs_setup:
-- {device: /dev/sdb, filesystem: ext4}
-mounts:
-- [/dev/sdb, /data]
-runcmd:
-- echo kept on the data disk > /data/hello
-- df /data > /data/df
-`
-		return d
+		return withDataDisk(power, "echo kept on the data disk > /data/hello", "df /data > /data/df")
 	}
 	r := e.runOn(decl(events.PowerStatePoweredOn), e.dc.Hosts()[0])
 	vm := e.vm(r)
@@ -42,16 +31,7 @@ runcmd:
 	if strings.Contains(console, "runcmd exited") {
 		t.Errorf("runcmd failed:\n%s", console)
 	}
-	g, _ := e.dc.Guests().Guest(vm.Reference().Value)
-	var data string
-	for _, d := range g.VM.Disks {
-		if strings.HasSuffix(d.Path, "data-flat.vmdk") {
-			data = d.Path
-		}
-	}
-	if data == "" {
-		t.Fatalf("the guest has no data disk: %+v", g.VM.Disks)
-	}
+	data := e.dataDisk(vm.Reference().Value)
 
 	e.publish(client, decl(events.PowerStatePoweredOff))
 	r = e.waitRecord("generation 2", func(r *events.VMRecord) bool { return r.Generation == 2 })
@@ -67,6 +47,32 @@ runcmd:
 		out, _ := exec.Command("losetup", "--associated", data).Output()
 		return strings.TrimSpace(string(out)) == ""
 	})
+}
+
+// withDataDisk is vmDecl("small", power) with a 64 MiB data disk that
+// cloud-init formats (unless it has a filesystem already) and mounts on
+// /data, then runs runcmd.
+func withDataDisk(power string, runcmd ...string) *events.VMDeclared {
+	d := vmDecl("small", power)
+	d.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
+	d.VM.Spec.UserData = "#cloud-config\nfs_setup:\n- {device: /dev/sdb, filesystem: ext4}\nmounts:\n- [/dev/sdb, /data]\nruncmd:\n"
+	for _, c := range runcmd {
+		d.VM.Spec.UserData += "- " + c + "\n"
+	}
+	return d
+}
+
+// dataDisk is the file of the data disk the guest of VM ref sees as sdb.
+func (e *env) dataDisk(ref string) string {
+	e.t.Helper()
+	g, _ := e.dc.Guests().Guest(ref)
+	for _, d := range g.VM.Disks {
+		if strings.HasSuffix(d.Path, "data-flat.vmdk") {
+			return d.Path
+		}
+	}
+	e.t.Fatalf("the guest of %s has no data disk: %+v", ref, g.VM.Disks)
+	return ""
 }
 
 func eventually(t *testing.T, what string, ok func() bool) {

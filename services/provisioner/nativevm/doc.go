@@ -68,7 +68,9 @@
 // (vm.migration.admitted), and this controller relocates it (vMotion,
 // onAdmitted; a relocation vCenter refuses fails at once, freeing the
 // target). A drain's VM that cannot move, or
-// one on a lost host, is evicted (vm.evicted): it is placed again and
-// made again there from its spec, in its declared power state, after the
-// VM it left is destroyed (or unregistered when its host is gone).
+// one on a lost host, is evicted (vm.evicted): it is placed again, on a
+// host that mounts its disks' datastore, and made again there from the
+// disks it left, in its declared power state, as vSphere HA restarts a VM:
+// the VM it left is removed from vCenter's inventory (powered off first
+// where its host lets it), its files kept (VMRecord.DisksOn).
 package nativevm
