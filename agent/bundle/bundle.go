@@ -37,6 +37,12 @@ type Params struct {
 	// ResolvConf, when set, is a file in the guest bind-mounted read-only
 	// as the container's /etc/resolv.conf (as the kubelet does).
 	ResolvConf string
+	// CPUCapacityMilli is the CPU the pod VM has (0: not known). A CPU
+	// limit above it is capped to it: it could not give more anyway, as a
+	// node's container limited above the node's CPUs gets no more, and a
+	// cgroup v1 hierarchy refuses a child's quota above its parent's (the
+	// VM's cgroup where the VM is a simulated guest).
+	CPUCapacityMilli int64
 }
 
 // OCIVersion is the ociVersion the bundles declare: every field they use
@@ -77,6 +83,9 @@ func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("container %s: user: %w", c.Name, err)
 	}
+	if c.RunAsNonRoot && user.UID == 0 {
+		return nil, fmt.Errorf("container %s: securityContext.runAsNonRoot: it would run as root (uid 0, the image's user %q); set securityContext.runAsUser to a non-zero uid", c.Name, c.User)
+	}
 	env := []string{}
 	seen := map[string]bool{}
 	for _, e := range c.Env {
@@ -110,15 +119,18 @@ func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: caps, Effective: caps, Permitted: caps,
 			},
-			Rlimits:         []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
-			NoNewPrivileges: false,
+			Rlimits: []specs.POSIXRlimit{{Type: "RLIMIT_NOFILE", Hard: 1024, Soft: 1024}},
+			// Containers in pod VMs never gain privileges (admission
+			// refuses allowPrivilegeEscalation: true): setuid programs
+			// run with their caller's.
+			NoNewPrivileges: true,
 		},
-		Root:     &specs.Root{Path: p.Rootfs},
+		Root:     &specs.Root{Path: p.Rootfs, Readonly: c.ReadOnlyRootFilesystem},
 		Hostname: p.Hostname,
 		Mounts:   defaultMounts(),
 		Linux: &specs.Linux{
 			CgroupsPath: p.CgroupsPath,
-			Resources:   resources(&c.Resources),
+			Resources:   resources(&c.Resources, p.CPUCapacityMilli),
 			// No network namespace: the pod's containers share the guest's.
 			Namespaces: []specs.LinuxNamespace{
 				{Type: specs.PIDNamespace},
@@ -173,7 +185,7 @@ func Write(dir string, s *specs.Spec) error {
 // cpuPeriod is the CFS period limits are expressed in (Kubernetes' 100 ms).
 const cpuPeriod = 100000
 
-func resources(r *guestchannel.Resources) *specs.LinuxResources {
+func resources(r *guestchannel.Resources, capacityMilli int64) *specs.LinuxResources {
 	res := &specs.LinuxResources{}
 	if r.MemoryLimitBytes > 0 {
 		limit := r.MemoryLimitBytes
@@ -186,7 +198,11 @@ func resources(r *guestchannel.Resources) *specs.LinuxResources {
 			res.CPU.Shares = &shares
 		}
 		if r.CPULimitMilli > 0 {
-			quota := max(r.CPULimitMilli*cpuPeriod/1000, 1000)
+			limit := r.CPULimitMilli
+			if capacityMilli > 0 {
+				limit = min(limit, capacityMilli)
+			}
+			quota := max(limit*cpuPeriod/1000, 1000)
 			period := uint64(cpuPeriod)
 			res.CPU.Quota, res.CPU.Period = &quota, &period
 		}

@@ -65,6 +65,26 @@ func TestSpec(t *testing.T) {
 	if *s.Linux.Resources.Memory.Limit != 64<<20 || *s.Linux.Resources.CPU.Quota != 50000 || *s.Linux.Resources.CPU.Shares != 256 {
 		t.Errorf("resources = %+v %+v", s.Linux.Resources.Memory, s.Linux.Resources.CPU)
 	}
+	if !s.Process.NoNewPrivileges || s.Root.Readonly {
+		t.Errorf("noNewPrivileges %v, read-only root %v; want true, false", s.Process.NoNewPrivileges, s.Root.Readonly)
+	}
+	// A limit above the VM's CPUs is capped to them; one below stays.
+	for _, tc := range []struct{ limit, capacity, quota int64 }{{4000, 1000, 100000}, {500, 1000, 50000}, {4000, 0, 400000}} {
+		c.Resources.CPULimitMilli = tc.limit
+		s, err := Spec(c, Params{Rootfs: rootfs, Volumes: map[string]string{"data": "/d"}, CPUCapacityMilli: tc.capacity})
+		if err != nil || *s.Linux.Resources.CPU.Quota != tc.quota {
+			t.Errorf("limit %dm in a VM of %dm: quota %d (%v), want %d", tc.limit, tc.capacity, *s.Linux.Resources.CPU.Quota, err, tc.quota)
+		}
+	}
+	// runAsNonRoot: refused as root, naming the field; fine as another uid.
+	root := &guestchannel.Container{Name: "r", Cmd: []string{"/app"}, RunAsNonRoot: true, ReadOnlyRootFilesystem: true}
+	if _, err := Spec(root, Params{Rootfs: rootfs}); err == nil || !strings.Contains(err.Error(), "securityContext.runAsNonRoot") {
+		t.Errorf("runAsNonRoot as root: %v, want a refusal naming the field", err)
+	}
+	root.RunAsUser = &uid
+	if s, err := Spec(root, Params{Rootfs: rootfs}); err != nil || !s.Root.Readonly {
+		t.Errorf("runAsNonRoot as uid 1000 with a read-only root: %v, %+v", err, s.Root)
+	}
 	for _, ns := range s.Linux.Namespaces {
 		if ns.Type == "network" {
 			t.Errorf("a container has its own network namespace; the pod shares the guest's")

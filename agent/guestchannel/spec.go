@@ -168,7 +168,11 @@ type Container struct {
 	User       string `json:"user,omitempty"`
 	RunAsUser  *int64 `json:"runAsUser,omitempty"`
 	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
-	Ports      []Port `json:"ports,omitempty"`
+	// RunAsNonRoot refuses to start the container as uid 0;
+	// ReadOnlyRootFilesystem mounts its root read-only (securityContext).
+	RunAsNonRoot           bool   `json:"runAsNonRoot,omitempty"`
+	ReadOnlyRootFilesystem bool   `json:"readOnlyRootFilesystem,omitempty"`
+	Ports                  []Port `json:"ports,omitempty"`
 	// Resources: requests and limits. CPU in millicores, memory in bytes; 0
 	// means unset. Limits become the container's cgroup limits.
 	Resources    Resources     `json:"resources"`

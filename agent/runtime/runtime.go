@@ -168,11 +168,23 @@ func (r *Runtime) Delete(id string) error {
 	return r.run("delete", "--force", id)
 }
 
+// ExecAs is who an exec runs as, and where: the container's process's
+// user and working directory (the runtimes' exec runs as root in / unless
+// told).
+type ExecAs struct {
+	UID, GID uint32
+	Cwd      string
+}
+
 // Exec runs args in container id's namespaces and cgroup with the
-// container's environment, working directory and user; stdin, stdout and
-// stderr are the given files (nil: empty input, discarded output).
-func (r *Runtime) Exec(id string, args []string, stdin, stdout, stderr *os.File) (*Process, error) {
-	cmd := r.command(append([]string{"exec", id}, args...)...)
+// container's environment, as as says; stdin, stdout and stderr are the
+// given files (nil: empty input, discarded output).
+func (r *Runtime) Exec(id string, args []string, as ExecAs, stdin, stdout, stderr *os.File) (*Process, error) {
+	flags := []string{"exec", "--user", fmt.Sprintf("%d:%d", as.UID, as.GID)}
+	if as.Cwd != "" {
+		flags = append(flags, "--cwd", as.Cwd)
+	}
+	cmd := r.command(append(append(flags, id), args...)...)
 	// A nil file must stay a nil io.Reader/Writer, which exec opens as
 	// /dev/null: a typed nil would leave the fd closed, and crun fails
 	// on a closed stdin ("fchown std stream 0").

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	goruntime "runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -69,6 +71,9 @@ type instance struct {
 	id   string
 	proc *runtime.Process
 	kill chan killRequest
+	// as is whom its exec commands and probes run as: the container's
+	// process's user and working directory.
+	as runtime.ExecAs
 }
 
 type killRequest struct {
@@ -271,6 +276,7 @@ type launched struct {
 	proc        *runtime.Process
 	rootfs      string
 	cgroupsPath string
+	as          runtime.ExecAs
 	// pumped is closed once the container's output is all in its log.
 	pumped chan struct{}
 	// begun and prepared time its root and bundle, for the logs.
@@ -316,13 +322,15 @@ func (p *Pod) launch(c *guestchannel.Container, instanceNo int, create bool) (_ 
 			p.unmountRoot(c.Name, l.rootfs)
 		}
 	}()
-	s, err := bundle.Spec(c, bundle.Params{Rootfs: l.rootfs, Hostname: p.hostname(), CgroupsPath: l.cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf})
+	s, err := bundle.Spec(c, bundle.Params{Rootfs: l.rootfs, Hostname: p.hostname(), CgroupsPath: l.cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf,
+		CPUCapacityMilli: cpuCapacityMilli("/sys/fs/cgroup", p.cgroupParent())})
 	if err != nil {
 		return nil, err
 	}
 	if err := bundle.Write(bundleDir, s); err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
 	}
+	l.as = runtime.ExecAs{UID: s.Process.User.UID, GID: s.Process.User.GID, Cwd: s.Process.Cwd}
 	if p.cfg.Runtime.Exists(id) {
 		_ = p.cfg.Runtime.Delete(id) // a leftover of a crashed agent
 	}
@@ -454,7 +462,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 	defer p.unmountRoot(c.Name, l.rootfs)
 	cgroupsPath, proc, pumped := l.cgroupsPath, l.proc, l.pumped
 	startedAt := time.Now().UTC()
-	inst := &instance{id: id, proc: proc, kill: make(chan killRequest, 4)}
+	inst := &instance{id: id, proc: proc, kill: make(chan killRequest, 4), as: l.as}
 	p.mu.Lock()
 	p.running[c.Name] = inst
 	p.mu.Unlock()
@@ -640,6 +648,27 @@ func (p *Pod) cgroupParent() string {
 	return "/" // BootConfig: empty means the root of the guest
 }
 
+// cpuCapacityMilli is the CPU the containers' parent cgroup (the pod VM's
+// own, below root) may use: its CFS quota (cgroup v1 cpu.cfs_quota_us, v2
+// cpu.max) where it has one, and no more than the guest's CPUs.
+func cpuCapacityMilli(root, parent string) int64 {
+	capacity := int64(goruntime.NumCPU()) * 1000
+	read := func(f string) string {
+		b, _ := os.ReadFile(filepath.Join(root, f))
+		return strings.TrimSpace(string(b))
+	}
+	quota, period := read(filepath.Join("cpu", parent, "cpu.cfs_quota_us")), read(filepath.Join("cpu", parent, "cpu.cfs_period_us"))
+	if v2 := strings.Fields(read(filepath.Join(parent, "cpu.max"))); quota == "" && len(v2) == 2 {
+		quota, period = v2[0], v2[1]
+	}
+	q, err1 := strconv.ParseInt(quota, 10, 64)
+	per, err2 := strconv.ParseInt(period, 10, 64)
+	if err1 == nil && err2 == nil && q > 0 && per > 0 {
+		capacity = min(capacity, q*1000/per)
+	}
+	return capacity
+}
+
 // updatePhase recomputes the phase (containers' updates do it already).
 func (p *Pod) updatePhase() { p.board.update("", func(*guestchannel.ContainerStatus) {}) }
 
@@ -686,7 +715,7 @@ func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Read
 		}
 		return 0, fmt.Errorf("container %s: %w", name, ErrNotRunning)
 	}
-	st, err := p.exec(ctx, inst.id, cmd, stdin, out)
+	st, err := p.exec(ctx, inst, cmd, stdin, out)
 	if err != nil {
 		return 0, err
 	}
@@ -722,7 +751,7 @@ func (p *Pod) rootfs(name string) string {
 	return filepath.Join(p.cfg.StateDir, "rootfs", name)
 }
 
-func (p *Pod) exec(ctx context.Context, id string, cmd []string, stdin io.Reader, out ExecOutput) (reaper.Status, error) {
+func (p *Pod) exec(ctx context.Context, inst *instance, cmd []string, stdin io.Reader, out ExecOutput) (reaper.Status, error) {
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
@@ -776,7 +805,7 @@ func (p *Pod) exec(ctx context.Context, id string, cmd []string, stdin io.Reader
 			}
 		}()
 	}
-	proc, err := p.cfg.Runtime.Exec(id, cmd, inR, outW, errW)
+	proc, err := p.cfg.Runtime.Exec(inst.id, cmd, inst.as, inR, outW, errW)
 	outW.Close()
 	errW.Close()
 	if inR != nil {

@@ -162,7 +162,7 @@ func (p *Pod) check(ctx context.Context, inst *instance, pr *guestchannel.Probe,
 
 // execIn runs cmd in the instance, discarding its output.
 func (p *Pod) execIn(ctx context.Context, inst *instance, cmd []string) (int32, error) {
-	st, err := p.exec(ctx, inst.id, cmd, nil, func(string, []byte) {})
+	st, err := p.exec(ctx, inst, cmd, nil, func(string, []byte) {})
 	if err != nil {
 		return 0, err
 	}

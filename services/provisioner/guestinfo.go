@@ -243,6 +243,8 @@ func containerSpec(c corev1.Container) guestchannel.Container {
 	}
 	if sc := c.SecurityContext; sc != nil {
 		gc.RunAsUser, gc.RunAsGroup = sc.RunAsUser, sc.RunAsGroup
+		gc.RunAsNonRoot = sc.RunAsNonRoot != nil && *sc.RunAsNonRoot
+		gc.ReadOnlyRootFilesystem = sc.ReadOnlyRootFilesystem != nil && *sc.ReadOnlyRootFilesystem
 	}
 	return gc
 }

@@ -99,11 +99,11 @@ func TestGuestSpecFromRecord(t *testing.T) {
 					Medium: corev1.StorageMediumMemory, SizeLimit: ptrTo(resource.MustParse("64Mi"))}}}}
 				p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox:1", Command: []string{"sh", "-c", "true"},
 					VolumeMounts: []corev1.VolumeMount{{Name: "scratch", MountPath: "/s"}}}}
-				uid := int64(1000)
+				uid, yes := int64(1000), true
 				p.Spec.Containers[0] = corev1.Container{Name: "app", Image: "app:1", Command: []string{"/app"}, Args: []string{"-v"},
 					WorkingDir: "/srv", Env: []corev1.EnvVar{{Name: "A", Value: "1"}},
 					Ports:           []corev1.ContainerPort{{Name: "http", ContainerPort: 80, Protocol: corev1.ProtocolTCP}},
-					SecurityContext: &corev1.SecurityContext{RunAsUser: &uid},
+					SecurityContext: &corev1.SecurityContext{RunAsUser: &uid, RunAsNonRoot: &yes, ReadOnlyRootFilesystem: &yes},
 					Resources: corev1.ResourceRequirements{
 						Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("250m"), corev1.ResourceMemory: resource.MustParse("64Mi")},
 						Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("1"), corev1.ResourceMemory: resource.MustParse("128Mi")}},
@@ -126,7 +126,7 @@ func TestGuestSpecFromRecord(t *testing.T) {
 				}
 				c := s.Containers[0]
 				if strings.Join(c.Command, " ") != "/app" || c.Args[0] != "-v" || c.WorkingDir != "/srv" || c.Env[0] != (guestchannel.EnvVar{Name: "A", Value: "1"}) ||
-					c.Ports[0].ContainerPort != 80 || *c.RunAsUser != 1000 || !c.VolumeMounts[0].ReadOnly {
+					c.Ports[0].ContainerPort != 80 || *c.RunAsUser != 1000 || !c.RunAsNonRoot || !c.ReadOnlyRootFilesystem || !c.VolumeMounts[0].ReadOnly {
 					t.Errorf("container = %+v", c)
 				}
 				if c.Resources != (guestchannel.Resources{CPURequestMilli: 250, CPULimitMilli: 1000, MemoryRequestBytes: 64 << 20, MemoryLimitBytes: 128 << 20}) {

@@ -193,6 +193,9 @@ type Options struct {
 	// to read again (BootConfig.Watch), as a booted VM's; the test changes
 	// it with Guest.Reconfigure.
 	ConfigDisk bool
+	// VMCPUs, when set, caps the guest's cgroup at that many CPUs (its
+	// cgroup v1 CFS quota), as the simulated hypervisor caps a VM's.
+	VMCPUs int
 }
 
 // Reconfigure rewrites the guest's configuration disk (Options.ConfigDisk)
@@ -249,6 +252,15 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 			t.Error(err)
 		}
 	})
+	if opt.VMCPUs > 0 {
+		dir := filepath.Join("/sys/fs/cgroup/cpu", g.Cgroup)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cpu.cfs_quota_us"), []byte(strconv.Itoa(opt.VMCPUs*100000)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// A hypervisor presents a zero-filled device of the disk's capacity.
 	f, err := os.Create(g.Ephemeral)
 	if err != nil {
