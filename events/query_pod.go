@@ -3,8 +3,9 @@ package events
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
 )
 
 // Pod logs and exec are read-only queries on core NATS, answered by the host
@@ -102,18 +103,13 @@ func (r *PodExecRequest) Validate() error {
 	return errors.Join(errs...)
 }
 
+// validatePodQueryRef checks the pod a logs or exec request names: the
+// namespace a DNS label and the name a DNS subdomain (metadata.name, so
+// web.v1 is a pod name). Both travel in the request's payload, never in its
+// subject (the subject names the host), so dots in the name are fine.
 func validatePodQueryRef(ns, name string) error {
-	var errs []error
-	if ns == "" {
-		errs = append(errs, errors.New("namespace: required"))
-	}
-	if name == "" {
-		errs = append(errs, errors.New("name: required"))
-	}
-	if strings.ContainsAny(ns+name, "./ *>") {
-		errs = append(errs, fmt.Errorf("namespace/name %q/%q: must be DNS labels", ns, name))
-	}
-	return errors.Join(errs...)
+	errs := validateDNSLabel(field.NewPath("namespace"), ns)
+	return asError(append(errs, validateDNSSubdomain(field.NewPath("name"), name)...))
 }
 
 // PodStreamMessage is one message of a logs or exec answer.

@@ -17,7 +17,14 @@ func TestPodQueriesValidate(t *testing.T) {
 		{"logs follow previous", &PodLogsRequest{Namespace: "default", Name: "web", Follow: true, Previous: true}, "follow"},
 		{"exec ok", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat", "/x"}}, ""},
 		{"exec no command", &PodExecRequest{Namespace: "default", Name: "web"}, "command"},
-		{"exec wildcard", &PodExecRequest{Namespace: "default", Name: "w*", Command: []string{"ls"}}, "DNS"},
+		{"exec wildcard", &PodExecRequest{Namespace: "default", Name: "w*", Command: []string{"ls"}}, "name: Invalid value"},
+		// metadata.name is a DNS subdomain: a dot is valid (the name travels
+		// in the payload, not in the subject).
+		{"logs dotted name", &PodLogsRequest{Namespace: "default", Name: "web.v1"}, ""},
+		{"exec dotted name", &PodExecRequest{Namespace: "default", Name: "web.v1", Command: []string{"hostname"}}, ""},
+		{"exec subject wildcard", &PodExecRequest{Namespace: "default", Name: "web.>", Command: []string{"ls"}}, "RFC 1123 subdomain"},
+		{"logs dotted namespace", &PodLogsRequest{Namespace: "team.a", Name: "web"}, "namespace: Invalid value"},
+		{"logs no namespace", &PodLogsRequest{Name: "web"}, "namespace: Required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.req.Validate()

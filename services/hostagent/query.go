@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -87,11 +88,13 @@ func (s *Service) target(ctx context.Context, ns, name, uid, container string) (
 	for _, c := range append(rec.Pod.Spec.InitContainers, rec.Pod.Spec.Containers...) {
 		names = append(names, c.Name)
 	}
+	if container == "" {
+		container = defaultContainer(&rec.Pod)
+	}
 	switch {
-	case container == "" && len(rec.Pod.Spec.Containers) == 1 && len(rec.Pod.Spec.InitContainers) == 0:
-		container = rec.Pod.Spec.Containers[0].Name
 	case container == "":
-		return nil, "", fmt.Errorf("pod %s/%s has several containers (%s): name one with -c", ns, name, strings.Join(names, ", "))
+		return nil, "", fmt.Errorf("pod %s/%s has several containers (%s): name one with -c, or set the pod's %s annotation",
+			ns, name, strings.Join(names, ", "), AnnotationDefaultContainer)
 	default:
 		found := false
 		for _, n := range names {
@@ -106,6 +109,23 @@ func (s *Service) target(ctx context.Context, ns, name, uid, container string) (
 		return nil, "", fmt.Errorf("pod %s/%s: its guest has no channel to host %s (not running, or not reporting): %w", ns, name, s.cfg.Host, ErrNotConnected)
 	}
 	return pc, container, nil
+}
+
+// AnnotationDefaultContainer names the container logs and exec use when
+// the request names none, as kubectl does.
+const AnnotationDefaultContainer = "kubectl.kubernetes.io/default-container"
+
+// defaultContainer is the container a request that names none is about:
+// the one the pod's AnnotationDefaultContainer names, else its only app
+// container (init containers aside, as kubectl does), else none.
+func defaultContainer(pod *corev1.Pod) string {
+	if c := pod.Annotations[AnnotationDefaultContainer]; c != "" {
+		return c
+	}
+	if len(pod.Spec.Containers) == 1 {
+		return pod.Spec.Containers[0].Name
+	}
+	return ""
 }
 
 func (s *Service) serveLogs(m *nats.Msg, st *stream) {

@@ -19,7 +19,8 @@ import (
 // type, in the manner of watermill's router. What every handler needs done
 // around it is done here once:
 //
-//   - decoding and validation (events.Decode); an event that fails either
+//   - decoding and validation (events.Decode), and the check that the
+//     event's subject is its payload's ObjectKey; an event that fails any
 //     is Permanent, so it is dead-lettered with the field and the reason;
 //   - span attributes (podvisor.service, pv.object) on the consumer span;
 //   - a logger scoped with the service, the type, the key and the delivery
@@ -44,6 +45,10 @@ type routeEntry struct {
 	run     func(ctx context.Context, m *Message, v any) error
 	invalid func(ctx context.Context, m *Message, err error) error
 }
+
+// ErrSubjectMismatch is why a typed handler refuses an event whose
+// CloudEvent subject is not its payload's ObjectKey.
+var ErrSubjectMismatch = errors.New("subject does not match the payload")
 
 // NewRouter returns an empty router for service (its consumers are
 // <service>-<stream>, its dead letters pv.dlq.<service>).
@@ -250,7 +255,16 @@ func (r *Router) dispatch(ctx context.Context, m *Message) error {
 	}
 	attrs := []attribute.KeyValue{attribute.String("podvisor.service", r.service)}
 	if p, ok := v.(events.Payload); ok {
-		attrs = append(attrs, attribute.String("pv.object", p.ObjectKey()))
+		// The subject is the work-queue key and what the event is said
+		// to be about: one that disagrees with the payload would have a
+		// handler act on another object than the one ordered and keyed.
+		// Malformed, and dead-lettered without the invalid hook (which
+		// would answer for one of the two objects on the other's word).
+		key := p.ObjectKey()
+		if subject := m.Event.Subject(); subject != key {
+			return Permanent(fmt.Errorf("decode %s: %w: subject %q is not the payload's object key %q", ceType, ErrSubjectMismatch, subject, key))
+		}
+		attrs = append(attrs, attribute.String("pv.object", key))
 	}
 	trace.SpanFromContext(ctx).SetAttributes(attrs...)
 	return e.run(ctx, m, v)

@@ -372,3 +372,46 @@ func TestRetry(t *testing.T) {
 		t.Errorf("reason after running out = %q, want VCenterDown", bus.ReasonOf(err, ""))
 	}
 }
+
+// An event whose subject is not its payload's object key is malformed: the
+// handler never sees it, it is dead-lettered with a reason naming both,
+// and the invalid hook does not answer for either object.
+func TestRouterDeadLettersSubjectMismatch(t *testing.T) {
+	b := bustest.Start(t)
+	var mu sync.Mutex
+	var answered []string
+	hr := &hostRouter{}
+	r := bus.NewRouter("scheduler", nil)
+	bus.Handle(r, func(_ context.Context, _ *bus.Message, p *events.HostLost) error {
+		hr.mu.Lock()
+		defer hr.mu.Unlock()
+		hr.handled = append(hr.handled, p.Name)
+		return nil
+	}).OnInvalid(func(_ context.Context, _ *bus.Message, err error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		answered = append(answered, err.Error())
+		return nil
+	})
+	startConsume(t, b, r.Consumers(bus.ConsumerConfig{}, nil)[0], r.Handler())
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-9", json.RawMessage(`{"name":"esx-2","cluster":"cluster-1","reason":"NotResponding"}`)))
+	mustPublish(t, b, mustEvent(t, typeHostLost, "esx-1", json.RawMessage(`{"name":"esx-1","cluster":"cluster-1","reason":"NotResponding"}`)))
+
+	waitFor(t, 5*time.Second, "a dead letter", func() bool { return len(streamMsgs(t, b, bus.StreamDLQ)) == 1 })
+	waitFor(t, 5*time.Second, "the matching event handled", func() bool { h, _ := hr.calls(); return len(h) == 1 })
+	if handled, _ := hr.calls(); handled[0] != "esx-1" {
+		t.Errorf("handled %v, want only esx-1", handled)
+	}
+	dl, err := bus.ReadDeadLetter(streamMsgs(t, b, bus.StreamDLQ)[0].Header)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(dl.Reason, `"esx-9"`) || !strings.Contains(dl.Reason, `"esx-2"`) {
+		t.Errorf("dead-letter reason %q should name the subject esx-9 and the payload's key esx-2", dl.Reason)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(answered) != 0 {
+		t.Errorf("invalid hook answered %q for a subject mismatch", answered)
+	}
+}

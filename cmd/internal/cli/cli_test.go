@@ -146,6 +146,42 @@ func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	}
 }
 
+// A pod.requested whose subject is not its payload's pod is dead-lettered
+// with a reason naming both, and creates neither pod.
+func TestMismatchedSubjectIsDeadLetteredWithReason(t *testing.T) {
+	_, dir := upForTest(t, "provisioner")
+	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
+	nc := natsForTest(t, vars)
+	publishPodRequest(t, nc, "nats-cli", "mismatch-1", "default/mismatch",
+		`{"pod":{"metadata":{"name":"other"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}`)
+	publishPodRequest(t, nc, "nats-cli", "mismatch-2", "team-a/nsx",
+		`{"pod":{"metadata":{"name":"nsx","namespace":"team-b"},"spec":{"containers":[{"name":"c","image":"registry.local/podvisor/base:1.0"}]}}}`)
+	var out string
+	eventually(t, "two dead letters", func() bool {
+		out, _, _ = run(t, dir, "", "events", "--dlq", "-o", "json")
+		return strings.Count(strings.TrimSpace(out), "\n") == 1
+	})
+	for _, want := range [][]string{{`default/mismatch`, `default/other`}, {`team-a/nsx`, `team-b/nsx`}} {
+		found := false
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var dl map[string]any
+			if err := json.Unmarshal([]byte(line), &dl); err != nil {
+				t.Fatal(err)
+			}
+			reason, _ := dl["reason"].(string)
+			found = found || dl["service"] == "provisioner" && strings.Contains(reason, want[0]) && strings.Contains(reason, want[1])
+		}
+		if !found {
+			t.Errorf("no dead letter naming subject %s and payload key %s:\n%s", want[0], want[1], out)
+		}
+	}
+	for _, ns := range []string{"default", "team-a", "team-b"} {
+		if pods, errOut, code := run(t, dir, "", "get", "pods", "-n", ns, "-o", "name"); code != 0 || strings.TrimSpace(pods) != "" {
+			t.Errorf("get pods -n %s: exit %d, %q %s; want none", ns, code, pods, errOut)
+		}
+	}
+}
+
 func TestApplyRejectsBadManifestBeforePublishing(t *testing.T) {
 	_, dir := upForTest(t, "none")
 	manifest := `apiVersion: v1

@@ -18,8 +18,9 @@ func newExecCmd(g *globals) *cobra.Command {
 		Use:   "exec POD [-c CONTAINER] [-i] -- COMMAND [ARGS...]",
 		Short: "Run a command in a running container; its exit code is podvisor's",
 		Long: `exec runs COMMAND in a running container of the pod, through the host agent of the pod's
-host and the pod VM agent, and prints its output. -i sends this process's stdin to the command. There
-is no terminal. The command's exit code becomes podvisor's.`,
+host and the pod VM agent, and prints its output. -c names the container: by default the one the pod's
+kubectl.kubernetes.io/default-container annotation names, else the pod's only app container. -i sends
+this process's stdin to the command. There is no terminal. The command's exit code becomes podvisor's.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 {
@@ -37,7 +38,7 @@ is no terminal. The command's exit code becomes podvisor's.`,
 			code, err := g.podQuery(cmd.Context(), req.Namespace, req.Name, events.SubjectPodExec, func(uid string) any {
 				req.UID = uid
 				return &req
-			}, stdin)
+			}, stdin, g.stdout)
 			if err != nil {
 				return err
 			}
@@ -52,7 +53,7 @@ is no terminal. The command's exit code becomes podvisor's.`,
 	}
 	f := cmd.Flags()
 	f.StringVarP(&req.Namespace, "namespace", "n", "default", "namespace of the pod")
-	f.StringVarP(&req.Container, "container", "c", "", "container (default: the pod's only one)")
+	f.StringVarP(&req.Container, "container", "c", "", containerFlagHelp)
 	f.BoolVarP(&interactive, "stdin", "i", false, "send stdin to the command")
 	return cmd
 }

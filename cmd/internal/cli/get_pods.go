@@ -38,12 +38,16 @@ func (p *podRow) Object() any {
 	return &pod
 }
 
-// Row shows, like kubectl, how many containers are ready and how often they
-// restarted, as the guest reported; PHASE is podvisor's own (Starting: the
-// VM is on, the containers are not all started yet).
+// Row shows, like kubectl, how many app containers are ready and how often
+// the containers, init containers included, restarted, as the guest
+// reported; PHASE is podvisor's own (Starting: the VM is on, the containers
+// are not all started yet).
 func (p *podRow) Row(now time.Time) []string {
 	r := &p.PodRecord
 	ready, restarts := 0, int32(0)
+	for _, cs := range r.InitContainerStatuses {
+		restarts += cs.RestartCount
+	}
 	for _, cs := range r.ContainerStatuses {
 		if cs.Ready {
 			ready++

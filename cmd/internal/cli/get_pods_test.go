@@ -19,6 +19,13 @@ func TestPodRowReadyAndRestarts(t *testing.T) {
 	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 1/2 Running 4 esx-1-01 10.0.0.5") {
 		t.Errorf("row = %q", got)
 	}
+	// Init containers' restarts count too, as kubectl counts them; they
+	// are not in READY.
+	r.Pod.Spec.InitContainers = []corev1.Container{{Name: "init"}}
+	r.InitContainerStatuses = []corev1.ContainerStatus{{Name: "init", Ready: true, RestartCount: 2}}
+	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 1/2 Running 6 esx-1-01 10.0.0.5") {
+		t.Errorf("row of a pod whose init container restarted = %q", got)
+	}
 	// A container in back-off while the pod runs: its reason shows, as
 	// kubectl's STATUS column shows it.
 	r.ContainerStatuses[1].State.Waiting = &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff"}
@@ -26,7 +33,7 @@ func TestPodRowReadyAndRestarts(t *testing.T) {
 		t.Errorf("row of a pod with a container in back-off = %q", got)
 	}
 	r.ContainerStatuses[1].State.Waiting = nil
-	r.Phase, r.Reason, r.ContainerStatuses = events.PodPhaseStarting, events.ReasonContainerCreating, nil
+	r.Phase, r.Reason, r.ContainerStatuses, r.InitContainerStatuses = events.PodPhaseStarting, events.ReasonContainerCreating, nil, nil
 	if got := strings.Join((&podRow{r}).Row(now), " "); !strings.HasPrefix(got, "web 0/2 Starting 0 ") || !strings.HasSuffix(got, "ContainerCreating") {
 		t.Errorf("row of a starting pod = %q", got)
 	}

@@ -30,11 +30,18 @@ func newIdentityCmd(g *globals) *cobra.Command {
 		}
 		return bus.LoadAuthority(dir)
 	}
-	var role string
+	var (
+		role  string
+		force bool
+	)
 	mint := &cobra.Command{
 		Use:   "mint NAME",
 		Short: "Write NAME.creds with the permissions of --as (client, admin or a service name); prints its path",
-		Args:  cobra.ExactArgs(1),
+		Long: `mint writes NAME.creds in the authority directory, an identity with the permissions of --as
+(client by default, admin or a service name), and prints its path. It refuses to rewrite an existing
+NAME.creds (admin.creds, a service's) unless --force is given: the file would then carry the
+permissions of --as, so "mint admin" without "--as admin" would lock the admin out.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a, err := authority()
 			if err != nil {
@@ -42,6 +49,11 @@ func newIdentityCmd(g *globals) *cobra.Command {
 			}
 			if _, err := bus.LookupIdentity(role); err != nil {
 				return usageError("--as %q: want client, admin or a service (%s)", role, identityNames())
+			}
+			if path := a.CredsPath(args[0]); !force {
+				if _, err := os.Stat(path); err == nil {
+					return fmt.Errorf("%s exists: pass --force to replace it with a new %s identity, or mint another NAME", path, role)
+				}
 			}
 			path, err := a.MintAs(args[0], role)
 			if err != nil {
@@ -52,6 +64,7 @@ func newIdentityCmd(g *globals) *cobra.Command {
 		},
 	}
 	mint.Flags().StringVar(&role, "as", bus.IdentityClient, "whose permissions the identity gets")
+	mint.Flags().BoolVar(&force, "force", false, "rewrite NAME.creds if it exists, with the permissions of --as")
 	all := &cobra.Command{
 		Use:   "mint-all",
 		Short: "Write the creds file of every identity of the permission table (one per service, client, admin)",

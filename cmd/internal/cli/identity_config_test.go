@@ -76,3 +76,38 @@ func TestIdentityTLSCoversTheConcentrator(t *testing.T) {
 		t.Errorf("the concentrator's certificate names %v and %v; want 192.0.2.7, concentrator.example and its Service", cert.IPAddresses, cert.DNSNames)
 	}
 }
+
+// `identity mint admin` (client permissions by default) must not replace
+// admin.creds behind its holder's back: it refuses an existing creds file
+// unless --force.
+func TestMintRefusesToOverwriteCreds(t *testing.T) {
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "nats-auth")
+	if _, errOut, code := run(t, dir, "", "identity", "--dir", auth, "mint-all"); code != 0 {
+		t.Fatalf("mint-all: %d %s", code, errOut)
+	}
+	admin := filepath.Join(auth, "admin.creds")
+	before, err := os.ReadFile(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := run(t, dir, "", "identity", "--dir", auth, "mint", "admin")
+	if code == 0 || out != "" || !strings.Contains(errOut, admin) || !strings.Contains(errOut, "--force") {
+		t.Errorf("mint admin over admin.creds: exit %d, stdout %q, stderr %q; want a refusal naming %s and --force", code, out, errOut, admin)
+	}
+	if after, _ := os.ReadFile(admin); string(after) != string(before) {
+		t.Error("mint admin without --force changed admin.creds")
+	}
+	if out, errOut, code := run(t, dir, "", "identity", "--dir", auth, "mint", "ci-robot"); code != 0 || strings.TrimSpace(out) != filepath.Join(auth, "ci-robot.creds") {
+		t.Errorf("mint ci-robot: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if out, errOut, code := run(t, dir, "", "identity", "--dir", auth, "mint", "admin", "--force"); code != 0 || strings.TrimSpace(out) != admin {
+		t.Errorf("mint admin --force: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if after, _ := os.ReadFile(admin); string(after) == string(before) {
+		t.Error("mint admin --force left admin.creds as it was (admin permissions)")
+	}
+	if out, _, _ := run(t, dir, "", "identity", "mint", "--help"); !strings.Contains(out, "--force") {
+		t.Errorf("identity mint --help does not document --force:\n%s", out)
+	}
+}

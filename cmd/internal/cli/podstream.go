@@ -40,8 +40,8 @@ func podHost(ctx context.Context, b *bus.Bus, namespace, name string) (uid, host
 
 // podQuery finds the pod's host in its record and streams the request
 // (withUID sets the pod's uid on it and returns it) to that host's agent on
-// subject(host).
-func (g *globals) podQuery(ctx context.Context, namespace, name string, subject func(host string) string, withUID func(uid string) any, stdin io.Reader) (*int32, error) {
+// subject(host), writing its output to stdout.
+func (g *globals) podQuery(ctx context.Context, namespace, name string, subject func(host string) string, withUID func(uid string) any, stdin io.Reader, stdout io.Writer) (*int32, error) {
 	b, err := g.connect(ctx)
 	if err != nil {
 		return nil, err
@@ -51,5 +51,5 @@ func (g *globals) podQuery(ctx context.Context, namespace, name string, subject 
 	if err != nil {
 		return nil, err
 	}
-	return podstream.Run(ctx, b.Conn(), subject(host), withUID(uid), stdin, g.stdout, g.stderr)
+	return podstream.Run(ctx, b.Conn(), subject(host), withUID(uid), stdin, stdout, g.stderr)
 }

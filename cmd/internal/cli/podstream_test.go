@@ -11,6 +11,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/syncbuf"
@@ -20,13 +21,8 @@ import (
 // exec` as a user would, through NATS to a host agent and over the guest
 // channel to a (scripted) pod VM agent.
 func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
-	sys, dir := upForTest(t, "none")
+	dir, b, host, svc := upWithHostAgent(t)
 	ctx := context.Background()
-	b, err := sys.Dial(ctx, bus.IdentityAdmin) // writes pod records, as the provisioner would
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Close)
 	put := func(name, uid, host string, containers ...string) {
 		rec := events.PodRecord{UID: uid, Namespace: "default", Name: name, Host: host, Phase: events.PodPhaseRunning}
 		for _, c := range containers {
@@ -34,16 +30,8 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		}
 		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
 	}
-	host := sys.Datacenter.Hosts()[0].Name
 	put("web", "uid-web", host, "first", "second")
 	put("away", "uid-away", "esx-9-99", "app")
-
-	channels, err := os.MkdirTemp("", "pvcli-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(channels) })
-	svc := guesttest.StartHostAgent(t, b, host, channels)
 
 	g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b1"}, "first", "second")
 	g.SetLog("first", "hello\n")
@@ -64,14 +52,7 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		return code == 0 && out == "hello\n"
 	})
 
-	for _, tc := range []struct {
-		name     string
-		stdin    string
-		args     []string
-		wantOut  string
-		wantErr  string
-		wantCode int
-	}{
+	runCases(t, dir, []cliCase{
 		{"logs of a container", "", []string{"logs", "web", "-c", "first"}, "hello\n", "", 0},
 		{"logs needs -c with several containers", "", []string{"logs", "web"}, "", "first, second", 1},
 		{"logs of an unknown container", "", []string{"logs", "web", "-c", "third"}, "", `no container "third"`, 1},
@@ -82,7 +63,47 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		{"exec -i streams stdin", "piped\nlines\n", []string{"exec", "-i", "web", "-c", "first", "--", "cat"}, "piped\nlines\n", "", 0},
 		{"exec without a command", "", []string{"exec", "web"}, "", "", 2},
 		{"exec without --", "", []string{"exec", "web", "cat"}, "", "--", 2},
-	} {
+	})
+
+	t.Run("logs -f follows until interrupted", func(t *testing.T) {
+		out, interrupt := followLogs(t, dir, "web", "-c", "first")
+		eventually(t, "the followed log", func() bool { return out.String() == "hello\n" })
+		interrupt()
+	})
+}
+
+// upWithHostAgent runs `up` without services and a host agent on its first
+// host; b (admin) writes pod records, as the provisioner would.
+func upWithHostAgent(t *testing.T) (dir string, b *bus.Bus, host string, svc *hostagent.Service) {
+	t.Helper()
+	sys, dir := upForTest(t, "none")
+	b, err := sys.Dial(context.Background(), bus.IdentityAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	host = sys.Datacenter.Hosts()[0].Name
+	channels, err := os.MkdirTemp("", "pvcli-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(channels) })
+	return dir, b, host, guesttest.StartHostAgent(t, b, host, channels)
+}
+
+// cliCase is one run of the CLI and what it should print and exit with.
+type cliCase struct {
+	name     string
+	stdin    string
+	args     []string
+	wantOut  string
+	wantErr  string
+	wantCode int
+}
+
+func runCases(t *testing.T, dir string, cases []cliCase) {
+	t.Helper()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, code := run(t, dir, tc.stdin, tc.args...)
 			if code != tc.wantCode || out != tc.wantOut || !strings.Contains(errOut, tc.wantErr) {
@@ -91,16 +112,23 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 			}
 		})
 	}
+}
 
-	t.Run("logs -f follows until interrupted", func(t *testing.T) {
-		t.Setenv("PODVISOR_NATS_URL", "")
-		var out, errb syncbuf.Buffer
-		fctx, stop := context.WithCancel(ctx)
-		exited := make(chan int, 1)
-		go func() {
-			exited <- Main(fctx, []string{"--state-dir", dir, "logs", "-f", "web", "-c", "first"}, strings.NewReader(""), &out, &errb)
-		}()
-		eventually(t, "the followed log", func() bool { return out.String() == "hello\n" })
+// followLogs starts `podvisor logs -f args...` and returns its stdout and
+// interrupt, which checks that it still runs, ends it as Ctrl-C does and
+// checks that it exits 0.
+func followLogs(t *testing.T, dir string, args ...string) (*syncbuf.Buffer, func()) {
+	t.Helper()
+	t.Setenv("PODVISOR_NATS_URL", "")
+	var out, errb syncbuf.Buffer
+	ctx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	exited := make(chan int, 1)
+	go func() {
+		exited <- Main(ctx, append([]string{"--state-dir", dir, "logs", "-f"}, args...), strings.NewReader(""), &out, &errb)
+	}()
+	return &out, func() {
+		t.Helper()
 		select {
 		case code := <-exited:
 			t.Fatalf("logs -f exited (%d) before it was interrupted: %s", code, errb.String())
@@ -114,6 +142,76 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("logs -f did not end when interrupted")
+		}
+	}
+}
+
+// TestLogsAndExecAsKubectl runs `podvisor logs` and `podvisor exec` where
+// kubectl would just work: a pod whose name has a dot, a pod with init
+// containers and one app container (or a default-container annotation), and
+// --tail 0.
+func TestLogsAndExecAsKubectl(t *testing.T) {
+	dir, b, host, svc := upWithHostAgent(t)
+	ctx := context.Background()
+	guests := map[string]*guesttest.Guest{}
+	put := func(name string, annotations map[string]string, inits []string, containers ...string) {
+		rec := events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Host: host, Phase: events.PodPhaseRunning}
+		rec.Pod.Annotations = annotations
+		for _, c := range inits {
+			rec.Pod.Spec.InitContainers = append(rec.Pod.Spec.InitContainers, corev1.Container{Name: c, Image: "img"})
+		}
+		for _, c := range containers {
+			rec.Pod.Spec.Containers = append(rec.Pod.Spec.Containers, corev1.Container{Name: c, Image: "img"})
+		}
+		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
+		g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: rec.UID, Namespace: "default", Name: name, BootID: "b1"},
+			append(inits, containers...)...)
+		for _, c := range append(inits, containers...) {
+			g.SetLog(c, c+" one\n"+c+" two\n")
+		}
+		g.SetExec(func(req guestchannel.ExecRequest, _ []byte) (string, int32) {
+			return name + "/" + req.Container + "\n", 0
+		})
+		guests[name] = g
+		// The agent is connected once its first report is out.
+		eventually(t, name+"'s channel", func() bool {
+			_, _, code := run(t, dir, "", "logs", name, "-c", containers[0])
+			return code == 0
+		})
+	}
+	put("web.v1", nil, nil, "app")
+	put("inits", nil, []string{"init-fail"}, "main")
+	put("annotated", map[string]string{"kubectl.kubernetes.io/default-container": "second"}, nil, "first", "second")
+	put("several", nil, []string{"setup"}, "first", "second")
+
+	runCases(t, dir, []cliCase{
+		{"logs of a dotted name", "", []string{"logs", "web.v1"}, "app one\napp two\n", "", 0},
+		{"exec in a dotted name", "", []string{"exec", "web.v1", "--", "hostname"}, "web.v1/app\n", "", 0},
+		{"logs of a bad name", "", []string{"logs", "web.>"}, "", "RFC 1123 subdomain", 2},
+		{"logs of a bad namespace", "", []string{"logs", "-n", "team.a", "web"}, "", "namespace", 2},
+		{"logs skip init containers", "", []string{"logs", "inits"}, "main one\nmain two\n", "", 0},
+		{"logs of an init container", "", []string{"logs", "inits", "-c", "init-fail"}, "init-fail one\ninit-fail two\n", "", 0},
+		{"exec skips init containers", "", []string{"exec", "inits", "--", "hostname"}, "inits/main\n", "", 0},
+		{"logs follow the default-container annotation", "", []string{"logs", "annotated"}, "second one\nsecond two\n", "", 0},
+		{"exec follows the default-container annotation", "", []string{"exec", "annotated", "--", "hostname"}, "annotated/second\n", "", 0},
+		{"logs need -c with several app containers", "", []string{"logs", "several"}, "", "setup, first, second): name one with -c", 1},
+		{"logs --tail 0 prints nothing", "", []string{"logs", "web.v1", "--tail", "0"}, "", "", 0},
+		{"logs --tail 1", "", []string{"logs", "web.v1", "--tail", "1"}, "app two\n", "", 0},
+		{"logs --tail -1 prints all", "", []string{"logs", "web.v1", "--tail", "-1"}, "app one\napp two\n", "", 0},
+		{"logs --tail 0 of a missing pod", "", []string{"logs", "nope", "--tail", "0"}, "", "not found", 1},
+	})
+
+	t.Run("logs -f --tail 0 prints only new lines", func(t *testing.T) {
+		out, interrupt := followLogs(t, dir, "--tail", "0", "web.v1")
+		// Lines appended until the follow is on: the first one it gets is
+		// printed, and only lines from then on.
+		eventually(t, "the followed log", func() bool {
+			guests["web.v1"].AppendLog("app", "app new\n")
+			return strings.Contains(out.String(), "app new\n")
+		})
+		interrupt()
+		if got := out.String(); strings.ReplaceAll(got, "app new\n", "") != "" {
+			t.Errorf("logs -f --tail 0 printed %q, want only new lines", got)
 		}
 	})
 }

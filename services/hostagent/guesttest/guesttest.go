@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -33,12 +34,14 @@ type Guest struct {
 
 	mu sync.Mutex
 	// logs maps a container to its log; execFn answers an exec.
-	logs     map[string]string
-	execFn   func(req guestchannel.ExecRequest, stdin []byte) (stdout string, exitCode int32)
-	stops    []guestchannel.StopRequest
-	errors   []string
-	closed   chan struct{}
-	statuses []guestchannel.ContainerStatus
+	logs map[string]string
+	// followers maps a follow request's ID to its container.
+	followers map[string]string
+	execFn    func(req guestchannel.ExecRequest, stdin []byte) (stdout string, exitCode int32)
+	stops     []guestchannel.StopRequest
+	errors    []string
+	closed    chan struct{}
+	statuses  []guestchannel.ContainerStatus
 }
 
 // Dial connects to a host agent socket, says hello and sends a full status
@@ -113,7 +116,8 @@ func dialOpened(t testing.TB, network, addr string, conf *tls.Config, open func(
 		}
 	}
 	hello.Protocol = guestchannel.Protocol
-	g := &Guest{Hello: hello, conn: guestchannel.NewConn(c), closed: make(chan struct{}), logs: map[string]string{}}
+	g := &Guest{Hello: hello, conn: guestchannel.NewConn(c), closed: make(chan struct{}), logs: map[string]string{},
+		followers: map[string]string{}}
 	t.Cleanup(func() { g.conn.Close() })
 	now := time.Now().UTC().Truncate(time.Second)
 	for _, name := range containers {
@@ -135,6 +139,36 @@ func (g *Guest) SetLog(container, log string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.logs[container] = log
+}
+
+// AppendLog adds lines to a container's log and sends them to the
+// requests following it.
+func (g *Guest) AppendLog(container, lines string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.logs[container] += lines
+	for id, c := range g.followers {
+		if c == container {
+			_ = g.conn.Send(guestchannel.TypeLogChunk, id, guestchannel.LogChunk{Data: []byte(lines)})
+		}
+	}
+}
+
+// tailLines is the last n lines of log (all of it when n <= 0), as the pod
+// VM agent answers a logs request's TailLines.
+func tailLines(log string, n int64) []byte {
+	if n <= 0 {
+		return []byte(log)
+	}
+	end := len(strings.TrimSuffix(log, "\n"))
+	for ; n > 0; n-- {
+		i := strings.LastIndexByte(log[:end], '\n')
+		if i < 0 {
+			return []byte(log)
+		}
+		end = i
+	}
+	return []byte(log[end+1:])
 }
 
 // SetExec sets how execs are answered: the command's stdout and exit code.
@@ -221,15 +255,23 @@ func (g *Guest) serve() {
 			_ = env.Decode(&req)
 			g.mu.Lock()
 			log, ok := g.logs[req.Container]
-			g.mu.Unlock()
 			if !ok {
+				g.mu.Unlock()
 				_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{EOF: true, Error: "no container " + req.Container})
 				continue
 			}
-			_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: []byte(log), EOF: !req.Follow})
+			if req.Follow {
+				g.followers[env.ID] = req.Container
+			}
+			// under mu, so that AppendLog's lines come after these
+			_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: tailLines(log, req.TailLines), EOF: !req.Follow})
+			g.mu.Unlock()
 		case guestchannel.TypeCancel:
 			var c guestchannel.Cancel
 			_ = env.Decode(&c)
+			g.mu.Lock()
+			delete(g.followers, c.Target)
+			g.mu.Unlock()
 			_ = g.conn.Send(guestchannel.TypeLogChunk, c.Target, guestchannel.LogChunk{EOF: true})
 		case guestchannel.TypeExec:
 			var req guestchannel.ExecRequest
