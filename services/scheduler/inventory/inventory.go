@@ -35,10 +35,13 @@ import (
 )
 
 // Labels every host carries, so that a nodeSelector can pin a pod to a host
-// or a cluster without anyone tagging hosts.
+// or a cluster without anyone tagging hosts. LabelHostname is Kubernetes'
+// well-known label of a node's name: manifests written for Kubernetes pin
+// a pod with it.
 const (
-	LabelHost    = "podvisor.io/host"
-	LabelCluster = "podvisor.io/cluster"
+	LabelHost     = "podvisor.io/host"
+	LabelHostname = "kubernetes.io/hostname"
+	LabelCluster  = "podvisor.io/cluster"
 )
 
 // hostProps are the HostSystem properties the scheduler reads.
@@ -169,7 +172,7 @@ func (s *Source) observe(ctx context.Context, h *mo.HostSystem) (Observation, er
 	if info.Networks, err = s.namesOf(ctx, h.Network); err != nil {
 		return o, err
 	}
-	info.Labels = map[string]string{LabelHost: labelValue(info.Name), LabelCluster: labelValue(info.Cluster)}
+	info.Labels = map[string]string{LabelHost: labelValue(info.Name), LabelHostname: labelValue(info.Name), LabelCluster: labelValue(info.Cluster)}
 	if len(h.CustomValue) > 0 {
 		fields, err := s.customFields(ctx)
 		if err != nil {

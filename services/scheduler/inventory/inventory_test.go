@@ -71,7 +71,7 @@ func TestListMatchesTheAPI(t *testing.T) {
 		if len(i.Networks) == 0 || slices.Contains(i.Networks, "") {
 			t.Errorf("%s: networks %q, want the host's networks named", s.Name, i.Networks)
 		}
-		if i.Labels[inventory.LabelCluster] != s.Cluster || i.Labels[inventory.LabelHost] != s.Name {
+		if i.Labels[inventory.LabelCluster] != s.Cluster || i.Labels[inventory.LabelHost] != s.Name || i.Labels[inventory.LabelHostname] != s.Name {
 			t.Errorf("%s: labels %v", s.Name, i.Labels)
 		}
 	}

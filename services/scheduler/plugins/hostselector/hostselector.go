@@ -1,6 +1,7 @@
 // Package hostselector matches a pod's nodeSelector and required node
 // affinity against host labels. Host labels come from the inventory: vSphere
-// custom attributes and tags on the host, plus podvisor.io/host and
+// custom attributes and tags on the host, plus podvisor.io/host (and
+// Kubernetes' kubernetes.io/hostname, both the host's name) and
 // podvisor.io/cluster, so `nodeSelector: {podvisor.io/cluster: cluster-1}`
 // pins a pod to a cluster. Required node affinity (matchExpressions over
 // host labels, the part events.ValidatePod admits) is matched too.
