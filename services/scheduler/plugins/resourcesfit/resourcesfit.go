@@ -32,6 +32,7 @@ func (*Plugin) Name() string { return Name }
 var (
 	statusCPUTooLarge    = framework.NewStatus(framework.UnschedulableAndUnresolvable, "CPUExceedsCapacity", "pod CPU exceeds host capacity")
 	statusMemoryTooLarge = framework.NewStatus(framework.UnschedulableAndUnresolvable, "MemoryExceedsCapacity", "pod memory exceeds host capacity")
+	statusBothTooLarge   = framework.NewStatus(framework.UnschedulableAndUnresolvable, "CPUAndMemoryExceedCapacity", "pod CPU and memory exceed host capacity")
 	statusNoCPU          = framework.NewStatus(framework.Unschedulable, "InsufficientCPU", "insufficient cpu")
 	statusNoMemory       = framework.NewStatus(framework.Unschedulable, "InsufficientMemory", "insufficient memory")
 	statusTooManyPods    = framework.NewStatus(framework.Unschedulable, "TooManyPods", "too many pods")
@@ -39,9 +40,12 @@ var (
 
 // Filter implements framework.FilterPlugin. Memory is checked first: it is
 // the resource that is never overcommitted and usually the one that runs
-// out, so it is the most useful reason to report.
+// out, so it is the most useful reason to report. A pod larger than the
+// host in both is told so: making it smaller in one would not do.
 func (*Plugin) Filter(_ context.Context, _ *framework.CycleState, p *framework.PodInfo, h *framework.Host) *framework.Status {
 	switch {
+	case p.MemoryBytes > h.MemoryCapacityBytes && p.CPUMilli > h.CPUCapacityMilli:
+		return statusBothTooLarge
 	case p.MemoryBytes > h.MemoryCapacityBytes:
 		return statusMemoryTooLarge
 	case p.CPUMilli > h.CPUCapacityMilli:

@@ -19,6 +19,7 @@ func TestFilter(t *testing.T) {
 		{Name: "memory reported before cpu", Pod: fwtest.MakePod("p").Size(4000, 8*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib).Used(1, 1), WantReason: "InsufficientMemory", WantCode: framework.Unschedulable},
 		{Name: "larger than the host: memory", Pod: fwtest.MakePod("p").Size(1000, 9*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "MemoryExceedsCapacity", WantCode: framework.UnschedulableAndUnresolvable},
 		{Name: "larger than the host: cpu", Pod: fwtest.MakePod("p").Size(5000, gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "CPUExceedsCapacity", WantCode: framework.UnschedulableAndUnresolvable},
+		{Name: "larger than the host: both", Pod: fwtest.MakePod("p").Size(5000, 9*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "CPUAndMemoryExceedCapacity", WantCode: framework.UnschedulableAndUnresolvable},
 		{Name: "pod cap", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Used(1, 1), WantReason: "TooManyPods", WantCode: framework.Unschedulable},
 		{Name: "pod cap not reached", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(3).Used(1, 1).Used(1, 1)},
 	})
