@@ -477,7 +477,9 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		}
 		s.State = guestchannel.ContainerState{Kind: guestchannel.StateRunning, StartedAt: &startedAt}
 		s.Started = c.StartupProbe == nil
-		s.Ready = c.ReadinessProbe == nil && c.StartupProbe == nil
+		// An init container is ready once it has completed, as in
+		// Kubernetes; while it runs it is only started.
+		s.Ready = c.ReadinessProbe == nil && c.StartupProbe == nil && !p.isInit(c.Name)
 	})
 	p.updatePhase()
 	probeCtx, stopProbes := context.WithCancel(context.Background())
@@ -505,9 +507,20 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		term.Reason = "Error"
 	}
 	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
-		s.State, s.Ready = term, false
+		s.State, s.Started = term, false
+		s.Ready = p.isInit(c.Name) && term.ExitCode == 0 && term.Signal == 0 && !oom
 	})
 	return term, nil
+}
+
+// isInit reports whether name is one of the pod's init containers.
+func (p *Pod) isInit(name string) bool {
+	for _, c := range p.cfg.Spec.InitContainers {
+		if c.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // wait waits for the instance's process, serving kill requests: SIGTERM,

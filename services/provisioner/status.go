@@ -23,9 +23,11 @@ const (
 	// ReasonContainersFailed: every container terminated for good and at
 	// least one failed (or an init container failed with no restart).
 	ReasonContainersFailed = "ContainersFailed"
-	// ReasonPodCompleted: the condition reason once every container has
-	// terminated for good.
+	// ReasonPodCompleted and ReasonPodFailed: the condition reasons once
+	// every container has terminated for good, as the kubelet's: the pod
+	// succeeded, or failed (an init container's failure included).
 	ReasonPodCompleted = "PodCompleted"
+	ReasonPodFailed    = "PodFailed"
 	// ReasonContainersNotReady, ReasonContainersNotInitialized: as in
 	// Kubernetes.
 	ReasonContainersNotReady       = "ContainersNotReady"
@@ -157,8 +159,11 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	initialized, initWhy := initialized(r)
 	setReported(r, events.PodConditionInitialized, initialized, ReasonContainersNotInitialized, initWhy, now)
 	ready, readyWhy := containersReady(r)
-	if _, done := finished(r); done {
+	if phase, done := finished(r); done {
 		ready, readyWhy = false, ReasonPodCompleted
+		if phase == events.PodPhaseFailed {
+			readyWhy = ReasonPodFailed
+		}
 	}
 	setReported(r, events.PodConditionContainersReady, ready, ReasonContainersNotReady, readyWhy, now)
 	setReported(r, events.PodConditionReady, ready, ReasonContainersNotReady, readyWhy, now)
@@ -259,8 +264,12 @@ func setReported(r *events.PodRecord, t string, ok bool, reason, why string, now
 		r.SetCondition(t, events.ConditionTrue, ReasonReported, "", now)
 		return
 	}
-	if why == ReasonPodCompleted {
+	switch why {
+	case ReasonPodCompleted:
 		r.SetCondition(t, events.ConditionFalse, ReasonPodCompleted, "every container terminated", now)
+		return
+	case ReasonPodFailed:
+		r.SetCondition(t, events.ConditionFalse, ReasonPodFailed, "the pod failed: its containers will not run again", now)
 		return
 	}
 	r.SetCondition(t, events.ConditionFalse, reason, why, now)

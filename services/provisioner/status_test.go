@@ -191,9 +191,10 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 		statuses    []corev1.ContainerStatus
 		wantPhase   string
 		wantMessage string
+		wantReady   string // ContainersReady's reason, as the kubelet's
 	}{
-		{"done", []corev1.ContainerStatus{exited("app", 0), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseSucceeded, ""},
-		{"broken", []corev1.ContainerStatus{exited("app", 3), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseFailed, "app exited 3"},
+		{"done", []corev1.ContainerStatus{exited("app", 0), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseSucceeded, "", ReasonPodCompleted},
+		{"broken", []corev1.ContainerStatus{exited("app", 3), exited("sidecar", 0), exited("logger", 0)}, events.PodPhaseFailed, "app exited 3", ReasonPodFailed},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := testPod(tt.name)
@@ -202,6 +203,9 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 			r = e.fold(svc, report(acc, r.VMName, "b", 1, tt.statuses...))
 			if r.Phase != tt.wantPhase || !strings.Contains(r.Message, tt.wantMessage) || r.IsTrue(events.PodConditionReady) {
 				t.Errorf("phase %s reason %q message %q, want %s with %q", r.Phase, r.Reason, r.Message, tt.wantPhase, tt.wantMessage)
+			}
+			if c, _ := r.Condition(events.PodConditionContainersReady); c.Status != events.ConditionFalse || c.Reason != tt.wantReady {
+				t.Errorf("ContainersReady %+v, want False, %s", c, tt.wantReady)
 			}
 			want := map[string]corev1.PodPhase{events.PodPhaseSucceeded: corev1.PodSucceeded, events.PodPhaseFailed: corev1.PodFailed}[tt.wantPhase]
 			if got := r.KubernetesPod().Status.Phase; got != want {

@@ -131,6 +131,11 @@ func TestInitContainersInOrder(t *testing.T) {
 		if c.State.Kind != guestchannel.StateTerminated || c.State.ExitCode != 0 || c.State.Reason != "Completed" || c.RestartCount != 0 {
 			t.Errorf("%s = %+v restarts %d, want completed once", name, c.State, c.RestartCount)
 		}
+		// As the kubelet says: a completed init container is ready, and
+		// no terminated container is started.
+		if wantReady := name != "main"; c.Ready != wantReady || c.Started {
+			t.Errorf("%s ready %v started %v, want ready %v, not started", name, c.Ready, c.Started, wantReady)
+		}
 	}
 	i1, i2, m := v.Container("init-1").State, v.Container("init-2").State, v.Container("main").State
 	if i2.StartedAt.Before(*i1.FinishedAt) || m.StartedAt.Before(*i2.FinishedAt) {
