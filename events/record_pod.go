@@ -106,8 +106,11 @@ type GuestReport struct {
 	// BootID and Seq identify the last folded report.
 	BootID string `json:"bootID"`
 	Seq    uint64 `json:"seq"`
-	// Phase is the agent's own view (GuestPhase*).
-	Phase string `json:"phase"`
+	// Phase is the agent's own view (GuestPhase*), Reason and Message why
+	// (an eviction's, a Pending the agent cannot leave).
+	Phase   string `json:"phase"`
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
 	// At is when the provisioner folded it; Time when the host agent
 	// published it (the event's time), which orders reports of different
 	// boots: one published before the last folded report of another boot

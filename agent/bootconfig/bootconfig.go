@@ -36,7 +36,13 @@ const (
 	DefaultRestartBackoff    = 10 * time.Second
 	DefaultMaxRestartBackoff = 5 * time.Minute
 	DefaultLogMaxBytes       = 10 << 20
+	DefaultVolumeCheck       = 10 * time.Second
 )
+
+// VolumeCheck is how often sized emptyDir volumes are measured.
+func (c *Config) VolumeCheck() time.Duration {
+	return millisOr(c.Boot.VolumeCheckMillis, DefaultVolumeCheck)
+}
 
 // RestartBackoff is the first restart delay.
 func (c *Config) RestartBackoff() time.Duration {

@@ -30,6 +30,11 @@ type Encryption struct {
 // ephemeral disk waits for its key.
 const ReasonWaitingForKey = "WaitingForKey"
 
+// ReasonEvicted is the Failed phase's reason of a pod the agent evicted,
+// as the kubelet does: an emptyDir volume on the ephemeral disk grew past
+// its sizeLimit.
+const ReasonEvicted = "Evicted"
+
 // KeyRequest is the part of a hello that asks for the disk key.
 type KeyRequest struct {
 	// PublicKey is the agent's X25519 public key, made at boot and never

@@ -477,6 +477,10 @@ type BootConfig struct {
 	// LogMaxBytes is the size at which a container's log file is rotated
 	// (one rotated file is kept per instance); 0 means 10 MiB.
 	LogMaxBytes int64 `json:"logMaxBytes,omitempty"`
+	// VolumeCheckMillis is how often the usage of emptyDir volumes with a
+	// sizeLimit on the ephemeral disk is measured (0: every 10 s, as the
+	// kubelet's housekeeping). Tests set short ones.
+	VolumeCheckMillis int64 `json:"volumeCheckMillis,omitempty"`
 	// Takeover, "fd:<n>", makes the guest a standby: booted ahead of the
 	// VM that will own it (a simulated hypervisor keeps one for a VM it
 	// instant-clones from). The agent prepares the guest from this
@@ -558,8 +562,8 @@ func (b *BootConfig) Validate() error {
 	if b.Watch != "" && (b.Takeover != "" || b.Updates != "") {
 		bad("watch", "a configuration read again excludes takeover and updates, which bring it on descriptors")
 	}
-	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 {
-		bad("restartBackoffMillis/maxRestartBackoffMillis/logMaxBytes", "must not be negative")
+	if b.RestartBackoffMillis < 0 || b.MaxRestartBackoffMillis < 0 || b.LogMaxBytes < 0 || b.VolumeCheckMillis < 0 {
+		bad("restartBackoffMillis/maxRestartBackoffMillis/logMaxBytes/volumeCheckMillis", "must not be negative")
 	}
 	return errors.Join(errs...)
 }

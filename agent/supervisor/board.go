@@ -20,6 +20,20 @@ type Board struct {
 	policy  string
 	// stopped: the pod's stop is done and its phase final (Stopped).
 	stopped bool
+	// evicted, when set, is why the agent evicted the pod (Evict): its
+	// final phase is Failed with reason Evicted, whatever its containers
+	// ended with.
+	evicted string
+}
+
+// Evict marks the pod evicted for the reason message: the stop that
+// follows ends it Failed, reason Evicted. The first reason stays.
+func (b *Board) Evict(message string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.evicted == "" && !b.stopped {
+		b.evicted = message
+	}
 }
 
 // NewBoard starts a pod's state: Pending, every container waiting.
@@ -170,6 +184,11 @@ func (b *Board) Stopped() {
 	}
 	b.stopped = true
 	st := &b.status
+	if b.evicted != "" {
+		st.Phase, st.Reason, st.Message = guestchannel.PhaseFailed, guestchannel.ReasonEvicted, b.evicted
+		b.wake()
+		return
+	}
 	st.Phase, st.Reason, st.Message = guestchannel.PhaseSucceeded, "", ""
 	for _, cs := range append(append([]guestchannel.ContainerStatus(nil), st.InitContainers...), st.Containers...) {
 		if cs.State.Kind != guestchannel.StateTerminated || cs.State.ExitCode != 0 {

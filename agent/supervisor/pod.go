@@ -41,6 +41,9 @@ type Config struct {
 	Backoff, MaxBackoff time.Duration
 	// LogMaxBytes is the log rotation size.
 	LogMaxBytes int64
+	// VolumeCheck is how often emptyDir volumes with a sizeLimit on the
+	// ephemeral disk are measured (0: never).
+	VolumeCheck time.Duration
 	Log         *slog.Logger
 }
 
@@ -162,6 +165,9 @@ func (p *Pod) Logs() *logs.Store { return p.logs }
 func (p *Pod) Run() {
 	defer close(p.stopped)
 	defer p.discardCreated()
+	if limited := p.sizedVolumes(); len(limited) > 0 && p.cfg.VolumeCheck > 0 {
+		go p.watchVolumes(limited)
+	}
 	spec := p.cfg.Spec
 	for i := range spec.InitContainers {
 		c := &spec.InitContainers[i]

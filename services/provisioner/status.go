@@ -125,7 +125,8 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 		carryOver(r, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
 	}
 	r.GuestBefore = nil
-	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, At: now, Time: published.UTC()}
+	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, Reason: p.Reason, Message: p.Message,
+		At: now, Time: published.UTC()}
 	r.InitContainerStatuses = withCarried(p.InitContainerStatuses, r.ContainersBefore)
 	r.ContainerStatuses = withCarried(p.ContainerStatuses, r.ContainersBefore)
 	r.GuestRepairs = 0
@@ -289,6 +290,13 @@ func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
 	switch r.Phase {
 	case events.PodPhaseStarting, events.PodPhaseRunning:
 	default:
+		return nil
+	}
+	if g := r.Guest; g.Phase == events.GuestPhaseFailed && g.Reason == guestchannel.ReasonEvicted {
+		// The agent evicted the pod (an emptyDir past its sizeLimit), as
+		// the kubelet does: Failed, whatever the restart policy.
+		r.Phase, r.Reason, r.Message = events.PodPhaseFailed, g.Reason, g.Message
+		s.log.Info("pod evicted by its guest", "key", r.Key(), "message", g.Message)
 		return nil
 	}
 	if phase, done := finished(r); done {

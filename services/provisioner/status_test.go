@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/types"
@@ -290,5 +291,25 @@ func TestSilentGuestIsReportedThenRepaired(t *testing.T) {
 	// A guest that reported is never touched.
 	if tr := e.record(svc, "default", "talker"); tr.VMRef != talker.VMRef || tr.GuestRepairs != 0 || !tr.IsTrue(events.PodConditionVMReady) {
 		t.Errorf("the talking pod was repaired: %+v", tr)
+	}
+}
+
+// A guest that evicted its pod (an emptyDir past its sizeLimit) fails it
+// with reason Evicted and the guest's message, as the kubelet's eviction
+// does, even with restartPolicy Always.
+func TestAnEvictionByTheGuestFailsThePod(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	acc, r := e.startPod(svc, testPod("evicted"))
+	e.fold(svc, report(acc, r.VMName, "b", 1, running("app"), running("sidecar"), running("logger")))
+	msg := `Usage of EmptyDir volume "scratch" exceeds the limit "1Mi".`
+	p := report(acc, r.VMName, "b", 2, exited("app", 137), exited("sidecar", 137), exited("logger", 137))
+	p.Phase, p.Reason, p.Message = events.GuestPhaseFailed, guestchannel.ReasonEvicted, msg
+	r = e.fold(svc, p)
+	if r.Phase != events.PodPhaseFailed || r.Reason != guestchannel.ReasonEvicted || r.Message != msg {
+		t.Errorf("phase %s reason %q message %q, want Failed, Evicted, %q", r.Phase, r.Reason, r.Message, msg)
+	}
+	if k := r.KubernetesPod().Status; k.Phase != corev1.PodFailed || k.Reason != guestchannel.ReasonEvicted {
+		t.Errorf("kubernetes status phase %s reason %q, want Failed, Evicted", k.Phase, k.Reason)
 	}
 }

@@ -227,7 +227,7 @@ func (a *agent) start(ctx context.Context, cfg *bootconfig.Config) (*disks.Mount
 	pod, err := supervisor.New(supervisor.Config{
 		Spec: cfg.Spec, Board: a.board, Runtime: rt, Disks: mounted, StateDir: state,
 		CgroupParent: cfg.Boot.CgroupParent, Backoff: cfg.RestartBackoff(), MaxBackoff: cfg.MaxRestartBackoff(),
-		LogMaxBytes: cfg.LogMaxBytes(), Log: a.log.With("part", "supervisor"),
+		LogMaxBytes: cfg.LogMaxBytes(), VolumeCheck: cfg.VolumeCheck(), Log: a.log.With("part", "supervisor"),
 	})
 	if err != nil {
 		return mounted, unlocked, err

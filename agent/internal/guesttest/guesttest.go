@@ -193,6 +193,9 @@ type Options struct {
 	// to read again (BootConfig.Watch), as a booted VM's; the test changes
 	// it with Guest.Reconfigure.
 	ConfigDisk bool
+	// VolumeCheck is how often sized emptyDir volumes are measured
+	// (default 10 s).
+	VolumeCheck time.Duration
 	// VMCPUs, when set, caps the guest's cgroup at that many CPUs (its
 	// cgroup v1 CFS quota), as the simulated hypervisor caps a VM's.
 	VMCPUs int
@@ -284,7 +287,7 @@ func Start(t testing.TB, agentBin string, img *Image, spec *guestchannel.PodSpec
 		Devices:  map[string]string{"scsi0:0": g.Ephemeral, "scsi0:1": img.Base, "scsi0:2": img.Top},
 		StateDir: g.StateDir, Runtime: opt.Runtime, CgroupParent: g.Cgroup, Spec: json.RawMessage(rawSpec),
 		VMUUID: "vm-" + spec.Name, RestartBackoffMillis: opt.Backoff.Milliseconds(),
-		MaxRestartBackoffMillis: opt.MaxBackoff.Milliseconds(), LogMaxBytes: opt.LogMaxBytes,
+		MaxRestartBackoffMillis: opt.MaxBackoff.Milliseconds(), LogMaxBytes: opt.LogMaxBytes, VolumeCheckMillis: opt.VolumeCheck.Milliseconds(),
 	}
 	for unit, path := range opt.Devices {
 		boot.Devices[unit] = path
