@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 )
 
 // Object is one document of a manifest stream: exactly one of Pod, Network
@@ -109,7 +108,7 @@ func DecodeObjects(r io.Reader) ([]Object, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read manifest after document %d: %w", n, err)
 		}
-		j, err := yaml.YAMLToJSONStrict(doc)
+		j, err := DocumentJSON(doc)
 		if err == nil && isEmptyDocument(j) {
 			continue
 		}
@@ -142,13 +141,17 @@ func isEmptyDocument(j []byte) bool {
 type typeMeta struct {
 	APIVersion string `json:"apiVersion"`
 	Kind       string `json:"kind"`
-	Metadata   struct {
-		Name string `json:"name"`
-	} `json:"metadata"`
 }
 
+// peekKindName reads what it can: a field of the wrong type (name: 123)
+// is left empty.
 func peekKindName(j []byte) (kind, name string) {
-	var tm typeMeta
+	var tm struct {
+		typeMeta
+		Metadata struct {
+			Name string `json:"name"`
+		} `json:"metadata"`
+	}
 	_ = json.Unmarshal(j, &tm)
 	return tm.Kind, tm.Metadata.Name
 }
@@ -159,6 +162,10 @@ const supportedObjects = "want v1 Pod or podvisor.io/v1alpha1 Network, Migration
 func decodeObject(j []byte) (Object, error) {
 	var tm typeMeta
 	if err := json.Unmarshal(j, &tm); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return Object{}, decodeError(j, err) // apiVersion or kind is not a string
+		}
 		return Object{}, &DecodeError{Err: errors.New("a document must be an object with apiVersion and kind")}
 	}
 	var errs field.ErrorList

@@ -2,8 +2,10 @@ package events
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strings"
 
@@ -80,9 +82,117 @@ func decodeError(data []byte, err error) error {
 		return asError(qerrs)
 	}
 	if m := typeErrorRE.FindStringSubmatch(err.Error()); m != nil {
-		return &DecodeError{Field: m[2], Err: fmt.Errorf("wrong JSON type: got %s, want %s", m[1], m[3])}
+		got, path, want := m[1], m[2], m[3]
+		if full := typeErrorPath(data, err, path); full != "" {
+			path = full
+		}
+		return &DecodeError{Field: path, Err: fmt.Errorf("wrong JSON type: got %s, want %s%s", got, want, typeHint(got, want))}
 	}
 	return &DecodeError{Err: err}
+}
+
+// typeHint says how to fix the usual wrong type in a YAML manifest: a
+// string written as an unquoted number or YAML 1.1 boolean.
+func typeHint(got, want string) string {
+	switch {
+	case want != "string":
+		return ""
+	case got == "bool":
+		return "; quote the value (YAML reads unquoted yes, no, on, off, true and false as booleans)"
+	case strings.HasPrefix(got, "number"):
+		return "; quote the value"
+	}
+	return ""
+}
+
+// typeErrorPath is the full path of the value a type error is about, with
+// indices and map keys (spec.containers[1].command,
+// metadata.annotations[team]), or "" when it cannot be found. The decoder's
+// message names only the struct fields (spec.containers.command); its
+// UnmarshalTypeError also has the offset where the value ends (or, for an
+// object or array, just after its opening bracket), and walking the JSON to
+// that offset finds the value itself. fields, the struct-field path, tells
+// struct fields (.name) from map keys ([key]) on the way.
+func typeErrorPath(data []byte, err error, fields string) string {
+	off, ok := typeErrorOffset(err)
+	if !ok {
+		return ""
+	}
+	want := strings.Split(fields, ".")
+	type frame struct {
+		path    *field.Path
+		matched int // elements of want the path has consumed
+		array   bool
+		index   int
+		key     string
+		haveKey bool
+	}
+	var stack []*frame
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.UseNumber()
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		end := dec.InputOffset()
+		if d, ok := tok.(json.Delim); ok && (d == '}' || d == ']') {
+			stack = stack[:len(stack)-1]
+			continue
+		}
+		var (
+			path    *field.Path
+			matched int
+		)
+		if len(stack) > 0 {
+			top := stack[len(stack)-1]
+			switch {
+			case top.array:
+				path, matched = top.path.Index(top.index), top.matched
+				top.index++
+			case !top.haveKey:
+				top.key, top.haveKey = tok.(string), true
+				continue
+			case top.matched < len(want) && top.key == want[top.matched]:
+				path, matched = top.path.Child(top.key), top.matched+1
+				top.haveKey = false
+			default:
+				path, matched = top.path.Key(top.key), top.matched
+				top.haveKey = false
+			}
+		}
+		switch {
+		case end == off:
+			if path == nil || matched != len(want) {
+				return ""
+			}
+			return path.String()
+		case end > off:
+			return ""
+		}
+		if d, ok := tok.(json.Delim); ok {
+			stack = append(stack, &frame{path: path, matched: matched, array: d == '['})
+		}
+	}
+}
+
+// typeErrorOffset reads the Offset of an UnmarshalTypeError from
+// encoding/json or from sigs.k8s.io/json, whose copy of the type is
+// internal (so errors.As cannot name it) but has the same exported field.
+func typeErrorOffset(err error) (int64, bool) {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return te.Offset, true
+	}
+	v := reflect.ValueOf(err)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return 0, false
+	}
+	f := v.Elem().FieldByName("Offset")
+	if !f.IsValid() || !f.CanInt() {
+		return 0, false
+	}
+	return f.Int(), true
 }
 
 // typeErrorRE picks apart the decoder's type error ("json: cannot unmarshal

@@ -282,6 +282,9 @@ func DecodeHeaders(h nats.Header, data []byte) (event.Event, error) {
 	}
 	ev, err := binding.ToEvent(context.Background(), msg)
 	if err != nil {
+		if msg.format != nil {
+			return event.Event{}, fmt.Errorf("%w: structured CloudEvent body: %v", ErrNotCloudEvent, err)
+		}
 		return event.Event{}, fmt.Errorf("%w: %v", ErrNotCloudEvent, err)
 	}
 	if err := ev.Validate(); err != nil {
@@ -321,7 +324,9 @@ func newNATSMessage(h nats.Header, data []byte) *natsMessage {
 		return m
 	}
 	// A bare publish (no headers) of a JSON object that has a specversion
-	// member is a structured event from a tool that cannot set headers.
+	// member is a structured event from a tool that cannot set headers. So
+	// is a bare body that starts like a JSON object but does not parse (cut
+	// off, say): its reason is then the JSON error, not a missing header.
 	if len(h) == 0 && looksStructured(data) {
 		m.format = format.JSON
 	}
@@ -336,7 +341,11 @@ func looksStructured(data []byte) bool {
 	var probe struct {
 		SpecVersion string `json:"specversion"`
 	}
-	return json.Unmarshal(data, &probe) == nil && probe.SpecVersion != ""
+	var syntaxErr *json.SyntaxError
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return errors.As(err, &syntaxErr)
+	}
+	return probe.SpecVersion != ""
 }
 
 func (m *natsMessage) ReadEncoding() binding.Encoding {

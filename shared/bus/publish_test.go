@@ -249,6 +249,19 @@ func TestDecodeHeaders(t *testing.T) {
 			wantErrPart: "not a CloudEvent",
 		},
 		{
+			// nats pub without -H, the body cut off: the reason is the
+			// JSON error, as with the header, not a missing header.
+			name:        "structured, bare body cut off",
+			data:        " \n" + structured[:60],
+			wantErrPart: "not a CloudEvent: structured CloudEvent body: unexpected end of JSON input",
+		},
+		{
+			name:        "structured with the header, body cut off",
+			header:      nats.Header{"Content-Type": {"application/cloudevents+json"}},
+			data:        structured[:60],
+			wantErrPart: "not a CloudEvent: structured CloudEvent body: unexpected end of JSON input",
+		},
+		{
 			name:        "unsupported specversion",
 			header:      nats.Header{"ce-specversion": {"2.0"}, "ce-id": {"b-1"}, "ce-source": {"x"}, "ce-type": {typePodRequested}},
 			wantErrPart: `specversion "2.0"`,

@@ -16,7 +16,8 @@ import (
 	"time"
 
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
+
+	"github.com/podvisor/podvisor/events"
 )
 
 // manifestSource is one manifest read for apply: its display name and its
@@ -145,7 +146,9 @@ func parseSource(name string, r io.Reader) (manifestSource, error) {
 		if err != nil {
 			return src, fmt.Errorf("%s: read document %d: %w", name, n, err)
 		}
-		j, err := yaml.YAMLToJSON(doc)
+		// Strictly, as DecodeObjects: a key given twice is an error
+		// naming it, not the last one winning.
+		j, err := events.DocumentJSON(doc)
 		if err != nil {
 			return src, fmt.Errorf("%s: document %d: invalid YAML: %w", name, n, err)
 		}
