@@ -102,4 +102,6 @@ require github.com/podvisor/podvisor/agent v0.0.0
 
 require github.com/creack/pty v1.1.24
 
+require go.yaml.in/yaml/v3 v3.0.5 // indirect
+
 replace github.com/podvisor/podvisor/agent => ../agent
