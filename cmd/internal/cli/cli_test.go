@@ -383,6 +383,10 @@ func TestEventsWatchFollowsNewEvents(t *testing.T) {
 	if n := strings.Count(out.String(), `"before"`); n != 1 {
 		t.Errorf("the history's event printed %d times, want once:\n%s", n, out.String())
 	}
+	// One event a line, nothing between the history and the new events.
+	if strings.Contains(out.String(), "\n\n") || strings.HasPrefix(out.String(), "\n") {
+		t.Errorf("events -o json -w printed a blank line:\n%q", out.String())
+	}
 }
 
 // A service whose configuration is invalid stops `up` before anything
@@ -400,7 +404,7 @@ func TestUpRefusesBadServiceConfigBeforeStarting(t *testing.T) {
 
 // A wrong number of arguments is a usage error, exit 2, like a bad flag.
 func TestWrongArgumentCountExitsTwo(t *testing.T) {
-	for _, args := range [][]string{{"get", "pods", "a", "b", "c"}, {"up", "extra"}, {"trace", "pod"}} {
+	for _, args := range [][]string{{"describe", "pod", "a", "b"}, {"up", "extra"}, {"trace", "pod"}} {
 		if _, errOut, code := run(t, t.TempDir(), "", args...); code != 2 || errOut == "" {
 			t.Errorf("podvisor %s: exit %d, stderr %q; want 2 with a message", strings.Join(args, " "), code, errOut)
 		}

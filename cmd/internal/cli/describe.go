@@ -16,6 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"github.com/vmware/govmomi/vim25/mo"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -102,27 +104,40 @@ func describePod(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string
 	if err := getRecord(ctx, b, events.BucketPods, events.PodRecordKey(ns, name), "pod "+events.PodKey(ns, name), &r); err != nil {
 		return err
 	}
+	printPod(out, &r)
+	return describeEvents(ctx, b, out, events.PodKey(ns, name), r.CreatedAt.Add(-time.Second), events.StreamPods, events.StreamMigrations)
+}
+
+// printPod lays out a pod's record as kubectl describe pod does: its
+// placement, then each init container and container with its state, the
+// last state it ended in, readiness and restarts, then its networks and
+// conditions.
+func printPod(out io.Writer, r *events.PodRecord) {
 	f := newFields(out)
 	f.add("Name", r.Name)
 	f.add("Namespace", r.Namespace)
 	f.add("UID", r.UID)
-	f.add("Labels", labelString(r.Pod.Labels))
+	f.list("Labels", mapLines(r.Pod.Labels, "="))
+	f.list("Annotations", mapLines(r.Pod.Annotations, ": "))
 	f.add("Created", r.CreatedAt.Format(time.RFC3339))
-	f.status("Phase", r.Phase, r.Reason, r.Message)
+	f.status("Phase", r.Phase, podReason(r), r.Message)
 	f.add("Host", r.Host)
 	f.add("Cluster", r.Cluster)
 	f.add("IP", r.IP)
 	f.add("VM", r.VMName)
 	f.add("Size", fmt.Sprintf("%d vCPU (%dm requested), %d MiB", r.Size.VCPUs, r.Size.CPUMilli, r.Size.MemoryMiB))
-	f.section("Containers")
-	for _, c := range r.Pod.Spec.Containers {
-		digest, chain := "", 0
-		for _, im := range r.Images {
-			if im.Container == c.Name {
-				digest, chain = im.Digest, len(im.Chain)
-			}
+	// KubernetesPod gives a status per container of the spec, in order,
+	// waiting with the pod's reason where the guest reported none.
+	st := r.KubernetesPod().Status
+	if len(st.InitContainerStatuses) > 0 {
+		f.section("Init Containers")
+		for _, cs := range st.InitContainerStatuses {
+			f.container(r, cs)
 		}
-		f.row(c.Name, c.Image, dash(digest), fmt.Sprintf("%d layer disks", chain))
+	}
+	f.section("Containers")
+	for _, cs := range st.ContainerStatuses {
+		f.container(r, cs)
 	}
 	f.section("Networks")
 	for _, a := range r.Attachments {
@@ -133,7 +148,93 @@ func describePod(ctx context.Context, b *bus.Bus, out io.Writer, ns, name string
 		f.row(c.Type, c.Status, c.Time.Format(time.TimeOnly), dash(c.Reason), c.Message)
 	}
 	f.flush()
-	return describeEvents(ctx, b, out, events.PodKey(ns, name), r.CreatedAt.Add(-time.Second), events.StreamPods, events.StreamMigrations)
+}
+
+// container adds one container of a pod: image, state, last state, ready
+// and restart count, as kubectl describe pod shows them.
+func (f *fields) container(r *events.PodRecord, cs corev1.ContainerStatus) {
+	fmt.Fprintf(f.tw, "  %s:\n", cs.Name)
+	f.add("    Image", cs.Image)
+	f.add("    Image ID", cs.ImageID)
+	for _, im := range r.Images {
+		if im.Container == cs.Name {
+			f.add("    Layer Disks", len(im.Chain))
+		}
+	}
+	f.containerState("State", cs.State)
+	if s := cs.LastTerminationState; s.Waiting != nil || s.Running != nil || s.Terminated != nil {
+		f.containerState("Last State", s)
+	}
+	f.add("    Ready", trueFalse(cs.Ready))
+	f.add("    Restart Count", cs.RestartCount)
+}
+
+// containerState adds a container's state: Waiting with its reason and
+// message, Running since when, or Terminated with reason, exit code and
+// times.
+func (f *fields) containerState(name string, s corev1.ContainerState) {
+	const in = "    "
+	optional := func(name, value string) {
+		if value != "" {
+			f.add(in+"  "+name, value)
+		}
+	}
+	switch {
+	case s.Running != nil:
+		f.add(in+name, "Running")
+		f.add(in+"  Started", kubeTime(s.Running.StartedAt))
+	case s.Terminated != nil:
+		t := s.Terminated
+		f.add(in+name, "Terminated")
+		optional("Reason", t.Reason)
+		optional("Message", oneLine(t.Message))
+		f.add(in+"  Exit Code", t.ExitCode)
+		if t.Signal != 0 {
+			f.add(in+"  Signal", t.Signal)
+		}
+		f.add(in+"  Started", kubeTime(t.StartedAt))
+		f.add(in+"  Finished", kubeTime(t.FinishedAt))
+	default:
+		f.add(in+name, "Waiting")
+		if s.Waiting != nil {
+			optional("Reason", s.Waiting.Reason)
+			optional("Message", oneLine(s.Waiting.Message))
+		}
+	}
+}
+
+// list adds a field of several values, one a line, aligned under the first.
+func (f *fields) list(name string, values []string) {
+	if len(values) == 0 {
+		f.add(name, "")
+		return
+	}
+	for i, v := range values {
+		if i == 0 {
+			f.add(name, v)
+		} else {
+			fmt.Fprintf(f.tw, "\t%s\n", v)
+		}
+	}
+}
+
+// oneLine keeps a value on its line: newlines show as \n.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", `\n`) }
+
+// kubeTime is a status time as describe prints times; "" when unset.
+func kubeTime(t metav1.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
+}
+
+// trueFalse spells a boolean as Kubernetes' condition statuses do.
+func trueFalse(b bool) string {
+	if b {
+		return events.ConditionTrue
+	}
+	return events.ConditionFalse
 }
 
 func describeHost(ctx context.Context, b *bus.Bus, out io.Writer, name string) error {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -111,6 +112,8 @@ type getOptions struct {
 	selector      string
 	showLabels    bool
 	noHeaders     bool
+	// names are the objects asked for, in the order given; none for all.
+	names []string
 
 	format outputFormat
 	sel    labels.Selector
@@ -133,12 +136,13 @@ func newGetCmd(g *globals) *cobra.Command {
 	o := &getOptions{}
 	var kubeconfig bool
 	cmd := &cobra.Command{
-		Use:   "get KIND [NAME]",
+		Use:   "get KIND [NAME...]",
 		Short: "Print pods, VMs, hosts, networks, images, migrations, guest clusters… from the services' records",
 		Long: `get prints objects from the records the services keep (JetStream KV buckets; images from the
 Redis image cache). Kinds: ` + kindsText() + `.
--o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).`,
-		Args:              cobra.RangeArgs(1, 2),
+-o json prints a pod in Kubernetes shape (metadata, spec.nodeName, status).
+Several names print those objects in the order given; each one missing is an error (exit 1).`,
+		Args:              cobra.MinimumNArgs(1),
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			popts, err := o.complete(g.stdout)
@@ -149,25 +153,22 @@ Redis image cache). Kinds: ` + kindsText() + `.
 			if !ok {
 				return usageError("unknown kind %q: want one of %s", args[0], resourceNames())
 			}
-			name := ""
-			if len(args) == 2 {
-				name = args[1]
-			}
+			o.names = args[1:]
 			if kubeconfig {
-				if res.kind != events.KindGuestCluster || name == "" {
+				if res.kind != events.KindGuestCluster || len(o.names) != 1 {
 					return usageError("--kubeconfig: only with get guestcluster NAME")
 				}
-				return g.printKubeconfig(cmd.Context(), o.namespace, name)
+				return g.printKubeconfig(cmd.Context(), o.namespace, o.names[0])
 			}
 			if res.list != nil {
-				return runGetList(cmd.Context(), g, res, name, o, popts)
+				return runGetList(cmd.Context(), g, res, o, popts)
 			}
 			b, err := g.connect(cmd.Context())
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			return runGet(cmd.Context(), b, res, name, o, popts, g.stdout)
+			return runGet(cmd.Context(), b, res, o, popts, g.stdout)
 		},
 	}
 	cmd.Flags().StringVarP(&o.namespace, "namespace", "n", "default", "namespace of namespaced kinds")
@@ -181,8 +182,8 @@ Redis image cache). Kinds: ` + kindsText() + `.
 	return cmd
 }
 
-func (o *getOptions) wants(res *resource, rec record, name string) bool {
-	if name != "" && rec.Name() != name {
+func (o *getOptions) wants(res *resource, rec record) bool {
+	if len(o.names) > 0 && !slices.Contains(o.names, rec.Name()) {
 		return false
 	}
 	if res.namespaced && !o.allNamespaces && rec.Namespace() != o.namespace {
@@ -194,7 +195,31 @@ func (o *getOptions) wants(res *resource, rec record, name string) bool {
 	return true
 }
 
-func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getOptions, popts printOptions, out io.Writer) error {
+// found puts the records of named objects in the order the names were
+// given (records of one name keep their order). Each name that found nothing is an error, unless watching.
+func (o *getOptions) found(res *resource, recs []record) ([]record, error) {
+	rank := func(r record) int { return slices.Index(o.names, r.Name()) }
+	sort.SliceStable(recs, func(i, j int) bool { return rank(recs[i]) < rank(recs[j]) })
+	if o.watch {
+		return recs, nil
+	}
+	var missing []error
+	for _, name := range o.names {
+		if !slices.ContainsFunc(recs, func(r record) bool { return r.Name() == name }) {
+			what := name
+			if res.namespaced && !o.allNamespaces {
+				what = o.namespace + "/" + name
+			}
+			missing = append(missing, fmt.Errorf("%s %q not found", strings.ToLower(res.kind), what))
+		}
+	}
+	if len(missing) > 0 {
+		return recs, &exitError{code: 1, err: errors.Join(missing...)}
+	}
+	return recs, nil
+}
+
+func runGet(ctx context.Context, b *bus.Bus, res *resource, o *getOptions, popts printOptions, out io.Writer) error {
 	kv, err := b.KV(ctx, res.bucket)
 	if err != nil {
 		return fmt.Errorf("%s: %w", res.names[0], err)
@@ -225,7 +250,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			return fmt.Errorf("%s %s: %w", res.names[0], e.Key(), err)
 		}
 		last[e.Key()] = rec
-		if o.wants(res, rec, name) {
+		if o.wants(res, rec) {
 			recs = append(recs, rec)
 		}
 	}
@@ -235,26 +260,12 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 		}
 		return recs[i].Name() < recs[j].Name()
 	})
-	if name != "" && len(recs) == 0 && !o.watch {
-		what := name
-		if res.namespaced {
-			what = o.namespace + "/" + name
-		}
-		return &exitError{code: 1, err: fmt.Errorf("%s %q not found", strings.ToLower(res.kind), what)}
-	}
 	p, err := newRecordPrinter(res, popts, out)
 	if err != nil {
 		return err
 	}
-	if len(recs) == 0 && !o.watch && popts.format.kind == "table" {
-		noneFound(out, res, o)
-		return nil
-	}
-	if err := p.list(recs, name != ""); err != nil {
+	if err := o.printFound(res, p, recs, out); err != nil || !o.watch {
 		return err
-	}
-	if !o.watch {
-		return nil
 	}
 	for {
 		select {
@@ -270,7 +281,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			if e.Operation() != jetstream.KeyValuePut {
 				if rec, ok := last[e.Key()]; ok {
 					delete(last, e.Key())
-					if o.wants(res, rec, name) {
+					if o.wants(res, rec) {
 						if err := p.deleted(rec); err != nil {
 							return err
 						}
@@ -283,7 +294,7 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 				continue
 			}
 			last[e.Key()] = rec
-			if !o.wants(res, rec, name) {
+			if !o.wants(res, rec) {
 				continue
 			}
 			if err := p.one(rec); err != nil {
@@ -294,6 +305,24 @@ func runGet(ctx context.Context, b *bus.Bus, res *resource, name string, o *getO
 			}
 		}
 	}
+}
+
+// printFound prints what get found, first of all: the records, in order,
+// or that there are none; then, as kubectl does after the objects it found,
+// an error for each name that found nothing.
+func (o *getOptions) printFound(res *resource, p *recordPrinter, recs []record, out io.Writer) error {
+	recs, notFound := o.found(res, recs)
+	if len(recs) == 0 && notFound != nil {
+		return notFound
+	}
+	if len(recs) == 0 && !o.watch && p.opts.format.kind == "table" {
+		noneFound(out, res, o)
+		return nil
+	}
+	if err := p.list(recs, len(o.names) == 1); err != nil {
+		return err
+	}
+	return notFound
 }
 
 // noneFound says, as kubectl does, that a table would be empty.
@@ -340,12 +369,11 @@ func bytesGiB(b int64) string { return fmt.Sprintf("%.1fGi", float64(b)/(1<<30))
 
 // runGetList prints a resource that is not in a KV bucket; -w re-reads it
 // every two seconds and prints the rows that changed.
-func runGetList(ctx context.Context, g *globals, res *resource, name string, o *getOptions, popts printOptions) error {
+func runGetList(ctx context.Context, g *globals, res *resource, o *getOptions, popts printOptions) error {
 	p, err := newRecordPrinter(res, popts, g.stdout)
 	if err != nil {
 		return err
 	}
-	seen := map[string]string{}
 	for first := true; ; first = false {
 		recs, err := res.list(ctx, g)
 		if err != nil {
@@ -353,37 +381,24 @@ func runGetList(ctx context.Context, g *globals, res *resource, name string, o *
 		}
 		var keep []record
 		for _, r := range recs {
-			if o.wants(res, r, name) {
+			if o.wants(res, r) {
 				keep = append(keep, r)
 			}
 		}
 		if first {
-			if name != "" && len(keep) == 0 && !o.watch {
-				return &exitError{code: 1, err: fmt.Errorf("%s %q not found", strings.TrimSuffix(res.names[0], "s"), name)}
-			}
-			if len(keep) == 0 && !o.watch && popts.format.kind == "table" {
-				noneFound(g.stdout, res, o)
-			} else if err := p.list(keep, name != ""); err != nil {
+			if err := o.printFound(res, p, keep, g.stdout); err != nil || !o.watch {
 				return err
 			}
 		} else {
+			// The printer leaves out what did not change.
 			for _, r := range keep {
-				row := strings.Join(r.Row(time.Time{}), "\t")
-				if seen[r.Name()] != row {
-					if err := p.one(r); err != nil {
-						return err
-					}
+				if err := p.one(r); err != nil {
+					return err
 				}
 			}
 			if err := p.flush(); err != nil {
 				return err
 			}
-		}
-		for _, r := range keep {
-			seen[r.Name()] = strings.Join(r.Row(time.Time{}), "\t")
-		}
-		if !o.watch {
-			return nil
 		}
 		select {
 		case <-ctx.Done():

@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
-	"sort"
+	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -189,21 +190,25 @@ func (cc *customColumns) row(obj runtime.Object) ([]string, error) {
 }
 
 // recordPrinter prints records of one resource in any -o format. Tables
-// are aligned over what is printed together; in watch mode each change is
-// one more row or object.
+// are aligned over what is printed together first (the header and the
+// objects found); in watch mode each change is one more row, padded to those
+// columns' widths, or one more object. An object printed as it was printed
+// last is not printed again.
 type recordPrinter struct {
 	res    *resource
 	opts   printOptions
 	out    io.Writer
-	tw     *tabwriter.Writer
-	buf    bytes.Buffer // table lines before width capping
+	rows   [][]string // table rows waiting for flush
+	widths []int      // the columns' widths, set by the first rows flushed
 	header bool
 	cols   *customColumns
+	// last is what each object (namespace/name) printed last, to tell an
+	// update that changes nothing printed.
+	last map[string]string
 }
 
 func newRecordPrinter(res *resource, opts printOptions, out io.Writer) (*recordPrinter, error) {
-	p := &recordPrinter{res: res, opts: opts, out: out}
-	p.tw = tabwriter.NewWriter(&p.buf, 0, 4, 2, ' ', 0)
+	p := &recordPrinter{res: res, opts: opts, out: out, last: map[string]string{}}
 	if opts.format.kind == "custom-columns" {
 		cc, err := parseCustomColumns(opts.format.arg)
 		if err != nil {
@@ -236,6 +241,9 @@ func (p *recordPrinter) list(recs []record, single bool) error {
 		if err != nil {
 			return err
 		}
+		for _, r := range recs {
+			p.unchanged(r)
+		}
 		if single && len(objs) == 1 {
 			return pr.PrintObj(objs[0], p.out)
 		}
@@ -253,8 +261,12 @@ func (p *recordPrinter) list(recs []record, single bool) error {
 	return p.flush()
 }
 
-// one prints one record; in table formats it waits for flush.
+// one prints one record unless it would print as it did last; in table
+// formats it waits for flush.
 func (p *recordPrinter) one(r record) error {
+	if p.unchanged(r) {
+		return nil
+	}
 	switch p.opts.format.kind {
 	case "json", "yaml", "jsonpath":
 		o, err := kubeObject(p.res, r)
@@ -281,7 +293,14 @@ func (p *recordPrinter) one(r record) error {
 		p.line(p.cols.headers, cells)
 		return nil
 	}
-	header, cells := p.res.header, r.Row(time.Now())
+	p.line(p.tableRow(r, time.Now()))
+	return nil
+}
+
+// tableRow is the header and the row of a record in the table formats
+// (table, wide), with the columns the flags add.
+func (p *recordPrinter) tableRow(r record, now time.Time) (header, cells []string) {
+	header, cells = p.res.header, r.Row(now)
 	if p.opts.format.kind == "wide" && p.res.wide != nil {
 		header = append(append([]string(nil), header...), p.res.wideHeader...)
 		cells = append(cells, p.res.wide(r)...)
@@ -294,40 +313,81 @@ func (p *recordPrinter) one(r record) error {
 		header = append(append([]string(nil), header...), "LABELS")
 		cells = append(cells, labelString(recordLabels(r)))
 	}
-	p.line(header, cells)
-	return nil
+	return header, cells
+}
+
+// unchanged reports whether r would print as its object printed last, and
+// remembers it as printed: the same row (its ages aside) in the table
+// formats, the same object in the others.
+func (p *recordPrinter) unchanged(r record) bool {
+	var now string
+	switch p.opts.format.kind {
+	case "table", "wide":
+		_, cells := p.tableRow(r, time.Time{})
+		now = strings.Join(cells, "\t")
+	default:
+		b, err := json.Marshal(r.Object())
+		if err != nil {
+			return false
+		}
+		now = string(b)
+	}
+	key := r.Namespace() + "/" + r.Name()
+	before, ok := p.last[key]
+	p.last[key] = now
+	return ok && before == now
 }
 
 func (p *recordPrinter) line(header, cells []string) {
 	if !p.header && !p.opts.noHeaders {
-		fmt.Fprintln(p.tw, strings.Join(header, "\t"))
+		p.rows = append(p.rows, header)
 	}
 	p.header = true
-	fmt.Fprintln(p.tw, strings.Join(cells, "\t"))
+	p.rows = append(p.rows, cells)
 }
 
-// flush writes the aligned rows, each cut to the terminal's width.
+// flush writes the rows waiting, aligned, each cut to the terminal's
+// width. The first rows flushed set the columns' widths, as a tabwriter
+// would; later ones (a watch's) are padded to those widths, a longer cell
+// pushing the rest of its own row only, as kubectl does.
 func (p *recordPrinter) flush() error {
-	if err := p.tw.Flush(); err != nil {
-		return err
+	if p.widths == nil && len(p.rows) > 0 {
+		for _, row := range p.rows {
+			for i, c := range row[:max(len(row)-1, 0)] {
+				if i == len(p.widths) {
+					p.widths = append(p.widths, 0)
+				}
+				p.widths[i] = max(p.widths[i], utf8.RuneCountInString(c))
+			}
+		}
 	}
-	for _, l := range strings.SplitAfter(p.buf.String(), "\n") {
-		if l == "" {
-			continue
+	for _, row := range p.rows {
+		var b strings.Builder
+		for i, c := range row {
+			b.WriteString(c)
+			if i < len(row)-1 {
+				pad := 2
+				if i < len(p.widths) {
+					pad += max(0, p.widths[i]-utf8.RuneCountInString(c))
+				}
+				b.WriteString(strings.Repeat(" ", pad))
+			}
 		}
-		if w := p.opts.width; w > 1 && len([]rune(strings.TrimSuffix(l, "\n"))) > w {
-			l = string([]rune(l)[:w-1]) + "…\n"
+		l := b.String()
+		if w := p.opts.width; w > 1 && utf8.RuneCountInString(l) > w {
+			l = string([]rune(l)[:w-1]) + "…"
 		}
-		if _, err := io.WriteString(p.out, l); err != nil {
+		if _, err := fmt.Fprintln(p.out, l); err != nil {
 			return err
 		}
 	}
-	p.buf.Reset()
+	p.rows = nil
 	return nil
 }
 
 // deleted reports, while watching, that a record went away.
 func (p *recordPrinter) deleted(r record) error {
+	delete(p.last, r.Namespace()+"/"+r.Name())
 	what := r.Name()
 	if r.Namespace() != "" {
 		what = r.Namespace() + "/" + r.Name()
@@ -359,16 +419,17 @@ func labelString(l map[string]string) string {
 	if len(l) == 0 {
 		return "<none>"
 	}
-	keys := make([]string, 0, len(l))
-	for k := range l {
-		keys = append(keys, k)
+	return strings.Join(mapLines(l, "="), ",")
+}
+
+// mapLines renders a map's entries sorted by key: key, sep, value (on one
+// line: a newline in a value shows as \n).
+func mapLines(m map[string]string, sep string) []string {
+	lines := make([]string, 0, len(m))
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		lines = append(lines, k+sep+oneLine(m[k]))
 	}
-	sort.Strings(keys)
-	parts := make([]string, len(keys))
-	for i, k := range keys {
-		parts[i] = k + "=" + l[k]
-	}
-	return strings.Join(parts, ",")
+	return lines
 }
 
 // parseSelector reads a -l value; empty selects everything.

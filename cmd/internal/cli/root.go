@@ -30,9 +30,19 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(stderr, "error:", err)
+	// An error of several (errors.Join: get of names not found) says each
+	// on its own line.
+	errs := []error{err}
 	var ee *exitError
-	if errors.As(err, &ee) {
+	if errors.As(err, &ee) && ee == err {
+		if many, ok := ee.err.(interface{ Unwrap() []error }); ok {
+			errs = many.Unwrap()
+		}
+	}
+	for _, e := range errs {
+		fmt.Fprintln(stderr, "error:", e)
+	}
+	if ee != nil {
 		return ee.code
 	}
 	return 1
