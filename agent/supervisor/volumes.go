@@ -29,7 +29,8 @@ func (p *Pod) sizedVolumes() []sizedVolume {
 }
 
 // watchVolumes measures the sized volumes every VolumeCheck until the pod
-// stops, and evicts the pod once one has grown past its limit, as the
+// stops or its containers have all ended for good (the kubelet evicts no
+// terminated pod), and evicts the pod once one has grown past its limit, as the
 // kubelet does (a hard eviction: no grace period).
 func (p *Pod) watchVolumes(vols []sizedVolume) {
 	t := time.NewTicker(p.cfg.VolumeCheck)
@@ -37,6 +38,8 @@ func (p *Pod) watchVolumes(vols []sizedVolume) {
 	for {
 		select {
 		case <-p.stopping:
+			return
+		case <-p.stopped:
 			return
 		case <-t.C:
 		}
@@ -46,7 +49,7 @@ func (p *Pod) watchVolumes(vols []sizedVolume) {
 				p.cfg.Log.Warn("measure an emptyDir volume", "volume", v.name, "err", err)
 				continue
 			}
-			if used > v.limit {
+			if used > v.limit && !p.isStopping() {
 				msg := fmt.Sprintf("Usage of EmptyDir volume %q exceeds the limit %q.", v.name, quantity(v.limit))
 				p.cfg.Log.Warn("pod evicted", "volume", v.name, "used", used, "limit", v.limit)
 				p.board.Evict(msg)

@@ -299,6 +299,11 @@ func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
 		s.log.Info("pod evicted by its guest", "key", r.Key(), "message", g.Message)
 		return nil
 	}
+	if r.Guest.Phase == events.GuestPhaseStopping {
+		// The guest is stopping its pod (an eviction): its containers
+		// end now, and its next report says how the pod ended.
+		return nil
+	}
 	if phase, done := finished(r); done {
 		r.Phase = phase
 		r.Reason, r.Message = "", ""

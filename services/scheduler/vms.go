@@ -69,8 +69,20 @@ func (s *Service) onVMAccepted(ctx context.Context, m *bus.Message, e *events.VM
 		stub := &framework.PodInfo{Namespace: e.Namespace, Name: e.Name, UID: e.UID, Key: vmKeyPrefix + events.PodKey(e.Namespace, e.Name)}
 		return s.publishUnschedulableMessage(ctx, m.Event, stub, err.Error(), nil, 0)
 	}
-	if host, placed, resized := s.heldVM(p); placed && resized {
+	host, placed, resized := s.heldVM(p)
+	if placed && resized {
 		return s.resizeVM(ctx, m.Event, p, host, e.Generation)
+	}
+	if !placed {
+		// A VM evicted and waiting for a host, given a new generation:
+		// still only where its disks are.
+		rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
+		if err != nil {
+			return err
+		}
+		if rec != nil && rec.UID == e.UID {
+			p.Datastores = disksOf(rec)
+		}
 	}
 	return s.schedulePod(ctx, m.Event, p)
 }

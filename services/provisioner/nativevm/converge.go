@@ -270,11 +270,14 @@ func (c *Controller) create(ctx context.Context, rec *events.VMRecord) (*object.
 	// the inventory): its disks are taken up where they are, and its
 	// configuration and log are in the way of the new one's.
 	again := rec.Status.VM != "" || rec.DisksOn == ds
-	if rec.DisksOn != "" && (rec.DisksOn != ds || rec.Image.ContentLibrary != nil) {
-		// Its disks cannot follow (the new host does not mount their
-		// datastore; the scheduler places an evicted VM where they are
-		// whenever it can): they go, as the VM is made from its spec.
-		c.log.Warn("the disks of the VM an eviction left are not taken up", "vm", rec.Key(), "datastore", rec.DisksOn, "placed on", ds)
+	if rec.DisksOn != "" && rec.DisksOn != ds {
+		// The scheduler places an evicted VM only where its disks are;
+		// a placement elsewhere is never taken at the price of its data.
+		return nil, fmt.Errorf("host %s does not mount datastore %s, where the disks of VM %s are: waiting for a placement on a host that does", rec.Status.Host, rec.DisksOn, rec.Key())
+	}
+	if rec.DisksOn != "" && rec.Image.ContentLibrary != nil {
+		// A VM deployed from a content library is deployed again whole.
+		c.log.Warn("the disks of the VM an eviction left are not taken up (deployed from a content library)", "vm", rec.Key(), "datastore", rec.DisksOn)
 		c.removeDirectory(ctx, rec.DisksOn, name)
 		again = rec.Status.VM != ""
 	}
@@ -570,12 +573,27 @@ func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
 	if err != nil || vm == nil {
 		return err
 	}
-	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) {
+	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) && !hostDown(err) {
 		return err
 	}
 	task, err := vm.Destroy(ctx)
 	if err == nil {
 		_, err = task.WaitForResult(ctx)
+	}
+	if hostDown(err) {
+		// Its host does not respond (an evicted VM not made again yet):
+		// vCenter lets it be removed from the inventory only; its files
+		// go through the datastore.
+		if uerr := vm.Unregister(ctx); uerr != nil && !isNotFound(uerr) {
+			return fmt.Errorf("destroy %s: %v; unregister: %w", vm.Reference().Value, err, uerr)
+		}
+		if ds := rec.DisksOn; ds != "" || len(rec.Status.Datastores) > 0 {
+			if ds == "" {
+				ds = rec.Status.Datastores[0]
+			}
+			c.removeDirectory(ctx, ds, events.NativeVMName(rec.UID))
+		}
+		err = nil
 	}
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", vm.Reference().Value, err)
@@ -654,6 +672,12 @@ func (c *Controller) removeLeftovers(ctx context.Context, ds, name string) {
 func (c *Controller) diskExists(ctx context.Context, file string) bool {
 	_, err := object.NewVirtualDiskManager(c.vc).QueryVirtualDiskUuid(ctx, file, c.dc)
 	return err == nil
+}
+
+// hostDown reports whether vCenter refused a call because the VM's host
+// does not respond.
+func hostDown(err error) bool {
+	return err != nil && fault.Is(err, &types.InvalidHostConnectionState{})
 }
 
 func isNotFound(err error) bool {
