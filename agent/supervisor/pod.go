@@ -57,6 +57,9 @@ type Pod struct {
 	// resolvConf is the pod's /etc/resolv.conf on the ephemeral disk, ""
 	// when the spec has no DNS.
 	resolvConf string
+	// cpuCapacity is the VM's CPU in millicores (cpuCapacityMilli), read
+	// once: a pod VM's CPUs do not change while it runs.
+	cpuCapacity int64
 
 	mu       sync.Mutex
 	running  map[string]*instance // by container name
@@ -99,6 +102,7 @@ func New(cfg Config) (*Pod, error) {
 		cfg: cfg, board: cfg.Board, logs: store, volumes: map[string]string{},
 		running: map[string]*instance{}, created: map[string]*launched{}, stopping: make(chan struct{}), stopped: make(chan struct{}),
 	}
+	p.cpuCapacity = cpuCapacityMilli("/sys/fs/cgroup", p.cgroupParent())
 	for i, v := range cfg.Spec.Volumes {
 		dir := filepath.Join(eph, "volumes", v.Name)
 		// An emptyDir starts empty with the pod.
@@ -329,7 +333,7 @@ func (p *Pod) launch(c *guestchannel.Container, instanceNo int, create bool) (_ 
 		}
 	}()
 	s, err := bundle.Spec(c, bundle.Params{Rootfs: l.rootfs, Hostname: p.hostname(), CgroupsPath: l.cgroupsPath, Volumes: p.volumes, ResolvConf: p.resolvConf,
-		CPUCapacityMilli: cpuCapacityMilli("/sys/fs/cgroup", p.cgroupParent())})
+		CPUCapacityMilli: p.cpuCapacity})
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 
+	"github.com/podvisor/podvisor/agent/bundle"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
@@ -26,9 +27,6 @@ var (
 	errProgramNotFound      = errors.New("executable file not found")
 	errProgramNotExecutable = errors.New("permission denied")
 )
-
-// defaultPath is the PATH a container without one gets from the runtimes.
-const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // lookProgram finds program as the container's exec would: a name with a
 // slash from the working directory, any other in the container's PATH.
@@ -47,7 +45,7 @@ func lookProgram(c *guestchannel.Container, rootfs string, volumes map[string]st
 		}
 		return executable(c, rootfs, volumes, p)
 	}
-	dirs := defaultPath
+	dirs := bundle.DefaultPath
 	for _, e := range c.Env {
 		if e.Name == "PATH" {
 			dirs = e.Value

@@ -640,13 +640,18 @@ func (c *Controller) removeStale(ctx context.Context, rec *events.VMRecord) erro
 
 // removeDirectory deletes a VM's directory on datastore ds, with its files.
 func (c *Controller) removeDirectory(ctx context.Context, ds, name string) {
-	dir := fmt.Sprintf("[%s] %s", ds, name)
-	t, err := object.NewFileManager(c.vc).DeleteDatastoreFile(ctx, dir, c.dc)
+	c.removeFile(ctx, fmt.Sprintf("[%s] %s", ds, name))
+}
+
+// removeFile deletes a datastore file or directory; one already gone is
+// removed, another failure is logged (what is left is only in the way).
+func (c *Controller) removeFile(ctx context.Context, file string) {
+	t, err := object.NewFileManager(c.vc).DeleteDatastoreFile(ctx, file, c.dc)
 	if err == nil {
 		err = t.Wait(ctx)
 	}
 	if err != nil && !fault.Is(err, &types.FileNotFound{}) {
-		c.log.Warn("a VM's directory not removed", "dir", dir, "err", err)
+		c.log.Warn("a VM's file not removed", "file", file, "err", err)
 	}
 }
 
@@ -654,16 +659,8 @@ func (c *Controller) removeDirectory(ctx context.Context, ds, name string) {
 // in its directory and would refuse a new VM of its name: its
 // configuration (.vmx) and log.
 func (c *Controller) removeLeftovers(ctx context.Context, ds, name string) {
-	fm := object.NewFileManager(c.vc)
 	for _, f := range []string{name + ".vmx", "vmware.log"} {
-		file := fmt.Sprintf("[%s] %s/%s", ds, name, f)
-		t, err := fm.DeleteDatastoreFile(ctx, file, c.dc)
-		if err == nil {
-			err = t.Wait(ctx)
-		}
-		if err != nil && !fault.Is(err, &types.FileNotFound{}) {
-			c.log.Warn("a lost VM's file not removed", "file", file, "err", err)
-		}
+		c.removeFile(ctx, fmt.Sprintf("[%s] %s/%s", ds, name, f))
 	}
 }
 
