@@ -214,12 +214,19 @@ func (h *Host) Request(typ string, body any) (string, <-chan guestchannel.Envelo
 // Send sends a message on the current connection.
 func (h *Host) Send(typ, id string, body any) {
 	h.t.Helper()
+	if err := h.TrySend(typ, id, body); err != nil {
+		h.t.Fatalf("send %s: %v", typ, err)
+	}
+}
+
+// TrySend sends on the current connection and returns its error: for a
+// message the agent may have made pointless by closing the connection
+// first, as a real host's would fail and it would wait for the next one.
+func (h *Host) TrySend(typ, id string, body any) error {
 	h.mu.Lock()
 	conn := h.conn
 	h.mu.Unlock()
-	if err := conn.Send(typ, id, body); err != nil {
-		h.t.Fatalf("send %s: %v", typ, err)
-	}
+	return conn.Send(typ, id, body)
 }
 
 func next(t testing.TB, ch <-chan guestchannel.Envelope, timeout time.Duration) guestchannel.Envelope {
