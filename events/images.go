@@ -71,8 +71,10 @@ func (e *ImagePulled) Validate() error {
 	return asError(errs)
 }
 
-// ObjectKey is the image digest.
-func (e *ImagePulled) ObjectKey() string { return e.Digest }
+// ObjectKey is the image digest and the datastore (digest@datastore): an
+// image is announced once per datastore, and the same pod event preparing
+// it on two datastores yields two distinct events.
+func (e *ImagePulled) ObjectKey() string { return e.Digest + "@" + e.Datastore }
 
 // ImageEvicted says the image cache's garbage collector removed an unused
 // disk of a chain from a datastore.

@@ -232,7 +232,7 @@ func TestObjectKeys(t *testing.T) {
 	want := map[string]string{
 		TypePodRequested:          "default/web", // the sample has no namespace
 		TypePodAccepted:           "shop/web",
-		TypeImagePulled:           loadSample(t, TypeImagePulled).(*ImagePulled).Digest,
+		TypeImagePulled:           loadSample(t, TypeImagePulled).(*ImagePulled).Digest + "@" + loadSample(t, TypeImagePulled).(*ImagePulled).Datastore,
 		TypeNetworkDeclared:       "frontend",
 		TypeMigrationRequested:    "shop/web",
 		TypeHostDrained:           "DC0_C0_H3",

@@ -360,11 +360,10 @@ func (s *Service) prepareOne(ctx context.Context, m *bus.Message, uid, ref strin
 	for _, c := range p.chain {
 		pulled.Chain = append(pulled.Chain, events.ChainDisk{ChainID: c.ChainID, Disk: c.Disk, Parent: c.Parent, Size: c.Size})
 	}
-	// The subject names the datastore too, so that the same pod event
-	// preparing an image on two datastores yields two distinct events.
+	// Its object key (the subject) names the datastore too.
 	pctx, cancel := publishContext(ctx)
 	defer cancel()
-	if err := s.out.Emit(pctx, &m.Event, &pulled, bus.About(pulled.Digest+"@"+p.datastore)); err != nil {
+	if err := s.out.Emit(pctx, &m.Event, &pulled); err != nil {
 		return p, err
 	}
 	return p, s.announced(pctx, img.manifest.Digest, p.datastore, m.Event.ID())
