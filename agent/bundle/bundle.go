@@ -73,6 +73,16 @@ func Args(c *guestchannel.Container) ([]string, error) {
 	return args, nil
 }
 
+// ConfigError is a container whose settings cannot be made into a runtime
+// spec with its image (a user the image does not know, runAsNonRoot for a
+// container that would run as root): the kubelet's
+// CreateContainerConfigError. No process was started, so it is no crash
+// and no restart.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 // Spec builds the runtime spec of c.
 func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 	args, err := Args(c)
@@ -81,10 +91,10 @@ func Spec(c *guestchannel.Container, p Params) (*specs.Spec, error) {
 	}
 	user, err := resolveUser(c, p.Rootfs)
 	if err != nil {
-		return nil, fmt.Errorf("container %s: user: %w", c.Name, err)
+		return nil, &ConfigError{fmt.Errorf("container %s: user: %w", c.Name, err)}
 	}
 	if c.RunAsNonRoot && user.UID == 0 {
-		return nil, fmt.Errorf("container %s: securityContext.runAsNonRoot: it would run as root (uid 0, the image's user %q); set securityContext.runAsUser to a non-zero uid", c.Name, c.User)
+		return nil, &ConfigError{fmt.Errorf("container %s: securityContext.runAsNonRoot: it would run as root (uid 0, the image's user %q); set securityContext.runAsUser to a non-zero uid", c.Name, c.User)}
 	}
 	env := []string{}
 	seen := map[string]bool{}

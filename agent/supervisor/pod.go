@@ -238,6 +238,26 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		}
 		started := time.Now()
 		term, err := p.runInstance(c, instanceNo)
+		if configErr := (*bundle.ConfigError)(nil); errors.As(err, &configErr) {
+			// As the kubelet: the container waits, whatever the restart
+			// policy (no process ran, so none ended), and is tried again
+			// after a back-off; the attempt is no restart.
+			log.Error("create container", "err", err)
+			instanceNo--
+			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
+				s.State = guestchannel.ContainerState{Kind: guestchannel.StateWaiting, Reason: "CreateContainerConfigError", Message: err.Error()}
+				s.Ready, s.Started = false, false
+			})
+			p.updatePhase()
+			delay := backoff
+			backoff = min(backoff*2, p.cfg.MaxBackoff)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-p.stopping:
+				return false
+			}
+		}
 		if err != nil {
 			log.Error("start container", "err", err)
 			now := time.Now().UTC()

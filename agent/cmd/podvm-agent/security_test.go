@@ -11,7 +11,7 @@ import (
 )
 
 // A container's securityContext and limits as the pod says, in a VM of
-// one CPU: a read-only root refuses writes; runAsNonRoot refuses to start
+// one CPU: a read-only root refuses writes; runAsNonRoot refuses to create
 // a container that would run as root, saying why, and lets one with a
 // non-zero runAsUser run, its exec commands as that user in its working
 // directory; a CPU limit above the VM's CPUs is capped to
@@ -33,12 +33,16 @@ func TestSecurityContextAndALimitAboveTheVM(t *testing.T) {
 
 	v := g.Host.Wait("ro, as-user and big running; as-root refused", wait, func(v guesttest.View) bool {
 		c := v.Container("as-root")
-		refused := c.State.Kind != guestchannel.StateRunning && (strings.Contains(c.State.Message, "runAsNonRoot") ||
-			c.LastState != nil && strings.Contains(c.LastState.Message, "runAsNonRoot"))
+		refused := c.State.Kind == guestchannel.StateWaiting && strings.Contains(c.State.Message, "runAsNonRoot")
 		return running("ro")(v) && running("as-user")(v) && running("big")(v) && refused
 	})
-	if c := v.Container("as-root"); c.Ready {
-		t.Errorf("as-root = %+v, want it not started", c)
+	// As the kubelet: a configuration error, the container waiting (no
+	// process ran, so no crash and no restart), the pod Pending.
+	if c := v.Container("as-root"); c.Ready || c.Started || c.State.Reason != "CreateContainerConfigError" || c.RestartCount != 0 || c.LastState != nil {
+		t.Errorf("as-root = %+v, want it waiting (CreateContainerConfigError), never started nor restarted", c)
+	}
+	if v.Phase != "Pending" {
+		t.Errorf("pod phase %q with a container that cannot be created, want Pending", v.Phase)
 	}
 	for _, c := range []struct{ name, want string }{{"ro", "refused"}, {"as-user", "1000"}} {
 		var out string
