@@ -42,6 +42,12 @@
 // back this way); pod.logs and pod.exec are checked and handed to the host
 // agent of the pod's VM, which streams its answer straight to the node.
 //
+// A running guest cluster keeps spec.workers.replicas worker VMs: one that
+// went (vm.deleted: `podvisor delete vm`, say; or its record found missing
+// by the resync) is declared again under its name, and the record counts
+// it not Ready until its new VM runs. One that goes while the guest
+// cluster is being deleted stays gone.
+//
 // For guestcluster.check.requested (`podvisor check guestcluster NAME`) it
 // runs the same check of the recorded version and answers with the
 // request's id.

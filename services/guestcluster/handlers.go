@@ -75,7 +75,10 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
 	}
 	// The worker VMs are made while the control plane starts.
-	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec); err != nil {
+	unlock := s.workerLocks.Lock(key)
+	err = s.declareWorkers(ctx, &m.Event, ns, name, g.Spec)
+	unlock()
+	if err != nil {
 		return err
 	}
 	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec)
@@ -207,6 +210,10 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterDeleteRequested) error {
 	key := events.GuestClusterRecordKey(p.Namespace, p.Name)
 	now := time.Now().UTC()
+	// Under workerLocks: replaceWorkers in this process either declared
+	// before the mark (deleteWorkers then deletes what it made) or sees
+	// Deleting and declares nothing.
+	unlock := s.workerLocks.Lock(key)
 	rec, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
 		if r.Phase == events.GuestClusterPhaseDeleting {
 			return record.ErrUnchanged
@@ -214,6 +221,7 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 		r.Phase, r.DeletionRequestedAt = events.GuestClusterPhaseDeleting, &now
 		return nil
 	})
+	unlock()
 	if errors.Is(err, record.ErrNotFound) {
 		s.log.Info("delete of a guest cluster that does not exist", "guestcluster", p.ObjectKey())
 		return nil

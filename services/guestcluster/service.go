@@ -91,6 +91,10 @@ type Service struct {
 	// is missing); nil when they can.
 	unavailable error
 	closeCPs    func()
+	// workerLocks, by guest cluster key, order the declarations of its
+	// worker VMs (its request, replaceWorkers) with its delete's mark,
+	// so that no worker is made again once the delete began.
+	workerLocks bus.KeyLocks
 }
 
 // New checks the configuration and opens the buckets.
@@ -168,11 +172,13 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onRequested).OnFailure(s.requestFailed)
 	bus.Handle(r, s.onDeleteRequested)
 	bus.Handle(r, s.onCheckRequested)
+	bus.Handle(r, s.onVMDeleted)
 	return r
 }
 
-// Run consumes GUESTCLUSTERS, answers the guest nodes' queries and keeps the
-// control planes of Ready guest clusters running, until ctx ends.
+// Run consumes GUESTCLUSTERS and vm.deleted (VMS), answers the guest
+// nodes' queries and keeps the control planes of Ready guest clusters
+// running, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	if s.closeCPs != nil {
 		defer s.closeCPs()
@@ -241,8 +247,9 @@ func answers(ctx context.Context, endpoint string) bool {
 
 // resync ensures the control plane of every Ready guest cluster (starting
 // again one whose process or VM is gone, after a restart of the
-// supervisor, say), records its endpoint when it moved, and refreshes its
-// nodes.
+// supervisor, say), records its endpoint when it moved, declares again
+// its worker VMs that are missing (a record removed without vm.deleted, a
+// vm.deleted missed) and refreshes its nodes.
 func (s *Service) resync(ctx context.Context) error {
 	recs, err := s.clusters.List(ctx)
 	if err != nil {
@@ -280,7 +287,7 @@ func (s *Service) resync(ctx context.Context) error {
 			s.log.Warn("resync: control plane", "guestcluster", key, "err", err)
 			s.lostBecause(ctx, r.Key(), err)
 		}
-		if _, err := s.refreshWorkers(ctx, &r); err != nil && ctx.Err() == nil {
+		if err := s.replaceWorkers(ctx, nil, r.Key()); err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: worker nodes", "guestcluster", key, "err", err)
 		}
 	}

@@ -2,6 +2,7 @@ package guestcluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -23,11 +24,15 @@ import (
 // and the role worker. They are declared as vm.declared (as a client would:
 // the native VM controller makes them) on every request whose spec differs
 // from what a VM has, and deleted (vm.delete.requested) when the count
-// shrinks or the guest cluster is deleted. Each is a node of the guest
-// cluster of the same name (podvisor-guest's Workers, fed by the node.list
-// query), Ready while its VM is Ready and PoweredOn on a host; the record's
-// Workers and ReadyWorkers say the same, refreshed on every node.list and
-// resync.
+// shrinks or the guest cluster is deleted. A running guest cluster keeps
+// its count, as a MachineSet does: a worker VM that went (vm.deleted, or
+// its record missing at the resync) is declared again under its name
+// (replaceWorkers), unless the guest cluster is being deleted. Each is a
+// node of the guest cluster of the same name (podvisor-guest's Workers,
+// fed by the node.list query), Ready while its VM is Ready and PoweredOn on
+// a host; the record's Workers and ReadyWorkers say the same, refreshed on
+// every node.list, resync and replacement: a worker VM being made again is
+// not Ready and not counted.
 
 // workerRole is the value of events.LabelGuestClusterRole on worker VMs.
 const workerRole = "worker"
@@ -35,6 +40,10 @@ const workerRole = "worker"
 // workerRetry is how long a request waits for a worker VM being deleted
 // (a scale-down followed by a scale-up) before declaring it again.
 const workerRetry = 2 * time.Second
+
+// errWorkerDeleting is why declareWorkers waits: a worker VM it wants is
+// still being deleted.
+var errWorkerDeleting = errors.New("still being deleted")
 
 // workerVMs are the guest cluster's worker VM records, by name.
 func (s *Service) workerVMs(ctx context.Context, ns, name string) (map[string]*events.VMRecord, error) {
@@ -101,6 +110,9 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 	// With control planes in VMs, each worker VM runs its own node.
 	vc, inVMs := s.cps.(*VMControlPlanes)
 	var creds string
+	// deleting names a wanted VM still being deleted: the others are
+	// declared all the same, and the request waits for it.
+	var deleting string
 	for i := range want {
 		vm := workerVM(ns, name, spec, i)
 		if inVMs {
@@ -109,7 +121,8 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 		cur := have[vm.Metadata.Name]
 		switch {
 		case cur != nil && !cur.DeletionRequestedAt.IsZero():
-			return bus.RetryAfter(fmt.Errorf("worker VM %s/%s is still being deleted", ns, vm.Metadata.Name), workerRetry)
+			deleting = vm.Metadata.Name
+			continue
 		case cur != nil && sameVM(cur, vm, !inVMs):
 			continue
 		}
@@ -135,14 +148,21 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 			return err
 		}
 	}
+	if deleting != "" {
+		return bus.RetryAfter(fmt.Errorf("worker VM %s/%s is %w", ns, deleting, errWorkerDeleting), workerRetry)
+	}
 	return nil
 }
 
 // workerIndex is i of a worker VM name, -1 when it is none.
 func workerIndex(cluster, vm string) int {
-	_, after, ok := strings.Cut(vm, "-worker-")
-	i, err := strconv.Atoi(after)
-	if !ok || err != nil || events.GuestClusterWorkerName(cluster, i) != vm {
+	// The last "-worker-": the cluster's own name may hold one.
+	at := strings.LastIndex(vm, "-worker-")
+	if at < 0 {
+		return -1
+	}
+	i, err := strconv.Atoi(vm[at+len("-worker-"):])
+	if err != nil || i < 0 || events.GuestClusterWorkerName(cluster, i) != vm {
 		return -1
 	}
 	return i
@@ -250,29 +270,92 @@ func (s *Service) refreshWorkers(ctx context.Context, rec *events.GuestClusterRe
 	return nodes, s.recordNodes(ctx, rec.Key(), nodes, cps)
 }
 
-// deleteWorkers asks for the deletion of every worker VM and waits until
-// their records are gone.
-func (s *Service) deleteWorkers(ctx context.Context, cause *event.Event, rec *events.GuestClusterRecord) (int, error) {
-	have, err := s.workerVMs(ctx, rec.Namespace, rec.Name)
-	if err != nil {
-		return 0, err
+// onVMDeleted makes a running guest cluster's worker VM again when it
+// went (`podvisor delete vm`, or any client's vm.delete.requested): the
+// cluster keeps spec.workers.replicas workers, as a MachineSet keeps its
+// Machines. A worker VM past the count, or of a guest cluster being
+// deleted or not running yet, stays gone (replaceWorkers).
+func (s *Service) onVMDeleted(ctx context.Context, m *bus.Message, p *events.VMDeleted) error {
+	if s.unavailable != nil || !strings.Contains(p.Name, "-worker-") {
+		return nil
 	}
-	for vmName, cur := range have {
-		if !cur.DeletionRequestedAt.IsZero() {
+	recs, err := s.clusters.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		i := workerIndex(r.Name, p.Name)
+		if r.Namespace != p.Namespace || i < 0 {
 			continue
 		}
-		if err := s.out.Emit(ctx, cause, &events.VMDeleteRequested{Namespace: rec.Namespace, Name: vmName}, bus.Distinct("delete/"+vmName)); err != nil {
-			return 0, err
+		if i < int(r.Spec.Workers.Replicas) && running(&r) {
+			m.Log.Info("worker VM deleted; declaring it again", "guestcluster", r.Key(), "vm", p.Name)
 		}
+		return s.replaceWorkers(ctx, &m.Event, r.Key())
 	}
+	return nil
+}
+
+// replaceWorkers declares again the worker VMs of a running guest cluster
+// that are missing (deleted, or their record removed) or differ from its
+// spec, then records its worker nodes: one made again is not Ready (nor
+// counted in ReadyWorkers) until its new VM runs. A guest cluster that is
+// not running is left alone: while it is being made its request's handler
+// declares its workers (and is retried until it has), and once it is
+// being deleted a worker made again would outlive it. workerLocks orders
+// this with the delete's mark (Deleting) in this process; across replicas
+// deleteWorkers asks for the deletion of a worker VM that appears while it
+// waits.
+func (s *Service) replaceWorkers(ctx context.Context, cause *event.Event, key string) error {
+	unlock := s.workerLocks.Lock(key)
+	rec, _, err := s.clusters.Get(ctx, key)
+	if err != nil || rec == nil || !running(rec) {
+		unlock()
+		return err
+	}
+	declErr := s.declareWorkers(ctx, cause, rec.Namespace, rec.Name, rec.Spec)
+	unlock()
+	if errors.Is(declErr, errWorkerDeleting) {
+		// Declared all it could; the one being deleted is made again on
+		// its own vm.deleted (or by the resync).
+		declErr = nil
+	}
+	// The record says what runs even when a declaration failed (it is
+	// retried): a worker that went is no longer counted.
+	if _, err := s.refreshWorkers(ctx, rec); err != nil {
+		return errors.Join(declErr, err)
+	}
+	return declErr
+}
+
+// deleteWorkers asks for the deletion of every worker VM and waits until
+// their records are gone. A worker VM that appears while it waits (made
+// again by a replica that had not seen the delete yet) is asked for
+// deletion too.
+func (s *Service) deleteWorkers(ctx context.Context, cause *event.Event, rec *events.GuestClusterRecord) (int, error) {
+	// asked are the worker VMs asked for deletion here, by name and UID:
+	// a VM made again under the same name is another VM, and another
+	// request.
+	asked := map[string]bool{}
 	deadline := time.Now().Add(s.cfg.DeleteTimeout)
 	for {
 		left, err := s.workerVMs(ctx, rec.Namespace, rec.Name)
 		if err != nil {
 			return 0, err
 		}
+		for vmName, cur := range left {
+			id := vmName + "/" + cur.UID
+			if !cur.DeletionRequestedAt.IsZero() || asked[id] {
+				continue
+			}
+			if err := s.out.Emit(ctx, cause, &events.VMDeleteRequested{Namespace: rec.Namespace, Name: vmName},
+				bus.Distinct("delete/"+id)); err != nil {
+				return 0, err
+			}
+			asked[id] = true
+		}
 		if len(left) == 0 {
-			return len(have), nil
+			return len(asked), nil
 		}
 		if time.Now().After(deadline) {
 			return 0, fmt.Errorf("%d worker VMs of guest cluster %s/%s are still being deleted", len(left), rec.Namespace, rec.Name)

@@ -3,10 +3,13 @@ package guestcluster
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // putWorkerVM writes the native VM controller's record of a declared
@@ -119,4 +122,152 @@ func TestWorkerNodesFollowTheWorkerCount(t *testing.T) {
 	}
 	h.deleteVMRecord(t, "team-a", "gc1-worker-0")
 	h.await(t, events.TypeGuestClusterDeleted)
+}
+
+// deleteWorkerVM does what the native VM controller does once a worker
+// VM is destroyed (`podvisor delete vm`): its record goes, then vm.deleted.
+func (h *harness) deleteWorkerVM(t *testing.T, ns, name string) {
+	t.Helper()
+	h.deleteVMRecord(t, ns, name)
+	h.vmDeleted(t, ns, name)
+}
+
+// vmDeleted publishes vm.deleted of ns/name as the native VM controller.
+func (h *harness) vmDeleted(t *testing.T, ns, name string) {
+	t.Helper()
+	ev, err := bus.NewEvent(events.OwnerSource(events.TypeVMDeleted), events.TypeVMDeleted, ns+"/"+name,
+		&events.VMDeleted{VMRef: events.VMRef{Namespace: ns, Name: name, UID: "u-" + name}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// vmDeletedHandled waits until the controller has settled every vm.deleted
+// published so far.
+func (h *harness) vmDeletedHandled(t *testing.T) {
+	t.Helper()
+	ctx := t.Context()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := h.b.JetStream().Consumer(ctx, events.StreamVMs, Name+"-"+events.StreamVMs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("vm.deleted not handled within 20s: %d pending, %d unacknowledged", info.NumPending, info.NumAckPending)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDeletedWorkerIsMadeAgain: a worker VM deleted while its guest cluster
+// runs is declared again under its name, with its spec (on vm.deleted, and
+// on the resync when its record went without one), and the record counts it
+// as not ready until its new VM runs; one deleted past the count (a
+// scale-down) or while the guest cluster is being deleted stays gone.
+func TestDeletedWorkerIsMadeAgain(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 3, ClassName: "small", ImageName: "vmos"}
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	ws := []*events.VMDeclared{declared(t, h), declared(t, h), declared(t, h)}
+	slices.SortFunc(ws, func(a, b *events.VMDeclared) int { return strings.Compare(a.VM.Metadata.Name, b.VM.Metadata.Name) })
+	h.await(t, events.TypeGuestClusterReady)
+	for _, w := range ws {
+		h.putWorkerVM(t, w, "esx-1", true)
+	}
+	if r := h.ask(t, "team-a", "gc1", events.GuestOpNodeList, struct{}{}); len(r.Nodes) != 3 || !r.Nodes[0].Ready || !r.Nodes[1].Ready || !r.Nodes[2].Ready {
+		t.Fatalf("node.list = %+v", r)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.ReadyWorkers != 3 {
+		t.Fatalf("record: %d ready workers, want 3", rec.ReadyWorkers)
+	}
+
+	// `podvisor delete vm gc1-worker-0`: declared again, and the record
+	// says two workers of three are ready meanwhile.
+	h.deleteWorkerVM(t, "team-a", "gc1-worker-0")
+	again := declared(t, h)
+	if again.VM.Metadata.Name != "gc1-worker-0" || again.VM.Metadata.Namespace != "team-a" || again.VM.Spec.ClassName != "small" ||
+		again.VM.Spec.ImageName != "vmos" || again.VM.Metadata.Labels[events.LabelGuestClusterRole] != workerRole {
+		t.Fatalf("declared again %+v, want gc1-worker-0 as before", again.VM)
+	}
+	rec := h.waitRecord(t, "team-a", "gc1", func(r events.GuestClusterRecord) bool { return r.ReadyWorkers == 2 })
+	if len(rec.Workers) != 3 || rec.Workers[0].Ready || !strings.Contains(rec.Workers[0].Message, "not made yet") || !rec.Workers[1].Ready {
+		t.Errorf("record while gc1-worker-0 is made again: %+v", rec.Workers)
+	}
+	h.putWorkerVM(t, again, "esx-1", true)
+	if r := h.ask(t, "team-a", "gc1", events.GuestOpNodeList, struct{}{}); len(r.Nodes) != 3 || !r.Nodes[0].Ready {
+		t.Fatalf("node.list once gc1-worker-0 runs again = %+v", r)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.ReadyWorkers != 3 {
+		t.Errorf("record once gc1-worker-0 runs again: %d ready workers, want 3", rec.ReadyWorkers)
+	}
+
+	// A record removed without vm.deleted: the resync finds it missing.
+	h.deleteVMRecord(t, "team-a", "gc1-worker-1")
+	if err := h.svc.resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if again := declared(t, h); again.VM.Metadata.Name != "gc1-worker-1" {
+		t.Fatalf("resync declared %s, want gc1-worker-1", again.VM.Metadata.Name)
+	}
+	if rec := h.record(t, "team-a", "gc1"); rec.ReadyWorkers != 2 || len(rec.Workers) != 3 || rec.Workers[1].Ready {
+		t.Errorf("record after the resync: %d ready of %+v, want 2 of 3", rec.ReadyWorkers, rec.Workers)
+	}
+	h.putWorkerVM(t, ws[1], "esx-1", true)
+
+	// A scale-down: the worker past the count stays gone.
+	req.GuestCluster.Spec.Workers.Replicas = 2
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	var del events.VMDeleteRequested
+	if err := json.Unmarshal(h.await(t, events.TypeVMDeleteRequested).Data(), &del); err != nil || del.Name != "gc1-worker-2" {
+		t.Fatalf("scale down asked to delete %+v (%v), want gc1-worker-2", del, err)
+	}
+	h.await(t, events.TypeGuestClusterReady)
+	h.deleteWorkerVM(t, "team-a", "gc1-worker-2")
+	h.vmDeletedHandled(t)
+
+	// Deleting the guest cluster: a worker VM deleted meanwhile is not
+	// made again.
+	h.publish(t, events.TypeGuestClusterDeleteRequested, "team-a/gc1", &events.GuestClusterDeleteRequested{
+		GuestClusterRef: events.GuestClusterRef{Namespace: "team-a", Name: "gc1"}})
+	h.await(t, events.TypeVMDeleteRequested)
+	h.await(t, events.TypeVMDeleteRequested)
+	h.deleteWorkerVM(t, "team-a", "gc1-worker-0")
+	h.vmDeletedHandled(t)
+	if rec := h.record(t, "team-a", "gc1"); rec.Phase != events.GuestClusterPhaseDeleting {
+		t.Fatalf("phase %s while gc1-worker-1 is still there, want Deleting", rec.Phase)
+	}
+	h.deleteWorkerVM(t, "team-a", "gc1-worker-1")
+	h.await(t, events.TypeGuestClusterDeleted)
+	h.vmDeletedHandled(t)
+	// The stream is read in order: once this vm.deleted is seen, so is any
+	// declaration the controller published before it settled the others.
+	h.vmDeleted(t, "team-a", "marker")
+	for {
+		var d events.VMDeleted
+		if err := json.Unmarshal(h.await(t, events.TypeVMDeleted).Data(), &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Name == "marker" {
+			break
+		}
+	}
+	for _, ev := range h.skipped {
+		if ev.Type() == events.TypeVMDeclared {
+			var d events.VMDeclared
+			_ = json.Unmarshal(ev.Data(), &d)
+			t.Errorf("declared %s after the scale-down or while its guest cluster was being deleted", d.VM.Metadata.Name)
+		}
+	}
 }
