@@ -83,8 +83,9 @@
 // host with such pods stays cordoned and out of maintenance. A drain makes up
 // to DrainRounds passes, so pods still being provisioned on the host when it
 // starts are moved once they run. Then the host's native VMs are moved
-// (vms.go): each move is recorded in the drain record, asked for, and
-// evicted when it cannot move.
+// (vms.go): each move is recorded in the drain record and asked for; a VM
+// no other host can take is listed at once with the scheduler's NoTarget,
+// as a pod is, and one whose move failed otherwise is evicted.
 //
 // # Native VM moves
 //

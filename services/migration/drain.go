@@ -95,12 +95,13 @@ func (s *Service) startDrain(host string) {
 	}()
 }
 
-// drainState is what a drain learned so far, by pod uid.
+// drainState is what a drain learned so far, by pod or VM uid.
 type drainState struct {
 	moved     map[string]bool // pods
 	movedVMs  map[string]bool // native VMs
 	unmovable map[string]events.UnmovablePod
-	order     []string // unmovable uids in the order found
+	order     []string        // unmovable uids in the order found
+	stuckVMs  map[string]bool // the unmovable that are native VMs
 }
 
 func (st *drainState) stuck(u events.UnmovablePod) {
@@ -108,6 +109,12 @@ func (st *drainState) stuck(u events.UnmovablePod) {
 		st.order = append(st.order, u.UID)
 	}
 	st.unmovable[u.UID] = u
+}
+
+// stuckVM is stuck for a native VM.
+func (st *drainState) stuckVM(u events.UnmovablePod) {
+	st.stuck(u)
+	st.stuckVMs[u.UID] = true
 }
 
 func (st *drainState) list() []events.UnmovablePod {
@@ -126,7 +133,7 @@ func (s *Service) runDrain(ctx context.Context, host string) error {
 	requestID := d.RequestID
 	ctx, cancel := context.WithDeadline(ctx, d.StartedAt.Add(s.cfg.DrainTimeout))
 	defer cancel()
-	st := &drainState{moved: map[string]bool{}, movedVMs: map[string]bool{}, unmovable: map[string]events.UnmovablePod{}}
+	st := &drainState{moved: map[string]bool{}, movedVMs: map[string]bool{}, unmovable: map[string]events.UnmovablePod{}, stuckVMs: map[string]bool{}}
 	// A resumed drain first settles the migrations it had asked for.
 	if len(d.Migrations) > 0 {
 		s.log.Info("drain resumed", "host", host, "round", d.Round, "migrations", len(d.Migrations))
@@ -420,7 +427,9 @@ func (s *Service) drainEnded(ctx context.Context, host, requestID string, st *dr
 	case cause != nil:
 		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("drain stopped: %v", cause)
 	case len(unmovable) > 0:
-		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%d pods or VMs could not move; %s stays cordoned and out of maintenance mode", len(unmovable), host)
+		vms := len(st.stuckVMs)
+		phase, msg = events.DrainPhaseIncomplete, fmt.Sprintf("%s could not move; %s stays cordoned and out of maintenance mode",
+			events.MovedText(len(unmovable)-vms, vms), host)
 	default:
 		s.log.Info("drain entering maintenance mode", "host", host, "migrated", migrated)
 		if _, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {

@@ -60,6 +60,13 @@ const (
 	// ReasonStillProvisioning: a drain found the pod still being placed or
 	// provisioned on the host after its last pass.
 	ReasonStillProvisioning = "StillProvisioning"
+	// ReasonNoTarget: the scheduler found no host that can take the pod or
+	// VM (its word, in migration.rejected and vm.migrated); a drain lists
+	// it unmovable at once.
+	ReasonNoTarget = "NoTarget"
+	// ReasonVMStillOnHost: a drain's VM neither moved nor was made again
+	// elsewhere within vmLeaveTimeout of its request or eviction.
+	ReasonVMStillOnHost = "VMStillOnHost"
 )
 
 // Sentinel errors.

@@ -29,13 +29,16 @@ import (
 //     against its source host, its source cluster and its target's
 //     cluster until vm.migrated), the controller relocates the VM, powered
 //     on or off, and announces vm.migrated).
-//     A VM that cannot move (no target, the relocation failed) is evicted
-//     (vm.evicted, reason DrainUnmovable): the scheduler places it again
-//     away from the host and the controller makes it again there from its
-//     spec, removing the one it left. The drain waits until no VM is on
-//     the host; a VM still there vmLeaveTimeout after its request (or its
-//     eviction) is listed as unmovable and the host stays out of
-//     maintenance mode.
+//     A VM no other host can take (the scheduler answers vm.migrated with
+//     NoTarget) is listed as unmovable at once, as a pod is, and keeps
+//     running where it is: placing it again from its spec would meet the
+//     same hosts. A VM whose move failed otherwise (the relocation failed)
+//     is evicted (vm.evicted, reason DrainUnmovable): the scheduler places
+//     it again away from the host and the controller makes it again there
+//     from its spec, removing the one it left. The drain waits until no VM
+//     is on the host; a VM still there vmLeaveTimeout after its request (or
+//     its eviction) is listed as unmovable. Either way the host stays out
+//     of maintenance mode.
 //   - a lost host's VMs are evicted (vm.evicted, reason HostLost): they are
 //     placed elsewhere and made again from their spec, in their declared
 //     power state, as vSphere HA restarts them.
@@ -110,18 +113,37 @@ func (s *Service) onVMMigrated(ctx context.Context, _ *bus.Message, e *events.VM
 	if err := s.endVMMove(ctx, e); err != nil {
 		return err
 	}
-	if _, err := s.store.updateDrain(ctx, e.SourceHost, func(d *events.DrainRecord) bool {
+	if found, err := s.drainVMOutcome(ctx, e.SourceHost, e); err != nil || found {
+		return err
+	}
+	// The scheduler refuses a move (NoTarget) before it reserves anything
+	// and names no source host then: the move is in the drain record of
+	// the host the VM is still on, if a drain asked for it.
+	r, err := s.vmRecord(ctx, e.Namespace, e.Name)
+	if err != nil || r == nil || r.UID != e.UID || r.Status.Host == "" || r.Status.Host == e.SourceHost {
+		return err
+	}
+	_, err = s.drainVMOutcome(ctx, r.Status.Host, e)
+	return err
+}
+
+// drainVMOutcome writes a vm.migrated into the drain record of host;
+// found says the record holds the move.
+func (s *Service) drainVMOutcome(ctx context.Context, host string, e *events.VMMigrated) (found bool, err error) {
+	_, err = s.store.updateDrain(ctx, host, func(d *events.DrainRecord) bool {
 		i := slices.IndexFunc(d.VMs, func(v events.DrainVM) bool { return v.ID == e.ID })
+		found = i >= 0
 		if i < 0 || !d.VMs[i].MigratedAt.IsZero() {
 			return false
 		}
 		v := &d.VMs[i]
 		v.MigratedAt, v.Reason, v.Message = s.now().UTC(), e.Reason, e.Message
 		return true
-	}); err != nil && !errors.Is(err, errNoRecord) {
-		return err // no drain record: a move no drain asked for
+	})
+	if errors.Is(err, errNoRecord) {
+		return false, nil // no drain record: a move no drain asked for
 	}
-	return nil
+	return found, err
 }
 
 // drainVMID names a drain's move of one VM: the same for a resumed drain,
@@ -197,7 +219,7 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 			st.movedVMs[v.UID] = true
 		case events.DrainVMGone:
 		default:
-			st.stuck(events.UnmovablePod{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Reason: v.Result, Message: v.Message})
+			st.stuckVM(events.UnmovablePod{Namespace: v.Namespace, Name: v.Name, UID: v.UID, Reason: v.Result, Message: v.Message})
 		}
 	}
 	return nil
@@ -205,11 +227,11 @@ func (s *Service) drainVMs(ctx context.Context, host, requestID string, st *drai
 
 // stepVMMove takes one VM move a step further: ended when the VM left
 // the host (or is gone), asked for (it waits for room in the queue once
-// its target is reserved), evicted once
-// vm.migrated says it could not move, given up vmLeaveTimeout later. What
-// is decided lives in the drain record; a request or an eviction is sent
-// before it is recorded and sent again (same id, kept once by the bus) by a
-// drain resumed in between.
+// its target is reserved), ended as unmovable at once when no host can
+// take it, evicted once vm.migrated says it could not move otherwise,
+// given up vmLeaveTimeout later. What is decided lives in the drain
+// record; a request or an eviction is sent before it is recorded and sent
+// again (same id, kept once by the bus) by a drain resumed in between.
 func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requestID string, v events.DrainVM) error {
 	set := func(mutate func(m *events.DrainVM)) error {
 		_, err := s.updateRunningDrain(ctx, host, func(d *events.DrainRecord) bool {
@@ -247,6 +269,14 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requ
 		}
 		return set(func(m *events.DrainVM) { m.RequestedAt = now })
 	}
+	if !v.MigratedAt.IsZero() && v.Reason == ReasonNoTarget {
+		// The scheduler's message names the VM and why no host fits.
+		msg := v.Message
+		if msg == "" {
+			msg = fmt.Sprintf("no other host can take VM %s", cur.Key())
+		}
+		return end(ReasonNoTarget, msg)
+	}
 	if !v.MigratedAt.IsZero() && v.Reason != "" && v.EvictedAt.IsZero() {
 		msg := fmt.Sprintf("drain of %s: the VM could not move (%s: %s); it is made again on another host from its spec", host, v.Reason, v.Message)
 		if err := s.emit(ctx, cause, &events.VMEvicted{VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: v.UID}, Host: host,
@@ -263,7 +293,7 @@ func (s *Service) stepVMMove(ctx context.Context, cause *event.Event, host, requ
 	if now.Sub(since) <= vmLeaveTimeout {
 		return nil
 	}
-	reason := "VMStillOnHost"
+	reason := ReasonVMStillOnHost
 	if v.Reason != "" {
 		reason = v.Reason
 	}

@@ -21,7 +21,8 @@ import (
 // vmController stands in for the scheduler and the provisioner's native VM
 // controller: it answers vm.migrate.requested with
 // vm.migration.target.reserved (on the request's target host, else on
-// target), and the migration service's vm.migration.admitted with
+// target, or refused with NoTarget as the scheduler does when noTarget is
+// set), and the migration service's vm.migration.admitted with
 // vm.migrated (the VM moved after relocate, or failed when fail is set);
 // it keeps a request for answer when hold is set, an admission for
 // finish when holdAdmitted is set, and makes an evicted VM again on
@@ -34,6 +35,7 @@ type vmController struct {
 
 	mu           sync.Mutex
 	fail         bool
+	noTarget     bool
 	hold         bool
 	held         []*events.VMMigrateRequested
 	holdAdmitted bool
@@ -97,7 +99,12 @@ func (c *vmController) on(m *nats.Msg) {
 			c.mu.Unlock()
 			return
 		}
+		noTarget := c.noTarget
 		c.mu.Unlock()
+		if noTarget {
+			go c.refuse(v)
+			return
+		}
 		go c.reserve(v)
 	case *events.VMMigrationAdmitted:
 		c.mu.Lock()
@@ -127,6 +134,15 @@ func (c *vmController) reserve(v *events.VMMigrateRequested) {
 	}
 	c.w.Send("podvisor/scheduler", events.TypeVMMigrationTargetReserved, &events.VMMigrationTargetReserved{ID: v.ID,
 		VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: r.UID}, SourceHost: r.Status.Host, TargetHost: target, Cluster: c.w.ClusterOf(target)})
+}
+
+// refuse answers a request as the scheduler does when no host can take
+// the VM: vm.migrated with NoTarget, before any target is reserved, naming
+// no source host.
+func (c *vmController) refuse(v *events.VMMigrateRequested) {
+	r := c.vm(v.Namespace, v.Name)
+	c.w.Send("podvisor/scheduler", events.TypeVMMigrated, &events.VMMigrated{ID: v.ID, VMRef: events.VMRef{Namespace: v.Namespace, Name: v.Name, UID: r.UID},
+		SourceHost: "unknown", Reason: ReasonNoTarget, Message: "no target host for VM " + r.Key() + ": 0/2 hosts fit: 1 cordoned, 1 insufficient memory"})
 }
 
 // finish relocates an admitted move and announces its outcome as the
@@ -321,5 +337,53 @@ func TestVMMigrationsAreHeldToTheLimitsOnSourceAndTarget(t *testing.T) {
 	}
 	if got := admitted(); !slices.Equal(got, []string{"m-a"}) || w.migrationPhase("m-x") != events.MigrationPhaseCancelled {
 		t.Errorf("held admissions %v, m-x %s: the cancelled move was admitted", got, w.migrationPhase("m-x"))
+	}
+}
+
+// TestDrainListsAVMNoHostCanTakeAtOnce: the scheduler finds no target for
+// a drained host's VM. The drain ends at once, as for a pod, with the VM
+// unmovable for NoTarget and the scheduler's message naming the VM; the VM
+// is not evicted (no host would take it again) and the host stays out of
+// maintenance. (The refusal names no source host, so the outcome never
+// reached the drain record before: the drain waited vmLeaveTimeout, two
+// minutes, and listed the VM as VMStillOnHost among "pods or VMs".)
+func TestDrainListsAVMNoHostCanTakeAtOnce(t *testing.T) {
+	w := newWorld(t, 1, 2)
+	h := w.clusterHosts(0)
+	c := newVMController(w, h[1])
+	c.noTarget = true
+	c.putVM("team-a", "vm1", "u-vm1", h[0])
+	w.start(testConfig())
+
+	start := time.Now()
+	w.Send("podvisor/cli", events.TypeHostDrainRequested, &events.HostDrainRequested{Name: h[0]})
+	s := w.WaitSeen(15*time.Second, "host.drained of "+h[0]+" well before vmLeaveTimeout", func(s testenv.Seen) bool {
+		d, ok := s.Payload.(*events.HostDrained)
+		return ok && d.Name == h[0]
+	})
+	t.Logf("drain ended after %s", time.Since(start).Round(time.Millisecond))
+	d := s.Payload.(*events.HostDrained)
+	if d.Migrated != 0 || d.MigratedVMs != 0 || len(d.Unmovable) != 1 {
+		t.Fatalf("drained = %+v, want nothing moved and vm1 unmovable", d)
+	}
+	u := d.Unmovable[0]
+	if u.Name != "vm1" || u.UID != "u-vm1" || u.Reason != ReasonNoTarget || !strings.Contains(u.Message, "VM team-a/vm1") {
+		t.Errorf("unmovable = %+v, want vm1 with NoTarget and the scheduler's message naming the VM", u)
+	}
+	rec := w.drainRecord(h[0])
+	if rec.Phase != events.DrainPhaseIncomplete || !strings.HasPrefix(rec.Message, "1 VM could not move") || strings.Contains(rec.Message, "pod") {
+		t.Errorf("drain record = %s %q, want Incomplete saying 1 VM could not move", rec.Phase, rec.Message)
+	}
+	if len(rec.VMs) != 1 || rec.VMs[0].Result != ReasonNoTarget || !rec.VMs[0].EvictedAt.IsZero() {
+		t.Errorf("drain record's moves = %+v, want vm1 ended NoTarget, never evicted", rec.VMs)
+	}
+	if ev := testenv.Distinct[events.VMEvicted](w.Env, nil); len(ev) != 0 {
+		t.Errorf("vm.evicted = %+v, want none: no host would take the VM again", ev)
+	}
+	if got := c.vm("team-a", "vm1").Status.Host; got != h[0] {
+		t.Errorf("vm1 on %s, want it still on %s", got, h[0])
+	}
+	if host, err := w.vm.Host(t.Context(), h[0]); err != nil || host.Maintenance {
+		t.Errorf("host entered maintenance mode with a VM still on it (%v)", err)
 	}
 }

@@ -225,7 +225,7 @@ func (s *Service) attachOne(ctx context.Context, cause *event.Event, name string
 // is used.
 func (s *Service) allocate(ctx context.Context, name string, p *events.PodScheduled) (att events.NetworkAttachment, retry bool, err error) {
 	defer s.uses.RLock(name)()
-	rec, _, err := s.store.get(ctx, name)
+	rec, rev, err := s.store.get(ctx, name)
 	if err != nil {
 		return events.NetworkAttachment{}, false, err
 	}
@@ -240,9 +240,15 @@ func (s *Service) allocate(ctx context.Context, name string, p *events.PodSchedu
 	if err != nil {
 		return events.NetworkAttachment{}, false, refused(ReasonAddressingFailed, err)
 	}
+	pl.Record = rev
 	alloc, err := s.ipam.Allocate(ctx, pl, ipam.Owner{Namespace: p.Namespace, Name: p.Name, UID: p.UID, Host: p.Host})
 	if errors.Is(err, ipam.ErrExhausted) {
 		return events.NetworkAttachment{}, false, refused(ReasonAddressesExhausted, err)
+	}
+	if errors.Is(err, ipam.ErrReaddressing) {
+		// Another replica is changing the network's addressing: read the
+		// record again.
+		return events.NetworkAttachment{}, true, nil
 	}
 	if err != nil {
 		return events.NetworkAttachment{}, false, bus.WithReason(ReasonAddressingFailed, err)

@@ -21,6 +21,14 @@
 // it knows — named clusters and hosts exist, the CIDR overlaps no other
 // network — and records a refusal with the field and the reason (status
 // Rejected for a new network; an existing one keeps its current version).
+// A version (declared or restored) whose CIDR or gateway would leave an
+// address held on the network invalid — outside the new CIDR's usable
+// range, or on the new gateway — is refused as a delete in use is: reason
+// InUse, a message naming the field, how many attachments hold addresses
+// and which would be cut off, and the current version stays applied.
+// Widening, or narrowing around the held addresses, is taken. The check is
+// ordered against every replica's allocations by ipam's fence, so an
+// address taken while the check runs is either counted or given back.
 // A spec equal to the current one stores nothing new (`podvisor up`
 // declares DefaultNetwork at every start); any other is stored as the next
 // version in KV `networks` (events.NetworkRecord, bounded history).

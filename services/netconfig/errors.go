@@ -11,6 +11,9 @@ var (
 	// ErrInvalidSpec: a declaration that cannot be applied here (overlapping
 	// CIDR, unknown cluster or host). Refused, never retried.
 	ErrInvalidSpec = errors.New("invalid network spec")
+	// ErrInUse: a change of a network that addresses held on it forbid (a
+	// CIDR or gateway leaving them invalid). Refused, never retried.
+	ErrInUse = errors.New("network in use")
 	// ErrNotInScope: a pod was scheduled to a host outside its network's scope.
 	ErrNotInScope = errors.New("host not in network scope")
 	// ErrNotRealized: the network could not be realized on the host.

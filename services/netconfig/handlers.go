@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -81,7 +82,10 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 		return s.reconcileLocked(ctx, cause, name)
 	}
 	first := rec == nil || rec.Version == 0
-	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); err != nil {
+	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); refusal(err) {
+		s.log.Warn("network change refused", "network", name, "err", err)
+		return s.refuse(ctx, rec, rev, name, n.Spec, err)
+	} else if err != nil {
 		return err
 	}
 	if first {
@@ -92,10 +96,38 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 	return s.reconcileLocked(ctx, cause, name)
 }
 
-// storeVersion appends a new version with spec and makes it current.
-func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin, eventID string) error {
+// storeVersion appends a new version with spec and makes it current. A
+// version that changes the addressing is stored only if every address
+// held on the network stays valid under it; otherwise nothing is stored
+// and the refusal (ErrInUse) is returned, for refuse.
+func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin, eventID string) (err error) {
 	if rec == nil {
 		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name)}
+	}
+	// Attaches in flight finish on the version they read; the next ones
+	// read this one.
+	defer s.uses.Lock(name)()
+	if readdresses(rec, spec) {
+		// Other replicas' allocations from this record or an older one
+		// are held until the new version is stored (ipam's fence): the
+		// listing below then sees every address the new version must keep.
+		// Any later write of the record ends the hold too (its revision is
+		// past it), so a release that fails only delays them a little.
+		prev, err := s.ipam.HoldAddressing(ctx, name, rev+1)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err == nil {
+				return
+			}
+			if rerr := s.ipam.ReleaseAddressing(ctx, name, rev+1, prev); rerr != nil {
+				s.log.Warn("release the hold on allocations", "network", name, "err", rerr)
+			}
+		}()
+		if err := s.addressesKept(ctx, name, spec); err != nil {
+			return err
+		}
 	}
 	next := rec.LatestVersion() + 1
 	rec.History = append(rec.History, events.NetworkVersion{
@@ -107,18 +139,81 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 	rec.Version, rec.Spec = next, spec
 	rec.Status, rec.Reason, rec.Message = events.NetworkStatusPending, "", ""
 	rec.HostsReady = 0 // no host carries the new version yet
-	// Attaches in flight finish on the version they read; the next ones
-	// read this one.
-	defer s.uses.Lock(name)()
-	_, err := s.store.put(ctx, rec, rev)
+	_, err = s.store.put(ctx, rec, rev)
 	return err
+}
+
+// refusal reports whether a declaration's error is a refusal to record
+// (refuse) rather than a failure to retry.
+func refusal(err error) bool { return errors.Is(err, ErrInUse) || errors.Is(err, ErrInvalidSpec) }
+
+// readdresses reports whether spec changes the addressing of a network
+// that has had a version applied (so addresses may be held on it).
+func readdresses(rec *events.NetworkRecord, spec events.NetworkSpec) bool {
+	return rec.LatestVersion() > 0 && (rec.Spec.CIDR != spec.CIDR || rec.Spec.Gateway != spec.Gateway)
+}
+
+// addressesKept refuses addressing that leaves an address held on the
+// network invalid: outside the new CIDR's usable range (a narrower or
+// another CIDR, a shorter prefix) or on the new gateway. Widening, or a
+// new gateway nobody holds, is taken. The refusal names the field, how
+// many attachments hold addresses and which of them the change would cut
+// off.
+func (s *Service) addressesKept(ctx context.Context, name string, spec events.NetworkSpec) error {
+	pl, err := ipam.PoolOf(name, spec)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidSpec, err)
+	}
+	allocs, err := s.ipam.Allocations(ctx, name)
+	if err != nil {
+		return err
+	}
+	var outside, onGateway []string
+	for _, a := range allocs {
+		ip, err := netip.ParseAddr(a.IP)
+		if err == nil && pl.Holds(ip) {
+			continue
+		}
+		held := events.PodKey(a.Namespace, a.Name) + " " + a.IP
+		if err == nil && ip == pl.Gateway {
+			onGateway = append(onGateway, held)
+		} else {
+			outside = append(outside, held)
+		}
+	}
+	if len(outside) == 0 && len(onGateway) == 0 {
+		return nil
+	}
+	slices.Sort(outside)
+	slices.Sort(onGateway)
+	var why []string
+	if len(outside) > 0 {
+		why = append(why, fmt.Sprintf("spec.cidr: %s would leave %d of them outside its usable addresses (%s)", spec.CIDR, len(outside), abbreviate(outside, 5)))
+	}
+	if len(onGateway) > 0 {
+		why = append(why, fmt.Sprintf("spec.gateway: %s is held by %s", spec.Gateway, abbreviate(onGateway, 5)))
+	}
+	return fmt.Errorf("%w: %s hold addresses on network %s; %s; delete the pods or VMs holding them first, or keep their addresses valid",
+		ErrInUse, attachments(len(allocs)), name, strings.Join(why, "; "))
+}
+
+// attachments counts attachments for a person: "1 attachment", "3 attachments".
+func attachments(n int) string {
+	if n == 1 {
+		return "1 attachment"
+	}
+	return fmt.Sprintf("%d attachments", n)
 }
 
 // refuse records why a declaration was not applied: a new network is stored
 // as Rejected (so `podvisor get networks` shows the reason), an existing one
 // keeps its current version and gets the reason.
 func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, why error) error {
-	msg := strings.TrimPrefix(why.Error(), ErrInvalidSpec.Error()+": ")
+	reason, sentinel := ReasonInvalidSpec, ErrInvalidSpec
+	if errors.Is(why, ErrInUse) {
+		reason, sentinel = ReasonInUse, ErrInUse
+	}
+	msg := strings.TrimPrefix(why.Error(), sentinel.Error()+": ")
 	switch {
 	case rec == nil:
 		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name), Spec: spec, Status: events.NetworkStatusRejected}
@@ -127,7 +222,7 @@ func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uin
 	default:
 		msg = "new version not stored: " + msg
 	}
-	rec.Reason, rec.Message = ReasonInvalidSpec, msg
+	rec.Reason, rec.Message = reason, msg
 	_, err := s.store.put(ctx, rec, rev)
 	return err
 }
@@ -225,7 +320,10 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 	if err := s.checkSpec(ctx, name, v.Spec); err != nil {
 		return s.refuse(ctx, rec, rev, name, v.Spec, err)
 	}
-	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version), eventID(cause)); err != nil {
+	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version), eventID(cause)); refusal(err) {
+		s.log.Warn("network restore refused", "network", name, "version", version, "err", err)
+		return s.refuse(ctx, rec, rev, name, v.Spec, err)
+	} else if err != nil {
 		return err
 	}
 	return s.reconcileLocked(ctx, cause, name)

@@ -53,6 +53,11 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 	)
 	for i, name := range svc.Spec.Networks {
 		prof, err := s.profile(ctx, svc, name)
+		if errors.Is(err, ipam.ErrReaddressing) {
+			// Another replica is changing the network's addressing: the
+			// address is taken from its next version.
+			return bus.RetryAfter(fmt.Errorf("network service %s on network %s: %w", svc.Metadata.Name, name, err), time.Second)
+		}
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("spec.networks[%d]: %v", i, err))
 			if errors.Is(err, errNoAppliedVersion) {
@@ -135,7 +140,7 @@ var errNoAppliedVersion = errors.New("does not exist or has no applied version")
 // taken from the network's pool once (a repeated declaration keeps it).
 func (s *Service) profile(ctx context.Context, svc events.NetworkService, network string) (events.ServiceProfile, error) {
 	defer s.uses.RLock(network)()
-	rec, _, err := s.store.get(ctx, network)
+	rec, rev, err := s.store.get(ctx, network)
 	if err != nil {
 		return events.ServiceProfile{}, err
 	}
@@ -146,6 +151,7 @@ func (s *Service) profile(ctx context.Context, svc events.NetworkService, networ
 	if err != nil {
 		return events.ServiceProfile{}, err
 	}
+	pl.Record = rev
 	alloc, err := s.ipam.Allocate(ctx, pl, serviceOwner(svc.Metadata.Name))
 	if err != nil {
 		return events.ServiceProfile{}, fmt.Errorf("%s: %w", ReasonServiceNoAddress, err)

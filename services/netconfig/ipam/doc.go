@@ -21,7 +21,10 @@
 // allocations against a delete of the network across replicas: an
 // allocation commits by a compare-and-set on it, a delete marks it before
 // counting the addresses, so a delete never misses an address allocated
-// concurrently by another replica.
+// concurrently by another replica. A change of the network's addressing
+// raises the same fence above the network record it read before listing
+// the addresses, and an allocation made from an older record gives its
+// address back, so the change never misses one either.
 //
 // The lowest free address is handed out first; the network address, the
 // broadcast address and the gateway are never handed out. MAC addresses are

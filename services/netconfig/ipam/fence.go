@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -25,10 +26,30 @@ import (
 // and then the allocation's write fails on the revision, sees the mark and
 // gives its address back. So a network is never deleted while an address
 // on it is held.
+//
+// The same fence orders allocations against a change of the network's
+// addressing (a version with another CIDR or gateway), which must not be
+// stored while an address it would leave out is held: the change raises
+// the fence's MinRecord above the revision of the network record it read,
+// then lists the addresses, then stores the new version with a
+// compare-and-set on that revision. An allocation carries the revision of
+// the record its pool came from (Pool.Record) and commits only if it is
+// not below MinRecord. Of an allocation and such a change racing, either
+// the allocation commits first, and then the change lists its address, or
+// the change raises the fence first, and then the allocation, made from
+// the record as it was, gives its address back and is tried again on the
+// record that follows. An allocation from a record written after the one
+// the change read (a recount, a push) may commit, but that write fails the
+// change's compare-and-set, and the change is tried again.
 
 // ErrNetworkDeleting is returned (wrapped) by Allocate while the network is
 // being deleted.
 var ErrNetworkDeleting = errors.New("network is being deleted")
+
+// ErrReaddressing is returned (wrapped) by Allocate for an allocation made
+// from a network record older than the fence allows: the network's
+// addressing is being changed. Read the record again and allocate again.
+var ErrReaddressing = errors.New("network addressing is changing")
 
 // fence is the value of a network's fence key.
 type fence struct {
@@ -36,6 +57,9 @@ type fence struct {
 	Deleting bool `json:"deleting,omitempty"`
 	// Since is when Deleting was set (shown to a person; never compared).
 	Since time.Time `json:"since,omitzero"`
+	// MinRecord is the oldest revision of the network record an allocation
+	// may have taken its pool from (see HoldAddressing).
+	MinRecord uint64 `json:"minRecord,omitempty"`
 }
 
 // fenceKey has three tokens, like a pod binding, so that neither the
@@ -53,8 +77,9 @@ func fenceKey(network string) string { return network + ".fence.allocations" }
 // each, and the allocations no longer race each other for the fence. The
 // order the fence guarantees is the same for each of them: its address key
 // was created before the write that commits it was read and made.
-func (a *Allocator) commit(ctx context.Context, network, ip string, addrRev uint64) error {
-	w := &pendingCommit{ip: ip, rev: addrRev, done: make(chan error, 1)}
+func (a *Allocator) commit(ctx context.Context, pool Pool, ip string, addrRev uint64) error {
+	network := pool.Network
+	w := &pendingCommit{ip: ip, rev: addrRev, record: pool.Record, done: make(chan error, 1)}
 	a.fmu.Lock()
 	g := a.fences[network]
 	if g == nil {
@@ -87,9 +112,12 @@ type fenceGroup struct {
 }
 
 type pendingCommit struct {
-	ip   string
-	rev  uint64
-	done chan error
+	ip  string
+	rev uint64
+	// record is the revision of the network record the allocation's pool
+	// came from (Pool.Record).
+	record uint64
+	done   chan error
 }
 
 // fenceWriteTimeout bounds one group's fence write (its reads and
@@ -123,15 +151,24 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 			return
 		}
 		if f.Deleting {
-			for _, w := range batch {
-				err := a.kv.Delete(ctx, events.IPAllocationKey(network, w.ip), jetstream.LastRevision(w.rev))
-				if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !record.Conflict(err) {
-					w.done <- fmt.Errorf("give back %s on %s: %w", w.ip, network, err)
-					continue
-				}
-				w.done <- fmt.Errorf("allocate %s on %s: %w", w.ip, network, ErrNetworkDeleting)
-			}
+			a.giveBack(ctx, network, batch, ErrNetworkDeleting)
 			return
+		}
+		if f.MinRecord > 0 {
+			// Allocations made from a record older than an addressing
+			// change allows go back; the others commit.
+			var stale []*pendingCommit
+			batch = slices.DeleteFunc(batch, func(w *pendingCommit) bool {
+				if w.record > 0 && w.record < f.MinRecord {
+					stale = append(stale, w)
+					return true
+				}
+				return false
+			})
+			a.giveBack(ctx, network, stale, ErrReaddressing)
+			if len(batch) == 0 {
+				return
+			}
 		}
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			finish(batch, nil)
@@ -142,6 +179,19 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 		}
 	}
 	finish(batch, fmt.Errorf("allocate on %s: fence: lost %d races, giving up for now", network, maxCreateRaces))
+}
+
+// giveBack deletes the addresses of allocations the fence refuses and
+// tells each why.
+func (a *Allocator) giveBack(ctx context.Context, network string, batch []*pendingCommit, why error) {
+	for _, w := range batch {
+		err := a.kv.Delete(ctx, events.IPAllocationKey(network, w.ip), jetstream.LastRevision(w.rev))
+		if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !record.Conflict(err) {
+			w.done <- fmt.Errorf("give back %s on %s: %w", w.ip, network, err)
+			continue
+		}
+		w.done <- fmt.Errorf("allocate %s on %s: %w", w.ip, network, why)
+	}
 }
 
 func finish(batch []*pendingCommit, err error) {
@@ -162,7 +212,8 @@ func (a *Allocator) BeginDelete(ctx context.Context, network string) error {
 		if f.Deleting {
 			return nil
 		}
-		if err := a.writeFence(ctx, network, fence{Deleting: true, Since: a.now().UTC()}, rev); err == nil {
+		f.Deleting, f.Since = true, a.now().UTC()
+		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			return nil
 		} else if !record.Conflict(err) {
 			return fmt.Errorf("begin delete of %s: %w", network, err)
@@ -181,13 +232,62 @@ func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
 		if !f.Deleting {
 			return nil
 		}
-		if err := a.writeFence(ctx, network, fence{}, rev); err == nil {
+		f.Deleting, f.Since = false, time.Time{}
+		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			return nil
 		} else if !record.Conflict(err) {
 			return fmt.Errorf("abort delete of %s: %w", network, err)
 		}
 	}
 	return fmt.Errorf("abort delete of %s: lost %d races for the fence", network, maxCreateRaces)
+}
+
+// HoldAddressing makes every allocation on the network made from a record
+// older than minRecord give its address back (ErrReaddressing), from now
+// on: a change of the network's addressing calls it with one more than the
+// revision of the record it read, lists the addresses, and stores its new
+// version at that revision (the record's next revision is then the new
+// version). It returns the value it replaced, for ReleaseAddressing when
+// the change is not stored. MinRecord never goes down here.
+func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (uint64, error) {
+	for range maxCreateRaces {
+		f, rev, err := a.readFence(ctx, network)
+		if err != nil {
+			return 0, err
+		}
+		prev := f.MinRecord
+		if prev >= minRecord {
+			return prev, nil
+		}
+		f.MinRecord = minRecord
+		if err := a.writeFence(ctx, network, f, rev); err == nil {
+			return prev, nil
+		} else if !record.Conflict(err) {
+			return 0, fmt.Errorf("hold addressing of %s: %w", network, err)
+		}
+	}
+	return 0, fmt.Errorf("hold addressing of %s: lost %d races for the fence", network, maxCreateRaces)
+}
+
+// ReleaseAddressing lifts HoldAddressing(held) when the change was not
+// stored: MinRecord returns to prev unless it moved since.
+func (a *Allocator) ReleaseAddressing(ctx context.Context, network string, held, prev uint64) error {
+	for range maxCreateRaces {
+		f, rev, err := a.readFence(ctx, network)
+		if err != nil {
+			return err
+		}
+		if f.MinRecord != held || held == prev {
+			return nil
+		}
+		f.MinRecord = prev
+		if err := a.writeFence(ctx, network, f, rev); err == nil {
+			return nil
+		} else if !record.Conflict(err) {
+			return fmt.Errorf("release addressing of %s: %w", network, err)
+		}
+	}
+	return fmt.Errorf("release addressing of %s: lost %d races for the fence", network, maxCreateRaces)
 }
 
 // ForgetNetwork removes the fence of a deleted network, so that a network

@@ -3,6 +3,7 @@ package ipam_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 
@@ -114,4 +115,100 @@ func lastSeq(t *testing.T, kv jetstream.KeyValue) uint64 {
 		t.Fatal(err)
 	}
 	return st.(*jetstream.KeyValueBucketStatus).StreamInfo().State.LastSeq
+}
+
+// Two replicas race: one allocates from the network record it read
+// (revision 5) while the other changes the network's addressing: it holds
+// allocations from records before revision 6, then lists the addresses.
+// Whatever the interleaving, every allocation that succeeded is in the
+// listing; after the hold only allocations from the new record (revision
+// 6, or 0: unknown) succeed, and releasing the hold lets the old record's
+// through again.
+func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
+	kv := ipamKV(t)
+	allocator, changer := ipam.New(kv), ipam.New(kv)
+	ctx := context.Background()
+	for round := range 20 {
+		old := pool(t, "readdress", "10.9.0.0/24", "10.9.0.1")
+		old.Record = 5
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var won []string
+		for i := range 8 {
+			wg.Go(func() {
+				a, err := allocator.Allocate(ctx, old, owner(round*100+i))
+				switch {
+				case err == nil:
+					mu.Lock()
+					won = append(won, a.IP)
+					mu.Unlock()
+				case !errors.Is(err, ipam.ErrReaddressing):
+					t.Errorf("allocate: %v", err)
+				}
+			})
+		}
+		var listed []string
+		var prev uint64
+		wg.Go(func() {
+			var err error
+			if prev, err = changer.HoldAddressing(ctx, "readdress", 6); err != nil {
+				t.Errorf("hold: %v", err)
+				return
+			}
+			allocs, err := changer.Allocations(ctx, "readdress")
+			if err != nil {
+				t.Errorf("list: %v", err)
+			}
+			for _, a := range allocs {
+				listed = append(listed, a.IP)
+			}
+		})
+		wg.Wait()
+		for _, ip := range won {
+			if !slices.Contains(listed, ip) {
+				t.Fatalf("round %d: %s was allocated and the change's listing %v missed it", round, ip, listed)
+			}
+		}
+		if _, err := allocator.Allocate(ctx, old, owner(round*100+99)); !errors.Is(err, ipam.ErrReaddressing) {
+			t.Fatalf("round %d: allocation from the old record during the change: %v, want ErrReaddressing", round, err)
+		}
+		next := old
+		next.Record = 6
+		if _, err := allocator.Allocate(ctx, next, owner(round*100+98)); err != nil {
+			t.Fatalf("round %d: allocation from the new record: %v", round, err)
+		}
+		if err := changer.ReleaseAddressing(ctx, "readdress", 6, prev); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := allocator.Allocate(ctx, old, owner(round*100+97)); err != nil {
+			t.Fatalf("round %d: allocation from the old record after the release: %v", round, err)
+		}
+		for i := range 100 {
+			if _, err := allocator.Release(ctx, "readdress", owner(round*100+i).UID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// A delete begun and aborted while an addressing change holds allocations
+// keeps the hold.
+func TestDeleteKeepsTheAddressingHold(t *testing.T) {
+	kv := ipamKV(t)
+	a := ipam.New(kv)
+	ctx := context.Background()
+	if _, err := a.HoldAddressing(ctx, "n", 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.BeginDelete(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.AbortDelete(ctx, "n"); err != nil {
+		t.Fatal(err)
+	}
+	p := pool(t, "n", "10.9.0.0/24", "")
+	p.Record = 9
+	if _, err := a.Allocate(ctx, p, owner(1)); !errors.Is(err, ipam.ErrReaddressing) {
+		t.Fatalf("allocation from an old record after a delete was aborted: %v, want ErrReaddressing", err)
+	}
 }

@@ -48,6 +48,10 @@ type Pool struct {
 	Prefix netip.Prefix
 	// Gateway, when valid, is reserved and never handed out.
 	Gateway netip.Addr
+	// Record is the revision of the network record the pool was read
+	// from: an allocation from a record older than an addressing change
+	// allows is given back (fence.go). 0 (unknown) is never given back.
+	Record uint64
 }
 
 // PoolOf builds the pool of a network spec.
@@ -88,6 +92,19 @@ func (p Pool) Usable() int {
 		}
 	}
 	return n
+}
+
+// Holds reports whether the pool could hand out ip: inside the prefix,
+// neither its network nor its broadcast address, not the gateway. An
+// address allocated from another pool that this one does not hold is
+// invalid under it.
+func (p Pool) Holds(ip netip.Addr) bool {
+	if !ip.Is4() || !p.Prefix.Contains(ip) || ip == p.Gateway {
+		return false
+	}
+	first, last := p.bounds()
+	v := toUint(ip)
+	return v >= first && v <= last
 }
 
 // Owner is the pod an address is allocated to.
@@ -193,7 +210,7 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
 			a.setHint(pool.Network, v+1)
-			return alloc, a.commit(ctx, pool.Network, ip, rev)
+			return alloc, a.commit(ctx, pool, ip, rev)
 		}
 		if !record.Conflict(err) {
 			return events.IPAllocation{}, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
@@ -435,7 +452,7 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
-			return alloc, true, a.commit(ctx, pool.Network, ip, rev)
+			return alloc, true, a.commit(ctx, pool, ip, rev)
 		}
 		if !record.Conflict(err) {
 			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)

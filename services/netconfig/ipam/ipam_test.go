@@ -61,6 +61,28 @@ func TestUsable(t *testing.T) {
 	}
 }
 
+func TestHolds(t *testing.T) {
+	tests := []struct {
+		name, cidr, gw, ip string
+		want               bool
+	}{
+		{"inside", "10.0.0.0/24", "10.0.0.1", "10.0.0.7", true},
+		{"outside", "10.0.0.0/24", "10.0.0.1", "10.0.1.7", false},
+		{"network address", "10.0.0.0/24", "", "10.0.0.0", false},
+		{"broadcast address", "10.0.0.0/24", "", "10.0.0.255", false},
+		{"gateway", "10.0.0.0/24", "10.0.0.1", "10.0.0.1", false},
+		{"narrower prefix cuts the top off", "10.0.0.0/25", "10.0.0.1", "10.0.0.200", false},
+		{"wider prefix keeps it", "10.0.0.0/23", "10.0.0.1", "10.0.0.255", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pool(t, "n", tt.cidr, tt.gw).Holds(netip.MustParseAddr(tt.ip)); got != tt.want {
+				t.Fatalf("%s holds %s = %v, want %v", tt.cidr, tt.ip, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestPoolOfRejectsBadInput(t *testing.T) {
 	for _, spec := range []events.NetworkSpec{{CIDR: "10.0.0.1/24"}, {CIDR: "nope"}, {CIDR: "10.0.0.0/24", Gateway: "10.1.0.1"}} {
 		if _, err := ipam.PoolOf("n", spec); !errors.Is(err, ipam.ErrInvalidPool) {
