@@ -333,6 +333,35 @@ func (d VMDisk) SizeMiB() int64 {
 	return m
 }
 
+// VMBootDiskName is the name of a VM's boot disk: its file is root.vmdk in
+// the VM's directory, beside the extra disks' (<name>.vmdk), so no extra
+// disk may take it.
+const VMBootDiskName = "root"
+
+// ChangeRefused says why a VM that exists with spec prev cannot take next,
+// naming each field; nil when it can. A disk keeps its size or grows:
+// vSphere extends a virtual disk in place but never shrinks one (nor could
+// the guest's filesystem on it lose its end). A disk of another name, or
+// one removed and declared again, is not compared here: the controller
+// refuses a file it finds larger than declared.
+func (next VirtualMachineSpec) ChangeRefused(prev VirtualMachineSpec) error {
+	was := map[string]VMDisk{}
+	for _, d := range prev.Disks {
+		was[d.Name] = d
+	}
+	var errs field.ErrorList
+	for i, d := range next.Disks {
+		old, ok := was[d.Name]
+		if !ok || d.SizeMiB() >= old.SizeMiB() {
+			continue
+		}
+		errs = append(errs, field.Forbidden(field.NewPath("spec", "disks").Index(i).Child("size"), fmt.Sprintf(
+			"disk %s is %s (%d MiB) and cannot shrink to %s (%d MiB): vSphere extends a virtual disk but never shrinks one; declare %s or more, or a disk of another name",
+			d.Name, old.Size, old.SizeMiB(), d.Size, d.SizeMiB(), old.Size)))
+	}
+	return asError(errs)
+}
+
 // EffectivePowerState is PowerState with the default applied.
 func (s VirtualMachineSpec) EffectivePowerState() string {
 	if s.PowerState == "" {
@@ -391,6 +420,10 @@ func (s *VirtualMachineSpec) validate(p *field.Path) field.ErrorList {
 	for i, d := range s.Disks {
 		dp := p.Child("disks").Index(i)
 		errs = append(errs, validateDNSLabel(dp.Child("name"), d.Name)...)
+		if d.Name == VMBootDiskName {
+			errs = append(errs, field.Invalid(dp.Child("name"), d.Name,
+				"is the boot disk's name (its file root.vmdk is beside the extra disks' in the VM's directory); choose another"))
+		}
 		if seen[d.Name] {
 			errs = append(errs, field.Duplicate(dp.Child("name"), d.Name))
 		}
@@ -411,10 +444,10 @@ const (
 	// VMPhaseCreating: placed; the VM is being created in vCenter.
 	VMPhaseCreating = "Creating"
 	// VMPhaseReady: the VM exists and is in its declared power state with
-	// its declared class and networks.
+	// its declared class, networks and disks.
 	VMPhaseReady = "Ready"
 	// VMPhaseUpdating: a changed declaration is being applied (resize,
-	// NICs, power state).
+	// NICs, disks, power state).
 	VMPhaseUpdating = "Updating"
 	// VMPhaseMigrating: the VM is moving to another host.
 	VMPhaseMigrating = "Migrating"
@@ -432,8 +465,11 @@ const (
 	VMConditionCreated         = "Created"
 	// VMConditionPowerStateSynced: status.powerState equals the declared one.
 	VMConditionPowerStateSynced = "PowerStateSynced"
-	// VMConditionHardwareSynced: the VM has its class's size (False with
-	// reason ResizePending while a resize waits for a power-off).
+	// VMConditionHardwareSynced: the VM's devices, read back from vCenter
+	// after they were applied, match the declaration: its class's CPUs
+	// and memory, one NIC per attached network, and each of spec.disks
+	// attached at its size (False with the reason and the difference
+	// otherwise, e.g. DiskShrinkRefused).
 	VMConditionHardwareSynced = "HardwareSynced"
 )
 

@@ -69,3 +69,54 @@ spec: {className: small, imageName: vmos, powerState: Running, networks: [defaul
 		}
 	}
 }
+
+// A VM's disks keep their size or grow: vSphere extends a virtual disk
+// but never shrinks one, so a declaration that shrinks a disk is refused
+// naming the disk, both sizes and the field.
+func TestVMChangeRefusedShrinkingADisk(t *testing.T) {
+	prev := VirtualMachineSpec{Disks: []VMDisk{{Name: "data", Size: "128Mi"}, {Name: "logs", Size: "1Gi"}}}
+	tests := []struct {
+		name      string
+		next      []VMDisk
+		wantField string // "" when the change is taken
+		wantMsg   []string
+	}{
+		{name: "unchanged", next: prev.Disks},
+		{name: "grown", next: []VMDisk{{Name: "data", Size: "256Mi"}, {Name: "logs", Size: "1Gi"}}},
+		{name: "same size in other units", next: []VMDisk{{Name: "data", Size: "128Mi"}, {Name: "logs", Size: "1024Mi"}}},
+		{name: "removed and added", next: []VMDisk{{Name: "scratch", Size: "1Mi"}}},
+		{name: "shrunk", next: []VMDisk{{Name: "logs", Size: "1Gi"}, {Name: "data", Size: "64Mi"}},
+			wantField: "spec.disks[1].size", wantMsg: []string{"disk data is 128Mi (128 MiB)", "cannot shrink to 64Mi (64 MiB)", "declare 128Mi or more"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := VirtualMachineSpec{Disks: tt.next}.ChangeRefused(prev)
+			if tt.wantField == "" {
+				if err != nil {
+					t.Fatalf("ChangeRefused = %v, want the change taken", err)
+				}
+				return
+			}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Field() != tt.wantField {
+				t.Fatalf("ChangeRefused = %v, want a refusal of %s", err, tt.wantField)
+			}
+			for _, w := range tt.wantMsg {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("refusal %q does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// The boot disk's name is not an extra disk's: both would be root.vmdk in
+// the VM's directory.
+func TestVMDiskNamedRootIsRefused(t *testing.T) {
+	vm := VirtualMachine{Metadata: NamespacedMeta{Name: "vm1"}, Spec: VirtualMachineSpec{ClassName: "small", ImageName: "vmos",
+		Disks: []VMDisk{{Name: "data", Size: "1Gi"}, {Name: VMBootDiskName, Size: "1Gi"}}}}
+	var ve *ValidationError
+	if err := vm.Validate(); !errors.As(err, &ve) || ve.Field() != "spec.disks[1].name" {
+		t.Fatalf("Validate = %v, want spec.disks[1].name refused", err)
+	}
+}

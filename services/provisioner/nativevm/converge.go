@@ -79,13 +79,13 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 			return c.failed(ctx, cause, rec, events.VMConditionCreated, "CreateFailed", err)
 		}
 	} else if err := c.update(ctx, rec, vm); err != nil {
-		return c.failed(ctx, cause, rec, events.VMConditionHardwareSynced, "UpdateFailed", err)
+		return c.failed(ctx, cause, rec, events.VMConditionHardwareSynced, bus.ReasonOf(err, "UpdateFailed"), err)
 	}
 	if err := c.setPower(ctx, vm, rec.Spec.PowerState); err != nil {
 		return c.failed(ctx, cause, rec, events.VMConditionPowerStateSynced, "PowerFailed", err)
 	}
 	var mvm mo.VirtualMachine
-	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware", "datastore"}, &mvm); err != nil {
+	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware", "config.extraConfig", "datastore"}, &mvm); err != nil {
 		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
 	}
 	datastores, err := c.datastoreNames(ctx, mvm.Datastore)
@@ -96,6 +96,12 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	host, err := c.hostName(ctx, mvm.Runtime.Host)
 	if err != nil {
 		return err
+	}
+	// HardwareSynced says what vCenter reports now, not that a reconfigure
+	// was sent: a device it did not take is a difference, retried.
+	differs := hardwareDiffers(rec, mvm.Config)
+	if differs != "" {
+		phase = events.VMPhaseUpdating
 	}
 	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
 		now := c.now().UTC()
@@ -111,7 +117,11 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 			r.Status.IPs = append(r.Status.IPs, n.IP)
 		}
 		r.SetCondition(events.VMConditionCreated, events.ConditionTrue, "", vm.Reference().Value, now)
-		r.SetCondition(events.VMConditionHardwareSynced, events.ConditionTrue, "", "", now)
+		if differs == "" {
+			r.SetCondition(events.VMConditionHardwareSynced, events.ConditionTrue, "", "", now)
+		} else {
+			r.SetCondition(events.VMConditionHardwareSynced, events.ConditionFalse, reasonHardwareDiffers, differs, now)
+		}
 		if power == r.Spec.PowerState {
 			r.SetCondition(events.VMConditionPowerStateSynced, events.ConditionTrue, "", power, now)
 		} else {
@@ -123,8 +133,15 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		return err
 	}
 	c.publishStatus(ctx, cause, out)
+	if differs != "" {
+		return fmt.Errorf("VM %s after its update: %s", vm.Reference().Value, differs)
+	}
 	return nil
 }
+
+// reasonHardwareDiffers is the HardwareSynced condition's reason when the
+// VM's devices, read back, are not the declared ones.
+const reasonHardwareDiffers = "HardwareDiffers"
 
 func (c *Controller) markPhase(ctx context.Context, cause *event.Event, rec *events.VMRecord, phase string) error {
 	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
@@ -429,6 +446,7 @@ func extraConfig(rec *events.VMRecord) []types.BaseOptionValue {
 		&types.OptionValue{Key: GuestinfoUserData, Value: b64(rec.Spec.UserData)},
 		&types.OptionValue{Key: GuestinfoUserDataEncoding, Value: "base64"},
 		&types.OptionValue{Key: "guestinfo.podvisor.vm", Value: rec.Key()},
+		&types.OptionValue{Key: disksKey, Value: disksValue(rec.Spec.Disks)},
 	}
 }
 
@@ -453,7 +471,8 @@ func Metadata(rec *events.VMRecord) string {
 }
 
 // update applies a changed declaration to an existing VM: hardware (only
-// powered off), NICs, cloud-init data.
+// powered off), extra disks (hot-added, extended, detached: disks.go),
+// NICs, cloud-init data.
 func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *object.VirtualMachine) error {
 	var m mo.VirtualMachine
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime.powerState"}, &m); err != nil {
@@ -462,8 +481,15 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	if m.Config == nil {
 		return fmt.Errorf("VM %s has no configuration yet", vm.Reference().Value)
 	}
+	// Disks are planned first: a refused one (declared smaller than it
+	// is) leaves the VM untouched, not even powered off for a resize.
+	disks, err := c.planDisks(ctx, rec, m.Config)
+	if err != nil {
+		return err
+	}
 	var spec types.VirtualMachineConfigSpec
-	changed := false
+	changed := !disks.empty()
+	spec.DeviceChange = disks.changes
 	resize := m.Config.Hardware.NumCPU != rec.Size.CPUs || int64(m.Config.Hardware.MemoryMB) != rec.Size.MemoryMiB
 	if resize {
 		// vSphere resizes a powered-off VM (no hot-add here): power off,
@@ -481,7 +507,13 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 		have[o.GetOptionValue().Key] = o.GetOptionValue().Value
 	}
 	for _, o := range want {
-		if have[o.GetOptionValue().Key] != o.GetOptionValue().Value {
+		// vSphere removes a key set to "": a key it does not have is
+		// one set to "", not a difference to write again every time.
+		v, ok := have[o.GetOptionValue().Key]
+		if !ok {
+			v = ""
+		}
+		if v != o.GetOptionValue().Value {
 			spec.ExtraConfig = want
 			changed = true
 			break
@@ -522,6 +554,9 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	if !changed {
 		return nil
 	}
+	if err := c.extendFiles(ctx, disks); err != nil {
+		return err
+	}
 	task, err := vm.Reconfigure(ctx, spec)
 	if err == nil {
 		_, err = task.WaitForResult(ctx)
@@ -529,7 +564,8 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	if err != nil {
 		return fmt.Errorf("reconfigure %s: %w", vm.Reference().Value, err)
 	}
-	c.log.Info("native VM reconfigured", "vm", rec.Key(), "resize", resize, "nics", len(rec.Status.NICs))
+	c.log.Info("native VM reconfigured", "vm", rec.Key(), "resize", resize, "nics", len(rec.Status.NICs),
+		"disks_added", disks.added, "disks_attached", disks.attached, "disks_grown", disks.grown, "disks_detached", disks.removed)
 	return nil
 }
 
@@ -567,12 +603,43 @@ func (c *Controller) setPower(ctx context.Context, vm *object.VirtualMachine, wa
 }
 
 // destroy powers the VM off and destroys it (its boot disk copy and extra
-// disks go with it); a VM that is not there counts as destroyed.
+// disks go with it), then removes its directory: the disks removed from
+// its spec were kept there (disks.go), and vCenter deletes only the files
+// of a VM's devices. A VM that is not there counts as destroyed; the files
+// it left go all the same.
 func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
-	vm, err := c.findVM(ctx, events.NativeVMName(rec.UID))
-	if err != nil || vm == nil {
+	name := events.NativeVMName(rec.UID)
+	vm, err := c.findVM(ctx, name)
+	if err != nil {
 		return err
 	}
+	if vm != nil {
+		if err := c.destroyVM(ctx, vm, name); err != nil {
+			return err
+		}
+	}
+	for _, ds := range c.dirDatastores(rec) {
+		c.removeDirectory(ctx, ds, name)
+	}
+	if vm != nil {
+		c.log.Info("native VM destroyed", "vm", rec.Key())
+	}
+	return nil
+}
+
+// dirDatastores are the datastores where the VM's directory may be: where
+// an evicted VM left its files, and those the VM used when last seen.
+func (c *Controller) dirDatastores(rec *events.VMRecord) []string {
+	out := slices.Clone(rec.Status.Datastores)
+	if rec.DisksOn != "" && !slices.Contains(out, rec.DisksOn) {
+		out = append(out, rec.DisksOn)
+	}
+	return out
+}
+
+// destroyVM destroys vm (named name), or removes it from the inventory when
+// its host does not respond, and checks that it is gone.
+func (c *Controller) destroyVM(ctx context.Context, vm *object.VirtualMachine, name string) error {
 	if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil && !isNotFound(err) && !hostDown(err) {
 		return err
 	}
@@ -583,27 +650,20 @@ func (c *Controller) destroy(ctx context.Context, rec *events.VMRecord) error {
 	if hostDown(err) {
 		// Its host does not respond (an evicted VM not made again yet):
 		// vCenter lets it be removed from the inventory only; its files
-		// go through the datastore.
+		// go through the datastore (destroy).
 		if uerr := vm.Unregister(ctx); uerr != nil && !isNotFound(uerr) {
 			return fmt.Errorf("destroy %s: %v; unregister: %w", vm.Reference().Value, err, uerr)
-		}
-		if ds := rec.DisksOn; ds != "" || len(rec.Status.Datastores) > 0 {
-			if ds == "" {
-				ds = rec.Status.Datastores[0]
-			}
-			c.removeDirectory(ctx, ds, events.NativeVMName(rec.UID))
 		}
 		err = nil
 	}
 	if err != nil && !isNotFound(err) {
 		return fmt.Errorf("destroy %s: %w", vm.Reference().Value, err)
 	}
-	if again, err := c.findVM(ctx, events.NativeVMName(rec.UID)); err != nil {
+	if again, err := c.findVM(ctx, name); err != nil {
 		return err
 	} else if again != nil {
 		return fmt.Errorf("destroy %s: VM still present", vm.Reference().Value)
 	}
-	c.log.Info("native VM destroyed", "vm", rec.Key())
 	return nil
 }
 

@@ -54,8 +54,8 @@ func (c *Controller) deploy(ctx context.Context, rec *events.VMRecord, h *object
 }
 
 // fitDeployed gives a deployed template what the declaration adds: the
-// OCI boot disk (if any) in place of the template's first disk, the extra
-// disks, then the class's size, cloud-init data and NICs (update).
+// OCI boot disk (if any) in place of the template's first disk, then the
+// extra disks, the class's size, cloud-init data and NICs (update).
 func (c *Controller) fitDeployed(ctx context.Context, rec *events.VMRecord, vm *object.VirtualMachine, ds, name string) error {
 	var m mo.VirtualMachine
 	if err := vm.Properties(ctx, vm.Reference(), []string{"config.hardware.device"}, &m); err != nil {
@@ -83,29 +83,17 @@ func (c *Controller) fitDeployed(ctx context.Context, rec *events.VMRecord, vm *
 		}
 		changes = append(changes, diskChange(boot, capacity, ctrl, 0, ""))
 	}
-	used := map[int32]bool{7: true} // unit 7 is the controller's own
-	for _, d := range devices.SelectByType((*types.VirtualDisk)(nil)) {
-		if d.GetVirtualDevice().ControllerKey == ctrl && d.GetVirtualDevice().UnitNumber != nil {
-			used[*d.GetVirtualDevice().UnitNumber] = true
-		}
+	// The VM says it has no extra disks yet (disksKey): the template's
+	// disks in its directory are not podvisor's to detach. The extra
+	// disks are then added as to any VM that exists (update, disks.go),
+	// on the template's SCSI controller after its disks.
+	task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: changes,
+		ExtraConfig: []types.BaseOptionValue{&types.OptionValue{Key: disksKey, Value: disksValue(nil)}}})
+	if err == nil {
+		_, err = task.WaitForResult(ctx)
 	}
-	unit := int32(0)
-	for _, d := range rec.Spec.Disks {
-		for used[unit] {
-			unit++
-		}
-		used[unit] = true
-		changes = append(changes, diskChange(fmt.Sprintf("[%s] %s/%s.vmdk", ds, name, d.Name), d.SizeMiB()<<20, ctrl, unit,
-			types.VirtualDeviceConfigSpecFileOperationCreate))
-	}
-	if len(changes) > 0 {
-		task, err := vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: changes})
-		if err == nil {
-			_, err = task.WaitForResult(ctx)
-		}
-		if err != nil {
-			return fmt.Errorf("add the disks of %s to the deployed VM %s: %w", rec.Key(), name, err)
-		}
+	if err != nil {
+		return fmt.Errorf("fit the deployed VM %s for %s: %w", name, rec.Key(), err)
 	}
 	return c.update(ctx, rec, vm)
 }

@@ -22,12 +22,22 @@
 //     (guestinfo.userdata, guestinfo.metadata, base64);
 //   - an existing VM gets its changes: a resize powers it off first
 //     (vSphere changes CPUs and memory of a powered-off VM), NICs are
-//     added or removed, changed user data is rewritten;
+//     added or removed, changed user data is rewritten, and its extra
+//     disks follow spec.disks while it runs (disks.go): a disk added is
+//     created and hot-added (a file of its name already in the VM's
+//     directory is attached, data and all), a disk grown is extended in
+//     place, a disk removed is detached and its file kept until the VM is
+//     deleted; a disk is never shrunk (the declaration is refused, and a
+//     file found larger than declared fails the update, DiskShrinkRefused);
 //   - then its power state is set as declared (PoweredOn, PoweredOff,
 //     Suspended).
 //
 // The record's status (phase, powerState, host, ips, conditions) says only
 // what was done; every change is also published as vm.status.
+// HardwareSynced is read back, not assumed: True only when the devices
+// vCenter reports (CPUs, memory, NICs, each extra disk at its size) are
+// the declared ones, False with the difference (HardwareDiffers, retried)
+// otherwise.
 //
 // # Images
 //

@@ -201,6 +201,13 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, ns string, m
 		if !r.DeletionRequestedAt.IsZero() {
 			return refuse("Deleting", "metadata.name", "VM %s is being deleted; declare it again once it is gone", r.Key())
 		}
+		if exists {
+			// Refused before anything is recorded or touched (a shrunk
+			// disk): the VM stays as its last declaration made it.
+			if err := spec.ChangeRefused(r.Spec); err != nil {
+				return bus.Permanent(fmt.Errorf("VM %s: %w", r.Key(), err))
+			}
+		}
 		if exists && reflect.DeepEqual(r.Spec, spec) && r.Size == size && reflect.DeepEqual(r.Labels, meta.Labels) &&
 			reflect.DeepEqual(r.Annotations, meta.Annotations) {
 			return record.ErrUnchanged

@@ -176,6 +176,20 @@ func TestVMFromContentLibrary(t *testing.T) {
 		t.Errorf("guestinfo %v: want the cloud-init data", info)
 	}
 
+	// The extra disk removed from the spec is detached; the template's
+	// disk, in the same directory, is the VM's own and stays.
+	decl.VM.Spec.Disks = nil
+	r = e.apply(decl, e.dc.Hosts()[1])
+	hardwareSynced(t, r, events.ConditionTrue)
+	left, _ := e.disks(vm)
+	if _, ok := left["data.vmdk"]; ok || len(left) != 1 {
+		t.Errorf("disks %v after data was removed from the spec: want only the template's", left)
+	}
+	for _, d := range left {
+		if d.Capacity != 1<<30 {
+			t.Errorf("disks %v after data was removed from the spec: want only the template's", left)
+		}
+	}
 }
 
 // TestVMFromContentLibraryBootsTheOCIRoot: an image with both sources is
