@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -180,13 +181,16 @@ func (s *Service) vmRecord(ctx context.Context, ns, name string) (*events.VMReco
 // it, as for a pod's migration.
 func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *events.VMMigrateRequested) error {
 	annotate(ctx, e.ObjectKey(), "")
+	// source is the VM's host once known: the refusal names it, so the
+	// drain of that host finds the move it answers.
+	source := ""
 	refuse := func(uid, reason, msg string) error {
 		s.log.Info("vm migration rejected", "migration", e.ID, "reason", reason, "message", msg)
 		if uid == "" {
 			uid = "unknown"
 		}
 		return s.out.Emit(ctx, &m.Event, &events.VMMigrated{ID: e.ID, VMRef: events.VMRef{Namespace: e.Namespace, Name: e.Name, UID: uid},
-			SourceHost: "unknown", Reason: reason, Message: msg})
+			SourceHost: cmp.Or(source, "unknown"), Reason: reason, Message: msg})
 	}
 	rec, err := s.vmRecord(ctx, e.Namespace, e.Name)
 	if err != nil {
@@ -196,11 +200,8 @@ func (s *Service) onVMMigrateRequested(ctx context.Context, m *bus.Message, e *e
 		return refuse("", "NotFound", fmt.Sprintf("VM %s/%s not found", e.Namespace, e.Name))
 	}
 	s.mu.Lock()
-	source := s.allocIndex[rec.UID]
+	source = cmp.Or(s.allocIndex[rec.UID], rec.Status.Host)
 	s.mu.Unlock()
-	if source == "" {
-		source = rec.Status.Host
-	}
 	if source == "" {
 		return refuse(rec.UID, ReasonNotScheduled, fmt.Sprintf("VM %s is not placed on a host yet (phase %s)", rec.Key(), rec.Status.Phase))
 	}

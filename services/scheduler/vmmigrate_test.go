@@ -1,0 +1,46 @@
+package scheduler_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/testenv"
+
+	"github.com/podvisor/podvisor/services/scheduler"
+)
+
+// A VM move the scheduler refuses names the VM's host as its source, as a
+// reserved one does: the drain of that host waits for the answer (before,
+// a refusal said "unknown", and the drain found no move to end).
+func TestARefusedVMMoveNamesItsHost(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 1})
+	acc := &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: "lonely", UID: "uid-lonely"}, Generation: 1,
+		Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
+		Size: events.VMSize{CPUs: 1, MemoryMiB: 1024}}
+	e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
+	var placed *events.VMScheduled
+	e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { placed = e.vmScheduled(acc.UID); return placed != nil })
+	e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
+		r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
+		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, placed.Host
+	})
+
+	for _, c := range []struct{ id, target, reason string }{
+		{"to-itself", placed.Host, scheduler.ReasonSameHost},
+		{"anywhere", "", scheduler.ReasonNoTarget}, // the only host is its own
+	} {
+		e.PublishAs("podvisor/migration", events.TypeVMMigrateRequested, acc.ObjectKey(),
+			&events.VMMigrateRequested{ID: c.id, Namespace: acc.Namespace, Name: acc.Name, TargetHost: c.target})
+		var got *events.VMMigrated
+		e.EventuallyWithin("vm.migrated of "+c.id, 10*time.Second, func() bool {
+			for _, x := range testenv.Distinct(e.Env, func(x *events.VMMigrated) bool { return x.ID == c.id }) {
+				got = x
+			}
+			return got != nil
+		})
+		if got.Reason != c.reason || got.SourceHost != placed.Host {
+			t.Errorf("%s: vm.migrated reason %q source %q (%s), want %s from %s", c.id, got.Reason, got.SourceHost, got.Message, c.reason, placed.Host)
+		}
+	}
+}
