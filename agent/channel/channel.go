@@ -108,8 +108,8 @@ type session struct {
 	s    *Server
 	conn *guestchannel.Conn
 	mu   sync.Mutex
-	reqs map[string]context.CancelFunc
-	ins  map[string]*io.PipeWriter
+	reqs map[string]context.CancelCauseFunc
+	ins  map[string]*execInput
 	wg   sync.WaitGroup
 	// flush asks pushStatus to send what changed now and close the given
 	// channel once sent: a stopped answer follows the statuses it implies.
@@ -119,13 +119,13 @@ type session struct {
 func (s *Server) serve(ctx context.Context, rwc io.ReadWriteCloser) error {
 	ctx, cancel := context.WithCancel(ctx)
 	conn := guestchannel.NewConn(rwc)
-	ss := &session{s: s, conn: conn, reqs: map[string]context.CancelFunc{}, ins: map[string]*io.PipeWriter{}, flush: make(chan chan struct{})}
+	ss := &session{s: s, conn: conn, reqs: map[string]context.CancelCauseFunc{}, ins: map[string]*execInput{}, flush: make(chan chan struct{})}
 	defer func() {
 		cancel()
 		conn.Close()
 		ss.mu.Lock()
-		for _, w := range ss.ins {
-			w.CloseWithError(errors.New("channel closed"))
+		for _, in := range ss.ins {
+			in.close(errors.New("channel closed"))
 		}
 		ss.mu.Unlock()
 		ss.wg.Wait()
@@ -200,11 +200,11 @@ func (ss *session) greet() (guestchannel.Status, <-chan struct{}, error) {
 func (ss *session) resync() error {
 	ss.mu.Lock()
 	for id, cancel := range ss.reqs {
-		cancel()
+		cancel(errHostReconnected)
 		delete(ss.reqs, id)
 	}
-	for id, w := range ss.ins {
-		w.CloseWithError(errors.New("the host side reconnected"))
+	for id, in := range ss.ins {
+		in.close(errHostReconnected)
 		delete(ss.ins, id)
 	}
 	ss.mu.Unlock()
@@ -315,17 +315,21 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}
 		var stdin io.Reader
 		if req.Stdin {
-			r, w := io.Pipe()
+			in, r := newExecInput()
 			ss.mu.Lock()
-			ss.ins[env.ID] = w
+			ss.ins[env.ID] = in
 			ss.mu.Unlock()
 			stdin = r
+			ss.wg.Go(in.run)
 		}
 		ss.serve(ctx, env.ID, func(rctx context.Context) {
 			code, err := ss.s.Pod.Exec(rctx, req, stdin, func(stream string, data []byte) {
 				_ = ss.conn.Send(guestchannel.TypeExecOutput, env.ID, guestchannel.ExecOutput{Stream: stream, Data: data})
 			})
 			exit := guestchannel.ExecExit{ExitCode: code}
+			if cause := context.Cause(rctx); errors.Is(cause, errInputNotRead) {
+				err = cause // the command was ended for it, whatever it exited with
+			}
 			if err != nil {
 				exit.Error = err.Error()
 			}
@@ -337,22 +341,26 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 			return
 		}
 		ss.mu.Lock()
-		w := ss.ins[env.ID]
+		input := ss.ins[env.ID]
+		switch {
+		case input == nil:
+		case !input.push(in.Data, in.EOF):
+			// Queued, never written here (this loop serves every request
+			// of the channel), and the command does not read its input:
+			// that exec alone fails, with this reason. Its input stays
+			// known, closed, until it ends: what the host sent meanwhile
+			// is dropped, not answered with errors.
+			err := fmt.Errorf("%w (more than %d bytes waiting)", errInputNotRead, maxExecInput)
+			input.close(err)
+			if c := ss.reqs[env.ID]; c != nil {
+				c(err)
+			}
+		}
+		// An input that ended stays known until its exec does (untrack):
+		// closing it then ends a write its command will never read.
 		ss.mu.Unlock()
-		if w == nil {
+		if input == nil {
 			fail(fmt.Errorf("exec.stdin: no exec %q waiting for input", env.ID))
-			return
-		}
-		if len(in.Data) > 0 {
-			// An io.Pipe write returns once the command's side has read it;
-			// the command is expected to read its input.
-			_, _ = w.Write(in.Data)
-		}
-		if in.EOF {
-			w.Close()
-			ss.mu.Lock()
-			delete(ss.ins, env.ID)
-			ss.mu.Unlock()
 		}
 	case guestchannel.TypeStop:
 		var req guestchannel.StopRequest
@@ -379,10 +387,10 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}
 		ss.mu.Lock()
 		if c := ss.reqs[req.Target]; c != nil {
-			c()
+			c(errCancelled)
 		}
-		if w := ss.ins[req.Target]; w != nil {
-			w.CloseWithError(errors.New("cancelled"))
+		if in := ss.ins[req.Target]; in != nil {
+			in.close(errCancelled)
 			delete(ss.ins, req.Target)
 		}
 		ss.mu.Unlock()
@@ -393,7 +401,7 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 
 // serve runs a cancellable request (logs, exec) in its own goroutine.
 func (ss *session) serve(ctx context.Context, id string, fn func(context.Context)) {
-	rctx, cancel := context.WithCancel(ctx)
+	rctx, cancel := context.WithCancelCause(ctx)
 	ss.mu.Lock()
 	ss.reqs[id] = cancel
 	ss.mu.Unlock()
@@ -408,12 +416,118 @@ func (ss *session) serve(ctx context.Context, id string, fn func(context.Context
 func (ss *session) untrack(id string) {
 	ss.mu.Lock()
 	if c := ss.reqs[id]; c != nil {
-		c()
+		c(nil)
 	}
 	delete(ss.reqs, id)
-	if w := ss.ins[id]; w != nil {
-		w.Close()
+	if in := ss.ins[id]; in != nil {
+		in.close(nil)
 		delete(ss.ins, id)
 	}
 	ss.mu.Unlock()
+}
+
+var (
+	errHostReconnected = errors.New("the host side reconnected")
+	errCancelled       = errors.New("cancelled")
+	// errInputNotRead fails an exec whose command leaves more than
+	// maxExecInput of its input unread.
+	errInputNotRead = errors.New("exec: the command does not read its input")
+)
+
+// maxExecInput bounds the input an exec's command has not read yet: the
+// host sends stdin as it comes (in chunks of at most ChunkSize from the
+// CLI), with no flow control on the channel, so a command that does not
+// read it is failed rather than have the guest hold it all.
+const maxExecInput = 1 << 20
+
+// execInput is an exec's stdin: the session's read loop queues what the
+// host sends (push), and the exec's own goroutine (run) writes it into the
+// command's pipe at the pace the command reads. Written from the read loop,
+// a command that does not read would stop the whole channel: stops, logs,
+// other execs, resyncs.
+type execInput struct {
+	w    *io.PipeWriter
+	wake chan struct{} // a push or a close since run last looked
+
+	mu     sync.Mutex
+	queue  [][]byte
+	queued int  // bytes in queue
+	eof    bool // the host's input ended: close the pipe once queue is written
+	closed bool
+}
+
+func newExecInput() (*execInput, *io.PipeReader) {
+	r, w := io.Pipe()
+	return &execInput{w: w, wake: make(chan struct{}, 1)}, r
+}
+
+// push queues data, then the input's end when eof. It reports false when
+// the queue would hold more than maxExecInput: the command does not read.
+func (in *execInput) push(data []byte, eof bool) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.closed || in.eof {
+		return true // nothing more goes to the command
+	}
+	if in.queued+len(data) > maxExecInput {
+		return false
+	}
+	if len(data) > 0 {
+		in.queue = append(in.queue, data)
+		in.queued += len(data)
+	}
+	in.eof = in.eof || eof
+	in.signal()
+	return true
+}
+
+// close ends the input (err nil: a plain end of file for the command): run
+// stops writing, and a write under way returns.
+func (in *execInput) close(err error) {
+	in.mu.Lock()
+	in.closed = true
+	in.queue, in.queued = nil, 0
+	in.signal()
+	in.mu.Unlock()
+	in.w.CloseWithError(err) // a nil err reads as io.EOF
+}
+
+func (in *execInput) signal() {
+	select {
+	case in.wake <- struct{}{}:
+	default:
+	}
+}
+
+// run writes the queue into the command's pipe until the input ends or is
+// closed.
+func (in *execInput) run() {
+	for {
+		in.mu.Lock()
+		switch {
+		case in.closed:
+			in.mu.Unlock()
+			return
+		case len(in.queue) > 0:
+			data := in.queue[0]
+			in.queue = in.queue[1:]
+			in.mu.Unlock()
+			// Returns once the command has read it all, or the input is
+			// closed; the bytes count as queued until then.
+			_, err := in.w.Write(data)
+			in.mu.Lock()
+			in.queued = max(in.queued-len(data), 0)
+			in.mu.Unlock()
+			if err != nil {
+				return
+			}
+			continue
+		case in.eof:
+			in.mu.Unlock()
+			in.w.Close()
+			return
+		}
+		in.mu.Unlock()
+		<-in.wake
+	}
 }

@@ -3,9 +3,11 @@ package channel
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,6 +26,8 @@ type pod struct {
 	changed chan struct{}
 	seq     uint64
 	follow  chan []byte
+	// exec, when set, runs the execs instead of the echo below.
+	exec func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error)
 }
 
 func newPod() *pod {
@@ -74,6 +78,9 @@ func (p *pod) Logs(ctx context.Context, req guestchannel.LogsRequest, send func(
 }
 
 func (p *pod) Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(string, []byte)) (int32, error) {
+	if p.exec != nil {
+		return p.exec(ctx, stdin, out)
+	}
 	in, _ := io.ReadAll(stdin)
 	out("stdout", in)
 	return 5, nil
@@ -332,5 +339,126 @@ func TestBeforeGreetFailingEndsTheSessionWithoutHello(t *testing.T) {
 	}
 	if n := calls.Load(); n < 2 {
 		t.Fatalf("BeforeGreet called %d times, want once per connection", n)
+	}
+}
+
+// startSession runs a Server for p on a new socket until the test ends and
+// returns the host side's end of its first connection, hello and full
+// status read, its reads bounded by a deadline (a test fails rather than
+// hang on a channel the agent stopped serving).
+func startSession(t *testing.T, p *pod) (*guestchannel.Conn, net.Conn) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "c.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p,
+			MinRetry: 10 * time.Millisecond}).Run(ctx)
+	}()
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); nc.Close(); <-done })
+	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	c := guestchannel.NewConn(nc)
+	for _, typ := range []string{guestchannel.TypeHello, guestchannel.TypeStatus} {
+		if env, err := c.Receive(); err != nil || env.Type != typ {
+			t.Fatalf("receive: %+v, %v; want %s", env, err, typ)
+		}
+	}
+	return c, nc
+}
+
+// untilAnswered reads the channel until every id of want has had a message
+// of its type, and returns those messages.
+func untilAnswered(t *testing.T, c *guestchannel.Conn, want map[string]string) map[string]guestchannel.Envelope {
+	t.Helper()
+	got := map[string]guestchannel.Envelope{}
+	for len(got) < len(want) {
+		env, err := c.Receive()
+		if err != nil {
+			t.Fatalf("waiting for %v (have %v): %v", want, got, err)
+		}
+		if typ, ok := want[env.ID]; ok && env.Type == typ {
+			got[env.ID] = env
+		}
+	}
+	return got
+}
+
+// An exec's command that reads its input late does not hold the channel:
+// the agent queues the input and serves the channel's other requests (a
+// stop here) meanwhile, and the command gets all of it once it reads.
+func TestAnExecReadingItsInputLateDoesNotHoldTheChannel(t *testing.T) {
+	p := newPod()
+	read := make(chan struct{})
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		select {
+		case <-read:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+		in, err := io.ReadAll(stdin)
+		out("stdout", []byte(fmt.Sprint(len(in))))
+		return 0, err
+	}
+	c, _ := startSession(t, p)
+	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+	c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"cat"}, Stdin: true})
+	for range 4 {
+		c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
+	}
+	c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{EOF: true})
+	c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+	// Stopped while the command has read nothing of its input yet.
+	untilAnswered(t, c, map[string]string{"s1": guestchannel.TypeStopped})
+	close(read)
+	got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecOutput})
+	var out guestchannel.ExecOutput
+	if got["e1"].Decode(&out); string(out.Data) != fmt.Sprint(4*len(chunk)) {
+		t.Fatalf("the command read %s bytes of its input, want %d", out.Data, 4*len(chunk))
+	}
+	var exit guestchannel.ExecExit
+	if untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit})["e1"].Decode(&exit); exit.Error != "" {
+		t.Fatalf("exec exit = %+v", exit)
+	}
+}
+
+// An exec's command that does not read its input fails alone once more
+// than maxExecInput of it waits: its exit names why, and the channel goes
+// on serving (a stop, sent after all that input, is answered).
+func TestAnExecNotReadingItsInputFailsAlone(t *testing.T) {
+	p := newPod()
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		<-ctx.Done() // never reads; ended as the agent ends a command, by its context
+		return 137, nil
+	}
+	c, _ := startSession(t, p)
+	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+	sent := make(chan error, 1)
+	go func() { // the host side's writes must not wait on the test's reads
+		err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"sleep"}, Stdin: true})
+		for i := 0; err == nil && i < maxExecInput/len(chunk)+2; i++ {
+			err = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
+		}
+		if err == nil {
+			err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+		}
+		sent <- err
+	}()
+	got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	var exit guestchannel.ExecExit
+	if got["e1"].Decode(&exit); !strings.Contains(exit.Error, "does not read its input") {
+		t.Fatalf("exec exit = %+v, want an error saying the command does not read its input", exit)
 	}
 }

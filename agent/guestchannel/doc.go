@@ -23,6 +23,12 @@
 // MaxFrame bytes. Binary data (log chunks, exec streams) is carried in
 // []byte fields, which encoding/json writes as base64.
 //
+// The host side bounds its writes (Conn.SetWriteTimeout, SendBefore): a
+// frame the agent does not take in time closes the channel. So the agent
+// reads its channel without waiting on any one request: an exec's input is
+// queued apart and written to the command at its pace, and an exec whose
+// command leaves too much of it unread fails alone.
+//
 // # Conversation
 //
 //	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id}

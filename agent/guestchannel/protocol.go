@@ -7,7 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -254,9 +254,14 @@ type Error struct {
 // Conn frames envelopes over a byte stream. Send is safe for concurrent use;
 // Receive must be called from one goroutine.
 type Conn struct {
-	rw  io.ReadWriteCloser
-	r   *bufio.Reader
-	wmu sync.Mutex
+	rw io.ReadWriteCloser
+	r  *bufio.Reader
+	// wmu is the right to write, one frame at a time: a channel rather
+	// than a mutex so that a bounded Send gives up waiting behind a write
+	// that does not end.
+	wmu chan struct{}
+	// writeTimeout bounds every Send (SetWriteTimeout); 0: none.
+	writeTimeout atomic.Int64
 	// partial is a line read in part when a read failed (a deadline): the
 	// next Receive goes on with it, so that a frame is never cut in two.
 	partial []byte
@@ -264,7 +269,7 @@ type Conn struct {
 
 // NewConn wraps a connected stream.
 func NewConn(rw io.ReadWriteCloser) *Conn {
-	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 64<<10)}
+	return &Conn{rw: rw, r: bufio.NewReaderSize(rw, 64<<10), wmu: make(chan struct{}, 1)}
 }
 
 // ErrFrameTooLarge is returned by Receive for a line longer than MaxFrame.
@@ -276,29 +281,80 @@ var ErrFrameTooLarge = errors.New("guestchannel: frame exceeds MaxFrame")
 // frame cut by a reconnection can leave bytes, skips what is not a frame.
 var ErrMalformedFrame = errors.New("guestchannel: malformed frame")
 
+// ErrWriteTimeout is returned by a bounded Send (SetWriteTimeout,
+// SendBefore) whose frame the peer did not take in time. A frame cut in
+// the middle cannot be taken back, so a Send whose write was under way
+// closes the stream: the peer's end sees it end, and an agent dials again.
+// One that timed out still waiting for another Send's write wrote nothing.
+var ErrWriteTimeout = errors.New("guestchannel: the peer did not take the frame in time")
+
+// SetWriteTimeout bounds every Send by d (0: no bound), from its call to
+// the end of its write, the wait for other Sends' writes included. It is
+// the host side's: a guest that stops reading its channel must not hold
+// whoever writes to it (a delete's stop, a query) for good.
+func (c *Conn) SetWriteTimeout(d time.Duration) { c.writeTimeout.Store(int64(max(d, 0))) }
+
 // Send writes one message of type typ with request id (may be empty) and
 // body (may be nil).
 func (c *Conn) Send(typ, id string, body any) error {
+	return c.SendBefore(time.Time{}, typ, id, body)
+}
+
+// SendBefore is Send bounded by deadline (zero: only by the write
+// timeout), as Send is by SetWriteTimeout: whichever comes first.
+func (c *Conn) SendBefore(deadline time.Time, typ, id string, body any) error {
+	line, err := frame(typ, id, body)
+	if err != nil {
+		return err
+	}
+	if d := time.Duration(c.writeTimeout.Load()); d > 0 {
+		if by := time.Now().Add(d); deadline.IsZero() || by.Before(deadline) {
+			deadline = by
+		}
+	}
+	if deadline.IsZero() {
+		c.wmu <- struct{}{}
+		defer func() { <-c.wmu }()
+		_, err = c.rw.Write(line)
+		return err
+	}
+	if time.Until(deadline) <= 0 {
+		return fmt.Errorf("guestchannel: send %s: %w (its deadline had passed)", typ, ErrWriteTimeout)
+	}
+	wait := time.NewTimer(time.Until(deadline))
+	select {
+	case c.wmu <- struct{}{}:
+		wait.Stop()
+	case <-wait.C:
+		return fmt.Errorf("guestchannel: send %s: %w (waiting to write)", typ, ErrWriteTimeout)
+	}
+	defer func() { <-c.wmu }()
+	cut := time.AfterFunc(time.Until(deadline), func() { _ = c.rw.Close() })
+	_, err = c.rw.Write(line)
+	if !cut.Stop() {
+		return fmt.Errorf("guestchannel: send %s: %w (the stream is closed)", typ, ErrWriteTimeout)
+	}
+	return err
+}
+
+// frame encodes one message as a line.
+func frame(typ, id string, body any) ([]byte, error) {
 	env := Envelope{V: Protocol, Type: typ, ID: id}
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			return fmt.Errorf("guestchannel: encode %s: %w", typ, err)
+			return nil, fmt.Errorf("guestchannel: encode %s: %w", typ, err)
 		}
 		env.Body = b
 	}
 	line, err := json.Marshal(env)
 	if err != nil {
-		return fmt.Errorf("guestchannel: encode %s: %w", typ, err)
+		return nil, fmt.Errorf("guestchannel: encode %s: %w", typ, err)
 	}
 	if len(line)+1 > MaxFrame {
-		return ErrFrameTooLarge
+		return nil, ErrFrameTooLarge
 	}
-	line = append(line, '\n')
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	_, err = c.rw.Write(line)
-	return err
+	return append(line, '\n'), nil
 }
 
 // Receive reads the next message. It returns io.EOF when the peer closed the

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -179,5 +180,57 @@ func TestReceiveKeepsAFrameCutByADeadline(t *testing.T) {
 	env, err := c.Receive()
 	if err != nil || env.Type != TypeHello {
 		t.Fatalf("Receive after the deadline: %+v, %v; want the whole hello", env, err)
+	}
+}
+
+// A peer that stops reading does not hold a bounded Send: its frame is cut
+// at the write timeout and the stream closed (a cut frame cannot be taken
+// back), which the peer sees as the stream's end.
+func TestBoundedSendClosesAStreamThePeerDoesNotTake(t *testing.T) {
+	a, b := net.Pipe() // unbuffered: a write waits for the peer's read
+	ca, cb := NewConn(a), NewConn(b)
+	defer cb.Close()
+	ca.SetWriteTimeout(100 * time.Millisecond)
+	sent := make(chan error, 1)
+	go func() { sent <- ca.Send(TypeStop, "s1", StopRequest{GracePeriodSeconds: 30}) }()
+	select {
+	case err := <-sent:
+		if !errors.Is(err, ErrWriteTimeout) {
+			t.Fatalf("Send to a peer that does not read = %v, want ErrWriteTimeout", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Send to a peer that does not read did not return")
+	}
+	if env, err := cb.Receive(); err == nil {
+		t.Fatalf("the peer received %+v after a cut frame, want the stream closed", env)
+	}
+}
+
+// SendBefore gives up waiting behind another Send's write that does not
+// end, writing nothing.
+func TestSendBeforeStopsWaitingBehindAStuckWrite(t *testing.T) {
+	a, b := net.Pipe()
+	ca := NewConn(a)
+	defer ca.Close()
+	defer b.Close()
+	stuck := make(chan error, 1)
+	go func() { stuck <- ca.Send(TypeStatus, "", Status{Full: true}) }() // unbounded, never read
+	// The unbounded Send holds the write (a net.Pipe write waits for a
+	// reader): wait until it does.
+	for len(ca.wmu) == 0 {
+		runtime.Gosched()
+	}
+	err := ca.SendBefore(time.Now().Add(100*time.Millisecond), TypeStop, "s1", StopRequest{GracePeriodSeconds: 1})
+	if !errors.Is(err, ErrWriteTimeout) {
+		t.Fatalf("SendBefore behind a stuck write = %v, want ErrWriteTimeout", err)
+	}
+	// It wrote nothing and closed nothing: the stuck frame still goes
+	// through once the peer reads.
+	cb := NewConn(b)
+	if env, err := cb.Receive(); err != nil || env.Type != TypeStatus {
+		t.Fatalf("the peer received %+v, %v; want the status the stuck Send wrote", env, err)
+	}
+	if err := <-stuck; err != nil {
+		t.Fatalf("the stuck Send: %v", err)
 	}
 }

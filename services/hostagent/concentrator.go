@@ -1,6 +1,7 @@
 package hostagent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -60,6 +61,10 @@ type Concentrator struct {
 	// HelloTimeout is how long a line may stay silent before it is asked
 	// for a hello again (default 10s).
 	HelloTimeout time.Duration
+	// WriteTimeout bounds every write to a line (DefaultWriteTimeout when
+	// 0): a line whose guest does not read for that long is closed, as an
+	// agent's socket is (Config.WriteTimeout).
+	WriteTimeout time.Duration
 	// MaxGreeting bounds the lines connected at once that have not said
 	// hello yet; more are closed at once (DefaultMaxGreeting).
 	MaxGreeting int
@@ -220,6 +225,7 @@ func (c *Concentrator) Run(ctx context.Context) error {
 // the concentrator is the ports' proxy.
 func (c *Concentrator) serve(ctx context.Context, bc *budgetConn, vm *vspc.Identity, greeted func(), log *slog.Logger) {
 	conn := guestchannel.NewConn(bc)
+	conn.SetWriteTimeout(cmp.Or(c.WriteTimeout, DefaultWriteTimeout))
 	defer conn.Close()
 	// The concentrator's end ends its lines, whatever agent serves them.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })

@@ -23,6 +23,11 @@ type Config struct {
 	StopSlack time.Duration
 	// HelloTimeout bounds the wait for a new connection's hello (default 10s).
 	HelloTimeout time.Duration
+	// WriteTimeout bounds every write to a guest channel (default 10s): a
+	// guest that does not read its channel for that long has its channel
+	// closed (it dials again), rather than hold a delete's stop, a query
+	// or a resync waiting to write for good.
+	WriteTimeout time.Duration
 	// Workers is how many deletes are handled at once (default 8).
 	Workers int
 	// NetworkResync is how often the host's last desired network state is
@@ -122,9 +127,13 @@ func ConcentratorConfigFrom(src config.Source) (ConcentratorConfig, error) {
 
 // DefaultConfig returns the defaults; Host and ChannelDir are still to set.
 func DefaultConfig() Config {
-	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, Workers: 8,
+	return Config{StopSlack: 10 * time.Second, HelloTimeout: 10 * time.Second, WriteTimeout: DefaultWriteTimeout, Workers: 8,
 		NetworkResync: time.Minute, NetworkRetry: 10 * time.Second, ReportHold: 0}
 }
+
+// DefaultWriteTimeout is Config.WriteTimeout's and
+// Concentrator.WriteTimeout's default.
+const DefaultWriteTimeout = 10 * time.Second
 
 // EveryHost is PODVISOR_HOSTAGENT_HOST's value for a process that serves
 // every host of the inventory (the scheduler's host records), adding a
@@ -190,6 +199,7 @@ func (c Config) Validate() error {
 	}
 	p.Must(c.StopSlack > 0, "StopSlack", c.StopSlack, "be positive")
 	p.Must(c.HelloTimeout > 0, "HelloTimeout", c.HelloTimeout, "be positive")
+	p.Must(c.WriteTimeout > 0, "WriteTimeout", c.WriteTimeout, "be positive")
 	if c.NetworkResync <= 0 || c.NetworkRetry <= 0 {
 		p.Add(fmt.Errorf("NetworkResync %s, NetworkRetry %s: must be positive", c.NetworkResync, c.NetworkRetry))
 	}

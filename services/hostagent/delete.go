@@ -3,7 +3,9 @@ package hostagent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -19,15 +21,15 @@ const defaultGracePeriod = 30
 // handleDelete asks the agent of a pod being deleted to stop its containers
 // within the pod's grace period, and waits (bounded by the grace period plus
 // StopSlack) for the agent's "stopped" before acknowledging. Another host's
-// pod, a pod whose record is gone, or one whose guest has no channel here,
-// is not this agent's business: acknowledged at once.
-func (s *Service) handleDelete(ctx context.Context, _ *bus.Message, req *events.PodDeleteRequested) error {
+// pod, or a pod whose record is gone, is not this agent's business:
+// acknowledged at once. A pod of this host whose guest could not be told
+// comes back while its grace period runs (stopForDelete).
+func (s *Service) handleDelete(ctx context.Context, m *bus.Message, req *events.PodDeleteRequested) error {
 	rec, err := s.deleteRecord(ctx, req)
 	if rec == nil || err != nil || rec.Host != s.cfg.Host {
 		return err
 	}
-	s.stopForDelete(ctx, rec)
-	return nil
+	return s.stopForDelete(ctx, m, rec)
 }
 
 // deleteRecord is the record of the pod a delete names; nil when it has
@@ -50,24 +52,115 @@ func (s *Service) deleteRecord(ctx context.Context, req *events.PodDeleteRequest
 	return rec, nil
 }
 
-// stopForDelete stops the containers of rec's pod, being deleted, if its
-// guest has a channel here.
-func (s *Service) stopForDelete(ctx context.Context, rec *events.PodRecord) {
+// stopForDelete stops the containers of rec's pod, being deleted, through
+// its guest's channel here. When the guest could not be told (its channel
+// not connected yet: a restarted host agent, whose guests dial again; the
+// stop not written, or answered with an error) the delete comes back, and
+// the stop is tried again, until the pod's grace period is over
+// (retryStop). A channel that closes once the stop is sent is not tried
+// again: the guest had it, or its VM is going away.
+func (s *Service) stopForDelete(ctx context.Context, m *bus.Message, rec *events.PodRecord) error {
+	deadline := stopDeadline(m, rec)
 	pc := s.conn(rec.UID)
 	if pc == nil {
-		s.log.Info("delete: the pod's guest has no channel here; nothing to stop", "pod", rec.Key())
-		return
+		return s.retryStop(m, rec, deadline, fmt.Errorf("pod %s: %w", rec.Key(), ErrNotConnected))
 	}
-	grace := int64(defaultGracePeriod)
-	if g := rec.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
-		grace = *g
-	}
+	grace := graceLeft(rec)
 	stopped, err := s.stop(ctx, pc, grace)
-	if err != nil {
-		pc.log.Warn("stop on delete", "err", err)
-	} else {
+	switch {
+	case err == nil:
 		pc.log.Info("stopped on delete", "grace", grace, "killed", stopped.Killed)
+		return nil
+	case errors.Is(err, errClosedAfterStop):
+		pc.log.Info("stop on delete: the channel closed once the stop was sent", "grace", grace)
+		return nil
+	case ctx.Err() != nil:
+		return err // the agent is shutting down: the delete goes to the next one
 	}
+	return s.retryStop(m, rec, deadline, fmt.Errorf("pod %s: stop: %w", rec.Key(), err))
+}
+
+// Retries of a delete whose guest could not be told to stop: the first
+// after stopRetry, doubling up to maxStopRetry, never past the pod's grace
+// period. A restarted host agent's guests dial again within a second or
+// two, and a process serving every host adds its agents as soon as it has
+// read the hosts.
+const (
+	stopRetry    = 500 * time.Millisecond
+	maxStopRetry = 5 * time.Second
+)
+
+// retryStop is the outcome of a delete whose guest could not be told to
+// stop (why): while the grace period runs (until deadline) and the record
+// places the pod's VM on a host (this agent's, or one of its process's),
+// the delete comes back after a short wait; past it, or without a VM
+// (nothing runs the containers), or on the consumer's last delivery, it is
+// acknowledged: the provisioner powers the VM off once the grace period
+// (plus its margin) is over, whatever the guest heard.
+func (s *Service) retryStop(m *bus.Message, rec *events.PodRecord, deadline time.Time, why error) error {
+	log := s.log.With("pod", rec.Key(), "uid", rec.UID)
+	left := time.Until(deadline)
+	switch {
+	case rec.VMRef == "" || rec.Host == "":
+		log.Info("delete: the pod has no VM; nothing to stop", "why", why)
+		return nil
+	case left <= 0:
+		log.Warn("delete: the containers could not be told to stop within the grace period; the VM's power-off ends them", "why", why)
+		return nil
+	case m != nil && m.LastDelivery():
+		log.Warn("delete: the containers could not be told to stop, and this was the delete's last delivery; the VM's power-off ends them", "why", why)
+		return nil
+	}
+	return bus.RetryAfter(why, min(retryDelay(m), left))
+}
+
+// retryDelay is the wait before the next delivery of m: stopRetry after
+// the first, doubling up to maxStopRetry.
+func retryDelay(m *bus.Message) time.Duration {
+	n := uint64(1)
+	if m != nil {
+		n = max(m.Delivery, 1)
+	}
+	return min(stopRetry<<min(n-1, 8), maxStopRetry)
+}
+
+// gracePeriod is the pod's terminationGracePeriodSeconds (default 30).
+func gracePeriod(rec *events.PodRecord) int64 {
+	if g := rec.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		return *g
+	}
+	return defaultGracePeriod
+}
+
+// stopDeadline is when the pod's grace period ends, after which a stop is
+// not tried again: counted from the delete as the provisioner recorded it
+// (DeletionRequestedAt: it powers the VM off at that plus the grace period
+// and its margin), or, before it has, from when the stream stored the
+// delete, earlier.
+func stopDeadline(m *bus.Message, rec *events.PodRecord) time.Time {
+	start := rec.DeletionRequestedAt
+	if start.IsZero() && m != nil {
+		start = m.Published
+	}
+	if start.IsZero() {
+		start = time.Now()
+	}
+	return start.Add(time.Duration(gracePeriod(rec)) * time.Second)
+}
+
+// graceLeft is the grace period a stop sent now gives: what is left of the
+// pod's since DeletionRequestedAt, in whole seconds rounded up, at least 1
+// (the agent reads 0 as the pod's whole grace period), 0 only for a pod
+// whose grace period is 0 (killed at once). Before the provisioner has
+// recorded the delete, the whole of it: its power-off waits the grace
+// period from when it does.
+func graceLeft(rec *events.PodRecord) int64 {
+	full := gracePeriod(rec)
+	if full <= 0 || rec.DeletionRequestedAt.IsZero() {
+		return full
+	}
+	left := rec.DeletionRequestedAt.Add(time.Duration(full) * time.Second)
+	return min(max(int64(math.Ceil(time.Until(left).Seconds())), 1), full)
 }
 
 // SharedDeleteWorkers is how many deletes RunDeletes handles at once: each
@@ -82,40 +175,60 @@ const SharedDeletesConsumer = Name + "-every-host"
 // serving many hosts (each with Config.SharedDeletes), on one durable
 // consumer: each delete's record is read once and the delete handed to the
 // agent of the pod's host, found by agents (the agent of a host, and any
-// agent). A pod whose host has no agent here has nothing to stop here.
+// agent). The process adds its agents as it reads the hosts (FollowHosts)
+// while this consumer runs: a delete that comes before any agent, or
+// before its pod's host's, comes back (as when the guest is not connected,
+// stopForDelete).
 func RunDeletes(ctx context.Context, b *bus.Bus, agents func(host string) (of, some *Service), log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	r := bus.NewRouter(SharedDeletesConsumer, log)
-	bus.Handle(r, func(ctx context.Context, _ *bus.Message, req *events.PodDeleteRequested) error {
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, req *events.PodDeleteRequested) error {
 		_, some := agents("")
 		if some == nil {
-			return nil // no agent yet, so no channel to stop
+			if m.LastDelivery() {
+				log.Warn("delete: no host agent runs here yet, and this was the delete's last delivery", "pod", req.ObjectKey())
+				return nil
+			}
+			return bus.RetryAfter(errNoAgentYet, retryDelay(m))
 		}
 		rec, err := some.deleteRecord(ctx, req)
 		if rec == nil || err != nil {
 			return err
 		}
-		if of, _ := agents(rec.Host); of != nil {
-			of.stopForDelete(ctx, rec)
+		of, _ := agents(rec.Host)
+		if of == nil {
+			return some.retryStop(m, rec, stopDeadline(m, rec), fmt.Errorf("pod %s: no agent of its host %q here yet", rec.Key(), rec.Host))
 		}
-		return nil
+		return of.stopForDelete(ctx, m, rec)
 	})
 	return r.Run(ctx, b, bus.ConsumerConfig{Workers: SharedDeleteWorkers}, nil)
 }
 
+// errNoAgentYet: a process serving every host has read no host yet.
+var errNoAgentYet = errors.New("no host agent runs here yet")
+
+// errClosedAfterStop: the guest's channel closed once the stop was sent.
+var errClosedAfterStop = fmt.Errorf("%w after the stop was sent", ErrChannelClosed)
+
 // stop sends stop and waits for stopped, the channel's end, or the grace
-// period plus StopSlack.
+// period plus StopSlack, counted from before the stop is written: a guest
+// that does not read its channel holds the delete no longer than one that
+// does not answer.
 func (s *Service) stop(ctx context.Context, pc *podConn, grace int64) (guestchannel.Stopped, error) {
 	var out guestchannel.Stopped
+	deadline := time.Now().Add(time.Duration(grace)*time.Second + s.cfg.StopSlack)
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
 	id, answers, err := pc.request()
 	if err != nil {
 		return out, err
 	}
 	defer pc.done(id)
-	if err := pc.conn.Send(guestchannel.TypeStop, id, guestchannel.StopRequest{GracePeriodSeconds: grace}); err != nil {
-		return out, err
+	if err := pc.conn.SendBefore(deadline, guestchannel.TypeStop, id, guestchannel.StopRequest{GracePeriodSeconds: grace}); err != nil {
+		return out, fmt.Errorf("send stop: %w", err)
 	}
-	timeout := time.NewTimer(time.Duration(grace)*time.Second + s.cfg.StopSlack)
-	defer timeout.Stop()
 	for {
 		select {
 		case env := <-answers:
@@ -128,7 +241,7 @@ func (s *Service) stop(ctx context.Context, pc *podConn, grace int64) (guestchan
 				return out, errors.New("pod agent: " + e.Message)
 			}
 		case <-pc.gone:
-			return out, ErrChannelClosed
+			return out, errClosedAfterStop
 		case <-timeout.C:
 			return out, errors.New("no stopped within the grace period")
 		case <-ctx.Done():

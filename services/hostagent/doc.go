@@ -13,7 +13,10 @@
 // exist with that uid and be placed on this host, or the channel is refused
 // with an error message and closed (the agent dials again later, by when a
 // migration's record update has usually landed). A newer channel of the
-// same pod replaces the older one.
+// same pod replaces the older one. Every write to a channel is bounded by
+// Config.WriteTimeout (10 s): a guest that does not take a frame in that
+// time has its channel closed (it dials again), so no guest holds a
+// delete, a query or the concentrator waiting to write.
 //
 // Where hosts run no agent of their own (vSphere), pod VMs' channels are
 // network serial ports that their hosts connect to a Concentrator, one TCP
@@ -56,7 +59,11 @@
 // after a partial failure; from 1 s, doubling, when the only failures are
 // port groups vCenter does not have yet, as while network-config creates
 // them again), reporting only what that changed: drift on the host is
-// repaired there (netstate.go).
+// repaired there (netstate.go). States are ordered by their sequence in
+// the stream: a delivery older than the state the agent has (one whose
+// apply failed, delivered again after the next state was applied; one
+// older than the state read at start) is acknowledged without being
+// applied.
 //
 // # Logs and exec
 //
@@ -79,14 +86,27 @@
 // reason). A process serving every host (PODVISOR_HOSTAGENT_HOST=*) reads
 // deletes on one durable for all its agents instead (RunDeletes,
 // hostagent-every-host): a durable per host would read each delete's pod
-// record once per host, thousands of times on a large vCenter. For a pod on this host with a connected guest it
-// sends stop with the pod's terminationGracePeriodSeconds (default 30) and
-// waits for stopped, at most the grace period plus StopSlack, before
-// acknowledging. The agent's status reports during the stop show the
-// containers terminating; the provisioner powers the VM off only once a
-// report shows every container terminated or the grace period (plus a
-// margin) has passed since the delete, so the power-off never cuts the
-// grace period short.
+// record once per host, thousands of times on a large vCenter.
+//
+// For a pod on this host with a connected guest the agent sends stop with
+// what is left of the pod's terminationGracePeriodSeconds (default 30),
+// counted from the record's DeletionRequestedAt (all of it before the
+// provisioner has recorded the delete), and waits for stopped, at most that
+// plus StopSlack from before the stop is written, before acknowledging. A
+// pod whose VM the record places on a host, and whose guest could not be
+// told (its channel not connected yet, as after a restart of the host agent
+// while its guests dial again; no agent of its host yet in a process
+// serving every host; the stop not written, or answered with an error), is
+// not acknowledged: the delete comes back after 0.5 s, doubling up to 5 s,
+// until the grace period is over (counted from DeletionRequestedAt, or from
+// the delete's time in the stream before the provisioner has recorded it).
+// Past it, or on the delete's last delivery, it is acknowledged: the
+// provisioner's power-off ends the containers. A channel that closes once
+// the stop is sent ends the delete too. The agent's status reports during
+// the stop show the containers terminating; the provisioner powers the VM
+// off only once a report shows every container terminated or the grace
+// period (plus a margin) has passed since the delete, so the power-off
+// never cuts the grace period short.
 //
 // # Network services and pass-through data
 //

@@ -54,6 +54,10 @@ func portGroupNotFound(err error) bool {
 type netState struct {
 	mu      sync.Mutex
 	desired *events.NetworkHostDesired
+	// seq is desired's sequence in the NETWORKS stream: a state of a lower
+	// one is older, whatever order it is delivered in (a state that failed
+	// comes back after the next one was applied), and is not applied.
+	seq     uint64
 	applied time.Time
 	// retryIn is how soon after applied the state is applied again
 	// because it failed (0: it did not); notFound counts the applies in a
@@ -88,10 +92,10 @@ func onlyNotFound(failed []events.PortGroupFailure) bool {
 // every NetworkResync (NetworkRetry after a partial failure), which repairs
 // drift on the host without network-config sending anything.
 func (s *Service) runNetworkState(ctx context.Context) error {
-	if d, err := s.lastDesired(ctx); err != nil {
+	if d, seq, err := s.lastDesired(ctx); err != nil {
 		s.log.Warn("read the host's last desired network state", "err", err)
 	} else if d != nil {
-		s.reapply(ctx, d)
+		s.reapply(ctx, d, seq)
 	}
 	go s.reapplyLoop(ctx)
 	r := bus.NewRouter(consumerName(s.cfg.Host), s.log)
@@ -102,24 +106,26 @@ func (s *Service) runNetworkState(ctx context.Context) error {
 	})
 }
 
-// lastDesired reads the newest state on the host's subject; nil when none.
-func (s *Service) lastDesired(ctx context.Context) (*events.NetworkHostDesired, error) {
+// lastDesired reads the newest state on the host's subject and its stream
+// sequence; nil when none.
+func (s *Service) lastDesired(ctx context.Context) (*events.NetworkHostDesired, uint64, error) {
 	st, err := s.bus.JetStream().Stream(ctx, events.StreamNetworks)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	raw, err := st.GetLastMsgForSubject(ctx, events.SubjectNetworkHostDesiredFor(s.cfg.Host))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
+		return nil, 0, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	ev, err := bus.DecodeMessage(raw)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return s.decodeDesired(ev.Type(), ev.Data())
+	d, err := s.decodeDesired(ev.Type(), ev.Data())
+	return d, raw.Sequence, err
 }
 
 func (s *Service) decodeDesired(ceType string, data []byte) (*events.NetworkHostDesired, error) {
@@ -145,16 +151,20 @@ func (s *Service) reapplyLoop(ctx context.Context) {
 		due -= time.Since(s.netState.applied)
 		s.netState.mu.Unlock()
 		if d != nil && due <= 0 {
-			s.reapply(ctx, nil) // the newest, read under the lock
+			s.reapply(ctx, nil, 0) // the newest, read under the lock
 		}
 		return nil
 	})
 }
 
-// reapply applies d (nil: the last state applied) again and reports only
-// when something changed or failed: an unchanged host is not news.
-func (s *Service) reapply(ctx context.Context, d *events.NetworkHostDesired) {
-	applied, err := s.applyDesired(ctx, d)
+// reapply applies d, of stream sequence seq (nil: the last state applied),
+// again and reports only when something changed or failed: an unchanged
+// host is not news.
+func (s *Service) reapply(ctx context.Context, d *events.NetworkHostDesired, seq uint64) {
+	applied, err := s.applyDesired(ctx, d, seq)
+	if errors.Is(err, errSuperseded) {
+		return
+	}
 	if err != nil {
 		s.log.Warn("apply the host's desired network state again", "err", err)
 		return
@@ -169,29 +179,42 @@ func (s *Service) reapply(ctx context.Context, d *events.NetworkHostDesired) {
 
 // handleDesired applies a new final desired state (network.host.desired)
 // and reports it with network.host.applied. Another host's state never
-// reaches this consumer; one that did anyway is not its business.
+// reaches this consumer; one that did anyway is not its business, nor is
+// a state older than the one the agent has (errSuperseded).
 func (s *Service) handleDesired(ctx context.Context, m *bus.Message, d *events.NetworkHostDesired) error {
 	if d.Host != s.cfg.Host {
 		return nil
 	}
-	applied, err := s.applyDesired(ctx, d)
+	applied, err := s.applyDesired(ctx, d, m.StreamSeq)
+	if errors.Is(err, errSuperseded) {
+		m.Log.Info("network state superseded by a newer one; not applied", "digest", d.Digest, "seq", m.StreamSeq, "err", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	return s.bus.Emitter(Source).Emit(ctx, &m.Event, applied)
 }
 
+// errSuperseded: a state older, by its stream sequence, than the one the
+// agent has (applied, or to apply again).
+var errSuperseded = errors.New("an older state than the host's")
+
 // applyDesired compares the port groups the state lists with those the
 // host carries, carries the missing ones, drops the podvisor network port
 // groups (pv-<network>) no longer listed, leaves the rest untouched, and
-// says what it changed. A nil d is the last state applied.
-func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired) (*events.NetworkHostApplied, error) {
+// says what it changed. A nil d is the last state applied; another d,
+// of stream sequence seq, replaces it, unless it is older (errSuperseded).
+func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired, seq uint64) (*events.NetworkHostApplied, error) {
 	s.netState.mu.Lock()
 	defer s.netState.mu.Unlock()
 	st := &s.netState
-	if d == nil {
-		d = st.desired
-	} else if st.desired == nil || d.Digest != st.desired.Digest {
+	switch {
+	case d == nil:
+		d, seq = st.desired, st.seq
+	case seq < st.seq:
+		return nil, fmt.Errorf("%w: stream sequence %d, the host's is %d", errSuperseded, seq, st.seq)
+	case st.desired == nil || d.Digest != st.desired.Digest:
 		st.notFound = 0 // a new state: its failures are new too
 	}
 	have, err := s.network.Carried(ctx)
@@ -199,7 +222,7 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 		// vCenter does not answer: the state is the one to apply (its
 		// delivery may run out of retries first, or it was read at
 		// start), next try NetworkRetry away, not on the next tick.
-		st.desired, st.applied, st.retryIn = d, time.Now(), s.cfg.NetworkRetry
+		st.desired, st.seq, st.applied, st.retryIn = d, seq, time.Now(), s.cfg.NetworkRetry
 		return nil, fmt.Errorf("read the host's port groups: %w", err)
 	}
 	applied := &events.NetworkHostApplied{Host: s.cfg.Host, Digest: d.Digest}
@@ -236,7 +259,7 @@ func (s *Service) applyDesired(ctx context.Context, d *events.NetworkHostDesired
 		s.log.Info("network state applied", "digest", d.Digest, "added", applied.Added, "removed", applied.Removed,
 			"unchanged", applied.Unchanged, "failed", len(applied.Failed))
 	}
-	st.desired, st.applied, st.retryIn = d, time.Now(), 0
+	st.desired, st.seq, st.applied, st.retryIn = d, seq, time.Now(), 0
 	if len(applied.Failed) == 0 {
 		st.notFound = 0
 		return applied, nil

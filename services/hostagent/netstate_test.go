@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -363,5 +364,83 @@ func TestAnUnreachableVCenterIsAskedEveryNetworkRetry(t *testing.T) {
 		if gap := reads[i].Sub(reads[i-1]); gap < 900*time.Millisecond {
 			t.Errorf("read %d came %s after the one before; want NetworkRetry (1s) apart", i, gap)
 		}
+	}
+}
+
+// memHost is a host's port groups in memory, whose first failReads reads
+// fail as when vCenter does not answer.
+type memHost struct {
+	mu        sync.Mutex
+	names     map[string]string // what vCenter has, key → name
+	carried   map[string]string
+	failReads int
+	reads     int
+}
+
+func (h *memHost) Carried(context.Context) (map[string]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.reads++
+	if h.failReads > 0 {
+		h.failReads--
+		return nil, errors.New("vCenter does not answer")
+	}
+	return maps.Clone(h.carried), nil
+}
+
+func (h *memHost) Carry(_ context.Context, key string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.carried[key] = h.names[key]
+	return nil
+}
+
+func (h *memHost) Drop(_ context.Context, key string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.carried, key)
+	return nil
+}
+
+func (h *memHost) state() (reads int, carried map[string]string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reads, maps.Clone(h.carried)
+}
+
+// A state whose apply failed comes back (its delivery retried) after the
+// next state was applied: it is older, and neither applied then nor kept
+// as the state the agent applies again.
+func TestAnOlderStateRedeliveredAfterANewerOneIsNotApplied(t *testing.T) {
+	b := bustest.Start(t)
+	h := &memHost{names: map[string]string{"dvportgroup-1": "pv-a", "dvportgroup-2": "pv-b"}, carried: map[string]string{}, failReads: 1}
+	const x = "esx-z"
+	run := startNetAgent(t, b, x, t.TempDir(), h, func(c *hostagent.Config) {
+		c.NetworkRetry, c.NetworkResync = time.Hour, 200*time.Millisecond
+	})
+	// The agent has read the last state of its subject (none) once its
+	// consumer exists: the first read of the host is the first state's.
+	testenv.Eventually(t, "the agent's consumer", 20*time.Second, func() bool {
+		_, err := consumerInfo(context.Background(), b, x)
+		return err == nil
+	})
+	older := []events.HostPortGroup{{Network: "a", PortGroup: "pv-a", Key: "dvportgroup-1", VLAN: 10, Version: 1}}
+	newer := []events.HostPortGroup{{Network: "b", PortGroup: "pv-b", Key: "dvportgroup-2", VLAN: 11, Version: 1}}
+	run.publish(&events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(older), PortGroups: older})
+	testenv.Eventually(t, "the older state's apply failing", 20*time.Second, func() bool { reads, _ := h.state(); return reads >= 1 })
+	run.publish(&events.NetworkHostDesired{Host: x, Digest: events.HostStateDigest(newer), PortGroups: newer})
+	if r := run.next("for the newer state"); !slices.Equal(r.Added, []string{"pv-b"}) {
+		t.Fatalf("applied %+v; want pv-b added", r)
+	}
+	// The older state's second delivery, after the newer one's.
+	testenv.Eventually(t, "the older state delivered again and settled", 20*time.Second, func() bool {
+		info, err := consumerInfo(context.Background(), b, x)
+		return err == nil && info.Delivered.Consumer >= 3 && info.NumAckPending == 0
+	})
+	// And the last state applied again since.
+	after, _ := h.state()
+	testenv.Eventually(t, "the last state applied again", 20*time.Second, func() bool { reads, _ := h.state(); return reads >= after+2 })
+	if _, carried := h.state(); !maps.Equal(carried, map[string]string{"dvportgroup-2": "pv-b"}) {
+		t.Fatalf("the host carries %v; want only pv-b, the newer state's", carried)
 	}
 }

@@ -234,13 +234,36 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin boo
 				return
 			}
 			if stdin && (len(c.Stdin) > 0 || c.StdinEOF) {
-				_ = pc.conn.Send(guestchannel.TypeExecStdin, id, guestchannel.ExecStdin{Data: c.Stdin, EOF: c.StdinEOF})
+				if err := sendStdin(pc, id, c.Stdin, c.StdinEOF); err != nil {
+					cancelAgent()
+					st.fail(fmt.Errorf("send stdin to the guest: %w", err))
+					return
+				}
 			}
 		case <-idle.C:
 			pc.log.Info("stream client went silent; cancelled", "id", id)
 			cancelAgent()
 			return
 		}
+	}
+}
+
+// sendStdin passes an exec's input on in frames of at most ChunkSize, then
+// its end when eof. Each write is bounded by the channel's write timeout:
+// a guest that does not take its input has its channel closed rather than
+// hold the relay (the agent queues an exec's input apart from its
+// channel's loop, and fails an exec whose command does not read it).
+func sendStdin(pc *podConn, id string, data []byte, eof bool) error {
+	for {
+		n := min(len(data), guestchannel.ChunkSize)
+		last := n == len(data)
+		if err := pc.conn.Send(guestchannel.TypeExecStdin, id, guestchannel.ExecStdin{Data: data[:n], EOF: last && eof}); err != nil {
+			return err
+		}
+		if last {
+			return nil
+		}
+		data = data[n:]
 	}
 }
 

@@ -188,7 +188,9 @@ func (s *Service) accept(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("accept: %w", err)
 		}
-		wg.Go(func() { s.serveConn(ctx, guestchannel.NewConn(c)) })
+		conn := guestchannel.NewConn(c)
+		conn.SetWriteTimeout(s.cfg.WriteTimeout)
+		wg.Go(func() { s.serveConn(ctx, conn) })
 	}
 }
 

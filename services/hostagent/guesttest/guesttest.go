@@ -39,9 +39,13 @@ type Guest struct {
 	followers map[string]string
 	execFn    func(req guestchannel.ExecRequest, stdin []byte) (stdout string, exitCode int32)
 	stops     []guestchannel.StopRequest
+	// failStops is how many stops are still to be answered with an error.
+	failStops int
 	errors    []string
 	closed    chan struct{}
 	statuses  []guestchannel.ContainerStatus
+	// reads is held (HoldReads) to stop the guest reading its channel.
+	reads sync.RWMutex
 }
 
 // Dial connects to a host agent socket, says hello and sends a full status
@@ -214,6 +218,23 @@ func (g *Guest) Close() error { return g.conn.Close() }
 // Closed is closed when the host side ends the channel.
 func (g *Guest) Closed() <-chan struct{} { return g.closed }
 
+// FailStops answers the next n stop requests with an error (as an agent
+// that could not decode one does), recording them in Stops all the same.
+func (g *Guest) FailStops(n int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.failStops = n
+}
+
+// HoldReads stops the guest reading its channel, from the next message
+// on, until release is called: an agent whose channel loop is stuck (as
+// one writing an exec's input to a command that does not read it was).
+// What the host writes meanwhile fills the connection's buffers.
+func (g *Guest) HoldReads() (release func()) {
+	g.reads.Lock()
+	return sync.OnceFunc(g.reads.Unlock)
+}
+
 // Stops lists the stop requests received.
 func (g *Guest) Stops() []guestchannel.StopRequest {
 	g.mu.Lock()
@@ -237,6 +258,8 @@ func (g *Guest) serve() {
 		if err != nil {
 			return
 		}
+		g.reads.RLock() // held by HoldReads
+		g.reads.RUnlock()
 		switch env.Type {
 		case guestchannel.TypeResync:
 			g.mu.Lock()
@@ -296,7 +319,15 @@ func (g *Guest) serve() {
 			_ = env.Decode(&req)
 			g.mu.Lock()
 			g.stops = append(g.stops, req)
+			fail := g.failStops > 0
+			if fail {
+				g.failStops--
+			}
 			g.mu.Unlock()
+			if fail {
+				_ = g.conn.Send(guestchannel.TypeError, env.ID, guestchannel.Error{Message: "stop: scripted failure"})
+				continue
+			}
 			now := time.Now().UTC().Truncate(time.Second)
 			var cs []guestchannel.ContainerStatus
 			for _, s := range g.statuses {
