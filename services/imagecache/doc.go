@@ -31,7 +31,11 @@
 // the pod's references move with it, and pod.images.ready names the copy.
 //
 // On pod.deleted the pod's references are dropped. The chains stay: the
-// next pod of the image starts without a pull.
+// next pod of the image starts without a pull. A pod event handled after
+// the pod's pod.deleted (tried again, or by another replica) would leave
+// references nothing drops: once the chains are referenced, the pod record
+// is read, and a pod that is gone (or whose name is a newer pod's) has its
+// references dropped and nothing announced.
 //
 // # Pull once
 //
@@ -41,7 +45,9 @@
 // for the record to turn ready. A replica that dies mid-pull loses its lease
 // when it expires; the next one clears the folder and pulls again, and a
 // record turns ready only after the disk's descriptor is written (after its
-// flat extent), so a ready record never covers partial data.
+// flat extent), so a ready record never covers partial data. One that was
+// only paused finds, when it wakes, the record no longer pulling under its
+// token: it neither takes the lease back nor removes or marks the folder.
 //
 // # Garbage collection
 //
@@ -56,7 +62,8 @@
 // metadata (an epoch key). If not (FLUSHALL, a restart without persistence),
 // it rebuilds the chain records and manifests from the datastores' disk
 // descriptors (their ddb.podvisor.* keys) and the pods' references from the
-// pod VMs' disks;
+// pod VMs' disks (template VMs hold none); a reference it cannot write
+// leaves the metadata unmarked, and the next check rebuilds again;
 // pods being deployed meanwhile keep going, at worst pulling a layer a
 // second time, never failing.
 //

@@ -24,7 +24,7 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 	for _, c := range chains {
 		byDS[c.Datastore] = append(byDS[c.Datastore], c)
 	}
-	cutoff := s.now().Add(-s.cfg.GCGrace)
+	cutoff := s.now().Add(-s.cfg.gcGrace())
 	var evicted []events.ImageEvicted
 	dss := make([]string, 0, len(byDS))
 	for ds := range byDS {
@@ -43,7 +43,7 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 				children[c.Parent]++
 			}
 		}
-		if used <= s.cfg.GCBudgetBytes {
+		if used <= s.cfg.gcBudget() {
 			continue
 		}
 		// Deepest first; among equals the least recently used.
@@ -54,7 +54,7 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 			return list[i].LastUsed.Before(list[j].LastUsed)
 		})
 		for _, c := range list {
-			if used <= s.cfg.GCBudgetBytes {
+			if used <= s.cfg.gcBudget() {
 				break
 			}
 			if c.State != events.ChainStateReady || c.Refs > 0 || children[c.ChainID] > 0 || c.LastUsed.After(cutoff) {

@@ -84,6 +84,9 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 	if err != nil {
 		return err
 	}
+	if stays, err := s.podStays(ctx, m, e.Namespace, e.Name, e.UID, preps); err != nil || !stays {
+		return err
+	}
 	var dss []string
 	for _, p := range preps {
 		dss = append(dss, p.datastore)
@@ -135,6 +138,9 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 	}
 	preps, err := s.prepareAll(ctx, m, e.UID, cs, placement{candidates: cands, copyFrom: true})
 	if err != nil {
+		return err
+	}
+	if stays, err := s.podStays(ctx, m, e.Namespace, e.Name, e.UID, preps); err != nil || !stays {
 		return err
 	}
 	// Announced again even when the last announcement (a pod.scheduled's)
@@ -287,10 +293,23 @@ func (e *imageError) Unwrap() error { return e.err }
 // publishes pod.images.failed for the container whose image failed. Other
 // failures (Redis or the KV store not answering) are not the pod's: the
 // message is dead-lettered when its deliveries run out.
+//
+// The images prepared before the one that failed are referenced: for a pod
+// that is gone (deleted while this event was tried again) nothing would
+// drop those references, so they are dropped here. The failure is told
+// all the same: a pod that is gone ignores it, and a KV replica that lags
+// must not keep a live pod from learning why its images failed.
 func (s *Service) imagesFailed(ctx context.Context, m *bus.Message, ns, name, uid string, err error) error {
 	var ie *imageError
 	if !errors.As(err, &ie) {
 		return bus.ErrNoFailureEvent
+	}
+	if rec, rerr := s.podRecord(ctx, ns, name); rerr != nil {
+		m.Log.Warn("pod record unreadable; its chain references stay until pod.deleted", "err", rerr)
+	} else if rec == nil || rec.UID != uid {
+		if derr := s.dropPod(ctx, uid, nil); derr != nil {
+			return derr
+		}
 	}
 	reason := bus.ReasonOf(err, ReasonImagePrepareFailed)
 	m.Log.Warn("pod images failed", "container", ie.c.Name, "image", ie.c.Image, "reason", reason, "err", err)
@@ -390,12 +409,9 @@ func (s *Service) moveReferences(ctx context.Context, uid string, p prepared, re
 // onDeleted drops the pod's references. The chains stay until the garbage
 // collector needs the room.
 func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
-	members, err := s.db.PodRefs(ctx, e.UID)
-	if err != nil {
-		return err
-	}
 	// If Redis lost the pod's reference set, the event's digests still name
 	// the chains; the pod may reference them on any datastore.
+	var members []string
 	for _, d := range e.Images {
 		man, ok, err := s.db.Reader().Manifest(ctx, d)
 		if err != nil {
@@ -414,20 +430,86 @@ func (s *Service) onDeleted(ctx context.Context, e *events.PodDeleted) error {
 			}
 		}
 	}
+	return s.dropPod(ctx, e.UID, members)
+}
+
+// dropPod drops every reference of pod uid — those its set names, and
+// members ("<chainID>@<ds>") it may hold that the set does not name — and
+// forgets what the image cache kept of the pod.
+func (s *Service) dropPod(ctx context.Context, uid string, members []string) error {
+	have, err := s.db.PodRefs(ctx, uid)
+	if err != nil {
+		return err
+	}
+	members = append(members, have...)
 	slices.Sort(members)
 	for _, member := range slices.Compact(members) {
 		id, ds, ok := il.ParseIndexMember(member)
 		if !ok {
 			continue
 		}
-		if _, err := s.db.DropRef(ctx, id, ds, e.UID); err != nil {
+		if _, err := s.db.DropRef(ctx, id, ds, uid); err != nil {
 			return err
 		}
 	}
-	if err := s.db.ForgetPod(ctx, e.UID); err != nil {
+	if err := s.db.ForgetPod(ctx, uid); err != nil {
 		return err
 	}
-	return s.db.Client().Del(ctx, il.PodContainersKey(e.UID), il.PodReadyKey(e.UID)).Err()
+	return s.db.Client().Del(ctx, il.PodContainersKey(uid), il.PodReadyKey(uid)).Err()
+}
+
+// recordNotFoundDeliveries is the delivery of a pod event from which a pod
+// record not found is taken for a pod that is gone (podStays): with the
+// default back-off, a few seconds of reading again first.
+const recordNotFoundDeliveries = 4
+
+// podDeleting is how soon a pod event of a pod being deleted looks again.
+const podDeleting = time.Second
+
+// podStays checks, once the pod's chains are referenced, that the pod still
+// exists. A pod.accepted or pod.scheduled handled after the pod's
+// pod.deleted (tried again after a failed attempt, or by another replica)
+// would otherwise leave references nothing ever drops, and the garbage
+// collector would never evict those chains; and it would announce images
+// for a pod that is gone. The provisioner announces pod.deleted before it
+// removes the record, so a pod whose deletion was requested is looked at
+// again until its record is gone. A pod whose record is gone, or belongs
+// to a newer pod of that name, has its references (those of preps too) and
+// keys dropped here, and nothing is announced. network-config does the
+// same after allocating (services/netconfig/attach.go, ownerStays).
+//
+// A record not found is read again on the next deliveries before it is
+// taken for a pod that is gone: a KV replica that has not caught up with
+// the record's creation must not cost a live pod its images. On the last
+// delivery a pod still being deleted counts as gone: its VM is on its way
+// out, and a dropped reference marks the chain used now, so the collector
+// leaves it alone for GCGrace.
+func (s *Service) podStays(ctx context.Context, m *bus.Message, ns, name, uid string, preps map[string]prepared) (bool, error) {
+	rec, err := s.podRecord(ctx, ns, name)
+	if err != nil {
+		return false, err
+	}
+	key := events.PodKey(ns, name)
+	switch {
+	case rec != nil && rec.UID == uid && rec.DeletionRequestedAt.IsZero():
+		return true, nil
+	case m.LastDelivery():
+	case rec != nil && rec.UID == uid:
+		return false, bus.RetryAfter(fmt.Errorf("pod %s is being deleted: its chain references are dropped once it is gone", key), podDeleting)
+	case rec == nil && m.Delivery < recordNotFoundDeliveries:
+		return false, fmt.Errorf("pod record %s not found (a KV replica that lags, or the pod is gone): reading again", key)
+	}
+	var members []string
+	for _, p := range preps {
+		for _, c := range p.chain {
+			members = append(members, il.IndexMember(c.ChainID, p.datastore))
+		}
+	}
+	if err := s.dropPod(ctx, uid, members); err != nil {
+		return false, err
+	}
+	m.Log.Info("pod gone while its images were prepared: its references dropped, nothing announced", "pod", key, "uid", uid)
+	return false, nil
 }
 
 // rememberContainers keeps the pod's containers for pod.scheduled, which
@@ -461,9 +543,23 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string, kept [
 			return cs, nil
 		}
 	}
-	kv, err := s.bus.KV(ctx, events.BucketPods)
+	rec, err := s.podRecord(ctx, ns, name)
+	if err != nil || rec == nil || rec.UID != uid {
+		return nil, err
+	}
+	var cs []container
+	for _, c := range events.PodContainers(&rec.Pod) {
+		cs = append(cs, container{Name: c.Name, Image: c.Image})
+	}
+	_, err = s.rememberContainers(ctx, uid, cs)
+	return cs, err
+}
+
+// podRecord reads the provisioner's record of pod ns/name (nil: none).
+func (s *Service) podRecord(ctx context.Context, ns, name string) (*events.PodRecord, error) {
+	kv, err := s.podsBucket(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read pods bucket: %w", err)
+		return nil, err
 	}
 	entry, err := kv.Get(ctx, events.PodRecordKey(ns, name))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -476,15 +572,22 @@ func (s *Service) containersOf(ctx context.Context, ns, name, uid string, kept [
 	if err := json.Unmarshal(entry.Value(), &rec); err != nil {
 		return nil, fmt.Errorf("pod record %s: %w", events.PodKey(ns, name), err)
 	}
-	if rec.UID != uid {
-		return nil, nil
+	return &rec, nil
+}
+
+// podsBucket is the provisioner's pods bucket, looked up once.
+func (s *Service) podsBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	s.podsMu.Lock()
+	defer s.podsMu.Unlock()
+	if s.pods != nil {
+		return s.pods, nil
 	}
-	var cs []container
-	for _, c := range events.PodContainers(&rec.Pod) {
-		cs = append(cs, container{Name: c.Name, Image: c.Image})
+	kv, err := s.bus.KV(ctx, events.BucketPods)
+	if err != nil {
+		return nil, fmt.Errorf("read pods bucket: %w", err)
 	}
-	_, err = s.rememberContainers(ctx, uid, cs)
-	return cs, err
+	s.pods = kv
+	return kv, nil
 }
 
 // publishReady announces the pod's images as the effect of m's event (a

@@ -70,12 +70,12 @@ func (e *env) newService(cfg imagecache.Config) *imagecache.Service {
 	return svc
 }
 
-// accept publishes pod.accepted for a pod of the images, as the provisioner
-// would, and returns its stream sequence.
+// accept admits a pod of the images as the provisioner would (its record,
+// then pod.accepted: the image cache announces images only for a pod that
+// still exists), and returns the event's stream sequence.
 func (e *env) accept(name string, images ...string) uint64 {
 	e.T.Helper()
-	acc := testenv.Accepted(testenv.Pod(name, images...))
-	return e.Publish(acc)
+	return e.Accept(testenv.Accepted(testenv.Pod(name, images...)))
 }
 
 // handled waits until the image cache settled the pod event at seq.

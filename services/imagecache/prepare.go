@@ -189,7 +189,7 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 	}
 	free := map[string]int64{}
 	for _, d := range inv {
-		free[d.Name] = d.FreeSpace - s.cfg.ReserveBytes
+		free[d.Name] = d.FreeSpace - s.cfg.reserve()
 	}
 	// Choose the datastore: longest prefix present, then preference order;
 	// skip those without room for the missing layers.
@@ -213,7 +213,7 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 			need += l.Size
 		}
 		return prepared{}, fmt.Errorf("image %s (%d bytes): %w: no room on %v beyond the %d-byte reserve",
-			img.manifest.Image, need, ErrDatastoreFull, pl.candidates, s.cfg.ReserveBytes)
+			img.manifest.Image, need, ErrDatastoreFull, pl.candidates, s.cfg.reserve())
 	}
 
 	// Every link is its own filesystem whose descriptor names its parent by
@@ -306,7 +306,7 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 				}
 			}
 			if src != "" {
-				return s.copyChain(ctx, rec, src, token)
+				return s.copyChain(ctx, img, rec, src, token)
 			}
 			rec, err := s.pull(ctx, img, i, rec, token)
 			return s.finish(ctx, rec, token, err, true)
@@ -314,23 +314,14 @@ func (s *Service) ensureChainOnce(ctx context.Context, img image, i int, ds stri
 	}
 }
 
-// finish completes or fails a chain this caller holds the lease of.
+// finish completes or fails a chain this caller began (token).
 func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token string, work error, pulled bool) (events.ChainRecord, bool, error) {
 	if errors.Is(work, ErrLeaseLost) {
 		// The folder is the successor's now: neither removed nor marked.
 		return rec, false, work
 	}
 	if work != nil {
-		reason := bus.ReasonOf(classify(work), ReasonImagePrepareFailed)
-		// Leave no partial data behind a failed pull: the folder goes,
-		// then the record says failed (and the next request pulls again).
-		cleanup := context.WithoutCancel(ctx)
-		if err := s.store.Delete(cleanup, rec.Datastore, rec.ChainID); err != nil {
-			s.log.Warn("remove failed chain folder", "chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
-		}
-		if err := s.db.Fail(cleanup, rec.ChainID, rec.Datastore, token, reason+": "+work.Error()); err != nil {
-			s.log.Warn("mark chain failed", "chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
-		}
+		s.failed(ctx, rec, token, work)
 		return rec, false, work
 	}
 	rec.State = events.ChainStateReady
@@ -346,6 +337,35 @@ func (s *Service) finish(ctx context.Context, rec events.ChainRecord, token stri
 		return rec, false, err
 	}
 	return got, pulled, nil
+}
+
+// failed leaves no partial data behind a failed pull, and only behind the
+// caller's own: the failure is claimed first (the record turns failed,
+// the lease held while the folder goes, so no successor begins on it),
+// and the folder is removed only if the claim succeeds. A puller paused
+// past its lease whose successor has since finished, or taken over, the
+// chain is refused the claim and touches nothing: the folder may be a
+// ready disk pods use. When Redis cannot say, the folder stays as well;
+// the next pull clears it.
+func (s *Service) failed(ctx context.Context, rec events.ChainRecord, token string, work error) {
+	key := events.ChainRecordKey(rec.ChainID, rec.Datastore)
+	reason := bus.ReasonOf(classify(work), ReasonImagePrepareFailed)
+	cleanup := context.WithoutCancel(ctx)
+	claimed, err := s.db.Fail(cleanup, rec.ChainID, rec.Datastore, token, reason+": "+work.Error(), s.cfg.LeaseTTL)
+	switch {
+	case err != nil:
+		s.log.Warn("mark chain failed; its folder is left to the next pull", "chain", key, "err", err)
+		return
+	case !claimed:
+		s.log.Info("failed pull no longer this puller's; its folder is left alone", "chain", key, "err", work)
+		return
+	}
+	if err := s.store.Delete(cleanup, rec.Datastore, rec.ChainID); err != nil {
+		s.log.Warn("remove failed chain folder", "chain", key, "err", err)
+	}
+	if err := s.db.Release(cleanup, rec.ChainID, rec.Datastore, token); err != nil {
+		s.log.Warn("release the lease of a failed chain; it expires", "chain", key, "err", err)
+	}
 }
 
 // pull fetches layer i, writes it as a filesystem into rec's disk and
@@ -442,38 +462,48 @@ func (s *Service) writeLayer(ctx context.Context, img image, i int, rec events.C
 	return fs, fetched, nil
 }
 
-// checkRoom refuses to upload a layer's disk of size bytes to a datastore
-// whose free space beyond the reserve is smaller. Placement could only
-// count the layers' compressed sizes (all a manifest tells); the disk holds
-// the layer uncompressed, so the real check comes once it is built.
+// checkRoom refuses to write a layer's disk of size bytes (built, or
+// copied from another datastore) to a datastore whose free space beyond
+// the reserve is smaller. Placement could only count the layers'
+// compressed sizes (all a manifest tells); the disk holds the layer
+// uncompressed, so the real check comes once its size is known.
 func (s *Service) checkRoom(ctx context.Context, img image, rec events.ChainRecord, size int64) error {
 	inv, err := s.datastores(ctx, true)
 	if err != nil {
 		return err
 	}
 	for _, d := range inv {
-		if d.Name == rec.Datastore && d.FreeSpace-s.cfg.ReserveBytes < size {
+		if d.Name == rec.Datastore && d.FreeSpace-s.cfg.reserve() < size {
 			return fmt.Errorf("image %s layer %s: its %d-byte disk: %w: %s has %d bytes free beyond the %d-byte reserve",
-				img.manifest.Image, rec.Layer, size, ErrDatastoreFull, d.Name, max(d.FreeSpace-s.cfg.ReserveBytes, 0), s.cfg.ReserveBytes)
+				img.manifest.Image, rec.Layer, size, ErrDatastoreFull, d.Name, max(d.FreeSpace-s.cfg.reserve(), 0), s.cfg.reserve())
 		}
 	}
 	return nil
 }
 
 // copyChain copies a ready chain from datastore src to rec's datastore
-// (a disk and file copy inside vSphere, no registry traffic).
-func (s *Service) copyChain(ctx context.Context, rec events.ChainRecord, src, token string) (events.ChainRecord, bool, error) {
+// (a disk and file copy inside vSphere, no registry traffic). The copy is
+// the source's disk, so its size is the source record's, not the
+// layer's compressed size placement counted: the room is checked with it
+// before copying, and the record keeps it.
+func (s *Service) copyChain(ctx context.Context, img image, rec events.ChainRecord, src, token string) (events.ChainRecord, bool, error) {
 	ctx, stop := s.keepLease(ctx, rec, token)
 	defer stop()
 	from, ok, err := s.db.Get(ctx, rec.ChainID, src)
-	if err == nil {
-		err = s.fenceLease(ctx, rec, token)
-	}
 	if err == nil && (!ok || from.State != events.ChainStateReady) {
 		err = fmt.Errorf("chain %s vanished during copy", events.ChainRecordKey(rec.ChainID, src))
 	}
 	if err == nil {
-		_, err = s.store.Copy(ctx, from, rec.Datastore)
+		err = s.checkRoom(ctx, img, rec, from.Size)
+	}
+	if err == nil {
+		err = s.fenceLease(ctx, rec, token)
+	}
+	if err == nil {
+		var copied events.ChainRecord
+		if copied, err = s.store.Copy(ctx, from, rec.Datastore); err == nil {
+			rec.Size = copied.Size
+		}
 	}
 	if err == nil {
 		s.stats.chainsCopied.add(1)

@@ -2,6 +2,7 @@ package imagecache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 )
 
 // EnsureMetadata rebuilds the Redis metadata from the datastores when Redis
@@ -107,8 +109,24 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 // imageDiskRE matches an image disk path: "[ds] podvisor-images/<hex>/disk.vmdk".
 var imageDiskRE = regexp.MustCompile(`^\[([^\]]+)\] ` + regexp.QuoteMeta(events.ImageRoot) + `/([0-9a-f]{64})/disk\.vmdk$`)
 
+// templateVMPrefix begins the names of the provisioner's pod VM templates
+// (pv-template-<hash of the shape and the agent>,
+// services/provisioner/templates.Name).
+const templateVMPrefix = "pv-template-"
+
 // restoreRefs finds pod VMs (named pv-<uid>) whose disks chain to image
 // disks and references those chains, and their parents, for the pod.
+//
+// Template VMs are skipped on purpose, though their disks are image
+// disks too: in normal operation a template holds no reference (the image
+// cache never hears of templates; the pods forked from them hold their own,
+// as pv-<uid>), and a reference taken here under "template-<hash>" would
+// be one no pod.deleted ever drops, pinning the chains for good.
+//
+// A reference that cannot be written fails the rebuild, so that the
+// metadata is not marked intact without it and the next check tries
+// again; a chain not ready (being evicted, or pulled again) is no such
+// failure: its record is not the one the VM's disk was found with.
 func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.ChainRecord) (int, error) {
 	c := s.store.Client()
 	m := view.NewManager(c)
@@ -124,7 +142,7 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 	n := 0
 	for _, vm := range vms {
 		uid, ok := strings.CutPrefix(vm.Name, "pv-")
-		if !ok || vm.Config == nil {
+		if !ok || vm.Config == nil || strings.HasPrefix(vm.Name, templateVMPrefix) {
 			continue
 		}
 		for _, dev := range vm.Config.Hardware.Device {
@@ -137,8 +155,11 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 				if mm := imageDiskRE.FindStringSubmatch(b.FileName); mm != nil {
 					rec, found := restored[events.ChainRecordKey("sha256:"+mm[2], mm[1])]
 					for found {
-						if _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); err == nil {
+						switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
+						case err == nil:
 							n++
+						case !errors.Is(err, chaindb.ErrNotReady):
+							return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
 						}
 						if rec.Parent == "" {
 							break

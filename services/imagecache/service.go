@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
@@ -72,6 +73,9 @@ type Service struct {
 	invAt     time.Time
 
 	rebuildMu sync.Mutex
+
+	podsMu sync.Mutex
+	pods   jetstream.KeyValue // the provisioner's pod records (read only), once looked up
 
 	manifests sync.Map // manifestWritten → true: manifest files this process wrote
 	resolved  sync.Map // image reference → timed[image]

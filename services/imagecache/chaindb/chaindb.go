@@ -31,6 +31,10 @@ const (
 	Evicting Outcome = "evicting"
 )
 
+// beginScript takes the lease of a chain that is not ready and records
+// the taker's token as the record's puller: the lease says who may write
+// the folder now, the puller whose pull the record describes, and a
+// puller that lost its lease is told apart from its successor by it.
 var beginScript = redis.NewScript(`
 local state = redis.call('HGET', KEYS[1], 'state')
 local now = tonumber(ARGV[4])
@@ -43,50 +47,79 @@ if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'bus
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('HSET', KEYS[1], 'state', 'pulling', 'reason', '', 'lastUsed', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'pulling', 'reason', '', 'lastUsed', ARGV[4], 'puller', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'refs', 0)
 redis.call('HSET', KEYS[3], ARGV[3], 'pulling')
 return 'acquired'
 `)
 
-// renewScript extends the holder's lease. A lease that is gone altogether
-// (expired with nobody taking over, or Redis lost its data) is taken again:
-// the holder is still working and nobody else started.
+// renewScript extends the holder's lease. A lease that is gone (expired
+// with nobody taking over, or lost by Redis) is taken again only while the
+// record still says the caller's pull is under way: a puller paused past
+// its TTL whose successor has finished meanwhile (the chain ready or
+// failed, or pulling under another token) must not get the lease back and
+// then remove or mark the successor's folder. A missing record is Redis
+// having lost its data: the holder is still working and nobody else
+// started (a successor's Begin would have written the record).
 var renewScript = redis.NewScript(`
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+if holder then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('HGET', KEYS[2], 'state') ~= 'pulling' then return 0 end
+  if redis.call('HGET', KEYS[2], 'puller') ~= ARGV[1] then return 0 end
 end
-return 0
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
 `)
 
-// completeScript: 1 = now ready, 0 = lease lost to another puller.
+// completeScript: 1 = now ready, 0 = the pull is not the caller's any more
+// (another puller holds the lease, or the record is no longer pulling
+// under the caller's token). A missing record is Redis having lost its
+// data: the lease decides alone.
 var completeScript = redis.NewScript(`
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'pulling' then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'state') ~= 'pulling' then return 0 end
+  if redis.call('HGET', KEYS[1], 'puller') ~= ARGV[1] then return 0 end
+end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('HSET', KEYS[1], 'state', 'ready', 'reason', '', 'lastUsed', ARGV[3])
+redis.call('HDEL', KEYS[1], 'puller')
 redis.call('HSETNX', KEYS[1], 'refs', redis.call('SCARD', KEYS[4]))
 redis.call('HSET', KEYS[3], ARGV[2], 'ready')
 redis.call('DEL', KEYS[2])
 return 1
 `)
 
+// failScript claims a failed pull: 1 = the record is now failed and the
+// caller holds the lease for ARGV[5] ms, long enough to clear the folder
+// before a successor may begin; 0 = the pull is not the caller's (another
+// puller holds the lease, the record is no longer pulling under the
+// caller's token), or Redis lost the record: the folder may then be a
+// successor's ready disk the rebuild has not restored yet, and is left to
+// the next pull, which clears it.
 var failScript = redis.NewScript(`
 local holder = redis.call('GET', KEYS[2])
 if holder and holder ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'pulling' then return 0 end
+if redis.call('HGET', KEYS[1], 'puller') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'reason', ARGV[3], 'lastUsed', ARGV[4])
+redis.call('HDEL', KEYS[1], 'puller')
 redis.call('HSET', KEYS[3], ARGV[2], 'failed')
-redis.call('DEL', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[5])
 return 1
+`)
+
+// releaseScript drops the lease if the caller holds it.
+var releaseScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 `)
 
 var addRefScript = redis.NewScript(`
@@ -177,17 +210,20 @@ func (d *DB) Begin(ctx context.Context, rec events.ChainRecord, token string, tt
 }
 
 // Renew extends the lease if token still holds it, or takes it again if
-// nobody holds it; false means another puller has it.
+// nobody holds it and the record still says token's pull is under way;
+// false means the pull is not token's any more (another puller has the
+// lease, or a successor finished the chain while token's lease was gone).
 func (d *DB) Renew(ctx context.Context, chainID, ds, token string, ttl time.Duration) (bool, error) {
-	n, err := renewScript.Run(ctx, d.c, []string{il.ChainLeaseKey(chainID, ds)}, token, ttl.Milliseconds()).Int()
+	keys := []string{il.ChainLeaseKey(chainID, ds), il.ChainKey(chainID, ds)}
+	n, err := renewScript.Run(ctx, d.c, keys, token, ttl.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("renew lease of %s: %w", events.ChainRecordKey(chainID, ds), err)
 	}
 	return n == 1, nil
 }
 
-// Complete marks the chain ready. It returns false when the lease was lost
-// to another puller (whose work then counts, not the caller's).
+// Complete marks the chain ready. It returns false when the pull is not
+// token's any more (another puller's work then counts, not the caller's).
 func (d *DB) Complete(ctx context.Context, rec events.ChainRecord, token string) (bool, error) {
 	args := append([]any{token, rec.Datastore, d.nowMillis()}, il.EncodeChain(rec)...)
 	n, err := completeScript.Run(ctx, d.c, chainKeys(rec.ChainID, rec.Datastore), args...).Int()
@@ -203,11 +239,25 @@ func (d *DB) Complete(ctx context.Context, rec events.ChainRecord, token string)
 	return n == 1, nil
 }
 
-// Fail marks the chain failed with a reason and releases the lease.
-func (d *DB) Fail(ctx context.Context, chainID, ds, token, reason string) error {
+// Fail claims token's failed pull: the record turns failed with reason and
+// token keeps the lease for hold, so that no successor begins on the
+// folder before the caller has cleared it (Release ends the hold). False
+// means the pull is not token's (a successor took it over, or finished
+// it, while token was paused; or Redis lost the record): the caller must
+// leave the folder alone.
+func (d *DB) Fail(ctx context.Context, chainID, ds, token, reason string, hold time.Duration) (bool, error) {
 	k := chainKeys(chainID, ds)
-	if err := failScript.Run(ctx, d.c, k[:3], token, ds, reason, d.nowMillis()).Err(); err != nil {
-		return fmt.Errorf("fail %s: %w", events.ChainRecordKey(chainID, ds), err)
+	n, err := failScript.Run(ctx, d.c, k[:3], token, ds, reason, d.nowMillis(), hold.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("fail %s: %w", events.ChainRecordKey(chainID, ds), err)
+	}
+	return n == 1, nil
+}
+
+// Release drops token's lease, if token holds it.
+func (d *DB) Release(ctx context.Context, chainID, ds, token string) error {
+	if err := releaseScript.Run(ctx, d.c, []string{il.ChainLeaseKey(chainID, ds)}, token).Err(); err != nil {
+		return fmt.Errorf("release lease of %s: %w", events.ChainRecordKey(chainID, ds), err)
 	}
 	return nil
 }
@@ -256,52 +306,80 @@ func (d *DB) Locations(ctx context.Context, chainID string) (map[string]string, 
 }
 
 // AddRef records that pod uid uses the chain on ds. It returns the new
-// reference count, or ErrNotReady.
+// reference count, or ErrNotReady. As AddRefs, it writes the pod's own set
+// first.
 func (d *DB) AddRef(ctx context.Context, chainID, ds, uid string) (int, error) {
-	k := chainKeys(chainID, ds)
-	n, err := addRefScript.Run(ctx, d.c, []string{k[0], k[3]}, uid, d.nowMillis()).Int()
+	_, counts, err := d.addRefs(ctx, uid, []events.ChainRecord{{ChainID: chainID, Datastore: ds}})
 	if err != nil {
-		return 0, fmt.Errorf("reference %s for pod %s: %w", events.ChainRecordKey(chainID, ds), uid, err)
+		return 0, err
 	}
-	if n < 0 {
-		return 0, fmt.Errorf("reference %s for pod %s: %w", events.ChainRecordKey(chainID, ds), uid, ErrNotReady)
-	}
-	if err := d.c.SAdd(ctx, il.PodKey(uid), il.IndexMember(chainID, ds)).Err(); err != nil {
-		return n, fmt.Errorf("record reference of pod %s: %w", uid, err)
-	}
-	return n, nil
+	return counts[0], nil
 }
 
 // AddRefs references every chain of an image (base first, all on one
 // datastore) for pod uid, and returns every "<chainID>@<ds>" the pod then
-// references. It is AddRef for each chain in two round trips whatever the
-// number of layers: the checks-and-adds, then the pod's own set. A chain
-// that is not ready is ErrNotReady, and the pod's set is left alone.
+// references.
+//
+// The pod's own set (the one pod.deleted reads to drop the pod's
+// references) is written before the chains' sets, never after: whatever
+// happens between the two (a chain found not ready, a lost connection, a
+// crash), every chain whose set names the pod is in the pod's set. The
+// two cannot be one script: the pod's set and each chain's keys have
+// different hash tags, and a script over both would fail on Redis Cluster
+// (CROSSSLOT). A chain that is not ready is ErrNotReady, and the chains
+// refused are taken out of the pod's set again (a chain that is not ready
+// never names a pod: a referenced chain is neither evicted nor failed), so
+// the pod's set names the chains referenced before the refusal. Two round
+// trips whatever the number of layers: the pod's set (and its members),
+// then the checks-and-adds; a third when a chain is refused.
 func (d *DB) AddRefs(ctx context.Context, uid string, chains []events.ChainRecord) ([]string, error) {
+	members, _, err := d.addRefs(ctx, uid, chains)
+	return members, err
+}
+
+// addRefs is AddRefs, also returning each chain's new reference count.
+func (d *DB) addRefs(ctx context.Context, uid string, chains []events.ChainRecord) (members []string, counts []int, err error) {
 	now := d.nowMillis()
+	add := make([]any, len(chains))
+	for i, c := range chains {
+		add[i] = il.IndexMember(c.ChainID, c.Datastore)
+	}
+	pipe := d.c.Pipeline()
+	if len(add) > 0 {
+		pipe.SAdd(ctx, il.PodKey(uid), add...)
+	}
+	all := pipe.SMembers(ctx, il.PodKey(uid))
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, nil, fmt.Errorf("record references of pod %s: %w", uid, err)
+	}
 	res, err := runPipelined(ctx, d.c, addRefScript, len(chains), func(i int) ([]string, []any) {
 		k := chainKeys(chains[i].ChainID, chains[i].Datastore)
 		return []string{k[0], k[3]}, []any{uid, now}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("reference the chains of pod %s: %w", uid, err)
+		return nil, nil, fmt.Errorf("reference the chains of pod %s: %w", uid, err)
 	}
-	members := make([]any, len(chains))
+	counts = make([]int, len(chains))
+	var refused []any
+	var notReady error
 	for i, c := range chains {
-		if n, _ := res[i].(int64); n < 0 {
-			return nil, fmt.Errorf("reference %s for pod %s: %w", events.ChainRecordKey(c.ChainID, c.Datastore), uid, ErrNotReady)
+		n, _ := res[i].(int64)
+		if n < 0 {
+			refused = append(refused, add[i])
+			if notReady == nil {
+				notReady = fmt.Errorf("reference %s for pod %s: %w", events.ChainRecordKey(c.ChainID, c.Datastore), uid, ErrNotReady)
+			}
+			continue
 		}
-		members[i] = il.IndexMember(c.ChainID, c.Datastore)
+		counts[i] = int(n)
 	}
-	pipe := d.c.Pipeline()
-	if len(members) > 0 {
-		pipe.SAdd(ctx, il.PodKey(uid), members...)
+	if notReady == nil {
+		return all.Val(), counts, nil
 	}
-	refs := pipe.SMembers(ctx, il.PodKey(uid))
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("record references of pod %s: %w", uid, err)
+	if err := d.c.SRem(ctx, il.PodKey(uid), refused...).Err(); err != nil {
+		return nil, nil, errors.Join(notReady, fmt.Errorf("take the refused chains out of pod %s's references: %w", uid, err))
 	}
-	return refs.Val(), nil
+	return nil, nil, notReady
 }
 
 // runPipelined runs script n times in one round trip, the i-th with the

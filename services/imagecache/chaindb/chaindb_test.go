@@ -3,6 +3,7 @@ package chaindb_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -82,12 +83,22 @@ func TestExpiredLeaseIsTakenOver(t *testing.T) {
 	if got, _ := db.Begin(ctx, r, "intruder", time.Minute); got != chaindb.Busy {
 		t.Fatalf("Begin after the lease was retaken = %v, want busy", got)
 	}
-	if err := db.Fail(ctx, r.ChainID, r.Datastore, "successor", "DigestMismatch: boom"); err != nil {
-		t.Fatal(err)
+	if ok, _ := db.Fail(ctx, r.ChainID, r.Datastore, "crashed", "DigestMismatch: late", time.Minute); ok {
+		t.Fatal("stale puller claimed the failure of its successor's pull")
+	}
+	if ok, err := db.Fail(ctx, r.ChainID, r.Datastore, "successor", "DigestMismatch: boom", time.Minute); !ok || err != nil {
+		t.Fatalf("Fail by the puller = %v, %v; want claimed", ok, err)
 	}
 	stored, _, _ := db.Get(ctx, r.ChainID, r.Datastore)
 	if stored.State != events.ChainStateFailed || !strings.Contains(stored.Reason, "DigestMismatch") {
 		t.Fatalf("after Fail: %+v", stored)
+	}
+	// The failed puller holds the lease until it has cleared the folder.
+	if got, _ := db.Begin(ctx, r, "retry", time.Minute); got != chaindb.Busy {
+		t.Fatalf("Begin while the failed puller clears its folder = %v, want busy", got)
+	}
+	if err := db.Release(ctx, r.ChainID, r.Datastore, "successor"); err != nil {
+		t.Fatal(err)
 	}
 	if got, _ := db.Begin(ctx, r, "retry", time.Minute); got != chaindb.Acquired {
 		t.Fatalf("Begin after failure = %v, want acquired (a failed chain is pulled again)", got)
@@ -201,9 +212,11 @@ func TestRestoreOnlyFillsGaps(t *testing.T) {
 }
 
 // AddRefs references a whole chain in two round trips, with AddRef's
-// guarantees: nothing of the pod's set is written when a chain is not
-// ready, the counts are right, and Redis forgetting its scripts (a restart,
-// SCRIPT FLUSH) costs a round, not an error. GetMany reads them back.
+// guarantees: when a chain is not ready, the pod's set names exactly the
+// chains whose sets name the pod (those referenced before the refusal: the
+// pod's deletion must find them), the counts are right, and Redis
+// forgetting its scripts (a restart, SCRIPT FLUSH) costs a round, not an
+// error. GetMany reads them back.
 func TestAddRefsAndGetMany(t *testing.T) {
 	db := chaindb.New(redistest.Start(t), nil)
 	ctx := context.Background()
@@ -216,12 +229,21 @@ func TestAddRefsAndGetMany(t *testing.T) {
 			t.Fatalf("Complete = %v, %v", ok, err)
 		}
 	}
-	// The top layer is not there: not ready, and the pod references nothing.
+	// The top layer is not there: not ready, and the pod's set names the
+	// two chains that took the pod.
 	if _, err := db.AddRefs(ctx, "pod-1", chain); !errors.Is(err, chaindb.ErrNotReady) || !strings.Contains(err.Error(), chain[2].ChainID) {
 		t.Fatalf("AddRefs with a missing layer: %v, want ErrNotReady naming %s", err, chain[2].ChainID)
 	}
-	if refs, _ := db.PodRefs(ctx, "pod-1"); len(refs) != 0 {
-		t.Fatalf("pod references %v after a refused AddRefs, want none", refs)
+	refs, _ := db.PodRefs(ctx, "pod-1")
+	slices.Sort(refs)
+	if want := []string{il.IndexMember(chain[0].ChainID, "ds1"), il.IndexMember(chain[1].ChainID, "ds1")}; !slices.Equal(refs, want) {
+		t.Fatalf("pod references %v after a refused AddRefs, want the chains that took it %v", refs, want)
+	}
+	for i, r := range chain {
+		n, _ := db.Client().SCard(ctx, il.ChainRefsKey(r.ChainID, r.Datastore)).Result()
+		if want := int64(min(1, 2-i)); n != want {
+			t.Fatalf("chain %d names %d pods, want %d", i, n, want)
+		}
 	}
 	if got, _ := db.Begin(ctx, chain[2], "one", time.Minute); got != chaindb.Acquired {
 		t.Fatal("Begin not acquired")
@@ -255,5 +277,51 @@ func TestAddRefsAndGetMany(t *testing.T) {
 	}
 	if found[3] {
 		t.Errorf("a chain never written was found: %+v", recs[3])
+	}
+}
+
+// A puller paused past its lease whose successor finished the chain does
+// not get the lease back: Renew, Fail and Complete all refuse it, and the
+// ready, referenced chain stays as it is. Before, Renew took the vanished
+// lease again, and Fail then marked the successor's chain failed.
+func TestPausedPullerDoesNotTakeBackAFinishedChain(t *testing.T) {
+	db := chaindb.New(redistest.Start(t), nil)
+	ctx := context.Background()
+	r := rec('g')
+	if got, _ := db.Begin(ctx, r, "paused", time.Minute); got != chaindb.Acquired {
+		t.Fatal("Begin not acquired")
+	}
+	// The paused puller's lease expires; a successor pulls and completes.
+	db.Client().Del(ctx, il.ChainLeaseKey(r.ChainID, r.Datastore))
+	if got, _ := db.Begin(ctx, r, "successor", time.Minute); got != chaindb.Acquired {
+		t.Fatal("successor's Begin not acquired")
+	}
+	if ok, err := db.Complete(ctx, r, "successor"); !ok || err != nil {
+		t.Fatalf("successor's Complete = %v, %v", ok, err)
+	}
+	if _, err := db.AddRef(ctx, r.ChainID, r.Datastore, "pod-1"); err != nil {
+		t.Fatal(err)
+	}
+	// The paused puller wakes up.
+	if ok, _ := db.Renew(ctx, r.ChainID, r.Datastore, "paused", time.Minute); ok {
+		t.Fatal("paused puller took the lease of a ready chain again")
+	}
+	if ok, _ := db.Fail(ctx, r.ChainID, r.Datastore, "paused", "RegistryUnavailable: reset", time.Minute); ok {
+		t.Fatal("paused puller claimed the failure of a ready chain")
+	}
+	if ok, _ := db.Complete(ctx, r, "paused"); ok {
+		t.Fatal("paused puller completed a chain it no longer pulls")
+	}
+	got, _, _ := db.Get(ctx, r.ChainID, r.Datastore)
+	if got.State != events.ChainStateReady || got.Refs != 1 {
+		t.Fatalf("chain after the paused puller woke: %+v, want ready with its reference", got)
+	}
+	if n := db.Client().Exists(ctx, il.ChainLeaseKey(r.ChainID, r.Datastore)).Val(); n != 0 {
+		t.Fatal("a lease exists on the ready chain")
+	}
+	// Redis lost everything mid-pull: the puller keeps its pull.
+	db.Client().FlushAll(ctx)
+	if ok, _ := db.Renew(ctx, r.ChainID, r.Datastore, "paused", time.Minute); !ok {
+		t.Fatal("the puller could not take its lease back after Redis lost its data")
 	}
 }

@@ -1,0 +1,74 @@
+package imagecache_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podvisor/podvisor/services/imagecache"
+	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/shared/imagemeta"
+	"github.com/podvisor/podvisor/shared/testenv"
+)
+
+// TestRebuildReferencesOnlyPodsAndRetries: after Redis lost its data, the
+// rebuild finds the pods' references in the pod VMs' disks. A reference it
+// cannot write fails the rebuild, which leaves the metadata not intact so
+// that the next check tries again (before, the error was dropped and the
+// metadata marked intact without the reference: the collector could then
+// evict a chain a running pod uses). A template VM (pv-template-<hash>)
+// whose disks are the same image disks holds no reference, as in normal
+// operation (before, it took one under "template-<hash>" that nothing
+// ever dropped).
+func TestRebuildReferencesOnlyPodsAndRetries(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) { c.CheckInterval = time.Hour })
+	ctx := context.Background()
+	web := e.reg.Ref("podvisor/web:1.0")
+	e.accept("p", web)
+	evs := e.WaitFor("p ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "p") != nil })
+	top := readyFor(t, evs, "p").Containers[0].Disk
+	createPodVM(t, e, "pv-"+testenv.UID("p"), top)
+	createPodVM(t, e, "pv-template-0123456789abcdef", top)
+	layers := layerSizes(t, e, web)
+
+	if err := e.redis.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The pod's reference set cannot be written: a key of another type
+	// stands in for Redis refusing the write.
+	podKey := imagemeta.PodKey(testenv.UID("p"))
+	if err := e.redis.Set(ctx, podKey, "not a set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	db := chaindb.New(e.redis, nil)
+	if _, err := e.svc.Rebuild(ctx); err == nil || !strings.Contains(err.Error(), "pv-"+testenv.UID("p")) {
+		t.Fatalf("Rebuild with a reference it cannot write = %v, want an error naming the pod VM", err)
+	}
+	if ok, err := db.Intact(ctx); err != nil || ok {
+		t.Fatalf("metadata intact = %v, %v after a rebuild that lost a reference; want not, so the next check retries", ok, err)
+	}
+
+	if err := e.redis.Del(ctx, podKey).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.svc.Rebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Refs != len(layers) {
+		t.Fatalf("rebuild restored %d references, want the pod VM's %d (none for the template VM)", rep.Refs, len(layers))
+	}
+	if ok, err := db.Intact(ctx); err != nil || !ok {
+		t.Fatalf("metadata intact = %v, %v after the rebuild; want intact", ok, err)
+	}
+	for _, l := range layers {
+		rec, ok, err := e.reader().chain(l.ChainID, sharedDS)
+		if err != nil || !ok || rec.Refs != 1 {
+			t.Fatalf("chain %s after the rebuild: %+v (found %v, %v), want the pod's 1 reference", l.ChainID, rec, ok, err)
+		}
+	}
+	if n, err := e.redis.Exists(ctx, imagemeta.PodKey("template-0123456789abcdef")).Result(); err != nil || n != 0 {
+		t.Fatalf("the template VM holds references (%d, %v)", n, err)
+	}
+}
