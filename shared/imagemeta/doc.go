@@ -14,7 +14,9 @@
 //	pv:img:ref:{<image ref>}             string  manifest digest the reference resolved to
 //	pv:img:manifest:{<digest>}           string  JSON Manifest: layers with digest, diffID, chainID, size
 //	pv:img:manifest:{<digest>}:announced set     datastores image.pulled was published for
-//	pv:img:chain:{<chainID>}:<ds>        hash    events.ChainRecord of the chain's disk on datastore <ds>
+//	pv:img:chain:{<chainID>}:<ds>        hash    events.ChainRecord of the chain's disk on datastore <ds>,
+//	                                             and while pulling its puller (the lease token of the pull
+//	                                             the record describes)
 //	pv:img:chain:{<chainID>}:<ds>:refs   set     uids of the pods referencing it (its size is the record's refs)
 //	pv:img:chain:{<chainID>}:<ds>:lease  string  owner token of the pull in progress, with an expiry
 //	pv:img:chain:{<chainID>}:locs        hash    <ds> → state, for every datastore holding the chain
