@@ -129,7 +129,8 @@ func (b *guestBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, chang
 			// A reconfigure of a running VM: its guest follows once the
 			// task has made every change (the guestinfo comes before the
 			// devices within one reconfigure, and the agent must find its
-			// cards moved when it hears of the new spec).
+			// cards moved when it hears of the new spec). A native VM's
+			// guest gets its disks hot-added, removed or grown.
 			if vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
 				b.d.reconfigureGuest(vm.Self)
 			}
@@ -202,7 +203,7 @@ func (d *Datacenter) reconfigureOnce(ref types.ManagedObjectReference, p *reconf
 		p.again = false
 		d.forkMu.Unlock()
 	}
-	if !ok || !on || spec.Native != nil {
+	if !ok || !on {
 		return
 	}
 	if err := d.guests.Reconfigure(spec); err != nil {

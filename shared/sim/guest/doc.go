@@ -38,6 +38,16 @@
 //     port group (SetSegments; Move re-plugs). The agent configures the
 //     addresses itself, as a guest does.
 //
+// # A native VM's disks
+//
+// A native VM's guest (VM.Native) boots its boot disk's /sbin/init instead
+// of the agent; its other read/write disks are block devices sdb, sdc, ...
+// in its /dev, loop devices over their extents (disks.go). A reconfigure
+// of the running VM (Reconfigure) changes them as vSphere's hot-plug
+// does: a disk added is a new device at once, a disk removed is gone, a
+// disk grown has its new size. A disk's loop device is detached when the
+// disk is removed or the guest stops.
+//
 // # The channel (vsock, simulated)
 //
 // The agent dials BootConfig.Channel, unix:<guest dir>/channel.sock. The
@@ -79,6 +89,6 @@
 //
 // Guests need root, the agent binary, /bin/sh, mount, and the cpu, memory,
 // pids and freezer v1 controllers; Check says which is missing. Package sim
-// wires the manager to vcsim's power, relocate and destroy operations and
-// to FailHost/RecoverHost.
+// wires the manager to vcsim's power, reconfigure, relocate and destroy
+// operations and to FailHost/RecoverHost.
 package guest

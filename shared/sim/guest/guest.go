@@ -10,15 +10,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/shared/forkthread"
@@ -302,6 +299,9 @@ type guest struct {
 	// reachedLn are the guest's listeners of its VM's Reached addresses
 	// (forward.go), under the manager's lock.
 	reachedLn map[*Reached]net.Listener
+	// disks are a native guest's data disks (disks.go), nil for a pod
+	// VM's guest.
+	disks *dataDisks
 }
 
 var managers atomic.Int64
@@ -598,64 +598,23 @@ func (m *Manager) startNative(vm VM, dir string, cg *vmCgroup, ch guestChannel) 
 			return nil, err
 		}
 	}
-	loops, devs, err := attachDataDisks(vm)
+	disks, devs, err := attachDataDisks(vm)
 	if err != nil {
 		return nil, err
 	}
 	args := append([]string{"-c", nativeLauncher, root, vm.Native.BootDisk, info, strings.Join(devs, " ")}, cg.procsFiles()...)
 	g, err := m.launch(vm, dir, cg, ch, args)
 	if err != nil {
-		detachLoops(loops, m.log)
+		disks.release(m.log)
 		return nil, err
 	}
+	g.disks = disks
+	// A guest whose init exits lets its disks go then, not at power-off.
 	go func() {
 		<-g.exited
-		detachLoops(loops, m.log)
+		disks.release(m.log)
 	}()
 	return g, nil
-}
-
-// attachDataDisks gives each read/write disk of a native VM other than
-// its boot disk a loop device, in unit order: the guest sees them as
-// block devices sdb, sdc, ... (the boot disk is sda), as a Linux guest
-// sees a VM's SCSI disks. It returns the loop devices and the guest's
-// name:major:minor of each.
-func attachDataDisks(vm VM) (loops, devs []string, err error) {
-	disks := slices.Clone(vm.Disks)
-	slices.SortFunc(disks, func(a, b Disk) int { return strings.Compare(a.Unit, b.Unit) })
-	for _, d := range disks {
-		if d.ReadOnly || d.Path == vm.Native.BootDisk {
-			continue
-		}
-		if len(devs) == 25 {
-			break // sdb..sdz
-		}
-		out, err := exec.Command("losetup", "--find", "--show", d.Path).Output()
-		if err != nil {
-			detachLoops(loops, nil)
-			return nil, nil, fmt.Errorf("disk %s: losetup: %w", d.Unit, err)
-		}
-		loop := strings.TrimSpace(string(out))
-		loops = append(loops, loop)
-		var st syscall.Stat_t
-		if err := syscall.Stat(loop, &st); err != nil {
-			detachLoops(loops, nil)
-			return nil, nil, fmt.Errorf("disk %s: %w", d.Unit, err)
-		}
-		rdev := uint64(st.Rdev)
-		devs = append(devs, fmt.Sprintf("sd%c:%d:%d", 'b'+len(devs), unix.Major(rdev), unix.Minor(rdev)))
-	}
-	return loops, devs, nil
-}
-
-// detachLoops lets the loop devices of a guest's data disks go (a device
-// still in use is detached by the kernel once its last user closes it).
-func detachLoops(loops []string, log *slog.Logger) {
-	for _, l := range loops {
-		if out, err := exec.Command("losetup", "--detach", l).CombinedOutput(); err != nil && log != nil {
-			log.Warn("detach a data disk's loop device", "loop", l, "err", err, "output", strings.TrimSpace(string(out)))
-		}
-	}
 }
 
 // launch runs the launcher with args in the guest's new namespaces, plugs
@@ -770,6 +729,10 @@ func (m *Manager) stop(g *guest) error {
 	errs := []error{g.cgroup.killAll(time.Now().Add(10 * time.Second))}
 	<-g.exited
 	m.removePorts(g)
+	if g.disks != nil {
+		// Power-off ends with the loop devices gone, not some time after.
+		g.disks.release(m.log)
+	}
 	errs = append(errs, g.cgroup.remove())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("power off guest of %s: %w", g.vm.Name, err)

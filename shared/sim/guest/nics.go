@@ -117,14 +117,20 @@ func (m *Manager) Carriers(key string) []string {
 // the guest and a new one with the new address plugged in its place, as
 // eth<i>), every card is plugged into its segment now (a card moved to
 // another port group, or connected, gets it), and a changed spec is
-// written on the agent's updates descriptor (BootConfig.Updates). A VM
+// written on the agent's updates descriptor (BootConfig.Updates). A
+// native VM's guest gets its data disks added, removed or grown instead
+// (hotPlug, disks.go), outside the manager's lock: that runs losetup. A VM
 // without a running guest is left alone.
 func (m *Manager) Reconfigure(vm VM) error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	_ = m.awaitStartLocked(vm.Key) // a guest booting is reconfigured once it runs
 	g, ok := m.guests[vm.Key]
-	if !ok || vm.Native != nil {
+	if ok && g.disks != nil && vm.Native != nil {
+		m.mu.Unlock()
+		return m.hotPlug(g, vm)
+	}
+	defer m.mu.Unlock()
+	if !ok || vm.Native != nil || g.disks != nil {
 		return nil
 	}
 	if len(vm.NICs) != len(g.vm.NICs) {
