@@ -30,12 +30,15 @@ func newApplyCmd(g *globals) *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "apply -f FILE|DIR|URL|- [-f ...]",
-		Short: "Request the objects of manifests: v1 Pods, podvisor.io/v1alpha1 Networks, NetworkServices, Migrations and GuestClusters",
+		Short: "Request the objects of manifests: v1 Pods; podvisor.io/v1alpha1 Networks, NetworkServices, Migrations, GuestClusters, VirtualMachines, VirtualMachineClasses and VirtualMachineImages",
 		Long: `apply reads multi-document YAML (or JSON) manifests and publishes one event per object:
-pod.requested for a Kubernetes v1 Pod, network.declared for a Network, network.service.declared for
-a NetworkService, migration.requested for a Migration, guestcluster.requested for a GuestCluster. -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R
-for subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml'
-prints) contributes its items. Every document is checked first; one bad document means nothing is
+pod.requested for a Kubernetes v1 Pod, and for the podvisor.io/v1alpha1 kinds network.declared for
+a Network, network.service.declared for a NetworkService, migration.requested for a Migration (of a
+pod), guestcluster.requested for a GuestCluster, vm.declared for a VirtualMachine (a native VM),
+vm.class.declared for a VirtualMachineClass and vm.image.declared for a VirtualMachineImage.
+-f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R for
+subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml' prints)
+contributes its items. Every document is checked first; one bad document means nothing is
 published, and the error names the source, the document and the field.
 
 An exported pod applies as it is: the fields podvisor set (spec.nodeName, status, uid,
@@ -45,8 +48,11 @@ resourceVersion, creationTimestamp) are ignored when they match the pod's record
 --dry-run=client checks the manifests and publishes nothing; --dry-run=server also compares them
 with the records (unchanged, or refused because the pod exists with another spec).
 
-For pods, apply then waits up to --wait for the provisioner's admission and prints whether each pod
-was accepted or rejected (and why); it exits non-zero when one was rejected.`,
+A pod or VirtualMachine that exists as declared prints "unchanged" (so does a Network declared
+again as it is); a GuestCluster change that its controller would refuse is rejected before it is
+published. For pods and VirtualMachines, apply then waits up to --wait for the provisioner's
+admission and prints whether each was accepted or rejected (and why); the other kinds print
+"requested". apply exits non-zero when an object was rejected.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if len(files) == 0 {
@@ -114,7 +120,7 @@ was accepted or rejected (and why); it exits non-zero when one was rejected.`,
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file, directory, http(s) URL, or - for standard input (repeatable)")
 	cmd.Flags().BoolVarP(&recursive, "recursive", "R", false, "read the directories of -f and their subdirectories")
-	cmd.Flags().DurationVar(&wait, "wait", 10*time.Second, "how long to wait for pod admission (0: do not wait)")
+	cmd.Flags().DurationVar(&wait, "wait", 10*time.Second, "how long to wait for the admission of pods and VMs (0: do not wait)")
 	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: check and publish nothing; server: also compare with the records; none: apply")
 	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
 	return cmd
@@ -491,7 +497,11 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	}
 	timedOut := func() error {
 		for _, what := range pending {
-			fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get pods')\n", what, wait)
+			list := "pods"
+			if strings.HasPrefix(what, "vm/") {
+				list = "vms"
+			}
+			fmt.Fprintf(out, "%s requested (no admission answer within %s; see 'podvisor get %s')\n", what, wait, list)
 			summary["requested"]++
 		}
 		return nil

@@ -105,7 +105,7 @@ func TestCloudEventsSDKJetStreamBothWays(t *testing.T) {
 	if code != 0 || out != "True" {
 		t.Errorf("podvisor get pod sdk/web: VMReady %q (exit %d), want True", out, code)
 	}
-	if out, _, _ := run(t, dir, "", "events", "--dlq"); out != "" {
+	if out, _, _ := run(t, dir, "", "events", "--dlq"); out != "No dead-lettered events found.\n" {
 		t.Errorf("dead letters after an SDK publish:\n%s", out)
 	}
 }

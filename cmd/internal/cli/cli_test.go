@@ -126,6 +126,14 @@ func TestMalformedPodRequestIsDeadLetteredWithReason(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
 	nc := natsForTest(t, vars)
+	// An empty dead-letter stream says so, as an empty get does; JSON
+	// prints no line.
+	if out, errOut, code := run(t, dir, "", "events", "--dlq"); code != 0 || out != "No dead-lettered events found.\n" {
+		t.Errorf("events --dlq with no dead letters: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if out, _, _ := run(t, dir, "", "events", "--dlq", "-o", "json"); out != "" {
+		t.Errorf("events --dlq -o json with no dead letters: %q, want nothing", out)
+	}
 	publishPodRequest(t, nc, "nats-cli", "bad-1", "default/x", `{"hello":"world"}`)
 	var out string
 	eventually(t, "a dead letter", func() bool {
@@ -554,9 +562,40 @@ func TestGetHelpNamesEveryKind(t *testing.T) {
 	}
 }
 
+// The help of the commands that handle native VMs as well as pods says so:
+// apply names every kind it takes, and describe, migrate, drain and sim
+// what they do with VMs.
+func TestHelpNamesNativeVMs(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"apply", "--help"}, []string{"Pod", "Network", "NetworkService", "Migration", "GuestCluster",
+			"VirtualMachine ", "VirtualMachineClass", "VirtualMachineImage", "admission of pods and VMs"}},
+		{[]string{"describe", "--help"}, []string{"native VM", "pod VM", "namespace of the pod or VM"}},
+		{[]string{"migrate", "--help"}, []string{"migrate vm publishes vm.migrate.requested for a native VM", "datastores", "of a pod or a VM"}},
+		{[]string{"drain", "--help"}, []string{"moves each of its native\nVMs", "made\nagain on another host from its disks", "pods and VMs"}},
+		{[]string{"sim", "--help"}, []string{"native VMs are made again elsewhere", "no new\n", "pods or VMs are placed there"}},
+		{[]string{"delete", "--help"}, []string{"vmclass or vmimage still used by VMs", "exits 1 with the reason"}},
+		{[]string{"topology", "--help"}, []string{"admin", "--nats-creds", "admin.creds"}},
+	} {
+		out, errOut, code := run(t, t.TempDir(), "", tt.args...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", tt.args, code, errOut)
+		}
+		for _, want := range tt.want {
+			if !strings.Contains(out, want) {
+				t.Errorf("podvisor %s lacks %q:\n%s", strings.Join(tt.args, " "), want, out)
+			}
+		}
+	}
+}
+
 // delete -f deletes what a manifest names, each object in its namespace,
 // as kubectl does; a manifest of something that cannot be deleted is
-// refused before anything is deleted.
+// refused before anything is deleted. A VM class or image still used by a
+// VM is refused, and delete says so, exit 1, naming the VM; once the VM is
+// gone, delete says the class is deleted.
 func TestDeleteWithManifests(t *testing.T) {
 	_, dir := upForTest(t, "provisioner")
 	t.Setenv("PODVISOR_NATS_URL", "")
@@ -583,4 +622,33 @@ func TestDeleteWithManifests(t *testing.T) {
 		out, _, _ := run(t, dir, "", "get", "pods", "-A")
 		return !strings.Contains(out, "one") && !strings.Contains(out, "two")
 	})
+
+	// The provisioner admits a VM without placing it (no scheduler here):
+	// its record is enough to hold its class and image.
+	vm := "apiVersion: podvisor.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: vm1, namespace: team-a}\nspec: {className: small, imageName: vmos}\n"
+	if out, errOut, code := run(t, dir, "apiVersion: podvisor.io/v1alpha1\nkind: VirtualMachineClass\nmetadata: {name: small}\nspec: {cpus: 1, memory: 512Mi}\n"+
+		"---\napiVersion: podvisor.io/v1alpha1\nkind: VirtualMachineImage\nmetadata: {name: vmos}\nspec: {oci: registry.local/podvisor/vmos:1.0}\n---\n"+vm,
+		"apply", "-f", "-"); code != 0 || !strings.Contains(out, "vm/team-a/vm1 accepted") {
+		t.Fatalf("apply class, image and VM: exit %d\n%s%s", code, out, errOut)
+	}
+	for _, kind := range []string{"vmclass", "vmimage"} {
+		name := map[string]string{"vmclass": "small", "vmimage": "vmos"}[kind]
+		out, errOut, code := run(t, dir, "", "delete", kind, name)
+		if code != 1 || !strings.Contains(errOut, "deletion of "+kind+" "+name+" refused: InUse") || !strings.Contains(errOut, "team-a/vm1") {
+			t.Errorf("delete %s %s while vm1 uses it: exit %d, stdout %q, stderr %q; want exit 1, refused, naming team-a/vm1", kind, name, code, out, errOut)
+		}
+	}
+	if out, errOut, code := run(t, dir, vm, "delete", "-f", "-"); code != 0 {
+		t.Fatalf("delete the VM: exit %d\n%s%s", code, out, errOut)
+	}
+	eventually(t, "vm1 gone", func() bool {
+		out, _, _ := run(t, dir, "", "get", "vms", "-n", "team-a", "-o", "name")
+		return strings.TrimSpace(out) == ""
+	})
+	if out, errOut, code := run(t, dir, "", "delete", "vmclass", "small"); code != 0 || !strings.Contains(out, "vmclass small deleted") {
+		t.Errorf("delete vmclass small once unused: exit %d, stdout %q, stderr %q; want it deleted", code, out, errOut)
+	}
+	if out, _, _ := run(t, dir, "", "get", "vmclasses"); strings.Contains(out, "small") {
+		t.Errorf("get vmclasses after the deletion:\n%s", out)
+	}
 }

@@ -31,12 +31,17 @@ func newDeleteCmd(g *globals) *cobra.Command {
 		Short: "Request the deletion of pods, networks, network services, native VMs and their classes and images, or guest clusters",
 		Long: `delete publishes pod.delete.requested, network.delete.requested, network.service.delete.requested
 (a NetworkService: its addresses go back to the networks' pools), and so on. It checks first that the
-object exists, so a typo fails here with a clear message; the services do the rest (a network still
-used by pods is refused by network-config: see 'podvisor get networks'). -l deletes the pods of the
-namespace whose labels match; --dry-run=client|server prints what would be deleted and publishes
-nothing (server also checks that each object exists). Deleting a guest cluster deletes its pods,
-its VMs and its control plane. -f deletes the objects of manifests (what 'apply -f' takes: files,
-directories, URLs, - for standard input), each in its own namespace.`,
+object exists, so a typo fails here with a clear message; the services do the rest.
+
+A network still used by pods, and a vmclass or vmimage still used by VMs, is refused: for those
+kinds delete waits up to --wait for the answer (network-config's for a network, the provisioner's
+for a class or an image) and prints "deleted", or exits 1 with the reason of the refusal, which
+names the users.
+
+-l deletes the pods of the namespace whose labels match; --dry-run=client|server prints what would
+be deleted and publishes nothing (server also checks that each object exists). Deleting a guest
+cluster deletes its pods, its VMs and its control plane. -f deletes the objects of manifests (what
+'apply -f' takes: files, directories, URLs, - for standard input), each in its own namespace.`,
 		Args:              cobra.ArbitraryArgs,
 		ValidArgsFunction: completeKindAndName(g),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -72,7 +77,7 @@ directories, URLs, - for standard input), each in its own namespace.`,
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "delete the pods whose labels match (app=web)")
 	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: print what would be deleted; server: also check each exists; none: delete")
 	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
-	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "for a network: how long to wait for network-config's answer (0: do not wait)")
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "for a network, vmclass or vmimage: how long to wait for the answer (deleted or refused; 0: do not wait)")
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "delete the objects of a manifest file, directory, http(s) URL, or - for standard input (repeatable)")
 	cmd.Flags().BoolVarP(&recursive, "recursive", "R", false, "read the directories of -f and their subdirectories")
 	return cmd
@@ -221,6 +226,12 @@ func (g *globals) deleteKind(ctx context.Context, kind, namespace string, names 
 				fmt.Fprintf(g.stdout, "%s deletion requested (dry run)\n", what)
 				continue
 			}
+			if mode == dryRunNone && wait > 0 && bucket != events.BucketVMs {
+				if err := g.deleteVMClassOrImage(ctx, kind, name, wait); err != nil {
+					return err
+				}
+				continue
+			}
 			if err := g.deleteObject(ctx, bucket, key, what, ceType, subject, payload, mode == dryRunServer); err != nil {
 				return err
 			}
@@ -259,30 +270,35 @@ func (g *globals) deleteObject(ctx context.Context, bucket, key, what, ceType, s
 		return usageError("%v", err)
 	}
 	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
-		kv, err := b.KV(ctx, bucket)
-		if err != nil {
-			return err
-		}
-		if _, err := kv.Get(ctx, key); err != nil {
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
-				return fmt.Errorf("%s not found", what)
-			}
-			return err
-		}
-		ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
-		if err != nil {
-			return err
-		}
-		if dryRun {
-			fmt.Fprintf(g.stdout, "%s deletion requested (server dry run)\n", what)
-			return nil
-		}
-		if err := b.Publish(ctx, ev); err != nil {
-			return err
-		}
-		fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
-		return nil
+		return g.requestDeletion(ctx, b, bucket, key, what, ceType, subject, payload, dryRun)
 	})
+}
+
+// requestDeletion is deleteObject on a bus already dialled.
+func (g *globals) requestDeletion(ctx context.Context, b *bus.Bus, bucket, key, what, ceType, subject string, payload events.Payload, dryRun bool) error {
+	kv, err := b.KV(ctx, bucket)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Get(ctx, key); err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("%s not found", what)
+		}
+		return err
+	}
+	ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
+	if err != nil {
+		return err
+	}
+	if dryRun {
+		fmt.Fprintf(g.stdout, "%s deletion requested (server dry run)\n", what)
+		return nil
+	}
+	if err := b.Publish(ctx, ev); err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "%s deletion requested\n", what)
+	return nil
 }
 
 // deleteNetwork requests the deletion and, unless wait is 0, waits for
@@ -319,6 +335,71 @@ func (g *globals) deleteNetwork(ctx context.Context, name string, wait time.Dura
 			_ = ev.DataAs(&rej)
 			return true, &exitError{code: 1, err: fmt.Errorf("deletion of network %s refused: %s: %s", name, rej.Reason, rej.Message)}
 		}, answers)
+	})
+}
+
+// deleteVMClassOrImage requests the deletion of a VirtualMachineClass or
+// VirtualMachineImage and waits up to wait for the provisioner's answer:
+// the record goes away (the provisioner announces no deletion, so the
+// record is watched), or vm.rejected refuses it (reason InUse while VMs
+// use it), which exits non-zero with the reason.
+func (g *globals) deleteVMClassOrImage(ctx context.Context, kind, name string, wait time.Duration) error {
+	bucket, key, what, ceType, subject, payload := vmDeletion(kind, "", name)
+	if err := payload.Validate(); err != nil {
+		return usageError("%v", err)
+	}
+	rejKind, list := events.KindVirtualMachineClass, "vmclasses"
+	if bucket == events.BucketVMImages {
+		rejKind, list = events.KindVirtualMachineImage, "vmimages"
+	}
+	return g.withBus(ctx, func(ctx context.Context, b *bus.Bus) error {
+		// Both answers are listened for before the request goes out, so
+		// that a fast one is not missed.
+		kv, err := b.KV(ctx, bucket)
+		if err != nil {
+			return err
+		}
+		w, err := kv.Watch(ctx, key, jetstream.UpdatesOnly())
+		if err != nil {
+			return err
+		}
+		defer func() { _ = w.Stop() }()
+		rejections, stop, err := followEvents(ctx, b, events.StreamVMs, events.SubjectVMRejected)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		if err := g.requestDeletion(ctx, b, bucket, key, what, ceType, subject, payload, false); err != nil {
+			return err
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-timer.C:
+				fmt.Fprintf(g.stdout, "no answer from the provisioner within %s; see 'podvisor get %s'\n", wait, list)
+				return nil
+			case e, ok := <-w.Updates():
+				if !ok {
+					return errors.New("watch closed by the server while waiting for the deletion")
+				}
+				if e != nil && e.Operation() != jetstream.KeyValuePut {
+					fmt.Fprintf(g.stdout, "%s deleted\n", what)
+					return nil
+				}
+			case ev, ok := <-rejections:
+				if !ok {
+					return errors.New("event stream closed while waiting for an answer")
+				}
+				var rej events.VMRejected
+				if ev.DataAs(&rej) != nil || rej.Kind != rejKind || rej.Name != name {
+					continue
+				}
+				return &exitError{code: 1, err: fmt.Errorf("deletion of %s refused: %s: %s", what, rej.Reason, rej.Message)}
+			}
+		}
 	})
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,13 +33,17 @@ func newDescribeCmd(g *globals) *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{
 		Use:   "describe pod|host|network|networkservice|vm NAME",
-		Short: "Show one pod, host, network, network service or pod VM in detail, with its events",
+		Short: "Show one pod, host, network, network service, native VM or pod VM in detail, with its events",
 		Long: `describe prints an object's record as fields and lists the events about it (the CloudEvents
-whose subject is the object), oldest first. describe vm NAME reads the pod VM from vCenter (GOVC_URL,
-or the env file of podvisor up) and shows the pod it runs; NAME is the VM's name (pv-<uid>) or the
-pod's name.`,
+whose subject is the object), oldest first.
+
+describe vm NAME shows the native VM (VirtualMachine) of that name in the namespace (-n): its class
+and size, image, power state, host, NICs and conditions, then its events. When there is none, NAME
+is a pod VM: the pod's name, or the VM's own name (pv-<uid>); describe then reads that VM from
+vCenter (GOVC_URL, or the env file of podvisor up) and shows its power state, host, hardware and
+guestinfo beside the pod it runs.`,
 		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network", "networkservice"),
+		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network", "networkservice", "vm"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			kind, name := args[0], args[1]
@@ -64,7 +69,7 @@ pod's name.`,
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod or VM")
 	return cmd
 }
 
@@ -526,15 +531,63 @@ func printObjectEvents(out io.Writer, evs []event.Event) {
 
 // eventSummary picks what a person reads first from an event's data.
 func eventSummary(ev event.Event) string {
+	dec := json.NewDecoder(bytes.NewReader(ev.Data()))
+	dec.UseNumber() // 17179869184, not 1.7179869184e+10
 	var d map[string]any
-	if json.Unmarshal(ev.Data(), &d) != nil {
+	if dec.Decode(&d) != nil {
 		return ""
 	}
 	var parts []string
 	for _, k := range []string{"host", "targetHost", "ip", "vm", "reason", "message", "percent"} {
-		if v, ok := d[k]; ok && fmt.Sprint(v) != "" {
-			parts = append(parts, k+"="+fmt.Sprint(v))
+		if v, ok := d[k]; ok {
+			if s := summaryValue(v, true); s != "" {
+				parts = append(parts, k+"="+s)
+			}
 		}
 	}
 	return strings.Join(parts, " ")
+}
+
+// summaryValue renders a value of an event's data on one line: an object
+// (host.updated's host, vm.declared's vm) as {key=value ...} sorted by
+// key, a list as [a b], and text on one line; text inside an object is
+// cut at 60 characters (user data, certificates), top-level text (a
+// reason's message) never. Empty values inside an object are left out.
+func summaryValue(v any, top bool) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		s := oneLine(v)
+		if r := []rune(s); !top && len(r) > 60 {
+			s = string(r[:57]) + "..."
+		}
+		return s
+	case map[string]any:
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			if s := summaryValue(v[k], false); s != "" {
+				parts = append(parts, k+"="+s)
+			}
+		}
+		if len(parts) == 0 {
+			return ""
+		}
+		return "{" + strings.Join(parts, " ") + "}"
+	case []any:
+		parts := make([]string, 0, len(v))
+		for _, e := range v {
+			parts = append(parts, summaryValue(e, false))
+		}
+		if len(parts) == 0 {
+			return ""
+		}
+		return "[" + strings.Join(parts, " ") + "]"
+	}
+	return fmt.Sprint(v)
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	cloudevents "github.com/cloudevents/sdk-go/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -64,5 +65,39 @@ func TestPrintPodShowsContainerStates(t *testing.T) {
 	// the container's other fields.
 	if !regexp.MustCompile(`\n    State:( +)Waiting\n      Reason:( +)CrashLoopBackOff\n`).MatchString(out) {
 		t.Errorf("container state not laid out under the container:\n%s", out)
+	}
+}
+
+// describe's event lines show an object of the event's data as sorted
+// key=value pairs, numbers as written and long text inside it cut; never
+// a Go map.
+func TestEventSummaryRendersObjects(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		data any
+		want string
+	}{
+		{"host.updated", &events.HostUpdated{Host: events.HostInfo{Name: "esx-1", Cluster: "c1", CPUCores: 4, MemoryBytes: 64 << 30,
+			ConnectionState: "connected", Datastores: []string{"ds1", "ds2"}, Labels: map[string]string{"zone": "a", "rack": "r2"}}},
+			"host={cluster=c1 connectionState=connected cpuCores=4 cpuMHz=0 datastores=[ds1 ds2] labels={rack=r2 zone=a} memoryBytes=68719476736 name=esx-1}"},
+		{"vm.declared", &events.VMDeclared{VM: events.VirtualMachine{Metadata: events.NamespacedMeta{Name: "vm1", Namespace: "team-a"},
+			Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "vmos", UserData: "#!/bin/sh\n" + strings.Repeat("echo hello; ", 10)}}},
+			`vm={metadata={name=vm1 namespace=team-a} spec={className=small imageName=vmos userData=#!/bin/sh\necho hello; echo hello; echo hello; echo hello...}}`},
+		{"reason and message", map[string]any{"reason": "InUse", "message": "VirtualMachineClass small is used by [team-a/vm1]", "percent": 40},
+			"reason=InUse message=VirtualMachineClass small is used by [team-a/vm1] percent=40"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := cloudevents.NewEvent()
+			if err := ev.SetData(cloudevents.ApplicationJSON, tt.data); err != nil {
+				t.Fatal(err)
+			}
+			got := eventSummary(ev)
+			if got != tt.want {
+				t.Errorf("eventSummary =\n%s\nwant\n%s", got, tt.want)
+			}
+			if strings.Contains(got, "map[") {
+				t.Errorf("eventSummary prints a Go map: %s", got)
+			}
+		})
 	}
 }

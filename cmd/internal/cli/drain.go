@@ -47,12 +47,18 @@ func newDrainCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:               "drain host NAME",
 		ValidArgsFunction: completeNamesOf(g, "host"),
-		Short:             "Empty a host: cordon it, migrate its pods away, enter maintenance mode",
-		Long: `drain publishes host.drain.requested. The migration service cordons the host (no new pods land
-there), migrates each of its pods to a host the scheduler picks (within the migration limits),
-and, once every pod has left, puts the host in maintenance mode. drain waits up to --wait and
-prints the outcome; pods that could not move are listed with their reasons and drain exits
-non-zero. 'podvisor uncordon host NAME' reverses it.`,
+		Short:             "Empty a host: cordon it, move its pods and native VMs away, enter maintenance mode",
+		Long: `drain publishes host.drain.requested. The migration service cordons the host (no new pods or VMs
+land there), migrates each of its pods to a host the scheduler picks, then moves each of its native
+VMs (vMotion, powered on or off, to a host that mounts the VM's disks), all within the migration
+limits. A VM that cannot move (no target, or vCenter refuses the relocation) is evicted and made
+again on another host from its disks. Once every pod and VM has left, the host enters maintenance
+mode.
+
+drain waits up to --wait and prints each pod it moved and the outcome (how many pods and VMs
+moved); pods and VMs that could not leave (a VM still there 2 minutes after its move was asked)
+are listed with their reasons, the host stays out of maintenance mode and drain exits non-zero.
+'podvisor uncordon host NAME' reverses the cordon.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if args[0] != "host" && args[0] != "hosts" {
@@ -159,7 +165,7 @@ func drainHost(ctx context.Context, b *bus.Bus, p *events.HostDrainRequested, wa
 				fmt.Fprintf(g.stdout, "  %s: %s%s\n", events.PodKey(u.Namespace, u.Name), u.Reason, suffix(u.Message))
 			}
 			fmt.Fprintf(g.stdout, "the host stays cordoned and out of maintenance mode ('podvisor uncordon host %s' reverses the cordon)\n", h.Name)
-			return true, &exitError{code: 1, err: fmt.Errorf("%d pods could not leave %s", len(h.Unmovable), h.Name)}
+			return true, &exitError{code: 1, err: fmt.Errorf("%d pods or VMs could not leave %s", len(h.Unmovable), h.Name)}
 		}
 		return false, nil
 	}, migs, hosts)

@@ -39,7 +39,9 @@ func newEventsCmd(g *globals) *cobra.Command {
 --type filters by CloudEvent type with a glob, matched against the full type
 (io.podvisor.pod.requested.v1) and the short one (pod.requested): --type 'pod.*'.
 -o json prints one structured CloudEvent per line. --dlq prints the dead letters instead,
-with the reason each was set aside. -w (or -f, --follow) keeps printing new events.`,
+with the reason each was set aside. With nothing to list, the table says so ("No events found.",
+"No dead-lettered events found."); -o json prints nothing. -w (or -f, --follow) keeps printing
+new events.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.output != "table" && o.output != "json" {
@@ -130,6 +132,7 @@ func runEvents(ctx context.Context, b *bus.Bus, o *eventsOptions, stdout, stderr
 		p.print(m)
 	}
 	if !o.follow {
+		p.noneFound()
 		return nil
 	}
 	p.flush()
@@ -180,6 +183,23 @@ func newEventPrinter(o *eventsOptions, stdout, stderr io.Writer) *eventPrinter {
 }
 
 func (p *eventPrinter) flush() { p.tw.Flush() }
+
+// noneFound says, as get does, that the table would be empty (one JSON
+// event a line prints no line at all).
+func (p *eventPrinter) noneFound() {
+	if p.header || p.o.output != "table" {
+		return
+	}
+	what := "events"
+	if p.o.dlq {
+		what = "dead-lettered events"
+	}
+	if p.o.typ != "*" {
+		fmt.Fprintf(p.out, "No %s of type %s found.\n", what, p.o.typ)
+		return
+	}
+	fmt.Fprintf(p.out, "No %s found.\n", what)
+}
 
 // shortType turns io.podvisor.pod.requested.v1 into pod.requested.
 func shortType(t string) string {

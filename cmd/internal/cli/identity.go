@@ -2,12 +2,14 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/cmd/internal/dashboard"
@@ -227,7 +229,11 @@ func newTopologyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "topology",
 		Short: "Declare (or update) the streams and KV buckets; needs the admin identity's creds",
-		Args:  cobra.NoArgs,
+		Long: `topology declares (or updates) every stream and KV bucket, as 'podvisor up' does. It needs the
+admin identity: pass its creds file with --nats-creds (or PODVISOR_NATS_CREDS); 'podvisor up' keeps
+it at nats-auth/admin.creds in its state dir. With another identity the server refuses the first
+request and topology exits 1 at once, naming the subject refused.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b, err := g.connect(cmd.Context())
 			if err != nil {
@@ -236,7 +242,27 @@ func newTopologyCmd(g *globals) *cobra.Command {
 			defer b.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
+			// A request the identity may not publish gets no answer, only
+			// the server's asynchronous permissions violation: end the wait
+			// at that, not at the timeout.
+			ctx, refused := context.WithCancelCause(ctx)
+			defer refused(nil)
+			nc := b.Conn()
+			prev := nc.ErrorHandler()
+			nc.SetErrorHandler(func(c *nats.Conn, sub *nats.Subscription, err error) {
+				if errors.Is(err, nats.ErrPermissionViolation) {
+					refused(err)
+					return
+				}
+				if prev != nil {
+					prev(c, sub, err)
+				}
+			})
 			if err := b.EnsureTopology(ctx, bus.WithReplicas(replicas)); err != nil {
+				if cause := context.Cause(ctx); errors.Is(cause, nats.ErrPermissionViolation) {
+					return &exitError{code: 1, err: fmt.Errorf("declare the topology: this identity (%s) may not: %v; "+
+						"it takes the admin identity's creds: --nats-creds %s", g.credsName(), cause, g.adminCredsHint())}
+				}
 				return fmt.Errorf("declare the topology (as the admin identity?): %w", err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), "streams and buckets declared")
@@ -245,6 +271,24 @@ func newTopologyCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().IntVar(&replicas, "replicas", 1, "replicas of every stream and bucket (3 on a three-node NATS)")
 	return cmd
+}
+
+// credsName names the creds file the CLI connects with, for a message.
+func (g *globals) credsName() string {
+	if c, err := g.natsConn(); err == nil && c.CredsFile != "" {
+		return c.CredsFile
+	}
+	return "no creds file"
+}
+
+// adminCredsHint is where the admin identity's creds are: those `podvisor
+// up` minted in the state dir when they are there.
+func (g *globals) adminCredsHint() string {
+	p := filepath.Join(g.stateDir, "nats-auth", "admin.creds")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return "<the admin identity's creds file> (podvisor up writes nats-auth/admin.creds in its state dir)"
 }
 
 func identityNames() string {

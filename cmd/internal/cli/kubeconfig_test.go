@@ -14,7 +14,9 @@ import (
 // TestGuestClusterKubeconfigIsForAdmins: a guest cluster's record is
 // listed to the client identity of the env file, but its kubeconfig is
 // refused to it, with a message naming the admin creds; the same command
-// with --nats-creds of the admin identity prints it.
+// with --nats-creds of the admin identity prints it. So is `topology`:
+// refused to the client at once (not after its 30 s timeout), naming the
+// admin creds, and done with them.
 func TestGuestClusterKubeconfigIsForAdmins(t *testing.T) {
 	sys, dir := upForTest(t, "none")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -50,5 +52,16 @@ func TestGuestClusterKubeconfigIsForAdmins(t *testing.T) {
 	out, errOut, code = run(t, dir, "", "--nats-creds", adminCreds, "get", "guestcluster", "gc1", "-n", "team-a", "--kubeconfig")
 	if code != 0 || out != kubeconfig {
 		t.Fatalf("get --kubeconfig as admin: %d %q %s", code, out, errOut)
+	}
+
+	start := time.Now()
+	out, errOut, code = run(t, dir, "", "topology")
+	if took := time.Since(start); code != 1 || took > 5*time.Second || !strings.Contains(errOut, "admin.creds") ||
+		!strings.Contains(strings.ToLower(errOut), "permissions violation") || !strings.Contains(errOut, "$JS.API.STREAM.") {
+		t.Errorf("topology as the client: exit %d after %s, stdout %q, stderr %q; want exit 1 at once, naming the subject refused and the admin creds",
+			code, took.Round(time.Millisecond), out, errOut)
+	}
+	if out, errOut, code := run(t, dir, "", "--nats-creds", adminCreds, "topology"); code != 0 || out != "streams and buckets declared\n" {
+		t.Errorf("topology as admin: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }

@@ -46,14 +46,21 @@ func followEvents(ctx context.Context, b *bus.Bus, stream string, subjects ...st
 func newMigrateCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "migrate pod|vm NAME [--to HOST] | migrate cancel ID",
-		Short: "Move a running pod to another host (vMotion), or cancel a migration",
+		Short: "Move a pod or a native VM to another host (vMotion), or cancel a migration",
 		Long: `migrate pod publishes migration.requested. The scheduler reserves room on a target that carries
 every network of the pod (--to names one; otherwise it picks), then the migration service checks
 the target again, waits for a slot (at most 2 migrations leave a host and 5 touch a cluster at
-once), moves the pod VM and reports progress. migrate waits up to --wait and prints the outcome;
-a refusal or failure prints its reason and exits non-zero.
+once), moves the pod VM and reports progress. migrate pod waits up to --wait and prints the
+outcome; a refusal or failure prints its reason and exits non-zero.
 
-migrate cancel ID cancels a migration that has not begun relocating (IDs: podvisor get migrations -o json).`,
+migrate vm publishes vm.migrate.requested for a native VM (powered on or off). The scheduler
+reserves room on a target that carries every network of the VM and mounts the datastores of its
+disks (a vMotion moves the VM, not its disks), the move waits for a slot under the same limits,
+then the provisioner relocates the VM. migrate vm waits up to --wait for vm.migrated and prints
+where the VM went; a refusal, a failure or no outcome within --wait exits non-zero with the reason.
+
+migrate cancel ID cancels a migration, of a pod or a VM, that has not begun relocating (IDs:
+podvisor get migrations -o json).`,
 	}
 	cmd.AddCommand(newMigratePodCmd(g), newMigrateVMCmd(g), newMigrateCancelCmd(g))
 	return cmd

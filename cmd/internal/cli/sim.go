@@ -24,9 +24,12 @@ func newSimCmd(g *globals) *cobra.Command {
 		Short: "Act on the simulated datacenter of a running `podvisor up` (host failure, recovery, maintenance)",
 		Long: `sim changes the simulated vCenter held by 'podvisor up' the way hardware would change a real one:
 
-  podvisor sim host fail esx-1-02          the host stops responding (its pods restart elsewhere)
+  podvisor sim host fail esx-1-02          the host stops responding: its pods restart on other hosts,
+                                           its native VMs are made again elsewhere from their disks
   podvisor sim host recover esx-1-02       the host answers again
-  podvisor sim host maintenance esx-1-02   the host enters maintenance mode (--off leaves it)
+  podvisor sim host maintenance esx-1-02   the host enters maintenance mode (--off leaves it): no new
+                                           pods or VMs are placed there; those on it stay (a drain
+                                           moves them: podvisor drain host NAME)
 
 The services learn of it as they would from a real vCenter, through the inventory watch.`,
 	}
