@@ -54,7 +54,11 @@
 // Every GCInterval, on each datastore whose image data exceeds
 // GCBudgetBytes, chains without references and unused for GCGrace are
 // evicted, deepest first and only once no chain names them as parent, until
-// the datastore fits; each eviction is announced with image.evicted.
+// the datastore fits; each eviction is announced with image.evicted. A
+// chain whose disk any VM in vCenter has attached (itself, or as the parent
+// of one of its disks) stays, referenced or not: a pod VM template mounts
+// its image's chain disks, holds no reference and outlives its pods. The
+// VMs' disks are read once per pass (one property-collector retrieval).
 //
 // # Redis is a cache
 //
@@ -62,7 +66,9 @@
 // metadata (an epoch key). If not (FLUSHALL, a restart without persistence),
 // it rebuilds the chain records and manifests from the datastores' disk
 // descriptors (their ddb.podvisor.* keys) and the pods' references from the
-// pod VMs' disks (template VMs hold none); a reference it cannot write
+// pod VMs' disks (template VMs hold none), each under the uid the VM's
+// guestinfo names, else the one in its name (pv-<uid>, or pv-<uid>-<n> for a
+// VM made again after an eviction); a reference it cannot write
 // leaves the metadata unmarked, and the next check rebuilds again;
 // pods being deployed meanwhile keep going, at worst pulling a layer a
 // second time, never failing.

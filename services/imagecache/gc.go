@@ -2,6 +2,7 @@ package imagecache
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	"github.com/podvisor/podvisor/events"
@@ -15,6 +16,15 @@ import (
 // parent (children before parents, so no disk ever loses its parent). Each
 // eviction deletes the chain's folder, then its record, then announces
 // image.evicted. It returns what it evicted.
+//
+// A chain whose disk a VM in vCenter has attached is never evicted, with
+// references or without: a pod VM template (pv-template-<hash>) mounts its
+// image's chain disks and holds no reference, and outlives its pods. On
+// vCenter the delete of a locked disk fails; on vcsim it succeeds and
+// leaves the template without its disks. The VMs' disks are read once per
+// pass, and only when some chain is about to go. A VM that attaches a
+// chain after that read belongs to a pod that references it, or did
+// within GCGrace, so MarkEvicting refuses the chain all the same.
 func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, error) {
 	chains, err := s.db.Reader().Chains(ctx)
 	if err != nil {
@@ -26,6 +36,7 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 	}
 	cutoff := s.now().Add(-s.cfg.gcGrace())
 	var evicted []events.ImageEvicted
+	var attached map[string]string // chain record key → a VM that has its disk attached
 	dss := make([]string, 0, len(byDS))
 	for ds := range byDS {
 		dss = append(dss, ds)
@@ -60,6 +71,17 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 			if c.State != events.ChainStateReady || c.Refs > 0 || children[c.ChainID] > 0 || c.LastUsed.After(cutoff) {
 				continue
 			}
+			if attached == nil {
+				if attached, err = s.attachedChains(ctx); err != nil {
+					return evicted, fmt.Errorf("garbage collection: %w", err)
+				}
+			}
+			key := events.ChainRecordKey(c.ChainID, ds)
+			if vm, ok := attached[key]; ok {
+				// Its parents stay too: it still names them.
+				s.log.Info("unreferenced chain kept: a VM has its disk attached", "chain", key, "vm", vm)
+				continue
+			}
 			ok, err := s.db.MarkEvicting(ctx, c.ChainID, ds, cutoff)
 			if err != nil {
 				return evicted, err
@@ -86,7 +108,7 @@ func (s *Service) CollectGarbage(ctx context.Context) ([]events.ImageEvicted, er
 			s.stats.bytesEvicted.add(c.Size)
 			ev := events.ImageEvicted{ChainID: c.ChainID, Disk: c.Disk, Datastore: ds, Bytes: c.Size}
 			evicted = append(evicted, ev)
-			s.log.Info("chain evicted", "chain", events.ChainRecordKey(c.ChainID, ds), "bytes", c.Size)
+			s.log.Info("chain evicted", "chain", key, "bytes", c.Size)
 			out, err := bus.NewEvent(Source, events.TypeImageEvicted, c.ChainID, &ev)
 			if err != nil {
 				return evicted, err

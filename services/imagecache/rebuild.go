@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
-	"github.com/vmware/govmomi/view"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -34,7 +31,7 @@ type RebuildReport struct {
 	Chains    int // ready chain folders whose record Redis had lost, restored
 	Partial   int // unfinished folders left for the next pull to clear
 	Manifests int
-	Refs      int // pod references found in pod VM disks
+	Refs      int // pod references found in pod VM disks (one per pod and chain)
 	Stale     int // ready records without a ready folder, dropped
 }
 
@@ -106,43 +103,37 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 	return rep, nil
 }
 
-// imageDiskRE matches an image disk path: "[ds] podvisor-images/<hex>/disk.vmdk".
-var imageDiskRE = regexp.MustCompile(`^\[([^\]]+)\] ` + regexp.QuoteMeta(events.ImageRoot) + `/([0-9a-f]{64})/disk\.vmdk$`)
-
-// templateVMPrefix begins the names of the provisioner's pod VM templates
-// (pv-template-<hash of the shape and the agent>,
-// services/provisioner/templates.Name).
-const templateVMPrefix = "pv-template-"
-
-// restoreRefs finds pod VMs (named pv-<uid>) whose disks chain to image
-// disks and references those chains, and their parents, for the pod.
+// restoreRefs finds pod VMs (named pv-<uid>, or pv-<uid>-<n> when made
+// again after an eviction) whose disks are, or chain to, image disks and
+// references those chains, and their parents, for the VM's pod: the uid
+// its guestinfo names, else the one in its name (podUID), so that the
+// pod's pod.deleted drops them.
 //
 // Template VMs are skipped on purpose, though their disks are image
 // disks too: in normal operation a template holds no reference (the image
 // cache never hears of templates; the pods forked from them hold their own,
-// as pv-<uid>), and a reference taken here under "template-<hash>" would
-// be one no pod.deleted ever drops, pinning the chains for good.
+// as pv-<uid>), and a reference taken here under the template's name would
+// be one no pod.deleted ever drops, pinning the chains for good. The
+// collector keeps a template's chains all the same, as long as the template
+// has them attached (CollectGarbage).
 //
 // A reference that cannot be written fails the rebuild, so that the
 // metadata is not marked intact without it and the next check tries
 // again; a chain not ready (being evicted, or pulled again) is no such
 // failure: its record is not the one the VM's disk was found with.
 func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.ChainRecord) (int, error) {
-	c := s.store.Client()
-	m := view.NewManager(c)
-	v, err := m.CreateContainerView(ctx, c.ServiceContent.RootFolder, []string{"VirtualMachine"}, true)
+	vms, err := s.allVMs(ctx, "name", "config.hardware.device", uidProperty)
 	if err != nil {
-		return 0, fmt.Errorf("list VMs: %w", err)
-	}
-	defer func() { _ = v.Destroy(context.WithoutCancel(ctx)) }()
-	var vms []mo.VirtualMachine
-	if err := v.Retrieve(ctx, []string{"VirtualMachine"}, []string{"name", "config.hardware.device"}, &vms); err != nil {
-		return 0, fmt.Errorf("list VMs: %w", err)
+		return 0, err
 	}
 	n := 0
+	done := map[string]bool{} // uid NUL chain record key → referenced
 	for _, vm := range vms {
-		uid, ok := strings.CutPrefix(vm.Name, "pv-")
-		if !ok || vm.Config == nil || strings.HasPrefix(vm.Name, templateVMPrefix) {
+		if !strings.HasPrefix(vm.Name, podVMPrefix) || strings.HasPrefix(vm.Name, templateVMPrefix) || vm.Config == nil {
+			continue
+		}
+		uid := podUID(vm)
+		if uid == "" {
 			continue
 		}
 		for _, dev := range vm.Config.Hardware.Device {
@@ -150,25 +141,32 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 			if !ok {
 				continue
 			}
-			b, ok := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-			for ok && b != nil {
-				if mm := imageDiskRE.FindStringSubmatch(b.FileName); mm != nil {
-					rec, found := restored[events.ChainRecordKey("sha256:"+mm[2], mm[1])]
-					for found {
-						switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
-						case err == nil:
-							n++
-						case !errors.Is(err, chaindb.ErrNotReady):
-							return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
-						}
-						if rec.Parent == "" {
-							break
-						}
-						rec, found = restored[events.ChainRecordKey(rec.Parent, rec.Datastore)]
-					}
-					break
+			for _, f := range diskFiles(disk) {
+				key, ok := imageDiskKey(f)
+				if !ok {
+					continue
 				}
-				b = b.Parent
+				// The first image disk of the backing chain; its
+				// parents are found by the records. A chain already
+				// referenced for the pod had its parents referenced
+				// with it: a pod VM has every disk of its chains
+				// attached, and each would walk them again.
+				rec, found := restored[key]
+				for found && !done[uid+"\x00"+key] {
+					done[uid+"\x00"+key] = true
+					switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
+					case err == nil:
+						n++
+					case !errors.Is(err, chaindb.ErrNotReady):
+						return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
+					}
+					if rec.Parent == "" {
+						break
+					}
+					key = events.ChainRecordKey(rec.Parent, rec.Datastore)
+					rec, found = restored[key]
+				}
+				break
 			}
 		}
 	}

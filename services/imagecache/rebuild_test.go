@@ -6,10 +6,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/testenv"
+	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
 // TestRebuildReferencesOnlyPodsAndRetries: after Redis lost its data, the
@@ -70,5 +72,60 @@ func TestRebuildReferencesOnlyPodsAndRetries(t *testing.T) {
 	}
 	if n, err := e.redis.Exists(ctx, imagemeta.PodKey("template-0123456789abcdef")).Result(); err != nil || n != 0 {
 		t.Fatalf("the template VM holds references (%d, %v)", n, err)
+	}
+}
+
+// TestRebuildReferencesUnderThePodsUID: a pod VM made again after an
+// eviction is named pv-<uid>-<n>. The rebuild references its chains for
+// the pod its guestinfo names, else for the uid in its name without the
+// suffix, so that the pod's pod.deleted drops them. Before, it took
+// "<uid>-<n>" for the uid: references no pod.deleted ever dropped, which
+// kept the chains from the collector for good.
+func TestRebuildReferencesUnderThePodsUID(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) { c.CheckInterval = time.Hour })
+	ctx := context.Background()
+	web := e.reg.Ref("podvisor/web:1.0")
+	e.accept("p", web)
+	evs := e.WaitFor("p ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "p") != nil })
+	chain := readyFor(t, evs, "p").Containers[0].Chain
+	layers := layerSizes(t, e, web)
+
+	// p's second VM, with the guestinfo the provisioner writes; and the
+	// third VM of a pod whose uid has the provisioner's form, without
+	// guestinfo (made by a version that wrote none, or edited away).
+	uid := testenv.UID("p")
+	const bare = "0b5c1f0e-6d1a-5e2b-9c3d-4f5a6b7c8d9e"
+	createVM(t, e, "pv-"+uid+"-1", map[string]string{vsphere.GuestinfoUID: uid,
+		vsphere.GuestinfoNamespace: "default", vsphere.GuestinfoPod: "p"}, chain...)
+	createVM(t, e, "pv-"+bare+"-2", nil, chain...)
+
+	if err := e.redis.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.svc.Rebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Refs != 2*len(layers) {
+		t.Fatalf("rebuild restored %d references, want %d (each VM's chain)", rep.Refs, 2*len(layers))
+	}
+	for _, c := range []struct {
+		uid  string
+		want int64
+	}{{uid, 1}, {bare, 1}, {uid + "-1", 0}, {bare + "-2", 0}} {
+		if n, err := e.redis.Exists(ctx, imagemeta.PodKey(c.uid)).Result(); err != nil || n != c.want {
+			t.Errorf("references of pod %q: %d (%v), want %d", c.uid, n, err, c.want)
+		}
+	}
+	for _, l := range layers {
+		if rec, ok, err := e.reader().chain(l.ChainID, sharedDS); err != nil || !ok || rec.Refs != 2 {
+			t.Fatalf("chain %s after the rebuild: %+v (found %v, %v), want 2 references", l.ChainID, rec, ok, err)
+		}
+	}
+
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "p", UID: uid}})
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "q", UID: bare}})
+	for _, l := range layers {
+		waitRefs(t, e, l.ChainID, 0)
 	}
 }
