@@ -7,5 +7,8 @@
 // TestBootRunsContainer plays the host agent's side of the channel; the
 // package's helpers (MakeDisks, Boot) let a test elsewhere put the real
 // host side there instead (cmd/internal/cli: a network serial port to the
-// host agents' concentrator, as a vSphere host connects one).
+// host agents' concentrator, as a vSphere host connects one), and
+// Machine.Fork stands in for an instant clone: the parent frozen, its
+// memory (a file on /dev/shm) mapped copy-on-write by the child, only its
+// devices' state saved and loaded.
 package qemutest

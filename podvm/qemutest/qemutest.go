@@ -90,6 +90,42 @@ type Machine struct {
 	Disks Disks
 	// monitor is the socket of QEMU's human monitor.
 	monitor string
+	// memory is the file a booted machine's RAM is mapped from, shared:
+	// its guest's writes go to the file, which Fork's children map
+	// privately. A child's RAM is private, so it has none and forks no
+	// children of its own.
+	memory string
+}
+
+// memorySize is a pod VM's RAM, as QEMU's -m and its memory backend's size.
+const memorySize = "512M"
+
+// memoryBackend is the QEMU arguments that put the machine's RAM on the
+// file at path: shared (MAP_SHARED, a booted machine's) or private
+// (MAP_PRIVATE, a child's: it reads the file's pages and its writes are
+// copies of them, its own).
+func memoryBackend(path string, shared bool) []string {
+	share := "off"
+	if shared {
+		share = "on"
+	}
+	return []string{"-object", "memory-backend-file,id=mem,size=" + memorySize + ",mem-path=" + path + ",share=" + share,
+		"-machine", "memory-backend=mem"}
+}
+
+// memoryFile makes the file a booted machine's RAM is mapped from, on
+// /dev/shm where there is one (tmpfs: the guest's writes never go to a
+// disk), and removes it when the test ends.
+func memoryFile(t *testing.T, dir string) string {
+	t.Helper()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		dir = "/dev/shm"
+	}
+	f, err := os.CreateTemp(dir, "qemutest-*.ram")
+	must(t, err)
+	must(t, f.Close())
+	t.Cleanup(func() { _ = os.Remove(f.Name()) })
+	return f.Name()
 }
 
 // Boot starts QEMU (TCG, 1 vCPU, 512 MiB) on the disks as vSphere attaches
@@ -97,11 +133,16 @@ type Machine struct {
 // ephemeral disk at unit 0, the image disk read-only at unit 1 and the
 // configuration disk at unit 15. The first serial port is the console; the
 // second, the guest channel, is what channel says (QEMU arguments: a
-// -serial option and whatever it refers to). QEMU is killed when the test
-// ends, and the console logged if the test failed.
+// -serial option and whatever it refers to). The machine's RAM is a file
+// it shares, for Fork. QEMU is killed when the test ends, its RAM's file
+// removed, and the console logged if the test failed.
 func Boot(t *testing.T, ctx context.Context, dir string, d Disks, channel ...string) *Machine {
 	t.Helper()
-	return start(t, ctx, dir, d, channel)
+	// Made before QEMU starts, so removed after it is killed.
+	mem := memoryFile(t, dir)
+	m := start(t, ctx, dir, d, append(memoryBackend(mem, true), channel...))
+	m.memory = mem
+	return m
 }
 
 // start runs QEMU on d with the extra arguments, its monitor on a socket
@@ -110,7 +151,7 @@ func start(t *testing.T, ctx context.Context, dir string, d Disks, extra []strin
 	t.Helper()
 	console := filepath.Join(dir, "console.log")
 	monitor := filepath.Join(dir, "monitor.sock")
-	args := []string{"-accel", "tcg", "-m", "512", "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
+	args := []string{"-accel", "tcg", "-m", memorySize, "-smp", "1", "-nodefaults", "-display", "none", "-no-reboot",
 		"-drive", "file=" + d.Boot.Flat + ",format=raw,if=ide,snapshot=on",
 		"-device", "pvscsi,id=pvscsi0",
 		"-drive", "file=" + d.Ephemeral + ",format=raw,if=none,id=eph",
@@ -143,17 +184,25 @@ func start(t *testing.T, ctx context.Context, dir string, d Disks, extra []strin
 	return &Machine{Exited: exited, Console: console, Disks: d, monitor: monitor}
 }
 
-// Fork makes a child of m as vSphere's instant clone does, with what QEMU
-// has: m's vCPUs are stopped, its read/write disk copied for the child
-// (the image and boot disks are shared, read-only), its memory and devices
-// saved, and m runs on; then a second QEMU resumes the saved machine on
-// the copy and on a configuration disk of its own holding guestinfo (an
-// instant clone's InstantCloneSpec.Config): the child's guest goes on
-// from the parent's memory, page cache included, and finds what is its
-// own only by reading its configuration again. extra are the child's
-// further arguments (its channel).
+// Fork makes a child of m as vSphere's instant clone of a frozen parent
+// (VMFork) does, with what QEMU has. m's vCPUs are stopped for good, its
+// read/write disk copied for the child (the image and boot disks are
+// shared, read-only) and its devices saved, but not its memory: with the
+// migration capability x-ignore-shared, RAM on a shared backend (the file
+// Boot put it on) stays out of the saved state. A second QEMU maps that
+// file privately, copy-on-write, loads the devices and resumes on the
+// disk's copy and on a configuration disk of its own holding guestinfo (an
+// instant clone's InstantCloneSpec.Config): the child's guest goes on from
+// the parent's memory, page cache included, and finds what is its own only
+// by reading its configuration again. m stays frozen, the child's
+// template: a write of its guest would reach every page the child has not
+// yet copied. extra are the child's further arguments (its channel).
 func (m *Machine) Fork(t *testing.T, ctx context.Context, dir string, guestinfo map[string]string, extra ...string) *Machine {
 	t.Helper()
+	if m.memory == "" {
+		t.Fatal("fork: only a booted machine forks (a child's RAM is its own, in no file to share)")
+	}
+	begun := time.Now()
 	m.hmp(t, "stop")
 	child := m.Disks
 	child.Ephemeral = filepath.Join(dir, "ephemeral-flat.vmdk")
@@ -161,7 +210,12 @@ func (m *Machine) Fork(t *testing.T, ctx context.Context, dir string, guestinfo 
 	run(t, "cp", "--sparse=always", "--reflink=auto", m.Disks.Ephemeral, child.Ephemeral)
 	writeConfig(t, child.Config, guestinfo)
 	state := filepath.Join(dir, "state")
-	m.hmp(t, `migrate "exec:cat > `+state+`"`)
+	copied := time.Now()
+	m.hmp(t, "migrate_set_capability x-ignore-shared on")
+	// Detached (-d): the monitor answers at once, and the loop below
+	// watches the migration; a synchronous migrate answers only at the
+	// monitor's next check of it, once a second, longer than the save.
+	m.hmp(t, `migrate -d "exec:cat > `+state+`"`)
 	for {
 		info := m.hmp(t, "info migrate")
 		if strings.Contains(info, "Migration status: completed") {
@@ -176,24 +230,46 @@ func (m *Machine) Fork(t *testing.T, ctx context.Context, dir string, guestinfo 
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	m.hmp(t, "cont")
-	c := start(t, ctx, dir, child, append([]string{"-incoming", "exec:cat " + state}, extra...))
+	// The RAM left out, what is saved is the devices' state and the
+	// firmware's small RAM blocks (a few hundred KiB): a state as large as
+	// the memory means the RAM was copied, not shared.
+	st, err := os.Stat(state)
+	must(t, err)
+	if st.Size() > 64<<20 {
+		t.Fatalf("the parent's saved state is %d MiB: its RAM was saved, not left in %s", st.Size()>>20, m.memory)
+	}
+	saved := time.Now()
+	// The capability must be on at the child's end too before it loads
+	// (the stream's RAM section differs with it): the child starts
+	// waiting for an incoming migration and is given it once set.
+	c := start(t, ctx, dir, child, append(memoryBackend(m.memory, false), append([]string{"-incoming", "defer"}, extra...)...))
+	for !c.monitorUp() {
+		select {
+		case err := <-c.Exited:
+			t.Fatalf("the child's QEMU exited before its monitor opened: %v", err)
+		case <-ctx.Done():
+			t.Fatalf("starting the child: %v", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	c.hmp(t, "migrate_set_capability x-ignore-shared on")
+	c.hmp(t, `migrate_incoming "exec:cat `+state+`"`)
 	// The saved machine was paused (for the disk's copy to match its
 	// memory), and QEMU resumes a machine in the state it was saved in:
 	// once loaded, the child is continued by hand.
-	for {
-		if c.monitorUp() && !strings.Contains(c.hmp(t, "info status"), "inmigrate") {
-			break
-		}
+	for strings.Contains(c.hmp(t, "info status"), "inmigrate") {
 		select {
 		case err := <-c.Exited:
 			t.Fatalf("the child's QEMU exited while loading the parent's state: %v", err)
 		case <-ctx.Done():
 			t.Fatalf("loading the parent's state: %v", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	c.hmp(t, "cont")
+	t.Logf("fork: parent stopped and its disk copied %.2f s, its state saved %.2f s (%d KiB, its RAM left in %s), "+
+		"the child started and loaded %.2f s", copied.Sub(begun).Seconds(), saved.Sub(copied).Seconds(), st.Size()>>10,
+		m.memory, time.Since(saved).Seconds())
 	return c
 }
 
@@ -222,6 +298,11 @@ func (m *Machine) hmp(t *testing.T, cmd string) string {
 	out, err := readPrompt(r)
 	if err != nil {
 		t.Fatalf("monitor %q: %v", cmd, err)
+	}
+	// A command that fails says so on a line of its own, and the monitor
+	// goes on: nothing else would tell.
+	if strings.Contains(out, "\nError: ") {
+		t.Fatalf("monitor %q: %s", cmd, out[strings.Index(out, "\nError: ")+1:])
 	}
 	return out
 }

@@ -15,12 +15,15 @@ import (
 // TestBootImageForkedChildTakesOverTheTemplate boots the image as a pod VM
 // template (a template's spec, its channel on a network serial port to the
 // concentrator), then forks it as an instant clone does: the parent's
-// memory and devices go on in a second QEMU with a copy of its ephemeral
-// disk and guestinfo of its own (a pod's spec), and its second serial port
+// devices go on in a second QEMU that maps the parent's memory
+// copy-on-write, as VMFork's children do, with a copy of its ephemeral disk
+// and guestinfo of its own (a pod's spec), and its second serial port
 // connects to the concentrator anew. The child's agent, resumed inside the
 // template's pod, reads its configuration again, greets as the pod and runs
 // the pod's container under the pod's hostname, reported through the
-// concentrator, with logs and exec; the parent goes on as the template.
+// concentrator, with logs and exec; the parent stays frozen as the
+// template (its memory is the child's), its QEMU still there, never taken
+// over.
 func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
 	qemutest.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
@@ -62,7 +65,7 @@ func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
 	eventuallyWithin(t, 2*time.Minute, "the child's container reported running", r.running(t, uid))
 	fork := time.Since(start)
 	t.Logf("QEMU TCG, reported through the concentrator: boot to running %.1f s (the template), fork to running %.1f s, %.1fx "+
-		"(of which QEMU's save and restore of 512 MiB %.1f s; the child's takeover to its pod reported running %.1f s)",
+		"(of which QEMU's save and restore, the devices' state with 512 MiB of memory shared, %.1f s; the child's takeover to its pod reported running %.1f s)",
 		boot.Seconds(), fork.Seconds(), boot.Seconds()/fork.Seconds(), resumed.Seconds(), (fork - resumed).Seconds())
 
 	state := r.cliState(t)
@@ -77,7 +80,7 @@ func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
 	}
 	select {
 	case err := <-parent.Exited:
-		t.Fatalf("the parent stopped after the fork: %v", err)
+		t.Fatalf("the frozen parent's QEMU ended after the fork: %v", err)
 	default:
 	}
 	childLog, _ := os.ReadFile(child.Console)
