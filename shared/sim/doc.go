@@ -31,6 +31,13 @@
 // not exist: build such paths with DatastorePath, or check names with
 // Datastore.
 //
+// A powered-on VM's disks are locked, as its host locks them on vSphere:
+// every file of each disk's backing chain, parents included. Deleting one
+// (FileManager.DeleteDatastoreFile_Task, VirtualDiskManager.DeleteVirtualDisk_Task),
+// or a folder holding one, gives a task that fails with FileLocked (a
+// folder: CannotDeleteFile caused by FileLocked), where vcsim alone would
+// remove the files. A powered-off VM's disks can be deleted (disklock.go).
+//
 // Networking: the standard "VM Network" on every host and the distributed
 // switch pv-dvs with every host as a member. Config.PortGroups adds port groups
 // to pv-dvs at start; that is where the site's pre-existing networks are

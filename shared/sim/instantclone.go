@@ -80,6 +80,7 @@ func (d *Datacenter) methodHandler(ctx *simulator.Context, m *simulator.Method) 
 	if h := d.portHandler(ctx, m); h != nil {
 		return h, nil // mgmtport.go
 	}
+	diskLockHandler(ctx, m) // disklock.go
 	if m.This.Type != "VirtualMachine" {
 		return nil, nil
 	}
