@@ -54,8 +54,14 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 	if !keep {
 		// A copy left by an attempt that failed before the VM existed is
 		// replaced: the VM boots from a fresh copy of its image.
-		if t, err := vdm.DeleteVirtualDisk(ctx, dst, dc); err == nil {
-			_ = t.Wait(ctx)
+		// A disk still locked by a running VM is not replaced: the error
+		// says so, rather than a copy failing on the file it left.
+		t, err := vdm.DeleteVirtualDisk(ctx, dst, dc)
+		if err == nil {
+			err = t.Wait(ctx)
+		}
+		if err != nil && !fault.Is(err, &types.FileNotFound{}) {
+			return "", 0, fmt.Errorf("replace boot disk %s: %w", dst, err)
 		}
 	}
 	if rec.Image.OCI == "" {
