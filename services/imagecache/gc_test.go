@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/find"
-	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -104,51 +103,26 @@ func TestGarbageCollectionKeepsAttachedChains(t *testing.T) {
 // of its own, independent-nonpersistent; extra is its ExtraConfig.
 func createVM(t *testing.T, e *env, name string, extra map[string]string, disks ...string) {
 	t.Helper()
-	ctx := context.Background()
-	f := find.NewFinder(e.vc.Client.Client)
-	f.SetDatacenter(e.vc.DC)
-	folders, err := e.vc.DC.Folders(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool, err := f.DefaultResourcePool(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var devices object.VirtualDeviceList
-	ctrl, err := devices.CreateSCSIController("pvscsi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	changes, err := object.VirtualDeviceList{ctrl}.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i, path := range disks {
-		changes = append(changes, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
-			Device: &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
-				Key:           int32(-200 - i),
-				ControllerKey: ctrl.GetVirtualDevice().Key,
-				UnitNumber:    types.NewInt32(int32(i)),
-				Backing: &types.VirtualDiskFlatVer2BackingInfo{
-					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: path},
-					DiskMode:                     string(types.VirtualDiskModeIndependent_nonpersistent),
-				},
-			}}})
-	}
 	var options []types.BaseOptionValue
 	for k, v := range extra {
 		options = append(options, &types.OptionValue{Key: k, Value: v})
 	}
-	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: "otherLinux64Guest",
-		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + sharedDS + "]"}, DeviceChange: changes, ExtraConfig: options}
-	task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := task.Wait(ctx); err != nil {
-		t.Fatalf("create VM %s: %v", name, err)
-	}
+	makeVM(t, e, types.VirtualMachineConfigSpec{Name: name, ExtraConfig: options}, "pvscsi", func(ctrl int32) []types.BaseVirtualDeviceConfigSpec {
+		var changes []types.BaseVirtualDeviceConfigSpec
+		for i, path := range disks {
+			changes = append(changes, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
+				Device: &types.VirtualDisk{VirtualDevice: types.VirtualDevice{
+					Key:           int32(-200 - i),
+					ControllerKey: ctrl,
+					UnitNumber:    types.NewInt32(int32(i)),
+					Backing: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: path},
+						DiskMode:                     string(types.VirtualDiskModeIndependent_nonpersistent),
+					},
+				}}})
+		}
+		return changes
+	})
 }
 
 // destroyVM destroys a VM as the provisioner does: its shared disks (the

@@ -149,6 +149,33 @@ func TestRedisFlushedMidRun(t *testing.T) {
 // createPodVM creates a VM whose disk's parent is the image's top disk.
 func createPodVM(t *testing.T, e *env, name, parentDisk string) {
 	t.Helper()
+	makeVM(t, e, types.VirtualMachineConfigSpec{Name: name}, "lsilogic", func(ctrl int32) []types.BaseVirtualDeviceConfigSpec {
+		disk := &types.VirtualDisk{
+			VirtualDevice: types.VirtualDevice{
+				Key:           -100,
+				ControllerKey: ctrl,
+				UnitNumber:    types.NewInt32(0),
+				Backing: &types.VirtualDiskFlatVer2BackingInfo{
+					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sharedDS + "] " + name + "/rootfs.vmdk"},
+					DiskMode:                     string(types.VirtualDiskModePersistent),
+					Parent: &types.VirtualDiskFlatVer2BackingInfo{
+						VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: parentDisk},
+						DiskMode:                     string(types.VirtualDiskModePersistent),
+					},
+				},
+			},
+			CapacityInKB: 1024,
+		}
+		return []types.BaseVirtualDeviceConfigSpec{&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk}}
+	})
+}
+
+// makeVM creates the VM spec describes on the shared datastore, with a SCSI
+// controller of the given type and the devices disks makes for it (given
+// the controller's key).
+func makeVM(t *testing.T, e *env, spec types.VirtualMachineConfigSpec, controller string, disks func(ctrl int32) []types.BaseVirtualDeviceConfigSpec) {
+	t.Helper()
 	ctx := context.Background()
 	f := find.NewFinder(e.vc.Client.Client)
 	f.SetDatacenter(e.vc.DC)
@@ -160,42 +187,23 @@ func createPodVM(t *testing.T, e *env, name, parentDisk string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var devices object.VirtualDeviceList
-	ctrl, err := devices.CreateSCSIController("lsilogic")
+	ctrl, err := object.VirtualDeviceList{}.CreateSCSIController(controller)
 	if err != nil {
 		t.Fatal(err)
-	}
-	devices = append(devices, ctrl)
-	disk := &types.VirtualDisk{
-		VirtualDevice: types.VirtualDevice{
-			Key:           -100,
-			ControllerKey: ctrl.GetVirtualDevice().Key,
-			UnitNumber:    types.NewInt32(0),
-			Backing: &types.VirtualDiskFlatVer2BackingInfo{
-				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + sharedDS + "] " + name + "/rootfs.vmdk"},
-				DiskMode:                     string(types.VirtualDiskModePersistent),
-				Parent: &types.VirtualDiskFlatVer2BackingInfo{
-					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: parentDisk},
-					DiskMode:                     string(types.VirtualDiskModePersistent),
-				},
-			},
-		},
-		CapacityInKB: 1024,
 	}
 	changes, err := object.VirtualDeviceList{ctrl}.ConfigSpec(types.VirtualDeviceConfigSpecOperationAdd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	changes = append(changes, &types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
-		FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk})
-	spec := types.VirtualMachineConfigSpec{Name: name, GuestId: "otherLinux64Guest",
-		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + sharedDS + "]"}, DeviceChange: changes}
+	spec.GuestId = "otherLinux64Guest"
+	spec.Files = &types.VirtualMachineFileInfo{VmPathName: "[" + sharedDS + "]"}
+	spec.DeviceChange = append(changes, disks(ctrl.GetVirtualDevice().Key)...)
 	task, err := folders.VmFolder.CreateVM(ctx, spec, pool, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := task.Wait(ctx); err != nil {
-		t.Fatalf("create pod VM %s: %v", name, err)
+		t.Fatalf("create VM %s: %v", spec.Name, err)
 	}
 }
 

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vmware/govmomi/vim25/types"
-
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 )
@@ -136,37 +134,30 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 		if uid == "" {
 			continue
 		}
-		for _, dev := range vm.Config.Hardware.Device {
-			disk, ok := dev.(*types.VirtualDisk)
-			if !ok {
+		for keys := range imageDisksOf(vm) {
+			if len(keys) == 0 {
 				continue
 			}
-			for _, f := range diskFiles(disk) {
-				key, ok := imageDiskKey(f)
-				if !ok {
-					continue
+			key := keys[0]
+			// The first image disk of the backing chain; its
+			// parents are found by the records. A chain already
+			// referenced for the pod had its parents referenced
+			// with it: a pod VM has every disk of its chains
+			// attached, and each would walk them again.
+			rec, found := restored[key]
+			for found && !done[uid+"\x00"+key] {
+				done[uid+"\x00"+key] = true
+				switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
+				case err == nil:
+					n++
+				case !errors.Is(err, chaindb.ErrNotReady):
+					return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
 				}
-				// The first image disk of the backing chain; its
-				// parents are found by the records. A chain already
-				// referenced for the pod had its parents referenced
-				// with it: a pod VM has every disk of its chains
-				// attached, and each would walk them again.
-				rec, found := restored[key]
-				for found && !done[uid+"\x00"+key] {
-					done[uid+"\x00"+key] = true
-					switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
-					case err == nil:
-						n++
-					case !errors.Is(err, chaindb.ErrNotReady):
-						return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
-					}
-					if rec.Parent == "" {
-						break
-					}
-					key = events.ChainRecordKey(rec.Parent, rec.Datastore)
-					rec, found = restored[key]
+				if rec.Parent == "" {
+					break
 				}
-				break
+				key = events.ChainRecordKey(rec.Parent, rec.Datastore)
+				rec, found = restored[key]
 			}
 		}
 	}

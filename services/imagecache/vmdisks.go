@@ -3,6 +3,7 @@ package imagecache
 import (
 	"context"
 	"fmt"
+	"iter"
 	"regexp"
 	"strings"
 
@@ -128,20 +129,37 @@ func (s *Service) attachedChains(ctx context.Context) (map[string]string, error)
 	}
 	attached := map[string]string{}
 	for _, vm := range vms {
+		for keys := range imageDisksOf(vm) {
+			for _, key := range keys {
+				attached[key] = vm.Name
+			}
+		}
+	}
+	return attached, nil
+}
+
+// imageDisksOf yields, for each disk of vm, the record keys of the image
+// disks in its backing chain (the disk itself first, then its parents);
+// none for a VM whose configuration vCenter did not give.
+func imageDisksOf(vm mo.VirtualMachine) iter.Seq[[]string] {
+	return func(yield func([]string) bool) {
 		if vm.Config == nil {
-			continue
+			return
 		}
 		for _, dev := range vm.Config.Hardware.Device {
 			disk, ok := dev.(*types.VirtualDisk)
 			if !ok {
 				continue
 			}
+			var keys []string
 			for _, f := range diskFiles(disk) {
 				if key, ok := imageDiskKey(f); ok {
-					attached[key] = vm.Name
+					keys = append(keys, key)
 				}
+			}
+			if !yield(keys) {
+				return
 			}
 		}
 	}
-	return attached, nil
 }
