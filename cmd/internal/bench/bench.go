@@ -67,6 +67,12 @@ type Config struct {
 	// ForkPairs, when above zero, adds the fork section (fork.go): that
 	// many created and as many forked pod VMs, guests on (needs root).
 	ForkPairs int
+	// QEMUPairs, when above zero, adds the boot image's section
+	// (qemufork.go): that many templates booted under QEMU and children
+	// forked from them (needs root, QEMU and the boot image's tools, and
+	// the source tree the image is built from; skipped, saying why,
+	// elsewhere).
+	QEMUPairs int
 	// ServicesApart runs each service of the pipeline as a `podvisor serve`
 	// process of its own (the executable is this one), so that the memory
 	// of the control plane is measured apart from NATS and the simulator,
@@ -157,6 +163,9 @@ func (c Config) Validate() error {
 	if c.ForkPairs < 0 || c.ForkPairs > 100 {
 		errs = append(errs, fmt.Errorf("fork pairs %d: want 0 (skip) to 100", c.ForkPairs))
 	}
+	if c.QEMUPairs < 0 || c.QEMUPairs > 20 {
+		errs = append(errs, fmt.Errorf("qemu pairs %d: want 0 (skip) to 20", c.QEMUPairs))
+	}
 	if c.SequentialVMs < 0 {
 		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
 	}
@@ -183,6 +192,7 @@ type Result struct {
 	ImageDisks *ImageDisks `json:"image_disks,omitempty"`
 	DataPlane  *DataPlane  `json:"data_plane,omitempty"`
 	Fork       *Fork       `json:"fork,omitempty"`
+	QEMUFork   *QEMUFork   `json:"qemu_fork,omitempty"`
 	Memory     Memory      `json:"memory"`
 	Cost       Cost        `json:"cost"`
 	Setup      Setup       `json:"setup"`
@@ -463,6 +473,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		}
 		if res.Fork.Skipped != "" {
 			p.say("fork: skipped: %s", res.Fork.Skipped)
+		}
+	}
+
+	if cfg.QEMUPairs > 0 {
+		if res.QEMUFork, err = runQEMUFork(ctx, cfg, p); err != nil {
+			return nil, fmt.Errorf("bench: qemu fork: %w", err)
+		}
+		if res.QEMUFork.Skipped != "" {
+			p.say("qemu fork: skipped: %s", res.QEMUFork.Skipped)
 		}
 	}
 

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"html"
 	"io"
@@ -40,9 +41,20 @@ func (r *Result) Table(w io.Writer) error {
 	fmt.Fprintf(tw, "raw govmomi (best: %d workers)\t%.1f VMs/s\t\t%d VMs\n", r.Raw.Workers, r.Raw.VMsPerS, r.Raw.VMs)
 	fmt.Fprintf(tw, "sequential (create, power on)\t%.1f VMs/s\t\t%d VMs in %.1fs\n", r.Sequential.VMsPerS, r.Sequential.VMs, r.Sequential.Seconds)
 	fmt.Fprintf(tw, "scheduling only (framework)\t%.0f pods/s\t\t%d of %d placed on %d hosts\n", r.Scheduling.PodsPerS, r.Scheduling.Placed, r.Scheduling.Pods, r.Scheduling.Hosts)
+	q := r.QEMUFork
+	measured := q != nil && q.Skipped == ""
+	if measured {
+		fmt.Fprintf(tw, "boot image booted (QEMU TCG)\t\t%.0f / %.0f / %.0f ms\t%s: power-on → container running\n",
+			q.Boot.P50, q.Boot.P95, q.Boot.P99, count(q.Pairs, "template", "templates"))
+		fmt.Fprintf(tw, "boot image forked (QEMU TCG)\t\t%.0f / %.0f / %.0f ms\t%s: fork → container running (QEMU's save and restore p50 %.0f ms)\n",
+			q.Fork.P50, q.Fork.P95, q.Fork.P99, count(q.Pairs, "child", "children"), q.SaveRestore.P50)
+	}
 	fmt.Fprintln(tw, "\t\t\t")
 	fmt.Fprintf(tw, "pipeline / raw\t%s\t\t\n", ratio(r.Ratios.PipelineToRaw))
 	fmt.Fprintf(tw, "pipeline / sequential\t%s\t\t\n", ratio(r.Ratios.PipelineToSequential))
+	if measured {
+		fmt.Fprintf(tw, "booted / forked (boot image, p50)\t%s\t\t(target ≥ 3×)\n", ratio(q.Ratio))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -99,6 +111,14 @@ func (r *Result) Table(w io.Writer) error {
 			}
 		}
 	}
+	if q != nil {
+		if q.Skipped != "" {
+			fmt.Fprintf(w, "boot image under QEMU: skipped: %s\n", q.Skipped)
+		} else {
+			fmt.Fprintf(w, "boot image under QEMU (%s, TCG, 1 vCPU, 512 MiB; %s, reported over the serial channel): booted p50 %.1f s (max %.1f s), forked p50 %.1f s (max %.1f s): %s; of the fork, QEMU's save and restore p50 %.2f s (max %.2f s), the child's takeover to running the rest\n",
+				cmp.Or(q.QEMU, "QEMU"), count(q.Pairs, "pair", "pairs"), q.Boot.P50/1000, q.Boot.Max/1000, q.Fork.P50/1000, q.Fork.Max/1000, ratio(q.Ratio), q.SaveRestore.P50/1000, q.SaveRestore.Max/1000)
+		}
+	}
 	m := r.Memory
 	est := "measured"
 	if m.Estimated {
@@ -122,6 +142,14 @@ func (r *Result) Table(w io.Writer) error {
 	fmt.Fprintf(w, "memory: NATS + simulator + bench in this process: peak RSS %s; live heap %s → %s\n",
 		bytesize.IEC(m.PeakRSSBytes), bytesize.IEC(m.HeapBeforeBytes), bytesize.IEC(m.HeapAfterBytes))
 	return nil
+}
+
+// count prints n and the noun, singular or plural.
+func count(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
 }
 
 // rate prints a rate with one decimal below 10, whole numbers above.

@@ -44,6 +44,11 @@ used) and measures, in one run:
                elsewhere): request → every container running p50/p99, all at once against the
                same bundles started directly with the guests' OCI runtime (crun when installed,
                else runc) in the same run; then as many at --data-plane-rate pods/s
+  fork         --fork-pairs created and forked pod VMs on the simulator, guests on (root only)
+  boot image   --qemu-pairs templates of the real boot image booted under QEMU (TCG) until
+               their container runs, and a child forked from each as VMFork forks until the
+               pod's container runs in it: booted / forked p50 (root, QEMU and the boot image's
+               tools, run from the source tree; off by default, skipped, saying why, elsewhere)
 
 and prints the table with the ratios pipeline/raw and pipeline/sequential (-o json for the figures).
 --chart FILE.svg draws them.`,
@@ -138,6 +143,7 @@ and prints the table with the ratios pipeline/raw and pipeline/sequential (-o js
 	f.IntVar(&cfg.DataPlanePods, "data-plane-pods", 100, "pods of the data-plane section, guests on, at once against the same bundles run directly with the guests' runtime (crun, else runc; needs root; 0: skip it)")
 	f.Float64Var(&cfg.DataPlaneRate, "data-plane-rate", 50, "then as many pods again at this many per second (0: no paced run)")
 	f.IntVar(&cfg.ForkPairs, "fork-pairs", 5, "created and forked pod VMs of the fork section, guests on, one at a time (needs root; 0: skip it)")
+	f.IntVar(&cfg.QEMUPairs, "qemu-pairs", 0, "templates of the boot image booted under QEMU and children forked from them, one pair at a time: booted vs forked to container running (needs root, QEMU and make podvm-image's tools, run from the source tree; 0: skip it)")
 	f.StringVar(&cfg.Agent, "agent", "", "the podvm-agent binary for the data-plane section (default: beside this executable)")
 	f.BoolVar(&cfg.ServicesApart, "services-apart", false, "run each service as a process of its own and report the control plane's memory apart from NATS and the simulator")
 	f.StringVar(&cpuProf, "cpuprofile", "", "write a pprof CPU profile of the pipeline phase to this file (go tool pprof FILE)")

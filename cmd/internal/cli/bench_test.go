@@ -132,6 +132,7 @@ func TestBenchRejectsBadFlags(t *testing.T) {
 		{[]string{"bench", "--hosts", "-1"}, "hosts -1"},
 		{[]string{"bench", "--rate", "-5"}, "rate -5"},
 		{[]string{"bench", "--raw-workers", "0"}, "raw workers 0"},
+		{[]string{"bench", "--qemu-pairs", "-1"}, "qemu pairs -1"},
 		{[]string{"bench", "-o", "xml"}, `-o "xml"`},
 	} {
 		_, errOut, code := run(t, t.TempDir(), "", tt.args...)

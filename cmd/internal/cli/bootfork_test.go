@@ -9,6 +9,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/podvm/qemu"
 	"github.com/podvisor/podvisor/podvm/qemutest"
 )
 
@@ -40,14 +41,11 @@ func TestBootImageForkedChildTakesOverTheTemplate(t *testing.T) {
 	putRecord(t, ctx, r.bus, events.BucketPodTemplates, tmplName, placed)
 	dir := t.TempDir()
 	disks := qemutest.MakeDisks(t, dir, r.guestinfo(t, tmpl, "42-template"))
-	// A vmxnet3 card, as a pod VM's, on QEMU's user network: the template's
-	// spec configures no network, a child's its own card's address. (As a
-	// PCI Express device QEMU's vmxnet3 derives a serial number in its
-	// configuration space from the address, and refuses to load a saved
-	// card whose address differs: a plain PCI card it is.)
-	card := func(mac string) []string {
-		return []string{"-netdev", "user,id=net0,restrict=on", "-device", "vmxnet3,netdev=net0,x-disable-pcie=on,mac=" + mac}
-	}
+	// A vmxnet3 card, as a pod VM's, on QEMU's user network (qemu.Card, a
+	// plain PCI card): the template's spec configures no network, a
+	// child's its own card's address. `podvisor bench --qemu-pairs` boots
+	// and forks the same machines, its channel a qemu.Line.
+	card := qemu.Card
 	booted := time.Now()
 	parent := qemutest.Boot(t, ctx, dir, disks, append(r.port(), card("00:50:56:00:00:01")...)...)
 	eventuallyWithin(t, 4*time.Minute, "the template's container reported running", r.running(t, tmplName))
