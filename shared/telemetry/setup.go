@@ -66,7 +66,7 @@ func Setup(ctx context.Context, opts Options) (*Telemetry, error) {
 		}
 	}
 	tpOpts := []sdktrace.TracerProviderOption{sdktrace.WithResource(res)}
-	if exporterConfigured() {
+	if TracesExportConfigured() {
 		exp, err := autoexport.NewSpanExporter(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("trace exporter from OTEL_* environment: %w", err)
@@ -103,9 +103,10 @@ func Setup(ctx context.Context, opts Options) (*Telemetry, error) {
 	return &Telemetry{Tracer: tp, Meter: mp, Logs: lp, registry: reg}, nil
 }
 
-// exporterConfigured reports whether the environment asks for a span
-// exporter. Unset means none here (see the package doc).
-func exporterConfigured() bool {
+// TracesExportConfigured reports whether the environment asks for a span
+// exporter: OTEL_TRACES_EXPORTER other than none, or, when it is unset, an
+// OTLP endpoint for traces. Unset means none here (see the package doc).
+func TracesExportConfigured() bool {
 	switch os.Getenv("OTEL_TRACES_EXPORTER") {
 	case "none":
 		return false

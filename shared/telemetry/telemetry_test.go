@@ -77,3 +77,26 @@ func TestParseLevel(t *testing.T) {
 		}
 	}
 }
+
+func TestTraceExportConfigured(t *testing.T) {
+	for _, tt := range []struct {
+		name                       string
+		exporter, endpoint, traces string
+		want                       bool
+	}{
+		{"nothing set", "", "", "", false},
+		{"an OTLP endpoint", "", "http://collector:4318", "", true},
+		{"an OTLP endpoint for traces", "", "", "http://collector:4318/v1/traces", true},
+		{"an exporter named", "console", "", "", true},
+		{"none wins over an endpoint", "none", "http://collector:4318", "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Setenv("OTEL_TRACES_EXPORTER", tt.exporter)
+			t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", tt.endpoint)
+			t.Setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", tt.traces)
+			if got := TracesExportConfigured(); got != tt.want {
+				t.Errorf("TracesExportConfigured() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

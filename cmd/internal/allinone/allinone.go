@@ -166,7 +166,17 @@ type Endpoints struct {
 	// RegistryCA verifies the embedded registry's certificate (the
 	// installation's CA); empty for an external registry.
 	RegistryCA string
-	UIURL      string
+	// UIURL is the status page (the dashboard), which also serves
+	// /metrics.
+	UIURL string
+	// HostAgents counts the host agents up runs (one per simulated host
+	// while guests run; 0 otherwise), GuestChannel is how guests reach
+	// them (GuestChannelSocket or GuestChannelSerial), and
+	// HostAgentsListen where: the directory of their sockets, or the URI
+	// of their concentrator.
+	HostAgents       int
+	GuestChannel     string
+	HostAgentsListen string
 }
 
 // System is a running all-in-one.
@@ -765,6 +775,11 @@ func (e Endpoints) EnvFile() string {
 	line("PODVISOR_REGISTRY", e.Registry)
 	lineIfSet("PODVISOR_REGISTRY_CA", e.RegistryCA)
 	line("PODVISOR_UI_URL", e.UIURL)
+	if e.HostAgents > 0 {
+		line("PODVISOR_HOST_AGENTS", strconv.Itoa(e.HostAgents))
+		line("PODVISOR_GUEST_CHANNEL", e.GuestChannel)
+		line("PODVISOR_HOST_AGENTS_LISTEN", e.HostAgentsListen)
+	}
 	return b.String()
 }
 
@@ -886,11 +901,20 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	fmt.Fprintf(w, "  vCenter   %s\n", redact.URL(s.Endpoints.VCenterURL))
 	fmt.Fprintf(w, "  Redis     %s\n", redact.URL(s.Endpoints.RedisURL))
 	fmt.Fprintf(w, "  registry  %s\n", s.Endpoints.Registry)
-	fmt.Fprintf(w, "  status    %s\n", s.Endpoints.UIURL)
+	status := s.Endpoints.UIURL + " (status page"
+	if s.cfg.Metrics != nil {
+		status += "; Prometheus metrics at /metrics"
+	}
+	fmt.Fprintf(w, "  status    %s)\n", status)
 	if s.Datacenter != nil {
 		fmt.Fprintf(w, "  datacenter: %d clusters x %d hosts\n", s.cfg.Clusters, s.cfg.HostsPerCluster)
-		if s.GuestsOff == "" {
-			fmt.Fprintf(w, "  guests: on (pod VM agents run as simulated guests; host agents listen in %s)\n", s.ChannelDir())
+		if e := s.Endpoints; s.GuestsOff == "" {
+			fmt.Fprintln(w, "  guests: on (pod VM agents run as simulated guests)")
+			where := "sockets in " + e.HostAgentsListen
+			if e.GuestChannel == GuestChannelSerial {
+				where = "concentrator " + e.HostAgentsListen
+			}
+			fmt.Fprintf(w, "  host agents: %d, one per host; guest channel %s (%s)\n", e.HostAgents, e.GuestChannel, where)
 		} else {
 			fmt.Fprintf(w, "\n  !!! GUESTS ARE OFF: %s.\n  !!! Pod VMs run no containers here: pods stay ContainerCreating, logs and exec have nothing to reach.\n\n", s.GuestsOff)
 		}

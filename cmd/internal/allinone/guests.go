@@ -122,7 +122,9 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 		s.run(runCtx, "host agent "+h.Name, svc.Run)
 		agents[h.Name] = svc
 	}
+	s.Endpoints.HostAgents = len(agents)
 	if s.cfg.GuestChannel != GuestChannelSerial {
+		s.Endpoints.GuestChannel, s.Endpoints.HostAgentsListen = GuestChannelSocket, s.ChannelDir()
 		return nil
 	}
 	// Pod VMs talk on network serial ports: the host agents take them
@@ -145,6 +147,7 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 		return fmt.Errorf("up: %w", err)
 	}
 	s.Concentrator = "telnets://" + conc.Listener.Addr().String()
+	s.Endpoints.GuestChannel, s.Endpoints.HostAgentsListen = GuestChannelSerial, s.Concentrator
 	s.run(runCtx, "guest channel concentrator", conc.Run)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -51,7 +52,11 @@ with the records (unchanged, or refused because the pod exists with another spec
 A pod or VirtualMachine that exists as declared prints "unchanged" (so does a Network declared
 again as it is); a GuestCluster change that its controller would refuse is rejected before it is
 published. For pods and VirtualMachines, apply then waits up to --wait for the provisioner's
-admission and prints whether each was accepted or rejected (and why); the other kinds print
+admission and prints whether each was accepted or rejected (and why). A Network prints "requested",
+then, within the same --wait, what network-config made of it: accepted with the new version once it
+is pushed to the hosts (ready, or degraded and why), or rejected with the reason: InvalidSpec (a
+scope or CIDR that does not fit here) or InUse (a spec.cidr or spec.gateway that would strand
+addresses pods or VMs hold on the network; the current version stays). The other kinds print
 "requested". apply exits non-zero when an object was rejected.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -117,10 +122,11 @@ admission and prints whether each was accepted or rejected (and why); the other 
 			}
 			return apply(ctx, b, reqs, wait, g)
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "manifest file, directory, http(s) URL, or - for standard input (repeatable)")
 	cmd.Flags().BoolVarP(&recursive, "recursive", "R", false, "read the directories of -f and their subdirectories")
-	cmd.Flags().DurationVar(&wait, "wait", 10*time.Second, "how long to wait for the admission of pods and VMs (0: do not wait)")
+	cmd.Flags().DurationVar(&wait, "wait", 10*time.Second, "how long to wait for the admission of pods and VMs and for networks to be applied (0: do not wait)")
 	cmd.Flags().StringVar(&dryRun, "dry-run", "none", "client: check and publish nothing; server: also compare with the records; none: apply")
 	cmd.Flags().Lookup("dry-run").NoOptDefVal = "client"
 	return cmd
@@ -335,7 +341,7 @@ func requestsFor(objs []events.Object) ([]request, error) {
 
 func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, g *globals) error {
 	pending := map[string]string{} // pod key → what
-	vmPending := 0
+	vmPending, netRequests := 0, 0
 	for _, r := range reqs {
 		if r.isPod || r.vm != nil {
 			pending[r.event.Subject()] = r.what
@@ -343,7 +349,14 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		if r.vm != nil {
 			vmPending++
 		}
+		if r.network != nil && wait > 0 {
+			netRequests++
+		}
 	}
+	// Networks are answered in their records: apply follows those of the
+	// networks it declared.
+	var netWaits []*networkWait
+	netWhat := map[*networkWait]string{}
 	var answers jetstream.ConsumeContext
 	results := make(chan event.Event, 64)
 	done := make(chan struct{}) // closed when apply returns: no one reads results then
@@ -411,7 +424,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 	if len(reqs) >= minBulk && isTerminal(g.stdout) {
 		bars = newProgressBars(g.stdout)
 		published = bars.bar("published", len(reqs))
-		admitted = bars.bar("admitted", len(pending))
+		admitted = bars.bar("admitted", len(pending)+netRequests)
 		out = io.Discard
 	}
 	summary := map[string]int{}
@@ -471,9 +484,9 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 		// A network declared again as it is still goes out: network-config
 		// makes no new version of it but converges it again.
-		netSame := false
+		netSame, netSince := false, time.Time{}
 		if r.network != nil {
-			if netSame, err = unchangedNetwork(ctx, nets, r.network); err != nil {
+			if netSame, netSince, err = networkAsDeclared(ctx, nets, r.network); err != nil {
 				return fmt.Errorf("%s: %w", r.what, err)
 			}
 		}
@@ -481,20 +494,28 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 			return fmt.Errorf("%s: %w", r.what, err)
 		}
 		published(1)
-		if netSame {
+		switch {
+		case netSame:
 			fmt.Fprintf(out, "%s unchanged\n", r.what)
 			summary["unchanged"]++
-		} else if !r.isPod && r.vm == nil || wait <= 0 {
+			if wait > 0 {
+				admitted(1)
+			}
+		case r.network != nil && wait > 0:
+			// Said now, as network restore does; the outcome follows
+			// from the network's record.
+			fmt.Fprintf(out, "%s requested\n", r.what)
+			w := &networkWait{name: r.network.Metadata.Name, event: r.event.ID(), since: netSince}
+			netWaits = append(netWaits, w)
+			netWhat[w] = r.what
+		case !r.isPod && r.vm == nil || wait <= 0:
 			fmt.Fprintf(out, "%s requested\n", r.what)
 			summary["requested"]++
 		}
 	}
-	if answers == nil || len(pending) == 0 {
-		if rejected > 0 {
-			return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}
-		}
-		return nil
-	}
+	// Pods and VMs, then networks, within the one --wait: answers that
+	// came meanwhile are buffered (pods, VMs) or in the records (networks).
+	deadline := time.Now().Add(wait)
 	timedOut := func() error {
 		for _, what := range pending {
 			list := "pods"
@@ -506,7 +527,7 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 		return nil
 	}
-	err = awaitAnswers(ctx, wait, timedOut, func(ev event.Event) (bool, error) {
+	answer := func(ev event.Event) (bool, error) {
 		what, ok := pending[ev.Subject()]
 		if !ok {
 			return false, nil
@@ -532,9 +553,38 @@ func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, 
 		}
 		reject(line)
 		return len(pending) == 0, nil
-	}, results)
-	if err != nil || len(pending) > 0 {
-		return err
+	}
+	if answers != nil && len(pending) > 0 {
+		if err := awaitAnswers(ctx, wait, timedOut, answer, results); err != nil {
+			return err
+		}
+	}
+	if len(netWaits) > 0 {
+		unanswered, err := awaitNetworks(ctx, nets, netWaits, deadline)
+		if err != nil {
+			return err
+		}
+		for _, w := range netWaits {
+			what := netWhat[w]
+			admitted(1)
+			a := w.answer
+			switch {
+			case slices.Contains(unanswered, w):
+				fmt.Fprintf(out, "%s not applied within %s; see 'podvisor describe network %s'\n", what, wait, w.name)
+				summary["requested"]++
+			case a.refused:
+				reject(what + " rejected: " + a.reason + ": " + a.message)
+			case a.supersededBy > 0:
+				fmt.Fprintf(out, "%s accepted: version %d, superseded by version %d\n", what, a.version, a.supersededBy)
+				summary["accepted"]++
+			case a.reason != "":
+				fmt.Fprintf(out, "%s accepted: version %d %s: %s: %s\n", what, a.version, strings.ToLower(a.status), a.reason, a.message)
+				summary["accepted"]++
+			default:
+				fmt.Fprintf(out, "%s accepted: version %d %s\n", what, a.version, strings.ToLower(a.status))
+				summary["accepted"]++
+			}
+		}
 	}
 	if rejected > 0 {
 		return &exitError{code: 1, err: fmt.Errorf("%d of the requested objects were rejected", rejected)}
@@ -580,15 +630,18 @@ func podState(ctx context.Context, pods jetstream.KeyValue, pod *corev1.Pod) (sa
 	return rec.SpecHash == hash && (pod.UID == "" || string(pod.UID) == rec.UID), true, nil
 }
 
-// unchangedNetwork reports whether the network's current version has the
-// declared spec (a rejected or deleting network is never unchanged).
-func unchangedNetwork(ctx context.Context, nets jetstream.KeyValue, n *events.Network) (bool, error) {
+// networkAsDeclared compares a declared network with its record: whether the
+// current version has the declared spec (a rejected or deleting network is
+// never unchanged), and when the record was last written (zero when there
+// is none), so that a refusal recorded after the declaration is told from an
+// older one.
+func networkAsDeclared(ctx context.Context, nets jetstream.KeyValue, n *events.Network) (same bool, updated time.Time, err error) {
 	rec, _, err := recstore.New[events.NetworkRecord](nets, "network").Get(ctx, events.NetworkRecordKey(n.Metadata.Name))
 	if rec == nil || err != nil {
-		return false, err
+		return false, time.Time{}, err
 	}
 	return rec.Version > 0 && rec.Status != events.NetworkStatusRejected && rec.Status != events.NetworkStatusDeleting &&
-		rec.Spec.Equal(n.Spec), nil
+		rec.Spec.Equal(n.Spec), rec.UpdatedAt, nil
 }
 
 // unchangedVM reports whether the VM exists, not being deleted, with the

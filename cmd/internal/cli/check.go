@@ -87,6 +87,7 @@ requirement, and exits 1 when the cluster is incompatible.`,
 				}, answers)
 			})
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the guest cluster")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the answer")

@@ -88,6 +88,16 @@ func TestEnvFileNamesEveryEndpoint(t *testing.T) {
 		}
 	}
 	checkRegistryTLS(t, vars["PODVISOR_REGISTRY"], vars["PODVISOR_REGISTRY_CA"])
+	// The banner names the status page; no guests run here, so neither it
+	// nor the env file claims host agents.
+	var banner strings.Builder
+	sys.PrintEndpoints(&banner, "env", time.Second)
+	if !strings.Contains(banner.String(), "  status    "+vars["PODVISOR_UI_URL"]+" (status page") || strings.Contains(banner.String(), "host agents:") {
+		t.Errorf("banner:\n%s\nwant the status page at %s and no host agents", banner.String(), vars["PODVISOR_UI_URL"])
+	}
+	if _, set := vars["PODVISOR_HOST_AGENTS"]; set || sys.GuestsOff == "" {
+		t.Errorf("env file names host agents (%q) or guests run (GuestsOff %q) in a test without guests", vars["PODVISOR_HOST_AGENTS"], sys.GuestsOff)
+	}
 	if vars["GOVC_URL"] != sys.Endpoints.VCenterURL || !strings.Contains(vars["GOVC_URL"], "podvisor:") {
 		t.Errorf("GOVC_URL = %q, want the simulator URL with credentials", vars["GOVC_URL"])
 	}
@@ -315,21 +325,61 @@ func TestResentRequestAfterDeleteIsAdmittedAgain(t *testing.T) {
 	}
 }
 
-// Deleting a network in use is refused, and the CLI says so with the reason.
-func TestDeleteNetworkInUseIsRefused(t *testing.T) {
+// A network in use refuses what would cut its pods off, and the CLI says so
+// with the reason: a delete, and an apply or a restore whose spec.cidr would
+// leave a held address outside the range (exit 1 naming InUse and the pod;
+// the current version stays). A widening that keeps every address is
+// accepted, and apply says so once network-config has applied it.
+func TestNetworkInUseIsRefused(t *testing.T) {
 	_, dir := upForTest(t, "provisioner,scheduler,netconfig")
 	waitDefaultNetworkReady(t, dir)
-	pod := "apiVersion: v1\nkind: Pod\nmetadata: {name: user}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
-	if _, errOut, code := run(t, dir, pod, "apply", "-f", "-"); code != 0 {
+	web := "apiVersion: podvisor.io/v1alpha1\nkind: Network\nmetadata: {name: web}\nspec: {vlan: 140, cidr: 10.40.0.0/24, gateway: 10.40.0.1}\n"
+	moved := strings.Replace(web, "cidr: 10.40.0.0/24, gateway: 10.40.0.1", "cidr: 10.41.0.0/24, gateway: 10.41.0.1", 1)
+	// Version 1 on 10.41, version 2 on 10.40 while nobody holds an address.
+	if out, errOut, code := run(t, dir, moved, "apply", "-f", "-"); code != 0 || out != "network/web requested\nnetwork/web accepted: version 1 ready\n" {
+		t.Fatalf("apply of a new network: exit %d, %q, %q; want it requested, then accepted as version 1, ready", code, out, errOut)
+	}
+	if out, errOut, code := run(t, dir, web, "apply", "-f", "-"); code != 0 || !strings.Contains(out, "network/web accepted: version 2 ready") {
+		t.Fatalf("apply of another CIDR on an unused network: exit %d, %q, %q; want version 2 accepted", code, out, errOut)
+	}
+	pods := "apiVersion: v1\nkind: Pod\nmetadata: {name: user}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n" +
+		"---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-user, annotations: {podvisor.io/networks: web}}\nspec: {containers: [{name: a, image: registry.local/a:1}]}\n"
+	if _, errOut, code := run(t, dir, pods, "apply", "-f", "-"); code != 0 {
 		t.Fatalf("apply: %s", errOut)
 	}
-	eventually(t, "an address on the default network", func() bool {
+	eventually(t, "addresses on the default network and on web", func() bool {
 		out, _, _ := run(t, dir, "", "get", "pods")
-		return strings.Contains(out, "10.88.")
+		return strings.Contains(out, "10.88.") && strings.Contains(out, "10.40.0.")
 	})
 	_, errOut, code := run(t, dir, "", "delete", "network", "default")
 	if code != 1 || !strings.Contains(errOut, "refused") || !strings.Contains(errOut, "default/user") {
 		t.Fatalf("delete network in use: exit %d, stderr %q; want exit 1 with the reason naming the pod", code, errOut)
+	}
+
+	out, errOut, code := run(t, dir, moved, "apply", "-f", "-")
+	if code != 1 || !strings.Contains(out, "network/web rejected: InUse: ") || !strings.Contains(out, "default/web-user 10.40.0.") {
+		t.Fatalf("apply of a CIDR that strands web-user's address: exit %d, %q, %q; want exit 1, rejected with InUse naming the pod", code, out, errOut)
+	}
+	if got := networkState(t, dir, "web"); got != "2 140 Ready" {
+		t.Fatalf("web after the refused change: %s, want version 2 still applied", got)
+	}
+	// The same refused change again is refused again, not taken for the
+	// refusal already recorded.
+	if out, _, code := run(t, dir, moved, "apply", "-f", "-"); code != 1 || !strings.Contains(out, "rejected: InUse") {
+		t.Fatalf("second apply of the stranding change: exit %d, %q", code, out)
+	}
+	// Restoring version 1 (10.41) would strand it too: refused at once,
+	// not after restore's whole wait.
+	start := time.Now()
+	if _, errOut, code := run(t, dir, "", "network", "restore", "web", "--version", "1"); code != 1 || !strings.Contains(errOut, "refused: InUse: ") {
+		t.Fatalf("restore of a version that strands web-user's address: exit %d, %q; want exit 1, refused with InUse", code, errOut)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the refused restore took %s to say so", took)
+	}
+	wider := strings.Replace(web, "cidr: 10.40.0.0/24", "cidr: 10.40.0.0/23", 1)
+	if out, errOut, code := run(t, dir, wider, "apply", "-f", "-"); code != 0 || !strings.Contains(out, "network/web accepted: version 3 ready") {
+		t.Fatalf("apply of a widening: exit %d, %q, %q; want version 3 accepted", code, out, errOut)
 	}
 }
 

@@ -116,5 +116,6 @@ func hostToggleCmd(g *globals, verb, short string, payload func(host string) (ce
 				}
 			})
 		},
+		Annotations: requests(),
 	}
 }

@@ -72,6 +72,7 @@ cluster deletes its pods, its VMs and its control plane. -f deletes the objects 
 			}
 			return g.deleteKind(ctx, kind, namespace, names, selector, sel, mode, wait)
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pods")
 	cmd.Flags().StringVarP(&selector, "selector", "l", "", "delete the pods whose labels match (app=web)")

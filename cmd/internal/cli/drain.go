@@ -75,6 +75,7 @@ are listed with their reasons, the host stays out of maintenance mode and drain 
 				return drainHost(ctx, b, p, wait, g)
 			})
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 10*time.Minute, "how long to wait for the drain to finish (0: do not wait)")
 	return cmd

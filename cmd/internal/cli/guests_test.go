@@ -270,6 +270,9 @@ func TestUpGuestModes(t *testing.T) {
 		if !strings.Contains(sys.GuestsOff, "no-agent-here") || !strings.Contains(out.String(), "GUESTS ARE OFF") {
 			t.Errorf("GuestsOff %q, banner:\n%s\nwant off, naming the missing agent, in capitals", sys.GuestsOff, out.String())
 		}
+		if strings.Contains(out.String(), "host agents:") || sys.Endpoints.HostAgents != 0 {
+			t.Errorf("banner with guests off claims host agents (%d):\n%s", sys.Endpoints.HostAgents, out.String())
+		}
 	})
 	t.Run("on without the agent fails", func(t *testing.T) {
 		if _, err := start(t, allinone.GuestsOn, missing); err == nil || !strings.Contains(err.Error(), "no-agent-here") {
@@ -295,6 +298,19 @@ func TestUpGuestModes(t *testing.T) {
 				fi, err := os.Stat(sock)
 				return err == nil && fi.Mode()&os.ModeSocket != 0
 			})
+		}
+		// The banner and the env file say how many run and where guests
+		// reach them.
+		var out strings.Builder
+		sys.PrintEndpoints(&out, "env", time.Second)
+		if want := "host agents: 2, one per host; guest channel socket (sockets in " + sys.ChannelDir() + ")"; !strings.Contains(out.String(), want) {
+			t.Errorf("banner:\n%s\nwant %q", out.String(), want)
+		}
+		env := sys.Endpoints.EnvFile()
+		for _, want := range []string{"export PODVISOR_HOST_AGENTS='2'", "export PODVISOR_GUEST_CHANNEL='socket'", "export PODVISOR_HOST_AGENTS_LISTEN='" + sys.ChannelDir() + "'"} {
+			if !strings.Contains(env, want+"\n") {
+				t.Errorf("env file lacks %s:\n%s", want, env)
+			}
 		}
 	})
 }

@@ -91,6 +91,7 @@ func newMigratePodCmd(g *globals) *cobra.Command {
 			defer b.Close()
 			return migratePod(cmd.Context(), b, req, wait, g)
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", events.DefaultNamespace, "namespace of the pod")
 	cmd.Flags().StringVar(&to, "to", "", "target host (default: the scheduler picks)")
@@ -241,6 +242,7 @@ func newMigrateCancelCmd(g *globals) *cobra.Command {
 				return nil
 			})
 		},
+		Annotations: requests(),
 	}
 }
 
@@ -324,6 +326,7 @@ func newMigrateVMCmd(g *globals) *cobra.Command {
 				}, answers)
 			})
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the VM")
 	cmd.Flags().StringVar(&to, "to", "", "target host (default: the scheduler picks)")

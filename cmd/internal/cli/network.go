@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig"
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/shared/bus"
+	recstore "github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
@@ -78,8 +81,9 @@ func newNetworkRestoreCmd(g *globals) *cobra.Command {
 		Short: "Re-apply an earlier version of a network",
 		Long: `restore publishes network.restore.requested: network-config stores version N's spec as a new
 version and pushes it to the hosts. restore waits up to --wait for the new version to be applied and
-exits non-zero when network-config refuses (the version is no longer in the history, or its spec
-no longer fits, say).`,
+exits non-zero when network-config refuses, with the reason: RestoreFailed (the version is no longer
+in the history), InvalidSpec (its spec no longer fits) or InUse (its spec.cidr or spec.gateway would
+strand addresses pods or VMs hold on the network).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if version <= 0 {
@@ -87,6 +91,7 @@ no longer fits, say).`,
 			}
 			return g.restoreNetwork(cmd.Context(), args[0], version, wait)
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().Int64Var(&version, "version", 0, "the version to restore")
 	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for network-config (0: do not wait)")
@@ -119,33 +124,129 @@ func (g *globals) restoreNetwork(ctx context.Context, name string, version int64
 		if wait <= 0 {
 			return nil
 		}
-		deadline := time.Now().Add(wait)
-		for time.Now().Before(deadline) {
-			var r events.NetworkRecord
-			if err := getRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(name), "network "+name, &r); err != nil {
-				return err
-			}
-			if nv, ok := r.VersionByEvent(ev.ID()); ok {
-				v := nv.Version
-				switch {
-				case r.Version == v && r.Status != events.NetworkStatusPending:
-					fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) %s\n", name, v, version, strings.ToLower(r.Status))
-					return nil
-				case r.Version != v && r.Status == events.NetworkStatusRolledBack:
-					return &exitError{code: 1, err: fmt.Errorf("restore of network %s version %d rolled back: %s", name, version, r.Message)}
-				}
-			} else if r.Reason == netconfig.ReasonRestoreFailed || r.Reason == netconfig.ReasonInvalidSpec && r.UpdatedAt.After(before.UpdatedAt) {
-				return &exitError{code: 1, err: fmt.Errorf("restore of network %s refused: %s: %s", name, r.Reason, r.Message)}
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
-			}
+		nets, err := b.KV(ctx, events.BucketNetworks)
+		if err != nil {
+			return err
 		}
-		fmt.Fprintf(g.stdout, "not applied within %s; see 'podvisor describe network %s'\n", wait, name)
+		w := &networkWait{name: name, event: ev.ID(), since: before.UpdatedAt}
+		timedOut, err := awaitNetworks(ctx, nets, []*networkWait{w}, time.Now().Add(wait))
+		switch a := w.answer; {
+		case err != nil:
+			return err
+		case len(timedOut) > 0:
+			fmt.Fprintf(g.stdout, "not applied within %s; see 'podvisor describe network %s'\n", wait, name)
+			return nil
+		case a.rolledBack:
+			return &exitError{code: 1, err: fmt.Errorf("restore of network %s version %d rolled back: %s", name, version, a.message)}
+		case a.refused:
+			return &exitError{code: 1, err: fmt.Errorf("restore of network %s refused: %s: %s", name, a.reason, a.message)}
+		case a.supersededBy > 0:
+			fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) superseded by version %d\n", name, a.version, version, a.supersededBy)
+		default:
+			fmt.Fprintf(g.stdout, "network %s version %d (restored from version %d) %s\n", name, a.version, version, strings.ToLower(a.status))
+		}
 		return nil
 	})
+}
+
+// networkRefusals are the reasons network-config records on a network
+// whose declaration or restore it refused, storing no version: the spec
+// does not fit here (InvalidSpec), it would strand addresses held on the
+// network (InUse), or the version to restore is gone (RestoreFailed).
+var networkRefusals = []string{netconfig.ReasonInvalidSpec, netconfig.ReasonInUse, netconfig.ReasonRestoreFailed}
+
+// networkAnswer is network-config's answer to one request about a network
+// (network.declared, network.restore.requested), as its record tells it.
+type networkAnswer struct {
+	// refused: no version was stored (reason and message say why), or the
+	// version was stored and rolled back (rolledBack; the version's reason
+	// and message).
+	refused, rolledBack bool
+	reason, message     string
+	// version is the version the request created, status the network's
+	// status once it is no longer Pending (Ready, Degraded), and
+	// supersededBy a later version that replaced it meanwhile.
+	version      int64
+	status       string
+	supersededBy int64
+}
+
+// networkAnswerOf reads the answer to the request whose CloudEvent id is
+// event from the network's record r, if there is one yet. A request that
+// stored a version is answered once that version is applied (the network no
+// longer Pending at it), rolled back or superseded. One that stored none is
+// refused when the record carries a refusal reason written after since: the
+// UpdatedAt of the record read before the request was published (nothing
+// marks which request a refusal answers, and the record's own clock keeps
+// the client's out of the comparison). A request network-config has not
+// handled yet, or that changed nothing, has no answer.
+func networkAnswerOf(r *events.NetworkRecord, event string, since time.Time) (networkAnswer, bool) {
+	if r == nil {
+		return networkAnswer{}, false
+	}
+	if v, ok := r.VersionByEvent(event); ok {
+		a := networkAnswer{version: v.Version}
+		switch {
+		case v.Status == events.NetworkVersionRolledBack:
+			a.refused, a.rolledBack, a.reason, a.message = true, true, v.Reason, v.Message
+		case r.Version == v.Version && r.Status == events.NetworkStatusPending:
+			return a, false
+		case r.Version == v.Version:
+			a.status = r.Status
+			if r.Status == events.NetworkStatusDegraded {
+				a.reason, a.message = r.Reason, r.Message
+			}
+		case r.LatestVersion() > v.Version:
+			a.supersededBy = r.LatestVersion()
+		default:
+			return a, false
+		}
+		return a, true
+	}
+	if slices.Contains(networkRefusals, r.Reason) && r.UpdatedAt.After(since) {
+		return networkAnswer{refused: true, reason: r.Reason, message: r.Message}, true
+	}
+	return networkAnswer{}, false
+}
+
+// networkWait is one request about a network that a command waits on.
+type networkWait struct {
+	name   string    // the network
+	event  string    // the request's CloudEvent id
+	since  time.Time // UpdatedAt of the record before the request (zero: none)
+	answer networkAnswer
+}
+
+// awaitNetworks follows the records of the networks of waits until each
+// request has its answer (set in the wait) or deadline passes, and returns
+// those still unanswered then. Records are read every 200 ms: a request
+// about a network is answered in its record, not by an event.
+func awaitNetworks(ctx context.Context, nets jetstream.KeyValue, waits []*networkWait, deadline time.Time) ([]*networkWait, error) {
+	store := recstore.New[events.NetworkRecord](nets, "network")
+	pending := slices.Clone(waits)
+	for {
+		left := pending[:0]
+		for _, w := range pending {
+			r, _, err := store.Get(ctx, events.NetworkRecordKey(w.name))
+			if err != nil {
+				return nil, err
+			}
+			if a, ok := networkAnswerOf(r, w.event, w.since); ok {
+				w.answer = a
+				continue
+			}
+			left = append(left, w)
+		}
+		pending = left
+		if len(pending) == 0 || !time.Now().Before(deadline) {
+			return pending, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(min(200*time.Millisecond, time.Until(deadline))):
+		}
+	}
 }
 
 func newNetworkSwitchCmd(g *globals) *cobra.Command {

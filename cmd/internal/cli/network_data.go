@@ -85,6 +85,7 @@ the narrower object sets the key itself. Data in an unregistered namespace is re
 					return ok, err
 				})
 		},
+		Annotations: requests(),
 	}
 	register.Flags().StringVar(&owner, "owner", "", "the management application")
 	register.Flags().StringVar(&desc, "description", "", "what the namespace holds")
@@ -110,6 +111,7 @@ the narrower object sets the key itself. Data in an unregistered namespace is re
 					return r != nil && r.Values[args[0]] == args[1], err
 				})
 		},
+		Annotations: requests(),
 	}
 	setScope.flags(set)
 	rm := &cobra.Command{
@@ -136,6 +138,7 @@ the narrower object sets the key itself. Data in an unregistered namespace is re
 					return !still, err
 				})
 		},
+		Annotations: requests(),
 	}
 	rmScope.flags(rm)
 	get := &cobra.Command{

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -26,10 +27,20 @@ func TestNetworkExportDeleteApplyAndRestore(t *testing.T) {
 	if out := mustRun(t, dir, v1, "apply", "-f", "-"); strings.TrimSpace(out) != "network/web unchanged" {
 		t.Errorf("apply of the same network again printed %q, want unchanged", out)
 	}
-	if out := mustRun(t, dir, v2, "apply", "-f", "-"); strings.TrimSpace(out) != "network/web requested" {
-		t.Errorf("apply of a changed network printed %q, want requested", out)
+	// A change is followed until network-config has applied it.
+	if out := mustRun(t, dir, v2, "apply", "-f", "-"); out != "network/web requested\nnetwork/web accepted: version 2 ready\n" {
+		t.Errorf("apply of a changed network printed %q, want requested, then version 2 accepted", out)
 	}
-	eventually(t, "web version 2 ready", func() bool { return networkState(t, dir, "web") == "2 121 Ready" })
+	if got := networkState(t, dir, "web"); got != "2 121 Ready" {
+		t.Errorf("after apply: %s, want version 2 with vlan 121, ready", got)
+	}
+	// A declaration network-config cannot take here is rejected with its
+	// reason: exit 1.
+	clash := "apiVersion: podvisor.io/v1alpha1\nkind: Network\nmetadata: {name: clash}\nspec: {vlan: 130, cidr: 10.30.0.0/25, gateway: 10.30.0.1}\n"
+	if out, errOut, code := run(t, dir, clash, "apply", "-f", "-"); code != 1 ||
+		!strings.Contains(out, "network/clash rejected: InvalidSpec: spec.cidr: 10.30.0.0/25 overlaps 10.30.0.0/24 of network web") {
+		t.Errorf("apply of an overlapping network: exit %d, %q, %q; want exit 1, rejected with InvalidSpec", code, out, errOut)
+	}
 
 	exported := mustRun(t, dir, "", "network", "export", "web")
 	var n events.Network
@@ -45,7 +56,7 @@ func TestNetworkExportDeleteApplyAndRestore(t *testing.T) {
 	}
 
 	mustRun(t, dir, "", "delete", "network", "web")
-	if out, _, _ := run(t, dir, "", "get", "networks"); strings.Contains(out, "web") {
+	if out, _, _ := run(t, dir, "", "get", "networks"); strings.Contains(out, "\nweb ") {
 		t.Fatalf("web still listed after delete:\n%s", out)
 	}
 	mustRun(t, dir, exported, "apply", "-f", "-")
@@ -116,4 +127,53 @@ func networkState(t *testing.T, dir, name string) string {
 		return ""
 	}
 	return fmt.Sprintf("%d %d %s", r.Version, r.Spec.VLAN, r.Status)
+}
+
+// What apply and restore make of a network's record, for the request whose
+// event is "req" published after the record read at t0.
+func TestNetworkAnswerOf(t *testing.T) {
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	version := func(v int64, status, event string) events.NetworkVersion {
+		return events.NetworkVersion{Version: v, Status: status, Event: event}
+	}
+	for _, tt := range []struct {
+		name     string
+		rec      *events.NetworkRecord
+		wantDone bool
+		want     networkAnswer
+	}{
+		{name: "no record yet", rec: nil},
+		{name: "new version still pending", rec: &events.NetworkRecord{Version: 2, Status: events.NetworkStatusPending,
+			History: []events.NetworkVersion{version(1, events.NetworkVersionApplied, "a"), version(2, events.NetworkVersionPending, "req")}}},
+		{name: "new version ready", wantDone: true, want: networkAnswer{version: 2, status: events.NetworkStatusReady},
+			rec: &events.NetworkRecord{Version: 2, Status: events.NetworkStatusReady, History: []events.NetworkVersion{version(2, events.NetworkVersionApplied, "req")}}},
+		{name: "new version degraded, with why", wantDone: true,
+			want: networkAnswer{version: 2, status: events.NetworkStatusDegraded, reason: "HostsFailed", message: "1 of 2 hosts"},
+			rec: &events.NetworkRecord{Version: 2, Status: events.NetworkStatusDegraded, Reason: "HostsFailed", Message: "1 of 2 hosts",
+				History: []events.NetworkVersion{version(2, events.NetworkVersionApplied, "req")}}},
+		{name: "new version rolled back", wantDone: true,
+			want: networkAnswer{version: 2, refused: true, rolledBack: true, reason: "ConnectivityLost", message: "cut esx-1-01 off"},
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusRolledBack, History: []events.NetworkVersion{version(1, events.NetworkVersionApplied, "a"),
+				{Version: 2, Status: events.NetworkVersionRolledBack, Event: "req", Reason: "ConnectivityLost", Message: "cut esx-1-01 off"}}}},
+		{name: "new version superseded", wantDone: true, want: networkAnswer{version: 2, supersededBy: 3},
+			rec: &events.NetworkRecord{Version: 3, Status: events.NetworkStatusPending,
+				History: []events.NetworkVersion{version(2, events.NetworkVersionPending, "req"), version(3, events.NetworkVersionPending, "b")}}},
+		{name: "refused after the publish", wantDone: true, want: networkAnswer{refused: true, reason: "InUse", message: "held"},
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "InUse", Message: "held", UpdatedAt: t0.Add(time.Millisecond)}},
+		{name: "new network refused", wantDone: true, want: networkAnswer{refused: true, reason: "InvalidSpec", message: "overlaps"},
+			rec: &events.NetworkRecord{Status: events.NetworkStatusRejected, Reason: "InvalidSpec", Message: "overlaps", UpdatedAt: t0.Add(time.Millisecond)}},
+		{name: "an earlier refusal is not this request's",
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "InUse", Message: "held", UpdatedAt: t0}},
+		{name: "a restore refused after the publish", wantDone: true, want: networkAnswer{refused: true, reason: "RestoreFailed", message: "gone"},
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "RestoreFailed", Message: "gone", UpdatedAt: t0.Add(time.Second)}},
+		{name: "another reason is no refusal",
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusDegraded, Reason: "HostsFailed", UpdatedAt: t0.Add(time.Second)}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, done := networkAnswerOf(tt.rec, "req", t0)
+			if done != tt.wantDone || done && got != tt.want {
+				t.Errorf("networkAnswerOf = %+v, %v; want %+v, %v", got, done, tt.want, tt.wantDone)
+			}
+		})
+	}
 }

@@ -67,6 +67,7 @@ its limits (2 per source host, 5 per cluster at once). --dry-run prints the plan
 				return runRebalance(ctx, b, plan, wait, g)
 			})
 		},
+		Annotations: requests(),
 	}
 	cmd.Flags().IntVar(&o.MaxMoves, "max", 10, "most migrations to plan")
 	cmd.Flags().Float64Var(&o.Threshold, "threshold", 0.1, "load spread (0-1) under which the hosts count as balanced")

@@ -106,6 +106,7 @@ func NewRoot(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
 		newNetworkCmd(g),
 	)
 	usageArgs(root)
+	traceRequests(root, stderr)
 	return root
 }
 

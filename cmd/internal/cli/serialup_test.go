@@ -31,6 +31,15 @@ func TestUpWithSerialGuestChannels(t *testing.T) {
 		t.Fatal("up --guest-channel serial runs no concentrator")
 	}
 	vars, _ := serve.ReadEnvFile(filepath.Join(dir, "env"))
+	if vars["PODVISOR_HOST_AGENTS"] != "2" || vars["PODVISOR_GUEST_CHANNEL"] != allinone.GuestChannelSerial || vars["PODVISOR_HOST_AGENTS_LISTEN"] != sys.Concentrator {
+		t.Errorf("env file: host agents %q, guest channel %q at %q; want 2, serial at %s",
+			vars["PODVISOR_HOST_AGENTS"], vars["PODVISOR_GUEST_CHANNEL"], vars["PODVISOR_HOST_AGENTS_LISTEN"], sys.Concentrator)
+	}
+	var banner strings.Builder
+	sys.PrintEndpoints(&banner, "env", time.Second)
+	if want := "host agents: 2, one per host; guest channel serial (concentrator " + sys.Concentrator + ")"; !strings.Contains(banner.String(), want) {
+		t.Errorf("banner:\n%s\nwant %q", banner.String(), want)
+	}
 	manifest := "apiVersion: v1\nkind: Pod\nmetadata: {name: wire}\nspec: {terminationGracePeriodSeconds: 1, containers: [{name: c, image: " +
 		vars["PODVISOR_REGISTRY"] + "/podvisor/busybox:1.0, command: [sh, -c, 'echo on the wire; sleep 3600']}]}\n"
 	mustRun(t, dir, manifest, "apply", "-f", "-")

@@ -11,6 +11,7 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/podvisor/podvisor/cmd/internal/allinone"
 	"github.com/podvisor/podvisor/cmd/internal/runner"
@@ -104,6 +105,23 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The trace starts at the user's command: pod.requested carries the
+	// sampled context of apply's span, the services' answers carry it on,
+	// and the CLI's publish span is a child of that span, not the root.
+	checkFlowFromCLI(t, dir, "shop/web", traceID, events.TypePodAccepted, events.TypePodScheduled, events.TypePodNetworkAttached)
+	var cliSpans int
+	eventually(t, "the CLI's publish span in the pod's trace", func() bool {
+		cliSpans = 0
+		for _, sp := range traceOf(t, dir, "--flow-only").Spans {
+			if sp.Service == "cli" {
+				cliSpans++
+				if sp.ParentID == "" {
+					t.Fatalf("the CLI's span %q is the root of the pod's trace: the command's span should be its parent", sp.Name)
+				}
+			}
+		}
+		return cliSpans > 0
+	})
 
 	// Migrate within the pod's trace, as drain and host-loss do: the request
 	// is published under the span context the record's traceparent names.
@@ -195,6 +213,88 @@ func TestTraceOfOnePodCrossesAllFiveServices(t *testing.T) {
 	if _, errOut, code := run(t, dir, "", "trace", "pod", "nope", "-n", "shop"); code == 0 || !strings.Contains(errOut, `"shop/nope" not found`) {
 		t.Errorf("trace of a missing pod: exit %d, %q", code, errOut)
 	}
+
+	// The podvisor binary installs no tracer provider unless the OTEL_*
+	// environment names an exporter: apply from such a process still
+	// starts the pod's trace, and the services' spans join it.
+	prev := otel.GetTracerProvider()
+	otel.SetTracerProvider(noop.NewTracerProvider())
+	plain := strings.Replace(pod, "name: web", "name: plain", 1)
+	out, errOut, code := run(t, dir, plain, "apply", "-f", "-")
+	otel.SetTracerProvider(prev)
+	if code != 0 {
+		t.Fatalf("apply without a tracer provider: exit %d: %s %s", code, out, errOut)
+	}
+	var plainRec *events.PodRecord
+	eventually(t, "pod plain with its traceparent", func() bool {
+		plainRec = podRecord(t, b, "shop", "plain")
+		return plainRec != nil && plainRec.TraceParent != ""
+	})
+	plainTrace, err := allinone.TraceIDFromTraceparent(plainRec.TraceParent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkFlowFromCLI(t, dir, "shop/plain", plainTrace, events.TypePodAccepted)
+	eventually(t, "services' spans in plain's trace", func() bool {
+		out, _, code := run(t, dir, "", "trace", "pod", "plain", "-n", "shop", "-o", "json", "--flow-only")
+		var got traceJSON
+		if code != 0 || json.Unmarshal([]byte(out), &got) != nil || got.TraceID != plainTrace {
+			return false
+		}
+		for _, sp := range got.Spans {
+			if sp.TraceID == plainTrace && sp.Service != "cli" && !strings.HasPrefix(sp.Name, "publish ") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// checkFlowFromCLI checks that the pod.requested of key, published by the
+// CLI, starts trace traceID with a sampled context that the events of
+// answers (types, each published by a service in the request's flow) carry
+// on.
+func checkFlowFromCLI(t *testing.T, dir, key, traceID string, answers ...string) {
+	t.Helper()
+	var tps map[string]string
+	eventually(t, "the events of "+key, func() bool {
+		tps = traceparentsOf(t, dir, key)
+		for _, typ := range answers {
+			if tps[typ] == "" {
+				return false
+			}
+		}
+		return tps[events.TypePodRequested] != ""
+	})
+	requested := tps[events.TypePodRequested]
+	if id, _ := allinone.TraceIDFromTraceparent(requested); id != traceID || !strings.HasSuffix(requested, "-01") {
+		t.Fatalf("pod.requested of %s carries traceparent %q, want a sampled context in trace %s", key, requested, traceID)
+	}
+	for _, typ := range answers {
+		if id, _ := allinone.TraceIDFromTraceparent(tps[typ]); id != traceID {
+			t.Errorf("%s of %s carries traceparent %q, want trace %s", typ, key, tps[typ], traceID)
+		}
+	}
+}
+
+// traceparentsOf returns the traceparent of the first event of each type
+// about subject, as `podvisor events -o json` prints them.
+func traceparentsOf(t *testing.T, dir, subject string) map[string]string {
+	t.Helper()
+	out, errOut, code := run(t, dir, "", "events", "-o", "json")
+	if code != 0 {
+		t.Fatalf("events: exit %d: %s", code, errOut)
+	}
+	tps := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev struct {
+			Type, Subject, Traceparent string
+		}
+		if json.Unmarshal([]byte(line), &ev) == nil && ev.Subject == subject && tps[ev.Type] == "" {
+			tps[ev.Type] = ev.Traceparent
+		}
+	}
+	return tps
 }
 
 func traceOf(t *testing.T, dir string, flags ...string) traceJSON {

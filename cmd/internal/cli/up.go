@@ -26,7 +26,8 @@ func newUpCmd(g *globals) *cobra.Command {
 		Short: "Start a simulated datacenter, NATS, Redis, a registry and every service in this process",
 		Long: `up starts the all-in-one podvisor: an embedded NATS JetStream server (file storage in the
 state dir), a vCenter simulator with realistic hosts, Redis, an OCI registry seeded with sample images,
-the five services and a status page. It prints the endpoints and writes them to <state-dir>/env.
+the five services, the guest cluster controller and a status page. It prints the endpoints (and, when
+guests run, the host agents and their guest channel) and writes them to <state-dir>/env.
 Ctrl-C stops everything; a second up on the same state dir resumes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
