@@ -111,6 +111,11 @@ type NetworkRecord struct {
 	Reason string `json:"reason,omitempty"`
 	// Message explains Reason for a person.
 	Message string `json:"message,omitempty"`
+	// RefusedEvent is the CloudEvent id of the request (network.declared,
+	// network.restore.requested) the latest refusal answered (Reason
+	// InvalidSpec, InUse or RestoreFailed), so a client tells its own
+	// request's refusal from an earlier one.
+	RefusedEvent string `json:"refusedEvent,omitempty"`
 	// PortGroup is the DVS port group realizing the network (pv-<name>).
 	PortGroup string `json:"portGroup"`
 	// Switch is the distributed switch carrying PortGroup; its members are

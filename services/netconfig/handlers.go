@@ -68,7 +68,7 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 	}
 	if err := s.checkSpec(ctx, name, n.Spec); err != nil {
 		s.log.Warn("network declaration refused", "network", name, "err", err)
-		return s.refuse(ctx, rec, rev, name, n.Spec, err)
+		return s.refuse(ctx, cause, rec, rev, name, n.Spec, err)
 	}
 	if rec != nil && cause != nil {
 		if _, done := rec.VersionByEvent(cause.ID()); done {
@@ -84,7 +84,7 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 	first := rec == nil || rec.Version == 0
 	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); refusal(err) {
 		s.log.Warn("network change refused", "network", name, "err", err)
-		return s.refuse(ctx, rec, rev, name, n.Spec, err)
+		return s.refuse(ctx, cause, rec, rev, name, n.Spec, err)
 	} else if err != nil {
 		return err
 	}
@@ -208,7 +208,7 @@ func attachments(n int) string {
 // refuse records why a declaration was not applied: a new network is stored
 // as Rejected (so `podvisor get networks` shows the reason), an existing one
 // keeps its current version and gets the reason.
-func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, why error) error {
+func (s *Service) refuse(ctx context.Context, cause *event.Event, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, why error) error {
 	reason, sentinel := ReasonInvalidSpec, ErrInvalidSpec
 	if errors.Is(why, ErrInUse) {
 		reason, sentinel = ReasonInUse, ErrInUse
@@ -222,7 +222,7 @@ func (s *Service) refuse(ctx context.Context, rec *events.NetworkRecord, rev uin
 	default:
 		msg = "new version not stored: " + msg
 	}
-	rec.Reason, rec.Message = reason, msg
+	rec.Reason, rec.Message, rec.RefusedEvent = reason, msg, eventID(cause)
 	_, err := s.store.put(ctx, rec, rev)
 	return err
 }
@@ -312,17 +312,17 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 		for _, h := range rec.History {
 			kept = append(kept, fmt.Sprint(h.Version))
 		}
-		rec.Reason = ReasonRestoreFailed
+		rec.Reason, rec.RefusedEvent = ReasonRestoreFailed, eventID(cause)
 		rec.Message = fmt.Sprintf("version %d is not in the history (kept: %s); export versions to keep them longer", version, strings.Join(kept, ", "))
 		_, err := s.store.put(ctx, rec, rev)
 		return err
 	}
 	if err := s.checkSpec(ctx, name, v.Spec); err != nil {
-		return s.refuse(ctx, rec, rev, name, v.Spec, err)
+		return s.refuse(ctx, cause, rec, rev, name, v.Spec, err)
 	}
 	if err := s.storeVersion(ctx, rec, rev, name, v.Spec, fmt.Sprintf("restored from version %d", version), eventID(cause)); refusal(err) {
 		s.log.Warn("network restore refused", "network", name, "version", version, "err", err)
-		return s.refuse(ctx, rec, rev, name, v.Spec, err)
+		return s.refuse(ctx, cause, rec, rev, name, v.Spec, err)
 	} else if err != nil {
 		return err
 	}

@@ -62,6 +62,9 @@ func TestAddressingChangeRefusedWhileAddressesAreHeld(t *testing.T) {
 			return true
 		})
 		t.Logf("%s: %s: %s", what, rec.Reason, rec.Message)
+		if rec.RefusedEvent == "" {
+			t.Errorf("%s: the refusal names no request (refusedEvent empty)", what)
+		}
 		if rec.Version != 2 || rec.Spec.CIDR != "10.20.0.0/24" || rec.Spec.Gateway != "10.20.0.1" || rec.LatestVersion() != 2 {
 			t.Fatalf("%s: record at version %d (latest %d) with %s gw %s, want version 2 kept with 10.20.0.0/24 gw 10.20.0.1",
 				what, rec.Version, rec.LatestVersion(), rec.Spec.CIDR, rec.Spec.Gateway)

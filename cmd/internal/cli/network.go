@@ -175,11 +175,12 @@ type networkAnswer struct {
 // event from the network's record r, if there is one yet. A request that
 // stored a version is answered once that version is applied (the network no
 // longer Pending at it), rolled back or superseded. One that stored none is
-// refused when the record carries a refusal reason written after since: the
-// UpdatedAt of the record read before the request was published (nothing
-// marks which request a refusal answers, and the record's own clock keeps
-// the client's out of the comparison). A request network-config has not
-// handled yet, or that changed nothing, has no answer.
+// refused when the record carries a refusal reason naming the request
+// (RefusedEvent), or, from a network-config that names none, one written
+// after since: the UpdatedAt of the record read before the request was
+// published (the record's own clock keeps the client's out of the
+// comparison). A request network-config has not handled yet, or that
+// changed nothing, has no answer.
 func networkAnswerOf(r *events.NetworkRecord, event string, since time.Time) (networkAnswer, bool) {
 	if r == nil {
 		return networkAnswer{}, false
@@ -203,7 +204,7 @@ func networkAnswerOf(r *events.NetworkRecord, event string, since time.Time) (ne
 		}
 		return a, true
 	}
-	if slices.Contains(networkRefusals, r.Reason) && r.UpdatedAt.After(since) {
+	if slices.Contains(networkRefusals, r.Reason) && (r.RefusedEvent == event || r.RefusedEvent == "" && r.UpdatedAt.After(since)) {
 		return networkAnswer{refused: true, reason: r.Reason, message: r.Message}, true
 	}
 	return networkAnswer{}, false

@@ -166,6 +166,10 @@ func TestNetworkAnswerOf(t *testing.T) {
 			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "InUse", Message: "held", UpdatedAt: t0}},
 		{name: "a restore refused after the publish", wantDone: true, want: networkAnswer{refused: true, reason: "RestoreFailed", message: "gone"},
 			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "RestoreFailed", Message: "gone", UpdatedAt: t0.Add(time.Second)}},
+		{name: "refused, naming this request, whenever written", wantDone: true, want: networkAnswer{refused: true, reason: "InUse", message: "held"},
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "InUse", Message: "held", RefusedEvent: "req", UpdatedAt: t0}},
+		{name: "a refusal naming another request is not this one's, even when rewritten later",
+			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusReady, Reason: "InUse", Message: "held", RefusedEvent: "earlier", UpdatedAt: t0.Add(time.Second)}},
 		{name: "another reason is no refusal",
 			rec: &events.NetworkRecord{Version: 1, Status: events.NetworkStatusDegraded, Reason: "HostsFailed", UpdatedAt: t0.Add(time.Second)}},
 	} {
