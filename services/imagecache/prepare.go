@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -486,8 +487,8 @@ func (s *Service) checkRoom(ctx context.Context, img image, rec events.ChainReco
 // the source's disk, so its size is the source record's, not the
 // layer's compressed size placement counted: the room is checked with it
 // before copying, and the record keeps it.
-func (s *Service) copyChain(ctx context.Context, img image, rec events.ChainRecord, src, token string) (events.ChainRecord, bool, error) {
-	ctx, stop := s.keepLease(ctx, rec, token)
+func (s *Service) copyChain(parent context.Context, img image, rec events.ChainRecord, src, token string) (events.ChainRecord, bool, error) {
+	ctx, stop := s.keepLease(parent, rec, token)
 	defer stop()
 	from, ok, err := s.db.Get(ctx, rec.ChainID, src)
 	if err == nil && (!ok || from.State != events.ChainStateReady) {
@@ -509,7 +510,12 @@ func (s *Service) copyChain(ctx context.Context, img image, rec events.ChainReco
 		s.stats.chainsCopied.add(1)
 		s.stats.bytesCopied.add(rec.Size)
 	}
-	return s.finish(ctx, rec, token, leaseLost(ctx, err), false)
+	// The renewals stop before finish, as a pull's do: once Complete has
+	// released the lease, a renewal would find none and cancel the
+	// completion's last read with ErrLeaseLost.
+	err = leaseLost(ctx, err)
+	stop()
+	return s.finish(parent, rec, token, err, false)
 }
 
 // keepLease renews the pull lease every third of its TTL until stop. The
@@ -551,7 +557,7 @@ func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token s
 			}
 		}
 	}()
-	return ctx, func() { close(done); cancel(nil) }
+	return ctx, sync.OnceFunc(func() { close(done); cancel(nil) })
 }
 
 // fenceLease renews the pull lease right before a write to the chain's

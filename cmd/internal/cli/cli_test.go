@@ -688,8 +688,13 @@ func TestDeleteWithManifests(t *testing.T) {
 			t.Errorf("delete %s %s while vm1 uses it: exit %d, stdout %q, stderr %q; want exit 1, refused, naming team-a/vm1", kind, name, code, out, errOut)
 		}
 	}
-	if out, errOut, code := run(t, dir, vm, "delete", "-f", "-"); code != 0 {
-		t.Fatalf("delete the VM: exit %d\n%s%s", code, out, errOut)
+	// A manifest naming the class before the VM that uses it: the class
+	// is refused (vm1 still uses it), the VM's deletion is asked for all
+	// the same, and the command fails at the end.
+	classFirst := "apiVersion: podvisor.io/v1alpha1\nkind: VirtualMachineClass\nmetadata: {name: small}\nspec: {cpus: 1, memory: 512Mi}\n---\n" + vm
+	out, errOut, code = run(t, dir, classFirst, "delete", "-f", "-")
+	if code != 1 || !strings.Contains(out, "vm team-a/vm1 deletion requested") || !strings.Contains(errOut, "vmclass small refused: InUse") {
+		t.Fatalf("delete -f of the class and its VM: exit %d, stdout %q, stderr %q; want the class refused, the VM's deletion requested, exit 1", code, out, errOut)
 	}
 	eventually(t, "vm1 gone", func() bool {
 		out, _, _ := run(t, dir, "", "get", "vms", "-n", "team-a", "-o", "name")

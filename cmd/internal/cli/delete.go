@@ -128,10 +128,23 @@ func (g *globals) deleteManifests(ctx context.Context, files []string, recursive
 	if len(targets) == 0 {
 		return usageError("%s: no objects", strings.Join(files, ", "))
 	}
-	for _, t := range targets {
+	// As kubectl: every object is asked for, in the manifest's order,
+	// whatever became of the ones before it, and the command fails at the
+	// end if one was refused (a class still used by a VM the manifest
+	// names after it: delete it again once the VM is gone).
+	ordered := targets
+	var errs []error
+	for _, t := range ordered {
 		if err := g.deleteKind(ctx, t.kind, t.namespace, []string{t.name}, "", labels.Everything(), mode, wait); err != nil {
-			return err
+			if len(ordered) == 1 {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "error: %v\n", err)
+			errs = append(errs, err)
 		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%d of %d deletions failed", len(errs), len(ordered))
 	}
 	return nil
 }
