@@ -178,6 +178,7 @@ func (m *Manager) hotPlug(g *guest, vm VM) error {
 		if !ok {
 			if err := unplug(a, guestDevOnce, log); err != nil {
 				errs = append(errs, err)
+				kept = append(kept, a) // still the guest's: removed at the next reconfigure
 			}
 			continue
 		}
@@ -253,8 +254,10 @@ func (m *Manager) plug(d Disk, attached []dataDisk, guestDev func() (string, err
 }
 
 // unplug hot-removes a data disk: its node in the guest's /dev, then its
-// loop device. The loop device goes even when the node cannot (the guest
-// has no /dev of its own yet): the node then names no device.
+// loop device. When the node cannot go (the guest has no /dev of its own
+// yet) the loop device stays attached and the disk with the guest, for
+// the next reconfigure to remove: a loop device detached under a node the
+// guest keeps would be handed to the next disk attached, another VM's.
 func unplug(a dataDisk, guestDev func() (string, error), log *slog.Logger) error {
 	dev, err := guestDev()
 	if err == nil {
@@ -262,10 +265,10 @@ func unplug(a dataDisk, guestDev func() (string, error), log *slog.Logger) error
 			err = nil
 		}
 	}
-	detachLoops([]string{a.loop}, log)
 	if err != nil {
-		return fmt.Errorf("disk %s: device node %s in the guest: %w", a.Unit, a.name, err)
+		return fmt.Errorf("disk %s: device node %s in the guest (the disk stays attached): %w", a.Unit, a.name, err)
 	}
+	detachLoops([]string{a.loop}, log)
 	log.Info("disk hot-removed", "disk", a.Unit, "device", a.name, "loop", a.loop)
 	return nil
 }
