@@ -75,10 +75,7 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
 	}
 	// The worker VMs are made while the control plane starts.
-	unlock := s.workerLocks.Lock(key)
-	err = s.declareWorkers(ctx, &m.Event, ns, name, g.Spec)
-	unlock()
-	if err != nil {
+	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec, workerPass{}); err != nil {
 		return err
 	}
 	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec)
@@ -257,6 +254,12 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	}
 	if err := s.clusters.Delete(ctx, key); err != nil {
 		return err
+	}
+	// A VM made after deleteWorkers' last look (declared before the
+	// mark) is an orphan now; one made later still, the resync's sweep
+	// finds.
+	if _, err := s.sweepOrphanVMs(ctx, &p.GuestClusterRef); err != nil {
+		s.log.Warn("sweep the VMs of a deleted guest cluster", "guestcluster", p.ObjectKey(), "err", err)
 	}
 	s.log.Info("guest cluster deleted", "guestcluster", p.ObjectKey(), "pods", n)
 	return s.out.Emit(ctx, &m.Event, &events.GuestClusterDeleted{GuestClusterRef: p.GuestClusterRef, Pods: n})

@@ -249,7 +249,9 @@ func answers(ctx context.Context, endpoint string) bool {
 // again one whose process or VM is gone, after a restart of the
 // supervisor, say), records its endpoint when it moved, declares again
 // its worker VMs that are missing (a record removed without vm.deleted, a
-// vm.deleted missed) and refreshes its nodes.
+// vm.deleted missed) and refreshes its nodes; then it asks for the
+// deletion of the VMs of guest clusters gone or being deleted
+// (sweepOrphanVMs).
 func (s *Service) resync(ctx context.Context) error {
 	recs, err := s.clusters.List(ctx)
 	if err != nil {
@@ -290,6 +292,9 @@ func (s *Service) resync(ctx context.Context) error {
 		if err := s.replaceWorkers(ctx, nil, r.Key()); err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: worker nodes", "guestcluster", key, "err", err)
 		}
+	}
+	if _, err := s.sweepOrphanVMs(ctx, nil); err != nil && ctx.Err() == nil {
+		s.log.Warn("resync: VMs of guest clusters gone", "err", err)
 	}
 	return nil
 }

@@ -570,21 +570,11 @@ current-context: %[1]s
 // workerVM is worker i's declaration when the worker nodes run in their
 // VMs: the control-plane image (it holds podvisor-guest) unless the
 // spec names another image, and the user data WorkerUserData with
-// certificates signed here for that node.
+// certificates signed here for that node. It does not wait for the
+// image: its caller did (workerImageReady).
 func (v *VMControlPlanes) workerVM(ctx context.Context, ns, name string, spec events.GuestClusterSpec, i int, creds string) (events.VirtualMachine, error) {
 	vm := workerVM(ns, name, spec, i)
 	vm.Spec.ImageName = v.workerImage(spec)
-	if vm.Spec.ImageName == ControlPlaneImage {
-		timeout := v.ReadyTimeout
-		if timeout == 0 {
-			timeout = 3 * time.Minute
-		}
-		ictx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		if err := v.imageReady(ictx); err != nil {
-			return vm, err
-		}
-	}
 	ca, err := pki.LoadOrCreateCA(filepath.Join(v.dir(ns, name), "pki"))
 	if err != nil {
 		return vm, fmt.Errorf("guest cluster %s/%s: CA: %w", ns, name, err)
@@ -619,6 +609,23 @@ func (v *VMControlPlanes) workerVM(ctx context.Context, ns, name string, spec ev
 		return vm, bus.Permanent(err)
 	}
 	return vm, nil
+}
+
+// workerImageReady waits (ReadyTimeout, 3 minutes by default) for the
+// control-plane image to be declared and ready when the worker VMs boot
+// it; workerVM does not wait, so that declareWorkers waits outside
+// workerLocks.
+func (v *VMControlPlanes) workerImageReady(ctx context.Context, spec events.GuestClusterSpec) error {
+	if v.workerImage(spec) != ControlPlaneImage {
+		return nil
+	}
+	timeout := v.ReadyTimeout
+	if timeout == 0 {
+		timeout = 3 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return v.imageReady(ctx)
 }
 
 // workerImage is the worker VMs' image: the control-plane image, which

@@ -27,7 +27,9 @@ import (
 // shrinks or the guest cluster is deleted. A running guest cluster keeps
 // its count, as a MachineSet does: a worker VM that went (vm.deleted, or
 // its record missing at the resync) is declared again under its name
-// (replaceWorkers), unless the guest cluster is being deleted. Each is a
+// (replaceWorkers, which never deletes one), unless the guest cluster is
+// being deleted; a VM of a guest cluster gone or being deleted is asked
+// for deletion by the resync (sweepOrphanVMs). Each is a
 // node of the guest cluster of the same name (podvisor-guest's Workers,
 // fed by the node.list query), Ready while its VM is Ready and PoweredOn on
 // a host; the record's Workers and ReadyWorkers say the same, refreshed on
@@ -98,18 +100,89 @@ func sameVM(r *events.VMRecord, want events.VirtualMachine, userData bool) bool 
 		(!userData || got.UserData == want.Spec.UserData)
 }
 
+// workerPass says how declareWorkers acts.
+type workerPass struct {
+	// replace: a pass of replaceWorkers, on the spec the record had when
+	// it began: it only declares (a worker past the count is the
+	// request's handler's to delete), and it is dropped (errSpecMoved)
+	// when the record's spec is no longer that one or the guest cluster
+	// no longer runs, for a newer request (on another replica, say) may
+	// have declared workers this pass would undo.
+	replace bool
+}
+
+// errSpecMoved drops a replaceWorkers pass: the record's spec changed (or
+// the guest cluster stopped running) while the pass read the worker VMs.
+var errSpecMoved = errors.New("the guest cluster's spec changed meanwhile")
+
 // declareWorkers makes the worker VMs match spec.workers: it declares
-// those missing or different and asks for the deletion of those past the
-// count. A wanted VM still being deleted makes the request wait.
-func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, name string, spec events.GuestClusterSpec) error {
+// those missing or different and (but in a replace pass) asks for the
+// deletion of those past the count. A wanted VM still being deleted makes
+// the request wait.
+//
+// workerLocks is held only around reading the record and the VMs again,
+// deciding and emitting: what can take long (the wait for the
+// control-plane image the worker VMs boot, up to ReadyTimeout; minting the
+// guest cluster's credentials) is done outside it, then the pass begins
+// again. Under the lock, a guest cluster being deleted (or gone) gets no
+// worker: its delete's mark is taken under the same lock.
+func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, name string, spec events.GuestClusterSpec, pass workerPass) error {
+	key := events.GuestClusterRecordKey(ns, name)
+	vc, inVMs := s.cps.(*VMControlPlanes)
+	// With control planes in VMs, each worker VM runs its own node, and
+	// its declaration needs the image ready and the credentials.
+	prep := workerPrep{ready: !inVMs}
+	for {
+		unlock := s.workerLocks.Lock(key)
+		more, err := s.declareWorkersLocked(ctx, cause, key, ns, name, spec, pass, prep)
+		unlock()
+		if err != nil || !more {
+			return err
+		}
+		if !prep.ready {
+			if err := vc.workerImageReady(ctx, spec); err != nil {
+				return fmt.Errorf("worker VMs of %s: %w", key, err)
+			}
+			prep.ready = true
+		}
+		if prep.creds == "" {
+			if prep.creds, err = s.minter.MintGuest(ns, name); err != nil {
+				return fmt.Errorf("identity of %s: %w", key, err)
+			}
+		}
+	}
+}
+
+// workerPrep is what declareWorkers got outside workerLocks for worker
+// VMs that run their node: the image is ready, the credentials.
+type workerPrep struct {
+	ready bool
+	creds string
+}
+
+// declareWorkersLocked is declareWorkers' pass under workerLocks. It
+// returns more when a VM is to be declared and prep lacks what its
+// declaration needs: the caller gets it without the lock and calls again.
+func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, key, ns, name string,
+	spec events.GuestClusterSpec, pass workerPass, prep workerPrep) (more bool, err error) {
 	have, err := s.workerVMs(ctx, ns, name)
 	if err != nil {
-		return err
+		return false, err
+	}
+	// The record, read after the VMs: a newer spec written before this
+	// read is seen here, whenever its workers were declared.
+	rec, _, err := s.clusters.Get(ctx, key)
+	switch {
+	case err != nil:
+		return false, err
+	case pass.replace && (rec == nil || !running(rec) || !reflect.DeepEqual(rec.Spec, spec)):
+		return false, errSpecMoved
+	case rec == nil || rec.Phase == events.GuestClusterPhaseDeleting:
+		return false, bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while its workers were declared", key)))
 	}
 	want := int(spec.Workers.Replicas)
-	// With control planes in VMs, each worker VM runs its own node.
 	vc, inVMs := s.cps.(*VMControlPlanes)
-	var creds string
+	var vms []events.VirtualMachine
 	// deleting names a wanted VM still being deleted: the others are
 	// declared all the same, and the request waits for it.
 	var deleting string
@@ -127,31 +200,32 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 			continue
 		}
 		if inVMs {
-			if creds == "" {
-				if creds, err = s.minter.MintGuest(ns, name); err != nil {
-					return fmt.Errorf("identity of %s/%s: %w", ns, name, err)
-				}
+			if !prep.ready || prep.creds == "" {
+				return true, nil
 			}
-			if vm, err = vc.workerVM(ctx, ns, name, spec, i, creds); err != nil {
-				return fmt.Errorf("worker VM %s/%s: %w", ns, vm.Metadata.Name, err)
+			if vm, err = vc.workerVM(ctx, ns, name, spec, i, prep.creds); err != nil {
+				return false, fmt.Errorf("worker VM %s/%s: %w", ns, vm.Metadata.Name, err)
 			}
 		}
+		vms = append(vms, vm)
+	}
+	for _, vm := range vms {
 		if err := s.out.Emit(ctx, cause, &events.VMDeclared{VM: vm}, bus.Distinct(vm.Metadata.Name)); err != nil {
-			return err
+			return false, err
 		}
 	}
 	for vmName, cur := range have {
-		if workerIndex(name, vmName) < want || !cur.DeletionRequestedAt.IsZero() {
+		if pass.replace || workerIndex(name, vmName) < want || !cur.DeletionRequestedAt.IsZero() {
 			continue
 		}
 		if err := s.out.Emit(ctx, cause, &events.VMDeleteRequested{Namespace: ns, Name: vmName}, bus.Distinct("delete/"+vmName)); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if deleting != "" {
-		return bus.RetryAfter(fmt.Errorf("worker VM %s/%s is %w", ns, deleting, errWorkerDeleting), workerRetry)
+		return false, bus.RetryAfter(fmt.Errorf("worker VM %s/%s is %w", ns, deleting, errWorkerDeleting), workerRetry)
 	}
-	return nil
+	return false, nil
 }
 
 // workerIndex is i of a worker VM name, -1 when it is none.
@@ -299,33 +373,43 @@ func (s *Service) onVMDeleted(ctx context.Context, m *bus.Message, p *events.VMD
 // replaceWorkers declares again the worker VMs of a running guest cluster
 // that are missing (deleted, or their record removed) or differ from its
 // spec, then records its worker nodes: one made again is not Ready (nor
-// counted in ReadyWorkers) until its new VM runs. A guest cluster that is
-// not running is left alone: while it is being made its request's handler
-// declares its workers (and is retried until it has), and once it is
-// being deleted a worker made again would outlive it. workerLocks orders
-// this with the delete's mark (Deleting) in this process; across replicas
-// deleteWorkers asks for the deletion of a worker VM that appears while it
-// waits.
+// counted in ReadyWorkers) until its new VM runs. It never deletes a
+// worker (one past the count is its request's handler's to delete): it
+// acts on the spec it read, and a newer one may have declared more. A pass
+// whose spec moved while it read the VMs is dropped and begins again on
+// the new one. A guest cluster that is not running is left alone: while
+// it is being made its request's handler declares its workers (and is
+// retried until it has), and once it is being deleted a worker made again
+// would outlive it. workerLocks orders this with the delete's mark
+// (Deleting) in this process; across replicas deleteWorkers asks for the
+// deletion of a worker VM that appears while it waits, and the resync's
+// sweepOrphanVMs of one that appears later.
 func (s *Service) replaceWorkers(ctx context.Context, cause *event.Event, key string) error {
-	unlock := s.workerLocks.Lock(key)
-	rec, _, err := s.clusters.Get(ctx, key)
-	if err != nil || rec == nil || !running(rec) {
-		unlock()
-		return err
+	for range 3 {
+		rec, _, err := s.clusters.Get(ctx, key)
+		if err != nil || rec == nil || !running(rec) {
+			return err
+		}
+		declErr := s.declareWorkers(ctx, cause, rec.Namespace, rec.Name, rec.Spec, workerPass{replace: true})
+		if errors.Is(declErr, errSpecMoved) {
+			continue
+		}
+		if errors.Is(declErr, errWorkerDeleting) {
+			// Declared all it could; the one being deleted is made again
+			// on its own vm.deleted (or by the resync).
+			declErr = nil
+		}
+		// The record says what runs even when a declaration failed (it
+		// is retried): a worker that went is no longer counted.
+		if _, err := s.refreshWorkers(ctx, rec); err != nil {
+			return errors.Join(declErr, err)
+		}
+		return declErr
 	}
-	declErr := s.declareWorkers(ctx, cause, rec.Namespace, rec.Name, rec.Spec)
-	unlock()
-	if errors.Is(declErr, errWorkerDeleting) {
-		// Declared all it could; the one being deleted is made again on
-		// its own vm.deleted (or by the resync).
-		declErr = nil
-	}
-	// The record says what runs even when a declaration failed (it is
-	// retried): a worker that went is no longer counted.
-	if _, err := s.refreshWorkers(ctx, rec); err != nil {
-		return errors.Join(declErr, err)
-	}
-	return declErr
+	// The spec keeps changing: its requests' handlers declare its
+	// workers, and the next resync looks again.
+	s.log.Info("worker replacement dropped: the spec changed while it ran", "guestcluster", key)
+	return nil
 }
 
 // deleteWorkers asks for the deletion of every worker VM and waits until
@@ -366,4 +450,61 @@ func (s *Service) deleteWorkers(ctx context.Context, cause *event.Event, rec *ev
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// sweepOrphanVMs asks for the deletion of every VM labelled with a guest
+// cluster (events.LabelGuestCluster) whose record is gone or Deleting, of
+// the guest cluster only when set: a worker declared just before its
+// guest cluster's delete (replaceWorkers, a request on another replica)
+// can be made by the native VM controller after deleteWorkers found none
+// and the record went, and then nothing else would delete it. The
+// request's id derives from the VM's UID (orphanCause), so replicas and
+// passes that sweep the same VM publish one request. It returns how many
+// it asked for.
+func (s *Service) sweepOrphanVMs(ctx context.Context, only *events.GuestClusterRef) (int, error) {
+	// The VMs first: a guest cluster's record is written before its VMs
+	// are declared, so one whose VM is listed here is listed below
+	// unless it went meanwhile.
+	vms, err := s.vms.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list VMs: %w", err)
+	}
+	recs, err := s.clusters.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list guest clusters: %w", err)
+	}
+	alive := map[string]bool{}
+	for _, r := range recs {
+		alive[r.Key()] = r.Phase != events.GuestClusterPhaseDeleting
+	}
+	n := 0
+	for i := range vms {
+		v := &vms[i]
+		gc := v.Labels[events.LabelGuestCluster]
+		switch {
+		case gc == "" || !v.DeletionRequestedAt.IsZero():
+			continue
+		case only != nil && (v.Namespace != only.Namespace || gc != only.Name):
+			continue
+		case alive[events.GuestClusterRecordKey(v.Namespace, gc)]:
+			continue
+		}
+		cause := orphanCause(v)
+		if err := s.out.Emit(ctx, &cause, &events.VMDeleteRequested{Namespace: v.Namespace, Name: v.Name}); err != nil {
+			return n, err
+		}
+		s.log.Info("VM of a guest cluster gone or being deleted; asked for its deletion",
+			"guestcluster", events.GuestClusterRecordKey(v.Namespace, gc), "vm", v.Namespace+"/"+v.Name, "uid", v.UID)
+		n++
+	}
+	return n, nil
+}
+
+// orphanCause is the cause sweepOrphanVMs' deletion request of a VM
+// derives its id from: the same for every sweep of that VM (by UID: a VM
+// made again under its name is another).
+func orphanCause(v *events.VMRecord) event.Event {
+	c := event.New()
+	c.SetID(fmt.Sprintf("guestcluster/orphan/%s/%s/%s", v.Namespace, v.Name, v.UID))
+	return c
 }

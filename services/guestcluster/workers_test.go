@@ -3,10 +3,13 @@ package guestcluster
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -269,5 +272,121 @@ func TestDeletedWorkerIsMadeAgain(t *testing.T) {
 			_ = json.Unmarshal(ev.Data(), &d)
 			t.Errorf("declared %s after the scale-down or while its guest cluster was being deleted", d.VM.Metadata.Name)
 		}
+	}
+}
+
+// vmsSettled waits until every event of the VMS stream published so far
+// has been seen: a vm.deleted of a VM no one has, published now, comes
+// after them (the stream is read in order). It returns the
+// vm.delete.requested events seen meanwhile, by VM name, counting each
+// copy, and drops them and the marker from what await keeps.
+func (h *harness) vmsSettled(t *testing.T, marker string) map[string]int {
+	t.Helper()
+	h.vmDeleted(t, "team-a", marker)
+	for {
+		var d events.VMDeleted
+		if err := json.Unmarshal(h.await(t, events.TypeVMDeleted).Data(), &d); err != nil {
+			t.Fatal(err)
+		}
+		if d.Name == marker {
+			break
+		}
+	}
+	asked := map[string]int{}
+	h.skipped = slices.DeleteFunc(h.skipped, func(ev event.Event) bool {
+		if ev.Type() != events.TypeVMDeleteRequested {
+			return false
+		}
+		var d events.VMDeleteRequested
+		_ = json.Unmarshal(ev.Data(), &d)
+		asked[d.Namespace+"/"+d.Name]++
+		return true
+	})
+	return asked
+}
+
+// TestReplacementNeverDeletesAWorker: replaceWorkers acts on the spec it
+// read, which a newer one (a scale-up on another replica) may have
+// outgrown: a worker VM past its count is left to the request's handler.
+func TestReplacementNeverDeletesAWorker(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	w0 := declared(t, h)
+	h.await(t, events.TypeGuestClusterReady)
+	h.putWorkerVM(t, w0, "esx-1", true)
+	// gc1-worker-1, as a scale-up to two handled elsewhere declared it
+	// while this replica still reads one worker.
+	spec := req.GuestCluster.Spec
+	spec.Workers.Replicas = 2
+	h.putWorkerVM(t, &events.VMDeclared{VM: workerVM("team-a", "gc1", spec, 1)}, "esx-1", true)
+
+	h.deleteWorkerVM(t, "team-a", "gc1-worker-0")
+	if again := declared(t, h); again.VM.Metadata.Name != "gc1-worker-0" {
+		t.Fatalf("declared again %s, want gc1-worker-0", again.VM.Metadata.Name)
+	}
+	if err := h.svc.resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	h.vmDeletedHandled(t)
+	if asked := h.vmsSettled(t, "marker"); len(asked) != 0 {
+		t.Errorf("replacement asked for deletions %v, want none", asked)
+	}
+}
+
+// TestOrphanVMsAreDeleted: a VM labelled with a guest cluster whose record
+// is gone (declared just before the delete, made after deleteWorkers found
+// none) or Deleting is asked for deletion by the resync, once whatever
+// the number of passes; the VMs of a running guest cluster and VMs of no
+// guest cluster are left alone.
+func TestOrphanVMsAreDeleted(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	h.await(t, events.TypeGuestClusterReady)
+	spec := req.GuestCluster.Spec
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+
+	// gc1 is deleted while no worker VM is recorded; its worker made
+	// again meanwhile is made once the record is gone.
+	h.deleteVMRecord(t, "team-a", "gc1-worker-0")
+	h.publish(t, events.TypeGuestClusterDeleteRequested, "team-a/gc1", &events.GuestClusterDeleteRequested{
+		GuestClusterRef: events.GuestClusterRef{Namespace: "team-a", Name: "gc1"}})
+	h.await(t, events.TypeGuestClusterDeleted)
+	h.putWorkerVM(t, &events.VMDeclared{VM: workerVM("team-a", "gc1", spec, 0)}, "esx-1", true)
+
+	// gc2 runs; gc3 is being deleted (its delete's handler is elsewhere).
+	req2 := guestCluster()
+	req2.GuestCluster.Metadata.Name = "gc2"
+	req2.GuestCluster.Spec = spec
+	h.publish(t, events.TypeGuestClusterRequested, req2.ObjectKey(), req2)
+	h.await(t, events.TypeGuestClusterReady)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	kv, err := h.b.KV(t.Context(), events.BucketGuestClusters)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC()
+	gc3, _ := json.Marshal(events.GuestClusterRecord{Namespace: "team-a", Name: "gc3", Spec: spec,
+		Phase: events.GuestClusterPhaseDeleting, DeletionRequestedAt: &now})
+	if _, err := kv.Put(t.Context(), events.GuestClusterRecordKey("team-a", "gc3"), gc3); err != nil {
+		t.Fatal(err)
+	}
+	h.putWorkerVM(t, &events.VMDeclared{VM: workerVM("team-a", "gc3", spec, 0)}, "esx-1", true)
+	plain := workerVM("team-a", "plain", spec, 0)
+	plain.Metadata.Labels = nil
+	h.putWorkerVM(t, &events.VMDeclared{VM: plain}, "esx-1", true)
+
+	for range 2 {
+		if err := h.svc.resync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	asked := h.vmsSettled(t, "marker")
+	want := map[string]int{"team-a/gc1-worker-0": 1, "team-a/gc3-worker-0": 1}
+	if !maps.Equal(asked, want) {
+		t.Errorf("asked for deletions %v, want %v (one request each)", asked, want)
 	}
 }
