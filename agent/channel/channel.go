@@ -328,7 +328,12 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 			})
 			exit := guestchannel.ExecExit{ExitCode: code}
 			if cause := context.Cause(rctx); errors.Is(cause, errInputNotRead) {
-				err = cause // the command was ended for it, whatever it exited with
+				// The command's input was still open (the command
+				// running) when its unread input overflowed, and was ended for it:
+				// that is why it exited, whatever its code. A command
+				// that ended first closed its input, and what the host
+				// sent after was dropped without an overflow.
+				err = cause
 			}
 			if err != nil {
 				exit.Error = err.Error()
@@ -463,6 +468,8 @@ func newExecInput() (*execInput, *io.PipeReader) {
 
 // push queues data, then the input's end when eof. It reports false when
 // the queue would hold more than maxExecInput: the command does not read.
+// Once the input is closed, by close or by the command's side closing its
+// reader, data is dropped.
 func (in *execInput) push(data []byte, eof bool) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -517,6 +524,14 @@ func (in *execInput) run() {
 			_, err := in.w.Write(data)
 			in.mu.Lock()
 			in.queued = max(in.queued-len(data), 0)
+			if err != nil {
+				// The command's side closed its input (the command
+				// ended, or closed its stdin): nothing more reaches it,
+				// so what the host still sends is dropped, not queued
+				// and counted against a command that will never read it.
+				in.closed = true
+				in.queue, in.queued = nil, 0
+			}
 			in.mu.Unlock()
 			if err != nil {
 				return

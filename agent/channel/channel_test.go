@@ -462,3 +462,52 @@ func TestAnExecNotReadingItsInputFailsAlone(t *testing.T) {
 		t.Fatalf("exec exit = %+v, want an error saying the command does not read its input", exit)
 	}
 }
+
+// An exec's command that ends while the host still sends its input (head
+// -c 10, or true, fed more than maxExecInput) exits as it did: the input
+// it left unread is dropped once its side of the input is closed, not
+// counted against it as input it does not read.
+func TestAnExecEndingBeforeItsInputDoesNotFailForIt(t *testing.T) {
+	for _, read := range []int{10, 0} {
+		t.Run(fmt.Sprint("reads ", read), func(t *testing.T) {
+			p := newPod()
+			_, stopped := p.Status()
+			p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+				if _, err := io.ReadFull(stdin, make([]byte, read)); err != nil {
+					return 0, err
+				}
+				// The command exited: the supervisor's copy into its
+				// input fails and closes stdin.
+				stdin.(io.Closer).Close()
+				// Reaping it takes a while, meanwhile all the input
+				// the host sends arrives.
+				select {
+				case <-stopped:
+				case <-ctx.Done():
+				}
+				return 0, nil
+			}
+			c, _ := startSession(t, p)
+			chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+			sent := make(chan error, 1)
+			go func() { // the host side's writes must not wait on the test's reads
+				err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"head"}, Stdin: true})
+				for i := 0; err == nil && i < 2*maxExecInput/len(chunk); i++ {
+					err = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
+				}
+				if err == nil {
+					err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+				}
+				sent <- err
+			}()
+			got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			var exit guestchannel.ExecExit
+			if got["e1"].Decode(&exit); exit.ExitCode != 0 || exit.Error != "" {
+				t.Fatalf("exec exit = %+v, want 0 and no error", exit)
+			}
+		})
+	}
+}

@@ -743,8 +743,9 @@ type ExecOutput func(stream string, data []byte)
 var ErrNotRunning = errors.New("container is not running")
 
 // Exec runs cmd in container name's namespaces, stdin from stdin (nil:
-// none), output to out, and returns its exit code. Cancelling ctx ends the
-// command (SIGTERM, then SIGKILL).
+// none; closed, when an io.Closer, once the command's input ends), output
+// to out, and returns its exit code. Cancelling ctx ends the command
+// (SIGTERM, then SIGKILL).
 func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Reader, out ExecOutput) (int32, error) {
 	if len(cmd) == 0 {
 		return 0, errors.New("command: empty")
@@ -818,6 +819,13 @@ func (p *Pod) exec(ctx context.Context, inst *instance, cmd []string, stdin io.R
 		go func() {
 			_, _ = io.Copy(w, stdin)
 			w.Close()
+			// The copy ends when the input does or when the command's
+			// side of the pipe is gone (it exited, or closed its stdin):
+			// closing stdin then tells its writer that nothing more is
+			// read, rather than leave it blocked on a write.
+			if c, ok := stdin.(io.Closer); ok {
+				c.Close()
+			}
 		}()
 	}
 	outR, outW, err := pipe()

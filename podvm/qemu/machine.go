@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -57,8 +58,12 @@ type ForkTimes struct {
 // continuing.
 func (f ForkTimes) Total() time.Duration { return f.Stopped + f.Saved + f.Loaded }
 
-// memorySize is a pod VM's RAM, as QEMU's -m and its memory backend's size.
-const memorySize = "512M"
+// memorySize is a pod VM's RAM, as QEMU's -m and its memory backend's size;
+// memoryBytes is the same in bytes.
+const (
+	memorySize  = "512M"
+	memoryBytes = 512 << 20
+)
 
 // maxStateBytes is the largest saved state a fork takes for its devices':
 // one as large as the memory means the RAM was copied, not shared.
@@ -78,10 +83,11 @@ func memoryBackend(path string, shared bool) []string {
 }
 
 // memoryFile makes the file a booted machine's RAM is mapped from, on
-// /dev/shm where there is one (tmpfs: the guest's writes never go to a
-// disk), else in dir.
+// /dev/shm where it has room for all of it (tmpfs: the guest's writes
+// never go to a disk), else in dir: a guest writing past what /dev/shm
+// holds would fault QEMU (SIGBUS), and dir goes with the run that made it.
 func memoryFile(dir string) (string, error) {
-	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+	if shmFits("/dev/shm", memoryBytes) {
 		dir = "/dev/shm"
 	}
 	f, err := os.CreateTemp(dir, "podvm-qemu-*.ram")
@@ -133,7 +139,10 @@ func start(ctx context.Context, dir string, d Disks, extra []string) (*Machine, 
 	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", append(args, extra...)...)
 	out := &syncBuffer{}
 	qemu.Stdout, qemu.Stderr = out, out
-	if err := qemu.Start(); err != nil {
+	// QEMU dies with the process that started it (a killed bench, a test
+	// run past its timeout), not left running on its RAM.
+	qemu.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := startFromLockedThread(qemu); err != nil {
 		return nil, err
 	}
 	exited := make(chan error, 1)

@@ -84,3 +84,17 @@ func TestMissingNamesTheTools(t *testing.T) {
 		}
 	}
 }
+
+// The RAM's file goes on /dev/shm only where it fits whole.
+func TestShmFits(t *testing.T) {
+	dir := t.TempDir()
+	if !shmFits(dir, 1) {
+		t.Fatalf("%s has no room for a byte", dir)
+	}
+	if shmFits(dir, 1<<62) {
+		t.Fatalf("%s has room for 4 EiB", dir)
+	}
+	if shmFits(filepath.Join(dir, "missing"), 1) {
+		t.Fatal("a missing directory has room")
+	}
+}

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -173,9 +174,7 @@ func runQEMUPair(ctx context.Context, base qemu.Disks, dir string, i int) (qemuP
 		return pr, err
 	}
 	defer parent.Close()
-	bootCtx, cancel := context.WithTimeout(ctx, qemuBootTimeout)
-	running, err := tmplLine.WaitRunning(bootCtx, tmpl.UID, "main")
-	cancel()
+	running, err := waitRunning(ctx, qemuBootTimeout, tmplLine, parent, tmpl.UID)
 	if err != nil {
 		return pr, fmt.Errorf("the template: %w%s", err, consoleTail(parent))
 	}
@@ -202,14 +201,44 @@ func runQEMUPair(ctx context.Context, base qemu.Disks, dir string, i int) (qemuP
 	pr.stateBytes = child.Forked.StateBytes
 	// The child first: the parent's Close removes the RAM's file.
 	defer child.Close()
-	forkCtx, cancel := context.WithTimeout(ctx, qemuForkTimeout)
-	running, err = childLine.WaitRunning(forkCtx, uid, "main")
-	cancel()
+	running, err = waitRunning(ctx, qemuForkTimeout, childLine, child, uid)
 	if err != nil {
 		return pr, fmt.Errorf("the child: %w%s", err, consoleTail(child))
 	}
 	pr.fork = running.Sub(start)
 	return pr, nil
+}
+
+// errQEMUExited ends a wait for a machine's pod when its QEMU is gone.
+var errQEMUExited = errors.New("QEMU exited")
+
+// waitRunning waits, for at most timeout, until l reports pod uid's
+// container main running, and fails as soon as m's QEMU exits: a QEMU that
+// dies at once (a bad argument, no room for its RAM) would otherwise be
+// waited on for the whole timeout.
+func waitRunning(ctx context.Context, timeout time.Duration, l *qemu.Line, m *qemu.Machine, uid string) (time.Time, error) {
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case err := <-m.Exited:
+			if err == nil {
+				stop(errQEMUExited)
+			} else {
+				stop(fmt.Errorf("%w: %w", errQEMUExited, err))
+			}
+		case <-ctx.Done():
+		}
+	}()
+	running, err := l.WaitRunning(ctx, uid, "main")
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errQEMUExited) {
+			return running, fmt.Errorf("%w (%w)", err, cause)
+		}
+	}
+	return running, err
 }
 
 // consoleTail is the last lines of a machine's console and QEMU's output,
