@@ -14,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/podvisor/podvisor/agent/forkthread"
 )
 
 // Machine is a running QEMU.
@@ -142,7 +144,7 @@ func start(ctx context.Context, dir string, d Disks, extra []string) (*Machine, 
 	// QEMU dies with the process that started it (a killed bench, a test
 	// run past its timeout), not left running on its RAM.
 	qemu.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startFromLockedThread(qemu); err != nil {
+	if err := forkthread.Start(qemu); err != nil {
 		return nil, err
 	}
 	exited := make(chan error, 1)

@@ -14,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/forkthread"
 	"github.com/podvisor/podvisor/shared/bus"
-	"github.com/podvisor/podvisor/shared/forkthread"
 )
 
 // ControlPlane is what a guest cluster's control plane is started with.

@@ -22,7 +22,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
-	"github.com/podvisor/podvisor/shared/forkthread"
+	"github.com/podvisor/podvisor/agent/forkthread"
 	"github.com/podvisor/podvisor/shared/redisclient"
 )
 

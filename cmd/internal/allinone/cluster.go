@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/forkthread"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bus/natsembed"
-	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/pki"
 )
 

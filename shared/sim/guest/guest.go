@@ -17,8 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/podvisor/podvisor/agent/forkthread"
 	"github.com/podvisor/podvisor/agent/guestchannel"
-	"github.com/podvisor/podvisor/shared/forkthread"
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podvisor/podvisor/shared/forkthread"
+	"github.com/podvisor/podvisor/agent/forkthread"
 )
 
 // A child started with Pdeathsig from a goroutine whose thread then ends
