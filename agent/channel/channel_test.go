@@ -440,25 +440,8 @@ func TestAnExecNotReadingItsInputFailsAlone(t *testing.T) {
 		<-ctx.Done() // never reads; ended as the agent ends a command, by its context
 		return 137, nil
 	}
-	c, _ := startSession(t, p)
-	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
-	sent := make(chan error, 1)
-	go func() { // the host side's writes must not wait on the test's reads
-		err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"sleep"}, Stdin: true})
-		for i := 0; err == nil && i < maxExecInput/len(chunk)+2; i++ {
-			err = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
-		}
-		if err == nil {
-			err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
-		}
-		sent <- err
-	}()
-	got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
-	if err := <-sent; err != nil {
-		t.Fatal(err)
-	}
-	var exit guestchannel.ExecExit
-	if got["e1"].Decode(&exit); !strings.Contains(exit.Error, "does not read its input") {
+	exit := execFedThenStopped(t, p, "sleep", maxExecInput+2*guestchannel.ChunkSize)
+	if !strings.Contains(exit.Error, "does not read its input") {
 		t.Fatalf("exec exit = %+v, want an error saying the command does not read its input", exit)
 	}
 }
@@ -487,27 +470,36 @@ func TestAnExecEndingBeforeItsInputDoesNotFailForIt(t *testing.T) {
 				}
 				return 0, nil
 			}
-			c, _ := startSession(t, p)
-			chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
-			sent := make(chan error, 1)
-			go func() { // the host side's writes must not wait on the test's reads
-				err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"head"}, Stdin: true})
-				for i := 0; err == nil && i < 2*maxExecInput/len(chunk); i++ {
-					err = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
-				}
-				if err == nil {
-					err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
-				}
-				sent <- err
-			}()
-			got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
-			if err := <-sent; err != nil {
-				t.Fatal(err)
-			}
-			var exit guestchannel.ExecExit
-			if got["e1"].Decode(&exit); exit.ExitCode != 0 || exit.Error != "" {
+			if exit := execFedThenStopped(t, p, "head", 2*maxExecInput); exit.ExitCode != 0 || exit.Error != "" {
 				t.Fatalf("exec exit = %+v, want 0 and no error", exit)
 			}
 		})
 	}
+}
+
+// execFedThenStopped runs an exec of command on p with input bytes of
+// stdin (whole chunks) sent after it, then a stop, and returns the exec's
+// exit once both are answered.
+func execFedThenStopped(t *testing.T, p *pod, command string, input int) guestchannel.ExecExit {
+	t.Helper()
+	c, _ := startSession(t, p)
+	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+	sent := make(chan error, 1)
+	go func() { // the host side's writes must not wait on the test's reads
+		err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{command}, Stdin: true})
+		for i := 0; err == nil && i < input/len(chunk); i++ {
+			err = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
+		}
+		if err == nil {
+			err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+		}
+		sent <- err
+	}()
+	got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	var exit guestchannel.ExecExit
+	got["e1"].Decode(&exit)
+	return exit
 }
