@@ -91,22 +91,34 @@ func (p *pod) Stop(time.Duration) guestchannel.Stopped {
 	return guestchannel.Stopped{Killed: []string{"a"}}
 }
 
-func TestSession(t *testing.T) {
+// listenUnix listens on a new unix socket until the test ends, and returns
+// the listener and the address a Server dials it by.
+func listenUnix(t *testing.T) (net.Listener, string) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "c.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	p := newPod()
+	t.Cleanup(func() { ln.Close() })
+	return ln, "unix:" + sock
+}
+
+// serve runs srv until the test ends.
+func serve(t *testing.T, srv *Server) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p,
-			MinRetry: 10 * time.Millisecond}).Run(ctx)
+		srv.Run(ctx)
 	}()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestSession(t *testing.T) {
+	ln, addr := listenUnix(t)
+	p := newPod()
+	serve(t, &Server{Addr: addr, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p, MinRetry: 10 * time.Millisecond})
 
 	accept := func() *guestchannel.Conn {
 		t.Helper()
@@ -297,28 +309,17 @@ func TestResyncOnASerialLine(t *testing.T) {
 // no hello and is closed (a template's VM taken by a forked child must
 // never greet as the template).
 func TestBeforeGreetFailingEndsTheSessionWithoutHello(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "ch.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
+	ln, addr := listenUnix(t)
 	var refuse atomic.Bool
 	calls := atomic.Int32{}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "template"}, Pod: newPod(), MinRetry: 10 * time.Millisecond,
-			BeforeGreet: func() error {
-				calls.Add(1)
-				if refuse.Load() {
-					return errors.New("forked")
-				}
-				return nil
-			}}).Run(ctx)
-	}()
-	defer func() { cancel(); <-done }()
+	serve(t, &Server{Addr: addr, Hello: guestchannel.Hello{PodUID: "template"}, Pod: newPod(), MinRetry: 10 * time.Millisecond,
+		BeforeGreet: func() error {
+			calls.Add(1)
+			if refuse.Load() {
+				return errors.New("forked")
+			}
+			return nil
+		}})
 
 	c, err := ln.Accept()
 	if err != nil {
@@ -348,24 +349,13 @@ func TestBeforeGreetFailingEndsTheSessionWithoutHello(t *testing.T) {
 // hang on a channel the agent stopped serving).
 func startSession(t *testing.T, p *pod) (*guestchannel.Conn, net.Conn) {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "c.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		(&Server{Addr: "unix:" + sock, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p,
-			MinRetry: 10 * time.Millisecond}).Run(ctx)
-	}()
+	ln, addr := listenUnix(t)
+	serve(t, &Server{Addr: addr, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p, MinRetry: 10 * time.Millisecond})
 	nc, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cancel(); nc.Close(); <-done })
+	t.Cleanup(func() { nc.Close() })
 	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
 	c := guestchannel.NewConn(nc)
 	for _, typ := range []string{guestchannel.TypeHello, guestchannel.TypeStatus} {

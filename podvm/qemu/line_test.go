@@ -10,6 +10,16 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
+// openLine is a line that asks again for a hello after
+// helloTimeout, closed when the test ends.
+func openLine(t *testing.T, helloTimeout time.Duration) *Line {
+	t.Helper()
+	l, err := listen(helloTimeout)
+	must(t, err)
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
 // agentSide dials the line as QEMU's serial port does and plays the
 // agent's part on it.
 func agentSide(t *testing.T, l *Line) (*guestchannel.Conn, net.Conn) {
@@ -48,11 +58,7 @@ func status(name, kind string) guestchannel.Status {
 // on an earlier connection (a VM its child took over) do not count, nor
 // does the garbage a serial line carries.
 func TestLineWaitsForThePodsContainerRunning(t *testing.T) {
-	l, err := Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := openLine(t, helloTimeout)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
@@ -88,11 +94,7 @@ func TestLineWaitsForThePodsContainerRunning(t *testing.T) {
 // cannot go on with, fail the wait at once; a wait with nothing coming
 // ends with its context.
 func TestLineAsksAgainAndFails(t *testing.T) {
-	l, err := listen(50 * time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := openLine(t, 50*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 

@@ -76,30 +76,11 @@ func runningVMWithDisk(ctx context.Context, t *testing.T, d *Datacenter, vc *vim
 	if err != nil {
 		t.Fatal(err)
 	}
-	var devices object.VirtualDeviceList
-	scsi, err := devices.CreateSCSIController("pvscsi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	devices = append(devices, scsi)
-	disk := &types.VirtualDisk{
-		VirtualDevice: types.VirtualDevice{Key: -2, Backing: &types.VirtualDiskFlatVer2BackingInfo{
-			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: "[" + SharedDatastore + "] " + name + "/" + name + ".vmdk"},
-			DiskMode:                     string(types.VirtualDiskModePersistent),
-			ThinProvisioned:              types.NewBool(true),
-		}},
-		CapacityInKB: 1024,
-	}
-	devices.AssignController(disk, scsi.(types.BaseVirtualController))
 	h := d.Hosts()[0]
 	task, err := folders.VmFolder.CreateVM(ctx, types.VirtualMachineConfigSpec{
 		Name: name, GuestId: string(types.VirtualMachineGuestOsIdentifierOtherLinux64Guest), NumCPUs: 1, MemoryMB: 256,
-		Files: &types.VirtualMachineFileInfo{VmPathName: "[" + SharedDatastore + "] " + name},
-		DeviceChange: []types.BaseVirtualDeviceConfigSpec{
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: scsi},
-			&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
-				FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk},
-		},
+		Files:        &types.VirtualMachineFileInfo{VmPathName: "[" + SharedDatastore + "] " + name},
+		DeviceChange: AddDiskOnNewSCSI(t, "["+SharedDatastore+"] "+name+"/"+name+".vmdk", nil),
 	}, object.NewResourcePool(vc, d.Clusters()[0].ResourcePool), object.NewHostSystem(vc, h.Ref))
 	if err != nil {
 		t.Fatal(err)
@@ -114,5 +95,34 @@ func runningVMWithDisk(ctx context.Context, t *testing.T, d *Datacenter, vc *vim
 	}
 	if err != nil {
 		t.Fatalf("power on %s: %v", name, err)
+	}
+}
+
+// AddDiskOnNewSCSI is the device changes that add a paravirtual SCSI
+// controller and, on it, a thin 1 MiB disk created at the datastore path
+// file, a linked clone of parent where parent is set. It is exported for
+// the tests of package sim_test.
+func AddDiskOnNewSCSI(t *testing.T, file string, parent *types.VirtualDiskFlatVer2BackingInfo) []types.BaseVirtualDeviceConfigSpec {
+	t.Helper()
+	var devices object.VirtualDeviceList
+	scsi, err := devices.CreateSCSIController("pvscsi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices = append(devices, scsi)
+	disk := &types.VirtualDisk{
+		VirtualDevice: types.VirtualDevice{Key: -2, Backing: &types.VirtualDiskFlatVer2BackingInfo{
+			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: file},
+			DiskMode:                     string(types.VirtualDiskModePersistent),
+			ThinProvisioned:              types.NewBool(true),
+			Parent:                       parent,
+		}},
+		CapacityInKB: 1024,
+	}
+	devices.AssignController(disk, scsi.(types.BaseVirtualController))
+	return []types.BaseVirtualDeviceConfigSpec{
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: scsi},
+		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
+			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk},
 	}
 }

@@ -59,30 +59,12 @@ func newDiskLockSite(t *testing.T) diskLockSite {
 	}
 
 	s.vm = createVM(t, c, d, d.Hosts()[0], "locker")
-	var devices object.VirtualDeviceList
-	scsi, err := devices.CreateSCSIController("pvscsi")
-	if err != nil {
-		t.Fatal(err)
+	base := &types.VirtualDiskFlatVer2BackingInfo{
+		VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: s.path("base/base.vmdk")},
+		DiskMode:                     string(types.VirtualDiskModePersistent),
 	}
-	devices = append(devices, scsi)
-	disk := &types.VirtualDisk{
-		VirtualDevice: types.VirtualDevice{Key: -2, Backing: &types.VirtualDiskFlatVer2BackingInfo{
-			VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: s.path("locker/locker.vmdk")},
-			DiskMode:                     string(types.VirtualDiskModePersistent),
-			ThinProvisioned:              types.NewBool(true),
-			Parent: &types.VirtualDiskFlatVer2BackingInfo{
-				VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{FileName: s.path("base/base.vmdk")},
-				DiskMode:                     string(types.VirtualDiskModePersistent),
-			},
-		}},
-		CapacityInKB: 1024,
-	}
-	devices.AssignController(disk, scsi.(types.BaseVirtualController))
-	task, err := s.vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{DeviceChange: []types.BaseVirtualDeviceConfigSpec{
-		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd, Device: scsi},
-		&types.VirtualDeviceConfigSpec{Operation: types.VirtualDeviceConfigSpecOperationAdd,
-			FileOperation: types.VirtualDeviceConfigSpecFileOperationCreate, Device: disk},
-	}})
+	task, err := s.vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{
+		DeviceChange: sim.AddDiskOnNewSCSI(t, s.path("locker/locker.vmdk"), base)})
 	if err == nil {
 		err = task.Wait(ctx)
 	}

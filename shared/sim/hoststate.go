@@ -142,6 +142,14 @@ func vmsOnHost(c *simulator.Context, host types.ManagedObjectReference) []*simul
 	return out
 }
 
+// changesOnly is the part of a registry observer (simulator.RegisterObject)
+// that hears only of changes: the objects put and removed do not concern it.
+type changesOnly struct{}
+
+func (changesOnly) PutObject(*simulator.Context, mo.Reference) {}
+
+func (changesOnly) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
+
 // hostStateBridge is a registry observer that reacts to finished tasks.
 //
 // vCenter tasks that change host state: vcsim's EnterMaintenanceMode_Task,
@@ -154,16 +162,13 @@ func vmsOnHost(c *simulator.Context, host types.ManagedObjectReference) []*simul
 // Network tasks: after any port group or switch change it re-evaluates the
 // management VLAN rule (see SetManagementVLAN).
 type hostStateBridge struct {
+	changesOnly
 	d *Datacenter
 }
 
 var bridgeRef = types.ManagedObjectReference{Type: "PodvisorHostStateBridge", Value: "bridge"}
 
 func (b *hostStateBridge) Reference() types.ManagedObjectReference { return bridgeRef }
-
-func (b *hostStateBridge) PutObject(*simulator.Context, mo.Reference) {}
-
-func (b *hostStateBridge) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
 
 func (b *hostStateBridge) UpdateObject(_ *simulator.Context, obj mo.Reference, changes []types.PropertyChange) {
 	// Registry observers get the embedded managed object, not vcsim's wrapper.

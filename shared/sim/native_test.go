@@ -79,24 +79,8 @@ func TestNativeGuestBootsItsInit(t *testing.T) {
 	if err != nil || task.Wait(ctx) != nil {
 		t.Fatalf("power on: %v", err)
 	}
-	info, ok := d.Guests().Guest(vm.Reference().Value)
-	if !ok || info.VM.Native == nil {
-		t.Fatalf("the VM runs no native guest (running %v)", ok)
-	}
-	console := filepath.Join(info.Dir, "console.log")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		b, _ := os.ReadFile(console)
-		if strings.Contains(string(b), "init: ready vm1") {
-			if !strings.Contains(string(b), "user data script exited 0") {
-				t.Errorf("console:\n%s\nwant the user data script to have run", b)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the guest's init did not get ready within 15s; console:\n%s", b)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if _, console := waitNativeReady(t, d, vm.Reference().Value, "init: ready vm1"); !strings.Contains(console, "user data script exited 0") {
+		t.Errorf("console:\n%s\nwant the user data script to have run", console)
 	}
 	task, err = vm.PowerOff(ctx)
 	if err != nil || task.Wait(ctx) != nil {
@@ -143,7 +127,7 @@ func TestNativeGuestSeesDisksHotPlugged(t *testing.T) {
 	}
 	run(vm.PowerOn(ctx))
 	key := vm.Reference().Value
-	g := waitNativeReady(t, d, key)
+	g, _ := waitNativeReady(t, d, key, "init: ready")
 	if got := guestDevices(t, g.PID); got["sdb"] != 32<<20 || len(got) != 1 {
 		t.Fatalf("the guest's disks at boot %v, want sdb of 32 MiB", got)
 	}
@@ -198,8 +182,9 @@ func TestNativeGuestSeesDisksHotPlugged(t *testing.T) {
 }
 
 // waitNativeReady waits until the native guest of VM key has run its
-// init.
-func waitNativeReady(t *testing.T, d *sim.Datacenter, key string) guest.Info {
+// init, its console showing ready (the init's last line is "init: ready
+// <hostname>"), and returns the guest and its console then.
+func waitNativeReady(t *testing.T, d *sim.Datacenter, key, ready string) (guest.Info, string) {
 	t.Helper()
 	info, ok := d.Guests().Guest(key)
 	if !ok || info.VM.Native == nil {
@@ -209,8 +194,8 @@ func waitNativeReady(t *testing.T, d *sim.Datacenter, key string) guest.Info {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		b, _ := os.ReadFile(console)
-		if strings.Contains(string(b), "init: ready") {
-			return info
+		if strings.Contains(string(b), ready) {
+			return info, string(b)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the guest's init did not get ready within 15s; console:\n%s", b)

@@ -23,6 +23,7 @@ import (
 
 // taskWatch wakes the waiters of tasks that end.
 type taskWatch struct {
+	changesOnly
 	mu      sync.Mutex
 	waiting map[string]chan struct{}
 }
@@ -30,10 +31,6 @@ type taskWatch struct {
 var taskWatchRef = types.ManagedObjectReference{Type: "PodvisorTaskWatch", Value: "tasks"}
 
 func (w *taskWatch) Reference() types.ManagedObjectReference { return taskWatchRef }
-
-func (w *taskWatch) PutObject(*simulator.Context, mo.Reference) {}
-
-func (w *taskWatch) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
 
 // UpdateObject runs with the task's lock held, after the change is
 // applied: the task's state is read from the object itself.
