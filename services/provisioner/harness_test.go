@@ -106,15 +106,6 @@ func (e *env) waitRecord(svc *Service, ns, name string, pred func(*events.PodRec
 	return r
 }
 
-// destroyPodVM destroys the VM of the pod with this uid behind the
-// provisioner's back, as a vCenter that lost it.
-func (e *env) destroyPodVM(uid string) {
-	e.T.Helper()
-	if err := e.vms.Destroy(context.Background(), e.vmsNamed("pv-" + uid)[0].Ref); err != nil {
-		e.T.Fatal(err)
-	}
-}
-
 // vmsNamed lists the VMs with this name anywhere in the datacenter.
 func (e *env) vmsNamed(name string) []podvm.VM {
 	e.T.Helper()

@@ -50,6 +50,16 @@ func testPod(name string) *corev1.Pod {
 	}
 }
 
+// startOnFirstHost runs a provisioner on testConfig (no periodic resync:
+// the tests of drift repair call Resync); it returns the env, the service
+// and the host the tests place their pods on.
+func startOnFirstHost(t *testing.T) (*env, *Service, string) {
+	t.Helper()
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	return e, svc, e.DC.Hosts()[0].Name
+}
+
 func TestAdmission(t *testing.T) {
 	e := newEnv(t)
 	svc, _ := e.start(testConfig())
@@ -168,9 +178,7 @@ func failCreateVM(t *testing.T, e *env, fault simulator.FaultType, maxCount int)
 }
 
 func TestCreateVMFaults(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 
 	t.Run("transient fault is retried", func(t *testing.T) {
 		failCreateVM(t, e, simulator.FaultTypeInsufficientResourcesFault, 1)
@@ -291,10 +299,8 @@ func TestDelete(t *testing.T) {
 // The provisioner never takes that VM for the pod's: drift repair creates
 // the pod's VM again, and deleting the pod leaves the other pod's VM alone.
 func TestAVMReferenceThatNamesAnotherPodsVMIsNotThePods(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
-	host := e.DC.Hosts()[0].Name
 	keep, _ := e.provision(testPod("keep"), host)
 	lost, _ := e.provision(testPod("lost"), host)
 	kept := e.vmsNamed("pv-" + keep.UID)[0]
@@ -324,9 +330,7 @@ func TestDriftRepair(t *testing.T) {
 	otel.SetMeterProvider(mp)
 	t.Cleanup(func() { otel.SetMeterProvider(prev) })
 
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
 
 	var accs []*events.PodAccepted
@@ -426,9 +430,7 @@ func TestDriftRepair(t *testing.T) {
 // drift: the repair neither fails nor counts it. One still there is
 // destroyed and counted.
 func TestOrphanGoneBeforeItsRepairIsNotCounted(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
 	orphanVM(t, e, svc, host)
 	listed := e.vmsNamed("pv-ghost-uid")
@@ -453,9 +455,7 @@ func TestOrphanGoneBeforeItsRepairIsNotCounted(t *testing.T) {
 // like an orphan: while one is there, drift repair destroys no orphan and
 // says why, naming the key; it still repairs the rest (a VM powered off).
 func TestDriftRepairAroundAnUndecodableRecord(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
 	_, run := e.provision(testPod("sleepy"), host)
 	if err := e.vms.PowerOff(ctx, types.ManagedObjectReference{Type: "VirtualMachine", Value: run.VM}); err != nil {
@@ -491,9 +491,7 @@ func TestDriftRepairAroundAnUndecodableRecord(t *testing.T) {
 // on claiming Running meanwhile. The bucket's updates, watched in order,
 // show every mark before the first record of a VM made again.
 func TestAPassMarksEveryLostVMBeforeMakingAny(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
 	lost := map[string]bool{}
 	for _, name := range []string{"lost-a", "lost-b", "lost-c"} {
@@ -548,9 +546,7 @@ func TestAPassMarksEveryLostVMBeforeMakingAny(t *testing.T) {
 // written, yet the next pass, seconds later, takes the pod up again rather
 // than waiting until its age says it is stuck.
 func TestARepairThatFailedIsTriedAgainByTheNextPass(t *testing.T) {
-	e := newEnv(t)
-	svc, _ := e.start(testConfig())
-	host := e.DC.Hosts()[0].Name
+	e, svc, host := startOnFirstHost(t)
 	ctx := context.Background()
 	acc, _ := e.provision(testPod("unlucky"), host)
 	vmName := e.record(svc, "default", "unlucky").VMName
@@ -649,6 +645,15 @@ func createVMOutside(t *testing.T, e *env, svc *Service, acc *events.PodAccepted
 		t.Fatal(err)
 	}
 	return ref
+}
+
+// destroyPodVM destroys the VM of the pod with this uid behind the
+// provisioner's back, as a vCenter that lost it.
+func (e *env) destroyPodVM(uid string) {
+	e.T.Helper()
+	if err := e.vms.Destroy(context.Background(), e.vmsNamed("pv-" + uid)[0].Ref); err != nil {
+		e.T.Fatal(err)
+	}
 }
 
 func TestEvictionAndMigration(t *testing.T) {

@@ -323,11 +323,7 @@ func TestVMLifecycle(t *testing.T) {
 func TestResyncRepairsLostAndPoweredOffVMs(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareSmall()
-	host := e.dc.Hosts()[0]
-	decl := vmDecl("small", "")
-	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
-	r := e.runOn(decl, host)
+	_, host, r := e.runWithDataDisk()
 	lost := e.vm(r)
 	e.powerOff(lost)
 	if err := lost.Unregister(ctx); err != nil {

@@ -79,6 +79,19 @@ func withDataDisk(power string, runcmd ...string) *events.VMDeclared {
 	return d
 }
 
+// runWithDataDisk declares the class small and the image vmos, and runs
+// vm1 (vmDecl("small", "")) with a 64 MiB data disk on the first host
+// until it is Ready; it returns the declaration, for the test to change,
+// the host and the record.
+func (e *env) runWithDataDisk() (*events.VMDeclared, sim.HostSpec, *events.VMRecord) {
+	e.t.Helper()
+	e.declareSmall()
+	host := e.dc.Hosts()[0]
+	decl := vmDecl("small", "")
+	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
+	return decl, host, e.runOn(decl, host)
+}
+
 // dataDisk is the file of the data disk the guest of VM ref sees as sdb.
 func (e *env) dataDisk(ref string) string {
 	e.t.Helper()
@@ -214,11 +227,7 @@ func (e *env) rejections() <-chan *events.VMRejected {
 func TestDisksFollowTheSpecOfARunningVM(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	e.declareSmall()
-	host := e.dc.Hosts()[0]
-	decl := vmDecl("small", "")
-	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
-	r := e.runOn(decl, host)
+	decl, host, r := e.runWithDataDisk()
 	vm := e.vm(r)
 	boot, _ := e.disks(vm)
 	root := boot["root.vmdk"]

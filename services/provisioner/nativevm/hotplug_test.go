@@ -23,11 +23,7 @@ import (
 func TestARunningGuestSeesItsDisksChange(t *testing.T) {
 	privtest.RequireTools(t, "nsenter")
 	e := newEnv(t)
-	e.declareSmall()
-	host := e.dc.Hosts()[0]
-	decl := vmDecl("small", "")
-	decl.VM.Spec.Disks = []events.VMDisk{{Name: "data", Size: "64Mi"}}
-	r := e.runOn(decl, host)
+	decl, host, r := e.runWithDataDisk()
 	ref := e.vm(r).Reference().Value
 	e.waitConsole(ref, "init: ready")
 	g, _ := e.dc.Guests().Guest(ref)
