@@ -11,6 +11,7 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 )
 
@@ -105,9 +106,7 @@ func TestDrainHostWithTenPods(t *testing.T) {
 // drained host cannot move; the drain names it with the reason, and the
 // host stays out of maintenance.
 func TestDrainListsUnmovablePods(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	w.network("local", h[0])
 	movable := w.runPod("movable", h[0])
 	stuck := w.runPod("stuck", h[0], "local")
@@ -137,9 +136,7 @@ func TestDrainListsUnmovablePods(t *testing.T) {
 // the lost host fails its prechecks; host.recovered removes the VMs left on the
 // host without touching the pods' current VMs.
 func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
-	w := newWorld(t, 1, 4)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 4)
 	pods := w.runPods("ha", 3, h[1])
 	safe := w.runPod("safe", h[2])
 	ctx := t.Context()
@@ -210,9 +207,7 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 // host when the drain starts is migrated in the next pass, once its VM is
 // on (Starting: its containers need not have started).
 func TestDrainWaitsForPodsStillProvisioning(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	w.runPod("ready", h[0])
 	late := w.runPod("late", h[0])
 	w.sched.update("late", func(r *events.PodRecord) { r.Phase = events.PodPhaseProvisioning })
@@ -282,3 +277,5 @@ func TestDrainOutcomeMeetingALaggingReadIsRecorded(t *testing.T) {
 func vmRef(v string) types.ManagedObjectReference {
 	return types.ManagedObjectReference{Type: "VirtualMachine", Value: v}
 }
+
+func (w *world) vmExists(ref types.ManagedObjectReference) bool { return simtest.VMExists(w.vc, ref) }

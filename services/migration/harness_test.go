@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi"
-	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
@@ -26,7 +25,6 @@ import (
 type world struct {
 	*testenv.Env
 	vc    *govmomi.Client
-	dco   *object.Datacenter
 	vm    *vmotion.Client
 	pods  *record.Store[events.PodRecord]
 	sched *scheduler
@@ -39,7 +37,7 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	t.Helper()
 	te := testenv.Start(t, testenv.Datacenter(sim.Config{Clusters: clusters, HostsPerCluster: hostsPerCluster, Seed: 7}))
 	dc, sess := te.DC, simtest.Session(t, te.DC)
-	w := &world{Env: te, vc: sess.Client, dco: sess.Datacenter, vm: vmotion.New(sess.Client.Client, sess.Datacenter)}
+	w := &world{Env: te, vc: sess.Client, vm: vmotion.New(sess.Client.Client, sess.Datacenter)}
 	w.pods = record.New[events.PodRecord](te.KV(events.BucketPods), "pod")
 	w.pods.Attempts = 20
 	// The inventory's host records and network-config's availability:
@@ -49,11 +47,6 @@ func newWorld(t *testing.T, clusters, hostsPerCluster int) *world {
 	w.network("backend", simtest.HostNames(dc, dc.Clusters()[0].Name)...)
 	w.sched = newScheduler(w)
 	return w
-}
-
-// network writes network-config's availability of a network.
-func (w *world) network(name string, hosts ...string) {
-	w.PutNetwork(name, hosts, hosts)
 }
 
 func (w *world) clusterHosts(i int) []string { return w.DC.Clusters()[i].Hosts }
@@ -84,6 +77,15 @@ func testConfig() Config {
 // which runService runs until the test ends or w.stop is called.
 func (w *world) start(cfg Config) *Service { return w.runService(w.newService(cfg)) }
 
+// runningWorld is the opening most tests share: newWorld with the service
+// started on testConfig(), and the hosts of the first cluster.
+func runningWorld(t *testing.T, clusters, hostsPerCluster int) (*world, []string) {
+	t.Helper()
+	w := newWorld(t, clusters, hostsPerCluster)
+	w.start(testConfig())
+	return w, w.clusterHosts(0)
+}
+
 func (w *world) newService(cfg Config) *Service {
 	w.T.Helper()
 	svc, err := newService(cfg, w.Bus, w.vm, testenv.Logger().With("test", w.T.Name()))
@@ -103,8 +105,6 @@ func (w *world) vmHost(ref types.ManagedObjectReference) (host string, pool type
 	w.T.Helper()
 	return simtest.VMHost(w.T, w.vc, ref)
 }
-
-func (w *world) vmExists(ref types.ManagedObjectReference) bool { return simtest.VMExists(w.vc, ref) }
 
 func (w *world) podRecord(name string) *events.PodRecord {
 	return testenv.MustGet[events.PodRecord](w.Env, events.BucketPods, events.PodRecordKey("default", name))

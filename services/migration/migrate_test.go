@@ -16,9 +16,7 @@ import (
 // agrees), progress goes Queued → Prechecking → Relocating → Finalizing,
 // and the record ends Completed.
 func TestMigrateToNamedHost(t *testing.T) {
-	w := newWorld(t, 2, 3)
-	w.start(testConfig())
-	hosts := w.clusterHosts(0)
+	w, hosts := runningWorld(t, 2, 3)
 	p := w.runPod("web", hosts[0])
 
 	w.migrate("m-to", p, hosts[2])
@@ -58,9 +56,8 @@ func TestMigrateToNamedHost(t *testing.T) {
 // pick is used; a move to another cluster lands in that cluster's resource
 // pool.
 func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
-	w := newWorld(t, 2, 3)
-	w.start(testConfig())
-	a, b := w.clusterHosts(0), w.clusterHosts(1)
+	w, a := runningWorld(t, 2, 3)
+	b := w.clusterHosts(1)
 	p := w.runPod("api", a[0])
 
 	w.migrate("m-pick", p, "")
@@ -86,9 +83,8 @@ func TestMigrateWithoutTargetAndAcrossClusters(t *testing.T) {
 // cannot move to a cluster-2 host; the failure names the network and the VM
 // stays where it was.
 func TestTargetLackingNetworkIsRefused(t *testing.T) {
-	w := newWorld(t, 2, 2)
-	w.start(testConfig())
-	a, b := w.clusterHosts(0), w.clusterHosts(1)
+	w, a := runningWorld(t, 2, 2)
+	b := w.clusterHosts(1)
 	p := w.runPod("db", a[0], "default", "backend")
 
 	w.migrate("m-net", p, b[0])
@@ -116,9 +112,7 @@ func TestTargetLackingNetworkIsRefused(t *testing.T) {
 // from nothing numbers its VMs again) has no VM to move: the migration is
 // refused and the other pod's VM stays where it is.
 func TestAReferenceToAnotherPodsVMIsNotMoved(t *testing.T) {
-	w := newWorld(t, 1, 2)
-	w.start(testConfig())
-	hosts := w.clusterHosts(0)
+	w, hosts := runningWorld(t, 1, 2)
 	other := w.runPod("other", hosts[0])
 	p := w.runPod("moved", hosts[0])
 	r := w.podRecord("moved")
@@ -137,9 +131,7 @@ func TestAReferenceToAnotherPodsVMIsNotMoved(t *testing.T) {
 // TestTargetNotConnectedOrInMaintenanceIsRefused: the simulator would
 // relocate onto a dead host; the service does not.
 func TestTargetNotConnectedOrInMaintenanceIsRefused(t *testing.T) {
-	w := newWorld(t, 1, 4)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 4)
 	p := w.runPod("cache", h[0])
 	ctx := t.Context()
 	if err := w.DC.FailHost(ctx, h[1]); err != nil {

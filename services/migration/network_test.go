@@ -13,9 +13,7 @@ import (
 // on the source too, with the definition the scheduler uses: a source where
 // the network failed cannot hand its port over.
 func TestSourceLackingNetworkIsRefused(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("db", h[0], "edge")
 	testenv.Put(w.Env, events.BucketNetHosts, "edge", &events.NetworkAvailability{Network: "edge", Version: 1,
 		Hosts: []string{h[1], h[2]}, Scope: []string{h[0], h[1], h[2]}, Failed: []string{h[0]}})
@@ -34,9 +32,7 @@ func TestSourceLackingNetworkIsRefused(t *testing.T) {
 // that lost the network evicts that host's pods on the network, and only
 // those.
 func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
-	w := newWorld(t, 1, 2)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 2)
 	on := w.runPod("on-edge", h[0], "default", "edge")
 	w.runPod("off-edge", h[0], "default")
 	w.runPod("elsewhere", h[1], "edge")
@@ -64,9 +60,7 @@ func TestHostLosingANetworkEvictsItsPodsOnIt(t *testing.T) {
 // the pods would help nobody, so none is evicted, while the same report
 // for a reason of the host (CarryFailed) evicts.
 func TestAPortGroupVCenterDoesNotHaveEvictsNobody(t *testing.T) {
-	w := newWorld(t, 1, 2)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 2)
 	w.runPod("stays", h[0], "edge")
 	w.Send("podvisor/netconfig", events.TypeNetworkHostFailed, &events.NetworkHostFailed{
 		Name: "edge", Version: 2, Host: h[0], Reason: "PortGroupNotFound",

@@ -52,9 +52,7 @@ func TestRefusalRacingItsRequestEndsTheMigration(t *testing.T) {
 // migration, handled by the first replica, is taken, not refused
 // AlreadyMigrating for a migration that ended.
 func TestPodHeldForAMigrationEndedElsewhereIsFree(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("held", h[0])
 	w.requestSilently("held-1", p)
 	// The other replica's refusal: the record ends; this replica's memory

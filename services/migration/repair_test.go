@@ -212,9 +212,7 @@ func TestRelocationAnswerLostCompletes(t *testing.T) {
 // that reservation; the VM stays on the source, and the pod is free for the
 // next migration.
 func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("vfault", h[0])
 	simtest.Fault(t, w.DC, simulator.FaultInjectionRule{MethodName: "RelocateVM_Task", Probability: 1, MaxCount: 1,
 		FaultType: simulator.FaultTypeInsufficientResourcesFault})
@@ -238,13 +236,11 @@ func TestRelocateFaultFailsAndFreesThePod(t *testing.T) {
 // Before, it stayed so until the next leader; the repair sweep resumes it
 // and the host is drained.
 func TestDrainWithoutARunnerIsResumed(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	svc := w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("orphaned", h[0])
 	rec := &events.DrainRecord{Host: h[0], Phase: events.DrainPhaseDraining, RequestID: "lost-runner",
 		Message: "cordoned; moving pods away", StartedAt: time.Now().UTC()}
-	if _, err := svc.store.putDrain(context.Background(), rec, 0); err != nil {
+	if _, err := w.svc.store.putDrain(context.Background(), rec, 0); err != nil {
 		t.Fatal(err)
 	}
 	w.wantDrainedOnePod(h[0], p)

@@ -226,9 +226,7 @@ func TestReservationWhoseQueueingAnswerWasLostIsQueued(t *testing.T) {
 // restarted and comes back later). The reservation adopts the migration;
 // the late request changes nothing.
 func TestReservationBeforeItsRequestIsTakenUp(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("early", h[0])
 	w.sched.silence("early-1")
 	w.reserve("early-1", p, h[1])
@@ -292,9 +290,7 @@ func TestAStalledListingEndsInAnError(t *testing.T) {
 // service took a reservation of a Completed migration for its own (which
 // migration.completed promotes) and let it be: that room stayed held.
 func TestLateReservationOfACompletedMigrationIsReleased(t *testing.T) {
-	w := newWorld(t, 1, 3)
-	w.start(testConfig())
-	h := w.clusterHosts(0)
+	w, h := runningWorld(t, 1, 3)
 	p := w.runPod("late", h[0])
 	w.migrate("late-1", p, h[1])
 	w.wantCompletedOnly("late-1", p, h[1])

@@ -16,8 +16,9 @@ import (
 )
 
 // Stand-ins for the services the migration tests do not run: the
-// provisioner's part (pods running in VMs of their own, and their records)
-// and the scheduler's (reservations, restarts of evicted pods).
+// provisioner's part (pods running in VMs of their own, and their records),
+// the scheduler's (reservations, restarts of evicted pods) and
+// network-config's (where a network is available).
 
 // pod is a running pod the test placed: its VM in vCenter and the
 // provisioner's record.
@@ -27,6 +28,11 @@ type pod struct {
 }
 
 func (p pod) key() string { return events.PodKey(p.ns, p.name) }
+
+// network writes network-config's availability of a network.
+func (w *world) network(name string, hosts ...string) {
+	w.PutNetwork(name, hosts, hosts)
+}
 
 // runPod creates a pod VM on host and the provisioner's record of a
 // Running pod.
