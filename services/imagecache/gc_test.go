@@ -12,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
+	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
@@ -25,13 +26,8 @@ import (
 // folder from under the template: vCenter refuses to delete a locked disk,
 // vcsim does not.
 func TestGarbageCollectionKeepsAttachedChains(t *testing.T) {
-	e := startEnv(t, func(c *imagecache.Config) { c.GCBudgetBytes = 1; c.GCGrace = time.Nanosecond })
+	e, evs, webLayers, workerLayers := startGC(t)
 	ctx := context.Background()
-	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
-	e.accept("w1", web)
-	e.accept("k1", worker)
-	evs := e.WaitFor("pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
-	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
 	webChain := readyFor(t, evs, "w1").Containers[0].Chain
 	workerTop := readyFor(t, evs, "k1").Containers[0].Disk
 
@@ -49,15 +45,7 @@ func TestGarbageCollectionKeepsAttachedChains(t *testing.T) {
 
 	collect := func(want ...string) {
 		t.Helper()
-		evicted, err := e.svc.CollectGarbage(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var got []string
-		for _, ev := range evicted {
-			got = append(got, ev.ChainID)
-		}
-		if !slices.Equal(got, want) {
+		if got := collectGarbage(t, e); !slices.Equal(got, want) {
 			t.Fatalf("evicted %v, want %v", got, want)
 		}
 	}
@@ -73,14 +61,6 @@ func TestGarbageCollectionKeepsAttachedChains(t *testing.T) {
 			}
 		}
 	}
-	gone := func(ids ...string) {
-		t.Helper()
-		for _, id := range ids {
-			if _, err := store.ReadDisk(ctx, sharedDS, id); err == nil {
-				t.Fatalf("evicted chain %s still on the datastore", id)
-			}
-		}
-	}
 
 	// Unreferenced, past their grace, over budget: all attached, none goes.
 	collect()
@@ -90,12 +70,53 @@ func TestGarbageCollectionKeepsAttachedChains(t *testing.T) {
 	// top (still under the linked clone) names as parent.
 	destroyVM(t, e, template)
 	collect(webLayers[2].ChainID, webLayers[1].ChainID)
-	gone(webLayers[2].ChainID, webLayers[1].ChainID)
+	checkDisksGone(t, e, webLayers[2].ChainID, webLayers[1].ChainID)
 	kept(webLayers[0].ChainID, workerLayers[1].ChainID)
 
 	destroyVM(t, e, "linked-clone")
 	collect(workerLayers[1].ChainID, workerLayers[0].ChainID)
-	gone(workerLayers[1].ChainID, workerLayers[0].ChainID)
+	checkDisksGone(t, e, workerLayers[1].ChainID, workerLayers[0].ChainID)
+}
+
+// startGC starts an image cache whose collector takes every chain no pod
+// references (a budget of 1 byte, a grace of 1ns) once pod w1 of the web
+// image and pod k1 of the worker image, which share their base layer, are
+// ready. It returns the events seen by then and each image's layers.
+func startGC(t *testing.T) (e *env, evs []testenv.Seen, webLayers, workerLayers []imagemeta.Layer) {
+	t.Helper()
+	e = startEnv(t, func(c *imagecache.Config) { c.GCBudgetBytes = 1; c.GCGrace = time.Nanosecond })
+	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
+	e.accept("w1", web)
+	e.accept("k1", worker)
+	evs = e.WaitFor("pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
+	return e, evs, layerSizes(t, e, web), layerSizes(t, e, worker)
+}
+
+// collectGarbage runs one garbage collection pass and returns the chains
+// it evicted, in the order it evicted them.
+func collectGarbage(t *testing.T, e *env) []string {
+	t.Helper()
+	evicted, err := e.svc.CollectGarbage(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, ev := range evicted {
+		ids = append(ids, ev.ChainID)
+	}
+	return ids
+}
+
+// checkDisksGone fails the test when the disk of any of the evicted chains
+// ids is still on the datastore.
+func checkDisksGone(t *testing.T, e *env, ids ...string) {
+	t.Helper()
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
+	for _, id := range ids {
+		if _, err := store.ReadDisk(t.Context(), sharedDS, id); err == nil {
+			t.Fatalf("evicted chain %s still on the datastore", id)
+		}
+	}
 }
 
 // createVM creates a VM with the image disks attached as the provisioner

@@ -210,40 +210,22 @@ func makeVM(t *testing.T, e *env, spec types.VirtualMachineConfigSpec, controlle
 // TestGarbageCollectionOrder: over budget, unreferenced chains go, children
 // before parents; referenced chains and their parents stay.
 func TestGarbageCollectionOrder(t *testing.T) {
-	e := startEnv(t, func(c *imagecache.Config) { c.GCBudgetBytes = 1; c.GCGrace = time.Nanosecond })
+	e, _, webLayers, workerLayers := startGC(t)
 	ctx := context.Background()
-	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
-	e.accept("w1", web)
-	e.accept("k1", worker)
-	e.WaitFor("pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
-	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
 
 	// With both pods alive nothing may go.
-	if ev, err := e.svc.CollectGarbage(ctx); err != nil || len(ev) != 0 {
-		t.Fatalf("GC with every chain referenced evicted %+v, %v", ev, err)
+	if evicted := collectGarbage(t, e); len(evicted) != 0 {
+		t.Fatalf("GC with every chain referenced evicted %v", evicted)
 	}
 	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "w1", UID: testenv.UID("w1")}, Images: []string{webLayers[0].DiffID}})
 	waitRefs(t, e, webLayers[2].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
 
-	evicted, err := e.svc.CollectGarbage(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var order []string
-	for _, ev := range evicted {
-		order = append(order, ev.ChainID)
-	}
 	want := []string{webLayers[2].ChainID, webLayers[1].ChainID}
-	if !slices.Equal(order, want) {
+	if order := collectGarbage(t, e); !slices.Equal(order, want) {
 		t.Fatalf("evicted %v, want web's top then its middle layer %v (base is still used by the worker pod)", order, want)
 	}
-	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
-	for _, id := range want {
-		if _, err := store.ReadDisk(ctx, sharedDS, id); err == nil {
-			t.Fatalf("evicted chain %s still on the datastore", id)
-		}
-	}
+	checkDisksGone(t, e, want...)
 	e.WaitFor("image.evicted events", 10*time.Second, func(evs []testenv.Seen) bool {
 		return len(testenv.In[events.ImageEvicted](t, evs, nil)) == 2
 	})
@@ -252,15 +234,8 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "k1", UID: testenv.UID("k1")}})
 	waitRefs(t, e, workerLayers[0].ChainID, 0)
 	time.Sleep(5 * time.Millisecond)
-	evicted, err = e.svc.CollectGarbage(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	order = order[:0]
-	for _, ev := range evicted {
-		order = append(order, ev.ChainID)
-	}
-	if want := []string{workerLayers[1].ChainID, workerLayers[0].ChainID}; !slices.Equal(order, want) {
+	want = []string{workerLayers[1].ChainID, workerLayers[0].ChainID}
+	if order := collectGarbage(t, e); !slices.Equal(order, want) {
 		t.Fatalf("evicted %v, want the worker's top then the base %v", order, want)
 	}
 	chains, _ := imagemeta.NewReader(e.redis).Chains(ctx)
@@ -269,7 +244,7 @@ func TestGarbageCollectionOrder(t *testing.T) {
 	}
 
 	// Pulling again after eviction works and is announced again.
-	e.accept("w2", web)
+	e.accept("w2", e.reg.Ref("podvisor/web:1.0"))
 	e.WaitFor("web again", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "w2") != nil })
 }
 

@@ -58,6 +58,17 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 	announced := func(name string) bool {
 		return readyFor(t, e.Events.Seen(), name) != nil
 	}
+	// forgotten checks that pod name was not announced and that nothing is
+	// kept for it; why says what became of the pod.
+	forgotten := func(t *testing.T, name, why string) {
+		t.Helper()
+		if announced(name) {
+			t.Error("pod.images.ready for a pod " + why)
+		}
+		if got := holds(name); len(got) != 0 {
+			t.Errorf("the image cache keeps %v for a pod %s", got, why)
+		}
+	}
 	if got := holds("live"); len(got) != len(layers)+3 {
 		t.Fatalf("a live pod holds %v, want its %d chains and its 3 keys", got, len(layers))
 	}
@@ -67,12 +78,7 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 		// provisioner removed the record after it.
 		e.handled(e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "gone", UID: testenv.UID("gone")}}))
 		e.handled(e.Publish(testenv.Accepted(testenv.Pod("gone", web))))
-		if announced("gone") {
-			t.Error("pod.images.ready for a pod that is gone")
-		}
-		if got := holds("gone"); len(got) != 0 {
-			t.Errorf("the image cache keeps %v for a pod that is gone", got)
-		}
+		forgotten(t, "gone", "that is gone")
 	})
 
 	t.Run("record of a newer pod", func(t *testing.T) {
@@ -80,12 +86,7 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 		newer.UID = "uid-of-a-newer-pod"
 		e.PutPodRecord(newer)
 		e.handled(e.Publish(testenv.Accepted(testenv.Pod("renamed", web))))
-		if announced("renamed") {
-			t.Error("pod.images.ready for a pod replaced by a newer one of its name")
-		}
-		if got := holds("renamed"); len(got) != 0 {
-			t.Errorf("the image cache keeps %v for a pod replaced by a newer one", got)
-		}
+		forgotten(t, "renamed", "replaced by a newer one of its name")
 	})
 
 	t.Run("being deleted", func(t *testing.T) {
@@ -105,12 +106,7 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.handled(seq)
-		if announced("leaving") {
-			t.Error("pod.images.ready for a pod deleted meanwhile")
-		}
-		if got := holds("leaving"); len(got) != 0 {
-			t.Errorf("the image cache keeps %v for a pod deleted meanwhile", got)
-		}
+		forgotten(t, "leaving", "deleted meanwhile")
 	})
 
 	t.Run("gone when an image fails", func(t *testing.T) {

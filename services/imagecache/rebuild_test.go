@@ -14,6 +14,18 @@ import (
 	"github.com/podvisor/podvisor/shared/vsphere"
 )
 
+// startWithWebPod starts an image cache that never checks its metadata on
+// its own (the tests call Rebuild) and returns it once pod p of the web
+// image is ready, with p's pod.images.ready and the image's layers.
+func startWithWebPod(t *testing.T) (*env, *events.PodImagesReady, []imagemeta.Layer) {
+	t.Helper()
+	e := startEnv(t, func(c *imagecache.Config) { c.CheckInterval = time.Hour })
+	web := e.reg.Ref("podvisor/web:1.0")
+	e.accept("p", web)
+	evs := e.WaitFor("p ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "p") != nil })
+	return e, readyFor(t, evs, "p"), layerSizes(t, e, web)
+}
+
 // TestRebuildReferencesOnlyPodsAndRetries: after Redis lost its data, the
 // rebuild finds the pods' references in the pod VMs' disks. A reference it
 // cannot write fails the rebuild, which leaves the metadata not intact so
@@ -24,15 +36,11 @@ import (
 // operation (before, it took one under "template-<hash>" that nothing
 // ever dropped).
 func TestRebuildReferencesOnlyPodsAndRetries(t *testing.T) {
-	e := startEnv(t, func(c *imagecache.Config) { c.CheckInterval = time.Hour })
+	e, ready, layers := startWithWebPod(t)
 	ctx := context.Background()
-	web := e.reg.Ref("podvisor/web:1.0")
-	e.accept("p", web)
-	evs := e.WaitFor("p ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "p") != nil })
-	top := readyFor(t, evs, "p").Containers[0].Disk
+	top := ready.Containers[0].Disk
 	createPodVM(t, e, "pv-"+testenv.UID("p"), top)
 	createPodVM(t, e, "pv-template-0123456789abcdef", top)
-	layers := layerSizes(t, e, web)
 
 	if err := e.redis.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
@@ -82,13 +90,9 @@ func TestRebuildReferencesOnlyPodsAndRetries(t *testing.T) {
 // "<uid>-<n>" for the uid: references no pod.deleted ever dropped, which
 // kept the chains from the collector for good.
 func TestRebuildReferencesUnderThePodsUID(t *testing.T) {
-	e := startEnv(t, func(c *imagecache.Config) { c.CheckInterval = time.Hour })
+	e, ready, layers := startWithWebPod(t)
 	ctx := context.Background()
-	web := e.reg.Ref("podvisor/web:1.0")
-	e.accept("p", web)
-	evs := e.WaitFor("p ready", 20*time.Second, func(evs []testenv.Seen) bool { return readyFor(t, evs, "p") != nil })
-	chain := readyFor(t, evs, "p").Containers[0].Chain
-	layers := layerSizes(t, e, web)
+	chain := ready.Containers[0].Chain
 
 	// p's second VM, with the guestinfo the provisioner writes; and the
 	// third VM of a pod whose uid has the provisioner's form, without

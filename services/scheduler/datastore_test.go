@@ -74,16 +74,7 @@ func TestAnEvictedVMIsPlacedWhereItsDisksAre(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 2, hostsPerCluster: 2})
 	evict := func(name string, disks func(r *events.VMRecord)) (first *events.VMScheduled, acc *events.VMAccepted) {
 		t.Helper()
-		acc = &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: name, UID: "uid-" + name}, Generation: 1,
-			Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
-			Size: events.VMSize{CPUs: 1, MemoryMiB: 1024}}
-		e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
-		e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { first = e.vmScheduled(acc.UID); return first != nil })
-		e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
-			r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
-			r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, first.Host
-			disks(r)
-		})
+		acc, first = e.runningVM(name, events.VMSize{CPUs: 1, MemoryMiB: 1024}, disks)
 		e.PublishAs("podvisor/migration", events.TypeVMEvicted, acc.ObjectKey(), &events.VMEvicted{VMRef: acc.VMRef, Host: first.Host, Reason: "HostLost"})
 		return first, acc
 	}

@@ -361,6 +361,27 @@ func (e *env) waitingVM(name string, gen int64, size events.VMSize, mutate ...fu
 	return r
 }
 
+// runningVM accepts a VM of the given size, waits for its vm.scheduled and
+// writes the provisioner's record of the VM running on the host it was
+// placed on, changed by mutate. It returns the VM and its placement.
+func (e *env) runningVM(name string, size events.VMSize, mutate ...func(*events.VMRecord)) (*events.VMAccepted, *events.VMScheduled) {
+	e.T.Helper()
+	acc := &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: name, UID: "uid-" + name}, Generation: 1,
+		Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
+		Size: size}
+	e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
+	var placed *events.VMScheduled
+	e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { placed = e.vmScheduled(acc.UID); return placed != nil })
+	e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
+		r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
+		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, placed.Host
+		for _, m := range mutate {
+			m(r)
+		}
+	})
+	return acc, placed
+}
+
 // vmPlacements are the vm.scheduled of the VM uid, each event id once.
 func (e *env) vmPlacements(uid string) []*events.VMScheduled {
 	return testenv.Distinct(e.Env, func(s *events.VMScheduled) bool { return s.UID == uid })
@@ -434,17 +455,7 @@ func TestAnEvictedVMIsPlacedAgainElsewhere(t *testing.T) {
 
 func testAnEvictedVMIsPlacedAgainElsewhere(t *testing.T, lossSeen bool) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 3})
-	acc := &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: "ha-vm", UID: "uid-ha-vm"}, Generation: 1,
-		Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
-		Size: events.VMSize{CPUs: 2, MemoryMiB: 4096}}
-	e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
-	var first *events.VMScheduled
-	e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { first = e.vmScheduled(acc.UID); return first != nil })
-	// The provisioner's record of the VM running there.
-	e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
-		r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
-		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, first.Host
-	})
+	acc, first := e.runningVM("ha-vm", events.VMSize{CPUs: 2, MemoryMiB: 4096})
 	// A pod on every other host: once the VM's room is freed, the lost
 	// host is the least allocated.
 	for _, h := range e.HostNames("") {

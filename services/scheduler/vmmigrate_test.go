@@ -15,16 +15,7 @@ import (
 // a refusal said "unknown", and the drain found no move to end).
 func TestARefusedVMMoveNamesItsHost(t *testing.T) {
 	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 1})
-	acc := &events.VMAccepted{VMRef: events.VMRef{Namespace: "default", Name: "lonely", UID: "uid-lonely"}, Generation: 1,
-		Spec: events.VirtualMachineSpec{ClassName: "small", ImageName: "ubuntu", PowerState: events.PowerStatePoweredOn, Networks: []string{"default"}},
-		Size: events.VMSize{CPUs: 1, MemoryMiB: 1024}}
-	e.PublishAs("podvisor/provisioner", events.TypeVMAccepted, acc.ObjectKey(), acc)
-	var placed *events.VMScheduled
-	e.EventuallyWithin("vm.scheduled", 10*time.Second, func() bool { placed = e.vmScheduled(acc.UID); return placed != nil })
-	e.waitingVM(acc.Name, 1, acc.Size, func(r *events.VMRecord) {
-		r.UID, r.Spec, r.Status.Conditions = acc.UID, acc.Spec, nil
-		r.ScheduledGeneration, r.Status.Phase, r.Status.Host = 1, events.VMPhaseReady, placed.Host
-	})
+	acc, placed := e.runningVM("lonely", events.VMSize{CPUs: 1, MemoryMiB: 1024})
 
 	for _, c := range []struct{ id, target, reason string }{
 		{"to-itself", placed.Host, scheduler.ReasonSameHost},

@@ -105,13 +105,8 @@ func (l *Layer) Remove() error {
 	return os.RemoveAll(l.tmp)
 }
 
-func (l *Layer) apply(hdr *tar.Header, body io.Reader) error {
-	e, err := parseEntry(hdr)
+func (l *Layer) apply(hdr *tar.Header, e entryPath, body io.Reader) error {
 	switch {
-	case err != nil:
-		return err
-	case e.skip:
-		return nil
 	case len(e.base) > maxNameLen && e.whiteout == "", len(path.Base(e.whiteout)) > maxNameLen:
 		return invalid(hdr.Name, "a name of more than %d bytes", maxNameLen)
 	case e.root:

@@ -188,8 +188,10 @@ func cleanName(name string) (string, error) {
 }
 
 // eachEntry reads the layer's tar entries up to its end marker and hands
-// each to apply, counting them in *entries and refusing more than max.
-func eachEntry(ctx context.Context, r io.Reader, max int, entries *int, apply func(*tar.Header, io.Reader) error) error {
+// each to apply with what its name says (parseEntry), counting them in
+// *entries and refusing more than max. Entries that are not part of the
+// tree (skip) are counted but not applied.
+func eachEntry(ctx context.Context, r io.Reader, max int, entries *int, apply func(*tar.Header, entryPath, io.Reader) error) error {
 	tr := tar.NewReader(r)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -206,7 +208,14 @@ func eachEntry(ctx context.Context, r io.Reader, max int, entries *int, apply fu
 		if *entries > max {
 			return fmt.Errorf("%w: more than %d entries (the entry cap)", ErrInvalidLayer, max)
 		}
-		if err := apply(hdr, tr); err != nil {
+		e, err := parseEntry(hdr)
+		if err != nil {
+			return err
+		}
+		if e.skip {
+			continue
+		}
+		if err := apply(hdr, e, tr); err != nil {
 			return err
 		}
 	}
@@ -253,13 +262,8 @@ func parseEntry(hdr *tar.Header) (entryPath, error) {
 	return e, nil
 }
 
-func (w *writer) apply(hdr *tar.Header, body io.Reader) error {
-	e, err := parseEntry(hdr)
+func (w *writer) apply(hdr *tar.Header, e entryPath, body io.Reader) error {
 	switch {
-	case err != nil:
-		return err
-	case e.skip:
-		return nil
 	case e.root:
 		// The layer's root: its attributes apply to the staging root.
 		w.rootTime = hdr.ModTime

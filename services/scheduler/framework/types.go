@@ -153,6 +153,17 @@ func NewPodInfo(pod *corev1.Pod, uid string, size PodSize, networks []string) (*
 	return p, nil
 }
 
+// hostSelectorOps are the label selector operators of the node selector
+// operators a host selector supports.
+var hostSelectorOps = map[corev1.NodeSelectorOperator]selection.Operator{
+	corev1.NodeSelectorOpIn:           selection.In,
+	corev1.NodeSelectorOpNotIn:        selection.NotIn,
+	corev1.NodeSelectorOpExists:       selection.Exists,
+	corev1.NodeSelectorOpDoesNotExist: selection.DoesNotExist,
+	corev1.NodeSelectorOpGt:           selection.GreaterThan,
+	corev1.NodeSelectorOpLt:           selection.LessThan,
+}
+
 // hostSelector compiles a node selector term against host labels. Field
 // selectors are refused: hosts have no Kubernetes fields.
 func hostSelector(term corev1.NodeSelectorTerm) (labels.Selector, error) {
@@ -161,21 +172,8 @@ func hostSelector(term corev1.NodeSelectorTerm) (labels.Selector, error) {
 	}
 	sel := labels.NewSelector()
 	for j, e := range term.MatchExpressions {
-		var op selection.Operator
-		switch e.Operator {
-		case corev1.NodeSelectorOpIn:
-			op = selection.In
-		case corev1.NodeSelectorOpNotIn:
-			op = selection.NotIn
-		case corev1.NodeSelectorOpExists:
-			op = selection.Exists
-		case corev1.NodeSelectorOpDoesNotExist:
-			op = selection.DoesNotExist
-		case corev1.NodeSelectorOpGt:
-			op = selection.GreaterThan
-		case corev1.NodeSelectorOpLt:
-			op = selection.LessThan
-		default:
+		op, ok := hostSelectorOps[e.Operator]
+		if !ok {
 			return nil, fmt.Errorf("matchExpressions[%d].operator: %q is not supported", j, e.Operator)
 		}
 		r, err := labels.NewRequirement(e.Key, op, e.Values)

@@ -40,6 +40,17 @@ func pod(uid string, cpu, mem int64) events.Allocation {
 	return events.Allocation{Kind: events.AllocationPod, Namespace: "default", Name: "p-" + uid, UID: uid, CPUMilli: cpu, MemoryBytes: mem}
 }
 
+// reserveOne reserves room for a on host through l and fails the test,
+// saying what the reservation was, unless a is accepted.
+func reserveOne(t *testing.T, l *ledger.Ledger, what, host string, capacity ledger.Capacity, a events.Allocation) ledger.Result {
+	t.Helper()
+	r, err := l.Reserve(t.Context(), host, capacity, []events.Allocation{a})
+	if err != nil || len(r.Accepted) != 1 {
+		t.Fatalf("%s: %+v, %v", what, r, err)
+	}
+	return r
+}
+
 // Two schedulers race for a host with room for exactly one pod, many
 // times over: exactly one must win every race.
 func TestRaceForTheLastRoom(t *testing.T) {
@@ -133,10 +144,7 @@ func TestReplayReleasePromote(t *testing.T) {
 	l, _ := twoSchedulers(t)
 	ctx := context.Background()
 	capacity := ledger.Capacity{CPUMilli: 4000, MemoryBytes: 4 * gib}
-	r1, err := l.Reserve(ctx, "src", capacity, []events.Allocation{pod("u1", 1000, gib)})
-	if err != nil || len(r1.Accepted) != 1 {
-		t.Fatalf("reserve: %v %v", r1, err)
-	}
+	r1 := reserveOne(t, l, "reserve", "src", capacity, pod("u1", 1000, gib))
 	// A replay (same uid) succeeds without counting the pod twice.
 	r2, err := l.Reserve(ctx, "src", capacity, []events.Allocation{pod("u1", 1000, gib)})
 	if err != nil || len(r2.Accepted) != 1 || r2.Entry.Revision != r1.Entry.Revision {
@@ -145,9 +153,7 @@ func TestReplayReleasePromote(t *testing.T) {
 	// A migration holds room on the target alongside the source.
 	mig := pod("u1", 1000, gib)
 	mig.Kind, mig.MigrationID = events.AllocationMigration, "m1"
-	if r, err := l.Reserve(ctx, "dst", capacity, []events.Allocation{mig}); err != nil || len(r.Accepted) != 1 {
-		t.Fatalf("migration reserve: %+v %v", r, err)
-	}
+	reserveOne(t, l, "migration reserve", "dst", capacity, mig)
 	e, promoted, err := l.Promote(ctx, "dst", "u1", "m1")
 	if err != nil || !promoted {
 		t.Fatalf("promote: %v %v", promoted, err)
@@ -181,9 +187,7 @@ func TestStaleHintIsSafe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, err := b.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("b", 1000, gib)}); err != nil || len(r.Accepted) != 1 {
-		t.Fatalf("b: %+v %v", r, err)
-	}
+	reserveOne(t, b, "b", "esx-1", capacity, pod("b", 1000, gib))
 	r, err := a.ReserveFrom(ctx, &stale, "esx-1", capacity, []events.Allocation{pod("a", 1000, gib)})
 	if err != nil {
 		t.Fatal(err)
@@ -209,10 +213,7 @@ func TestCordonRefusesOtherSchedulersReservations(t *testing.T) {
 	a, b := twoSchedulers(t)
 	ctx := context.Background()
 	capacity := ledger.Capacity{CPUMilli: 8000, MemoryBytes: 8 * gib}
-	before, err := b.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("u0", 100, gib)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	before := reserveOne(t, b, "before the cordon", "esx-1", capacity, pod("u0", 100, gib))
 	if _, changed, err := a.SetCordon(ctx, "esx-1", true); err != nil || !changed {
 		t.Fatalf("SetCordon: changed %v, err %v", changed, err)
 	}
@@ -229,15 +230,11 @@ func TestCordonRefusesOtherSchedulersReservations(t *testing.T) {
 	}
 	moved := capacity
 	moved.IgnoreCordon = true
-	if res, err := b.Reserve(ctx, "esx-1", moved, []events.Allocation{pod("u2", 100, gib)}); err != nil || len(res.Accepted) != 1 {
-		t.Fatalf("a pod already on the host is recorded: %+v, %v", res, err)
-	}
+	reserveOne(t, b, "a pod already on the host is recorded", "esx-1", moved, pod("u2", 100, gib))
 	if _, changed, err := b.SetCordon(ctx, "esx-1", false); err != nil || !changed {
 		t.Fatalf("uncordon: changed %v, err %v", changed, err)
 	}
-	if res, err := a.Reserve(ctx, "esx-1", capacity, []events.Allocation{pod("u3", 100, gib)}); err != nil || len(res.Accepted) != 1 {
-		t.Fatalf("after the uncordon: %+v, %v", res, err)
-	}
+	reserveOne(t, a, "after the uncordon", "esx-1", capacity, pod("u3", 100, gib))
 }
 
 // place runs the binding protocol as the scheduler's commit does: reserve
