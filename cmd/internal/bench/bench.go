@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podvisor/podvisor/shared/config"
 	"github.com/podvisor/podvisor/shared/sim"
 )
 
@@ -131,45 +131,24 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate names every field that is out of range.
+// Validate names every field that is out of range (by the words of its
+// flag, which is what whoever runs the bench set).
 func (c Config) Validate() error {
-	var errs []error
-	if c.Pods < 1 || c.Pods > 100_000 {
-		errs = append(errs, fmt.Errorf("pods %d: want 1..100000", c.Pods))
-	}
-	if c.Hosts < 1 || c.Hosts > 10_000 {
-		errs = append(errs, fmt.Errorf("hosts %d: want 1..10000", c.Hosts))
-	}
-	if c.Rate < 0 {
-		errs = append(errs, fmt.Errorf("rate %v: want 0 (as fast as possible) or a positive pods/s", c.Rate))
-	}
-	if c.Publishers < 0 || c.Publishers > 1024 {
-		errs = append(errs, fmt.Errorf("publishers %d: want 1..1024", c.Publishers))
-	}
+	var p config.Checks
+	p.Must(1 <= c.Pods && c.Pods <= 100_000, "pods", c.Pods, "be between 1 and 100000")
+	p.Must(1 <= c.Hosts && c.Hosts <= 10_000, "hosts", c.Hosts, "be between 1 and 10000")
+	p.Must(c.Rate >= 0, "rate", c.Rate, "be 0 (as fast as possible) or a positive pods/s")
+	p.Must(0 <= c.Publishers && c.Publishers <= 1024, "publishers", c.Publishers, "be between 1 and 1024")
 	for _, w := range c.RawWorkers {
-		if w < 1 || w > 256 {
-			errs = append(errs, fmt.Errorf("raw workers %d: want 1..256", w))
-		}
+		p.Must(1 <= w && w <= 256, "raw workers", w, "be between 1 and 256")
 	}
-	if c.ImageMiB < 0 || c.ImageMiB > 4096 {
-		errs = append(errs, fmt.Errorf("image MiB %d: want 0 (skip) to 4096", c.ImageMiB))
-	}
-	if c.DataPlanePods < 0 || c.DataPlanePods > 1000 {
-		errs = append(errs, fmt.Errorf("data-plane pods %d: want 0 (skip) to 1000", c.DataPlanePods))
-	}
-	if c.DataPlaneRate < 0 || c.DataPlaneRate > 1000 {
-		errs = append(errs, fmt.Errorf("data-plane rate %g: want 0 (no paced run) to 1000 pods/s", c.DataPlaneRate))
-	}
-	if c.ForkPairs < 0 || c.ForkPairs > 100 {
-		errs = append(errs, fmt.Errorf("fork pairs %d: want 0 (skip) to 100", c.ForkPairs))
-	}
-	if c.QEMUPairs < 0 || c.QEMUPairs > 20 {
-		errs = append(errs, fmt.Errorf("qemu pairs %d: want 0 (skip) to 20", c.QEMUPairs))
-	}
-	if c.SequentialVMs < 0 {
-		errs = append(errs, fmt.Errorf("sequential VMs %d: want 0 (default) or more", c.SequentialVMs))
-	}
-	return errors.Join(errs...)
+	p.Must(0 <= c.ImageMiB && c.ImageMiB <= 4096, "image MiB", c.ImageMiB, "be between 0 (skip) and 4096")
+	p.Must(0 <= c.DataPlanePods && c.DataPlanePods <= 1000, "data-plane pods", c.DataPlanePods, "be between 0 (skip) and 1000")
+	p.Must(0 <= c.DataPlaneRate && c.DataPlaneRate <= 1000, "data-plane rate", c.DataPlaneRate, "be between 0 (no paced run) and 1000 pods/s")
+	p.Must(0 <= c.ForkPairs && c.ForkPairs <= 100, "fork pairs", c.ForkPairs, "be between 0 (skip) and 100")
+	p.Must(0 <= c.QEMUPairs && c.QEMUPairs <= 20, "qemu pairs", c.QEMUPairs, "be between 0 (skip) and 20")
+	p.Must(c.SequentialVMs >= 0, "sequential VMs", c.SequentialVMs, "be 0 (default) or more")
+	return p.Err()
 }
 
 // layout spreads hosts over clusters of at most 16, as a real site would.
