@@ -18,6 +18,7 @@ import (
 	"github.com/podvisor/podvisor/services/netconfig/fabric"
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Reasons recorded on a network (NetworkRecord.Reason) or published.
@@ -101,6 +102,9 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 // held on the network stays valid under it; otherwise nothing is stored
 // and the refusal (ErrInUse) is returned, for refuse.
 func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, rev uint64, name string, spec events.NetworkSpec, origin, eventID string) (err error) {
+	// putUnknown: the put failed other than by a conflict, so the version
+	// may be stored all the same (a timeout).
+	var putUnknown bool
 	if rec == nil {
 		rec = &events.NetworkRecord{Name: name, PortGroup: events.PortGroupName(name)}
 	}
@@ -109,20 +113,29 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 	defer s.uses.Lock(name)()
 	if readdresses(rec, spec) {
 		// Other replicas' allocations from this record or an older one
-		// are held until the new version is stored (ipam's fence): the
-		// listing below then sees every address the new version must keep.
-		// Any later write of the record ends the hold too (its revision is
-		// past it), so a release that fails only delays them a little.
-		prev, err := s.ipam.HoldAddressing(ctx, name, rev+1)
+		// are held (ipam's fence): the listing below then sees every
+		// address the new version must keep. Stored, the hold stays for
+		// good; not stored, this change lifts its own hold and no other
+		// (another replica may be changing the network from the same
+		// record). A hold left behind (a failed release, a put whose
+		// outcome is unknown) stops only allocations from records older
+		// than the next write of this one.
+		hold, err := s.ipam.HoldAddressing(ctx, name, rev+1)
 		if err != nil {
 			return err
 		}
 		defer func() {
-			if err == nil {
-				return
-			}
-			if rerr := s.ipam.ReleaseAddressing(ctx, name, rev+1, prev); rerr != nil {
-				s.log.Warn("release the hold on allocations", "network", name, "err", rerr)
+			switch {
+			case err == nil:
+				if kerr := s.ipam.KeepAddressing(ctx, name, hold); kerr != nil {
+					s.log.Warn("keep the hold on allocations", "network", name, "err", kerr)
+				}
+			case putUnknown:
+				// The version may be stored: keep holding.
+			default:
+				if rerr := s.ipam.ReleaseAddressing(ctx, name, hold); rerr != nil {
+					s.log.Warn("release the hold on allocations", "network", name, "err", rerr)
+				}
 			}
 		}()
 		if err := s.addressesKept(ctx, name, spec); err != nil {
@@ -140,6 +153,7 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 	rec.Status, rec.Reason, rec.Message = events.NetworkStatusPending, "", ""
 	rec.HostsReady = 0 // no host carries the new version yet
 	_, err = s.store.put(ctx, rec, rev)
+	putUnknown = err != nil && !record.Conflict(err)
 	return err
 }
 

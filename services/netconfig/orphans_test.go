@@ -37,7 +37,7 @@ func TestAddressWhoseOwnerIsGoneIsReleased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	alloc := ipam.New(e.KV(events.BucketIPAM))
+	alloc := ipam.New(e.KV(events.BucketIPAM), e.Bus.JetStream())
 	vm, err := alloc.Allocate(ctx, pool, ipam.Owner{Namespace: "default", Name: "db", UID: "uid-vm", Host: host})
 	if err != nil {
 		t.Fatal(err)

@@ -117,7 +117,7 @@ func newService(cfg Config, b *bus.Bus, vc *vim25.Client, dc *object.Datacenter,
 		fab:   fabric.New(vc, dc),
 		log:   log.With("service", Name),
 		store: newStore(kvs[events.BucketNetworks], kvs[events.BucketNetHosts], realized),
-		ipam:  ipam.New(kvs[events.BucketIPAM]),
+		ipam:  ipam.New(kvs[events.BucketIPAM], b.JetStream()),
 		pods:  kvs[bus.BucketPods],
 		vms:   kvs[events.BucketVMs],
 

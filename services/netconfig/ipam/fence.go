@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,16 +30,17 @@ import (
 //
 // The same fence orders allocations against a change of the network's
 // addressing (a version with another CIDR or gateway), which must not be
-// stored while an address it would leave out is held: the change raises
-// the fence's MinRecord above the revision of the network record it read,
+// stored while an address it would leave out is held: the change adds its
+// own hold to the fence, above the revision of the network record it read,
 // then lists the addresses, then stores the new version with a
-// compare-and-set on that revision. An allocation carries the revision of
-// the record its pool came from (Pool.Record) and commits only if it is
-// not below MinRecord. Of an allocation and such a change racing, either
-// the allocation commits first, and then the change lists its address, or
-// the change raises the fence first, and then the allocation, made from
-// the record as it was, gives its address back and is tried again on the
-// record that follows. An allocation from a record written after the one
+// compare-and-set on that revision; stored, its hold becomes the fence's
+// MinRecord, which never goes down; refused, it removes its hold and no
+// other. An allocation carries the revision of the record its pool came
+// from (Pool.Record) and commits only if it is not below MinRecord or any
+// hold. Of an allocation and such a change racing, either the allocation
+// commits first, and then the change lists its address, or the change
+// holds first, and then the allocation, made from the record as it was,
+// gives its address back and is tried again on the record that follows. An allocation from a record written after the one
 // the change read (a recount, a push) may commit, but that write fails the
 // change's compare-and-set, and the change is tried again.
 
@@ -58,8 +60,23 @@ type fence struct {
 	// Since is when Deleting was set (shown to a person; never compared).
 	Since time.Time `json:"since,omitzero"`
 	// MinRecord is the oldest revision of the network record an allocation
-	// may have taken its pool from (see HoldAddressing).
+	// may have taken its pool from, set by the addressing changes stored
+	// (KeepAddressing); it never goes down.
 	MinRecord uint64 `json:"minRecord,omitempty"`
+	// Holds are the addressing changes under way, each under its own token
+	// with the oldest revision it allows (HoldAddressing); a change removes
+	// only its own.
+	Holds map[string]uint64 `json:"holds,omitempty"`
+}
+
+// minRecord is the oldest revision of the network record an allocation may
+// have taken its pool from: the highest of MinRecord and the holds.
+func (f fence) minRecord() uint64 {
+	m := f.MinRecord
+	for _, h := range f.Holds {
+		m = max(m, h)
+	}
+	return m
 }
 
 // fenceKey has three tokens, like a pod binding, so that neither the
@@ -154,12 +171,12 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 			a.giveBack(ctx, network, batch, ErrNetworkDeleting)
 			return
 		}
-		if f.MinRecord > 0 {
+		if floor := f.minRecord(); floor > 0 {
 			// Allocations made from a record older than an addressing
 			// change allows go back; the others commit.
 			var stale []*pendingCommit
 			batch = slices.DeleteFunc(batch, func(w *pendingCommit) bool {
-				if w.record > 0 && w.record < f.MinRecord {
+				if w.record > 0 && w.record < floor {
 					stale = append(stale, w)
 					return true
 				}
@@ -247,47 +264,89 @@ func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
 // on: a change of the network's addressing calls it with one more than the
 // revision of the record it read, lists the addresses, and stores its new
 // version at that revision (the record's next revision is then the new
-// version). It returns the value it replaced, for ReleaseAddressing when
-// the change is not stored. MinRecord never goes down here.
-func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (uint64, error) {
-	for range maxCreateRaces {
-		f, rev, err := a.readFence(ctx, network)
-		if err != nil {
-			return 0, err
+// version). It returns the change's own hold: KeepAddressing(hold) once the
+// version is stored, ReleaseAddressing(hold) when it is not. Each change
+// holds under its own token, so two changes that read the same record
+// (two replicas) hold independently: one's release leaves the other's
+// hold standing.
+func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (string, error) {
+	hold := rand.Text()
+	err := a.updateFence(ctx, network, func(f *fence) bool {
+		if f.MinRecord >= minRecord {
+			return false // a stored change holds them already, for good
 		}
-		prev := f.MinRecord
-		if prev >= minRecord {
-			return prev, nil
+		if f.Holds == nil {
+			f.Holds = map[string]uint64{}
 		}
-		f.MinRecord = minRecord
-		if err := a.writeFence(ctx, network, f, rev); err == nil {
-			return prev, nil
-		} else if !record.Conflict(err) {
-			return 0, fmt.Errorf("hold addressing of %s: %w", network, err)
-		}
+		f.Holds[hold] = minRecord
+		return true
+	})
+	if err != nil {
+		return "", fmt.Errorf("hold addressing of %s: %w", network, err)
 	}
-	return 0, fmt.Errorf("hold addressing of %s: lost %d races for the fence", network, maxCreateRaces)
+	return hold, nil
 }
 
-// ReleaseAddressing lifts HoldAddressing(held) when the change was not
-// stored: MinRecord returns to prev unless it moved since.
-func (a *Allocator) ReleaseAddressing(ctx context.Context, network string, held, prev uint64) error {
+// ReleaseAddressing lifts the hold of a change that was not stored; the
+// other changes' holds stay.
+func (a *Allocator) ReleaseAddressing(ctx context.Context, network, hold string) error {
+	err := a.updateFence(ctx, network, func(f *fence) bool {
+		if _, ok := f.Holds[hold]; !ok {
+			return false
+		}
+		delete(f.Holds, hold)
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("release addressing of %s: %w", network, err)
+	}
+	return nil
+}
+
+// KeepAddressing makes the hold of a change that was stored permanent: an
+// allocation made from a record before the change, however late it
+// commits, gives its address back. MinRecord takes the hold's value and
+// the hold goes, with every other one MinRecord now covers (those of
+// changes that read an older record, or whose process died holding).
+func (a *Allocator) KeepAddressing(ctx context.Context, network, hold string) error {
+	err := a.updateFence(ctx, network, func(f *fence) bool {
+		m, ok := f.Holds[hold]
+		if !ok {
+			return false
+		}
+		f.MinRecord = max(f.MinRecord, m)
+		for h, v := range f.Holds {
+			if v <= f.MinRecord {
+				delete(f.Holds, h)
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("keep addressing of %s: %w", network, err)
+	}
+	return nil
+}
+
+// updateFence applies change to the network's fence and writes it with
+// compare-and-set, re-reading and re-applying on a conflict; change returns
+// false to write nothing.
+func (a *Allocator) updateFence(ctx context.Context, network string, change func(*fence) bool) error {
 	for range maxCreateRaces {
 		f, rev, err := a.readFence(ctx, network)
 		if err != nil {
 			return err
 		}
-		if f.MinRecord != held || held == prev {
+		if !change(&f) {
 			return nil
 		}
-		f.MinRecord = prev
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			return nil
 		} else if !record.Conflict(err) {
-			return fmt.Errorf("release addressing of %s: %w", network, err)
+			return err
 		}
 	}
-	return fmt.Errorf("release addressing of %s: lost %d races for the fence", network, maxCreateRaces)
+	return fmt.Errorf("lost %d races for the fence", maxCreateRaces)
 }
 
 // ForgetNetwork removes the fence of a deleted network, so that a network
@@ -321,16 +380,26 @@ func (a *Allocator) writeFence(ctx context.Context, network string, f fence, rev
 // another allocator binding the same pod at the same time makes this one
 // fail rather than silently overwrite it.
 //
-// absent says the caller read no binding for the pod just before: the
-// binding is then Created at once, one round trip instead of a read and a
-// write; Create fails if a binding appeared meanwhile, and that case takes
-// the full path below, as if absent were false.
-func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bool) error {
+// st is what this allocation knows of the binding, updated by bind as it
+// writes. st.absent says the caller read no binding for the pod just
+// before: the binding is then Created at once, one round trip instead of a
+// read and a write; Create fails if a binding appeared meanwhile, and that
+// case takes the full path below. st.rev is the revision this allocation
+// last wrote the binding at: a binding still at that revision is this
+// allocation's own (its create of the address lost to another pod), and
+// no other allocation of the pod relies on it, so it is moved without the
+// wait for abandoned bindings, even when the pod that won the address has
+// given it back since (an allocation the fence refused). A binding to ip
+// written by another allocation is written again, so that one sees it is
+// no longer its own.
+func (a *Allocator) bind(ctx context.Context, network, uid, ip string, st *bindState) error {
 	key := events.IPPodBindingKey(network, uid)
-	if absent {
-		data, _ := json.Marshal(events.IPPodBinding{IP: ip})
-		_, err := a.kv.Create(ctx, key, data)
+	data, _ := json.Marshal(events.IPPodBinding{IP: ip})
+	if st.absent {
+		st.absent = false
+		rev, err := a.kv.Create(ctx, key, data)
 		if err == nil {
+			st.rev = rev
 			return nil
 		}
 		if !record.Conflict(err) {
@@ -342,16 +411,17 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bo
 	if err != nil {
 		return err
 	}
-	if ok && b.IP == ip {
+	if ok && b.IP == ip && rev == st.rev {
 		return nil
 	}
-	if ok {
+	if ok && b.IP != ip {
 		// Another allocation for the pod (a second placement handled by
 		// another replica at the same moment): moving the binding away from
 		// an address the pod holds, or is about to (its key is created right
 		// after the binding), would leave that address with no binding, a
 		// leak no release finds. Only a binding left behind by an
-		// allocation that never created its address is taken over.
+		// allocation that never created its address is taken over: this
+		// allocation's own at once, another's once it is abandoned.
 		var cur events.IPAllocation
 		held, _, err := a.getJSON(ctx, events.IPAllocationKey(network, b.IP), &cur)
 		if err != nil {
@@ -360,7 +430,7 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bo
 		if held && cur.UID == uid {
 			return fmt.Errorf("bind %s on %s: the pod holds %s already: %w", uid, network, b.IP, ErrAllocationUnderWay)
 		}
-		if !held {
+		if !held && rev != st.rev {
 			e, err := a.kv.Get(ctx, key)
 			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 				return fmt.Errorf("bind %s on %s: %w", uid, network, err)
@@ -370,11 +440,10 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bo
 			}
 		}
 	}
-	data, _ := json.Marshal(events.IPPodBinding{IP: ip})
 	if ok {
-		_, err = a.kv.Update(ctx, key, data, rev)
+		rev, err = a.kv.Update(ctx, key, data, rev)
 	} else {
-		_, err = a.kv.Create(ctx, key, data)
+		rev, err = a.kv.Create(ctx, key, data)
 	}
 	if err != nil {
 		if record.Conflict(err) {
@@ -382,5 +451,15 @@ func (a *Allocator) bind(ctx context.Context, network, uid, ip string, absent bo
 		}
 		return fmt.Errorf("bind %s on %s: %w", uid, network, err)
 	}
+	st.rev = rev
 	return nil
+}
+
+// bindState is what one allocation knows of the pod's binding (bind).
+type bindState struct {
+	// absent: no binding was read for the pod just before.
+	absent bool
+	// rev is the revision this allocation last wrote the binding at (0:
+	// it wrote none).
+	rev uint64
 }

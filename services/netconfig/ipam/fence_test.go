@@ -17,8 +17,8 @@ import (
 // allocation that succeeded is missed by the count, and after the delete
 // began no allocation succeeds; after AbortDelete allocations work again.
 func TestDeleteNeverMissesAConcurrentAllocation(t *testing.T) {
-	kv := ipamKV(t)
-	allocator, deleter := ipam.New(kv), ipam.New(kv)
+	kv, js := ipamKV(t)
+	allocator, deleter := ipam.New(kv, js), ipam.New(kv, js)
 	ctx := context.Background()
 	for round := range 20 {
 		p := pool(t, "race", "10.9.0.0/24", "10.9.0.1")
@@ -78,9 +78,9 @@ func TestDeleteNeverMissesAConcurrentAllocation(t *testing.T) {
 // write is a message the server syncs to disk), and every address is still
 // committed.
 func TestConcurrentAllocationsShareFenceWrites(t *testing.T) {
-	kv := ipamKV(t)
+	kv, js := ipamKV(t)
 	ctx := context.Background()
-	a := ipam.New(kv)
+	a := ipam.New(kv, js)
 	p := pool(t, "burst", "10.8.0.0/24", "10.8.0.1")
 	// The hint and the fence exist after a first allocation, so the burst
 	// below writes exactly one binding and one address per pod.
@@ -125,8 +125,8 @@ func lastSeq(t *testing.T, kv jetstream.KeyValue) uint64 {
 // 6, or 0: unknown) succeed, and releasing the hold lets the old record's
 // through again.
 func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
-	kv := ipamKV(t)
-	allocator, changer := ipam.New(kv), ipam.New(kv)
+	kv, js := ipamKV(t)
+	allocator, changer := ipam.New(kv, js), ipam.New(kv, js)
 	ctx := context.Background()
 	for round := range 20 {
 		old := pool(t, "readdress", "10.9.0.0/24", "10.9.0.1")
@@ -148,10 +148,10 @@ func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
 			})
 		}
 		var listed []string
-		var prev uint64
+		var hold string
 		wg.Go(func() {
 			var err error
-			if prev, err = changer.HoldAddressing(ctx, "readdress", 6); err != nil {
+			if hold, err = changer.HoldAddressing(ctx, "readdress", 6); err != nil {
 				t.Errorf("hold: %v", err)
 				return
 			}
@@ -177,7 +177,7 @@ func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
 		if _, err := allocator.Allocate(ctx, next, owner(round*100+98)); err != nil {
 			t.Fatalf("round %d: allocation from the new record: %v", round, err)
 		}
-		if err := changer.ReleaseAddressing(ctx, "readdress", 6, prev); err != nil {
+		if err := changer.ReleaseAddressing(ctx, "readdress", hold); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := allocator.Allocate(ctx, old, owner(round*100+97)); err != nil {
@@ -194,8 +194,8 @@ func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
 // A delete begun and aborted while an addressing change holds allocations
 // keeps the hold.
 func TestDeleteKeepsTheAddressingHold(t *testing.T) {
-	kv := ipamKV(t)
-	a := ipam.New(kv)
+	kv, js := ipamKV(t)
+	a := ipam.New(kv, js)
 	ctx := context.Background()
 	if _, err := a.HoldAddressing(ctx, "n", 10); err != nil {
 		t.Fatal(err)
@@ -210,5 +210,82 @@ func TestDeleteKeepsTheAddressingHold(t *testing.T) {
 	p.Record = 9
 	if _, err := a.Allocate(ctx, p, owner(1)); !errors.Is(err, ipam.ErrReaddressing) {
 		t.Fatalf("allocation from an old record after a delete was aborted: %v, want ErrReaddressing", err)
+	}
+}
+
+// Two replicas change the network's addressing from the same record
+// (revision 5) and both hold allocations from before revision 6. The first
+// change is refused and lifts its hold while the second is still between
+// its listing and its put: allocations from the old record stay refused
+// until the second lifts its own. A change that is stored keeps its hold
+// for good, whatever other changes release.
+func TestAddressingHoldsArePerChange(t *testing.T) {
+	kv, js := ipamKV(t)
+	first, second, allocator := ipam.New(kv, js), ipam.New(kv, js), ipam.New(kv, js)
+	ctx := context.Background()
+	old := pool(t, "n", "10.9.0.0/24", "10.9.0.1")
+	old.Record = 5
+	uid := 0
+	allocate := func(p ipam.Pool) error {
+		t.Helper()
+		uid++
+		_, err := allocator.Allocate(ctx, p, owner(uid))
+		return err
+	}
+	refused := func(when string) {
+		t.Helper()
+		if err := allocate(old); !errors.Is(err, ipam.ErrReaddressing) {
+			t.Fatalf("allocation from the old record %s: %v, want ErrReaddressing", when, err)
+		}
+	}
+
+	h1, err := first.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2, err := second.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h1 == h2 {
+		t.Fatalf("two changes got the same hold %q", h1)
+	}
+	if err := first.ReleaseAddressing(ctx, "n", h1); err != nil {
+		t.Fatal(err)
+	}
+	refused("after the first change released, while the second holds")
+	// Releasing again (a retried release) lifts nothing either.
+	if err := first.ReleaseAddressing(ctx, "n", h1); err != nil {
+		t.Fatal(err)
+	}
+	refused("after the first change released twice")
+	if err := second.ReleaseAddressing(ctx, "n", h2); err != nil {
+		t.Fatal(err)
+	}
+	if err := allocate(old); err != nil {
+		t.Fatalf("allocation from the old record after both changes released: %v", err)
+	}
+
+	// The second change is tried again and stored; a third, from the same
+	// record, is refused and releases.
+	h2, err = second.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h3, err := first.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.KeepAddressing(ctx, "n", h2); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.ReleaseAddressing(ctx, "n", h3); err != nil {
+		t.Fatal(err)
+	}
+	refused("after a change from it was stored")
+	next := old
+	next.Record = 6
+	if err := allocate(next); err != nil {
+		t.Fatalf("allocation from the stored change's record: %v", err)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -118,7 +120,9 @@ type Owner struct {
 // its own, so any number of allocators (goroutines or replicas) may work on
 // the same bucket at once.
 type Allocator struct {
-	kv  jetstream.KeyValue
+	kv jetstream.KeyValue
+	// js reads the bucket's stream for Allocations (listed).
+	js  jetstream.JetStream
 	now func() time.Time
 
 	// next is, per network, the address after the last one this allocator
@@ -139,9 +143,9 @@ type Allocator struct {
 	fences map[string]*fenceGroup
 }
 
-// New returns an allocator over the `ipam` bucket.
-func New(kv jetstream.KeyValue) *Allocator {
-	return &Allocator{kv: kv, now: time.Now, next: map[string]uint32{}, fences: map[string]*fenceGroup{}}
+// New returns an allocator over the `ipam` bucket kv of the JetStream js.
+func New(kv jetstream.KeyValue, js jetstream.JetStream) *Allocator {
+	return &Allocator{kv: kv, js: js, now: time.Now, next: map[string]uint32{}, fences: map[string]*fenceGroup{}}
 }
 
 // hintTries bounds the addresses tried from the hint before falling back to
@@ -178,10 +182,10 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		}
 		return cur.alloc, nil
 	}
-	unbound := cur.unbound
+	st := bindState{absent: cur.unbound}
 
 	first, last := pool.bounds()
-	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last, &unbound); err != nil || ok {
+	if alloc, ok, err := a.fromHint(ctx, pool, owner, first, last, &st); err != nil || ok {
 		return alloc, err
 	}
 	a.scan.Lock()
@@ -202,10 +206,9 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		alloc := a.allocation(pool, owner, ip)
 		// The binding goes first: an address key whose owner has no binding
 		// pointing at it would be a leak nobody can find by pod.
-		if err := a.bind(ctx, pool.Network, owner.UID, ip, unbound); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip, &st); err != nil {
 			return events.IPAllocation{}, err
 		}
-		unbound = false
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
@@ -320,9 +323,11 @@ func (a *Allocator) Release(ctx context.Context, network, uid string) (string, e
 	}
 }
 
-// Allocations lists the addresses allocated on a network.
+// Allocations lists the addresses allocated on a network: every address
+// whose key was created before the call and not deleted by the time it is
+// read. A delete and an addressing change rely on that (fence.go).
 func (a *Allocator) Allocations(ctx context.Context, network string) ([]events.IPAllocation, error) {
-	keys, err := a.keys(ctx, network)
+	keys, err := a.listed(ctx, network)
 	if err != nil {
 		return nil, err
 	}
@@ -346,8 +351,39 @@ func (a *Allocator) Count(ctx context.Context, network string) (int, error) {
 	return len(keys), err
 }
 
+// listed returns the address keys of a network from the bucket's stream:
+// the subjects that hold a message when the stream answers, deleted
+// addresses among them (their delete markers; the caller's read of each
+// leaves them out). It is a snapshot the server takes at once, where the
+// key listing of the KV client (keys) is a watcher that ends when the
+// pending count the server reports with a message reaches zero; under
+// concurrent writes that count can touch zero before the listing is whole
+// (nats-io/nats.py#995, nats-io/nats-server#4824), and an address missed
+// by a delete's or an addressing change's listing is one the network
+// loses track of.
+func (a *Allocator) listed(ctx context.Context, network string) ([]string, error) {
+	stream, err := a.js.Stream(ctx, "KV_"+a.kv.Bucket())
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", network, err)
+	}
+	prefix := "$KV." + a.kv.Bucket() + "."
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(prefix+network+".*"))
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s: %w", network, err)
+	}
+	out := make([]string, 0, len(info.State.Subjects))
+	for subject := range info.State.Subjects {
+		out = append(out, strings.TrimPrefix(subject, prefix))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
 // keys lists the address keys of a network (<network>.* has exactly the
-// two-token address keys; bindings have three tokens).
+// two-token address keys; bindings have three tokens) with the KV client's
+// listing: cheap, but it may miss a key written concurrently (listed), so
+// it serves only counts and the scan for a free address, whose create is
+// what decides.
 func (a *Allocator) keys(ctx context.Context, network string) ([]string, error) {
 	lister, err := a.kv.ListKeysFiltered(ctx, network+".*")
 	if err != nil {
@@ -426,10 +462,9 @@ func (a *Allocator) allocation(pool Pool, owner Owner, ip string) events.IPAlloc
 // concurrent allocations of one process try different addresses instead of
 // racing for the same one.
 //
-// *unbound says the pod has no binding yet (held read none): the first bind
-// then Creates it without reading it again; it is cleared once a bind is
-// written.
-func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32, unbound *bool) (events.IPAllocation, bool, error) {
+// st is the allocation's knowledge of the pod's binding (bind), shared
+// with the scan that may follow.
+func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first, last uint32, st *bindState) (events.IPAllocation, bool, error) {
 	for range hintTries {
 		a.mu.Lock()
 		v, known := a.next[pool.Network]
@@ -445,10 +480,9 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 		}
 		ip := fromUint(v).String()
 		alloc := a.allocation(pool, owner, ip)
-		if err := a.bind(ctx, pool.Network, owner.UID, ip, *unbound); err != nil {
+		if err := a.bind(ctx, pool.Network, owner.UID, ip, st); err != nil {
 			return events.IPAllocation{}, false, err
 		}
-		*unbound = false
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {

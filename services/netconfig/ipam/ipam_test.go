@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ import (
 	"github.com/podvisor/podvisor/shared/bustest"
 )
 
-func ipamKV(t *testing.T) jetstream.KeyValue {
+func ipamKV(t *testing.T) (jetstream.KeyValue, jetstream.JetStream) {
 	t.Helper()
 	b := bustest.Start(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -26,7 +27,7 @@ func ipamKV(t *testing.T) jetstream.KeyValue {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kv
+	return kv, b.JetStream()
 }
 
 func pool(t *testing.T, name, cidr, gw string) ipam.Pool {
@@ -122,7 +123,7 @@ func TestAllocateIsIdempotentAndSkipsGateway(t *testing.T) {
 
 func TestConcurrentAllocationsAreUnique(t *testing.T) {
 	ctx := context.Background()
-	kv := ipamKV(t)
+	kv, js := ipamKV(t)
 	p := pool(t, "frontend", "10.20.0.0/24", "10.20.0.1")
 	const pods = 60
 	var wg sync.WaitGroup
@@ -134,7 +135,7 @@ func TestConcurrentAllocationsAreUnique(t *testing.T) {
 			defer wg.Done()
 			// One allocator per goroutine: as if every pod were handled by a
 			// different replica; only the bucket is shared.
-			got, err := ipam.New(kv).Allocate(ctx, p, owner(i))
+			got, err := ipam.New(kv, js).Allocate(ctx, p, owner(i))
 			ips[i], errs[i] = got.IP, err
 		}()
 	}
@@ -153,7 +154,7 @@ func TestConcurrentAllocationsAreUnique(t *testing.T) {
 		}
 		seen[ips[i]] = i
 	}
-	if n, _ := ipam.New(kv).Count(ctx, "frontend"); n != pods {
+	if n, _ := ipam.New(kv, js).Count(ctx, "frontend"); n != pods {
 		t.Fatalf("Count = %d, want %d", n, pods)
 	}
 }
@@ -232,7 +233,7 @@ func TestMACIsStableAndInVMwareStaticRange(t *testing.T) {
 // frees it all.
 func TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress(t *testing.T) {
 	ctx := context.Background()
-	kv := ipamKV(t)
+	kv, js := ipamKV(t)
 	p := pool(t, "twice", "10.21.0.0/24", "")
 	for i := range 20 {
 		o := owner(i)
@@ -242,7 +243,7 @@ func TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress(t *testing.T) {
 				// Each replica retries as a redelivery would, until it gets
 				// an answer.
 				for try := 0; try < 50; try++ {
-					if _, err := ipam.New(kv).Allocate(ctx, p, o); err == nil {
+					if _, err := ipam.New(kv, js).Allocate(ctx, p, o); err == nil {
 						return
 					}
 					time.Sleep(10 * time.Millisecond)
@@ -251,10 +252,10 @@ func TestOnePodAllocatedByTwoReplicasAtOnceHoldsOneAddress(t *testing.T) {
 			})
 		}
 		wg.Wait()
-		if _, err := ipam.New(kv).Release(ctx, "twice", o.UID); err != nil {
+		if _, err := ipam.New(kv, js).Release(ctx, "twice", o.UID); err != nil {
 			t.Fatal(err)
 		}
-		if n, err := ipam.New(kv).Count(ctx, "twice"); err != nil || n != 0 {
+		if n, err := ipam.New(kv, js).Count(ctx, "twice"); err != nil || n != 0 {
 			t.Fatalf("attempt %d: %d addresses left after the pod's release (%v); want 0", i, n, err)
 		}
 	}
@@ -280,8 +281,9 @@ func (c *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEnt
 // allocation (another network, the hint path) and a repeat of the first
 // return what the pod holds.
 func TestFreshAllocationReadsItsBindingOnce(t *testing.T) {
-	kv := &countingKV{KeyValue: ipamKV(t), reads: map[string]int{}}
-	a := ipam.New(kv)
+	ipkv, js := ipamKV(t)
+	kv := &countingKV{KeyValue: ipkv, reads: map[string]int{}}
+	a := ipam.New(kv, js)
 	ctx := context.Background()
 	p := pool(t, "net", "10.9.0.0/24", "10.9.0.1")
 	for i := range 3 { // the first scans; the others take the hint
@@ -297,5 +299,37 @@ func TestFreshAllocationReadsItsBindingOnce(t *testing.T) {
 		if err != nil || again.IP != first.IP {
 			t.Fatalf("repeat of allocation %d = %s, %v; want %s", i, again.IP, err, first.IP)
 		}
+	}
+}
+
+// Allocations lists the addresses held, on the network asked only: a
+// released address (its key deleted) is left out, and so are the
+// addresses of a network whose name the first one's starts with.
+func TestAllocationsListsTheAddressesHeld(t *testing.T) {
+	a := ipam.New(ipamKV(t))
+	ctx := context.Background()
+	web, webby := pool(t, "web", "10.9.0.0/24", "10.9.0.1"), pool(t, "webby", "10.8.0.0/24", "10.8.0.1")
+	for i := range 4 {
+		if _, err := a.Allocate(ctx, web, owner(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.Allocate(ctx, webby, owner(9)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Release(ctx, "web", owner(1).UID); err != nil {
+		t.Fatal(err)
+	}
+	allocs, err := a.Allocations(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, al := range allocs {
+		got = append(got, al.UID)
+	}
+	slices.Sort(got)
+	if want := []string{"uid-0", "uid-2", "uid-3"}; !slices.Equal(got, want) {
+		t.Fatalf("allocations of web: %v, want %v", got, want)
 	}
 }
