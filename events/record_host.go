@@ -55,11 +55,13 @@ type HostRecord struct {
 	// the vSphere networks (port groups) the host is connected to.
 	PodNetworks []string `json:"podNetworks,omitempty"`
 
-	// AllocatedCPUMilli, AllocatedMemoryBytes and Pods sum the host's ledger
-	// allocations (pods and incoming migrations).
+	// AllocatedCPUMilli, AllocatedMemoryBytes, Pods and VMs sum the host's
+	// ledger allocations (pods, native VMs and incoming migrations); Pods
+	// counts the pods' and VMs the native VMs'.
 	AllocatedCPUMilli    int64 `json:"allocatedCpuMilli"`
 	AllocatedMemoryBytes int64 `json:"allocatedMemoryBytes"`
 	Pods                 int   `json:"pods"`
+	VMs                  int   `json:"vms,omitempty"`
 
 	// LostAt is when the inventory last saw the host stop responding; zero
 	// while it is connected.
@@ -99,7 +101,7 @@ func (r *HostRecord) Validate() error {
 	for name, v := range map[string]int64{
 		"cpuCapacityMilli": r.CPUCapacityMilli, "memoryCapacityBytes": r.MemoryCapacityBytes,
 		"maxPods": int64(r.MaxPods), "allocatedCpuMilli": r.AllocatedCPUMilli,
-		"allocatedMemoryBytes": r.AllocatedMemoryBytes, "pods": int64(r.Pods),
+		"allocatedMemoryBytes": r.AllocatedMemoryBytes, "pods": int64(r.Pods), "vms": int64(r.VMs),
 	} {
 		errs = append(errs, validateNonNegative(pathOf(name), v)...)
 	}
@@ -193,6 +195,9 @@ type Allocation struct {
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 	UID       string `json:"uid"`
+	// VM says the allocation is a native VM's, placed like a pod (false
+	// in entries written before VMs were told apart: they count as pods).
+	VM bool `json:"vm,omitempty"`
 	// MigrationID is set for Kind AllocationMigration.
 	MigrationID string `json:"migrationId,omitempty"`
 	// CPUMilli and MemoryBytes are the pod VM's size (SizePodVM: container

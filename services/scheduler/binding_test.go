@@ -244,3 +244,37 @@ func TestAcceptedAgainIsAnsweredWithTheBoundHost(t *testing.T) {
 		}
 	}
 }
+
+// A native VM holds room on its host like a pod and is counted apart: the
+// host record says one pod and one VM, and the VM's ledger allocation says
+// it is a VM (so that every replica, reading the ledger, counts it so).
+func TestNativeVMsAreCountedApartFromPods(t *testing.T) {
+	e := startEnv(t, envOptions{clusters: 1, hostsPerCluster: 1})
+	host := e.HostNames("")[0]
+	acc, placed := e.runningVM("vm1", events.VMSize{CPUs: 1, MemoryMiB: 512})
+	if placed.Host != host {
+		t.Fatalf("VM placed on %s, the only host is %s", placed.Host, host)
+	}
+	pod := e.accept(testPod("web", "100m", "256Mi"))
+	e.waitScheduled(pod.ObjectKey())
+	e.EventuallyWithin("the host record counting one pod and one VM", 10*time.Second, func() bool {
+		r := e.hostRecords()[host]
+		return r.Pods == 1 && r.VMs == 1
+	})
+	entry, err := e.led.Get(t.Context(), host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vm, pods int
+	for _, a := range entry.Allocations {
+		switch {
+		case a.UID == acc.UID && a.VM:
+			vm++
+		case !a.VM:
+			pods++
+		}
+	}
+	if vm != 1 || pods != 1 {
+		t.Fatalf("ledger of %s: %+v; want the VM's allocation marked VM and one pod's", host, entry.Allocations)
+	}
+}

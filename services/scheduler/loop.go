@@ -566,5 +566,5 @@ func (s *Service) submitMigration(ctx context.Context, p *framework.PodInfo, sou
 // allocationOf is the ledger allocation of a pod.
 func allocationOf(p *framework.PodInfo) events.Allocation {
 	return events.Allocation{Kind: events.AllocationPod, Namespace: p.Namespace, Name: p.Name, UID: p.UID,
-		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels}
+		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels, VM: p.VM}
 }

@@ -261,7 +261,7 @@ func (s *Service) applyEntryLocked(e ledger.Entry) {
 func refOf(a events.Allocation) *framework.PodRef {
 	return &framework.PodRef{Key: a.Key(), Namespace: a.Namespace, Name: a.Name, UID: a.UID,
 		CPUMilli: a.CPUMilli, MemoryBytes: a.MemoryBytes, Labels: a.Labels,
-		SpreadGroup: framework.SpreadGroup(a.Namespace, a.Labels)}
+		SpreadGroup: framework.SpreadGroup(a.Namespace, a.Labels), VM: a.VM}
 }
 
 // ledgerFoldDelay is how long a watched ledger update may wait before it
@@ -569,7 +569,7 @@ func (s *Service) flushHostRecords(ctx context.Context) {
 			continue
 		}
 		if h, ok := s.snap.Host(name); ok {
-			rec.AllocatedCPUMilli, rec.AllocatedMemoryBytes, rec.Pods = h.RequestedCPUMilli, h.RequestedMemoryBytes, h.PodCount()
+			rec.AllocatedCPUMilli, rec.AllocatedMemoryBytes, rec.Pods, rec.VMs = h.RequestedCPUMilli, h.RequestedMemoryBytes, h.PodCount(), h.VMCount()
 			rec.PodNetworks = rec.PodNetworks[:0]
 			for n, st := range h.Networks {
 				if st == framework.NetworkRealized {

@@ -42,6 +42,7 @@ func vmInfo(ns, name, uid string, size events.VMSize, networks []string, labels 
 		return nil, err
 	}
 	p.Key = vmKeyPrefix + events.PodKey(ns, name)
+	p.VM = true
 	return p, nil
 }
 

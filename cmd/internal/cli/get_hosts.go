@@ -14,7 +14,7 @@ func init() {
 		names:      []string{"hosts", "host", "hs"},
 		kind:       "Host",
 		bucket:     events.BucketHosts,
-		header:     []string{"NAME", "CLUSTER", "STATE", "CPU(alloc/cap)", "MEMORY(alloc/cap)", "PODS", "NETWORKS"},
+		header:     []string{"NAME", "CLUSTER", "STATE", "CPU(alloc/cap)", "MEMORY(alloc/cap)", "PODS", "VMS", "NETWORKS"},
 		wideHeader: []string{"CORES", "MAX PODS", "DATASTORES", "PORT GROUPS"},
 		wide: func(r record) []string {
 			h := &r.(*hostRow).HostRecord
@@ -36,7 +36,7 @@ func (h *hostRow) Row(time.Time) []string {
 		r.Name, dash(r.Cluster), r.State(),
 		fmt.Sprintf("%.1f/%.0f", float64(r.AllocatedCPUMilli)/1000, float64(r.CPUCapacityMilli)/1000),
 		bytesGiB(r.AllocatedMemoryBytes) + "/" + bytesGiB(r.MemoryCapacityBytes),
-		strconv.Itoa(r.Pods),
+		strconv.Itoa(r.Pods), strconv.Itoa(r.VMs),
 		dash(strings.Join(r.PodNetworks, ",")),
 	}
 }

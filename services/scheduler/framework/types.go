@@ -59,6 +59,10 @@ type PodInfo struct {
 	// SpreadGroup is the group ClusterSpread spreads: the namespace plus
 	// the pod's app label.
 	SpreadGroup string
+	// VM marks a native VM placed like a pod: it holds CPU and memory on
+	// its host but is no pod (MaxPods and the host's pod count leave it
+	// out).
+	VM bool
 	// Exclude lists hosts the pod must not go to (a migration's source).
 	Exclude map[string]bool
 	// Datastores the host must mount (a VM's disks stay on theirs when
@@ -220,6 +224,8 @@ type PodRef struct {
 	MemoryBytes int64
 	Labels      map[string]string
 	SpreadGroup string
+	// VM: the room is a native VM's (PodInfo.VM).
+	VM bool
 	// Assumed marks a pod placed by the running scheduling pass but not
 	// committed to the ledger yet; SetPods keeps it.
 	Assumed bool
@@ -242,8 +248,12 @@ type Host struct {
 	// Requested sums the ledger allocations and the assumed pods.
 	RequestedCPUMilli    int64
 	RequestedMemoryBytes int64
-	// Pods on the host by allocation key (ledger and assumed).
+	// Pods on the host by allocation key (ledger and assumed), native
+	// VMs among them; change it with AddPod, RemovePod and SetPods, which
+	// keep vms.
 	Pods map[string]*PodRef
+	// vms counts the native VMs of Pods.
+	vms int
 
 	Datastores []string
 	Labels     map[string]string
@@ -281,8 +291,12 @@ func (h *Host) Connected() bool { return h.ConnectionState == "connected" }
 // Schedulable reports whether new pods may go there.
 func (h *Host) Schedulable() bool { return h.Connected() && !h.Maintenance && !h.Cordoned }
 
-// PodCount is the number of pods holding room on the host.
-func (h *Host) PodCount() int { return len(h.Pods) }
+// PodCount is the number of pods holding room on the host (native VMs
+// hold room too and are not counted: VMCount).
+func (h *Host) PodCount() int { return len(h.Pods) - h.vms }
+
+// VMCount is the number of native VMs holding room on the host.
+func (h *Host) VMCount() int { return h.vms }
 
 // AddPod accounts for a pod on the host (idempotent by key).
 func (h *Host) AddPod(p *PodRef) bool {
@@ -293,6 +307,9 @@ func (h *Host) AddPod(p *PodRef) bool {
 		return false
 	}
 	h.Pods[p.Key] = p
+	if p.VM {
+		h.vms++
+	}
 	h.RequestedCPUMilli += p.CPUMilli
 	h.RequestedMemoryBytes += p.MemoryBytes
 	return true
@@ -305,6 +322,9 @@ func (h *Host) RemovePod(key string) (*PodRef, bool) {
 		return nil, false
 	}
 	delete(h.Pods, key)
+	if p.VM {
+		h.vms--
+	}
 	h.RequestedCPUMilli -= p.CPUMilli
 	h.RequestedMemoryBytes -= p.MemoryBytes
 	return p, true
@@ -542,7 +562,7 @@ func (s *Snapshot) SetPods(host string, pods []*PodRef, rev uint64) bool {
 		}
 	}
 	h.Pods = make(map[string]*PodRef, len(pods)+len(assumed))
-	h.RequestedCPUMilli, h.RequestedMemoryBytes = 0, 0
+	h.RequestedCPUMilli, h.RequestedMemoryBytes, h.vms = 0, 0, 0
 	for _, p := range pods {
 		h.AddPod(p)
 		s.count(h.clusterID, p.SpreadGroup, 1)
@@ -566,5 +586,5 @@ func (s *Snapshot) count(clusterID int, group string, d int) {
 // PodRefOf is the PodRef of a pod placed by the framework.
 func PodRefOf(p *PodInfo) *PodRef {
 	return &PodRef{Key: p.UID, Namespace: p.Namespace, Name: p.Name, UID: p.UID,
-		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels, SpreadGroup: p.SpreadGroup}
+		CPUMilli: p.CPUMilli, MemoryBytes: p.MemoryBytes, Labels: p.Labels, SpreadGroup: p.SpreadGroup, VM: p.VM}
 }

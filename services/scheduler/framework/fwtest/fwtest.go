@@ -96,6 +96,7 @@ type PodBuilder struct {
 	networks   []string
 	exclude    []string
 	datastores []string
+	vm         bool
 }
 
 // MakePod starts a pod default/name of 1 CPU and 1 GiB on "default".
@@ -109,6 +110,9 @@ func MakePod(name string) *PodBuilder {
 		networks: []string{"default"},
 	}
 }
+
+// VM makes it a native VM placed like a pod (framework.PodInfo.VM).
+func (b *PodBuilder) VM() *PodBuilder { b.vm = true; return b }
 
 // Namespace sets the namespace.
 func (b *PodBuilder) Namespace(ns string) *PodBuilder { b.pod.Namespace = ns; return b }
@@ -190,7 +194,7 @@ func (b *PodBuilder) Info() *framework.PodInfo {
 	if err != nil {
 		panic(err)
 	}
-	p.Datastores = b.datastores
+	p.Datastores, p.VM = b.datastores, b.vm
 	if len(b.exclude) > 0 {
 		p.Exclude = map[string]bool{}
 		for _, h := range b.exclude {

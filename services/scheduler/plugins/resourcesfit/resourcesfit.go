@@ -54,7 +54,7 @@ func (*Plugin) Filter(_ context.Context, _ *framework.CycleState, p *framework.P
 		return statusNoMemory
 	case h.RequestedCPUMilli+p.CPUMilli > h.CPUCapacityMilli:
 		return statusNoCPU
-	case h.MaxPods > 0 && len(h.Pods) >= h.MaxPods:
+	case h.MaxPods > 0 && !p.VM && h.PodCount() >= h.MaxPods:
 		return statusTooManyPods
 	}
 	return nil

@@ -22,6 +22,13 @@ func TestFilter(t *testing.T) {
 		{Name: "larger than the host: both", Pod: fwtest.MakePod("p").Size(5000, 9*gib), Host: fwtest.MakeHost("h").Capacity(4000, 8*gib), WantReason: "CPUAndMemoryExceedCapacity", WantCode: framework.UnschedulableAndUnresolvable},
 		{Name: "pod cap", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Used(1, 1), WantReason: "TooManyPods", WantCode: framework.Unschedulable},
 		{Name: "pod cap not reached", Pod: fwtest.MakePod("p"), Host: fwtest.MakeHost("h").MaxPods(3).Used(1, 1).Used(1, 1)},
+		// Native VMs hold room but are no pods: they neither fill the pod
+		// cap nor are refused by it.
+		{Name: "native VMs are not counted in the pod cap", Pod: fwtest.MakePod("p"),
+			Host: fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Pod(fwtest.MakePod("vm1").VM().Size(1, 1).Ref()).Pod(fwtest.MakePod("vm2").VM().Size(1, 1).Ref())},
+		{Name: "a native VM is not refused by the pod cap", Pod: fwtest.MakePod("vm3").VM(), Host: fwtest.MakeHost("h").MaxPods(2).Used(1, 1).Used(1, 1)},
+		{Name: "but by its resources", Pod: fwtest.MakePod("vm3").VM().Size(2000, gib), Host: fwtest.MakeHost("h").Capacity(2000, 8*gib).Used(1, 1),
+			WantReason: "InsufficientCPU", WantCode: framework.Unschedulable},
 	})
 }
 
