@@ -77,8 +77,10 @@ func (s *Service) computeCluster(ctx context.Context) (types.ManagedObjectRefere
 
 // admitCompatible checks a create: compatible goes on (the condition
 // recorded True); incompatible is refused, the record Failed with the
-// condition False naming each unmet requirement.
-func (s *Service) admitCompatible(ctx context.Context, cause *event.Event, key, ns, name, version string) error {
+// condition False naming each unmet requirement. The condition is the
+// record's spec's: a request whose record a newer one took records
+// nothing (errSuperseded).
+func (s *Service) admitCompatible(ctx context.Context, cause *event.Event, key, ns, name, version string, gen generation) error {
 	res, err := s.checkCompat(ctx, cause, ns, name, version, events.CompatTriggerCreate, compatCheckID(cause))
 	if err != nil {
 		return err
@@ -87,7 +89,10 @@ func (s *Service) admitCompatible(ctx context.Context, cause *event.Event, key, 
 	if !res.Compatible {
 		status, reason = events.ConditionFalse, ReasonIncompatible
 	}
-	if _, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+	if _, err := s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
+		if r.supersedes(gen) {
+			return errSuperseded
+		}
 		if !r.SetCondition(events.GuestClusterConditionCompatible, status, reason, res.Message, time.Now().UTC()) {
 			return record.ErrUnchanged
 		}

@@ -42,11 +42,35 @@
 // back this way); pod.logs and pod.exec are checked and handed to the host
 // agent of the pod's VM, which streams its answer straight to the node.
 //
+// Requests of one guest cluster are ordered by the GUESTCLUSTERS stream:
+// the record keeps, beside the fields clients read, the generation of the
+// request whose spec it holds (its stream sequence and store time), taken
+// in the same compare-and-set as the spec. A request older than that (a
+// delivery retried after a newer request was stored, or one a replica
+// took late) is acked and does nothing. Every declaration, the control
+// plane's included, is made from the record as stored, never from the
+// message: a handler stops as soon as it finds a newer request stored,
+// and a pass that declared reads the record again and declares from it
+// when it moved meanwhile (another replica may have declared the newer
+// spec first), so that the last declaration of a worker is the newest
+// spec's.
+//
 // A running guest cluster keeps spec.workers.replicas worker VMs: one that
 // went (vm.deleted: `podvisor delete vm`, say; or its record found missing
 // by the resync) is declared again under its name, and the record counts
 // it not Ready until its new VM runs. One that goes while the guest
-// cluster is being deleted stays gone.
+// cluster is being deleted stays gone. One whose declaration the native
+// VM controller refuses (vm.rejected: its class or image does not exist,
+// a field is invalid) is recorded Rejected: its node says so with the
+// refusal's reason, field and message, condition WorkersAccepted is False
+// naming it, and the resync and vm.deleted do not declare it again (to be
+// refused again at every resync) until a new request of the guest cluster
+// (a new generation: a new try, as a person applying again expects) or
+// until the VirtualMachineClass or VirtualMachineImage it lacked has a
+// record (read at each resync: those records are what the native VM
+// controller admits against). A worker the scheduler cannot place is not
+// refused: its VM exists, Pending, and its node names the VM's
+// Scheduled=False condition.
 //
 // For guestcluster.check.requested (`podvisor check guestcluster NAME`) it
 // runs the same check of the recorded version and answers with the

@@ -54,15 +54,15 @@ func (s *Service) onQuery(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		if err := json.Unmarshal(m.Data, &req); err != nil || req.Pod == nil {
 			return replyErr(fmt.Errorf("pod.create: want a GuestPodRequest with pod (%v)", err))
 		}
-		return reply(s.createPod(ctx, rec, &req), log)
+		return reply(s.createPod(ctx, &rec.GuestClusterRecord, &req), log)
 	case events.GuestOpPodDelete:
 		var req events.GuestPodRequest
 		if err := json.Unmarshal(m.Data, &req); err != nil {
 			return replyErr(fmt.Errorf("pod.delete: %w", err))
 		}
-		return reply(s.deletePod(ctx, rec, &req), log)
+		return reply(s.deletePod(ctx, &rec.GuestClusterRecord, &req), log)
 	case events.GuestOpPodList:
-		pods, err := s.guestPods(ctx, rec)
+		pods, err := s.guestPods(ctx, &rec.GuestClusterRecord)
 		if err != nil {
 			return replyErr(err)
 		}
@@ -75,7 +75,7 @@ func (s *Service) onQuery(ctx context.Context, m *nats.Msg) ([]byte, error) {
 		}
 		return reply(out, log)
 	case events.GuestOpPodLogs, events.GuestOpPodExec:
-		return s.forwardStream(ctx, rec, op, m)
+		return s.forwardStream(ctx, &rec.GuestClusterRecord, op, m)
 	case events.GuestOpNodeList:
 		nodes, err := s.refreshWorkers(ctx, rec)
 		if err != nil {
@@ -89,8 +89,8 @@ func (s *Service) onQuery(ctx context.Context, m *nats.Msg) ([]byte, error) {
 
 // countPods records how many pods the guest cluster has, as its node's
 // last list found (written only when the count changes).
-func (s *Service) countPods(ctx context.Context, rec *events.GuestClusterRecord, n int) {
-	_, err := s.clusters.Mutate(ctx, rec.Key(), func(r *events.GuestClusterRecord) error {
+func (s *Service) countPods(ctx context.Context, rec *clusterRecord, n int) {
+	_, err := s.clusters.Mutate(ctx, rec.Key(), func(r *clusterRecord) error {
 		if r.Pods == n || r.Phase == events.GuestClusterPhaseDeleting {
 			return record.ErrUnchanged
 		}

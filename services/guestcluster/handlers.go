@@ -18,7 +18,25 @@ import (
 
 // onRequested creates (or converges) a guest cluster: record,
 // compatibility check, identity, control plane, then Ready.
+//
+// Requests are ordered by the GUESTCLUSTERS stream (requestGeneration):
+// the record holds the generation of the request whose spec it took, and a
+// request older than that one (a delivery retried after a newer request
+// was stored, or one a replica took late) is acked and does nothing.
+// Everything a handler builds is built from the record as its own
+// compare-and-set stored it, never from its message, and it stops
+// (errSuperseded) as soon as it finds a newer request stored: that one's
+// handler, on whichever replica, converges the cluster.
 func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterRequested) error {
+	err := s.handleRequest(ctx, m, p, requestGeneration(m))
+	if errors.Is(err, errSuperseded) {
+		m.Log.Info("a newer request of the guest cluster is stored; this one does nothing more", "seq", m.StreamSeq)
+		return nil
+	}
+	return err
+}
+
+func (s *Service) handleRequest(ctx context.Context, m *bus.Message, p *events.GuestClusterRequested, gen generation) error {
 	g := p.GuestCluster
 	g.Normalize()
 	ns, name := g.Metadata.Namespace, g.Metadata.Name
@@ -26,77 +44,121 @@ func (s *Service) onRequested(ctx context.Context, m *bus.Message, p *events.Gue
 	if s.unavailable != nil {
 		return bus.Permanent(bus.WithReason("GuestClustersUnavailable", s.unavailable))
 	}
-	// An upgrade (another version of a running cluster) is checked against
-	// the infrastructure's and the vCenter's offers like a create, the
-	// result sent to the VI control plane, and refused: an incompatible
-	// one naming each unmet requirement, a compatible one because this
-	// podvisor runs one guest control-plane version.
-	if cur, _, err := s.clusters.Get(ctx, key); err != nil {
+	cur, _, err := s.clusters.Get(ctx, key)
+	switch {
+	case err != nil:
 		return err
-	} else if cur != nil && cur.Spec.Version != g.Spec.Version && running(cur) {
-		return s.refuseUpgrade(ctx, &m.Event, cur, g.Spec.Version)
+	case cur != nil && cur.supersedes(gen):
+		// Not even an upgrade's check: the request is past.
+		return errSuperseded
+	case cur != nil && cur.Spec.Version != g.Spec.Version && running(&cur.GuestClusterRecord):
+		// An upgrade (another version of a running cluster) is checked
+		// against the infrastructure's and the vCenter's offers like a
+		// create, the result sent to the VI control plane, and refused:
+		// an incompatible one naming each unmet requirement, a compatible
+		// one because this podvisor runs one guest control-plane version.
+		return s.refuseUpgrade(ctx, &m.Event, &cur.GuestClusterRecord, g.Spec.Version)
 	}
 	now := time.Now().UTC()
 	// checked: this version was found compatible before (an unchanged
 	// re-apply), so it is not checked, posted and published again.
-	var checked bool
-	rec, err := s.clusters.Upsert(ctx, key, func(r *events.GuestClusterRecord, exists bool) error {
-		checked = exists && r.Spec.Version == g.Spec.Version && r.Phase != events.GuestClusterPhaseFailed && compatibleRecorded(r)
+	// hadRefusals: the record held refused workers, which this request
+	// tries again.
+	var checked, hadRefusals bool
+	rec, err := s.clusters.Upsert(ctx, key, func(r *clusterRecord, exists bool) error {
+		// Under the compare-and-set: a newer request stored since the
+		// read above wins, on whichever replica it ran.
+		if exists && r.supersedes(gen) {
+			return errSuperseded
+		}
+		checked = exists && r.Spec.Version == g.Spec.Version && r.Phase != events.GuestClusterPhaseFailed && compatibleRecorded(&r.GuestClusterRecord)
 		if exists && r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s/%s is being deleted; apply it again once it is gone", ns, name)))
 		}
-		if exists && r.Spec.Version != g.Spec.Version && running(r) {
+		if exists && r.Spec.Version != g.Spec.Version && running(&r.GuestClusterRecord) {
 			return bus.Permanent(bus.WithReason(reasonUpgradeUnsupported, fmt.Errorf("spec.version: %s runs %s; upgrades are not supported yet", key, r.Spec.Version)))
 		}
 		if err := g.Spec.ChangeRefused(r.Spec); exists && err != nil {
 			return bus.Permanent(bus.WithReason(reasonControlPlaneImmutable, fmt.Errorf("guest cluster %s: %w", key, err)))
 		}
 		if !exists {
-			*r = events.GuestClusterRecord{Namespace: ns, Name: name, CreatedAt: now, Phase: events.GuestClusterPhaseProvisioning}
+			*r = clusterRecord{GuestClusterRecord: events.GuestClusterRecord{Namespace: ns, Name: name, CreatedAt: now,
+				Phase: events.GuestClusterPhaseProvisioning}}
 		}
 		if r.Phase == events.GuestClusterPhaseFailed {
 			r.Phase, r.Reason, r.Message = events.GuestClusterPhaseProvisioning, "", ""
 		}
 		r.Spec = g.Spec
+		// A new request is a new try of every worker refused before it
+		// (as a person applying again expects); a redelivery of the
+		// request the record holds is the same try.
+		hadRefusals = false
+		if r.Generation != gen.seq || !r.GenerationAt.Equal(gen.at) {
+			hadRefusals = len(r.RefusedWorkers) > 0
+			r.RefusedWorkers = nil
+		}
+		r.Generation, r.GenerationAt = gen.seq, gen.at
 		return nil
 	})
 	if err != nil {
 		return err
 	}
+	// From here on, what is built is built from the record as stored by
+	// this handler's write (its generation): spec, not g.Spec.
+	spec := rec.Spec
 	// Nothing is built before the version is found compatible with what
 	// the infrastructure and the vCenter offer.
 	if !checked {
-		if err := s.admitCompatible(ctx, &m.Event, key, ns, name, g.Spec.Version); err != nil {
+		if err := s.admitCompatible(ctx, &m.Event, key, ns, name, spec.Version, gen); err != nil {
 			return err
 		}
 	}
-	if !slices.Contains(events.GuestClusterVersions, g.Spec.Version) {
+	if !slices.Contains(events.GuestClusterVersions, spec.Version) {
 		return bus.Permanent(bus.WithReason("UnsupportedVersion",
-			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", g.Spec.Version, events.GuestClusterVersions)))
+			fmt.Errorf("spec.version %s: this podvisor runs guest control planes of %v", spec.Version, events.GuestClusterVersions)))
 	}
-	// The worker VMs are made while the control plane starts.
-	if err := s.declareWorkers(ctx, &m.Event, ns, name, g.Spec, workerPass{}); err != nil {
+	// The worker VMs are made while the control plane starts, from the
+	// record read again under the cluster's lock (declareWorkers).
+	if err := s.declareWorkers(ctx, &m.Event, ns, name, workerPass{request: &gen}); err != nil {
 		return err
 	}
-	ep, err := s.ensureControlPlane(ctx, ns, name, g.Spec)
+	if hadRefusals {
+		// The nodes and condition WorkersAccepted said the refusals this
+		// request tries again; the record no longer holds them.
+		if cur, _, err := s.clusters.Get(ctx, key); err == nil && cur != nil && !cur.supersedes(gen) {
+			if _, err := s.refreshWorkers(ctx, cur); err != nil {
+				m.Log.Warn("refresh the worker nodes", "err", err)
+			}
+		}
+	}
+	// The control plane's VMs are declared from the stored spec too; a
+	// handler that finds a newer request stored leaves them to it.
+	if cur, _, err := s.clusters.Get(ctx, key); err != nil {
+		return err
+	} else if cur != nil && cur.supersedes(gen) {
+		return errSuperseded
+	}
+	ep, err := s.ensureControlPlane(ctx, ns, name, spec)
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
 	}
-	rec, err = s.recordEndpoint(ctx, key, ns, name, ep)
+	ready, err := s.recordEndpoint(ctx, key, ns, name, ep, &gen)
 	if err != nil {
 		return err
 	}
-	s.log.Info("guest cluster ready", "guestcluster", key, "endpoint", rec.Endpoint)
+	s.log.Info("guest cluster ready", "guestcluster", key, "endpoint", ready.Endpoint)
 	return s.out.Emit(ctx, &m.Event, &events.GuestClusterReady{
-		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: rec.Endpoint})
+		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Endpoint: ready.Endpoint})
 }
 
 // recordEndpoint keeps what a control plane's Ensure returned: the admin
 // kubeconfig in the bucket clients cannot read, first, then the record
 // Ready with the endpoint. A control plane started again (after a restart
 // of the supervisor) can answer at another address: the resync records it
-// the same way, so the kubeconfig handed out next is current.
-func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep Endpoint) (*events.GuestClusterRecord, error) {
+// the same way, so the kubeconfig handed out next is current. gen, for a
+// request's handler: the record is left to a newer request's
+// (errSuperseded), which may have failed and said so.
+func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep Endpoint, gen *generation) (*clusterRecord, error) {
 	if _, err := s.kubeconfigs.Upsert(ctx, key, func(k *events.GuestClusterKubeconfig, _ bool) error {
 		if k.Kubeconfig == string(ep.Kubeconfig) {
 			return record.ErrUnchanged
@@ -107,9 +169,12 @@ func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep E
 		return nil, err
 	}
 	now := time.Now().UTC()
-	return s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+	return s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
 		if r.Phase == events.GuestClusterPhaseDeleting {
 			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
+		}
+		if gen != nil && r.supersedes(*gen) {
+			return errSuperseded
 		}
 		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.HasKubeconfig {
 			return record.ErrUnchanged
@@ -184,10 +249,13 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 	g.Normalize()
 	ns, name := g.Metadata.Namespace, g.Metadata.Name
 	reason := bus.ReasonOf(cause, "ControlPlaneFailed")
+	gen := requestGeneration(m)
 	// A refused change leaves the cluster as it was: it still runs.
 	if reason != "Deleting" && !refusedChange[reason] {
-		_, err := s.clusters.Mutate(ctx, events.GuestClusterRecordKey(ns, name), func(r *events.GuestClusterRecord) error {
-			if r.Phase == events.GuestClusterPhaseDeleting {
+		_, err := s.clusters.Mutate(ctx, events.GuestClusterRecordKey(ns, name), func(r *clusterRecord) error {
+			// The record is a newer request's now: its phase is that
+			// request's to say.
+			if r.Phase == events.GuestClusterPhaseDeleting || r.supersedes(gen) {
 				return record.ErrUnchanged
 			}
 			r.Phase, r.Reason, r.Message = events.GuestClusterPhaseFailed, reason, cause.Error()
@@ -211,7 +279,7 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 	// before the mark (deleteWorkers then deletes what it made) or sees
 	// Deleting and declares nothing.
 	unlock := s.workerLocks.Lock(key)
-	rec, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
+	rec, err := s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
 		if r.Phase == events.GuestClusterPhaseDeleting {
 			return record.ErrUnchanged
 		}
@@ -231,11 +299,11 @@ func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *even
 			return fmt.Errorf("remove the control plane of %s: %w", p.ObjectKey(), err)
 		}
 	}
-	n, err := s.deletePods(ctx, &m.Event, rec)
+	n, err := s.deletePods(ctx, &m.Event, &rec.GuestClusterRecord)
 	if err != nil {
 		return err
 	}
-	if _, err := s.deleteWorkers(ctx, &m.Event, rec); err != nil {
+	if _, err := s.deleteWorkers(ctx, &m.Event, &rec.GuestClusterRecord); err != nil {
 		return err
 	}
 	// The identity is revoked, not only forgotten: a copy of its creds

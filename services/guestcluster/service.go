@@ -77,16 +77,21 @@ type Service struct {
 	bus      *bus.Bus
 	out      *bus.Emitter
 	log      *slog.Logger
-	clusters *record.Store[events.GuestClusterRecord]
+	clusters *record.Store[clusterRecord]
 	// kubeconfigs are the admin kubeconfigs, in a bucket clients cannot
 	// read.
 	kubeconfigs *record.Store[events.GuestClusterKubeconfig]
 	pods        *record.Store[events.PodRecord]
 	// vms are the native VM controller's records (its worker VMs).
-	vms    *record.Store[events.VMRecord]
-	cps    ControlPlanes
-	minter Minter
-	vs     *vsphere.Session
+	vms *record.Store[events.VMRecord]
+	// classes and images are the native VM controller's records of the
+	// VirtualMachineClasses and VirtualMachineImages: a worker refused
+	// for want of one is declared again once it is there.
+	classes *record.Store[events.VMClassRecord]
+	images  *record.Store[events.VMImageRecord]
+	cps     ControlPlanes
+	minter  Minter
+	vs      *vsphere.Session
 	// unavailable says why guest clusters cannot be made here (a setting
 	// is missing); nil when they can.
 	unavailable error
@@ -125,15 +130,25 @@ func New(cfg Config, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMs, err)
 	}
+	ckv, err := d.Bus.KV(ctx, events.BucketVMClasses)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMClasses, err)
+	}
+	ikv, err := d.Bus.KV(ctx, events.BucketVMImages)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMImages, err)
+	}
 	s := &Service{
 		cfg:         cfg,
 		bus:         d.Bus,
 		out:         d.Bus.Emitter(Source),
 		log:         log.With("service", Name),
-		clusters:    record.New[events.GuestClusterRecord](gkv, "guest cluster"),
+		clusters:    record.New[clusterRecord](gkv, "guest cluster"),
 		kubeconfigs: record.New[events.GuestClusterKubeconfig](kkv, "guest cluster kubeconfig"),
 		pods:        record.New[events.PodRecord](pkv, "pod"),
 		vms:         record.New[events.VMRecord](vkv, "VM"),
+		classes:     record.New[events.VMClassRecord](ckv, "VM class"),
+		images:      record.New[events.VMImageRecord](ikv, "VM image"),
 		cps:         d.ControlPlanes,
 		minter:      d.Minter,
 		vs:          d.VSphere,
@@ -149,13 +164,9 @@ func New(cfg Config, d Deps) (*Service, error) {
 		s.minter = AuthorityMinter{Authority: a, NATS: bus.ConnConfig{URL: cfg.NATSURL, CAFile: cfg.NATSCA, Name: "podvisor-guestcluster-authority"}}
 	}
 	if s.unavailable == nil && s.cps == nil && d.GuestPorts != nil {
-		ikv, err := d.Bus.KV(ctx, events.BucketVMImages)
-		if err != nil {
-			return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMImages, err)
-		}
 		s.cps = &VMControlPlanes{Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout,
 			Ports: d.GuestPorts, Logger: s.log,
-			out: s.out, vms: s.vms, images: record.New[events.VMImageRecord](ikv, "VM image")}
+			out: s.out, vms: s.vms, images: s.images}
 	}
 	if s.unavailable == nil && s.cps == nil {
 		p := &Processes{Binary: cfg.Binary, Dir: cfg.Dir, NATSURL: cfg.NATSURL, NATSCA: cfg.NATSCA, ReadyTimeout: cfg.ReadyTimeout, Logger: s.log}
@@ -173,10 +184,11 @@ func (s *Service) routes() *bus.Router {
 	bus.Handle(r, s.onDeleteRequested)
 	bus.Handle(r, s.onCheckRequested)
 	bus.Handle(r, s.onVMDeleted)
+	bus.Handle(r, s.onVMRejected)
 	return r
 }
 
-// Run consumes GUESTCLUSTERS and vm.deleted (VMS), answers the guest
+// Run consumes GUESTCLUSTERS and vm.deleted and vm.rejected (VMS), answers the guest
 // nodes' queries and keeps the control planes of Ready guest clusters
 // running, until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
@@ -211,7 +223,7 @@ func (s *Service) resyncLoop(ctx context.Context) {
 // not serve again yet (the next resync tries again).
 func (s *Service) lostBecause(ctx context.Context, key string, cause error) {
 	msg := "starting the control plane again failed: " + cause.Error()
-	if _, err := s.clusters.Mutate(ctx, key, func(cur *events.GuestClusterRecord) error {
+	if _, err := s.clusters.Mutate(ctx, key, func(cur *clusterRecord) error {
 		if cur.Phase != events.GuestClusterPhaseProvisioning || cur.Reason != reasonControlPlaneLost || cur.Message == msg {
 			return record.ErrUnchanged
 		}
@@ -249,7 +261,8 @@ func answers(ctx context.Context, endpoint string) bool {
 // again one whose process or VM is gone, after a restart of the
 // supervisor, say), records its endpoint when it moved, declares again
 // its worker VMs that are missing (a record removed without vm.deleted, a
-// vm.deleted missed) and refreshes its nodes; then it asks for the
+// vm.deleted missed) but those whose declaration was refused and may not
+// succeed yet (replaceWorkers), and refreshes its nodes; then it asks for the
 // deletion of the VMs of guest clusters gone or being deleted
 // (sweepOrphanVMs).
 func (s *Service) resync(ctx context.Context) error {
@@ -267,7 +280,7 @@ func (s *Service) resync(ctx context.Context) error {
 			// Not Ready while nothing serves: say so before starting it
 			// again (which waits for the API server).
 			msg := fmt.Sprintf("the API server does not answer at %s; starting the control plane again", r.Endpoint)
-			if _, err := s.clusters.Mutate(ctx, r.Key(), func(cur *events.GuestClusterRecord) error {
+			if _, err := s.clusters.Mutate(ctx, r.Key(), func(cur *clusterRecord) error {
 				if cur.Phase != events.GuestClusterPhaseReady || cur.Endpoint != r.Endpoint {
 					return record.ErrUnchanged
 				}
@@ -283,7 +296,7 @@ func (s *Service) resync(ctx context.Context) error {
 			s.log.Info("guest cluster endpoint moved", "guestcluster", key, "from", r.Endpoint, "to", ep.URL)
 		}
 		if err == nil {
-			_, err = s.recordEndpoint(ctx, r.Key(), r.Namespace, r.Name, ep)
+			_, err = s.recordEndpoint(ctx, r.Key(), r.Namespace, r.Name, ep, nil)
 		}
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: control plane", "guestcluster", key, "err", err)

@@ -39,19 +39,31 @@ type recordingControlPlanes struct {
 	// url is the endpoint Ensure answers (serving: a listener the
 	// harness keeps open, so that the control plane answers there).
 	url, serving string
-	// gate, when set, holds Ensure until it is closed.
-	gate chan struct{}
+	// gate, when set, holds Ensure until it is closed; entered, when
+	// set, is told the key of each Ensure the gate holds.
+	gate    chan struct{}
+	entered chan string
+	// failOnce, when set, is what the next Ensure let through returns
+	// (then it is cleared).
+	failOnce error
 }
 
 func (r *recordingControlPlanes) Ensure(_ context.Context, cp ControlPlane) (Endpoint, error) {
 	r.mu.Lock()
-	gate := r.gate
+	gate, entered := r.gate, r.entered
 	r.mu.Unlock()
 	if gate != nil {
+		if entered != nil {
+			entered <- cp.Namespace + "/" + cp.Name
+		}
 		<-gate
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err := r.failOnce; err != nil {
+		r.failOnce = nil
+		return Endpoint{}, err
+	}
 	if r.fail != nil {
 		return Endpoint{}, r.fail
 	}

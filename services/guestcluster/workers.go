@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"strconv"
@@ -29,7 +30,11 @@ import (
 // its record missing at the resync) is declared again under its name
 // (replaceWorkers, which never deletes one), unless the guest cluster is
 // being deleted; a VM of a guest cluster gone or being deleted is asked
-// for deletion by the resync (sweepOrphanVMs). Each is a
+// for deletion by the resync (sweepOrphanVMs). A worker whose declaration
+// the native VM controller refuses (vm.rejected) is recorded Rejected and
+// not declared again by the replacements until a new request or until the
+// class or image it lacked exists (onVMRejected). Every declaration is
+// made from the record as stored (declareWorkers). Each is a
 // node of the guest cluster of the same name (podvisor-guest's Workers,
 // fed by the node.list query), Ready while its VM is Ready and PoweredOn on
 // a host; the record's Workers and ReadyWorkers say the same, refreshed on
@@ -100,25 +105,47 @@ func sameVM(r *events.VMRecord, want events.VirtualMachine, userData bool) bool 
 		(!userData || got.UserData == want.Spec.UserData)
 }
 
-// workerPass says how declareWorkers acts.
-type workerPass struct {
-	// replace: a pass of replaceWorkers, on the spec the record had when
-	// it began: it only declares (a worker past the count is the
-	// request's handler's to delete), and it is dropped (errSpecMoved)
-	// when the record's spec is no longer that one or the guest cluster
-	// no longer runs, for a newer request (on another replica, say) may
-	// have declared workers this pass would undo.
-	replace bool
+// workerDecl is worker i's declaration as spec wants it, the way it is
+// compared with its VM's record (sameVM): with control planes in VMs, the
+// image that runs its node, and user data only once it is declared
+// (VMControlPlanes.workerVM: it holds credentials minted for it).
+func (s *Service) workerDecl(ns, name string, spec events.GuestClusterSpec, i int) events.VirtualMachine {
+	vm := workerVM(ns, name, spec, i)
+	if vc, ok := s.cps.(*VMControlPlanes); ok {
+		vm.Spec.ImageName = vc.workerImage(spec)
+	}
+	return vm
 }
 
-// errSpecMoved drops a replaceWorkers pass: the record's spec changed (or
-// the guest cluster stopped running) while the pass read the worker VMs.
-var errSpecMoved = errors.New("the guest cluster's spec changed meanwhile")
+// workerPass says how declareWorkers acts. Every pass declares from the
+// record as stored, read again under workerLocks, never from a spec its
+// caller holds: a request's message, or what the resync listed, may be
+// older than what another replica stored since.
+type workerPass struct {
+	// request, in a request's handler: its generation. The pass declares
+	// every worker of the spec that is missing or differs, refused before
+	// or not (a new request is a new try), asks for the deletion of those
+	// past the count, and stops (errSuperseded) once the record holds a
+	// newer request's spec. Without it the pass only declares (a worker
+	// past the count is a request's handler's to delete: a newer spec may
+	// want it), and leaves a worker whose declaration was refused at this
+	// generation until what the refusal found missing exists.
+	request *generation
+	// running: declare only while the guest cluster runs (replaceWorkers:
+	// while it is being made its request's handler declares its workers,
+	// and is retried until it has; once it is being deleted a worker made
+	// again would outlive it).
+	running bool
+}
 
-// declareWorkers makes the worker VMs match spec.workers: it declares
-// those missing or different and (but in a replace pass) asks for the
-// deletion of those past the count. A wanted VM still being deleted makes
-// the request wait.
+// maxFollow bounds the passes declareWorkers makes after the record moved
+// under it (followed).
+const maxFollow = 3
+
+// declareWorkers makes the worker VMs match the record's spec.workers: it
+// declares those missing or different and (in a request's pass) asks for
+// the deletion of those past the count. A wanted VM still being deleted
+// makes a request wait.
 //
 // workerLocks is held only around reading the record and the VMs again,
 // deciding and emitting: what can take long (the wait for the
@@ -126,104 +153,182 @@ var errSpecMoved = errors.New("the guest cluster's spec changed meanwhile")
 // guest cluster's credentials) is done outside it, then the pass begins
 // again. Under the lock, a guest cluster being deleted (or gone) gets no
 // worker: its delete's mark is taken under the same lock.
-func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, name string, spec events.GuestClusterSpec, pass workerPass) error {
+//
+// workerLocks orders nothing across replicas: another replica may store a
+// newer request after this pass read the record, and declare from it
+// before this pass's declarations reach the bus, which would leave this
+// pass's (older) declarations the last the native VM controller reads. So
+// a pass that declared reads the record again, and when its generation
+// moved declares (only) from the newer one: the last declarations of a
+// worker are then always the newest spec's. A request's pass that had to
+// follow a newer request ends in errSuperseded.
+func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, name string, pass workerPass) error {
 	key := events.GuestClusterRecordKey(ns, name)
-	vc, inVMs := s.cps.(*VMControlPlanes)
-	// With control planes in VMs, each worker VM runs its own node, and
-	// its declaration needs the image ready and the credentials.
-	prep := workerPrep{ready: !inVMs}
-	for {
+	vc, _ := s.cps.(*VMControlPlanes)
+	request := pass.request != nil
+	var prep workerPrep
+	for follows := 0; ; {
 		unlock := s.workerLocks.Lock(key)
-		more, err := s.declareWorkersLocked(ctx, cause, key, ns, name, spec, pass, prep)
+		done, err := s.declareWorkersLocked(ctx, cause, key, ns, name, pass, prep)
 		unlock()
-		if err != nil || !more {
+		if err != nil {
 			return err
 		}
-		if !prep.ready {
-			if err := vc.workerImageReady(ctx, spec); err != nil {
+		if done.prepare != nil {
+			if err := vc.workerImageReady(ctx, *done.prepare); err != nil {
 				return fmt.Errorf("worker VMs of %s: %w", key, err)
 			}
-			prep.ready = true
+			prep.image = vc.workerImage(*done.prepare)
+			if prep.creds == "" {
+				if prep.creds, err = s.minter.MintGuest(ns, name); err != nil {
+					return fmt.Errorf("identity of %s: %w", key, err)
+				}
+			}
+			continue
 		}
-		if prep.creds == "" {
-			if prep.creds, err = s.minter.MintGuest(ns, name); err != nil {
-				return fmt.Errorf("identity of %s: %w", key, err)
+		if done.emitted && follows < maxFollow {
+			cur, _, err := s.clusters.Get(ctx, key)
+			if err != nil {
+				return err
+			}
+			if cur != nil && cur.Generation != done.generation {
+				follows++
+				pass = workerPass{}
+				continue
 			}
 		}
+		switch {
+		case request && pass.request == nil:
+			return errSuperseded
+		case request && done.deleting != "":
+			return bus.RetryAfter(fmt.Errorf("worker VM %s/%s is %w", ns, done.deleting, errWorkerDeleting), workerRetry)
+		}
+		// A replacement pass declared all it could; a worker being
+		// deleted is made again on its own vm.deleted (or by the resync).
+		return nil
 	}
 }
 
 // workerPrep is what declareWorkers got outside workerLocks for worker
-// VMs that run their node: the image is ready, the credentials.
+// VMs that run their node: the image they boot is ready, the credentials.
 type workerPrep struct {
-	ready bool
+	image string
 	creds string
 }
 
-// declareWorkersLocked is declareWorkers' pass under workerLocks. It
-// returns more when a VM is to be declared and prep lacks what its
-// declaration needs: the caller gets it without the lock and calls again.
+// workerDecls is what a declareWorkersLocked pass did.
+type workerDecls struct {
+	// generation is that of the record the pass declared from.
+	generation uint64
+	// emitted: the pass published declarations or deletions.
+	emitted bool
+	// deleting names a wanted VM still being deleted.
+	deleting string
+	// prepare: a VM is to be declared and prep lacks what its declaration
+	// needs for this spec; the caller gets it without the lock and calls
+	// again.
+	prepare *events.GuestClusterSpec
+}
+
+// declareWorkersLocked is declareWorkers' pass under workerLocks.
 func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, key, ns, name string,
-	spec events.GuestClusterSpec, pass workerPass, prep workerPrep) (more bool, err error) {
+	pass workerPass, prep workerPrep) (workerDecls, error) {
+	var out workerDecls
 	have, err := s.workerVMs(ctx, ns, name)
 	if err != nil {
-		return false, err
+		return out, err
 	}
 	// The record, read after the VMs: a newer spec written before this
 	// read is seen here, whenever its workers were declared.
 	rec, _, err := s.clusters.Get(ctx, key)
 	switch {
 	case err != nil:
-		return false, err
-	case pass.replace && (rec == nil || !running(rec) || !reflect.DeepEqual(rec.Spec, spec)):
-		return false, errSpecMoved
+		return out, err
+	case (rec == nil || rec.Phase == events.GuestClusterPhaseDeleting) && pass.request == nil:
+		return out, nil
 	case rec == nil || rec.Phase == events.GuestClusterPhaseDeleting:
-		return false, bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while its workers were declared", key)))
+		return out, bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while its workers were declared", key)))
+	case pass.request != nil && rec.supersedes(*pass.request):
+		return out, errSuperseded
+	case pass.running && !running(&rec.GuestClusterRecord):
+		return out, nil
 	}
+	spec := rec.Spec
+	out.generation = rec.Generation
 	want := int(spec.Workers.Replicas)
 	vc, inVMs := s.cps.(*VMControlPlanes)
 	var vms []events.VirtualMachine
-	// deleting names a wanted VM still being deleted: the others are
-	// declared all the same, and the request waits for it.
-	var deleting string
 	for i := range want {
-		vm := workerVM(ns, name, spec, i)
-		if inVMs {
-			vm.Spec.ImageName = vc.workerImage(spec)
-		}
+		vm := s.workerDecl(ns, name, spec, i)
 		cur := have[vm.Metadata.Name]
 		switch {
 		case cur != nil && !cur.DeletionRequestedAt.IsZero():
-			deleting = vm.Metadata.Name
+			// The others are declared all the same, and a request
+			// waits for it.
+			out.deleting = vm.Metadata.Name
 			continue
 		case cur != nil && sameVM(cur, vm, !inVMs):
 			continue
 		}
+		if f, refused := rec.RefusedWorkers[vm.Metadata.Name]; refused && pass.request == nil {
+			// Declaring it again would be refused again (vm.rejected at
+			// every resync, forever) unless what it lacked exists now.
+			lifted, err := s.lifted(ctx, f, vm)
+			if err != nil {
+				return out, err
+			}
+			if !lifted {
+				continue
+			}
+		}
 		if inVMs {
-			if !prep.ready || prep.creds == "" {
-				return true, nil
+			if prep.image != vm.Spec.ImageName || prep.creds == "" {
+				return workerDecls{prepare: &spec}, nil
 			}
 			if vm, err = vc.workerVM(ctx, ns, name, spec, i, prep.creds); err != nil {
-				return false, fmt.Errorf("worker VM %s/%s: %w", ns, vm.Metadata.Name, err)
+				return out, fmt.Errorf("worker VM %s/%s: %w", ns, vm.Metadata.Name, err)
 			}
 		}
 		vms = append(vms, vm)
 	}
 	for _, vm := range vms {
-		if err := s.out.Emit(ctx, cause, &events.VMDeclared{VM: vm}, bus.Distinct(vm.Metadata.Name)); err != nil {
-			return false, err
+		// The generation is part of the effect's id: a pass that follows
+		// a newer request within the same handler (same cause) declares
+		// another spec, which JetStream must not take for a duplicate of
+		// the first; a redelivery declares the same again, which it must.
+		disc := fmt.Sprintf("%s@%d", vm.Metadata.Name, out.generation)
+		if err := s.out.Emit(ctx, cause, &events.VMDeclared{VM: vm}, bus.Distinct(disc)); err != nil {
+			return out, err
 		}
+		out.emitted = true
 	}
 	for vmName, cur := range have {
-		if pass.replace || workerIndex(name, vmName) < want || !cur.DeletionRequestedAt.IsZero() {
+		if pass.request == nil || workerIndex(name, vmName) < want || !cur.DeletionRequestedAt.IsZero() {
 			continue
 		}
 		if err := s.out.Emit(ctx, cause, &events.VMDeleteRequested{Namespace: ns, Name: vmName}, bus.Distinct("delete/"+vmName)); err != nil {
-			return false, err
+			return out, err
 		}
+		out.emitted = true
 	}
-	if deleting != "" {
-		return false, bus.RetryAfter(fmt.Errorf("worker VM %s/%s is %w", ns, deleting, errWorkerDeleting), workerRetry)
+	return out, nil
+}
+
+// lifted reports whether what a refusal found missing exists now (the
+// native VM controller's record of the class or image decl names): the
+// declaration may succeed, and is made again. These records are what the
+// native VM controller admits a declaration against, so they are what
+// this controller watches; a refusal of nothing missing (an invalid
+// field, a declaration that ran out of deliveries) waits for a new
+// request.
+func (s *Service) lifted(ctx context.Context, f workerRefusal, decl events.VirtualMachine) (bool, error) {
+	switch kind, name := f.missing(decl); kind {
+	case events.KindVirtualMachineClass:
+		r, _, err := s.classes.Get(ctx, name)
+		return r != nil, err
+	case events.KindVirtualMachineImage:
+		r, _, err := s.images.Get(ctx, name)
+		return r != nil, err
 	}
 	return false, nil
 }
@@ -242,22 +347,53 @@ func workerIndex(cluster, vm string) int {
 	return i
 }
 
+// workerView is the worker nodes of a record's spec as the VM records show
+// them, with what recordNodes needs to tell refusals.
+type workerView struct {
+	// generation is that of the record whose spec the view is of.
+	generation uint64
+	// nodes, in index order, and decls, each node's declaration.
+	nodes []events.GuestNode
+	decls []events.VirtualMachine
+	// made: the worker's VM exists (not being deleted); accepted: it has
+	// the declaration the spec wants, so a refusal of it is past.
+	made, accepted map[string]bool
+}
+
 // workerNodes are the worker nodes as the VM records show them, in index
 // order.
-func (s *Service) workerNodes(ctx context.Context, rec *events.GuestClusterRecord) ([]events.GuestNode, error) {
+func (s *Service) workerNodes(ctx context.Context, rec *clusterRecord) (workerView, error) {
 	have, err := s.workerVMs(ctx, rec.Namespace, rec.Name)
 	if err != nil {
-		return nil, err
+		return workerView{}, err
 	}
-	if vc, ok := s.cps.(*VMControlPlanes); ok {
+	vc, inVMs := s.cps.(*VMControlPlanes)
+	if inVMs {
 		vc.connectWorkersSoon(rec.Namespace, rec.Name, have)
 	}
-	var out []events.GuestNode
+	v := workerView{generation: rec.Generation, made: map[string]bool{}, accepted: map[string]bool{}}
 	for i := range int(rec.Spec.Workers.Replicas) {
 		vm := events.GuestClusterWorkerName(rec.Name, i)
-		out = append(out, vmNode(rec.Namespace, vm, rec.Spec.Workers.ClassName, have[vm]))
+		decl := s.workerDecl(rec.Namespace, rec.Name, rec.Spec, i)
+		r := have[vm]
+		v.nodes = append(v.nodes, vmNode(rec.Namespace, vm, rec.Spec.Workers.ClassName, r))
+		v.decls = append(v.decls, decl)
+		if r != nil && r.DeletionRequestedAt.IsZero() {
+			v.made[vm], v.accepted[vm] = true, sameVM(r, decl, !inVMs)
+		}
 	}
-	return out, nil
+	return v, nil
+}
+
+// told are the view's nodes with each refused worker's refusal told.
+func (v workerView) told(refused map[string]workerRefusal) []events.GuestNode {
+	out := slices.Clone(v.nodes)
+	for i := range out {
+		if f, ok := refused[out[i].Name]; ok {
+			out[i].Message = f.tell(v.decls[i], v.made[out[i].Name])
+		}
+	}
+	return out
 }
 
 // controlPlaneNodes are the control-plane VMs as their records show them,
@@ -293,6 +429,14 @@ func vmNode(ns, vm, className string, r *events.VMRecord) events.GuestNode {
 		n.Ready = r.Status.Phase == events.VMPhaseReady && r.Status.PowerState == "PoweredOn" && r.Status.Host != ""
 		if !n.Ready {
 			n.Message = fmt.Sprintf("VM %s/%s is %s, %s", ns, vm, r.Status.Phase, orNone(r.Status.PowerState))
+			// And why, when its controller says (no host fits:
+			// Scheduled=False, Unschedulable), rather than a silent wait.
+			for _, c := range r.Status.Conditions {
+				if c.Status == events.ConditionFalse {
+					n.Message += fmt.Sprintf(" (%s=False, %s: %s)", c.Type, c.Reason, c.Message)
+					break
+				}
+			}
 		}
 	}
 	return n
@@ -305,9 +449,20 @@ func orNone(s string) string {
 	return s
 }
 
+// namedRefusal is a refusal of worker VM vm's declaration, to record.
+type namedRefusal struct {
+	vm string
+	workerRefusal
+}
+
 // recordNodes writes the worker nodes and the control-plane VMs into the
-// record when they changed.
-func (s *Service) recordNodes(ctx context.Context, key string, workers, cps []events.GuestNode) error {
+// record when they changed, with each refused worker's refusal told on its
+// node and in condition WorkersAccepted; it returns the worker nodes as
+// written. A refusal is past once its worker is past the count or its VM
+// has the declaration the spec wants. add, when set, is a refusal to
+// record first: only against the spec the view is of (a newer request
+// declares anew: the refusal may be of an older declaration).
+func (s *Service) recordNodes(ctx context.Context, key string, v workerView, cps []events.GuestNode, add *namedRefusal) ([]events.GuestNode, error) {
 	ready := func(nodes []events.GuestNode) int {
 		n := 0
 		for _, node := range nodes {
@@ -317,31 +472,81 @@ func (s *Service) recordNodes(ctx context.Context, key string, workers, cps []ev
 		}
 		return n
 	}
-	_, err := s.clusters.Mutate(ctx, key, func(r *events.GuestClusterRecord) error {
-		if r.Phase == events.GuestClusterPhaseDeleting ||
-			(reflect.DeepEqual(r.Workers, workers) && reflect.DeepEqual(r.ControlPlanes, cps) &&
-				r.ReadyWorkers == ready(workers) && r.ReadyControlPlanes == ready(cps)) {
+	workers := v.nodes
+	_, err := s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
+		workers = v.nodes
+		if r.Phase == events.GuestClusterPhaseDeleting {
+			return record.ErrUnchanged
+		}
+		refused := maps.Clone(r.RefusedWorkers)
+		if add != nil && r.Generation == v.generation && workerIndex(r.Name, add.vm) < int(r.Spec.Workers.Replicas) {
+			if refused == nil {
+				refused = map[string]workerRefusal{}
+			}
+			refused[add.vm] = add.workerRefusal
+		}
+		for vm := range refused {
+			i := workerIndex(r.Name, vm)
+			if i < 0 || i >= int(r.Spec.Workers.Replicas) || (r.Generation == v.generation && v.accepted[vm]) {
+				delete(refused, vm)
+			}
+		}
+		if len(refused) == 0 {
+			refused = nil
+		}
+		workers = v.told(refused)
+		before := r.RefusedWorkers
+		r.RefusedWorkers = refused
+		condChanged := setWorkersAccepted(r, workers, time.Now().UTC())
+		if !condChanged && maps.Equal(before, refused) &&
+			reflect.DeepEqual(r.Workers, workers) && reflect.DeepEqual(r.ControlPlanes, cps) &&
+			r.ReadyWorkers == ready(workers) && r.ReadyControlPlanes == ready(cps) {
 			return record.ErrUnchanged
 		}
 		r.Workers, r.ReadyWorkers = workers, ready(workers)
 		r.ControlPlanes, r.ReadyControlPlanes = cps, ready(cps)
 		return nil
 	})
-	return err
+	return workers, err
+}
+
+// setWorkersAccepted sets condition WorkersAccepted from the record's
+// refused workers, told in nodes (in index order): False with the first
+// refusal's reason and every refused worker's node message; True once none
+// is, when the condition was ever set (a guest cluster none of whose
+// workers was refused does not carry it). It reports a change.
+func setWorkersAccepted(r *clusterRecord, nodes []events.GuestNode, now time.Time) bool {
+	var reason string
+	var msgs []string
+	for _, n := range nodes {
+		if f, ok := r.RefusedWorkers[n.Name]; ok {
+			if reason == "" {
+				reason = f.Reason
+			}
+			msgs = append(msgs, n.Name+": "+n.Message)
+		}
+	}
+	if len(msgs) > 0 {
+		return r.SetCondition(conditionWorkersAccepted, events.ConditionFalse, reason, strings.Join(msgs, "; "), now)
+	}
+	if !slices.ContainsFunc(r.Conditions, func(c events.PodCondition) bool { return c.Type == conditionWorkersAccepted }) {
+		return false
+	}
+	return r.SetCondition(conditionWorkersAccepted, events.ConditionTrue, "Accepted", "", now)
 }
 
 // refreshWorkers reads the worker nodes and the control-plane VMs and
 // records them; it returns the worker nodes.
-func (s *Service) refreshWorkers(ctx context.Context, rec *events.GuestClusterRecord) ([]events.GuestNode, error) {
-	nodes, err := s.workerNodes(ctx, rec)
+func (s *Service) refreshWorkers(ctx context.Context, rec *clusterRecord) ([]events.GuestNode, error) {
+	v, err := s.workerNodes(ctx, rec)
 	if err != nil {
 		return nil, err
 	}
-	cps, err := s.controlPlaneNodes(ctx, rec)
+	cps, err := s.controlPlaneNodes(ctx, &rec.GuestClusterRecord)
 	if err != nil {
 		return nil, err
 	}
-	return nodes, s.recordNodes(ctx, rec.Key(), nodes, cps)
+	return s.recordNodes(ctx, rec.Key(), v, cps, nil)
 }
 
 // onVMDeleted makes a running guest cluster's worker VM again when it
@@ -362,7 +567,7 @@ func (s *Service) onVMDeleted(ctx context.Context, m *bus.Message, p *events.VMD
 		if r.Namespace != p.Namespace || i < 0 {
 			continue
 		}
-		if i < int(r.Spec.Workers.Replicas) && running(&r) {
+		if i < int(r.Spec.Workers.Replicas) && running(&r.GuestClusterRecord) {
 			m.Log.Info("worker VM deleted; declaring it again", "guestcluster", r.Key(), "vm", p.Name)
 		}
 		return s.replaceWorkers(ctx, &m.Event, r.Key())
@@ -370,46 +575,94 @@ func (s *Service) onVMDeleted(ctx context.Context, m *bus.Message, p *events.VMD
 	return nil
 }
 
-// replaceWorkers declares again the worker VMs of a running guest cluster
-// that are missing (deleted, or their record removed) or differ from its
-// spec, then records its worker nodes: one made again is not Ready (nor
-// counted in ReadyWorkers) until its new VM runs. It never deletes a
-// worker (one past the count is its request's handler's to delete): it
-// acts on the spec it read, and a newer one may have declared more. A pass
-// whose spec moved while it read the VMs is dropped and begins again on
-// the new one. A guest cluster that is not running is left alone: while
-// it is being made its request's handler declares its workers (and is
-// retried until it has), and once it is being deleted a worker made again
-// would outlive it. workerLocks orders this with the delete's mark
-// (Deleting) in this process; across replicas deleteWorkers asks for the
-// deletion of a worker VM that appears while it waits, and the resync's
-// sweepOrphanVMs of one that appears later.
-func (s *Service) replaceWorkers(ctx context.Context, cause *event.Event, key string) error {
-	for range 3 {
-		rec, _, err := s.clusters.Get(ctx, key)
-		if err != nil || rec == nil || !running(rec) {
-			return err
-		}
-		declErr := s.declareWorkers(ctx, cause, rec.Namespace, rec.Name, rec.Spec, workerPass{replace: true})
-		if errors.Is(declErr, errSpecMoved) {
+// onVMRejected records the native VM controller's refusal of a worker
+// VM's declaration (vm.rejected: a class or image that does not exist, an
+// invalid field) on its guest cluster's record: the worker's node says
+// Rejected with the refusal's reason, field and message, condition
+// WorkersAccepted is False naming it, and the replacement passes (resync,
+// vm.deleted) do not declare it again, to be refused again, until a new
+// request of the guest cluster or until what the refusal found missing
+// exists: as a cluster-api MachineSet leaves a Machine whose
+// infrastructure was refused Failed, saying why, rather than making it
+// again in a loop. The refusal is kept in the record, so every replica
+// (and the next process) knows it.
+func (s *Service) onVMRejected(ctx context.Context, m *bus.Message, p *events.VMRejected) error {
+	if s.unavailable != nil || p.Kind != events.KindVirtualMachine || !strings.Contains(p.Name, "-worker-") {
+		return nil
+	}
+	// Not the refusal of a declaration to wait on: a VM being deleted
+	// (its vm.deleted has it declared again), or a deletion asked for a
+	// VM that is gone (field name: this controller asks for the deletion
+	// of workers past the count).
+	if p.Reason == vmReasonDeleting || p.Field == "name" {
+		return nil
+	}
+	recs, err := s.clusters.List(ctx)
+	if err != nil {
+		return err
+	}
+	for i := range recs {
+		r := &recs[i]
+		idx := workerIndex(r.Name, p.Name)
+		if r.Namespace != p.Namespace || idx < 0 {
 			continue
 		}
-		if errors.Is(declErr, errWorkerDeleting) {
-			// Declared all it could; the one being deleted is made again
-			// on its own vm.deleted (or by the resync).
-			declErr = nil
+		if r.Phase == events.GuestClusterPhaseDeleting || idx >= int(r.Spec.Workers.Replicas) {
+			return nil
 		}
-		// The record says what runs even when a declaration failed (it
-		// is retried): a worker that went is no longer counted.
-		if _, err := s.refreshWorkers(ctx, rec); err != nil {
-			return errors.Join(declErr, err)
+		v, err := s.workerNodes(ctx, r)
+		if err != nil {
+			return err
 		}
-		return declErr
+		if v.accepted[p.Name] {
+			// Its VM has the declaration the spec wants: this refusal
+			// was of an earlier one.
+			return nil
+		}
+		cps, err := s.controlPlaneNodes(ctx, &r.GuestClusterRecord)
+		if err != nil {
+			return err
+		}
+		m.Log.Info("worker VM refused; declared again on the next request or once what it lacks exists",
+			"guestcluster", r.Key(), "vm", p.Name, "reason", p.Reason, "field", p.Field, "message", p.Message)
+		_, err = s.recordNodes(ctx, r.Key(), v, cps, &namedRefusal{vm: p.Name,
+			workerRefusal: workerRefusal{Reason: p.Reason, Field: p.Field, Message: p.Message}})
+		return err
 	}
-	// The spec keeps changing: its requests' handlers declare its
-	// workers, and the next resync looks again.
-	s.log.Info("worker replacement dropped: the spec changed while it ran", "guestcluster", key)
 	return nil
+}
+
+// replaceWorkers declares again the worker VMs of a running guest cluster
+// that are missing (deleted, or their record removed) or differ from its
+// spec, but those refused at this generation whose refusal still stands
+// (onVMRejected), then records its worker nodes: one made again is not
+// Ready (nor counted in ReadyWorkers) until its new VM runs. It never
+// deletes a worker (one past the count is its request's handler's to
+// delete): a newer spec than the one its pass read may have declared
+// more. Its pass declares from the record read again under workerLocks. A
+// guest cluster that is not running is left alone: while it is being made
+// its request's handler declares its workers (and is retried until it
+// has), and once it is being deleted a worker made again would outlive
+// it. workerLocks orders this with the delete's mark (Deleting) in this
+// process; across replicas deleteWorkers asks for the deletion of a worker
+// VM that appears while it waits, and the resync's sweepOrphanVMs of one
+// that appears later.
+func (s *Service) replaceWorkers(ctx context.Context, cause *event.Event, key string) error {
+	rec, _, err := s.clusters.Get(ctx, key)
+	if err != nil || rec == nil || !running(&rec.GuestClusterRecord) {
+		return err
+	}
+	declErr := s.declareWorkers(ctx, cause, rec.Namespace, rec.Name, workerPass{running: true})
+	// The record says what runs even when a declaration failed (it is
+	// retried): a worker that went is no longer counted.
+	rec, _, err = s.clusters.Get(ctx, key)
+	if err != nil || rec == nil {
+		return errors.Join(declErr, err)
+	}
+	if _, err := s.refreshWorkers(ctx, rec); err != nil {
+		return errors.Join(declErr, err)
+	}
+	return declErr
 }
 
 // deleteWorkers asks for the deletion of every worker VM and waits until

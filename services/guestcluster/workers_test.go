@@ -3,6 +3,7 @@ package guestcluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -388,5 +390,244 @@ func TestOrphanVMsAreDeleted(t *testing.T) {
 	want := map[string]int{"team-a/gc1-worker-0": 1, "team-a/gc3-worker-0": 1}
 	if !maps.Equal(asked, want) {
 		t.Errorf("asked for deletions %v, want %v (one request each)", asked, want)
+	}
+}
+
+// vmRejected publishes vm.rejected of worker VM ns/name as the native VM
+// controller does when it refuses its declaration.
+func (h *harness) vmRejected(t *testing.T, ns, name, reason, field, message string) {
+	t.Helper()
+	ev, err := bus.NewEvent(events.OwnerSource(events.TypeVMRejected), events.TypeVMRejected, ns+"/"+name,
+		&events.VMRejected{Kind: events.KindVirtualMachine, Namespace: ns, Name: name, Reason: reason, Field: field, Message: message})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.Publish(t.Context(), ev); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// putVMImage writes the native VM controller's record of a declared
+// VirtualMachineImage.
+func (h *harness) putVMImage(t *testing.T, name string) {
+	t.Helper()
+	kv, err := h.b.KV(t.Context(), events.BucketVMImages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(events.VMImageRecord{Image: events.VirtualMachineImage{APIVersion: events.APIVersion,
+		Kind: events.KindVirtualMachineImage, Metadata: events.Meta{Name: name}}, Ready: true, UpdatedAt: time.Now().UTC()})
+	if _, err := kv.Put(t.Context(), name, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// declaredSince reports the names of the VMs declared since the last
+// vmsSettled, once every event published so far has been seen, and drops
+// those declarations from what await keeps.
+func (h *harness) declaredSince(t *testing.T, marker string) []string {
+	t.Helper()
+	h.vmsSettled(t, marker)
+	var names []string
+	h.skipped = slices.DeleteFunc(h.skipped, func(ev event.Event) bool {
+		if ev.Type() != events.TypeVMDeclared {
+			return false
+		}
+		var d events.VMDeclared
+		_ = json.Unmarshal(ev.Data(), &d)
+		names = append(names, d.VM.Metadata.Name)
+		return true
+	})
+	return names
+}
+
+// TestRefusedWorkerWaitsForAChange: a worker VM whose declaration the
+// native VM controller refuses (vm.rejected: its image does not exist) is
+// recorded Rejected, with the refusal's reason, field and message, on its
+// node and in the guest cluster's condition WorkersAccepted=False; the
+// resync does not declare it again while nothing that could make it
+// succeed changed; it is declared again once the image it lacked is
+// declared, and on a new request of the guest cluster; once its VM is
+// made, its node says so and the condition is True again.
+func TestRefusedWorkerWaitsForAChange(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 2, ClassName: "small", ImageName: "vmos"}
+	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
+	ws := []*events.VMDeclared{declared(t, h), declared(t, h)}
+	slices.SortFunc(ws, func(a, b *events.VMDeclared) int { return strings.Compare(a.VM.Metadata.Name, b.VM.Metadata.Name) })
+	h.await(t, events.TypeGuestClusterReady)
+	h.putWorkerVM(t, ws[0], "esx-1", true)
+
+	const noImage = `spec.imageName: VirtualMachineImage "vmos" not found; declare it first`
+	h.vmRejected(t, "team-a", "gc1-worker-1", "NotFound", "spec.imageName", noImage)
+	rec := h.waitRecord(t, "team-a", "gc1", func(r events.GuestClusterRecord) bool {
+		return len(r.Workers) == 2 && strings.HasPrefix(r.Workers[1].Message, "Rejected")
+	})
+	if w := rec.Workers[1]; w.Ready || !strings.Contains(w.Message, "NotFound") || !strings.Contains(w.Message, "spec.imageName") ||
+		!strings.Contains(w.Message, noImage) || !rec.Workers[0].Ready || rec.ReadyWorkers != 1 {
+		t.Errorf("workers after the refusal: %+v (%d ready), want gc1-worker-1 Rejected naming NotFound, spec.imageName and the message", rec.Workers, rec.ReadyWorkers)
+	}
+	cond, ok := conditionOf(rec, conditionWorkersAccepted)
+	if !ok || cond.Status != events.ConditionFalse || cond.Reason != "NotFound" ||
+		!strings.Contains(cond.Message, "gc1-worker-1") || !strings.Contains(cond.Message, "spec.imageName") {
+		t.Errorf("condition %s = %+v (%v), want False, NotFound, naming gc1-worker-1 and spec.imageName", conditionWorkersAccepted, cond, ok)
+	}
+
+	// Nothing changed: the resync does not declare it again, however often.
+	for range 3 {
+		if err := h.svc.resync(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if again := h.declaredSince(t, "marker-1"); len(again) != 0 {
+		t.Fatalf("the resync declared %v again, want nothing while the image is missing", again)
+	}
+
+	// The image is declared: the next resync declares the worker again;
+	// refused again (now its class is missing), it waits again.
+	h.putVMImage(t, "vmos")
+	if err := h.svc.resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if again := declared(t, h); again.VM.Metadata.Name != "gc1-worker-1" || again.VM.Spec.ImageName != "vmos" {
+		t.Fatalf("once the image exists the resync declared %+v, want gc1-worker-1", again.VM)
+	}
+	const noClass = `spec.className: VirtualMachineClass "small" not found; declare it first`
+	h.vmRejected(t, "team-a", "gc1-worker-1", "NotFound", "spec.className", noClass)
+	h.waitRecord(t, "team-a", "gc1", func(r events.GuestClusterRecord) bool {
+		return len(r.Workers) == 2 && strings.Contains(r.Workers[1].Message, "spec.className")
+	})
+	if err := h.svc.resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if again := h.declaredSince(t, "marker-2"); len(again) != 0 {
+		t.Fatalf("the resync declared %v again, want nothing while the class is missing", again)
+	}
+
+	// A new request (the same spec applied again) is a new try.
+	h.requestReady(t, req)
+	again := declared(t, h)
+	if again.VM.Metadata.Name != "gc1-worker-1" {
+		t.Fatalf("the new request declared %s, want gc1-worker-1", again.VM.Metadata.Name)
+	}
+	h.putWorkerVM(t, again, "esx-1", true)
+	if err := h.svc.resync(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	rec = h.record(t, "team-a", "gc1")
+	if rec.ReadyWorkers != 2 || len(rec.Workers) != 2 || strings.HasPrefix(rec.Workers[1].Message, "Rejected") {
+		t.Errorf("workers once gc1-worker-1 runs: %+v (%d ready), want both ready", rec.Workers, rec.ReadyWorkers)
+	}
+	if cond, ok := conditionOf(rec, conditionWorkersAccepted); !ok || cond.Status != events.ConditionTrue {
+		t.Errorf("condition %s once gc1-worker-1 runs = %+v (%v), want True", conditionWorkersAccepted, cond, ok)
+	}
+}
+
+// consumerInfo is the guest cluster controller's consumer of stream.
+func (h *harness) consumerInfo(t *testing.T, stream string) *jetstream.ConsumerInfo {
+	t.Helper()
+	c, err := h.b.JetStream().Consumer(t.Context(), stream, Name+"-"+stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// waitConsumer waits until the controller's consumer of stream satisfies ok.
+func (h *harness) waitConsumer(t *testing.T, stream, what string, ok func(*jetstream.ConsumerInfo) bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info := h.consumerInfo(t, stream)
+		if ok(info) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer %s: %s not within 20s: %d pending, %d unacknowledged, ack floor %d", info.Name, what,
+				info.NumPending, info.NumAckPending, info.AckFloor.Stream)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// publishSeq publishes a request as the CLI does and returns its stream
+// sequence.
+func (h *harness) publishSeq(t *testing.T, ceType, subject string, p events.Payload) uint64 {
+	t.Helper()
+	ev, err := bus.NewEvent("podvisor/cli", ceType, subject, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq, err := h.b.PublishSeq(t.Context(), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return seq
+}
+
+// TestAnOlderRequestDoesNothing: a request handled once a newer request of
+// the same guest cluster was stored (here its delivery retried after its
+// first failed; a replica that took it late is the same case) neither
+// takes the record back to its spec nor declares or deletes anything from
+// it: it is acked, and the newer spec stands.
+func TestAnOlderRequestDoesNothing(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.requestReady(t, req)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+
+	// Two workers: the request's first delivery declares gc1-worker-1,
+	// then its control plane's Ensure is held, and fails once let go.
+	gate, entered := make(chan struct{}), make(chan string, 4)
+	h.cps.mu.Lock()
+	h.cps.gate, h.cps.entered, h.cps.failOnce = gate, entered, errors.New("control plane busy")
+	h.cps.mu.Unlock()
+	two := guestCluster()
+	two.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 2, ClassName: "small", ImageName: "vmos"}
+	h.publishSeq(t, events.TypeGuestClusterRequested, two.ObjectKey(), two)
+	select {
+	case <-entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the request for two workers never reached its control plane")
+	}
+	w1 := declared(t, h)
+	if w1.VM.Metadata.Name != "gc1-worker-1" {
+		t.Fatalf("the request for two workers declared %s, want gc1-worker-1", w1.VM.Metadata.Name)
+	}
+	h.putWorkerVM(t, w1, "esx-1", true)
+
+	// Three workers, requested meanwhile: delivered, behind the first.
+	// gc1-worker-2 exists already (as another declaration made it).
+	three := guestCluster()
+	three.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 3, ClassName: "small", ImageName: "vmos"}
+	seq3 := h.publishSeq(t, events.TypeGuestClusterRequested, three.ObjectKey(), three)
+	made := three.GuestCluster
+	made.Normalize()
+	h.putWorkerVM(t, &events.VMDeclared{VM: workerVM("team-a", "gc1", made.Spec, 2)}, "esx-1", true)
+	h.waitConsumer(t, events.StreamGuestClusters, "both requests delivered", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumPending == 0 && i.NumAckPending == 2
+	})
+
+	// Let go: the first fails (retried later), the newer is handled, then
+	// the first comes again, older than the spec the record holds.
+	close(gate)
+	h.await(t, events.TypeGuestClusterReady)
+	h.waitConsumer(t, events.StreamGuestClusters, "every request settled", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumPending == 0 && i.NumAckPending == 0 && i.AckFloor.Stream >= seq3
+	})
+	if rec := h.record(t, "team-a", "gc1"); rec.Spec.Workers.Replicas != 3 || rec.Phase != events.GuestClusterPhaseReady {
+		t.Errorf("record after the older request came again: %d workers, %s; want the newer spec's 3, Ready", rec.Spec.Workers.Replicas, rec.Phase)
+	}
+	if asked := h.vmsSettled(t, "marker"); len(asked) != 0 {
+		t.Errorf("asked for deletions %v, want none (the newer spec wants three workers)", asked)
+	}
+	if again := h.declaredSince(t, "marker-2"); len(again) != 0 {
+		t.Errorf("declared %v after the newer request, want nothing (every worker it wants exists)", again)
 	}
 }
