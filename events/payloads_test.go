@@ -193,6 +193,17 @@ func TestPayloadValidation(t *testing.T) {
 		{"vm attached bad ip", TypeVMNetworkAttached, func(v any) { v.(*VMNetworkAttached).Attachments[0].IP = "x" }, "attachments[0].ip", "IPv4"},
 		{"vm network failed reason", TypeVMNetworkFailed, func(v any) { v.(*VMNetworkFailed).Reason = "no" }, "reason", "CamelCase"},
 		{"vm status phase", TypeVMStatusChanged, func(v any) { v.(*VMStatusChanged).Status.Phase = "Up" }, "status.phase", "Ready"},
+		{"vm status interface mac", TypeVMStatusChanged, func(v any) { v.(*VMStatusChanged).Status.Network.Interfaces[1].MACAddr = "" }, "status.network.interfaces[1].macAddr", "Required"},
+		{"vm status interface allocated without prefix", TypeVMStatusChanged, func(v any) {
+			v.(*VMStatusChanged).Status.Network.Interfaces[0].Allocated = "10.244.0.12"
+		}, "status.network.interfaces[0].allocated", "prefix length"},
+		{"vm status interface reason", TypeVMStatusChanged, func(v any) { v.(*VMStatusChanged).Status.Network.Interfaces[1].Reason = "Later" }, "status.network.interfaces[1].reason", "RebootRequired"},
+		{"vm status configured interface with a reason", TypeVMStatusChanged, func(v any) {
+			v.(*VMStatusChanged).Status.Network.Interfaces[0].Reason = VMGuestNetworkRebootRequired
+		}, "status.network.interfaces[0].reason", "must be empty"},
+		{"vm status guest boot address", TypeVMStatusChanged, func(v any) {
+			v.(*VMStatusChanged).Status.Network.GuestBoot.Addresses["00:50:56:3f:10:12"] = "x/16"
+		}, "status.network.guestBoot.addresses[00:50:56:3f:10:12]", "IPv4"},
 		{"vm target reserved host", TypeVMMigrationTargetReserved, func(v any) { v.(*VMMigrationTargetReserved).TargetHost = "" }, "targetHost", "Required"},
 		{"vm admitted host", TypeVMMigrationAdmitted, func(v any) { v.(*VMMigrationAdmitted).TargetHost = "" }, "targetHost", "Required"},
 		{"vm migrated failure without message", TypeVMMigrated, func(v any) { v.(*VMMigrated).Reason = "RelocateFailed" }, "message", "Required"},

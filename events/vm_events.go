@@ -303,6 +303,7 @@ func (e *VMStatusChanged) Validate() error {
 	for i, ip := range e.Status.IPs {
 		errs = append(errs, validateIPv4(field.NewPath("status", "ips").Index(i), ip, true)...)
 	}
+	errs = append(errs, e.Status.Network.validate(field.NewPath("status", "network"))...)
 	return asError(errs)
 }
 

@@ -2,6 +2,8 @@ package events
 
 import (
 	"fmt"
+	"net/netip"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -471,6 +473,29 @@ const (
 	// attached at its size (False with the reason and the difference
 	// otherwise, e.g. DiskShrinkRefused).
 	VMConditionHardwareSynced = "HardwareSynced"
+	// VMConditionGuestNetworkConfigured: the guest has the address of
+	// every NIC of status.nics configured: the VM runs, and the cloud-init
+	// network data it read at its last boot gave each card its address.
+	// False otherwise, with the reason of the first NIC that lacks it
+	// (VMGuestNetwork* reasons) and a message naming each.
+	VMConditionGuestNetworkConfigured = "GuestNetworkConfigured"
+)
+
+// Reasons a NIC's allocated address is not configured in the guest
+// (status.network.interfaces[].reason, and the GuestNetworkConfigured
+// condition's reason).
+const (
+	// VMGuestNetworkNotAttached: vCenter reports no card of the NIC's MAC
+	// on the VM (HardwareSynced says why).
+	VMGuestNetworkNotAttached = "NotAttached"
+	// VMGuestNetworkNotRunning: the VM is not powered on; its guest
+	// configures its network when it boots.
+	VMGuestNetworkNotRunning = "GuestNotRunning"
+	// VMGuestNetworkRebootRequired: the card (or its address) came while
+	// the guest ran. A guest applies its cloud-init network data at boot,
+	// not when a card is hot-added: it has the card, unconfigured, until
+	// the VM is powered off and on.
+	VMGuestNetworkRebootRequired = "RebootRequired"
 )
 
 // VirtualMachineStatus is the observed state of a native VM.
@@ -491,14 +516,116 @@ type VirtualMachineStatus struct {
 	// Datastores hold the VM's files (its disks). A vMotion moves the VM
 	// and not its storage, so a host it moves to must mount every one.
 	Datastores []string `json:"datastores,omitempty"`
-	// IPs are the NICs' addresses, in network order.
+	// IPs are the addresses the guest has configured, in network order:
+	// those of network.interfaces[].ip. An address allocated to a NIC the
+	// guest has not configured (the VM is off, or the NIC was hot-added
+	// to the running VM) is in nics and not here.
 	IPs []string `json:"ips"`
-	// NICs are the attachments, in network order.
+	// NICs are the attachments (network-config's allocations), in network
+	// order.
 	NICs []NetworkAttachment `json:"nics,omitempty"`
+	// Network is what the VM and its guest have of those NICs.
+	Network VMNetworkStatus `json:"network,omitzero"`
 	// Size is what the VM is configured with.
 	Size VMSize `json:"size,omitzero"`
 	// Conditions are the VM's progress, as on pods.
 	Conditions []PodCondition `json:"conditions,omitempty"`
+}
+
+// VMNetworkStatus is what a native VM and its guest have of the VM's NICs,
+// after VM Operator's status.network: each NIC attached or not, with the
+// address allocated to it and the addresses its guest has configured.
+//
+// A VM's guest (cloud-init, with the VMware datasource) configures its
+// network from the cloud-init data (guestinfo.metadata) once, when it
+// boots; a card hot-added later is in the guest, unconfigured, until the
+// next boot. Simulated guests and the sample image's init do the same.
+// With no guest report of its addresses (VMware Tools' guest.net), what
+// the guest has configured is what the data it booted with gave it
+// (GuestBoot), while it runs.
+type VMNetworkStatus struct {
+	// Interfaces are the VM's NICs (status.nics), in network order.
+	Interfaces []VMNetworkInterfaceStatus `json:"interfaces,omitempty"`
+	// GuestBoot is the guest's last boot as vCenter reports it and the
+	// network data it read then; nil while the VM is powered off (a
+	// suspended VM's guest keeps the configuration it booted with).
+	GuestBoot *VMGuestBoot `json:"guestBoot,omitempty"`
+}
+
+// VMNetworkInterfaceStatus is one NIC of a native VM.
+type VMNetworkInterfaceStatus struct {
+	// Name is the NIC's network (its entry of spec.networks).
+	Name string `json:"name"`
+	// MACAddr is the card's MAC address (lower case).
+	MACAddr string `json:"macAddr"`
+	// Attached: vCenter reports a card of this MAC on the VM.
+	Attached bool `json:"attached"`
+	// Allocated is the address network-config allocated to the NIC, with
+	// its prefix length (10.244.0.7/16): what the VM's cloud-init network
+	// data gives the card (VM Operator's
+	// status.network.config.interfaces[].ip.addresses).
+	Allocated string `json:"allocated"`
+	// IP is what the guest has configured on the card.
+	IP VMNetworkInterfaceIPStatus `json:"ip,omitzero"`
+	// Reason says why the guest has not configured Allocated (a
+	// VMGuestNetwork* reason); "" when it has.
+	Reason string `json:"reason,omitempty"`
+}
+
+// VMNetworkInterfaceIPStatus is what a guest has configured on a card.
+type VMNetworkInterfaceIPStatus struct {
+	// Addresses the guest has configured, with their prefix length.
+	Addresses []string `json:"addresses,omitempty"`
+}
+
+// VMGuestBoot is a guest's boot and the network data it read at it.
+type VMGuestBoot struct {
+	// Time is the boot's time as vCenter reports it
+	// (summary.runtime.bootTime): another time is another boot.
+	Time time.Time `json:"time"`
+	// Addresses are the addresses the network data gave each card, by
+	// MAC (lower case), with their prefix length.
+	Addresses map[string]string `json:"addresses,omitempty"`
+}
+
+func (n *VMNetworkStatus) validate(p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	for i, in := range n.Interfaces {
+		ip := p.Child("interfaces").Index(i)
+		errs = append(errs, validateDNSLabel(ip.Child("name"), in.Name)...)
+		errs = append(errs, validateMAC(ip.Child("macAddr"), in.MACAddr)...)
+		errs = append(errs, validateAddressWithPrefix(ip.Child("allocated"), in.Allocated)...)
+		for j, a := range in.IP.Addresses {
+			errs = append(errs, validateAddressWithPrefix(ip.Child("ip", "addresses").Index(j), a)...)
+		}
+		switch in.Reason {
+		case "":
+		case VMGuestNetworkNotAttached, VMGuestNetworkNotRunning, VMGuestNetworkRebootRequired:
+			if len(in.IP.Addresses) > 0 {
+				errs = append(errs, field.Invalid(ip.Child("reason"), in.Reason, "must be empty: the guest has the card's address configured"))
+			}
+		default:
+			errs = append(errs, field.NotSupported(ip.Child("reason"), in.Reason,
+				[]string{VMGuestNetworkNotAttached, VMGuestNetworkNotRunning, VMGuestNetworkRebootRequired}))
+		}
+	}
+	if b := n.GuestBoot; b != nil {
+		for mac, a := range b.Addresses {
+			ap := p.Child("guestBoot", "addresses").Key(mac)
+			errs = append(errs, validateMAC(ap, mac)...)
+			errs = append(errs, validateAddressWithPrefix(ap, a)...)
+		}
+	}
+	return errs
+}
+
+// validateAddressWithPrefix checks an IPv4 address with its prefix length
+// (10.244.0.7/16).
+func validateAddressWithPrefix(p *field.Path, v string) field.ErrorList {
+	return validateWith(p, v, func(v string) bool {
+		a, err := netip.ParsePrefix(v)
+		return err == nil && a.Addr().Is4()
+	}, "must be an IPv4 address with its prefix length, such as 10.244.0.7/16")
 }
 
 // NativeVMName is the vCenter name of a native VM: nv-<uid> (pod VMs are

@@ -378,7 +378,7 @@ func describeNativeVM(ctx context.Context, b *bus.Bus, out io.Writer, ns, name s
 	f.add("vCenter VM", dash(r.Status.VM)+" "+events.NativeVMName(r.UID))
 	f.section("NICs")
 	for _, n := range r.Status.NICs {
-		f.row(n.Network, fmt.Sprintf("%s/%d mac %s port group %s", n.IP, n.PrefixLength, n.MAC, n.PortGroup))
+		f.row(n.Network, fmt.Sprintf("%s/%d mac %s port group %s%s", n.IP, n.PrefixLength, n.MAC, n.PortGroup, guestNICState(&r, n.MAC)))
 	}
 	f.section("Conditions")
 	for _, c := range r.Status.Conditions {
@@ -386,6 +386,21 @@ func describeNativeVM(ctx context.Context, b *bus.Bus, out io.Writer, ns, name s
 	}
 	f.flush()
 	return true, describeEvents(ctx, b, out, events.PodKey(ns, name), time.Time{}, events.StreamVMs)
+}
+
+// guestNICState says whether the VM's guest has the NIC of that MAC
+// configured (status.network.interfaces), "" when the record does not say.
+func guestNICState(r *events.VMRecord, mac string) string {
+	for _, in := range r.Status.Network.Interfaces {
+		if !strings.EqualFold(in.MACAddr, mac) {
+			continue
+		}
+		if in.Reason == "" {
+			return ", configured in the guest"
+		}
+		return ", not configured in the guest (" + in.Reason + ")"
+	}
+	return ""
 }
 
 // describeVM shows a pod VM as vCenter has it, beside the pod it runs.

@@ -61,8 +61,9 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() { os.RemoveAll(base) })
 	// Native guests boot their disk, not the pod VM agent; the manager
 	// still wants a program for pod VMs, which this test makes none of.
+	// pv-storage is the port group of a second network (storageNIC).
 	d := simtest.Start(t, sim.Config{Clusters: 1, HostsPerCluster: 2, Seed: 1, Dir: base, GuestsRequired: true,
-		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}},
+		PortGroups: []sim.PortGroupSpec{{Name: "pv-default"}, {Name: "pv-storage"}},
 		Guests:     &guest.Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"), StopGrace: 2 * time.Second}})
 	s, err := vsphere.Connect(ctx, vsphere.Config{URL: d.URL().String(), Username: d.Username(), Password: d.Password(), Insecure: true})
 	if err != nil {
@@ -158,14 +159,27 @@ func (e *env) waitConsole(ref string, want ...string) string {
 	}
 }
 
-// place stands in for the scheduler and network-config for a generation.
-func (e *env) place(r *events.VMRecord, host sim.HostSpec) {
+// place stands in for the scheduler and network-config for a generation
+// on the network default.
+func (e *env) place(r *events.VMRecord, host sim.HostSpec) { e.placeWith(r, host, defaultNIC) }
+
+// placeWith stands in for the scheduler and network-config for a
+// generation whose networks network-config attached as nics.
+func (e *env) placeWith(r *events.VMRecord, host sim.HostSpec, nics ...events.NetworkAttachment) {
 	e.publish(events.OwnerSource(events.TypeVMScheduled), &events.VMScheduled{VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
 		Generation: r.Generation, Host: host.Name, Cluster: host.Cluster})
 	e.publish(events.OwnerSource(events.TypeVMNetworkAttached), &events.VMNetworkAttached{VMRef: events.VMRef{Namespace: r.Namespace, Name: r.Name, UID: r.UID},
-		Generation: r.Generation, Host: host.Name, Attachments: []events.NetworkAttachment{{Network: "default", PortGroup: "pv-default",
-			IP: "10.244.0.7", PrefixLength: 16, Gateway: "10.244.0.1", MAC: "00:50:56:3f:00:07"}}})
+		Generation: r.Generation, Host: host.Name, Attachments: nics})
 }
+
+// defaultNIC and storageNIC are network-config's attachments of the
+// networks default and storage (port groups pv-default and pv-storage).
+var (
+	defaultNIC = events.NetworkAttachment{Network: "default", PortGroup: "pv-default",
+		IP: "10.244.0.7", PrefixLength: 16, Gateway: "10.244.0.1", MAC: "00:50:56:3f:00:07"}
+	storageNIC = events.NetworkAttachment{Network: "storage", PortGroup: "pv-storage",
+		IP: "10.245.0.9", PrefixLength: 24, MAC: "00:50:56:3f:00:09"}
+)
 
 func vmDecl(class, power string) *events.VMDeclared {
 	return &events.VMDeclared{VM: events.VirtualMachine{

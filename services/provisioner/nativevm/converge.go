@@ -85,7 +85,7 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		return c.failed(ctx, cause, rec, events.VMConditionPowerStateSynced, "PowerFailed", err)
 	}
 	var mvm mo.VirtualMachine
-	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "config.hardware", "config.extraConfig", "datastore"}, &mvm); err != nil {
+	if err := vm.Properties(ctx, vm.Reference(), []string{"runtime.powerState", "runtime.host", "summary.runtime.bootTime", "config.hardware", "config.extraConfig", "datastore"}, &mvm); err != nil {
 		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
 	}
 	datastores, err := c.datastoreNames(ctx, mvm.Datastore)
@@ -112,10 +112,10 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		}
 		r.Status.Size = events.VMSize{CPUs: mvm.Config.Hardware.NumCPU, MemoryMiB: int64(mvm.Config.Hardware.MemoryMB),
 			CPUReservationMHz: r.Size.CPUReservationMHz, MemoryReservationMiB: r.Size.MemoryReservationMiB}
-		r.Status.IPs = []string{}
-		for _, n := range r.Status.NICs {
-			r.Status.IPs = append(r.Status.IPs, n.IP)
-		}
+		// The addresses are those the guest has configured, not those
+		// allocated: a NIC hot-added to the running VM waits for its
+		// next boot (guestnet.go).
+		setGuestNetwork(r, &mvm, now)
 		r.SetCondition(events.VMConditionCreated, events.ConditionTrue, "", vm.Reference().Value, now)
 		if differs == "" {
 			r.SetCondition(events.VMConditionHardwareSynced, events.ConditionTrue, "", "", now)
@@ -475,7 +475,7 @@ func Metadata(rec *events.VMRecord) string {
 // NICs, cloud-init data.
 func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *object.VirtualMachine) error {
 	var m mo.VirtualMachine
-	if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime.powerState"}, &m); err != nil {
+	if err := vm.Properties(ctx, vm.Reference(), []string{"config", "runtime.powerState", "summary.runtime.bootTime"}, &m); err != nil {
 		return fmt.Errorf("read VM %s: %w", vm.Reference().Value, err)
 	}
 	if m.Config == nil {
@@ -553,6 +553,14 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	}
 	if !changed {
 		return nil
+	}
+	if spec.ExtraConfig != nil {
+		// The guest read the data there is now when it booted (or it is
+		// off): its boot is recorded with that data before new data
+		// replaces it (guestnet.go).
+		if err := c.noteBoot(ctx, rec, &m); err != nil {
+			return err
+		}
 	}
 	if err := c.extendFiles(ctx, disks); err != nil {
 		return err

@@ -158,6 +158,12 @@ func (e *env) wantDisks(vm *object.VirtualMachine, r *events.VMRecord, want map[
 // its new generation on host and waits until it is Ready at it.
 func (e *env) apply(decl *events.VMDeclared, host sim.HostSpec) *events.VMRecord {
 	e.t.Helper()
+	return e.applyWith(decl, host, defaultNIC)
+}
+
+// applyWith is apply with the networks network-config attached as nics.
+func (e *env) applyWith(decl *events.VMDeclared, host sim.HostSpec, nics ...events.NetworkAttachment) *events.VMRecord {
+	e.t.Helper()
 	ns, name := decl.VM.Metadata.Namespace, decl.VM.Metadata.Name
 	cur, _, err := e.vms.Get(context.Background(), events.VMRecordKey(ns, name))
 	if err != nil || cur == nil {
@@ -166,7 +172,7 @@ func (e *env) apply(decl *events.VMDeclared, host sim.HostSpec) *events.VMRecord
 	gen := cur.Generation + 1
 	e.publish("podvisor/cli", decl)
 	r := e.waitRecordOf(ns, name, fmt.Sprintf("generation %d", gen), func(r *events.VMRecord) bool { return r.Generation == gen })
-	e.place(r, host)
+	e.placeWith(r, host, nics...)
 	return e.waitRecordOf(ns, name, fmt.Sprintf("generation %d Ready", gen), func(r *events.VMRecord) bool {
 		return r.Status.Phase == events.VMPhaseReady && r.Status.Generation == gen
 	})

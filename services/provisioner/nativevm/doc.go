@@ -22,7 +22,9 @@
 //     (guestinfo.userdata, guestinfo.metadata, base64);
 //   - an existing VM gets its changes: a resize powers it off first
 //     (vSphere changes CPUs and memory of a powered-off VM), NICs are
-//     added or removed, changed user data is rewritten, and its extra
+//     added or removed while it runs (hot-plug; the cloud-init network
+//     data is rewritten, and its guest reads it at its next boot: below),
+//     changed user data is rewritten, and its extra
 //     disks follow spec.disks while it runs (disks.go): a disk added is
 //     created and hot-added (a file of its name already in the VM's
 //     directory is attached, data and all), a disk grown is extended in
@@ -32,12 +34,34 @@
 //   - then its power state is set as declared (PoweredOn, PoweredOff,
 //     Suspended).
 //
-// The record's status (phase, powerState, host, ips, conditions) says only
-// what was done; every change is also published as vm.status.
-// HardwareSynced is read back, not assumed: True only when the devices
-// vCenter reports (CPUs, memory, NICs, each extra disk at its size) are
-// the declared ones, False with the difference (HardwareDiffers, retried)
-// otherwise.
+// The record's status (phase, powerState, host, ips, network,
+// conditions) says only what was done; every change is also published as
+// vm.status. HardwareSynced is read back, not assumed: True only when the
+// devices vCenter reports (CPUs, memory, NICs, each extra disk at its
+// size) are the declared ones, False with the difference
+// (HardwareDiffers, retried) otherwise.
+//
+// # What the guest has of its NICs
+//
+// status.nics are network-config's allocations; status.ips are only the
+// addresses the guest has configured (guestnet.go). A guest with
+// cloud-init configures its network from the cloud-init data once, when
+// it boots: a NIC hot-added to a running VM is in the guest at once (a
+// simulated guest gets a new interface eth<n>, with the card's MAC, down
+// and without an address) and gets its address at the next boot. With no
+// report of the guest's addresses (VMware Tools' guest.net), the status
+// says what the guest was given at its last boot while it runs:
+// status.network.guestBoot is that boot (vCenter's
+// summary.runtime.bootTime) and the addresses its data gave each card,
+// recorded before the controller rewrites the data of a running VM. Each
+// NIC is in status.network.interfaces: attached (vCenter reports its
+// card), its allocated address, ip.addresses (what the guest has
+// configured) and, when that is empty, why (NotAttached, GuestNotRunning,
+// RebootRequired). GuestNetworkConfigured is True when the guest has every
+// NIC's address, False otherwise with the reason and the NICs; a NIC
+// hot-added says RebootRequired until the VM is powered off and on (by
+// declaration, or behind the controller's back once a converge reads the
+// new boot), and a powered-off VM lists no address.
 //
 // # Images
 //

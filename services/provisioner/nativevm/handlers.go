@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
@@ -396,6 +397,7 @@ func (c *Controller) onEvicted(ctx context.Context, m *bus.Message, e *events.VM
 		r.Status.VM, r.Status.Host, r.Status.PowerState = "", "", ""
 		r.Status.Phase = events.VMPhasePending
 		r.SetCondition(events.VMConditionScheduled, events.ConditionFalse, e.Reason, e.Message, c.now().UTC())
+		guestGone(r, c.now().UTC())
 		return nil
 	})
 	if err != nil || rec == nil {
@@ -413,7 +415,13 @@ func (c *Controller) publishStatus(ctx context.Context, cause *event.Event, r *e
 	if st.IPs == nil {
 		st.IPs = []string{}
 	}
-	disc := fmt.Sprintf("%d/%s/%s/%s/%v/%d", r.Generation, st.Phase, st.PowerState, st.Host, st.IPs, len(st.Conditions))
+	// What the guest has of each NIC is part of what changed: a NIC
+	// attached, configured at a boot.
+	var nics strings.Builder
+	for _, in := range st.Network.Interfaces {
+		fmt.Fprintf(&nics, "%s:%t:%s,", in.MACAddr, in.Attached, in.Reason)
+	}
+	disc := fmt.Sprintf("%d/%s/%s/%s/%v/%d/%s", r.Generation, st.Phase, st.PowerState, st.Host, st.IPs, len(st.Conditions), nics.String())
 	if err := c.out.Emit(ctx, cause, &events.VMStatusChanged{Namespace: r.Namespace, Name: r.Name, Status: st}, bus.Distinct(disc)); err != nil {
 		c.log.Warn("publish vm status", "vm", r.Key(), "err", err)
 	}

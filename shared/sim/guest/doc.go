@@ -38,7 +38,7 @@
 //     port group (SetSegments; Move re-plugs). The agent configures the
 //     addresses itself, as a guest does.
 //
-// # A native VM's disks
+// # A native VM's disks and cards
 //
 // A native VM's guest (VM.Native) boots its boot disk's /sbin/init instead
 // of the agent; its other read/write disks are block devices sdb, sdc, ...
@@ -46,7 +46,12 @@
 // of the running VM (Reconfigure) changes them as vSphere's hot-plug
 // does: a disk added is a new device at once, a disk removed is gone, a
 // disk grown has its new size. A disk's loop device is detached when the
-// disk is removed or the guest stops.
+// disk is removed or the guest stops. Its network cards follow the same
+// way (nics.go): a card added is a new interface at once, under the
+// lowest free name eth<n>, with its MAC, plugged into its segment, down
+// and without an address (the guest's init configures its network from
+// its cloud-init data at boot, as cloud-init does, not when a card
+// arrives); a card removed is gone; the others keep their names.
 //
 // # The channel (vsock, simulated)
 //

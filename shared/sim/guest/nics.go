@@ -118,16 +118,18 @@ func (m *Manager) Carriers(key string) []string {
 // eth<i>), every card is plugged into its segment now (a card moved to
 // another port group, or connected, gets it), and a changed spec is
 // written on the agent's updates descriptor (BootConfig.Updates). A
-// native VM's guest gets its data disks added, removed or grown instead
-// (hotPlug, disks.go), outside the manager's lock: that runs losetup. A VM
-// without a running guest is left alone.
+// native VM's guest gets its cards added or removed instead
+// (hotPlugNICsLocked) and its data disks added, removed or grown
+// (hotPlug, disks.go), the disks outside the manager's lock: that runs
+// losetup. A VM without a running guest is left alone.
 func (m *Manager) Reconfigure(vm VM) error {
 	m.mu.Lock()
 	_ = m.awaitStartLocked(vm.Key) // a guest booting is reconfigured once it runs
 	g, ok := m.guests[vm.Key]
 	if ok && g.disks != nil && vm.Native != nil {
+		nicErr := m.hotPlugNICsLocked(g, vm)
 		m.mu.Unlock()
-		return m.hotPlug(g, vm)
+		return errors.Join(nicErr, m.hotPlug(g, vm))
 	}
 	defer m.mu.Unlock()
 	if !ok || vm.Native != nil || g.disks != nil {
@@ -172,4 +174,90 @@ func (m *Manager) Reconfigure(vm VM) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// hotPlugNICsLocked applies a reconfigure of a running native VM to its
+// guest's network cards, as vSphere's hot-plug does and a Linux guest sees
+// it. A card added is a new interface in the guest's network namespace at
+// once, with the card's MAC, under the lowest free name eth<n> (as the
+// kernel names a new NIC; the others keep theirs), plugged into its
+// segment while the VM's host carries it, and down, without an address:
+// a guest configures its network from its cloud-init data when it boots
+// (cloud-init applies network configuration once per boot, and a card
+// that arrives later is not in what it applied), so the address comes at
+// the next boot. A card removed is gone from the guest. Cards are told
+// apart by their MAC. Info.VM.NICs are the guest's cards afterwards: vm's,
+// less any the fabric failed to add, plus any it failed to remove (tried
+// again at the next reconfigure). The caller holds m.mu.
+func (m *Manager) hotPlugNICsLocked(g *guest, vm VM) error {
+	if m.cfg.Fabric == nil {
+		g.vm.NICs = slices.Clone(vm.NICs)
+		return nil
+	}
+	wanted := map[string]bool{}
+	for _, n := range vm.NICs {
+		wanted[strings.ToLower(n.MAC)] = true
+	}
+	log := m.log.With("vm", vm.Name)
+	var errs []error
+	// Removed first: the name a card leaves is free for a card added.
+	kept := map[string]*segment.Port{}
+	taken := map[string]bool{}
+	var stuck []*segment.Port
+	var stuckNICs []NIC
+	for i, p := range g.ports {
+		n := g.vm.NICs[i]
+		if mac := strings.ToLower(n.MAC); wanted[mac] {
+			kept[mac] = p
+			taken[p.Guest] = true
+			continue
+		}
+		if err := m.cfg.Fabric.RemovePort(p); err != nil {
+			errs = append(errs, fmt.Errorf("NIC %s (%s): %w", p.Guest, n.MAC, err))
+			stuck, stuckNICs = append(stuck, p), append(stuckNICs, n)
+			taken[p.Guest] = true
+			continue
+		}
+		log.Info("NIC hot-removed", "nic", p.Guest, "mac", n.MAC)
+	}
+	var ports []*segment.Port
+	var nics []NIC
+	for _, n := range vm.NICs {
+		mac := strings.ToLower(n.MAC)
+		if p, ok := kept[mac]; ok {
+			delete(kept, mac)
+			ports, nics = append(ports, p), append(nics, n)
+			continue
+		}
+		hw, err := net.ParseMAC(n.MAC)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("NIC %q: %w", n.MAC, err))
+			continue
+		}
+		name := lowestFreeNIC(taken)
+		p, err := m.cfg.Fabric.AddPort(g.cmd.Process.Pid, name, hw)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		taken[name] = true
+		ports, nics = append(ports, p), append(nics, n)
+		log.Info("NIC hot-added", "nic", name, "mac", n.MAC, "segment", n.Segment)
+	}
+	g.ports, g.vm.NICs = append(ports, stuck...), append(nics, stuckNICs...)
+	m.plugLocked(g)
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("guest of %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// lowestFreeNIC is the name the kernel gives a network card that arrives:
+// eth<n> with the lowest n no interface has.
+func lowestFreeNIC(taken map[string]bool) string {
+	for i := 0; ; i++ {
+		if name := "eth" + strconv.Itoa(i); !taken[name] {
+			return name
+		}
+	}
 }
