@@ -22,8 +22,9 @@ var vmosApplets = []string{"sh", "echo", "cat", "ls", "sleep", "mkdir", "rm", "t
 // VMInit is the sample image's /sbin/init. Like cloud-init with the
 // VMware datasource it reads guestinfo.metadata and guestinfo.userdata
 // (base64 when their .encoding says so) with vmware-rpctool, keeps them in
-// /var/lib/cloud/instance, sets the host name, configures each NIC's
-// address from the metadata's network section (eth<i> is the i-th entry),
+// /var/lib/cloud/instance, sets the host name, configures each NIC from
+// the metadata's network section as netplan does (the card of the entry's
+// match.macaddress, renamed to its set-name, given its address),
 // and runs the user data: a "#!" script is executed; of a "#cloud-config"
 // document, in cloud-init's order, the write_files entries (path and
 // one-line content) are written, each fs_setup device ("- {device:
@@ -43,11 +44,27 @@ decode userdata > $inst/user-data.txt
 ip link set lo up
 name=$(sed -n 's/^local-hostname: *//p' $inst/meta-data)
 [ -n "$name" ] && hostname "$name"
+# The network section's ethernets, as netplan reads them: each entry's
+# card is the one of its match.macaddress, named set-name, given its
+# addresses. Cards are renamed through temporary names first, so that two
+# may swap theirs.
+awk '/^    [^ ]/ { if (m != "") print m, n, a; m = n = a = "" }
+     /macaddress:/ { s = $0; sub(/.*macaddress: *"?/, "", s); sub(/["} ].*/, "", s); m = tolower(s) }
+     /set-name:/ { s = $0; sub(/.*set-name: */, "", s); n = s }
+     /addresses:/ { s = $0; sub(/.*addresses: *\[ */, "", s); sub(/[],].*/, "", s); gsub(/"/, "", s); a = s }
+     END { if (m != "") print m, n, a }' $inst/meta-data > $inst/nics
+card() { ip -o link | awk -v m="$1" 'tolower($0) ~ "link/ether " m { n = $2; sub(/:$/, "", n); sub(/@.*/, "", n); print n; exit }'; }
 i=0
-for a in $(sed -n 's/^ *addresses: *\[\([^],]*\).*/\1/p' $inst/meta-data | tr -d '"'); do
-  ip link set eth$i up && ip addr add "$a" dev eth$i && echo "init: eth$i $a"
+while read -r mac name addr; do
+  dev=$(card "$mac"); [ -n "$dev" ] && ip link set "$dev" down && ip link set "$dev" name "nic$i"
   i=$((i+1))
-done
+done < $inst/nics
+while read -r mac name addr; do
+  dev=$(card "$mac")
+  if [ -z "$dev" ]; then echo "init: no card of $mac"; continue; fi
+  [ -n "$name" ] && [ "$dev" != "$name" ] && ip link set "$dev" name "$name" && dev=$name
+  ip link set "$dev" up && ip addr add "$addr" dev "$dev" && echo "init: $dev $addr"
+done < $inst/nics
 gw=$(sed -n 's/^ *gateway4: *//p' $inst/meta-data | head -n 1)
 [ -n "$gw" ] && ip route add default via "$gw"
 case "$(head -n 1 $inst/user-data.txt)" in

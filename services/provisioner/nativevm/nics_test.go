@@ -200,3 +200,39 @@ func wantGuestNICs(t *testing.T, pid int, want map[string]string) {
 		t.Fatalf("the guest's interfaces %q, want %q\n%s", got, want, out)
 	}
 }
+
+// TestANICInsertedBeforeAnotherGetsItsOwnAddress: a network inserted
+// before the VM's first one. Its card, hot-added, comes after the first
+// card in the VM's devices, so after a power cycle the guest's device
+// order and the metadata's entry order disagree. The guest's init reads
+// the network data as netplan does (each entry's card by its MAC, renamed
+// to the entry's set-name), so each card gets its own network's address,
+// the one the status lists for it.
+func TestANICInsertedBeforeAnotherGetsItsOwnAddress(t *testing.T) {
+	privtest.RequireTools(t, "nsenter")
+	e := newEnv(t)
+	e.declareSmall()
+	host := e.dc.Hosts()[0]
+	decl := vmDecl("small", "")
+	r := e.runOn(decl, host)
+	ref := e.vm(r).Reference().Value
+	e.waitConsole(ref, "init: ready", "init: eth0 10.244.0.7/16")
+
+	decl.VM.Spec.Networks = []string{"storage", "default"}
+	e.applyWith(decl, host, storageNIC, defaultNIC)
+	off := vmDecl("small", events.PowerStatePoweredOff)
+	off.VM.Spec.Networks = decl.VM.Spec.Networks
+	e.applyWith(off, host, storageNIC, defaultNIC)
+	r = e.applyWith(decl, host, storageNIC, defaultNIC)
+	if cards := e.cards(r); !slices.Equal(cards, []string{defaultNIC.MAC, storageNIC.MAC}) {
+		t.Fatalf("vCenter reports the cards %v, want the first card before the one added", cards)
+	}
+	wantIPs(t, r, "10.245.0.9", "10.244.0.7")
+	guestNetworkConfigured(t, r, events.ConditionTrue, "")
+	e.waitConsole(ref, "init: eth0 10.245.0.9/24", "init: eth1 10.244.0.7/16", "init: ready")
+	g, _ := e.dc.Guests().Guest(ref)
+	wantGuestNICs(t, g.PID, map[string]string{
+		"eth0": storageNIC.MAC + " 10.245.0.9/24",
+		"eth1": defaultNIC.MAC + " 10.244.0.7/16",
+	})
+}
