@@ -31,6 +31,11 @@ type ControlPlane struct {
 	// Replicas is how many control-plane VMs (etcd members and API
 	// servers) run it; 1 when 0.
 	Replicas int
+	// Endpoint is the URL its record holds from an earlier Ensure (""
+	// for none): made again (after a restart), its API is published at
+	// that address where it can be, so that kubeconfigs handed out keep
+	// working.
+	Endpoint string
 }
 
 // Endpoint is a ready control plane: its API server's URL and the admin

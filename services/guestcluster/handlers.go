@@ -133,12 +133,18 @@ func (s *Service) handleRequest(ctx context.Context, m *bus.Message, p *events.G
 	}
 	// The control plane's VMs are declared from the stored spec too; a
 	// handler that finds a newer request stored leaves them to it.
-	if cur, _, err := s.clusters.Get(ctx, key); err != nil {
+	cur, _, err = s.clusters.Get(ctx, key)
+	switch {
+	case err != nil:
 		return err
-	} else if cur != nil && cur.supersedes(gen) {
+	case cur != nil && cur.supersedes(gen):
 		return errSuperseded
 	}
-	ep, err := s.ensureControlPlane(ctx, ns, name, spec)
+	var endpoint string
+	if cur != nil {
+		endpoint = cur.Endpoint
+	}
+	ep, err := s.ensureControlPlane(ctx, ns, name, spec, endpoint)
 	if err != nil {
 		return bus.WithReason("ControlPlaneFailed", err)
 	}
@@ -229,8 +235,9 @@ func (s *Service) refuseUpgrade(ctx context.Context, cause *event.Event, cur *ev
 		key, cur.Spec.Version, version, events.GuestClusterVersions)))
 }
 
-// ensureControlPlane mints the identity and starts the control plane.
-func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec events.GuestClusterSpec) (Endpoint, error) {
+// ensureControlPlane mints the identity and starts the control plane
+// (endpoint: the URL the record holds, which it keeps where it can).
+func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec events.GuestClusterSpec, endpoint string) (Endpoint, error) {
 	creds, err := s.minter.MintGuest(ns, name)
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("identity of %s/%s: %w", ns, name, err)
@@ -240,7 +247,7 @@ func (s *Service) ensureControlPlane(ctx context.Context, ns, name string, spec 
 		network = events.DefaultNetwork
 	}
 	return s.cps.Ensure(ctx, ControlPlane{Namespace: ns, Name: name, Version: spec.Version, Creds: creds,
-		ClassName: spec.ControlPlane.ClassName, Network: network, Replicas: int(spec.ControlPlane.Replicas)})
+		ClassName: spec.ControlPlane.ClassName, Network: network, Replicas: int(spec.ControlPlane.Replicas), Endpoint: endpoint})
 }
 
 // requestFailed records the failure and publishes guestcluster.failed.

@@ -291,7 +291,7 @@ func (s *Service) resync(ctx context.Context) error {
 			}
 			s.log.Warn("guest cluster control plane lost", "guestcluster", key, "endpoint", r.Endpoint)
 		}
-		ep, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec)
+		ep, err := s.ensureControlPlane(ctx, r.Namespace, r.Name, r.Spec, r.Endpoint)
 		if err == nil && ep.URL != r.Endpoint {
 			s.log.Info("guest cluster endpoint moved", "guestcluster", key, "from", r.Endpoint, "to", ep.URL)
 		}

@@ -596,6 +596,15 @@ func TestResyncRecordsAMovedEndpoint(t *testing.T) {
 	if err := h.svc.resync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The resync asked for the control plane at the address recorded, so
+	// that a control plane made again after a restart keeps it where it
+	// can (VMControlPlanes publishes it there when the port is free).
+	h.cps.mu.Lock()
+	asked := h.cps.ensured["team-a/gc1"].Endpoint
+	h.cps.mu.Unlock()
+	if asked != first.Endpoint {
+		t.Errorf("the resync's Ensure was given the endpoint %q, want the one recorded, %q", asked, first.Endpoint)
+	}
 	rec := h.record(t, "team-a", "gc1")
 	if rec.Endpoint != "https://127.0.0.1:7443" || rec.Phase != events.GuestClusterPhaseReady || rec.ReadyAt == nil || !rec.ReadyAt.Equal(*first.ReadyAt) {
 		t.Errorf("record after the resync: %s %s ready at %v, want Ready at https://127.0.0.1:7443 since %v", rec.Phase, rec.Endpoint, rec.ReadyAt, first.ReadyAt)

@@ -37,8 +37,10 @@ import (
 // (events.NativeVMName of the record's UID).
 type GuestPorts interface {
 	// Publish makes the guest's loopback port reachable from this machine
-	// and returns the address (host:port) to dial.
-	Publish(ctx context.Context, vm string, port int) (string, error)
+	// and returns the address (host:port) to dial: at, when at is not ""
+	// and free (a control plane published again after a restart keeps the
+	// address its clients' kubeconfigs name), else another.
+	Publish(ctx context.Context, vm string, port int, at string) (string, error)
 	// Reach makes target, an address of this machine, reachable inside
 	// the guest at its loopback port port, in every boot of it.
 	Reach(ctx context.Context, vm string, port int, target string) error
@@ -46,8 +48,8 @@ type GuestPorts interface {
 	// this machine, named name: each connection goes to a guest that
 	// accepts it (one that is off or does not listen is passed over).
 	// Called again with the same name, it keeps the address and follows
-	// the new list.
-	Balance(ctx context.Context, name string, vms []string, port int) (string, error)
+	// the new list; made anew, it takes at as Publish does.
+	Balance(ctx context.Context, name string, vms []string, port int, at string) (string, error)
 	// Release drops what Publish and Reach made for the VM, or what
 	// Balance made under that name.
 	Release(name string)
@@ -172,7 +174,13 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 		if err := v.Ports.Reach(ctx, g, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort))); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: NATS in the guest: %w", key, err)
 		}
-		if apis[i], err = v.Ports.Publish(ctx, g, ControlPlaneAPIPort); err != nil {
+		// The one VM's port is the cluster's endpoint: at the address
+		// recorded, where it is free.
+		at := ""
+		if n == 1 {
+			at = hostPortOf(cp.Endpoint)
+		}
+		if apis[i], err = v.Ports.Publish(ctx, g, ControlPlaneAPIPort, at); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: publish the API port: %w", key, err)
 		}
 	}
@@ -182,7 +190,7 @@ func (v *VMControlPlanes) Ensure(ctx context.Context, cp ControlPlane) (Endpoint
 			return Endpoint{}, fmt.Errorf("control plane %s: %w", key, err)
 		}
 		running := slices.DeleteFunc(slices.Clone(guests), func(g string) bool { return g == "" })
-		if pl.api, err = v.Ports.Balance(ctx, balancerName(cp.Namespace, cp.Name), running, ControlPlaneAPIPort); err != nil {
+		if pl.api, err = v.Ports.Balance(ctx, balancerName(cp.Namespace, cp.Name), running, ControlPlaneAPIPort, hostPortOf(cp.Endpoint)); err != nil {
 			return Endpoint{}, fmt.Errorf("control plane %s: the API servers' balancer: %w", key, err)
 		}
 	}
@@ -268,7 +276,7 @@ func (v *VMControlPlanes) connectMembers(ctx context.Context, guests []string) e
 			continue
 		}
 		for _, port := range []int{EtcdClientPort(i), EtcdPeerPort(i)} {
-			addr, err := v.Ports.Publish(ctx, gi, port)
+			addr, err := v.Ports.Publish(ctx, gi, port, "")
 			if err != nil {
 				return fmt.Errorf("publish etcd port %d of member %d: %w", port, i, err)
 			}
@@ -512,6 +520,15 @@ func (v *VMControlPlanes) Remove(ctx context.Context, namespace, name string) er
 	return os.RemoveAll(v.dir(namespace, name))
 }
 
+// hostPortOf is the host:port of an endpoint URL ("" for none).
+func hostPortOf(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
 // loopbackHostPort is the host and port of the first URL of a NATS URL
 // list, whose host must be a loopback address.
 func loopbackHostPort(natsURL string) (string, int, error) {
@@ -706,7 +723,7 @@ func (v *VMControlPlanes) connectWorkers(ctx context.Context, ns, name string, w
 			err = v.Ports.Reach(ctx, guestVM, natsPort, net.JoinHostPort(natsHost, fmt.Sprint(natsPort)))
 		}
 		if err == nil {
-			p.kubelet, err = v.Ports.Publish(ctx, guestVM, WorkerKubeletPort(i))
+			p.kubelet, err = v.Ports.Publish(ctx, guestVM, WorkerKubeletPort(i), "")
 		}
 		for _, cpVM := range pl.guests {
 			if err == nil && cpVM != "" {

@@ -51,7 +51,7 @@ func (p *simGuestPorts) key(ctx context.Context, vm string) (string, error) {
 	}
 }
 
-func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int) (string, error) {
+func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int, at string) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pub := p.published[vm][port]; pub != nil {
@@ -61,7 +61,7 @@ func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int) (strin
 	if err != nil {
 		return "", err
 	}
-	pub, err := p.m.Publish(k, port)
+	pub, err := p.m.PublishAt(k, port, at)
 	if err != nil {
 		return "", err
 	}
@@ -72,14 +72,14 @@ func (p *simGuestPorts) Publish(ctx context.Context, vm string, port int) (strin
 	return pub.Addr, nil
 }
 
-func (p *simGuestPorts) Balance(_ context.Context, name string, vms []string, port int) (string, error) {
+func (p *simGuestPorts) Balance(_ context.Context, name string, vms []string, port int, at string) (string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if b := p.balanced[name]; b != nil && b.Port == port {
 		b.Set(vms)
 		return b.Addr, nil
 	}
-	b, err := p.m.Balance(vms, port)
+	b, err := p.m.BalanceAt(vms, port, at)
 	if err != nil {
 		return "", err
 	}

@@ -80,9 +80,12 @@ type listener struct {
 	conns map[net.Conn]struct{}
 }
 
-// listen opens the listener and registers self with the manager.
-func (m *Manager) listen(l *listener, self forwarder) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// listen opens the listener, at address at of this machine's loopback
+// when that is free (a published port keeps its address when it is
+// published again after a restart), else at any free port, and registers
+// self with the manager.
+func (m *Manager) listen(l *listener, self forwarder, at string) error {
+	ln, err := listenLoopback(at)
 	if err != nil {
 		return err
 	}
@@ -100,16 +103,35 @@ func (m *Manager) listen(l *listener, self forwarder) error {
 	return nil
 }
 
+// listenLoopback listens at at when it is an address of this machine's
+// loopback that is free, else at a free port of 127.0.0.1.
+func listenLoopback(at string) (net.Listener, error) {
+	if host, _, err := net.SplitHostPort(at); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+			if ln, err := net.Listen("tcp", at); err == nil {
+				return ln, nil
+			}
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
 // Publish makes port of the VM's guest reachable on this machine's
 // loopback (see Published). It runs until Close, or the manager's Close.
 // The guest need not run yet: a connection made while it does not is
 // closed at once.
 func (m *Manager) Publish(key string, port int) (*Published, error) {
+	return m.PublishAt(key, port, "")
+}
+
+// PublishAt is Publish at address at of this machine's loopback when it
+// is free ("" or taken: any free port).
+func (m *Manager) PublishAt(key string, port int, at string) (*Published, error) {
 	if port <= 0 || port > 65535 {
 		return nil, fmt.Errorf("publish a port of %s: port %d: want 1 to 65535", key, port)
 	}
 	p := &Published{Key: key, Port: port}
-	if err := m.listen(&p.listener, p); err != nil {
+	if err := m.listen(&p.listener, p, at); err != nil {
 		return nil, fmt.Errorf("publish port %d of %s: %w", port, key, err)
 	}
 	p.Addr = p.ln.Addr().String()
@@ -218,11 +240,17 @@ type Balanced struct {
 // Balance starts a balancer in front of port of the named VMs' guests
 // (see Balanced). It runs until Close, or the manager's Close.
 func (m *Manager) Balance(vms []string, port int) (*Balanced, error) {
+	return m.BalanceAt(vms, port, "")
+}
+
+// BalanceAt is Balance at address at of this machine's loopback when it
+// is free ("" or taken: any free port).
+func (m *Manager) BalanceAt(vms []string, port int, at string) (*Balanced, error) {
 	if port <= 0 || port > 65535 {
 		return nil, fmt.Errorf("balance port %d of %v: want 1 to 65535", port, vms)
 	}
 	b := &Balanced{Port: port, vms: slices.Clone(vms)}
-	if err := m.listen(&b.listener, b); err != nil {
+	if err := m.listen(&b.listener, b, at); err != nil {
 		return nil, fmt.Errorf("balance port %d of %v: %w", port, vms, err)
 	}
 	b.Addr = b.ln.Addr().String()

@@ -263,3 +263,44 @@ func TestBalanceSkipsGuestsThatDoNotAnswer(t *testing.T) {
 		t.Errorf("only pv-1, which is off: answers %v, want connections closed unanswered", got)
 	}
 }
+
+// TestPublishAtKeepsAFreeAddress: a port published again (by a process
+// started anew, whose clients hold the old address) gets the address it
+// had where that is free; where it is taken, or is no loopback address of
+// this machine, another on the loopback.
+func TestPublishAtKeepsAFreeAddress(t *testing.T) {
+	m := newTestManager(t)
+	first, err := m.Publish("vm-a", 6443)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := first.Addr
+	first.Close()
+	again, err := m.PublishAt("vm-a", 6443, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if again.Addr != addr {
+		t.Fatalf("published again at %s, want the free address it had, %s", again.Addr, addr)
+	}
+	onLoopback := func(what, got, not string) {
+		t.Helper()
+		host, _, err := net.SplitHostPort(got)
+		if err != nil || !net.ParseIP(host).IsLoopback() || got == not {
+			t.Fatalf("%s at %s: want another address of the loopback than %s", what, got, not)
+		}
+	}
+	taken, err := m.PublishAt("vm-b", 6443, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	onLoopback("published where the address is taken", taken.Addr, addr)
+	b, err := m.BalanceAt([]string{"vm-a"}, 6443, "192.0.2.1:6443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	onLoopback("balanced at an address not of the loopback", b.Addr, "192.0.2.1:6443")
+}
