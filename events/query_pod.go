@@ -23,6 +23,14 @@ import (
 // PodStreamKeepAlive while it wants the stream (a client that vanished
 // stops being served after PodStreamIdleTimeout). Core NATS delivers at most
 // once: a gap in Seq means a lost message and the client reports it.
+//
+// An exec's stdin has flow control when the request asks for it with
+// StdinWindow: the first answer grants a window (PodStreamMessage
+// StdinWindow, at most what was asked), answers with StdinAcked count the
+// input taken so far, and the client never has more than the window sent
+// and not yet acknowledged, so input goes at the pace the command reads
+// it. A grant of 0 (a host agent that predates it) means no
+// acknowledgements: the client sends as it reads.
 const (
 	// SubjectQueryPodLogs prefixes the per-host logs subject
 	// (pv.query.pod.logs.<host>; request PodLogsRequest).
@@ -92,6 +100,11 @@ type PodExecRequest struct {
 	// Stdin is true when the client will send stdin through Control (the
 	// last chunk with StdinEOF); otherwise the command's stdin is empty.
 	Stdin bool `json:"stdin,omitempty"`
+	// StdinWindow, with Stdin, asks for flow control of the input: the
+	// most bytes the client will have sent and not yet seen acknowledged
+	// (PodStreamMessage.StdinAcked), if the first answer grants it. 0:
+	// the client sends as it reads.
+	StdinWindow int `json:"stdinWindow,omitempty"`
 }
 
 // Validate checks the pod reference and the command.
@@ -99,6 +112,9 @@ func (r *PodExecRequest) Validate() error {
 	errs := []error{validatePodQueryRef(r.Namespace, r.Name)}
 	if len(r.Command) == 0 || r.Command[0] == "" {
 		errs = append(errs, errors.New("command: required (the program to run and its arguments)"))
+	}
+	if r.StdinWindow < 0 || (r.StdinWindow > 0 && !r.Stdin) {
+		errs = append(errs, fmt.Errorf("stdinWindow: %d must not be negative, and is for an exec with stdin", r.StdinWindow))
 	}
 	return errors.Join(errs...)
 }
@@ -119,6 +135,15 @@ type PodStreamMessage struct {
 	// Control, in the first message only, is where the client sends
 	// PodStreamControl.
 	Control string `json:"control,omitempty"`
+	// StdinWindow, in the first message only, is the window granted to
+	// an exec that asked for one (PodExecRequest.StdinWindow; at most
+	// what it asked): the client keeps at most that many bytes of input
+	// sent and not yet acknowledged. 0: no acknowledgements will come.
+	StdinWindow int `json:"stdinWindow,omitempty"`
+	// StdinAcked counts the exec's input taken so far (written to the
+	// command, or dropped once the command closed its stdin): the client
+	// may send up to StdinAcked + StdinWindow in all. Only grows.
+	StdinAcked uint64 `json:"stdinAcked,omitempty"`
 	// Stream is "stdout" or "stderr" for exec output, empty for logs.
 	Stream string `json:"stream,omitempty"`
 	// Data is log or output bytes as the container wrote them.

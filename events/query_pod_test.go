@@ -17,6 +17,9 @@ func TestPodQueriesValidate(t *testing.T) {
 		{"logs follow previous", &PodLogsRequest{Namespace: "default", Name: "web", Follow: true, Previous: true}, "follow"},
 		{"exec ok", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat", "/x"}}, ""},
 		{"exec no command", &PodExecRequest{Namespace: "default", Name: "web"}, "command"},
+		{"exec stdin window", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat"}, Stdin: true, StdinWindow: 1 << 18}, ""},
+		{"exec window without stdin", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat"}, StdinWindow: 1 << 18}, "stdinWindow"},
+		{"exec negative window", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat"}, Stdin: true, StdinWindow: -1}, "stdinWindow"},
 		{"exec wildcard", &PodExecRequest{Namespace: "default", Name: "w*", Command: []string{"ls"}}, "name: Invalid value"},
 		// metadata.name is a DNS subdomain: a dot is valid (the name travels
 		// in the payload, not in the subject).

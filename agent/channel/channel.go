@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -178,6 +179,10 @@ func (ss *session) greet() (guestchannel.Status, <-chan struct{}, error) {
 		}
 	}
 	hello := ss.s.Hello
+	if !hello.Can(guestchannel.CapExecStdinAck) {
+		// This package is what serves it, whoever filled Hello.
+		hello.Capabilities = append(slices.Clip(hello.Capabilities), guestchannel.CapExecStdinAck)
+	}
 	if kw, ok := ss.s.Pod.(KeyWaiter); ok {
 		hello.KeyRequest = kw.KeyRequest()
 	}
@@ -313,9 +318,21 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		if !decode(&req) {
 			return
 		}
+		if req.StdinWindow < 0 || req.StdinWindow > guestchannel.MaxExecStdinWindow {
+			_ = ss.conn.Send(guestchannel.TypeExecExit, env.ID, guestchannel.ExecExit{Error: fmt.Sprintf(
+				"exec: stdin window of %d bytes refused (at most %d)", req.StdinWindow, guestchannel.MaxExecStdinWindow)})
+			return
+		}
 		var stdin io.Reader
 		if req.Stdin {
-			in, r := newExecInput()
+			var ack func(taken uint64)
+			if req.StdinWindow > 0 {
+				id := env.ID
+				ack = func(taken uint64) {
+					_ = ss.conn.Send(guestchannel.TypeExecStdinAck, id, guestchannel.ExecStdinAck{Taken: taken})
+				}
+			}
+			in, r := newExecInput(req.StdinWindow, ack)
 			ss.mu.Lock()
 			ss.ins[env.ID] = in
 			ss.mu.Unlock()
@@ -327,7 +344,7 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 				_ = ss.conn.Send(guestchannel.TypeExecOutput, env.ID, guestchannel.ExecOutput{Stream: stream, Data: data})
 			})
 			exit := guestchannel.ExecExit{ExitCode: code}
-			if cause := context.Cause(rctx); errors.Is(cause, errInputNotRead) {
+			if cause := context.Cause(rctx); errors.Is(cause, errInputNotRead) || errors.Is(cause, errInputOverWindow) {
 				// The command's input was still open (the command
 				// running) when its unread input overflowed, and was ended for it:
 				// that is why it exited, whatever its code. A command
@@ -347,18 +364,19 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}
 		ss.mu.Lock()
 		input := ss.ins[env.ID]
-		switch {
-		case input == nil:
-		case !input.push(in.Data, in.EOF):
+		var dropped bool
+		var err error
+		if input != nil {
 			// Queued, never written here (this loop serves every request
-			// of the channel), and the command does not read its input:
-			// that exec alone fails, with this reason. Its input stays
-			// known, closed, until it ends: what the host sent meanwhile
-			// is dropped, not answered with errors.
-			err := fmt.Errorf("%w (more than %d bytes waiting)", errInputNotRead, maxExecInput)
-			input.close(err)
-			if c := ss.reqs[env.ID]; c != nil {
-				c(err)
+			// of the channel). An input over its bound fails that exec
+			// alone, with the reason. Its input stays known, closed,
+			// until the exec ends: what the host sent meanwhile is
+			// dropped, not answered with errors.
+			if dropped, err = input.push(in.Data, in.EOF); err != nil {
+				input.close(err)
+				if c := ss.reqs[env.ID]; c != nil {
+					c(err)
+				}
 			}
 		}
 		// An input that ended stays known until its exec does (untrack):
@@ -366,6 +384,11 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		ss.mu.Unlock()
 		if input == nil {
 			fail(fmt.Errorf("exec.stdin: no exec %q waiting for input", env.ID))
+		} else if dropped {
+			// Input dropped at once (its command closed its stdin) is
+			// acknowledged at once, out of the session's lock: no
+			// write will report it.
+			input.report()
 		}
 	case guestchannel.TypeStop:
 		var req guestchannel.StopRequest
@@ -434,15 +457,21 @@ func (ss *session) untrack(id string) {
 var (
 	errHostReconnected = errors.New("the host side reconnected")
 	errCancelled       = errors.New("cancelled")
-	// errInputNotRead fails an exec whose command leaves more than
-	// maxExecInput of its input unread.
+	// errInputNotRead fails an exec without a stdin window whose command
+	// leaves more than maxExecInput of its input unread.
 	errInputNotRead = errors.New("exec: the command does not read its input")
+	// errInputOverWindow fails an exec whose host sent more input than
+	// the exec's stdin window allows: a host that ignores the flow
+	// control it asked for.
+	errInputOverWindow = errors.New("exec: the host sent more input than the stdin window allows")
 )
 
-// maxExecInput bounds the input an exec's command has not read yet: the
-// host sends stdin as it comes (in chunks of at most ChunkSize from the
-// CLI), with no flow control on the channel, so a command that does not
-// read it is failed rather than have the guest hold it all.
+// maxExecInput bounds the input an exec's command has not read yet when
+// the host asked for no stdin window (a host side that predates
+// CapExecStdinAck, or a client that does not wait for acknowledgements):
+// the host then sends stdin as it comes, so a command that does not read
+// it is failed rather than have the guest hold it all. With a window, the
+// window is the bound, and a host that respects it never reaches it.
 const maxExecInput = 1 << 20
 
 // execInput is an exec's stdin: the session's read loop queues what the
@@ -450,34 +479,60 @@ const maxExecInput = 1 << 20
 // command's pipe at the pace the command reads. Written from the read loop,
 // a command that does not read would stop the whole channel: stops, logs,
 // other execs, resyncs.
+//
+// With a window (ExecRequest.StdinWindow) the host holds back what the
+// command has not taken: run reports the bytes it wrote (ack), and push
+// refuses more than the window waiting.
 type execInput struct {
 	w    *io.PipeWriter
 	wake chan struct{} // a push or a close since run last looked
+	// window bounds queued; 0: no flow control, maxExecInput does.
+	window int
+	// ack sends an exec.stdin.ack with the count taken; nil without a
+	// window.
+	ack func(taken uint64)
+
+	// ackMu makes a report's read of taken and its send one step, so
+	// that the counts sent only grow whichever goroutine reports.
+	ackMu sync.Mutex
+	acked uint64 // the last count sent, under ackMu
 
 	mu     sync.Mutex
 	queue  [][]byte
-	queued int  // bytes in queue
+	queued int  // bytes in queue, and the one being written
 	eof    bool // the host's input ended: close the pipe once queue is written
 	closed bool
+	// taken counts the bytes written into the pipe, or dropped since the
+	// input was closed: what the host need not hold back any more.
+	taken uint64
 }
 
-func newExecInput() (*execInput, *io.PipeReader) {
+func newExecInput(window int, ack func(taken uint64)) (*execInput, *io.PipeReader) {
 	r, w := io.Pipe()
-	return &execInput{w: w, wake: make(chan struct{}, 1)}, r
+	if window <= 0 {
+		ack = nil
+	}
+	return &execInput{w: w, wake: make(chan struct{}, 1), window: window, ack: ack}, r
 }
 
-// push queues data, then the input's end when eof. It reports false when
-// the queue would hold more than maxExecInput: the command does not read.
-// Once the input is closed, by close or by the command's side closing its
-// reader, data is dropped.
-func (in *execInput) push(data []byte, eof bool) bool {
+// push queues data, then the input's end when eof. It fails when the queue
+// would hold more than its bound: the window (a host that ignores it), or
+// without one maxExecInput (the command does not read). Once the input is
+// closed, by close or by the command's side closing its reader, data is
+// dropped, and counted as taken: push reports dropped, and the caller
+// tells the host (report).
+func (in *execInput) push(data []byte, eof bool) (dropped bool, err error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.closed || in.eof {
-		return true // nothing more goes to the command
+		in.taken += uint64(len(data))
+		return len(data) > 0, nil // nothing more goes to the command
 	}
-	if in.queued+len(data) > maxExecInput {
-		return false
+	switch {
+	case in.window > 0 && in.queued+len(data) > in.window:
+		return false, fmt.Errorf("%w (%d bytes not yet taken, a window of %d)", errInputOverWindow, in.queued+len(data), in.window)
+	case in.window <= 0 && in.queued+len(data) > maxExecInput:
+		return false, fmt.Errorf("%w (more than %d bytes waiting)", errInputNotRead, maxExecInput)
 	}
 	if len(data) > 0 {
 		in.queue = append(in.queue, data)
@@ -485,7 +540,31 @@ func (in *execInput) push(data []byte, eof bool) bool {
 	}
 	in.eof = in.eof || eof
 	in.signal()
-	return true
+	return false, nil
+}
+
+// report sends the count taken when it grew since the last report (with a
+// window; nothing otherwise).
+func (in *execInput) report() {
+	if in.ack == nil {
+		return
+	}
+	in.ackMu.Lock()
+	defer in.ackMu.Unlock()
+	in.mu.Lock()
+	taken := in.taken
+	in.mu.Unlock()
+	if taken > in.acked {
+		in.ack(taken)
+		in.acked = taken
+	}
+}
+
+// unreported is how much of taken no report has said yet.
+func (in *execInput) unreported(taken uint64) uint64 {
+	in.ackMu.Lock()
+	defer in.ackMu.Unlock()
+	return taken - min(taken, in.acked)
 }
 
 // close ends the input (err nil: a plain end of file for the command): run
@@ -493,6 +572,7 @@ func (in *execInput) push(data []byte, eof bool) bool {
 func (in *execInput) close(err error) {
 	in.mu.Lock()
 	in.closed = true
+	in.taken += uint64(in.queued)
 	in.queue, in.queued = nil, 0
 	in.signal()
 	in.mu.Unlock()
@@ -507,7 +587,10 @@ func (in *execInput) signal() {
 }
 
 // run writes the queue into the command's pipe until the input ends or is
-// closed.
+// closed, reporting what was taken: once the queue is written, or every
+// quarter of the window while it is not (one acknowledgement per piece
+// or per several, never per byte, and the host never waits on bytes the
+// command has read).
 func (in *execInput) run() {
 	for {
 		in.mu.Lock()
@@ -523,16 +606,25 @@ func (in *execInput) run() {
 			// closed; the bytes count as queued until then.
 			_, err := in.w.Write(data)
 			in.mu.Lock()
-			in.queued = max(in.queued-len(data), 0)
-			if err != nil {
+			if !in.closed {
+				// (close counted them already)
+				in.queued = max(in.queued-len(data), 0)
+				in.taken += uint64(len(data))
+			}
+			if err != nil && !in.closed {
 				// The command's side closed its input (the command
 				// ended, or closed its stdin): nothing more reaches it,
 				// so what the host still sends is dropped, not queued
 				// and counted against a command that will never read it.
 				in.closed = true
+				in.taken += uint64(in.queued)
 				in.queue, in.queued = nil, 0
 			}
+			caughtUp, taken := len(in.queue) == 0 || in.closed, in.taken
 			in.mu.Unlock()
+			if caughtUp || in.unreported(taken) >= uint64(in.window/4) {
+				in.report()
+			}
 			if err != nil {
 				return
 			}

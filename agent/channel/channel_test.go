@@ -2,9 +2,11 @@ package channel
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand"
 	"net"
 	"path/filepath"
 	"strings"
@@ -492,4 +494,207 @@ func execFedThenStopped(t *testing.T, p *pod, command string, input int) guestch
 	var exit guestchannel.ExecExit
 	got["e1"].Decode(&exit)
 	return exit
+}
+
+// An exec with a stdin window gets any amount of input at the pace its
+// command reads it: the host side here sends as much as the window allows
+// (never more: the agent would fail the exec, its queue over the window)
+// and waits for exec.stdin.ack for more. 4 MiB through a command that
+// reads slowly arrive whole, and the acknowledgements count every byte in
+// fewer messages than the input's pieces.
+func TestAnExecWithAStdinWindowGetsAllItsInputAtItsPace(t *testing.T) {
+	const total = 4 << 20
+	p := newPod()
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		h := sha256.New()
+		buf := make([]byte, 16<<10)
+		n := 0
+		for {
+			// A slow reader: the sender is held by the window, not by
+			// the guest's memory.
+			time.Sleep(200 * time.Microsecond)
+			k, err := stdin.Read(buf)
+			h.Write(buf[:k])
+			n += k
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return 1, err
+			}
+		}
+		out("stdout", fmt.Appendf(nil, "%d %x", n, h.Sum(nil)))
+		return 0, nil
+	}
+	input := make([]byte, total)
+	rand.New(rand.NewSource(1)).Read(input)
+	out, exit, acks := execWithWindow(t, p, input, 256<<10)
+	if exit.Error != "" || exit.ExitCode != 0 {
+		t.Fatalf("exec exit = %+v, want 0 and no error", exit)
+	}
+	if want := fmt.Sprintf("%d %x", total, sha256.Sum256(input)); out != want {
+		t.Fatalf("the command read %q, want %q", out, want)
+	}
+	if len(acks) == 0 || acks[len(acks)-1] != total {
+		t.Fatalf("last acknowledgement %v, want %d", acks[max(len(acks)-1, 0):], total)
+	}
+	if chunks := total / guestchannel.ChunkSize; len(acks) >= chunks {
+		t.Errorf("%d acknowledgements for %d pieces of input, want them coalesced", len(acks), chunks)
+	}
+	t.Logf("%d bytes in %d acknowledgements", total, len(acks))
+}
+
+// A command that closes its stdin and goes on running (the agent's copy
+// into its pipe fails) does not hold its sender: the input it will never
+// read is dropped and acknowledged, so all of it is sent and the command's
+// exit ends the exec as usual.
+func TestAnExecClosingItsInputEarlyDoesNotHoldTheSender(t *testing.T) {
+	const total = 1 << 20
+	p := newPod()
+	allSent := make(chan struct{})
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		if _, err := io.ReadFull(stdin, make([]byte, 10)); err != nil {
+			return 1, err
+		}
+		stdin.(io.Closer).Close()
+		select { // runs on until all the input is acknowledged
+		case <-allSent:
+		case <-ctx.Done():
+			return 1, ctx.Err()
+		}
+		return 3, nil
+	}
+	_, exit, acks := execWithWindow(t, p, make([]byte, total), 64<<10, func(taken uint64) {
+		if taken == total {
+			close(allSent)
+		}
+	})
+	if exit.Error != "" || exit.ExitCode != 3 {
+		t.Fatalf("exec exit = %+v, want the command's 3 and no error", exit)
+	}
+	if acks[len(acks)-1] != total {
+		t.Fatalf("acknowledgements %v, want the last one at %d", acks, total)
+	}
+}
+
+// execWithWindow runs an exec of p with input sent under a stdin window,
+// as a host side that keeps to it does, and returns its output, its exit
+// and the acknowledgements in the order they came (each larger than the
+// one before; onAck sees each).
+func execWithWindow(t *testing.T, p *pod, input []byte, window int, onAck ...func(taken uint64)) (string, guestchannel.ExecExit, []uint64) {
+	t.Helper()
+	c, _ := startSession(t, p)
+	if err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"cat"}, Stdin: true, StdinWindow: window}); err != nil {
+		t.Fatal(err)
+	}
+	// The sender: what the window allows, then it waits for an
+	// acknowledgement.
+	acked := make(chan uint64, 1024)
+	sent := make(chan error, 1)
+	go func() {
+		total, w := uint64(len(input)), uint64(window)
+		var off, ack uint64
+		for off < total {
+			for off-ack >= w {
+				ack = max(ack, <-acked)
+			}
+			n := min(uint64(guestchannel.ChunkSize), w-(off-ack), total-off)
+			if err := c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: input[off : off+n]}); err != nil {
+				sent <- err
+				return
+			}
+			off += n
+		}
+		sent <- c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{EOF: true})
+	}()
+	var acks []uint64
+	var out []byte
+	for {
+		env, err := c.Receive()
+		if err != nil {
+			t.Fatalf("after %d acknowledgements: %v", len(acks), err)
+		}
+		if env.ID != "e1" {
+			continue
+		}
+		switch env.Type {
+		case guestchannel.TypeExecStdinAck:
+			var a guestchannel.ExecStdinAck
+			if err := env.Decode(&a); err != nil {
+				t.Fatal(err)
+			}
+			if len(acks) > 0 && a.Taken <= acks[len(acks)-1] {
+				t.Fatalf("acknowledgement %d after %d: the count must grow", a.Taken, acks[len(acks)-1])
+			}
+			acks = append(acks, a.Taken)
+			acked <- a.Taken
+			for _, f := range onAck {
+				f(a.Taken)
+			}
+		case guestchannel.TypeExecOutput:
+			var o guestchannel.ExecOutput
+			if err := env.Decode(&o); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, o.Data...)
+		case guestchannel.TypeExecExit:
+			var exit guestchannel.ExecExit
+			if err := env.Decode(&exit); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+			return string(out), exit, acks
+		}
+	}
+}
+
+// A host that asks for a window and sends more than it allows fails the
+// exec, with the reason; the channel goes on serving (a stop is answered).
+func TestAnExecWhoseHostIgnoresTheWindowFails(t *testing.T) {
+	const window = 64 << 10
+	p := newPod()
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		<-ctx.Done() // never reads
+		return 137, nil
+	}
+	c, _ := startSession(t, p)
+	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+	go func() {
+		_ = c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"sleep"}, Stdin: true, StdinWindow: window})
+		for range window/len(chunk) + 1 { // one piece too many, no acknowledgement waited for
+			_ = c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk})
+		}
+		_ = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+	}()
+	got := untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit, "s1": guestchannel.TypeStopped})
+	var exit guestchannel.ExecExit
+	if got["e1"].Decode(&exit); !strings.Contains(exit.Error, "more input than the stdin window allows") {
+		t.Fatalf("exec exit = %+v, want an error saying the host sent more than the window", exit)
+	}
+}
+
+// A window over MaxExecStdinWindow is refused; the agent's hello
+// announces the capability whatever the agent's command put in Hello.
+func TestTheStdinWindowIsAnnouncedAndBounded(t *testing.T) {
+	ln, addr := listenUnix(t)
+	serve(t, &Server{Addr: addr, Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: newPod(), MinRetry: 10 * time.Millisecond})
+	nc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+	c := guestchannel.NewConn(nc)
+	env, err := c.Receive()
+	var hello guestchannel.Hello
+	if err != nil || env.Decode(&hello) != nil || !hello.Can(guestchannel.CapExecStdinAck) {
+		t.Fatalf("hello %s (%v), want it to announce %s", env.Body, err, guestchannel.CapExecStdinAck)
+	}
+	c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"cat"}, Stdin: true, StdinWindow: guestchannel.MaxExecStdinWindow + 1})
+	var exit guestchannel.ExecExit
+	if untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit})["e1"].Decode(&exit); !strings.Contains(exit.Error, "window") {
+		t.Fatalf("exec exit = %+v, want the window refused", exit)
+	}
 }

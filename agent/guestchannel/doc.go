@@ -26,16 +26,17 @@
 // The host side bounds its writes (Conn.SetWriteTimeout, SendBefore): a
 // frame the agent does not take in time closes the channel. So the agent
 // reads its channel without waiting on any one request: an exec's input is
-// queued apart and written to the command at its pace, and an exec whose
-// command leaves too much of it unread fails alone.
+// queued apart and written to the command at its pace (below, "Exec
+// input").
 //
 // # Conversation
 //
-//	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id}
+//	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id, capabilities}
 //	agent → host   status  {full: true, every container's state}      (right after hello)
 //	host  → agent  logs    {container, follow, previous, tail}  → log chunks, then one with EOF
-//	host  → agent  exec    {container, command, stdin?}         → exec.output*, exec.exit
+//	host  → agent  exec    {container, command, stdin?, stdinWindow?} → exec.output*, exec.exit
 //	host  → agent  exec.stdin {data, eof}                        (only when exec.stdin was true)
+//	agent → host   exec.stdin.ack {taken}                        (only when exec.stdinWindow > 0)
 //	host  → agent  stop    {grace period}                        → stopped (every container ended)
 //	host  → agent  cancel  {id of a logs/exec request}           ends a follow or an exec
 //	agent → host   status  {full: false, changed containers}     whenever a state changes
@@ -46,7 +47,35 @@
 // that receives a message of a type it does not know answers with an error
 // message naming the type and otherwise ignores it, so both ends can grow
 // new messages without breaking old peers. Protocol is bumped only for a
-// change an old peer would misread.
+// change an old peer would misread. What an agent serves beyond the
+// message set of its Protocol it announces in Hello.Capabilities (Cap*),
+// and the host side uses a capability only when announced: an agent that
+// predates one never sees what it would not understand.
+//
+// # Exec input
+//
+// An exec's stdin has credit-based flow control, as an SSH channel's or an
+// HTTP/2 stream's window: the host gives the exec a StdinWindow (at most
+// MaxExecStdinWindow) to an agent announcing CapExecStdinAck, never has
+// more than that many bytes of input sent and not yet acknowledged, and
+// the agent answers with exec.stdin.ack {taken}: the bytes it is done with
+// since the exec began (written into the command's stdin pipe, or dropped
+// once the command closed it), a count that only grows, sent once the
+// queue is written or every quarter window while it is not, never per
+// byte. The agent's queue of input never holds more than the window; a
+// host that sends more has that exec fail ("the host sent more input than
+// the stdin window allows"). So input of any size goes at the pace the
+// command reads it, and a command that never reads holds its sender, as a
+// pipe holds its writer. The host agent passes the window on from the
+// client (events.PodExecRequest.StdinWindow) and the acknowledgements back
+// to it, end to end.
+//
+// An exec without a window (an older host side, or a client that asks for
+// none) gets what every exec had before: the agent queues its input as it
+// comes, and fails the exec ("the command does not read its input") once
+// more than 1 MiB waits unread. A host side facing an agent without the
+// capability gives the exec no window and acknowledges its client's input
+// itself as it writes it to the channel.
 //
 // On every (re)connection the agent sends hello and a full status: the host
 // side keeps no state it cannot rebuild from that. On a serial line the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -43,6 +44,10 @@ const (
 	// accepts. An agent that predates it answers with an error, as for any
 	// unknown type.
 	TypeResync = "resync"
+	// TypeExecStdinAck (agent → host, ExecStdinAck) reports how much of
+	// an exec's input the agent has taken, for an exec given a
+	// StdinWindow; only an agent announcing CapExecStdinAck is given one.
+	TypeExecStdinAck = "exec.stdin.ack"
 )
 
 // Envelope is one framed message. Body holds the message of Type (Hello,
@@ -96,7 +101,23 @@ type Hello struct {
 	// port concentrator) rather than on a socket only its hypervisor
 	// reaches.
 	ChannelToken string `json:"channelToken,omitempty"`
+	// Capabilities names what the agent serves beyond Protocol's message
+	// set (Cap* constants): an addition an old peer does not misread,
+	// which the host side uses only when announced. An agent that
+	// predates a capability does not list it.
+	Capabilities []string `json:"capabilities,omitempty"`
 }
+
+// Capabilities an agent announces in Hello.
+const (
+	// CapExecStdinAck: the agent takes ExecRequest.StdinWindow, answers an
+	// exec's input with exec.stdin.ack, and holds no more of it than the
+	// window.
+	CapExecStdinAck = "exec.stdin.ack"
+)
+
+// Can reports whether the hello announces capability c.
+func (h Hello) Can(c string) bool { return slices.Contains(h.Capabilities, c) }
 
 // Status reports container states. Full is true on the report that follows
 // hello: containers absent from a full report do not exist (yet) in the
@@ -204,12 +225,36 @@ type ExecRequest struct {
 	// Stdin is true when ExecStdin messages will follow (the last with EOF);
 	// otherwise the command's stdin is empty.
 	Stdin bool `json:"stdin,omitempty"`
+	// StdinWindow, when > 0 (with Stdin, to an agent announcing
+	// CapExecStdinAck; at most MaxExecStdinWindow), is flow control: the
+	// host never has more than StdinWindow bytes of input sent and not
+	// yet acknowledged by an ExecStdinAck, and the agent fails the exec
+	// of a host that does. 0: no acknowledgements, and the agent takes up
+	// to its own bound of unread input ahead of the command (what agents
+	// did before the capability).
+	StdinWindow int `json:"stdinWindow,omitempty"`
 }
+
+// MaxExecStdinWindow bounds ExecRequest.StdinWindow: what one exec's input
+// may hold of the guest's memory. An agent refuses an exec asking for more.
+const MaxExecStdinWindow = 1 << 20
 
 // ExecStdin carries input for an exec started with Stdin.
 type ExecStdin struct {
 	Data []byte `json:"data,omitempty"`
 	EOF  bool   `json:"eof,omitempty"`
+}
+
+// ExecStdinAck acknowledges an exec's input (ExecRequest.StdinWindow):
+// Taken counts the bytes of it the agent is done with since the exec
+// began, written into the command's stdin pipe or dropped once the
+// command closed it (it exited, or closed its stdin). The count only
+// grows; the host may send up to Taken + StdinWindow in all. The agent
+// sends one once its queue of input is written, or every quarter of the
+// window while it is not: one for a piece of input or for several, never
+// one per byte.
+type ExecStdinAck struct {
+	Taken uint64 `json:"taken"`
 }
 
 // ExecOutput is a piece of the command's output.

@@ -78,6 +78,16 @@
 // control subject for stdin, cancel and keep-alives; the last has EOF, an
 // exec's exit code, or an error).
 //
+// An exec's stdin has flow control when the client asks for a window
+// (events.PodExecRequest.StdinWindow): the first answer grants it (at most
+// guestchannel.MaxExecStdinWindow), and the client keeps no more than that
+// sent and not yet acknowledged. To an agent announcing
+// guestchannel.CapExecStdinAck the window goes on with the exec and its
+// exec.stdin.ack counts are relayed as answers with StdinAcked; for an
+// older agent the host agent acknowledges each piece of input itself once
+// written to the channel, and the agent's own bound on unread input
+// applies as before (stdinRelay in query.go).
+//
 // # Deletes
 //
 // Each host agent consumes pod.delete.requested with its own durable

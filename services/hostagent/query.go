@@ -138,7 +138,7 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	}
 	s.relay(pc, st, guestchannel.TypeLogs, guestchannel.LogsRequest{
 		Container: container, Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines,
-	}, false)
+	}, nil)
 }
 
 func (s *Service) serveExec(m *nats.Msg, st *stream) {
@@ -149,7 +149,42 @@ func (s *Service) serveExec(m *nats.Msg, st *stream) {
 	if pc == nil {
 		return
 	}
-	s.relay(pc, st, guestchannel.TypeExec, guestchannel.ExecRequest{Container: container, Command: req.Command, Stdin: req.Stdin}, req.Stdin)
+	ereq := guestchannel.ExecRequest{Container: container, Command: req.Command, Stdin: req.Stdin}
+	var in *stdinRelay
+	if req.Stdin {
+		in = &stdinRelay{window: min(req.StdinWindow, guestchannel.MaxExecStdinWindow)}
+		if in.window > 0 {
+			if pc.hello.Can(guestchannel.CapExecStdinAck) {
+				ereq.StdinWindow = in.window
+			} else {
+				in.selfAck = true
+			}
+		}
+	}
+	s.relay(pc, st, guestchannel.TypeExec, ereq, in)
+}
+
+// stdinRelay is how an exec's input is passed on.
+//
+// A client that asks for a window (events.PodExecRequest.StdinWindow) is
+// granted it, at most what one exec may hold in the guest
+// (guestchannel.MaxExecStdinWindow). To an agent announcing
+// guestchannel.CapExecStdinAck the window is passed on with the exec, and
+// the agent's acknowledgements are relayed to the client as they come: the
+// client sends at the pace the command reads, from end to end, and no hop
+// holds more than the window. An agent that predates the capability gets
+// no window, and the host agent acknowledges each piece of input itself
+// once it has written it to the channel: the client never waits on
+// acknowledgements that would not come, and such an agent keeps its own
+// bound on input not read yet (what every exec had before windows). A
+// client that asks for no window gets no acknowledgements (the same).
+type stdinRelay struct {
+	// window is the window granted to the client; 0: none.
+	window int
+	// selfAck: the host agent acknowledges input once forwarded (an agent
+	// without the capability); forwarded counts it.
+	selfAck   bool
+	forwarded uint64
 }
 
 // begin decodes and validates a request into req and finds the channel of
@@ -178,7 +213,9 @@ func (s *Service) begin(st *stream, data []byte, what string, req interface{ Val
 // relay sends one request to the agent and streams its answers to the
 // client until the agent ends them, the client cancels or goes silent, or
 // the channel closes.
-func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin bool) {
+//
+// in is an exec's input (nil: the request takes none).
+func (s *Service) relay(pc *podConn, st *stream, typ string, body any, in *stdinRelay) {
 	id, answers, err := pc.request()
 	if err != nil {
 		st.fail(err)
@@ -203,7 +240,11 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin boo
 		st.fail(fmt.Errorf("send to the guest: %w", err))
 		return
 	}
-	st.send(events.PodStreamMessage{Control: inbox})
+	first := events.PodStreamMessage{Control: inbox}
+	if in != nil {
+		first.StdinWindow = in.window
+	}
+	st.send(first)
 	idle := time.NewTimer(events.PodStreamIdleTimeout)
 	defer idle.Stop()
 	cancelled := false
@@ -233,11 +274,15 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin boo
 				st.send(events.PodStreamMessage{EOF: true})
 				return
 			}
-			if stdin && (len(c.Stdin) > 0 || c.StdinEOF) {
+			if in != nil && (len(c.Stdin) > 0 || c.StdinEOF) {
 				if err := sendStdin(pc, id, c.Stdin, c.StdinEOF); err != nil {
 					cancelAgent()
 					st.fail(fmt.Errorf("send stdin to the guest: %w", err))
 					return
+				}
+				if in.selfAck && len(c.Stdin) > 0 {
+					in.forwarded += uint64(len(c.Stdin))
+					st.send(events.PodStreamMessage{StdinAcked: in.forwarded})
 				}
 			}
 		case <-idle.C:
@@ -252,7 +297,9 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, stdin boo
 // its end when eof. Each write is bounded by the channel's write timeout:
 // a guest that does not take its input has its channel closed rather than
 // hold the relay (the agent queues an exec's input apart from its
-// channel's loop, and fails an exec whose command does not read it).
+// channel's loop, at most the exec's window of it, and fails an exec whose
+// host sends more, or without a window one whose command leaves too much
+// unread).
 func sendStdin(pc *podConn, id string, data []byte, eof bool) error {
 	for {
 		n := min(len(data), guestchannel.ChunkSize)
@@ -295,6 +342,14 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 			return true
 		}
 		st.send(events.PodStreamMessage{Stream: o.Stream, Data: o.Data})
+	case guestchannel.TypeExecStdinAck:
+		// Sent only for an exec given a window: the client waits on it.
+		var a guestchannel.ExecStdinAck
+		if err := env.Decode(&a); err != nil {
+			st.fail(err)
+			return true
+		}
+		st.send(events.PodStreamMessage{StdinAcked: a.Taken})
 	case guestchannel.TypeExecExit:
 		var x guestchannel.ExecExit
 		if err := env.Decode(&x); err != nil {

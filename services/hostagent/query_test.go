@@ -3,10 +3,21 @@ package hostagent_test
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/podvisor/podvisor/agent/channel"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/hostagent"
@@ -42,3 +53,244 @@ func TestAGuestThatDoesNotReadItsChannelHasItClosed(t *testing.T) {
 		t.Fatal("the channel of the guest that did not read stayed open")
 	}
 }
+
+// An exec's stdin window: the host agent grants what the client asks (at
+// most what a guest takes for one exec), passes it to an agent that
+// announces acknowledgements and relays that agent's acknowledgements;
+// for an agent that predates them it acknowledges each piece of input
+// itself once written to the channel, and passes no window on (the
+// agent's own bound applies, as before); a client that asks for no window
+// gets no acknowledgements.
+func TestExecStdinAcknowledgements(t *testing.T) {
+	pieces := []string{"0123456789", "abcdefghijklmnopqrst", strings.Repeat("z", 30)}
+	for i, tc := range []struct {
+		name string
+		// ackingAgent: the guest announces CapExecStdinAck (and holds its
+		// acknowledgements until it has all the input: one, for 60).
+		ackingAgent bool
+		asked       int
+		wantGranted int
+		wantToAgent int
+		wantAcks    []uint64
+	}{
+		{"relayed from an agent that acknowledges", true, 256 << 10, 256 << 10, 256 << 10, []uint64{60}},
+		{"made by the host agent for an agent that does not", false, 256 << 10, 256 << 10, 0, []uint64{10, 30, 60}},
+		{"none for a client that asks for none", true, 0, 0, 0, nil},
+		{"a window over what a guest takes is granted smaller", true, 64 << 20, guestchannel.MaxExecStdinWindow, guestchannel.MaxExecStdinWindow, []uint64{60}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			name, uid := fmt.Sprint("web", i), fmt.Sprint("uid-web", i)
+			e.putPod(name, uid, host, 30, "app")
+			hello := guestchannel.Hello{PodUID: uid, Namespace: "default", Name: name, BootID: "b"}
+			if tc.ackingAgent {
+				hello.Capabilities = []string{guestchannel.CapExecStdinAck}
+			}
+			g := guesttest.Dial(t, e.svc.Socket(), hello, "app")
+			g.SetExec(func(req guestchannel.ExecRequest, stdin []byte) (string, int32) { return string(stdin), 0 })
+			release := g.HoldStdinAcks()
+			e.waitReports(uid, 1)
+
+			s := startStream(t, e, events.SubjectPodExec(host), events.PodExecRequest{Namespace: "default", Name: name, Container: "app",
+				Command: []string{"cat"}, Stdin: true, StdinWindow: tc.asked})
+			first := s.next()
+			if first.Control == "" || first.StdinWindow != tc.wantGranted {
+				t.Fatalf("first answer %+v, want a control subject and a window of %d", first, tc.wantGranted)
+			}
+			for _, p := range pieces {
+				s.control(first.Control, events.PodStreamControl{Stdin: []byte(p)})
+			}
+			waitFor(t, "the guest receiving all the input", func() bool { return g.StdinReceived() == 60 })
+			release()
+			s.control(first.Control, events.PodStreamControl{StdinEOF: true})
+			var acks []uint64
+			var out string
+			for {
+				m := s.next()
+				if m.StdinAcked > 0 {
+					acks = append(acks, m.StdinAcked)
+				}
+				out += string(m.Data)
+				if m.EOF {
+					if m.Error != "" || m.ExitCode == nil || *m.ExitCode != 0 {
+						t.Fatalf("last answer %+v, want exit 0", m)
+					}
+					break
+				}
+			}
+			if want := strings.Join(pieces, ""); out != want {
+				t.Errorf("output %q, want the input %q", out, want)
+			}
+			if !slices.Equal(acks, tc.wantAcks) {
+				t.Errorf("acknowledgements %v, want %v", acks, tc.wantAcks)
+			}
+			if execs := g.Execs(); len(execs) != 1 || execs[0].StdinWindow != tc.wantToAgent {
+				t.Errorf("the agent received %+v, want one exec with a window of %d", execs, tc.wantToAgent)
+			}
+		})
+	}
+}
+
+// waitFor polls cond until it holds, for 10 s at most.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+	}
+}
+
+// rawStream is a client of a streamed answer read message by message.
+type rawStream struct {
+	t    *testing.T
+	e    *env
+	msgs chan *nats.Msg
+}
+
+// startStream sends req to subject and returns its answer's stream.
+func startStream(t *testing.T, e *env, subject string, req any) *rawStream {
+	t.Helper()
+	nc := e.bus.Conn()
+	inbox := nc.NewRespInbox()
+	s := &rawStream{t: t, e: e, msgs: make(chan *nats.Msg, 256)}
+	sub, err := nc.ChanSubscribe(inbox, s.msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	data, _ := json.Marshal(req)
+	if err := nc.PublishRequest(subject, inbox, data); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// next is the next message of the answer.
+func (s *rawStream) next() events.PodStreamMessage {
+	s.t.Helper()
+	select {
+	case m := <-s.msgs:
+		var sm events.PodStreamMessage
+		if err := json.Unmarshal(m.Data, &sm); err != nil {
+			s.t.Fatal(err)
+		}
+		return sm
+	case <-time.After(10 * time.Second):
+		s.t.Fatal("no answer within 10s")
+		return events.PodStreamMessage{}
+	}
+}
+
+// control sends c on the answer's control subject.
+func (s *rawStream) control(subject string, c events.PodStreamControl) {
+	s.t.Helper()
+	data, _ := json.Marshal(c)
+	if err := s.e.bus.Conn().Publish(subject, data); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// Input of any size streams through the host agent at the pace the
+// command reads it, from the client (podstream, as `podvisor exec -i`)
+// to the agent's real channel code: 4 MiB into a command that reads
+// slowly arrive whole, and the client never reads more than its window
+// ahead of the command, which bounds what any hop holds (NATS, the host
+// agent, the guest's queue).
+func TestExecInputStreamsAtTheCommandsPace(t *testing.T) {
+	e := newEnv(t)
+	e.putPod("web", "uid-web", host, 30, "app")
+	p := &slowReadingPod{}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		(&channel.Server{Addr: "unix:" + e.svc.Socket(), Pod: p, MinRetry: 10 * time.Millisecond,
+			Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b"}}).Run(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-served })
+	e.waitReports("uid-web", 1)
+
+	input := make([]byte, 4<<20)
+	_, _ = cryptorand.Read(input)
+	in := &leadReader{r: bytes.NewReader(input), behind: &p.read}
+	var out, errOut bytes.Buffer
+	rctx, rcancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer rcancel()
+	code, err := podstream.Run(rctx, e.bus.Conn(), events.SubjectPodExec(host),
+		&events.PodExecRequest{Namespace: "default", Name: "web", Container: "app", Command: []string{"cat"}, Stdin: true}, in, &out, &errOut)
+	if err != nil || code == nil || *code != 0 {
+		t.Fatalf("exec: code %v, err %v, stderr %q", code, err, errOut.String())
+	}
+	if want := fmt.Sprintf("%d %x", len(input), sha256.Sum256(input)); out.String() != want {
+		t.Fatalf("the command read %q, want %q", out.String(), want)
+	}
+	// The command counts a read once its Read has returned, which may be
+	// after the agent's write into its pipe has (and the agent
+	// acknowledged it): one read of slack.
+	if in.maxLead > podstream.StdinWindow+slowReadSize {
+		t.Errorf("the client read %d bytes ahead of the command, more than its window of %d (+%d)", in.maxLead, podstream.StdinWindow, slowReadSize)
+	}
+	t.Logf("the client read at most %d bytes ahead of the command (window %d)", in.maxLead, podstream.StdinWindow)
+}
+
+// leadReader reads r and records how far its reads got ahead of behind's
+// count.
+type leadReader struct {
+	r       io.Reader
+	behind  *atomic.Int64
+	read    int64
+	maxLead int64
+}
+
+func (l *leadReader) Read(b []byte) (int, error) {
+	n, err := l.r.Read(b)
+	l.read += int64(n)
+	l.maxLead = max(l.maxLead, l.read-l.behind.Load())
+	return n, err
+}
+
+// slowReadSize is how much a slowReadingPod's command reads at a time.
+const slowReadSize = 16 << 10
+
+// slowReadingPod is a pod of one running container, app, whose execs read
+// their input slowly, then print its size and digest.
+type slowReadingPod struct {
+	read atomic.Int64 // input bytes the commands have read
+	seq  atomic.Uint64
+}
+
+func (p *slowReadingPod) Status() (guestchannel.Status, <-chan struct{}) {
+	return guestchannel.Status{Phase: guestchannel.PhaseRunning, Containers: []guestchannel.ContainerStatus{{
+		Name: "app", Ready: true, Started: true, State: guestchannel.ContainerState{Kind: guestchannel.StateRunning},
+	}}}, nil
+}
+
+func (p *slowReadingPod) NextSeq() uint64 { return p.seq.Add(1) }
+
+func (p *slowReadingPod) Logs(context.Context, guestchannel.LogsRequest, func([]byte) error) error {
+	return errors.New("no logs here")
+}
+
+func (p *slowReadingPod) Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(string, []byte)) (int32, error) {
+	h := sha256.New()
+	buf := make([]byte, slowReadSize)
+	var n int
+	for {
+		time.Sleep(time.Millisecond) // a slow reader: the input waits for it
+		k, err := stdin.Read(buf)
+		h.Write(buf[:k])
+		n += k
+		p.read.Add(int64(k))
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return 1, err
+		}
+	}
+	out("stdout", fmt.Appendf(nil, "%d %x", n, h.Sum(nil)))
+	return 0, nil
+}
+
+func (p *slowReadingPod) Stop(time.Duration) guestchannel.Stopped { return guestchannel.Stopped{} }

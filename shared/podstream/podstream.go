@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -16,6 +17,17 @@ import (
 // firstAnswerTimeout bounds the wait for a host agent's first message.
 const firstAnswerTimeout = 10 * time.Second
 
+// StdinWindow is the stdin window an exec asks for
+// (events.PodExecRequest.StdinWindow): the most input sent and not yet
+// acknowledged. It bounds what one exec's input holds on the way (NATS,
+// the host agent, the queue in the guest) whatever the input's size, and
+// is large enough that acknowledgements, which come for every few pieces
+// of input taken, arrive before the client runs out of it: 8 pieces of
+// 32 KiB in flight keep a command that reads fast fed across a few
+// milliseconds of round trip. A quarter of what a guest accepts for one
+// exec (guestchannel.MaxExecStdinWindow).
+const StdinWindow = 256 << 10
+
 // Run sends a logs or exec request to subject (a host agent's, or a guest
 // cluster's query that hands it to one) and copies the streamed answer:
 // data to stdout (exec's stderr stream to stderr). stdin, when not nil, is
@@ -23,6 +35,9 @@ const firstAnswerTimeout = 10 * time.Second
 // or the error the host agent reported. Ending ctx cancels the stream at
 // the host agent.
 func Run(ctx context.Context, nc *nats.Conn, subject string, req any, stdin io.Reader, stdout, stderr io.Writer) (*int32, error) {
+	if stdin != nil {
+		req = withStdinWindow(req)
+	}
 	data, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
@@ -39,6 +54,7 @@ func Run(ctx context.Context, nc *nats.Conn, subject string, req any, stdin io.R
 	}
 	var control string
 	var seq uint64
+	var window *credit
 	stop := make(chan struct{})
 	defer close(stop)
 	sendControl := func(c events.PodStreamControl) {
@@ -78,8 +94,12 @@ func Run(ctx context.Context, nc *nats.Conn, subject string, req any, stdin io.R
 			control = sm.Control
 			go keepAlive(stop, nc, control)
 			if stdin != nil {
-				go sendStdin(stop, stdin, sendControl)
+				window = newCredit(sm.StdinWindow)
+				go sendStdin(stop, stdin, sendControl, window)
 			}
+		}
+		if sm.StdinAcked > 0 && window != nil {
+			window.ack(sm.StdinAcked)
 		}
 		if len(sm.Data) > 0 {
 			w := stdout
@@ -114,11 +134,83 @@ func keepAlive(stop <-chan struct{}, nc *nats.Conn, control string) {
 	}
 }
 
-// sendStdin copies stdin to the exec in chunks, then its end.
-func sendStdin(stop <-chan struct{}, r io.Reader, send func(events.PodStreamControl)) {
-	buf := make([]byte, 32<<10)
+// withStdinWindow asks for a stdin window (StdinWindow) in an exec request
+// with stdin that names none; other requests are returned as they are.
+func withStdinWindow(req any) any {
+	switch r := req.(type) {
+	case events.PodExecRequest:
+		if r.Stdin && r.StdinWindow == 0 {
+			r.StdinWindow = StdinWindow
+		}
+		return r
+	case *events.PodExecRequest:
+		if r != nil && r.Stdin && r.StdinWindow == 0 {
+			c := *r
+			c.StdinWindow = StdinWindow
+			return &c
+		}
+	}
+	return req
+}
+
+// credit is the room a stdin window leaves: what the host agent granted
+// less what was sent and not yet acknowledged.
+type credit struct {
+	window uint64 // 0: no window, no wait
+	mu     sync.Mutex
+	acked  uint64
+	more   chan struct{} // an acknowledgement since the sender last looked
+}
+
+func newCredit(window int) *credit {
+	return &credit{window: uint64(max(window, 0)), more: make(chan struct{}, 1)}
+}
+
+// ack records the count the host agent acknowledged (it only grows).
+func (c *credit) ack(taken uint64) {
+	c.mu.Lock()
+	c.acked = max(c.acked, taken)
+	c.mu.Unlock()
+	select {
+	case c.more <- struct{}{}:
+	default:
+	}
+}
+
+// room waits until the window leaves room after sent bytes and returns it
+// (at most limit; limit at once without a window); false once stop is
+// closed. A command that does not read holds the sender here, as a pipe
+// holds its writer.
+func (c *credit) room(sent uint64, limit int, stop <-chan struct{}) (int, bool) {
+	if c.window == 0 {
+		return limit, true
+	}
 	for {
-		n, err := r.Read(buf)
+		c.mu.Lock()
+		free := c.acked + c.window - min(sent, c.acked+c.window)
+		c.mu.Unlock()
+		if free > 0 {
+			return int(min(free, uint64(limit))), true
+		}
+		select {
+		case <-c.more:
+		case <-stop:
+			return 0, false
+		}
+	}
+}
+
+// sendStdin copies stdin to the exec in chunks, then its end, within the
+// window.
+func sendStdin(stop <-chan struct{}, r io.Reader, send func(events.PodStreamControl), window *credit) {
+	buf := make([]byte, 32<<10)
+	var sent uint64
+	for {
+		n, ok := window.room(sent, len(buf), stop)
+		if !ok {
+			return
+		}
+		n, err := r.Read(buf[:n])
 		select {
 		case <-stop:
 			return
@@ -126,6 +218,7 @@ func sendStdin(stop <-chan struct{}, r io.Reader, send func(events.PodStreamCont
 		}
 		if n > 0 {
 			send(events.PodStreamControl{Stdin: append([]byte(nil), buf[:n]...)})
+			sent += uint64(n)
 		}
 		if err != nil {
 			send(events.PodStreamControl{StdinEOF: true})

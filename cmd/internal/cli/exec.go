@@ -19,8 +19,10 @@ func newExecCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a running container; its exit code is podvisor's",
 		Long: `exec runs COMMAND in a running container of the pod, through the host agent of the pod's
 host and the pod VM agent, and prints its output. -c names the container: by default the one the pod's
-kubectl.kubernetes.io/default-container annotation names, else the pod's only app container. -i sends
-this process's stdin to the command. There is no terminal. The command's exit code becomes podvisor's.`,
+kubectl.kubernetes.io/default-container annotation names, else the pod's only app container. -i streams
+this process's stdin to the command, at the pace the command reads it (any amount: what is sent ahead of
+the command is bounded, a command that does not read holds podvisor until it exits or Ctrl-C; input left
+when the command exits is dropped). There is no terminal. The command's exit code becomes podvisor's.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 {

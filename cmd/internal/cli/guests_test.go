@@ -2,8 +2,11 @@ package cli
 
 import (
 	"context"
+	cryptorand "crypto/rand"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -86,6 +89,19 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	}
 	if out, errOut, code := run(t, state, "piped\n", "exec", "-i", "web", "-c", "first", "--", "cat"); code != 0 || out != "piped\n" {
 		t.Errorf("exec -i cat: exit %d, stdout %q, stderr %q; want the input back", code, out, errOut)
+	}
+	// Input of any size streams at the pace the command reads it: 8 MiB
+	// (eight times what the guest would queue for a command that does not
+	// read) into a command that starts reading a second late arrive
+	// whole, the CLI held by the stdin window meanwhile.
+	input := make([]byte, 8<<20)
+	_, _ = cryptorand.Read(input)
+	started := time.Now()
+	if out, errOut, code := run(t, state, string(input), "exec", "-i", "web", "-c", "first", "--", "sh", "-c", "sleep 1; sha256sum"); code != 0 ||
+		out != fmt.Sprintf("%x  -\n", sha256.Sum256(input)) {
+		t.Errorf("exec -i of 8 MiB into sh -c 'sleep 1; sha256sum': exit %d, stdout %q, stderr %q; want the input's digest", code, out, errOut)
+	} else {
+		t.Logf("8 MiB through exec -i into a command reading a second late: %s", time.Since(started).Round(time.Millisecond))
 	}
 
 	// Delete: the host agent stops the containers within the grace period.

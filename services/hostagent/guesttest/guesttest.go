@@ -46,6 +46,14 @@ type Guest struct {
 	statuses  []guestchannel.ContainerStatus
 	// reads is held (HoldReads) to stop the guest reading its channel.
 	reads sync.RWMutex
+	// execs lists the exec requests received; taken counts each windowed
+	// exec's input received (its ID's), acked what was acknowledged of
+	// it; holdAcks holds the acknowledgements back (HoldStdinAcks).
+	execs    []guestchannel.ExecRequest
+	received int
+	taken    map[string]uint64
+	acked    map[string]uint64
+	holdAcks bool
 }
 
 // Dial connects to a host agent socket, says hello and sends a full status
@@ -121,7 +129,7 @@ func dialOpened(t testing.TB, network, addr string, conf *tls.Config, open func(
 	}
 	hello.Protocol = guestchannel.Protocol
 	g := &Guest{Hello: hello, conn: guestchannel.NewConn(c), closed: make(chan struct{}), logs: map[string]string{},
-		followers: map[string]string{}}
+		followers: map[string]string{}, taken: map[string]uint64{}, acked: map[string]uint64{}}
 	t.Cleanup(func() { g.conn.Close() })
 	now := time.Now().UTC().Truncate(time.Second)
 	for _, name := range containers {
@@ -235,6 +243,50 @@ func (g *Guest) HoldReads() (release func()) {
 	return sync.OnceFunc(g.reads.Unlock)
 }
 
+// HoldStdinAcks stops the guest acknowledging windowed execs' input
+// until release is called, which acknowledges at once all that was
+// received meanwhile (one exec.stdin.ack per exec). Only a guest whose
+// hello announces guestchannel.CapExecStdinAck acknowledges, and only the
+// execs given a window: it takes input as it comes, into the buffer its
+// scripted exec reads at the end.
+func (g *Guest) HoldStdinAcks() (release func()) {
+	g.mu.Lock()
+	g.holdAcks = true
+	g.mu.Unlock()
+	return sync.OnceFunc(func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.holdAcks = false
+		for id := range g.taken {
+			g.ackLocked(id)
+		}
+	})
+}
+
+// ackLocked acknowledges what was received of exec id's input since the
+// last acknowledgement (g.mu held, so that counts go out in order).
+func (g *Guest) ackLocked(id string) {
+	if g.holdAcks || g.taken[id] <= g.acked[id] {
+		return
+	}
+	g.acked[id] = g.taken[id]
+	_ = g.conn.Send(guestchannel.TypeExecStdinAck, id, guestchannel.ExecStdinAck{Taken: g.taken[id]})
+}
+
+// Execs lists the exec requests received.
+func (g *Guest) Execs() []guestchannel.ExecRequest {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]guestchannel.ExecRequest(nil), g.execs...)
+}
+
+// StdinReceived counts the bytes of exec input received, every exec's.
+func (g *Guest) StdinReceived() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.received
+}
+
 // Stops lists the stop requests received.
 func (g *Guest) Stops() []guestchannel.StopRequest {
 	g.mu.Lock()
@@ -299,6 +351,12 @@ func (g *Guest) serve() {
 		case guestchannel.TypeExec:
 			var req guestchannel.ExecRequest
 			_ = env.Decode(&req)
+			g.mu.Lock()
+			g.execs = append(g.execs, req)
+			if req.Stdin && req.StdinWindow > 0 && g.Hello.Can(guestchannel.CapExecStdinAck) {
+				g.taken[env.ID] = 0
+			}
+			g.mu.Unlock()
 			if req.Stdin {
 				execs[env.ID], stdin[env.ID] = req, &bytes.Buffer{}
 				continue
@@ -309,6 +367,13 @@ func (g *Guest) serve() {
 			_ = env.Decode(&in)
 			if buf, ok := stdin[env.ID]; ok {
 				buf.Write(in.Data)
+				g.mu.Lock()
+				g.received += len(in.Data)
+				if _, windowed := g.taken[env.ID]; windowed {
+					g.taken[env.ID] += uint64(len(in.Data))
+					g.ackLocked(env.ID)
+				}
+				g.mu.Unlock()
 				if in.EOF {
 					g.exec(env.ID, execs[env.ID], buf.Bytes())
 					delete(stdin, env.ID)
