@@ -246,7 +246,9 @@ func (e *LedgerEntry) Totals() (cpuMilli, memoryBytes int64, pods int) {
 	for _, a := range e.Allocations {
 		cpuMilli += a.CPUMilli
 		memoryBytes += a.MemoryBytes
-		pods++
+		if !a.VM {
+			pods++ // a native VM holds room and is no pod
+		}
 	}
 	return cpuMilli, memoryBytes, pods
 }

@@ -215,3 +215,27 @@ func TestReserveUndoesInReverse(t *testing.T) {
 		t.Errorf("calls = %s, want %s", got, want)
 	}
 }
+
+// The host's VM count follows its pods through every change: pods added
+// and removed, the ledger's set, and an inventory update (SetHost with no
+// pods keeps the host's, VMs among them).
+func TestHostCountsItsVMsThroughEveryChange(t *testing.T) {
+	vm := fwtest.MakePod("vm1").VM().Ref()
+	snap := framework.NewSnapshot(fwtest.MakeHost("h").Capacity(10000, 10*gib).Pod(vm).Used(1, 1).Obj())
+	h, _ := snap.Host("h")
+	counts := func(when string, pods, vms int) {
+		t.Helper()
+		h, _ := snap.Host("h")
+		if h.PodCount() != pods || h.VMCount() != vms {
+			t.Fatalf("%s: %d pods, %d VMs; want %d and %d", when, h.PodCount(), h.VMCount(), pods, vms)
+		}
+	}
+	counts("built", 1, 1)
+	snap.SetHost(fwtest.MakeHost("h").Capacity(10000, 10*gib).Obj())
+	counts("after an inventory update", 1, 1)
+	h, _ = snap.Host("h")
+	h.RemovePod(vm.Key)
+	counts("after the VM's removal", 1, 0)
+	snap.SetPods("h", []*framework.PodRef{vm, fwtest.MakePod("vm2").VM().Ref()}, 2)
+	counts("after the ledger's set", 0, 2)
+}

@@ -249,8 +249,8 @@ type Host struct {
 	RequestedCPUMilli    int64
 	RequestedMemoryBytes int64
 	// Pods on the host by allocation key (ledger and assumed), native
-	// VMs among them; change it with AddPod, RemovePod and SetPods, which
-	// keep vms.
+	// VMs among them; change it with AddPod, RemovePod, SetPods and
+	// SetHost, which keep vms.
 	Pods map[string]*PodRef
 	// vms counts the native VMs of Pods.
 	vms int
@@ -297,6 +297,17 @@ func (h *Host) PodCount() int { return len(h.Pods) - h.vms }
 
 // VMCount is the number of native VMs holding room on the host.
 func (h *Host) VMCount() int { return h.vms }
+
+// countVMs sets vms from Pods, for a host whose Pods were set as a whole
+// (SetHost: a new host, or one that took its predecessor's pods).
+func (h *Host) countVMs() {
+	h.vms = 0
+	for _, p := range h.Pods {
+		if p.VM {
+			h.vms++
+		}
+	}
+}
 
 // AddPod accounts for a pod on the host (idempotent by key).
 func (h *Host) AddPod(p *PodRef) bool {
@@ -474,6 +485,7 @@ func (s *Snapshot) SetHost(h *Host) {
 			h.Pods, h.RequestedCPUMilli, h.RequestedMemoryBytes = old.Pods, old.RequestedCPUMilli, old.RequestedMemoryBytes
 			h.LedgerRevision = old.LedgerRevision
 		}
+		h.countVMs()
 		for i, x := range s.hosts {
 			if x.Name == h.Name {
 				s.hosts[i] = h
@@ -481,6 +493,7 @@ func (s *Snapshot) SetHost(h *Host) {
 			}
 		}
 	} else {
+		h.countVMs()
 		i := sort.Search(len(s.hosts), func(i int) bool { return s.hosts[i].Name >= h.Name })
 		s.hosts = append(s.hosts, nil)
 		copy(s.hosts[i+1:], s.hosts[i:])

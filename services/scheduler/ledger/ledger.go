@@ -215,7 +215,7 @@ func (l *Ledger) ReserveFrom(ctx context.Context, hint *Entry, host string, capa
 			case cpu+a.CPUMilli > capacity.CPUMilli:
 				res.Rejected[k] = Rejection{"InsufficientCPU", "insufficient cpu"}
 				continue
-			case capacity.MaxPods > 0 && pods+1 > capacity.MaxPods:
+			case capacity.MaxPods > 0 && !a.VM && pods+1 > capacity.MaxPods:
 				res.Rejected[k] = Rejection{"TooManyPods", "too many pods"}
 				continue
 			}
@@ -223,7 +223,10 @@ func (l *Ledger) ReserveFrom(ctx context.Context, hint *Entry, host string, capa
 				a.ReservedAt = l.now().UTC()
 			}
 			e.Allocations[k] = a
-			cpu, mem, pods = cpu+a.CPUMilli, mem+a.MemoryBytes, pods+1
+			cpu, mem = cpu+a.CPUMilli, mem+a.MemoryBytes
+			if !a.VM {
+				pods++
+			}
 			res.Accepted = append(res.Accepted, k)
 			changed = true
 		}

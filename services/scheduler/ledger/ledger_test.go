@@ -328,3 +328,25 @@ func TestClaimTakesOverOnlyADeadBinding(t *testing.T) {
 		t.Fatalf("replay: %s, %v", h, err)
 	}
 }
+
+// A native VM's allocation holds room (CPU, memory) but is no pod: the
+// pod cap neither counts nor refuses it, as the scheduler's filter does.
+func TestNativeVMsAreOutsideThePodCap(t *testing.T) {
+	a, _ := twoSchedulers(t)
+	capacity := ledger.Capacity{CPUMilli: 64000, MemoryBytes: 10 * gib, MaxPods: 1}
+	vm := pod("vm-1", 100, gib)
+	vm.VM = true
+	reserveOne(t, a, "a VM on an empty host", "esx-1", capacity, vm)
+	reserveOne(t, a, "a pod beside the VM, the cap 1", "esx-1", capacity, pod("p-1", 100, gib))
+	vm2 := pod("vm-2", 100, gib)
+	vm2.VM = true
+	reserveOne(t, a, "a VM on a host whose pod cap is full", "esx-1", capacity, vm2)
+	r, err := a.Reserve(t.Context(), "esx-1", capacity, []events.Allocation{pod("p-2", 100, gib)})
+	if err != nil || r.Rejected["p-2"].Reason != "TooManyPods" {
+		t.Fatalf("a second pod over the cap of 1: %+v, %v; want TooManyPods", r, err)
+	}
+	e, _ := a.Get(t.Context(), "esx-1")
+	if cpu, mem, pods := e.Totals(); pods != 1 || cpu != 300 || mem != 3*gib {
+		t.Fatalf("totals: %d pods, %d mCPU, %d bytes; want 1 pod and the room of all three", pods, cpu, mem)
+	}
+}
