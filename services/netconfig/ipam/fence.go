@@ -34,10 +34,10 @@ import (
 // own hold to the fence, above the revision of the network record it read,
 // then lists the addresses, then stores the new version with a
 // compare-and-set on that revision; stored, its hold becomes the fence's
-// MinRecord, which never goes down; refused, it removes its hold and no
-// other. An allocation carries the revision of the record its pool came
-// from (Pool.Record) and commits only if it is not below MinRecord or any
-// hold. Of an allocation and such a change racing, either the allocation
+// floor for good (Kept, which never goes down); refused, it removes its
+// hold and no other. An allocation carries the revision of the record its
+// pool came from (Pool.Record) and commits only if it is not below
+// MinRecord, which is always the highest of Kept and the holds. Of an allocation and such a change racing, either the allocation
 // commits first, and then the change lists its address, or the change
 // holds first, and then the allocation, made from the record as it was,
 // gives its address back and is tried again on the record that follows. An allocation from a record written after the one
@@ -60,24 +60,47 @@ type fence struct {
 	// Since is when Deleting was set (shown to a person; never compared).
 	Since time.Time `json:"since,omitzero"`
 	// MinRecord is the oldest revision of the network record an allocation
-	// may have taken its pool from, set by the addressing changes stored
-	// (KeepAddressing); it never goes down.
+	// may have taken its pool from: the highest of Kept and the holds,
+	// kept up to date by every change of them. (A replica of a version
+	// before Kept and Holds honours MinRecord alone and, writing the fence
+	// back, drops the other two: the floor then stays where it was, the
+	// safe way, and normalize makes it permanent.)
 	MinRecord uint64 `json:"minRecord,omitempty"`
+	// Kept is the floor the addressing changes stored set (KeepAddressing);
+	// it never goes down.
+	Kept uint64 `json:"kept,omitempty"`
 	// Holds are the addressing changes under way, each under its own token
 	// with the oldest revision it allows (HoldAddressing); a change removes
 	// only its own.
 	Holds map[string]uint64 `json:"holds,omitempty"`
 }
 
-// minRecord is the oldest revision of the network record an allocation may
-// have taken its pool from: the highest of MinRecord and the holds.
-func (f fence) minRecord() uint64 {
-	m := f.MinRecord
-	for _, h := range f.Holds {
-		m = max(m, h)
+// normalize reads a fence as written by any version: with no hold, all of
+// MinRecord is a stored change's floor.
+func (f *fence) normalize() {
+	if len(f.Holds) == 0 {
+		f.Kept = max(f.Kept, f.MinRecord)
 	}
-	return m
+	f.settle()
 }
+
+// settle sets MinRecord from Kept and the holds, and drops the holds Kept
+// covers.
+func (f *fence) settle() {
+	m := f.Kept
+	for h, v := range f.Holds {
+		if v <= f.Kept {
+			delete(f.Holds, h)
+			continue
+		}
+		m = max(m, v)
+	}
+	f.MinRecord = m
+}
+
+// minRecord is the oldest revision of the network record an allocation may
+// have taken its pool from.
+func (f fence) minRecord() uint64 { return f.MinRecord }
 
 // fenceKey has three tokens, like a pod binding, so that neither the
 // listing of a network's addresses (<network>.*) nor of its bindings
@@ -94,9 +117,9 @@ func fenceKey(network string) string { return network + ".fence.allocations" }
 // each, and the allocations no longer race each other for the fence. The
 // order the fence guarantees is the same for each of them: its address key
 // was created before the write that commits it was read and made.
-func (a *Allocator) commit(ctx context.Context, pool Pool, ip string, addrRev uint64) error {
+func (a *Allocator) commit(ctx context.Context, pool Pool, ip string, addrRev uint64, uid string, bindRev uint64) error {
 	network := pool.Network
-	w := &pendingCommit{ip: ip, rev: addrRev, record: pool.Record, done: make(chan error, 1)}
+	w := &pendingCommit{ip: ip, rev: addrRev, record: pool.Record, uid: uid, bindRev: bindRev, done: make(chan error, 1)}
 	a.fmu.Lock()
 	g := a.fences[network]
 	if g == nil {
@@ -131,6 +154,11 @@ type fenceGroup struct {
 type pendingCommit struct {
 	ip  string
 	rev uint64
+	// uid is the pod's, and bindRev the revision its binding to ip was
+	// written at: an address given back takes the binding with it, so
+	// that the pod's next allocation finds no binding under way.
+	uid     string
+	bindRev uint64
 	// record is the revision of the network record the allocation's pool
 	// came from (Pool.Record).
 	record uint64
@@ -207,6 +235,17 @@ func (a *Allocator) giveBack(ctx context.Context, network string, batch []*pendi
 			w.done <- fmt.Errorf("give back %s on %s: %w", w.ip, network, err)
 			continue
 		}
+		// The binding goes too, unless written again since (another
+		// allocation of the pod took it over): left, it would look like
+		// an allocation under way to the pod's next one, which would
+		// wait for it to be abandoned.
+		if w.bindRev > 0 {
+			err := a.kv.Delete(ctx, events.IPPodBindingKey(network, w.uid), jetstream.LastRevision(w.bindRev))
+			if err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) && !record.Conflict(err) {
+				w.done <- fmt.Errorf("give back the binding of %s on %s: %w", w.uid, network, err)
+				continue
+			}
+		}
 		w.done <- fmt.Errorf("allocate %s on %s: %w", w.ip, network, why)
 	}
 }
@@ -269,32 +308,41 @@ func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
 // holds under its own token, so two changes that read the same record
 // (two replicas) hold independently: one's release leaves the other's
 // hold standing.
-func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (string, error) {
-	hold := rand.Text()
+func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (Hold, error) {
+	hold := Hold{Token: rand.Text(), MinRecord: minRecord}
 	err := a.updateFence(ctx, network, func(f *fence) bool {
-		if f.MinRecord >= minRecord {
+		if f.Kept >= minRecord {
 			return false // a stored change holds them already, for good
 		}
 		if f.Holds == nil {
 			f.Holds = map[string]uint64{}
 		}
-		f.Holds[hold] = minRecord
+		f.Holds[hold.Token] = minRecord
 		return true
 	})
 	if err != nil {
-		return "", fmt.Errorf("hold addressing of %s: %w", network, err)
+		return Hold{}, fmt.Errorf("hold addressing of %s: %w", network, err)
 	}
 	return hold, nil
 }
 
+// Hold is an addressing change's hold on a network's allocations
+// (HoldAddressing).
+type Hold struct {
+	// Token names the change's hold in the fence.
+	Token string
+	// MinRecord is the oldest revision of the network record it allows.
+	MinRecord uint64
+}
+
 // ReleaseAddressing lifts the hold of a change that was not stored; the
 // other changes' holds stay.
-func (a *Allocator) ReleaseAddressing(ctx context.Context, network, hold string) error {
+func (a *Allocator) ReleaseAddressing(ctx context.Context, network string, hold Hold) error {
 	err := a.updateFence(ctx, network, func(f *fence) bool {
-		if _, ok := f.Holds[hold]; !ok {
+		if _, ok := f.Holds[hold.Token]; !ok {
 			return false
 		}
-		delete(f.Holds, hold)
+		delete(f.Holds, hold.Token)
 		return true
 	})
 	if err != nil {
@@ -305,21 +353,20 @@ func (a *Allocator) ReleaseAddressing(ctx context.Context, network, hold string)
 
 // KeepAddressing makes the hold of a change that was stored permanent: an
 // allocation made from a record before the change, however late it
-// commits, gives its address back. MinRecord takes the hold's value and
-// the hold goes, with every other one MinRecord now covers (those of
-// changes that read an older record, or whose process died holding).
-func (a *Allocator) KeepAddressing(ctx context.Context, network, hold string) error {
+// commits, gives its address back. Kept takes the hold's value and the
+// hold goes, with every other one Kept now covers (those of changes that
+// read an older record, or whose process died holding). The value is the
+// hold's own, so that a hold an older replica dropped from the fence is
+// kept all the same.
+func (a *Allocator) KeepAddressing(ctx context.Context, network string, hold Hold) error {
 	err := a.updateFence(ctx, network, func(f *fence) bool {
-		m, ok := f.Holds[hold]
-		if !ok {
-			return false
-		}
-		f.MinRecord = max(f.MinRecord, m)
-		for h, v := range f.Holds {
-			if v <= f.MinRecord {
-				delete(f.Holds, h)
+		if f.Kept >= hold.MinRecord {
+			if _, ok := f.Holds[hold.Token]; !ok {
+				return false
 			}
 		}
+		f.Kept = max(f.Kept, hold.MinRecord)
+		delete(f.Holds, hold.Token)
 		return true
 	})
 	if err != nil {
@@ -340,6 +387,7 @@ func (a *Allocator) updateFence(ctx context.Context, network string, change func
 		if !change(&f) {
 			return nil
 		}
+		f.settle()
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			return nil
 		} else if !record.Conflict(err) {
@@ -361,6 +409,7 @@ func (a *Allocator) ForgetNetwork(ctx context.Context, network string) error {
 func (a *Allocator) readFence(ctx context.Context, network string) (fence, uint64, error) {
 	var f fence
 	_, rev, err := a.getJSON(ctx, fenceKey(network), &f)
+	f.normalize()
 	return f, rev, err
 }
 

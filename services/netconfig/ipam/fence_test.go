@@ -2,6 +2,7 @@ package ipam_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"slices"
 	"sync"
@@ -148,7 +149,7 @@ func TestAddressingChangeNeverMissesAConcurrentAllocation(t *testing.T) {
 			})
 		}
 		var listed []string
-		var hold string
+		var hold ipam.Hold
 		wg.Go(func() {
 			var err error
 			if hold, err = changer.HoldAddressing(ctx, "readdress", 6); err != nil {
@@ -247,8 +248,8 @@ func TestAddressingHoldsArePerChange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h1 == h2 {
-		t.Fatalf("two changes got the same hold %q", h1)
+	if h1.Token == h2.Token {
+		t.Fatalf("two changes got the same hold %q", h1.Token)
 	}
 	if err := first.ReleaseAddressing(ctx, "n", h1); err != nil {
 		t.Fatal(err)
@@ -287,5 +288,79 @@ func TestAddressingHoldsArePerChange(t *testing.T) {
 	next.Record = 6
 	if err := allocate(next); err != nil {
 		t.Fatalf("allocation from the stored change's record: %v", err)
+	}
+}
+
+// An older replica (one that knows the fence's minRecord alone) writes the
+// fence back while a change holds, dropping the hold it does not know: the
+// hold's floor stays (it is in minRecord, which that replica honours and
+// keeps), and the change, once stored, keeps it for good.
+func TestAHoldSurvivesAnOlderReplicasWrite(t *testing.T) {
+	kv, js := ipamKV(t)
+	changer, allocator := ipam.New(kv, js), ipam.New(kv, js)
+	ctx := context.Background()
+	old := pool(t, "n", "10.9.0.0/24", "10.9.0.1")
+	old.Record = 5
+	refused := func(when string) {
+		t.Helper()
+		if _, err := allocator.Allocate(ctx, old, owner(len(when))); !errors.Is(err, ipam.ErrReaddressing) {
+			t.Fatalf("allocation from the old record %s: %v, want ErrReaddressing", when, err)
+		}
+	}
+	h, err := changer.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "n.fence.allocations")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f map[string]any
+	if err := json.Unmarshal(e.Value(), &f); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(map[string]any{"minRecord": f["minRecord"]})
+	if _, err := kv.Update(ctx, "n.fence.allocations", data, e.Revision()); err != nil {
+		t.Fatal(err)
+	}
+	refused("after an older replica's write")
+	if err := changer.KeepAddressing(ctx, "n", h); err != nil {
+		t.Fatal(err)
+	}
+	refused("once the change was stored")
+	next := old
+	next.Record = 6
+	if _, err := allocator.Allocate(ctx, next, owner(99)); err != nil {
+		t.Fatalf("allocation from the stored change's record: %v", err)
+	}
+}
+
+// An allocation the fence refuses gives its address back with the pod's
+// binding to it: the pod's next allocation, from the new record, finds no
+// binding under way and gets an address at once.
+func TestAnAllocationGivenBackCanBeMadeAgainAtOnce(t *testing.T) {
+	kv, js := ipamKV(t)
+	changer, allocator := ipam.New(kv, js), ipam.New(kv, js)
+	ctx := context.Background()
+	old := pool(t, "n", "10.9.0.0/24", "10.9.0.1")
+	old.Record = 5
+	h, err := changer.HoldAddressing(ctx, "n", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := allocator.Allocate(ctx, old, owner(1)); !errors.Is(err, ipam.ErrReaddressing) {
+		t.Fatalf("allocation from the old record during the change: %v, want ErrReaddressing", err)
+	}
+	if err := changer.KeepAddressing(ctx, "n", h); err != nil {
+		t.Fatal(err)
+	}
+	next := old
+	next.Record = 6
+	got, err := allocator.Allocate(ctx, next, owner(1))
+	if err != nil {
+		t.Fatalf("the pod's allocation again, from the new record: %v", err)
+	}
+	if a, ok, err := allocator.Lookup(ctx, "n", owner(1).UID); err != nil || !ok || a.IP != got.IP {
+		t.Fatalf("lookup after the allocation: %+v %v %v, want %s", a, ok, err, got.IP)
 	}
 }

@@ -213,7 +213,7 @@ func (a *Allocator) allocate(ctx context.Context, pool Pool, owner Owner) (event
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
 			a.setHint(pool.Network, v+1)
-			return alloc, a.commit(ctx, pool, ip, rev)
+			return alloc, a.commit(ctx, pool, ip, rev, owner.UID, st.rev)
 		}
 		if !record.Conflict(err) {
 			return events.IPAllocation{}, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
@@ -486,7 +486,7 @@ func (a *Allocator) fromHint(ctx context.Context, pool Pool, owner Owner, first,
 		data, _ := json.Marshal(alloc)
 		rev, err := a.kv.Create(ctx, events.IPAllocationKey(pool.Network, ip), data)
 		if err == nil {
-			return alloc, true, a.commit(ctx, pool, ip, rev)
+			return alloc, true, a.commit(ctx, pool, ip, rev, owner.UID, st.rev)
 		}
 		if !record.Conflict(err) {
 			return events.IPAllocation{}, false, fmt.Errorf("allocate %s on %s: %w", ip, pool.Network, err)
