@@ -162,6 +162,7 @@ func (d *Datacenter) build(ctx context.Context) error {
 	}
 	d.model = m
 	m.Map().AddHandler(&hostStateBridge{d: d})
+	m.Map().AddHandler(&bootClock{m: m.Map()})
 	m.Map().AddHandler(&d.tasks)
 	m.Map().Handler = d.methodHandler
 	m.Service.AddFaultRule(d.maintenanceRule())

@@ -81,7 +81,8 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	} else if err := c.update(ctx, rec, vm); err != nil {
 		return c.failed(ctx, cause, rec, events.VMConditionHardwareSynced, bus.ReasonOf(err, "UpdateFailed"), err)
 	}
-	if err := c.setPower(ctx, vm, rec.Spec.PowerState); err != nil {
+	booted, err := c.power(ctx, rec, vm, rec.Spec.PowerState)
+	if err != nil {
 		return c.failed(ctx, cause, rec, events.VMConditionPowerStateSynced, "PowerFailed", err)
 	}
 	var mvm mo.VirtualMachine
@@ -115,7 +116,7 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		// The addresses are those the guest has configured, not those
 		// allocated: a NIC hot-added to the running VM waits for its
 		// next boot (guestnet.go).
-		setGuestNetwork(r, &mvm, now)
+		setGuestNetwork(r, &mvm, booted, now)
 		r.SetCondition(events.VMConditionCreated, events.ConditionTrue, "", vm.Reference().Value, now)
 		if differs == "" {
 			r.SetCondition(events.VMConditionHardwareSynced, events.ConditionTrue, "", "", now)
@@ -493,10 +494,13 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	resize := m.Config.Hardware.NumCPU != rec.Size.CPUs || int64(m.Config.Hardware.MemoryMB) != rec.Size.MemoryMiB
 	if resize {
 		// vSphere resizes a powered-off VM (no hot-add here): power off,
-		// resize, and setPower restores the declared state.
-		if err := c.setPower(ctx, vm, events.PowerStatePoweredOff); err != nil {
+		// resize, and converge restores the declared state. The guest's
+		// boot ends here (power forgets it): the data written below is
+		// read by the next boot, not noted as the one read by this one.
+		if _, err := c.power(ctx, rec, vm, events.PowerStatePoweredOff); err != nil {
 			return err
 		}
+		m.Runtime.PowerState, m.Summary.Runtime.BootTime = types.VirtualMachinePowerStatePoweredOff, nil
 		spec.NumCPUs, spec.MemoryMB = rec.Size.CPUs, rec.Size.MemoryMiB
 		allocation(&spec, rec.Size)
 		changed = true
@@ -577,14 +581,44 @@ func (c *Controller) update(ctx context.Context, rec *events.VMRecord, vm *objec
 	return nil
 }
 
+// power puts the record's VM in a power state as setPower does, and keeps
+// the record's guest boot in step (guestnet.go): a VM this controller
+// powers off has no boot any more, and booted says it powered on a VM that
+// was off, whose guest booted after every write of its data.
+func (c *Controller) power(ctx context.Context, rec *events.VMRecord, vm *object.VirtualMachine, want string) (booted bool, err error) {
+	was, err := c.changePower(ctx, vm, want)
+	if err != nil || powerStateName(was) == want {
+		return false, err
+	}
+	switch want {
+	case events.PowerStatePoweredOff:
+		// Forgotten now, not at the next converge's read: a VM powered
+		// on again meanwhile (by update's caller, or behind the
+		// controller's back) is a new boot even where vCenter reports
+		// no boot time.
+		if err := c.forgetBoot(ctx, rec); err != nil {
+			return false, err
+		}
+	case events.PowerStatePoweredOn:
+		booted = was == types.VirtualMachinePowerStatePoweredOff
+	}
+	return booted, nil
+}
+
 // setPower puts the VM in a power state; being there already is fine.
 func (c *Controller) setPower(ctx context.Context, vm *object.VirtualMachine, want string) error {
+	_, err := c.changePower(ctx, vm, want)
+	return err
+}
+
+// changePower is setPower, and returns the power state the VM had.
+func (c *Controller) changePower(ctx context.Context, vm *object.VirtualMachine, want string) (types.VirtualMachinePowerState, error) {
 	st, err := vm.PowerState(ctx)
 	if err != nil {
-		return fmt.Errorf("power state of %s: %w", vm.Reference().Value, err)
+		return st, fmt.Errorf("power state of %s: %w", vm.Reference().Value, err)
 	}
 	if powerStateName(st) == want {
-		return nil
+		return st, nil
 	}
 	var task *object.Task
 	switch want {
@@ -596,7 +630,7 @@ func (c *Controller) setPower(ctx context.Context, vm *object.VirtualMachine, wa
 		if st != types.VirtualMachinePowerStatePoweredOn {
 			// Only a running VM suspends: power it on first.
 			if err := c.setPower(ctx, vm, events.PowerStatePoweredOn); err != nil {
-				return err
+				return st, err
 			}
 		}
 		task, err = vm.Suspend(ctx)
@@ -605,9 +639,9 @@ func (c *Controller) setPower(ctx context.Context, vm *object.VirtualMachine, wa
 		_, err = task.WaitForResult(ctx)
 	}
 	if err != nil && !fault.Is(err, &types.InvalidPowerState{}) {
-		return fmt.Errorf("set %s to %s: %w", vm.Reference().Value, want, err)
+		return st, fmt.Errorf("set %s to %s: %w", vm.Reference().Value, want, err)
 	}
-	return nil
+	return st, nil
 }
 
 // destroy powers the VM off and destroys it (its boot disk copy and extra

@@ -53,7 +53,11 @@
 // says what the guest was given at its last boot while it runs:
 // status.network.guestBoot is that boot (vCenter's
 // summary.runtime.bootTime) and the addresses its data gave each card,
-// recorded before the controller rewrites the data of a running VM. Each
+// recorded before the controller rewrites the data of a running VM and
+// dropped when the controller powers the VM off (a resize's power cycle
+// is a new boot). A boot time vCenter does not report is unknown, not the
+// same boot: a boot the controller made read the data there is, any other
+// keeps the boot recorded and the condition says the time is unknown. Each
 // NIC is in status.network.interfaces: attached (vCenter reports its
 // card), its allocated address, ip.addresses (what the guest has
 // configured) and, when that is empty, why (NotAttached, GuestNotRunning,

@@ -37,15 +37,41 @@ import (
 // has not recorded read the metadata in ExtraConfig then, because every
 // write of it by this controller to a running VM (update) first records
 // the VM's boot as it is (noteBoot), and a boot made by setPower comes
-// after update's writes.
+// after update's writes. A VM the controller powers off itself (update's
+// resize, a declared power-off) loses its recorded boot at once (power),
+// so the next boot, whoever makes it, is never taken for the one before.
+//
+// A VM whose boot time vCenter does not report (the zero time) has a boot
+// the controller cannot tell from another: its boot time is unknown,
+// never "the same boot". What is known is said, and nothing more:
+//   - a boot the controller made itself (power: this converge powered on
+//     the VM from off) read the data there is now, and is recorded so;
+//   - a boot not recorded (the VM was seen off since, or never seen
+//     running) read the data there is now: every write to a running VM's
+//     data records the boot first;
+//   - otherwise the recorded boot stays. A boot made since behind the
+//     controller's back is not seen: the guest may have configured a NIC
+//     the status still says RebootRequired for (and the condition's
+//     message says the boot time is unknown), but no address is claimed
+//     that the guest does not have, since a later boot read data that
+//     gives each NIC its allocated address too.
 
-// bootTime is the VM's last boot as vCenter reports it; the zero time when
-// it reports none.
+// bootTime is the VM's last boot as vCenter reports it; the zero time
+// (unknown) when it reports none.
 func bootTime(m *mo.VirtualMachine) time.Time {
-	if m.Summary.Runtime.BootTime == nil {
-		return time.Time{}
+	switch {
+	case m.Summary.Runtime.BootTime != nil:
+		return m.Summary.Runtime.BootTime.UTC()
+	case m.Runtime.BootTime != nil:
+		return m.Runtime.BootTime.UTC()
 	}
-	return m.Summary.Runtime.BootTime.UTC()
+	return time.Time{}
+}
+
+// sameBoot says a boot recorded is the one at (a boot time read from
+// vCenter), or, at unknown, may be: the recorded one is kept.
+func sameBoot(b *events.VMGuestBoot, at time.Time) bool {
+	return b != nil && (at.IsZero() || b.Time.Equal(at))
 }
 
 // noteBoot records the running VM's boot (m, read before the update) and
@@ -58,12 +84,12 @@ func (c *Controller) noteBoot(ctx context.Context, rec *events.VMRecord, m *mo.V
 		return nil
 	}
 	at := bootTime(m)
-	if b := rec.Status.Network.GuestBoot; b != nil && b.Time.Equal(at) {
+	if sameBoot(rec.Status.Network.GuestBoot, at) {
 		return nil
 	}
 	addrs := metadataAddresses(m.Config.ExtraConfig)
 	_, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
-		if b := r.Status.Network.GuestBoot; b != nil && b.Time.Equal(at) {
+		if sameBoot(r.Status.Network.GuestBoot, at) {
 			return record.ErrUnchanged
 		}
 		r.Status.Network.GuestBoot = &events.VMGuestBoot{Time: at, Addresses: addrs}
@@ -75,18 +101,39 @@ func (c *Controller) noteBoot(ctx context.Context, rec *events.VMRecord, m *mo.V
 	return nil
 }
 
+// forgetBoot drops the record's boot: the controller has powered the VM
+// off.
+func (c *Controller) forgetBoot(ctx context.Context, rec *events.VMRecord) error {
+	_, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		if r.Status.Network.GuestBoot == nil {
+			return record.ErrUnchanged
+		}
+		r.Status.Network.GuestBoot = nil
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("forget the boot of native VM %s: %w", rec.Key(), err)
+	}
+	return nil
+}
+
 // setGuestNetwork writes what the VM (m, read back after converging) and
 // its guest have of the record's NICs: status.network, status.ips (only
 // the addresses the guest has configured) and the GuestNetworkConfigured
-// condition.
-func setGuestNetwork(r *events.VMRecord, m *mo.VirtualMachine, now time.Time) {
+// condition. booted says the controller powered the VM on from off in
+// this converge: its guest read the data there is now, whatever vCenter
+// reports of the boot's time.
+func setGuestNetwork(r *events.VMRecord, m *mo.VirtualMachine, booted bool, now time.Time) {
 	power := m.Runtime.PowerState
+	unknown := false // the recorded boot is kept, not known to be the VM's
 	switch power {
 	case types.VirtualMachinePowerStatePoweredOn:
 		at := bootTime(m)
-		if b := r.Status.Network.GuestBoot; b == nil || !b.Time.Equal(at) {
+		if b := r.Status.Network.GuestBoot; booted || !sameBoot(b, at) {
 			// A boot not recorded yet read the data there is now.
 			r.Status.Network.GuestBoot = &events.VMGuestBoot{Time: at, Addresses: metadataAddresses(m.Config.ExtraConfig)}
+		} else {
+			unknown = at.IsZero()
 		}
 	case types.VirtualMachinePowerStatePoweredOff:
 		r.Status.Network.GuestBoot = nil
@@ -131,8 +178,11 @@ func setGuestNetwork(r *events.VMRecord, m *mo.VirtualMachine, now time.Time) {
 		r.SetCondition(events.VMConditionGuestNetworkConfigured, events.ConditionFalse, reason,
 			fmt.Sprintf("the VM is %s: its guest configures its network when it boots", powerStateName(power)), now)
 	case events.VMGuestNetworkRebootRequired:
-		r.SetCondition(events.VMConditionGuestNetworkConfigured, events.ConditionFalse, reason, strings.Join(pending, "; ")+
-			": the guest configures its network from its cloud-init data when it boots; power the VM off and on", now)
+		msg := strings.Join(pending, "; ") + ": the guest configures its network from its cloud-init data when it boots; power the VM off and on"
+		if unknown {
+			msg += " (vCenter reports no boot time for the VM: a boot since the one recorded, not made by podvisor, is not seen)"
+		}
+		r.SetCondition(events.VMConditionGuestNetworkConfigured, events.ConditionFalse, reason, msg, now)
 	default:
 		r.SetCondition(events.VMConditionGuestNetworkConfigured, events.ConditionFalse, reason, strings.Join(pending, "; "), now)
 	}

@@ -3,6 +3,7 @@ package nativevm
 import (
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,6 +42,7 @@ func TestSetGuestNetwork(t *testing.T) {
 	boot := time.Date(2026, 12, 2, 0, 40, 1, 5, time.UTC)
 	later := boot.Add(time.Minute)
 	onlyA := &events.VMGuestBoot{Time: boot, Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.5/24"}}
+	unknownA := &events.VMGuestBoot{Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.5/24"}}
 	oldA := &events.VMGuestBoot{Time: boot, Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.9/24", "00:50:56:3f:00:06": "10.1.0.6/16"}}
 	tests := []struct {
 		name string
@@ -48,6 +50,7 @@ func TestSetGuestNetwork(t *testing.T) {
 		recorded *events.VMGuestBoot
 		power    types.VirtualMachinePowerState
 		bootTime time.Time
+		booted   bool // the controller powered the VM on in this converge
 		cards    []string
 		// want: status.ips, each NIC's reason, the condition's, the boot
 		// recorded afterwards
@@ -55,6 +58,8 @@ func TestSetGuestNetwork(t *testing.T) {
 		wantReasons []string
 		wantCond    string
 		wantBoot    *events.VMGuestBoot
+		// wantMessage is in the condition's message
+		wantMessage string
 	}{
 		{name: "a boot not recorded read the data there is", power: types.VirtualMachinePowerStatePoweredOn, bootTime: boot,
 			cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5", "10.1.0.6"}, wantReasons: []string{"", ""},
@@ -72,6 +77,23 @@ func TestSetGuestNetwork(t *testing.T) {
 			wantReasons: []string{events.VMGuestNetworkNotRunning, events.VMGuestNetworkNotRunning}, wantCond: events.VMGuestNetworkNotRunning},
 		{name: "suspended keeps its boot", recorded: onlyA, power: types.VirtualMachinePowerStateSuspended, bootTime: boot, cards: []string{nicA.MAC, nicB.MAC},
 			wantReasons: []string{events.VMGuestNetworkNotRunning, events.VMGuestNetworkNotRunning}, wantCond: events.VMGuestNetworkNotRunning, wantBoot: onlyA},
+		// vCenter reports no boot time: the boot is unknown, never the
+		// same one because both times are zero.
+		{name: "a boot podvisor made, its time unknown, read the data there is", recorded: unknownA, power: types.VirtualMachinePowerStatePoweredOn,
+			booted: true, cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5", "10.1.0.6"}, wantReasons: []string{"", ""},
+			wantBoot: &events.VMGuestBoot{Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.5/24", "00:50:56:3f:00:06": "10.1.0.6/16"}}},
+		{name: "a boot podvisor made while vCenter reports the boot recorded read the data there is", recorded: onlyA, power: types.VirtualMachinePowerStatePoweredOn,
+			bootTime: boot, booted: true, cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5", "10.1.0.6"}, wantReasons: []string{"", ""},
+			wantBoot: &events.VMGuestBoot{Time: boot, Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.5/24", "00:50:56:3f:00:06": "10.1.0.6/16"}}},
+		{name: "an unknown boot not recorded read the data there is", power: types.VirtualMachinePowerStatePoweredOn,
+			cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5", "10.1.0.6"}, wantReasons: []string{"", ""},
+			wantBoot: &events.VMGuestBoot{Addresses: map[string]string{"00:50:56:3f:00:05": "10.0.0.5/24", "00:50:56:3f:00:06": "10.1.0.6/16"}}},
+		{name: "an unknown boot keeps the boot recorded and says so", recorded: unknownA, power: types.VirtualMachinePowerStatePoweredOn,
+			cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5"}, wantReasons: []string{"", events.VMGuestNetworkRebootRequired},
+			wantCond: events.VMGuestNetworkRebootRequired, wantBoot: unknownA, wantMessage: "vCenter reports no boot time"},
+		{name: "a boot recorded with its time, vCenter reporting none now", recorded: onlyA, power: types.VirtualMachinePowerStatePoweredOn,
+			cards: []string{nicA.MAC, nicB.MAC}, wantIPs: []string{"10.0.0.5"}, wantReasons: []string{"", events.VMGuestNetworkRebootRequired},
+			wantCond: events.VMGuestNetworkRebootRequired, wantBoot: onlyA, wantMessage: "vCenter reports no boot time"},
 		{name: "a card vCenter does not report", recorded: onlyA, power: types.VirtualMachinePowerStatePoweredOn, bootTime: boot, cards: []string{nicA.MAC},
 			wantIPs: []string{"10.0.0.5"}, wantReasons: []string{"", events.VMGuestNetworkNotAttached}, wantCond: events.VMGuestNetworkNotAttached, wantBoot: onlyA},
 	}
@@ -89,7 +111,7 @@ func TestSetGuestNetwork(t *testing.T) {
 				m.Config.Hardware.Device = append(m.Config.Hardware.Device, &types.VirtualVmxnet3{VirtualVmxnet: types.VirtualVmxnet{
 					VirtualEthernetCard: types.VirtualEthernetCard{VirtualDevice: types.VirtualDevice{Key: int32(4000 + i)}, MacAddress: mac}}})
 			}
-			setGuestNetwork(rec, m, boot)
+			setGuestNetwork(rec, m, tt.booted, boot)
 			if !slices.Equal(rec.Status.IPs, tt.wantIPs) && (len(rec.Status.IPs) != 0 || len(tt.wantIPs) != 0) {
 				t.Errorf("status.ips %v, want %v", rec.Status.IPs, tt.wantIPs)
 			}
@@ -106,6 +128,12 @@ func TestSetGuestNetwork(t *testing.T) {
 			c, _ := rec.Condition(events.VMConditionGuestNetworkConfigured)
 			if wantStatus := map[bool]string{true: events.ConditionTrue, false: events.ConditionFalse}[tt.wantCond == ""]; c.Status != wantStatus || c.Reason != tt.wantCond {
 				t.Errorf("GuestNetworkConfigured %+v, want %s %s", c, wantStatus, tt.wantCond)
+			}
+			if !strings.Contains(c.Message, tt.wantMessage) {
+				t.Errorf("GuestNetworkConfigured message %q, want it to say %q", c.Message, tt.wantMessage)
+			}
+			if tt.wantMessage == "" && strings.Contains(c.Message, "no boot time") {
+				t.Errorf("GuestNetworkConfigured message %q: the boot time is known", c.Message)
 			}
 			got := rec.Status.Network.GuestBoot
 			if (got == nil) != (tt.wantBoot == nil) || got != nil && (!got.Time.Equal(tt.wantBoot.Time) || !maps.Equal(got.Addresses, tt.wantBoot.Addresses)) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
 )
 
 // TestANICHotAddedWaitsForTheGuestsNextBoot: a network added to
@@ -116,6 +117,84 @@ func TestANICHotAddedWaitsForTheGuestsNextBoot(t *testing.T) {
 	if repaired, err := e.ctl.Resync(ctx); err != nil || len(repaired) != 0 {
 		t.Errorf("Resync = %v, %v; want nothing to repair", repaired, err)
 	}
+}
+
+// TestAResizeThatAddsANICConfiguresItAtTheBoot: one declaration both
+// resizes a running VM and adds a network. The VM is powered off for the
+// resize, reconfigured (new size, the card, the data that gives it its
+// address) and powered on: its guest boots with the new data and
+// configures both NICs, and the status lists both (not RebootRequired
+// from the boot before the resize).
+func TestAResizeThatAddsANICConfiguresItAtTheBoot(t *testing.T) {
+	privtest.RequireTools(t, "nsenter")
+	e := newEnv(t)
+	e.declareSmall()
+	e.declareClass("medium", events.VirtualMachineClassSpec{CPUs: 2, Memory: "2Gi"})
+	host := e.dc.Hosts()[0]
+	r := e.runOn(vmDecl("small", ""), host)
+	ref := e.vm(r).Reference().Value
+	e.waitConsole(ref, "init: ready", "init: eth0 10.244.0.7/16")
+	booted := r.Status.Network.GuestBoot
+	if booted == nil || booted.Time.IsZero() {
+		t.Fatalf("status.network.guestBoot %+v: want vCenter's boot time", booted)
+	}
+
+	decl := vmDecl("medium", "")
+	decl.VM.Spec.Networks = []string{"default", "storage"}
+	r = e.applyWith(decl, host, defaultNIC, storageNIC)
+	if r.Status.Size.CPUs != 2 || r.Status.PowerState != events.PowerStatePoweredOn {
+		t.Fatalf("status %+v: want the VM resized to 2 CPUs and running", r.Status)
+	}
+	wantIPs(t, r, "10.244.0.7", "10.245.0.9")
+	wantInterfaces(t, r, []events.VMNetworkInterfaceStatus{
+		{Name: "default", MACAddr: defaultNIC.MAC, Attached: true, Allocated: "10.244.0.7/16",
+			IP: events.VMNetworkInterfaceIPStatus{Addresses: []string{"10.244.0.7/16"}}},
+		{Name: "storage", MACAddr: storageNIC.MAC, Attached: true, Allocated: "10.245.0.9/24",
+			IP: events.VMNetworkInterfaceIPStatus{Addresses: []string{"10.245.0.9/24"}}},
+	})
+	guestNetworkConfigured(t, r, events.ConditionTrue, "")
+	if b := r.Status.Network.GuestBoot; b == nil || !b.Time.After(booted.Time) || len(b.Addresses) != 2 {
+		t.Errorf("status.network.guestBoot %+v: want the boot after the resize, which read both addresses", b)
+	}
+	// The guest has what the status says.
+	e.waitConsole(ref, "init: eth1 10.245.0.9/24")
+	g, _ := e.dc.Guests().Guest(ref)
+	wantGuestNICs(t, g.PID, map[string]string{
+		"eth0": defaultNIC.MAC + " 10.244.0.7/16",
+		"eth1": storageNIC.MAC + " 10.245.0.9/24",
+	})
+}
+
+// TestAPowerCycleBehindTheControllersBackConfiguresAHotAddedNIC: a NIC
+// hot-added (RebootRequired), then the VM powered off in vCenter, behind
+// the controller's back; drift repair powers it on again. That boot read
+// the data with the new NIC's address: the status lists it.
+func TestAPowerCycleBehindTheControllersBackConfiguresAHotAddedNIC(t *testing.T) {
+	privtest.RequireTools(t, "nsenter")
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareSmall()
+	host := e.dc.Hosts()[0]
+	r := e.runOn(vmDecl("small", ""), host)
+	vm := e.vm(r)
+	e.waitConsole(vm.Reference().Value, "init: ready", "init: eth0 10.244.0.7/16")
+	decl := vmDecl("small", "")
+	decl.VM.Spec.Networks = []string{"default", "storage"}
+	r = e.applyWith(decl, host, defaultNIC, storageNIC)
+	wantIPs(t, r, "10.244.0.7")
+	guestNetworkConfigured(t, r, events.ConditionFalse, events.VMGuestNetworkRebootRequired)
+
+	e.powerOff(vm)
+	if repaired, err := e.ctl.Resync(ctx); err != nil || repaired[nativevm.RepairPower] != 1 {
+		t.Fatalf("Resync = %v, %v; want the VM powered on again", repaired, err)
+	}
+	r, _, err := e.vms.Get(ctx, events.VMRecordKey(r.Namespace, r.Name))
+	if err != nil || r == nil {
+		t.Fatalf("the record after the repair: %v", err)
+	}
+	wantIPs(t, r, "10.244.0.7", "10.245.0.9")
+	guestNetworkConfigured(t, r, events.ConditionTrue, "")
+	e.waitConsole(vm.Reference().Value, "init: eth1 10.245.0.9/24")
 }
 
 // wantIPs fails the test unless status.ips are want.

@@ -48,7 +48,8 @@
 // disk grown has its new size. A disk's loop device is detached when the
 // disk is removed or the guest stops. Its network cards follow the same
 // way (nics.go): a card added is a new interface at once, under the
-// lowest free name eth<n>, with its MAC, plugged into its segment, down
+// lowest name eth<n> free in the guest's network namespace as it is (its
+// init may have renamed cards), with its MAC, plugged into its segment, down
 // and without an address (the guest's init configures its network from
 // its cloud-init data at boot, as cloud-init does, not when a card
 // arrives); a card removed is gone; the others keep their names.

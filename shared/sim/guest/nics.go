@@ -8,7 +8,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	"github.com/podvisor/podvisor/shared/sim/segment"
 )
@@ -179,8 +183,9 @@ func (m *Manager) Reconfigure(vm VM) error {
 // hotPlugNICsLocked applies a reconfigure of a running native VM to its
 // guest's network cards, as vSphere's hot-plug does and a Linux guest sees
 // it. A card added is a new interface in the guest's network namespace at
-// once, with the card's MAC, under the lowest free name eth<n> (as the
-// kernel names a new NIC; the others keep theirs), plugged into its
+// once, with the card's MAC, under the lowest name eth<n> no interface
+// of the guest has now (as the kernel names a new NIC; the others keep
+// theirs, including names the guest's init gave them), plugged into its
 // segment while the VM's host carries it, and down, without an address:
 // a guest configures its network from its cloud-init data when it boots
 // (cloud-init applies network configuration once per boot, and a card
@@ -220,6 +225,15 @@ func (m *Manager) hotPlugNICsLocked(g *guest, vm VM) error {
 		}
 		log.Info("NIC hot-removed", "nic", p.Guest, "mac", n.MAC)
 	}
+	// The names taken are those the guest's interfaces have now, not
+	// those the fabric gave them: the guest's init renames its cards (a
+	// netplan set-name), so eth1 may be the card the fabric named eth0,
+	// and eth0 free.
+	if names, err := linkNames(g.cmd.Process.Pid); err != nil {
+		log.Warn("the guest's interfaces cannot be listed; the names given at boot are taken", "err", err)
+	} else {
+		taken = names
+	}
 	var ports []*segment.Port
 	var nics []NIC
 	for _, n := range vm.NICs {
@@ -234,13 +248,12 @@ func (m *Manager) hotPlugNICsLocked(g *guest, vm VM) error {
 			errs = append(errs, fmt.Errorf("NIC %q: %w", n.MAC, err))
 			continue
 		}
-		name := lowestFreeNIC(taken)
-		p, err := m.cfg.Fabric.AddPort(g.cmd.Process.Pid, name, hw)
+		p, err := m.addHotPort(g.cmd.Process.Pid, taken, hw)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("NIC %s: %w", n.MAC, err))
 			continue
 		}
-		taken[name] = true
+		name := p.Guest
 		ports, nics = append(ports, p), append(nics, n)
 		log.Info("NIC hot-added", "nic", name, "mac", n.MAC, "segment", n.Segment)
 	}
@@ -250,6 +263,54 @@ func (m *Manager) hotPlugNICsLocked(g *guest, vm VM) error {
 		return fmt.Errorf("guest of %s: %w", vm.Name, err)
 	}
 	return nil
+}
+
+// hotAddTries bounds the names tried for one card: each try after the
+// first follows an interface the guest made meanwhile.
+const hotAddTries = 8
+
+// addHotPort adds a card to the running guest whose PID 1 is pid under the
+// lowest name taken does not hold, and marks it taken. A name the guest
+// took since its interfaces were listed (its init renames cards while it
+// boots) is refused by the kernel (EEXIST): the next free name is tried.
+func (m *Manager) addHotPort(pid int, taken map[string]bool, mac net.HardwareAddr) (*segment.Port, error) {
+	var err error
+	for range hotAddTries {
+		name := lowestFreeNIC(taken)
+		taken[name] = true
+		var p *segment.Port
+		if p, err = m.cfg.Fabric.AddPort(pid, name, mac); err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, syscall.EEXIST) {
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
+// linkNames are the names of the interfaces in the network namespace of
+// the process pid.
+func linkNames(pid int) (map[string]bool, error) {
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		return nil, fmt.Errorf("network namespace of %d: %w", pid, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("netlink in the namespace of %d: %w", pid, err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("interfaces of %d: %w", pid, err)
+	}
+	names := map[string]bool{}
+	for _, l := range links {
+		names[l.Attrs().Name] = true
+	}
+	return names, nil
 }
 
 // lowestFreeNIC is the name the kernel gives a network card that arrives:

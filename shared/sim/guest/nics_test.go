@@ -229,3 +229,96 @@ func TestNativeGuestSeesNICsHotPlugged(t *testing.T) {
 	want("after a power cycle", map[string]guestNIC{"eth0": {MAC: mac2, Up: true, Addrs: []string{"10.0.0.2/24"}},
 		"eth1": {MAC: mac3, Up: true, Addrs: []string{"10.0.0.3/24"}}})
 }
+
+// renameInGuest renames the guest's interface from to to in its network
+// namespace (down, renamed, up again), as the guest's init does for a
+// card its network data gives a set-name.
+func renameInGuest(t *testing.T, pid int, from, to string) {
+	t.Helper()
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	l, err := h.LinkByName(from)
+	if err == nil {
+		err = h.LinkSetDown(l)
+	}
+	if err == nil {
+		err = h.LinkSetName(l, to)
+	}
+	if err == nil {
+		err = h.LinkSetUp(l)
+	}
+	if err != nil {
+		t.Fatalf("rename %s to %s in the guest: %v", from, to, err)
+	}
+}
+
+// TestAHotAddedCardTakesANameTheGuestHasFree: the guest's init renames its
+// cards to their network data's set-name, so the names its interfaces
+// have are not those the fabric gave at boot. A card hot-added takes the
+// lowest name free in the guest as it is: here eth0, which the renamed
+// card left, not eth1, which it has now (a name the kernel refuses). A
+// name the guest takes meanwhile is refused (EEXIST) and the next one
+// free is taken.
+func TestAHotAddedCardTakesANameTheGuestHasFree(t *testing.T) {
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "mkfs.ext4", "busybox", "mount")
+	fabric, err := segment.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fabric.Close() })
+	if _, err := fabric.Ensure("pg-1"); err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	m, err := New(Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"),
+		StopGrace: time.Second, Fabric: fabric})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	m.SetSegments(map[string]map[string]bool{"host-1": {"pg-1": true}})
+	const mac1, mac2, mac3 = "00:50:56:3f:00:01", "00:50:56:3f:00:02", "00:50:56:3f:00:03"
+	boot := bootDisk(t)
+	if err := m.PowerOn(nicGuest(t, boot, "eth0 10.0.0.1/24\n", mac1)); err != nil {
+		t.Fatal(err)
+	}
+	g, _ := m.Guest("vm-nic")
+	waitConsole(t, g, "init: ready")
+	renameInGuest(t, g.PID, "eth0", "eth1")
+
+	if err := m.Reconfigure(nicGuest(t, boot, "", mac1, mac2)); err != nil {
+		t.Fatalf("hot-add beside a renamed card: %v", err)
+	}
+	got := guestNICs(t, g.PID)
+	if n := got["eth1"]; len(got) != 2 || n.MAC != mac1 || !slices.Equal(n.Addrs, []string{"10.0.0.1/24"}) || got["eth0"].MAC != mac2 || got["eth0"].Up {
+		t.Fatalf("the guest's interfaces %+v: want eth1 the renamed card, configured, and eth0 the card added, down", got)
+	}
+	if ports := m.Ports("vm-nic"); len(ports) != 2 || ports[1].Guest != "eth0" || fabric.Segment(ports[1]) != "pg-1" {
+		t.Fatalf("the guest's ports %+v: want the card added as eth0, plugged into pg-1", ports)
+	}
+
+	// A name taken after the guest's interfaces were listed: the kernel
+	// refuses it, and the next free name is taken.
+	hw, _ := net.ParseMAC(mac3)
+	p, err := m.addHotPort(g.PID, map[string]bool{"lo": true, "eth1": true}, hw)
+	if err != nil {
+		t.Fatalf("a card added under a name the guest has: %v, want the next free name", err)
+	}
+	t.Cleanup(func() { _ = fabric.RemovePort(p) })
+	if got := guestNICs(t, g.PID); p.Guest != "eth2" || got["eth2"].MAC != mac3 {
+		t.Fatalf("port %+v, the guest's interfaces %+v: want the card as eth2", p, got)
+	}
+}
