@@ -117,6 +117,16 @@ func compatibleRecorded(r *events.GuestClusterRecord) bool {
 	return false
 }
 
+// admitted says the record's spec passed its request's admission: found
+// compatible (a new version's check resets the condition to Unknown in the
+// compare-and-set that stores it), of a version this podvisor runs, and
+// not Failed. Only such a spec is built from by a pass that is not its
+// request's own (declareWorkers' follow).
+func admitted(r *clusterRecord) bool {
+	return r.Phase != events.GuestClusterPhaseFailed && compatibleRecorded(&r.GuestClusterRecord) &&
+		slices.Contains(events.GuestClusterVersions, r.Spec.Version)
+}
+
 // onCheckRequested answers `podvisor check guestcluster NAME`: the check of
 // the guest cluster's recorded version, with the request's id.
 func (s *Service) onCheckRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterCheckRequested) error {

@@ -53,7 +53,10 @@
 // and a pass that declared reads the record again and declares from it
 // when it moved meanwhile (another replica may have declared the newer
 // spec first), so that the last declaration of a worker is the newest
-// spec's.
+// spec's. Such a pass, like a request's, declares every worker its spec
+// wants, whatever the VM records say (they lag behind the bus), and
+// follows only into a spec its own handler admitted (found compatible,
+// of a version this podvisor runs, not Failed).
 //
 // A running guest cluster keeps spec.workers.replicas worker VMs: one that
 // went (vm.deleted: `podvisor delete vm`, say; or its record found missing

@@ -88,6 +88,13 @@ func (s *Service) handleRequest(ctx context.Context, m *bus.Message, p *events.G
 		if r.Phase == events.GuestClusterPhaseFailed {
 			r.Phase, r.Reason, r.Message = events.GuestClusterPhaseProvisioning, "", ""
 		}
+		if !checked {
+			// Until this request's check says otherwise, the spec is not
+			// known compatible: a pass of another request that follows
+			// it (declareWorkers) builds nothing from it meanwhile.
+			r.SetCondition(events.GuestClusterConditionCompatible, events.ConditionUnknown, "Checking",
+				fmt.Sprintf("the compatibility check of version %s is under way", g.Spec.Version), now)
+		}
 		r.Spec = g.Spec
 		// A new request is a new try of every worker refused before it
 		// (as a person applying again expects); a redelivery of the

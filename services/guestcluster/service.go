@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -100,6 +101,10 @@ type Service struct {
 	// worker VMs (its request, replaceWorkers) with its delete's mark,
 	// so that no worker is made again once the delete began.
 	workerLocks bus.KeyLocks
+	// passEmitted, when set (tests), is called with the guest cluster's
+	// key after a declareWorkers pass published and before it reads the
+	// record again: where another replica's write can come between.
+	passEmitted atomic.Pointer[func(key string)]
 }
 
 // New checks the configuration and opens the buckets.

@@ -23,8 +23,9 @@ import (
 // cluster's namespace, of class spec.workers.className, booting
 // spec.workers.imageName, on spec.network, labelled with the guest cluster
 // and the role worker. They are declared as vm.declared (as a client would:
-// the native VM controller makes them) on every request whose spec differs
-// from what a VM has, and deleted (vm.delete.requested) when the count
+// the native VM controller makes them) on every request, each of them
+// (workerPass.fresh: a VM's record may lag behind a declaration on the
+// bus), and deleted (vm.delete.requested) when the count
 // shrinks or the guest cluster is deleted. A running guest cluster keeps
 // its count, as a MachineSet does: a worker VM that went (vm.deleted, or
 // its record missing at the resync) is declared again under its name
@@ -123,8 +124,8 @@ func (s *Service) workerDecl(ns, name string, spec events.GuestClusterSpec, i in
 // older than what another replica stored since.
 type workerPass struct {
 	// request, in a request's handler: its generation. The pass declares
-	// every worker of the spec that is missing or differs, refused before
-	// or not (a new request is a new try), asks for the deletion of those
+	// every worker of the spec (fresh), refused before or not (a new
+	// request is a new try), asks for the deletion of those
 	// past the count, and stops (errSuperseded) once the record holds a
 	// newer request's spec. Without it the pass only declares (a worker
 	// past the count is a request's handler's to delete: a newer spec may
@@ -136,14 +137,32 @@ type workerPass struct {
 	// and is retried until it has; once it is being deleted a worker made
 	// again would outlive it).
 	running bool
+	// follow: the pass follows a newer request stored after an earlier
+	// pass of the same call read the record (declareWorkers). It declares
+	// only a generation its own handler admitted (admitted: found
+	// compatible, of a version this podvisor runs, not Failed); one not
+	// admitted yet is left to its handler, which declares it once it is.
+	follow bool
 }
+
+// fresh reports whether the pass declares every wanted worker, whatever
+// its VM's record holds: a request's pass and a pass that follows one. The
+// VM record lags behind the declarations still on the bus (another
+// replica's, of an older spec, may reach the native VM controller after
+// the record was read), so it is no proof that the newest declaration is
+// the last one applied; declaring again is, since the native VM
+// controller makes no change for a declaration the VM already has. A
+// replacement pass trusts the record: it declares what went or differs,
+// and follows when the record moved under it.
+func (p workerPass) fresh() bool { return p.request != nil || p.follow }
 
 // maxFollow bounds the passes declareWorkers makes after the record moved
 // under it (followed).
 const maxFollow = 3
 
 // declareWorkers makes the worker VMs match the record's spec.workers: it
-// declares those missing or different and (in a request's pass) asks for
+// declares those missing or different (every one in a request's pass or a
+// follow: workerPass.fresh) and (in a request's pass) asks for
 // the deletion of those past the count. A wanted VM still being deleted
 // makes a request wait.
 //
@@ -167,6 +186,10 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 	vc, _ := s.cps.(*VMControlPlanes)
 	request := pass.request != nil
 	var prep workerPrep
+	// emitted: a pass of this call published; from then on every pass
+	// reads the record again after it, since what was published may be
+	// older than a spec stored meanwhile.
+	emitted := false
 	for follows := 0; ; {
 		unlock := s.workerLocks.Lock(key)
 		done, err := s.declareWorkersLocked(ctx, cause, key, ns, name, pass, prep)
@@ -186,14 +209,21 @@ func (s *Service) declareWorkers(ctx context.Context, cause *event.Event, ns, na
 			}
 			continue
 		}
-		if done.emitted && follows < maxFollow {
+		emitted = emitted || done.emitted
+		if f := s.passEmitted.Load(); done.emitted && f != nil {
+			(*f)(key)
+		}
+		if emitted && follows < maxFollow {
 			cur, _, err := s.clusters.Get(ctx, key)
 			if err != nil {
 				return err
 			}
 			if cur != nil && cur.Generation != done.generation {
+				// A follow deletes nothing (a worker past the count is
+				// the newer request's handler's to delete) and keeps
+				// the running guard of a replacement.
 				follows++
-				pass = workerPass{}
+				pass = workerPass{running: pass.running, follow: true}
 				continue
 			}
 		}
@@ -248,13 +278,21 @@ func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, 
 		return out, nil
 	case rec == nil || rec.Phase == events.GuestClusterPhaseDeleting:
 		return out, bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while its workers were declared", key)))
+	}
+	// Set before the passes that leave this record alone: declareWorkers
+	// follows only when the record moves past it.
+	out.generation = rec.Generation
+	switch {
 	case pass.request != nil && rec.supersedes(*pass.request):
 		return out, errSuperseded
 	case pass.running && !running(&rec.GuestClusterRecord):
 		return out, nil
+	case pass.follow && !admitted(rec):
+		// Nothing is built before its version is found compatible:
+		// its handler declares it once it is, or fails it.
+		return out, nil
 	}
 	spec := rec.Spec
-	out.generation = rec.Generation
 	want := int(spec.Workers.Replicas)
 	vc, inVMs := s.cps.(*VMControlPlanes)
 	var vms []events.VirtualMachine
@@ -267,7 +305,7 @@ func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, 
 			// waits for it.
 			out.deleting = vm.Metadata.Name
 			continue
-		case cur != nil && sameVM(cur, vm, !inVMs):
+		case cur != nil && sameVM(cur, vm, !inVMs) && !pass.fresh():
 			continue
 		}
 		if f, refused := rec.RefusedWorkers[vm.Metadata.Name]; refused && pass.request == nil {
@@ -281,7 +319,14 @@ func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, 
 				continue
 			}
 		}
-		if inVMs {
+		switch {
+		case inVMs && cur != nil && sameVM(cur, vm, false):
+			// Declared again as the VM has it: its user data holds the
+			// credentials minted for its node then, and is not made
+			// anew (which the native VM controller would take for a
+			// change).
+			vm.Spec.UserData = cur.Spec.UserData
+		case inVMs:
 			if prep.image != vm.Spec.ImageName || prep.creds == "" {
 				return workerDecls{prepare: &spec}, nil
 			}
@@ -475,11 +520,14 @@ func (s *Service) recordNodes(ctx context.Context, key string, v workerView, cps
 	workers := v.nodes
 	_, err := s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
 		workers = v.nodes
-		if r.Phase == events.GuestClusterPhaseDeleting {
+		// A view of an older spec than the record's says nothing of it
+		// (nor does a refusal found against it): the newer request
+		// declares anew, and its pass or the next refresh records it.
+		if r.Phase == events.GuestClusterPhaseDeleting || r.Generation != v.generation {
 			return record.ErrUnchanged
 		}
 		refused := maps.Clone(r.RefusedWorkers)
-		if add != nil && r.Generation == v.generation && workerIndex(r.Name, add.vm) < int(r.Spec.Workers.Replicas) {
+		if add != nil && workerIndex(r.Name, add.vm) < int(r.Spec.Workers.Replicas) {
 			if refused == nil {
 				refused = map[string]workerRefusal{}
 			}
@@ -487,7 +535,7 @@ func (s *Service) recordNodes(ctx context.Context, key string, v workerView, cps
 		}
 		for vm := range refused {
 			i := workerIndex(r.Name, vm)
-			if i < 0 || i >= int(r.Spec.Workers.Replicas) || (r.Generation == v.generation && v.accepted[vm]) {
+			if i < 0 || i >= int(r.Spec.Workers.Replicas) || v.accepted[vm] {
 				delete(refused, vm)
 			}
 		}

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"maps"
+	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,19 +95,26 @@ func TestWorkerNodesFollowTheWorkerCount(t *testing.T) {
 		t.Errorf("record: %d ready workers, want 2", rec.ReadyWorkers)
 	}
 
-	// An unchanged re-apply declares nothing; one worker fewer deletes
-	// the VM past the count.
-	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	if ev := h.await(t, events.TypeGuestClusterReady, events.TypeVMDeclared, events.TypeVMDeleteRequested); ev.Type() != events.TypeGuestClusterReady {
-		t.Fatalf("an unchanged re-apply published %s", ev.Type())
+	// An unchanged re-apply declares each worker again as its VM has it
+	// (the native VM controller changes nothing) and deletes nothing; one
+	// worker fewer deletes the VM past the count.
+	h.requestReady(t, req)
+	if asked := h.vmsSettled(t, "marker-1"); len(asked) != 0 {
+		t.Fatalf("an unchanged re-apply asked for deletions %v", asked)
+	}
+	for _, d := range h.declarationsSince(t, "marker-2") {
+		if w := map[string]*events.VMDeclared{w0.VM.Metadata.Name: w0, w1.VM.Metadata.Name: w1}[d.VM.Metadata.Name]; w == nil ||
+			!reflect.DeepEqual(w.VM, d.VM) {
+			t.Fatalf("an unchanged re-apply declared %+v, want only the declarations as before", d.VM)
+		}
 	}
 	req.GuestCluster.Spec.Workers.Replicas = 1
 	h.publish(t, events.TypeGuestClusterRequested, req.ObjectKey(), req)
-	ev := h.await(t, events.TypeVMDeleteRequested, events.TypeVMDeclared)
+	ev := h.await(t, events.TypeVMDeleteRequested)
 	var del events.VMDeleteRequested
 	_ = json.Unmarshal(ev.Data(), &del)
-	if ev.Type() != events.TypeVMDeleteRequested || del.Name != "gc1-worker-1" {
-		t.Fatalf("scale down published %s %+v, want vm.delete.requested of gc1-worker-1", ev.Type(), del)
+	if del.Name != "gc1-worker-1" {
+		t.Fatalf("scale down asked to delete %+v, want gc1-worker-1", del)
 	}
 	h.await(t, events.TypeGuestClusterReady)
 	h.deleteVMRecord(t, "team-a", "gc1-worker-1")
@@ -239,6 +248,11 @@ func TestDeletedWorkerIsMadeAgain(t *testing.T) {
 		t.Fatalf("scale down asked to delete %+v (%v), want gc1-worker-2", del, err)
 	}
 	h.await(t, events.TypeGuestClusterReady)
+	// The scale-down's request declares the workers it keeps again (as
+	// their VMs have them), never the one past the count.
+	if names := h.declaredSince(t, "marker-scale"); slices.Contains(names, "gc1-worker-2") {
+		t.Fatalf("the scale-down declared %v, want gc1-worker-2 left out", names)
+	}
 	h.deleteWorkerVM(t, "team-a", "gc1-worker-2")
 	h.vmDeletedHandled(t)
 
@@ -422,6 +436,35 @@ func (h *harness) putVMImage(t *testing.T, name string) {
 	}
 }
 
+// declaredNamed waits for a declaration of VM name, passing over those
+// of other VMs.
+func declaredNamed(t *testing.T, h *harness, name string) *events.VMDeclared {
+	t.Helper()
+	for {
+		if d := declared(t, h); d.VM.Metadata.Name == name {
+			return d
+		}
+	}
+}
+
+// declarationsSince is declaredSince with the declarations, in the order
+// they were published.
+func (h *harness) declarationsSince(t *testing.T, marker string) []*events.VMDeclared {
+	t.Helper()
+	h.vmsSettled(t, marker)
+	var out []*events.VMDeclared
+	h.skipped = slices.DeleteFunc(h.skipped, func(ev event.Event) bool {
+		if ev.Type() != events.TypeVMDeclared {
+			return false
+		}
+		var d events.VMDeclared
+		_ = json.Unmarshal(ev.Data(), &d)
+		out = append(out, &d)
+		return true
+	})
+	return out
+}
+
 // declaredSince reports the names of the VMs declared since the last
 // vmsSettled, once every event published so far has been seen, and drops
 // those declarations from what await keeps.
@@ -507,10 +550,7 @@ func TestRefusedWorkerWaitsForAChange(t *testing.T) {
 
 	// A new request (the same spec applied again) is a new try.
 	h.requestReady(t, req)
-	again := declared(t, h)
-	if again.VM.Metadata.Name != "gc1-worker-1" {
-		t.Fatalf("the new request declared %s, want gc1-worker-1", again.VM.Metadata.Name)
-	}
+	again := declaredNamed(t, h, "gc1-worker-1")
 	h.putWorkerVM(t, again, "esx-1", true)
 	if err := h.svc.resync(t.Context()); err != nil {
 		t.Fatal(err)
@@ -543,7 +583,20 @@ func (h *harness) waitConsumer(t *testing.T, stream, what string, ok func(*jetst
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		info := h.consumerInfo(t, stream)
+		// The controller makes its consumer as it starts: a test that
+		// begins with a request can look before it is there.
+		c, err := h.b.JetStream().Consumer(t.Context(), stream, Name+"-"+stream)
+		if errors.Is(err, jetstream.ErrConsumerNotFound) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := c.Info(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
 		if ok(info) {
 			return
 		}
@@ -596,10 +649,7 @@ func TestAnOlderRequestDoesNothing(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the request for two workers never reached its control plane")
 	}
-	w1 := declared(t, h)
-	if w1.VM.Metadata.Name != "gc1-worker-1" {
-		t.Fatalf("the request for two workers declared %s, want gc1-worker-1", w1.VM.Metadata.Name)
-	}
+	w1 := declaredNamed(t, h, "gc1-worker-1")
 	h.putWorkerVM(t, w1, "esx-1", true)
 
 	// Three workers, requested meanwhile: delivered, behind the first.
@@ -627,7 +677,194 @@ func TestAnOlderRequestDoesNothing(t *testing.T) {
 	if asked := h.vmsSettled(t, "marker"); len(asked) != 0 {
 		t.Errorf("asked for deletions %v, want none (the newer spec wants three workers)", asked)
 	}
-	if again := h.declaredSince(t, "marker-2"); len(again) != 0 {
-		t.Errorf("declared %v after the newer request, want nothing (every worker it wants exists)", again)
+	// The newer request declares each of its three workers once; the
+	// older one, come again, declares nothing.
+	again := h.declaredSince(t, "marker-2")
+	slices.Sort(again)
+	if want := []string{"gc1-worker-0", "gc1-worker-1", "gc1-worker-2"}; !slices.Equal(again, want) {
+		t.Errorf("declared %v once the first request was let go, want %v (the newer request's, once each)", again, want)
+	}
+}
+
+// workerClass is the class of the declaration of gc1-worker-0 among ds
+// published last, "" when none is.
+func workerClass(ds []*events.VMDeclared) string {
+	class := ""
+	for _, d := range ds {
+		if d.VM.Metadata.Name == "gc1-worker-0" {
+			class = d.VM.Spec.ClassName
+		}
+	}
+	return class
+}
+
+// TestARequestDeclaresWhatItsVMMayLack: a request's pass declares every
+// worker of its spec even when the worker's VM record has that spec
+// already: the record lags behind declarations on the bus, and an older
+// spec's declared meanwhile (here: the request before it, which the
+// native VM controller has not applied yet) must not be the last applied.
+func TestARequestDeclaresWhatItsVMMayLack(t *testing.T) {
+	h := start(t)
+	small := guestCluster()
+	small.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.requestReady(t, small)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+
+	large := guestCluster()
+	large.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "large", ImageName: "vmos"}
+	h.requestReady(t, large)
+	if d := declaredNamed(t, h, "gc1-worker-0"); d.VM.Spec.ClassName != "large" {
+		t.Fatalf("the request for class large declared %+v", d.VM)
+	}
+
+	// Applied again before the native VM controller took the declaration
+	// above: its VM's record still has class small.
+	h.requestReady(t, small)
+	if got := workerClass(h.declarationsSince(t, "marker")); got != "small" {
+		t.Errorf("last declaration of gc1-worker-0 has class %q, want small (the newest request's)", got)
+	}
+}
+
+// onPassEmitted has f called, once, after the first declareWorkers pass
+// that published (before it reads the record again).
+func (h *harness) onPassEmitted(t *testing.T, f func(key string)) {
+	t.Helper()
+	var once sync.Once
+	hook := func(key string) { once.Do(func() { f(key) }) }
+	h.svc.passEmitted.Store(&hook)
+	t.Cleanup(func() { h.svc.passEmitted.Store(nil) })
+}
+
+// storeAsReplica writes the guest cluster's record as another replica's
+// request handler stores a newer request (its compare-and-set, done here
+// by hand at the moment chosen), with change applied to it.
+func (h *harness) storeAsReplica(t *testing.T, key string, spec events.GuestClusterSpec, change func(r *clusterRecord)) {
+	t.Helper()
+	if _, err := h.svc.clusters.Mutate(context.Background(), key, func(r *clusterRecord) error {
+		r.Spec = spec
+		r.Generation, r.GenerationAt = r.Generation+1, time.Now().UTC()
+		r.RefusedWorkers = nil
+		change(r)
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestAFollowDeclaresTheNewerSpecLast: replica A's request (class large)
+// declares; before its declarations are applied, replica B stores a newer
+// request (class small, what the worker's VM record still has) and, going
+// by that record, declares nothing. A reads the record again and declares
+// the newer spec after its own, although the VM record has it: the last
+// declaration is the newest spec's.
+func TestAFollowDeclaresTheNewerSpecLast(t *testing.T) {
+	h := start(t)
+	small := guestCluster()
+	small.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.requestReady(t, small)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	stored := h.record(t, "team-a", "gc1").Spec
+
+	key := events.GuestClusterRecordKey("team-a", "gc1")
+	h.onPassEmitted(t, func(string) {
+		h.storeAsReplica(t, key, stored, func(*clusterRecord) {})
+	})
+	large := guestCluster()
+	large.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "large", ImageName: "vmos"}
+	seq := h.publishSeq(t, events.TypeGuestClusterRequested, large.ObjectKey(), large)
+	h.waitConsumer(t, events.StreamGuestClusters, "the request settled", func(i *jetstream.ConsumerInfo) bool {
+		return i.NumPending == 0 && i.NumAckPending == 0 && i.AckFloor.Stream >= seq
+	})
+	ds := h.declarationsSince(t, "marker")
+	var classes []string
+	for _, d := range ds {
+		classes = append(classes, d.VM.Metadata.Name+":"+d.VM.Spec.ClassName)
+	}
+	if want := []string{"gc1-worker-0:large", "gc1-worker-0:small"}; !slices.Equal(classes, want) {
+		t.Errorf("declared %v, want %v (the newer spec's after the one it superseded)", classes, want)
+	}
+}
+
+// TestAFollowLeavesASpecNotAdmitted: replica A's request declares its
+// worker; meanwhile replica B stores a newer request of another version
+// whose admission is not through (its check under way, refused, or of a
+// version this podvisor does not run). A follows the record but declares
+// nothing from that spec: nothing is built before its version is found
+// compatible, and B's handler declares it once it is.
+func TestAFollowLeavesASpecNotAdmitted(t *testing.T) {
+	tests := []struct {
+		name    string
+		version string
+		change  func(r *clusterRecord)
+	}{
+		{name: "check under way", version: "v1.37.3", change: func(r *clusterRecord) {
+			r.SetCondition(events.GuestClusterConditionCompatible, events.ConditionUnknown, "Checking", "", time.Now().UTC())
+		}},
+		{name: "incompatible", version: "v1.37.3", change: func(r *clusterRecord) {
+			r.SetCondition(events.GuestClusterConditionCompatible, events.ConditionFalse, ReasonIncompatible, "unmet", time.Now().UTC())
+			r.Phase, r.Reason = events.GuestClusterPhaseFailed, ReasonIncompatible
+		}},
+		{name: "compatible but not run here", version: "v1.37.3", change: func(r *clusterRecord) {
+			r.SetCondition(events.GuestClusterConditionCompatible, events.ConditionTrue, "Compatible", "", time.Now().UTC())
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := start(t)
+			first := guestCluster()
+			first.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+			newer := first.GuestCluster
+			newer.Spec.Version = tt.version
+			newer.Spec.Workers = events.GuestClusterNodes{Replicas: 2, ClassName: "other", ImageName: "vmos"}
+			newer.Normalize()
+			h.onPassEmitted(t, func(key string) { h.storeAsReplica(t, key, newer.Spec, tt.change) })
+			seq := h.publishSeq(t, events.TypeGuestClusterRequested, first.ObjectKey(), first)
+			h.waitConsumer(t, events.StreamGuestClusters, "the request settled", func(i *jetstream.ConsumerInfo) bool {
+				return i.NumPending == 0 && i.NumAckPending == 0 && i.AckFloor.Stream >= seq
+			})
+			var got []string
+			for _, d := range h.declarationsSince(t, "marker") {
+				got = append(got, d.VM.Metadata.Name+":"+d.VM.Spec.ClassName)
+			}
+			if want := []string{"gc1-worker-0:small"}; !slices.Equal(got, want) {
+				t.Errorf("declared %v, want %v (nothing of the spec not admitted)", got, want)
+			}
+		})
+	}
+}
+
+// TestRecordNodesLeavesANewerRecord: a view of the worker nodes made from
+// one record is not written onto a newer one (another request stored
+// meanwhile): its nodes, and a refusal found against it, are of a spec the
+// record no longer holds.
+func TestRecordNodesLeavesANewerRecord(t *testing.T) {
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.requestReady(t, req)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	ctx := t.Context()
+	key := events.GuestClusterRecordKey("team-a", "gc1")
+	old, _, err := h.svc.clusters.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := h.svc.workerNodes(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := old.Spec
+	newer.Workers.Replicas = 2
+	h.storeAsReplica(t, key, newer, func(r *clusterRecord) { r.Workers, r.ReadyWorkers = nil, 0 })
+	if _, err := h.svc.recordNodes(ctx, key, v, nil, &namedRefusal{vm: "gc1-worker-0",
+		workerRefusal: workerRefusal{Reason: "Invalid", Message: "refused"}}); err != nil {
+		t.Fatal(err)
+	}
+	cur, _, err := h.svc.clusters.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cur.Workers) != 0 || cur.ReadyWorkers != 0 || len(cur.RefusedWorkers) != 0 {
+		t.Errorf("newer record got workers %+v (%d ready), refusals %v from the older view; want none", cur.Workers, cur.ReadyWorkers, cur.RefusedWorkers)
 	}
 }
