@@ -31,6 +31,17 @@ import (
 // and not yet acknowledged, so input goes at the pace the command reads
 // it. A grant of 0 (a host agent that predates it) means no
 // acknowledgements: the client sends as it reads.
+//
+// Control messages travel at most once too, and the host agent's
+// subscription drops what it cannot hold (a slow consumer): input lost
+// there would never be acknowledged, and a client waiting for room in its
+// window would wait for good. So a client numbers its stdin pieces
+// (PodStreamControl.StdinSeq), and its keep-alives say how many it has
+// sent: the host agent ends an exec whose input has a gap, with an error
+// naming it, rather than feed the command input with a hole in it. And
+// with a window the client keeps at most PodStreamStdinPieces pieces sent
+// and not yet acknowledged, whatever their size, so that a window of
+// small reads does not overflow what the host agent holds.
 const (
 	// SubjectQueryPodLogs prefixes the per-host logs subject
 	// (pv.query.pod.logs.<host>; request PodLogsRequest).
@@ -47,6 +58,12 @@ const (
 	PodStreamKeepAlive   = 5 * time.Second
 	PodStreamIdleTimeout = 20 * time.Second
 )
+
+// PodStreamStdinPieces is the most stdin pieces a client with a stdin
+// window keeps sent and not yet acknowledged: the host agent holds twice
+// as many control messages for a stream, room for them, the input's end,
+// a keep-alive and a cancel.
+const PodStreamStdinPieces = 32
 
 // SubjectPodLogs is the subject host's agent answers logs requests on.
 func SubjectPodLogs(host string) string { return SubjectQueryPodLogs + "." + host }
@@ -163,4 +180,11 @@ type PodStreamControl struct {
 	Stdin    []byte `json:"stdin,omitempty"`
 	StdinEOF bool   `json:"stdinEOF,omitempty"`
 	Cancel   bool   `json:"cancel,omitempty"`
+	// StdinSeq counts the stdin pieces (controls with Stdin or StdinEOF)
+	// the client has sent, this one included: a piece carries its own
+	// number, from 1, and a keep-alive the last piece's (so that the
+	// host agent also sees the last pieces lost, which no piece
+	// follows). 0: not numbered (a client that predates it), and not
+	// checked.
+	StdinSeq uint64 `json:"stdinSeq,omitempty"`
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -44,5 +45,33 @@ func TestPodQueriesValidate(t *testing.T) {
 	}
 	if got := SubjectPodLogs("esx-1-01"); got != "pv.query.pod.logs.esx-1-01" {
 		t.Errorf("SubjectPodLogs = %s", got)
+	}
+}
+
+// A stdin control carries its piece number; one without (a keep-alive of
+// a client that sends none, or an older client's) encodes as before, so
+// an older host agent reads what it always read, and decodes as 0 (not
+// numbered).
+func TestPodStreamControlNumbersStdinPieces(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    PodStreamControl
+		want string
+	}{
+		{"a keep-alive without pieces", PodStreamControl{}, `{}`},
+		{"a piece", PodStreamControl{Stdin: []byte("a"), StdinSeq: 1}, `{"stdin":"YQ==","stdinSeq":1}`},
+		{"the end", PodStreamControl{StdinEOF: true, StdinSeq: 2}, `{"stdinEOF":true,"stdinSeq":2}`},
+		{"a keep-alive after pieces", PodStreamControl{StdinSeq: 2}, `{"stdinSeq":2}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := json.Marshal(tc.c)
+			if err != nil || string(data) != tc.want {
+				t.Fatalf("encoded %s (%v), want %s", data, err, tc.want)
+			}
+		})
+	}
+	var old PodStreamControl
+	if err := json.Unmarshal([]byte(`{"stdin":"YQ=="}`), &old); err != nil || old.StdinSeq != 0 {
+		t.Fatalf("an older client's piece decoded as %+v (%v), want it not numbered", old, err)
 	}
 }

@@ -364,15 +364,14 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		}
 		ss.mu.Lock()
 		input := ss.ins[env.ID]
-		var dropped bool
-		var err error
 		if input != nil {
-			// Queued, never written here (this loop serves every request
-			// of the channel). An input over its bound fails that exec
-			// alone, with the reason. Its input stays known, closed,
-			// until the exec ends: what the host sent meanwhile is
-			// dropped, not answered with errors.
-			if dropped, err = input.push(in.Data, in.EOF); err != nil {
+			// Queued, never written here, nor acknowledged (this loop
+			// serves every request of the channel): the exec's own
+			// goroutine does both. An input over its bound fails that
+			// exec alone, with the reason. Its input stays known,
+			// closed, until the exec ends: what the host sent meanwhile
+			// is dropped, not answered with errors.
+			if err := input.push(in.Data, in.EOF); err != nil {
 				input.close(err)
 				if c := ss.reqs[env.ID]; c != nil {
 					c(err)
@@ -384,11 +383,6 @@ func (ss *session) handle(ctx context.Context, env guestchannel.Envelope) {
 		ss.mu.Unlock()
 		if input == nil {
 			fail(fmt.Errorf("exec.stdin: no exec %q waiting for input", env.ID))
-		} else if dropped {
-			// Input dropped at once (its command closed its stdin) is
-			// acknowledged at once, out of the session's lock: no
-			// write will report it.
-			input.report()
 		}
 	case guestchannel.TypeStop:
 		var req guestchannel.StopRequest
@@ -481,8 +475,12 @@ const maxExecInput = 1 << 20
 // other execs, resyncs.
 //
 // With a window (ExecRequest.StdinWindow) the host holds back what the
-// command has not taken: run reports the bytes it wrote (ack), and push
-// refuses more than the window waiting.
+// command has not taken: run reports the bytes taken (ack), and push
+// refuses more than the window waiting. run alone sends the reports, for
+// input dropped as for input written: the read loop only counts what it
+// drops and wakes run, since a send there would wait on the host side
+// taking the channel's frames (on another exec's report before it), and
+// the whole channel with it.
 type execInput struct {
 	w    *io.PipeWriter
 	wake chan struct{} // a push or a close since run last looked
@@ -490,18 +488,19 @@ type execInput struct {
 	window int
 	// ack sends an exec.stdin.ack with the count taken; nil without a
 	// window.
-	ack func(taken uint64)
-
-	// ackMu makes a report's read of taken and its send one step, so
-	// that the counts sent only grow whichever goroutine reports.
-	ackMu sync.Mutex
-	acked uint64 // the last count sent, under ackMu
+	ack   func(taken uint64)
+	acked uint64 // the last count sent; run's alone
 
 	mu     sync.Mutex
 	queue  [][]byte
 	queued int  // bytes in queue, and the one being written
 	eof    bool // the host's input ended: close the pipe once queue is written
+	// closed: nothing more goes to the command (its input ended, or its
+	// side closed it); what the host still sends is dropped.
 	closed bool
+	// done: the exec ended (or its channel, or its host side): run
+	// returns, nothing more is reported.
+	done bool
 	// taken counts the bytes written into the pipe, or dropped since the
 	// input was closed: what the host need not hold back any more.
 	taken uint64
@@ -518,21 +517,22 @@ func newExecInput(window int, ack func(taken uint64)) (*execInput, *io.PipeReade
 // push queues data, then the input's end when eof. It fails when the queue
 // would hold more than its bound: the window (a host that ignores it), or
 // without one maxExecInput (the command does not read). Once the input is
-// closed, by close or by the command's side closing its reader, data is
-// dropped, and counted as taken: push reports dropped, and the caller
-// tells the host (report).
-func (in *execInput) push(data []byte, eof bool) (dropped bool, err error) {
+// closed, data is dropped, and counted as taken for run to report.
+func (in *execInput) push(data []byte, eof bool) error {
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if in.closed || in.eof {
-		in.taken += uint64(len(data))
-		return len(data) > 0, nil // nothing more goes to the command
+		if len(data) > 0 {
+			in.taken += uint64(len(data))
+			in.signal()
+		}
+		return nil // nothing more goes to the command
 	}
 	switch {
 	case in.window > 0 && in.queued+len(data) > in.window:
-		return false, fmt.Errorf("%w (%d bytes not yet taken, a window of %d)", errInputOverWindow, in.queued+len(data), in.window)
+		return fmt.Errorf("%w (%d bytes not yet taken, a window of %d)", errInputOverWindow, in.queued+len(data), in.window)
 	case in.window <= 0 && in.queued+len(data) > maxExecInput:
-		return false, fmt.Errorf("%w (more than %d bytes waiting)", errInputNotRead, maxExecInput)
+		return fmt.Errorf("%w (more than %d bytes waiting)", errInputNotRead, maxExecInput)
 	}
 	if len(data) > 0 {
 		in.queue = append(in.queue, data)
@@ -540,38 +540,23 @@ func (in *execInput) push(data []byte, eof bool) (dropped bool, err error) {
 	}
 	in.eof = in.eof || eof
 	in.signal()
-	return false, nil
+	return nil
 }
 
-// report sends the count taken when it grew since the last report (with a
-// window; nothing otherwise).
-func (in *execInput) report() {
-	if in.ack == nil {
-		return
-	}
-	in.ackMu.Lock()
-	defer in.ackMu.Unlock()
-	in.mu.Lock()
-	taken := in.taken
-	in.mu.Unlock()
-	if taken > in.acked {
+// report sends taken when it grew since the last report (with a window;
+// nothing otherwise). run's alone, so the counts sent only grow.
+func (in *execInput) report(taken uint64) {
+	if in.ack != nil && taken > in.acked {
 		in.ack(taken)
 		in.acked = taken
 	}
 }
 
-// unreported is how much of taken no report has said yet.
-func (in *execInput) unreported(taken uint64) uint64 {
-	in.ackMu.Lock()
-	defer in.ackMu.Unlock()
-	return taken - min(taken, in.acked)
-}
-
-// close ends the input (err nil: a plain end of file for the command): run
-// stops writing, and a write under way returns.
+// close ends the input for good (err nil: a plain end of file for the
+// command): run stops writing and returns, and a write under way returns.
 func (in *execInput) close(err error) {
 	in.mu.Lock()
-	in.closed = true
+	in.closed, in.done = true, true
 	in.taken += uint64(in.queued)
 	in.queue, in.queued = nil, 0
 	in.signal()
@@ -590,15 +575,17 @@ func (in *execInput) signal() {
 // closed, reporting what was taken: once the queue is written, or every
 // quarter of the window while it is not (one acknowledgement per piece
 // or per several, never per byte, and the host never waits on bytes the
-// command has read).
+// command has read). Once the input is closed it goes on reporting what
+// the host still sends, dropped, until the exec ends (close): a command
+// that closed its stdin and runs on does not hold its sender.
 func (in *execInput) run() {
 	for {
 		in.mu.Lock()
 		switch {
-		case in.closed:
+		case in.done || (in.closed && in.ack == nil):
 			in.mu.Unlock()
 			return
-		case len(in.queue) > 0:
+		case !in.closed && len(in.queue) > 0:
 			data := in.queue[0]
 			in.queue = in.queue[1:]
 			in.mu.Unlock()
@@ -606,7 +593,7 @@ func (in *execInput) run() {
 			// closed; the bytes count as queued until then.
 			_, err := in.w.Write(data)
 			in.mu.Lock()
-			if !in.closed {
+			if !in.done {
 				// (close counted them already)
 				in.queued = max(in.queued-len(data), 0)
 				in.taken += uint64(len(data))
@@ -622,19 +609,23 @@ func (in *execInput) run() {
 			}
 			caughtUp, taken := len(in.queue) == 0 || in.closed, in.taken
 			in.mu.Unlock()
-			if caughtUp || in.unreported(taken) >= uint64(in.window/4) {
-				in.report()
-			}
-			if err != nil {
-				return
+			if caughtUp || taken-min(taken, in.acked) >= uint64(in.window/4) {
+				in.report(taken)
 			}
 			continue
-		case in.eof:
+		case !in.closed && in.eof:
+			in.closed = true
 			in.mu.Unlock()
 			in.w.Close()
-			return
+			continue
+		case in.closed:
+			// What was dropped since the last report.
+			taken := in.taken
+			in.mu.Unlock()
+			in.report(taken)
+		default:
+			in.mu.Unlock()
 		}
-		in.mu.Unlock()
 		<-in.wake
 	}
 }

@@ -698,3 +698,103 @@ func TestTheStdinWindowIsAnnouncedAndBounded(t *testing.T) {
 		t.Fatalf("exec exit = %+v, want the window refused", exit)
 	}
 }
+
+// A host side that does not take the agent's frames for a while does not
+// stop the agent reading its channel: an exec's acknowledgements wait in
+// the exec's own goroutine, not in the read loop, which goes on serving
+// (a stop here) meanwhile. The acknowledgement that waited goes out once
+// the host side reads again, and the exec goes on (a cancel ends it).
+func TestTheReadLoopServesWhileAnExecsAcknowledgementWaits(t *testing.T) {
+	p := newPod()
+	_, stopped := p.Status()
+	inputClosed, cancelled := make(chan struct{}), make(chan struct{})
+	p.exec = func(ctx context.Context, stdin io.Reader, out func(string, []byte)) (int32, error) {
+		if _, err := io.ReadFull(stdin, make([]byte, 1)); err != nil {
+			return 1, err
+		}
+		stdin.(io.Closer).Close() // what the host sends from now on is dropped, and acknowledged
+		close(inputClosed)
+		<-ctx.Done()
+		close(cancelled)
+		return 0, nil
+	}
+	c := pipeSession(t, p)
+	if err := c.Send(guestchannel.TypeExec, "e1", guestchannel.ExecRequest{Container: "a", Command: []string{"head"}, Stdin: true, StdinWindow: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: []byte("ab")}); err != nil {
+		t.Fatal(err)
+	}
+	<-inputClosed
+	// The exec's goroutine reported the input taken: the host side reads
+	// that report, then nothing more for now.
+	env, err := c.Receive()
+	var a guestchannel.ExecStdinAck
+	if err != nil || env.Type != guestchannel.TypeExecStdinAck || env.Decode(&a) != nil || a.Taken != 2 {
+		t.Fatalf("received %+v (%v), want exec.stdin.ack {taken: 2}", env, err)
+	}
+	chunk := []byte(strings.Repeat("i", guestchannel.ChunkSize))
+	sent := make(chan error, 1)
+	go func() { // the host side's writes must not wait on the test
+		err := c.Send(guestchannel.TypeExecStdin, "e1", guestchannel.ExecStdin{Data: chunk}) // dropped: an acknowledgement the host does not take
+		if err == nil {
+			err = c.Send(guestchannel.TypeStop, "s1", guestchannel.StopRequest{GracePeriodSeconds: 1})
+		}
+		sent <- err
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the stop was not served while an acknowledgement waited for the host side")
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	// The host side reads again: the acknowledgement and the stop's
+	// answer come.
+	want := uint64(2 + len(chunk))
+	for acked, answered := false, false; !acked || !answered; {
+		env, err := c.Receive()
+		if err != nil {
+			t.Fatalf("waiting for the acknowledgement of %d and the stop's answer: %v", want, err)
+		}
+		switch env.Type {
+		case guestchannel.TypeExecStdinAck:
+			if err := env.Decode(&a); err != nil || a.Taken != want {
+				t.Fatalf("acknowledgement %+v (%v), want %d", a, err, want)
+			}
+			acked = true
+		case guestchannel.TypeStopped:
+			answered = true
+		}
+	}
+	if err := c.Send(guestchannel.TypeCancel, "", guestchannel.Cancel{Target: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	untilAnswered(t, c, map[string]string{"e1": guestchannel.TypeExecExit})
+	<-cancelled
+}
+
+// pipeSession serves p on one end of an in-memory pipe until the test
+// ends and returns the host side's end, hello and full status read. A
+// pipe holds every write until the other end reads it: a host side that
+// does not read takes nothing at all. Reads are bounded by a deadline.
+func pipeSession(t *testing.T, p *pod) *guestchannel.Conn {
+	t.Helper()
+	host, agent := net.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = (&Server{Addr: "pipe", Hello: guestchannel.Hello{PodUID: "u", BootID: "b1"}, Pod: p}).serve(ctx, agent)
+	}()
+	t.Cleanup(func() { cancel(); host.Close(); <-done })
+	_ = host.SetReadDeadline(time.Now().Add(20 * time.Second))
+	c := guestchannel.NewConn(host)
+	for _, typ := range []string{guestchannel.TypeHello, guestchannel.TypeStatus} {
+		if env, err := c.Receive(); err != nil || env.Type != typ {
+			t.Fatalf("receive: %+v, %v; want %s", env, err, typ)
+		}
+	}
+	return c
+}

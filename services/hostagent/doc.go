@@ -86,7 +86,12 @@
 // exec.stdin.ack counts are relayed as answers with StdinAcked; for an
 // older agent the host agent acknowledges each piece of input itself once
 // written to the channel, and the agent's own bound on unread input
-// applies as before (stdinRelay in query.go).
+// applies as before (stdinRelay in query.go). A client numbers its stdin
+// pieces (events.PodStreamControl.StdinSeq): core NATS drops what a
+// stream's control subscription cannot hold, so a piece that does not
+// follow the one before, or a keep-alive counting more pieces than came,
+// ends the exec with ErrStdinLost naming the gap, where the client would
+// otherwise wait for good for an acknowledgement.
 //
 // # Deletes
 //

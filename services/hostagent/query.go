@@ -178,6 +178,13 @@ func (s *Service) serveExec(m *nats.Msg, st *stream) {
 // acknowledgements that would not come, and such an agent keeps its own
 // bound on input not read yet (what every exec had before windows). A
 // client that asks for no window gets no acknowledgements (the same).
+//
+// Pieces that a client numbers (events.PodStreamControl.StdinSeq) must
+// come one after the other: core NATS drops what the control
+// subscription cannot hold, and a piece lost would never be acknowledged,
+// its client waiting for good, while the command read input with a hole
+// in it. A gap, seen at the next piece or at a keep-alive counting more
+// pieces than came, ends the exec with ErrStdinLost naming it.
 type stdinRelay struct {
 	// window is the window granted to the client; 0: none.
 	window int
@@ -185,6 +192,26 @@ type stdinRelay struct {
 	// without the capability); forwarded counts it.
 	selfAck   bool
 	forwarded uint64
+	// pieces is the number of the last numbered piece received.
+	pieces uint64
+}
+
+// arrived checks a control's piece number against the pieces received
+// so far and counts a piece.
+func (in *stdinRelay) arrived(c events.PodStreamControl) error {
+	if c.StdinSeq == 0 {
+		return nil // not numbered: a client that predates it
+	}
+	piece := len(c.Stdin) > 0 || c.StdinEOF
+	switch {
+	case piece && c.StdinSeq != in.pieces+1:
+		return fmt.Errorf("%w: expected piece %d, got %d", ErrStdinLost, in.pieces+1, c.StdinSeq)
+	case !piece && c.StdinSeq > in.pieces:
+		return fmt.Errorf("%w: expected piece %d, the client had sent %d", ErrStdinLost, in.pieces+1, c.StdinSeq)
+	case piece:
+		in.pieces = c.StdinSeq
+	}
+	return nil
 }
 
 // begin decodes and validates a request into req and finds the channel of
@@ -222,7 +249,10 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, in *stdin
 		return
 	}
 	defer pc.done(id)
-	control := make(chan *nats.Msg, 64)
+	// Room for what a client with a window has on its way at most (its
+	// pieces, the input's end, a keep-alive, a cancel); what does not fit
+	// is dropped by NATS, which a numbered piece reveals (stdinRelay).
+	control := make(chan *nats.Msg, 2*events.PodStreamStdinPieces)
 	// The control subject sits below pv.query.pod (a client may publish
 	// queries, not to another connection's inbox) and is unguessable.
 	inbox := events.SubjectPodControl(s.cfg.Host, strings.TrimPrefix(nats.NewInbox(), nats.InboxPrefix))
@@ -274,7 +304,16 @@ func (s *Service) relay(pc *podConn, st *stream, typ string, body any, in *stdin
 				st.send(events.PodStreamMessage{EOF: true})
 				return
 			}
-			if in != nil && (len(c.Stdin) > 0 || c.StdinEOF) {
+			if in == nil {
+				continue
+			}
+			if err := in.arrived(c); err != nil {
+				pc.log.Warn("exec ended: its input lost on the way", "id", id, "err", err)
+				cancelAgent()
+				st.fail(err)
+				return
+			}
+			if len(c.Stdin) > 0 || c.StdinEOF {
 				if err := sendStdin(pc, id, c.Stdin, c.StdinEOF); err != nil {
 					cancelAgent()
 					st.fail(fmt.Errorf("send stdin to the guest: %w", err))

@@ -131,6 +131,112 @@ func TestExecStdinAcknowledgements(t *testing.T) {
 	}
 }
 
+// Stdin pieces that do not arrive in sequence (core NATS dropped one on
+// the way, as it drops what a full subscription cannot take) end the exec
+// with an error naming the gap, at the next piece or at a keep-alive that
+// counts more pieces than came, instead of leaving a client waiting for
+// the acknowledgement of input that never reached the host agent; what
+// follows the gap does not reach the guest. Pieces a client does not
+// number are taken as before (TestExecStdinAcknowledgements).
+func TestExecStdinWithAGapEndsTheExec(t *testing.T) {
+	for i, tc := range []struct {
+		name string
+		// after pieces 1 and 2, what the host agent receives
+		next    events.PodStreamControl
+		wantErr string
+	}{
+		{"a piece after the gap", events.PodStreamControl{Stdin: []byte("four"), StdinSeq: 4},
+			"stdin lost between the client and the host agent: expected piece 3, got 4"},
+		{"the end after the gap", events.PodStreamControl{StdinEOF: true, StdinSeq: 4},
+			"stdin lost between the client and the host agent: expected piece 3, got 4"},
+		{"a keep-alive counting the last piece lost", events.PodStreamControl{StdinSeq: 3},
+			"stdin lost between the client and the host agent: expected piece 3, the client had sent 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			name, uid := fmt.Sprint("web", i), fmt.Sprint("uid-web", i)
+			e.putPod(name, uid, host, 30, "app")
+			g := guesttest.Dial(t, e.svc.Socket(), guestchannel.Hello{PodUID: uid, Namespace: "default", Name: name, BootID: "b",
+				Capabilities: []string{guestchannel.CapExecStdinAck}}, "app")
+			g.SetExec(func(req guestchannel.ExecRequest, stdin []byte) (string, int32) { return string(stdin), 0 })
+			e.waitReports(uid, 1)
+
+			s := startStream(t, e, events.SubjectPodExec(host), events.PodExecRequest{Namespace: "default", Name: name, Container: "app",
+				Command: []string{"cat"}, Stdin: true, StdinWindow: podstream.StdinWindow})
+			first := s.next()
+			s.control(first.Control, events.PodStreamControl{Stdin: []byte("one"), StdinSeq: 1})
+			s.control(first.Control, events.PodStreamControl{Stdin: []byte("two"), StdinSeq: 2})
+			s.control(first.Control, tc.next)
+			for {
+				m := s.next()
+				if !m.EOF {
+					continue
+				}
+				if m.Error != tc.wantErr {
+					t.Fatalf("last answer %+v, want the error %q", m, tc.wantErr)
+				}
+				break
+			}
+			// The guest serves its channel in order: once a later
+			// request is answered, it has all the input it will get.
+			g.SetLog("app", "a line\n")
+			logs := startStream(t, e, events.SubjectPodLogs(host), events.PodLogsRequest{Namespace: "default", Name: name})
+			for !logs.next().EOF {
+			}
+			if got := g.StdinReceived(); got != len("onetwo") {
+				t.Errorf("the guest received %d bytes of input, want the %d before the gap", got, len("onetwo"))
+			}
+		})
+	}
+}
+
+// A client waiting for room in its stdin window when the host agent
+// finds a piece lost returns with the error: the exec ends, and the
+// client with it, rather than wait for an acknowledgement that cannot
+// come. (The piece lost here is one the client never sent: a piece
+// numbered past those it sent, published on its control subject.)
+func TestAClientWhoseStdinIsLostReturns(t *testing.T) {
+	e := newEnv(t)
+	e.putPod("web", "uid-web", host, 30, "app")
+	g := guesttest.Dial(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b",
+		Capabilities: []string{guestchannel.CapExecStdinAck}}, "app")
+	g.SetExec(func(req guestchannel.ExecRequest, stdin []byte) (string, int32) { return "", 0 })
+	t.Cleanup(g.HoldStdinAcks()) // the client's window fills and stays full
+	e.waitReports("uid-web", 1)
+	// The client's first control names its control subject.
+	controls := make(chan *nats.Msg, 1)
+	sub, err := e.bus.Conn().ChanSubscribe(events.SubjectPodControl(host, "*"), controls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := sub.AutoUnsubscribe(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.bus.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() {
+		_, err := podstream.Run(ctx, e.bus.Conn(), events.SubjectPodExec(host), events.PodExecRequest{Namespace: "default", Name: "web",
+			Container: "app", Command: []string{"cat"}, Stdin: true}, bytes.NewReader(make([]byte, 4*podstream.StdinWindow)), io.Discard, io.Discard)
+		ran <- err
+	}()
+	control := (<-controls).Subject
+	waitFor(t, "the client's window sent", func() bool { return g.StdinReceived() == podstream.StdinWindow })
+	data, _ := json.Marshal(events.PodStreamControl{Stdin: []byte("x"), StdinSeq: 1000})
+	if err := e.bus.Conn().Publish(control, data); err != nil {
+		t.Fatal(err)
+	}
+	err = <-ran
+	if want := "stdin lost between the client and the host agent: expected piece 9, got 1000"; err == nil || err.Error() != want || ctx.Err() != nil {
+		t.Fatalf("exec: %v (context: %v), want %q", err, ctx.Err(), want)
+	}
+}
+
 // waitFor polls cond until it holds, for 10 s at most.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
