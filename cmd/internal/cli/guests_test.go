@@ -26,6 +26,7 @@ import (
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
+	"github.com/podvisor/podvisor/shared/syncbuf"
 	"github.com/vmware/govmomi/object"
 )
 
@@ -102,6 +103,21 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 		t.Errorf("exec -i of 8 MiB into sh -c 'sleep 1; sha256sum': exit %d, stdout %q, stderr %q; want the input's digest", code, out, errOut)
 	} else {
 		t.Logf("8 MiB through exec -i into a command reading a second late: %s", time.Since(started).Round(time.Millisecond))
+	}
+
+	// Interrupted (Ctrl-C) while its command runs, an exec ends at once
+	// with the shell's code for SIGINT and says so, no error of its own.
+	var out, errb syncbuf.Buffer
+	interrupt, stopExec := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(interrupt, []string{"--state-dir", state, "exec", "web", "-c", "first", "--", "sh", "-c", "echo started; sleep 30"},
+			strings.NewReader(""), &out, &errb)
+	}()
+	eventually(t, "the exec's command to start", func() bool { return strings.Contains(out.String(), "started") })
+	stopExec()
+	if code := <-done; code != 130 || strings.TrimSpace(errb.String()) != "interrupted" {
+		t.Errorf("exec interrupted: exit %d, stderr %q; want 130 and \"interrupted\"", code, errb.String())
 	}
 
 	// Delete: the host agent stops the containers within the grace period.

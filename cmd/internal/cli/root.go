@@ -22,6 +22,10 @@ type exitError struct {
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
 
+// exitInterrupted is the exit code of a command interrupted by a signal
+// (128 + SIGINT, as a shell reports it).
+const exitInterrupted = 130
+
 // Main runs the CLI and returns the process exit code.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := NewRoot(stdin, stdout, stderr)
@@ -29,6 +33,13 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
+	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		// Interrupted (Ctrl-C, SIGTERM): what was under way was cancelled
+		// (an exec's command is stopped, a wait given up), which is no
+		// error of its own; the exit code is the shell's for SIGINT.
+		fmt.Fprintln(stderr, "interrupted")
+		return exitInterrupted
 	}
 	// An error of several (errors.Join: get of names not found) says each
 	// on its own line.
