@@ -629,11 +629,7 @@ func (h *harness) publishSeq(t *testing.T, ceType, subject string, p events.Payl
 // takes the record back to its spec nor declares or deletes anything from
 // it: it is acked, and the newer spec stands.
 func TestAnOlderRequestDoesNothing(t *testing.T) {
-	h := start(t)
-	req := guestCluster()
-	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
-	h.requestReady(t, req)
-	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	h, _ := oneWorkerRunning(t)
 
 	// Two workers: the request's first delivery declares gc1-worker-1,
 	// then its control plane's Ensure is held, and fails once let go.
@@ -704,11 +700,7 @@ func workerClass(ds []*events.VMDeclared) string {
 // spec's declared meanwhile (here: the request before it, which the
 // native VM controller has not applied yet) must not be the last applied.
 func TestARequestDeclaresWhatItsVMMayLack(t *testing.T) {
-	h := start(t)
-	small := guestCluster()
-	small.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
-	h.requestReady(t, small)
-	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	h, small := oneWorkerRunning(t)
 
 	large := guestCluster()
 	large.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "large", ImageName: "vmos"}
@@ -758,11 +750,7 @@ func (h *harness) storeAsReplica(t *testing.T, key string, spec events.GuestClus
 // the newer spec after its own, although the VM record has it: the last
 // declaration is the newest spec's.
 func TestAFollowDeclaresTheNewerSpecLast(t *testing.T) {
-	h := start(t)
-	small := guestCluster()
-	small.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
-	h.requestReady(t, small)
-	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	h, _ := oneWorkerRunning(t)
 	stored := h.record(t, "team-a", "gc1").Spec
 
 	key := events.GuestClusterRecordKey("team-a", "gc1")
@@ -838,11 +826,7 @@ func TestAFollowLeavesASpecNotAdmitted(t *testing.T) {
 // meanwhile): its nodes, and a refusal found against it, are of a spec the
 // record no longer holds.
 func TestRecordNodesLeavesANewerRecord(t *testing.T) {
-	h := start(t)
-	req := guestCluster()
-	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
-	h.requestReady(t, req)
-	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	h, _ := oneWorkerRunning(t)
 	ctx := t.Context()
 	key := events.GuestClusterRecordKey("team-a", "gc1")
 	old, _, err := h.svc.clusters.Get(ctx, key)
@@ -867,4 +851,17 @@ func TestRecordNodesLeavesANewerRecord(t *testing.T) {
 	if len(cur.Workers) != 0 || cur.ReadyWorkers != 0 || len(cur.RefusedWorkers) != 0 {
 		t.Errorf("newer record got workers %+v (%d ready), refusals %v from the older view; want none", cur.Workers, cur.ReadyWorkers, cur.RefusedWorkers)
 	}
+}
+
+// oneWorkerRunning starts the service and has a guest cluster of one small
+// worker made Ready, its worker VM running on esx-1; it returns the harness
+// and the request.
+func oneWorkerRunning(t *testing.T) (*harness, *events.GuestClusterRequested) {
+	t.Helper()
+	h := start(t)
+	req := guestCluster()
+	req.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 1, ClassName: "small", ImageName: "vmos"}
+	h.requestReady(t, req)
+	h.putWorkerVM(t, declared(t, h), "esx-1", true)
+	return h, req
 }

@@ -148,28 +148,7 @@ func waitConsole(t *testing.T, info Info, line string) {
 // keep their names and addresses. Powered off and on, the guest boots
 // with every card, named in device order, and configures them all.
 func TestNativeGuestSeesNICsHotPlugged(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "mkfs.ext4", "busybox", "mount")
-	fabric, err := segment.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fabric.Close() })
-	if _, err := fabric.Ensure("pg-1"); err != nil {
-		t.Fatal(err)
-	}
-	base, err := os.MkdirTemp("", "pvg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	m, err := New(Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"),
-		StopGrace: time.Second, Fabric: fabric})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	m.SetSegments(map[string]map[string]bool{"host-1": {"pg-1": true}})
+	m, fabric := nicTestManager(t)
 	const mac1, mac2, mac3 = "00:50:56:3f:00:01", "00:50:56:3f:00:02", "00:50:56:3f:00:03"
 	boot := bootDisk(t)
 
@@ -268,28 +247,7 @@ func renameInGuest(t *testing.T, pid int, from, to string) {
 // name the guest takes meanwhile is refused (EEXIST) and the next one
 // free is taken.
 func TestAHotAddedCardTakesANameTheGuestHasFree(t *testing.T) {
-	privtest.Require(t, "simulated guests run in namespaces and cgroups")
-	privtest.RequireTools(t, "mkfs.ext4", "busybox", "mount")
-	fabric, err := segment.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = fabric.Close() })
-	if _, err := fabric.Ensure("pg-1"); err != nil {
-		t.Fatal(err)
-	}
-	base, err := os.MkdirTemp("", "pvg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	m, err := New(Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"),
-		StopGrace: time.Second, Fabric: fabric})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	m.SetSegments(map[string]map[string]bool{"host-1": {"pg-1": true}})
+	m, fabric := nicTestManager(t)
 	const mac1, mac2, mac3 = "00:50:56:3f:00:01", "00:50:56:3f:00:02", "00:50:56:3f:00:03"
 	boot := bootDisk(t)
 	if err := m.PowerOn(nicGuest(t, boot, "eth0 10.0.0.1/24\n", mac1)); err != nil {
@@ -321,4 +279,33 @@ func TestAHotAddedCardTakesANameTheGuestHasFree(t *testing.T) {
 	if got := guestNICs(t, g.PID); p.Guest != "eth2" || got["eth2"].MAC != mac3 {
 		t.Fatalf("port %+v, the guest's interfaces %+v: want the card as eth2", p, got)
 	}
+}
+
+// nicTestManager is a guest manager whose native guests' cards go to the
+// segment of port group pg-1 of fabric, which host-1 carries.
+func nicTestManager(t *testing.T) (*Manager, *segment.Fabric) {
+	t.Helper()
+	privtest.Require(t, "simulated guests run in namespaces and cgroups")
+	privtest.RequireTools(t, "mkfs.ext4", "busybox", "mount")
+	fabric, err := segment.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fabric.Close() })
+	if _, err := fabric.Ensure("pg-1"); err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.MkdirTemp("", "pvg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	m, err := New(Config{Agent: "/bin/true", ChannelDir: filepath.Join(base, "ch"), Dir: filepath.Join(base, "g"),
+		StopGrace: time.Second, Fabric: fabric})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	m.SetSegments(map[string]map[string]bool{"host-1": {"pg-1": true}})
+	return m, fabric
 }
