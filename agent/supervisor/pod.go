@@ -869,14 +869,18 @@ func (p *Pod) exec(ctx context.Context, inst *instance, cmd []string, stdin io.R
 	select {
 	case st = <-proc.Done:
 	case <-ctx.Done():
-		// runc forwards SIGTERM to the command; SIGKILL ends runc itself.
-		_ = proc.Signal(unix.SIGTERM)
+		// The command and what it started (proctree.go): SIGTERM,
+		// then SIGKILL to whatever of them is left after the grace.
+		tree := treeOf(proc.Pid)
+		tree.signal(unix.SIGTERM)
+		deadline := time.Now().Add(2 * time.Second)
 		select {
 		case st = <-proc.Done:
-		case <-time.After(2 * time.Second):
+		case <-time.After(time.Until(deadline)):
 			_ = proc.Signal(unix.SIGKILL)
 			st = <-proc.Done
 		}
+		tree.killAfter(deadline)
 	}
 	readers.Wait()
 	return st, nil

@@ -176,6 +176,24 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 	if r := g.Host.Exec("three", nil, "true"); !strings.Contains(r.Error, "not running") {
 		t.Errorf("exec in a terminated container: %+v, want a not-running error", r)
 	}
+	// An exec cancelled (the user's Ctrl-C) ends its command and what the
+	// command started: a shell's background sleep does not outlive it in
+	// the container.
+	id, answers := g.Host.Request(guestchannel.TypeExec, guestchannel.ExecRequest{Container: "first",
+		Command: []string{"sh", "-c", "sleep 3141 & echo started; wait"}})
+	if !execAnswers(answers, 20*time.Second, func(env guestchannel.Envelope) bool {
+		var o guestchannel.ExecOutput
+		return env.Type == guestchannel.TypeExecOutput && env.Decode(&o) == nil && strings.Contains(string(o.Data), "started")
+	}) {
+		t.Fatal("the cancelled exec's command did not start")
+	}
+	g.Host.Send(guestchannel.TypeCancel, "", guestchannel.Cancel{Target: id})
+	if !execAnswers(answers, 20*time.Second, func(env guestchannel.Envelope) bool { return env.Type == guestchannel.TypeExecExit }) {
+		t.Fatal("the cancelled exec did not end")
+	}
+	if pids := processesRunning("sleep\x003141"); len(pids) > 0 {
+		t.Errorf("the cancelled exec's background sleep still runs (pids %v)", pids)
+	}
 
 	// The container's write is in its upper directory on disk 0; the image
 	// disks did not change.
@@ -320,4 +338,44 @@ func TestNetworkPendingStartsOnTheUpdate(t *testing.T) {
 	if v, _, _ := g2.Host.Snapshot(); v.Container("app").State.Kind == guestchannel.StateRunning {
 		t.Errorf("app ran though stopped before its network: %+v", v.Container("app"))
 	}
+}
+
+// execAnswers reads an exec's answers until one satisfies ok, for at most
+// timeout; false when none did.
+func execAnswers(answers <-chan guestchannel.Envelope, timeout time.Duration, ok func(guestchannel.Envelope) bool) bool {
+	deadline := time.After(timeout)
+	for {
+		select {
+		case env, open := <-answers:
+			if !open {
+				return false
+			}
+			if ok(env) {
+				return true
+			}
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// processesRunning lists the processes of this machine (guests' included:
+// their pid namespaces are below this one) whose command line is cmdline
+// (its arguments separated by NUL), zombies left out.
+func processesRunning(cmdline string) []string {
+	entries, _ := os.ReadDir("/proc")
+	var out []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || strings.TrimRight(string(b), "\x00") != cmdline {
+			continue
+		}
+		if st, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
+			if i := strings.LastIndexByte(string(st), ')'); i >= 0 && strings.HasPrefix(string(st[i+1:]), " Z") {
+				continue
+			}
+		}
+		out = append(out, e.Name())
+	}
+	return out
 }
