@@ -98,10 +98,6 @@ func (f *fence) settle() {
 	f.MinRecord = m
 }
 
-// minRecord is the oldest revision of the network record an allocation may
-// have taken its pool from.
-func (f fence) minRecord() uint64 { return f.MinRecord }
-
 // fenceKey has three tokens, like a pod binding, so that neither the
 // listing of a network's addresses (<network>.*) nor of its bindings
 // (<network>.pod.*) sees it.
@@ -199,7 +195,7 @@ func (a *Allocator) commitGroup(ctx context.Context, network string, batch []*pe
 			a.giveBack(ctx, network, batch, ErrNetworkDeleting)
 			return
 		}
-		if floor := f.minRecord(); floor > 0 {
+		if floor := f.MinRecord; floor > 0 {
 			// Allocations made from a record older than an addressing
 			// change allows go back; the others commit.
 			var stale []*pendingCommit

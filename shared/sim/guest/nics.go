@@ -289,9 +289,9 @@ func (m *Manager) addHotPort(pid int, taken map[string]bool, mac net.HardwareAdd
 	return nil, err
 }
 
-// linkNames are the names of the interfaces in the network namespace of
-// the process pid.
-func linkNames(pid int) (map[string]bool, error) {
+// netlinkAt is a netlink handle in the network namespace of the process
+// pid; the caller closes it.
+func netlinkAt(pid int) (*netlink.Handle, error) {
 	ns, err := netns.GetFromPid(pid)
 	if err != nil {
 		return nil, fmt.Errorf("network namespace of %d: %w", pid, err)
@@ -300,6 +300,16 @@ func linkNames(pid int) (map[string]bool, error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in the namespace of %d: %w", pid, err)
+	}
+	return h, nil
+}
+
+// linkNames are the names of the interfaces in the network namespace of
+// the process pid.
+func linkNames(pid int) (map[string]bool, error) {
+	h, err := netlinkAt(pid)
+	if err != nil {
+		return nil, err
 	}
 	defer h.Close()
 	links, err := h.LinkList()

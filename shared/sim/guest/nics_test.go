@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 
 	"github.com/podvisor/podvisor/agent/privtest"
 	"github.com/podvisor/podvisor/shared/sim/segment"
@@ -90,12 +89,7 @@ type guestNIC struct {
 // by name, read in its network namespace.
 func guestNICs(t *testing.T, pid int) map[string]guestNIC {
 	t.Helper()
-	ns, err := netns.GetFromPid(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlinkAt(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,12 +208,7 @@ func TestNativeGuestSeesNICsHotPlugged(t *testing.T) {
 // card its network data gives a set-name.
 func renameInGuest(t *testing.T, pid int, from, to string) {
 	t.Helper()
-	ns, err := netns.GetFromPid(pid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlinkAt(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
