@@ -82,7 +82,11 @@
 // Native VMs waiting for a host are rescanned the same way (KV vms); a VM
 // held so but resized since its room was reserved is not replayed (its
 // host was checked for the old size): the room is freed and the VM placed
-// afresh at its new size.
+// afresh at its new size. A native VM's allocation is flagged in the ledger
+// (it holds room but is no pod, so MaxPodsPerHost leaves it out); one
+// written without the flag, by a version before it or by such a replica
+// rewriting the entry during a rollout, is flagged at start and by every
+// ledger sweep (sweep.go), told a VM's by its uid in KV vms.
 //
 // # Replicas
 //

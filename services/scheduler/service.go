@@ -257,6 +257,15 @@ func (s *Service) load(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	// Native VMs whose allocations an older version wrote without the VM
+	// flag count as pods until flagged: flag them before the first
+	// placement rather than a sweep interval later. What fails here is
+	// left to the sweep, which flags them on every pass.
+	if vms, err := s.vmUIDs(ctx, nil); err != nil {
+		s.log.Warn("flag native VM allocations at start", "err", err)
+	} else if err := s.markVMs(ctx, entries, vms); err != nil {
+		s.log.Warn("flag native VM allocations at start", "err", err)
+	}
 	s.mu.Lock()
 	inLedger := map[string]bool{}
 	for _, e := range entries {

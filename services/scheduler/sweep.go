@@ -40,6 +40,10 @@ import (
 //     a host where its VM is not. The sweep reserves the pod on its host
 //     (whatever the room: the VM is there), binds it there and frees the
 //     other hosts.
+//   - A native VM's allocation without the VM flag (written before VMs were
+//     told apart, or rewritten by a replica of that version during a
+//     rollout, which drops the field) counts as a pod against the pod cap:
+//     it is flagged (also once at start, before the first placement).
 //
 // The handlers and the sweep race (a placement, an eviction or a migration
 // in flight shows the same disagreement for a while: an eviction keeps the
@@ -65,12 +69,15 @@ func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
 	}
 	vms, err := s.vmUIDs(ctx, skip)
 	if err != nil {
-		return err
+		return fmt.Errorf("not sweeping: %w", err)
 	}
 	entries, err := s.ledger.List(ctx)
 	if err != nil {
 		return err
 	}
+	// Every pass, not only at start: while replicas of an older version
+	// run, one rewriting an entry drops the VM flags in it.
+	marked := s.markVMs(ctx, entries, vms)
 	var orphans error
 	if len(undecodable) > 0 {
 		// A record the sweep cannot read would pass for a gone pod (or
@@ -84,7 +91,40 @@ func (s *Service) sweepLedger(ctx context.Context, every time.Duration) error {
 	}
 	// A migration record the KV store did not answer does not hold up
 	// the placements' repair.
-	return errors.Join(orphans, s.releaseEndedReservations(ctx, entries, 3*every), s.repairPlacements(ctx, records, entries, 3*every))
+	return errors.Join(marked, orphans, s.releaseEndedReservations(ctx, entries, 3*every), s.repairPlacements(ctx, records, entries, 3*every))
+}
+
+// markVMs flags the native VMs' allocations in entries that lack the flag
+// (written before VMs were told apart, or by a replica of that version):
+// until then each counts as a pod against MaxPodsPerHost. The write is a
+// compare-and-set from the listed entry; a replica that flagged the entry
+// first leaves nothing to write, and a host still contended after the
+// ledger's retries is left to the next pass (the error says which).
+func (s *Service) markVMs(ctx context.Context, entries []ledger.Entry, vms map[string]bool) error {
+	var errs []error
+	marked := false
+	for i := range entries {
+		// From the listed entry: an entry with nothing to flag costs no
+		// round trip.
+		updated, n, err := s.ledger.MarkVMs(ctx, entries[i].Host, &entries[i], func(uid string) bool { return vms[uid] })
+		if err != nil {
+			errs = append(errs, fmt.Errorf("flag VM allocations on %s: %w", entries[i].Host, err))
+			continue
+		}
+		if n == 0 {
+			continue
+		}
+		s.log.Info("flagged native VM allocations written without the flag", "host", updated.Host, "allocations", n)
+		entries[i] = updated
+		s.mu.Lock()
+		s.applyEntryLocked(updated)
+		s.mu.Unlock()
+		marked = true
+	}
+	if marked {
+		s.pending.kickAll() // VMs counted as pods no more: room for pods
+	}
+	return errors.Join(errs...)
 }
 
 // podView is the part of a pod record that the sweep and the recovery of
@@ -135,7 +175,7 @@ func (s *Service) vmUIDs(ctx context.Context, undecodable func(key string, err e
 	store.Undecodable = undecodable
 	views, err := store.Scan(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("not sweeping: %w", err)
+		return nil, err
 	}
 	out := make(map[string]bool, len(views))
 	for _, v := range views {

@@ -15,6 +15,10 @@
 // a migration's target): replaying a reservation after a crash finds the
 // allocation in place and succeeds without adding it twice. Releases are
 // idempotent too.
+//
+// A native VM's allocation is flagged (Allocation.VM): it holds room but
+// is no pod, so the pod cap leaves it out. Entries written before the flag
+// existed lack it; MarkVMs sets it, as a compare-and-set like every change.
 package ledger
 
 import (
@@ -283,6 +287,29 @@ func (l *Ledger) Promote(ctx context.Context, host, uid, migrationID string) (En
 		return true, nil
 	})
 	return entry, promoted, err
+}
+
+// MarkVMs flags as a native VM's each allocation of the host that lacks
+// the flag and whose uid isVM names a VM: an entry written before VMs were
+// told apart (or rewritten by a replica of that version, which drops the
+// flag) counts such a VM as a pod. hint is the caller's copy of the entry
+// (nil to read it). It returns the entry and how many allocations it
+// flagged; when another replica flagged them first there are none, and
+// nothing is written.
+func (l *Ledger) MarkVMs(ctx context.Context, host string, hint *Entry, isVM func(uid string) bool) (Entry, int, error) {
+	marked := 0
+	entry, err := l.mutate(ctx, host, hint, func(e *events.LedgerEntry) (bool, error) {
+		marked = 0
+		for k, a := range e.Allocations {
+			if !a.VM && isVM(a.UID) {
+				a.VM = true
+				e.Allocations[k] = a
+				marked++
+			}
+		}
+		return marked > 0, nil
+	})
+	return entry, marked, err
 }
 
 // List returns every host's entry.

@@ -350,3 +350,34 @@ func TestNativeVMsAreOutsideThePodCap(t *testing.T) {
 		t.Fatalf("totals: %d pods, %d mCPU, %d bytes; want 1 pod and the room of all three", pods, cpu, mem)
 	}
 }
+
+// An allocation of a native VM written without the VM flag is flagged by
+// MarkVMs; two schedulers flagging it at once write it once, and both see
+// it flagged.
+func TestMarkVMsFlagsOnceAtAnyNumberOfReplicas(t *testing.T) {
+	a, b := twoSchedulers(t)
+	capacity := ledger.Capacity{CPUMilli: 64000, MemoryBytes: 10 * gib, MaxPods: 1}
+	legacy := reserveOne(t, a, "a VM written without the flag", "esx-1", capacity, pod("vm-1", 100, gib)).Entry
+	isVM := func(uid string) bool { return uid == "vm-1" }
+	var wg sync.WaitGroup
+	got := make([]ledger.Entry, 2)
+	errs := make([]error, 2)
+	for i, l := range []*ledger.Ledger{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], _, errs[i] = l.MarkVMs(t.Context(), "esx-1", &legacy, isVM)
+		}()
+	}
+	wg.Wait()
+	for i := range got {
+		if errs[i] != nil || !got[i].Allocations["vm-1"].VM {
+			t.Fatalf("replica %d: %+v, %v; want the VM flagged", i, got[i], errs[i])
+		}
+	}
+	e, err := a.Get(t.Context(), "esx-1")
+	if err != nil || e.Revision != legacy.Revision+1 {
+		t.Fatalf("entry at revision %d (%v), want %d: one write for both replicas", e.Revision, err, legacy.Revision+1)
+	}
+	reserveOne(t, a, "a pod beside the flagged VM, the cap 1", "esx-1", capacity, pod("p-1", 100, gib))
+}
