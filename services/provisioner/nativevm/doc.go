@@ -95,7 +95,19 @@
 // and one not in its declared power state is set to it. Each repair
 // first moves the record on by compare-and-set at the revision read, so
 // one of several replicas does it and a handler that moved the record
-// meanwhile wins (resync.go).
+// meanwhile wins (resync.go). A record left Deleting (the delete handler's
+// process died midway) has its delete finished by the same steps the
+// handler takes (finishDelete): each is safe to run twice or at once, the
+// record goes only while it is still that VM's, and vm.deleted has one id
+// per VM, so the stream keeps one copy.
+//
+// # Declarations and deletes
+//
+// The VMS stream orders what was asked: a delete request stored after a
+// declaration outranks it, so the declaration delivered again once the
+// delete is done (a redelivery, a retry) makes nothing, while one stored
+// after the delete makes a new VM (order.go). The delete request is the
+// tombstone, kept as long as the stream keeps events.
 //
 // # Drain and host loss
 //

@@ -155,6 +155,23 @@ func (c *Controller) onDeclared(ctx context.Context, m *bus.Message, e *events.V
 	ns := vm.Namespace()
 	unlock := c.locks.Lock(vm.Key())
 	defer unlock()
+	// A delete of the VM stored after this declaration supersedes it: a
+	// declaration delivered again (its handler died, or it waited for its
+	// class) once the delete is done must not make the VM again. A
+	// declaration stored after the delete is a new one. Only a declaration
+	// that would make the VM asks the stream: while the record stands, the
+	// delete (if any) is still to come and removes what this applies.
+	if cur, _, err := c.vms.Get(ctx, events.VMRecordKey(ns, vm.Metadata.Name)); err != nil {
+		return err
+	} else if cur == nil {
+		if x, err := c.laterOf(ctx, events.SubjectVMDeleteRequested, vm.Key(), m.StreamSeq); err != nil {
+			return err
+		} else if x != nil {
+			m.Log.Info("declaration superseded by a later delete of the VM; nothing made", "seq", m.StreamSeq,
+				"delete_seq", x.Sequence, "delete_stored", x.Time)
+			return nil
+		}
+	}
 	spec := vm.Spec
 	spec.PowerState = spec.EffectivePowerState()
 	spec.Networks = spec.EffectiveNetworks()
@@ -362,6 +379,12 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 		return err
 	}
 	if rec == nil {
+		// The drift repair (or this request's earlier delivery) may have
+		// finished the delete: its vm.deleted follows the request, and
+		// the VM was there to delete.
+		if done, err := c.laterOf(ctx, events.SubjectVMDeleted, e.ObjectKey(), m.StreamSeq); err != nil || done != nil {
+			return err
+		}
 		return c.reject(ctx, &m.Event, events.KindVirtualMachine, e.Namespace, e.Name,
 			&refusal{ReasonNotFound, "name", fmt.Sprintf("VirtualMachine %s/%s not found", e.Namespace, e.Name)})
 	}
@@ -375,13 +398,50 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 	if err != nil || rec == nil {
 		return err
 	}
+	_, err = c.finishDelete(ctx, &m.Event, rec)
+	return err
+}
+
+// finishDelete destroys the VM of a record marked Deleting, removes the
+// record and announces vm.deleted; it says whether it removed the record.
+// The delete handler and the drift repair (Resync) both take these steps,
+// on any replica and at the same time too: a VM already destroyed counts
+// as destroyed, the record goes only while it is still this VM's (by
+// compare-and-set: a VM declared again since has another uid), and
+// vm.deleted has one id per VM (deletedCause), so the stream keeps one copy
+// whoever announces it, and announces it after the record is gone (a guest
+// cluster declares its worker again on it).
+func (c *Controller) finishDelete(ctx context.Context, from *event.Event, rec *events.VMRecord) (bool, error) {
 	if err := c.destroy(ctx, rec); err != nil {
-		return err
+		return false, err
 	}
-	if err := c.vms.Delete(ctx, key); err != nil {
-		return err
+	removed, err := c.vms.DeleteIf(ctx, events.VMRecordKey(rec.Namespace, rec.Name), func(r *events.VMRecord) bool {
+		return r.UID == rec.UID && !r.DeletionRequestedAt.IsZero()
+	})
+	if err != nil {
+		return false, err
 	}
-	return c.out.Emit(ctx, &m.Event, &events.VMDeleted{VMRef: events.VMRef{Namespace: rec.Namespace, Name: rec.Name, UID: rec.UID}, Host: rec.Status.Host, IPs: rec.IPs()})
+	// Not removed here: another replica, or the handler, removed it and
+	// announces it too; announcing it again costs nothing (same id) and
+	// covers one that died before it did.
+	return removed, c.out.Emit(ctx, deletedCause(rec, from), &events.VMDeleted{VMRef: events.VMRef{Namespace: rec.Namespace, Name: rec.Name, UID: rec.UID},
+		Host: rec.Status.Host, IPs: rec.IPs()})
+}
+
+// deletedCause is the cause of a VM's vm.deleted, the same whoever finishes
+// the delete: its id names the VM's uid, and it carries the trace of the
+// delete request when there is one.
+func deletedCause(rec *events.VMRecord, from *event.Event) *event.Event {
+	c := event.New()
+	c.SetID("vm/" + rec.UID + "/deleted")
+	if from != nil {
+		for _, ext := range []string{bus.ExtTraceparent, bus.ExtTracestate} {
+			if v, ok := from.Extensions()[ext]; ok {
+				c.SetExtension(ext, v)
+			}
+		}
+	}
+	return &c
 }
 
 // onEvicted: the VM's host is gone; it waits for a new placement (the

@@ -21,6 +21,10 @@ const (
 	RepairMissing = "native_vm_missing"
 	// RepairPower: the VM is not in its declared power state.
 	RepairPower = "native_vm_power"
+	// RepairDelete: a VM's delete was left half done (its handler's
+	// process died between marking the record Deleting and removing it):
+	// it is finished (finishDelete).
+	RepairDelete = "native_vm_delete"
 )
 
 // reasonVMMissing is the Created condition's reason while a lost VM is made
@@ -33,6 +37,9 @@ const reasonVMMissing = "VMMissing"
 // have is made again from its spec on its host, one in another power
 // state than declared is set to it. The records say only what was done,
 // so without this a record would go on saying Ready for a VM that is gone.
+// A record marked Deleting has its delete finished, with the handler's
+// own steps (finishDelete), rather than waiting for the delete request's
+// redelivery (AckWait), or forever once its deliveries ran out.
 // A repair first moves the record on by compare-and-set at the revision
 // read, so of several provisioner replicas passing at once one repairs,
 // and a handler that moved the record meanwhile wins. It returns the
@@ -49,6 +56,10 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 	}
 	var todo []repair
 	err = c.vms.ScanEach(ctx, func(key string, rev uint64, r *events.VMRecord) error {
+		if !r.DeletionRequestedAt.IsZero() {
+			todo = append(todo, repair{key, rev, RepairDelete})
+			return nil
+		}
 		if !ready(r) || r.Status.VM == "" || r.StaleVM != "" || r.Status.Phase == events.VMPhaseFailed {
 			return nil // a handler's to converge (a Failed VM's, once it is declared again)
 		}
@@ -105,6 +116,9 @@ func (c *Controller) repair(ctx context.Context, key string, rev uint64) (bool, 
 		return false, err
 	}
 	defer unlock()
+	if !rec.DeletionRequestedAt.IsZero() {
+		return c.finishDelete(ctx, nil, rec)
+	}
 	if err := c.converge(ctx, nil, rec); err != nil {
 		return false, err
 	}
@@ -140,13 +154,14 @@ func (c *Controller) claim(ctx context.Context, key string, rev uint64, kind str
 	}
 	defer unlock()
 	now := c.now().UTC()
-	if kind == RepairMissing {
+	switch kind {
+	case RepairMissing:
 		rec.Status.Phase = events.VMPhaseCreating
 		rec.SetCondition(events.VMConditionCreated, events.ConditionFalse, reasonVMMissing,
 			"VM "+events.NativeVMName(rec.UID)+" not found in vCenter; creating it again", now)
-	} else {
+	case RepairPower:
 		rec.Status.Phase = events.VMPhaseUpdating
-	}
+	} // a delete's record stays Deleting: the claim only keeps other replicas out
 	rec.UpdatedAt = now
 	next, err := c.vms.Put(ctx, key, rec, rev)
 	if errors.Is(err, record.ErrConflict) {
@@ -155,7 +170,9 @@ func (c *Controller) claim(ctx context.Context, key string, rev uint64, kind str
 		return 0, err
 	}
 	c.log.Warn("drift repair", "kind", kind, "vm", rec.Key(), "uid", rec.UID)
-	c.publishStatus(ctx, nil, rec) // watchers see it Creating or Updating from now
+	if kind != RepairDelete {
+		c.publishStatus(ctx, nil, rec) // watchers see it Creating or Updating from now
+	}
 	return next, nil
 }
 

@@ -1,0 +1,159 @@
+package nativevm_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/find"
+
+	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/services/provisioner/nativevm"
+)
+
+// A delete whose handler died after it marked the record Deleting (and
+// powered the VM off) is finished by the drift repair: two replicas
+// passing at once destroy the VM, remove the record and announce
+// vm.deleted once between them. The delete request, delivered again
+// afterwards, finds the delete done: no "not found" refusal.
+func TestResyncFinishesADeleteLeftHalfDone(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareSmall()
+	r := e.runOn(vmDecl("small", ""), e.dc.Hosts()[0])
+	vm := e.vm(r)
+	del := &events.VMDeleteRequested{Namespace: r.Namespace, Name: r.Name}
+	// The request that was being handled: stored (where the stream is
+	// now), not delivered to the running controller.
+	before := e.lastSeq()
+	if _, err := e.vms.Mutate(ctx, events.VMRecordKey(r.Namespace, r.Name), func(r *events.VMRecord) error {
+		r.DeletionRequestedAt, r.Status.Phase = time.Now().UTC(), events.VMPhaseDeleting
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	e.powerOff(vm)
+
+	other, err := nativevm.New(ctx, e.cfg, e.deps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	passes := make([]map[string]int, 2)
+	for i, c := range []*nativevm.Controller{e.ctl, other} {
+		wg.Go(func() {
+			var err error
+			if passes[i], err = c.Resync(ctx); err != nil {
+				t.Errorf("replica %d: Resync: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := passes[0][nativevm.RepairDelete] + passes[1][nativevm.RepairDelete]; n != 1 {
+		t.Fatalf("passes %v: %d deletes finished, want 1", passes, n)
+	}
+	if rec, _, err := e.vms.Get(ctx, events.VMRecordKey(r.Namespace, r.Name)); err != nil || rec != nil {
+		t.Errorf("record after the pass: %+v, %v; want it gone", rec, err)
+	}
+	if _, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID)); err == nil {
+		t.Error("the VM is still in vCenter after the pass")
+	}
+	deleted := e.stored(events.SubjectVMDeleted, del.ObjectKey(), before)
+	if len(deleted) != 1 {
+		t.Errorf("vm.deleted announced %d times, want once", len(deleted))
+	}
+
+	if err := e.ctl.Deliver(ctx, e.eventOf("podvisor/cli", del), before, del); err != nil {
+		t.Errorf("the delete request delivered again: %v", err)
+	}
+	if rj := e.stored(events.SubjectVMRejected, del.ObjectKey(), before); len(rj) != 0 {
+		t.Errorf("the delete request delivered again was refused (%d vm.rejected); want it taken as done", len(rj))
+	}
+	if repaired, err := e.ctl.Resync(ctx); err != nil || len(repaired) != 0 {
+		t.Errorf("a second pass: %v, %v; want nothing to repair", repaired, err)
+	}
+}
+
+// A declaration delivered again after its VM's delete (its handler died
+// before the ack, or it waited for a retry) makes nothing: the delete,
+// stored after it, outranks it. A declaration stored after the delete is
+// a new one, and makes a new VM.
+func TestADeclarationDeliveredAgainAfterTheDeleteMakesNothing(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareSmall()
+	decl := vmDecl("small", "")
+	ev, seq := e.publishSeq("podvisor/cli", decl)
+	first := e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	e.place(first, e.dc.Hosts()[0])
+	e.waitRecord("Ready", func(r *events.VMRecord) bool { return r.Status.Phase == events.VMPhaseReady })
+	e.publish("podvisor/cli", &events.VMDeleteRequested{Namespace: first.Namespace, Name: first.Name})
+	e.waitGone(first.Namespace, first.Name)
+
+	if err := e.ctl.Deliver(ctx, ev, seq, decl); err != nil {
+		t.Fatalf("the declaration delivered again: %v", err)
+	}
+	if rec, _, err := e.vms.Get(ctx, events.VMRecordKey(first.Namespace, first.Name)); err != nil || rec != nil {
+		t.Fatalf("after the declaration delivered again: record %+v, %v; want none", rec, err)
+	}
+
+	e.publish("podvisor/cli", decl)
+	again := e.waitRecord("declared anew", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	if again.UID == first.UID {
+		t.Errorf("the VM declared anew has the deleted VM's uid %s", first.UID)
+	}
+	e.place(again, e.dc.Hosts()[0])
+	e.waitRecord("Ready", func(r *events.VMRecord) bool { return r.Status.Phase == events.VMPhaseReady })
+	e.vm(again)
+}
+
+// lastSeq is the sequence of the last event the VMS stream stored.
+func (e *env) lastSeq() uint64 {
+	e.t.Helper()
+	s, err := e.bus.JetStream().Stream(context.Background(), events.StreamVMs)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.State.LastSeq
+}
+
+// stored lists the sequences of the events on subject about the VM key
+// that the VMS stream stored after sequence after.
+func (e *env) stored(subject, key string, after uint64) []uint64 {
+	e.t.Helper()
+	var out []uint64
+	for {
+		m, err := e.ctl.LaterOf(context.Background(), subject, key, after)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if m == nil {
+			return out
+		}
+		out, after = append(out, m.Sequence), m.Sequence
+	}
+}
+
+// waitGone waits until the record of VM namespace/name is gone.
+func (e *env) waitGone(namespace, name string) {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rec, _, err := e.vms.Get(context.Background(), events.VMRecordKey(namespace, name))
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if rec == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("record of %s/%s still there: %+v", namespace, name, rec.Status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
