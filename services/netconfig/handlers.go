@@ -117,23 +117,38 @@ func (s *Service) storeVersion(ctx context.Context, rec *events.NetworkRecord, r
 		// address the new version must keep. Stored, the hold stays for
 		// good; not stored, this change lifts its own hold and no other
 		// (another replica may be changing the network from the same
-		// record). A hold left behind (a failed release, a put whose
-		// outcome is unknown) stops only allocations from records older
-		// than the next write of this one.
+		// record). A put whose outcome is unknown settles the hold from
+		// the record read again; a hold left behind all the same (a
+		// failed release or read) lapses after ipam.HoldLease, so the
+		// steps from the hold to the put are bounded well under it.
 		hold, err := s.ipam.HoldAddressing(ctx, name, rev+1)
 		if err != nil {
 			return err
 		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ipam.HoldLease/4)
+		defer cancel()
 		defer func() {
+			// The hold is settled even when the steps ran out of time.
+			dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer dcancel()
 			switch {
 			case err == nil:
-				if kerr := s.ipam.KeepAddressing(ctx, name, hold); kerr != nil {
+				if kerr := s.ipam.KeepAddressing(dctx, name, hold); kerr != nil {
 					s.log.Warn("keep the hold on allocations", "network", name, "err", kerr)
 				}
 			case putUnknown:
-				// The version may be stored: keep holding.
+				// The version may be stored: read the record again and
+				// settle the hold from it.
+				_, cur, rerr := s.store.get(dctx, name)
+				if rerr == nil {
+					rerr = s.ipam.SettleAddressing(dctx, name, hold, cur)
+				}
+				if rerr != nil {
+					s.log.Warn("settle the hold on allocations; it lapses after "+ipam.HoldLease.String(), "network", name, "err", rerr)
+				}
 			default:
-				if rerr := s.ipam.ReleaseAddressing(ctx, name, hold); rerr != nil {
+				if rerr := s.ipam.ReleaseAddressing(dctx, name, hold); rerr != nil {
 					s.log.Warn("release the hold on allocations", "network", name, "err", rerr)
 				}
 			}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
@@ -20,14 +22,8 @@ import (
 // allocation, one under way elsewhere and refused; and it stops being its
 // own once another allocation of the pod has written it.
 func TestBindMovesItsOwnBindingFromAnAddressGivenBack(t *testing.T) {
-	b := bustest.Start(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	kv, err := b.KV(ctx, bus.BucketIPAM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := New(kv, b.JetStream())
+	ctx, kv, allocators := startAllocators(t, 1)
+	a := allocators[0]
 	const network, uid = "n", "uid-1"
 	st := bindState{absent: true}
 	if err := a.bind(ctx, network, uid, "10.9.0.3", &st); err != nil {
@@ -61,4 +57,22 @@ func TestBindMovesItsOwnBindingFromAnAddressGivenBack(t *testing.T) {
 	if got.IP != "10.9.0.4" {
 		t.Fatalf("binding points at %s, want 10.9.0.4", got.IP)
 	}
+}
+
+// startAllocators starts a bus and returns n allocators over its ipam
+// bucket, the bucket, and a context that ends with the test (10 s at most).
+func startAllocators(t *testing.T, n int) (context.Context, jetstream.KeyValue, []*Allocator) {
+	t.Helper()
+	b := bustest.Start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	kv, err := b.KV(ctx, bus.BucketIPAM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]*Allocator, n)
+	for i := range out {
+		out[i] = New(kv, b.JetStream())
+	}
+	return ctx, kv, out
 }

@@ -24,7 +24,9 @@
 // concurrently by another replica. A change of the network's addressing
 // raises the same fence above the network record it read before listing
 // the addresses, and an allocation made from an older record gives its
-// address back, so the change never misses one either.
+// address back, so the change never misses one either. A change whose
+// write of the new version has an unknown outcome settles its hold from the
+// record read again; a hold nobody settles lapses after HoldLease.
 //
 // The lowest free address is handed out first; the network address, the
 // broadcast address and the gateway are never handed out. MAC addresses are

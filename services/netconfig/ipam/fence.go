@@ -43,6 +43,16 @@ import (
 // gives its address back and is tried again on the record that follows. An allocation from a record written after the one
 // the change read (a recount, a push) may commit, but that write fails the
 // change's compare-and-set, and the change is tried again.
+//
+// A change whose put fails with an outcome unknown (a timeout: the new
+// version may be stored all the same) can neither keep nor release its
+// hold. It reads the record again and settles the hold from what it finds
+// (SettleAddressing): written since, the hold is kept; not, the put did not
+// land and the hold is lifted. A hold nobody settles (that read failed too,
+// or the process died holding) lapses HoldLease after it was taken, so that
+// allocations from the record as it stands are not refused until the next
+// write of it. A change must therefore store its version well within
+// HoldLease of taking its hold.
 
 // ErrNetworkDeleting is returned (wrapped) by Allocate while the network is
 // being deleted.
@@ -73,27 +83,43 @@ type fence struct {
 	// with the oldest revision it allows (HoldAddressing); a change removes
 	// only its own.
 	Holds map[string]uint64 `json:"holds,omitempty"`
+	// Expires is when each hold lapses (HoldLease after it was taken). A
+	// hold without one, taken or written back by a replica of a version
+	// before it, lasts until it is kept, released or covered by Kept.
+	Expires map[string]time.Time `json:"expires,omitempty"`
 }
+
+// HoldLease is how long an addressing change's hold counts when nobody
+// keeps, releases or settles it: far longer than a change takes from its
+// hold to its put (a listing of the network's addresses and one write),
+// short enough that the attaches refused meanwhile succeed within their
+// redeliveries.
+const HoldLease = 2 * time.Minute
 
 // normalize reads a fence as written by any version: with no hold, all of
 // MinRecord is a stored change's floor.
-func (f *fence) normalize() {
+func (f *fence) normalize(now time.Time) {
 	if len(f.Holds) == 0 {
 		f.Kept = max(f.Kept, f.MinRecord)
 	}
-	f.settle()
+	f.settle(now)
 }
 
 // settle sets MinRecord from Kept and the holds, and drops the holds Kept
-// covers.
-func (f *fence) settle() {
+// covers and those lapsed by now.
+func (f *fence) settle(now time.Time) {
 	m := f.Kept
 	for h, v := range f.Holds {
-		if v <= f.Kept {
+		if exp, ok := f.Expires[h]; v <= f.Kept || (ok && !now.Before(exp)) {
 			delete(f.Holds, h)
 			continue
 		}
 		m = max(m, v)
+	}
+	for h := range f.Expires {
+		if _, ok := f.Holds[h]; !ok {
+			delete(f.Expires, h)
+		}
 	}
 	f.MinRecord = m
 }
@@ -303,7 +329,8 @@ func (a *Allocator) AbortDelete(ctx context.Context, network string) error {
 // version is stored, ReleaseAddressing(hold) when it is not. Each change
 // holds under its own token, so two changes that read the same record
 // (two replicas) hold independently: one's release leaves the other's
-// hold standing.
+// hold standing. A hold nobody keeps, releases or settles lapses after
+// HoldLease.
 func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecord uint64) (Hold, error) {
 	hold := Hold{Token: rand.Text(), MinRecord: minRecord}
 	err := a.updateFence(ctx, network, func(f *fence) bool {
@@ -313,7 +340,11 @@ func (a *Allocator) HoldAddressing(ctx context.Context, network string, minRecor
 		if f.Holds == nil {
 			f.Holds = map[string]uint64{}
 		}
+		if f.Expires == nil {
+			f.Expires = map[string]time.Time{}
+		}
 		f.Holds[hold.Token] = minRecord
+		f.Expires[hold.Token] = a.now().Add(HoldLease).UTC()
 		return true
 	})
 	if err != nil {
@@ -371,6 +402,21 @@ func (a *Allocator) KeepAddressing(ctx context.Context, network string, hold Hol
 	return nil
 }
 
+// SettleAddressing settles the hold of a change whose put of the new
+// network version failed with an outcome unknown, from the network record
+// read again after that failure: recordRevision is its revision (0 when
+// there is none). A record at or past the hold's MinRecord was written
+// since the change read it, by the change's put or by another writer: the
+// hold is kept (an allocation from the record as it is now passes it, one
+// from the record the change read is stale either way). A record below it
+// was not written: the put did not land, and the hold is lifted.
+func (a *Allocator) SettleAddressing(ctx context.Context, network string, hold Hold, recordRevision uint64) error {
+	if recordRevision >= hold.MinRecord {
+		return a.KeepAddressing(ctx, network, hold)
+	}
+	return a.ReleaseAddressing(ctx, network, hold)
+}
+
 // updateFence applies change to the network's fence and writes it with
 // compare-and-set, re-reading and re-applying on a conflict; change returns
 // false to write nothing.
@@ -383,7 +429,7 @@ func (a *Allocator) updateFence(ctx context.Context, network string, change func
 		if !change(&f) {
 			return nil
 		}
-		f.settle()
+		f.settle(a.now())
 		if err := a.writeFence(ctx, network, f, rev); err == nil {
 			return nil
 		} else if !record.Conflict(err) {
@@ -405,7 +451,7 @@ func (a *Allocator) ForgetNetwork(ctx context.Context, network string) error {
 func (a *Allocator) readFence(ctx context.Context, network string) (fence, uint64, error) {
 	var f fence
 	_, rev, err := a.getJSON(ctx, fenceKey(network), &f)
-	f.normalize()
+	f.normalize(a.now())
 	return f, rev, err
 }
 

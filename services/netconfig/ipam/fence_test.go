@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/services/netconfig/ipam"
+	"github.com/podvisor/podvisor/shared/record"
 )
 
 // Two replicas race: one allocates addresses on a network while the other
@@ -362,5 +364,82 @@ func TestAnAllocationGivenBackCanBeMadeAgainAtOnce(t *testing.T) {
 	}
 	if a, ok, err := allocator.Lookup(ctx, "n", owner(1).UID); err != nil || !ok || a.IP != got.IP {
 		t.Fatalf("lookup after the allocation: %+v %v %v, want %s", a, ok, err, got.IP)
+	}
+}
+
+// A change's put of a new network version fails with an outcome unknown
+// (it may be stored all the same). The change reads the record again and
+// settles its hold from it: not stored, allocations from the record as it
+// stands work again at once, with no other write of the record; stored,
+// they stay refused and those from the new version commit.
+func TestAHoldOfAPutWhoseOutcomeIsUnknownIsSettledFromTheRecord(t *testing.T) {
+	kv, js := ipamKV(t)
+	ctx := t.Context()
+	records, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "test-networks"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, tt := range []struct {
+		name   string
+		landed bool
+	}{
+		// The put's context ends before the write is sent: an error that
+		// is no conflict, as a timeout's.
+		{name: "not stored"},
+		// The put is stored; its reply is lost (the change saw an error).
+		{name: "stored", landed: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			changer, allocator := ipam.New(kv, js), ipam.New(kv, js)
+			network := fmt.Sprintf("n%d", i)
+			rev, err := records.Create(ctx, network, []byte(`{"cidr":"10.9.0.0/24"}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			old := pool(t, network, "10.9.0.0/24", "")
+			old.Record = rev
+			hold, err := changer.HoldAddressing(ctx, network, rev+1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			putCtx, cancel := context.WithCancel(ctx)
+			if !tt.landed {
+				cancel()
+			}
+			_, err = records.Update(putCtx, network, []byte(`{"cidr":"10.9.0.0/16"}`), rev)
+			cancel()
+			if !tt.landed && (err == nil || record.Conflict(err)) {
+				t.Fatalf("put with its context ended: %v, want an error that is no conflict", err)
+			}
+			if _, err := allocator.Allocate(ctx, old, owner(0)); !errors.Is(err, ipam.ErrReaddressing) {
+				t.Fatalf("allocation from the old record before the hold is settled: %v, want ErrReaddressing", err)
+			}
+
+			e, err := records.Get(ctx, network)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := changer.SettleAddressing(ctx, network, hold, e.Revision()); err != nil {
+				t.Fatal(err)
+			}
+			_, err = allocator.Allocate(ctx, old, owner(1))
+			if !tt.landed {
+				if err != nil {
+					t.Fatalf("allocation from the record the put left as it was: %v", err)
+				}
+				if e, err := records.Get(ctx, network); err != nil || e.Revision() != rev {
+					t.Fatalf("record at revision %d (%v), want %d: written again", e.Revision(), err, rev)
+				}
+				return
+			}
+			if !errors.Is(err, ipam.ErrReaddressing) {
+				t.Fatalf("allocation from the record before the stored version: %v, want ErrReaddressing", err)
+			}
+			next := pool(t, network, "10.9.0.0/16", "")
+			next.Record = e.Revision()
+			if _, err := allocator.Allocate(ctx, next, owner(1)); err != nil {
+				t.Fatalf("allocation from the stored version: %v", err)
+			}
+		})
 	}
 }
