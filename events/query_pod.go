@@ -90,8 +90,14 @@ type PodLogsRequest struct {
 	Follow bool `json:"follow,omitempty"`
 	// Previous reads the log of the container's previous instance.
 	Previous bool `json:"previous,omitempty"`
-	// TailLines, when > 0, starts that many lines before the end.
+	// TailLines, when > 0, starts that many lines before the end; 0 (and
+	// no FromEnd) reads the whole log.
 	TailLines int64 `json:"tailLines,omitempty"`
+	// FromEnd starts at the log's end: none of what was written, and with
+	// Follow only what is written from then on (`logs -f --tail 0`). Not
+	// with TailLines > 0. A host agent that predates it reads the whole
+	// log.
+	FromEnd bool `json:"fromEnd,omitempty"`
 }
 
 // Validate checks the pod reference and the numbers.
@@ -99,6 +105,9 @@ func (r *PodLogsRequest) Validate() error {
 	errs := []error{validatePodQueryRef(r.Namespace, r.Name)}
 	if r.TailLines < 0 {
 		errs = append(errs, fmt.Errorf("tailLines: %d must not be negative", r.TailLines))
+	}
+	if r.FromEnd && r.TailLines > 0 {
+		errs = append(errs, fmt.Errorf("fromEnd: starts at the end, not %d lines before it; drop fromEnd or tailLines", r.TailLines))
 	}
 	if r.Follow && r.Previous {
 		errs = append(errs, errors.New("follow: a previous instance's log does not grow; drop follow or previous"))

@@ -16,6 +16,8 @@ func TestPodQueriesValidate(t *testing.T) {
 		{"logs no name", &PodLogsRequest{Namespace: "default"}, "name"},
 		{"logs negative tail", &PodLogsRequest{Namespace: "default", Name: "web", TailLines: -1}, "tailLines"},
 		{"logs follow previous", &PodLogsRequest{Namespace: "default", Name: "web", Follow: true, Previous: true}, "follow"},
+		{"logs fromEnd with tailLines", &PodLogsRequest{Namespace: "default", Name: "web", FromEnd: true, TailLines: 3}, "fromEnd"},
+		{"logs fromEnd", &PodLogsRequest{Namespace: "default", Name: "web", FromEnd: true, Follow: true}, ""},
 		{"exec ok", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat", "/x"}}, ""},
 		{"exec no command", &PodExecRequest{Namespace: "default", Name: "web"}, "command"},
 		{"exec stdin window", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat"}, Stdin: true, StdinWindow: 1 << 18}, ""},

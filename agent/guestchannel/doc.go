@@ -33,7 +33,7 @@
 //
 //	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id, capabilities}
 //	agent → host   status  {full: true, every container's state}      (right after hello)
-//	host  → agent  logs    {container, follow, previous, tail}  → log chunks, then one with EOF
+//	host  → agent  logs    {container, follow, previous, tail, fromEnd?} → log chunks, then one with EOF
 //	host  → agent  exec    {container, command, stdin?, stdinWindow?} → exec.output*, exec.exit
 //	host  → agent  exec.stdin {data, eof}                        (only when exec.stdin was true)
 //	agent → host   exec.stdin.ack {taken}                        (only when exec.stdinWindow > 0)
@@ -83,6 +83,21 @@
 // the hypervisor's connection behind it is remade), so the host side asks
 // with resync; lines that do not decode are skipped there, since a
 // reconnection can cut a frame.
+//
+// # Logs from the end
+//
+// A logs request with FromEnd (only to an agent announcing
+// CapLogsFromEnd) starts at the end of the container's current log as the
+// agent takes it: without Follow it sends nothing (it still fails for an
+// unknown container, or with Previous for one never restarted), with
+// Follow every byte written from then on, across rotations and restarts
+// as any follow. It is what `logs -f --tail 0` asks for: TailLines 0 means
+// the whole log, and the last line read first and left out of a follow
+// loses or repeats a line written between the two requests. An agent that
+// predates the capability would read a FromEnd request as the whole log,
+// so the host side never sends it one: it asks such an agent for the last
+// line and then follows from that line, leaving it out, as clients did
+// before (a line written between the two requests can be lost).
 //
 // # Channel token
 //

@@ -114,6 +114,10 @@ const (
 	// exec's input with exec.stdin.ack, and holds no more of it than the
 	// window.
 	CapExecStdinAck = "exec.stdin.ack"
+	// CapLogsFromEnd: the agent takes LogsRequest.FromEnd. One that
+	// predates it reads a request with FromEnd as one without: the whole
+	// log.
+	CapLogsFromEnd = "logs.fromEnd"
 )
 
 // Can reports whether the hello announces capability c.
@@ -202,8 +206,15 @@ type LogsRequest struct {
 	Follow bool `json:"follow,omitempty"`
 	// Previous reads the log of the previous instance of the container.
 	Previous bool `json:"previous,omitempty"`
-	// TailLines, when > 0, starts that many lines before the end.
+	// TailLines, when > 0, starts that many lines before the end; 0 (and
+	// no FromEnd) reads the whole log.
 	TailLines int64 `json:"tailLines,omitempty"`
+	// FromEnd starts at the log's end as the agent takes the request:
+	// none of what was written, and with Follow every byte written from
+	// then on (a line the container is in the middle of writing goes on
+	// from where it stood). Not with TailLines > 0, which the agent
+	// refuses. Only to an agent announcing CapLogsFromEnd.
+	FromEnd bool `json:"fromEnd,omitempty"`
 }
 
 // LogChunk is a piece of a log stream: raw bytes as the container wrote them

@@ -1,6 +1,7 @@
 package guestchannel
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -232,5 +233,23 @@ func TestSendBeforeStopsWaitingBehindAStuckWrite(t *testing.T) {
 	}
 	if err := <-stuck; err != nil {
 		t.Fatalf("the stuck Send: %v", err)
+	}
+}
+
+// A logs request without FromEnd encodes as before it existed, so an agent
+// that predates it reads what it always read; FromEnd is its own field (a
+// request with it goes only to an agent announcing CapLogsFromEnd).
+func TestLogsRequestFromEndEncoding(t *testing.T) {
+	for _, tc := range []struct {
+		req  LogsRequest
+		want string
+	}{
+		{LogsRequest{Container: "app", Follow: true, TailLines: 1}, `{"container":"app","follow":true,"tailLines":1}`},
+		{LogsRequest{Container: "app", Follow: true, FromEnd: true}, `{"container":"app","follow":true,"fromEnd":true}`},
+	} {
+		data, err := json.Marshal(tc.req)
+		if err != nil || string(data) != tc.want {
+			t.Errorf("%+v encoded as %s (%v), want %s", tc.req, data, err, tc.want)
+		}
 	}
 }

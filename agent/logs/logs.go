@@ -2,6 +2,11 @@
 // it back for the host: the last lines (tail), the previous instance of a
 // restarted container, and a follow that carries on across restarts.
 //
+// A read starts where Open puts it (Send then sends): some lines before
+// the end, the whole log, or its end (Request.FromEnd), so that a follow
+// from the end sends every byte written once Open has returned, and none
+// written before, on across rotations and restarts as any follow.
+//
 // Each instance of a container (the first start is instance 0, every restart
 // the next) writes dir/<container>/<instance>.log, raw bytes as the
 // container wrote them, stdout and stderr in write order. A file that grows
@@ -157,49 +162,93 @@ func (s *Store) Final(name string) {
 
 // Request is what to read.
 type Request struct {
-	Follow    bool
-	Previous  bool
+	Follow   bool
+	Previous bool
+	// TailLines, when > 0, starts that many lines before the end; 0 (and
+	// no FromEnd) reads the whole log.
 	TailLines int64
+	// FromEnd starts at the end of the log as Open finds it: nothing of
+	// what was written before, and with Follow every byte written after
+	// (the rest of a line then only in part written included).
+	FromEnd bool
 }
 
 // Read sends the log of container name to send in chunks of at most
 // chunk bytes, following it when asked until ctx ends, the container will
-// not start again, or the store closes.
+// not start again, or the store closes: Open, then Send.
 func (s *Store) Read(ctx context.Context, name string, req Request, chunk int, send func([]byte) error) error {
+	rd, err := s.Open(name, req)
+	if err != nil {
+		return err
+	}
+	return rd.Send(ctx, chunk, send)
+}
+
+// Reading is a read of one container's log whose start Open has fixed.
+type Reading struct {
+	s      *Store
+	name   string
+	follow bool
+	r      reader
+}
+
+// Open fixes where a read of container name's log starts: for a request
+// FromEnd, at the end of the file being written as Open returns, so that
+// what is written from then on is sent and nothing before it. Send must
+// follow (it closes the file Open opened).
+func (s *Store) Open(name string, req Request) (*Reading, error) {
+	if req.FromEnd && req.TailLines > 0 {
+		return nil, fmt.Errorf("logs: tailLines %d with fromEnd: start lines before the end or at it, not both", req.TailLines)
+	}
+	rd := &Reading{s: s, name: name, follow: req.Follow, r: reader{s: s, name: name}}
 	s.mu.Lock()
 	c, ok := s.ctrs[name]
-	if !ok || c.instance < 0 {
-		s.mu.Unlock()
-		if req.Previous {
-			return ErrNoPrevious
-		}
-		if !req.Follow {
-			return nil
-		}
-		s.mu.Lock()
-		c = s.ctr(name)
+	instance := -1
+	if ok {
+		instance = c.instance
 	}
-	instance := c.instance
 	s.mu.Unlock()
+	if instance < 0 {
+		if req.Previous {
+			return nil, ErrNoPrevious
+		}
+		// Nothing written yet: a follow starts with the first instance's
+		// first byte, whenever it comes.
+		return rd, nil
+	}
 	if req.Previous {
 		if instance < 1 {
-			return ErrNoPrevious
+			return nil, ErrNoPrevious
 		}
 		instance--
-		req.Follow = false
+		rd.follow = false
 		if _, err := os.Stat(s.path(name, instance)); errors.Is(err, fs.ErrNotExist) {
 			// That instance never got its process started (its start
 			// failed), so it wrote nothing: its log is empty.
-			return nil
+			return rd, nil
 		}
 	}
-	r := &reader{s: s, name: name, chunk: chunk, send: send}
-	if instance >= 0 {
-		if err := r.start(instance, req.TailLines); err != nil {
-			return err
-		}
+	if err := rd.r.start(instance, req.TailLines, req.FromEnd); err != nil {
+		rd.r.close()
+		return nil, err
 	}
+	return rd, nil
+}
+
+// Send sends what Open found to send, then, following, what is written
+// after, until ctx ends, the container will not start again, or the store
+// closes.
+func (rd *Reading) Send(ctx context.Context, chunk int, send func([]byte) error) error {
+	s, name, r := rd.s, rd.name, &rd.r
+	r.chunk, r.send = chunk, send
 	defer r.close()
+	if err := r.sendAll(r.pending); err != nil {
+		return err
+	}
+	r.pending = nil
+	if !rd.follow {
+		return r.drain()
+	}
 	for {
 		s.mu.Lock()
 		c := s.ctr(name)
@@ -208,9 +257,6 @@ func (s *Store) Read(ctx context.Context, name string, req Request, chunk int, s
 		s.mu.Unlock()
 		if err := r.drain(); err != nil {
 			return err
-		}
-		if !req.Follow {
-			return nil
 		}
 		switch {
 		case r.f == nil && cur >= 0:
@@ -257,19 +303,26 @@ type reader struct {
 	chunk    int
 	send     func([]byte) error
 	f        *os.File
+	// pending is what start read to send before what follows r.f's
+	// offset.
+	pending []byte
 }
 
-// start sends the instance's log from tail lines before its end.
-func (r *reader) start(instance int, tail int64) error {
-	r.instance = instance
-	path := r.s.path(r.name, instance)
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("logs: %w", err)
+// start opens the instance's log where a read begins: at its end when
+// fromEnd, else tail lines before it (from its start when tail is 0),
+// what comes before the end then held in r.pending.
+func (r *reader) start(instance int, tail int64, fromEnd bool) error {
+	if err := r.open(instance); err != nil {
+		return err
 	}
-	r.f = f
-	old, _ := os.ReadFile(path + ".1")
-	cur, err := io.ReadAll(f)
+	if fromEnd {
+		if _, err := r.f.Seek(0, io.SeekEnd); err != nil {
+			return fmt.Errorf("logs: %w", err)
+		}
+		return nil
+	}
+	old, _ := os.ReadFile(r.s.path(r.name, instance) + ".1")
+	cur, err := io.ReadAll(r.f)
 	if err != nil {
 		return fmt.Errorf("logs: %w", err)
 	}
@@ -277,7 +330,8 @@ func (r *reader) start(instance int, tail int64) error {
 	if tail > 0 {
 		all = tailLines(all, tail)
 	}
-	return r.sendAll(all)
+	r.pending = all
+	return nil
 }
 
 func (r *reader) open(instance int) error {

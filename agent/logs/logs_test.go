@@ -18,6 +18,53 @@ func read(t *testing.T, s *Store, name string, req Request) (string, error) {
 	return b.String(), err
 }
 
+// received gathers what a read sends while a test waits for it.
+type received struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (r *received) send(p []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.b.Write(p)
+	return nil
+}
+
+func (r *received) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.b.String()
+}
+
+// wait waits until what was received is want, for 5 s at most.
+func (r *received) wait(t *testing.T, what, want string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.String() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %q, want %q", what, r.String(), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// endFollow ends w, the last instance of container c, and checks that
+// the follow of it (done) ends without an error.
+func endFollow(t *testing.T, s *Store, w *Writer, done <-chan error) {
+	t.Helper()
+	w.Close()
+	s.Final("c")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("follow did not end after the container's last instance")
+	}
+}
+
 func TestTailPreviousAndRotation(t *testing.T) {
 	s, err := NewStore(t.TempDir(), 16)
 	if err != nil {
@@ -66,50 +113,17 @@ func TestFollowAcrossInstances(t *testing.T) {
 	s, _ := NewStore(t.TempDir(), 1<<20)
 	w, _ := s.Begin("c", 0)
 	w.Write([]byte("a\n"))
-	var mu sync.Mutex
-	var got strings.Builder
+	var got received
 	done := make(chan error)
-	go func() {
-		done <- s.Read(context.Background(), "c", Request{Follow: true}, 1024, func(p []byte) error {
-			mu.Lock()
-			got.Write(p)
-			mu.Unlock()
-			return nil
-		})
-	}()
-	waitText := func(want string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			mu.Lock()
-			text := got.String()
-			mu.Unlock()
-			if text == want {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("follow = %q, want %q", text, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	waitText("a\n")
+	go func() { done <- s.Read(context.Background(), "c", Request{Follow: true}, 1024, got.send) }()
+	got.wait(t, "follow", "a\n")
 	w.Write([]byte("b\n"))
-	waitText("a\nb\n")
+	got.wait(t, "follow", "a\nb\n")
 	w.Close()
 	w, _ = s.Begin("c", 1)
 	w.Write([]byte("c\n"))
-	waitText("a\nb\nc\n")
-	w.Close()
-	s.Final("c")
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("follow did not end after the container's last instance")
-	}
+	got.wait(t, "follow", "a\nb\nc\n")
+	endFollow(t, s, w, done)
 }
 
 // A follow goes on through rotations: it finishes the renamed file and
@@ -117,40 +131,83 @@ func TestFollowAcrossInstances(t *testing.T) {
 func TestFollowAcrossRotation(t *testing.T) {
 	s, _ := NewStore(t.TempDir(), 10)
 	w, _ := s.Begin("c", 0)
-	var mu sync.Mutex
-	var got strings.Builder
+	var got received
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
-	go func() {
-		done <- s.Read(ctx, "c", Request{Follow: true}, 3, func(p []byte) error {
-			mu.Lock()
-			got.Write(p)
-			mu.Unlock()
-			return nil
-		})
-	}()
+	go func() { done <- s.Read(ctx, "c", Request{Follow: true}, 3, got.send) }()
 	var want strings.Builder
 	for i := range 20 {
 		// Every line starts a new 10-byte file.
 		line := "line " + string(rune('a'+i)) + "\n"
 		want.WriteString(line)
 		w.Write([]byte(line))
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			mu.Lock()
-			text := got.String()
-			mu.Unlock()
-			if text == want.String() {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("follow = %q, want %q", text, want.String())
-			}
-			time.Sleep(time.Millisecond)
-		}
+		got.wait(t, "follow", want.String())
 	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A follow from the end sends exactly what is written once Open has
+// returned: a line written at once after it (before Send runs), the rest
+// of a line then only in part written, and what follows across a rotation
+// and a restart; nothing written before.
+func TestFollowFromTheEnd(t *testing.T) {
+	s, _ := NewStore(t.TempDir(), 32)
+	w, _ := s.Begin("c", 0)
+	w.Write([]byte("old one\nold two\npart"))
+	rd, err := s.Open("c", Request{Follow: true, FromEnd: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// At once, before the follow sends anything; and past the 32 bytes of
+	// a file, so written to the next one (as is the second line below).
+	w.Write([]byte(" ial\nnew one\n"))
+	var got received
+	done := make(chan error, 1)
+	go func() { done <- rd.Send(context.Background(), 5, got.send) }()
+	want := " ial\nnew one\n"
+	got.wait(t, "follow from the end", want)
+	for _, line := range []string{"rotated a\n", "rotated b\n", "rotated c\n"} {
+		w.Write([]byte(line))
+		want += line
+		got.wait(t, "follow from the end", want)
+	}
+	w.Close()
+	w, _ = s.Begin("c", 1)
+	w.Write([]byte("restarted\n"))
+	want += "restarted\n"
+	got.wait(t, "follow from the end", want)
+	endFollow(t, s, w, done)
+	if got.String() != want {
+		t.Errorf("follow from the end = %q, want %q", got.String(), want)
+	}
+}
+
+// From the end without a follow is nothing (still an error for a previous
+// instance that does not exist); with lines to tail it is refused.
+func TestReadFromTheEnd(t *testing.T) {
+	s, _ := NewStore(t.TempDir(), 1<<20)
+	w, _ := s.Begin("c", 0)
+	w.Write([]byte("one\ntwo\n"))
+	defer w.Close()
+	for _, tc := range []struct {
+		name    string
+		ctr     string
+		req     Request
+		wantErr string
+	}{
+		{"the current instance", "c", Request{FromEnd: true}, ""},
+		{"a container not started", "later", Request{FromEnd: true}, ""},
+		{"no previous instance", "c", Request{FromEnd: true, Previous: true}, ErrNoPrevious.Error()},
+		{"with tail lines", "c", Request{FromEnd: true, TailLines: 1}, "tailLines 1 with fromEnd"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := read(t, s, tc.ctr, tc.req)
+			if got != "" || (err == nil) != (tc.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("read %+v = %q, %v; want nothing and an error containing %q", tc.req, got, err, tc.wantErr)
+			}
+		})
 	}
 }

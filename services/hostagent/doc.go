@@ -78,6 +78,14 @@
 // control subject for stdin, cancel and keep-alives; the last has EOF, an
 // exec's exit code, or an error).
 //
+// A logs request FromEnd (events.PodLogsRequest.FromEnd, `logs --tail 0`)
+// goes on as such to an agent announcing guestchannel.CapLogsFromEnd,
+// which starts at the log's end. An older agent would read it as the
+// whole log, so the host agent asks it for the last line instead, then
+// (with Follow) follows from that line and leaves it out of the stream
+// (serveLogs in query.go): what clients did before, kept in one place so
+// that every client gets from the end, whatever its pod's agent.
+//
 // An exec's stdin has flow control when the client asks for a window
 // (events.PodExecRequest.StdinWindow): the first answer grants it (at most
 // guestchannel.MaxExecStdinWindow), and the client keeps no more than that

@@ -1,6 +1,7 @@
 package hostagent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -56,18 +57,50 @@ func (s *Service) serveQueries() ([]*nats.Subscription, error) {
 	return subs, nil
 }
 
-// stream writes one answer's PodStreamMessages to the requester.
+// stream writes one answer's PodStreamMessages to the requester, or to
+// to for an answer the host agent reads itself.
 type stream struct {
 	nc    *nats.Conn
 	reply string
+	to    func(events.PodStreamMessage)
 	seq   uint64
+	// skip, when set, is left out of the start of the log data.
+	skip *skipPrefix
 }
 
 func (st *stream) send(m events.PodStreamMessage) {
 	st.seq++
 	m.Seq = st.seq
+	if st.to != nil {
+		st.to(m)
+		return
+	}
 	data, _ := json.Marshal(m)
 	_ = st.nc.Publish(st.reply, data)
+}
+
+// skipPrefix leaves prefix out of a stream of bytes when the stream starts
+// with it.
+type skipPrefix struct {
+	prefix []byte
+	held   int // bytes of the prefix matched so far, held back
+	done   bool
+}
+
+// pass returns what of b goes on.
+func (s *skipPrefix) pass(b []byte) []byte {
+	if s == nil || s.done {
+		return b
+	}
+	m := min(len(b), len(s.prefix)-s.held)
+	if bytes.Equal(b[:m], s.prefix[s.held:s.held+m]) {
+		s.held += m
+		s.done = s.held == len(s.prefix)
+		return b[m:]
+	}
+	// not the prefix after all: what was held back goes on first
+	s.done = true
+	return append(s.prefix[:s.held:s.held], b...)
 }
 
 func (st *stream) fail(err error) { st.send(events.PodStreamMessage{EOF: true, Error: err.Error()}) }
@@ -136,9 +169,70 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	if pc == nil {
 		return
 	}
-	s.relay(pc, st, guestchannel.TypeLogs, guestchannel.LogsRequest{
-		Container: container, Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines,
-	}, nil)
+	lreq := guestchannel.LogsRequest{
+		Container: container, Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd,
+	}
+	if req.FromEnd && !pc.hello.Can(guestchannel.CapLogsFromEnd) {
+		// An agent that predates FromEnd would read the whole log: the
+		// log's last line is asked first and left out of a follow from
+		// that line (a line written between the two can be lost; an
+		// agent with the capability starts at the end itself).
+		last, err := lastLine(pc, lreq)
+		if err != nil {
+			st.fail(err)
+			return
+		}
+		if !req.Follow {
+			st.send(events.PodStreamMessage{EOF: true})
+			return
+		}
+		lreq.FromEnd, lreq.TailLines = false, 1
+		st.skip = &skipPrefix{prefix: last}
+	}
+	s.relay(pc, st, guestchannel.TypeLogs, lreq, nil)
+}
+
+// lastLineTimeout bounds the wait for an older agent's last line of a log
+// (serveLogs), within the client's wait for the first answer.
+const lastLineTimeout = 5 * time.Second
+
+// lastLine reads the last line of the log req names (without following)
+// from the agent, as the stream's answers would carry it.
+func lastLine(pc *podConn, req guestchannel.LogsRequest) ([]byte, error) {
+	req.Follow, req.TailLines, req.FromEnd = false, 1, false
+	id, answers, err := pc.request()
+	if err != nil {
+		return nil, err
+	}
+	defer pc.done(id)
+	deadline := time.Now().Add(lastLineTimeout)
+	if err := pc.conn.SendBefore(deadline, guestchannel.TypeLogs, id, req); err != nil {
+		return nil, fmt.Errorf("send to the guest: %w", err)
+	}
+	timeout := time.NewTimer(time.Until(deadline))
+	defer timeout.Stop()
+	var last []byte
+	var end *events.PodStreamMessage
+	read := &stream{to: func(m events.PodStreamMessage) {
+		last = append(last, m.Data...)
+		if m.EOF {
+			end = &m
+		}
+	}}
+	for end == nil {
+		select {
+		case env := <-answers:
+			forward(read, env)
+		case <-pc.gone:
+			return nil, ErrChannelClosed
+		case <-timeout.C:
+			return nil, fmt.Errorf("the pod agent did not send the log's last line within %s", lastLineTimeout)
+		}
+	}
+	if end.Error != "" {
+		return nil, errors.New(end.Error)
+	}
+	return last, nil
 }
 
 func (s *Service) serveExec(m *nats.Msg, st *stream) {
@@ -363,8 +457,8 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 			st.fail(err)
 			return true
 		}
-		if len(c.Data) > 0 {
-			st.send(events.PodStreamMessage{Data: c.Data})
+		if data := st.skip.pass(c.Data); len(data) > 0 {
+			st.send(events.PodStreamMessage{Data: data})
 		}
 		if c.Error != "" {
 			st.fail(errors.New(c.Error))

@@ -359,20 +359,26 @@ func (l *leadReader) Read(b []byte) (int, error) {
 // slowReadSize is how much a slowReadingPod's command reads at a time.
 const slowReadSize = 16 << 10
 
-// slowReadingPod is a pod of one running container, app, whose execs read
-// their input slowly, then print its size and digest.
-type slowReadingPod struct {
-	read atomic.Int64 // input bytes the commands have read
-	seq  atomic.Uint64
-}
+// appPod is the state of a scripted pod (a channel.Pod) of one running
+// container, app.
+type appPod struct{ seq atomic.Uint64 }
 
-func (p *slowReadingPod) Status() (guestchannel.Status, <-chan struct{}) {
+func (p *appPod) Status() (guestchannel.Status, <-chan struct{}) {
 	return guestchannel.Status{Phase: guestchannel.PhaseRunning, Containers: []guestchannel.ContainerStatus{{
 		Name: "app", Ready: true, Started: true, State: guestchannel.ContainerState{Kind: guestchannel.StateRunning},
 	}}}, nil
 }
 
-func (p *slowReadingPod) NextSeq() uint64 { return p.seq.Add(1) }
+func (p *appPod) NextSeq() uint64 { return p.seq.Add(1) }
+
+func (p *appPod) Stop(time.Duration) guestchannel.Stopped { return guestchannel.Stopped{} }
+
+// slowReadingPod is a pod of one running container, app, whose execs read
+// their input slowly, then print its size and digest.
+type slowReadingPod struct {
+	appPod
+	read atomic.Int64 // input bytes the commands have read
+}
 
 func (p *slowReadingPod) Logs(context.Context, guestchannel.LogsRequest, func([]byte) error) error {
 	return errors.New("no logs here")
@@ -398,5 +404,3 @@ func (p *slowReadingPod) Exec(ctx context.Context, req guestchannel.ExecRequest,
 	out("stdout", fmt.Appendf(nil, "%d %x", n, h.Sum(nil)))
 	return 0, nil
 }
-
-func (p *slowReadingPod) Stop(time.Duration) guestchannel.Stopped { return guestchannel.Stopped{} }

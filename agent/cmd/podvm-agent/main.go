@@ -144,7 +144,10 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 		Addr: cfg.Boot.Channel,
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
 			PodUID: cfg.Spec.UID, Namespace: cfg.Spec.Namespace, Name: cfg.Spec.Name,
-			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken},
+			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken,
+			// Logs are served here (agent.Logs), so the capability to
+			// start a log at its end is announced here too.
+			Capabilities: []string{guestchannel.CapLogsFromEnd}},
 		Pod: a, Log: log.With("part", "channel"),
 	}
 	if w != nil && cfg.Spec.Template {
@@ -409,7 +412,7 @@ func (a *agent) Logs(ctx context.Context, req guestchannel.LogsRequest, send fun
 	if !a.known(req.Container) {
 		return fmt.Errorf("container %q is not in the pod", req.Container)
 	}
-	return pod.Logs().Read(ctx, req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines},
+	return pod.Logs().Read(ctx, req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd},
 		guestchannel.ChunkSize, send)
 }
 

@@ -82,6 +82,20 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 		out, _, code := run(t, state, "", "logs", "web", "-c", "first")
 		return code == 0 && out == "hello\n"
 	})
+	// --tail 0: the agent starts the log at its end: none of it so far,
+	// and with -f only what is written from then on.
+	if out, errOut, code := run(t, state, "", "logs", "web", "-c", "first", "--tail", "0"); code != 0 || out != "" {
+		t.Errorf("logs --tail 0: exit %d, stdout %q, stderr %q; want nothing", code, out, errOut)
+	}
+	follow, stopFollow := followLogs(t, state, "web", "-c", "first", "--tail", "0")
+	eventuallyWithin(t, 20*time.Second, "a line written to the container's output reaches logs -f --tail 0", func() bool {
+		run(t, state, "", "exec", "web", "-c", "first", "--", "sh", "-c", "echo later > /proc/1/fd/1")
+		return strings.Contains(follow.String(), "later\n")
+	})
+	stopFollow()
+	if got := follow.String(); strings.Contains(got, "hello") {
+		t.Errorf("logs -f --tail 0 printed the log written before it: %q", got)
+	}
 	if out, errOut, code := run(t, state, "", "exec", "web", "-c", "first", "--", "cat", "/data.txt"); code != 0 || out != "data\n" {
 		t.Errorf("exec cat /data.txt: exit %d, stdout %q, stderr %q; want data", code, out, errOut)
 	}

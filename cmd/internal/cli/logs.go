@@ -1,9 +1,6 @@
 package cli
 
 import (
-	"bytes"
-	"io"
-
 	"github.com/spf13/cobra"
 
 	"github.com/podvisor/podvisor/events"
@@ -28,23 +25,17 @@ only app container; init containers need -c), -f follows it (across restarts) un
 			if tail > 0 {
 				req.TailLines = tail
 			}
+			// --tail 0: from the end (TailLines 0 is the whole log). The
+			// host agent serves it for agents that predate it too.
+			req.FromEnd = tail == 0
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
 			}
 			ctx := cmd.Context()
-			query := func(r events.PodLogsRequest, out io.Writer) error {
-				_, err := g.podQuery(ctx, r.Namespace, r.Name, events.SubjectPodLogs, func(uid string) any {
-					r.UID = uid
-					return &r
-				}, nil, out)
-				return err
-			}
-			var err error
-			if tail == 0 {
-				err = logsFromNow(req, query, g.stdout)
-			} else {
-				err = query(req, g.stdout)
-			}
+			_, err := g.podQuery(ctx, req.Namespace, req.Name, events.SubjectPodLogs, func(uid string) any {
+				req.UID = uid
+				return &req
+			}, nil, g.stdout)
 			if err != nil && ctx.Err() != nil {
 				return nil // Ctrl-C ends a follow
 			}
@@ -62,58 +53,3 @@ only app container; init containers need -c), -f follows it (across restarts) un
 
 // containerFlagHelp is logs' and exec's -c help.
 const containerFlagHelp = "container (default: the one the pod's kubectl.kubernetes.io/default-container annotation names, else its only app container)"
-
-// logsFromNow is `logs --tail 0`: none of the log written so far, and with
-// req.Follow the lines written from now on. The logs request has no "zero
-// lines" (TailLines 0 is the whole log), so it reads the last line first
-// (which also checks the pod and container) and then, when following,
-// follows from the last line, leaving that line out. A line written between
-// the two requests may be lost.
-func logsFromNow(req events.PodLogsRequest, query func(events.PodLogsRequest, io.Writer) error, out io.Writer) error {
-	req.TailLines = 1
-	follow := req.Follow
-	req.Follow = false
-	var last bytes.Buffer
-	if err := query(req, &last); err != nil || !follow {
-		return err
-	}
-	req.Follow = true
-	return query(req, &skipPrefix{w: out, prefix: last.Bytes()})
-}
-
-// skipPrefix writes to w what is written to it, except prefix when the
-// stream starts with it.
-type skipPrefix struct {
-	w      io.Writer
-	prefix []byte // what is still to be matched
-	held   int    // bytes of the prefix matched so far
-	done   bool
-}
-
-func (s *skipPrefix) Write(p []byte) (int, error) {
-	n := len(p)
-	if !s.done {
-		m := min(len(p), len(s.prefix)-s.held)
-		if bytes.Equal(p[:m], s.prefix[s.held:s.held+m]) {
-			s.held += m
-			p = p[m:]
-			s.done = s.held == len(s.prefix)
-			if !s.done {
-				return n, nil
-			}
-		} else {
-			// not the prefix after all: what was held back is output
-			s.done = true
-			if _, err := s.w.Write(s.prefix[:s.held]); err != nil {
-				return 0, err
-			}
-		}
-	}
-	if len(p) == 0 {
-		return n, nil
-	}
-	if _, err := s.w.Write(p); err != nil {
-		return 0, err
-	}
-	return n, nil
-}

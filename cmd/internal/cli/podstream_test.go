@@ -154,7 +154,7 @@ func TestLogsAndExecAsKubectl(t *testing.T) {
 	dir, b, host, svc := upWithHostAgent(t)
 	ctx := context.Background()
 	guests := map[string]*guesttest.Guest{}
-	put := func(name string, annotations map[string]string, inits []string, containers ...string) {
+	put := func(name string, annotations map[string]string, caps, inits []string, containers ...string) {
 		rec := events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Host: host, Phase: events.PodPhaseRunning}
 		rec.Pod.Annotations = annotations
 		for _, c := range inits {
@@ -164,8 +164,8 @@ func TestLogsAndExecAsKubectl(t *testing.T) {
 			rec.Pod.Spec.Containers = append(rec.Pod.Spec.Containers, corev1.Container{Name: c, Image: "img"})
 		}
 		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), rec)
-		g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: rec.UID, Namespace: "default", Name: name, BootID: "b1"},
-			append(inits, containers...)...)
+		g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: rec.UID, Namespace: "default", Name: name, BootID: "b1",
+			Capabilities: caps}, append(inits, containers...)...)
 		for _, c := range append(inits, containers...) {
 			g.SetLog(c, c+" one\n"+c+" two\n")
 		}
@@ -179,10 +179,11 @@ func TestLogsAndExecAsKubectl(t *testing.T) {
 			return code == 0
 		})
 	}
-	put("web.v1", nil, nil, "app")
-	put("inits", nil, []string{"init-fail"}, "main")
-	put("annotated", map[string]string{"kubectl.kubernetes.io/default-container": "second"}, nil, "first", "second")
-	put("several", nil, []string{"setup"}, "first", "second")
+	put("web.v1", nil, nil, nil, "app")
+	put("inits", nil, nil, []string{"init-fail"}, "main")
+	put("annotated", map[string]string{"kubectl.kubernetes.io/default-container": "second"}, nil, nil, "first", "second")
+	put("several", nil, nil, []string{"setup"}, "first", "second")
+	put("current", nil, []string{guestchannel.CapLogsFromEnd}, nil, "app")
 
 	runCases(t, dir, []cliCase{
 		{"logs of a dotted name", "", []string{"logs", "web.v1"}, "app one\napp two\n", "", 0},
@@ -196,22 +197,30 @@ func TestLogsAndExecAsKubectl(t *testing.T) {
 		{"exec follows the default-container annotation", "", []string{"exec", "annotated", "--", "hostname"}, "annotated/second\n", "", 0},
 		{"logs need -c with several app containers", "", []string{"logs", "several"}, "", "setup, first, second): name one with -c", 1},
 		{"logs --tail 0 prints nothing", "", []string{"logs", "web.v1", "--tail", "0"}, "", "", 0},
+		{"logs --tail 0 of a current agent prints nothing", "", []string{"logs", "current", "--tail", "0"}, "", "", 0},
 		{"logs --tail 1", "", []string{"logs", "web.v1", "--tail", "1"}, "app two\n", "", 0},
 		{"logs --tail -1 prints all", "", []string{"logs", "web.v1", "--tail", "-1"}, "app one\napp two\n", "", 0},
 		{"logs --tail 0 of a missing pod", "", []string{"logs", "nope", "--tail", "0"}, "", "not found", 1},
 	})
 
-	t.Run("logs -f --tail 0 prints only new lines", func(t *testing.T) {
-		out, interrupt := followLogs(t, dir, "--tail", "0", "web.v1")
-		// Lines appended until the follow is on: the first one it gets is
-		// printed, and only lines from then on.
-		eventually(t, "the followed log", func() bool {
-			guests["web.v1"].AppendLog("app", "app new\n")
-			return strings.Contains(out.String(), "app new\n")
+	// Only the lines written once the follow is on at the pod's agent:
+	// from the end there, or for an agent that predates it from its last
+	// line, which the host agent leaves out.
+	for _, pod := range []string{"current", "web.v1"} {
+		t.Run("logs -f --tail 0 prints only new lines of "+pod, func(t *testing.T) {
+			g := guests[pod]
+			asked := len(g.LogsRequests())
+			out, interrupt := followLogs(t, dir, "--tail", "0", pod)
+			eventually(t, "the follow at the pod's agent", func() bool {
+				reqs := g.LogsRequests()
+				return len(reqs) > asked && reqs[len(reqs)-1].Follow
+			})
+			g.AppendLog("app", "app new\n")
+			eventually(t, "the new line", func() bool { return out.String() == "app new\n" })
+			interrupt()
+			if got := out.String(); got != "app new\n" {
+				t.Errorf("logs -f --tail 0 printed %q, want only the new line", got)
+			}
 		})
-		interrupt()
-		if got := out.String(); strings.ReplaceAll(got, "app new\n", "") != "" {
-			t.Errorf("logs -f --tail 0 printed %q, want only new lines", got)
-		}
-	})
+	}
 }

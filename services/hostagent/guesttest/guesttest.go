@@ -50,6 +50,7 @@ type Guest struct {
 	// exec's input received (its ID's), acked what was acknowledged of
 	// it; holdAcks holds the acknowledgements back (HoldStdinAcks).
 	execs    []guestchannel.ExecRequest
+	logsReqs []guestchannel.LogsRequest
 	received int
 	taken    map[string]uint64
 	acked    map[string]uint64
@@ -287,6 +288,13 @@ func (g *Guest) StdinReceived() int {
 	return g.received
 }
 
+// LogsRequests lists the logs requests received.
+func (g *Guest) LogsRequests() []guestchannel.LogsRequest {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]guestchannel.LogsRequest(nil), g.logsReqs...)
+}
+
 // Stops lists the stop requests received.
 func (g *Guest) Stops() []guestchannel.StopRequest {
 	g.mu.Lock()
@@ -329,6 +337,7 @@ func (g *Guest) serve() {
 			var req guestchannel.LogsRequest
 			_ = env.Decode(&req)
 			g.mu.Lock()
+			g.logsReqs = append(g.logsReqs, req)
 			log, ok := g.logs[req.Container]
 			if !ok {
 				g.mu.Unlock()
@@ -338,8 +347,12 @@ func (g *Guest) serve() {
 			if req.Follow {
 				g.followers[env.ID] = req.Container
 			}
+			data := tailLines(log, req.TailLines)
+			if req.FromEnd && g.Hello.Can(guestchannel.CapLogsFromEnd) {
+				data = nil // an agent without the capability reads the whole log
+			}
 			// under mu, so that AppendLog's lines come after these
-			_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: tailLines(log, req.TailLines), EOF: !req.Follow})
+			_ = g.conn.Send(guestchannel.TypeLogChunk, env.ID, guestchannel.LogChunk{Data: data, EOF: !req.Follow})
 			g.mu.Unlock()
 		case guestchannel.TypeCancel:
 			var c guestchannel.Cancel
