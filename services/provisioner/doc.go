@@ -16,6 +16,16 @@
 // uid, else derived from the pod key and the requesting event's id, so a
 // redelivered request produces the same uid and the same VM name pv-<uid>.
 //
+// The PODS stream orders what was asked: a delete stored after a request
+// outranks it, so the request delivered again once its pod's delete is done
+// (its handler died or stalled past AckWait, it was retried, a durable
+// replays the stream) admits nothing, while a request stored after the
+// delete is a new pod. The delete request is the tombstone (bus.StoredAfter);
+// a delete whose uid precondition names another pod does not count. Only a
+// delivery that may be stale asks the stream, and only when it would create
+// the pod: a fresh first delivery, nearly every request, goes straight to
+// the KV Create (mayBeStale).
+//
 // Facts. The scheduler (pod.scheduled / pod.unschedulable), the image cache
 // (pod.images.ready / failed), network-config (pod.network.attached /
 // failed) and the migration service (pod.evicted, migration.*) report what

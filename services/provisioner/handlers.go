@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,7 +38,7 @@ func (s *Service) routes() *bus.Router {
 		s.annotate(ctx, m)
 		unlock := s.locks.Lock(m.Key)
 		defer unlock()
-		return s.admit(ctx, m.Event, m.StreamSeq, p, m.Log)
+		return s.admit(ctx, m, p)
 	}).OnInvalid(s.rejectInvalid)
 	podRoute(s, r, handling.deleteRequested).OnInvalid(s.rejectInvalid)
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodScheduled) error {
@@ -231,7 +232,15 @@ func (s *Service) save(ctx context.Context, r *events.PodRecord) error {
 // again later (a client re-sending it after the pod was deleted) is a new
 // message and so a new admission, with a new uid and new effect ids that
 // the stream's de-duplication window does not drop.
-func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *events.PodRequested, log interface{ Info(string, ...any) }) error {
+//
+// A delete of the pod stored after the request outranks it: the request
+// delivered again once the delete is done (its handler died or stalled past
+// AckWait, or it was retried) admits nothing, so the pod does not come back
+// (superseded). Only a request that may be stale asks, and only when it
+// would create the pod: while a record stands, the delete (if any) is still
+// to come and removes what this admits.
+func (s *Service) admit(ctx context.Context, m *bus.Message, req *events.PodRequested) error {
+	ev, seq, log := m.Event, m.StreamSeq, m.Log
 	pod := req.Pod.DeepCopy()
 	events.NormalizePod(pod)
 	requestID := fmt.Sprintf("%s#%d", ev.ID(), seq)
@@ -261,6 +270,15 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 	if tp, ok := ev.Extensions()[bus.ExtTraceparent].(string); ok {
 		r.TraceParent = tp
 	}
+	if s.mayBeStale(m) {
+		if cur, err := s.recs.get(ctx, key); err != nil {
+			return err
+		} else if cur == nil {
+			if over, err := s.superseded(ctx, m, req.ObjectKey(), uid); err != nil || over {
+				return err
+			}
+		}
+	}
 	// Create first, read only when the name is taken: nearly every request
 	// is for a new pod, and the KV Create is the check that two requests
 	// for one name cannot both win, which a read before it could not be.
@@ -280,7 +298,14 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 		}
 		switch {
 		case existing == nil:
-			continue // removed since the create was refused: create again
+			// Removed since the create was refused: a delete finished
+			// meanwhile (drift repair's, another replica's), maybe one
+			// stored after this request, which then outranks it. Rare, so
+			// asked whatever the delivery.
+			if over, err := s.superseded(ctx, m, req.ObjectKey(), uid); err != nil || over {
+				return err
+			}
+			continue
 		case existing.RequestID == requestID:
 			// Our own earlier attempt got as far as the record: finish
 			// it. The accepted event gets the same id and JetStream
@@ -298,6 +323,48 @@ func (s *Service) admit(ctx context.Context, ev event.Event, seq uint64, req *ev
 		}
 	}
 	return fmt.Errorf("admit %s: %w", key, errConflict)
+}
+
+// firstDeliveryFresh is how old a request's first delivery may be and
+// still be taken for fresh (mayBeStale). A first delivery comes within
+// milliseconds of the store, within seconds behind a burst. One older was
+// stored before this durable delivered it: the bus recreated the durable
+// after it disappeared and it starts again from the stream's first event,
+// or a new durable was declared; either may come after the pod's whole
+// life, its delete included. The bound leans to asking: a request that
+// waited longer behind a burst costs a read or two. What it lets through
+// is a replay reaching a request younger than the bound whose pod was
+// admitted and deleted within that time. Published is the server's clock
+// and now this process's: their skew moves the bound by as much.
+const firstDeliveryFresh = 5 * time.Second
+
+// mayBeStale reports whether a delivery of pod.requested may come after
+// the delete of the pod it made: a redelivery (its handler died, stalled
+// past AckWait or was retried, or a draining replica handed it back), or a
+// first delivery older than firstDeliveryFresh. A fresh first delivery
+// cannot: for a delete to have removed this request's pod, an earlier
+// delivery must have admitted it, and the durable counts that one. It
+// asks nothing, and it is nearly every request: the pipeline admits
+// hundreds of pods a second, and the walk costs round trips.
+func (s *Service) mayBeStale(m *bus.Message) bool {
+	return m.StreamSeq != 0 && (m.Delivery > 1 || s.now().Sub(m.Published) > firstDeliveryFresh)
+}
+
+// superseded reports whether a delete of the pod podKey
+// (<namespace>/<name>) stored after the request m outranks it
+// (bus.StoredAfter), and says so. A delete whose uid precondition names
+// another pod spared this one: only one without a uid, or with the uid
+// this request makes, counts.
+func (s *Service) superseded(ctx context.Context, m *bus.Message, podKey, uid string) (bool, error) {
+	d, err := bus.StoredAfter(ctx, s.bus.JetStream(), podKey, m.StreamSeq, func(d *events.PodDeleteRequested) bool {
+		return d.UID == "" || d.UID == uid
+	})
+	if err != nil || d == nil {
+		return false, err
+	}
+	m.Log.Info("request superseded by a later delete of the pod; nothing admitted", "uid", uid, "seq", m.StreamSeq,
+		"delete_seq", d.Sequence, "delete_stored", d.Time)
+	return true, nil
 }
 
 func (s *Service) announceAccepted(ctx context.Context, cause event.Event, r *events.PodRecord, opts ...bus.EmitOption) error {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
+	"github.com/podvisor/podvisor/shared/bus"
 )
 
 // A delete whose handler died after it marked the record Deleting (and
@@ -59,7 +60,7 @@ func TestResyncFinishesADeleteLeftHalfDone(t *testing.T) {
 	if _, err := find.NewFinder(e.s.Vim(), true).VirtualMachine(ctx, "/*/vm/podvisor-vms/team-a/"+events.NativeVMName(r.UID)); err == nil {
 		t.Error("the VM is still in vCenter after the pass")
 	}
-	deleted := e.stored(events.SubjectVMDeleted, del.ObjectKey(), before)
+	deleted := stored[events.VMDeleted](e, del.ObjectKey(), before)
 	if len(deleted) != 1 {
 		t.Errorf("vm.deleted announced %d times, want once", len(deleted))
 	}
@@ -67,7 +68,7 @@ func TestResyncFinishesADeleteLeftHalfDone(t *testing.T) {
 	if err := e.ctl.Deliver(ctx, e.eventOf("podvisor/cli", del), before, del); err != nil {
 		t.Errorf("the delete request delivered again: %v", err)
 	}
-	if rj := e.stored(events.SubjectVMRejected, del.ObjectKey(), before); len(rj) != 0 {
+	if rj := stored[events.VMRejected](e, del.ObjectKey(), before); len(rj) != 0 {
 		t.Errorf("the delete request delivered again was refused (%d vm.rejected); want it taken as done", len(rj))
 	}
 	if repaired, err := e.ctl.Resync(ctx); err != nil || len(repaired) != 0 {
@@ -122,13 +123,16 @@ func (e *env) lastSeq() uint64 {
 	return info.State.LastSeq
 }
 
-// stored lists the sequences of the events on subject about the VM key
+// stored lists the sequences of the events of type T about the VM key
 // that the VMS stream stored after sequence after.
-func (e *env) stored(subject, key string, after uint64) []uint64 {
+func stored[T any, P interface {
+	*T
+	events.Payload
+}](e *env, key string, after uint64) []uint64 {
 	e.t.Helper()
 	var out []uint64
 	for {
-		m, err := e.ctl.LaterOf(context.Background(), subject, key, after)
+		m, err := bus.StoredAfter[T, P](context.Background(), e.bus.JetStream(), key, after, nil)
 		if err != nil {
 			e.t.Fatal(err)
 		}

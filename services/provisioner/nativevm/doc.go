@@ -106,7 +106,7 @@
 // The VMS stream orders what was asked: a delete request stored after a
 // declaration outranks it, so the declaration delivered again once the
 // delete is done (a redelivery, a retry) makes nothing, while one stored
-// after the delete makes a new VM (order.go). The delete request is the
+// after the delete makes a new VM (bus.StoredAfter). The delete request is the
 // tombstone, kept as long as the stream keeps events.
 //
 // # Drain and host loss

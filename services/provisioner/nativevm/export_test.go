@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/cloudevents/sdk-go/v2/event"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
@@ -27,9 +26,4 @@ func (c *Controller) Deliver(ctx context.Context, ev event.Event, seq uint64, p 
 		return c.onDeleteRequested(ctx, m, p)
 	}
 	panic("Deliver: no handler for the test's payload")
-}
-
-// LaterOf exposes laterOf: the tests read the events stored after a point.
-func (c *Controller) LaterOf(ctx context.Context, subject, key string, seq uint64) (*jetstream.RawStreamMsg, error) {
-	return c.laterOf(ctx, subject, key, seq)
 }

@@ -164,7 +164,7 @@ func (c *Controller) onDeclared(ctx context.Context, m *bus.Message, e *events.V
 	if cur, _, err := c.vms.Get(ctx, events.VMRecordKey(ns, vm.Metadata.Name)); err != nil {
 		return err
 	} else if cur == nil {
-		if x, err := c.laterOf(ctx, events.SubjectVMDeleteRequested, vm.Key(), m.StreamSeq); err != nil {
+		if x, err := bus.StoredAfter[events.VMDeleteRequested](ctx, c.bus.JetStream(), vm.Key(), m.StreamSeq, nil); err != nil {
 			return err
 		} else if x != nil {
 			m.Log.Info("declaration superseded by a later delete of the VM; nothing made", "seq", m.StreamSeq,
@@ -382,7 +382,7 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 		// The drift repair (or this request's earlier delivery) may have
 		// finished the delete: its vm.deleted follows the request, and
 		// the VM was there to delete.
-		if done, err := c.laterOf(ctx, events.SubjectVMDeleted, e.ObjectKey(), m.StreamSeq); err != nil || done != nil {
+		if done, err := bus.StoredAfter[events.VMDeleted](ctx, c.bus.JetStream(), e.ObjectKey(), m.StreamSeq, nil); err != nil || done != nil {
 			return err
 		}
 		return c.reject(ctx, &m.Event, events.KindVirtualMachine, e.Namespace, e.Name,
