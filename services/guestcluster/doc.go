@@ -83,7 +83,19 @@
 // control plane (no new pods), asks for the deletion of every pod labelled
 // with the guest cluster and of its worker VMs, waits until their records
 // are gone, forgets the identity, removes the record and publishes
-// guestcluster.deleted.
+// guestcluster.deleted. A delete request is ordered with the others: the
+// mark takes its generation, so a request stored before it does nothing
+// from then on, and a delete stored before the request the record holds
+// does nothing itself. Removing the record leaves its tombstone
+// (tombstone.go): the delete marker carries the delete request's
+// generation, so a request stored before the delete and handled after it
+// (a retried delivery, a late replica) finds the tombstone, not an empty
+// key, and makes nothing; a request stored after it makes the guest
+// cluster again, its record replacing the marker. The resync takes on the
+// deletion of every record left Deleting (its handler's process may have
+// gone, and the request comes again only after AckWait): the same steps,
+// none that waits, with the request's ids, and the end once the pods and
+// worker VMs are gone.
 //
 // ControlPlanes is where the guest cluster's control-plane VM runs. Processes
 // runs the podvisor-guest program (module guestcluster, which carries

@@ -234,18 +234,9 @@ func (s *Service) guestPods(ctx context.Context, rec *events.GuestClusterRecord)
 // deletePods asks for the deletion of every pod of the guest cluster and
 // waits until their records are gone. It returns how many there were.
 func (s *Service) deletePods(ctx context.Context, cause *event.Event, rec *events.GuestClusterRecord) (int, error) {
-	pods, err := s.guestPods(ctx, rec)
+	pods, err := s.askPodDeletions(ctx, cause, rec)
 	if err != nil {
 		return 0, err
-	}
-	for _, p := range pods {
-		if !p.DeletionRequestedAt.IsZero() {
-			continue
-		}
-		if err := s.out.Emit(ctx, cause, &events.PodDeleteRequested{Namespace: p.Namespace, Name: p.Name, UID: p.UID},
-			bus.Distinct(p.UID)); err != nil {
-			return 0, err
-		}
 	}
 	deadline := time.Now().Add(s.cfg.DeleteTimeout)
 	for {
@@ -266,6 +257,25 @@ func (s *Service) deletePods(ctx context.Context, cause *event.Event, rec *event
 		case <-time.After(250 * time.Millisecond):
 		}
 	}
+}
+
+// askPodDeletions asks for the deletion of every pod of the guest cluster
+// not being deleted yet, and returns them all.
+func (s *Service) askPodDeletions(ctx context.Context, cause *event.Event, rec *events.GuestClusterRecord) ([]events.PodRecord, error) {
+	pods, err := s.guestPods(ctx, rec)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range pods {
+		if !p.DeletionRequestedAt.IsZero() {
+			continue
+		}
+		if err := s.out.Emit(ctx, cause, &events.PodDeleteRequested{Namespace: p.Namespace, Name: p.Name, UID: p.UID},
+			bus.Distinct(p.UID)); err != nil {
+			return nil, err
+		}
+	}
+	return pods, nil
 }
 
 // forwardStream checks a logs or exec request of a guest pod and hands it

@@ -65,7 +65,7 @@ func (s *Service) handleRequest(ctx context.Context, m *bus.Message, p *events.G
 	// hadRefusals: the record held refused workers, which this request
 	// tries again.
 	var checked, hadRefusals bool
-	rec, err := s.clusters.Upsert(ctx, key, func(r *clusterRecord, exists bool) error {
+	rec, err := s.upsertRequest(ctx, key, gen, func(r *clusterRecord, exists bool) error {
 		// Under the compare-and-set: a newer request stored since the
 		// read above wins, on whichever replica it ran.
 		if exists && r.supersedes(gen) {
@@ -183,11 +183,13 @@ func (s *Service) recordEndpoint(ctx context.Context, key, ns, name string, ep E
 	}
 	now := time.Now().UTC()
 	return s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
-		if r.Phase == events.GuestClusterPhaseDeleting {
-			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
-		}
+		// A delete stored after the request supersedes it too (the mark
+		// takes its generation).
 		if gen != nil && r.supersedes(*gen) {
 			return errSuperseded
+		}
+		if r.Phase == events.GuestClusterPhaseDeleting {
+			return bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while it started", key)))
 		}
 		if r.Phase == events.GuestClusterPhaseReady && r.Endpoint == ep.URL && r.HasKubeconfig {
 			return record.ErrUnchanged
@@ -283,68 +285,146 @@ func (s *Service) requestFailed(ctx context.Context, m *bus.Message, p *events.G
 		GuestClusterRef: events.GuestClusterRef{Namespace: ns, Name: name}, Reason: reason, Message: cause.Error()})
 }
 
-// onDeleteRequested deletes the guest cluster: control plane first (so its
-// node asks for nothing more), then its pods, then its identity (revoked),
-// its kubeconfig and its record.
+// onDeleteRequested deletes the guest cluster: it marks the record
+// Deleting with the delete request's generation (a request stored before
+// it does nothing from then on; a delete stored before the request the
+// record holds does nothing itself), then finishDeletion. A delete of a
+// guest cluster with no record leaves its tombstone all the same: a
+// request stored before it, not handled yet, must not make it.
 func (s *Service) onDeleteRequested(ctx context.Context, m *bus.Message, p *events.GuestClusterDeleteRequested) error {
 	key := events.GuestClusterRecordKey(p.Namespace, p.Name)
+	gen := requestGeneration(m)
 	now := time.Now().UTC()
 	// Under workerLocks: replaceWorkers in this process either declared
 	// before the mark (deleteWorkers then deletes what it made) or sees
 	// Deleting and declares nothing.
 	unlock := s.workerLocks.Lock(key)
 	rec, err := s.clusters.Mutate(ctx, key, func(r *clusterRecord) error {
-		if r.Phase == events.GuestClusterPhaseDeleting {
+		switch {
+		case r.supersedes(gen):
+			return errSuperseded
+		case r.Phase == events.GuestClusterPhaseDeleting && r.generation() == gen:
 			return record.ErrUnchanged
+		case r.Phase != events.GuestClusterPhaseDeleting:
+			r.Phase, r.DeletionRequestedAt = events.GuestClusterPhaseDeleting, &now
 		}
-		r.Phase, r.DeletionRequestedAt = events.GuestClusterPhaseDeleting, &now
+		r.Generation, r.GenerationAt = gen.seq, gen.at
 		return nil
 	})
 	unlock()
-	if errors.Is(err, record.ErrNotFound) {
+	switch {
+	case errors.Is(err, errSuperseded):
+		m.Log.Info("a request of the guest cluster stored after this delete made it; the delete does nothing", "seq", m.StreamSeq)
+		return nil
+	case errors.Is(err, record.ErrNotFound):
 		s.log.Info("delete of a guest cluster that does not exist", "guestcluster", p.ObjectKey())
+		// Its tombstone all the same. A request that made the record
+		// since the read has bury fail (errRecordBack): the delete is
+		// handled again, and marks it.
+		return s.bury(ctx, key, gen)
+	case err != nil:
+		return err
+	}
+	return s.finishDeletion(ctx, &m.Event, rec)
+}
+
+// finishDeletion takes a Deleting guest cluster's deletion to its end:
+// control plane first (so its node asks for nothing more), then its pods
+// and worker VMs, waiting until their records are gone, then forgetDeleted.
+func (s *Service) finishDeletion(ctx context.Context, cause *event.Event, rec *clusterRecord) error {
+	if err := s.removeControlPlane(ctx, rec); err != nil {
+		return err
+	}
+	n, err := s.deletePods(ctx, cause, &rec.GuestClusterRecord)
+	if err != nil {
+		return err
+	}
+	if _, err := s.deleteWorkers(ctx, cause, &rec.GuestClusterRecord); err != nil {
+		return err
+	}
+	return s.forgetDeleted(ctx, cause, rec, n)
+}
+
+// resumeDeletion is finishDeletion for the resync, of a Deleting record
+// whose delete request's handler may have gone with its process (it is
+// redelivered only after AckWait) or may run on another replica: the same
+// steps, each harmless when done again, but none that waits. It asks for
+// the deletion of the pods that remain (with the ids the request's
+// handler gives those requests when the stream still holds the request:
+// deletionCause); the worker VMs that remain the resync's sweep asks for
+// (sweepOrphanVMs, one id per VM); and it forgets the guest cluster only
+// once none of them is left, in this resync or a later one.
+func (s *Service) resumeDeletion(ctx context.Context, listed *clusterRecord) error {
+	// Read again: the deletion may have ended since the list, and a newer
+	// request made the guest cluster again.
+	rec, _, err := s.clusters.Get(ctx, listed.Key())
+	if err != nil || rec == nil || rec.Phase != events.GuestClusterPhaseDeleting {
+		return err
+	}
+	cause := s.deletionCause(ctx, rec)
+	if err := s.removeControlPlane(ctx, rec); err != nil {
+		return err
+	}
+	pods, err := s.askPodDeletions(ctx, &cause, &rec.GuestClusterRecord)
+	if err != nil {
+		return err
+	}
+	vms, err := s.workerVMs(ctx, rec.Namespace, rec.Name)
+	if err != nil || len(pods) > 0 || len(vms) > 0 {
+		return err
+	}
+	return s.forgetDeleted(ctx, &cause, rec, 0)
+}
+
+func (s *Service) removeControlPlane(ctx context.Context, rec *clusterRecord) error {
+	if s.cps == nil {
 		return nil
 	}
-	if err != nil {
-		return err
+	if err := s.cps.Remove(ctx, rec.Namespace, rec.Name); err != nil {
+		return fmt.Errorf("remove the control plane of %s/%s: %w", rec.Namespace, rec.Name, err)
 	}
-	if s.cps != nil {
-		if err := s.cps.Remove(ctx, p.Namespace, p.Name); err != nil {
-			return fmt.Errorf("remove the control plane of %s: %w", p.ObjectKey(), err)
-		}
-	}
-	n, err := s.deletePods(ctx, &m.Event, &rec.GuestClusterRecord)
-	if err != nil {
-		return err
-	}
-	if _, err := s.deleteWorkers(ctx, &m.Event, &rec.GuestClusterRecord); err != nil {
-		return err
-	}
+	return nil
+}
+
+// forgetDeleted ends the deletion of a guest cluster whose pods (n of
+// them) and worker VMs are gone: its identity (revoked), its kubeconfig
+// and its record, which leaves its tombstone; then guestcluster.deleted.
+// What it publishes has its cause's ids: a handler and a resync that end
+// the same deletion at once publish each effect once.
+func (s *Service) forgetDeleted(ctx context.Context, cause *event.Event, rec *clusterRecord, n int) error {
+	ref := events.GuestClusterRef{Namespace: rec.Namespace, Name: rec.Name}
 	// The identity is revoked, not only forgotten: a copy of its creds
 	// file kept anywhere stops working at once.
 	if s.minter != nil {
-		id := bus.GuestClusterIdentity(p.Namespace, p.Name).Name
+		id := bus.GuestClusterIdentity(ref.Namespace, ref.Name).Name
 		if err := s.minter.Revoke(ctx, id); err != nil {
-			return fmt.Errorf("revoke the identity %s of %s: %w", id, p.ObjectKey(), err)
+			return fmt.Errorf("revoke the identity %s of %s: %w", id, ref.ObjectKey(), err)
 		}
 		if err := s.minter.Forget(id); err != nil {
 			return err
 		}
 	}
+	key := rec.Key()
 	if err := s.kubeconfigs.KV().Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("remove the kubeconfig of %s: %w", p.ObjectKey(), err)
+		return fmt.Errorf("remove the kubeconfig of %s: %w", ref.ObjectKey(), err)
 	}
-	if err := s.clusters.Delete(ctx, key); err != nil {
+	if err := s.bury(ctx, key, rec.generation()); err != nil {
+		if errors.Is(err, errRecordBack) {
+			// Ended elsewhere meanwhile, and a newer request made the
+			// guest cluster again.
+			s.log.Info("guest cluster made again before its deletion ended here", "guestcluster", ref.ObjectKey())
+			return nil
+		}
 		return err
 	}
 	// A VM made after deleteWorkers' last look (declared before the
 	// mark) is an orphan now; one made later still, the resync's sweep
 	// finds.
-	if _, err := s.sweepOrphanVMs(ctx, &p.GuestClusterRef); err != nil {
-		s.log.Warn("sweep the VMs of a deleted guest cluster", "guestcluster", p.ObjectKey(), "err", err)
+	if _, err := s.sweepOrphanVMs(ctx, &ref); err != nil {
+		s.log.Warn("sweep the VMs of a deleted guest cluster", "guestcluster", ref.ObjectKey(), "err", err)
 	}
-	s.log.Info("guest cluster deleted", "guestcluster", p.ObjectKey(), "pods", n)
-	return s.out.Emit(ctx, &m.Event, &events.GuestClusterDeleted{GuestClusterRef: p.GuestClusterRef, Pods: n})
+	s.log.Info("guest cluster deleted", "guestcluster", ref.ObjectKey(), "pods", n)
+	return s.out.Emit(ctx, cause, &events.GuestClusterDeleted{GuestClusterRef: ref, Pods: n})
 }
 
 // running says whether a guest cluster runs: Ready, or Ready before and

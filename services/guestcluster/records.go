@@ -21,11 +21,14 @@ import (
 // existed reads as generation 0 and no refusal.
 type clusterRecord struct {
 	events.GuestClusterRecord
-	// Generation orders the requests whose spec the record took: the
-	// GUESTCLUSTERS stream sequence of the guestcluster.requested whose
-	// spec Spec is, and GenerationAt when JetStream stored that request
+	// Generation orders the requests the record took: the GUESTCLUSTERS
+	// stream sequence of the guestcluster.requested whose spec Spec is,
+	// or, once Deleting, of the guestcluster.delete.requested that marked
+	// it, and GenerationAt when JetStream stored that request
 	// (requestGeneration). A request's handler acts only while the record
-	// holds its own generation or an older one (supersedes).
+	// holds its own generation or an older one (supersedes); the record's
+	// tombstone keeps the deletion's once the record is gone
+	// (tombstone.go).
 	Generation   uint64    `json:"generation,omitempty"`
 	GenerationAt time.Time `json:"generationAt,omitzero"`
 	// RefusedWorkers are the worker VMs whose declaration the native VM
@@ -59,13 +62,19 @@ func requestGeneration(m *bus.Message) generation {
 // of one stream whatever the servers' clocks. A redelivery of the request
 // the record holds is not superseded: it finishes what its first delivery
 // began.
-func (r *clusterRecord) supersedes(g generation) bool {
-	return r.Generation > g.seq && !r.GenerationAt.Before(g.at)
+func (r *clusterRecord) supersedes(g generation) bool { return r.generation().after(g) }
+
+// generation is the generation of the request the record took last.
+func (r *clusterRecord) generation() generation {
+	return generation{seq: r.Generation, at: r.GenerationAt}
 }
 
+// after reports whether g is of a request stored after o (supersedes).
+func (g generation) after(o generation) bool { return g.seq > o.seq && !g.at.Before(o.at) }
+
 // errSuperseded stops a request's handler: a newer request of the guest
-// cluster was stored, and that one's handler converges the cluster. The
-// older one is acked and does nothing more.
+// cluster (its deletion included) was stored, and that one's handler
+// converges the cluster. The older one is acked and does nothing more.
 var errSuperseded = errors.New("a newer request of the guest cluster was stored")
 
 // conditionWorkersAccepted is the guest cluster's condition on its worker

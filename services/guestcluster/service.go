@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/podvisor/podvisor/events"
@@ -79,6 +80,10 @@ type Service struct {
 	out      *bus.Emitter
 	log      *slog.Logger
 	clusters *record.Store[clusterRecord]
+	// recordLog is the stream behind clusters, read for the tombstones
+	// KV reads hide (tombstone.go); requests is GUESTCLUSTERS, read for
+	// the delete request a resync finishes a deletion for.
+	recordLog, requests jetstream.Stream
 	// kubeconfigs are the admin kubeconfigs, in a bucket clients cannot
 	// read.
 	kubeconfigs *record.Store[events.GuestClusterKubeconfig]
@@ -143,7 +148,18 @@ func New(cfg Config, d Deps) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guestcluster: open KV bucket %s: %w", events.BucketVMImages, err)
 	}
+	// The streams' info is read once here: their reads use direct gets.
+	rlog, err := d.Bus.JetStream().Stream(ctx, "KV_"+events.BucketGuestClusters)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: stream of KV bucket %s: %w", events.BucketGuestClusters, err)
+	}
+	reqs, err := d.Bus.JetStream().Stream(ctx, events.StreamGuestClusters)
+	if err != nil {
+		return nil, fmt.Errorf("guestcluster: stream %s: %w", events.StreamGuestClusters, err)
+	}
 	s := &Service{
+		recordLog:   rlog,
+		requests:    reqs,
 		cfg:         cfg,
 		bus:         d.Bus,
 		out:         d.Bus.Emitter(Source),
@@ -267,15 +283,21 @@ func answers(ctx context.Context, endpoint string) bool {
 // supervisor, say), records its endpoint when it moved, declares again
 // its worker VMs that are missing (a record removed without vm.deleted, a
 // vm.deleted missed) but those whose declaration was refused and may not
-// succeed yet (replaceWorkers), and refreshes its nodes; then it asks for the
-// deletion of the VMs of guest clusters gone or being deleted
-// (sweepOrphanVMs).
+// succeed yet (replaceWorkers), and refreshes its nodes; then it takes on
+// the deletion of every Deleting guest cluster, whose handler may have
+// gone with its process (resumeDeletion), and asks for the deletion of
+// the VMs of guest clusters gone or being deleted (sweepOrphanVMs).
 func (s *Service) resync(ctx context.Context) error {
 	recs, err := s.clusters.List(ctx)
 	if err != nil {
 		return err
 	}
+	var deleting []clusterRecord
 	for _, r := range recs {
+		if r.Phase == events.GuestClusterPhaseDeleting {
+			deleting = append(deleting, r)
+			continue
+		}
 		lost := r.Phase == events.GuestClusterPhaseProvisioning && r.Reason == reasonControlPlaneLost
 		if r.Phase != events.GuestClusterPhaseReady && !lost {
 			continue
@@ -309,6 +331,13 @@ func (s *Service) resync(ctx context.Context) error {
 		}
 		if err := s.replaceWorkers(ctx, nil, r.Key()); err != nil && ctx.Err() == nil {
 			s.log.Warn("resync: worker nodes", "guestcluster", key, "err", err)
+		}
+	}
+	// Before the sweep, which asks for the deletion of the worker VMs
+	// that a deletion waits for.
+	for i := range deleting {
+		if err := s.resumeDeletion(ctx, &deleting[i]); err != nil && ctx.Err() == nil {
+			s.log.Warn("resync: a deletion", "guestcluster", deleting[i].Key(), "err", err)
 		}
 	}
 	if _, err := s.sweepOrphanVMs(ctx, nil); err != nil && ctx.Err() == nil {

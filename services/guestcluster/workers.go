@@ -276,15 +276,18 @@ func (s *Service) declareWorkersLocked(ctx context.Context, cause *event.Event, 
 		return out, err
 	case (rec == nil || rec.Phase == events.GuestClusterPhaseDeleting) && pass.request == nil:
 		return out, nil
-	case rec == nil || rec.Phase == events.GuestClusterPhaseDeleting:
+	case pass.request != nil && (rec == nil || rec.supersedes(*pass.request)):
+		// A newer request, or a delete stored after this one (which took
+		// the record's generation, and may have removed the record by
+		// now: an older delete does neither, the request superseding it).
+		return out, errSuperseded
+	case rec.Phase == events.GuestClusterPhaseDeleting:
 		return out, bus.Permanent(bus.WithReason("Deleting", fmt.Errorf("guest cluster %s was deleted while its workers were declared", key)))
 	}
 	// Set before the passes that leave this record alone: declareWorkers
 	// follows only when the record moves past it.
 	out.generation = rec.Generation
 	switch {
-	case pass.request != nil && rec.supersedes(*pass.request):
-		return out, errSuperseded
 	case pass.running && !running(&rec.GuestClusterRecord):
 		return out, nil
 	case pass.follow && !admitted(rec):

@@ -633,18 +633,9 @@ func TestAnOlderRequestDoesNothing(t *testing.T) {
 
 	// Two workers: the request's first delivery declares gc1-worker-1,
 	// then its control plane's Ensure is held, and fails once let go.
-	gate, entered := make(chan struct{}), make(chan string, 4)
-	h.cps.mu.Lock()
-	h.cps.gate, h.cps.entered, h.cps.failOnce = gate, entered, errors.New("control plane busy")
-	h.cps.mu.Unlock()
 	two := guestCluster()
 	two.GuestCluster.Spec.Workers = events.GuestClusterNodes{Replicas: 2, ClassName: "small", ImageName: "vmos"}
-	h.publishSeq(t, events.TypeGuestClusterRequested, two.ObjectKey(), two)
-	select {
-	case <-entered:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the request for two workers never reached its control plane")
-	}
+	release := h.requestHeldToFail(t, two)
 	w1 := declaredNamed(t, h, "gc1-worker-1")
 	h.putWorkerVM(t, w1, "esx-1", true)
 
@@ -662,7 +653,7 @@ func TestAnOlderRequestDoesNothing(t *testing.T) {
 
 	// Let go: the first fails (retried later), the newer is handled, then
 	// the first comes again, older than the spec the record holds.
-	close(gate)
+	release()
 	h.await(t, events.TypeGuestClusterReady)
 	h.waitConsumer(t, events.StreamGuestClusters, "every request settled", func(i *jetstream.ConsumerInfo) bool {
 		return i.NumPending == 0 && i.NumAckPending == 0 && i.AckFloor.Stream >= seq3

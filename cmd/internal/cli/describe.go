@@ -34,8 +34,8 @@ import (
 func newDescribeCmd(g *globals) *cobra.Command {
 	var namespace string
 	cmd := &cobra.Command{
-		Use:   "describe pod|host|network|networkservice|vm NAME",
-		Short: "Show one pod, host, network, network service, native VM or pod VM in detail, with its events",
+		Use:   "describe pod|host|network|networkservice|vm|guestcluster NAME",
+		Short: "Show one pod, host, network, network service, native VM, pod VM or guest cluster in detail, with its events",
 		Long: `describe prints an object's record as fields and lists the events about it (the CloudEvents
 whose subject is the object), oldest first.
 
@@ -43,9 +43,14 @@ describe vm NAME shows the native VM (VirtualMachine) of that name in the namesp
 and size, image, power state, host, NICs and conditions, then its events. When there is none, NAME
 is a pod VM: the pod's name, or the VM's own name (pv-<uid>); describe then reads that VM from
 vCenter (GOVC_URL, or the env file of podvisor up) and shows its power state, host, hardware and
-guestinfo beside the pod it runs.`,
+guestinfo beside the pod it runs.
+
+describe guestcluster NAME (or gc) shows the guest cluster of that name in the namespace (-n): its
+version, phase and why, endpoint, conditions (Compatible, WorkersAccepted), then each control-plane
+VM and worker node with its state; a worker whose VM declaration was refused shows the refusal's
+reason, field and message.`,
 		Args:              cobra.ExactArgs(2),
-		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network", "networkservice", "vm"),
+		ValidArgsFunction: completeNamesOf(g, "pod", "host", "network", "networkservice", "vm", "guestcluster"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			kind, name := args[0], args[1]
@@ -66,12 +71,14 @@ guestinfo beside the pod it runs.`,
 						return err
 					}
 					return describeVM(ctx, b, g, namespace, name)
+				case "guestcluster", "guestclusters", "gc":
+					return describeGuestCluster(ctx, b, g.stdout, namespace, name)
 				}
-				return usageError("cannot describe %q: want pod, host, network, networkservice or vm", kind)
+				return usageError("cannot describe %q: want pod, host, network, networkservice, vm or guestcluster", kind)
 			})
 		},
 	}
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod or VM")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "default", "namespace of the pod or VM, or of the guest cluster")
 	return cmd
 }
 
