@@ -2,6 +2,10 @@
 // it back for the host: the last lines (tail), the previous instance of a
 // restarted container, and a follow that carries on across restarts.
 //
+// The previous instance is the one the container's lastState names: the
+// instance before the running one, or, while the container waits to
+// restart (Restarting), the one that just ended.
+//
 // A read starts where Open puts it (Send then sends): some lines before
 // the end, the whole log, or its end (Request.FromEnd), so that a follow
 // from the end sends every byte written once Open has returned, and none
@@ -40,7 +44,11 @@ type Store struct {
 }
 
 type ctrLog struct {
-	instance int  // current instance, -1 before the first start
+	instance int // current instance, -1 before the first start
+	// previous is the instance a --previous read gets, -1 for none: the
+	// one before the current, or, once Restarting said so, the current
+	// one that ended.
+	previous int
 	ended    bool // the current instance's writer closed
 	final    bool // no instance will follow
 	changed  chan struct{}
@@ -60,7 +68,7 @@ func (s *Store) Close() { s.once.Do(func() { close(s.closed) }) }
 func (s *Store) ctr(name string) *ctrLog {
 	c, ok := s.ctrs[name]
 	if !ok {
-		c = &ctrLog{instance: -1, changed: make(chan struct{})}
+		c = &ctrLog{instance: -1, previous: -1, changed: make(chan struct{})}
 		s.ctrs[name] = c
 	}
 	return c
@@ -98,7 +106,7 @@ func (s *Store) Begin(name string, instance int) (*Writer, error) {
 	_ = os.Remove(p + ".1")
 	s.mu.Lock()
 	c := s.ctr(name)
-	c.instance, c.ended, c.final = instance, false, false
+	c.instance, c.previous, c.ended, c.final = instance, instance-1, false, false
 	c.broadcast()
 	s.mu.Unlock()
 	return &Writer{s: s, name: name, instance: instance, f: f}, nil
@@ -148,6 +156,17 @@ func (s *Store) Copy(name string, instance int, r io.Reader) error {
 	}
 	_, err = io.Copy(w, r)
 	return errors.Join(err, w.Close())
+}
+
+// Restarting says that instance of container name has ended and the
+// container waits to start again: until the next instance begins, a
+// --previous read gets this one. The kubelet reads the container of the
+// status's lastState, which in back-off is the instance that just ended
+// (a liveness kill's, a crash's), not the one before it.
+func (s *Store) Restarting(name string, instance int) {
+	s.mu.Lock()
+	s.ctr(name).previous = instance
+	s.mu.Unlock()
 }
 
 // Final says that container name will not start again: a follow ends at
@@ -203,30 +222,27 @@ func (s *Store) Open(name string, req Request) (*Reading, error) {
 	rd := &Reading{s: s, name: name, follow: req.Follow, r: reader{s: s, name: name}}
 	s.mu.Lock()
 	c, ok := s.ctrs[name]
-	instance := -1
+	instance, previous := -1, -1
 	if ok {
-		instance = c.instance
+		instance, previous = c.instance, c.previous
 	}
 	s.mu.Unlock()
-	if instance < 0 {
-		if req.Previous {
-			return nil, ErrNoPrevious
-		}
-		// Nothing written yet: a follow starts with the first instance's
-		// first byte, whenever it comes.
-		return rd, nil
-	}
 	if req.Previous {
-		if instance < 1 {
+		if previous < 0 {
 			return nil, ErrNoPrevious
 		}
-		instance--
+		instance = previous
 		rd.follow = false
 		if _, err := os.Stat(s.path(name, instance)); errors.Is(err, fs.ErrNotExist) {
 			// That instance never got its process started (its start
 			// failed), so it wrote nothing: its log is empty.
 			return rd, nil
 		}
+	}
+	if instance < 0 {
+		// Nothing written yet: a follow starts with the first instance's
+		// first byte, whenever it comes.
+		return rd, nil
 	}
 	if err := rd.r.start(instance, req.TailLines, req.FromEnd); err != nil {
 		rd.r.close()

@@ -109,6 +109,51 @@ func TestTailPreviousAndRotation(t *testing.T) {
 	w.Close()
 }
 
+// While a container waits to restart, --previous is the instance that
+// just ended (the one its lastState names), even its first; once the next
+// instance runs, and after the container's last one, it is the one before.
+func TestPreviousDuringBackoff(t *testing.T) {
+	s, err := NewStore(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	previous := func(want string) {
+		t.Helper()
+		got, err := read(t, s, "c", Request{Previous: true})
+		if want == "" && err != ErrNoPrevious {
+			t.Errorf("previous = %q, %v; want %v", got, err, ErrNoPrevious)
+		} else if want != "" && (got != want || err != nil) {
+			t.Errorf("previous = %q, %v; want %q", got, err, want)
+		}
+	}
+	w, _ := s.Begin("c", 0)
+	w.Write([]byte("zero\n"))
+	w.Close()
+	previous("") // ended; no restart said yet
+	s.Restarting("c", 0)
+	previous("zero\n")
+	if got, _ := read(t, s, "c", Request{}); got != "zero\n" {
+		t.Errorf("logs in back-off = %q, want the ended instance's", got)
+	}
+	w, _ = s.Begin("c", 1)
+	w.Write([]byte("one\n"))
+	previous("zero\n")
+	w.Close()
+	s.Restarting("c", 1)
+	previous("one\n")
+	w, _ = s.Begin("c", 2)
+	w.Close()
+	s.Final("c") // terminated for good: lastState stays the one before
+	previous("one\n")
+
+	// A first instance whose start failed wrote nothing: in its back-off
+	// its log is empty, not missing.
+	s.Restarting("never", 0)
+	if got, err := read(t, s, "never", Request{Previous: true}); got != "" || err != nil {
+		t.Errorf("previous of a start that failed = %q, %v; want empty", got, err)
+	}
+}
+
 func TestFollowAcrossInstances(t *testing.T) {
 	s, _ := NewStore(t.TempDir(), 1<<20)
 	w, _ := s.Begin("c", 0)

@@ -5,7 +5,9 @@
 // pod's restartPolicy with exponential back-off (CrashLoopBackOff while
 // waiting); liveness, readiness and startup probes; OOM kills recognised
 // from the container's memory cgroup; and a stop that sends SIGTERM, waits
-// the grace period and then SIGKILLs.
+// the grace period and then SIGKILLs. An instance the agent ended (a
+// probe's kill, a SIGKILL after the grace period) says why in its
+// terminated state's message, as the kubelet's event does.
 //
 // The Board holds what is reported: container states in
 // guestchannel.ContainerStatus shape and the pod's phase. The channel

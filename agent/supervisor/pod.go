@@ -83,9 +83,14 @@ type instance struct {
 }
 
 type killRequest struct {
+	// reason is stopReason, or why a probe ends the instance (its
+	// terminated state's message).
 	reason string
 	grace  time.Duration
 }
+
+// stopReason is the reason of the kills a stop of the pod sends.
+const stopReason = "stop"
 
 // New prepares a pod: the log store and the emptyDir volumes on the
 // ephemeral disk.
@@ -286,6 +291,8 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		}
 		delay := backoff
 		backoff = min(backoff*2, p.cfg.MaxBackoff)
+		// The log first: a host that sees the last state asks for its log.
+		p.logs.Restarting(c.Name, instanceNo)
 		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 			last := s.State
 			s.LastState = &last
@@ -499,7 +506,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 	if p.isStopping() {
 		// Stop came while this instance was being started: it did not see
 		// it, so the instance stops itself.
-		inst.kill <- killRequest{reason: "stop", grace: p.stopGrace()}
+		inst.kill <- killRequest{reason: stopReason, grace: p.stopGrace()}
 	}
 	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 		if instanceNo > 0 {
@@ -515,7 +522,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 	probeCtx, stopProbes := context.WithCancel(context.Background())
 	go p.probe(probeCtx, c, inst)
 
-	st := p.wait(inst)
+	st, killedWhy := p.wait(inst)
 	stopProbes()
 	oom := oomKilled(cgroupsPath)
 	p.mu.Lock()
@@ -527,7 +534,7 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 	<-pumped
 	finishedAt := time.Now().UTC()
 	term := guestchannel.ContainerState{Kind: guestchannel.StateTerminated, ExitCode: int32(st.ExitCode()),
-		Signal: int32(st.Signal()), StartedAt: &startedAt, FinishedAt: &finishedAt}
+		Signal: int32(st.Signal()), Message: killedWhy, StartedAt: &startedAt, FinishedAt: &finishedAt}
 	switch {
 	case oom:
 		term.Reason = "OOMKilled"
@@ -554,40 +561,63 @@ func (p *Pod) isInit(name string) bool {
 }
 
 // wait waits for the instance's process, serving kill requests: SIGTERM,
-// then SIGKILL once the grace period is over.
-func (p *Pod) wait(inst *instance) reaper.Status {
+// then SIGKILL once the grace period is over. It returns the process's
+// status and why the agent ended it, for its terminated state's message
+// ("" when it ended by itself, or on a stop's SIGTERM: the container's own
+// end, as the kubelet reports it).
+func (p *Pod) wait(inst *instance) (reaper.Status, string) {
 	var deadline <-chan time.Time
-	var reason string
+	var reason, message string
+	var grace time.Duration
 	for {
 		select {
 		case st := <-inst.proc.Done:
-			return st
+			return st, message
 		case k := <-inst.kill:
 			if deadline != nil {
-				if k.reason == "stop" {
+				if k.reason == stopReason {
 					reason = k.reason // a stop that comes during a probe's kill owns it
 				}
 				continue // already terminating
 			}
-			reason = k.reason
+			reason, grace = k.reason, k.grace
+			if reason != stopReason {
+				message = reason
+			}
 			p.cfg.Log.Info("stop container", "container", inst.id, "reason", k.reason, "grace", k.grace)
 			if k.grace <= 0 {
 				_ = inst.proc.Signal(unix.SIGKILL)
+				message = killedMessage(message, grace)
 			} else {
 				_ = inst.proc.Signal(unix.SIGTERM)
 			}
 			deadline = time.After(k.grace)
 		case <-deadline:
 			_ = inst.proc.Signal(unix.SIGKILL)
-			if reason == "stop" {
+			if grace > 0 { // else killed at once, and said so
+				message = killedMessage(message, grace)
+			}
+			if reason == stopReason {
 				// Stopped.Killed: the containers a stop had to kill.
 				p.mu.Lock()
 				p.killed = append(p.killed, inst.id)
 				p.mu.Unlock()
 			}
-			deadline = nil
+			// deadline stays set (it fires once): a kill asked for after
+			// this one (a probe failing on the dying process) is not
+			// another that would change the message.
 		}
 	}
+}
+
+// killedMessage adds to cause (a probe's failure, "" for a stop) that the
+// agent had to SIGKILL the instance after grace.
+func killedMessage(cause string, grace time.Duration) string {
+	killed := fmt.Sprintf("killed after the grace period of %s", grace)
+	if cause == "" {
+		return "pod stopped; " + killed
+	}
+	return cause + "; " + killed
 }
 
 // killInstance asks the running instance of name to end.
@@ -620,7 +650,7 @@ func (p *Pod) Stop(grace time.Duration) guestchannel.Stopped {
 		}
 		p.mu.Unlock()
 		for _, name := range names {
-			p.killInstance(name, "stop", grace)
+			p.killInstance(name, stopReason, grace)
 		}
 	})
 	<-p.stopped
@@ -759,20 +789,37 @@ func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Read
 		}
 		return 0, fmt.Errorf("container %s: %w", name, ErrNotRunning)
 	}
-	st, err := p.exec(ctx, inst, cmd, stdin, out)
+	// A program the container's files say it cannot run: the runtimes
+	// exit 255 for it, with a complaint that differs from one runtime to
+	// the other (crun's says "not found in $PATH" of an absolute path),
+	// and 255 is also a code a program may exit with itself. Its stderr
+	// is held back: on 255 a shell's message and exit code replace the
+	// runtime's; else (the program was there after all: made meanwhile)
+	// it is sent as it was, at the end.
+	cannot := lookProgram(p.container(name), fmt.Sprintf("/proc/%d/root", inst.proc.Pid), cmd[0])
+	var held [][]byte
+	send := out
+	if cannot != nil {
+		send = func(stream string, data []byte) {
+			if stream == "stderr" {
+				held = append(held, data) // one reader sends stderr: no lock
+				return
+			}
+			out(stream, data)
+		}
+	}
+	st, err := p.exec(ctx, inst, cmd, stdin, send)
 	if err != nil {
 		return 0, err
 	}
 	code := int32(st.ExitCode())
-	if code == exitRuntimeFailed {
-		// The runtime could not start the command (its message is on
-		// stderr already), or the command exited 255 itself.
-		switch err := lookProgram(p.container(name), p.rootfs(name), p.volumes, cmd[0]); {
-		case errors.Is(err, errProgramNotFound):
-			code = exitNotFound
-		case errors.Is(err, errProgramNotExecutable):
-			code = exitNotExecutable
-		}
+	if cannot != nil && code == exitRuntimeFailed {
+		var message string
+		code, message = cannotRun(cmd[0], cannot)
+		held = [][]byte{[]byte(message)}
+	}
+	for _, data := range held {
+		out("stderr", data)
 	}
 	return code, nil
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
@@ -23,8 +24,8 @@ func (p *Pod) probe(ctx context.Context, c *guestchannel.Container, inst *instan
 				return false // done
 			}
 			return true
-		}, func() {
-			p.killInstance(c.Name, "startup probe failed", grace)
+		}, func(err error) {
+			p.killInstance(c.Name, "startup probe failed: "+err.Error(), grace)
 		})
 		if !ok {
 			return
@@ -47,8 +48,8 @@ func (p *Pod) probe(ctx context.Context, c *guestchannel.Container, inst *instan
 		}, nil)
 	}
 	if c.LivenessProbe != nil {
-		p.runProbe(ctx, c, inst, c.LivenessProbe, func(bool) bool { return true }, func() {
-			p.killInstance(c.Name, "liveness probe failed", grace)
+		p.runProbe(ctx, c, inst, c.LivenessProbe, func(bool) bool { return true }, func(err error) {
+			p.killInstance(c.Name, "liveness probe failed: "+err.Error(), grace)
 		})
 	}
 }
@@ -56,10 +57,10 @@ func (p *Pod) probe(ctx context.Context, c *guestchannel.Container, inst *instan
 // runProbe probes every period. A verdict is reached after successThreshold
 // passes or failureThreshold failures in a row; verdict is told it and
 // returns whether to go on. failed (may be nil) runs on a failing verdict,
-// after which the probe stops. runProbe returns true when verdict stopped it
-// on a pass.
+// told the last check's error (the cause a kill reports), after which the
+// probe stops. runProbe returns true when verdict stopped it on a pass.
 func (p *Pod) runProbe(ctx context.Context, c *guestchannel.Container, inst *instance, pr *guestchannel.Probe,
-	verdict func(passed bool) bool, failed func()) bool {
+	verdict func(passed bool) bool, failed func(error)) bool {
 	period := time.Duration(max(pr.PeriodSeconds, 1)) * time.Second
 	timeout := time.Duration(max(pr.TimeoutSeconds, 1)) * time.Second
 	success, failure := max(pr.SuccessThreshold, 1), max(pr.FailureThreshold, 1)
@@ -90,7 +91,7 @@ func (p *Pod) runProbe(ctx context.Context, c *guestchannel.Container, inst *ins
 		case fails >= failure && last != 0:
 			last = 0
 			if failed != nil {
-				failed()
+				failed(err)
 				return false
 			}
 			if !verdict(false) {
@@ -122,7 +123,7 @@ func (p *Pod) check(ctx context.Context, inst *instance, pr *guestchannel.Probe,
 			return err
 		}
 		if code != 0 {
-			return fmt.Errorf("exec probe: exit %d", code)
+			return fmt.Errorf("command %q exited with %d", strings.Join(pr.Exec.Command, " "), code)
 		}
 		return nil
 	case pr.HTTPGet != nil:
@@ -146,7 +147,8 @@ func (p *Pod) check(ctx context.Context, inst *instance, pr *guestchannel.Probe,
 		}
 		resp.Body.Close()
 		if resp.StatusCode < 200 || resp.StatusCode >= 400 {
-			return fmt.Errorf("httpGet probe: status %d", resp.StatusCode)
+			// The kubelet's words, which a kill's message then carries.
+			return fmt.Errorf("HTTP probe failed with statuscode: %d", resp.StatusCode)
 		}
 		return nil
 	case pr.TCPSocket != nil:

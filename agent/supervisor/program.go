@@ -28,22 +28,35 @@ var (
 	errProgramNotExecutable = errors.New("permission denied")
 )
 
+// cannotRun is the exit code and the message (a line) a shell gives
+// program, which lookProgram said (err) cannot run.
+func cannotRun(program string, err error) (int32, string) {
+	switch {
+	case errors.Is(err, errProgramNotExecutable):
+		return exitNotExecutable, program + ": permission denied\n"
+	case strings.Contains(program, "/"):
+		return exitNotFound, program + ": no such file or directory\n"
+	default:
+		return exitNotFound, program + ": executable file not found in $PATH\n"
+	}
+}
+
 // lookProgram finds program as the container's exec would: a name with a
 // slash from the working directory, any other in the container's PATH.
-// It reads the container's files from outside: its root (rootfs) and its
-// volumes' directories (volumes, by volume name) where mounted. It
-// answers errProgramNotFound, errProgramNotExecutable or nil (found, or
-// undecidable from outside: the runtime's answer then stands).
-func lookProgram(c *guestchannel.Container, rootfs string, volumes map[string]string, program string) error {
-	if c == nil {
-		return nil
+// root is the container's root as its processes see it (/proc/<pid>/root
+// of one of them: its image, its volumes and the runtime's own mounts
+// such as /dev). It answers errProgramNotFound, errProgramNotExecutable
+// or nil (found, or undecidable: the runtime's answer then stands).
+func lookProgram(c *guestchannel.Container, root, program string) error {
+	if _, err := os.Stat(root); c == nil || err != nil {
+		return nil // the process is gone: the runtime says what it says
 	}
 	if strings.Contains(program, "/") {
 		p := program
 		if !path.IsAbs(p) {
 			p = path.Join("/", c.WorkingDir, p)
 		}
-		return executable(c, rootfs, volumes, p)
+		return executable(root, p)
 	}
 	dirs := bundle.DefaultPath
 	for _, e := range c.Env {
@@ -59,7 +72,7 @@ func lookProgram(c *guestchannel.Container, rootfs string, volumes map[string]st
 		if !path.IsAbs(d) {
 			d = path.Join("/", c.WorkingDir, d)
 		}
-		switch e := executable(c, rootfs, volumes, path.Join(d, program)); {
+		switch e := executable(root, path.Join(d, program)); {
 		case e == nil:
 			return nil
 		case errors.Is(e, errProgramNotExecutable):
@@ -72,19 +85,8 @@ func lookProgram(c *guestchannel.Container, rootfs string, volumes map[string]st
 
 // executable says whether the container's file p (absolute) is a regular
 // file with an execute bit.
-func executable(c *guestchannel.Container, rootfs string, volumes map[string]string, p string) error {
-	root, rel := rootfs, p
-	// The deepest volume mounted over p holds it.
-	best := -1
-	for _, m := range c.VolumeMounts {
-		mp := path.Clean("/" + m.MountPath)
-		dir, ok := volumes[m.Name]
-		if !ok || len(mp) <= best || (p != mp && !strings.HasPrefix(p, strings.TrimSuffix(mp, "/")+"/")) {
-			continue
-		}
-		best, root, rel = len(mp), dir, strings.TrimPrefix(p, mp)
-	}
-	full, err := securejoin.SecureJoin(root, rel)
+func executable(root, p string) error {
+	full, err := securejoin.SecureJoin(root, p)
 	if err != nil {
 		return nil
 	}

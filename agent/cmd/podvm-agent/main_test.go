@@ -158,20 +158,29 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 		})
 	}
 	// A command that cannot start exits as in a shell, kubectl or docker:
-	// 127 not found, 126 not executable (the runtimes exit 255), with the
-	// runtime's message on stderr.
+	// 127 not found, 126 not executable (the runtimes exit 255), with a
+	// shell's message on stderr instead of the runtime's.
 	for _, tc := range []struct {
-		cmd  []string
-		code int32
+		cmd    []string
+		code   int32
+		stderr string
 	}{
-		{[]string{"no-such-program"}, 127},
-		{[]string{"/no/such/program"}, 127},
-		{[]string{"/data.txt", "x"}, 126},
-		{[]string{"/etc"}, 126},
+		{[]string{"no-such-program"}, 127, "no-such-program: executable file not found in $PATH\n"},
+		{[]string{"/no/such/program"}, 127, "/no/such/program: no such file or directory\n"},
+		{[]string{"/data.txt", "x"}, 126, "/data.txt: permission denied\n"},
+		{[]string{"/etc"}, 126, "/etc: permission denied\n"},
 	} {
-		if r := g.Host.Exec("first", nil, tc.cmd...); r.ExitCode != tc.code || r.Stderr == "" || r.Error != "" {
-			t.Errorf("exec %q = %+v, want exit %d and the runtime's message on stderr", tc.cmd, r, tc.code)
+		if r := g.Host.Exec("first", nil, tc.cmd...); r.ExitCode != tc.code || r.Stderr != tc.stderr || r.Error != "" {
+			t.Errorf("exec %q = %+v, want exit %d and stderr %q", tc.cmd, r, tc.code, tc.stderr)
 		}
+	}
+	// A program the lookup cannot see from outside (on the container's
+	// own /dev tmpfs) runs, its stderr and its own 255 untouched.
+	if r := g.Host.Exec("first", nil, "sh", "-c", `printf '#!/bin/sh\necho out; echo err >&2; exit 255\n' > /dev/own; chmod +x /dev/own`); r.ExitCode != 0 {
+		t.Fatalf("write /dev/own: %+v", r)
+	}
+	if r := g.Host.Exec("first", nil, "/dev/own"); r.Stdout != "out\n" || r.Stderr != "err\n" || r.ExitCode != 255 || r.Error != "" {
+		t.Errorf("exec /dev/own = %+v, want its own output and exit 255", r)
 	}
 	if r := g.Host.Exec("three", nil, "true"); !strings.Contains(r.Error, "not running") {
 		t.Errorf("exec in a terminated container: %+v, want a not-running error", r)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/internal/guesttest"
@@ -57,14 +59,76 @@ func TestProbes(t *testing.T) {
 		l := v.Container("live")
 		return l.RestartCount == 1 && l.State.Kind == guestchannel.StateRunning
 	})
-	if l := v.Container("live"); l.LastState == nil || l.LastState.Kind != guestchannel.StateTerminated {
-		t.Errorf("live's last state = %+v, want the killed instance", l.LastState)
+	if l := v.Container("live"); l.LastState == nil || l.LastState.Kind != guestchannel.StateTerminated ||
+		!strings.HasPrefix(l.LastState.Message, `liveness probe failed: command "test -f /tmp/healthy" exited with 1`) {
+		t.Errorf("live's last state = %+v, want the killed instance, the probe's failure in its message", l.LastState)
 	}
 	// The new instance has a fresh root where its shell touched
 	// /tmp/healthy again, and the probe leaves it running.
 	guesttest.Eventually(t, "/tmp/healthy in the new instance", wait, func() bool {
 		return g.Host.Exec("live", nil, "test", "-f", "/tmp/healthy").ExitCode == 0
 	})
+}
+
+// A liveness or startup probe's kill says why in the container's
+// terminated state (the kubelet's event says it), and in the back-off that
+// follows, --previous reads the killed instance's log, even the first's.
+func TestLivenessKillSaysWhy(t *testing.T) {
+	needGuest(t)
+	full := withVolume(sh("full", `n=$(cat /v/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /v/n; echo "instance $n"; `+
+		`mkdir -p /www; echo ok > /www/index.html; exec httpd -f -p 8080 -h /www`))
+	full.LivenessProbe = &guestchannel.Probe{HTTPGet: &guestchannel.HTTPGetAction{Path: "/index.html", Port: 8080},
+		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 2}
+	// Nothing listens on port 9.
+	never := sh("never", "exec sleep 3600")
+	never.StartupProbe = &guestchannel.Probe{TCPSocket: &guestchannel.TCPSocketAction{Port: 9},
+		PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
+	spec := emptyDir(image.Spec("liveness", "Always", 1, nil, []guestchannel.Container{full, never}))
+	// A back-off long enough to ask for the log in it.
+	g := guest(t, spec, guesttest.Options{Backoff: 5 * time.Second, MaxBackoff: 5 * time.Second})
+
+	g.Host.Wait("full running", wait, running("full"))
+	if r := g.Host.Exec("full", nil, "rm", "/www/index.html"); r.ExitCode != 0 {
+		t.Fatalf("rm: %+v", r)
+	}
+	v := g.Host.Wait("full in back-off", wait, func(v guesttest.View) bool {
+		return v.Container("full").State.Reason == "CrashLoopBackOff"
+	})
+	// httpd as PID 1 has no SIGTERM handler: the grace runs out.
+	want := "liveness probe failed: HTTP probe failed with statuscode: 404; killed after the grace period of 1s"
+	if last := v.Container("full").LastState; last == nil || last.Reason != "Error" || last.ExitCode != 137 ||
+		last.Signal != 9 || last.Message != want {
+		t.Errorf("lastState = %+v, want Error, exit 137, signal 9, message %q", last, want)
+	}
+	prev, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true})
+	if prev != "instance 1\n" || errMsg != "" {
+		t.Errorf("logs --previous in back-off = %q, %q; want the killed instance's", prev, errMsg)
+	}
+	v = g.Host.Wait("never in back-off", wait, func(v guesttest.View) bool {
+		return v.Container("never").State.Reason == "CrashLoopBackOff"
+	})
+	if last := v.Container("never").LastState; last == nil ||
+		!strings.HasPrefix(last.Message, "startup probe failed: dial tcp 127.0.0.1:9: connect: connection refused") {
+		t.Errorf("never's lastState = %+v, want the startup probe's failure in its message", last)
+	}
+	if v, _, _ := g.Host.Snapshot(); v.Container("full").RestartCount != 0 {
+		t.Fatal("full restarted before its log was read: the back-off is too short for this test")
+	}
+	v = g.Host.Wait("full restarted", wait, func(v guesttest.View) bool {
+		return v.Container("full").RestartCount == 1 && v.Container("full").State.Kind == guestchannel.StateRunning
+	})
+	if prev, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true}); prev != "instance 1\n" {
+		t.Errorf("logs --previous of the restarted container = %q, want the killed instance's", prev)
+	}
+
+	// A stop that has to kill says so.
+	g.Host.Stop(1, wait)
+	v = g.Host.Wait("full stopped", wait, func(v guesttest.View) bool {
+		return v.Container("full").State.Kind == guestchannel.StateTerminated
+	})
+	if st := v.Container("full").State; st.Message != "pod stopped; killed after the grace period of 1s" {
+		t.Errorf("stopped state = %+v, want the stop's kill in its message", st)
+	}
 }
 
 // The agent redials when the host side drops the connection and sends
@@ -112,6 +176,10 @@ func TestCrun(t *testing.T) {
 	}
 	if r := g.Host.Exec("app", []byte("x"), "cat"); r.Stdout != "x" || r.ExitCode != 0 {
 		t.Errorf("exec = %+v", r)
+	}
+	// crun's own complaint says "not found in $PATH" of an absolute path.
+	if r := g.Host.Exec("app", nil, "/nonexistent"); r.ExitCode != 127 || r.Stderr != "/nonexistent: no such file or directory\n" {
+		t.Errorf("exec /nonexistent = %+v, want exit 127 and a shell's message", r)
 	}
 	// sleep as its container's PID 1 has no SIGTERM handler: the kernel
 	// ignores the signal, the grace period runs out, SIGKILL ends it.
