@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -550,4 +551,22 @@ type PodEncryption struct {
 	// so a changed key file is reported as such rather than as a corrupt
 	// record.
 	KeyID string `json:"keyId"`
+}
+
+// RequestedAfter reports whether r's pod was requested after the delete
+// stored at deleteSeq: pod.requested and pod.delete.requested share stream
+// PODS, and RequestID is "<event id>#<stream seq>" (the provisioner's
+// admission). Such a delete was about an earlier pod of that name (a
+// redelivery that comes after the pod was made again, a replay) and must
+// leave this one alone, whatever its client put in it: a delete carries a
+// uid only when its client read one. A delete not from the stream
+// (deleteSeq 0), or a record whose RequestID says no sequence, cannot
+// tell: the delete applies.
+func (r *PodRecord) RequestedAfter(deleteSeq uint64) bool {
+	i := strings.LastIndexByte(r.RequestID, '#')
+	if i < 0 || deleteSeq == 0 {
+		return false
+	}
+	seq, err := strconv.ParseUint(r.RequestID[i+1:], 10, 64)
+	return err == nil && seq > deleteSeq
 }

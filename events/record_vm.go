@@ -31,6 +31,14 @@ type VMRecord struct {
 	UID string `json:"uid"`
 	// Generation counts declarations that changed the spec.
 	Generation int64 `json:"generation"`
+	// DeclaredSeq is where stream VMS stored the last declaration that
+	// wrote this record (made the VM, or changed it). A vm.delete.requested
+	// stored before it is older than what the record now says: one about
+	// an earlier VM of the name, delivered again after that VM was deleted
+	// and the name declared anew, leaves this VM alone. 0 (omitted) on
+	// records written before it was kept: a delete then applies as it
+	// always did.
+	DeclaredSeq uint64 `json:"declaredSeq,omitempty"`
 	// Labels and Annotations of the latest declaration.
 	Labels      map[string]string `json:"labels,omitempty"`
 	Annotations map[string]string `json:"annotations,omitempty"`

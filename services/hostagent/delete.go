@@ -25,16 +25,17 @@ const defaultGracePeriod = 30
 // acknowledged at once. A pod of this host whose guest could not be told
 // comes back while its grace period runs (stopForDelete).
 func (s *Service) handleDelete(ctx context.Context, m *bus.Message, req *events.PodDeleteRequested) error {
-	rec, err := s.deleteRecord(ctx, req)
+	rec, err := s.deleteRecord(ctx, m, req)
 	if rec == nil || err != nil || rec.Host != s.cfg.Host {
 		return err
 	}
 	return s.stopForDelete(ctx, m, rec)
 }
 
-// deleteRecord is the record of the pod a delete names; nil when it has
-// none, or one of another uid than the delete's.
-func (s *Service) deleteRecord(ctx context.Context, req *events.PodDeleteRequested) (*events.PodRecord, error) {
+// deleteRecord is the record of the pod the delete m names; nil when it
+// has none, one of another uid than the delete's, or one requested after
+// the delete (PodRecord.RequestedAfter).
+func (s *Service) deleteRecord(ctx context.Context, m *bus.Message, req *events.PodDeleteRequested) (*events.PodRecord, error) {
 	ns := req.Namespace
 	if ns == "" {
 		ns = events.DefaultNamespace
@@ -47,6 +48,11 @@ func (s *Service) deleteRecord(ctx context.Context, req *events.PodDeleteRequest
 		return nil, err
 	}
 	if req.UID != "" && req.UID != rec.UID {
+		return nil, nil
+	}
+	if rec.RequestedAfter(m.StreamSeq) {
+		s.log.Info("delete stored before the request of the pod named so now; it was about an earlier pod: nothing stopped",
+			"pod", rec.Key(), "uid", rec.UID, "request", rec.RequestID, "delete_seq", m.StreamSeq)
 		return nil, nil
 	}
 	return rec, nil
@@ -193,7 +199,7 @@ func RunDeletes(ctx context.Context, b *bus.Bus, agents func(host string) (of, s
 			}
 			return bus.RetryAfter(errNoAgentYet, retryDelay(m))
 		}
-		rec, err := some.deleteRecord(ctx, req)
+		rec, err := some.deleteRecord(ctx, m, req)
 		if rec == nil || err != nil {
 			return err
 		}

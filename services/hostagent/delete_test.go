@@ -3,12 +3,15 @@ package hostagent_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -207,5 +210,57 @@ func TestSharedDeletesWaitForTheAgents(t *testing.T) {
 			}
 			e.waitDeleteAcked(consumer)
 		})
+	}
+}
+
+// publishSeq publishes p on the bus as the CLI would and returns the event
+// and where stream PODS stored it.
+func (e *env) publishSeq(p events.Payload) (string, uint64) {
+	e.t.Helper()
+	k, _ := events.KindOf(p)
+	ev, err := bus.NewEvent("podvisor/cli", k.Type, p.ObjectKey(), p)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	seq, err := e.bus.PublishSeq(context.Background(), ev)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return ev.ID(), seq
+}
+
+// requestPod publishes pod.requested for a pod web of one container app
+// and writes its record as the provisioner admits it: uid, its VM on host
+// and its RequestID ("<event id>#<stream seq>").
+func (e *env) requestPod(uid string, deleting time.Time) {
+	e.t.Helper()
+	pod := corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "web"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: "registry.local/app:1"}}}}
+	id, seq := e.publishSeq(&events.PodRequested{Pod: pod})
+	rec := e.putPod("web", uid, host, 30, "app")
+	rec.VMRef, rec.DeletionRequestedAt, rec.RequestID = "vm-"+uid, deleting, fmt.Sprintf("%s#%d", id, seq)
+	data, _ := json.Marshal(rec)
+	if _, err := e.pods.Put(context.Background(), events.PodRecordKey("default", "web"), data); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// A delete that comes back (its pod's guest could not be told at first)
+// after its pod was deleted and a pod of that name requested anew stops
+// nothing: it was stored before the new pod's request, so it is about the
+// earlier pod, although it names no uid.
+func TestADeleteDeliveredAgainDoesNotStopAPodRequestedAfterIt(t *testing.T) {
+	e := newEnv(t)
+	e.requestPod("uid-old", time.Now())
+	e.requestDelete("web") // the old pod's guest is not connected: it comes back
+	consumer := "hostagent-" + host + "-" + events.StreamPods
+	e.waitFirstOutcome(consumer)
+
+	e.requestPod("uid-new", time.Time{})
+	g := guesttest.Dial(t, e.svc.Socket(), guestchannel.Hello{PodUID: "uid-new", Namespace: "default", Name: "web", BootID: "b"}, "app")
+	e.waitReports("uid-new", 1)
+	e.waitDeleteAcked(consumer)
+	if stops := g.Stops(); len(stops) != 0 {
+		t.Fatalf("the new pod's guest was told to stop %d times by the earlier pod's delete: %+v", len(stops), stops)
 	}
 }

@@ -24,7 +24,12 @@
 // a delete whose uid precondition names another pod does not count. Only a
 // delivery that may be stale asks the stream, and only when it would create
 // the pod: a fresh first delivery, nearly every request, goes straight to
-// the KV Create (mayBeStale).
+// the KV Create (mayBeStale). The same order holds the other way: a delete
+// applies only to a pod requested before it (the record's RequestID,
+// "<event id>#<seq>", says where its request was stored), so a delete
+// delivered again after its pod was deleted and a pod of that name
+// requested anew leaves the new pod alone, uid or no uid in the delete.
+// The host agent's stop on delete follows the same rule.
 //
 // Facts. The scheduler (pod.scheduled / pod.unschedulable), the image cache
 // (pod.images.ready / failed), network-config (pod.network.attached /
@@ -90,7 +95,11 @@
 // Deletion (pod.delete.requested) first gives the containers their grace
 // period: a powered-on VM stays on until the guest reports every container
 // terminated, or at most terminationGracePeriodSeconds + GuestStopSlack
-// (the delete is retried with bus.RetryAfter meanwhile; stopwait.go). It
+// (stopwait.go). The guest's report finishes the delete as soon as it
+// shows them stopped; the delete request itself comes back at the bound
+// (bus.InProgress: its redelivery is the bound's timer, which no process
+// has to remember), and finding its pod gone, or a pod of that name
+// requested since, it is acknowledged and does nothing more. It
 // then powers off and destroys the VM — waiting for a create still in
 // flight — confirms it is gone, announces pod.deleted
 // with the host, image digests and addresses to release, and removes the

@@ -105,6 +105,10 @@ func (s *Service) gaveUp(ctx context.Context, m *bus.Message, podKey string, err
 		return rerr
 	case r == nil:
 		return bus.ErrNoFailureEvent // gone meanwhile: nobody to tell
+	case m.Stream == events.StreamPods && r.RequestedAfter(m.StreamSeq):
+		// Stored before this pod's request: about an earlier pod of the
+		// name, whose failure says nothing of this one.
+		return bus.ErrNoFailureEvent
 	case !r.DeletionRequestedAt.IsZero():
 		return s.deleteStalled(ctx, r, err)
 	case r.Phase == events.PodPhaseFailed:
@@ -619,6 +623,14 @@ func (s *Service) fail(ctx context.Context, r *events.PodRecord, reason, message
 	}
 	r.Phase, r.Reason, r.Message = events.PodPhaseFailed, reason, message
 	r.CreateTask = ""
+	if r.IP != "" || len(r.Attachments) > 0 {
+		// pod.failed releases every address of the pod (network-config),
+		// and another pod may hold one next: the status shows none.
+		r.NetworkHost, r.Attachments, r.IP = "", nil, ""
+		if _, ok := r.Condition(events.PodConditionNetworkAttached); ok {
+			r.SetCondition(events.PodConditionNetworkAttached, events.ConditionFalse, reason, "addresses released: the pod failed", s.now().UTC())
+		}
+	}
 	if err := s.save(ctx, r); err != nil {
 		return err
 	}
@@ -692,7 +704,10 @@ func forgetGuestOf(r *events.PodRecord, now time.Time, gone bool) {
 	}
 }
 
-// deleteRequested handles pod.delete.requested.
+// deleteRequested handles pod.delete.requested. It applies only to a pod
+// requested before it (PodRecord.RequestedAfter): the delete of a name is the delete
+// of the pod that name had when it was asked for, as a uid precondition
+// would say had the client read one.
 func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteRequested) error {
 	s := h.s
 	ns := p.Namespace
@@ -702,6 +717,20 @@ func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteReques
 	r, err := s.recs.get(ctx, events.PodRecordKey(ns, p.Name))
 	if err != nil {
 		return err
+	}
+	if r != nil && r.RequestedAfter(h.seq) {
+		// Stored before the request of the pod that bears the name now:
+		// about an earlier pod, gone since. Typically this delete's own
+		// redelivery (it waited for the containers to stop, and the
+		// guest's report finished the delete meanwhile) once the pod was
+		// made again.
+		h.log.Info("delete stored before the request of the pod named so now; it was about an earlier pod: nothing deleted",
+			"uid", r.UID, "request", r.RequestID, "delete_seq", h.seq)
+		if h.delivery > 1 {
+			return nil
+		}
+		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound,
+			fmt.Sprintf("pod %s was requested again (uid %s) after this delete, which was about an earlier pod of that name: nothing deleted", r.Key(), r.UID), "")
 	}
 	if r == nil && h.delivery > 1 {
 		// Redelivered while waiting for the containers to stop, and the
@@ -737,7 +766,10 @@ func (s *Service) teardown(ctx context.Context, r *events.PodRecord) error {
 	// The containers get their grace period: the VM stays on until the
 	// guest reports them stopped, or the bound passes (stopWait).
 	if wait := s.stopWait(r); wait > 0 {
-		return bus.RetryAfter(awaitingStop(r, wait), wait)
+		// Not a failure: the guest is stopping them, and its report
+		// finishes the delete. The delete request comes back at the
+		// bound, the timer no process has to keep.
+		return bus.InProgress(awaitingStop(r, wait), wait)
 	}
 	if err := s.removeVMs(ctx, r); err != nil {
 		return err

@@ -9,7 +9,8 @@ import (
 )
 
 // errAwaitingStop: a delete is waiting for the pod's containers to stop
-// before it powers the VM off (see stopWait). Returned with bus.RetryAfter.
+// before it powers the VM off (see stopWait). Returned with bus.InProgress:
+// not a failure, the guest is stopping them.
 var errAwaitingStop = errors.New("waiting for the pod's containers to stop before powering its VM off")
 
 // gracePeriod is the pod's terminationGracePeriodSeconds (30 s when unset,

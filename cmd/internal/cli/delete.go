@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sort"
@@ -294,11 +295,25 @@ func (g *globals) requestDeletion(ctx context.Context, b *bus.Bus, bucket, key, 
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Get(ctx, key); err != nil {
+	entry, err := kv.Get(ctx, key)
+	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return fmt.Errorf("%s not found", what)
 		}
 		return err
+	}
+	if d, ok := payload.(*events.PodDeleteRequested); ok && d.UID == "" {
+		// The pod just read is the one meant: its uid goes along as a
+		// precondition (as kubectl delete --preconditions), so a pod
+		// made again under the name meanwhile is refused, not deleted.
+		// The provisioner orders deletes after requests anyway; this
+		// says which pod in the delete itself, at no extra round trip.
+		var rec struct {
+			UID string `json:"uid"`
+		}
+		if json.Unmarshal(entry.Value(), &rec) == nil {
+			d.UID = rec.UID
+		}
 	}
 	ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
 	if err != nil {

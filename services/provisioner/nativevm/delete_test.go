@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/vim25/types"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/nativevm"
@@ -159,5 +160,38 @@ func (e *env) waitGone(namespace, name string) {
 			e.t.Fatalf("record of %s/%s still there: %+v", namespace, name, rec.Status)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A delete delivered again after its VM was deleted and the name declared
+// anew (its handler died before the ack, a durable replays the stream)
+// leaves the new VM alone: the delete was stored before the declaration
+// the record holds (DeclaredSeq), so it was about the earlier VM, whose
+// vm.deleted follows it; it is acknowledged, refused for nothing.
+func TestADeleteDeliveredAgainAfterTheVMIsDeclaredAgainLeavesTheNewVM(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareSmall()
+	first := e.runOn(vmDecl("small", ""), e.dc.Hosts()[0])
+	del := &events.VMDeleteRequested{Namespace: first.Namespace, Name: first.Name}
+	ev, seq := e.publishSeq("podvisor/cli", del)
+	e.waitGone(first.Namespace, first.Name)
+
+	again := e.runOn(vmDecl("small", ""), e.dc.Hosts()[0])
+	if again.UID == first.UID || again.DeclaredSeq <= seq {
+		t.Fatalf("VM declared anew: uid %s (the deleted one's %s), declared at %d (the delete at %d)", again.UID, first.UID, again.DeclaredSeq, seq)
+	}
+	if err := e.ctl.Deliver(ctx, ev, seq, del); err != nil {
+		t.Fatalf("the earlier VM's delete delivered again: %v; want it acknowledged", err)
+	}
+	rec, _, err := e.vms.Get(ctx, events.VMRecordKey(again.Namespace, again.Name))
+	if err != nil || rec == nil || rec.UID != again.UID || !rec.DeletionRequestedAt.IsZero() || rec.Status.Phase != events.VMPhaseReady {
+		t.Fatalf("after the earlier VM's delete delivered again: record %+v, %v; want the new VM %s Ready", rec, err, again.UID)
+	}
+	if power, err := e.vm(again).PowerState(ctx); err != nil || power != types.VirtualMachinePowerStatePoweredOn {
+		t.Errorf("the new VM is %s (%v), want on", power, err)
+	}
+	if rj := stored[events.VMRejected](e, del.ObjectKey(), seq); len(rj) != 0 {
+		t.Errorf("the earlier VM's delete delivered again was refused (%d vm.rejected); want it taken as done", len(rj))
 	}
 }

@@ -107,7 +107,12 @@
 // declaration outranks it, so the declaration delivered again once the
 // delete is done (a redelivery, a retry) makes nothing, while one stored
 // after the delete makes a new VM (bus.StoredAfter). The delete request is the
-// tombstone, kept as long as the stream keeps events.
+// tombstone, kept as long as the stream keeps events. The other way round,
+// a delete applies only to a record declared before it: the record keeps
+// where its last declaration was stored (VMRecord.DeclaredSeq), and a
+// delete stored earlier (delivered again once its VM was gone and the name
+// declared anew) leaves the VM alone. A record written before it kept that
+// says nothing, and a delete applies to it as it always did.
 //
 // # Drain and host loss
 //

@@ -175,7 +175,7 @@ func (c *Controller) onDeclared(ctx context.Context, m *bus.Message, e *events.V
 	spec := vm.Spec
 	spec.PowerState = spec.EffectivePowerState()
 	spec.Networks = spec.EffectiveNetworks()
-	err := c.admit(ctx, &m.Event, ns, vm.Metadata, spec)
+	err := c.admit(ctx, &m.Event, m.StreamSeq, ns, vm.Metadata, spec)
 	var r *refusal
 	if errors.As(err, &r) && r.reason == ReasonNotFound && m.Delivery < notFoundDeliveries {
 		// A class or image applied in the same file may be a moment
@@ -190,7 +190,9 @@ func (c *Controller) onDeclared(ctx context.Context, m *bus.Message, e *events.V
 // class and image to appear before it is refused.
 const notFoundDeliveries = 4
 
-func (c *Controller) admit(ctx context.Context, cause *event.Event, ns string, meta events.NamespacedMeta, spec events.VirtualMachineSpec) error {
+// admit applies a declaration, stored at seq in stream VMS (0: none, a
+// re-admission of the record's own spec), to the VM's record.
+func (c *Controller) admit(ctx context.Context, cause *event.Event, seq uint64, ns string, meta events.NamespacedMeta, spec events.VirtualMachineSpec) error {
 	class, _, err := c.classes.Get(ctx, spec.ClassName)
 	if err != nil {
 		return err
@@ -232,6 +234,7 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, ns string, m
 		}
 		changed = !exists || !reflect.DeepEqual(r.Spec, spec) || r.Size != size
 		r.Labels, r.Annotations = meta.Labels, meta.Annotations
+		r.DeclaredSeq = max(r.DeclaredSeq, seq) // deletes stored before it are older (onDeleteRequested)
 		if changed {
 			r.Generation++
 			r.Spec, r.Size, r.Image = spec, size, img.Image.Spec
@@ -269,7 +272,7 @@ func (c *Controller) redeclare(ctx context.Context, cause *event.Event, ns, name
 	if err != nil || rec == nil {
 		return err
 	}
-	err = c.admit(ctx, cause, ns, events.NamespacedMeta{Name: name, Namespace: ns, Labels: rec.Labels, Annotations: rec.Annotations}, rec.Spec)
+	err = c.admit(ctx, cause, 0, ns, events.NamespacedMeta{Name: name, Namespace: ns, Labels: rec.Labels, Annotations: rec.Annotations}, rec.Spec)
 	var r *refusal
 	if errors.As(err, &r) {
 		return nil // the class or image went away meanwhile: nothing to follow
@@ -378,6 +381,17 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 	if err != nil {
 		return err
 	}
+	msg := fmt.Sprintf("VirtualMachine %s/%s not found", e.Namespace, e.Name)
+	if rec != nil && m.StreamSeq != 0 && rec.DeclaredSeq > m.StreamSeq {
+		// Stored before the declaration the record holds now: about an
+		// earlier VM of the name (this delete delivered again once that
+		// VM was gone and the name declared anew), or outdone by a
+		// declaration stored after it. Either way the VM stays.
+		m.Log.Info("delete stored before the VM's declaration; it was about an earlier VM of the name: nothing deleted",
+			"uid", rec.UID, "declared_seq", rec.DeclaredSeq, "delete_seq", m.StreamSeq)
+		msg = fmt.Sprintf("VirtualMachine %s/%s was declared again (uid %s) after this delete: nothing deleted", e.Namespace, e.Name, rec.UID)
+		rec = nil
+	}
 	if rec == nil {
 		// The drift repair (or this request's earlier delivery) may have
 		// finished the delete: its vm.deleted follows the request, and
@@ -385,8 +399,7 @@ func (c *Controller) onDeleteRequested(ctx context.Context, m *bus.Message, e *e
 		if done, err := bus.StoredAfter[events.VMDeleted](ctx, c.bus.JetStream(), e.ObjectKey(), m.StreamSeq, nil); err != nil || done != nil {
 			return err
 		}
-		return c.reject(ctx, &m.Event, events.KindVirtualMachine, e.Namespace, e.Name,
-			&refusal{ReasonNotFound, "name", fmt.Sprintf("VirtualMachine %s/%s not found", e.Namespace, e.Name)})
+		return c.reject(ctx, &m.Event, events.KindVirtualMachine, e.Namespace, e.Name, &refusal{ReasonNotFound, "name", msg})
 	}
 	rec, err = c.mutateVM(ctx, e.Namespace, e.Name, rec.UID, func(r *events.VMRecord) error {
 		if r.DeletionRequestedAt.IsZero() {
