@@ -195,3 +195,27 @@ func TestADeleteDeliveredAgainAfterTheVMIsDeclaredAgainLeavesTheNewVM(t *testing
 		t.Errorf("the earlier VM's delete delivered again was refused (%d vm.rejected); want it taken as done", len(rj))
 	}
 }
+
+// TestAnOlderDeclarationDeliveredAgainLeavesTheNewerSpec: a declaration
+// stored before the one the VM holds, delivered again after it, changes
+// nothing: the newer spec stands.
+func TestAnOlderDeclarationDeliveredAgainLeavesTheNewerSpec(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.declareSmall()
+	older := vmDecl("small", "")
+	ev, seq := e.publishSeq("podvisor/cli", older)
+	e.waitRecord("accepted", func(r *events.VMRecord) bool { return r.Generation == 1 })
+	newer := vmDecl("small", "")
+	newer.VM.Spec.UserData = "#cloud-config\n"
+	e.publish("podvisor/cli", newer)
+	held := e.waitRecord("the newer spec", func(r *events.VMRecord) bool { return r.Generation == 2 && r.DeclaredSeq > seq })
+
+	if err := e.ctl.Deliver(ctx, ev, seq, older); err != nil {
+		t.Fatalf("the older declaration delivered again: %v", err)
+	}
+	rec, _, err := e.vms.Get(ctx, events.VMRecordKey(held.Namespace, held.Name))
+	if err != nil || rec == nil || rec.Generation != held.Generation || rec.Spec.UserData != newer.VM.Spec.UserData {
+		t.Fatalf("after the older declaration delivered again: record %+v, %v; want generation %d with the newer user data", rec, err, held.Generation)
+	}
+}

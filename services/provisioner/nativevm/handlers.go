@@ -209,7 +209,7 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, seq uint64, 
 	}
 	size := class.Class.Size()
 	key := events.VMRecordKey(ns, meta.Name)
-	var changed bool
+	var changed, superseded bool
 	rec, err := c.vms.Upsert(ctx, key, func(r *events.VMRecord, exists bool) error {
 		now := c.now().UTC()
 		if !exists {
@@ -220,6 +220,13 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, seq uint64, 
 		}
 		if !r.DeletionRequestedAt.IsZero() {
 			return refuse("Deleting", "metadata.name", "VM %s is being deleted; declare it again once it is gone", r.Key())
+		}
+		if exists && seq != 0 && r.DeclaredSeq > seq {
+			// Stored before the declaration the record holds and
+			// delivered after it (a redelivery, a replay): the newer
+			// spec stands.
+			superseded = true
+			return record.ErrUnchanged
 		}
 		if exists {
 			// Refused before anything is recorded or touched (a shrunk
@@ -249,6 +256,9 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, seq uint64, 
 	})
 	if err != nil {
 		return err
+	}
+	if superseded {
+		c.log.Info("declaration stored before the one the VM holds; the newer spec stands", "vm", key, "seq", seq)
 	}
 	if rec == nil || !changed {
 		return nil
