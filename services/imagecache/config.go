@@ -76,6 +76,10 @@ type Config struct {
 	// Limits cap manifests, layer counts, layer sizes and compression
 	// ratios (zero fields: oci's defaults).
 	Limits oci.Limits
+	// RegistryTimeouts bound each registry request: connect, TLS
+	// handshake, response header, and each pause of a body (zero fields:
+	// oci's defaults, 10s, 10s, 30s and 30s).
+	RegistryTimeouts oci.Timeouts
 	// MaxLayerEntries caps the tar entries of one layer (default 1,000,000).
 	MaxLayerEntries int
 	// StagingDir holds layers while they become filesystem images (default

@@ -66,9 +66,11 @@
 // metadata (an epoch key). If not (FLUSHALL, a restart without persistence),
 // it rebuilds the chain records and manifests from the datastores' disk
 // descriptors (their ddb.podvisor.* keys) and the pods' references from the
-// pod VMs' disks (template VMs hold none), each under the uid the VM's
-// guestinfo names, else the one in its name (pv-<uid>, or pv-<uid>-<n> for a
-// VM made again after an eviction); a reference it cannot write
+// pod records (the images pod.images.ready announced, which outlive a
+// restart whose vCenter has no VM yet) and from the pod VMs' disks
+// (template VMs hold none), each under the uid the VM's guestinfo names,
+// else the one in its name (pv-<uid>, or pv-<uid>-<n> for a VM made again
+// after an eviction); a reference it cannot write
 // leaves the metadata unmarked, and the next check rebuilds again;
 // pods being deployed meanwhile keep going, at worst pulling a layer a
 // second time, never failing.

@@ -2,10 +2,14 @@ package imagecache
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
@@ -101,31 +105,39 @@ func (s *Service) Rebuild(ctx context.Context) (RebuildReport, error) {
 	return rep, nil
 }
 
-// restoreRefs finds pod VMs (named pv-<uid>, or pv-<uid>-<n> when made
-// again after an eviction) whose disks are, or chain to, image disks and
-// references those chains, and their parents, for the VM's pod: the uid
-// its guestinfo names, else the one in its name (podUID), so that the
-// pod's pod.deleted drops them.
+// restoreRefs references the chains the pods use again, each for its pod,
+// so that the pod's pod.deleted drops them: those its record names (the
+// images pod.images.ready announced for it, which the provisioner folds
+// into the pod record) and those its pod VM has attached. The records are
+// the truth that outlives every restart: after one of `podvisor up`, whose
+// simulated vCenter starts empty, no pod VM exists yet when the rebuild
+// runs (the provisioner makes them again later, from the records), and the
+// chains of every running pod were left unreferenced. The VMs still count
+// for pods whose record lags or is gone while their VM runs.
 //
-// Template VMs are skipped on purpose, though their disks are image
-// disks too: in normal operation a template holds no reference (the image
-// cache never hears of templates; the pods forked from them hold their own,
-// as pv-<uid>), and a reference taken here under the template's name would
-// be one no pod.deleted ever drops, pinning the chains for good. The
-// collector keeps a template's chains all the same, as long as the template
-// has them attached (CollectGarbage).
+// A pod VM is named pv-<uid>, or pv-<uid>-<n> when made again after an
+// eviction; its pod is the uid its guestinfo names, else the one in its
+// name (podUID). Template VMs are skipped on purpose, though their disks
+// are image disks too: in normal operation a template holds no reference
+// (the image cache never hears of templates; the pods forked from them
+// hold their own, as pv-<uid>), and a reference taken here under the
+// template's name would be one no pod.deleted ever drops, pinning the
+// chains for good. The collector keeps a template's chains all the same,
+// as long as the template has them attached (CollectGarbage).
 //
 // A reference that cannot be written fails the rebuild, so that the
 // metadata is not marked intact without it and the next check tries
 // again; a chain not ready (being evicted, or pulled again) is no such
-// failure: its record is not the one the VM's disk was found with.
+// failure: its record is not the one the pod's disk was found with.
 func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.ChainRecord) (int, error) {
+	uses, err := s.recordedUses(ctx)
+	if err != nil {
+		return 0, err
+	}
 	vms, err := s.allVMs(ctx, "name", "config.hardware.device", uidProperty)
 	if err != nil {
 		return 0, err
 	}
-	n := 0
-	done := map[string]bool{} // uid NUL chain record key → referenced
 	for _, vm := range vms {
 		if !strings.HasPrefix(vm.Name, podVMPrefix) || strings.HasPrefix(vm.Name, templateVMPrefix) || vm.Config == nil {
 			continue
@@ -135,33 +147,86 @@ func (s *Service) restoreRefs(ctx context.Context, restored map[string]events.Ch
 			continue
 		}
 		for keys := range imageDisksOf(vm) {
-			if len(keys) == 0 {
-				continue
-			}
-			key := keys[0]
-			// The first image disk of the backing chain; its
-			// parents are found by the records. A chain already
-			// referenced for the pod had its parents referenced
-			// with it: a pod VM has every disk of its chains
-			// attached, and each would walk them again.
-			rec, found := restored[key]
-			for found && !done[uid+"\x00"+key] {
-				done[uid+"\x00"+key] = true
-				switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, uid); {
-				case err == nil:
-					n++
-				case !errors.Is(err, chaindb.ErrNotReady):
-					return n, fmt.Errorf("rebuild: pod VM %s: %w", vm.Name, err)
-				}
-				if rec.Parent == "" {
-					break
-				}
-				key = events.ChainRecordKey(rec.Parent, rec.Datastore)
-				rec, found = restored[key]
+			if len(keys) > 0 {
+				// The first image disk of the backing chain; its
+				// parents are found by the records.
+				uses = append(uses, chainUse{uid: uid, key: keys[0], from: "pod VM " + vm.Name})
 			}
 		}
 	}
+	n := 0
+	done := map[string]bool{} // uid NUL chain record key → referenced
+	for _, u := range uses {
+		// A chain already referenced for the pod had its parents
+		// referenced with it: a pod uses every disk of its chains, and
+		// each would walk them again.
+		key := u.key
+		rec, found := restored[key]
+		for found && !done[u.uid+"\x00"+key] {
+			done[u.uid+"\x00"+key] = true
+			switch _, err := s.db.AddRef(ctx, rec.ChainID, rec.Datastore, u.uid); {
+			case err == nil:
+				n++
+			case !errors.Is(err, chaindb.ErrNotReady):
+				return n, fmt.Errorf("rebuild: %s: %w", u.from, err)
+			}
+			if rec.Parent == "" {
+				break
+			}
+			key = events.ChainRecordKey(rec.Parent, rec.Datastore)
+			rec, found = restored[key]
+		}
+	}
 	return n, nil
+}
+
+// chainUse is a pod's use of an image disk found by the rebuild: the
+// chain record key ("<chainID>@<ds>") of the disk, and where it was found.
+type chainUse struct {
+	uid, key, from string
+}
+
+// recordedUses lists the image disks the pod records name (their
+// pod.images.ready, as the provisioner keeps it): every pod that exists,
+// with a VM or not yet. No pods bucket (nothing ever ran) is no pod.
+func (s *Service) recordedUses(ctx context.Context) ([]chainUse, error) {
+	kv, err := s.podsBucket(ctx)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: %w", err)
+	}
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("rebuild: read the pod records: %w", err)
+	}
+	defer func() { _ = w.Stop() }()
+	var uses []chainUse
+	for {
+		var entry jetstream.KeyValueEntry
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case entry = <-w.Updates():
+		}
+		if entry == nil {
+			return uses, nil // the current values are all read
+		}
+		var rec events.PodRecord
+		if err := json.Unmarshal(entry.Value(), &rec); err != nil || rec.UID == "" {
+			s.log.Warn("rebuild: pod record unreadable; its pod's chains are referenced only through its VM", "key", entry.Key(), "err", err)
+			continue
+		}
+		from := "pod record " + events.PodKey(rec.Namespace, rec.Name)
+		for _, img := range rec.Images {
+			for _, disk := range append(slices.Clone(img.Chain), img.Disk) {
+				if key, ok := imageDiskKey(disk); ok {
+					uses = append(uses, chainUse{uid: rec.UID, key: key, from: from})
+				}
+			}
+		}
+	}
 }
 
 // dropStale forgets ready records of datastore ds whose folder is not ready

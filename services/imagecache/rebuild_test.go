@@ -2,6 +2,9 @@ package imagecache_test
 
 import (
 	"context"
+	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +12,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/imagecache"
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
+	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
 	"github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/podvisor/podvisor/shared/vsphere"
@@ -132,4 +136,73 @@ func TestRebuildReferencesUnderThePodsUID(t *testing.T) {
 	for _, l := range layers {
 		waitRefs(t, e, l.ChainID, 0)
 	}
+}
+
+// TestRebuildRestoresWhatRunningPodsUse is a restart of `podvisor up`:
+// Redis comes back empty and the simulated vCenter without a single VM
+// (the provisioner makes the pod VMs again later, from the pod records).
+// The rebuild restores every chain found on the datastore as ready, and
+// each running pod's references from its record (the images its
+// pod.images.ready announced); a deleted pod's chains stay unreferenced.
+// The collector, over budget and past the grace, then takes only what no
+// pod uses. Before, the rebuild found references in the pod VMs alone:
+// with none yet, every chain was left at 0 references and the collector
+// deleted the disks of running pods.
+func TestRebuildRestoresWhatRunningPodsUse(t *testing.T) {
+	e := startEnv(t, func(c *imagecache.Config) {
+		c.CheckInterval = time.Hour
+		c.GCBudgetBytes = 1
+		c.GCGrace = time.Nanosecond
+	})
+	ctx := context.Background()
+	web, worker := e.reg.Ref("podvisor/web:1.0"), e.reg.Ref("podvisor/worker:1.0")
+	e.accept("w1", web)
+	e.accept("k1", worker)
+	evs := e.WaitFor("pods ready", 20*time.Second, func(evs []testenv.Seen) bool { return countReady(t, evs, "") == 2 })
+	webLayers, workerLayers := layerSizes(t, e, web), layerSizes(t, e, worker)
+	// The provisioner folds pod.images.ready into the record of k1; w1 is
+	// deleted.
+	rec := testenv.MustGet[events.PodRecord](e.Env, events.BucketPods, events.PodRecordKey("default", "k1"))
+	rec.Images = readyFor(t, evs, "k1").Containers
+	e.PutPodRecord(rec)
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "w1", UID: testenv.UID("w1")}})
+	waitRefs(t, e, webLayers[2].ChainID, 0)
+
+	if err := e.redis.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := e.svc.Rebuild(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Chains != 4 || rep.Refs != len(workerLayers) {
+		t.Fatalf("rebuild: %+v, want the 4 chains restored and k1's %d references", rep, len(workerLayers))
+	}
+	images, err := imagemeta.NewReader(e.redis).Images(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, im := range images {
+		got[im.Image] = fmt.Sprintf("%s refs=%d", im.State, im.Refs)
+	}
+	if want := map[string]string{web: "ready refs=0", worker: "ready refs=1"}; !maps.Equal(got, want) {
+		t.Fatalf("images after the rebuild: %v, want %v", got, want)
+	}
+
+	time.Sleep(time.Millisecond) // past the grace of 1ns
+	if evicted := collectGarbage(t, e); !slices.Equal(evicted, []string{webLayers[2].ChainID, webLayers[1].ChainID}) {
+		t.Fatalf("evicted %v, want only web's own layers %s, %s", evicted, webLayers[2].ChainID, webLayers[1].ChainID)
+	}
+	store := imagedisk.New(e.vc.Client.Client, e.vc.DC)
+	for _, l := range workerLayers {
+		if _, err := store.ReadDisk(ctx, sharedDS, l.ChainID); err != nil {
+			t.Fatalf("k1's chain %s lost its disk: %v", l.ChainID, err)
+		}
+	}
+
+	// k1's pod.deleted drops what the rebuild restored.
+	e.Publish(&events.PodDeleted{PodRef: events.PodRef{Namespace: "default", Name: "k1", UID: testenv.UID("k1")}})
+	waitRefs(t, e, workerLayers[1].ChainID, 0)
+	waitRefs(t, e, workerLayers[0].ChainID, 0)
 }

@@ -102,7 +102,7 @@ func New(cfg Config, d Deps) (*Service, error) {
 	}
 	log := d.Log()
 	registry, err := oci.New(oci.Config{Insecure: cfg.InsecureRegistries, CAFile: cfg.RegistryCAFile, AuthFile: cfg.RegistryAuthFile,
-		RedirectHosts: cfg.RedirectHosts, Platform: cfg.Platform, Limits: cfg.Limits})
+		RedirectHosts: cfg.RedirectHosts, Platform: cfg.Platform, Limits: cfg.Limits, Timeouts: cfg.RegistryTimeouts})
 	if err != nil {
 		return nil, fmt.Errorf("imagecache config: %w", err)
 	}

@@ -18,7 +18,13 @@
 // Fetch streams one layer, decompressed (gzip, zstd or none), to a reader
 // of its tar while hashing both forms, and checks the compressed digest and
 // the diffID at the end; bytes that do not match are ErrDigestMismatch
-// naming the digest, never a stored layer.
+// naming the digest, never a stored layer. A manifest asked for by digest
+// that hashes to another is ErrDigestMismatch too.
+//
+// Every registry request is bounded (Timeouts): connecting, the TLS
+// handshake, the wait for the response header, and each pause of a body
+// (a stalled body fails, a slow one that keeps arriving does not). Each
+// bound that runs out is ErrRegistryUnavailable saying "timed out after".
 //
 // Hostile registries: Limits cap manifests, layer counts, compressed and
 // uncompressed layer sizes and the compression ratio as the stream inflates

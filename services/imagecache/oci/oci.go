@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -31,7 +32,9 @@ var (
 	ErrImageNotFound       = errors.New("image not found")
 	ErrUnauthorized        = errors.New("registry refused access")
 	ErrRegistryUnavailable = errors.New("registry unavailable")
-	ErrDigestMismatch      = errors.New("layer digest mismatch")
+	// ErrDigestMismatch: the registry served bytes other than those asked
+	// for (a layer or a manifest whose digest is not the one named).
+	ErrDigestMismatch = errors.New("digest mismatch")
 	// ErrLimit: the image is over one of the Limits (the message names it).
 	ErrLimit = errors.New("image over a limit")
 	// ErrRefused: the registry asked for something the policy forbids
@@ -126,13 +129,49 @@ type Config struct {
 	Platform string
 	// Limits cap what a registry may make the cache read and write.
 	Limits Limits
-	// Transport, when set, carries the registry traffic.
+	// Timeouts bound each registry request.
+	Timeouts Timeouts
+	// Transport, when set, carries the registry traffic (Timeouts.Connect
+	// and Timeouts.Handshake are then its own business).
 	Transport http.RoundTripper
 	// Retries of a temporary registry failure inside one call (0 = 2), with
 	// RetryDelay (0 = 200ms) doubling between them. Longer waits belong to
 	// the bus's redelivery backoff, not to a handler.
 	Retries    int
 	RetryDelay time.Duration
+}
+
+// Timeouts bound each registry request, so that a registry that accepts
+// connections and never answers fails a pull (ErrRegistryUnavailable,
+// "timed out after") instead of holding it until the caller gives up. Zero
+// fields take the defaults.
+type Timeouts struct {
+	// Connect bounds a TCP connection (default 10s).
+	Connect time.Duration
+	// Handshake bounds a TLS handshake (default 10s).
+	Handshake time.Duration
+	// Header bounds the wait for a response header, from the moment the
+	// request is made (default 30s).
+	Header time.Duration
+	// Idle bounds each pause of a response body (default 30s): a body
+	// that stalls fails, a slow one that keeps arriving does not.
+	Idle time.Duration
+}
+
+// Defaults of Timeouts.
+const (
+	DefaultConnectTimeout   = 10 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultHeaderTimeout    = 30 * time.Second
+	DefaultIdleTimeout      = 30 * time.Second
+)
+
+func (t Timeouts) withDefaults() Timeouts {
+	t.Connect = cmp.Or(t.Connect, DefaultConnectTimeout)
+	t.Handshake = cmp.Or(t.Handshake, DefaultHandshakeTimeout)
+	t.Header = cmp.Or(t.Header, DefaultHeaderTimeout)
+	t.Idle = cmp.Or(t.Idle, DefaultIdleTimeout)
+	return t
 }
 
 // Client talks to registries.
@@ -144,6 +183,7 @@ type Client struct {
 // New returns a registry client.
 func New(cfg Config) (*Client, error) {
 	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Timeouts = cfg.Timeouts.withDefaults()
 	if cfg.Platform == "" {
 		cfg.Platform = "linux/amd64"
 	}
@@ -175,12 +215,14 @@ func New(cfg Config) (*Client, error) {
 		}
 		t := remote.DefaultTransport.(*http.Transport).Clone()
 		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		t.DialContext = boundedDial(cfg.Timeouts.Connect)
+		t.TLSHandshakeTimeout = cfg.Timeouts.Handshake
 		base = t
 	}
 	opts := []remote.Option{
 		remote.WithAuthFromKeychain(cfg.Keychain),
 		remote.WithRetryBackoff(remote.Backoff{Duration: cfg.RetryDelay, Factor: 2, Steps: cfg.Retries + 1}),
-		remote.WithTransport(&policy{base: base, insecure: cfg.Insecure, redirects: cfg.RedirectHosts, maxManifest: cfg.Limits.MaxManifestBytes, untrusted: map[string]error{}}),
+		remote.WithTransport(&policy{base: base, insecure: cfg.Insecure, redirects: cfg.RedirectHosts, maxManifest: cfg.Limits.MaxManifestBytes, untrusted: map[string]error{}, timeouts: cfg.Timeouts}),
 		remote.WithPlatform(*platform),
 	}
 	return &Client{cfg: cfg, opts: opts}, nil
@@ -326,7 +368,7 @@ func classify(ref string, err error) error {
 	if cerr := certificateError(err); cerr != nil {
 		return fmt.Errorf("image %s: %w: %v (trust its CA with PODVISOR_REGISTRY_CA)", ref, ErrUntrusted, cerr)
 	}
-	if errors.Is(err, ErrLimit) || errors.Is(err, ErrRefused) {
+	if errors.Is(err, ErrLimit) || errors.Is(err, ErrRefused) || errors.Is(err, ErrRegistryUnavailable) {
 		return fmt.Errorf("image %s: %w", ref, err)
 	}
 	var terr *transport.Error
@@ -354,6 +396,12 @@ func classify(ref string, err error) error {
 	if errors.As(err, &nerr) || errors.As(err, &operr) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "no such host") {
 		return fmt.Errorf("%w: %s: %v", ErrRegistryUnavailable, ref, err)
+	}
+	// A manifest asked for by digest that hashes to another digest
+	// (go-containerregistry says so in a plain error): the registry serves
+	// the wrong bytes, and asking again gets the same ones.
+	if strings.Contains(err.Error(), "does not match requested digest") {
+		return fmt.Errorf("%w: %s: the registry served another manifest: %v", ErrDigestMismatch, ref, err)
 	}
 	if strings.Contains(err.Error(), "error verifying") {
 		return fmt.Errorf("%w: %s: %v", ErrDigestMismatch, ref, err)

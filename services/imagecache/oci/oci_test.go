@@ -32,7 +32,7 @@ func (w *corruptingWriter) Write(p []byte) (int, error) {
 
 func startRegistry(t *testing.T, corrupt *string) *ociregistry.Registry {
 	t.Helper()
-	reg, err := ociregistry.Start(context.Background(), ociregistry.Config{Wrap: func(h http.Handler) http.Handler {
+	return wrappedRegistry(t, func(h http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if *corrupt != "" && r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+*corrupt) {
 				h.ServeHTTP(&corruptingWriter{ResponseWriter: w}, r)
@@ -40,15 +40,7 @@ func startRegistry(t *testing.T, corrupt *string) *ociregistry.Registry {
 			}
 			h.ServeHTTP(w, r)
 		})
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(reg.Close)
-	if _, err := ociregistry.Seed(context.Background(), reg.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	return reg
+	})
 }
 
 func newClient(t testing.TB, cfg oci.Config) *oci.Client {

@@ -1,6 +1,7 @@
 package oci
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/docker/cli/cli/config/configfile"
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -32,11 +34,14 @@ import (
 //     certificate error.
 //   - A redirect to another host only when that host is allowed.
 //   - Manifest responses are cut at the manifest size cap.
+//   - Each request waits at most Timeouts.Header for its response header,
+//     and each read of its body at most Timeouts.Idle.
 type policy struct {
 	base        http.RoundTripper
 	insecure    []string
 	redirects   []string
 	maxManifest int64
+	timeouts    Timeouts
 
 	mu sync.Mutex
 	// untrusted holds the certificate error of each host whose HTTPS
@@ -59,7 +64,7 @@ func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, fmt.Errorf("%w: %s redirected to %s, a host not allowed (PODVISOR_REGISTRY_REDIRECT_HOSTS)", ErrRefused, from, to)
 		}
 	}
-	resp, err := p.base.RoundTrip(req)
+	resp, err := p.send(req)
 	if cerr := certificateError(err); cerr != nil {
 		p.mu.Lock()
 		p.untrusted[req.URL.Host] = cerr
@@ -74,6 +79,79 @@ func (p *policy) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	resp.Body = &limitedBody{rc: resp.Body, left: p.maxManifest, path: req.URL.Path}
 	return resp, nil
+}
+
+// send sends req through the base transport within Timeouts.Header and
+// bounds each read of the response body by Timeouts.Idle. A bound that
+// runs out cancels the request: the error says which and after how long.
+// The errors are not temporary, so go-containerregistry does not retry
+// them within the call: a registry that hangs costs one bound per attempt,
+// and the bus's redeliveries try again later, with the reason told.
+func (p *policy) send(req *http.Request) (*http.Response, error) {
+	what := req.Method + " " + req.URL.Redacted()
+	ctx, cancel := context.WithCancelCause(req.Context())
+	header := time.AfterFunc(p.timeouts.Header, func() {
+		cancel(fmt.Errorf("%w: %s: no response header: timed out after %s", ErrRegistryUnavailable, what, p.timeouts.Header))
+	})
+	resp, err := p.base.RoundTrip(req.WithContext(ctx))
+	header.Stop()
+	if err != nil {
+		var nerr net.Error
+		switch cause := context.Cause(ctx); {
+		case errors.Is(cause, ErrRegistryUnavailable):
+			err = cause
+		case errors.As(err, &nerr) && nerr.Timeout() && strings.Contains(err.Error(), "TLS handshake"):
+			err = fmt.Errorf("%w: %s: TLS handshake timed out after %s", ErrRegistryUnavailable, what, p.timeouts.Handshake)
+		}
+		cancel(nil)
+		return nil, err
+	}
+	resp.Body = &idleBody{rc: resp.Body, ctx: ctx, cancel: cancel, idle: p.timeouts.Idle, what: what}
+	return resp, nil
+}
+
+// idleBody fails a body read that waits longer than idle for a byte, by
+// cancelling the request: a stalled body fails, a slow one does not (the
+// bound is on each read, not on the whole body).
+type idleBody struct {
+	rc     io.ReadCloser
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	idle   time.Duration
+	what   string
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	stall := time.AfterFunc(b.idle, func() {
+		b.cancel(fmt.Errorf("%w: %s: the body stalled: timed out after %s without a byte", ErrRegistryUnavailable, b.what, b.idle))
+	})
+	n, err := b.rc.Read(p)
+	stall.Stop()
+	if err != nil && err != io.EOF {
+		if cause := context.Cause(b.ctx); errors.Is(cause, ErrRegistryUnavailable) {
+			err = cause
+		}
+	}
+	return n, err
+}
+
+func (b *idleBody) Close() error {
+	err := b.rc.Close()
+	b.cancel(nil)
+	return err
+}
+
+// boundedDial dials within timeout, and says so when it runs out.
+func boundedDial(timeout time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	d := &net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		var nerr net.Error
+		if err != nil && ctx.Err() == nil && errors.As(err, &nerr) && nerr.Timeout() {
+			return nil, fmt.Errorf("%w: connect to %s: timed out after %s", ErrRegistryUnavailable, addr, timeout)
+		}
+		return c, err
+	}
 }
 
 func (p *policy) certFailure(host string) error {
