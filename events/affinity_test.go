@@ -25,10 +25,15 @@ func TestValidateAffinity(t *testing.T) {
 		{"required anti-affinity per host", anti(TopologyKeyHostname), ""},
 		{"podvisor host key", anti(TopologyKeyHost), ""},
 		{"zone topology refused", anti("topology.kubernetes.io/zone"), "podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey"},
-		{"pod affinity refused", &corev1.Affinity{PodAffinity: &corev1.PodAffinity{}}, "affinity.podAffinity"},
+		{"pod affinity refused", &corev1.Affinity{PodAffinity: &corev1.PodAffinity{}},
+			"affinity.podAffinity: Forbidden: not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution podAntiAffinity per host is supported"},
 		{"preferred anti-affinity refused", &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
 			PreferredDuringSchedulingIgnoredDuringExecution: []corev1.WeightedPodAffinityTerm{{Weight: 1}},
-		}}, "podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution"},
+		}}, "podAntiAffinity.preferredDuringSchedulingIgnoredDuringExecution: Forbidden: not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution pod anti-affinity is supported"},
+		// The whole sentence, so that a refusal never reads as cut off.
+		{"preferred node affinity refused", &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
+			PreferredDuringSchedulingIgnoredDuringExecution: []corev1.PreferredSchedulingTerm{{Weight: 1}},
+		}}, "nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution: Forbidden: not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution node affinity is supported"},
 		{"required node affinity on host labels", &corev1.Affinity{NodeAffinity: &corev1.NodeAffinity{
 			RequiredDuringSchedulingIgnoredDuringExecution: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
 				MatchExpressions: []corev1.NodeSelectorRequirement{{Key: "podvisor.io/cluster", Operator: corev1.NodeSelectorOpIn, Values: []string{"cluster-1"}}},

@@ -117,6 +117,9 @@ const (
 	// NetworkServicePartial: some networks of the spec could not get one
 	// (unknown network, no free address); Message says which and why.
 	NetworkServicePartial = "Partial"
+	// NetworkServicePending: no network of the spec has a profile, so
+	// nothing is served yet; Reason and Message say which are missing.
+	NetworkServicePending = "Pending"
 )
 
 // NetworkServiceRecord is network-config's record of a network service (KV

@@ -750,12 +750,12 @@ func validateAffinity(a *corev1.Affinity, p *field.Path) field.ErrorList {
 	}
 	var errs field.ErrorList
 	if a.PodAffinity != nil {
-		errs = append(errs, field.Forbidden(p.Child("podAffinity"), "not supported by podvisor: only required podAntiAffinity per host is"))
+		errs = append(errs, field.Forbidden(p.Child("podAffinity"), "not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution podAntiAffinity per host is supported"))
 	}
 	if na := a.NodeAffinity; na != nil {
 		np := p.Child("nodeAffinity")
 		if len(na.PreferredDuringSchedulingIgnoredDuringExecution) > 0 {
-			errs = append(errs, field.Forbidden(np.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only required node affinity is"))
+			errs = append(errs, field.Forbidden(np.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution node affinity is supported"))
 		}
 		if req := na.RequiredDuringSchedulingIgnoredDuringExecution; req != nil {
 			tp := np.Child("requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
@@ -782,7 +782,7 @@ func validateAffinity(a *corev1.Affinity, p *field.Path) field.ErrorList {
 	if pa := a.PodAntiAffinity; pa != nil {
 		pp := p.Child("podAntiAffinity")
 		if len(pa.PreferredDuringSchedulingIgnoredDuringExecution) > 0 {
-			errs = append(errs, field.Forbidden(pp.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only required anti-affinity is"))
+			errs = append(errs, field.Forbidden(pp.Child("preferredDuringSchedulingIgnoredDuringExecution"), "not supported by podvisor: only requiredDuringSchedulingIgnoredDuringExecution pod anti-affinity is supported"))
 		}
 		for i, t := range pa.RequiredDuringSchedulingIgnoredDuringExecution {
 			tp := pp.Child("requiredDuringSchedulingIgnoredDuringExecution").Index(i)

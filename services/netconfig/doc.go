@@ -19,7 +19,8 @@
 //
 // The payload was validated on decode; the service also checks what only
 // it knows — named clusters and hosts exist, the CIDR overlaps no other
-// network — and records a refusal with the field and the reason (status
+// network, no other network with a scope sharing a host uses the same VLAN
+// (untagged, VLAN 0, excepted; disjoint scopes may reuse one) — and records a refusal with the field and the reason (status
 // Rejected for a new network; an existing one keeps its current version).
 // A version (declared or restored) whose CIDR or gateway would leave an
 // address held on the network invalid — outside the new CIDR's usable

@@ -265,15 +265,17 @@ func eventID(ev *event.Event) string {
 
 // checkSpec validates a declaration against what only network-config knows:
 // the inventory (clusters and hosts named in the scope must exist) and the
-// other networks (CIDRs must not overlap). The payload itself was validated
-// on decode.
+// other networks (CIDRs must not overlap; a VLAN other than 0 is not used
+// twice on one host). The payload itself was validated on decode.
 func (s *Service) checkSpec(ctx context.Context, name string, spec events.NetworkSpec) error {
 	var errs []string
+	var inventory []fabric.Host // read once, when the scope or a shared VLAN needs it
 	if !spec.Scope.All() {
 		hosts, err := s.fab.Hosts(ctx)
 		if err != nil {
 			return err
 		}
+		inventory = hosts
 		clusters, names := map[string]bool{}, map[string]bool{}
 		for _, h := range hosts {
 			clusters[h.Cluster], names[h.Name] = true, true
@@ -302,6 +304,21 @@ func (s *Service) checkSpec(ctx context.Context, name string, spec events.Networ
 		}
 		if overlaps(o.Spec.CIDR, spec.CIDR) {
 			errs = append(errs, fmt.Sprintf("spec.cidr: %s overlaps %s of network %s", spec.CIDR, o.Spec.CIDR, o.Name))
+		}
+		// Two subnets tagged with the same VLAN on one host are one
+		// broadcast domain: pods of either would see the other's traffic.
+		// Disjoint scopes (other clusters) may reuse a VLAN, and untagged
+		// (0) is no VLAN to share.
+		if spec.VLAN == 0 || o.Spec.VLAN != spec.VLAN {
+			continue
+		}
+		if inventory == nil {
+			if inventory, err = s.fab.Hosts(ctx); err != nil {
+				return err
+			}
+		}
+		if shareHost(spec.Scope, o.Spec.Scope, inventory) {
+			errs = append(errs, fmt.Sprintf("spec.vlan: VLAN %d is already used by network %s (%s) on hosts this network reaches too; networks sharing hosts need distinct VLANs", spec.VLAN, o.Name, o.Spec.CIDR))
 		}
 	}
 	if len(errs) > 0 {

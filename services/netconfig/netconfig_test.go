@@ -294,8 +294,22 @@ func TestDeclarationsRefusedWithReasons(t *testing.T) {
 	if !strings.Contains(rec.Message, `spec.scope.clusters[0]: cluster "cluster-9" not found`) {
 		t.Fatalf("unknown cluster refusal message: %q", rec.Message)
 	}
-	if e.portGroup("pv-b").Exists || e.portGroup("pv-c").Exists {
+	// The same VLAN with another subnet on hosts a's scope (every host)
+	// covers: refused naming the field and the network using it.
+	hosts := e.HostNames("cluster-1")
+	e.declare("d", events.NetworkSpec{VLAN: 10, CIDR: "10.72.0.0/24", Scope: events.NetworkScope{Hosts: hosts[:1]}})
+	rec = e.waitRecord("d", func(r *events.NetworkRecord) bool { return r.Status == events.NetworkStatusRejected })
+	if !strings.Contains(rec.Message, "spec.vlan: VLAN 10 is already used by network a (10.70.0.0/16)") {
+		t.Fatalf("shared VLAN refusal message: %q", rec.Message)
+	}
+	if e.portGroup("pv-b").Exists || e.portGroup("pv-c").Exists || e.portGroup("pv-d").Exists {
 		t.Fatal("a refused network got a port group")
+	}
+	// Scopes with no host in common may reuse a VLAN.
+	e.declareRealized("e", events.NetworkSpec{VLAN: 20, CIDR: "10.73.0.0/24", Scope: events.NetworkScope{Hosts: hosts[:1]}})
+	e.declareRealized("f", events.NetworkSpec{VLAN: 20, CIDR: "10.74.0.0/24", Scope: events.NetworkScope{Hosts: hosts[1:]}})
+	if r := e.record("f"); r.Version != 1 || r.Reason != "" {
+		t.Fatalf("same VLAN on disjoint scopes: version %d, %s %s; want version 1 applied", r.Version, r.Reason, r.Message)
 	}
 }
 

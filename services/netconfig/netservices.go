@@ -79,6 +79,9 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 		*r = events.NetworkServiceRecord{Name: svc.Metadata.Name, Spec: svc.Spec, Profiles: profiles, Status: events.NetworkServiceReady, UpdatedAt: time.Now().UTC()}
 		if len(problems) > 0 {
 			r.Status, r.Reason, r.Message = events.NetworkServicePartial, ReasonServiceNetworkMissing, strings.Join(problems, "; ")
+			if len(profiles) == 0 {
+				r.Status = events.NetworkServicePending
+			}
 		}
 		return nil
 	})
@@ -110,8 +113,8 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 // serveOn configures, on a network that has just got an applied version,
 // the network services that name it and have no profile there yet: a
 // service declared before its network (in the same manifest, or before
-// up's default network is stored) is recorded Partial and gets its
-// profile here, without being declared again.
+// up's default network is stored) is recorded Pending or Partial and gets
+// its profile here, without being declared again.
 func (s *Service) serveOn(ctx context.Context, network string) error {
 	recs, err := s.services.List(ctx)
 	if err != nil {

@@ -98,15 +98,18 @@ func TestNetworkServiceDeclaredBeforeItsNetwork(t *testing.T) {
 		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "early-dns"},
 		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"later", "later2"}},
 	}})
-	testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
-		return r.Status == events.NetworkServicePartial && len(r.Profiles) == 0
-	})
+	// Nothing served yet: Pending, not Partial, with the reason.
+	rec := testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool { return r.Status != "" })
+	if rec.Status != events.NetworkServicePending || rec.Reason != netconfig.ReasonServiceNetworkMissing || len(rec.Profiles) != 0 ||
+		!strings.Contains(rec.Message, `spec.networks[0]: network "later"`) || !strings.Contains(rec.Message, `spec.networks[1]: network "later2"`) {
+		t.Fatalf("record %s %s %q with %d profiles, want Pending NetworkMissing naming both networks", rec.Status, rec.Reason, rec.Message, len(rec.Profiles))
+	}
 	e.declare("later", events.NetworkSpec{CIDR: "10.41.0.0/24", Gateway: "10.41.0.1"})
 	testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
 		return r.Status == events.NetworkServicePartial && len(r.Profiles) == 1 && r.Profiles[0].Network == "later"
 	})
 	e.declare("later2", events.NetworkSpec{CIDR: "10.42.0.0/24", Gateway: "10.42.0.1"})
-	rec := testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
+	rec = testenv.WaitRecord(e.Env, events.BucketNetServices, "early-dns", func(r *events.NetworkServiceRecord) bool {
 		return r.Status == events.NetworkServiceReady
 	})
 	if len(rec.Profiles) != 2 || rec.Profiles[0].Network != "later" || rec.Profiles[1].Network != "later2" {

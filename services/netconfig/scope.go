@@ -46,6 +46,20 @@ func inScope(scope events.NetworkScope, hosts []fabric.Host) []fabric.Host {
 	return out
 }
 
+// shareHost reports whether some host of the inventory is in both scopes;
+// two every-host scopes always share, even before any host is known.
+func shareHost(a, b events.NetworkScope, hosts []fabric.Host) bool {
+	if a.All() && b.All() {
+		return true
+	}
+	for _, h := range hosts {
+		if a.Includes(h.Name, h.Cluster) && b.Includes(h.Name, h.Cluster) {
+			return true
+		}
+	}
+	return false
+}
+
 func hostNames(hosts []fabric.Host) []string {
 	out := make([]string, len(hosts))
 	for i, h := range hosts {

@@ -17,6 +17,7 @@ import (
 	"github.com/podvisor/podvisor/services/scheduler/ledger"
 	"github.com/podvisor/podvisor/services/scheduler/plugins"
 	locality "github.com/podvisor/podvisor/services/scheduler/plugins/imagelocality"
+	"github.com/podvisor/podvisor/services/scheduler/plugins/networkavailable"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/deps"
 	"github.com/podvisor/podvisor/shared/imagemeta"
@@ -162,7 +163,13 @@ func New(cfg Config, d Deps) (*Service, error) {
 		return nil, err
 	}
 	s.metrics = m
-	services := map[string]any{}
+	services := map[string]any{
+		// Read under s.mu: the framework filters with it held (placeLocked).
+		networkavailable.ServiceName: networkavailable.NetworksFunc(func(name string) bool {
+			_, ok := s.netAvail[name]
+			return ok
+		}),
+	}
 	if d.Redis != nil {
 		services[locality.ServiceName] = imagemeta.NewReader(d.Redis)
 	}

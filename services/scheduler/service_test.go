@@ -244,7 +244,8 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// A pod whose network exists nowhere waits with that reason, and is placed
+// A pod whose network exists nowhere waits saying so (not blaming every
+// host), and is placed
 // as soon as network-config realizes the network (its read model changes
 // and network.host.ready arrives), with no retry backoff in the way.
 func TestNetworkReadyRetriesAtOnce(t *testing.T) {
@@ -253,7 +254,7 @@ func TestNetworkReadyRetriesAtOnce(t *testing.T) {
 	}})
 	acc := e.accept(testPod("db", "1", "1Gi", withNetworks("db")))
 	u := e.waitUnschedulable(acc.ObjectKey())
-	if u.Reasons["NetworkNotOnHost"] != 2 || u.Message != "0/2 hosts: 2 network backend not on host" {
+	if u.Reasons["NetworkNotFound"] != 2 || u.Message != `0/2 hosts: 2 network "db" does not exist` {
 		t.Fatalf("%+v", u)
 	}
 	host := e.HostNames("")[1]

@@ -923,6 +923,14 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 	for _, sp := range s.cfg.Services {
 		names = append(names, sp.Name)
 	}
+	// The host agents (one per simulated host) and the status page run
+	// beside the services: list what runs.
+	if e := s.Endpoints; e.HostAgents > 0 && !slices.Contains(names, "hostagent") {
+		names = append(names, fmt.Sprintf("hostagent ×%d", e.HostAgents))
+	}
+	if s.Endpoints.UIURL != "" && !slices.Contains(names, "dashboard") {
+		names = append(names, "dashboard")
+	}
 	if len(names) == 0 {
 		names = []string{"none"}
 	}

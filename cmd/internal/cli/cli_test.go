@@ -460,9 +460,10 @@ func TestUpRefusesBadServiceConfigBeforeStarting(t *testing.T) {
 	}
 }
 
-// A wrong number of arguments is a usage error, exit 2, like a bad flag.
+// A wrong number of arguments or an unknown command is a usage error,
+// exit 2, like a bad flag.
 func TestWrongArgumentCountExitsTwo(t *testing.T) {
-	for _, args := range [][]string{{"describe", "pod", "a", "b"}, {"up", "extra"}, {"trace", "pod"}} {
+	for _, args := range [][]string{{"describe", "pod", "a", "b"}, {"up", "extra"}, {"trace", "pod"}, {"bogus"}, {"bogus", "--nats-url", "x"}} {
 		if _, errOut, code := run(t, t.TempDir(), "", args...); code != 2 || errOut == "" {
 			t.Errorf("podvisor %s: exit %d, stderr %q; want 2 with a message", strings.Join(args, " "), code, errOut)
 		}

@@ -138,7 +138,7 @@ func printPod(out io.Writer, r *events.PodRecord) {
 	f.add("Host", r.Host)
 	f.add("Cluster", r.Cluster)
 	f.add("IP", r.IP)
-	f.add("VM", r.VMName)
+	f.add("VM", podVM(r))
 	f.add("Size", fmt.Sprintf("%d vCPU (%dm requested), %d MiB", r.Size.VCPUs, r.Size.CPUMilli, r.Size.MemoryMiB))
 	// KubernetesPod gives a status per container of the spec, in order,
 	// waiting with the pod's reason where the guest reported none.
@@ -317,11 +317,25 @@ func describeNetwork(ctx context.Context, b *bus.Bus, out io.Writer, name string
 		return err
 	}
 	for _, h := range hosts {
-		st, _ := json.Marshal(h.NetworkHostState)
-		f.row(h.Host, string(st))
+		f.row(networkHostCells(h)...)
 	}
 	f.flush()
 	return describeEvents(ctx, b, out, name, time.Time{}, events.StreamNetworks)
+}
+
+// networkHostCells is one host's row under a network's Hosts: the version
+// it carries, its state with the reason and message when it failed, and
+// when it was observed so.
+func networkHostCells(h events.NetworkHostRecord) []string {
+	state := h.State
+	if h.Reason != "" {
+		state += " (" + h.Reason + ")"
+	}
+	cells := []string{h.Host, fmt.Sprintf("version %d", h.Version), state, "updated " + h.UpdatedAt.Format(time.RFC3339)}
+	if h.Message != "" {
+		cells = append(cells, oneLine(h.Message))
+	}
+	return cells
 }
 
 // networkHosts reads what each host in a network's scope carries of it

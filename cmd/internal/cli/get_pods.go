@@ -20,13 +20,23 @@ func init() {
 		wideHeader: []string{"CLUSTER", "VM", "CPU", "MEMORY", "NETWORKS", "UID"},
 		wide: func(r record) []string {
 			p := &r.(*podRow).PodRecord
-			return []string{dash(p.Cluster), dash(p.VMName), fmt.Sprintf("%dm", p.Size.CPUMilli), bytesize.Short(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
+			return []string{dash(p.Cluster), dash(podVM(p)), fmt.Sprintf("%dm", p.Size.CPUMilli), bytesize.Short(p.Size.MemoryBytes), dash(strings.Join(p.Networks, ",")), p.UID}
 		},
 		decode: decodeRow[podRow],
 	})
 }
 
 type podRow struct{ events.PodRecord }
+
+// podVM is the name of the pod's VM once its create began: the record
+// names the VM from admission on (the name it will be created under), but
+// a pod that was never placed, or failed before, has none to show.
+func podVM(r *events.PodRecord) string {
+	if r.VMRef == "" && r.CreateTask == "" {
+		return ""
+	}
+	return r.VMName
+}
 
 func (p *podRow) Namespace() string         { return p.PodRecord.Namespace }
 func (p *podRow) Name() string              { return p.PodRecord.Name }

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -59,7 +61,9 @@ func newNetworkDataCmd(g *globals) *cobra.Command {
 a port group, a pod's port or a host. network-config keeps it (KV net-data) and every host agent
 hands it, as it applies on its host, to the module registered there for the namespace. A value set on
 a switch is inherited by its port groups and their ports, one on a port group by its ports, unless
-the narrower object sets the key itself. Data in an unregistered namespace is refused.
+the narrower object sets the key itself. Data in an unregistered namespace is refused, and so is a
+value set on an object podvisor does not know (a switch or port group no network is on, a port of no
+pod or VM on that network, an unknown host): set it once the object exists.
 
   podvisor network data register fw.acme.example --owner acme-fw
   podvisor network data set fw.acme.example/profile strict --switch pv-dvs
@@ -93,7 +97,7 @@ the narrower object sets the key itself. Data in an unregistered namespace is re
 	var setScope, rmScope, getScope dataScope
 	set := &cobra.Command{
 		Use:   "set NAMESPACE/KEY VALUE (--switch S | --portgroup P | --port N/NS/POD | --host H)",
-		Short: "Attach a value to an object",
+		Short: "Attach a value to an object that exists",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ns, key, err := splitDataKey(args[0])
@@ -203,6 +207,10 @@ func (g *globals) publishData(ctx context.Context, ceType string, p events.Paylo
 		switch v := p.(type) {
 		case *events.NetworkDataSetRequested:
 			namespace = v.Namespace
+			// Only set: a value may be removed from an object that is gone.
+			if err := checkDataTarget(ctx, b, v.Scope); err != nil {
+				return err
+			}
 		case *events.NetworkDataRemoveRequested:
 			namespace = v.Namespace
 		}
@@ -241,6 +249,69 @@ func (g *globals) publishData(ctx context.Context, ceType string, p events.Paylo
 		fmt.Fprintf(g.stdout, "requested; network-config has not recorded it within 10s (see 'podvisor events')\n")
 		return nil
 	})
+}
+
+// checkDataTarget refuses a value for an object podvisor does not know. The
+// host agents deliver the data of themselves and of the switches, port
+// groups and ports they carry, so a value on any other name would be kept
+// and never delivered: a misspelt target is an error, named by its flag.
+func checkDataTarget(ctx context.Context, b *bus.Bus, sc events.NetworkDataScope) error {
+	unknown := func(format string, args ...any) error {
+		return &exitError{code: 1, err: fmt.Errorf("--%s %s: %s", sc.Kind, sc.Name, fmt.Sprintf(format, args...))}
+	}
+	switch sc.Kind {
+	case events.NetworkDataSwitch, events.NetworkDataPortGroup:
+		nets, err := readRecords[events.NetworkRecord](ctx, b, events.BucketNetworks)
+		if err != nil {
+			return err
+		}
+		for _, n := range nets {
+			if sc.Kind == events.NetworkDataSwitch && n.Switch == sc.Name || sc.Kind == events.NetworkDataPortGroup && n.PortGroup == sc.Name {
+				return nil
+			}
+		}
+		if sc.Kind == events.NetworkDataSwitch {
+			return unknown("no network is on that switch (see 'podvisor get networks -o wide')")
+		}
+		return unknown("no network has that port group (a network's is pv-<network>; see 'podvisor get networks -o wide')")
+	case events.NetworkDataHost:
+		var h events.HostRecord
+		if ok, err := findRecord(ctx, b, events.BucketHosts, events.HostRecordKey(sc.Name), &h); !ok {
+			return cmp.Or(err, unknown("host not found (see 'podvisor get hosts')"))
+		}
+	case events.NetworkDataPort:
+		network, rest, _ := strings.Cut(sc.Name, "/")
+		ns, name, _ := strings.Cut(rest, "/")
+		var n events.NetworkRecord
+		if ok, err := findRecord(ctx, b, events.BucketNetworks, events.NetworkRecordKey(network), &n); !ok {
+			return cmp.Or(err, unknown("network %s not found", network))
+		}
+		var pod events.PodRecord
+		if ok, err := findRecord(ctx, b, events.BucketPods, events.PodRecordKey(ns, name), &pod); err != nil || ok {
+			if err == nil && !slices.Contains(pod.Networks, network) {
+				err = unknown("pod %s/%s is not on network %s (it is on %s)", ns, name, network, strings.Join(pod.Networks, ", "))
+			}
+			return err
+		}
+		var vm events.VMRecord
+		ok, err := findRecord(ctx, b, events.BucketVMs, events.VMRecordKey(ns, name), &vm)
+		if err != nil || ok && slices.Contains(vm.Spec.EffectiveNetworks(), network) {
+			return err
+		}
+		return unknown("no pod or VM %s/%s on network %s", ns, name, network)
+	}
+	return nil
+}
+
+// findRecord reads a record; ok is false, with a nil error, when the key or
+// its bucket does not exist.
+func findRecord(ctx context.Context, b *bus.Bus, bucket, key string, v any) (ok bool, err error) {
+	err = getRecord(ctx, b, bucket, key, key, v)
+	var ee *exitError
+	if errors.As(err, &ee) || errors.Is(err, jetstream.ErrBucketNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 func dataNamespaces(ctx context.Context, b *bus.Bus) (map[string]events.NetworkDataNamespace, error) {

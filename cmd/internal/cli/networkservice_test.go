@@ -52,6 +52,18 @@ func TestNetworkServiceGetDescribeDelete(t *testing.T) {
 	if _, errOut, code := run(t, dir, "", "describe", "networkservice", "pod-dns"); code == 0 || !strings.Contains(errOut, "not found") {
 		t.Fatalf("describe after delete: exit %d, %q", code, errOut)
 	}
+
+	// A service on a network that does not exist serves nothing: get says
+	// so, with the reason and the network.
+	mustRun(t, dir, "apiVersion: podvisor.io/v1alpha1\nkind: NetworkService\nmetadata: {name: lonely}\nspec: {type: dns, networks: [nosuchnet]}\n",
+		"apply", "-f", "-")
+	eventually(t, "lonely listed as serving nothing", func() bool {
+		list, _, _ = run(t, dir, "", "get", "networkservice", "lonely")
+		return strings.Contains(list, "lonely")
+	})
+	if !strings.Contains(list, "0/1") || !strings.Contains(list, "Pending: NetworkMissing") || !strings.Contains(list, `network "nosuchnet" does not exist`) {
+		t.Fatalf("get networkservice lonely:\n%s\nwant 0/1, Pending: NetworkMissing and the network named", list)
+	}
 }
 
 // hasColumn reports whether a one-object table has value in the column

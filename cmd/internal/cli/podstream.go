@@ -33,6 +33,10 @@ func podHost(ctx context.Context, b *bus.Bus, namespace, name string) (uid, host
 		return "", "", fmt.Errorf("pod %s/%s: %w", namespace, name, err)
 	}
 	if r.Host == "" {
+		// A pod that has ended will not get a host: no "yet" for it.
+		if r.Phase == events.PodPhaseFailed || r.Phase == events.PodPhaseSucceeded {
+			return "", "", fmt.Errorf("pod %s/%s is not on a host (phase %s)", namespace, name, r.Phase)
+		}
 		return "", "", fmt.Errorf("pod %s/%s is not on a host yet (phase %s)", namespace, name, r.Phase)
 	}
 	return r.UID, r.Host, nil

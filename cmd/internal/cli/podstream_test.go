@@ -32,6 +32,9 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 	}
 	put("web", "uid-web", host, "first", "second")
 	put("away", "uid-away", "esx-9-99", "app")
+	for name, phase := range map[string]string{"waiting": events.PodPhasePending, "failed": events.PodPhaseFailed} {
+		putRecord(t, ctx, b, events.BucketPods, events.PodRecordKey("default", name), events.PodRecord{UID: "uid-" + name, Namespace: "default", Name: name, Phase: phase})
+	}
 
 	g := guesttest.Dial(t, svc.Socket(), guestchannel.Hello{PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b1"}, "first", "second")
 	g.SetLog("first", "hello\n")
@@ -58,6 +61,9 @@ func TestLogsAndExecThroughTheHostAgent(t *testing.T) {
 		{"logs of an unknown container", "", []string{"logs", "web", "-c", "third"}, "", `no container "third"`, 1},
 		{"logs of a missing pod", "", []string{"logs", "nope"}, "", "not found", 1},
 		{"logs of a pod whose host has no agent", "", []string{"logs", "away"}, "", "esx-9-99", 1},
+		{"logs of a pod not placed yet", "", []string{"logs", "waiting"}, "", "pod default/waiting is not on a host yet (phase Pending)", 1},
+		{"logs of a pod that ended unplaced", "", []string{"logs", "failed"}, "", "pod default/failed is not on a host (phase Failed)", 1},
+		{"exec on a pod that ended unplaced", "", []string{"exec", "failed", "--", "true"}, "", "pod default/failed is not on a host (phase Failed)", 1},
 		{"exec prints the output", "", []string{"exec", "web", "-c", "first", "--", "cat", "/data.txt"}, "data\n", "", 0},
 		{"exec passes the exit code through", "", []string{"exec", "web", "-c", "first", "--", "sh", "-c", "exit 3"}, "", "code 3", 3},
 		{"exec -i streams stdin", "piped\nlines\n", []string{"exec", "-i", "web", "-c", "first", "--", "cat"}, "piped\nlines\n", "", 0},

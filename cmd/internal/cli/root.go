@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/podvisor/podvisor/cmd/internal/buildinfo"
 	"github.com/podvisor/podvisor/cmd/internal/serve"
@@ -55,6 +56,11 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	if ee != nil {
 		return ee.code
+	}
+	// cobra reports an unknown command in its own words, with no type; it
+	// is a bad invocation like any other (podvisord does the same).
+	if strings.HasPrefix(err.Error(), "unknown command ") {
+		return 2
 	}
 	return 1
 }

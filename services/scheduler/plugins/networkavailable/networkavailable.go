@@ -9,12 +9,19 @@
 // not declared at all, or whose scope excludes the host, fails the host; no
 // network is assumed to exist everywhere, not even "default".
 //
+// A network absent from a host may be absent everywhere because nobody
+// declared it. When the service registers a Networks dependency (under
+// ServiceName) the plugin says so — `network "x" does not exist`, reason
+// NetworkNotFound — instead of blaming the host. Either way the pod stays
+// unschedulable, not unresolvable: the network may be applied later.
+//
 // Among feasible hosts the plugin's score prefers those where the networks
 // are already realized: placing there needs no port group change.
 package networkavailable
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/podvisor/podvisor/services/scheduler/framework"
 )
@@ -22,8 +29,29 @@ import (
 // Name of the plugin in profiles.
 const Name = "NetworkAvailable"
 
+// ServiceName is the framework dependency (a Networks) the plugin asks
+// whether a network exists at all.
+const ServiceName = "networkavailable.Networks"
+
+// Networks tells whether a logical network has a record in network-config's
+// read model (KV `net-hosts`), whatever hosts carry it. The framework calls
+// it from Filter, on the scheduling path.
+type Networks interface {
+	NetworkExists(name string) bool
+}
+
+// NetworksFunc adapts a function to Networks.
+type NetworksFunc func(name string) bool
+
+// NetworkExists implements Networks.
+func (f NetworksFunc) NetworkExists(name string) bool { return f(name) }
+
 // Plugin is the NetworkAvailable filter and score.
-type Plugin struct{}
+type Plugin struct {
+	// networks is nil when the service registers none: every missing
+	// network is then reported as not on the host.
+	networks Networks
+}
 
 var (
 	_ framework.FilterPlugin = (*Plugin)(nil)
@@ -31,7 +59,10 @@ var (
 )
 
 // New is the plugin's factory.
-func New(framework.Handle) (framework.Plugin, error) { return &Plugin{}, nil }
+func New(h framework.Handle) (framework.Plugin, error) {
+	n, _ := h.Service(ServiceName).(Networks)
+	return &Plugin{networks: n}, nil
+}
 
 // Name implements framework.Plugin.
 func (*Plugin) Name() string { return Name }
@@ -40,21 +71,30 @@ func (*Plugin) Name() string { return Name }
 var statusNotOnHost = framework.NewStatus(framework.Unschedulable, "NetworkNotOnHost", "network backend not on host")
 
 // Filter implements framework.FilterPlugin.
-func (*Plugin) Filter(_ context.Context, _ *framework.CycleState, p *framework.PodInfo, h *framework.Host) *framework.Status {
+func (pl *Plugin) Filter(_ context.Context, _ *framework.CycleState, p *framework.PodInfo, h *framework.Host) *framework.Status {
 	if ids := p.NetworkIDs(h.Owner()); ids != nil {
-		for _, id := range ids {
+		for i, id := range ids {
 			if h.NetworkStateByID(id) == framework.NetworkAbsent {
-				return statusNotOnHost
+				return pl.absent(p.Networks[i])
 			}
 		}
 		return nil
 	}
 	for _, n := range p.Networks {
 		if h.Networks[n] == framework.NetworkAbsent {
-			return statusNotOnHost
+			return pl.absent(n)
 		}
 	}
 	return nil
+}
+
+// absent is the status of a host without network: not on the host, or not
+// declared anywhere.
+func (pl *Plugin) absent(network string) *framework.Status {
+	if pl.networks == nil || pl.networks.NetworkExists(network) {
+		return statusNotOnHost
+	}
+	return framework.NewStatus(framework.Unschedulable, "NetworkNotFound", fmt.Sprintf("network %q does not exist", network))
 }
 
 // Score implements framework.ScorePlugin: the share of the pod's networks
