@@ -22,10 +22,15 @@ import (
 // them.
 const ServiceNamespace = "podvisor-system"
 
-// Reasons recorded on a network service.
+// Reasons recorded on a network service that some of its networks could
+// not get (serviceReason); when several fail, the first one's in spec order.
 const (
+	// ReasonServiceNetworkMissing: the network does not exist, has no
+	// applied version yet, or is being deleted.
 	ReasonServiceNetworkMissing = "NetworkMissing"
-	ReasonServiceNoAddress      = "NoAddress"
+	// ReasonServiceNoAddress: the network's pool has no free address for
+	// the service.
+	ReasonServiceNoAddress = "NoAddress"
 )
 
 // dnsPort is where the DNS service answers.
@@ -42,7 +47,7 @@ func serviceOwner(service string) ipam.Owner {
 // hosts where the network is realized; pods attached afterwards get the
 // address as their nameserver. A network that does not exist (yet) is
 // recorded as such and configured once the network gets its first applied
-// version (serveOn).
+// version (serveOn); one whose pool is full is recorded with NoAddress.
 func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeclared) error {
 	svc := p.Service
 	annotate(ctx, attribute.String("network.service", svc.Metadata.Name))
@@ -50,6 +55,9 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 		profiles  []events.ServiceProfile
 		problems  []string
 		unapplied []string
+		// reason is the first problem's (in spec order): a record has one
+		// reason, and the message names every network's problem.
+		reason string
 	)
 	for i, name := range svc.Spec.Networks {
 		prof, err := s.profile(ctx, svc, name)
@@ -59,6 +67,13 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 			return bus.RetryAfter(fmt.Errorf("network service %s on network %s: %w", svc.Metadata.Name, name, err), time.Second)
 		}
 		if err != nil {
+			why := serviceReason(err)
+			if why == "" {
+				return fmt.Errorf("network service %s on network %s: %w", svc.Metadata.Name, name, err)
+			}
+			if reason == "" {
+				reason = why
+			}
 			problems = append(problems, fmt.Sprintf("spec.networks[%d]: %v", i, err))
 			if errors.Is(err, errNoAppliedVersion) {
 				unapplied = append(unapplied, name)
@@ -78,7 +93,7 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 		}
 		*r = events.NetworkServiceRecord{Name: svc.Metadata.Name, Spec: svc.Spec, Profiles: profiles, Status: events.NetworkServiceReady, UpdatedAt: time.Now().UTC()}
 		if len(problems) > 0 {
-			r.Status, r.Reason, r.Message = events.NetworkServicePartial, ReasonServiceNetworkMissing, strings.Join(problems, "; ")
+			r.Status, r.Reason, r.Message = events.NetworkServicePartial, reason, strings.Join(problems, "; ")
 			if len(profiles) == 0 {
 				r.Status = events.NetworkServicePending
 			}
@@ -135,6 +150,22 @@ func (s *Service) serveOn(ctx context.Context, network string) error {
 	return nil
 }
 
+// serviceReason is the reason recorded for a network a service could not be
+// configured on: the network is missing (not declared, no applied version,
+// or going away) or its pool has no free address. Any other failure (a
+// store error, a race with another replica) says nothing about the network
+// and gets "": the declaration is retried rather than recorded with a
+// reason that is not true.
+func serviceReason(err error) string {
+	switch {
+	case errors.Is(err, errNoAppliedVersion), errors.Is(err, ipam.ErrNetworkDeleting):
+		return ReasonServiceNetworkMissing
+	case errors.Is(err, ipam.ErrExhausted):
+		return ReasonServiceNoAddress
+	}
+	return ""
+}
+
 // errNoAppliedVersion: a service names a network that does not exist yet,
 // or has no version applied; serveOn configures it once it has.
 var errNoAppliedVersion = errors.New("does not exist or has no applied version")
@@ -157,7 +188,7 @@ func (s *Service) profile(ctx context.Context, svc events.NetworkService, networ
 	pl.Record = rev
 	alloc, err := s.ipam.Allocate(ctx, pl, serviceOwner(svc.Metadata.Name))
 	if err != nil {
-		return events.ServiceProfile{}, fmt.Errorf("%s: %w", ReasonServiceNoAddress, err)
+		return events.ServiceProfile{}, err
 	}
 	s.recountSoon(network)
 	return events.ServiceProfile{

@@ -1,6 +1,7 @@
 package netconfig_test
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -114,5 +115,47 @@ func TestNetworkServiceDeclaredBeforeItsNetwork(t *testing.T) {
 	})
 	if len(rec.Profiles) != 2 || rec.Profiles[0].Network != "later" || rec.Profiles[1].Network != "later2" {
 		t.Fatalf("profiles %+v, want one on each network", rec.Profiles)
+	}
+}
+
+// A service on a network whose pool is full records NoAddress, not
+// NetworkMissing. When several networks fail, the reason is the first
+// one's in spec order and the message names each network's problem.
+func TestNetworkServiceOnAFullPool(t *testing.T) {
+	e := newEnv(t, sim.Config{Clusters: 1, HostsPerCluster: 1}, nil)
+	host := e.DC.Hosts()[0].Name
+	// A /30 with its gateway has one address to hand out: the pod takes it.
+	e.declareRealized("tiny", events.NetworkSpec{CIDR: "10.43.0.0/30", Gateway: "10.43.0.1"})
+	e.schedule("only", "uid-only", host, "tiny")
+	testenv.Wait(e.Env, func(p *events.PodNetworkAttached) bool { return p.Name == "only" })
+
+	for _, tt := range []struct {
+		service    string
+		networks   []string
+		wantReason string
+	}{
+		{"full", []string{"tiny"}, netconfig.ReasonServiceNoAddress},
+		{"full-first", []string{"tiny", "absent"}, netconfig.ReasonServiceNoAddress},
+		{"missing-first", []string{"absent", "tiny"}, netconfig.ReasonServiceNetworkMissing},
+	} {
+		t.Run(tt.service, func(t *testing.T) {
+			e.Publish(&events.NetworkServiceDeclared{Service: events.NetworkService{
+				APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: tt.service},
+				Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: tt.networks},
+			}})
+			rec := testenv.WaitRecord(e.Env, events.BucketNetServices, tt.service, func(r *events.NetworkServiceRecord) bool { return r.Status != "" })
+			if rec.Status != events.NetworkServicePending || rec.Reason != tt.wantReason || len(rec.Profiles) != 0 {
+				t.Fatalf("record %s %s %q with %d profiles, want Pending %s", rec.Status, rec.Reason, rec.Message, len(rec.Profiles), tt.wantReason)
+			}
+			for i, n := range tt.networks {
+				want := fmt.Sprintf(`spec.networks[%d]: network "absent"`, i)
+				if n == "tiny" {
+					want = fmt.Sprintf("spec.networks[%d]: network tiny: all 1 usable addresses", i)
+				}
+				if !strings.Contains(rec.Message, want) {
+					t.Errorf("message %q does not contain %q", rec.Message, want)
+				}
+			}
+		})
 	}
 }

@@ -39,8 +39,10 @@ pod), guestcluster.requested for a GuestCluster, vm.declared for a VirtualMachin
 vm.class.declared for a VirtualMachineClass and vm.image.declared for a VirtualMachineImage.
 -f may be repeated and names a file, a directory (its .yaml, .yml and .json files; -R for
 subdirectories too), an http(s) URL or - for standard input; a v1 List (what 'get -o yaml' prints)
-contributes its items. Every document is checked first; one bad document means nothing is
-published, and the error names the source, the document and the field.
+contributes its items. Every document of every source is checked first, and apply is all or
+nothing: one bad document means nothing is published. Each bad document is reported on its own
+line naming the source, the document and the field, and a last line says that nothing was
+applied (exit 1). --dry-run checks the same way.
 
 An exported pod applies as it is: the fields podvisor set (spec.nodeName, status, uid,
 resourceVersion, creationTimestamp) are ignored when they match the pod's record, so
@@ -70,7 +72,7 @@ addresses pods or VMs hold on the network; the current version stays). The other
 			ctx := cmd.Context()
 			sources, err := readSources(ctx, files, recursive, g.stdin)
 			if err != nil {
-				return err
+				return nothingApplied(err)
 			}
 			// The bus is dialled only when needed: to publish, for a
 			// server dry run, or to compare an exported pod's
@@ -90,20 +92,29 @@ addresses pods or VMs hold on the network; the current version stays). The other
 				}
 				return b, nil
 			}
-			var reqs []request
+			// Every document of every source is checked before anything
+			// is published, and every bad one is named.
+			var (
+				reqs     []request
+				problems []error
+			)
 			for _, src := range sources {
 				if err := dropServerFields(ctx, &src, dial); err != nil {
-					return err
+					return nothingApplied(err)
 				}
 				objs, err := events.DecodeObjects(src.stream())
 				if err != nil {
-					return fmt.Errorf("%s: %w", src.name, err)
+					problems = append(problems, inSource(src.name, err)...)
+					continue
 				}
 				rs, err := requestsFor(objs)
 				if err != nil {
-					return fmt.Errorf("%s: %w", src.name, err)
+					problems = append(problems, inSource(src.name, err)...)
 				}
 				reqs = append(reqs, rs...)
+			}
+			if len(problems) > 0 {
+				return nothingApplied(problems...)
 			}
 			if len(reqs) == 0 {
 				return fmt.Errorf("%s: no objects", strings.Join(files, ", "))
@@ -249,6 +260,36 @@ func applyServerDryRun(ctx context.Context, b *bus.Bus, reqs []request, g *globa
 	return nil
 }
 
+// errNothingApplied ends the errors of manifests that failed their checks,
+// so that a user who named several files does not take the good ones for
+// applied.
+var errNothingApplied = errors.New("nothing was applied")
+
+// nothingApplied is the error of an apply stopped before it published
+// anything: each problem on its own line (Main prints a joined error so),
+// then that nothing was applied. A usage error stays one, with its exit code.
+func nothingApplied(problems ...error) error {
+	var ee *exitError
+	if len(problems) == 1 && errors.As(problems[0], &ee) {
+		return problems[0]
+	}
+	return &exitError{code: 1, err: errors.Join(append(problems, errNothingApplied)...)}
+}
+
+// inSource names the source in each problem of err (one, or an errors.Join
+// of one per document), so that every line says where it is.
+func inSource(source string, err error) []error {
+	errs := []error{err}
+	if many, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = many.Unwrap()
+	}
+	out := make([]error, len(errs))
+	for i, e := range errs {
+		out[i] = fmt.Errorf("%s: %w", source, e)
+	}
+	return out
+}
+
 func displayName(file string) string {
 	if file == "-" {
 		return "standard input"
@@ -272,8 +313,13 @@ type request struct {
 	network *events.Network
 }
 
+// requestsFor makes the requests of the valid objects; the error, when some
+// are not, joins one per bad document.
 func requestsFor(objs []events.Object) ([]request, error) {
-	var out []request
+	var (
+		out  []request
+		errs []error
+	)
 	for _, o := range objs {
 		var (
 			ceType, kind string
@@ -307,7 +353,8 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		case o.VMImage != nil:
 			payload, ceType, kind = &events.VMImageDeclared{Image: *o.VMImage}, events.TypeVMImageDeclared, "vmimage"
 		default:
-			return nil, fmt.Errorf("document %d: kind %q is not supported", o.Document, o.Kind)
+			errs = append(errs, fmt.Errorf("document %d: kind %q is not supported", o.Document, o.Kind))
+			continue
 		}
 		// The event travels on the object's key, and apply names the object
 		// kind/key as kubectl does; a migration is named by its ID instead,
@@ -318,11 +365,13 @@ func requestsFor(objs []events.Object) ([]request, error) {
 			what = kind + "/" + m.ID
 		}
 		if err := payload.Validate(); err != nil {
-			return nil, fmt.Errorf("document %d (%s): %w", o.Document, what, err)
+			errs = append(errs, fmt.Errorf("document %d (%s): %w", o.Document, what, err))
+			continue
 		}
 		ev, err := bus.NewEvent(CLISource, ceType, subject, payload)
 		if err != nil {
-			return nil, fmt.Errorf("document %d (%s): %w", o.Document, what, err)
+			errs = append(errs, fmt.Errorf("document %d (%s): %w", o.Document, what, err))
+			continue
 		}
 		r := request{what: what, event: ev, isPod: isPod, pod: normalized}
 		if d, ok := payload.(*events.VMDeclared); ok {
@@ -336,7 +385,7 @@ func requestsFor(objs []events.Object) ([]request, error) {
 		}
 		out = append(out, r)
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 func apply(ctx context.Context, b *bus.Bus, reqs []request, wait time.Duration, g *globals) error {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -65,5 +66,29 @@ func TestRequestsForNamesEachObject(t *testing.T) {
 	}
 	if reqs[4].gc == nil || reqs[4].gc.Metadata.Name != "gc1" {
 		t.Errorf("the guest cluster's request: gc %+v", reqs[4].gc)
+	}
+}
+
+// Every bad object is named by its document, not only the first, and the
+// good ones still make their requests (apply then publishes none of them).
+func TestRequestsForNamesEveryBadDocument(t *testing.T) {
+	objs := []events.Object{
+		{Document: 1, Kind: "Pod", Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "empty"}}},
+		{Document: 2, Kind: "Pod", Pod: &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web"},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "a", Image: "nginx"}}}}},
+		{Document: 3, Kind: "Gizmo"},
+	}
+	reqs, err := requestsFor(objs)
+	if len(reqs) != 1 || reqs[0].what != "pod/default/web" {
+		t.Errorf("requests %+v, want only pod/default/web's", reqs)
+	}
+	many, ok := err.(interface{ Unwrap() []error })
+	if !ok || len(many.Unwrap()) != 2 {
+		t.Fatalf("error %v, want one per bad document", err)
+	}
+	for i, want := range []string{"document 1 (pod/default/empty): pod.spec.containers", `document 3: kind "Gizmo" is not supported`} {
+		if got := many.Unwrap()[i].Error(); !strings.HasPrefix(got, want) {
+			t.Errorf("error %d = %q, want it to start with %q", i, got, want)
+		}
 	}
 }

@@ -167,3 +167,56 @@ func TestKubectlHabits(t *testing.T) {
 		t.Errorf("completion of get pod <TAB>:\n%s", out)
 	}
 }
+
+// apply is all or nothing: every document of every -f is checked first, each
+// bad one is named with its source and document, and the last line says
+// that nothing was applied, in every --dry-run mode too.
+func TestApplyNamesEveryBadDocumentAndAppliesNothing(t *testing.T) {
+	_, dir := upForTest(t, "none")
+	files := t.TempDir()
+	a, b, c := filepath.Join(files, "a.yaml"), filepath.Join(files, "b.yaml"), filepath.Join(files, "c.yaml")
+	writeFile(t, a, podManifest("fine", "web", "registry.local"))
+	crash := "apiVersion: v1\nkind: Pod\nmetadata: {name: crash}\nspec: {containers: [{name: c, image: registry.local/a:1, resources: {requests: {memory: 12Gx}}}]}\n"
+	writeFile(t, b, crash)
+	writeFile(t, c, podManifest("also-fine", "web", "registry.local")+"---\n"+crash+
+		"---\napiVersion: podvisor.io/v1alpha1\nkind: Network\nmetadata: {name: wide}\nspec: {cidr: 10.50.0.0/33}\n")
+
+	for _, tt := range []struct {
+		name  string
+		files []string
+		want  []string // the error lines, in order
+	}{
+		{"multi-file", []string{a, b}, []string{
+			"error: " + b + ": document 1 (Pod crash): spec.containers[0].resources.requests.memory",
+			"error: nothing was applied",
+		}},
+		{"multi-document", []string{c}, []string{
+			"error: " + c + ": document 2 (Pod crash): spec.containers[0].resources.requests.memory",
+			"error: " + c + ": document 3 (Network wide): spec.cidr",
+			"error: nothing was applied",
+		}},
+	} {
+		for _, mode := range []string{"none", "client", "server"} {
+			t.Run(tt.name+"/dry-run="+mode, func(t *testing.T) {
+				args := []string{"apply", "--dry-run=" + mode}
+				for _, f := range tt.files {
+					args = append(args, "-f", f)
+				}
+				out, errOut, code := run(t, dir, "", args...)
+				lines := strings.Split(strings.TrimSpace(errOut), "\n")
+				if code != 1 || out != "" || len(lines) != len(tt.want) {
+					t.Fatalf("exit %d, stdout %q, stderr:\n%s\nwant exit 1, no output and %d error lines", code, out, errOut, len(tt.want))
+				}
+				for i, w := range tt.want {
+					if !strings.HasPrefix(lines[i], w) {
+						t.Errorf("error line %d = %q, want it to start with %q", i+1, lines[i], w)
+					}
+				}
+			})
+		}
+	}
+	// up publishes events of its own (the default network); none is apply's.
+	if out := mustRun(t, dir, "", "events", "-o", "json"); strings.Contains(out, `"source":"`+CLISource+`"`) {
+		t.Errorf("a refused apply published events:\n%s", out)
+	}
+}
