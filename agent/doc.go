@@ -20,7 +20,7 @@
 //	bundle         one container instance's OCI bundle (runtime-spec types, Kubernetes command rules)
 //	runtime        the runc/crun driver (run --detach + pid file, exec, delete)
 //	supervisor     the pod: init containers, restarts with back-off, probes, OOM, stop; the reported Board
-//	logs           log files on disk 0 with rotation; tail, previous, follow across restarts
+//	logs           log files on disk 0 with rotation; tail, previous (also the last boot's), follow across restarts
 //	channel        dial the host (retrying forever), hello + full status per connection, partial status per
 //	               change, serve logs/exec/stop/cancel
 //	cmd/podvm-agent  the binary: init duties, wiring, SIGTERM = power off

@@ -99,6 +99,17 @@
 // line and then follows from that line, leaving it out, as clients did
 // before (a line written between the two requests can be lost).
 //
+// # The previous instance across boots
+//
+// A logs request with Previous reads the instance the container's
+// lastState names. An agent announcing CapLogsAcrossBoots keeps its logs
+// across its boots on the same ephemeral disk, so before a container's
+// first restart in a boot that is the earlier boot's last instance, as
+// the pod's record carries it. It answers NoPreviousInstance only when the
+// disk holds none: the host side, finding the pod's last state carried
+// from an earlier boot, can then say that boot ran in an earlier pod VM
+// whose log is not kept.
+//
 // # Channel token
 //
 // Where the host side listens on a network (the host agents' concentrator

@@ -118,6 +118,14 @@ const (
 	// predates it reads a request with FromEnd as one without: the whole
 	// log.
 	CapLogsFromEnd = "logs.fromEnd"
+	// CapLogsAcrossBoots: the agent's logs go on across its boots on the
+	// same ephemeral disk (a guest rebooted, an agent restarted): a
+	// Previous request before a container's first restart in this boot
+	// reads the earlier boot's last instance. So when such an agent
+	// answers NoPreviousInstance while the pod's last state is from an
+	// earlier boot, that boot ran in an earlier pod VM, on another disk.
+	// One that predates it started its logs anew with every boot.
+	CapLogsAcrossBoots = "logs.acrossBoots"
 )
 
 // Can reports whether the hello announces capability c.
@@ -223,9 +231,15 @@ type LogChunk struct {
 	Data []byte `json:"data,omitempty"`
 	EOF  bool   `json:"eof,omitempty"`
 	// Error ends the stream with a reason (unknown container, no previous
-	// instance, ...).
+	// instance: NoPreviousInstance, ...).
 	Error string `json:"error,omitempty"`
 }
+
+// NoPreviousInstance is LogChunk.Error for a Previous request when the
+// agent keeps no instance before the current one (kubectl's words): the
+// host may say more from the pod's record (where its last state came
+// from).
+const NoPreviousInstance = "previous terminated container not found"
 
 // ExecRequest runs a command in a running container's namespaces
 // (non-interactive: no terminal). The answer is ExecOutput chunks, then one

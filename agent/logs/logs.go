@@ -12,10 +12,20 @@
 // written before, on across rotations and restarts as any follow.
 //
 // Each instance of a container (the first start is instance 0, every restart
-// the next) writes dir/<container>/<instance>.log, raw bytes as the
-// container wrote them, stdout and stderr in write order. A file that grows
-// past the size limit is renamed <instance>.log.1 (replacing an older one)
-// and a new one begun, so an instance keeps at most twice the limit.
+// the next) writes dir/<container>/<n>.log, raw bytes as the container wrote
+// them, stdout and stderr in write order. A file that grows past the size
+// limit is renamed <n>.log.1 (replacing an older one) and a new one begun,
+// so an instance keeps at most twice the limit, and a container keeps the
+// files of two instances, the current one and the one before: --previous
+// reads no further back (as the kubelet keeps one dead container).
+//
+// The files outlive the agent: an agent started again on the same disk (a
+// guest that rebooted, an agent that crashed) numbers its instances on from
+// the last file it finds (n is that one's plus one plus the instance), so
+// the earlier boot's last instance is the first instance's previous one,
+// which the pod's lastState names after such a restart, instead of being
+// overwritten by it. The instances the callers number (and the restart
+// count) still start at 0 with every boot.
 package logs
 
 import (
@@ -27,11 +37,17 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+
+	"github.com/podvisor/podvisor/agent/guestchannel"
 )
 
-// ErrNoPrevious is returned for --previous on a container never restarted.
-var ErrNoPrevious = errors.New("previous terminated container not found")
+// ErrNoPrevious is returned for --previous on a container that has no
+// instance before the current one, in this boot or an earlier one on this
+// disk. Its text is the protocol's, which the host recognizes.
+var ErrNoPrevious = errors.New(guestchannel.NoPreviousInstance)
 
 // Store is the log directory of a pod.
 type Store struct {
@@ -43,23 +59,75 @@ type Store struct {
 	once     sync.Once
 }
 
+// A ctrLog's instance and previous are file numbers (<n>.log): a caller's
+// instance plus base.
 type ctrLog struct {
-	instance int // current instance, -1 before the first start
+	// base is the file number of this boot's instance 0: one past the
+	// last file an earlier boot left, 0 on a fresh disk.
+	base     int
+	instance int // current instance, -1 before this boot's first start
 	// previous is the instance a --previous read gets, -1 for none: the
-	// one before the current, or, once Restarting said so, the current
-	// one that ended.
+	// one before the current (before this boot's first, the earlier
+	// boot's last), or, once Restarting said so, the current one that
+	// ended.
 	previous int
 	ended    bool // the current instance's writer closed
 	final    bool // no instance will follow
 	changed  chan struct{}
 }
 
-// NewStore keeps logs under dir, rotating files past maxBytes.
+// NewStore keeps logs under dir, rotating files past maxBytes. The logs an
+// earlier agent left in dir go on: each container's last instance is kept
+// as the previous one, its older files removed.
 func NewStore(dir string, maxBytes int64) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
-	return &Store{dir: dir, maxBytes: maxBytes, ctrs: map[string]*ctrLog{}, closed: make(chan struct{})}, nil
+	s := &Store{dir: dir, maxBytes: maxBytes, ctrs: map[string]*ctrLog{}, closed: make(chan struct{})}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		last := -1
+		for _, n := range s.files(e.Name()) {
+			last = max(last, n)
+		}
+		if last < 0 {
+			continue
+		}
+		s.prune(e.Name(), last)
+		c := s.ctr(e.Name())
+		c.base, c.previous = last+1, last
+	}
+	return s, nil
+}
+
+// files lists the files of container name's log directory by the instance
+// they are of (the file number).
+func (s *Store) files(name string) map[string]int {
+	entries, _ := os.ReadDir(filepath.Join(s.dir, name))
+	out := map[string]int{}
+	for _, e := range entries {
+		num, ok := strings.CutSuffix(strings.TrimSuffix(e.Name(), ".1"), ".log")
+		if n, err := strconv.Atoi(num); ok && err == nil && n >= 0 {
+			out[e.Name()] = n
+		}
+	}
+	return out
+}
+
+// prune removes the files of container name's instances before keep: only
+// the current instance and the one before are ever read.
+func (s *Store) prune(name string, keep int) {
+	for file, n := range s.files(name) {
+		if n < keep {
+			_ = os.Remove(filepath.Join(s.dir, name, file))
+		}
+	}
 }
 
 // Close ends every follow.
@@ -88,28 +156,33 @@ func (s *Store) path(name string, instance int) string {
 type Writer struct {
 	s        *Store
 	name     string
-	instance int
+	instance int // file number
 	f        *os.File
 	size     int64
 }
 
-// Begin starts the log of instance of container name.
+// Begin starts the log of instance of container name (0 for this boot's
+// first).
 func (s *Store) Begin(name string, instance int) (*Writer, error) {
 	if err := os.MkdirAll(filepath.Join(s.dir, name), 0o755); err != nil {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
-	p := s.path(name, instance)
+	s.mu.Lock()
+	n := s.ctr(name).base + instance
+	s.mu.Unlock()
+	p := s.path(name, n)
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
 	_ = os.Remove(p + ".1")
+	s.prune(name, n-1)
 	s.mu.Lock()
 	c := s.ctr(name)
-	c.instance, c.previous, c.ended, c.final = instance, instance-1, false, false
+	c.instance, c.previous, c.ended, c.final = n, n-1, false, false
 	c.broadcast()
 	s.mu.Unlock()
-	return &Writer{s: s, name: name, instance: instance, f: f}, nil
+	return &Writer{s: s, name: name, instance: n, f: f}, nil
 }
 
 // Write appends p, rotating first when the file is full.
@@ -165,7 +238,8 @@ func (s *Store) Copy(name string, instance int, r io.Reader) error {
 // (a liveness kill's, a crash's), not the one before it.
 func (s *Store) Restarting(name string, instance int) {
 	s.mu.Lock()
-	s.ctr(name).previous = instance
+	c := s.ctr(name)
+	c.previous = c.base + instance
 	s.mu.Unlock()
 }
 

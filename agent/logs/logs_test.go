@@ -2,6 +2,10 @@ package logs
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -254,5 +258,104 @@ func TestReadFromTheEnd(t *testing.T) {
 				t.Errorf("read %+v = %q, %v; want nothing and an error containing %q", tc.req, got, err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// An agent started again on the same disk (a guest rebooted, an agent
+// that crashed) goes on with the logs the earlier one left: before its
+// first instance, and while that first instance runs, --previous is the
+// earlier boot's last instance, which that first instance does not
+// overwrite; the instances the caller numbers start at 0 again. A
+// container keeps the files of two instances, whatever its restarts and
+// boots, and a follow started before the new boot's first instance waits
+// for it.
+func TestAnotherBootGoesOnWithTheLog(t *testing.T) {
+	dir := t.TempDir()
+	boot := func(want string) *Store {
+		t.Helper()
+		s, err := NewStore(dir, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := read(t, s, "c", Request{Previous: true})
+		if want == "" && err != ErrNoPrevious {
+			t.Errorf("previous on a fresh disk = %q, %v; want %v", got, err, ErrNoPrevious)
+		} else if want != "" && (got != want || err != nil) {
+			t.Errorf("previous before the boot's first instance = %q, %v; want the earlier boot's last, %q", got, err, want)
+		}
+		return s
+	}
+	s := boot("")
+	for i, line := range []string{"boot 1 first\n", "boot 1 second\n", "boot 1 last\n"} {
+		w, _ := s.Begin("c", i)
+		w.Write([]byte(line))
+		w.Close()
+		s.Restarting("c", i)
+	}
+	w, _ := s.Begin("other", 0) // still being written when the agent ends
+	w.Write([]byte("other, boot 1\n"))
+
+	s = boot("boot 1 last\n")
+	var follow received
+	done := make(chan error, 1)
+	go func() { done <- s.Read(context.Background(), "c", Request{Follow: true}, 1024, follow.send) }()
+	w, _ = s.Begin("c", 0)
+	w.Write([]byte("boot 2 first\n"))
+	follow.wait(t, "a follow begun before the boot's first instance", "boot 2 first\n")
+	if got, err := read(t, s, "c", Request{}); got != "boot 2 first\n" || err != nil {
+		t.Errorf("log = %q, %v; want the boot's first instance's", got, err)
+	}
+	if got, err := read(t, s, "c", Request{Previous: true}); got != "boot 1 last\n" || err != nil {
+		t.Errorf("previous while the boot's first instance runs = %q, %v; want the earlier boot's last", got, err)
+	}
+	if got, err := read(t, s, "other", Request{Previous: true}); got != "other, boot 1\n" || err != nil {
+		t.Errorf("previous of a container whose instance the agent's end cut = %q, %v", got, err)
+	}
+	w.Close()
+	s.Restarting("c", 0)
+	w, _ = s.Begin("c", 1)
+	w.Write([]byte("boot 2 second\n"))
+	w.Write([]byte("rotated\n")) // past 16 bytes: in a new file
+	if got, _ := read(t, s, "c", Request{Previous: true}); got != "boot 2 first\n" {
+		t.Errorf("previous after the boot's first restart = %q, want the boot's first instance", got)
+	}
+	endFollow(t, s, w, done)
+	s.Close()
+	files := func(want ...string) {
+		t.Helper()
+		entries, _ := os.ReadDir(filepath.Join(dir, "c"))
+		var got []string
+		for _, e := range entries {
+			got = append(got, e.Name())
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("files of c = %v, want %v", got, want)
+		}
+	}
+	// Boot 1's instances were files 0 to 2, boot 2's 3 and 4 (rotated
+	// once): the last two instances are kept, and once another boot
+	// begins, the last.
+	files("3.log", "4.log", "4.log.1")
+	s = boot("boot 2 second\nrotated\n")
+	s.Close()
+	files("4.log", "4.log.1")
+}
+
+// Within a boot too a container keeps the files of its current instance
+// and the one before, however often it restarts.
+func TestRestartsKeepTwoInstances(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := NewStore(dir, 1<<20)
+	for i := range 10 {
+		w, _ := s.Begin("c", i)
+		w.Write([]byte("instance " + strconv.Itoa(i) + "\n"))
+		w.Close()
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "c"))
+	if len(entries) != 2 || entries[0].Name() != "8.log" || entries[1].Name() != "9.log" {
+		t.Errorf("files after 10 instances: %v, want 8.log and 9.log", entries)
+	}
+	if got, _ := read(t, s, "c", Request{Previous: true}); got != "instance 8\n" {
+		t.Errorf("previous = %q", got)
 	}
 }

@@ -3,7 +3,8 @@
 // container instance on a fresh overlay root (lower = its image's chain
 // disks, top first; upper and work on the ephemeral disk); restarts by the
 // pod's restartPolicy with exponential back-off (CrashLoopBackOff while
-// waiting); liveness, readiness and startup probes; OOM kills recognised
+// waiting); liveness, readiness and startup probes (liveness and startup
+// end once the pod's stop began, as the kubelet's do); OOM kills recognised
 // from the container's memory cgroup; and a stop that sends SIGTERM, waits
 // the grace period and then SIGKILLs. An instance the agent ended (a
 // probe's kill, a SIGKILL after the grace period) says why in its

@@ -16,8 +16,25 @@ import (
 // startup probe first (liveness and readiness wait for it), then liveness
 // (failureThreshold failures in a row kill the instance, which the restart
 // policy may then restart) and readiness (which sets Ready).
+//
+// Once the pod's stop began, the startup and liveness probes end (a check
+// in flight is cancelled and counts for nothing), as the kubelet stops
+// them for a terminating pod: the stop already ends the instance, and a
+// check of the dying process would only fail and ask for another kill.
+// Readiness goes on until the instance ends, so a container that stops
+// serving during its grace period is shown not ready, as in Kubernetes.
 func (p *Pod) probe(ctx context.Context, c *guestchannel.Container, inst *instance) {
 	grace := time.Duration(p.cfg.Spec.TerminationGracePeriodSeconds) * time.Second
+	readinessCtx := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	if c.StartupProbe != nil {
 		ok := p.runProbe(ctx, c, inst, c.StartupProbe, func(passed bool) bool {
 			if passed {
@@ -38,7 +55,7 @@ func (p *Pod) probe(ctx context.Context, c *guestchannel.Container, inst *instan
 		})
 	}
 	if c.ReadinessProbe != nil {
-		go p.runProbe(ctx, c, inst, c.ReadinessProbe, func(passed bool) bool {
+		go p.runProbe(readinessCtx, c, inst, c.ReadinessProbe, func(passed bool) bool {
 			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 				if s.State.Kind == guestchannel.StateRunning {
 					s.Ready = passed

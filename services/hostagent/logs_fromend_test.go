@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podvisor/podvisor/agent/channel"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/logs"
 	"github.com/podvisor/podvisor/events"
@@ -34,16 +33,8 @@ func TestLogsFollowFromTheEnd(t *testing.T) {
 	w, _ := store.Begin("app", 0)
 	t.Cleanup(func() { w.Close() })
 	w.Write([]byte("old one\nold two\n"))
-	p := &logPod{store: store, opened: make(chan guestchannel.LogsRequest, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		(&channel.Server{Addr: "unix:" + e.svc.Socket(), Pod: p, MinRetry: 10 * time.Millisecond,
-			Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b",
-				Capabilities: []string{guestchannel.CapLogsFromEnd}}}).Run(ctx)
-	}()
-	t.Cleanup(func() { cancel(); <-served })
+	p := serveLogs(t, e, store, guestchannel.Hello{Protocol: guestchannel.Protocol, PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b",
+		Capabilities: []string{guestchannel.CapLogsFromEnd}})
 	e.waitReports("uid-web", 1)
 
 	out, stop := followFromEnd(t, e, "web")

@@ -6,12 +6,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
@@ -66,6 +68,9 @@ type stream struct {
 	seq   uint64
 	// skip, when set, is left out of the start of the log data.
 	skip *skipPrefix
+	// noPrevious, when set, is the error that stands for the agent's
+	// guestchannel.NoPreviousInstance (serveLogs).
+	noPrevious func() error
 }
 
 func (st *stream) send(m events.PodStreamMessage) {
@@ -189,7 +194,51 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 		lreq.FromEnd, lreq.TailLines = false, 1
 		st.skip = &skipPrefix{prefix: last}
 	}
+	if req.Previous && pc.hello.Can(guestchannel.CapLogsAcrossBoots) {
+		st.noPrevious = func() error { return s.previousElsewhere(req.Namespace, req.Name, container) }
+	}
 	s.relay(pc, st, guestchannel.TypeLogs, lreq, nil)
+}
+
+// reasonStartError is the agent's reason for an instance whose process
+// never started.
+const reasonStartError = "StartError"
+
+// previousElsewhere is the answer to a --previous read of container that
+// the agent answered with guestchannel.NoPreviousInstance: from the pod's
+// record, which says when the container's last state was carried from an
+// earlier boot (PodRecord.ContainersBefore: the status shows it as long as
+// the current guest has no last state of its own). An agent that keeps its
+// logs across boots (guestchannel.CapLogsAcrossBoots) would have read that
+// boot's last instance had it run on this VM's disk, so it ran in an
+// earlier pod VM (the pod's VM re-created, or the pod placed again after
+// its host failed), whose log went with that VM's disk. Otherwise it is the
+// agent's answer: no earlier boot, a record that cannot be read, or a last
+// state of a start that failed (no process ran, so no log was written,
+// wherever it was).
+func (s *Service) previousElsewhere(ns, name, container string) error {
+	notFound := errors.New(guestchannel.NoPreviousInstance)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rec, err := s.record(ctx, ns, name)
+	if err != nil {
+		return notFound
+	}
+	carried, ok := rec.ContainersBefore[container]
+	t := carried.LastState.Terminated
+	if !ok || t == nil || t.Reason == reasonStartError {
+		return notFound
+	}
+	for _, cs := range slices.Concat(rec.InitContainerStatuses, rec.ContainerStatuses) {
+		if cs.Name == container && equality.Semantic.DeepEqual(cs.LastTerminationState, carried.LastState) {
+			why := fmt.Sprintf("its last state: %s, exit code %d", t.Reason, t.ExitCode)
+			if t.Message != "" {
+				why += ": " + t.Message
+			}
+			return fmt.Errorf("the previous instance ran in an earlier pod VM (%s); its log is not kept", why)
+		}
+	}
+	return notFound
 }
 
 // lastLineTimeout bounds the wait for an older agent's last line of a log
@@ -459,6 +508,10 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 		}
 		if data := st.skip.pass(c.Data); len(data) > 0 {
 			st.send(events.PodStreamMessage{Data: data})
+		}
+		if c.Error == guestchannel.NoPreviousInstance && st.noPrevious != nil {
+			st.fail(st.noPrevious())
+			return true
 		}
 		if c.Error != "" {
 			st.fail(errors.New(c.Error))

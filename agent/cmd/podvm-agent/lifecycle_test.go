@@ -300,3 +300,41 @@ func TestUnmountableDiskIsReported(t *testing.T) {
 		t.Errorf("stopped = %+v", stopped)
 	}
 }
+
+// An agent started again on the same disk 0 (the guest rebooted) goes on
+// with the logs the earlier boot left: --previous reads that boot's last
+// instance, which the pod's lastState names after the reboot, and the new
+// boot's first instance does not overwrite it. The agent's restart count
+// still starts at 0 with the boot (the record adds the earlier boots').
+func TestLogsGoOnAcrossAGuestReboot(t *testing.T) {
+	needGuest(t)
+	// Boot 1 runs two instances: the second is its last.
+	once := withVolume(sh("app", `if [ -f /v/once ]; then echo "boot 1 second"; exec sleep 3600; fi; touch /v/once; echo "boot 1 first"; exit 1`))
+	spec := emptyDir(image.Spec("reboot", "Always", 0, nil, []guestchannel.Container{once}))
+	g1 := guest(t, spec, guesttest.Options{Backoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	g1.Host.Wait("app restarted once and running", wait, func(v guesttest.View) bool {
+		return v.Container("app").RestartCount == 1 && running("app")(v)
+	})
+	guesttest.Eventually(t, "boot 1's second instance's log", wait, func() bool {
+		text, _ := g1.Host.Logs(guestchannel.LogsRequest{Container: "app"})
+		return text == "boot 1 second\n"
+	})
+	g1.Shutdown()
+
+	spec = image.Spec("reboot", "Always", 0, nil, []guestchannel.Container{sh("app", `echo "boot 2"; exec sleep 3600`)})
+	g2 := guest(t, spec, guesttest.Options{Devices: map[string]string{"scsi0:0": g1.Ephemeral}})
+	v := g2.Host.Wait("app running in boot 2", wait, running("app"))
+	if c := v.Container("app"); c.RestartCount != 0 || c.LastState != nil {
+		t.Errorf("app in boot 2 = %+v, want no restart and no last state of the agent's own", c)
+	}
+	guesttest.Eventually(t, "boot 2's log", wait, func() bool {
+		text, _ := g2.Host.Logs(guestchannel.LogsRequest{Container: "app"})
+		return text == "boot 2\n"
+	})
+	if prev, errMsg := g2.Host.Logs(guestchannel.LogsRequest{Container: "app", Previous: true}); prev != "boot 1 second\n" || errMsg != "" {
+		t.Errorf("logs --previous after the reboot = %q, %q; want boot 1's last instance", prev, errMsg)
+	}
+	if _, _, hellos := g2.Host.Snapshot(); len(hellos) == 0 || !hellos[0].Can(guestchannel.CapLogsAcrossBoots) {
+		t.Errorf("hellos = %+v, want the capability %s announced", hellos, guestchannel.CapLogsAcrossBoots)
+	}
+}

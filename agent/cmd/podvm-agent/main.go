@@ -145,9 +145,9 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 		Hello: guestchannel.Hello{Protocol: guestchannel.Protocol, AgentVersion: version,
 			PodUID: cfg.Spec.UID, Namespace: cfg.Spec.Namespace, Name: cfg.Spec.Name,
 			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken,
-			// Logs are served here (agent.Logs), so the capability to
-			// start a log at its end is announced here too.
-			Capabilities: []string{guestchannel.CapLogsFromEnd}},
+			// Logs are served here (agent.Logs), so the log store's
+			// capabilities are announced here too.
+			Capabilities: []string{guestchannel.CapLogsFromEnd, guestchannel.CapLogsAcrossBoots}},
 		Pod: a, Log: log.With("part", "channel"),
 	}
 	if w != nil && cfg.Spec.Template {

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +90,10 @@ func TestLivenessKillSaysWhy(t *testing.T) {
 	g := guest(t, spec, guesttest.Options{Backoff: 5 * time.Second, MaxBackoff: 5 * time.Second})
 
 	g.Host.Wait("full running", wait, running("full"))
+	// Running is the process started, not its script done.
+	guesttest.Eventually(t, "full's page written", wait, func() bool {
+		return g.Host.Exec("full", nil, "test", "-f", "/www/index.html").ExitCode == 0
+	})
 	if r := g.Host.Exec("full", nil, "rm", "/www/index.html"); r.ExitCode != 0 {
 		t.Fatalf("rm: %+v", r)
 	}
@@ -185,5 +191,40 @@ func TestCrun(t *testing.T) {
 	// ignores the signal, the grace period runs out, SIGKILL ends it.
 	if stopped := g.Host.Stop(1, wait); len(stopped.Killed) != 1 || stopped.Killed[0] != "app" {
 		t.Errorf("stopped = %+v, want app killed after the grace period", stopped)
+	}
+}
+
+// Once the pod's stop began no liveness probe runs, as the kubelet stops
+// probing a terminating pod: here the container's SIGTERM trap makes the
+// probe fail and keeps the process on for the grace period, and the trail
+// the probe and the trap write shows no probe after the trap.
+func TestNoLivenessProbeAfterTheStopBegan(t *testing.T) {
+	needGuest(t)
+	c := sh("app", `trap 'rm -f /tmp/healthy; echo term >> /tmp/trail' TERM; touch /tmp/healthy; while true; do sleep 0.05; done`)
+	c.LivenessProbe = &guestchannel.Probe{Exec: &guestchannel.ExecAction{Command: []string{"sh", "-c", "echo probe >> /tmp/trail; test -f /tmp/healthy"}},
+		InitialDelaySeconds: 1, PeriodSeconds: 1, TimeoutSeconds: 1, SuccessThreshold: 1, FailureThreshold: 1}
+	spec := image.Spec("stopprobe", "Always", 2, nil, []guestchannel.Container{c})
+	g := guest(t, spec, guesttest.Options{})
+	g.Host.Wait("app running", wait, running("app"))
+	trail := func() string {
+		b, _ := os.ReadFile(filepath.Join(g.UpperDir("app"), "tmp/trail"))
+		return string(b)
+	}
+	// The stop comes just after a probe, a period before the next: a
+	// probe that began before the stop cannot write after the trap.
+	guesttest.Eventually(t, "the probe running", wait, func() bool { return strings.HasPrefix(trail(), "probe\n") })
+	before := trail()
+	guesttest.Eventually(t, "the probe's next check", wait, func() bool { return trail() != before })
+	before = trail()
+	stopped := g.Host.Stop(2, wait)
+	if len(stopped.Killed) != 1 {
+		t.Errorf("killed = %v, want app killed after the grace period", stopped.Killed)
+	}
+	if got := trail(); got != before+"term\n" {
+		t.Errorf("trail = %q, want %q: the trap, and no probe after it", got, before+"term\n")
+	}
+	v, _, _ := g.Host.Snapshot()
+	if st := v.Container("app").State; st.Message != "pod stopped; killed after the grace period of 2s" {
+		t.Errorf("app = %+v, want the stop's kill in its message", st)
 	}
 }
