@@ -55,6 +55,7 @@ const (
 	TypePodUnschedulable      = "io.podvisor.pod.unschedulable.v1"
 	TypePodImagesReady        = "io.podvisor.pod.images.ready.v1"
 	TypePodImagesFailed       = "io.podvisor.pod.images.failed.v1"
+	TypePodImagesRetrying     = "io.podvisor.pod.images.retrying.v1"
 	TypePodNetworkAttached    = "io.podvisor.pod.network.attached.v1"
 	TypePodNetworkFailed      = "io.podvisor.pod.network.failed.v1"
 	TypePodVMReady            = "io.podvisor.pod.vm.ready.v1"
@@ -147,6 +148,7 @@ const (
 	SubjectPodUnschedulable      = "pv.pod.unschedulable"
 	SubjectPodImagesReady        = "pv.pod.images.ready"
 	SubjectPodImagesFailed       = "pv.pod.images.failed"
+	SubjectPodImagesRetrying     = "pv.pod.images.retrying"
 	SubjectPodNetworkAttached    = "pv.pod.network.attached"
 	SubjectPodNetworkFailed      = "pv.pod.network.failed"
 	SubjectPodVMReady            = "pv.pod.vm.ready"
@@ -311,6 +313,7 @@ var catalog = []Kind{
 	kind[PodUnschedulable](TypePodUnschedulable, SubjectPodUnschedulable, StreamPods),
 	kind[PodImagesReady](TypePodImagesReady, SubjectPodImagesReady, StreamPods),
 	kind[PodImagesFailed](TypePodImagesFailed, SubjectPodImagesFailed, StreamPods),
+	kind[PodImagesRetrying](TypePodImagesRetrying, SubjectPodImagesRetrying, StreamPods),
 	kind[PodNetworkAttached](TypePodNetworkAttached, SubjectPodNetworkAttached, StreamPods),
 	kind[PodNetworkFailed](TypePodNetworkFailed, SubjectPodNetworkFailed, StreamPods),
 	kind[PodVMReady](TypePodVMReady, SubjectPodVMReady, StreamPods),

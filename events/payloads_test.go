@@ -53,6 +53,8 @@ func TestPayloadValidation(t *testing.T) {
 			c.Disk, c.Chain[len(c.Chain)-1] = "podvisor/x.vmdk", "podvisor/x.vmdk"
 		}, "containers[1].disk", "datastore path"},
 		{"images failed without reason", TypePodImagesFailed, func(v any) { v.(*PodImagesFailed).Reason = "" }, "reason", "Required"},
+		{"images retrying without attempt", TypePodImagesRetrying, func(v any) { v.(*PodImagesRetrying).Attempt = 0 }, "attempt", "greater than zero"},
+		{"images retrying without message", TypePodImagesRetrying, func(v any) { v.(*PodImagesRetrying).Message = " " }, "message", "Required"},
 		{"attached bad ip", TypePodNetworkAttached, func(v any) { v.(*PodNetworkAttached).Attachments[0].IP = "10.20.0.300" }, "attachments[0].ip", "IPv4"},
 		{"attached bad prefix", TypePodNetworkAttached, func(v any) { v.(*PodNetworkAttached).Attachments[1].PrefixLength = 33 }, "attachments[1].prefixLength", "between 1 and 32"},
 		{"attached bad mac", TypePodNetworkAttached, func(v any) { v.(*PodNetworkAttached).Attachments[1].MAC = "00:50:56" }, "attachments[1].mac", "48-bit"},

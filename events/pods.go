@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation/field"
@@ -363,6 +364,43 @@ func (e *PodImagesFailed) Validate() error {
 	errs = append(errs, validateDNSLabel(field.NewPath("container"), e.Container)...)
 	errs = append(errs, required(field.NewPath("image"), e.Image)...)
 	errs = append(errs, validateFailure(e.Reason, e.Message)...)
+	return asError(errs)
+}
+
+// PodImagesRetrying says preparing an image of the pod failed with an error
+// a later try may outlive (a registry that refuses connections or does not
+// answer) and that the image cache tries again: it comes once per failed
+// try but the last, whose failure pod.images.failed tells. The pod's status
+// shows it (ImagePullBackOff) until pod.images.ready or pod.images.failed.
+type PodImagesRetrying struct {
+	PodRef
+	// Container whose image failed.
+	Container string `json:"container"`
+	// Image is the reference as written in the manifest.
+	Image string `json:"image"`
+	// Reason is the image cache's CamelCase word (RegistryUnavailable, ...),
+	// as pod.images.failed would carry it.
+	Reason string `json:"reason"`
+	// Message is the underlying error for a person.
+	Message string `json:"message"`
+	// Attempt is the try that failed, 1 for the first.
+	Attempt int `json:"attempt"`
+	// NextAttemptAt is when the next try is due, when known.
+	NextAttemptAt time.Time `json:"nextAttemptAt,omitzero"`
+}
+
+// ReasonImagePullBackOff is the reason of a pod whose images the image
+// cache tries again (PodImagesRetrying), and so of its containers' waiting
+// state, as the kubelet says it.
+const ReasonImagePullBackOff = "ImagePullBackOff"
+
+// Validate checks identity, the reason and the attempt.
+func (e *PodImagesRetrying) Validate() error {
+	errs := e.PodRef.validate()
+	errs = append(errs, validateDNSLabel(field.NewPath("container"), e.Container)...)
+	errs = append(errs, required(field.NewPath("image"), e.Image)...)
+	errs = append(errs, validateFailure(e.Reason, e.Message)...)
+	errs = append(errs, validatePositive(field.NewPath("attempt"), int64(e.Attempt))...)
 	return asError(errs)
 }
 

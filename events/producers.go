@@ -45,6 +45,7 @@ var publishers = map[string][]string{
 	TypePodUnschedulable:      {PublisherScheduler},
 	TypePodImagesReady:        {PublisherImageCache},
 	TypePodImagesFailed:       {PublisherImageCache},
+	TypePodImagesRetrying:     {PublisherImageCache},
 	TypePodNetworkAttached:    {PublisherNetConfig},
 	TypePodNetworkFailed:      {PublisherNetConfig},
 	TypePodRunning:            {PublisherProvisioner},

@@ -32,7 +32,7 @@ func TestSubjectsPublishedBy(t *testing.T) {
 			t.Errorf("client may publish the fact %s", fact)
 		}
 	}
-	if got := SubjectsPublishedBy(PublisherImageCache); !slices.Equal(got, []string{SubjectImageEvicted, SubjectImagePulled, SubjectPodImagesFailed, SubjectPodImagesReady}) {
+	if got := SubjectsPublishedBy(PublisherImageCache); !slices.Equal(got, []string{SubjectImageEvicted, SubjectImagePulled, SubjectPodImagesFailed, SubjectPodImagesReady, SubjectPodImagesRetrying}) {
 		t.Errorf("imagecache publishes %v", got)
 	}
 }

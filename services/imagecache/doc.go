@@ -22,7 +22,10 @@
 // InvalidImageName, ImageNotFound, Unauthorized, DigestMismatch,
 // ImageLimitExceeded, InvalidLayer, RegistryRefused, ImageDisksUnavailable,
 // DatastoreFull or NoImageDatastore at once; RegistryUnavailable and other
-// transient errors after the bus's redeliveries run out.
+// transient errors after the bus's redeliveries run out. Until then each
+// failed try publishes pod.images.retrying (the reason, the error, the try
+// and when the next is due), which the pod's status shows as
+// ImagePullBackOff.
 //
 // pod.images.ready goes out on pod.accepted when the chain's datastore is
 // mounted on every host (the pod can land anywhere). Otherwise pod.scheduled
@@ -37,10 +40,17 @@
 // is read, and a pod that is gone (or whose name is a newer pod's) has its
 // references dropped and nothing announced.
 //
+// A pod deleted while its images are prepared stops being prepared: a try
+// after the first reads the pod record before it begins, and a preparation
+// in flight reads it every few seconds, ending when the pod is being
+// deleted or gone. Its worker is free then for the pod's pod.deleted,
+// queued behind it; what it referenced is dropped once the pod is gone.
+//
 // # Pull once
 //
 // Twenty pods of one image cause one pull: in one process the pods' workers
-// share each chain's work (singleflight), and across replicas the Redis
+// share each chain's work (flights: the work goes on while any pod waits
+// for it, and stops when none does), and across replicas the Redis
 // pull lease (package chaindb) lets one replica pull while the others wait
 // for the record to turn ready. A replica that dies mid-pull loses its lease
 // when it expires; the next one clears the folder and pulls again, and a

@@ -18,3 +18,15 @@ func (s *Service) FinishPull(ctx context.Context, rec events.ChainRecord, token 
 	_, _, err := s.finish(ctx, rec, token, work, true)
 	return err
 }
+
+// ChainWaiters counts the callers waiting for the chain work in flight in
+// this process (one per pod and layer).
+func (s *Service) ChainWaiters() int {
+	s.chains.mu.Lock()
+	defer s.chains.mu.Unlock()
+	n := 0
+	for _, fl := range s.chains.m {
+		n += fl.waiters
+	}
+	return n
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,13 +31,18 @@ type container struct {
 // concurrently (the bus keys them by pod), so accepted, scheduled and
 // deleted of a pod are handled in order. An image that cannot be prepared
 // (no retry can help, or the deliveries ran out) fails the pod through the
-// failure hook: pod.images.failed with the reason.
+// failure hook: pod.images.failed with the reason; a try that fails with
+// tries left tells the pod with pod.images.retrying (preparing).
 func (s *Service) routes() *bus.Router {
 	r := bus.NewRouter(Name, s.log)
-	bus.Handle(r, s.onAccepted).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodAccepted, err error) error {
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.PodAccepted) error {
+		return s.preparing(ctx, m, p.PodRef, func(ctx context.Context) error { return s.onAccepted(ctx, m, p) })
+	}).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodAccepted, err error) error {
 		return s.imagesFailed(ctx, m, p.Namespace, p.Name, p.UID, err)
 	})
-	bus.Handle(r, s.onScheduled).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodScheduled, err error) error {
+	bus.Handle(r, func(ctx context.Context, m *bus.Message, p *events.PodScheduled) error {
+		return s.preparing(ctx, m, p.PodRef, func(ctx context.Context) error { return s.onScheduled(ctx, m, p) })
+	}).OnFailure(func(ctx context.Context, m *bus.Message, p *events.PodScheduled, err error) error {
 		return s.imagesFailed(ctx, m, p.Namespace, p.Name, p.UID, err)
 	})
 	bus.Handle(r, func(ctx context.Context, _ *bus.Message, p *events.PodDeleted) error {
@@ -80,7 +86,7 @@ func (s *Service) onAccepted(ctx context.Context, m *bus.Message, e *events.PodA
 	if err != nil {
 		return err
 	}
-	preps, err := s.prepareAll(ctx, m, e.UID, cs, placement{candidates: cands})
+	preps, err := s.prepareAll(ctx, m, e.PodRef, cs, placement{candidates: cands})
 	if err != nil {
 		return err
 	}
@@ -136,7 +142,7 @@ func (s *Service) onScheduled(ctx context.Context, m *bus.Message, e *events.Pod
 			}
 		}
 	}
-	preps, err := s.prepareAll(ctx, m, e.UID, cs, placement{candidates: cands, copyFrom: true})
+	preps, err := s.prepareAll(ctx, m, e.PodRef, cs, placement{candidates: cands, copyFrom: true})
 	if err != nil {
 		return err
 	}
@@ -255,19 +261,25 @@ func readyDatastores(sig string) []string {
 // prepareAll prepares every distinct image of the pod and references the
 // chains for the pod. An image that fails is returned as an imageError
 // naming its container, classified (classify): the failure hook tells the
-// pod when no retry can help or the deliveries ran out.
-func (s *Service) prepareAll(ctx context.Context, m *bus.Message, uid string, cs []container, pl placement) (map[string]prepared, error) {
+// pod when no retry can help or the deliveries ran out. A pod found being
+// deleted or gone meanwhile (whilePodStays) ends the preparation with
+// errPodLeaving.
+func (s *Service) prepareAll(ctx context.Context, m *bus.Message, pod events.PodRef, cs []container, pl placement) (map[string]prepared, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PrepareTimeout)
 	defer cancel()
+	ctx, stop := s.whilePodStays(ctx, pod)
+	defer stop()
 	out := map[string]prepared{}
 	for _, c := range cs {
 		if _, done := out[c.Image]; done {
 			continue
 		}
-		p, err := s.prepareOne(ctx, m, uid, c.Image, pl)
+		p, err := s.prepareOne(ctx, m, pod.UID, c.Image, pl)
 		switch {
 		case err == nil:
 			out[c.Image] = p
+		case errors.Is(context.Cause(ctx), errPodLeaving):
+			return nil, errPodLeaving
 		case errors.Is(err, context.Canceled) && context.Cause(ctx) == context.Canceled:
 			return nil, err // shutting down: someone else finishes
 		case ctx.Err() != nil:
@@ -278,6 +290,62 @@ func (s *Service) prepareAll(ctx context.Context, m *bus.Message, uid string, cs
 		}
 	}
 	return out, nil
+}
+
+// preparing runs prepare, one delivery of a pod event that prepares the
+// pod's images (pod.accepted, pod.scheduled), for a pod that stays:
+//
+//   - A delivery after the first (the pod's earlier try failed) first
+//     checks that the pod still exists (podStays): a pod deleted since is
+//     not prepared again, its references are dropped once it is gone.
+//   - A pod found being deleted or gone while its images are prepared
+//     (whilePodStays) ends its preparation there, the same way.
+//   - A try that fails with tries left tells the pod (imagesRetrying).
+func (s *Service) preparing(ctx context.Context, m *bus.Message, pod events.PodRef, prepare func(context.Context) error) error {
+	if m.Delivery > 1 {
+		if stays, err := s.podStays(ctx, m, pod.Namespace, pod.Name, pod.UID, nil); err != nil || !stays {
+			return err
+		}
+	}
+	err := prepare(ctx)
+	if errors.Is(err, errPodLeaving) {
+		if stays, serr := s.podStays(ctx, m, pod.Namespace, pod.Name, pod.UID, nil); serr != nil || !stays {
+			return serr
+		}
+		return err
+	}
+	return s.imagesRetrying(ctx, m, pod, err)
+}
+
+// imagesRetrying tells the pod why its images are not ready yet when
+// preparing them failed with an error a later try may outlive and a try is
+// left: pod.images.retrying with the reason and the error pod.images.failed
+// would carry, the try and when the next one is due. Without it a pod
+// whose registry refuses connections would show nothing of it for the
+// minutes the deliveries last. Its id derives from the event's and the
+// delivery's, so a try's event is stored once however often it is
+// published. The last try's failure is the failure hook's; a publish that
+// fails is only logged (the next failed try tells again). It returns err.
+func (s *Service) imagesRetrying(ctx context.Context, m *bus.Message, pod events.PodRef, err error) error {
+	var ie *imageError
+	if !errors.As(err, &ie) || bus.IsPermanent(err) || m.LastDelivery() {
+		return err
+	}
+	delay, ok := bus.RetryDelay(err)
+	if !ok {
+		delay = s.cfg.redeliveryDelay(m.Delivery)
+	}
+	reason := bus.ReasonOf(err, ReasonImagePrepareFailed)
+	m.Log.Info("pod images failed; trying again", "container", ie.c.Name, "image", ie.c.Image, "reason", reason, "err", err, "delay", delay)
+	pctx, cancel := publishContext(ctx)
+	defer cancel()
+	if perr := s.out.Emit(pctx, &m.Event, &events.PodImagesRetrying{
+		PodRef: pod, Container: ie.c.Name, Image: ie.c.Image, Reason: reason, Message: err.Error(),
+		Attempt: int(m.Delivery), NextAttemptAt: s.now().Add(delay).UTC(),
+	}, bus.Distinct(strconv.FormatUint(m.Delivery, 10))); perr != nil {
+		m.Log.Warn("pod.images.retrying not published", "err", perr)
+	}
+	return err
 }
 
 // imageError names the container whose image could not be prepared.
@@ -465,6 +533,38 @@ const recordNotFoundDeliveries = 4
 
 // podDeleting is how soon a pod event of a pod being deleted looks again.
 const podDeleting = time.Second
+
+// podCheckInterval is how often a preparation in flight reads its pod's
+// record (whilePodStays): a preparation that ends within it costs no read.
+const podCheckInterval = 2 * time.Second
+
+// errPodLeaving ends the preparation of a pod found being deleted or gone.
+var errPodLeaving = errors.New("the pod is being deleted or gone: its preparation stops")
+
+// whilePodStays returns ctx, cancelled with errPodLeaving once the pod's
+// record, read every podCheckInterval, says the pod is being deleted, names
+// a newer pod of the name, or is gone after it was read. A pull that hangs
+// or is retried otherwise keeps the pod's worker (and its pod.deleted,
+// queued behind it under the same key) until its bounds run out. A chain
+// another pod waits for too is pulled on for that pod (flights). A record
+// never read is not taken for a pod that is gone (a KV replica that lags
+// behind its creation): podStays decides once the images are referenced.
+func (s *Service) whilePodStays(ctx context.Context, pod events.PodRef) (context.Context, func()) {
+	seen := false
+	return cancelWhen(ctx, podCheckInterval, func(ctx context.Context) error {
+		rec, err := s.podRecord(ctx, pod.Namespace, pod.Name)
+		switch {
+		case err != nil, rec == nil && !seen:
+			// Not the pod's doing, or not known yet: looked at again.
+		case rec == nil || rec.UID != pod.UID || !rec.DeletionRequestedAt.IsZero():
+			s.log.Info("pod being deleted or gone: its images are no longer prepared", "pod", pod.ObjectKey(), "uid", pod.UID)
+			return errPodLeaving
+		default:
+			seen = true
+		}
+		return nil
+	})
+}
 
 // podStays checks, once the pod's chains are referenced, that the pod still
 // exists. A pod.accepted or pod.scheduled handled after the pod's

@@ -31,29 +31,9 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 	e.handled(e.accept("live", web))
 	layers := layerSizes(t, e, web)
 
-	// holds lists what the image cache still keeps for pod name: the
-	// chains whose reference sets name it, and its own keys.
 	holds := func(name string) []string {
 		t.Helper()
-		uid := testenv.UID(name)
-		var out []string
-		for _, l := range layers {
-			for _, ds := range []string{sharedDS, localDS} {
-				if in, err := e.redis.SIsMember(ctx, imagemeta.ChainRefsKey(l.ChainID, ds), uid).Result(); err != nil {
-					t.Fatal(err)
-				} else if in {
-					out = append(out, imagemeta.IndexMember(l.ChainID, ds))
-				}
-			}
-		}
-		for _, k := range []string{imagemeta.PodKey(uid), imagemeta.PodContainersKey(uid), imagemeta.PodReadyKey(uid)} {
-			if n, err := e.redis.Exists(ctx, k).Result(); err != nil {
-				t.Fatal(err)
-			} else if n == 1 {
-				out = append(out, k)
-			}
-		}
-		return out
+		return e.holds(t, layers, name)
 	}
 	announced := func(name string) bool {
 		return readyFor(t, e.Events.Seen(), name) != nil
@@ -127,4 +107,30 @@ func TestPodGoneWhileItsImagesArePrepared(t *testing.T) {
 			t.Errorf("chain %s has %d references, want the live pod's 1", l.ChainID, rec.Refs)
 		}
 	}
+}
+
+// holds lists what the image cache still keeps for pod name: the chains of
+// layers whose reference sets name it, and its own keys.
+func (e *env) holds(t testing.TB, layers []imagemeta.Layer, name string) []string {
+	t.Helper()
+	ctx := context.Background()
+	uid := testenv.UID(name)
+	var out []string
+	for _, l := range layers {
+		for _, ds := range []string{sharedDS, localDS} {
+			if in, err := e.redis.SIsMember(ctx, imagemeta.ChainRefsKey(l.ChainID, ds), uid).Result(); err != nil {
+				t.Fatal(err)
+			} else if in {
+				out = append(out, imagemeta.IndexMember(l.ChainID, ds))
+			}
+		}
+	}
+	for _, k := range []string{imagemeta.PodKey(uid), imagemeta.PodContainersKey(uid), imagemeta.PodReadyKey(uid)} {
+		if n, err := e.redis.Exists(ctx, k).Result(); err != nil {
+			t.Fatal(err)
+		} else if n == 1 {
+			out = append(out, k)
+		}
+	}
+	return out
 }

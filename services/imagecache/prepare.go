@@ -75,7 +75,7 @@ func (s *Service) resolve(ctx context.Context, ref string) (image, error) {
 			return r.val, nil
 		}
 	}
-	v, err, _ := s.resolves.Do(ref, func() (any, error) {
+	v, err := s.resolves.do(ctx, ref, func(ctx context.Context) (any, error) {
 		img, err := s.registry.Resolve(ctx, ref)
 		if err == nil {
 			m := img.Manifest()
@@ -246,11 +246,12 @@ func (s *Service) ensure(ctx context.Context, img image, pl placement) (prepared
 const layerParallelism = 4
 
 // ensureChain makes layer i's chain ready on ds, sharing the work with every
-// other caller in this process (singleflight) and in other replicas (the
-// Redis lease).
+// other caller in this process (flights) and in other replicas (the Redis
+// lease). A caller whose ctx ends leaves; the work goes on while another
+// caller waits for it.
 func (s *Service) ensureChain(ctx context.Context, img image, i int, ds string, parent *events.ChainRecord, locs map[string]string, copyFrom bool) (events.ChainRecord, error) {
 	key := events.ChainRecordKey(img.manifest.Layers[i].ChainID, ds)
-	v, err, _ := s.chains.Do(key, func() (any, error) {
+	v, err := s.chains.do(ctx, key, func(ctx context.Context) (any, error) {
 		rec, _, err := s.ensureChainOnce(ctx, img, i, ds, parent, locs, copyFrom)
 		return rec, err
 	})
@@ -525,13 +526,35 @@ func (s *Service) copyChain(parent context.Context, img image, rec events.ChainR
 // lease over then, and two pullers must never write one folder. The
 // puller's own clock measures that, never the lease's expiry in Redis.
 func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token string) (context.Context, func()) {
+	ttl := s.cfg.LeaseTTL
+	renewed := time.Now()
+	return cancelWhen(ctx, ttl/3, func(ctx context.Context) error {
+		rctx, rcancel := context.WithTimeout(ctx, ttl/3)
+		ok, err := s.db.Renew(rctx, rec.ChainID, rec.Datastore, token, ttl)
+		rcancel()
+		switch {
+		case err == nil && ok:
+			renewed = time.Now()
+		case err == nil:
+			return ErrLeaseLost
+		case time.Since(renewed)+ttl/3 >= ttl:
+			s.log.Warn("pull lease renewals failing; stopping the pull before the lease can expire",
+				"chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
+			return ErrLeaseLost
+		}
+		return nil
+	})
+}
+
+// cancelWhen returns ctx, cancelled with the cause check returns (nil: none
+// yet), checked every interval, one check at a time, until stop: the pull
+// lease's keeper, and the watch over a pod whose images are prepared.
+func cancelWhen(ctx context.Context, every time.Duration, check func(context.Context) error) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
-	ttl := s.cfg.LeaseTTL
 	go func() {
-		t := time.NewTicker(ttl / 3)
+		t := time.NewTicker(every)
 		defer t.Stop()
-		renewed := time.Now()
 		for {
 			select {
 			case <-done:
@@ -539,21 +562,10 @@ func (s *Service) keepLease(ctx context.Context, rec events.ChainRecord, token s
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				rctx, rcancel := context.WithTimeout(ctx, ttl/3)
-				ok, err := s.db.Renew(rctx, rec.ChainID, rec.Datastore, token, ttl)
-				rcancel()
-				switch {
-				case err == nil && ok:
-					renewed = time.Now()
-				case err == nil:
-					cancel(ErrLeaseLost)
-					return
-				case time.Since(renewed)+ttl/3 >= ttl:
-					s.log.Warn("pull lease renewals failing; stopping the pull before the lease can expire",
-						"chain", events.ChainRecordKey(rec.ChainID, rec.Datastore), "err", err)
-					cancel(ErrLeaseLost)
-					return
-				}
+			}
+			if cause := check(ctx); cause != nil {
+				cancel(cause)
+				return
 			}
 		}
 	}()

@@ -10,7 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/podvisor/podvisor/services/imagecache/chaindb"
 	"github.com/podvisor/podvisor/services/imagecache/imagedisk"
@@ -64,8 +63,8 @@ type Service struct {
 	// diskErr says why image disks cannot be written here (nil: they can).
 	diskErr error
 
-	chains   singleflight.Group // one pull per chain and datastore in this process
-	resolves singleflight.Group // one manifest request per reference at a time
+	chains   flights // one pull per chain and datastore in this process
+	resolves flights // one manifest request per reference at a time
 	stats    counters
 
 	invMu     sync.Mutex

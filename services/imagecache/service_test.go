@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -267,7 +268,7 @@ func TestFailures(t *testing.T) {
 // TestRegistryUnavailable: a registry that does not answer makes the pod
 // fail with RegistryUnavailable once the redeliveries are used up, not at
 // the first refusal (the exhaustion of a transient failure, told by the
-// route's failure hook).
+// route's failure hook); each try before the last is told as it fails.
 func TestRegistryUnavailable(t *testing.T) {
 	e := startEnv(t, func(c *imagecache.Config) {
 		c.MaxDeliver = 3
@@ -286,6 +287,15 @@ func TestRegistryUnavailable(t *testing.T) {
 	}
 	if time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("failed after %s, before two redeliveries", time.Since(start))
+	}
+	// The tries before the last were told as they failed; the last one's
+	// failure is pod.images.failed alone.
+	var tries []int
+	for _, r := range testenv.In[events.PodImagesRetrying](t, evs, nil) {
+		tries = append(tries, r.Attempt)
+	}
+	if !slices.Equal(tries, []int{1, 2}) {
+		t.Fatalf("pod.images.retrying told tries %v, want 1 and 2", tries)
 	}
 }
 

@@ -38,7 +38,11 @@
 // pod is then reconciled. Reconciling is level-triggered: whatever the
 // event, the provisioner compares the record with vCenter and does what is
 // missing. Facts about a pod that no longer exists, or about an earlier pod
-// of the same name (another uid), are ignored. While a pod is on its way to
+// of the same name (another uid), are ignored. pod.images.retrying (the
+// image cache tries a pod's images again) is news, not a fact: while the pod
+// waits for its images its reason and message say ImagePullBackOff and why,
+// until pod.images.ready or pod.images.failed replaces them; it moves no
+// phase and reconciles nothing. While a pod is on its way to
 // a VM, a fact is folded into the record as this process last wrote it,
 // without reading it first: the compare-and-set at that revision fails if
 // anyone wrote since, and the fact is then folded into a fresh read. The

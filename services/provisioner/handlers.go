@@ -53,6 +53,7 @@ func (s *Service) routes() *bus.Router {
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodNetworkAttached) error {
 		return h.fact(ctx, p.Namespace, p.Name, p.UID, func(r *events.PodRecord) bool { return s.applyNetworkAttached(r, p) })
 	})
+	podRoute(s, r, handling.imagesRetrying)
 	podRoute(s, r, func(h handling, ctx context.Context, p *events.PodImagesFailed) error {
 		return h.failed(ctx, p.Namespace, p.Name, p.UID, ReasonImagesFailed,
 			fmt.Sprintf("image %s of container %s: %s: %s", p.Image, p.Container, p.Reason, p.Message), "")
@@ -543,9 +544,15 @@ func (s *Service) applyUnschedulable(r *events.PodRecord, p *events.PodUnschedul
 	return changed
 }
 
+// applyImagesReady keeps the pod's images; they replace what
+// pod.images.retrying said of them.
 func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady) bool {
 	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed {
 		return false
+	}
+	backedOff := r.Reason == events.ReasonImagePullBackOff
+	if backedOff {
+		r.Reason, r.Message = "", ""
 	}
 	// Keep the images in container order whatever order they came in.
 	byName := map[string]events.ContainerImage{}
@@ -560,7 +567,7 @@ func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady
 		}
 	}
 	if imagesEqual(r.Images, imgs) {
-		return false
+		return backedOff
 	}
 	r.Images = imgs
 	status, reason, msg := events.ConditionTrue, "Prepared", fmt.Sprintf("%d image disk chains ready", len(imgs))
@@ -568,6 +575,43 @@ func (s *Service) applyImagesReady(r *events.PodRecord, p *events.PodImagesReady
 		status, reason, msg = events.ConditionFalse, "Incomplete", fmt.Sprintf("%d of %d containers have an image", len(imgs), len(all))
 	}
 	r.SetCondition(events.PodConditionImagesReady, status, reason, msg, s.now().UTC())
+	return true
+}
+
+// imagesRetrying folds pod.images.retrying: while the pod waits for its
+// images, its reason and message (and so its containers' waiting state)
+// say that the image cache tries again and why, as the kubelet's
+// ImagePullBackOff does, until pod.images.ready or pod.images.failed
+// replaces them. It is news of a try, not a fact the pod needs: it moves
+// no phase and reconciles nothing, and a pod without a record (gone, or a
+// KV replica that lags) ignores it at once, as does a pod past its images
+// (a late one); the next failed try tells again.
+func (h handling) imagesRetrying(ctx context.Context, p *events.PodImagesRetrying) error {
+	_, err := h.s.mutate(ctx, events.PodRecordKey(p.Namespace, p.Name), p.UID, func(r *events.PodRecord) bool { return applyImagesRetrying(r, p) })
+	if errors.Is(err, errNoRecord) {
+		h.log.Info("pod.images.retrying about a pod without a record ignored", "key", events.PodRecordKey(p.Namespace, p.Name), "uid", p.UID)
+		return nil
+	}
+	return err
+}
+
+func applyImagesRetrying(r *events.PodRecord, p *events.PodImagesRetrying) bool {
+	if (r.Phase != events.PodPhasePending && r.Phase != events.PodPhaseScheduled) || !r.DeletionRequestedAt.IsZero() ||
+		!slices.Contains(missingFacts(r), factImages) {
+		return false
+	}
+	if r.Reason == ReasonUnschedulable || r.Reason == ReasonNetworkRefused {
+		return false // what the pod waits for first: a host
+	}
+	msg := fmt.Sprintf("Back-off pulling image %q (container %s): %s: %s (try %d", p.Image, p.Container, p.Reason, p.Message, p.Attempt)
+	if !p.NextAttemptAt.IsZero() {
+		msg += ", next at " + p.NextAttemptAt.UTC().Format(time.RFC3339)
+	}
+	msg += ")"
+	if r.Reason == events.ReasonImagePullBackOff && r.Message == msg {
+		return false
+	}
+	r.Reason, r.Message = events.ReasonImagePullBackOff, msg
 	return true
 }
 
