@@ -205,6 +205,10 @@ const (
 	StateTerminated = "terminated"
 )
 
+// ReasonStartError is a terminated state's reason when the container's
+// process could not be started (so it wrote no log and never ran).
+const ReasonStartError = "StartError"
+
 // LogsRequest asks for a container's log. The answer is a sequence of
 // LogChunk messages with the request's ID, the last one with EOF set.
 type LogsRequest struct {

@@ -266,7 +266,7 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		if err != nil {
 			log.Error("start container", "err", err)
 			now := time.Now().UTC()
-			term = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "StartError",
+			term = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: guestchannel.ReasonStartError,
 				Message: err.Error(), ExitCode: 128, StartedAt: &now, FinishedAt: &now}
 			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 				// Every attempt after the first is a restart, as in

@@ -200,10 +200,6 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	s.relay(pc, st, guestchannel.TypeLogs, lreq, nil)
 }
 
-// reasonStartError is the agent's reason for an instance whose process
-// never started.
-const reasonStartError = "StartError"
-
 // previousElsewhere is the answer to a --previous read of container that
 // the agent answered with guestchannel.NoPreviousInstance: from the pod's
 // record, which says when the container's last state was carried from an
@@ -226,7 +222,7 @@ func (s *Service) previousElsewhere(ns, name, container string) error {
 	}
 	carried, ok := rec.ContainersBefore[container]
 	t := carried.LastState.Terminated
-	if !ok || t == nil || t.Reason == reasonStartError {
+	if !ok || t == nil || t.Reason == guestchannel.ReasonStartError {
 		return notFound
 	}
 	for _, cs := range slices.Concat(rec.InitContainerStatuses, rec.ContainerStatuses) {

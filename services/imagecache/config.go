@@ -131,16 +131,6 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// redeliveryDelay is how long the bus waits before it delivers a pod event
-// again after its delivery n failed: BackOff[n-1], the last entry
-// repeating, as the consumer is configured.
-func (c Config) redeliveryDelay(n uint64) time.Duration {
-	if len(c.BackOff) == 0 {
-		return 0
-	}
-	return c.BackOff[min(max(n, 1), uint64(len(c.BackOff)))-1]
-}
-
 // Validate reports every invalid field (after defaults), each naming the
 // field and the reason.
 func (c Config) Validate() error {

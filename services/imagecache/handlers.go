@@ -333,7 +333,7 @@ func (s *Service) imagesRetrying(ctx context.Context, m *bus.Message, pod events
 	}
 	delay, ok := bus.RetryDelay(err)
 	if !ok {
-		delay = s.cfg.redeliveryDelay(m.Delivery)
+		delay = bus.ConsumerConfig{BackOff: s.cfg.BackOff}.Backoff(m.Delivery) // as the consumer is configured
 	}
 	reason := bus.ReasonOf(err, ReasonImagePrepareFailed)
 	m.Log.Info("pod images failed; trying again", "container", ie.c.Name, "image", ie.c.Image, "reason", reason, "err", err, "delay", delay)

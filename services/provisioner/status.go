@@ -238,7 +238,7 @@ func startTrouble(r *events.PodRecord) (reason, message string) {
 		switch w, t := cs.State.Waiting, cs.State.Terminated; {
 		case w != nil && w.Reason != "" && w.Reason != events.ReasonContainerCreating && w.Reason != reasonPodInitializing:
 			why, msg = w.Reason, w.Message
-		case t != nil && t.Reason == reasonStartError:
+		case t != nil && t.Reason == guestchannel.ReasonStartError:
 			why, msg = t.Reason, t.Message
 		default:
 			continue
@@ -331,13 +331,11 @@ func (s *Service) settle(ctx context.Context, r *events.PodRecord) error {
 // directory) never ran, so a pod whose container only fails to start is not
 // Running, however often it is retried.
 func started(cs corev1.ContainerStatus) bool {
-	ran := func(t *corev1.ContainerStateTerminated) bool { return t != nil && t.Reason != reasonStartError }
+	ran := func(t *corev1.ContainerStateTerminated) bool {
+		return t != nil && t.Reason != guestchannel.ReasonStartError
+	}
 	return cs.State.Running != nil || ran(cs.State.Terminated) || ran(cs.LastTerminationState.Terminated)
 }
-
-// reasonStartError is the pod VM agent's termination reason for a
-// container whose process could not be started.
-const reasonStartError = "StartError"
 
 // allStarted says whether every container of the pod has started.
 func allStarted(r *events.PodRecord) bool {

@@ -200,13 +200,14 @@ func (c ConsumerConfig) retryHorizon(md int) time.Duration {
 	cc := ConsumerConfig{BackOff: bo}
 	var h time.Duration
 	for n := 1; n < md; n++ {
-		h += cc.backoff(uint64(n))
+		h += cc.Backoff(uint64(n))
 	}
 	return h
 }
 
-// backoff is the delay before redelivering after failed delivery n (1-based).
-func (c ConsumerConfig) backoff(n uint64) time.Duration {
+// Backoff is the delay before redelivering after failed delivery n
+// (1-based): BackOff[n-1], the last entry repeating.
+func (c ConsumerConfig) Backoff(n uint64) time.Duration {
 	if len(c.BackOff) == 0 {
 		return 0
 	}
@@ -602,7 +603,7 @@ func (c *consumer) settle(ctx context.Context, d *delivery, err error) string {
 	}
 	delay, ok := RetryDelay(err)
 	if !ok {
-		delay = c.cfg.backoff(m.Delivery)
+		delay = c.cfg.Backoff(m.Delivery)
 	}
 	if ctx.Err() != nil {
 		// Cut off by the drain timeout: the failure says nothing about the
@@ -642,7 +643,7 @@ func (c *consumer) deadLetter(ctx context.Context, d *delivery, reason string) {
 	defer cancel()
 	if err := c.bus.publishDeadLetter(pctx, dl, m.msg.Headers(), m.msg.Data()); err != nil {
 		c.log.ErrorContext(ctx, "dead letter not stored; message will be redelivered", "seq", m.StreamSeq, "err", err)
-		_ = m.msg.NakWithDelay(c.cfg.backoff(m.Delivery))
+		_ = m.msg.NakWithDelay(c.cfg.Backoff(m.Delivery))
 		c.metrics.naked(m.Event.Type())
 		return
 	}

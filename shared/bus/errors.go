@@ -172,7 +172,7 @@ func Retry(ctx context.Context, attempts int, backoff []time.Duration, fn func(c
 		}
 		delay, ok := RetryDelay(err)
 		if !ok {
-			delay = cc.backoff(uint64(n))
+			delay = cc.Backoff(uint64(n))
 		}
 		t := time.NewTimer(delay)
 		select {
