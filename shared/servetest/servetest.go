@@ -8,7 +8,11 @@
 package servetest
 
 import (
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -30,14 +34,44 @@ func Accept(t testing.TB, ln net.Listener, handle func(net.Conn)) {
 	}()
 }
 
-// FreePort returns a loopback port nothing listens on (the kernel's choice,
-// released at once), for a server started after its client.
+// FreePort returns a loopback port nothing listens on, for a server started
+// after its client or started again on the same port.
+//
+// The port is taken below the kernel's ephemeral range: a port the kernel
+// hands out for ":0" is also one it may give an outgoing connection the next
+// moment, and a server that restarts on it (or a second FreePort call, which
+// the kernel may answer with the same port) then finds it in use. Outside
+// the range only another listener can take it.
 func FreePort(t testing.TB) int {
 	t.Helper()
+	lo := ephemeralLow()
+	for range 100 {
+		port := 10000 + rand.IntN(lo-10000)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue // taken: try another
+		}
+		ln.Close()
+		return port
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// default when it cannot be read).
+func ephemeralLow() int {
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 10100 {
+				lo = n
+			}
+		}
+	}
+	return lo
 }
