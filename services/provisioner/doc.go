@@ -31,6 +31,20 @@
 // requested anew leaves the new pod alone, uid or no uid in the delete.
 // The host agent's stop on delete follows the same rule.
 //
+// Within one process the consumer's keyed queue hands a pod's events to
+// the handlers in stream order; across replicas pulling the one durable it
+// cannot: a delete can reach one replica while another is still admitting
+// the request stored just before it, its record not made yet. A delete
+// that finds no record therefore asks the durable's ack floor (one round
+// trip, on that path only). While an event stored before it is unsettled
+// (maybe that request) it comes back after a second (bus.InProgress) and
+// looks again, three times at most; once the floor has passed it, it reads
+// the record again, since a request makes its record before it is
+// acknowledged. Only then is it rejected with NotFound: a name never
+// requested is refused within seconds however busy the stream, and a
+// delete published right after its request (by a raw client, which has
+// read no record) deletes the pod instead of being refused.
+//
 // Facts. The scheduler (pod.scheduled / pod.unschedulable), the image cache
 // (pod.images.ready / failed), network-config (pod.network.attached /
 // failed) and the migration service (pod.evicted, migration.*) report what
@@ -102,12 +116,15 @@
 // (stopwait.go). The guest's report finishes the delete as soon as it
 // shows them stopped; the delete request itself comes back at the bound
 // (bus.InProgress: its redelivery is the bound's timer, which no process
-// has to remember), and finding its pod gone, or a pod of that name
-// requested since, it is acknowledged and does nothing more. It
-// then powers off and destroys the VM — waiting for a create still in
-// flight — confirms it is gone, announces pod.deleted
-// with the host, image digests and addresses to release, and removes the
-// record. An unknown pod is rejected with NotFound.
+// has to remember), and finding its pod deleted (the record removed
+// after the delete was stored: the key's delete marker says when; with a
+// pod of that name requested since, the pod.deleted stored after it), it
+// is acknowledged and does nothing more. It then powers off and destroys the
+// VM — waiting for a create still in flight — confirms it is gone,
+// announces pod.deleted with the host, image digests and addresses to
+// release, and removes the record. An unknown pod is rejected with
+// NotFound, once nothing stored before the delete may still make it (see
+// the ordering above).
 //
 // Eviction (pod.evicted) returns the pod to Pending for a new placement and
 // removes the old VM if vCenter lets it; if the old host is unreachable the

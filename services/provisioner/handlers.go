@@ -101,7 +101,7 @@ func podRoute[T any, P interface {
 		s.annotate(ctx, m)
 		unlock := s.locks.Lock(m.Key)
 		defer unlock()
-		return h(handling{s: s, ev: m.Event, log: m.Log, delivery: m.Delivery, seq: m.StreamSeq}, ctx, p)
+		return h(handling{s: s, ev: m.Event, log: m.Log, delivery: m.Delivery, seq: m.StreamSeq, stored: m.Published}, ctx, p)
 	}).OnFailure(func(ctx context.Context, m *bus.Message, p *T, err error) error {
 		unlock := s.locks.Lock(m.Key)
 		defer unlock()
@@ -123,6 +123,8 @@ type handling struct {
 	delivery uint64
 	// seq is where the stream stored the event (0: not from a stream).
 	seq uint64
+	// stored is when the stream stored it.
+	stored time.Time
 }
 
 // fact folds an event into the record of its pod and reconciles. Events

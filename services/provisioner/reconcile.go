@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/podvisor/podvisor/agent/guestchannel"
 
 	"github.com/podvisor/podvisor/events"
@@ -709,39 +710,25 @@ func forgetGuestOf(r *events.PodRecord, now time.Time, gone bool) {
 // of the pod that name had when it was asked for, as a uid precondition
 // would say had the client read one.
 func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteRequested) error {
-	s := h.s
 	ns := p.Namespace
 	if ns == "" {
 		ns = events.DefaultNamespace
 	}
-	r, err := s.recs.get(ctx, events.PodRecordKey(ns, p.Name))
+	r, err := h.s.recs.get(ctx, events.PodRecordKey(ns, p.Name))
 	if err != nil {
 		return err
 	}
-	if r != nil && r.RequestedAfter(h.seq) {
-		// Stored before the request of the pod that bears the name now:
-		// about an earlier pod, gone since. Typically this delete's own
-		// redelivery (it waited for the containers to stop, and the
-		// guest's report finished the delete meanwhile) once the pod was
-		// made again.
-		h.log.Info("delete stored before the request of the pod named so now; it was about an earlier pod: nothing deleted",
-			"uid", r.UID, "request", r.RequestID, "delete_seq", h.seq)
-		if h.delivery > 1 {
-			return nil
-		}
-		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound,
-			fmt.Sprintf("pod %s was requested again (uid %s) after this delete, which was about an earlier pod of that name: nothing deleted", r.Key(), r.UID), "")
+	if r == nil || r.RequestedAfter(h.seq) {
+		return h.nothingToDelete(ctx, ns, p, r)
 	}
-	if r == nil && h.delivery > 1 {
-		// Redelivered while waiting for the containers to stop, and the
-		// guest's report finished the delete meanwhile.
-		return nil
-	}
-	if r == nil {
-		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound, fmt.Sprintf("pod %s does not exist", events.PodKey(ns, p.Name)), "")
-	}
+	return h.deletePod(ctx, p, r)
+}
+
+// deletePod starts (or goes on with) the delete of r, the pod p is about.
+func (h handling) deletePod(ctx context.Context, p *events.PodDeleteRequested, r *events.PodRecord) error {
+	s := h.s
 	if p.UID != "" && p.UID != r.UID {
-		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonUIDMismatch,
+		return s.reject(ctx, h.ev, r.Namespace, p.Name, p.UID, events.ReasonUIDMismatch,
 			fmt.Sprintf("pod %s has uid %s, not %s (it was re-created); nothing deleted", r.Key(), r.UID, p.UID), "")
 	}
 	if r.DeletionRequestedAt.IsZero() {
@@ -752,6 +739,133 @@ func (h handling) deleteRequested(ctx context.Context, p *events.PodDeleteReques
 		}
 	}
 	return s.reconcileOutcome(ctx, r, false)
+}
+
+// nothingToDelete handles a delete that finds no pod it is about: none of
+// the name (r nil), or one requested after it (r).
+//
+// Delivered again, it may have been done meanwhile: it waited for the
+// containers to stop, and the guest's report (or drift repair) finished
+// the delete, removing the record after this request was stored. It is
+// then acknowledged and does nothing more.
+//
+// With no record, it may have overtaken its request: the keyed queue
+// orders a name's events within one process only, and another replica may
+// still be admitting a request stored before this delete. Rejecting it
+// then would lose it, so while anything stored before it is unsettled it
+// comes back after overtakenWait, up to overtakenDeliveries. Otherwise it
+// is rejected with NotFound.
+func (h handling) nothingToDelete(ctx context.Context, ns string, p *events.PodDeleteRequested, r *events.PodRecord) error {
+	s := h.s
+	key := events.PodKey(ns, p.Name)
+	if h.delivery > 1 {
+		// Without a record, the key's delete marker tells (one read);
+		// with a pod requested after this delete in it, the marker is
+		// gone, and the pod.deleted stored after this delete tells (a walk
+		// of that shared subject: a delete and a new request of the name
+		// within one delete's wait are rare).
+		done, err := s.recordRemovedSince(ctx, events.PodRecordKey(ns, p.Name), h.stored)
+		if err == nil && !done && r != nil {
+			var d *jetstream.RawStreamMsg
+			d, err = bus.StoredAfter[events.PodDeleted](ctx, s.bus.JetStream(), key, h.seq, nil)
+			done = d != nil
+		}
+		if err != nil || done {
+			return err
+		}
+	}
+	if r == nil && h.delivery < s.overtakenDeliveries() {
+		behind, err := h.storedBeforeUnsettled(ctx)
+		if err != nil {
+			return err
+		}
+		if behind {
+			return bus.InProgress(fmt.Errorf("pod %s has no record, and an event stored before this delete is still being handled (maybe its request, on another replica): looking again", key), overtakenWait)
+		}
+		// Everything stored before this delete is settled, and a request
+		// makes its record before it is acknowledged: one that finished
+		// after the read above has its record now.
+		if r, err = s.recs.get(ctx, events.PodRecordKey(ns, p.Name)); err != nil {
+			return err
+		}
+		if r != nil && !r.RequestedAfter(h.seq) {
+			return h.deletePod(ctx, p, r)
+		}
+	}
+	if r == nil {
+		return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound, fmt.Sprintf("pod %s does not exist", key), "")
+	}
+	// Stored before the request of the pod that bears the name now: about
+	// an earlier pod, gone since.
+	h.log.Info("delete stored before the request of the pod named so now; it was about an earlier pod: nothing deleted",
+		"uid", r.UID, "request", r.RequestID, "delete_seq", h.seq)
+	return s.reject(ctx, h.ev, ns, p.Name, p.UID, events.ReasonNotFound,
+		fmt.Sprintf("pod %s was requested again (uid %s) after this delete, which was about an earlier pod of that name: nothing deleted", r.Key(), r.UID), "")
+}
+
+// recordRemovedSince reports whether the record key was removed after t:
+// the key's last message in the bucket's stream is a delete marker stored
+// since (KV reads hide markers; the stream keeps the last one of a key).
+// One read of one subject, asked only by a delete delivered again that
+// finds no record. The marker's time and t are both the server's store
+// times.
+func (s *Service) recordRemovedSince(ctx context.Context, key string, t time.Time) (bool, error) {
+	bucket := s.recs.kv.Bucket()
+	st, err := s.bus.JetStream().Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return false, fmt.Errorf("pod records' stream: %w", err)
+	}
+	m, err := st.GetLastMsgForSubject(ctx, "$KV."+bucket+"."+key)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("last message of pod record %s: %w", key, err)
+	}
+	switch m.Header.Get("KV-Operation") { // JetStream KV's marker of a removed key
+	case "DEL", "PURGE":
+		return m.Time.After(t), nil
+	}
+	return false, nil
+}
+
+// overtakenWait is how long a delete that may have overtaken its request
+// waits before it looks again (nothingToDelete): an admission takes
+// milliseconds, unless its replica is busy.
+const overtakenWait = time.Second
+
+// overtakenNotFoundDeliveries is the delivery of a delete from which a
+// pod without a record is taken for one that does not exist, whatever is
+// still unsettled before it: with overtakenWait, a name never requested is
+// refused within about 3 s however busy the stream.
+const overtakenNotFoundDeliveries = 4
+
+// overtakenDeliveries is overtakenNotFoundDeliveries, or the last delivery
+// when MaxAttempts allows fewer: that one must answer, not wait.
+func (s *Service) overtakenDeliveries() uint64 {
+	return uint64(min(overtakenNotFoundDeliveries, s.cfg.MaxAttempts))
+}
+
+// storedBeforeUnsettled reports whether the provisioner's durable on the
+// pods' stream has not yet settled everything stored before this delivery:
+// its ack floor (every sequence up to it acknowledged or given up) is below
+// seq-1. It cannot say which event that is, only that a request of the pod
+// may be among them; it costs a round trip, asked only by a delete that
+// finds no record. Handlers run outside a consumer (no durable) have
+// nothing unsettled.
+func (h handling) storedBeforeUnsettled(ctx context.Context) (bool, error) {
+	if h.seq < 2 {
+		return false, nil
+	}
+	durable := bus.ConsumerConfig{Service: Name, Stream: events.StreamPods}.Durable()
+	c, err := h.s.bus.JetStream().Consumer(ctx, events.StreamPods, durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("ack floor of %s: %w", durable, err)
+	}
+	return c.CachedInfo().AckFloor.Stream+1 < h.seq, nil
 }
 
 // teardown removes the pod's VMs, announces pod.deleted with what the owners
