@@ -373,7 +373,9 @@ func (rd *Reading) Send(ctx context.Context, chunk int, send func([]byte) error)
 				return err
 			}
 			continue
-		case ended && final:
+		case final && (ended || cur < 0):
+			// Its last instance's log is sent, or it never started
+			// and will not (a pod whose init container failed).
 			return nil
 		}
 		select {

@@ -73,6 +73,18 @@ func (b *Board) Snapshot() (guestchannel.Status, <-chan struct{}) {
 	return s, b.changed
 }
 
+// Container returns a copy of container name's status; false for a name
+// the pod does not have.
+func (b *Board) Container(name string) (guestchannel.ContainerStatus, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	cs := b.index[name]
+	if cs == nil {
+		return guestchannel.ContainerStatus{}, false
+	}
+	return copyStatuses([]guestchannel.ContainerStatus{*cs})[0], true
+}
+
 // NextSeq numbers a status report (increasing across connections of one
 // boot).
 func (b *Board) NextSeq() uint64 { return b.seq.Add(1) }

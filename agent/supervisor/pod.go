@@ -770,7 +770,23 @@ type ExecOutput func(stream string, data []byte)
 
 // ErrNotRunning is returned by Exec for a container without a running
 // instance.
-var ErrNotRunning = errors.New("container is not running")
+var ErrNotRunning = errors.New("not running")
+
+// stateText says what a container's state is in a few words, for an
+// answer that needs another state: "terminated with exit code 3, Error",
+// "waiting, PodInitializing".
+func stateText(s guestchannel.ContainerState) string {
+	switch s.Kind {
+	case guestchannel.StateTerminated:
+		return fmt.Sprintf("terminated with exit code %d, %s", s.ExitCode, s.Reason)
+	case guestchannel.StateWaiting:
+		if s.Reason == "" {
+			return "waiting"
+		}
+		return "waiting, " + s.Reason
+	}
+	return s.Kind
+}
 
 // Exec runs cmd in container name's namespaces, stdin from stdin (nil:
 // none; closed, when an io.Closer, once the command's input ends), output
@@ -784,10 +800,13 @@ func (p *Pod) Exec(ctx context.Context, name string, cmd []string, stdin io.Read
 	inst := p.running[name]
 	p.mu.Unlock()
 	if inst == nil {
-		if _, ok := p.board.index[name]; !ok {
+		cs, ok := p.board.Container(name)
+		if !ok {
 			return 0, fmt.Errorf("container %q is not in the pod", name)
 		}
-		return 0, fmt.Errorf("container %s: %w", name, ErrNotRunning)
+		// The state says why, as the status would: terminated with its
+		// exit code, or waiting and for what.
+		return 0, fmt.Errorf("container %q is %w (%s)", name, ErrNotRunning, stateText(cs.State))
 	}
 	// A program the container's files say it cannot run: the runtimes
 	// exit 255 for it, with a complaint that differs from one runtime to

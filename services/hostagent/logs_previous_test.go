@@ -35,6 +35,9 @@ func TestLogsPreviousOfAnEarlierPodVM(t *testing.T) {
 	startError := corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 128, Reason: "StartError",
 		Message: "overlay root: no such device", StartedAt: started, FinishedAt: started}}
 	across := []string{guestchannel.CapLogsAcrossBoots}
+	// notFound is the kubelet's answer, naming the container and the pod
+	// (NAME: the test case's).
+	const notFound = `previous terminated container "app" in pod default/NAME not found`
 	for i, tc := range []struct {
 		name string
 		// carried is the last state the record carries from an earlier
@@ -48,12 +51,12 @@ func TestLogsPreviousOfAnEarlierPodVM(t *testing.T) {
 		wantErr     string
 	}{
 		{name: "earlier pod VM", carried: &guestStopped, caps: across,
-			wantErr: "the previous instance ran in an earlier pod VM (its last state: Unknown, exit code 255: " +
+			wantErr: `the previous instance of container "app" ran in an earlier pod VM (its last state: Unknown, exit code 255: ` +
 				"the pod VM's guest stopped while the container ran); its log is not kept"},
 		{name: "earlier boot on this disk", carried: &guestStopped, caps: across, earlierBoot: "boot 1\n", want: "boot 1\n"},
-		{name: "no earlier boot", caps: across, wantErr: guestchannel.NoPreviousInstance},
-		{name: "a start that failed", carried: &startError, caps: across, wantErr: guestchannel.NoPreviousInstance},
-		{name: "an agent that predates keeping logs across boots", carried: &guestStopped, wantErr: guestchannel.NoPreviousInstance},
+		{name: "no earlier boot", caps: across, wantErr: notFound},
+		{name: "a start that failed", carried: &startError, caps: across, wantErr: notFound},
+		{name: "an agent that predates keeping logs across boots", carried: &guestStopped, wantErr: notFound},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name, uid := "pod"+string(rune('a'+i)), "uid-"+string(rune('a'+i))
@@ -90,8 +93,9 @@ func TestLogsPreviousOfAnEarlierPodVM(t *testing.T) {
 			defer cancel()
 			_, err = podstream.Run(ctx, e.bus.Conn(), events.SubjectPodLogs(host),
 				events.PodLogsRequest{Namespace: "default", Name: name, Previous: true}, nil, &out, &out)
-			if out.String() != tc.want || (err == nil) != (tc.wantErr == "") || (err != nil && !strings.HasSuffix(err.Error(), tc.wantErr)) {
-				t.Errorf("logs --previous printed %q, error %v; want %q, error %q", out.String(), err, tc.want, tc.wantErr)
+			wantErr := strings.ReplaceAll(tc.wantErr, "NAME", name)
+			if out.String() != tc.want || (err == nil) != (wantErr == "") || (err != nil && !strings.HasSuffix(err.Error(), wantErr)) {
+				t.Errorf("logs --previous printed %q, error %v; want %q, error %q", out.String(), err, tc.want, wantErr)
 			}
 		})
 	}

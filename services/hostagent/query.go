@@ -71,6 +71,9 @@ type stream struct {
 	// noPrevious, when set, is the error that stands for the agent's
 	// guestchannel.NoPreviousInstance (serveLogs).
 	noPrevious func() error
+	// pod names the pod the answer is about ("pod default/web"), for the
+	// agent's errors, which name only the container.
+	pod string
 }
 
 func (st *stream) send(m events.PodStreamMessage) {
@@ -110,6 +113,15 @@ func (s *skipPrefix) pass(b []byte) []byte {
 
 func (st *stream) fail(err error) { st.send(events.PodStreamMessage{EOF: true, Error: err.Error()}) }
 
+// agentFail ends the stream with an error the pod agent answered, the pod
+// named first: the client may ask about several pods, the agent knows one.
+func (st *stream) agentFail(msg string) {
+	if st.pod != "" {
+		msg = st.pod + ": " + msg
+	}
+	st.fail(errors.New(msg))
+}
+
 // target resolves a request's pod and container to the pod's channel here.
 func (s *Service) target(ctx context.Context, ns, name, uid, container string) (*podConn, string, error) {
 	rec, err := s.record(ctx, ns, name)
@@ -144,7 +156,14 @@ func (s *Service) target(ctx context.Context, ns, name, uid, container string) (
 	}
 	pc := s.conn(rec.UID)
 	if pc == nil {
-		return nil, "", fmt.Errorf("pod %s/%s: its guest has no channel to host %s (not running, or not reporting): %w", ns, name, s.cfg.Host, ErrNotConnected)
+		// The phase tells a guest yet to come (Starting, its containers
+		// being created) from one that stopped or went silent.
+		phase := rec.Phase
+		if rec.Reason != "" {
+			phase += ", " + rec.Reason
+		}
+		return nil, "", fmt.Errorf("pod %s/%s (phase %s): its guest has no channel to host %s (not started yet, stopped, or not reporting): %w",
+			ns, name, phase, s.cfg.Host, ErrNotConnected)
 	}
 	return pc, container, nil
 }
@@ -194,26 +213,31 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 		lreq.FromEnd, lreq.TailLines = false, 1
 		st.skip = &skipPrefix{prefix: last}
 	}
-	if req.Previous && pc.hello.Can(guestchannel.CapLogsAcrossBoots) {
-		st.noPrevious = func() error { return s.previousElsewhere(req.Namespace, req.Name, container) }
+	if req.Previous {
+		across := pc.hello.Can(guestchannel.CapLogsAcrossBoots)
+		st.noPrevious = func() error { return s.previousElsewhere(req.Namespace, req.Name, container, across) }
 	}
 	s.relay(pc, st, guestchannel.TypeLogs, lreq, nil)
 }
 
 // previousElsewhere is the answer to a --previous read of container that
-// the agent answered with guestchannel.NoPreviousInstance: from the pod's
-// record, which says when the container's last state was carried from an
-// earlier boot (PodRecord.ContainersBefore: the status shows it as long as
-// the current guest has no last state of its own). An agent that keeps its
-// logs across boots (guestchannel.CapLogsAcrossBoots) would have read that
+// the agent answered with guestchannel.NoPreviousInstance, naming the
+// container and the pod as the kubelet does: from the pod's record, which
+// says when the container's last state was carried from an earlier boot
+// (PodRecord.ContainersBefore: the status shows it as long as the current
+// guest has no last state of its own). An agent that keeps its logs across
+// boots (guestchannel.CapLogsAcrossBoots; across) would have read that
 // boot's last instance had it run on this VM's disk, so it ran in an
 // earlier pod VM (the pod's VM re-created, or the pod placed again after
-// its host failed), whose log went with that VM's disk. Otherwise it is the
-// agent's answer: no earlier boot, a record that cannot be read, or a last
-// state of a start that failed (no process ran, so no log was written,
-// wherever it was).
-func (s *Service) previousElsewhere(ns, name, container string) error {
-	notFound := errors.New(guestchannel.NoPreviousInstance)
+// its host failed), whose log went with that VM's disk. Otherwise it is
+// the agent's answer, not found: no earlier boot, a record that cannot be
+// read, a last state of a start that failed (no process ran, so no log was
+// written, wherever it was), or an agent without the capability.
+func (s *Service) previousElsewhere(ns, name, container string, across bool) error {
+	notFound := fmt.Errorf("previous terminated container %q in pod %s/%s not found", container, ns, name)
+	if !across {
+		return notFound
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	rec, err := s.record(ctx, ns, name)
@@ -231,7 +255,7 @@ func (s *Service) previousElsewhere(ns, name, container string) error {
 			if t.Message != "" {
 				why += ": " + t.Message
 			}
-			return fmt.Errorf("the previous instance ran in an earlier pod VM (%s); its log is not kept", why)
+			return fmt.Errorf("pod %s/%s: the previous instance of container %q ran in an earlier pod VM (%s); its log is not kept", ns, name, container, why)
 		}
 	}
 	return notFound
@@ -373,6 +397,7 @@ func (s *Service) begin(st *stream, data []byte, what string, req interface{ Val
 		st.fail(err)
 		return nil, ""
 	}
+	st.pod = fmt.Sprintf("pod %s/%s", ns, name)
 	return pc, container
 }
 
@@ -510,7 +535,7 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 			return true
 		}
 		if c.Error != "" {
-			st.fail(errors.New(c.Error))
+			st.agentFail(c.Error)
 			return true
 		}
 		if c.EOF {
@@ -539,7 +564,7 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 			return true
 		}
 		if x.Error != "" {
-			st.fail(errors.New(x.Error))
+			st.agentFail(x.Error)
 			return true
 		}
 		code := x.ExitCode
@@ -548,7 +573,7 @@ func forward(st *stream, env guestchannel.Envelope) bool {
 	case guestchannel.TypeError:
 		var e guestchannel.Error
 		_ = env.Decode(&e)
-		st.fail(errors.New("pod agent: " + e.Message))
+		st.agentFail("pod agent: " + e.Message)
 		return true
 	}
 	return false

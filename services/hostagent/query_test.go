@@ -404,3 +404,32 @@ func (p *slowReadingPod) Exec(ctx context.Context, req guestchannel.ExecRequest,
 	out("stdout", fmt.Appendf(nil, "%d %x", n, h.Sum(nil)))
 	return 0, nil
 }
+
+// Logs and exec of a pod whose guest has no channel say the pod's phase:
+// a guest yet to come (its containers being created) is told from one
+// that stopped.
+func TestQueriesOfAPodWithoutItsGuestSayItsPhase(t *testing.T) {
+	e := newEnv(t)
+	rec := e.putPod("starting", "uid-starting", host, 30, "app")
+	rec.Phase, rec.Reason = events.PodPhaseStarting, events.ReasonContainerCreating
+	data, _ := json.Marshal(rec)
+	if _, err := e.pods.Put(context.Background(), events.PodRecordKey("default", "starting"), data); err != nil {
+		t.Fatal(err)
+	}
+	const want = "pod default/starting (phase Starting, ContainerCreating): its guest has no channel to host " + host
+	for _, req := range []any{
+		events.PodLogsRequest{Namespace: "default", Name: "starting"},
+		events.PodExecRequest{Namespace: "default", Name: "starting", Command: []string{"true"}},
+	} {
+		subject := events.SubjectPodLogs(host)
+		if _, ok := req.(events.PodExecRequest); ok {
+			subject = events.SubjectPodExec(host)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := podstream.Run(ctx, e.bus.Conn(), subject, req, nil, io.Discard, io.Discard)
+		cancel()
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%T: error %v, want one starting %q", req, err, want)
+		}
+	}
+}

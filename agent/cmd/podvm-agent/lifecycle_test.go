@@ -155,14 +155,39 @@ func TestInitContainersInOrder(t *testing.T) {
 // containers never start.
 func TestInitContainerFailureFailsPod(t *testing.T) {
 	needGuest(t)
-	spec := image.Spec("initfail", "Never", 1, []guestchannel.Container{sh("init", "exit 2")}, []guestchannel.Container{sh("main", "sleep 3600")})
+	spec := image.Spec("initfail", "Never", 1, []guestchannel.Container{sh("init", "sleep 1; exit 2")}, []guestchannel.Container{sh("main", "sleep 3600")})
 	g := guest(t, spec, guesttest.Options{})
+	g.Host.Wait("init running", wait, running("init"))
+	// A follow of main waits for its first instance, and ends when the
+	// failed init container means none will come.
+	follow := g.Host.Follow("main")
 	v := g.Host.Wait("pod failed", wait, func(v guesttest.View) bool { return v.Phase == guestchannel.PhaseFailed })
+	select {
+	case <-follow.Ended():
+	case <-time.After(5 * time.Second):
+		t.Error("a follow of a container that will never start did not end")
+	}
 	if c := v.Container("init"); c.State.ExitCode != 2 {
 		t.Errorf("init = %+v, want exit 2", c.State)
 	}
 	if c := v.Container("main"); c.State.Kind != guestchannel.StateWaiting {
 		t.Errorf("main = %+v, want never started", c.State)
+	}
+	// What never ran has no log to read and runs no command, and says
+	// so, as the kubelet does, a follow too: none will start.
+	for _, follow := range []bool{false, true} {
+		if text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "main", Follow: follow}); text != "" ||
+			errMsg != `container "main" never started (PodInitializing) and will not: the pod has Failed` {
+			t.Errorf("logs of main (follow %v) = %q, error %q; want none and that it never started", follow, text, errMsg)
+		}
+	}
+	for name, want := range map[string]string{
+		"main": `container "main" is not running (waiting, PodInitializing)`,
+		"init": `container "init" is not running (terminated with exit code 2, Error)`,
+	} {
+		if r := g.Host.Exec(name, nil, "true"); r.Error != want {
+			t.Errorf("exec in %s = %+v, want the error %q", name, r, want)
+		}
 	}
 }
 

@@ -412,6 +412,21 @@ func (a *agent) Logs(ctx context.Context, req guestchannel.LogsRequest, send fun
 	if !a.known(req.Container) {
 		return fmt.Errorf("container %q is not in the pod", req.Container)
 	}
+	if cs, _ := a.board.Container(req.Container); !req.Previous &&
+		cs.State.Kind == guestchannel.StateWaiting && cs.LastState == nil && cs.RestartCount == 0 {
+		// Never started in this boot, so there is no log to read (an
+		// empty answer would say it ran and wrote nothing); the kubelet
+		// answers the same. A follow waits for its first instance,
+		// unless the pod has ended (an init container failed): none
+		// will come.
+		status, _ := a.board.Snapshot()
+		if status.Phase == guestchannel.PhaseFailed || status.Phase == guestchannel.PhaseSucceeded {
+			return fmt.Errorf("container %q never started (%s) and will not: the pod has %s", req.Container, cs.State.Reason, status.Phase)
+		}
+		if !req.Follow {
+			return fmt.Errorf("container %q is waiting to start: %s", req.Container, cs.State.Reason)
+		}
+	}
 	return pod.Logs().Read(ctx, req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd},
 		guestchannel.ChunkSize, send)
 }

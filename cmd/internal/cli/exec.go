@@ -13,22 +13,28 @@ func newExecCmd(g *globals) *cobra.Command {
 	var (
 		req         events.PodExecRequest
 		interactive bool
+		tty         bool
 	)
 	cmd := &cobra.Command{
-		Use:   "exec POD [-c CONTAINER] [-i] -- COMMAND [ARGS...]",
+		Use:   "exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARGS...]",
 		Short: "Run a command in a running container; its exit code is podvisor's",
 		Long: `exec runs COMMAND in a running container of the pod, through the host agent of the pod's
 host and the pod VM agent, and prints its output. -c names the container: by default the one the pod's
 kubectl.kubernetes.io/default-container annotation names, else the pod's only app container. -i streams
 this process's stdin to the command, at the pace the command reads it (any amount: what is sent ahead of
 the command is bounded, a command that does not read holds podvisor until it exits or Ctrl-C; input left
-when the command exits is dropped). There is no terminal. The command's exit code becomes podvisor's.`,
+when the command exits is dropped). There is no terminal: -t (kubectl's exec -it habit) runs the command
+without one and says so, as kubectl does when its input is not a terminal. The command's exit code
+becomes podvisor's.`,
 		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if cmd.ArgsLenAtDash() != 1 {
-				return usageError("usage: podvisor exec POD [-c CONTAINER] [-i] -- COMMAND [ARGS...] (one pod name, then -- before the command)")
+				return usageError("usage: podvisor exec POD [-c CONTAINER] [-i] [-t] -- COMMAND [ARGS...] (one pod name, then -- before the command)")
 			}
 			req.Name, req.Command = args[0], args[1:]
+			if tty {
+				fmt.Fprintln(g.stderr, "Unable to use a TTY: a pod VM's container gets none from podvisor exec; running without one")
+			}
 			req.Stdin = interactive
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
@@ -57,5 +63,6 @@ when the command exits is dropped). There is no terminal. The command's exit cod
 	f.StringVarP(&req.Namespace, "namespace", "n", "default", "namespace of the pod")
 	f.StringVarP(&req.Container, "container", "c", "", containerFlagHelp)
 	f.BoolVarP(&interactive, "stdin", "i", false, "send stdin to the command")
+	f.BoolVarP(&tty, "tty", "t", false, "accepted for kubectl's exec -it: there is no terminal, the command runs without one")
 	return cmd
 }

@@ -105,6 +105,28 @@ func TestPodVMGuestServesLogsAndExec(t *testing.T) {
 	if out, errOut, code := run(t, state, "piped\n", "exec", "-i", "web", "-c", "first", "--", "cat"); code != 0 || out != "piped\n" {
 		t.Errorf("exec -i cat: exit %d, stdout %q, stderr %q; want the input back", code, out, errOut)
 	}
+	// kubectl's exec -it habit: no terminal, and it says so, as kubectl
+	// does when its input is not one; the command runs all the same.
+	if out, errOut, code := run(t, state, "piped\n", "exec", "-it", "web", "-c", "first", "--", "cat"); code != 0 || out != "piped\n" ||
+		!strings.HasPrefix(errOut, "Unable to use a TTY") {
+		t.Errorf("exec -it cat: exit %d, stdout %q, stderr %q; want the input back and a note that there is no TTY", code, out, errOut)
+	}
+	// What cannot be answered says why, naming the pod and the container,
+	// as kubectl does: a command for a container that has terminated, the
+	// log of an instance before the only one.
+	for _, tc := range []struct {
+		args    []string
+		wantErr string
+	}{
+		{[]string{"exec", "web", "-c", "second", "--", "true"},
+			`error: pod default/web: container "second" is not running (terminated with exit code 3, Error)`},
+		{[]string{"logs", "web", "-c", "first", "--previous"},
+			`error: previous terminated container "first" in pod default/web not found`},
+	} {
+		if out, errOut, code := run(t, state, "", tc.args...); code != 1 || out != "" || strings.TrimSpace(errOut) != tc.wantErr {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 1 and %q", tc.args, code, out, errOut, tc.wantErr)
+		}
+	}
 	// Input of any size streams at the pace the command reads it: 8 MiB
 	// (eight times what the guest would queue for a command that does not
 	// read) into a command that starts reading a second late arrive
