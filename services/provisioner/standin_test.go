@@ -2,6 +2,7 @@ package provisioner
 
 import (
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -34,7 +35,7 @@ func (e *env) provision(pod *corev1.Pod, host string) (*events.PodAccepted, *eve
 
 func imagesReady(acc *events.PodAccepted) *events.PodImagesReady {
 	ir := &events.PodImagesReady{PodRef: acc.PodRef}
-	for i, c := range acc.Pod.Spec.Containers {
+	for i, c := range slices.Concat(acc.Pod.Spec.InitContainers, acc.Pod.Spec.Containers) {
 		top := imageDisk(c.Name)
 		ir.Containers = append(ir.Containers, events.ContainerImage{
 			Container: c.Name, Image: c.Image,

@@ -148,10 +148,14 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 		// A container that cannot start says why on the pod, as
 		// kubectl's STATUS column does, and only while it cannot: the
 		// pod does not go on claiming its containers are being created.
+		// Nor while its init containers run (kubectl's Init:N/M), and
+		// no longer that it waits for its guest's report: one came.
 		if r.Reason != guestchannel.ReasonWaitingForKey {
 			if reason, msg := startTrouble(r); reason != "" {
 				r.Reason, r.Message = reason, msg
-			} else if r.Reason != events.ReasonContainerCreating {
+			} else if msg := initProgress(r); msg != "" {
+				r.Reason, r.Message = reasonPodInitializing, msg
+			} else {
 				r.Reason, r.Message = events.ReasonContainerCreating, "the guest is starting the containers"
 			}
 		}
@@ -257,6 +261,28 @@ func startTrouble(r *events.PodRecord) (reason, message string) {
 // reasonPodInitializing is the waiting reason of containers behind init
 // containers, as in Kubernetes.
 const reasonPodInitializing = "PodInitializing"
+
+// initProgress says which init container the pod waits for and how many
+// completed (kubectl's Init:N/M), from the folded report; "" once every
+// one completed.
+func initProgress(r *events.PodRecord) string {
+	by := statusesByName(r.InitContainerStatuses)
+	for done, c := range r.Pod.Spec.InitContainers {
+		st := by[c.Name].State
+		if st.Terminated != nil && st.Terminated.ExitCode == 0 {
+			continue
+		}
+		state := "waiting"
+		switch {
+		case st.Running != nil:
+			state = "running"
+		case st.Terminated != nil:
+			state = fmt.Sprintf("exited %d", st.Terminated.ExitCode)
+		}
+		return fmt.Sprintf("init container %s %s (%d of %d completed)", c.Name, state, done, len(r.Pod.Spec.InitContainers))
+	}
+	return ""
+}
 
 // setReported sets a condition from the report: True with reason Reported,
 // or False with the reason and a message naming the containers.
@@ -421,14 +447,19 @@ func containersReady(r *events.PodRecord) (bool, string) {
 // failedContainers names the containers that ended with a non-zero exit.
 func failedContainers(r *events.PodRecord) string {
 	var out []string
-	for _, list := range [][]corev1.ContainerStatus{r.InitContainerStatuses, r.ContainerStatuses} {
-		for _, cs := range list {
+	// An init container is named as one: the pod failed before its
+	// containers ran (kubectl's Init:Error).
+	for _, l := range []struct {
+		kind string
+		list []corev1.ContainerStatus
+	}{{"init container ", r.InitContainerStatuses}, {"", r.ContainerStatuses}} {
+		for _, cs := range l.list {
 			if t := cs.State.Terminated; t != nil && t.ExitCode != 0 {
 				reason := t.Reason
 				if reason == "" {
 					reason = "Error"
 				}
-				out = append(out, fmt.Sprintf("%s exited %d (%s)", cs.Name, t.ExitCode, reason))
+				out = append(out, fmt.Sprintf("%s%s exited %d (%s)", l.kind, cs.Name, t.ExitCode, reason))
 			}
 		}
 	}

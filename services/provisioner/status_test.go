@@ -9,6 +9,7 @@ import (
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
+	"github.com/podvisor/podvisor/shared/simtest"
 	"github.com/podvisor/podvisor/shared/testenv"
 	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
@@ -60,6 +61,52 @@ func (e *env) fold(svc *Service, p *events.PodContainersReported) *events.PodRec
 	return e.waitRecord(svc, p.Namespace, p.Name, func(r *events.PodRecord) bool {
 		return r.Guest != nil && r.Guest.BootID == p.BootID && r.Guest.Seq == p.Seq
 	})
+}
+
+// While its init containers run the pod says so, which one and how many
+// completed (kubectl's Init:N/M): not that its containers are being
+// created, nor that it waits for a report that came.
+func TestRunningInitContainersSayTheyRun(t *testing.T) {
+	e := newEnv(t)
+	simtest.CreateDisks(t, e.vc, e.dco, "[shared-ds] podvisor-images", imageDisk("migrate"), imageDisk("seed"))
+	svc, _ := e.start(testConfig())
+	pod := testPod("inits")
+	pod.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "registry.local/app:1.0"}, {Name: "seed", Image: "registry.local/app:1.0"}}
+	acc, r := e.startPod(svc, pod)
+	behind := []corev1.ContainerStatus{waiting("app", reasonPodInitializing, 0), waiting("sidecar", reasonPodInitializing, 0), waiting("logger", reasonPodInitializing, 0)}
+	creating := []corev1.ContainerStatus{waiting("app", events.ReasonContainerCreating, 0), waiting("sidecar", events.ReasonContainerCreating, 0), waiting("logger", events.ReasonContainerCreating, 0)}
+	for i, tc := range []struct {
+		init, ctrs              []corev1.ContainerStatus
+		wantReason, wantMessage string
+	}{
+		{[]corev1.ContainerStatus{running("migrate"), waiting("seed", reasonPodInitializing, 0)}, behind,
+			reasonPodInitializing, "init container migrate running (0 of 2 completed)"},
+		{[]corev1.ContainerStatus{exited("migrate", 0), running("seed")}, behind,
+			reasonPodInitializing, "init container seed running (1 of 2 completed)"},
+		{[]corev1.ContainerStatus{exited("migrate", 0), exited("seed", 0)}, creating,
+			events.ReasonContainerCreating, "the guest is starting the containers"},
+	} {
+		rep := report(acc, r.VMName, "boot-1", uint64(i+1), tc.ctrs...)
+		rep.InitContainerStatuses = tc.init
+		got := e.fold(svc, rep)
+		if got.Phase != events.PodPhaseStarting || got.Reason != tc.wantReason || got.Message != tc.wantMessage {
+			t.Errorf("report %d: phase %s reason %q message %q; want Starting, %s, %q", i+1, got.Phase, got.Reason, got.Message, tc.wantReason, tc.wantMessage)
+		}
+	}
+
+	// One that fails under Never fails the pod, named as an init
+	// container: the containers never ran.
+	pod = testPod("initfails")
+	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
+	pod.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "registry.local/app:1.0"}}
+	acc, r = e.startPod(svc, pod)
+	rep := report(acc, r.VMName, "boot-1", 1, behind...)
+	rep.InitContainerStatuses = []corev1.ContainerStatus{exited("migrate", 5)}
+	e.fold(svc, rep)
+	r = e.waitRecord(svc, "default", "initfails", func(r *events.PodRecord) bool { return r.Phase == events.PodPhaseFailed })
+	if want := "init container migrate exited 5 (Error)"; r.Message != want {
+		t.Errorf("pod failed by its init container: reason %q message %q, want %q", r.Reason, r.Message, want)
+	}
 }
 
 func TestContainerReportsMakeTheStatus(t *testing.T) {
