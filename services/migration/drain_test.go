@@ -139,6 +139,12 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 	w, h := runningWorld(t, 1, 4)
 	pods := w.runPods("ha", 3, h[1])
 	safe := w.runPod("safe", h[2])
+	// A pod whose containers all completed: nothing runs to restart, and
+	// running them again would do its work twice.
+	done := w.runPod("done", h[1])
+	rec := w.podRecord("done")
+	rec.Phase = events.PodPhaseSucceeded
+	w.PutPodRecord(rec)
 	ctx := t.Context()
 
 	if err := w.DC.FailHost(ctx, h[1]); err != nil {
@@ -166,6 +172,9 @@ func TestHostFailureRestartsPodsElsewhere(t *testing.T) {
 	}
 	if r := w.podRecord("safe"); r.Host != h[2] {
 		t.Errorf("a pod of a healthy host was evicted: %+v", r)
+	}
+	if r := w.podRecord("done"); r.Phase != events.PodPhaseSucceeded || r.Host != h[1] || r.VMRef != done.vm.Value {
+		t.Errorf("a pod that had completed was evicted: %+v", r)
 	}
 	// The old VMs are still registered on the dead host.
 	for _, p := range pods {

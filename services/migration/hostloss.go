@@ -28,7 +28,10 @@ func (s *Service) onHostLost(ctx context.Context, m *bus.Message, p *events.Host
 	}
 	evicted := 0
 	for _, pod := range pods {
-		if gone(pod) || pod.Phase == events.PodPhasePending {
+		// A pod that completed keeps its phase and its VM where it was,
+		// as a finished pod on a lost node does in Kubernetes: placing it
+		// again would run its containers again.
+		if gone(pod) || pod.Phase == events.PodPhasePending || pod.Phase == events.PodPhaseSucceeded {
 			continue
 		}
 		if err := s.emit(ctx, &m.Event, &events.PodEvicted{

@@ -806,3 +806,24 @@ func failedPodWithVM(t *testing.T, e *env, svc *Service, host string) types.Mana
 	}
 	return ref
 }
+
+// TestACompletedPodIsNotEvicted: a pod whose containers all completed
+// stays Succeeded where it ran when its host is lost; placed again, it
+// would run them again.
+func TestACompletedPodIsNotEvicted(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	pod := testPod("batch")
+	pod.Spec.RestartPolicy = corev1.RestartPolicyNever
+	acc, r := e.startPod(svc, pod)
+	r = e.fold(svc, report(acc, r.VMName, "b", 1, exited("app", 0), exited("sidecar", 0), exited("logger", 0)))
+	if r.Phase != events.PodPhaseSucceeded {
+		t.Fatalf("phase %s after every container exited 0, want Succeeded", r.Phase)
+	}
+	e.PublishHandled(Name, &events.PodEvicted{PodRef: events.PodRef{Namespace: "default", Name: "batch", UID: acc.UID}, Host: r.Host, Reason: "HostLost"})
+	got := e.record(svc, "default", "batch")
+	if got.Phase != events.PodPhaseSucceeded || got.Host != r.Host || got.VMRef != r.VMRef || got.Generation != r.Generation {
+		t.Errorf("after the eviction: phase %s host %q vm %q generation %d; want Succeeded on %q, %q, generation %d",
+			got.Phase, got.Host, got.VMRef, got.Generation, r.Host, r.VMRef, r.Generation)
+	}
+}

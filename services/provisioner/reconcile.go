@@ -932,11 +932,12 @@ func (h handling) evicted(ctx context.Context, p *events.PodEvicted) error {
 	if err != nil || r == nil || r.UID != p.UID {
 		return err
 	}
-	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed || r.Host != p.Host {
-		// Not on that host (any more): an eviction folded already (a
-		// redelivery, or a late one of an earlier placement) changes
-		// nothing, neither the generation nor where the pod was evicted
-		// from.
+	if !r.DeletionRequestedAt.IsZero() || r.Phase == events.PodPhaseFailed || r.Phase == events.PodPhaseSucceeded || r.Host != p.Host {
+		// Ended (placed again, a completed pod would run its containers
+		// again), or not on that host (any more): an eviction folded
+		// already (a redelivery, or a late one of an earlier placement)
+		// changes nothing, neither the generation nor where the pod was
+		// evicted from.
 		return nil
 	}
 	ctx, span := s.span(ctx, "provisioner.evict", r, attribute.String("host", p.Host))
