@@ -389,6 +389,20 @@ func (r *PodRecord) ImageDigests() []string {
 	return out
 }
 
+// DefaultGracePeriodSeconds is Kubernetes' terminationGracePeriodSeconds
+// when a manifest leaves it unset.
+const DefaultGracePeriodSeconds = 30
+
+// GracePeriodSeconds is how long the pod's containers have to stop once
+// its delete is asked for: terminationGracePeriodSeconds, or Kubernetes'
+// default.
+func (r *PodRecord) GracePeriodSeconds() int64 {
+	if g := r.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		return *g
+	}
+	return DefaultGracePeriodSeconds
+}
+
 // KubernetesPod renders the record as a Kubernetes v1 Pod, what `podvisor get
 // pod -o json` prints: the admitted manifest with uid, creation time and
 // resourceVersion filled in, spec.nodeName set to the host, and a status
@@ -403,8 +417,12 @@ func (r PodRecord) KubernetesPod() corev1.Pod {
 		p.ResourceVersion = strconv.Itoa(int(r.ResourceVersion))
 	}
 	if !r.DeletionRequestedAt.IsZero() {
-		t := metav1.NewTime(r.DeletionRequestedAt)
-		p.DeletionTimestamp = &t
+		// As the API server sets them on a graceful delete: when the
+		// grace period ends (the pod is gone by then at the latest), and
+		// that period.
+		grace := r.GracePeriodSeconds()
+		t := metav1.NewTime(r.DeletionRequestedAt.Add(time.Duration(grace) * time.Second))
+		p.DeletionTimestamp, p.DeletionGracePeriodSeconds = &t, &grace
 	}
 	p.Spec.NodeName = r.Host
 

@@ -144,3 +144,27 @@ func TestPodRecordSample(t *testing.T) {
 		t.Errorf("round trip: %v", err)
 	}
 }
+
+// A pod being deleted shows when its grace period ends and the period, as
+// the API server shows a graceful delete (kubectl get -o yaml).
+func TestKubernetesPodOfAPodBeingDeleted(t *testing.T) {
+	at := time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)
+	five := int64(5)
+	for _, c := range []struct {
+		grace *int64
+		want  int64
+	}{{nil, 30}, {&five, 5}} {
+		r := PodRecord{Namespace: "default", Name: "web", Phase: PodPhaseTerminating, DeletionRequestedAt: at}
+		r.Pod.Spec.TerminationGracePeriodSeconds = c.grace
+		p := r.KubernetesPod()
+		if p.DeletionTimestamp == nil || !p.DeletionTimestamp.Time.Equal(at.Add(time.Duration(c.want)*time.Second)) {
+			t.Errorf("grace %d: deletionTimestamp %v, want %v", c.want, p.DeletionTimestamp, at.Add(time.Duration(c.want)*time.Second))
+		}
+		if p.DeletionGracePeriodSeconds == nil || *p.DeletionGracePeriodSeconds != c.want {
+			t.Errorf("grace %d: deletionGracePeriodSeconds %v", c.want, p.DeletionGracePeriodSeconds)
+		}
+	}
+	if p := (&PodRecord{Phase: PodPhaseRunning}).KubernetesPod(); p.DeletionTimestamp != nil || p.DeletionGracePeriodSeconds != nil {
+		t.Errorf("a pod not being deleted shows a deletion: %v %v", p.DeletionTimestamp, p.DeletionGracePeriodSeconds)
+	}
+}

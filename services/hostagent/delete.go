@@ -15,9 +15,6 @@ import (
 	"github.com/podvisor/podvisor/shared/bus"
 )
 
-// defaultGracePeriod is Kubernetes' terminationGracePeriodSeconds default.
-const defaultGracePeriod = 30
-
 // handleDelete asks the agent of a pod being deleted to stop its containers
 // within the pod's grace period, and waits (bounded by the grace period plus
 // StopSlack) for the agent's "stopped" before acknowledging. Another host's
@@ -130,14 +127,6 @@ func retryDelay(m *bus.Message) time.Duration {
 	return min(stopRetry<<min(n-1, 8), maxStopRetry)
 }
 
-// gracePeriod is the pod's terminationGracePeriodSeconds (default 30).
-func gracePeriod(rec *events.PodRecord) int64 {
-	if g := rec.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
-		return *g
-	}
-	return defaultGracePeriod
-}
-
 // stopDeadline is when the pod's grace period ends, after which a stop is
 // not tried again: counted from the delete as the provisioner recorded it
 // (DeletionRequestedAt: it powers the VM off at that plus the grace period
@@ -151,7 +140,7 @@ func stopDeadline(m *bus.Message, rec *events.PodRecord) time.Time {
 	if start.IsZero() {
 		start = time.Now()
 	}
-	return start.Add(time.Duration(gracePeriod(rec)) * time.Second)
+	return start.Add(time.Duration(rec.GracePeriodSeconds()) * time.Second)
 }
 
 // graceLeft is the grace period a stop sent now gives: what is left of the
@@ -161,7 +150,7 @@ func stopDeadline(m *bus.Message, rec *events.PodRecord) time.Time {
 // recorded the delete, the whole of it: its power-off waits the grace
 // period from when it does.
 func graceLeft(rec *events.PodRecord) int64 {
-	full := gracePeriod(rec)
+	full := rec.GracePeriodSeconds()
 	if full <= 0 || rec.DeletionRequestedAt.IsZero() {
 		return full
 	}

@@ -16,11 +16,7 @@ var errAwaitingStop = errors.New("waiting for the pod's containers to stop befor
 // gracePeriod is the pod's terminationGracePeriodSeconds (30 s when unset,
 // as in Kubernetes and in the guest spec).
 func gracePeriod(r *events.PodRecord) time.Duration {
-	secs := int64(defaultGracePeriodSeconds)
-	if g := r.Pod.Spec.TerminationGracePeriodSeconds; g != nil {
-		secs = *g
-	}
-	return time.Duration(secs) * time.Second
+	return time.Duration(r.GracePeriodSeconds()) * time.Second
 }
 
 // stopWait says how much longer the delete of r must wait before it powers
