@@ -110,6 +110,19 @@
 // from an earlier boot, can then say that boot ran in an earlier pod VM
 // whose log is not kept.
 //
+// # Containers completed in an earlier boot
+//
+// A pod VM made again for a pod that ran before (its host lost, its VM
+// re-created) gets in its spec the containers that terminated for good
+// there (Container.Completed, with their terminated state): the agent does
+// not start them and reports them terminated with that state and no
+// restart from its first status on. The field is in the spec, read before
+// any hello, so it cannot wait for a capability: an agent that predates it
+// refuses such a spec (specs are decoded strictly). The provisioner sets
+// it only in a pod VM made after a boot of the pod, so the pod VMs' boot
+// disk must be of a build that has it before a provisioner that sets it
+// runs.
+//
 // # Channel token
 //
 // Where the host side listens on a network (the host agents' concentrator

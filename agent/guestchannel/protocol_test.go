@@ -122,6 +122,25 @@ func TestSpecValidate(t *testing.T) {
 			s.Template = true
 			s.NICs = []NIC{{Network: "default", MAC: "02:50:56:00:00:01", IP: "10.0.0.2", Prefix: 24}}
 		}, "template: excludes nics: a template configures no network"},
+		{"completed", func(s *PodSpec) {
+			s.RestartPolicy = "OnFailure"
+			s.Containers[0].Completed = &ContainerState{Kind: StateTerminated, Reason: "Completed"}
+		}, ""},
+		{"completed with a failure under OnFailure", func(s *PodSpec) {
+			s.RestartPolicy = "OnFailure"
+			s.Containers[0].Completed = &ContainerState{Kind: StateTerminated, ExitCode: 1}
+		}, "containers[0].completed: restartPolicy OnFailure restarts a container that exited 1"},
+		{"completed under Always", func(s *PodSpec) {
+			s.Containers[0].Completed = &ContainerState{Kind: StateTerminated}
+		}, "containers[0].completed: restartPolicy Always restarts"},
+		{"completed running", func(s *PodSpec) {
+			s.RestartPolicy = "Never"
+			s.Containers[0].Completed = &ContainerState{Kind: StateRunning}
+		}, `containers[0].completed: state "running" is not terminated`},
+		{"completed init container", func(s *PodSpec) {
+			s.RestartPolicy = "Never"
+			s.InitContainers = []Container{{Name: "init", Chain: []string{"sha256:base"}, Completed: &ContainerState{Kind: StateTerminated}}}
+		}, "initContainers[0].completed: init containers run again"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()

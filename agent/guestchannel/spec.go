@@ -84,8 +84,8 @@ type PodSpec struct {
 	// child resumes a standby instead (BootConfig.Takeover). A template's
 	// spec has no Encryption and no NICs (Validate): what its children
 	// inherit must be no one's key and no one's address. Added to version
-	// 1; an older agent ignores it, and the provisioner keys templates by
-	// agent build.
+	// 1; an older agent refuses it (specs are decoded strictly), and the
+	// provisioner keys templates by agent build.
 	Template bool `json:"template,omitempty"`
 }
 
@@ -181,6 +181,21 @@ type Container struct {
 	LivenessProbe  *Probe `json:"livenessProbe,omitempty"`
 	ReadinessProbe *Probe `json:"readinessProbe,omitempty"`
 	StartupProbe   *Probe `json:"startupProbe,omitempty"`
+	// Completed, when set, says the container terminated for good in an
+	// earlier boot of this pod (another pod VM): the pod's restartPolicy
+	// will not run it again (Never: whatever its exit; OnFailure: it
+	// exited 0), as the kubelet does not when it re-creates a pod's
+	// sandbox. The agent does not start it: it reports it terminated
+	// with this state from its first report on, with no restart of this
+	// boot, and counts it terminated in the pod's phase. Only for a
+	// container (init containers run again in every pod VM), with a
+	// terminated state the policy does not restart. Added to version 1:
+	// an agent that predates it refuses a spec with it (unknown field),
+	// and a spec is read before any hello (no capability can gate it);
+	// the provisioner sets it only for a pod VM it makes after a boot of
+	// the pod (a re-creation, another host). Package doc: "Containers
+	// completed in an earlier boot".
+	Completed *ContainerState `json:"completed,omitempty"`
 }
 
 // EnvVar is one environment variable.
@@ -336,6 +351,11 @@ func (s *PodSpec) Validate() error {
 					bad(fmt.Sprintf("%s.volumeMounts[%d].name", f, j), fmt.Sprintf("%q is not a volume of the pod", m.Name))
 				}
 			}
+			if c.Completed != nil {
+				if why := s.completedWhy(field, *c.Completed); why != "" {
+					bad(f+".completed", why)
+				}
+			}
 		}
 	}
 	if s.Encryption != nil && s.Encryption.Nonce == "" {
@@ -380,6 +400,27 @@ func (s *PodSpec) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// completedWhy says why a container of list field (initContainers or
+// containers) cannot be Completed with state t, or "".
+func (s *PodSpec) completedWhy(field string, t ContainerState) string {
+	switch {
+	case field != "containers":
+		return "init containers run again in every pod VM; only a container is completed"
+	case t.Kind != StateTerminated:
+		return fmt.Sprintf("state %q is not %s", t.Kind, StateTerminated)
+	case !TerminatedForGood(s.RestartPolicy, t.ExitCode):
+		return fmt.Sprintf("restartPolicy %s restarts a container that exited %d: it is not completed", s.RestartPolicy, t.ExitCode)
+	}
+	return ""
+}
+
+// TerminatedForGood says whether a container that exited with exitCode
+// stays terminated under restartPolicy policy: Never, whatever its exit;
+// OnFailure, when it exited 0; Always, never.
+func TerminatedForGood(policy string, exitCode int32) bool {
+	return policy == "Never" || (policy == "OnFailure" && exitCode == 0)
 }
 
 // validate returns the NIC's bad fields with their reasons.

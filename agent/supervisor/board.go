@@ -53,6 +53,13 @@ func NewBoard(spec *guestchannel.PodSpec) *Board {
 		reason = "PodInitializing"
 	}
 	b.status.Containers = mk(spec.Containers, reason)
+	for i, c := range spec.Containers {
+		if c.Completed != nil {
+			// Terminated for good in an earlier boot: so from the first
+			// report on, and never started in this one (Pod.Run).
+			b.status.Containers[i].State = *c.Completed
+		}
+	}
 	for i := range b.status.InitContainers {
 		b.index[b.status.InitContainers[i].Name] = &b.status.InitContainers[i]
 	}
@@ -152,7 +159,7 @@ func (b *Board) derivePhase() {
 				failed = true
 			}
 			// Terminated for good only when the policy will not restart it.
-			if b.policy == "Always" || (b.policy == "OnFailure" && ex != 0) {
+			if !guestchannel.TerminatedForGood(b.policy, ex) {
 				allDone = false
 			}
 		}

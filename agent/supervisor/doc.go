@@ -8,7 +8,11 @@
 // from the container's memory cgroup; and a stop that sends SIGTERM, waits
 // the grace period and then SIGKILLs. An instance the agent ended (a
 // probe's kill, a SIGKILL after the grace period) says why in its
-// terminated state's message, as the kubelet's event does.
+// terminated state's message, as the kubelet's event does. A container
+// the spec says completed (terminated for good in an earlier boot of the
+// pod, in another pod VM) is never started: it is reported terminated
+// with that state from the first report on and counts as terminated in
+// the pod's phase; it has no log in this boot.
 //
 // The Board holds what is reported: container states in
 // guestchannel.ContainerStatus shape and the pod's phase. The channel

@@ -193,10 +193,20 @@ func (p *Pod) Run() {
 	}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
+		if c.Completed != nil {
+			continue
+		}
 		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) { s.State.Reason = "ContainerCreating" })
 	}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
+		if c.Completed != nil {
+			// It terminated for good in an earlier boot (the board says
+			// how from the start): nothing of it runs, and no log of it
+			// will be written in this boot.
+			p.logs.Final(c.Name)
+			continue
+		}
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
@@ -282,8 +292,7 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		if p.isStopping() {
 			return false
 		}
-		restart := policy == "Always" || (policy == "OnFailure" && term.ExitCode != 0)
-		if !restart {
+		if guestchannel.TerminatedForGood(policy, term.ExitCode) {
 			return term.ExitCode == 0
 		}
 		if time.Since(started) > 2*p.cfg.MaxBackoff {
@@ -418,6 +427,9 @@ func (p *Pod) Create() {
 	}
 	for i := range spec.Containers {
 		c := &spec.Containers[i]
+		if c.Completed != nil {
+			continue // never started in this boot (Run)
+		}
 		p.board.update(c.Name, func(s *guestchannel.ContainerStatus) { s.State.Reason = "ContainerCreating" })
 		l, err := p.launch(c, 0, true)
 		if err != nil {

@@ -86,6 +86,17 @@
 // reports are ignored: from a VM that is not the pod's current one, or of
 // the same boot with a Seq not above the last folded one.
 //
+// A report of a new boot adds what the containers did in earlier ones
+// (containersBefore: restarts, last states). A pod VM made after a boot
+// (the pod placed again when its host was lost, or its VM re-created)
+// gets in its guest spec every container that terminated for good by
+// the last folded statuses (Container.Completed, with its terminated
+// state): the kubelet does not run such a container again when it
+// re-creates a pod's sandbox, and a batch step must not do its work
+// twice. The guest reports it with that very state and no restart of its
+// own, which folds to the status it had: no restart counted, its last
+// state kept. Init containers run again in every pod VM.
+//
 // # Nothing twice, nothing lost
 //
 // Before creating, the VM is looked up: by the reference in the record, by

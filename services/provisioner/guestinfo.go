@@ -66,7 +66,9 @@ func guestinfo(r *events.PodRecord, l vmLayout) (map[string]string, error) {
 // disk 0 is the ephemeral disk; then every image chain disk any container
 // references, each once (two containers of one image, or two images sharing
 // base layers, share the disks), in the order first met walking the
-// containers' chains base first. datastore holds the VM's files.
+// containers' chains base first. datastore holds the VM's files. A
+// container that terminated for good in an earlier boot of the pod is
+// marked completed (completedContainers): the new guest does not run it.
 func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 	images := imagesByContainer(r)
 	s := &guestchannel.PodSpec{
@@ -129,11 +131,13 @@ func layout(r *events.PodRecord, datastore string) (vmLayout, error) {
 		}
 		s.InitContainers = append(s.InitContainers, gc)
 	}
+	completed := completedContainers(r)
 	for _, c := range r.Pod.Spec.Containers {
 		gc, err := container(c)
 		if err != nil {
 			return vmLayout{}, err
 		}
+		gc.Completed = completed[c.Name]
 		gc.LivenessProbe = probeSpec(c.LivenessProbe)
 		gc.ReadinessProbe = probeSpec(c.ReadinessProbe)
 		gc.StartupProbe = probeSpec(c.StartupProbe)

@@ -13,6 +13,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // Reasons of the guest-driven part of a pod's life.
@@ -120,9 +121,9 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	now := s.now().UTC()
 	switch {
 	case r.Guest != nil && r.Guest.BootID != p.BootID:
-		carryOver(r, r.InitContainerStatuses, r.ContainerStatuses)
+		carryOver(r, p.ContainerStatuses, r.InitContainerStatuses, r.ContainerStatuses)
 	case r.Guest == nil && r.GuestBefore != nil && r.GuestBefore.Report.BootID != p.BootID:
-		carryOver(r, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
+		carryOver(r, p.ContainerStatuses, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
 	}
 	r.GuestBefore = nil
 	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, Reason: p.Reason, Message: p.Message,
@@ -180,20 +181,28 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 const reasonGuestRestarted = "Unknown"
 
 // carryOver adds to r.ContainersBefore what a boot's last folded statuses
-// (which already hold what earlier boots carried) leave to the next boot:
-// a container that started in that boot counts the next boot's start as a
-// restart, and one that was running when its guest stopped ended unknown.
-// Whether it started is the guest's word, not the folded count: running or
-// terminated, or waiting with a restart or a last state of the guest's own
-// (back-off after its first crash). A container that never started in that
-// boot keeps what it had.
-func carryOver(r *events.PodRecord, lists ...[]corev1.ContainerStatus) {
+// (which already hold what earlier boots carried) leave to the next boot,
+// whose first report is next: a container that started in that boot
+// counts the next boot's start as a restart, and one that was running when
+// its guest stopped ended unknown. Whether it started is the guest's word,
+// not the folded count: running or terminated, or waiting with a restart
+// or a last state of the guest's own (back-off after its first crash). A
+// container that never started in that boot keeps what it had. One that
+// had terminated for good and that the next guest did not run again (it
+// reports it with that very terminated state and no restart: the pod VM's
+// spec said so, completedContainers) keeps its count and last state: its
+// status folds to what it was.
+func carryOver(r *events.PodRecord, next []corev1.ContainerStatus, lists ...[]corev1.ContainerStatus) {
 	before := r.ContainersBefore
 	out := maps.Clone(before)
+	nextOf := statusesByName(next) // containers only: init containers run again in every boot
 	for _, cs := range slices.Concat(lists...) {
 		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
-		switch {
+		switch n := nextOf[cs.Name]; {
+		case cs.State.Terminated != nil && n.State.Terminated != nil && n.RestartCount == 0 &&
+			equality.Semantic.DeepEqual(cs.State.Terminated, n.State.Terminated):
+			c.Restarts = cs.RestartCount
 		case cs.State.Running != nil:
 			c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 				ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
@@ -210,6 +219,38 @@ func carryOver(r *events.PodRecord, lists ...[]corev1.ContainerStatus) {
 		out[cs.Name] = c
 	}
 	r.ContainersBefore = out
+}
+
+// completedContainers are the containers (not init containers: those run
+// again in a new pod VM) that terminated for good by the last folded
+// statuses, the current guest's or, before the next guest reports, those
+// of the VM replaced (restartPolicy Never: any exit; OnFailure: exit 0),
+// with their terminated state in the guest's shape. A pod VM made after
+// that boot is told not to run them again (guestchannel's
+// Container.Completed), as the kubelet does not when it re-creates a
+// pod's sandbox: a batch step's work is not done twice.
+func completedContainers(r *events.PodRecord) map[string]*guestchannel.ContainerState {
+	statuses := r.ContainerStatuses
+	if r.Guest == nil && r.GuestBefore != nil {
+		statuses = r.GuestBefore.ContainerStatuses
+	}
+	at := func(m metav1.Time) *time.Time {
+		if m.IsZero() {
+			return nil
+		}
+		u := m.UTC()
+		return &u
+	}
+	out := map[string]*guestchannel.ContainerState{}
+	for _, cs := range statuses {
+		t := cs.State.Terminated
+		if t == nil || !guestchannel.TerminatedForGood(string(r.Pod.Spec.RestartPolicy), t.ExitCode) {
+			continue
+		}
+		out[cs.Name] = &guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: t.Reason, Message: t.Message,
+			ExitCode: t.ExitCode, Signal: t.Signal, StartedAt: at(t.StartedAt), FinishedAt: at(t.FinishedAt)}
+	}
+	return out
 }
 
 // withCarried is the guest's statuses with what earlier boots carried

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"strconv"
 	"strings"
@@ -361,5 +362,65 @@ func TestLogsGoOnAcrossAGuestReboot(t *testing.T) {
 	}
 	if _, _, hellos := g2.Host.Snapshot(); len(hellos) == 0 || !hellos[0].Can(guestchannel.CapLogsAcrossBoots) {
 		t.Errorf("hellos = %+v, want the capability %s announced", hellos, guestchannel.CapLogsAcrossBoots)
+	}
+}
+
+// A container that terminated for good in an earlier boot of its pod (the
+// pod VM re-created on another host: Container.Completed) is not started
+// again: it is reported terminated with that very state from the first
+// report on, without a restart of this boot; it runs nothing (no root, no
+// log, nothing written to the volume it shares), while the other
+// container runs; and the pod's phase counts it terminated: once the
+// other exits, the Never pod is Failed by its exit code 3.
+func TestACompletedContainerIsNotStartedAgain(t *testing.T) {
+	needGuest(t)
+	startedAt := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	finishedAt := startedAt.Add(3 * time.Second)
+	done := guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: "Error", Message: "from the earlier boot",
+		ExitCode: 3, StartedAt: &startedAt, FinishedAt: &finishedAt}
+	first := withVolume(sh("first", `until [ -f /v/go ]; do sleep 0.1; done; exit 0`))
+	second := withVolume(sh("second", `echo ran > /v/ran; echo second ran; exit 3`))
+	second.Completed = &done
+	spec := emptyDir(image.Spec("completed", "Never", 1, nil, []guestchannel.Container{first, second}))
+	g := guest(t, spec, guesttest.Options{})
+
+	g.Host.Wait("first running", wait, running("first"))
+	want, _ := json.Marshal(guestchannel.ContainerStatus{Name: "second", State: done})
+	_, reports, _ := g.Host.Snapshot()
+	for i, r := range reports {
+		for _, c := range r.Containers {
+			if got, _ := json.Marshal(c); c.Name == "second" && string(got) != string(want) {
+				t.Errorf("report %d: second = %s, want %s", i, got, want)
+			}
+		}
+	}
+	if len(reports) == 0 || !reports[0].Full || len(reports[0].Containers) != 2 {
+		t.Fatalf("first report = %+v, want a full one with both containers", reports)
+	}
+	if r := g.Host.Exec("first", nil, "ls", "/v"); r.ExitCode != 0 || r.Stdout != "" {
+		t.Errorf("ls /v = %+v, want an empty volume: second wrote nothing", r)
+	}
+	if _, err := os.Stat(g.UpperDir("second")); !os.IsNotExist(err) {
+		t.Errorf("second's upper directory: %v, want none (no root was made)", err)
+	}
+	if text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "second"}); text != "" || errMsg != "" {
+		t.Errorf("logs second = %q, %q; want an empty log", text, errMsg)
+	}
+	if _, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "second", Previous: true}); errMsg != guestchannel.NoPreviousInstance {
+		t.Errorf("logs --previous second: error %q, want %q", errMsg, guestchannel.NoPreviousInstance)
+	}
+	if r := g.Host.Exec("second", nil, "true"); r.Error == "" || !strings.Contains(r.Error, "exit code 3") {
+		t.Errorf("exec in second = %+v, want an error: it is terminated with exit code 3", r)
+	}
+
+	if r := g.Host.Exec("first", nil, "touch", "/v/go"); r.ExitCode != 0 {
+		t.Fatalf("touch /v/go = %+v", r)
+	}
+	v := g.Host.Wait("pod finished", wait, func(v guesttest.View) bool { return v.Phase == guestchannel.PhaseFailed })
+	if f := v.Container("first"); f.State.Kind != guestchannel.StateTerminated || f.State.ExitCode != 0 {
+		t.Errorf("first = %+v, want terminated with exit code 0", f.State)
+	}
+	if got, _ := json.Marshal(v.Container("second")); string(got) != string(want) {
+		t.Errorf("second at the end = %s, want %s", got, want)
 	}
 }

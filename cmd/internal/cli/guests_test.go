@@ -23,6 +23,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/bustest"
+	"github.com/podvisor/podvisor/shared/ociregistry"
 	"github.com/podvisor/podvisor/shared/sim"
 	"github.com/podvisor/podvisor/shared/sim/guest"
 	"github.com/podvisor/podvisor/shared/simtest"
@@ -381,4 +382,73 @@ func TestUpGuestModes(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestHostLossDoesNotRunACompletedContainerAgain: a Running pod with
+// restartPolicy Never whose container second has exited 3 moves when its
+// host is lost (`podvisor sim host fail`), and only first comes up again
+// on the other host: second is not run again in the new pod VM, as the
+// kubelet does not when it re-creates a pod's sandbox. It stays terminated
+// with the same state (exit code 3, its startedAt and finishedAt) and no
+// restart, and the pod is Running with Ready False naming it, as before
+// the move.
+func TestHostLossDoesNotRunACompletedContainerAgain(t *testing.T) {
+	sys, dir := guestsUp(t, "simulated guests run in namespaces and cgroups", allinone.Config{HostsPerCluster: 2})
+	image := sys.Endpoints.Registry + "/" + ociregistry.BusyboxRepoTag
+	mustRun(t, dir, `{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "steps"},
+ "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [
+  {"name": "first", "image": "`+image+`", "command": ["sh", "-c", "sleep 3600"]},
+  {"name": "second", "image": "`+image+`", "command": ["sh", "-c", "echo step done; exit 3"]}]}}`, "apply", "-f", "-")
+	status := func(p corev1.Pod, name string) corev1.ContainerStatus {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == name {
+				return cs
+			}
+		}
+		return corev1.ContainerStatus{}
+	}
+	// podWhen polls `podvisor get pod steps -o json` until cond holds.
+	podWhen := func(what string, within time.Duration, cond func(corev1.Pod) bool) corev1.Pod {
+		t.Helper()
+		var p corev1.Pod
+		eventuallyWithin(t, within, what, func() bool {
+			out, _, code := run(t, dir, "", "get", "pod", "steps", "-o", "json")
+			p = corev1.Pod{}
+			return code == 0 && json.Unmarshal([]byte(out), &p) == nil && cond(p)
+		})
+		return p
+	}
+	before := podWhen("first running and second terminated", 90*time.Second, func(p corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != "" &&
+			status(p, "first").State.Running != nil && status(p, "second").State.Terminated != nil
+	})
+	done := status(before, "second")
+	if term := done.State.Terminated; term.ExitCode != 3 || done.RestartCount != 0 {
+		t.Fatalf("second before the move = %+v, want terminated with exit code 3, no restart", done)
+	}
+
+	host := before.Spec.NodeName
+	if out, errOut, code := run(t, dir, "", "sim", "host", "fail", host); code != 0 {
+		t.Fatalf("sim host fail: exit %d: %s%s", code, out, errOut)
+	}
+	t.Cleanup(func() { run(t, dir, "", "sim", "host", "recover", host) })
+	after := podWhen("first running again on another host", 120*time.Second, func(p corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodRunning && p.Spec.NodeName != "" && p.Spec.NodeName != host &&
+			status(p, "first").State.Running != nil && status(p, "first").RestartCount == 1
+	})
+	if got := status(after, "second"); got.RestartCount != 0 || got.Ready || got.State.Terminated == nil ||
+		!got.State.Terminated.StartedAt.Equal(&done.State.Terminated.StartedAt) ||
+		!got.State.Terminated.FinishedAt.Equal(&done.State.Terminated.FinishedAt) ||
+		got.State.Terminated.ExitCode != 3 || got.State.Terminated.Reason != done.State.Terminated.Reason {
+		t.Errorf("second after the move = %+v; want it not run again: %+v", got, done)
+	}
+	ready := false
+	for _, c := range after.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			ready = c.Status == corev1.ConditionTrue || !strings.Contains(c.Message, "second")
+		}
+	}
+	if ready {
+		t.Errorf("conditions after the move = %+v, want Ready False naming second", after.Status.Conditions)
+	}
 }

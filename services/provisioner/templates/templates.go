@@ -549,6 +549,9 @@ func templateSpec(name string, s podvm.Spec, channelKey []byte) (podvm.Spec, err
 		// container's name (its logs) never shows in a child's.
 		pod.Containers[i].Name = fmt.Sprintf("template-%d", i)
 		pod.Containers[i].LivenessProbe, pod.Containers[i].ReadinessProbe, pod.Containers[i].StartupProbe = nil, nil, nil
+		// A template runs every container (a pod VM made after a boot of
+		// its pod marks the ones that completed there: not for a fork).
+		pod.Containers[i].Completed = nil
 	}
 	for i, d := range pod.Disks {
 		if d.Role == guestchannel.DiskEphemeral {
