@@ -16,7 +16,7 @@ LDFLAGS := -X $(BUILDINFO_PKG).version=$(VERSION) -X $(BUILDINFO_PKG).commit=$(C
 .DEFAULT_GOAL := help
 
 help: ## Show the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## Build bin/podvisor, bin/podvisord (one service per process: containers, up --replicas), bin/podvm-agent (static, runs inside guests) and bin/govc (an independent vSphere client for the tour and e2e)
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ ./cmd/podvisor ./cmd/podvisord ./cmd/govc

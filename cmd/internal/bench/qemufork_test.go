@@ -96,3 +96,25 @@ func TestQEMUForkSkippedWithoutQEMU(t *testing.T) {
 		t.Errorf("Validate: %v, want it to name the qemu pairs", err)
 	}
 }
+
+// The simulated datacenter's fork section is in the table, not only in the
+// progress lines and the JSON.
+func TestForkInTheTable(t *testing.T) {
+	f := &Fork{Pairs: 4, Channel: "socket", Created: Latency{P50: 79}, CreatedVMReady: Latency{P50: 31},
+		Forked: Latency{P50: 50}, ForkedVMReady: Latency{P50: 35}, CreatedToForkedP50: 1.58, NotForked: 0, Resumed: 4}
+	for _, c := range []struct {
+		r    *Result
+		want string
+	}{
+		{&Result{Fork: f}, "fork (4 pairs, guests on, channel socket): created p50 79 ms (VM ready 31), forked p50 50 ms (VM ready 35), request → container running: created / forked 1.6× (target ≥ 3×); 0 not forked, 4 resumed a standby"},
+		{&Result{Fork: &Fork{Skipped: "needs root"}}, "fork: skipped: needs root"},
+	} {
+		var out strings.Builder
+		if err := c.r.Table(&out); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out.String(), c.want) {
+			t.Errorf("the table lacks %q:\n%s", c.want, out.String())
+		}
+	}
+}

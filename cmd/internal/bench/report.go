@@ -111,6 +111,14 @@ func (r *Result) Table(w io.Writer) error {
 			}
 		}
 	}
+	if f := r.Fork; f != nil {
+		if f.Skipped != "" {
+			fmt.Fprintf(w, "fork: skipped: %s\n", f.Skipped)
+		} else {
+			fmt.Fprintf(w, "fork (%s, guests on, channel %s): created p50 %.0f ms (VM ready %.0f), forked p50 %.0f ms (VM ready %.0f), request → container running: created / forked %s (target ≥ 3×); %d not forked, %d resumed a standby\n",
+				count(f.Pairs, "pair", "pairs"), f.Channel, f.Created.P50, f.CreatedVMReady.P50, f.Forked.P50, f.ForkedVMReady.P50, ratio(f.CreatedToForkedP50), f.NotForked, f.Resumed)
+		}
+	}
 	if q != nil {
 		if q.Skipped != "" {
 			fmt.Fprintf(w, "boot image under QEMU: skipped: %s\n", q.Skipped)
