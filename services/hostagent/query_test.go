@@ -23,6 +23,7 @@ import (
 	"github.com/podvisor/podvisor/services/hostagent"
 	"github.com/podvisor/podvisor/services/hostagent/guesttest"
 	"github.com/podvisor/podvisor/shared/podstream"
+	"github.com/podvisor/podvisor/shared/testenv"
 )
 
 // A guest that stops reading its channel (an agent whose channel loop is
@@ -425,9 +426,15 @@ func TestQueriesOfAPodWithoutItsGuestSayItsPhase(t *testing.T) {
 		if _, ok := req.(events.PodExecRequest); ok {
 			subject = events.SubjectPodExec(host)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := podstream.Run(ctx, e.bus.Conn(), subject, req, nil, io.Discard, io.Discard)
-		cancel()
+		// The host agent starts serving queries a moment after it starts:
+		// until then nothing answers (podstream's "no host agent serves").
+		var err error
+		testenv.Eventually(t, "the host agent answering "+subject, 10*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err = podstream.Run(ctx, e.bus.Conn(), subject, req, nil, io.Discard, io.Discard)
+			return err == nil || !strings.Contains(err.Error(), "no host agent serves")
+		})
 		if err == nil || !strings.HasPrefix(err.Error(), want) {
 			t.Errorf("%T: error %v, want one starting %q", req, err, want)
 		}
