@@ -31,11 +31,6 @@ import (
 // guest cluster again (its record replaces the marker) and costs what the
 // marker of a plain deletion costs.
 const (
-	// kvOperation and the values of it that mark a key deleted are
-	// JetStream KV's own (its clients read a marked key as absent).
-	kvOperation = "KV-Operation"
-	kvDelete    = "DEL"
-	kvPurge     = "PURGE"
 	// headerDeletedSeq and headerDeletedAt are the deletion's generation:
 	// the delete request's GUESTCLUSTERS stream sequence and store time.
 	headerDeletedSeq = "Pv-Deleted-Generation"
@@ -64,8 +59,8 @@ func (s *Service) lastOf(ctx context.Context, key string) (keyState, error) {
 		return keyState{}, fmt.Errorf("read the key of guest cluster %s: %w", key, err)
 	}
 	st := keyState{rev: m.Sequence}
-	switch m.Header.Get(kvOperation) {
-	case kvDelete, kvPurge:
+	switch {
+	case record.IsRemoval(m.Header):
 		seq, err := strconv.ParseUint(m.Header.Get(headerDeletedSeq), 10, 64)
 		at, terr := time.Parse(time.RFC3339Nano, m.Header.Get(headerDeletedAt))
 		if err == nil && terr == nil {
@@ -151,7 +146,7 @@ func (s *Service) bury(ctx context.Context, key string, gen generation) error {
 			return nil
 		}
 		m := nats.NewMsg(s.keySubject(key))
-		m.Header.Set(kvOperation, kvDelete)
+		m.Header.Set(record.HeaderKVOperation, record.KVDelete)
 		m.Header.Set(headerDeletedSeq, strconv.FormatUint(gen.seq, 10))
 		m.Header.Set(headerDeletedAt, gen.at.UTC().Format(time.RFC3339Nano))
 		_, err = s.bus.JetStream().PublishMsg(ctx, m, jetstream.WithExpectLastSequencePerSubject(st.rev))

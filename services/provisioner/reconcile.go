@@ -13,6 +13,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 	"github.com/vmware/govmomi/vim25/types"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -822,11 +823,7 @@ func (s *Service) recordRemovedSince(ctx context.Context, key string, t time.Tim
 	if err != nil {
 		return false, fmt.Errorf("last message of pod record %s: %w", key, err)
 	}
-	switch m.Header.Get("KV-Operation") { // JetStream KV's marker of a removed key
-	case "DEL", "PURGE":
-		return m.Time.After(t), nil
-	}
-	return false, nil
+	return record.IsRemoval(m.Header) && m.Time.After(t), nil
 }
 
 // overtakenWait is how long a delete that may have overtaken its request

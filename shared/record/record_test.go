@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/podvisor/podvisor/shared/bus"
@@ -367,5 +368,18 @@ func TestDeleteIfJudgesTheRecordAsItIs(t *testing.T) {
 	}
 	if deleted, err := s.DeleteIf(ctx, "t", func(*counter) bool { return true }); err != nil || deleted {
 		t.Fatalf("DeleteIf of a missing record = %v, %v; want nothing, no error", deleted, err)
+	}
+}
+
+// A key's removal is told by its marker's header; a value has none.
+func TestIsRemoval(t *testing.T) {
+	for op, want := range map[string]bool{"DEL": true, "PURGE": true, "": false, "PUT": false} {
+		h := nats.Header{}
+		if op != "" {
+			h.Set("KV-Operation", op)
+		}
+		if got := record.IsRemoval(h); got != want {
+			t.Errorf("KV-Operation %q: IsRemoval %v, want %v", op, got, want)
+		}
 	}
 }
