@@ -68,12 +68,17 @@ func (p *podRow) Row(now time.Time) []string {
 		dash(r.Host), dash(r.IP), age(r.CreatedAt, now), dash(podReason(r))}
 }
 
-// podReason is the pod's reason, or else, as kubectl's STATUS shows it,
+// podReason is, as kubectl's STATUS shows it, where a pod's init
+// containers stand while they have not all completed (Init:1/2,
+// Init:CrashLoopBackOff, Init:Error), or else the pod's reason, or else
 // the reason of a container that does not run: waiting (CrashLoopBackOff,
 // CreateContainerError…), or terminated while the pod goes on (Error,
 // OOMKilled; not Completed, which is no trouble). The last container's
 // comes first, as in kubectl.
 func podReason(r *events.PodRecord) string {
+	if init := initReason(r); init != "" {
+		return init
+	}
 	if r.Reason != "" {
 		return r.Reason
 	}
@@ -84,6 +89,31 @@ func podReason(r *events.PodRecord) string {
 			return st.Waiting.Reason
 		case st.Terminated != nil && st.Terminated.Reason != "" && st.Terminated.Reason != "Completed" && r.Phase == events.PodPhaseRunning:
 			return st.Terminated.Reason
+		}
+	}
+	return ""
+}
+
+// initReason is kubectl's STATUS for a pod whose init containers have not
+// all completed: the first one that has not says why (its terminated or
+// waiting reason, or its exit code or signal when it gives none), or else
+// how many completed before it. Empty once every init container completed
+// or before the guest reported any.
+func initReason(r *events.PodRecord) string {
+	for i, cs := range r.InitContainerStatuses {
+		switch t, w := cs.State.Terminated, cs.State.Waiting; {
+		case t != nil && t.ExitCode == 0:
+			continue
+		case t != nil && t.Reason != "":
+			return "Init:" + t.Reason
+		case t != nil && t.Signal != 0:
+			return fmt.Sprintf("Init:Signal:%d", t.Signal)
+		case t != nil:
+			return fmt.Sprintf("Init:ExitCode:%d", t.ExitCode)
+		case w != nil && w.Reason != "" && w.Reason != events.ReasonContainerCreating && w.Reason != "PodInitializing":
+			return "Init:" + w.Reason
+		default:
+			return fmt.Sprintf("Init:%d/%d", i, len(r.Pod.Spec.InitContainers))
 		}
 	}
 	return ""
