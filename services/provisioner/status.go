@@ -121,9 +121,9 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 	now := s.now().UTC()
 	switch {
 	case r.Guest != nil && r.Guest.BootID != p.BootID:
-		carryOver(r, p.ContainerStatuses, r.InitContainerStatuses, r.ContainerStatuses)
+		carryOver(r, now, p.ContainerStatuses, r.InitContainerStatuses, r.ContainerStatuses)
 	case r.Guest == nil && r.GuestBefore != nil && r.GuestBefore.Report.BootID != p.BootID:
-		carryOver(r, p.ContainerStatuses, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
+		carryOver(r, now, p.ContainerStatuses, r.GuestBefore.InitContainerStatuses, r.GuestBefore.ContainerStatuses)
 	}
 	r.GuestBefore = nil
 	r.Guest = &events.GuestReport{VM: p.VM, BootID: p.BootID, Seq: p.Seq, Phase: p.Phase, Reason: p.Reason, Message: p.Message,
@@ -177,7 +177,10 @@ func (s *Service) foldReport(r *events.PodRecord, p *events.PodContainersReporte
 
 // reasonGuestRestarted is the lastState of a container that was running
 // when its guest stopped (Kubernetes says Unknown, exit code 255, for a
-// container a node's reboot ended).
+// container a node's reboot ended). Its finishedAt is when the next boot
+// was first heard of (the earliest start it reports, or the fold of its
+// first report): the end is known to lie before it, as a container
+// runtime dates a task it finds dead when it starts again.
 const reasonGuestRestarted = "Unknown"
 
 // carryOver adds to r.ContainersBefore what a boot's last folded statuses
@@ -192,10 +195,18 @@ const reasonGuestRestarted = "Unknown"
 // reports it with that very terminated state and no restart: the pod VM's
 // spec said so, completedContainers) keeps its count and last state: its
 // status folds to what it was.
-func carryOver(r *events.PodRecord, next []corev1.ContainerStatus, lists ...[]corev1.ContainerStatus) {
+func carryOver(r *events.PodRecord, now time.Time, next []corev1.ContainerStatus, lists ...[]corev1.ContainerStatus) {
 	before := r.ContainersBefore
 	out := maps.Clone(before)
 	nextOf := statusesByName(next) // containers only: init containers run again in every boot
+	ended := metav1.NewTime(now)
+	for _, cs := range next {
+		for _, started := range []*metav1.Time{startedAt(cs.State), startedAt(cs.LastTerminationState)} {
+			if started != nil && !started.IsZero() && started.Before(&ended) {
+				ended = *started
+			}
+		}
+	}
 	for _, cs := range slices.Concat(lists...) {
 		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
@@ -206,7 +217,7 @@ func carryOver(r *events.PodRecord, next []corev1.ContainerStatus, lists ...[]co
 		case cs.State.Running != nil:
 			c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 				ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
-				StartedAt: cs.State.Running.StartedAt,
+				StartedAt: cs.State.Running.StartedAt, FinishedAt: ended,
 			}}
 		case cs.State.Terminated != nil:
 			c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
@@ -513,4 +524,16 @@ func statusesByName(list []corev1.ContainerStatus) map[string]corev1.ContainerSt
 		out[cs.Name] = cs
 	}
 	return out
+}
+
+// startedAt is when a container state began: running or terminated; nil
+// for waiting or no state.
+func startedAt(st corev1.ContainerState) *metav1.Time {
+	switch {
+	case st.Running != nil:
+		return &st.Running.StartedAt
+	case st.Terminated != nil:
+		return &st.Terminated.StartedAt
+	}
+	return nil
 }

@@ -209,6 +209,11 @@ func TestContainerReportsMakeTheStatus(t *testing.T) {
 	}
 	if last := r.ContainerStatuses[0].LastTerminationState.Terminated; last == nil || last.Reason != reasonGuestRestarted || last.ExitCode != 255 {
 		t.Errorf("lastState of a container the reboot ended: %+v", r.ContainerStatuses[0].LastTerminationState)
+	} else if next := r.ContainerStatuses[0].State.Running; last.FinishedAt.IsZero() || last.FinishedAt.Before(&last.StartedAt) ||
+		next == nil || next.StartedAt.Before(&last.FinishedAt) {
+		// kubectl describe prints a zero finishedAt as year 1; the end lies
+		// between the old start and the next boot's.
+		t.Errorf("lastState of a container the reboot ended: started %v, finished %v; running again since %v", last.StartedAt, last.FinishedAt, next)
 	}
 	if last := r.ContainerStatuses[1].LastTerminationState.Terminated; last == nil || last.Reason != "Error" {
 		t.Errorf("lastState of the crash-looping container: %+v", r.ContainerStatuses[1].LastTerminationState)
