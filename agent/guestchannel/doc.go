@@ -119,7 +119,8 @@
 // restart from its first status on. The field is in the spec, read before
 // any hello, so it cannot wait for a capability: an agent that predates it
 // refuses such a spec (specs are decoded strictly). The provisioner sets
-// it only in a pod VM made after a boot of the pod, so the pod VMs' boot
+// it only for a boot after one of the pod (a new pod VM, or the same VM
+// powered on again), so the pod VMs' boot
 // disk must be of a build that has it before a provisioner that sets it
 // runs.
 //

@@ -182,18 +182,19 @@ type Container struct {
 	ReadinessProbe *Probe `json:"readinessProbe,omitempty"`
 	StartupProbe   *Probe `json:"startupProbe,omitempty"`
 	// Completed, when set, says the container terminated for good in an
-	// earlier boot of this pod (another pod VM): the pod's restartPolicy
-	// will not run it again (Never: whatever its exit; OnFailure: it
-	// exited 0), as the kubelet does not when it re-creates a pod's
-	// sandbox. The agent does not start it: it reports it terminated
-	// with this state from its first report on, with no restart of this
-	// boot, and counts it terminated in the pod's phase. Only for a
-	// container (init containers run again in every pod VM), with a
-	// terminated state the policy does not restart. Added to version 1:
-	// an agent that predates it refuses a spec with it (unknown field),
-	// and a spec is read before any hello (no capability can gate it);
-	// the provisioner sets it only for a pod VM it makes after a boot of
-	// the pod (a re-creation, another host). Package doc: "Containers
+	// earlier boot of this pod (another pod VM, or an earlier boot of
+	// this one): the pod's restartPolicy will not run it again (Never:
+	// whatever its exit; OnFailure: it exited 0), as the kubelet does not
+	// when it re-creates a pod's sandbox. The agent does not start it: it
+	// reports it terminated with this state from its first report on,
+	// with no restart of this boot, and counts it terminated in the pod's
+	// phase. Only for a container (init containers run again in every
+	// boot), with a terminated state the policy does not restart. Added
+	// to version 1: an agent that predates it refuses a spec with it
+	// (unknown field), and a spec is read before any hello (no capability
+	// can gate it); the provisioner sets it only for a boot after one of
+	// the pod (a pod VM made again, on another host or re-created, or the
+	// same VM powered on again in place). Package doc: "Containers
 	// completed in an earlier boot".
 	Completed *ContainerState `json:"completed,omitempty"`
 }

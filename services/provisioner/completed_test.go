@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -111,6 +112,99 @@ func TestACompletedContainerIsNotRunAgainWhenThePodMoves(t *testing.T) {
 		if c, _ := r.Condition(events.PodConditionReady); r.Phase != events.PodPhaseRunning || c.Status != events.ConditionFalse ||
 			c.Message != "containers with unready status: [sidecar]" {
 			t.Errorf("move %d: phase %s, Ready %+v; want Running, not ready naming sidecar", gen, r.Phase, c)
+		}
+	}
+}
+
+// A pod VM that boots again in place (found powered off, powered on by
+// drift repair) keeps the spec it was made with, from before its
+// container terminated for good: the spec is rewritten before the
+// power-on so that the new boot is told, as a new pod VM is, and the new
+// guest's report of it (that very state, no restart of its own) folds to
+// the status it had: its restart count and last state kept, while a
+// container that ran counts the new boot's start as a restart. A second
+// cycle finds the mark there and does not reconfigure the VM again.
+func TestACompletedContainerIsNotRunAgainWhenItsVMBootsAgainInPlace(t *testing.T) {
+	e := newEnv(t)
+	svc, _ := e.start(testConfig())
+	ctx := context.Background()
+	pod := testPod("batch")
+	pod.Spec.RestartPolicy = corev1.RestartPolicyOnFailure
+	acc, r := e.startPod(svc, pod)
+	ref := vmRef(r.VMRef)
+
+	// sidecar failed once, then exited 0: done for good under OnFailure.
+	begun := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	sidecar := exited("sidecar", 0)
+	sidecar.State.Terminated.StartedAt, sidecar.State.Terminated.FinishedAt = metav1.NewTime(begun), metav1.NewTime(begun.Add(3*time.Second))
+	sidecar.RestartCount = 1
+	sidecar.LastTerminationState.Terminated = &corev1.ContainerStateTerminated{ExitCode: 1, Reason: "Error",
+		StartedAt: metav1.NewTime(begun.Add(-time.Minute)), FinishedAt: metav1.NewTime(begun.Add(-time.Second))}
+	want, wantLast := *sidecar.State.Terminated, sidecar.LastTerminationState
+	r = e.fold(svc, report(acc, r.VMName, "b1", 1, running("app"), sidecar, running("logger")))
+	if r.Phase != events.PodPhaseRunning {
+		t.Fatalf("phase %s, want Running", r.Phase)
+	}
+	if c := e.guestSpecOf(r.VMRef).Containers[1]; c.Completed != nil {
+		t.Fatalf("the spec the VM was made with marks %s completed", c.Name)
+	}
+
+	changeVersion := func() string {
+		t.Helper()
+		var vm mo.VirtualMachine
+		if err := e.vc.RetrieveOne(ctx, ref, []string{"config.changeVersion"}, &vm); err != nil {
+			t.Fatal(err)
+		}
+		return vm.Config.ChangeVersion
+	}
+	var marked string
+	for cycle, boot := range []string{"b2", "b3"} {
+		if err := e.vms.PowerOff(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := svc.Resync(ctx); err != nil || rep[RepairPowerState] != 1 {
+			t.Fatalf("cycle %d: Resync = %v, %v; want the VM powered on", cycle+1, rep, err)
+		}
+		if vm, err := e.vms.Get(ctx, ref); err != nil || vm == nil || vm.PowerState != types.VirtualMachinePowerStatePoweredOn {
+			t.Fatalf("cycle %d: VM %+v, %v; want it on", cycle+1, vm, err)
+		}
+		for _, c := range e.guestSpecOf(r.VMRef).Containers {
+			switch got := c.Completed; {
+			case c.Name != "sidecar" && got != nil:
+				t.Errorf("cycle %d: %s marked completed (%+v), want it run", cycle+1, c.Name, *got)
+			case c.Name == "sidecar" && (got == nil || got.Kind != guestchannel.StateTerminated || got.ExitCode != 0 ||
+				got.Reason != "Completed" || got.StartedAt == nil || !got.StartedAt.Equal(begun) ||
+				got.FinishedAt == nil || !got.FinishedAt.Equal(begun.Add(3*time.Second))):
+				t.Errorf("cycle %d: sidecar completed = %+v, want its terminated state %+v", cycle+1, got, want)
+			}
+		}
+		if cycle == 0 {
+			marked = changeVersion()
+		} else if v := changeVersion(); v != marked {
+			t.Errorf("cycle %d: the VM was reconfigured again (changeVersion %s, was %s) with its spec marked already", cycle+1, v, marked)
+		}
+
+		// The new boot, as its agent runs the spec: app and logger start
+		// again, and sidecar too unless the spec marks it completed, then
+		// reported with that state (the host agent's conversion).
+		again := running("sidecar")
+		if e.guestSpecOf(r.VMRef).Containers[1].Completed != nil {
+			again = exited("sidecar", 0)
+			again.State.Terminated = &want
+		}
+		r = e.fold(svc, report(acc, r.VMName, boot, 1, running("app"), again, running("logger")))
+		by := statusesByName(r.ContainerStatuses)
+		if s := by["sidecar"]; s.RestartCount != 1 || !equality.Semantic.DeepEqual(s.LastTerminationState, wantLast) ||
+			!equality.Semantic.DeepEqual(s.State.Terminated, &want) {
+			t.Errorf("cycle %d: sidecar = restartCount %d, state %+v, last state %+v; want 1, the same state and last state",
+				cycle+1, s.RestartCount, s.State, s.LastTerminationState)
+		}
+		if a := by["app"]; a.RestartCount != int32(cycle+1) || a.LastTerminationState.Terminated == nil ||
+			a.LastTerminationState.Terminated.Reason != reasonGuestRestarted {
+			t.Errorf("cycle %d: app = restartCount %d, last state %+v; want %d and the guest's stop", cycle+1, a.RestartCount, a.LastTerminationState, cycle+1)
+		}
+		if r.Phase != events.PodPhaseRunning || r.VMRef != ref.Value {
+			t.Errorf("cycle %d: phase %s VM %s; want Running on VM %s", cycle+1, r.Phase, r.VMRef, ref.Value)
 		}
 	}
 }

@@ -93,9 +93,13 @@
 // the last folded statuses (Container.Completed, with its terminated
 // state): the kubelet does not run such a container again when it
 // re-creates a pod's sandbox, and a batch step must not do its work
-// twice. The guest reports it with that very state and no restart of its
-// own, which folds to the status it had: no restart counted, its last
-// state kept. Init containers run again in every pod VM.
+// twice. A pod VM powered on again in place (found off, or power-cycled
+// by drift repair) keeps the spec it was made with: before the power-on
+// its spec is rewritten with the marks it lacks (markCompleted; nothing
+// is written when none is missing). The guest reports such a container
+// with that very state and no restart of its own, which folds to the
+// status it had: no restart counted, its last state kept. Init containers
+// run again in every boot.
 //
 // # Nothing twice, nothing lost
 //

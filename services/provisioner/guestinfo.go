@@ -1,8 +1,11 @@
 package provisioner
 
 import (
+	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"slices"
@@ -11,6 +14,7 @@ import (
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/services/provisioner/podvm"
+	"github.com/vmware/govmomi/vim25/types"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 )
@@ -60,6 +64,74 @@ func guestinfo(r *events.PodRecord, l vmLayout) (map[string]string, error) {
 		keyName:      r.Name,
 		keySpec:      spec,
 	}, nil
+}
+
+// powerOn powers the pod's existing VM ref on, in place: its guest spec
+// first marks the containers that terminated for good (markCompleted).
+func (s *Service) powerOn(ctx context.Context, r *events.PodRecord, ref types.ManagedObjectReference) error {
+	if err := s.markCompleted(ctx, r, ref); err != nil {
+		return err
+	}
+	return s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, ref) })
+}
+
+// markCompleted tells the next boot of the pod's VM ref which containers
+// terminated for good (completedContainers), as a new pod VM's spec does.
+// A VM powered on again in place (drift repair's power cycle, a VM found
+// off) keeps the spec it was made with, from before they terminated, and
+// its guest would run them again on the same disk 0: their work done
+// twice, a restart counted. The guest reads its spec at boot, so the
+// VM's spec is rewritten before the power-on, and only when a mark is
+// missing or differs: a retry, or another replica, finds the marks there
+// and writes nothing. Only the marks change; the rest of the spec (disks,
+// nonce, token) stays the VM's own. No mark is taken away: a container's
+// end for good is final.
+func (s *Service) markCompleted(ctx context.Context, r *events.PodRecord, ref types.ManagedObjectReference) error {
+	completed := completedContainers(r)
+	if len(completed) == 0 {
+		return nil
+	}
+	var raw string
+	if err := s.stepCtx(ctx, func(ctx context.Context) (err error) {
+		raw, err = s.vms.ExtraConfigValue(ctx, ref, keySpec)
+		return err
+	}); err != nil {
+		return fmt.Errorf("guest spec of pod VM %s: %w", ref.Value, err)
+	}
+	spec, err := guestchannel.UnmarshalSpec([]byte(raw))
+	if err != nil {
+		return fmt.Errorf("guest spec of pod VM %s: %w", ref.Value, err)
+	}
+	var marked []string
+	for i := range spec.Containers {
+		c := &spec.Containers[i]
+		if want := completed[c.Name]; want != nil && !sameState(c.Completed, want) {
+			c.Completed = want
+			marked = append(marked, c.Name)
+		}
+	}
+	if len(marked) == 0 {
+		return nil
+	}
+	out, err := guestchannel.MarshalSpec(spec)
+	if err != nil {
+		return fmt.Errorf("guest spec of pod VM %s: %w", ref.Value, err)
+	}
+	if err := s.stepCtx(ctx, func(ctx context.Context) error {
+		return s.vms.SetExtraConfig(ctx, ref, map[string]string{keySpec: out})
+	}); err != nil {
+		return fmt.Errorf("mark completed containers in the guest spec: %w", err)
+	}
+	s.log.Info("guest spec marks the containers that terminated for good before the VM boots again",
+		"key", r.Key(), "vm", ref.Value, "containers", strings.Join(marked, ","))
+	return nil
+}
+
+// sameState says whether two container states read the same to a guest.
+func sameState(a, b *guestchannel.ContainerState) bool {
+	ja, erra := json.Marshal(a)
+	jb, errb := json.Marshal(b)
+	return erra == nil && errb == nil && bytes.Equal(ja, jb)
 }
 
 // layout derives the pod VM's disks and the guest spec from the record:

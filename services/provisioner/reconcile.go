@@ -179,7 +179,7 @@ func (s *Service) provisionSteps(ctx context.Context, r *events.PodRecord, reser
 			return err
 		}
 		pctx, span := s.span(ctx, "provisioner.power_on", r, attribute.String("vm", vm.Ref.Value))
-		err := s.stepCtx(pctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) })
+		err := s.powerOn(pctx, r, vm.Ref)
 		span.End()
 		if err != nil {
 			return step(ReasonPowerOnFailed, err)

@@ -322,7 +322,7 @@ func (s *Service) repairOf(r *events.PodRecord, vm podvm.VM, hasVM bool) (mark, 
 				if cur, err := s.getVM(ctx, vm.Ref); err != nil || cur == nil || cur.PowerState == types.VirtualMachinePowerStatePoweredOn {
 					return false, err
 				}
-				if err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOn(ctx, vm.Ref) }); err != nil {
+				if err := s.powerOn(ctx, fresh, vm.Ref); err != nil {
 					return false, fmt.Errorf("power on %s of %s: %w", vm.Ref.Value, r.Key(), err)
 				}
 				return true, nil
@@ -467,12 +467,10 @@ func (s *Service) repairSilentGuest(ctx context.Context, r *events.PodRecord, vm
 			if err := s.save(ctx, fresh); err != nil {
 				return false, err
 			}
-			err := s.stepCtx(ctx, func(ctx context.Context) error {
-				if err := s.vms.PowerOff(ctx, vm.Ref); err != nil {
-					return err
-				}
-				return s.vms.PowerOn(ctx, vm.Ref)
-			})
+			err := s.stepCtx(ctx, func(ctx context.Context) error { return s.vms.PowerOff(ctx, vm.Ref) })
+			if err == nil {
+				err = s.powerOn(ctx, fresh, vm.Ref)
+			}
 			if err != nil {
 				return false, fmt.Errorf("power-cycle %s: %w", vm.Ref.Value, err)
 			}

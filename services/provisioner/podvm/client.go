@@ -397,6 +397,39 @@ func (c *Client) PowerOn(ctx context.Context, ref types.ManagedObjectReference) 
 	return nil
 }
 
+// ExtraConfigValue is the value of the VM's ExtraConfig key, "" when the
+// VM has none.
+func (c *Client) ExtraConfigValue(ctx context.Context, ref types.ManagedObjectReference, key string) (string, error) {
+	var m mo.VirtualMachine
+	if err := property.DefaultCollector(c.vc).RetrieveOne(ctx, ref, []string{"config.extraConfig"}, &m); err != nil {
+		return "", fmt.Errorf("ExtraConfig of VM %s: %w", ref.Value, err)
+	}
+	if m.Config == nil {
+		return "", nil
+	}
+	for _, o := range m.Config.ExtraConfig {
+		if v := o.GetOptionValue(); v.Key == key {
+			s, _ := v.Value.(string)
+			return s, nil
+		}
+	}
+	return "", nil
+}
+
+// SetExtraConfig writes values into the VM's ExtraConfig (the other keys
+// stay) and returns once the reconfigure task ended. vSphere takes it on
+// a VM that is off: a guest reads its guestinfo when it boots.
+func (c *Client) SetExtraConfig(ctx context.Context, ref types.ManagedObjectReference, values map[string]string) error {
+	task, err := object.NewVirtualMachine(c.vc, ref).Reconfigure(ctx, types.VirtualMachineConfigSpec{ExtraConfig: extraConfig(values)})
+	if err == nil {
+		_, err = vsphere.WaitTask(ctx, c.vc, task.Reference())
+	}
+	if err != nil {
+		return fmt.Errorf("reconfigure the ExtraConfig of %s: %w", ref.Value, err)
+	}
+	return nil
+}
+
 // PowerOff powers the VM off; a VM that is already off is fine.
 func (c *Client) PowerOff(ctx context.Context, ref types.ManagedObjectReference) error {
 	vm := object.NewVirtualMachine(c.vc, ref)

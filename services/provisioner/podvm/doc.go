@@ -21,7 +21,8 @@
 // detaches those shared disks first, since destroying a VM deletes the
 // files of every disk still attached. ExtraConfig carries
 // guestinfo.podvisor.spec, the guest agent's pod spec (see the
-// provisioner's guestinfo.go).
+// provisioner's guestinfo.go), read by the guest at boot; SetExtraConfig
+// rewrites it before an existing VM boots again.
 //
 // Every call classifies vSphere faults for the caller: IsTransient says
 // whether trying again later can help (busy resources, lost connections,
