@@ -48,6 +48,17 @@ type VMRecord struct {
 	Size VMSize `json:"size"`
 	// Image is the image's spec at acceptance (what the VM is built from).
 	Image VirtualMachineImageSpec `json:"image"`
+	// ImageDigest is the digest Image.OCI resolved to when the VM's boot
+	// disk was first built (sha256:…). A boot disk built again (the VM
+	// made again by drift repair or an eviction) is taken from the image
+	// disk of this digest without the registry, which may have moved
+	// since (another port at the next `podvisor up`), and a pull, when no
+	// such disk is left, asks for this digest, not what the tag names by
+	// then. It belongs to Image.OCI: a declaration that changes the
+	// reference clears it. Empty (omitted) on records written before it
+	// was kept and for images without an OCI source: the reference is
+	// resolved at the registry, as it always was.
+	ImageDigest string `json:"imageDigest,omitempty"`
 
 	// Placement, from vm.scheduled.
 	ScheduledGeneration int64    `json:"scheduledGeneration,omitempty"`

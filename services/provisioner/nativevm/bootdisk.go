@@ -26,6 +26,7 @@ import (
 
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
+	"github.com/podvisor/podvisor/shared/record"
 	"github.com/podvisor/podvisor/shared/rootfs"
 )
 
@@ -80,22 +81,60 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 		}
 		return dst, emptyBootDiskBytes, nil
 	}
-	src, capacity, err := c.imageDisk(ctx, rec.Image.OCI, ds)
-	if err != nil || keep {
-		return dst, capacity, err
+	src, digest, err := c.imageDisk(ctx, rec.Image.OCI, rec.ImageDigest, ds)
+	if err != nil {
+		return "", 0, err
 	}
-	t, err := vdm.CopyVirtualDisk(ctx, src, dc, dst, dc, nil, false)
+	if err := c.keepImageDigest(ctx, rec, digest); err != nil {
+		return "", 0, err
+	}
+	if keep {
+		return dst, src.size, nil
+	}
+	t, err := vdm.CopyVirtualDisk(ctx, src.disk, dc, dst, dc, nil, false)
 	if err == nil {
 		err = t.Wait(ctx)
 	}
 	if err != nil {
-		return "", 0, fmt.Errorf("copy image disk %s to %s: %w", src, dst, err)
+		return "", 0, fmt.Errorf("copy image disk %s to %s: %w", src.disk, dst, err)
 	}
-	return dst, capacity, nil
+	return dst, src.size, nil
 }
 
-// imageDisk returns the image's disk on datastore ds, building it once per
-// image digest: the flattened root filesystem as ext4 in the flat extent.
+// keepImageDigest records the digest the VM's image reference resolved to
+// (VMRecord.ImageDigest), by compare-and-set, so that its boot disk is
+// built again from that image disk without the registry. A declaration
+// that changed the reference meanwhile keeps its own: the digest is not
+// written to a record of another reference.
+func (c *Controller) keepImageDigest(ctx context.Context, rec *events.VMRecord, digest string) error {
+	if rec.ImageDigest == digest {
+		return nil
+	}
+	ref := rec.Image.OCI
+	_, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		if r.Image.OCI != ref || r.ImageDigest == digest {
+			return record.ErrUnchanged
+		}
+		r.ImageDigest = digest
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record the digest of image %s: %w", ref, err)
+	}
+	rec.ImageDigest = digest
+	return nil
+}
+
+// imageDisk returns the image's disk on datastore ds and the image's
+// digest, building the disk once per digest: the flattened root
+// filesystem as ext4 in the flat extent.
+//
+// A digest resolved before (pinned: the VM record's ImageDigest) names the
+// disk's directory, so a disk built of it is found without the registry:
+// the registry is asked only when none is ready, and for that digest
+// rather than what the reference's tag names by then. Without one (a
+// record written before digests were kept) the reference is resolved at
+// the registry.
 //
 // A disk, once marked ready, is never written again: VMs copy it while
 // others may be asking for it. Callers in one process share one build
@@ -103,30 +142,38 @@ func (c *Controller) bootDisk(ctx context.Context, rec *events.VMRecord, ds, vmN
 // each build into a directory of their own and the ready marker names the
 // finished one, so whichever marker is read names a complete disk. A
 // builder that loses the race leaves its copy behind, unused.
-func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int64, error) {
+func (c *Controller) imageDisk(ctx context.Context, ref, pinned, ds string) (builtDisk, string, error) {
 	var opts []name.Option
 	if r, err := name.ParseReference(ref); err == nil && slices.Contains(c.cfg.InsecureRegistries, r.Context().RegistryStr()) {
 		opts = append(opts, name.Insecure)
 	}
 	r, err := name.ParseReference(ref, opts...)
 	if err != nil {
-		return "", 0, bus.Permanent(fmt.Errorf("image %q: %w", ref, err))
+		return builtDisk{}, "", bus.Permanent(fmt.Errorf("image %q: %w", ref, err))
+	}
+	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, ds)
+	if err != nil {
+		return builtDisk{}, "", fmt.Errorf("datastore %s: %w", ds, err)
+	}
+	// A pinned digest that does not parse (not one this controller
+	// wrote) is no digest: the reference is resolved as without one.
+	if h, err := v1.NewHash(pinned); pinned != "" && err == nil {
+		if b, ok := c.built(ctx, store, ds, c.imageDir(h)); ok {
+			return b, h.String(), nil
+		}
+		r = r.Context().Digest(h.String())
 	}
 	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithTransport(c.pull))
 	if err != nil {
-		return "", 0, fmt.Errorf("pull %s: %w", ref, err)
+		return builtDisk{}, "", fmt.Errorf("pull %s: %w", r, err)
 	}
 	digest, err := img.Digest()
 	if err != nil {
-		return "", 0, fmt.Errorf("pull %s: %w", ref, err)
+		return builtDisk{}, "", fmt.Errorf("pull %s: %w", r, err)
 	}
-	dir := path.Join(c.cfg.ImageRoot, digest.Hex[:16])
-	store, err := find.NewFinder(c.vc).SetDatacenter(c.dc).Datastore(ctx, ds)
-	if err != nil {
-		return "", 0, fmt.Errorf("datastore %s: %w", ds, err)
-	}
+	dir := c.imageDir(digest)
 	if b, ok := c.built(ctx, store, ds, dir); ok {
-		return b.disk, b.size, nil
+		return b, digest.String(), nil
 	}
 	v, err, _ := c.builds.Do(ds+"\x00"+dir, func() (any, error) {
 		if b, ok := c.built(ctx, store, ds, dir); ok {
@@ -135,10 +182,14 @@ func (c *Controller) imageDisk(ctx context.Context, ref, ds string) (string, int
 		return c.buildImageDisk(ctx, img, ref, store, ds, dir)
 	})
 	if err != nil {
-		return "", 0, err
+		return builtDisk{}, "", err
 	}
-	b := v.(builtDisk)
-	return b.disk, b.size, nil
+	return v.(builtDisk), digest.String(), nil
+}
+
+// imageDir is the datastore directory of the image disk of a digest.
+func (c *Controller) imageDir(digest v1.Hash) string {
+	return path.Join(c.cfg.ImageRoot, digest.Hex[:16])
 }
 
 // builtDisk is a finished image disk: its datastore path and capacity.

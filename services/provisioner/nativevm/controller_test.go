@@ -42,6 +42,8 @@ type env struct {
 	dc  *sim.Datacenter
 	s   *vsphere.Session
 	img string
+	// reg serves img; a test may stop it (the registry moved).
+	reg *ociregistry.Registry
 	vms *record.Store[events.VMRecord]
 	// deps and cfg made the running controller; a test may make more.
 	ctl  *nativevm.Controller
@@ -94,7 +96,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{t: t, bus: b, dc: d, s: s, img: img, vms: record.New[events.VMRecord](kv, "vm"), ctl: c, deps: deps, cfg: cfg}
+	return &env{t: t, bus: b, dc: d, s: s, img: img, reg: reg, vms: record.New[events.VMRecord](kv, "vm"), ctl: c, deps: deps, cfg: cfg}
 }
 
 func (e *env) publish(source string, p events.Payload) { e.publishSeq(source, p) }

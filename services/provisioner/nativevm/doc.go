@@ -75,6 +75,13 @@
 // [datastore] podvisor-vmimages/, through vSphere's datastore file API.
 // Each VM boots from its own copy (CopyVirtualDisk), so what its guest
 // writes stays its own. Simulated guests boot that disk's /sbin/init.
+// The digest the image's reference resolved to is kept in the VM's record
+// (VMRecord.ImageDigest) when its boot disk is first built: a boot disk
+// built again (the VM made again) is taken from that digest's image disk
+// without the registry, which may have moved since (another port at the
+// next `podvisor up`); the registry is asked, for that digest, only when
+// no such disk is ready. A declaration that changes the reference clears
+// the digest, and the new reference is resolved afresh.
 // A content library source names an OVF template; the controller resolves
 // the item when the image is declared (the image is not Ready while it is
 // missing) and vCenter deploys it for each VM (the library's deploy API,

@@ -11,7 +11,8 @@ import (
 
 // ImageDisk exposes imageDisk to the tests of concurrent builds.
 func (c *Controller) ImageDisk(ctx context.Context, ref, ds string) (string, int64, error) {
-	return c.imageDisk(ctx, ref, ds)
+	b, _, err := c.imageDisk(ctx, ref, "", ds)
+	return b.disk, b.size, err
 }
 
 // Deliver runs the handler of p on a delivery of ev, the message the VMS

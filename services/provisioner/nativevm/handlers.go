@@ -244,6 +244,9 @@ func (c *Controller) admit(ctx context.Context, cause *event.Event, seq uint64, 
 		r.DeclaredSeq = max(r.DeclaredSeq, seq) // deletes stored before it are older (onDeleteRequested)
 		if changed {
 			r.Generation++
+			if r.Image.OCI != img.Image.Spec.OCI {
+				r.ImageDigest = "" // the digest of the reference before: the new one is resolved afresh
+			}
 			r.Spec, r.Size, r.Image = spec, size, img.Image.Spec
 			r.Status.Generation = r.Generation
 			r.SetCondition(events.VMConditionAccepted, events.ConditionTrue, "", fmt.Sprintf("generation %d", r.Generation), now)
