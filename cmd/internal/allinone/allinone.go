@@ -206,7 +206,10 @@ type System struct {
 	// default guest cluster node image boots ("" when it was not seeded).
 	vmOS string
 	// creds maps identity names to creds files (embedded NATS only).
-	creds   map[string]string
+	creds map[string]string
+	// ports remembers the ports of the previous run on this state dir
+	// (ports.go).
+	ports   *portBook
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errs    chan error
@@ -252,6 +255,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.lockStateDir(); err != nil {
 		return nil, err
 	}
+	s.ports = loadPortBook(cfg.StateDir, s.log)
 	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
 		return nil, fmt.Errorf("up: %w", err)
 	}
@@ -298,6 +302,11 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	s.seedControlPlaneImage(runCtx)
+	// Remembered once every part listens: a run that fails to start hands
+	// out no address, so the previous run's ports stay the ones to keep.
+	if err := s.ports.save(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -355,10 +364,6 @@ func (s *System) startNATS(ctx, runCtx context.Context) error {
 		return ErrNoCluster
 	}
 	if s.cfg.NATSURL == "" {
-		port, err := freePort(s.cfg.Host, s.cfg.NATSPort)
-		if err != nil {
-			return fmt.Errorf("up: NATS: %w", err)
-		}
 		// Every service, the CLI and up itself get their own identity;
 		// the server accepts nobody else, and only over TLS.
 		auth, err := bus.LoadAuthority(filepath.Join(s.cfg.StateDir, "nats-auth"))
@@ -383,6 +388,10 @@ func (s *System) startNATS(ctx, runCtx context.Context) error {
 			s.Endpoints.StreamReplicas = n
 			return s.waitTopology(ctx, n)
 		}
+		port, err := freePort(s.cfg.Host, s.ports.want(partNATS, s.cfg.NATSPort))
+		if err != nil {
+			return fmt.Errorf("up: NATS: %w", err)
+		}
 		emb, err := natsembed.Start(natsembed.Config{Dir: filepath.Join(s.cfg.StateDir, "nats"), Host: s.cfg.Host, Port: port, Auth: auth, TLS: srvTLS,
 			// Acknowledged means on disk: what up keeps in its state dir
 			// survives a power loss, not only a crash.
@@ -391,6 +400,7 @@ func (s *System) startNATS(ctx, runCtx context.Context) error {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
 		s.onClose(emb.Shutdown)
+		s.ports.use(partNATS, s.cfg.Host, s.cfg.NATSPort, port)
 		s.Endpoints.NATSURL = emb.URL()
 		s.Endpoints.NATSCreds = s.creds[bus.IdentityClient]
 		s.Endpoints.NATSCA = s.ca.CAFile()
@@ -442,7 +452,7 @@ func (s *System) startVCenter(ctx context.Context) error {
 		s.Endpoints.VCenterInsecure, _ = strconv.ParseBool(os.Getenv("GOVC_INSECURE"))
 		return nil
 	}
-	port, err := freePort(s.cfg.Host, s.cfg.VCenterPort)
+	port, err := freePort(s.cfg.Host, s.ports.want(partVCenter, s.cfg.VCenterPort))
 	if err != nil {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
 	}
@@ -481,6 +491,7 @@ func (s *System) startVCenter(ctx context.Context) error {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
 	}
 	s.onClose(dc.Close)
+	s.ports.use(partVCenter, s.cfg.Host, s.cfg.VCenterPort, port)
 	s.Datacenter = dc
 	s.GuestsOff = guestsOff
 	if guestsOff == "" {
@@ -542,9 +553,17 @@ func (s *System) startRedis(ctx context.Context) error {
 		}
 		users = append(users, redisserver.User{Name: u.name, Password: pw, Rules: u.rules})
 	}
-	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), redisserver.WithLogger(s.log),
+	opts := []redisserver.Option{redisserver.WithLogger(s.log),
 		redisserver.WithTLS(redisserver.TLSFiles{CertFile: cert, KeyFile: key, CAFile: s.ca.CAFile()}),
-		redisserver.WithUsers(users...))
+		redisserver.WithUsers(users...)}
+	// The previous run's port when it is free; else redis-server's own
+	// choice, which retries a port taken between the choice and its bind.
+	if want := s.ports.want(partRedis, 0); want != 0 {
+		if port, err := freePort("127.0.0.1", want); err == nil && port == want {
+			opts = append(opts, redisserver.WithPort(want))
+		}
+	}
+	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), opts...)
 	if err != nil {
 		// StartEmbedded says loudly that it is a stand-in; add why.
 		s.log.Warn("redis-server could not be started", "error", err)
@@ -555,6 +574,9 @@ func (s *System) startRedis(ctx context.Context) error {
 	}
 	s.onClose(srv.Close)
 	s.redis = srv
+	if !srv.Embedded() { // the stand-in keeps no data worth coming back to
+		s.ports.use(partRedis, "127.0.0.1", 0, portOf(srv.Addr()))
+	}
 	s.Endpoints.RedisURL = srv.URLFor("scheduler")
 	if !srv.Embedded() {
 		s.Endpoints.RedisCA = s.ca.CAFile()
@@ -582,7 +604,7 @@ func (s *System) startRegistry(ctx context.Context) error {
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
 		host = "127.0.0.1"
 	}
-	port, err := freePort(host, s.cfg.RegistryPort)
+	port, err := freePort(host, s.ports.want(partRegistry, s.cfg.RegistryPort))
 	if err != nil {
 		return fmt.Errorf("up: registry: %w", err)
 	}
@@ -597,6 +619,7 @@ func (s *System) startRegistry(ctx context.Context) error {
 		return fmt.Errorf("up: registry: %w", err)
 	}
 	s.onClose(reg.Close)
+	s.ports.use(partRegistry, host, s.cfg.RegistryPort, port)
 	s.registry = reg
 	s.Endpoints.Registry = reg.Addr()
 	s.Endpoints.RegistryCA = s.ca.CAFile()
@@ -883,15 +906,22 @@ func quote(v string) string { return "'" + strings.ReplaceAll(v, "'", `'\''`) + 
 // WriteEnv writes the env file atomically into the state dir.
 func (s *System) WriteEnv() (string, error) {
 	path := filepath.Join(s.cfg.StateDir, "env")
-	tmp := path + ".tmp"
 	env := s.Endpoints.EnvFile()
 	if s.Datacenter != nil {
 		env += s.simulatorEnv()
 	}
-	if err := os.WriteFile(tmp, []byte(env), 0o600); err != nil {
-		return "", err
+	return path, writeStateFile(path, []byte(env))
+}
+
+// writeStateFile replaces a file of the state dir atomically (a temporary
+// file, then a rename): a reader, or the next run, sees the old content or
+// the new one, never a part.
+func writeStateFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
 	}
-	return path, os.Rename(tmp, path)
+	return os.Rename(tmp, path)
 }
 
 // PrintEndpoints writes the human summary of where everything listens.
@@ -940,6 +970,13 @@ func (s *System) PrintEndpoints(w io.Writer, envPath string, took time.Duration)
 		if err := layerfs.Check(ic.DiskCompression); err != nil {
 			fmt.Fprintf(w, "\n  WARNING: image disks cannot be written here: %v.\n  Every image pull fails with reason %s; run podvisor up as root with erofs-utils installed, or with uncompressed image disks.\n",
 				err, imagecache.ReasonDisksUnavailable)
+		}
+	}
+	// An address that moved breaks what kept the old one; say so where the
+	// user looks, not only in the log.
+	if s.ports != nil {
+		for _, n := range s.ports.notes {
+			fmt.Fprintf(w, "\n  !!! %s.\n", n)
 		}
 	}
 	fmt.Fprintf(w, "\n  source %s   # then: podvisor get hosts, govc find / -type h\n", envPath)

@@ -228,13 +228,15 @@ func (s *System) startNATSCluster(ctx, runCtx context.Context, n int) ([]string,
 	var urls []string
 	for i := range n {
 		var err error
-		pref := 0
+		flag := 0
 		if s.cfg.NATSPort != 0 {
-			pref = s.cfg.NATSPort + i
+			flag = s.cfg.NATSPort + i
 		}
-		if clientPorts[i], err = freePort(s.cfg.Host, pref); err != nil {
+		part := natsNodePart(i)
+		if clientPorts[i], err = freePort(s.cfg.Host, s.ports.want(part, flag)); err != nil {
 			return nil, fmt.Errorf("up: NATS node %d: %w", i, err)
 		}
+		s.ports.use(part, s.cfg.Host, flag, clientPorts[i])
 		if clusterPorts[i], err = freePort(s.cfg.Host, 0); err != nil {
 			return nil, fmt.Errorf("up: NATS node %d: %w", i, err)
 		}

@@ -6,13 +6,19 @@
 //
 //	NATS JetStream  embedded nats-server, file storage in <state-dir>/nats   (--nats-url)
 //	vCenter         embedded vcsim datacenter, login required                (--vcenter-url)
-//	Redis           redis-server from PATH on a free port, else an embedded
+//	Redis           redis-server from PATH (port kept, below), else an embedded
 //	                Redis-protocol server (said loudly)                      (--redis-url)
 //	OCI registry    embedded registry seeded with sample images             (--registry)
 //	services        the five services in-process                            (--services)
 //
 // It then writes <state-dir>/env with shell exports of every endpoint, so that
 // `source ~/.podvisor/env` points govc, the nats CLI and podvisor at it.
+//
+// Addresses outlive the run that handed them out (guest cluster workers'
+// user data, image references in records, CLI contexts), so
+// <state-dir>/ports.json remembers the ports of the last run: a port flag of
+// 0 means the previous run's port while it is free, a fresh one (said in the
+// output, with what it breaks) only when it is taken. An explicit port wins.
 //
 // The vCenter simulator keeps its inventory in memory, so a second `up` on the
 // same state dir resumes from the durable parts (streams and KV records in

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 	"github.com/podvisor/podvisor/agent/runtime"
@@ -141,11 +143,16 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	conc, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: "127.0.0.1:0", Proxy: true, KeyFile: s.channelKeyFile(),
+	port, err := freePort("127.0.0.1", s.ports.want(partChannel, 0))
+	if err != nil {
+		return fmt.Errorf("up: guest channel concentrator: %w", err)
+	}
+	conc, err := hostagent.ListenConcentrator(hostagent.ConcentratorConfig{Listen: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Proxy: true, KeyFile: s.channelKeyFile(),
 		TLSCert: cert, TLSKey: key}, agents, s.log)
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
+	s.ports.use(partChannel, "127.0.0.1", 0, port)
 	s.Concentrator = "telnets://" + conc.Listener.Addr().String()
 	s.Endpoints.GuestChannel, s.Endpoints.HostAgentsListen = GuestChannelSerial, s.Concentrator
 	s.run(runCtx, "guest channel concentrator", conc.Run)

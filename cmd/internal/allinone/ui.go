@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -21,10 +22,11 @@ import (
 // process's recent records; /metrics serves the Prometheus exposition of
 // every service in the process.
 func (s *System) startUI(ctx context.Context) error {
-	ln, err := listenPreferred(s.cfg.Host, s.cfg.UIPort)
+	ln, err := listenPreferred(s.cfg.Host, s.ports.want(partUI, s.cfg.UIPort))
 	if err != nil {
 		return fmt.Errorf("up: status page: %w", err)
 	}
+	s.ports.use(partUI, s.cfg.Host, s.cfg.UIPort, ln.Addr().(*net.TCPAddr).Port)
 	uiTLS, err := s.ca.ServerTLS("status", pki.Hosts(s.cfg.Host)...)
 	if err != nil {
 		ln.Close()

@@ -28,7 +28,8 @@ func newUpCmd(g *globals) *cobra.Command {
 state dir), a vCenter simulator with realistic hosts, Redis, an OCI registry seeded with sample images,
 the five services, the guest cluster controller and a status page. It prints the endpoints (and, when
 guests run, the host agents and their guest channel) and writes them to <state-dir>/env.
-Ctrl-C stops everything; a second up on the same state dir resumes.`,
+Ctrl-C stops everything; a second up on the same state dir resumes, on the same ports when they
+are free (<state-dir>/ports.json remembers them; a port that moved is said in the output).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			start := time.Now()
@@ -84,10 +85,10 @@ Ctrl-C stops everything; a second up on the same state dir resumes.`,
 	f.IntVar(&cfg.HostsPerCluster, "hosts-per-cluster", 8, "hosts per cluster")
 	f.StringVar(&services, "services", "all", "services to run in this process: all, none, or a comma list of "+fmt.Sprint(runner.Names()))
 	f.StringVar(&cfg.Host, "listen", "127.0.0.1", "address the embedded servers listen on")
-	f.IntVar(&cfg.NATSPort, "nats-port", 4222, "preferred NATS port (a taken port falls back to a free one; 0 = any)")
-	f.IntVar(&cfg.VCenterPort, "vcenter-port", 8989, "preferred vCenter simulator port")
-	f.IntVar(&cfg.RegistryPort, "registry-port", 5000, "preferred OCI registry port")
-	f.IntVar(&cfg.UIPort, "ui-port", 8080, "preferred status page port")
+	f.IntVar(&cfg.NATSPort, "nats-port", 4222, "preferred NATS port (a taken port falls back to a free one; 0 = the port of the previous up on this state dir, else any)")
+	f.IntVar(&cfg.VCenterPort, "vcenter-port", 8989, "preferred vCenter simulator port (0: as for --nats-port)")
+	f.IntVar(&cfg.RegistryPort, "registry-port", 5000, "preferred OCI registry port (0: as for --nats-port)")
+	f.IntVar(&cfg.UIPort, "ui-port", 8080, "preferred status page port (0: as for --nats-port)")
 	f.StringVar(&cfg.VCenterURL, "vcenter-url", "", "use this vCenter (https://user:pass@host/sdk) instead of the simulator")
 	f.StringVar(&cfg.RedisURL, "redis-url", "", "use this Redis (redis://host:port/0) instead of starting one")
 	f.StringVar(&cfg.Registry, "registry", "", "use this OCI registry (host:port) instead of the embedded one")
