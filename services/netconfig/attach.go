@@ -353,18 +353,23 @@ func (s *Service) networksOf(ctx context.Context, ns, name, uid string) ([]strin
 // interval for all the attaches in it keeps the count a moment behind at most.
 const recountInterval = 250 * time.Millisecond
 
-// recountSoon asks recountLoop to refresh the network's IPsUsed.
+// recountSoon asks recountLoop to refresh the network's IPsUsed and to
+// give addresses freed on it to the services waiting for one.
 func (s *Service) recountSoon(name string) {
 	select {
 	case s.countsDue <- name:
 	default:
 		// The queue is full of recounts already due; the periodic resync
-		// recounts every network anyway.
+		// recounts every network and serves the waiting services anyway.
 	}
 }
 
 // recountLoop refreshes the IPsUsed of the networks named since its last
-// pass, once each, every recountInterval.
+// pass, once each, every recountInterval, and gives their free addresses
+// to the network services waiting for one (serveWaiting): every release
+// of this process (pod, VM, orphan, service) names its network here, and
+// the batch makes a burst of deletions one pass. A pass lost with the
+// process is made by the resync.
 func (s *Service) recountLoop(ctx context.Context) {
 	t := time.NewTicker(recountInterval)
 	defer t.Stop()
@@ -379,6 +384,10 @@ func (s *Service) recountLoop(ctx context.Context) {
 			for n := range due {
 				if err := s.refreshIPsUsed(ctx, n); err != nil && !errors.Is(err, ErrNetworkNotFound) && ctx.Err() == nil {
 					s.log.Warn("recount addresses", "network", n, "err", err)
+					continue // stays due
+				}
+				if err := s.serveWaiting(ctx, n); err != nil && ctx.Err() == nil {
+					s.log.Warn("serve network services waiting for an address", "network", n, "err", err)
 					continue // stays due
 				}
 				delete(due, n)

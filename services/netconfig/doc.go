@@ -142,7 +142,12 @@
 // network.service.declared registers a NetworkService: a profile per
 // network it serves (an address reserved in IPAM, port, zone) in KV
 // net-services, which the host agents serve; pods attached afterwards get
-// the DNS addresses as nameservers (netservices.go). Pass-through data in
+// the DNS addresses as nameservers (netservices.go). A service whose
+// network does not exist yet or whose pool is full (reason NoAddress)
+// waits in its record: it is configured when the network gets a version,
+// when addresses of the network are freed (pods, VMs, orphans or services
+// released), and at every resync, the services waiting longest first
+// until the pool is full again. Pass-through data in
 // a registered namespace is kept per switch, port group, port or host in
 // KV net-data, for the host agents' modules; an unregistered namespace is
 // refused (netdata.go).

@@ -82,17 +82,16 @@ func (s *Service) Declare(ctx context.Context, cause *event.Event, n events.Netw
 		// Same spec as the current version: no new version, but converge.
 		return s.reconcileLocked(ctx, cause, name)
 	}
-	first := rec == nil || rec.Version == 0
 	if err := s.storeVersion(ctx, rec, rev, name, n.Spec, origin, eventID(cause)); refusal(err) {
 		s.log.Warn("network change refused", "network", name, "err", err)
 		return s.refuse(ctx, cause, rec, rev, name, n.Spec, err)
 	} else if err != nil {
 		return err
 	}
-	if first {
-		if err := s.serveOn(ctx, name); err != nil {
-			return err
-		}
+	// A first version, or a wider pool: services waiting for the network
+	// get their addresses.
+	if err := s.serveWaiting(ctx, name); err != nil {
+		return err
 	}
 	return s.reconcileLocked(ctx, cause, name)
 }
@@ -370,6 +369,9 @@ func (s *Service) restore(ctx context.Context, cause *event.Event, name string, 
 		s.log.Warn("network restore refused", "network", name, "version", version, "err", err)
 		return s.refuse(ctx, cause, rec, rev, name, v.Spec, err)
 	} else if err != nil {
+		return err
+	}
+	if err := s.serveWaiting(ctx, name); err != nil {
 		return err
 	}
 	return s.reconcileLocked(ctx, cause, name)

@@ -1,6 +1,7 @@
 package netconfig
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,7 +30,7 @@ const (
 	// applied version yet, or is being deleted.
 	ReasonServiceNetworkMissing = "NetworkMissing"
 	// ReasonServiceNoAddress: the network's pool has no free address for
-	// the service.
+	// the service; it gets one once one is freed (serveWaiting).
 	ReasonServiceNoAddress = "NoAddress"
 )
 
@@ -46,10 +47,23 @@ func serviceOwner(service string) ipam.Owner {
 // agents read the profiles (KV net-services) and serve the service on the
 // hosts where the network is realized; pods attached afterwards get the
 // address as their nameserver. A network that does not exist (yet) is
-// recorded as such and configured once the network gets its first applied
-// version (serveOn); one whose pool is full is recorded with NoAddress.
+// recorded as such, one whose pool is full with NoAddress; either is
+// configured later without a new declaration (serveWaiting).
 func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeclared) error {
-	svc := p.Service
+	return s.configureService(ctx, p.Service, true)
+}
+
+// errServiceMoved: the record a retry read was deleted or declared anew
+// meanwhile; the retry writes nothing over that change.
+var errServiceMoved = errors.New("network service deleted or declared anew meanwhile")
+
+// configureService takes the service's address on each network it names
+// and records the outcome. A declaration creates or replaces the record;
+// a retry (declared false, svc read from the record) writes only over a
+// record that still holds svc's spec, so that it never brings back a
+// deleted service or overwrites a newer declaration, and gives back the
+// addresses it took that nothing records any more.
+func (s *Service) configureService(ctx context.Context, svc events.NetworkService, declared bool) error {
 	annotate(ctx, attribute.String("network.service", svc.Metadata.Name))
 	var (
 		profiles  []events.ServiceProfile
@@ -85,7 +99,10 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 	slices.SortFunc(profiles, func(a, b events.ServiceProfile) int { return strings.Compare(a.Network, b.Network) })
 
 	var dropped []string
-	_, err := s.services.Upsert(ctx, svc.Metadata.Name, func(r *events.NetworkServiceRecord, _ bool) error {
+	_, err := s.services.Upsert(ctx, svc.Metadata.Name, func(r *events.NetworkServiceRecord, exists bool) error {
+		if !declared && (!exists || !sameServiceSpec(r.Spec, svc.Spec)) {
+			return errServiceMoved
+		}
 		for _, old := range r.Profiles {
 			if _, kept := slices.BinarySearchFunc(profiles, old.Network, func(p events.ServiceProfile, n string) int { return strings.Compare(p.Network, n) }); !kept {
 				dropped = append(dropped, old.Network)
@@ -100,6 +117,9 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 		}
 		return nil
 	})
+	if errors.Is(err, errServiceMoved) {
+		return s.releaseUnrecorded(ctx, svc.Metadata.Name, profiles)
+	}
 	if err != nil {
 		return err
 	}
@@ -114,7 +134,7 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 		s.log.Warn("network service partly configured", "service", svc.Metadata.Name, "problems", problems)
 		// A network that got its version while this declaration was read
 		// may have looked for services before the record above was
-		// written (serveOn): look once more, so that neither side misses
+		// written (serveWaiting): look once more, so that neither side misses
 		// the other.
 		for _, name := range unapplied {
 			if rec, _, err := s.store.get(ctx, name); err == nil && rec != nil && rec.Version > 0 && rec.Status != events.NetworkStatusDeleting {
@@ -125,29 +145,81 @@ func (s *Service) onServiceDeclared(ctx context.Context, _ *bus.Message, p *even
 	return nil
 }
 
-// serveOn configures, on a network that has just got an applied version,
-// the network services that name it and have no profile there yet: a
-// service declared before its network (in the same manifest, or before
-// up's default network is stored) is recorded Pending or Partial and gets
-// its profile here, without being declared again.
-func (s *Service) serveOn(ctx context.Context, network string) error {
-	recs, err := s.services.List(ctx)
+// serveWaiting gives the network's free addresses to the network
+// services that name it and have no profile there: declared before the
+// network had an applied version, or while its pool was full. It runs
+// when the network gets a version, when addresses of the network change
+// in this process (recountLoop: a pod, VM or service released one), and
+// at every resync, which covers a release made by a replica that stopped
+// before its pass. The services waiting longest (record written earliest)
+// go first, until the pool is full again. Nothing is remembered between
+// passes: the records are what waits, and a service's address is keyed by
+// the service in IPAM (serviceOwner), so replicas passing at once give it
+// one address.
+func (s *Service) serveWaiting(ctx context.Context, network string) error {
+	recs, err := s.serviceRecords(ctx)
 	if err != nil {
 		return err
 	}
+	var waiting []events.NetworkServiceRecord
 	for _, r := range recs {
-		if !slices.Contains(r.Spec.Networks, network) {
-			continue
+		if _, ok := r.Profile(network); !ok && slices.Contains(r.Spec.Networks, network) {
+			waiting = append(waiting, r)
 		}
-		if _, ok := r.Profile(network); ok {
-			continue
-		}
+	}
+	slices.SortFunc(waiting, func(a, b events.NetworkServiceRecord) int {
+		return cmp.Or(a.UpdatedAt.Compare(b.UpdatedAt), strings.Compare(a.Name, b.Name))
+	})
+	for _, r := range waiting {
 		svc := events.NetworkService{APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: r.Name}, Spec: r.Spec}
-		if err := s.onServiceDeclared(ctx, nil, &events.NetworkServiceDeclared{Service: svc}); err != nil {
+		// The address first, on this network alone: a full pool ends the
+		// pass without rewriting the records still waiting.
+		_, err := s.profile(ctx, svc, network)
+		switch {
+		case errors.Is(err, ipam.ErrAllocationUnderWay):
+			continue // another replica is giving this service its address
+		case serviceReason(err) != "":
+			return nil // full again, or the network is not usable
+		case err != nil:
+			return fmt.Errorf("network service %s on network %s: %w", r.Name, network, err)
+		}
+		if err := s.configureService(ctx, svc, false); err != nil {
 			return fmt.Errorf("network service %s on network %s: %w", r.Name, network, err)
 		}
 	}
 	return nil
+}
+
+// releaseUnrecorded gives back the addresses a retry took for a service
+// on the networks its current record does not name (the service was
+// deleted, or declared anew without them, while the retry ran). A network
+// the current record names keeps the address: the service's allocation
+// is keyed by the service, so its declaration has it or takes it.
+func (s *Service) releaseUnrecorded(ctx context.Context, service string, profiles []events.ServiceProfile) error {
+	cur, _, err := s.services.Get(ctx, service)
+	if err != nil {
+		return err
+	}
+	for _, p := range profiles {
+		if cur != nil && slices.Contains(cur.Spec.Networks, p.Network) {
+			continue
+		}
+		if _, err := s.ipam.Release(ctx, p.Network, serviceOwner(service).UID); err != nil {
+			return err
+		}
+		s.recountSoon(p.Network)
+	}
+	if cur != nil {
+		// Declared anew: its own configuration may have missed the
+		// address this retry held; the next pass records it.
+		return fmt.Errorf("network service %s: %w", service, errServiceMoved)
+	}
+	return nil
+}
+
+// sameServiceSpec reports whether two specs of a service are equal.
+func sameServiceSpec(a, b events.NetworkServiceSpec) bool {
+	return a.Type == b.Type && slices.Equal(a.Networks, b.Networks)
 }
 
 // serviceReason is the reason recorded for a network a service could not be
@@ -167,7 +239,7 @@ func serviceReason(err error) string {
 }
 
 // errNoAppliedVersion: a service names a network that does not exist yet,
-// or has no version applied; serveOn configures it once it has.
+// or has no version applied; serveWaiting configures it once it has.
 var errNoAppliedVersion = errors.New("does not exist or has no applied version")
 
 // profile configures a service on one network: the address it answers on,

@@ -2,7 +2,10 @@ package netconfig
 
 import (
 	"context"
+	"errors"
+	"fmt"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/podvisor/podvisor/events"
@@ -13,10 +16,13 @@ import (
 // holds goes back to its network's pool, then the record goes, which the
 // host agents watch (they stop serving it). Pods attached while it existed
 // keep its address as their nameserver until they are re-created.
-// Repeating it is harmless: a missing record is a done deletion.
+// Repeating it is harmless: a missing record is a done deletion. The
+// record goes only at the revision whose addresses were given back: one
+// written meanwhile (a service waiting for an address got one) is read
+// again on the next delivery, so that its address goes back too.
 func (s *Service) onServiceDeleteRequested(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeleteRequested) error {
 	annotate(ctx, attribute.String("network.service", p.Name))
-	rec, _, err := s.services.Get(ctx, p.Name)
+	rec, rev, err := s.services.Get(ctx, p.Name)
 	if err != nil || rec == nil {
 		return err
 	}
@@ -26,8 +32,8 @@ func (s *Service) onServiceDeleteRequested(ctx context.Context, _ *bus.Message, 
 		}
 		s.recountSoon(prof.Network)
 	}
-	if err := s.services.Delete(ctx, p.Name); err != nil {
-		return err
+	if err := s.services.KV().Delete(ctx, p.Name, jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return fmt.Errorf("delete network service %s: %w", p.Name, err)
 	}
 	s.log.Info("network service deleted", "service", p.Name, "networks", len(rec.Profiles))
 	return nil

@@ -78,8 +78,9 @@ type Service struct {
 	// hostDigests remembers the digest last pushed per host.
 	hostStatesDue chan struct{}
 	hostDigests   sync.Map
-	// countsDue names the networks whose IPsUsed must be recounted; a loop
-	// recounts them in batches (see recountLoop).
+	// countsDue names the networks whose addresses changed; a loop
+	// recounts them in batches and serves the network services waiting
+	// for an address there (see recountLoop).
 	countsDue chan string
 	// svcList is the last listing of the network services, reused by
 	// attaches while the bucket is unchanged (serviceRecords).
@@ -203,7 +204,9 @@ func (s *Service) resyncLoop(ctx context.Context) {
 	periodic.Every(ctx, s.cfg.ResyncInterval, s.log, "resync", s.Resync)
 }
 
-// Resync reconciles every network once.
+// Resync reconciles every network once and gives the network services
+// waiting for an address the free ones: a release whose pass was lost
+// (made by a replica that stopped right after) is served here.
 func (s *Service) Resync(ctx context.Context) error {
 	recs, err := s.store.list(ctx)
 	if err != nil {
@@ -212,6 +215,9 @@ func (s *Service) Resync(ctx context.Context) error {
 	var errs []error
 	for _, r := range recs {
 		if err := s.reconcile(ctx, nil, r.Name); err != nil {
+			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
+		}
+		if err := s.serveWaiting(ctx, r.Name); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", r.Name, err))
 		}
 	}
