@@ -98,6 +98,21 @@ type PodLogsRequest struct {
 	// with TailLines > 0. A host agent that predates it reads the whole
 	// log.
 	FromEnd bool `json:"fromEnd,omitempty"`
+	// Timestamps prefixes every line with the time its first byte was
+	// written (the pod VM's clock, UTC, RFC 3339 to the nanosecond) and a
+	// space, as `kubectl logs --timestamps` prints it.
+	Timestamps bool `json:"timestamps,omitempty"`
+	// SinceTime, when set, leaves out the lines written before it
+	// (`--since`, `--since-time`), after TailLines picked the lines.
+	SinceTime *time.Time `json:"sinceTime,omitempty"`
+	// LimitBytes, when > 0, ends the answer, a follow too, once that many
+	// bytes of it are sent, timestamps included (`--limit-bytes`).
+	//
+	// Timestamps, SinceTime and LimitBytes are served by a pod VM agent
+	// that keeps line times; the host agent refuses them, naming the
+	// option, for one that does not (and a host agent that predates them
+	// ignores them).
+	LimitBytes int64 `json:"limitBytes,omitempty"`
 }
 
 // Validate checks the pod reference and the numbers.
@@ -111,6 +126,12 @@ func (r *PodLogsRequest) Validate() error {
 	}
 	if r.Follow && r.Previous {
 		errs = append(errs, errors.New("follow: a previous instance's log does not grow; drop follow or previous"))
+	}
+	if r.LimitBytes < 0 {
+		errs = append(errs, fmt.Errorf("limitBytes: %d must not be negative", r.LimitBytes))
+	}
+	if r.SinceTime != nil && r.SinceTime.IsZero() {
+		errs = append(errs, errors.New("sinceTime: the zero time; leave it out to read from the log's start"))
 	}
 	return errors.Join(errs...)
 }

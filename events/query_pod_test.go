@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestPodQueriesValidate(t *testing.T) {
@@ -18,6 +19,9 @@ func TestPodQueriesValidate(t *testing.T) {
 		{"logs follow previous", &PodLogsRequest{Namespace: "default", Name: "web", Follow: true, Previous: true}, "follow"},
 		{"logs fromEnd with tailLines", &PodLogsRequest{Namespace: "default", Name: "web", FromEnd: true, TailLines: 3}, "fromEnd"},
 		{"logs fromEnd", &PodLogsRequest{Namespace: "default", Name: "web", FromEnd: true, Follow: true}, ""},
+		{"logs line times", &PodLogsRequest{Namespace: "default", Name: "web", Timestamps: true, SinceTime: &time.Time{}}, "sinceTime"},
+		{"logs negative limit", &PodLogsRequest{Namespace: "default", Name: "web", LimitBytes: -1}, "limitBytes"},
+		{"logs limit and since", &PodLogsRequest{Namespace: "default", Name: "web", LimitBytes: 1, SinceTime: new(time.Now())}, ""},
 		{"exec ok", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat", "/x"}}, ""},
 		{"exec no command", &PodExecRequest{Namespace: "default", Name: "web"}, "command"},
 		{"exec stdin window", &PodExecRequest{Namespace: "default", Name: "web", Command: []string{"cat"}, Stdin: true, StdinWindow: 1 << 18}, ""},

@@ -33,7 +33,7 @@
 //
 //	agent → host   hello   {protocol, agent version, pod uid, VM identity, boot id, capabilities}
 //	agent → host   status  {full: true, every container's state}      (right after hello)
-//	host  → agent  logs    {container, follow, previous, tail, fromEnd?} → log chunks, then one with EOF
+//	host  → agent  logs    {container, follow, previous, tail, fromEnd?, timestamps?, sinceTime?, limitBytes?} → log chunks, then one with EOF
 //	host  → agent  exec    {container, command, stdin?, stdinWindow?} → exec.output*, exec.exit
 //	host  → agent  exec.stdin {data, eof}                        (only when exec.stdin was true)
 //	agent → host   exec.stdin.ack {taken}                        (only when exec.stdinWindow > 0)
@@ -98,6 +98,20 @@
 // so the host side never sends it one: it asks such an agent for the last
 // line and then follows from that line, leaving it out, as clients did
 // before (a line written between the two requests can be lost).
+//
+// # Line times
+//
+// An agent announcing CapLogsTimestamps keeps the time each line was
+// written (its log files are in the CRI log format, a record a line or a
+// piece of one) and takes three more options of a logs request:
+// Timestamps prefixes each line with its time and a space, as the kubelet
+// does (`logs --timestamps`); SinceTime leaves out the lines written
+// before it (`--since`, `--since-time`; a line written in pieces has the
+// time of its first, and is sent whole or not at all); LimitBytes ends the
+// answer after that many bytes of it (`--limit-bytes`). Without them the
+// answer is the container's bytes as it wrote them, as before. An agent
+// that predates the capability would ignore them, so the host side sends
+// it none: it refuses the request, naming the option.
 //
 // # The previous instance across boots
 //

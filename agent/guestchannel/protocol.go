@@ -126,6 +126,11 @@ const (
 	// earlier boot, that boot ran in an earlier pod VM, on another disk.
 	// One that predates it started its logs anew with every boot.
 	CapLogsAcrossBoots = "logs.acrossBoots"
+	// CapLogsTimestamps: the agent keeps the time of every line it logs
+	// and takes LogsRequest.Timestamps, SinceTime and LimitBytes. One that
+	// predates it would ignore them (the whole log, without times), so it
+	// is sent none of them.
+	CapLogsTimestamps = "logs.timestamps"
 )
 
 // Can reports whether the hello announces capability c.
@@ -227,6 +232,50 @@ type LogsRequest struct {
 	// from where it stood). Not with TailLines > 0, which the agent
 	// refuses. Only to an agent announcing CapLogsFromEnd.
 	FromEnd bool `json:"fromEnd,omitempty"`
+	// Timestamps prefixes every line with the time its first byte was
+	// written (guest clock, UTC, RFC 3339 to the nanosecond, fixed width)
+	// and a space, as the kubelet does. Only to an agent announcing
+	// CapLogsTimestamps, as are SinceTime and LimitBytes.
+	Timestamps bool `json:"timestamps,omitempty"`
+	// SinceTime, when set, leaves out the lines whose first byte was
+	// written before it (guest clock), after TailLines picked the lines.
+	SinceTime *time.Time `json:"sinceTime,omitempty"`
+	// LimitBytes, when > 0, ends the answer (a follow too) once that many
+	// bytes of it are sent, timestamps included: the last line may be
+	// cut.
+	LimitBytes int64 `json:"limitBytes,omitempty"`
+}
+
+// Validate checks the numbers and how the options go together; errors
+// name the field.
+func (r LogsRequest) Validate() error {
+	var errs []error
+	if r.TailLines < 0 {
+		errs = append(errs, fmt.Errorf("tailLines: %d must not be negative", r.TailLines))
+	}
+	if r.FromEnd && r.TailLines > 0 {
+		errs = append(errs, fmt.Errorf("fromEnd: starts at the end, not %d lines before it", r.TailLines))
+	}
+	if r.LimitBytes < 0 {
+		errs = append(errs, fmt.Errorf("limitBytes: %d must not be negative", r.LimitBytes))
+	}
+	return errors.Join(errs...)
+}
+
+// TimestampsOption names the first option of the request that only an
+// agent announcing CapLogsTimestamps serves ("" for none): one that does
+// not would answer it wrongly (the whole log, without times), not refuse
+// it.
+func (r LogsRequest) TimestampsOption() string {
+	switch {
+	case r.Timestamps:
+		return "timestamps"
+	case r.SinceTime != nil:
+		return "sinceTime"
+	case r.LimitBytes != 0:
+		return "limitBytes"
+	}
+	return ""
 }
 
 // LogChunk is a piece of a log stream: raw bytes as the container wrote them

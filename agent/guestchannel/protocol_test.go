@@ -272,3 +272,36 @@ func TestLogsRequestFromEndEncoding(t *testing.T) {
 		}
 	}
 }
+
+// The line-time options are their own fields, left out when not asked
+// for (so a request without them encodes as before); a request with any
+// of them needs CapLogsTimestamps, and Validate names the field at fault.
+func TestLogsRequestTimestampOptions(t *testing.T) {
+	since := time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)
+	for _, tc := range []struct {
+		req     LogsRequest
+		json    string
+		option  string
+		invalid string
+	}{
+		{LogsRequest{Container: "app", TailLines: 1}, `{"container":"app","tailLines":1}`, "", ""},
+		{LogsRequest{Container: "app", Timestamps: true}, `{"container":"app","timestamps":true}`, "timestamps", ""},
+		{LogsRequest{Container: "app", SinceTime: &since}, `{"container":"app","sinceTime":"2026-01-02T03:04:05.000000006Z"}`, "sinceTime", ""},
+		{LogsRequest{Container: "app", LimitBytes: 10}, `{"container":"app","limitBytes":10}`, "limitBytes", ""},
+		{LogsRequest{Container: "app", LimitBytes: -1}, `{"container":"app","limitBytes":-1}`, "limitBytes", "limitBytes: -1 must not be negative"},
+		{LogsRequest{Container: "app", TailLines: -2}, `{"container":"app","tailLines":-2}`, "", "tailLines: -2"},
+		{LogsRequest{Container: "app", TailLines: 2, FromEnd: true}, `{"container":"app","tailLines":2,"fromEnd":true}`, "", "fromEnd"},
+	} {
+		data, err := json.Marshal(tc.req)
+		if err != nil || string(data) != tc.json {
+			t.Errorf("%+v encoded as %s (%v), want %s", tc.req, data, err, tc.json)
+		}
+		if got := tc.req.TimestampsOption(); got != tc.option {
+			t.Errorf("%+v: option needing %s = %q, want %q", tc.req, CapLogsTimestamps, got, tc.option)
+		}
+		err = tc.req.Validate()
+		if (err == nil) != (tc.invalid == "") || (err != nil && !strings.Contains(err.Error(), tc.invalid)) {
+			t.Errorf("%+v: Validate = %v, want an error containing %q", tc.req, err, tc.invalid)
+		}
+	}
+}

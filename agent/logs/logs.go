@@ -12,8 +12,20 @@
 // written before, on across rotations and restarts as any follow.
 //
 // Each instance of a container (the first start is instance 0, every restart
-// the next) writes dir/<container>/<n>.log, raw bytes as the container wrote
-// them, stdout and stderr in write order. A file that grows past the size
+// the next) writes dir/<container>/<n>.log in the CRI log format, a record
+// a line: `<time> stdout <P|F> <text>`, the time (RFC 3339, UTC, to the
+// nanosecond) the piece was written, F for a piece that ends its line, P
+// for one that does not (the rest of a line not yet written, or all of a
+// write that holds no newline). stdout and stderr share one pipe, in write
+// order, so every record says stdout. A record is written whole, with one
+// write, so a file never ends in the middle of one that is done, and a
+// line begun before a rotation goes on in the next file as its own record.
+// A read sends the texts, the container's bytes as it wrote them; asked
+// for timestamps, each line prefixed with its first piece's time and a
+// space (as the kubelet does); since a time, only lines whose first piece
+// was written then or later; a limit of bytes, no more than that of what
+// it sends. A line of a file an agent wrote before the format is read as
+// a line without a time (before any since). A file that grows past the size
 // limit is renamed <n>.log.1 (replacing an older one) and a new one begun,
 // so an instance keeps at most twice the limit, and a container keeps the
 // files of two instances, the current one and the one before: --previous
@@ -40,6 +52,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/podvisor/podvisor/agent/guestchannel"
 )
@@ -185,26 +198,48 @@ func (s *Store) Begin(name string, instance int) (*Writer, error) {
 	return &Writer{s: s, name: name, instance: n, f: f}, nil
 }
 
-// Write appends p, rotating first when the file is full.
+// Write appends p's records, rotating first when the file is full.
 func (w *Writer) Write(p []byte) (int, error) {
-	if w.size > 0 && w.size+int64(len(p)) > w.s.maxBytes {
-		path := w.s.path(w.name, w.instance)
-		w.f.Close()
-		if err := os.Rename(path, path+".1"); err != nil {
+	rec := records(time.Now(), p)
+	if w.size > 0 && w.size+int64(len(rec)) > w.s.maxBytes {
+		if err := w.rotate(); err != nil {
 			return 0, fmt.Errorf("logs: rotate: %w", err)
 		}
-		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-		if err != nil {
-			return 0, fmt.Errorf("logs: rotate: %w", err)
-		}
-		w.f, w.size = f, 0
 	}
-	n, err := w.f.Write(p)
+	n, err := w.f.Write(rec)
 	w.size += int64(n)
 	w.s.mu.Lock()
 	w.s.ctr(w.name).broadcast()
 	w.s.mu.Unlock()
-	return n, err
+	if err != nil {
+		return 0, fmt.Errorf("logs: %w", err)
+	}
+	return len(p), nil
+}
+
+// rotate moves the full file to <n>.log.1 and begins a new one. The path
+// names a file all along, the full one and then the new one (a link, then
+// renames over the old names), so a reader opening it never finds none.
+func (w *Writer) rotate() error {
+	path := w.s.path(w.name, w.instance)
+	_ = os.Remove(path + ".old")
+	if err := os.Link(path, path+".old"); err != nil {
+		return err
+	}
+	if err := os.Rename(path+".old", path+".1"); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path+".new", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		f.Close()
+		return err
+	}
+	w.f.Close()
+	w.f, w.size = f, 0
+	return nil
 }
 
 // Close ends the instance's log.
@@ -264,6 +299,26 @@ type Request struct {
 	// what was written before, and with Follow every byte written after
 	// (the rest of a line then only in part written included).
 	FromEnd bool
+	// Timestamps prefixes every line sent with the time its first byte
+	// was written and a space.
+	Timestamps bool
+	// Since, when not zero, leaves out the lines whose first byte was
+	// written before it (after TailLines has picked the lines).
+	Since time.Time
+	// LimitBytes, when > 0, ends the read once that many bytes are sent
+	// (timestamps included; the last line may be cut), a follow too.
+	LimitBytes int64
+}
+
+// ChannelRequest is what a guest channel's logs request asks the store
+// to read, once the request is valid (guestchannel.LogsRequest.Validate).
+func ChannelRequest(req guestchannel.LogsRequest) Request {
+	r := Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd,
+		Timestamps: req.Timestamps, LimitBytes: req.LimitBytes}
+	if req.SinceTime != nil {
+		r.Since = *req.SinceTime
+	}
+	return r
 }
 
 // Read sends the log of container name to send in chunks of at most
@@ -293,7 +348,14 @@ func (s *Store) Open(name string, req Request) (*Reading, error) {
 	if req.FromEnd && req.TailLines > 0 {
 		return nil, fmt.Errorf("logs: tailLines %d with fromEnd: start lines before the end or at it, not both", req.TailLines)
 	}
-	rd := &Reading{s: s, name: name, follow: req.Follow, r: reader{s: s, name: name}}
+	if req.LimitBytes < 0 {
+		return nil, fmt.Errorf("logs: limitBytes %d: must not be negative", req.LimitBytes)
+	}
+	dec := decoder{timestamps: req.Timestamps, since: req.Since, left: -1}
+	if req.LimitBytes > 0 {
+		dec.left = req.LimitBytes
+	}
+	rd := &Reading{s: s, name: name, follow: req.Follow, r: reader{s: s, name: name, dec: dec}}
 	s.mu.Lock()
 	c, ok := s.ctrs[name]
 	instance, previous := -1, -1
@@ -326,13 +388,20 @@ func (s *Store) Open(name string, req Request) (*Reading, error) {
 }
 
 // Send sends what Open found to send, then, following, what is written
-// after, until ctx ends, the container will not start again, or the store
-// closes.
+// after, until ctx ends, the container will not start again, the store
+// closes, or the limit of bytes is reached.
 func (rd *Reading) Send(ctx context.Context, chunk int, send func([]byte) error) error {
+	rd.r.chunk, rd.r.send = chunk, send
+	defer rd.r.close()
+	if err := rd.sendAll(ctx); !errors.Is(err, errLimitReached) {
+		return err
+	}
+	return nil
+}
+
+func (rd *Reading) sendAll(ctx context.Context) error {
 	s, name, r := rd.s, rd.name, &rd.r
-	r.chunk, r.send = chunk, send
-	defer r.close()
-	if err := r.sendAll(r.pending); err != nil {
+	if err := r.emit(r.pending); err != nil {
 		return err
 	}
 	r.pending = nil
@@ -396,8 +465,9 @@ type reader struct {
 	send     func([]byte) error
 	f        *os.File
 	// pending is what start read to send before what follows r.f's
-	// offset.
+	// offset: records.
 	pending []byte
+	dec     decoder
 }
 
 // start opens the instance's log where a read begins: at its end when
@@ -413,7 +483,14 @@ func (r *reader) start(instance int, tail int64, fromEnd bool) error {
 		}
 		return nil
 	}
-	old, _ := os.ReadFile(r.s.path(r.name, instance) + ".1")
+	var old []byte
+	if f, err := os.Open(r.s.path(r.name, instance) + ".1"); err == nil {
+		// In the middle of a rotation both names are the full file.
+		if !sameFile(f, r.f) {
+			old, _ = io.ReadAll(f)
+		}
+		f.Close()
+	}
 	cur, err := io.ReadAll(r.f)
 	if err != nil {
 		return fmt.Errorf("logs: %w", err)
@@ -455,7 +532,7 @@ func (r *reader) next() error {
 	}
 	f, err := os.Open(path)
 	if os.IsNotExist(err) {
-		return nil // between the rename and the new file: the next write wakes us
+		return nil // no file yet: the next write wakes us
 	}
 	if err != nil {
 		return fmt.Errorf("logs: %w", err)
@@ -497,7 +574,7 @@ func (r *reader) drain() error {
 	for {
 		n, err := r.f.Read(buf)
 		if n > 0 {
-			if err := r.send(append([]byte(nil), buf[:n]...)); err != nil {
+			if err := r.emit(buf[:n]); err != nil {
 				return err
 			}
 		}
@@ -510,30 +587,136 @@ func (r *reader) drain() error {
 	}
 }
 
-func (r *reader) sendAll(b []byte) error {
-	for len(b) > 0 {
-		n := min(len(b), r.chunk)
-		if err := r.send(b[:n]); err != nil {
+// errLimitReached ends a read that has sent Request.LimitBytes.
+var errLimitReached = errors.New("logs: limit of bytes reached")
+
+// emit sends what records b hold, as the request asks.
+func (r *reader) emit(b []byte) error {
+	out := r.dec.decode(b)
+	for len(out) > 0 {
+		n := min(len(out), r.chunk)
+		if err := r.send(out[:n]); err != nil {
 			return err
 		}
-		b = b[n:]
+		out = out[n:]
+	}
+	if r.dec.left == 0 {
+		return errLimitReached
 	}
 	return nil
 }
 
-// tailLines keeps the last n lines of b (a final line without newline
-// counts as a line).
-func tailLines(b []byte, n int64) []byte {
-	end := len(b)
-	if end > 0 && b[end-1] == '\n' {
-		end--
-	}
-	for i := int64(0); i < n; i++ {
-		j := bytes.LastIndexByte(b[:end], '\n')
-		if j < 0 {
-			return b
+// timeFormat is a record's time, and the timestamp a read sends: RFC 3339
+// to the nanosecond, fixed width, as the kubelet writes it.
+const timeFormat = "2006-01-02T15:04:05.000000000Z07:00"
+
+// records are the CRI log records of p, written at t: one a line, the
+// last one partial (P) when p does not end with a newline.
+func records(t time.Time, p []byte) []byte {
+	ts := t.UTC().AppendFormat(nil, timeFormat)
+	out := make([]byte, 0, len(p)+(len(ts)+10)*(bytes.Count(p, []byte{'\n'})+1))
+	for len(p) > 0 {
+		line, rest, full := bytes.Cut(p, []byte{'\n'})
+		out = append(out, ts...)
+		if full {
+			out = append(out, " stdout F "...)
+		} else {
+			out = append(out, " stdout P "...)
 		}
-		end = j
+		out = append(append(out, line...), '\n')
+		p = rest
 	}
-	return b[end+1:]
+	return out
+}
+
+// record is one parsed record (without its newline).
+type record struct {
+	t    time.Time
+	text []byte
+	full bool // it ends its line
+}
+
+// parseRecord reads a record; a line that is not one (a file of an agent
+// that kept raw bytes) is a whole line without a time.
+func parseRecord(line []byte) record {
+	ts, rest, ok1 := bytes.Cut(line, []byte{' '})
+	_, rest, ok2 := bytes.Cut(rest, []byte{' '}) // the stream
+	tag, text, ok3 := bytes.Cut(rest, []byte{' '})
+	t, err := time.Parse(time.RFC3339Nano, string(ts))
+	if !ok1 || !ok2 || !ok3 || err != nil || len(tag) == 0 {
+		return record{text: line, full: true}
+	}
+	// A tag may carry more after a colon; its first letter says P or F.
+	return record{t: t, text: text, full: tag[0] != 'P'}
+}
+
+// decoder turns records into what a read sends.
+type decoder struct {
+	timestamps bool
+	since      time.Time
+	left       int64 // bytes still to send; -1: no limit
+	carry      []byte
+	midLine    bool // the last record did not end its line
+	skip       bool // the line under way began before since
+}
+
+// decode returns the output of the records in b; a record not yet whole
+// (no newline) waits in d.carry for the rest.
+func (d *decoder) decode(b []byte) []byte {
+	if len(d.carry) > 0 {
+		b = append(d.carry, b...)
+		d.carry = nil
+	}
+	var out []byte
+	for {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			break
+		}
+		r := parseRecord(b[:i])
+		b = b[i+1:]
+		if !d.midLine {
+			d.skip = !d.since.IsZero() && r.t.Before(d.since)
+			if !d.skip && d.timestamps {
+				out = append(r.t.UTC().AppendFormat(out, timeFormat), ' ')
+			}
+		}
+		if !d.skip {
+			out = append(out, r.text...)
+			if r.full {
+				out = append(out, '\n')
+			}
+		}
+		d.midLine = !r.full
+	}
+	if len(b) > 0 {
+		d.carry = append([]byte(nil), b...)
+	}
+	if d.left >= 0 {
+		out = out[:min(int64(len(out)), d.left)]
+		d.left -= int64(len(out))
+	}
+	return out
+}
+
+// tailLines keeps the records of the last n lines of b (a final line
+// without its end yet counts as a line).
+func tailLines(b []byte, n int64) []byte {
+	var starts []int // where each line's first record begins
+	lineStart := true
+	for off := 0; off < len(b); {
+		i := bytes.IndexByte(b[off:], '\n')
+		if i < 0 {
+			break
+		}
+		if lineStart {
+			starts = append(starts, off)
+		}
+		lineStart = parseRecord(b[off : off+i]).full
+		off += i + 1
+	}
+	if int64(len(starts)) <= n {
+		return b
+	}
+	return b[starts[len(starts)-int(n)]:]
 }

@@ -117,7 +117,7 @@ func New(cfg Config) (*Node, error) {
 		func(c *nodeutil.NodeConfig) error {
 			c.HTTPListenAddr = net.JoinHostPort(cfg.Host, strconv.Itoa(port))
 			if !cfg.KubeletAPIElsewhere {
-				c.Handler = mux
+				c.Handler = withTailZero(mux)
 			}
 			c.TLSConfig = kubeletTLS
 			c.NumWorkers = 4
@@ -235,13 +235,8 @@ func (n *Node) Run(ctx context.Context, ready chan<- struct{}) error {
 	return err
 }
 
-// ServeKubeletAPI serves the podvisor node's kubelet API (container logs
-// and exec, which the API server asks of the node at its InternalIP and
-// kubelet port) on addr until ctx ends. Logs and exec go to the
-// supervisor, so any member of the control plane answers them alike,
-// whether or not it runs the node now.
-func ServeKubeletAPI(ctx context.Context, addr string, tlsCfg *tls.Config, sup *Supervisor, log *slog.Logger) error {
-	prov := NewProvider(sup, 0, log)
+// kubeletAPI is the kubelet API's handler of prov's pods.
+func kubeletAPI(prov *Provider) http.Handler {
 	mux := http.NewServeMux()
 	api.AttachPodRoutes(api.PodHandlerConfig{
 		RunInContainer:    prov.RunInContainer,
@@ -251,11 +246,20 @@ func ServeKubeletAPI(ctx context.Context, addr string, tlsCfg *tls.Config, sup *
 		GetStatsSummary:   prov.GetStatsSummary,
 		PortForward:       prov.PortForward,
 	}, mux, false)
+	return withTailZero(mux)
+}
+
+// ServeKubeletAPI serves the podvisor node's kubelet API (container logs
+// and exec, which the API server asks of the node at its InternalIP and
+// kubelet port) on addr until ctx ends. Logs and exec go to the
+// supervisor, so any member of the control plane answers them alike,
+// whether or not it runs the node now.
+func ServeKubeletAPI(ctx context.Context, addr string, tlsCfg *tls.Config, sup *Supervisor, log *slog.Logger) error {
 	ln, err := tls.Listen("tcp", addr, tlsCfg)
 	if err != nil {
 		return fmt.Errorf("kubelet API: %w", err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: kubeletAPI(NewProvider(sup, 0, log)), ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		srv.Close()

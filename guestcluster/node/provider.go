@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,6 +35,9 @@ type Provider struct {
 	mu     sync.Mutex
 	pods   map[string]*corev1.Pod // guest namespace/name → the pod with its last status
 	notify func(*corev1.Pod)
+	// logs streams a logs request's answer to w: sup.Logs, unless a test
+	// stands in for the supervisor.
+	logs func(ctx context.Context, req events.PodLogsRequest, w io.Writer) error
 }
 
 var _ nodeutil.Provider = (*Provider)(nil)
@@ -206,13 +212,53 @@ func terminate(pod *corev1.Pod) {
 	}
 }
 
-// GetContainerLogs streams the container's log from the pod's host agent.
+// GetContainerLogs streams the container's log from the pod's host agent,
+// with the kubelet API's options: tail (0 from the end only when the
+// query said tailLines=0, see withTailZero), timestamps, since (seconds
+// back from now, or a time) and a limit of bytes.
 func (p *Provider) GetContainerLogs(ctx context.Context, namespace, podName, containerName string, opts api.ContainerLogOpts) (io.ReadCloser, error) {
 	req := events.PodLogsRequest{Namespace: namespace, Name: podName, Container: containerName,
-		Follow: opts.Follow, Previous: opts.Previous, TailLines: int64(opts.Tail)}
+		Follow: opts.Follow, Previous: opts.Previous, TailLines: int64(opts.Tail),
+		FromEnd: opts.Tail == 0 && ctx.Value(tailZeroKey{}) != nil, Timestamps: opts.Timestamps, LimitBytes: int64(opts.LimitBytes)}
+	switch {
+	case !opts.SinceTime.IsZero():
+		req.SinceTime = &opts.SinceTime
+	case opts.SinceSeconds > 0:
+		// The kubelet counts back from its own clock; the node's is the
+		// nearest there is to the pod VM's, whose lines' times are
+		// compared.
+		since := time.Now().Add(-time.Duration(opts.SinceSeconds) * time.Second)
+		req.SinceTime = &since
+	}
+	if err := req.Validate(); err != nil {
+		return nil, errdefs.AsInvalidInput(err)
+	}
+	logs := p.logs
+	if logs == nil {
+		logs = p.sup.Logs
+	}
 	r, w := io.Pipe()
-	go func() { w.CloseWithError(p.sup.Logs(ctx, req, w)) }()
+	go func() { w.CloseWithError(logs(ctx, req, w)) }()
 	return r, nil
+}
+
+// tailZeroKey marks the context of a logs request whose query asked for
+// tailLines=0.
+type tailZeroKey struct{}
+
+// withTailZero passes on to GetContainerLogs that a logs request asked for
+// no lines before the end (`kubectl logs --tail 0`: tailLines=0), which
+// virtual-kubelet's ContainerLogOpts cannot say: its Tail is 0 for that
+// and for no tail at all (the whole log).
+func withTailZero(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if q := r.URL.Query(); strings.HasPrefix(r.URL.Path, "/containerLogs/") && q.Has("tailLines") {
+			if n, err := strconv.Atoi(q.Get("tailLines")); err == nil && n == 0 {
+				r = r.WithContext(context.WithValue(r.Context(), tailZeroKey{}, true))
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // RunInContainer runs a command in the container (no terminal).

@@ -86,6 +86,13 @@
 // (serveLogs in query.go): what clients did before, kept in one place so
 // that every client gets from the end, whatever its pod's agent.
 //
+// A logs request's Timestamps, SinceTime and LimitBytes (`logs
+// --timestamps`, `--since`, `--since-time`, `--limit-bytes`) go on to an
+// agent announcing guestchannel.CapLogsTimestamps, which keeps the time of
+// every line. An older agent would ignore them and send the whole log
+// without times, so the host agent refuses such a request for its pods,
+// naming the option, instead of relaying it.
+//
 // An exec's stdin has flow control when the client asks for a window
 // (events.PodExecRequest.StdinWindow): the first answer grants it (at most
 // guestchannel.MaxExecStdinWindow), and the client keeps no more than that

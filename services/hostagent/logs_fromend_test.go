@@ -25,17 +25,9 @@ import (
 // one request, FromEnd.
 func TestLogsFollowFromTheEnd(t *testing.T) {
 	e := newEnv(t)
-	e.putPod("web", "uid-web", host, 30, "app")
-	store, err := logs.NewStore(t.TempDir(), 1<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, _ := store.Begin("app", 0)
-	t.Cleanup(func() { w.Close() })
+	store, w := webLog(t, e)
 	w.Write([]byte("old one\nold two\n"))
-	p := serveLogs(t, e, store, guestchannel.Hello{Protocol: guestchannel.Protocol, PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b",
-		Capabilities: []string{guestchannel.CapLogsFromEnd}})
-	e.waitReports("uid-web", 1)
+	p := serveWeb(t, e, store, guestchannel.CapLogsFromEnd)
 
 	out, stop := followFromEnd(t, e, "web")
 	req := <-p.opened
@@ -89,6 +81,30 @@ func TestLogsFromTheEndOfAnOlderAgent(t *testing.T) {
 	}
 }
 
+// webLog puts pod web, of one container, app, and begins app's log in a
+// store, which serveWeb serves.
+func webLog(t *testing.T, e *env) (*logs.Store, *logs.Writer) {
+	t.Helper()
+	e.putPod("web", "uid-web", host, 30, "app")
+	store, err := logs.NewStore(t.TempDir(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, _ := store.Begin("app", 0)
+	t.Cleanup(func() { w.Close() })
+	return store, w
+}
+
+// serveWeb serves pod web's log from store as an agent announcing caps,
+// once its channel is up.
+func serveWeb(t *testing.T, e *env, store *logs.Store, caps ...string) *logPod {
+	t.Helper()
+	p := serveLogs(t, e, store, guestchannel.Hello{Protocol: guestchannel.Protocol, PodUID: "uid-web", Namespace: "default", Name: "web", BootID: "b",
+		Capabilities: caps})
+	e.waitReports("uid-web", 1)
+	return p
+}
+
 // followFromEnd runs a client following pod's app log from the end, as
 // `podvisor logs -f --tail 0` does; stop ends it as Ctrl-C does.
 func followFromEnd(t *testing.T, e *env, pod string) (out *syncbuf.Buffer, stop func()) {
@@ -123,7 +139,7 @@ type logPod struct {
 
 func (p *logPod) Logs(ctx context.Context, req guestchannel.LogsRequest, send func([]byte) error) error {
 	p.requests.Add(1)
-	rd, err := p.store.Open(req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd})
+	rd, err := p.store.Open(req.Container, logs.ChannelRequest(req))
 	if err != nil {
 		return err
 	}

@@ -195,6 +195,14 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	}
 	lreq := guestchannel.LogsRequest{
 		Container: container, Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd,
+		Timestamps: req.Timestamps, SinceTime: req.SinceTime, LimitBytes: req.LimitBytes,
+	}
+	if opt := lreq.TimestampsOption(); opt != "" && !pc.hello.Can(guestchannel.CapLogsTimestamps) {
+		// An agent that keeps no line times would ignore the option and
+		// send the whole log without times: a wrong answer, not a refusal.
+		st.fail(fmt.Errorf("%s (%s): the pod VM agent of pod %s/%s (version %q) keeps no line times, so it cannot serve it; ask without it",
+			opt, logsFlags[opt], req.Namespace, req.Name, pc.hello.AgentVersion))
+		return
 	}
 	if req.FromEnd && !pc.hello.Can(guestchannel.CapLogsFromEnd) {
 		// An agent that predates FromEnd would read the whole log: the
@@ -219,6 +227,10 @@ func (s *Service) serveLogs(m *nats.Msg, st *stream) {
 	}
 	s.relay(pc, st, guestchannel.TypeLogs, lreq, nil)
 }
+
+// logsFlags are the logs command's flags of the options that need
+// guestchannel.CapLogsTimestamps, for the refusal that names one.
+var logsFlags = map[string]string{"timestamps": "--timestamps", "sinceTime": "--since, --since-time", "limitBytes": "--limit-bytes"}
 
 // previousElsewhere is the answer to a --previous read of container that
 // the agent answered with guestchannel.NoPreviousInstance, naming the

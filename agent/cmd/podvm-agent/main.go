@@ -147,7 +147,7 @@ func runPod(ctx, stopCtx context.Context, log *slog.Logger, cfg *bootconfig.Conf
 			VMUUID: cfg.Boot.VMUUID, BootID: newBootID(), ChannelToken: cfg.Spec.ChannelToken,
 			// Logs are served here (agent.Logs), so the log store's
 			// capabilities are announced here too.
-			Capabilities: []string{guestchannel.CapLogsFromEnd, guestchannel.CapLogsAcrossBoots}},
+			Capabilities: []string{guestchannel.CapLogsFromEnd, guestchannel.CapLogsAcrossBoots, guestchannel.CapLogsTimestamps}},
 		Pod: a, Log: log.With("part", "channel"),
 	}
 	if w != nil && cfg.Spec.Template {
@@ -412,6 +412,9 @@ func (a *agent) Logs(ctx context.Context, req guestchannel.LogsRequest, send fun
 	if !a.known(req.Container) {
 		return fmt.Errorf("container %q is not in the pod", req.Container)
 	}
+	if err := req.Validate(); err != nil {
+		return err
+	}
 	if cs, _ := a.board.Container(req.Container); !req.Previous &&
 		cs.State.Kind == guestchannel.StateWaiting && cs.LastState == nil && cs.RestartCount == 0 {
 		// Never started in this boot, so there is no log to read (an
@@ -427,8 +430,7 @@ func (a *agent) Logs(ctx context.Context, req guestchannel.LogsRequest, send fun
 			return fmt.Errorf("container %q is waiting to start: %s", req.Container, cs.State.Reason)
 		}
 	}
-	return pod.Logs().Read(ctx, req.Container, logs.Request{Follow: req.Follow, Previous: req.Previous, TailLines: req.TailLines, FromEnd: req.FromEnd},
-		guestchannel.ChunkSize, send)
+	return pod.Logs().Read(ctx, req.Container, logs.ChannelRequest(req), guestchannel.ChunkSize, send)
 }
 
 func (a *agent) Exec(ctx context.Context, req guestchannel.ExecRequest, stdin io.Reader, out func(string, []byte)) (int32, error) {

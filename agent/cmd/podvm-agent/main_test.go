@@ -131,6 +131,31 @@ func TestContainersRunExitCodesLogsExec(t *testing.T) {
 	if _, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "nope"}); !strings.Contains(errMsg, "nope") {
 		t.Errorf("logs of an unknown container: error %q", errMsg)
 	}
+	// Line times: each line stamped once, with a time of this run; since
+	// after the lines, none; a limit cuts the output; a bad number is
+	// refused, naming the field.
+	if !hellos[0].Can(guestchannel.CapLogsTimestamps) {
+		t.Errorf("hello %+v does not announce %s", hellos[0], guestchannel.CapLogsTimestamps)
+	}
+	text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first", Timestamps: true})
+	lines := strings.SplitAfter(text, "\n")
+	for i, want := range []string{"hello\n", "to-stderr\n", ""} {
+		ts, rest, _ := strings.Cut(lines[min(i, len(lines)-1)], " ")
+		at, err := time.Parse(time.RFC3339Nano, ts)
+		if len(lines) != 3 || want != "" && (err != nil || rest != want || time.Since(at) > time.Hour || time.Since(at) < 0) {
+			t.Fatalf("logs --timestamps = %q (%s), want hello and to-stderr, each after its time", text, errMsg)
+		}
+	}
+	later := time.Now().Add(time.Minute)
+	if text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first", SinceTime: &later}); text != "" || errMsg != "" {
+		t.Errorf("logs --since-time after the lines = %q (%s), want nothing", text, errMsg)
+	}
+	if text, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first", LimitBytes: 8}); text != "hello\nto" || errMsg != "" {
+		t.Errorf("logs --limit-bytes 8 = %q (%s), want %q", text, errMsg, "hello\nto")
+	}
+	if _, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "first", LimitBytes: -1}); !strings.Contains(errMsg, "limitBytes") {
+		t.Errorf("logs with limitBytes -1: error %q, want one naming limitBytes", errMsg)
+	}
 
 	// Exec: output, exit code, stdin, the container's env, hostname and image.
 	for _, tc := range []struct {
