@@ -202,6 +202,10 @@ func TestACompletedContainerIsNotRunAgainWhenItsVMBootsAgainInPlace(t *testing.T
 		if a := by["app"]; a.RestartCount != int32(cycle+1) || a.LastTerminationState.Terminated == nil ||
 			a.LastTerminationState.Terminated.Reason != reasonGuestRestarted {
 			t.Errorf("cycle %d: app = restartCount %d, last state %+v; want %d and the guest's stop", cycle+1, a.RestartCount, a.LastTerminationState, cycle+1)
+		} else if last := a.LastTerminationState.Terminated; last.FinishedAt.Before(&last.StartedAt) {
+			// sidecar's state, from a boot a day before, is no start of
+			// the new boot's.
+			t.Errorf("cycle %d: app's last state finished %v, before it started %v", cycle+1, last.FinishedAt, last.StartedAt)
 		}
 		if r.Phase != events.PodPhaseRunning || r.VMRef != ref.Value {
 			t.Errorf("cycle %d: phase %s VM %s; want Running on VM %s", cycle+1, r.Phase, r.VMRef, ref.Value)

@@ -199,25 +199,29 @@ func carryOver(r *events.PodRecord, now time.Time, next []corev1.ContainerStatus
 	before := r.ContainersBefore
 	out := maps.Clone(before)
 	nextOf := statusesByName(next) // containers only: init containers run again in every boot
+	was := statusesByName(slices.Concat(lists...))
+	// The next boot's first start: of the containers it ran (one not run
+	// again reports its old boot's state, and times).
 	ended := metav1.NewTime(now)
-	for _, cs := range next {
-		for _, started := range []*metav1.Time{startedAt(cs.State), startedAt(cs.LastTerminationState)} {
-			if started != nil && !started.IsZero() && started.Before(&ended) {
-				ended = *started
-			}
+	for _, n := range next {
+		if started := startedAt(n.State); started != nil && !started.IsZero() && started.Before(&ended) && !notRunAgain(was[n.Name], n) {
+			ended = *started
 		}
 	}
 	for _, cs := range slices.Concat(lists...) {
 		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
 		switch n := nextOf[cs.Name]; {
-		case cs.State.Terminated != nil && n.State.Terminated != nil && n.RestartCount == 0 &&
-			equality.Semantic.DeepEqual(cs.State.Terminated, n.State.Terminated):
+		case notRunAgain(cs, n):
 			c.Restarts = cs.RestartCount
 		case cs.State.Running != nil:
+			finished := ended
+			if finished.Before(&cs.State.Running.StartedAt) {
+				finished = metav1.NewTime(now) // clocks apart: never an end before the start
+			}
 			c.LastState = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 				ExitCode: 255, Reason: reasonGuestRestarted, Message: "the pod VM's guest stopped while the container ran",
-				StartedAt: cs.State.Running.StartedAt, FinishedAt: ended,
+				StartedAt: cs.State.Running.StartedAt, FinishedAt: finished,
 			}}
 		case cs.State.Terminated != nil:
 			c.LastState = corev1.ContainerState{Terminated: cs.State.Terminated}
@@ -524,6 +528,15 @@ func statusesByName(list []corev1.ContainerStatus) map[string]corev1.ContainerSt
 		out[cs.Name] = cs
 	}
 	return out
+}
+
+// notRunAgain says that a container that had terminated for good in a
+// boot (was) was not run again by the next (n): it reports that very
+// terminated state, with no restart of its own (the pod VM's spec marked
+// it completed).
+func notRunAgain(was, n corev1.ContainerStatus) bool {
+	return was.State.Terminated != nil && n.State.Terminated != nil && n.RestartCount == 0 &&
+		equality.Semantic.DeepEqual(was.State.Terminated, n.State.Terminated)
 }
 
 // startedAt is when a container state began: running or terminated; nil
