@@ -193,7 +193,9 @@ type PodStreamMessage struct {
 	StdinAcked uint64 `json:"stdinAcked,omitempty"`
 	// Stream is "stdout" or "stderr" for exec output, empty for logs.
 	Stream string `json:"stream,omitempty"`
-	// Data is log or output bytes as the container wrote them.
+	// Data is output or log bytes: the container's bytes as it wrote
+	// them, or, for logs, as the logs request shaped them (timestamps,
+	// since, limit).
 	Data []byte `json:"data,omitempty"`
 	// EOF ends the answer.
 	EOF bool `json:"eof,omitempty"`

@@ -278,8 +278,9 @@ func (r LogsRequest) TimestampsOption() string {
 	return ""
 }
 
-// LogChunk is a piece of a log stream: raw bytes as the container wrote them
-// (stdout and stderr interleaved in write order).
+// LogChunk is a piece of a log stream: the container's bytes as it wrote
+// them (stdout and stderr interleaved in write order), or as the logs
+// request shaped them (timestamps, since, limit).
 type LogChunk struct {
 	Data []byte `json:"data,omitempty"`
 	EOF  bool   `json:"eof,omitempty"`

@@ -24,12 +24,18 @@
 // for timestamps, each line prefixed with its first piece's time and a
 // space (as the kubelet does); since a time, only lines whose first piece
 // was written then or later; a limit of bytes, no more than that of what
-// it sends. A line of a file an agent wrote before the format is read as
-// a line without a time (before any since). A file that grows past the size
-// limit is renamed <n>.log.1 (replacing an older one) and a new one begun,
-// so an instance keeps at most twice the limit, and a container keeps the
-// files of two instances, the current one and the one before: --previous
-// reads no further back (as the kubelet keeps one dead container).
+// it sends. A follow that crosses a restart begins the new instance's
+// output on a line of its own: the ended instance's unfinished line (it
+// died in the middle of one) ends with a newline. A line of a file an agent
+// wrote before the format is read as a line without a time (before any
+// since, sent without a timestamp), its last line too though no newline
+// ends it; only a line with a record's stream and tag is taken for a
+// record, not a raw one that starts with a time. A file that grows past
+// the size limit is renamed <n>.log.1 (replacing an older one) and a new
+// one begun, so an instance keeps at most twice the limit, and a container
+// keeps the files of two instances, the current one and the one before:
+// --previous reads no further back (as the kubelet keeps one dead
+// container).
 //
 // The files outlive the agent: an agent started again on the same disk (a
 // guest that rebooted, an agent that crashed) numbers its instances on from
@@ -406,7 +412,10 @@ func (rd *Reading) sendAll(ctx context.Context) error {
 	}
 	r.pending = nil
 	if !rd.follow {
-		return r.drain()
+		if err := r.drain(); err != nil {
+			return err
+		}
+		return r.finish(false)
 	}
 	for {
 		s.mu.Lock()
@@ -433,8 +442,12 @@ func (rd *Reading) sendAll(ctx context.Context) error {
 			}
 			continue
 		case r.f != nil && cur > r.instance:
-			// drained the ended instance; go on with the newest
+			// drained the ended instance; go on with the newest, on a
+			// line of its own
 			if err := r.drain(); err != nil {
+				return err
+			}
+			if err := r.finish(true); err != nil {
 				return err
 			}
 			r.close()
@@ -445,7 +458,7 @@ func (rd *Reading) sendAll(ctx context.Context) error {
 		case final && (ended || cur < 0):
 			// Its last instance's log is sent, or it never started
 			// and will not (a pod whose init container failed).
-			return nil
+			return r.finish(false)
 		}
 		select {
 		case <-wake:
@@ -591,8 +604,13 @@ func (r *reader) drain() error {
 var errLimitReached = errors.New("logs: limit of bytes reached")
 
 // emit sends what records b hold, as the request asks.
-func (r *reader) emit(b []byte) error {
-	out := r.dec.decode(b)
+func (r *reader) emit(b []byte) error { return r.out(r.dec.decode(b)) }
+
+// finish sends the end of a file that will not grow (decoder.end).
+func (r *reader) finish(endLine bool) error { return r.out(r.dec.end(endLine)) }
+
+// out sends out in chunks.
+func (r *reader) out(out []byte) error {
 	for len(out) > 0 {
 		n := min(len(out), r.chunk)
 		if err := r.send(out[:n]); err != nil {
@@ -637,17 +655,24 @@ type record struct {
 }
 
 // parseRecord reads a record; a line that is not one (a file of an agent
-// that kept raw bytes) is a whole line without a time.
+// that kept raw bytes) is a whole line without a time. Only a line with a
+// record's stream and tag is one: a raw line may well begin with a time and
+// two words (a program's own log line).
 func parseRecord(line []byte) record {
-	ts, rest, ok1 := bytes.Cut(line, []byte{' '})
-	_, rest, ok2 := bytes.Cut(rest, []byte{' '}) // the stream
-	tag, text, ok3 := bytes.Cut(rest, []byte{' '})
-	t, err := time.Parse(time.RFC3339Nano, string(ts))
-	if !ok1 || !ok2 || !ok3 || err != nil || len(tag) == 0 {
-		return record{text: line, full: true}
+	raw := record{text: line, full: true}
+	ts, rest, _ := bytes.Cut(line, []byte{' '})
+	stream, rest, _ := bytes.Cut(rest, []byte{' '})
+	tag, text, ok := bytes.Cut(rest, []byte{' '})
+	// A tag may carry more after a colon (as CRI allows); P or F before it.
+	kind, _, _ := bytes.Cut(tag, []byte{':'})
+	if !ok || (string(stream) != "stdout" && string(stream) != "stderr") || (string(kind) != "P" && string(kind) != "F") {
+		return raw
 	}
-	// A tag may carry more after a colon; its first letter says P or F.
-	return record{t: t, text: text, full: tag[0] != 'P'}
+	t, err := time.Parse(time.RFC3339Nano, string(ts))
+	if err != nil {
+		return raw
+	}
+	return record{t: t, text: text, full: string(kind) == "F"}
 }
 
 // decoder turns records into what a read sends.
@@ -673,25 +698,58 @@ func (d *decoder) decode(b []byte) []byte {
 		if i < 0 {
 			break
 		}
-		r := parseRecord(b[:i])
+		out = d.record(out, parseRecord(b[:i]))
 		b = b[i+1:]
-		if !d.midLine {
-			d.skip = !d.since.IsZero() && r.t.Before(d.since)
-			if !d.skip && d.timestamps {
-				out = append(r.t.UTC().AppendFormat(out, timeFormat), ' ')
-			}
-		}
-		if !d.skip {
-			out = append(out, r.text...)
-			if r.full {
-				out = append(out, '\n')
-			}
-		}
-		d.midLine = !r.full
 	}
 	if len(b) > 0 {
 		d.carry = append([]byte(nil), b...)
 	}
+	return d.limit(out)
+}
+
+// record appends r's output to out.
+func (d *decoder) record(out []byte, r record) []byte {
+	if !d.midLine {
+		d.skip = !d.since.IsZero() && r.t.Before(d.since)
+		// A raw line has no time to show.
+		if !d.skip && d.timestamps && !r.t.IsZero() {
+			out = append(r.t.UTC().AppendFormat(out, timeFormat), ' ')
+		}
+	}
+	if !d.skip {
+		out = append(out, r.text...)
+		if r.full {
+			out = append(out, '\n')
+		}
+	}
+	d.midLine = !r.full
+	return out
+}
+
+// end returns the output of the end of a file that will not grow. What
+// waits in d.carry is its last line, which no newline ends (a raw file's:
+// records are written whole), sent as it is. With endLine, another
+// instance's output follows: a line left unfinished ends with a newline
+// (when it was sent), and the next line begins afresh.
+func (d *decoder) end(endLine bool) []byte {
+	var out []byte
+	if len(d.carry) > 0 {
+		r := parseRecord(d.carry)
+		r.full = false
+		out = d.record(out, r)
+		d.carry = nil
+	}
+	if endLine {
+		if d.midLine && !d.skip {
+			out = append(out, '\n')
+		}
+		d.midLine, d.skip = false, false
+	}
+	return d.limit(out)
+}
+
+// limit cuts out to the bytes still to send.
+func (d *decoder) limit(out []byte) []byte {
 	if d.left >= 0 {
 		out = out[:min(int64(len(out)), d.left)]
 		d.left -= int64(len(out))
@@ -700,17 +758,18 @@ func (d *decoder) decode(b []byte) []byte {
 }
 
 // tailLines keeps the records of the last n lines of b (a final line
-// without its end yet counts as a line).
+// without its end yet counts as a line, as does a raw file's last line that
+// no newline ends).
 func tailLines(b []byte, n int64) []byte {
 	var starts []int // where each line's first record begins
 	lineStart := true
 	for off := 0; off < len(b); {
+		if lineStart {
+			starts = append(starts, off)
+		}
 		i := bytes.IndexByte(b[off:], '\n')
 		if i < 0 {
 			break
-		}
-		if lineStart {
-			starts = append(starts, off)
 		}
 		lineStart = parseRecord(b[off : off+i]).full
 		off += i + 1

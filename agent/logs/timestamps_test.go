@@ -175,3 +175,131 @@ func TestRawFileOfAnEarlierAgent(t *testing.T) {
 		}
 	}
 }
+
+// A follow that crosses a restart begins the new instance's output on a
+// line of its own: the ended instance's unfinished line (it died in the
+// middle of one) ends with a newline when it was sent, and is left out with
+// since when it began before, while the new instance's first line is
+// stamped and sent as any line.
+func TestFollowAcrossARestartInTheMiddleOfALine(t *testing.T) {
+	s, _ := NewStore(t.TempDir(), 1<<20)
+	w, _ := s.Begin("c", 0)
+	w.Write([]byte("progress..."))
+	since := after(time.Now())
+	// Opened now, both follow instance 0 and cross the restart below.
+	plain, err := s.Open("c", Request{Follow: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stampedSince, err := s.Open("c", Request{Follow: true, Timestamps: true, Since: since})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gotPlain, gotStamped received
+	done := make(chan error, 2)
+	go func() { done <- plain.Send(context.Background(), 4, gotPlain.send) }()
+	go func() { done <- stampedSince.Send(context.Background(), 4, gotStamped.send) }()
+	w.Close()
+	w, _ = s.Begin("c", 1)
+	w.Write([]byte("started\n"))
+	w.Write([]byte("second\n"))
+	endFollow(t, s, w, done)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, want := gotPlain.String(), "progress...\nstarted\nsecond\n"; got != want {
+		t.Errorf("follow across the restart = %q, want %q", got, want)
+	}
+	lines, _ := stamped(t, gotStamped.String(), since, time.Now())
+	if got, want := strings.Join(lines, ""), "started\nsecond\n"; got != want {
+		t.Errorf("follow since %s with timestamps across the restart = %q, want %q", since, gotStamped.String(), want)
+	}
+}
+
+// A follow of the instance being written waits for the rest of a record
+// that is not whole yet, instead of taking the piece for a raw line.
+func TestFollowWaitsForTheRestOfARecord(t *testing.T) {
+	s, _ := NewStore(t.TempDir(), 1<<20)
+	w, _ := s.Begin("c", 0)
+	defer w.Close()
+	var got received
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Read(ctx, "c", Request{Follow: true}, 4, got.send) }()
+	rec := string(records(time.Now(), []byte("a\nhalf\n")))
+	cut := strings.Index(rec, "\n") + 10 // in the middle of the second record's time
+	// Written as a writer slower than the store's own would: in two pieces.
+	appendAndWake := func(b string) {
+		f, err := os.OpenFile(s.path("c", 0), os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString(b); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		s.ctr("c").broadcast()
+		s.mu.Unlock()
+	}
+	appendAndWake(rec[:cut])
+	got.wait(t, "follow", "a\n")
+	appendAndWake(rec[cut:])
+	got.wait(t, "follow", "a\nhalf\n")
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The lines of a file an agent wrote before records had times are raw
+// whole lines, whatever they begin with: a line that starts with a time and
+// words is not taken for a record unless its stream and tag are a record's.
+// Its last line is sent though no newline ends it, and, without a time, it
+// gets no timestamp.
+func TestRawLinesThatLookLikeRecords(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "c"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	raw := "2026-12-06T10:00:00.123Z INFO server started\n" +
+		"2026-12-06T10:00:01Z WARN Process slow\n" +
+		"2026-12-06T10:00:02Z stdout Partly true\n" +
+		"raw one\nlast words"
+	if err := os.WriteFile(filepath.Join(dir, "c", "0.log"), []byte(raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := NewStore(dir, 1<<20)
+	for _, tc := range []struct {
+		req  Request
+		want string
+	}{
+		{Request{Previous: true}, raw},
+		{Request{Previous: true, Timestamps: true}, raw},
+		{Request{Previous: true, TailLines: 2}, "raw one\nlast words"},
+		{Request{Previous: true, TailLines: 1, Timestamps: true}, "last words"},
+		{Request{Previous: true, Since: time.Now()}, ""},
+	} {
+		if got, err := read(t, s, "c", tc.req); got != tc.want || err != nil {
+			t.Errorf("read %+v = %q, %v; want %q", tc.req, got, err, tc.want)
+		}
+	}
+
+	// The records of CRI log files that other tags and streams than ours
+	// may carry are records all the same.
+	for line, want := range map[string]record{
+		"2026-12-06T10:00:00Z stderr F:x oops":  {text: []byte("oops"), full: true},
+		"2026-12-06T10:00:00Z stdout P:y part":  {text: []byte("part")},
+		"2026-12-06T10:00:00Z stdout F ":        {text: []byte{}, full: true},
+		"2026-12-06T10:00:00Z stdout PF no":     {text: []byte("2026-12-06T10:00:00Z stdout PF no"), full: true},
+		"2026-12-06T10:00:00Z stdouts F no":     {text: []byte("2026-12-06T10:00:00Z stdouts F no"), full: true},
+		"2026-12-06T10:00:00Z stdout F":         {text: []byte("2026-12-06T10:00:00Z stdout F"), full: true},
+		"yesterday stdout F not a time, no one": {text: []byte("yesterday stdout F not a time, no one"), full: true},
+	} {
+		r := parseRecord([]byte(line))
+		if string(r.text) != string(want.text) || r.full != want.full || r.t.IsZero() != (string(want.text) == line) {
+			t.Errorf("parseRecord(%q) = %q, full %v, time %s; want %q, full %v", line, r.text, r.full, r.t, want.text, want.full)
+		}
+	}
+}
