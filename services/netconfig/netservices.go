@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -100,7 +101,9 @@ func (s *Service) configureService(ctx context.Context, svc events.NetworkServic
 
 	var dropped []string
 	_, err := s.services.Upsert(ctx, svc.Metadata.Name, func(r *events.NetworkServiceRecord, exists bool) error {
-		if !declared && (!exists || !sameServiceSpec(r.Spec, svc.Spec)) {
+		// The whole spec is compared, so that a field added to it later
+		// counts as a new declaration too.
+		if !declared && (!exists || !reflect.DeepEqual(r.Spec, svc.Spec)) {
 			return errServiceMoved
 		}
 		for _, old := range r.Profiles {
@@ -183,7 +186,14 @@ func (s *Service) serveWaiting(ctx context.Context, network string) error {
 		case err != nil:
 			return fmt.Errorf("network service %s on network %s: %w", r.Name, network, err)
 		}
-		if err := s.configureService(ctx, svc, false); err != nil {
+		err = s.configureService(ctx, svc, false)
+		switch {
+		case errors.Is(err, errServiceMoved):
+			// Declared anew meanwhile: a race with that service alone,
+			// which must not fail the network's declaration or pass; the
+			// next pass serves the new record if it still waits here.
+			s.recountSoon(network)
+		case err != nil:
 			return fmt.Errorf("network service %s on network %s: %w", r.Name, network, err)
 		}
 	}
@@ -215,11 +225,6 @@ func (s *Service) releaseUnrecorded(ctx context.Context, service string, profile
 		return fmt.Errorf("network service %s: %w", service, errServiceMoved)
 	}
 	return nil
-}
-
-// sameServiceSpec reports whether two specs of a service are equal.
-func sameServiceSpec(a, b events.NetworkServiceSpec) bool {
-	return a.Type == b.Type && slices.Equal(a.Networks, b.Networks)
 }
 
 // serviceReason is the reason recorded for a network a service could not be

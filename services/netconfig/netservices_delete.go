@@ -2,10 +2,9 @@ package netconfig
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"slices"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 
 	"github.com/podvisor/podvisor/events"
@@ -19,22 +18,47 @@ import (
 // Repeating it is harmless: a missing record is a done deletion. The
 // record goes only at the revision whose addresses were given back: one
 // written meanwhile (a service waiting for an address got one) is read
-// again on the next delivery, so that its address goes back too.
+// again, and its addresses given back too, before it goes.
 func (s *Service) onServiceDeleteRequested(ctx context.Context, _ *bus.Message, p *events.NetworkServiceDeleteRequested) error {
 	annotate(ctx, attribute.String("network.service", p.Name))
-	rec, rev, err := s.services.Get(ctx, p.Name)
-	if err != nil || rec == nil {
+	// DeleteIf judges every revision it reads, and deletes at that
+	// revision: giving the addresses back there is what lets it go.
+	var released error
+	deleted, err := s.services.DeleteIf(ctx, p.Name, func(rec *events.NetworkServiceRecord) bool {
+		released = s.releaseService(ctx, p.Name, rec)
+		return released == nil
+	})
+	if err != nil {
 		return err
 	}
+	if released != nil {
+		return fmt.Errorf("delete network service %s: %w", p.Name, released)
+	}
+	if deleted {
+		s.log.Info("network service deleted", "service", p.Name)
+	}
+	return nil
+}
+
+// releaseService gives back the service's address on every network its
+// record names, profiled or not: a retry that took an address and failed
+// before recording it (serveWaiting, configureService) leaves one on a
+// network with no profile, and the orphan sweep never frees a service's
+// address. A release of an address the service does not hold is a no-op.
+func (s *Service) releaseService(ctx context.Context, service string, rec *events.NetworkServiceRecord) error {
+	networks := slices.Clone(rec.Spec.Networks)
 	for _, prof := range rec.Profiles {
-		if _, err := s.ipam.Release(ctx, prof.Network, serviceOwner(p.Name).UID); err != nil {
+		networks = append(networks, prof.Network)
+	}
+	slices.Sort(networks)
+	for _, n := range slices.Compact(networks) {
+		ip, err := s.ipam.Release(ctx, n, serviceOwner(service).UID)
+		if err != nil {
 			return err
 		}
-		s.recountSoon(prof.Network)
+		if ip != "" {
+			s.recountSoon(n)
+		}
 	}
-	if err := s.services.KV().Delete(ctx, p.Name, jetstream.LastRevision(rev)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return fmt.Errorf("delete network service %s: %w", p.Name, err)
-	}
-	s.log.Info("network service deleted", "service", p.Name, "networks", len(rec.Profiles))
 	return nil
 }
