@@ -77,8 +77,14 @@ type Config struct {
 	// Host is the address embedded servers listen on (127.0.0.1 unless the
 	// datacenter must be reachable from elsewhere, e.g. in a dev cluster).
 	Host string
-	// Preferred ports; a taken port falls back to a free one.
+	// Preferred ports; a taken port (or 0) falls back to the previous
+	// run's port, else a free one (ports.go).
 	NATSPort, VCenterPort, RegistryPort, UIPort int
+	// ExplicitPorts names the port flags the user gave ("--nats-port",
+	// ...): their port comes before the previous run's. A default port
+	// comes after it, so a restart keeps an address handed out on a
+	// fallback port even once the default is free again (ports.go).
+	ExplicitPorts []string
 	// External endpoints replace the embedded parts.
 	NATSURL, VCenterURL, RedisURL, Registry string
 	// NATSCreds and NATSCA are how to reach an external NATS
@@ -256,6 +262,7 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	s.ports = loadPortBook(cfg.StateDir, s.log)
+	s.ports.explicit = cfg.ExplicitPorts
 	if s.ca, err = pki.LoadOrCreateCA(filepath.Join(cfg.StateDir, "tls")); err != nil {
 		return nil, fmt.Errorf("up: %w", err)
 	}
@@ -287,6 +294,14 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 	if err := s.startHostAgents(ctx, runCtx); err != nil {
 		return nil, err
 	}
+	// Remembered as soon as every part listens, before anything below hands
+	// an address out (the services give pod VMs the concentrator's URI; the
+	// node and control plane images are declared with the registry's
+	// host:port): a start that fails later may have handed them out, so they
+	// are the ones to keep.
+	if err := s.ports.save(); err != nil {
+		return nil, err
+	}
 	if cfg.Replicas > 0 {
 		if err := s.startReplicas(runCtx); err != nil {
 			return nil, err
@@ -302,11 +317,6 @@ func Start(ctx context.Context, cfg Config) (_ *System, err error) {
 		return nil, err
 	}
 	s.seedControlPlaneImage(runCtx)
-	// Remembered once every part listens: a run that fails to start hands
-	// out no address, so the previous run's ports stay the ones to keep.
-	if err := s.ports.save(); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -388,7 +398,7 @@ func (s *System) startNATS(ctx, runCtx context.Context) error {
 			s.Endpoints.StreamReplicas = n
 			return s.waitTopology(ctx, n)
 		}
-		port, err := freePort(s.cfg.Host, s.ports.want(partNATS, s.cfg.NATSPort))
+		port, err := freePort(s.cfg.Host, s.ports.want(partNATS, s.cfg.NATSPort)...)
 		if err != nil {
 			return fmt.Errorf("up: NATS: %w", err)
 		}
@@ -452,7 +462,7 @@ func (s *System) startVCenter(ctx context.Context) error {
 		s.Endpoints.VCenterInsecure, _ = strconv.ParseBool(os.Getenv("GOVC_INSECURE"))
 		return nil
 	}
-	port, err := freePort(s.cfg.Host, s.ports.want(partVCenter, s.cfg.VCenterPort))
+	port, err := freePort(s.cfg.Host, s.ports.want(partVCenter, s.cfg.VCenterPort)...)
 	if err != nil {
 		return fmt.Errorf("up: vCenter simulator: %w", err)
 	}
@@ -558,9 +568,9 @@ func (s *System) startRedis(ctx context.Context) error {
 		redisserver.WithUsers(users...)}
 	// The previous run's port when it is free; else redis-server's own
 	// choice, which retries a port taken between the choice and its bind.
-	if want := s.ports.want(partRedis, 0); want != 0 {
-		if port, err := freePort("127.0.0.1", want); err == nil && port == want {
-			opts = append(opts, redisserver.WithPort(want))
+	if want := s.ports.want(partRedis, 0); len(want) > 0 {
+		if port, err := freePort("127.0.0.1", want[0]); err == nil && port == want[0] {
+			opts = append(opts, redisserver.WithPort(port))
 		}
 	}
 	srv, err := redisserver.Start(ctx, filepath.Join(s.cfg.StateDir, "redis"), opts...)
@@ -604,7 +614,7 @@ func (s *System) startRegistry(ctx context.Context) error {
 	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
 		host = "127.0.0.1"
 	}
-	port, err := freePort(host, s.ports.want(partRegistry, s.cfg.RegistryPort))
+	port, err := freePort(host, s.ports.want(partRegistry, s.cfg.RegistryPort)...)
 	if err != nil {
 		return fmt.Errorf("up: registry: %w", err)
 	}

@@ -233,7 +233,7 @@ func (s *System) startNATSCluster(ctx, runCtx context.Context, n int) ([]string,
 			flag = s.cfg.NATSPort + i
 		}
 		part := natsNodePart(i)
-		if clientPorts[i], err = freePort(s.cfg.Host, s.ports.want(part, flag)); err != nil {
+		if clientPorts[i], err = freePort(s.cfg.Host, s.ports.want(part, flag)...); err != nil {
 			return nil, fmt.Errorf("up: NATS node %d: %w", i, err)
 		}
 		s.ports.use(part, s.cfg.Host, flag, clientPorts[i])

@@ -16,9 +16,10 @@
 //
 // Addresses outlive the run that handed them out (guest cluster workers'
 // user data, image references in records, CLI contexts), so
-// <state-dir>/ports.json remembers the ports of the last run: a port flag of
-// 0 means the previous run's port while it is free, a fresh one (said in the
-// output, with what it breaks) only when it is taken. An explicit port wins.
+// <state-dir>/ports.json remembers the ports of the last run: each server
+// takes a port flag's port the user gave when that is free, else the
+// previous run's port, else the flag's default, else a fresh one (said in
+// the output, with the ports found taken and what the move breaks).
 //
 // The vCenter simulator keeps its inventory in memory, so a second `up` on the
 // same state dir resumes from the durable parts (streams and KV records in

@@ -143,7 +143,7 @@ func (s *System) startHostAgents(ctx, runCtx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("up: %w", err)
 	}
-	port, err := freePort("127.0.0.1", s.ports.want(partChannel, 0))
+	port, err := freePort("127.0.0.1", s.ports.want(partChannel, 0)...)
 	if err != nil {
 		return fmt.Errorf("up: guest channel concentrator: %w", err)
 	}

@@ -9,14 +9,19 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 )
 
-// listenPreferred listens on host:port, or on a free port when that port is
-// taken (or port is 0), so that `podvisor up` starts on a busy machine too;
-// the env file always says where things ended up.
-func listenPreferred(host string, port int) (net.Listener, error) {
-	if port != 0 {
+// listenPreferred listens on host at the first of ports it can bind (0s
+// skipped), else on a free port, so that `podvisor up` starts on a busy
+// machine too; the env file always says where things ended up.
+func listenPreferred(host string, ports ...int) (net.Listener, error) {
+	for _, port := range ports {
+		if port == 0 {
+			continue
+		}
 		if ln, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port))); err == nil {
 			return ln, nil
 		}
@@ -28,12 +33,12 @@ func listenPreferred(host string, port int) (net.Listener, error) {
 	return ln, nil
 }
 
-// freePort returns port when it can be bound on host, else a free one. The
-// port is released before return, so a caller that binds it later can race
-// with another process; it is used only for servers that take an address
-// rather than a listener.
-func freePort(host string, port int) (int, error) {
-	ln, err := listenPreferred(host, port)
+// freePort returns the first of ports that can be bound on host, else a
+// free one. The port is released before return, so a caller that binds it
+// later can race with another process; it is used only for servers that
+// take an address rather than a listener.
+func freePort(host string, ports ...int) (int, error) {
+	ln, err := listenPreferred(host, ports...)
 	if err != nil {
 		return 0, err
 	}
@@ -49,12 +54,16 @@ func portOf(addr string) int {
 }
 
 // portsFileName is the file in the state dir that remembers the ports the
-// last successful `up` on it listened on. Addresses outlive the process that
-// handed them out: a guest cluster's worker VM keeps the NATS URL in its
-// user data, native VM and pod records keep image references to the
-// registry's host:port, CLI contexts and sourced env files keep every URL.
-// So a port flag of 0 means "the port the previous run used, if it is still
-// free", not "any port", and a restart hands out the same addresses.
+// last `up` on it listened on (saved once all its parts listen). Addresses outlive the
+// process that handed them out: a guest cluster's worker VM keeps the NATS
+// URL in its user data, native VM and pod records keep image references to
+// the registry's host:port, CLI contexts and sourced env files keep every
+// URL. So each part tries a port flag's port the user gave (it wins over
+// the memory whenever it is free), then the port the previous run used,
+// then the flag's default, then any: a run that found 5000 taken and moved
+// to P takes P again, even once 5000 is free. Only a port taken now, or a
+// flag given naming another free port, moves an address a previous run
+// handed out.
 //
 // Format: one JSON object from part to TCP port, written atomically
 // (temporary file, then rename) once every part listens:
@@ -65,7 +74,8 @@ func portOf(addr string) int {
 // Keys are portPart.key ("nats" is the single server or the first node of
 // a cluster, "nats-<i>" node i). A part this run did not start (an external
 // endpoint replaced it) keeps its entry. A missing file is a first run; an
-// unreadable or corrupt one is reported and every part gets a fresh port.
+// unreadable or corrupt one is reported and forgotten: a part gets its
+// port flag's port when free, else a fresh one.
 const portsFileName = "ports.json"
 
 // portPart is a server of up whose port is remembered: key in the ports
@@ -104,15 +114,17 @@ func natsNodePart(i int) portPart {
 // portBook is the ports file of one run: what the previous run used, what
 // this one uses, and what moved (said in up's output).
 type portBook struct {
-	path  string
-	log   *slog.Logger
-	prev  map[string]int
-	now   map[string]int
-	notes []string
+	path string
+	log  *slog.Logger
+	// explicit are the port flags the user gave (Config.ExplicitPorts).
+	explicit []string
+	prev     map[string]int
+	now      map[string]int
+	notes    []string
 }
 
 // loadPortBook reads the ports file of stateDir. It never fails: without a
-// usable file every part simply gets a fresh port.
+// usable file a part gets its port flag's port when free, else a fresh one.
 func loadPortBook(stateDir string, log *slog.Logger) *portBook {
 	b := &portBook{path: filepath.Join(stateDir, portsFileName), log: log, prev: map[string]int{}, now: map[string]int{}}
 	raw, err := os.ReadFile(b.path)
@@ -132,18 +144,29 @@ func loadPortBook(stateDir string, log *slog.Logger) *portBook {
 	}
 	if err != nil {
 		b.prev = map[string]int{}
-		b.note(fmt.Sprintf("the previous run's ports are lost (%s is corrupt or unreadable: %v): every port flag of 0 gets a fresh port, so addresses handed out before may stop working", b.path, err))
+		b.note(fmt.Sprintf("the previous run's ports are lost (%s is corrupt or unreadable: %v): a part whose port flag is 0 or whose port is taken gets a fresh port, so addresses handed out before may stop working", b.path, err))
 	}
 	return b
 }
 
-// want is the port to try for part: the flag when set (it always wins),
-// else the previous run's port (0 when there was none: any).
-func (b *portBook) want(p portPart, flag int) int {
-	if flag != 0 {
-		return flag
+// want is the ports to try for part, in order: a flag the user gave (it
+// wins over the memory whenever it can be had), the previous run's port,
+// then the flag's default (after the memory: a part that fell back to
+// another port keeps it once the default is free again, since clients
+// were handed that address). Any free port comes after them.
+func (b *portBook) want(p portPart, flag int) []int {
+	var ports []int
+	add := func(port int) {
+		if port != 0 && !slices.Contains(ports, port) {
+			ports = append(ports, port)
+		}
 	}
-	return b.prev[p.key]
+	if slices.Contains(b.explicit, p.flag) {
+		add(flag)
+	}
+	add(b.prev[p.key])
+	add(flag)
+	return ports
 }
 
 // use records that part listens on host:port now, and says so when that
@@ -154,9 +177,21 @@ func (b *portBook) use(p portPart, host string, flag, port int) {
 	if !ok || old == port {
 		return
 	}
-	why := fmt.Sprintf("port %d is taken now", b.want(p, flag))
-	if flag == port {
-		why = "as " + p.flag + " says"
+	why := "as " + p.flag + " says"
+	if port != flag || !slices.Contains(b.explicit, p.flag) {
+		// Every port want puts before the one taken was tried, and taken.
+		var taken []string
+		for _, t := range b.want(p, flag) {
+			if t == port {
+				break
+			}
+			taken = append(taken, fmt.Sprintf("port %d", t))
+		}
+		verb := " is"
+		if len(taken) > 1 {
+			verb = " are"
+		}
+		why = strings.Join(taken, " and ") + verb + " taken now"
 	}
 	b.note(fmt.Sprintf("%s moved from %s to %s (%s): %s", p.name,
 		net.JoinHostPort(host, strconv.Itoa(old)), net.JoinHostPort(host, strconv.Itoa(port)), why, p.breaks))

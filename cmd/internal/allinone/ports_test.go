@@ -29,16 +29,12 @@ func TestRestartKeepsItsAddresses(t *testing.T) {
 		t.Errorf("nothing moved, but up says so:\n%s", out)
 	}
 
-	taken, err := net.Listen("tcp", first["NATS"])
+	listenOn(t, first["NATS"])
+	ui, err := freePort("127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer taken.Close()
-	ui, err := freePort("127.0.0.1", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.UIPort = ui
+	cfg.UIPort, cfg.ExplicitPorts = ui, []string{"--ui-port"} // given: it wins over the memory
 	third, out := upOnce(t, cfg)
 	for part, addr := range first {
 		switch moved := third[part] != addr; {
@@ -58,6 +54,53 @@ func TestRestartKeepsItsAddresses(t *testing.T) {
 			t.Errorf("up's output lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// With a port flag set, as up's defaults are, and its port taken, a
+// restart falls back to the previous run's port rather than to a fresh one
+// each time; when that one is taken too, the move names both ports.
+func TestRestartKeepsAFallbackPort(t *testing.T) {
+	held := listenOn(t, "127.0.0.1:0")
+	flag := portOf(held.Addr().String())
+	cfg := Config{StateDir: t.TempDir(), Clusters: 1, HostsPerCluster: 1, Seed: 1, GuestChannel: GuestChannelSerial, RegistryPort: flag}
+	first, _ := upOnce(t, cfg)
+	if portOf(first["registry"]) == flag {
+		t.Fatalf("registry on %s, which another listener holds", first["registry"])
+	}
+	second, out := upOnce(t, cfg)
+	if second["registry"] != first["registry"] {
+		t.Errorf("registry moved from %s to %s, though --registry-port %d is still taken and %s was free",
+			first["registry"], second["registry"], flag, first["registry"])
+	}
+	if strings.Contains(out, "moved") {
+		t.Errorf("nothing moved, but up says so:\n%s", out)
+	}
+
+	listenOn(t, second["registry"])
+	third, out := upOnce(t, cfg)
+	want := "registry moved from " + second["registry"] + " to " + third["registry"] +
+		" (port " + portString(second["registry"]) + " and port " + strconv.Itoa(flag) + " are taken now): image references"
+	if !strings.Contains(out, want) {
+		t.Errorf("up's output lacks %q:\n%s", want, out)
+	}
+
+	// The default port free again: the address handed out last stays
+	// (clients hold it); only a port the user gives moves it.
+	held.Close()
+	if fourth, out := upOnce(t, cfg); fourth["registry"] != third["registry"] || strings.Contains(out, "moved") {
+		t.Errorf("with the default port free again, the registry went from %s to %s:\n%s", third["registry"], fourth["registry"], out)
+	}
+}
+
+// listenOn holds addr for the rest of the test.
+func listenOn(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
 }
 
 // upOnce starts up on cfg, prints its endpoints and stops it: the

@@ -22,7 +22,7 @@ import (
 // process's recent records; /metrics serves the Prometheus exposition of
 // every service in the process.
 func (s *System) startUI(ctx context.Context) error {
-	ln, err := listenPreferred(s.cfg.Host, s.ports.want(partUI, s.cfg.UIPort))
+	ln, err := listenPreferred(s.cfg.Host, s.ports.want(partUI, s.cfg.UIPort)...)
 	if err != nil {
 		return fmt.Errorf("up: status page: %w", err)
 	}

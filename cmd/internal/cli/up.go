@@ -40,6 +40,11 @@ are free (<state-dir>/ports.json remembers them; a port that moved is said in th
 			if err != nil {
 				return usageError("%v", err)
 			}
+			for _, name := range []string{"nats-port", "vcenter-port", "registry-port", "ui-port"} {
+				if cmd.Flags().Changed(name) {
+					cfg.ExplicitPorts = append(cfg.ExplicitPorts, "--"+name)
+				}
+			}
 			logger, err := telemetry.LoggerFromEnv()
 			if err != nil {
 				return usageError("%v", err)
@@ -85,10 +90,10 @@ are free (<state-dir>/ports.json remembers them; a port that moved is said in th
 	f.IntVar(&cfg.HostsPerCluster, "hosts-per-cluster", 8, "hosts per cluster")
 	f.StringVar(&services, "services", "all", "services to run in this process: all, none, or a comma list of "+fmt.Sprint(runner.Names()))
 	f.StringVar(&cfg.Host, "listen", "127.0.0.1", "address the embedded servers listen on")
-	f.IntVar(&cfg.NATSPort, "nats-port", 4222, "preferred NATS port (a taken port falls back to a free one; 0 = the port of the previous up on this state dir, else any)")
-	f.IntVar(&cfg.VCenterPort, "vcenter-port", 8989, "preferred vCenter simulator port (0: as for --nats-port)")
-	f.IntVar(&cfg.RegistryPort, "registry-port", 5000, "preferred OCI registry port (0: as for --nats-port)")
-	f.IntVar(&cfg.UIPort, "ui-port", 8080, "preferred status page port (0: as for --nats-port)")
+	f.IntVar(&cfg.NATSPort, "nats-port", 4222, "NATS port; when given, tried first; else (or 0, or taken) the port of the previous up on this state dir, then this default, then any free one")
+	f.IntVar(&cfg.VCenterPort, "vcenter-port", 8989, "vCenter simulator port (order of tries: as for --nats-port)")
+	f.IntVar(&cfg.RegistryPort, "registry-port", 5000, "OCI registry port (order of tries: as for --nats-port)")
+	f.IntVar(&cfg.UIPort, "ui-port", 8080, "status page port (order of tries: as for --nats-port)")
 	f.StringVar(&cfg.VCenterURL, "vcenter-url", "", "use this vCenter (https://user:pass@host/sdk) instead of the simulator")
 	f.StringVar(&cfg.RedisURL, "redis-url", "", "use this Redis (redis://host:port/0) instead of starting one")
 	f.StringVar(&cfg.Registry, "registry", "", "use this OCI registry (host:port) instead of the embedded one")
