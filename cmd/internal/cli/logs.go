@@ -25,7 +25,7 @@ only app container; init containers need -c), -f follows it (across restarts) un
 (--tail 0 prints none of the log so far; with -f, only the lines written from now on).
 --timestamps prints each line after the time it was written, --since 10m or --since-time RFC3339
 leaves out the lines written before (a line's time is the pod VM's clock), --limit-bytes N stops after
-N bytes of output, as kubectl logs does.`,
+N bytes of output, as kubectl logs does (0 for either: the whole log).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
@@ -38,8 +38,8 @@ N bytes of output, as kubectl logs does.`,
 			if err := logsSince(cmd, &req, since, sinceTime); err != nil {
 				return err
 			}
-			if cmd.Flags().Changed("limit-bytes") && req.LimitBytes < 1 {
-				return usageError("--limit-bytes: %d, want more than 0", req.LimitBytes)
+			if req.LimitBytes < 0 { // 0, as in kubectl: no limit
+				return usageError("--limit-bytes: %d, want 0 (no limit) or more", req.LimitBytes)
 			}
 			if err := req.Validate(); err != nil {
 				return usageError("%v", err)
@@ -75,10 +75,9 @@ func logsSince(cmd *cobra.Command, req *events.PodLogsRequest, since time.Durati
 	switch {
 	case f.Changed("since") && f.Changed("since-time"):
 		return usageError("--since and --since-time: give at most one")
-	case f.Changed("since"):
-		if since <= 0 {
-			return usageError("--since: %s, want a duration more than 0", since)
-		}
+	case since < 0:
+		return usageError("--since: %s, want a duration of 0 (the whole log) or more", since)
+	case since > 0: // 0, as in kubectl: the whole log
 		t := time.Now().Add(-since)
 		req.SinceTime = &t
 	case f.Changed("since-time"):

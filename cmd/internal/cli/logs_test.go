@@ -20,9 +20,8 @@ func TestLogsTimeFlagErrors(t *testing.T) {
 		{"since and since-time", "", []string{"logs", "web", "--since", "1m", "--since-time", "2026-01-02T03:04:05Z"}, "", "--since and --since-time: give at most one", 2},
 		{"since-time not RFC3339", "", []string{"logs", "web", "--since-time", "yesterday"}, "", `--since-time: "yesterday" is not an RFC3339 time`, 2},
 		{"since not a duration", "", []string{"logs", "web", "--since", "ten"}, "", `invalid argument "ten" for "--since"`, 2},
-		{"since not positive", "", []string{"logs", "web", "--since", "0s"}, "", "--since: 0s, want a duration more than 0", 2},
-		{"limit-bytes zero", "", []string{"logs", "web", "--limit-bytes", "0"}, "", "--limit-bytes: 0, want more than 0", 2},
-		{"limit-bytes negative", "", []string{"logs", "web", "--limit-bytes", "-3"}, "", "--limit-bytes: -3, want more than 0", 2},
+		{"since negative", "", []string{"logs", "web", "--since", "-5s"}, "", "--since: -5s, want a duration of 0 (the whole log) or more", 2},
+		{"limit-bytes negative", "", []string{"logs", "web", "--limit-bytes", "-3"}, "", "--limit-bytes: -3, want 0 (no limit) or more", 2},
 	})
 }
 
@@ -63,6 +62,13 @@ func TestLogsTimeFlagsReachTheAgent(t *testing.T) {
 	}
 	if got := last("current"); got.SinceTime == nil || !got.SinceTime.Equal(time.Date(2026, 1, 2, 2, 4, 5, 5e8, time.UTC)) || got.Timestamps || got.LimitBytes != 0 {
 		t.Errorf("the agent got %+v, want only sinceTime 2026-01-02T02:04:05.5Z", got)
+	}
+	// 0, as kubectl takes it: no since, no limit.
+	if _, errOut, code := run(t, dir, "", "logs", "current", "--since", "0s", "--limit-bytes", "0"); code != 0 {
+		t.Fatalf("logs --since 0s --limit-bytes 0: exit %d, %s", code, errOut)
+	}
+	if got := last("current"); got.SinceTime != nil || got.LimitBytes != 0 {
+		t.Errorf("the agent got %+v, want neither sinceTime nor limitBytes", got)
 	}
 
 	asked := len(guests["older"].LogsRequests())
