@@ -63,10 +63,10 @@ type Config struct {
 	// its own port (mgmtrepair.go) (PODVISOR_NETCONFIG_MANAGEMENT_INTERVAL,
 	// default 5s; 0 disables).
 	ManagementInterval time.Duration
-	// OrphanSweepInterval is how often the addresses whose owner (pod or
-	// VM) is gone are looked for; one missing in two sweeps this far apart
-	// is released (orphans.go) (PODVISOR_NETCONFIG_ORPHAN_SWEEP_INTERVAL,
-	// default 1m; 0 disables).
+	// OrphanSweepInterval is how often the addresses whose owner (pod, VM
+	// or network service) is gone are looked for; one missing in two
+	// sweeps this far apart is released (orphans.go)
+	// (PODVISOR_NETCONFIG_ORPHAN_SWEEP_INTERVAL, default 1m; 0 disables).
 	OrphanSweepInterval time.Duration
 }
 

@@ -131,7 +131,9 @@
 // pod.deleted and pod.failed free the addresses; migration.completed moves
 // the binding to the target host. An address whose owner is gone anyway
 // (its release ran before a late attach took it) is freed by the orphan
-// sweep once the owner has been missing for two sweeps (orphans.go). network.delete.requested is refused with
+// sweep once the owner has been missing for two sweeps (orphans.go); a
+// network service's address likewise, once its record has been missing,
+// or not naming the address's network, for two sweeps. network.delete.requested is refused with
 // network.delete.rejected (reason InUse, the pods) while any address is
 // allocated; otherwise the port group is removed, hosts leave a scope
 // switch that carries no podvisor port group any more, the records go and

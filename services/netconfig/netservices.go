@@ -106,9 +106,18 @@ func (s *Service) configureService(ctx context.Context, svc events.NetworkServic
 		if !declared && (!exists || !reflect.DeepEqual(r.Spec, svc.Spec)) {
 			return errServiceMoved
 		}
+		dropped = dropped[:0] // judged anew at every revision read
 		for _, old := range r.Profiles {
 			if _, kept := slices.BinarySearchFunc(profiles, old.Network, func(p events.ServiceProfile, n string) int { return strings.Compare(p.Network, n) }); !kept {
 				dropped = append(dropped, old.Network)
+			}
+		}
+		// A network the old spec named and this one does not may hold an
+		// address without a profile (a retry took it and failed before
+		// recording it); nothing names it after this write, so it goes too.
+		for _, n := range r.Spec.Networks {
+			if !slices.Contains(svc.Spec.Networks, n) && !slices.Contains(dropped, n) {
+				dropped = append(dropped, n)
 			}
 		}
 		*r = events.NetworkServiceRecord{Name: svc.Metadata.Name, Spec: svc.Spec, Profiles: profiles, Status: events.NetworkServiceReady, UpdatedAt: time.Now().UTC()}
@@ -128,10 +137,13 @@ func (s *Service) configureService(ctx context.Context, svc events.NetworkServic
 	}
 	// Networks no longer served give their service address back.
 	for _, n := range dropped {
-		if _, err := s.ipam.Release(ctx, n, serviceOwner(svc.Metadata.Name).UID); err != nil {
+		ip, err := s.ipam.Release(ctx, n, serviceOwner(svc.Metadata.Name).UID)
+		if err != nil {
 			return err
 		}
-		s.recountSoon(n)
+		if ip != "" {
+			s.recountSoon(n)
+		}
 	}
 	if len(problems) > 0 {
 		s.log.Warn("network service partly configured", "service", svc.Metadata.Name, "problems", problems)

@@ -43,8 +43,9 @@ func (s *Service) onServiceDeleteRequested(ctx context.Context, _ *bus.Message, 
 // releaseService gives back the service's address on every network its
 // record names, profiled or not: a retry that took an address and failed
 // before recording it (serveWaiting, configureService) leaves one on a
-// network with no profile, and the orphan sweep never frees a service's
-// address. A release of an address the service does not hold is a no-op.
+// network with no profile, which the orphan sweep would free only two
+// sweeps after the record is gone. A release of an address the service
+// does not hold is a no-op.
 func (s *Service) releaseService(ctx context.Context, service string, rec *events.NetworkServiceRecord) error {
 	networks := slices.Clone(rec.Spec.Networks)
 	for _, prof := range rec.Profiles {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,5 +152,93 @@ func TestNetworkServiceRetryRacingADeclarationGivesTheAddressBack(t *testing.T) 
 	}
 	if got := serviceIPs(t, s, "tiny"); len(got) != 0 {
 		t.Fatalf("service addresses on tiny %v after the retry, want none", got)
+	}
+}
+
+// A retry took the address on tiny and failed before recording it; the
+// service is then declared anew without tiny. The declaration gives that
+// address back although the record it replaces has no profile on tiny:
+// no later delete names tiny, and the orphan sweep keeps an address whose
+// service's record names its network.
+func TestNetworkServiceDeclaredWithoutANetworkGivesItsUnrecordedAddressBack(t *testing.T) {
+	s, _ := waitingRetry(t)
+	ctx := context.Background()
+	if err := s.configureService(ctx, dnsService("late-dns", "spare"), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := serviceIPs(t, s, "tiny"); len(got) != 0 {
+		t.Fatalf("service addresses on tiny %v after the declaration without it, want none", got)
+	}
+	if err := s.onServiceDeleteRequested(ctx, nil, &events.NetworkServiceDeleteRequested{Name: "late-dns"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"tiny", "spare"} {
+		if got := serviceIPs(t, s, n); len(got) != 0 {
+			t.Fatalf("service addresses on %s %v after the delete, want none", n, got)
+		}
+	}
+}
+
+// The orphan sweep frees a network service's address whose record is gone
+// or no longer names the address's network, on two sightings an interval
+// apart, as it frees a pod's. late-dns's retry takes the address again
+// right after the delete gave it back and fails its record write, and the
+// delete removes the record; moved-dns holds an address on spare, which
+// its record does not name. Kept: late-dns's address while its record
+// still names tiny (waiting, no profile yet), and kept-dns's on spare.
+func TestOrphanSweepReleasesAServiceAddressWithoutItsRecord(t *testing.T) {
+	s, late := waitingRetry(t)
+	ctx := context.Background()
+	interval := s.cfg.OrphanSweepInterval
+	if err := s.configureService(ctx, dnsService("kept-dns", "spare"), true); err != nil {
+		t.Fatal(err)
+	}
+	moved := dnsService("moved-dns", "tiny") // tiny is full: it waits there
+	if err := s.configureService(ctx, moved, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.profile(ctx, moved, "spare"); err != nil {
+		t.Fatal(err)
+	}
+	sweep := func(at time.Time, want ...string) {
+		t.Helper()
+		got, err := s.SweepOrphans(ctx, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Sort(got); !slices.Equal(got, want) {
+			t.Fatalf("sweep at +%s released %v, want %v", at.Sub(time.Now()).Round(time.Minute), got, want)
+		}
+	}
+	movedIP := func() string {
+		for _, a := range serviceIPs(t, s, "spare") {
+			if ip, ok := strings.CutPrefix(a, "service-moved-dns "); ok {
+				return ip
+			}
+		}
+		t.Fatal("moved-dns holds no address on spare")
+		return ""
+	}()
+
+	first := time.Now().Add(interval + time.Minute) // every address older than an interval
+	sweep(first)
+	if err := s.onServiceDeleteRequested(ctx, nil, &events.NetworkServiceDeleteRequested{Name: "late-dns"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.profile(ctx, late, "tiny"); err != nil {
+		t.Fatal(err)
+	}
+	if got := serviceIPs(t, s, "tiny"); !slices.Equal(got, []string{"service-late-dns 10.47.0.2"}) || serviceRecord(t, s, "late-dns") != nil {
+		t.Fatalf("service addresses on tiny %v, want late-dns's held without its record", got)
+	}
+	// late-dns's record is missing for the first time; moved-dns's
+	// record has not named spare since the first sweep.
+	sweep(first.Add(interval), "spare/"+movedIP)
+	sweep(first.Add(2*interval), "tiny/10.47.0.2")
+	if got := serviceIPs(t, s, "tiny"); len(got) != 0 {
+		t.Fatalf("service addresses on tiny %v, want none", got)
+	}
+	if got := serviceIPs(t, s, "spare"); len(got) != 1 || !strings.HasPrefix(got[0], "service-kept-dns ") {
+		t.Fatalf("service addresses on spare %v, want kept-dns's alone", got)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,6 +25,16 @@ import (
 // is released, compare-and-set on the address's revision as every release
 // is (ipam.Release), so an address taken again meanwhile is left alone.
 //
+// A network service's address (owner service-<name>, serviceOwner) is
+// orphaned the same way: a retry for a waiting service (serveWaiting) can
+// take it again right after the service's delete gave it back, then fail
+// its record write, and the delete removes the record. Its owner is the
+// service's record in net-services naming the address's network: an
+// address whose service has no record, or one that no longer names that
+// network, is released on the same two sightings. A record that names the
+// network keeps the address even without a profile there: the service is
+// waiting, and its next retry records the address it holds.
+//
 // Two sightings, because a record read can be answered by a NATS node that
 // has not applied the record yet; an owner missing for a whole interval is
 // gone. The sightings are only this process's reason to look again: the
@@ -32,8 +42,7 @@ import (
 //
 // An address whose pod name was taken by a new pod (another uid) is not
 // released while that name has a record: the sweep lists the records' keys,
-// not their values, to stay cheap at ten thousand pods. Network services'
-// own addresses are freed by their delete and are never swept.
+// not their values, to stay cheap at ten thousand pods.
 
 // orphanSeen is the first sweep that found an address's owner missing, by
 // network, address and owner uid.
@@ -62,6 +71,10 @@ func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, er
 	if err != nil {
 		return nil, err
 	}
+	served, err := s.servedNetworks(ctx)
+	if err != nil {
+		return nil, err
+	}
 	recs, err := s.store.list(ctx)
 	if err != nil {
 		return nil, err
@@ -77,10 +90,11 @@ func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, er
 			continue
 		}
 		for _, a := range allocs {
-			if a.Namespace == ServiceNamespace && strings.HasPrefix(a.UID, "service-") {
-				continue
+			present := owners[events.PodRecordKey(a.Namespace, a.Name)]
+			if isServiceAddress(a) {
+				present = slices.Contains(served[a.Name], r.Name)
 			}
-			if owners[events.PodRecordKey(a.Namespace, a.Name)] || now.Sub(a.AllocatedAt) < interval {
+			if present || now.Sub(a.AllocatedAt) < interval {
 				continue
 			}
 			id := r.Name + "/" + a.IP + "/" + a.UID // the next owner of the address starts afresh
@@ -94,7 +108,7 @@ func (s *Service) SweepOrphans(ctx context.Context, now time.Time) ([]string, er
 			if !seen || now.Sub(first) < interval {
 				continue
 			}
-			gone, err := s.ownerGone(ctx, a)
+			gone, err := s.ownerGone(ctx, r.Name, a)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -141,9 +155,36 @@ func (s *Service) ownerKeys(ctx context.Context) (map[string]bool, error) {
 	return keys, nil
 }
 
-// ownerGone reads the address's owner again, pod then VM: gone when
-// neither record exists with the address's uid.
-func (s *Service) ownerGone(ctx context.Context, a events.IPAllocation) (bool, error) {
+// servedNetworks lists the networks each network service's record names,
+// by service.
+func (s *Service) servedNetworks(ctx context.Context) (map[string][]string, error) {
+	recs, err := s.serviceRecords(ctx)
+	if err != nil {
+		return nil, err
+	}
+	served := make(map[string][]string, len(recs))
+	for _, r := range recs {
+		served[r.Name] = r.Spec.Networks
+	}
+	return served, nil
+}
+
+// isServiceAddress reports whether an address is a network service's.
+func isServiceAddress(a events.IPAllocation) bool {
+	return a.Namespace == ServiceNamespace && a.UID == serviceOwner(a.Name).UID
+}
+
+// ownerGone reads the address's owner on network again: a service's
+// record, gone when it does not name the network; else pod then VM, gone
+// when neither record exists with the address's uid.
+func (s *Service) ownerGone(ctx context.Context, network string, a events.IPAllocation) (bool, error) {
+	if isServiceAddress(a) {
+		rec, _, err := s.services.Get(ctx, a.Name)
+		if err != nil {
+			return false, fmt.Errorf("read network service %s of %s: %w", a.Name, a.IP, err)
+		}
+		return rec == nil || !slices.Contains(rec.Spec.Networks, network), nil
+	}
 	for _, kv := range []jetstream.KeyValue{s.pods, s.vms} {
 		key := events.PodRecordKey(a.Namespace, a.Name) // VMRecordKey is the same
 		e, err := kv.Get(ctx, key)

@@ -17,7 +17,7 @@ import (
 // the pod's release ran before the address was taken (a fault run once
 // left one so). The orphan sweep frees it once its owner has been missing
 // for two sweeps an interval apart, and leaves alone the addresses of a
-// live pod, of a native VM, of a network service, of a pod whose record
+// live pod, of a native VM, of a declared network service, of a pod whose record
 // shows up again between the sweeps, and of a pod missing for less than an
 // interval.
 func TestAddressWhoseOwnerIsGoneIsReleased(t *testing.T) {
@@ -43,10 +43,11 @@ func TestAddressWhoseOwnerIsGoneIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	testenv.Put(e.Env, events.BucketVMs, events.VMRecordKey("default", "db"), &events.VMRecord{Namespace: "default", Name: "db", UID: "uid-vm"})
-	service, err := alloc.Allocate(ctx, pool, ipam.Owner{Namespace: netconfig.ServiceNamespace, Name: "dns", UID: "service-dns"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	e.Publish(&events.NetworkServiceDeclared{Service: events.NetworkService{
+		APIVersion: events.APIVersion, Kind: events.KindNetworkService, Metadata: events.Meta{Name: "dns"},
+		Spec: events.NetworkServiceSpec{Type: events.NetworkServiceDNS, Networks: []string{"strays"}},
+	}})
+	service, _ := testenv.WaitRecord(e.Env, events.BucketNetServices, "dns", func(r *events.NetworkServiceRecord) bool { return len(r.Profiles) > 0 }).Profile("strays")
 	// Their releases lost: the records go, no pod.deleted.
 	for _, name := range []string{"gone", "back"} {
 		if err := e.KV(events.BucketPods).Delete(ctx, events.PodRecordKey("default", name)); err != nil {
@@ -72,7 +73,7 @@ func TestAddressWhoseOwnerIsGoneIsReleased(t *testing.T) {
 		t.Fatal(err)
 	}
 	if want := []string{"strays/" + ip["gone"]}; !slices.Equal(got, want) {
-		t.Fatalf("second sweep released %v, want %v (live %s, back %s, VM %s, service %s kept)", got, want, ip["live"], ip["back"], vm.IP, service.IP)
+		t.Fatalf("second sweep released %v, want %v (live %s, back %s, VM %s, service %s kept)", got, want, ip["live"], ip["back"], vm.IP, service.Address)
 	}
 	left, err := alloc.Allocations(ctx, "strays")
 	if err != nil {
