@@ -95,7 +95,7 @@ var (
 	partVCenter = portPart{"vcenter", "vCenter simulator", "--vcenter-port",
 		"GOVC_URL of sourced env files and `podvisor serve` processes started with them point at the old port; " + reSource}
 	partRegistry = portPart{"registry", "registry", "--registry-port",
-		"image references to the old address in native VM and pod records no longer pull; " + reSource}
+		"image references to the old address (pods, native VMs, VirtualMachineImages applied with it) no longer pull: apply them again with $PODVISOR_REGISTRY; " + reSource}
 	partUI      = portPart{"ui", "status page", "--ui-port", "bookmarks and PODVISOR_UI_URL point at the old port; " + reSource}
 	partRedis   = portPart{"redis", "Redis", "", "PODVISOR_REDIS_URL of sourced env files and `podvisor serve` processes points at the old port; " + reSource}
 	partChannel = portPart{"concentrator", "guest channel concentrator", "", "the channel URI `podvisor serve` provisioners and pod VMs' serial ports were given points at the old port; " + reSource}
@@ -174,6 +174,12 @@ func (b *portBook) want(p portPart, flag int) []int {
 func (b *portBook) use(p portPart, host string, flag, port int) {
 	b.now[p.key] = port
 	old, ok := b.prev[p.key]
+	if port != flag && slices.Contains(b.explicit, p.flag) && (!ok || old == port) {
+		// A port the user asked for and did not get is said even when
+		// nothing moved.
+		b.note(fmt.Sprintf("%s listens on %s: %s %d is taken now", p.name, net.JoinHostPort(host, strconv.Itoa(port)), p.flag, flag))
+		return
+	}
 	if !ok || old == port {
 		return
 	}

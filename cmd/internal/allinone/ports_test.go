@@ -174,3 +174,20 @@ func TestPortsFileTolerance(t *testing.T) {
 		})
 	}
 }
+
+// A port flag given whose port is taken is said, even when the part keeps
+// the previous run's port or has none before it (a first run).
+func TestATakenGivenPortIsSaid(t *testing.T) {
+	for _, prev := range []map[string]int{{"registry": 33617}, nil} {
+		b := &portBook{log: slog.New(slog.DiscardHandler), prev: prev, now: map[string]int{}, explicit: []string{"--registry-port"}}
+		b.use(partRegistry, "127.0.0.1", 44327, 33617)
+		if want := "registry listens on 127.0.0.1:33617: --registry-port 44327 is taken now"; len(b.notes) != 1 || b.notes[0] != want {
+			t.Errorf("previous ports %v: notes %q, want %q", prev, b.notes, want)
+		}
+		// Given and had: nothing to say.
+		b = &portBook{log: slog.New(slog.DiscardHandler), prev: prev, now: map[string]int{}, explicit: []string{"--registry-port"}}
+		if b.use(partRegistry, "127.0.0.1", 33617, 33617); len(b.notes) != 0 {
+			t.Errorf("previous ports %v: notes %q for a port given and had", prev, b.notes)
+		}
+	}
+}

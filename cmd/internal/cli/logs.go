@@ -29,6 +29,9 @@ N bytes of output, as kubectl logs does (0 for either: the whole log).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.Name = args[0]
+			if tail < -1 { // kubectl's rule: -1 is the whole log
+				return usageError("--tail: %d, want -1 (the whole log), 0 or more", tail)
+			}
 			if tail > 0 {
 				req.TailLines = tail
 			}
@@ -60,7 +63,7 @@ N bytes of output, as kubectl logs does (0 for either: the whole log).`,
 	f.StringVarP(&req.Container, "container", "c", "", containerFlagHelp)
 	f.BoolVarP(&req.Follow, "follow", "f", false, "keep printing new lines until interrupted")
 	f.BoolVarP(&req.Previous, "previous", "p", false, "print the log of the previous instance of the container")
-	f.Int64Var(&tail, "tail", -1, "lines from the end to start at (0: none, only new lines with -f; negative, the default: the whole log)")
+	f.Int64Var(&tail, "tail", -1, "lines from the end to start at (0: none, only new lines with -f; -1, the default: the whole log)")
 	f.BoolVar(&req.Timestamps, "timestamps", false, "print each line after the time it was written (RFC3339, to the nanosecond)")
 	f.DurationVar(&since, "since", 0, "only lines written in this long before now, like 5s, 2m or 3h (not with --since-time)")
 	f.StringVar(&sinceTime, "since-time", "", "only lines written at or after this RFC3339 time (not with --since)")

@@ -21,6 +21,7 @@ func TestLogsTimeFlagErrors(t *testing.T) {
 		{"since-time not RFC3339", "", []string{"logs", "web", "--since-time", "yesterday"}, "", `--since-time: "yesterday" is not an RFC3339 time`, 2},
 		{"since not a duration", "", []string{"logs", "web", "--since", "ten"}, "", `invalid argument "ten" for "--since"`, 2},
 		{"since negative", "", []string{"logs", "web", "--since", "-5s"}, "", "--since: -5s, want a duration of 0 (the whole log) or more", 2},
+		{"tail below -1", "", []string{"logs", "web", "--tail", "-5"}, "", "--tail: -5, want -1 (the whole log), 0 or more", 2},
 		{"limit-bytes negative", "", []string{"logs", "web", "--limit-bytes", "-3"}, "", "--limit-bytes: -3, want 0 (no limit) or more", 2},
 	})
 }
