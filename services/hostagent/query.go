@@ -162,6 +162,12 @@ func (s *Service) target(ctx context.Context, ns, name, uid, container string) (
 		if rec.Reason != "" {
 			phase += ", " + rec.Reason
 		}
+		if rec.Phase == events.PodPhaseSucceeded || rec.Phase == events.PodPhaseFailed {
+			// An ended pod is not made again when its VM is lost: its
+			// containers' logs were on that VM's disk 0.
+			return nil, "", fmt.Errorf("pod %s/%s (phase %s) has ended and no guest of it runs on host %s (its pod VM is off or gone, and an ended pod is not made again): its logs cannot be read: %w",
+				ns, name, phase, s.cfg.Host, ErrNotConnected)
+		}
 		return nil, "", fmt.Errorf("pod %s/%s (phase %s): its guest has no channel to host %s (not started yet, stopped, or not reporting): %w",
 			ns, name, phase, s.cfg.Host, ErrNotConnected)
 	}

@@ -439,4 +439,18 @@ func TestQueriesOfAPodWithoutItsGuestSayItsPhase(t *testing.T) {
 			t.Errorf("%T: error %v, want one starting %q", req, err, want)
 		}
 	}
+
+	// A pod that ended and has no guest (an ended pod is not made again
+	// when its VM is lost) says its logs cannot be read, not that its
+	// guest may be yet to start.
+	rec.Phase, rec.Reason = events.PodPhaseFailed, "ContainersFailed"
+	data, _ = json.Marshal(rec)
+	if _, err := e.pods.Put(context.Background(), events.PodRecordKey("default", "starting"), data); err != nil {
+		t.Fatal(err)
+	}
+	const ended = "pod default/starting (phase Failed, ContainersFailed) has ended and no guest of it runs on host " + host
+	_, err := podstream.Run(context.Background(), e.bus.Conn(), events.SubjectPodLogs(host), events.PodLogsRequest{Namespace: "default", Name: "starting"}, nil, io.Discard, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), ended) || !strings.Contains(err.Error(), "its logs cannot be read") {
+		t.Errorf("logs of an ended pod without a guest: error %v, want one starting %q", err, ended)
+	}
 }
