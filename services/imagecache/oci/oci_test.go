@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -131,5 +132,34 @@ func TestResolveErrors(t *testing.T) {
 		if !errors.Is(err, tt.want) {
 			t.Errorf("Resolve(%q) = %v, want %v", tt.ref, err, tt.want)
 		}
+	}
+}
+
+// A server that answers a registry's paths with an HTML page (a web server
+// on the registry's old port, a proxy's error page) is an image not found
+// whose message says the status, not the page; a short plain-text body,
+// often the reason, is kept.
+func TestAnHTMLErrorPageIsLeftOutOfTheMessage(t *testing.T) {
+	page := "<!DOCTYPE HTML>\n<html><head><title>Error response</title></head><body><h1>Error response</h1><p>Error code: 404</p><p>Message: File not found.</p></body></html>\n"
+	body := page
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2/" {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, body)
+	}))
+	defer srv.Close()
+	c := newClient(t, oci.Config{Retries: 1, RetryDelay: 1})
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/podvisor/vmos:1.0"
+	_, err := c.Resolve(context.Background(), ref)
+	if !errors.Is(err, oci.ErrImageNotFound) || strings.Contains(err.Error(), "<") ||
+		!strings.Contains(err.Error(), "unexpected status code 404 Not Found (its body, ") {
+		t.Errorf("Resolve of a server answering HTML: %v; want image not found, the status, no page", err)
+	}
+	body = "no such repository\n"
+	if _, err := c.Resolve(context.Background(), ref); err == nil || !strings.Contains(err.Error(), "404 Not Found: no such repository") {
+		t.Errorf("Resolve of a server answering a short reason: %v; want the reason kept", err)
 	}
 }
