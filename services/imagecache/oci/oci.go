@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	imagelocality "github.com/podvisor/podvisor/shared/imagemeta"
 	"github.com/podvisor/podvisor/shared/pki"
+	"github.com/podvisor/podvisor/shared/registryerr"
 )
 
 // Error classes. Callers test with errors.Is and map them to reasons.
@@ -374,7 +374,7 @@ func classify(ref string, err error) error {
 	}
 	var terr *transport.Error
 	if errors.As(err, &terr) {
-		err = briefStatus{err, terr}
+		err = registryerr.Brief(err)
 		for _, d := range terr.Errors {
 			switch d.Code {
 			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
@@ -412,34 +412,4 @@ func classify(ref string, err error) error {
 		return err
 	}
 	return fmt.Errorf("image %s: %w", ref, err)
-}
-
-// briefStatus is a registry's error status without the page a registry
-// (or a server that is no registry) may send as its body: an HTML 404
-// page pasted whole into a pod's message and events says nothing more
-// than its status. A short plain-text body, often the registry's reason,
-// is kept; the registry's structured errors (Diagnostics) are kept as
-// go-containerregistry words them.
-type briefStatus struct {
-	err  error
-	terr *transport.Error
-}
-
-func (b briefStatus) Unwrap() error { return b.err }
-
-func (b briefStatus) Error() string {
-	msg := b.err.Error()
-	if len(b.terr.Errors) > 0 {
-		return msg
-	}
-	status := fmt.Sprintf("unexpected status code %d %s", b.terr.StatusCode, http.StatusText(b.terr.StatusCode))
-	i := strings.Index(msg, status)
-	if i < 0 {
-		return msg
-	}
-	body := strings.TrimSpace(strings.TrimPrefix(msg[i+len(status):], ":"))
-	if body == "" || (len(body) <= 200 && !strings.Contains(body, "<")) {
-		return msg
-	}
-	return msg[:i+len(status)] + " (its body, " + strconv.Itoa(len(body)) + " bytes, left out)"
 }

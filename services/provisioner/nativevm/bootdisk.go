@@ -27,6 +27,7 @@ import (
 	"github.com/podvisor/podvisor/events"
 	"github.com/podvisor/podvisor/shared/bus"
 	"github.com/podvisor/podvisor/shared/record"
+	"github.com/podvisor/podvisor/shared/registryerr"
 	"github.com/podvisor/podvisor/shared/rootfs"
 )
 
@@ -165,11 +166,11 @@ func (c *Controller) imageDisk(ctx context.Context, ref, pinned, ds string) (bui
 	}
 	img, err := remote.Image(r, remote.WithContext(ctx), remote.WithTransport(c.pull))
 	if err != nil {
-		return builtDisk{}, "", fmt.Errorf("pull %s: %w", r, err)
+		return builtDisk{}, "", pullError(r, err)
 	}
 	digest, err := img.Digest()
 	if err != nil {
-		return builtDisk{}, "", fmt.Errorf("pull %s: %w", r, err)
+		return builtDisk{}, "", pullError(r, err)
 	}
 	dir := c.imageDir(digest)
 	if b, ok := c.built(ctx, store, ds, dir); ok {
@@ -185,6 +186,13 @@ func (c *Controller) imageDisk(ctx context.Context, ref, pinned, ds string) (bui
 		return builtDisk{}, "", err
 	}
 	return v.(builtDisk), digest.String(), nil
+}
+
+// pullError wraps the error of a pull of ref, without the page a server
+// that is no registry (the registry moved) answers with: it tells nothing
+// more than its status, and would fill the VM's condition.
+func pullError(ref name.Reference, err error) error {
+	return fmt.Errorf("pull %s: %w", ref, registryerr.Brief(err))
 }
 
 // imageDir is the datastore directory of the image disk of a digest.

@@ -168,9 +168,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	bus.Handle(r, c.onImageDeclared)
 	bus.Handle(r, c.onImageDeleteRequested)
 	bus.Handle(r, c.onDeclared).OnFailure(c.declareFailed)
-	bus.Handle(r, c.onScheduled)
+	bus.Handle(r, c.onScheduled).OnFailure(func(ctx context.Context, m *bus.Message, e *events.VMScheduled, _ error) error {
+		return c.createGaveUp(ctx, m, e.VMRef)
+	})
 	bus.Handle(r, c.onUnschedulable)
-	bus.Handle(r, c.onNetworkAttached)
+	bus.Handle(r, c.onNetworkAttached).OnFailure(func(ctx context.Context, m *bus.Message, e *events.VMNetworkAttached, _ error) error {
+		return c.createGaveUp(ctx, m, e.VMRef)
+	})
 	bus.Handle(r, c.onNetworkFailed)
 	bus.Handle(r, c.onDeleteRequested)
 	bus.Handle(r, c.onAdmitted).OnFailure(c.migrateFailed)

@@ -53,6 +53,13 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, nil)
+}
+
+// newEnvWith is newEnv with tune applied to the controller's configuration
+// (nil: the defaults).
+func newEnvWith(t *testing.T, tune func(*nativevm.Config)) *env {
+	t.Helper()
 	privtest.Require(t, "native VMs boot in simulated guests (namespaces, loop mounts)")
 	privtest.RequireTools(t, "mkfs.ext4", "busybox")
 	ctx := context.Background()
@@ -84,6 +91,9 @@ func newEnv(t *testing.T) *env {
 	}
 	log := slog.New(slog.NewTextHandler(tlog{t}, nil))
 	cfg, deps := nativevm.Config{WorkDir: base}, nativevm.Deps{Bus: b, VSphere: s, Logger: log}
+	if tune != nil {
+		tune(&cfg)
+	}
 	c, err := nativevm.New(ctx, cfg, deps)
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"path"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -72,11 +73,14 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 	}
 	phase := events.VMPhaseReady
 	if vm == nil {
+		if rec, err = c.followImage(ctx, rec); err != nil || rec == nil {
+			return err
+		}
 		if err := c.markPhase(ctx, cause, rec, events.VMPhaseCreating); err != nil {
 			return err
 		}
 		if vm, err = c.create(ctx, rec); err != nil {
-			return c.failed(ctx, cause, rec, events.VMConditionCreated, "CreateFailed", err)
+			return c.failed(ctx, cause, rec, events.VMConditionCreated, reasonCreateFailed, err)
 		}
 	} else if err := c.update(ctx, rec, vm); err != nil {
 		return c.failed(ctx, cause, rec, events.VMConditionHardwareSynced, bus.ReasonOf(err, "UpdateFailed"), err)
@@ -138,6 +142,90 @@ func (c *Controller) converge(ctx context.Context, cause *event.Event, rec *even
 		return fmt.Errorf("VM %s after its update: %s", vm.Reference().Value, differs)
 	}
 	return nil
+}
+
+// Reasons of the Created condition when the create failed: while it is
+// retried (its handler's deliveries), and once nothing but the drift
+// repair retries it (the VM Failed; RepairCreate at each pass).
+const (
+	reasonCreateFailed           = "CreateFailed"
+	ReasonCreateRetriesExhausted = "CreateRetriesExhausted"
+)
+
+// giveUpCreate records that no delivery retries the failed create of a VM
+// never made (its handler's last delivery failed, or a drift repair pass
+// did): Failed, Created False CreateRetriesExhausted with the create's
+// error and note, so the status does not go on claiming a create under
+// way; the drift repair tries it again at its next pass (RepairCreate), as
+// what failed (a registry down or moved) may pass. A record that moved on
+// meanwhile (made, declared again, failed for good) is left alone. It says
+// whether it recorded the failure.
+func (c *Controller) giveUpCreate(ctx context.Context, cause *event.Event, ns, name, uid, note string) (bool, error) {
+	var gaveUp bool
+	out, err := c.mutateVM(ctx, ns, name, uid, func(r *events.VMRecord) error {
+		cond, _ := r.Condition(events.VMConditionCreated)
+		// CreateRetriesExhausted while Creating: a drift repair's claim,
+		// whose converge failed before it tried the create.
+		gaveUp = r.Status.VM == "" && r.Status.Phase == events.VMPhaseCreating && cond.Status == events.ConditionFalse &&
+			(cond.Reason == reasonCreateFailed || cond.Reason == ReasonCreateRetriesExhausted)
+		if !gaveUp {
+			return record.ErrUnchanged
+		}
+		r.Status.Phase = events.VMPhaseFailed
+		if cond.Reason == reasonCreateFailed {
+			r.SetCondition(events.VMConditionCreated, events.ConditionFalse, ReasonCreateRetriesExhausted, cond.Message+" ("+note+")", c.now().UTC())
+		}
+		return nil
+	})
+	if err != nil || out == nil || !gaveUp {
+		return false, err
+	}
+	c.log.Warn("VM create given up; the drift repair tries again", "vm", out.Key(), "uid", uid, "note", note)
+	c.publishStatus(ctx, cause, out)
+	return true, nil
+}
+
+// followImage brings the image of a VM that was never made up to its
+// VirtualMachineImage's record: the record copies the image's spec when a
+// declaration is accepted, and an image re-applied since (the registry
+// moved) is what the VM is made from, though its own declaration is
+// unchanged. A VM made once keeps the image it was made from (its boot
+// disk is of it; ImageDigest builds it again). The change is written by
+// compare-and-set, so a declaration accepted meanwhile wins; nil when the
+// record is gone.
+func (c *Controller) followImage(ctx context.Context, rec *events.VMRecord) (*events.VMRecord, error) {
+	if made(rec) {
+		return rec, nil
+	}
+	img, _, err := c.images.Get(ctx, rec.Spec.ImageName)
+	if err != nil || img == nil || reflect.DeepEqual(img.Image.Spec, rec.Image) {
+		return rec, err // an image in use is not deleted (onImageDeleteRequested)
+	}
+	spec, was := img.Image.Spec, rec.Image
+	out, err := c.mutateVM(ctx, rec.Namespace, rec.Name, rec.UID, func(r *events.VMRecord) error {
+		if made(r) || r.Spec.ImageName != rec.Spec.ImageName || reflect.DeepEqual(r.Image, spec) {
+			return record.ErrUnchanged
+		}
+		if r.Image.OCI != spec.OCI {
+			r.ImageDigest = "" // the digest of the reference before
+		}
+		r.Image = spec
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("VM %s: follow image %s: %w", rec.Key(), rec.Spec.ImageName, err)
+	}
+	if out != nil && !reflect.DeepEqual(out.Image, was) {
+		c.log.Info("VM not made yet follows its image's record", "vm", rec.Key(), "image", rec.Spec.ImageName, "oci", out.Image.OCI)
+	}
+	return out, nil
+}
+
+// made says the record's VM was made once: vCenter has it, or had it (an
+// eviction left its disks), or the record said so.
+func made(r *events.VMRecord) bool {
+	cond, _ := r.Condition(events.VMConditionCreated)
+	return r.Status.VM != "" || r.StaleVM != "" || r.DisksOn != "" || cond.Status == events.ConditionTrue
 }
 
 // reasonHardwareDiffers is the HardwareSynced condition's reason when the

@@ -81,7 +81,13 @@
 // without the registry, which may have moved since (another port at the
 // next `podvisor up`); the registry is asked, for that digest, only when
 // no such disk is ready. A declaration that changes the reference clears
-// the digest, and the new reference is resolved afresh.
+// the digest, and the new reference is resolved afresh. The record copies
+// the image's spec when a declaration is accepted; a VM not made yet
+// follows its VirtualMachineImage's record when it is made (the image
+// re-applied with the registry's new address is what it is made from),
+// while a VM made once keeps the image it was made from (followImage). A
+// registry's error that is a web page (another server at its old address)
+// is cut to its status line in the VM's condition.
 // A content library source names an OVF template; the controller resolves
 // the item when the image is declared (the image is not Ready while it is
 // missing) and vCenter deploys it for each VM (the library's deploy API,
@@ -99,7 +105,11 @@
 // hand, a vCenter rebuilt from nothing) is made again from its spec on its
 // host, keeping the disks it left on the datastore (its boot disk and
 // extra disks, with what its guest wrote: a guest cluster's etcd data),
-// and one not in its declared power state is set to it. Each repair
+// and one not in its declared power state is set to it. A VM never made
+// whose create failed on every delivery of its handler is Failed (Created
+// False CreateRetriesExhausted, with the error), not left Creating with
+// nothing retrying it, and each pass creates it again until it is made:
+// what failed (a registry down or moved) may pass. Each repair
 // first moves the record on by compare-and-set at the revision read, so
 // one of several replicas does it and a handler that moved the record
 // meanwhile wins (resync.go). A record left Deleting (the delete handler's

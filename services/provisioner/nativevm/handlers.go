@@ -342,6 +342,28 @@ func (c *Controller) onScheduled(ctx context.Context, m *bus.Message, e *events.
 	return c.converge(ctx, &m.Event, rec)
 }
 
+// createGaveUp is the failure hook of the routes that converge a VM: once
+// its last delivery failed nothing redelivers it, so a VM whose create
+// failed is recorded Failed (giveUpCreate) rather than left Creating.
+// Other failures keep their outcome (ErrNoFailureEvent): a permanent one
+// was recorded by converge, an update's is taken up by the drift repair
+// (updatingStuck).
+func (c *Controller) createGaveUp(ctx context.Context, m *bus.Message, ref events.VMRef) error {
+	if !m.LastDelivery() {
+		return bus.ErrNoFailureEvent
+	}
+	unlock := c.locks.Lock(ref.ObjectKey())
+	defer unlock()
+	note := fmt.Sprintf("not retried after %d deliveries; the drift repair tries again", m.Delivery)
+	switch ok, err := c.giveUpCreate(ctx, &m.Event, ref.Namespace, ref.Name, ref.UID, note); {
+	case err != nil:
+		return err
+	case !ok:
+		return bus.ErrNoFailureEvent
+	}
+	return nil
+}
+
 func (c *Controller) onUnschedulable(ctx context.Context, m *bus.Message, e *events.VMUnschedulable) error {
 	rec, err := c.mutateVM(ctx, e.Namespace, e.Name, e.UID, func(r *events.VMRecord) error {
 		if !r.SetCondition(events.VMConditionScheduled, events.ConditionFalse, "Unschedulable", e.Message, c.now().UTC()) {

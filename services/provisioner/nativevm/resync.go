@@ -25,6 +25,10 @@ const (
 	// process died between marking the record Deleting and removing it):
 	// it is finished (finishDelete).
 	RepairDelete = "native_vm_delete"
+	// RepairCreate: a VM never made, whose create failed on every
+	// delivery of its handler (ReasonCreateRetriesExhausted), is created:
+	// what failed (a registry down or moved, a host refusing) may pass.
+	RepairCreate = "native_vm_create"
 )
 
 // reasonVMMissing is the Created condition's reason while a lost VM is made
@@ -39,7 +43,10 @@ const reasonVMMissing = "VMMissing"
 // so without this a record would go on saying Ready for a VM that is gone.
 // A record marked Deleting has its delete finished, with the handler's
 // own steps (finishDelete), rather than waiting for the delete request's
-// redelivery (AckWait), or forever once its deliveries ran out.
+// redelivery (AckWait), or forever once its deliveries ran out. A VM
+// never made whose create its handler gave up on (Failed,
+// CreateRetriesExhausted) is created, at every pass until it is made:
+// what failed (a registry down or moved) may have passed.
 // A repair first moves the record on by compare-and-set at the revision
 // read, so of several provisioner replicas passing at once one repairs,
 // and a handler that moved the record meanwhile wins. It returns the
@@ -58,6 +65,10 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 	err = c.vms.ScanEach(ctx, func(key string, rev uint64, r *events.VMRecord) error {
 		if !r.DeletionRequestedAt.IsZero() {
 			todo = append(todo, repair{key, rev, RepairDelete})
+			return nil
+		}
+		if ready(r) && createGivenUp(r) {
+			todo = append(todo, repair{key, rev, RepairCreate})
 			return nil
 		}
 		if !ready(r) || r.Status.VM == "" || r.StaleVM != "" || r.Status.Phase == events.VMPhaseFailed {
@@ -101,6 +112,13 @@ func (c *Controller) Resync(ctx context.Context) (map[string]int, error) {
 	return done, errors.Join(errs...)
 }
 
+// createGivenUp says the record's VM was never made and its create failed
+// until nothing but the drift repair retries it (giveUpCreate).
+func createGivenUp(r *events.VMRecord) bool {
+	cond, _ := r.Condition(events.VMConditionCreated)
+	return r.Status.Phase == events.VMPhaseFailed && r.Status.VM == "" && cond.Reason == ReasonCreateRetriesExhausted
+}
+
 // updatingStuck says a record has said Updating for longer than a
 // handler's delivery may take (AckWait): its converge failed (a repair's
 // own included) and no delivery is left to take it up, so a pass does.
@@ -120,6 +138,11 @@ func (c *Controller) repair(ctx context.Context, key string, rev uint64) (bool, 
 		return c.finishDelete(ctx, nil, rec)
 	}
 	if err := c.converge(ctx, nil, rec); err != nil {
+		// No delivery retries a create that failed here: the next
+		// pass does.
+		if _, gerr := c.giveUpCreate(ctx, nil, rec.Namespace, rec.Name, rec.UID, "the drift repair tries again at its next pass"); gerr != nil {
+			err = errors.Join(err, gerr)
+		}
 		return false, err
 	}
 	// converge records a permanent failure (the VM Failed) and returns nil:
@@ -161,6 +184,8 @@ func (c *Controller) claim(ctx context.Context, key string, rev uint64, kind str
 			"VM "+events.NativeVMName(rec.UID)+" not found in vCenter; creating it again", now)
 	case RepairPower:
 		rec.Status.Phase = events.VMPhaseUpdating
+	case RepairCreate:
+		rec.Status.Phase = events.VMPhaseCreating // its condition says why, and who retries
 	} // a delete's record stays Deleting: the claim only keeps other replicas out
 	rec.UpdatedAt = now
 	next, err := c.vms.Put(ctx, key, rec, rev)
