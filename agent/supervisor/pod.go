@@ -246,6 +246,11 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		policy = "OnFailure" // an init container must complete; Always means retry it
 	}
 	backoff := p.cfg.Backoff
+	// crashed: the container was restarted since its slate was last clean
+	// (its first start, or the last time it was forgiven), so its next
+	// restart waits backoff. The first restart after a clean slate is
+	// immediate, as the kubelet's: that restart is what arms its back-off.
+	crashed := false
 	defer p.logs.Final(c.Name)
 	for instanceNo := 0; ; instanceNo++ {
 		if p.isStopping() {
@@ -278,12 +283,13 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 			now := time.Now().UTC()
 			term = guestchannel.ContainerState{Kind: guestchannel.StateTerminated, Reason: guestchannel.ReasonStartError,
 				Message: err.Error(), ExitCode: 128, StartedAt: &now, FinishedAt: &now}
+			// Every attempt after the first is a restart, as in
+			// Kubernetes, whether or not it got the process started: a
+			// crash loop of a container that cannot start counts up.
+			p.restarting(c.Name, instanceNo)
 			p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
-				// Every attempt after the first is a restart, as in
-				// Kubernetes, whether or not it got the process started:
-				// a crash loop of a container that cannot start counts up.
 				if instanceNo > 0 {
-					s.RestartCount++
+					restarted(s)
 				}
 				s.State, s.Ready, s.Started = term, false, false
 			})
@@ -296,7 +302,14 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 			return term.ExitCode == 0
 		}
 		if time.Since(started) > 2*p.cfg.MaxBackoff {
-			backoff = p.cfg.Backoff // it ran long enough: forgive earlier crashes
+			backoff, crashed = p.cfg.Backoff, false // it ran long enough: forgive earlier crashes
+		}
+		if !crashed {
+			// Restarted at once: its ended state stays the state until the
+			// next instance is there (restarted), as the kubelet's, and the
+			// log's previous instance stays the one before it.
+			crashed = true
+			continue
 		}
 		delay := backoff
 		backoff = min(backoff*2, p.cfg.MaxBackoff)
@@ -313,6 +326,28 @@ func (p *Pod) runLoop(c *guestchannel.Container, isInit bool) bool {
 		case <-p.stopping:
 			return false
 		}
+	}
+}
+
+// restarting tells the log, before the status shows instance instanceNo
+// of container name (running, or failed to start), that the instance
+// before it ended: the status's last state names that one from then on
+// (restarted), and so does a --previous read, even when the new instance
+// wrote no log (its start failed). After a back-off it was said already.
+func (p *Pod) restarting(name string, instanceNo int) {
+	if instanceNo > 0 {
+		p.logs.Restarting(name, instanceNo-1)
+	}
+}
+
+// restarted counts a restart on s, and makes the ended instance's state
+// the last state where it is still the state: a restart without back-off
+// left it there (runLoop); after a back-off it is the last state already.
+func restarted(s *guestchannel.ContainerStatus) {
+	s.RestartCount++
+	if s.State.Kind == guestchannel.StateTerminated {
+		last := s.State
+		s.LastState = &last
 	}
 }
 
@@ -520,9 +555,10 @@ func (p *Pod) runInstance(c *guestchannel.Container, instanceNo int) (guestchann
 		// it, so the instance stops itself.
 		inst.kill <- killRequest{reason: stopReason, grace: p.stopGrace()}
 	}
+	p.restarting(c.Name, instanceNo)
 	p.board.update(c.Name, func(s *guestchannel.ContainerStatus) {
 		if instanceNo > 0 {
-			s.RestartCount++
+			restarted(s)
 		}
 		s.State = guestchannel.ContainerState{Kind: guestchannel.StateRunning, StartedAt: &startedAt}
 		s.Started = c.StartupProbe == nil
