@@ -42,8 +42,60 @@ func TestAContainerThatCannotStartCountsItsRestarts(t *testing.T) {
 	}
 }
 
-// A crashing container with restartPolicy Always restarts with back-off,
-// its log follows across restarts, --previous reads the instance before,
+// The first restart of a crashing container is immediate, as the
+// kubelet's (its back-off starts with that restart): the container is
+// never in CrashLoopBackOff before it restarted once, the restarted
+// instance has the ended one as its last state and --previous reads that
+// one. The second restart waits the back-off in CrashLoopBackOff.
+func TestFirstRestartIsImmediate(t *testing.T) {
+	needGuest(t)
+	// The second instance exits once the test says so (/v/go).
+	crash := withVolume(sh("crash", `n=$(cat /v/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /v/n; echo "instance $n"; `+
+		`if [ $n = 2 ]; then while [ ! -f /v/go ]; do sleep 0.05; done; fi; exit 1`))
+	spec := emptyDir(image.Spec("first-restart", "Always", 1, nil, []guestchannel.Container{crash}))
+	const backoff = 5 * time.Second
+	g := guest(t, spec, guesttest.Options{Backoff: backoff, MaxBackoff: 2 * backoff})
+
+	v := g.Host.Wait("crash restarted and running", wait, func(v guesttest.View) bool {
+		return v.Container("crash").RestartCount == 1 && running("crash")(v)
+	})
+	c := v.Container("crash")
+	if last := c.LastState; last == nil || last.Kind != guestchannel.StateTerminated || last.Reason != "Error" || last.ExitCode != 1 {
+		t.Fatalf("lastState after the first restart = %+v, want the first instance: terminated, Error, exit code 1", last)
+	}
+	if gap := c.State.StartedAt.Sub(*c.LastState.FinishedAt); gap >= backoff {
+		t.Errorf("first restart %s after the first instance ended, want at once (less than the %s back-off)", gap, backoff)
+	}
+	if prev, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "crash", Previous: true}); prev != "instance 1\n" || errMsg != "" {
+		t.Errorf("logs --previous after the first restart = %q, %q; want the first instance's", prev, errMsg)
+	}
+
+	if r := g.Host.Exec("crash", nil, "touch", "/v/go"); r.ExitCode != 0 {
+		t.Fatalf("touch: %+v", r)
+	}
+	v = g.Host.Wait("crash in back-off", wait, func(v guesttest.View) bool {
+		return v.Container("crash").State.Reason == "CrashLoopBackOff"
+	})
+	c = v.Container("crash")
+	if want := "back-off 5s restarting failed container=crash"; c.RestartCount != 1 || c.State.Message != want ||
+		c.LastState == nil || c.LastState.ExitCode != 1 {
+		t.Errorf("crash in back-off = %+v, want restart count 1, message %q and the second instance's end as last state", c, want)
+	}
+	if prev, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "crash", Previous: true}); prev != "instance 2\n" || errMsg != "" {
+		t.Errorf("logs --previous in back-off = %q, %q; want the second instance's", prev, errMsg)
+	}
+	_, reports, _ := g.Host.Snapshot()
+	for _, r := range reports {
+		for _, c := range r.Containers {
+			if c.State.Reason == "CrashLoopBackOff" && c.RestartCount == 0 {
+				t.Errorf("CrashLoopBackOff before the first restart: %+v", c)
+			}
+		}
+	}
+}
+
+// A crashing container with restartPolicy Always restarts, from the
+// second restart on with back-off, its log follows across restarts, --previous reads the instance before,
 // and its emptyDir outlives each instance.
 func TestRestartBackoffAndLogsAcrossRestarts(t *testing.T) {
 	needGuest(t)
@@ -59,8 +111,9 @@ func TestRestartBackoffAndLogsAcrossRestarts(t *testing.T) {
 	if c := v.Container("crash"); c.LastState == nil || c.LastState.ExitCode != 1 || c.LastState.Reason != "Error" {
 		t.Errorf("lastState = %+v, want terminated with exit code 1", c.LastState)
 	}
-	// Between instances the container waits in CrashLoopBackOff, its
-	// restart count going up one at a time.
+	// Before the second and the third restart the container waits in
+	// CrashLoopBackOff (the first is immediate: TestFirstRestartIsImmediate),
+	// its restart count going up one at a time.
 	_, reports, _ := g.Host.Snapshot()
 	backoffs := 0
 	lastCount := int32(0)
@@ -78,11 +131,11 @@ func TestRestartBackoffAndLogsAcrossRestarts(t *testing.T) {
 			}
 		}
 	}
-	if backoffs < 3 {
-		t.Errorf("saw %d CrashLoopBackOff reports, want one before each of 3 restarts", backoffs)
+	if backoffs < 2 {
+		t.Errorf("saw %d CrashLoopBackOff reports, want one before each of the 2nd and 3rd restarts", backoffs)
 	}
-	// A restart waits the back-off (300 ms, then 600 ms) after the
-	// instance before ended.
+	// A later restart waits the back-off (300 ms before the second, then
+	// 600 ms) after the instance before ended.
 	if c := v.Container("crash"); c.State.StartedAt == nil || c.LastState == nil || c.LastState.FinishedAt == nil {
 		t.Errorf("crash = %+v, want startedAt and the last state's finishedAt", c)
 	} else if gap := c.State.StartedAt.Sub(*c.LastState.FinishedAt); gap < 300*time.Millisecond {
@@ -263,8 +316,10 @@ func TestStopEndsThePhase(t *testing.T) {
 		if v.Phase != guestchannel.PhaseFailed {
 			t.Errorf("phase after the stop = %s, want Failed", v.Phase)
 		}
-		if c := v.Container("crash"); c.RestartCount != 0 {
-			t.Errorf("crash restarted %d times after its first end, want none after the stop", c.RestartCount)
+		// Its first restart was immediate; the back-off after the second
+		// end is where the stop found it.
+		if c := v.Container("crash"); c.RestartCount != 1 {
+			t.Errorf("crash restarted %d times, want once (at once after its first end) and not after the stop", c.RestartCount)
 		}
 	})
 	t.Run("polite", func(t *testing.T) {

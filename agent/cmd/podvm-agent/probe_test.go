@@ -73,8 +73,9 @@ func TestProbes(t *testing.T) {
 }
 
 // A liveness or startup probe's kill says why in the container's
-// terminated state (the kubelet's event says it), and in the back-off that
-// follows, --previous reads the killed instance's log, even the first's.
+// terminated state (the kubelet's event says it), and --previous reads the
+// killed instance's log, even the first's: once it restarted (the first
+// restart is immediate), and in the back-off before a later restart.
 func TestLivenessKillSaysWhy(t *testing.T) {
 	needGuest(t)
 	full := withVolume(sh("full", `n=$(cat /v/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /v/n; echo "instance $n"; `+
@@ -89,25 +90,44 @@ func TestLivenessKillSaysWhy(t *testing.T) {
 	// A back-off long enough to ask for the log in it.
 	g := guest(t, spec, guesttest.Options{Backoff: 5 * time.Second, MaxBackoff: 5 * time.Second})
 
-	g.Host.Wait("full running", wait, running("full"))
-	// Running is the process started, not its script done.
-	guesttest.Eventually(t, "full's page written", wait, func() bool {
-		return g.Host.Exec("full", nil, "test", "-f", "/www/index.html").ExitCode == 0
-	})
-	if r := g.Host.Exec("full", nil, "rm", "/www/index.html"); r.ExitCode != 0 {
-		t.Fatalf("rm: %+v", r)
+	// removePage fails full's liveness probe once the running instance
+	// wrote its page (running is the process started, not its script done).
+	removePage := func() {
+		guesttest.Eventually(t, "full's page written", wait, func() bool {
+			return g.Host.Exec("full", nil, "test", "-f", "/www/index.html").ExitCode == 0
+		})
+		if r := g.Host.Exec("full", nil, "rm", "/www/index.html"); r.ExitCode != 0 {
+			t.Fatalf("rm: %+v", r)
+		}
 	}
-	v := g.Host.Wait("full in back-off", wait, func(v guesttest.View) bool {
-		return v.Container("full").State.Reason == "CrashLoopBackOff"
-	})
 	// httpd as PID 1 has no SIGTERM handler: the grace runs out.
 	want := "liveness probe failed: HTTP probe failed with statuscode: 404; killed after the grace period of 1s"
-	if last := v.Container("full").LastState; last == nil || last.Reason != "Error" || last.ExitCode != 137 ||
-		last.Signal != 9 || last.Message != want {
-		t.Errorf("lastState = %+v, want Error, exit 137, signal 9, message %q", last, want)
+	checkKilled := func(v guesttest.View) {
+		t.Helper()
+		if last := v.Container("full").LastState; last == nil || last.Reason != "Error" || last.ExitCode != 137 ||
+			last.Signal != 9 || last.Message != want {
+			t.Errorf("lastState = %+v, want Error, exit 137, signal 9, message %q", last, want)
+		}
 	}
+
+	g.Host.Wait("full running", wait, running("full"))
+	removePage()
+	v := g.Host.Wait("full restarted", wait, func(v guesttest.View) bool {
+		return v.Container("full").RestartCount == 1 && running("full")(v)
+	})
+	checkKilled(v)
 	prev, errMsg := g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true})
 	if prev != "instance 1\n" || errMsg != "" {
+		t.Errorf("logs --previous after the first restart = %q, %q; want the killed first instance's", prev, errMsg)
+	}
+
+	removePage()
+	v = g.Host.Wait("full in back-off", wait, func(v guesttest.View) bool {
+		return v.Container("full").State.Reason == "CrashLoopBackOff"
+	})
+	checkKilled(v)
+	prev, errMsg = g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true})
+	if prev != "instance 2\n" || errMsg != "" {
 		t.Errorf("logs --previous in back-off = %q, %q; want the killed instance's", prev, errMsg)
 	}
 	v = g.Host.Wait("never in back-off", wait, func(v guesttest.View) bool {
@@ -117,13 +137,13 @@ func TestLivenessKillSaysWhy(t *testing.T) {
 		!strings.HasPrefix(last.Message, "startup probe failed: dial tcp 127.0.0.1:9: connect: connection refused") {
 		t.Errorf("never's lastState = %+v, want the startup probe's failure in its message", last)
 	}
-	if v, _, _ := g.Host.Snapshot(); v.Container("full").RestartCount != 0 {
+	if v, _, _ := g.Host.Snapshot(); v.Container("full").RestartCount != 1 {
 		t.Fatal("full restarted before its log was read: the back-off is too short for this test")
 	}
-	v = g.Host.Wait("full restarted", wait, func(v guesttest.View) bool {
-		return v.Container("full").RestartCount == 1 && v.Container("full").State.Kind == guestchannel.StateRunning
+	v = g.Host.Wait("full restarted again", wait, func(v guesttest.View) bool {
+		return v.Container("full").RestartCount == 2 && running("full")(v)
 	})
-	if prev, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true}); prev != "instance 1\n" {
+	if prev, _ := g.Host.Logs(guestchannel.LogsRequest{Container: "full", Previous: true}); prev != "instance 2\n" {
 		t.Errorf("logs --previous of the restarted container = %q, want the killed instance's", prev)
 	}
 
