@@ -77,7 +77,7 @@ func (g *globals) connect(ctx context.Context) (*bus.Bus, error) {
 	defer cancel()
 	b, err := bus.Dial(cctx, conf)
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach NATS at %s (is `podvisor up` running?): %w", redact.URL(conf.URL), err)
+		return nil, fmt.Errorf("cannot reach NATS at %s (is `podvisor up` running? if it moved to another port, source its env file again): %w", redact.URL(conf.URL), err)
 	}
 	return b, nil
 }
