@@ -198,8 +198,9 @@ const reasonGuestRestarted = "Unknown"
 func carryOver(r *events.PodRecord, now time.Time, next []corev1.ContainerStatus, lists ...[]corev1.ContainerStatus) {
 	before := r.ContainersBefore
 	out := maps.Clone(before)
-	nextOf := statusesByName(next) // containers only: init containers run again in every boot
-	was := statusesByName(slices.Concat(lists...))
+	nextOf := statusesByName(next)  // containers only: init containers run again in every boot
+	boot := slices.Concat(lists...) // that boot's statuses
+	was := statusesByName(boot)
 	// The next boot's first start: of the containers it ran (one not run
 	// again reports its old boot's state, and times).
 	ended := metav1.NewTime(now)
@@ -208,7 +209,7 @@ func carryOver(r *events.PodRecord, now time.Time, next []corev1.ContainerStatus
 			ended = *started
 		}
 	}
-	for _, cs := range slices.Concat(lists...) {
+	for _, cs := range boot {
 		prev := before[cs.Name]
 		c := events.CarriedContainer{Restarts: cs.RestartCount + 1, LastState: cs.LastTerminationState}
 		switch n := nextOf[cs.Name]; {
